@@ -1,0 +1,116 @@
+"""Command line: ``python -m inprocserve inspect MODEL`` and ``python -m inprocserve validate REPOSITORY``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._config import ModelConfig, PoolConfig, WarmupConfig, load_model_config
+from ._errors import InprocserveError
+from ._model import ModelVersion
+from ._repository import MODEL_FILENAME, scan_repository
+
+__all__ = ["main"]
+
+
+def _noop_deliver(request: object) -> None:  # the CLI never submits requests
+    pass
+
+
+def _load(name: str, version: int, path: Path, config: ModelConfig) -> ModelVersion:
+    model = ModelVersion(name, version, path, config, deliver=_noop_deliver)  # type: ignore[arg-type]
+    model.load()
+    return model
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    if path.is_dir():
+        path = path / MODEL_FILENAME
+    config = ModelConfig(pool=PoolConfig(size=1, intra_op_threads=1), warmup=WarmupConfig(enabled=False))
+    try:
+        model = _load(path.parent.parent.name or "model", 1, path, config)
+    except InprocserveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        assert model.signature is not None
+        info = {"path": str(path), "bytes": path.stat().st_size, "providers": model.providers}
+        info.update(model.signature.to_dict())
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        print(f"{path} ({info['bytes']:,} bytes)")
+        print("inputs:")
+        for spec in model.signature.inputs:
+            print(f"  {spec.describe()}")
+        print("outputs:")
+        for spec in model.signature.outputs:
+            print(f"  {spec.describe()}")
+        batch = "yes (dynamic axis 0 on every input and output)" if model.signature.batchable else "no (runs unbatched)"
+        print(f"batchable: {batch}")
+        return 0
+    finally:
+        model.retire()
+
+
+def _validate(args: argparse.Namespace) -> int:
+    repository = Path(args.repository)
+    try:
+        scan = scan_repository(repository)
+    except InprocserveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failures = list(scan.problems)
+    for problem in scan.problems:
+        print(f"PROBLEM {problem}")
+    for name, source in scan.models.items():
+        try:
+            config = load_model_config(source.config_path) if source.config_path else ModelConfig()
+        except InprocserveError as exc:
+            print(f"FAIL    {name}: {exc}")
+            failures.append(str(exc))
+            continue
+        selected = set(config.version_policy.select(list(source.versions)))
+        quiet = config.__class__(
+            batching=config.batching,
+            pool=PoolConfig(size=1, intra_op_threads=1, providers=config.pool.providers),
+            warmup=config.warmup,
+            version_policy=config.version_policy,
+            nan_policy=config.nan_policy,
+        )
+        for version, path in sorted(source.versions.items()):
+            try:
+                model = _load(name, version, path, quiet)
+            except InprocserveError as exc:
+                print(f"FAIL    {name} v{version}: {exc}")
+                failures.append(str(exc))
+                continue
+            assert model.signature is not None
+            served = "served" if version in selected else "not served by the version policy"
+            inputs = ", ".join(spec.describe() for spec in model.signature.inputs)
+            print(f"OK      {name} v{version} ({served}): {inputs}")
+            model.retire()
+    print(f"{len(scan.models)} model(s), {len(failures)} problem(s)")
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inprocserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect = commands.add_parser("inspect", help="print a model's inputs and outputs")
+    inspect.add_argument("model", help="a model.onnx file, or a version folder holding one")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(run=_inspect)
+    validate = commands.add_parser("validate", help="load every model of a repository and report problems")
+    validate.add_argument("repository", help="a folder laid out as <model>/<version>/model.onnx")
+    validate.set_defaults(run=_validate)
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Frozen configuration objects, given in code or read from a model's ``config.toml``.
+
+Every value is validated when the object is built, so a bad setting fails at start-up with a
+:class:`ConfigurationError` that names the key, never later on the request path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ._errors import ConfigurationError
+
+__all__ = [
+    "BatchingConfig",
+    "ModelConfig",
+    "PaddingConfig",
+    "PoolConfig",
+    "VersionPolicy",
+    "WarmupConfig",
+    "load_model_config",
+]
+
+NanPolicy = Literal["allow", "reject"]
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PaddingConfig:
+    """Pad one dynamic axis of an input so requests of different lengths share a batch.
+
+    Outputs named in ``outputs`` are cropped back to each request's own length along the given axis.
+    """
+
+    input: str
+    """Name of the input whose axis varies between requests (for example ``tokens``)."""
+    axis: int
+    """The axis that varies (>= 1; axis 0 is the batch axis)."""
+    value: float = 0
+    """The value used to fill padded positions."""
+    outputs: Mapping[str, int] = field(default_factory=dict)
+    """Output name -> axis to crop back to the request's length; outputs not named are left as they are."""
+
+    def __post_init__(self) -> None:
+        if self.axis < 1:
+            raise ConfigurationError(f"padding.axis must be >= 1 (axis 0 is the batch axis), got {self.axis}")
+        for name, axis in self.outputs.items():
+            if axis < 1:
+                raise ConfigurationError(f"padding.outputs[{name!r}] must be >= 1, got {axis}")
+        object.__setattr__(self, "outputs", dict(self.outputs))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchingConfig:
+    """How concurrent requests for one model version are merged into one ``session.run``."""
+
+    enabled: bool = True
+    """Merge concurrent requests. When false every request runs alone (still through the pool)."""
+    max_batch_size: int = 64
+    """Largest number of rows in one ``session.run``."""
+    max_delay_ms: float = 0.0
+    """How long an idle session may wait for companions of the oldest queued request before running what
+    is queued. 0 (the default) never waits: requests accumulate only while every session is busy."""
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """Batch sizes the model runs best at; while waiting up to ``max_delay_ms`` the batcher stops
+    waiting as soon as the queue holds one of them."""
+    max_queue_rows: int = 4096
+    """Rows that may wait in the queue; beyond this ``predict`` raises :class:`QueueFullError` at once."""
+    max_request_rows: int | None = None
+    """Largest number of rows one request may carry (``None``: as many as ``max_queue_rows``)."""
+    padding: PaddingConfig | None = None
+    """Pad a dynamic axis so requests of different lengths can share a batch; ``None`` groups them."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ConfigurationError(f"batching.max_batch_size must be >= 1, got {self.max_batch_size}")
+        if not (self.max_delay_ms >= 0 and math.isfinite(self.max_delay_ms)):
+            raise ConfigurationError(f"batching.max_delay_ms must be a finite number >= 0, got {self.max_delay_ms}")
+        sizes = tuple(sorted(set(self.preferred_batch_sizes)))
+        if any(size < 1 or size > self.max_batch_size for size in sizes):
+            raise ConfigurationError(
+                f"batching.preferred_batch_sizes must lie in 1..max_batch_size ({self.max_batch_size}), got {sizes}"
+            )
+        object.__setattr__(self, "preferred_batch_sizes", sizes)
+        if self.max_queue_rows < 1:
+            raise ConfigurationError(f"batching.max_queue_rows must be >= 1, got {self.max_queue_rows}")
+        if self.max_request_rows is not None and not 1 <= self.max_request_rows <= self.max_queue_rows:
+            raise ConfigurationError(
+                f"batching.max_request_rows must lie in 1..max_queue_rows ({self.max_queue_rows}), "
+                f"got {self.max_request_rows}"
+            )
+
+    @property
+    def request_row_limit(self) -> int:
+        """The effective per-request row limit."""
+        return self.max_request_rows if self.max_request_rows is not None else self.max_queue_rows
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolConfig:
+    """The onnxruntime sessions of one model version and how they use the machine."""
+
+    size: int = 1
+    """How many batches may run at once: one onnxruntime session each."""
+    intra_op_threads: int | None = None
+    """Threads of each session's intra-op pool. ``None``: the usable cores divided by ``size``, so the
+    pool never oversubscribes the machine."""
+    inter_op_threads: int = 1
+    """Threads for running independent graph branches in parallel (1 = sequential execution)."""
+    allow_spinning: bool = False
+    """Let idle onnxruntime threads spin. Faster for one caller on a quiet machine, but spinning threads
+    steal the cores that web threads and other workers need, so it is off by default."""
+    providers: tuple[str, ...] | Literal["auto"] = "auto"
+    """``"auto"``: CUDA when it is usable, else CPU. Or an explicit onnxruntime provider list."""
+    device_ids: tuple[int, ...] = (0,)
+    """GPU device ids; sessions of the pool are spread over them round-robin."""
+    require_gpu: bool = False
+    """Raise :class:`ModelLoadError` instead of falling back to the CPU when no GPU is usable."""
+    graph_optimization: GraphOptimization = "all"
+    """onnxruntime graph optimization level."""
+    checkout_timeout_s: float = 30.0
+    """How long a direct (unbatched) caller waits for a free session before :class:`PoolExhaustedError`."""
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ConfigurationError(f"pool.size must be >= 1, got {self.size}")
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise ConfigurationError(f"pool.intra_op_threads must be >= 1, got {self.intra_op_threads}")
+        if self.inter_op_threads < 1:
+            raise ConfigurationError(f"pool.inter_op_threads must be >= 1, got {self.inter_op_threads}")
+        if self.providers != "auto":
+            providers: object = self.providers  # config.toml may hand us anything
+            if isinstance(providers, str) or not providers:
+                raise ConfigurationError(
+                    f"pool.providers must be 'auto' or a non-empty list of provider names, got {self.providers!r}"
+                )
+            object.__setattr__(self, "providers", tuple(self.providers))
+        object.__setattr__(self, "device_ids", tuple(self.device_ids))
+        if not self.device_ids or any(device < 0 for device in self.device_ids):
+            raise ConfigurationError(f"pool.device_ids must be non-negative integers, got {self.device_ids}")
+        if self.graph_optimization not in ("disable", "basic", "extended", "all"):
+            raise ConfigurationError(
+                f"pool.graph_optimization must be one of disable, basic, extended, all; got {self.graph_optimization!r}"
+            )
+        if not self.checkout_timeout_s > 0:
+            raise ConfigurationError(f"pool.checkout_timeout_s must be > 0, got {self.checkout_timeout_s}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WarmupConfig:
+    """Runs made on a new version before it becomes servable."""
+
+    enabled: bool = True
+    rows: int = 1
+    """Rows in each synthesized warm-up request (zeros, shaped from the signature)."""
+    runs: int = 1
+    """Warm-up runs per session."""
+    inputs_file: str | None = None
+    """An ``.npz`` file (relative to the model folder) holding real warm-up inputs, used instead of zeros."""
+
+    def __post_init__(self) -> None:
+        if self.rows < 1 or self.runs < 1:
+            raise ConfigurationError(f"warmup.rows and warmup.runs must be >= 1, got {self.rows}, {self.runs}")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Which versions found on disk are served: the latest N, all of them, or specific ones."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    count: int = 1
+    versions: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("latest", "all", "specific"):
+            raise ConfigurationError(f"version policy must be latest, all or specific, got {self.kind!r}")
+        if self.kind == "latest" and self.count < 1:
+            raise ConfigurationError(f"version policy latest needs a count >= 1, got {self.count}")
+        if self.kind == "specific" and (not self.versions or any(v < 1 for v in self.versions)):
+            raise ConfigurationError(f"version policy specific needs positive versions, got {self.versions}")
+
+    @classmethod
+    def latest(cls, count: int = 1) -> VersionPolicy:
+        return cls("latest", count=count)
+
+    @classmethod
+    def all(cls) -> VersionPolicy:
+        return cls("all")
+
+    @classmethod
+    def specific(cls, *versions: int) -> VersionPolicy:
+        return cls("specific", versions=tuple(sorted(set(versions))))
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of those available, ascending."""
+        found = sorted(available)
+        if self.kind == "all":
+            return found
+        if self.kind == "latest":
+            return found[-self.count :]
+        return [v for v in found if v in self.versions]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    """Everything that shapes how one model is served. Defaults suit a CPU web host."""
+
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    nan_policy: NanPolicy = "allow"
+    """``"reject"`` refuses float inputs holding NaN or infinity with :class:`InvalidInputError`."""
+
+    def __post_init__(self) -> None:
+        if self.nan_policy not in ("allow", "reject"):
+            raise ConfigurationError(f"nan_policy must be 'allow' or 'reject', got {self.nan_policy!r}")
+
+    def merged(self, overrides: Mapping[str, Any], *, source: str = "config") -> ModelConfig:
+        """A copy with the values of a ``config.toml``-shaped mapping laid over this one."""
+        return _merge(self, overrides, source)
+
+
+def load_model_config(path: Path, base: ModelConfig | None = None) -> ModelConfig:
+    """Read ``config.toml`` at ``path`` over ``base`` (the server's defaults)."""
+    base = base or ModelConfig()
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot be read: {exc}") from exc
+    return base.merged(data, source=str(path))
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "batching": BatchingConfig,
+    "pool": PoolConfig,
+    "warmup": WarmupConfig,
+}
+
+
+def _merge(config: ModelConfig, data: Mapping[str, Any], source: str) -> ModelConfig:
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigurationError(f"{source}: [{key}] must be a table, got {value!r}")
+            changes[key] = _replace_section(getattr(config, key), key, value, source)
+        elif key == "version_policy":
+            changes[key] = _parse_version_policy(value, source)
+        elif key == "nan_policy":
+            changes[key] = value
+        else:
+            known = ", ".join(sorted([*_SECTIONS, "version_policy", "nan_policy"]))
+            raise ConfigurationError(f"{source}: unknown key {key!r}; known keys are {known}")
+    try:
+        return dataclasses.replace(config, **changes)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{source}: {exc}") from None
+
+
+def _replace_section(section: Any, name: str, values: Mapping[str, Any], source: str) -> Any:
+    known = {f.name for f in dataclasses.fields(section)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"{source}: unknown key(s) {', '.join(unknown)} in [{name}]; known keys are {', '.join(sorted(known))}"
+        )
+    converted = dict(values)
+    for key in ("preferred_batch_sizes", "providers", "device_ids"):
+        if key in converted and isinstance(converted[key], list):
+            converted[key] = tuple(converted[key])
+    if name == "batching" and isinstance(converted.get("padding"), Mapping):
+        try:
+            converted["padding"] = PaddingConfig(**converted["padding"])
+        except TypeError as exc:
+            raise ConfigurationError(f"{source}: [batching.padding]: {exc}") from None
+    try:
+        return dataclasses.replace(section, **converted)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{source}: {exc}") from None
+    except TypeError as exc:
+        raise ConfigurationError(f"{source}: [{name}]: {exc}") from None
+
+
+def _parse_version_policy(value: Any, source: str) -> VersionPolicy:
+    if value == "latest":
+        return VersionPolicy.latest()
+    if value == "all":
+        return VersionPolicy.all()
+    if isinstance(value, Mapping) and len(value) == 1:
+        ((kind, arg),) = value.items()
+        if kind == "latest" and isinstance(arg, int):
+            return VersionPolicy.latest(arg)
+        if kind == "specific" and isinstance(arg, list) and all(isinstance(v, int) for v in arg):
+            return VersionPolicy.specific(*arg)
+    raise ConfigurationError(
+        f'{source}: version_policy must be "latest", "all", {{ latest = N }} or {{ specific = [1, 2] }}, got {value!r}'
+    )

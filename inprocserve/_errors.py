@@ -1,0 +1,108 @@
+"""The one exception hierarchy of inprocserve.
+
+::
+
+    InprocserveError
+    ├── ConfigurationError        (+ValueError)   bad config values or config.toml
+    ├── ModelNotFoundError        (+LookupError)  unknown model or version
+    ├── ModelLoadError                            a model file that cannot become a session
+    ├── InferenceError                            onnxruntime failed while running a request
+    │   └── InvalidInputError     (+ValueError)   the request does not match the model's signature
+    ├── OverloadedError                           shed instead of queueing without bound
+    │   ├── PoolExhaustedError
+    │   └── QueueFullError
+    ├── DeadlineExceededError     (+TimeoutError) the request's deadline passed before it ran
+    └── ServerClosedError                         the server (or version) no longer takes requests
+
+Every error carries the ``model`` and ``version`` it concerns (``None`` where it does not apply) and
+survives pickling, so it can cross a process boundary (gunicorn workers, multiprocessing tests).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigurationError",
+    "DeadlineExceededError",
+    "InferenceError",
+    "InprocserveError",
+    "InvalidInputError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "OverloadedError",
+    "PoolExhaustedError",
+    "QueueFullError",
+    "ServerClosedError",
+]
+
+
+class InprocserveError(Exception):
+    """Base class of every error the library raises on purpose.
+
+    Attributes:
+        model: The model name the error concerns, or ``None``.
+        version: The model version the error concerns, or ``None``.
+    """
+
+    def __init__(self, message: str, *, model: str | None = None, version: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.model = model
+        self.version = version
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only context would be lost by BaseException's default pickling.
+        return (_rebuild, (type(self), self.message, self.model, self.version, self.__dict__))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(
+    cls: type[InprocserveError], message: str, model: str | None, version: int | None, state: dict[str, Any]
+) -> InprocserveError:
+    error = cls.__new__(cls)
+    InprocserveError.__init__(error, message, model=model, version=version)
+    error.__dict__.update(state)
+    return error
+
+
+class ConfigurationError(InprocserveError, ValueError):
+    """A configuration value (in code or in ``config.toml``) is invalid."""
+
+
+class ModelNotFoundError(InprocserveError, LookupError):
+    """No servable model or version answers to the requested name."""
+
+
+class ModelLoadError(InprocserveError):
+    """A model file is missing, corrupt, not ONNX, or failed to build a session or warm up."""
+
+
+class InferenceError(InprocserveError):
+    """onnxruntime failed while running a request that passed validation."""
+
+
+class InvalidInputError(InferenceError, ValueError):
+    """The request's inputs do not match the model's signature; the message says what to fix."""
+
+
+class OverloadedError(InprocserveError):
+    """The request was shed because the server is at its configured capacity; retry later."""
+
+
+class PoolExhaustedError(OverloadedError):
+    """No session became free within the pool's checkout timeout."""
+
+
+class QueueFullError(OverloadedError):
+    """The batching queue already holds ``max_queue_rows`` rows."""
+
+
+class DeadlineExceededError(InprocserveError, TimeoutError):
+    """The request's deadline passed before its answer was ready; it was not run, or its answer dropped."""
+
+
+class ServerClosedError(InprocserveError):
+    """The server is closed (or closing) and takes no new requests."""

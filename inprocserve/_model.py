@@ -1,0 +1,173 @@
+"""One servable model version: its pool of sessions, its batcher, and its lifecycle state.
+
+States: ``loading`` -> ``ready`` -> ``draining`` -> ``unloaded``, or ``loading`` -> ``failed``. A version is
+published for routing only once it is ``ready`` (sessions built and warmed up).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._batching import Batcher, Finisher
+from ._config import ModelConfig
+from ._errors import ModelLoadError
+from ._sessions import SessionPool
+from ._signature import Signature
+
+__all__ = ["ModelVersion"]
+
+logger = logging.getLogger(__name__)
+
+
+class ModelVersion:
+    """Owns the sessions and batcher of one version. Thread-safe; lifecycle calls come from the server."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        config: ModelConfig,
+        *,
+        deliver: Finisher,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.config = config
+        self.state = "loading"
+        self.error: str | None = None
+        self.loaded_at: float | None = None
+        self.signature: Signature | None = None
+        self.batcher: Batcher | None = None
+        self._deliver = deliver
+        self._clock = clock
+        self._pool = SessionPool(path, config.pool, model=name, version=version)
+        self.reject_nan = config.nan_policy == "reject"
+        self.max_request_rows = config.batching.request_row_limit
+
+    def load(self) -> None:
+        """Build and warm up every session, then make the version ready.
+
+        Raises:
+            ModelLoadError: the model cannot be loaded or warmed up (state becomes ``failed``).
+        """
+        started = time.perf_counter()
+        try:
+            signature = self._pool.prepare(warmup=self._warm_up)
+            self._check_padding(signature)
+        except ModelLoadError as exc:
+            self.state = "failed"
+            self.error = str(exc)
+            self._pool.close()
+            raise
+        self.signature = signature
+        if not signature.batchable:
+            logger.info(
+                "model %r version %s runs unbatched: its inputs or outputs have no dynamic batch axis",
+                self.name,
+                self.version,
+            )
+        self.batcher = Batcher(
+            self._pool,
+            self.config.batching,
+            input_names=[spec.name for spec in signature.inputs],
+            output_names=signature.output_names,
+            batchable=signature.batchable,
+            deliver=self._deliver,
+            clock=self._clock,
+        )
+        self.loaded_at = time.time()
+        self.state = "ready"
+        logger.info(
+            "model %r version %s ready in %.2fs on %s (pool of %d)",
+            self.name,
+            self.version,
+            time.perf_counter() - started,
+            ", ".join(self._pool.providers),
+            self._pool.size,
+        )
+
+    def _check_padding(self, signature: Signature) -> None:
+        padding = self.config.batching.padding
+        if padding is None:
+            return
+        specs = {spec.name: spec for spec in signature.inputs}
+        spec = specs.get(padding.input)
+        if spec is None or spec.shape is None or padding.axis >= len(spec.shape):
+            raise ModelLoadError(
+                f"model {self.name!r} version {self.version}: batching.padding names input {padding.input!r} "
+                f"axis {padding.axis}, which the model does not have "
+                f"({', '.join(s.describe() for s in specs.values())})",
+                model=self.name,
+                version=self.version,
+            )
+        unknown = sorted(set(padding.outputs) - set(signature.output_names))
+        if unknown:
+            raise ModelLoadError(
+                f"model {self.name!r} version {self.version}: batching.padding.outputs names unknown output(s) "
+                f"{', '.join(unknown)}",
+                model=self.name,
+                version=self.version,
+            )
+
+    def _warm_up(self, session: Any) -> None:
+        """Run each new session once or more, so the first real request does not pay for allocations."""
+        warmup = self.config.warmup
+        if not warmup.enabled:
+            return
+        signature = self._pool.signature
+        assert signature is not None
+        if warmup.inputs_file:
+            feeds = self._load_warmup_file(warmup.inputs_file, signature)
+        else:
+            feeds = signature.synthesize(warmup.rows if signature.batchable else 1)
+        for _ in range(warmup.runs):
+            self._pool.run(session, feeds)
+
+    def _load_warmup_file(self, name: str, signature: Signature) -> dict[str, np.ndarray]:
+        path = (self.path.parent.parent / name).resolve()
+        try:
+            with np.load(path, allow_pickle=False) as data:  # never unpickle: no code from model folders
+                feeds = {key: data[key] for key in data.files}
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"warm-up inputs {path} cannot be read: {exc}", model=self.name, version=self.version
+            ) from exc
+        arrays, _ = signature.validate(feeds, max_rows=np.iinfo(np.int32).max)
+        return arrays
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._pool.providers)
+
+    def retire(self, *, timeout_s: float | None = None) -> bool:
+        """Stop taking requests, finish queued and running ones, then close the sessions."""
+        self.state = "draining"
+        drained = self.batcher.close(timeout_s=timeout_s) if self.batcher is not None else True
+        self._pool.close()
+        self.state = "unloaded"
+        return drained
+
+    def status(self) -> dict[str, Any]:
+        batcher = self.batcher
+        return {
+            "state": self.state,
+            "path": str(self.path),
+            "error": self.error,
+            "providers": self.providers,
+            "pool_size": self.config.pool.size,
+            "batchable": None if self.signature is None else self.signature.batchable,
+            "max_batch_size": self.config.batching.max_batch_size,
+            "queued_rows": 0 if batcher is None else batcher.queued_rows,
+            "in_flight": 0 if batcher is None else batcher.in_flight,
+            "loaded_at": self.loaded_at,
+            "signature": None if self.signature is None else self.signature.to_dict(),
+        }

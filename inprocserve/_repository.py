@@ -1,0 +1,96 @@
+"""Finds models and versions on disk: ``<repository>/<model>/<version>/model.onnx``.
+
+Pure file-system logic, no onnxruntime: the server asks it what exists, decides what to load, and
+calls it again on every refresh to notice added and removed versions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._errors import ConfigurationError, ModelNotFoundError
+
+__all__ = ["MODEL_FILENAME", "ModelSource", "RepositoryScan", "scan_repository", "validate_model_name"]
+
+MODEL_FILENAME = "model.onnx"
+CONFIG_FILENAME = "config.toml"
+
+# A name is one path component of letters, digits, '.', '_' and '-', not starting with a dot, so it can
+# never climb out of the repository (no '..', no separators, no absolute paths) nor hide as a dot-file.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def validate_model_name(name: object) -> str:
+    """Return ``name`` if it is a safe model name, else raise ``ModelNotFoundError`` saying why."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, got {type(name).__name__}")
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ModelNotFoundError(
+            f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
+            "and without path separators or '..'",
+            model=name,
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """One model folder as found on disk."""
+
+    name: str
+    folder: Path
+    versions: dict[int, Path]
+    """Version -> path of its ``model.onnx``."""
+    config_path: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryScan:
+    """What a scan found, and what it had to skip (human-readable problems)."""
+
+    models: dict[str, ModelSource] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def scan_repository(repository: Path) -> RepositoryScan:
+    """Scan ``repository`` for models; malformed entries are skipped and listed in ``problems``."""
+    if not repository.is_dir():
+        raise ConfigurationError(f"model repository {str(repository)!r} is not a directory")
+    result = RepositoryScan()
+    for folder in sorted(repository.iterdir()):
+        if folder.name.startswith("."):
+            continue
+        if not folder.is_dir():
+            result.problems.append(f"{folder}: not a model folder (expected <model>/<version>/{MODEL_FILENAME})")
+            continue
+        try:
+            name = validate_model_name(folder.name)
+        except ModelNotFoundError as exc:
+            result.problems.append(f"{folder}: {exc}")
+            continue
+        result.models[name] = _scan_model(name, folder, result.problems)
+    return result
+
+
+def _scan_model(name: str, folder: Path, problems: list[str]) -> ModelSource:
+    versions: dict[int, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name == CONFIG_FILENAME or entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            problems.append(f"{entry}: unexpected file in a model folder (only version folders and {CONFIG_FILENAME})")
+            continue
+        if not entry.name.isdecimal() or entry.name.startswith("0") or not entry.name.isascii():
+            problems.append(f"{entry}: version folders must be positive integers without leading zeros")
+            continue
+        model_file = entry / MODEL_FILENAME
+        if not model_file.is_file():
+            problems.append(f"{entry}: missing {MODEL_FILENAME}")
+            continue
+        versions[int(entry.name)] = model_file
+    if not versions:
+        problems.append(f"{folder}: model {name!r} has no version folder with a {MODEL_FILENAME}")
+    config_path = folder / CONFIG_FILENAME
+    return ModelSource(name, folder, versions, config_path if config_path.is_file() else None)

@@ -1,0 +1,553 @@
+"""The Server facade: loads models, routes each request to a version, and owns every model's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _fork
+from ._batching import Request, VersionRetiredError
+from ._config import ModelConfig, load_model_config
+from ._errors import (
+    ConfigurationError,
+    DeadlineExceededError,
+    InprocserveError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ServerClosedError,
+)
+from ._model import ModelVersion
+from ._prediction import Prediction, RequestIds
+from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_model_name
+from ._sessions import onnxruntime_version
+
+__all__ = ["Server"]
+
+logger = logging.getLogger(__name__)
+
+_RETRIES_ON_RETIRED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Routes:
+    """An immutable snapshot of one model's servable versions; replaced whole, read without a lock."""
+
+    default: ModelVersion
+    versions: Mapping[int, ModelVersion]
+
+
+@dataclass(slots=True)
+class _Failure:
+    error: str
+    stamp: tuple[int, int] | None  # (mtime_ns, size) of the file that failed, to retry only when it changes
+
+
+class Server:
+    """Serves ONNX models inside this process.
+
+    Thread-safe: call :meth:`predict`, :meth:`submit` and :meth:`apredict` from any number of threads or
+    event loops. Lifecycle calls (:meth:`load`, :meth:`unload`, :meth:`refresh`, :meth:`close`) are
+    serialized internally and never block requests to versions they do not touch.
+
+    Args:
+        repository: A folder laid out as ``<model>/<version>/model.onnx``; every model found is loaded.
+            ``None`` starts empty (use :meth:`load`).
+        config: Defaults for every model; a model's ``config.toml`` is laid over them.
+        models: Per-model configuration in code, laid over ``config.toml`` (name -> ``ModelConfig``).
+        poll_interval_s: If set, a background thread calls :meth:`refresh` this often (hot reload).
+        clock: A monotonic clock (tests may step a manual one).
+
+    Raises:
+        ConfigurationError: the repository is not a folder, or a ``config.toml`` is invalid.
+        ModelLoadError: a model could not be loaded at start-up (``strict=True`` only).
+    """
+
+    def __init__(
+        self,
+        repository: str | Path | None = None,
+        *,
+        config: ModelConfig | None = None,
+        models: Mapping[str, ModelConfig] | None = None,
+        poll_interval_s: float | None = None,
+        strict: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if poll_interval_s is not None and not poll_interval_s > 0:
+            raise ConfigurationError(f"poll_interval_s must be > 0, got {poll_interval_s}")
+        if poll_interval_s is not None and repository is None:
+            raise ConfigurationError("poll_interval_s needs a repository to poll")
+        self._repository = None if repository is None else Path(repository)
+        self._defaults = config or ModelConfig()
+        self._code_configs = dict(models or {})
+        self._clock = clock
+        self._ids = RequestIds()
+        self._routes: dict[str, _Routes] = {}
+        self._loaded: dict[str, dict[int, ModelVersion]] = {}
+        self._failures: dict[str, dict[int, _Failure]] = {}
+        self._config_errors: dict[str, str] = {}
+        self._explicit: set[str] = set()  # loaded with load(path=...): refresh() leaves them alone
+        self._unloaded: set[str] = set()  # unloaded by hand: refresh() does not bring them back
+        self._lifecycle = threading.RLock()
+        self._closed = False
+        self._poll_interval_s = poll_interval_s
+        self._poller: threading.Thread | None = None
+        self._stop_polling = threading.Event()
+        self._finalizer = weakref.finalize(self, _close_versions, self._loaded)
+        _fork.register(self)
+        if self._repository is not None:
+            problems = self.refresh()
+            if strict and problems:
+                raise ModelLoadError("; ".join(problems))
+        self._start_poller()
+
+    # -- requests ------------------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: int | None = None,
+        context: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Prediction:
+        """Run ``model`` on ``inputs`` and wait for the answer.
+
+        Args:
+            model: The model name.
+            inputs: Input name -> array-like with a leading batch axis (a bare array for one-input models).
+            version: Pin a version; ``None`` lets the server choose (the latest ready version).
+            context: Request attributes for routing decisions (for example ``{"user_id": ...}``).
+            timeout_s: Give up after this long; a request still queued then is never run.
+
+        Raises:
+            ModelNotFoundError: unknown model or version.
+            InvalidInputError: the inputs do not match the model's signature.
+            OverloadedError: the queue is full.
+            DeadlineExceededError: no answer within ``timeout_s``.
+            InferenceError: onnxruntime failed on this request.
+            ServerClosedError: the server is closed.
+        """
+        request, target = self._dispatch(model, inputs, version, context, timeout_s, None, inline=True)
+        batcher = target.batcher
+        assert batcher is not None
+        batcher.wait(request)
+        if request.error is not None:
+            raise request.error
+        assert request.outputs is not None
+        return _prediction(request)
+
+    def submit(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: int | None = None,
+        context: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Future[Prediction]:
+        """Like :meth:`predict`, but return at once with a ``concurrent.futures.Future``.
+
+        Every library error (including invalid input) is delivered through the future. Cancelling the
+        future before its batch runs drops the request.
+        """
+        future: Future[Prediction] = Future()
+        try:
+            self._dispatch(model, inputs, version, context, timeout_s, future, inline=False)
+        except InprocserveError as exc:
+            future.set_exception(exc)
+        return future
+
+    async def apredict(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: int | None = None,
+        context: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Prediction:
+        """Like :meth:`predict`, for asyncio code: the answer is delivered on the caller's event loop.
+
+        Cancelling the awaiting task drops the request if it has not started running.
+        """
+        future = self.submit(model, inputs, version=version, context=context, timeout_s=timeout_s)
+        waiter = asyncio.wrap_future(future)  # cancelling the task cancels the request
+        if timeout_s is None:
+            return await waiter
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"model {model!r}: no answer within {timeout_s:g}s", model=model, version=version
+            ) from None
+
+    def _dispatch(
+        self,
+        model: str,
+        inputs: Any,
+        version: int | None,
+        context: Mapping[str, Any] | None,
+        timeout_s: float | None,
+        future: Future[Prediction] | None,
+        *,
+        inline: bool,
+    ) -> tuple[Request, ModelVersion]:
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        deadline = None if timeout_s is None else self._clock() + timeout_s
+        for _ in range(_RETRIES_ON_RETIRED):
+            target, variant, reason = self._route(model, version)
+            signature = target.signature
+            assert signature is not None and target.batcher is not None
+            arrays, rows = signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
+            meta = (target.name, target.version, variant, reason, self._ids.next())
+            request = Request(arrays, rows, meta, deadline, future)
+            try:
+                target.batcher.submit(request, run_inline=inline)
+            except VersionRetiredError:
+                continue  # the version was replaced between routing and queueing: route again
+            return request, target
+        raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
+
+    def _route(self, model: str, version: int | None) -> tuple[ModelVersion, str, str]:
+        routes = self._routes.get(model)
+        if routes is None:
+            raise self._not_found(model, version)
+        if version is None:
+            return routes.default, "default", "latest ready version"
+        target = routes.versions.get(version)
+        if target is None:
+            raise self._not_found(model, version)
+        return target, "pinned", "version requested by caller"
+
+    def _not_found(self, model: str, version: int | None) -> InprocserveError:
+        if self._closed:
+            return ServerClosedError("the server is closed", model=model, version=version)
+        routes = self._routes.get(model)
+        if routes is None:
+            known = ", ".join(sorted(self._routes)) or "none"
+            failure = self._failures.get(model)
+            hint = f"; it failed to load: {next(iter(failure.values())).error}" if failure else ""
+            return ModelNotFoundError(f"unknown model {model!r} (servable models: {known}){hint}", model=model)
+        versions = ", ".join(map(str, sorted(routes.versions)))
+        return ModelNotFoundError(
+            f"model {model!r} has no servable version {version} (servable: {versions})", model=model, version=version
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def load(
+        self,
+        name: str,
+        *,
+        path: str | Path | None = None,
+        version: int | None = None,
+        config: ModelConfig | None = None,
+    ) -> int:
+        """Load a model version and make it servable; returns the version number.
+
+        With ``path`` (a ``.onnx`` file) no repository is needed; ``version`` defaults to one more than the
+        highest loaded. Without ``path`` the model is (re)loaded from the repository per its version policy,
+        or just ``version`` if given. A version that fails to load never replaces a working one.
+
+        Raises:
+            ModelLoadError: the model cannot be loaded or warmed up.
+            ModelNotFoundError: no such model in the repository, or an invalid name.
+        """
+        validate_model_name(name)
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            raise ValueError(f"version must be a positive int, got {version!r}")
+        with self._lifecycle:
+            self._check_open()
+            self._unloaded.discard(name)
+            if path is None:
+                source = self._find_in_repository(name)
+                if version is not None and version not in source.versions:
+                    raise ModelNotFoundError(
+                        f"model {name!r} has no version {version} in the repository", model=name, version=version
+                    )
+                effective = self._config_for(name, source, config)
+                if version is not None:
+                    self._load_version(name, version, source.versions[version], effective)
+                    self._publish(name)
+                    return version
+                problems = self._sync_model(name, source, effective)
+                if problems:
+                    raise ModelLoadError("; ".join(problems), model=name)
+                return max(self._routes[name].versions)
+            file = Path(path)
+            if file.is_dir():
+                file = file / MODEL_FILENAME
+            if version is None:
+                version = max(self._loaded.get(name, {}), default=0) + 1
+            self._explicit.add(name)
+            self._load_version(name, version, file, config or self._code_configs.get(name, self._defaults))
+            self._publish(name)
+            return version
+
+    def unload(self, name: str, version: int | None = None, *, timeout_s: float | None = None) -> None:
+        """Stop serving a model (or one version) after its queued and running requests finish.
+
+        Raises:
+            ModelNotFoundError: the model or version is not loaded.
+        """
+        with self._lifecycle:
+            loaded = self._loaded.get(name, {})
+            if not loaded or (version is not None and version not in loaded):
+                raise ModelNotFoundError(f"model {name!r} version {version} is not loaded", model=name, version=version)
+            numbers = [version] if version is not None else list(loaded)
+            if version is None:
+                self._unloaded.add(name)
+            self._retire(name, numbers, timeout_s=timeout_s)
+
+    def refresh(self) -> list[str]:
+        """Re-scan the repository: load new versions, retire removed ones. Returns problems found.
+
+        New versions are loaded and warmed up before they take traffic; removed versions drain first.
+        Failures are logged and kept in :meth:`status`; they never interrupt serving.
+        """
+        if self._repository is None:
+            return []
+        with self._lifecycle:
+            if self._closed:
+                return []
+            try:
+                scan = scan_repository(self._repository)
+            except ConfigurationError as exc:
+                logger.error("cannot scan the model repository: %s", exc)
+                return [str(exc)]
+            problems = list(scan.problems)
+            for name, source in scan.models.items():
+                if name in self._explicit or name in self._unloaded:
+                    continue
+                try:
+                    config = self._config_for(name, source, None)
+                except ConfigurationError as exc:
+                    self._config_errors[name] = str(exc)
+                    problems.append(str(exc))
+                    logger.error("model %r not (re)loaded: %s", name, exc)
+                    continue
+                self._config_errors.pop(name, None)
+                problems.extend(self._sync_model(name, source, config))
+            for name in list(self._loaded):
+                if name not in scan.models and name not in self._explicit:
+                    logger.info("model %r is gone from the repository; unloading it", name)
+                    self._retire(name, list(self._loaded[name]))
+            for name in list(self._failures):
+                if name not in scan.models and name not in self._explicit:
+                    del self._failures[name]
+            for problem in scan.problems:
+                logger.warning("model repository: %s", problem)
+            return problems
+
+    def _sync_model(self, name: str, source: ModelSource, config: ModelConfig) -> list[str]:
+        """Make the loaded versions of ``name`` match its version policy; the lifecycle lock is held.
+
+        A version that fails to load is skipped (until its file changes): the policy is applied again to
+        the rest, so a broken new version leaves the working ones serving.
+        """
+        problems: list[str] = []
+        failures = self._failures.setdefault(name, {})
+        for number in list(failures):  # forget failures of files that changed or vanished
+            path = source.versions.get(number)
+            if path is None or _stamp(path) != failures[number].stamp:
+                del failures[number]
+        while True:
+            wanted = config.version_policy.select([v for v in source.versions if v not in failures])
+            missing = [v for v in wanted if v not in self._loaded.get(name, {})]
+            if not missing:
+                break
+            for number in missing:
+                try:
+                    self._load_version(name, number, source.versions[number], config)
+                except ModelLoadError as exc:
+                    problems.append(str(exc))
+        if not failures:
+            self._failures.pop(name, None)
+        if not wanted:
+            return problems
+        self._publish(name, keep=set(wanted))
+        stale = [v for v in self._loaded.get(name, {}) if v not in wanted]
+        if stale:
+            self._retire(name, stale)
+        return problems
+
+    def _load_version(self, name: str, number: int, path: Path, config: ModelConfig) -> None:
+        loaded = self._loaded.get(name, {})
+        if number in loaded and loaded[number].path == path:
+            return
+        candidate = ModelVersion(name, number, path, config, deliver=_deliver, clock=self._clock)
+        try:
+            candidate.load()
+        except ModelLoadError as exc:
+            self._failures.setdefault(name, {})[number] = _Failure(str(exc), _stamp(path))
+            logger.error("model %r version %s failed to load: %s", name, number, exc)
+            raise
+        previous = loaded.get(number)
+        self._loaded.setdefault(name, {})[number] = candidate
+        self._failures.get(name, {}).pop(number, None)
+        if previous is not None:  # same version number, new file: swap, then drain the old one
+            self._publish(name)
+            previous.retire()
+
+    def _publish(self, name: str, keep: set[int] | None = None) -> None:
+        """Replace the routing snapshot of ``name`` (atomic for readers)."""
+        loaded = self._loaded.get(name, {})
+        versions = {v: mv for v, mv in loaded.items() if keep is None or v in keep}
+        if versions:
+            self._routes[name] = _Routes(default=versions[max(versions)], versions=dict(versions))
+        else:
+            self._routes.pop(name, None)
+
+    def _retire(self, name: str, numbers: list[int], *, timeout_s: float | None = None) -> None:
+        loaded = self._loaded.get(name, {})
+        retiring = [loaded.pop(number) for number in numbers if number in loaded]
+        if not loaded:
+            self._loaded.pop(name, None)
+        self._publish(name)  # stop routing to them before draining
+        for version in retiring:
+            drained = version.retire(timeout_s=timeout_s)
+            logger.info("model %r version %s unloaded%s", name, version.version, "" if drained else " (timed out)")
+
+    def _find_in_repository(self, name: str) -> ModelSource:
+        if self._repository is None:
+            raise ModelNotFoundError(f"no repository configured; pass path= to load model {name!r}", model=name)
+        source = scan_repository(self._repository).models.get(name)
+        if source is None or not source.versions:
+            raise ModelNotFoundError(f"model {name!r} is not in the repository {self._repository}", model=name)
+        return source
+
+    def _config_for(self, name: str, source: ModelSource, override: ModelConfig | None) -> ModelConfig:
+        if override is not None:
+            return override
+        if name in self._code_configs:
+            return self._code_configs[name]
+        if source.config_path is not None:
+            return load_model_config(source.config_path, self._defaults)
+        return self._defaults
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ServerClosedError("the server is closed")
+
+    # -- hot reload poller ---------------------------------------------------------------------------------
+
+    def _start_poller(self) -> None:
+        if self._poll_interval_s is None or self._closed:
+            return
+        self._poller = threading.Thread(target=self._poll, name="inprocserve-refresh", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        assert self._poll_interval_s is not None
+        while not self._stop_polling.wait(self._poll_interval_s):
+            try:
+                self.refresh()
+            except Exception:  # the poller must survive anything a repository throws at it
+                logger.exception("model repository refresh failed")
+
+    def _after_fork_in_child(self) -> None:
+        self._lifecycle = threading.RLock()
+        self._stop_polling = threading.Event()
+        self._start_poller()
+
+    # -- status and shutdown -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot: every model, its versions, their state, errors, providers and queues."""
+        with self._lifecycle:
+            models: dict[str, Any] = {}
+            names = set(self._loaded) | set(self._failures) | set(self._config_errors)
+            for name in sorted(names):
+                routes = self._routes.get(name)
+                versions: dict[str, Any] = {}
+                for number, failure in self._failures.get(name, {}).items():
+                    versions[str(number)] = {"state": "failed", "error": failure.error}
+                for number, model_version in sorted(self._loaded.get(name, {}).items()):
+                    entry = model_version.status()
+                    entry["serving"] = routes is not None and number in routes.versions
+                    versions[str(number)] = entry
+                models[name] = {
+                    "default_version": None if routes is None else routes.default.version,
+                    "ready": routes is not None,
+                    "config_error": self._config_errors.get(name),
+                    "versions": versions,
+                }
+            return {
+                "closed": self._closed,
+                "repository": None if self._repository is None else str(self._repository),
+                "onnxruntime": onnxruntime_version(),
+                "models": models,
+            }
+
+    @property
+    def models(self) -> dict[str, list[int]]:
+        """Servable model names and their servable versions."""
+        return {name: sorted(routes.versions) for name, routes in self._routes.items()}
+
+    def close(self, *, timeout_s: float | None = 30.0) -> None:
+        """Stop taking requests, let queued and running ones finish (up to ``timeout_s`` per version),
+        then release every session. Idempotent; later calls raise :class:`ServerClosedError`."""
+        with self._lifecycle:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop_polling.set()
+            for name in list(self._loaded):
+                self._retire(name, list(self._loaded[name]), timeout_s=timeout_s)
+            self._routes.clear()
+        self._finalizer.detach()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<inprocserve.Server models={self.models} closed={self._closed}>"
+
+
+def _prediction(request: Request) -> Prediction:
+    model, version, variant, reason, request_id = request.meta
+    assert request.outputs is not None
+    return Prediction(
+        request.outputs, model=model, version=version, variant=variant, reason=reason, request_id=request_id
+    )
+
+
+def _deliver(request: Request) -> None:
+    """Resolve a ``submit`` future (runs on the thread that finished the request)."""
+    future = request.future
+    assert future is not None
+    try:
+        if request.error is not None:
+            future.set_exception(request.error)
+        else:
+            future.set_result(_prediction(request))
+    except InvalidStateError:  # cancelled by its caller meanwhile
+        pass
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size)
+
+
+def _close_versions(loaded: dict[str, dict[int, ModelVersion]]) -> None:
+    """Last-resort cleanup when a Server is garbage-collected or the interpreter exits unclosed."""
+    for versions in list(loaded.values()):
+        for version in list(versions.values()):
+            version.retire(timeout_s=1.0)

@@ -1,0 +1,341 @@
+"""Everything that touches onnxruntime: providers, session options, the session pool, error translation.
+
+This is the only module that imports onnxruntime, so the rest of the library works with plain numpy
+arrays and our own exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+
+from . import _fork
+from ._config import PoolConfig
+from ._errors import (
+    InferenceError,
+    InprocserveError,
+    InvalidInputError,
+    ModelLoadError,
+    PoolExhaustedError,
+    ServerClosedError,
+)
+from ._signature import Signature
+
+__all__ = [
+    "SessionPool",
+    "onnxruntime_version",
+    "resolve_providers",
+    "translate_run_error",
+    "usable_cores",
+]
+
+logger = logging.getLogger(__name__)
+
+_CPU = "CPUExecutionProvider"
+_CUDA = "CUDAExecutionProvider"
+_GPU_PROVIDERS = frozenset({_CUDA, "TensorrtExecutionProvider", "ROCMExecutionProvider"})
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+# onnxruntime's exception types, and what each becomes when it is raised by ``session.run``.
+# Load-time failures of any type become ModelLoadError. tests/test_sessions.py checks the map is complete.
+RUN_ERROR_MAP: dict[str, type[InprocserveError]] = {
+    "InvalidArgument": InvalidInputError,
+    "Fail": InferenceError,
+    "NoSuchFile": InferenceError,
+    "NoModel": InferenceError,
+    "EngineError": InferenceError,
+    "RuntimeException": InferenceError,
+    "InvalidProtobuf": InferenceError,
+    "ModelLoaded": InferenceError,
+    "NotImplemented": InferenceError,
+    "InvalidGraph": InferenceError,
+    "EPFail": InferenceError,
+    "ModelLoadCanceled": InferenceError,
+    "ModelRequiresCompilation": InferenceError,
+    "NotFound": InferenceError,
+    "DeviceReset": InferenceError,
+}
+
+
+def onnxruntime_version() -> str:
+    return str(ort.__version__)
+
+
+def onnxruntime_error_types() -> dict[str, type[BaseException]]:
+    """onnxruntime's own exception classes by name (for the completeness test of the error map)."""
+    return {name: obj for name, obj in vars(_ort_state).items() if isinstance(obj, type) and issubclass(obj, Exception)}
+
+
+def translate_run_error(exc: BaseException, *, model: str, version: int) -> InprocserveError:
+    """Map an exception raised by ``session.run`` to our hierarchy (the one place that does this)."""
+    if isinstance(exc, InprocserveError):
+        return exc
+    kind = RUN_ERROR_MAP.get(type(exc).__name__, InferenceError)
+    return kind(f"model {model!r} version {version} failed to run: {exc}", model=model, version=version)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (respects affinity masks and container cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# -- providers ------------------------------------------------------------------------------------------
+
+_cuda_lock = threading.Lock()
+_cuda_usable: bool | None = None
+
+
+def _cuda_listed() -> bool:
+    return _CUDA in ort.get_available_providers()
+
+
+def _probe_cuda(model_path: Path) -> bool:
+    """Whether a CUDA session really starts, asked once per process and logged once.
+
+    onnxruntime lists CUDA whenever the GPU wheel is installed, even when the driver or CUDA libraries
+    are missing; it then logs errors and falls back to the CPU. So we build one quiet session (fatal-only
+    logging) and look at the providers it actually got.
+    """
+    global _cuda_usable
+    with _cuda_lock:
+        if _cuda_usable is None:
+            if not _cuda_listed():
+                _cuda_usable = False
+                logger.info("onnxruntime %s has no CUDA provider; using the CPU", ort.__version__)
+            else:
+                options = ort.SessionOptions()
+                options.log_severity_level = 4
+                try:
+                    probe = ort.InferenceSession(str(model_path), options, providers=[_CUDA, _CPU])
+                    _cuda_usable = probe.get_providers()[0] == _CUDA
+                except Exception:  # any failure means: not usable
+                    _cuda_usable = False
+                if _cuda_usable:
+                    logger.info("CUDA is usable; models run on the GPU")
+                else:
+                    logger.warning("onnxruntime lists CUDA but it is not usable here; using the CPU")
+        return _cuda_usable
+
+
+ProviderSpec = str | tuple[str, dict[str, Any]]
+
+
+def resolve_providers(config: PoolConfig, *, device_id: int, cuda_usable: bool) -> list[ProviderSpec]:
+    """The provider list for one session (pure: the GPU probe result is passed in).
+
+    Raises:
+        ModelLoadError: ``require_gpu`` is set and no GPU provider is usable.
+    """
+    if config.providers == "auto":
+        names: Sequence[str] = [_CUDA, _CPU] if cuda_usable else [_CPU]
+    else:
+        names = config.providers
+    uses_gpu = any(name in _GPU_PROVIDERS for name in names) and cuda_usable
+    if config.require_gpu and not uses_gpu:
+        raise ModelLoadError(
+            "require_gpu is set but no GPU provider is usable "
+            f"(onnxruntime {ort.__version__} offers {', '.join(ort.get_available_providers())}); "
+            "install onnxruntime-gpu with a working CUDA setup, or unset require_gpu"
+        )
+    resolved: list[ProviderSpec] = []
+    for name in names:
+        if name in _GPU_PROVIDERS:
+            resolved.append((name, {"device_id": device_id}))
+        else:
+            resolved.append(name)
+    return resolved
+
+
+def session_options(config: PoolConfig) -> ort.SessionOptions:
+    """Session options that respect the thread budget: pool size x threads <= usable cores by default."""
+    options = ort.SessionOptions()
+    threads = config.intra_op_threads or max(1, usable_cores() // config.size)
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_SEQUENTIAL if config.inter_op_threads == 1 else ort.ExecutionMode.ORT_PARALLEL
+    )
+    options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization]
+    options.log_severity_level = 3  # errors only: warnings about unused initializers etc. are noise here
+    spin = "1" if config.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return options
+
+
+# -- the pool -------------------------------------------------------------------------------------------
+
+# Sessions inherited across fork() are never destroyed in the child: their destructors would join
+# onnxruntime threads that do not exist there. They stay referenced here (shared copy-on-write pages).
+_inherited: list[Any] = []
+
+
+class SessionPool:
+    """Lends the onnxruntime sessions of one model version to the threads that run batches.
+
+    Thread-safe. Sessions are created by :meth:`prepare` (at load) and, in a forked child, again lazily on
+    first use, so no onnxruntime object or thread is ever shared across a fork.
+    """
+
+    def __init__(self, path: Path, config: PoolConfig, *, model: str, version: int) -> None:
+        self.path = path
+        self.config = config
+        self.model = model
+        self.version = version
+        self.providers: list[str] = []
+        self.signature: Signature | None = None
+        self._warmup: Any = None
+        # Failures during run are raised to the caller as our exceptions; onnxruntime need not print them.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
+        self._reset_state()
+        _fork.register(self)
+
+    def _reset_state(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._build_lock = threading.Lock()
+        self._sessions: list[ort.InferenceSession] = []
+        self._free: list[ort.InferenceSession] = []
+        self._ready = False
+        self._closed = False
+
+    def _after_fork_in_child(self) -> None:
+        _inherited.extend(self._sessions)
+        closed = self._closed
+        self._reset_state()
+        self._closed = closed
+
+    @property
+    def size(self) -> int:
+        return self.config.size
+
+    def prepare(self, warmup: Any = None) -> Signature:
+        """Create every session (once per process), run ``warmup(session)`` on each, return the signature.
+
+        Raises:
+            ModelLoadError: the file is missing, not ONNX, corrupt, or a session or warm-up failed.
+        """
+        if warmup is not None:
+            self._warmup = warmup
+        with self._build_lock:
+            if self._ready:
+                assert self.signature is not None
+                return self.signature
+            if self._closed:
+                raise ServerClosedError(
+                    f"model {self.model!r} version {self.version} is unloaded", model=self.model, version=self.version
+                )
+            sessions = [self._create(index) for index in range(self.config.size)]
+            with self._cond:
+                self._sessions = sessions
+                self._free = list(reversed(sessions))
+                self._ready = True
+                self._cond.notify_all()
+        assert self.signature is not None
+        return self.signature
+
+    def _create(self, index: int) -> ort.InferenceSession:
+        if self.path.suffix != ".onnx":
+            raise ModelLoadError(
+                f"refusing to load {self.path}: only .onnx files are loaded", model=self.model, version=self.version
+            )
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file {self.path} does not exist", model=self.model, version=self.version)
+        config = self.config
+        device_id = config.device_ids[index % len(config.device_ids)]
+        wants_gpu = config.providers == "auto" or any(p in _GPU_PROVIDERS for p in config.providers)
+        cuda = _probe_cuda(self.path) if wants_gpu and _cuda_listed() else False
+        providers = resolve_providers(config, device_id=device_id, cuda_usable=cuda)
+        try:
+            session = ort.InferenceSession(str(self.path), session_options(config), providers=providers)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {self.model!r} version {self.version}: onnxruntime cannot load {self.path}: {exc}",
+                model=self.model,
+                version=self.version,
+            ) from exc
+        self.providers = list(session.get_providers())
+        if self.signature is None:
+            try:
+                self.signature = Signature.from_nodes(session.get_inputs(), session.get_outputs())
+            except ValueError as exc:
+                raise ModelLoadError(
+                    f"model {self.model!r} version {self.version}: {exc}", model=self.model, version=self.version
+                ) from exc
+        if self._warmup is not None:
+            try:
+                self._warmup(session)
+            except InprocserveError as exc:
+                raise ModelLoadError(
+                    f"model {self.model!r} version {self.version} failed its warm-up run: {exc}",
+                    model=self.model,
+                    version=self.version,
+                ) from exc
+        return session
+
+    def acquire(self, timeout_s: float | None = None) -> ort.InferenceSession:
+        """Borrow a session; give it back with :meth:`release`.
+
+        Raises:
+            PoolExhaustedError: none became free within ``timeout_s`` (default: the pool's checkout timeout).
+            ServerClosedError: the pool is closed.
+        """
+        if not self._ready:
+            self.prepare()
+        with self._cond:
+            if not self._free:
+                wait = self.config.checkout_timeout_s if timeout_s is None else timeout_s
+                if not self._cond.wait_for(lambda: self._free or self._closed, wait):
+                    raise PoolExhaustedError(
+                        f"no session of model {self.model!r} version {self.version} became free within "
+                        f"{wait:g}s (pool.size = {self.config.size})",
+                        model=self.model,
+                        version=self.version,
+                    )
+            if self._closed:
+                raise ServerClosedError(
+                    f"model {self.model!r} version {self.version} is unloaded", model=self.model, version=self.version
+                )
+            return self._free.pop()
+
+    def release(self, session: ort.InferenceSession) -> None:
+        with self._cond:
+            if session in self._sessions:  # a session from before a fork is dropped, not recycled
+                self._free.append(session)
+                self._cond.notify()
+
+    def run(self, session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+        """Run one batch; onnxruntime releases the GIL while it computes.
+
+        Raises:
+            InferenceError: (or a subclass) translated from onnxruntime's exception.
+        """
+        try:
+            return session.run(None, feeds, self._run_options)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise translate_run_error(exc, model=self.model, version=self.version) from exc
+
+    def close(self) -> None:
+        """Release every session. Callers must have drained their work first. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._sessions = []
+            self._free = []
+            self._ready = False
+            self._cond.notify_all()

@@ -1,0 +1,276 @@
+"""A model's inputs and outputs, and the validation of a request against them.
+
+Validation runs on the caller's thread before anything is queued, so a bad request fails alone and at
+once, with a message that names the input, what the model expects and what was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ._errors import InvalidInputError
+
+__all__ = ["NodeInfo", "Signature", "TensorSpec"]
+
+Dim = int | str | None
+
+# onnxruntime's type strings for the tensor element types it can take from numpy.
+_ONNX_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(uint16)": np.dtype(np.uint16),
+    "tensor(uint32)": np.dtype(np.uint32),
+    "tensor(uint64)": np.dtype(np.uint64),
+    "tensor(bool)": np.dtype(np.bool_),
+    "tensor(string)": np.dtype(object),
+}
+
+
+class NodeInfo(Protocol):
+    """What onnxruntime's ``NodeArg`` offers; kept as a protocol so this module never imports it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def shape(self) -> Sequence[Dim] | None: ...
+
+
+def _is_dynamic(dim: Dim) -> bool:
+    return not isinstance(dim, int) or dim < 0
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output: its name, element type and shape (``None``/symbol for dynamic axes)."""
+
+    name: str
+    onnx_type: str
+    dtype: np.dtype[Any] | None
+    """The numpy dtype, or ``None`` for non-tensor values (sequences, maps)."""
+    shape: tuple[Dim, ...] | None
+
+    @classmethod
+    def from_node(cls, node: NodeInfo) -> TensorSpec:
+        shape = None if node.shape is None else tuple(node.shape)
+        return cls(node.name, node.type, _ONNX_TO_NUMPY.get(node.type), shape)
+
+    @property
+    def is_string(self) -> bool:
+        return self.onnx_type == "tensor(string)"
+
+    @property
+    def has_dynamic_batch(self) -> bool:
+        """True when axis 0 exists and is dynamic, so rows of several requests can be stacked on it."""
+        return self.dtype is not None and bool(self.shape) and _is_dynamic(self.shape[0])  # type: ignore[index]
+
+    def describe(self) -> str:
+        dims = "?" if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.onnx_type} [{dims}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.onnx_type, "shape": None if self.shape is None else list(self.shape)}
+
+
+class Signature:
+    """The model's signature, with the checks precomputed so validation stays cheap per request.
+
+    Thread-safe: immutable after construction.
+    """
+
+    def __init__(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+        self.inputs: tuple[TensorSpec, ...] = tuple(inputs)
+        self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
+        self.input_names: frozenset[str] = frozenset(spec.name for spec in self.inputs)
+        self.output_names: tuple[str, ...] = tuple(spec.name for spec in self.outputs)
+        unsupported = [spec.describe() for spec in self.inputs if spec.dtype is None]
+        if unsupported:
+            raise ValueError(f"inputs of these types cannot be fed from numpy: {', '.join(unsupported)}")
+        self.batchable: bool = bool(self.inputs) and all(
+            spec.has_dynamic_batch for spec in (*self.inputs, *self.outputs)
+        )
+        """Rows of several requests can be stacked on axis 0 of every input and split off every output."""
+        # Per input: (spec, rank or None, ((axis, size), ...) for fixed axes).
+        self._checks = tuple(
+            (
+                spec,
+                None if spec.shape is None else len(spec.shape),
+                () if spec.shape is None else tuple((a, d) for a, d in enumerate(spec.shape) if not _is_dynamic(d)),
+            )
+            for spec in self.inputs
+        )
+        # Named symbolic dims that appear more than once must agree across inputs ("batch", "seq" ...).
+        places: dict[str, list[tuple[str, int]]] = {}
+        for spec in self.inputs:
+            for axis, dim in enumerate(spec.shape or ()):
+                if isinstance(dim, str) and dim:
+                    places.setdefault(dim, []).append((spec.name, axis))
+        self._shared_symbols = {symbol: where for symbol, where in places.items() if len(where) > 1}
+        self._single = self.inputs[0].name if len(self.inputs) == 1 else None
+
+    @classmethod
+    def from_nodes(cls, inputs: Sequence[NodeInfo], outputs: Sequence[NodeInfo]) -> Signature:
+        return cls([TensorSpec.from_node(n) for n in inputs], [TensorSpec.from_node(n) for n in outputs])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": [spec.to_dict() for spec in self.inputs],
+            "outputs": [spec.to_dict() for spec in self.outputs],
+            "batchable": self.batchable,
+        }
+
+    # -- validation -------------------------------------------------------------------------------------
+
+    def validate(self, inputs: object, *, max_rows: int, reject_nan: bool = False) -> tuple[dict[str, np.ndarray], int]:
+        """Check and coerce a request; return ``(arrays by input name, rows)``.
+
+        Raises:
+            InvalidInputError: on unknown, missing or extra names, a dtype that cannot be cast safely,
+                non-numeric values, a wrong rank or fixed dimension, inconsistent batch sizes, too many
+                rows, or NaN/infinity when ``reject_nan`` is set.
+        """
+        if not isinstance(inputs, Mapping):
+            if self._single is None or isinstance(inputs, (str, bytes)):
+                names = ", ".join(sorted(self.input_names))
+                raise InvalidInputError(
+                    f"inputs must be a mapping of input name to array (this model takes: {names}); "
+                    f"got {type(inputs).__name__}"
+                )
+            inputs = {self._single: inputs}
+        if len(inputs) != len(self.inputs) or not self.input_names.issuperset(inputs):
+            self._raise_for_names(inputs)
+        arrays: dict[str, np.ndarray] = {}
+        rows = -1
+        for spec, rank, fixed in self._checks:
+            array = _coerce(spec, inputs[spec.name])
+            if rank is not None:
+                if array.ndim != rank:
+                    raise InvalidInputError(
+                        f"input {spec.name!r}: expected {rank} dimensions {_shape_text(spec.shape)}, "
+                        f"got {array.ndim} (shape {list(array.shape)})"
+                    )
+                for axis, size in fixed:
+                    if array.shape[axis] != size:
+                        raise InvalidInputError(
+                            f"input {spec.name!r}: expected size {size} on axis {axis} {_shape_text(spec.shape)}, "
+                            f"got shape {list(array.shape)}"
+                        )
+            if array.ndim:
+                if rows < 0:
+                    rows = array.shape[0]
+                elif self.batchable and array.shape[0] != rows:
+                    raise InvalidInputError(
+                        f"input {spec.name!r}: has {array.shape[0]} rows but the other inputs have {rows}; "
+                        "all inputs need the same number of rows"
+                    )
+            if reject_nan and array.dtype.kind == "f" and not np.isfinite(array).all():
+                bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+                raise InvalidInputError(
+                    f"input {spec.name!r}: holds {bad} NaN or infinite value(s) and this model's nan_policy "
+                    "is 'reject'; clean the data or set nan_policy = 'allow'"
+                )
+            arrays[spec.name] = array
+        if self._shared_symbols:
+            self._check_shared_symbols(arrays)
+        if rows < 0:
+            rows = 1
+        if rows == 0:
+            raise InvalidInputError("the request has 0 rows; send at least one row")
+        if rows > max_rows:
+            raise InvalidInputError(
+                f"the request has {rows} rows, more than the {max_rows} allowed per request "
+                "(batching.max_request_rows); split it into smaller requests"
+            )
+        return arrays, rows
+
+    def _raise_for_names(self, inputs: Mapping[Any, Any]) -> None:
+        bad_keys = [k for k in inputs if not isinstance(k, str)]
+        if bad_keys:
+            raise InvalidInputError(f"input names must be strings, got {bad_keys[0]!r}")
+        missing = sorted(self.input_names - set(inputs))
+        unknown = sorted(set(inputs) - self.input_names)
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(map(repr, missing))}")
+        if unknown:
+            parts.append(f"unknown input(s) {', '.join(map(repr, unknown))}")
+        expected = ", ".join(spec.describe() for spec in self.inputs)
+        raise InvalidInputError(f"{'; '.join(parts)}; the model takes {expected}")
+
+    def _check_shared_symbols(self, arrays: Mapping[str, np.ndarray]) -> None:
+        for symbol, where in self._shared_symbols.items():
+            sizes = {(name, axis): arrays[name].shape[axis] for name, axis in where}
+            if len(set(sizes.values())) > 1:
+                listing = ", ".join(f"{name!r} axis {axis} = {size}" for (name, axis), size in sizes.items())
+                raise InvalidInputError(f"dimension {symbol!r} must be the same in every input, got {listing}")
+
+    # -- warm-up ----------------------------------------------------------------------------------------
+
+    def synthesize(self, rows: int) -> dict[str, np.ndarray]:
+        """Zero-filled inputs of ``rows`` rows (dynamic axes of size 1), for warm-up runs."""
+        arrays = {}
+        for spec in self.inputs:
+            assert spec.dtype is not None
+            shape = [d if isinstance(d, int) and d >= 0 else 1 for d in (spec.shape or ())]
+            if shape and _is_dynamic((spec.shape or (None,))[0]):
+                shape[0] = rows
+            if spec.is_string:
+                arrays[spec.name] = np.full(shape, "", dtype=object)
+            else:
+                arrays[spec.name] = np.zeros(shape, dtype=spec.dtype)
+        return arrays
+
+
+def _shape_text(shape: tuple[Dim, ...] | None) -> str:
+    if shape is None:
+        return ""
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
+    expected = spec.dtype
+    assert expected is not None
+    if type(value) is np.ndarray and value.dtype == expected:
+        return value  # the common case: no copy, no checks
+    if spec.is_string:
+        array = np.asarray(value, dtype=object) if not isinstance(value, np.ndarray) else value
+        if array.dtype.kind not in "OU":
+            raise InvalidInputError(f"input {spec.name!r}: expected strings (tensor(string)), got {array.dtype}")
+        return array.astype(object, copy=False)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(
+            f"input {spec.name!r}: cannot be turned into an array of {expected} ({exc}); "
+            "send a rectangular list of numbers or a numpy array"
+        ) from None
+    given = array.dtype
+    if given == expected:
+        return array
+    if given.kind not in "biuf":
+        what = "ragged or non-numeric values" if given.kind == "O" else f"dtype {given}"
+        raise InvalidInputError(f"input {spec.name!r}: expected numbers of dtype {expected}, got {what}")
+    if not np.can_cast(given, expected, casting="same_kind") or (given.kind == "b") != (expected.kind == "b"):
+        raise InvalidInputError(
+            f"input {spec.name!r}: expected dtype {expected}, got {given}, which cannot be converted without "
+            f"losing meaning; convert it yourself (for example array.astype('{expected}')) if that is intended"
+        )
+    if expected.kind in "iu" and given.kind in "iu" and array.size:
+        info = np.iinfo(expected)
+        low, high = array.min(), array.max()
+        if low < info.min or high > info.max:
+            raise InvalidInputError(
+                f"input {spec.name!r}: values from {low} to {high} do not fit in {expected} ({info.min}..{info.max})"
+            )
+    return array.astype(expected)

@@ -1,0 +1,175 @@
+"""Helpers for tests of applications that use inprocserve: tiny real ONNX models and a manual clock.
+
+The model builders write genuine ONNX files that onnxruntime loads and runs; they need the ``onnx``
+package (``pip install "inprocserve[testing]"``). Nothing here fakes the runtime.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ManualClock",
+    "build_add_model",
+    "build_gather_model",
+    "build_mlp_model",
+    "build_scale_model",
+    "build_sum_model",
+    "save_model",
+]
+
+_OPSET = 17
+_IR_VERSION = 9  # readable by every onnxruntime release this library supports
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told to: pass it as ``clock=`` to step deadlines by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - the message is the point
+        raise ImportError('inprocserve.testing model builders need onnx: pip install "inprocserve[testing]"') from exc
+    return onnx
+
+
+def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], initializers: Sequence[Any] = ()) -> Any:
+    onnx = _onnx()
+    graph = onnx.helper.make_graph(nodes, "inprocserve-test", inputs, outputs, list(initializers))
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", _OPSET)])
+    model.ir_version = _IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_model(model: Any, repository: str | Path, name: str, version: int = 1) -> Path:
+    """Write an ONNX ``ModelProto`` to ``<repository>/<name>/<version>/model.onnx``; returns that path."""
+    path = Path(repository) / name / str(version) / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def build_scale_model(factor: float = 2.0, *, features: int = 4, offset: float = 0.0) -> Any:
+    """``y = x * factor + offset`` on float32 ``x[batch, features]``: easy to check, distinct per version."""
+    onnx = _onnx()
+    helper, tp = onnx.helper, onnx.TensorProto
+    inits = [
+        onnx.numpy_helper.from_array(np.array(factor, dtype=np.float32), "factor"),
+        onnx.numpy_helper.from_array(np.array(offset, dtype=np.float32), "offset"),
+    ]
+    nodes = [helper.make_node("Mul", ["x", "factor"], ["scaled"]), helper.make_node("Add", ["scaled", "offset"], ["y"])]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", tp.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("y", tp.FLOAT, ["batch", features])],
+        inits,
+    )
+
+
+def build_add_model(*, sequence: bool = False) -> Any:
+    """Two inputs: ``total = a + b`` (float32) and ``count = n * 2`` (int64).
+
+    With ``sequence`` the float inputs are ``[batch, seq]`` with a dynamic ``seq`` axis, for tests of
+    grouping and padding of requests of different lengths.
+    """
+    onnx = _onnx()
+    helper, tp = onnx.helper, onnx.TensorProto
+    shape: list[Any] = ["batch", "seq"] if sequence else ["batch", 3]
+    inits = [onnx.numpy_helper.from_array(np.array(2, dtype=np.int64), "two")]
+    nodes = [helper.make_node("Add", ["a", "b"], ["total"]), helper.make_node("Mul", ["n", "two"], ["count"])]
+    return _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("a", tp.FLOAT, shape),
+            helper.make_tensor_value_info("b", tp.FLOAT, shape),
+            helper.make_tensor_value_info("n", tp.INT64, ["batch", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("total", tp.FLOAT, shape),
+            helper.make_tensor_value_info("count", tp.INT64, ["batch", 1]),
+        ],
+        inits,
+    )
+
+
+def build_gather_model(*, table_rows: int = 10, width: int = 4) -> Any:
+    """``rows = table[index]`` with int64 ``index[batch]``: an index outside ``0..table_rows-1`` passes
+    validation but fails inside onnxruntime — a real poisoned request."""
+    onnx = _onnx()
+    helper, tp = onnx.helper, onnx.TensorProto
+    table = np.arange(table_rows * width, dtype=np.float32).reshape(table_rows, width)
+    return _model(
+        [helper.make_node("Gather", ["table", "index"], ["rows"], axis=0)],
+        [helper.make_tensor_value_info("index", tp.INT64, ["batch"])],
+        [helper.make_tensor_value_info("rows", tp.FLOAT, ["batch", width])],
+        [onnx.numpy_helper.from_array(table, "table")],
+    )
+
+
+def build_sum_model(*, features: int = 4, fixed_batch: int | None = None) -> Any:
+    """``total = sum(x)`` over every element: the output has no batch axis, so the model cannot batch.
+
+    With ``fixed_batch`` the input's batch axis is fixed to that size instead of dynamic.
+    """
+    onnx = _onnx()
+    helper, tp = onnx.helper, onnx.TensorProto
+    batch: Any = fixed_batch if fixed_batch is not None else "batch"
+    return _model(
+        [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0)],
+        [helper.make_tensor_value_info("x", tp.FLOAT, [batch, features])],
+        [helper.make_tensor_value_info("total", tp.FLOAT, [])],
+    )
+
+
+def build_mlp_model(
+    dims: Sequence[int] = (16, 32, 2), *, softmax: bool = True, seed: int = 0, input_name: str = "x"
+) -> Any:
+    """A float32 multi-layer perceptron ``Gemm -> Relu -> ... -> Gemm [-> Softmax]`` with seeded weights.
+
+    ``dims`` lists layer widths from the input features to the outputs; the output is named ``y``.
+    """
+    onnx = _onnx()
+    helper, tp = onnx.helper, onnx.TensorProto
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    previous = input_name
+    layers = list(itertools.pairwise(dims))
+    for index, (fan_in, fan_out) in enumerate(layers):
+        weight = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        bias = (rng.standard_normal(fan_out) * 0.01).astype(np.float32)
+        inits += [onnx.numpy_helper.from_array(weight, f"w{index}"), onnx.numpy_helper.from_array(bias, f"b{index}")]
+        nodes.append(helper.make_node("Gemm", [previous, f"w{index}", f"b{index}"], [f"h{index}"]))
+        previous = f"h{index}"
+        if index < len(layers) - 1:
+            nodes.append(helper.make_node("Relu", [previous], [f"r{index}"]))
+            previous = f"r{index}"
+    nodes.append(
+        helper.make_node("Softmax", [previous], ["y"], axis=1)
+        if softmax
+        else helper.make_node("Identity", [previous], ["y"])
+    )
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info(input_name, tp.FLOAT, ["batch", dims[0]])],
+        [helper.make_tensor_value_info("y", tp.FLOAT, ["batch", dims[-1]])],
+        inits,
+    )
