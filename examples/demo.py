@@ -67,8 +67,7 @@ def main() -> None:
         answer = server.predict("fraud", {"x": rows[0]})
         expected = reference.run(None, {"x": rows[0]})[0]
         assert np.allclose(answer["y"], expected, atol=1e-5)
-        print(f"3. One prediction: {answer['y'].round(4).tolist()} from version {answer.version} "
-              "(matches onnxruntime)")
+        print(f"3. One prediction: {answer['y'].round(4).tolist()} from version {answer.version} (matches onnxruntime)")
 
         print(f"4. {THREADS} threads x {REQUESTS_PER_THREAD} one-row requests, side by side:")
         naive_rate, _ = measure("each thread calls session.run", lambda x: reference.run(None, {"x": x}), rows)

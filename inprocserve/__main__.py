@@ -21,7 +21,7 @@ def _noop_deliver(request: object) -> None:  # the CLI never submits requests
 
 
 def _load(name: str, version: int, path: Path, config: ModelConfig) -> ModelVersion:
-    model = ModelVersion(name, version, path, config, deliver=_noop_deliver)  # type: ignore[arg-type]
+    model = ModelVersion(name, version, path, config, deliver=_noop_deliver)
     model.load()
     return model
 

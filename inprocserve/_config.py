@@ -63,9 +63,12 @@ class BatchingConfig:
     """Merge concurrent requests. When false every request runs alone (still through the pool)."""
     max_batch_size: int = 64
     """Largest number of rows in one ``session.run``."""
-    max_delay_ms: float = 0.0
-    """How long an idle session may wait for companions of the oldest queued request before running what
-    is queued. 0 (the default) never waits: requests accumulate only while every session is busy."""
+    max_delay_ms: float | None = None
+    """Longest time the oldest queued request may wait for companions while a session is free. A free
+    session waits only while recent traffic showed more concurrent rows than are queued, and stops as soon
+    as they arrive, so a lone caller never waits. ``None`` (default): the model's fixed cost per run,
+    measured at load (capped at 5 ms) — waiting longer would cost more than running twice. ``0``: never
+    wait; requests accumulate only while every session is busy."""
     preferred_batch_sizes: tuple[int, ...] = ()
     """Batch sizes the model runs best at; while waiting up to ``max_delay_ms`` the batcher stops
     waiting as soon as the queue holds one of them."""
@@ -79,7 +82,7 @@ class BatchingConfig:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ConfigurationError(f"batching.max_batch_size must be >= 1, got {self.max_batch_size}")
-        if not (self.max_delay_ms >= 0 and math.isfinite(self.max_delay_ms)):
+        if self.max_delay_ms is not None and not (self.max_delay_ms >= 0 and math.isfinite(self.max_delay_ms)):
             raise ConfigurationError(f"batching.max_delay_ms must be a finite number >= 0, got {self.max_delay_ms}")
         sizes = tuple(sorted(set(self.preferred_batch_sizes)))
         if any(size < 1 or size > self.max_batch_size for size in sizes):

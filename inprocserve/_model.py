@@ -7,6 +7,7 @@ published for routing only once it is ``ready`` (sessions built and warmed up).
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ._batching import Batcher, Finisher
+from ._batching import Batcher, Finisher, RunCost
 from ._config import ModelConfig
-from ._errors import ModelLoadError
+from ._errors import InprocserveError, ModelLoadError
 from ._sessions import SessionPool
 from ._signature import Signature
 
@@ -47,6 +48,7 @@ class ModelVersion:
         self.loaded_at: float | None = None
         self.signature: Signature | None = None
         self.batcher: Batcher | None = None
+        self.run_cost: RunCost | None = None
         self._deliver = deliver
         self._clock = clock
         self._pool = SessionPool(path, config.pool, model=name, version=version)
@@ -61,7 +63,10 @@ class ModelVersion:
         """
         started = time.perf_counter()
         try:
-            signature = self._pool.prepare(warmup=self._warm_up)
+            batching = self.config.batching
+            signature = self._pool.prepare(
+                warmup=self._warm_up, probe_rows=batching.max_batch_size if batching.enabled else 1
+            )
             self._check_padding(signature)
         except ModelLoadError as exc:
             self.state = "failed"
@@ -75,12 +80,15 @@ class ModelVersion:
                 self.name,
                 self.version,
             )
+        self.run_cost = self._measure_run_cost(signature)
         self.batcher = Batcher(
             self._pool,
             self.config.batching,
             input_names=[spec.name for spec in signature.inputs],
             output_names=signature.output_names,
             batchable=signature.batchable,
+            has_dynamic_inner_axes=signature.has_dynamic_inner_axes,
+            run_cost=self.run_cost,
             deliver=self._deliver,
             clock=self._clock,
         )
@@ -94,6 +102,35 @@ class ModelVersion:
             ", ".join(self._pool.providers),
             self._pool.size,
         )
+
+    def _measure_run_cost(self, signature: Signature) -> RunCost | None:
+        """Time runs of 1 and of a few rows to split a run's cost into a fixed part and a per-row part.
+
+        The fixed part is what batching saves per merged request, and it bounds how long a free session
+        may usefully wait for companions (see ``BatchingConfig.max_delay_ms``).
+        """
+        batching = self.config.batching
+        rows = min(8, batching.max_batch_size)
+        if not (signature.batchable and batching.enabled and rows > 1):
+            return None
+        session = self._pool.sessions()[0]
+        small, large = signature.synthesize(1), signature.synthesize(rows)
+
+        def timed(feeds: dict[str, np.ndarray]) -> float:
+            start = time.perf_counter()
+            self._pool.run(session, feeds)
+            return time.perf_counter() - start
+
+        try:
+            first = timed(small) + timed(large)  # also sizes the arena for both shapes
+            repeats = 5 if first < 0.05 else 1  # keep the load of a slow model short
+            one = statistics.median(timed(small) for _ in range(repeats))
+            many = statistics.median(timed(large) for _ in range(repeats))
+        except InprocserveError as exc:  # zeros are not valid input for every model
+            logger.info("model %r version %s: run cost not measured (%s)", self.name, self.version, exc)
+            return None
+        per_row = max(0.0, (many - one) / (rows - 1))
+        return RunCost(fixed_s=max(0.0, one - per_row), per_row_s=per_row)
 
     def _check_padding(self, signature: Signature) -> None:
         padding = self.config.batching.padding
@@ -164,8 +201,18 @@ class ModelVersion:
             "error": self.error,
             "providers": self.providers,
             "pool_size": self.config.pool.size,
+            "intra_op_threads": self._pool.intra_op_threads,
             "batchable": None if self.signature is None else self.signature.batchable,
             "max_batch_size": self.config.batching.max_batch_size,
+            "max_delay_ms": None if batcher is None else round(batcher.max_delay_s * 1000, 3),
+            "run_cost_ms": None
+            if self.run_cost is None
+            else {
+                "fixed": round(self.run_cost.fixed_s * 1000, 4),
+                "per_row": round(self.run_cost.per_row_s * 1000, 4),
+            },
+            "batches_run": 0 if batcher is None else batcher.batches_run,
+            "rows_run": 0 if batcher is None else batcher.rows_run,
             "queued_rows": 0 if batcher is None else batcher.queued_rows,
             "in_flight": 0 if batcher is None else batcher.in_flight,
             "loaded_at": self.loaded_at,

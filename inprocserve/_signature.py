@@ -101,6 +101,10 @@ class Signature:
             spec.has_dynamic_batch for spec in (*self.inputs, *self.outputs)
         )
         """Rows of several requests can be stacked on axis 0 of every input and split off every output."""
+        self.has_dynamic_inner_axes: bool = any(
+            spec.shape is None or any(_is_dynamic(d) for d in spec.shape[1:]) for spec in self.inputs
+        )
+        """Some input has a dynamic axis other than axis 0, so requests may differ in shape beyond rows."""
         # Per input: (spec, rank or None, ((axis, size), ...) for fixed axes).
         self._checks = tuple(
             (

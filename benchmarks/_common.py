@@ -1,0 +1,125 @@
+"""Shared pieces of the benchmarks: reference models, closed-loop clients, statistics, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inprocserve.testing import build_mlp_model, save_model
+
+RESULTS = Path(__file__).parent / "results"
+
+# The reference models of shared/BENCHMARKS.md, built with fixed seeds.
+MODELS: dict[str, dict[str, Any]] = {
+    "mlp-small": {"dims": (256, 512, 512, 2), "softmax": True, "seed": 1},
+    "mlp-large": {"dims": (1024, 4096, 4096, 16), "softmax": False, "seed": 2},
+}
+
+
+def build_reference(name: str, repository: Path) -> Path:
+    spec = MODELS[name]
+    return save_model(build_mlp_model(spec["dims"], softmax=spec["softmax"], seed=spec["seed"]), repository, name, 1)
+
+
+def input_rows(name: str, count: int, seed: int = 0) -> list[np.ndarray]:
+    features = MODELS[name]["dims"][0]
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((1, features)).astype(np.float32) for _ in range(count)]
+
+
+@dataclass
+class LoadResult:
+    approach: str
+    model: str
+    clients: int
+    requests: int
+    seconds: float
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+
+
+def closed_loop(
+    approach: str, model: str, clients: int, call: Callable[[np.ndarray], Any], rows: list[np.ndarray], seconds: float
+) -> LoadResult:
+    """``clients`` threads each call ``call`` back to back with their own one-row input for ``seconds``."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def client(index: int) -> None:
+        x = rows[index % len(rows)]
+        mine = latencies[index]
+        clock = time.perf_counter
+        barrier.wait()
+        end = deadline[0]
+        while True:
+            start = clock()
+            if start >= end:
+                break
+            call(x)
+            mine.append(clock() - start)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.perf_counter() + seconds
+    started = time.perf_counter()
+    barrier.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    merged = np.sort(np.concatenate([np.asarray(values) for values in latencies]))
+    return LoadResult(
+        approach=approach,
+        model=model,
+        clients=clients,
+        requests=int(merged.size),
+        seconds=elapsed,
+        throughput=merged.size / elapsed,
+        p50_ms=float(np.percentile(merged, 50) * 1000),
+        p99_ms=float(np.percentile(merged, 99) * 1000),
+    )
+
+
+def median_spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=lambda o: asdict(o)))
+    return path

@@ -1,0 +1,288 @@
+"""Coalescing benchmark (shared/BENCHMARKS.md): ceiling, naive and inprocserve side by side in one run.
+
+    python benchmarks/coalescing.py                    # full run: both models, N = 1, 8, 32, 64
+    python benchmarks/coalescing.py --seconds 1 --rounds 1 --models mlp-small   # quick look
+
+Writes benchmarks/results/coalescing.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from collections import deque
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from _common import MODELS, RESULTS, build_reference, closed_loop, input_rows, machine, write_json
+
+import inprocserve
+
+BATCHES = (1, 8, 32, 64, 128)
+SETTLE_S = 0.3  # onnxruntime's default sessions spin after a run; let them park before the next approach
+
+
+def raw_call(session: ort.InferenceSession, x: np.ndarray) -> Any:
+    return session.run(None, {"x": x})
+
+
+def served_call(server: inprocserve.Server, name: str, x: np.ndarray) -> Any:
+    return server.predict(name, {"x": x})
+
+
+def handoff_floor(clients: int, seconds: float) -> float:
+    """Round trips/s of ``clients`` threads handing a token to one worker thread and back: no model, no
+    numpy. This is what CPython's thread wake-ups and GIL hand-offs alone allow on this machine."""
+    lock = threading.Lock()
+    queue: deque[Any] = deque()
+    wake = threading.Lock()
+    wake.acquire()
+    idle = [True]
+    stop = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    def worker() -> None:
+        while True:
+            with lock:
+                items = list(queue)
+                queue.clear()
+                if not items:
+                    idle[0] = True
+            if not items:
+                wake.acquire()
+                continue
+            for item in items:
+                item.release()
+
+    def client(index: int) -> None:
+        done = 0
+        while time.perf_counter() < stop:
+            mine = threading.Lock()
+            mine.acquire()
+            with lock:
+                queue.append(mine)
+                if idle[0]:
+                    idle[0] = False
+                    wake.release()
+            mine.acquire()
+            done += 1
+        counts[index] = done
+
+    threading.Thread(target=worker, daemon=True).start()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def ceiling(session: ort.InferenceSession, name: str, seconds: float) -> dict[int, float]:
+    """Rows/s of one thread calling ``run`` on pre-built batches."""
+    features = MODELS[name]["dims"][0]
+    rng = np.random.default_rng(1)
+    rates = {}
+    for batch in BATCHES:
+        x = rng.standard_normal((batch, features)).astype(np.float32)
+        for _ in range(3):
+            session.run(None, {"x": x})
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            session.run(None, {"x": x})
+            runs += 1
+        rates[batch] = runs * batch / (time.perf_counter() - start)
+    return rates
+
+
+def check_outputs(server: inprocserve.Server, session: ort.InferenceSession, name: str) -> float:
+    """Largest difference between the server's answers and raw onnxruntime's on 64 distinct rows."""
+    rows = input_rows(name, 64, seed=7)
+    futures = [server.submit(name, {"x": row}) for row in rows]
+    worst = 0.0
+    for row, future in zip(rows, futures, strict=True):
+        expected = session.run(None, {"x": row})[0]
+        got = future.result(timeout=60)["y"]
+        if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
+            raise AssertionError(f"{name}: server output differs from onnxruntime's")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine(), "settings": vars(args).copy(), "models": {}}
+    floor = {n: handoff_floor(n, min(args.seconds, 2.0)) for n in args.clients}
+    results["handoff_floor_round_trips_per_s"] = floor
+    print("thread hand-off floor (no model), round trips/s: " + ", ".join(f"N={n}: {r:,.0f}" for n, r in floor.items()))
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models:
+            repository = Path(folder) / name
+            path = build_reference(name, repository)
+            raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # onnxruntime's defaults
+            server = inprocserve.Server(repository, models={name: inprocserve.ModelConfig()})
+            print(f"== {name}")
+            max_diff = check_outputs(server, raw, name)
+            rates = ceiling(raw, name, min(args.seconds, 2.0))
+            best = max(rate for batch, rate in rates.items() if batch <= 64)
+            one_row_us = 1e6 / rates[1]
+            print("   ceiling rows/s by batch: " + ", ".join(f"{b}: {r:,.0f}" for b, r in rates.items()))
+            points: dict[int, dict[str, list[dict[str, Any]]]] = {}
+            for clients in args.clients:
+                rows = input_rows(name, clients)
+                points[clients] = {"naive": [], "inprocserve": []}
+                for _ in range(args.rounds):  # interleaved so drift hits both alike
+                    naive = closed_loop("naive", name, clients, partial(raw_call, raw), rows, args.seconds)
+                    time.sleep(SETTLE_S)
+                    served = closed_loop(
+                        "inprocserve", name, clients, partial(served_call, server, name), rows, args.seconds
+                    )
+                    time.sleep(SETTLE_S)
+                    points[clients]["naive"].append(vars(naive))
+                    points[clients]["inprocserve"].append(vars(served))
+                summary = summarize(points[clients], best)
+                points[clients]["summary"] = summary  # type: ignore[assignment]
+                print(
+                    f"   N={clients:>3}  naive {summary['naive_rps']:>9,.0f} req/s  "
+                    f"inprocserve {summary['inprocserve_rps']:>9,.0f} req/s  "
+                    f"x naive {summary['ratio_naive']:.2f}  x ceiling {summary['ratio_ceiling']:.2f}  "
+                    f"p50 {summary['inprocserve_p50_ms']:.3f} ms  p99 {summary['inprocserve_p99_ms']:.2f} ms "
+                    f"(naive p99 {summary['naive_p99_ms']:.2f} ms)"
+                )
+            status = server.status()["models"][name]["versions"]["1"]
+            server.close()
+            results["models"][name] = {
+                "ceiling_rows_per_s": rates,
+                "ceiling_best_rows_per_s": best,
+                "raw_one_row_us": one_row_us,
+                "max_abs_diff_vs_onnxruntime": max_diff,
+                "server_config": {"pool_size": status["pool_size"], "max_batch_size": status["max_batch_size"]},
+                "points": points,
+            }
+    return results
+
+
+def summarize(point: dict[str, list[dict[str, Any]]], best: float) -> dict[str, float]:
+    def med(approach: str, key: str) -> float:
+        return statistics.median(r[key] for r in point[approach])
+
+    def spread(approach: str) -> float:
+        values = [r["throughput"] for r in point[approach]]
+        return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
+
+    naive, served = med("naive", "throughput"), med("inprocserve", "throughput")
+    return {
+        "naive_rps": naive,
+        "inprocserve_rps": served,
+        "ratio_naive": served / naive,
+        "ratio_ceiling": served / best,
+        "naive_p50_ms": med("naive", "p50_ms"),
+        "naive_p99_ms": med("naive", "p99_ms"),
+        "inprocserve_p50_ms": med("inprocserve", "p50_ms"),
+        "inprocserve_p99_ms": med("inprocserve", "p99_ms"),
+        "naive_spread": spread("naive"),
+        "inprocserve_spread": spread("inprocserve"),
+    }
+
+
+def write_markdown(results: dict[str, Any]) -> Path:
+    m = results["machine"]
+    lines = [
+        "# Coalescing benchmark",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
+        f"Settings: {results['settings']['seconds']} s per point, {results['settings']['rounds']} rounds, interleaved; "
+        "medians (spread = (max-min)/median over rounds).",
+        "",
+        "Thread hand-off floor — N threads passing a token to one worker thread and back, no model, no numpy: "
+        + ", ".join(f"N={n}: {r:,.0f}/s" for n, r in results["handoff_floor_round_trips_per_s"].items())
+        + ". No design that wakes a blocked caller thread per request can exceed it on this machine.",
+        "",
+    ]
+    for name, data in results["models"].items():
+        lines += [
+            f"## {name}",
+            "",
+            "Ceiling (one thread, raw `run`, rows/s): "
+            + ", ".join(f"batch {b}: {r:,.0f}" for b, r in data["ceiling_rows_per_s"].items())
+            + f". Best at batch <= 64: **{data['ceiling_best_rows_per_s']:,.0f}**; one-row run "
+            f"{data['raw_one_row_us']:.0f} us. Max |diff| vs onnxruntime: {data['max_abs_diff_vs_onnxruntime']:.1e}.",
+            "",
+            "| N | naive req/s | inprocserve req/s | x naive | x ceiling | p50 ms (naive / inprocserve) "
+            "| p99 ms (naive / inprocserve) | spread |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for clients, point in data["points"].items():
+            s = point["summary"]
+            lines.append(
+                f"| {clients} | {s['naive_rps']:,.0f} | {s['inprocserve_rps']:,.0f} | {s['ratio_naive']:.2f} | "
+                f"{s['ratio_ceiling']:.2f} | {s['naive_p50_ms']:.3f} / {s['inprocserve_p50_ms']:.3f} | "
+                f"{s['naive_p99_ms']:.2f} / {s['inprocserve_p99_ms']:.2f} | "
+                f"{s['naive_spread']:.0%} / {s['inprocserve_spread']:.0%} |"
+            )
+        lines.append("")
+    path = RESULTS / "coalescing.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def plot(results: dict[str, Any]) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = list(results["models"])
+    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 8), squeeze=False)
+    for column, name in enumerate(names):
+        points = results["models"][name]["points"]
+        clients = [int(c) for c in points]
+        for approach in ("naive", "inprocserve"):
+            axes[0][column].plot(
+                clients, [points[c]["summary"][f"{approach}_rps"] for c in points], "o-", label=approach
+            )
+            axes[1][column].plot(
+                clients, [points[c]["summary"][f"{approach}_p99_ms"] for c in points], "o-", label=approach
+            )
+        axes[0][column].axhline(results["models"][name]["ceiling_best_rows_per_s"], ls="--", c="gray", label="ceiling")
+        axes[0][column].set_title(f"{name}: throughput")
+        axes[0][column].set_ylabel("requests/s")
+        axes[1][column].set_title(f"{name}: p99 latency")
+        axes[1][column].set_ylabel("ms")
+        axes[1][column].set_yscale("log")
+        for row in (0, 1):
+            axes[row][column].set_xlabel("client threads (N)")
+            axes[row][column].set_xscale("log", base=2)
+            axes[row][column].legend()
+    fig.tight_layout()
+    path = RESULTS / "coalescing.png"
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
+    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tag", default="coalescing", help="result file name (without extension)")
+    args = parser.parse_args()
+    results = run(args)
+    print(f"wrote {write_json(args.tag, results)}")
+    if args.tag == "coalescing":
+        print(f"wrote {write_markdown(results)}")
+        png = plot(results)
+        if png:
+            print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    main()
