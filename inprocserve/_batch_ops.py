@@ -23,14 +23,12 @@ class BatchShapeError(Exception):
 
 
 def group_key(arrays: Arrays, padding: PaddingConfig | None) -> tuple[Any, ...]:
-    """Requests with equal keys may share a batch: same non-batch shapes (ignoring a padded axis)."""
+    """Requests with equal keys may share a batch: same non-batch shapes, ignoring padded axes."""
     if padding is None:
         return tuple([array.shape[1:] for array in arrays.values()])
+    pads = padding.inputs
     return tuple(
-        [
-            _without_axis(array.shape, padding.axis) if name == padding.input else array.shape[1:]
-            for name, array in arrays.items()
-        ]
+        [_without_axis(array.shape, pads[name]) if name in pads else array.shape[1:] for name, array in arrays.items()]
     )
 
 
@@ -48,27 +46,29 @@ def stack_inputs(requests: Sequence[Arrays], names: Sequence[str]) -> dict[str, 
 def pad_and_stack(
     requests: Sequence[Arrays], names: Sequence[str], padding: PaddingConfig
 ) -> tuple[dict[str, np.ndarray], list[int]]:
-    """Pad ``padding.input`` along ``padding.axis`` to the longest request, then stack.
+    """Pad each input of ``padding.inputs`` along its axis to the batch's longest, then stack.
 
-    Returns the stacked inputs and each request's own length along that axis (to crop outputs back).
+    Returns the stacked inputs and each request's own length (to crop outputs back).
     """
-    lengths = [request[padding.input].shape[padding.axis] for request in requests]
-    longest = max(lengths)
+    first, first_axis = next(iter(padding.inputs.items()))
+    lengths = [request[first].shape[first_axis] for request in requests]
     stacked = {}
     for name in names:
-        if name != padding.input or len(set(lengths)) == 1:
-            stacked[name] = np.concatenate([request[name] for request in requests])
-            continue
-        parts = []
-        for request, length in zip(requests, lengths, strict=True):
-            array = request[name]
-            if length < longest:
-                widths = [(0, 0)] * array.ndim
-                widths[padding.axis] = (0, longest - length)
-                array = np.pad(array, widths, constant_values=np.array(padding.value, dtype=array.dtype))
-            parts.append(array)
+        parts = [request[name] for request in requests]
+        axis = padding.inputs.get(name)
+        if axis is not None:
+            longest = max(part.shape[axis] for part in parts)
+            parts = [_pad_to(part, axis, longest, padding.value) for part in parts]
         stacked[name] = np.concatenate(parts)
     return stacked, lengths
+
+
+def _pad_to(array: np.ndarray, axis: int, size: int, value: float) -> np.ndarray:
+    if array.shape[axis] == size:
+        return array
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, size - array.shape[axis])
+    return np.pad(array, widths, constant_values=np.array(value).astype(array.dtype))
 
 
 def split_outputs(
@@ -99,7 +99,7 @@ def split_outputs(
         axes, lengths = crop
         for result, length in zip(results, lengths, strict=True):
             for name, axis in axes.items():
-                index_ = [slice(None)] * result[name].ndim
-                index_[axis] = slice(0, length)
-                result[name] = result[name][tuple(index_)]
+                index = [slice(None)] * result[name].ndim
+                index[axis] = slice(0, length)
+                result[name] = result[name][tuple(index)]
     return results

@@ -37,7 +37,7 @@ from . import _fork
 from ._batch_ops import BatchShapeError, group_key, pad_and_stack, split_outputs, stack_inputs
 from ._config import BatchingConfig
 from ._errors import DeadlineExceededError, InprocserveError, QueueFullError, ServerClosedError
-from ._sessions import SessionPool
+from ._sessions import SessionPool, abandon_inherited
 
 __all__ = ["Batcher", "RunCost", "Request", "VersionRetiredError"]
 
@@ -188,6 +188,7 @@ class Batcher:
 
     def _after_fork_in_child(self) -> None:
         closing = self._closing
+        abandon_inherited(self._free)
         self._reset_state()  # queued requests belong to the parent's threads
         self._closing = closing
 
@@ -335,7 +336,7 @@ class Batcher:
             while True:
                 if self._queued_rows and self._free:
                     if self._delay_s and self._wait_for_companions(wake, ready_at):
-                        continue  # woke up (companions arrived, or time is up): decide again
+                        continue  # companions arrived (or close): decide again
                     session = self._free.pop()
                     batch, expired = self._take_batch()
                     if self._queued_rows and self._free and self._idle and self._filler is None:
@@ -369,9 +370,11 @@ class Batcher:
     def _wait_for_companions(self, wake: Any, ready_at: float) -> bool:
         """With the lock held: if more rows are expected soon, wait for them (releasing the lock).
 
-        Returns whether it waited. The wait ends when the queue reaches the target, at close, or
-        ``max_delay`` after the later of the oldest request's arrival and the moment the session was free:
-        time spent queued behind a busy session is not time spent waiting for companions.
+        Returns True when woken early (the queue reached the target, or close) so the caller decides
+        again, and False when there is nothing to wait for or the wait ran out: then it runs what is queued.
+        The wait lasts at most ``max_delay`` after the later of the oldest request's arrival and the moment
+        the session became free: time spent queued behind a busy session is not time spent waiting for
+        companions.
         """
         if self._filler is not None or self._closing:
             return False
@@ -379,7 +382,7 @@ class Batcher:
         self._roll_window(now)
         target = self._target_rows()
         if self._preferred:
-            target = min([size for size in self._preferred if size >= self._queued_rows] or [target], default=target)
+            target = min([size for size in self._preferred if size >= self._queued_rows] or [target])
         if self._queued_rows >= target:
             return False
         oldest = next((r for r in self._queue if r.state == _QUEUED), None)
@@ -393,12 +396,13 @@ class Batcher:
         self._lock.release()
         woke = wake.acquire(timeout=remaining)
         self._lock.acquire()
-        if not woke:
-            if self._filler is wake:
-                self._filler = None
-            else:  # released just as the wait timed out: consume it so the lock is held for the next wait
-                wake.acquire()
-        return True
+        if woke:
+            return True
+        if self._filler is wake:
+            self._filler = None
+        else:  # released just as the wait timed out: consume it so the lock is held for the next wait
+            wake.acquire()
+        return False
 
     def _take_batch(self) -> tuple[list[Request], list[Request]]:
         """With the lock held: pop the next batch of compatible requests, and the expired ones."""
@@ -624,6 +628,8 @@ class Batcher:
                 self._in_flight -= 1
                 self._active_rows -= request.rows
             workers = list(self._workers)
+            if drained:
+                self._free = []  # the pool owns the sessions; a closed batcher keeps no reference
         for request in leftovers:
             self._fail(
                 request,

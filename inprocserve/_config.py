@@ -32,26 +32,32 @@ GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PaddingConfig:
-    """Pad one dynamic axis of an input so requests of different lengths share a batch.
+    """Pad a dynamic axis (say, sequence length) so requests of different lengths share one batch.
 
-    Outputs named in ``outputs`` are cropped back to each request's own length along the given axis.
+    Each input named in ``inputs`` is padded with ``value`` along its axis to the longest request of the
+    batch; each output named in ``outputs`` is cropped back to the request's own length along its axis. A
+    request's length is its size along the axis of the first input listed. Without padding, requests of
+    different lengths are simply batched separately.
     """
 
-    input: str
-    """Name of the input whose axis varies between requests (for example ``tokens``)."""
-    axis: int
-    """The axis that varies (>= 1; axis 0 is the batch axis)."""
-    value: float = 0
-    """The value used to fill padded positions."""
+    inputs: Mapping[str, int]
+    """Input name -> the axis to pad (>= 1; axis 0 is the batch axis)."""
     outputs: Mapping[str, int] = field(default_factory=dict)
-    """Output name -> axis to crop back to the request's length; outputs not named are left as they are."""
+    """Output name -> the axis to crop back; outputs not named are returned as the model produced them."""
+    value: float = 0
+    """The value written into padded positions (for example the pad token id, or 0 for a mask)."""
 
     def __post_init__(self) -> None:
-        if self.axis < 1:
-            raise ConfigurationError(f"padding.axis must be >= 1 (axis 0 is the batch axis), got {self.axis}")
-        for name, axis in self.outputs.items():
-            if axis < 1:
-                raise ConfigurationError(f"padding.outputs[{name!r}] must be >= 1, got {axis}")
+        if not self.inputs:
+            raise ConfigurationError("batching.padding.inputs must name at least one input")
+        for kind, axes in (("inputs", self.inputs), ("outputs", self.outputs)):
+            for name, axis in axes.items():
+                if isinstance(axis, bool) or not isinstance(axis, int) or axis < 1:
+                    raise ConfigurationError(
+                        f"batching.padding.{kind}[{name!r}] must be an axis >= 1 (axis 0 is the batch axis), "
+                        f"got {axis!r}"
+                    )
+        object.__setattr__(self, "inputs", dict(self.inputs))
         object.__setattr__(self, "outputs", dict(self.outputs))
 
 
@@ -73,9 +79,11 @@ class BatchingConfig:
     """Batch sizes the model runs best at; while waiting up to ``max_delay_ms`` the batcher stops
     waiting as soon as the queue holds one of them."""
     max_queue_rows: int = 4096
-    """Rows that may wait in the queue; beyond this ``predict`` raises :class:`QueueFullError` at once."""
+    """Rows that may wait in the queue; beyond this ``predict`` raises :class:`QueueFullError` at once.
+    (A single request larger than this is still accepted when the queue is empty.)"""
     max_request_rows: int | None = None
-    """Largest number of rows one request may carry (``None``: as many as ``max_queue_rows``)."""
+    """Largest number of rows one request may carry (``None``: ``max_queue_rows``); larger requests get
+    :class:`InvalidInputError` before anything is queued."""
     padding: PaddingConfig | None = None
     """Pad a dynamic axis so requests of different lengths can share a batch; ``None`` groups them."""
 
@@ -92,11 +100,8 @@ class BatchingConfig:
         object.__setattr__(self, "preferred_batch_sizes", sizes)
         if self.max_queue_rows < 1:
             raise ConfigurationError(f"batching.max_queue_rows must be >= 1, got {self.max_queue_rows}")
-        if self.max_request_rows is not None and not 1 <= self.max_request_rows <= self.max_queue_rows:
-            raise ConfigurationError(
-                f"batching.max_request_rows must lie in 1..max_queue_rows ({self.max_queue_rows}), "
-                f"got {self.max_request_rows}"
-            )
+        if self.max_request_rows is not None and self.max_request_rows < 1:
+            raise ConfigurationError(f"batching.max_request_rows must be >= 1, got {self.max_request_rows}")
 
     @property
     def request_row_limit(self) -> int:

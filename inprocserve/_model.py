@@ -136,24 +136,19 @@ class ModelVersion:
         padding = self.config.batching.padding
         if padding is None:
             return
-        specs = {spec.name: spec for spec in signature.inputs}
-        spec = specs.get(padding.input)
-        if spec is None or spec.shape is None or padding.axis >= len(spec.shape):
-            raise ModelLoadError(
-                f"model {self.name!r} version {self.version}: batching.padding names input {padding.input!r} "
-                f"axis {padding.axis}, which the model does not have "
-                f"({', '.join(s.describe() for s in specs.values())})",
-                model=self.name,
-                version=self.version,
-            )
-        unknown = sorted(set(padding.outputs) - set(signature.output_names))
-        if unknown:
-            raise ModelLoadError(
-                f"model {self.name!r} version {self.version}: batching.padding.outputs names unknown output(s) "
-                f"{', '.join(unknown)}",
-                model=self.name,
-                version=self.version,
-            )
+        inputs = {spec.name: spec for spec in signature.inputs}
+        outputs = {spec.name: spec for spec in signature.outputs}
+        for kind, axes, specs in (("inputs", padding.inputs, inputs), ("outputs", padding.outputs, outputs)):
+            for name, axis in axes.items():
+                spec = specs.get(name)
+                if spec is None or spec.shape is None or axis >= len(spec.shape):
+                    known = ", ".join(s.describe() for s in specs.values())
+                    raise ModelLoadError(
+                        f"model {self.name!r} version {self.version}: batching.padding.{kind} names {name!r} "
+                        f"axis {axis}, which the model does not have ({known})",
+                        model=self.name,
+                        version=self.version,
+                    )
 
     def _warm_up(self, session: Any) -> None:
         """Run each new session once or more, so the first real request does not pay for allocations."""

@@ -229,7 +229,11 @@ class Server:
             raise self._not_found(model, version)
         return target, "pinned", "version requested by caller"
 
-    def _not_found(self, model: str, version: int | None) -> InprocserveError:
+    def _not_found(self, model: object, version: object) -> Exception:
+        if not isinstance(model, str):  # checked only on this slow path, to keep predict cheap
+            return TypeError(f"model must be a str, got {type(model).__name__}")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            return TypeError(f"version must be an int or None, got {type(version).__name__}")
         if self._closed:
             return ServerClosedError("the server is closed", model=model, version=version)
         routes = self._routes.get(model)

@@ -198,8 +198,15 @@ def session_options(config: PoolConfig, *, threads: int | None = None) -> ort.Se
 # -- the pool -------------------------------------------------------------------------------------------
 
 # Sessions inherited across fork() are never destroyed in the child: their destructors would join
-# onnxruntime threads that do not exist there. They stay referenced here (shared copy-on-write pages).
+# onnxruntime threads that do not exist there, and hang. They stay referenced here (their pages stay
+# shared copy-on-write with the parent).
 _inherited: list[Any] = []
+
+
+def abandon_inherited(sessions: Any) -> None:
+    """In a forked child: keep the parent's sessions referenced forever instead of destroying them."""
+    if sessions:
+        _inherited.extend(sessions)
 
 
 class SessionPool:
@@ -234,7 +241,7 @@ class SessionPool:
         self._closed = False
 
     def _after_fork_in_child(self) -> None:
-        _inherited.extend(self._sessions)
+        abandon_inherited(self._sessions)
         closed = self._closed
         self._reset_state()
         self._closed = closed

@@ -1,0 +1,154 @@
+"""Fixtures: real ONNX models written into temporary repositories, and servers that are always closed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+ServerFactory = Callable[..., inprocserve.Server]
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    """An empty model repository folder."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def make_server() -> Iterator[ServerFactory]:
+    """Build servers that are closed at the end of the test, whatever happens."""
+    servers: list[inprocserve.Server] = []
+
+    def make(*args: Any, **kwargs: Any) -> inprocserve.Server:
+        server = inprocserve.Server(*args, **kwargs)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close(timeout_s=10)
+
+
+@pytest.fixture
+def scale_repository(repository: Path) -> Path:
+    """``scale`` version 1: y = 2x, on x[batch, 4]."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    return repository
+
+
+def build_busy_model(width: int = 512, layers: int = 16, table_rows: int = 10) -> onnx.ModelProto:
+    """A model that takes a while per row, with a second input that can poison a request.
+
+    ``y = relu(x @ W)`` repeated ``layers`` times (real compute, so a request with many rows keeps a
+    session busy for a predictable while), and ``picked = table[index]``: an index outside the table
+    passes validation but fails inside onnxruntime.
+    """
+    rng = np.random.default_rng(3)
+    nodes, inits = [], []
+    previous = "x"
+    for layer in range(layers):
+        weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(weight, f"w{layer}"))
+        nodes.append(helper.make_node("MatMul", [previous, f"w{layer}"], [f"m{layer}"]))
+        nodes.append(helper.make_node("Relu", [f"m{layer}"], [f"r{layer}"]))
+        previous = f"r{layer}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    table = np.arange(table_rows * 2, dtype=np.float32).reshape(table_rows, 2)
+    inits.append(numpy_helper.from_array(table, "table"))
+    nodes.append(helper.make_node("Gather", ["table", "index"], ["picked"], axis=0))
+    graph = helper.make_graph(
+        nodes,
+        "busy",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width]),
+            helper.make_tensor_value_info("index", TensorProto.INT64, ["batch"]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width]),
+            helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["batch", 2]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+BUSY_WIDTH = 512
+
+
+def busy_inputs(rows: int, *, index: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "x": rng.standard_normal((rows, BUSY_WIDTH)).astype(np.float32),
+        "index": np.full(rows, index, dtype=np.int64),
+    }
+
+
+@pytest.fixture
+def busy_repository(repository: Path) -> Path:
+    save_model(build_busy_model(BUSY_WIDTH), repository, "busy", 1)
+    return repository
+
+
+def occupy(server: inprocserve.Server, model: str = "busy", rows: int = 3000) -> Any:
+    """Keep the model's only session busy with one large request; return its future once it is running.
+
+    A 3000-row request on the busy model takes a quarter of a second or more here, far longer than the
+    microseconds a test needs to queue other requests behind it.
+    """
+    future = server.submit(model, busy_inputs(rows))
+    wait_until(lambda: _version_status(server, model)["queued_rows"] == 0)
+    assert not future.done(), "the blocking request finished before the test could use it"
+    return future
+
+
+def _version_status(server: inprocserve.Server, model: str) -> dict[str, Any]:
+    versions = server.status()["models"][model]["versions"]
+    return next(v for v in versions.values() if v.get("serving"))
+
+
+def version_status(server: inprocserve.Server, model: str) -> dict[str, Any]:
+    return _version_status(server, model)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll a condition that another thread makes true (bounded, never a blind sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.001)
+
+
+def run_threads(count: int, target: Callable[[int], None]) -> list[BaseException]:
+    """Run ``target(i)`` on ``count`` threads; return the exceptions they raised."""
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def wrapped(index: int) -> None:
+        try:
+            target(index)
+        except BaseException as exc:  # collected and reported by the test
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return errors

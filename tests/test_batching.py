@@ -1,0 +1,263 @@
+"""Request coalescing: merged batches, isolation of failures, deadlines, overload, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import inprocserve
+from inprocserve import BatchingConfig, ModelConfig, PaddingConfig
+from inprocserve.testing import ManualClock, build_add_model, build_gather_model, build_mlp_model, save_model
+
+from .conftest import ServerFactory, busy_inputs, occupy, run_threads, version_status, wait_until
+
+
+def test_queued_requests_are_merged_into_one_run(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+    futures = [server.submit("busy", busy_inputs(1 + i % 3, seed=i)) for i in range(20)]
+    blocker.result(timeout=60)
+    results = [future.result(timeout=60) for future in futures]
+    status = version_status(server, "busy")
+    # 47 chunked runs for the blocker, then the 20 queued requests (40 rows) in a single batch
+    assert status["batches_run"] == 2
+    assert status["rows_run"] == 3000 + sum(1 + i % 3 for i in range(20))
+    for i, result in enumerate(results):
+        assert result["y"].shape == (1 + i % 3, 512)
+
+
+def test_merged_answers_equal_direct_runs_under_64_threads(repository: Path, make_server: ServerFactory) -> None:
+    path = save_model(build_mlp_model((32, 64, 8), seed=9), repository, "mlp", 1)
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(max_batch_size=16)))
+    reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    inputs = [rng.standard_normal((1 + i % 5, 32)).astype(np.float32) for i in range(64)]
+    expected = [reference.run(None, {"x": x})[0] for x in inputs]
+
+    def call(index: int) -> None:
+        for round_ in range(30):
+            x = inputs[(index + round_) % 64]
+            got = server.predict("mlp", {"x": x})["y"]
+            np.testing.assert_allclose(got, expected[(index + round_) % 64], rtol=1e-5, atol=1e-6)
+
+    assert run_threads(64, call) == []
+    status = version_status(server, "mlp")
+    assert status["batches_run"] < status["rows_run"], "no request was ever merged"
+
+
+def test_requests_of_different_lengths_are_grouped_not_mixed(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_add_model(sequence=True), repository, "seq", 1)
+    server = make_server(repository)
+
+    def inputs(length: int, value: float) -> dict[str, np.ndarray]:
+        return {
+            "a": np.full((1, length), value, np.float32),
+            "b": np.ones((1, length), np.float32),
+            "n": np.array([[length]], np.int64),
+        }
+
+    futures = [
+        (length, value, server.submit("seq", inputs(length, value))) for value in range(10) for length in (2, 5, 7)
+    ]
+    for length, value, future in futures:
+        result = future.result(timeout=30)
+        np.testing.assert_array_equal(result["total"], np.full((1, length), value + 1.0))
+        assert result["count"].tolist() == [[2 * length]]
+
+
+def test_padding_lets_different_lengths_share_a_batch(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_add_model(sequence=True), repository, "seq", 1)
+    padding = PaddingConfig(inputs={"a": 1, "b": 1}, outputs={"total": 1}, value=0)
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(padding=padding)))
+    rng = np.random.default_rng(4)
+    cases = []
+    for length in (1, 3, 6, 2, 6, 4) * 5:
+        a = rng.standard_normal((2, length)).astype(np.float32)
+        b = rng.standard_normal((2, length)).astype(np.float32)
+        cases.append((a, b, server.submit("seq", {"a": a, "b": b, "n": np.ones((2, 1), np.int64)})))
+    for a, b, future in cases:
+        result = future.result(timeout=30)
+        np.testing.assert_allclose(result["total"], a + b, rtol=1e-6)  # cropped back to its own length
+    assert version_status(server, "seq")["rows_run"] == 60
+
+
+def test_bad_padding_config_fails_the_load(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_add_model(sequence=True), repository, "seq", 1)
+    padding = PaddingConfig(inputs={"tokens": 1})
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(padding=padding)))
+    assert "padding.inputs names 'tokens'" in server.status()["models"]["seq"]["versions"]["1"]["error"]
+
+
+def test_one_poisoned_request_fails_alone(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+    futures = [server.submit("busy", busy_inputs(1, index=i % 10, seed=i)) for i in range(40)]
+    poisoned = server.submit("busy", busy_inputs(1, index=99))
+    futures += [server.submit("busy", busy_inputs(1, index=3, seed=100 + i)) for i in range(20)]
+    blocker.result(timeout=60)
+    with pytest.raises(inprocserve.InvalidInputError, match="indices element out of data bounds") as info:
+        poisoned.result(timeout=60)
+    assert (info.value.model, info.value.version) == ("busy", 1)
+    for i, future in enumerate(futures):
+        expected_index = i % 10 if i < 40 else 3
+        assert future.result(timeout=60)["picked"].tolist() == [[2.0 * expected_index, 2.0 * expected_index + 1]]
+
+
+def test_a_gather_model_with_poisoned_rows_under_threads(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_gather_model(), repository, "gather", 1)
+    server = make_server(repository)
+
+    def call(index: int) -> None:
+        for round_ in range(50):
+            if (index + round_) % 17 == 0:
+                with pytest.raises(inprocserve.InvalidInputError):
+                    server.predict("gather", {"index": np.array([1, 50])})
+            else:
+                result = server.predict("gather", {"index": np.array([index % 10])})
+                assert result["rows"][0, 0] == 4.0 * (index % 10)
+
+    assert run_threads(32, call) == []
+
+
+def test_deadline_passing_in_the_queue_means_the_request_never_runs(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    clock = ManualClock()
+    server = make_server(busy_repository, clock=clock)
+    blocker = occupy(server)
+    late = server.submit("busy", busy_inputs(5), timeout_s=1.0)
+    clock.advance(2.0)
+    blocker.result(timeout=60)
+    with pytest.raises(inprocserve.DeadlineExceededError, match="deadline passed while it was queued"):
+        late.result(timeout=60)
+    assert version_status(server, "busy")["rows_run"] == 3000
+
+
+def test_a_synchronous_caller_gets_control_back_at_its_deadline(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server, rows=4000)
+    started = time.monotonic()
+    with pytest.raises(inprocserve.DeadlineExceededError):
+        server.predict("busy", busy_inputs(3), timeout_s=0.05)
+    assert time.monotonic() - started < 5.0
+    assert version_status(server, "busy")["queued_rows"] == 0  # withdrawn
+    blocker.result(timeout=60)
+    assert version_status(server, "busy")["rows_run"] == 4000
+
+
+def test_queue_bound_sheds_with_overloaded_error(busy_repository: Path, make_server: ServerFactory) -> None:
+    config = ModelConfig(batching=BatchingConfig(max_queue_rows=4, max_request_rows=3000))
+    server = make_server(busy_repository, config=config)
+    blocker = occupy(server)
+    queued = [server.submit("busy", busy_inputs(1)) for _ in range(4)]
+    with pytest.raises(inprocserve.QueueFullError, match="max_queue_rows is 4") as info:
+        server.predict("busy", busy_inputs(1))
+    assert isinstance(info.value, inprocserve.OverloadedError)
+    with pytest.raises(inprocserve.OverloadedError):
+        server.submit("busy", busy_inputs(1)).result(timeout=1)
+    blocker.result(timeout=60)
+    assert all(f.result(timeout=60)["y"].shape == (1, 512) for f in queued)
+
+
+def test_cancelled_callers_are_dropped_before_their_batch_runs(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+    kept = [server.submit("busy", busy_inputs(1)) for _ in range(3)]
+    dropped = [server.submit("busy", busy_inputs(1)) for _ in range(5)]
+    assert all(future.cancel() for future in dropped)
+    blocker.result(timeout=60)
+    for future in kept:
+        future.result(timeout=60)
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 3000 + 3
+
+
+def test_cancelled_asyncio_tasks_are_dropped(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository)
+
+    async def main() -> None:
+        blocker = asyncio.ensure_future(server.apredict("busy", busy_inputs(3000)))
+        await asyncio.sleep(0)
+        await asyncio.get_running_loop().run_in_executor(
+            None, wait_until, lambda: version_status(server, "busy")["queued_rows"] == 0
+        )
+        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1))) for _ in range(4)]
+        await asyncio.sleep(0.01)
+        for task in tasks[:2]:
+            task.cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [type(d).__name__ for d in done[:2]] == ["CancelledError", "CancelledError"]
+        assert all(isinstance(d, inprocserve.Prediction) for d in done[2:])
+        await blocker
+
+    asyncio.run(main())
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 3000 + 2
+
+
+def test_apredict_timeout(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+
+    async def main() -> None:
+        with pytest.raises(inprocserve.DeadlineExceededError):
+            await server.apredict("busy", busy_inputs(1), timeout_s=0.02)
+
+    asyncio.run(main())
+    blocker.result(timeout=60)
+
+
+def test_oversized_requests_are_run_in_chunks(repository: Path, make_server: ServerFactory) -> None:
+    path = save_model(build_mlp_model((8, 8, 2), seed=1), repository, "mlp", 1)
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(max_batch_size=4)))
+    x = np.random.default_rng(0).standard_normal((11, 8)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(server.predict("mlp", x)["y"], expected, rtol=1e-6)
+
+
+def test_max_delay_waits_for_companions_but_never_longer(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_mlp_model((8, 8, 2)), repository, "mlp", 1)
+    config = ModelConfig(batching=BatchingConfig(max_delay_ms=50))
+    server = make_server(repository, config=config)
+    # many concurrent callers: the recent concurrency makes a free session wait for them
+    assert run_threads(16, lambda i: [server.predict("mlp", np.ones((1, 8), np.float32)) for _ in range(20)]) == []
+    # a lone caller afterwards is never delayed by more than max_delay
+    started = time.monotonic()
+    server.predict("mlp", np.ones((1, 8), np.float32))
+    assert time.monotonic() - started < 5.0
+    status = version_status(server, "mlp")
+    assert status["max_delay_ms"] == 50
+    assert status["rows_run"] == 16 * 20 + 1
+
+
+def test_max_delay_defaults_to_the_measured_fixed_cost(scale_repository: Path, make_server: ServerFactory) -> None:
+    status = version_status(make_server(scale_repository), "scale")
+    assert status["run_cost_ms"]["fixed"] >= 0
+    assert status["max_delay_ms"] == pytest.approx(min(status["run_cost_ms"]["fixed"], 5.0), abs=1e-3)
+
+
+def test_batching_disabled_runs_each_request_alone(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository, config=ModelConfig(batching=BatchingConfig(enabled=False)))
+    futures: list[Future[inprocserve.Prediction]] = [server.submit("busy", busy_inputs(2)) for _ in range(6)]
+    for future in futures:
+        future.result(timeout=60)
+    assert version_status(server, "busy")["batches_run"] == 6
+
+
+def test_close_during_load_answers_or_refuses_everyone(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository)
+    occupy(server, rows=1000)
+    futures = [server.submit("busy", busy_inputs(1)) for _ in range(30)]
+    server.close(timeout_s=30)
+    for future in futures:
+        assert future.result(timeout=30)["y"].shape == (1, 512)

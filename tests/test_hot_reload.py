@@ -1,0 +1,131 @@
+"""Hot reload: new versions become servable only when ready; failures never replace a working version."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory, wait_until
+
+
+def one(server: inprocserve.Server) -> inprocserve.Prediction:
+    return server.predict("scale", np.ones((1, 4), np.float32))
+
+
+def test_refresh_loads_a_new_version_and_retires_the_old(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    assert one(server).version == 1
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    assert server.refresh() == []
+    assert server.models == {"scale": [2]}
+    result = one(server)
+    assert (result.version, float(result["y"][0, 0])) == (2, 2.0)
+    assert "1" not in server.status()["models"]["scale"]["versions"]
+
+
+def test_refresh_notices_removed_versions_and_models(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    save_model(build_scale_model(1.0), repository, "other", 1)
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all()))
+    assert server.models == {"other": [1], "scale": [1, 2]}
+    shutil.rmtree(repository / "scale" / "2")
+    shutil.rmtree(repository / "other")
+    server.refresh()
+    assert server.models == {"scale": [1]}
+    with pytest.raises(inprocserve.ModelNotFoundError):
+        server.predict("other", np.ones((1, 4), np.float32))
+
+
+def test_a_broken_new_version_never_replaces_a_working_one(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    broken = repository / "scale" / "2" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"half-copied file")
+    problems = server.refresh()
+    assert len(problems) == 1 and "cannot load" in problems[0]
+    assert server.models == {"scale": [1]}
+    assert one(server).version == 1
+    versions = server.status()["models"]["scale"]["versions"]
+    assert versions["2"]["state"] == "failed"
+    assert server.refresh() == []  # an unchanged broken file is not retried on every refresh
+    save_model(build_scale_model(2.0), repository, "scale", 2)  # the copy completes
+    assert server.refresh() == []
+    assert one(server).version == 2
+
+
+def test_load_raises_for_a_broken_version_and_keeps_serving(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    broken = repository / "scale" / "2" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"")
+    with pytest.raises(inprocserve.ModelLoadError):
+        server.load("scale", version=2)
+    assert one(server).version == 1
+
+
+def test_unload_survives_refresh_until_loaded_again(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    server.unload("scale")
+    server.refresh()
+    assert server.models == {}
+    assert server.load("scale") == 1
+    assert server.models == {"scale": [1]}
+
+
+def test_background_polling_picks_up_new_versions(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository, poll_interval_s=0.05)
+    save_model(build_scale_model(3.0), repository, "scale", 3)
+    wait_until(lambda: server.models == {"scale": [3]})
+    assert float(one(server)["y"][0, 0]) == 3.0
+
+
+def test_reload_while_32_threads_call_predict(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    seen: set[int] = set()
+    lock = threading.Lock()
+
+    def call(index: int) -> None:
+        x = np.full((1 + index % 3, 4), index, np.float32)
+        while not stop.is_set():
+            try:
+                result = server.predict("scale", x)
+                # every answer comes whole from one ready version: y = x * version
+                np.testing.assert_array_equal(result["y"], x * result.version)
+                with lock:
+                    seen.add(result.version)
+            except BaseException as exc:
+                with lock:
+                    failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(32)]
+    for thread in threads:
+        thread.start()
+    for version in (2, 3, 4):
+        time.sleep(0.1)
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+        assert server.refresh() == []
+    time.sleep(0.1)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert failures == []
+    assert seen >= {1, 4}
+    assert server.models == {"scale": [4]}

@@ -1,0 +1,81 @@
+"""Providers, thread budget, error translation: the onnxruntime-facing rules.
+
+The GPU path cannot run on these machines (no GPU): provider construction is a pure function of the
+configuration and of whether CUDA is usable, and is tested here with that flag given both ways.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from inprocserve import InferenceError, InvalidInputError, ModelLoadError, PoolConfig
+from inprocserve._sessions import (
+    RUN_ERROR_MAP,
+    onnxruntime_error_types,
+    resolve_providers,
+    session_options,
+    thread_budget,
+    translate_run_error,
+    usable_cores,
+)
+
+
+def test_auto_uses_cuda_only_when_usable() -> None:
+    config = PoolConfig()
+    assert resolve_providers(config, device_id=0, cuda_usable=False) == ["CPUExecutionProvider"]
+    assert resolve_providers(config, device_id=1, cuda_usable=True) == [
+        ("CUDAExecutionProvider", {"device_id": 1}),
+        "CPUExecutionProvider",
+    ]
+
+
+def test_explicit_providers_are_honoured_with_the_device_id() -> None:
+    config = PoolConfig(providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert resolve_providers(config, device_id=3, cuda_usable=True) == [
+        ("TensorrtExecutionProvider", {"device_id": 3}),
+        ("CUDAExecutionProvider", {"device_id": 3}),
+        "CPUExecutionProvider",
+    ]
+
+
+def test_require_gpu_raises_instead_of_falling_back() -> None:
+    with pytest.raises(ModelLoadError, match="require_gpu"):
+        resolve_providers(PoolConfig(require_gpu=True), device_id=0, cuda_usable=False)
+    assert resolve_providers(PoolConfig(require_gpu=True), device_id=0, cuda_usable=True)[0][0] == (
+        "CUDAExecutionProvider"
+    )
+
+
+def test_thread_budget_never_oversubscribes_the_cores() -> None:
+    cores = usable_cores()
+    for size in (1, 2, 4, 64):
+        threads = thread_budget(PoolConfig(size=size))
+        assert threads >= 1
+        assert size * threads <= max(cores, size)
+    assert thread_budget(PoolConfig(intra_op_threads=3)) == 3
+
+
+def test_session_options_turn_spinning_off_by_default() -> None:
+    options = session_options(PoolConfig(size=1, intra_op_threads=2))
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = session_options(PoolConfig(allow_spinning=True))
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_every_onnxruntime_error_type_is_mapped() -> None:
+    assert set(onnxruntime_error_types()) <= set(RUN_ERROR_MAP), (
+        "onnxruntime has exception types the error map does not know: "
+        f"{sorted(set(onnxruntime_error_types()) - set(RUN_ERROR_MAP))}"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(onnxruntime_error_types()))
+def test_each_onnxruntime_error_becomes_an_inference_error(name: str) -> None:
+    error_type = onnxruntime_error_types()[name]
+    translated = translate_run_error(error_type("boom"), model="m", version=2)
+    assert isinstance(translated, InferenceError)
+    assert (translated.model, translated.version) == ("m", 2)
+    assert "boom" in str(translated)
+    if name == "InvalidArgument":
+        assert isinstance(translated, InvalidInputError)

@@ -1,0 +1,142 @@
+"""Validation of requests against a model's signature, through the public predict API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import InvalidInputError
+from inprocserve.testing import build_add_model, build_scale_model, build_sum_model, save_model
+
+from .conftest import ServerFactory
+
+
+@pytest.fixture
+def server(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_add_model(), repository, "add", 1)
+    save_model(build_sum_model(fixed_batch=2), repository, "fixed", 1)
+    return make_server(
+        repository,
+        models={
+            "strict": inprocserve.ModelConfig(nan_policy="reject"),
+            "small": inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_request_rows=3)),
+        },
+    )
+
+
+@pytest.fixture
+def strict_server(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    return make_server(
+        repository,
+        config=inprocserve.ModelConfig(
+            nan_policy="reject", batching=inprocserve.BatchingConfig(max_request_rows=3, max_queue_rows=16)
+        ),
+    )
+
+
+def add_inputs(rows: int = 2) -> dict[str, np.ndarray]:
+    return {
+        "a": np.ones((rows, 3), np.float32),
+        "b": np.ones((rows, 3), np.float32),
+        "n": np.ones((rows, 1), np.int64),
+    }
+
+
+@pytest.mark.parametrize(
+    ("inputs", "fragments"),
+    [
+        ({"a": np.ones((2, 3), np.float32)}, ["missing input(s) 'b', 'n'", "the model takes a: tensor(float)"]),
+        ({**add_inputs(), "c": np.ones(2)}, ["unknown input(s) 'c'"]),
+        ({"a": 1, "b": 1, "x": 1}, ["missing input(s) 'n'", "unknown input(s) 'x'"]),
+        ({**add_inputs(), "a": np.ones((2, 4), np.float32)}, ["input 'a'", "expected size 3 on axis 1", "[2, 4]"]),
+        ({**add_inputs(), "a": np.ones((2, 3, 1), np.float32)}, ["input 'a'", "expected 2 dimensions", "got 3"]),
+        ({**add_inputs(), "n": np.ones((2, 1), np.float64)}, ["input 'n'", "expected dtype int64, got float64"]),
+        ({**add_inputs(), "a": np.array([["x", "y", "z"]] * 2)}, ["input 'a'", "expected numbers", "<U1"]),
+        ({**add_inputs(), "a": [[1.0, 2.0], [3.0]]}, ["input 'a'", "cannot be turned into an array"]),
+        ({**add_inputs(), "a": np.array([{}, {}], dtype=object)}, ["input 'a'", "ragged or non-numeric"]),
+        ({**add_inputs(), "b": np.ones((3, 3), np.float32)}, ["input 'b'", "has 3 rows", "have 2"]),
+        ("not a mapping", ["inputs must be a mapping", "this model takes: a, b, n"]),
+        ({1: np.ones(2)}, ["input names must be strings"]),
+    ],
+)
+def test_bad_inputs_name_the_input_and_what_to_fix(
+    server: inprocserve.Server, inputs: object, fragments: list[str]
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        server.predict("add", inputs)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    assert info.value.model is None or info.value.model == "add"
+
+
+def test_int_overflow_into_a_narrower_type_is_refused(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_add_model(), repository, "add", 1)
+    server = make_server(repository)
+    # int64 values beyond int64 cannot exist; use uint64 values that do not fit int64 instead
+    inputs = {**add_inputs(1), "n": np.array([[2**63 + 5]], dtype=np.uint64)}
+    with pytest.raises(InvalidInputError, match="input 'n'"):
+        server.predict("add", inputs)
+
+
+def test_safe_conversions_are_applied(server: inprocserve.Server) -> None:
+    result = server.predict(
+        "add",
+        {
+            "a": [[1, 2, 3], [4, 5, 6]],  # Python ints -> float32
+            "b": np.ones((2, 3), np.float64),  # float64 -> float32
+            "n": [[1], [2]],  # Python ints -> int64
+        },
+    )
+    assert result["total"].dtype == np.float32
+    np.testing.assert_array_equal(result["total"], [[2, 3, 4], [5, 6, 7]])
+    np.testing.assert_array_equal(result["count"], [[2], [4]])
+
+
+def test_a_one_input_model_takes_a_bare_array(server: inprocserve.Server) -> None:
+    result = server.predict("scale", [[1, 2, 3, 4]])
+    np.testing.assert_array_equal(result["y"], [[2, 4, 6, 8]])
+
+
+def test_zero_rows_are_refused(server: inprocserve.Server) -> None:
+    with pytest.raises(InvalidInputError, match="0 rows"):
+        server.predict("scale", np.ones((0, 4), np.float32))
+
+
+def test_fixed_batch_dimension_is_enforced(server: inprocserve.Server) -> None:
+    with pytest.raises(InvalidInputError, match="expected size 2 on axis 0"):
+        server.predict("fixed", np.ones((3, 4), np.float32))
+    assert float(server.predict("fixed", np.ones((2, 4), np.float32))["total"]) == 8.0
+
+
+def test_nan_policy_reject(strict_server: inprocserve.Server) -> None:
+    x = np.ones((2, 4), np.float32)
+    x[1, 2] = np.nan
+    with pytest.raises(InvalidInputError, match=r"NaN or infinite.*nan_policy"):
+        strict_server.predict("scale", x)
+    x[1, 2] = np.inf
+    with pytest.raises(InvalidInputError, match="1 NaN or infinite"):
+        strict_server.predict("scale", x)
+
+
+def test_nan_policy_allow_is_the_default(server: inprocserve.Server) -> None:
+    x = np.full((1, 4), np.nan, np.float32)
+    assert np.isnan(server.predict("scale", x)["y"]).all()
+
+
+def test_max_rows_per_request(strict_server: inprocserve.Server) -> None:
+    with pytest.raises(InvalidInputError, match="4 rows, more than the 3 allowed"):
+        strict_server.predict("scale", np.ones((4, 4), np.float32))
+    assert strict_server.predict("scale", np.ones((3, 4), np.float32))["y"].shape == (3, 4)
+
+
+def test_invalid_input_never_reaches_the_queue(server: inprocserve.Server) -> None:
+    with pytest.raises(InvalidInputError):
+        server.predict("scale", np.ones((1, 5), np.float32))
+    status = server.status()["models"]["scale"]["versions"]["1"]
+    assert status["in_flight"] == 0
+    assert status["rows_run"] == 0
