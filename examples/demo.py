@@ -18,8 +18,9 @@ import inprocserve
 from inprocserve.testing import build_mlp_model, save_model
 
 THREADS = 32
-REQUESTS_PER_THREAD = 300
-FEATURES = 256
+REQUESTS_PER_THREAD = 60
+FEATURES = 512
+LAYERS = (FEATURES, 2048, 2048, 2)
 
 
 def measure(label: str, call: object, rows: list[np.ndarray]) -> tuple[float, list[float]]:
@@ -54,8 +55,8 @@ def measure(label: str, call: object, rows: list[np.ndarray]) -> tuple[float, li
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         repository = Path(folder)
-        print(f"1. Building a {FEATURES}-512-512-2 MLP (fraud scorer) into {repository}/fraud/1/model.onnx")
-        model = build_mlp_model((FEATURES, 512, 512, 2), seed=1)
+        print(f"1. Building a {'-'.join(map(str, LAYERS))} MLP (fraud scorer) into {repository}/fraud/1/model.onnx")
+        model = build_mlp_model(LAYERS, seed=1)
         path = save_model(model, repository, "fraud", 1)
 
         server = inprocserve.Server(repository)
@@ -72,7 +73,11 @@ def main() -> None:
         print(f"4. {THREADS} threads x {REQUESTS_PER_THREAD} one-row requests, side by side:")
         naive_rate, _ = measure("each thread calls session.run", lambda x: reference.run(None, {"x": x}), rows)
         served_rate, _ = measure("server.predict (coalesced)", lambda x: server.predict("fraud", {"x": x}), rows)
-        print(f"   coalescing served {served_rate / naive_rate:.1f}x the requests per second of naive calls")
+        status = server.status()["models"]["fraud"]["versions"]["1"]
+        print(
+            f"   coalescing served {served_rate / naive_rate:.1f}x the requests per second of naive calls; "
+            f"{status['rows_run'] / max(status['batches_run'], 1):.1f} rows per session.run on average"
+        )
 
         print("5. Bad requests get typed errors that say what to fix:")
         for bad in ({"x": np.ones((1, 3), np.float32)}, {"features": rows[0]}, {"x": [["a"] * FEATURES]}):
@@ -102,7 +107,7 @@ def main() -> None:
         for caller in callers:
             caller.start()
         time.sleep(0.3)
-        save_model(build_mlp_model((FEATURES, 512, 512, 2), seed=2), repository, "fraud", 2)
+        save_model(build_mlp_model(LAYERS, seed=2), repository, "fraud", 2)
         server.refresh()
         time.sleep(0.3)
         stop.set()
