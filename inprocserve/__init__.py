@@ -23,7 +23,6 @@ from ._errors import (
     ModelLoadError,
     ModelNotFoundError,
     OverloadedError,
-    PoolExhaustedError,
     QueueFullError,
     ServerClosedError,
 )
@@ -45,7 +44,6 @@ __all__ = [
     "OverloadedError",
     "PaddingConfig",
     "PoolConfig",
-    "PoolExhaustedError",
     "Prediction",
     "QueueFullError",
     "Server",

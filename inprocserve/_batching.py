@@ -47,6 +47,45 @@ _QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
 _allocate_lock = threading.Lock
 _CONCURRENCY_WINDOW_S = 0.25  # recent concurrency = the peak over the last one or two such windows
 _AUTO_DELAY_CAP_S = 0.005  # the automatic wait for companions never exceeds this
+# Merging through the queue costs a thread hand-off or two; it pays only when the fixed cost it saves is
+# clearly larger than that.
+_WAIT_WHEN_FIXED_COST_OVER_HANDOFFS = 4
+
+_handoff_lock = threading.Lock()
+_handoff_s: float | None = None
+
+
+def handoff_cost_s() -> float:
+    """How long waking a blocked thread takes on this machine (median of a short ping-pong, cached).
+
+    Tens of microseconds on small virtual machines, a few on bare metal: it decides whether waiting to
+    merge requests can beat running them as they come.
+    """
+    global _handoff_s
+    with _handoff_lock:
+        if _handoff_s is None:
+            ping, pong = _allocate_lock(), _allocate_lock()
+            ping.acquire()
+            pong.acquire()
+            rounds = 40
+
+            def echo() -> None:
+                for _ in range(rounds):
+                    ping.acquire()
+                    pong.release()
+
+            thread = threading.Thread(target=echo, name="inprocserve-handoff-probe", daemon=True)
+            thread.start()
+            samples = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                ping.release()
+                pong.acquire()
+                samples.append((time.perf_counter() - start) / 2)
+            thread.join()
+            samples.sort()
+            _handoff_s = samples[len(samples) // 2]
+        return _handoff_s
 
 
 class VersionRetiredError(ServerClosedError):
@@ -155,7 +194,7 @@ class Batcher:
         self._chunk_rows: int | None = config.max_batch_size if batchable else None
         if config.max_delay_ms is not None:
             self._delay_s = config.max_delay_ms / 1000.0
-        elif run_cost is not None:
+        elif run_cost is not None and run_cost.fixed_s > _WAIT_WHEN_FIXED_COST_OVER_HANDOFFS * handoff_cost_s():
             self._delay_s = min(run_cost.fixed_s, _AUTO_DELAY_CAP_S)
         else:
             self._delay_s = 0.0

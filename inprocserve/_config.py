@@ -131,8 +131,6 @@ class PoolConfig:
     """Raise :class:`ModelLoadError` instead of falling back to the CPU when no GPU is usable."""
     graph_optimization: GraphOptimization = "all"
     """onnxruntime graph optimization level."""
-    checkout_timeout_s: float = 30.0
-    """How long a direct (unbatched) caller waits for a free session before :class:`PoolExhaustedError`."""
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -155,8 +153,6 @@ class PoolConfig:
             raise ConfigurationError(
                 f"pool.graph_optimization must be one of disable, basic, extended, all; got {self.graph_optimization!r}"
             )
-        if not self.checkout_timeout_s > 0:
-            raise ConfigurationError(f"pool.checkout_timeout_s must be > 0, got {self.checkout_timeout_s}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,7 +9,6 @@
     ├── InferenceError                            onnxruntime failed while running a request
     │   └── InvalidInputError     (+ValueError)   the request does not match the model's signature
     ├── OverloadedError                           shed instead of queueing without bound
-    │   ├── PoolExhaustedError
     │   └── QueueFullError
     ├── DeadlineExceededError     (+TimeoutError) the request's deadline passed before it ran
     └── ServerClosedError                         the server (or version) no longer takes requests
@@ -31,7 +30,6 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "OverloadedError",
-    "PoolExhaustedError",
     "QueueFullError",
     "ServerClosedError",
 ]
@@ -90,10 +88,6 @@ class InvalidInputError(InferenceError, ValueError):
 
 class OverloadedError(InprocserveError):
     """The request was shed because the server is at its configured capacity; retry later."""
-
-
-class PoolExhaustedError(OverloadedError):
-    """No session became free within the pool's checkout timeout."""
 
 
 class QueueFullError(OverloadedError):

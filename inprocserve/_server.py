@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _fork
-from ._batching import Request, VersionRetiredError
+from ._batching import Request, VersionRetiredError, handoff_cost_s
 from ._config import ModelConfig, load_model_config
 from ._errors import (
     ConfigurationError,
@@ -490,6 +490,7 @@ class Server:
                 "closed": self._closed,
                 "repository": None if self._repository is None else str(self._repository),
                 "onnxruntime": onnxruntime_version(),
+                "thread_handoff_us": round(handoff_cost_s() * 1e6, 1),
                 "models": models,
             }
 

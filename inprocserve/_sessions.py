@@ -25,7 +25,6 @@ from ._errors import (
     InprocserveError,
     InvalidInputError,
     ModelLoadError,
-    PoolExhaustedError,
     ServerClosedError,
 )
 from ._signature import Signature
@@ -210,7 +209,7 @@ def abandon_inherited(sessions: Any) -> None:
 
 
 class SessionPool:
-    """Lends the onnxruntime sessions of one model version to the threads that run batches.
+    """Builds, owns and closes the onnxruntime sessions of one model version (the batcher runs on them).
 
     Thread-safe. Sessions are created by :meth:`prepare` (at load) and, in a forked child, again lazily on
     first use, so no onnxruntime object or thread is ever shared across a fork.
@@ -233,10 +232,9 @@ class SessionPool:
         _fork.register(self)
 
     def _reset_state(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._sessions: list[ort.InferenceSession] = []
-        self._free: list[ort.InferenceSession] = []
         self._ready = False
         self._closed = False
 
@@ -272,11 +270,9 @@ class SessionPool:
                     f"model {self.model!r} version {self.version} is unloaded", model=self.model, version=self.version
                 )
             sessions = [self._create(index) for index in range(self.config.size)]
-            with self._cond:
+            with self._lock:
                 self._sessions = sessions
-                self._free = list(reversed(sessions))
                 self._ready = True
-                self._cond.notify_all()
         assert self.signature is not None
         return self.signature
 
@@ -351,42 +347,11 @@ class SessionPool:
                 ) from exc
         return session
 
-    def acquire(self, timeout_s: float | None = None) -> ort.InferenceSession:
-        """Borrow a session; give it back with :meth:`release`.
-
-        Raises:
-            PoolExhaustedError: none became free within ``timeout_s`` (default: the pool's checkout timeout).
-            ServerClosedError: the pool is closed.
-        """
-        if not self._ready:
-            self.prepare()
-        with self._cond:
-            if not self._free:
-                wait = self.config.checkout_timeout_s if timeout_s is None else timeout_s
-                if not self._cond.wait_for(lambda: self._free or self._closed, wait):
-                    raise PoolExhaustedError(
-                        f"no session of model {self.model!r} version {self.version} became free within "
-                        f"{wait:g}s (pool.size = {self.config.size})",
-                        model=self.model,
-                        version=self.version,
-                    )
-            if self._closed:
-                raise ServerClosedError(
-                    f"model {self.model!r} version {self.version} is unloaded", model=self.model, version=self.version
-                )
-            return self._free.pop()
-
-    def release(self, session: ort.InferenceSession) -> None:
-        with self._cond:
-            if session in self._sessions:  # a session from before a fork is dropped, not recycled
-                self._free.append(session)
-                self._cond.notify()
-
     def sessions(self) -> list[ort.InferenceSession]:
         """Every session of the pool (built first if this process has none yet), for the batcher to own."""
         if not self._ready:
             self.prepare()
-        with self._cond:
+        with self._lock:
             return list(self._sessions)
 
     def run(self, session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[Any]:
@@ -405,9 +370,7 @@ class SessionPool:
 
     def close(self) -> None:
         """Release every session. Callers must have drained their work first. Idempotent."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._sessions = []
-            self._free = []
             self._ready = False
-            self._cond.notify_all()

@@ -100,7 +100,7 @@ providers = ["CPUExecutionProvider"]
 rows = 4
 """
     )
-    base = ModelConfig(pool=PoolConfig(checkout_timeout_s=5))
+    base = ModelConfig(pool=PoolConfig(inter_op_threads=2))
     config = load_model_config(path, base)
     assert config.version_policy == VersionPolicy.latest(2)
     assert config.nan_policy == "reject"
@@ -110,7 +110,7 @@ rows = 4
     assert config.batching.padding == PaddingConfig(inputs={"tokens": 1, "mask": 1}, outputs={"logits": 1})
     assert config.pool.size == 2
     assert config.pool.providers == ("CPUExecutionProvider",)
-    assert config.pool.checkout_timeout_s == 5  # kept from the base
+    assert config.pool.inter_op_threads == 2  # kept from the base
     assert config.warmup.rows == 4
 
 

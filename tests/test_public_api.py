@@ -28,7 +28,6 @@ def test_private_modules_are_not_exported() -> None:
         (inprocserve.InferenceError, (inprocserve.InprocserveError,)),
         (inprocserve.InvalidInputError, (inprocserve.InferenceError, ValueError)),
         (inprocserve.OverloadedError, (inprocserve.InprocserveError,)),
-        (inprocserve.PoolExhaustedError, (inprocserve.OverloadedError,)),
         (inprocserve.QueueFullError, (inprocserve.OverloadedError,)),
         (inprocserve.DeadlineExceededError, (inprocserve.InprocserveError, TimeoutError)),
         (inprocserve.ServerClosedError, (inprocserve.InprocserveError,)),
