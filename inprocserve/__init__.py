@@ -13,7 +13,16 @@ from __future__ import annotations
 
 import logging
 
-from ._config import BatchingConfig, ModelConfig, PaddingConfig, PoolConfig, VersionPolicy, WarmupConfig
+from ._config import (
+    BatchingConfig,
+    ModelConfig,
+    PaddingConfig,
+    PoolConfig,
+    RolloutConfig,
+    VariantConfig,
+    VersionPolicy,
+    WarmupConfig,
+)
 from ._errors import (
     ConfigurationError,
     DeadlineExceededError,
@@ -23,11 +32,14 @@ from ._errors import (
     ModelLoadError,
     ModelNotFoundError,
     OverloadedError,
+    PromotionRefusedError,
     QueueFullError,
     ServerClosedError,
 )
+from ._flags import EnvFlags, FileFlags, FlagError, FlagProvider, InMemoryFlags, OpenFeatureFlags
 from ._prediction import Prediction
-from ._server import Server
+from ._server import InterleavedRanking, Server
+from ._shadow import ShadowComparison
 
 __version__ = "0.1.0"
 
@@ -35,19 +47,30 @@ __all__ = [
     "BatchingConfig",
     "ConfigurationError",
     "DeadlineExceededError",
+    "EnvFlags",
+    "FileFlags",
+    "FlagError",
+    "FlagProvider",
+    "InMemoryFlags",
     "InferenceError",
     "InprocserveError",
+    "InterleavedRanking",
     "InvalidInputError",
     "ModelConfig",
     "ModelLoadError",
     "ModelNotFoundError",
+    "OpenFeatureFlags",
     "OverloadedError",
     "PaddingConfig",
     "PoolConfig",
     "Prediction",
+    "PromotionRefusedError",
     "QueueFullError",
+    "RolloutConfig",
     "Server",
     "ServerClosedError",
+    "ShadowComparison",
+    "VariantConfig",
     "VersionPolicy",
     "WarmupConfig",
     "__version__",

@@ -319,6 +319,39 @@ class Batcher:
                 if self._queue and self._idle and self._filler is None:
                     self._idle.pop().release()
 
+    def run_if_idle(self, request: Request) -> bool:
+        """Run ``request`` on this thread if a session is free and nothing is queued; else return False
+        without queueing it (shadow traffic uses this, so it never takes a session that others wait for).
+
+        Raises:
+            VersionRetiredError: the batcher is closing.
+        """
+        if self._keyed:
+            request.key = group_key(request.arrays, self._padding)
+        if self._free is None:
+            self._adopt_sessions()
+        with self._lock:
+            if self._closing:
+                raise VersionRetiredError(
+                    f"model {self.model!r} version {self.version} is no longer serving",
+                    model=self.model,
+                    version=self.version,
+                )
+            if not self._free or self._queue:
+                return False
+            session = self._free.pop()
+            self._in_flight += 1
+            self._active_rows += request.rows
+            request.state = _RUNNING
+        try:
+            self._execute(session, [request])
+        finally:
+            with self._lock:
+                self._free.append(session)
+                if self._queue and self._idle and self._filler is None:
+                    self._idle.pop().release()
+        return True
+
     def wait(self, request: Request) -> None:
         """Block until ``request`` is answered or its deadline passes (synchronous callers only).
 

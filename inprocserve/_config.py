@@ -18,6 +18,8 @@ from ._errors import ConfigurationError
 
 __all__ = [
     "BatchingConfig",
+    "RolloutConfig",
+    "VariantConfig",
     "ModelConfig",
     "PaddingConfig",
     "PoolConfig",
@@ -172,6 +174,100 @@ class WarmupConfig:
             raise ConfigurationError(f"warmup.rows and warmup.runs must be >= 1, got {self.rows}, {self.runs}")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VariantConfig:
+    """One arm of an A/B test or bandit: the version that serves it and its share of traffic."""
+
+    version: int
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise ConfigurationError(f"rollout variant version must be a positive int, got {self.version!r}")
+        if not (self.weight >= 0 and math.isfinite(self.weight)):
+            raise ConfigurationError(f"rollout variant weight must be a finite number >= 0, got {self.weight!r}")
+
+
+Strategy = Literal["stable", "canary", "ab", "bandit"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutConfig:
+    """Which version answers each request, and which versions run in the shadow.
+
+    Every setting here is a default that a flag can override per request (flag keys start with
+    ``flag_prefix``, the model name by default): see docs/rollouts.md for the keys.
+    """
+
+    strategy: Strategy = "stable"
+    """``stable``: one version answers; ``canary``: a sticky percentage goes to ``candidate``; ``ab``: a
+    sticky split over ``variants``; ``bandit``: a policy picks among ``variants`` from recorded outcomes."""
+    stable: int | None = None
+    """The stable alias: the version that answers by default (``None``: the latest ready version)."""
+    candidate: int | None = None
+    """The canary version."""
+    canary_percent: float = 0.0
+    """Share of targeting keys sent to the candidate, 0-100, in steps of 0.01."""
+    variants: Mapping[str, VariantConfig] = field(default_factory=dict)
+    """A/B and bandit arms: name -> version and weight. The first listed is the control."""
+    bandit_policy: Literal["thompson", "epsilon_greedy"] = "thompson"
+    epsilon: float = 0.1
+    """Exploration rate of ``epsilon_greedy``."""
+    seed: int | None = None
+    """Seed of the bandit's and the interleaver's random choices (for reproducible tests)."""
+    shadow: tuple[int, ...] = ()
+    """Versions that receive a copy of each (sampled) request after the caller has its answer."""
+    shadow_percent: float = 100.0
+    """Share of requests mirrored to the shadow versions."""
+    salt: str = ""
+    """Mixed into the bucketing hash: change it to reshuffle who is in the canary."""
+    flag_prefix: str | None = None
+    """Prefix of this model's flag keys (default: the model name)."""
+    key_field: str = "user_id"
+    """The request-context field that identifies a user for sticky bucketing (``targeting_key`` also works)."""
+    capture_inputs: int = 256
+    """Recent requests kept to compare a version against the serving one before promotion (0: none)."""
+    rankers: tuple[int, int] | None = None
+    """For interleaving: the versions of ranker A and ranker B."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("stable", "canary", "ab", "bandit"):
+            raise ConfigurationError(f"rollout.strategy must be stable, canary, ab or bandit, got {self.strategy!r}")
+        for name in ("canary_percent", "shadow_percent"):
+            value = getattr(self, name)
+            if not (0 <= value <= 100):
+                raise ConfigurationError(f"rollout.{name} must lie in 0..100, got {value!r}")
+        if not 0 <= self.epsilon <= 1:
+            raise ConfigurationError(f"rollout.epsilon must lie in 0..1, got {self.epsilon!r}")
+        if self.bandit_policy not in ("thompson", "epsilon_greedy"):
+            raise ConfigurationError(
+                f"rollout.bandit_policy must be thompson or epsilon_greedy, got {self.bandit_policy!r}"
+            )
+        variants = {
+            name: value if isinstance(value, VariantConfig) else VariantConfig(**value)
+            for name, value in dict(self.variants).items()
+        }
+        object.__setattr__(self, "variants", variants)
+        if self.strategy in ("ab", "bandit") and len(variants) < 2:
+            raise ConfigurationError(f"rollout.strategy {self.strategy!r} needs at least two rollout.variants")
+        object.__setattr__(self, "shadow", tuple(self.shadow))
+        if self.rankers is not None:
+            object.__setattr__(self, "rankers", tuple(self.rankers))
+            if len(self.rankers) != 2:
+                raise ConfigurationError(f"rollout.rankers must name two versions, got {self.rankers!r}")
+        if self.capture_inputs < 0:
+            raise ConfigurationError(f"rollout.capture_inputs must be >= 0, got {self.capture_inputs}")
+
+    @property
+    def referenced_versions(self) -> set[int]:
+        """Versions this configuration names: they are loaded whatever the version policy says."""
+        versions = {v for v in (self.stable, self.candidate) if v is not None}
+        versions.update(variant.version for variant in self.variants.values())
+        versions.update(self.shadow)
+        versions.update(self.rankers or ())
+        return versions
+
+
 @dataclass(frozen=True, slots=True)
 class VersionPolicy:
     """Which versions found on disk are served: the latest N, all of them, or specific ones."""
@@ -218,6 +314,7 @@ class ModelConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     nan_policy: NanPolicy = "allow"
     """``"reject"`` refuses float inputs holding NaN or infinity with :class:`InvalidInputError`."""
 
@@ -247,6 +344,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "batching": BatchingConfig,
     "pool": PoolConfig,
     "warmup": WarmupConfig,
+    "rollout": RolloutConfig,
 }
 
 
@@ -278,7 +376,7 @@ def _replace_section(section: Any, name: str, values: Mapping[str, Any], source:
             f"{source}: unknown key(s) {', '.join(unknown)} in [{name}]; known keys are {', '.join(sorted(known))}"
         )
     converted = dict(values)
-    for key in ("preferred_batch_sizes", "providers", "device_ids"):
+    for key in ("preferred_batch_sizes", "providers", "device_ids", "shadow", "rankers"):
         if key in converted and isinstance(converted[key], list):
             converted[key] = tuple(converted[key])
     if name == "batching" and isinstance(converted.get("padding"), Mapping):

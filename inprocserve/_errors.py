@@ -11,7 +11,8 @@
     ├── OverloadedError                           shed instead of queueing without bound
     │   └── QueueFullError
     ├── DeadlineExceededError     (+TimeoutError) the request's deadline passed before it ran
-    └── ServerClosedError                         the server (or version) no longer takes requests
+    ├── ServerClosedError                         the server (or version) no longer takes requests
+    └── PromotionRefusedError                     a guarded promotion found the candidate out of bounds
 
 Every error carries the ``model`` and ``version`` it concerns (``None`` where it does not apply) and
 survives pickling, so it can cross a process boundary (gunicorn workers, multiprocessing tests).
@@ -30,6 +31,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "OverloadedError",
+    "PromotionRefusedError",
     "QueueFullError",
     "ServerClosedError",
 ]
@@ -100,3 +102,22 @@ class DeadlineExceededError(InprocserveError, TimeoutError):
 
 class ServerClosedError(InprocserveError):
     """The server is closed (or closing) and takes no new requests."""
+
+
+class PromotionRefusedError(InprocserveError):
+    """A guarded promotion compared the candidate with the serving version and refused to switch.
+
+    Attributes:
+        report: What was compared and why it failed (samples, max_abs_diff, label_agreement, reason).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        report: dict[str, Any] | None = None,
+        model: str | None = None,
+        version: int | None = None,
+    ) -> None:
+        super().__init__(message, model=model, version=version)
+        self.report = report or {}

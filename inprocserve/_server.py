@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import _fork
 from ._batching import Request, VersionRetiredError, handoff_cost_s
 from ._config import ModelConfig, load_model_config
@@ -22,12 +24,16 @@ from ._errors import (
     InprocserveError,
     ModelLoadError,
     ModelNotFoundError,
+    PromotionRefusedError,
     ServerClosedError,
 )
+from ._flags import FlagProvider
 from ._model import ModelVersion
 from ._prediction import Prediction, RequestIds
 from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_model_name
+from ._rollout import Decision, FlagReader, Router
 from ._sessions import onnxruntime_version
+from ._shadow import ShadowComparison, ShadowRunner, compare_outputs
 
 __all__ = ["Server"]
 
@@ -42,6 +48,19 @@ class _Routes:
 
     default: ModelVersion
     versions: Mapping[int, ModelVersion]
+    router: Router
+
+
+@dataclass(frozen=True, slots=True)
+class InterleavedRanking:
+    """An interleaved result list: item indices (rows of the inputs) in display order, and for each
+    position the ranker ("A" or "B") that contributed it."""
+
+    request_id: str
+    model: str
+    rankers: tuple[int, int]
+    order: list[int]
+    teams: list[str]
 
 
 @dataclass(slots=True)
@@ -78,6 +97,10 @@ class Server:
         models: Mapping[str, ModelConfig] | None = None,
         poll_interval_s: float | None = None,
         strict: bool = False,
+        flags: FlagProvider | None = None,
+        flag_timeout_s: float = 0.05,
+        on_shadow: Callable[[ShadowComparison], None] | None = None,
+        shadow_queue: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if poll_interval_s is not None and not poll_interval_s > 0:
@@ -100,6 +123,12 @@ class Server:
         self._poll_interval_s = poll_interval_s
         self._poller: threading.Thread | None = None
         self._stop_polling = threading.Event()
+        if flags is not None and not isinstance(flags, FlagProvider):
+            raise TypeError(f"flags must implement inprocserve.FlagProvider, got {type(flags).__name__}")
+        self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s)
+        self._routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
+        self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
+        self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow)
         self._finalizer = weakref.finalize(self, _close_versions, self._loaded)
         _fork.register(self)
         if self._repository is not None:
@@ -142,7 +171,8 @@ class Server:
         batcher.wait(request)
         if request.error is not None:
             raise request.error
-        assert request.outputs is not None
+        if request.meta[5]:
+            self._offer_shadows(request, target)
         return _prediction(request)
 
     def submit(
@@ -205,29 +235,59 @@ class Server:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         deadline = None if timeout_s is None else self._clock() + timeout_s
         for _ in range(_RETRIES_ON_RETIRED):
-            target, variant, reason = self._route(model, version)
+            routes, target, decision = self._route(model, version, context)
             signature = target.signature
             assert signature is not None and target.batcher is not None
             arrays, rows = signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
-            meta = (target.name, target.version, variant, reason, self._ids.next())
+            request_id = self._ids.next()
+            shadows = [routes.versions[v] for v in decision.shadows if v in routes.versions]
+            meta = (target.name, target.version, decision.variant, decision.reason, request_id, shadows, decision)
             request = Request(arrays, rows, meta, deadline, future)
             try:
                 target.batcher.submit(request, run_inline=inline)
             except VersionRetiredError:
                 continue  # the version was replaced between routing and queueing: route again
+            routes.router.served(request_id, decision, arrays)
             return request, target
         raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
 
-    def _route(self, model: str, version: int | None) -> tuple[ModelVersion, str, str]:
+    def _route(
+        self, model: str, version: int | None, context: Mapping[str, Any] | None
+    ) -> tuple[_Routes, ModelVersion, Decision]:
         routes = self._routes.get(model)
         if routes is None:
             raise self._not_found(model, version)
         if version is None:
-            return routes.default, "default", "latest ready version"
+            decision = routes.router.decide(routes.versions, routes.default.version, context)
+            return routes, routes.versions.get(decision.version) or routes.default, decision
         target = routes.versions.get(version)
         if target is None:
             raise self._not_found(model, version)
-        return target, "pinned", "version requested by caller"
+        return routes, target, Decision(version, "pinned", "version requested by caller")
+
+    def _offer_shadows(self, request: Request, target: ModelVersion) -> None:
+        assert request.outputs is not None
+        self._shadow.offer(
+            target.name, request.meta[4], request.arrays, request.rows, request.outputs, target, request.meta[5]
+        )
+
+    def _deliver(self, request: Request) -> None:
+        """Resolve a ``submit`` future (runs on the thread that finished the request), then shadow it."""
+        future = request.future
+        assert future is not None
+        try:
+            if request.error is not None:
+                future.set_exception(request.error)
+            else:
+                future.set_result(_prediction(request))
+        except InvalidStateError:  # cancelled by its caller meanwhile
+            return
+        if request.error is None and request.meta[5]:
+            target = (
+                self._routes[request.meta[0]].versions.get(request.meta[1]) if request.meta[0] in self._routes else None
+            )
+            if target is not None:
+                self._offer_shadows(request, target)
 
     def _not_found(self, model: object, version: object) -> Exception:
         if not isinstance(model, str):  # checked only on this slow path, to keep predict cheap
@@ -246,6 +306,167 @@ class Server:
         return ModelNotFoundError(
             f"model {model!r} has no servable version {version} (servable: {versions})", model=model, version=version
         )
+
+    # -- rollouts ------------------------------------------------------------------------------------------
+
+    def _routes_of(self, model: str) -> _Routes:
+        routes = self._routes.get(model)
+        if routes is None:
+            raise self._not_found(model, None)
+        return routes
+
+    def record_outcome(
+        self, request_id: str | None, reward: float, *, model: str | None = None, key: str | None = None
+    ) -> str | None:
+        """Attribute an outcome (a click, a conversion, a reward in [0, 1] for bandits) to the variant
+        that served ``request_id`` — or, with ``model`` and ``key``, to the variant that targeting key is
+        bucketed to. Returns the variant credited, or ``None`` if the request is unknown (or too old).
+
+        Outcomes feed the per-variant statistics in :meth:`status` and the bandit policies.
+        """
+        if not isinstance(reward, int | float) or isinstance(reward, bool):
+            raise TypeError(f"reward must be a number, got {type(reward).__name__}")
+        names = [model] if model is not None else list(self._routes)
+        for name in names:
+            routes = self._routes_of(name)
+            variant = routes.router.record_outcome(
+                request_id, reward, key if model is not None else None, routes.default.version, routes.versions
+            )
+            if variant is not None:
+                return variant
+        return None
+
+    def switch(self, model: str, version: int, *, timeout_s: float | None = None) -> None:
+        """Blue/green: make ``version`` the stable version of ``model``.
+
+        The version is loaded and warmed up first if it is not already; then the stable alias moves in one
+        atomic step. Rolling back is the same call with the previous version.
+
+        Raises:
+            ModelNotFoundError: the version is not in the repository (or not loaded, without one).
+            ModelLoadError: it cannot be loaded.
+        """
+        with self._lifecycle:
+            self._check_open()
+            routes = self._routes.get(model)
+            if routes is None or version not in routes.versions:
+                self.load(model, version=version)
+                routes = self._routes_of(model)
+            routes.router.stable_alias = version
+            logger.info("model %r: stable version is now %s", model, version)
+
+    def promote(
+        self,
+        model: str,
+        version: int,
+        *,
+        max_abs_diff: float | None = None,
+        min_label_agreement: float | None = None,
+        min_samples: int = 1,
+    ) -> dict[str, Any]:
+        """Guarded promotion: make ``version`` stable only if it agrees with the serving version.
+
+        The candidate is loaded and warmed up on recent real inputs (kept per model, see
+        ``RolloutConfig.capture_inputs``); its answers are compared with the stable version's, and the
+        switch happens only if the largest absolute difference and the argmax agreement are within the
+        given bounds. Returns the comparison report.
+
+        Raises:
+            PromotionRefusedError: the comparison failed a bound, or there were fewer than ``min_samples``
+                recent inputs; the report is on the exception, and nothing was switched.
+        """
+        with self._lifecycle:
+            self._check_open()
+            routes = self._routes.get(model)
+            if routes is None or version not in routes.versions:
+                self.load(model, version=version)
+            routes = self._routes_of(model)
+            stable = routes.router.decide(routes.versions, routes.default.version, None).version
+            samples = list(routes.router.recent)
+            report: dict[str, Any] = {"model": model, "from": stable, "to": version, "samples": len(samples)}
+            if len(samples) < min_samples:
+                report["reason"] = f"only {len(samples)} recent input(s) to compare on, {min_samples} required"
+                raise PromotionRefusedError(report["reason"], report=report, model=model, version=version)
+            diffs, agreements = [], []
+            for arrays in samples:
+                expected = self.predict(model, arrays, version=stable)
+                got = self.predict(model, arrays, version=version)
+                diff, agreement = compare_outputs(expected, got)
+                if diff is not None:
+                    diffs.append(diff)
+                if agreement is not None:
+                    agreements.append(agreement)
+            report["max_abs_diff"] = max(diffs) if diffs else None
+            report["label_agreement"] = sum(agreements) / len(agreements) if agreements else None
+            problems = []
+            if (
+                max_abs_diff is not None
+                and report["max_abs_diff"] is not None
+                and report["max_abs_diff"] > max_abs_diff
+            ):
+                problems.append(f"max abs diff {report['max_abs_diff']:.3g} > {max_abs_diff:g}")
+            agreement_seen = report["label_agreement"]
+            if min_label_agreement is not None and agreement_seen is not None and agreement_seen < min_label_agreement:
+                problems.append(f"label agreement {agreement_seen:.3f} < {min_label_agreement:g}")
+            if problems:
+                report["reason"] = "; ".join(problems)
+                logger.warning("model %r: promotion of version %s refused: %s", model, version, report["reason"])
+                raise PromotionRefusedError(
+                    f"promotion of model {model!r} version {version} refused: {report['reason']}",
+                    report=report,
+                    model=model,
+                    version=version,
+                )
+            routes.router.stable_alias = version
+            report["reason"] = "within bounds"
+            logger.info("model %r: promoted version %s over %s (%s)", model, version, stable, report)
+            return report
+
+    def interleave(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        output: str | None = None,
+        length: int | None = None,
+        context: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> InterleavedRanking:
+        """Team-draft interleaving of two rankers (``RolloutConfig.rankers``, or the ``<model>.rankers``
+        flag): both score the same items (one row per item), and the result list mixes their rankings with
+        per-item attribution. Report clicks with :meth:`record_click`; wins per ranker are in :meth:`status`.
+        """
+        routes = self._routes_of(model)
+        router = routes.router
+        rankers: tuple[int, ...] | None = router.config.rankers
+        if self._flags is not None:
+            wanted = self._flags.provider.get_object(f"{router.prefix}.rankers", list(rankers or ()), context or {})
+            rankers = tuple(int(v) for v in wanted) if wanted else rankers
+        if not rankers or len(rankers) != 2:
+            raise ConfigurationError(f"model {model!r}: interleaving needs rollout.rankers = [A, B]")
+        first = self.submit(model, inputs, version=rankers[0], context=context, timeout_s=timeout_s)
+        second = self.submit(model, inputs, version=rankers[1], context=context, timeout_s=timeout_s)
+        scores = []
+        for answer in (first.result(), second.result()):
+            name = output or next(iter(answer))
+            scores.append(np.asarray(answer[name], dtype=np.float64).reshape(len(answer[name]), -1)[:, 0])
+        ranking_a = [int(i) for i in np.argsort(-scores[0], kind="stable")]
+        ranking_b = [int(i) for i in np.argsort(-scores[1], kind="stable")]
+        mixed = router.interleave(ranking_a, ranking_b, length)
+        request_id = self._ids.next()
+        router.remember_interleaving(request_id, mixed)
+        return InterleavedRanking(
+            request_id=request_id, model=model, rankers=(rankers[0], rankers[1]), order=mixed.order, teams=mixed.teams
+        )
+
+    def record_click(self, request_id: str, item: int, *, model: str | None = None) -> str | None:
+        """Credit a click on ``item`` (its index in the ranked inputs) of an :meth:`interleave` result to
+        the ranker that contributed it. Returns ``"A"``, ``"B"``, or ``None`` if the result is unknown."""
+        for name in [model] if model is not None else list(self._routes):
+            team = self._routes_of(name).router.record_click(request_id, int(item))
+            if team is not None:
+                return team
+        return None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -365,8 +586,15 @@ class Server:
             path = source.versions.get(number)
             if path is None or _stamp(path) != failures[number].stamp:
                 del failures[number]
+        router = self._routers.get(name)
         while True:
-            wanted = config.version_policy.select([v for v in source.versions if v not in failures])
+            usable = [v for v in source.versions if v not in failures]
+            selected = config.version_policy.select(usable)
+            # Versions the rollout names (stable alias, canary, arms, shadows) are served whatever the policy.
+            extra = config.rollout.referenced_versions | (
+                {router.stable_alias} if router and router.stable_alias else set()
+            )
+            wanted = sorted(set(selected) | {v for v in extra if v in usable})
             missing = [v for v in wanted if v not in self._loaded.get(name, {})]
             if not missing:
                 break
@@ -379,6 +607,7 @@ class Server:
             self._failures.pop(name, None)
         if not wanted:
             return problems
+        self._latest[name] = max(selected) if selected else max(wanted)
         self._publish(name, keep=set(wanted))
         stale = [v for v in self._loaded.get(name, {}) if v not in wanted]
         if stale:
@@ -389,7 +618,7 @@ class Server:
         loaded = self._loaded.get(name, {})
         if number in loaded and loaded[number].path == path:
             return
-        candidate = ModelVersion(name, number, path, config, deliver=_deliver, clock=self._clock)
+        candidate = ModelVersion(name, number, path, config, deliver=self._deliver, clock=self._clock)
         try:
             candidate.load()
         except ModelLoadError as exc:
@@ -407,10 +636,18 @@ class Server:
         """Replace the routing snapshot of ``name`` (atomic for readers)."""
         loaded = self._loaded.get(name, {})
         versions = {v: mv for v, mv in loaded.items() if keep is None or v in keep}
-        if versions:
-            self._routes[name] = _Routes(default=versions[max(versions)], versions=dict(versions))
-        else:
+        if not versions:
             self._routes.pop(name, None)
+            return
+        latest = self._latest.get(name)
+        default = versions[latest] if latest in versions else versions[max(versions)]
+        rollout = default.config.rollout
+        router = self._routers.get(name)
+        if router is None:
+            router = self._routers[name] = Router(name, rollout, self._flags)
+        elif router.config != rollout:
+            router.update(rollout)
+        self._routes[name] = _Routes(default=default, versions=dict(versions), router=router)
 
     def _retire(self, name: str, numbers: list[int], *, timeout_s: float | None = None) -> None:
         loaded = self._loaded.get(name, {})
@@ -480,11 +717,14 @@ class Server:
                     entry = model_version.status()
                     entry["serving"] = routes is not None and number in routes.versions
                     versions[str(number)] = entry
+                router = self._routers.get(name)
                 models[name] = {
                     "default_version": None if routes is None else routes.default.version,
                     "ready": routes is not None,
                     "config_error": self._config_errors.get(name),
                     "versions": versions,
+                    "rollout": None if router is None else router.status(),
+                    "shadow": self._shadow.status(name),
                 }
             return {
                 "closed": self._closed,
@@ -507,6 +747,7 @@ class Server:
                 return
             self._closed = True
             self._stop_polling.set()
+            self._shadow.close()
             for name in list(self._loaded):
                 self._retire(name, list(self._loaded[name]), timeout_s=timeout_s)
             self._routes.clear()
@@ -523,24 +764,11 @@ class Server:
 
 
 def _prediction(request: Request) -> Prediction:
-    model, version, variant, reason, request_id = request.meta
+    model, version, variant, reason, request_id = request.meta[:5]
     assert request.outputs is not None
     return Prediction(
         request.outputs, model=model, version=version, variant=variant, reason=reason, request_id=request_id
     )
-
-
-def _deliver(request: Request) -> None:
-    """Resolve a ``submit`` future (runs on the thread that finished the request)."""
-    future = request.future
-    assert future is not None
-    try:
-        if request.error is not None:
-            future.set_exception(request.error)
-        else:
-            future.set_result(_prediction(request))
-    except InvalidStateError:  # cancelled by its caller meanwhile
-        pass
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -1,0 +1,191 @@
+"""Pure logic of experiments: sticky bucketing, outcome statistics, bandit policies, team-draft interleaving.
+
+No threads, no onnxruntime: every rule that decides who sees which model is testable on plain values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BUCKETS",
+    "VariantStats",
+    "bucket",
+    "compare",
+    "epsilon_greedy",
+    "pick_weighted",
+    "team_draft",
+    "thompson",
+]
+
+BUCKETS = 10_000
+"""Bucket granularity: 0.01 % of traffic."""
+
+
+def bucket(model: str, salt: str, key: str) -> int:
+    """A stable bucket in ``0..BUCKETS-1`` for a targeting key: the same in every process and after restarts.
+
+    blake2b of (model, salt, key) — Python's ``hash()`` is salted per process and must not be used here.
+    """
+    digest = hashlib.blake2b(f"{model}\x1f{salt}\x1f{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def pick_weighted(position: int, weights: Sequence[tuple[str, float]]) -> str:
+    """The variant whose share of ``0..BUCKETS-1`` holds ``position`` (shares in listed order)."""
+    total = sum(weight for _, weight in weights)
+    if total <= 0:
+        return weights[0][0]
+    edge = 0.0
+    for name, weight in weights:
+        edge += weight / total * BUCKETS
+        if position < edge:
+            return name
+    return weights[-1][0]
+
+
+@dataclass
+class VariantStats:
+    """Outcomes attributed to one variant (not thread-safe: the owner locks)."""
+
+    served: int = 0
+    outcomes: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+    binary: bool = True
+
+    def add(self, reward: float) -> None:
+        self.outcomes += 1
+        self.total += reward
+        self.total_sq += reward * reward
+        if reward not in (0, 1):
+            self.binary = False
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.outcomes if self.outcomes else 0.0
+
+    @property
+    def variance(self) -> float:
+        if self.outcomes < 2:
+            return 0.0
+        return max(0.0, (self.total_sq - self.outcomes * self.mean**2) / (self.outcomes - 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"served": self.served, "outcomes": self.outcomes, "mean_reward": self.mean}
+
+
+def _normal_two_sided_p(z: float) -> float:
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def compare(control: VariantStats, treatment: VariantStats) -> dict[str, Any]:
+    """Difference of mean rewards and its two-sided p-value.
+
+    Binary rewards use the two-proportion z-test (pooled); other rewards use Welch's t statistic with a
+    normal approximation of its distribution, which is accurate once each side has a few dozen outcomes
+    (``reliable`` says whether both have at least 30).
+    """
+    result: dict[str, Any] = {
+        "difference": treatment.mean - control.mean,
+        "test": None,
+        "statistic": None,
+        "p_value": None,
+        "reliable": control.outcomes >= 30 and treatment.outcomes >= 30,
+    }
+    n1, n2 = control.outcomes, treatment.outcomes
+    if n1 < 2 or n2 < 2:
+        return result
+    if control.binary and treatment.binary:
+        pooled = (control.total + treatment.total) / (n1 + n2)
+        spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+        result["test"] = "two-proportion z"
+    else:
+        spread = math.sqrt(control.variance / n1 + treatment.variance / n2)
+        result["test"] = "welch t (normal approximation)"
+    if spread == 0:
+        return result
+    statistic = (treatment.mean - control.mean) / spread
+    result["statistic"] = statistic
+    result["p_value"] = _normal_two_sided_p(statistic)
+    return result
+
+
+def thompson(arms: Mapping[str, VariantStats], rng: np.random.Generator) -> str:
+    """Thompson sampling with Beta(1 + successes, 1 + failures) posteriors (rewards in [0, 1])."""
+    best, best_draw = "", -1.0
+    for name, stats in arms.items():
+        successes = min(max(stats.total, 0.0), stats.outcomes)
+        draw = rng.beta(1 + successes, 1 + stats.outcomes - successes)
+        if draw > best_draw:
+            best, best_draw = name, draw
+    return best
+
+
+def epsilon_greedy(arms: Mapping[str, VariantStats], rng: np.random.Generator, epsilon: float) -> str:
+    """Explore a random arm with probability ``epsilon``; otherwise the best mean so far (untried arms first)."""
+    names = list(arms)
+    if rng.random() < epsilon:
+        return names[int(rng.integers(len(names)))]
+    untried = [name for name in names if arms[name].outcomes == 0]
+    if untried:
+        return untried[0]
+    return max(names, key=lambda name: arms[name].mean)
+
+
+@dataclass
+class Interleaving:
+    """One interleaved result list: item indices in display order and the team ("A"/"B") of each."""
+
+    order: list[int]
+    teams: list[str]
+    clicks: dict[str, int] = field(default_factory=lambda: {"A": 0, "B": 0})
+
+    def team_of(self, item: int) -> str:
+        return self.teams[self.order.index(item)]
+
+
+def team_draft(
+    ranking_a: Sequence[int], ranking_b: Sequence[int], rng: random.Random, length: int | None = None
+) -> Interleaving:
+    """Team-draft interleaving (Radlinski et al., 2008).
+
+    Teams take turns, the team with fewer picks going first and a coin deciding ties; each picks its
+    highest-ranked item not yet shown. Every item appears once; at every prefix the two teams' counts differ
+    by at most one, so clicks credit the rankers without position bias.
+    """
+    size = len(ranking_a) if length is None else min(length, len(ranking_a))
+    order: list[int] = []
+    teams: list[str] = []
+    shown: set[int] = set()
+    picks = {"A": 0, "B": 0}
+    pointers = {"A": 0, "B": 0}
+    rankings = {"A": list(ranking_a), "B": list(ranking_b)}
+    while len(order) < size:
+        if picks["A"] < picks["B"] or (picks["A"] == picks["B"] and rng.random() < 0.5):
+            team = "A"
+        else:
+            team = "B"
+        ranking = rankings[team]
+        while pointers[team] < len(ranking) and ranking[pointers[team]] in shown:
+            pointers[team] += 1
+        if pointers[team] >= len(ranking):  # this team has nothing left: the other picks
+            team = "B" if team == "A" else "A"
+            ranking = rankings[team]
+            while pointers[team] < len(ranking) and ranking[pointers[team]] in shown:
+                pointers[team] += 1
+            if pointers[team] >= len(ranking):
+                break
+        item = ranking[pointers[team]]
+        order.append(item)
+        teams.append(team)
+        shown.add(item)
+        picks[team] += 1
+    return Interleaving(order, teams)

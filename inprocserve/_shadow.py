@@ -1,0 +1,235 @@
+"""Shadow traffic: a copy of a request runs on other versions after the caller has its answer.
+
+Shadow work never slows or fails the caller: it is queued (bounded, drops counted) for one background
+thread, runs only when the shadow version has an idle session and the serving version has no backlog,
+and its errors are logged and counted, never raised. Each shadow answer is compared with the primary one
+(largest absolute difference; argmax agreement for classifier-shaped outputs) and handed to an optional
+callback so applications can log it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _fork
+
+__all__ = ["ShadowComparison", "ShadowRunner", "compare_outputs"]
+
+logger = logging.getLogger(__name__)
+
+_WAIT_FOR_IDLE_S = 0.05  # a shadow job that finds no spare capacity for this long is dropped
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowComparison:
+    """How one shadow answer compared with the answer the caller got."""
+
+    model: str
+    primary_version: int
+    shadow_version: int
+    request_id: str
+    max_abs_diff: float | None
+    """Largest absolute difference over the numeric outputs both versions produced (None if none)."""
+    label_agreement: float | None
+    """Share of rows whose argmax agrees, over outputs shaped [rows, classes] (None if there are none)."""
+    error: str | None
+    """Why the shadow run failed, if it did (the caller was never affected)."""
+    latency_s: float
+
+
+def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(max absolute difference, argmax agreement) between two answers to the same request."""
+    diffs, agreements = [], []
+    for name, expected in primary.items():
+        got = shadow.get(name)
+        if not isinstance(expected, np.ndarray) or not isinstance(got, np.ndarray) or expected.shape != got.shape:
+            continue
+        if expected.dtype.kind not in "biuf" or got.dtype.kind not in "biuf" or expected.size == 0:
+            continue
+        diffs.append(float(np.max(np.abs(expected.astype(np.float64) - got.astype(np.float64)))))
+        if expected.ndim == 2 and expected.shape[1] >= 2:
+            agreements.append(float(np.mean(np.argmax(expected, axis=1) == np.argmax(got, axis=1))))
+    return (max(diffs) if diffs else None), (float(np.mean(agreements)) if agreements else None)
+
+
+@dataclass
+class ShadowStats:
+    runs: int = 0
+    errors: int = 0
+    dropped_full: int = 0
+    dropped_busy: int = 0
+    compared: int = 0
+    max_abs_diff: float = 0.0
+    total_abs_diff: float = 0.0
+    agreement_total: float = 0.0
+    agreement_runs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runs": self.runs,
+            "errors": self.errors,
+            "dropped_queue_full": self.dropped_full,
+            "dropped_no_spare_capacity": self.dropped_busy,
+            "max_abs_diff": self.max_abs_diff if self.compared else None,
+            "mean_max_abs_diff": self.total_abs_diff / self.compared if self.compared else None,
+            "label_agreement": self.agreement_total / self.agreement_runs if self.agreement_runs else None,
+        }
+
+
+@dataclass(slots=True)
+class _Job:
+    model: str
+    request_id: str
+    arrays: Mapping[str, np.ndarray]
+    rows: int
+    primary: Mapping[str, Any]
+    primary_version: Any
+    shadow: Any
+
+
+class ShadowRunner:
+    """Runs shadow jobs on one background thread. Thread-safe; the thread starts on first use."""
+
+    def __init__(self, *, max_queued: int = 256, on_result: Callable[[ShadowComparison], None] | None = None) -> None:
+        self.max_queued = max_queued
+        self.on_result = on_result
+        self._stats: dict[tuple[str, int], ShadowStats] = {}
+        self._reset()
+        _fork.register(self)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: deque[_Job] = deque()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _after_fork_in_child(self) -> None:
+        closed = self._closed
+        self._reset()
+        self._closed = closed
+
+    def offer(
+        self,
+        model: str,
+        request_id: str,
+        arrays: Mapping[str, np.ndarray],
+        rows: int,
+        primary: Mapping[str, Any],
+        primary_version: Any,
+        shadows: list[Any],
+    ) -> None:
+        """Queue a copy of a finished request for each shadow version; never blocks, drops when full."""
+        with self._cond:
+            if self._closed:
+                return
+            for shadow in shadows:
+                if len(self._jobs) >= self.max_queued:
+                    self._stat(model, shadow.version).dropped_full += 1
+                    continue
+                self._jobs.append(_Job(model, request_id, arrays, rows, primary, primary_version, shadow))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="inprocserve-shadow", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _stat(self, model: str, version: int) -> ShadowStats:
+        return self._stats.setdefault((model, version), ShadowStats())
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                job = self._jobs.popleft()
+            try:
+                self._run(job)
+            except Exception:  # the shadow thread must outlive any bug in one job
+                logger.exception("shadow run of model %r failed unexpectedly", job.model)
+
+    def _run(self, job: _Job) -> None:
+        from ._batching import Request  # local: the batching module does not depend on shadows
+
+        shadow_batcher = job.shadow.batcher
+        primary_batcher = job.primary_version.batcher
+        if shadow_batcher is None:
+            return
+        request = Request(dict(job.arrays), job.rows, None, None, None)
+        started = time.monotonic()
+        deadline = started + _WAIT_FOR_IDLE_S
+        while True:  # spare capacity only: no backlog on the serving version, an idle shadow session
+            if primary_batcher is None or primary_batcher.queued_rows == 0:
+                try:
+                    if shadow_batcher.run_if_idle(request):
+                        break
+                except Exception as exc:  # retired meanwhile, or any other refusal: not the caller's problem
+                    self._record(job, None, f"{type(exc).__name__}: {exc}", started)
+                    return
+            if time.monotonic() > deadline:
+                with self._cond:
+                    self._stat(job.model, job.shadow.version).dropped_busy += 1
+                return
+            time.sleep(0.001)
+        if request.error is not None:
+            self._record(job, None, f"{type(request.error).__name__}: {request.error}", started)
+        else:
+            self._record(job, request.outputs, None, started)
+
+    def _record(self, job: _Job, outputs: Mapping[str, Any] | None, error: str | None, started: float) -> None:
+        diff, agreement = compare_outputs(job.primary, outputs) if outputs is not None else (None, None)
+        comparison = ShadowComparison(
+            model=job.model,
+            primary_version=job.primary_version.version,
+            shadow_version=job.shadow.version,
+            request_id=job.request_id,
+            max_abs_diff=diff,
+            label_agreement=agreement,
+            error=error,
+            latency_s=time.monotonic() - started,
+        )
+        with self._cond:
+            stats = self._stat(job.model, job.shadow.version)
+            stats.runs += 1
+            if error is not None:
+                stats.errors += 1
+            if diff is not None:
+                stats.compared += 1
+                stats.max_abs_diff = max(stats.max_abs_diff, diff)
+                stats.total_abs_diff += diff
+            if agreement is not None:
+                stats.agreement_total += agreement
+                stats.agreement_runs += 1
+        if error is not None:
+            logger.info(
+                "shadow version %s of model %r failed (caller unaffected): %s", job.shadow.version, job.model, error
+            )
+        if self.on_result is not None:
+            try:
+                self.on_result(comparison)
+            except Exception:
+                logger.exception("the on_shadow callback raised")
+
+    def pending(self) -> int:
+        return len(self._jobs)
+
+    def status(self, model: str) -> dict[str, Any]:
+        with self._cond:
+            return {str(v): s.to_dict() for (m, v), s in self._stats.items() if m == model}
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._jobs.clear()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)

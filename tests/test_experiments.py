@@ -1,0 +1,146 @@
+"""Bucketing, statistics, bandit policies and team-draft interleaving, on plain values."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from inprocserve._experiments import (
+    BUCKETS,
+    VariantStats,
+    bucket,
+    compare,
+    epsilon_greedy,
+    pick_weighted,
+    team_draft,
+    thompson,
+)
+
+KEYS = [f"user-{i}" for i in range(100_000)]
+
+
+@pytest.mark.parametrize("percent", [0.01, 1, 5, 10, 50, 99])
+def test_canary_split_of_100k_keys_is_within_binomial_bounds(percent: float) -> None:
+    threshold = percent * BUCKETS / 100
+    inside = sum(bucket("fraud", "", key) < threshold for key in KEYS)
+    p = percent / 100
+    mean, sd = len(KEYS) * p, math.sqrt(len(KEYS) * p * (1 - p))
+    assert abs(inside - mean) <= 5 * sd + 1, (inside, mean, sd)
+
+
+def test_buckets_are_stable_and_depend_on_model_and_salt() -> None:
+    assert bucket("fraud", "s", "user-1") == bucket("fraud", "s", "user-1")
+    assert bucket("fraud", "", "user-7") == 3514  # pinned: a change would reshuffle every rollout
+    moved = sum(bucket("fraud", "a", k) != bucket("fraud", "b", k) for k in KEYS[:1000])
+    assert moved > 950
+    assert sum(bucket("fraud", "", k) != bucket("churn", "", k) for k in KEYS[:1000]) > 950
+
+
+def test_raising_the_percentage_keeps_everyone_already_in() -> None:
+    five = {k for k in KEYS if bucket("fraud", "", k) < 500}
+    ten = {k for k in KEYS if bucket("fraud", "", k) < 1000}
+    assert five < ten
+    assert 0.4 < len(five) / len(ten) < 0.6
+
+
+def test_weighted_split() -> None:
+    counts = {"a": 0, "b": 0, "c": 0}
+    for key in KEYS[:20_000]:
+        counts[pick_weighted(bucket("m", "", key), [("a", 50), ("b", 30), ("c", 20)])] += 1
+    assert abs(counts["a"] / 20_000 - 0.5) < 0.02
+    assert abs(counts["b"] / 20_000 - 0.3) < 0.02
+    assert pick_weighted(5, [("a", 0), ("b", 0)]) == "a"
+
+
+def test_two_proportion_test_finds_a_real_difference_and_not_a_fake_one() -> None:
+    rng = np.random.default_rng(0)
+    control, better, same = VariantStats(), VariantStats(), VariantStats()
+    for _ in range(5000):
+        control.add(float(rng.random() < 0.10))
+        better.add(float(rng.random() < 0.13))
+        same.add(float(rng.random() < 0.10))
+    significant = compare(control, better)
+    assert significant["test"] == "two-proportion z"
+    assert significant["p_value"] < 0.001
+    assert significant["difference"] == pytest.approx(0.03, abs=0.015)
+    assert compare(control, same)["p_value"] > 0.01
+
+
+def test_welch_for_continuous_rewards() -> None:
+    rng = np.random.default_rng(1)
+    a, b = VariantStats(), VariantStats()
+    for _ in range(400):
+        a.add(float(rng.normal(1.0, 1.0)))
+        b.add(float(rng.normal(1.3, 2.0)))
+    result = compare(a, b)
+    assert result["test"].startswith("welch")
+    assert result["p_value"] < 0.05
+    assert result["reliable"] is True
+
+
+def test_compare_with_too_few_outcomes_reports_no_p_value() -> None:
+    a, b = VariantStats(), VariantStats()
+    a.add(1)
+    assert compare(a, b)["p_value"] is None
+
+
+@pytest.mark.parametrize("policy", ["thompson", "epsilon_greedy"])
+def test_bandits_converge_to_the_better_arm(policy: str) -> None:
+    rng = np.random.default_rng(42)
+    reward_rng = random.Random(7)
+    rates = {"a": 0.05, "b": 0.15, "c": 0.08}
+    arms = {name: VariantStats() for name in rates}
+    pulls = dict.fromkeys(rates, 0)
+    for _ in range(4000):
+        name = thompson(arms, rng) if policy == "thompson" else epsilon_greedy(arms, rng, 0.1)
+        pulls[name] += 1
+        arms[name].add(float(reward_rng.random() < rates[name]))
+    late = pulls["b"] / sum(pulls.values())
+    assert late > 0.6, pulls
+
+
+def test_bandits_are_deterministic_under_a_seed() -> None:
+    def run(seed: int) -> list[str]:
+        rng = np.random.default_rng(seed)
+        arms = {"a": VariantStats(), "b": VariantStats()}
+        chosen = []
+        for i in range(50):
+            name = thompson(arms, rng)
+            arms[name].add(float(i % 3 == 0))
+            chosen.append(name)
+        return chosen
+
+    assert run(3) == run(3)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_team_draft_properties(seed: int) -> None:
+    rng = random.Random(seed)
+    items = list(range(12))
+    a = items[:]
+    rng.shuffle(a)
+    b = items[:]
+    rng.shuffle(b)
+    result = team_draft(a, b, random.Random(seed))
+    assert sorted(result.order) == items  # every item exactly once
+    for prefix in range(1, len(result.order) + 1):  # teams stay balanced at every prefix
+        teams = result.teams[:prefix]
+        assert abs(teams.count("A") - teams.count("B")) <= 1
+    # each team's items appear in that team's own ranking order
+    for team, ranking in (("A", a), ("B", b)):
+        picked = [item for item, t in zip(result.order, result.teams, strict=True) if t == team]
+        assert picked == sorted(picked, key=ranking.index)
+    assert result.order[0] in (a[0], b[0])
+
+
+def test_team_draft_of_identical_rankings_is_that_ranking() -> None:
+    ranking = [3, 1, 4, 0, 2]
+    assert team_draft(ranking, ranking, random.Random(0)).order == ranking
+
+
+def test_team_draft_can_be_truncated() -> None:
+    result = team_draft([0, 1, 2, 3], [3, 2, 1, 0], random.Random(1), length=2)
+    assert len(result.order) == 2 and set(result.teams) == {"A", "B"}

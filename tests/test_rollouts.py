@@ -1,0 +1,405 @@
+"""Rollouts driven by flags, through the public Server API with real models.
+
+Version N of the ``scale`` model answers ``y = x * N``, so every answer says which version produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import inprocserve
+from inprocserve import InMemoryFlags, ModelConfig, RolloutConfig, VariantConfig, VersionPolicy, WarmupConfig
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory, run_threads, wait_until
+
+X = np.ones((1, 4), np.float32)
+
+
+@pytest.fixture
+def versions(repository: Path) -> Path:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    return repository
+
+
+def rollout(**kwargs: Any) -> ModelConfig:
+    return ModelConfig(rollout=RolloutConfig(**kwargs), version_policy=VersionPolicy.all())
+
+
+def answer(server: inprocserve.Server, user: str | None = None) -> inprocserve.Prediction:
+    context = None if user is None else {"user_id": user}
+    result = server.predict("scale", X, context=context)
+    assert float(result["y"][0, 0]) == result.version  # answered entirely by the version it names
+    return result
+
+
+def test_without_a_rollout_the_latest_version_answers(versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(versions, config=ModelConfig(version_policy=VersionPolicy.all()))
+    result = answer(server, "u1")
+    assert (result.version, result.variant, result.reason) == (3, "default", "latest ready version")
+
+
+def test_canary_percentage_is_read_per_request(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags()
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    users = [f"user-{i}" for i in range(2000)]
+    assert {answer(server, u).version for u in users[:200]} == {1}  # 0 % by default
+    flags.set("scale.canary.percent", 10)
+    five = [u for u in users if answer(server, u).version == 2]
+    assert 120 < len(five) < 290, len(five)  # ~10 % of 2000
+    flags.set("scale.canary.percent", 20)
+    twenty = {u for u in users if answer(server, u).version == 2}
+    assert set(five) <= twenty  # raising the percentage keeps everyone already in
+    result = answer(server, five[0])
+    assert result.variant == "canary" and "under the canary's 20%" in result.reason
+
+
+def test_the_same_user_always_gets_the_same_variant(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags({"scale.canary.percent": 50})
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    for user in ("alice", "bob", "carol", "dave"):
+        assert len({answer(server, user).version for _ in range(30)}) == 1
+
+
+def test_stickiness_across_processes(versions: Path) -> None:
+    script = """
+import json, sys, numpy as np, inprocserve
+config = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all(), rollout=inprocserve.RolloutConfig(
+    strategy="canary", stable=1, candidate=2, canary_percent=30, salt="s1"))
+with inprocserve.Server(sys.argv[1], config=config) as server:
+    x = np.ones((1, 4), np.float32)
+    print(json.dumps({f"u{i}": server.predict("scale", x, context={"user_id": f"u{i}"}).version for i in range(300)}))
+"""
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", script, str(versions)], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+    assert 40 < sum(v == 2 for v in runs[0].values()) < 140  # ~30 % of 300
+
+
+def test_kill_switch_sends_everyone_to_stable(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags({"scale.canary.percent": 100})
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2, shadow=(3,)))
+    assert answer(server, "u").version == 2
+    flags.set("scale.kill", True)
+    result = answer(server, "u")
+    assert (result.version, result.variant, result.reason) == (1, "stable", "kill switch is on")
+
+
+def test_a_candidate_that_is_not_loaded_falls_back_to_stable(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags({"scale.canary.percent": 100, "scale.canary.version": 9})
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    result = answer(server, "u")
+    assert (result.version, result.reason) == (1, "canary version 9 is not ready")
+
+
+def test_requests_without_a_key_are_bucketed_randomly(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags({"scale.canary.percent": 50})
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    seen = [answer(server).version for _ in range(400)]
+    assert 120 < seen.count(2) < 280
+
+
+class RaisingFlags(InMemoryFlags):
+    name = "raising"
+
+    def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
+        raise ConnectionError("flag service unreachable")
+
+
+class HangingFlags(InMemoryFlags):
+    name = "hanging"
+    blocking = True
+
+    def __init__(self) -> None:
+        super().__init__({"scale.canary.percent": 100})
+        self.release = threading.Event()
+
+    def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
+        self.release.wait(30)
+        return super().get_number(key, default, context)
+
+
+def test_a_failing_flag_provider_gives_the_stable_decision(
+    versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = make_server(versions, flags=RaisingFlags(), config=rollout(strategy="canary", stable=1, candidate=2))
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        results = [answer(server, f"u{i}") for i in range(50)]
+    assert {(r.version, r.reason) for r in results} == {(1, "flag provider failed")}
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["failures"] == 50
+    assert len([r for r in caplog.records if "flag provider" in r.getMessage()]) == 1  # rate-limited
+
+
+def test_a_hanging_flag_provider_costs_at_most_the_budget(versions: Path, make_server: ServerFactory) -> None:
+    flags = HangingFlags()
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=0.05, config=rollout(strategy="canary", stable=1, candidate=2)
+    )
+    try:
+        started = time.monotonic()
+        result = answer(server, "u")
+        assert time.monotonic() - started < 2.0
+        assert (result.version, result.reason) == (1, "flag provider timed out")
+        assert server.status()["models"]["scale"]["rollout"]["flags"]["timeouts"] == 1
+    finally:
+        flags.release.set()
+
+
+def test_shadow_copies_are_compared_and_reported(versions: Path, make_server: ServerFactory) -> None:
+    comparisons: list[inprocserve.ShadowComparison] = []
+    server = make_server(versions, config=rollout(stable=1, shadow=(3,)), on_shadow=comparisons.append)
+    for _ in range(20):
+        assert answer(server, "u").version == 1
+    wait_until(lambda: len(comparisons) == 20)
+    assert {c.shadow_version for c in comparisons} == {3}
+    assert all(c.max_abs_diff == pytest.approx(2.0) and c.error is None for c in comparisons)
+    stats = server.status()["models"]["scale"]["shadow"]["3"]
+    assert stats["runs"] == 20 and stats["max_abs_diff"] == pytest.approx(2.0)
+
+
+def test_shadow_flags_turn_mirroring_on_and_sample_it(versions: Path, make_server: ServerFactory) -> None:
+    comparisons: list[inprocserve.ShadowComparison] = []
+    flags = InMemoryFlags({"scale.shadow.versions": [2], "scale.shadow.percent": 0})
+    server = make_server(versions, flags=flags, config=rollout(stable=1), on_shadow=comparisons.append)
+    for _ in range(30):
+        answer(server)
+    flags.set("scale.shadow.percent", 100)
+    futures = [server.submit("scale", X) for _ in range(30)]  # the submit path shadows too
+    for future in futures:
+        future.result(timeout=10)
+    wait_until(lambda: len(comparisons) == 30)
+    assert {c.shadow_version for c in comparisons} == {2}
+
+
+def slow_model(version: float, width: int = 1024, layers: int = 8) -> Any:
+    """Same signature as the scale model, y = x * version, after a pile of real (discarded) compute."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "up"], ["h0"])]
+    inits = [numpy_helper.from_array(rng.standard_normal((4, width)).astype(np.float32), "up")]
+    for i in range(layers):
+        inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) / 32).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"]))
+    inits += [
+        numpy_helper.from_array(np.zeros((width, 4), np.float32), "down"),
+        numpy_helper.from_array(np.array(version, np.float32), "factor"),
+    ]
+    nodes += [
+        helper.make_node("MatMul", [f"h{layers}", "down"], ["zero"]),
+        helper.make_node("Mul", ["x", "factor"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "zero"], ["y"]),
+    ]
+    return _model(nodes, inits)
+
+
+def failing_model() -> Any:
+    """Same signature, but the Reshape fails inside onnxruntime for any one-row input."""
+    shape = numpy_helper.from_array(np.array([-1, 7], np.int64), "shape")
+    return _model([helper.make_node("Reshape", ["x", "shape"], ["y"])], [shape])
+
+
+def _model(nodes: list[Any], inits: list[Any]) -> Any:
+    graph = helper.make_graph(
+        nodes,
+        "shadow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def p99_ms(server: inprocserve.Server, count: int = 300) -> float:
+    latencies = []
+    for i in range(count):
+        started = time.perf_counter()
+        assert answer(server, f"u{i}").version == 1
+        latencies.append(time.perf_counter() - started)
+    return statistics.quantiles(latencies, n=100)[98] * 1000
+
+
+def test_a_slow_or_failing_shadow_leaves_the_caller_unaffected(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(slow_model(2.0), repository, "scale", 2)
+    save_model(failing_model(), repository, "scale", 3)
+    comparisons: list[inprocserve.ShadowComparison] = []
+    seven_rows = WarmupConfig(rows=7)  # the failing version accepts 7-row warm-ups, then fails on one row
+    plain = make_server(repository, config=replace(rollout(stable=1), warmup=seven_rows))
+    shadowed = make_server(
+        repository, config=replace(rollout(stable=1, shadow=(2, 3)), warmup=seven_rows), on_shadow=comparisons.append
+    )
+    # side by side in one run, interleaved, so machine noise hits both alike
+    baseline = [p99_ms(plain), p99_ms(plain)]
+    with_shadow = [p99_ms(shadowed), p99_ms(shadowed)]
+    baseline.append(p99_ms(plain))
+    assert min(with_shadow) < 5 * max(baseline) + 2.0, (baseline, with_shadow)  # generous: a shared 2-core VM
+    wait_until(lambda: any(c.shadow_version == 3 for c in comparisons))
+    failed = [c for c in comparisons if c.shadow_version == 3]
+    assert all(c.error is not None and "InferenceError" in c.error for c in failed)
+    stats = shadowed.status()["models"]["scale"]["shadow"]
+    assert stats["3"]["errors"] == stats["3"]["runs"] > 0
+    assert stats["3"]["max_abs_diff"] is None  # nothing to compare when the shadow failed
+    total_2 = stats["2"]["runs"] + stats["2"]["dropped_queue_full"] + stats["2"]["dropped_no_spare_capacity"]
+    assert total_2 > 0
+
+
+def test_blue_green_switch_under_32_threads(versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(versions, config=rollout(stable=1))
+    stop = threading.Event()
+    seen: set[int] = set()
+    lock = threading.Lock()
+
+    def call(index: int) -> None:
+        x = np.full((1 + index % 3, 4), index + 1, np.float32)
+        while not stop.is_set():
+            result = server.predict("scale", x, context={"user_id": str(index)})
+            np.testing.assert_array_equal(result["y"], x * result.version)  # never a mix within a request
+            with lock:
+                seen.add(result.version)
+
+    threads = [threading.Thread(target=run_threads, args=(1, lambda _, i=i: call(i))) for i in range(32)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    server.switch("scale", 3)
+    time.sleep(0.1)
+    server.switch("scale", 1)  # rollback is the same operation
+    time.sleep(0.1)
+    server.switch("scale", 3)
+    time.sleep(0.1)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert seen == {1, 3}
+    assert answer(server).version == 3
+    assert server.status()["models"]["scale"]["rollout"]["stable_alias"] == 3
+
+
+def test_switch_loads_a_version_first(repository: Path, make_server: ServerFactory) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    server = make_server(repository, config=ModelConfig(version_policy=VersionPolicy.specific(1)))
+    assert server.models == {"scale": [1]}
+    server.switch("scale", 2)
+    assert answer(server).version == 2
+    server.refresh()  # the alias keeps its version loaded
+    assert answer(server).version == 2
+    with pytest.raises(inprocserve.ModelNotFoundError):
+        server.switch("scale", 7)
+
+
+def test_ab_test_with_outcomes(versions: Path, make_server: ServerFactory) -> None:
+    arms = {"control": VariantConfig(version=1), "treatment": VariantConfig(version=2)}
+    server = make_server(versions, config=rollout(strategy="ab", variants=arms))
+    rng = np.random.default_rng(5)
+    for i in range(3000):
+        result = answer(server, f"user-{i}")
+        assert result.variant in arms and arms[result.variant].version == result.version
+        rate = 0.10 if result.variant == "control" else 0.16
+        assert server.record_outcome(result.request_id, float(rng.random() < rate)) == result.variant
+    report = server.status()["models"]["scale"]["rollout"]
+    served = report["variants"]
+    assert abs(served["control"]["served"] - 1500) < 200
+    assert served["treatment"]["mean_reward"] > served["control"]["mean_reward"]
+    test = report["tests"]["treatment"]
+    assert test["test"] == "two-proportion z" and test["p_value"] < 0.01
+    assert server.record_outcome("no-such-request", 1.0) is None
+    # by targeting key instead of request id
+    assert server.record_outcome(None, 1.0, model="scale", key="user-3") in arms
+
+
+def test_ab_weights_come_from_a_flag(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags({"scale.ab.weights": {"a": 0, "b": 1}})
+    arms = {"a": VariantConfig(version=1), "b": VariantConfig(version=3)}
+    server = make_server(versions, flags=flags, config=rollout(strategy="ab", variants=arms))
+    assert {answer(server, f"u{i}").version for i in range(50)} == {3}
+
+
+def test_bandit_converges_on_simulated_rewards(versions: Path, make_server: ServerFactory) -> None:
+    arms = {"v1": VariantConfig(version=1), "v2": VariantConfig(version=2), "v3": VariantConfig(version=3)}
+    server = make_server(versions, config=rollout(strategy="bandit", variants=arms, seed=11))
+    rates = {1: 0.05, 2: 0.20, 3: 0.08}
+    rng = np.random.default_rng(3)
+    picks = []
+    for _ in range(1500):
+        result = answer(server)
+        picks.append(result.version)
+        server.record_outcome(result.request_id, float(rng.random() < rates[result.version]))
+    assert picks[-500:].count(2) > 300, {v: picks[-500:].count(v) for v in (1, 2, 3)}
+
+
+def test_interleaving_credits_clicks_to_rankers(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)  # ranks items by their feature
+    save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)  # the reverse order
+    server = make_server(repository, config=rollout(rankers=(1, 2), seed=4))
+    items = np.arange(8, dtype=np.float32).reshape(8, 1)
+    wins_for_a = 0
+    for _ in range(40):
+        result = server.interleave("ranker", items)
+        assert sorted(result.order) == list(range(8)) and len(result.teams) == 8
+        assert result.order[0] in (7, 0)  # the top item of ranker A or of ranker B
+        top_by_a = result.order[result.teams.index("A")]
+        assert server.record_click(result.request_id, top_by_a) == "A"  # users click what A ranks first
+        wins_for_a += 1
+    report = server.status()["models"]["ranker"]["rollout"]["interleaving"]
+    assert report["A"] == wins_for_a and report["B"] == 0 and report["queries"] == 40
+    assert server.record_click("unknown", 1) is None
+
+
+def test_guarded_promotion(versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(versions, config=rollout(stable=1))
+    with pytest.raises(inprocserve.PromotionRefusedError, match="recent input"):
+        server.promote("scale", 2, min_samples=5)
+    for i in range(10):
+        server.predict("scale", np.full((1, 4), i, np.float32))
+    with pytest.raises(inprocserve.PromotionRefusedError, match="max abs diff") as info:
+        server.promote("scale", 3, max_abs_diff=1.0)  # 3x vs 1x differs by up to 18
+    assert info.value.report["samples"] == 10 and answer(server).version == 1
+    report = server.promote("scale", 2, max_abs_diff=10.0)
+    assert report["from"] == 1 and report["to"] == 2 and report["reason"] == "within bounds"
+    assert answer(server).version == 2
+
+
+def test_rollout_config_from_toml(versions: Path, make_server: ServerFactory) -> None:
+    (versions / "scale" / "config.toml").write_text(
+        """
+[rollout]
+strategy = "ab"
+shadow = [3]
+
+[rollout.variants]
+control = { version = 1, weight = 1 }
+treatment = { version = 2, weight = 1 }
+"""
+    )
+    server = make_server(versions)
+    assert server.models == {"scale": [1, 2, 3]}  # versions the rollout names are loaded
+    assert {answer(server, f"u{i}").variant for i in range(40)} == {"control", "treatment"}
+
+
+def test_pinned_versions_bypass_the_rollout(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags({"scale.canary.percent": 100})
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    result = server.predict("scale", X, version=3, context={"user_id": "u"})
+    assert (result.version, result.variant) == (3, "pinned")
