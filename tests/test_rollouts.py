@@ -278,19 +278,18 @@ def test_blue_green_switch_under_32_threads(versions: Path, make_server: ServerF
             with lock:
                 seen.add(result.version)
 
-    threads = [threading.Thread(target=run_threads, args=(1, lambda _, i=i: call(i))) for i in range(32)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.1)
-    server.switch("scale", 3)
-    time.sleep(0.1)
-    server.switch("scale", 1)  # rollback is the same operation
-    time.sleep(0.1)
-    server.switch("scale", 3)
-    time.sleep(0.1)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=30)
+    def switch_back_and_forth() -> None:
+        for version in (3, 1, 3):  # rollback is the same operation as the switch
+            time.sleep(0.1)
+            server.switch("scale", version)
+        time.sleep(0.1)
+        stop.set()
+
+    switcher = threading.Thread(target=switch_back_and_forth)
+    switcher.start()
+    errors = run_threads(32, call)
+    switcher.join(timeout=30)
+    assert errors == []
     assert seen == {1, 3}
     assert answer(server).version == 3
     assert server.status()["models"]["scale"]["rollout"]["stable_alias"] == 3
