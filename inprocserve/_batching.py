@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from ._batch_ops import BatchShapeError, group_key, pad_and_stack, split_outputs
 from ._config import BatchingConfig
 from ._errors import DeadlineExceededError, InprocserveError, QueueFullError, ServerClosedError
 from ._sessions import SessionPool, abandon_inherited
+from ._telemetry import METRICS, end_batch_span, start_batch_span
 
 __all__ = ["Batcher", "RunCost", "Request", "VersionRetiredError"]
 
@@ -100,11 +101,22 @@ class RunCost:
     per_row_s: float
 
 
+class BatchTiming:
+    """Shared by the requests of one executed batch, for their spans and metrics."""
+
+    __slots__ = ("compute_s", "rows")
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.compute_s = 0.0
+
+
 class Request:
     """One caller's request: validated inputs, where to deliver the answer, and its state."""
 
     __slots__ = (
         "arrays",
+        "batch",
         "baton",
         "deadline",
         "enqueued_at",
@@ -113,7 +125,10 @@ class Request:
         "key",
         "meta",
         "outputs",
+        "queue_wait_s",
         "rows",
+        "span",
+        "started",
         "state",
         "waiter",
     )
@@ -137,6 +152,10 @@ class Request:
         self.error: BaseException | None = None
         self.enqueued_at = 0.0
         self.baton: Any = None  # the waiter this caller wakes once it is awake (see Batcher._complete_batch)
+        self.span: Any = None  # the request's OpenTelemetry span, linked from the batch span
+        self.started = 0.0  # perf_counter() when the caller asked
+        self.queue_wait_s = 0.0
+        self.batch: BatchTiming | None = None
         # A synchronous caller blocks on this lock until the answer is in (the cheapest wake-up CPython has).
         self.waiter: Any = None
         if future is None:
@@ -202,6 +221,10 @@ class Batcher:
             self._delay_s = 0.0
         self.run_cost = run_cost
         self._preferred = config.preferred_batch_sizes
+        self._metric_attributes: dict[str, Any] = {
+            "inprocserve.model.name": self.model,
+            "inprocserve.model.version": self.version,
+        }
         self._reset_state()
         _fork.register(self)
 
@@ -416,7 +439,10 @@ class Batcher:
                     lock.release()
                     try:
                         for request in expired:
-                            self._fail(request, self._expired_error())
+                            if isinstance(request.error, CancelledError):
+                                self._deliver(request)  # closes its span; the future is cancelled already
+                            else:
+                                self._fail(request, self._expired_error())
                         if batch:
                             self._execute(session, batch)
                     except BaseException:  # never let a worker die silently
@@ -508,8 +534,10 @@ class Batcher:
             future = request.future
             if future is not None and not future.set_running_or_notify_cancel():
                 request.state = _DONE  # the caller cancelled: drop it before it runs
+                request.error = CancelledError()
                 self._in_flight -= 1
                 self._active_rows -= request.rows
+                expired.append(request)  # its telemetry is closed with the expired ones
                 continue
             request.state = _RUNNING
             key = request.key
@@ -540,6 +568,12 @@ class Batcher:
                 self._free = list(sessions)
 
     def _execute(self, session: Any, batch: list[Request]) -> None:
+        started = self._clock()
+        timing = BatchTiming(sum(request.rows for request in batch))
+        for request in batch:
+            request.queue_wait_s = max(0.0, started - request.enqueued_at) if request.enqueued_at else 0.0
+            request.batch = timing
+        span = start_batch_span(self.model, self.version, [request.span for request in batch])
         try:
             self._run_isolating(session, batch)
         except Exception as exc:  # a bug, or the session failed as a whole: fail the batch, keep the worker
@@ -547,6 +581,16 @@ class Batcher:
             for request in batch:
                 if request.state != _DONE:
                     self._fail(request, exc)
+        failed = all(request.error is not None for request in batch)
+        end_batch_span(
+            span,
+            rows=timing.rows,
+            requests=len(batch),
+            compute_s=timing.compute_s,
+            error=batch[0].error if failed else None,
+        )
+        METRICS.batch_size.record(timing.rows, self._metric_attributes)
+        METRICS.batch_duration.record(timing.compute_s, self._metric_attributes)
 
     def _run_isolating(self, session: Any, batch: list[Request]) -> None:
         """Run ``batch``; if it fails, bisect so only the failing request(s) get the error."""
@@ -572,7 +616,10 @@ class Batcher:
             request = batch[0]
             if self._chunk_rows is not None and request.rows > self._chunk_rows:
                 return [self._run_in_chunks(session, request)]
+            started = time.perf_counter()
             outputs = self._pool.run(session, request.arrays)
+            if request.batch is not None:
+                request.batch.compute_s = time.perf_counter() - started
             return [dict(zip(self._output_names, outputs, strict=True))]
         crop = None
         if self._padding is not None:
@@ -580,7 +627,10 @@ class Batcher:
             crop = (self._padding.outputs, lengths)
         else:
             feeds = stack_inputs([r.arrays for r in batch], self._input_names)
+        started = time.perf_counter()
         outputs = self._pool.run(session, feeds)
+        if batch[0].batch is not None:
+            batch[0].batch.compute_s = time.perf_counter() - started
         return split_outputs(outputs, self._output_names, [r.rows for r in batch], crop=crop)
 
     def _run_in_chunks(self, session: Any, request: Request) -> dict[str, Any]:

@@ -180,6 +180,10 @@ class ModelVersion:
     def providers(self) -> list[str]:
         return list(self._pool.providers)
 
+    def drift_observations(self) -> list[tuple[str, float, dict[str, Any]]]:
+        """Drift statistics of the last window, for the observable gauges (none until drift is configured)."""
+        return []
+
     def retire(self, *, timeout_s: float | None = None) -> bool:
         """Stop taking requests, finish queued and running ones, then close the sessions."""
         self.state = "draining"

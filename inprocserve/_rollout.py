@@ -26,6 +26,7 @@ from . import _fork
 from ._config import RolloutConfig
 from ._experiments import BUCKETS, Interleaving, VariantStats, bucket, compare, epsilon_greedy, pick_weighted, thompson
 from ._flags import FlagProvider
+from ._telemetry import ATTR_FLAG_PROVIDER, METRICS
 
 __all__ = ["Decision", "FlagReader", "Router"]
 
@@ -46,6 +47,8 @@ class Decision:
     shadows: tuple[int, ...] = ()
     flags: tuple[tuple[str, str], ...] = ()
     """The flags read for this decision, as (key, value) — recorded on the span by the telemetry layer."""
+    provider: str | None = None
+    """The name of the flag provider that answered."""
 
 
 class FlagReader:
@@ -96,6 +99,9 @@ class FlagReader:
         return self._executor
 
     def _count(self, counter: str, message: str) -> None:
+        METRICS.flag_failures.add(
+            1, {ATTR_FLAG_PROVIDER: self.provider.name, "inprocserve.flags.failure": counter.rstrip("s")}
+        )
         with self._lock:
             setattr(self, counter, getattr(self, counter) + 1)
             now = time.monotonic()
@@ -203,7 +209,13 @@ class Router:
         def fallback(reason: str) -> Decision:
             return Decision(stable, "stable", reason)
 
-        return self._flags.run(lambda: self._decide(ready, stable, ctx), fallback)
+        decision = self._flags.run(lambda: self._decide(ready, stable, ctx), fallback)
+        provider = self._flags.provider
+        if provider is None or not decision.flags:
+            return decision
+        return Decision(
+            decision.version, decision.variant, decision.reason, decision.shadows, decision.flags, provider.name
+        )
 
     def _remember_default(self, version: int) -> Decision:
         decision = Decision(version, "default", "latest ready version")

@@ -24,6 +24,7 @@ from ._errors import (
     InprocserveError,
     ModelLoadError,
     ModelNotFoundError,
+    OverloadedError,
     PromotionRefusedError,
     ServerClosedError,
 )
@@ -34,6 +35,7 @@ from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_
 from ._rollout import Decision, FlagReader, Router
 from ._sessions import onnxruntime_version
 from ._shadow import ShadowComparison, ShadowRunner, compare_outputs
+from ._telemetry import METRICS, end_request_span, start_request_span
 
 __all__ = ["Server"]
 
@@ -126,6 +128,9 @@ class Server:
         if flags is not None and not isinstance(flags, FlagProvider):
             raise TypeError(f"flags must implement inprocserve.FlagProvider, got {type(flags).__name__}")
         self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s)
+        self._attribute_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._gauge_source = _gauge_source(weakref.ref(self))
+        METRICS.add_source(self._gauge_source)
         self._routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
         self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
         self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow)
@@ -168,7 +173,12 @@ class Server:
         request, target = self._dispatch(model, inputs, version, context, timeout_s, None, inline=True)
         batcher = target.batcher
         assert batcher is not None
-        batcher.wait(request)
+        try:
+            batcher.wait(request)
+        except DeadlineExceededError as exc:
+            self._finish(request, exc)
+            raise
+        self._finish(request, request.error)
         if request.error is not None:
             raise request.error
         if request.meta[5]:
@@ -233,23 +243,106 @@ class Server:
     ) -> tuple[Request, ModelVersion]:
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        started = time.perf_counter()
+        span = start_request_span(model)
         deadline = None if timeout_s is None else self._clock() + timeout_s
-        for _ in range(_RETRIES_ON_RETIRED):
-            routes, target, decision = self._route(model, version, context)
-            signature = target.signature
-            assert signature is not None and target.batcher is not None
-            arrays, rows = signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
-            request_id = self._ids.next()
-            shadows = [routes.versions[v] for v in decision.shadows if v in routes.versions]
-            meta = (target.name, target.version, decision.variant, decision.reason, request_id, shadows, decision)
-            request = Request(arrays, rows, meta, deadline, future)
-            try:
-                target.batcher.submit(request, run_inline=inline)
-            except VersionRetiredError:
-                continue  # the version was replaced between routing and queueing: route again
-            routes.router.served(request_id, decision, arrays)
-            return request, target
-        raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
+        decision: Decision | None = None
+        target: ModelVersion | None = None
+        try:
+            for _ in range(_RETRIES_ON_RETIRED):
+                routes, target, decision = self._route(model, version, context)
+                signature = target.signature
+                assert signature is not None and target.batcher is not None
+                arrays, rows = signature.validate(
+                    inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan
+                )
+                request_id = self._ids.next()
+                shadows = [routes.versions[v] for v in decision.shadows if v in routes.versions]
+                meta = (target.name, target.version, decision.variant, decision.reason, request_id, shadows, decision)
+                request = Request(arrays, rows, meta, deadline, future)
+                request.span = span
+                request.started = started
+                try:
+                    target.batcher.submit(request, run_inline=inline)
+                except VersionRetiredError:
+                    continue  # the version was replaced between routing and queueing: route again
+                routes.router.served(request_id, decision, arrays)
+                return request, target
+            raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
+        except BaseException as exc:  # refused before it was queued: close its telemetry, then raise
+            self._refused(span, started, model, target, decision, exc)
+            raise
+
+    def _refused(
+        self,
+        span: Any,
+        started: float,
+        model: str,
+        target: ModelVersion | None,
+        decision: Decision | None,
+        error: BaseException,
+    ) -> None:
+        version = None if target is None else target.version
+        variant = None if decision is None else decision.variant
+        end_request_span(
+            span,
+            version=version,
+            variant=variant,
+            reason=None if decision is None else decision.reason,
+            rows=0,
+            queue_wait_s=None,
+            batch=None,
+            flags=() if decision is None else decision.flags,
+            provider=None if decision is None else decision.provider,
+            error=error,
+        )
+        if isinstance(model, str):
+            attributes = self._metric_attributes(model, version, variant, type(error).__name__)
+            METRICS.request_duration.record(time.perf_counter() - started, attributes)
+            if isinstance(error, OverloadedError):
+                METRICS.shed.add(1, self._metric_attributes(model, version))
+
+    def _finish(self, request: Request, error: BaseException | None) -> None:
+        """Close the request's span and record its metrics (on whichever thread finished it)."""
+        model, version, variant, reason = request.meta[:4]
+        decision: Decision = request.meta[6]
+        end_request_span(
+            request.span,
+            version=version,
+            variant=variant,
+            reason=reason,
+            rows=request.rows,
+            queue_wait_s=request.queue_wait_s if request.batch is not None else None,
+            batch=request.batch,
+            flags=decision.flags,
+            provider=decision.provider,
+            error=error,
+        )
+        outcome = "ok" if error is None else type(error).__name__
+        METRICS.request_duration.record(
+            time.perf_counter() - request.started, self._metric_attributes(model, version, variant, outcome)
+        )
+        if request.batch is not None:
+            METRICS.queue_wait.record(request.queue_wait_s, self._metric_attributes(model, version))
+        if isinstance(error, DeadlineExceededError):
+            METRICS.deadlines.add(1, self._metric_attributes(model, version))
+
+    def _metric_attributes(
+        self, model: str, version: int | None, variant: str | None = None, outcome: str | None = None
+    ) -> dict[str, Any]:
+        key = (model, version, variant, outcome)
+        attributes = self._attribute_cache.get(key)
+        if attributes is None:
+            attributes = {"inprocserve.model.name": model}
+            if version is not None:
+                attributes["inprocserve.model.version"] = version
+            if variant is not None:
+                attributes["inprocserve.rollout.variant"] = variant
+            if outcome is not None:
+                attributes["inprocserve.outcome"] = outcome
+            if len(self._attribute_cache) < 10_000:  # bounded: model x version x variant x outcome
+                self._attribute_cache[key] = attributes
+        return attributes
 
     def _route(
         self, model: str, version: int | None, context: Mapping[str, Any] | None
@@ -268,13 +361,21 @@ class Server:
     def _offer_shadows(self, request: Request, target: ModelVersion) -> None:
         assert request.outputs is not None
         self._shadow.offer(
-            target.name, request.meta[4], request.arrays, request.rows, request.outputs, target, request.meta[5]
+            target.name,
+            request.meta[4],
+            request.arrays,
+            request.rows,
+            request.outputs,
+            target,
+            request.meta[5],
+            primary_span=request.span,
         )
 
     def _deliver(self, request: Request) -> None:
         """Resolve a ``submit`` future (runs on the thread that finished the request), then shadow it."""
         future = request.future
         assert future is not None
+        self._finish(request, request.error)
         try:
             if request.error is not None:
                 future.set_exception(request.error)
@@ -624,7 +725,9 @@ class Server:
         except ModelLoadError as exc:
             self._failures.setdefault(name, {})[number] = _Failure(str(exc), _stamp(path))
             logger.error("model %r version %s failed to load: %s", name, number, exc)
+            METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
             raise
+        METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
         previous = loaded.get(number)
         self._loaded.setdefault(name, {})[number] = candidate
         self._failures.get(name, {}).pop(number, None)
@@ -657,6 +760,7 @@ class Server:
         self._publish(name)  # stop routing to them before draining
         for version in retiring:
             drained = version.retire(timeout_s=timeout_s)
+            METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
             logger.info("model %r version %s unloaded%s", name, version.version, "" if drained else " (timed out)")
 
     def _find_in_repository(self, name: str) -> ModelSource:
@@ -752,6 +856,7 @@ class Server:
                 self._retire(name, list(self._loaded[name]), timeout_s=timeout_s)
             self._routes.clear()
         self._finalizer.detach()
+        METRICS.remove_source(self._gauge_source)
 
     def __enter__(self) -> Server:
         return self
@@ -769,6 +874,28 @@ def _prediction(request: Request) -> Prediction:
     return Prediction(
         request.outputs, model=model, version=version, variant=variant, reason=reason, request_id=request_id
     )
+
+
+def _gauge_source(server_ref: weakref.ref[Server]) -> Callable[[], list[tuple[str, float, dict[str, Any]]]]:
+    """Queue depth and in-flight requests of every serving version, for the observable gauges."""
+
+    def observe() -> list[tuple[str, float, dict[str, Any]]]:
+        server = server_ref()
+        if server is None:
+            return []
+        values = []
+        for name, routes in list(server._routes.items()):
+            for number, model_version in routes.versions.items():
+                batcher = model_version.batcher
+                if batcher is None:
+                    continue
+                attributes = {"inprocserve.model.name": name, "inprocserve.model.version": number}
+                values.append(("queue", float(batcher.queued_rows), attributes))
+                values.append(("in_flight", float(batcher.in_flight), attributes))
+                values.extend(model_version.drift_observations())
+        return values
+
+    return observe
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
+from ._telemetry import ATTR_SHADOW_AGREEMENT, ATTR_SHADOW_DIFF, METRICS, start_shadow_span
 
 __all__ = ["ShadowComparison", "ShadowRunner", "compare_outputs"]
 
@@ -93,6 +95,7 @@ class _Job:
     primary: Mapping[str, Any]
     primary_version: Any
     shadow: Any
+    primary_span: Any
 
 
 class ShadowRunner:
@@ -125,6 +128,8 @@ class ShadowRunner:
         primary: Mapping[str, Any],
         primary_version: Any,
         shadows: list[Any],
+        *,
+        primary_span: Any = None,
     ) -> None:
         """Queue a copy of a finished request for each shadow version; never blocks, drops when full."""
         with self._cond:
@@ -133,8 +138,9 @@ class ShadowRunner:
             for shadow in shadows:
                 if len(self._jobs) >= self.max_queued:
                     self._stat(model, shadow.version).dropped_full += 1
+                    METRICS.shadow_dropped.add(1, _attributes(model, shadow.version, "queue_full"))
                     continue
-                self._jobs.append(_Job(model, request_id, arrays, rows, primary, primary_version, shadow))
+                self._jobs.append(_Job(model, request_id, arrays, rows, primary, primary_version, shadow, primary_span))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="inprocserve-shadow", daemon=True)
                 self._thread.start()
@@ -164,6 +170,7 @@ class ShadowRunner:
         if shadow_batcher is None:
             return
         request = Request(dict(job.arrays), job.rows, None, None, None)
+        span = start_shadow_span(job.model, job.shadow.version, job.primary_span)
         started = time.monotonic()
         deadline = started + _WAIT_FOR_IDLE_S
         while True:  # spare capacity only: no backlog on the serving version, an idle shadow session
@@ -172,20 +179,37 @@ class ShadowRunner:
                     if shadow_batcher.run_if_idle(request):
                         break
                 except Exception as exc:  # retired meanwhile, or any other refusal: not the caller's problem
-                    self._record(job, None, f"{type(exc).__name__}: {exc}", started)
+                    self._record(job, None, f"{type(exc).__name__}: {exc}", started, span)
                     return
             if time.monotonic() > deadline:
                 with self._cond:
                     self._stat(job.model, job.shadow.version).dropped_busy += 1
+                METRICS.shadow_dropped.add(1, _attributes(job.model, job.shadow.version, "no_spare_capacity"))
+                span.set_attributes({"inprocserve.shadow.dropped": True})
+                span.end()
                 return
             time.sleep(0.001)
         if request.error is not None:
-            self._record(job, None, f"{type(request.error).__name__}: {request.error}", started)
+            self._record(job, None, f"{type(request.error).__name__}: {request.error}", started, span)
         else:
-            self._record(job, request.outputs, None, started)
+            self._record(job, request.outputs, None, started, span)
 
-    def _record(self, job: _Job, outputs: Mapping[str, Any] | None, error: str | None, started: float) -> None:
+    def _record(
+        self, job: _Job, outputs: Mapping[str, Any] | None, error: str | None, started: float, span: Any
+    ) -> None:
         diff, agreement = compare_outputs(job.primary, outputs) if outputs is not None else (None, None)
+        if span.is_recording():
+            if diff is not None:
+                span.set_attribute(ATTR_SHADOW_DIFF, diff)
+            if agreement is not None:
+                span.set_attribute(ATTR_SHADOW_AGREEMENT, agreement)
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, error[:256]))
+        span.end()
+        result = "error" if error is not None else ("disagree" if agreement is not None and agreement < 1 else "agree")
+        METRICS.shadow.add(1, _attributes(job.model, job.shadow.version, result))
+        if diff is not None:
+            METRICS.shadow_diff.record(diff, _attributes(job.model, job.shadow.version))
         comparison = ShadowComparison(
             model=job.model,
             primary_version=job.primary_version.version,
@@ -233,3 +257,10 @@ class ShadowRunner:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+def _attributes(model: str, version: int, result: str | None = None) -> dict[str, Any]:
+    attributes: dict[str, Any] = {"inprocserve.model.name": model, "inprocserve.shadow.version": version}
+    if result is not None:
+        attributes["inprocserve.shadow.result"] = result
+    return attributes

@@ -1,0 +1,306 @@
+"""Spans and metrics through the OpenTelemetry SDK: in memory, and exported over OTLP/HTTP to a receiver
+on loopback that decodes the protobuf payload, as a collector or Jaeger would receive it."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+import inprocserve
+from inprocserve import InMemoryFlags, ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+
+
+class _Switchboard(SpanProcessor):
+    """Lets one test plug in an extra span processor (the OTLP exporter) on the process-wide provider."""
+
+    def __init__(self) -> None:
+        self.extra: SpanProcessor | None = None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.extra is not None:
+            self.extra.on_end(span)
+
+
+class Otel:
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.reader = InMemoryMetricReader()
+        self.switchboard = _Switchboard()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        provider.add_span_processor(self.switchboard)
+        trace.set_tracer_provider(provider)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[self.reader]))
+        self.tracer = trace.get_tracer("tests")
+
+    def finished(self, name: str) -> list[ReadableSpan]:
+        return [span for span in self.spans.get_finished_spans() if span.name == name]
+
+    def metric_points(self, name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        points = []
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        points.extend(metric.data.data_points)
+        return points
+
+
+_OTEL: Otel | None = None
+
+
+@pytest.fixture
+def otel() -> Iterator[Otel]:
+    global _OTEL
+    if _OTEL is None:  # the global providers can be set once per process
+        _OTEL = Otel()
+    _OTEL.spans.clear()
+    yield _OTEL
+    _OTEL.switchboard.extra = None
+
+
+@pytest.fixture
+def scale(repository: Path) -> Path:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    return repository
+
+
+def test_predict_span_is_a_child_of_the_web_request_span(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale)
+    with otel.tracer.start_as_current_span("GET /score", kind=SpanKind.SERVER) as web:
+        server.predict("scale", np.ones((3, 4), np.float32))
+    (predict,) = otel.finished("inprocserve.predict")
+    assert predict.parent is not None and predict.parent.span_id == web.get_span_context().span_id
+    assert predict.context.trace_id == web.get_span_context().trace_id
+    assert predict.kind == SpanKind.INTERNAL
+    attributes = dict(predict.attributes or {})
+    assert attributes["inprocserve.model.name"] == "scale"
+    assert attributes["inprocserve.model.version"] == 2
+    assert attributes["inprocserve.rollout.variant"] == "default"
+    assert attributes["inprocserve.rollout.reason"] == "latest ready version"
+    assert attributes["inprocserve.request.rows"] == 3
+    assert attributes["inprocserve.batch.rows"] == 3
+    assert attributes["inprocserve.batch.compute_s"] > 0
+    assert attributes["inprocserve.request.queue_wait_s"] >= 0
+    assert attributes["inprocserve.outcome"] == "ok"
+
+
+def test_a_batch_span_links_to_every_request_it_served(
+    otel: Otel, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+    parents = []
+    futures = []
+    for i in range(6):
+        with otel.tracer.start_as_current_span(f"GET /item/{i}", kind=SpanKind.SERVER) as web:
+            parents.append(web.get_span_context())
+            futures.append(server.submit("busy", busy_inputs(1, seed=i)))
+    blocker.result(timeout=60)
+    for future in futures:
+        future.result(timeout=60)
+    wait_until(lambda: len(otel.finished("inprocserve.predict")) == 7)
+    requests = {span.parent.span_id: span for span in otel.finished("inprocserve.predict") if span.parent}
+    assert {p.span_id for p in parents} <= set(requests)
+    merged = [span for span in otel.finished("inprocserve.batch") if len(span.links) == 6]
+    assert len(merged) == 1, [len(span.links) for span in otel.finished("inprocserve.batch")]
+    batch = merged[0]
+    assert batch.parent is None  # links, not a fake parent
+    assert {link.context.span_id for link in batch.links} == {requests[p.span_id].context.span_id for p in parents}
+    assert dict(batch.attributes or {})["inprocserve.batch.requests"] == 6
+    assert dict(batch.attributes or {})["inprocserve.batch.rows"] == 6
+
+
+def test_errors_set_status_and_record_the_exception(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale)
+    with pytest.raises(inprocserve.InvalidInputError):
+        server.predict("scale", np.ones((1, 5), np.float32))
+    with pytest.raises(inprocserve.ModelNotFoundError):
+        server.predict("nope", np.ones((1, 4), np.float32))
+    spans = otel.finished("inprocserve.predict")
+    assert len(spans) == 2
+    for span, error in zip(spans, ("InvalidInputError", "ModelNotFoundError"), strict=True):
+        assert span.status.status_code == StatusCode.ERROR
+        assert dict(span.attributes or {})["error.type"] == error
+        assert [event.name for event in span.events] == ["exception"]
+
+
+def test_flag_evaluations_are_span_events(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags({"scale.canary.percent": 100})
+    config = ModelConfig(
+        version_policy=VersionPolicy.all(), rollout=RolloutConfig(strategy="canary", stable=1, candidate=2)
+    )
+    server = make_server(scale, flags=flags, config=config)
+    result = server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"})
+    assert result.variant == "canary"
+    (span,) = otel.finished("inprocserve.predict")
+    events = [dict(event.attributes or {}) for event in span.events if event.name == "feature_flag.evaluation"]
+    keys = {event["feature_flag.key"]: event for event in events}
+    assert keys["scale.canary.percent"]["feature_flag.result.variant"] == "100.0"
+    assert keys["scale.canary.percent"]["feature_flag.provider.name"] == "in-memory"
+    assert dict(span.attributes or {})["inprocserve.rollout.variant"] == "canary"
+
+
+def test_shadow_runs_get_their_own_span_linked_to_the_request(
+    otel: Otel, scale: Path, make_server: ServerFactory
+) -> None:
+    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=1, shadow=(2,)))
+    server = make_server(scale, config=config)
+    server.predict("scale", np.ones((1, 4), np.float32))
+    wait_until(lambda: len(otel.finished("inprocserve.shadow")) == 1)
+    (shadow,) = otel.finished("inprocserve.shadow")
+    (request,) = otel.finished("inprocserve.predict")
+    assert [link.context.span_id for link in shadow.links] == [request.context.span_id]
+    assert dict(shadow.attributes or {})["inprocserve.shadow.max_abs_diff"] == pytest.approx(1.0)
+
+
+def test_every_instrument_records(otel: Otel, busy_repository: Path, make_server: ServerFactory) -> None:
+    config = ModelConfig(batching=inprocserve.BatchingConfig(max_queue_rows=4, max_request_rows=3000))
+    server = make_server(busy_repository, config=config)
+    blocker = occupy(server)
+    with pytest.raises(inprocserve.DeadlineExceededError):
+        server.predict("busy", busy_inputs(1), timeout_s=0.001)
+    queued = [server.submit("busy", busy_inputs(1)) for _ in range(4)]
+    with pytest.raises(inprocserve.QueueFullError):
+        server.predict("busy", busy_inputs(1))
+    gauges = {p.attributes["inprocserve.model.version"]: p.value for p in otel.metric_points("inprocserve.queue.depth")}
+    assert gauges[1] > 0  # observed while requests were queued
+    blocker.result(timeout=60)
+    for future in queued:
+        future.result(timeout=60)
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    durations = otel.metric_points("inprocserve.request.duration")
+    outcomes: dict[str, int] = {}
+    for point in durations:  # cumulative over the process: other tests' points are there too
+        if point.attributes["inprocserve.model.name"] == "busy":
+            outcome = point.attributes["inprocserve.outcome"]
+            outcomes[outcome] = outcomes.get(outcome, 0) + point.count
+    assert outcomes["ok"] >= 5 and outcomes["QueueFullError"] >= 1 and outcomes["DeadlineExceededError"] >= 1
+    for point in durations:  # bounded attributes only
+        assert set(point.attributes) <= {
+            "inprocserve.model.name",
+            "inprocserve.model.version",
+            "inprocserve.rollout.variant",
+            "inprocserve.outcome",
+        }
+    assert sum(p.value for p in otel.metric_points("inprocserve.requests.shed")) >= 1
+    assert sum(p.value for p in otel.metric_points("inprocserve.requests.deadline_exceeded")) >= 1
+    assert max(p.max for p in otel.metric_points("inprocserve.batch.size")) >= 4
+    assert sum(p.count for p in otel.metric_points("inprocserve.batch.duration")) >= 2
+    assert sum(p.count for p in otel.metric_points("inprocserve.request.queue_wait")) >= 5
+    events = {p.attributes["inprocserve.model.event"] for p in otel.metric_points("inprocserve.model.lifecycle")}
+    assert "loaded" in events
+    assert otel.metric_points("inprocserve.requests.in_flight")
+
+
+def test_flag_failures_and_shadow_metrics(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
+    class Broken(InMemoryFlags):
+        name = "broken"
+
+        def get_number(self, key: str, default: float, context: Any) -> float:
+            raise RuntimeError("down")
+
+    server = make_server(scale, flags=Broken())
+    server.predict("scale", np.ones((1, 4), np.float32))
+    failures = [
+        p
+        for p in otel.metric_points("inprocserve.flags.failures")
+        if p.attributes["feature_flag.provider.name"] == "broken"
+    ]
+    assert failures and failures[0].value >= 1
+    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=1, shadow=(2,)))
+    shadowed = make_server(scale, config=config)
+    shadowed.predict("scale", np.ones((1, 4), np.float32))
+    wait_until(lambda: bool(otel.metric_points("inprocserve.shadow.comparisons")))
+    results = {p.attributes["inprocserve.shadow.result"] for p in otel.metric_points("inprocserve.shadow.comparisons")}
+    assert "agree" in results
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    requests: ClassVar[list[ExportTraceServiceRequest]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(body)
+        type(self).requests.append(message)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_otlp_http_export_to_a_loopback_receiver(otel: Otel, busy_repository: Path, make_server: ServerFactory) -> None:
+    _Receiver.requests = []
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces", timeout=10)
+    processor = BatchSpanProcessor(exporter, schedule_delay_millis=50)
+    otel.switchboard.extra = processor
+    try:
+        server = make_server(busy_repository)
+        blocker = occupy(server)
+        futures = []
+        for i in range(4):
+            with otel.tracer.start_as_current_span(f"POST /score/{i}", kind=SpanKind.SERVER):
+                futures.append(server.submit("busy", busy_inputs(1, seed=i)))
+        with otel.tracer.start_as_current_span("POST /bad", kind=SpanKind.SERVER):
+            bad = server.submit("busy", busy_inputs(1, index=99))
+        blocker.result(timeout=60)
+        for future in futures:
+            future.result(timeout=60)
+        with pytest.raises(inprocserve.InvalidInputError):
+            bad.result(timeout=60)
+        wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+        assert processor.force_flush(10_000)
+    finally:
+        otel.switchboard.extra = None
+        processor.shutdown()
+        receiver.shutdown()
+        receiver.server_close()
+    spans = [
+        span
+        for request in _Receiver.requests
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    by_id = {span.span_id: span for span in spans}
+    web = {span.span_id: span for span in spans if span.name.startswith("POST ")}
+    predicts = [span for span in spans if span.name == "inprocserve.predict" and span.parent_span_id in web]
+    assert len(predicts) == 5  # web request span -> predict span, for each request
+    for span in predicts:
+        assert span.trace_id == web[span.parent_span_id].trace_id
+        attributes = {kv.key: kv.value for kv in span.attributes}
+        assert attributes["inprocserve.model.name"].string_value == "busy"
+        assert attributes["inprocserve.model.version"].int_value == 1
+    failed = [span for span in predicts if web[span.parent_span_id].name == "POST /bad"]
+    assert failed[0].status.code == failed[0].status.STATUS_CODE_ERROR
+    batches = [span for span in spans if span.name == "inprocserve.batch" and len(span.links) == 5]
+    assert len(batches) == 1 or any(len(s.links) >= 2 for s in spans if s.name == "inprocserve.batch")
+    linked = {link.span_id for span in spans if span.name == "inprocserve.batch" for link in span.links}
+    assert {span.span_id for span in predicts} <= linked  # every request is linked from a batch that ran it
+    assert all(link_target in by_id for link_target in linked)
