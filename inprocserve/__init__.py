@@ -15,6 +15,7 @@ import logging
 
 from ._config import (
     BatchingConfig,
+    DriftConfig,
     ModelConfig,
     PaddingConfig,
     PoolConfig,
@@ -47,6 +48,7 @@ __all__ = [
     "BatchingConfig",
     "ConfigurationError",
     "DeadlineExceededError",
+    "DriftConfig",
     "EnvFlags",
     "FileFlags",
     "FlagError",

@@ -18,6 +18,7 @@ from ._errors import ConfigurationError
 
 __all__ = [
     "BatchingConfig",
+    "DriftConfig",
     "RolloutConfig",
     "VariantConfig",
     "ModelConfig",
@@ -268,6 +269,39 @@ class RolloutConfig:
         return versions
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriftConfig:
+    """Drift monitoring of inputs and outputs against a reference distribution (off unless a reference is
+    given: a file, or a number of first rows to capture)."""
+
+    reference_file: str | None = None
+    """An ``.npz`` in the model folder with arrays named like the model's inputs (and outputs)."""
+    capture_reference: int = 0
+    """Capture the reference from the first N rows served (when there is no reference file)."""
+    window: int = 1000
+    """Rows per scored window."""
+    bins: int = 10
+    """Quantile bins of the reference for the PSI."""
+    psi_threshold: float = 0.2
+    """A feature whose PSI exceeds this marks the version as drifting (0.1: watch, 0.2: act, by convention)."""
+    ks_threshold: float | None = None
+    """Optionally, a KS statistic above this also marks drift (continuous features only)."""
+    max_features: int = 64
+    """Features tracked at most (the first columns of the first inputs, then outputs)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.reference_file is not None or self.capture_reference > 0
+
+    def __post_init__(self) -> None:
+        if self.capture_reference < 0 or self.window < 1 or self.bins < 2 or self.max_features < 1:
+            raise ConfigurationError(
+                "drift: capture_reference must be >= 0, window >= 1, bins >= 2 and max_features >= 1"
+            )
+        if not self.psi_threshold > 0:
+            raise ConfigurationError(f"drift.psi_threshold must be > 0, got {self.psi_threshold}")
+
+
 @dataclass(frozen=True, slots=True)
 class VersionPolicy:
     """Which versions found on disk are served: the latest N, all of them, or specific ones."""
@@ -315,6 +349,7 @@ class ModelConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     nan_policy: NanPolicy = "allow"
     """``"reject"`` refuses float inputs holding NaN or infinity with :class:`InvalidInputError`."""
 
@@ -345,6 +380,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "pool": PoolConfig,
     "warmup": WarmupConfig,
     "rollout": RolloutConfig,
+    "drift": DriftConfig,
 }
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ._batching import Batcher, Finisher, RunCost
 from ._config import ModelConfig
+from ._drift import DriftMonitor
 from ._errors import InprocserveError, ModelLoadError
 from ._sessions import SessionPool
 from ._signature import Signature
@@ -49,6 +50,7 @@ class ModelVersion:
         self.signature: Signature | None = None
         self.batcher: Batcher | None = None
         self.run_cost: RunCost | None = None
+        self.drift: DriftMonitor | None = None
         self._deliver = deliver
         self._clock = clock
         self._pool = SessionPool(path, config.pool, model=name, version=version)
@@ -80,6 +82,21 @@ class ModelVersion:
                 self.name,
                 self.version,
             )
+        if self.config.drift.enabled:
+            try:
+                self.drift = DriftMonitor(
+                    self.config.drift,
+                    model=self.name,
+                    version=self.version,
+                    inputs=[spec.name for spec in signature.inputs],
+                    outputs=list(signature.output_names),
+                    folder=self.path.parent.parent,
+                )
+            except ModelLoadError as exc:
+                self.state = "failed"
+                self.error = str(exc)
+                self._pool.close()
+                raise
         self.run_cost = self._measure_run_cost(signature)
         self.batcher = Batcher(
             self._pool,
@@ -181,8 +198,8 @@ class ModelVersion:
         return list(self._pool.providers)
 
     def drift_observations(self) -> list[tuple[str, float, dict[str, Any]]]:
-        """Drift statistics of the last window, for the observable gauges (none until drift is configured)."""
-        return []
+        """Drift statistics of the last window, for the observable gauges."""
+        return [] if self.drift is None else self.drift.observations()
 
     def retire(self, *, timeout_s: float | None = None) -> bool:
         """Stop taking requests, finish queued and running ones, then close the sessions."""
@@ -216,4 +233,5 @@ class ModelVersion:
             "in_flight": 0 if batcher is None else batcher.in_flight,
             "loaded_at": self.loaded_at,
             "signature": None if self.signature is None else self.signature.to_dict(),
+            "drift": None if self.drift is None else self.drift.status(),
         }

@@ -183,6 +183,8 @@ class Server:
             raise request.error
         if request.meta[5]:
             self._offer_shadows(request, target)
+        if target.drift is not None:
+            target.drift.observe(request.arrays, request.outputs, request.rows)  # type: ignore[arg-type]
         return _prediction(request)
 
     def submit(
@@ -383,6 +385,11 @@ class Server:
                 future.set_result(_prediction(request))
         except InvalidStateError:  # cancelled by its caller meanwhile
             return
+        if request.error is None and request.outputs is not None:
+            routes = self._routes.get(request.meta[0])
+            target = None if routes is None else routes.versions.get(request.meta[1])
+            if target is not None and target.drift is not None:
+                target.drift.observe(request.arrays, request.outputs, request.rows)
         if request.error is None and request.meta[5]:
             target = (
                 self._routes[request.meta[0]].versions.get(request.meta[1]) if request.meta[0] in self._routes else None

@@ -304,3 +304,21 @@ def test_otlp_http_export_to_a_loopback_receiver(otel: Otel, busy_repository: Pa
     linked = {link.span_id for span in spans if span.name == "inprocserve.batch" for link in span.links}
     assert {span.span_id for span in predicts} <= linked  # every request is linked from a batch that ran it
     assert all(link_target in by_id for link_target in linked)
+
+
+def test_drift_gauges(otel: Otel, repository: Path, make_server: ServerFactory) -> None:
+    from inprocserve._drift import drain
+
+    save_model(build_scale_model(1.0), repository, "drifty", 1)
+    config = ModelConfig(drift=inprocserve.DriftConfig(capture_reference=100, window=100))
+    server = make_server(repository, config=config)
+    rng = np.random.default_rng(0)
+    for mean in (0.0, 0.0, 2.0):
+        server.predict("drifty", rng.normal(mean, 1, (100, 4)).astype(np.float32))
+        assert drain()
+    points = [
+        p for p in otel.metric_points("inprocserve.drift.psi") if p.attributes["inprocserve.model.name"] == "drifty"
+    ]
+    features = {p.attributes["inprocserve.drift.feature"]: p.value for p in points}
+    assert features["x[0]"] > 0.2
+    assert otel.metric_points("inprocserve.drift.ks")

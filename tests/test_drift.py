@@ -1,0 +1,97 @@
+"""Drift: PSI and KS against a reference from a file or captured from the first requests."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import DriftConfig, ModelConfig
+from inprocserve._drift import drain, ks_statistic, psi
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+
+def test_psi_and_ks_on_plain_samples() -> None:
+    assert psi(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == pytest.approx(0.0)
+    assert psi(np.array([0.5, 0.5]), np.array([0.9, 0.1])) > 0.5
+    rng = np.random.default_rng(0)
+    reference = np.sort(rng.normal(0, 1, 5000))
+    assert ks_statistic(reference, rng.normal(0, 1, 2000)) < 0.05
+    assert ks_statistic(reference, rng.normal(1, 1, 2000)) > 0.3
+
+
+@pytest.fixture
+def drift_server(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(1)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (5000, 4)).astype(np.float32))
+    config = ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=500))
+    return make_server(repository, config=config)
+
+
+def feed(server: inprocserve.Server, mean: float, rows: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(rows // 50):
+        server.predict("scale", rng.normal(mean, 1, (50, 4)).astype(np.float32))
+
+
+def drift_status(server: inprocserve.Server) -> dict:
+    return server.status()["models"]["scale"]["versions"]["1"]["drift"]
+
+
+def test_same_distribution_does_not_drift(drift_server: inprocserve.Server) -> None:
+    feed(drift_server, 0.0, 1000, seed=2)
+    assert drain()
+    status = drift_status(drift_server)
+    assert status["windows"] == 2 and status["drifting"] is False
+    assert status["max_psi"] < 0.1
+    assert set(status["features"]) == {"x[0]", "x[1]", "x[2]", "x[3]"}  # outputs are not in this reference
+    assert status["features"]["x[0]"]["ks"] < 0.1
+
+
+def test_a_shifted_distribution_drifts_and_is_logged_once_per_window(
+    drift_server: inprocserve.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        feed(drift_server, 1.5, 500, seed=3)
+        assert drain()
+    status = drift_status(drift_server)
+    assert status["drifting"] is True and status["max_psi"] > 0.2
+    assert status["features"]["x[2]"]["ks"] > 0.3
+    assert len([r for r in caplog.records if "is drifting" in r.getMessage()]) == 1
+
+
+def test_reference_captured_from_the_first_requests(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config = ModelConfig(drift=DriftConfig(capture_reference=500, window=500))
+    server = make_server(repository, config=config)
+    assert drift_status(server)["reference_ready"] is False
+    feed(server, 0.0, 500, seed=4)
+    assert drain()
+    assert drift_status(server)["reference_ready"] is True
+    feed(server, 3.0, 500, seed=5)
+    assert drain()
+    status = drift_status(server)
+    assert status["drifting"] is True
+    assert "output:y[0]" in status["features"]  # captured references cover outputs too
+
+
+def test_a_bad_reference_file_fails_the_load(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    np.savez(repository / "scale" / "reference.npz", other=np.ones(3))
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz")))
+    assert "holds none of the model's inputs" in server.status()["models"]["scale"]["versions"]["1"]["error"]
+
+
+def test_drift_config_from_toml_and_validation(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text("[drift]\ncapture_reference = 100\nwindow = 50\n")
+    server = make_server(repository)
+    assert drift_status(server)["reference"] == "captured"
+    with pytest.raises(inprocserve.ConfigurationError):
+        DriftConfig(window=0)
