@@ -324,7 +324,7 @@ class Server:
         METRICS.request_duration.record(
             time.perf_counter() - request.started, self._metric_attributes(model, version, variant, outcome)
         )
-        if request.batch is not None:
+        if request.enqueued_at:  # requests run at once on their caller's thread never queued
             METRICS.queue_wait.record(request.queue_wait_s, self._metric_attributes(model, version))
         if isinstance(error, DeadlineExceededError):
             METRICS.deadlines.add(1, self._metric_attributes(model, version))

@@ -60,9 +60,13 @@ ATTR_FLAG_PROVIDER = "feature_flag.provider.name"
 _MAX_ATTRIBUTE_CHARS = 256  # flag values and reasons are cut, so no attribute grows without bound
 
 
+# The API's proxy tracer forwards to the SDK's once the application installs a provider (even after this
+# import) and caches it; asking the SDK for a tracer on every span would cost more than the span.
+_TRACER = trace.get_tracer(_SCOPE)
+
+
 def tracer() -> trace.Tracer:
-    # Asked for on each use: the global provider may be set after the server was created.
-    return trace.get_tracer(_SCOPE)
+    return _TRACER
 
 
 def _short(value: object) -> str:
