@@ -27,7 +27,7 @@ CHILD = "child"
 
 
 def child(mode: str, model: str, clients: int, seconds: float) -> None:
-    if mode == "on":
+    if mode in ("on", "sampled"):
         from opentelemetry import metrics, trace
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -38,7 +38,12 @@ def child(mode: str, model: str, clients: int, seconds: float) -> None:
             def export(self, spans: Any) -> SpanExportResult:
                 return SpanExportResult.SUCCESS
 
-        provider = TracerProvider()
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        # "sampled": 1 % of traces recorded, as a busy service would run; metrics are always complete
+        provider = (
+            TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01))) if mode == "sampled" else TracerProvider()
+        )
         provider.add_span_processor(BatchSpanProcessor(Discard()))
         trace.set_tracer_provider(provider)
         metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
@@ -60,9 +65,9 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine(), "settings": vars(args).copy(), "points": {}}
     for point in args.points.split(","):
         model, clients = point.split(":")
-        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": [], "sampled": []}
         for _ in range(args.rounds):
-            for mode in ("off", "on"):
+            for mode in ("off", "on", "sampled"):
                 out = subprocess.run(
                     [sys.executable, __file__, CHILD, mode, model, clients, str(args.seconds)],
                     capture_output=True,
@@ -72,12 +77,16 @@ def main() -> None:
                 runs[mode].append(json.loads(out.strip().splitlines()[-1]))
         off = statistics.median(r["throughput"] for r in runs["off"])
         on = statistics.median(r["throughput"] for r in runs["on"])
+        sampled = statistics.median(r["throughput"] for r in runs["sampled"])
         summary = {
             "off_rps": off,
             "on_rps": on,
+            "sampled_rps": sampled,
             "ratio": on / off,
+            "sampled_ratio": sampled / off,
             "off_p50_ms": statistics.median(r["p50_ms"] for r in runs["off"]),
             "on_p50_ms": statistics.median(r["p50_ms"] for r in runs["on"]),
+            "sampled_p50_ms": statistics.median(r["p50_ms"] for r in runs["sampled"]),
         }
         results["points"][point] = {"runs": runs, "summary": summary}
         print(
@@ -93,14 +102,16 @@ def main() -> None:
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
         f"{args.rounds} rounds of {args.seconds} s per mode, alternating child processes; medians.",
         "",
-        "| model:clients | no SDK req/s | SDK (spans + metrics) req/s | ratio | p50 ms (no SDK / SDK) |",
+        "| model:clients | no SDK req/s | SDK, every span req/s (ratio) | SDK, 1 % of traces req/s (ratio) "
+        "| p50 ms (none / every / 1 %) |",
         "|---|---:|---:|---:|---:|",
     ]
     for point, data in results["points"].items():
         s = data["summary"]
         lines.append(
-            f"| {point} | {s['off_rps']:,.0f} | {s['on_rps']:,.0f} | {s['ratio']:.2f} | "
-            f"{s['off_p50_ms']:.3f} / {s['on_p50_ms']:.3f} |"
+            f"| {point} | {s['off_rps']:,.0f} | {s['on_rps']:,.0f} ({s['ratio']:.2f}) | "
+            f"{s['sampled_rps']:,.0f} ({s['sampled_ratio']:.2f}) | "
+            f"{s['off_p50_ms']:.3f} / {s['on_p50_ms']:.3f} / {s['sampled_p50_ms']:.3f} |"
         )
     (RESULTS / "telemetry_overhead.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'telemetry_overhead.md'}")

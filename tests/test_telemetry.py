@@ -322,3 +322,21 @@ def test_drift_gauges(otel: Otel, repository: Path, make_server: ServerFactory) 
     features = {p.attributes["inprocserve.drift.feature"]: p.value for p in points}
     assert features["x[0]"] > 0.2
     assert otel.metric_points("inprocserve.drift.ks")
+
+
+def test_apredict_spans_follow_the_callers_task(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
+    import asyncio
+
+    server = make_server(scale)
+
+    async def handle(i: int) -> int:
+        with otel.tracer.start_as_current_span(f"task {i}") as parent:
+            await server.apredict("scale", np.ones((1, 4), np.float32))
+            return parent.get_span_context().span_id
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(handle(i) for i in range(5)))
+
+    parents = asyncio.run(main())
+    spans = otel.finished("inprocserve.predict")
+    assert sorted(span.parent.span_id for span in spans if span.parent) == sorted(parents)
