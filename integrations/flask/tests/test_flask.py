@@ -1,0 +1,284 @@
+"""The Flask extension through real Flask request cycles (test client), and under real gunicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask, request
+from inprocserve_flask import Inprocserve, predict, server, timeout
+
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    folder = tmp_path / "models"
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), folder, "scale", version)
+    return folder
+
+
+def make_app(repository: Path, **config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config["INPROCSERVE_REPOSITORY"] = str(repository)
+    app.config.update(config)
+    ext = Inprocserve()
+    ext.init_app(app)  # the app-factory pattern
+
+    @app.post("/score")
+    def score() -> Any:
+        result = predict("scale", {"x": request.get_json()["rows"]})
+        return {"y": result["y"].tolist(), "version": result.version, "variant": result.variant}
+
+    @app.post("/slow-budget")
+    @timeout(0.000001)
+    def slow_budget() -> Any:
+        time.sleep(0.01)
+        return {"y": predict("scale", {"x": [[1, 1, 1, 1]]})["y"].tolist()}
+
+    @app.get("/direct")
+    def direct() -> Any:
+        return {"models": server.models}
+
+    return app
+
+
+@pytest.fixture
+def app(repository: Path) -> Iterator[Flask]:
+    application = make_app(repository)
+    yield application
+    Inprocserve.close(application)
+
+
+def test_a_view_predicts_through_the_extension(app: Flask) -> None:
+    response = app.test_client().post("/score", json={"rows": [[1, 2, 3, 4]]})
+    assert response.status_code == 200
+    assert response.json == {"y": [[2.0, 4.0, 6.0, 8.0]], "version": 2, "variant": "default"}
+    assert app.test_client().get("/direct").json == {"models": {"scale": [2]}}
+
+
+def test_registering_twice_is_an_error(app: Flask) -> None:
+    with pytest.raises(RuntimeError, match="already registered"):
+        Inprocserve(app)
+
+
+def test_config_keys_get_defaults(app: Flask) -> None:
+    assert app.config["INPROCSERVE_URL_PREFIX"] == "/-/inprocserve"
+    assert app.config["INPROCSERVE_ADMIN_TOKEN"] is None
+
+
+def test_the_user_header_makes_canary_assignment_sticky(repository: Path) -> None:
+    config = inprocserve.ModelConfig(
+        version_policy=inprocserve.VersionPolicy.all(),
+        rollout=inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=50),
+    )
+    app = make_app(repository, INPROCSERVE_MODEL_CONFIG=config)
+    client = app.test_client()
+    try:
+        seen = {}
+        for user in [f"user-{i}" for i in range(40)]:
+            versions = {
+                client.post("/score", json={"rows": [[1, 1, 1, 1]]}, headers={"X-User-Id": user}).json["version"]
+                for _ in range(3)
+            }
+            assert len(versions) == 1  # the same user always gets the same version
+            seen[user] = versions.pop()
+        assert set(seen.values()) == {1, 2}
+    finally:
+        Inprocserve.close(app)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"rows": [[1, 2]]}, 400, "invalid_input"),
+        ({"rows": [["a", "b", "c", "d"]]}, 400, "invalid_input"),
+    ],
+)
+def test_library_errors_become_http_errors(app: Flask, body: dict[str, Any], status: int, error: str) -> None:
+    response = app.test_client().post("/score", json=body)
+    assert response.status_code == status
+    assert response.json["error"] == error
+    assert "input 'x'" in response.json["message"]
+
+
+def test_unknown_models_overload_and_deadlines_map_to_404_503_504(repository: Path) -> None:
+    app = make_app(repository)
+
+    @app.get("/unknown")
+    def unknown() -> Any:
+        return predict("nope", [[1, 2, 3, 4]])
+
+    @app.get("/overloaded")
+    def overloaded() -> Any:
+        raise inprocserve.QueueFullError("queue full", model="scale")
+
+    client = app.test_client()
+    try:
+        assert client.get("/unknown").status_code == 404
+        response = client.get("/overloaded")
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        assert client.post("/slow-budget").status_code == 504
+    finally:
+        Inprocserve.close(app)
+
+
+def test_error_statuses_are_configurable_and_can_be_turned_off(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_ERROR_STATUS={inprocserve.InvalidInputError: 422})
+    assert app.test_client().post("/score", json={"rows": [[1]]}).status_code == 422
+    Inprocserve.close(app)
+    plain = make_app(repository, INPROCSERVE_ERROR_HANDLERS=False)
+    assert plain.test_client().post("/score", json={"rows": [[1]]}).status_code == 500
+    Inprocserve.close(plain)
+
+
+def test_a_spent_deadline_header_is_refused_before_anything_runs(app: Flask) -> None:
+    client = app.test_client()
+    response = client.post("/score", json={"rows": [[1, 1, 1, 1]]}, headers={"X-Request-Timeout-Ms": "0"})
+    assert response.status_code == 504
+    rows_run = client.get("/-/inprocserve/models").json["models"]["scale"]["versions"]["2"]["rows_run"]
+    assert rows_run == 0
+    ok = client.post("/score", json={"rows": [[1, 1, 1, 1]]}, headers={"X-Request-Timeout-Ms": "5000"})
+    assert ok.status_code == 200
+
+
+def test_health_ready_and_models_endpoints(app: Flask) -> None:
+    client = app.test_client()
+    assert client.get("/-/inprocserve/health").json == {"status": "ok"}
+    ready = client.get("/-/inprocserve/ready")
+    assert ready.status_code == 200 and ready.json == {"ready": True, "models": ["scale"]}
+    models = client.get("/-/inprocserve/models").json
+    assert models["models"]["scale"]["default_version"] == 2
+
+
+def test_ready_is_503_while_a_model_is_broken(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    (folder / "broken" / "1").mkdir(parents=True)
+    (folder / "broken" / "1" / "model.onnx").write_bytes(b"nope")
+    app = make_app(folder)
+    response = app.test_client().get("/-/inprocserve/ready")
+    assert response.status_code == 503
+    assert "cannot load" in response.json["models"]["broken"]
+    Inprocserve.close(app)
+
+
+def test_admin_endpoints_are_off_by_default(app: Flask) -> None:
+    client = app.test_client()
+    assert client.post("/-/inprocserve/reload").status_code in (404, 405)
+    assert client.post("/-/inprocserve/models/scale/switch", json={"version": 1}).status_code in (404, 405)
+
+
+def test_admin_endpoints_require_the_token(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_ADMIN_TOKEN="s3cret")
+    client = app.test_client()
+    try:
+        assert client.post("/-/inprocserve/reload").status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert client.post("/-/inprocserve/models/scale/switch", json={"version": 1}, headers=wrong).status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert client.post("/-/inprocserve/reload", headers=good).json == {"problems": []}
+        switched = client.post("/-/inprocserve/models/scale/switch", json={"version": 1}, headers=good)
+        assert switched.json == {"model": "scale", "stable": 1}
+        assert client.post("/score", json={"rows": [[1, 1, 1, 1]]}).json["version"] == 1
+        bad = client.post("/-/inprocserve/models/scale/switch", json={"version": "x"}, headers=good)
+        assert bad.status_code == 400
+    finally:
+        Inprocserve.close(app)
+
+
+def test_eager_mode_loads_at_start_up(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_EAGER=True)
+    assert app.extensions["inprocserve"].started
+    Inprocserve.close(app)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_gunicorn_two_workers_preload_sixteen_clients(repository: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "INPROCSERVE_TEST_REPOSITORY": str(repository), "PYTHONPATH": str(Path(__file__).parent)}
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--preload",
+        "--workers",
+        "2",
+        "--threads",
+        "8",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "5",
+        "gunicorn_app:app",
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/-/inprocserve/ready", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise AssertionError("gunicorn did not become ready")
+            time.sleep(0.1)
+        pids: set[int] = set()
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def client(index: int) -> None:
+            try:
+                for round_ in range(25):
+                    rows = np.full((1 + round_ % 3, 4), index * 100 + round_, np.float32)
+                    body = json.dumps({"rows": rows.tolist()}).encode()
+                    call = urllib.request.Request(
+                        f"{base}/score", data=body, headers={"Content-Type": "application/json"}
+                    )
+                    with urllib.request.urlopen(call, timeout=30) as response:
+                        answer = json.loads(response.read())
+                    np.testing.assert_array_equal(answer["y"], rows * 2)  # every answer checked
+                    with lock:
+                        pids.add(answer["pid"])
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert errors == []
+        assert len(pids) == 2, f"both workers should have served requests, saw {pids}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
