@@ -1,0 +1,20 @@
+"""Django app for inprocserve.
+
+::
+
+    INSTALLED_APPS = [..., "inprocserve_django"]
+    MIDDLEWARE = [..., "inprocserve_django.middleware.InprocserveMiddleware"]
+    INPROCSERVE = {"REPOSITORY": BASE_DIR / "models"}
+
+    from inprocserve_django import predict, apredict
+
+    def score(request):
+        result = predict(request, "fraud", {"x": rows})
+        return JsonResponse({"probability": result["y"][:, 1].tolist()})
+"""
+
+from __future__ import annotations
+
+from .server import apredict, get_server, predict, reset_server
+
+__all__ = ["apredict", "get_server", "predict", "reset_server"]

@@ -1,0 +1,92 @@
+"""System checks (``manage.py check``): a missing repository, bad config values, unknown model names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.checks import Error, Tags, Warning, register
+
+import inprocserve
+from inprocserve._repository import scan_repository
+
+from .conf import DEFAULTS, settings, unknown_keys
+
+
+@register(Tags.compatibility)
+def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    messages: list[Any] = []
+    config = settings()
+    for key in unknown_keys():
+        messages.append(
+            Error(
+                f"INPROCSERVE has an unknown key {key!r}.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS))} (see docs/django.md).",
+                id="inprocserve.E004",
+            )
+        )
+    repository = config["REPOSITORY"]
+    found: set[str] = set()
+    if repository is None:
+        if not config["MODELS"]:
+            messages.append(
+                Warning(
+                    "INPROCSERVE['REPOSITORY'] is not set: no model will be served.",
+                    hint="Set it to a folder laid out as <model>/<version>/model.onnx.",
+                    id="inprocserve.W001",
+                )
+            )
+    elif not Path(repository).is_dir():
+        messages.append(
+            Error(
+                f"INPROCSERVE['REPOSITORY'] ({repository}) is not a directory.",
+                hint="Create it, or point REPOSITORY at the folder that holds your models.",
+                id="inprocserve.E001",
+            )
+        )
+    else:
+        scan = scan_repository(Path(repository))
+        found = set(scan.models)
+        for problem in scan.problems:
+            messages.append(Warning(problem, id="inprocserve.W002"))
+    for key in ("CONFIG",):
+        value = config[key]
+        if value is not None and not isinstance(value, inprocserve.ModelConfig):
+            messages.append(
+                Error(
+                    f"INPROCSERVE['{key}'] must be an inprocserve.ModelConfig, got {type(value).__name__}.",
+                    hint="Build it with inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(...)); "
+                    "bad values raise ConfigurationError with the reason.",
+                    id="inprocserve.E003",
+                )
+            )
+    models = config["MODELS"]
+    if not isinstance(models, dict):
+        messages.append(Error("INPROCSERVE['MODELS'] must be a dict of name -> ModelConfig.", id="inprocserve.E003"))
+        models = {}
+    for name, model_config in models.items():
+        if not isinstance(model_config, inprocserve.ModelConfig):
+            messages.append(
+                Error(
+                    f"INPROCSERVE['MODELS'][{name!r}] must be an inprocserve.ModelConfig, "
+                    f"got {type(model_config).__name__}.",
+                    id="inprocserve.E003",
+                )
+            )
+        if repository is not None and found and name not in found:
+            messages.append(
+                Error(
+                    f"INPROCSERVE['MODELS'] configures model {name!r}, which is not in the repository.",
+                    hint=f"Models found: {', '.join(sorted(found)) or 'none'}. Check the name or add the model.",
+                    id="inprocserve.E002",
+                )
+            )
+    for name in config["REQUIRED_MODELS"]:
+        if repository is not None and found and name not in found:
+            messages.append(
+                Error(
+                    f"INPROCSERVE['REQUIRED_MODELS'] names {name!r}, which is not in the repository.",
+                    id="inprocserve.E002",
+                )
+            )
+    return messages

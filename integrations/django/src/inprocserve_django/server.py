@@ -1,0 +1,96 @@
+"""The project's :class:`inprocserve.Server`: built lazily, once per process (never in ``ready()``, which
+runs for every ``manage.py`` command and twice under the autoreloader)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from django.http import HttpRequest
+
+import inprocserve
+
+from .conf import settings
+
+_lock = threading.Lock()
+_server: inprocserve.Server | None = None
+_pid: int | None = None
+
+
+def get_server() -> inprocserve.Server:
+    """The server for this process, built from ``settings.INPROCSERVE`` on first use."""
+    global _server, _pid
+    if _server is None or _pid != os.getpid():
+        with _lock:
+            if _server is None or _pid != os.getpid():
+                config = settings()
+                _server = inprocserve.Server(
+                    config["REPOSITORY"],
+                    config=config["CONFIG"],
+                    models=config["MODELS"],
+                    flags=config["FLAGS"],
+                    flag_timeout_s=config["FLAG_TIMEOUT_S"],
+                    poll_interval_s=config["POLL_INTERVAL_S"],
+                )
+                _pid = os.getpid()
+    return _server
+
+
+def reset_server() -> None:
+    """Close this process's server; the next use builds a new one (settings changed, tests, shutdown)."""
+    global _server
+    with _lock:
+        if _server is not None and _pid == os.getpid():
+            _server.close()
+        _server = None
+
+
+def request_context(request: HttpRequest) -> dict[str, Any]:
+    """The rollout context of a request: set by the middleware, or derived here."""
+    context = getattr(request, "inprocserve_context", None)
+    if context is not None:
+        return dict(context)
+    user = getattr(request, "user", None)
+    if user is not None and getattr(user, "is_authenticated", False):
+        return {"user_id": str(user.pk)}
+    header = request.headers.get(settings()["USER_HEADER"])
+    return {"user_id": header} if header else {}
+
+
+def remaining_budget(request: HttpRequest) -> float | None:
+    budgets = []
+    config = settings()
+    header = request.headers.get(config["DEADLINE_HEADER"])
+    if header is not None:
+        started = getattr(request, "_inprocserve_started", time.monotonic())
+        try:
+            budgets.append(float(header) / 1000 - (time.monotonic() - started))
+        except ValueError:
+            pass  # a malformed header is ignored
+    if config["TIMEOUT_S"] is not None:
+        budgets.append(config["TIMEOUT_S"])
+    return min(budgets) if budgets else None
+
+
+def _kwargs(request: HttpRequest, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs.setdefault("context", request_context(request))
+    if "timeout_s" not in kwargs:
+        budget = remaining_budget(request)
+        if budget is not None and budget <= 0:
+            raise inprocserve.DeadlineExceededError(
+                f"model {model!r}: the request's time budget was spent before predict", model=model
+            )
+        kwargs["timeout_s"] = budget
+    return kwargs
+
+
+def predict(request: HttpRequest, model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
+    """``server.predict`` with the request's user and remaining time budget filled in (sync views)."""
+    return get_server().predict(model, inputs, **_kwargs(request, model, kwargs))
+
+
+async def apredict(request: HttpRequest, model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
+    """``server.apredict`` for async views: awaits on the view's event loop, never blocks it."""
+    return await get_server().apredict(model, inputs, **_kwargs(request, model, kwargs))

@@ -1,0 +1,31 @@
+import json
+
+import numpy as np
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+from inprocserve_django import apredict, predict
+
+
+def score(request: HttpRequest) -> JsonResponse:
+    rows = json.loads(request.body)["rows"]
+    result = predict(request, "scale", {"x": rows})
+    return JsonResponse({"y": result["y"].tolist(), "version": result.version, "variant": result.variant})
+
+
+async def ascore(request: HttpRequest) -> JsonResponse:
+    rows = np.asarray(json.loads(request.body)["rows"], dtype=np.float32)
+    result = await apredict(request, "scale", {"x": rows})
+    return JsonResponse({"y": result["y"].tolist(), "version": result.version})
+
+
+def unknown(request: HttpRequest) -> JsonResponse:
+    predict(request, "nope", [[1, 2, 3, 4]])
+    return JsonResponse({})
+
+
+urlpatterns = [
+    path("score", score),
+    path("ascore", ascore),
+    path("unknown", unknown),
+    path("-/inprocserve/", include("inprocserve_django.urls")),
+]
