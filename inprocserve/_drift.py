@@ -10,6 +10,7 @@ drifting and is logged once.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -250,13 +251,32 @@ def _submit(function: Any, argument: Any) -> None:
                 _worker.start()
 
 
+_STOP = object()
+
+
 def _work() -> None:
     while True:
         function, argument = _jobs.get()
+        if function is _STOP:
+            return
         try:
             function(argument)
         except Exception:  # a bad window must not stop drift scoring for everyone
             logger.exception("drift scoring failed")
+
+
+def _stop_worker() -> None:
+    """At exit: let the worker finish the window it is scoring, then stop, before the interpreter
+    finalizes (a daemon thread inside numpy during finalization can crash the process)."""
+    global _worker
+    worker = _worker
+    if worker is not None and worker.is_alive():
+        _jobs.put((_STOP, None))
+        worker.join(timeout=5)
+    _worker = None
+
+
+atexit.register(_stop_worker)
 
 
 class _ForkReset:

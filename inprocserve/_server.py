@@ -134,7 +134,9 @@ class Server:
         self._routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
         self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
         self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow)
-        self._finalizer = weakref.finalize(self, _close_versions, self._loaded)
+        # At interpreter exit (or garbage collection) of a server nobody closed: stop its threads before
+        # the interpreter finalizes, while onnxruntime may still be running on them.
+        self._finalizer = weakref.finalize(self, _close_versions, self._loaded, self._shadow)
         _fork.register(self)
         if self._repository is not None:
             problems = self.refresh()
@@ -913,8 +915,9 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return (info.st_mtime_ns, info.st_size)
 
 
-def _close_versions(loaded: dict[str, dict[int, ModelVersion]]) -> None:
+def _close_versions(loaded: dict[str, dict[int, ModelVersion]], shadow: ShadowRunner) -> None:
     """Last-resort cleanup when a Server is garbage-collected or the interpreter exits unclosed."""
+    shadow.close()
     for versions in list(loaded.values()):
         for version in list(versions.values()):
             version.retire(timeout_s=1.0)

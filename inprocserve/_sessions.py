@@ -1,7 +1,9 @@
 """Everything that touches onnxruntime: providers, session options, the session pool, error translation.
 
 This is the only module that imports onnxruntime, so the rest of the library works with plain numpy
-arrays and our own exceptions.
+arrays and our own exceptions. It imports onnxruntime only when the first session is built, never at
+``import inprocserve``: onnxruntime starts a thread when it is imported, and a process forked after that
+(a gunicorn ``--preload`` worker) crashes at exit when onnxruntime's cleanup joins the thread it never had.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from . import _fork
 from ._config import PoolConfig
@@ -43,11 +43,19 @@ _CPU = "CPUExecutionProvider"
 _CUDA = "CUDAExecutionProvider"
 _GPU_PROVIDERS = frozenset({_CUDA, "TensorrtExecutionProvider", "ROCMExecutionProvider"})
 _OPTIMIZATION = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
 }
+
+
+def _ort() -> Any:
+    """onnxruntime, imported on first use (see the module docstring for why not at import time)."""
+    import onnxruntime
+
+    return onnxruntime
+
 
 # onnxruntime's exception types, and what each becomes when it is raised by ``session.run``.
 # Load-time failures of any type become ModelLoadError. tests/test_sessions.py checks the map is complete.
@@ -71,12 +79,25 @@ RUN_ERROR_MAP: dict[str, type[InprocserveError]] = {
 
 
 def onnxruntime_version() -> str:
-    return str(ort.__version__)
+    from importlib.metadata import PackageNotFoundError, version
+
+    for distribution in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            return version(distribution)  # without importing onnxruntime
+        except PackageNotFoundError:
+            continue
+    return str(_ort().__version__)
 
 
 def onnxruntime_error_types() -> dict[str, type[BaseException]]:
     """onnxruntime's own exception classes by name (for the completeness test of the error map)."""
-    return {name: obj for name, obj in vars(_ort_state).items() if isinstance(obj, type) and issubclass(obj, Exception)}
+    from onnxruntime.capi import onnxruntime_pybind11_state
+
+    return {
+        name: obj
+        for name, obj in vars(onnxruntime_pybind11_state).items()
+        if isinstance(obj, type) and issubclass(obj, Exception)
+    }
 
 
 def translate_run_error(exc: BaseException, *, model: str, version: int) -> InprocserveError:
@@ -108,7 +129,7 @@ _cuda_usable: bool | None = None
 
 
 def _cuda_listed() -> bool:
-    return _CUDA in ort.get_available_providers()
+    return _CUDA in _ort().get_available_providers()
 
 
 def _probe_cuda(model_path: Path) -> bool:
@@ -119,6 +140,7 @@ def _probe_cuda(model_path: Path) -> bool:
     logging) and look at the providers it actually got.
     """
     global _cuda_usable
+    ort = _ort()
     with _cuda_lock:
         if _cuda_usable is None:
             if not _cuda_listed():
@@ -156,7 +178,7 @@ def resolve_providers(config: PoolConfig, *, device_id: int, cuda_usable: bool) 
     if config.require_gpu and not uses_gpu:
         raise ModelLoadError(
             "require_gpu is set but no GPU provider is usable "
-            f"(onnxruntime {ort.__version__} offers {', '.join(ort.get_available_providers())}); "
+            f"(onnxruntime {_ort().__version__} offers {', '.join(_ort().get_available_providers())}); "
             "install onnxruntime-gpu with a working CUDA setup, or unset require_gpu"
         )
     resolved: list[ProviderSpec] = []
@@ -178,15 +200,16 @@ def thread_budget(config: PoolConfig) -> int:
     return config.intra_op_threads or max(1, usable_cores() // config.size)
 
 
-def session_options(config: PoolConfig, *, threads: int | None = None) -> ort.SessionOptions:
-    """Session options: thread count (``threads`` or the budget), spinning, optimization level."""
+def session_options(config: PoolConfig, *, threads: int | None = None) -> Any:
+    """onnxruntime ``SessionOptions``: thread count (``threads`` or the budget), spinning, optimization."""
+    ort = _ort()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or thread_budget(config)
     options.inter_op_num_threads = config.inter_op_threads
     options.execution_mode = (
         ort.ExecutionMode.ORT_SEQUENTIAL if config.inter_op_threads == 1 else ort.ExecutionMode.ORT_PARALLEL
     )
-    options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization]
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION[config.graph_optimization])
     options.log_severity_level = 3  # errors only: warnings about unused initializers etc. are noise here
     spin = "1" if config.allow_spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
@@ -225,16 +248,14 @@ class SessionPool:
         self._warmup: Any = None
         self._output_names: list[str] = []
         self._threads: int | None = None  # intra-op threads per session, once chosen
-        # Failures during run are raised to the caller as our exceptions; onnxruntime need not print them.
-        self._run_options = ort.RunOptions()
-        self._run_options.log_severity_level = 4
+        self._run_options: Any = None  # built with the first session (onnxruntime is imported lazily)
         self._reset_state()
         _fork.register(self)
 
     def _reset_state(self) -> None:
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
-        self._sessions: list[ort.InferenceSession] = []
+        self._sessions: list[Any] = []
         self._ready = False
         self._closed = False
 
@@ -304,7 +325,7 @@ class SessionPool:
         )
         return threads
 
-    def _create(self, index: int, *, threads: int | None = None, warm: bool = True) -> ort.InferenceSession:
+    def _create(self, index: int, *, threads: int | None = None, warm: bool = True) -> Any:
         if self.path.suffix != ".onnx":
             raise ModelLoadError(
                 f"refusing to load {self.path}: only .onnx files are loaded", model=self.model, version=self.version
@@ -318,7 +339,7 @@ class SessionPool:
         providers = resolve_providers(config, device_id=device_id, cuda_usable=cuda)
         try:
             options = session_options(config, threads=threads or self._threads)
-            session = ort.InferenceSession(str(self.path), options, providers=providers)
+            session = _ort().InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:
             raise ModelLoadError(
                 f"model {self.model!r} version {self.version}: onnxruntime cannot load {self.path}: {exc}",
@@ -326,8 +347,12 @@ class SessionPool:
                 version=self.version,
             ) from exc
         self.providers = list(session.get_providers())
+        if self._run_options is None:
+            run_options = _ort().RunOptions()
+            run_options.log_severity_level = 4  # run failures reach the caller as our exceptions; no printing
+            self._run_options = run_options
         if not hasattr(session, "_sess"):  # pragma: no cover - guards against a future wrapper change
-            raise ModelLoadError(f"onnxruntime {ort.__version__} is not supported: sessions lack a binding")
+            raise ModelLoadError(f"onnxruntime {_ort().__version__} is not supported: sessions lack a binding")
         if self.signature is None:
             try:
                 self.signature = Signature.from_nodes(session.get_inputs(), session.get_outputs())
@@ -347,14 +372,14 @@ class SessionPool:
                 ) from exc
         return session
 
-    def sessions(self) -> list[ort.InferenceSession]:
+    def sessions(self) -> list[Any]:
         """Every session of the pool (built first if this process has none yet), for the batcher to own."""
         if not self._ready:
             self.prepare()
         with self._lock:
             return list(self._sessions)
 
-    def run(self, session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+    def run(self, session: Any, feeds: Mapping[str, np.ndarray]) -> list[Any]:
         """Run one batch; onnxruntime releases the GIL while it computes.
 
         Inputs were validated against the signature already, so this calls onnxruntime's binding directly

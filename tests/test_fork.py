@@ -46,3 +46,46 @@ def test_fork_after_create(repository: Path, make_server: ServerFactory) -> None
     assert state == "ready"
     # the parent is unaffected
     assert server.predict("scale", np.ones((1, 4), np.float32))["y"][0, 0] == 2.0
+
+
+def test_import_does_not_load_onnxruntime() -> None:
+    """A gunicorn --preload master imports the app (and inprocserve) before forking its workers; if that
+    loaded onnxruntime, every worker would crash at exit (onnxruntime's cleanup joins a thread that only
+    existed in the master)."""
+    import subprocess
+    import sys
+
+    code = "import sys, inprocserve, inprocserve.testing; print('onnxruntime' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+PRELOAD_SCRIPT = """
+import os, sys, tempfile, threading
+import numpy as np
+import inprocserve                       # the master imports the app before forking
+from inprocserve.testing import build_scale_model, save_model
+
+folder = tempfile.mkdtemp()
+save_model(build_scale_model(2.0), folder, "scale", 1)
+pid = os.fork()
+if pid == 0:                             # a worker: builds its server lazily, serves, exits normally
+    server = inprocserve.Server(folder)
+    def call():
+        for _ in range(50):
+            assert server.predict("scale", np.ones((1, 4), np.float32))["y"][0, 0] == 2.0
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    sys.exit(0)                          # a normal exit runs onnxruntime's cleanup
+_, status = os.waitpid(pid, 0)
+print("signal" if os.WIFSIGNALED(status) else "exit", os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+"""
+
+
+def test_a_worker_forked_after_import_exits_cleanly() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", PRELOAD_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "exit 0", result.stdout + result.stderr

@@ -1,0 +1,67 @@
+"""A fraud-scoring endpoint in a small Flask app, served with inprocserve.
+
+    FRAUD_MODELS=examples/flask_fraud/models gunicorn --preload -w 2 --threads 16 -b 127.0.0.1:8000 app:app
+
+Traces go to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (Jaeger: see docs/observability.md), or to the
+console when FRAUD_TRACE_CONSOLE=1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flask import Flask, jsonify, request
+from inprocserve_flask import Inprocserve, predict, server
+
+
+def configure_tracing() -> None:
+    if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("FRAUD_TRACE_CONSOLE")):
+        return
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "fraud-api"}))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    else:
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    trace.set_tracer_provider(provider)
+
+
+def create_app() -> Flask:
+    configure_tracing()
+    app = Flask(__name__)
+    app.config["INPROCSERVE_REPOSITORY"] = os.environ.get("FRAUD_MODELS", str(Path(__file__).parent / "models"))
+    app.config["INPROCSERVE_TIMEOUT_S"] = 2.0  # a scoring call never waits longer than this
+    Inprocserve(app)
+
+    @app.post("/score")
+    def score() -> Any:
+        """Score a list of transactions: {"transactions": [[8 features], ...]}; the user comes from
+        the X-User-Id header, so canary assignment is sticky per user."""
+        rows = np.asarray(request.get_json(force=True)["transactions"], dtype=np.float32)
+        result = predict("fraud", {"transactions": rows})
+        return jsonify(
+            probability=result["probability"][:, 1].round(4).tolist(),
+            version=result.version,
+            variant=result.variant,
+            request_id=result.request_id,
+        )
+
+    @app.get("/stats")
+    def stats() -> Any:
+        """This worker's view of the model (for the demo's summary across workers)."""
+        status = server.status()["models"]["fraud"]
+        return jsonify(pid=os.getpid(), shadow=status["shadow"], rollout=status["rollout"])
+
+    return app
+
+
+app = create_app()

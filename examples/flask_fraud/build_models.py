@@ -1,0 +1,157 @@
+"""Train three fraud scorers on synthetic transactions and write them as ONNX model versions.
+
+No downloads: the transactions are generated here with a fixed seed, the models are trained with numpy
+(logistic regression, then two small neural networks) and written with onnx.helper.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FEATURES = [
+    "amount_log",
+    "hour_sin",
+    "hour_cos",
+    "merchant_risk",
+    "distance_km_log",
+    "tx_last_hour",
+    "card_age_years",
+    "foreign",
+]
+
+
+def transactions(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic card transactions and fraud labels (about 4 % fraud)."""
+    rng = np.random.default_rng(seed)
+    hour = rng.integers(0, 24, count)
+    x = np.column_stack(
+        [
+            rng.normal(3.5, 1.2, count),  # log amount
+            np.sin(hour / 24 * 2 * np.pi),
+            np.cos(hour / 24 * 2 * np.pi),
+            rng.beta(2, 8, count),  # merchant risk score
+            rng.normal(2.0, 1.5, count),  # log distance from home
+            rng.poisson(1.2, count).astype(float),  # transactions in the last hour
+            rng.exponential(3.0, count),  # card age
+            rng.random(count) < 0.1,  # foreign merchant
+        ]
+    ).astype(np.float32)
+    logit = (
+        -5.2
+        + 0.6 * (x[:, 0] - 3.5)
+        + 3.5 * x[:, 3]
+        + 0.45 * x[:, 4]
+        + 0.5 * x[:, 5]
+        - 0.25 * x[:, 6]
+        + 1.2 * x[:, 7]
+        + 0.8 * (x[:, 1] < -0.5) * (x[:, 5] > 2)  # night bursts: a non-linear pattern
+    )
+    y = (rng.random(count) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return x, y
+
+
+def train_logistic(x: np.ndarray, y: np.ndarray, epochs: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    w, b = np.zeros((x.shape[1], 1), np.float32), np.zeros(1, np.float32)
+    for _ in range(epochs):
+        p = 1 / (1 + np.exp(-(x @ w + b)))
+        grad = p[:, 0] - y
+        w -= 0.5 * (x.T @ grad[:, None]) / len(y)
+        b -= 0.5 * grad.mean()
+    return w, b
+
+
+def train_mlp(x: np.ndarray, y: np.ndarray, hidden: int, seed: int, epochs: int = 400) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((x.shape[1], hidden)) / np.sqrt(x.shape[1])).astype(np.float32)
+    b1 = np.zeros(hidden, np.float32)
+    w2 = (rng.standard_normal((hidden, 1)) / np.sqrt(hidden)).astype(np.float32)
+    b2 = np.zeros(1, np.float32)
+    for _ in range(epochs):
+        h = np.maximum(x @ w1 + b1, 0)
+        p = 1 / (1 + np.exp(-(h @ w2 + b2)))
+        d2 = (p[:, 0] - y)[:, None] / len(y)
+        dh = (d2 @ w2.T) * (h > 0)
+        w2 -= 1.0 * h.T @ d2
+        b2 -= 1.0 * d2.sum(0)
+        w1 -= 1.0 * x.T @ dh
+        b1 -= 1.0 * dh.sum(0)
+    return [w1, b1, w2, b2]
+
+
+def _export(nodes: list, inits: list, path: Path) -> None:
+    """Append [1 - p, p] as ``probability`` [batch, 2] after the node computing ``fraud_logit``."""
+    zero = numpy_helper.from_array(np.zeros((1, 1), np.float32), "zero_logit")
+    nodes = [
+        *nodes,
+        helper.make_node("Mul", ["fraud_logit", "zero_logit"], ["legit_logit"]),  # [batch, 1] of zeros
+        helper.make_node("Concat", ["legit_logit", "fraud_logit"], ["logits"], axis=1),
+        helper.make_node("Softmax", ["logits"], ["probability"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fraud",
+        [helper.make_tensor_value_info("transactions", TensorProto.FLOAT, ["batch", len(FEATURES)])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 2])],
+        [*inits, zero],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+
+
+def build(repository: Path) -> dict[int, float]:
+    """Write fraud/1 (logistic regression), fraud/2 and fraud/3 (MLPs); return each one's test accuracy."""
+    x, y = transactions(40_000, seed=0)
+    test_x, test_y = transactions(10_000, seed=1)
+    folder = repository / "fraud"
+    w, b = train_logistic(x, y)
+    _export(
+        [helper.make_node("Gemm", ["transactions", "w", "b"], ["fraud_logit"])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+        folder / "1" / "model.onnx",
+    )
+    for version, hidden, seed in ((2, 32, 2), (3, 64, 3)):
+        w1, b1, w2, b2 = train_mlp(x, y, hidden, seed)
+        _export(
+            [
+                helper.make_node("Gemm", ["transactions", "w1", "b1"], ["h"]),
+                helper.make_node("Relu", ["h"], ["hr"]),
+                helper.make_node("Gemm", ["hr", "w2", "b2"], ["fraud_logit"]),
+            ],
+            [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+            folder / str(version) / "model.onnx",
+        )
+    (folder / "config.toml").write_text(
+        """# version 1 is stable; version 2 answers 10 % of users (sticky); version 3 runs in the shadow
+[rollout]
+strategy = "canary"
+stable = 1
+candidate = 2
+canary_percent = 10
+shadow = [3]
+"""
+    )
+    np.savez(folder / "reference.npz", transactions=test_x[:5000])
+    with (folder / "config.toml").open("a") as handle:
+        handle.write('\n[drift]\nreference_file = "reference.npz"\nwindow = 2000\n')
+    import onnxruntime as ort
+
+    accuracy = {}
+    for version in (1, 2, 3):
+        session = ort.InferenceSession(str(folder / str(version) / "model.onnx"), providers=["CPUExecutionProvider"])
+        p = session.run(None, {"transactions": test_x})[0][:, 1]
+        accuracy[version] = float(((p > 0.5) == (test_y > 0.5)).mean())
+    return accuracy
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "models")
+    print(build(target))

@@ -1,0 +1,182 @@
+"""The inprocserve demo: the fraud app under gunicorn, concurrent traffic, and a summary.
+
+    make demo          (or: python examples/flask_fraud/run.py)
+
+Builds and trains the models into a temporary repository, starts gunicorn (2 workers, --preload) on a
+free loopback port, sends concurrent scoring requests from 16 clients as 500 different users, and prints
+what happened: throughput, latency, the canary's share, and how the shadow version compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from build_models import build, transactions  # noqa: E402
+
+CLIENTS = 16
+REQUESTS_PER_CLIENT = 150
+USERS = 500
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        repository = Path(folder)
+        print("1. Training three fraud models on 40 000 synthetic transactions ...")
+        accuracy = build(repository)
+        for version, value in accuracy.items():
+            role = {1: "stable", 2: "canary, 10 % of users", 3: "shadow"}[version]
+            print(f"   fraud v{version} ({role}): test accuracy {value:.3f}")
+
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "FRAUD_MODELS": str(repository), "PYTHONPATH": str(HERE)}
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--preload",
+            "--workers",
+            "2",
+            "--threads",
+            "16",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--graceful-timeout",
+            "5",
+            "--log-level",
+            "warning",
+            "app:app",
+        ]
+        print(f"2. Starting gunicorn: 2 workers x 16 threads, --preload, on {base}")
+        process = subprocess.Popen(command, env=env, cwd=HERE)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    ready = get(f"{base}/-/inprocserve/ready")
+                    if ready.get("ready"):
+                        break
+                except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                    pass
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise SystemExit("gunicorn did not become ready")
+                time.sleep(0.2)
+            print(f"   ready: {ready}")
+
+            x, _ = transactions(5000, seed=7)
+            latencies: list[float] = []
+            variants: dict[str, int] = {}
+            users_by_version: dict[int, set[str]] = {}
+            errors: list[str] = []
+            lock = threading.Lock()
+
+            def client(index: int) -> None:
+                rng = random.Random(index)
+                for _ in range(REQUESTS_PER_CLIENT):
+                    user = f"user-{rng.randrange(USERS)}"
+                    start = rng.randrange(len(x) - 3)
+                    rows = x[start : start + rng.randint(1, 3)].tolist()
+                    body = json.dumps({"transactions": rows}).encode()
+                    call = urllib.request.Request(
+                        f"{base}/score", data=body, headers={"Content-Type": "application/json", "X-User-Id": user}
+                    )
+                    started = time.perf_counter()
+                    try:
+                        with urllib.request.urlopen(call, timeout=30) as response:
+                            answer = json.loads(response.read())
+                    except Exception as exc:  # reported in the summary
+                        with lock:
+                            errors.append(repr(exc))
+                        continue
+                    elapsed = time.perf_counter() - started
+                    with lock:
+                        latencies.append(elapsed)
+                        variants[answer["variant"]] = variants.get(answer["variant"], 0) + 1
+                        users_by_version.setdefault(answer["version"], set()).add(user)
+
+            print(f"3. {CLIENTS} clients x {REQUESTS_PER_CLIENT} requests, as {USERS} users ...")
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+            began = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            elapsed = time.perf_counter() - began
+
+            latencies.sort()
+            total = len(latencies)
+            print("4. Summary")
+            print(f"   requests: {total} answered, {len(errors)} failed, {total / elapsed:,.0f} req/s over HTTP")
+            print(
+                f"   latency: p50 {statistics.median(latencies) * 1000:.1f} ms, "
+                f"p99 {latencies[int(total * 0.99)] * 1000:.1f} ms"
+            )
+            canary = variants.get("canary", 0)
+            print(f"   variants: {variants}; canary share {canary / max(total, 1):.1%} of requests")
+            both = users_by_version.get(1, set()) & users_by_version.get(2, set())
+            print(f"   users who saw both versions: {len(both)} (assignment is sticky per user)")
+
+            seen: dict[int, dict] = {}
+            for _ in range(60):  # each call lands on one worker: ask until both have answered
+                stats = get(f"{base}/stats")
+                seen[stats["pid"]] = stats
+                if len(seen) == 2:
+                    break
+            runs = sum(s["shadow"].get("3", {}).get("runs", 0) for s in seen.values())
+            dropped = sum(
+                s["shadow"].get("3", {}).get("dropped_queue_full", 0)
+                + s["shadow"].get("3", {}).get("dropped_no_spare_capacity", 0)
+                for s in seen.values()
+            )
+            agreement = [
+                s["shadow"]["3"]["label_agreement"]
+                for s in seen.values()
+                if s["shadow"].get("3", {}).get("label_agreement") is not None
+            ]
+            max_diff = max((s["shadow"].get("3", {}).get("max_abs_diff") or 0.0 for s in seen.values()), default=0.0)
+            print(
+                f"   shadow v3: {runs} mirrored runs, {dropped} dropped under load, label agreement with the "
+                f"answering version {statistics.mean(agreement) if agreement else float('nan'):.1%}, "
+                f"largest probability difference {max_diff:.3f}"
+            )
+            print(f"   workers that answered: {sorted(seen)}")
+            if errors:
+                print(f"   first error: {errors[0]}")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        print("5. gunicorn stopped; each worker drained its queue and closed its sessions.")
+
+
+if __name__ == "__main__":
+    main()
