@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo demo-core test lint typecheck bench clean
 
 $(STAMP): pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml integrations/flask/pyproject.toml integrations/django/p
 install: $(STAMP)
 
 demo: install
+	$(BIN)/python examples/flask_fraud/run.py
+
+demo-core: install
 	$(BIN)/python examples/demo.py
 
 lint: install

@@ -79,7 +79,8 @@ if pid == 0:                             # a worker: builds its server lazily, s
     [t.join() for t in threads]
     sys.exit(0)                          # a normal exit runs onnxruntime's cleanup
 _, status = os.waitpid(pid, 0)
-print("signal" if os.WIFSIGNALED(status) else "exit", os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+signaled = os.WIFSIGNALED(status)
+print("signal" if signaled else "exit", os.WTERMSIG(status) if signaled else os.WEXITSTATUS(status))
 """
 
 

@@ -57,7 +57,7 @@ def transactions(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def train_logistic(x: np.ndarray, y: np.ndarray, epochs: int = 300) -> tuple[np.ndarray, np.ndarray]:
     w, b = np.zeros((x.shape[1], 1), np.float32), np.zeros(1, np.float32)
     for _ in range(epochs):
-        p = 1 / (1 + np.exp(-(x @ w + b)))
+        p = 1 / (1 + np.exp(-np.clip(x @ w + b, -30, 30)))
         grad = p[:, 0] - y
         w -= 0.5 * (x.T @ grad[:, None]) / len(y)
         b -= 0.5 * grad.mean()
@@ -72,7 +72,7 @@ def train_mlp(x: np.ndarray, y: np.ndarray, hidden: int, seed: int, epochs: int 
     b2 = np.zeros(1, np.float32)
     for _ in range(epochs):
         h = np.maximum(x @ w1 + b1, 0)
-        p = 1 / (1 + np.exp(-(h @ w2 + b2)))
+        p = 1 / (1 + np.exp(-np.clip(h @ w2 + b2, -30, 30)))
         d2 = (p[:, 0] - y)[:, None] / len(y)
         dh = (d2 @ w2.T) * (h > 0)
         w2 -= 1.0 * h.T @ d2
