@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 from build_models import build, transactions  # noqa: E402
 
 CLIENTS = 16
-REQUESTS_PER_CLIENT = 150
+REQUESTS_PER_CLIENT = int(os.environ.get("FRAUD_DEMO_REQUESTS", "150"))  # per client
 USERS = 500
 
 
