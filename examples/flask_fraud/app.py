@@ -2,8 +2,8 @@
 
     FRAUD_MODELS=examples/flask_fraud/models gunicorn --preload -w 2 --threads 16 -b 127.0.0.1:8000 app:app
 
-Traces go to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (Jaeger: see docs/observability.md), or to the
-console when FRAUD_TRACE_CONSOLE=1.
+Traces go to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (Jaeger: see docs/observability.md), else to
+the console (FRAUD_TRACE_CONSOLE=0 turns that off; the demo in run.py does, to keep its summary readable).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from inprocserve_flask import Inprocserve, predict, server
 
 
 def configure_tracing() -> None:
-    if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("FRAUD_TRACE_CONSOLE")):
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and os.environ.get("FRAUD_TRACE_CONSOLE", "1") == "0":
         return
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource

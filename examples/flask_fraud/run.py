@@ -56,7 +56,7 @@ def main() -> None:
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "FRAUD_MODELS": str(repository), "PYTHONPATH": str(HERE)}
+        env = {"FRAUD_TRACE_CONSOLE": "0", **os.environ, "FRAUD_MODELS": str(repository), "PYTHONPATH": str(HERE)}
         command = [
             sys.executable,
             "-m",
