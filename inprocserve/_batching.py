@@ -296,11 +296,7 @@ class Batcher:
         rows = request.rows
         with self._lock:
             if self._closing:
-                raise VersionRetiredError(
-                    f"model {self.model!r} version {self.version} is no longer serving",
-                    model=self.model,
-                    version=self.version,
-                )
+                raise self._retired()
             now = self._clock()
             if now - self._window_start > _CONCURRENCY_WINDOW_S:
                 self._roll_window(now)
@@ -334,13 +330,24 @@ class Batcher:
                 elif self._idle and self._free:
                     self._idle.pop().release()
                 return
+        self._run_inline(session, request)
+
+    def _run_inline(self, session: Any, request: Request) -> None:
+        """Run one request on the calling thread with a session already taken, then give it back."""
         try:
             self._execute(session, [request], inline=True)
         finally:
             with self._lock:
-                self._free.append(session)
+                self._free.append(session)  # type: ignore[union-attr]
                 if self._queue and self._idle and self._filler is None:
                     self._idle.pop().release()
+
+    def _retired(self) -> VersionRetiredError:
+        return VersionRetiredError(
+            f"model {self.model!r} version {self.version} is no longer serving",
+            model=self.model,
+            version=self.version,
+        )
 
     def run_if_idle(self, request: Request) -> bool:
         """Run ``request`` on this thread if a session is free and nothing is queued; else return False
@@ -355,24 +362,14 @@ class Batcher:
             self._adopt_sessions()
         with self._lock:
             if self._closing:
-                raise VersionRetiredError(
-                    f"model {self.model!r} version {self.version} is no longer serving",
-                    model=self.model,
-                    version=self.version,
-                )
+                raise self._retired()
             if not self._free or self._queue:
                 return False
             session = self._free.pop()
             self._in_flight += 1
             self._active_rows += request.rows
             request.state = _RUNNING
-        try:
-            self._execute(session, [request], inline=True)
-        finally:
-            with self._lock:
-                self._free.append(session)
-                if self._queue and self._idle and self._filler is None:
-                    self._idle.pop().release()
+        self._run_inline(session, request)
         return True
 
     def wait(self, request: Request) -> None:

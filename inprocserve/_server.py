@@ -425,6 +425,14 @@ class Server:
             raise self._not_found(model, None)
         return routes
 
+    def _serving(self, model: str, version: int) -> _Routes:
+        """With the lifecycle lock held: make sure ``version`` is loaded, warmed up and routable."""
+        self._check_open()
+        routes = self._routes.get(model)
+        if routes is None or version not in routes.versions:
+            self.load(model, version=version)
+        return self._routes_of(model)
+
     def record_outcome(
         self, request_id: str | None, reward: float, *, model: str | None = None, key: str | None = None
     ) -> str | None:
@@ -457,11 +465,7 @@ class Server:
             ModelLoadError: it cannot be loaded.
         """
         with self._lifecycle:
-            self._check_open()
-            routes = self._routes.get(model)
-            if routes is None or version not in routes.versions:
-                self.load(model, version=version)
-                routes = self._routes_of(model)
+            routes = self._serving(model, version)
             routes.router.stable_alias = version
             logger.info("model %r: stable version is now %s", model, version)
 
@@ -486,11 +490,7 @@ class Server:
                 recent inputs; the report is on the exception, and nothing was switched.
         """
         with self._lifecycle:
-            self._check_open()
-            routes = self._routes.get(model)
-            if routes is None or version not in routes.versions:
-                self.load(model, version=version)
-            routes = self._routes_of(model)
+            routes = self._serving(model, version)
             stable = routes.router.decide(routes.versions, routes.default.version, None).version
             samples = list(routes.router.recent)
             report: dict[str, Any] = {"model": model, "from": stable, "to": version, "samples": len(samples)}
