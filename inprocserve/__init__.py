@@ -15,6 +15,7 @@ import logging
 
 from ._config import (
     BatchingConfig,
+    CacheConfig,
     DriftConfig,
     ModelConfig,
     PaddingConfig,
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchingConfig",
+    "CacheConfig",
     "ConfigurationError",
     "DeadlineExceededError",
     "DriftConfig",

@@ -40,7 +40,7 @@ from ._errors import DeadlineExceededError, InprocserveError, QueueFullError, Se
 from ._sessions import SessionPool, abandon_inherited
 from ._telemetry import METRICS, end_batch_span, start_batch_span
 
-__all__ = ["Batcher", "RunCost", "Request", "VersionRetiredError"]
+__all__ = ["Batcher", "Request", "RunCost", "VersionRetiredError", "finish_detached"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class Request:
         "arrays",
         "batch",
         "baton",
+        "cache_key",
         "deadline",
         "enqueued_at",
         "error",
@@ -153,6 +154,7 @@ class Request:
         self.enqueued_at = 0.0
         self.baton: Any = None  # the waiter this caller wakes once it is awake (see Batcher._complete_batch)
         self.span: Any = None  # the request's OpenTelemetry span, linked from the batch span
+        self.cache_key: bytes | None = None  # set when this request runs for identical ones in flight
         self.started = 0.0  # perf_counter() when the caller asked
         self.queue_wait_s = 0.0
         self.batch: BatchTiming | None = None
@@ -164,6 +166,18 @@ class Request:
 
 
 Finisher = Callable[[Request], None]
+
+
+def finish_detached(request: Request, outputs: Any, error: BaseException | None, deliver: Finisher) -> None:
+    """Answer a request that never went through a batcher (a cache hit, or a follower of an identical
+    request in flight): the waiting caller wakes, or its future resolves."""
+    request.outputs = outputs
+    request.error = error
+    request.state = _DONE
+    if request.future is None:
+        request.waiter.release()
+    else:
+        deliver(request)
 
 
 class Batcher:

@@ -18,6 +18,7 @@ from ._errors import ConfigurationError
 
 __all__ = [
     "BatchingConfig",
+    "CacheConfig",
     "DriftConfig",
     "RolloutConfig",
     "VariantConfig",
@@ -270,6 +271,23 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    """An optional cache of outputs by exact inputs, per model version (off by default)."""
+
+    enabled: bool = False
+    max_entries: int = 10_000
+    """Entries kept, least recently used evicted first."""
+    ttl_s: float | None = None
+    """Entries expire this long after they were stored (``None``: never)."""
+
+    def __post_init__(self) -> None:
+        if self.max_entries < 1:
+            raise ConfigurationError(f"cache.max_entries must be >= 1, got {self.max_entries}")
+        if self.ttl_s is not None and not self.ttl_s > 0:
+            raise ConfigurationError(f"cache.ttl_s must be > 0, got {self.ttl_s}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DriftConfig:
     """Drift monitoring of inputs and outputs against a reference distribution (off unless a reference is
     given: a file, or a number of first rows to capture)."""
@@ -350,6 +368,7 @@ class ModelConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     nan_policy: NanPolicy = "allow"
     """``"reject"`` refuses float inputs holding NaN or infinity with :class:`InvalidInputError`."""
 
@@ -381,6 +400,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "warmup": WarmupConfig,
     "rollout": RolloutConfig,
     "drift": DriftConfig,
+    "cache": CacheConfig,
 }
 
 

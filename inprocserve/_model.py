@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._batching import Batcher, Finisher, RunCost
+from ._cache import PredictionCache
 from ._config import ModelConfig
 from ._drift import DriftMonitor
 from ._errors import InprocserveError, ModelLoadError
@@ -51,6 +52,7 @@ class ModelVersion:
         self.batcher: Batcher | None = None
         self.run_cost: RunCost | None = None
         self.drift: DriftMonitor | None = None
+        self.cache = PredictionCache(config.cache, clock=clock) if config.cache.enabled else None
         self._deliver = deliver
         self._clock = clock
         self._pool = SessionPool(path, config.pool, model=name, version=version)
@@ -234,4 +236,5 @@ class ModelVersion:
             "loaded_at": self.loaded_at,
             "signature": None if self.signature is None else self.signature.to_dict(),
             "drift": None if self.drift is None else self.drift.status(),
+            "cache": None if self.cache is None else self.cache.status(),
         }

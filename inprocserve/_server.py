@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _fork
-from ._batching import Request, VersionRetiredError, handoff_cost_s
+from ._batching import Request, VersionRetiredError, finish_detached, handoff_cost_s
 from ._config import ModelConfig, load_model_config
 from ._errors import (
     ConfigurationError,
@@ -266,16 +266,55 @@ class Server:
                 request = Request(arrays, rows, meta, deadline, future)
                 request.span = span
                 request.started = started
+                if target.cache is not None and self._answered_by_cache(target, request):
+                    routes.router.served(request_id, decision, arrays)
+                    return request, target
                 try:
                     target.batcher.submit(request, run_inline=inline)
-                except VersionRetiredError:
+                except VersionRetiredError as exc:
+                    self._release_followers(target, request, exc)
                     continue  # the version was replaced between routing and queueing: route again
+                except BaseException as exc:
+                    self._release_followers(target, request, exc)
+                    raise
                 routes.router.served(request_id, decision, arrays)
                 return request, target
             raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
         except BaseException as exc:  # refused before it was queued: close its telemetry, then raise
             self._refused(span, started, model, target, decision, exc)
             raise
+
+    @staticmethod
+    def _release_followers(target: ModelVersion, request: Request, error: BaseException) -> None:
+        """A cache leader refused before it ran must not leave identical requests waiting for it."""
+        if request.cache_key is not None and target.cache is not None:
+            target.cache.finish(request.cache_key, None, error)
+            request.cache_key = None
+
+    def _answered_by_cache(self, target: ModelVersion, request: Request) -> bool:
+        """Serve a request from the version's cache, or make it follow an identical one in flight; else
+        mark it the leader whose answer the cache will keep. Returns whether it needs no run of its own."""
+        cache = target.cache
+        assert cache is not None
+        key = cache.key(request.arrays)
+        outputs, pending, leader = cache.lookup(key)
+        attributes = self._metric_attributes(target.name, target.version)
+        if outputs is not None:
+            METRICS.cache.add(1, {**attributes, "inprocserve.cache.result": "hit"})
+            finish_detached(request, outputs, None, self._deliver)
+            return True
+        if not leader:
+            assert pending is not None
+            METRICS.cache.add(1, {**attributes, "inprocserve.cache.result": "shared"})
+            pending.add_done_callback(
+                lambda done: finish_detached(
+                    request, None if done.exception() else done.result(), done.exception(), self._deliver
+                )
+            )
+            return True
+        METRICS.cache.add(1, {**attributes, "inprocserve.cache.result": "miss"})
+        request.cache_key = key
+        return False
 
     def _refused(
         self,
@@ -309,6 +348,12 @@ class Server:
     def _finish(self, request: Request, error: BaseException | None) -> None:
         """Close the request's span and record its metrics (on whichever thread finished it)."""
         model, version, variant, reason = request.meta[:4]
+        if request.cache_key is not None:  # the leader of identical requests: keep its answer, free them
+            routes = self._routes.get(model)
+            target = None if routes is None else routes.versions.get(version)
+            if target is not None and target.cache is not None:
+                target.cache.finish(request.cache_key, request.outputs if error is None else None, error)
+            request.cache_key = None
         decision: Decision = request.meta[6]
         end_request_span(
             request.span,

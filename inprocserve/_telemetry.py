@@ -192,6 +192,9 @@ class Metrics:
         self.flag_failures = meter.create_counter(
             "inprocserve.flags.failures", unit="{evaluation}", description="Flag evaluations that failed or timed out"
         )
+        self.cache = meter.create_counter(
+            "inprocserve.cache.requests", unit="{request}", description="Cache lookups by result (hit, miss, shared)"
+        )
         self.lifecycle = meter.create_counter(
             "inprocserve.model.lifecycle", unit="{event}", description="Model versions loaded, failed, unloaded"
         )

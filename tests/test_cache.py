@@ -1,0 +1,118 @@
+"""The prediction cache: exact-input hits per version, shared in-flight runs, TTL, errors not cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import CacheConfig, ModelConfig, VersionPolicy
+from inprocserve.testing import ManualClock, build_gather_model, build_scale_model, save_model
+
+from .conftest import ServerFactory, busy_inputs, occupy, run_threads, version_status
+
+
+def cached(**kwargs: object) -> ModelConfig:
+    return ModelConfig(cache=CacheConfig(enabled=True, **kwargs), version_policy=VersionPolicy.all())  # type: ignore[arg-type]
+
+
+def cache_status(server: inprocserve.Server, model: str, version: int) -> dict:
+    return server.status()["models"][model]["versions"][str(version)]["cache"]
+
+
+def test_off_by_default(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository)
+    server.predict("scale", np.ones((1, 4), np.float32))
+    assert version_status(server, "scale")["cache"] is None
+
+
+def test_identical_inputs_hit_and_answers_are_read_only(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository, config=cached())
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    first = server.predict("scale", x)
+    second = server.predict("scale", x.copy())
+    np.testing.assert_array_equal(first["y"], x * 2)
+    assert second["y"] is first["y"]
+    with pytest.raises(ValueError, match="read-only"):
+        second["y"][0, 0] = 5
+    other = server.predict("scale", x + 1)  # different bytes: a miss
+    np.testing.assert_array_equal(other["y"], (x + 1) * 2)
+    assert cache_status(server, "scale", 1) == {"entries": 2, "hits": 1, "misses": 2, "shared": 0}
+    assert version_status(server, "scale")["rows_run"] == 4  # the hit never ran
+
+
+def test_dtype_and_shape_are_part_of_the_key(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_gather_model(), repository, "gather", 1)
+    server = make_server(repository, config=cached())
+    a = server.predict("gather", {"index": np.array([1, 2])})
+    b = server.predict("gather", {"index": np.array([[1], [2]]).reshape(2)})  # same values, same shape: a hit
+    c = server.predict("gather", {"index": np.array([1])})
+    assert b["rows"] is a["rows"] and c["rows"] is not a["rows"]
+
+
+def test_a_cached_answer_never_comes_from_another_version(repository: Path, make_server: ServerFactory) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    server = make_server(repository, config=cached())
+    x = np.ones((1, 4), np.float32)
+    assert server.predict("scale", x, version=1)["y"][0, 0] == 1.0
+    assert server.predict("scale", x, version=2)["y"][0, 0] == 2.0
+    assert server.predict("scale", x, version=1)["y"][0, 0] == 1.0
+
+
+def test_identical_requests_in_flight_share_one_run(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository, config=cached())
+    blocker = occupy(server)
+    inputs = busy_inputs(1, seed=42)
+    futures = [server.submit("busy", inputs) for _ in range(10)]
+    blocker.result(timeout=60)
+    answers = [future.result(timeout=60)["y"] for future in futures]
+    assert all(answer is answers[0] for answer in answers)
+    status = cache_status(server, "busy", 1)
+    assert status["misses"] == 2 and status["shared"] == 9  # the blocker and one leader ran; 9 followed
+    assert version_status(server, "busy")["rows_run"] == 3000 + 1
+
+
+def test_threads_with_repeated_inputs(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository, config=cached(max_entries=4))
+    rows = [np.full((1, 4), i, np.float32) for i in range(8)]
+
+    def call(index: int) -> None:
+        for round_ in range(50):
+            x = rows[(index + round_) % 8]
+            np.testing.assert_array_equal(server.predict("scale", x)["y"], x * 2)
+
+    assert run_threads(16, call) == []
+    status = cache_status(server, "scale", 1)
+    assert status["entries"] <= 4 and status["hits"] + status["shared"] > 0
+
+
+def test_errors_are_not_cached(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_gather_model(), repository, "gather", 1)
+    server = make_server(repository, config=cached())
+    for _ in range(2):
+        with pytest.raises(inprocserve.InvalidInputError):
+            server.predict("gather", {"index": np.array([99])})
+    assert cache_status(server, "gather", 1)["misses"] == 2
+
+
+def test_ttl_expires_entries(scale_repository: Path, make_server: ServerFactory) -> None:
+    clock = ManualClock()
+    server = make_server(scale_repository, config=cached(ttl_s=60), clock=clock)
+    x = np.ones((1, 4), np.float32)
+    server.predict("scale", x)
+    clock.advance(30)
+    server.predict("scale", x)
+    assert cache_status(server, "scale", 1)["hits"] == 1
+    clock.advance(31)  # 61 s after it was stored
+    server.predict("scale", x)
+    assert cache_status(server, "scale", 1)["misses"] == 2
+
+
+def test_cache_config_validation() -> None:
+    with pytest.raises(inprocserve.ConfigurationError):
+        CacheConfig(max_entries=0)
+    with pytest.raises(inprocserve.ConfigurationError):
+        CacheConfig(ttl_s=0)
