@@ -1,9 +1,10 @@
-"""Command line: ``python -m inprocserve inspect MODEL`` and ``python -m inprocserve validate REPOSITORY``."""
+"""Command line: ``python -m inprocserve inspect MODEL``, ``validate REPOSITORY`` and ``quantize SRC DST``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +99,34 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from ._quantize import quantize
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs generic advice on the root logger
+    try:
+        report = quantize(Path(args.source), Path(args.target), sample_rows=args.sample, seconds=args.seconds)
+    except InprocserveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['source']} -> {report['target']}")
+    print(f"size: {report['bytes_before']:,} -> {report['bytes_after']:,} bytes ({report['size_ratio']:.2f}x)")
+    for batch, figures in report["speed"].items():
+        print(
+            f"speed, {batch.replace('_', ' ')}: {figures['before_rows_per_s']:,.0f} -> "
+            f"{figures['after_rows_per_s']:,.0f} rows/s ({figures['ratio']:.2f}x)"
+        )
+    for output, figures in report["accuracy"].items():
+        agreement = figures.get("label_agreement")
+        extra = f", label agreement {agreement:.1%}" if agreement is not None else ""
+        print(
+            f"accuracy on {report['sample_rows']} random rows, {output}: max abs diff {figures['max_abs_diff']:.4g}{extra}"
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inprocserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="load every model of a repository and report problems")
     validate.add_argument("repository", help="a folder laid out as <model>/<version>/model.onnx")
     validate.set_defaults(run=_validate)
+    quantize = commands.add_parser("quantize", help="dynamic INT8 quantization, with a size/speed/accuracy report")
+    quantize.add_argument("source", help="the model.onnx to quantize")
+    quantize.add_argument("target", help="where to write the quantized model (.onnx)")
+    quantize.add_argument("--sample", type=int, default=256, help="rows of random inputs to compare answers on")
+    quantize.add_argument("--seconds", type=float, default=1.0, help="time per speed measurement")
+    quantize.add_argument("--json", action="store_true", help="print JSON")
+    quantize.set_defaults(run=_quantize)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from inprocserve.__main__ import main
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
@@ -62,3 +64,26 @@ def test_validate_reports_every_problem(repository: Path) -> None:
 
 def test_validate_a_missing_repository(tmp_path: Path) -> None:
     assert main(["validate", str(tmp_path / "nowhere")]) == 2
+
+
+def test_quantize_reports_size_speed_and_accuracy(tmp_path: Path) -> None:
+    from inprocserve.testing import build_mlp_model
+
+    source = save_model(build_mlp_model((64, 128, 4), seed=3), tmp_path, "mlp", 1)
+    target = tmp_path / "mlp-int8.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "inprocserve", "quantize", str(source), str(target), "--seconds", "0.1", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(result.stdout)
+    assert report["bytes_after"] < report["bytes_before"] * 0.5
+    assert set(report["speed"]) == {"batch_1", "batch_64"}
+    assert report["accuracy"]["y"]["label_agreement"] > 0.8
+    assert report["accuracy"]["y"]["max_abs_diff"] < 0.2
+    import inprocserve  # the quantized model serves like any other
+
+    with inprocserve.Server() as server:
+        server.load("mlp", path=target)
+        assert server.predict("mlp", np.ones((2, 64), np.float32))["y"].shape == (2, 4)
