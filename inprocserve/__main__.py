@@ -121,9 +121,8 @@ def _quantize(args: argparse.Namespace) -> int:
     for output, figures in report["accuracy"].items():
         agreement = figures.get("label_agreement")
         extra = f", label agreement {agreement:.1%}" if agreement is not None else ""
-        print(
-            f"accuracy on {report['sample_rows']} random rows, {output}: max abs diff {figures['max_abs_diff']:.4g}{extra}"
-        )
+        diff = figures["max_abs_diff"]
+        print(f"accuracy on {report['sample_rows']} random rows, {output}: max abs diff {diff:.4g}{extra}")
     return 0
 
 
