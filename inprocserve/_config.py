@@ -135,6 +135,16 @@ class PoolConfig:
     """Raise :class:`ModelLoadError` instead of falling back to the CPU when no GPU is usable."""
     graph_optimization: GraphOptimization = "all"
     """onnxruntime graph optimization level."""
+    share_session: bool = False
+    """Run the pool's ``size`` concurrent batches on one session instead of one session each: one copy of
+    the weights however large the pool (``session.run`` is thread-safe). See docs/performance.md."""
+    memory_arena: bool = True
+    """onnxruntime's CPU memory arena: fast, but it keeps the peak of what any batch needed."""
+    arena_shrinkage: bool = False
+    """Give arena memory back after each run (frees a burst of large requests, at some cost per run)."""
+    optimized_model_cache: bool = False
+    """Save the optimized graph next to ``model.onnx`` (``model.optimized-<onnxruntime version>.onnx``) and
+    load it on later starts instead of optimizing again."""
 
     def __post_init__(self) -> None:
         if self.size < 1:

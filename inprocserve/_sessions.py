@@ -196,8 +196,9 @@ AUTO_THREADS_SERIAL_BELOW_S = 0.001
 
 
 def thread_budget(config: PoolConfig) -> int:
-    """Intra-op threads per session such that pool size x threads <= usable cores."""
-    return config.intra_op_threads or max(1, usable_cores() // config.size)
+    """Intra-op threads per session such that (sessions x threads) <= usable cores."""
+    sessions = 1 if config.share_session else config.size
+    return config.intra_op_threads or max(1, usable_cores() // sessions)
 
 
 def session_options(config: PoolConfig, *, threads: int | None = None) -> Any:
@@ -211,6 +212,7 @@ def session_options(config: PoolConfig, *, threads: int | None = None) -> Any:
     )
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION[config.graph_optimization])
     options.log_severity_level = 3  # errors only: warnings about unused initializers etc. are noise here
+    options.enable_cpu_mem_arena = config.memory_arena
     spin = "1" if config.allow_spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
@@ -290,7 +292,10 @@ class SessionPool:
                 raise ServerClosedError(
                     f"model {self.model!r} version {self.version} is unloaded", model=self.model, version=self.version
                 )
-            sessions = [self._create(index) for index in range(self.config.size)]
+            if self.config.share_session:  # one session, size concurrent runs: one copy of the weights
+                sessions = [self._create(0)] * self.config.size
+            else:
+                sessions = [self._create(index) for index in range(self.config.size)]
             with self._lock:
                 self._sessions = sessions
                 self._ready = True
@@ -339,7 +344,8 @@ class SessionPool:
         providers = resolve_providers(config, device_id=device_id, cuda_usable=cuda)
         try:
             options = session_options(config, threads=threads or self._threads)
-            session = _ort().InferenceSession(str(self.path), options, providers=providers)
+            source = self._optimized_source(options)
+            session = _ort().InferenceSession(str(source), options, providers=providers)
         except Exception as exc:
             raise ModelLoadError(
                 f"model {self.model!r} version {self.version}: onnxruntime cannot load {self.path}: {exc}",
@@ -350,6 +356,8 @@ class SessionPool:
         if self._run_options is None:
             run_options = _ort().RunOptions()
             run_options.log_severity_level = 4  # run failures reach the caller as our exceptions; no printing
+            if config.arena_shrinkage:
+                run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
             self._run_options = run_options
         if not hasattr(session, "_sess"):  # pragma: no cover - guards against a future wrapper change
             raise ModelLoadError(f"onnxruntime {_ort().__version__} is not supported: sessions lack a binding")
@@ -371,6 +379,33 @@ class SessionPool:
                     version=self.version,
                 ) from exc
         return session
+
+    @property
+    def optimized_path(self) -> Path:
+        return self.path.with_name(f"model.optimized-{onnxruntime_version()}.onnx")
+
+    def _optimized_source(self, options: Any) -> Path:
+        """With ``optimized_model_cache``: load the saved optimized graph when it is newer than the model
+        (no second optimization pass), else optimize and save it for the next start."""
+        if not self.config.optimized_model_cache:
+            return self.path
+        cached = self.optimized_path
+        try:
+            if cached.is_file() and cached.stat().st_mtime_ns >= self.path.stat().st_mtime_ns:
+                options.graph_optimization_level = _ort().GraphOptimizationLevel.ORT_DISABLE_ALL
+                return cached
+        except OSError:
+            pass
+        if os.access(cached.parent, os.W_OK):
+            options.optimized_model_filepath = str(cached)  # onnxruntime writes it while building the session
+        else:
+            logger.info(
+                "model %r version %s: %s is not writable; the optimized graph is not cached",
+                self.model,
+                self.version,
+                cached.parent,
+            )
+        return self.path
 
     def sessions(self) -> list[Any]:
         """Every session of the pool (built first if this process has none yet), for the batcher to own."""

@@ -1,0 +1,63 @@
+"""Pool options: one shared session, arena settings, the optimized-graph cache."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from inprocserve import ModelConfig, PoolConfig
+from inprocserve._sessions import thread_budget, usable_cores
+from inprocserve.testing import build_mlp_model, save_model
+
+from .conftest import ServerFactory, run_threads, version_status
+
+
+def test_a_shared_session_serves_concurrent_batches(repository: Path, make_server: ServerFactory) -> None:
+    path = save_model(build_mlp_model((16, 32, 4), seed=1), repository, "mlp", 1)
+    config = ModelConfig(pool=PoolConfig(size=3, share_session=True))
+    server = make_server(repository, config=config)
+    reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = [np.random.default_rng(i).standard_normal((1, 16)).astype(np.float32) for i in range(24)]
+
+    def call(index: int) -> None:
+        for _ in range(30):
+            got = server.predict("mlp", inputs[index])["y"]
+            np.testing.assert_allclose(got, reference.run(None, {"x": inputs[index]})[0], rtol=1e-5, atol=1e-6)
+
+    assert run_threads(24, call) == []
+    assert version_status(server, "mlp")["pool_size"] == 3
+    # the thread budget is not divided when the pool shares one session
+    assert thread_budget(PoolConfig(size=4, share_session=True)) == usable_cores()
+
+
+def test_arena_settings_load_and_serve(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_mlp_model((16, 32, 4)), repository, "mlp", 1)
+    for pool in (PoolConfig(memory_arena=False), PoolConfig(arena_shrinkage=True)):
+        server = make_server(repository, config=ModelConfig(pool=pool))
+        assert server.predict("mlp", np.ones((100, 16), np.float32))["y"].shape == (100, 4)
+        server.close()
+
+
+def test_the_optimized_graph_is_cached_and_reused(repository: Path, make_server: ServerFactory) -> None:
+    path = save_model(build_mlp_model((16, 32, 4), seed=2), repository, "mlp", 1)
+    config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
+    first = make_server(repository, config=config)
+    expected = first.predict("mlp", np.ones((2, 16), np.float32))["y"]
+    first.close()
+    cached = [p for p in path.parent.iterdir() if p.name.startswith("model.optimized-")]
+    assert len(cached) == 1
+    written = cached[0].stat().st_mtime_ns
+    second = make_server(repository, config=config)  # loads the cached graph, does not rewrite it
+    np.testing.assert_allclose(second.predict("mlp", np.ones((2, 16), np.float32))["y"], expected, rtol=1e-6)
+    assert cached[0].stat().st_mtime_ns == written
+    second.close()
+    time.sleep(0.01)
+    save_model(build_mlp_model((16, 32, 4), seed=3), repository, "mlp", 1)  # a newer model.onnx
+    os.utime(path)
+    third = make_server(repository, config=config)
+    assert not np.allclose(third.predict("mlp", np.ones((2, 16), np.float32))["y"], expected)
+    assert cached[0].stat().st_mtime_ns > written  # re-optimized from the new model
