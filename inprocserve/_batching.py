@@ -435,46 +435,57 @@ class Batcher:
     def _work(self) -> None:
         wake = _allocate_lock()
         wake.acquire()
-        lock = self._lock
-        lock.acquire()
-        ready_at = self._clock()  # when this worker last became free: waiting for companions starts here
+        self._lock.acquire()
+        ready_at: float | None = self._clock()  # when this worker became free: waiting for companions starts
         try:
-            while True:
-                if self._queued_rows and self._free:
-                    if self._delay_s and self._wait_for_companions(wake, ready_at):
-                        continue  # companions arrived (or close): decide again
-                    session = self._free.pop()
-                    batch, expired = self._take_batch()
-                    if self._queued_rows and self._free and self._idle and self._filler is None:
-                        self._idle.pop().release()  # more than one batch waits: another session can help
-                    lock.release()
-                    try:
-                        for request in expired:
-                            if isinstance(request.error, CancelledError):
-                                self._deliver(request)  # closes its span; the future is cancelled already
-                            else:
-                                self._fail(request, self._expired_error())
-                        if batch:
-                            self._execute(session, batch)
-                    except BaseException:  # never let a worker die silently
-                        logger.exception("inprocserve worker for %r v%s failed", self.model, self.version)
-                    finally:
-                        lock.acquire()
-                        self._free.append(session)
-                        ready_at = self._clock()
-                    continue
-                if self._closing and not self._queued_rows:
-                    for other in self._idle:  # let parked workers see the close too
-                        other.release()
-                    self._idle.clear()
-                    return
-                self._idle.append(wake)
-                lock.release()
-                wake.acquire()
-                lock.acquire()
-                ready_at = self._clock()
+            while ready_at is not None:
+                try:
+                    ready_at = self._step(wake, ready_at)
+                except Exception:  # a bug here must not kill the worker and strand its callers
+                    logger.exception("inprocserve worker for %r v%s hit an error", self.model, self.version)
         finally:
+            self._lock.release()
+
+    def _step(self, wake: Any, ready_at: float) -> float | None:
+        """One step of a worker, with the lock held on entry and on exit: run a batch, or wait for work.
+
+        Returns when the worker became free again (``ready_at`` of the next step), or None to exit.
+        """
+        lock = self._lock
+        if self._queued_rows and self._free:
+            if self._delay_s and self._wait_for_companions(wake, ready_at):
+                return ready_at  # companions arrived (or close): decide again
+            if not (self._queued_rows and self._free):
+                return ready_at  # the wait released the lock: another thread took the work or the session
+            session = self._free.pop()
+            batch, expired = self._take_batch()
+            if self._queued_rows and self._free and self._idle and self._filler is None:
+                self._idle.pop().release()  # more than one batch waits: another session can help
             lock.release()
+            try:
+                for request in expired:
+                    if isinstance(request.error, CancelledError):
+                        self._deliver(request)  # closes its span; the future is cancelled already
+                    else:
+                        self._fail(request, self._expired_error())
+                if batch:
+                    self._execute(session, batch)
+            except BaseException:  # never let a worker die silently
+                logger.exception("inprocserve worker for %r v%s failed", self.model, self.version)
+            finally:
+                lock.acquire()
+                self._free.append(session)
+            return self._clock()
+        if self._closing and not self._queued_rows:
+            for other in self._idle:  # let parked workers see the close too
+                other.release()
+            self._idle.clear()
+            return None
+        self._idle.append(wake)
+        lock.release()
+        wake.acquire()
+        lock.acquire()
+        return self._clock()
 
     def _wait_for_companions(self, wake: Any, ready_at: float) -> bool:
         """With the lock held: if more rows are expected soon, wait for them (releasing the lock).

@@ -197,7 +197,7 @@ AUTO_THREADS_SERIAL_BELOW_S = 0.001
 
 def thread_budget(config: PoolConfig) -> int:
     """Intra-op threads per session such that (sessions x threads) <= usable cores."""
-    sessions = 1 if config.share_session else config.size
+    sessions = config.size if config.share_session is False else 1
     return config.intra_op_threads or max(1, usable_cores() // sessions)
 
 
@@ -246,6 +246,7 @@ class SessionPool:
         self.model = model
         self.version = version
         self.providers: list[str] = []
+        self.shared = False  # whether the pool's concurrent runs share one session
         self.signature: Signature | None = None
         self._warmup: Any = None
         self._output_names: list[str] = []
@@ -292,10 +293,15 @@ class SessionPool:
                 raise ServerClosedError(
                     f"model {self.model!r} version {self.version} is unloaded", model=self.model, version=self.version
                 )
-            if self.config.share_session:  # one session, size concurrent runs: one copy of the weights
-                sessions = [self._create(0)] * self.config.size
+            first = self._create(0)
+            shared = self.config.share_session
+            if shared is None:  # by measurement: shared is faster and smaller on the CPU (docs/performance.md)
+                shared = first.get_providers()[0] == _CPU
+            self.shared = shared
+            if shared:  # one session, size concurrent runs: one copy of the weights
+                sessions = [first] * self.config.size
             else:
-                sessions = [self._create(index) for index in range(self.config.size)]
+                sessions = [first] + [self._create(index) for index in range(1, self.config.size)]
             with self._lock:
                 self._sessions = sessions
                 self._ready = True

@@ -280,3 +280,19 @@ def test_preferred_batch_size_ends_the_wait_for_companions(busy_repository: Path
     second.result(timeout=10)
     assert time.monotonic() - started < 10  # far below the 20 s max_delay
     assert version_status(server, "busy")["batches_run"] == 2  # the blocker, then both together
+
+
+def test_several_sessions_waiting_for_companions_under_load(repository: Path, make_server: ServerFactory) -> None:
+    """Workers that wait for companions release the lock; when the wait ends another worker may have taken
+    the work or the last free session. Many short waits with two sessions exercise that path."""
+    save_model(build_mlp_model((32, 64, 4), seed=1), repository, "mlp", 1)
+    config = ModelConfig(pool=inprocserve.PoolConfig(size=2), batching=BatchingConfig(max_delay_ms=0.2))
+    server = make_server(repository, config=config)
+
+    def call(index: int) -> None:
+        x = np.full((1, 32), index, np.float32)
+        for _ in range(200):
+            assert server.predict("mlp", x)["y"].shape == (1, 4)
+
+    assert run_threads(32, call) == []
+    assert version_status(server, "mlp")["rows_run"] == 32 * 200

@@ -18,7 +18,7 @@ from .conftest import ServerFactory, run_threads, version_status
 
 def test_a_shared_session_serves_concurrent_batches(repository: Path, make_server: ServerFactory) -> None:
     path = save_model(build_mlp_model((16, 32, 4), seed=1), repository, "mlp", 1)
-    config = ModelConfig(pool=PoolConfig(size=3, share_session=True))
+    config = ModelConfig(pool=PoolConfig(size=3))  # on the CPU the default shares one session
     server = make_server(repository, config=config)
     reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = [np.random.default_rng(i).standard_normal((1, 16)).astype(np.float32) for i in range(24)]
@@ -30,8 +30,12 @@ def test_a_shared_session_serves_concurrent_batches(repository: Path, make_serve
 
     assert run_threads(24, call) == []
     assert version_status(server, "mlp")["pool_size"] == 3
+    assert version_status(server, "mlp")["shared_session"] is True
+    separate = make_server(repository, config=ModelConfig(pool=PoolConfig(size=2, share_session=False)))
+    assert version_status(separate, "mlp")["shared_session"] is False
     # the thread budget is not divided when the pool shares one session
-    assert thread_budget(PoolConfig(size=4, share_session=True)) == usable_cores()
+    assert thread_budget(PoolConfig(size=4)) == usable_cores()
+    assert thread_budget(PoolConfig(size=4, share_session=False)) == max(1, usable_cores() // 4)
 
 
 def test_arena_settings_load_and_serve(repository: Path, make_server: ServerFactory) -> None:

@@ -49,7 +49,7 @@ def test_require_gpu_raises_instead_of_falling_back() -> None:
 def test_thread_budget_never_oversubscribes_the_cores() -> None:
     cores = usable_cores()
     for size in (1, 2, 4, 64):
-        threads = thread_budget(PoolConfig(size=size))
+        threads = thread_budget(PoolConfig(size=size, share_session=False))
         assert threads >= 1
         assert size * threads <= max(cores, size)
     assert thread_budget(PoolConfig(intra_op_threads=3)) == 3
