@@ -131,6 +131,10 @@ class PoolConfig:
     """``"auto"``: CUDA when it is usable, else CPU. Or an explicit onnxruntime provider list."""
     device_ids: tuple[int, ...] = (0,)
     """GPU device ids; sessions of the pool are spread over them round-robin."""
+    provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Options per provider, passed to onnxruntime as they are, e.g. ``{"CUDAExecutionProvider":
+    {"arena_extend_strategy": "kSameAsRequested", "enable_cuda_graph": "1"}}`` (CUDA graphs need fixed
+    shapes). ``device_id`` is set per session from ``device_ids``."""
     require_gpu: bool = False
     """Raise :class:`ModelLoadError` instead of falling back to the CPU when no GPU is usable."""
     graph_optimization: GraphOptimization = "all"
@@ -163,6 +167,11 @@ class PoolConfig:
                 )
             object.__setattr__(self, "providers", tuple(self.providers))
         object.__setattr__(self, "device_ids", tuple(self.device_ids))
+        options = {
+            str(name): {str(k): str(v) for k, v in dict(values).items()}
+            for name, values in dict(self.provider_options).items()
+        }
+        object.__setattr__(self, "provider_options", options)
         if not self.device_ids or any(device < 0 for device in self.device_ids):
             raise ConfigurationError(f"pool.device_ids must be non-negative integers, got {self.device_ids}")
         if self.graph_optimization not in ("disable", "basic", "extended", "all"):

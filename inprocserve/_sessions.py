@@ -183,10 +183,10 @@ def resolve_providers(config: PoolConfig, *, device_id: int, cuda_usable: bool) 
         )
     resolved: list[ProviderSpec] = []
     for name in names:
+        options: dict[str, Any] = dict(config.provider_options.get(name, {}))
         if name in _GPU_PROVIDERS:
-            resolved.append((name, {"device_id": device_id}))
-        else:
-            resolved.append(name)
+            options["device_id"] = device_id
+        resolved.append((name, options) if options else name)
     return resolved
 
 

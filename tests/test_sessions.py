@@ -38,6 +38,25 @@ def test_explicit_providers_are_honoured_with_the_device_id() -> None:
     ]
 
 
+def test_provider_options_reach_each_session_with_its_device() -> None:
+    config = PoolConfig(
+        size=2,
+        share_session=False,
+        device_ids=(0, 1),
+        provider_options={
+            "CUDAExecutionProvider": {"enable_cuda_graph": 1, "arena_extend_strategy": "kSameAsRequested"}
+        },
+    )
+    first = resolve_providers(config, device_id=config.device_ids[0], cuda_usable=True)
+    second = resolve_providers(config, device_id=config.device_ids[1], cuda_usable=True)
+    assert first[0] == (
+        "CUDAExecutionProvider",
+        {"enable_cuda_graph": "1", "arena_extend_strategy": "kSameAsRequested", "device_id": 0},
+    )
+    assert second[0][1]["device_id"] == 1
+    assert first[1] == "CPUExecutionProvider"
+
+
 def test_require_gpu_raises_instead_of_falling_back() -> None:
     with pytest.raises(ModelLoadError, match="require_gpu"):
         resolve_providers(PoolConfig(require_gpu=True), device_id=0, cuda_usable=False)
