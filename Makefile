@@ -34,6 +34,7 @@ test: lint typecheck
 bench: install
 	$(BIN)/python benchmarks/coalescing.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/telemetry_overhead.py
+	$(BIN)/python benchmarks/performance.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

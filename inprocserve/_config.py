@@ -144,6 +144,10 @@ class PoolConfig:
     the weights however large the pool (``session.run`` is thread-safe). ``None`` (default): shared on the
     CPU, where it measured faster and smaller than separate sessions, and separate on a GPU, where one
     session's runs share one CUDA stream. See docs/performance.md."""
+    io_binding: bool | None = None
+    """Run through onnxruntime's I/O binding: inputs are copied to the device once and outputs are produced
+    on the device and copied back once, instead of through intermediate host buffers. ``None``
+    (default): on for GPU sessions, off on the CPU (where it only adds calls)."""
     memory_arena: bool = True
     """onnxruntime's CPU memory arena: fast, but it keeps the peak of what any batch needed."""
     arena_shrinkage: bool = False

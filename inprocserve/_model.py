@@ -221,6 +221,7 @@ class ModelVersion:
             "pool_size": self.config.pool.size,
             "intra_op_threads": self._pool.intra_op_threads,
             "shared_session": self._pool.shared,
+            "io_binding": self._pool.io_binding,
             "batchable": None if self.signature is None else self.signature.batchable,
             "max_batch_size": self.config.batching.max_batch_size,
             "max_delay_ms": None if batcher is None else round(batcher.max_delay_s * 1000, 3),

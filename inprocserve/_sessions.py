@@ -247,6 +247,8 @@ class SessionPool:
         self.version = version
         self.providers: list[str] = []
         self.shared = False  # whether the pool's concurrent runs share one session
+        self.io_binding = False  # whether runs go through onnxruntime's I/O binding (GPU sessions)
+        self._devices: dict[int, int] = {}  # id(session) -> the device id it was created for
         self.signature: Signature | None = None
         self._warmup: Any = None
         self._output_names: list[str] = []
@@ -298,6 +300,8 @@ class SessionPool:
             if shared is None:  # by measurement: shared is faster and smaller on the CPU (docs/performance.md)
                 shared = first.get_providers()[0] == _CPU
             self.shared = shared
+            binding = self.config.io_binding
+            self.io_binding = binding if binding is not None else first.get_providers()[0] != _CPU
             if shared:  # one session, size concurrent runs: one copy of the weights
                 sessions = [first] * self.config.size
             else:
@@ -359,6 +363,7 @@ class SessionPool:
                 version=self.version,
             ) from exc
         self.providers = list(session.get_providers())
+        self._devices[id(session)] = device_id
         if self._run_options is None:
             run_options = _ort().RunOptions()
             run_options.log_severity_level = 4  # run failures reach the caller as our exceptions; no printing
@@ -430,9 +435,26 @@ class SessionPool:
             InferenceError: (or a subclass) translated from onnxruntime's exception.
         """
         try:
+            if self.io_binding:
+                return self._run_bound(session, feeds)
             return session._sess.run(self._output_names, feeds, self._run_options)  # type: ignore[no-any-return]
         except Exception as exc:
             raise translate_run_error(exc, model=self.model, version=self.version) from exc
+
+    def _run_bound(self, session: Any, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+        """One run through I/O binding: each input copied to the session's device once, each output
+        allocated by onnxruntime on that device and copied back once."""
+        provider = session.get_providers()[0]
+        device = "cuda" if provider == _CUDA else "cpu"
+        device_id = self._devices.get(id(session), 0) if device == "cuda" else 0
+        binding = session.io_binding()
+        for name, array in feeds.items():
+            value = _ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, device_id)
+            binding.bind_ortvalue_input(name, value)
+        for name in self._output_names:
+            binding.bind_output(name, device, device_id)
+        session.run_with_iobinding(binding, self._run_options)
+        return list(binding.copy_outputs_to_cpu())
 
     def close(self) -> None:
         """Release every session. Callers must have drained their work first. Idempotent."""

@@ -65,3 +65,20 @@ def test_the_optimized_graph_is_cached_and_reused(repository: Path, make_server:
     third = make_server(repository, config=config)
     assert not np.allclose(third.predict("mlp", np.ones((2, 16), np.float32))["y"], expected)
     assert cached[0].stat().st_mtime_ns > written  # re-optimized from the new model
+
+
+def test_io_binding_path_gives_the_same_answers(repository: Path, make_server: ServerFactory) -> None:
+    """I/O binding is on by default only for GPU sessions; forced on here, it runs with the CPU provider."""
+    path = save_model(build_mlp_model((16, 32, 4), seed=4), repository, "mlp", 1)
+    server = make_server(repository, config=ModelConfig(pool=PoolConfig(io_binding=True)))
+    reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
+    np.testing.assert_allclose(server.predict("mlp", x)["y"], reference.run(None, {"x": x})[0], rtol=1e-6)
+    futures = [server.submit("mlp", x[i : i + 1]) for i in range(5)]  # merged batches too
+    for i, future in enumerate(futures):
+        np.testing.assert_allclose(
+            future.result(timeout=10)["y"], reference.run(None, {"x": x[i : i + 1]})[0], rtol=1e-6
+        )
+    status = version_status(server, "mlp")
+    assert status["io_binding"] is True
+    assert version_status(make_server(repository), "mlp")["io_binding"] is False  # default on the CPU
