@@ -72,7 +72,7 @@ def run_child(*args: str) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def workers_pss(repository: str, workers: int) -> dict[str, Any]:
+def workers_pss(repository: str, workers: int, pool: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fork ``workers`` processes after importing inprocserve (as gunicorn --preload does); each builds its
     server lazily; sum their PSS (shared pages counted once across them)."""
     script = f"""
@@ -81,7 +81,8 @@ pids = []
 for _ in range({workers}):
     pid = os.fork()
     if pid == 0:
-        server = inprocserve.Server({repository!r})
+        config = inprocserve.ModelConfig(pool=inprocserve.PoolConfig(**{pool or {}!r}))
+        server = inprocserve.Server({repository!r}, config=config)
         server.predict("big", np.ones((8, {BIG[0]}), np.float32))
         sys.stdout.write("ready\\n"); sys.stdout.flush()
         time.sleep(60)
@@ -132,6 +133,38 @@ def main() -> None:
         pss = {n: workers_pss(str(big_repo), n) for n in (1, 4)}
         results["workers_pss"] = pss
         print(f"PSS: 1 worker {pss[1]['pss_total_kb'] / 1024:.0f} MB, 4 workers {pss[4]['pss_total_kb'] / 1024:.0f} MB")
+        import onnx
+
+        external_repo = Path(folder) / "external-repo"
+        (external_repo / "big" / "1").mkdir(parents=True)
+        onnx.save_model(
+            onnx.load(str(path)),
+            str(external_repo / "big" / "1" / "model.onnx"),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="weights.bin",
+        )
+        shared = {n: workers_pss(str(external_repo), n, {"shared_weights": True}) for n in (1, 4)}
+        results["workers_pss_shared_weights"] = shared
+        print(
+            f"PSS, external weights + shared_weights: 1 worker {shared[1]['pss_total_kb'] / 1024:.0f} MB, "
+            f"4 workers {shared[4]['pss_total_kb'] / 1024:.0f} MB"
+        )
+        speed = {}
+        for label, repo, pool in (
+            ("default", big_repo, {}),
+            ("shared_weights", external_repo, {"shared_weights": True}),
+        ):
+            config = inprocserve.ModelConfig(pool=inprocserve.PoolConfig(**pool))
+            with inprocserve.Server(repo, config=config) as server:
+                x = np.ones((64, BIG[0]), np.float32)
+                server.predict("big", x)
+                started = time.perf_counter()
+                for _ in range(5):
+                    server.predict("big", x)
+                speed[label] = (time.perf_counter() - started) / 5 * 1000
+        results["shared_weights_run_ms"] = speed
+        print(f"64-row run: default {speed['default']:.1f} ms, shared_weights {speed['shared_weights']:.1f} ms")
 
         arena = {}
         for label, pool in (
@@ -226,6 +259,12 @@ def write_markdown(r: dict[str, Any]) -> None:
         f"{r['workers_pss'][1]['pss_total_kb'] / 1024:.0f} MB, of 4 workers together "
         f"{r['workers_pss'][4]['pss_total_kb'] / 1024:.0f} MB "
         f"({r['workers_pss'][4]['pss_total_kb'] / r['workers_pss'][1]['pss_total_kb']:.2f}x).",
+        "",
+        f"With the weights in an external data file and `pool.shared_weights = true`: 1 worker "
+        f"{r['workers_pss_shared_weights'][1]['pss_total_kb'] / 1024:.0f} MB, 4 workers "
+        f"{r['workers_pss_shared_weights'][4]['pss_total_kb'] / 1024:.0f} MB; a 64-row run takes "
+        f"{r['shared_weights_run_ms']['shared_weights']:.1f} ms instead of "
+        f"{r['shared_weights_run_ms']['default']:.1f} ms.",
         "",
         "## Arena (RSS MB: after warm-up / after a 2048-row burst / after 20 small requests)",
         "",

@@ -213,6 +213,8 @@ def session_options(config: PoolConfig, *, threads: int | None = None) -> Any:
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION[config.graph_optimization])
     options.log_severity_level = 3  # errors only: warnings about unused initializers etc. are noise here
     options.enable_cpu_mem_arena = config.memory_arena
+    if config.shared_weights:  # use memory-mapped external weights in place, shared between processes
+        options.add_session_config_entry("session.disable_prepacking", "1")
     spin = "1" if config.allow_spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)

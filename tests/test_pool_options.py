@@ -82,3 +82,24 @@ def test_io_binding_path_gives_the_same_answers(repository: Path, make_server: S
     status = version_status(server, "mlp")
     assert status["io_binding"] is True
     assert version_status(make_server(repository), "mlp")["io_binding"] is False  # default on the CPU
+
+
+def test_shared_weights_serve_a_model_with_external_data(tmp_path: Path, make_server: ServerFactory) -> None:
+    import onnx
+
+    model = build_mlp_model((64, 128, 4), seed=6)
+    folder = tmp_path / "models" / "mlp" / "1"
+    folder.mkdir(parents=True)
+    onnx.save_model(
+        model,
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    assert (folder / "weights.bin").stat().st_size > 30_000
+    reference = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    server = make_server(tmp_path / "models", config=ModelConfig(pool=PoolConfig(shared_weights=True)))
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    np.testing.assert_allclose(server.predict("mlp", x)["y"], reference.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
