@@ -38,7 +38,7 @@ from ._batch_ops import BatchShapeError, group_key, pad_and_stack, split_outputs
 from ._config import BatchingConfig
 from ._errors import DeadlineExceededError, InprocserveError, QueueFullError, ServerClosedError
 from ._sessions import SessionPool, abandon_inherited
-from ._telemetry import METRICS, end_batch_span, start_batch_span
+from ._telemetry import METRICS, end_batch_span, metering, start_batch_span, tracing
 
 __all__ = ["Batcher", "Request", "RunCost", "VersionRetiredError", "finish_detached"]
 
@@ -594,11 +594,15 @@ class Batcher:
         gets no separate batch span: its request span already carries the compute time and rows, and with
         an SDK installed each span costs tens of microseconds."""
         started = self._clock()
-        timing = BatchTiming(sum(request.rows for request in batch))
+        timing = BatchTiming(batch[0].rows if len(batch) == 1 else sum(request.rows for request in batch))
         for request in batch:
             request.queue_wait_s = max(0.0, started - request.enqueued_at) if request.enqueued_at else 0.0
             request.batch = timing
-        span = None if inline else start_batch_span(self.model, self.version, [request.span for request in batch])
+        span = (
+            None
+            if inline or not tracing()
+            else start_batch_span(self.model, self.version, [request.span for request in batch])
+        )
         try:
             self._run_isolating(session, batch)
         except Exception as exc:  # a bug, or the session failed as a whole: fail the batch, keep the worker
@@ -615,8 +619,9 @@ class Batcher:
                 compute_s=timing.compute_s,
                 error=batch[0].error if failed else None,
             )
-        METRICS.batch_size.record(timing.rows, self._metric_attributes)
-        METRICS.batch_duration.record(timing.compute_s, self._metric_attributes)
+        if metering():
+            METRICS.batch_size.record(timing.rows, self._metric_attributes)
+            METRICS.batch_duration.record(timing.compute_s, self._metric_attributes)
 
     def _run_isolating(self, session: Any, batch: list[Request]) -> None:
         """Run ``batch``; if it fails, bisect so only the failing request(s) get the error."""
@@ -690,6 +695,25 @@ class Batcher:
         at the same moment; the chain keeps two in play and measurably shortens the time until the last
         caller is back (docs/batching.md).
         """
+        if len(batch) == 1:  # the common case at low load: no lists, no chain
+            request = batch[0]
+            request.outputs = results[0]
+            with self._lock:
+                abandoned = request.state == _ABANDONED
+                request.state = _DONE
+                self._in_flight -= 1
+                self._active_rows -= request.rows
+                self.batches_run += 1
+                self.rows_run += request.rows
+                if self._closing:
+                    self._notify_if_drained()
+            if abandoned:
+                return
+            if request.future is None:
+                request.waiter.release()
+            else:
+                self._deliver(request)
+            return
         futures = []
         waiters: list[Request] = []
         rows = 0

@@ -179,7 +179,7 @@ class Router:
         self.interleaving_wins = {"A": 0, "B": 0, "ties": 0, "queries": 0}
         self.stable_alias: int | None = None
         self._default_decisions: dict[int, Decision] = {}
-        self.recent: deque[dict[str, np.ndarray]] = deque(maxlen=max(1, config.capture_inputs))
+        self.recent: deque[Mapping[str, np.ndarray]] = deque(maxlen=max(1, config.capture_inputs))
         self.update(config)
 
     def update(self, config: RolloutConfig) -> None:
@@ -304,7 +304,7 @@ class Router:
     def served(self, request_id: str, decision: Decision, arrays: Mapping[str, np.ndarray]) -> None:
         """Note who served a request (for outcomes) and keep its inputs (for guarded promotion)."""
         if self._capture:
-            self.recent.append(dict(arrays))
+            self.recent.append(arrays)  # validated arrays are never modified afterwards: no copy needed
         if decision.variant in ("default", "pinned"):
             return
         with self._lock:

@@ -35,7 +35,7 @@ from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_
 from ._rollout import Decision, FlagReader, Router
 from ._sessions import onnxruntime_version
 from ._shadow import ShadowComparison, ShadowRunner, compare_outputs
-from ._telemetry import METRICS, end_request_span, start_request_span
+from ._telemetry import METRICS, end_request_span, metering, start_request_span
 
 __all__ = ["Server"]
 
@@ -367,6 +367,8 @@ class Server:
             provider=decision.provider,
             error=error,
         )
+        if not metering():
+            return
         outcome = "ok" if error is None else type(error).__name__
         METRICS.request_duration.record(
             time.perf_counter() - request.started, self._metric_attributes(model, version, variant, outcome)

@@ -15,7 +15,8 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.metrics import _internal as _metrics_state
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
 
 __all__ = [
     "METRICS",
@@ -69,6 +70,17 @@ def tracer() -> trace.Tracer:
     return _TRACER
 
 
+def tracing() -> bool:
+    """Whether the application installed a tracer provider. Until it does, even a no-op span costs more
+    than this check, so the request path skips spans altogether."""
+    return trace._TRACER_PROVIDER is not None
+
+
+def metering() -> bool:
+    """Whether the application installed a meter provider (metric records are skipped until then)."""
+    return _metrics_state._METER_PROVIDER is not None
+
+
 def _short(value: object) -> str:
     text = str(value)
     return text if len(text) <= _MAX_ATTRIBUTE_CHARS else text[: _MAX_ATTRIBUTE_CHARS - 1] + "…"
@@ -76,7 +88,9 @@ def _short(value: object) -> str:
 
 def start_request_span(model: str) -> Span:
     """The span of one predict/submit/apredict call: a child of whatever span is current."""
-    return tracer().start_span(SPAN_PREDICT, kind=SpanKind.INTERNAL, attributes={ATTR_MODEL: model})
+    if trace._TRACER_PROVIDER is None:
+        return INVALID_SPAN
+    return _TRACER.start_span(SPAN_PREDICT, kind=SpanKind.INTERNAL, attributes={ATTR_MODEL: model})
 
 
 def end_request_span(
@@ -92,6 +106,8 @@ def end_request_span(
     provider: str | None,
     error: BaseException | None,
 ) -> None:
+    if span is INVALID_SPAN:
+        return
     if span.is_recording():
         attributes: dict[str, Any] = {ATTR_REQUEST_ROWS: rows, ATTR_OUTCOME: "ok" if error is None else "error"}
         if version is not None:
@@ -122,7 +138,7 @@ def start_batch_span(model: str, version: int, request_spans: Iterable[Span | No
     """The span of one executed batch: a root span with a link to every request span it served (one batch
     serves many traces, so it cannot have one parent)."""
     links = [Link(span.get_span_context()) for span in request_spans if span is not None]
-    return tracer().start_span(
+    return _TRACER.start_span(
         SPAN_BATCH,
         context=Context(),
         kind=SpanKind.INTERNAL,
