@@ -287,3 +287,39 @@ def test_gunicorn_two_workers_preload_sixteen_clients(repository: Path) -> None:
             process.stdout.close()
     # every worker shut down cleanly: none died by a signal (e.g. in onnxruntime's exit-time cleanup)
     assert "was sent" not in log, log
+
+
+def test_the_flask_login_user_decides_the_canary(repository: Path) -> None:
+    from flask_login import LoginManager, UserMixin, login_user
+
+    class User(UserMixin):
+        def __init__(self, user_id: str) -> None:
+            self.id = user_id
+
+    config = inprocserve.ModelConfig(
+        version_policy=inprocserve.VersionPolicy.all(),
+        rollout=inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=50),
+    )
+    app = make_app(repository, INPROCSERVE_MODEL_CONFIG=config, SECRET_KEY="tests")
+    login = LoginManager(app)
+    login.user_loader(User)
+
+    @app.post("/login/<user_id>")
+    def log_in(user_id: str) -> Any:
+        login_user(User(user_id))
+        return {}
+
+    try:
+        versions = set()
+        for i in range(20):
+            client = app.test_client()
+            client.post(f"/login/member-{i}")
+            answers = {
+                client.post("/score", json={"rows": [[1, 1, 1, 1]]}, headers={"X-User-Id": "ignored"}).json["version"]
+                for _ in range(3)
+            }
+            assert len(answers) == 1  # sticky per logged-in user, whatever the header says
+            versions |= answers
+        assert versions == {1, 2}
+    finally:
+        Inprocserve.close(app)

@@ -158,9 +158,11 @@ def default_context() -> dict[str, Any]:
     ``INPROCSERVE_USER_HEADER`` header, so canary and A/B assignments are sticky per user."""
     context: dict[str, Any] = {}
     user_id = None
-    user = getattr(g, "_login_user", None)  # flask-login's current user, if it has been loaded
-    if user is not None and getattr(user, "is_authenticated", False):
-        user_id = user.get_id()
+    if hasattr(current_app, "login_manager"):  # flask-login is set up on this app
+        from flask_login import current_user
+
+        if current_user.is_authenticated:
+            user_id = current_user.get_id()
     if user_id is None:
         user_id = request.headers.get(_state().config["INPROCSERVE_USER_HEADER"])
     if user_id is not None:
