@@ -174,6 +174,11 @@ def finish_detached(request: Request, outputs: Any, error: BaseException | None,
     request.outputs = outputs
     request.error = error
     request.state = _DONE
+    _answer(request, deliver)
+
+
+def _answer(request: Request, deliver: Finisher) -> None:
+    """Wake the synchronous caller, or resolve the future, of a finished request."""
     if request.future is None:
         request.waiter.release()
     else:
@@ -696,23 +701,7 @@ class Batcher:
         caller is back (docs/batching.md).
         """
         if len(batch) == 1:  # the common case at low load: no lists, no chain
-            request = batch[0]
-            request.outputs = results[0]
-            with self._lock:
-                abandoned = request.state == _ABANDONED
-                request.state = _DONE
-                self._in_flight -= 1
-                self._active_rows -= request.rows
-                self.batches_run += 1
-                self.rows_run += request.rows
-                if self._closing:
-                    self._notify_if_drained()
-            if abandoned:
-                return
-            if request.future is None:
-                request.waiter.release()
-            else:
-                self._deliver(request)
+            self._complete(batch[0], results[0], None, ran=True)
             return
         futures = []
         waiters: list[Request] = []
@@ -742,7 +731,10 @@ class Batcher:
         for request in futures:
             self._deliver(request)
 
-    def _complete(self, request: Request, outputs: dict[str, Any] | None, error: BaseException | None) -> None:
+    def _complete(
+        self, request: Request, outputs: dict[str, Any] | None, error: BaseException | None, *, ran: bool = False
+    ) -> None:
+        """Answer one request that was running; ``ran``: it ran as a batch of its own (count it)."""
         request.outputs = outputs
         request.error = error
         with self._lock:
@@ -750,22 +742,19 @@ class Batcher:
             request.state = _DONE
             self._in_flight -= 1
             self._active_rows -= request.rows
+            if ran:
+                self.batches_run += 1
+                self.rows_run += request.rows
             if self._closing:
                 self._notify_if_drained()
-        if abandoned:
-            return
-        if request.future is None:
-            request.waiter.release()
-        else:
-            self._deliver(request)
+        if not abandoned:
+            _answer(request, self._deliver)
 
     def _fail(self, request: Request, error: BaseException) -> None:
         if request.state == _DONE:  # expired or cancelled while queued: no longer counted as in flight
             request.error = error
-            if request.future is None:
-                request.waiter.release()
-            elif not request.future.done():
-                self._deliver(request)
+            if request.future is None or not request.future.done():
+                _answer(request, self._deliver)
             return
         self._complete(request, None, error)
 
