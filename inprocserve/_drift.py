@@ -216,6 +216,8 @@ class DriftMonitor:
                 "drifting": self.drifting,
                 "max_psi": max((s["psi"] for s in last.values()), default=None),
                 "features": last,
+                "psi_threshold": self.config.psi_threshold,
+                "ks_threshold": self.config.ks_threshold,
             }
 
     def observations(self) -> list[tuple[str, float, dict[str, Any]]]:
