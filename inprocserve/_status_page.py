@@ -23,23 +23,29 @@ _SIGNIFICANT_P = 0.05
 _PALETTE = ("#2f6fd6", "#e08a1e", "#3c9a5f", "#8e5cc4", "#c94c4c", "#2aa1a8", "#b5a019", "#6b7280")
 _LABEL_CHARS = 28  # longer labels in charts are cut (the tables show them whole)
 
-_STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;
-background:#f4f5f7;color:#1f2328}
-header{background:#1f2937;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
-header p{margin:4px 0 0;color:#cbd5e1;font-size:13px}main{padding:16px 24px;max-width:1240px}
-section.model{background:#fff;border:1px solid #d8dee4;border-radius:8px;margin:0 0 18px;padding:14px 18px}
-section.model>h2{margin:0 0 6px;font-size:18px}h3{font-size:14px;margin:14px 0 6px;color:#374151}
-.why{margin:4px 0 10px;color:#374151}.grid{display:grid;grid-template-columns:1fr 1fr;gap:4px 24px}
-table{border-collapse:collapse;font-size:13px;margin:2px 0 6px}th,td{padding:3px 10px 3px 0;text-align:left;
-vertical-align:top}th{color:#57606a;font-weight:600;border-bottom:1px solid #d8dee4}td.n{text-align:right;
-font-variant-numeric:tabular-nums}.badge{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;
-font-weight:600;margin-left:6px;vertical-align:1px}.ok{background:#dcfce7;color:#166534}.role{background:#e0e7ff;color:#3730a3}.warn{background:#fef3c7;
-color:#92400e}.bad{background:#fee2e2;color:#991b1b}.muted{color:#6b7280}.error{color:#991b1b;
-white-space:pre-wrap;word-break:break-word}svg{display:block;margin:2px 0 8px}svg text{font:11px system-ui,
-"DejaVu Sans",sans-serif;fill:#374151}.empty{color:#6b7280;font-style:italic;margin:2px 0 8px}
-.swatch{display:inline-block;width:10px;height:10px;margin-right:6px;border-radius:2px}th,.badge{white-space:nowrap}
-"""
+_STYLE = "".join(
+    (
+        'body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;',
+        "background:#f4f5f7;color:#1f2328}",
+        "header{background:#1f2937;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}",
+        "header p{margin:4px 0 0;color:#cbd5e1;font-size:13px}main{padding:16px 24px;max-width:1240px}",
+        "section.model{background:#fff;border:1px solid #d8dee4;border-radius:8px;margin:0 0 18px;padding:14px 18px}",
+        "section.model>h2{margin:0 0 6px;font-size:18px}h3{font-size:14px;margin:14px 0 6px;color:#374151}",
+        ".why{margin:4px 0 10px;color:#374151}.grid{display:grid;grid-template-columns:1fr 1fr;gap:4px 24px}",
+        "table{border-collapse:collapse;font-size:13px;margin:2px 0 6px}",
+        "th,td{padding:3px 10px 3px 0;text-align:left;vertical-align:top}",
+        "th{color:#57606a;font-weight:600;border-bottom:1px solid #d8dee4}",
+        "td.n{text-align:right;font-variant-numeric:tabular-nums}th,td.n,td:first-child,.badge{white-space:nowrap}",
+        ".badge{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;font-weight:600;",
+        "margin-left:6px;vertical-align:1px}.ok{background:#dcfce7;color:#166534}",
+        ".role{background:#e0e7ff;color:#3730a3}.warn{background:#fef3c7;color:#92400e}",
+        ".bad{background:#fee2e2;color:#991b1b}.error{color:#991b1b;white-space:pre-wrap;word-break:break-word}",
+        "svg{display:block;margin:2px 0 8px}",
+        'svg text{font:11px system-ui,"DejaVu Sans",sans-serif;fill:#374151}',
+        ".empty{color:#6b7280;font-style:italic;margin:2px 0 8px}",
+        ".swatch{display:inline-block;width:10px;height:10px;margin-right:6px;border-radius:2px}",
+    )
+)
 
 
 def render_status_page(
@@ -155,6 +161,10 @@ def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None) -> str:
     return sentence
 
 
+def _version_key(number: str) -> tuple[int, str]:
+    return (int(number), "") if number.isdigit() else (1 << 62, number)
+
+
 def _roles(model: Mapping[str, Any], rollout: Mapping[str, Any] | None) -> dict[str, list[str]]:
     """What each version does in the rollout as configured: stable, canary, an arm, a shadow."""
     roles: dict[str, list[str]] = {}
@@ -188,7 +198,7 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]], roles: Mapping[st
     if not versions:
         return '<p class="empty">No version found.</p>'
     rows = []
-    for number, entry in versions.items():
+    for number, entry in sorted(versions.items(), key=lambda item: _version_key(item[0])):
         state = str(entry.get("state", "unknown"))
         kind = {"ready": "ok", "failed": "bad", "loading": "warn", "draining": "warn"}.get(state, "warn")
         notes = [_badge(role, "role") for role in roles.get(number, [])]
@@ -199,9 +209,8 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]], roles: Mapping[st
         mean_rows = rows_run / batches if isinstance(batches, int) and batches and isinstance(rows_run, int) else None
         drift = entry.get("drift") if isinstance(entry.get("drift"), Mapping) else None
         drift_text = "—" if drift is None else _badge("drifting", "bad") if drift.get("drifting") else "no drift"
-        error = f'<div class="error">{_text(entry["error"])}</div>' if entry.get("error") else ""
         rows.append(
-            f"<tr><td>v{escape(number)}{''.join(notes)}</td><td>{_badge(state, kind)}{error}</td>"
+            f"<tr><td>v{escape(number)}{''.join(notes)}</td><td>{_badge(state, kind)}</td>"
             + "".join(
                 f'<td class="n">{cell}</td>'
                 for cell in (
@@ -217,6 +226,8 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]], roles: Mapping[st
             + f"<td>{drift_text}</td>"
             f"<td>{_text(', '.join(map(str, entry.get('providers') or [])) or '—')}</td></tr>"
         )
+        if entry.get("error"):
+            rows.append(f'<tr><td></td><td colspan="10" class="error">{_text(entry["error"])}</td></tr>')
     return (
         "<table><tr><th>version</th><th>state</th><th>requests</th><th>errors</th><th>p50</th><th>p90</th>"
         "<th>p99</th><th>batches</th><th>rows/batch</th><th>drift</th><th>providers</th></tr>"
@@ -333,7 +344,7 @@ def _version_charts(number: str, entry: Mapping[str, Any]) -> str:
         limit = float(threshold) if _finite(threshold) else None
         top = max([v for _, v in features] + [limit or 0.0, 1e-9])
         cells.append(
-            f"<div><h3>v{escape(number)} drift: PSI per feature over {_text(drift.get('windows'))} windows"
+            f"<div><h3>v{escape(number)} drift: PSI per feature, last of {_text(drift.get('windows'))} windows"
             f"{_badge('drifting', 'bad') if drift.get('drifting') else ''}</h3>"
             + _bars(features, maximum=top * 1.1, threshold=limit, value_text=lambda v: f"{v:.3f}")
             + "</div>"

@@ -81,9 +81,7 @@ def test_reference_captured_from_the_first_requests(repository: Path, make_serve
     assert "output:y[0]" in status["features"]  # captured references cover outputs too
 
 
-def test_requests_during_the_capture_do_not_replace_the_reference(
-    repository: Path, make_server: ServerFactory
-) -> None:
+def test_requests_during_the_capture_do_not_replace_the_reference(repository: Path, make_server: ServerFactory) -> None:
     """Rows that arrive while the captured reference is being built must not start a reference of their own."""
     save_model(build_scale_model(2.0), repository, "scale", 1)
     server = make_server(repository, config=ModelConfig(drift=DriftConfig(capture_reference=1000, window=1000)))

@@ -79,6 +79,7 @@ def rollout_server(repository: Path, make_server: ServerFactory) -> inprocserve.
         server.predict("fraud", rows, context={"user_id": str(user)})
         result = server.predict("ranker", rows, context={"user_id": str(user)})
         server.record_outcome(result.request_id, float(result.variant == "bigger" or user % 4 == 0), model="ranker")
+    wait_until(lambda: server.status()["models"]["fraud"]["versions"]["1"]["drift"]["windows"] > 0)
     return server
 
 
@@ -226,8 +227,12 @@ def test_hostile_names_from_a_real_model_are_escaped(repository: Path, make_serv
     save_model(model, repository, "echo", 1)
     drift = inprocserve.DriftConfig(capture_reference=10, window=10)
     server = make_server(repository, models={"echo": inprocserve.ModelConfig(drift=drift)})
-    for _ in range(30):
-        server.predict("echo", {HOSTILE: np.random.default_rng(0).normal(size=(2, 2)).astype(np.float32)})
+    rows = {HOSTILE: np.random.default_rng(0).normal(size=(2, 2)).astype(np.float32)}
+    for _ in range(5):  # the reference
+        server.predict("echo", rows)
+    wait_until(lambda: server.status()["models"]["echo"]["versions"]["1"]["drift"]["reference_ready"])
+    for _ in range(5):  # a window
+        server.predict("echo", rows)
     wait_until(lambda: bool(server.status()["models"]["echo"]["versions"]["1"]["drift"]["features"]))
     status = server.status()
     features = status["models"]["echo"]["versions"]["1"]["drift"]["features"]
