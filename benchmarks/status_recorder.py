@@ -17,7 +17,6 @@ import json
 import tempfile
 import time
 import timeit
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,7 +118,8 @@ def main() -> None:
         f"{results['completion_hunk_ns']:.0f} ns |",
         f"| `BatchSizeHistogram.record` per batch | {results['batch_record_ns']:.0f} ns |",
         f"| `Server.status()`, 3 models x 2 versions (off the request path) | {results['status_us']:.0f} µs |",
-        f"| `render_status_page` of that status ({results['page_bytes'] / 1024:.0f} KiB) | {results['render_us']:.0f} µs |",
+        f"| `render_status_page` of that status ({results['page_bytes'] / 1024:.0f} KiB) | "
+        f"{results['render_us']:.0f} µs |",
         "",
     ]
     (RESULTS / "status_recorder.md").write_text("\n".join(lines))
