@@ -344,7 +344,8 @@ def _version_charts(number: str, entry: Mapping[str, Any]) -> str:
         limit = float(threshold) if _finite(threshold) else None
         top = max([v for _, v in features] + [limit or 0.0, 1e-9])
         cells.append(
-            f"<div><h3>v{escape(number)} drift: PSI per feature, last of {_text(drift.get('windows'))} windows"
+            f"<div><h3>v{escape(number)} drift: PSI per feature in the last window "
+            f"({_text(drift.get('windows'))} scored)"
             f"{_badge('drifting', 'bad') if drift.get('drifting') else ''}</h3>"
             + _bars(features, maximum=top * 1.1, threshold=limit, value_text=lambda v: f"{v:.3f}")
             + "</div>"
