@@ -229,7 +229,7 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]], roles: Mapping[st
         if entry.get("error"):
             rows.append(f'<tr><td></td><td colspan="10" class="error">{_text(entry["error"])}</td></tr>')
     return (
-        "<table><tr><th>version</th><th>state</th><th>requests</th><th>errors</th><th>p50</th><th>p90</th>"
+        "<table><tr><th>version</th><th>state</th><th>answered</th><th>errors</th><th>p50</th><th>p90</th>"
         "<th>p99</th><th>batches</th><th>rows/batch</th><th>drift</th><th>providers</th></tr>"
         + "".join(rows)
         + "</table>"
