@@ -42,6 +42,7 @@ from ._flags import EnvFlags, FileFlags, FlagError, FlagProvider, InMemoryFlags,
 from ._prediction import Prediction
 from ._server import InterleavedRanking, Server
 from ._shadow import ShadowComparison
+from ._status_page import STATUS_PAGE_CSP, render_status_page
 
 __version__ = "0.1.0"
 
@@ -71,6 +72,7 @@ __all__ = [
     "PromotionRefusedError",
     "QueueFullError",
     "RolloutConfig",
+    "STATUS_PAGE_CSP",
     "Server",
     "ServerClosedError",
     "ShadowComparison",
@@ -78,6 +80,7 @@ __all__ = [
     "VersionPolicy",
     "WarmupConfig",
     "__version__",
+    "render_status_page",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

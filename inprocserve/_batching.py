@@ -38,6 +38,7 @@ from ._batch_ops import BatchShapeError, group_key, pad_and_stack, split_outputs
 from ._config import BatchingConfig
 from ._errors import DeadlineExceededError, InprocserveError, QueueFullError, ServerClosedError
 from ._sessions import SessionPool, abandon_inherited
+from ._stats import BatchSizeHistogram
 from ._telemetry import METRICS, end_batch_span, metering, start_batch_span, tracing
 
 __all__ = ["Batcher", "Request", "RunCost", "VersionRetiredError", "finish_detached"]
@@ -266,6 +267,7 @@ class Batcher:
         self._drained = threading.Condition(self._lock)
         self.batches_run = 0
         self.rows_run = 0
+        self.batch_sizes = BatchSizeHistogram()
 
     def _after_fork_in_child(self) -> None:
         closing = self._closing
@@ -624,6 +626,7 @@ class Batcher:
                 compute_s=timing.compute_s,
                 error=batch[0].error if failed else None,
             )
+        self.batch_sizes.record(timing.rows)
         if metering():
             METRICS.batch_size.record(timing.rows, self._metric_attributes)
             METRICS.batch_duration.record(timing.compute_s, self._metric_attributes)

@@ -131,6 +131,8 @@ class DriftMonitor:
         """Note one answered request (cheap: keeps references; scoring happens on a background thread)."""
         with self._lock:
             if self._features is None:
+                if self._captured_rows >= self.config.capture_reference:
+                    return  # the reference is being built on the background thread: do not start another
                 self._capture.append((arrays, outputs))
                 self._captured_rows += rows
                 if self._captured_rows < self.config.capture_reference:
@@ -216,6 +218,8 @@ class DriftMonitor:
                 "drifting": self.drifting,
                 "max_psi": max((s["psi"] for s in last.values()), default=None),
                 "features": last,
+                "psi_threshold": self.config.psi_threshold,
+                "ks_threshold": self.config.ks_threshold,
             }
 
     def observations(self) -> list[tuple[str, float, dict[str, Any]]]:

@@ -22,6 +22,7 @@ from ._drift import DriftMonitor
 from ._errors import InprocserveError, ModelLoadError
 from ._sessions import SessionPool
 from ._signature import Signature
+from ._stats import LatencyHistogram
 
 __all__ = ["ModelVersion"]
 
@@ -53,6 +54,7 @@ class ModelVersion:
         self.run_cost: RunCost | None = None
         self.drift: DriftMonitor | None = None
         self.cache = PredictionCache(config.cache, clock=clock) if config.cache.enabled else None
+        self.latency = LatencyHistogram()  # fed by the server when a request to this version finishes
         self._deliver = deliver
         self._clock = clock
         self._pool = SessionPool(path, config.pool, model=name, version=version)
@@ -239,4 +241,8 @@ class ModelVersion:
             "signature": None if self.signature is None else self.signature.to_dict(),
             "drift": None if self.drift is None else self.drift.status(),
             "cache": None if self.cache is None else self.cache.status(),
+            "latency_ms": self.latency.snapshot(),
+            "batch_size": None
+            if batcher is None
+            else batcher.batch_sizes.snapshot(max_rows=self.config.batching.max_batch_size),
         }

@@ -371,7 +371,20 @@ class Router:
             "tests": tests,
             "interleaving": wins if wins["queries"] else None,
             "flags": self._flags.status(),
+            "configured": _configured(self.config),
         }
+
+
+def _configured(config: RolloutConfig) -> dict[str, Any]:
+    """The rollout as configured (flags may override any of it per request)."""
+    return {
+        "candidate": config.candidate,
+        "canary_percent": config.canary_percent,
+        "arms": {name: {"version": arm.version, "weight": arm.weight} for name, arm in config.variants.items()},
+        "bandit_policy": config.bandit_policy,
+        "shadow": list(config.shadow),
+        "shadow_percent": config.shadow_percent,
+    }
 
 
 def _winner(clicks: Mapping[str, int]) -> str | None:

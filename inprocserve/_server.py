@@ -354,6 +354,10 @@ class Server:
             if target is not None and target.cache is not None:
                 target.cache.finish(request.cache_key, request.outputs if error is None else None, error)
             request.cache_key = None
+        serving = self._routes.get(model)
+        finished = None if serving is None else serving.versions.get(version)
+        if finished is not None:  # latency percentiles in status(), with or without an OpenTelemetry SDK
+            finished.latency.record(time.perf_counter() - request.started, failed=error is not None)
         decision: Decision = request.meta[6]
         end_request_span(
             request.span,

@@ -81,6 +81,19 @@ def test_reference_captured_from_the_first_requests(repository: Path, make_serve
     assert "output:y[0]" in status["features"]  # captured references cover outputs too
 
 
+def test_requests_during_the_capture_do_not_replace_the_reference(repository: Path, make_server: ServerFactory) -> None:
+    """Rows that arrive while the captured reference is being built must not start a reference of their own."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(capture_reference=1000, window=1000)))
+    rng = np.random.default_rng(6)
+    for _ in range(3000):  # one row at a time, no pause after the capture: the reference builds meanwhile
+        server.predict("scale", rng.normal(0, 1, (1, 4)).astype(np.float32))
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] >= 1
+    assert status["drifting"] is False and status["max_psi"] < 0.1
+
+
 def test_a_bad_reference_file_fails_the_load(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
     np.savez(repository / "scale" / "reference.npz", other=np.ones(3))

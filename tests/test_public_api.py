@@ -15,6 +15,11 @@ def test_all_is_sorted_and_every_name_exists() -> None:
         assert hasattr(inprocserve, name), name
 
 
+def test_the_status_page_is_public() -> None:
+    assert {"STATUS_PAGE_CSP", "render_status_page"} <= set(inprocserve.__all__)
+    assert callable(inprocserve.render_status_page)
+
+
 def test_private_modules_are_not_exported() -> None:
     assert not [name for name in inprocserve.__all__ if name.startswith("_") and name != "__version__"]
 

@@ -89,4 +89,13 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     id="inprocserve.E002",
                 )
             )
+    if config["STATUS_PAGE"] and not (isinstance(config["STATUS_PAGE_TOKEN"], str) and config["STATUS_PAGE_TOKEN"]):
+        messages.append(
+            Error(
+                "INPROCSERVE['STATUS_PAGE'] is on but INPROCSERVE['STATUS_PAGE_TOKEN'] is not set: "
+                "the page answers 404.",
+                hint="Set STATUS_PAGE_TOKEN to a long random string (for example secrets.token_urlsafe(32)).",
+                id="inprocserve.E005",
+            )
+        )
     return messages

@@ -19,6 +19,8 @@ DEFAULTS: dict[str, Any] = {
     "TIMEOUT_S": None,  # default budget of a request
     "RETRY_AFTER_S": 1,
     "REQUIRED_MODELS": [],  # models /ready waits for (default: every model found)
+    "STATUS_PAGE": False,  # serve the HTML status page at <prefix>status (needs STATUS_PAGE_TOKEN)
+    "STATUS_PAGE_TOKEN": None,  # a long random string; send it as a Bearer token or Basic password
 }
 
 

@@ -32,6 +32,8 @@ from werkzeug.local import LocalProxy
 
 import inprocserve
 
+from .status_page import add_status_page
+
 __all__ = ["Inprocserve", "default_context", "predict", "server", "timeout"]
 
 _EXTENSION = "inprocserve"
@@ -49,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "INPROCSERVE_ENDPOINTS": True,  # health, ready and models endpoints
     "INPROCSERVE_URL_PREFIX": "/-/inprocserve",
     "INPROCSERVE_ADMIN_TOKEN": None,  # set it to enable the reload and switch endpoints
+    "INPROCSERVE_STATUS_PAGE": False,  # serve the HTML status page at {prefix}/status (needs a token)
+    "INPROCSERVE_STATUS_PAGE_TOKEN": None,  # its token (default: INPROCSERVE_ADMIN_TOKEN)
     "INPROCSERVE_ERROR_HANDLERS": True,
     "INPROCSERVE_ERROR_STATUS": {},  # exception class -> HTTP status, over the defaults
     "INPROCSERVE_RETRY_AFTER_S": 1,
@@ -131,6 +135,8 @@ class Inprocserve:
                 app.register_error_handler(error_type, _error_handler(status, retry_after))
         if app.config["INPROCSERVE_ENDPOINTS"]:
             app.register_blueprint(_blueprint(app.config), url_prefix=app.config["INPROCSERVE_URL_PREFIX"])
+        elif app.config["INPROCSERVE_STATUS_PAGE"]:
+            raise inprocserve.ConfigurationError("INPROCSERVE_STATUS_PAGE needs INPROCSERVE_ENDPOINTS = True")
         if app.config["INPROCSERVE_EAGER"]:
             state.server  # noqa: B018 - builds it now, so a broken repository fails the start-up
 
@@ -262,6 +268,8 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     @blueprint.get("/models")
     def models() -> Any:
         return jsonify(_state().server.status())
+
+    add_status_page(blueprint, config, lambda: _state().server)
 
     if token:
 

@@ -1,0 +1,538 @@
+"""The status page: one self-contained HTML document, with inline SVG charts, drawn from ``Server.status()``.
+
+It lives in the core, free of any web framework, so the Flask and Django plug-ins serve the same page. The
+page has no script and loads nothing: every style is inline and every chart is SVG drawn here, so it works
+behind a strict ``Content-Security-Policy`` (see :data:`STATUS_PAGE_CSP`) and needs no front-end build.
+Every value from the status is escaped, since model names, feature names and error messages end up in it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from html import escape
+from typing import Any, TypeGuard
+
+__all__ = ["STATUS_PAGE_CSP", "render_status_page"]
+
+STATUS_PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
+"""A Content-Security-Policy the page works under: no script, no fetch, no frame; only its inline styles."""
+
+_SIGNIFICANT_P = 0.05
+_PALETTE = ("#2f6fd6", "#e08a1e", "#3c9a5f", "#8e5cc4", "#c94c4c", "#2aa1a8", "#b5a019", "#6b7280")
+_LABEL_CHARS = 28  # longer labels in charts are cut (the tables show them whole)
+
+_STYLE = "".join(
+    (
+        'body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;',
+        "background:#f4f5f7;color:#1f2328}",
+        "header{background:#1f2937;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}",
+        "header p{margin:4px 0 0;color:#cbd5e1;font-size:13px}main{padding:16px 24px;max-width:1240px}",
+        "section.model{background:#fff;border:1px solid #d8dee4;border-radius:8px;margin:0 0 18px;padding:14px 18px}",
+        "section.model>h2{margin:0 0 6px;font-size:18px}h3{font-size:14px;margin:14px 0 6px;color:#374151}",
+        ".why{margin:4px 0 10px;color:#374151}.grid{display:grid;grid-template-columns:1fr 1fr;gap:4px 24px}",
+        "table{border-collapse:collapse;font-size:13px;margin:2px 0 6px}",
+        "th,td{padding:3px 10px 3px 0;text-align:left;vertical-align:top}",
+        "th{color:#57606a;font-weight:600;border-bottom:1px solid #d8dee4}",
+        "td.n{text-align:right;font-variant-numeric:tabular-nums}th,td.n,td:first-child,.badge{white-space:nowrap}",
+        ".badge{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;font-weight:600;",
+        "margin-left:6px;vertical-align:1px}.ok{background:#dcfce7;color:#166534}",
+        ".role{background:#e0e7ff;color:#3730a3}.warn{background:#fef3c7;color:#92400e}",
+        ".bad{background:#fee2e2;color:#991b1b}.error{color:#991b1b;white-space:pre-wrap;word-break:break-word}",
+        "svg{display:block;margin:2px 0 8px}",
+        'svg text{font:11px system-ui,"DejaVu Sans",sans-serif;fill:#374151}',
+        ".empty{color:#6b7280;font-style:italic;margin:2px 0 8px}",
+        ".swatch{display:inline-block;width:10px;height:10px;margin-right:6px;border-radius:2px}",
+    )
+)
+
+
+def render_status_page(
+    status: Mapping[str, Any], *, title: str = "inprocserve status", now: datetime | None = None
+) -> str:
+    """Render ``Server.status()`` as a complete HTML page (a ``str``; serve it as ``text/html; charset=utf-8``).
+
+    Shows every model and version with its state, which version answers and why, traffic per variant, A/B
+    statistics with their significance, bandit arm shares, shadow agreement, drift per feature against its
+    threshold, latency percentiles and batch sizes. Pure and thread-safe: it only reads ``status``.
+
+    Args:
+        status: What :meth:`Server.status` returned (possibly after a JSON round trip).
+        title: The page's heading and ``<title>``.
+        now: The time printed as "generated at" (default: the current time, UTC).
+
+    Raises:
+        TypeError: ``status`` is not a mapping with a ``models`` mapping.
+    """
+    if not isinstance(status, Mapping) or not isinstance(status.get("models"), Mapping):
+        raise TypeError("status must be what Server.status() returns: a mapping with a 'models' mapping")
+    when = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    models = status["models"]
+    facts = [
+        f"{len(models)} model{'s' if len(models) != 1 else ''}",
+        f"onnxruntime {_text(status.get('onnxruntime'))}",
+        f"repository {_text(status.get('repository'))}",
+        f"generated at {escape(when)}",
+    ]
+    if status.get("closed"):
+        facts.insert(0, '<span class="badge bad">server closed</span>')
+    body = [_model_section(name, model) for name, model in models.items() if isinstance(model, Mapping)]
+    if not body:
+        body.append('<p class="empty">No model is loaded.</p>')
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="robots" content="noindex">'
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<header><h1>{escape(title)}</h1><p>{' · '.join(facts)}</p></header>"
+        f"<main>{''.join(body)}</main></body></html>\n"
+    )
+
+
+# -- one model ---------------------------------------------------------------------------------------------
+
+
+def _model_section(name: str, model: Mapping[str, Any]) -> str:
+    versions = _entries(model.get("versions"))
+    rollout = model.get("rollout") if isinstance(model.get("rollout"), Mapping) else None
+    ready = bool(model.get("ready"))
+    parts = [
+        f'<section class="model" id="model-{escape(str(name))}">'
+        f"<h2>{escape(str(name))}{_badge('ready', 'ok') if ready else _badge('not ready', 'bad')}</h2>",
+        f'<p class="why">{_why(model, rollout)}</p>',
+    ]
+    if model.get("config_error"):
+        parts.append(f'<p class="error">Configuration error: {_text(model["config_error"])}</p>')
+    parts.append("<h3>Versions</h3>" + _versions_table(versions, _roles(model, rollout)))
+    if rollout is not None:
+        parts.append(_rollout_block(rollout))
+    shadow = model.get("shadow")
+    if isinstance(shadow, Mapping) and shadow:
+        parts.append(_shadow_block(shadow))
+    charts = [_version_charts(number, entry) for number, entry in versions.items() if entry.get("state") != "failed"]
+    parts.extend(chart for chart in charts if chart)
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None) -> str:
+    """Which version answers, and why, in one sentence (flags may override it per request)."""
+    default = model.get("default_version")
+    if default is None:
+        return "No version is servable, so requests to this model fail with ModelNotFoundError."
+    if rollout is None:
+        return f"Version {_text(default)} answers every request: the latest ready version."
+    configured = _mapping(rollout.get("configured"))
+    strategy = rollout.get("strategy")
+    stable = rollout.get("stable_alias")
+    stable_text = (
+        f"stable alias version {_text(stable)}"
+        if stable is not None
+        else f"the latest ready version ({_text(default)})"
+    )
+    if strategy == "canary":
+        sentence = (
+            f"Canary: {_number(configured.get('canary_percent'))} % of targeting keys go to version "
+            f"{_text(configured.get('candidate'))}; the rest to the {stable_text}."
+        )
+    elif strategy in ("ab", "bandit"):
+        listed = ", ".join(
+            f"{escape(str(arm))} → v{_text(spec.get('version'))}"
+            + (f" ({_number(spec.get('weight'))})" if strategy == "ab" else "")
+            for arm, spec in _entries(configured.get("arms")).items()
+        )
+        if strategy == "ab":
+            sentence = f"A/B test, sticky per targeting key, split by weight: {listed}."
+        else:
+            sentence = (
+                f"Bandit ({_text(configured.get('bandit_policy'))}): each request goes to the arm the policy "
+                f"picks from the outcomes recorded so far: {listed}."
+            )
+    else:
+        sentence = f"The {stable_text} answers every request."
+    flags = rollout.get("flags")
+    if isinstance(flags, Mapping):
+        sentence += (
+            f" Flags from {_text(flags.get('provider'))} may override this per request "
+            f"({_text(flags.get('failures', 0))} provider failures, {_text(flags.get('timeouts', 0))} timeouts "
+            "fell back to the stable version)."
+        )
+    return sentence
+
+
+def _version_key(number: str) -> tuple[int, str]:
+    return (int(number), "") if number.isdigit() else (1 << 62, number)
+
+
+def _roles(model: Mapping[str, Any], rollout: Mapping[str, Any] | None) -> dict[str, list[str]]:
+    """What each version does in the rollout as configured: stable, canary, an arm, a shadow."""
+    roles: dict[str, list[str]] = {}
+    if model.get("default_version") is None:
+        return roles
+    stable = model.get("default_version") if rollout is None else rollout.get("stable_alias")
+    configured = _mapping(_mapping(rollout).get("configured"))
+    strategy = _mapping(rollout).get("strategy")
+    if strategy in ("ab", "bandit"):
+        for arm, spec in _entries(configured.get("arms")).items():
+            roles.setdefault(str(spec.get("version")), []).append(f"arm {arm}")
+    else:
+        roles.setdefault(str(stable if stable is not None else model.get("default_version")), []).append("stable")
+        if strategy == "canary" and configured.get("candidate") is not None:
+            canary = f"canary {_number(configured.get('canary_percent'))}%"
+            roles.setdefault(str(configured["candidate"]), []).append(canary)
+    shadows = configured.get("shadow")
+    for version in shadows if isinstance(shadows, list | tuple) else ():
+        roles.setdefault(str(version), []).append("shadow")
+    return roles
+
+
+def _variant_order(rollout: Mapping[str, Any]) -> list[str]:
+    """Variants in configured order, the control first (as the router compares them)."""
+    order = [str(name) for name in _mapping(_mapping(rollout.get("configured")).get("arms"))] or ["stable", "canary"]
+    seen = [str(name) for name in _mapping(rollout.get("variants"))]
+    return [name for name in order if name in seen] + [name for name in seen if name not in order]
+
+
+def _versions_table(versions: Mapping[str, Mapping[str, Any]], roles: Mapping[str, list[str]]) -> str:
+    if not versions:
+        return '<p class="empty">No version found.</p>'
+    rows = []
+    for number, entry in sorted(versions.items(), key=lambda item: _version_key(item[0])):
+        state = str(entry.get("state", "unknown"))
+        kind = {"ready": "ok", "failed": "bad", "loading": "warn", "draining": "warn"}.get(state, "warn")
+        notes = [_badge(role, "role") for role in roles.get(number, [])]
+        if entry.get("serving") is False and state != "failed":
+            notes.append(_badge("not routable", "warn"))
+        latency = _mapping(entry.get("latency_ms"))
+        batches, rows_run = entry.get("batches_run"), entry.get("rows_run")
+        mean_rows = rows_run / batches if isinstance(batches, int) and batches and isinstance(rows_run, int) else None
+        drift = entry.get("drift") if isinstance(entry.get("drift"), Mapping) else None
+        drift_text = "—" if drift is None else _badge("drifting", "bad") if drift.get("drifting") else "no drift"
+        rows.append(
+            f"<tr><td>v{escape(number)}{''.join(notes)}</td><td>{_badge(state, kind)}</td>"
+            + "".join(
+                f'<td class="n">{cell}</td>'
+                for cell in (
+                    _text(latency.get("count")),
+                    _text(latency.get("errors")),
+                    _ms(latency.get("p50")),
+                    _ms(latency.get("p90")),
+                    _ms(latency.get("p99")),
+                    _text(batches),
+                    _number(mean_rows, 2),
+                )
+            )
+            + f"<td>{drift_text}</td>"
+            f"<td>{_text(', '.join(map(str, entry.get('providers') or [])) or '—')}</td></tr>"
+        )
+        if entry.get("error"):
+            rows.append(f'<tr><td></td><td colspan="10" class="error">{_text(entry["error"])}</td></tr>')
+    return (
+        "<table><tr><th>version</th><th>state</th><th>answered</th><th>errors</th><th>p50</th><th>p90</th>"
+        "<th>p99</th><th>batches</th><th>rows/batch</th><th>drift</th><th>providers</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _rollout_block(rollout: Mapping[str, Any]) -> str:
+    raw = _entries(rollout.get("variants"))
+    variants = {name: raw[name] for name in _variant_order(rollout) if name in raw}
+    strategy = rollout.get("strategy")
+    parts = []
+    served = [(name, float(stats.get("served") or 0)) for name, stats in variants.items()]
+    total = sum(count for _, count in served)
+    if total > 0:
+        heading = "Bandit arm shares" if strategy == "bandit" else "Traffic per variant"
+        chart = (
+            _bars([(name, count / total) for name, count in served], maximum=1.0, value_text=_percent)
+            if strategy == "bandit"
+            else _share_bar(served)
+        )
+        rows = "".join(
+            f"<tr><td>{_swatch(index)}{escape(name)}</td><td class='n'>{_text(stats.get('served'))}</td>"
+            f"<td class='n'>{_percent((stats.get('served') or 0) / total)}</td>"
+            f"<td class='n'>{_text(stats.get('outcomes'))}</td>"
+            f"<td class='n'>{_number(stats.get('mean_reward'), 4)}</td></tr>"
+            for index, (name, stats) in enumerate(variants.items())
+        )
+        parts.append(
+            f"<div><h3>{heading}</h3>{chart}<table><tr><th>variant</th><th>served</th>"
+            f"<th>share</th><th>outcomes</th><th>mean reward</th></tr>{rows}</table></div>"
+        )
+    tests = _entries(rollout.get("tests"))
+    if tests:
+        control = next(iter(variants), "control")
+        rows = "".join(_test_row(name, test) for name, test in tests.items())
+        parts.append(
+            f"<div><h3>Outcomes against the control, {escape(control)}</h3><table><tr><th>variant</th>"
+            f"<th>difference</th><th>test</th><th>p-value</th><th>verdict</th></tr>{rows}</table></div>"
+        )
+    interleaving = rollout.get("interleaving")
+    if isinstance(interleaving, Mapping):
+        wins = [(team, float(interleaving.get(team) or 0)) for team in ("A", "B", "ties")]
+        parts.append(
+            f"<div><h3>Interleaving wins over {_text(interleaving.get('queries'))} queries</h3>"
+            + _bars(wins, maximum=max([1.0] + [v for _, v in wins]), value_text=lambda v: f"{v:.0f}")
+            + "</div>"
+        )
+    return f'<div class="grid">{"".join(parts)}</div>' if parts else ""
+
+
+def _test_row(name: str, test: Mapping[str, Any]) -> str:
+    p_value = test.get("p_value")
+    if not isinstance(p_value, int | float) or math.isnan(p_value):
+        verdict = _badge("not enough data", "warn")
+    elif p_value < _SIGNIFICANT_P and test.get("reliable"):
+        verdict = _badge(f"significant (p < {_SIGNIFICANT_P:g})", "ok")
+    elif p_value < _SIGNIFICANT_P:
+        verdict = _badge("p < 0.05 but under 30 outcomes a side", "warn")
+    else:
+        verdict = _badge("not significant", "warn")
+    p_text = "—" if not isinstance(p_value, int | float) else "&lt; 0.001" if p_value < 0.001 else f"{p_value:.3f}"
+    difference = test.get("difference")
+    sign = "+" if isinstance(difference, int | float) and difference > 0 else ""
+    return (
+        f"<tr><td>{escape(name)}</td><td class='n'>{sign}{_number(difference, 4)}</td>"
+        f"<td>{_text(test.get('test'))}</td><td class='n'>{p_text}</td><td>{verdict}</td></tr>"
+    )
+
+
+def _shadow_block(shadow: Mapping[str, Any]) -> str:
+    rows = []
+    agreement = []
+    for version, stats in shadow.items():
+        if not isinstance(stats, Mapping):
+            continue
+        label = stats.get("label_agreement")
+        if isinstance(label, int | float):
+            agreement.append((f"v{version}", float(label)))
+        dropped = (stats.get("dropped_queue_full") or 0) + (stats.get("dropped_no_spare_capacity") or 0)
+        rows.append(
+            f"<tr><td>v{escape(str(version))}</td><td class='n'>{_text(stats.get('runs'))}</td>"
+            f"<td class='n'>{_text(stats.get('errors'))}</td><td class='n'>{_text(dropped)}</td>"
+            f"<td class='n'>{_percent(label)}</td><td class='n'>{_number(stats.get('mean_max_abs_diff'), 4)}</td>"
+            f"<td class='n'>{_number(stats.get('max_abs_diff'), 4)}</td></tr>"
+        )
+    chart = _bars(agreement, maximum=1.0, value_text=_percent) if agreement else ""
+    return (
+        "<h3>Shadow agreement with the answering version</h3>"
+        + chart
+        + "<table><tr><th>shadow</th><th>runs</th><th>errors</th><th>dropped</th><th>label agreement</th>"
+        "<th>mean max |diff|</th><th>max |diff|</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _version_charts(number: str, entry: Mapping[str, Any]) -> str:
+    cells = []
+    latency = entry.get("latency_ms")
+    if isinstance(latency, Mapping) and latency.get("count"):
+        cells.append(f"<div><h3>v{escape(number)} latency (ms, log scale)</h3>{_latency_chart(latency)}</div>")
+    batch = entry.get("batch_size")
+    if isinstance(batch, Mapping) and batch.get("batches"):
+        histogram = [(str(k), float(v)) for k, v in _mapping(batch.get("histogram")).items() if _finite(v)]
+        cells.append(f"<div><h3>v{escape(number)} batch sizes (rows per run)</h3>{_columns(histogram)}</div>")
+    drift = entry.get("drift")
+    if isinstance(drift, Mapping) and drift.get("features"):
+        threshold = drift.get("psi_threshold")
+        features = [
+            (name, float(score["psi"]))
+            for name, score in _entries(drift["features"]).items()
+            if _finite(score.get("psi"))
+        ]
+        limit = float(threshold) if _finite(threshold) else None
+        top = max([v for _, v in features] + [limit or 0.0, 1e-9])
+        cells.append(
+            f"<div><h3>v{escape(number)} drift: PSI per feature in the last window "
+            f"({_text(drift.get('windows'))} scored)"
+            f"{_badge('drifting', 'bad') if drift.get('drifting') else ''}</h3>"
+            + _bars(features, maximum=top * 1.1, threshold=limit, value_text=lambda v: f"{v:.3f}")
+            + "</div>"
+        )
+    return f'<div class="grid">{"".join(cells)}</div>' if cells else ""
+
+
+# -- charts --------------------------------------------------------------------------------------------------
+
+
+def _bars(
+    rows: Sequence[tuple[str, float]],
+    *,
+    maximum: float,
+    value_text: Callable[[float], str],
+    threshold: float | None = None,
+) -> str:
+    """Horizontal bars, one per labelled value; bars past ``threshold`` are red, with a dashed line at it."""
+    label_w, bar_w, value_w, row_h = 170, 220, 70, 18
+    width, height = label_w + bar_w + value_w, row_h * len(rows) + (14 if threshold is not None else 4)
+    scale = bar_w / maximum if maximum > 0 else 0.0
+    shapes = []
+    for index, (label, value) in enumerate(rows):
+        y = index * row_h + 2
+        length = max(0.0, min(bar_w, value * scale)) if _finite(value) else 0.0
+        color = "#c94c4c" if threshold is not None and value > threshold else _PALETTE[0]
+        shapes.append(
+            f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{_cut(label)}</text>'
+            f'<rect x="{label_w}" y="{y}" width="{length:.1f}" height="{row_h - 5}" fill="{color}" rx="2"/>'
+            f'<text x="{label_w + length + 4:.1f}" y="{y + 12}">{escape(value_text(value))}</text>'
+        )
+    if threshold is not None and scale:
+        x = label_w + min(bar_w, threshold * scale)
+        shapes.append(
+            f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 12}" stroke="#991b1b" stroke-dasharray="4 3"/>'
+            f'<text x="{x:.1f}" y="{height - 2}" text-anchor="middle">threshold {threshold:g}</text>'
+        )
+    summary = "; ".join(f"{label}: {value_text(value)}" for label, value in rows)
+    return _svg(width, height, summary, "".join(shapes))
+
+
+def _columns(rows: Sequence[tuple[str, float]]) -> str:
+    """Vertical bars over category labels (batch sizes)."""
+    width, height, bottom = 460, 120, 18
+    slot = (width - 10) / max(1, len(rows))
+    top = max([value for _, value in rows] + [1.0])
+    shapes = []
+    for index, (label, value) in enumerate(rows):
+        bar = (height - bottom - 14) * value / top
+        x = 5 + index * slot
+        shapes.append(
+            f'<rect x="{x + slot * 0.15:.1f}" y="{height - bottom - bar:.1f}" width="{slot * 0.7:.1f}" '
+            f'height="{bar:.1f}" fill="{_PALETTE[2]}" rx="2"/>'
+            f'<text x="{x + slot / 2:.1f}" y="{height - 4}" text-anchor="middle">{_cut(label)}</text>'
+        )
+        if value:
+            shapes.append(
+                f'<text x="{x + slot / 2:.1f}" y="{height - bottom - bar - 3:.1f}" text-anchor="middle">'
+                f"{value:.0f}</text>"
+            )
+    summary = "; ".join(f"{label} rows: {value:.0f} batches" for label, value in rows)
+    return _svg(width, height, summary, "".join(shapes))
+
+
+def _latency_chart(latency: Mapping[str, Any]) -> str:
+    """A histogram on a log time axis, with the p50, p90 and p99 marked."""
+    buckets = []
+    for bucket in latency.get("histogram") or ():
+        lower, upper, count = bucket if isinstance(bucket, list | tuple) and len(bucket) == 3 else (0, 0, 0)
+        if _finite(lower) and _finite(count) and count > 0 and (upper is None or (_finite(upper) and upper > lower)):
+            # the overflow bucket (no upper bound) is drawn one bucket wide
+            buckets.append((float(lower), float(upper) if upper is not None else float(lower) * 1.09, float(count)))
+    if not buckets:
+        return '<p class="empty">No request yet.</p>'
+    width, height, left, right, bottom = 460, 130, 8, 8, 30
+    low = max(min(lower for lower, _, _ in buckets), buckets[0][1] / 1.1, 1e-3)
+    high = max(upper for _, upper, _ in buckets)
+    span = math.log10(high) - math.log10(low) or 1.0
+
+    def x_of(ms: float) -> float:
+        return left + (width - left - right) * (math.log10(max(ms, low)) - math.log10(low)) / span
+
+    top = max(count for _, _, count in buckets)
+    plot_h = height - bottom - 20
+    axis_y = height - bottom
+    shapes = [f'<line x1="{left}" y1="{axis_y}" x2="{width - right}" y2="{axis_y}" stroke="#9ca3af"/>']
+    for lower, upper, count in buckets:
+        x0, x1 = x_of(lower), x_of(upper)
+        bar = plot_h * count / top
+        shapes.append(
+            f'<rect x="{x0:.1f}" y="{height - bottom - bar:.1f}" width="{max(1.0, x1 - x0 - 0.5):.1f}" '
+            f'height="{bar:.1f}" fill="{_PALETTE[0]}"/>'
+        )
+    for decade in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        ms = 10.0**decade
+        if low <= ms <= high:
+            shapes.append(f'<text x="{x_of(ms):.1f}" y="{height - bottom + 12}" text-anchor="middle">{ms:g}</text>')
+    for index, name in enumerate(("p50", "p90", "p99")):
+        value = latency.get(name)
+        if _finite(value):
+            x = x_of(float(value))
+            shapes.append(
+                f'<line x1="{x:.1f}" y1="20" x2="{x:.1f}" y2="{height - bottom}" stroke="{_PALETTE[index + 1]}" '
+                f'stroke-width="1.5" stroke-dasharray="3 2"/>'
+                f'<text x="{x:.1f}" y="{9 + (index % 2) * 9}" text-anchor="middle" style="fill:{_PALETTE[index + 1]}">'
+                f"{name}</text>"
+            )
+    shapes.append(
+        f'<text x="{width - right}" y="{height - 2}" text-anchor="end">'
+        f"p50 {_ms(latency.get('p50'))} · p90 {_ms(latency.get('p90'))} · p99 {_ms(latency.get('p99'))} · "
+        f"{_text(latency.get('count'))} requests</text>"
+    )
+    summary = (
+        f"latency of {latency.get('count')} requests: p50 {_ms(latency.get('p50'))}, p90 {_ms(latency.get('p90'))}, "
+        f"p99 {_ms(latency.get('p99'))}"
+    )
+    return _svg(width, height, summary, "".join(shapes))
+
+
+def _share_bar(shares: Sequence[tuple[str, float]]) -> str:
+    """One 100 % bar split by share, colours matching the swatches in the table below it."""
+    width, height = 460, 22
+    total = sum(value for _, value in shares) or 1.0
+    x = 0.0
+    shapes = []
+    for index, (label, value) in enumerate(shares):
+        part = width * value / total
+        shapes.append(
+            f'<rect x="{x:.1f}" y="2" width="{part:.1f}" height="18" fill="{_PALETTE[index % len(_PALETTE)]}"/>'
+        )
+        if part > 60:
+            shapes.append(
+                f'<text x="{x + 5:.1f}" y="15" style="fill:#fff">{_cut(label, 14)} {value / total * 100:.0f}%</text>'
+            )
+        x += part
+    summary = "; ".join(f"{label}: {value / total * 100:.1f}%" for label, value in shares)
+    return _svg(width, height, summary, "".join(shapes))
+
+
+def _svg(width: int, height: float, summary: str, shapes: str) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height:.0f}" '
+        f'viewBox="0 0 {width} {height:.0f}"><title>{escape(summary)}</title>{shapes}</svg>'
+    )
+
+
+# -- formatting ---------------------------------------------------------------------------------------------
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _entries(value: Any) -> dict[str, Mapping[str, Any]]:
+    """The mapping-valued items of ``value`` (a status section such as versions or variants), keys as text."""
+    return {str(key): entry for key, entry in _mapping(value).items() if isinstance(entry, Mapping)}
+
+
+def _text(value: Any) -> str:
+    return "—" if value is None else escape(str(value))
+
+
+def _cut(label: str, limit: int = _LABEL_CHARS) -> str:
+    return escape(label if len(label) <= limit else label[: limit - 1] + "…")
+
+
+def _finite(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    if not _finite(value):
+        return "—" if value is None else escape(str(value))
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.3g} ms" if _finite(value) else "—"
+
+
+def _percent(value: Any) -> str:
+    return f"{value * 100:.1f} %" if _finite(value) else "—"
+
+
+def _badge(text: str, kind: str) -> str:
+    return f'<span class="badge {kind}">{escape(text)}</span>'
+
+
+def _swatch(index: int) -> str:
+    return f'<span class="swatch" style="background:{_PALETTE[index % len(_PALETTE)]}"></span>'

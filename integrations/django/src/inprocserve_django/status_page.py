@@ -1,0 +1,60 @@
+"""The status page view (``INPROCSERVE["STATUS_PAGE"] = True``), served at ``status`` by ``inprocserve_django.urls``.
+
+The page itself is :func:`inprocserve.render_status_page`. This view only guards it: a request must carry
+``INPROCSERVE["STATUS_PAGE_TOKEN"]``, either as ``Authorization: Bearer <token>`` (scripts, or a proxy that
+adds the header) or as HTTP Basic credentials with the token as the password (a person in a browser: a
+wrong or missing token answers 401 with a ``WWW-Authenticate: Basic`` challenge, so the browser asks for
+it). Tokens are compared in constant time. A token in the query string is not accepted: it would end up in
+access logs and history. With the page off, or no token set (system check ``inprocserve.E005``), it is 404.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.http import require_GET
+
+import inprocserve
+
+from .conf import settings
+from .server import get_server
+
+__all__ = ["status_page"]
+
+_REALM = 'Basic realm="inprocserve status", charset="UTF-8"'
+
+
+@require_GET
+def status_page(request: HttpRequest) -> HttpResponse:
+    config = settings()
+    token = config["STATUS_PAGE_TOKEN"]
+    if not config["STATUS_PAGE"] or not isinstance(token, str) or not token:
+        raise Http404("the inprocserve status page is off")
+    if not hmac.compare_digest(_supplied_token(request.headers.get("Authorization", "")), token.encode()):
+        response = HttpResponse("The status page needs its token.\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = _REALM
+        return response
+    html = inprocserve.render_status_page(get_server().status())
+    response = HttpResponse(html, content_type="text/html; charset=utf-8")
+    response["Cache-Control"] = "no-store"
+    response["Content-Security-Policy"] = inprocserve.STATUS_PAGE_CSP
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _supplied_token(authorization: str) -> bytes:
+    """The token in a ``Bearer`` header, or the password of ``Basic`` credentials; empty if neither."""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip().encode()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return b""
+        return decoded.partition(":")[2].encode()
+    return b""

@@ -1,0 +1,74 @@
+"""The status page route: ``GET {INPROCSERVE_URL_PREFIX}/status``, off unless ``INPROCSERVE_STATUS_PAGE``.
+
+The page itself is :func:`inprocserve.render_status_page`. This module only guards it: a request must carry
+the token, either as ``Authorization: Bearer <token>`` (scripts, or a proxy that adds the header) or as HTTP
+Basic credentials with the token as the password (a person in a browser: a wrong or missing token answers
+401 with a ``WWW-Authenticate: Basic`` challenge, so the browser asks for it). Tokens are compared in
+constant time. A token in the query string is not accepted: it would end up in access logs and history.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+import inprocserve
+
+__all__ = ["add_status_page"]
+
+_REALM = 'Basic realm="inprocserve status", charset="UTF-8"'
+
+
+def add_status_page(blueprint: Blueprint, config: Mapping[str, Any], server: Callable[[], inprocserve.Server]) -> None:
+    """Add the status route to ``blueprint`` if ``INPROCSERVE_STATUS_PAGE`` is on.
+
+    Raises:
+        inprocserve.ConfigurationError: the page is on but neither ``INPROCSERVE_STATUS_PAGE_TOKEN`` nor
+            ``INPROCSERVE_ADMIN_TOKEN`` is set (the page is never served without a token).
+    """
+    if not config["INPROCSERVE_STATUS_PAGE"]:
+        return
+    token = config["INPROCSERVE_STATUS_PAGE_TOKEN"] or config["INPROCSERVE_ADMIN_TOKEN"]
+    if not isinstance(token, str) or not token:
+        raise inprocserve.ConfigurationError(
+            "INPROCSERVE_STATUS_PAGE is on but no token is set: set INPROCSERVE_STATUS_PAGE_TOKEN "
+            "(or INPROCSERVE_ADMIN_TOKEN) to a long random string"
+        )
+    expected = token.encode()
+
+    @blueprint.get("/status")
+    def status_page() -> Response:
+        if not hmac.compare_digest(_supplied_token(request.headers.get("Authorization", "")), expected):
+            response = Response("The status page needs its token.\n", 401, mimetype="text/plain")
+            response.headers["WWW-Authenticate"] = _REALM
+            return response
+        html = inprocserve.render_status_page(server().status(), title=f"inprocserve status · {current_app.name}")
+        response = Response(html, 200, mimetype="text/html")
+        response.headers.update(
+            {
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": inprocserve.STATUS_PAGE_CSP,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            }
+        )
+        return response
+
+
+def _supplied_token(authorization: str) -> bytes:
+    """The token in a ``Bearer`` header, or the password of ``Basic`` credentials; empty if neither."""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip().encode()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return b""
+        return decoded.partition(":")[2].encode()
+    return b""
