@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import inprocserve
 from inprocserve import InMemoryFlags, ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve._telemetry import BATCH_SIZE_BUCKETS, DURATION_BUCKETS_S, OUTCOMES
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
@@ -195,14 +196,16 @@ def test_every_instrument_records(otel: Otel, busy_repository: Path, make_server
         if point.attributes["inprocserve.model.name"] == "busy":
             outcome = point.attributes["inprocserve.outcome"]
             outcomes[outcome] = outcomes.get(outcome, 0) + point.count
-    assert outcomes["ok"] >= 5 and outcomes["QueueFullError"] >= 1 and outcomes["DeadlineExceededError"] >= 1
+    assert outcomes["ok"] >= 5 and outcomes["overloaded"] >= 1 and outcomes["deadline_exceeded"] >= 1
     for point in durations:  # bounded attributes only
         assert set(point.attributes) <= {
             "inprocserve.model.name",
             "inprocserve.model.version",
             "inprocserve.rollout.variant",
             "inprocserve.outcome",
+            "error.type",
         }
+        assert point.attributes["inprocserve.outcome"] in OUTCOMES
     assert sum(p.value for p in otel.metric_points("inprocserve.requests.shed")) >= 1
     assert sum(p.value for p in otel.metric_points("inprocserve.requests.deadline_exceeded")) >= 1
     assert max(p.max for p in otel.metric_points("inprocserve.batch.size")) >= 4
