@@ -255,6 +255,6 @@ def test_prometheus_p99_agrees_with_the_callers_p99(app: Any, prometheus: Promet
     assert all(rule["health"] != "err" for group in loaded for rule in group["rules"]), loaded
 
     # Process CPU and memory (the standard system-metrics instrumentation) and per-model memory, same exporter.
-    assert (prometheus.scalar('sum(process_cpu_time_seconds_total{job="app"})') or 0) > 0
+    assert (prometheus.scalar('process_cpu_time_seconds_total{job="app",type="user"}') or 0) > 0
     assert (prometheus.scalar('process_memory_usage_bytes{job="app"}') or 0) > 10 * 2**20
     assert (prometheus.scalar('inprocserve_model_memory_bytes{inprocserve_model_name="busy"}') or -1) >= 0
