@@ -4,7 +4,8 @@ The library uses only ``opentelemetry-api``; the application chooses the SDK and
 configured, spans are no-op objects (well under a microsecond) and attribute work is skipped, because it
 is guarded by ``span.is_recording()``. Attribute keys use the project namespace ``inprocserve.`` except
 where OpenTelemetry's semantic conventions define one (``error.type``, ``feature_flag.*``). Metric
-attributes are bounded: model, version, variant, outcome — never user or request ids.
+attributes are bounded: model, version, variant, outcome (six values, see ``outcome``), error class — never
+user or request ids. Histograms carry bucket boundaries made for their units, as advisories a View overrides.
 """
 
 from __future__ import annotations
