@@ -3,10 +3,12 @@ provider and the Prometheus client's registry are process-wide).
 
 It installs the SDK with the Prometheus exporter and the process metrics, serves ``/metrics`` on a loopback
 port it prints as JSON, waits for a line on stdin, then lets client threads call ``predict`` for a while,
-timing every call as its caller sees it. It writes those timings to a JSON file, prints ``done``, and keeps
-serving ``/metrics`` until stdin closes.
+timing every call as its caller sees it. With ``--failing MODEL`` one more client calls a model that
+fails on every other call (server errors). It writes the timings and counts to a JSON file, prints
+``done``, and keeps serving ``/metrics`` until stdin closes.
 
 Usage: python prometheus_app.py REPOSITORY RESULTS.json --model busy --width 256 --clients 4 --seconds 5
+       [--failing triples]
 """
 
 from __future__ import annotations
@@ -56,6 +58,21 @@ def client(server: inprocserve.Server, model: str, width: int, seed: int, until:
     return latencies, client_errors
 
 
+def failing_client(server: inprocserve.Server, model: str, until: float) -> int:
+    """Call a model that runs only batches of a multiple of 3 rows, alternately with 3 rows and 1 row;
+    return how many calls failed with InferenceError (server errors)."""
+    failures = 0
+    for number in range(MAX_REQUESTS_PER_CLIENT):
+        if time.perf_counter() >= until:
+            break
+        try:
+            server.predict(model, np.ones((3 if number % 2 else 1, 4), np.float32))
+        except inprocserve.InferenceError:
+            failures += 1
+        time.sleep(0.005)  # a trickle next to the main load
+    return failures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("repository", type=Path)
@@ -64,6 +81,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--failing", default=None)
     args = parser.parse_args()
 
     metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
@@ -77,6 +95,7 @@ def main() -> None:
 
     latencies: list[float] = []
     client_errors = 0
+    server_errors = 0
     lock = threading.Lock()
     until = time.perf_counter() + args.seconds
 
@@ -87,12 +106,21 @@ def main() -> None:
             latencies.extend(mine)
             client_errors += refused
 
+    def fail() -> None:
+        nonlocal server_errors
+        failures = failing_client(server, args.failing, until)
+        with lock:
+            server_errors += failures
+
     threads = [threading.Thread(target=run, args=(seed,)) for seed in range(args.clients)]
+    if args.failing:
+        threads.append(threading.Thread(target=fail))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=args.seconds + 60)
-    args.results.write_text(json.dumps({"latencies_s": latencies, "client_errors": client_errors}))
+    counts = {"client_errors": client_errors, "server_errors": server_errors}
+    args.results.write_text(json.dumps({"latencies_s": latencies, **counts}))
     print("done", flush=True)
     sys.stdin.readline()  # keep serving /metrics until the test closes stdin
     server.close(timeout_s=10)

@@ -33,11 +33,12 @@ import inprocserve
 from inprocserve.testing import save_model
 
 from .conftest import build_busy_model
+from .test_telemetry import build_multiple_of_3_model
 
 HERE = Path(__file__).resolve().parent
 ALERTS = HERE.parent / "docs" / "observability" / "alerts.yml"
 WIDTH = 256
-LOAD_SECONDS = 5.0
+LOAD_SECONDS = 4.0
 STARTUP_TIMEOUT_S = 30.0
 
 
@@ -134,6 +135,8 @@ def app(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], _Lines, int, Pa
     """The application process: returns it, its stdout lines, its /metrics port and its results file."""
     repository = tmp_path / "models"
     save_model(build_busy_model(width=WIDTH, layers=8), repository, "busy", 1)
+    save_model(build_multiple_of_3_model(), repository, "triples", 1)
+    (repository / "triples" / "config.toml").write_text("[batching]\nmax_batch_size = 3\n[warmup]\nenabled = false\n")
     results = tmp_path / "results.json"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(inprocserve.__file__).parent.parent), env.get("PYTHONPATH", "")])
@@ -144,7 +147,7 @@ def app(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], _Lines, int, Pa
                 str(HERE / "prometheus_app.py"),
                 str(repository),
                 str(results),
-                *("--width", str(WIDTH), "--seconds", str(LOAD_SECONDS), "--clients", "4"),
+                *("--width", str(WIDTH), "--seconds", str(LOAD_SECONDS), "--clients", "4", "--failing", "triples"),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -224,6 +227,11 @@ def test_prometheus_p99_agrees_with_the_callers_p99(prometheus: Prometheus, app:
         'sum(inprocserve_request_duration_seconds_count{inprocserve_outcome="client_error"})',
         float(results["client_errors"]),
     )
+    assert results["server_errors"] >= 10, results["server_errors"]
+    prometheus.wait_for(
+        'sum(inprocserve_request_duration_seconds_count{inprocserve_outcome="server_error",error_type="InferenceError"})',
+        float(results["server_errors"]),
+    )
 
     # The p99 as histogram_quantile defines it: the smallest latency with 99 % of the calls at or below it
     # (rank ceil(0.99 n)), not an interpolation between two calls that may sit in different buckets.
@@ -241,20 +249,24 @@ def test_prometheus_p99_agrees_with_the_callers_p99(prometheus: Prometheus, app:
     )
     assert windowed_p99 is not None and measured_p99 / 2 <= windowed_p99 <= measured_p99 * 2
 
-    # The shipped rules stay quiet on this healthy load, though 5 % of the requests were the callers' mistakes
-    # (a rule counting every failed request as an error, as before, would fire).
+    # The shipped rules stay quiet on the healthy model, though 5 % of its requests were the callers' mistakes
+    # (a rule counting every failed request as an error, as before, would fire); the error rule's condition
+    # holds for the failing model only (it would fire after its 10 minutes).
     failed_share = prometheus.scalar(
-        'sum(rate(inprocserve_request_duration_seconds_count{inprocserve_outcome!="ok"}[5m]))'
-        " / sum(rate(inprocserve_request_duration_seconds_count[5m]))"
+        'sum(rate(inprocserve_request_duration_seconds_count{inprocserve_model_name="busy",inprocserve_outcome!="ok"}[5m]))'
+        ' / sum(rate(inprocserve_request_duration_seconds_count{inprocserve_model_name="busy"}[5m]))'
     )
     assert failed_share is not None and failed_share > 0.01
     rules = {
         rule["alert"]: rule["expr"] for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]
     }
-    for name in ("ModelLatencyHigh", "ModelErrorRateHigh", "ModelShedding", "ModelDeadlinesMissed"):
+    for name in ("ModelLatencyHigh", "ModelShedding", "ModelDeadlinesMissed"):
         assert prometheus.query(rules[name]) == [], name
-    (latency,) = prometheus.query(rules["ModelLatencyHigh"].rsplit(">", 1)[0])  # the rule's p99 has data
-    assert float(latency["value"][1]) < 0.25
+    (failing,) = prometheus.query(rules["ModelErrorRateHigh"])
+    assert failing["metric"] == {"inprocserve_model_name": "triples"}
+    latencies_by_model = prometheus.query(rules["ModelLatencyHigh"].rsplit(">", 1)[0])  # the rule's p99 has data
+    assert {series["metric"]["inprocserve_model_name"] for series in latencies_by_model} == {"busy", "triples"}
+    assert all(float(series["value"][1]) < 0.25 for series in latencies_by_model)
     loaded = prometheus.get("/api/v1/rules")["groups"]
     assert {rule["name"] for group in loaded for rule in group["rules"]} == set(rules)
     assert all(rule["health"] != "err" for group in loaded for rule in group["rules"]), loaded
