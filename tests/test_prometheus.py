@@ -2,8 +2,9 @@
 
 The p99 that Prometheus computes from the request-duration histogram (``histogram_quantile``) must agree,
 within 2x, with the p99 that the application's callers measured around ``predict``; the shipped alert
-rules must stay quiet on that healthy load even though one request in 20 is a caller's mistake; and the
-process and per-model memory metrics must reach the same Prometheus.
+rules must stay quiet on that healthy model even though one request in 20 is a caller's mistake, while the
+error rule's condition holds for a second model that fails with server errors; and the process and
+per-model memory metrics must reach the same Prometheus.
 
 Needs Debian's ``prometheus`` package (``make system-deps``); skips, saying so, without it.
 """
