@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages that tests drive as real external tools: chromium (and its fonts) for the status page's
-# browser tests. `make system-deps` installs the missing ones when run as root; otherwise those tests skip.
-DEBIAN_PACKAGES ?= chromium fonts-dejavu-core
+# browser tests, prometheus (with promtool) for the metrics tests. `make system-deps` installs the missing ones
+# when run as root; otherwise those tests skip.
+DEBIAN_PACKAGES := prometheus chromium fonts-dejavu-core
 
 .PHONY: install system-deps demo demo-core test lint typecheck bench docs-screenshot clean
 
@@ -48,7 +49,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck system-deps
+test: system-deps lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -23,6 +23,7 @@ from ._errors import InprocserveError, ModelLoadError
 from ._sessions import SessionPool
 from ._signature import Signature
 from ._stats import LatencyHistogram
+from ._telemetry import resident_memory_bytes
 
 __all__ = ["ModelVersion"]
 
@@ -52,6 +53,7 @@ class ModelVersion:
         self.signature: Signature | None = None
         self.batcher: Batcher | None = None
         self.run_cost: RunCost | None = None
+        self.memory_bytes: int | None = None  # RSS growth while this version loaded; None where unmeasured
         self.drift: DriftMonitor | None = None
         self.cache = PredictionCache(config.cache, clock=clock) if config.cache.enabled else None
         self.latency = LatencyHistogram()  # fed by the server when a request to this version finishes
@@ -68,6 +70,7 @@ class ModelVersion:
             ModelLoadError: the model cannot be loaded or warmed up (state becomes ``failed``).
         """
         started = time.perf_counter()
+        resident_before = resident_memory_bytes()
         try:
             batching = self.config.batching
             signature = self._pool.prepare(
@@ -113,6 +116,11 @@ class ModelVersion:
             deliver=self._deliver,
             clock=self._clock,
         )
+        resident_after = resident_memory_bytes()
+        if resident_before is not None and resident_after is not None:
+            # What the process grew by while the sessions were built and warmed up (weights, graph, arenas).
+            # An estimate: other threads allocate meanwhile, and memory an arena takes later is not in it.
+            self.memory_bytes = max(0, resident_after - resident_before)
         self.loaded_at = time.time()
         self.state = "ready"
         logger.info(
@@ -205,6 +213,18 @@ class ModelVersion:
         """Drift statistics of the last window, for the observable gauges."""
         return [] if self.drift is None else self.drift.observations()
 
+    def memory_observations(self) -> list[tuple[str, float, dict[str, Any]]]:
+        """The memory this version took to load, for the ``inprocserve.model.memory`` gauge."""
+        if self.memory_bytes is None:
+            return []
+        return [
+            (
+                "memory",
+                float(self.memory_bytes),
+                {"inprocserve.model.name": self.name, "inprocserve.model.version": self.version},
+            )
+        ]
+
     def retire(self, *, timeout_s: float | None = None) -> bool:
         """Stop taking requests, finish queued and running ones, then close the sessions."""
         self.state = "draining"
@@ -238,6 +258,7 @@ class ModelVersion:
             "queued_rows": 0 if batcher is None else batcher.queued_rows,
             "in_flight": 0 if batcher is None else batcher.in_flight,
             "loaded_at": self.loaded_at,
+            "memory_bytes": self.memory_bytes,
             "signature": None if self.signature is None else self.signature.to_dict(),
             "drift": None if self.drift is None else self.drift.status(),
             "cache": None if self.cache is None else self.cache.status(),

@@ -35,7 +35,7 @@ from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_
 from ._rollout import Decision, FlagReader, Router
 from ._sessions import onnxruntime_version
 from ._shadow import ShadowComparison, ShadowRunner, compare_outputs
-from ._telemetry import METRICS, end_request_span, metering, start_request_span
+from ._telemetry import METRICS, end_request_span, metering, outcome, start_request_span
 
 __all__ = ["Server"]
 
@@ -340,7 +340,7 @@ class Server:
             error=error,
         )
         if isinstance(model, str):
-            attributes = self._metric_attributes(model, version, variant, type(error).__name__)
+            attributes = self._metric_attributes(model, version, variant, error, finished=True)
             METRICS.request_duration.record(time.perf_counter() - started, attributes)
             if isinstance(error, OverloadedError):
                 METRICS.shed.add(1, self._metric_attributes(model, version))
@@ -373,9 +373,9 @@ class Server:
         )
         if not metering():
             return
-        outcome = "ok" if error is None else type(error).__name__
         METRICS.request_duration.record(
-            time.perf_counter() - request.started, self._metric_attributes(model, version, variant, outcome)
+            time.perf_counter() - request.started,
+            self._metric_attributes(model, version, variant, error, finished=True),
         )
         if request.enqueued_at:  # requests run at once on their caller's thread never queued
             METRICS.queue_wait.record(request.queue_wait_s, self._metric_attributes(model, version))
@@ -383,9 +383,17 @@ class Server:
             METRICS.deadlines.add(1, self._metric_attributes(model, version))
 
     def _metric_attributes(
-        self, model: str, version: int | None, variant: str | None = None, outcome: str | None = None
+        self,
+        model: str,
+        version: int | None,
+        variant: str | None = None,
+        error: BaseException | None = None,
+        *,
+        finished: bool = False,
     ) -> dict[str, Any]:
-        key = (model, version, variant, outcome)
+        """Metric attributes; a finished request's also carry its outcome, and error.type if it failed."""
+        error_type = None if error is None else type(error).__name__
+        key = (model, version, variant, finished, error_type)
         attributes = self._attribute_cache.get(key)
         if attributes is None:
             attributes = {"inprocserve.model.name": model}
@@ -393,9 +401,11 @@ class Server:
                 attributes["inprocserve.model.version"] = version
             if variant is not None:
                 attributes["inprocserve.rollout.variant"] = variant
-            if outcome is not None:
-                attributes["inprocserve.outcome"] = outcome
-            if len(self._attribute_cache) < 10_000:  # bounded: model x version x variant x outcome
+            if finished:
+                attributes["inprocserve.outcome"] = outcome(error)
+            if error_type is not None:
+                attributes["error.type"] = error_type  # semantic convention: the exception's class
+            if len(self._attribute_cache) < 10_000:  # bounded: model x version x variant x error class
                 self._attribute_cache[key] = attributes
         return attributes
 
@@ -953,6 +963,7 @@ def _gauge_source(server_ref: weakref.ref[Server]) -> Callable[[], list[tuple[st
                 values.append(("queue", float(batcher.queued_rows), attributes))
                 values.append(("in_flight", float(batcher.in_flight), attributes))
                 values.extend(model_version.drift_observations())
+                values.extend(model_version.memory_observations())
         return values
 
     return observe

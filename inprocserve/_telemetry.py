@@ -4,11 +4,14 @@ The library uses only ``opentelemetry-api``; the application chooses the SDK and
 configured, spans are no-op objects (well under a microsecond) and attribute work is skipped, because it
 is guarded by ``span.is_recording()``. Attribute keys use the project namespace ``inprocserve.`` except
 where OpenTelemetry's semantic conventions define one (``error.type``, ``feature_flag.*``). Metric
-attributes are bounded: model, version, variant, outcome — never user or request ids.
+attributes are bounded: model, version, variant, outcome (six values, see ``outcome``), error class — never
+user or request ids. Histograms carry bucket boundaries made for their units, as advisories a View overrides.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -18,13 +21,28 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_state
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
 
+from ._errors import (
+    DeadlineExceededError,
+    InprocserveError,
+    InvalidInputError,
+    ModelNotFoundError,
+    OverloadedError,
+    ServerClosedError,
+)
+
 __all__ = [
+    "BATCH_SIZE_BUCKETS",
+    "DURATION_BUCKETS_S",
     "METRICS",
+    "OUTCOMES",
+    "SHADOW_DIFF_BUCKETS",
     "SPAN_BATCH",
     "SPAN_PREDICT",
     "SPAN_SHADOW",
     "Metrics",
     "end_request_span",
+    "outcome",
+    "resident_memory_bytes",
     "start_batch_span",
     "start_request_span",
     "start_shadow_span",
@@ -58,6 +76,41 @@ ATTR_FLAG_KEY = "feature_flag.key"
 ATTR_FLAG_VARIANT = "feature_flag.result.variant"
 ATTR_FLAG_PROVIDER = "feature_flag.provider.name"
 
+# -- histogram bucket boundaries (advisory: an application's View for the instrument wins) ------------------
+# Durations from 50 µs to 10 s in a 1-2-3-5 series: neighbouring boundaries are at most 2x apart, so
+# Prometheus' histogram_quantile (linear within a bucket) is within 2x of the true quantile in that range.
+# The SDK's default boundaries (0, 5, 10, 25 ... 10000) were made for milliseconds: every request in
+# seconds fell into the first bucket and every quantile read about 5 s.
+DURATION_BUCKETS_S: tuple[float, ...] = (
+    0.00005, 0.0001, 0.0002, 0.0003, 0.0005,
+    0.001, 0.002, 0.003, 0.005,
+    0.01, 0.02, 0.03, 0.05,
+    0.1, 0.2, 0.3, 0.5,
+    1.0, 2.0, 3.0, 5.0, 10.0,
+)  # fmt: skip
+# Rows per session.run: powers of two from 1 (a lone request) past the default max_batch_size (64) to 4096,
+# since one request may bring many rows (up to max_request_rows).
+BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**exponent) for exponent in range(13))
+# Largest absolute difference between a shadow's answer and the primary's: 0 (identical) and decades from
+# float32 rounding (1e-6) to answers that have nothing in common (100).
+SHADOW_DIFF_BUCKETS: tuple[float, ...] = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
+
+# -- request outcomes (the bounded values of inprocserve.outcome) ------------------------------------------
+OUTCOME_OK = "ok"
+OUTCOME_CLIENT_ERROR = "client_error"  # the caller must change the request: InvalidInputError, ModelNotFoundError
+OUTCOME_OVERLOADED = "overloaded"  # shed at capacity (OverloadedError): retry later, add capacity
+OUTCOME_UNAVAILABLE = "unavailable"  # the server or version is closing (ServerClosedError): retry elsewhere
+OUTCOME_DEADLINE = "deadline_exceeded"  # no answer within the caller's timeout_s
+OUTCOME_SERVER_ERROR = "server_error"  # the model or the library failed: InferenceError, anything unexpected
+OUTCOMES = (
+    OUTCOME_OK,
+    OUTCOME_CLIENT_ERROR,
+    OUTCOME_OVERLOADED,
+    OUTCOME_UNAVAILABLE,
+    OUTCOME_DEADLINE,
+    OUTCOME_SERVER_ERROR,
+)
+
 _MAX_ATTRIBUTE_CHARS = 256  # flag values and reasons are cut, so no attribute grows without bound
 
 
@@ -79,6 +132,38 @@ def tracing() -> bool:
 def metering() -> bool:
     """Whether the application installed a meter provider (metric records are skipped until then)."""
     return _metrics_state._METER_PROVIDER is not None
+
+
+def outcome(error: BaseException | None) -> str:
+    """The outcome of a request, one of ``OUTCOMES``: who has to act on a failure, not which class it was
+    (that is ``error.type``). Alerts on model errors count ``server_error`` only, so callers' bad requests
+    (their 4xx) never page the model's owners."""
+    if error is None:
+        return OUTCOME_OK
+    if isinstance(error, (InvalidInputError, ModelNotFoundError)):
+        return OUTCOME_CLIENT_ERROR
+    if isinstance(error, OverloadedError):
+        return OUTCOME_OVERLOADED
+    if isinstance(error, ServerClosedError):
+        return OUTCOME_UNAVAILABLE
+    if isinstance(error, DeadlineExceededError):
+        return OUTCOME_DEADLINE
+    if isinstance(error, (TypeError, ValueError)) and not isinstance(error, InprocserveError):
+        return OUTCOME_CLIENT_ERROR  # misuse of the API (a bad argument), as docs/errors.md describes
+    return OUTCOME_SERVER_ERROR
+
+
+def resident_memory_bytes() -> int | None:
+    """The process's resident set size now, from ``/proc/self/statm`` (Linux); ``None`` where that file
+    does not exist or cannot be read (the per-version memory figure is then not reported)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            fields = statm.read().split()
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _short(value: object) -> str:
@@ -109,7 +194,7 @@ def end_request_span(
     if span is INVALID_SPAN:
         return
     if span.is_recording():
-        attributes: dict[str, Any] = {ATTR_REQUEST_ROWS: rows, ATTR_OUTCOME: "ok" if error is None else "error"}
+        attributes: dict[str, Any] = {ATTR_REQUEST_ROWS: rows, ATTR_OUTCOME: outcome(error)}
         if version is not None:
             attributes[ATTR_VERSION] = version
         if variant is not None:
@@ -171,22 +256,39 @@ class Metrics:
     """The library's instruments (OpenTelemetry metrics API), created once per process.
 
     Instruments from the API's proxy meter start recording as soon as the application installs an SDK
-    meter provider, even if that happens after the server was created.
+    meter provider, even if that happens after the server was created. Every histogram carries advisory
+    bucket boundaries chosen for what it measures; a View the application registers for the instrument
+    overrides them.
+
+    Args:
+        meter: Where to create the instruments; the global meter provider's ``inprocserve`` meter if omitted.
     """
 
-    def __init__(self) -> None:
-        meter = metrics.get_meter(_SCOPE)
+    def __init__(self, meter: metrics.Meter | None = None) -> None:
+        meter = meter if meter is not None else metrics.get_meter(_SCOPE)
         self.request_duration = meter.create_histogram(
-            "inprocserve.request.duration", unit="s", description="Time from predict() to its answer"
+            "inprocserve.request.duration",
+            unit="s",
+            description="Time from predict() to its answer",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
         self.queue_wait = meter.create_histogram(
-            "inprocserve.request.queue_wait", unit="s", description="Time a request waited for its batch to start"
+            "inprocserve.request.queue_wait",
+            unit="s",
+            description="Time a request waited for its batch to start",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
         self.batch_size = meter.create_histogram(
-            "inprocserve.batch.size", unit="{row}", description="Rows per executed session.run"
+            "inprocserve.batch.size",
+            unit="{row}",
+            description="Rows per executed session.run",
+            explicit_bucket_boundaries_advisory=BATCH_SIZE_BUCKETS,
         )
         self.batch_duration = meter.create_histogram(
-            "inprocserve.batch.duration", unit="s", description="Time of one session.run of a merged batch"
+            "inprocserve.batch.duration",
+            unit="s",
+            description="Time of one session.run of a merged batch",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
         self.shed = meter.create_counter(
             "inprocserve.requests.shed", unit="{request}", description="Requests refused with OverloadedError"
@@ -198,7 +300,9 @@ class Metrics:
             "inprocserve.shadow.comparisons", unit="{comparison}", description="Shadow runs by result"
         )
         self.shadow_diff = meter.create_histogram(
-            "inprocserve.shadow.max_abs_diff", description="Largest absolute difference, shadow vs primary answer"
+            "inprocserve.shadow.max_abs_diff",
+            description="Largest absolute difference, shadow vs primary answer",
+            explicit_bucket_boundaries_advisory=SHADOW_DIFF_BUCKETS,
         )
         self.shadow_dropped = meter.create_counter(
             "inprocserve.shadow.dropped",
@@ -233,6 +337,12 @@ class Metrics:
             "inprocserve.drift.ks",
             callbacks=[self._observe("ks")],
             description="Kolmogorov-Smirnov statistic of a feature over the last drift window",
+        )
+        meter.create_observable_gauge(
+            "inprocserve.model.memory",
+            callbacks=[self._observe("memory")],
+            unit="By",
+            description="Growth of the process's resident memory while a model version loaded and warmed up",
         )
 
     def add_source(self, source: Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]) -> None:

@@ -4,25 +4,39 @@ on loopback that decodes the protobuf payload, as a collector or Jaeger would re
 from __future__ import annotations
 
 import http.server
+import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 import inprocserve
+import inprocserve._errors
 from inprocserve import InMemoryFlags, ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve._telemetry import (
+    BATCH_SIZE_BUCKETS,
+    DURATION_BUCKETS_S,
+    OUTCOMES,
+    SHADOW_DIFF_BUCKETS,
+    Metrics,
+    outcome,
+    resident_memory_bytes,
+)
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
@@ -195,14 +209,16 @@ def test_every_instrument_records(otel: Otel, busy_repository: Path, make_server
         if point.attributes["inprocserve.model.name"] == "busy":
             outcome = point.attributes["inprocserve.outcome"]
             outcomes[outcome] = outcomes.get(outcome, 0) + point.count
-    assert outcomes["ok"] >= 5 and outcomes["QueueFullError"] >= 1 and outcomes["DeadlineExceededError"] >= 1
+    assert outcomes["ok"] >= 5 and outcomes["overloaded"] >= 1 and outcomes["deadline_exceeded"] >= 1
     for point in durations:  # bounded attributes only
         assert set(point.attributes) <= {
             "inprocserve.model.name",
             "inprocserve.model.version",
             "inprocserve.rollout.variant",
             "inprocserve.outcome",
+            "error.type",
         }
+        assert point.attributes["inprocserve.outcome"] in OUTCOMES
     assert sum(p.value for p in otel.metric_points("inprocserve.requests.shed")) >= 1
     assert sum(p.value for p in otel.metric_points("inprocserve.requests.deadline_exceeded")) >= 1
     assert max(p.max for p in otel.metric_points("inprocserve.batch.size")) >= 4
@@ -340,3 +356,174 @@ def test_apredict_spans_follow_the_callers_task(otel: Otel, scale: Path, make_se
     parents = asyncio.run(main())
     spans = otel.finished("inprocserve.predict")
     assert sorted(span.parent.span_id for span in spans if span.parent) == sorted(parents)
+
+
+def test_histograms_carry_boundaries_made_for_their_units(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale)
+    server.predict("scale", np.ones((3, 4), np.float32))
+    (point, *_) = otel.metric_points("inprocserve.request.duration")
+    assert tuple(point.explicit_bounds) == DURATION_BUCKETS_S
+    # a request of well under a second lands in a bucket below 1 s, not in the SDK default's first (le=5)
+    assert sum(point.bucket_counts[: DURATION_BUCKETS_S.index(1.0) + 1]) >= 1
+    (point, *_) = otel.metric_points("inprocserve.batch.size")
+    assert tuple(point.explicit_bounds) == BATCH_SIZE_BUCKETS
+
+
+def test_duration_boundaries_span_50us_to_10s_at_most_2x_apart() -> None:
+    # histogram_quantile interpolates inside a bucket: within 2x of the truth only if neighbours are <= 2x apart
+    assert DURATION_BUCKETS_S[0] == 0.00005 and DURATION_BUCKETS_S[-1] == 10.0
+    ratios = [high / low for low, high in itertools.pairwise(DURATION_BUCKETS_S)]
+    assert all(1 < ratio <= 2 for ratio in ratios), ratios
+    assert BATCH_SIZE_BUCKETS[0] == 1 and BATCH_SIZE_BUCKETS[-1] >= 64  # the default max_batch_size
+    assert SHADOW_DIFF_BUCKETS[0] == 0  # identical answers have a bucket of their own
+
+
+def _local_points(provider: MeterProvider, reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [
+        point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+def test_an_application_view_overrides_the_advisory_boundaries() -> None:
+    reader = InMemoryMetricReader()
+    view = View(
+        instrument_name="inprocserve.request.duration",
+        aggregation=ExplicitBucketHistogramAggregation(boundaries=(0.1, 1.0)),
+    )
+    provider = MeterProvider(metric_readers=[reader], views=[view])
+    try:
+        instruments = Metrics(meter=provider.get_meter("inprocserve"))
+        instruments.request_duration.record(0.003, {"inprocserve.model.name": "m"})
+        instruments.queue_wait.record(0.003, {"inprocserve.model.name": "m"})
+        instruments.shadow_diff.record(0.0, {"inprocserve.model.name": "m"})
+        (duration,) = _local_points(provider, reader, "inprocserve.request.duration")
+        assert tuple(duration.explicit_bounds) == (0.1, 1.0)  # the application's View wins
+        (wait,) = _local_points(provider, reader, "inprocserve.request.queue_wait")
+        assert tuple(wait.explicit_bounds) == DURATION_BUCKETS_S  # no View: the advisory boundaries
+        (diff,) = _local_points(provider, reader, "inprocserve.shadow.max_abs_diff")
+        assert tuple(diff.explicit_bounds) == SHADOW_DIFF_BUCKETS
+        assert diff.bucket_counts[0] == 1  # an identical shadow answer counts in le=0
+    finally:
+        provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (None, "ok"),
+        (inprocserve.InvalidInputError("bad"), "client_error"),
+        (inprocserve.ModelNotFoundError("none"), "client_error"),
+        (TypeError("inputs must be a mapping"), "client_error"),
+        (inprocserve.QueueFullError("full"), "overloaded"),
+        (inprocserve.OverloadedError("busy"), "overloaded"),
+        (inprocserve.ServerClosedError("closed"), "unavailable"),
+        (inprocserve.DeadlineExceededError("late"), "deadline_exceeded"),
+        (inprocserve.InferenceError("onnxruntime failed"), "server_error"),
+        (inprocserve.ModelLoadError("corrupt"), "server_error"),
+        (inprocserve.ConfigurationError("bad setting"), "server_error"),
+        (RuntimeError("a bug"), "server_error"),
+    ],
+)
+def test_outcome_says_who_has_to_act(error: BaseException | None, expected: str) -> None:
+    assert outcome(error) == expected
+    assert expected in OUTCOMES
+
+
+def test_every_library_error_has_an_outcome() -> None:
+    for name in inprocserve._errors.__all__:
+        error_class = getattr(inprocserve._errors, name)
+        assert outcome(error_class("x")) in OUTCOMES
+
+
+def build_multiple_of_3_model() -> onnx.ModelProto:
+    """Accepts [batch, 4] but runs only when batch is a multiple of 3: other batches fail inside onnxruntime
+    (a Reshape error, which the library translates to InferenceError: a server error, not the caller's)."""
+    shape = numpy_helper.from_array(np.array([3, -1], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("Flatten", ["r"], ["y"])],
+        "multiple_of_3",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", None])],
+        [shape],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _outcomes(otel: Otel, model: str) -> dict[tuple[str, str | None], int]:
+    counts: dict[tuple[str, str | None], int] = {}
+    for point in otel.metric_points("inprocserve.request.duration"):
+        if point.attributes["inprocserve.model.name"] == model:
+            key = (point.attributes["inprocserve.outcome"], point.attributes.get("error.type"))
+            counts[key] = counts.get(key, 0) + point.count
+    return counts
+
+
+def test_request_metrics_separate_client_errors_from_server_errors(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_multiple_of_3_model(), repository, "triples", 1)
+    config = ModelConfig(
+        batching=inprocserve.BatchingConfig(max_batch_size=3), warmup=inprocserve.WarmupConfig(enabled=False)
+    )
+    server = make_server(repository, config=config)
+    server.predict("triples", np.ones((3, 4), np.float32))
+    with pytest.raises(inprocserve.InvalidInputError):
+        server.predict("triples", np.ones((3, 5), np.float32))
+    with pytest.raises(inprocserve.InferenceError) as failed:
+        server.predict("triples", np.ones((1, 4), np.float32))
+    assert type(failed.value) is inprocserve.InferenceError
+    with pytest.raises(inprocserve.ModelNotFoundError):
+        server.predict("triples", np.ones((3, 4), np.float32), version=7)
+    server.close()
+    with pytest.raises(inprocserve.ServerClosedError):
+        server.predict("triples", np.ones((3, 4), np.float32))
+    assert _outcomes(otel, "triples") == {
+        ("ok", None): 1,
+        ("client_error", "InvalidInputError"): 1,
+        ("server_error", "InferenceError"): 1,
+        ("client_error", "ModelNotFoundError"): 1,
+        ("unavailable", "ServerClosedError"): 1,
+    }
+    spans = {dict(span.attributes or {})["inprocserve.outcome"] for span in otel.finished("inprocserve.predict")}
+    assert spans == {"ok", "client_error", "server_error", "unavailable"}
+
+
+def build_heavy_model(mebibytes: int) -> onnx.ModelProto:
+    """y = table[index] with a table of ``mebibytes`` MiB of float32: a model whose weights are its memory,
+    and whose runs cost next to nothing."""
+    rows = mebibytes * 1024 * 1024 // (4 * 4)
+    table = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "index"], ["y"], axis=0)],
+        "heavy",
+        [helper.make_tensor_value_info("index", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.skipif(resident_memory_bytes() is None, reason="resident memory is read from /proc/self/statm (Linux)")
+def test_model_memory_is_the_resident_growth_while_a_version_loads(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_heavy_model(64), repository, "heavy", 1)
+    save_model(build_scale_model(1.0), repository, "light", 1)
+    server = make_server(repository)
+    heavy = version_status(server, "heavy")["memory_bytes"]
+    light = version_status(server, "light")["memory_bytes"]
+    assert heavy >= 32 * 2**20, heavy  # the 64 MiB of weights, held at least once by its session(s)
+    assert 0 <= light < heavy
+    gauges = {
+        point.attributes["inprocserve.model.name"]: point.value
+        for point in otel.metric_points("inprocserve.model.memory")
+        if point.attributes["inprocserve.model.name"] in {"heavy", "light"}
+    }
+    assert gauges == {"heavy": heavy, "light": light}
