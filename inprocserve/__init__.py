@@ -40,6 +40,7 @@ from ._errors import (
 )
 from ._flags import EnvFlags, FileFlags, FlagError, FlagProvider, InMemoryFlags, OpenFeatureFlags
 from ._prediction import Prediction
+from ._prefork import build_after_fork, check_repository
 from ._server import InterleavedRanking, Server
 from ._shadow import ShadowComparison
 
@@ -78,6 +79,8 @@ __all__ = [
     "VersionPolicy",
     "WarmupConfig",
     "__version__",
+    "build_after_fork",
+    "check_repository",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
