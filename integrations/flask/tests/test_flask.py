@@ -216,7 +216,7 @@ def test_eager_mode_fails_the_start_up_on_a_broken_model(tmp_path: Path) -> None
     folder = tmp_path / "models"
     (folder / "broken" / "1").mkdir(parents=True)
     (folder / "broken" / "1" / "model.onnx").write_bytes(b"nope")
-    with pytest.raises(inprocserve.ModelLoadError, match="broken.*not a readable ONNX model"):
+    with pytest.raises(inprocserve.ModelLoadError, match=r"broken.*not a readable ONNX model"):
         make_app(folder, INPROCSERVE_EAGER=True)
 
 
