@@ -165,3 +165,73 @@ def test_warmup_command_fails_for_a_broken_model(tmp_path: Path) -> None:
                 call_command("inprocserve_warmup", stdout=StringIO())
         finally:
             reset_server()
+
+
+ADMIN = {"HTTP_AUTHORIZATION": "Bearer s3cret"}
+
+
+def admin_post(client: Client, url: str, body: Any = None, **extra: Any) -> Any:
+    return client.post(url, data=json.dumps(body or {}), content_type="application/json", **extra)
+
+
+def test_admin_endpoints_are_off_without_a_token(served: Path) -> None:
+    client = Client()
+    assert admin_post(client, "/-/inprocserve/models/scale/switch", {"version": 1}, **ADMIN).status_code == 404
+    assert admin_post(client, "/-/inprocserve/reload", **ADMIN).status_code == 404
+
+
+def test_admin_endpoints_need_the_token_and_act_on_the_fleet(repository: Path) -> None:
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "ADMIN_TOKEN": "s3cret"}):
+        try:
+            client = Client()
+            url = "/-/inprocserve/models/scale/switch"
+            assert admin_post(client, url, {"version": 1}).status_code == 401
+            wrong = {"HTTP_AUTHORIZATION": "Bearer s3cre"}
+            assert admin_post(client, url, {"version": 1}, **wrong).status_code == 401
+            assert client.get(url, **ADMIN).status_code == 405  # POST only
+            switched = admin_post(client, url, {"version": 1}, **ADMIN)
+            assert switched.status_code == 200
+            assert switched.json()["stable"] == 1 and switched.json()["revision"] == 1
+            assert post(client, "/score", [[1, 1, 1, 1]]).json()["version"] == 1
+            # another server on the same repository (another worker) follows the control file
+            other = inprocserve.Server(repository, control_interval_s=None)
+            try:
+                assert other.predict("scale", [[1, 1, 1, 1]]).version == 1
+            finally:
+                other.close()
+            assert (
+                admin_post(
+                    client, "/-/inprocserve/models/scale/canary", {"version": 2, "percent": 100}, **ADMIN
+                ).status_code
+                == 200
+            )
+            assert post(client, "/score", [[1, 1, 1, 1]]).json()["version"] == 2
+            assert admin_post(client, "/-/inprocserve/models/scale/kill", **ADMIN).json()["kill"] is True
+            assert post(client, "/score", [[1, 1, 1, 1]]).json()["version"] == 1
+            assert admin_post(client, "/-/inprocserve/models/scale/resume", **ADMIN).status_code == 200
+            assert (
+                admin_post(client, "/-/inprocserve/models/scale/canary", {"version": None}, **ADMIN).status_code == 200
+            )
+            assert admin_post(client, "/-/inprocserve/models/scale/switch", {"version": 2}, **ADMIN).status_code == 200
+            assert admin_post(client, "/-/inprocserve/models/scale/rollback", **ADMIN).json()["stable"] == 1
+            assert admin_post(client, "/-/inprocserve/reload", **ADMIN).json()["problems"] == []
+            bad = admin_post(client, url, {"version": "x"}, **ADMIN)
+            assert bad.status_code == 400 and "version" in bad.json()["message"]
+            assert admin_post(client, url, {"version": 9}, **ADMIN).status_code == 404
+            assert admin_post(client, "/-/inprocserve/models/nope/kill", **ADMIN).status_code == 404
+            percent = admin_post(client, "/-/inprocserve/models/scale/canary", {"version": 2, "percent": 400}, **ADMIN)
+            assert percent.status_code == 400 and "percent" in percent.json()["message"]
+        finally:
+            reset_server()
+
+
+def test_models_shows_paths_only_to_the_admin(repository: Path) -> None:
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "ADMIN_TOKEN": "s3cret"}):
+        try:
+            client = Client()
+            public = client.get("/-/inprocserve/models")
+            assert public.status_code == 200 and str(repository) not in public.content.decode()
+            assert public.json()["worker"]["pid"] > 0
+            assert str(repository) in client.get("/-/inprocserve/models", **ADMIN).content.decode()
+        finally:
+            reset_server()

@@ -33,9 +33,21 @@ def get_server() -> inprocserve.Server:
                     flags=config["FLAGS"],
                     flag_timeout_s=config["FLAG_TIMEOUT_S"],
                     poll_interval_s=config["POLL_INTERVAL_S"],
+                    control_interval_s=config["CONTROL_INTERVAL_S"],
                 )
                 _pid = os.getpid()
     return _server
+
+
+def building() -> bool:
+    """Whether a thread of this process is building the server right now (eager warm-up after fork)."""
+    return _lock.locked() and not (_server is not None and _pid == os.getpid())
+
+
+def warm_after_fork() -> None:
+    """The eager builder run in each forked worker: build and warm this process's server now."""
+    if settings()["EAGER"]:  # settings may have changed since it was registered
+        get_server()
 
 
 def reset_server() -> None:

@@ -9,4 +9,10 @@ urlpatterns = [
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),
     path("models", views.models, name="models"),
+    path("reload", views.reload, name="reload"),
+    path("models/<str:name>/switch", views.switch, name="switch"),
+    path("models/<str:name>/rollback", views.rollback, name="rollback"),
+    path("models/<str:name>/canary", views.canary, name="canary"),
+    path("models/<str:name>/kill", views.kill, name="kill"),
+    path("models/<str:name>/resume", views.resume, name="resume"),
 ]
