@@ -14,8 +14,10 @@ warms its own sessions right after the fork, before it takes traffic:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,7 +27,7 @@ from ._config import ModelConfig, load_model_config
 from ._errors import ModelLoadError
 from ._repository import scan_repository
 
-__all__ = ["build_after_fork", "check_repository", "warm_worker"]
+__all__ = ["build_after_fork", "check_repository", "shield_exit", "warm_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,29 @@ def warm_worker() -> list[str]:
             continue
         _done_in[id(build)] = os.getpid()
     return errors
+
+
+_shielded_in: int | None = None
+
+
+def shield_exit() -> None:
+    """Ignore SIGTERM once this process has begun to exit (idempotent; called by every Server).
+
+    A worker that is already exiting (``max_requests`` recycling, a graceful stop) closes its sessions
+    during interpreter shutdown, after CPython has put SIGTERM back to its default action; a SIGTERM
+    from the master then (it sends one to every child on its own shutdown) would kill the worker halfway
+    through, and gunicorn would report it as killed by a signal. An ignored signal is left ignored by
+    CPython's shutdown, so the exit completes; SIGKILL after the graceful timeout still stops it.
+    """
+    global _shielded_in
+    if _shielded_in != os.getpid():
+        _shielded_in = os.getpid()
+        atexit.register(_ignore_termination)  # runs before the servers' own exit-time close (LIFO)
+
+
+def _ignore_termination() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _after_fork_in_child() -> None:

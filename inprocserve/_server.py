@@ -33,6 +33,7 @@ from ._errors import (
 from ._flags import FlagProvider
 from ._model import ModelVersion
 from ._prediction import Prediction, RequestIds
+from ._prefork import shield_exit
 from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_model_name
 from ._rollout import Decision, FlagReader, Router
 from ._sessions import onnxruntime_version
@@ -151,6 +152,7 @@ class Server:
         # At interpreter exit (or garbage collection) of a server nobody closed: stop its threads before
         # the interpreter finalizes, while onnxruntime may still be running on them.
         self._finalizer = weakref.finalize(self, _close_versions, self._loaded, self._shadow)
+        shield_exit()  # an exiting worker finishes closing its sessions even if its master sends SIGTERM
         _fork.register(self)
         if self._repository is not None:
             self._control = self._read_control() or self._control  # the first load already follows it
