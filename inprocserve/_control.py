@@ -73,8 +73,8 @@ class ModelControl:
 
     @property
     def versions(self) -> set[int]:
-        """Versions this state needs loaded on every worker."""
-        wanted = {self.stable} if self.stable is not None else set()
+        """Versions this state keeps loaded on every worker (the previous stable too: rollbacks are instant)."""
+        wanted = {v for v in (self.stable, self.previous_stable) if v is not None}
         if self.canary_active:
             assert self.canary_version is not None
             wanted.add(self.canary_version)
