@@ -765,7 +765,7 @@ class Server:
                     model=model,
                     version=version,
                 )
-            routes.router.stable_alias = version
+            self._change_control(model, lambda state: switched(state, version), None)  # the whole fleet
             report["reason"] = "within bounds"
             logger.info("model %r: promoted version %s over %s (%s)", model, version, stable, report)
             return report
