@@ -144,6 +144,25 @@ def test_system_checks(repository: Path, tmp_path: Path) -> None:
     ]
     assert check_ids({"REPOSITORY": str(repository), "BATCH": 3}) == ["inprocserve.E004"]
     assert check_ids({}) == ["inprocserve.W001"]
+    assert check_ids({"REPOSITORY": str(repository), "MODELS": []}) == ["inprocserve.E005"]
+    assert check_ids({"REPOSITORY": str(repository), "MODELS": {"scale": {}}}) == ["inprocserve.E006"]
+
+
+def test_a_check_warns_when_the_middleware_comes_before_authentication(repository: Path) -> None:
+    from django.conf import settings
+
+    wrong = [m for m in settings.MIDDLEWARE if "Inprocserve" not in m]
+    wrong.insert(0, "inprocserve_django.middleware.InprocserveMiddleware")
+    with override_settings(MIDDLEWARE=wrong):
+        assert check_ids({"REPOSITORY": str(repository)}) == ["inprocserve.W003"]
+
+
+@pytest.mark.django_db
+def test_the_user_is_loaded_only_when_a_prediction_needs_it(served: Path) -> None:
+    client = Client()
+    client.force_login(User.objects.create_user(username="lazy"))
+    assert client.get("/user-loaded").json() == {"loaded": False}  # no predict: no session/user read
+    assert post(client, "/score", [[1, 1, 1, 1]]).status_code == 200
 
 
 def test_management_commands(served: Path) -> None:

@@ -64,6 +64,11 @@ def request_context(request: HttpRequest) -> dict[str, Any]:
     context = getattr(request, "inprocserve_context", None)
     if context is not None:
         return dict(context)
+    return derive_context(request)
+
+
+def derive_context(request: HttpRequest) -> dict[str, Any]:
+    """The logged-in user's pk, else the user header (evaluated when a prediction needs it)."""
     user = getattr(request, "user", None)
     if user is not None and getattr(user, "is_authenticated", False):
         return {"user_id": str(user.pk)}
@@ -87,7 +92,8 @@ def remaining_budget(request: HttpRequest) -> float | None:
 
 
 def _kwargs(request: HttpRequest, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    kwargs.setdefault("context", request_context(request))
+    if "context" not in kwargs:
+        kwargs["context"] = request_context(request)
     if "timeout_s" not in kwargs:
         budget = remaining_budget(request)
         if budget is not None and budget <= 0:
