@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -254,3 +255,30 @@ def test_models_shows_paths_only_to_the_admin(repository: Path) -> None:
             assert str(repository) in client.get("/-/inprocserve/models", **ADMIN).content.decode()
         finally:
             reset_server()
+
+
+def _eager_setup(repository: Path) -> dict[str, Any]:
+    import subprocess
+    import sys
+
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(here / "eager_check.py"), str(repository)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_eager_mode_checks_in_ready_and_builds_only_in_the_worker(repository: Path, tmp_path: Path) -> None:
+    report = _eager_setup(repository)
+    assert report["before"] == {"onnxruntime": False, "onnx": True}  # checked with onnx, nothing built
+    assert report["models"] == {"scale": [2]}
+    broken = tmp_path / "broken"
+    (broken / "m" / "1").mkdir(parents=True)
+    (broken / "m" / "1" / "model.onnx").write_bytes(b"nope")
+    assert "not a readable ONNX model" in _eager_setup(broken)["error"]
