@@ -606,9 +606,7 @@ class Server:
             return self.refresh()
         with self._lifecycle:
             self._check_open()
-            control = self._control_file.bump_reload(actor=actor)
-            self._control = control
-        return self.refresh()
+            return self._adopt(self._control_file.bump_reload(actor=actor))
 
     def sync_control(self) -> int:
         """Follow the control file now (the watcher thread calls this every ``control_interval_s``);
@@ -617,21 +615,24 @@ class Server:
         control = self._read_control()
         if control is None or control.revision == self._control.revision:
             return self._control.revision
-        reload = control.reload != self._control.reload
         with self._lifecycle:
-            if self._closed:
-                return self._control.revision
-            previous, self._control = self._control, control
-            logger.info(
-                "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
-            )
-            if reload:
-                self.refresh()
-            else:
-                for name in sorted(set(control.models) | set(previous.models)):
-                    if control.models.get(name) != previous.models.get(name):
-                        self._follow(name)
-        return control.revision
+            if not self._closed and control.revision != self._control.revision:
+                self._adopt(control)
+            return self._control.revision
+
+    def _adopt(self, control: Control) -> list[str]:
+        """With the lifecycle lock held: make ``control`` the state this server follows, and apply every
+        model whose state changed (all of them, re-scanning the repository, on a new reload revision)."""
+        previous, self._control = self._control, control
+        logger.info(
+            "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
+        )
+        if control.reload != previous.reload:
+            return self.refresh()
+        for name in sorted(set(control.models) | set(previous.models)):
+            if control.models.get(name) != previous.models.get(name):
+                self._follow(name)
+        return []
 
     def _set_kill(self, model: str, *, killed: bool, actor: str | None) -> None:
         with self._lifecycle:
@@ -659,13 +660,12 @@ class Server:
             control = dataclasses.replace(
                 self._control, revision=self._control.revision + 1, models={**self._control.models, model: state}
             )
-        self._control = control
-        self._follow(model)
+        self._adopt(control)  # also applies what other writers changed since this server last looked
 
     def _follow(self, name: str) -> None:
         """With the lifecycle lock held: load what the control state of ``name`` needs, then publish it."""
         state = self._control.models.get(name)
-        if state is not None and self._repository is not None and name not in self._explicit:
+        if state is not None and self._repository is not None and not {name} & (self._explicit | self._unloaded):
             for number in sorted(state.versions - set(self._loaded.get(name, {}))):
                 try:
                     self.load(name, version=number)

@@ -257,3 +257,18 @@ def test_the_command_line_drives_the_fleet(three_versions: Path, make_server: Se
     assert main(["kill", repo, "nope"]) == 1
     assert main(["canary", repo, "scale", "2", "150"]) == 1
     assert ControlFile(three_versions).read().revision == 8
+
+
+def test_a_writer_also_applies_what_others_wrote_meanwhile(repository: Path, make_server: ServerFactory) -> None:
+    for name in ("a", "b"):
+        for version in (1, 2):
+            save_model(build_scale_model(float(version)), repository, name, version)
+    config = ModelConfig(version_policy=VersionPolicy.all())
+    first = make_server(repository, config=config, control_interval_s=None)
+    second = make_server(repository, config=config, control_interval_s=None)
+    first.switch("a", 1)  # second has not looked yet...
+    second.switch("b", 1)  # ...and writes on top of it: it must follow "a" too
+    assert second.predict("a", X).version == 1
+    assert second.predict("b", X).version == 1
+    first.sync_control()
+    assert first.predict("b", X).version == 1
