@@ -616,7 +616,10 @@ class Server:
         if control is None or control.revision == self._control.revision:
             return self._control.revision
         with self._lifecycle:
-            if not self._closed and control.revision != self._control.revision:
+            # Read again under the lock: a revision read before a writer of this process took the lock
+            # may be older than the one it wrote and adopted, and adopting it would flip back for one interval.
+            control = self._read_control()
+            if control is not None and not self._closed and control.revision != self._control.revision:
                 self._adopt(control)
             return self._control.revision
 
