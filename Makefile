@@ -61,6 +61,7 @@ bench: install
 # Re-take docs/images/status-page.png: the status page of a busy test app, in headless Chromium.
 docs-screenshot: install system-deps
 	INPROCSERVE_DOCS_SCREENSHOT=1 $(BIN)/python -m pytest -q integrations/flask/tests/test_flask_status_page.py -k screenshot
+	$(BIN)/python benchmarks/control_follow.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -40,6 +40,7 @@ from ._errors import (
 )
 from ._flags import EnvFlags, FileFlags, FlagError, FlagProvider, InMemoryFlags, OpenFeatureFlags
 from ._prediction import Prediction
+from ._prefork import build_after_fork, check_repository
 from ._server import InterleavedRanking, Server
 from ._shadow import ShadowComparison
 from ._status_page import STATUS_PAGE_CSP, render_status_page
@@ -80,6 +81,8 @@ __all__ = [
     "VersionPolicy",
     "WarmupConfig",
     "__version__",
+    "build_after_fork",
+    "check_repository",
     "render_status_page",
 ]
 

@@ -1,4 +1,6 @@
-"""Command line: ``python -m inprocserve inspect MODEL``, ``validate REPOSITORY`` and ``quantize SRC DST``."""
+"""Command line: ``python -m inprocserve inspect MODEL``, ``validate REPOSITORY``, ``quantize SRC DST``, and the
+fleet-wide rollout commands ``switch|rollback|canary|kill|resume|reload REPOSITORY ...`` (they write the
+repository's control file, which every server on it follows)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ._config import ModelConfig, PoolConfig, WarmupConfig, load_model_config
+from ._control import ModelControl
 from ._errors import InprocserveError
 from ._model import ModelVersion
 from ._repository import MODEL_FILENAME, scan_repository
@@ -126,6 +130,75 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control(args: argparse.Namespace) -> int:
+    """Write one fleet-wide change to the repository's control file (no onnxruntime: safe anywhere)."""
+    from dataclasses import replace
+
+    from ._control import ControlFile, switched, validate_percent
+
+    repository = Path(args.repository)
+    try:
+        scan = scan_repository(repository)
+        control = ControlFile(repository)
+        if args.command == "reload":
+            written = control.bump_reload(actor=args.actor)
+        else:
+            source = scan.models.get(args.model)
+            if source is None:
+                raise InprocserveError(f"model {args.model!r} is not in the repository {repository}")
+            version: int | None = getattr(args, "version", None)
+            if version is not None and version not in source.versions:
+                known = ", ".join(map(str, sorted(source.versions))) or "none"
+                raise InprocserveError(f"model {args.model!r} has no version {version} (versions: {known})")
+            if args.command == "switch":
+                assert version is not None
+                stable = version
+                written = control.set_model(args.model, lambda state: switched(state, stable), actor=args.actor)
+            elif args.command == "rollback":
+
+                def back(state: ModelControl) -> ModelControl:
+                    if state.previous_stable is None:
+                        raise InprocserveError(f"model {args.model!r} has no previous stable version to roll back to")
+                    return switched(state, state.previous_stable)
+
+                written = control.set_model(args.model, back, actor=args.actor)
+            elif args.command == "canary":
+                percent = 0.0 if version is None else validate_percent(args.percent)
+                written = control.set_model(
+                    args.model,
+                    lambda state: replace(state, canary_version=version, canary_percent=percent),
+                    actor=args.actor,
+                )
+            else:
+                kill = args.command == "kill"
+                written = control.set_model(args.model, lambda state: replace(state, kill=kill), actor=args.actor)
+    except (InprocserveError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(written.to_dict(), indent=2))
+    return 0
+
+
+def _add_control_commands(commands: Any) -> None:
+    def command(name: str, help_text: str, *, model: bool = True) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+        parser.add_argument("repository", help="the model repository every server of the fleet reads")
+        if model:
+            parser.add_argument("model", help="the model name")
+        parser.add_argument("--actor", help="who makes the change, recorded in the control file")
+        parser.set_defaults(run=_control)
+        return parser
+
+    command("switch", "make VERSION the stable version on every worker and host").add_argument("version", type=int)
+    command("rollback", "go back to the stable version before the last switch")
+    canary = command("canary", "send PERCENT %% of users to VERSION ('none' removes the canary)")
+    canary.add_argument("version", type=lambda text: None if text == "none" else int(text))
+    canary.add_argument("percent", type=float, nargs="?", default=0.0)
+    command("kill", "kill switch: the stable version answers every request")
+    command("resume", "turn the kill switch off")
+    command("reload", "make every server re-scan the repository", model=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inprocserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quantize.add_argument("--seconds", type=float, default=1.0, help="time per speed measurement")
     quantize.add_argument("--json", action="store_true", help="print JSON")
     quantize.set_defaults(run=_quantize)
+    _add_control_commands(commands)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

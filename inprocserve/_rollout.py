@@ -178,6 +178,7 @@ class Router:
         self._interleavings: TTLCache[str, Interleaving] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
         self.interleaving_wins = {"A": 0, "B": 0, "ties": 0, "queries": 0}
         self.stable_alias: int | None = None
+        self.killed = False  # the fleet's kill switch (control file): stable only, whatever flags say
         self._default_decisions: dict[int, Decision] = {}
         self.recent: deque[Mapping[str, np.ndarray]] = deque(maxlen=max(1, config.capture_inputs))
         self.update(config)
@@ -200,6 +201,8 @@ class Router:
     def decide(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
         """Which ready version answers, and which shadow it. Never raises for flag problems."""
         stable = self._stable(ready, latest)
+        if self.killed:
+            return Decision(stable, "stable", "kill switch is on (control file)")
         if self.trivial:
             if stable == latest and self.stable_alias is None and self.config.stable is None:
                 return self._default_decisions.get(stable) or self._remember_default(stable)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -17,7 +18,8 @@ import numpy as np
 
 from . import _fork
 from ._batching import Request, VersionRetiredError, finish_detached, handoff_cost_s
-from ._config import ModelConfig, load_model_config
+from ._config import ModelConfig, RolloutConfig, load_model_config
+from ._control import Control, ControlFile, ModelControl, switched, validate_percent, validate_version, worker_identity
 from ._errors import (
     ConfigurationError,
     DeadlineExceededError,
@@ -31,6 +33,7 @@ from ._errors import (
 from ._flags import FlagProvider
 from ._model import ModelVersion
 from ._prediction import Prediction, RequestIds
+from ._prefork import shield_exit
 from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_model_name
 from ._rollout import Decision, FlagReader, Router
 from ._sessions import onnxruntime_version
@@ -84,6 +87,9 @@ class Server:
         config: Defaults for every model; a model's ``config.toml`` is laid over them.
         models: Per-model configuration in code, laid over ``config.toml`` (name -> ``ModelConfig``).
         poll_interval_s: If set, a background thread calls :meth:`refresh` this often (hot reload).
+        control_interval_s: How often a background thread re-reads the repository's control file (the
+            fleet-wide rollout state, see :meth:`switch`); every worker follows a change within this bound
+            plus the load time of a version it has not loaded yet. ``None`` disables watching.
         clock: A monotonic clock (tests may step a manual one).
 
     Raises:
@@ -103,8 +109,11 @@ class Server:
         flag_timeout_s: float = 0.05,
         on_shadow: Callable[[ShadowComparison], None] | None = None,
         shadow_queue: int = 256,
+        control_interval_s: float | None = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if control_interval_s is not None and not control_interval_s > 0:
+            raise ConfigurationError(f"control_interval_s must be > 0, got {control_interval_s}")
         if poll_interval_s is not None and not poll_interval_s > 0:
             raise ConfigurationError(f"poll_interval_s must be > 0, got {poll_interval_s}")
         if poll_interval_s is not None and repository is None:
@@ -134,15 +143,24 @@ class Server:
         self._routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
         self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
         self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow)
+        # Fleet-wide rollout state: the repository's control file, or this process alone without one.
+        self._control_file = None if self._repository is None else ControlFile(self._repository)
+        self._control = Control()
+        self._control_error: str | None = None
+        self._control_interval_s = None if self._repository is None else control_interval_s
+        self._watcher: threading.Thread | None = None
         # At interpreter exit (or garbage collection) of a server nobody closed: stop its threads before
         # the interpreter finalizes, while onnxruntime may still be running on them.
         self._finalizer = weakref.finalize(self, _close_versions, self._loaded, self._shadow)
+        shield_exit()  # an exiting worker finishes closing its sessions even if its master sends SIGTERM
         _fork.register(self)
         if self._repository is not None:
+            self._control = self._read_control() or self._control  # the first load already follows it
             problems = self.refresh()
             if strict and problems:
                 raise ModelLoadError("; ".join(problems))
         self._start_poller()
+        self._start_watcher()
 
     # -- requests ------------------------------------------------------------------------------------------
 
@@ -515,20 +533,196 @@ class Server:
                 return variant
         return None
 
-    def switch(self, model: str, version: int, *, timeout_s: float | None = None) -> None:
-        """Blue/green: make ``version`` the stable version of ``model``.
+    def switch(self, model: str, version: int, *, actor: str | None = None) -> None:
+        """Blue/green: make ``version`` the stable version of ``model`` on every worker and host.
 
-        The version is loaded and warmed up first if it is not already; then the stable alias moves in one
-        atomic step. Rolling back is the same call with the previous version.
+        The version is loaded and warmed up here first (a version that cannot load is never published);
+        then, with a repository, the change is written to its control file, which every server on that
+        repository follows within ``control_interval_s`` (see docs/operations.md, "Running a fleet").
+        Without a repository it changes this process only. :meth:`rollback` returns to the previous one.
+
+        Args:
+            model: The model name.
+            version: The version to serve.
+            actor: Who made the change, recorded in the control file (default: user@host:pid).
 
         Raises:
             ModelNotFoundError: the version is not in the repository (or not loaded, without one).
             ModelLoadError: it cannot be loaded.
+            ConfigurationError: the control file is invalid or cannot be written.
         """
+        validate_version(version)
         with self._lifecycle:
-            routes = self._serving(model, version)
-            routes.router.stable_alias = version
+            self._serving(model, version)
+            self._change_control(model, lambda state: switched(state, version), actor)
             logger.info("model %r: stable version is now %s", model, version)
+
+    def rollback(self, model: str, *, actor: str | None = None) -> int:
+        """Switch ``model`` back to the stable version it had before the last :meth:`switch`; returns it.
+
+        Rolling back twice returns to where you started (the version rolled back from becomes the previous).
+
+        Raises:
+            ValueError: no switch of this model was recorded, so there is nothing to roll back to.
+            ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
+        """
+        previous = self._current_control().models.get(model, ModelControl()).previous_stable
+        if previous is None:
+            raise ValueError(f"model {model!r} has no previous stable version to roll back to (no switch recorded)")
+        self.switch(model, previous, actor=actor)
+        return previous
+
+    def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
+        """Send ``percent`` % of targeting keys (sticky buckets) to ``version``, on every worker and host.
+
+        It replaces the model's configured strategy while set; ``version=None`` removes it (the model's
+        configured rollout applies again). Raising the percentage keeps the keys already in the canary.
+
+        Raises:
+            ValueError: ``percent`` is not in 0..100, or ``version`` is not a positive int.
+            ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
+        """
+        share = validate_percent(percent)
+        with self._lifecycle:
+            if version is None:
+                self._known(model)
+            else:
+                validate_version(version)
+                self._serving(model, version)
+
+            def change(state: ModelControl) -> ModelControl:
+                if version is None:
+                    return dataclasses.replace(state, canary_version=None, canary_percent=0.0)
+                return dataclasses.replace(state, canary_version=version, canary_percent=share)
+
+            self._change_control(model, change, actor)
+            logger.info("model %r: canary is now %s at %g%%", model, version, share)
+
+    def kill(self, model: str, *, actor: str | None = None) -> None:
+        """Kill switch: every request to ``model`` gets its stable version, on every worker and host, whatever
+        the configured strategy or a flag provider says (no canary, A/B, bandit or shadow). Undo with
+        :meth:`resume`.
+
+        Raises:
+            ModelNotFoundError: unknown model. ConfigurationError: the control file cannot be written.
+        """
+        self._set_kill(model, killed=True, actor=actor)
+
+    def resume(self, model: str, *, actor: str | None = None) -> None:
+        """Turn the kill switch of ``model`` off again (see :meth:`kill`)."""
+        self._set_kill(model, killed=False, actor=actor)
+
+    def reload(self, *, actor: str | None = None) -> list[str]:
+        """Re-scan the repository on every worker and host (a fleet-wide :meth:`refresh`); returns the
+        problems this process found. The others follow within ``control_interval_s`` plus their load time.
+        """
+        if self._control_file is None:
+            return self.refresh()
+        with self._lifecycle:
+            self._check_open()
+            return self._adopt(self._control_file.bump_reload(actor=actor))
+
+    def sync_control(self) -> int:
+        """Follow the control file now (the watcher thread calls this every ``control_interval_s``);
+        returns the revision this server follows. An invalid file is logged and shown in :meth:`status`,
+        and the last valid revision stays in force."""
+        control = self._read_control()
+        if control is None or control.revision == self._control.revision:
+            return self._control.revision
+        with self._lifecycle:
+            # Read again under the lock: a revision read before a writer of this process took the lock
+            # may be older than the one it wrote and adopted, and adopting it would flip back for one interval.
+            control = self._read_control()
+            if control is not None and not self._closed and control.revision != self._control.revision:
+                self._adopt(control)
+            return self._control.revision
+
+    def _adopt(self, control: Control) -> list[str]:
+        """With the lifecycle lock held: make ``control`` the state this server follows, and apply every
+        model whose state changed (all of them, re-scanning the repository, on a new reload revision)."""
+        previous, self._control = self._control, control
+        logger.info(
+            "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
+        )
+        if control.reload != previous.reload:
+            return self.refresh()
+        for name in sorted(set(control.models) | set(previous.models)):
+            if control.models.get(name) != previous.models.get(name):
+                self._follow(name)
+        return []
+
+    def _set_kill(self, model: str, *, killed: bool, actor: str | None) -> None:
+        with self._lifecycle:
+            self._known(model)
+            self._change_control(model, lambda state: dataclasses.replace(state, kill=killed), actor)
+            logger.info("model %r: kill switch %s", model, "on" if killed else "off")
+
+    def _known(self, model: str) -> None:
+        self._check_open()
+        validate_model_name(model)
+        if model not in self._loaded:
+            self._find_in_repository(model)
+
+    def _current_control(self) -> Control:
+        if self._control_file is None:
+            return self._control
+        return self._control_file.read()
+
+    def _change_control(self, model: str, change: Callable[[ModelControl], ModelControl], actor: str | None) -> None:
+        """With the lifecycle lock held: write the change (to the file with a repository), then follow it."""
+        if self._control_file is not None:
+            control = self._control_file.set_model(model, change, actor=actor)
+        else:
+            state = change(self._control.models.get(model) or ModelControl())
+            control = dataclasses.replace(
+                self._control, revision=self._control.revision + 1, models={**self._control.models, model: state}
+            )
+        self._adopt(control)  # also applies what other writers changed since this server last looked
+
+    def _follow(self, name: str) -> None:
+        """With the lifecycle lock held: load what the control state of ``name`` needs, then publish it."""
+        state = self._control.models.get(name)
+        if state is not None and self._repository is not None and not {name} & (self._explicit | self._unloaded):
+            for number in sorted(state.versions - set(self._loaded.get(name, {}))):
+                try:
+                    self.load(name, version=number)
+                except (ModelNotFoundError, ModelLoadError) as exc:
+                    logger.error(
+                        "model %r: control revision %d names version %s: %s", name, self._control.revision, number, exc
+                    )
+        if name in self._loaded:
+            self._publish(name)
+
+    def _control_versions(self, name: str) -> set[int]:
+        state = self._control.models.get(name)
+        return set() if state is None else state.versions
+
+    def _read_control(self) -> Control | None:
+        if self._control_file is None:
+            return None
+        try:
+            control = self._control_file.read()
+        except ConfigurationError as exc:
+            if str(exc) != self._control_error:
+                logger.error("%s; revision %d stays in force", exc, self._control.revision)
+            self._control_error = str(exc)
+            return None
+        self._control_error = None
+        return control
+
+    def _start_watcher(self) -> None:
+        if self._control_interval_s is None or self._closed:
+            return
+        self._watcher = threading.Thread(target=self._watch, name="inprocserve-control", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        assert self._control_interval_s is not None
+        while not self._stop_polling.wait(self._control_interval_s):
+            try:
+                self.sync_control()
+            except Exception:  # the watcher must survive anything the file system throws at it
+                logger.exception("following the control file failed")
 
     def promote(
         self,
@@ -588,7 +782,7 @@ class Server:
                     model=model,
                     version=version,
                 )
-            routes.router.stable_alias = version
+            self._change_control(model, lambda state: switched(state, version), None)  # the whole fleet
             report["reason"] = "within bounds"
             logger.info("model %r: promoted version %s over %s (%s)", model, version, stable, report)
             return report
@@ -762,8 +956,10 @@ class Server:
             usable = [v for v in source.versions if v not in failures]
             selected = config.version_policy.select(usable)
             # Versions the rollout names (stable alias, canary, arms, shadows) are served whatever the policy.
-            extra = config.rollout.referenced_versions | (
-                {router.stable_alias} if router and router.stable_alias else set()
+            extra = (
+                config.rollout.referenced_versions
+                | self._control_versions(name)
+                | ({router.stable_alias} if router and router.stable_alias else set())
             )
             wanted = sorted(set(selected) | {v for v in extra if v in usable})
             missing = [v for v in wanted if v not in self._loaded.get(name, {})]
@@ -814,12 +1010,16 @@ class Server:
             return
         latest = self._latest.get(name)
         default = versions[latest] if latest in versions else versions[max(versions)]
-        rollout = default.config.rollout
+        state = self._control.models.get(name)
+        rollout = default.config.rollout if state is None else _controlled(default.config.rollout, state)
         router = self._routers.get(name)
         if router is None:
             router = self._routers[name] = Router(name, rollout, self._flags)
         elif router.config != rollout:
             router.update(rollout)
+        if state is not None:  # the control file wins over in-process switches and config.toml
+            router.stable_alias = state.stable if state.stable is not None else router.stable_alias
+        router.killed = state is not None and state.kill
         self._routes[name] = _Routes(default=default, versions=dict(versions), router=router)
 
     def _retire(self, name: str, numbers: list[int], *, timeout_s: float | None = None) -> None:
@@ -874,11 +1074,31 @@ class Server:
         self._lifecycle = threading.RLock()
         self._stop_polling = threading.Event()
         self._start_poller()
+        self._start_watcher()
 
     # -- status and shutdown -------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """A JSON-ready snapshot: every model, its versions, their state, errors, providers and queues."""
+    def status(self, *, include_paths: bool = True) -> dict[str, Any]:
+        """A JSON-ready snapshot: every model, its versions, their state, errors, providers and queues;
+        which worker answered (pid, hostname, start time) and the control revision it follows.
+
+        Args:
+            include_paths: ``False`` removes every file-system path (the repository, model files, and
+                paths quoted in error messages), for status shown to callers who are not administrators.
+        """
+        snapshot = self._status()
+        return snapshot if include_paths else _without_paths(snapshot, self._known_paths())
+
+    def _known_paths(self) -> list[str]:
+        paths = {str(self._repository)} if self._repository is not None else set()
+        if self._repository is not None:
+            paths.add(str(self._repository.resolve()))
+        for versions in list(self._loaded.values()):
+            for model_version in list(versions.values()):
+                paths.update({str(model_version.path), str(model_version.path.parent.parent)})
+        return sorted(paths, key=len, reverse=True)  # longest first: a folder must not eat part of its file
+
+    def _status(self) -> dict[str, Any]:
         with self._lifecycle:
             models: dict[str, Any] = {}
             names = set(self._loaded) | set(self._failures) | set(self._config_errors)
@@ -892,8 +1112,14 @@ class Server:
                     entry["serving"] = routes is not None and number in routes.versions
                     versions[str(number)] = entry
                 router = self._routers.get(name)
+                state = self._control.models.get(name)
+                stable = None if router is None or routes is None else router.stable_alias
                 models[name] = {
                     "default_version": None if routes is None else routes.default.version,
+                    "stable_version": stable
+                    if routes is not None and stable in routes.versions
+                    else (None if routes is None else routes.default.version),
+                    "control": None if state is None else state.to_dict(),
                     "ready": routes is not None,
                     "config_error": self._config_errors.get(name),
                     "versions": versions,
@@ -905,6 +1131,13 @@ class Server:
                 "repository": None if self._repository is None else str(self._repository),
                 "onnxruntime": onnxruntime_version(),
                 "thread_handoff_us": round(handoff_cost_s() * 1e6, 1),
+                "worker": worker_identity(),
+                "control": {
+                    **{key: value for key, value in self._control.to_dict().items() if key != "models"},
+                    "file": None if self._control_file is None else str(self._control_file.path),
+                    "interval_s": self._control_interval_s,
+                    "error": self._control_error,
+                },
                 "models": models,
             }
 
@@ -936,6 +1169,32 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<inprocserve.Server models={self.models} closed={self._closed}>"
+
+
+def _controlled(rollout: RolloutConfig, state: ModelControl) -> RolloutConfig:
+    """A model's rollout config with the control file's canary laid over it."""
+    if state.canary_version is None:
+        return rollout
+    return dataclasses.replace(
+        rollout, strategy="canary", candidate=state.canary_version, canary_percent=state.canary_percent
+    )
+
+
+_PATH_KEYS = frozenset({"path", "repository", "file", "folder", "optimized_path", "inputs_file"})
+
+
+def _without_paths(value: Any, paths: list[str]) -> Any:
+    """``value`` with every path-valued key dropped and every known path in a string replaced."""
+    if isinstance(value, dict):
+        return {key: _without_paths(item, paths) for key, item in value.items() if key not in _PATH_KEYS}
+    if isinstance(value, list | tuple):
+        return [_without_paths(item, paths) for item in value]
+    if isinstance(value, str):
+        for path in paths:
+            if path in value:
+                value = value.replace(path, "<path>")
+        return value
+    return value
 
 
 def _prediction(request: Request) -> Prediction:

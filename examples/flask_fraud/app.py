@@ -1,6 +1,12 @@
 """A fraud-scoring endpoint in a small Flask app, served with inprocserve.
 
-    FRAUD_MODELS=examples/flask_fraud/models gunicorn --preload -w 2 --threads 16 -b 127.0.0.1:8000 app:app
+    FRAUD_MODELS=examples/flask_fraud/models FRAUD_ADMIN_TOKEN=change-me \
+        gunicorn -c gunicorn.conf.py --preload -w 2 --threads 16 -b 127.0.0.1:8000 app:app
+
+The master only checks the models (INPROCSERVE_EAGER); each worker builds and warms its own sessions in
+gunicorn's post_worker_init hook, before it takes traffic. With FRAUD_ADMIN_TOKEN set, the admin endpoints
+(switch, rollback, canary, kill, resume, reload) move every worker at once through the repository's
+control file.
 
 Traces go to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (Jaeger: see docs/observability.md), else to
 the console (FRAUD_TRACE_CONSOLE=0 turns that off; the demo in run.py does, to keep its summary readable).
@@ -40,6 +46,8 @@ def create_app() -> Flask:
     app = Flask(__name__)
     app.config["INPROCSERVE_REPOSITORY"] = os.environ.get("FRAUD_MODELS", str(Path(__file__).parent / "models"))
     app.config["INPROCSERVE_TIMEOUT_S"] = 2.0  # a scoring call never waits longer than this
+    app.config["INPROCSERVE_EAGER"] = True  # check here (the master), build and warm in each worker
+    app.config["INPROCSERVE_ADMIN_TOKEN"] = os.environ.get("FRAUD_ADMIN_TOKEN")
     Inprocserve(app)
 
     @app.post("/score")
@@ -59,7 +67,9 @@ def create_app() -> Flask:
     def stats() -> Any:
         """This worker's view of the model (for the demo's summary across workers)."""
         status = server.status()["models"]["fraud"]
-        return jsonify(pid=os.getpid(), shadow=status["shadow"], rollout=status["rollout"])
+        return jsonify(
+            pid=os.getpid(), shadow=status["shadow"], rollout=status["rollout"], stable=status["stable_version"]
+        )
 
     return app
 

@@ -45,6 +45,16 @@ def get(url: str) -> dict:
         return json.loads(response.read())
 
 
+def post(url: str, body: dict, token: str) -> dict:
+    call = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(call, timeout=30) as response:
+        return json.loads(response.read())
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         repository = Path(folder)
@@ -56,11 +66,20 @@ def main() -> None:
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        env = {"FRAUD_TRACE_CONSOLE": "0", **os.environ, "FRAUD_MODELS": str(repository), "PYTHONPATH": str(HERE)}
+        token = "demo-admin-token"
+        env = {
+            "FRAUD_TRACE_CONSOLE": "0",
+            **os.environ,
+            "FRAUD_MODELS": str(repository),
+            "FRAUD_ADMIN_TOKEN": token,
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        }
         command = [
             sys.executable,
             "-m",
             "gunicorn",
+            "--config",
+            str(HERE / "gunicorn.conf.py"),
             "--preload",
             "--workers",
             "2",
@@ -169,6 +188,22 @@ def main() -> None:
             print(f"   workers that answered: {sorted(seen)}")
             if errors:
                 print(f"   first error: {errors[0]}")
+
+            switched = post(f"{base}/-/inprocserve/models/fraud/switch", {"version": 2}, token)
+            switched_at = time.monotonic()
+            following: set[int] = set()
+            for _ in range(200):  # each call lands on one worker: ask until both serve v2 as stable
+                stats = get(f"{base}/stats")
+                if stats["stable"] == 2:
+                    following.add(stats["pid"])
+                if following >= set(seen):
+                    break
+                time.sleep(0.05)
+            print(
+                f"   admin switch to v2 (control revision {switched['revision']}, sent to worker "
+                f"{switched['worker']}): workers {sorted(following)} serve it as stable "
+                f"{time.monotonic() - switched_at:.2f}s later"
+            )
         finally:
             process.send_signal(signal.SIGTERM)
             try:

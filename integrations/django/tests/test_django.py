@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -144,6 +145,25 @@ def test_system_checks(repository: Path, tmp_path: Path) -> None:
     ]
     assert check_ids({"REPOSITORY": str(repository), "BATCH": 3}) == ["inprocserve.E004"]
     assert check_ids({}) == ["inprocserve.W001"]
+    assert check_ids({"REPOSITORY": str(repository), "MODELS": []}) == ["inprocserve.E005"]
+    assert check_ids({"REPOSITORY": str(repository), "MODELS": {"scale": {}}}) == ["inprocserve.E006"]
+
+
+def test_a_check_warns_when_the_middleware_comes_before_authentication(repository: Path) -> None:
+    from django.conf import settings
+
+    wrong = [m for m in settings.MIDDLEWARE if "Inprocserve" not in m]
+    wrong.insert(0, "inprocserve_django.middleware.InprocserveMiddleware")
+    with override_settings(MIDDLEWARE=wrong):
+        assert check_ids({"REPOSITORY": str(repository)}) == ["inprocserve.W003"]
+
+
+@pytest.mark.django_db
+def test_the_user_is_loaded_only_when_a_prediction_needs_it(served: Path) -> None:
+    client = Client()
+    client.force_login(User.objects.create_user(username="lazy"))
+    assert client.get("/user-loaded").json() == {"loaded": False}  # no predict: no session/user read
+    assert post(client, "/score", [[1, 1, 1, 1]]).status_code == 200
 
 
 def test_management_commands(served: Path) -> None:
@@ -165,3 +185,100 @@ def test_warmup_command_fails_for_a_broken_model(tmp_path: Path) -> None:
                 call_command("inprocserve_warmup", stdout=StringIO())
         finally:
             reset_server()
+
+
+ADMIN = {"HTTP_AUTHORIZATION": "Bearer s3cret"}
+
+
+def admin_post(client: Client, url: str, body: Any = None, **extra: Any) -> Any:
+    return client.post(url, data=json.dumps(body or {}), content_type="application/json", **extra)
+
+
+def test_admin_endpoints_are_off_without_a_token(served: Path) -> None:
+    client = Client()
+    assert admin_post(client, "/-/inprocserve/models/scale/switch", {"version": 1}, **ADMIN).status_code == 404
+    assert admin_post(client, "/-/inprocserve/reload", **ADMIN).status_code == 404
+
+
+def test_admin_endpoints_need_the_token_and_act_on_the_fleet(repository: Path) -> None:
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "ADMIN_TOKEN": "s3cret"}):
+        try:
+            client = Client()
+            url = "/-/inprocserve/models/scale/switch"
+            assert admin_post(client, url, {"version": 1}).status_code == 401
+            wrong = {"HTTP_AUTHORIZATION": "Bearer s3cre"}
+            assert admin_post(client, url, {"version": 1}, **wrong).status_code == 401
+            assert client.get(url, **ADMIN).status_code == 405  # POST only
+            switched = admin_post(client, url, {"version": 1}, **ADMIN)
+            assert switched.status_code == 200
+            assert switched.json()["stable"] == 1 and switched.json()["revision"] == 1
+            assert post(client, "/score", [[1, 1, 1, 1]]).json()["version"] == 1
+            # another server on the same repository (another worker) follows the control file
+            other = inprocserve.Server(repository, control_interval_s=None)
+            try:
+                assert other.predict("scale", [[1, 1, 1, 1]]).version == 1
+            finally:
+                other.close()
+            assert (
+                admin_post(
+                    client, "/-/inprocserve/models/scale/canary", {"version": 2, "percent": 100}, **ADMIN
+                ).status_code
+                == 200
+            )
+            assert post(client, "/score", [[1, 1, 1, 1]]).json()["version"] == 2
+            assert admin_post(client, "/-/inprocserve/models/scale/kill", **ADMIN).json()["kill"] is True
+            assert post(client, "/score", [[1, 1, 1, 1]]).json()["version"] == 1
+            assert admin_post(client, "/-/inprocserve/models/scale/resume", **ADMIN).status_code == 200
+            assert (
+                admin_post(client, "/-/inprocserve/models/scale/canary", {"version": None}, **ADMIN).status_code == 200
+            )
+            assert admin_post(client, "/-/inprocserve/models/scale/switch", {"version": 2}, **ADMIN).status_code == 200
+            assert admin_post(client, "/-/inprocserve/models/scale/rollback", **ADMIN).json()["stable"] == 1
+            assert admin_post(client, "/-/inprocserve/reload", **ADMIN).json()["problems"] == []
+            bad = admin_post(client, url, {"version": "x"}, **ADMIN)
+            assert bad.status_code == 400 and "version" in bad.json()["message"]
+            assert admin_post(client, url, {"version": 9}, **ADMIN).status_code == 404
+            assert admin_post(client, "/-/inprocserve/models/nope/kill", **ADMIN).status_code == 404
+            percent = admin_post(client, "/-/inprocserve/models/scale/canary", {"version": 2, "percent": 400}, **ADMIN)
+            assert percent.status_code == 400 and "percent" in percent.json()["message"]
+        finally:
+            reset_server()
+
+
+def test_models_shows_paths_only_to_the_admin(repository: Path) -> None:
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "ADMIN_TOKEN": "s3cret"}):
+        try:
+            client = Client()
+            public = client.get("/-/inprocserve/models")
+            assert public.status_code == 200 and str(repository) not in public.content.decode()
+            assert public.json()["worker"]["pid"] > 0
+            assert str(repository) in client.get("/-/inprocserve/models", **ADMIN).content.decode()
+        finally:
+            reset_server()
+
+
+def _eager_setup(repository: Path) -> dict[str, Any]:
+    import subprocess
+    import sys
+
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(here / "eager_check.py"), str(repository)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_eager_mode_checks_in_ready_and_builds_only_in_the_worker(repository: Path, tmp_path: Path) -> None:
+    report = _eager_setup(repository)
+    assert report["before"] == {"onnxruntime": False, "onnx": True}  # checked with onnx, nothing built
+    assert report["models"] == {"scale": [2]}
+    broken = tmp_path / "broken"
+    (broken / "m" / "1").mkdir(parents=True)
+    (broken / "m" / "1" / "model.onnx").write_bytes(b"nope")
+    assert "not a readable ONNX model" in _eager_setup(broken)["error"]

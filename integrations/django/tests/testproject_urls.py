@@ -18,6 +18,11 @@ async def ascore(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"y": result["y"].tolist(), "version": result.version})
 
 
+def user_loaded(request: HttpRequest) -> JsonResponse:
+    """Whether anything evaluated request.user (AuthenticationMiddleware caches it when it is loaded)."""
+    return JsonResponse({"loaded": hasattr(request, "_cached_user")})
+
+
 def unknown(request: HttpRequest) -> JsonResponse:
     predict(request, "nope", [[1, 2, 3, 4]])
     return JsonResponse({})
@@ -27,5 +32,6 @@ urlpatterns = [
     path("score", score),
     path("ascore", ascore),
     path("unknown", unknown),
+    path("user-loaded", user_loaded),
     path("-/inprocserve/", include("inprocserve_django.urls")),
 ]

@@ -191,9 +191,10 @@ def test_admin_endpoints_require_the_token(repository: Path) -> None:
         wrong = {"Authorization": "Bearer nope"}
         assert client.post("/-/inprocserve/models/scale/switch", json={"version": 1}, headers=wrong).status_code == 401
         good = {"Authorization": "Bearer s3cret"}
-        assert client.post("/-/inprocserve/reload", headers=good).json == {"problems": []}
+        reloaded = client.post("/-/inprocserve/reload", headers=good).json
+        assert reloaded["problems"] == [] and reloaded["revision"] == 1 and reloaded["worker"] == os.getpid()
         switched = client.post("/-/inprocserve/models/scale/switch", json={"version": 1}, headers=good)
-        assert switched.json == {"model": "scale", "stable": 1}
+        assert switched.json == {"model": "scale", "stable": 1, "revision": 2, "worker": os.getpid()}
         assert client.post("/score", json={"rows": [[1, 1, 1, 1]]}).json["version"] == 1
         bad = client.post("/-/inprocserve/models/scale/switch", json={"version": "x"}, headers=good)
         assert bad.status_code == 400
@@ -201,10 +202,71 @@ def test_admin_endpoints_require_the_token(repository: Path) -> None:
         Inprocserve.close(app)
 
 
-def test_eager_mode_loads_at_start_up(repository: Path) -> None:
+def test_models_shows_paths_only_to_the_admin(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_ADMIN_TOKEN="s3cret")
+    client = app.test_client()
+    try:
+        public = client.get("/-/inprocserve/models")
+        assert public.status_code == 200 and str(repository) not in public.get_data(as_text=True)
+        assert public.json["worker"]["pid"] == os.getpid()
+        wrong = client.get("/-/inprocserve/models", headers={"Authorization": "Bearer nope"})
+        assert str(repository) not in wrong.get_data(as_text=True)
+        admin = client.get("/-/inprocserve/models", headers={"Authorization": "Bearer s3cret"})
+        assert str(repository) in admin.get_data(as_text=True)
+    finally:
+        Inprocserve.close(app)
+
+
+def test_admin_rollout_endpoints(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_ADMIN_TOKEN="s3cret")
+    client = app.test_client()
+    good = {"Authorization": "Bearer s3cret"}
+    prefix = "/-/inprocserve/models/scale"
+
+    def version() -> int:
+        return int(client.post("/score", json={"rows": [[1, 1, 1, 1]]}).json["version"])
+
+    try:
+        assert client.post(f"{prefix}/kill").status_code == 401
+        rollback = client.post(f"{prefix}/rollback", headers=good)
+        assert rollback.status_code == 400 and "no previous stable version" in rollback.json["message"]
+        assert client.post(f"{prefix}/switch", json={"version": 1}, headers=good).status_code == 200
+        assert version() == 1
+        assert client.post(f"{prefix}/canary", json={"version": 2, "percent": 100}, headers=good).json["revision"] == 2
+        assert version() == 2
+        assert client.post(f"{prefix}/kill", headers=good).json["kill"] is True
+        assert version() == 1
+        assert client.post(f"{prefix}/resume", headers=good).status_code == 200
+        assert version() == 2
+        assert client.post(f"{prefix}/canary", json={"version": None}, headers=good).status_code == 200
+        assert client.post(f"{prefix}/switch", json={"version": 2}, headers=good).status_code == 200
+        assert client.post(f"{prefix}/rollback", headers=good).json["stable"] == 1
+        assert version() == 1
+        missing = client.post(f"{prefix}/switch", json={"version": 9}, headers=good)
+        assert missing.status_code == 404 and "no version 9" in missing.json["message"]
+        assert client.post("/-/inprocserve/models/nope/kill", headers=good).status_code == 404
+        assert client.post(f"{prefix}/canary", json={"version": 2, "percent": 101}, headers=good).status_code == 400
+        assert client.post(f"{prefix}/canary", json={"version": 2}, headers=good).status_code == 400
+    finally:
+        Inprocserve.close(app)
+
+
+def test_eager_mode_checks_at_start_up_and_builds_only_when_warmed(repository: Path) -> None:
     app = make_app(repository, INPROCSERVE_EAGER=True)
-    assert app.extensions["inprocserve"].started
+    state = app.extensions["inprocserve"]
+    assert not state.started  # this process may be a pre-forking master: no onnxruntime state here
+    Inprocserve.warm(app)  # what each forked worker does right after the fork
+    assert state.started
+    assert app.test_client().get("/-/inprocserve/ready").status_code == 200
     Inprocserve.close(app)
+
+
+def test_eager_mode_fails_the_start_up_on_a_broken_model(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    (folder / "broken" / "1").mkdir(parents=True)
+    (folder / "broken" / "1" / "model.onnx").write_bytes(b"nope")
+    with pytest.raises(inprocserve.ModelLoadError, match=r"broken.*not a readable ONNX model"):
+        make_app(folder, INPROCSERVE_EAGER=True)
 
 
 def _free_port() -> int:

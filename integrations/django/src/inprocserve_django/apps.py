@@ -25,3 +25,16 @@ class InprocserveConfig(AppConfig):
         from . import checks  # noqa: F401 - registers the system checks
 
         setting_changed.connect(_on_setting_changed, dispatch_uid="inprocserve_setting_changed")
+        from .conf import settings
+
+        config = settings()
+        if config["EAGER"]:
+            # Check now (no onnxruntime: this may be a pre-forking master) so a broken repository fails
+            # the start-up; each worker builds and warms its own server right after the fork.
+            import inprocserve
+
+            from .server import warm_after_fork
+
+            if config["REPOSITORY"] is not None:
+                inprocserve.check_repository(config["REPOSITORY"], config=config["CONFIG"], models=config["MODELS"])
+            inprocserve.build_after_fork(warm_after_fork)

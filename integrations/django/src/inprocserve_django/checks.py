@@ -62,7 +62,7 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
     models = config["MODELS"]
     if not isinstance(models, dict):
-        messages.append(Error("INPROCSERVE['MODELS'] must be a dict of name -> ModelConfig.", id="inprocserve.E003"))
+        messages.append(Error("INPROCSERVE['MODELS'] must be a dict of name -> ModelConfig.", id="inprocserve.E005"))
         models = {}
     for name, model_config in models.items():
         if not isinstance(model_config, inprocserve.ModelConfig):
@@ -70,7 +70,8 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 Error(
                     f"INPROCSERVE['MODELS'][{name!r}] must be an inprocserve.ModelConfig, "
                     f"got {type(model_config).__name__}.",
-                    id="inprocserve.E003",
+                    hint="Build it with inprocserve.ModelConfig(...).",
+                    id="inprocserve.E006",
                 )
             )
         if repository is not None and found and name not in found:
@@ -95,7 +96,28 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 "INPROCSERVE['STATUS_PAGE'] is on but INPROCSERVE['STATUS_PAGE_TOKEN'] is not set: "
                 "the page answers 404.",
                 hint="Set STATUS_PAGE_TOKEN to a long random string (for example secrets.token_urlsafe(32)).",
-                id="inprocserve.E005",
+                id="inprocserve.E007",
             )
         )
+    messages.extend(_check_middleware_order())
     return messages
+
+
+_OURS = "inprocserve_django.middleware.InprocserveMiddleware"
+_AUTH = "django.contrib.auth.middleware.AuthenticationMiddleware"
+
+
+def _check_middleware_order() -> list[Any]:
+    from django.conf import settings as django_settings
+
+    middleware = list(getattr(django_settings, "MIDDLEWARE", None) or [])
+    if _OURS in middleware and _AUTH in middleware and middleware.index(_OURS) < middleware.index(_AUTH):
+        return [
+            Warning(
+                "InprocserveMiddleware comes before AuthenticationMiddleware.",
+                hint="Move it after AuthenticationMiddleware in MIDDLEWARE, so that the logged-in user (not only "
+                "the X-User-Id header) decides canary and A/B assignment.",
+                id="inprocserve.W003",
+            )
+        ]
+    return []

@@ -8,11 +8,12 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.functional import SimpleLazyObject
 
 import inprocserve
 
 from .conf import settings
-from .server import request_context
+from .server import derive_context
 
 STATUS: dict[type[Exception], tuple[int, str]] = {
     inprocserve.InvalidInputError: (400, "invalid_input"),
@@ -60,7 +61,8 @@ class InprocserveMiddleware:
     @staticmethod
     def _prepare(request: HttpRequest) -> None:
         request._inprocserve_started = time.monotonic()  # type: ignore[attr-defined]
-        request.inprocserve_context = request_context(request)  # type: ignore[attr-defined]
+        # Lazy: the user (a session and database read) is loaded only if a prediction needs the context.
+        request.inprocserve_context = SimpleLazyObject(lambda: derive_context(request))  # type: ignore[attr-defined]
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         return error_response(exception)

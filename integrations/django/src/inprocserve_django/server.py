@@ -33,9 +33,21 @@ def get_server() -> inprocserve.Server:
                     flags=config["FLAGS"],
                     flag_timeout_s=config["FLAG_TIMEOUT_S"],
                     poll_interval_s=config["POLL_INTERVAL_S"],
+                    control_interval_s=config["CONTROL_INTERVAL_S"],
                 )
                 _pid = os.getpid()
     return _server
+
+
+def building() -> bool:
+    """Whether a thread of this process is building the server right now (eager warm-up after fork)."""
+    return _lock.locked() and not (_server is not None and _pid == os.getpid())
+
+
+def warm_after_fork() -> None:
+    """The eager builder run in each forked worker: build and warm this process's server now."""
+    if settings()["EAGER"]:  # settings may have changed since it was registered
+        get_server()
 
 
 def reset_server() -> None:
@@ -52,6 +64,11 @@ def request_context(request: HttpRequest) -> dict[str, Any]:
     context = getattr(request, "inprocserve_context", None)
     if context is not None:
         return dict(context)
+    return derive_context(request)
+
+
+def derive_context(request: HttpRequest) -> dict[str, Any]:
+    """The logged-in user's pk, else the user header (evaluated when a prediction needs it)."""
     user = getattr(request, "user", None)
     if user is not None and getattr(user, "is_authenticated", False):
         return {"user_id": str(user.pk)}
@@ -75,7 +92,8 @@ def remaining_budget(request: HttpRequest) -> float | None:
 
 
 def _kwargs(request: HttpRequest, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    kwargs.setdefault("context", request_context(request))
+    if "context" not in kwargs:
+        kwargs["context"] = request_context(request)
     if "timeout_s" not in kwargs:
         budget = remaining_budget(request)
         if budget is not None and budget <= 0:

@@ -5,7 +5,7 @@ The page itself is :func:`inprocserve.render_status_page`. This view only guards
 adds the header) or as HTTP Basic credentials with the token as the password (a person in a browser: a
 wrong or missing token answers 401 with a ``WWW-Authenticate: Basic`` challenge, so the browser asks for
 it). Tokens are compared in constant time. A token in the query string is not accepted: it would end up in
-access logs and history. With the page off, or no token set (system check ``inprocserve.E005``), it is 404.
+access logs and history. With the page off, or no token set (system check ``inprocserve.E007``), it is 404.
 """
 
 from __future__ import annotations

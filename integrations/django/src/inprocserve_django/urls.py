@@ -10,4 +10,10 @@ urlpatterns = [
     path("ready", views.ready, name="ready"),
     path("models", views.models, name="models"),
     path("status", status_page.status_page, name="status"),
+    path("reload", views.reload, name="reload"),
+    path("models/<str:name>/switch", views.switch, name="switch"),
+    path("models/<str:name>/rollback", views.rollback, name="rollback"),
+    path("models/<str:name>/canary", views.canary, name="canary"),
+    path("models/<str:name>/kill", views.kill, name="kill"),
+    path("models/<str:name>/resume", views.resume, name="resume"),
 ]

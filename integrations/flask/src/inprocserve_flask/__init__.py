@@ -15,7 +15,9 @@
         return {"probability": result["y"][:, 1].tolist(), "version": result.version}
 
 The server is created lazily, once per process, on first use — so it works under gunicorn with
-``--preload`` — or at start-up with ``INPROCSERVE_EAGER = True``.
+``--preload``. With ``INPROCSERVE_EAGER = True`` the process that runs ``init_app`` only checks the
+repository (no onnxruntime: it may be a pre-forking master), and each worker builds and warms its server
+right after the fork, before it is ready (see docs/flask.md and ``inprocserve.gunicorn``).
 """
 
 from __future__ import annotations
@@ -45,12 +47,13 @@ DEFAULTS: dict[str, Any] = {
     "INPROCSERVE_FLAGS": None,  # an inprocserve.FlagProvider
     "INPROCSERVE_FLAG_TIMEOUT_S": 0.05,
     "INPROCSERVE_POLL_INTERVAL_S": None,
-    "INPROCSERVE_EAGER": False,  # create the server (load models) at init_app instead of first use
+    "INPROCSERVE_CONTROL_INTERVAL_S": 0.5,  # how often each worker re-reads the fleet's control file
+    "INPROCSERVE_EAGER": False,  # check the repository at init_app, build and warm in each worker after fork
     "INPROCSERVE_CONTEXT": None,  # callable() -> dict for rollout decisions; default: default_context
     "INPROCSERVE_USER_HEADER": "X-User-Id",
     "INPROCSERVE_ENDPOINTS": True,  # health, ready and models endpoints
     "INPROCSERVE_URL_PREFIX": "/-/inprocserve",
-    "INPROCSERVE_ADMIN_TOKEN": None,  # set it to enable the reload and switch endpoints
+    "INPROCSERVE_ADMIN_TOKEN": None,  # set it to enable the admin endpoints (and paths in /models)
     "INPROCSERVE_STATUS_PAGE": False,  # serve the HTML status page at {prefix}/status (needs a token)
     "INPROCSERVE_STATUS_PAGE_TOKEN": None,  # its token (default: INPROCSERVE_ADMIN_TOKEN)
     "INPROCSERVE_ERROR_HANDLERS": True,
@@ -77,6 +80,7 @@ class _State:
         self._server: inprocserve.Server | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._closed = False  # closed by Inprocserve.close: forked children no longer warm it up
 
     @property
     def server(self) -> inprocserve.Server:
@@ -91,6 +95,16 @@ class _State:
     def started(self) -> bool:
         return self._server is not None and self._pid == os.getpid()
 
+    @property
+    def building(self) -> bool:
+        """Whether a thread of this process is building the server right now (eager warm-up)."""
+        return self._lock.locked() and not self.started
+
+    def warm(self) -> None:
+        """Build (load and warm) this process's server now, if it is not built yet (and not closed)."""
+        if not self._closed:
+            self.server  # noqa: B018 - the property builds it
+
     def _build(self) -> inprocserve.Server:
         config = self.config
         return inprocserve.Server(
@@ -100,10 +114,12 @@ class _State:
             flags=config["INPROCSERVE_FLAGS"],
             flag_timeout_s=config["INPROCSERVE_FLAG_TIMEOUT_S"],
             poll_interval_s=config["INPROCSERVE_POLL_INTERVAL_S"],
+            control_interval_s=config["INPROCSERVE_CONTROL_INTERVAL_S"],
         )
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._server is not None and self._pid == os.getpid():
                 self._server.close()
             self._server = None
@@ -138,7 +154,20 @@ class Inprocserve:
         elif app.config["INPROCSERVE_STATUS_PAGE"]:
             raise inprocserve.ConfigurationError("INPROCSERVE_STATUS_PAGE needs INPROCSERVE_ENDPOINTS = True")
         if app.config["INPROCSERVE_EAGER"]:
-            state.server  # noqa: B018 - builds it now, so a broken repository fails the start-up
+            # Check now, so a broken repository fails the start-up; build in each worker after the fork,
+            # never here: this may be a pre-forking master, which must hold no onnxruntime state.
+            if state.config["INPROCSERVE_REPOSITORY"] is not None:
+                inprocserve.check_repository(
+                    state.config["INPROCSERVE_REPOSITORY"],
+                    config=state.config["INPROCSERVE_MODEL_CONFIG"],
+                    models=state.config["INPROCSERVE_MODELS"],
+                )
+            inprocserve.build_after_fork(state.warm)
+
+    @staticmethod
+    def warm(app: Flask) -> None:
+        """Build and warm the app's server in this process now (for a process that does not fork)."""
+        app.extensions[_EXTENSION].server  # noqa: B018 - the property builds it
 
     @staticmethod
     def close(app: Flask) -> None:
@@ -247,6 +276,13 @@ def _error_handler(status: int, retry_after: float) -> Callable[[Exception], Any
 def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     blueprint = Blueprint("inprocserve", __name__)
     token = config["INPROCSERVE_ADMIN_TOKEN"]
+    eager = config["INPROCSERVE_EAGER"]
+
+    def authorized() -> bool:
+        if not token:
+            return False
+        supplied = request.headers.get("Authorization", "")
+        return hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode())
 
     @blueprint.before_app_request
     def note_start() -> None:
@@ -258,7 +294,10 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
 
     @blueprint.get("/ready")
     def ready() -> Any:
-        status = _state().server.status()  # builds the server (loads the models) on the first probe
+        state = _state()
+        if eager and state.building:  # warming up after the fork: not ready, and do not wait for it
+            return jsonify({"ready": False, "warming": True, "worker": os.getpid()}), 503
+        status = state.server.status(include_paths=False)  # lazy mode: builds it on the first probe
         not_ready = {name: m for name, m in status["models"].items() if not m["ready"]}
         if status["closed"] or not_ready or not status["models"]:
             reasons = {name: _first_error(m) for name, m in not_ready.items()}
@@ -267,33 +306,98 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
 
     @blueprint.get("/models")
     def models() -> Any:
-        return jsonify(_state().server.status())
+        return jsonify(_state().server.status(include_paths=authorized()))
 
     add_status_page(blueprint, config, lambda: _state().server)
 
-    if token:
+    if not token:
+        return blueprint
 
-        def authorized() -> bool:
-            supplied = request.headers.get("Authorization", "")
-            return hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode())
+    def admin(action: Callable[[], dict[str, Any]]) -> Any:
+        if not authorized():
+            return jsonify({"error": "unauthorized"}), 401
+        try:
+            answer = action()
+        except Exception as exc:
+            status = _admin_status(exc)
+            if status is None:
+                raise
+            return jsonify({"error": type(exc).__name__, "message": str(exc)}), status
+        server = _state().server
+        return {**answer, "revision": server.sync_control(), "worker": os.getpid()}
 
-        @blueprint.post("/reload")
-        def reload() -> Any:
-            if not authorized():
-                return jsonify({"error": "unauthorized"}), 401
-            return {"problems": _state().server.refresh()}
+    def actor() -> str:
+        return f"admin endpoint from {request.remote_addr}"
 
-        @blueprint.post("/models/<name>/switch")
-        def switch(name: str) -> Any:
-            if not authorized():
-                return jsonify({"error": "unauthorized"}), 401
-            version = (request.get_json(silent=True) or {}).get("version")
-            if not isinstance(version, int):
-                return jsonify({"error": "invalid_input", "message": 'send {"version": <int>}'}), 400
-            _state().server.switch(name, version)
+    def body() -> dict[str, Any]:
+        data = request.get_json(silent=True)
+        return data if isinstance(data, dict) else {}
+
+    @blueprint.post("/reload")
+    def reload() -> Any:
+        return admin(lambda: {"problems": _state().server.reload(actor=actor())})
+
+    @blueprint.post("/models/<name>/switch")
+    def switch(name: str) -> Any:
+        def act() -> dict[str, Any]:
+            version = body().get("version")
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise ValueError('send {"version": <int>}')
+            _state().server.switch(name, version, actor=actor())
             return {"model": name, "stable": version}
 
+        return admin(act)
+
+    @blueprint.post("/models/<name>/rollback")
+    def rollback(name: str) -> Any:
+        return admin(lambda: {"model": name, "stable": _state().server.rollback(name, actor=actor())})
+
+    @blueprint.post("/models/<name>/canary")
+    def canary(name: str) -> Any:
+        def act() -> dict[str, Any]:
+            data = body()
+            if "version" not in data or ("percent" not in data and data["version"] is not None):
+                raise ValueError('send {"version": <int>, "percent": <0..100>}, or {"version": null} to remove it')
+            version, percent = data["version"], data.get("percent", 0)
+            if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+                raise ValueError(f"version must be an int or null, got {version!r}")
+            _state().server.set_canary(name, version, percent=percent, actor=actor())
+            return {"model": name, "canary_version": version, "canary_percent": percent}
+
+        return admin(act)
+
+    @blueprint.post("/models/<name>/kill")
+    def kill(name: str) -> Any:
+        def act() -> dict[str, Any]:
+            _state().server.kill(name, actor=actor())
+            return {"model": name, "kill": True}
+
+        return admin(act)
+
+    @blueprint.post("/models/<name>/resume")
+    def resume(name: str) -> Any:
+        def act() -> dict[str, Any]:
+            _state().server.resume(name, actor=actor())
+            return {"model": name, "kill": False}
+
+        return admin(act)
+
     return blueprint
+
+
+def _admin_status(error: Exception) -> int | None:
+    """The HTTP status of an admin call's error (its message says what to fix)."""
+    if isinstance(error, inprocserve.ModelNotFoundError):
+        return 404
+    if isinstance(error, inprocserve.ModelLoadError):
+        return 422  # the version exists but cannot be loaded: nothing was switched
+    if isinstance(error, inprocserve.ServerClosedError):
+        return 503
+    if isinstance(error, inprocserve.ConfigurationError):
+        return 409  # the control file is invalid or cannot be written: fix it, then retry
+    if isinstance(error, ValueError | TypeError):
+        return 400
+    return None
 
 
 def _first_error(model_status: Mapping[str, Any]) -> str | None:

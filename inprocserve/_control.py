@@ -1,0 +1,297 @@
+"""Fleet-wide rollout control: one file in the model repository that every worker and host follows.
+
+A switch, rollback, canary percentage, kill switch or reload made on one worker must reach every worker
+of every host. The model repository is the one thing they all share already (a local folder for the
+workers of one host; shared storage such as NFS/EFS, or a synced copy, across hosts), so the control
+state lives there, in ``<repository>/.inprocserve-control.json`` (a dot-file, so repository scans skip
+it)::
+
+    {"revision": 7, "reload": 1, "updated_at": "2026-01-01T12:00:00Z", "updated_by": "alice@host:123",
+     "models": {"fraud": {"stable": 3, "previous_stable": 2, "canary_version": 4, "canary_percent": 10.0,
+                          "kill": false}}}
+
+Writers (``Server`` methods, the admin endpoints, the CLI) hold an exclusive ``flock`` on a sibling lock
+file, read, change, and replace the file atomically (temporary file, ``fsync``, ``os.replace``), so readers
+never see a half-written file and concurrent writers never lose an update. ``revision`` only grows.
+Readers need no lock: they re-read the file (it is a few hundred bytes) every ``control_interval_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigurationError
+
+__all__ = ["CONTROL_FILENAME", "Control", "ControlFile", "ModelControl", "worker_identity"]
+
+CONTROL_FILENAME = ".inprocserve-control.json"
+_LOCK_FILENAME = ".inprocserve-control.lock"
+_MAX_BYTES = 1 << 20  # a control file is a few hundred bytes; refuse to parse anything absurd
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelControl:
+    """The fleet-wide rollout state of one model; ``None`` fields leave the model's own config in charge."""
+
+    stable: int | None = None
+    """The stable version every worker serves (``None``: the model's configured or latest version)."""
+    previous_stable: int | None = None
+    """The stable version before the last switch: where :meth:`Server.rollback` goes."""
+    canary_version: int | None = None
+    """The canary version; with ``canary_percent`` > 0 it replaces the model's configured strategy."""
+    canary_percent: float = 0.0
+    """Share of targeting keys (sticky buckets) sent to ``canary_version``, 0-100."""
+    kill: bool = False
+    """Kill switch: every request gets the stable version (no canary, A/B, bandit or shadow)."""
+
+    def __post_init__(self) -> None:
+        for name in ("stable", "previous_stable", "canary_version"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigurationError(f"control: {name} must be a positive int or null, got {value!r}")
+        percent = self.canary_percent
+        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+            raise ConfigurationError(f"control: canary_percent must lie in 0..100, got {percent!r}")
+        object.__setattr__(self, "canary_percent", float(percent))
+        if not isinstance(self.kill, bool):
+            raise ConfigurationError(f"control: kill must be true or false, got {self.kill!r}")
+
+    @property
+    def canary_active(self) -> bool:
+        return self.canary_version is not None and self.canary_percent > 0
+
+    @property
+    def versions(self) -> set[int]:
+        """Versions this state keeps loaded on every worker (the previous stable too: rollbacks are instant)."""
+        wanted = {v for v in (self.stable, self.previous_stable) if v is not None}
+        if self.canary_active:
+            assert self.canary_version is not None
+            wanted.add(self.canary_version)
+        return wanted
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stable": self.stable,
+            "previous_stable": self.previous_stable,
+            "canary_version": self.canary_version,
+            "canary_percent": self.canary_percent,
+            "kill": self.kill,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Control:
+    """One revision of the control file."""
+
+    revision: int = 0
+    reload: int = 0
+    """Bumped by a fleet-wide reload: every worker re-scans the repository when it sees a new value."""
+    updated_at: str | None = None
+    updated_by: str | None = None
+    models: Mapping[str, ModelControl] = field(default_factory=dict)
+
+    def model(self, name: str) -> ModelControl | None:
+        return self.models.get(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "reload": self.reload,
+            "updated_at": self.updated_at,
+            "updated_by": self.updated_by,
+            "models": {name: state.to_dict() for name, state in sorted(self.models.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Control:
+        """Parse a control document; raises ``ConfigurationError`` saying what is wrong."""
+        if not isinstance(data, dict):
+            raise ConfigurationError("control: the document must be a JSON object")
+        unknown = set(data) - {"revision", "reload", "updated_at", "updated_by", "models"}
+        if unknown:
+            raise ConfigurationError(f"control: unknown keys {sorted(unknown)}")
+        revision, reload = data.get("revision", 0), data.get("reload", 0)
+        for name, value in (("revision", revision), ("reload", reload)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigurationError(f"control: {name} must be an int >= 0, got {value!r}")
+        models = data.get("models", {})
+        if not isinstance(models, dict):
+            raise ConfigurationError("control: models must be an object of model name -> state")
+        parsed: dict[str, ModelControl] = {}
+        for name, state in models.items():
+            if not isinstance(state, dict):
+                raise ConfigurationError(f"control: models.{name} must be an object")
+            try:
+                parsed[name] = ModelControl(**state)
+            except TypeError as exc:
+                raise ConfigurationError(f"control: models.{name}: {exc}") from None
+        return cls(
+            revision=revision,
+            reload=reload,
+            updated_at=_optional_str(data.get("updated_at")),
+            updated_by=_optional_str(data.get("updated_by")),
+            models=parsed,
+        )
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class ControlFile:
+    """Reads and atomically rewrites the control file of one repository.
+
+    Thread- and process-safe: every update holds an exclusive ``flock`` on the lock file (POSIX), so
+    updates from any number of workers, hosts sharing the folder (``flock`` over NFSv4 is forwarded to
+    the server) and the CLI are serialized, and readers only ever see whole revisions.
+    """
+
+    def __init__(self, repository: str | Path) -> None:
+        self.folder = Path(repository)
+        self.path = self.folder / CONTROL_FILENAME
+        self._lock_path = self.folder / _LOCK_FILENAME
+
+    def read(self) -> Control:
+        """The current revision; an absent file is revision 0 (nothing overridden).
+
+        Raises:
+            ConfigurationError: the file cannot be read or is not a valid control document.
+        """
+        try:
+            with open(self.path, "rb") as handle:
+                raw = handle.read(_MAX_BYTES + 1)
+        except FileNotFoundError:
+            return Control()
+        except OSError as exc:
+            raise ConfigurationError(f"control file {self.path} cannot be read: {exc}") from exc
+        if len(raw) > _MAX_BYTES:
+            raise ConfigurationError(f"control file {self.path} is larger than {_MAX_BYTES} bytes")
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ConfigurationError(f"control file {self.path} is not valid JSON: {exc}") from exc
+        return Control.from_dict(data)
+
+    def update(self, change: Callable[[Control], Control], *, actor: str | None = None) -> Control:
+        """Apply ``change`` to the current revision and write the result as the next revision.
+
+        Raises:
+            ConfigurationError: the repository folder is missing, or the current file is invalid.
+            Whatever ``change`` raises (nothing is written then).
+        """
+        if not self.folder.is_dir():
+            raise ConfigurationError(f"model repository {str(self.folder)!r} is not a directory")
+        with self._locked():
+            current = self.read()
+            changed = change(current)
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            result = replace(
+                changed, revision=current.revision + 1, updated_at=stamp, updated_by=actor or default_actor()
+            )
+            self._write(result)
+            return result
+
+    def set_model(
+        self, name: str, change: Callable[[ModelControl], ModelControl], *, actor: str | None = None
+    ) -> Control:
+        """Update one model's state (created empty if absent)."""
+
+        def apply(control: Control) -> Control:
+            state = change(control.models.get(name) or ModelControl())
+            return replace(control, models={**control.models, name: state})
+
+        return self.update(apply, actor=actor)
+
+    def bump_reload(self, *, actor: str | None = None) -> Control:
+        return self.update(lambda control: replace(control, reload=control.reload + 1), actor=actor)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # closing releases the lock
+
+    def _write(self, control: Control) -> None:
+        payload = json.dumps(control.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
+        descriptor, temporary = tempfile.mkstemp(prefix=".inprocserve-control.", suffix=".tmp", dir=self.folder)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, self.path)  # atomic: readers see the old or the new file, never a mix
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            folder = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+
+
+def switched(state: ModelControl, version: int) -> ModelControl:
+    """``state`` with ``version`` as its stable version (the old one kept for a rollback)."""
+    previous = state.stable if state.stable != version else state.previous_stable
+    return replace(state, stable=version, previous_stable=previous)
+
+
+def validate_percent(percent: object) -> float:
+    if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent):
+        raise ValueError(f"percent must be a number in 0..100, got {percent!r}")
+    if not 0 <= percent <= 100:
+        raise ValueError(f"percent must lie in 0..100, got {percent!r}")
+    return float(percent)
+
+
+def validate_version(version: object) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive int, got {version!r}")
+    return version
+
+
+# -- which worker answered ------------------------------------------------------------------------------
+
+_started_at = time.time()
+
+
+def _reset_started_at() -> None:
+    global _started_at
+    _started_at = time.time()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_started_at)
+
+
+def worker_identity() -> dict[str, Any]:
+    """This process as status reports it: pid, hostname and when it started (or was forked)."""
+    return {"pid": os.getpid(), "hostname": socket.gethostname(), "started_at": _started_at}
+
+
+def default_actor() -> str:
+    """Who wrote a revision when the caller does not say: user@host:pid."""
+    try:
+        user = os.getlogin()
+    except OSError:
+        user = os.environ.get("USER", "unknown")
+    return f"{user}@{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,170 @@
+"""Pre-fork servers (gunicorn ``--preload``): check in the master, build and warm in each worker.
+
+onnxruntime state must never cross a ``fork()``: its thread pools do not exist in the child, whose exit
+then hangs or aborts. So the master process only *checks* the repository — layout, ``config.toml`` files,
+and each model's signature read with the ``onnx`` package (no onnxruntime) — and every worker builds and
+warms its own sessions right after the fork, before it takes traffic:
+
+* automatically: :func:`build_after_fork` registers a builder in the master; each worker forked from it
+  runs the builder on a background thread as soon as it starts (its readiness endpoint answers 503 until
+  the builder is done, and requests that arrive earlier wait for it instead of building again);
+* or synchronously in a gunicorn hook: ``post_worker_init = inprocserve.gunicorn.post_worker_init``
+  (see :mod:`inprocserve.gunicorn`), so a worker accepts no connection before its models are warm.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ._config import ModelConfig, load_model_config
+from ._errors import ModelLoadError
+from ._repository import scan_repository
+
+__all__ = ["build_after_fork", "check_repository", "shield_exit", "warm_worker"]
+
+logger = logging.getLogger(__name__)
+
+_builders: list[tuple[int, Callable[[], object]]] = []  # (pid that registered it, builder)
+_lock = threading.Lock()
+_done_in: dict[int, int] = {}  # id(builder) -> pid it last completed in
+
+
+def build_after_fork(build: Callable[[], object], *, background: bool = True) -> None:
+    """Run ``build`` in every process forked from this one, right after the fork.
+
+    ``build`` must be idempotent and thread-safe (the plug-ins pass their "server for this process"
+    getter): it may be called both by the automatic background thread and by :func:`warm_worker`.
+
+    Args:
+        build: Builds and warms this process's server(s).
+        background: Start ``build`` on a thread in each forked child automatically. With ``False`` only
+            :func:`warm_worker` (for example the gunicorn hook) runs it.
+    """
+    with _lock:
+        _builders.append((os.getpid() if background else -1, build))
+
+
+def warm_worker() -> list[str]:
+    """Run every registered builder in this process now (once per process); returns the errors."""
+    errors: list[str] = []
+    for _, build in list(_builders):
+        if _done_in.get(id(build)) == os.getpid():
+            continue
+        try:
+            build()
+        except Exception as exc:  # one broken app must not keep the others from warming
+            logger.exception("building the inprocserve server in worker %d failed", os.getpid())
+            errors.append(str(exc))
+            continue
+        _done_in[id(build)] = os.getpid()
+    return errors
+
+
+_shielded_in: int | None = None
+
+
+def shield_exit() -> None:
+    """Ignore SIGTERM once this process has begun to exit (idempotent; called by every Server).
+
+    A worker that is already exiting (``max_requests`` recycling, a graceful stop) closes its sessions
+    during interpreter shutdown, after CPython has put SIGTERM back to its default action; a SIGTERM
+    from the master then (it sends one to every child on its own shutdown) would kill the worker halfway
+    through, and gunicorn would report it as killed by a signal. An ignored signal is left ignored by
+    CPython's shutdown, so the exit completes; SIGKILL after the graceful timeout still stops it.
+    """
+    global _shielded_in
+    if _shielded_in != os.getpid():
+        _shielded_in = os.getpid()
+        atexit.register(_ignore_termination)  # runs before the servers' own exit-time close (LIFO)
+
+
+def _ignore_termination() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    parent = os.getppid()
+    if any(pid == parent for pid, _ in _builders):  # only direct children of the process that registered
+        threading.Thread(target=warm_worker, name="inprocserve-warm", daemon=True).start()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def check_repository(
+    repository: str | Path,
+    *,
+    config: ModelConfig | None = None,
+    models: Mapping[str, ModelConfig] | None = None,
+) -> dict[str, Any]:
+    """Check a repository without onnxruntime: layout, every ``config.toml``, and each served version's
+    signature (read with the ``onnx`` package, if installed). Safe to call in a process that will fork.
+
+    Returns:
+        ``{"models": {name: {version: {"inputs": [...], "outputs": [...]}}}, "problems": [...],
+        "signatures_checked": bool}``; layout problems that a server would skip are listed, not raised.
+
+    Raises:
+        ConfigurationError: the repository is not a folder, or a ``config.toml`` is invalid.
+        ModelLoadError: a model file that would be served is not a readable ONNX model.
+    """
+    scan = scan_repository(Path(repository))
+    onnx: Any
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+        logger.warning(
+            "the onnx package is not installed: the repository's layout and configs are checked before the "
+            "fork, but not its model files (install onnx, or the plug-in's 'eager' extra, to check them)"
+        )
+    report: dict[str, Any] = {"models": {}, "problems": list(scan.problems), "signatures_checked": onnx is not None}
+    failures: list[str] = []
+    for name, source in scan.models.items():
+        if models and name in models:
+            effective = models[name]
+        elif source.config_path is not None:
+            effective = load_model_config(source.config_path, config or ModelConfig())
+        else:
+            effective = config or ModelConfig()
+        versions: dict[int, Any] = {}
+        for number in effective.version_policy.select(list(source.versions)):
+            if onnx is None:
+                versions[number] = None
+                continue
+            try:
+                versions[number] = _signature(onnx, source.versions[number])
+            except Exception as exc:  # onnx raises DecodeError, ValueError, OSError... for a bad file
+                failures.append(f"model {name!r} version {number}: not a readable ONNX model ({exc})")
+        report["models"][name] = versions
+    if failures:
+        raise ModelLoadError("; ".join(failures))
+    return report
+
+
+def _signature(onnx: Any, path: Path) -> dict[str, Any]:
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {tensor.name for tensor in model.graph.initializer}
+
+    def describe(value: Any) -> dict[str, Any]:
+        shape = [
+            dim.dim_param or (dim.dim_value if dim.HasField("dim_value") else None)
+            for dim in value.type.tensor_type.shape.dim
+        ]
+        return {"name": value.name, "shape": shape}
+
+    inputs = [describe(v) for v in model.graph.input if v.name not in initializers]
+    if not inputs or not model.graph.output:
+        raise ModelLoadError(f"the graph has {len(inputs)} input(s) and {len(model.graph.output)} output(s)")
+    return {"inputs": inputs, "outputs": [describe(v) for v in model.graph.output]}

@@ -1,0 +1,35 @@
+"""gunicorn server hooks: warm every worker before it takes traffic.
+
+In ``gunicorn.conf.py``::
+
+    from inprocserve.gunicorn import post_worker_init  # noqa: F401
+
+gunicorn calls ``post_worker_init`` in each worker after the app is loaded and before the worker accepts
+connections, so a worker answers its first request with warm sessions. It runs the builders that the
+Flask and Django plug-ins register in eager mode (and any registered with
+:func:`inprocserve.build_after_fork`), in the worker, never in the master: the master process, which
+forks the workers, must hold no onnxruntime state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from ._prefork import warm_worker
+
+__all__ = ["post_worker_init"]
+
+logger = logging.getLogger(__name__)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Build and warm this worker's inprocserve servers now (a gunicorn ``post_worker_init`` hook)."""
+    started = time.perf_counter()
+    errors = warm_worker()
+    if errors:
+        logger.error("worker %d: inprocserve warm-up failed: %s", os.getpid(), "; ".join(errors))
+    else:
+        logger.info("worker %d: inprocserve servers warm in %.2fs", os.getpid(), time.perf_counter() - started)

@@ -1,0 +1,249 @@
+"""A real gunicorn fleet (gthread, 4 workers, --preload) on 127.0.0.1, in lazy and eager modes.
+
+What it shows: one admin switch reaches every worker within the documented bound and never flips back;
+a user id sees one version on every worker (and after a graceful reload); the master never imports
+onnxruntime; SIGHUP, SIGTERM and max-requests recycling leave no worker killed by a signal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inprocserve.testing import build_scale_model, save_model
+
+HERE = Path(__file__).parent
+CONTROL_INTERVAL_S = 0.2
+# The documented bound is control_interval_s plus the time to load a version a worker does not have
+# (none here: every version is loaded). The allowance covers scheduling on a loaded 2-core CI machine.
+CI_ALLOWANCE_S = 3.0
+WORKERS = 4
+ADMIN = {"Authorization": "Bearer s3cret", "Content-Type": "application/json"}
+ROW = [[1.0, 1.0, 1.0, 1.0]]
+
+MODES = {
+    "lazy": {"INPROCSERVE_TEST_EAGER": "0", "INPROCSERVE_TEST_HOOK": "0"},
+    "eager": {"INPROCSERVE_TEST_EAGER": "1", "INPROCSERVE_TEST_HOOK": "0"},  # plug-in's own post-fork warm-up
+    "eager-hook": {"INPROCSERVE_TEST_EAGER": "1", "INPROCSERVE_TEST_HOOK": "1"},  # inprocserve.gunicorn hook
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Fleet:
+    """One gunicorn master and its workers; the log goes to a file (a pipe could fill and block it)."""
+
+    def __init__(self, tmp_path: Path, mode: str, *extra: str) -> None:
+        self.repository = tmp_path / "models"
+        for version in (1, 2):
+            save_model(build_scale_model(float(version)), self.repository, "scale", version)
+        self.report = tmp_path / "master.jsonl"
+        self.log_path = tmp_path / "gunicorn.log"
+        self.base = f"http://127.0.0.1:{_free_port()}"
+        env = {
+            **os.environ,
+            **MODES[mode],
+            "INPROCSERVE_TEST_REPOSITORY": str(self.repository),
+            "INPROCSERVE_TEST_MASTER_REPORT": str(self.report),
+            "INPROCSERVE_TEST_CONTROL_INTERVAL_S": str(CONTROL_INTERVAL_S),
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        }
+        command = [
+            sys.executable, "-m", "gunicorn",
+            "--config", str(HERE / "gunicorn_fleet_conf.py"),
+            "--preload", "--worker-class", "gthread", "--workers", str(WORKERS), "--threads", "4",
+            "--bind", self.base.removeprefix("http://"), "--graceful-timeout", "20", "--timeout", "60",
+            "--log-level", "info", *extra, "gunicorn_fleet_app:app",
+        ]  # fmt: skip
+        self._log = open(self.log_path, "wb")  # closed in stop()
+        self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=HERE)
+
+    def call(self, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        call = urllib.request.Request(f"{self.base}{path}", data=data, headers=headers or {})
+        if body is not None:
+            call.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(call, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def score(self, user: str) -> dict[str, Any]:
+        status, answer = self.call("/score", {"rows": ROW}, {"X-User-Id": user})
+        assert status == 200, answer
+        assert answer["y"] == [[float(answer["version"])] * 4]  # every answer checked against its version
+        return dict(answer)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if self.call("/-/inprocserve/ready")[0] == 200:
+                    return
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert self.process.poll() is None, self.log()
+            assert time.monotonic() < deadline, "gunicorn did not become ready\n" + self.log()
+            time.sleep(0.1)
+
+    def worker_pids(self, *, at_least_revision: int = 0, exclude: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]
+        """Ask /models until WORKERS distinct live workers (not in ``exclude``) report the revision."""
+        seen: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(seen) < WORKERS:
+            assert time.monotonic() < deadline, f"only workers {seen} reported revision {at_least_revision}"
+            status, models = self.call("/-/inprocserve/models")
+            pid = models["worker"]["pid"]
+            if status == 200 and models["control"]["revision"] >= at_least_revision and pid not in exclude:
+                seen.add(pid)
+        return seen
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            code = -9
+        self._log.close()
+        return code
+
+    def master_report(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.report.read_text().splitlines()]
+
+
+@pytest.fixture
+def fleet_factory(tmp_path: Path) -> Iterator[Any]:
+    fleets: list[Fleet] = []
+
+    def start(mode: str, *extra: str) -> Fleet:
+        fleet = Fleet(tmp_path, mode, *extra)
+        fleets.append(fleet)
+        fleet.wait_ready()
+        return fleet
+
+    yield start
+    for fleet in fleets:
+        fleet.stop()
+
+
+def assert_clean_shutdown(fleet: Fleet, code: int) -> None:
+    log = fleet.log_path.read_text(errors="replace")
+    assert code == 0, log
+    assert "was sent" not in log, log  # gunicorn's words for a worker killed by a signal (SIGSEGV, SIGABRT...)
+    assert "exited with code" not in log, log
+    assert "Traceback" not in log, log
+
+
+def assert_master_clean(fleet: Fleet, *, eager: bool) -> None:
+    report = fleet.master_report()
+    assert {entry["event"] for entry in report} >= {"ready", "exit"}
+    assert len({entry["pid"] for entry in report}) == 1
+    assert not any(entry["onnxruntime"] for entry in report), report  # never imported, so never a session
+    if eager:
+        assert all(entry["onnx"] for entry in report), report  # the master checked the models with onnx
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_one_switch_moves_every_worker_and_users_stay_sticky(mode: str, fleet_factory: Any) -> None:
+    fleet: Fleet = fleet_factory(mode)
+    first_generation = fleet.worker_pids()
+    assert fleet.score("anyone")["version"] == 2  # the latest version, before any switch
+
+    # 1. One admin switch, to one worker.
+    status, answer = fleet.call("/-/inprocserve/models/scale/switch", {"version": 1}, ADMIN)
+    switched_at = time.monotonic()
+    assert status == 200, answer
+    observations: list[tuple[float, int, int, float]] = []  # (sent at, pid, version, answered at)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            sent = time.monotonic()
+            answer = fleet.score(f"client-{index}")
+            with lock:
+                observations.append((sent, answer["pid"], answer["version"], time.monotonic()))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until every worker has answered with v1 for a while
+        with lock:
+            followed = {pid for sent, pid, version, _ in observations if version == 1 and sent > switched_at + 1}
+        if followed >= first_generation:
+            break
+        time.sleep(0.2)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert {pid for _, pid, _, _ in observations} == first_generation
+    bound = CONTROL_INTERVAL_S + CI_ALLOWANCE_S
+    for pid in first_generation:
+        mine = [(sent, version, answered) for sent, p, version, answered in observations if p == pid]
+        # sent times bound processing times from below, answered times from above
+        last_old = max((sent for sent, version, _ in mine if version == 2), default=switched_at)
+        assert last_old - switched_at < bound, f"worker {pid} served v2 {last_old - switched_at:.2f}s after the switch"
+        first_new = min(answered for _, version, answered in mine if version == 1)
+        flipped = [sent - first_new for sent, version, _ in mine if version == 2 and sent > first_new]
+        assert not flipped, f"worker {pid} answered v2 again, {flipped[0]:.3f}s after it had answered v1"
+
+    # 2. A canary: each user id sees one version, whichever worker answers.
+    status, answer = fleet.call("/-/inprocserve/models/scale/canary", {"version": 2, "percent": 50}, ADMIN)
+    assert status == 200, answer
+    fleet.worker_pids(at_least_revision=answer["revision"])
+    users = [f"user-{i}" for i in range(24)]
+    versions = {user: {fleet.score(user)["version"] for _ in range(12)} for user in users}
+    assert all(len(seen) == 1 for seen in versions.values()), versions
+    assert {v for seen in versions.values() for v in seen} == {1, 2}
+    assignment = {user: next(iter(seen)) for user, seen in versions.items()}
+
+    # 3. Graceful reload (SIGHUP): a new generation of workers, the same state, no worker killed.
+    fleet.process.send_signal(signal.SIGHUP)
+    second_generation = fleet.worker_pids(at_least_revision=answer["revision"], exclude=first_generation)
+    deadline = time.monotonic() + 60
+    while not all(f"Worker exiting (pid: {pid})" in fleet.log() for pid in first_generation):
+        assert time.monotonic() < deadline, fleet.log()
+        time.sleep(0.2)
+    assert {user: fleet.score(user)["version"] for user in users} == assignment  # sticky across restarts
+    assert second_generation.isdisjoint(first_generation)
+
+    # 4. SIGTERM: every worker and the master exit cleanly.
+    assert_clean_shutdown(fleet, fleet.stop())
+    assert_master_clean(fleet, eager=mode != "lazy")
+
+
+def test_max_requests_recycling_exits_cleanly(fleet_factory: Any) -> None:
+    fleet: Fleet = fleet_factory("eager-hook", "--max-requests", "15")
+    pids = {fleet.score(f"user-{i}")["pid"] for i in range(120)}
+    assert len(pids) > WORKERS, pids  # workers were recycled and replaced
+    assert len(re.findall(r"Autorestarting worker after current request", fleet.log())) >= 2
+    assert_clean_shutdown(fleet, fleet.stop())
+    assert_master_clean(fleet, eager=True)

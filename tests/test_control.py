@@ -1,0 +1,274 @@
+"""Fleet-wide control: servers sharing a repository follow one control file (real servers, real models)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve._control import CONTROL_FILENAME, Control, ControlFile, ModelControl
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+X = np.ones((1, 4), np.float32)
+
+
+@pytest.fixture
+def three_versions(repository: Path) -> Path:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    return repository
+
+
+def served_version(server: inprocserve.Server, user: str = "u") -> int:
+    result = server.predict("scale", X, context={"user_id": user})
+    np.testing.assert_array_equal(result["y"], X * result.version)
+    return result.version
+
+
+def test_a_switch_on_one_server_moves_every_server_on_the_repository(
+    three_versions: Path, make_server: ServerFactory
+) -> None:
+    first = make_server(three_versions, control_interval_s=None)
+    second = make_server(three_versions, control_interval_s=None)
+    assert served_version(first) == served_version(second) == 3
+    first.switch("scale", 1, actor="alice")
+    assert served_version(first) == 1  # the writer follows at once
+    assert served_version(second) == 3  # the other one has not looked yet
+    assert second.sync_control() == 1
+    assert served_version(second) == 1
+    written = json.loads((three_versions / CONTROL_FILENAME).read_text())
+    assert written["revision"] == 1 and written["updated_by"] == "alice"
+    assert written["models"]["scale"]["stable"] == 1
+    status = second.status()
+    assert status["control"]["revision"] == 1
+    assert status["models"]["scale"]["stable_version"] == 1
+    assert status["models"]["scale"]["control"]["stable"] == 1
+
+
+def test_a_new_server_starts_on_the_recorded_state(three_versions: Path, make_server: ServerFactory) -> None:
+    make_server(three_versions, control_interval_s=None).switch("scale", 2)
+    late = make_server(three_versions, control_interval_s=None)  # a worker (re)started after the switch
+    assert served_version(late) == 2
+
+
+def test_the_watcher_follows_within_its_interval(three_versions: Path, make_server: ServerFactory) -> None:
+    writer = make_server(three_versions, control_interval_s=None)
+    follower = make_server(three_versions, control_interval_s=0.05)
+    writer.switch("scale", 1)
+    deadline = time.monotonic() + 10  # generous on a loaded machine; the bound itself is benchmarked
+    while served_version(follower) != 1:
+        assert time.monotonic() < deadline, "the watcher never followed the control file"
+        time.sleep(0.01)
+    assert follower.status()["control"]["revision"] == 1
+
+
+def test_rollback_returns_to_the_previous_stable_version(three_versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(three_versions, control_interval_s=None)
+    with pytest.raises(ValueError, match="no previous stable version"):
+        server.rollback("scale")
+    server.switch("scale", 2)
+    server.switch("scale", 1)
+    assert server.rollback("scale") == 2
+    assert served_version(server) == 2
+    assert server.rollback("scale") == 1  # twice: back where we were
+
+
+def test_canary_is_sticky_per_user_on_every_server(three_versions: Path, make_server: ServerFactory) -> None:
+    servers = [make_server(three_versions, control_interval_s=None) for _ in range(3)]
+    servers[0].switch("scale", 1)
+    servers[0].set_canary("scale", 3, percent=30)
+    for server in servers[1:]:
+        server.sync_control()
+    users = [f"user-{i}" for i in range(200)]
+    seen = {user: {served_version(server, user) for server in servers} for user in users}
+    assert all(len(versions) == 1 for versions in seen.values())  # one version per user, whichever server
+    share = sum(versions == {3} for versions in seen.values()) / len(users)
+    assert 0.15 < share < 0.45
+    assert all(versions <= {1, 3} for versions in seen.values())
+    servers[0].set_canary("scale", None, percent=0)
+    servers[1].sync_control()
+    assert {served_version(servers[1], user) for user in users} == {1}
+
+
+def test_kill_switch_wins_over_the_configured_canary_and_flags(
+    three_versions: Path, make_server: ServerFactory
+) -> None:
+    config = ModelConfig(
+        version_policy=VersionPolicy.all(),
+        rollout=RolloutConfig(strategy="canary", stable=1, candidate=3, canary_percent=100),
+    )
+    flags = inprocserve.InMemoryFlags({"scale.canary.percent": 100, "scale.canary.version": 3})
+    server = make_server(three_versions, config=config, flags=flags, control_interval_s=None)
+    other = make_server(three_versions, config=config, control_interval_s=None)
+    assert served_version(server) == 3
+    server.kill("scale")
+    other.sync_control()
+    for user in ("a", "b", "c"):
+        assert served_version(server, user) == 1
+        assert served_version(other, user) == 1
+    assert server.predict("scale", X).reason == "kill switch is on (control file)"
+    server.resume("scale")
+    assert served_version(server) == 3
+
+
+def test_reload_makes_every_server_rescan(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    first = make_server(repository, control_interval_s=None)
+    second = make_server(repository, control_interval_s=None)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    assert first.reload() == []
+    assert served_version(first) == 2
+    assert served_version(second) == 1
+    second.sync_control()
+    assert served_version(second) == 2
+
+
+def test_a_version_that_cannot_load_is_never_published(three_versions: Path, make_server: ServerFactory) -> None:
+    (three_versions / "scale" / "4").mkdir()
+    (three_versions / "scale" / "4" / "model.onnx").write_bytes(b"not onnx")
+    server = make_server(three_versions, control_interval_s=None)
+    with pytest.raises(inprocserve.ModelLoadError):
+        server.switch("scale", 4)
+    with pytest.raises(inprocserve.ModelNotFoundError):
+        server.switch("scale", 9)
+    with pytest.raises(inprocserve.ModelNotFoundError):
+        server.kill("nope")
+    assert not (three_versions / CONTROL_FILENAME).exists()
+    with pytest.raises(ValueError, match="percent"):
+        server.set_canary("scale", 2, percent=101)
+    with pytest.raises(ValueError, match="version"):
+        server.switch("scale", 0)
+
+
+def test_an_invalid_control_file_keeps_the_last_revision(three_versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(three_versions, control_interval_s=None)
+    server.switch("scale", 2)
+    (three_versions / CONTROL_FILENAME).write_text('{"revision": 9, "models": {"scale": {"stable": "two"}}}')
+    assert server.sync_control() == 1
+    assert served_version(server) == 2
+    assert "stable must be a positive int" in server.status()["control"]["error"]
+    with pytest.raises(inprocserve.ConfigurationError, match="stable must be a positive int"):
+        server.switch("scale", 1)  # a writer refuses to overwrite what it cannot read
+
+
+def test_a_worker_follows_a_version_it_has_not_loaded(three_versions: Path, make_server: ServerFactory) -> None:
+    only_one = ModelConfig(version_policy=VersionPolicy.specific(1))
+    writer = make_server(three_versions, config=only_one, control_interval_s=None)
+    follower = make_server(three_versions, config=only_one, control_interval_s=None)
+    writer.switch("scale", 2)
+    follower.sync_control()  # loads and warms version 2 before routing to it
+    assert follower.models == {"scale": [1, 2]}
+    assert served_version(follower) == 2
+    follower.refresh()  # the version policy does not unload what the control file names
+    assert served_version(follower) == 2
+
+
+def test_without_a_repository_control_stays_in_this_process(make_server: ServerFactory, tmp_path: Path) -> None:
+    save_model(build_scale_model(1.0), tmp_path, "a", 1)
+    save_model(build_scale_model(2.0), tmp_path, "a", 2)
+    server = make_server()
+    server.load("scale", path=tmp_path / "a" / "1" / "model.onnx", version=1)
+    server.load("scale", path=tmp_path / "a" / "2" / "model.onnx", version=2)
+    server.switch("scale", 1)
+    assert served_version(server) == 1
+    server.kill("scale")
+    assert server.status()["control"]["revision"] == 2 and server.status()["control"]["file"] is None
+
+
+def test_status_without_paths_names_no_path(three_versions: Path, make_server: ServerFactory) -> None:
+    (three_versions / "broken" / "1").mkdir(parents=True)
+    (three_versions / "broken" / "1" / "model.onnx").write_bytes(b"nope")
+    server = make_server(three_versions, control_interval_s=None)
+    full = json.dumps(server.status())
+    assert str(three_versions) in full
+    public = server.status(include_paths=False)
+    assert str(three_versions) not in json.dumps(public)
+    assert str(three_versions.resolve()) not in json.dumps(public)
+    assert public["models"]["broken"]["versions"]["1"]["state"] == "failed"
+    assert public["worker"]["pid"] > 0 and public["worker"]["hostname"]
+
+
+def _write_many(repository: str, worker: int, count: int) -> None:
+    control = ControlFile(repository)
+    for index in range(count):
+        control.set_model(f"m{worker}", lambda state, i=index: ModelControl(stable=i + 1), actor=f"w{worker}")
+
+
+def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")  # no fork: this test process runs onnxruntime threads
+    processes = [context.Process(target=_write_many, args=(str(tmp_path), worker, 25)) for worker in range(3)]
+    threads = [threading.Thread(target=_write_many, args=(str(tmp_path), worker, 25)) for worker in (3, 4)]
+    for runner in [*processes, *threads]:
+        runner.start()
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    for thread in threads:
+        thread.join(timeout=60)
+    final = ControlFile(tmp_path).read()
+    assert final.revision == 5 * 25
+    assert {name: state.stable for name, state in final.models.items()} == {f"m{w}": 25 for w in range(5)}
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_control_documents_are_validated() -> None:
+    with pytest.raises(inprocserve.ConfigurationError, match="canary_percent"):
+        Control.from_dict({"models": {"m": {"canary_percent": 120}}})
+    with pytest.raises(inprocserve.ConfigurationError, match="unknown keys"):
+        Control.from_dict({"revision": 1, "surprise": True})
+    with pytest.raises(inprocserve.ConfigurationError, match=r"models\.m"):
+        Control.from_dict({"models": {"m": {"bogus": 1}}})
+    assert Control.from_dict({}).revision == 0
+
+
+def test_the_command_line_drives_the_fleet(three_versions: Path, make_server: ServerFactory) -> None:
+    from inprocserve.__main__ import main
+
+    server = make_server(three_versions, control_interval_s=None)
+    repo = str(three_versions)
+    assert main(["switch", repo, "scale", "1", "--actor", "ops"]) == 0
+    server.sync_control()
+    assert served_version(server) == 1
+    assert main(["canary", repo, "scale", "2", "100"]) == 0
+    server.sync_control()
+    assert served_version(server) == 2
+    assert main(["kill", repo, "scale"]) == 0
+    server.sync_control()
+    assert served_version(server) == 1
+    assert main(["resume", repo, "scale"]) == 0
+    assert main(["canary", repo, "scale", "none"]) == 0
+    assert main(["switch", repo, "scale", "3"]) == 0
+    assert main(["rollback", repo, "scale"]) == 0
+    server.sync_control()
+    assert served_version(server) == 1
+    assert main(["reload", repo]) == 0
+    assert server.sync_control() == ControlFile(three_versions).read().revision == 8
+    assert ControlFile(three_versions).read().updated_by is not None
+    assert main(["switch", repo, "scale", "9"]) == 1  # no such version: nothing written
+    assert main(["kill", repo, "nope"]) == 1
+    assert main(["canary", repo, "scale", "2", "150"]) == 1
+    assert ControlFile(three_versions).read().revision == 8
+
+
+def test_a_writer_also_applies_what_others_wrote_meanwhile(repository: Path, make_server: ServerFactory) -> None:
+    for name in ("a", "b"):
+        for version in (1, 2):
+            save_model(build_scale_model(float(version)), repository, name, version)
+    config = ModelConfig(version_policy=VersionPolicy.all())
+    first = make_server(repository, config=config, control_interval_s=None)
+    second = make_server(repository, config=config, control_interval_s=None)
+    first.switch("a", 1)  # second has not looked yet...
+    second.switch("b", 1)  # ...and writes on top of it: it must follow "a" too
+    assert second.predict("a", X).version == 1
+    assert second.predict("b", X).version == 1
+    first.sync_control()
+    assert first.predict("b", X).version == 1
