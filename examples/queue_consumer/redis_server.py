@@ -6,19 +6,32 @@ In production point the consumers at your own Redis (with AOF persistence: see d
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisNotInstalledError", "RedisServer"]
+__all__ = ["RedisNotInstalledError", "RedisServer", "die_with_parent"]
 
 
 class RedisNotInstalledError(RuntimeError):
     """``redis-server`` is not on PATH."""
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for children: on Linux, SIGTERM them when the process that started them dies.
+
+    Without it, a demo or test killed with SIGKILL would leave its redis-server and consumers running.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -46,7 +59,7 @@ class RedisServer:
         self._process = subprocess.Popen(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self._folder.name,
              "--save", "", "--appendonly", "no", "--logfile", str(log), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )  # fmt: skip
         deadline = time.monotonic() + start_timeout_s
         while not self._answers():

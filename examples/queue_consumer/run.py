@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from consumer import GROUP, REQUESTS, RESULTS, ensure_group, produce, read_results  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
+from redis_server import RedisServer, die_with_parent  # noqa: E402
 
 from inprocserve.testing import build_mlp_model, save_model  # noqa: E402
 
@@ -75,7 +75,9 @@ class Drill:
                    str(self.repository), "--model", self.model, "--name", name, "--batch-size",
                    str(self.batch_size), "--claim-idle-ms", str(self.claim_idle_ms)]  # fmt: skip
         with log.open("wb") as out:  # a file, not a pipe nobody reads: a full pipe would stall the consumer
-            self.processes[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            self.processes[name] = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            )
         wait_until(lambda: f"{name} ready".encode() in log.read_bytes(), f"{name} started", timeout_s=120)
 
     def kill_victim_mid_batch(self, name: str, more_rows: Callable[[], np.ndarray], *, attempts: int = 5) -> set[str]:
