@@ -4,11 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages that tests drive as real external tools: chromium (and its fonts) for the status page's
-# browser tests, prometheus (with promtool) for the metrics tests. `make system-deps` installs the missing ones
-# when run as root; otherwise those tests skip.
-DEBIAN_PACKAGES := prometheus chromium fonts-dejavu-core
+# browser tests, prometheus (with promtool) for the metrics tests, redis-server for the queue consumer.
+# `make system-deps` installs the missing ones when run as root; otherwise those tests skip.
+DEBIAN_PACKAGES := prometheus chromium fonts-dejavu-core redis-server
 
-.PHONY: install system-deps demo demo-core test lint typecheck bench docs-screenshot clean
+DIST ?= dist
+
+.PHONY: install system-deps demo demo-core test lint typecheck bench docs-screenshot clean dist
 
 $(STAMP): pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -57,11 +59,16 @@ bench: install
 	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/python benchmarks/performance.py
 	$(BIN)/python benchmarks/status_recorder.py
+	$(BIN)/python benchmarks/control_follow.py
 
 # Re-take docs/images/status-page.png: the status page of a busy test app, in headless Chromium.
 docs-screenshot: install system-deps
 	INPROCSERVE_DOCS_SCREENSHOT=1 $(BIN)/python -m pytest -q integrations/flask/tests/test_flask_status_page.py -k screenshot
-	$(BIN)/python benchmarks/control_follow.py
+
+# Wheels and sdists of inprocserve, inprocserve-flask and inprocserve-django, checked to agree on one version.
+dist: install
+	rm -rf $(DIST)
+	$(BIN)/python tests/dist_build.py $(DIST)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DIST) .pytest_cache .mypy_cache .ruff_cache

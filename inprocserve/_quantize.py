@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import ModelLoadError
+from ._extras import require
 
 __all__ = ["quantize"]
 
@@ -45,17 +46,16 @@ def _rows_per_second(session: Any, feeds: dict[str, np.ndarray], seconds: float)
 
 
 def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: float = 1.0) -> dict[str, Any]:
-    """Quantize ``source`` into ``target`` and compare them. Needs the ``onnx`` package.
+    """Quantize ``source`` into ``target`` and compare them. Needs ``pip install 'inprocserve[quantize]'``.
 
     Raises:
         ModelLoadError: the source cannot be loaded or quantized.
+        ImportError: onnx is missing (the message names the ``quantize`` extra).
     """
+    # onnxruntime's quantization tools import onnx, which only the "quantize" extra installs
+    tools = require("onnxruntime.quantization", extra="quantize", feature="quantize")
     try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError as exc:  # onnxruntime's quantization tools import onnx
-        raise ImportError('quantize needs the onnx package: pip install "inprocserve[testing]"') from exc
-    try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        tools.quantize_dynamic(str(source), str(target), weight_type=tools.QuantType.QInt8)
     except Exception as exc:
         raise ModelLoadError(f"cannot quantize {source}: {exc}") from exc
     original, quantized = _session(source), _session(target)

@@ -16,6 +16,8 @@ __all__ = ["MODEL_FILENAME", "ModelSource", "RepositoryScan", "scan_repository",
 
 MODEL_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.toml"
+# Array files a model's config.toml may name beside it (warm-up inputs, drift reference): data, not stray files.
+DATA_SUFFIXES = (".npz", ".npy")
 
 # A name is one path component of letters, digits, '.', '_' and '-', not starting with a dot, so it can
 # never climb out of the repository (no '..', no separators, no absolute paths) nor hide as a dot-file.
@@ -79,8 +81,14 @@ def _scan_model(name: str, folder: Path, problems: list[str]) -> ModelSource:
     for entry in sorted(folder.iterdir()):
         if entry.name == CONFIG_FILENAME or entry.name.startswith("."):
             continue
+        if entry.is_file() and entry.suffix in DATA_SUFFIXES:
+            continue
         if not entry.is_dir():
-            problems.append(f"{entry}: unexpected file in a model folder (only version folders and {CONFIG_FILENAME})")
+            hint = f"; move it into a version folder: {folder}/1/{MODEL_FILENAME}" if entry.suffix == ".onnx" else ""
+            problems.append(
+                f"{entry}: unexpected file in a model folder (only version folders, {CONFIG_FILENAME} "
+                f"and {'/'.join(DATA_SUFFIXES)} data files){hint}"
+            )
             continue
         if not entry.name.isdecimal() or entry.name.startswith("0") or not entry.name.isascii():
             problems.append(f"{entry}: version folders must be positive integers without leading zeros")

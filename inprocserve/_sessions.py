@@ -179,7 +179,8 @@ def resolve_providers(config: PoolConfig, *, device_id: int, cuda_usable: bool) 
         raise ModelLoadError(
             "require_gpu is set but no GPU provider is usable "
             f"(onnxruntime {_ort().__version__} offers {', '.join(_ort().get_available_providers())}); "
-            "install onnxruntime-gpu with a working CUDA setup, or unset require_gpu"
+            "install onnxruntime-gpu (pip uninstall onnxruntime, then pip install 'inprocserve[gpu]') with a working "
+            "CUDA setup, or unset require_gpu"
         )
     resolved: list[ProviderSpec] = []
     for name in names:

@@ -1,16 +1,24 @@
-"""``python -m inprocserve inspect`` and ``validate``."""
+"""``python -m inprocserve``: inspect, validate, quantize, status, --version and --help."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+import inprocserve
 from inprocserve.__main__ import main
+from inprocserve._cli import COMMANDS
+from inprocserve._extras import require
 from inprocserve.testing import build_add_model, build_scale_model, save_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_inspect_prints_the_signature(tmp_path: Path, capsys: object) -> None:
@@ -87,3 +95,209 @@ def test_quantize_reports_size_speed_and_accuracy(tmp_path: Path) -> None:
     with inprocserve.Server() as server:
         server.load("mlp", path=target)
         assert server.predict("mlp", np.ones((2, 64), np.float32))["y"].shape == (2, 4)
+
+
+def run_cli(*args: str, blocked: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m inprocserve ARGS`` in a child process; ``blocked`` makes that module unimportable there."""
+    code = "import sys, runpy\n"
+    if blocked:
+        code += f"sys.modules[{blocked!r}] = None\n"  # import of it raises ImportError, as if not installed
+    code += "sys.argv = ['inprocserve', *sys.argv[1:]]\nrunpy.run_module('inprocserve', run_name='__main__')\n"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, timeout=60)
+
+
+def test_version_names_the_library_runtime_and_python(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"inprocserve {inprocserve.__version__} (onnxruntime ")
+    assert "Python 3." in out
+
+
+@pytest.mark.parametrize("command", [None, "inspect", "validate", "quantize", "status"])
+def test_help_shows_examples_without_rest_markup(command: str | None, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"] if command else ["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:\n  python -m inprocserve " + (command or "") in out
+    assert "``" not in out and ":class:" not in out
+
+
+def test_every_command_has_help_examples() -> None:
+    assert len(COMMANDS) >= 4  # a new command added to COMMANDS is covered by the parametrized test above
+
+
+def test_validate_json_reports_every_model_and_problem(repository: Path) -> None:
+    save_model(build_scale_model(), repository, "scale", 1)
+    save_model(build_scale_model(), repository, "scale", 2)
+    broken = repository / "broken" / "1" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"xx")
+    (repository / "notes.txt").write_text("hello")
+    result = run_cli("validate", "--json", str(repository))
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert report["models"]["scale"]["versions"]["1"] == {
+        "ok": True,
+        "served": False,
+        "error": None,
+        "signature": {
+            "inputs": [{"name": "x", "type": "tensor(float)", "shape": ["batch", 4]}],
+            "outputs": [{"name": "y", "type": "tensor(float)", "shape": ["batch", 4]}],
+            "batchable": True,
+        },
+    }
+    assert report["models"]["scale"]["versions"]["2"]["served"] is True
+    failed = report["models"]["broken"]["versions"]["1"]
+    assert failed["ok"] is False and "cannot load" in failed["error"]
+    assert len(report["problems"]) == 2
+    expected = f"{repository / 'notes.txt'}: not a model folder (expected <model>/<version>/model.onnx)"
+    assert report["layout_problems"] == [expected]
+
+
+def test_validate_json_of_a_good_repository_exits_zero(scale_repository: Path) -> None:
+    result = run_cli("validate", "--json", str(scale_repository))
+    assert result.returncode == 0, result.stdout
+    assert json.loads(result.stdout)["ok"] is True
+
+
+def test_validate_json_of_a_missing_repository(tmp_path: Path) -> None:
+    result = run_cli("validate", "--json", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert "is not a directory" in json.loads(result.stdout)["problems"][0]
+
+
+def test_validate_accepts_the_warmup_and_reference_files_the_docs_describe(scale_repository: Path) -> None:
+    folder = scale_repository / "scale"
+    np.savez(folder / "warmup.npz", x=np.ones((8, 4), np.float32))
+    np.savez(folder / "reference.npz", x=np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32))
+    (folder / "config.toml").write_text(
+        '[warmup]\ninputs_file = "warmup.npz"\n\n[drift]\nreference_file = "reference.npz"\nwindow = 100\n'
+    )
+    result = run_cli("validate", str(scale_repository))
+    assert result.returncode == 0, result.stdout
+    assert "1 model(s), 0 problem(s)" in result.stdout
+
+
+def test_validate_loads_the_drift_reference_a_config_names(scale_repository: Path) -> None:
+    folder = scale_repository / "scale"
+    np.savez(folder / "reference.npz", other=np.ones(3))  # none of the model's inputs: the server refuses it
+    (folder / "config.toml").write_text('[drift]\nreference_file = "reference.npz"\n')
+    result = run_cli("validate", str(scale_repository))
+    assert result.returncode == 1
+    assert "holds none of the model's inputs or outputs" in result.stdout
+
+
+def test_validate_points_a_model_file_outside_a_version_folder_to_one(repository: Path) -> None:
+    (repository / "fraud").mkdir()
+    save_model(build_scale_model(), repository, "fraud", 1).rename(repository / "fraud" / "model.onnx")
+    result = run_cli("validate", str(repository))
+    assert result.returncode == 1
+    assert f"move it into a version folder: {repository / 'fraud'}/1/model.onnx" in result.stdout
+
+
+def test_quantize_without_onnx_names_the_extra(tmp_path: Path) -> None:
+    source = save_model(build_scale_model(), tmp_path, "scale", 1)
+    result = run_cli("quantize", str(source), str(tmp_path / "q.onnx"), blocked="onnx")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: quantize needs onnx: pip install 'inprocserve[quantize]'"
+
+
+def test_require_names_the_extra_and_refuses_unknown_ones() -> None:
+    assert require("json", extra="otel", feature="x").dumps({}) == "{}"
+    with pytest.raises(ImportError, match=r"the thing needs no_such_module_xyz: pip install 'inprocserve\[gpu\]'"):
+        require("no_such_module_xyz", extra="gpu", feature="the thing")
+    with pytest.raises(ValueError, match="unknown extra 'fast'"):
+        require("json", extra="fast", feature="x")
+
+
+# -- status: a real Flask app with the extension, served over HTTP on 127.0.0.1 ------------------------
+
+
+@pytest.fixture
+def flask_app_url(repository: Path) -> Iterator[str]:
+    flask = pytest.importorskip("flask")
+    pytest.importorskip("inprocserve_flask")
+    from inprocserve_flask import Inprocserve
+    from werkzeug.serving import make_server
+
+    save_model(build_scale_model(), repository, "scale", 1)
+    broken = repository / "broken" / "1" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"xx")
+    app = flask.Flask("status_app")
+    app.config["INPROCSERVE_REPOSITORY"] = str(repository)
+    app.config["INPROCSERVE_URL_PREFIX"] = "/api/-/inprocserve"
+
+    @app.before_request
+    def guard() -> object:  # an operator guarding every endpoint with the admin token
+        if flask.request.headers.get("Authorization") != "Bearer s3cret":
+            return flask.jsonify({"error": "unauthorized"}), 401
+        return None
+
+    extension = Inprocserve(app)
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{http.server_port}"
+    finally:
+        http.shutdown()
+        thread.join(timeout=10)
+        http.server_close()
+        extension.close(app)
+
+
+def test_status_summarizes_a_running_app(flask_app_url: str) -> None:
+    result = run_cli("status", "--token", "s3cret", flask_app_url + "/api/-/inprocserve")
+    assert result.returncode == 1, result.stderr  # one model is not ready
+    lines = result.stdout.splitlines()
+    assert lines[0] == flask_app_url + "/api/-/inprocserve/models"
+    assert lines[1].startswith("server open, onnxruntime ")
+    assert "broken: NOT READY" in lines
+    assert any(line.startswith("  v1: failed: ") and "cannot load" in line for line in lines)
+    assert "scale: ready, v1 answers by default" in lines
+    assert "  v1: ready, serving: 0 batches, 0 rows, 0 queued, 0 in flight" in lines
+
+
+def test_status_json_is_the_endpoint_document(flask_app_url: str) -> None:
+    result = run_cli("status", "--json", "--token", "s3cret", flask_app_url + "/api/-/inprocserve/models")
+    document = json.loads(result.stdout)
+    assert document["models"]["scale"]["ready"] is True
+    assert document["models"]["broken"]["ready"] is False
+
+
+def test_status_without_the_token_says_to_pass_it(flask_app_url: str) -> None:
+    result = run_cli("status", flask_app_url + "/api/-/inprocserve/models")
+    assert result.returncode == 2
+    assert "answered HTTP 401 UNAUTHORIZED: pass the admin token with --token" in result.stderr
+
+
+def test_status_of_a_wrong_path_and_of_nothing_listening(flask_app_url: str) -> None:
+    wrong = run_cli("status", "--token", "s3cret", flask_app_url)  # the app mounts the endpoint elsewhere
+    assert wrong.returncode == 2
+    assert "HTTP 404" in wrong.stderr and "give the full URL" in wrong.stderr
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    refused = run_cli("status", f"http://127.0.0.1:{port}", "--timeout", "5")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"error: cannot reach http://127.0.0.1:{port}/-/inprocserve/models: ")
+
+
+def test_status_refuses_what_is_not_an_http_url() -> None:
+    result = run_cli("status", "ftp://example.invalid/x")
+    assert result.returncode == 2
+    assert "is not an http:// or https:// URL with a host" in result.stderr
+
+
+def test_a_required_gpu_that_is_missing_names_the_gpu_extra() -> None:
+    from inprocserve._sessions import resolve_providers
+
+    with pytest.raises(inprocserve.ModelLoadError, match=r"pip install 'inprocserve\[gpu\]'"):
+        resolve_providers(inprocserve.PoolConfig(require_gpu=True), device_id=0, cuda_usable=False)

@@ -1,0 +1,73 @@
+"""The command line's shape: one parser, one small function per subcommand that adds it.
+
+Each ``add_*`` function registers a subcommand and the function that runs it; a new command is one more
+function in ``COMMANDS``. The commands themselves live in ``_cli_models`` (files on disk) and ``_cli_status``
+(a running app), so this module stays a table of contents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from collections.abc import Callable, Sequence
+
+from ._cli_common import Subparsers
+from ._cli_control import CONTROL_COMMANDS
+from ._cli_models import add_inspect, add_quantize, add_validate
+from ._cli_status import add_status
+
+__all__ = ["COMMANDS", "build_parser", "main", "version_line"]
+
+DESCRIPTION = """\
+Inspect, validate and quantize ONNX models for inprocserve, read a running app's status, and switch,
+roll back, canary or kill a model across the whole fleet.
+
+examples:
+  python -m inprocserve inspect models/fraud/2/model.onnx
+  python -m inprocserve validate models/
+  python -m inprocserve validate --json models/ > report.json
+  python -m inprocserve quantize models/fraud/2/model.onnx models/fraud/3/model.onnx
+  python -m inprocserve status http://127.0.0.1:8000
+  python -m inprocserve status --json --token "$ADMIN_TOKEN" http://127.0.0.1:8000
+  python -m inprocserve switch models/ fraud 3       # every worker and host follows
+  python -m inprocserve canary models/ fraud 4 10    # 10 % of users, sticky
+
+Run "python -m inprocserve COMMAND --help" for a command's options and examples.
+Exit status: 0 when all is well, 1 when a command found a problem, 2 when it could not run at all.
+"""
+
+AddCommand = Callable[[Subparsers], None]
+
+COMMANDS: tuple[AddCommand, ...] = (add_inspect, add_validate, add_quantize, add_status, *CONTROL_COMMANDS)
+"""The subcommands, in the order ``--help`` lists them."""
+
+
+def version_line() -> str:
+    """``inprocserve X (onnxruntime Y, Python Z)``: what a bug report needs, without importing onnxruntime."""
+    from . import __version__
+    from ._sessions import onnxruntime_version
+
+    try:
+        runtime = onnxruntime_version()
+    except ImportError:
+        runtime = "not installed"
+    return f"inprocserve {__version__} (onnxruntime {runtime}, Python {platform.python_version()})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m inprocserve",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=version_line())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit status (0 ok, 1 problems found, 2 could not run)."""
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))

@@ -1,0 +1,138 @@
+"""``switch|rollback|canary|kill|resume|reload REPOSITORY ...``: fleet-wide rollout changes from a shell.
+
+Each command writes the repository's control file, which every server on that repository follows (see
+docs/operations.md, "Running a fleet"). Nothing here imports onnxruntime, so it is safe on any host that
+sees the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from ._cli_common import OK, PROBLEMS, Subparsers, add_command, fail
+from ._control import ControlFile, ModelControl, switched, validate_percent
+from ._errors import InprocserveError
+from ._repository import scan_repository
+
+__all__ = ["CONTROL_COMMANDS"]
+
+
+def _control(args: argparse.Namespace) -> int:
+    """Write one fleet-wide change to the repository's control file and print what was written."""
+    repository = Path(args.repository)
+    try:
+        scan = scan_repository(repository)
+        control = ControlFile(repository)
+        if args.command == "reload":
+            written = control.bump_reload(actor=args.actor)
+        else:
+            source = scan.models.get(args.model)
+            if source is None:
+                raise InprocserveError(f"model {args.model!r} is not in the repository {repository}")
+            version: int | None = getattr(args, "version", None)
+            if version is not None and version not in source.versions:
+                known = ", ".join(map(str, sorted(source.versions))) or "none"
+                raise InprocserveError(f"model {args.model!r} has no version {version} (versions: {known})")
+            if args.command == "switch":
+                assert version is not None
+                stable = version
+                written = control.set_model(args.model, lambda state: switched(state, stable), actor=args.actor)
+            elif args.command == "rollback":
+
+                def back(state: ModelControl) -> ModelControl:
+                    if state.previous_stable is None:
+                        raise InprocserveError(f"model {args.model!r} has no previous stable version to roll back to")
+                    return switched(state, state.previous_stable)
+
+                written = control.set_model(args.model, back, actor=args.actor)
+            elif args.command == "canary":
+                percent = 0.0 if version is None else validate_percent(args.percent)
+                written = control.set_model(
+                    args.model,
+                    lambda state: replace(state, canary_version=version, canary_percent=percent),
+                    actor=args.actor,
+                )
+            else:
+                kill = args.command == "kill"
+                written = control.set_model(args.model, lambda state: replace(state, kill=kill), actor=args.actor)
+    except (InprocserveError, ValueError) as exc:
+        return fail(str(exc), PROBLEMS)
+    print(json.dumps(written.to_dict(), indent=2))
+    return OK
+
+
+def _command(
+    commands: Subparsers, name: str, summary: str, examples: str, *, model: bool = True
+) -> argparse.ArgumentParser:
+    parser = add_command(commands, name, summary=summary, examples=examples)
+    parser.add_argument("repository", help="the model repository every server of the fleet reads")
+    if model:
+        parser.add_argument("model", help="the model name")
+    parser.add_argument("--actor", help="who makes the change, recorded in the control file")
+    parser.set_defaults(run=_control)
+    return parser
+
+
+def add_switch(commands: Subparsers) -> None:
+    parser = _command(
+        commands,
+        "switch",
+        "make VERSION the stable version on every worker and host",
+        "  python -m inprocserve switch models/ fraud 3\n"
+        "  python -m inprocserve switch --actor alice models/ fraud 3\n",
+    )
+    parser.add_argument("version", type=int, help="the version that becomes stable")
+
+
+def add_rollback(commands: Subparsers) -> None:
+    _command(
+        commands,
+        "rollback",
+        "go back to the stable version before the last switch",
+        "  python -m inprocserve rollback models/ fraud\n",
+    )
+
+
+def _canary_version(text: str) -> int | None:
+    return None if text == "none" else int(text)
+
+
+def add_canary(commands: Subparsers) -> None:
+    parser = _command(
+        commands,
+        "canary",
+        "send PERCENT percent of users to VERSION, sticky per user ('none' removes the canary)",
+        "  python -m inprocserve canary models/ fraud 4 10\n  python -m inprocserve canary models/ fraud none\n",
+    )
+    parser.add_argument("version", type=_canary_version, help="the canary version, or 'none'")
+    parser.add_argument("percent", type=float, nargs="?", default=0.0, help="share of users, 0 to 100")
+
+
+def add_kill(commands: Subparsers) -> None:
+    _command(
+        commands,
+        "kill",
+        "kill switch: the stable version answers every request",
+        "  python -m inprocserve kill models/ fraud\n",
+    )
+
+
+def add_resume(commands: Subparsers) -> None:
+    _command(commands, "resume", "turn the kill switch off", "  python -m inprocserve resume models/ fraud\n")
+
+
+def add_reload(commands: Subparsers) -> None:
+    _command(
+        commands,
+        "reload",
+        "make every server re-scan the repository",
+        "  python -m inprocserve reload models/\n",
+        model=False,
+    )
+
+
+CONTROL_COMMANDS = (add_switch, add_rollback, add_canary, add_kill, add_resume, add_reload)
+"""The fleet-wide rollout subcommands, in the order ``--help`` lists them."""

@@ -1,0 +1,221 @@
+"""Commands on model files: ``inspect`` one model, ``validate`` a repository, ``quantize`` a model."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail
+from ._config import ModelConfig, PoolConfig, WarmupConfig, load_model_config
+from ._errors import InprocserveError
+from ._model import ModelVersion
+from ._repository import MODEL_FILENAME, scan_repository
+
+__all__ = ["add_inspect", "add_quantize", "add_validate", "validate_repository"]
+
+
+def _noop_deliver(request: object) -> None:  # the CLI never submits requests
+    pass
+
+
+def _load(name: str, version: int, path: Path, config: ModelConfig) -> ModelVersion:
+    model = ModelVersion(name, version, path, config, deliver=_noop_deliver)
+    model.load()
+    return model
+
+
+# -- inspect -------------------------------------------------------------------------------------------
+
+
+def add_inspect(commands: Subparsers) -> None:
+    parser = add_command(
+        commands,
+        "inspect",
+        summary="print a model's inputs and outputs",
+        examples="  python -m inprocserve inspect models/fraud/2/model.onnx\n"
+        "  python -m inprocserve inspect --json models/fraud/2\n",
+    )
+    parser.add_argument("model", help="a model.onnx file, or a version folder holding one")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=_inspect)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    if path.is_dir():
+        path = path / MODEL_FILENAME
+    config = ModelConfig(pool=PoolConfig(size=1, intra_op_threads=1), warmup=WarmupConfig(enabled=False))
+    try:
+        model = _load(path.parent.parent.name or "model", 1, path, config)
+    except InprocserveError as exc:
+        return fail(str(exc), PROBLEMS)
+    try:
+        assert model.signature is not None
+        info = {"path": str(path), "bytes": path.stat().st_size, "providers": model.providers}
+        info.update(model.signature.to_dict())
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return OK
+        print(f"{path} ({info['bytes']:,} bytes)")
+        print("inputs:")
+        for spec in model.signature.inputs:
+            print(f"  {spec.describe()}")
+        print("outputs:")
+        for spec in model.signature.outputs:
+            print(f"  {spec.describe()}")
+        batch = "yes (dynamic axis 0 on every input and output)" if model.signature.batchable else "no (runs unbatched)"
+        print(f"batchable: {batch}")
+        return OK
+    finally:
+        model.retire()
+
+
+# -- validate ------------------------------------------------------------------------------------------
+
+
+def add_validate(commands: Subparsers) -> None:
+    parser = add_command(
+        commands,
+        "validate",
+        summary="load every model of a repository, as the server would, and report problems",
+        examples="  python -m inprocserve validate models/\n"
+        "  python -m inprocserve validate --json models/ | jq '.problems'\n\n"
+        "Each version is loaded and warmed up with its config.toml (warm-up inputs file, drift reference\n"
+        "file included). Exit status 1 when anything would fail to load or be skipped by the server.\n",
+    )
+    parser.add_argument("repository", help="a folder laid out as <model>/<version>/model.onnx")
+    parser.add_argument("--json", action="store_true", help="print one JSON report instead of lines")
+    parser.set_defaults(run=_validate)
+
+
+def validate_repository(repository: Path) -> dict[str, Any]:
+    """Load every version of every model in ``repository`` once; return a JSON-ready report.
+
+    The report: ``repository``; ``ok`` (no problem at all); ``problems`` (every message, in order);
+    ``layout_problems`` (files and folders the server would skip, also in ``problems``); ``models``: name ->
+    ``config_error`` and ``versions``: number -> ``ok``, ``served`` (by the version policy), ``error`` and
+    ``signature``.
+
+    Raises:
+        ConfigurationError: ``repository`` is not a directory.
+    """
+    scan = scan_repository(repository)
+    problems = list(scan.problems)
+    models: dict[str, Any] = {}
+    for name, source in scan.models.items():
+        entry: dict[str, Any] = {"config_error": None, "versions": {}}
+        models[name] = entry
+        try:
+            config = load_model_config(source.config_path) if source.config_path else ModelConfig()
+        except InprocserveError as exc:
+            entry["config_error"] = str(exc)
+            problems.append(f"{name}: {exc}")
+            continue
+        selected = set(config.version_policy.select(list(source.versions)))
+        # one small session per version: validation checks that it loads, not how fast it serves
+        quiet = dataclasses.replace(
+            config, pool=PoolConfig(size=1, intra_op_threads=1, providers=config.pool.providers)
+        )
+        for version, path in sorted(source.versions.items()):
+            result: dict[str, Any] = {"ok": False, "served": version in selected, "error": None, "signature": None}
+            entry["versions"][str(version)] = result
+            try:
+                model = _load(name, version, path, quiet)
+            except InprocserveError as exc:
+                result["error"] = str(exc)
+                problems.append(f"{name} v{version}: {exc}")
+                continue
+            assert model.signature is not None
+            result.update(ok=True, signature=model.signature.to_dict())
+            model.retire()
+    return {
+        "repository": str(repository),
+        "ok": not problems,
+        "problems": problems,
+        "layout_problems": list(scan.problems),
+        "models": models,
+    }
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        report = validate_repository(Path(args.repository))
+    except InprocserveError as exc:
+        if args.json:
+            problems = [str(exc)]
+            print(json.dumps({"repository": args.repository, "ok": False, "problems": problems, "models": {}}))
+        return fail(str(exc), CANNOT_RUN)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return OK if report["ok"] else PROBLEMS
+    for problem in report["layout_problems"]:
+        print(f"PROBLEM {problem}")
+    for name, entry in report["models"].items():
+        if entry["config_error"]:
+            print(f"FAIL    {name}: {entry['config_error']}")
+        for version, result in entry["versions"].items():
+            if not result["ok"]:
+                print(f"FAIL    {name} v{version}: {result['error']}")
+                continue
+            served = "served" if result["served"] else "not served by the version policy"
+            inputs = ", ".join(_describe(spec) for spec in result["signature"]["inputs"])
+            print(f"OK      {name} v{version} ({served}): {inputs}")
+    print(f"{len(report['models'])} model(s), {len(report['problems'])} problem(s)")
+    return OK if report["ok"] else PROBLEMS
+
+
+def _describe(spec: dict[str, Any]) -> str:  # TensorSpec.describe(), from the JSON form
+    shape = "?" if spec["shape"] is None else ", ".join("?" if axis is None else str(axis) for axis in spec["shape"])
+    return f"{spec['name']}: {spec['type']} [{shape}]"
+
+
+# -- quantize ------------------------------------------------------------------------------------------
+
+
+def add_quantize(commands: Subparsers) -> None:
+    parser = add_command(
+        commands,
+        "quantize",
+        summary="dynamic INT8 quantization, with a size/speed/accuracy report",
+        examples="  python -m inprocserve quantize models/fraud/2/model.onnx models/fraud/3/model.onnx\n"
+        "  python -m inprocserve quantize --sample 1024 --json model.onnx model-int8.onnx\n\n"
+        "Needs onnx: pip install 'inprocserve[quantize]'\n",
+    )
+    parser.add_argument("source", help="the model.onnx to quantize")
+    parser.add_argument("target", help="where to write the quantized model (.onnx)")
+    parser.add_argument("--sample", type=int, default=256, help="rows of random inputs to compare answers on")
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per speed measurement")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=_quantize)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from ._quantize import quantize
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs generic advice on the root logger
+    try:
+        report = quantize(Path(args.source), Path(args.target), sample_rows=args.sample, seconds=args.seconds)
+    except ImportError as exc:  # the message names the extra to install
+        return fail(str(exc), CANNOT_RUN)
+    except InprocserveError as exc:
+        return fail(str(exc), PROBLEMS)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return OK
+    print(f"{report['source']} -> {report['target']}")
+    print(f"size: {report['bytes_before']:,} -> {report['bytes_after']:,} bytes ({report['size_ratio']:.2f}x)")
+    for batch, figures in report["speed"].items():
+        print(
+            f"speed, {batch.replace('_', ' ')}: {figures['before_rows_per_s']:,.0f} -> "
+            f"{figures['after_rows_per_s']:,.0f} rows/s ({figures['ratio']:.2f}x)"
+        )
+    for output, figures in report["accuracy"].items():
+        agreement = figures.get("label_agreement")
+        extra = f", label agreement {agreement:.1%}" if agreement is not None else ""
+        diff = figures["max_abs_diff"]
+        print(f"accuracy on {report['sample_rows']} random rows, {output}: max abs diff {diff:.4g}{extra}")
+    return OK

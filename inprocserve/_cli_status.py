@@ -1,0 +1,157 @@
+"""``status URL``: read a running app's ``/-/inprocserve/models`` endpoint and summarize it.
+
+Plain ``urllib`` (no HTTP client dependency). The endpoint is the one both plug-ins serve; ``--token``
+sends the admin token as ``Authorization: Bearer ...`` for apps that guard it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail
+
+__all__ = ["add_status", "fetch_status", "status_url", "summarize"]
+
+ENDPOINT = "/-/inprocserve/models"
+_MAX_BYTES = 32 * 1024 * 1024  # a status document is kilobytes; refuse to buffer something that is not one
+
+
+def add_status(commands: Subparsers) -> None:
+    parser = add_command(
+        commands,
+        "status",
+        summary="read a running app's model status endpoint and print a summary",
+        examples="  python -m inprocserve status http://127.0.0.1:8000\n"
+        "  python -m inprocserve status http://127.0.0.1:8000/api/-/inprocserve/models\n"
+        '  python -m inprocserve status --token "$INPROCSERVE_ADMIN_TOKEN" --json http://127.0.0.1:8000\n\n'
+        f"A URL without a path gets {ENDPOINT} appended. Exit status 1 when a model is not ready\n"
+        "or the server is closed, 2 when the endpoint cannot be read.\n",
+    )
+    parser.add_argument("url", help=f"the app's base URL, or the full URL of its {ENDPOINT} endpoint")
+    parser.add_argument("--token", help="admin token, sent as 'Authorization: Bearer TOKEN'")
+    parser.add_argument("--json", action="store_true", help="print the endpoint's JSON as it came")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
+    parser.set_defaults(run=_status)
+
+
+def status_url(url: str) -> str:
+    """The endpoint to read for ``url``: a bare ``scheme://host[:port]`` gets the default path appended.
+
+    Raises:
+        ValueError: ``url`` is not an http(s) URL with a host.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000")
+    path = parts.path.rstrip("/")
+    if not path:
+        path = ENDPOINT
+    elif path.endswith("/-/inprocserve"):
+        path += "/models"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
+    """GET the status document at ``url`` (already an endpoint URL, see ``status_url``).
+
+    Raises:
+        ConnectionError: the endpoint could not be read or did not answer a status document; the
+            message says why and what to try.
+    """
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # the scheme is checked: http(s) only
+            body = response.read(_MAX_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        hint = {
+            401: "pass the admin token with --token",
+            403: "pass the admin token with --token",
+            404: f"is the endpoint enabled? If the app mounts it elsewhere than {ENDPOINT}, give the full URL",
+        }.get(exc.code, "see the app's log")
+        raise ConnectionError(f"{url} answered HTTP {exc.code} {exc.reason}: {hint}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(f"cannot reach {url}: {reason}") from exc
+    if len(body) > _MAX_BYTES:
+        raise ConnectionError(f"{url} answered more than {_MAX_BYTES} bytes: not a status document")
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise ConnectionError(f"{url} did not answer JSON ({exc}): is it an inprocserve status endpoint?") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("models"), dict):
+        raise ConnectionError(f"{url} answered JSON without a 'models' object: is it an inprocserve status endpoint?")
+    return document
+
+
+def healthy(document: dict[str, Any]) -> bool:
+    """Whether the server is open and every model it knows has a servable version."""
+    models = document["models"]
+    return not document.get("closed") and all(isinstance(m, dict) and m.get("ready") for m in models.values())
+
+
+def summarize(document: dict[str, Any]) -> list[str]:
+    """Readable lines for a status document: one per model, one per version, rollout and shadow figures."""
+    runtime = document.get("onnxruntime", "?")
+    state = "closed" if document.get("closed") else "open"
+    lines = [f"server {state}, onnxruntime {runtime}, repository {document.get('repository') or '(none)'}"]
+    models = document["models"]
+    if not models:
+        lines.append("no models")
+    for name, model in models.items():
+        if not isinstance(model, dict):
+            continue
+        ready = "ready" if model.get("ready") else "NOT READY"
+        answers = model.get("default_version")
+        lines.append(f"{name}: {ready}" + (f", v{answers} answers by default" if answers is not None else ""))
+        if model.get("config_error"):
+            lines.append(f"  config error: {model['config_error']}")
+        for number, version in (model.get("versions") or {}).items():
+            lines.append("  " + _version_line(number, version))
+        rollout = model.get("rollout") or {}
+        variants = rollout.get("variants") or {}
+        if variants:
+            served = ", ".join(f"{variant} {stats.get('served', 0)}" for variant, stats in variants.items())
+            lines.append(f"  rollout {rollout.get('strategy', '?')}: served {served}")
+        for number, shadow in (model.get("shadow") or {}).items():
+            agreement = shadow.get("label_agreement")
+            agree = f", label agreement {agreement:.1%}" if isinstance(agreement, int | float) else ""
+            lines.append(f"  shadow v{number}: {shadow.get('runs', 0)} runs, {shadow.get('errors', 0)} errors{agree}")
+    return lines
+
+
+def _version_line(number: str, version: Any) -> str:
+    if not isinstance(version, dict):
+        return f"v{number}: ?"
+    state = version.get("state", "?")
+    if version.get("error"):
+        return f"v{number}: {state}: {version['error']}"
+    serving = "serving" if version.get("serving") else "not serving"
+    figures = (
+        f"{version.get('batches_run', 0)} batches, {version.get('rows_run', 0)} rows, "
+        f"{version.get('queued_rows', 0)} queued, {version.get('in_flight', 0)} in flight"
+    )
+    drift = version.get("drift") or {}
+    drifting = ", DRIFTING" if drift.get("drifting") else ""
+    return f"v{number}: {state}, {serving}: {figures}{drifting}"
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        url = status_url(args.url)
+        document = fetch_status(url, token=args.token, timeout_s=args.timeout)
+    except (ValueError, ConnectionError) as exc:
+        return fail(str(exc), CANNOT_RUN)
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(url)
+        for line in summarize(document):
+            print(line)
+    return OK if healthy(document) else PROBLEMS
