@@ -36,6 +36,7 @@ import numpy as np
 from . import _fork
 from ._batch_ops import BatchShapeError, group_key, pad_and_stack, split_outputs, stack_inputs
 from ._config import BatchingConfig
+from ._deadlines import Watchdog
 from ._errors import DeadlineExceededError, InprocserveError, QueueFullError, ServerClosedError
 from ._sessions import SessionPool, abandon_inherited
 from ._telemetry import METRICS, end_batch_span, metering, start_batch_span, tracing
@@ -244,6 +245,8 @@ class Batcher:
             "inprocserve.model.name": self.model,
             "inprocserve.model.version": self.version,
         }
+        # Stops runs whose deadline passes (its thread starts with the first request that has a deadline).
+        self._watchdog = Watchdog(f"inprocserve-deadlines-{self.model}-v{self.version}")
         self._reset_state()
         _fork.register(self)
 
@@ -632,6 +635,10 @@ class Batcher:
         """Run ``batch``; if it fails, bisect so only the failing request(s) get the error."""
         try:
             results = self._run(session, batch)
+        except DeadlineExceededError as exc:  # every request in it is past its deadline: no bisection
+            for request in batch:
+                self._fail(request, exc)
+            return
         except InprocserveError as exc:
             if len(batch) == 1:
                 self._fail(batch[0], exc)
@@ -647,13 +654,27 @@ class Batcher:
             return
         self._complete_batch(batch, results)
 
+    def _time_left(self, batch: list[Request]) -> float | None:
+        """Seconds until the run of ``batch`` must stop: until the latest deadline in it, so a merged batch
+        is stopped only once every request in it is past its deadline (``None``: one has no deadline)."""
+        if len(batch) == 1:
+            deadline = batch[0].deadline
+            return None if deadline is None else deadline - self._clock()
+        latest = 0.0
+        for request in batch:
+            if request.deadline is None:
+                return None
+            latest = max(latest, request.deadline)
+        return latest - self._clock()
+
     def _run(self, session: Any, batch: list[Request]) -> list[dict[str, Any]]:
+        timeout_s = self._time_left(batch)
         if len(batch) == 1:
             request = batch[0]
             if self._chunk_rows is not None and request.rows > self._chunk_rows:
                 return [self._run_in_chunks(session, request)]
             started = time.perf_counter()
-            outputs = self._pool.run(session, request.arrays)
+            outputs = self._pool.run(session, request.arrays, timeout_s=timeout_s, watchdog=self._watchdog)
             if request.batch is not None:
                 request.batch.compute_s = time.perf_counter() - started
             return [dict(zip(self._output_names, outputs, strict=True))]
@@ -664,7 +685,7 @@ class Batcher:
         else:
             feeds = stack_inputs([r.arrays for r in batch], self._input_names)
         started = time.perf_counter()
-        outputs = self._pool.run(session, feeds)
+        outputs = self._pool.run(session, feeds, timeout_s=timeout_s, watchdog=self._watchdog)
         if batch[0].batch is not None:
             batch[0].batch.compute_s = time.perf_counter() - started
         return split_outputs(outputs, self._output_names, [r.rows for r in batch], crop=crop)
@@ -673,10 +694,11 @@ class Batcher:
         """A request larger than ``max_batch_size`` runs in slices that are stitched back together."""
         step = self._chunk_rows
         assert step is not None
-        parts = [
-            self._pool.run(session, {name: array[start : start + step] for name, array in request.arrays.items()})
-            for start in range(0, request.rows, step)
-        ]
+        parts = []
+        for start in range(0, request.rows, step):
+            chunk = {name: array[start : start + step] for name, array in request.arrays.items()}
+            left = None if request.deadline is None else request.deadline - self._clock()
+            parts.append(self._pool.run(session, chunk, timeout_s=left, watchdog=self._watchdog))
         return {name: np.concatenate([part[index] for part in parts]) for index, name in enumerate(self._output_names)}
 
     def _disable_merging(self, reason: str) -> None:
@@ -800,6 +822,7 @@ class Batcher:
                     version=self.version,
                 ),
             )
+        self._watchdog.close()
         current = threading.current_thread()
         for thread in workers:
             if thread is not current:

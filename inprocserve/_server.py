@@ -18,6 +18,7 @@ import numpy as np
 from . import _fork
 from ._batching import Request, VersionRetiredError, finish_detached, handoff_cost_s
 from ._config import ModelConfig, load_model_config
+from ._deadlines import check_timeout
 from ._errors import (
     ConfigurationError,
     DeadlineExceededError,
@@ -162,9 +163,13 @@ class Server:
             inputs: Input name -> array-like with a leading batch axis (a bare array for one-input models).
             version: Pin a version; ``None`` lets the server choose (the latest ready version).
             context: Request attributes for routing decisions (for example ``{"user_id": ...}``).
-            timeout_s: Give up after this long; a request still queued then is never run.
+            timeout_s: The request's deadline, in seconds from now: a request still queued then is never
+                run, and one running then is stopped by onnxruntime (inline or on a worker), so control
+                returns within the deadline plus the operator running at that moment. ``None``,
+                ``math.inf`` or anything >= 1e6 s: no deadline.
 
         Raises:
+            ValueError: ``timeout_s`` is NaN, zero or negative (``TypeError`` if it is not a number).
             ModelNotFoundError: unknown model or version.
             InvalidInputError: the inputs do not match the model's signature.
             OverloadedError: the queue is full.
@@ -223,15 +228,16 @@ class Server:
 
         Cancelling the awaiting task drops the request if it has not started running.
         """
-        future = self.submit(model, inputs, version=version, context=context, timeout_s=timeout_s)
+        limit = check_timeout(timeout_s)
+        future = self.submit(model, inputs, version=version, context=context, timeout_s=limit)
         waiter = asyncio.wrap_future(future)  # cancelling the task cancels the request
-        if timeout_s is None:
+        if limit is None:
             return await waiter
         try:
-            return await asyncio.wait_for(waiter, timeout_s)
+            return await asyncio.wait_for(waiter, limit)
         except TimeoutError:
             raise DeadlineExceededError(
-                f"model {model!r}: no answer within {timeout_s:g}s", model=model, version=version
+                f"model {model!r}: no answer within {limit:g}s", model=model, version=version
             ) from None
 
     def _dispatch(
@@ -245,8 +251,8 @@ class Server:
         *,
         inline: bool,
     ) -> tuple[Request, ModelVersion]:
-        if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if timeout_s is not None:
+            timeout_s = check_timeout(timeout_s)
         started = time.perf_counter()
         span = start_request_span(model)
         deadline = None if timeout_s is None else self._clock() + timeout_s

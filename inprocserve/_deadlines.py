@@ -1,0 +1,133 @@
+"""Request deadlines: the accepted range of ``timeout_s``, and the watchdog that stops a run at its deadline.
+
+A deadline is enforced on every path a request can take. A queued request is dropped when its deadline
+passes; a request that is running (on a worker, or inline on its caller's thread) is stopped by setting
+onnxruntime's ``RunOptions.terminate`` from one watchdog thread, which onnxruntime checks between the
+operators of the graph. Control therefore returns within the deadline plus the operator running at that
+moment (plus a thread wake-up).
+
+The watchdog is one thread with a heap of deadlines, not a ``threading.Timer`` per request: arming and
+disarming it costs a heap push and a flag under a lock, and a request without a deadline never touches it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+from . import _fork
+
+__all__ = ["MAX_TIMEOUT_S", "Watchdog", "check_timeout"]
+
+MAX_TIMEOUT_S = 1e6
+"""Timeouts at or above this many seconds (about 11.6 days), and ``math.inf``, mean "no deadline"."""
+
+
+def check_timeout(timeout_s: object) -> float | None:
+    """Validate a ``timeout_s`` argument; return the timeout in seconds, or ``None`` for no deadline.
+
+    Accepted: ``None``, or a real number > 0. ``math.inf`` and anything >= :data:`MAX_TIMEOUT_S` mean no
+    deadline (no lock, timer or clock on this machine can represent such waits).
+
+    Raises:
+        TypeError: ``timeout_s`` is not a number (``bool`` included).
+        ValueError: ``timeout_s`` is NaN, zero or negative.
+    """
+    if timeout_s is None:
+        return None
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        raise TypeError(f"timeout_s must be a number of seconds or None, got {type(timeout_s).__name__}")
+    if not timeout_s > 0:  # also catches NaN
+        raise ValueError(f"timeout_s must be > 0 (or None or math.inf for no deadline), got {timeout_s!r}")
+    if timeout_s >= MAX_TIMEOUT_S:
+        return None
+    return float(timeout_s)
+
+
+class _Alarm:
+    """One armed deadline; ``fired`` tells the run that its stop came from the watchdog."""
+
+    __slots__ = ("action", "cancelled", "fired")
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self.action = action
+        self.cancelled = False
+        self.fired = False
+
+
+class Watchdog:
+    """Calls an action when its deadline passes, from one lazily started daemon thread.
+
+    Thread-safe. The owner closes it (idempotent); in a forked child it starts afresh. Deadlines are in
+    ``time.monotonic`` seconds: the caller converts from its own clock by passing a delay.
+    """
+
+    def __init__(self, name: str = "inprocserve-deadlines") -> None:
+        self._name = name
+        self._reset_state()
+        _fork.register(self)
+
+    def _reset_state(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._heap: list[tuple[float, int, _Alarm]] = []
+        self._counter = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _after_fork_in_child(self) -> None:
+        closed = self._closed
+        self._reset_state()  # the parent's thread does not exist here
+        self._closed = closed
+
+    def arm(self, delay_s: float, action: Callable[[], None]) -> _Alarm:
+        """Call ``action`` (on the watchdog thread) ``delay_s`` from now unless :meth:`disarm` comes first."""
+        alarm = _Alarm(action)
+        due = time.monotonic() + delay_s
+        with self._lock:
+            if self._closed:  # a closing owner: nothing left to stop, the run proceeds unbounded
+                return alarm
+            heapq.heappush(self._heap, (due, next(self._counter), alarm))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is alarm:
+                self._wake.notify()
+        return alarm
+
+    @staticmethod
+    def disarm(alarm: _Alarm) -> None:
+        """Cancel an alarm; a lazy delete (the thread drops it when it comes up), so no lock is taken."""
+        alarm.cancelled = True
+
+    def _loop(self) -> None:
+        with self._lock:
+            while not self._closed:
+                heap = self._heap
+                while heap and heap[0][2].cancelled:
+                    heapq.heappop(heap)
+                if not heap:
+                    self._wake.wait()
+                    continue
+                delay = heap[0][0] - time.monotonic()
+                if delay > 0:
+                    self._wake.wait(delay)
+                    continue
+                alarm = heapq.heappop(heap)[2]
+                if alarm.cancelled:
+                    continue
+                alarm.fired = True
+                alarm.action()  # sets a flag: cheap enough to run under the lock
+
+    def close(self) -> None:
+        """Stop the thread; pending alarms never fire. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._heap.clear()
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=1.0)
