@@ -23,6 +23,7 @@ from ._errors import (
     ConfigurationError,
     DeadlineExceededError,
     InprocserveError,
+    InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
     OverloadedError,
@@ -36,6 +37,7 @@ from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_
 from ._rollout import Decision, FlagReader, Router
 from ._sessions import onnxruntime_version
 from ._shadow import ShadowComparison, ShadowRunner, compare_outputs
+from ._signature import incompatibilities
 from ._telemetry import METRICS, end_request_span, metering, start_request_span
 
 __all__ = ["Server"]
@@ -121,6 +123,9 @@ class Server:
         self._config_errors: dict[str, str] = {}
         self._explicit: set[str] = set()  # loaded with load(path=...): refresh() leaves them alone
         self._unloaded: set[str] = set()  # unloaded by hand: refresh() does not bring them back
+        self._unloaded_versions: dict[str, set[int]] = {}  # versions unloaded by hand, likewise
+        # Versions held back from the default by the compatibility gate, and why (per model).
+        self._incompatible: dict[str, dict[int, list[str]]] = {}
         self._lifecycle = threading.RLock()
         self._closed = False
         self._poll_interval_s = poll_interval_s
@@ -263,9 +268,16 @@ class Server:
                 routes, target, decision = self._route(model, version, context)
                 signature = target.signature
                 assert signature is not None and target.batcher is not None
-                arrays, rows = signature.validate(
-                    inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan
-                )
+                try:
+                    arrays, rows = signature.validate(
+                        inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan
+                    )
+                except InvalidInputError as exc:  # name the model: the caller may serve several
+                    raise InvalidInputError(
+                        f"model {target.name!r} version {target.version}: {exc.message}",
+                        model=target.name,
+                        version=target.version,
+                    ) from None
                 request_id = self._ids.next()
                 shadows = [routes.versions[v] for v in decision.shadows if v in routes.versions]
                 meta = (target.name, target.version, decision.variant, decision.reason, request_id, shadows, decision)
@@ -507,20 +519,46 @@ class Server:
                 return variant
         return None
 
-    def switch(self, model: str, version: int, *, timeout_s: float | None = None) -> None:
+    def switch(self, model: str, version: int, *, timeout_s: float | None = None, force: bool = False) -> None:
         """Blue/green: make ``version`` the stable version of ``model``.
 
         The version is loaded and warmed up first if it is not already; then the stable alias moves in one
         atomic step. Rolling back is the same call with the previous version.
 
+        A version whose signature would break the callers of the stable version (renamed, added or removed
+        inputs, removed outputs, other dtypes, ranks or fixed sizes) is refused unless ``force=True``.
+
         Raises:
             ModelNotFoundError: the version is not in the repository (or not loaded, without one).
             ModelLoadError: it cannot be loaded.
+            PromotionRefusedError: the signatures are incompatible and ``force`` is not set; the differences
+                are in the message and in ``report["incompatibilities"]``.
         """
         with self._lifecycle:
             routes = self._serving(model, version)
+            if not force:
+                self._refuse_if_incompatible(routes, model, version)
+            self._incompatible.get(model, {}).pop(version, None)  # the operator accepted its signature
             routes.router.stable_alias = version
             logger.info("model %r: stable version is now %s", model, version)
+
+    @staticmethod
+    def _refuse_if_incompatible(routes: _Routes, model: str, version: int) -> None:
+        stable = routes.router.decide(routes.versions, routes.default.version, None).version
+        if stable == version:
+            return
+        current, target = routes.versions[stable].signature, routes.versions[version].signature
+        assert current is not None and target is not None
+        problems = incompatibilities(current, target)
+        if problems:
+            report = {"model": model, "from": stable, "to": version, "incompatibilities": problems}
+            raise PromotionRefusedError(
+                f"model {model!r} version {version} is not compatible with version {stable}, which serves now: "
+                f"{'; '.join(problems)}; pass force=True to switch anyway",
+                report=report,
+                model=model,
+                version=version,
+            )
 
     def promote(
         self,
@@ -657,6 +695,10 @@ class Server:
         with self._lifecycle:
             self._check_open()
             self._unloaded.discard(name)
+            if version is None:
+                self._unloaded_versions.pop(name, None)
+            else:
+                self._unloaded_versions.get(name, set()).discard(version)
             if path is None:
                 source = self._find_in_repository(name)
                 if version is not None and version not in source.versions:
@@ -679,11 +721,17 @@ class Server:
                 version = max(self._loaded.get(name, {}), default=0) + 1
             self._explicit.add(name)
             self._load_version(name, version, file, config or self._code_configs.get(name, self._defaults))
+            loaded = list(self._loaded[name])
+            self._latest[name] = self._gate(name, max(loaded), loaded)
             self._publish(name)
             return version
 
     def unload(self, name: str, version: int | None = None, *, timeout_s: float | None = None) -> None:
         """Stop serving a model (or one version) after its queued and running requests finish.
+
+        What is unloaded by hand stays unloaded across refreshes until it is loaded again. For a model
+        from the repository, unloading one version applies the version policy to the remaining versions
+        at once: with ``latest`` the next highest version is loaded and warmed up first, then takes over.
 
         Raises:
             ModelNotFoundError: the model or version is not loaded.
@@ -692,10 +740,28 @@ class Server:
             loaded = self._loaded.get(name, {})
             if not loaded or (version is not None and version not in loaded):
                 raise ModelNotFoundError(f"model {name!r} version {version} is not loaded", model=name, version=version)
-            numbers = [version] if version is not None else list(loaded)
             if version is None:
                 self._unloaded.add(name)
-            self._retire(name, numbers, timeout_s=timeout_s)
+                self._retire(name, list(loaded), timeout_s=timeout_s)
+                return
+            self._unloaded_versions.setdefault(name, set()).add(version)
+            source: ModelSource | None = None
+            config: ModelConfig | None = None
+            if self._repository is not None and name not in self._explicit:
+                try:
+                    source = scan_repository(self._repository).models.get(name)
+                    config = self._config_for(name, source, None) if source is not None else None
+                except ConfigurationError as exc:
+                    logger.error("model %r: no fallback for the unloaded version %s: %s", name, version, exc)
+                    source = None
+            if source is None or config is None:
+                self._retire(name, [version], timeout_s=timeout_s)
+                return
+            problems = self._sync_model(name, source, config, timeout_s=timeout_s)
+            for problem in problems:
+                logger.warning("model %r: after unloading version %s: %s", name, version, problem)
+            if version in self._loaded.get(name, {}):  # no other version to fall back to
+                self._retire(name, [version], timeout_s=timeout_s)
 
     def refresh(self) -> list[str]:
         """Re-scan the repository: load new versions, retire removed ones. Returns problems found.
@@ -733,11 +799,16 @@ class Server:
             for name in list(self._failures):
                 if name not in scan.models and name not in self._explicit:
                     del self._failures[name]
+            for name in list(self._unloaded_versions):
+                if name not in scan.models:
+                    del self._unloaded_versions[name]
             for problem in scan.problems:
                 logger.warning("model repository: %s", problem)
             return problems
 
-    def _sync_model(self, name: str, source: ModelSource, config: ModelConfig) -> list[str]:
+    def _sync_model(
+        self, name: str, source: ModelSource, config: ModelConfig, *, timeout_s: float | None = None
+    ) -> list[str]:
         """Make the loaded versions of ``name`` match its version policy; the lifecycle lock is held.
 
         A version that fails to load is skipped (until its file changes): the policy is applied again to
@@ -750,8 +821,9 @@ class Server:
             if path is None or _stamp(path) != failures[number].stamp:
                 del failures[number]
         router = self._routers.get(name)
+        unloaded = self._unloaded_versions.get(name, set())
         while True:
-            usable = [v for v in source.versions if v not in failures]
+            usable = [v for v in source.versions if v not in failures and v not in unloaded]
             selected = config.version_policy.select(usable)
             # Versions the rollout names (stable alias, canary, arms, shadows) are served whatever the policy.
             extra = config.rollout.referenced_versions | (
@@ -770,12 +842,54 @@ class Server:
             self._failures.pop(name, None)
         if not wanted:
             return problems
-        self._latest[name] = max(selected) if selected else max(wanted)
-        self._publish(name, keep=set(wanted))
-        stale = [v for v in self._loaded.get(name, {}) if v not in wanted]
+        latest = max(selected) if selected else max(wanted)
+        default = self._gate(name, latest, usable)
+        self._latest[name] = default
+        keep = set(wanted) | {default}  # a held-back default stays loaded whatever the policy says
+        held = self._incompatible.get(name, {})
+        for number in [v for v in held if v not in keep]:
+            del held[number]
+        self._publish(name, keep=keep)
+        stale = [v for v in self._loaded.get(name, {}) if v not in keep]
         if stale:
-            self._retire(name, stale)
+            self._retire(name, stale, timeout_s=timeout_s)
         return problems
+
+    def _gate(self, name: str, candidate: int, available: list[int]) -> int:
+        """The compatibility gate: the version that becomes the default of ``name`` — ``candidate``, unless
+        its signature would break callers of the version answering default traffic now (the stable alias,
+        or the current default) and that version is still ``available``. A held-back candidate stays
+        loaded and servable with ``version=``; status, the log and a counter say why."""
+        held = self._incompatible.setdefault(name, {})
+        routes = self._routes.get(name)
+        if routes is None:
+            return candidate
+        router = routes.router
+        alias = router.stable_alias if router.stable_alias is not None else router.config.stable
+        baseline = routes.versions.get(alias) if alias is not None else None
+        baseline = baseline or routes.default
+        new = self._loaded.get(name, {}).get(candidate)
+        if new is None or baseline.version == candidate or baseline.version not in available:
+            held.pop(candidate, None)
+            return candidate
+        assert baseline.signature is not None and new.signature is not None
+        problems = incompatibilities(baseline.signature, new.signature)
+        if not problems:
+            held.pop(candidate, None)
+            return candidate
+        if held.get(candidate) != problems:
+            held[candidate] = problems
+            logger.warning(
+                "model %r version %s is not compatible with version %s, which keeps serving by default "
+                "(pin version=%s, or switch(..., force=True) to promote it): %s",
+                name,
+                candidate,
+                baseline.version,
+                candidate,
+                "; ".join(problems),
+            )
+            METRICS.incompatible.add(1, {"inprocserve.model.name": name, "inprocserve.model.version": candidate})
+        return baseline.version
 
     def _load_version(self, name: str, number: int, path: Path, config: ModelConfig) -> None:
         loaded = self._loaded.get(name, {})
@@ -879,9 +993,12 @@ class Server:
                 versions: dict[str, Any] = {}
                 for number, failure in self._failures.get(name, {}).items():
                     versions[str(number)] = {"state": "failed", "error": failure.error}
+                held = self._incompatible.get(name, {})
                 for number, model_version in sorted(self._loaded.get(name, {}).items()):
                     entry = model_version.status()
                     entry["serving"] = routes is not None and number in routes.versions
+                    entry["compatible"] = number not in held
+                    entry["incompatibilities"] = list(held.get(number, ()))
                     versions[str(number)] = entry
                 router = self._routers.get(name)
                 models[name] = {
