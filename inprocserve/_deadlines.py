@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import numbers
 import threading
 import time
 from collections.abc import Callable
@@ -38,13 +39,12 @@ def check_timeout(timeout_s: object) -> float | None:
     """
     if timeout_s is None:
         return None
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real):
         raise TypeError(f"timeout_s must be a number of seconds or None, got {type(timeout_s).__name__}")
     if not timeout_s > 0:  # also catches NaN
         raise ValueError(f"timeout_s must be > 0 (or None or math.inf for no deadline), got {timeout_s!r}")
-    if timeout_s >= MAX_TIMEOUT_S:
-        return None
-    return float(timeout_s)
+    seconds = float(timeout_s)
+    return None if seconds >= MAX_TIMEOUT_S else seconds
 
 
 class _Alarm:
