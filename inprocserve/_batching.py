@@ -10,7 +10,7 @@ Flush policy (docs/batching.md explains it with measurements):
 * **Wait only for companions that are coming.** Right after a batch returns, its callers come back one by
   one (each needs the GIL). Running the first one alone would pay the model's fixed cost per run for one row,
   and the rest would form a second, ragged batch. So while recent traffic showed more concurrent rows than
-  are queued, a free session waits for them — at most ``max_delay_ms`` (by default the model's own fixed
+  are queued, a free session waits for them — at most ``max_delay_s`` (by default the model's own fixed
   cost per run, measured at load) — and stops waiting the moment they are all there. A lone caller never
   waits: the recent concurrency it sees is its own single request.
 * A merged batch that fails is bisected until the failing request(s) are found; the others still get
@@ -198,7 +198,7 @@ class Batcher:
         batchable: Whether rows of several requests may be stacked on axis 0.
         has_dynamic_inner_axes: Whether any input has a dynamic axis besides axis 0 (requests must then be
             grouped by shape).
-        run_cost: The model's measured cost per run; sets the automatic ``max_delay_ms``.
+        run_cost: The model's measured cost per run; sets the automatic ``max_delay_s``.
         deliver: Called on the thread that completed a request, to resolve its future (if any).
         clock: A monotonic clock.
     """
@@ -231,8 +231,8 @@ class Batcher:
         self._max_rows = config.max_batch_size if self._merge else 1
         # Only a model with a batch axis can run a large request in slices; others take it whole.
         self._chunk_rows: int | None = config.max_batch_size if batchable else None
-        if config.max_delay_ms is not None:
-            self._delay_s = config.max_delay_ms / 1000.0
+        if config.max_delay_s is not None:
+            self._delay_s = config.max_delay_s
         elif run_cost is not None and run_cost.fixed_s > _WAIT_WHEN_FIXED_COST_OVER_HANDOFFS * handoff_cost_s():
             self._delay_s = min(run_cost.fixed_s, _AUTO_DELAY_CAP_S)
         else:

@@ -85,7 +85,9 @@ class Server:
         repository: A folder laid out as ``<model>/<version>/model.onnx``; every model found is loaded.
             ``None`` starts empty (use :meth:`load`).
         config: Defaults for every model; a model's ``config.toml`` is laid over them.
-        models: Per-model configuration in code, laid over ``config.toml`` (name -> ``ModelConfig``).
+        models: Per-model configuration in code (name -> ``ModelConfig``), laid over ``config.toml`` field
+            by field: the settings whose value differs from the library default override the file, the
+            others keep the file's (or ``config``'s) value. See ``ModelConfig.overlaid``.
         poll_interval_s: If set, a background thread calls :meth:`refresh` this often (hot reload).
         clock: A monotonic clock (tests may step a manual one).
 
@@ -720,7 +722,9 @@ class Server:
             if version is None:
                 version = max(self._loaded.get(name, {}), default=0) + 1
             self._explicit.add(name)
-            self._load_version(name, version, file, config or self._code_configs.get(name, self._defaults))
+            code = self._code_configs.get(name)
+            effective = config or (self._defaults if code is None else self._defaults.overlaid(code))
+            self._load_version(name, version, file, effective)
             loaded = list(self._loaded[name])
             self._latest[name] = self._gate(name, max(loaded), loaded)
             self._publish(name)
@@ -948,13 +952,15 @@ class Server:
         return source
 
     def _config_for(self, name: str, source: ModelSource, override: ModelConfig | None) -> ModelConfig:
+        """The effective config: code defaults < ``config=`` < ``config.toml`` < ``models=`` (per field);
+        a ``config`` passed to :meth:`load` replaces all of them."""
         if override is not None:
             return override
-        if name in self._code_configs:
-            return self._code_configs[name]
+        config = self._defaults
         if source.config_path is not None:
-            return load_model_config(source.config_path, self._defaults)
-        return self._defaults
+            config = load_model_config(source.config_path, config)
+        code = self._code_configs.get(name)
+        return config if code is None else config.overlaid(code, source=f"models[{name!r}]")
 
     def _check_open(self) -> None:
         if self._closed:
