@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import numbers
 import threading
 import time
@@ -41,9 +42,12 @@ def check_timeout(timeout_s: object) -> float | None:
         return None
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real):
         raise TypeError(f"timeout_s must be a number of seconds or None, got {type(timeout_s).__name__}")
-    if not timeout_s > 0:  # also catches NaN
+    try:
+        seconds = float(timeout_s)
+    except OverflowError:  # an int beyond float's range
+        seconds = math.inf if timeout_s > 0 else -math.inf  # type: ignore[operator]
+    if not seconds > 0:  # also catches NaN
         raise ValueError(f"timeout_s must be > 0 (or None or math.inf for no deadline), got {timeout_s!r}")
-    seconds = float(timeout_s)
     return None if seconds >= MAX_TIMEOUT_S else seconds
 
 

@@ -96,7 +96,7 @@ CALLS: dict[str, Callable[[inprocserve.Server, Any], Any]] = {
 
 
 @pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
-@pytest.mark.parametrize("timeout", [math.inf, 1e308, 1e12, 1e6, 3600, 2**70])
+@pytest.mark.parametrize("timeout", [math.inf, 1e308, 1e12, 1e6, 3600, 2**70, 10**400])
 def test_huge_timeouts_mean_no_deadline(
     scale_repository: Path, make_server: ServerFactory, call: Callable[..., Any], timeout: Any
 ) -> None:
@@ -112,6 +112,7 @@ def test_huge_timeouts_mean_no_deadline(
         (0, ValueError),
         (-1.0, ValueError),
         (-math.inf, ValueError),
+        (-(10**400), ValueError),
         ("1", TypeError),
         (True, TypeError),
         (np.float64(math.nan), ValueError),
