@@ -279,10 +279,15 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
         def switch(name: str) -> Any:
             if not authorized():
                 return jsonify({"error": "unauthorized"}), 401
-            version = (request.get_json(silent=True) or {}).get("version")
-            if not isinstance(version, int):
-                return jsonify({"error": "invalid_input", "message": 'send {"version": <int>}'}), 400
-            _state().server.switch(name, version)
+            body = request.get_json(silent=True) or {}
+            version, force = body.get("version"), body.get("force", False)
+            if not isinstance(version, int) or not isinstance(force, bool):
+                message = 'send {"version": <int>} (and "force": true to switch to an incompatible version)'
+                return jsonify({"error": "invalid_input", "message": message}), 400
+            try:
+                _state().server.switch(name, version, force=force)
+            except inprocserve.PromotionRefusedError as exc:  # its signature would break current callers
+                return jsonify({"error": "incompatible", "message": str(exc), "report": exc.report}), 409
             return {"model": name, "stable": version}
 
     return blueprint
