@@ -43,17 +43,24 @@ def test_an_inline_run_on_an_idle_server_is_stopped_at_its_deadline(
 
 
 def test_an_unchunked_inline_run_is_stopped_too(busy_repository: Path, make_server: ServerFactory) -> None:
+    """One long onnxruntime run: only the watchdog (RunOptions.terminate) can stop it."""
     server = make_server(busy_repository, config=BIG_BATCHES)
+    server.predict("busy", busy_inputs(1))
     with pytest.raises(inprocserve.DeadlineExceededError, match=STOPPED):
         server.predict("busy", busy_inputs(LONG_ROWS), timeout_s=BUDGET_S)
 
 
-def test_a_run_on_a_worker_is_stopped_at_its_deadline(busy_repository: Path, make_server: ServerFactory) -> None:
-    server = make_server(busy_repository)
+@pytest.mark.parametrize("config", [ModelConfig(), BIG_BATCHES], ids=["in-slices", "whole"])
+def test_a_run_on_a_worker_is_stopped_at_its_deadline(
+    busy_repository: Path, make_server: ServerFactory, config: ModelConfig
+) -> None:
+    server = make_server(busy_repository, config=config)
+    server.predict("busy", busy_inputs(1))
     future = server.submit("busy", busy_inputs(LONG_ROWS), timeout_s=BUDGET_S)
     with pytest.raises(inprocserve.DeadlineExceededError, match=STOPPED):
         future.result(timeout=60)
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 1
 
 
 def test_a_merged_batch_runs_on_while_one_request_in_it_has_time(
