@@ -55,7 +55,7 @@ def overhead(server: inprocserve.Server, model: str, clients: int, seconds: floa
 
 def precision(server: inprocserve.Server, model: str, budgets: list[float], trials: int) -> list[dict[str, Any]]:
     features = 1024
-    long_request = np.random.default_rng(0).standard_normal((4096, features)).astype(np.float32)
+    long_request = np.random.default_rng(0).standard_normal((512, features)).astype(np.float32)
     started = time.perf_counter()
     server.predict(model, long_request)
     full_s = time.perf_counter() - started
@@ -92,7 +92,7 @@ def main() -> None:
         repository = Path(folder)
         for name in ("mlp-small", "mlp-large"):
             build_reference(name, repository)
-        # Whole 4096-row requests in one run, so the precision test measures one long run, not slices.
+        # Whole 512-row requests in one run, so the precision test measures one long run, not slices.
         config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=4096))
         with inprocserve.Server(repository, models={"mlp-large": config}) as server:
             costs = [
@@ -122,7 +122,7 @@ def main() -> None:
         )
     lines += [
         "",
-        f"## Control back after the deadline (mlp-large, 4096 rows inline, {args.trials} trials per budget)",
+        f"## Control back after the deadline (mlp-large, 512 rows inline, {args.trials} trials per budget)",
         "",
         "| budget (ms) | full run (ms) | overshoot median (ms) | p90 (ms) | max (ms) |",
         "|---|---|---|---|---|",

@@ -24,6 +24,8 @@ from . import _fork
 
 __all__ = ["MAX_TIMEOUT_S", "Watchdog", "check_timeout"]
 
+_COMPACT_AT = 1024  # cancelled heap entries tolerated before arm() compacts the heap
+
 MAX_TIMEOUT_S = 1e6
 """Timeouts at or above this many seconds (about 11.6 days), and ``math.inf``, mean "no deadline"."""
 
@@ -40,6 +42,8 @@ def check_timeout(timeout_s: object) -> float | None:
     """
     if timeout_s is None:
         return None
+    if type(timeout_s) is float and 0 < timeout_s < MAX_TIMEOUT_S:  # the common case: no ABC check
+        return timeout_s
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real):
         raise TypeError(f"timeout_s must be a number of seconds or None, got {type(timeout_s).__name__}")
     try:
@@ -81,6 +85,8 @@ class Watchdog:
         self._counter = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._cancelled = 0  # cancelled entries possibly still in the heap
+        self._sleeping_until = math.inf  # when the thread will wake by itself (inf: only when notified)
 
     def _after_fork_in_child(self) -> None:
         closed = self._closed
@@ -94,43 +100,60 @@ class Watchdog:
         with self._lock:
             if self._closed:  # a closing owner: nothing left to stop, the run proceeds unbounded
                 return alarm
+            if self._cancelled > _COMPACT_AT and 2 * self._cancelled > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
             heapq.heappush(self._heap, (due, next(self._counter), alarm))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
-            elif self._heap[0][2] is alarm:
+            elif due < self._sleeping_until:  # wake the thread only if it would sleep past this alarm
                 self._wake.notify()
         return alarm
 
-    @staticmethod
-    def disarm(alarm: _Alarm) -> None:
-        """Cancel an alarm; a lazy delete (the thread drops it when it comes up), so no lock is taken."""
+    def disarm(self, alarm: _Alarm) -> None:
+        """Cancel an alarm. A lazy delete: the entry stays in the heap until it comes up, or until
+        cancelled entries are the majority of a large heap and :meth:`arm` compacts it (so the heap stays
+        bounded by the alarms really pending, whatever the timeouts)."""
         alarm.cancelled = True
+        if not alarm.fired:
+            # No lock: the count only decides when arm() compacts, so a lost increment does not matter.
+            self._cancelled += 1
 
     def _loop(self) -> None:
+        """Sleep until the earliest alarm is due, fire it unless cancelled, repeat.
+
+        A cancelled alarm is dropped when it comes up, and then every cancelled alarm behind it at once;
+        one that is not due is never removed on a notify. So a request that finishes in time costs this
+        thread no wake-up of its own: with steady traffic it wakes about twice per timeout period.
+        """
+        heap_pop = heapq.heappop
         with self._lock:
             while not self._closed:
-                heap = self._heap
-                while heap and heap[0][2].cancelled:
-                    heapq.heappop(heap)
-                if not heap:
-                    self._wake.wait()
+                heap = self._heap  # arm() may replace it (compaction) while this thread waits
+                now = time.monotonic()
+                if heap and heap[0][0] <= now:
+                    alarm = heap_pop(heap)[2]
+                    if alarm.cancelled:
+                        self._cancelled = max(0, self._cancelled - 1)
+                    else:
+                        alarm.fired = True
+                        alarm.action()  # sets a flag: cheap enough to run under the lock
+                    while heap and heap[0][2].cancelled:
+                        heap_pop(heap)
+                        self._cancelled = max(0, self._cancelled - 1)
                     continue
-                delay = heap[0][0] - time.monotonic()
-                if delay > 0:
-                    self._wake.wait(delay)
-                    continue
-                alarm = heapq.heappop(heap)[2]
-                if alarm.cancelled:
-                    continue
-                alarm.fired = True
-                alarm.action()  # sets a flag: cheap enough to run under the lock
+                self._sleeping_until = heap[0][0] if heap else math.inf
+                self._wake.wait(None if not heap else heap[0][0] - now)
+                self._sleeping_until = -math.inf  # awake: arm() need not notify
 
     def close(self) -> None:
         """Stop the thread; pending alarms never fire. Idempotent."""
         with self._lock:
             self._closed = True
             self._heap.clear()
+            self._cancelled = 0
             self._wake.notify()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():

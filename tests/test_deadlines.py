@@ -56,7 +56,9 @@ def test_a_run_on_a_worker_is_stopped_at_its_deadline(
 ) -> None:
     server = make_server(busy_repository, config=config)
     server.predict("busy", busy_inputs(1))
-    future = server.submit("busy", busy_inputs(LONG_ROWS), timeout_s=BUDGET_S)
+    # A longer budget than inline: the worker thread starts on this first queued request, and the budget
+    # must outlast that (else the request expires queued, which another test covers) but not the run.
+    future = server.submit("busy", busy_inputs(LONG_ROWS), timeout_s=0.2)
     with pytest.raises(inprocserve.DeadlineExceededError, match=STOPPED):
         future.result(timeout=60)
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
@@ -168,3 +170,31 @@ def test_many_callers_with_deadlines_all_get_an_answer_or_a_deadline_error(
     assert len(outcomes) == 48
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     assert server.predict("busy", busy_inputs(1))["y"].shape == (1, 512)
+
+
+# -- the watchdog on its own ---------------------------------------------------------------------------------
+
+
+def test_the_watchdog_fires_due_alarms_only_and_stays_bounded() -> None:
+    from inprocserve._deadlines import Watchdog
+
+    watchdog = Watchdog("test-watchdog")
+    try:
+        fired = threading.Event()
+        never = threading.Event()
+        late = watchdog.arm(3600, never.set)
+        soon = watchdog.arm(0.001, fired.set)  # earlier than the head: the thread is woken for it
+        assert fired.wait(timeout=30) and soon.fired
+        cancelled = watchdog.arm(0.05, never.set)
+        watchdog.disarm(cancelled)
+        # Thousands of disarmed long alarms (requests that finished well within a long timeout) do not pile up.
+        for _ in range(5000):
+            watchdog.disarm(watchdog.arm(3600, never.set))
+        assert len(watchdog._heap) < 2100
+        watchdog.disarm(late)
+    finally:
+        watchdog.close()
+    assert not never.is_set()
+    assert watchdog._thread is not None and not watchdog._thread.is_alive()
+    watchdog.close()  # idempotent
+    assert not watchdog.arm(0.001, never.set).fired  # closed: arming is a no-op
