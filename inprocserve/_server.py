@@ -579,11 +579,13 @@ class Server:
         given bounds. Returns the comparison report.
 
         Raises:
-            PromotionRefusedError: the comparison failed a bound, or there were fewer than ``min_samples``
-                recent inputs; the report is on the exception, and nothing was switched.
+            PromotionRefusedError: the candidate's signature is incompatible with the stable version's
+                (use :meth:`switch` with ``force=True``), the comparison failed a bound, or there were fewer
+                than ``min_samples`` recent inputs; the report is on the exception, and nothing was switched.
         """
         with self._lifecycle:
             routes = self._serving(model, version)
+            self._refuse_if_incompatible(routes, model, version)  # its answers could not even be compared
             stable = routes.router.decide(routes.versions, routes.default.version, None).version
             samples = list(routes.router.recent)
             report: dict[str, Any] = {"model": model, "from": stable, "to": version, "samples": len(samples)}

@@ -194,3 +194,15 @@ def test_hot_reload_under_load_with_incompatible_versions(repository: Path, make
             thread.join(timeout=30)
     assert not errors, errors[:3]
     assert server.predict("m", {"x": rows()}).version == 7
+
+
+def test_guarded_promotion_refuses_an_incompatible_version(repository: Path, make_server: ServerFactory) -> None:
+    save_model(renamed("x"), repository, "m", 1)
+    server = make_server(repository)
+    server.predict("m", {"x": rows()})  # a recent input to compare on
+    save_model(renamed("features"), repository, "m", 2)
+    server.refresh()
+    with pytest.raises(inprocserve.PromotionRefusedError, match="input 'x' is gone") as caught:
+        server.promote("m", 2)
+    assert caught.value.report["incompatibilities"]
+    assert server.predict("m", {"x": rows()}).version == 1
