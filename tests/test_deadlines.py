@@ -4,6 +4,7 @@ onnxruntime at its deadline, and ``timeout_s`` accepts the same values in predic
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import threading
 from collections.abc import Callable
@@ -42,9 +43,14 @@ def test_an_inline_run_on_an_idle_server_is_stopped_at_its_deadline(
     assert server.predict("busy", busy_inputs(2), timeout_s=60)["y"].shape == (2, 512)
 
 
-def test_an_unchunked_inline_run_is_stopped_too(busy_repository: Path, make_server: ServerFactory) -> None:
-    """One long onnxruntime run: only the watchdog (RunOptions.terminate) can stop it."""
-    server = make_server(busy_repository, config=BIG_BATCHES)
+@pytest.mark.parametrize("io_binding", [False, True], ids=["run", "io-binding"])
+def test_an_unchunked_inline_run_is_stopped_too(
+    busy_repository: Path, make_server: ServerFactory, io_binding: bool
+) -> None:
+    """One long onnxruntime run: only the watchdog (RunOptions.terminate) can stop it, with or without
+    I/O binding (the GPU path, which a CPU session can take too)."""
+    pool = inprocserve.PoolConfig(intra_op_threads=1, io_binding=io_binding)
+    server = make_server(busy_repository, config=dataclasses.replace(BIG_BATCHES, pool=pool))
     server.predict("busy", busy_inputs(1))
     with pytest.raises(inprocserve.DeadlineExceededError, match=STOPPED):
         server.predict("busy", busy_inputs(LONG_ROWS), timeout_s=BUDGET_S)
