@@ -206,3 +206,81 @@ def test_guarded_promotion_refuses_an_incompatible_version(repository: Path, mak
         server.promote("m", 2)
     assert caught.value.report["incompatibilities"]
     assert server.predict("m", {"x": rows()}).version == 1
+
+
+# -- the comparison itself ------------------------------------------------------------------------------------
+
+
+def _sig(inputs: dict[str, tuple[str, object]], outputs: dict[str, tuple[str, object]]) -> object:
+    from inprocserve._signature import _ONNX_TO_NUMPY, Signature, TensorSpec
+
+    def specs(table: dict[str, tuple[str, object]]) -> list[TensorSpec]:
+        return [
+            TensorSpec(name, kind, _ONNX_TO_NUMPY.get(kind), None if shape is None else tuple(shape))  # type: ignore[arg-type]
+            for name, (kind, shape) in table.items()
+        ]
+
+    return Signature(specs(inputs), specs(outputs))
+
+
+F, D, I64 = "tensor(float)", "tensor(double)", "tensor(int64)"
+OUT = {"y": (F, ["batch", 2])}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (({"x": (F, ["batch", 4])}, OUT), ({"x": (F, ["n", 4])}, OUT), []),  # a renamed symbol is fine
+        (({"x": (F, ["batch", 4])}, OUT), ({"x": (F, ["batch", None])}, OUT), []),  # fixed -> dynamic input
+        (({"x": (F, ["batch", 4])}, OUT), ({"x": (F, ["batch", 4])}, {**OUT, "z": (F, ["batch"])}), []),
+        (({"x": (F, ["batch", 4])}, {"y": (F, ["batch", None])}), ({"x": (F, ["batch", 4])}, OUT), []),
+        (({"x": (F, None)}, OUT), ({"x": (F, ["batch", 9])}, OUT), []),  # unknown rank: not compared
+        (
+            ({"x": (F, ["batch", 4])}, OUT),
+            ({"x": (D, ["batch", 4])}, OUT),
+            ["input 'x': type tensor(float) became tensor(double)"],
+        ),
+        (
+            ({"x": (F, ["batch", 4])}, OUT),
+            ({"x": (F, ["batch", 4, 1])}, OUT),
+            ["input 'x': rank 2 [batch, 4] became 3 [batch, 4, 1]"],
+        ),
+        (
+            ({"x": (F, ["batch", None])}, OUT),
+            ({"x": (F, ["batch", 4])}, OUT),
+            ["input 'x': axis 1 was dynamic, is 4"],
+        ),
+        (
+            ({"x": (F, ["batch", 4])}, OUT),
+            ({"x": (F, ["batch", 4])}, {"y": (F, ["batch", None])}),
+            ["output 'y': axis 1 was 2, is dynamic"],
+        ),
+        (
+            ({"x": (F, ["batch", 4])}, OUT),
+            ({"x": (F, ["batch", 4])}, {"z": (F, ["batch", 2])}),
+            ["output 'y' is gone (serving produces y: tensor(float) [batch, 2])"],
+        ),
+        (
+            ({"x": (F, ["batch", 4])}, OUT),
+            ({"x": (F, ["batch", 4]), "n": (I64, ["batch"])}, OUT),
+            ["input 'n' is new (n: tensor(int64) [batch]); callers do not send it"],
+        ),
+    ],
+    ids=[
+        "symbol-renamed",
+        "input-fixed-to-dynamic",
+        "output-added",
+        "output-dynamic-to-fixed",
+        "unknown-rank",
+        "input-dtype",
+        "input-rank",
+        "input-dynamic-to-fixed",
+        "output-fixed-to-dynamic",
+        "output-gone",
+        "input-added",
+    ],
+)
+def test_incompatibilities(before: tuple[dict, dict], after: tuple[dict, dict], expected: list[str]) -> None:
+    from inprocserve._signature import incompatibilities
+
+    assert incompatibilities(_sig(*before), _sig(*after)) == expected  # type: ignore[arg-type]
