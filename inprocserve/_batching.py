@@ -10,7 +10,7 @@ Flush policy (docs/batching.md explains it with measurements):
 * **Wait only for companions that are coming.** Right after a batch returns, its callers come back one by
   one (each needs the GIL). Running the first one alone would pay the model's fixed cost per run for one row,
   and the rest would form a second, ragged batch. So while recent traffic showed more concurrent rows than
-  are queued, a free session waits for them — at most ``max_delay_ms`` (by default the model's own fixed
+  are queued, a free session waits for them — at most ``max_delay_s`` (by default the model's own fixed
   cost per run, measured at load) — and stops waiting the moment they are all there. A lone caller never
   waits: the recent concurrency it sees is its own single request.
 * A merged batch that fails is bisected until the failing request(s) are found; the others still get
@@ -36,6 +36,7 @@ import numpy as np
 from . import _fork
 from ._batch_ops import BatchShapeError, group_key, pad_and_stack, split_outputs, stack_inputs
 from ._config import BatchingConfig
+from ._deadlines import Watchdog
 from ._errors import DeadlineExceededError, InprocserveError, QueueFullError, ServerClosedError
 from ._sessions import SessionPool, abandon_inherited
 from ._stats import BatchSizeHistogram
@@ -198,7 +199,7 @@ class Batcher:
         batchable: Whether rows of several requests may be stacked on axis 0.
         has_dynamic_inner_axes: Whether any input has a dynamic axis besides axis 0 (requests must then be
             grouped by shape).
-        run_cost: The model's measured cost per run; sets the automatic ``max_delay_ms``.
+        run_cost: The model's measured cost per run; sets the automatic ``max_delay_s``.
         deliver: Called on the thread that completed a request, to resolve its future (if any).
         clock: A monotonic clock.
     """
@@ -231,8 +232,8 @@ class Batcher:
         self._max_rows = config.max_batch_size if self._merge else 1
         # Only a model with a batch axis can run a large request in slices; others take it whole.
         self._chunk_rows: int | None = config.max_batch_size if batchable else None
-        if config.max_delay_ms is not None:
-            self._delay_s = config.max_delay_ms / 1000.0
+        if config.max_delay_s is not None:
+            self._delay_s = config.max_delay_s
         elif run_cost is not None and run_cost.fixed_s > _WAIT_WHEN_FIXED_COST_OVER_HANDOFFS * handoff_cost_s():
             self._delay_s = min(run_cost.fixed_s, _AUTO_DELAY_CAP_S)
         else:
@@ -245,6 +246,8 @@ class Batcher:
             "inprocserve.model.name": self.model,
             "inprocserve.model.version": self.version,
         }
+        # Stops runs whose deadline passes (its thread starts with the first request that has a deadline).
+        self._watchdog = Watchdog(f"inprocserve-deadlines-{self.model}-v{self.version}")
         self._reset_state()
         _fork.register(self)
 
@@ -635,6 +638,10 @@ class Batcher:
         """Run ``batch``; if it fails, bisect so only the failing request(s) get the error."""
         try:
             results = self._run(session, batch)
+        except DeadlineExceededError as exc:  # every request in it is past its deadline: no bisection
+            for request in batch:
+                self._fail(request, exc)
+            return
         except InprocserveError as exc:
             if len(batch) == 1:
                 self._fail(batch[0], exc)
@@ -650,13 +657,27 @@ class Batcher:
             return
         self._complete_batch(batch, results)
 
+    def _time_left(self, batch: list[Request]) -> float | None:
+        """Seconds until the run of ``batch`` must stop: until the latest deadline in it, so a merged batch
+        is stopped only once every request in it is past its deadline (``None``: one has no deadline)."""
+        if len(batch) == 1:
+            deadline = batch[0].deadline
+            return None if deadline is None else deadline - self._clock()
+        latest = 0.0
+        for request in batch:
+            if request.deadline is None:
+                return None
+            latest = max(latest, request.deadline)
+        return latest - self._clock()
+
     def _run(self, session: Any, batch: list[Request]) -> list[dict[str, Any]]:
+        timeout_s = self._time_left(batch)
         if len(batch) == 1:
             request = batch[0]
             if self._chunk_rows is not None and request.rows > self._chunk_rows:
                 return [self._run_in_chunks(session, request)]
             started = time.perf_counter()
-            outputs = self._pool.run(session, request.arrays)
+            outputs = self._pool.run(session, request.arrays, timeout_s=timeout_s, watchdog=self._watchdog)
             if request.batch is not None:
                 request.batch.compute_s = time.perf_counter() - started
             return [dict(zip(self._output_names, outputs, strict=True))]
@@ -667,7 +688,7 @@ class Batcher:
         else:
             feeds = stack_inputs([r.arrays for r in batch], self._input_names)
         started = time.perf_counter()
-        outputs = self._pool.run(session, feeds)
+        outputs = self._pool.run(session, feeds, timeout_s=timeout_s, watchdog=self._watchdog)
         if batch[0].batch is not None:
             batch[0].batch.compute_s = time.perf_counter() - started
         return split_outputs(outputs, self._output_names, [r.rows for r in batch], crop=crop)
@@ -676,10 +697,11 @@ class Batcher:
         """A request larger than ``max_batch_size`` runs in slices that are stitched back together."""
         step = self._chunk_rows
         assert step is not None
-        parts = [
-            self._pool.run(session, {name: array[start : start + step] for name, array in request.arrays.items()})
-            for start in range(0, request.rows, step)
-        ]
+        parts = []
+        for start in range(0, request.rows, step):
+            chunk = {name: array[start : start + step] for name, array in request.arrays.items()}
+            left = None if request.deadline is None else request.deadline - self._clock()
+            parts.append(self._pool.run(session, chunk, timeout_s=left, watchdog=self._watchdog))
         return {name: np.concatenate([part[index] for part in parts]) for index, name in enumerate(self._output_names)}
 
     def _disable_merging(self, reason: str) -> None:
@@ -803,6 +825,7 @@ class Batcher:
                     version=self.version,
                 ),
             )
+        self._watchdog.close()
         current = threading.current_thread()
         for thread in workers:
             if thread is not current:

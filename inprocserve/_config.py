@@ -7,14 +7,18 @@ Every value is validated when the object is built, so a bad setting fails at sta
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import tomllib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BatchingConfig",
@@ -73,14 +77,18 @@ class BatchingConfig:
     """Merge concurrent requests. When false every request runs alone (still through the pool)."""
     max_batch_size: int = 64
     """Largest number of rows in one ``session.run``."""
+    max_delay_s: float | None = None
+    """Longest time, in seconds, the oldest queued request may wait for companions while a session is
+    free. A free session waits only while recent traffic showed more concurrent rows than are queued, and
+    stops as soon as they arrive, so a lone caller never waits. ``None`` (default): the model's fixed cost
+    per run, measured at load (capped at 5 ms) — waiting longer would cost more than running twice. ``0``:
+    never wait; requests accumulate only while every session is busy."""
     max_delay_ms: float | None = None
-    """Longest time the oldest queued request may wait for companions while a session is free. A free
-    session waits only while recent traffic showed more concurrent rows than are queued, and stops as soon
-    as they arrive, so a lone caller never waits. ``None`` (default): the model's fixed cost per run,
-    measured at load (capped at 5 ms) — waiting longer would cost more than running twice. ``0``: never
-    wait; requests accumulate only while every session is busy."""
+    """Deprecated: ``max_delay_s`` in milliseconds. Still accepted (in code and in ``config.toml``) with a
+    ``DeprecationWarning``; it is converted to ``max_delay_s`` when the object is built and reads ``None``
+    afterwards."""
     preferred_batch_sizes: tuple[int, ...] = ()
-    """Batch sizes the model runs best at; while waiting up to ``max_delay_ms`` the batcher stops
+    """Batch sizes the model runs best at; while waiting up to ``max_delay_s`` the batcher stops
     waiting as soon as the queue holds one of them."""
     max_queue_rows: int = 4096
     """Rows that may wait in the queue; beyond this ``predict`` raises :class:`QueueFullError` at once.
@@ -94,8 +102,10 @@ class BatchingConfig:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ConfigurationError(f"batching.max_batch_size must be >= 1, got {self.max_batch_size}")
-        if self.max_delay_ms is not None and not (self.max_delay_ms >= 0 and math.isfinite(self.max_delay_ms)):
-            raise ConfigurationError(f"batching.max_delay_ms must be a finite number >= 0, got {self.max_delay_ms}")
+        if self.max_delay_ms is not None:
+            self._convert_max_delay_ms()
+        if self.max_delay_s is not None and not _finite_at_least_zero(self.max_delay_s):
+            raise ConfigurationError(f"batching.max_delay_s must be a finite number >= 0, got {self.max_delay_s!r}")
         sizes = tuple(sorted(set(self.preferred_batch_sizes)))
         if any(size < 1 or size > self.max_batch_size for size in sizes):
             raise ConfigurationError(
@@ -107,10 +117,35 @@ class BatchingConfig:
         if self.max_request_rows is not None and self.max_request_rows < 1:
             raise ConfigurationError(f"batching.max_request_rows must be >= 1, got {self.max_request_rows}")
 
+    def _convert_max_delay_ms(self) -> None:
+        milliseconds = self.max_delay_ms
+        if not _finite_at_least_zero(milliseconds):
+            raise ConfigurationError(f"batching.max_delay_ms must be a finite number >= 0, got {milliseconds!r}")
+        assert milliseconds is not None
+        seconds = milliseconds / 1000.0
+        if self.max_delay_s is not None and not math.isclose(self.max_delay_s, seconds):
+            raise ConfigurationError(
+                f"batching.max_delay_s ({self.max_delay_s}) and the deprecated max_delay_ms ({milliseconds}) "
+                "disagree; set only max_delay_s"
+            )
+        # stacklevel 4: the caller of the generated __init__ (-> __post_init__ -> here).
+        warnings.warn(
+            f"BatchingConfig(max_delay_ms={milliseconds!r}) is deprecated; use max_delay_s={seconds!r} "
+            "(seconds, like every other duration)",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+        object.__setattr__(self, "max_delay_s", seconds)
+        object.__setattr__(self, "max_delay_ms", None)
+
     @property
     def request_row_limit(self) -> int:
         """The effective per-request row limit."""
         return self.max_request_rows if self.max_request_rows is not None else self.max_queue_rows
+
+
+def _finite_at_least_zero(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -410,6 +445,43 @@ class ModelConfig:
         """A copy with the values of a ``config.toml``-shaped mapping laid over this one."""
         return _merge(self, overrides, source)
 
+    def overlaid(self, other: ModelConfig, *, source: str = "models=") -> ModelConfig:
+        """A copy with the settings of ``other`` that differ from the library defaults laid over this one,
+        field by field inside each section.
+
+        This is how ``Server(models={name: config})`` is laid over ``config.toml``: a setting counts as
+        given in code when its value is not the library default, so ``ModelConfig(batching=
+        BatchingConfig(max_batch_size=8))`` changes ``max_batch_size`` alone and keeps every other value
+        of the file. (A value equal to the library default therefore never overrides the file: change it in
+        the file instead.) ``version_policy`` and ``nan_policy`` are single values; the other sections
+        (``batching``, ``pool``, ...) are compared field by field.
+
+        Raises:
+            ConfigurationError: the combination is invalid (say ``preferred_batch_sizes`` from one side
+                above ``max_batch_size`` from the other).
+        """
+        defaults = _DEFAULTS
+        changes: dict[str, Any] = {}
+        for item in dataclasses.fields(ModelConfig):
+            given, default = getattr(other, item.name), getattr(defaults, item.name)
+            if item.name in _SECTIONS:
+                fields = {
+                    inner.name: getattr(given, inner.name)
+                    for inner in dataclasses.fields(given)
+                    if inner.init and getattr(given, inner.name) != getattr(default, inner.name)
+                }
+                if fields:
+                    try:
+                        changes[item.name] = dataclasses.replace(getattr(self, item.name), **fields)
+                    except ConfigurationError as exc:
+                        raise ConfigurationError(f"{source} laid over the model's config: {exc}") from None
+            elif given != default:
+                changes[item.name] = given
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+_DEFAULTS = ModelConfig()
+
 
 def load_model_config(path: Path, base: ModelConfig | None = None) -> ModelConfig:
     """Read ``config.toml`` at ``path`` over ``base`` (the server's defaults)."""
@@ -462,6 +534,14 @@ def _replace_section(section: Any, name: str, values: Mapping[str, Any], source:
             f"{source}: unknown key(s) {', '.join(unknown)} in [{name}]; known keys are {', '.join(sorted(known))}"
         )
     converted = dict(values)
+    if name == "batching" and "max_delay_ms" in converted:
+        milliseconds = converted["max_delay_ms"]
+        message = f"{source}: [batching] max_delay_ms is deprecated; write max_delay_s (in seconds) instead"
+        logger.warning("%s", message)  # config files are an operator's business: say it where they look
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        if _finite_at_least_zero(milliseconds) and "max_delay_s" not in converted:
+            converted["max_delay_s"] = milliseconds / 1000.0
+            converted["max_delay_ms"] = None
     for key in ("preferred_batch_sizes", "providers", "device_ids", "shadow", "rankers"):
         if key in converted and isinstance(converted[key], list):
             converted[key] = tuple(converted[key])

@@ -136,7 +136,7 @@ class ModelVersion:
         """Time runs of 1 and of a few rows to split a run's cost into a fixed part and a per-row part.
 
         The fixed part is what batching saves per merged request, and it bounds how long a free session
-        may usefully wait for companions (see ``BatchingConfig.max_delay_ms``).
+        may usefully wait for companions (see ``BatchingConfig.max_delay_s``).
         """
         batching = self.config.batching
         rows = min(8, batching.max_batch_size)
@@ -246,6 +246,7 @@ class ModelVersion:
             "io_binding": self._pool.io_binding,
             "batchable": None if self.signature is None else self.signature.batchable,
             "max_batch_size": self.config.batching.max_batch_size,
+            "max_delay_s": None if batcher is None else batcher.max_delay_s,
             "max_delay_ms": None if batcher is None else round(batcher.max_delay_s * 1000, 3),
             "run_cost_ms": None
             if self.run_cost is None

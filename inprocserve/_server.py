@@ -20,10 +20,12 @@ from . import _fork
 from ._batching import Request, VersionRetiredError, finish_detached, handoff_cost_s
 from ._config import ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ControlFile, ModelControl, switched, validate_percent, validate_version, worker_identity
+from ._deadlines import check_timeout
 from ._errors import (
     ConfigurationError,
     DeadlineExceededError,
     InprocserveError,
+    InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
     OverloadedError,
@@ -38,6 +40,7 @@ from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_
 from ._rollout import Decision, FlagReader, Router
 from ._sessions import onnxruntime_version
 from ._shadow import ShadowComparison, ShadowRunner, compare_outputs
+from ._signature import incompatibilities
 from ._telemetry import METRICS, end_request_span, metering, outcome, start_request_span
 
 __all__ = ["Server"]
@@ -85,7 +88,9 @@ class Server:
         repository: A folder laid out as ``<model>/<version>/model.onnx``; every model found is loaded.
             ``None`` starts empty (use :meth:`load`).
         config: Defaults for every model; a model's ``config.toml`` is laid over them.
-        models: Per-model configuration in code, laid over ``config.toml`` (name -> ``ModelConfig``).
+        models: Per-model configuration in code (name -> ``ModelConfig``), laid over ``config.toml`` field
+            by field: the settings whose value differs from the library default override the file, the
+            others keep the file's (or ``config``'s) value. See ``ModelConfig.overlaid``.
         poll_interval_s: If set, a background thread calls :meth:`refresh` this often (hot reload).
         control_interval_s: How often a background thread re-reads the repository's control file (the
             fleet-wide rollout state, see :meth:`switch`); every worker follows a change within this bound
@@ -129,6 +134,9 @@ class Server:
         self._config_errors: dict[str, str] = {}
         self._explicit: set[str] = set()  # loaded with load(path=...): refresh() leaves them alone
         self._unloaded: set[str] = set()  # unloaded by hand: refresh() does not bring them back
+        self._unloaded_versions: dict[str, set[int]] = {}  # versions unloaded by hand, likewise
+        # Versions held back from the default by the compatibility gate, and why (per model).
+        self._incompatible: dict[str, dict[int, list[str]]] = {}
         self._lifecycle = threading.RLock()
         self._closed = False
         self._poll_interval_s = poll_interval_s
@@ -180,9 +188,13 @@ class Server:
             inputs: Input name -> array-like with a leading batch axis (a bare array for one-input models).
             version: Pin a version; ``None`` lets the server choose (the latest ready version).
             context: Request attributes for routing decisions (for example ``{"user_id": ...}``).
-            timeout_s: Give up after this long; a request still queued then is never run.
+            timeout_s: The request's deadline, in seconds from now: a request still queued then is never
+                run, and one running then is stopped by onnxruntime (inline or on a worker), so control
+                returns within the deadline plus the operator running at that moment. ``None``,
+                ``math.inf`` or anything >= 1e6 s: no deadline.
 
         Raises:
+            ValueError: ``timeout_s`` is NaN, zero or negative (``TypeError`` if it is not a number).
             ModelNotFoundError: unknown model or version.
             InvalidInputError: the inputs do not match the model's signature.
             OverloadedError: the queue is full.
@@ -241,15 +253,16 @@ class Server:
 
         Cancelling the awaiting task drops the request if it has not started running.
         """
-        future = self.submit(model, inputs, version=version, context=context, timeout_s=timeout_s)
+        limit = check_timeout(timeout_s)
+        future = self.submit(model, inputs, version=version, context=context, timeout_s=limit)
         waiter = asyncio.wrap_future(future)  # cancelling the task cancels the request
-        if timeout_s is None:
+        if limit is None:
             return await waiter
         try:
-            return await asyncio.wait_for(waiter, timeout_s)
+            return await asyncio.wait_for(waiter, limit)
         except TimeoutError:
             raise DeadlineExceededError(
-                f"model {model!r}: no answer within {timeout_s:g}s", model=model, version=version
+                f"model {model!r}: no answer within {limit:g}s", model=model, version=version
             ) from None
 
     def _dispatch(
@@ -263,8 +276,8 @@ class Server:
         *,
         inline: bool,
     ) -> tuple[Request, ModelVersion]:
-        if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if timeout_s is not None:
+            timeout_s = check_timeout(timeout_s)
         started = time.perf_counter()
         span = start_request_span(model)
         deadline = None if timeout_s is None else self._clock() + timeout_s
@@ -275,9 +288,16 @@ class Server:
                 routes, target, decision = self._route(model, version, context)
                 signature = target.signature
                 assert signature is not None and target.batcher is not None
-                arrays, rows = signature.validate(
-                    inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan
-                )
+                try:
+                    arrays, rows = signature.validate(
+                        inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan
+                    )
+                except InvalidInputError as exc:  # name the model: the caller may serve several
+                    raise InvalidInputError(
+                        f"model {target.name!r} version {target.version}: {exc.message}",
+                        model=target.name,
+                        version=target.version,
+                    ) from None
                 request_id = self._ids.next()
                 shadows = [routes.versions[v] for v in decision.shadows if v in routes.versions]
                 meta = (target.name, target.version, decision.variant, decision.reason, request_id, shadows, decision)
@@ -533,7 +553,7 @@ class Server:
                 return variant
         return None
 
-    def switch(self, model: str, version: int, *, actor: str | None = None) -> None:
+    def switch(self, model: str, version: int, *, actor: str | None = None, force: bool = False) -> None:
         """Blue/green: make ``version`` the stable version of ``model`` on every worker and host.
 
         The version is loaded and warmed up here first (a version that cannot load is never published);
@@ -541,26 +561,54 @@ class Server:
         repository follows within ``control_interval_s`` (see docs/operations.md, "Running a fleet").
         Without a repository it changes this process only. :meth:`rollback` returns to the previous one.
 
+        A version whose signature would break the callers of the stable version (renamed, added or removed
+        inputs, removed outputs, other dtypes, ranks or fixed sizes) is refused unless ``force=True``.
+
         Args:
             model: The model name.
             version: The version to serve.
             actor: Who made the change, recorded in the control file (default: user@host:pid).
+            force: Switch even to a version whose signature is incompatible with the stable one.
 
         Raises:
             ModelNotFoundError: the version is not in the repository (or not loaded, without one).
             ModelLoadError: it cannot be loaded.
             ConfigurationError: the control file is invalid or cannot be written.
+            PromotionRefusedError: the signatures are incompatible and ``force`` is not set; the differences
+                are in the message and in ``report["incompatibilities"]``.
         """
         validate_version(version)
         with self._lifecycle:
-            self._serving(model, version)
+            routes = self._serving(model, version)
+            if not force:
+                self._refuse_if_incompatible(routes, model, version)
+            self._incompatible.get(model, {}).pop(version, None)  # the operator accepted its signature
             self._change_control(model, lambda state: switched(state, version), actor)
             logger.info("model %r: stable version is now %s", model, version)
+
+    @staticmethod
+    def _refuse_if_incompatible(routes: _Routes, model: str, version: int) -> None:
+        stable = routes.router.decide(routes.versions, routes.default.version, None).version
+        if stable == version:
+            return
+        current, target = routes.versions[stable].signature, routes.versions[version].signature
+        assert current is not None and target is not None
+        problems = incompatibilities(current, target)
+        if problems:
+            report = {"model": model, "from": stable, "to": version, "incompatibilities": problems}
+            raise PromotionRefusedError(
+                f"model {model!r} version {version} is not compatible with version {stable}, which serves now: "
+                f"{'; '.join(problems)}; pass force=True to switch anyway",
+                report=report,
+                model=model,
+                version=version,
+            )
 
     def rollback(self, model: str, *, actor: str | None = None) -> int:
         """Switch ``model`` back to the stable version it had before the last :meth:`switch`; returns it.
 
         Rolling back twice returns to where you started (the version rolled back from becomes the previous).
+        It is never refused for an incompatible signature: it returns to a version that served before.
 
         Raises:
             ValueError: no switch of this model was recorded, so there is nothing to roll back to.
@@ -569,7 +617,7 @@ class Server:
         previous = self._current_control().models.get(model, ModelControl()).previous_stable
         if previous is None:
             raise ValueError(f"model {model!r} has no previous stable version to roll back to (no switch recorded)")
-        self.switch(model, previous, actor=actor)
+        self.switch(model, previous, actor=actor, force=True)  # back to what served before: never refused
         return previous
 
     def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
@@ -741,11 +789,13 @@ class Server:
         given bounds. Returns the comparison report.
 
         Raises:
-            PromotionRefusedError: the comparison failed a bound, or there were fewer than ``min_samples``
-                recent inputs; the report is on the exception, and nothing was switched.
+            PromotionRefusedError: the candidate's signature is incompatible with the stable version's
+                (use :meth:`switch` with ``force=True``), the comparison failed a bound, or there were fewer
+                than ``min_samples`` recent inputs; the report is on the exception, and nothing was switched.
         """
         with self._lifecycle:
             routes = self._serving(model, version)
+            self._refuse_if_incompatible(routes, model, version)  # its answers could not even be compared
             stable = routes.router.decide(routes.versions, routes.default.version, None).version
             samples = list(routes.router.recent)
             report: dict[str, Any] = {"model": model, "from": stable, "to": version, "samples": len(samples)}
@@ -859,6 +909,10 @@ class Server:
         with self._lifecycle:
             self._check_open()
             self._unloaded.discard(name)
+            if version is None:
+                self._unloaded_versions.pop(name, None)
+            else:
+                self._unloaded_versions.get(name, set()).discard(version)
             if path is None:
                 source = self._find_in_repository(name)
                 if version is not None and version not in source.versions:
@@ -880,12 +934,20 @@ class Server:
             if version is None:
                 version = max(self._loaded.get(name, {}), default=0) + 1
             self._explicit.add(name)
-            self._load_version(name, version, file, config or self._code_configs.get(name, self._defaults))
+            code = self._code_configs.get(name)
+            effective = config or (self._defaults if code is None else self._defaults.overlaid(code))
+            self._load_version(name, version, file, effective)
+            loaded = list(self._loaded[name])
+            self._latest[name] = self._gate(name, max(loaded), loaded)
             self._publish(name)
             return version
 
     def unload(self, name: str, version: int | None = None, *, timeout_s: float | None = None) -> None:
         """Stop serving a model (or one version) after its queued and running requests finish.
+
+        What is unloaded by hand stays unloaded across refreshes until it is loaded again. For a model
+        from the repository, unloading one version applies the version policy to the remaining versions
+        at once: with ``latest`` the next highest version is loaded and warmed up first, then takes over.
 
         Raises:
             ModelNotFoundError: the model or version is not loaded.
@@ -894,10 +956,28 @@ class Server:
             loaded = self._loaded.get(name, {})
             if not loaded or (version is not None and version not in loaded):
                 raise ModelNotFoundError(f"model {name!r} version {version} is not loaded", model=name, version=version)
-            numbers = [version] if version is not None else list(loaded)
             if version is None:
                 self._unloaded.add(name)
-            self._retire(name, numbers, timeout_s=timeout_s)
+                self._retire(name, list(loaded), timeout_s=timeout_s)
+                return
+            self._unloaded_versions.setdefault(name, set()).add(version)
+            source: ModelSource | None = None
+            config: ModelConfig | None = None
+            if self._repository is not None and name not in self._explicit:
+                try:
+                    source = scan_repository(self._repository).models.get(name)
+                    config = self._config_for(name, source, None) if source is not None else None
+                except ConfigurationError as exc:
+                    logger.error("model %r: no fallback for the unloaded version %s: %s", name, version, exc)
+                    source = None
+            if source is None or config is None:
+                self._retire(name, [version], timeout_s=timeout_s)
+                return
+            problems = self._sync_model(name, source, config, timeout_s=timeout_s)
+            for problem in problems:
+                logger.warning("model %r: after unloading version %s: %s", name, version, problem)
+            if version in self._loaded.get(name, {}):  # no other version to fall back to
+                self._retire(name, [version], timeout_s=timeout_s)
 
     def refresh(self) -> list[str]:
         """Re-scan the repository: load new versions, retire removed ones. Returns problems found.
@@ -935,11 +1015,16 @@ class Server:
             for name in list(self._failures):
                 if name not in scan.models and name not in self._explicit:
                     del self._failures[name]
+            for name in list(self._unloaded_versions):
+                if name not in scan.models:
+                    del self._unloaded_versions[name]
             for problem in scan.problems:
                 logger.warning("model repository: %s", problem)
             return problems
 
-    def _sync_model(self, name: str, source: ModelSource, config: ModelConfig) -> list[str]:
+    def _sync_model(
+        self, name: str, source: ModelSource, config: ModelConfig, *, timeout_s: float | None = None
+    ) -> list[str]:
         """Make the loaded versions of ``name`` match its version policy; the lifecycle lock is held.
 
         A version that fails to load is skipped (until its file changes): the policy is applied again to
@@ -952,8 +1037,9 @@ class Server:
             if path is None or _stamp(path) != failures[number].stamp:
                 del failures[number]
         router = self._routers.get(name)
+        unloaded = self._unloaded_versions.get(name, set())
         while True:
-            usable = [v for v in source.versions if v not in failures]
+            usable = [v for v in source.versions if v not in failures and v not in unloaded]
             selected = config.version_policy.select(usable)
             # Versions the rollout names (stable alias, canary, arms, shadows) are served whatever the policy.
             extra = (
@@ -974,12 +1060,54 @@ class Server:
             self._failures.pop(name, None)
         if not wanted:
             return problems
-        self._latest[name] = max(selected) if selected else max(wanted)
-        self._publish(name, keep=set(wanted))
-        stale = [v for v in self._loaded.get(name, {}) if v not in wanted]
+        latest = max(selected) if selected else max(wanted)
+        default = self._gate(name, latest, usable)
+        self._latest[name] = default
+        keep = set(wanted) | {default}  # a held-back default stays loaded whatever the policy says
+        held = self._incompatible.get(name, {})
+        for number in [v for v in held if v not in keep]:
+            del held[number]
+        self._publish(name, keep=keep)
+        stale = [v for v in self._loaded.get(name, {}) if v not in keep]
         if stale:
-            self._retire(name, stale)
+            self._retire(name, stale, timeout_s=timeout_s)
         return problems
+
+    def _gate(self, name: str, candidate: int, available: list[int]) -> int:
+        """The compatibility gate: the version that becomes the default of ``name`` — ``candidate``, unless
+        its signature would break callers of the version answering default traffic now (the stable alias,
+        or the current default) and that version is still ``available``. A held-back candidate stays
+        loaded and servable with ``version=``; status, the log and a counter say why."""
+        held = self._incompatible.setdefault(name, {})
+        routes = self._routes.get(name)
+        if routes is None:
+            return candidate
+        router = routes.router
+        alias = router.stable_alias if router.stable_alias is not None else router.config.stable
+        baseline = routes.versions.get(alias) if alias is not None else None
+        baseline = baseline or routes.default
+        new = self._loaded.get(name, {}).get(candidate)
+        if new is None or baseline.version == candidate or baseline.version not in available:
+            held.pop(candidate, None)
+            return candidate
+        assert baseline.signature is not None and new.signature is not None
+        problems = incompatibilities(baseline.signature, new.signature)
+        if not problems:
+            held.pop(candidate, None)
+            return candidate
+        if held.get(candidate) != problems:
+            held[candidate] = problems
+            logger.warning(
+                "model %r version %s is not compatible with version %s, which keeps serving by default "
+                "(pin version=%s, or switch(..., force=True) to promote it): %s",
+                name,
+                candidate,
+                baseline.version,
+                candidate,
+                "; ".join(problems),
+            )
+            METRICS.incompatible.add(1, {"inprocserve.model.name": name, "inprocserve.model.version": candidate})
+        return baseline.version
 
     def _load_version(self, name: str, number: int, path: Path, config: ModelConfig) -> None:
         loaded = self._loaded.get(name, {})
@@ -1019,6 +1147,8 @@ class Server:
             router.update(rollout)
         if state is not None:  # the control file wins over in-process switches and config.toml
             router.stable_alias = state.stable if state.stable is not None else router.stable_alias
+            if state.stable is not None:  # an operator switched the fleet to it: its signature is accepted
+                self._incompatible.get(name, {}).pop(state.stable, None)
         router.killed = state is not None and state.kill
         self._routes[name] = _Routes(default=default, versions=dict(versions), router=router)
 
@@ -1042,13 +1172,15 @@ class Server:
         return source
 
     def _config_for(self, name: str, source: ModelSource, override: ModelConfig | None) -> ModelConfig:
+        """The effective config: code defaults < ``config=`` < ``config.toml`` < ``models=`` (per field);
+        a ``config`` passed to :meth:`load` replaces all of them."""
         if override is not None:
             return override
-        if name in self._code_configs:
-            return self._code_configs[name]
+        config = self._defaults
         if source.config_path is not None:
-            return load_model_config(source.config_path, self._defaults)
-        return self._defaults
+            config = load_model_config(source.config_path, config)
+        code = self._code_configs.get(name)
+        return config if code is None else config.overlaid(code, source=f"models[{name!r}]")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1107,9 +1239,12 @@ class Server:
                 versions: dict[str, Any] = {}
                 for number, failure in self._failures.get(name, {}).items():
                     versions[str(number)] = {"state": "failed", "error": failure.error}
+                held = self._incompatible.get(name, {})
                 for number, model_version in sorted(self._loaded.get(name, {}).items()):
                     entry = model_version.status()
                     entry["serving"] = routes is not None and number in routes.versions
+                    entry["compatible"] = number not in held
+                    entry["incompatibilities"] = list(held.get(number, ()))
                     versions[str(number)] = entry
                 router = self._routers.get(name)
                 state = self._control.models.get(name)

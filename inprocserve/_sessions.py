@@ -20,7 +20,9 @@ import numpy as np
 
 from . import _fork
 from ._config import PoolConfig
+from ._deadlines import Watchdog
 from ._errors import (
+    DeadlineExceededError,
     InferenceError,
     InprocserveError,
     InvalidInputError,
@@ -220,6 +222,13 @@ def session_options(config: PoolConfig, *, threads: int | None = None) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return options
+
+
+def _terminator(options: Any) -> Any:
+    def terminate() -> None:
+        options.terminate = True
+
+    return terminate
 
 
 # -- the pool -------------------------------------------------------------------------------------------
@@ -428,23 +437,65 @@ class SessionPool:
         with self._lock:
             return list(self._sessions)
 
-    def run(self, session: Any, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+    def run(
+        self,
+        session: Any,
+        feeds: Mapping[str, np.ndarray],
+        *,
+        timeout_s: float | None = None,
+        watchdog: Watchdog | None = None,
+    ) -> list[Any]:
         """Run one batch; onnxruntime releases the GIL while it computes.
 
         Inputs were validated against the signature already, so this calls onnxruntime's binding directly
         and skips the Python wrapper's second round of checks (a few microseconds per call).
 
+        With ``timeout_s`` (and the ``watchdog`` that enforces it) the run gets its own ``RunOptions``,
+        whose ``terminate`` flag the watchdog sets when the time is up: onnxruntime then stops between two
+        operators. Without it the shared ``RunOptions`` are used and nothing else happens.
+
         Raises:
+            DeadlineExceededError: the run was stopped at ``timeout_s``.
             InferenceError: (or a subclass) translated from onnxruntime's exception.
         """
+        if timeout_s is None or watchdog is None:
+            options = self._run_options
+            alarm = None
+        else:
+            if timeout_s <= 0:
+                raise self._stopped_error()
+            options = self._deadline_run_options()
+            alarm = watchdog.arm(timeout_s, _terminator(options))
         try:
             if self.io_binding:
-                return self._run_bound(session, feeds)
-            return session._sess.run(self._output_names, feeds, self._run_options)  # type: ignore[no-any-return]
+                return self._run_bound(session, feeds, options)
+            return session._sess.run(self._output_names, feeds, options)  # type: ignore[no-any-return]
         except Exception as exc:
+            if alarm is not None and alarm.fired:
+                raise self._stopped_error() from exc
             raise translate_run_error(exc, model=self.model, version=self.version) from exc
+        finally:
+            if alarm is not None:
+                watchdog.disarm(alarm)  # type: ignore[union-attr]
 
-    def _run_bound(self, session: Any, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+    def _deadline_run_options(self) -> Any:
+        """Fresh ``RunOptions`` like the shared ones (a terminated run's options cannot be reused safely
+        while other runs share them)."""
+        options = _ort().RunOptions()
+        options.log_severity_level = 4
+        if self.config.arena_shrinkage:
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return options
+
+    def _stopped_error(self) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"model {self.model!r} version {self.version}: the request's deadline passed while it ran; "
+            "onnxruntime stopped the run",
+            model=self.model,
+            version=self.version,
+        )
+
+    def _run_bound(self, session: Any, feeds: Mapping[str, np.ndarray], run_options: Any = None) -> list[Any]:
         """One run through I/O binding: each input copied to the session's device once, each output
         allocated by onnxruntime on that device and copied back once."""
         provider = session.get_providers()[0]
@@ -456,7 +507,7 @@ class SessionPool:
             binding.bind_ortvalue_input(name, value)
         for name in self._output_names:
             binding.bind_output(name, device, device_id)
-        session.run_with_iobinding(binding, self._run_options)
+        session.run_with_iobinding(binding, run_options if run_options is not None else self._run_options)
         return list(binding.copy_outputs_to_cpu())
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._errors import InvalidInputError
 
-__all__ = ["NodeInfo", "Signature", "TensorSpec"]
+__all__ = ["NodeInfo", "Signature", "TensorSpec", "incompatibilities"]
 
 Dim = int | str | None
 
@@ -236,6 +236,65 @@ class Signature:
         return arrays
 
 
+# -- compatibility ------------------------------------------------------------------------------------------
+
+
+def incompatibilities(serving: Signature, candidate: Signature) -> list[str]:
+    """What would break for callers of ``serving`` if ``candidate`` answered them instead (empty: nothing).
+
+    A candidate is compatible when every request valid for ``serving`` is valid for it, and every output
+    those callers read is still there with the same dtype, rank and fixed sizes:
+
+    * inputs: the same names (none missing, none new: callers do not send it), the same dtypes and ranks;
+      an axis the candidate fixes must have had that size fixed before (a fixed axis that became dynamic
+      is fine);
+    * outputs: every serving output is still produced (new ones are fine), with the same dtype and rank;
+      an axis fixed before must keep its size (a dynamic axis that became fixed is fine).
+
+    Axes of unknown rank (no shape) are not compared. Each problem is one human-readable line.
+    """
+    problems: list[str] = []
+    new_inputs = {spec.name: spec for spec in candidate.inputs}
+    for spec in serving.inputs:
+        other = new_inputs.pop(spec.name, None)
+        if other is None:
+            problems.append(f"input {spec.name!r} is gone (serving takes {spec.describe()})")
+            continue
+        problems.extend(_compare(spec, other, "input", fixed_from=other, fixed_to=spec))
+    for spec in new_inputs.values():
+        problems.append(f"input {spec.name!r} is new ({spec.describe()}); callers do not send it")
+    new_outputs = {spec.name: spec for spec in candidate.outputs}
+    for spec in serving.outputs:
+        other = new_outputs.get(spec.name)
+        if other is None:
+            problems.append(f"output {spec.name!r} is gone (serving produces {spec.describe()})")
+            continue
+        problems.extend(_compare(spec, other, "output", fixed_from=spec, fixed_to=other))
+    return problems
+
+
+def _compare(old: TensorSpec, new: TensorSpec, kind: str, *, fixed_from: TensorSpec, fixed_to: TensorSpec) -> list[str]:
+    """Compare one tensor; every axis fixed in ``fixed_from`` must have the same fixed size in ``fixed_to``."""
+    if old.onnx_type != new.onnx_type:
+        return [f"{kind} {old.name!r}: type {old.onnx_type} became {new.onnx_type}"]
+    if old.shape is None or new.shape is None:
+        return []
+    if len(old.shape) != len(new.shape):
+        before, after = f"{len(old.shape)} {_shape_text(old.shape)}", f"{len(new.shape)} {_shape_text(new.shape)}"
+        return [f"{kind} {old.name!r}: rank {before} became {after}"]
+    assert fixed_from.shape is not None and fixed_to.shape is not None
+    for axis, (need, have) in enumerate(zip(fixed_from.shape, fixed_to.shape, strict=True)):
+        if not _is_dynamic(need) and need != have:
+            return [
+                f"{kind} {old.name!r}: axis {axis} was {_dim_text(old.shape[axis])}, is {_dim_text(new.shape[axis])}"
+            ]
+    return []
+
+
+def _dim_text(dim: Dim) -> str:
+    return "dynamic" if _is_dynamic(dim) else str(dim)
+
+
 def _shape_text(shape: tuple[Dim, ...] | None) -> str:
     if shape is None:
         return ""
@@ -277,4 +336,14 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
             raise InvalidInputError(
                 f"input {spec.name!r}: values from {low} to {high} do not fit in {expected} ({info.min}..{info.max})"
             )
+    if expected.kind == "f":  # float64 -> float32 (or anything -> float16) can overflow to infinity
+        try:
+            with np.errstate(over="raise"):
+                return array.astype(expected)
+        except FloatingPointError:
+            limit = float(np.finfo(expected).max)
+            raise InvalidInputError(
+                f"input {spec.name!r}: holds finite values beyond the range of {expected} (about ±{limit:.4g}), "
+                f"which would become infinity; scale or clip them (NaN and infinity themselves pass through)"
+            ) from None
     return array.astype(expected)

@@ -318,6 +318,11 @@ class Metrics:
         self.lifecycle = meter.create_counter(
             "inprocserve.model.lifecycle", unit="{event}", description="Model versions loaded, failed, unloaded"
         )
+        self.incompatible = meter.create_counter(
+            "inprocserve.model.incompatible",
+            unit="{version}",
+            description="New versions held back from the default because their signature breaks callers",
+        )
         self._gauges: list[Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]] = []
         meter.create_observable_gauge(
             "inprocserve.queue.depth", callbacks=[self._observe("queue")], unit="{row}", description="Rows queued"

@@ -227,7 +227,7 @@ def test_oversized_requests_are_run_in_chunks(repository: Path, make_server: Ser
 
 def test_max_delay_waits_for_companions_but_never_longer(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_mlp_model((8, 8, 2)), repository, "mlp", 1)
-    config = ModelConfig(batching=BatchingConfig(max_delay_ms=50))
+    config = ModelConfig(batching=BatchingConfig(max_delay_s=0.05))
     server = make_server(repository, config=config)
     # many concurrent callers: the recent concurrency makes a free session wait for them
     assert run_threads(16, lambda i: [server.predict("mlp", np.ones((1, 8), np.float32)) for _ in range(20)]) == []
@@ -269,7 +269,7 @@ def test_close_during_load_answers_or_refuses_everyone(busy_repository: Path, ma
 
 
 def test_preferred_batch_size_ends_the_wait_for_companions(busy_repository: Path, make_server: ServerFactory) -> None:
-    config = ModelConfig(batching=BatchingConfig(max_delay_ms=20_000, preferred_batch_sizes=(2,)))
+    config = ModelConfig(batching=BatchingConfig(max_delay_s=20.0, preferred_batch_sizes=(2,)))
     server = make_server(busy_repository, config=config)
     blocker = occupy(server)  # recent concurrency is now high, so a free session will wait for companions
     first = server.submit("busy", busy_inputs(1))
@@ -286,7 +286,7 @@ def test_several_sessions_waiting_for_companions_under_load(repository: Path, ma
     """Workers that wait for companions release the lock; when the wait ends another worker may have taken
     the work or the last free session. Many short waits with two sessions exercise that path."""
     save_model(build_mlp_model((32, 64, 4), seed=1), repository, "mlp", 1)
-    config = ModelConfig(pool=inprocserve.PoolConfig(size=2), batching=BatchingConfig(max_delay_ms=0.2))
+    config = ModelConfig(pool=inprocserve.PoolConfig(size=2), batching=BatchingConfig(max_delay_s=0.0002))
     server = make_server(repository, config=config)
 
     def call(index: int) -> None:

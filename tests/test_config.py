@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from inprocserve import (
     BatchingConfig,
     ConfigurationError,
+    InvalidInputError,
     ModelConfig,
     PaddingConfig,
     PoolConfig,
@@ -17,11 +19,15 @@ from inprocserve import (
     WarmupConfig,
 )
 from inprocserve._config import load_model_config
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
 
 
 def test_defaults_are_valid_and_frozen() -> None:
     config = ModelConfig()
     assert config.batching.max_batch_size == 64
+    assert config.batching.max_delay_s is None
     assert config.batching.max_delay_ms is None
     assert config.pool.size == 1
     assert config.pool.allow_spinning is False
@@ -35,6 +41,9 @@ def test_defaults_are_valid_and_frozen() -> None:
         (lambda: BatchingConfig(max_batch_size=0), "max_batch_size"),
         (lambda: BatchingConfig(max_delay_ms=-1), "max_delay_ms"),
         (lambda: BatchingConfig(max_delay_ms=float("nan")), "max_delay_ms"),
+        (lambda: BatchingConfig(max_delay_s=-0.001), "max_delay_s"),
+        (lambda: BatchingConfig(max_delay_s=float("inf")), "max_delay_s"),
+        (lambda: BatchingConfig(max_delay_s="2ms"), "max_delay_s"),  # type: ignore[arg-type]
         (lambda: BatchingConfig(preferred_batch_sizes=(4, 128)), "preferred_batch_sizes"),
         (lambda: BatchingConfig(max_queue_rows=0), "max_queue_rows"),
         (lambda: BatchingConfig(max_request_rows=0), "max_request_rows"),
@@ -84,7 +93,7 @@ nan_policy = "reject"
 
 [batching]
 max_batch_size = 32
-max_delay_ms = 1.5
+max_delay_s = 0.0015
 preferred_batch_sizes = [8, 16]
 
 [batching.padding]
@@ -105,7 +114,7 @@ rows = 4
     assert config.version_policy == VersionPolicy.latest(2)
     assert config.nan_policy == "reject"
     assert config.batching.max_batch_size == 32
-    assert config.batching.max_delay_ms == 1.5
+    assert config.batching.max_delay_s == 0.0015
     assert config.batching.preferred_batch_sizes == (8, 16)
     assert config.batching.padding == PaddingConfig(inputs={"tokens": 1, "mask": 1}, outputs={"logits": 1})
     assert config.pool.size == 2
@@ -133,3 +142,102 @@ def test_bad_config_toml_names_the_file_and_the_key(tmp_path: Path, text: str, f
     with pytest.raises(ConfigurationError, match=fragment) as info:
         load_model_config(path)
     assert str(path) in str(info.value)
+
+
+# -- max_delay_s, and the deprecated max_delay_ms ---------------------------------------------------------
+
+
+def test_max_delay_ms_still_works_with_a_deprecation_warning_pointing_at_the_caller() -> None:
+    with pytest.warns(
+        DeprecationWarning, match=r"max_delay_ms=2\.5\) is deprecated; use max_delay_s=0\.0025"
+    ) as caught:
+        config = BatchingConfig(max_delay_ms=2.5)
+    assert caught[0].filename == __file__  # stacklevel: the line that built the config, not the library
+    assert (config.max_delay_s, config.max_delay_ms) == (0.0025, None)
+    # Derived copies neither warn again nor lose the value.
+    assert dataclasses.replace(config, max_batch_size=8).max_delay_s == 0.0025
+
+
+def test_max_delay_ms_and_max_delay_s_must_agree() -> None:
+    with pytest.warns(DeprecationWarning):
+        assert BatchingConfig(max_delay_ms=2, max_delay_s=0.002).max_delay_s == 0.002
+    with pytest.raises(ConfigurationError, match="disagree; set only max_delay_s"):
+        BatchingConfig(max_delay_ms=2, max_delay_s=0.5)
+
+
+def test_max_delay_ms_in_config_toml_still_works_with_a_deprecation_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[batching]\nmax_delay_ms = 1.5\n")
+    with pytest.warns(DeprecationWarning, match="max_delay_ms is deprecated; write max_delay_s"):
+        config = load_model_config(path)
+    assert config.batching.max_delay_s == 0.0015
+    assert str(path) in caplog.text  # also logged, where operators look
+
+
+def test_the_batcher_uses_max_delay_s(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text("[batching]\nmax_delay_s = 0.003\n")
+    server = make_server(repository)
+    status = server.status()["models"]["scale"]["versions"]["1"]
+    assert (status["max_delay_s"], status["max_delay_ms"]) == (0.003, 3.0)
+
+
+# -- precedence: code defaults < config= < config.toml < models= ------------------------------------------
+
+
+def test_models_in_code_are_laid_over_config_toml_field_by_field(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text(
+        'nan_policy = "reject"\n[batching]\nmax_batch_size = 8\nmax_queue_rows = 100\n[warmup]\nrows = 3\n'
+    )
+    server = make_server(
+        repository,
+        config=ModelConfig(batching=BatchingConfig(max_request_rows=50), pool=PoolConfig(inter_op_threads=2)),
+        models={"scale": ModelConfig(batching=BatchingConfig(max_queue_rows=200), warmup=WarmupConfig(runs=2))},
+    )
+    status = server.status()["models"]["scale"]["versions"]["1"]
+    assert status["max_batch_size"] == 8  # from the file: models= did not set it (was read back as 64)
+    effective = server._config_for("scale", _source(repository, "scale"), None)
+    assert effective.batching.max_batch_size == 8  # config.toml
+    assert effective.batching.max_queue_rows == 200  # models= over config.toml
+    assert effective.batching.max_request_rows == 50  # config=, untouched by the file and by models=
+    assert effective.pool.inter_op_threads == 2  # config=
+    assert effective.nan_policy == "reject"  # config.toml
+    assert (effective.warmup.rows, effective.warmup.runs) == (3, 2)  # file and code, same section
+    with pytest.raises(InvalidInputError, match="more than the 50 allowed"):  # config= reaches requests
+        server.predict("scale", [[0.0] * 4] * 51)
+
+
+def test_nan_policy_from_the_file_is_enforced_under_a_models_entry(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text('nan_policy = "reject"\n')
+    server = make_server(repository, models={"scale": ModelConfig(batching=BatchingConfig(max_batch_size=4))})
+    with pytest.raises(InvalidInputError, match="nan_policy"):
+        server.predict("scale", [[float("nan"), 0, 0, 0]])
+
+
+def test_an_invalid_combination_of_file_and_code_is_a_configuration_error(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text("[batching]\nmax_batch_size = 8\n")
+    server = make_server(
+        repository, models={"scale": ModelConfig(batching=BatchingConfig(preferred_batch_sizes=(16,)))}
+    )
+    status = server.status()["models"]["scale"]
+    assert "models['scale']" in status["config_error"] and "preferred_batch_sizes" in status["config_error"]
+
+
+def test_overlaid_keeps_everything_for_a_default_model_config() -> None:
+    base = ModelConfig(nan_policy="reject", batching=BatchingConfig(max_batch_size=8))
+    assert base.overlaid(ModelConfig()) is base
+
+
+def _source(repository: Path, name: str) -> Any:
+    from inprocserve._repository import scan_repository
+
+    return scan_repository(repository).models[name]

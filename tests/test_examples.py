@@ -41,4 +41,4 @@ def test_django_recommend_example() -> None:
 def test_core_demo() -> None:
     out = run("examples/demo.py")
     assert "failed requests: 0" in out
-    assert "InvalidInputError: input 'x': expected size" in out
+    assert "InvalidInputError: model 'fraud' version 1: input 'x': expected size" in out

@@ -85,6 +85,44 @@ def test_unload_survives_refresh_until_loaded_again(repository: Path, make_serve
     assert server.models == {"scale": [1]}
 
 
+def test_an_unloaded_version_stays_unloaded_under_the_all_policy(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all()))
+    server.unload("scale", 2)
+    assert server.models == {"scale": [1]}
+    server.refresh()
+    assert server.models == {"scale": [1]}
+    assert server.load("scale", version=2) == 2
+    server.refresh()
+    assert server.models == {"scale": [1, 2]}
+
+
+def test_unloading_the_latest_version_falls_back_to_the_previous_one(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    server = make_server(repository)
+    assert server.models == {"scale": [2]}
+    server.unload("scale", 2)
+    assert server.models == {"scale": [1]}
+    assert one(server).version == 1
+    server.refresh()
+    assert server.models == {"scale": [1]}
+    server.load("scale")  # loading the model again forgets what was unloaded by hand
+    assert server.models == {"scale": [2]}
+
+
+def test_unloading_the_only_version_leaves_the_model_unserved(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    server.unload("scale", 1)
+    assert server.models == {}
+    server.refresh()
+    assert server.models == {}
+
+
 def test_background_polling_picks_up_new_versions(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(1.0), repository, "scale", 1)
     server = make_server(repository, poll_interval_s=0.05)

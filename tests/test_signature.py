@@ -71,7 +71,30 @@ def test_bad_inputs_name_the_input_and_what_to_fix(
         server.predict("add", inputs)
     for fragment in fragments:
         assert fragment in str(info.value)
-    assert info.value.model is None or info.value.model == "add"
+    assert (info.value.model, info.value.version) == ("add", 1)
+    assert str(info.value).startswith("model 'add' version 1: ")
+
+
+def test_invalid_input_through_submit_names_the_model_too(server: inprocserve.Server) -> None:
+    error = server.submit("scale", np.ones((1, 3), np.float32)).exception(timeout=10)
+    assert isinstance(error, InvalidInputError)
+    assert (error.model, error.version) == ("scale", 1) and "model 'scale'" in str(error)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [np.array([[1e300, 0, 0, 0]]), [[1e39, 0.0, 0.0, 0.0]], np.array([[-3.5e38, 1, 2, 3]])],
+    ids=["float64-array", "python-floats", "negative"],
+)
+def test_float64_beyond_float32_is_a_typed_error_not_a_warning(server: inprocserve.Server, value: object) -> None:
+    # pytest turns warnings into errors here, so a RuntimeWarning escaping would fail with another type.
+    with pytest.raises(InvalidInputError, match=r"input 'x': holds finite values beyond the range of float32"):
+        server.predict("scale", value)
+
+
+def test_nan_and_infinity_in_float64_still_pass_through(server: inprocserve.Server) -> None:
+    result = server.predict("scale", np.array([[np.inf, -np.inf, np.nan, 3.4e38]]))
+    assert np.isposinf(result["y"][0, 0]) and np.isneginf(result["y"][0, 1]) and np.isnan(result["y"][0, 2])
 
 
 def test_int_overflow_into_a_narrower_type_is_refused(repository: Path, make_server: ServerFactory) -> None:

@@ -65,6 +65,8 @@ def _admin_status(error: Exception) -> int | None:
     """The HTTP status of an admin call's error (its message says what to fix)."""
     if isinstance(error, inprocserve.ModelNotFoundError):
         return 404
+    if isinstance(error, inprocserve.PromotionRefusedError):
+        return 409  # e.g. an incompatible signature: send "force": true to switch anyway
     if isinstance(error, inprocserve.ModelLoadError):
         return 422  # the version exists but cannot be loaded: nothing was switched
     if isinstance(error, inprocserve.ServerClosedError):
@@ -99,7 +101,10 @@ def _admin(action: Callable[[HttpRequest, dict[str, Any], str], dict[str, Any]])
             status = _admin_status(exc)
             if status is None:
                 raise
-            return JsonResponse({"error": type(exc).__name__, "message": str(exc)}, status=status)
+            answer = {"error": type(exc).__name__, "message": str(exc)}
+            if isinstance(exc, inprocserve.PromotionRefusedError):  # what differs, for the operator
+                answer["report"] = exc.report
+            return JsonResponse(answer, status=status)
         return JsonResponse({**answer, "revision": get_server().sync_control(), "worker": os.getpid()})
 
     return cast(Callable[..., JsonResponse], view)
@@ -119,8 +124,10 @@ def _reload(request: HttpRequest, data: dict[str, Any], actor: str) -> dict[str,
 
 
 def _switch(request: HttpRequest, data: dict[str, Any], actor: str) -> dict[str, Any]:
-    version = _version(data)
-    get_server().switch(data["name"], version, actor=actor)
+    version, force = _version(data), data.get("force", False)
+    if not isinstance(force, bool):
+        raise ValueError('"force" must be true or false (true switches to an incompatible version)')
+    get_server().switch(data["name"], version, force=force, actor=actor)
     return {"model": data["name"], "stable": version}
 
 

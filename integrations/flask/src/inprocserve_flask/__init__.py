@@ -322,7 +322,10 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
             status = _admin_status(exc)
             if status is None:
                 raise
-            return jsonify({"error": type(exc).__name__, "message": str(exc)}), status
+            answer = {"error": type(exc).__name__, "message": str(exc)}
+            if isinstance(exc, inprocserve.PromotionRefusedError):  # what differs, for the operator
+                answer["report"] = exc.report
+            return jsonify(answer), status
         server = _state().server
         return {**answer, "revision": server.sync_control(), "worker": os.getpid()}
 
@@ -340,10 +343,11 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     @blueprint.post("/models/<name>/switch")
     def switch(name: str) -> Any:
         def act() -> dict[str, Any]:
-            version = body().get("version")
-            if isinstance(version, bool) or not isinstance(version, int):
-                raise ValueError('send {"version": <int>}')
-            _state().server.switch(name, version, actor=actor())
+            data = body()
+            version, force = data.get("version"), data.get("force", False)
+            if isinstance(version, bool) or not isinstance(version, int) or not isinstance(force, bool):
+                raise ValueError('send {"version": <int>} (and "force": true to switch to an incompatible version)')
+            _state().server.switch(name, version, force=force, actor=actor())
             return {"model": name, "stable": version}
 
         return admin(act)
@@ -389,6 +393,8 @@ def _admin_status(error: Exception) -> int | None:
     """The HTTP status of an admin call's error (its message says what to fix)."""
     if isinstance(error, inprocserve.ModelNotFoundError):
         return 404
+    if isinstance(error, inprocserve.PromotionRefusedError):
+        return 409  # e.g. an incompatible signature: send "force": true to switch anyway
     if isinstance(error, inprocserve.ModelLoadError):
         return 422  # the version exists but cannot be loaded: nothing was switched
     if isinstance(error, inprocserve.ServerClosedError):

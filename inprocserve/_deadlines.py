@@ -1,0 +1,160 @@
+"""Request deadlines: the accepted range of ``timeout_s``, and the watchdog that stops a run at its deadline.
+
+A deadline is enforced on every path a request can take. A queued request is dropped when its deadline
+passes; a request that is running (on a worker, or inline on its caller's thread) is stopped by setting
+onnxruntime's ``RunOptions.terminate`` from one watchdog thread, which onnxruntime checks between the
+operators of the graph. Control therefore returns within the deadline plus the operator running at that
+moment (plus a thread wake-up).
+
+The watchdog is one thread with a heap of deadlines, not a ``threading.Timer`` per request: arming and
+disarming it costs a heap push and a flag under a lock, and a request without a deadline never touches it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import numbers
+import threading
+import time
+from collections.abc import Callable
+
+from . import _fork
+
+__all__ = ["MAX_TIMEOUT_S", "Watchdog", "check_timeout"]
+
+_COMPACT_AT = 1024  # cancelled heap entries tolerated before arm() compacts the heap
+
+MAX_TIMEOUT_S = 1e6
+"""Timeouts at or above this many seconds (about 11.6 days), and ``math.inf``, mean "no deadline"."""
+
+
+def check_timeout(timeout_s: object) -> float | None:
+    """Validate a ``timeout_s`` argument; return the timeout in seconds, or ``None`` for no deadline.
+
+    Accepted: ``None``, or a real number > 0. ``math.inf`` and anything >= :data:`MAX_TIMEOUT_S` mean no
+    deadline (no lock, timer or clock on this machine can represent such waits).
+
+    Raises:
+        TypeError: ``timeout_s`` is not a number (``bool`` included).
+        ValueError: ``timeout_s`` is NaN, zero or negative.
+    """
+    if timeout_s is None:
+        return None
+    if type(timeout_s) is float and 0 < timeout_s < MAX_TIMEOUT_S:  # the common case: no ABC check
+        return timeout_s
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real):
+        raise TypeError(f"timeout_s must be a number of seconds or None, got {type(timeout_s).__name__}")
+    try:
+        seconds = float(timeout_s)
+    except OverflowError:  # an int beyond float's range
+        seconds = math.inf if timeout_s > 0 else -math.inf  # type: ignore[operator]
+    if not seconds > 0:  # also catches NaN
+        raise ValueError(f"timeout_s must be > 0 (or None or math.inf for no deadline), got {timeout_s!r}")
+    return None if seconds >= MAX_TIMEOUT_S else seconds
+
+
+class _Alarm:
+    """One armed deadline; ``fired`` tells the run that its stop came from the watchdog."""
+
+    __slots__ = ("action", "cancelled", "fired")
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self.action = action
+        self.cancelled = False
+        self.fired = False
+
+
+class Watchdog:
+    """Calls an action when its deadline passes, from one lazily started daemon thread.
+
+    Thread-safe. The owner closes it (idempotent); in a forked child it starts afresh. Deadlines are in
+    ``time.monotonic`` seconds: the caller converts from its own clock by passing a delay.
+    """
+
+    def __init__(self, name: str = "inprocserve-deadlines") -> None:
+        self._name = name
+        self._reset_state()
+        _fork.register(self)
+
+    def _reset_state(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._heap: list[tuple[float, int, _Alarm]] = []
+        self._counter = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._cancelled = 0  # cancelled entries possibly still in the heap
+        self._sleeping_until = math.inf  # when the thread will wake by itself (inf: only when notified)
+
+    def _after_fork_in_child(self) -> None:
+        closed = self._closed
+        self._reset_state()  # the parent's thread does not exist here
+        self._closed = closed
+
+    def arm(self, delay_s: float, action: Callable[[], None]) -> _Alarm:
+        """Call ``action`` (on the watchdog thread) ``delay_s`` from now unless :meth:`disarm` comes first."""
+        alarm = _Alarm(action)
+        due = time.monotonic() + delay_s
+        with self._lock:
+            if self._closed:  # a closing owner: nothing left to stop, the run proceeds unbounded
+                return alarm
+            if self._cancelled > _COMPACT_AT and 2 * self._cancelled > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
+            heapq.heappush(self._heap, (due, next(self._counter), alarm))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            elif due < self._sleeping_until:  # wake the thread only if it would sleep past this alarm
+                self._wake.notify()
+        return alarm
+
+    def disarm(self, alarm: _Alarm) -> None:
+        """Cancel an alarm. A lazy delete: the entry stays in the heap until it comes up, or until
+        cancelled entries are the majority of a large heap and :meth:`arm` compacts it (so the heap stays
+        bounded by the alarms really pending, whatever the timeouts)."""
+        alarm.cancelled = True
+        if not alarm.fired:
+            # No lock: the count only decides when arm() compacts, so a lost increment does not matter.
+            self._cancelled += 1
+
+    def _loop(self) -> None:
+        """Sleep until the earliest alarm is due, fire it unless cancelled, repeat.
+
+        A cancelled alarm is dropped when it comes up, and then every cancelled alarm behind it at once;
+        one that is not due is never removed on a notify. So a request that finishes in time costs this
+        thread no wake-up of its own: with steady traffic it wakes about twice per timeout period.
+        """
+        heap_pop = heapq.heappop
+        with self._lock:
+            while not self._closed:
+                heap = self._heap  # arm() may replace it (compaction) while this thread waits
+                now = time.monotonic()
+                if heap and heap[0][0] <= now:
+                    alarm = heap_pop(heap)[2]
+                    if alarm.cancelled:
+                        self._cancelled = max(0, self._cancelled - 1)
+                    else:
+                        alarm.fired = True
+                        alarm.action()  # sets a flag: cheap enough to run under the lock
+                    while heap and heap[0][2].cancelled:
+                        heap_pop(heap)
+                        self._cancelled = max(0, self._cancelled - 1)
+                    continue
+                self._sleeping_until = heap[0][0] if heap else math.inf
+                self._wake.wait(None if not heap else heap[0][0] - now)
+                self._sleeping_until = -math.inf  # awake: arm() need not notify
+
+    def close(self) -> None:
+        """Stop the thread; pending alarms never fire. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._heap.clear()
+            self._cancelled = 0
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=1.0)
