@@ -103,7 +103,7 @@ def _admin(action: Callable[[HttpRequest, dict[str, Any], str], dict[str, Any]])
                 raise
             answer = {"error": type(exc).__name__, "message": str(exc)}
             if isinstance(exc, inprocserve.PromotionRefusedError):  # what differs, for the operator
-                answer["report"] = exc.report
+                answer.update(error="incompatible", report=exc.report)
             return JsonResponse(answer, status=status)
         return JsonResponse({**answer, "revision": get_server().sync_control(), "worker": os.getpid()})
 

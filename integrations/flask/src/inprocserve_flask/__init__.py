@@ -324,7 +324,7 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
                 raise
             answer = {"error": type(exc).__name__, "message": str(exc)}
             if isinstance(exc, inprocserve.PromotionRefusedError):  # what differs, for the operator
-                answer["report"] = exc.report
+                answer.update(error="incompatible", report=exc.report)
             return jsonify(answer), status
         server = _state().server
         return {**answer, "revision": server.sync_control(), "worker": os.getpid()}
