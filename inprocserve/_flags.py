@@ -22,13 +22,20 @@ from typing import Any, Protocol, runtime_checkable
 
 from ._errors import InprocserveError
 
-__all__ = ["EnvFlags", "FileFlags", "FlagError", "FlagProvider", "InMemoryFlags", "OpenFeatureFlags"]
+__all__ = ["EnvFlags", "FileFlags", "FlagError", "FlagProvider", "FlagTypeError", "InMemoryFlags", "OpenFeatureFlags"]
 
 _MISSING = object()
 
 
 class FlagError(InprocserveError):
     """A flag provider could not evaluate a flag (raised by providers, absorbed by the rollout layer)."""
+
+
+class FlagTypeError(FlagError):
+    """A flag holds a value of the wrong type for its key (a string where a number belongs, say).
+
+    The rollout layer counts these apart from provider outages: the provider answered, the flag is wrong.
+    """
 
 
 @runtime_checkable
@@ -62,7 +69,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if not isinstance(value, bool):
-            raise FlagError(f"flag {key!r} must be a boolean, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a boolean, got {value!r}")
         return value
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
@@ -70,7 +77,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise FlagError(f"flag {key!r} must be a number, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a number, got {value!r}")
         return float(value)
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:
@@ -78,7 +85,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if not isinstance(value, str):
-            raise FlagError(f"flag {key!r} must be a string, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a string, got {value!r}")
         return value
 
     def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
@@ -235,22 +242,49 @@ class OpenFeatureFlags:
         }
         return self._context_type(targeting_key=None if key is None else str(key), attributes=attributes)
 
+    def _details(self, method: str, key: str, default: Any, context: Any) -> Any:
+        return getattr(self._client, method)(key, default, context)
+
     def _value(self, method: str, key: str, default: Any, context: Mapping[str, Any]) -> Any:
-        details = getattr(self._client, method)(key, default, self._context(context))
-        if details.error_code is not None and str(getattr(details.error_code, "value", details.error_code)) not in (
-            "FLAG_NOT_FOUND",
-        ):
-            raise FlagError(f"OpenFeature could not evaluate {key!r}: {details.error_code} {details.error_message}")
-        return details.value
+        return self._checked(key, self._details(method, key, default, self._context(context)))
+
+    @staticmethod
+    def _checked(key: str, details: Any) -> Any:
+        code = _error_code(details)
+        if code is None or code == "FLAG_NOT_FOUND":  # not found: the SDK hands back the default
+            return details.value
+        error = FlagTypeError if code == "TYPE_MISMATCH" else FlagError
+        raise error(f"OpenFeature could not evaluate {key!r}: {code} {details.error_message}")
 
     def get_boolean(self, key: str, default: bool, context: Mapping[str, Any]) -> bool:
         return bool(self._value("get_boolean_details", key, default, context))
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
-        return float(self._value("get_float_details", key, float(default), context))
+        """A number flag, whether the provider holds it as a float or as an integer.
+
+        OpenFeature types numbers strictly (``get_float_details`` on ``10`` is a TYPE_MISMATCH in the SDK's
+        own in-memory provider), so an integer is asked for when the float evaluation reports a mismatch.
+        """
+        evaluation_context = self._context(context)
+        details = self._details("get_float_details", key, float(default), evaluation_context)
+        if _error_code(details) == "TYPE_MISMATCH":
+            whole = int(default) if float(default).is_integer() else 0
+            integer = self._details("get_integer_details", key, whole, evaluation_context)
+            if _error_code(integer) is None and not isinstance(integer.value, bool):
+                return float(integer.value)
+        value = self._checked(key, details)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise FlagTypeError(f"flag {key!r} must be a number, got {value!r}")
+        return float(value)
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:
         return str(self._value("get_string_details", key, default, context))
 
     def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
         return self._value("get_object_details", key, default, context)
+
+
+def _error_code(details: Any) -> str | None:
+    """The OpenFeature error code of an evaluation as a plain string (None when it succeeded)."""
+    code = details.error_code
+    return None if code is None else str(getattr(code, "value", code))

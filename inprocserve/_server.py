@@ -84,6 +84,8 @@ class Server:
         config: Defaults for every model; a model's ``config.toml`` is laid over them.
         models: Per-model configuration in code, laid over ``config.toml`` (name -> ``ModelConfig``).
         poll_interval_s: If set, a background thread calls :meth:`refresh` this often (hot reload).
+        shadow_budget: Largest share of wall-clock time shadow runs may take (0.05: 50 ms a second);
+            shadow copies beyond it are dropped and counted, so shadows use spare capacity only.
         clock: A monotonic clock (tests may step a manual one).
 
     Raises:
@@ -103,6 +105,7 @@ class Server:
         flag_timeout_s: float = 0.05,
         on_shadow: Callable[[ShadowComparison], None] | None = None,
         shadow_queue: int = 256,
+        shadow_budget: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if poll_interval_s is not None and not poll_interval_s > 0:
@@ -133,7 +136,7 @@ class Server:
         METRICS.add_source(self._gauge_source)
         self._routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
         self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
-        self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow)
+        self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow, budget=shadow_budget)
         # At interpreter exit (or garbage collection) of a server nobody closed: stop its threads before
         # the interpreter finalizes, while onnxruntime may still be running on them.
         self._finalizer = weakref.finalize(self, _close_versions, self._loaded, self._shadow)
@@ -538,7 +541,7 @@ class Server:
         """
         with self._lifecycle:
             routes = self._serving(model, version)
-            stable = routes.router.decide(routes.versions, routes.default.version, None).version
+            stable = routes.router.stable_version(routes.versions, routes.default.version)
             samples = list(routes.router.recent)
             report: dict[str, Any] = {"model": model, "from": stable, "to": version, "samples": len(samples)}
             if len(samples) < min_samples:
@@ -595,10 +598,7 @@ class Server:
         """
         routes = self._routes_of(model)
         router = routes.router
-        rankers: tuple[int, ...] | None = router.config.rankers
-        if self._flags is not None:
-            wanted = self._flags.provider.get_object(f"{router.prefix}.rankers", list(rankers or ()), context or {})
-            rankers = tuple(int(v) for v in wanted) if wanted else rankers
+        rankers = router.rankers(routes.versions, context)
         if not rankers or len(rankers) != 2:
             raise ConfigurationError(f"model {model!r}: interleaving needs rollout.rankers = [A, B]")
         first = self.submit(model, inputs, version=rankers[0], context=context, timeout_s=timeout_s)
@@ -908,6 +908,8 @@ class Server:
             self._closed = True
             self._stop_polling.set()
             self._shadow.close()
+            if self._flags is not None:
+                self._flags.close()
             for name in list(self._loaded):
                 self._retire(name, list(self._loaded[name]), timeout_s=timeout_s)
             self._routes.clear()
