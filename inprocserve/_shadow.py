@@ -25,6 +25,7 @@ import numpy as np
 from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
+from ._errors import ConfigurationError
 from ._telemetry import ATTR_SHADOW_AGREEMENT, ATTR_SHADOW_DIFF, METRICS, start_shadow_span
 
 __all__ = ["ShadowComparison", "ShadowRunner", "compare_outputs"]
@@ -126,7 +127,7 @@ class ShadowRunner:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < budget <= 1:
-            raise ValueError(f"the shadow budget must be a share of time in (0, 1], got {budget}")
+            raise ConfigurationError(f"shadow_budget must be a share of time in (0, 1], got {budget}")
         self.max_queued = max_queued
         self.on_result = on_result
         self.budget = budget

@@ -171,7 +171,9 @@ def test_a_hanging_flag_provider_costs_at_most_the_budget(versions: Path, make_s
 
 def test_shadow_copies_are_compared_and_reported(versions: Path, make_server: ServerFactory) -> None:
     comparisons: list[inprocserve.ShadowComparison] = []
-    server = make_server(versions, config=rollout(stable=1, shadow=(3,)), on_shadow=comparisons.append)
+    server = make_server(
+        versions, config=rollout(stable=1, shadow=(3,)), on_shadow=comparisons.append, shadow_budget=1.0
+    )
     for _ in range(20):
         assert answer(server, "u").version == 1
     wait_until(lambda: len(comparisons) == 20)
@@ -184,7 +186,9 @@ def test_shadow_copies_are_compared_and_reported(versions: Path, make_server: Se
 def test_shadow_flags_turn_mirroring_on_and_sample_it(versions: Path, make_server: ServerFactory) -> None:
     comparisons: list[inprocserve.ShadowComparison] = []
     flags = InMemoryFlags({"scale.shadow.versions": [2], "scale.shadow.percent": 0})
-    server = make_server(versions, flags=flags, config=rollout(stable=1), on_shadow=comparisons.append)
+    server = make_server(
+        versions, flags=flags, config=rollout(stable=1), on_shadow=comparisons.append, shadow_budget=1.0
+    )
     for _ in range(30):
         answer(server)
     flags.set("scale.shadow.percent", 100)
