@@ -14,9 +14,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from . import _fork
@@ -40,6 +41,15 @@ class UnusableFlag(Exception):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+@contextmanager
+def _typed(key: str) -> Iterator[None]:
+    """A provider's type error becomes an unusable value of ``key`` (the provider answered; the flag is wrong)."""
+    try:
+        yield
+    except FlagTypeError as exc:
+        raise UnusableFlag(key, str(exc)) from exc
 
 
 class FlagReader:
@@ -174,7 +184,7 @@ class FlagReader:
 
     def note_unusable(self, exc: Exception) -> str:
         """Count a flag value that cannot be used, remember why for status(); returns the reason to show."""
-        key = exc.key if isinstance(exc, UnusableFlag) else "?"
+        key = exc.key if isinstance(exc, UnusableFlag) else "?"  # a FlagTypeError raised outside the typed reads
         reason = f"unusable flag: {exc}"
         with self._lock:
             if key in self._problems or len(self._problems) < _UNUSABLE_KEPT:
@@ -198,22 +208,26 @@ class FlagReader:
     # -- typed reads (called inside ``decide``) ------------------------------------------------------------
 
     def boolean(self, key: str, default: bool, context: Mapping[str, Any], used: list[tuple[str, str]]) -> bool:
-        value = self.provider.get_boolean(key, default, context)
+        with _typed(key):
+            value = self.provider.get_boolean(key, default, context)
         used.append((key, str(value)))
         return value
 
     def number(self, key: str, default: float, context: Mapping[str, Any], used: list[tuple[str, str]]) -> float:
-        value = self.provider.get_number(key, default, context)
+        with _typed(key):
+            value = self.provider.get_number(key, default, context)
         used.append((key, str(value)))
         return value
 
     def string(self, key: str, default: str, context: Mapping[str, Any], used: list[tuple[str, str]]) -> str:
-        value = self.provider.get_string(key, default, context)
+        with _typed(key):
+            value = self.provider.get_string(key, default, context)
         used.append((key, value))
         return value
 
     def obj(self, key: str, default: Any, context: Mapping[str, Any], used: list[tuple[str, str]]) -> Any:
-        value = self.provider.get_object(key, default, context)
+        with _typed(key):
+            value = self.provider.get_object(key, default, context)
         used.append((key, str(value)))
         return value
 

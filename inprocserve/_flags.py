@@ -25,6 +25,7 @@ from ._errors import InprocserveError
 __all__ = ["EnvFlags", "FileFlags", "FlagError", "FlagProvider", "FlagTypeError", "InMemoryFlags", "OpenFeatureFlags"]
 
 _MISSING = object()
+_INTEGER_KEYS_KEPT = 1024
 
 
 class FlagError(InprocserveError):
@@ -228,6 +229,7 @@ class OpenFeatureFlags:
         self._context_type = EvaluationContext
         self._client = client if client is not None else (api.get_client(domain) if domain else api.get_client())
         self.targeting_key_field = targeting_key_field
+        self._integer_keys: set[str] = set()  # number flags the provider holds as integers
         try:
             self.name = str(self._client.provider.get_metadata().name)
         except Exception:  # metadata is optional for providers
@@ -266,16 +268,30 @@ class OpenFeatureFlags:
         own in-memory provider), so an integer is asked for when the float evaluation reports a mismatch.
         """
         evaluation_context = self._context(context)
+        if key in self._integer_keys:  # held as an integer last time: one evaluation, not two
+            value = self._integer(key, default, evaluation_context)
+            if value is not None:
+                return value
+            self._integer_keys.discard(key)
         details = self._details("get_float_details", key, float(default), evaluation_context)
         if _error_code(details) == "TYPE_MISMATCH":
-            whole = int(default) if float(default).is_integer() else 0
-            integer = self._details("get_integer_details", key, whole, evaluation_context)
-            if _error_code(integer) is None and not isinstance(integer.value, bool):
-                return float(integer.value)
+            value = self._integer(key, default, evaluation_context)
+            if value is not None:
+                if len(self._integer_keys) < _INTEGER_KEYS_KEPT:
+                    self._integer_keys.add(key)
+                return value
         value = self._checked(key, details)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise FlagTypeError(f"flag {key!r} must be a number, got {value!r}")
         return float(value)
+
+    def _integer(self, key: str, default: float, evaluation_context: Any) -> float | None:
+        """The flag evaluated as an integer, or None if that is not what it holds."""
+        whole = int(default) if float(default).is_integer() else 0
+        details = self._details("get_integer_details", key, whole, evaluation_context)
+        if _error_code(details) is not None or isinstance(details.value, bool) or not isinstance(details.value, int):
+            return None
+        return float(details.value)
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:
         return str(self._value("get_string_details", key, default, context))

@@ -40,14 +40,19 @@ ARMS = {"strategy": "ab", "stable": 1, "variants": {"a": VariantConfig(version=2
 @pytest.mark.parametrize(
     ("config", "values", "key", "why"),
     [
-        (CANARY, {"scale.canary.percent": "ten"}, "?", "'scale.canary.percent' must be a number, got 'ten'"),
+        (
+            CANARY,
+            {"scale.canary.percent": "ten"},
+            "scale.canary.percent",
+            "'scale.canary.percent' must be a number, got 'ten'",
+        ),
         (CANARY, {"scale.canary.percent": 150}, "scale.canary.percent", "percentage from 0 to 100, got 150"),
         (CANARY, {"scale.canary.percent": -1}, "scale.canary.percent", "percentage from 0 to 100, got -1"),
         (CANARY, {"scale.canary.percent": 5, "scale.canary.version": 7}, "scale.canary.version", "names version 7"),
         (CANARY, {"scale.canary.percent": 5, "scale.canary.version": 2.5}, "scale.canary.version", "whole number"),
         (CANARY, {"scale.strategy": "canery"}, "scale.strategy", "is 'canery', not one of stable, canary, ab"),
         (CANARY, {"scale.stable": 8}, "scale.stable", "names version 8, which is not loaded (loaded: 1, 2, 3)"),
-        (CANARY, {"scale.kill": "yes"}, "?", "'scale.kill' must be a boolean"),
+        (CANARY, {"scale.kill": "yes"}, "scale.kill", "'scale.kill' must be a boolean"),
         (ARMS, {"scale.ab.weights": {"a": 1, "c": 1}}, "scale.ab.weights", "unknown variants ['c']"),
         (ARMS, {"scale.ab.weights": [1, 2]}, "scale.ab.weights", "must map variant names to weights"),
         (ARMS, {"scale.ab.weights": {"a": 0, "b": 0}}, "scale.ab.weights", "must not all be 0"),
