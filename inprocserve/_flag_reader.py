@@ -4,8 +4,9 @@ It evaluates a routing decision within a time budget, turns whatever goes wrong 
 decision) and counts it, and logs each kind of problem at most once a minute. Providers that may block on
 I/O are evaluated on a few daemon worker threads that the reader owns: the work in flight to a provider is
 bounded (``max_workers`` running plus ``max_queued`` waiting), evaluations that timed out before they
-started are dropped, and :meth:`FlagReader.close` stops the workers, so a hung flag service can neither pile
-up threads nor delay interpreter exit.
+started are dropped, requests answer at once while every worker is stuck in a hung provider, and
+:meth:`FlagReader.close` stops the workers, so a hung flag service can neither pile up threads nor delay
+interpreter exit.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable, Mapping
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from . import _fork
@@ -43,15 +43,6 @@ class UnusableFlag(Exception):
         self.key = key
 
 
-@contextmanager
-def _typed(key: str) -> Iterator[None]:
-    """A provider's type error becomes an unusable value of ``key`` (the provider answered; the flag is wrong)."""
-    try:
-        yield
-    except FlagTypeError as exc:
-        raise UnusableFlag(key, str(exc)) from exc
-
-
 class FlagReader:
     """Evaluates flags for routers: typed reads, a time budget, failure counting, rate-limited logs.
 
@@ -61,7 +52,9 @@ class FlagReader:
         provider: Where flag values come from.
         timeout_s: The budget of one decision; past it the fallback answers.
         max_workers: Threads evaluating a ``blocking`` provider (started lazily, daemon, owned here).
-        max_queued: Evaluations that may wait for a worker; beyond that the fallback answers at once.
+        max_queued: Evaluations that may wait for a worker (each waits at most ``timeout_s``, and is
+            dropped unrun when that passes). Beyond it, or when every worker has been stuck in the provider
+            for longer than ``timeout_s``, the fallback answers at once and is counted as ``busy``.
         clock: Monotonic clock of the budget check and the log rate limit.
     """
 
@@ -71,7 +64,7 @@ class FlagReader:
         *,
         timeout_s: float = 0.05,
         max_workers: int = 2,
-        max_queued: int = 8,
+        max_queued: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not timeout_s > 0:
@@ -98,6 +91,7 @@ class FlagReader:
         self._cond = threading.Condition(threading.Lock())
         self._jobs: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
         self._workers: set[threading.Thread] = set()
+        self._running: dict[threading.Thread, float] = {}  # worker -> when it entered the provider
         self._idle = 0
 
     def _after_fork_in_child(self) -> None:
@@ -128,7 +122,7 @@ class FlagReader:
         with self._cond:
             if self._closed:
                 return fallback("flag reader closed")
-            accepted = len(self._jobs) < self.max_queued + self._idle  # else: every worker busy, queue full
+            accepted = len(self._jobs) < self.max_queued + self._idle and not self._all_stuck()
             if accepted:
                 self._jobs.append((future, decide))
                 if self._idle >= len(self._jobs):
@@ -136,7 +130,7 @@ class FlagReader:
                 elif len(self._workers) < self.max_workers:
                     self._start_worker()
         if not accepted:
-            self._count("busy", f"flag provider {self.provider.name!r} has {self.max_workers} evaluations stuck")
+            self._count("busy", f"flag provider {self.provider.name!r}: all {self.max_workers} workers are stuck")
             return fallback("flag provider busy")
         try:
             return future.result(timeout=self.timeout_s)
@@ -146,12 +140,22 @@ class FlagReader:
                 self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
                 return fallback("flag provider timed out")
             exc: BaseException | None = future.exception()
-        except BaseException as raised:
+        except CancelledError:
+            return fallback("flag reader closed")  # close() dropped it while it waited
+        except Exception as raised:
             exc = raised
         if isinstance(exc, UnusableFlag | FlagTypeError):
             return fallback(self.note_unusable(exc))
         self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
         return fallback("flag provider failed")
+
+    def _all_stuck(self) -> bool:
+        """Whether every worker has been inside the provider for longer than the budget (lock held): then the
+        provider is hung, and queueing more evaluations would only make each request wait out its budget."""
+        if len(self._running) < self.max_workers:
+            return False
+        limit = time.monotonic() - self.timeout_s
+        return all(started < limit for started in self._running.values())
 
     def _start_worker(self) -> None:
         worker = threading.Thread(target=self._work, name="inprocserve-flags", daemon=True)
@@ -173,12 +177,16 @@ class FlagReader:
                     self._workers.discard(me)
                     return
                 future, decide = self._jobs.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue  # its caller gave up waiting before a worker was free
+                if not future.set_running_or_notify_cancel():
+                    continue  # its caller gave up waiting before a worker was free
+                self._running[me] = time.monotonic()
             try:
                 future.set_result(decide())
             except BaseException as exc:  # delivered to the caller, who counts it
                 future.set_exception(exc)
+            finally:
+                with self._cond:
+                    self._running.pop(me, None)
 
     # -- problems ------------------------------------------------------------------------------------------
 
@@ -208,26 +216,34 @@ class FlagReader:
     # -- typed reads (called inside ``decide``) ------------------------------------------------------------
 
     def boolean(self, key: str, default: bool, context: Mapping[str, Any], used: list[tuple[str, str]]) -> bool:
-        with _typed(key):
+        try:
             value = self.provider.get_boolean(key, default, context)
+        except FlagTypeError as exc:  # the provider answered; the flag is wrong
+            raise UnusableFlag(key, str(exc)) from exc
         used.append((key, str(value)))
         return value
 
     def number(self, key: str, default: float, context: Mapping[str, Any], used: list[tuple[str, str]]) -> float:
-        with _typed(key):
+        try:
             value = self.provider.get_number(key, default, context)
+        except FlagTypeError as exc:  # the provider answered; the flag is wrong
+            raise UnusableFlag(key, str(exc)) from exc
         used.append((key, str(value)))
         return value
 
     def string(self, key: str, default: str, context: Mapping[str, Any], used: list[tuple[str, str]]) -> str:
-        with _typed(key):
+        try:
             value = self.provider.get_string(key, default, context)
+        except FlagTypeError as exc:  # the provider answered; the flag is wrong
+            raise UnusableFlag(key, str(exc)) from exc
         used.append((key, value))
         return value
 
     def obj(self, key: str, default: Any, context: Mapping[str, Any], used: list[tuple[str, str]]) -> Any:
-        with _typed(key):
+        try:
             value = self.provider.get_object(key, default, context)
+        except FlagTypeError as exc:  # the provider answered; the flag is wrong
+            raise UnusableFlag(key, str(exc)) from exc
         used.append((key, str(value)))
         return value
 

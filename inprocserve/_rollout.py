@@ -86,9 +86,19 @@ class Router:
     atomically.
     """
 
-    def __init__(self, model: str, config: RolloutConfig, flags: FlagReader | None) -> None:
+    def __init__(
+        self,
+        model: str,
+        config: RolloutConfig,
+        flags: FlagReader | None,
+        *,
+        shadow_gate: Callable[[str, tuple[int, ...]], bool] | None = None,
+    ) -> None:
+        """``shadow_gate(model, versions)`` says whether shadow copies may be made now (the shadow runner's
+        budget); asked only for requests that would be mirrored, so a copy over budget costs nothing more."""
         self.model = model
         self._flags: FlagReader | _NoFlags = flags or _NoFlags()
+        self._shadow_gate = shadow_gate
         self._lock = threading.Lock()
         self._stats: dict[str, VariantStats] = {}
         self._assignments: TTLCache[str, str] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
@@ -272,7 +282,10 @@ class Router:
             return (), flags.note_unusable(exc)
         if percent < 100 and random.random() * 100 >= percent:
             return (), None
-        return tuple(v for v in versions if v != answering), None
+        mirrored = tuple(v for v in versions if v != answering)
+        if mirrored and self._shadow_gate is not None and not self._shadow_gate(self.model, mirrored):
+            return (), None
+        return mirrored, None
 
     # -- bookkeeping -----------------------------------------------------------------------------------------
 

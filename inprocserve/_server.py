@@ -803,7 +803,7 @@ class Server:
         rollout = default.config.rollout
         router = self._routers.get(name)
         if router is None:
-            router = self._routers[name] = Router(name, rollout, self._flags)
+            router = self._routers[name] = Router(name, rollout, self._flags, shadow_gate=self._shadow.admit)
         elif router.config != rollout:
             router.update(rollout)
         self._routes[name] = _Routes(default=default, versions=dict(versions), router=router)

@@ -135,11 +135,13 @@ class ShadowRunner:
         self._tokens = budget  # seconds of shadow running allowed now; holds at most one second's allowance
         self._refilled_at = clock()
         self._stats: dict[tuple[str, int], ShadowStats] = {}
+        self._over_budget_attributes: dict[tuple[str, int], dict[str, Any]] = {}
         self._reset()
         _fork.register(self)
 
     def _reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._jobs: deque[_Job] = deque()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -180,8 +182,21 @@ class ShadowRunner:
                 self._thread.start()
             self._cond.notify()
 
+    def admit(self, model: str, versions: tuple[int, ...]) -> bool:
+        """Whether copies of a request may be made for ``versions`` now; if not, they are counted as dropped
+        over budget. Asked while routing, so a request over budget never builds or queues a copy."""
+        if self._tokens + (self._clock() - self._refilled_at) * self.budget > 0:
+            return True  # read without the lock: offer() checks again, under it
+        with self._mutex:  # the condition's own lock, entered without the Condition wrapper's cost
+            for version in versions:
+                self._drop_over_budget(model, version)
+        return False
+
     def _stat(self, model: str, version: int) -> ShadowStats:
-        return self._stats.setdefault((model, version), ShadowStats())
+        stats = self._stats.get((model, version))
+        if stats is None:  # not setdefault: that would build a ShadowStats on every call
+            stats = self._stats[(model, version)] = ShadowStats()
+        return stats
 
     def _within_budget(self) -> bool:
         """Refill the token bucket for the time gone by; whether a shadow may start now (lock held)."""
@@ -192,7 +207,11 @@ class ShadowRunner:
 
     def _drop_over_budget(self, model: str, version: int) -> None:
         self._stat(model, version).dropped_budget += 1
-        METRICS.shadow_dropped.add(1, _attributes(model, version, "over_budget"))
+        key = (model, version)
+        attributes = self._over_budget_attributes.get(key)
+        if attributes is None:  # built once per model and version: this runs for most requests of a busy caller
+            attributes = self._over_budget_attributes[key] = _attributes(model, version, "over_budget")
+        METRICS.shadow_dropped.add(1, attributes)
 
     def _work(self) -> None:
         while True:
