@@ -546,3 +546,24 @@ print(time.monotonic(), flush=True)
     )
     closed_at = float(process.stdout.strip().splitlines()[-1])
     assert time.monotonic() - closed_at < 10.0, process.stderr  # it hangs 60 s per evaluation if exit waits
+
+
+def test_a_burst_on_a_healthy_blocking_provider_keeps_every_decision(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    flags = BlockingFlags({"scale.canary.percent": 100})
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=30.0, config=rollout(strategy="canary", stable=1, candidate=2)
+    )
+    reasons: set[str] = set()
+    lock = threading.Lock()
+
+    def call(index: int) -> None:
+        for i in range(20):
+            result = server.predict("scale", X, context={"user_id": f"u{index}-{i}"})
+            with lock:
+                reasons.add(result.reason)
+
+    assert run_threads(32, call) == []
+    assert all("under the canary's 100%" in r for r in reasons), reasons  # none answered "busy"
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["busy"] == 0
