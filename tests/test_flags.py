@@ -205,7 +205,11 @@ FLAGD_FLAGS = {
 
 @pytest.fixture(params=["FILE", "IN_PROCESS"])
 def flagd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenFeatureFlags]:
-    """OpenFeature's flagd provider evaluating a flags file with the real flagd engine (no server)."""
+    """OpenFeature's flagd provider evaluating a flags file with the real flagd engine (no server).
+
+    Both resolvers evaluate in this process; given a flags file, flagd's config runs IN_PROCESS through the
+    file connector as well, so the two parameters check that either way of configuring it works.
+    """
     pytest.importorskip("openfeature.contrib.provider.flagd", reason="pip install openfeature-provider-flagd")
     from openfeature import api
     from openfeature.contrib.provider.flagd import FlagdProvider
