@@ -21,6 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 from . import _fork
+from ._errors import ConfigurationError
 from ._flags import FlagProvider, FlagTypeError
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS
 
@@ -68,9 +69,9 @@ class FlagReader:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not timeout_s > 0:
-            raise ValueError(f"flag timeout_s must be > 0, got {timeout_s}")
+            raise ConfigurationError(f"flag_timeout_s must be > 0, got {timeout_s}")
         if max_workers < 1 or max_queued < 0:
-            raise ValueError(f"max_workers must be >= 1 and max_queued >= 0, got {max_workers}, {max_queued}")
+            raise ConfigurationError(f"max_workers must be >= 1 and max_queued >= 0, got {max_workers}, {max_queued}")
         self.provider = provider
         self.timeout_s = timeout_s
         self.max_workers = max_workers

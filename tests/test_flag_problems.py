@@ -126,3 +126,9 @@ def test_a_canary_on_a_version_that_failed_to_load_is_shown_without_flags(
     assert result.reason == (
         "unusable setting: 'scale.canary.version' names version 2, which is not loaded (loaded: 1)"
     )
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, -1.0])
+def test_the_flag_budget_must_be_positive(versions: Path, timeout_s: float) -> None:
+    with pytest.raises(inprocserve.ConfigurationError, match="flag_timeout_s must be > 0"):
+        inprocserve.Server(versions, flags=InMemoryFlags(), flag_timeout_s=timeout_s)
