@@ -130,7 +130,7 @@ class Server:
         self._stop_polling = threading.Event()
         if flags is not None and not isinstance(flags, FlagProvider):
             raise TypeError(f"flags must implement inprocserve.FlagProvider, got {type(flags).__name__}")
-        self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s)
+        self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s, clock=clock)
         self._attribute_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._gauge_source = _gauge_source(weakref.ref(self))
         METRICS.add_source(self._gauge_source)

@@ -15,7 +15,7 @@ import pytest
 
 import inprocserve
 from inprocserve import InMemoryFlags, ModelConfig, RolloutConfig, VariantConfig, VersionPolicy
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import ManualClock, build_scale_model, save_model
 
 from .conftest import ServerFactory, wait_until
 
@@ -132,3 +132,36 @@ def test_a_canary_on_a_version_that_failed_to_load_is_shown_without_flags(
 def test_the_flag_budget_must_be_positive(versions: Path, timeout_s: float) -> None:
     with pytest.raises(inprocserve.ConfigurationError, match="flag_timeout_s must be > 0"):
         inprocserve.Server(versions, flags=InMemoryFlags(), flag_timeout_s=timeout_s)
+
+
+class RaisingFlags(InMemoryFlags):
+    name = "raising"
+
+    def get_number(self, key: str, default: float, context: Any) -> float:
+        raise ConnectionError("flag service unreachable")
+
+
+def test_problems_are_logged_once_a_minute_per_kind(
+    versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    flags = RaisingFlags({"scale.strategy": "canery"})
+    server = make_server(versions, flags=flags, config=rollout(**CANARY), clock=clock)
+
+    def messages() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name.startswith("inprocserve")]
+
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        for _ in range(10):
+            assert server.predict("scale", X, context={"user_id": "u"}).reason == "flag provider failed"
+        assert len(messages()) == 1
+        clock.advance(59)
+        server.predict("scale", X, context={"user_id": "u"})
+        assert len(messages()) == 1  # still within the minute
+        clock.advance(2)
+        server.predict("scale", X, context={"user_id": "u"})
+        assert len(messages()) == 2 and "12 failures so far" in messages()[-1]
+        flags.get_number = InMemoryFlags.get_number.__get__(flags)  # type: ignore[method-assign]
+        reason = server.predict("scale", X, context={"user_id": "u"}).reason
+        assert reason.startswith("unusable flag: 'scale.strategy'")
+        assert len(messages()) == 3  # another kind of problem: its own first log line
