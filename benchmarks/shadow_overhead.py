@@ -4,7 +4,8 @@ Version 2 of mlp-small (other weights, same shape) shadows version 1. Three mode
 in one process, so machine drift hits all alike:
 
 * ``off``: no shadow (the ``mlp-small.shadow.versions`` flag is empty);
-* ``budget``: a shadow on every request, run within the default CPU budget (``shadow_budget=0.05``);
+* ``budget``: a shadow on every request, run within the CPU budget (the default ``shadow_budget``, or
+  ``--budget``);
 * ``unbounded``: a shadow on every request with ``shadow_budget=1.0`` (only the idle-session check), which
   is how shadows ran before the budget existed.
 
@@ -46,6 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--budget", type=float, default=None, help="shadow_budget of the budget mode (default: the library's)"
+    )
     args = parser.parse_args()
     spec = MODELS[MODEL]
     results: dict[str, Any] = {"machine": machine(), "settings": vars(args).copy(), "rounds": []}
@@ -58,7 +62,12 @@ def main() -> None:
         flags = {mode: inprocserve.InMemoryFlags() for mode in MODES}
         servers = {
             "off": inprocserve.Server(folder, config=config, flags=flags["off"]),
-            "budget": inprocserve.Server(folder, config=config, flags=flags["budget"]),
+            "budget": inprocserve.Server(
+                folder,
+                config=config,
+                flags=flags["budget"],
+                **({} if args.budget is None else {"shadow_budget": args.budget}),
+            ),
             "unbounded": inprocserve.Server(folder, config=config, flags=flags["unbounded"], shadow_budget=1.0),
         }
         for mode in ("budget", "unbounded"):
@@ -126,7 +135,8 @@ def main() -> None:
         lines.append(f"| {mode} | {s['rps']:,.0f}{ratio} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {run} | {drop} |")
     lines += [
         "",
-        "`budget`: `Server(shadow_budget=0.05)`, the default; `unbounded`: `shadow_budget=1.0`.",
+        f"`budget`: `Server(shadow_budget={'default' if args.budget is None else args.budget})`; "
+        "`unbounded`: `shadow_budget=1.0`.",
         "Target: the caller keeps >= 0.9x of its throughput with a shadow on (`budget` ratio).",
     ]
     (RESULTS / "shadow_overhead.md").write_text("\n".join(lines) + "\n")

@@ -84,7 +84,7 @@ class Server:
         config: Defaults for every model; a model's ``config.toml`` is laid over them.
         models: Per-model configuration in code, laid over ``config.toml`` (name -> ``ModelConfig``).
         poll_interval_s: If set, a background thread calls :meth:`refresh` this often (hot reload).
-        shadow_budget: Largest share of wall-clock time shadow runs may take (0.05: 50 ms a second);
+        shadow_budget: Largest share of wall-clock time shadow runs may take (0.02: 20 ms a second);
             shadow copies beyond it are dropped and counted, so shadows use spare capacity only.
         clock: A monotonic clock (tests may step a manual one).
 
@@ -105,7 +105,7 @@ class Server:
         flag_timeout_s: float = 0.05,
         on_shadow: Callable[[ShadowComparison], None] | None = None,
         shadow_queue: int = 256,
-        shadow_budget: float = 0.05,
+        shadow_budget: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if poll_interval_s is not None and not poll_interval_s > 0:

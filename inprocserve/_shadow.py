@@ -32,8 +32,8 @@ __all__ = ["ShadowComparison", "ShadowRunner", "compare_outputs"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUDGET = 0.05
-"""Share of wall-clock time shadow runs may take (50 ms per second)."""
+DEFAULT_BUDGET = 0.02
+"""Share of wall-clock time shadow runs may take (20 ms per second)."""
 
 
 @dataclass(frozen=True, slots=True)
