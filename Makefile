@@ -60,6 +60,7 @@ bench: install
 	$(BIN)/python benchmarks/performance.py
 	$(BIN)/python benchmarks/status_recorder.py
 	$(BIN)/python benchmarks/control_follow.py
+	$(BIN)/python benchmarks/shadow_overhead.py
 
 # Re-take docs/images/status-page.png: the status page of a busy test app, in headless Chromium.
 docs-screenshot: install system-deps

@@ -22,13 +22,21 @@ from typing import Any, Protocol, runtime_checkable
 
 from ._errors import InprocserveError
 
-__all__ = ["EnvFlags", "FileFlags", "FlagError", "FlagProvider", "InMemoryFlags", "OpenFeatureFlags"]
+__all__ = ["EnvFlags", "FileFlags", "FlagError", "FlagProvider", "FlagTypeError", "InMemoryFlags", "OpenFeatureFlags"]
 
 _MISSING = object()
+_INTEGER_KEYS_KEPT = 1024
 
 
 class FlagError(InprocserveError):
     """A flag provider could not evaluate a flag (raised by providers, absorbed by the rollout layer)."""
+
+
+class FlagTypeError(FlagError):
+    """A flag holds a value of the wrong type for its key (a string where a number belongs, say).
+
+    The rollout layer counts these apart from provider outages: the provider answered, the flag is wrong.
+    """
 
 
 @runtime_checkable
@@ -62,7 +70,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if not isinstance(value, bool):
-            raise FlagError(f"flag {key!r} must be a boolean, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a boolean, got {value!r}")
         return value
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
@@ -70,7 +78,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise FlagError(f"flag {key!r} must be a number, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a number, got {value!r}")
         return float(value)
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:
@@ -78,7 +86,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if not isinstance(value, str):
-            raise FlagError(f"flag {key!r} must be a string, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a string, got {value!r}")
         return value
 
     def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
@@ -221,6 +229,7 @@ class OpenFeatureFlags:
         self._context_type = EvaluationContext
         self._client = client if client is not None else (api.get_client(domain) if domain else api.get_client())
         self.targeting_key_field = targeting_key_field
+        self._integer_keys: set[str] = set()  # number flags the provider holds as integers
         try:
             self.name = str(self._client.provider.get_metadata().name)
         except Exception:  # metadata is optional for providers
@@ -235,22 +244,63 @@ class OpenFeatureFlags:
         }
         return self._context_type(targeting_key=None if key is None else str(key), attributes=attributes)
 
+    def _details(self, method: str, key: str, default: Any, context: Any) -> Any:
+        return getattr(self._client, method)(key, default, context)
+
     def _value(self, method: str, key: str, default: Any, context: Mapping[str, Any]) -> Any:
-        details = getattr(self._client, method)(key, default, self._context(context))
-        if details.error_code is not None and str(getattr(details.error_code, "value", details.error_code)) not in (
-            "FLAG_NOT_FOUND",
-        ):
-            raise FlagError(f"OpenFeature could not evaluate {key!r}: {details.error_code} {details.error_message}")
-        return details.value
+        return self._checked(key, self._details(method, key, default, self._context(context)))
+
+    @staticmethod
+    def _checked(key: str, details: Any) -> Any:
+        code = _error_code(details)
+        if code is None or code == "FLAG_NOT_FOUND":  # not found: the SDK hands back the default
+            return details.value
+        error = FlagTypeError if code == "TYPE_MISMATCH" else FlagError
+        raise error(f"OpenFeature could not evaluate {key!r}: {code} {details.error_message}")
 
     def get_boolean(self, key: str, default: bool, context: Mapping[str, Any]) -> bool:
         return bool(self._value("get_boolean_details", key, default, context))
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
-        return float(self._value("get_float_details", key, float(default), context))
+        """A number flag, whether the provider holds it as a float or as an integer.
+
+        OpenFeature types numbers strictly (``get_float_details`` on ``10`` is a TYPE_MISMATCH in the SDK's
+        own in-memory provider), so an integer is asked for when the float evaluation reports a mismatch.
+        """
+        evaluation_context = self._context(context)
+        if key in self._integer_keys:  # held as an integer last time: one evaluation, not two
+            value = self._integer(key, default, evaluation_context)
+            if value is not None:
+                return value
+            self._integer_keys.discard(key)
+        details = self._details("get_float_details", key, float(default), evaluation_context)
+        if _error_code(details) == "TYPE_MISMATCH":
+            value = self._integer(key, default, evaluation_context)
+            if value is not None:
+                if len(self._integer_keys) < _INTEGER_KEYS_KEPT:
+                    self._integer_keys.add(key)
+                return value
+        value = self._checked(key, details)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise FlagTypeError(f"flag {key!r} must be a number, got {value!r}")
+        return float(value)
+
+    def _integer(self, key: str, default: float, evaluation_context: Any) -> float | None:
+        """The flag evaluated as an integer, or None if that is not what it holds."""
+        whole = int(default) if float(default).is_integer() else 0
+        details = self._details("get_integer_details", key, whole, evaluation_context)
+        if _error_code(details) is not None or isinstance(details.value, bool) or not isinstance(details.value, int):
+            return None
+        return float(details.value)
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:
         return str(self._value("get_string_details", key, default, context))
 
     def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
         return self._value("get_object_details", key, default, context)
+
+
+def _error_code(details: Any) -> str | None:
+    """The OpenFeature error code of an evaluation as a plain string (None when it succeeded)."""
+    code = details.error_code
+    return None if code is None else str(getattr(code, "value", code))

@@ -8,33 +8,28 @@ yields the stable decision and is counted; it never fails a request.
 
 from __future__ import annotations
 
-import logging
+import math
 import random
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from cachetools import TTLCache
 
-from . import _fork
 from ._config import RolloutConfig
 from ._experiments import BUCKETS, Interleaving, VariantStats, bucket, compare, epsilon_greedy, pick_weighted, thompson
-from ._flags import FlagProvider
-from ._telemetry import ATTR_FLAG_PROVIDER, METRICS
+from ._flag_reader import FlagReader, UnusableFlag
 
 __all__ = ["Decision", "FlagReader", "Router"]
 
-logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _ASSIGNMENTS_KEPT = 100_000
 _ASSIGNMENT_TTL_S = 3600.0
-_LOG_EVERY_S = 60.0
+_STRATEGIES = ("stable", "canary", "ab", "bandit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,97 +46,19 @@ class Decision:
     """The name of the flag provider that answered."""
 
 
-class FlagReader:
-    """Evaluates flags for routers: typed reads, a time budget, failure counting, rate-limited logs.
-
-    Thread-safe. Providers marked ``blocking`` are evaluated on a small helper pool so that a hung flag
-    service costs a request at most ``timeout_s``.
-    """
-
-    def __init__(self, provider: FlagProvider, *, timeout_s: float = 0.05) -> None:
-        self.provider = provider
-        self.timeout_s = timeout_s
-        self.failures = 0
-        self.timeouts = 0
-        self._lock = threading.Lock()
-        self._last_log = -float("inf")
-        self._executor: ThreadPoolExecutor | None = None
-        _fork.register(self)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self._executor = None  # its threads did not survive the fork
-
-    def run(self, decide: Callable[[], Decision], fallback: Callable[[str], Decision]) -> Decision:
-        """Run ``decide`` (which reads flags) within the budget; on failure return ``fallback(reason)``."""
-        started = time.monotonic()
-        try:
-            if self.provider.blocking:
-                decision = self._pool().submit(decide).result(timeout=self.timeout_s)
-            else:
-                decision = decide()
-        except FutureTimeout:
-            self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
-            return fallback("flag provider timed out")
-        except Exception as exc:  # any provider failure means: stable
-            self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
-            return fallback("flag provider failed")
-        if time.monotonic() - started > self.timeout_s:
-            self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
-            return fallback("flag provider too slow")
-        return decision
-
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            with self._lock:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="inprocserve-flags")
-        return self._executor
-
-    def _count(self, counter: str, message: str) -> None:
-        METRICS.flag_failures.add(
-            1, {ATTR_FLAG_PROVIDER: self.provider.name, "inprocserve.flags.failure": counter.rstrip("s")}
-        )
-        with self._lock:
-            setattr(self, counter, getattr(self, counter) + 1)
-            now = time.monotonic()
-            if now - self._last_log < _LOG_EVERY_S:
-                return
-            self._last_log = now
-            total = self.failures + self.timeouts
-        logger.warning("%s; the stable version answers (%d flag failures so far)", message, total)
-
-    def boolean(self, key: str, default: bool, context: Mapping[str, Any], used: list[tuple[str, str]]) -> bool:
-        value = self.provider.get_boolean(key, default, context)
-        used.append((key, str(value)))
-        return value
-
-    def number(self, key: str, default: float, context: Mapping[str, Any], used: list[tuple[str, str]]) -> float:
-        value = self.provider.get_number(key, default, context)
-        used.append((key, str(value)))
-        return value
-
-    def string(self, key: str, default: str, context: Mapping[str, Any], used: list[tuple[str, str]]) -> str:
-        value = self.provider.get_string(key, default, context)
-        used.append((key, value))
-        return value
-
-    def obj(self, key: str, default: Any, context: Mapping[str, Any], used: list[tuple[str, str]]) -> Any:
-        value = self.provider.get_object(key, default, context)
-        used.append((key, str(value)))
-        return value
-
-    def status(self) -> dict[str, Any]:
-        return {"provider": self.provider.name, "failures": self.failures, "timeouts": self.timeouts}
-
-
 class _NoFlags:
     """Stands in when the server has no flag provider: every flag has its configured default."""
 
     provider = None
 
-    def run(self, decide: Callable[[], Decision], fallback: Callable[[str], Decision]) -> Decision:
-        return decide()
+    def run(self, decide: Callable[[], T], fallback: Callable[[str], T]) -> T:
+        try:
+            return decide()
+        except UnusableFlag as exc:  # the config names a version that failed to load, say
+            return fallback(self.note_unusable(exc))
+
+    def note_unusable(self, exc: Exception) -> str:
+        return f"unusable setting: {exc}"
 
     def boolean(self, key: str, default: bool, context: Any, used: Any) -> bool:
         return default
@@ -169,9 +86,19 @@ class Router:
     atomically.
     """
 
-    def __init__(self, model: str, config: RolloutConfig, flags: FlagReader | None) -> None:
+    def __init__(
+        self,
+        model: str,
+        config: RolloutConfig,
+        flags: FlagReader | None,
+        *,
+        shadow_gate: Callable[[str, tuple[int, ...]], bool] | None = None,
+    ) -> None:
+        """``shadow_gate(model, versions)`` says whether shadow copies may be made now (the shadow runner's
+        budget); asked only for requests that would be mirrored, so a copy over budget costs nothing more."""
         self.model = model
         self._flags: FlagReader | _NoFlags = flags or _NoFlags()
+        self._shadow_gate = shadow_gate
         self._lock = threading.Lock()
         self._stats: dict[str, VariantStats] = {}
         self._assignments: TTLCache[str, str] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
@@ -229,15 +156,55 @@ class Router:
         alias = self.stable_alias if self.stable_alias is not None else self.config.stable
         return alias if alias is not None and alias in ready else latest
 
+    def stable_version(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None = None) -> int:
+        """The stable version (alias, config, or the ``<prefix>.stable`` flag), with no canary or arm draw.
+
+        Guarded promotion compares a candidate with this version, never with a request's random variant.
+        """
+        stable = self._stable(ready, latest)
+        if isinstance(self._flags, _NoFlags):
+            return stable
+        ctx = context if context is not None else _EMPTY
+        return self._flags.run(lambda: self._read_stable(ready, stable, ctx, []), lambda reason: stable)
+
+    def rankers(self, ready: Mapping[int, Any], context: Mapping[str, Any] | None) -> tuple[int, ...] | None:
+        """The two versions to interleave: the ``<prefix>.rankers`` flag, else ``rollout.rankers``.
+
+        Read through the flag reader like every other flag: a failing provider or an unusable value gives
+        the configured rankers (and is counted), never an exception.
+        """
+        configured = self.config.rankers
+        ctx = context if context is not None else _EMPTY
+
+        def read() -> tuple[int, ...] | None:
+            key = f"{self.prefix}.rankers"
+            wanted = self._flags.obj(key, list(configured or ()), ctx, [])
+            if not wanted:
+                return configured
+            if not isinstance(wanted, list | tuple) or len(wanted) != 2:
+                raise UnusableFlag(key, f"{key!r} must be a list of two versions, got {wanted!r}")
+            return tuple(_version(key, v, ready) for v in wanted)
+
+        return self._flags.run(read, lambda reason: configured)
+
+    def _read_stable(
+        self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], used: list[tuple[str, str]]
+    ) -> int:
+        key = f"{self.prefix}.stable"
+        return _version(key, self._flags.number(key, float(stable), ctx, used), ready)
+
     def _decide(self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any]) -> Decision:
         flags, prefix, config = self._flags, self.prefix, self.config
         used: list[tuple[str, str]] = []
-        wanted = flags.number(f"{prefix}.stable", float(stable), ctx, used)
-        if int(wanted) in ready:
-            stable = int(wanted)
+        stable = self._read_stable(ready, stable, ctx, used)
         if flags.boolean(f"{prefix}.kill", False, ctx, used):
             return Decision(stable, "stable", "kill switch is on", (), tuple(used))
         strategy = flags.string(f"{prefix}.strategy", config.strategy, ctx, used)
+        if strategy not in _STRATEGIES:
+            raise UnusableFlag(
+                f"{prefix}.strategy",
+                f"{prefix + '.strategy'!r} is {strategy!r}, not one of {', '.join(_STRATEGIES)}",
+            )
         key = ctx.get(config.key_field, ctx.get("targeting_key"))
         position = bucket(self.model, config.salt, str(key)) if key is not None else random.randrange(BUCKETS)
         if strategy == "canary":
@@ -246,18 +213,23 @@ class Router:
             version, variant, reason = self._arms(strategy, ready, stable, position, ctx, used)
         else:
             version, variant, reason = stable, "stable", "stable version"
-        shadows = self._shadows(ready, version, ctx, used)
+        shadows, problem = self._shadows(ready, version, ctx, used)
+        if problem is not None:
+            reason = f"{reason}; shadows off: {problem}"
         return Decision(version, variant, reason, shadows, tuple(used))
 
     def _canary(
         self, ready: Mapping[int, Any], stable: int, position: int, ctx: Mapping[str, Any], used: list[tuple[str, str]]
     ) -> tuple[int, str, str]:
         flags, prefix = self._flags, self.prefix
-        percent = flags.number(f"{prefix}.canary.percent", self.config.canary_percent, ctx, used)
-        candidate = flags.number(f"{prefix}.canary.version", float(self.config.candidate or 0), ctx, used)
-        version = int(candidate)
-        if version not in ready:
-            return stable, "stable", f"canary version {version} is not ready"
+        percent = _percent(
+            f"{prefix}.canary.percent", flags.number(f"{prefix}.canary.percent", self.config.canary_percent, ctx, used)
+        )
+        key = f"{prefix}.canary.version"
+        candidate = flags.number(key, float(self.config.candidate or 0), ctx, used)
+        if percent == 0:
+            return stable, "stable", "the canary is at 0%"
+        version = _version(key, candidate, ready)  # a canary on a version not loaded would silently stay at 0 %
         if position < percent * (BUCKETS / 100):
             return version, "canary", f"bucket {position / 100:.2f}% is under the canary's {percent:g}%"
         return stable, "stable", f"bucket {position / 100:.2f}% is above the canary's {percent:g}%"
@@ -272,10 +244,13 @@ class Router:
         used: list[tuple[str, str]],
     ) -> tuple[int, str, str]:
         variants = self.config.variants
+        if not variants:
+            raise UnusableFlag(f"{self.prefix}.strategy", f"strategy {strategy!r} needs rollout.variants, none are set")
         if strategy == "ab":
             defaults = {name: v.weight for name, v in variants.items()}
-            weights = self._flags.obj(f"{self.prefix}.ab.weights", defaults, ctx, used)
-            name = pick_weighted(position, [(n, float(weights.get(n, 0))) for n in variants])
+            key = f"{self.prefix}.ab.weights"
+            weights = _weights(key, self._flags.obj(key, defaults, ctx, used), variants)
+            name = pick_weighted(position, [(n, weights.get(n, 0.0)) for n in variants])
             reason = f"A/B bucket {position / 100:.2f}%"
         else:
             with self._lock:
@@ -292,15 +267,28 @@ class Router:
 
     def _shadows(
         self, ready: Mapping[int, Any], answering: int, ctx: Mapping[str, Any], used: list[tuple[str, str]]
-    ) -> tuple[int, ...]:
+    ) -> tuple[tuple[int, ...], str | None]:
+        """Shadow versions for this request, and why shadows are off if a shadow flag is unusable (a bad
+        shadow flag turns mirroring off; it never changes who answers)."""
         flags, prefix = self._flags, self.prefix
-        wanted = flags.obj(f"{prefix}.shadow.versions", list(self.config.shadow), ctx, used)
-        if not wanted:
-            return ()
-        percent = flags.number(f"{prefix}.shadow.percent", self.config.shadow_percent, ctx, used)
+        key = f"{prefix}.shadow.versions"
+        try:
+            wanted = flags.obj(key, list(self.config.shadow), ctx, used)
+            if not wanted:
+                return (), None
+            if not isinstance(wanted, list | tuple):
+                raise UnusableFlag(key, f"{key!r} must be a list of versions, got {wanted!r}")
+            versions = tuple(_version(key, v, ready) for v in wanted)
+            percent_key = f"{prefix}.shadow.percent"
+            percent = _percent(percent_key, flags.number(percent_key, self.config.shadow_percent, ctx, used))
+        except UnusableFlag as exc:
+            return (), flags.note_unusable(exc)
         if percent < 100 and random.random() * 100 >= percent:
-            return ()
-        return tuple(int(v) for v in wanted if int(v) in ready and int(v) != answering)
+            return (), None
+        mirrored = tuple(v for v in versions if v != answering)
+        if mirrored and self._shadow_gate is not None and not self._shadow_gate(self.model, mirrored):
+            return (), None
+        return mirrored, None
 
     # -- bookkeeping -----------------------------------------------------------------------------------------
 
@@ -388,6 +376,39 @@ def _configured(config: RolloutConfig) -> dict[str, Any]:
         "shadow": list(config.shadow),
         "shadow_percent": config.shadow_percent,
     }
+
+
+def _version(key: str, value: Any, ready: Mapping[int, Any]) -> int:
+    """A flag value that names a loaded version, or :class:`UnusableFlag` saying why it does not."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+        raise UnusableFlag(key, f"{key!r} must name a version (a whole number), got {value!r}")
+    version = int(value)
+    if version not in ready:
+        loaded = ", ".join(map(str, sorted(ready))) or "none"
+        raise UnusableFlag(key, f"{key!r} names version {version}, which is not loaded (loaded: {loaded})")
+    return version
+
+
+def _percent(key: str, value: float) -> float:
+    if not 0 <= value <= 100:  # NaN fails this too
+        raise UnusableFlag(key, f"{key!r} must be a percentage from 0 to 100, got {value:g}")
+    return value
+
+
+def _weights(key: str, value: Any, variants: Mapping[str, Any]) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise UnusableFlag(key, f"{key!r} must map variant names to weights, got {value!r}")
+    unknown = [name for name in value if name not in variants]
+    if unknown:
+        raise UnusableFlag(key, f"{key!r} names unknown variants {unknown} (variants: {', '.join(variants)})")
+    weights: dict[str, float] = {}
+    for name, weight in value.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0 or math.isinf(weight):
+            raise UnusableFlag(key, f"{key!r}: the weight of {name!r} must be a number >= 0, got {weight!r}")
+        weights[name] = float(weight)
+    if not sum(weights.values()) > 0:
+        raise UnusableFlag(key, f"{key!r}: the weights must not all be 0")
+    return weights
 
 
 def _winner(clicks: Mapping[str, int]) -> str | None:

@@ -95,6 +95,8 @@ class Server:
         control_interval_s: How often a background thread re-reads the repository's control file (the
             fleet-wide rollout state, see :meth:`switch`); every worker follows a change within this bound
             plus the load time of a version it has not loaded yet. ``None`` disables watching.
+        shadow_budget: Largest share of wall-clock time shadow runs may take (0.02: 20 ms a second);
+            shadow copies beyond it are dropped and counted, so shadows use spare capacity only.
         clock: A monotonic clock (tests may step a manual one).
 
     Raises:
@@ -115,6 +117,7 @@ class Server:
         on_shadow: Callable[[ShadowComparison], None] | None = None,
         shadow_queue: int = 256,
         control_interval_s: float | None = 0.5,
+        shadow_budget: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if control_interval_s is not None and not control_interval_s > 0:
@@ -144,13 +147,13 @@ class Server:
         self._stop_polling = threading.Event()
         if flags is not None and not isinstance(flags, FlagProvider):
             raise TypeError(f"flags must implement inprocserve.FlagProvider, got {type(flags).__name__}")
-        self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s)
+        self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s, clock=clock)
         self._attribute_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._gauge_source = _gauge_source(weakref.ref(self))
         METRICS.add_source(self._gauge_source)
         self._routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
         self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
-        self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow)
+        self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow, budget=shadow_budget)
         # Fleet-wide rollout state: the repository's control file, or this process alone without one.
         self._control_file = None if self._repository is None else ControlFile(self._repository)
         self._control = Control()
@@ -588,7 +591,7 @@ class Server:
 
     @staticmethod
     def _refuse_if_incompatible(routes: _Routes, model: str, version: int) -> None:
-        stable = routes.router.decide(routes.versions, routes.default.version, None).version
+        stable = routes.router.stable_version(routes.versions, routes.default.version)
         if stable == version:
             return
         current, target = routes.versions[stable].signature, routes.versions[version].signature
@@ -796,7 +799,7 @@ class Server:
         with self._lifecycle:
             routes = self._serving(model, version)
             self._refuse_if_incompatible(routes, model, version)  # its answers could not even be compared
-            stable = routes.router.decide(routes.versions, routes.default.version, None).version
+            stable = routes.router.stable_version(routes.versions, routes.default.version)
             samples = list(routes.router.recent)
             report: dict[str, Any] = {"model": model, "from": stable, "to": version, "samples": len(samples)}
             if len(samples) < min_samples:
@@ -853,10 +856,7 @@ class Server:
         """
         routes = self._routes_of(model)
         router = routes.router
-        rankers: tuple[int, ...] | None = router.config.rankers
-        if self._flags is not None:
-            wanted = self._flags.provider.get_object(f"{router.prefix}.rankers", list(rankers or ()), context or {})
-            rankers = tuple(int(v) for v in wanted) if wanted else rankers
+        rankers = router.rankers(routes.versions, context)
         if not rankers or len(rankers) != 2:
             raise ConfigurationError(f"model {model!r}: interleaving needs rollout.rankers = [A, B]")
         first = self.submit(model, inputs, version=rankers[0], context=context, timeout_s=timeout_s)
@@ -1142,7 +1142,7 @@ class Server:
         rollout = default.config.rollout if state is None else _controlled(default.config.rollout, state)
         router = self._routers.get(name)
         if router is None:
-            router = self._routers[name] = Router(name, rollout, self._flags)
+            router = self._routers[name] = Router(name, rollout, self._flags, shadow_gate=self._shadow.admit)
         elif router.config != rollout:
             router.update(rollout)
         if state is not None:  # the control file wins over in-process switches and config.toml
@@ -1290,6 +1290,8 @@ class Server:
             self._closed = True
             self._stop_polling.set()
             self._shadow.close()
+            if self._flags is not None:
+                self._flags.close()
             for name in list(self._loaded):
                 self._retire(name, list(self._loaded[name]), timeout_s=timeout_s)
             self._routes.clear()

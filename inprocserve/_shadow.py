@@ -1,10 +1,14 @@
 """Shadow traffic: a copy of a request runs on other versions after the caller has its answer.
 
-Shadow work never slows or fails the caller: it is queued (bounded, drops counted) for one background
-thread, runs only when the shadow version has an idle session and the serving version has no backlog,
-and its errors are logged and counted, never raised. Each shadow answer is compared with the primary one
-(largest absolute difference; argmax agreement for classifier-shaped outputs) and handed to an optional
-callback so applications can log it.
+Shadow work must not slow or fail the caller. An idle session is not spare CPU: on a small host one
+caller keeps every core busy, and a shadow running beside it takes their time. So shadows run on a CPU
+budget: the shadow thread may run for at most ``budget`` of each second of wall-clock time (a token bucket
+holding one second's allowance), measured as the wall time of its own runs. A copy that finds the budget
+spent, the serving version backlogged or no idle session on the shadow version is dropped at once and
+counted; nothing waits or polls. Jobs are queued (bounded, drops counted) for one background thread that
+sleeps on a condition while there is nothing to do. Shadow errors are logged and counted, never raised.
+Each shadow answer is compared with the primary one (largest absolute difference; argmax agreement for
+classifier-shaped outputs) and handed to an optional callback so applications can log it.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ import numpy as np
 from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
+from ._errors import ConfigurationError
 from ._telemetry import ATTR_SHADOW_AGREEMENT, ATTR_SHADOW_DIFF, METRICS, start_shadow_span
 
 __all__ = ["ShadowComparison", "ShadowRunner", "compare_outputs"]
 
 logger = logging.getLogger(__name__)
 
-_WAIT_FOR_IDLE_S = 0.05  # a shadow job that finds no spare capacity for this long is dropped
+DEFAULT_BUDGET = 0.02
+"""Share of wall-clock time shadow runs may take (20 ms per second)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,7 @@ class ShadowStats:
     errors: int = 0
     dropped_full: int = 0
     dropped_busy: int = 0
+    dropped_budget: int = 0
     compared: int = 0
     max_abs_diff: float = 0.0
     total_abs_diff: float = 0.0
@@ -80,6 +87,7 @@ class ShadowStats:
             "errors": self.errors,
             "dropped_queue_full": self.dropped_full,
             "dropped_no_spare_capacity": self.dropped_busy,
+            "dropped_over_budget": self.dropped_budget,
             "max_abs_diff": self.max_abs_diff if self.compared else None,
             "mean_max_abs_diff": self.total_abs_diff / self.compared if self.compared else None,
             "label_agreement": self.agreement_total / self.agreement_runs if self.agreement_runs else None,
@@ -99,17 +107,41 @@ class _Job:
 
 
 class ShadowRunner:
-    """Runs shadow jobs on one background thread. Thread-safe; the thread starts on first use."""
+    """Runs shadow jobs on one background thread within a CPU budget. Thread-safe; the thread starts on
+    first use and ends on :meth:`close`.
 
-    def __init__(self, *, max_queued: int = 256, on_result: Callable[[ShadowComparison], None] | None = None) -> None:
+    Args:
+        max_queued: Jobs that may wait for the thread; more are dropped (``dropped_queue_full``).
+        on_result: Called with every comparison (errors it raises are logged).
+        budget: Largest share of wall-clock time shadow runs may take, in (0, 1]; 1 runs every shadow
+            the idle-session check lets through.
+        clock: Monotonic clock of the budget.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_queued: int = 256,
+        on_result: Callable[[ShadowComparison], None] | None = None,
+        budget: float = DEFAULT_BUDGET,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 < budget <= 1:
+            raise ConfigurationError(f"shadow_budget must be a share of time in (0, 1], got {budget}")
         self.max_queued = max_queued
         self.on_result = on_result
+        self.budget = budget
+        self._clock = clock
+        self._tokens = budget  # seconds of shadow running allowed now; holds at most one second's allowance
+        self._refilled_at = clock()
         self._stats: dict[tuple[str, int], ShadowStats] = {}
+        self._over_budget_attributes: dict[tuple[str, int], dict[str, Any]] = {}
         self._reset()
         _fork.register(self)
 
     def _reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._jobs: deque[_Job] = deque()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -135,6 +167,10 @@ class ShadowRunner:
         with self._cond:
             if self._closed:
                 return
+            if not self._within_budget():  # checked before queueing: a dropped copy costs the caller one lock
+                for shadow in shadows:
+                    self._drop_over_budget(model, shadow.version)
+                return
             for shadow in shadows:
                 if len(self._jobs) >= self.max_queued:
                     self._stat(model, shadow.version).dropped_full += 1
@@ -146,8 +182,36 @@ class ShadowRunner:
                 self._thread.start()
             self._cond.notify()
 
+    def admit(self, model: str, versions: tuple[int, ...]) -> bool:
+        """Whether copies of a request may be made for ``versions`` now; if not, they are counted as dropped
+        over budget. Asked while routing, so a request over budget never builds or queues a copy."""
+        if self._tokens + (self._clock() - self._refilled_at) * self.budget > 0:
+            return True  # read without the lock: offer() checks again, under it
+        with self._mutex:  # the condition's own lock, entered without the Condition wrapper's cost
+            for version in versions:
+                self._drop_over_budget(model, version)
+        return False
+
     def _stat(self, model: str, version: int) -> ShadowStats:
-        return self._stats.setdefault((model, version), ShadowStats())
+        stats = self._stats.get((model, version))
+        if stats is None:  # not setdefault: that would build a ShadowStats on every call
+            stats = self._stats[(model, version)] = ShadowStats()
+        return stats
+
+    def _within_budget(self) -> bool:
+        """Refill the token bucket for the time gone by; whether a shadow may start now (lock held)."""
+        now = self._clock()
+        self._tokens = min(self.budget, self._tokens + (now - self._refilled_at) * self.budget)
+        self._refilled_at = now
+        return self._tokens > 0
+
+    def _drop_over_budget(self, model: str, version: int) -> None:
+        self._stat(model, version).dropped_budget += 1
+        key = (model, version)
+        attributes = self._over_budget_attributes.get(key)
+        if attributes is None:  # built once per model and version: this runs for most requests of a busy caller
+            attributes = self._over_budget_attributes[key] = _attributes(model, version, "over_budget")
+        METRICS.shadow_dropped.add(1, attributes)
 
     def _work(self) -> None:
         while True:
@@ -157,10 +221,17 @@ class ShadowRunner:
                 if not self._jobs:
                     return
                 job = self._jobs.popleft()
+                if not self._within_budget():  # spent by the jobs before this one
+                    self._drop_over_budget(job.model, job.shadow.version)
+                    continue
+            started = self._clock()
             try:
                 self._run(job)
             except Exception:  # the shadow thread must outlive any bug in one job
                 logger.exception("shadow run of model %r failed unexpectedly", job.model)
+            finally:
+                with self._cond:
+                    self._tokens -= self._clock() - started  # may go below zero: the next runs wait longer
 
     def _run(self, job: _Job) -> None:
         from ._batching import Request  # local: the batching module does not depend on shadows
@@ -172,23 +243,18 @@ class ShadowRunner:
         request = Request(dict(job.arrays), job.rows, None, None, None)
         span = start_shadow_span(job.model, job.shadow.version, job.primary_span)
         started = time.monotonic()
-        deadline = started + _WAIT_FOR_IDLE_S
-        while True:  # spare capacity only: no backlog on the serving version, an idle shadow session
-            if primary_batcher is None or primary_batcher.queued_rows == 0:
-                try:
-                    if shadow_batcher.run_if_idle(request):
-                        break
-                except Exception as exc:  # retired meanwhile, or any other refusal: not the caller's problem
-                    self._record(job, None, f"{type(exc).__name__}: {exc}", started, span)
-                    return
-            if time.monotonic() > deadline:
-                with self._cond:
-                    self._stat(job.model, job.shadow.version).dropped_busy += 1
-                METRICS.shadow_dropped.add(1, _attributes(job.model, job.shadow.version, "no_spare_capacity"))
-                span.set_attributes({"inprocserve.shadow.dropped": True})
-                span.end()
-                return
-            time.sleep(0.001)
+        try:  # spare capacity only: no backlog on the serving version, an idle shadow session, right now
+            ran = (primary_batcher is None or primary_batcher.queued_rows == 0) and shadow_batcher.run_if_idle(request)
+        except Exception as exc:  # retired meanwhile, or any other refusal: not the caller's problem
+            self._record(job, None, f"{type(exc).__name__}: {exc}", started, span)
+            return
+        if not ran:
+            with self._cond:
+                self._stat(job.model, job.shadow.version).dropped_busy += 1
+            METRICS.shadow_dropped.add(1, _attributes(job.model, job.shadow.version, "no_spare_capacity"))
+            span.set_attributes({"inprocserve.shadow.dropped": True})
+            span.end()
+            return
         if request.error is not None:
             self._record(job, None, f"{type(request.error).__name__}: {request.error}", started, span)
         else:

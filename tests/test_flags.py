@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from inprocserve import EnvFlags, FileFlags, FlagError, FlagProvider, InMemoryFlags, OpenFeatureFlags
+from inprocserve import (
+    EnvFlags,
+    FileFlags,
+    FlagError,
+    FlagProvider,
+    InMemoryFlags,
+    ModelConfig,
+    OpenFeatureFlags,
+    RolloutConfig,
+    Server,
+    VersionPolicy,
+)
+from inprocserve._flags import FlagTypeError
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
 
 
 def test_in_memory_flags_change_at_run_time() -> None:
@@ -106,3 +124,140 @@ def test_openfeature_adapter_with_the_sdk_in_memory_provider() -> None:
     assert flags.get_number("unknown.flag", 2.0, {}) == 2.0  # not found: the default, not an error
     with pytest.raises(FlagError, match="TYPE_MISMATCH"):
         flags.get_number("fraud.strategy", 0.0, {})
+
+
+def test_openfeature_number_flags_may_hold_integers_or_floats() -> None:
+    from openfeature import api
+    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+    api.set_provider(
+        InMemoryProvider(
+            {
+                "fraud.canary.percent": InMemoryFlag("ten", {"off": 0, "ten": 10, "half": 50}),  # as docs/rollouts.md
+                "fraud.shadow.percent": InMemoryFlag("some", {"some": 12.5}),
+                "fraud.kill": InMemoryFlag("off", {"on": True, "off": False}),
+                "fraud.strategy": InMemoryFlag("c", {"c": "canary"}),
+            }
+        ),
+        domain="inprocserve-numbers",
+    )
+    flags = OpenFeatureFlags(domain="inprocserve-numbers")
+    assert flags.get_number("fraud.canary.percent", 0, {}) == 10.0
+    assert flags.get_number("fraud.shadow.percent", 0, {}) == 12.5
+    with pytest.raises(FlagTypeError, match="TYPE_MISMATCH"):
+        flags.get_number("fraud.kill", 0, {})  # a boolean is no number, though Python calls it an int
+    with pytest.raises(FlagTypeError, match="TYPE_MISMATCH"):
+        flags.get_number("fraud.strategy", 2.5, {})
+    assert flags.get_number("missing", 2.5, {}) == 2.5
+
+
+def scale_versions(repository: Path) -> Path:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    return repository
+
+
+CANARY = ModelConfig(
+    rollout=RolloutConfig(strategy="canary", stable=1, candidate=2), version_policy=VersionPolicy.all()
+)
+
+
+def canary_share(server: Server, users: int = 1000) -> float:
+    x = np.ones((1, 4), np.float32)
+    return sum(server.predict("scale", x, context={"user_id": f"u{i}"}).version == 2 for i in range(users)) / users
+
+
+def test_an_integer_canary_in_the_openfeature_in_memory_provider_rolls_out(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    from openfeature import api
+    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+    api.set_provider(
+        InMemoryProvider({"scale.canary.percent": InMemoryFlag("ten", {"ten": 10})}), domain="inprocserve-canary"
+    )
+    server = make_server(
+        scale_versions(repository),
+        flags=OpenFeatureFlags(domain="inprocserve-canary"),
+        flag_timeout_s=2.0,  # a generous budget: this test is about types, not a loaded machine's pauses
+        config=CANARY,
+    )
+    assert 0.06 < canary_share(server) < 0.14  # ~10 %, not a silent 0 %
+    status = server.status()["models"]["scale"]["rollout"]["flags"]
+    assert status["unusable"] == status["failures"] == 0
+
+
+FLAGD_FLAGS = {
+    "flags": {
+        "scale.canary.percent": {
+            "state": "ENABLED",
+            "defaultVariant": "ten",
+            "variants": {"off": 0, "ten": 10, "all": 100},
+            "targeting": {"if": [{"==": [{"var": "plan"}, "staff"]}, "all", "ten"]},
+        },
+        "scale.kill": {"state": "ENABLED", "defaultVariant": "off", "variants": {"on": True, "off": False}},
+        "scale.shadow.percent": {"state": "ENABLED", "defaultVariant": "some", "variants": {"some": 12.5}},
+        "typo.strategy": {"state": "ENABLED", "defaultVariant": "typo", "variants": {"typo": "canery"}},
+        "broken.canary.percent": {"state": "ENABLED", "defaultVariant": "s", "variants": {"s": "ten"}},
+    }
+}
+
+
+@pytest.fixture(params=["FILE", "IN_PROCESS"])
+def flagd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenFeatureFlags]:
+    """OpenFeature's flagd provider evaluating a flags file with the real flagd engine (no server).
+
+    Both resolvers evaluate in this process; given a flags file, flagd's config runs IN_PROCESS through the
+    file connector as well, so the two parameters check that either way of configuring it works.
+    """
+    pytest.importorskip("openfeature.contrib.provider.flagd", reason="pip install openfeature-provider-flagd")
+    from openfeature import api
+    from openfeature.contrib.provider.flagd import FlagdProvider
+    from openfeature.contrib.provider.flagd.config import ResolverType
+
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps(FLAGD_FLAGS))
+    provider = FlagdProvider(resolver_type=ResolverType[request.param], offline_flag_source_path=str(path))
+    domain = f"inprocserve-flagd-{request.param}"
+    api.set_provider_and_wait(provider, domain=domain)
+    try:
+        yield OpenFeatureFlags(domain=domain)
+    finally:
+        provider.shutdown()
+
+
+def test_flagd_number_flags_and_targeting(flagd: OpenFeatureFlags) -> None:
+    assert flagd.name == "FlagdProvider"  # the provider's own name is reported in status and telemetry
+    assert flagd.get_number("scale.canary.percent", 0, {"user_id": "u1"}) == 10.0
+    assert flagd.get_number("scale.canary.percent", 0, {"user_id": "u1", "plan": "staff"}) == 100.0
+    assert flagd.get_number("scale.shadow.percent", 0, {}) == 12.5
+    assert flagd.get_boolean("scale.kill", True, {}) is False
+    assert flagd.get_number("scale.not.there", 3, {}) == 3.0
+    with pytest.raises(FlagTypeError):
+        flagd.get_number("broken.canary.percent", 0, {})
+
+
+def test_flagd_drives_a_canary_and_its_problems_show(
+    flagd: OpenFeatureFlags, repository: Path, make_server: ServerFactory
+) -> None:
+    scale_versions(repository)
+    server = make_server(repository, flags=flagd, flag_timeout_s=1.0, config=CANARY)
+    assert 0.06 < canary_share(server, 500) < 0.14  # the integer variant "ten": ~10 %, not a silent 0 %
+    x = np.ones((1, 4), np.float32)
+    staff = server.predict("scale", x, context={"user_id": "u1", "plan": "staff"})
+    assert (staff.version, staff.variant) == (2, "canary")  # flagd's targeting rule: staff get everything
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["unusable"] == 0
+
+    def prefixed(prefix: str) -> ModelConfig:
+        return replace(CANARY, rollout=replace(CANARY.rollout, flag_prefix=prefix))
+
+    typo = make_server(repository, flags=flagd, flag_timeout_s=1.0, config=prefixed("typo"))
+    result = typo.predict("scale", x, context={"user_id": "u1"})
+    assert (result.version, result.reason) == (
+        1,
+        "unusable flag: 'typo.strategy' is 'canery', not one of stable, canary, ab, bandit",
+    )
+    broken = make_server(repository, flags=flagd, flag_timeout_s=1.0, config=prefixed("broken"))
+    result = broken.predict("scale", x, context={"user_id": "u1"})
+    assert result.version == 1 and "TYPE_MISMATCH" in result.reason and result.reason.startswith("unusable flag")
+    assert broken.status()["models"]["scale"]["rollout"]["flags"]["unusable"] == 1

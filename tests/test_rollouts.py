@@ -108,8 +108,12 @@ def test_kill_switch_sends_everyone_to_stable(versions: Path, make_server: Serve
 def test_a_candidate_that_is_not_loaded_falls_back_to_stable(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 100, "scale.canary.version": 9})
     server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
-    result = answer(server, "u")
-    assert (result.version, result.reason) == (1, "canary version 9 is not ready")
+    results = [answer(server, f"u{i}") for i in range(5)]
+    expected = "unusable flag: 'scale.canary.version' names version 9, which is not loaded (loaded: 1, 2, 3)"
+    assert {(r.version, r.reason) for r in results} == {(1, expected)}
+    flags_status = server.status()["models"]["scale"]["rollout"]["flags"]
+    assert flags_status["unusable"] == 5
+    assert "names version 9" in flags_status["unusable_flags"]["scale.canary.version"]
 
 
 def test_requests_without_a_key_are_bucketed_randomly(versions: Path, make_server: ServerFactory) -> None:
@@ -167,7 +171,9 @@ def test_a_hanging_flag_provider_costs_at_most_the_budget(versions: Path, make_s
 
 def test_shadow_copies_are_compared_and_reported(versions: Path, make_server: ServerFactory) -> None:
     comparisons: list[inprocserve.ShadowComparison] = []
-    server = make_server(versions, config=rollout(stable=1, shadow=(3,)), on_shadow=comparisons.append)
+    server = make_server(
+        versions, config=rollout(stable=1, shadow=(3,)), on_shadow=comparisons.append, shadow_budget=1.0
+    )
     for _ in range(20):
         assert answer(server, "u").version == 1
     wait_until(lambda: len(comparisons) == 20)
@@ -180,15 +186,21 @@ def test_shadow_copies_are_compared_and_reported(versions: Path, make_server: Se
 def test_shadow_flags_turn_mirroring_on_and_sample_it(versions: Path, make_server: ServerFactory) -> None:
     comparisons: list[inprocserve.ShadowComparison] = []
     flags = InMemoryFlags({"scale.shadow.versions": [2], "scale.shadow.percent": 0})
-    server = make_server(versions, flags=flags, config=rollout(stable=1), on_shadow=comparisons.append)
+    server = make_server(
+        versions, flags=flags, config=rollout(stable=1), on_shadow=comparisons.append, shadow_budget=1.0
+    )
     for _ in range(30):
         answer(server)
     flags.set("scale.shadow.percent", 100)
-    futures = [server.submit("scale", X) for _ in range(30)]  # the submit path shadows too
-    for future in futures:
-        future.result(timeout=10)
-    wait_until(lambda: len(comparisons) == 30)
-    assert {c.shadow_version for c in comparisons} == {2}
+    for _ in range(30):  # the submit path shadows too
+        server.submit("scale", X).result(timeout=10)
+
+    def settled() -> bool:
+        stats = server.status()["models"]["scale"]["shadow"].get("2", {})
+        return stats.get("runs", 0) + stats.get("dropped_no_spare_capacity", 0) == 30
+
+    wait_until(settled)  # a copy that meets the next request queued on version 1 is dropped, not waited for
+    assert comparisons and {c.shadow_version for c in comparisons} == {2}
 
 
 def slow_model(version: float, width: int = 1024, layers: int = 8) -> Any:
@@ -402,3 +414,156 @@ def test_pinned_versions_bypass_the_rollout(versions: Path, make_server: ServerF
     server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
     result = server.predict("scale", X, version=3, context={"user_id": "u"})
     assert (result.version, result.variant) == (3, "pinned")
+
+
+def test_promotion_compares_with_the_stable_version_never_a_canary_draw(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    flags = InMemoryFlags({"scale.canary.percent": 50})
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    for i in range(1, 6):
+        server.predict("scale", np.full((1, 4), i, np.float32), context={"user_id": f"u{i}"})
+    for _ in range(12):  # a random baseline would be v2 half the time, and v2 agrees with itself
+        with pytest.raises(inprocserve.PromotionRefusedError, match="max abs diff") as info:
+            server.promote("scale", 2, max_abs_diff=0.5)  # v2 (2x) vs v1 (1x) differs by up to 5
+        assert info.value.report["from"] == 1
+    assert server.status()["models"]["scale"]["rollout"]["stable_alias"] == 1
+
+
+def test_promotion_baseline_follows_the_stable_flag(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags({"scale.stable": 3})
+    server = make_server(versions, flags=flags, config=rollout(stable=1))
+    server.predict("scale", X)
+    assert server.promote("scale", 3, max_abs_diff=0.0)["from"] == 3  # v3 against itself
+
+
+class RaisingObjectFlags(InMemoryFlags):
+    name = "raising-objects"
+
+    def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
+        raise ConnectionError("flag service unreachable")
+
+
+def test_interleave_reads_rankers_through_the_flag_reader(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)
+    save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)
+    server = make_server(repository, flags=RaisingObjectFlags(), config=rollout(rankers=(1, 2), seed=4))
+    items = np.arange(4, dtype=np.float32).reshape(4, 1)
+    result = server.interleave("ranker", items)  # a failing provider: the configured rankers, no exception
+    assert result.rankers == (1, 2) and sorted(result.order) == [0, 1, 2, 3]
+    assert server.status()["models"]["ranker"]["rollout"]["flags"]["failures"] >= 1
+
+
+def test_interleave_rankers_from_a_flag_and_an_unusable_one(repository: Path, make_server: ServerFactory) -> None:
+    for version, factor in ((1, 1.0), (2, -1.0), (3, 2.0)):
+        save_model(build_scale_model(factor, features=1), repository, "ranker", version)
+    flags = InMemoryFlags({"ranker.rankers": [3, 2]})
+    server = make_server(repository, flags=flags, config=rollout(rankers=(1, 2)))
+    items = np.arange(4, dtype=np.float32).reshape(4, 1)
+    assert server.interleave("ranker", items).rankers == (3, 2)
+    flags.set("ranker.rankers", [3, 9])
+    assert server.interleave("ranker", items).rankers == (1, 2)  # version 9 is not loaded: the configured pair
+    problems = server.status()["models"]["ranker"]["rollout"]["flags"]["unusable_flags"]
+    assert "names version 9" in problems["ranker.rankers"]
+
+
+def flag_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "inprocserve-flags" and t.is_alive()]
+
+
+class BlockingFlags(InMemoryFlags):
+    """An in-memory provider that declares it may block, so it is evaluated on the reader's workers."""
+
+    name = "blocking"
+    blocking = True
+
+
+def test_close_stops_the_flag_workers(versions: Path) -> None:
+    before = set(flag_threads())
+    server = inprocserve.Server(
+        versions,
+        flags=BlockingFlags({"scale.canary.percent": 100}),
+        config=rollout(strategy="canary", stable=1, candidate=2),
+    )
+    try:
+        assert answer(server, "u").version == 2
+        assert set(flag_threads()) - before  # evaluated on a worker
+    finally:
+        server.close()
+    wait_until(lambda: not set(flag_threads()) - before)
+    assert server.status()["models"] == {}
+
+
+def test_a_hung_provider_holds_a_bounded_number_of_threads(versions: Path, make_server: ServerFactory) -> None:
+    flags = HangingFlags()
+    entered = threading.Semaphore(0)
+    calls: list[int] = []
+    original = flags.get_number
+
+    def counting(key: str, default: float, context: Mapping[str, Any]) -> float:
+        calls.append(1)
+        entered.release()
+        return original(key, default, context)
+
+    flags.get_number = counting  # type: ignore[method-assign]
+    before = set(flag_threads())
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=0.02, config=rollout(strategy="canary", stable=1, candidate=2)
+    )
+    try:
+        results = [answer(server, f"u{i}") for i in range(40)]
+        assert {r.version for r in results} == {1}
+        assert {r.reason for r in results} <= {"flag provider timed out", "flag provider busy"}
+        status = server.status()["models"]["scale"]["rollout"]["flags"]
+        assert status["workers"] <= 2 and len(set(flag_threads()) - before) <= 2
+        assert len(calls) <= 2  # the timed-out evaluations still queued were dropped, never run
+        assert status["busy"] > 0 and status["timeouts"] + status["busy"] == 40
+    finally:
+        flags.release.set()
+
+
+def test_interpreter_exit_is_not_delayed_by_a_hung_provider(versions: Path) -> None:
+    script = """
+import sys, threading, time, numpy as np, inprocserve
+
+class Hung(inprocserve.InMemoryFlags):
+    name = "hung"
+    blocking = True
+    def get_number(self, key, default, context):
+        threading.Event().wait(60)
+        return default
+
+config = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all(),
+    rollout=inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2))
+server = inprocserve.Server(sys.argv[1], config=config, flags=Hung(), flag_timeout_s=0.02)
+x = np.ones((1, 4), np.float32)
+assert {server.predict("scale", x, context={"user_id": str(i)}).version for i in range(24)} == {1}
+server.close()
+print(time.monotonic(), flush=True)
+"""
+    process = subprocess.run(
+        [sys.executable, "-c", script, str(versions)], capture_output=True, text=True, timeout=50, check=True
+    )
+    closed_at = float(process.stdout.strip().splitlines()[-1])
+    assert time.monotonic() - closed_at < 10.0, process.stderr  # it hangs 60 s per evaluation if exit waits
+
+
+def test_a_burst_on_a_healthy_blocking_provider_keeps_every_decision(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    flags = BlockingFlags({"scale.canary.percent": 100})
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=30.0, config=rollout(strategy="canary", stable=1, candidate=2)
+    )
+    reasons: set[str] = set()
+    lock = threading.Lock()
+
+    def call(index: int) -> None:
+        for i in range(20):
+            result = server.predict("scale", X, context={"user_id": f"u{index}-{i}"})
+            with lock:
+                reasons.add(result.reason)
+
+    assert run_threads(32, call) == []
+    assert all("under the canary's 100%" in r for r in reasons), reasons  # none answered "busy"
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["busy"] == 0

@@ -172,6 +172,7 @@ def main() -> None:
             dropped = sum(
                 s["shadow"].get("3", {}).get("dropped_queue_full", 0)
                 + s["shadow"].get("3", {}).get("dropped_no_spare_capacity", 0)
+                + s["shadow"].get("3", {}).get("dropped_over_budget", 0)
                 for s in seen.values()
             )
             agreement = [

@@ -1,0 +1,281 @@
+"""The FlagReader: every flag read of a server goes through it, so a flag problem never reaches a caller.
+
+It evaluates a routing decision within a time budget, turns whatever goes wrong into a fallback (the stable
+decision) and counts it, and logs each kind of problem at most once a minute. Providers that may block on
+I/O are evaluated on a few daemon worker threads that the reader owns: the work in flight to a provider is
+bounded (``max_workers`` running plus ``max_queued`` waiting), evaluations that timed out before they
+started are dropped, requests answer at once while every worker is stuck in a hung provider, and
+:meth:`FlagReader.close` stops the workers, so a hung flag service can neither pile up threads nor delay
+interpreter exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
+
+from . import _fork
+from ._errors import ConfigurationError
+from ._flags import FlagProvider, FlagTypeError
+from ._telemetry import ATTR_FLAG_PROVIDER, METRICS
+
+__all__ = ["FlagReader", "UnusableFlag"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_LOG_EVERY_S = 60.0
+_IDLE_WORKER_EXIT_S = 30.0  # an idle worker ends; the next blocking evaluation starts one again
+_UNUSABLE_KEPT = 64  # distinct flag keys whose last problem status() shows
+
+
+class UnusableFlag(Exception):
+    """A flag's value cannot be used (wrong type, unknown strategy, version not loaded, out of range)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class FlagReader:
+    """Evaluates flags for routers: typed reads, a time budget, failure counting, rate-limited logs.
+
+    Thread-safe. Counters (``failures``, ``timeouts``, ``busy``, ``unusable``) only grow.
+
+    Args:
+        provider: Where flag values come from.
+        timeout_s: The budget of one decision; past it the fallback answers.
+        max_workers: Threads evaluating a ``blocking`` provider (started lazily, daemon, owned here).
+        max_queued: Evaluations that may wait for a worker (each waits at most ``timeout_s``, and is
+            dropped unrun when that passes). Beyond it, or when every worker has been stuck in the provider
+            for longer than ``timeout_s``, the fallback answers at once and is counted as ``busy``.
+        clock: Monotonic clock of the budget check and the log rate limit.
+    """
+
+    def __init__(
+        self,
+        provider: FlagProvider,
+        *,
+        timeout_s: float = 0.05,
+        max_workers: int = 2,
+        max_queued: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not timeout_s > 0:
+            raise ConfigurationError(f"flag_timeout_s must be > 0, got {timeout_s}")
+        if max_workers < 1 or max_queued < 0:
+            raise ConfigurationError(f"max_workers must be >= 1 and max_queued >= 0, got {max_workers}, {max_queued}")
+        self.provider = provider
+        self.timeout_s = timeout_s
+        self.max_workers = max_workers
+        self.max_queued = max_queued
+        self._clock = clock
+        self.failures = 0
+        self.timeouts = 0
+        self.busy = 0
+        self.unusable = 0
+        self._problems: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._last_log: dict[str, float] = {}
+        self._closed = False
+        self._reset_workers()
+        _fork.register(self)
+
+    def _reset_workers(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._workers: set[threading.Thread] = set()
+        self._running: dict[threading.Thread, float] = {}  # worker -> when it entered the provider
+        self._idle = 0
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._reset_workers()  # the parent's workers did not survive the fork
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+
+    def run(self, decide: Callable[[], T], fallback: Callable[[str], T]) -> T:
+        """Run ``decide`` (which reads flags) within the budget; on any problem return ``fallback(reason)``."""
+        started = self._clock()
+        try:
+            if self.provider.blocking:
+                return self._run_on_worker(decide, fallback)
+            result = decide()
+        except (UnusableFlag, FlagTypeError) as exc:
+            return fallback(self.note_unusable(exc))
+        except Exception as exc:  # any provider failure means: stable
+            self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
+            return fallback("flag provider failed")
+        if self._clock() - started > self.timeout_s:
+            self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
+            return fallback("flag provider too slow")
+        return result
+
+    def _run_on_worker(self, decide: Callable[[], T], fallback: Callable[[str], T]) -> T:
+        future: Future[T] = Future()
+        with self._cond:
+            if self._closed:
+                return fallback("flag reader closed")
+            accepted = len(self._jobs) < self.max_queued + self._idle and not self._all_stuck()
+            if accepted:
+                self._jobs.append((future, decide))
+                if self._idle >= len(self._jobs):
+                    self._cond.notify()
+                elif len(self._workers) < self.max_workers:
+                    self._start_worker()
+        if not accepted:
+            self._count("busy", f"flag provider {self.provider.name!r}: all {self.max_workers} workers are stuck")
+            return fallback("flag provider busy")
+        try:
+            return future.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            if not future.done():
+                future.cancel()  # still queued: dropped, the provider never sees it
+                self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
+                return fallback("flag provider timed out")
+            exc: BaseException | None = future.exception()
+        except CancelledError:
+            return fallback("flag reader closed")  # close() dropped it while it waited
+        except Exception as raised:
+            exc = raised
+        if isinstance(exc, UnusableFlag | FlagTypeError):
+            return fallback(self.note_unusable(exc))
+        self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
+        return fallback("flag provider failed")
+
+    def _all_stuck(self) -> bool:
+        """Whether every worker has been inside the provider for longer than the budget (lock held): then the
+        provider is hung, and queueing more evaluations would only make each request wait out its budget."""
+        if len(self._running) < self.max_workers:
+            return False
+        limit = time.monotonic() - self.timeout_s
+        return all(started < limit for started in self._running.values())
+
+    def _start_worker(self) -> None:
+        worker = threading.Thread(target=self._work, name="inprocserve-flags", daemon=True)
+        self._workers.add(worker)
+        worker.start()
+
+    def _work(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._idle += 1
+                    woken = self._cond.wait(_IDLE_WORKER_EXIT_S)
+                    self._idle -= 1
+                    if not woken and not self._jobs:
+                        self._workers.discard(me)
+                        return
+                if self._closed:
+                    self._workers.discard(me)
+                    return
+                future, decide = self._jobs.popleft()
+                if not future.set_running_or_notify_cancel():
+                    continue  # its caller gave up waiting before a worker was free
+                self._running[me] = time.monotonic()
+            try:
+                future.set_result(decide())
+            except BaseException as exc:  # delivered to the caller, who counts it
+                future.set_exception(exc)
+            finally:
+                with self._cond:
+                    self._running.pop(me, None)
+
+    # -- problems ------------------------------------------------------------------------------------------
+
+    def note_unusable(self, exc: Exception) -> str:
+        """Count a flag value that cannot be used, remember why for status(); returns the reason to show."""
+        key = exc.key if isinstance(exc, UnusableFlag) else "?"  # a FlagTypeError raised outside the typed reads
+        reason = f"unusable flag: {exc}"
+        with self._lock:
+            if key in self._problems or len(self._problems) < _UNUSABLE_KEPT:
+                self._problems[key] = str(exc)
+        self._count("unusable", f"{reason} (provider {self.provider.name!r})")
+        return reason
+
+    def _count(self, counter: str, message: str) -> None:
+        METRICS.flag_failures.add(
+            1, {ATTR_FLAG_PROVIDER: self.provider.name, "inprocserve.flags.failure": counter.rstrip("s")}
+        )
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+            now = self._clock()
+            if now - self._last_log.get(counter, -float("inf")) < _LOG_EVERY_S:
+                return
+            self._last_log[counter] = now
+            count = getattr(self, counter)
+        logger.warning("%s; the stable decision answers (%d %s so far)", message, count, counter)
+
+    # -- typed reads (called inside ``decide``) ------------------------------------------------------------
+
+    def boolean(self, key: str, default: bool, context: Mapping[str, Any], used: list[tuple[str, str]]) -> bool:
+        try:
+            value = self.provider.get_boolean(key, default, context)
+        except FlagTypeError as exc:  # the provider answered; the flag is wrong
+            raise UnusableFlag(key, str(exc)) from exc
+        used.append((key, str(value)))
+        return value
+
+    def number(self, key: str, default: float, context: Mapping[str, Any], used: list[tuple[str, str]]) -> float:
+        try:
+            value = self.provider.get_number(key, default, context)
+        except FlagTypeError as exc:  # the provider answered; the flag is wrong
+            raise UnusableFlag(key, str(exc)) from exc
+        used.append((key, str(value)))
+        return value
+
+    def string(self, key: str, default: str, context: Mapping[str, Any], used: list[tuple[str, str]]) -> str:
+        try:
+            value = self.provider.get_string(key, default, context)
+        except FlagTypeError as exc:  # the provider answered; the flag is wrong
+            raise UnusableFlag(key, str(exc)) from exc
+        used.append((key, value))
+        return value
+
+    def obj(self, key: str, default: Any, context: Mapping[str, Any], used: list[tuple[str, str]]) -> Any:
+        try:
+            value = self.provider.get_object(key, default, context)
+        except FlagTypeError as exc:  # the provider answered; the flag is wrong
+            raise UnusableFlag(key, str(exc)) from exc
+        used.append((key, str(value)))
+        return value
+
+    # -- status and shutdown -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            problems = dict(self._problems)
+        with self._cond:
+            workers = len(self._workers)
+        return {
+            "provider": self.provider.name,
+            "failures": self.failures,
+            "timeouts": self.timeouts,
+            "busy": self.busy,
+            "unusable": self.unusable,
+            "unusable_flags": problems,
+            "workers": workers,
+        }
+
+    def close(self) -> None:
+        """Stop the workers: queued evaluations are dropped, idle workers end now, and a worker stuck in a
+        hung provider ends when the provider returns (it is a daemon thread, so it never delays exit).
+        Later blocking evaluations answer the fallback at once. Idempotent."""
+        with self._cond:
+            self._closed = True
+            for future, _ in self._jobs:
+                future.cancel()
+            self._jobs.clear()
+            self._cond.notify_all()
+            workers = [w for w in self._workers if w is not threading.current_thread()]
+        deadline = time.monotonic() + self.timeout_s  # idle workers leave at once; hung ones are not waited for
+        for worker in workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,167 @@
+"""Flag values that cannot be used are counted, logged once a minute, and shown in result.reason and status.
+
+A flag that names a version that is not loaded, an unknown strategy, a percentage out of range or a value
+of the wrong type must never make a rollout silently do nothing: the stable version answers, and the
+reason says which flag is wrong and why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import InMemoryFlags, ModelConfig, RolloutConfig, VariantConfig, VersionPolicy
+from inprocserve.testing import ManualClock, build_scale_model, save_model
+
+from .conftest import ServerFactory, wait_until
+
+X = np.ones((1, 4), np.float32)
+
+
+@pytest.fixture
+def versions(repository: Path) -> Path:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    return repository
+
+
+def rollout(**kwargs: Any) -> ModelConfig:
+    return ModelConfig(rollout=RolloutConfig(**kwargs), version_policy=VersionPolicy.all())
+
+
+CANARY = {"strategy": "canary", "stable": 1, "candidate": 2}
+ARMS = {"strategy": "ab", "stable": 1, "variants": {"a": VariantConfig(version=2), "b": VariantConfig(version=3)}}
+
+
+@pytest.mark.parametrize(
+    ("config", "values", "key", "why"),
+    [
+        (
+            CANARY,
+            {"scale.canary.percent": "ten"},
+            "scale.canary.percent",
+            "'scale.canary.percent' must be a number, got 'ten'",
+        ),
+        (CANARY, {"scale.canary.percent": 150}, "scale.canary.percent", "percentage from 0 to 100, got 150"),
+        (CANARY, {"scale.canary.percent": -1}, "scale.canary.percent", "percentage from 0 to 100, got -1"),
+        (CANARY, {"scale.canary.percent": 5, "scale.canary.version": 7}, "scale.canary.version", "names version 7"),
+        (CANARY, {"scale.canary.percent": 5, "scale.canary.version": 2.5}, "scale.canary.version", "whole number"),
+        (CANARY, {"scale.strategy": "canery"}, "scale.strategy", "is 'canery', not one of stable, canary, ab"),
+        (CANARY, {"scale.stable": 8}, "scale.stable", "names version 8, which is not loaded (loaded: 1, 2, 3)"),
+        (CANARY, {"scale.kill": "yes"}, "scale.kill", "'scale.kill' must be a boolean"),
+        (ARMS, {"scale.ab.weights": {"a": 1, "c": 1}}, "scale.ab.weights", "unknown variants ['c']"),
+        (ARMS, {"scale.ab.weights": [1, 2]}, "scale.ab.weights", "must map variant names to weights"),
+        (ARMS, {"scale.ab.weights": {"a": 0, "b": 0}}, "scale.ab.weights", "must not all be 0"),
+        ({"strategy": "stable", "stable": 1}, {"scale.strategy": "ab"}, "scale.strategy", "needs rollout.variants"),
+    ],
+)
+def test_an_unusable_flag_is_counted_logged_once_and_shown(
+    versions: Path,
+    make_server: ServerFactory,
+    caplog: pytest.LogCaptureFixture,
+    config: dict[str, Any],
+    values: dict[str, Any],
+    key: str,
+    why: str,
+) -> None:
+    server = make_server(versions, flags=InMemoryFlags(values), config=rollout(**config))
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        results = [server.predict("scale", X, context={"user_id": f"u{i}"}) for i in range(30)]
+    assert {r.version for r in results} == {1}  # the stable version answers
+    assert {r.variant for r in results} == {"stable"}
+    assert all(r.reason.startswith("unusable flag: ") and why in r.reason for r in results), results[0].reason
+    status = server.status()["models"]["scale"]["rollout"]["flags"]
+    assert status["unusable"] == 30
+    assert why in status["unusable_flags"][key]
+    assert status["failures"] == status["timeouts"] == 0  # the provider answered; the value is wrong
+    logged = [r for r in caplog.records if "unusable flag" in r.getMessage()]
+    assert len(logged) == 1 and why in logged[0].getMessage()
+
+
+def test_usable_values_are_not_counted(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags({"scale.canary.percent": 100, "scale.canary.version": 3, "scale.stable": 1})
+    server = make_server(versions, flags=flags, config=rollout(**CANARY))
+    result = server.predict("scale", X, context={"user_id": "u"})
+    assert (result.version, result.variant) == (3, "canary")
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["unusable"] == 0
+    flags.set("scale.canary.percent", 0)  # no canary: its version is not needed, nothing to complain about
+    flags.set("scale.canary.version", 9)
+    assert server.predict("scale", X, context={"user_id": "u"}).reason == "the canary is at 0%"
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["unusable"] == 0
+
+
+def test_an_unusable_shadow_flag_turns_shadows_off_but_keeps_the_answer(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    comparisons: list[inprocserve.ShadowComparison] = []
+    flags = InMemoryFlags({"scale.canary.percent": 100, "scale.shadow.versions": [3, 6]})
+    server = make_server(versions, flags=flags, config=rollout(**CANARY), on_shadow=comparisons.append)
+    result = server.predict("scale", X, context={"user_id": "u"})
+    assert (result.version, result.variant) == (2, "canary")
+    assert "shadows off: unusable flag: 'scale.shadow.versions' names version 6" in result.reason
+    flags.set("scale.shadow.versions", [3])
+    flags.set("scale.shadow.percent", 101)
+    assert "'scale.shadow.percent' must be a percentage" in server.predict("scale", X, context={"user_id": "u"}).reason
+    flags.set("scale.shadow.percent", 100)
+    assert "shadows off" not in server.predict("scale", X, context={"user_id": "u"}).reason
+    wait_until(lambda: len(comparisons) == 1)
+    status = server.status()["models"]["scale"]["rollout"]["flags"]
+    assert status["unusable"] == 2
+    assert set(status["unusable_flags"]) == {"scale.shadow.versions", "scale.shadow.percent"}
+
+
+def test_a_canary_on_a_version_that_failed_to_load_is_shown_without_flags(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    (repository / "scale" / "2").mkdir()
+    (repository / "scale" / "2" / "model.onnx").write_bytes(b"not a model")
+    server = make_server(repository, config=rollout(strategy="canary", stable=1, candidate=2, canary_percent=50))
+    result = server.predict("scale", X, context={"user_id": "u"})
+    assert result.version == 1
+    assert result.reason == (
+        "unusable setting: 'scale.canary.version' names version 2, which is not loaded (loaded: 1)"
+    )
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, -1.0])
+def test_the_flag_budget_must_be_positive(versions: Path, timeout_s: float) -> None:
+    with pytest.raises(inprocserve.ConfigurationError, match="flag_timeout_s must be > 0"):
+        inprocserve.Server(versions, flags=InMemoryFlags(), flag_timeout_s=timeout_s)
+
+
+class RaisingFlags(InMemoryFlags):
+    name = "raising"
+
+    def get_number(self, key: str, default: float, context: Any) -> float:
+        raise ConnectionError("flag service unreachable")
+
+
+def test_problems_are_logged_once_a_minute_per_kind(
+    versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    flags = RaisingFlags({"scale.strategy": "canery"})
+    server = make_server(versions, flags=flags, config=rollout(**CANARY), clock=clock)
+
+    def messages() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name.startswith("inprocserve")]
+
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        for _ in range(10):
+            assert server.predict("scale", X, context={"user_id": "u"}).reason == "flag provider failed"
+        assert len(messages()) == 1
+        clock.advance(59)
+        server.predict("scale", X, context={"user_id": "u"})
+        assert len(messages()) == 1  # still within the minute
+        clock.advance(2)
+        server.predict("scale", X, context={"user_id": "u"})
+        assert len(messages()) == 2 and "12 failures so far" in messages()[-1]
+        flags.get_number = InMemoryFlags.get_number.__get__(flags)  # type: ignore[method-assign]
+        reason = server.predict("scale", X, context={"user_id": "u"}).reason
+        assert reason.startswith("unusable flag: 'scale.strategy'")
+        assert len(messages()) == 3  # another kind of problem: its own first log line
