@@ -28,4 +28,5 @@ urlpatterns = [
     path("ascore", ascore),
     path("unknown", unknown),
     path("-/inprocserve/", include("inprocserve_django.urls")),
+    path("", include("inprocserve_django.v2_urls")),
 ]

@@ -19,6 +19,8 @@ DEFAULTS: dict[str, Any] = {
     "TIMEOUT_S": None,  # default budget of a request
     "RETRY_AFTER_S": 1,
     "REQUIRED_MODELS": [],  # models /ready waits for (default: every model found)
+    "V2_PROTOCOL": False,  # serve the Open Inference Protocol (include inprocserve_django.v2_urls)
+    "V2_LIMITS": None,  # an inprocserve.v2.Limits: caps on protocol requests
 }
 
 

@@ -54,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "INPROCSERVE_RETRY_AFTER_S": 1,
     "INPROCSERVE_DEADLINE_HEADER": "X-Request-Timeout-Ms",  # remaining budget sent by the caller or proxy
     "INPROCSERVE_TIMEOUT_S": None,  # default budget of a view
+    "INPROCSERVE_V2_PROTOCOL": False,  # serve the Open Inference Protocol at /v2 (docs/protocol.md)
+    "INPROCSERVE_V2_LIMITS": None,  # an inprocserve.v2.Limits: caps on protocol requests
 }
 
 ERROR_STATUS: dict[type[Exception], int] = {
@@ -131,6 +133,10 @@ class Inprocserve:
                 app.register_error_handler(error_type, _error_handler(status, retry_after))
         if app.config["INPROCSERVE_ENDPOINTS"]:
             app.register_blueprint(_blueprint(app.config), url_prefix=app.config["INPROCSERVE_URL_PREFIX"])
+        if app.config["INPROCSERVE_V2_PROTOCOL"]:
+            from .v2 import blueprint as v2_blueprint
+
+            app.register_blueprint(v2_blueprint(app.config))
         if app.config["INPROCSERVE_EAGER"]:
             state.server  # noqa: B018 - builds it now, so a broken repository fails the start-up
 
