@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -360,7 +361,7 @@ def test_bad_requests_to_a_real_model_are_400s_that_say_why(served: inprocserve.
         body, headers = v2.encode_infer_request(inputs)
         status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", body, headers)
         assert status == 400 and set(document) == {"error"}
-        assert __import__("re").search(message, document["error"]), document
+        assert re.search(message, document["error"]), document
     body, headers = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)}, outputs=["nope"])
     status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", body, headers)
     assert status == 400 and "'nope' is not an output of model 'scale'" in document["error"]
