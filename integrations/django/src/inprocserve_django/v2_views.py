@@ -11,7 +11,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 from django.http import Http404, HttpRequest, HttpResponse
-from django.http.request import RawPostDataException
 from django.views.decorators.csrf import csrf_exempt
 
 from inprocserve import v2
@@ -33,16 +32,13 @@ def endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
     if not config["V2_PROTOCOL"]:
         raise Http404("the Open Inference Protocol is off (INPROCSERVE['V2_PROTOCOL'])")
     endpoints = _endpoints(config["V2_LIMITS"], tuple(config["REQUIRED_MODELS"]), config["RETRY_AFTER_S"])
-    try:
-        read = request.read
-        request.read(0)  # raises at once if a middleware already read the body
-    except RawPostDataException:
-        read = _BodyReader(request.body).read
+    # request.read streams the body under the protocol's own cap (not DATA_UPLOAD_MAX_MEMORY_SIZE); if a
+    # middleware already read request.body, Django reads it back from memory.
     answer = endpoints.handle(
         request.method or "GET",
         request.path_info,
         request.headers,
-        read,
+        request.read,
         context=lambda: request_context(request),
         budget_s=lambda: remaining_budget(request),
     )
@@ -51,15 +47,3 @@ def endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
         response[name] = value
     return response
 
-
-class _BodyReader:
-    """Reads a body that is already in memory the way the stream would have been read."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = memoryview(body)
-        self._offset = 0
-
-    def read(self, size: int) -> bytes:
-        chunk = bytes(self._body[self._offset : self._offset + size])
-        self._offset += len(chunk)
-        return chunk
