@@ -10,6 +10,7 @@ import gzip
 import json
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ import inprocserve
 from inprocserve import v2
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 
 NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
 
@@ -434,3 +435,36 @@ def test_a_closed_server_answers_503(served: inprocserve.Server) -> None:
     assert status == 503 and set(document) == {"error"} and "closed" in document["error"]
     status, document, response = call(endpoints, "GET", "/v2/health/ready")
     assert status == 503 and response.headers["Retry-After"] == "1" and "closed" in document["error"]
+
+
+def test_concurrent_protocol_requests_are_coalesced_and_their_timeouts_kept(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository)
+    endpoints = v2.Endpoints(lambda: server)
+    blocker = occupy(server)  # the only session is busy: what follows queues behind it
+    before = version_status(server, "busy")["batches_run"]
+    answers: dict[int, tuple[int, Any, v2.Response]] = {}
+
+    def send(index: int, parameters: dict[str, Any] | None = None) -> None:
+        body, headers = v2.encode_infer_request(busy_inputs(1, seed=index), parameters=parameters)
+        answers[index] = call(endpoints, "POST", "/v2/models/busy/infer", body, headers)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: version_status(server, "busy")["queued_rows"] >= 4)
+    send(4, {"timeout": 1000})  # 1 ms, spent while it waits behind the busy session
+    assert not blocker.done(), "the blocking request finished before the test could use it"
+    blocker.result(timeout=60)
+    for thread in threads:
+        thread.join(timeout=60)
+    batches = version_status(server, "busy")["batches_run"] - before
+    assert answers[4][0] == 504 and list(answers[4][1]) == ["error"]
+    for index in range(4):
+        status, _, response = answers[index]
+        assert status == 200
+        expected = server.predict("busy", busy_inputs(1, seed=index))["y"]
+        outputs = v2.decode_infer_response(response.body, response.headers).outputs
+        np.testing.assert_allclose(outputs["y"], expected, rtol=1e-5)
+    assert batches <= 2, f"the four queued requests should run as one batch (plus the blocker), ran {batches}"
