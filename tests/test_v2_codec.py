@@ -166,6 +166,7 @@ def binary_body(raw: bytes, size: int, *, shape: Any = (1, 4), datatype: str = "
         (lambda: (request_json(x_input([True, False, True, True], datatype="FP32")), {}), "not FP32"),
         (lambda: (request_json(x_input([300, 1, 0, 1], datatype="UINT8")), {}), "do not fit in UINT8"),
         (lambda: (request_json(x_input(["a", "b", "c", "d"])), {}), "holds text, which is not FP32"),
+        (lambda: (request_json(x_input([1e6, 1, 2, 3], datatype="FP16")), {}), "too large for FP16"),
         (lambda: (request_json(x_input([1, 2, 3, 4], datatype="BYTES")), {}), "must be 4 strings"),
         (lambda: (request_json(x_input(_nested(40), shape=[1])), {}), "nested deeper than 32 levels"),
         (lambda: (request_json(x_input(shape=[1, 4])), {}), "neither 'data' nor a binary_data_size"),
@@ -468,3 +469,51 @@ def test_concurrent_protocol_requests_are_coalesced_and_their_timeouts_kept(
         outputs = v2.decode_infer_response(response.body, response.headers).outputs
         np.testing.assert_allclose(outputs["y"], expected, rtol=1e-5)
     assert batches <= 2, f"the four queued requests should run as one batch (plus the blocker), ran {batches}"
+
+
+WEIRD_VALUES: list[Any] = [None, True, -1, 0, 2**70, 1.5, "", "x", "BYTES", [], [[]], [None], {}, {"a": []}, [1, "a"]]
+WEIRD_VALUES += [[[1, 2], [3]], 1e308, -1e308]
+
+
+def _paths(document: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    items = (
+        document.items() if isinstance(document, dict) else enumerate(document) if isinstance(document, list) else ()
+    )
+    for key, value in items:
+        found += _paths(value, (*path, key))
+    return found
+
+
+def test_mangled_requests_only_ever_raise_invalid_input() -> None:
+    """Seeded fuzzing, bounded: valid requests with a JSON node replaced by a strange value, or with bytes
+    flipped, dropped or inserted. Every outcome is a decoded request or an InvalidInputError, never a crash
+    (and, with warnings as errors, never a numpy overflow warning)."""
+    rng = np.random.default_rng(5)
+    arrays = [np.ones((2, 3), np.float32), np.array(["ab", "c"], dtype=object), np.array([True, False])]
+    arrays += [np.arange(4, dtype=np.int64), np.ones((2, 2), np.float16)]
+    bases = []
+    for binary in (True, False):
+        for array in arrays:
+            body, headers = v2.encode_infer_request(
+                {"t": array, "u": np.zeros(2, np.uint8)}, binary=binary, outputs=["y"], parameters={"timeout": 5}
+            )
+            length = int(headers.get(v2.HEADER_LENGTH, len(body)))
+            bases.append((json.loads(body[:length]), body[length:], binary))
+    for _ in range(1500):
+        document, tail, binary = bases[rng.integers(len(bases))]
+        document = json.loads(json.dumps(document))
+        path = _paths(document)[1:][rng.integers(len(_paths(document)) - 1)]
+        parent = document
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = json.loads(json.dumps(WEIRD_VALUES[rng.integers(len(WEIRD_VALUES))]))
+        head = json.dumps(document).encode()
+        body = bytearray(head + tail)
+        if rng.random() < 0.3:
+            position = int(rng.integers(len(body)))
+            body[position : position + 1] = bytes(rng.integers(0, 256, int(rng.integers(0, 3)), dtype=np.uint8))
+        try:
+            v2.decode_infer_request(bytes(body), {v2.HEADER_LENGTH: str(len(head))} if binary else {})
+        except inprocserve.InvalidInputError:
+            pass

@@ -518,6 +518,12 @@ def _from_json(data: object, datatype: str, shape: list[int], name: str, limits:
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
             raise InvalidInputError(f"input {name!r}: values do not fit in {datatype} ({info.min}..{info.max})")
+    if dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            cast = array.astype(dtype)
+        if array.size and (np.isinf(cast) & ~np.isinf(array)).any():
+            raise InvalidInputError(f"input {name!r}: values are too large for {datatype}")
+        return cast.reshape(shape)
     return array.astype(dtype).reshape(shape)
 
 

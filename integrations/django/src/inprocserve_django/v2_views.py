@@ -46,4 +46,3 @@ def endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
     for name, value in answer.headers.items():
         response[name] = value
     return response
-
