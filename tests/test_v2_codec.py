@@ -308,7 +308,17 @@ def test_metadata_health_and_readiness(served: inprocserve.Server) -> None:
     assert status == 503 and document["ready"] is False and "model 'broken' is not ready" in document["error"]
     status, document, _ = call(v2.Endpoints(lambda: served), "GET", "/v2/health/ready")
     assert status == 503 and "broken" in document["error"]
-    for path in ("/v2/models/nope", "/v2/models/nope/ready", "/v2/models/scale/versions/9", "/v2/models/scale/x"):
+    status, document, _ = call(endpoints, "GET", "/v2/models/broken/versions/1/ready")
+    assert status == 503 and "cannot load" in document["error"]
+    for path in (
+        "/v2/models/nope",
+        "/v2/models/nope/ready",
+        "/v2/models/scale/versions/9",
+        "/v2/models/scale/versions/9/ready",
+        "/v2/models/scale/x",
+        "/v2/models",
+        "/v1/models/scale",
+    ):
         status, document, _ = call(endpoints, "GET", path)
         assert status == 404 and set(document) == {"error"}, path
     assert call(endpoints, "GET", "/v2/models/scale/versions/one")[0] == 400

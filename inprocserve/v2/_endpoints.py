@@ -238,7 +238,13 @@ class Endpoints:
         model = server.status()["models"].get(name)
         if model is None:
             raise _unknown_model(server, name)
-        reason = _first_error(model) if not servable else f"version {version} is not servable"
+        if version is not None:
+            entry = model["versions"].get(str(version))
+            if entry is None:  # not on disk, or left out by the version policy: nothing to wait for
+                raise ModelNotFoundError(f"model {name!r} has no version {version}", model=name, version=version)
+            reason = str(entry.get("error") or f"version {version} is {entry.get('state', 'not servable')}")
+        else:
+            reason = _first_error(model)
         return Response.json(
             503,
             {**document, "ready": False, "error": f"model {name!r} is not ready: {reason}"},

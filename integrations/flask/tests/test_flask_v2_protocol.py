@@ -134,6 +134,11 @@ def test_versions_ids_and_errors_through_tritonclient(client: triton.InferenceSe
         client.infer("scale", [tensor("x", np.array([["1"] * 4], dtype=object), binary=True)])
 
 
+def test_a_wrong_method_is_a_json_405(app: Flask) -> None:
+    response = app.test_client().delete("/v2/models/scale")
+    assert response.status_code == 405 and response.headers["Allow"] == "GET" and list(response.json) == ["error"]
+
+
 def test_off_by_default(repository: Path) -> None:
     app = make_app(repository, INPROCSERVE_V2_PROTOCOL=False)
     assert app.test_client().get("/v2/health/live").status_code == 404

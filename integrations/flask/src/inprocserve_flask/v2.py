@@ -30,8 +30,10 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
     make_context = config["INPROCSERVE_CONTEXT"] or default_context
     routes = Blueprint("inprocserve_v2", __name__)
 
-    @routes.route("/v2", methods=["GET", "POST"], strict_slashes=False)
-    @routes.route("/v2/<path:rest>", methods=["GET", "POST"])
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # the protocol answers a wrong one with a JSON 405
+
+    @routes.route("/v2", methods=methods, strict_slashes=False)
+    @routes.route("/v2/<path:rest>", methods=methods)
     def protocol(rest: str = "") -> Response:
         answer = endpoints.handle(
             request.method,
