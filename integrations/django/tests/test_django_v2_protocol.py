@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import tritonclient.http as triton
+from django.core.checks import run_checks
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client, override_settings
 from inprocserve_django import get_server, reset_server
@@ -107,6 +108,12 @@ def test_a_body_larger_than_django_s_upload_limit_is_served(client: triton.Infer
     x = np.random.default_rng(3).standard_normal((3000, 256)).astype(np.float32)  # 3 MB
     result = client.infer("wide", [tensor("x", x, binary=True)])
     np.testing.assert_array_equal(result.as_numpy("y"), direct(served, "wide", {"x": x})[0])
+
+
+def test_a_system_check_catches_bad_limits(repository: Path) -> None:
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "V2_PROTOCOL": True, "V2_LIMITS": {"a": 1}}):
+        errors = [m for m in run_checks() if m.id == "inprocserve.E003"]
+    assert len(errors) == 1 and "V2_LIMITS" in errors[0].msg
 
 
 def test_off_unless_the_setting_is_on(repository: Path) -> None:
