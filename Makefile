@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python benchmarks/coalescing.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/python benchmarks/performance.py
+	$(BIN)/python benchmarks/protocol_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
