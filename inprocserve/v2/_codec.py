@@ -497,7 +497,10 @@ def _from_json(data: object, datatype: str, shape: list[int], name: str, limits:
     if not isinstance(data, list):
         data = [data]  # a lone scalar, for a tensor of one element
     if datatype == "BYTES":
-        flat = np.array(data, dtype=object).reshape(-1) if depth > 1 else np.array(data, dtype=object)
+        try:
+            flat = np.array(data, dtype=object).reshape(-1)
+        except ValueError:  # ragged nesting
+            flat = np.array([None], dtype=object)
         if flat.size != count or any(not isinstance(x, str) for x in flat):
             raise InvalidInputError(f"input {name!r}: BYTES 'data' must be {count} strings for shape {shape}")
         return flat.reshape(shape)
