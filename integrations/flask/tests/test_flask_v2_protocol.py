@@ -139,6 +139,11 @@ def test_a_wrong_method_is_a_json_405(app: Flask) -> None:
     assert response.status_code == 405 and response.headers["Allow"] == "GET" and list(response.json) == ["error"]
 
 
+def test_bad_limits_fail_at_init_app(repository: Path) -> None:
+    with pytest.raises(TypeError, match=r"limits must be an inprocserve\.v2\.Limits, got dict"):
+        make_app(repository, INPROCSERVE_V2_LIMITS={"max_body_bytes": 10})
+
+
 def test_off_by_default(repository: Path) -> None:
     app = make_app(repository, INPROCSERVE_V2_PROTOCOL=False)
     assert app.test_client().get("/v2/health/live").status_code == 404
