@@ -70,6 +70,7 @@ docs-screenshot: install system-deps
 dist: install
 	rm -rf $(DIST)
 	$(BIN)/python tests/dist_build.py $(DIST)
+	$(BIN)/python benchmarks/protocol_overhead.py
 
 clean:
 	rm -rf $(VENV) $(DIST) .pytest_cache .mypy_cache .ruff_cache

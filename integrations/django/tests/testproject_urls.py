@@ -34,4 +34,5 @@ urlpatterns = [
     path("unknown", unknown),
     path("user-loaded", user_loaded),
     path("-/inprocserve/", include("inprocserve_django.urls")),
+    path("", include("inprocserve_django.v2_urls")),
 ]

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.checks import Error, Tags, Warning, register
 
 import inprocserve
+from inprocserve import v2
 from inprocserve._repository import scan_repository
 
 from .conf import DEFAULTS, settings, unknown_keys
@@ -60,6 +61,14 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     id="inprocserve.E003",
                 )
             )
+    if config["V2_LIMITS"] is not None and not isinstance(config["V2_LIMITS"], v2.Limits):
+        messages.append(
+            Error(
+                f"INPROCSERVE['V2_LIMITS'] must be an inprocserve.v2.Limits, got {type(config['V2_LIMITS']).__name__}.",
+                hint="Build it with inprocserve.v2.Limits(max_body_bytes=..., max_elements=...).",
+                id="inprocserve.E008",
+            )
+        )
     models = config["MODELS"]
     if not isinstance(models, dict):
         messages.append(Error("INPROCSERVE['MODELS'] must be a dict of name -> ModelConfig.", id="inprocserve.E005"))

@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "REQUIRED_MODELS": [],  # models /ready waits for (default: every model found)
     "STATUS_PAGE": False,  # serve the HTML status page at <prefix>status (needs STATUS_PAGE_TOKEN)
     "STATUS_PAGE_TOKEN": None,  # a long random string; send it as a Bearer token or Basic password
+    "V2_PROTOCOL": False,  # serve the Open Inference Protocol (include inprocserve_django.v2_urls)
+    "V2_LIMITS": None,  # an inprocserve.v2.Limits: caps on protocol requests
 }
 
 

@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "INPROCSERVE_RETRY_AFTER_S": 1,
     "INPROCSERVE_DEADLINE_HEADER": "X-Request-Timeout-Ms",  # remaining budget sent by the caller or proxy
     "INPROCSERVE_TIMEOUT_S": None,  # default budget of a view
+    "INPROCSERVE_V2_PROTOCOL": False,  # serve the Open Inference Protocol at /v2 (docs/protocol.md)
+    "INPROCSERVE_V2_LIMITS": None,  # an inprocserve.v2.Limits: caps on protocol requests
 }
 
 ERROR_STATUS: dict[type[Exception], int] = {
@@ -153,6 +155,10 @@ class Inprocserve:
             app.register_blueprint(_blueprint(app.config), url_prefix=app.config["INPROCSERVE_URL_PREFIX"])
         elif app.config["INPROCSERVE_STATUS_PAGE"]:
             raise inprocserve.ConfigurationError("INPROCSERVE_STATUS_PAGE needs INPROCSERVE_ENDPOINTS = True")
+        if app.config["INPROCSERVE_V2_PROTOCOL"]:
+            from .v2 import blueprint as v2_blueprint
+
+            app.register_blueprint(v2_blueprint(app.config))
         if app.config["INPROCSERVE_EAGER"]:
             # Check now, so a broken repository fails the start-up; build in each worker after the fork,
             # never here: this may be a pre-forking master, which must hold no onnxruntime state.

@@ -1,0 +1,560 @@
+"""Inference requests and responses of the Open Inference Protocol (KServe v2 REST), as bytes <-> numpy.
+
+Covers JSON tensors and the binary tensor data extension: with an ``Inference-Header-Content-Length``
+header, the body is that many bytes of JSON followed by the raw tensors, in the order the JSON lists
+them, each as long as its ``binary_data_size`` parameter says. Numbers are little-endian; a ``BYTES``
+element is a 4-byte little-endian length followed by that many bytes; ``BOOL`` is one byte.
+
+Everything here is pure (no I/O, no server) and treats the body as hostile: sizes, element counts,
+ranks and nesting are capped by :class:`Limits`, and every way a request can be wrong raises
+:class:`~inprocserve.InvalidInputError` with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._errors import ConfigurationError, InvalidInputError
+from .._prediction import Prediction
+from ._datatypes import DATATYPES, datatype_of, numpy_dtype
+
+__all__ = [
+    "HEADER_LENGTH",
+    "InferRequest",
+    "InferResponse",
+    "Limits",
+    "RequestedOutput",
+    "decode_infer_request",
+    "decode_infer_response",
+    "encode_infer_request",
+    "encode_infer_response",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+"""The binary tensor data extension's header: how many leading bytes of the body are JSON."""
+
+_LENGTH = struct.Struct("<I")
+_SCALAR = (str, int, float, bool)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Caps on what one request may ask of the server; anything over them is a 400, never a crash.
+
+    Thread-safe: immutable.
+    """
+
+    max_body_bytes: int = 64 * 2**20
+    """Largest request body, after any ``Content-Encoding`` is undone."""
+    max_elements: int = 16 * 2**20
+    """Most tensor elements in one request, over all its inputs."""
+    max_json_depth: int = 32
+    """Deepest nesting of JSON ``data`` arrays (a flat row-major list has depth 1)."""
+    max_tensors: int = 64
+    """Most inputs, and most requested outputs, in one request."""
+    max_rank: int = 16
+    """Most dimensions of one tensor."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_elements", "max_json_depth", "max_tensors", "max_rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"Limits.{name} must be an int >= 1, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """An output the client asked for; ``binary`` is ``None`` when the request-wide default applies."""
+
+    name: str
+    binary: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """A decoded inference request.
+
+    Attributes:
+        inputs: Input name -> array of the datatype and shape the request declared.
+        datatypes: Input name -> the datatype as sent.
+        outputs: The outputs asked for, in order, or ``None`` for every output of the model.
+        parameters: The request's ``parameters``, as sent (``timeout``, ``user_id`` and any others).
+        id: The request's ``id``, echoed in the response.
+        binary_output: Whether outputs without their own ``binary_data`` parameter are sent binary.
+        timeout_s: The ``timeout`` parameter (microseconds on the wire) in seconds; ``None`` or 0 is none.
+        user_id: The ``user_id`` parameter, as a string, for rollout decisions.
+    """
+
+    inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str]
+    outputs: tuple[RequestedOutput, ...] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    binary_output: bool = False
+    timeout_s: float | None = None
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InferResponse:
+    """A decoded inference response (what a client reads back)."""
+
+    model_name: str
+    model_version: str | None
+    outputs: dict[str, np.ndarray]
+    parameters: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+
+# -- server side: decode a request, encode a response -------------------------------------------------------
+
+
+def decode_infer_request(body: bytes, headers: Mapping[str, str], *, limits: Limits | None = None) -> InferRequest:
+    """Decode an inference request body (JSON, or JSON followed by binary tensors).
+
+    Args:
+        body: The whole request body, with any ``Content-Encoding`` already undone.
+        headers: The request headers (looked up case-insensitively).
+        limits: The caps to enforce (default :class:`Limits`).
+
+    Raises:
+        InvalidInputError: the body is too large, not JSON, nested too deep, not an inference request,
+            declares an unknown datatype or a bad shape, holds more elements than allowed, or its binary
+            section does not match what the JSON declares.
+    """
+    limits = limits or Limits()
+    if len(body) > limits.max_body_bytes:
+        raise InvalidInputError(
+            f"the request body is {len(body)} bytes, more than the {limits.max_body_bytes} allowed; "
+            "send fewer rows per request"
+        )
+    json_length = _header_length(headers, len(body))
+    document = _parse_json(body if json_length is None else body[:json_length])
+    binary = memoryview(body)[len(body) if json_length is None else json_length :]
+    if not isinstance(document, dict):
+        raise InvalidInputError("the request body must be a JSON object with an 'inputs' list")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInputError(f"'id' must be a string, got {type(request_id).__name__}")
+    parameters = _parameters(document.get("parameters"), "the request")
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInputError("the request needs an 'inputs' list with at least one tensor")
+    if len(raw_inputs) > limits.max_tensors:
+        raise InvalidInputError(f"the request has {len(raw_inputs)} inputs, more than the {limits.max_tensors} allowed")
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    offset = 0
+    elements = 0
+    for index, raw in enumerate(raw_inputs):
+        name, datatype, shape, tensor_parameters = _tensor_header(raw, index, limits)
+        if name in inputs:
+            raise InvalidInputError(f"input {name!r} appears twice; send each input once")
+        count = math.prod(shape)
+        elements += count
+        if elements > limits.max_elements:
+            raise InvalidInputError(
+                f"the request holds more than {limits.max_elements} tensor elements (input {name!r} has "
+                f"shape {shape}); send fewer rows per request"
+            )
+        size = tensor_parameters.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidInputError(f"input {name!r}: binary_data_size must be an int >= 0, got {size!r}")
+            if "data" in raw:
+                raise InvalidInputError(f"input {name!r}: has both 'data' and binary_data_size; send one of them")
+            if offset + size > len(binary):
+                raise InvalidInputError(
+                    f"input {name!r}: binary_data_size {size} runs past the end of the binary section "
+                    f"({len(binary) - offset} bytes left); check {HEADER_LENGTH} and the sizes"
+                )
+            array = _from_binary(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        elif "data" in raw:
+            array = _from_json(raw["data"], datatype, shape, name, limits)
+        else:
+            raise InvalidInputError(f"input {name!r}: has neither 'data' nor a binary_data_size parameter")
+        inputs[name] = array
+        datatypes[name] = datatype
+    if offset != len(binary):
+        raise InvalidInputError(
+            f"the binary section has {len(binary)} bytes but the inputs' binary_data_size add up to {offset}"
+        )
+    binary_output = parameters.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise InvalidInputError(f"parameter binary_data_output must be true or false, got {binary_output!r}")
+    return InferRequest(
+        inputs=inputs,
+        datatypes=datatypes,
+        outputs=_requested_outputs(document.get("outputs"), limits),
+        parameters=parameters,
+        id=request_id,
+        binary_output=binary_output,
+        timeout_s=_timeout_s(parameters.get("timeout")),
+        user_id=_user_id(parameters.get("user_id")),
+    )
+
+
+def encode_infer_response(
+    prediction: Prediction | Mapping[str, Any],
+    requested: Sequence[RequestedOutput] | None = None,
+    *,
+    binary: bool = False,
+    model_name: str | None = None,
+    model_version: int | str | None = None,
+    request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """Encode outputs as a response body; returns ``(body, headers)``.
+
+    Args:
+        prediction: The answer (a :class:`~inprocserve.Prediction` names its model and version itself).
+        requested: The outputs to send, in order; ``None`` sends every output.
+        binary: Send outputs without their own choice as binary tensors.
+
+    Raises:
+        InvalidInputError: a requested output is not an output of the model.
+        TypeError: an output has a numpy dtype the protocol cannot carry.
+    """
+    if isinstance(prediction, Prediction):
+        model_name = prediction.model if model_name is None else model_name
+        model_version = prediction.version if model_version is None else model_version
+    wanted = [RequestedOutput(name) for name in prediction] if requested is None else list(requested)
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for output in wanted:
+        if output.name not in prediction:
+            raise InvalidInputError(
+                f"output {output.name!r} is not an output of model {model_name!r}; outputs: {', '.join(prediction)}"
+            )
+        array = np.asarray(prediction[output.name])
+        entry: dict[str, Any] = {"name": output.name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
+        if binary if output.binary is None else output.binary:
+            raw = _to_binary(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _to_json(array)
+        outputs.append(entry)
+    document: dict[str, Any] = {"model_name": model_name}
+    if model_version is not None:
+        document["model_version"] = str(model_version)
+    if request_id is not None:
+        document["id"] = request_id
+    if parameters:
+        document["parameters"] = dict(parameters)
+    document["outputs"] = outputs
+    return _assemble(document, chunks)
+
+
+# -- client side: encode a request, decode a response -------------------------------------------------------
+
+
+def encode_infer_request(
+    inputs: Mapping[str, Any],
+    *,
+    binary: bool = True,
+    outputs: Iterable[str] | None = None,
+    binary_output: bool = True,
+    request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """Encode arrays as an inference request body; returns ``(body, headers)``.
+
+    Args:
+        inputs: Input name -> array-like (its numpy dtype picks the datatype).
+        binary: Send the inputs as binary tensors (else JSON ``data``).
+        outputs: The outputs to ask for (default: all).
+        binary_output: Ask for the outputs as binary tensors.
+    """
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array.dtype)}
+        if binary:
+            raw = _to_binary(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _to_json(array)
+        tensors.append(entry)
+    document: dict[str, Any] = {}
+    if request_id is not None:
+        document["id"] = request_id
+    merged = dict(parameters or {})
+    if outputs is None:
+        merged["binary_data_output"] = binary_output
+    document["inputs"] = tensors
+    if outputs is not None:
+        document["outputs"] = [{"name": name, "parameters": {"binary_data": binary_output}} for name in outputs]
+    if merged:
+        document["parameters"] = merged
+    return _assemble(document, chunks)
+
+
+def decode_infer_response(body: bytes, headers: Mapping[str, str], *, limits: Limits | None = None) -> InferResponse:
+    """Decode an inference response body (JSON, or JSON followed by binary tensors).
+
+    Raises:
+        InvalidInputError: the body is not a well-formed inference response.
+    """
+    limits = limits or Limits()
+    json_length = _header_length(headers, len(body))
+    document = _parse_json(body if json_length is None else body[:json_length])
+    if not isinstance(document, dict) or not isinstance(document.get("outputs"), list):
+        raise InvalidInputError("the response body is not an inference response (no 'outputs' list)")
+    binary = memoryview(body)[len(body) if json_length is None else json_length :]
+    outputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for index, raw in enumerate(document["outputs"]):
+        name, datatype, shape, tensor_parameters = _tensor_header(raw, index, limits)
+        size = tensor_parameters.get("binary_data_size")
+        if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= len(binary) - offset:
+            outputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        elif size is None and "data" in raw:
+            outputs[name] = _from_json(raw["data"], datatype, shape, name, limits)
+        else:
+            raise InvalidInputError(f"output {name!r}: no data, or a binary_data_size that does not fit the body")
+    version = document.get("model_version")
+    return InferResponse(
+        model_name=str(document.get("model_name", "")),
+        model_version=None if version is None else str(version),
+        outputs=outputs,
+        parameters=document.get("parameters") or {},
+        id=document.get("id"),
+    )
+
+
+# -- pieces ----------------------------------------------------------------------------------------------------
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:  # a plain dict: compare names case-insensitively, as HTTP does
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value
+
+
+def _header_length(headers: Mapping[str, str], body_length: int) -> int | None:
+    raw = _header(headers, HEADER_LENGTH)
+    if raw is None:
+        return None
+    try:
+        length = int(raw)
+    except ValueError:
+        raise InvalidInputError(f"{HEADER_LENGTH} must be an integer, got {raw[:40]!r}") from None
+    if not 0 <= length <= body_length:
+        raise InvalidInputError(f"{HEADER_LENGTH} is {length}, outside the body's {body_length} bytes")
+    return length
+
+
+def _parse_json(raw: bytes | memoryview) -> Any:
+    try:
+        return json.loads(bytes(raw))
+    except RecursionError:
+        raise InvalidInputError("the request JSON is nested too deeply to parse") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"the request JSON is malformed: {exc}") from None
+
+
+def _parameters(raw: object, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidInputError(f"{where}: 'parameters' must be a JSON object, got {type(raw).__name__}")
+    for key, value in raw.items():
+        if value is not None and not isinstance(value, _SCALAR):
+            raise InvalidInputError(f"{where}: parameter {key!r} must be a string, number or boolean")
+    return raw
+
+
+def _tensor_header(raw: object, index: int, limits: Limits) -> tuple[str, str, list[int], dict[str, Any]]:
+    if not isinstance(raw, dict):
+        raise InvalidInputError(f"tensor #{index} must be a JSON object with name, shape, datatype")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"tensor #{index}: 'name' must be a non-empty string")
+    datatype = raw.get("datatype")
+    numpy_dtype(datatype, tensor=name)  # raises for an unknown datatype
+    assert isinstance(datatype, str)
+    shape = raw.get("shape")
+    if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        raise InvalidInputError(f"tensor {name!r}: 'shape' must be a list of ints >= 0, got {shape!r}")
+    if len(shape) > limits.max_rank:
+        raise InvalidInputError(f"tensor {name!r}: {len(shape)} dimensions, more than the {limits.max_rank} allowed")
+    if any(d > limits.max_elements for d in shape):  # also keeps math.prod small
+        raise InvalidInputError(f"tensor {name!r}: shape {shape} has more than {limits.max_elements} elements")
+    tensor_parameters = _parameters(raw.get("parameters"), f"tensor {name!r}")
+    for unsupported in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"):
+        if unsupported in tensor_parameters:
+            raise InvalidInputError(f"tensor {name!r}: the shared memory extension is not supported; send the data")
+    return name, datatype, shape, tensor_parameters
+
+
+def _requested_outputs(raw: object, limits: Limits) -> tuple[RequestedOutput, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) > limits.max_tensors:
+        raise InvalidInputError(f"'outputs' must be a list of at most {limits.max_tensors} {{'name': ...}} objects")
+    requested: list[RequestedOutput] = []
+    for index, entry in enumerate(raw):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError(f"outputs #{index}: must be an object with a non-empty 'name'")
+        assert isinstance(entry, dict)
+        parameters = _parameters(entry.get("parameters"), f"output {name!r}")
+        if parameters.get("classification"):
+            raise InvalidInputError(f"output {name!r}: the classification extension is not supported")
+        if "shared_memory_region" in parameters:
+            raise InvalidInputError(f"output {name!r}: the shared memory extension is not supported")
+        binary = parameters.get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise InvalidInputError(f"output {name!r}: binary_data must be true or false, got {binary!r}")
+        if any(r.name == name for r in requested):
+            raise InvalidInputError(f"output {name!r} is requested twice")
+        requested.append(RequestedOutput(name, binary))
+    return tuple(requested)
+
+
+def _timeout_s(raw: object) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not raw >= 0 or not math.isfinite(raw):
+        raise InvalidInputError(f"parameter timeout must be a number of microseconds >= 0, got {raw!r}")
+    return None if raw == 0 else raw / 1e6
+
+
+def _user_id(raw: object) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise InvalidInputError(f"parameter user_id must be a string or an integer, got {raw!r}")
+    return str(raw)
+
+
+def _from_binary(raw: memoryview, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return np.array(_split_bytes(raw, count, name), dtype=object).reshape(shape)
+    dtype = DATATYPES[datatype]
+    if datatype == "BOOL":
+        dtype = np.dtype(np.uint8)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInputError(
+            f"input {name!r}: shape {shape} of {datatype} needs {expected} bytes, but binary_data_size is {len(raw)}"
+        )
+    # Copied: the body's buffer may be unaligned and is read-only; the model gets an ordinary array.
+    array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype.newbyteorder("="))
+    if datatype == "BOOL":
+        array = array != 0
+    return array.reshape(shape)
+
+
+def _split_bytes(raw: memoryview, count: int, name: str) -> list[str]:
+    elements: list[str] = []
+    offset = 0
+    for _ in range(count):
+        if offset + 4 > len(raw):
+            raise InvalidInputError(f"input {name!r}: the BYTES data ends before its {count} elements")
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidInputError(f"input {name!r}: a BYTES element of {length} bytes runs past its data")
+        try:
+            elements.append(str(raw[offset : offset + length], "utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInputError(
+                f"input {name!r}: BYTES element #{len(elements)} is not UTF-8 text (models take ONNX string tensors)"
+            ) from None
+        offset += length
+    if offset != len(raw):
+        raise InvalidInputError(f"input {name!r}: {len(raw) - offset} bytes left over after its {count} BYTES elements")
+    return elements
+
+
+def _from_json(data: object, datatype: str, shape: list[int], name: str, limits: Limits) -> np.ndarray:
+    count = math.prod(shape)
+    depth = 0
+    probe = data
+    while isinstance(probe, list):
+        depth += 1
+        if depth > limits.max_json_depth:
+            raise InvalidInputError(
+                f"input {name!r}: 'data' is nested deeper than {limits.max_json_depth} levels; send a flat list"
+            )
+        probe = probe[0] if probe else None
+    if not isinstance(data, list):
+        data = [data]  # a lone scalar, for a tensor of one element
+    if datatype == "BYTES":
+        try:
+            flat = np.array(data, dtype=object).reshape(-1)
+        except ValueError:  # ragged nesting
+            flat = np.array([None], dtype=object)
+        if flat.size != count or any(not isinstance(x, str) for x in flat):
+            raise InvalidInputError(f"input {name!r}: BYTES 'data' must be {count} strings for shape {shape}")
+        return flat.reshape(shape)
+    try:
+        array = np.array(data)
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidInputError(
+            f"input {name!r}: 'data' must be a list of numbers (flat, row-major) or rectangular nested lists"
+        ) from None
+    if array.size != count:
+        raise InvalidInputError(f"input {name!r}: 'data' holds {array.size} values but shape {shape} needs {count}")
+    dtype = DATATYPES[datatype]
+    kinds = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]  # never bools as numbers, or floats as ints
+    if array.size and array.dtype.kind not in kinds:
+        what = "text" if array.dtype.kind == "U" else "values of mixed or unsupported types"
+        raise InvalidInputError(f"input {name!r}: 'data' holds {what}, which is not {datatype}")
+    if dtype.kind in "iu" and array.size and array.dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInputError(f"input {name!r}: values do not fit in {datatype} ({info.min}..{info.max})")
+    if dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            cast = array.astype(dtype)
+        if array.size and (np.isinf(cast) & ~np.isinf(array)).any():
+            raise InvalidInputError(f"input {name!r}: values are too large for {datatype}")
+        return cast.reshape(shape)
+    return array.astype(dtype).reshape(shape)
+
+
+def _to_binary(array: np.ndarray) -> bytes:
+    if array.dtype.kind in "OSU":
+        parts: list[bytes] = []
+        for element in array.reshape(-1):
+            raw = element if isinstance(element, bytes) else str(element).encode()
+            parts.append(_LENGTH.pack(len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _to_json(array: np.ndarray) -> list[Any]:
+    if array.dtype.kind in "OSU":
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in array.reshape(-1)]
+    flat: list[Any] = array.reshape(-1).tolist()
+    return flat
+
+
+def _assemble(document: dict[str, Any], chunks: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if not chunks:
+        return header, {"Content-Type": "application/json"}
+    return b"".join([header, *chunks]), {
+        "Content-Type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }

@@ -1,0 +1,384 @@
+"""The protocol's REST endpoints for a :class:`~inprocserve.Server`, independent of any web framework.
+
+The Flask and Django plug-ins hand each request under ``/v2`` to :meth:`Endpoints.handle` with the
+method, path, headers, a way to read the body, and the app's rollout context and time budget; they
+get back a :class:`Response` to send. So both plug-ins answer alike, and an inference goes through
+``Server.predict`` like any other request: validation, coalescing, rollouts, deadlines, telemetry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import (
+    DeadlineExceededError,
+    InprocserveError,
+    InvalidInputError,
+    ModelNotFoundError,
+    OverloadedError,
+    ServerClosedError,
+)
+from .._server import Server
+from ._codec import Limits, _header, decode_infer_request, encode_infer_response
+from ._datatypes import datatype_of_onnx
+
+__all__ = ["Endpoints", "Response", "model_metadata", "server_metadata", "server_readiness"]
+
+logger = logging.getLogger(__name__)
+
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ("binary_tensor_data", "parameters")
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What to send back: status code, body bytes and headers."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:
+        body = json.dumps(document, separators=(",", ":")).encode()
+        return cls(status, body, {"Content-Type": "application/json", **(headers or {})})
+
+
+def server_metadata() -> dict[str, Any]:
+    """``GET /v2``: the server's name, version and protocol extensions."""
+    from .. import __version__
+
+    return {"name": "inprocserve", "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata(server: Server, name: str, version: int | None = None) -> dict[str, Any]:
+    """``GET /v2/models/<name>[/versions/<version>]``: versions, platform, inputs and outputs.
+
+    Without ``version`` the signature is the default (stable) version's. Dynamic dimensions are -1.
+
+    Raises:
+        ModelNotFoundError: the model, or that version of it, is not servable.
+    """
+    servable = server.models.get(name)
+    model = server.status()["models"].get(name)
+    if not servable or model is None:
+        known = ", ".join(sorted(server.models)) or "none"
+        raise ModelNotFoundError(f"unknown model {name!r} (servable models: {known})", model=name)
+    number = model["default_version"] if version is None else version
+    entry = model["versions"].get(str(number))
+    if number not in servable or entry is None or entry.get("signature") is None:
+        raise ModelNotFoundError(
+            f"model {name!r} has no servable version {number} (servable: {', '.join(map(str, servable))})",
+            model=name,
+            version=version,
+        )
+    signature = entry["signature"]
+    return {
+        "name": name,
+        "versions": [str(v) for v in servable],
+        "platform": PLATFORM,
+        "inputs": [_tensor_metadata(spec) for spec in signature["inputs"]],
+        "outputs": [_tensor_metadata(spec) for spec in signature["outputs"]],
+    }
+
+
+def server_readiness(server: Server, required: Sequence[str] | None = None) -> dict[str, str]:
+    """Why the server is not ready (model name -> reason; empty when ready).
+
+    Ready means open, with at least one model, and every model in ``required`` (default: every model
+    found) servable.
+    """
+    status = server.status()
+    if status["closed"]:
+        return {"": "the server is closed"}
+    names = list(required) if required else list(status["models"])
+    if not names:
+        return {"": "no model is loaded"}
+    problems = {}
+    for name in names:
+        model = status["models"].get(name)
+        if model is None:
+            problems[name] = "not in the repository"
+        elif not model["ready"]:
+            problems[name] = model.get("config_error") or _first_error(model)
+    return problems
+
+
+class Endpoints:
+    """Answers the protocol's REST requests for the server that ``server()`` returns.
+
+    Thread-safe: holds configuration only; every call works on its own request.
+
+    Args:
+        server: Returns the app's server (the plug-ins build theirs lazily, once per process).
+        limits: Caps on request bodies (default :class:`Limits`).
+        required_models: Models ``/v2/health/ready`` waits for (default: every model found).
+        retry_after_s: The ``Retry-After`` of a 503.
+    """
+
+    def __init__(
+        self,
+        server: Callable[[], Server],
+        *,
+        limits: Limits | None = None,
+        required_models: Sequence[str] = (),
+        retry_after_s: float = 1,
+    ) -> None:
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits must be an inprocserve.v2.Limits, got {type(limits).__name__}")
+        self._server = server
+        self._limits = limits or Limits()
+        self._required = tuple(required_models)
+        self._retry_after = str(int(max(1, retry_after_s)))
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        read: Callable[[int], bytes],
+        *,
+        context: Callable[[], Mapping[str, Any]] = dict,
+        budget_s: Callable[[], float | None] = lambda: None,
+    ) -> Response:
+        """Answer one request.
+
+        Args:
+            method: The HTTP method.
+            path: The path from the mount point, such as ``/v2/models/fraud/infer``.
+            headers: The request headers.
+            read: Reads up to ``n`` more bytes of the body (``b""`` at its end).
+            context: The app's rollout context for this request (its ``user_id`` wins over the
+                request's ``user_id`` parameter).
+            budget_s: The app's remaining time budget for this request, or ``None``.
+
+        Errors become ``{"error": "..."}`` with 400 (bad request), 404 (unknown model, version or
+        path), 405, 503 (overloaded, closed, not ready) or 504 (deadline); an inference that fails
+        inside onnxruntime is a 500.
+        """
+        try:
+            return self._route(method.upper(), path, headers, read, context, budget_s)
+        except InvalidInputError as exc:
+            return _error(400, exc)
+        except ModelNotFoundError as exc:
+            return _error(404, exc)
+        except (OverloadedError, ServerClosedError) as exc:
+            return _error(503, exc, {"Retry-After": self._retry_after})
+        except DeadlineExceededError as exc:
+            return _error(504, exc)
+        except InprocserveError as exc:
+            logger.warning("Open Inference Protocol request %s %s failed: %s", method, path, exc)
+            return _error(500, exc)
+
+    def _route(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        read: Callable[[int], bytes],
+        context: Callable[[], Mapping[str, Any]],
+        budget_s: Callable[[], float | None],
+    ) -> Response:
+        parts = path.strip("/").split("/")
+        if parts[0] != "v2":
+            return _not_found(path)
+        rest = parts[1:]
+        if rest == [] or rest in (["health", "live"], ["health", "ready"]):
+            if method not in ("GET", "HEAD"):
+                return _not_allowed("GET")
+            if rest == []:
+                return Response.json(200, server_metadata())
+            if rest[1] == "live":
+                return Response.json(200, {"live": True})  # the process answers; models are /ready's business
+            problems = server_readiness(self._server(), self._required)
+            if problems:
+                reasons = "; ".join(f"{name}: {why}" if name else why for name, why in problems.items())
+                return Response.json(
+                    503, {"ready": False, "error": f"not ready: {reasons}"}, {"Retry-After": self._retry_after}
+                )
+            return Response.json(200, {"ready": True})
+        if len(rest) < 2 or rest[0] != "models" or not rest[1]:
+            return _not_found(path)
+        name = rest[1]
+        tail = rest[2:]
+        version = None
+        if tail[:1] == ["versions"]:
+            if len(tail) < 2:
+                return _not_found(path)
+            version = _version(tail[1])
+            tail = tail[2:]
+        if tail == []:
+            if method not in ("GET", "HEAD"):
+                return _not_allowed("GET")
+            return Response.json(200, model_metadata(self._server(), name, version))
+        if tail == ["ready"]:
+            if method not in ("GET", "HEAD"):
+                return _not_allowed("GET")
+            return self._model_ready(name, version)
+        if tail == ["infer"]:
+            if method != "POST":
+                return _not_allowed("POST")
+            return self._infer(name, version, headers, read, context, budget_s)
+        return _not_found(path)
+
+    def _model_ready(self, name: str, version: int | None) -> Response:
+        server = self._server()
+        servable = server.models.get(name)
+        document: dict[str, Any] = {"name": name}
+        if version is not None:
+            document["version"] = str(version)
+        if servable and (version is None or version in servable):
+            return Response.json(200, {**document, "ready": True})
+        model = server.status()["models"].get(name)
+        if model is None:
+            raise _unknown_model(server, name)
+        if version is not None:
+            entry = model["versions"].get(str(version))
+            if entry is None:  # not on disk, or left out by the version policy: nothing to wait for
+                raise ModelNotFoundError(f"model {name!r} has no version {version}", model=name, version=version)
+            reason = str(entry.get("error") or f"version {version} is {entry.get('state', 'not servable')}")
+        else:
+            reason = _first_error(model)
+        return Response.json(
+            503,
+            {**document, "ready": False, "error": f"model {name!r} is not ready: {reason}"},
+            {"Retry-After": self._retry_after},
+        )
+
+    def _infer(
+        self,
+        name: str,
+        version: int | None,
+        headers: Mapping[str, str],
+        read: Callable[[int], bytes],
+        context: Callable[[], Mapping[str, Any]],
+        budget_s: Callable[[], float | None],
+    ) -> Response:
+        body = self._read_body(headers, read)
+        request = decode_infer_request(body, headers, limits=self._limits)
+        routing = dict(context())
+        if request.user_id is not None and "user_id" not in routing:
+            routing["user_id"] = request.user_id
+        budget = budget_s()
+        if request.timeout_s is not None:
+            budget = request.timeout_s if budget is None else min(budget, request.timeout_s)
+        if budget is not None and budget <= 0:
+            raise DeadlineExceededError(
+                f"model {name!r}: the request's time budget was spent before inference", model=name, version=version
+            )
+        server = self._server()
+        try:
+            prediction = server.predict(name, request.inputs, version=version, context=routing, timeout_s=budget)
+        except InvalidInputError as exc:
+            raise _explain_bytes(exc, server, name, version, request.datatypes) from None
+        body, response_headers = encode_infer_response(
+            prediction,
+            request.outputs,
+            binary=request.binary_output,
+            request_id=request.id,
+            parameters={"inprocserve_variant": prediction.variant, "inprocserve_request_id": prediction.request_id},
+        )
+        return Response(200, body, response_headers)
+
+    def _read_body(self, headers: Mapping[str, str], read: Callable[[int], bytes]) -> bytes:
+        limit = self._limits.max_body_bytes
+        declared = _header(headers, "Content-Length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            raise _too_large(int(declared), limit)
+        chunks: list[bytes] = []
+        total = 0
+        while True:  # bounded: each pass reads at least one byte, and stops past the limit
+            chunk = read(min(_READ_CHUNK, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(total, limit)
+        body = b"".join(chunks)
+        encoding = (_header(headers, "Content-Encoding") or "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        if encoding not in ("gzip", "deflate"):
+            raise InvalidInputError(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+        inflater = zlib.decompressobj(47)  # 32 + 15: zlib or gzip framing, detected from the header
+        try:
+            inflated = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise InvalidInputError(f"the {encoding} request body cannot be decompressed: {exc}") from None
+        if len(inflated) > limit or inflater.unconsumed_tail:
+            raise _too_large(len(inflated), limit)
+        if not inflater.eof:
+            raise InvalidInputError(f"the {encoding} request body is truncated")
+        return inflated
+
+
+def _unknown_model(server: Server, name: str) -> ModelNotFoundError:
+    known = ", ".join(sorted(server.models)) or "none"
+    return ModelNotFoundError(f"unknown model {name!r} (servable models: {known})", model=name)
+
+
+def _version(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidInputError(f"model version must be a positive integer, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _explain_bytes(
+    error: InvalidInputError, server: Server, name: str, version: int | None, datatypes: Mapping[str, str]
+) -> InvalidInputError:
+    """Say so plainly when text (BYTES) was sent to a numeric input; the signature's own message is
+    about numpy dtypes."""
+    sent_text = [input_name for input_name, datatype in datatypes.items() if datatype == "BYTES"]
+    if not sent_text:
+        return error
+    try:
+        metadata = model_metadata(server, name, version)
+    except ModelNotFoundError:
+        return error
+    for spec in metadata["inputs"]:
+        if spec["name"] in sent_text and spec["datatype"] != "BYTES":
+            return InvalidInputError(
+                f"input {spec['name']!r} was sent as BYTES, but model {name!r} takes {spec['datatype']} "
+                f"with shape {spec['shape']}; send numbers as {spec['datatype']}",
+                model=name,
+                version=version,
+            )
+    return error
+
+
+def _tensor_metadata(spec: Mapping[str, Any]) -> dict[str, Any]:
+    shape = spec["shape"]
+    dims = [-1] if shape is None else [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+    return {"name": spec["name"], "datatype": datatype_of_onnx(spec["type"]), "shape": dims}
+
+
+def _first_error(model: Mapping[str, Any]) -> str:
+    for entry in model.get("versions", {}).values():
+        if entry.get("error"):
+            return str(entry["error"])
+    return "no servable version"
+
+
+def _too_large(size: int, limit: int) -> InvalidInputError:
+    return InvalidInputError(
+        f"the request body is {size} bytes or more, over the {limit} allowed; send fewer rows per request"
+    )
+
+
+def _error(status: int, error: Exception, headers: Mapping[str, str] | None = None) -> Response:
+    return Response.json(status, {"error": str(error)}, headers)
+
+
+def _not_found(path: str) -> Response:
+    return Response.json(404, {"error": f"no Open Inference Protocol endpoint at {path[:200]!r}"})
+
+
+def _not_allowed(allowed: str) -> Response:
+    return Response.json(405, {"error": f"method not allowed; use {allowed}"}, {"Allow": allowed})

@@ -1,0 +1,48 @@
+"""The Open Inference Protocol (KServe v2 REST) at the application root, for standard clients.
+
+Turned on with ``INPROCSERVE_V2_PROTOCOL = True``; ``init_app`` then registers this blueprint. The
+protocol itself lives in :mod:`inprocserve.v2`; this module only adapts Flask's request to it and fills
+in the app's rollout context (``INPROCSERVE_CONTEXT``, default :func:`default_context`) and the
+request's time budget (the ``timeout`` view decorator, the deadline header, ``INPROCSERVE_TIMEOUT_S``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from inprocserve import v2
+
+__all__ = ["blueprint"]
+
+
+def blueprint(config: Mapping[str, Any]) -> Blueprint:
+    """The ``/v2`` routes, answering for the current app's server."""
+    from . import _remaining_budget, _state, default_context
+
+    endpoints = v2.Endpoints(
+        lambda: _state().server,
+        limits=config["INPROCSERVE_V2_LIMITS"],
+        retry_after_s=config["INPROCSERVE_RETRY_AFTER_S"],
+    )
+    make_context = config["INPROCSERVE_CONTEXT"] or default_context
+    routes = Blueprint("inprocserve_v2", __name__)
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # the protocol answers a wrong one with a JSON 405
+
+    @routes.route("/v2", methods=methods, strict_slashes=False)
+    @routes.route("/v2/<path:rest>", methods=methods)
+    def protocol(rest: str = "") -> Response:
+        answer = endpoints.handle(
+            request.method,
+            request.path,
+            dict(request.headers),
+            request.stream.read,
+            context=make_context,
+            budget_s=_remaining_budget,
+        )
+        return Response(answer.body, status=answer.status, headers=answer.headers)
+
+    return routes

@@ -1,0 +1,246 @@
+"""The Open Inference Protocol served by the Flask extension: the real tritonclient over loopback HTTP
+(werkzeug's server on an ephemeral 127.0.0.1 port), and every error path through Flask's test client."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import pytest
+import tritonclient.http as triton
+from flask import Flask
+from inprocserve_flask import Inprocserve
+from tritonclient.utils import InferenceServerException
+from werkzeug.serving import make_server
+
+import inprocserve
+from inprocserve import v2
+from inprocserve.testing import build_add_model, build_mlp_model, build_scale_model, save_model
+
+ALL_VERSIONS = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    folder = tmp_path / "models"
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), folder, "scale", version)
+    save_model(build_add_model(), folder, "add", 1)
+    save_model(build_mlp_model((16, 32, 3), seed=7), folder, "mlp", 1)
+    return folder
+
+
+def make_app(repository: Path, **config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_MODEL_CONFIG=ALL_VERSIONS, INPROCSERVE_V2_PROTOCOL=True
+    )
+    app.config.update(config)
+    Inprocserve(app)
+    return app
+
+
+@pytest.fixture
+def app(repository: Path) -> Iterator[Flask]:
+    application = make_app(repository)
+    yield application
+    Inprocserve.close(application)
+
+
+@pytest.fixture
+def client(app: Flask) -> Iterator[triton.InferenceServerClient]:
+    """tritonclient talking to the app under a real HTTP server on loopback."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="v2-http", daemon=True)
+    thread.start()
+    triton_client = triton.InferenceServerClient(url=f"127.0.0.1:{server.server_port}", network_timeout=30)
+    yield triton_client
+    triton_client.close()
+    server.shutdown()
+    thread.join(timeout=10)
+    server.server_close()
+
+
+def direct(repository: Path, model: str, version: int, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The same model run by onnxruntime itself, with no inprocserve in between."""
+    session = onnxruntime.InferenceSession(str(repository / model / str(version) / "model.onnx"))
+    return list(session.run(None, feeds))
+
+
+def tensor(name: str, array: np.ndarray, *, binary: bool) -> triton.InferInput:
+    infer_input = triton.InferInput(name, list(array.shape), v2.datatype_of(array.dtype))
+    infer_input.set_data_from_numpy(array, binary_data=binary)
+    return infer_input
+
+
+def test_health_and_metadata_through_tritonclient(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("scale") and client.is_model_ready("scale", "1")
+    assert not client.is_model_ready("nope") and not client.is_model_ready("scale", "7")
+    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "parameters"]
+    assert client.get_model_metadata("mlp") == {
+        "name": "mlp",
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
+    }
+    assert client.get_model_metadata("scale", "1")["versions"] == ["1", "2"]
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'") as caught:
+        client.get_model_metadata("nope")
+    assert caught.value.status() == "404"
+
+
+@pytest.mark.parametrize(
+    "binary",
+    [(True, True), (True, False), (False, True), (False, False)],
+    ids=["binary-in-out", "binary-in-json-out", "json-in-binary-out", "json-in-out"],
+)
+def test_infer_through_tritonclient_equals_onnxruntime(
+    client: triton.InferenceServerClient, repository: Path, binary: tuple[bool, bool]
+) -> None:
+    binary_in, binary_out = binary
+    x = np.random.default_rng(1).standard_normal((5, 16)).astype(np.float32)
+    result = client.infer(
+        "mlp", [tensor("x", x, binary=binary_in)], outputs=[triton.InferRequestedOutput("y", binary_data=binary_out)]
+    )
+    np.testing.assert_allclose(result.as_numpy("y"), direct(repository, "mlp", 1, {"x": x})[0], rtol=1e-6)
+    response = result.get_response()
+    assert ("binary_data_size" in response["outputs"][0].get("parameters", {})) is binary_out
+    assert response["model_version"] == "1"
+
+    feeds = {"a": x[:, :3].copy(), "b": x[:, 3:6].copy(), "n": np.arange(5, dtype=np.int64).reshape(5, 1)}
+    result = client.infer("add", [tensor(name, array, binary=binary_in) for name, array in feeds.items()])
+    total, count = direct(repository, "add", 1, feeds)
+    np.testing.assert_allclose(result.as_numpy("total"), total, rtol=1e-6)
+    assert result.as_numpy("count").dtype == np.int64 and result.as_numpy("count").tolist() == count.tolist()
+
+
+def test_versions_ids_and_errors_through_tritonclient(client: triton.InferenceServerClient) -> None:
+    x = np.ones((1, 4), np.float32)
+    pinned = client.infer("scale", [tensor("x", x, binary=True)], model_version="1", request_id="req-9")
+    assert pinned.as_numpy("y").tolist() == [[1.0] * 4] and pinned.get_response()["id"] == "req-9"
+    assert client.infer("scale", [tensor("x", x, binary=False)]).as_numpy("y").tolist() == [[2.0] * 4]
+    with pytest.raises(InferenceServerException, match="expected size 4 on axis 1") as caught:
+        client.infer("scale", [tensor("x", np.ones((1, 3), np.float32), binary=True)])
+    assert caught.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="sent as BYTES, but model 'scale' takes FP32"):
+        client.infer("scale", [tensor("x", np.array([["1"] * 4], dtype=object), binary=True)])
+
+
+def test_a_wrong_method_is_a_json_405(app: Flask) -> None:
+    response = app.test_client().delete("/v2/models/scale")
+    assert response.status_code == 405 and response.headers["Allow"] == "GET" and list(response.json) == ["error"]
+
+
+def test_bad_limits_fail_at_init_app(repository: Path) -> None:
+    with pytest.raises(TypeError, match=r"limits must be an inprocserve\.v2\.Limits, got dict"):
+        make_app(repository, INPROCSERVE_V2_LIMITS={"max_body_bytes": 10})
+
+
+def test_off_by_default(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_V2_PROTOCOL=False)
+    assert app.test_client().get("/v2/health/live").status_code == 404
+    Inprocserve.close(app)
+
+
+def infer_json(*inputs: dict[str, Any], **extra: Any) -> bytes:
+    return json.dumps({"inputs": list(inputs), **extra}).encode()
+
+
+X = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "message"),
+    [
+        ("/v2/models/nope/infer", infer_json(X), {}, 404, "unknown model 'nope'"),
+        ("/v2/models/scale/versions/9/infer", infer_json(X), {}, 404, "no servable version 9"),
+        ("/v2/models/scale/infer", infer_json({**X, "datatype": "FLOAT"}), {}, 400, "unknown datatype 'FLOAT'"),
+        ("/v2/models/scale/infer", infer_json({**X, "shape": [2, 4]}), {}, 400, "shape \\[2, 4\\] needs 8"),
+        ("/v2/models/scale/infer", infer_json({**X, "shape": [1, 2], "data": [1, 2]}), {}, 400, "expected size 4"),
+        ("/v2/models/scale/infer", infer_json({**X, "shape": [1, -4]}), {}, 400, "ints >= 0"),
+        ("/v2/models/scale/infer", b"[" * 2000 + b"]" * 2000, {}, 400, "nested too deeply"),
+        (
+            "/v2/models/scale/infer",
+            infer_json({**X, "data": [[[[[[[1, 2, 3, 4]]]]]]]}),
+            {},
+            400,
+            "nested deeper than 4",
+        ),
+        ("/v2/models/scale/infer", b" " * 5000, {}, 400, "over the 4096 allowed"),
+        ("/v2/models/scale/infer", infer_json(X), {"X-Request-Timeout-Ms": "0"}, 504, "time budget was spent"),
+        ("/v2/models/scale/ready", b"", {}, 405, "use GET"),
+    ],
+)
+def test_error_paths_answer_json_with_the_right_status(
+    repository: Path, path: str, body: bytes, headers: dict[str, str], status: int, message: str
+) -> None:
+    app = make_app(repository, INPROCSERVE_V2_LIMITS=v2.Limits(max_body_bytes=4096, max_json_depth=4))
+    response = app.test_client().post(path, data=body, headers=headers)
+    Inprocserve.close(app)
+    assert response.status_code == status
+    assert list(response.json) == ["error"]
+    assert re.search(message, response.json["error"]), response.json
+
+
+def test_not_ready_is_503(tmp_path: Path) -> None:
+    broken = tmp_path / "models" / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not onnx")
+    app = make_app(tmp_path / "models")
+    web = app.test_client()
+    ready = web.get("/v2/health/ready")
+    assert ready.status_code == 503 and ready.headers["Retry-After"] == "1" and "broken" in ready.json["error"]
+    model = web.get("/v2/models/broken/ready")
+    assert model.status_code == 503 and model.json["ready"] is False and "cannot load" in model.json["error"]
+    assert web.get("/v2/health/live").status_code == 200
+    Inprocserve.close(app)
+
+
+def test_the_app_s_user_routes_the_rollout(repository: Path) -> None:
+    rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=50)
+    models = {"scale": inprocserve.ModelConfig(rollout=rollout, version_policy=inprocserve.VersionPolicy.all())}
+    app = make_app(repository, INPROCSERVE_MODELS=models)
+    web = app.test_client()
+    body, headers = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)})
+    with app.app_context():
+        from inprocserve_flask import server
+
+        expected = {u: server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": u}) for u in "abcdefgh"}
+    for user, prediction in expected.items():
+        response = web.post("/v2/models/scale/infer", data=body, headers={**headers, "X-User-Id": user})
+        decoded = v2.decode_infer_response(response.data, response.headers)
+        assert decoded.parameters["inprocserve_variant"] == prediction.variant
+        assert decoded.model_version == str(prediction.version)
+    assert {p.variant for p in expected.values()} == {"canary", "stable"}, "pick users that land on both sides"
+    Inprocserve.close(app)
+
+
+def test_the_predict_span_is_a_child_of_the_web_request_span(app: Flask) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # the global provider can be set once per process
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    body, headers = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)})
+    try:
+        with trace.get_tracer("tests").start_as_current_span("POST /v2/models/scale/infer") as web:
+            assert app.test_client().post("/v2/models/scale/infer", data=body, headers=headers).status_code == 200
+        spans = [span for span in exporter.get_finished_spans() if span.name == "inprocserve.predict"]
+    finally:
+        exporter.shutdown()
+    assert len(spans) == 1
+    assert spans[0].parent is not None and spans[0].parent.span_id == web.get_span_context().span_id

@@ -1,0 +1,529 @@
+"""The Open Inference Protocol codec and endpoints (inprocserve.v2), with real servers and real models.
+
+The plug-ins' tests drive the same endpoints with tritonclient over HTTP; here every decoding rule and
+hostile-input cap is checked on its own, plus the endpoints against a real Server.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import struct
+import threading
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import inprocserve
+from inprocserve import v2
+from inprocserve.testing import build_add_model, build_scale_model, save_model
+
+from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+
+NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
+
+
+def sample(datatype: str, shape: tuple[int, ...] = (2, 3)) -> np.ndarray:
+    dtype = v2.DATATYPES[datatype]
+    values = np.arange(int(np.prod(shape))).reshape(shape)
+    if datatype == "BYTES":
+        return np.array([f"tëxt {i}" for i in values.reshape(-1)], dtype=object).reshape(shape)
+    if datatype == "BOOL":
+        return values % 2 == 1
+    return values.astype(dtype)
+
+
+def header(body: bytes, json_length: int | None = None) -> dict[str, str]:
+    return {} if json_length is None else {v2.HEADER_LENGTH: str(json_length)}
+
+
+def request_json(*inputs: dict[str, Any], **extra: Any) -> bytes:
+    return json.dumps({"inputs": list(inputs), **extra}).encode()
+
+
+def x_input(data: Any = None, shape: Any = (1, 4), datatype: str = "FP32", **extra: Any) -> dict[str, Any]:
+    tensor = {"name": "x", "shape": list(shape), "datatype": datatype, **extra}
+    if data is not None:
+        tensor["data"] = data
+    return tensor
+
+
+# -- datatypes ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("datatype", [*NUMERIC, "BYTES"])
+def test_every_datatype_maps_to_numpy_and_back(datatype: str) -> None:
+    assert v2.datatype_of(v2.numpy_dtype(datatype, tensor="t")) == datatype
+
+
+@pytest.mark.parametrize(
+    ("onnx_type", "datatype"),
+    [("tensor(float)", "FP32"), ("tensor(double)", "FP64"), ("tensor(int64)", "INT64"), ("tensor(string)", "BYTES")],
+)
+def test_onnx_types_map_to_datatypes(onnx_type: str, datatype: str) -> None:
+    assert v2.datatype_of_onnx(onnx_type) == datatype
+
+
+def test_an_unknown_datatype_names_the_known_ones() -> None:
+    with pytest.raises(inprocserve.InvalidInputError, match=r"unknown datatype 'FP8'; use one of BOOL, .*BYTES"):
+        v2.numpy_dtype("FP8", tensor="x")
+    with pytest.raises(TypeError, match="complex"):
+        v2.datatype_of(np.dtype(np.complex64))
+
+
+# -- round trips -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("datatype", [*NUMERIC, "BYTES"])
+def test_every_datatype_survives_a_request_round_trip(datatype: str, binary: bool) -> None:
+    array = sample(datatype)
+    body, headers = v2.encode_infer_request({"t": array}, binary=binary)
+    assert (v2.HEADER_LENGTH in headers) is binary
+    decoded = v2.decode_infer_request(body, headers)
+    assert decoded.datatypes == {"t": datatype}
+    assert decoded.inputs["t"].dtype == array.dtype and decoded.inputs["t"].shape == array.shape
+    assert decoded.inputs["t"].tolist() == array.tolist()
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("datatype", ["BOOL", "INT64", "FP16", "FP64", "BYTES"])
+def test_every_datatype_survives_a_response_round_trip(datatype: str, binary: bool) -> None:
+    array = sample(datatype, (3,))
+    body, headers = v2.encode_infer_response({"out": array}, binary=binary, model_name="m", model_version=3)
+    response = v2.decode_infer_response(body, headers)
+    assert (response.model_name, response.model_version) == ("m", "3")
+    assert response.outputs["out"].tolist() == array.tolist()
+
+
+def test_the_binary_layout_is_the_extension_s() -> None:
+    """Little-endian numbers, BOOL as one byte, BYTES as a 4-byte length then the bytes, in input order."""
+    body, headers = v2.encode_infer_request(
+        {"f": np.array([1.5], np.float32), "b": np.array([True, False]), "s": np.array(["hé"], dtype=object)}
+    )
+    length = int(headers[v2.HEADER_LENGTH])
+    document = json.loads(body[:length])
+    assert [t["parameters"]["binary_data_size"] for t in document["inputs"]] == [4, 2, 7]
+    assert body[length:] == struct.pack("<f", 1.5) + b"\x01\x00" + struct.pack("<I", 3) + "hé".encode()
+
+
+def test_json_data_may_be_nested_and_parameters_are_carried() -> None:
+    body = request_json(
+        x_input([[1, 2, 3, 4]]),
+        id="r-1",
+        parameters={"timeout": 250_000, "user_id": 42, "custom": "kept"},
+        outputs=[{"name": "y", "parameters": {"binary_data": True}}, {"name": "z"}],
+    )
+    request = v2.decode_infer_request(body, {})
+    assert request.inputs["x"].tolist() == [[1.0, 2.0, 3.0, 4.0]]
+    assert request.id == "r-1" and request.timeout_s == 0.25 and request.user_id == "42"
+    assert request.parameters["custom"] == "kept"
+    assert request.outputs == (v2.RequestedOutput("y", True), v2.RequestedOutput("z", None))
+
+
+def test_requested_outputs_choose_what_is_sent_and_how() -> None:
+    outputs = {"a": np.ones(2, np.float32), "b": np.zeros(2, np.int64)}
+    body, headers = v2.encode_infer_response(
+        outputs, [v2.RequestedOutput("b", True)], binary=False, model_name="m", request_id="r"
+    )
+    document = json.loads(body[: int(headers[v2.HEADER_LENGTH])])
+    assert [o["name"] for o in document["outputs"]] == ["b"] and document["id"] == "r"
+    assert v2.decode_infer_response(body, headers).outputs["b"].tolist() == [0, 0]
+    with pytest.raises(inprocserve.InvalidInputError, match="'c' is not an output of model 'm'; outputs: a, b"):
+        v2.encode_infer_response(outputs, [v2.RequestedOutput("c")], model_name="m")
+
+
+# -- hostile input -------------------------------------------------------------------------------------------------
+
+
+def binary_body(raw: bytes, size: int, *, shape: Any = (1, 4), datatype: str = "FP32") -> tuple[bytes, dict[str, str]]:
+    head = request_json(x_input(shape=shape, datatype=datatype, parameters={"binary_data_size": size}))
+    return head + raw, header(head, len(head))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: (b"[1, 2]", {}), "must be a JSON object with an 'inputs' list"),
+        (lambda: (b"{not json", {}), "malformed"),
+        (lambda: (b"\xff\xfe{}", {}), "malformed"),
+        (lambda: (b"[" * 100_000 + b"]" * 100_000, {}), "nested too deeply"),
+        (lambda: (request_json(), {}), "at least one tensor"),
+        (lambda: (request_json(x_input([1, 2, 3, 4], datatype="FLOAT32")), {}), "unknown datatype 'FLOAT32'"),
+        (lambda: (request_json(x_input([1, 2, 3, 4], shape=[1, -4])), {}), "ints >= 0"),
+        (lambda: (request_json(x_input([1], shape=[1, True])), {}), "ints >= 0"),
+        (lambda: (request_json(x_input([1], shape=[2**62, 2**62])), {}), "more than"),
+        (lambda: (request_json(x_input([1], shape=[1] * 17)), {}), "17 dimensions"),
+        (lambda: (request_json(x_input([1, 2, 3])), {}), "holds 3 values but shape \\[1, 4\\] needs 4"),
+        (lambda: (request_json(x_input([[1, 2], [3]], shape=[4])), {}), "rectangular"),
+        (lambda: (request_json(x_input([1.5, 2, 3, 4], datatype="INT32")), {}), "not INT32"),
+        (lambda: (request_json(x_input([True, False, True, True], datatype="FP32")), {}), "not FP32"),
+        (lambda: (request_json(x_input([300, 1, 0, 1], datatype="UINT8")), {}), "do not fit in UINT8"),
+        (lambda: (request_json(x_input(["a", "b", "c", "d"])), {}), "holds text, which is not FP32"),
+        (lambda: (request_json(x_input([1e6, 1, 2, 3], datatype="FP16")), {}), "too large for FP16"),
+        (lambda: (request_json(x_input([1, 2, 3, 4], datatype="BYTES")), {}), "must be 4 strings"),
+        (lambda: (request_json(x_input(_nested(40), shape=[1])), {}), "nested deeper than 32 levels"),
+        (lambda: (request_json(x_input(shape=[1, 4])), {}), "neither 'data' nor a binary_data_size"),
+        (lambda: (request_json(x_input([1, 2, 3, 4]), x_input([1, 2, 3, 4])), {}), "appears twice"),
+        (lambda: (request_json(x_input([1, 2, 3, 4]), id=7), {}), "'id' must be a string"),
+        (lambda: (request_json(x_input([1, 2, 3, 4]), parameters={"a": {"b": 1}}), {}), "string, number or boolean"),
+        (lambda: (request_json(x_input([1, 2, 3, 4]), parameters={"timeout": -1}), {}), "timeout must be"),
+        (lambda: (request_json(x_input([1, 2, 3, 4]), parameters={"user_id": 1.5}), {}), "user_id must be"),
+        (
+            lambda: (request_json(x_input([1, 2, 3, 4], parameters={"shared_memory_region": "r"})), {}),
+            "shared memory extension is not supported",
+        ),
+        (
+            lambda: (
+                request_json(x_input([1, 2, 3, 4]), outputs=[{"name": "y", "parameters": {"classification": 2}}]),
+                {},
+            ),
+            "classification extension is not supported",
+        ),
+        (lambda: (request_json(x_input([1, 2, 3, 4]), outputs=[{"name": "y"}, {"name": "y"}]), {}), "requested twice"),
+        (lambda: binary_body(b"\0" * 15, 15), "needs 16 bytes, but binary_data_size is 15"),
+        (lambda: binary_body(b"\0" * 16, 17), "runs past the end of the binary section"),
+        (lambda: binary_body(b"\0" * 16, -1), "binary_data_size must be an int >= 0"),
+        (
+            lambda: binary_body(b"\0" * 20, 16),
+            "the binary section has 20 bytes but the inputs' binary_data_size add up to 16",
+        ),
+        (lambda: binary_body(struct.pack("<I", 9) + b"abc", 7, shape=[1], datatype="BYTES"), "runs past its data"),
+        (lambda: binary_body(struct.pack("<I", 2) + b"\xff\xfe", 6, shape=[1], datatype="BYTES"), "not UTF-8"),
+        (
+            lambda: binary_body(struct.pack("<I", 1) + b"a", 5, shape=[2], datatype="BYTES"),
+            "ends before its 2 elements",
+        ),
+        (lambda: binary_body(struct.pack("<I", 1) + b"ab", 6, shape=[1], datatype="BYTES"), "1 bytes left over"),
+        (lambda: (request_json(x_input([1, 2, 3, 4])), {v2.HEADER_LENGTH: "x"}), "must be an integer"),
+        (lambda: (request_json(x_input([1, 2, 3, 4])), {v2.HEADER_LENGTH: "99999"}), "outside the body"),
+        (lambda: (b" " * (64 * 2**20 + 1), {}), "more than the 67108864 allowed"),
+    ],
+)
+def test_hostile_requests_get_a_typed_error_that_says_what_to_fix(
+    make: Callable[[], tuple[bytes, dict[str, str]]], message: str
+) -> None:
+    body, headers = make()
+    with pytest.raises(inprocserve.InvalidInputError, match=message):
+        v2.decode_infer_request(body, headers)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1.0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_limits_are_configurable_and_validated() -> None:
+    limits = v2.Limits(max_elements=10, max_tensors=1, max_json_depth=1, max_body_bytes=400)
+    with pytest.raises(inprocserve.InvalidInputError, match="more than 10 tensor elements"):
+        v2.decode_infer_request(request_json(x_input([0] * 12, shape=[3, 4])), {}, limits=limits)
+    with pytest.raises(inprocserve.InvalidInputError, match="2 inputs, more than the 1 allowed"):
+        v2.decode_infer_request(request_json(x_input([0] * 4), {**x_input([0] * 4), "name": "z"}), {}, limits=limits)
+    with pytest.raises(inprocserve.InvalidInputError, match="nested deeper than 1"):
+        v2.decode_infer_request(request_json(x_input([[0] * 4])), {}, limits=limits)
+    assert v2.decode_infer_request(request_json(x_input([0] * 4)), {}, limits=limits).inputs["x"].shape == (1, 4)
+    with pytest.raises(inprocserve.ConfigurationError, match="max_elements must be an int >= 1"):
+        v2.Limits(max_elements=0)
+
+
+# -- endpoints against a real server --------------------------------------------------------------------------------
+
+
+def build_text_model() -> Any:
+    """``echo = Identity(text)`` on a string tensor: BYTES in, BYTES out."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"])],
+        "text",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+@pytest.fixture
+def served(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    save_model(build_add_model(), repository, "add", 1)
+    save_model(build_text_model(), repository, "text", 1)
+    broken = repository / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    return make_server(repository, config=inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all()))
+
+
+def call(
+    endpoints: v2.Endpoints, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, **kw: Any
+) -> tuple[int, Any, v2.Response]:
+    stream = memoryview(body)
+    position = 0
+
+    def read(size: int) -> bytes:
+        nonlocal position
+        chunk = bytes(stream[position : position + size])
+        position += len(chunk)
+        return chunk
+
+    response = endpoints.handle(method, path, headers or {}, read, **kw)
+    if response.headers.get("Content-Type") == "application/json":
+        return response.status, json.loads(response.body), response
+    return response.status, None, response
+
+
+def test_metadata_health_and_readiness(served: inprocserve.Server) -> None:
+    endpoints = v2.Endpoints(lambda: served, required_models=["scale", "add"])
+    assert call(endpoints, "GET", "/v2")[1]["extensions"] == ["binary_tensor_data", "parameters"]
+    assert call(endpoints, "GET", "/v2/health/live")[:2] == (200, {"live": True})
+    assert call(endpoints, "GET", "/v2/health/ready")[:2] == (200, {"ready": True})
+    assert call(endpoints, "GET", "/v2/models/add")[1] == {
+        "name": "add",
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {"name": "a", "datatype": "FP32", "shape": [-1, 3]},
+            {"name": "b", "datatype": "FP32", "shape": [-1, 3]},
+            {"name": "n", "datatype": "INT64", "shape": [-1, 1]},
+        ],
+        "outputs": [
+            {"name": "total", "datatype": "FP32", "shape": [-1, 3]},
+            {"name": "count", "datatype": "INT64", "shape": [-1, 1]},
+        ],
+    }
+    assert call(endpoints, "GET", "/v2/models/scale/versions/1")[1]["versions"] == ["1", "2"]
+    assert call(endpoints, "GET", "/v2/models/scale/versions/1/ready")[:2] == (
+        200,
+        {"name": "scale", "version": "1", "ready": True},
+    )
+    status, document, _ = call(endpoints, "GET", "/v2/models/broken/ready")
+    assert status == 503 and document["ready"] is False and "model 'broken' is not ready" in document["error"]
+    status, document, _ = call(v2.Endpoints(lambda: served), "GET", "/v2/health/ready")
+    assert status == 503 and "broken" in document["error"]
+    status, document, _ = call(endpoints, "GET", "/v2/models/broken/versions/1/ready")
+    assert status == 503 and "cannot load" in document["error"]
+    for path in (
+        "/v2/models/nope",
+        "/v2/models/nope/ready",
+        "/v2/models/scale/versions/9",
+        "/v2/models/scale/versions/9/ready",
+        "/v2/models/scale/x",
+        "/v2/models",
+        "/v1/models/scale",
+    ):
+        status, document, _ = call(endpoints, "GET", path)
+        assert status == 404 and set(document) == {"error"}, path
+    assert call(endpoints, "GET", "/v2/models/scale/versions/one")[0] == 400
+    status, _, response = call(endpoints, "DELETE", "/v2/models/scale")
+    assert status == 405 and response.headers["Allow"] == "GET"
+    assert call(endpoints, "GET", "/v2/models/scale/infer")[0] == 405
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_answers_as_predict_does(served: inprocserve.Server, binary: bool) -> None:
+    endpoints = v2.Endpoints(lambda: served)
+    inputs = {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "b": np.ones((2, 3), np.float32),
+        "n": np.array([[1], [5]]),
+    }
+    body, headers = v2.encode_infer_request(inputs, binary=binary, binary_output=binary, request_id="abc")
+    status, _, response = call(endpoints, "POST", "/v2/models/add/infer", body, headers)
+    assert status == 200
+    decoded = v2.decode_infer_response(response.body, response.headers)
+    direct = served.predict("add", inputs)
+    assert decoded.id == "abc" and decoded.model_version == "1"
+    assert decoded.parameters["inprocserve_variant"] == "default"
+    for name in ("total", "count"):
+        assert decoded.outputs[name].dtype == direct[name].dtype
+        np.testing.assert_array_equal(decoded.outputs[name], direct[name])
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_text_goes_in_and_out_as_bytes(served: inprocserve.Server, binary: bool) -> None:
+    body, headers = v2.encode_infer_request({"text": np.array(["héllo", ""], dtype=object)}, binary=binary)
+    status, _, response = call(v2.Endpoints(lambda: served), "POST", "/v2/models/text/infer", body, headers)
+    assert status == 200
+    assert v2.decode_infer_response(response.body, response.headers).outputs["echo"].tolist() == ["héllo", ""]
+
+
+def test_a_version_in_the_path_pins_it(served: inprocserve.Server) -> None:
+    body, headers = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)})
+    for path, factor in (("/v2/models/scale/versions/1/infer", 1.0), ("/v2/models/scale/infer", 2.0)):
+        _, _, response = call(v2.Endpoints(lambda: served), "POST", path, body, headers)
+        assert v2.decode_infer_response(response.body, response.headers).outputs["y"].tolist() == [[factor] * 4]
+
+
+def test_bad_requests_to_a_real_model_are_400s_that_say_why(served: inprocserve.Server) -> None:
+    endpoints = v2.Endpoints(lambda: served)
+    cases = {
+        "input 'x' was sent as BYTES, but model 'scale' takes FP32": {"x": np.array([["1"] * 4], dtype=object)},
+        "input 'x': expected size 4 on axis 1": {"x": np.ones((1, 3), np.float32)},
+        "missing input\\(s\\) 'x'": {"z": np.ones((1, 4), np.float32)},
+    }
+    for message, inputs in cases.items():
+        body, headers = v2.encode_infer_request(inputs)
+        status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", body, headers)
+        assert status == 400 and set(document) == {"error"}
+        assert re.search(message, document["error"]), document
+    body, headers = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)}, outputs=["nope"])
+    status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", body, headers)
+    assert status == 400 and "'nope' is not an output of model 'scale'" in document["error"]
+
+
+def test_compressed_bodies_are_inflated_within_the_cap(served: inprocserve.Server) -> None:
+    endpoints = v2.Endpoints(lambda: served, limits=v2.Limits(max_body_bytes=10_000))
+    body, headers = v2.encode_infer_request({"x": np.ones((2, 4), np.float32)})
+    for encoding, packed in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+        status, _, response = call(
+            endpoints, "POST", "/v2/models/scale/infer", packed, {**headers, "Content-Encoding": encoding}
+        )
+        assert status == 200, response.body
+    bomb = gzip.compress(b" " * 10_000_000)  # 10 MB of JSON whitespace in about 10 kB
+    status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", bomb, {"Content-Encoding": "gzip"})
+    assert status == 400 and "over the 10000 allowed" in document["error"]
+    status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", b"xx", {"Content-Encoding": "gzip"})
+    assert status == 400 and "cannot be decompressed" in document["error"]
+    status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", body, {"Content-Encoding": "br"})
+    assert status == 400 and "'br' is not supported" in document["error"]
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(served: inprocserve.Server) -> None:
+    endpoints = v2.Endpoints(lambda: served, limits=v2.Limits(max_body_bytes=100))
+
+    def never(size: int) -> bytes:
+        raise AssertionError("the body was read")
+
+    response = endpoints.handle("POST", "/v2/models/scale/infer", {"content-length": "101"}, never)
+    assert response.status == 400 and b"over the 100 allowed" in response.body
+    status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", b" " * 5000)  # no Content-Length
+    assert status == 400 and "5000" not in document["error"] and "over the 100 allowed" in document["error"]
+
+
+def test_deadlines_come_from_the_app_and_the_timeout_parameter(served: inprocserve.Server) -> None:
+    endpoints = v2.Endpoints(lambda: served)
+    body, headers = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)})
+    status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", body, headers, budget_s=lambda: -0.5)
+    assert status == 504 and "time budget was spent" in document["error"]
+    generous = call(endpoints, "POST", "/v2/models/scale/infer", body, headers, budget_s=lambda: 30.0)
+    assert generous[0] == 200
+
+
+def test_the_user_id_parameter_routes_when_the_app_knows_no_user(repository: Path, make_server: ServerFactory) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=50)
+    config = inprocserve.ModelConfig(rollout=rollout, version_policy=inprocserve.VersionPolicy.all())
+    server = make_server(repository, models={"scale": config})
+    x = np.ones((1, 4), np.float32)
+    variants = {user: server.predict("scale", x, context={"user_id": user}).variant for user in map(str, range(64))}
+    canary = next(user for user, variant in variants.items() if variant == "canary")
+    stable = next(user for user, variant in variants.items() if variant != "canary")
+    endpoints = v2.Endpoints(lambda: server)
+
+    def variant(user_parameter: str, app_context: dict[str, str]) -> str:
+        body, headers = v2.encode_infer_request({"x": x}, parameters={"user_id": user_parameter})
+        _, _, response = call(endpoints, "POST", "/v2/models/scale/infer", body, headers, context=lambda: app_context)
+        return str(v2.decode_infer_response(response.body, response.headers).parameters["inprocserve_variant"])
+
+    assert variant(canary, {}) == "canary" and variant(stable, {}) == variants[stable]
+    assert variant(canary, {"user_id": stable}) == variants[stable]  # the app's own user wins
+
+
+def test_a_closed_server_answers_503(served: inprocserve.Server) -> None:
+    endpoints = v2.Endpoints(lambda: served)
+    served.close()
+    body, headers = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)})
+    status, document, response = call(endpoints, "POST", "/v2/models/scale/infer", body, headers)
+    assert status == 503 and set(document) == {"error"} and "closed" in document["error"]
+    status, document, response = call(endpoints, "GET", "/v2/health/ready")
+    assert status == 503 and response.headers["Retry-After"] == "1" and "closed" in document["error"]
+
+
+def test_concurrent_protocol_requests_are_coalesced_and_their_timeouts_kept(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository)
+    endpoints = v2.Endpoints(lambda: server)
+    blocker = occupy(server)  # the only session is busy: what follows queues behind it
+    before = version_status(server, "busy")["batches_run"]
+    answers: dict[int, tuple[int, Any, v2.Response]] = {}
+
+    def send(index: int, parameters: dict[str, Any] | None = None) -> None:
+        body, headers = v2.encode_infer_request(busy_inputs(1, seed=index), parameters=parameters)
+        answers[index] = call(endpoints, "POST", "/v2/models/busy/infer", body, headers)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: version_status(server, "busy")["queued_rows"] >= 4)
+    send(4, {"timeout": 1000})  # 1 ms, spent while it waits behind the busy session
+    assert not blocker.done(), "the blocking request finished before the test could use it"
+    blocker.result(timeout=60)
+    for thread in threads:
+        thread.join(timeout=60)
+    batches = version_status(server, "busy")["batches_run"] - before
+    assert answers[4][0] == 504 and list(answers[4][1]) == ["error"]
+    for index in range(4):
+        status, _, response = answers[index]
+        assert status == 200
+        expected = server.predict("busy", busy_inputs(1, seed=index))["y"]
+        outputs = v2.decode_infer_response(response.body, response.headers).outputs
+        np.testing.assert_allclose(outputs["y"], expected, rtol=1e-5)
+    assert batches <= 2, f"the four queued requests should run as one batch (plus the blocker), ran {batches}"
+
+
+WEIRD_VALUES: list[Any] = [None, True, -1, 0, 2**70, 1.5, "", "x", "BYTES", [], [[]], [None], {}, {"a": []}, [1, "a"]]
+WEIRD_VALUES += [[[1, 2], [3]], 1e308, -1e308]
+
+
+def _paths(document: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    items = (
+        document.items() if isinstance(document, dict) else enumerate(document) if isinstance(document, list) else ()
+    )
+    for key, value in items:
+        found += _paths(value, (*path, key))
+    return found
+
+
+def test_mangled_requests_only_ever_raise_invalid_input() -> None:
+    """Seeded fuzzing, bounded: valid requests with a JSON node replaced by a strange value, or with bytes
+    flipped, dropped or inserted. Every outcome is a decoded request or an InvalidInputError, never a crash
+    (and, with warnings as errors, never a numpy overflow warning)."""
+    rng = np.random.default_rng(5)
+    arrays = [np.ones((2, 3), np.float32), np.array(["ab", "c"], dtype=object), np.array([True, False])]
+    arrays += [np.arange(4, dtype=np.int64), np.ones((2, 2), np.float16)]
+    bases = []
+    for binary in (True, False):
+        for array in arrays:
+            body, headers = v2.encode_infer_request(
+                {"t": array, "u": np.zeros(2, np.uint8)}, binary=binary, outputs=["y"], parameters={"timeout": 5}
+            )
+            length = int(headers.get(v2.HEADER_LENGTH, len(body)))
+            bases.append((json.loads(body[:length]), body[length:], binary))
+    for _ in range(1500):
+        document, tail, binary = bases[rng.integers(len(bases))]
+        document = json.loads(json.dumps(document))
+        path = _paths(document)[1:][rng.integers(len(_paths(document)) - 1)]
+        parent = document
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = json.loads(json.dumps(WEIRD_VALUES[rng.integers(len(WEIRD_VALUES))]))
+        head = json.dumps(document).encode()
+        body = bytearray(head + tail)
+        if rng.random() < 0.3:
+            position = int(rng.integers(len(body)))
+            body[position : position + 1] = bytes(rng.integers(0, 256, int(rng.integers(0, 3)), dtype=np.uint8))
+        try:
+            v2.decode_infer_request(bytes(body), {v2.HEADER_LENGTH: str(len(head))} if binary else {})
+        except inprocserve.InvalidInputError:
+            pass
