@@ -39,6 +39,7 @@ from ._errors import (
     ServerClosedError,
 )
 from ._flags import EnvFlags, FileFlags, FlagError, FlagProvider, InMemoryFlags, OpenFeatureFlags
+from ._headers import parse_timeout_ms, parse_user_id
 from ._prediction import Prediction
 from ._server import InterleavedRanking, Server
 from ._shadow import ShadowComparison
@@ -78,6 +79,8 @@ __all__ = [
     "VersionPolicy",
     "WarmupConfig",
     "__version__",
+    "parse_timeout_ms",
+    "parse_user_id",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -164,7 +164,8 @@ def default_context() -> dict[str, Any]:
         if current_user.is_authenticated:
             user_id = current_user.get_id()
     if user_id is None:
-        user_id = request.headers.get(_state().config["INPROCSERVE_USER_HEADER"])
+        header = _state().config["INPROCSERVE_USER_HEADER"]
+        user_id = inprocserve.parse_user_id(request.headers.get(header), header=header)
     if user_id is not None:
         context["user_id"] = str(user_id)
     return context
@@ -193,13 +194,12 @@ def _remaining_budget() -> float | None:
     view_deadline = g.get("_inprocserve_view_deadline")
     if view_deadline is not None:
         budgets.append(view_deadline - time.monotonic())
-    header = request.headers.get(config["INPROCSERVE_DEADLINE_HEADER"])
-    if header is not None:
-        try:
-            started = g.get("_inprocserve_request_started", time.monotonic())
-            budgets.append(float(header) / 1000 - (time.monotonic() - started))
-        except ValueError:
-            pass  # a malformed header is ignored, not an error of the caller's request
+    header = config["INPROCSERVE_DEADLINE_HEADER"]
+    # a malformed value raises InvalidInputError (a 400 naming the header), never a 500
+    milliseconds = inprocserve.parse_timeout_ms(request.headers.get(header), header=header)
+    if milliseconds is not None:
+        started = g.get("_inprocserve_request_started", time.monotonic())
+        budgets.append(milliseconds / 1000 - (time.monotonic() - started))
     if config["INPROCSERVE_TIMEOUT_S"] is not None:
         budgets.append(config["INPROCSERVE_TIMEOUT_S"])
     return min(budgets) if budgets else None
@@ -279,9 +279,12 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
         def switch(name: str) -> Any:
             if not authorized():
                 return jsonify({"error": "unauthorized"}), 401
-            version = (request.get_json(silent=True) or {}).get("version")
-            if not isinstance(version, int):
-                return jsonify({"error": "invalid_input", "message": 'send {"version": <int>}'}), 400
+            body = request.get_json(silent=True)
+            version = body.get("version") if isinstance(body, dict) else None
+            # bool is an int to Python, and a huge int is no version: both are the client's mistake
+            if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**31:
+                message = 'send a JSON object {"version": <positive int>}'
+                return jsonify({"error": "invalid_input", "message": message}), 400
             _state().server.switch(name, version)
             return {"model": name, "stable": version}
 
