@@ -60,7 +60,12 @@ class InprocserveMiddleware:
     @staticmethod
     def _prepare(request: HttpRequest) -> None:
         request._inprocserve_started = time.monotonic()  # type: ignore[attr-defined]
-        request.inprocserve_context = request_context(request)  # type: ignore[attr-defined]
+        try:
+            request.inprocserve_context = request_context(request)  # type: ignore[attr-defined]
+        except inprocserve.InvalidInputError:
+            # A malformed user header must not break pages that never predict: a view that does predict
+            # derives the context again, and the error becomes its 400 through process_exception.
+            pass
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         return error_response(exception)
