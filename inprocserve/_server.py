@@ -84,6 +84,8 @@ class Server:
         config: Defaults for every model; a model's ``config.toml`` is laid over them.
         models: Per-model configuration in code, laid over ``config.toml`` (name -> ``ModelConfig``).
         poll_interval_s: If set, a background thread calls :meth:`refresh` this often (hot reload).
+        follow_symlinks: Accept model folders, version folders, model files and external-data files that
+            are symbolic links (refused by default; see docs/repository.md, "Integrity").
         clock: A monotonic clock (tests may step a manual one).
 
     Raises:
@@ -104,6 +106,7 @@ class Server:
         on_shadow: Callable[[ShadowComparison], None] | None = None,
         shadow_queue: int = 256,
         clock: Callable[[], float] = time.monotonic,
+        follow_symlinks: bool = False,
     ) -> None:
         if poll_interval_s is not None and not poll_interval_s > 0:
             raise ConfigurationError(f"poll_interval_s must be > 0, got {poll_interval_s}")
@@ -113,6 +116,7 @@ class Server:
         self._defaults = config or ModelConfig()
         self._code_configs = dict(models or {})
         self._clock = clock
+        self._follow_symlinks = follow_symlinks
         self._ids = RequestIds()
         self._routes: dict[str, _Routes] = {}
         self._loaded: dict[str, dict[int, ModelVersion]] = {}
@@ -703,7 +707,7 @@ class Server:
             if self._closed:
                 return []
             try:
-                scan = scan_repository(self._repository)
+                scan = scan_repository(self._repository, follow_symlinks=self._follow_symlinks)
             except ConfigurationError as exc:
                 logger.error("cannot scan the model repository: %s", exc)
                 return [str(exc)]
@@ -775,7 +779,9 @@ class Server:
         loaded = self._loaded.get(name, {})
         if number in loaded and loaded[number].path == path:
             return
-        candidate = ModelVersion(name, number, path, config, deliver=self._deliver, clock=self._clock)
+        candidate = ModelVersion(
+            name, number, path, config, deliver=self._deliver, clock=self._clock, follow_symlinks=self._follow_symlinks
+        )
         try:
             candidate.load()
         except ModelLoadError as exc:
@@ -822,7 +828,7 @@ class Server:
     def _find_in_repository(self, name: str) -> ModelSource:
         if self._repository is None:
             raise ModelNotFoundError(f"no repository configured; pass path= to load model {name!r}", model=name)
-        source = scan_repository(self._repository).models.get(name)
+        source = scan_repository(self._repository, follow_symlinks=self._follow_symlinks).models.get(name)
         if source is None or not source.versions:
             raise ModelNotFoundError(f"model {name!r} is not in the repository {self._repository}", model=name)
         return source
