@@ -341,3 +341,47 @@ def test_a_drift_reference_inside_the_model_folder_still_works(repository: Path,
     np.savez(repository / "m" / "reference.npz", x=np.ones((50, 4), dtype=np.float32))
     (repository / "m" / "config.toml").write_text('[drift]\nreference_file = "reference.npz"\n')
     assert make_server(repository).status()["models"]["m"]["versions"]["1"]["state"] == "ready"
+
+
+# -- the optimized-graph cache ----------------------------------------------------------------------------
+
+
+def cached_graphs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.startswith("model.optimized-"))
+
+
+def test_a_changed_graph_optimization_never_reuses_the_old_cached_graph(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    path = save_model(build_scale_model(2.0), repository, "m", 1)
+    x = np.ones((1, 4), dtype=np.float32)
+
+    def serve(level: str) -> list[list[float]]:
+        pool = inprocserve.PoolConfig(optimized_model_cache=True, graph_optimization=level)  # type: ignore[arg-type]
+        server = make_server(repository, config=inprocserve.ModelConfig(pool=pool))
+        try:
+            return server.predict("m", {"x": x})["y"].tolist()  # type: ignore[no-any-return]
+        finally:
+            server.close()
+
+    assert serve("basic") == [[2.0] * 4]
+    (basic,) = cached_graphs(path.parent)
+    # Plant a different graph under the "basic" key: a server with the same options loads it (the cache
+    # is really used), one with another level must not.
+    basic.write_bytes(build_scale_model(7.0).SerializeToString())
+    os.utime(basic, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
+    assert serve("basic") == [[7.0] * 4]
+    assert serve("disable") == [[2.0] * 4]
+    assert serve("all") == [[2.0] * 4]
+    assert len(cached_graphs(path.parent)) == 3
+
+
+def test_a_cached_graph_with_hostile_external_data_is_refused(repository: Path, make_server: ServerFactory) -> None:
+    path = save_model(build_scale_model(2.0), repository, "m", 1)
+    config = inprocserve.ModelConfig(pool=inprocserve.PoolConfig(optimized_model_cache=True))
+    make_server(repository, config=config).close()
+    (cached,) = cached_graphs(path.parent)
+    cached.write_bytes(initializer_model({"location": "../../../../../../../../etc/passwd"}).SerializeToString())
+    os.utime(cached, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
+    status = make_server(repository, config=config).status()["models"]["m"]["versions"]["1"]
+    assert status["state"] == "failed" and "may not climb out" in status["error"]
