@@ -277,4 +277,10 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
             raise InvalidInputError(
                 f"input {spec.name!r}: values from {low} to {high} do not fit in {expected} ({info.min}..{info.max})"
             )
-    return array.astype(expected)
+    try:
+        with np.errstate(over="raise", invalid="raise"):  # e.g. float64 1e39 has no float32: refuse, not warn
+            return array.astype(expected)
+    except FloatingPointError:
+        raise InvalidInputError(
+            f"input {spec.name!r}: holds values outside the range of {expected}; scale or clip them first"
+        ) from None
