@@ -96,7 +96,7 @@ arrays = st.one_of(
         st.one_of(hnp.integer_dtypes(), hnp.floating_dtypes(), hnp.boolean_dtypes()),
         st.sampled_from([(1, 4), (3, 4), (2, 3), (2, 1), (2,)]),
     ),
-    st.builds(lambda items: np.array(items + [object()], dtype=object), st.lists(scalars, max_size=4)),
+    st.builds(lambda items: np.array([*items, object()], dtype=object), st.lists(scalars, max_size=4)),
 )
 values = st.one_of(arrays, nested, scalars, st.dictionaries(st.text(max_size=3), scalars, max_size=3))
 names = st.one_of(st.sampled_from(["x", "a", "b", "n"]), st.text(max_size=4), st.integers(), st.none())

@@ -47,7 +47,9 @@ def model_with(graph: onnx.GraphProto) -> onnx.ModelProto:
 def initializer_model(entries: dict[str, str]) -> onnx.ModelProto:
     """``y = x * w`` with ``w`` stored externally."""
     weight = external_tensor("w", WEIGHTS, entries)
-    return model_with(helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g", [io("x")], [io("y")], [weight]))
+    return model_with(
+        helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g", [io("x")], [io("y")], [weight])
+    )
 
 
 def constant_model(entries: dict[str, str]) -> onnx.ModelProto:
