@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.test import Client, override_settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from inprocserve_django import reset_server
 
 from inprocserve.testing import build_scale_model, save_model
@@ -65,7 +68,7 @@ def test_a_malformed_deadline_header_is_a_400_naming_the_header(served: Path, ur
     assert len(body["message"]) < 300  # a 400-digit header is not echoed back whole
 
 
-@pytest.mark.parametrize("value", ["250", " 250 ", "12.5", "86400000"])
+@pytest.mark.parametrize("value", ["5000", " 5000 ", "5000.25", "86400000"])
 def test_a_well_formed_deadline_header_is_honoured(served: Path, value: str) -> None:
     response = post("/score", **{"X-Request-Timeout-Ms": value})
     assert response.status_code == 200, response.content
@@ -92,3 +95,29 @@ def test_a_malformed_user_id_header_does_not_break_pages_that_do_not_predict(ser
 
 def test_a_reasonable_user_id_is_accepted(served: Path) -> None:
     assert post("/score", **{"X-User-Id": "user-42@example.com"}).status_code == 200
+
+
+FUZZ_EXAMPLES = 2_000 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 200
+header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40)
+
+
+@given(
+    url=st.sampled_from(["/score", "/ascore"]),
+    timeout=st.one_of(header_text, st.from_regex(r"[0-9]{1,14}(\.[0-9]{0,8})?", fullmatch=True)),
+    user=header_text,
+)
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "soak",
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+def test_any_header_value_is_answered_or_a_400(served: Path, url: str, timeout: str, user: str) -> None:
+    response = post(url, **{"X-Request-Timeout-Ms": timeout, "X-User-Id": user})
+    assert response.status_code in (200, 400, 504), response.content
+    if response.status_code == 200:
+        assert response.json()["y"] == [[2.0, 4.0, 6.0, 8.0]]
+    elif response.status_code == 400:
+        message = response.json()["message"]
+        assert "X-Request-Timeout-Ms" in message or "X-User-Id" in message

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask, request
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from inprocserve_flask import Inprocserve, predict
 
 from inprocserve.testing import build_scale_model, save_model
@@ -67,7 +70,7 @@ def test_a_malformed_deadline_header_is_a_400_naming_the_header(app: Flask, valu
     assert len(body["message"]) < 300  # a 400-digit header is not echoed back whole
 
 
-@pytest.mark.parametrize("value", ["250", " 250 ", "12.5", "86400000"])
+@pytest.mark.parametrize("value", ["5000", " 5000 ", "5000.25", "86400000"])
 def test_a_well_formed_deadline_header_is_honoured(app: Flask, value: str) -> None:
     response = _score(app, {"X-Request-Timeout-Ms": value})
     assert response.status_code == 200, response.get_data(as_text=True)
@@ -122,3 +125,25 @@ def test_a_hostile_model_name_in_the_switch_url_is_not_a_500(app: Flask, name: s
         f"/-/inprocserve/models/{name}/switch", json={"version": 1}, headers={"Authorization": "Bearer secret"}
     )
     assert response.status_code in (400, 404), response.get_data(as_text=True)
+
+
+FUZZ_EXAMPLES = 2_000 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 200
+header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40)
+
+
+@given(timeout=st.one_of(header_text, st.from_regex(r"[0-9]{1,14}(\.[0-9]{0,8})?", fullmatch=True)), user=header_text)
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "soak",
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+def test_any_header_value_is_answered_or_a_400(app: Flask, timeout: str, user: str) -> None:
+    response = _score(app, {"X-Request-Timeout-Ms": timeout, "X-User-Id": user})
+    assert response.status_code in (200, 400, 504), response.get_data(as_text=True)
+    if response.status_code == 200:
+        assert response.get_json()["y"] == [[2.0, 4.0, 6.0, 8.0]]
+    elif response.status_code == 400:
+        message = response.get_json()["message"]
+        assert "X-Request-Timeout-Ms" in message or "X-User-Id" in message
