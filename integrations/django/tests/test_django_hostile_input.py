@@ -121,3 +121,18 @@ def test_any_header_value_is_answered_or_a_400(served: Path, url: str, timeout: 
     elif response.status_code == 400:
         message = response.json()["message"]
         assert "X-Request-Timeout-Ms" in message or "X-User-Id" in message
+
+
+@pytest.mark.parametrize("mode", ["refuse", "follow"])
+def test_a_symlinked_model_folder_is_served_only_with_follow_symlinks(tmp_path: Path, mode: str) -> None:
+    follow = mode == "follow"
+    save_model(build_scale_model(3.0), tmp_path / "elsewhere", "linked", 1)
+    repository = tmp_path / "models"
+    repository.mkdir()
+    (repository / "linked").symlink_to(tmp_path / "elsewhere" / "linked", target_is_directory=True)
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "FOLLOW_SYMLINKS": follow}):
+        try:
+            response = Client().get("/-/inprocserve/models")
+            assert ("linked" in response.json()["models"]) is follow
+        finally:
+            reset_server()

@@ -147,3 +147,20 @@ def test_any_header_value_is_answered_or_a_400(app: Flask, timeout: str, user: s
     elif response.status_code == 400:
         message = response.get_json()["message"]
         assert "X-Request-Timeout-Ms" in message or "X-User-Id" in message
+
+
+@pytest.mark.parametrize("mode", ["refuse", "follow"])
+def test_a_symlinked_model_folder_is_served_only_when_the_app_follows_links(tmp_path: Path, mode: str) -> None:
+    follow = mode == "follow"
+    save_model(build_scale_model(3.0), tmp_path / "elsewhere", "linked", 1)
+    repository = tmp_path / "models"
+    repository.mkdir()
+    (repository / "linked").symlink_to(tmp_path / "elsewhere" / "linked", target_is_directory=True)
+    flask_app = Flask(__name__)
+    flask_app.config.update(INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_FOLLOW_SYMLINKS=follow)
+    Inprocserve(flask_app)
+    try:
+        response = flask_app.test_client().get("/-/inprocserve/models")
+        assert ("linked" in response.get_json()["models"]) is follow
+    finally:
+        Inprocserve.close(flask_app)

@@ -14,6 +14,7 @@ DEFAULTS: dict[str, Any] = {
     "FLAGS": None,  # an inprocserve.FlagProvider
     "FLAG_TIMEOUT_S": 0.05,
     "POLL_INTERVAL_S": None,
+    "FOLLOW_SYMLINKS": False,  # accept symlinked model/version folders and files (docs/repository.md)
     "USER_HEADER": "X-User-Id",  # used for the rollout context when no user is logged in
     "DEADLINE_HEADER": "X-Request-Timeout-Ms",  # remaining budget sent by the caller or proxy
     "TIMEOUT_S": None,  # default budget of a request

@@ -33,6 +33,7 @@ def get_server() -> inprocserve.Server:
                     flags=config["FLAGS"],
                     flag_timeout_s=config["FLAG_TIMEOUT_S"],
                     poll_interval_s=config["POLL_INTERVAL_S"],
+                    follow_symlinks=config["FOLLOW_SYMLINKS"],
                 )
                 _pid = os.getpid()
     return _server

@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "INPROCSERVE_FLAGS": None,  # an inprocserve.FlagProvider
     "INPROCSERVE_FLAG_TIMEOUT_S": 0.05,
     "INPROCSERVE_POLL_INTERVAL_S": None,
+    "INPROCSERVE_FOLLOW_SYMLINKS": False,  # accept symlinked model/version folders and files (docs/repository.md)
     "INPROCSERVE_EAGER": False,  # create the server (load models) at init_app instead of first use
     "INPROCSERVE_CONTEXT": None,  # callable() -> dict for rollout decisions; default: default_context
     "INPROCSERVE_USER_HEADER": "X-User-Id",
@@ -96,6 +97,7 @@ class _State:
             flags=config["INPROCSERVE_FLAGS"],
             flag_timeout_s=config["INPROCSERVE_FLAG_TIMEOUT_S"],
             poll_interval_s=config["INPROCSERVE_POLL_INTERVAL_S"],
+            follow_symlinks=config["INPROCSERVE_FOLLOW_SYMLINKS"],
         )
 
     def close(self) -> None:
