@@ -44,7 +44,7 @@ _MAX_DEPTH = 64  # nested subgraphs deeper than this are refused rather than rec
 _MODEL_GRAPH, _MODEL_TRAINING_INFO, _MODEL_FUNCTIONS = 7, 20, 25
 _TRAINING_GRAPHS = (1, 2)  # TrainingInfoProto.initialization, .algorithm
 _GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER = 1, 5, 15
-_FUNCTION_NODE = 7
+_FUNCTION_NODE, _FUNCTION_ATTRIBUTE_DEFAULTS = 7, 11
 _NODE_ATTRIBUTE = 5
 _ATTR_TENSOR, _ATTR_GRAPH, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 6, 10, 11, 22, 23
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
@@ -209,6 +209,8 @@ def _nodes(data: memoryview, node_field: int, found: list[ExternalData], depth: 
             _tensor(_message(value), found)
         elif node_field == _GRAPH_NODE and number == _GRAPH_SPARSE_INITIALIZER:
             _sparse(_message(value), found)
+        elif node_field == _FUNCTION_NODE and number == _FUNCTION_ATTRIBUTE_DEFAULTS:
+            _attribute(_message(value), found, depth)
         elif number == node_field:
             for field, _, attribute in _fields(_message(value)):
                 if field == _NODE_ATTRIBUTE:

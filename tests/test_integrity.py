@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 import inprocserve
@@ -387,3 +389,43 @@ def test_a_cached_graph_with_hostile_external_data_is_refused(repository: Path, 
     os.utime(cached, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
     status = make_server(repository, config=config).status()["models"]["m"]["versions"]["1"]
     assert status["state"] == "failed" and "may not climb out" in status["error"]
+
+
+def test_the_walker_looks_into_functions_and_their_attribute_defaults() -> None:
+    in_node = external_tensor("w_node", WEIGHTS, {"location": "../node.bin"})
+    default = external_tensor("w_default", WEIGHTS, {"location": "../default.bin"})
+    function = helper.make_function(
+        "local",
+        "f",
+        ["x"],
+        ["y"],
+        [helper.make_node("Constant", [], ["y"], value=in_node)],
+        [helper.make_opsetid("", 17)],
+    )
+    function.attribute_proto.append(helper.make_attribute("scale", default))
+    model = initializer_model({"location": "weights.bin"})
+    model.functions.append(function)
+    found = sorted(ref.tensor for ref in external_data(model.SerializeToString()))
+    assert found == ["w", "w_default", "w_node"]
+
+
+VALID_BYTES = subgraph_model({"location": "weights.bin"}).SerializeToString()
+
+
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        st.tuples(st.integers(0, len(VALID_BYTES) - 1), st.integers(0, 255)).map(
+            lambda flip: VALID_BYTES[: flip[0]] + bytes([flip[1]]) + VALID_BYTES[flip[0] + 1 :]
+        ),
+        st.integers(0, len(VALID_BYTES)).map(lambda cut: VALID_BYTES[:cut]),
+    )
+)
+@settings(max_examples=500, derandomize=True, database=None, deadline=None)
+def test_the_walker_reads_any_bytes_or_says_they_are_no_model(data: bytes) -> None:
+    try:
+        references = external_data(data)
+    except ValueError as exc:
+        assert "not a valid ONNX model" in str(exc)
+        return
+    assert all(isinstance(ref.entries, dict) for ref in references)
