@@ -273,12 +273,8 @@ def check_version(model_file: Path, *, model: str, version: int, follow_symlinks
     def fail(message: str) -> ModelLoadError:
         return ModelLoadError(f"model {model!r} version {version}: {message}", model=model, version=version)
 
-    if not follow_symlinks:
-        for path, what in (
-            (model_file.parent.parent, "model folder"),
-            (model_file.parent, "version folder"),
-            (model_file, "model file"),
-        ):
+    if not follow_symlinks:  # the scan skips linked model folders; this also covers load(path=...)
+        for path, what in ((model_file.parent, "version folder"), (model_file, "model file")):
             if path.is_symlink():
                 raise fail(
                     f"the {what} {path} is a symbolic link, which is refused; copy the files in, or let the "

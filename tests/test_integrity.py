@@ -429,3 +429,16 @@ def test_the_walker_reads_any_bytes_or_says_they_are_no_model(data: bytes) -> No
         assert "not a valid ONNX model" in str(exc)
         return
     assert all(isinstance(ref.entries, dict) for ref in references)
+
+
+def test_load_by_path_refuses_a_linked_model_file_unless_links_are_followed(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    real = save_model(build_scale_model(3.0), tmp_path / "real", "m", 1)
+    link = tmp_path / "link.onnx"
+    link.symlink_to(real)
+    with pytest.raises(inprocserve.ModelLoadError, match=r"model file .* is a symbolic link"):
+        make_server().load("m", path=link)
+    server = make_server(follow_symlinks=True)
+    server.load("m", path=link)
+    assert server.predict("m", {"x": np.ones((1, 4), dtype=np.float32)})["y"].tolist() == [[3.0] * 4]
