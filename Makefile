@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := prometheus chromium fonts-dejavu-core redis-server
 
 DIST ?= dist
 
-.PHONY: install system-deps demo demo-core test lint typecheck bench docs-screenshot clean dist
+.PHONY: install system-deps demo demo-core test lint typecheck bench docs-screenshot clean dist soak
 
 $(STAMP): pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,28 @@ typecheck: install
 test: system-deps lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The fault and abuse suite, long (not in CI): each soak test runs SOAK_SECONDS, hypothesis fuzzes 10,000
+# examples per property, and an old onnxruntime (in its own venv: its numpy pin would break the main one)
+# shows that the external-data checks do not depend on onnxruntime. Figures: stdout and $(SOAK_RESULTS).
+SOAK_SECONDS ?= 30
+SOAK_RESULTS ?= soak-results.jsonl
+OLD_ORT_VENV ?= .venv-ort-old
+OLD_ORT_STAMP := $(OLD_ORT_VENV)/.installed
+
+$(OLD_ORT_STAMP):
+	$(PYTHON) -m venv $(OLD_ORT_VENV)
+	$(OLD_ORT_VENV)/bin/python -m pip install --quiet "onnxruntime==1.17.3" "numpy<2" "onnx==1.16.2" \
+		cachetools opentelemetry-api
+	touch $(OLD_ORT_STAMP)
+
+soak: install $(OLD_ORT_STAMP)
+	rm -f $(SOAK_RESULTS)
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_RESULTS=$(SOAK_RESULTS) HYPOTHESIS_PROFILE=soak \
+	INPROCSERVE_OLD_ORT_PYTHON=$(OLD_ORT_VENV)/bin/python \
+	$(BIN)/python -m pytest -s --timeout=3600 tests/soak tests/test_fuzz.py \
+		integrations/flask/tests/test_flask_hostile_input.py integrations/django/tests/test_django_hostile_input.py \
+		$(PYTEST_ARGS)
+
 bench: install
 	$(BIN)/python benchmarks/coalescing.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/telemetry_overhead.py
@@ -61,6 +83,8 @@ bench: install
 	$(BIN)/python benchmarks/status_recorder.py
 	$(BIN)/python benchmarks/control_follow.py
 	$(BIN)/python benchmarks/shadow_overhead.py
+	$(BIN)/python benchmarks/protocol_overhead.py
+	$(BIN)/python benchmarks/deadlines.py
 
 # Re-take docs/images/status-page.png: the status page of a busy test app, in headless Chromium.
 docs-screenshot: install system-deps
@@ -70,7 +94,6 @@ docs-screenshot: install system-deps
 dist: install
 	rm -rf $(DIST)
 	$(BIN)/python tests/dist_build.py $(DIST)
-	$(BIN)/python benchmarks/protocol_overhead.py
 
 clean:
-	rm -rf $(VENV) $(DIST) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLD_ORT_VENV) $(DIST) .pytest_cache .mypy_cache .ruff_cache

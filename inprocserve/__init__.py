@@ -39,6 +39,7 @@ from ._errors import (
     ServerClosedError,
 )
 from ._flags import EnvFlags, FileFlags, FlagError, FlagProvider, InMemoryFlags, OpenFeatureFlags
+from ._headers import parse_timeout_ms, parse_user_id
 from ._prediction import Prediction
 from ._prefork import build_after_fork, check_repository
 from ._server import InterleavedRanking, Server
@@ -83,6 +84,8 @@ __all__ = [
     "__version__",
     "build_after_fork",
     "check_repository",
+    "parse_timeout_ms",
+    "parse_user_id",
     "render_status_page",
 ]
 

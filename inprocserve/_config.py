@@ -193,8 +193,9 @@ class PoolConfig:
     arena_shrinkage: bool = False
     """Give arena memory back after each run (frees a burst of large requests, at some cost per run)."""
     optimized_model_cache: bool = False
-    """Save the optimized graph next to ``model.onnx`` (``model.optimized-<onnxruntime version>.onnx``) and
-    load it on later starts instead of optimizing again."""
+    """Save the optimized graph next to ``model.onnx`` (``model.optimized-<onnxruntime version>-<key>.onnx``,
+    the key a digest of optimization level, providers and pre-packing) and load it on later starts instead of
+    optimizing again."""
 
     def __post_init__(self) -> None:
         if self.size < 1:

@@ -23,6 +23,7 @@ import numpy as np
 from . import _fork
 from ._config import DriftConfig
 from ._errors import ModelLoadError
+from ._integrity import resolve_model_file
 
 __all__ = ["DriftMonitor", "ks_statistic", "psi"]
 
@@ -101,7 +102,10 @@ class DriftMonitor:
         self.last: dict[str, dict[str, float]] = {}
         self.drifting = False
         if config.reference_file:
-            self._features = self._reference_from_file(folder / config.reference_file)
+            path = resolve_model_file(
+                folder, config.reference_file, what="drift reference file", model=model, version=version
+            )
+            self._features = self._reference_from_file(path)
 
     def _reference_from_file(self, path: Path) -> dict[str, _Feature]:
         try:

@@ -20,6 +20,7 @@ from ._cache import PredictionCache
 from ._config import ModelConfig
 from ._drift import DriftMonitor
 from ._errors import InprocserveError, ModelLoadError
+from ._integrity import check_version, resolve_model_file
 from ._sessions import SessionPool
 from ._signature import Signature
 from ._stats import LatencyHistogram
@@ -42,6 +43,7 @@ class ModelVersion:
         *,
         deliver: Finisher,
         clock: Callable[[], float] = time.monotonic,
+        follow_symlinks: bool = False,
     ) -> None:
         self.name = name
         self.version = version
@@ -59,7 +61,8 @@ class ModelVersion:
         self.latency = LatencyHistogram()  # fed by the server when a request to this version finishes
         self._deliver = deliver
         self._clock = clock
-        self._pool = SessionPool(path, config.pool, model=name, version=version)
+        self._follow_symlinks = follow_symlinks
+        self._pool = SessionPool(path, config.pool, model=name, version=version, follow_symlinks=follow_symlinks)
         self.reject_nan = config.nan_policy == "reject"
         self.max_request_rows = config.batching.request_row_limit
 
@@ -72,6 +75,8 @@ class ModelVersion:
         started = time.perf_counter()
         resident_before = resident_memory_bytes()
         try:
+            # before any onnxruntime session sees the file: checksum, and external data inside the folder
+            check_version(self.path, model=self.name, version=self.version, follow_symlinks=self._follow_symlinks)
             batching = self.config.batching
             signature = self._pool.prepare(
                 warmup=self._warm_up, probe_rows=batching.max_batch_size if batching.enabled else 1
@@ -194,7 +199,9 @@ class ModelVersion:
             self._pool.run(session, feeds)
 
     def _load_warmup_file(self, name: str, signature: Signature) -> dict[str, np.ndarray]:
-        path = (self.path.parent.parent / name).resolve()
+        path = resolve_model_file(
+            self.path.parent.parent, name, what="warm-up inputs file", model=self.name, version=self.version
+        )
         try:
             with np.load(path, allow_pickle=False) as data:  # never unpickle: no code from model folders
                 feeds = {key: data[key] for key in data.files}

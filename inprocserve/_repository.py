@@ -2,6 +2,10 @@
 
 Pure file-system logic, no onnxruntime: the server asks it what exists, decides what to load, and
 calls it again on every refresh to notice added and removed versions.
+
+Symbolic links are refused by default: a model folder, version folder or ``model.onnx`` that is a link is
+skipped and reported, because a link lets whoever can write its target change what is served without
+touching the repository. ``follow_symlinks=True`` (``Server(..., follow_symlinks=True)``) accepts them.
 """
 
 from __future__ import annotations
@@ -56,13 +60,23 @@ class RepositoryScan:
     problems: list[str] = field(default_factory=list)
 
 
-def scan_repository(repository: Path) -> RepositoryScan:
-    """Scan ``repository`` for models; malformed entries are skipped and listed in ``problems``."""
+_LINK_HINT = "symbolic links are refused; copy the files in, or pass follow_symlinks=True to the Server"
+
+
+def scan_repository(repository: Path, *, follow_symlinks: bool = False) -> RepositoryScan:
+    """Scan ``repository`` for models; malformed entries are skipped and listed in ``problems``.
+
+    Without ``follow_symlinks`` a model folder, version folder or model file that is a symbolic link is
+    skipped and listed in ``problems`` too.
+    """
     if not repository.is_dir():
         raise ConfigurationError(f"model repository {str(repository)!r} is not a directory")
     result = RepositoryScan()
     for folder in sorted(repository.iterdir()):
         if folder.name.startswith("."):
+            continue
+        if not follow_symlinks and folder.is_symlink():
+            result.problems.append(f"{folder}: the model folder is a symbolic link; {_LINK_HINT}")
             continue
         if not folder.is_dir():
             result.problems.append(f"{folder}: not a model folder (expected <model>/<version>/{MODEL_FILENAME})")
@@ -72,11 +86,11 @@ def scan_repository(repository: Path) -> RepositoryScan:
         except ModelNotFoundError as exc:
             result.problems.append(f"{folder}: {exc}")
             continue
-        result.models[name] = _scan_model(name, folder, result.problems)
+        result.models[name] = _scan_model(name, folder, result.problems, follow_symlinks=follow_symlinks)
     return result
 
 
-def _scan_model(name: str, folder: Path, problems: list[str]) -> ModelSource:
+def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks: bool) -> ModelSource:
     versions: dict[int, Path] = {}
     for entry in sorted(folder.iterdir()):
         if entry.name == CONFIG_FILENAME or entry.name.startswith("."):
@@ -94,6 +108,10 @@ def _scan_model(name: str, folder: Path, problems: list[str]) -> ModelSource:
             problems.append(f"{entry}: version folders must be positive integers without leading zeros")
             continue
         model_file = entry / MODEL_FILENAME
+        if not follow_symlinks and (entry.is_symlink() or model_file.is_symlink()):
+            what = "version folder" if entry.is_symlink() else MODEL_FILENAME
+            problems.append(f"{entry}: the {what} is a symbolic link; {_LINK_HINT}")
+            continue
         if not model_file.is_file():
             problems.append(f"{entry}: missing {MODEL_FILENAME}")
             continue

@@ -97,6 +97,8 @@ class Server:
             plus the load time of a version it has not loaded yet. ``None`` disables watching.
         shadow_budget: Largest share of wall-clock time shadow runs may take (0.02: 20 ms a second);
             shadow copies beyond it are dropped and counted, so shadows use spare capacity only.
+        follow_symlinks: Accept model folders, version folders, model files and external-data files that
+            are symbolic links (refused by default; see docs/repository.md, "Integrity").
         clock: A monotonic clock (tests may step a manual one).
 
     Raises:
@@ -119,6 +121,7 @@ class Server:
         control_interval_s: float | None = 0.5,
         shadow_budget: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
+        follow_symlinks: bool = False,
     ) -> None:
         if control_interval_s is not None and not control_interval_s > 0:
             raise ConfigurationError(f"control_interval_s must be > 0, got {control_interval_s}")
@@ -130,6 +133,7 @@ class Server:
         self._defaults = config or ModelConfig()
         self._code_configs = dict(models or {})
         self._clock = clock
+        self._follow_symlinks = follow_symlinks
         self._ids = RequestIds()
         self._routes: dict[str, _Routes] = {}
         self._loaded: dict[str, dict[int, ModelVersion]] = {}
@@ -991,7 +995,7 @@ class Server:
             if self._closed:
                 return []
             try:
-                scan = scan_repository(self._repository)
+                scan = scan_repository(self._repository, follow_symlinks=self._follow_symlinks)
             except ConfigurationError as exc:
                 logger.error("cannot scan the model repository: %s", exc)
                 return [str(exc)]
@@ -1113,7 +1117,9 @@ class Server:
         loaded = self._loaded.get(name, {})
         if number in loaded and loaded[number].path == path:
             return
-        candidate = ModelVersion(name, number, path, config, deliver=self._deliver, clock=self._clock)
+        candidate = ModelVersion(
+            name, number, path, config, deliver=self._deliver, clock=self._clock, follow_symlinks=self._follow_symlinks
+        )
         try:
             candidate.load()
         except ModelLoadError as exc:
@@ -1166,7 +1172,7 @@ class Server:
     def _find_in_repository(self, name: str) -> ModelSource:
         if self._repository is None:
             raise ModelNotFoundError(f"no repository configured; pass path= to load model {name!r}", model=name)
-        source = scan_repository(self._repository).models.get(name)
+        source = scan_repository(self._repository, follow_symlinks=self._follow_symlinks).models.get(name)
         if source is None or not source.versions:
             raise ModelNotFoundError(f"model {name!r} is not in the repository {self._repository}", model=name)
         return source

@@ -8,6 +8,8 @@ arrays and our own exceptions. It imports onnxruntime only when the first sessio
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -29,6 +31,7 @@ from ._errors import (
     ModelLoadError,
     ServerClosedError,
 )
+from ._integrity import check_external_data
 from ._signature import Signature
 
 __all__ = [
@@ -231,6 +234,20 @@ def _terminator(options: Any) -> Any:
     return terminate
 
 
+def optimized_key(config: PoolConfig, providers: Sequence[ProviderSpec]) -> str:
+    """A short digest of every option that shapes a saved optimized graph: the optimization level, the
+    providers and their options (onnxruntime fuses nodes per provider), the onnxruntime version, and the
+    session entries that change what is written (pre-packing of weights)."""
+    shape = {
+        "graph_optimization": config.graph_optimization,
+        "providers": [spec if isinstance(spec, str) else [spec[0], sorted(spec[1].items())] for spec in providers],
+        "onnxruntime": onnxruntime_version(),
+        "disable_prepacking": bool(config.shared_weights),
+    }
+    text = json.dumps(shape, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 # -- the pool -------------------------------------------------------------------------------------------
 
 # Sessions inherited across fork() are never destroyed in the child: their destructors would join
@@ -252,8 +269,11 @@ class SessionPool:
     first use, so no onnxruntime object or thread is ever shared across a fork.
     """
 
-    def __init__(self, path: Path, config: PoolConfig, *, model: str, version: int) -> None:
+    def __init__(
+        self, path: Path, config: PoolConfig, *, model: str, version: int, follow_symlinks: bool = False
+    ) -> None:
         self.path = path
+        self.follow_symlinks = follow_symlinks
         self.config = config
         self.model = model
         self.version = version
@@ -366,7 +386,7 @@ class SessionPool:
         providers = resolve_providers(config, device_id=device_id, cuda_usable=cuda)
         try:
             options = session_options(config, threads=threads or self._threads)
-            source = self._optimized_source(options)
+            source = self._optimized_source(options, providers)
             session = _ort().InferenceSession(str(source), options, providers=providers)
         except Exception as exc:
             raise ModelLoadError(
@@ -403,18 +423,28 @@ class SessionPool:
                 ) from exc
         return session
 
-    @property
-    def optimized_path(self) -> Path:
-        return self.path.with_name(f"model.optimized-{onnxruntime_version()}.onnx")
+    def optimized_path(self, providers: Sequence[ProviderSpec] = (_CPU,)) -> Path:
+        """Where the optimized graph for these providers and this pool's options is cached."""
+        return self.path.with_name(
+            f"model.optimized-{onnxruntime_version()}-{optimized_key(self.config, providers)}.onnx"
+        )
 
-    def _optimized_source(self, options: Any) -> Path:
+    def _optimized_source(self, options: Any, providers: Sequence[ProviderSpec]) -> Path:
         """With ``optimized_model_cache``: load the saved optimized graph when it is newer than the model
-        (no second optimization pass), else optimize and save it for the next start."""
+        (no second optimization pass), else optimize and save it for the next start.
+
+        The file name carries a key of everything that shapes the saved graph (see :func:`optimized_key`),
+        so a change of optimization level, providers or onnxruntime never loads a graph built for others.
+        """
         if not self.config.optimized_model_cache:
             return self.path
-        cached = self.optimized_path
+        cached = self.optimized_path(providers)
         try:
             if cached.is_file() and cached.stat().st_mtime_ns >= self.path.stat().st_mtime_ns:
+                # the cached graph is a model file too: its external data must stay in the folder as well
+                check_external_data(
+                    cached, model=self.model, version=self.version, follow_symlinks=self.follow_symlinks
+                )
                 options.graph_optimization_level = _ort().GraphOptimizationLevel.ORT_DISABLE_ALL
                 return cached
         except OSError:

@@ -17,6 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "CONTROL_INTERVAL_S": 0.5,  # how often each worker re-reads the fleet's control file
     "EAGER": False,  # check the repository at start-up; build and warm in each worker right after the fork
     "ADMIN_TOKEN": None,  # set it to enable the admin endpoints (and paths in /models)
+    "FOLLOW_SYMLINKS": False,  # accept symlinked model/version folders and files (docs/repository.md)
     "USER_HEADER": "X-User-Id",  # used for the rollout context when no user is logged in
     "DEADLINE_HEADER": "X-Request-Timeout-Ms",  # remaining budget sent by the caller or proxy
     "TIMEOUT_S": None,  # default budget of a request

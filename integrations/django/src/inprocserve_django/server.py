@@ -34,6 +34,7 @@ def get_server() -> inprocserve.Server:
                     flag_timeout_s=config["FLAG_TIMEOUT_S"],
                     poll_interval_s=config["POLL_INTERVAL_S"],
                     control_interval_s=config["CONTROL_INTERVAL_S"],
+                    follow_symlinks=config["FOLLOW_SYMLINKS"],
                 )
                 _pid = os.getpid()
     return _server
@@ -72,20 +73,20 @@ def derive_context(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is not None and getattr(user, "is_authenticated", False):
         return {"user_id": str(user.pk)}
-    header = request.headers.get(settings()["USER_HEADER"])
-    return {"user_id": header} if header else {}
+    name = settings()["USER_HEADER"]
+    user_id = inprocserve.parse_user_id(request.headers.get(name), header=name)  # 400 when malformed
+    return {"user_id": user_id} if user_id is not None else {}
 
 
 def remaining_budget(request: HttpRequest) -> float | None:
     budgets = []
     config = settings()
-    header = request.headers.get(config["DEADLINE_HEADER"])
-    if header is not None:
+    header = config["DEADLINE_HEADER"]
+    # a malformed value raises InvalidInputError (a 400 naming the header), never a 500
+    milliseconds = inprocserve.parse_timeout_ms(request.headers.get(header), header=header)
+    if milliseconds is not None:
         started = getattr(request, "_inprocserve_started", time.monotonic())
-        try:
-            budgets.append(float(header) / 1000 - (time.monotonic() - started))
-        except ValueError:
-            pass  # a malformed header is ignored
+        budgets.append(milliseconds / 1000 - (time.monotonic() - started))
     if config["TIMEOUT_S"] is not None:
         budgets.append(config["TIMEOUT_S"])
     return min(budgets) if budgets else None

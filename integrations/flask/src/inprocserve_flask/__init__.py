@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "INPROCSERVE_FLAG_TIMEOUT_S": 0.05,
     "INPROCSERVE_POLL_INTERVAL_S": None,
     "INPROCSERVE_CONTROL_INTERVAL_S": 0.5,  # how often each worker re-reads the fleet's control file
+    "INPROCSERVE_FOLLOW_SYMLINKS": False,  # accept symlinked model/version folders and files (docs/repository.md)
     "INPROCSERVE_EAGER": False,  # check the repository at init_app, build and warm in each worker after fork
     "INPROCSERVE_CONTEXT": None,  # callable() -> dict for rollout decisions; default: default_context
     "INPROCSERVE_USER_HEADER": "X-User-Id",
@@ -117,6 +118,7 @@ class _State:
             flag_timeout_s=config["INPROCSERVE_FLAG_TIMEOUT_S"],
             poll_interval_s=config["INPROCSERVE_POLL_INTERVAL_S"],
             control_interval_s=config["INPROCSERVE_CONTROL_INTERVAL_S"],
+            follow_symlinks=config["INPROCSERVE_FOLLOW_SYMLINKS"],
         )
 
     def close(self) -> None:
@@ -205,7 +207,8 @@ def default_context() -> dict[str, Any]:
         if current_user.is_authenticated:
             user_id = current_user.get_id()
     if user_id is None:
-        user_id = request.headers.get(_state().config["INPROCSERVE_USER_HEADER"])
+        header = _state().config["INPROCSERVE_USER_HEADER"]
+        user_id = inprocserve.parse_user_id(request.headers.get(header), header=header)
     if user_id is not None:
         context["user_id"] = str(user_id)
     return context
@@ -234,13 +237,12 @@ def _remaining_budget() -> float | None:
     view_deadline = g.get("_inprocserve_view_deadline")
     if view_deadline is not None:
         budgets.append(view_deadline - time.monotonic())
-    header = request.headers.get(config["INPROCSERVE_DEADLINE_HEADER"])
-    if header is not None:
-        try:
-            started = g.get("_inprocserve_request_started", time.monotonic())
-            budgets.append(float(header) / 1000 - (time.monotonic() - started))
-        except ValueError:
-            pass  # a malformed header is ignored, not an error of the caller's request
+    header = config["INPROCSERVE_DEADLINE_HEADER"]
+    # a malformed value raises InvalidInputError (a 400 naming the header), never a 500
+    milliseconds = inprocserve.parse_timeout_ms(request.headers.get(header), header=header)
+    if milliseconds is not None:
+        started = g.get("_inprocserve_request_started", time.monotonic())
+        budgets.append(milliseconds / 1000 - (time.monotonic() - started))
     if config["INPROCSERVE_TIMEOUT_S"] is not None:
         budgets.append(config["INPROCSERVE_TIMEOUT_S"])
     return min(budgets) if budgets else None
@@ -351,8 +353,13 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
         def act() -> dict[str, Any]:
             data = body()
             version, force = data.get("version"), data.get("force", False)
-            if isinstance(version, bool) or not isinstance(version, int) or not isinstance(force, bool):
-                raise ValueError('send {"version": <int>} (and "force": true to switch to an incompatible version)')
+            # bool is an int to Python, and a huge int is no version: both are the client's mistake
+            if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**31:
+                raise ValueError(
+                    'send a JSON object {"version": <positive int>} ("force": true switches to an incompatible version)'
+                )
+            if not isinstance(force, bool):
+                raise ValueError('"force" must be true or false')
             _state().server.switch(name, version, force=force, actor=actor())
             return {"model": name, "stable": version}
 

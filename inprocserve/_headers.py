@@ -1,0 +1,76 @@
+"""Parsing of the request values that the Flask and Django plug-ins read from HTTP requests.
+
+One implementation for both plug-ins, so they accept and refuse the same values. Anything a client sends
+is untrusted: every refusal is an :class:`InvalidInputError` (HTTP 400) whose message names the header and
+says what is accepted, never an ``OverflowError`` or a traceback from deep inside the library.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._errors import InvalidInputError
+
+__all__ = ["MAX_TIMEOUT_MS", "MAX_USER_ID_LENGTH", "parse_timeout_ms", "parse_user_id"]
+
+MAX_TIMEOUT_MS = 86_400_000.0
+"""The largest deadline header accepted: one day. A larger budget is a client bug, not a real deadline."""
+
+MAX_USER_ID_LENGTH = 256
+"""The longest user id header accepted (it is hashed for bucketing and may be recorded on spans)."""
+
+# ASCII digits only (``\d`` would take other scripts' digits, which float() also parses), at most 12 of
+# them before an optional fraction of at most 6: no sign, exponent, nan, inf, underscores or hex.
+_TIMEOUT = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
+# Printable ASCII without spaces at the ends: what any user id scheme (numbers, UUIDs, emails) needs.
+_USER_ID = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+
+def parse_timeout_ms(value: str | None, *, header: str = "X-Request-Timeout-Ms") -> float | None:
+    """The remaining time budget a client sent, in milliseconds; ``None`` when the header is absent.
+
+    Accepted: a plain decimal number of milliseconds from 0 to :data:`MAX_TIMEOUT_MS` (one day), such as
+    ``250`` or ``12.5``, with optional surrounding spaces. ``0`` means the budget is already spent.
+
+    Raises:
+        InvalidInputError: anything else (empty, negative, ``nan``, ``inf``, exponents, overlong digits,
+            more than a day); the message names ``header`` and the accepted form.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not _TIMEOUT.fullmatch(text):
+        raise InvalidInputError(
+            f"header {header}: {_shown(value)} is not a deadline; send a plain number of milliseconds "
+            f"from 0 to {MAX_TIMEOUT_MS:.0f}, such as 250 or 12.5"
+        )
+    milliseconds = float(text)
+    if milliseconds > MAX_TIMEOUT_MS:
+        raise InvalidInputError(
+            f"header {header}: {text} ms is more than a day; send at most {MAX_TIMEOUT_MS:.0f} milliseconds"
+        )
+    return milliseconds
+
+
+def parse_user_id(value: str | None, *, header: str = "X-User-Id") -> str | None:
+    """The user id a client sent for sticky rollout assignment; ``None`` when the header is absent.
+
+    Accepted: 1 to :data:`MAX_USER_ID_LENGTH` printable ASCII characters; spaces at the ends are dropped.
+
+    Raises:
+        InvalidInputError: an empty, overlong or non-printable value; the message names ``header``.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if len(text) > MAX_USER_ID_LENGTH or not _USER_ID.fullmatch(text):
+        raise InvalidInputError(
+            f"header {header}: {_shown(value)} is not a user id; send 1 to {MAX_USER_ID_LENGTH} printable "
+            "ASCII characters"
+        )
+    return text
+
+
+def _shown(value: str) -> str:
+    """The value quoted for an error message, cut short so a huge header does not make a huge response."""
+    return repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} characters)"

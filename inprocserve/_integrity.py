@@ -1,0 +1,413 @@
+"""Checks of a model version's files before any onnxruntime session opens them.
+
+onnxruntime resolves a tensor's external-data ``location`` itself, and versions before 1.24.1 follow it
+anywhere: ``../../etc/passwd``, an absolute path, a symlink out of the folder. So the library checks every
+external-data reference itself, whatever onnxruntime is installed: the location is relative, resolves
+(links followed) inside the version folder, names an existing regular file, and ``offset``/``length`` lie
+within it. The ModelProto is read with a small protobuf wire-format walker (below) instead of ``onnx``,
+which the core does not depend on; only the fields on the paths to tensors are decoded, so raw weight bytes
+are skipped, never copied.
+
+Also here: the symlink policy (symlinked model or version folders and model files are refused unless the
+server follows symlinks), the optional ``model.onnx.sha256`` checksum, and the resolution of files that a
+model's ``config.toml`` names (warm-up inputs, drift reference) inside the model folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ._errors import ModelLoadError
+
+__all__ = [
+    "CHECKSUM_SUFFIX",
+    "ExternalData",
+    "check_external_data",
+    "check_version",
+    "external_data",
+    "file_sha256",
+    "resolve_model_file",
+]
+
+CHECKSUM_SUFFIX = ".sha256"
+"""``model.onnx.sha256`` next to ``model.onnx``: the expected digest, in ``sha256sum`` format."""
+
+_MAX_DEPTH = 64  # nested subgraphs deeper than this are refused rather than recursed into
+
+# ModelProto, GraphProto, ... field numbers (onnx/onnx.proto3) on the paths that lead to a TensorProto.
+_MODEL_GRAPH, _MODEL_TRAINING_INFO, _MODEL_FUNCTIONS = 7, 20, 25
+_TRAINING_GRAPHS = (1, 2)  # TrainingInfoProto.initialization, .algorithm
+_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER = 1, 5, 15
+_FUNCTION_NODE, _FUNCTION_ATTRIBUTE_DEFAULTS = 7, 11
+_NODE_ATTRIBUTE = 5
+_ATTR_TENSOR, _ATTR_GRAPH, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 6, 10, 11, 22, 23
+_SPARSE_VALUES, _SPARSE_INDICES = 1, 2
+_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_EXTERNAL, _TENSOR_LOCATION = 1, 2, 8, 13, 14
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+# Bits per element of TensorProto.DataType; strings (8) have no fixed size.
+_BITS = {1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64, 14: 64, 15: 128, 16: 16}
+_BITS.update({17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4})
+
+
+_Fail = Callable[[str], ModelLoadError]  # builds the ModelLoadError of one version from a message
+
+
+class _Malformed(Exception):
+    """The bytes are not a well-formed protobuf message."""
+
+
+class ExternalData:
+    """One tensor's external-data reference, as written in the model."""
+
+    __slots__ = ("entries", "expected_bytes", "tensor")
+
+    def __init__(self, tensor: str, entries: dict[str, str], expected_bytes: int | None) -> None:
+        self.tensor = tensor
+        self.entries = entries
+        self.expected_bytes = expected_bytes
+        """Bytes the tensor's shape and type need (None for strings or unknown types)."""
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise _Malformed("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(data: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """(field number, wire type, value) of each field: a view for length-delimited fields, else an int."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _Malformed("field number 0")
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            yield number, wire, value
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            if pos + size > len(data):
+                raise _Malformed("length-delimited field runs past the end")
+            yield number, wire, data[pos : pos + size]
+            pos += size
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            if pos + width > len(data):
+                raise _Malformed("fixed-width field runs past the end")
+            yield number, wire, int.from_bytes(data[pos : pos + width], "little")
+            pos += width
+        elif wire == 3:  # a (deprecated) group: protobuf keeps it as an unknown field, so skip it the same way
+            pos = _skip_group(data, pos, number)
+        else:
+            raise _Malformed(f"unexpected wire type {wire}")
+
+
+def _skip_group(data: memoryview, pos: int, number: int) -> int:
+    """Position after the end-group tag of group ``number`` that starts at ``pos`` (nested groups too)."""
+    open_groups = [number]
+    while open_groups:
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            pos += size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 3:
+            open_groups.append(field)
+        elif wire == 4 and field == open_groups[-1]:
+            open_groups.pop()
+        else:
+            raise _Malformed("unbalanced group")
+        if pos > len(data) or len(open_groups) > _MAX_DEPTH:
+            raise _Malformed("group runs past the end or nests too deep")
+    return pos
+
+
+# A field whose wire type does not match its declared type is an unknown field to protobuf, which keeps and
+# ignores it; the walker ignores it too (decoding it as the declared type would see data onnxruntime never
+# uses, refusing it would refuse models onnxruntime loads). Only the bytes' framing must be well formed.
+_EMPTY = memoryview(b"")
+
+
+def _text(value: int | memoryview) -> str:
+    if not isinstance(value, memoryview):
+        return ""
+    return bytes(value).decode("utf-8", errors="surrogateescape")  # onnx.proto is proto2: no UTF-8 check
+
+
+def _message(value: int | memoryview) -> memoryview:
+    return value if isinstance(value, memoryview) else _EMPTY
+
+
+def _tensor(data: memoryview, found: list[ExternalData]) -> None:
+    name, data_type, location = "", 0, 0
+    dims: list[int] = []
+    entries: dict[str, str] = {}
+    for number, wire, value in _fields(data):
+        if number == _TENSOR_NAME:
+            name = _text(value)
+        elif number == _TENSOR_DATA_TYPE and isinstance(value, int):
+            data_type = value
+        elif number == _TENSOR_LOCATION and isinstance(value, int):
+            location = value
+        elif number == _TENSOR_DIMS:
+            if isinstance(value, int):
+                dims.append(value)
+            elif wire == 2:  # packed
+                pos = 0
+                while pos < len(value):
+                    dim, pos = _varint(value, pos)
+                    dims.append(dim)
+        elif number == _TENSOR_EXTERNAL:
+            key = entry = ""
+            for sub, _, item in _fields(_message(value)):
+                if sub == 1:
+                    key = _text(item)
+                elif sub == 2:
+                    entry = _text(item)
+            entries[key] = entry
+    if location == _EXTERNAL or entries:
+        expected: int | None = None
+        bits = _BITS.get(data_type)
+        if bits is not None and all(d < 2**62 for d in dims):
+            count = 1
+            for dim in dims:
+                count *= dim
+            expected = (count * bits + 7) // 8
+        found.append(ExternalData(name, entries, expected))
+
+
+def _sparse(data: memoryview, found: list[ExternalData]) -> None:
+    for number, _, value in _fields(data):
+        if number in (_SPARSE_VALUES, _SPARSE_INDICES):
+            _tensor(_message(value), found)
+
+
+def _nodes(data: memoryview, node_field: int, found: list[ExternalData], depth: int) -> None:
+    """Walk a GraphProto (or FunctionProto, by ``node_field``): initializers and node attributes."""
+    if depth > _MAX_DEPTH:
+        raise _Malformed(f"subgraphs nested deeper than {_MAX_DEPTH}")
+    for number, _, value in _fields(data):
+        if node_field == _GRAPH_NODE and number == _GRAPH_INITIALIZER:
+            _tensor(_message(value), found)
+        elif node_field == _GRAPH_NODE and number == _GRAPH_SPARSE_INITIALIZER:
+            _sparse(_message(value), found)
+        elif node_field == _FUNCTION_NODE and number == _FUNCTION_ATTRIBUTE_DEFAULTS:
+            _attribute(_message(value), found, depth)
+        elif number == node_field:
+            for field, _, attribute in _fields(_message(value)):
+                if field == _NODE_ATTRIBUTE:
+                    _attribute(_message(attribute), found, depth)
+
+
+def _attribute(data: memoryview, found: list[ExternalData], depth: int) -> None:
+    for number, _, value in _fields(data):
+        if number in (_ATTR_TENSOR, _ATTR_TENSORS):
+            _tensor(_message(value), found)
+        elif number in (_ATTR_SPARSE, _ATTR_SPARSES):
+            _sparse(_message(value), found)
+        elif number in (_ATTR_GRAPH, _ATTR_GRAPHS):
+            _nodes(_message(value), _GRAPH_NODE, found, depth + 1)
+
+
+def external_data(model: bytes | memoryview | mmap.mmap) -> list[ExternalData]:
+    """Every external-data reference in a serialized ModelProto: initializers, sparse initializers,
+    tensor attributes, in the main graph, in subgraphs (If/Loop/Scan), functions and training graphs.
+
+    Raises:
+        ValueError: the bytes are not a well-formed ModelProto.
+    """
+    found: list[ExternalData] = []
+    data = memoryview(model)
+    try:
+        _walk(data, found)
+    except _Malformed as exc:
+        raise ValueError(f"not a valid ONNX model ({exc})") from None
+    finally:
+        data.release()
+    return found
+
+
+def _walk(data: memoryview, found: list[ExternalData]) -> None:
+    for number, _, value in _fields(data):
+        if number == _MODEL_GRAPH:
+            _nodes(_message(value), _GRAPH_NODE, found, 0)
+        elif number == _MODEL_FUNCTIONS:
+            _nodes(_message(value), _FUNCTION_NODE, found, 0)
+        elif number == _MODEL_TRAINING_INFO:
+            for field, _, graph in _fields(_message(value)):
+                if field in _TRAINING_GRAPHS:
+                    _nodes(_message(graph), _GRAPH_NODE, found, 0)
+
+
+# -- checks -----------------------------------------------------------------------------------------------
+
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+def check_version(model_file: Path, *, model: str, version: int, follow_symlinks: bool = False) -> None:
+    """Every check a version's files must pass before onnxruntime opens them.
+
+    Raises:
+        ModelLoadError: a refused symlink, a checksum mismatch, or an external-data reference that is
+            absolute, escapes the version folder, is missing, or lies outside its file.
+    """
+
+    def fail(message: str) -> ModelLoadError:
+        return ModelLoadError(f"model {model!r} version {version}: {message}", model=model, version=version)
+
+    if not follow_symlinks:  # the scan skips linked model folders; this also covers load(path=...)
+        for path, what in ((model_file.parent, "version folder"), (model_file, "model file")):
+            if path.is_symlink():
+                raise fail(
+                    f"the {what} {path} is a symbolic link, which is refused; copy the files in, or let the "
+                    "server follow links with Server(..., follow_symlinks=True)"
+                )
+    _check_checksum(model_file, fail)
+    check_external_data(model_file, model=model, version=version, follow_symlinks=follow_symlinks)
+
+
+def check_external_data(model_file: Path, *, model: str, version: int, follow_symlinks: bool = False) -> None:
+    """Refuse a model whose external-data references leave its folder or lie outside their files.
+
+    Raises:
+        ModelLoadError: the file cannot be read, is not ONNX, or a reference is refused (says which and why).
+    """
+
+    def fail(message: str) -> ModelLoadError:
+        return ModelLoadError(f"model {model!r} version {version}: {message}", model=model, version=version)
+
+    if not model_file.is_file():
+        raise fail(f"model file {model_file} does not exist")
+    try:
+        with model_file.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return  # nothing to refer to; onnxruntime says why an empty file is no model
+            # mapped, not read: a model of several GB with its weights inline costs no copy, only the
+            # pages of the fields walked are touched
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                references = external_data(mapped)
+    except OSError as exc:
+        raise fail(f"{model_file} cannot be read: {exc}") from exc
+    except ValueError as exc:
+        raise fail(f"cannot load {model_file}: it is {exc}") from None
+    for reference in references:
+        _check_reference(reference, model_file.parent, fail, follow_symlinks=follow_symlinks)
+
+
+def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, follow_symlinks: bool) -> None:
+    what = f"tensor {reference.tensor!r} keeps its data outside the model"
+    location = reference.entries.get("location", "")
+    if not location:
+        raise fail(f"{what} but names no location")
+    if "\x00" in location or os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
+        raise fail(f"{what} at {location!r}: only paths relative to the version folder are allowed")
+    if ".." in re.split(r"[/\\]", location):
+        raise fail(f"{what} at {location!r}: '..' may not climb out of the version folder")
+    root = folder.resolve()
+    target = folder / location
+    resolved = target.resolve()
+    if not resolved.is_relative_to(root):
+        raise fail(f"{what} at {location!r}, which resolves to {resolved}, outside the version folder {root}")
+    if not follow_symlinks and resolved != Path(os.path.normpath(root / location)):
+        raise fail(f"{what} at {location!r} through a symbolic link, which is refused")
+    if not resolved.is_file():
+        raise fail(f"{what} at {location!r}, which is not a file in the version folder")
+    numbers: dict[str, int] = {}
+    for key in ("offset", "length"):
+        text = reference.entries.get(key)
+        if text is None:
+            continue
+        if not _DIGITS.fullmatch(text):
+            raise fail(f"{what} with {key} {text!r}, which is not a non-negative integer")
+        numbers[key] = int(text)
+    size = resolved.stat().st_size
+    offset = numbers.get("offset", 0)
+    length = numbers.get("length", reference.expected_bytes)
+    if reference.expected_bytes is not None and length is not None and length < reference.expected_bytes:
+        raise fail(f"{what}: length {length} is less than the {reference.expected_bytes} bytes its shape needs")
+    end = offset + (length or 0)
+    if offset > size or end > size:
+        raise fail(f"{what}: bytes {offset} to {end} lie beyond the end of {location!r} ({size} bytes)")
+
+
+# -- checksums --------------------------------------------------------------------------------------------
+
+_HEX = re.compile(r"[0-9a-fA-F]{64}")
+_hash_lock = threading.Lock()
+_hashes: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> digest
+_MAX_CACHED_HASHES = 256
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256 hex digest, cached by (inode, size, mtime) so re-checks do not re-read the file."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    with _hash_lock:
+        cached = _hashes.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    result = digest.hexdigest()
+    with _hash_lock:
+        if len(_hashes) >= _MAX_CACHED_HASHES:
+            _hashes.pop(next(iter(_hashes)))
+        _hashes[key] = result
+    return result
+
+
+def _check_checksum(model_file: Path, fail: _Fail) -> None:
+    sidecar = model_file.with_name(model_file.name + CHECKSUM_SUFFIX)
+    if not sidecar.exists():
+        return
+    try:
+        text = sidecar.read_text(encoding="ascii", errors="replace")[:4096]
+    except OSError as exc:
+        raise fail(f"checksum file {sidecar} cannot be read: {exc}") from exc
+    words = text.split()
+    if not words or not _HEX.fullmatch(words[0]):
+        raise fail(f"checksum file {sidecar} does not start with a sha256 hex digest (write: sha256sum model.onnx)")
+    expected = words[0].lower()
+    actual = file_sha256(model_file)
+    if actual != expected:
+        raise fail(f"{model_file} has sha256 {actual}, but {sidecar.name} expects {expected}; the file is refused")
+
+
+# -- files named in config.toml ---------------------------------------------------------------------------
+
+
+def resolve_model_file(folder: Path, name: str, *, what: str, model: str, version: int | None = None) -> Path:
+    """``folder / name`` for a file that a model's config names, refused unless it stays inside ``folder``.
+
+    Raises:
+        ModelLoadError: ``name`` is absolute or resolves (links followed) outside the model folder.
+    """
+    resolved = (folder / name).resolve()
+    if os.path.isabs(name) or "\x00" in name or not resolved.is_relative_to(folder.resolve()):
+        raise ModelLoadError(
+            f"model {model!r}: the {what} {name!r} must be a path inside the model folder {folder}, "
+            f"but resolves to {resolved}",
+            model=model,
+            version=version,
+        )
+    return resolved

@@ -1,0 +1,138 @@
+"""Hostile request values against the Django plug-in: every one is a 400 naming what to fix, never a 500."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client, override_settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from inprocserve_django import reset_server
+
+from inprocserve.testing import build_scale_model, save_model
+
+HOSTILE_TIMEOUTS = [
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "Infinity",
+    "1e400",
+    "1e3",
+    "9" * 400,
+    "-5",
+    "-0.5",
+    "",
+    "   ",
+    "0x10",
+    "1_000",
+    "12,5",
+    "+250",
+    "\u0661\u0662\u0663",  # Arabic-Indic digits: float() would take them
+    "250ms",
+    "1.2.3",
+    "86400001",
+]
+
+HOSTILE_USER_IDS = ["", "   ", "x" * 257, "user\x00id", "user\x7fid", "caf\u00e9", "\t\x01"]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Path]:
+    repository = tmp_path / "models"
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository)}):
+        yield repository
+    reset_server()
+
+
+def post(url: str, **headers: str) -> Any:
+    return Client().post(
+        url, data=json.dumps({"rows": [[1, 2, 3, 4]]}), content_type="application/json", headers=headers
+    )
+
+
+@pytest.mark.parametrize("url", ["/score", "/ascore"])
+@pytest.mark.parametrize("value", HOSTILE_TIMEOUTS)
+def test_a_malformed_deadline_header_is_a_400_naming_the_header(served: Path, url: str, value: str) -> None:
+    response = post(url, **{"X-Request-Timeout-Ms": value})
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["error"] == "invalid_input"
+    assert "X-Request-Timeout-Ms" in body["message"] and "milliseconds" in body["message"]
+    assert len(body["message"]) < 300  # a 400-digit header is not echoed back whole
+
+
+@pytest.mark.parametrize("value", ["5000", " 5000 ", "5000.25", "86400000"])
+def test_a_well_formed_deadline_header_is_honoured(served: Path, value: str) -> None:
+    response = post("/score", **{"X-Request-Timeout-Ms": value})
+    assert response.status_code == 200, response.content
+    assert response.json()["y"] == [[2.0, 4.0, 6.0, 8.0]]
+
+
+def test_a_zero_deadline_is_spent_not_malformed(served: Path) -> None:
+    assert post("/score", **{"X-Request-Timeout-Ms": "0"}).status_code == 504
+
+
+@pytest.mark.parametrize("url", ["/score", "/ascore"])
+@pytest.mark.parametrize("value", HOSTILE_USER_IDS)
+def test_a_malformed_user_id_header_is_a_400_where_a_view_predicts(served: Path, url: str, value: str) -> None:
+    response = post(url, **{"X-User-Id": value})
+    assert response.status_code == 400, response.content
+    assert "X-User-Id" in response.json()["message"]
+
+
+@pytest.mark.parametrize("value", HOSTILE_USER_IDS)
+def test_a_malformed_user_id_header_does_not_break_pages_that_do_not_predict(served: Path, value: str) -> None:
+    response = Client().get("/-/inprocserve/health", headers={"X-User-Id": value})
+    assert response.status_code == 200
+
+
+def test_a_reasonable_user_id_is_accepted(served: Path) -> None:
+    assert post("/score", **{"X-User-Id": "user-42@example.com"}).status_code == 200
+
+
+FUZZ_EXAMPLES = 2_000 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 200
+header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40)
+
+
+@given(
+    url=st.sampled_from(["/score", "/ascore"]),
+    timeout=st.one_of(header_text, st.from_regex(r"[0-9]{1,14}(\.[0-9]{0,8})?", fullmatch=True)),
+    user=header_text,
+)
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "soak",
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+def test_any_header_value_is_answered_or_a_400(served: Path, url: str, timeout: str, user: str) -> None:
+    response = post(url, **{"X-Request-Timeout-Ms": timeout, "X-User-Id": user})
+    assert response.status_code in (200, 400, 504), response.content
+    if response.status_code == 200:
+        assert response.json()["y"] == [[2.0, 4.0, 6.0, 8.0]]
+    elif response.status_code == 400:
+        message = response.json()["message"]
+        assert "X-Request-Timeout-Ms" in message or "X-User-Id" in message
+
+
+@pytest.mark.parametrize("mode", ["refuse", "follow"])
+def test_a_symlinked_model_folder_is_served_only_with_follow_symlinks(tmp_path: Path, mode: str) -> None:
+    follow = mode == "follow"
+    save_model(build_scale_model(3.0), tmp_path / "elsewhere", "linked", 1)
+    repository = tmp_path / "models"
+    repository.mkdir()
+    (repository / "linked").symlink_to(tmp_path / "elsewhere" / "linked", target_is_directory=True)
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "FOLLOW_SYMLINKS": follow}):
+        try:
+            response = Client().get("/-/inprocserve/models")
+            assert ("linked" in response.json()["models"]) is follow
+        finally:
+            reset_server()
