@@ -126,6 +126,21 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_score_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``score MODEL INPUT OUTPUT``: batch scoring of a file (formats: see ``inprocserve._scoring_io``)."""
+    from ._scoring_io import run_score
+
+    score = commands.add_parser("score", help="score every row of a .npy/.npz/.csv/.parquet file into another")
+    score.add_argument("model", help="a model.onnx file, a version folder holding one, or a model repository")
+    score.add_argument("input", help="rows to score: .npy, .npz (one array per input), .csv or .parquet")
+    score.add_argument("output", help="where to write the answers: .npy, .npz (one array per output), .csv, .parquet")
+    score.add_argument("--name", help="the model to use when MODEL is a repository of several")
+    score.add_argument("--version", type=int, help="the version to use (default: the latest servable)")
+    score.add_argument("--batch-rows", type=int, help="rows per chunk (default: the model's max_batch_size)")
+    score.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+    score.set_defaults(run=run_score)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inprocserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quantize.add_argument("--seconds", type=float, default=1.0, help="time per speed measurement")
     quantize.add_argument("--json", action="store_true", help="print JSON")
     quantize.set_defaults(run=_quantize)
+    _add_score_command(commands)
     args = parser.parse_args(argv)
     return int(args.run(args))
 
