@@ -136,7 +136,7 @@ class ProgressBar:
             self._stream.flush()
 
 
-def resolve_progress(progress: bool | Progress | None) -> tuple[Progress | None, ProgressBar | None]:
+def resolve_progress(*, progress: bool | Progress | None) -> tuple[Progress | None, ProgressBar | None]:
     """``True``: a bar on stderr if it is a terminal (nothing otherwise); a callable: itself."""
     if progress is None or progress is False:
         return None, None
@@ -184,10 +184,11 @@ def score(
             "inputs must be an array, a mapping of input name to array, or an iterable of such batches; "
             f"got {type(inputs).__name__}"
         )
-    callback, bar = resolve_progress(progress)
+    callback, bar = resolve_progress(progress=progress)
     if isinstance(inputs, (np.ndarray, Mapping)):
-        total: int | None = _rows_of(inputs)
-        jobs: Iterator[_Job] = _slices(inputs, total, plan.chunk_rows)
+        rows = _rows_of(inputs)
+        total: int | None = rows
+        jobs: Iterator[_Job] = _slices(inputs, rows, plan.chunk_rows)
     else:
         total = sum(_rows_of(item) for item in inputs) if isinstance(inputs, (list, tuple)) else None
         jobs = _batches(iter(inputs), plan.chunk_rows)
@@ -254,7 +255,9 @@ def _batches(items: Iterator[Any], chunk_rows: int | None) -> Iterator[_Job]:
         if chunk_rows is None or rows <= chunk_rows:
             yield _Job([item], rows)
         else:
-            yield _Job([_part(item, start, min(rows, start + chunk_rows)) for start in range(0, rows, chunk_rows)], rows)
+            yield _Job(
+                [_part(item, start, min(rows, start + chunk_rows)) for start in range(0, rows, chunk_rows)], rows
+            )
 
 
 def _run(

@@ -36,8 +36,8 @@ _MODEL_NAME = "model"  # the name a model loaded from a file is served under
 
 def _pyarrow() -> tuple[Any, Any]:
     try:
-        import pyarrow as pa  # type: ignore[import-not-found, unused-ignore]
-        import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
+        import pyarrow as pa  # type: ignore[import-not-found, import-untyped, unused-ignore]
+        import pyarrow.parquet as pq  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError:
         raise ConfigurationError("Parquet files need pyarrow: pip install pyarrow") from None
     return pa, pq
@@ -148,7 +148,9 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
                 columns = [column.to_numpy(zero_copy_only=False) for column in batch.columns]
                 matrix = np.column_stack(columns).astype(dtype, casting="same_kind")
             except (TypeError, ValueError) as exc:
-                raise InvalidInputError(f"input {path}: columns cannot form the matrix of input {name!r}: {exc}") from exc
+                raise InvalidInputError(
+                    f"input {path}: columns cannot form the matrix of input {name!r}: {exc}"
+                ) from exc
             yield _shape_for(matrix, rank)
 
     return batches(), int(table.metadata.num_rows)
@@ -159,7 +161,7 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
 
 def _columns(answer: Mapping[str, Any]) -> list[tuple[str, np.ndarray]]:
     """Each output flattened to ``(rows, k)`` and named ``<output>_0 .. <output>_<k-1>``."""
-    columns = []
+    columns: list[tuple[str, np.ndarray]] = []
     for output, values in answer.items():
         matrix = np.asarray(values)
         matrix = matrix.reshape(len(matrix), -1) if matrix.ndim else matrix.reshape(1, 1)
@@ -203,7 +205,7 @@ class _Writer:
             np.savetxt(self._text, np.column_stack([values for _, values in columns]), delimiter=",", fmt=self._fmts)
             return
         pa, pq = _pyarrow()
-        table = pa.table({name: values for name, values in columns})
+        table = pa.table(dict(columns))
         if self._parquet is None:
             self._parquet = pq.ParquetWriter(self._temp, table.schema)
         self._parquet.write_table(table)
@@ -220,7 +222,7 @@ class _Writer:
 
     def _save(self, file: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
         if self.format == ".npz":
-            np.savez(file, **arrays)
+            np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy stubs do not type **arrays
         elif arrays:
             np.save(file, next(iter(arrays.values())), allow_pickle=False)
 
@@ -252,7 +254,9 @@ def _open_model(server: Server, model: Path, name: str | None) -> str:
     served = server.models
     if name is None:
         if len(served) != 1:
-            raise ModelNotFoundError(f"the repository {model} serves {sorted(served) or 'no models'}; pick one with --name")
+            raise ModelNotFoundError(
+                f"the repository {model} serves {sorted(served) or 'no models'}; pick one with --name"
+            )
         name = next(iter(served))
     if name not in served:
         raise ModelNotFoundError(f"the repository {model} has no servable model {name!r} (it serves {sorted(served)})")
@@ -286,7 +290,9 @@ def score_file(
         writer = _Writer(output_path)
         rows = 0
         try:
-            for answer in server.predict_many(served, source, version=version, batch_rows=batch_rows, progress=progress):
+            for answer in server.predict_many(
+                served, source, version=version, batch_rows=batch_rows, progress=progress
+            ):
                 writer.write(answer)
                 rows += len(next(iter(answer.values()))) if len(answer) else 0
             writer.commit()
@@ -326,5 +332,7 @@ def run_score(args: argparse.Namespace) -> int:
         return 1
     seconds = time.perf_counter() - started
     if not args.quiet:
-        print(f"scored {rows:,} rows in {seconds:.2f}s ({rows / seconds:,.0f} rows/s) -> {args.output}", file=sys.stderr)
+        print(
+            f"scored {rows:,} rows in {seconds:.2f}s ({rows / seconds:,.0f} rows/s) -> {args.output}", file=sys.stderr
+        )
     return 0

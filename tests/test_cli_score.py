@@ -40,7 +40,9 @@ def test_npz_maps_inputs_and_outputs_by_name(tmp_path: Path) -> None:
     a = _x(70)[:, :3]
     np.savez(tmp_path / "in.npz", a=a, b=a + 1, n=np.arange(70, dtype=np.int64).reshape(70, 1))
     # A repository with one model: the model is found by itself; a version folder works too.
-    assert main(["score", "--quiet", str(tmp_path / "models"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")]) == 0
+    assert (
+        main(["score", "--quiet", str(tmp_path / "models"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")]) == 0
+    )
     with np.load(tmp_path / "out.npz") as out:
         assert sorted(out.files) == ["count", "total"]
         np.testing.assert_array_equal(out["total"], a + (a + 1))
@@ -97,7 +99,20 @@ def test_clear_errors_for_what_cannot_be_scored(
     assert "several inputs" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "models"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]) == 1
     assert "pick one with --name" in capsys.readouterr().err
-    assert main(["score", "--quiet", "--name", "scale", str(tmp_path / "models"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--quiet",
+                "--name",
+                "scale",
+                str(tmp_path / "models"),
+                str(tmp_path / "x.npy"),
+                str(tmp_path / "y.npy"),
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), _x() * 2)
     _no_leftovers(tmp_path)
 
@@ -129,7 +144,15 @@ def test_the_module_entry_point(tmp_path: Path, scale_file: Path) -> None:
     x = _x(300)
     np.save(tmp_path / "x.npy", x)
     result = subprocess.run(
-        [sys.executable, "-m", "inprocserve", "score", str(scale_file), str(tmp_path / "x.npy"), str(tmp_path / "y.npz")],
+        [
+            sys.executable,
+            "-m",
+            "inprocserve",
+            "score",
+            str(scale_file),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npz"),
+        ],
         capture_output=True,
         text=True,
         check=False,

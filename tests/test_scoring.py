@@ -20,7 +20,6 @@ from inprocserve.testing import (
     build_add_model,
     build_gather_model,
     build_mlp_model,
-    build_scale_model,
     save_model,
 )
 from tests.conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
@@ -229,9 +228,8 @@ def test_progress_bar_redraws_at_most_every_interval() -> None:
     bar(100, 100)  # the last row is always drawn
     bar.close()
     frames = stream.getvalue().split("\r")[1:]
-    assert [frame.split("] ")[0] for frame in frames] == ["[" + "-" * 10, "[#####-----", "[" + "#" * 10] + [
-        "[" + "#" * 10
-    ]
+    full = "[" + "#" * 10
+    assert [frame.split("] ")[0] for frame in frames] == ["[" + "-" * 10, "[#####-----", full, full]
     assert "50/100 rows" in frames[1] and "rows/s" in frames[1]
     assert stream.getvalue().endswith("\n")
     unknown = io.StringIO()
