@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/python benchmarks/performance.py
 	$(BIN)/python benchmarks/status_recorder.py
+	$(BIN)/python benchmarks/batch_scoring.py
 
 # Re-take docs/images/status-page.png: the status page of a busy test app, in headless Chromium.
 docs-screenshot: install system-deps
