@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 import inprocserve
-from inprocserve._scoring import ProgressBar
+from inprocserve._scoring import ProgressBar, plan_scoring
 from inprocserve.testing import (
     ManualClock,
     build_add_model,
@@ -134,7 +134,7 @@ def test_closing_early_cancels_the_queued_chunks(busy_repository: Path, make_ser
     assert version_status(server, "busy")["rows_run"] - before == 10 + 3000
 
 
-def test_an_exception_in_the_consumer_also_cancels(scale_repository: Path, make_server: ServerFactory) -> None:
+def test_an_exception_in_the_consumer_stops_the_job(scale_repository: Path, make_server: ServerFactory) -> None:
     server = make_server(scale_repository, config=_config(max_batch_size=2))
     with pytest.raises(RuntimeError, match="consumer gave up"):
         for _answer in server.predict_many("scale", _rows(1000)):
@@ -253,3 +253,46 @@ def test_a_queue_filled_by_others_is_waited_out(busy_repository: Path, make_serv
     answers = list(server.predict_many("busy", busy_inputs(20)))
     assert [len(answer["y"]) for answer in answers] == [8, 8, 4]
     assert blocker.done() and all(other.done() for other in others)
+
+
+def test_the_window_never_holds_more_rows_than_the_queue() -> None:
+    plan = plan_scoring(
+        max_batch_size=64,
+        request_row_limit=4096,
+        max_queue_rows=100,
+        sessions=4,
+        batchable=True,
+        batch_rows=None,
+        max_in_flight=None,
+    )
+    assert (plan.chunk_rows, plan.window_rows) == (64, 100)
+    plan = plan_scoring(
+        max_batch_size=8,
+        request_row_limit=4096,
+        max_queue_rows=4096,
+        sessions=2,
+        batchable=True,
+        batch_rows=None,
+        max_in_flight=None,
+    )
+    assert (plan.chunk_rows, plan.window_rows) == (8, 32)  # two chunks per session
+    plan = plan_scoring(
+        max_batch_size=8,
+        request_row_limit=4096,
+        max_queue_rows=20,
+        sessions=1,
+        batchable=True,
+        batch_rows=4,
+        max_in_flight=50,
+    )
+    assert (plan.chunk_rows, plan.max_in_flight, plan.window_rows) == (4, 50, 20)
+    plan = plan_scoring(
+        max_batch_size=8,
+        request_row_limit=4096,
+        max_queue_rows=20,
+        sessions=1,
+        batchable=False,
+        batch_rows=None,
+        max_in_flight=None,
+    )
+    assert plan.chunk_rows is None  # no batch axis: inputs go whole
