@@ -93,6 +93,7 @@ def cli_seconds(model: Path, inputs: Path, output: Path) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "settings": vars(args).copy(), "models": {}}
+    results["load_average_before"] = os.getloadavg()[0]  # a busy machine makes every ratio unreliable
     scale = 8 if args.quick else 1
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
@@ -185,6 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "cli_marginal": summary("cli_marginal"),
                 },
             }
+    results["load_average_after"] = os.getloadavg()[0]
     return results
 
 
@@ -199,6 +201,8 @@ def write_markdown(results: dict[str, Any]) -> Path:
         "ratio spread in brackets. Ceiling: one thread, raw `InferenceSession.run`, best of batches "
         f"{', '.join(map(str, CEILING_BATCHES))} on two sessions (onnxruntime's defaults; one thread per core "
         "without spinning).",
+        f"Load average (1 min) before / after: {results['load_average_before']:.1f} / "
+        f"{results['load_average_after']:.1f} on {m['cores']} cores; above the core count, treat the ratios as noise.",
         "",
         "| model | ceiling rows/s (64 / 128 / 256) | predict_many, defaults | predict_many, max_batch_size=256 "
         "| CLI `score`, marginal |",

@@ -320,7 +320,7 @@ def _run(
                 if job.rows:
                     note = f"predict_many: failed at input rows {done_rows + 1}..{done_rows + job.rows} (1-based)"
                 else:
-                    note = f"predict_many: reading the input failed after row {done_rows}"
+                    note = f"predict_many: the batch after input row {done_rows} could not be read or checked"
                 exc.add_note(note)
                 raise
             window.popleft()

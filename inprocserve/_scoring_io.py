@@ -259,7 +259,7 @@ def _open_model(server: Server, model: Path, name: str | None) -> str:
             )
         name = next(iter(served))
     if name not in served:
-        raise ModelNotFoundError(f"the repository {model} has no servable model {name!r} (it serves {sorted(served)})")
+        raise server._not_found(name, None)  # names the servable models, and why this one failed to load
     return name
 
 
@@ -282,7 +282,7 @@ def score_file(
     _format(input_path, "input")
     _format(output_path, "output")
     is_repository = model_path.is_dir() and not (model_path / MODEL_FILENAME).is_file()
-    with Server(model_path if is_repository else None, strict=is_repository) as server:
+    with Server(model_path if is_repository else None) as server:  # a broken sibling model does not matter
         served = _open_model(server, model_path, name)
         signature, max_batch_size = _loaded(server, served, version)
         limit = batch_rows or max_batch_size

@@ -252,12 +252,14 @@ class Server:
         ``inputs`` is either a whole input (an array, or input name -> array), cut into chunks of
         ``batch_rows`` rows (default: the version's ``max_batch_size``) with one :class:`Prediction` per
         chunk; or an iterable of batches (arrays or mappings), read lazily, with one :class:`Prediction` per
-        batch (a batch larger than a chunk is sent in parts and joined back). A bounded window of chunks is
-        kept submitted (``max_in_flight`` requests; default two chunks per session, and never more rows than
-        ``max_queue_rows``) so the sessions stay busy without :class:`QueueFullError`; when other traffic
-        fills the queue a chunk is retried. Each chunk is routed like a :meth:`predict` call: pin
-        ``version`` to score a whole job on one version. Closing the iterator early (``break``, an
-        exception) cancels the chunks still queued.
+        batch (a batch larger than a chunk is sent in parts and joined back). A bounded window is kept
+        submitted (default: two chunks' worth of rows per session; ``max_in_flight``: at most that many
+        requests; never more rows than ``max_queue_rows``) so the sessions stay busy without
+        :class:`QueueFullError`; when other traffic fills the queue a chunk is retried. Each chunk is routed
+        like a :meth:`predict` call: pin ``version`` to score a whole job on one version. Closing the
+        iterator early (``break``, an exception) cancels the chunks still queued.
+
+        Thread-safe like :meth:`submit`; the returned iterator belongs to the thread that iterates it.
 
         Args:
             progress: ``True``: a progress bar on stderr when it is a terminal; a callable: called with

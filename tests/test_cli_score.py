@@ -162,3 +162,16 @@ def test_the_module_entry_point(tmp_path: Path, scale_file: Path) -> None:
     assert "scored 300 rows" in result.stderr and "\r" not in result.stderr  # no bar when stderr is not a terminal
     with np.load(tmp_path / "y.npz") as out:
         np.testing.assert_array_equal(out["y"], x * 2)
+
+
+def test_a_broken_model_in_the_repository_only_matters_when_chosen(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "models" / "broken" / "1" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not onnx")
+    np.save(tmp_path / "x.npy", _x())
+    models, x, y = str(tmp_path / "models"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")
+    assert main(["score", "--quiet", "--name", "scale", models, x, y]) == 0
+    assert main(["score", "--quiet", "--name", "broken", models, x, y]) == 1
+    assert "it failed to load" in capsys.readouterr().err

@@ -176,7 +176,7 @@ def test_a_bad_batch_or_a_failing_iterable_raises_at_its_position(
     assert len(next(answers)["y"]) == 3
     with pytest.raises(OSError, match="the queue went away") as caught:
         next(answers)
-    assert "reading the input failed after row 3" in "".join(caught.value.__notes__)
+    assert "the batch after input row 3 could not be read" in "".join(caught.value.__notes__)
 
 
 def test_bad_arguments_fail_at_the_call(scale_repository: Path, make_server: ServerFactory) -> None:
