@@ -73,9 +73,10 @@ def plan_scoring(
         )
     chunk = batch_rows if batch_rows is not None else min(max_batch_size, request_row_limit)
     if max_in_flight is None:
-        # Two chunks per session: one running, one queued behind it, so a session never waits for the scorer.
-        window_rows = min(max_queue_rows, 2 * sessions * chunk)
-        count = max(window_rows, 1)  # small batches from an iterable: let the batcher merge them
+        # Two full batches per session: one running, one queued behind it, so a session never waits for the
+        # scorer; chunks (or an iterable's batches) smaller than a batch are merged by the batcher.
+        window_rows = min(max_queue_rows, 2 * sessions * max(chunk, max_batch_size))
+        count = max(window_rows, 1)
     else:
         window_rows = min(max_queue_rows, max_in_flight * chunk)
         count = max_in_flight

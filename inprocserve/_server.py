@@ -253,7 +253,7 @@ class Server:
         ``batch_rows`` rows (default: the version's ``max_batch_size``) with one :class:`Prediction` per
         chunk; or an iterable of batches (arrays or mappings), read lazily, with one :class:`Prediction` per
         batch (a batch larger than a chunk is sent in parts and joined back). A bounded window is kept
-        submitted (default: two chunks' worth of rows per session; ``max_in_flight``: at most that many
+        submitted (default: two full batches of rows per session; ``max_in_flight``: at most that many
         requests; never more rows than ``max_queue_rows``) so the sessions stay busy without
         :class:`QueueFullError`; when other traffic fills the queue a chunk is retried. Each chunk is routed
         like a :meth:`predict` call: pin ``version`` to score a whole job on one version. Closing the

@@ -275,7 +275,17 @@ def test_the_window_never_holds_more_rows_than_the_queue() -> None:
         batch_rows=None,
         max_in_flight=None,
     )
-    assert (plan.chunk_rows, plan.window_rows) == (8, 32)  # two chunks per session
+    assert (plan.chunk_rows, plan.window_rows) == (8, 32)  # two batches per session
+    plan = plan_scoring(
+        max_batch_size=8,
+        request_row_limit=4096,
+        max_queue_rows=4096,
+        sessions=1,
+        batchable=True,
+        batch_rows=2,
+        max_in_flight=None,
+    )
+    assert (plan.chunk_rows, plan.window_rows) == (2, 16)  # small chunks: enough of them to fill two batches
     plan = plan_scoring(
         max_batch_size=8,
         request_row_limit=4096,
