@@ -25,6 +25,7 @@ import numpy as np
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError, ModelNotFoundError
 from ._prediction import Prediction
 from ._repository import MODEL_FILENAME
+from ._scoring import ProgressBar
 from ._server import Server
 from ._signature import Signature
 
@@ -67,8 +68,11 @@ def _shape_for(matrix: np.ndarray, rank: int | None) -> np.ndarray:
 # -- reading -------------------------------------------------------------------------------------------------
 
 
-def read_inputs(path: Path, signature: Signature, chunk_rows: int) -> tuple[Any, int | None]:
-    """Open ``path`` as the input of ``predict_many``; returns the input and its row count (if known).
+def read_inputs(
+    path: Path, signature: Signature, chunk_rows: int, *, count_rows: bool = True
+) -> tuple[Any, int | None]:
+    """Open ``path`` as the input of ``predict_many``; returns the input and its row count (if known; a
+    CSV file's rows are counted in an extra pass only with ``count_rows``).
 
     Raises:
         InvalidInputError: the file cannot be read or does not fit the model's inputs.
@@ -88,7 +92,7 @@ def read_inputs(path: Path, signature: Signature, chunk_rows: int) -> tuple[Any,
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"input {path} cannot be read: {exc}") from exc
     if suffix == ".csv":
-        return _csv_batches(path, signature, chunk_rows), _count_csv_rows(path)
+        return _csv_batches(path, signature, chunk_rows), (_count_csv_rows(path) if count_rows else None)
     return _parquet_batches(path, signature, chunk_rows)
 
 
@@ -286,12 +290,19 @@ def score_file(
         served = _open_model(server, model_path, name)
         signature, max_batch_size = _loaded(server, served, version)
         limit = batch_rows or max_batch_size
-        source, _ = read_inputs(input_path, signature, limit)
+        isatty = getattr(sys.stderr, "isatty", None)
+        bar = ProgressBar(sys.stderr) if progress and isatty is not None and isatty() else None
+        source, total = read_inputs(input_path, signature, limit, count_rows=bar is not None)
+
+        def report(done_rows: int, _total_rows: int | None) -> None:
+            assert bar is not None
+            bar(done_rows, total)  # the file's own row count: CSV and Parquet are read as streams of batches
+
         writer = _Writer(output_path)
         rows = 0
         try:
             for answer in server.predict_many(
-                served, source, version=version, batch_rows=batch_rows, progress=progress
+                served, source, version=version, batch_rows=batch_rows, progress=report if bar else None
             ):
                 writer.write(answer)
                 rows += len(next(iter(answer.values()))) if len(answer) else 0
@@ -299,6 +310,9 @@ def score_file(
         except BaseException:
             writer.discard()
             raise
+        finally:
+            if bar is not None:
+                bar.close()
     return rows
 
 

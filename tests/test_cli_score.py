@@ -175,3 +175,14 @@ def test_a_broken_model_in_the_repository_only_matters_when_chosen(
     assert main(["score", "--quiet", "--name", "scale", models, x, y]) == 0
     assert main(["score", "--quiet", "--name", "broken", models, x, y]) == 1
     assert "it failed to load" in capsys.readouterr().err
+
+
+def test_the_progress_bar_on_a_terminal_knows_the_csv_total(
+    tmp_path: Path, scale_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.savetxt(tmp_path / "x.csv", _x(100), delimiter=",", header="a,b,c,d", comments="", fmt="%.9g")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(["score", "--batch-rows", "10", str(scale_file), str(tmp_path / "x.csv"), str(tmp_path / "y.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "100.0% 100/100 rows" in err  # the total comes from the file, though it is read as a stream
+    assert "scored 100 rows" in err
