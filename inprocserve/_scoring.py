@@ -187,11 +187,12 @@ def score(
         )
     callback, bar = resolve_progress(progress=progress)
     if isinstance(inputs, (np.ndarray, Mapping)):
-        rows = _rows_of(inputs)
+        whole = _as_arrays(inputs)
+        rows = _rows_of(whole)
         total: int | None = rows
-        jobs: Iterator[_Job] = _slices(inputs, rows, plan.chunk_rows)
+        jobs: Iterator[_Job] = _slices(whole, rows, plan.chunk_rows)
     else:
-        total = sum(_rows_of(item) for item in inputs) if isinstance(inputs, (list, tuple)) else None
+        total = _count_rows(inputs) if isinstance(inputs, (list, tuple)) else None
         jobs = _batches(iter(inputs), plan.chunk_rows)
     return _run(submit, jobs, total, plan, callback, bar, timeout_s, clock, sleep)
 
@@ -218,10 +219,25 @@ def _rows_of(item: Any) -> int:
     return int(shape[0])
 
 
+def _count_rows(items: list[Any] | tuple[Any, ...]) -> int | None:
+    """Total rows of a list of batches, for progress; ``None`` if one is malformed (it fails in its turn)."""
+    try:
+        return sum(_rows_of(item) for item in items)
+    except InvalidInputError:
+        return None
+
+
+def _as_arrays(item: Any) -> Any:
+    """Convert once before slicing (a no-op for arrays), so a list is not converted again for every chunk."""
+    if isinstance(item, Mapping):
+        return {name: np.asarray(value) for name, value in item.items()}
+    return np.asarray(item)
+
+
 def _part(item: Any, start: int, stop: int) -> Any:
     if isinstance(item, Mapping):
-        return {name: np.asarray(value)[start:stop] for name, value in item.items()}
-    return np.asarray(item)[start:stop]
+        return {name: value[start:stop] for name, value in item.items()}
+    return item[start:stop]
 
 
 def _slices(inputs: Any, total: int, chunk_rows: int | None) -> Iterator[_Job]:
@@ -256,6 +272,7 @@ def _batches(items: Iterator[Any], chunk_rows: int | None) -> Iterator[_Job]:
         if chunk_rows is None or rows <= chunk_rows:
             yield _Job([item], rows)
         else:
+            item = _as_arrays(item)
             yield _Job(
                 [_part(item, start, min(rows, start + chunk_rows)) for start in range(0, rows, chunk_rows)], rows
             )

@@ -269,6 +269,7 @@ class Server:
         Raises:
             ModelNotFoundError: unknown model or version (at once).
             ValueError, TypeError: bad arguments (at once).
+            InvalidInputError: a whole input whose arrays disagree on their number of rows (at once).
             InprocserveError: a chunk failed; raised when iteration reaches it, after the answers before
                 it, with a note naming its rows. Nothing after it is submitted.
         """

@@ -306,3 +306,12 @@ def test_the_window_never_holds_more_rows_than_the_queue() -> None:
         max_in_flight=None,
     )
     assert plan.chunk_rows is None  # no batch axis: inputs go whole
+
+
+def test_nested_lists_are_accepted_where_arrays_are(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository, config=_config(max_batch_size=4))
+    x = _rows(10)
+    whole = list(server.predict_many("scale", {"x": x.tolist()}))
+    assert [len(answer["y"]) for answer in whole] == [4, 4, 2]
+    (split,) = server.predict_many("scale", [x.tolist()])  # a list of batches: one batch of ten rows
+    np.testing.assert_array_equal(split["y"], x * 2)
