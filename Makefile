@@ -85,6 +85,7 @@ bench: install
 	$(BIN)/python benchmarks/shadow_overhead.py
 	$(BIN)/python benchmarks/protocol_overhead.py
 	$(BIN)/python benchmarks/deadlines.py
+	$(BIN)/python benchmarks/batch_scoring.py
 
 # Re-take docs/images/status-page.png: the status page of a busy test app, in headless Chromium.
 docs-screenshot: install system-deps

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from ._cli_common import Subparsers
 from ._cli_control import CONTROL_COMMANDS
 from ._cli_models import add_inspect, add_quantize, add_validate
+from ._cli_score import add_score
 from ._cli_status import add_status
 
 __all__ = ["COMMANDS", "build_parser", "main", "version_line"]
@@ -27,6 +28,7 @@ examples:
   python -m inprocserve validate models/
   python -m inprocserve validate --json models/ > report.json
   python -m inprocserve quantize models/fraud/2/model.onnx models/fraud/3/model.onnx
+  python -m inprocserve score models/fraud/2/model.onnx rows.npy answers.npz
   python -m inprocserve status http://127.0.0.1:8000
   python -m inprocserve status --json --token "$ADMIN_TOKEN" http://127.0.0.1:8000
   python -m inprocserve switch models/ fraud 3       # every worker and host follows
@@ -38,7 +40,7 @@ Exit status: 0 when all is well, 1 when a command found a problem, 2 when it cou
 
 AddCommand = Callable[[Subparsers], None]
 
-COMMANDS: tuple[AddCommand, ...] = (add_inspect, add_validate, add_quantize, add_status, *CONTROL_COMMANDS)
+COMMANDS: tuple[AddCommand, ...] = (add_inspect, add_validate, add_quantize, add_score, add_status, *CONTROL_COMMANDS)
 """The subcommands, in the order ``--help`` lists them."""
 
 

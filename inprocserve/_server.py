@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from ._prediction import Prediction, RequestIds
 from ._prefork import shield_exit
 from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_model_name
 from ._rollout import Decision, FlagReader, Router
+from ._scoring import plan_scoring, score
 from ._sessions import onnxruntime_version
 from ._shadow import ShadowComparison, ShadowRunner, compare_outputs
 from ._signature import incompatibilities
@@ -271,6 +272,66 @@ class Server:
             raise DeadlineExceededError(
                 f"model {model!r}: no answer within {limit:g}s", model=model, version=version
             ) from None
+
+    def predict_many(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: int | None = None,
+        context: Mapping[str, Any] | None = None,
+        batch_rows: int | None = None,
+        max_in_flight: int | None = None,
+        progress: bool | Callable[[int, int | None], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[Prediction]:
+        """Score many rows for offline jobs and queue consumers; yield the answers in input order.
+
+        ``inputs`` is either a whole input (an array, or input name -> array), cut into chunks of
+        ``batch_rows`` rows (default: the version's ``max_batch_size``) with one :class:`Prediction` per
+        chunk; or an iterable of batches (arrays or mappings), read lazily, with one :class:`Prediction` per
+        batch (a batch larger than a chunk is sent in parts and joined back). A bounded window is kept
+        submitted (default: two full batches of rows per session; ``max_in_flight``: at most that many
+        requests; never more rows than ``max_queue_rows``) so the sessions stay busy without
+        :class:`QueueFullError`; when other traffic fills the queue a chunk is retried. Each chunk is routed
+        like a :meth:`predict` call: pin ``version`` to score a whole job on one version. Closing the
+        iterator early (``break``, an exception) cancels the chunks still queued.
+
+        Thread-safe like :meth:`submit`; the returned iterator belongs to the thread that iterates it.
+
+        Args:
+            progress: ``True``: a progress bar on stderr when it is a terminal; a callable: called with
+                ``(done_rows, total_rows)`` after each answer (``total_rows`` is ``None`` for an iterator).
+            timeout_s: A deadline for each chunk.
+
+        Raises:
+            ModelNotFoundError: unknown model or version (at once).
+            ValueError, TypeError: bad arguments (at once).
+            InvalidInputError: a whole input whose arrays disagree on their number of rows (at once).
+            InprocserveError: a chunk failed; raised when iteration reaches it, after the answers before
+                it, with a note naming its rows. Nothing after it is submitted.
+        """
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        routes = self._routes.get(model)
+        target = None if routes is None else routes.default if version is None else routes.versions.get(version)
+        if target is None:
+            raise self._not_found(model, version)
+        batching = target.config.batching
+        plan = plan_scoring(
+            max_batch_size=batching.max_batch_size,
+            request_row_limit=batching.request_row_limit,
+            max_queue_rows=batching.max_queue_rows,
+            sessions=target.config.pool.size,
+            batchable=target.signature is None or target.signature.batchable,
+            batch_rows=batch_rows,
+            max_in_flight=max_in_flight,
+        )
+
+        def submit(chunk: Any) -> Future[Prediction]:
+            return self.submit(model, chunk, version=version, context=context, timeout_s=timeout_s)
+
+        return score(submit, inputs, plan, progress=progress, timeout_s=timeout_s)
 
     def _dispatch(
         self,

@@ -1,0 +1,188 @@
+"""``python -m inprocserve score MODEL INPUT OUTPUT`` on .npy, .npz, CSV and Parquet files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inprocserve.__main__ import main
+from inprocserve.testing import build_add_model, build_gather_model, build_scale_model, save_model
+
+
+def _x(rows: int = 150) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((rows, 4)).astype(np.float32)
+
+
+@pytest.fixture
+def scale_file(tmp_path: Path) -> Path:
+    return save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
+
+
+def _no_leftovers(folder: Path) -> None:
+    assert not list(folder.glob("*.partial")), "a temporary output file was left behind"
+
+
+def test_npy_in_npy_out(tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    x = _x()
+    np.save(tmp_path / "x.npy", x)
+    assert main(["score", str(scale_file), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), x * 2)
+    assert "scored 150 rows" in capsys.readouterr().err
+    _no_leftovers(tmp_path)
+
+
+def test_npz_maps_inputs_and_outputs_by_name(tmp_path: Path) -> None:
+    save_model(build_add_model(), tmp_path / "models", "add", 1)
+    a = _x(70)[:, :3]
+    np.savez(tmp_path / "in.npz", a=a, b=a + 1, n=np.arange(70, dtype=np.int64).reshape(70, 1))
+    # A repository with one model: the model is found by itself; a version folder works too.
+    assert (
+        main(["score", "--quiet", str(tmp_path / "models"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")]) == 0
+    )
+    with np.load(tmp_path / "out.npz") as out:
+        assert sorted(out.files) == ["count", "total"]
+        np.testing.assert_array_equal(out["total"], a + (a + 1))
+        np.testing.assert_array_equal(out["count"].ravel(), np.arange(70) * 2)
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_csv_in_csv_out(tmp_path: Path, scale_file: Path, header: bool) -> None:
+    x = _x(130)
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",", header="a,b,c,d" if header else "", comments="", fmt="%.9g")
+    if not header:  # numpy writes an empty first line for an empty header
+        (tmp_path / "x.csv").write_text((tmp_path / "x.csv").read_text().lstrip("\n"))
+    args = ["score", "--quiet", "--batch-rows", "32", str(scale_file.parent), str(tmp_path / "x.csv")]
+    assert main([*args, str(tmp_path / "y.csv")]) == 0
+    lines = (tmp_path / "y.csv").read_text().splitlines()
+    assert lines[0] == "y_0,y_1,y_2,y_3"
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "y.csv", delimiter=",", skiprows=1, dtype=np.float32), x * 2)
+
+
+def test_csv_column_for_a_one_dimensional_input(tmp_path: Path) -> None:
+    path = save_model(build_gather_model(table_rows=10, width=2), tmp_path / "models", "gather", 1)
+    (tmp_path / "index.csv").write_text("index\n3\n0\n9\n")
+    assert main(["score", "--quiet", str(path), str(tmp_path / "index.csv"), str(tmp_path / "rows.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "rows.npy"), [[6, 7], [0, 1], [18, 19]])
+
+
+def test_a_bad_row_fails_and_leaves_no_output(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "x.csv").write_text("1,2,3,4\n5,6,seven,8\n")
+    (tmp_path / "y.csv").write_text("previous answers\n")
+    assert main(["score", "--quiet", str(scale_file), str(tmp_path / "x.csv"), str(tmp_path / "y.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "data lines 1..2" in err and "must be a number" in err
+    assert (tmp_path / "y.csv").read_text() == "previous answers\n"  # untouched
+    _no_leftovers(tmp_path)
+
+
+def test_clear_errors_for_what_cannot_be_scored(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "x.npy", _x())
+    assert main(["score", str(scale_file), str(tmp_path / "x.npy"), str(tmp_path / "y.txt")]) == 1
+    assert "unknown format '.txt'" in capsys.readouterr().err
+    assert main(["score", str(scale_file), str(tmp_path / "missing.npy"), str(tmp_path / "y.npy")]) == 1
+    assert "missing.npy does not exist" in capsys.readouterr().err
+    np.save(tmp_path / "narrow.npy", _x()[:, :3])
+    assert main(["score", str(scale_file), str(tmp_path / "narrow.npy"), str(tmp_path / "y.npy")]) == 1
+    assert "expected size 4 on axis 1" in capsys.readouterr().err
+    save_model(build_add_model(), tmp_path / "models", "add", 1)
+    (tmp_path / "x.csv").write_text("1,2,3\n")
+    add = tmp_path / "models" / "add" / "1"
+    assert main(["score", str(add), str(tmp_path / "x.csv"), str(tmp_path / "y.csv")]) == 1
+    assert "several inputs" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "models"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]) == 1
+    assert "pick one with --name" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "score",
+                "--quiet",
+                "--name",
+                "scale",
+                str(tmp_path / "models"),
+                str(tmp_path / "x.npy"),
+                str(tmp_path / "y.npy"),
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), _x() * 2)
+    _no_leftovers(tmp_path)
+
+
+def test_parquet_round_trip(tmp_path: Path, scale_file: Path) -> None:
+    pa = pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    import pyarrow.parquet as pq
+
+    x = _x(90)
+    pq.write_table(pa.table({f"f{i}": x[:, i] for i in range(4)}), tmp_path / "x.parquet")
+    assert main(["score", "--quiet", str(scale_file), str(tmp_path / "x.parquet"), str(tmp_path / "y.parquet")]) == 0
+    table = pq.read_table(tmp_path / "y.parquet")
+    assert table.column_names == ["y_0", "y_1", "y_2", "y_3"]
+    np.testing.assert_array_equal(np.column_stack([table[name].to_numpy() for name in table.column_names]), x * 2)
+
+
+def test_parquet_without_pyarrow_names_the_package(
+    tmp_path: Path, scale_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow` fail as if it were not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    np.save(tmp_path / "x.npy", _x())
+    assert main(["score", str(scale_file), str(tmp_path / "x.npy"), str(tmp_path / "y.parquet")]) == 1
+    assert "pip install pyarrow" in capsys.readouterr().err
+    _no_leftovers(tmp_path)
+
+
+def test_the_module_entry_point(tmp_path: Path, scale_file: Path) -> None:
+    x = _x(300)
+    np.save(tmp_path / "x.npy", x)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inprocserve",
+            "score",
+            str(scale_file),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "scored 300 rows" in result.stderr and "\r" not in result.stderr  # no bar when stderr is not a terminal
+    with np.load(tmp_path / "y.npz") as out:
+        np.testing.assert_array_equal(out["y"], x * 2)
+
+
+def test_a_broken_model_in_the_repository_only_matters_when_chosen(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "models" / "broken" / "1" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not onnx")
+    np.save(tmp_path / "x.npy", _x())
+    models, x, y = str(tmp_path / "models"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")
+    assert main(["score", "--quiet", "--name", "scale", models, x, y]) == 0
+    assert main(["score", "--quiet", "--name", "broken", models, x, y]) == 1
+    assert "it failed to load" in capsys.readouterr().err
+
+
+def test_the_progress_bar_on_a_terminal_knows_the_csv_total(
+    tmp_path: Path, scale_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.savetxt(tmp_path / "x.csv", _x(100), delimiter=",", header="a,b,c,d", comments="", fmt="%.9g")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(["score", "--batch-rows", "10", str(scale_file), str(tmp_path / "x.csv"), str(tmp_path / "y.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "100.0% 100/100 rows" in err  # the total comes from the file, though it is read as a stream
+    assert "scored 100 rows" in err

@@ -1,0 +1,317 @@
+"""``Server.predict_many``: batch scoring in order, in chunks, lazily, with progress and clean early stops."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import inprocserve
+from inprocserve._scoring import ProgressBar, plan_scoring
+from inprocserve.testing import (
+    ManualClock,
+    build_add_model,
+    build_gather_model,
+    build_mlp_model,
+    save_model,
+)
+from tests.conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+
+
+def _config(**batching: Any) -> inprocserve.ModelConfig:
+    return inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(**batching))
+
+
+def _rows(x: int, features: int = 4) -> np.ndarray:
+    return np.arange(x * features, dtype=np.float32).reshape(x, features)
+
+
+def test_whole_array_is_cut_at_max_batch_size_and_answered_in_order(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(scale_repository, config=_config(max_batch_size=8))
+    x = _rows(30)
+    answers = list(server.predict_many("scale", x))
+    assert [len(answer["y"]) for answer in answers] == [8, 8, 8, 6]
+    np.testing.assert_array_equal(np.concatenate([answer["y"] for answer in answers]), x * 2)
+    assert all(answer.model == "scale" and answer.version == 1 for answer in answers)
+
+
+def test_batch_rows_sets_the_chunk_and_may_not_exceed_a_request(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(scale_repository, config=_config(max_batch_size=8, max_request_rows=16))
+    answers = list(server.predict_many("scale", _rows(12), batch_rows=5))
+    assert [len(answer["y"]) for answer in answers] == [5, 5, 2]
+    with pytest.raises(ValueError, match="batch_rows=17 is more than the 16 rows"):
+        server.predict_many("scale", _rows(12), batch_rows=17)
+    with pytest.raises(ValueError, match="batch_rows must be a positive int"):
+        server.predict_many("scale", _rows(12), batch_rows=0)
+    with pytest.raises(ValueError, match="max_in_flight must be a positive int"):
+        server.predict_many("scale", _rows(12), max_in_flight=0)
+
+
+def test_a_mapping_of_arrays_is_sliced_together(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_add_model(), repository, "add", 1)
+    server = make_server(repository, config=_config(max_batch_size=4))
+    a = _rows(10, 3)
+    inputs = {"a": a, "b": a + 1, "n": np.arange(10, dtype=np.int64).reshape(10, 1)}
+    answers = list(server.predict_many("add", inputs))
+    assert [len(answer["total"]) for answer in answers] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([answer["total"] for answer in answers]), 2 * a + 1)
+    np.testing.assert_array_equal(np.concatenate([answer["count"] for answer in answers]).ravel(), np.arange(10) * 2)
+    with pytest.raises(inprocserve.InvalidInputError, match="same number of rows"):
+        server.predict_many("add", {"a": a, "b": a[:9], "n": inputs["n"]})
+
+
+def test_iterable_batches_get_one_answer_each_and_large_ones_are_split(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(scale_repository, config=_config(max_batch_size=4))
+    batches = [_rows(3), _rows(10) + 100, _rows(1) - 5]
+    before = version_status(server, "scale")["batches_run"]
+    answers = list(server.predict_many("scale", iter(batches)))
+    assert [len(answer["y"]) for answer in answers] == [3, 10, 1]
+    for batch, answer in zip(batches, answers, strict=True):
+        np.testing.assert_array_equal(answer["y"], batch * 2)
+    # The ten-row batch went to the model in parts no larger than max_batch_size (4 + 4 + 2 at least).
+    assert version_status(server, "scale")["batches_run"] - before >= 4
+
+
+def test_equal_to_raw_onnxruntime(repository: Path, make_server: ServerFactory) -> None:
+    path = save_model(build_mlp_model((32, 64, 5)), repository, "mlp", 1)
+    server = make_server(repository, config=_config(max_batch_size=16))
+    x = np.random.default_rng(1).standard_normal((203, 32)).astype(np.float32)
+    got = np.concatenate([answer["y"] for answer in server.predict_many("mlp", x)])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got, session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_generator_is_read_lazily(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository, config=_config(max_batch_size=4))
+    pulled = 0
+
+    def endless() -> Iterator[np.ndarray]:
+        nonlocal pulled
+        for index in itertools.count():
+            pulled += 1
+            yield np.full((2, 4), index, dtype=np.float32)
+
+    answers = server.predict_many("scale", endless(), max_in_flight=3)
+    assert pulled == 0  # nothing is read before the first answer is asked for
+    first = [next(answers) for _ in range(5)]
+    assert [float(answer["y"][0, 0]) for answer in first] == [0, 2, 4, 6, 8]
+    assert pulled <= 5 + 3 + 1  # the answers taken, the window, and one batch waiting for room
+    answers.close()
+
+
+def test_closing_early_cancels_the_queued_chunks(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository, config=_config(max_batch_size=64))
+    blocker: list[Any] = []
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        yield busy_inputs(10)
+        # Before the next batch is read, keep the only session busy: what follows can only queue.
+        blocker.append(occupy(server))
+        for seed in range(1, 10):
+            yield busy_inputs(10, seed=seed)
+
+    before = version_status(server, "busy")["rows_run"]
+    answers = server.predict_many("busy", batches(), max_in_flight=4)
+    assert len(next(answers)["y"]) == 10
+    assert not blocker[0].done()
+    answers.close()
+    blocker[0].result(timeout=30)
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    # The first batch and the blocker ran; the batches queued behind the blocker were dropped.
+    assert version_status(server, "busy")["rows_run"] - before == 10 + 3000
+
+
+def test_an_exception_in_the_consumer_stops_the_job(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository, config=_config(max_batch_size=2))
+    with pytest.raises(RuntimeError, match="consumer gave up"):
+        for _answer in server.predict_many("scale", _rows(1000)):
+            raise RuntimeError("consumer gave up")
+    wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
+    assert version_status(server, "scale")["rows_run"] < 1000
+
+
+def test_a_failing_chunk_raises_at_its_position(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_gather_model(table_rows=10), repository, "gather", 1)
+    server = make_server(repository, config=_config(max_batch_size=4))
+    index = np.arange(12, dtype=np.int64) % 10
+    index[9] = 99  # fails inside onnxruntime, in the third chunk (rows 9..12)
+    answers = server.predict_many("gather", index)
+    assert len(next(answers)["rows"]) == 4
+    assert len(next(answers)["rows"]) == 4
+    with pytest.raises(inprocserve.InferenceError) as caught:
+        next(answers)
+    assert "input rows 9..12" in "".join(caught.value.__notes__)
+    with pytest.raises(StopIteration):
+        next(answers)
+    assert isinstance(pickle.loads(pickle.dumps(caught.value)), inprocserve.InferenceError)
+
+
+def test_a_bad_batch_or_a_failing_iterable_raises_at_its_position(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(scale_repository)
+    answers = server.predict_many("scale", [_rows(2), np.zeros((2, 5), np.float32), _rows(2)])
+    assert len(next(answers)["y"]) == 2
+    with pytest.raises(inprocserve.InvalidInputError, match="expected size 4 on axis 1"):
+        next(answers)
+
+    def broken() -> Iterator[np.ndarray]:
+        yield _rows(3)
+        raise OSError("the queue went away")
+
+    answers = server.predict_many("scale", broken())
+    assert len(next(answers)["y"]) == 3
+    with pytest.raises(OSError, match="the queue went away") as caught:
+        next(answers)
+    assert "the batch after input row 3 could not be read" in "".join(caught.value.__notes__)
+
+
+def test_bad_arguments_fail_at_the_call(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository)
+    with pytest.raises(inprocserve.ModelNotFoundError):
+        server.predict_many("nope", _rows(2))
+    with pytest.raises(inprocserve.ModelNotFoundError):
+        server.predict_many("scale", _rows(2), version=7)
+    with pytest.raises(TypeError, match="inputs must be an array"):
+        server.predict_many("scale", 42)
+    with pytest.raises(TypeError, match="inputs must be an array"):
+        server.predict_many("scale", "rows.csv")
+    with pytest.raises(TypeError, match="progress must be"):
+        server.predict_many("scale", _rows(2), progress="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout_s must be > 0"):
+        server.predict_many("scale", _rows(2), timeout_s=0)
+    assert list(server.predict_many("scale", _rows(0))) == []
+
+
+def test_progress_callback_values(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository, config=_config(max_batch_size=8))
+    seen: list[tuple[int, int | None]] = []
+    list(server.predict_many("scale", _rows(30), progress=lambda done, total: seen.append((done, total))))
+    assert seen == [(0, 30), (8, 30), (16, 30), (24, 30), (30, 30)]
+    seen.clear()
+    list(server.predict_many("scale", iter([_rows(3), _rows(5)]), progress=lambda d, t: seen.append((d, t))))
+    assert seen == [(0, None), (3, None), (8, None)]
+    seen.clear()
+    list(server.predict_many("scale", [_rows(3), _rows(5)], progress=lambda d, t: seen.append((d, t))))
+    assert seen == [(0, 8), (3, 8), (8, 8)]
+
+
+def test_progress_true_draws_nothing_when_stderr_is_not_a_terminal(
+    scale_repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = make_server(scale_repository)
+    assert len(list(server.predict_many("scale", _rows(100), progress=True))) == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_redraws_at_most_every_interval() -> None:
+    stream, clock = io.StringIO(), ManualClock()
+    bar = ProgressBar(stream, interval_s=0.5, width=10, clock=clock)
+    bar(0, 100)
+    clock.advance(0.1)
+    bar(10, 100)  # too soon: not drawn
+    clock.advance(0.5)
+    bar(50, 100)
+    bar(100, 100)  # the last row is always drawn
+    bar.close()
+    frames = stream.getvalue().split("\r")[1:]
+    full = "[" + "#" * 10
+    assert [frame.split("] ")[0] for frame in frames] == ["[" + "-" * 10, "[#####-----", full, full]
+    assert "50/100 rows" in frames[1] and "rows/s" in frames[1]
+    assert stream.getvalue().endswith("\n")
+    unknown = io.StringIO()
+    bar = ProgressBar(unknown, clock=clock)
+    bar(7, None)
+    assert unknown.getvalue().startswith("\r7 rows, ")
+
+
+def test_no_queue_full_error_with_a_tiny_queue(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository, config=_config(max_batch_size=2, max_queue_rows=3))
+    x = _rows(101)
+    got = np.concatenate([answer["y"] for answer in server.predict_many("scale", x, max_in_flight=50)])
+    np.testing.assert_array_equal(got, x * 2)
+
+
+def test_a_queue_filled_by_others_is_waited_out(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository, config=_config(max_batch_size=8, max_queue_rows=8, max_request_rows=3000))
+    blocker = occupy(server)
+    others = [server.submit("busy", busy_inputs(4, seed=seed)) for seed in (1, 2)]  # the queue is now full
+    assert version_status(server, "busy")["queued_rows"] == 8
+    answers = list(server.predict_many("busy", busy_inputs(20)))
+    assert [len(answer["y"]) for answer in answers] == [8, 8, 4]
+    assert blocker.done() and all(other.done() for other in others)
+
+
+def test_the_window_never_holds_more_rows_than_the_queue() -> None:
+    plan = plan_scoring(
+        max_batch_size=64,
+        request_row_limit=4096,
+        max_queue_rows=100,
+        sessions=4,
+        batchable=True,
+        batch_rows=None,
+        max_in_flight=None,
+    )
+    assert (plan.chunk_rows, plan.window_rows) == (64, 100)
+    plan = plan_scoring(
+        max_batch_size=8,
+        request_row_limit=4096,
+        max_queue_rows=4096,
+        sessions=2,
+        batchable=True,
+        batch_rows=None,
+        max_in_flight=None,
+    )
+    assert (plan.chunk_rows, plan.window_rows) == (8, 32)  # two batches per session
+    plan = plan_scoring(
+        max_batch_size=8,
+        request_row_limit=4096,
+        max_queue_rows=4096,
+        sessions=1,
+        batchable=True,
+        batch_rows=2,
+        max_in_flight=None,
+    )
+    assert (plan.chunk_rows, plan.window_rows) == (2, 16)  # small chunks: enough of them to fill two batches
+    plan = plan_scoring(
+        max_batch_size=8,
+        request_row_limit=4096,
+        max_queue_rows=20,
+        sessions=1,
+        batchable=True,
+        batch_rows=4,
+        max_in_flight=50,
+    )
+    assert (plan.chunk_rows, plan.max_in_flight, plan.window_rows) == (4, 50, 20)
+    plan = plan_scoring(
+        max_batch_size=8,
+        request_row_limit=4096,
+        max_queue_rows=20,
+        sessions=1,
+        batchable=False,
+        batch_rows=None,
+        max_in_flight=None,
+    )
+    assert plan.chunk_rows is None  # no batch axis: inputs go whole
+
+
+def test_nested_lists_are_accepted_where_arrays_are(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository, config=_config(max_batch_size=4))
+    x = _rows(10)
+    whole = list(server.predict_many("scale", {"x": x.tolist()}))
+    assert [len(answer["y"]) for answer in whole] == [4, 4, 2]
+    (split,) = server.predict_many("scale", [x.tolist()])  # a list of batches: one batch of ten rows
+    np.testing.assert_array_equal(split["y"], x * 2)
