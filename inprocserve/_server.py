@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import threading
@@ -31,6 +30,7 @@ from ._errors import (
     ServerClosedError,
 )
 from ._flags import FlagProvider
+from ._loop_batching import apredict as _loop_apredict
 from ._model import ModelVersion
 from ._prediction import Prediction, RequestIds
 from ._prefork import shield_exit
@@ -239,18 +239,11 @@ class Server:
     ) -> Prediction:
         """Like :meth:`predict`, for asyncio code: the answer is delivered on the caller's event loop.
 
-        Cancelling the awaiting task drops the request if it has not started running.
+        Requests of many tasks on one loop are queued together and answered with one wake of the loop per
+        batch (docs/batching.md, "Async callers"). Cancelling the awaiting task drops the request if it has
+        not started running.
         """
-        future = self.submit(model, inputs, version=version, context=context, timeout_s=timeout_s)
-        waiter = asyncio.wrap_future(future)  # cancelling the task cancels the request
-        if timeout_s is None:
-            return await waiter
-        try:
-            return await asyncio.wait_for(waiter, timeout_s)
-        except TimeoutError:
-            raise DeadlineExceededError(
-                f"model {model!r}: no answer within {timeout_s:g}s", model=model, version=version
-            ) from None
+        return await _loop_apredict(self, model, inputs, version=version, context=context, timeout_s=timeout_s)
 
     def _dispatch(
         self,
