@@ -55,6 +55,7 @@ test: system-deps lint typecheck
 bench: install
 	$(BIN)/python benchmarks/coalescing.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/telemetry_overhead.py
+	$(BIN)/python benchmarks/async_callers.py
 	$(BIN)/python benchmarks/performance.py
 	$(BIN)/python benchmarks/status_recorder.py
 

@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -115,6 +116,73 @@ def async_closed_loop(
     }
 
 
+def async_floor(tasks: int, seconds: float) -> float:
+    """Requests/s of ``tasks`` tasks on one loop handing tokens to one worker thread and back, with no model,
+    no numpy and no library: one wake of the worker per loop iteration, one wake of the loop per batch. This
+    is what asyncio and CPython's thread hand-offs alone allow on this machine for a loop-native batcher."""
+    lock = threading.Lock()
+    wake = threading.Lock()
+    wake.acquire()
+    queue: list[asyncio.Future[None]] = []
+    state = {"idle": True, "stop": False, "flush_due": False}
+
+    def worker(loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with lock:
+                items = queue[:]
+                queue.clear()
+                if not items:
+                    state["idle"] = True
+            if not items:
+                if state["stop"]:
+                    return
+                wake.acquire()
+                continue
+            loop.call_soon_threadsafe(answer, items)
+
+    def answer(items: list[asyncio.Future[None]]) -> None:
+        for future in items:
+            future.set_result(None)
+
+    def flush() -> None:
+        state["flush_due"] = False
+        with lock:
+            if state["idle"] and queue:
+                state["idle"] = False
+                wake.release()
+
+    async def client(end: float) -> int:
+        loop = asyncio.get_running_loop()
+        count = 0
+        while time.perf_counter() < end:
+            future: asyncio.Future[None] = loop.create_future()
+            with lock:
+                queue.append(future)
+            if not state["flush_due"]:
+                state["flush_due"] = True
+                loop.call_soon(flush)
+            await future
+            count += 1
+        return count
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        thread = threading.Thread(target=worker, args=(loop,), daemon=True)
+        thread.start()
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(client(started + seconds) for _ in range(tasks)))
+        elapsed = time.perf_counter() - started
+        state["stop"] = True
+        with lock:
+            if state["idle"]:
+                state["idle"] = False
+                wake.release()
+        await asyncio.to_thread(thread.join, 10)
+        return sum(counts) / elapsed
+
+    return asyncio.run(main())
+
+
 def check_outputs(server: inprocserve.Server, session: ort.InferenceSession, name: str) -> float:
     """Largest difference between apredict's answers (64 concurrent tasks) and raw onnxruntime's."""
     rows = input_rows(name, 64, seed=7)
@@ -135,7 +203,14 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """One telemetry mode, in this process: every model, N and approach, interleaved over rounds."""
     if mode == "sampled":
         configure_sdk()
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {
+        "async_floor_requests_per_s": {tasks: async_floor(tasks, min(args.seconds, 2.0)) for tasks in args.tasks}
+    }
+    print(
+        f"   [{mode}] loop hand-off floor (no model), requests/s: "
+        + ", ".join(f"N={n}: {r:,.0f}" for n, r in results["async_floor_requests_per_s"].items()),
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             repository = Path(folder) / name
@@ -226,9 +301,19 @@ def write_markdown(results: dict[str, Any]) -> Path:
         "did before). `apredict`: `await server.apredict(...)`. Ceiling: raw `run`, one thread, pre-built batches.",
         "",
     ]
+    floor = results["modes"][next(iter(results["modes"]))]["async_floor_requests_per_s"]
+    lines += [
+        "Loop hand-off floor — N tasks on one loop handing tokens to one worker thread and back, one wake of the "
+        "worker per loop iteration and one wake of the loop per batch, no model, no numpy, no library: "
+        + ", ".join(f"N={n}: {r:,.0f}/s" for n, r in floor.items())
+        + ". No loop-native batcher in CPython can exceed it on this machine.",
+        "",
+    ]
     for mode, models in results["modes"].items():
         label = "no OpenTelemetry SDK" if mode == "off" else "OpenTelemetry SDK, 1 % trace sampling"
         for name, data in models.items():
+            if name == "async_floor_requests_per_s":
+                continue
             lines += [
                 f"## {name}, {label}",
                 "",
