@@ -8,15 +8,15 @@ what limits throughput. Here, instead:
 * **Submitting.** ``apredict`` routes and validates on the loop exactly as ``predict`` does and queues the
   request in the version's batcher, but asks it not to wake a worker. The first such request of a loop
   iteration schedules one ``loop.call_soon`` that, after every task of the iteration has queued its request,
-  wakes one worker (only if none is already busy with the version). So all the requests of one iteration are
-  queued before a worker looks, and they merge into one batch; while that batch runs, the next iterations
-  keep queueing, so batches grow with the load. An idle loop's lone request is handed over at the end of the
-  very iteration that made it: no added wait.
+  wakes a parked worker if a session is free (a busy one takes the queue when its batch is done). So all the
+  requests of one iteration are queued before a worker looks, and they merge into one batch; while that
+  batch runs, the next iterations keep queueing, so batches grow with the load. An idle loop's lone request
+  is handed over at the end of the very iteration that made it: no added wait.
 * **Answering.** Each request still travels through the batcher on its own (so deadlines, cancellation,
   shedding, bisection of a failing batch, rollouts and telemetry are the ones ``predict`` has), but its answer
-  is posted to a per-loop inbox instead of resolving a thread future. Only the first answer posted while the
-  loop is not already due to read the inbox calls ``call_soon_threadsafe``; the loop then resolves every
-  posted answer in one callback. A batch of 64 answers wakes the loop once.
+  is posted to a per-loop inbox instead of resolving a thread future. The worker holds the loop's wake until
+  it has posted the last answer of the batch (``wake_after_batch``), then calls ``call_soon_threadsafe``
+  once; the loop resolves every posted answer in one callback. A batch of 64 answers wakes the loop once.
 * **Deadlines and cancellation** are the task's: ``timeout_s`` arms one loop timer that answers the task with
   :class:`DeadlineExceededError`; a cancelled or timed-out task's request is dropped if it has not started,
   and its rows are discarded if it has (its batch-mates are not affected).
@@ -29,6 +29,7 @@ loop of its own, and synchronous views have no loop: they take the ordinary path
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 from collections import deque
@@ -48,6 +49,18 @@ __all__ = ["apredict", "loop_wakes"]
 
 _states_lock = threading.Lock()
 _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+
+
+def _forget_loops() -> None:
+    """In a forked child: the parent's in-flight answers never come (its batchers start afresh), and the
+    lock may have been held by a thread that does not exist here."""
+    global _states_lock, _states
+    _states_lock = threading.Lock()
+    _states = weakref.WeakKeyDictionary()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(after_in_child=_forget_loops)
 
 
 class _LoopState:

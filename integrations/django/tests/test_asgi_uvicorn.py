@@ -35,10 +35,14 @@ def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]
         connection.close()
 
 
-@pytest.fixture
-def uvicorn_port(tmp_path: Path) -> Iterator[int]:
-    """uvicorn serving the test project's ASGI application on a loopback socket with an ephemeral port."""
+@pytest.fixture(params=["asyncio", "uvloop"])
+def uvicorn_port(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[int]:
+    """uvicorn serving the test project's ASGI application on a loopback socket with an ephemeral port, on
+    the standard event loop and on uvloop (the one ``uvicorn[standard]`` picks)."""
     pytest.importorskip("uvicorn")
+    loop = request.param
+    if loop == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop is not installed (it is in the dev extra)")
     repository = tmp_path / "models"
     save_model(build_scale_model(2.0), repository, "scale", 1)
     (tmp_path / "asgi_settings.py").write_text(
@@ -55,7 +59,7 @@ def uvicorn_port(tmp_path: Path) -> Iterator[int]:
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS), *sys.path]),
     }
     command = [sys.executable, "-m", "uvicorn", "--factory", "django.core.asgi:get_asgi_application"]
-    command += ["--fd", str(listener.fileno()), "--loop", "asyncio", "--log-level", "warning", "--no-access-log"]
+    command += ["--fd", str(listener.fileno()), "--loop", loop, "--log-level", "warning", "--no-access-log"]
     process = subprocess.Popen(command, env=environment, pass_fds=[listener.fileno()], stderr=subprocess.PIPE)
     listener.close()  # uvicorn holds its own copy
     try:
