@@ -759,12 +759,12 @@ class Batcher:
             waiters[0].waiter.release()
         if futures:
             held: list[Callable[[], None]] = []  # answers bound for an event loop wake it once, after the last
-            _held.wakes = held
+            outer, _held.wakes = _held.wakes, held
             try:
                 for request in futures:
                     self._deliver(request)
             finally:
-                _held.wakes = None
+                _held.wakes = outer
                 for wake in held:
                     wake()
 

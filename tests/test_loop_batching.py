@@ -248,3 +248,23 @@ def test_a_closed_server_refuses_and_a_closing_one_answers_everyone(
 
     with pytest.raises(inprocserve.ServerClosedError):
         asyncio.run(after_close())
+
+
+def test_a_full_queue_sheds_the_tasks_beyond_it_and_answers_the_rest(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    config = ModelConfig(batching=BatchingConfig(max_queue_rows=4, max_request_rows=3000))
+    server = make_server(busy_repository, config=config)
+    blocker = occupy(server)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(server.apredict("busy", busy_inputs(1, index=i)) for i in range(6)), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    blocker.result(timeout=60)
+    assert [r["picked"].tolist() for r in results[:4]] == [[[2.0 * i, 2.0 * i + 1]] for i in range(4)]
+    for shed in results[4:]:
+        assert isinstance(shed, inprocserve.QueueFullError)
+        assert "max_queue_rows is 4" in str(shed)
