@@ -79,6 +79,7 @@ soak: install $(OLD_ORT_STAMP)
 bench: install
 	$(BIN)/python benchmarks/coalescing.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/telemetry_overhead.py
+	$(BIN)/python benchmarks/async_callers.py
 	$(BIN)/python benchmarks/performance.py
 	$(BIN)/python benchmarks/status_recorder.py
 	$(BIN)/python benchmarks/control_follow.py

@@ -42,7 +42,7 @@ from ._sessions import SessionPool, abandon_inherited
 from ._stats import BatchSizeHistogram
 from ._telemetry import METRICS, end_batch_span, metering, start_batch_span, tracing
 
-__all__ = ["Batcher", "Request", "RunCost", "VersionRetiredError", "finish_detached"]
+__all__ = ["Batcher", "Request", "RunCost", "VersionRetiredError", "finish_detached", "wake_after_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,24 @@ class Request:
 
 
 Finisher = Callable[[Request], None]
+
+
+class _HeldWakes(threading.local):
+    wakes: list[Callable[[], None]] | None = None
+
+
+_held = _HeldWakes()
+
+
+def wake_after_batch(wake: Callable[[], None]) -> bool:
+    """While this thread hands out a batch's answers, hold ``wake`` until the last one is handed out (so an
+    event loop awaiting many of them is woken once, not once per answer). Returns False, without holding
+    it, when no batch is being handed out here: then the caller wakes the loop itself."""
+    wakes = _held.wakes
+    if wakes is None:
+        return False
+    wakes.append(wake)
+    return True
 
 
 def finish_detached(request: Request, outputs: Any, error: BaseException | None, deliver: Finisher) -> None:
@@ -351,10 +369,18 @@ class Batcher:
                     if self._queued_rows >= self._fill_target:
                         self._filler.release()
                         self._filler = None
-                elif self._idle and self._free:
+                elif self._idle and self._free and not getattr(request.future, "defer_wake", False):
                     self._idle.pop().release()
                 return
         self._run_inline(session, request)
+
+    def wake(self) -> None:
+        """Wake a parked worker if requests are queued and a session is free: the deferred wake of requests
+        whose future has ``defer_wake`` set (an event loop queues a whole iteration's requests, then calls this).
+        """
+        with self._lock:
+            if self._queued_rows and self._free and self._idle and self._filler is None:
+                self._idle.pop().release()
 
     def _run_inline(self, session: Any, request: Request) -> None:
         """Run one request on the calling thread with a session already taken, then give it back."""
@@ -753,8 +779,16 @@ class Batcher:
                 self._notify_if_drained()
         if waiters:
             waiters[0].waiter.release()
-        for request in futures:
-            self._deliver(request)
+        if futures:
+            held: list[Callable[[], None]] = []  # answers bound for an event loop wake it once, after the last
+            outer, _held.wakes = _held.wakes, held
+            try:
+                for request in futures:
+                    self._deliver(request)
+            finally:
+                _held.wakes = outer
+                for wake in held:
+                    wake()
 
     def _complete(
         self, request: Request, outputs: dict[str, Any] | None, error: BaseException | None, *, ran: bool = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import threading
@@ -33,6 +32,7 @@ from ._errors import (
     ServerClosedError,
 )
 from ._flags import FlagProvider
+from ._loop_batching import apredict as _loop_apredict
 from ._model import ModelVersion
 from ._prediction import Prediction, RequestIds
 from ._prefork import shield_exit
@@ -259,19 +259,12 @@ class Server:
     ) -> Prediction:
         """Like :meth:`predict`, for asyncio code: the answer is delivered on the caller's event loop.
 
-        Cancelling the awaiting task drops the request if it has not started running.
+        Requests of many tasks on one loop are queued together and answered with one wake of the loop per
+        batch (docs/batching.md, "Async callers"). Cancelling the awaiting task drops the request if it has
+        not started running.
         """
-        limit = check_timeout(timeout_s)
-        future = self.submit(model, inputs, version=version, context=context, timeout_s=limit)
-        waiter = asyncio.wrap_future(future)  # cancelling the task cancels the request
-        if limit is None:
-            return await waiter
-        try:
-            return await asyncio.wait_for(waiter, limit)
-        except TimeoutError:
-            raise DeadlineExceededError(
-                f"model {model!r}: no answer within {limit:g}s", model=model, version=version
-            ) from None
+        limit = check_timeout(timeout_s)  # inf and huge values mean no deadline, for the loop's timer too
+        return await _loop_apredict(self, model, inputs, version=version, context=context, timeout_s=limit)
 
     def predict_many(
         self,

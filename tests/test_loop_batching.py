@@ -1,0 +1,270 @@
+"""apredict on one event loop: a loop iteration's requests share a batch, and a batch wakes the loop once,
+while each task keeps its own answer, deadline, cancellation and failure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import inprocserve
+from inprocserve import BatchingConfig, ModelConfig
+from inprocserve._loop_batching import loop_wakes
+from inprocserve.testing import build_mlp_model, save_model
+
+from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+
+NO_WAIT = ModelConfig(batching=BatchingConfig(max_delay_ms=0))  # the wait for companions is not under test
+
+
+def counters(server: inprocserve.Server, model: str) -> tuple[int, int]:
+    status = version_status(server, model)
+    return status["batches_run"], status["rows_run"]
+
+
+async def warm(server: inprocserve.Server, model: str, inputs: Any) -> None:
+    """One apredict first, so the worker thread exists and is parked before the requests under test."""
+    await server.apredict(model, inputs)
+
+
+def test_answers_equal_onnxruntime_under_64_tasks_with_a_wake_per_batch(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    path = save_model(build_mlp_model((32, 64, 8), seed=9), repository, "mlp", 1)
+    server = make_server(repository, config=NO_WAIT)
+    reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    inputs = [rng.standard_normal((1 + i % 2, 32)).astype(np.float32) for i in range(64)]  # 96 rows in all
+
+    async def main() -> tuple[list[inprocserve.Prediction], int]:
+        await warm(server, "mlp", inputs[0])
+        loop = asyncio.get_running_loop()
+        before = loop_wakes(loop)
+        answers = await asyncio.gather(*(server.apredict("mlp", x) for x in inputs))
+        return answers, loop_wakes(loop) - before
+
+    batches, rows = counters(server, "mlp")
+    answers, wakes = asyncio.run(main())
+    for x, answer in zip(inputs, answers, strict=True):
+        np.testing.assert_allclose(answer["y"], reference.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    after_batches, after_rows = counters(server, "mlp")
+    ran = after_batches - batches - 1  # the warm-up ran alone
+    # The 64 requests, 96 rows, were queued by one loop iteration before a worker was woken, so they ran as
+    # 2 batches of at most max_batch_size (64) rows; rarely one more, when the worker had not yet parked
+    # after the warm-up and took the first few. Each batch woke the loop at most once (once for both when
+    # the second batch was answered before the loop read the first one's answers), never once per request.
+    assert after_rows - rows == 1 + 96
+    assert 2 <= ran <= 4
+    assert 1 <= wakes <= ran
+
+
+def test_a_lone_request_goes_out_in_its_own_iteration(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for value in range(5):
+            before = loop_wakes(loop)
+            answer = await server.apredict("scale", np.full((1, 4), value, np.float32))
+            assert answer["y"].tolist() == [[2.0 * value] * 4]
+            assert loop_wakes(loop) - before == 1
+
+    asyncio.run(main())
+    assert counters(server, "scale") == (5, 5)
+
+
+def test_result_fields_match_predict(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository)
+    x = np.ones((2, 4), np.float32)
+    expected = server.predict("scale", x)
+
+    async def main() -> list[inprocserve.Prediction]:
+        return await asyncio.gather(*(server.apredict("scale", x) for _ in range(3)))
+
+    answers = asyncio.run(main())
+    for answer in answers:
+        assert (answer.model, answer.version, answer.variant, answer.reason) == (
+            expected.model,
+            expected.version,
+            expected.variant,
+            expected.reason,
+        )
+        assert answer["y"].tolist() == expected["y"].tolist()
+    assert len({answer.request_id for answer in [*answers, expected]}) == 4
+
+
+def test_each_task_keeps_its_own_deadline(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+
+    async def main() -> list[Any]:
+        hurried = server.apredict("busy", busy_inputs(1, index=2), timeout_s=0.02)
+        patient = [server.apredict("busy", busy_inputs(1, index=i)) for i in range(3)]
+        return await asyncio.gather(hurried, *patient, return_exceptions=True)
+
+    results = asyncio.run(main())
+    blocker.result(timeout=60)
+    assert isinstance(results[0], inprocserve.DeadlineExceededError)
+    assert [r["picked"].tolist() for r in results[1:]] == [[[0.0, 1.0]], [[2.0, 3.0]], [[4.0, 5.0]]]
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 3000 + 3  # the expired request never ran
+
+
+def test_cancelling_one_task_of_a_running_batch_keeps_the_others(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository, config=ModelConfig(batching=BatchingConfig(max_batch_size=4096)))
+    blocker = occupy(server)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(500, index=i))) for i in range(4)]
+        await asyncio.sleep(0)  # let every task queue its request
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: blocker.result(timeout=60))
+        # the four requests now run as one batch of 2000 rows, a while on this model
+        await loop.run_in_executor(None, wait_until, lambda: version_status(server, "busy")["queued_rows"] == 0)
+        tasks[1].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert isinstance(results[1], asyncio.CancelledError)
+    for index in (0, 2, 3):
+        assert results[index]["picked"].shape == (500, 2)
+        assert results[index]["picked"][0].tolist() == [2.0 * index, 2.0 * index + 1]
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 3000 + 2000
+
+
+def test_a_task_cancelled_while_queued_is_never_run(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(4)]
+        await asyncio.sleep(0)
+        tasks[0].cancel()
+        tasks[3].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    blocker.result(timeout=60)
+    assert [type(r).__name__ for r in results] == ["CancelledError", "Prediction", "Prediction", "CancelledError"]
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 3000 + 2
+
+
+def test_an_invalid_member_fails_alone(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_mlp_model((8, 8, 2), seed=1), repository, "mlp", 1)
+    server = make_server(repository, config=NO_WAIT)
+    good = np.ones((1, 8), np.float32)
+
+    async def main() -> list[Any]:
+        await warm(server, "mlp", good)
+        calls = [server.apredict("mlp", good) for _ in range(6)]
+        calls.insert(3, server.apredict("mlp", np.ones((1, 5), np.float32)))
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    batches, _ = counters(server, "mlp")
+    results = asyncio.run(main())
+    assert isinstance(results[3], inprocserve.InvalidInputError)
+    assert "x" in str(results[3])
+    expected = server.predict("mlp", good)["y"].tolist()
+    assert all(r["y"].tolist() == expected for i, r in enumerate(results) if i != 3)
+    assert counters(server, "mlp")[0] - batches == 1 + 1 + 1  # warm-up, the six together, predict
+
+
+def test_a_member_failing_in_onnxruntime_fails_alone(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("busy", busy_inputs(1, index=i % 10, seed=i)) for i in range(12)]
+        calls.insert(5, server.apredict("busy", busy_inputs(1, index=99)))  # passes validation, fails in the run
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(main())
+    blocker.result(timeout=60)
+    poisoned = results.pop(5)
+    assert isinstance(poisoned, inprocserve.InvalidInputError)
+    assert (poisoned.model, poisoned.version) == ("busy", 1)
+    for i, result in enumerate(results):
+        assert result["picked"].tolist() == [[2.0 * (i % 10), 2.0 * (i % 10) + 1]]
+
+
+def test_two_event_loops_in_two_threads_do_not_mix(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository)
+    answers: dict[int, list[list[float]]] = {}
+    wakes: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def run(offset: int) -> None:
+        async def main() -> None:
+            results = await asyncio.gather(
+                *(server.apredict("scale", np.full((1, 4), offset + i, np.float32)) for i in range(40))
+            )
+            answers[offset] = [result["y"][0].tolist() for result in results]
+            wakes[offset] = loop_wakes(asyncio.get_running_loop())
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(offset,)) for offset in (0, 1000)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    for offset in (0, 1000):
+        assert answers[offset] == [[2.0 * (offset + i)] * 4 for i in range(40)]
+        assert 1 <= wakes[offset] <= 40
+
+
+def test_a_closed_server_refuses_and_a_closing_one_answers_everyone(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server, rows=1000)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(5)]
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: server.close(timeout_s=30))
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    blocker.result(timeout=60)
+    assert [r["picked"].tolist() for r in results] == [[[2.0 * i, 2.0 * i + 1]] for i in range(5)]
+
+    async def after_close() -> None:
+        await server.apredict("busy", busy_inputs(1))
+
+    with pytest.raises(inprocserve.ServerClosedError):
+        asyncio.run(after_close())
+
+
+def test_a_full_queue_sheds_the_tasks_beyond_it_and_answers_the_rest(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    config = ModelConfig(batching=BatchingConfig(max_queue_rows=4, max_request_rows=3000))
+    server = make_server(busy_repository, config=config)
+    blocker = occupy(server)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(server.apredict("busy", busy_inputs(1, index=i)) for i in range(6)), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    blocker.result(timeout=60)
+    assert [r["picked"].tolist() for r in results[:4]] == [[[2.0 * i, 2.0 * i + 1]] for i in range(4)]
+    for shed in results[4:]:
+        assert isinstance(shed, inprocserve.QueueFullError)
+        assert "max_queue_rows is 4" in str(shed)
