@@ -19,7 +19,7 @@ from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 
-NO_WAIT = ModelConfig(batching=BatchingConfig(max_delay_ms=0))  # the wait for companions is not under test
+NO_WAIT = ModelConfig(batching=BatchingConfig(max_delay_s=0.0))  # the wait for companions is not under test
 
 
 def counters(server: inprocserve.Server, model: str) -> tuple[int, int]:
