@@ -50,8 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_ACTIONS",
-    "ERROR_STATUS",
     "AdminAnswer",
+    "ERROR_STATUS",
     "ErrorAnswer",
     "ProcessLocalServer",
     "Readiness",
