@@ -25,7 +25,6 @@ import base64
 import binascii
 import hmac
 import json
-import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +33,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _fork
+from ._control import validate_percent
 from ._errors import (
     ConfigurationError,
     DeadlineExceededError,
@@ -262,7 +262,7 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
         if "version" not in data or ("percent" not in data and data["version"] is not None):
             raise ValueError(f"send a JSON object {_BODY_SHAPES['canary']}")
         canary = None if data["version"] is None else _version(data["version"])
-        percent = _percent(data.get("percent", 0))
+        percent = validate_percent(data.get("percent", 0))
         server.set_canary(model, canary, percent=percent, actor=actor)
         answer = {"model": model, "canary_version": canary, "canary_percent": data.get("percent", 0)}
     elif action == "rollback":
@@ -316,14 +316,6 @@ def _version(version: object) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < _MAX_VERSION:
         raise ValueError(f'"version" must be a positive int below 2**31, got {version!r:.40}')
     return version
-
-
-def _percent(percent: object) -> float:
-    if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent):
-        raise ValueError(f'"percent" must be a number in 0..100, got {percent!r:.40}')
-    if not 0 <= percent <= 100:
-        raise ValueError(f'"percent" must lie in 0..100, got {percent!r}')
-    return float(percent)
 
 
 # -- tokens ----------------------------------------------------------------------------------------------
