@@ -304,7 +304,7 @@ def _json_object(body: object, shape: str) -> dict[str, Any]:
     if isinstance(body, bytes | str):
         try:
             body = json.loads(body)
-        except ValueError:  # includes UnicodeDecodeError
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
             raise ValueError(f"the body is not JSON: send a JSON object {shape}") from None
     if not isinstance(body, dict):
         raise ValueError(f"the body is JSON {type(body).__name__}: send a JSON object {shape}")
