@@ -89,4 +89,14 @@ __all__ = [
     "render_status_page",
 ]
 
+# Exported classes and functions say where users import them from (``inprocserve.InvalidInputError``,
+# not ``inprocserve._errors.InvalidInputError``) in reprs, tracebacks and docs. Pickles stay valid:
+# pickle finds a class by this name, and every name here is exported.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or callable(_obj):
+        if getattr(_obj, "__module__", "").startswith("inprocserve._"):
+            _obj.__module__ = __name__
+del _name, _obj
+
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,7 @@ from ._sessions import onnxruntime_version
 from ._shadow import ShadowComparison, ShadowRunner, compare_outputs
 from ._signature import incompatibilities
 from ._telemetry import METRICS, end_request_span, metering, outcome, start_request_span
+from .web import Readiness, readiness
 
 __all__ = ["Server"]
 
@@ -1280,6 +1281,11 @@ class Server:
         """
         snapshot = self._status()
         return snapshot if include_paths else _without_paths(snapshot, self._known_paths())
+
+    def readiness(self, required: Sequence[str] | None = None) -> Readiness:
+        """Whether this server can answer: open, with at least one model, and every model in ``required``
+        (default: every model found) servable; ``reasons`` says why not, per model, without paths."""
+        return readiness(self, required)
 
     def _known_paths(self) -> list[str]:
         paths = {str(self._repository)} if self._repository is not None else set()

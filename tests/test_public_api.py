@@ -1,18 +1,63 @@
 """The public surface: exports, the error tree, pickling."""
 
 from __future__ import annotations
+import __future__
 
+import inspect
 import pickle
 
 import pytest
 
 import inprocserve
+import inprocserve._errors
 
 
 def test_all_is_sorted_and_every_name_exists() -> None:
     assert list(inprocserve.__all__) == sorted(inprocserve.__all__)
     for name in inprocserve.__all__:
         assert hasattr(inprocserve, name), name
+
+
+def test_all_is_exactly_the_public_names() -> None:
+    public = {
+        name
+        for name, value in vars(inprocserve).items()
+        if not name.startswith("_")
+        and not inspect.ismodule(value)  # submodules: inprocserve.v2, inprocserve.web, inprocserve.testing, ...
+        and not isinstance(value, __future__._Feature)  # ``from __future__ import annotations``
+    }
+    assert set(inprocserve.__all__) == public | {"__version__"}
+
+
+@pytest.mark.parametrize("name", [n for n in inprocserve.__all__ if callable(getattr(inprocserve, n))])
+def test_exports_say_where_users_import_them_from(name: str) -> None:
+    value = getattr(inprocserve, name)
+    assert value.__module__ == "inprocserve"
+    if isinstance(value, type):
+        assert repr(value) == f"<class 'inprocserve.{name}'>"
+
+
+def test_exported_errors_and_configs_survive_pickling_under_their_public_name() -> None:
+    for name in inprocserve._errors.__all__:
+        error = getattr(inprocserve, name).__new__(getattr(inprocserve, name))
+        inprocserve.InprocserveError.__init__(error, "message", model="m", version=1)
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and (str(copy), copy.model, copy.version) == ("message", "m", 1)
+    config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=8))
+    assert pickle.loads(pickle.dumps(config)) == config
+    assert b"inprocserve._config" not in pickle.dumps(config)
+
+
+def test_the_web_glue_is_a_public_module() -> None:
+    from inprocserve import web
+
+    defined = {
+        name
+        for name, value in vars(web).items()
+        if not name.startswith("_") and callable(value) and value.__module__ == "inprocserve.web"
+    }
+    assert list(web.__all__) == sorted(web.__all__)
+    assert set(web.__all__) == defined | {"ADMIN_ACTIONS", "ERROR_STATUS"}
 
 
 def test_the_status_page_is_public() -> None:

@@ -94,20 +94,12 @@ def server_readiness(server: Server, required: Sequence[str] | None = None) -> d
     Ready means open, with at least one model, and every model in ``required`` (default: every model
     found) servable.
     """
-    status = server.status()
-    if status["closed"]:
+    state = server.readiness(required)
+    if state.closed:
         return {"": "the server is closed"}
-    names = list(required) if required else list(status["models"])
-    if not names:
+    if not state.models:
         return {"": "no model is loaded"}
-    problems = {}
-    for name in names:
-        model = status["models"].get(name)
-        if model is None:
-            problems[name] = "not in the repository"
-        elif not model["ready"]:
-            problems[name] = model.get("config_error") or _first_error(model)
-    return problems
+    return dict(state.reasons)
 
 
 class Endpoints:

@@ -10,29 +10,21 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.functional import SimpleLazyObject
 
-import inprocserve
+from inprocserve import web
 
 from .conf import settings
 from .server import derive_context
 
-STATUS: dict[type[Exception], tuple[int, str]] = {
-    inprocserve.InvalidInputError: (400, "invalid_input"),
-    inprocserve.ModelNotFoundError: (404, "model_not_found"),
-    inprocserve.OverloadedError: (503, "unavailable"),
-    inprocserve.ServerClosedError: (503, "unavailable"),
-    inprocserve.DeadlineExceededError: (504, "deadline_exceeded"),
-}
-
 
 def error_response(error: Exception) -> HttpResponse | None:
     """The HTTP response for a library error, or None for anything else."""
-    for error_type, (status, code) in STATUS.items():
-        if isinstance(error, error_type):
-            response = JsonResponse({"error": code, "message": str(error)}, status=status)
-            if status == 503:
-                response["Retry-After"] = str(int(max(1, settings()["RETRY_AFTER_S"])))
-            return response
-    return None
+    answer = web.error_answer(error, retry_after_s=settings()["RETRY_AFTER_S"])
+    if answer is None:
+        return None
+    response = JsonResponse(answer.body, status=answer.status)
+    for name, value in answer.headers.items():
+        response[name] = value
+    return response
 
 
 class InprocserveMiddleware:

@@ -3,46 +3,42 @@ runs for every ``manage.py`` command and twice under the autoreloader)."""
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from typing import Any
 
 from django.http import HttpRequest
 
 import inprocserve
+from inprocserve import web
 
 from .conf import settings
 
-_lock = threading.Lock()
-_server: inprocserve.Server | None = None
-_pid: int | None = None
+
+def _build() -> inprocserve.Server:
+    config = settings()
+    return inprocserve.Server(
+        config["REPOSITORY"],
+        config=config["CONFIG"],
+        models=config["MODELS"],
+        flags=config["FLAGS"],
+        flag_timeout_s=config["FLAG_TIMEOUT_S"],
+        poll_interval_s=config["POLL_INTERVAL_S"],
+        control_interval_s=config["CONTROL_INTERVAL_S"],
+        follow_symlinks=config["FOLLOW_SYMLINKS"],
+    )
+
+
+_holder = web.ProcessLocalServer(_build)
 
 
 def get_server() -> inprocserve.Server:
     """The server for this process, built from ``settings.INPROCSERVE`` on first use."""
-    global _server, _pid
-    if _server is None or _pid != os.getpid():
-        with _lock:
-            if _server is None or _pid != os.getpid():
-                config = settings()
-                _server = inprocserve.Server(
-                    config["REPOSITORY"],
-                    config=config["CONFIG"],
-                    models=config["MODELS"],
-                    flags=config["FLAGS"],
-                    flag_timeout_s=config["FLAG_TIMEOUT_S"],
-                    poll_interval_s=config["POLL_INTERVAL_S"],
-                    control_interval_s=config["CONTROL_INTERVAL_S"],
-                    follow_symlinks=config["FOLLOW_SYMLINKS"],
-                )
-                _pid = os.getpid()
-    return _server
+    return _holder.get()
 
 
 def building() -> bool:
     """Whether a thread of this process is building the server right now (eager warm-up after fork)."""
-    return _lock.locked() and not (_server is not None and _pid == os.getpid())
+    return _holder.building
 
 
 def warm_after_fork() -> None:
@@ -53,11 +49,7 @@ def warm_after_fork() -> None:
 
 def reset_server() -> None:
     """Close this process's server; the next use builds a new one (settings changed, tests, shutdown)."""
-    global _server
-    with _lock:
-        if _server is not None and _pid == os.getpid():
-            _server.close()
-        _server = None
+    _holder.close()
 
 
 def request_context(request: HttpRequest) -> dict[str, Any]:

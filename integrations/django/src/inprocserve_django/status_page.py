@@ -10,14 +10,11 @@ access logs and history. With the page off, or no token set (system check ``inpr
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
-
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
 import inprocserve
+from inprocserve import web
 
 from .conf import settings
 from .server import get_server
@@ -33,7 +30,7 @@ def status_page(request: HttpRequest) -> HttpResponse:
     token = config["STATUS_PAGE_TOKEN"]
     if not config["STATUS_PAGE"] or not isinstance(token, str) or not token:
         raise Http404("the inprocserve status page is off")
-    if not hmac.compare_digest(_supplied_token(request.headers.get("Authorization", "")), token.encode()):
+    if not web.check_token(request.headers.get("Authorization"), token, basic=True):
         response = HttpResponse("The status page needs its token.\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = _REALM
         return response
@@ -44,17 +41,3 @@ def status_page(request: HttpRequest) -> HttpResponse:
     response["X-Content-Type-Options"] = "nosniff"
     response["Referrer-Policy"] = "no-referrer"
     return response
-
-
-def _supplied_token(authorization: str) -> bytes:
-    """The token in a ``Bearer`` header, or the password of ``Basic`` credentials; empty if neither."""
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip().encode()
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return b""
-        return decoded.partition(":")[2].encode()
-    return b""

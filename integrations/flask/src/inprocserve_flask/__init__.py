@@ -22,9 +22,6 @@ right after the fork, before it is ready (see docs/flask.md and ``inprocserve.gu
 
 from __future__ import annotations
 
-import hmac
-import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,6 +30,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.local import LocalProxy
 
 import inprocserve
+from inprocserve import web
 
 from .status_page import add_status_page
 
@@ -66,13 +64,8 @@ DEFAULTS: dict[str, Any] = {
     "INPROCSERVE_V2_LIMITS": None,  # an inprocserve.v2.Limits: caps on protocol requests
 }
 
-ERROR_STATUS: dict[type[Exception], int] = {
-    inprocserve.InvalidInputError: 400,
-    inprocserve.ModelNotFoundError: 404,
-    inprocserve.OverloadedError: 503,
-    inprocserve.ServerClosedError: 503,
-    inprocserve.DeadlineExceededError: 504,
-}
+ERROR_STATUS: dict[type[Exception], int] = dict(web.ERROR_STATUS)
+"""The default HTTP status of each library error; ``INPROCSERVE_ERROR_STATUS`` is laid over it."""
 
 
 class _State:
@@ -80,33 +73,22 @@ class _State:
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = {key: config[key] for key in DEFAULTS}
-        self._server: inprocserve.Server | None = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
+        self.holder = web.ProcessLocalServer(self._build)
         self._closed = False  # closed by Inprocserve.close: forked children no longer warm it up
 
     @property
     def server(self) -> inprocserve.Server:
-        if self._server is None or self._pid != os.getpid():
-            with self._lock:
-                if self._server is None or self._pid != os.getpid():
-                    self._server = self._build()
-                    self._pid = os.getpid()
-        return self._server
+        return self.holder.get()
 
     @property
     def started(self) -> bool:
-        return self._server is not None and self._pid == os.getpid()
-
-    @property
-    def building(self) -> bool:
-        """Whether a thread of this process is building the server right now (eager warm-up)."""
-        return self._lock.locked() and not self.started
+        """Whether this process's server is built."""
+        return self.holder.started
 
     def warm(self) -> None:
         """Build (load and warm) this process's server now, if it is not built yet (and not closed)."""
         if not self._closed:
-            self.server  # noqa: B018 - the property builds it
+            self.holder.get()
 
     def _build(self) -> inprocserve.Server:
         config = self.config
@@ -122,11 +104,8 @@ class _State:
         )
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._server is not None and self._pid == os.getpid():
-                self._server.close()
-            self._server = None
+        self._closed = True
+        self.holder.close()
 
 
 class Inprocserve:
@@ -149,10 +128,10 @@ class Inprocserve:
         state = _State(app.config)
         app.extensions[_EXTENSION] = state
         if app.config["INPROCSERVE_ERROR_HANDLERS"]:
-            statuses = {**ERROR_STATUS, **app.config["INPROCSERVE_ERROR_STATUS"]}
-            retry_after = app.config["INPROCSERVE_RETRY_AFTER_S"]
-            for error_type, status in statuses.items():
-                app.register_error_handler(error_type, _error_handler(status, retry_after))
+            overrides = dict(app.config["INPROCSERVE_ERROR_STATUS"])
+            handler = _error_handler({**ERROR_STATUS, **overrides}, app.config["INPROCSERVE_RETRY_AFTER_S"])
+            for error_type in {**ERROR_STATUS, **overrides}:
+                app.register_error_handler(error_type, handler)
         if app.config["INPROCSERVE_ENDPOINTS"]:
             app.register_blueprint(_blueprint(app.config), url_prefix=app.config["INPROCSERVE_URL_PREFIX"])
         elif app.config["INPROCSERVE_STATUS_PAGE"]:
@@ -269,13 +248,14 @@ def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
     return state.server.predict(model, inputs, **kwargs)
 
 
-def _error_handler(status: int, retry_after: float) -> Callable[[Exception], Any]:
+def _error_handler(statuses: Mapping[type[Exception], int], retry_after_s: float) -> Callable[[Exception], Any]:
     def handle(error: Exception) -> Any:
-        code = {400: "invalid_input", 404: "model_not_found", 503: "unavailable", 504: "deadline_exceeded"}
-        response = jsonify({"error": code.get(status, type(error).__name__), "message": str(error)})
-        response.status_code = status
-        if status == 503:
-            response.headers["Retry-After"] = str(int(max(1, retry_after)))
+        answer = web.error_answer(error, overrides=statuses, retry_after_s=retry_after_s)
+        if answer is None:  # not registered for this class: Flask only calls it for the ones above
+            raise error
+        response = jsonify(answer.body)
+        response.status_code = answer.status
+        response.headers.update(answer.headers)
         return response
 
     return handle
@@ -287,10 +267,7 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     eager = config["INPROCSERVE_EAGER"]
 
     def authorized() -> bool:
-        if not token:
-            return False
-        supplied = request.headers.get("Authorization", "")
-        return hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode())
+        return web.check_token(request.headers.get("Authorization"), token)
 
     @blueprint.before_app_request
     def note_start() -> None:
@@ -303,14 +280,11 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     @blueprint.get("/ready")
     def ready() -> Any:
         state = _state()
-        if eager and state.building:  # warming up after the fork: not ready, and do not wait for it
-            return jsonify({"ready": False, "warming": True, "worker": os.getpid()}), 503
-        status = state.server.status(include_paths=False)  # lazy mode: builds it on the first probe
-        not_ready = {name: m for name, m in status["models"].items() if not m["ready"]}
-        if status["closed"] or not_ready or not status["models"]:
-            reasons = {name: _first_error(m) for name, m in not_ready.items()}
-            return jsonify({"ready": False, "models": reasons, "closed": status["closed"]}), 503
-        return {"ready": True, "models": sorted(status["models"])}
+        if eager and state.holder.building:  # warming up after the fork: not ready, and do not wait for it
+            readiness = web.Readiness.warming_up()
+        else:
+            readiness = state.server.readiness()  # lazy mode: builds it on the first probe
+        return jsonify(readiness.body()), 200 if readiness.ready else 503
 
     @blueprint.get("/models")
     def models() -> Any:
@@ -321,108 +295,19 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     if not token:
         return blueprint
 
-    def admin(action: Callable[[], dict[str, Any]]) -> Any:
+    def admin(action: str, model: str | None = None) -> Any:
         if not authorized():
             return jsonify({"error": "unauthorized"}), 401
-        try:
-            answer = action()
-        except Exception as exc:
-            status = _admin_status(exc)
-            if status is None:
-                raise
-            answer = {"error": type(exc).__name__, "message": str(exc)}
-            if isinstance(exc, inprocserve.PromotionRefusedError):  # what differs, for the operator
-                answer.update(error="incompatible", report=exc.report)
-            return jsonify(answer), status
-        server = _state().server
-        return {**answer, "revision": server.sync_control(), "worker": os.getpid()}
-
-    def actor() -> str:
-        return f"admin endpoint from {request.remote_addr}"
-
-    def body() -> dict[str, Any]:
-        data = request.get_json(silent=True)
-        return data if isinstance(data, dict) else {}
+        actor = f"admin endpoint from {request.remote_addr}"
+        answer = web.admin_answer(_state().server, action, model, request.get_data(), actor=actor)
+        return jsonify(answer.body), answer.status
 
     @blueprint.post("/reload")
     def reload() -> Any:
-        return admin(lambda: {"problems": _state().server.reload(actor=actor())})
+        return admin("reload")
 
-    @blueprint.post("/models/<name>/switch")
-    def switch(name: str) -> Any:
-        def act() -> dict[str, Any]:
-            data = body()
-            version, force = data.get("version"), data.get("force", False)
-            # bool is an int to Python, and a huge int is no version: both are the client's mistake
-            if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**31:
-                raise ValueError(
-                    'send a JSON object {"version": <positive int>} ("force": true switches to an incompatible version)'
-                )
-            if not isinstance(force, bool):
-                raise ValueError('"force" must be true or false')
-            _state().server.switch(name, version, force=force, actor=actor())
-            return {"model": name, "stable": version}
-
-        return admin(act)
-
-    @blueprint.post("/models/<name>/rollback")
-    def rollback(name: str) -> Any:
-        return admin(lambda: {"model": name, "stable": _state().server.rollback(name, actor=actor())})
-
-    @blueprint.post("/models/<name>/canary")
-    def canary(name: str) -> Any:
-        def act() -> dict[str, Any]:
-            data = body()
-            if "version" not in data or ("percent" not in data and data["version"] is not None):
-                raise ValueError('send {"version": <int>, "percent": <0..100>}, or {"version": null} to remove it')
-            version, percent = data["version"], data.get("percent", 0)
-            if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-                raise ValueError(f"version must be an int or null, got {version!r}")
-            _state().server.set_canary(name, version, percent=percent, actor=actor())
-            return {"model": name, "canary_version": version, "canary_percent": percent}
-
-        return admin(act)
-
-    @blueprint.post("/models/<name>/kill")
-    def kill(name: str) -> Any:
-        def act() -> dict[str, Any]:
-            _state().server.kill(name, actor=actor())
-            return {"model": name, "kill": True}
-
-        return admin(act)
-
-    @blueprint.post("/models/<name>/resume")
-    def resume(name: str) -> Any:
-        def act() -> dict[str, Any]:
-            _state().server.resume(name, actor=actor())
-            return {"model": name, "kill": False}
-
-        return admin(act)
+    @blueprint.post("/models/<name>/<any(switch, rollback, canary, kill, resume):action>")
+    def model_action(name: str, action: str) -> Any:
+        return admin(action, name)
 
     return blueprint
-
-
-def _admin_status(error: Exception) -> int | None:
-    """The HTTP status of an admin call's error (its message says what to fix)."""
-    if isinstance(error, inprocserve.ModelNotFoundError):
-        return 404
-    if isinstance(error, inprocserve.PromotionRefusedError):
-        return 409  # e.g. an incompatible signature: send "force": true to switch anyway
-    if isinstance(error, inprocserve.ModelLoadError):
-        return 422  # the version exists but cannot be loaded: nothing was switched
-    if isinstance(error, inprocserve.ServerClosedError):
-        return 503
-    if isinstance(error, inprocserve.ConfigurationError):
-        return 409  # the control file is invalid or cannot be written: fix it, then retry
-    if isinstance(error, ValueError | TypeError):
-        return 400
-    return None
-
-
-def _first_error(model_status: Mapping[str, Any]) -> str | None:
-    if model_status.get("config_error"):
-        return str(model_status["config_error"])
-    for version in model_status.get("versions", {}).values():
-        if version.get("error"):
-            return str(version["error"])
-    return "no servable version"

@@ -9,15 +9,13 @@ constant time. A token in the query string is not accepted: it would end up in a
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
 import inprocserve
+from inprocserve import web
 
 __all__ = ["add_status_page"]
 
@@ -39,11 +37,10 @@ def add_status_page(blueprint: Blueprint, config: Mapping[str, Any], server: Cal
             "INPROCSERVE_STATUS_PAGE is on but no token is set: set INPROCSERVE_STATUS_PAGE_TOKEN "
             "(or INPROCSERVE_ADMIN_TOKEN) to a long random string"
         )
-    expected = token.encode()
 
     @blueprint.get("/status")
     def status_page() -> Response:
-        if not hmac.compare_digest(_supplied_token(request.headers.get("Authorization", "")), expected):
+        if not web.check_token(request.headers.get("Authorization"), token, basic=True):
             response = Response("The status page needs its token.\n", 401, mimetype="text/plain")
             response.headers["WWW-Authenticate"] = _REALM
             return response
@@ -58,17 +55,3 @@ def add_status_page(blueprint: Blueprint, config: Mapping[str, Any], server: Cal
             }
         )
         return response
-
-
-def _supplied_token(authorization: str) -> bytes:
-    """The token in a ``Bearer`` header, or the password of ``Basic`` credentials; empty if neither."""
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip().encode()
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return b""
-        return decoded.partition(":")[2].encode()
-    return b""

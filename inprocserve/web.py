@@ -1,0 +1,407 @@
+"""What every web integration needs around a :class:`~inprocserve.Server`, with no web framework in it.
+
+The Flask and Django plug-ins are thin adapters over this module, and another integration can be too:
+each turns the typed results below into its framework's responses.
+
+* :func:`readiness` (also ``Server.readiness``): whether the server can answer, and why not, per model.
+* :func:`http_status`, :func:`error_code`, :func:`error_answer`: a library error as an HTTP answer.
+* :func:`run_admin_action`, :func:`admin_answer`: the admin endpoints (reload, switch, rollback, canary,
+  kill, resume) with their JSON bodies checked, since they come from the network.
+* :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
+* :class:`ProcessLocalServer`: one lazily built server per process, rebuilt in a forked child.
+
+::
+
+    from inprocserve import web
+
+    holder = web.ProcessLocalServer(lambda: inprocserve.Server("models/"))
+    state = holder.get().readiness()
+    status, body = (200 if state.ready else 503), state.body()
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from . import _fork
+from ._control import validate_percent
+from ._errors import (
+    ConfigurationError,
+    DeadlineExceededError,
+    InvalidInputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OverloadedError,
+    PromotionRefusedError,
+    ServerClosedError,
+)
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+__all__ = [
+    "ADMIN_ACTIONS",
+    "AdminAnswer",
+    "ERROR_STATUS",
+    "ErrorAnswer",
+    "ProcessLocalServer",
+    "Readiness",
+    "admin_answer",
+    "check_token",
+    "error_answer",
+    "error_code",
+    "http_status",
+    "readiness",
+    "run_admin_action",
+]
+
+# -- readiness -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a server can answer requests, from its ``status()``.
+
+    Attributes:
+        ready: Open, with at least one model, and every checked model servable.
+        models: The models checked, sorted (the ``required`` ones, or every model found).
+        reasons: Model name -> why it is not servable (empty when ready).
+        closed: The server is closed.
+        warming: The server is still being built in this process (eager warm-up after a fork).
+    """
+
+    ready: bool
+    models: tuple[str, ...] = ()
+    reasons: Mapping[str, str] = field(default_factory=dict)
+    closed: bool = False
+    warming: bool = False
+
+    @classmethod
+    def warming_up(cls) -> Readiness:
+        """Not ready: this process is building its server right now (do not wait for it in a probe)."""
+        return cls(ready=False, warming=True)
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of a readiness probe (answer 200 when ``ready``, else 503)."""
+        if self.warming:
+            return {"ready": False, "warming": True, "worker": os.getpid()}
+        if self.ready:
+            return {"ready": True, "models": list(self.models)}
+        return {"ready": False, "models": dict(self.reasons), "closed": self.closed}
+
+
+def readiness(server: Server, required: Sequence[str] | None = None) -> Readiness:
+    """The readiness of ``server``: every model in ``required`` (default: every model found) servable.
+
+    Reasons never quote file-system paths (they come from ``status(include_paths=False)``).
+    """
+    status = server.status(include_paths=False)
+    found: Mapping[str, Any] = status["models"]
+    names = sorted(required) if required else sorted(found)
+    reasons = {}
+    for name in names:
+        model = found.get(name)
+        if model is None:
+            reasons[name] = "not in the repository"
+        elif not model.get("ready"):
+            reasons[name] = _first_error(model)
+    closed = bool(status["closed"])
+    return Readiness(
+        ready=not closed and bool(names) and not reasons, models=tuple(names), reasons=reasons, closed=closed
+    )
+
+
+def _first_error(model: Mapping[str, Any]) -> str:
+    if model.get("config_error"):
+        return str(model["config_error"])
+    for version in model.get("versions", {}).values():
+        if version.get("error"):
+            return str(version["error"])
+    return "no servable version"
+
+
+# -- library errors as HTTP ------------------------------------------------------------------------------
+
+ERROR_STATUS: Mapping[type[Exception], int] = MappingProxyType(
+    {
+        InvalidInputError: 400,
+        ModelNotFoundError: 404,
+        OverloadedError: 503,
+        ServerClosedError: 503,
+        DeadlineExceededError: 504,
+    }
+)
+"""The HTTP status of each library error a prediction raises (subclasses included); others are a 500."""
+
+_CODES: Mapping[type[Exception], str] = {
+    InvalidInputError: "invalid_input",
+    ModelNotFoundError: "model_not_found",
+    OverloadedError: "unavailable",
+    ServerClosedError: "unavailable",
+    DeadlineExceededError: "deadline_exceeded",
+    PromotionRefusedError: "incompatible",
+    ModelLoadError: "model_load_failed",
+    ConfigurationError: "configuration",
+}
+
+
+def _lookup(error: BaseException, table: Mapping[type[Exception], Any]) -> Any:
+    """The entry of the error's most specific class in ``table`` (method resolution order), or None."""
+    for cls in type(error).__mro__:
+        if cls in table:
+            return table[cls]
+    return None
+
+
+def http_status(error: BaseException, overrides: Mapping[type[Exception], int] | None = None) -> int | None:
+    """The HTTP status of a library error (``ERROR_STATUS`` with ``overrides`` laid over it), or None
+    when the error is not one a client caused or can retry (the framework answers 500)."""
+    table = {**ERROR_STATUS, **overrides} if overrides else ERROR_STATUS
+    status: int | None = _lookup(error, table)
+    return status
+
+
+def error_code(error: BaseException) -> str:
+    """A stable, machine-readable code for an error (``invalid_input``, ``model_not_found``,
+    ``unavailable``, ``deadline_exceeded``, ``incompatible``, ...); the class name for other errors."""
+    code: str | None = _lookup(error, _CODES)
+    return code if code is not None else type(error).__name__
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """An HTTP answer for a library error: ``status``, a JSON ``body`` and extra ``headers``."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_answer(
+    error: BaseException,
+    *,
+    overrides: Mapping[type[Exception], int] | None = None,
+    retry_after_s: float = 1,
+) -> ErrorAnswer | None:
+    """The answer to a library error (``{"error": <code>, "message": ...}``, and ``Retry-After`` on a
+    503), or None for an error :func:`http_status` does not map."""
+    status = http_status(error, overrides)
+    if status is None:
+        return None
+    headers = {"Retry-After": str(int(max(1, retry_after_s)))} if status == 503 else {}
+    return ErrorAnswer(status, {"error": error_code(error), "message": str(error)}, headers)
+
+
+# -- admin actions ---------------------------------------------------------------------------------------
+
+ADMIN_ACTIONS = ("canary", "kill", "reload", "resume", "rollback", "switch")
+"""The admin endpoints' actions; every one but ``reload`` names a model."""
+
+_MAX_VERSION = 2**31  # a larger int is no version: the client's mistake, not an overflow further down
+
+_ADMIN_STATUS: Mapping[type[Exception], int] = {
+    ModelNotFoundError: 404,
+    PromotionRefusedError: 409,  # e.g. an incompatible signature: send "force": true to switch anyway
+    ModelLoadError: 422,  # the version exists but cannot be loaded: nothing was switched
+    ServerClosedError: 503,
+    ConfigurationError: 409,  # the control file is invalid or cannot be written: fix it, then retry
+    ValueError: 400,
+    TypeError: 400,
+}
+
+
+@dataclass(frozen=True)
+class AdminAnswer:
+    """An admin endpoint's answer: ``status`` and JSON ``body``."""
+
+    status: int
+    body: dict[str, Any]
+
+
+def run_admin_action(server: Server, action: str, model: str | None, body: object, *, actor: str) -> dict[str, Any]:
+    """Check an admin request's JSON body, run ``action`` on ``server`` and say what changed.
+
+    Args:
+        server: The process's server.
+        action: One of :data:`ADMIN_ACTIONS`.
+        model: The model the action concerns (from the URL); ignored by ``reload``.
+        body: The request body: ``None`` or empty bytes for none, raw JSON bytes/str, or a parsed value.
+        actor: Who asked, for the control file's audit trail.
+
+    Returns:
+        What changed, plus the control ``revision`` this worker now follows and its ``worker`` pid.
+
+    Raises:
+        ValueError: the body is not a JSON object, or a field is missing or of the wrong type or range
+            (bools are not ints, versions lie in 1..2**31-1, percentages are finite numbers in 0..100).
+        Whatever the server call raises (:func:`admin_answer` maps them to statuses).
+    """
+    if action not in ADMIN_ACTIONS:
+        raise ValueError(f"unknown admin action {action!r}; use one of {', '.join(ADMIN_ACTIONS)}")
+    data = _json_object(body, _BODY_SHAPES.get(action, "{}, or no body"))
+    if action == "reload":
+        answer: dict[str, Any] = {"problems": server.reload(actor=actor)}
+    elif not isinstance(model, str) or not model:
+        raise ValueError(f"the {action} action needs a model name")
+    elif action == "switch":
+        version, force = _version(data.get("version")), data.get("force", False)
+        if not isinstance(force, bool):
+            raise ValueError('"force" must be true or false (true switches to an incompatible version)')
+        server.switch(model, version, force=force, actor=actor)
+        answer = {"model": model, "stable": version}
+    elif action == "canary":
+        if "version" not in data or ("percent" not in data and data["version"] is not None):
+            raise ValueError(f"send a JSON object {_BODY_SHAPES['canary']}")
+        canary = None if data["version"] is None else _version(data["version"])
+        percent = validate_percent(data.get("percent", 0))
+        server.set_canary(model, canary, percent=percent, actor=actor)
+        answer = {"model": model, "canary_version": canary, "canary_percent": data.get("percent", 0)}
+    elif action == "rollback":
+        answer = {"model": model, "stable": server.rollback(model, actor=actor)}
+    elif action == "kill":
+        server.kill(model, actor=actor)
+        answer = {"model": model, "kill": True}
+    else:  # resume
+        server.resume(model, actor=actor)
+        answer = {"model": model, "kill": False}
+    return {**answer, "revision": server.sync_control(), "worker": os.getpid()}
+
+
+def admin_answer(server: Server, action: str, model: str | None, body: object, *, actor: str) -> AdminAnswer:
+    """:func:`run_admin_action` as an answer: 200, or the status and body of an error the operator can
+    act on (400 bad body, 404 unknown model, 409 refused or control file problem, 422 version that cannot
+    load, 503 closed). Other errors propagate (the framework's error handling answers them)."""
+    try:
+        return AdminAnswer(200, run_admin_action(server, action, model, body, actor=actor))
+    except Exception as exc:
+        status: int | None = _lookup(exc, _ADMIN_STATUS)
+        if status is None:
+            raise
+        answer: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, PromotionRefusedError):  # what differs, for the operator
+            answer.update(error="incompatible", report=exc.report)
+        return AdminAnswer(status, answer)
+
+
+_BODY_SHAPES = {
+    "switch": '{"version": <positive int>} ("force": true switches to an incompatible version)',
+    "canary": '{"version": <positive int>, "percent": <0..100>}, or {"version": null} to remove it',
+}
+
+
+def _json_object(body: object, shape: str) -> dict[str, Any]:
+    if body is None or body == b"" or body == "":
+        return {}
+    if isinstance(body, bytes | str):
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
+            raise ValueError(f"the body is not JSON: send a JSON object {shape}") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"the body is JSON {type(body).__name__}: send a JSON object {shape}")
+    return body
+
+
+def _version(version: object) -> int:
+    # bool is an int to Python, and a huge int is no version: both are the client's mistake
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < _MAX_VERSION:
+        raise ValueError(f'"version" must be a positive int below 2**31, got {version!r:.40}')
+    return version
+
+
+# -- tokens ----------------------------------------------------------------------------------------------
+
+
+def check_token(authorization: str | None, token: str | None, *, basic: bool = False) -> bool:
+    """Whether an ``Authorization`` header carries ``token``, compared in constant time.
+
+    Accepts ``Bearer <token>``, and with ``basic=True`` also HTTP Basic credentials whose password is the
+    token (any user name), for a person in a browser. Keep ``basic`` off for endpoints that change
+    state: a browser resends Basic credentials on its own, which would let another site trigger them.
+    Without a token (``None`` or empty) nothing is accepted.
+    """
+    if not isinstance(token, str) or not token:
+        return False
+    return hmac.compare_digest(_supplied_token(authorization or "", basic=basic), token.encode())
+
+
+def _supplied_token(authorization: str, *, basic: bool) -> bytes:
+    """The token in a ``Bearer`` header, or the password of ``Basic`` credentials; empty if neither."""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip().encode()
+    if basic and scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return b""
+        return decoded.partition(":")[2].encode()
+    return b""
+
+
+# -- one server per process ------------------------------------------------------------------------------
+
+
+class ProcessLocalServer:
+    """One server per process, built by ``factory`` on first use and built anew in a forked child.
+
+    A server's threads and onnxruntime sessions do not survive ``fork()``, so a child never uses its
+    parent's server (it is not closed there either: it belongs to the parent). Thread-safe: concurrent
+    first uses build once.
+
+    Args:
+        factory: Builds the server (called with this holder's lock held).
+    """
+
+    def __init__(self, factory: Callable[[], Server]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._server: Server | None = None
+        self._pid: int | None = None
+        _fork.register(self)
+
+    def get(self) -> Server:
+        """This process's server, built now if this is its first use here.
+
+        Raises:
+            Whatever ``factory`` raises (the next call tries again).
+        """
+        server, pid = self._server, self._pid
+        if server is not None and pid == os.getpid():
+            return server
+        with self._lock:
+            if self._server is None or self._pid != os.getpid():
+                self._server = self._factory()
+                self._pid = os.getpid()
+            return self._server
+
+    @property
+    def started(self) -> bool:
+        """Whether this process's server is built."""
+        return self._server is not None and self._pid == os.getpid()
+
+    @property
+    def building(self) -> bool:
+        """Whether a thread of this process is building the server right now (eager warm-up)."""
+        return self._lock.locked() and not self.started
+
+    def close(self) -> None:
+        """Close this process's server; the next :meth:`get` builds a new one."""
+        with self._lock:
+            if self._server is not None and self._pid == os.getpid():
+                self._server.close()
+            self._server = None
+            self._pid = None
+
+    def _after_fork_in_child(self) -> None:
+        # A lock held by a parent thread at fork time would stay held forever in the child.
+        self._lock = threading.Lock()

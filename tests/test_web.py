@@ -1,0 +1,330 @@
+"""inprocserve.web, the glue both plug-ins share: readiness, error statuses, admin actions, tokens and the
+per-process server, on real servers over real models."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+import inprocserve._errors
+from inprocserve import web
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+
+@pytest.fixture
+def two_versions(repository: Path) -> Path:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(3.0), repository, "scale", 2)
+    return repository
+
+
+# -- readiness -------------------------------------------------------------------------------------------
+
+
+def test_a_server_with_servable_models_is_ready(scale_repository: Path, make_server: ServerFactory) -> None:
+    state = make_server(scale_repository).readiness()
+    assert state == web.Readiness(ready=True, models=("scale",), reasons={}, closed=False)
+    assert state.body() == {"ready": True, "models": ["scale"]}
+
+
+def test_a_required_model_that_is_missing_is_named(scale_repository: Path, make_server: ServerFactory) -> None:
+    state = make_server(scale_repository).readiness(["scale", "fraud"])
+    assert not state.ready and state.reasons == {"fraud": "not in the repository"}
+    assert state.body() == {"ready": False, "models": {"fraud": "not in the repository"}, "closed": False}
+
+
+def test_a_broken_model_is_not_ready_and_its_reason_quotes_no_path(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    broken = scale_repository / "broken" / "1" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not onnx")
+    server = make_server(scale_repository)
+    state = server.readiness()
+    assert not state.ready and set(state.reasons) == {"broken"}
+    assert state.reasons["broken"] and str(scale_repository) not in state.reasons["broken"]
+    assert server.readiness(["scale"]).ready  # only the required models count
+
+
+def test_an_empty_repository_and_a_closed_server_are_not_ready(repository: Path, make_server: ServerFactory) -> None:
+    empty = make_server(repository)
+    assert empty.readiness() == web.Readiness(ready=False, models=(), reasons={}, closed=False)
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    server.close()
+    state = server.readiness()
+    assert not state.ready and state.closed and state.body()["closed"] is True
+
+
+def test_warming_up_is_not_ready_and_names_the_worker() -> None:
+    state = web.Readiness.warming_up()
+    assert not state.ready and state.body() == {"ready": False, "warming": True, "worker": os.getpid()}
+
+
+# -- errors as HTTP --------------------------------------------------------------------------------------
+
+EXPECTED: dict[str, tuple[int | None, str]] = {
+    "ConfigurationError": (None, "configuration"),
+    "DeadlineExceededError": (504, "deadline_exceeded"),
+    "InferenceError": (None, "InferenceError"),
+    "InprocserveError": (None, "InprocserveError"),
+    "InvalidInputError": (400, "invalid_input"),
+    "ModelLoadError": (None, "model_load_failed"),
+    "ModelNotFoundError": (404, "model_not_found"),
+    "OverloadedError": (503, "unavailable"),
+    "PromotionRefusedError": (None, "incompatible"),
+    "QueueFullError": (503, "unavailable"),
+    "ServerClosedError": (503, "unavailable"),
+}
+
+
+def test_every_library_error_has_a_decided_status_and_code() -> None:
+    assert set(EXPECTED) == set(inprocserve._errors.__all__)  # a new error class must be decided here
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_status_and_code_of_each_error(name: str) -> None:
+    cls = getattr(inprocserve, name)
+    error = cls.__new__(cls)
+    inprocserve.InprocserveError.__init__(error, "what to fix", model="scale")
+    status, code = EXPECTED[name]
+    assert (web.http_status(error), web.error_code(error)) == (status, code)
+    answer = web.error_answer(error, retry_after_s=2.7)
+    if status is None:
+        assert answer is None
+    else:
+        assert answer is not None and (answer.status, answer.body) == (
+            status,
+            {"error": code, "message": "what to fix"},
+        )
+        assert answer.headers == ({"Retry-After": "2"} if status == 503 else {})
+
+
+def test_overrides_apply_to_subclasses_and_other_errors_are_not_mapped() -> None:
+    overrides = {inprocserve.OverloadedError: 429, inprocserve.ModelLoadError: 502}
+    assert web.http_status(inprocserve.QueueFullError("full"), overrides) == 429
+    assert web.http_status(inprocserve.ModelLoadError("corrupt"), overrides) == 502
+    assert web.http_status(inprocserve.ServerClosedError("closed"), overrides) == 503
+    assert web.http_status(RuntimeError("a bug")) is None and web.error_answer(KeyError("x")) is None
+    answer = web.error_answer(inprocserve.ServerClosedError("closed"), retry_after_s=0)
+    assert answer is not None and answer.headers == {"Retry-After": "1"}  # never tells a client to retry at once
+
+
+# -- admin actions ---------------------------------------------------------------------------------------
+
+HOSTILE_SWITCH_BODIES: list[Any] = [
+    b"[1, 2]",
+    b"null",
+    b'"version"',
+    b"{",
+    b"\xff\xfe",
+    b"NaN",
+    b"[" * 200_000,
+    [1],
+    {},
+    {"version": True},
+    {"version": 2**31},
+    {"version": 10**400},
+    {"version": 0},
+    {"version": -1},
+    {"version": 1.0},
+    {"version": "2"},
+    {"version": None},
+    {"version": 2, "force": "yes"},
+    {"version": 2, "force": 1},
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_SWITCH_BODIES, ids=lambda body: repr(body)[:40])
+def test_a_hostile_switch_body_is_a_400_that_changes_nothing(
+    two_versions: Path, make_server: ServerFactory, body: Any
+) -> None:
+    server = make_server(two_versions)
+    with pytest.raises(ValueError, match=r"version|force|JSON") as caught:
+        web.run_admin_action(server, "switch", "scale", body, actor="test")
+    assert len(str(caught.value)) < 300  # says what to send without echoing a huge body
+    answer = web.admin_answer(server, "switch", "scale", body, actor="test")
+    assert answer.status == 400 and answer.body["error"] == "ValueError"
+    assert server.status()["models"]["scale"]["stable_version"] == 2
+
+
+HOSTILE_CANARY_BODIES: list[Any] = [
+    b'{"version": 1, "percent": NaN}',
+    b'{"version": 1, "percent": Infinity}',
+    {"version": 1, "percent": -1},
+    {"version": 1, "percent": 100.5},
+    {"version": 1, "percent": True},
+    {"version": 1, "percent": "5"},
+    {"version": 1},
+    {"percent": 5},
+    {"version": False, "percent": 5},
+    {"version": 2**40, "percent": 5},
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_CANARY_BODIES, ids=repr)
+def test_a_hostile_canary_body_is_a_400_that_changes_nothing(
+    two_versions: Path, make_server: ServerFactory, body: Any
+) -> None:
+    server = make_server(two_versions)
+    answer = web.admin_answer(server, "canary", "scale", body, actor="test")
+    assert answer.status == 400, answer.body
+    assert "percent" in answer.body["message"] or "version" in answer.body["message"]
+    assert server.status()["models"]["scale"]["control"] is None
+
+
+def test_admin_actions_change_the_fleet_and_say_what_changed(two_versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(two_versions)
+    switched = web.run_admin_action(server, "switch", "scale", b'{"version": 1}', actor="alice")
+    assert switched["model"] == "scale" and switched["stable"] == 1 and switched["worker"] == os.getpid()
+    assert server.predict("scale", np.ones((1, 4), np.float32))["y"][0, 0] == 2.0
+    canary = web.run_admin_action(server, "canary", "scale", {"version": 2, "percent": 25}, actor="alice")
+    assert (canary["canary_version"], canary["canary_percent"]) == (2, 25)
+    assert canary["revision"] > switched["revision"]
+    removed = web.run_admin_action(server, "canary", "scale", {"version": None}, actor="alice")
+    assert removed["canary_version"] is None
+    assert web.run_admin_action(server, "kill", "scale", None, actor="alice")["kill"] is True
+    assert server.status()["models"]["scale"]["control"]["kill"] is True
+    assert web.run_admin_action(server, "resume", "scale", b"", actor="alice")["kill"] is False
+    assert web.run_admin_action(server, "switch", "scale", {"version": 2, "force": False}, actor="bob")["stable"] == 2
+    assert web.run_admin_action(server, "rollback", "scale", None, actor="alice")["stable"] == 1
+    assert web.run_admin_action(server, "reload", None, None, actor="alice")["problems"] == []
+
+
+def test_admin_errors_map_to_what_the_operator_must_do(two_versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(two_versions)
+    missing = web.admin_answer(server, "switch", "scale", {"version": 9}, actor="t")
+    assert missing.status == 404 and missing.body["error"] == "ModelNotFoundError"
+    assert web.admin_answer(server, "kill", "fraud", None, actor="t").status == 404
+    with pytest.raises(ValueError, match="unknown admin action 'delete'"):
+        web.run_admin_action(server, "delete", "scale", None, actor="t")
+    with pytest.raises(ValueError, match="needs a model name"):
+        web.run_admin_action(server, "kill", None, None, actor="t")
+    server.close()
+    closed = web.admin_answer(server, "kill", "scale", None, actor="t")
+    assert closed.status == 503 and closed.body["error"] == "ServerClosedError"
+
+
+# -- tokens ----------------------------------------------------------------------------------------------
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("header", "bearer_only", "with_basic"),
+    [
+        ("Bearer s3cret", True, True),
+        ("bearer  s3cret ", True, True),
+        ("Bearer s3cre", False, False),
+        ("Bearer s3cret2", False, False),
+        ("s3cret", False, False),
+        ("", False, False),
+        (None, False, False),
+        (_basic("anyone", "s3cret"), False, True),
+        (_basic("s3cret", "wrong"), False, False),
+        (_basic("", "s3cret:more"), False, False),
+        ("Basic not-base64!", False, False),
+        ("Basic " + base64.b64encode(b"\xff:\xfe").decode(), False, False),
+    ],
+)
+def test_check_token(header: str | None, bearer_only: bool, with_basic: bool) -> None:
+    assert web.check_token(header, "s3cret") is bearer_only
+    assert web.check_token(header, "s3cret", basic=True) is with_basic
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_without_a_token_nothing_is_accepted(token: str | None) -> None:
+    assert not web.check_token("Bearer ", token) and not web.check_token(_basic("a", ""), token, basic=True)
+
+
+# -- one server per process ------------------------------------------------------------------------------
+
+
+def test_the_server_is_built_once_under_concurrent_first_use(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    built: list[inprocserve.Server] = []
+    started = threading.Barrier(8, timeout=10)
+
+    def factory() -> inprocserve.Server:
+        built.append(make_server(scale_repository))
+        return built[-1]
+
+    holder = web.ProcessLocalServer(factory)
+    assert not holder.started and not holder.building
+    seen: list[inprocserve.Server] = []
+
+    def use() -> None:
+        started.wait()
+        seen.append(holder.get())
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(built) == 1 and seen == built * 8 and holder.started
+
+
+def test_close_closes_the_server_and_the_next_use_builds_another(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    holder = web.ProcessLocalServer(lambda: make_server(scale_repository))
+    first = holder.get()
+    holder.close()
+    assert first.status()["closed"] and not holder.started
+    second = holder.get()
+    assert second is not first and second.readiness().ready
+    holder.close()
+    holder.close()  # idempotent
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_builds_its_own_even_while_the_parent_was_building(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    parent = os.getpid()
+    release = threading.Event()
+
+    def factory() -> inprocserve.Server:
+        if os.getpid() == parent:
+            release.wait(timeout=30)  # the parent's build is in progress when the fork happens
+        return make_server(scale_repository)
+
+    holder = web.ProcessLocalServer(factory)
+    builder = threading.Thread(target=holder.get)
+    builder.start()
+    try:
+        for _ in range(1000):  # bounded: the builder holds the lock within moments
+            if holder.building:
+                break
+            release.wait(timeout=0.01)
+        assert holder.building
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code, never return into pytest
+            code = 1
+            try:
+                signal.alarm(30)  # a lock inherited held would hang here
+                server = holder.get()
+                ok = server.predict("scale", np.ones((1, 4), np.float32))["y"][0, 0] == 2.0
+                code = 0 if ok and holder.get() is server else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed: {status}"
+    finally:
+        release.set()
+        builder.join(timeout=30)
+    assert holder.started and holder.get().readiness().ready
