@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import math
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_u
 
 # On the busy model 2000 rows take a few hundred milliseconds or more, about a hundred times these budgets.
 LONG_ROWS = 2000
+MAX_ROWS = 4096  # the most one request may carry (batching.max_request_rows)
 BUDGET_S = 0.02
 STOPPED = "deadline passed while it ran; onnxruntime stopped the run"
 # Whole requests in one run; one thread per session, so the load needs no timing probe of a huge batch.
@@ -61,14 +63,18 @@ def test_a_run_on_a_worker_is_stopped_at_its_deadline(
     busy_repository: Path, make_server: ServerFactory, config: ModelConfig
 ) -> None:
     server = make_server(busy_repository, config=config)
-    server.predict("busy", busy_inputs(1))
-    # A longer budget than inline: the worker thread starts on this first queued request, and the budget
-    # must outlast that (else the request expires queued, which another test covers) but not the run.
-    future = server.submit("busy", busy_inputs(LONG_ROWS), timeout_s=0.2)
+    server.submit("busy", busy_inputs(1)).result(timeout=60)  # starts the worker thread: it is idle now
+    # The budget must outlast the idle worker's wake-up (else the request expires queued, which another test
+    # covers) but not the run: a quarter of what the whole run takes on this machine, whatever its speed.
+    started = time.perf_counter()
+    server.predict("busy", busy_inputs(MAX_ROWS))
+    took = time.perf_counter() - started
+    run_before = version_status(server, "busy")["rows_run"]
+    future = server.submit("busy", busy_inputs(MAX_ROWS), timeout_s=took / 4)
     with pytest.raises(inprocserve.DeadlineExceededError, match=STOPPED):
-        future.result(timeout=60)
+        future.result(timeout=120)
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
-    assert version_status(server, "busy")["rows_run"] == 1
+    assert version_status(server, "busy")["rows_run"] == run_before  # the stopped run is not counted
 
 
 def test_a_merged_batch_runs_on_while_one_request_in_it_has_time(
