@@ -79,7 +79,16 @@ def rollout_server(repository: Path, make_server: ServerFactory) -> inprocserve.
         server.predict("fraud", rows, context={"user_id": str(user)})
         result = server.predict("ranker", rows, context={"user_id": str(user)})
         server.record_outcome(result.request_id, float(result.variant == "bigger" or user % 4 == 0), model="ranker")
-    wait_until(lambda: server.status()["models"]["fraud"]["versions"]["1"]["drift"]["windows"] > 0)
+
+    def drift_scored() -> bool:
+        if server.status()["models"]["fraud"]["versions"]["1"]["drift"]["windows"] > 0:
+            return True
+        # The reference is built on the drift thread, which skips what arrives meanwhile: on a fast machine
+        # the loop above can end before a first window fills, so keep feeding version 1 until one is scored.
+        server.predict("fraud", rng.normal(size=(4, 4)).astype(np.float32), version=1)
+        return False
+
+    wait_until(drift_scored)
     return server
 
 
