@@ -103,6 +103,8 @@ def test_a_bearer_token_or_basic_credentials_open_the_page(app: Flask) -> None:
         page = response.get_data(as_text=True)
         assert 'id="model-scale"' in page and "inprocserve status · shop" in page
         assert "1 requests" in page  # the prediction above, in the latency chart
+        repository = app.config["INPROCSERVE_REPOSITORY"]
+        assert str(repository) not in page  # a status-page token is not the admin token: no file-system paths
 
 
 def test_the_admin_token_opens_the_page_when_it_has_no_token_of_its_own(repository: Path) -> None:

@@ -34,7 +34,7 @@ def status_page(request: HttpRequest) -> HttpResponse:
         response = HttpResponse("The status page needs its token.\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = _REALM
         return response
-    html = inprocserve.render_status_page(get_server().status())
+    html = inprocserve.render_status_page(get_server().status(include_paths=False))
     response = HttpResponse(html, content_type="text/html; charset=utf-8")
     response["Cache-Control"] = "no-store"
     response["Content-Security-Policy"] = inprocserve.STATUS_PAGE_CSP
