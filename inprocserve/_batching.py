@@ -38,6 +38,7 @@ from ._batch_ops import BatchShapeError, group_key, pad_and_stack, split_outputs
 from ._config import BatchingConfig
 from ._deadlines import Watchdog
 from ._errors import DeadlineExceededError, InprocserveError, QueueFullError, ServerClosedError
+from ._request import Route
 from ._sessions import SessionPool, abandon_inherited
 from ._stats import BatchSizeHistogram
 from ._telemetry import METRICS, end_batch_span, metering, start_batch_span, tracing
@@ -126,9 +127,9 @@ class Request:
         "error",
         "future",
         "key",
-        "meta",
         "outputs",
         "queue_wait_s",
+        "route",
         "rows",
         "span",
         "started",
@@ -140,13 +141,13 @@ class Request:
         self,
         arrays: dict[str, np.ndarray],
         rows: int,
-        meta: Any,
+        route: Route,
         deadline: float | None,
         future: Future[Any] | None,
     ) -> None:
         self.arrays = arrays
         self.rows = rows
-        self.meta = meta
+        self.route = route
         self.deadline = deadline
         self.future = future
         self.key: Any = None

@@ -37,6 +37,7 @@ from ._model import ModelVersion
 from ._prediction import Prediction, RequestIds
 from ._prefork import shield_exit
 from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_model_name
+from ._request import Route
 from ._rollout import Decision, FlagReader, Router
 from ._scoring import plan_scoring, score
 from ._sessions import onnxruntime_version
@@ -222,7 +223,7 @@ class Server:
         self._finish(request, request.error)
         if request.error is not None:
             raise request.error
-        if request.meta[5]:
+        if request.route.shadows:
             self._offer_shadows(request, target)
         if target.drift is not None:
             target.drift.observe(request.arrays, request.outputs, request.rows)  # type: ignore[arg-type]
@@ -362,8 +363,10 @@ class Server:
                     ) from None
                 request_id = self._ids.next()
                 shadows = [routes.versions[v] for v in decision.shadows if v in routes.versions]
-                meta = (target.name, target.version, decision.variant, decision.reason, request_id, shadows, decision)
-                request = Request(arrays, rows, meta, deadline, future)
+                route = Route(
+                    target.name, target.version, decision.variant, decision.reason, request_id, shadows, decision
+                )
+                request = Request(arrays, rows, route, deadline, future)
                 request.span = span
                 request.started = started
                 if target.cache is not None and self._answered_by_cache(target, request):
@@ -447,7 +450,8 @@ class Server:
 
     def _finish(self, request: Request, error: BaseException | None) -> None:
         """Close the request's span and record its metrics (on whichever thread finished it)."""
-        model, version, variant, reason = request.meta[:4]
+        route = request.route
+        model, version, variant, reason = route.model, route.version, route.variant, route.reason
         if request.cache_key is not None:  # the leader of identical requests: keep its answer, free them
             routes = self._routes.get(model)
             target = None if routes is None else routes.versions.get(version)
@@ -458,7 +462,7 @@ class Server:
         finished = None if serving is None else serving.versions.get(version)
         if finished is not None:  # latency percentiles in status(), with or without an OpenTelemetry SDK
             finished.latency.record(time.perf_counter() - request.started, failed=error is not None)
-        decision: Decision = request.meta[6]
+        decision = route.decision
         end_request_span(
             request.span,
             version=version,
@@ -527,12 +531,12 @@ class Server:
         assert request.outputs is not None
         self._shadow.offer(
             target.name,
-            request.meta[4],
+            request.route.request_id,
             request.arrays,
             request.rows,
             request.outputs,
             target,
-            request.meta[5],
+            request.route.shadows,
             primary_span=request.span,
         )
 
@@ -549,13 +553,15 @@ class Server:
         except InvalidStateError:  # cancelled by its caller meanwhile
             return
         if request.error is None and request.outputs is not None:
-            routes = self._routes.get(request.meta[0])
-            target = None if routes is None else routes.versions.get(request.meta[1])
+            routes = self._routes.get(request.route.model)
+            target = None if routes is None else routes.versions.get(request.route.version)
             if target is not None and target.drift is not None:
                 target.drift.observe(request.arrays, request.outputs, request.rows)
-        if request.error is None and request.meta[5]:
+        if request.error is None and request.route.shadows:
             target = (
-                self._routes[request.meta[0]].versions.get(request.meta[1]) if request.meta[0] in self._routes else None
+                self._routes[request.route.model].versions.get(request.route.version)
+                if request.route.model in self._routes
+                else None
             )
             if target is not None:
                 self._offer_shadows(request, target)
@@ -1401,10 +1407,15 @@ def _without_paths(value: Any, paths: list[str]) -> Any:
 
 
 def _prediction(request: Request) -> Prediction:
-    model, version, variant, reason, request_id = request.meta[:5]
+    route = request.route
     assert request.outputs is not None
     return Prediction(
-        request.outputs, model=model, version=version, variant=variant, reason=reason, request_id=request_id
+        request.outputs,
+        model=route.model,
+        version=route.version,
+        variant=route.variant,
+        reason=route.reason,
+        request_id=route.request_id,
     )
 
 

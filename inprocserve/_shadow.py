@@ -26,6 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
 from ._errors import ConfigurationError
+from ._request import Route
 from ._telemetry import ATTR_SHADOW_AGREEMENT, ATTR_SHADOW_DIFF, METRICS, start_shadow_span
 
 __all__ = ["ShadowComparison", "ShadowRunner", "compare_outputs"]
@@ -235,12 +236,16 @@ class ShadowRunner:
 
     def _run(self, job: _Job) -> None:
         from ._batching import Request  # local: the batching module does not depend on shadows
+        from ._rollout import Decision
 
         shadow_batcher = job.shadow.batcher
         primary_batcher = job.primary_version.batcher
         if shadow_batcher is None:
             return
-        request = Request(dict(job.arrays), job.rows, None, None, None)
+        version = job.shadow.version
+        reason = f"shadow copy of request {job.request_id}"
+        route = Route(job.model, version, "shadow", reason, job.request_id, [], Decision(version, "shadow", reason))
+        request = Request(dict(job.arrays), job.rows, route, None, None)
         span = start_shadow_span(job.model, job.shadow.version, job.primary_span)
         started = time.monotonic()
         try:  # spare capacity only: no backlog on the serving version, an idle shadow session, right now
