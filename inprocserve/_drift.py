@@ -136,7 +136,11 @@ class DriftMonitor:
         with self._lock:
             if self._features is None:
                 if self._captured_rows >= self.config.capture_reference:
-                    return  # the reference is being built on the background thread: do not start another
+                    # The reference is being built on the background thread: never start another; these rows
+                    # open the first window, scored once the reference is ready (nothing is lost meanwhile).
+                    self._pending.append((arrays, outputs))
+                    self._pending_rows += rows
+                    return
                 self._capture.append((arrays, outputs))
                 self._captured_rows += rows
                 if self._captured_rows < self.config.capture_reference:
@@ -164,6 +168,9 @@ class DriftMonitor:
         features = self._build(self._stack(captured))
         with self._lock:
             self._features = features
+            window = None
+            if self._pending_rows >= self.config.window:  # rows that came while the reference was built
+                window, self._pending, self._pending_rows = self._pending, [], 0
         logger.info(
             "model %r version %s: drift reference captured from the first %d rows (%d features)",
             self.model,
@@ -171,6 +178,8 @@ class DriftMonitor:
             self._captured_rows,
             len(features),
         )
+        if window is not None:
+            self._score(window)  # this is the background thread already
 
     def _score(self, window: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> None:
         features = self._features

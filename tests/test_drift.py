@@ -94,6 +94,18 @@ def test_requests_during_the_capture_do_not_replace_the_reference(repository: Pa
     assert status["drifting"] is False and status["max_psi"] < 0.1
 
 
+def test_rows_that_arrive_while_the_reference_is_built_are_scored(repository: Path, make_server: ServerFactory) -> None:
+    """Exactly one reference and one window of rows, sent without a pause: the window that arrived while the
+    reference was being built is scored, not dropped."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(capture_reference=500, window=500)))
+    rng = np.random.default_rng(7)
+    for _ in range(1000):
+        server.predict("scale", rng.normal(0, 1, (1, 4)).astype(np.float32))
+    assert drain()
+    assert drift_status(server)["windows"] == 1
+
+
 def test_a_bad_reference_file_fails_the_load(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
     np.savez(repository / "scale" / "reference.npz", other=np.ones(3))
