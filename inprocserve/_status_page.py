@@ -308,7 +308,11 @@ def _shadow_block(shadow: Mapping[str, Any]) -> str:
         label = stats.get("label_agreement")
         if isinstance(label, int | float):
             agreement.append((f"v{version}", float(label)))
-        dropped = (stats.get("dropped_queue_full") or 0) + (stats.get("dropped_no_spare_capacity") or 0)
+        dropped = sum(
+            value
+            for key in ("dropped_queue_full", "dropped_no_spare_capacity", "dropped_over_budget")
+            if isinstance(value := stats.get(key), int)
+        )
         rows.append(
             f"<tr><td>v{escape(str(version))}</td><td class='n'>{_text(stats.get('runs'))}</td>"
             f"<td class='n'>{_text(stats.get('errors'))}</td><td class='n'>{_text(dropped)}</td>"

@@ -184,7 +184,12 @@ def live_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             server.record_outcome(result.request_id, float(rng.random() < rate), model="ranker")
         deadline = time.monotonic() + 10  # drift windows are scored on a background thread
         while time.monotonic() < deadline and not fraud_drift_windows():
+            # a fast machine may finish the loop before a window fills: feed version 1 until one is scored
+            rows = rng.normal(size=(4, 4)).astype(np.float32)
+            rows[:, 0] += 2.0  # drifted, like the late users above
+            server.predict("fraud", rows, version=1)
             time.sleep(0.01)
+        assert fraud_drift_windows(), "no drift window was scored"
     http = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=http.serve_forever, name="status-page-http", daemon=True)
     thread.start()
