@@ -217,32 +217,31 @@ class FlagReader:
     # -- typed reads (called inside ``decide``) ------------------------------------------------------------
 
     def boolean(self, key: str, default: bool, context: Mapping[str, Any], used: list[tuple[str, str]]) -> bool:
-        try:
-            value = self.provider.get_boolean(key, default, context)
-        except FlagTypeError as exc:  # the provider answered; the flag is wrong
-            raise UnusableFlag(key, str(exc)) from exc
-        used.append((key, str(value)))
+        value: bool = self._read(self.provider.get_boolean, key, default, context, used)  # as the provider gave it
         return value
 
     def number(self, key: str, default: float, context: Mapping[str, Any], used: list[tuple[str, str]]) -> float:
-        try:
-            value = self.provider.get_number(key, default, context)
-        except FlagTypeError as exc:  # the provider answered; the flag is wrong
-            raise UnusableFlag(key, str(exc)) from exc
-        used.append((key, str(value)))
+        value: float = self._read(self.provider.get_number, key, default, context, used)  # as the provider gave it
         return value
 
     def string(self, key: str, default: str, context: Mapping[str, Any], used: list[tuple[str, str]]) -> str:
-        try:
-            value = self.provider.get_string(key, default, context)
-        except FlagTypeError as exc:  # the provider answered; the flag is wrong
-            raise UnusableFlag(key, str(exc)) from exc
-        used.append((key, value))
+        value: str = self._read(self.provider.get_string, key, default, context, used)  # as the provider gave it
         return value
 
     def obj(self, key: str, default: Any, context: Mapping[str, Any], used: list[tuple[str, str]]) -> Any:
+        return self._read(self.provider.get_object, key, default, context, used)
+
+    @staticmethod
+    def _read(
+        getter: Callable[[str, Any, Mapping[str, Any]], Any],
+        key: str,
+        default: Any,
+        context: Mapping[str, Any],
+        used: list[tuple[str, str]],
+    ) -> Any:
+        """One flag read: a value of the wrong type is the flag's problem (``UnusableFlag``), not the provider's."""
         try:
-            value = self.provider.get_object(key, default, context)
+            value = getter(key, default, context)
         except FlagTypeError as exc:  # the provider answered; the flag is wrong
             raise UnusableFlag(key, str(exc)) from exc
         used.append((key, str(value)))
