@@ -1,0 +1,91 @@
+"""The backend seam: what the batcher runs a batch on, wherever the model's compute lives.
+
+The batcher knows nothing of onnxruntime or of the network. It asks a backend for its *runners* (an
+onnxruntime session, a connection slot to a model server), starts one worker per runner, and calls
+:meth:`Backend.run` with stacked feeds. The onnxruntime backend runs local sessions; the remote backend sends
+the batch to an Open Inference Protocol server (Triton, KServe, MLServer). Everything above the batcher —
+validation, routing, rollouts, deadlines, telemetry — is the same for both.
+
+Contract every backend keeps:
+
+* :meth:`prepare` loads (or reaches) the model once per process and returns its :class:`Signature`; it raises
+  :class:`~inprocserve.ModelLoadError` when the model cannot be served. In a forked child it is called again
+  lazily (through :meth:`runners`), so no runtime object, thread or connection crosses a fork.
+* :meth:`run` takes validated feeds for the model's inputs and returns one array per output, in
+  ``signature.output_names`` order, each with the same number of rows as the feeds. It raises only
+  :class:`~inprocserve.InprocserveError` subclasses: :class:`~inprocserve.InvalidInputError` when the model
+  refused these values (the batcher then bisects the batch to the request at fault),
+  :class:`~inprocserve.DeadlineExceededError` when ``timeout_s`` ran out,
+  :class:`~inprocserve.InferenceError` (or a subclass) for everything else.
+* :meth:`health` says whether the backend can take work now (``None``) or why not (a remote server that is
+  down); readiness and status show it.
+* :meth:`close` releases runners, threads and connections; the batcher has drained its work first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+from opentelemetry.trace import Span
+
+from ._signature import Signature
+
+__all__ = ["Backend"]
+
+
+class Backend(Protocol):
+    """One model version's compute. Thread-safe: workers call :meth:`run` concurrently, one per runner."""
+
+    model: str
+    version: int
+
+    @property
+    def kind(self) -> str:
+        """A short name for status and logs: ``"onnxruntime"``, ``"remote"``."""
+        ...
+
+    @property
+    def concurrency(self) -> int:
+        """How many runs may be in flight at once; the batcher starts one worker per runner."""
+        ...
+
+    @property
+    def providers(self) -> list[str]:
+        """Where runs execute, for status and logs (onnxruntime providers, or the remote endpoint)."""
+        ...
+
+    def prepare(self, warmup: Callable[[Any], None] | None = None, *, probe_rows: int = 1) -> Signature:
+        """Load or reach the model (once per process), run ``warmup(runner)`` on each runner, return the
+        signature. ``probe_rows`` is the batch size the backend may time to tune itself."""
+        ...
+
+    def runners(self) -> list[Any]:
+        """Every runner, prepared first if this process has none yet, for the batcher's workers to own."""
+        ...
+
+    def run(
+        self,
+        runner: Any,
+        feeds: Mapping[str, np.ndarray],
+        *,
+        timeout_s: float | None = None,
+        parent: Span | None = None,
+    ) -> list[np.ndarray]:
+        """Run one batch on ``runner``. ``timeout_s`` bounds the run (``None``: no deadline); ``parent`` is the
+        span the run belongs to (the batch's, or the lone request's), for backends that propagate trace
+        context to another process."""
+        ...
+
+    def health(self) -> str | None:
+        """``None`` when the backend can take work; otherwise why it cannot (shown in readiness and status)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Backend facts for :meth:`Server.status` (providers, threads, endpoint, circuit state ...)."""
+        ...
+
+    def close(self) -> None:
+        """Release every runner, thread and connection. Idempotent."""
+        ...
