@@ -259,6 +259,7 @@ def write_markdown(results: dict[str, Any]) -> Path:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, "
         f"{m['date']}. Load average before the run: {results['load_before']}, after: {results['load_after']}.",
+        f"Command: `{results.get('command', 'python benchmarks/http_e2e.py')}`.",
         f"Settings: {settings['seconds']} s per point after a {settings['warmup']} s warm-up, {settings['rounds']} "
         "round(s), variants interleaved (order rotated each round); medians over rounds (spread = (max-min)/median "
         'of req/s). One-row JSON requests `{"x": [[...]]}`, N keep-alive connections in a closed loop from one '
@@ -393,7 +394,13 @@ def main() -> None:
     )
     parser.add_argument("--bench-venv", type=Path, default=ROOT / ".venv-bench-litserve")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s at N = 1 and 8: proves the harness runs")
+    parser.add_argument("--render", type=Path, help="only write the table and plot again from this JSON result")
     args = parser.parse_args()
+    if args.render:
+        rendered = json.loads(args.render.read_text())
+        print(f"wrote {write_markdown(rendered)}")
+        print(f"wrote {write_plot(rendered)}")
+        return
     if args.quick:
         args.connections, args.seconds, args.warmup, args.rounds = [1, 8], 1.0, 0.5, 1
     unknown = (set(args.models) - set(MODELS)) | (set(args.stacks) - set(STACKS)) | (set(args.variants) - set(VARIANTS))
@@ -406,6 +413,7 @@ def main() -> None:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "versions": stack_versions(),
         "litserve": None,
+        "command": " ".join(["python benchmarks/http_e2e.py", *sys.argv[1:]]),
         "load_before": load_average(),
         "points": [],
     }
