@@ -277,7 +277,7 @@ def write_markdown(results: dict[str, Any]) -> Path:
             f"{settings['litserve_max_batch']} rows within {settings['litserve_timeout_s'] * 1000:g} ms, "
             "`fast_queue`) over loopback: urllib3 pool in Flask, aiohttp in Django."
             if results["litserve"]
-            else "(not measured in this run)."
+            else f"(not measured in this run: {results.get('litserve_skipped') or 'not asked for'})."
         ),
         "- `x inprocserve`: the variant's req/s divided by inprocserve's (below 1: slower than inprocserve). "
         "`/ping`: a view that touches no model, on the same server: what the HTTP stack alone allows. "
@@ -407,12 +407,19 @@ def main() -> None:
     if unknown or "inprocserve" not in args.variants:
         parser.error(f"unknown names {sorted(unknown)}; the variants must include inprocserve")
 
-    python = ensure_litserve(args.bench_venv) if "remote" in args.variants else None
+    python, skipped = None, None
+    if "remote" in args.variants:
+        try:
+            python = ensure_litserve(args.bench_venv)
+        except (subprocess.CalledProcessError, OSError) as exc:  # no package index here: measure the rest
+            skipped = f"LitServe could not be installed into {args.bench_venv}: {exc}"
+            print(f"   {skipped}; the remote variant is left out", flush=True)
     results: dict[str, Any] = {
         "machine": machine(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "versions": stack_versions(),
         "litserve": None,
+        "litserve_skipped": skipped,
         "command": " ".join(["python benchmarks/http_e2e.py", *sys.argv[1:]]),
         "load_before": load_average(),
         "points": [],
