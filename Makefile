@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := prometheus chromium fonts-dejavu-core redis-server
 
 DIST ?= dist
 
-.PHONY: install system-deps demo demo-core test lint typecheck bench docs-screenshot clean dist soak
+.PHONY: install system-deps demo demo-core test lint typecheck bench bench-quick docs-screenshot clean dist soak
 
 $(STAMP): pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -76,17 +76,42 @@ soak: install $(OLD_ORT_STAMP)
 		integrations/flask/tests/test_flask_hostile_input.py integrations/django/tests/test_django_hostile_input.py \
 		$(PYTEST_ARGS)
 
+# Every benchmark of docs/performance.md and docs/batching.md, each writing benchmarks/results/NAME.{json,md}
+# (and .png where a plot helps). The figures need a quiet machine: run nothing else meanwhile.
+# BENCH_QUICK=1 runs each one briefly, to prove that the harnesses work; its figures are noise, and it
+# overwrites the result files, so do not commit them. BENCH_ARGS: extra arguments for coalescing.py.
+# http_e2e.py installs LitServe (its out-of-process baseline) into .venv-bench-litserve on first use.
+BENCH_QUICK ?=
+ifneq ($(BENCH_QUICK),)
+QUICK_coalescing := --seconds 0.5 --rounds 1 --clients 1,8
+QUICK_telemetry_overhead := --seconds 0.5 --rounds 1
+QUICK_async_callers := --seconds 0.5 --rounds 1 --modes off
+QUICK_status_recorder := --number 20000 --repeat 3
+QUICK_control_follow := --rounds 1 --workers 2
+QUICK_shadow_overhead := --seconds 0.5 --rounds 1
+QUICK_protocol_overhead := --rounds 1 --requests 50
+QUICK_deadlines := --seconds 0.5 --rounds 1 --trials 5
+QUICK_batch_scoring := --quick --rounds 1
+QUICK_pruning := --seconds 0.5
+QUICK_http_e2e := --quick
+endif
+
 bench: install
-	$(BIN)/python benchmarks/coalescing.py $(BENCH_ARGS)
-	$(BIN)/python benchmarks/telemetry_overhead.py
-	$(BIN)/python benchmarks/async_callers.py
+	$(BIN)/python benchmarks/coalescing.py $(QUICK_coalescing) $(BENCH_ARGS)
+	$(BIN)/python benchmarks/telemetry_overhead.py $(QUICK_telemetry_overhead)
+	$(BIN)/python benchmarks/async_callers.py $(QUICK_async_callers)
 	$(BIN)/python benchmarks/performance.py
-	$(BIN)/python benchmarks/status_recorder.py
-	$(BIN)/python benchmarks/control_follow.py
-	$(BIN)/python benchmarks/shadow_overhead.py
-	$(BIN)/python benchmarks/protocol_overhead.py
-	$(BIN)/python benchmarks/deadlines.py
-	$(BIN)/python benchmarks/batch_scoring.py
+	$(BIN)/python benchmarks/status_recorder.py $(QUICK_status_recorder)
+	$(BIN)/python benchmarks/control_follow.py $(QUICK_control_follow)
+	$(BIN)/python benchmarks/shadow_overhead.py $(QUICK_shadow_overhead)
+	$(BIN)/python benchmarks/protocol_overhead.py $(QUICK_protocol_overhead)
+	$(BIN)/python benchmarks/deadlines.py $(QUICK_deadlines)
+	$(BIN)/python benchmarks/batch_scoring.py $(QUICK_batch_scoring)
+	$(BIN)/python benchmarks/pruning.py $(QUICK_pruning)
+	$(BIN)/python benchmarks/http_e2e.py $(QUICK_http_e2e)
+
+bench-quick:
+	$(MAKE) bench BENCH_QUICK=1
 
 # Re-take docs/images/status-page.png: the status page of a busy test app, in headless Chromium.
 docs-screenshot: install system-deps
@@ -98,4 +123,4 @@ dist: install
 	$(BIN)/python tests/dist_build.py $(DIST)
 
 clean:
-	rm -rf $(VENV) $(OLD_ORT_VENV) $(DIST) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLD_ORT_VENV) .venv-bench-litserve $(DIST) .pytest_cache .mypy_cache .ruff_cache
