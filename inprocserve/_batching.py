@@ -20,7 +20,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
 from typing import Any
@@ -29,9 +28,11 @@ from . import _fork
 from ._backend import Backend
 from ._batch_execution import BatchExecution
 from ._batch_ops import group_key
+from ._batch_queue import BatchQueue
 from ._config import BatchingConfig
 from ._errors import DeadlineExceededError, QueueFullError, ServerClosedError
 from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
+from ._handoff import handoff_cost_s
 from ._pool import RunnerPool
 from ._request import (
     ABANDONED,
@@ -60,42 +61,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _allocate_lock = threading.Lock
-
-_handoff_lock = threading.Lock()
-_handoff_s: float | None = None
-
-
-def handoff_cost_s() -> float:
-    """How long waking a blocked thread takes on this machine (median of a short ping-pong, cached).
-
-    Tens of microseconds on small virtual machines, a few on bare metal: it decides whether waiting to
-    merge requests can beat running them as they come.
-    """
-    global _handoff_s
-    with _handoff_lock:
-        if _handoff_s is None:
-            ping, pong = _allocate_lock(), _allocate_lock()
-            ping.acquire()
-            pong.acquire()
-            rounds = 40
-
-            def echo() -> None:
-                for _ in range(rounds):
-                    ping.acquire()
-                    pong.release()
-
-            thread = threading.Thread(target=echo, name="inprocserve-handoff-probe", daemon=True)
-            thread.start()
-            samples = []
-            for _ in range(rounds):
-                start = time.perf_counter()
-                ping.release()
-                pong.acquire()
-                samples.append((time.perf_counter() - start) / 2)
-            thread.join()
-            samples.sort()
-            _handoff_s = samples[len(samples) // 2]
-        return _handoff_s
 
 
 class VersionRetiredError(ServerClosedError):
@@ -166,8 +131,7 @@ class Batcher:
 
     def _reset_state(self) -> None:
         self._lock = threading.Lock()
-        self._queue: deque[Request] = deque()
-        self._queued_rows = 0
+        self._queue = BatchQueue()
         self._idle: list[Any] = []  # wake locks of parked workers
         self._filler: Any = None  # wake lock of the worker waiting for companions
         self._fill_target = 0
@@ -190,7 +154,7 @@ class Batcher:
 
     @property
     def queued_rows(self) -> int:
-        return self._queued_rows
+        return self._queue.rows
 
     @property
     def in_flight(self) -> int:
@@ -233,22 +197,22 @@ class Batcher:
                 self._active_rows = active
                 request.state = RUNNING
             else:
-                if self._queued_rows + rows > self._config.max_queue_rows and self._queue:
+                queue = self._queue
+                if queue.rows + rows > self._config.max_queue_rows and queue:
                     raise QueueFullError(
-                        f"model {self.model!r} version {self.version}: the queue holds {self._queued_rows} rows "
+                        f"model {self.model!r} version {self.version}: the queue holds {queue.rows} rows "
                         f"and max_queue_rows is {self._config.max_queue_rows}; retry later",
                         model=self.model,
                         version=self.version,
                     )
                 request.enqueued_at = self._clock()
-                self._queue.append(request)
-                self._queued_rows += rows
+                queue.append(request)
                 self._in_flight += 1
                 self._active_rows = active
                 if not self._workers:
                     self._start_workers()
                 if self._filler is not None:
-                    if self._queued_rows >= self._fill_target:
+                    if queue.rows >= self._fill_target:
                         self._filler.release()
                         self._filler = None
                 elif self._idle and pool.has_free() and not getattr(request.future, "defer_wake", False):
@@ -261,7 +225,7 @@ class Batcher:
         whose future has ``defer_wake`` set (an event loop queues a whole iteration's requests, then calls this).
         """
         with self._lock:
-            if self._queued_rows and self._pool.has_free() and self._idle and self._filler is None:
+            if self._queue.rows and self._pool.has_free() and self._idle and self._filler is None:
                 self._idle.pop().release()
 
     def _run_inline(self, runner: Any, request: Request) -> None:
@@ -313,29 +277,20 @@ class Batcher:
             DeadlineExceededError: the deadline passed first; the request is withdrawn from the queue,
                 or, if it was already running, its answer is dropped.
         """
-        if request.deadline is None:
-            request.waiter.acquire()
-            if request.baton is not None:
-                request.baton.release()
-            return
-        remaining = request.deadline - self._clock()
-        if remaining > 0 and request.waiter.acquire(timeout=remaining):
-            if request.baton is not None:
-                request.baton.release()
+        deadline = request.deadline
+        if request.wait(None if deadline is None else deadline - self._clock()):
             return
         with self._lock:
             state = request.state
             if state == QUEUED:
-                self._queued_rows -= request.rows
+                self._queue.withdraw(request)
                 self._active_rows -= request.rows
                 self._in_flight -= 1
                 self._notify_if_drained()
             if state != DONE:
                 request.state = ABANDONED
         if state == DONE:  # answered as the deadline passed: the answer is being handed over right now
-            request.waiter.acquire()
-            if request.baton is not None:
-                request.baton.release()
+            request.wait(None)
             return
         raise DeadlineExceededError(
             f"model {self.model!r} version {self.version}: no answer within the request's deadline",
@@ -376,14 +331,15 @@ class Batcher:
         """
         lock = self._lock
         pool = self._pool
-        if self._queued_rows and pool.has_free():
+        queue = self._queue
+        if queue.rows and pool.has_free():
             if self._policy.delay_s and self._wait_for_companions(wake, ready_at):
                 return ready_at  # companions arrived (or close): decide again
-            runner = pool.checkout() if self._queued_rows else None
+            runner = pool.checkout() if queue.rows else None
             if runner is None:
                 return ready_at  # the wait released the lock: another thread took the work or the runner
             batch, expired = self._take_batch()
-            if self._queued_rows and pool.has_free() and self._idle and self._filler is None:
+            if queue.rows and pool.has_free() and self._idle and self._filler is None:
                 self._idle.pop().release()  # more than one batch waits: another runner can help
             lock.release()
             try:
@@ -400,7 +356,7 @@ class Batcher:
                 lock.acquire()
                 pool.checkin(runner)
             return self._clock()
-        if self._closing and not self._queued_rows:
+        if self._closing and not queue.rows:
             for other in self._idle:  # let parked workers see the close too
                 other.release()
             self._idle.clear()
@@ -419,11 +375,11 @@ class Batcher:
         """
         if self._filler is not None or self._closing:
             return False
-        oldest = next((r for r in self._queue if r.state == QUEUED), None)
+        oldest = self._queue.oldest()
         if oldest is None:
             return False
         remaining, target = self._policy.wait_s(
-            queued_rows=self._queued_rows,
+            queued_rows=self._queue.rows,
             oldest_enqueued_at=oldest.enqueued_at,
             ready_at=ready_at,
             active_rows=self._active_rows,
@@ -445,49 +401,12 @@ class Batcher:
 
     def _take_batch(self) -> tuple[list[Request], list[Request]]:
         """With the lock held: pop the next batch of compatible requests, and the expired ones."""
-        queue = self._queue
         now = self._policy.roll(self._active_rows)
-        batch: list[Request] = []
-        expired: list[Request] = []
-        skipped: list[Request] = []
-        rows = 0
-        key: Any = None
-        limit = self._policy.max_rows
-        while queue and len(skipped) < 64:
-            request = queue[0]
-            if request.state != QUEUED:  # abandoned by a caller whose deadline passed
-                queue.popleft()
-                continue
-            if batch and request.key != key:
-                skipped.append(queue.popleft())
-                continue
-            if rows and rows + request.rows > limit:
-                break
-            queue.popleft()
-            self._queued_rows -= request.rows
-            if request.deadline is not None and request.deadline <= now:
-                request.state = DONE
-                self._in_flight -= 1
-                self._active_rows -= request.rows
-                expired.append(request)
-                continue
-            future = request.future
-            if future is not None and not future.set_running_or_notify_cancel():
-                request.state = DONE  # the caller cancelled: drop it before it runs
-                request.error = CancelledError()
-                self._in_flight -= 1
-                self._active_rows -= request.rows
-                expired.append(request)  # its telemetry is closed with the expired ones
-                continue
-            request.state = RUNNING
-            key = request.key
-            batch.append(request)
-            rows += request.rows
-            if rows >= limit or not self._merge:
-                break
-        if skipped:
-            queue.extendleft(reversed(skipped))
-        if expired or (not batch and not queue):
+        batch, expired = self._queue.take(max_rows=self._policy.max_rows, merge=self._merge, now=now)
+        for request in expired:
+            self._in_flight -= 1
+            self._active_rows -= request.rows
+        if expired or (not batch and not self._queue):
             self._notify_if_drained()
         return batch, expired
 
@@ -593,9 +512,7 @@ class Batcher:
             if self._queue and not self._workers:
                 self._start_workers()
             drained = self._drained.wait_for(lambda: self._in_flight == 0, timeout_s)
-            leftovers = [r for r in self._queue if r.state == QUEUED]
-            self._queue.clear()
-            self._queued_rows = 0
+            leftovers = self._queue.clear()
             for request in leftovers:
                 request.state = DONE
                 self._in_flight -= 1

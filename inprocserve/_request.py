@@ -126,6 +126,17 @@ class Request:
             self.waiter = _allocate_lock()
             self.waiter.acquire()
 
+    def wait(self, timeout_s: float | None) -> bool:
+        """Block the synchronous caller until the answer is in (True) or ``timeout_s`` passed (False);
+        once awake, wake the next caller of its batch's chain."""
+        if timeout_s is None:
+            self.waiter.acquire()
+        elif timeout_s <= 0 or not self.waiter.acquire(timeout=timeout_s):
+            return False
+        if self.baton is not None:
+            self.baton.release()
+        return True
+
     def complete(self, outputs: dict[str, Any] | None, error: BaseException | None) -> None:
         """Store the answer (``outputs``, or the ``error``), then wake the synchronous caller or hand the
         request to ``deliver`` (which resolves its future)."""
