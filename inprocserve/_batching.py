@@ -34,29 +34,11 @@ from ._errors import DeadlineExceededError, QueueFullError, ServerClosedError
 from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
 from ._handoff import handoff_cost_s
 from ._pool import RunnerPool
-from ._request import (
-    ABANDONED,
-    DONE,
-    QUEUED,
-    RUNNING,
-    Finisher,
-    Request,
-    complete_batch,
-    finish_detached,
-    wake_after_batch,
-)
+from ._request import ABANDONED, DONE, QUEUED, RUNNING, Finisher, Request, complete_batch, finish_detached
+from ._request import wake_after_batch as wake_after_batch
 from ._stats import BatchSizeHistogram
 
-__all__ = [
-    "Batcher",
-    "Finisher",
-    "Request",
-    "RunCost",
-    "VersionRetiredError",
-    "finish_detached",
-    "handoff_cost_s",
-    "wake_after_batch",
-]
+__all__ = ["Batcher", "Finisher", "Request", "RunCost", "VersionRetiredError", "finish_detached", "handoff_cost_s"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +118,7 @@ class Batcher:
         self._filler: Any = None  # wake lock of the worker waiting for companions
         self._fill_target = 0
         self._workers: list[threading.Thread] = []
+        self._adopted = False  # whether the pool holds this process's runners (a plain flag: read per request)
         self._closing = False
         self._in_flight = 0  # requests accepted and not yet answered
         self._active_rows = 0  # rows queued or running
@@ -183,7 +166,7 @@ class Batcher:
         if request.deliver is None:
             request.deliver = self._deliver
         pool = self._pool
-        if not pool.adopted:
+        if not self._adopted:
             self._adopt_runners()
         rows = request.rows
         with self._lock:
@@ -256,7 +239,7 @@ class Batcher:
             request.key = group_key(request.arrays, self._padding)
         if request.deliver is None:
             request.deliver = self._deliver
-        if not self._pool.adopted:
+        if not self._adopted:
             self._adopt_runners()
         with self._lock:
             if self._closing:
@@ -422,6 +405,7 @@ class Batcher:
         runners = self._pool.adopt()  # builds them on first use in this process (may take a while)
         with self._lock:
             self._pool.lend(runners)
+            self._adopted = True
 
     def _disable_merging(self, reason: str) -> None:
         if self._merge:
