@@ -93,7 +93,7 @@ class BatchExecution:
         )
         try:
             # the span the backend's run belongs to: the batch's, or a lone request's own
-            parent = span if span is not None else batch[0].span if len(batch) == 1 else None
+            parent = span if span is not None else batch[0].span if inline or len(batch) == 1 else None
             self._run_isolating(runner, batch, parent)
         except Exception as exc:  # a bug, or the runner failed as a whole: fail the batch, keep the worker
             logger.exception("model %r version %s: batch failed unexpectedly", self.model, self.version)

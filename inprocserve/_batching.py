@@ -174,7 +174,7 @@ class Batcher:
                 raise self._retired()
             active = self._active_rows + rows
             runs_now = self._policy.arrive(active, rows)
-            runner = pool.checkout() if run_inline and runs_now and not self._queue else None
+            runner = pool.checkout() if run_inline and runs_now and not self._queue.rows else None
             if runner is not None:
                 self._in_flight += 1
                 self._active_rows = active
@@ -218,7 +218,7 @@ class Batcher:
         finally:
             with self._lock:
                 self._pool.checkin(runner)
-                if self._queue and self._idle and self._filler is None:
+                if self._queue.rows and self._idle and self._filler is None:
                     self._idle.pop().release()
 
     def _retired(self) -> VersionRetiredError:
@@ -244,7 +244,7 @@ class Batcher:
         with self._lock:
             if self._closing:
                 raise self._retired()
-            runner = None if self._queue else self._pool.checkout()
+            runner = None if self._queue.rows else self._pool.checkout()
             if runner is None:
                 return False
             self._in_flight += 1
@@ -261,7 +261,12 @@ class Batcher:
                 or, if it was already running, its answer is dropped.
         """
         deadline = request.deadline
-        if request.wait(None if deadline is None else deadline - self._clock()):
+        if deadline is None:  # the common case, spelled out: this is the hot path of every predict
+            request.waiter.acquire()
+            if request.baton is not None:
+                request.baton.release()  # wake the next caller of the chain
+            return
+        if request.wait(deadline - self._clock()):
             return
         with self._lock:
             state = request.state

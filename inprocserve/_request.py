@@ -203,8 +203,11 @@ def complete_batch(requests: Sequence[Request], results: Sequence[dict[str, Any]
         held: list[Callable[[], None]] = []  # answers bound for an event loop wake it once, after the last
         outer, _held.wakes = _held.wakes, held
         try:
-            for request in futures:
-                request.complete(request.outputs, None)
+            for request in futures:  # answer stored above: hand it straight to the hook
+                deliver = request.deliver
+                if deliver is None:
+                    raise RuntimeError("a request with a future was completed before it had a deliver hook")
+                deliver(request)
         finally:
             _held.wakes = outer
             for wake in held:
