@@ -368,7 +368,7 @@ class OnnxruntimeBackend:
         return session
 
     def optimized_path(self, providers: Sequence[ProviderSpec] = (_CPU,)) -> Path:
-        """Where the optimized graph for these providers and this pool's options is cached."""
+        """Where the optimized graph for these providers and this backend's pool options is cached."""
         return self.path.with_name(
             f"model.optimized-{onnxruntime_version()}-{optimized_key(self.config, providers)}.onnx"
         )
