@@ -20,19 +20,29 @@ Contract every backend keeps:
 * :meth:`health` says whether the backend can take work now (``None``) or why not (a remote server that is
   down); readiness and status show it.
 * :meth:`close` releases runners, threads and connections; the batcher has drained its work first.
+* ``signature`` is ``None`` until the model's inputs and outputs are known, and set before the first
+  ``warmup(runner)`` call (a warm-up builds its feeds from it).
+
+A :data:`BackendFactory` builds a version's backend from its file and config; ``ModelVersion`` takes one
+(``backend_factory=``), or a ready backend (``backend=``), so a new kind of backend plugs in without touching
+the request path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from opentelemetry.trace import Span
 
 from ._signature import Signature
 
-__all__ = ["Backend"]
+if TYPE_CHECKING:
+    from ._config import ModelConfig
+
+__all__ = ["Backend", "BackendFactory"]
 
 
 class Backend(Protocol):
@@ -40,6 +50,7 @@ class Backend(Protocol):
 
     model: str
     version: int
+    signature: Signature | None
 
     @property
     def kind(self) -> str:
@@ -89,3 +100,11 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release every runner, thread and connection. Idempotent."""
         ...
+
+
+class BackendFactory(Protocol):
+    """Builds the backend of one model version (``path``: its model file; nothing is loaded yet)."""
+
+    def __call__(
+        self, path: Path, config: ModelConfig, *, model: str, version: int, follow_symlinks: bool = False
+    ) -> Backend: ...

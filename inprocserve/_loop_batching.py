@@ -37,8 +37,8 @@ from collections.abc import Mapping
 from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, cast
 
-from ._batching import wake_after_batch
 from ._errors import DeadlineExceededError
+from ._request import wake_after_batch
 
 if TYPE_CHECKING:
     from ._batching import Batcher

@@ -1,4 +1,7 @@
-"""One servable model version: its pool of sessions, its batcher, and its lifecycle state.
+"""One servable model version: its backend, its batcher, and its lifecycle state.
+
+The backend (onnxruntime sessions by default, or anything that keeps the ``Backend`` protocol) is built by
+a factory from the version's file and config; the batcher runs on it and knows nothing else of it.
 
 States: ``loading`` -> ``ready`` -> ``draining`` -> ``unloaded``, or ``loading`` -> ``failed``. A version is
 published for routing only once it is ``ready`` (sessions built and warmed up).
@@ -15,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import Backend, BackendFactory
 from ._batching import Batcher, Finisher, RunCost
 from ._cache import PredictionCache
 from ._config import ModelConfig
 from ._drift import DriftMonitor
 from ._errors import InprocserveError, ModelLoadError
-from ._integrity import check_version, resolve_model_file
-from ._sessions import SessionPool
+from ._integrity import resolve_model_file
+from ._ort_backend import build_onnxruntime_backend
 from ._signature import Signature
 from ._stats import LatencyHistogram
 from ._telemetry import resident_memory_bytes
@@ -32,7 +36,12 @@ logger = logging.getLogger(__name__)
 
 
 class ModelVersion:
-    """Owns the sessions and batcher of one version. Thread-safe; lifecycle calls come from the server."""
+    """Owns the backend and batcher of one version. Thread-safe; lifecycle calls come from the server.
+
+    Args:
+        backend: A ready backend to serve this version with (it is closed with the version).
+        backend_factory: Builds the backend when none is given (default: onnxruntime on ``path``).
+    """
 
     def __init__(
         self,
@@ -44,6 +53,8 @@ class ModelVersion:
         deliver: Finisher,
         clock: Callable[[], float] = time.monotonic,
         follow_symlinks: bool = False,
+        backend: Backend | None = None,
+        backend_factory: BackendFactory = build_onnxruntime_backend,
     ) -> None:
         self.name = name
         self.version = version
@@ -62,7 +73,11 @@ class ModelVersion:
         self._deliver = deliver
         self._clock = clock
         self._follow_symlinks = follow_symlinks
-        self._pool = SessionPool(path, config.pool, model=name, version=version, follow_symlinks=follow_symlinks)
+        self.backend: Backend = (
+            backend
+            if backend is not None
+            else backend_factory(path, config, model=name, version=version, follow_symlinks=follow_symlinks)
+        )
         self.reject_nan = config.nan_policy == "reject"
         self.max_request_rows = config.batching.request_row_limit
 
@@ -75,17 +90,15 @@ class ModelVersion:
         started = time.perf_counter()
         resident_before = resident_memory_bytes()
         try:
-            # before any onnxruntime session sees the file: checksum, and external data inside the folder
-            check_version(self.path, model=self.name, version=self.version, follow_symlinks=self._follow_symlinks)
             batching = self.config.batching
-            signature = self._pool.prepare(
+            signature = self.backend.prepare(
                 warmup=self._warm_up, probe_rows=batching.max_batch_size if batching.enabled else 1
             )
             self._check_padding(signature)
         except ModelLoadError as exc:
             self.state = "failed"
             self.error = str(exc)
-            self._pool.close()
+            self.backend.close()
             raise
         self.signature = signature
         if not signature.batchable:
@@ -107,11 +120,11 @@ class ModelVersion:
             except ModelLoadError as exc:
                 self.state = "failed"
                 self.error = str(exc)
-                self._pool.close()
+                self.backend.close()
                 raise
         self.run_cost = self._measure_run_cost(signature)
         self.batcher = Batcher(
-            self._pool,
+            self.backend,
             self.config.batching,
             input_names=[spec.name for spec in signature.inputs],
             output_names=signature.output_names,
@@ -133,8 +146,8 @@ class ModelVersion:
             self.name,
             self.version,
             time.perf_counter() - started,
-            ", ".join(self._pool.providers),
-            self._pool.size,
+            ", ".join(self.backend.providers),
+            self.backend.concurrency,
         )
 
     def _measure_run_cost(self, signature: Signature) -> RunCost | None:
@@ -147,12 +160,12 @@ class ModelVersion:
         rows = min(8, batching.max_batch_size)
         if not (signature.batchable and batching.enabled and rows > 1):
             return None
-        session = self._pool.sessions()[0]
+        runner = self.backend.runners()[0]
         small, large = signature.synthesize(1), signature.synthesize(rows)
 
         def timed(feeds: dict[str, np.ndarray]) -> float:
             start = time.perf_counter()
-            self._pool.run(session, feeds)
+            self.backend.run(runner, feeds)
             return time.perf_counter() - start
 
         try:
@@ -184,19 +197,19 @@ class ModelVersion:
                         version=self.version,
                     )
 
-    def _warm_up(self, session: Any) -> None:
-        """Run each new session once or more, so the first real request does not pay for allocations."""
+    def _warm_up(self, runner: Any) -> None:
+        """Run each new runner once or more, so the first real request does not pay for allocations."""
         warmup = self.config.warmup
         if not warmup.enabled:
             return
-        signature = self._pool.signature
+        signature = self.backend.signature
         assert signature is not None
         if warmup.inputs_file:
             feeds = self._load_warmup_file(warmup.inputs_file, signature)
         else:
             feeds = signature.synthesize(warmup.rows if signature.batchable else 1)
         for _ in range(warmup.runs):
-            self._pool.run(session, feeds)
+            self.backend.run(runner, feeds)
 
     def _load_warmup_file(self, name: str, signature: Signature) -> dict[str, np.ndarray]:
         path = resolve_model_file(
@@ -214,7 +227,11 @@ class ModelVersion:
 
     @property
     def providers(self) -> list[str]:
-        return list(self._pool.providers)
+        return list(self.backend.providers)
+
+    def health(self) -> str | None:
+        """``None`` when this version's backend can take work; otherwise why it cannot."""
+        return self.backend.health()
 
     def drift_observations(self) -> list[tuple[str, float, dict[str, Any]]]:
         """Drift statistics of the last window, for the observable gauges."""
@@ -233,24 +250,32 @@ class ModelVersion:
         ]
 
     def retire(self, *, timeout_s: float | None = None) -> bool:
-        """Stop taking requests, finish queued and running ones, then close the sessions."""
+        """Stop taking requests, finish queued and running ones, then close the backend."""
         self.state = "draining"
         drained = self.batcher.close(timeout_s=timeout_s) if self.batcher is not None else True
-        self._pool.close()
+        self.backend.close()
         self.state = "unloaded"
         return drained
 
     def status(self) -> dict[str, Any]:
+        """This version's facts for :meth:`Server.status`. ``backend`` names the backend's kind, ``health``
+        is ``None`` or why the backend cannot take work, ``backend_status`` its own facts; the onnxruntime
+        facts are also at the top level, as they always were."""
         batcher = self.batcher
+        backend = self.backend
+        facts = backend.status()
         return {
             "state": self.state,
             "path": str(self.path),
             "error": self.error,
+            "backend": backend.kind,
+            "health": backend.health(),
+            "backend_status": facts,
             "providers": self.providers,
             "pool_size": self.config.pool.size,
-            "intra_op_threads": self._pool.intra_op_threads,
-            "shared_session": self._pool.shared,
-            "io_binding": self._pool.io_binding,
+            "intra_op_threads": facts.get("intra_op_threads"),
+            "shared_session": facts.get("shared_session"),
+            "io_binding": facts.get("io_binding"),
             "batchable": None if self.signature is None else self.signature.batchable,
             "max_batch_size": self.config.batching.max_batch_size,
             "max_delay_s": None if batcher is None else batcher.max_delay_s,

@@ -1,17 +1,46 @@
-"""Where a request goes and why: the typed, immutable route the server decides before queueing.
+"""A request on its way through the server: where it goes (:class:`Route`) and how it ends (:class:`Request`).
 
-A ``NamedTuple`` rather than a frozen dataclass: it is built once per request on the hot path, and a
-tuple's construction costs a fraction of a dataclass's, with the same named, read-only fields.
+Every finished request goes through one of two doors, both here: :meth:`Request.complete` for one request
+(an inline run, a failure, a cache hit, a follower of an identical request) and :func:`complete_batch` for
+the requests of one successful batch (the same thing, with the wake-ups chained). Either stores the answer,
+then wakes the synchronous caller or hands the request to the server's ``deliver`` hook, which resolves its
+future. Whoever finishes a request decides *whether* it is answered (a caller that gave up is not); these
+decide nothing, they only answer.
+
+``Route`` is a ``NamedTuple`` rather than a frozen dataclass: it is built once per request on the hot path,
+and a tuple's construction costs a fraction of a dataclass's, with the same named, read-only fields.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
 
 if TYPE_CHECKING:
     from ._rollout import Decision
 
-__all__ = ["Route"]
+__all__ = [
+    "ABANDONED",
+    "DONE",
+    "QUEUED",
+    "RUNNING",
+    "BatchTiming",
+    "Finisher",
+    "Request",
+    "Route",
+    "complete_batch",
+    "finish_detached",
+    "wake_after_batch",
+]
+
+# A request's states. QUEUED -> RUNNING -> DONE, or QUEUED/RUNNING -> ABANDONED when its synchronous caller
+# gave up at its deadline (its answer is then dropped). Only the batcher moves them, under its lock.
+QUEUED, RUNNING, DONE, ABANDONED = range(4)
+_allocate_lock = threading.Lock
 
 
 class Route(NamedTuple):
@@ -24,3 +53,162 @@ class Route(NamedTuple):
     request_id: str
     shadows: list[Any]  # ModelVersion objects that get a copy of the request (spare capacity only)
     decision: Decision
+
+
+class BatchTiming:
+    """Shared by the requests of one executed batch, for their spans and metrics."""
+
+    __slots__ = ("compute_s", "rows")
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.compute_s = 0.0
+
+
+class Request:
+    """One caller's request: validated inputs, its route, where the answer goes, and its state.
+
+    Not thread-safe on its own: the batcher that runs it moves its state under its lock, and exactly one
+    thread calls :meth:`complete` (or :func:`complete_batch`) once.
+    """
+
+    __slots__ = (
+        "arrays",
+        "batch",
+        "baton",
+        "cache_key",
+        "deadline",
+        "deliver",
+        "enqueued_at",
+        "error",
+        "future",
+        "key",
+        "outputs",
+        "queue_wait_s",
+        "route",
+        "rows",
+        "span",
+        "started",
+        "state",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        rows: int,
+        route: Route,
+        deadline: float | None,
+        future: Future[Any] | None,
+        *,
+        deliver: Finisher | None = None,
+    ) -> None:
+        self.arrays = arrays
+        self.rows = rows
+        self.route = route
+        self.deadline = deadline
+        self.future = future
+        self.deliver = deliver  # the server's hook that resolves the future; the batcher sets it at submit
+        self.key: Any = None
+        self.state = QUEUED
+        self.outputs: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.enqueued_at = 0.0
+        self.baton: Any = None  # the waiter this caller wakes once it is awake (see complete_batch)
+        self.span: Any = None  # the request's OpenTelemetry span, linked from the batch span
+        self.cache_key: bytes | None = None  # set when this request runs for identical ones in flight
+        self.started = 0.0  # perf_counter() when the caller asked
+        self.queue_wait_s = 0.0
+        self.batch: BatchTiming | None = None
+        # A synchronous caller blocks on this lock until the answer is in (the cheapest wake-up CPython has).
+        self.waiter: Any = None
+        if future is None:
+            self.waiter = _allocate_lock()
+            self.waiter.acquire()
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """Block the synchronous caller until the answer is in (True) or ``timeout_s`` passed (False);
+        once awake, wake the next caller of its batch's chain."""
+        if timeout_s is None:
+            self.waiter.acquire()
+        elif timeout_s <= 0 or not self.waiter.acquire(timeout=timeout_s):
+            return False
+        if self.baton is not None:
+            self.baton.release()
+        return True
+
+    def complete(self, outputs: dict[str, Any] | None, error: BaseException | None) -> None:
+        """Store the answer (``outputs``, or the ``error``), then wake the synchronous caller or hand the
+        request to ``deliver`` (which resolves its future)."""
+        self.outputs = outputs
+        self.error = error
+        self.state = DONE
+        if self.future is None:
+            self.waiter.release()
+        else:
+            deliver = self.deliver
+            if deliver is None:  # a bug in whoever built the request; never strand the future
+                raise RuntimeError("a request with a future was completed before it had a deliver hook")
+            deliver(self)
+
+
+Finisher = Callable[[Request], None]
+
+
+def finish_detached(request: Request, outputs: Any, error: BaseException | None, deliver: Finisher) -> None:
+    """Answer a request that never went through a batcher (a cache hit, or a follower of an identical
+    request in flight): the waiting caller wakes, or its future resolves through ``deliver``."""
+    request.deliver = deliver
+    request.complete(outputs, error)
+
+
+class _HeldWakes(threading.local):
+    wakes: list[Callable[[], None]] | None = None
+
+
+_held = _HeldWakes()
+
+
+def wake_after_batch(wake: Callable[[], None]) -> bool:
+    """While this thread hands out a batch's answers, hold ``wake`` until the last one is handed out (so an
+    event loop awaiting many of them is woken once, not once per answer). Returns False, without holding
+    it, when no batch is being handed out here: then the caller wakes the loop itself."""
+    wakes = _held.wakes
+    if wakes is None:
+        return False
+    wakes.append(wake)
+    return True
+
+
+def complete_batch(requests: Sequence[Request], results: Sequence[dict[str, Any]]) -> None:
+    """Answer the requests of one successful batch (``results[i]`` is ``requests[i]``'s outputs).
+
+    Synchronous callers are woken as a chain: this thread wakes the first, and each caller wakes the next as
+    soon as it runs. Waking all of them at once would make dozens of threads fight over the GIL at the same
+    moment; the chain keeps two in play and measurably shortens the time until the last caller is back
+    (docs/batching.md). Futures are resolved here, with the wake-ups of event loops held until the last.
+    """
+    waiters: list[Request] = []
+    futures: list[Request] = []
+    for request, outputs in zip(requests, results, strict=True):
+        request.outputs = outputs
+        request.error = None
+        request.state = DONE
+        (futures if request.future is not None else waiters).append(request)
+    if waiters:
+        for index in range(len(waiters) - 1):
+            waiters[index].baton = waiters[index + 1].waiter
+        waiters[0].waiter.release()
+    if futures:
+        held: list[Callable[[], None]] = []  # answers bound for an event loop wake it once, after the last
+        outer, _held.wakes = _held.wakes, held
+        try:
+            for request in futures:  # answer stored above: hand it straight to the hook
+                deliver = request.deliver
+                if deliver is None:
+                    raise RuntimeError("a request with a future was completed before it had a deliver hook")
+                deliver(request)
+        finally:
+            _held.wakes = outer
+            for wake in held:
+                wake()

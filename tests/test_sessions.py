@@ -9,15 +9,8 @@ from __future__ import annotations
 import pytest
 
 from inprocserve import InferenceError, InvalidInputError, ModelLoadError, PoolConfig
-from inprocserve._sessions import (
-    RUN_ERROR_MAP,
-    onnxruntime_error_types,
-    resolve_providers,
-    session_options,
-    thread_budget,
-    translate_run_error,
-    usable_cores,
-)
+from inprocserve._ort_backend import onnxruntime_error_types, session_options
+from inprocserve._ort_rules import RUN_ERROR_MAP, resolve_providers, thread_budget, translate_run_error, usable_cores
 
 
 def test_auto_uses_cuda_only_when_usable() -> None:
@@ -98,3 +91,11 @@ def test_each_onnxruntime_error_becomes_an_inference_error(name: str) -> None:
     assert "boom" in str(translated)
     if name == "InvalidArgument":
         assert isinstance(translated, InvalidInputError)
+
+
+def test_the_old_import_path_still_offers_the_onnxruntime_rules() -> None:
+    from inprocserve import _sessions
+
+    assert _sessions.resolve_providers is resolve_providers and _sessions.usable_cores is usable_cores
+    assert _sessions.translate_run_error is translate_run_error
+    assert _sessions.onnxruntime_version()[0].isdigit()  # from the package metadata, without importing it

@@ -1,0 +1,186 @@
+"""Running one batch on a backend: merge (stack or pad), chunk oversize requests, bisect on failure, split.
+
+The batcher decides *what* runs together and *when*; this decides *how*: it stacks the requests' inputs,
+asks the backend to run them within the latest deadline in the batch, cuts the outputs back into one answer
+per request, and, when a merged batch fails, bisects it until only the failing request(s) get the error.
+It records the batch's span and metrics. It holds no lock and starts no thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._backend import Backend
+from ._batch_ops import BatchShapeError, pad_and_stack, split_outputs, stack_inputs
+from ._config import PaddingConfig
+from ._errors import DeadlineExceededError, InprocserveError
+from ._request import DONE, BatchTiming, Request
+from ._stats import BatchSizeHistogram
+from ._telemetry import METRICS, end_batch_span, metering, start_batch_span, tracing
+
+__all__ = ["BatchExecution"]
+
+logger = logging.getLogger(__name__)
+
+Results = list[dict[str, Any]]
+
+
+class BatchExecution:
+    """Runs batches of one model version on its backend, reporting each request's outcome.
+
+    Thread-safe as long as the callbacks are: workers run batches concurrently, each on its own runner.
+
+    Args:
+        backend: Where batches run.
+        input_names / output_names: The model's signature, in order.
+        padding: How to pad requests of different lengths into one batch (``None``: stack as they are).
+        chunk_rows: Run a request with more rows than this in slices (``None``: always whole).
+        succeeded: Called with requests that ran and their outputs, in order.
+        failed: Called with one request and its error.
+        unbatchable: Called with a reason when the model's outputs turn out to have no batch axis.
+        clock: The monotonic clock the requests' deadlines are on.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        padding: PaddingConfig | None,
+        chunk_rows: int | None,
+        succeeded: Callable[[list[Request], Results], None],
+        failed: Callable[[Request, BaseException], None],
+        unbatchable: Callable[[str], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.model = backend.model
+        self.version = backend.version
+        self._backend = backend
+        self._run_batch = backend.run
+        self._input_names = tuple(input_names)
+        self._output_names = tuple(output_names)
+        self._padding = padding
+        self.chunk_rows = chunk_rows
+        self._succeeded = succeeded
+        self._failed = failed
+        self._unbatchable = unbatchable
+        self._clock = clock
+        self.batch_sizes = BatchSizeHistogram()
+        self._metric_attributes: dict[str, Any] = {
+            "inprocserve.model.name": self.model,
+            "inprocserve.model.version": self.version,
+        }
+
+    def execute(self, runner: Any, batch: list[Request], *, inline: bool = False) -> None:
+        """Run a batch and record its telemetry. A request run ``inline`` (alone, on its caller's thread)
+        gets no separate batch span: its request span already carries the compute time and rows, and with
+        an SDK installed each span costs tens of microseconds."""
+        started = self._clock()
+        timing = BatchTiming(batch[0].rows if len(batch) == 1 else sum(request.rows for request in batch))
+        for request in batch:
+            request.queue_wait_s = max(0.0, started - request.enqueued_at) if request.enqueued_at else 0.0
+            request.batch = timing
+        span = (
+            None
+            if inline or not tracing()
+            else start_batch_span(self.model, self.version, [request.span for request in batch])
+        )
+        try:
+            # the span the backend's run belongs to: the batch's, or a lone request's own
+            parent = span if span is not None else batch[0].span if inline or len(batch) == 1 else None
+            self._run_isolating(runner, batch, parent)
+        except Exception as exc:  # a bug, or the runner failed as a whole: fail the batch, keep the worker
+            logger.exception("model %r version %s: batch failed unexpectedly", self.model, self.version)
+            for request in batch:
+                if request.state != DONE:
+                    self._failed(request, exc)
+        if span is not None:
+            failed = all(request.error is not None for request in batch)
+            end_batch_span(
+                span,
+                rows=timing.rows,
+                requests=len(batch),
+                compute_s=timing.compute_s,
+                error=batch[0].error if failed else None,
+            )
+        self.batch_sizes.record(timing.rows)
+        if metering():
+            METRICS.batch_size.record(timing.rows, self._metric_attributes)
+            METRICS.batch_duration.record(timing.compute_s, self._metric_attributes)
+
+    def _run_isolating(self, runner: Any, batch: list[Request], parent: Any) -> None:
+        """Run ``batch``; if it fails, bisect so only the failing request(s) get the error."""
+        try:
+            results = self._run(runner, batch, parent)
+        except DeadlineExceededError as exc:  # every request in it is past its deadline: no bisection
+            for request in batch:
+                self._failed(request, exc)
+            return
+        except InprocserveError as exc:
+            if len(batch) == 1:
+                self._failed(batch[0], exc)
+                return
+            middle = len(batch) // 2
+            self._run_isolating(runner, batch[:middle], parent)
+            self._run_isolating(runner, batch[middle:], parent)
+            return
+        except BatchShapeError as exc:
+            self.chunk_rows = None
+            self._unbatchable(str(exc))
+            for request in batch:
+                self._run_isolating(runner, [request], parent)
+            return
+        self._succeeded(batch, results)
+
+    def _time_left(self, batch: list[Request]) -> float | None:
+        """Seconds until the run of ``batch`` must stop: until the latest deadline in it, so a merged batch
+        is stopped only once every request in it is past its deadline (``None``: one has no deadline)."""
+        if len(batch) == 1:
+            deadline = batch[0].deadline
+            return None if deadline is None else deadline - self._clock()
+        latest = 0.0
+        for request in batch:
+            if request.deadline is None:
+                return None
+            latest = max(latest, request.deadline)
+        return latest - self._clock()
+
+    def _run(self, runner: Any, batch: list[Request], parent: Any) -> Results:
+        timeout_s = self._time_left(batch)
+        if len(batch) == 1:  # the common case at low load: no stacking, no lists to split
+            request = batch[0]
+            if self.chunk_rows is not None and request.rows > self.chunk_rows:
+                return [self._run_in_chunks(runner, request, parent)]
+            started = time.perf_counter()
+            outputs = self._run_batch(runner, request.arrays, timeout_s=timeout_s, parent=parent)
+            if request.batch is not None:
+                request.batch.compute_s = time.perf_counter() - started
+            return [dict(zip(self._output_names, outputs, strict=True))]
+        crop = None
+        if self._padding is not None:
+            feeds, lengths = pad_and_stack([r.arrays for r in batch], self._input_names, self._padding)
+            crop = (self._padding.outputs, lengths)
+        else:
+            feeds = stack_inputs([r.arrays for r in batch], self._input_names)
+        started = time.perf_counter()
+        outputs = self._run_batch(runner, feeds, timeout_s=timeout_s, parent=parent)
+        if batch[0].batch is not None:
+            batch[0].batch.compute_s = time.perf_counter() - started
+        return split_outputs(outputs, self._output_names, [r.rows for r in batch], crop=crop)
+
+    def _run_in_chunks(self, runner: Any, request: Request, parent: Any) -> dict[str, Any]:
+        """A request larger than ``max_batch_size`` runs in slices that are stitched back together."""
+        step = self.chunk_rows
+        assert step is not None
+        parts = []
+        for start in range(0, request.rows, step):
+            chunk = {name: array[start : start + step] for name, array in request.arrays.items()}
+            left = None if request.deadline is None else request.deadline - self._clock()
+            parts.append(self._run_batch(runner, chunk, timeout_s=left, parent=parent))
+        return {name: np.concatenate([part[index] for part in parts]) for index, name in enumerate(self._output_names)}

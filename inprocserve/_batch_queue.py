@@ -1,0 +1,97 @@
+"""The batcher's queue of requests: arrival order, a row count, and which requests the next batch takes.
+
+Not locked on its own: the batcher calls it with its lock held. It moves requests' states (queued ->
+running, or done when expired or cancelled) but answers none: the batcher does, after releasing its lock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from typing import Any
+
+from ._request import DONE, QUEUED, RUNNING, Request
+
+__all__ = ["BatchQueue"]
+
+# Requests of another shape set aside while a batch is taken: bounded, so one taking stays cheap.
+_MAX_SKIPPED = 64
+
+
+class BatchQueue:
+    """Queued requests in arrival order, with the number of rows they hold (``rows``)."""
+
+    __slots__ = ("_requests", "rows")
+
+    def __init__(self) -> None:
+        self._requests: deque[Request] = deque()
+        self.rows = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._requests)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(self._requests)
+
+    def append(self, request: Request) -> None:
+        self._requests.append(request)
+        self.rows += request.rows
+
+    def withdraw(self, request: Request) -> None:
+        """Stop counting a queued request whose caller gave up (it is skipped when it comes up)."""
+        self.rows -= request.rows
+
+    def oldest(self) -> Request | None:
+        """The oldest request still queued."""
+        return next((r for r in self._requests if r.state == QUEUED), None)
+
+    def clear(self) -> list[Request]:
+        """Empty the queue; returns the requests that were still queued."""
+        leftovers = [r for r in self._requests if r.state == QUEUED]
+        self._requests.clear()
+        self.rows = 0
+        return leftovers
+
+    def take(self, *, max_rows: int, merge: bool, now: float) -> tuple[list[Request], list[Request]]:
+        """Pop the next batch: the oldest request and the compatible ones after it (equal ``key``), up to
+        ``max_rows`` rows (one request without ``merge``). Also returns the requests found expired at
+        ``now`` or cancelled by their caller on the way, marked done (with ``CancelledError`` for the
+        cancelled ones); the batch's requests are marked running."""
+        queue = self._requests
+        batch: list[Request] = []
+        expired: list[Request] = []
+        skipped: list[Request] = []
+        rows = 0
+        key: Any = None
+        while queue and len(skipped) < _MAX_SKIPPED:
+            request = queue[0]
+            if request.state != QUEUED:  # abandoned by a caller whose deadline passed
+                queue.popleft()
+                continue
+            if batch and request.key != key:
+                skipped.append(queue.popleft())
+                continue
+            if rows and rows + request.rows > max_rows:
+                break
+            queue.popleft()
+            self.rows -= request.rows
+            if request.deadline is not None and request.deadline <= now:
+                request.state = DONE
+                expired.append(request)
+                continue
+            future = request.future
+            if future is not None and not future.set_running_or_notify_cancel():
+                request.state = DONE  # the caller cancelled: drop it before it runs
+                request.error = CancelledError()
+                expired.append(request)  # its telemetry is closed with the expired ones
+                continue
+            request.state = RUNNING
+            key = request.key
+            batch.append(request)
+            rows += request.rows
+            if rows >= max_rows or not merge:
+                break
+        if skipped:
+            queue.extendleft(reversed(skipped))
+        return batch, expired

@@ -1,0 +1,147 @@
+"""When a free worker runs what is queued: the batcher's flush policy, pure and clock-steppable.
+
+* **Idle: run now.** A request that finds a runner free and nothing queued runs at once — unless recent
+  traffic showed more concurrent rows than it brings and waiting for them is worth it.
+* **Wait only for companions that are coming.** Right after a batch returns, its callers come back one by
+  one (each needs the GIL). Running the first alone would pay the model's fixed cost per run for one row,
+  and the rest would form a second, ragged batch. So while recent traffic showed more concurrent rows than
+  are queued, a free worker waits for them — at most ``max_delay_s`` (by default the model's fixed cost per
+  run, measured at load) — and stops waiting the moment they are there. A lone caller never waits: the
+  recent concurrency it sees is its own request.
+* **Recent concurrency** is the peak of rows queued or running over the last one or two windows of
+  ``CONCURRENCY_WINDOW_S``.
+
+No threads, locks or I/O here: the batcher calls it with its own lock held, and tests step a manual clock
+through its decisions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ._config import BatchingConfig
+
+__all__ = ["CONCURRENCY_WINDOW_S", "FlushPolicy", "RunCost", "automatic_delay_s"]
+
+CONCURRENCY_WINDOW_S = 0.25  # recent concurrency = the peak over the last one or two such windows
+AUTO_DELAY_CAP_S = 0.005  # the automatic wait for companions never exceeds this
+# Merging through the queue costs a thread hand-off or two; it pays only when the fixed cost it saves is
+# clearly larger than that.
+WAIT_WHEN_FIXED_COST_OVER_HANDOFFS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class RunCost:
+    """A model's measured cost per run: ``fixed_s + per_row_s * rows``."""
+
+    fixed_s: float
+    per_row_s: float
+
+
+def automatic_delay_s(
+    config: BatchingConfig, *, merge: bool, run_cost: RunCost | None, handoff_s: Callable[[], float]
+) -> float:
+    """The longest wait for companions: ``max_delay_s`` if configured, else the model's fixed cost per run
+    (capped) when that clearly exceeds a thread hand-off (``handoff_s()``, asked only then), else none.
+    Never any without merging."""
+    if not merge:
+        return 0.0
+    if config.max_delay_s is not None:
+        return config.max_delay_s
+    if run_cost is not None and run_cost.fixed_s > WAIT_WHEN_FIXED_COST_OVER_HANDOFFS * handoff_s():
+        return min(run_cost.fixed_s, AUTO_DELAY_CAP_S)
+    return 0.0
+
+
+class FlushPolicy:
+    """Decides whether a request runs now and how long a free worker waits for companions.
+
+    Not thread-safe: its owner (the batcher) calls it with its lock held.
+
+    Args:
+        max_rows: The most rows one run takes (1 when requests are not merged).
+        delay_s: The longest wait for companions (0: never wait).
+        preferred_batch_sizes: Batch sizes worth waiting for, smallest first (empty: the recent peak).
+        clock: A monotonic clock.
+    """
+
+    __slots__ = ("_clock", "_previous_peak", "_window_peak", "_window_start", "delay_s", "max_rows", "preferred")
+
+    def __init__(
+        self,
+        *,
+        max_rows: int,
+        delay_s: float,
+        preferred_batch_sizes: Sequence[int] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_rows = max_rows
+        self.delay_s = delay_s
+        self.preferred = tuple(sorted(preferred_batch_sizes))
+        self._clock = clock
+        self._window_start = clock()
+        self._window_peak = 0
+        self._previous_peak = 0
+
+    def reset(self) -> None:
+        """Forget recent traffic (a forked child starts afresh)."""
+        self._window_start = self._clock()
+        self._window_peak = 0
+        self._previous_peak = 0
+
+    def disable_merging(self) -> None:
+        """One request per run from now on: nothing to wait for."""
+        self.max_rows = 1
+        self.delay_s = 0.0
+
+    def now(self) -> float:
+        return self._clock()
+
+    def arrive(self, active_rows: int, rows: int) -> bool:
+        """A request of ``rows`` rows arrived, making ``active_rows`` queued or running. Returns whether it
+        may run at once on an idle runner (nothing recent suggests companions worth waiting for)."""
+        now = self._clock()
+        if now - self._window_start > CONCURRENCY_WINDOW_S:
+            self._previous_peak = self._window_peak
+            self._window_peak = active_rows
+            self._window_start = now
+        elif active_rows > self._window_peak:
+            self._window_peak = active_rows
+        return not self.delay_s or rows >= self.target_rows()
+
+    def roll(self, active_rows: int) -> float:
+        """Start a new window if the current one is over (``active_rows`` opens it). Returns the time."""
+        now = self._clock()
+        if now - self._window_start > CONCURRENCY_WINDOW_S:
+            self._previous_peak = self._window_peak
+            self._window_peak = active_rows
+            self._window_start = now
+        return now
+
+    def target_rows(self) -> int:
+        """Rows worth waiting for: the recent peak of concurrent rows, capped by the batch size."""
+        peak = self._window_peak if self._window_peak > self._previous_peak else self._previous_peak
+        return peak if peak < self.max_rows else self.max_rows
+
+    def wait_s(
+        self, *, queued_rows: int, oldest_enqueued_at: float, ready_at: float, active_rows: int
+    ) -> tuple[float, int]:
+        """How long a worker, free since ``ready_at``, should wait for companions before running the
+        ``queued_rows`` rows queued (the oldest since ``oldest_enqueued_at``), and the row count that ends the
+        wait early. A wait of 0 or less: run now.
+
+        The wait lasts at most ``delay_s`` after the later of the oldest request's arrival and the moment the
+        worker became free: time spent queued behind a busy runner is not time spent waiting for companions.
+        """
+        if not self.delay_s:
+            return 0.0, queued_rows
+        now = self.roll(active_rows)
+        target = self.target_rows()
+        if self.preferred:
+            target = min([size for size in self.preferred if size >= queued_rows] or [target])
+        if queued_rows >= target:
+            return 0.0, target
+        start = oldest_enqueued_at if oldest_enqueued_at > ready_at else ready_at
+        return start + self.delay_s - now, target

@@ -1,0 +1,514 @@
+"""The onnxruntime backend: providers, session options, the optimized-graph cache, I/O binding, run options
+and deadlines (error translation and provider rules, which need no runtime, are in ``_ort_rules.py``).
+
+This is the only module that imports onnxruntime, so the rest of the library works with plain numpy
+arrays and our own exceptions, and a remote backend fits the same seam (``_backend.py``). It imports
+onnxruntime only when the first session is built, never at ``import inprocserve``: onnxruntime starts a
+thread when it is imported, and a process forked after that (a gunicorn ``--preload`` worker) crashes at
+exit when onnxruntime's cleanup joins the thread it never had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _fork
+from ._config import ModelConfig, PoolConfig
+from ._deadlines import Watchdog
+from ._errors import (
+    DeadlineExceededError,
+    InprocserveError,
+    ModelLoadError,
+    ServerClosedError,
+)
+from ._integrity import check_external_data, check_version
+from ._ort_rules import (
+    CPU as _CPU,
+)
+from ._ort_rules import (
+    CUDA as _CUDA,
+)
+from ._ort_rules import (
+    GPU_PROVIDERS,
+    RUN_ERROR_MAP,
+    ProviderSpec,
+    onnxruntime_version,
+    resolve_providers,
+    thread_budget,
+    translate_run_error,
+    usable_cores,
+)
+from ._signature import Signature
+
+__all__ = [
+    "RUN_ERROR_MAP",
+    "OnnxruntimeBackend",
+    "build_onnxruntime_backend",
+    "onnxruntime_error_types",
+    "onnxruntime_version",
+    "resolve_providers",
+    "session_options",
+    "thread_budget",
+    "translate_run_error",
+    "usable_cores",
+]
+
+logger = logging.getLogger(__name__)
+
+_OPTIMIZATION = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def _ort() -> Any:
+    """onnxruntime, imported on first use (see the module docstring for why not at import time)."""
+    import onnxruntime
+
+    return onnxruntime
+
+
+def onnxruntime_error_types() -> dict[str, type[BaseException]]:
+    """onnxruntime's own exception classes by name (for the completeness test of the error map)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state
+
+    return {
+        name: obj
+        for name, obj in vars(onnxruntime_pybind11_state).items()
+        if isinstance(obj, type) and issubclass(obj, Exception)
+    }
+
+
+def _timed(call: Any) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+# -- providers ------------------------------------------------------------------------------------------
+
+_cuda_lock = threading.Lock()
+_cuda_usable: bool | None = None
+
+
+def _cuda_listed() -> bool:
+    return _CUDA in _ort().get_available_providers()
+
+
+def _probe_cuda(model_path: Path) -> bool:
+    """Whether a CUDA session really starts, asked once per process and logged once.
+
+    onnxruntime lists CUDA whenever the GPU wheel is installed, even when the driver or CUDA libraries
+    are missing; it then logs errors and falls back to the CPU. So we build one quiet session (fatal-only
+    logging) and look at the providers it actually got.
+    """
+    global _cuda_usable
+    ort = _ort()
+    with _cuda_lock:
+        if _cuda_usable is None:
+            if not _cuda_listed():
+                _cuda_usable = False
+                logger.info("onnxruntime %s has no CUDA provider; using the CPU", ort.__version__)
+            else:
+                options = ort.SessionOptions()
+                options.log_severity_level = 4
+                try:
+                    probe = ort.InferenceSession(str(model_path), options, providers=[_CUDA, _CPU])
+                    _cuda_usable = probe.get_providers()[0] == _CUDA
+                except Exception:  # any failure means: not usable
+                    _cuda_usable = False
+                if _cuda_usable:
+                    logger.info("CUDA is usable; models run on the GPU")
+                else:
+                    logger.warning("onnxruntime lists CUDA but it is not usable here; using the CPU")
+        return _cuda_usable
+
+
+# A model whose largest batch runs faster than this on one thread gains nothing from more: without spinning,
+# each parallel operator pays a thread wake-up that costs about as much as the work it would split.
+AUTO_THREADS_SERIAL_BELOW_S = 0.001
+
+
+def session_options(config: PoolConfig, *, threads: int | None = None) -> Any:
+    """onnxruntime ``SessionOptions``: thread count (``threads`` or the budget), spinning, optimization."""
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or thread_budget(config)
+    options.inter_op_num_threads = config.inter_op_threads
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_SEQUENTIAL if config.inter_op_threads == 1 else ort.ExecutionMode.ORT_PARALLEL
+    )
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION[config.graph_optimization])
+    options.log_severity_level = 3  # errors only: warnings about unused initializers etc. are noise here
+    options.enable_cpu_mem_arena = config.memory_arena
+    if config.shared_weights:  # use memory-mapped external weights in place, shared between processes
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    spin = "1" if config.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return options
+
+
+def _terminator(options: Any) -> Any:
+    def terminate() -> None:
+        options.terminate = True
+
+    return terminate
+
+
+def optimized_key(config: PoolConfig, providers: Sequence[ProviderSpec]) -> str:
+    """A short digest of every option that shapes a saved optimized graph: the optimization level, the
+    providers and their options (onnxruntime fuses nodes per provider), the onnxruntime version, and the
+    session entries that change what is written (pre-packing of weights)."""
+    shape = {
+        "graph_optimization": config.graph_optimization,
+        "providers": [spec if isinstance(spec, str) else [spec[0], sorted(spec[1].items())] for spec in providers],
+        "onnxruntime": onnxruntime_version(),
+        "disable_prepacking": bool(config.shared_weights),
+    }
+    text = json.dumps(shape, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# -- the backend ----------------------------------------------------------------------------------------
+
+# Sessions inherited across fork() are never destroyed in the child: their destructors would join
+# onnxruntime threads that do not exist there, and hang. They stay referenced here (their pages stay
+# shared copy-on-write with the parent).
+_inherited: list[Any] = []
+
+
+class OnnxruntimeBackend:
+    """Builds, owns, runs and closes the onnxruntime sessions of one model version.
+
+    Thread-safe. Sessions are created by :meth:`prepare` (at load) and, in a forked child, again lazily on
+    first use, so no onnxruntime object or thread is ever shared across a fork. The runners are the
+    sessions, ``size`` of them: one session lent ``size`` times (shared, one copy of the weights) or one
+    session each. Runs with a deadline are stopped by this backend's own watchdog.
+    """
+
+    def __init__(
+        self, path: Path, config: PoolConfig, *, model: str, version: int, follow_symlinks: bool = False
+    ) -> None:
+        self.path = path
+        self.follow_symlinks = follow_symlinks
+        self.config = config
+        self.model = model
+        self.version = version
+        self.providers: list[str] = []
+        self.shared = False  # whether the concurrent runs share one session
+        self.io_binding = False  # whether runs go through onnxruntime's I/O binding (GPU sessions)
+        self._devices: dict[int, int] = {}  # id(session) -> the device id it was created for
+        self.signature: Signature | None = None
+        self._warmup: Any = None
+        self._output_names: list[str] = []
+        self._threads: int | None = None  # intra-op threads per session, once chosen
+        self._checked = False  # whether the file passed its integrity checks
+        self._run_options: Any = None  # built with the first session (onnxruntime is imported lazily)
+        # Stops runs whose deadline passes (its thread starts with the first run that has a deadline).
+        self._watchdog = Watchdog(f"inprocserve-deadlines-{model}-v{version}")
+        self._reset_state()
+        _fork.register(self)
+
+    def _reset_state(self) -> None:
+        self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
+        self._sessions: list[Any] = []
+        self._ready = False
+        self._closed = False
+
+    def _after_fork_in_child(self) -> None:
+        if self._sessions:
+            _inherited.extend(self._sessions)
+        closed = self._closed
+        self._reset_state()
+        self._closed = closed
+
+    @property
+    def kind(self) -> str:
+        return "onnxruntime"
+
+    @property
+    def concurrency(self) -> int:
+        return self.config.size
+
+    @property
+    def intra_op_threads(self) -> int | None:
+        return self._threads
+
+    def prepare(self, warmup: Any = None, *, probe_rows: int = 1) -> Signature:
+        """Create every session (once per process), run ``warmup(session)`` on each, return the signature.
+
+        With ``intra_op_threads`` unset the thread count is chosen by measurement on the first build: one
+        thread if a ``probe_rows``-row run takes under 1 ms on one thread, else the thread budget.
+
+        Raises:
+            ModelLoadError: the file is missing, not ONNX, corrupt, or a session or warm-up failed.
+            ServerClosedError: the backend was closed.
+        """
+        if warmup is not None:
+            self._warmup = warmup
+        if not self._checked:  # before any session sees the file: checksum, and external data inside the folder
+            check_version(self.path, model=self.model, version=self.version, follow_symlinks=self.follow_symlinks)
+            self._checked = True
+        if self._threads is None:
+            self._threads = self._choose_threads(probe_rows)
+        with self._build_lock:
+            if self._ready:
+                assert self.signature is not None
+                return self.signature
+            if self._closed:
+                raise ServerClosedError(
+                    f"model {self.model!r} version {self.version} is unloaded", model=self.model, version=self.version
+                )
+            first = self._create(0)
+            shared = self.config.share_session
+            if shared is None:  # by measurement: shared is faster and smaller on the CPU (docs/performance.md)
+                shared = first.get_providers()[0] == _CPU
+            self.shared = shared
+            binding = self.config.io_binding
+            self.io_binding = binding if binding is not None else first.get_providers()[0] != _CPU
+            if shared:  # one session, size concurrent runs: one copy of the weights
+                sessions = [first] * self.config.size
+            else:
+                sessions = [first] + [self._create(index) for index in range(1, self.config.size)]
+            with self._lock:
+                self._sessions = sessions
+                self._ready = True
+        assert self.signature is not None
+        return self.signature
+
+    def _choose_threads(self, probe_rows: int) -> int:
+        budget = thread_budget(self.config)
+        if self.config.intra_op_threads is not None or budget == 1:
+            return budget
+        probe = self._create(0, threads=1, warm=False)
+        assert self.signature is not None
+        try:
+            feeds = self.signature.synthesize(probe_rows if self.signature.batchable else 1)
+            self.run(probe, feeds)  # first run allocates
+            elapsed = min(_timed(lambda: self.run(probe, feeds)) for _ in range(3))
+        except InprocserveError as exc:  # zeros are not valid input for every model
+            logger.debug("thread probe of %r v%s failed (%s); using %d threads", self.model, self.version, exc, budget)
+            return budget
+        threads = 1 if elapsed < AUTO_THREADS_SERIAL_BELOW_S else budget
+        logger.info(
+            "model %r version %s: a %d-row run takes %.2f ms on one thread; using %d intra-op thread(s) per session",
+            self.model,
+            self.version,
+            probe_rows,
+            elapsed * 1000,
+            threads,
+        )
+        return threads
+
+    def _create(self, index: int, *, threads: int | None = None, warm: bool = True) -> Any:
+        if self.path.suffix != ".onnx":
+            raise ModelLoadError(
+                f"refusing to load {self.path}: only .onnx files are loaded", model=self.model, version=self.version
+            )
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file {self.path} does not exist", model=self.model, version=self.version)
+        config = self.config
+        device_id = config.device_ids[index % len(config.device_ids)]
+        wants_gpu = config.providers == "auto" or any(p in GPU_PROVIDERS for p in config.providers)
+        cuda = _probe_cuda(self.path) if wants_gpu and _cuda_listed() else False
+        providers = resolve_providers(
+            config, device_id=device_id, cuda_usable=cuda, available=_ort().get_available_providers()
+        )
+        try:
+            options = session_options(config, threads=threads or self._threads)
+            source = self._optimized_source(options, providers)
+            session = _ort().InferenceSession(str(source), options, providers=providers)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {self.model!r} version {self.version}: onnxruntime cannot load {self.path}: {exc}",
+                model=self.model,
+                version=self.version,
+            ) from exc
+        self.providers = list(session.get_providers())
+        self._devices[id(session)] = device_id
+        if self._run_options is None:
+            run_options = _ort().RunOptions()
+            run_options.log_severity_level = 4  # run failures reach the caller as our exceptions; no printing
+            if config.arena_shrinkage:
+                run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+            self._run_options = run_options
+        if not hasattr(session, "_sess"):  # pragma: no cover - guards against a future wrapper change
+            raise ModelLoadError(f"onnxruntime {_ort().__version__} is not supported: sessions lack a binding")
+        if self.signature is None:
+            try:
+                self.signature = Signature.from_nodes(session.get_inputs(), session.get_outputs())
+                self._output_names = list(self.signature.output_names)
+            except ValueError as exc:
+                raise ModelLoadError(
+                    f"model {self.model!r} version {self.version}: {exc}", model=self.model, version=self.version
+                ) from exc
+        if warm and self._warmup is not None:
+            try:
+                self._warmup(session)
+            except InprocserveError as exc:
+                raise ModelLoadError(
+                    f"model {self.model!r} version {self.version} failed its warm-up run: {exc}",
+                    model=self.model,
+                    version=self.version,
+                ) from exc
+        return session
+
+    def optimized_path(self, providers: Sequence[ProviderSpec] = (_CPU,)) -> Path:
+        """Where the optimized graph for these providers and this backend's pool options is cached."""
+        return self.path.with_name(
+            f"model.optimized-{onnxruntime_version()}-{optimized_key(self.config, providers)}.onnx"
+        )
+
+    def _optimized_source(self, options: Any, providers: Sequence[ProviderSpec]) -> Path:
+        """With ``optimized_model_cache``: load the saved optimized graph when it is newer than the model
+        (no second optimization pass), else optimize and save it for the next start.
+
+        The file name carries a key of everything that shapes the saved graph (see :func:`optimized_key`),
+        so a change of optimization level, providers or onnxruntime never loads a graph built for others.
+        """
+        if not self.config.optimized_model_cache:
+            return self.path
+        cached = self.optimized_path(providers)
+        try:
+            if cached.is_file() and cached.stat().st_mtime_ns >= self.path.stat().st_mtime_ns:
+                # the cached graph is a model file too: its external data must stay in the folder as well
+                check_external_data(
+                    cached, model=self.model, version=self.version, follow_symlinks=self.follow_symlinks
+                )
+                options.graph_optimization_level = _ort().GraphOptimizationLevel.ORT_DISABLE_ALL
+                return cached
+        except OSError:
+            pass
+        if os.access(cached.parent, os.W_OK):
+            options.optimized_model_filepath = str(cached)  # onnxruntime writes it while building the session
+        else:
+            logger.info(
+                "model %r version %s: %s is not writable; the optimized graph is not cached",
+                self.model,
+                self.version,
+                cached.parent,
+            )
+        return self.path
+
+    def runners(self) -> list[Any]:
+        """Every session (built first if this process has none yet), for the batcher's workers to own."""
+        if not self._ready:
+            self.prepare()
+        with self._lock:
+            return list(self._sessions)
+
+    def run(
+        self,
+        runner: Any,
+        feeds: Mapping[str, np.ndarray],
+        *,
+        timeout_s: float | None = None,
+        parent: Any = None,
+    ) -> list[np.ndarray]:
+        """Run one batch on the session ``runner``; onnxruntime releases the GIL while it computes.
+
+        Inputs were validated against the signature already, so this calls onnxruntime's binding directly
+        and skips the Python wrapper's second round of checks (a few microseconds per call).
+
+        With ``timeout_s`` the run gets its own ``RunOptions``, whose ``terminate`` flag this backend's
+        watchdog sets when the time is up: onnxruntime then stops between two operators. Without it the
+        shared ``RunOptions`` are used and nothing else happens. ``parent`` is not needed in process.
+
+        Raises:
+            DeadlineExceededError: the run was stopped at ``timeout_s``.
+            InferenceError: (or a subclass) translated from onnxruntime's exception.
+        """
+        if timeout_s is None:
+            options = self._run_options
+            alarm = None
+        else:
+            if timeout_s <= 0:
+                raise self._stopped_error()
+            options = self._deadline_run_options()
+            alarm = self._watchdog.arm(timeout_s, _terminator(options))
+        try:
+            if self.io_binding:
+                return self._run_bound(runner, feeds, options)
+            return runner._sess.run(self._output_names, feeds, options)  # type: ignore[no-any-return]
+        except Exception as exc:
+            if alarm is not None and alarm.fired:
+                raise self._stopped_error() from exc
+            raise translate_run_error(exc, model=self.model, version=self.version) from exc
+        finally:
+            if alarm is not None:
+                self._watchdog.disarm(alarm)
+
+    def _deadline_run_options(self) -> Any:
+        """Fresh ``RunOptions`` like the shared ones (a terminated run's options cannot be reused safely
+        while other runs share them)."""
+        options = _ort().RunOptions()
+        options.log_severity_level = 4
+        if self.config.arena_shrinkage:
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return options
+
+    def _stopped_error(self) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"model {self.model!r} version {self.version}: the request's deadline passed while it ran; "
+            "onnxruntime stopped the run",
+            model=self.model,
+            version=self.version,
+        )
+
+    def _run_bound(self, session: Any, feeds: Mapping[str, np.ndarray], run_options: Any = None) -> list[Any]:
+        """One run through I/O binding: each input copied to the session's device once, each output
+        allocated by onnxruntime on that device and copied back once."""
+        provider = session.get_providers()[0]
+        device = "cuda" if provider == _CUDA else "cpu"
+        device_id = self._devices.get(id(session), 0) if device == "cuda" else 0
+        binding = session.io_binding()
+        for name, array in feeds.items():
+            value = _ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, device_id)
+            binding.bind_ortvalue_input(name, value)
+        for name in self._output_names:
+            binding.bind_output(name, device, device_id)
+        session.run_with_iobinding(binding, run_options if run_options is not None else self._run_options)
+        return list(binding.copy_outputs_to_cpu())
+
+    def health(self) -> str | None:
+        """``None`` while sessions can run (they are built on demand); why not once closed."""
+        if self._closed:
+            return f"model {self.model!r} version {self.version} is unloaded"
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "providers": list(self.providers),
+            "intra_op_threads": self._threads,
+            "shared_session": self.shared,
+            "io_binding": self.io_binding,
+        }
+
+    def close(self) -> None:
+        """Release every session and stop the watchdog. Callers must have drained their work. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._sessions = []
+            self._ready = False
+        self._watchdog.close()
+
+
+def build_onnxruntime_backend(
+    path: Path, config: ModelConfig, *, model: str, version: int, follow_symlinks: bool = False
+) -> OnnxruntimeBackend:
+    """The default :data:`~inprocserve._backend.BackendFactory`: an onnxruntime backend for a local file."""
+    return OnnxruntimeBackend(path, config.pool, model=model, version=version, follow_symlinks=follow_symlinks)

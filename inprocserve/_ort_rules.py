@@ -1,0 +1,118 @@
+"""Rules about onnxruntime that need no onnxruntime: error translation, providers, the thread budget.
+
+Kept apart from the backend so the error map and thread arithmetic import (and test) without the runtime;
+the backend in ``_ort_backend.py`` is still the only module that imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ._config import PoolConfig
+from ._errors import InferenceError, InprocserveError, InvalidInputError, ModelLoadError
+
+__all__ = [
+    "GPU_PROVIDERS",
+    "RUN_ERROR_MAP",
+    "ProviderSpec",
+    "onnxruntime_version",
+    "resolve_providers",
+    "thread_budget",
+    "translate_run_error",
+    "usable_cores",
+]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+GPU_PROVIDERS = frozenset({CUDA, "TensorrtExecutionProvider", "ROCMExecutionProvider"})
+_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
+
+
+# onnxruntime's exception types, and what each becomes when it is raised by ``session.run``.
+# Load-time failures of any type become ModelLoadError. tests/test_sessions.py checks the map is complete.
+RUN_ERROR_MAP: dict[str, type[InprocserveError]] = {
+    "InvalidArgument": InvalidInputError,
+    "Fail": InferenceError,
+    "NoSuchFile": InferenceError,
+    "NoModel": InferenceError,
+    "EngineError": InferenceError,
+    "RuntimeException": InferenceError,
+    "InvalidProtobuf": InferenceError,
+    "ModelLoaded": InferenceError,
+    "NotImplemented": InferenceError,
+    "InvalidGraph": InferenceError,
+    "EPFail": InferenceError,
+    "ModelLoadCanceled": InferenceError,
+    "ModelRequiresCompilation": InferenceError,
+    "NotFound": InferenceError,
+    "DeviceReset": InferenceError,
+}
+
+
+def translate_run_error(exc: BaseException, *, model: str, version: int) -> InprocserveError:
+    """Map an exception raised by ``session.run`` to our hierarchy (the one place that does this)."""
+    if isinstance(exc, InprocserveError):
+        return exc
+    kind = RUN_ERROR_MAP.get(type(exc).__name__, InferenceError)
+    return kind(f"model {model!r} version {version} failed to run: {exc}", model=model, version=version)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (respects affinity masks and container cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_budget(config: PoolConfig) -> int:
+    """Intra-op threads per session such that (sessions x threads) <= usable cores."""
+    sessions = config.size if config.share_session is False else 1
+    return config.intra_op_threads or max(1, usable_cores() // sessions)
+
+
+def onnxruntime_version() -> str:
+    """The installed onnxruntime's version, read without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for distribution in _DISTRIBUTIONS:
+        try:
+            return version(distribution)  # from the package metadata: without importing onnxruntime
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+ProviderSpec = str | tuple[str, dict[str, Any]]
+
+
+def resolve_providers(
+    config: PoolConfig, *, device_id: int, cuda_usable: bool, available: Sequence[str] = ()
+) -> list[ProviderSpec]:
+    """The provider list for one session (pure: the GPU probe result and the runtime's ``available``
+    providers, for the error message, are passed in).
+
+    Raises:
+        ModelLoadError: ``require_gpu`` is set and no GPU provider is usable.
+    """
+    if config.providers == "auto":
+        names: Sequence[str] = [CUDA, CPU] if cuda_usable else [CPU]
+    else:
+        names = config.providers
+    uses_gpu = any(name in GPU_PROVIDERS for name in names) and cuda_usable
+    if config.require_gpu and not uses_gpu:
+        raise ModelLoadError(
+            "require_gpu is set but no GPU provider is usable "
+            f"(onnxruntime {onnxruntime_version()} offers {', '.join(available) or 'no GPU provider'}); "
+            "install onnxruntime-gpu (pip uninstall onnxruntime, then pip install 'inprocserve[gpu]') with a working "
+            "CUDA setup, or unset require_gpu"
+        )
+    resolved: list[ProviderSpec] = []
+    for name in names:
+        options: dict[str, Any] = dict(config.provider_options.get(name, {}))
+        if name in GPU_PROVIDERS:
+            options["device_id"] = device_id
+        resolved.append((name, options) if options else name)
+    return resolved

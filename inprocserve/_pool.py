@@ -1,0 +1,75 @@
+"""The runners of one model version lent to the batcher's workers: checkout and checkin.
+
+A runner is whatever the backend runs a batch on (an onnxruntime session, a connection slot). The backend
+decides how many there are and whether they share state (one shared onnxruntime session run concurrently,
+or one session each); the pool only lends them out, one run at a time each, and builds its list lazily in
+each process, so nothing crosses a fork.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _fork
+from ._backend import Backend
+
+__all__ = ["RunnerPool"]
+
+# Runners inherited across fork() are never destroyed in the child: their destructors may join threads
+# that do not exist there (onnxruntime's), and hang. They stay referenced here.
+_inherited: list[Any] = []
+
+
+class RunnerPool:
+    """Lends a backend's runners to workers, each to one run at a time.
+
+    Not locked on its own: the batcher calls it with its lock held (one lock per request, not two), except
+    :meth:`adopt`, which may build the backend's runners and is called without it.
+    """
+
+    __slots__ = ("__weakref__", "_backend", "_free")
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._free: list[Any] | None = None  # None until this process has the backend's runners
+        _fork.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        if self._free:
+            _inherited.extend(self._free)
+        self._free = None  # the child builds its own runners on first use
+
+    @property
+    def size(self) -> int:
+        return self._backend.concurrency
+
+    @property
+    def adopted(self) -> bool:
+        return self._free is not None
+
+    def adopt(self) -> list[Any]:
+        """The backend's runners for this process (built on first use here; may take a while). The owner
+        then calls :meth:`lend` with its lock held."""
+        return self._backend.runners()
+
+    def lend(self, runners: list[Any]) -> None:
+        """With the owner's lock held: take ``runners`` as the free ones, unless another thread did first."""
+        if self._free is None:
+            self._free = list(runners)
+
+    def checkout(self) -> Any:
+        """A free runner, or ``None`` when every runner is busy (or none was adopted yet)."""
+        free = self._free
+        return free.pop() if free else None
+
+    def checkin(self, runner: Any) -> None:
+        """Give back a runner taken with :meth:`checkout`."""
+        if self._free is not None:
+            self._free.append(runner)
+
+    def has_free(self) -> bool:
+        return bool(self._free)
+
+    def release(self) -> None:
+        """Drop every reference to runners (the backend owns and closes them)."""
+        self._free = []

@@ -1,0 +1,104 @@
+"""One completion path: ``Request.complete`` and ``complete_batch`` store the answer, then wake the
+synchronous caller or hand the request to the server's deliver hook, exactly once."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inprocserve._batching import finish_detached as reexported
+from inprocserve._pool import RunnerPool
+from inprocserve._request import DONE, Request, Route, complete_batch, finish_detached, wake_after_batch
+from inprocserve._rollout import Decision
+
+
+def make(*, future: bool) -> Request:
+    route = Route("m", 1, "stable", "test", "r1", [], Decision(1, "stable", "test"))
+    return Request({"x": np.zeros((1, 2), np.float32)}, 1, route, None, Future() if future else None)
+
+
+def test_complete_wakes_a_synchronous_caller() -> None:
+    request = make(future=False)
+    assert not request.wait(0.001)  # nothing yet: the wait times out
+    request.complete({"y": 1}, None)
+    assert request.wait(None) and request.state == DONE and request.outputs == {"y": 1}
+
+
+def test_complete_hands_a_future_to_its_deliver_hook_once() -> None:
+    delivered: list[Request] = []
+    request = make(future=True)
+    request.deliver = delivered.append
+    error = ValueError("bad")
+    request.complete(None, error)
+    assert delivered == [request] and request.error is error and request.state == DONE
+
+
+def test_a_future_without_a_deliver_hook_is_a_bug_said_plainly() -> None:
+    with pytest.raises(RuntimeError, match="deliver hook"):
+        make(future=True).complete({}, None)
+
+
+def test_finish_detached_is_complete_with_a_hook() -> None:
+    assert reexported is finish_detached
+    delivered: list[Request] = []
+    request = make(future=True)
+    finish_detached(request, {"y": 2}, None, delivered.append)
+    assert delivered == [request] and request.outputs == {"y": 2}
+
+
+def test_a_batch_wakes_its_callers_as_a_chain_and_an_event_loop_once() -> None:
+    waiters = [make(future=False) for _ in range(3)]
+    wakes: list[str] = []
+    delivered: list[Any] = []
+
+    def deliver(request: Request) -> None:
+        delivered.append(request.outputs)
+        if not wake_after_batch(lambda: wakes.append("loop")):
+            wakes.append("direct")
+
+    futures = [make(future=True) for _ in range(2)]
+    for each in futures:
+        each.deliver = deliver
+    requests = [waiters[0], futures[0], waiters[1], futures[1], waiters[2]]
+    complete_batch(requests, [{"i": index} for index in range(5)])
+    assert delivered == [{"i": 1}, {"i": 3}] and wakes == ["loop", "loop"]  # held until the last, then run
+    assert all(r.state == DONE for r in requests)
+    # Only the first caller was woken; each wakes the next once it runs.
+    assert waiters[0].waiter.locked() is False and waiters[1].waiter.locked() and waiters[2].waiter.locked()
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda r=r: results.append(r.wait(30) and r.outputs)) for r in waiters]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(result["i"] for result in results) == [0, 2, 4]
+    assert not wake_after_batch(lambda: None)  # outside a batch nothing is held
+
+
+class TwoRunners:
+    model, version, concurrency = "m", 1, 2
+
+    def __init__(self) -> None:
+        self.built = 0
+
+    def runners(self) -> list[str]:
+        self.built += 1
+        return ["a", "b"]
+
+
+def test_the_pool_lends_each_runner_once_and_adopts_lazily() -> None:
+    backend = TwoRunners()
+    pool = RunnerPool(backend)  # type: ignore[arg-type]
+    assert not pool.adopted and pool.checkout() is None and backend.built == 0
+    pool.lend(pool.adopt())
+    pool.lend(["c"])  # a second thread adopting late changes nothing
+    taken = {pool.checkout(), pool.checkout()}
+    assert taken == {"a", "b"} and pool.checkout() is None and not pool.has_free()
+    pool.checkin("a")
+    assert pool.has_free() and pool.checkout() == "a" and pool.size == 2
+    pool._after_fork_in_child()  # a forked child builds its own runners on first use
+    assert not pool.adopted
