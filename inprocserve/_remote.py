@@ -186,7 +186,7 @@ class RemoteBackend:
             extensions = server.get("extensions") if isinstance(server, dict) else None
             self._binary = isinstance(extensions, list) and "binary_tensor_data" in extensions
         signature = signature_from_metadata(self._get_json(remote.path), where=remote.endpoint)
-        self._get_json(remote.path + "/ready")  # 200 means ready; a 503 or 404 raises
+        self._get_json(remote.path + "/ready", body=False)  # 200 means ready (Triton's body is empty)
         with self._lock:
             self._signature = signature
             self._prepared_in = os.getpid()
@@ -332,8 +332,9 @@ class RemoteBackend:
                 )
             return self._client
 
-    def _get_json(self, path: str, *, missing_ok: bool = False) -> Any:
-        """GET a protocol document; GETs are idempotent, so every transport failure and 503 is retried."""
+    def _get_json(self, path: str, *, missing_ok: bool = False, body: bool = True) -> Any:
+        """GET a protocol document (``body=False``: only its 200 matters); GETs are idempotent, so every
+        transport failure and 503 is retried."""
         where = self.remote.url + path
         deadline = self._clock() + self.remote.timeout_s
         attempt = 0
@@ -348,6 +349,8 @@ class RemoteBackend:
             if response.status == 503 and self._backoff(attempt, deadline):
                 attempt += 1
                 continue
+            if response.status == 200 and not body:
+                return None
             if response.status == 200:
                 try:
                     return json.loads(response.body)
