@@ -100,6 +100,8 @@ bench: install
 	$(BIN)/python benchmarks/protocol_overhead.py
 	$(BIN)/python benchmarks/deadlines.py
 	$(BIN)/python benchmarks/batch_scoring.py
+	$(BIN)/python benchmarks/remote_client.py
+	$(BIN)/python benchmarks/remote.py
 
 # Re-take docs/images/status-page.png: the status page of a busy test app, in headless Chromium.
 docs-screenshot: install system-deps

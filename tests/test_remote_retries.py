@@ -43,6 +43,7 @@ class Scripted(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else headers and body, written apart, wait for a delayed ACK
     server: Scripted
 
     def log_message(self, format: str, *args: Any) -> None:
