@@ -16,9 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-__all__ = ["CircuitBreaker", "CircuitState"]
+__all__ = ["CircuitBreaker", "CircuitState", "Ticket"]
 
 CircuitState = Literal["closed", "open", "half_open"]
+Ticket = Literal["call", "probe"] | None
+"""What :meth:`CircuitBreaker.acquire` grants: an ordinary call, the half-open circuit's one probe, or nothing."""
 
 
 class CircuitBreaker:
@@ -48,16 +50,17 @@ class CircuitBreaker:
         self._probing = False
         self._opened_count = 0
 
-    def acquire(self) -> bool:
-        """Whether a call may go now. In the half-open state only one caller (the probe) gets ``True`` until
-        it reports back with :meth:`success` or :meth:`failure`."""
+    def acquire(self) -> Ticket:
+        """Whether a call may go now: ``"call"`` (closed), ``"probe"`` or ``None`` (fail fast). In the half-open
+        state only one caller gets ``"probe"`` until it reports back with :meth:`success`, :meth:`failure` or
+        :meth:`release`; whoever holds a probe must report back, even when the call dies of something else."""
         with self._lock:
             if self._opened_at is None:
-                return True
+                return "call"
             if self._clock() - self._opened_at < self._cooloff_s or self._probing:
-                return False
+                return None
             self._probing = True
-            return True
+            return "probe"
 
     def release(self) -> None:
         """The acquired call ended without saying anything about the server's health (the caller's own

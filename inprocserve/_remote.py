@@ -221,13 +221,17 @@ class RemoteBackend:
         self._check_open()
         signature = self._signature
         if signature is None or self._prepared_in != os.getpid():
-            signature = self.prepare()
+            try:
+                signature = self.prepare()
+            except ModelLoadError as exc:  # run() raises InferenceError subclasses only
+                raise self._error(RemoteUnavailableError, str(exc)) from None
         remote = self.remote
         caller_binds = timeout_s is not None and timeout_s < remote.timeout_s
         limit_s = remote.timeout_s if timeout_s is None else min(timeout_s, remote.timeout_s)
         if limit_s <= 0:
             raise self._deadline("the deadline had passed before the remote call")
-        if not self._breaker.acquire():
+        ticket = self._breaker.acquire()
+        if ticket is None:
             raise RemoteUnavailableError(
                 f"model {self.model!r} version {self.version}: {remote.endpoint} failed "
                 f"{self._breaker.consecutive_failures} calls in a row (last: {self._last_error}); failing fast "
@@ -235,6 +239,22 @@ class RemoteBackend:
                 model=self.model,
                 version=self.version,
             )
+        try:
+            return self._call(signature, feeds, limit_s=limit_s, caller_binds=caller_binds, parent=parent)
+        finally:
+            if ticket == "probe":  # a probe that ended without a verdict (any exception) must not stay out
+                self._breaker.release()
+
+    def _call(
+        self,
+        signature: Signature,
+        feeds: Mapping[str, np.ndarray],
+        *,
+        limit_s: float,
+        caller_binds: bool,
+        parent: Span | None,
+    ) -> list[np.ndarray]:
+        remote = self.remote
         deadline = self._clock() + limit_s
         ordered = {spec.name: feeds[spec.name] for spec in signature.inputs}
         rows = next(iter(ordered.values())).shape[0] if ordered else 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,6 +19,7 @@ import inprocserve
 from inprocserve import v2
 from inprocserve._remote import RemoteBackend
 from inprocserve._remote_model import RemoteModel
+from inprocserve.testing import ManualClock
 
 METADATA = {
     "name": "scale",
@@ -97,9 +99,11 @@ def backends() -> Iterator[list[RemoteBackend]]:
         backend.close()
 
 
-def backend_for(backends: list[RemoteBackend], server: Scripted, **options: Any) -> RemoteBackend:
+def backend_for(
+    backends: list[RemoteBackend], server: Scripted, *, clock: Any = time.monotonic, **options: Any
+) -> RemoteBackend:
     remote = RemoteModel(url=f"http://127.0.0.1:{server.server_port}", model="scale", **options)
-    backend = RemoteBackend("scale", 1, remote, sleep=lambda _: None)
+    backend = RemoteBackend("scale", 1, remote, sleep=lambda _: None, clock=clock)
     backends.append(backend)
     backend.prepare()
     return backend
@@ -191,3 +195,19 @@ def test_an_answer_without_the_models_outputs_is_an_inference_error(
     with pytest.raises(inprocserve.InferenceError, match="no output 'z'") as caught:
         backend.run(backend.runners()[0], FEEDS)
     assert not isinstance(caught.value, inprocserve.InvalidInputError)  # not the request's fault: no bisecting
+
+
+def test_a_probe_that_dies_of_something_else_does_not_keep_the_circuit_open(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    clock = ManualClock()
+    backend = backend_for(backends, scripted, clock=clock, retries=0, failure_threshold=1, cooloff_s=10)
+    scripted.script = [500]
+    with pytest.raises(inprocserve.RemoteUnavailableError):
+        backend.run(backend.runners()[0], FEEDS)
+    clock.advance(10)
+    with pytest.raises(KeyError):
+        backend.run(backend.runners()[0], {"wrong": FEEDS["x"]})  # the probe fails before any call
+    (answer,) = backend.run(backend.runners()[0], FEEDS)  # the next call may probe
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+    assert backend.status()["circuit"] == "closed"
