@@ -30,13 +30,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
 from . import _fork
+from ._backend import Backend
 from ._circuit import CircuitBreaker
 from ._errors import (
     DeadlineExceededError,
@@ -462,6 +463,12 @@ class RemoteBackend:
         self._client = None
         self._prepared_in = None
         self._breaker = self._new_breaker()
+
+
+if TYPE_CHECKING:  # mypy checks that RemoteBackend keeps the Backend protocol
+
+    def _conforms(backend: RemoteBackend) -> Backend:
+        return backend
 
 
 def _message(response: HttpResponse) -> str:

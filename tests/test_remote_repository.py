@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import inprocserve
+from inprocserve.__main__ import main
 from inprocserve._cli_models import validate_repository
 from inprocserve._integrity import check_version
 from inprocserve._repository import is_remote, scan_repository
@@ -95,3 +96,19 @@ def test_cli_validate_asks_the_remote_server(repository: Path, scripted: Scripte
     assert not other["ok"] and "cannot connect" in other["error"]
     assert not report["ok"]
     json.dumps(report)  # the CLI prints it as JSON
+
+
+def test_cli_inspect_prints_a_remote_versions_signature(
+    repository: Path, scripted: Scripted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_remote(repository, "scale", 1, f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\n')
+    assert main(["inspect", str(path.parent)]) == 0
+    out = capsys.readouterr().out
+    assert f"served by http://127.0.0.1:{scripted.server_port}/v2/models/scale" in out
+    assert "x: tensor(float) [?, 4]" in out
+    assert main(["inspect", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"][0]["name"] == "y"
+    scripted.shutdown()
+    write_remote(repository, "scale", 1, 'url = "http://127.0.0.1:9"\nmodel = "scale"\nconnect_timeout_s = 0.2\n')
+    assert main(["inspect", str(path)]) == 1
+    assert "cannot connect" in capsys.readouterr().err
