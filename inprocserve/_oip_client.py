@@ -1,6 +1,6 @@
 """The HTTP side of the Open Inference Protocol client: a bounded keep-alive connection pool to one server.
 
-Built on urllib3 2.x (the ``remote`` extra), chosen by measurement (``benchmarks/remote_client.py``, figures in
+Built on urllib3 2.3+ (the ``remote`` extra), chosen by measurement (``benchmarks/remote_client.py``, figures in
 ``docs/scaling.md``): against the standard library's ``http.client`` with a hand-made pool it costs a few
 microseconds more per call over loopback, which is nothing next to a model run, and it brings what a hand-made
 pool would have to grow: a thread-safe pool bounded at ``max_connections`` that blocks when full, separate
@@ -15,6 +15,7 @@ decides whether a retry is safe. :mod:`inprocserve._remote` maps both to the lib
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,11 @@ from urllib.parse import urlsplit
 
 from ._extras import require
 
-__all__ = ["HttpClient", "HttpResponse", "TransportError"]
+__all__ = ["MAX_RESPONSE_BYTES", "HttpClient", "HttpResponse", "TransportError"]
+
+MAX_RESPONSE_BYTES = 1 << 30
+"""A response body longer than this is refused (a broken server must not exhaust the process's memory)."""
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +95,14 @@ class HttpClient:
 
         Args:
             path: From the server root, such as ``/v2/models/fraud``; the base URL's prefix is put in front.
-            timeout_s: Cap on waiting for a free connection, and on each read from the server.
+            timeout_s: Cap on the whole call: waiting for a free connection, connecting, and reading the
+                answer (checked between reads, so a server that trickles bytes cannot hold the call longer).
 
         Raises:
-            TransportError: no response (connection refused or reset, a timeout, the pool closed).
+            TransportError: no whole response (connection refused or reset, a timeout, the pool closed, a
+                body over :data:`MAX_RESPONSE_BYTES`).
         """
+        deadline = time.monotonic() + timeout_s
         urllib3 = self._urllib3
         exceptions = urllib3.exceptions
         timeout = urllib3.Timeout(connect=min(self._connect_timeout_s, timeout_s), read=timeout_s)
@@ -108,8 +116,9 @@ class HttpClient:
                 redirect=False,
                 timeout=timeout,
                 pool_timeout=timeout_s,
-                preload_content=True,
+                preload_content=False,  # read below, against the deadline and the size cap
             )
+            data = self._read(response, deadline, timeout_s)
         except exceptions.NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
             raise TransportError(f"cannot connect: {_reason(exc)}", sent=False) from None
         except exceptions.ConnectTimeoutError:
@@ -124,9 +133,31 @@ class HttpClient:
             raise TransportError(f"no answer within {timeout_s:.3g} s", sent=True, timed_out=True) from None
         except (exceptions.HTTPError, OSError) as exc:  # reset or closed mid-exchange: it may have run
             raise TransportError(f"the connection failed: {_reason(exc)}", sent=True) from None
-        return HttpResponse(
-            response.status, response.data, {name.lower(): value for name, value in response.headers.items()}
-        )
+        return HttpResponse(response.status, data, {name.lower(): value for name, value in response.headers.items()})
+
+    @staticmethod
+    def _read(response: Any, deadline: float, timeout_s: float) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        done = False
+        try:
+            while True:  # bounded: by the deadline, and by the size cap
+                if time.monotonic() > deadline:
+                    raise TransportError(f"no whole answer within {timeout_s:.3g} s", sent=True, timed_out=True)
+                chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for all of it)
+                if not chunk:
+                    done = True
+                    return b"".join(chunks)
+                total += len(chunk)
+                if total > MAX_RESPONSE_BYTES:
+                    raise TransportError(f"the answer is longer than {MAX_RESPONSE_BYTES} bytes", sent=True)
+                chunks.append(chunk)
+        finally:
+            if done:
+                response.release_conn()  # read to the end: the connection can be reused
+            else:
+                response.close()  # half-read: the connection is unusable, drop it
+                response.release_conn()
 
     def close(self) -> None:
         """Close every pooled connection. Idempotent; calls after it fail with :class:`TransportError`."""

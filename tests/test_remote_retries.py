@@ -31,8 +31,9 @@ METADATA = {
 
 
 class Scripted(ThreadingHTTPServer):
-    """Answers GETs with metadata, and each POST with the next scripted reply: an HTTP status, or "drop"
-    (close the connection without answering). Past the script, it answers y = 2x."""
+    """Answers GETs with metadata, and each POST with the next scripted reply: an HTTP status, "drop"
+    (close the connection without answering) or "trickle" (a body that never finishes). Past the script, it
+    answers y = 2x."""
 
     daemon_threads = True
 
@@ -63,6 +64,18 @@ class Handler(BaseHTTPRequestHandler):
         if step == "drop":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if step == "trickle":  # a body that never finishes: one byte every 50 ms, for at most 30 s
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(600):
+                try:
+                    self.wfile.write(b" ")
+                except OSError:
+                    return
+                time.sleep(0.05)
             return
         if step != 200:
             self._send(int(step), json.dumps({"error": f"scripted {step}"}).encode(), {})
@@ -211,3 +224,14 @@ def test_a_probe_that_dies_of_something_else_does_not_keep_the_circuit_open(
     (answer,) = backend.run(backend.runners()[0], FEEDS)  # the next call may probe
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
     assert backend.status()["circuit"] == "closed"
+
+
+def test_a_server_that_trickles_its_answer_cannot_hold_the_call_past_its_deadline(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    backend = backend_for(backends, scripted, concurrency=1)
+    scripted.script = ["trickle"]
+    with pytest.raises(inprocserve.DeadlineExceededError, match=r"request's 0\.5 s"):
+        backend.run(backend.runners()[0], FEEDS, timeout_s=0.5)  # every read gets a byte within 50 ms
+    (answer,) = backend.run(backend.runners()[0], FEEDS)  # the one connection slot was given back
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
