@@ -1,10 +1,11 @@
 """Which HTTP client and which tensor encoding the remote backend uses, by measurement.
 
 1. Client cost per call: the standard library's ``http.client`` (one kept-alive connection, the least a
-   hand-made pool could cost) against urllib3 2.x's ``HTTPConnectionPool`` (what ``inprocserve._oip_client``
-   uses), both POSTing the same inference request to a minimal HTTP/1.1 server on 127.0.0.1 that answers with
-   a pre-encoded response, so the figures are client plus loopback cost, not model time. httpx is not
-   installed in the project's env and is not measured.
+   hand-made pool could cost) against urllib3's ``HTTPConnectionPool``, plain and as
+   ``inprocserve._oip_client`` uses it (reads bounded by the deadline), all POSTing the same inference
+   request to a minimal HTTP/1.1 server on 127.0.0.1 that answers with a pre-encoded response, so the
+   figures are client plus loopback cost, not model time. httpx is not installed in the project's env and
+   is not measured.
 2. Codec cost and bytes: encoding a request and decoding a response with the binary tensor extension against
    JSON tensors, for the reference models' input widths at 1, 32 and 256 rows.
 
@@ -28,6 +29,7 @@ import urllib3
 from _common import MODELS, RESULTS, machine, write_json
 
 from inprocserve import v2
+from inprocserve._oip_client import HttpClient
 
 
 def serve(response: bytes, headers: dict[str, str]) -> ThreadingHTTPServer:
@@ -89,11 +91,24 @@ def clients(calls: int, repeats: int) -> list[dict[str, Any]]:
             )
             assert reply.status == 200
 
-        for name, call in (("http.client (one kept-alive connection)", stdlib), ("urllib3 2.x pool", pooled)):
+        client = HttpClient(
+            f"http://127.0.0.1:{server.server_port}", max_connections=1, connect_timeout_s=1, headers={}
+        )
+
+        def backend_client() -> None:
+            reply = client.request("POST", path, body=body, headers=request_headers, timeout_s=10)
+            assert reply.status == 200
+
+        for name, call in (
+            ("http.client (one kept-alive connection)", stdlib),
+            ("urllib3 pool, plain urlopen", pooled),
+            ("urllib3 pool as the backend uses it (deadline-bounded reads)", backend_client),
+        ):
             median, low, high = per_call_us(call, calls, repeats)
             results.append({"client": name, "us_per_call": median, "min": low, "max": high})
         connection.close()
         pool.close()
+        client.close()
     finally:
         server.shutdown()
         server.server_close()
