@@ -7,7 +7,9 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 import inprocserve
@@ -112,3 +114,13 @@ def test_cli_inspect_prints_a_remote_versions_signature(
     write_remote(repository, "scale", 1, 'url = "http://127.0.0.1:9"\nmodel = "scale"\nconnect_timeout_s = 0.2\n')
     assert main(["inspect", str(path)]) == 1
     assert "cannot connect" in capsys.readouterr().err
+
+
+def test_a_server_keeps_serving_local_versions_beside_a_remote_one(repository: Path, make_server: Any) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    write_remote(repository, "scale", 2, 'url = "http://127.0.0.1:9"\nmodel = "scale"\nconnect_timeout_s = 0.2\n')
+    all_versions = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+    server = make_server(repository=repository, config=all_versions)
+    assert 1 in server.models["scale"]
+    assert "2" in server.status()["models"]["scale"]["versions"]  # the remote version is listed, not skipped
+    np.testing.assert_array_equal(server.predict("scale", {"x": np.ones((1, 4), np.float32)}, version=1)["y"], 2.0)
