@@ -28,7 +28,8 @@ from inprocserve._remote_model import RemoteModel
 from inprocserve.testing import build_gather_model, build_mlp_model
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = Path(os.environ.get("INPROCSERVE_MLSERVER_PYTHON", ROOT / ".venv-mlserver" / "bin" / "python"))
+# absolute, not resolved: the venv's python is a link to the base interpreter, and MLServer runs in another cwd
+PYTHON = Path(os.environ.get("INPROCSERVE_MLSERVER_PYTHON", ROOT / ".venv-mlserver" / "bin" / "python")).absolute()
 
 pytestmark = pytest.mark.skipif(
     not PYTHON.is_file(),
