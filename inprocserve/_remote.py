@@ -376,6 +376,8 @@ class RemoteBackend:
                 try:
                     return json.loads(response.body)
                 except ValueError:
+                    if missing_ok:  # an optional document (GET /v2 behind a gateway that serves a page)
+                        return None
                     raise ModelLoadError(
                         f"{where}: the answer is not JSON", model=self.model, version=self.version
                     ) from None
