@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := prometheus chromium fonts-dejavu-core redis-server
 
 DIST ?= dist
 
-.PHONY: install system-deps demo demo-core test lint typecheck bench bench-quick docs-screenshot clean dist soak
+.PHONY: install system-deps mlserver-venv demo demo-core test lint typecheck bench bench-quick docs-screenshot clean dist soak
 
 $(STAMP): pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -51,8 +51,21 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: system-deps lint typecheck
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# MLServer, the Open Inference Protocol server the remote backend is tested against, pins protobuf and grpc
+# versions that would break the main venv, so it lives in its own; tests/test_remote_mlserver.py starts it
+# (INPROCSERVE_MLSERVER_PYTHON) and skips, naming this target, when it is absent.
+MLSERVER_VENV ?= .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
+
+$(MLSERVER_STAMP):
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet "mlserver>=1.6" "onnxruntime>=1.17.3" "numpy>=1.24"
+	touch $(MLSERVER_STAMP)
+
+mlserver-venv: $(MLSERVER_STAMP)
+
+test: system-deps lint typecheck $(MLSERVER_STAMP)
+	INPROCSERVE_MLSERVER_PYTHON=$(MLSERVER_VENV)/bin/python $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fault and abuse suite, long (not in CI): each soak test runs SOAK_SECONDS, hypothesis fuzzes 10,000
 # examples per property, and an old onnxruntime (in its own venv: its numpy pin would break the main one)
@@ -94,6 +107,8 @@ QUICK_deadlines := --seconds 0.5 --rounds 1 --trials 5
 QUICK_batch_scoring := --quick --rounds 1
 QUICK_pruning := --seconds 0.5
 QUICK_http_e2e := --quick
+QUICK_remote_client := --quick
+QUICK_remote := --quick
 endif
 
 bench: install
@@ -109,6 +124,8 @@ bench: install
 	$(BIN)/python benchmarks/batch_scoring.py $(QUICK_batch_scoring)
 	$(BIN)/python benchmarks/pruning.py $(QUICK_pruning)
 	$(BIN)/python benchmarks/http_e2e.py $(QUICK_http_e2e)
+	$(BIN)/python benchmarks/remote_client.py $(QUICK_remote_client)
+	$(BIN)/python benchmarks/remote.py $(QUICK_remote)
 
 bench-quick:
 	$(MAKE) bench BENCH_QUICK=1
@@ -123,4 +140,4 @@ dist: install
 	$(BIN)/python tests/dist_build.py $(DIST)
 
 clean:
-	rm -rf $(VENV) $(OLD_ORT_VENV) .venv-bench-litserve $(DIST) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLD_ORT_VENV) $(MLSERVER_VENV) .venv-bench-litserve $(DIST) .pytest_cache .mypy_cache .ruff_cache

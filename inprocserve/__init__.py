@@ -36,12 +36,14 @@ from ._errors import (
     OverloadedError,
     PromotionRefusedError,
     QueueFullError,
+    RemoteUnavailableError,
     ServerClosedError,
 )
 from ._flags import EnvFlags, FileFlags, FlagError, FlagProvider, InMemoryFlags, OpenFeatureFlags
 from ._headers import parse_timeout_ms, parse_user_id
 from ._prediction import Prediction
 from ._prefork import build_after_fork, check_repository
+from ._remote_model import RemoteModel
 from ._server import InterleavedRanking, Server
 from ._shadow import ShadowComparison
 from ._status_page import STATUS_PAGE_CSP, render_status_page
@@ -73,6 +75,8 @@ __all__ = [
     "Prediction",
     "PromotionRefusedError",
     "QueueFullError",
+    "RemoteModel",
+    "RemoteUnavailableError",
     "RolloutConfig",
     "STATUS_PAGE_CSP",
     "Server",

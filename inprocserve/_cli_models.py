@@ -13,7 +13,10 @@ from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail
 from ._config import ModelConfig, PoolConfig, WarmupConfig, load_model_config
 from ._errors import InprocserveError
 from ._model import ModelVersion
-from ._repository import MODEL_FILENAME, scan_repository
+from ._remote import RemoteBackend
+from ._remote_model import read_remote_toml
+from ._repository import MODEL_FILENAME, REMOTE_FILENAME, is_remote, scan_repository
+from ._signature import Signature
 
 __all__ = ["add_inspect", "add_quantize", "add_validate", "validate_repository"]
 
@@ -28,6 +31,19 @@ def _load(name: str, version: int, path: Path, config: ModelConfig) -> ModelVers
     return model
 
 
+def _remote_signature(name: str, version: int, path: Path) -> tuple[Signature, str]:
+    """A remote version's signature, read from its server's metadata, and its endpoint.
+
+    Raises:
+        ModelLoadError: the ``remote.toml`` is invalid, or the server cannot be reached or has no such model.
+    """
+    backend = RemoteBackend(name, version, read_remote_toml(path))
+    try:
+        return backend.prepare(), backend.remote.endpoint
+    finally:
+        backend.close()
+
+
 # -- inspect -------------------------------------------------------------------------------------------
 
 
@@ -39,7 +55,9 @@ def add_inspect(commands: Subparsers) -> None:
         examples="  python -m inprocserve inspect models/fraud/2/model.onnx\n"
         "  python -m inprocserve inspect --json models/fraud/2\n",
     )
-    parser.add_argument("model", help="a model.onnx file, or a version folder holding one")
+    parser.add_argument(
+        "model", help="a model.onnx file, a remote.toml (asks its server), or a version folder holding one"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=_inspect)
 
@@ -47,7 +65,9 @@ def add_inspect(commands: Subparsers) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if path.is_dir():
-        path = path / MODEL_FILENAME
+        path = path / (REMOTE_FILENAME if (path / REMOTE_FILENAME).is_file() else MODEL_FILENAME)
+    if is_remote(path):
+        return _inspect_remote(path, as_json=args.json)
     config = ModelConfig(pool=PoolConfig(size=1, intra_op_threads=1), warmup=WarmupConfig(enabled=False))
     try:
         model = _load(path.parent.parent.name or "model", 1, path, config)
@@ -74,6 +94,23 @@ def _inspect(args: argparse.Namespace) -> int:
         model.retire()
 
 
+def _inspect_remote(path: Path, *, as_json: bool) -> int:
+    try:
+        signature, endpoint = _remote_signature(path.parent.parent.name or "model", 1, path)
+    except InprocserveError as exc:
+        return fail(str(exc), PROBLEMS)
+    if as_json:
+        print(json.dumps({"path": str(path), "remote": endpoint, **signature.to_dict()}, indent=2))
+        return OK
+    print(f"{path} (served by {endpoint})")
+    for title, specs in (("inputs", signature.inputs), ("outputs", signature.outputs)):
+        print(f"{title}:")
+        for spec in specs:
+            print(f"  {spec.describe()}")
+    print(f"batchable: {'yes' if signature.batchable else 'no'}")
+    return OK
+
+
 # -- validate ------------------------------------------------------------------------------------------
 
 
@@ -98,7 +135,7 @@ def validate_repository(repository: Path) -> dict[str, Any]:
     The report: ``repository``; ``ok`` (no problem at all); ``problems`` (every message, in order);
     ``layout_problems`` (files and folders the server would skip, also in ``problems``); ``models``: name ->
     ``config_error`` and ``versions``: number -> ``ok``, ``served`` (by the version policy), ``error`` and
-    ``signature``.
+    ``signature`` (and ``remote``, the endpoint, for a version served remotely: its server is asked).
 
     Raises:
         ConfigurationError: ``repository`` is not a directory.
@@ -123,6 +160,15 @@ def validate_repository(repository: Path) -> dict[str, Any]:
         for version, path in sorted(source.versions.items()):
             result: dict[str, Any] = {"ok": False, "served": version in selected, "error": None, "signature": None}
             entry["versions"][str(version)] = result
+            if is_remote(path):  # reached, not loaded: its signature comes from the server's metadata
+                try:
+                    signature, endpoint = _remote_signature(name, version, path)
+                except InprocserveError as exc:
+                    result["error"] = str(exc)
+                    problems.append(f"{name} v{version}: {exc}")
+                    continue
+                result.update(ok=True, signature=signature.to_dict(), remote=endpoint)
+                continue
             try:
                 model = _load(name, version, path, quiet)
             except InprocserveError as exc:

@@ -7,7 +7,8 @@
     ├── ModelNotFoundError        (+LookupError)  unknown model or version
     ├── ModelLoadError                            a model file that cannot become a session
     ├── InferenceError                            onnxruntime failed while running a request
-    │   └── InvalidInputError     (+ValueError)   the request does not match the model's signature
+    │   ├── InvalidInputError     (+ValueError)   the request does not match the model's signature
+    │   └── RemoteUnavailableError                a remote model server is down, refused, or failing (5xx)
     ├── OverloadedError                           shed instead of queueing without bound
     │   └── QueueFullError
     ├── DeadlineExceededError     (+TimeoutError) the request's deadline passed before it ran
@@ -33,6 +34,7 @@ __all__ = [
     "OverloadedError",
     "PromotionRefusedError",
     "QueueFullError",
+    "RemoteUnavailableError",
     "ServerClosedError",
 ]
 
@@ -86,6 +88,11 @@ class InferenceError(InprocserveError):
 
 class InvalidInputError(InferenceError, ValueError):
     """The request's inputs do not match the model's signature; the message says what to fix."""
+
+
+class RemoteUnavailableError(InferenceError):
+    """A remote model server could not answer: connection refused or reset, a 5xx, a read timeout that is
+    not the request's own deadline, or its circuit breaker is open after repeated failures. Retry later."""
 
 
 class OverloadedError(InprocserveError):

@@ -17,6 +17,7 @@ EXTRAS: dict[str, str] = {
     "openfeature": "the OpenFeature SDK, for OpenFeatureFlags",
     "gpu": "onnxruntime-gpu (uninstall onnxruntime first: see docs/operations.md)",
     "testing": "onnx, for the model builders of inprocserve.testing",
+    "remote": "urllib3, the HTTP client of remote models (RemoteModel, remote.toml)",
 }
 """Extra name -> what it installs, as the docs and error messages describe it."""
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ._errors import ModelLoadError
+from ._remote_model import REMOTE_FILENAME, read_remote_toml
 
 __all__ = [
     "CHECKSUM_SUFFIX",
@@ -263,11 +264,13 @@ _DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 def check_version(model_file: Path, *, model: str, version: int, follow_symlinks: bool = False) -> None:
-    """Every check a version's files must pass before onnxruntime opens them.
+    """Every check a version's files must pass before onnxruntime opens them. A ``remote.toml`` (a version
+    served remotely) is checked for the symlink policy and read, and has no checksum or external data.
 
     Raises:
         ModelLoadError: a refused symlink, a checksum mismatch, or an external-data reference that is
-            absolute, escapes the version folder, is missing, or lies outside its file.
+            absolute, escapes the version folder, is missing, or lies outside its file; an invalid
+            ``remote.toml`` (the message names the key).
     """
 
     def fail(message: str) -> ModelLoadError:
@@ -280,6 +283,12 @@ def check_version(model_file: Path, *, model: str, version: int, follow_symlinks
                     f"the {what} {path} is a symbolic link, which is refused; copy the files in, or let the "
                     "server follow links with Server(..., follow_symlinks=True)"
                 )
+    if model_file.name == REMOTE_FILENAME:
+        try:
+            read_remote_toml(model_file)
+        except ModelLoadError as exc:
+            raise fail(str(exc)) from None
+        return
     _check_checksum(model_file, fail)
     check_external_data(model_file, model=model, version=version, follow_symlinks=follow_symlinks)
 

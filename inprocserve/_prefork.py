@@ -25,7 +25,8 @@ from typing import Any
 
 from ._config import ModelConfig, load_model_config
 from ._errors import ModelLoadError
-from ._repository import scan_repository
+from ._remote_model import read_remote_toml
+from ._repository import is_remote, scan_repository
 
 __all__ = ["build_after_fork", "check_repository", "shield_exit", "warm_worker"]
 
@@ -110,14 +111,18 @@ def check_repository(
 ) -> dict[str, Any]:
     """Check a repository without onnxruntime: layout, every ``config.toml``, and each served version's
     signature (read with the ``onnx`` package, if installed). Safe to call in a process that will fork.
+    A remote version's ``remote.toml`` is read, but its server is not contacted: no connection may cross
+    the fork, and each worker reads the remote model's metadata itself.
 
     Returns:
         ``{"models": {name: {version: {"inputs": [...], "outputs": [...]}}}, "problems": [...],
-        "signatures_checked": bool}``; layout problems that a server would skip are listed, not raised.
+        "signatures_checked": bool}``; a remote version's entry is ``{"remote": endpoint}``. Layout
+        problems that a server would skip are listed, not raised.
 
     Raises:
         ConfigurationError: the repository is not a folder, or a ``config.toml`` is invalid.
-        ModelLoadError: a model file that would be served is not a readable ONNX model.
+        ModelLoadError: a model file that would be served is not a readable ONNX model, or a
+            ``remote.toml`` is invalid.
     """
     scan = scan_repository(Path(repository))
     onnx: Any
@@ -140,6 +145,12 @@ def check_repository(
             effective = config or ModelConfig()
         versions: dict[int, Any] = {}
         for number in effective.version_policy.select(list(source.versions)):
+            if is_remote(source.versions[number]):
+                try:
+                    versions[number] = {"remote": read_remote_toml(source.versions[number]).endpoint}
+                except ModelLoadError as exc:
+                    failures.append(f"model {name!r} version {number}: {exc}")
+                continue
             if onnx is None:
                 versions[number] = None
                 continue

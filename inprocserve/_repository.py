@@ -1,4 +1,5 @@
-"""Finds models and versions on disk: ``<repository>/<model>/<version>/model.onnx``.
+"""Finds models and versions on disk: ``<repository>/<model>/<version>/model.onnx``, or ``remote.toml`` for a
+version served by an Open Inference Protocol server (see :mod:`inprocserve._remote_model`).
 
 Pure file-system logic, no onnxruntime: the server asks it what exists, decides what to load, and
 calls it again on every refresh to notice added and removed versions.
@@ -15,8 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._errors import ConfigurationError, ModelNotFoundError
+from ._remote_model import REMOTE_FILENAME
 
-__all__ = ["MODEL_FILENAME", "ModelSource", "RepositoryScan", "scan_repository", "validate_model_name"]
+__all__ = [
+    "MODEL_FILENAME",
+    "REMOTE_FILENAME",
+    "ModelSource",
+    "RepositoryScan",
+    "is_remote",
+    "scan_repository",
+    "validate_model_name",
+]
 
 MODEL_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.toml"
@@ -26,6 +36,11 @@ DATA_SUFFIXES = (".npz", ".npy")
 # A name is one path component of letters, digits, '.', '_' and '-', not starting with a dot, so it can
 # never climb out of the repository (no '..', no separators, no absolute paths) nor hide as a dot-file.
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def is_remote(path: Path) -> bool:
+    """Whether a version's file (a value of :attr:`ModelSource.versions`) is a ``remote.toml``."""
+    return path.name == REMOTE_FILENAME
 
 
 def validate_model_name(name: object) -> str:
@@ -48,7 +63,7 @@ class ModelSource:
     name: str
     folder: Path
     versions: dict[int, Path]
-    """Version -> path of its ``model.onnx``."""
+    """Version -> path of its ``model.onnx``, or of its ``remote.toml`` (:func:`is_remote`)."""
     config_path: Path | None
 
 
@@ -107,16 +122,26 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
         if not entry.name.isdecimal() or entry.name.startswith("0") or not entry.name.isascii():
             problems.append(f"{entry}: version folders must be positive integers without leading zeros")
             continue
-        model_file = entry / MODEL_FILENAME
+        model_file, remote_file = entry / MODEL_FILENAME, entry / REMOTE_FILENAME
+        if model_file.is_file() and remote_file.is_file():
+            problems.append(
+                f"{entry}: holds both {MODEL_FILENAME} and {REMOTE_FILENAME}; keep one (the model runs here, or "
+                "on the server that remote.toml names)"
+            )
+            continue
+        if remote_file.is_file() or (remote_file.is_symlink() and not model_file.exists()):
+            model_file = remote_file
         if not follow_symlinks and (entry.is_symlink() or model_file.is_symlink()):
-            what = "version folder" if entry.is_symlink() else MODEL_FILENAME
+            what = "version folder" if entry.is_symlink() else model_file.name
             problems.append(f"{entry}: the {what} is a symbolic link; {_LINK_HINT}")
             continue
         if not model_file.is_file():
-            problems.append(f"{entry}: missing {MODEL_FILENAME}")
+            problems.append(f"{entry}: missing {MODEL_FILENAME} (or {REMOTE_FILENAME} for a remote model)")
             continue
         versions[int(entry.name)] = model_file
     if not versions:
-        problems.append(f"{folder}: model {name!r} has no version folder with a {MODEL_FILENAME}")
+        problems.append(
+            f"{folder}: model {name!r} has no version folder with a {MODEL_FILENAME} (or {REMOTE_FILENAME})"
+        )
     config_path = folder / CONFIG_FILENAME
     return ModelSource(name, folder, versions, config_path if config_path.is_file() else None)

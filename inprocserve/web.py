@@ -42,6 +42,7 @@ from ._errors import (
     ModelNotFoundError,
     OverloadedError,
     PromotionRefusedError,
+    RemoteUnavailableError,
     ServerClosedError,
 )
 
@@ -137,6 +138,7 @@ ERROR_STATUS: Mapping[type[Exception], int] = MappingProxyType(
         ModelNotFoundError: 404,
         OverloadedError: 503,
         ServerClosedError: 503,
+        RemoteUnavailableError: 503,
         DeadlineExceededError: 504,
     }
 )
@@ -147,6 +149,7 @@ _CODES: Mapping[type[Exception], str] = {
     ModelNotFoundError: "model_not_found",
     OverloadedError: "unavailable",
     ServerClosedError: "unavailable",
+    RemoteUnavailableError: "unavailable",
     DeadlineExceededError: "deadline_exceeded",
     PromotionRefusedError: "incompatible",
     ModelLoadError: "model_load_failed",

@@ -77,6 +77,7 @@ def test_private_modules_are_not_exported() -> None:
         (inprocserve.ModelLoadError, (inprocserve.InprocserveError,)),
         (inprocserve.InferenceError, (inprocserve.InprocserveError,)),
         (inprocserve.InvalidInputError, (inprocserve.InferenceError, ValueError)),
+        (inprocserve.RemoteUnavailableError, (inprocserve.InferenceError,)),
         (inprocserve.OverloadedError, (inprocserve.InprocserveError,)),
         (inprocserve.QueueFullError, (inprocserve.OverloadedError,)),
         (inprocserve.DeadlineExceededError, (inprocserve.InprocserveError, TimeoutError)),
@@ -94,6 +95,7 @@ def test_error_tree(error: type[Exception], parents: tuple[type[Exception], ...]
         inprocserve.InvalidInputError("input 'x': bad", model="fraud", version=3),
         inprocserve.QueueFullError("full", model="fraud", version=1),
         inprocserve.ServerClosedError("closed"),
+        inprocserve.RemoteUnavailableError("http://127.0.0.1:8000 is unavailable", model="fraud", version=3),
     ],
 )
 def test_errors_survive_pickling_with_their_context(error: inprocserve.InprocserveError) -> None:

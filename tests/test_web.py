@@ -84,6 +84,7 @@ EXPECTED: dict[str, tuple[int | None, str]] = {
     "OverloadedError": (503, "unavailable"),
     "PromotionRefusedError": (None, "incompatible"),
     "QueueFullError": (503, "unavailable"),
+    "RemoteUnavailableError": (503, "unavailable"),
     "ServerClosedError": (503, "unavailable"),
 }
 

@@ -17,6 +17,7 @@ __all__ = [
     "datatype_of",
     "datatype_of_onnx",
     "numpy_dtype",
+    "onnx_of_datatype",
 ]
 
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -83,3 +84,12 @@ def datatype_of_onnx(onnx_type: str) -> str:
     """The protocol datatype of an onnxruntime type string such as ``tensor(float)``; types the protocol
     cannot carry (sequences, maps) are returned unchanged, so metadata still says what they are."""
     return _ONNX.get(onnx_type, onnx_type)
+
+
+_ONNX_OF: dict[str, str] = {datatype: onnx_type for onnx_type, datatype in _ONNX.items()}
+
+
+def onnx_of_datatype(datatype: str) -> str | None:
+    """The onnxruntime type string of a protocol datatype (``FP32`` -> ``tensor(float)``), or ``None`` for a
+    name that is not one of :data:`DATATYPES`. A remote model's metadata becomes a signature through it."""
+    return _ONNX_OF.get(datatype)

@@ -21,6 +21,7 @@ from .._errors import (
     InvalidInputError,
     ModelNotFoundError,
     OverloadedError,
+    RemoteUnavailableError,
     ServerClosedError,
 )
 from .._server import Server
@@ -151,8 +152,8 @@ class Endpoints:
             budget_s: The app's remaining time budget for this request, or ``None``.
 
         Errors become ``{"error": "..."}`` with 400 (bad request), 404 (unknown model, version or
-        path), 405, 503 (overloaded, closed, not ready) or 504 (deadline); an inference that fails
-        inside onnxruntime is a 500.
+        path), 405, 503 (overloaded, closed, not ready, a remote model's server unavailable) or 504
+        (deadline); an inference that fails inside onnxruntime is a 500.
         """
         try:
             return self._route(method.upper(), path, headers, read, context, budget_s)
@@ -160,7 +161,7 @@ class Endpoints:
             return _error(400, exc)
         except ModelNotFoundError as exc:
             return _error(404, exc)
-        except (OverloadedError, ServerClosedError) as exc:
+        except (OverloadedError, ServerClosedError, RemoteUnavailableError) as exc:
             return _error(503, exc, {"Retry-After": self._retry_after})
         except DeadlineExceededError as exc:
             return _error(504, exc)

@@ -1,0 +1,179 @@
+"""The HTTP side of the Open Inference Protocol client: a bounded keep-alive connection pool to one server.
+
+Built on urllib3 2.3+ (the ``remote`` extra), chosen by measurement (``benchmarks/remote_client.py``, figures in
+``docs/scaling.md``): against the standard library's ``http.client`` on one kept-alive connection it costs
+about 0.2-0.3 ms more per call over loopback (per batch, not per request), small next to the hop and the
+model, and it brings what a hand-made pool would have to grow: a thread-safe pool bounded at
+``max_connections`` that blocks when full, separate connect and read timeouts, detection of connections the
+server closed while idle, and TLS with certificate verification for ``https://``.
+
+This module knows HTTP, not the protocol's documents or the library's errors: transport failures come out
+as :class:`TransportError`, which says whether the request may have reached the server, because that is what
+decides whether a retry is safe. :mod:`inprocserve._remote` maps both to the library's error tree.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._extras import require
+
+__all__ = ["MAX_RESPONSE_BYTES", "HttpClient", "HttpResponse", "TransportError"]
+
+MAX_RESPONSE_BYTES = 1 << 30
+"""A response body longer than this is refused (a broken server must not exhaust the process's memory)."""
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A whole response: status, body (read to the end, so the connection goes back to the pool) and headers
+    (names lower-cased)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class TransportError(Exception):
+    """No HTTP response came back.
+
+    Attributes:
+        sent: Whether the request may have reached the server (``False``: it certainly did not, as when the
+            connection was refused, so retrying cannot run it twice).
+        timed_out: Whether it failed because a timeout ran out.
+    """
+
+    def __init__(self, message: str, *, sent: bool, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
+        self.timed_out = timed_out
+
+
+class HttpClient:
+    """Keep-alive HTTP/1.1 connections to one server, at most ``max_connections`` at once.
+
+    Thread-safe: urllib3's pool hands each call its own connection; a call that finds all of them busy waits
+    for one (up to its timeout). Not fork-safe by itself: its owner drops it in a forked child
+    (:meth:`forget`) and builds a new one there.
+
+    Args:
+        base_url: ``http://host:port`` or ``https://host:port``, with an optional path prefix (a gateway's).
+        max_connections: Connections kept and used at most (the backend's concurrency).
+        connect_timeout_s: Cap on establishing a connection.
+        headers: Sent with every request (authorization, routing); never logged.
+    """
+
+    def __init__(
+        self, base_url: str, *, max_connections: int, connect_timeout_s: float, headers: Mapping[str, str]
+    ) -> None:
+        self._urllib3: Any = require("urllib3", extra="remote", feature="a remote model (RemoteModel)")
+        parts = urlsplit(base_url)
+        self._prefix = parts.path.rstrip("/")
+        self._connect_timeout_s = connect_timeout_s
+        self._headers = dict(headers)
+        self._pool: Any = self._urllib3.connection_from_url(
+            f"{parts.scheme}://{parts.netloc}", maxsize=max_connections, block=True
+        )
+        self._pid = os.getpid()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout_s: float,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpResponse:
+        """Send one request and read its whole response.
+
+        Args:
+            path: From the server root, such as ``/v2/models/fraud``; the base URL's prefix is put in front.
+            timeout_s: Cap on the whole call: waiting for a free connection, connecting, and reading the
+                answer (checked between reads, so a server that trickles bytes cannot hold the call longer).
+
+        Raises:
+            TransportError: no whole response (connection refused or reset, a timeout, the pool closed, a
+                body over :data:`MAX_RESPONSE_BYTES`).
+        """
+        deadline = time.monotonic() + timeout_s
+        urllib3 = self._urllib3
+        exceptions = urllib3.exceptions
+        timeout = urllib3.Timeout(connect=min(self._connect_timeout_s, timeout_s), read=timeout_s)
+        try:
+            response = self._pool.urlopen(
+                method,
+                self._prefix + path,
+                body=body,
+                headers={**self._headers, **(headers or {})},
+                retries=False,  # the caller decides what is safe to retry
+                redirect=False,
+                timeout=timeout,
+                pool_timeout=timeout_s,
+                preload_content=False,  # read below, against the deadline and the size cap
+            )
+            data = self._read(response, deadline, timeout_s)
+        except exceptions.NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
+            raise TransportError(f"cannot connect: {_reason(exc)}", sent=False) from None
+        except exceptions.ConnectTimeoutError:
+            raise TransportError(
+                f"no connection within {timeout.connect_timeout:.3g} s", sent=False, timed_out=True
+            ) from None
+        except exceptions.EmptyPoolError:
+            raise TransportError(f"no free connection within {timeout_s:.3g} s", sent=False, timed_out=True) from None
+        except exceptions.ClosedPoolError:
+            raise TransportError("the connection pool is closed", sent=False) from None
+        except exceptions.ReadTimeoutError:
+            raise TransportError(f"no answer within {timeout_s:.3g} s", sent=True, timed_out=True) from None
+        except (exceptions.HTTPError, OSError) as exc:  # reset or closed mid-exchange: it may have run
+            raise TransportError(f"the connection failed: {_reason(exc)}", sent=True) from None
+        return HttpResponse(response.status, data, {name.lower(): value for name, value in response.headers.items()})
+
+    @staticmethod
+    def _read(response: Any, deadline: float, timeout_s: float) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        done = False
+        try:
+            while True:  # bounded: by the deadline, and by the size cap
+                if time.monotonic() > deadline:
+                    raise TransportError(f"no whole answer within {timeout_s:.3g} s", sent=True, timed_out=True)
+                chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for all of it)
+                if not chunk:
+                    done = True
+                    return b"".join(chunks)
+                total += len(chunk)
+                if total > MAX_RESPONSE_BYTES:
+                    raise TransportError(f"the answer is longer than {MAX_RESPONSE_BYTES} bytes", sent=True)
+                chunks.append(chunk)
+        finally:
+            if done:
+                response.release_conn()  # read to the end: the connection can be reused
+            else:
+                response.close()  # half-read: the connection is unusable, drop it
+                response.release_conn()
+
+    def close(self) -> None:
+        """Close every pooled connection. Idempotent; calls after it fail with :class:`TransportError`."""
+        if self._pid == os.getpid():
+            self._pool.close()
+
+    def forget(self) -> None:
+        """Drop the pool without touching its sockets: in a forked child they are the parent's."""
+        self._pid = -1
+
+
+def _reason(error: BaseException) -> str:
+    # urllib3 wraps the OSError; its own message repeats the connection object's repr, which says nothing.
+    inner: BaseException = error
+    while inner.__context__ is not None and not isinstance(inner, OSError | ConnectionError):
+        inner = inner.__context__
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror
+    return str(error.args[-1] if error.args else error)[:200]

@@ -1,0 +1,486 @@
+"""A :class:`~inprocserve._backend.Backend` whose model runs on an Open Inference Protocol server.
+
+Triton, KServe, MLServer and the inprocserve plug-ins all speak the protocol's REST form; the batcher in
+front of this backend is the same as for onnxruntime, so requests are validated, coalesced and batched
+locally and each batch is **one** inference call. What this module adds on top of the HTTP client
+(:mod:`inprocserve._oip_client`) and the codec (:mod:`inprocserve.v2`):
+
+* the signature, from the remote model's metadata (``-1`` dimensions are dynamic);
+* deadlines, sent as the protocol's ``timeout`` parameter (microseconds) and enforced locally by the read
+  timeout;
+* retries only where they cannot run a request twice (connection refused, 503; metadata GETs), with
+  jittered exponential backoff and always within the deadline;
+* a circuit breaker (:mod:`inprocserve._circuit`) so a server that is down fails calls fast;
+* the W3C ``traceparent`` of the batch's span, so the remote server's spans join the trace;
+* fork safety: no connection crosses a fork.
+
+Errors: 400/422 -> :class:`InvalidInputError` (the batcher bisects to the bad request); 404 ->
+:class:`ModelLoadError` in :meth:`prepare`, :class:`InferenceError` in :meth:`run`; 504 and timeouts ->
+:class:`DeadlineExceededError`; 5xx, refused or reset connections, an open circuit ->
+:class:`RemoteUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span
+
+from . import _fork
+from ._backend import Backend
+from ._circuit import CircuitBreaker
+from ._errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InprocserveError,
+    InvalidInputError,
+    ModelLoadError,
+    RemoteUnavailableError,
+    ServerClosedError,
+)
+from ._oip_client import HttpClient, HttpResponse, TransportError
+from ._remote_model import RemoteModel
+from ._signature import Signature, TensorSpec
+from .v2._codec import Limits, decode_infer_response, encode_infer_request
+from .v2._datatypes import DATATYPES, onnx_of_datatype
+
+__all__ = ["RemoteBackend", "RemoteSlot", "signature_from_metadata"]
+
+logger = logging.getLogger(__name__)
+
+_E = TypeVar("_E", bound=InprocserveError)
+
+_BACKOFF_S = 0.05  # first retry waits up to this (full jitter), doubling each time
+_BACKOFF_CAP_S = 1.0
+# The remote server is trusted to answer with its model's outputs: only the protocol's shape is checked.
+_RESPONSE_LIMITS = Limits(max_elements=1 << 40, max_tensors=1 << 16)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSlot:
+    """A runner: one of the backend's connection slots, owned by one batcher worker."""
+
+    index: int
+
+
+def signature_from_metadata(document: object, *, where: str) -> Signature:
+    """Build a :class:`Signature` from a model metadata document (``GET /v2/models/<name>``).
+
+    Raises:
+        ModelLoadError: the document lists no inputs or outputs, or a tensor with an unknown datatype or a
+            malformed shape; ``where`` (the endpoint) starts the message.
+    """
+    if not isinstance(document, dict):
+        raise ModelLoadError(f"{where}: the model metadata is not a JSON object")
+    specs: dict[str, list[TensorSpec]] = {}
+    for kind in ("inputs", "outputs"):
+        entries = document.get(kind)
+        if not isinstance(entries, list) or not entries:
+            raise ModelLoadError(
+                f"{where}: the model metadata lists no {kind}; declare them on the server (MLServer: "
+                f"'{kind}' in model-settings.json; Triton: config.pbtxt)"
+            )
+        specs[kind] = []
+        for entry in entries:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            datatype = entry.get("datatype") if isinstance(entry, dict) else None
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            onnx_type = onnx_of_datatype(datatype) if isinstance(datatype, str) else None
+            if not isinstance(name, str) or not name or onnx_type is None or not isinstance(shape, list):
+                raise ModelLoadError(
+                    f"{where}: {kind} entry {str(entry)[:200]} needs a name, a datatype among "
+                    f"{', '.join(DATATYPES)} and a shape list"
+                )
+            if any(isinstance(d, bool) or not isinstance(d, int) or d < -1 for d in shape):
+                raise ModelLoadError(f"{where}: tensor {name!r} has shape {shape}; dimensions must be ints >= -1")
+            dims = tuple(None if d == -1 else d for d in shape)
+            assert isinstance(datatype, str)
+            specs[kind].append(TensorSpec(name, onnx_type, DATATYPES[datatype], dims))
+    return Signature(specs["inputs"], specs["outputs"])
+
+
+class RemoteBackend:
+    """One model version served by an Open Inference Protocol server.
+
+    Thread-safe: the batcher's workers call :meth:`run` concurrently, each with its own :class:`RemoteSlot`;
+    the connection pool holds ``remote.concurrency`` connections, one per worker, so a worker never waits for
+    another's connection.
+
+    Args:
+        model: The local model name (errors and spans carry it).
+        version: The local version number.
+        remote: Where the model runs.
+        clock: Monotonic seconds, for deadlines and the circuit breaker (a ``ManualClock`` in tests).
+        sleep: Waits between retries (``time.sleep``).
+        rng: Draws the retry jitter.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        version: int,
+        remote: RemoteModel,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not isinstance(remote, RemoteModel):
+            raise TypeError(f"remote must be an inprocserve.RemoteModel, got {type(remote).__name__}")
+        self.model = model
+        self.version = version
+        self.remote = remote
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._slots = [RemoteSlot(i) for i in range(remote.concurrency)]
+        self._lock = threading.Lock()
+        self._client: HttpClient | None = None
+        self._prepared_in: int | None = None  # the pid whose metadata read made self._signature
+        self._signature: Signature | None = None
+        self._binary = bool(remote.binary_tensors)
+        self._breaker = self._new_breaker()
+        self._closed = False
+        self._calls = 0
+        self._failures = 0
+        self._retries = 0
+        self._last_error: str | None = None
+        _fork.register(self)
+
+    # -- Backend ---------------------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return "remote"
+
+    @property
+    def concurrency(self) -> int:
+        return self.remote.concurrency
+
+    @property
+    def providers(self) -> list[str]:
+        return [f"remote:{self.remote.endpoint}"]
+
+    def prepare(self, warmup: Callable[[Any], None] | None = None, *, probe_rows: int = 1) -> Signature:
+        """Read the remote model's metadata and check that it is ready; run ``warmup`` on every slot.
+
+        Raises:
+            ModelLoadError: the server is unreachable, has no such model or version, its metadata is not
+                usable, or the model is not ready.
+            ServerClosedError: :meth:`close` was called.
+        """
+        del probe_rows  # nothing to tune: the remote server batches as it is configured to
+        self._check_open()
+        remote = self.remote
+        if remote.binary_tensors is None:
+            server = self._get_json("/v2", missing_ok=True)
+            extensions = server.get("extensions") if isinstance(server, dict) else None
+            self._binary = isinstance(extensions, list) and "binary_tensor_data" in extensions
+        signature = signature_from_metadata(self._get_json(remote.path), where=remote.endpoint)
+        self._get_json(remote.path + "/ready", body=False)  # 200 means ready (Triton's body is empty)
+        with self._lock:
+            self._signature = signature
+            self._prepared_in = os.getpid()
+        if warmup is not None:
+            for slot in self._slots:
+                warmup(slot)
+        return signature
+
+    def runners(self) -> list[Any]:
+        if self._prepared_in != os.getpid():
+            self.prepare()
+        return list(self._slots)
+
+    def run(
+        self,
+        runner: Any,
+        feeds: Mapping[str, np.ndarray],
+        *,
+        timeout_s: float | None = None,
+        parent: Span | None = None,
+    ) -> list[np.ndarray]:
+        """Send one batch as one inference request; return its outputs in signature order.
+
+        Raises:
+            InvalidInputError: the server refused these values (400/422).
+            DeadlineExceededError: ``timeout_s`` (or ``remote.timeout_s``) ran out, or the server said 504.
+            RemoteUnavailableError: refused or reset connection, a 5xx, or the circuit is open.
+            InferenceError: 404, or an answer that is not the model's outputs.
+            ServerClosedError: :meth:`close` was called.
+        """
+        del runner  # the pool hands out connections; the slot only bounds how many run at once
+        self._check_open()
+        signature = self._signature
+        if signature is None or self._prepared_in != os.getpid():
+            try:
+                signature = self.prepare()
+            except ModelLoadError as exc:  # run() raises InferenceError subclasses only
+                raise self._error(RemoteUnavailableError, str(exc)) from None
+        remote = self.remote
+        caller_binds = timeout_s is not None and timeout_s < remote.timeout_s
+        limit_s = remote.timeout_s if timeout_s is None else min(timeout_s, remote.timeout_s)
+        if limit_s <= 0:
+            raise self._deadline("the deadline had passed before the remote call")
+        ticket = self._breaker.acquire()
+        if ticket is None:
+            raise RemoteUnavailableError(
+                f"model {self.model!r} version {self.version}: {remote.endpoint} failed "
+                f"{self._breaker.consecutive_failures} calls in a row (last: {self._last_error}); failing fast "
+                f"for {self._breaker.retry_in_s():.1f} s more before trying again",
+                model=self.model,
+                version=self.version,
+            )
+        try:
+            return self._call(signature, feeds, limit_s=limit_s, caller_binds=caller_binds, parent=parent)
+        finally:
+            if ticket == "probe":  # a probe that ended without a verdict (any exception) must not stay out
+                self._breaker.release()
+
+    def _call(
+        self,
+        signature: Signature,
+        feeds: Mapping[str, np.ndarray],
+        *,
+        limit_s: float,
+        caller_binds: bool,
+        parent: Span | None,
+    ) -> list[np.ndarray]:
+        remote = self.remote
+        deadline = self._clock() + limit_s
+        ordered = {spec.name: feeds[spec.name] for spec in signature.inputs}
+        rows = next(iter(ordered.values())).shape[0] if ordered else 0
+        trace_headers: dict[str, str] = {}
+        propagate.inject(trace_headers, context=None if parent is None else trace.set_span_in_context(parent))
+        with self._lock:
+            self._calls += 1
+        attempt = 0
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s)
+            body, headers = encode_infer_request(
+                ordered,
+                binary=self._binary,
+                binary_output=self._binary,
+                parameters={"timeout": max(1, int(remaining * 1e6))},
+            )
+            try:
+                response = self._http().request(
+                    "POST", remote.path + "/infer", body=body, headers={**headers, **trace_headers}, timeout_s=remaining
+                )
+            except TransportError as exc:
+                if (not exc.sent or remote.retry_after_send) and self._backoff(attempt, deadline):
+                    attempt += 1
+                    continue
+                if exc.timed_out:
+                    raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s) from None
+                raise self._unavailable(str(exc)) from None
+            if response.status == 200:
+                self._breaker.success()
+                return self._outputs(signature, response, rows)
+            if response.status in (429, 503) and self._backoff(attempt, deadline):
+                attempt += 1
+                continue
+            raise self._refused(response)
+
+    def health(self) -> str | None:
+        if self._closed:
+            return "closed"
+        if self._breaker.state != "open":
+            return None
+        return (
+            f"the remote server {self.remote.endpoint} is failing ({self._breaker.consecutive_failures} calls in a "
+            f"row failed, last: {self._last_error}); calls fail fast for {self._breaker.retry_in_s():.1f} s more"
+        )
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            counters = {"calls": self._calls, "failures": self._failures, "retries": self._retries}
+            last_error = self._last_error
+        return {
+            "kind": "remote",
+            "remote": self.remote.describe(),
+            "binary_tensors": self._binary,
+            "circuit": self._breaker.state,
+            "consecutive_failures": self._breaker.consecutive_failures,
+            "circuit_opened": self._breaker.times_opened,
+            "last_error": last_error,
+            **counters,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- pieces ----------------------------------------------------------------------------------------
+
+    def _new_breaker(self) -> CircuitBreaker:
+        return CircuitBreaker(
+            failure_threshold=self.remote.failure_threshold, cooloff_s=self.remote.cooloff_s, clock=self._clock
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ServerClosedError(
+                f"model {self.model!r} version {self.version}: the remote backend is closed",
+                model=self.model,
+                version=self.version,
+            )
+
+    def _http(self) -> HttpClient:
+        with self._lock:
+            if self._client is None:
+                self._check_open()
+                remote = self.remote
+                self._client = HttpClient(
+                    remote.url,
+                    max_connections=remote.concurrency,
+                    connect_timeout_s=remote.connect_timeout_s,
+                    headers=remote.headers,
+                )
+            return self._client
+
+    def _get_json(self, path: str, *, missing_ok: bool = False, body: bool = True) -> Any:
+        """GET a protocol document (``body=False``: only its 200 matters); GETs are idempotent, so every
+        transport failure and 503 is retried."""
+        where = self.remote.url + path
+        deadline = self._clock() + self.remote.timeout_s
+        attempt = 0
+        while True:
+            try:
+                response = self._http().request("GET", path, timeout_s=max(0.001, deadline - self._clock()))
+            except TransportError as exc:
+                if self._backoff(attempt, deadline):
+                    attempt += 1
+                    continue
+                raise ModelLoadError(f"{where}: {exc}", model=self.model, version=self.version) from None
+            if response.status == 503 and self._backoff(attempt, deadline):
+                attempt += 1
+                continue
+            if response.status == 200 and not body:
+                return None
+            if response.status == 200:
+                try:
+                    return json.loads(response.body)
+                except ValueError:
+                    if missing_ok:  # an optional document (GET /v2 behind a gateway that serves a page)
+                        return None
+                    raise ModelLoadError(
+                        f"{where}: the answer is not JSON", model=self.model, version=self.version
+                    ) from None
+            if missing_ok and response.status in (400, 404):
+                return None
+            hint = " (is the model loaded there, under this name and version?)" if response.status == 404 else ""
+            raise ModelLoadError(
+                f"{where} answered {response.status}: {_message(response)}{hint}",
+                model=self.model,
+                version=self.version,
+            )
+
+    def _backoff(self, attempt: int, deadline: float) -> bool:
+        """Wait before retry ``attempt + 1`` if retries are left and the wait leaves time for the call."""
+        if attempt >= self.remote.retries:
+            return False
+        wait = self._rng.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_S * 2**attempt))
+        if self._clock() + wait >= deadline:
+            return False
+        with self._lock:
+            self._retries += 1
+        self._sleep(wait)
+        return True
+
+    def _outputs(self, signature: Signature, response: HttpResponse, rows: int) -> list[np.ndarray]:
+        try:
+            decoded = decode_infer_response(response.body, response.headers, limits=_RESPONSE_LIMITS)
+        except InvalidInputError as exc:  # the server's answer is broken, not the request: no bisecting
+            raise self._error(InferenceError, f"the answer is not an inference response: {exc}") from None
+        outputs: list[np.ndarray] = []
+        for spec in signature.outputs:
+            array = decoded.outputs.get(spec.name)
+            if array is None:
+                raise self._error(
+                    InferenceError, f"the answer has no output {spec.name!r} ({', '.join(decoded.outputs)})"
+                )
+            if spec.has_dynamic_batch and (array.ndim == 0 or array.shape[0] != rows):
+                raise self._error(
+                    InferenceError, f"output {spec.name!r} has shape {array.shape} for a batch of {rows} rows"
+                )
+            outputs.append(array)
+        return outputs
+
+    def _refused(self, response: HttpResponse) -> Exception:
+        status = response.status
+        detail = f"{self.remote.endpoint}/infer answered {status}: {_message(response)}"
+        if status in (400, 422):
+            self._breaker.success()  # the server is up; the request was wrong
+            return self._error(InvalidInputError, f"the remote server refused the inputs: {detail}", count=False)
+        if status == 504:
+            self._breaker.release()
+            return self._error(DeadlineExceededError, detail)
+        if status >= 500 or status == 429:
+            return self._unavailable(detail)
+        self._breaker.success()
+        return self._error(InferenceError, detail)
+
+    def _timed_out(self, *, caller_binds: bool, limit_s: float) -> DeadlineExceededError:
+        if caller_binds:
+            self._breaker.release()  # the caller's budget ran out: that says nothing about the server
+            return self._deadline(f"no answer from {self.remote.endpoint} within the request's {limit_s:.3g} s")
+        self._breaker.failure()  # the server is slower than its own timeout_s allows
+        return self._deadline(f"no answer from {self.remote.endpoint} within its timeout_s of {limit_s:.3g} s")
+
+    def _deadline(self, message: str) -> DeadlineExceededError:
+        return self._error(DeadlineExceededError, message)
+
+    def _unavailable(self, message: str) -> RemoteUnavailableError:
+        self._breaker.failure()
+        return self._error(RemoteUnavailableError, f"{self.remote.endpoint} is unavailable: {message}")
+
+    def _error(self, kind: type[_E], message: str, *, count: bool = True) -> _E:
+        with self._lock:
+            if count:
+                self._failures += 1
+            self._last_error = message[:300]
+        return kind(f"model {self.model!r} version {self.version}: {message}", model=self.model, version=self.version)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's sockets and lock are not ours: forget them (never close: that would touch the
+        # parent's connections) and read the metadata again before the first run here.
+        self._lock = threading.Lock()
+        if self._client is not None:
+            self._client.forget()
+        self._client = None
+        self._prepared_in = None
+        self._breaker = self._new_breaker()
+
+
+if TYPE_CHECKING:  # mypy checks that RemoteBackend keeps the Backend protocol
+
+    def _conforms(backend: RemoteBackend) -> Backend:
+        return backend
+
+
+def _message(response: HttpResponse) -> str:
+    """The server's error message: ``{"error": ...}`` (the protocol), ``{"detail": ...}`` (FastAPI), or text."""
+    try:
+        document = json.loads(response.body)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        for key in ("error", "detail"):
+            if key in document:
+                return str(document[key])[:500]
+    return response.body[:200].decode("utf-8", "replace") or "(no body)"

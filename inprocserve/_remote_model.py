@@ -1,0 +1,241 @@
+"""Where a remote model version lives: :class:`RemoteModel`, in code or read from a version's ``remote.toml``.
+
+A version folder that holds ``remote.toml`` instead of ``model.onnx`` is served by an Open Inference Protocol
+server (Triton, KServe, MLServer, or another inprocserve app) through the same ``predict`` call::
+
+    # models/fraud/3/remote.toml
+    url = "http://triton.internal:8000"
+    model = "fraud"
+    version = "3"
+    timeout_s = 2.0
+    [headers]
+    X-Tenant = "shop"
+    [headers_from_env]
+    Authorization = "FRAUD_MODEL_TOKEN"   # the header's value is read from this environment variable
+
+Pure configuration: no I/O besides reading the file, and no secret ever reaches a repr, a log or a status
+(header values are shown as ``"***"``; credentials in the URL are refused).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from ._errors import ConfigurationError, ModelLoadError
+
+__all__ = ["REMOTE_FILENAME", "RemoteModel", "read_remote_toml"]
+
+REMOTE_FILENAME = "remote.toml"
+"""The file a version folder holds instead of ``model.onnx`` when the version is served remotely."""
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+# Headers the client writes itself; a configured value would corrupt the request or the trace.
+_RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "inference-header-content-length", "host", "traceparent", "tracestate"}
+)
+_VERSION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class _Invalid(Exception):
+    """One bad key: the dataclass says it as a ConfigurationError, ``remote.toml`` as a ModelLoadError."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteModel:
+    """A model version served by an Open Inference Protocol server, reached over HTTP.
+
+    Thread-safe: immutable. Header values are secrets: they are left out of ``repr`` and shown as ``"***"``
+    in status.
+
+    Raises:
+        ConfigurationError: on any invalid value; the message names the field and what to fix.
+    """
+
+    url: str
+    """``http://host:port`` or ``https://host:port``, with an optional path prefix (a gateway's); no
+    credentials (send them as a header)."""
+    model: str
+    """The model's name on the remote server."""
+    version: str | None = None
+    """The model's version on the remote server; ``None`` lets the server pick (its default version)."""
+    timeout_s: float = 10.0
+    """Cap on one call (metadata or inference), whatever the request's own deadline; sent to the server too."""
+    connect_timeout_s: float = 1.0
+    """Cap on opening a connection: how long a server that is down can hold a request."""
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
+    """Sent with every request (authorization, tenant); values never appear in logs or status."""
+    retries: int = 2
+    """Retries of a call that certainly did not run (connection refused, 503), within the deadline."""
+    retry_after_send: bool = False
+    """Also retry after the request may have reached the server (reset connection, 502): only for models
+    whose inference has no side effects worth protecting, since the server may run it twice."""
+    protocol: str = "http"
+    """``"http"`` (REST with the binary tensor extension where the server offers it); gRPC is not supported."""
+    concurrency: int = 4
+    """Connection slots: the batcher runs this many batches on the remote server at once."""
+    binary_tensors: bool | None = None
+    """Send and ask for tensors in the binary extension (``None``: when the server lists it in ``GET /v2``)."""
+    failure_threshold: int = 5
+    """Consecutive failed calls that open the circuit breaker (calls then fail fast)."""
+    cooloff_s: float = 5.0
+    """How long an open circuit fails calls fast before it lets one probe through."""
+
+    def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except _Invalid as exc:
+            raise ConfigurationError(f"RemoteModel {exc.key}: {exc.message}") from None
+
+    def _validate(self) -> None:
+        object.__setattr__(self, "url", _url(self.url))
+        if not isinstance(self.model, str) or not self.model or len(self.model) > 256 or not self.model.isprintable():
+            raise _Invalid("model", f"must be the model's name on the remote server, got {self.model!r}")
+        version: Any = self.version  # an int is taken too: version = 3 in remote.toml
+        if isinstance(version, int) and not isinstance(version, bool):
+            version = str(version)
+        if version is not None and (not isinstance(version, str) or not _VERSION.fullmatch(version)):
+            raise _Invalid("version", f'must be a version name such as "3" (letters, digits, ._-), got {version!r}')
+        object.__setattr__(self, "version", version)
+        for key in ("timeout_s", "connect_timeout_s", "cooloff_s"):
+            value = getattr(self, key)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (value > 0 and math.isfinite(value))
+            ):
+                raise _Invalid(key, f"must be a number of seconds > 0, got {value!r}")
+            object.__setattr__(self, key, float(value))
+        for key, low in (("retries", 0), ("concurrency", 1), ("failure_threshold", 1)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or value > 1024:
+                raise _Invalid(key, f"must be an int from {low} to 1024, got {value!r}")
+        for key in ("retry_after_send",):
+            if not isinstance(getattr(self, key), bool):
+                raise _Invalid(key, f"must be true or false, got {getattr(self, key)!r}")
+        if self.binary_tensors is not None and not isinstance(self.binary_tensors, bool):
+            raise _Invalid("binary_tensors", f"must be true, false or unset (auto), got {self.binary_tensors!r}")
+        if self.protocol != "http":
+            raise _Invalid(
+                "protocol",
+                f'only "http" is supported, got {self.protocol!r} (the REST form with binary tensors; '
+                "see docs/scaling.md for why not gRPC)",
+            )
+        object.__setattr__(self, "headers", _headers(self.headers))
+
+    @property
+    def path(self) -> str:
+        """The model's path on the server: ``/v2/models/<model>[/versions/<version>]``, quoted."""
+        path = f"/v2/models/{quote(self.model, safe='')}"
+        return path if self.version is None else f"{path}/versions/{quote(self.version, safe='')}"
+
+    @property
+    def endpoint(self) -> str:
+        """The model's URL, safe to log and show (the URL holds no credentials)."""
+        return self.url + self.path
+
+    def describe(self) -> dict[str, Any]:
+        """For status pages and logs: every setting, with header values hidden."""
+        described = {f.name: getattr(self, f.name) for f in fields(self)}
+        described["headers"] = dict.fromkeys(self.headers, "***")
+        described["endpoint"] = self.endpoint
+        return described
+
+
+def read_remote_toml(path: str | Path) -> RemoteModel:
+    """Read a version's ``remote.toml``.
+
+    Keys are :class:`RemoteModel`'s fields (``url`` and ``model`` required); ``[headers]`` holds header
+    values, ``[headers_from_env]`` names the environment variable each header's value is read from (so
+    tokens stay out of the repository).
+
+    Raises:
+        ModelLoadError: the file is unreadable or not TOML, a key is unknown or missing, a value is invalid,
+            or a named environment variable is unset; the message names the file and the key.
+    """
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelLoadError(f"{path}: not valid TOML: {exc}") from None
+    known = {f.name for f in fields(RemoteModel)}
+    unknown = sorted(set(document) - known - {"headers_from_env"})
+    if unknown:
+        raise ModelLoadError(f"{path}: unknown key {unknown[0]!r}; the keys are {', '.join(sorted(known))}")
+    for required in ("url", "model"):
+        if required not in document:
+            raise ModelLoadError(f'{path}: key {required!r} is missing (for example {required} = "...")')
+    arguments = dict(document)
+    from_env = arguments.pop("headers_from_env", {})
+    if not isinstance(from_env, dict):
+        raise ModelLoadError(f"{path}: key 'headers_from_env' must be a table of header = \"ENV_VARIABLE\"")
+    headers = arguments.get("headers", {})
+    if not isinstance(headers, dict):
+        raise ModelLoadError(f"{path}: key 'headers' must be a table of header = \"value\"")
+    headers = dict(headers)
+    for name, variable in from_env.items():
+        if not isinstance(variable, str) or variable not in os.environ:
+            raise ModelLoadError(f"{path}: key 'headers_from_env.{name}': environment variable {variable!r} is not set")
+        headers[name] = os.environ[variable]
+    arguments["headers"] = headers
+    try:
+        model = RemoteModel.__new__(RemoteModel)
+        for f in fields(RemoteModel):
+            default: Any = f.default_factory() if callable(f.default_factory) else f.default
+            object.__setattr__(model, f.name, arguments.get(f.name, default))
+        model._validate()
+    except _Invalid as exc:
+        raise ModelLoadError(f"{path}: key {exc.key!r} {exc.message}") from None
+    return model
+
+
+def _url(raw: object) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise _Invalid("url", f'must be a string such as "http://host:8000", got {raw!r}')
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise _Invalid("url", f"is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise _Invalid("url", f"must start with http:// or https://, got scheme {parts.scheme!r}")
+    if parts.username is not None or parts.password is not None:
+        # Never echo the URL here: it holds the secret.
+        raise _Invalid("url", "holds credentials; put them in a header instead (headers = {Authorization = ...})")
+    if not parts.hostname:
+        raise _Invalid("url", f"has no host, got {raw!r}")
+    if parts.query or parts.fragment:
+        raise _Invalid("url", f"must not have a query or fragment, got {raw!r}")
+    if port == 0:
+        raise _Invalid("url", f"has port 0, got {raw!r}")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _headers(raw: object) -> dict[str, str]:
+    if not isinstance(raw, Mapping):
+        raise _Invalid("headers", f"must be a mapping of header name to value, got {type(raw).__name__}")
+    headers: dict[str, str] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise _Invalid("headers", f"{name!r} is not a valid header name")
+        if name.lower() in _RESERVED_HEADERS:
+            raise _Invalid("headers", f"{name!r} is set by the client itself; remove it")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            # The value is a secret: say what is wrong with it, never what it is.
+            raise _Invalid("headers", f"the value of {name!r} must be a string without line breaks")
+        headers[name] = value
+    return headers

@@ -1,0 +1,160 @@
+"""RemoteModel and remote.toml: every bad value is a typed error naming the field (and the file), and no
+secret reaches a repr, a message or a status."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve._remote import signature_from_metadata
+from inprocserve._remote_model import RemoteModel, read_remote_toml
+
+
+def test_defaults_and_endpoint() -> None:
+    remote = RemoteModel(url="http://127.0.0.1:8000/", model="fraud", version=3)
+    assert remote.url == "http://127.0.0.1:8000"
+    assert remote.version == "3"
+    assert remote.endpoint == "http://127.0.0.1:8000/v2/models/fraud/versions/3"
+    assert RemoteModel(url="https://gw.example/kserve", model="a b").path == "/v2/models/a%20b"
+    assert pickle.loads(pickle.dumps(remote)) == remote
+    assert inprocserve.RemoteModel is RemoteModel
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"url": "ftp://host"}, "url"),
+        ({"url": "host:8000"}, "url"),
+        ({"url": "http://"}, "url"),
+        ({"url": "http://host:99999"}, "url"),
+        ({"url": "http://host/?q=1"}, "url"),
+        ({"model": ""}, "model"),
+        ({"version": "../3"}, "version"),
+        ({"version": True}, "version"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"timeout_s": float("inf")}, "timeout_s"),
+        ({"connect_timeout_s": "1"}, "connect_timeout_s"),
+        ({"retries": -1}, "retries"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"failure_threshold": 1.5}, "failure_threshold"),
+        ({"cooloff_s": -1}, "cooloff_s"),
+        ({"retry_after_send": 1}, "retry_after_send"),
+        ({"binary_tensors": "yes"}, "binary_tensors"),
+        ({"protocol": "grpc"}, "protocol"),
+        ({"headers": {"Bad Name": "x"}}, "headers"),
+        ({"headers": {"Content-Type": "x"}}, "headers"),
+        ({"headers": {"X-Token": 5}}, "headers"),
+    ],
+)
+def test_invalid_values_name_the_field(arguments: dict[str, Any], field: str) -> None:
+    with pytest.raises(inprocserve.ConfigurationError, match=f"^RemoteModel {field}: "):
+        RemoteModel(**{"url": "http://127.0.0.1:8000", "model": "m", **arguments})
+
+
+def test_secrets_stay_out_of_repr_messages_and_status() -> None:
+    remote = RemoteModel(url="http://127.0.0.1:8000", model="m", headers={"Authorization": "Bearer s3cret"})
+    assert "s3cret" not in repr(remote)
+    assert remote.describe()["headers"] == {"Authorization": "***"}
+    with pytest.raises(inprocserve.ConfigurationError) as caught:
+        RemoteModel(url="http://user:pa55@127.0.0.1:8000", model="m")
+    assert "pa55" not in str(caught.value) and "header" in str(caught.value)
+    with pytest.raises(inprocserve.ConfigurationError) as caught:
+        RemoteModel(url="http://127.0.0.1", model="m", headers={"Authorization": "s3cret\r\nX: y"})
+    assert "s3cret" not in str(caught.value)
+
+
+def test_remote_toml_reads_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUD_TOKEN", "Bearer t0ken")
+    path = tmp_path / "remote.toml"
+    path.write_text(
+        'url = "http://127.0.0.1:8000"\nmodel = "fraud"\nversion = 3\ntimeout_s = 2\nconnect_timeout_s = 0.5\n'
+        "retries = 1\nconcurrency = 2\nfailure_threshold = 3\ncooloff_s = 10\nbinary_tensors = false\n"
+        '[headers]\nX-Tenant = "shop"\n[headers_from_env]\nAuthorization = "FRAUD_TOKEN"\n'
+    )
+    remote = read_remote_toml(path)
+    assert remote == RemoteModel(
+        url="http://127.0.0.1:8000",
+        model="fraud",
+        version="3",
+        timeout_s=2.0,
+        connect_timeout_s=0.5,
+        retries=1,
+        concurrency=2,
+        failure_threshold=3,
+        cooloff_s=10.0,
+        binary_tensors=False,
+        headers={"X-Tenant": "shop", "Authorization": "Bearer t0ken"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('model = "m"\n', "url"),
+        ('url = "http://h"\n', "model"),
+        ('url = "http://h"\nmodel = "m"\ntimeout = 3\n', "timeout"),
+        ('url = "http://h"\nmodel = "m"\ntimeout_s = -3\n', "timeout_s"),
+        ('url = "gopher://h"\nmodel = "m"\n', "url"),
+        ('url = "http://h"\nmodel = "m"\nheaders = 3\n', "headers"),
+        (
+            'url = "http://h"\nmodel = "m"\n[headers_from_env]\nAuthorization = "NO_SUCH_VARIABLE_SET"\n',
+            "headers_from_env",
+        ),
+    ],
+)
+def test_bad_remote_toml_names_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "remote.toml"
+    path.write_text(text)
+    with pytest.raises(inprocserve.ModelLoadError, match=f"remote.toml: .*'{key}") as caught:
+        read_remote_toml(path)
+    assert str(path) in str(caught.value)
+
+
+def test_remote_toml_that_is_not_toml(tmp_path: Path) -> None:
+    path = tmp_path / "remote.toml"
+    path.write_text("url = \n")
+    with pytest.raises(inprocserve.ModelLoadError, match="not valid TOML"):
+        read_remote_toml(path)
+
+
+def test_metadata_becomes_a_signature() -> None:
+    signature = signature_from_metadata(
+        {
+            "name": "m",
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [-1, 4]},
+                {"name": "ids", "datatype": "INT64", "shape": [-1]},
+                {"name": "text", "datatype": "BYTES", "shape": [-1, 1]},
+            ],
+            "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1, 2]}],
+        },
+        where="here",
+    )
+    assert [(s.name, s.onnx_type, s.dtype, s.shape) for s in signature.inputs] == [
+        ("x", "tensor(float)", np.dtype(np.float32), (None, 4)),
+        ("ids", "tensor(int64)", np.dtype(np.int64), (None,)),
+        ("text", "tensor(string)", np.dtype(object), (None, 1)),
+    ]
+    assert signature.outputs[0].onnx_type == "tensor(double)"
+    assert signature.batchable
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        [],
+        {"inputs": [], "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}]},
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}]},
+        {"inputs": [{"name": "x", "datatype": "COMPLEX", "shape": [-1]}], "outputs": [{"name": "y"}]},
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-2]}], "outputs": []},
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": "-1"}], "outputs": []},
+    ],
+)
+def test_unusable_metadata_is_a_load_error(document: object) -> None:
+    with pytest.raises(inprocserve.ModelLoadError, match=r"^here: "):
+        signature_from_metadata(document, where="here")

@@ -1,0 +1,126 @@
+"""A version folder that holds remote.toml instead of model.onnx is a version: the scan, the pre-fork check,
+the integrity check and the CLI accept it (the server is asked for its signature only where the CLI loads)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve.__main__ import main
+from inprocserve._cli_models import validate_repository
+from inprocserve._integrity import check_version
+from inprocserve._repository import is_remote, scan_repository
+from inprocserve.testing import build_scale_model, save_model
+
+from .test_remote_retries import Scripted
+
+
+def write_remote(repository: Path, name: str, version: int, text: str) -> Path:
+    path = repository / name / str(version) / "remote.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def scripted() -> Iterator[Scripted]:
+    server = Scripted()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_scan_takes_remote_versions_beside_local_ones(repository: Path) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    remote = write_remote(repository, "scale", 2, 'url = "http://127.0.0.1:9"\nmodel = "scale"\n')
+    scan = scan_repository(repository)
+    assert scan.problems == []
+    assert scan.models["scale"].versions == {1: repository / "scale" / "1" / "model.onnx", 2: remote}
+    assert is_remote(scan.models["scale"].versions[2]) and not is_remote(scan.models["scale"].versions[1])
+
+
+def test_a_version_with_both_files_is_skipped_with_a_problem(repository: Path) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    write_remote(repository, "scale", 1, 'url = "http://127.0.0.1:9"\nmodel = "scale"\n')
+    scan = scan_repository(repository)
+    assert scan.models["scale"].versions == {}
+    assert any("both model.onnx and remote.toml" in problem for problem in scan.problems)
+
+
+def test_a_linked_remote_toml_is_refused(repository: Path, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.toml"
+    target.write_text('url = "http://127.0.0.1:9"\nmodel = "scale"\n')
+    (repository / "scale" / "1").mkdir(parents=True)
+    (repository / "scale" / "1" / "remote.toml").symlink_to(target)
+    scan = scan_repository(repository)
+    assert scan.models["scale"].versions == {}
+    assert any("remote.toml is a symbolic link" in problem for problem in scan.problems)
+
+
+def test_check_version_reads_remote_toml(repository: Path) -> None:
+    good = write_remote(repository, "scale", 1, 'url = "http://127.0.0.1:9"\nmodel = "scale"\n')
+    check_version(good, model="scale", version=1)
+    bad = write_remote(repository, "scale", 2, 'url = "http://127.0.0.1:9"\nmodel = "scale"\nretries = -1\n')
+    with pytest.raises(inprocserve.ModelLoadError, match=r"model 'scale' version 2: .*remote\.toml: key 'retries'"):
+        check_version(bad, model="scale", version=2)
+
+
+def test_the_prefork_check_reads_remote_toml_without_contacting_the_server(repository: Path) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    write_remote(repository, "scale", 2, 'url = "http://127.0.0.1:9"\nmodel = "scale"\nversion = "4"\n')
+    all_versions = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+    report = inprocserve.check_repository(repository, config=all_versions)
+    assert report["models"]["scale"][2] == {"remote": "http://127.0.0.1:9/v2/models/scale/versions/4"}
+    assert report["models"]["scale"][1]["inputs"][0]["name"] == "x"
+    write_remote(repository, "scale", 2, 'url = "http://127.0.0.1:9"\n')
+    with pytest.raises(inprocserve.ModelLoadError, match="key 'model' is missing"):
+        inprocserve.check_repository(repository, config=all_versions)
+
+
+def test_cli_validate_asks_the_remote_server(repository: Path, scripted: Scripted) -> None:
+    write_remote(repository, "scale", 1, f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\n')
+    write_remote(repository, "other", 1, 'url = "http://127.0.0.1:9"\nmodel = "other"\nconnect_timeout_s = 0.2\n')
+    report = validate_repository(repository)
+    scale = report["models"]["scale"]["versions"]["1"]
+    assert scale["ok"] and scale["remote"] == f"http://127.0.0.1:{scripted.server_port}/v2/models/scale"
+    assert scale["signature"]["inputs"] == [{"name": "x", "type": "tensor(float)", "shape": [None, 4]}]
+    other = report["models"]["other"]["versions"]["1"]
+    assert not other["ok"] and "cannot connect" in other["error"]
+    assert not report["ok"]
+    json.dumps(report)  # the CLI prints it as JSON
+
+
+def test_cli_inspect_prints_a_remote_versions_signature(
+    repository: Path, scripted: Scripted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_remote(repository, "scale", 1, f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\n')
+    assert main(["inspect", str(path.parent)]) == 0
+    out = capsys.readouterr().out
+    assert f"served by http://127.0.0.1:{scripted.server_port}/v2/models/scale" in out
+    assert "x: tensor(float) [?, 4]" in out
+    assert main(["inspect", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"][0]["name"] == "y"
+    scripted.shutdown()
+    write_remote(repository, "scale", 1, 'url = "http://127.0.0.1:9"\nmodel = "scale"\nconnect_timeout_s = 0.2\n')
+    assert main(["inspect", str(path)]) == 1
+    assert "cannot connect" in capsys.readouterr().err
+
+
+def test_a_server_keeps_serving_local_versions_beside_a_remote_one(repository: Path, make_server: Any) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    write_remote(repository, "scale", 2, 'url = "http://127.0.0.1:9"\nmodel = "scale"\nconnect_timeout_s = 0.2\n')
+    all_versions = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+    server = make_server(repository=repository, config=all_versions)
+    assert 1 in server.models["scale"]
+    assert "2" in server.status()["models"]["scale"]["versions"]  # the remote version is listed, not skipped
+    np.testing.assert_array_equal(server.predict("scale", {"x": np.ones((1, 4), np.float32)}, version=1)["y"], 2.0)
