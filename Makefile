@@ -57,10 +57,13 @@ typecheck: install
 MLSERVER_VENV ?= .venv-mlserver
 MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
 
+# When PyPI cannot be reached the venv is removed again, so those tests skip (naming this target) instead
+# of failing the whole run.
 $(MLSERVER_STAMP):
-	$(PYTHON) -m venv $(MLSERVER_VENV)
-	$(MLSERVER_VENV)/bin/python -m pip install --quiet "mlserver>=1.6" "onnxruntime>=1.17.3" "numpy>=1.24"
-	touch $(MLSERVER_STAMP)
+	@{ $(PYTHON) -m venv $(MLSERVER_VENV) \
+		&& $(MLSERVER_VENV)/bin/python -m pip install --quiet "mlserver>=1.6" "onnxruntime>=1.17.3" "numpy>=1.24" \
+		&& touch $(MLSERVER_STAMP); } \
+		|| { rm -rf $(MLSERVER_VENV); echo "mlserver-venv: could not install MLServer; tests/test_remote_mlserver.py skips"; }
 
 mlserver-venv: $(MLSERVER_STAMP)
 
