@@ -50,7 +50,11 @@ class Backend(Protocol):
 
     model: str
     version: int
-    signature: Signature | None
+
+    @property
+    def signature(self) -> Signature | None:
+        """The model's inputs and outputs; ``None`` until known, and set before the first warm-up call."""
+        ...
 
     @property
     def kind(self) -> str:

@@ -171,6 +171,11 @@ class RemoteBackend:
     def providers(self) -> list[str]:
         return [f"remote:{self.remote.endpoint}"]
 
+    @property
+    def signature(self) -> Signature | None:
+        """The remote model's inputs and outputs, once :meth:`prepare` has read its metadata."""
+        return self._signature
+
     def prepare(self, warmup: Callable[[Any], None] | None = None, *, probe_rows: int = 1) -> Signature:
         """Read the remote model's metadata and check that it is ready; run ``warmup`` on every slot.
 
