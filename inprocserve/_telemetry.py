@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_state
-from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode, get_current_span
 
 from ._errors import (
     DeadlineExceededError,
@@ -40,6 +40,7 @@ __all__ = [
     "SPAN_PREDICT",
     "SPAN_SHADOW",
     "Metrics",
+    "Recorder",
     "end_request_span",
     "outcome",
     "resident_memory_bytes",
@@ -47,6 +48,7 @@ __all__ = [
     "start_request_span",
     "start_shadow_span",
     "tracer",
+    "unsampled_child_dropped",
 ]
 
 _SCOPE = "inprocserve"
@@ -171,11 +173,64 @@ def _short(value: object) -> str:
     return text if len(text) <= _MAX_ATTRIBUTE_CHARS else text[: _MAX_ATTRIBUTE_CHARS - 1] + "…"
 
 
-def start_request_span(model: str) -> Span:
-    """The span of one predict/submit/apredict call: a child of whatever span is current."""
+def start_request_span(model: str, attributes: Mapping[str, Any] | None = None) -> Span:
+    """The span of one predict/submit/apredict call: a child of whatever span is current.
+
+    No span is made (``INVALID_SPAN`` is returned) when the SDK would make a non-recording one for certain:
+    see :func:`unsampled_child_dropped`. ``attributes`` (``{ATTR_MODEL: model}`` if omitted) lets a caller
+    pass a dict it built once per model."""
     if trace._TRACER_PROVIDER is None:
         return INVALID_SPAN
-    return _TRACER.start_span(SPAN_PREDICT, kind=SpanKind.INTERNAL, attributes={ATTR_MODEL: model})
+    parent = get_current_span().get_span_context()
+    if parent.is_valid and not parent.trace_flags.sampled and unsampled_child_dropped(remote=parent.is_remote):
+        return INVALID_SPAN
+    return _TRACER.start_span(
+        SPAN_PREDICT, kind=SpanKind.INTERNAL, attributes=attributes if attributes is not None else {ATTR_MODEL: model}
+    )
+
+
+# What the installed SDK sampler does with a child of an unsampled parent: (provider, local, remote) where
+# local/remote say "drops it for certain". Computed once per tracer provider (one is installed per process).
+_sampling_rule: tuple[object, bool, bool] = (None, False, False)
+
+
+def unsampled_child_dropped(*, remote: bool) -> bool:
+    """Whether the installed tracer provider's sampler drops every child of an unsampled parent (a remote
+    one: from a ``traceparent`` header; else local), whatever its name, attributes or trace id.
+
+    True only for the OpenTelemetry SDK's ``ParentBased`` sampler whose sampler for that case is the static
+    drop sampler (``ALWAYS_OFF``: the SDK's default, and what ``ParentBased(TraceIdRatioBased(r))`` uses),
+    and for ``ALWAYS_OFF`` itself. Then the SDK would make a non-recording span that nothing reads, at the
+    cost of a span id and a sampler call, so the library makes none. With any other sampler (a custom one
+    may record children of unsampled parents, or decide at random) the SDK is asked for every span.
+    """
+    global _sampling_rule
+    provider = trace._TRACER_PROVIDER
+    rule = _sampling_rule
+    if rule[0] is not provider:
+        rule = _sampling_rule = (provider, *_drops_unsampled_children(getattr(provider, "sampler", None)))
+    return rule[2] if remote else rule[1]
+
+
+def _drops_unsampled_children(sampler: object) -> tuple[bool, bool]:
+    if sampler is None:
+        return False, False
+    try:
+        from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSampler
+    except ImportError:  # a provider that is not the SDK's: ask it for every span
+        return False, False
+
+    def drops(candidate: object) -> bool:
+        return isinstance(candidate, StaticSampler) and getattr(candidate, "_decision", None) is Decision.DROP
+
+    if drops(sampler):
+        return True, True
+    if isinstance(sampler, ParentBased):
+        return (
+            drops(getattr(sampler, "_local_parent_not_sampled", None)),
+            drops(getattr(sampler, "_remote_parent_not_sampled", None)),
+        )
+    return False, False
 
 
 def end_request_span(
@@ -222,7 +277,7 @@ def end_request_span(
 def start_batch_span(model: str, version: int, request_spans: Iterable[Span | None]) -> Span:
     """The span of one executed batch: a root span with a link to every request span it served (one batch
     serves many traces, so it cannot have one parent)."""
-    links = [Link(span.get_span_context()) for span in request_spans if span is not None]
+    links = _links(request_spans)
     return _TRACER.start_span(
         SPAN_BATCH,
         context=Context(),
@@ -230,6 +285,18 @@ def start_batch_span(model: str, version: int, request_spans: Iterable[Span | No
         links=links,
         attributes={ATTR_MODEL: model, ATTR_VERSION: version},
     )
+
+
+def _links(spans: Iterable[Span | None]) -> list[Link]:
+    """Links to the sampled spans among ``spans``: a link to a span that no backend received leads nowhere,
+    and each costs the SDK an object and a slot in the span's bounded link list."""
+    links = []
+    for span in spans:
+        if span is not None:
+            context = span.get_span_context()
+            if context.trace_flags.sampled:
+                links.append(Link(context))
+    return links
 
 
 def end_batch_span(span: Span, *, rows: int, requests: int, compute_s: float, error: BaseException | None) -> None:
@@ -242,7 +309,7 @@ def end_batch_span(span: Span, *, rows: int, requests: int, compute_s: float, er
 
 
 def start_shadow_span(model: str, version: int, primary: Span | None) -> Span:
-    links = [Link(primary.get_span_context())] if primary is not None else []
+    links = _links(() if primary is None else (primary,))
     return tracer().start_span(
         SPAN_SHADOW,
         context=Context(),
@@ -369,3 +436,93 @@ class Metrics:
 
 
 METRICS = Metrics()
+
+
+class Recorder:
+    """The telemetry of one model version, bound once so the request path builds nothing.
+
+    The OpenTelemetry SDK copies, validates and hashes the attributes of every metric record (a few
+    microseconds per record, more per attribute) and makes a span id and asks the sampler for every span.
+    A recorder holds the attribute dicts of its version, built once (those of finished requests once per
+    variant and error class), and records only what each event adds:
+
+    * per request: ``inprocserve.request.duration``; ``inprocserve.request.queue_wait`` if it waited in a
+      queue; ``inprocserve.requests.deadline_exceeded`` if it missed its deadline;
+    * per batch run by a worker: ``inprocserve.batch.size`` and ``inprocserve.batch.duration``. A request
+      run at once on its caller's thread (a lone request on an idle server) is not a batch: its rows and
+      compute time are on its span, and its time in ``inprocserve.request.duration``.
+
+    Thread-safe: the cached dicts are only read after they are built, and never changed.
+
+    Args:
+        model: The model name.
+        version: The version number.
+        metrics: The instruments (the process's ``METRICS`` if omitted).
+    """
+
+    __slots__ = ("_finished", "_metrics", "attributes", "model", "span_attributes", "version")
+
+    def __init__(self, model: str, version: int, *, metrics: Metrics | None = None) -> None:
+        self.model = model
+        self.version = version
+        self._metrics = metrics if metrics is not None else METRICS
+        self.attributes: Mapping[str, Any] = {ATTR_MODEL: model, ATTR_VERSION: version}
+        self.span_attributes: Mapping[str, Any] = {ATTR_MODEL: model}
+        self._finished: dict[tuple[str | None, type[BaseException] | None], Mapping[str, Any]] = {}
+
+    def start_request_span(self) -> Span:
+        """The span of one request to this model (``INVALID_SPAN`` without an SDK, or when it would not be
+        recorded for certain: see :func:`unsampled_child_dropped`)."""
+        return start_request_span(self.model, self.span_attributes)
+
+    def finished_attributes(self, variant: str | None, error: BaseException | None) -> Mapping[str, Any]:
+        """The attributes of ``inprocserve.request.duration``: model, version, variant, outcome and, for a
+        failed request, ``error.type`` (the exception's class name)."""
+        key = (variant, None if error is None else type(error))
+        attributes = self._finished.get(key)
+        if attributes is None:
+            built: dict[str, Any] = {ATTR_MODEL: self.model, ATTR_VERSION: self.version}
+            if variant is not None:
+                built[ATTR_VARIANT] = variant
+            built[ATTR_OUTCOME] = outcome(error)
+            if error is not None:
+                built[ATTR_ERROR_TYPE] = type(error).__name__
+            attributes = built
+            if len(self._finished) < _MAX_CACHED_ATTRIBUTE_SETS:  # variants x error classes: bounded anyway
+                self._finished[key] = attributes
+        return attributes
+
+    def request_finished(
+        self,
+        duration_s: float,
+        *,
+        variant: str | None,
+        error: BaseException | None,
+        queue_wait_s: float | None = None,
+    ) -> None:
+        """Record one finished request: its duration (from the call to the answer), its queue wait if it
+        waited in a queue, and a deadline miss. No-op until the application installs a meter provider."""
+        if _metrics_state._METER_PROVIDER is None:
+            return
+        metrics = self._metrics
+        metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
+        if queue_wait_s is not None:
+            metrics.queue_wait.record(queue_wait_s, self.attributes)
+        if error is not None and isinstance(error, DeadlineExceededError):
+            metrics.deadlines.add(1, self.attributes)
+
+    def batch_finished(self, rows: int, compute_s: float, *, inline: bool) -> None:
+        """Record one ``session.run`` of ``rows`` rows that took ``compute_s``; nothing for a request run
+        ``inline`` on its caller's thread (see the class docstring)."""
+        if inline or _metrics_state._METER_PROVIDER is None:
+            return
+        self._metrics.batch_size.record(rows, self.attributes)
+        self._metrics.batch_duration.record(compute_s, self.attributes)
+
+    def shed(self) -> None:
+        """Count one request refused with ``OverloadedError``."""
+        if _metrics_state._METER_PROVIDER is not None:
+            self._metrics.shed.add(1, self.attributes)
+
+
+_MAX_CACHED_ATTRIBUTE_SETS = 1_000
