@@ -345,6 +345,12 @@ class Metrics:
             description="Time a request waited for its batch to start",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
+        self.batch_queue_wait = meter.create_histogram(
+            "inprocserve.batch.queue_wait",
+            unit="s",
+            description="Time the longest-waiting request of a batch waited for the batch to start",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+        )
         self.batch_size = meter.create_histogram(
             "inprocserve.batch.size",
             unit="{row}",
@@ -446,11 +452,17 @@ class Recorder:
     A recorder holds the attribute dicts of its version, built once (those of finished requests once per
     variant and error class), and records only what each event adds:
 
-    * per request: ``inprocserve.request.duration``; ``inprocserve.request.queue_wait`` if it waited in a
-      queue; ``inprocserve.requests.deadline_exceeded`` if it missed its deadline;
-    * per batch run by a worker: ``inprocserve.batch.size`` and ``inprocserve.batch.duration``. A request
-      run at once on its caller's thread (a lone request on an idle server) is not a batch: its rows and
-      compute time are on its span, and its time in ``inprocserve.request.duration``.
+    * per request: ``inprocserve.request.duration``, and ``inprocserve.requests.deadline_exceeded`` if it
+      missed its deadline;
+    * per batch run by a worker: ``inprocserve.batch.size``, ``inprocserve.batch.duration`` and
+      ``inprocserve.batch.queue_wait`` (how long its longest-waiting request waited: what the flush policy
+      bounds, and what grows when the sessions cannot keep up). A request run at once on its caller's
+      thread (a lone request on an idle server) is not a batch: its rows and compute time are on its span,
+      and its time in ``inprocserve.request.duration``.
+
+    Each request's own queue wait is on its span (``inprocserve.request.queue_wait_s``). A histogram record
+    per request for it would double the metric cost of every queued request; ``request_finished`` still
+    takes ``queue_wait_s`` for the per-request ``inprocserve.request.queue_wait`` of earlier releases.
 
     Thread-safe: the cached dicts are only read after they are built, and never changed.
 
@@ -500,8 +512,9 @@ class Recorder:
         error: BaseException | None,
         queue_wait_s: float | None = None,
     ) -> None:
-        """Record one finished request: its duration (from the call to the answer), its queue wait if it
-        waited in a queue, and a deadline miss. No-op until the application installs a meter provider."""
+        """Record one finished request: its duration (from the call to the answer) and a deadline miss;
+        ``queue_wait_s``: also record it in the per-request ``inprocserve.request.queue_wait`` (see the class
+        docstring). No-op until the application installs a meter provider."""
         if _metrics_state._METER_PROVIDER is None:
             return
         metrics = self._metrics
@@ -511,13 +524,17 @@ class Recorder:
         if error is not None and isinstance(error, DeadlineExceededError):
             metrics.deadlines.add(1, self.attributes)
 
-    def batch_finished(self, rows: int, compute_s: float, *, inline: bool) -> None:
-        """Record one ``session.run`` of ``rows`` rows that took ``compute_s``; nothing for a request run
-        ``inline`` on its caller's thread (see the class docstring)."""
+    def batch_finished(self, rows: int, compute_s: float, *, inline: bool, queue_wait_s: float | None = None) -> None:
+        """Record one ``session.run`` of ``rows`` rows that took ``compute_s``, started ``queue_wait_s``
+        after its longest-waiting request was queued; nothing for a request run ``inline`` on its caller's
+        thread (see the class docstring)."""
         if inline or _metrics_state._METER_PROVIDER is None:
             return
-        self._metrics.batch_size.record(rows, self.attributes)
-        self._metrics.batch_duration.record(compute_s, self.attributes)
+        metrics = self._metrics
+        metrics.batch_size.record(rows, self.attributes)
+        metrics.batch_duration.record(compute_s, self.attributes)
+        if queue_wait_s is not None:
+            metrics.batch_queue_wait.record(queue_wait_s, self.attributes)
 
     def shed(self) -> None:
         """Count one request refused with ``OverloadedError``."""

@@ -146,12 +146,14 @@ def test_a_recorder_records_worker_batches_not_lone_inline_runs(otel: Otel) -> N
     recorder = Recorder("batches", 1)
     recorder.batch_finished(1, 0.001, inline=True)
     assert not _points(otel, "inprocserve.batch.size", "batches")
-    recorder.batch_finished(8, 0.003, inline=False)
-    recorder.batch_finished(2, 0.001, inline=False)
+    recorder.batch_finished(8, 0.003, inline=False, queue_wait_s=0.002)
+    recorder.batch_finished(2, 0.001, inline=False, queue_wait_s=0.0005)
     (size,) = _points(otel, "inprocserve.batch.size", "batches")
     assert size.count == 2 and size.sum == 10 and size.max == 8
     (duration,) = _points(otel, "inprocserve.batch.duration", "batches")
     assert duration.count == 2 and duration.sum == pytest.approx(0.004)
+    (wait,) = _points(otel, "inprocserve.batch.queue_wait", "batches")
+    assert wait.count == 2 and wait.max == pytest.approx(0.002)
 
 
 def test_a_recorder_builds_each_attribute_set_once(otel: Otel) -> None:
