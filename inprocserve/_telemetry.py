@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -397,6 +400,7 @@ class Metrics:
             description="New versions held back from the default because their signature breaks callers",
         )
         self._gauges: list[Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]] = []
+        self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
         meter.create_observable_gauge(
             "inprocserve.queue.depth", callbacks=[self._observe("queue")], unit="{row}", description="Rows queued"
         )
@@ -423,6 +427,17 @@ class Metrics:
             description="Growth of the process's resident memory while a model version loaded and warmed up",
         )
 
+    def add_recorder(self, recorder: Recorder) -> None:
+        """Flush ``recorder``'s pending records before every collection (kept while it is alive)."""
+        self._recorders.add(recorder)
+
+    def flush(self) -> None:
+        """Record what every recorder holds: called by the SDK's collection, through the observable gauges'
+        callback (the SDK runs those before it reads the synchronous instruments), so each export holds
+        every request finished before it."""
+        for recorder in list(self._recorders):
+            recorder.flush()
+
     def add_source(self, source: Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]) -> None:
         """Register a callable yielding (gauge kind, value, attributes) for the observable gauges."""
         self._gauges.append(source)
@@ -433,6 +448,8 @@ class Metrics:
 
     def _observe(self, kind: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
+            if kind == "queue":  # the first gauge's callback: once per collection
+                self.flush()
             for source in list(self._gauges):
                 for gauge, value, attributes in source():
                     if gauge == kind:
@@ -464,6 +481,15 @@ class Recorder:
     per request for it would double the metric cost of every queued request; ``request_finished`` still
     takes ``queue_wait_s`` for the per-request ``inprocserve.request.queue_wait`` of earlier releases.
 
+    Request durations are recorded by one thread at a time: a request's thread appends its duration to a
+    queue and, unless another thread is recording already, records the queue (its own and any others');
+    a thread that finds one at it leaves its duration to that one and returns. Under load, many threads
+    otherwise meet in the SDK's per-attribute-set lock, and each meeting costs thread switches on top of
+    the record. Nothing is lost or changed: every duration is recorded once, with its own value and
+    attributes, and the metric reader records what is left before each collection (``Metrics.flush``), so
+    an export holds every request finished before it. A sampled request's duration is recorded on its own
+    thread, in its context, which the SDK's exemplars read.
+
     Thread-safe: the cached dicts are only read after they are built, and never changed.
 
     Args:
@@ -472,7 +498,17 @@ class Recorder:
         metrics: The instruments (the process's ``METRICS`` if omitted).
     """
 
-    __slots__ = ("_finished", "_metrics", "attributes", "model", "span_attributes", "version")
+    __slots__ = (
+        "__weakref__",
+        "_draining",
+        "_finished",
+        "_metrics",
+        "_pending",
+        "attributes",
+        "model",
+        "span_attributes",
+        "version",
+    )
 
     def __init__(self, model: str, version: int, *, metrics: Metrics | None = None) -> None:
         self.model = model
@@ -481,6 +517,11 @@ class Recorder:
         self.attributes: Mapping[str, Any] = {ATTR_MODEL: model, ATTR_VERSION: version}
         self.span_attributes: Mapping[str, Any] = {ATTR_MODEL: model}
         self._finished: dict[tuple[str | None, type[BaseException] | None], Mapping[str, Any]] = {}
+        self._pending: deque[tuple[float, Mapping[str, Any]]] = deque()  # request durations not yet recorded
+        self._draining = threading.Lock()  # held by the one thread that records the pending durations
+        self._metrics.add_recorder(self)
+        # a version unloaded between two collections still delivers what it holds
+        weakref.finalize(self, _record_durations, self._pending, self._metrics.request_duration)
 
     def start_request_span(self) -> Span:
         """The span of one request to this model (``INVALID_SPAN`` without an SDK, or when it would not be
@@ -511,6 +552,7 @@ class Recorder:
         variant: str | None,
         error: BaseException | None,
         queue_wait_s: float | None = None,
+        span: Span | None = None,
     ) -> None:
         """Record one finished request: its duration (from the call to the answer) and a deadline miss;
         ``queue_wait_s``: also record it in the per-request ``inprocserve.request.queue_wait`` (see the class
@@ -518,11 +560,31 @@ class Recorder:
         if _metrics_state._METER_PROVIDER is None:
             return
         metrics = self._metrics
-        metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
+        if span is not None and span.is_recording():  # recorded here, in its context: the SDK's exemplars
+            metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
+        else:
+            self._pending.append((duration_s, self.finished_attributes(variant, error)))
+            if self._draining.acquire(blocking=False):  # else the thread recording now takes this one too
+                try:
+                    self._record_pending()
+                finally:
+                    self._draining.release()
         if queue_wait_s is not None:
             metrics.queue_wait.record(queue_wait_s, self.attributes)
         if error is not None and isinstance(error, DeadlineExceededError):
             metrics.deadlines.add(1, self.attributes)
+
+    def _record_pending(self) -> None:
+        _record_durations(self._pending, self._metrics.request_duration)
+
+    def flush(self, timeout_s: float = 1.0) -> None:
+        """Record the durations still pending (the metric reader calls this before each collection, through
+        ``Metrics``), waiting up to ``timeout_s`` for a thread that is recording them now."""
+        if self._draining.acquire(timeout=timeout_s):
+            try:
+                self._record_pending()
+            finally:
+                self._draining.release()
 
     def batch_finished(self, rows: int, compute_s: float, *, inline: bool, queue_wait_s: float | None = None) -> None:
         """Record one ``session.run`` of ``rows`` rows that took ``compute_s``, started ``queue_wait_s``
@@ -542,4 +604,14 @@ class Recorder:
             self._metrics.shed.add(1, self.attributes)
 
 
+def _record_durations(pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram) -> None:
+    for _ in range(_MAX_RECORDS_PER_TURN):
+        try:
+            duration_s, attributes = pending.popleft()
+        except IndexError:
+            return
+        histogram.record(duration_s, attributes)
+
+
 _MAX_CACHED_ATTRIBUTE_SETS = 1_000
+_MAX_RECORDS_PER_TURN = 1_024  # one thread's turn at recording others' durations is bounded

@@ -3,6 +3,7 @@ recorded, links only to sampled spans, and per-version recorders whose metric re
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,34 @@ def test_a_recorder_builds_each_attribute_set_once(otel: Otel) -> None:
     assert recorder.finished_attributes("stable", ValueError("other")) is first
     assert first["inprocserve.outcome"] == "client_error" and first["error.type"] == "ValueError"
     assert recorder.finished_attributes("stable", None) is not first
+
+
+def test_durations_from_many_threads_are_all_recorded_by_the_next_collection(otel: Otel) -> None:
+    recorder = Recorder("threads", 1)
+    barrier = threading.Barrier(8)
+
+    def finish_requests(index: int) -> None:
+        barrier.wait()
+        for _ in range(500):
+            recorder.request_finished(0.001 * (index + 1), variant="stable", error=None)
+
+    threads = [threading.Thread(target=finish_requests, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    (point,) = _points(otel, "inprocserve.request.duration", "threads")
+    assert point.count == 4000
+    assert point.sum == pytest.approx(sum(0.001 * (index + 1) * 500 for index in range(8)))
+    assert point.min == pytest.approx(0.001) and point.max == pytest.approx(0.008)
+
+
+def test_a_collection_records_what_another_thread_left_pending(otel: Otel) -> None:
+    recorder = Recorder("pending", 1)
+    with recorder._draining:  # another thread is recording: this one leaves its duration pending
+        recorder.request_finished(0.25, variant="stable", error=None)
+        collecting = threading.Thread(target=otel.metric_points, args=("inprocserve.request.duration",))
+        collecting.start()  # the collection waits for the recording thread, then records what is left
+    collecting.join(timeout=60)
+    (point,) = _points(otel, "inprocserve.request.duration", "pending")
+    assert point.count == 1 and point.sum == pytest.approx(0.25)
