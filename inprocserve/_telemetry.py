@@ -75,6 +75,8 @@ ATTR_SHADOW_VERSION = "inprocserve.shadow.version"
 ATTR_SHADOW_DIFF = "inprocserve.shadow.max_abs_diff"
 ATTR_SHADOW_AGREEMENT = "inprocserve.shadow.label_agreement"
 ATTR_ERROR_TYPE = "error.type"  # semantic convention
+ATTR_CACHE_RESULT = "inprocserve.cache.result"
+CACHE_RESULTS = ("hit", "miss", "shared")
 
 EVENT_FLAG = "feature_flag.evaluation"  # semantic convention (feature flags)
 ATTR_FLAG_KEY = "feature_flag.key"
@@ -500,6 +502,7 @@ class Recorder:
 
     __slots__ = (
         "__weakref__",
+        "_cache_attributes",
         "_draining",
         "_finished",
         "_metrics",
@@ -517,6 +520,9 @@ class Recorder:
         self.attributes: Mapping[str, Any] = {ATTR_MODEL: model, ATTR_VERSION: version}
         self.span_attributes: Mapping[str, Any] = {ATTR_MODEL: model}
         self._finished: dict[tuple[str | None, type[BaseException] | None], Mapping[str, Any]] = {}
+        self._cache_attributes: dict[str, Mapping[str, Any]] = {
+            result: {ATTR_MODEL: model, ATTR_VERSION: version, ATTR_CACHE_RESULT: result} for result in CACHE_RESULTS
+        }
         self._pending: deque[tuple[float, Mapping[str, Any]]] = deque()  # request durations not yet recorded
         self._draining = threading.Lock()  # held by the one thread that records the pending durations
         self._metrics.add_recorder(self)
@@ -597,6 +603,12 @@ class Recorder:
         metrics.batch_duration.record(compute_s, self.attributes)
         if queue_wait_s is not None:
             metrics.batch_queue_wait.record(queue_wait_s, self.attributes)
+
+    def cache_lookup(self, result: str) -> None:
+        """Count one lookup in the version's prediction cache: ``hit``, ``miss`` or ``shared`` (it followed
+        an identical request in flight)."""
+        if _metrics_state._METER_PROVIDER is not None:
+            self._metrics.cache.add(1, self._cache_attributes[result])
 
     def shed(self) -> None:
         """Count one request refused with ``OverloadedError``."""

@@ -194,3 +194,15 @@ def test_a_collection_records_what_another_thread_left_pending(otel: Otel) -> No
     collecting.join(timeout=60)
     (point,) = _points(otel, "inprocserve.request.duration", "pending")
     assert point.count == 1 and point.sum == pytest.approx(0.25)
+
+
+def test_a_recorder_counts_cache_lookups_by_result(otel: Otel) -> None:
+    recorder = Recorder("cache", 2)
+    for result in ("hit", "hit", "miss", "shared"):
+        recorder.cache_lookup(result)
+    counts = {
+        p.attributes["inprocserve.cache.result"]: p.value for p in _points(otel, "inprocserve.cache.requests", "cache")
+    }
+    assert counts == {"hit": 2, "miss": 1, "shared": 1}
+    with pytest.raises(KeyError):
+        recorder.cache_lookup("stale")  # a bounded set of values: a typo fails loudly
