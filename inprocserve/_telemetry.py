@@ -527,7 +527,7 @@ class Recorder:
         self._draining = threading.Lock()  # held by the one thread that records the pending durations
         self._metrics.add_recorder(self)
         # a version unloaded between two collections still delivers what it holds
-        weakref.finalize(self, _record_durations, self._pending, self._metrics.request_duration)
+        weakref.finalize(self, _record_all, self._pending, self._metrics.request_duration)
 
     def start_request_span(self) -> Span:
         """The span of one request to this model (``INVALID_SPAN`` without an SDK, or when it would not be
@@ -569,10 +569,13 @@ class Recorder:
         if span is not None and span.is_recording():  # recorded here, in its context: the SDK's exemplars
             metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
         else:
-            self._pending.append((duration_s, self.finished_attributes(variant, error)))
-            if self._draining.acquire(blocking=False):  # else the thread recording now takes this one too
+            pending = self._pending
+            pending.append((duration_s, self.finished_attributes(variant, error)))
+            if len(pending) > _MAX_PENDING:  # the recording thread is starved of the GIL: wait for it
+                self.flush()
+            elif self._draining.acquire(blocking=False):  # else the thread recording now takes this one too
                 try:
-                    self._record_pending()
+                    _record_durations(pending, metrics.request_duration, _RECORDS_PER_TURN)
                 finally:
                     self._draining.release()
         if queue_wait_s is not None:
@@ -580,15 +583,12 @@ class Recorder:
         if error is not None and isinstance(error, DeadlineExceededError):
             metrics.deadlines.add(1, self.attributes)
 
-    def _record_pending(self) -> None:
-        _record_durations(self._pending, self._metrics.request_duration)
-
     def flush(self, timeout_s: float = 1.0) -> None:
-        """Record the durations still pending (the metric reader calls this before each collection, through
+        """Record every duration pending now (the metric reader calls this before each collection, through
         ``Metrics``), waiting up to ``timeout_s`` for a thread that is recording them now."""
         if self._draining.acquire(timeout=timeout_s):
             try:
-                self._record_pending()
+                _record_durations(self._pending, self._metrics.request_duration, len(self._pending))
             finally:
                 self._draining.release()
 
@@ -616,8 +616,11 @@ class Recorder:
             self._metrics.shed.add(1, self.attributes)
 
 
-def _record_durations(pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram) -> None:
-    for _ in range(_MAX_RECORDS_PER_TURN):
+def _record_durations(
+    pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram, count: int
+) -> None:
+    """Record up to ``count`` pending durations, oldest first."""
+    for _ in range(count):
         try:
             duration_s, attributes = pending.popleft()
         except IndexError:
@@ -625,5 +628,15 @@ def _record_durations(pending: deque[tuple[float, Mapping[str, Any]]], histogram
         histogram.record(duration_s, attributes)
 
 
+def _record_all(pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram) -> None:
+    _record_durations(pending, histogram, len(pending))
+
+
 _MAX_CACHED_ATTRIBUTE_SETS = 1_000
-_MAX_RECORDS_PER_TURN = 1_024  # one thread's turn at recording others' durations is bounded
+# A request's thread records at most this many durations per turn (its own and up to 63 others': under
+# a millisecond added to its answer), so a backlog left while the recording thread waited for the GIL
+# drains over the next requests.
+_RECORDS_PER_TURN = 64
+# A thread that finds this many durations pending waits for the recording thread (then records them
+# itself): memory stays bounded even when a recording thread (the metric reader's) seldom gets the GIL.
+_MAX_PENDING = 4_096

@@ -206,3 +206,27 @@ def test_a_recorder_counts_cache_lookups_by_result(otel: Otel) -> None:
     assert counts == {"hit": 2, "miss": 1, "shared": 1}
     with pytest.raises(KeyError):
         recorder.cache_lookup("stale")  # a bounded set of values: a typo fails loudly
+
+
+def test_a_backlog_stays_bounded_while_the_recording_thread_waits(otel: Otel) -> None:
+    recorder = Recorder("backlog", 1)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # a recording thread that does not get to run (the GIL went elsewhere)
+        with recorder._draining:
+            held.set()
+            release.wait(timeout=30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(timeout=30)
+    total = _telemetry._MAX_PENDING + 100
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    for _ in range(total):
+        recorder.request_finished(0.001, variant="stable", error=None)
+    holder.join(timeout=30)
+    timer.join(timeout=30)
+    assert len(recorder._pending) <= _telemetry._MAX_PENDING
+    (point,) = _points(otel, "inprocserve.request.duration", "backlog")
+    assert point.count == total
