@@ -1,59 +1,145 @@
-"""Cost of telemetry: the coalescing load with the OpenTelemetry SDK installed (every span recorded and
-exported by a batch processor, every metric aggregated) against the same load with no SDK.
+"""Cost of telemetry: the closed-loop load with the OpenTelemetry SDK installed as production runs it,
+against the same load with no SDK.
 
-An SDK can be installed only once per process, so each measurement runs in a child process; the two
-modes alternate (off, on, off, on ...) so machine drift hits both alike. Writes
+The SDK is configured as a service would: a ``TracerProvider`` with a ``BatchSpanProcessor`` (its exporter
+discards: export cost is the backend's, this measures the library and the SDK) and a ``MeterProvider`` with
+a ``PeriodicExportingMetricReader`` (every 5 s, to an exporter that discards). Modes:
+
+* ``off``: no SDK (the library's default situation);
+* ``on``: every span recorded (``ALWAYS_ON``);
+* ``sampled``: ``ParentBased(TraceIdRatioBased(0.01))``, each ``predict`` a root span (1 % recorded);
+* ``web``: the same sampler, each ``predict`` called inside a web request's span context, 1 in 100 of them
+  sampled, as when a web framework's instrumentation (or an upstream ``traceparent``) made the request's
+  span. The contexts are built before the load; attaching one per call (about a microsecond) is counted
+  against this mode.
+
+An SDK can be installed only once per process, so each measurement runs in a child process; the modes
+alternate (off, on, sampled, web, off ...) so machine drift hits them alike. With ``--baseline DIR`` (a
+folder holding another ``inprocserve`` package, e.g. ``git archive REV inprocserve | tar -x -C DIR``) every
+mode also runs against that code, interleaved, for a before/after comparison in one run. Writes
 benchmarks/results/telemetry_overhead.{json,md}.
 
-    python benchmarks/telemetry_overhead.py [--rounds 3] [--seconds 3]
+    python benchmarks/telemetry_overhead.py [--rounds 3] [--seconds 3] [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from _common import RESULTS, build_reference, closed_loop, input_rows, machine
 
-import inprocserve
-
 CHILD = "child"
+MODES = ("off", "on", "sampled", "web")
+ROOT = Path(__file__).resolve().parent.parent
+WEB_SAMPLED_EVERY = 100  # 1 % of web requests sampled upstream
+
+
+def install_sdk(mode: str) -> None:
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    class DiscardSpans(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    class DiscardMetrics(MetricExporter):
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            pass
+
+    sampler = ALWAYS_ON if mode == "on" else ParentBased(TraceIdRatioBased(0.01))
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(BatchSpanProcessor(DiscardSpans()))
+    trace.set_tracer_provider(provider)
+    reader = PeriodicExportingMetricReader(DiscardMetrics(), export_interval_millis=5_000)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+
+
+def under_web_spans(call: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``call`` run inside a web request's span context; every 100th of them sampled."""
+    import itertools
+    import random
+
+    from opentelemetry import context, trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    rng = random.Random(7)
+    contexts = [
+        trace.set_span_in_context(
+            NonRecordingSpan(
+                SpanContext(
+                    rng.getrandbits(128),
+                    rng.getrandbits(64),
+                    is_remote=True,
+                    trace_flags=TraceFlags(TraceFlags.SAMPLED if i % WEB_SAMPLED_EVERY == 0 else TraceFlags.DEFAULT),
+                )
+            )
+        )
+        for i in range(10 * WEB_SAMPLED_EVERY)
+    ]
+    turns = itertools.cycle(contexts)
+
+    def wrapped(x: Any) -> Any:
+        token = context.attach(next(turns))
+        try:
+            return call(x)
+        finally:
+            context.detach(token)
+
+    return wrapped
 
 
 def child(mode: str, model: str, clients: int, seconds: float) -> None:
-    if mode in ("on", "sampled"):
-        from opentelemetry import metrics, trace
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    if mode != "off":
+        install_sdk(mode)
+    import inprocserve
 
-        class Discard(SpanExporter):  # export cost is the backend's; this measures the library and the SDK
-            def export(self, spans: Any) -> SpanExportResult:
-                return SpanExportResult.SUCCESS
-
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-
-        # "sampled": 1 % of traces recorded, as a busy service would run; metrics are always complete
-        provider = (
-            TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01))) if mode == "sampled" else TracerProvider()
-        )
-        provider.add_span_processor(BatchSpanProcessor(Discard()))
-        trace.set_tracer_provider(provider)
-        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
     with tempfile.TemporaryDirectory() as folder:
         build_reference(model, Path(folder))
         with inprocserve.Server(folder) as server:
             rows = input_rows(model, clients)
-            closed_loop("warm", model, clients, lambda x: server.predict(model, {"x": x}), rows, 0.5)
-            result = closed_loop(mode, model, clients, lambda x: server.predict(model, {"x": x}), rows, seconds)
-    print(json.dumps(vars(result)))
+
+            def call(x: Any) -> Any:
+                return server.predict(model, {"x": x})
+
+            if mode == "web":
+                call = under_web_spans(call)
+            closed_loop("warm", model, clients, call, rows, 0.5)
+            result = closed_loop(mode, model, clients, call, rows, seconds)
+    print(json.dumps(vars(result) | {"inprocserve": inprocserve.__file__}))
+
+
+def run_child(code: Path, mode: str, model: str, clients: str, seconds: float) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(code))
+    out = subprocess.run(
+        [sys.executable, __file__, CHILD, mode, model, clients, str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    if not result["inprocserve"].startswith(str(code)):
+        raise RuntimeError(f"the child imported {result['inprocserve']}, not the code under {code}")
+    return result
 
 
 def main() -> None:
@@ -61,38 +147,39 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--points", default="mlp-small:1,mlp-small:64,mlp-large:64")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--baseline", type=Path, help="a folder holding the inprocserve package to compare with")
     args = parser.parse_args()
+    modes = args.modes.split(",")
+    trees = {"now": ROOT}
+    if args.baseline is not None:
+        trees = {"before": args.baseline.resolve(), "now": ROOT}
     results: dict[str, Any] = {"machine": machine(), "settings": vars(args).copy(), "points": {}}
+    results["settings"]["baseline"] = str(args.baseline) if args.baseline else None
     for point in args.points.split(","):
         model, clients = point.split(":")
-        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": [], "sampled": []}
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {tree: {mode: [] for mode in modes} for tree in trees}
         for _ in range(args.rounds):
-            for mode in ("off", "on", "sampled"):
-                out = subprocess.run(
-                    [sys.executable, __file__, CHILD, mode, model, clients, str(args.seconds)],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                runs[mode].append(json.loads(out.strip().splitlines()[-1]))
-        off = statistics.median(r["throughput"] for r in runs["off"])
-        on = statistics.median(r["throughput"] for r in runs["on"])
-        sampled = statistics.median(r["throughput"] for r in runs["sampled"])
-        summary = {
-            "off_rps": off,
-            "on_rps": on,
-            "sampled_rps": sampled,
-            "ratio": on / off,
-            "sampled_ratio": sampled / off,
-            "off_p50_ms": statistics.median(r["p50_ms"] for r in runs["off"]),
-            "on_p50_ms": statistics.median(r["p50_ms"] for r in runs["on"]),
-            "sampled_p50_ms": statistics.median(r["p50_ms"] for r in runs["sampled"]),
-        }
+            for mode in modes:
+                for tree, code in trees.items():
+                    runs[tree][mode].append(run_child(code, mode, model, clients, args.seconds))
+        summary: dict[str, Any] = {}
+        for tree in trees:
+            off = statistics.median(r["throughput"] for r in runs[tree]["off"])
+            summary[tree] = {
+                mode: {
+                    "rps": statistics.median(r["throughput"] for r in runs[tree][mode]),
+                    "ratio": statistics.median(r["throughput"] for r in runs[tree][mode]) / off,
+                    "p50_ms": statistics.median(r["p50_ms"] for r in runs[tree][mode]),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in runs[tree][mode]),
+                }
+                for mode in modes
+            }
+            print(
+                f"{point} [{tree}]: "
+                + ", ".join(f"{mode} {s['rps']:,.0f} req/s ({s['ratio']:.2f})" for mode, s in summary[tree].items())
+            )
         results["points"][point] = {"runs": runs, "summary": summary}
-        print(
-            f"{point}: no SDK {off:,.0f} req/s, SDK {on:,.0f} req/s, ratio {on / off:.2f}, "
-            f"p50 {summary['off_p50_ms']:.3f} -> {summary['on_p50_ms']:.3f} ms"
-        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "telemetry_overhead.json").write_text(json.dumps(results, indent=2))
     m = results["machine"]
@@ -100,19 +187,21 @@ def main() -> None:
         "# Telemetry overhead",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
-        f"{args.rounds} rounds of {args.seconds} s per mode, alternating child processes; medians.",
+        f"{args.rounds} rounds of {args.seconds} s per mode, alternating child processes; medians. "
+        "Ratio: throughput over the same code's throughput without an SDK.",
         "",
-        "| model:clients | no SDK req/s | SDK, every span req/s (ratio) | SDK, 1 % of traces req/s (ratio) "
-        "| p50 ms (none / every / 1 %) |",
-        "|---|---:|---:|---:|---:|",
+        "| model:clients | code | "
+        + " | ".join(f"{mode} req/s (ratio)" for mode in modes)
+        + " | p50 ms ("
+        + " / ".join(modes)
+        + ") |",
+        "|---|---|" + "---:|" * (len(modes) + 1),
     ]
     for point, data in results["points"].items():
-        s = data["summary"]
-        lines.append(
-            f"| {point} | {s['off_rps']:,.0f} | {s['on_rps']:,.0f} ({s['ratio']:.2f}) | "
-            f"{s['sampled_rps']:,.0f} ({s['sampled_ratio']:.2f}) | "
-            f"{s['off_p50_ms']:.3f} / {s['on_p50_ms']:.3f} / {s['sampled_p50_ms']:.3f} |"
-        )
+        for tree, summary in data["summary"].items():
+            cells = " | ".join(f"{s['rps']:,.0f} ({s['ratio']:.2f})" for s in summary.values())
+            p50 = " / ".join(f"{s['p50_ms']:.3f}" for s in summary.values())
+            lines.append(f"| {point} | {tree} | {cells} | {p50} |")
     (RESULTS / "telemetry_overhead.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'telemetry_overhead.md'}")
 

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_state
-from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode, get_current_span
 
 from ._errors import (
     DeadlineExceededError,
@@ -40,6 +43,7 @@ __all__ = [
     "SPAN_PREDICT",
     "SPAN_SHADOW",
     "Metrics",
+    "Recorder",
     "end_request_span",
     "outcome",
     "resident_memory_bytes",
@@ -47,6 +51,7 @@ __all__ = [
     "start_request_span",
     "start_shadow_span",
     "tracer",
+    "unsampled_child_dropped",
 ]
 
 _SCOPE = "inprocserve"
@@ -70,6 +75,8 @@ ATTR_SHADOW_VERSION = "inprocserve.shadow.version"
 ATTR_SHADOW_DIFF = "inprocserve.shadow.max_abs_diff"
 ATTR_SHADOW_AGREEMENT = "inprocserve.shadow.label_agreement"
 ATTR_ERROR_TYPE = "error.type"  # semantic convention
+ATTR_CACHE_RESULT = "inprocserve.cache.result"
+CACHE_RESULTS = ("hit", "miss", "shared")
 
 EVENT_FLAG = "feature_flag.evaluation"  # semantic convention (feature flags)
 ATTR_FLAG_KEY = "feature_flag.key"
@@ -171,11 +178,64 @@ def _short(value: object) -> str:
     return text if len(text) <= _MAX_ATTRIBUTE_CHARS else text[: _MAX_ATTRIBUTE_CHARS - 1] + "…"
 
 
-def start_request_span(model: str) -> Span:
-    """The span of one predict/submit/apredict call: a child of whatever span is current."""
+def start_request_span(model: str, attributes: Mapping[str, Any] | None = None) -> Span:
+    """The span of one predict/submit/apredict call: a child of whatever span is current.
+
+    No span is made (``INVALID_SPAN`` is returned) when the SDK would make a non-recording one for certain:
+    see :func:`unsampled_child_dropped`. ``attributes`` (``{ATTR_MODEL: model}`` if omitted) lets a caller
+    pass a dict it built once per model."""
     if trace._TRACER_PROVIDER is None:
         return INVALID_SPAN
-    return _TRACER.start_span(SPAN_PREDICT, kind=SpanKind.INTERNAL, attributes={ATTR_MODEL: model})
+    parent = get_current_span().get_span_context()
+    if parent.is_valid and not parent.trace_flags.sampled and unsampled_child_dropped(remote=parent.is_remote):
+        return INVALID_SPAN
+    return _TRACER.start_span(
+        SPAN_PREDICT, kind=SpanKind.INTERNAL, attributes=attributes if attributes is not None else {ATTR_MODEL: model}
+    )
+
+
+# What the installed SDK sampler does with a child of an unsampled parent: (provider, local, remote) where
+# local/remote say "drops it for certain". Computed once per tracer provider (one is installed per process).
+_sampling_rule: tuple[object, bool, bool] = (None, False, False)
+
+
+def unsampled_child_dropped(*, remote: bool) -> bool:
+    """Whether the installed tracer provider's sampler drops every child of an unsampled parent (a remote
+    one: from a ``traceparent`` header; else local), whatever its name, attributes or trace id.
+
+    True only for the OpenTelemetry SDK's ``ParentBased`` sampler whose sampler for that case is the static
+    drop sampler (``ALWAYS_OFF``: the SDK's default, and what ``ParentBased(TraceIdRatioBased(r))`` uses),
+    and for ``ALWAYS_OFF`` itself. Then the SDK would make a non-recording span that nothing reads, at the
+    cost of a span id and a sampler call, so the library makes none. With any other sampler (a custom one
+    may record children of unsampled parents, or decide at random) the SDK is asked for every span.
+    """
+    global _sampling_rule
+    provider = trace._TRACER_PROVIDER
+    rule = _sampling_rule
+    if rule[0] is not provider:
+        rule = _sampling_rule = (provider, *_drops_unsampled_children(getattr(provider, "sampler", None)))
+    return rule[2] if remote else rule[1]
+
+
+def _drops_unsampled_children(sampler: object) -> tuple[bool, bool]:
+    if sampler is None:
+        return False, False
+    try:
+        from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSampler
+    except ImportError:  # a provider that is not the SDK's: ask it for every span
+        return False, False
+
+    def drops(candidate: object) -> bool:
+        return isinstance(candidate, StaticSampler) and getattr(candidate, "_decision", None) is Decision.DROP
+
+    if drops(sampler):
+        return True, True
+    if isinstance(sampler, ParentBased):
+        return (
+            drops(getattr(sampler, "_local_parent_not_sampled", None)),
+            drops(getattr(sampler, "_remote_parent_not_sampled", None)),
+        )
+    return False, False
 
 
 def end_request_span(
@@ -222,7 +282,7 @@ def end_request_span(
 def start_batch_span(model: str, version: int, request_spans: Iterable[Span | None]) -> Span:
     """The span of one executed batch: a root span with a link to every request span it served (one batch
     serves many traces, so it cannot have one parent)."""
-    links = [Link(span.get_span_context()) for span in request_spans if span is not None]
+    links = _links(request_spans)
     return _TRACER.start_span(
         SPAN_BATCH,
         context=Context(),
@@ -230,6 +290,18 @@ def start_batch_span(model: str, version: int, request_spans: Iterable[Span | No
         links=links,
         attributes={ATTR_MODEL: model, ATTR_VERSION: version},
     )
+
+
+def _links(spans: Iterable[Span | None]) -> list[Link]:
+    """Links to the sampled spans among ``spans``: a link to a span that no backend received leads nowhere,
+    and each costs the SDK an object and a slot in the span's bounded link list."""
+    links = []
+    for span in spans:
+        if span is not None:
+            context = span.get_span_context()
+            if context.trace_flags.sampled:
+                links.append(Link(context))
+    return links
 
 
 def end_batch_span(span: Span, *, rows: int, requests: int, compute_s: float, error: BaseException | None) -> None:
@@ -242,7 +314,7 @@ def end_batch_span(span: Span, *, rows: int, requests: int, compute_s: float, er
 
 
 def start_shadow_span(model: str, version: int, primary: Span | None) -> Span:
-    links = [Link(primary.get_span_context())] if primary is not None else []
+    links = _links(() if primary is None else (primary,))
     return tracer().start_span(
         SPAN_SHADOW,
         context=Context(),
@@ -276,6 +348,12 @@ class Metrics:
             "inprocserve.request.queue_wait",
             unit="s",
             description="Time a request waited for its batch to start",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+        )
+        self.batch_queue_wait = meter.create_histogram(
+            "inprocserve.batch.queue_wait",
+            unit="s",
+            description="Time the longest-waiting request of a batch waited for the batch to start",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
         self.batch_size = meter.create_histogram(
@@ -324,6 +402,7 @@ class Metrics:
             description="New versions held back from the default because their signature breaks callers",
         )
         self._gauges: list[Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]] = []
+        self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
         meter.create_observable_gauge(
             "inprocserve.queue.depth", callbacks=[self._observe("queue")], unit="{row}", description="Rows queued"
         )
@@ -350,6 +429,17 @@ class Metrics:
             description="Growth of the process's resident memory while a model version loaded and warmed up",
         )
 
+    def add_recorder(self, recorder: Recorder) -> None:
+        """Flush ``recorder``'s pending records before every collection (kept while it is alive)."""
+        self._recorders.add(recorder)
+
+    def flush(self) -> None:
+        """Record what every recorder holds: called by the SDK's collection, through the observable gauges'
+        callback (the SDK runs those before it reads the synchronous instruments), so each export holds
+        every request finished before it."""
+        for recorder in list(self._recorders):
+            recorder.flush()
+
     def add_source(self, source: Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]) -> None:
         """Register a callable yielding (gauge kind, value, attributes) for the observable gauges."""
         self._gauges.append(source)
@@ -360,6 +450,8 @@ class Metrics:
 
     def _observe(self, kind: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
+            if kind == "queue":  # the first gauge's callback: once per collection
+                self.flush()
             for source in list(self._gauges):
                 for gauge, value, attributes in source():
                     if gauge == kind:
@@ -369,3 +461,182 @@ class Metrics:
 
 
 METRICS = Metrics()
+
+
+class Recorder:
+    """The telemetry of one model version, bound once so the request path builds nothing.
+
+    The OpenTelemetry SDK copies, validates and hashes the attributes of every metric record (a few
+    microseconds per record, more per attribute) and makes a span id and asks the sampler for every span.
+    A recorder holds the attribute dicts of its version, built once (those of finished requests once per
+    variant and error class), and records only what each event adds:
+
+    * per request: ``inprocserve.request.duration``, and ``inprocserve.requests.deadline_exceeded`` if it
+      missed its deadline;
+    * per batch run by a worker: ``inprocserve.batch.size``, ``inprocserve.batch.duration`` and
+      ``inprocserve.batch.queue_wait`` (how long its longest-waiting request waited: what the flush policy
+      bounds, and what grows when the sessions cannot keep up). A request run at once on its caller's
+      thread (a lone request on an idle server) is not a batch: its rows and compute time are on its span,
+      and its time in ``inprocserve.request.duration``.
+
+    Each request's own queue wait is on its span (``inprocserve.request.queue_wait_s``). A histogram record
+    per request for it would double the metric cost of every queued request; ``request_finished`` still
+    takes ``queue_wait_s`` for the per-request ``inprocserve.request.queue_wait`` of earlier releases.
+
+    Request durations are recorded by one thread at a time: a request's thread appends its duration to a
+    queue and, unless another thread is recording already, records the queue (its own and any others');
+    a thread that finds one at it leaves its duration to that one and returns. Under load, many threads
+    otherwise meet in the SDK's per-attribute-set lock, and each meeting costs thread switches on top of
+    the record. Nothing is lost or changed: every duration is recorded once, with its own value and
+    attributes, and the metric reader records what is left before each collection (``Metrics.flush``), so
+    an export holds every request finished before it. A sampled request's duration is recorded on its own
+    thread, in its context, which the SDK's exemplars read.
+
+    Thread-safe: the cached dicts are only read after they are built, and never changed.
+
+    Args:
+        model: The model name.
+        version: The version number.
+        metrics: The instruments (the process's ``METRICS`` if omitted).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_cache_attributes",
+        "_draining",
+        "_finished",
+        "_metrics",
+        "_pending",
+        "attributes",
+        "model",
+        "span_attributes",
+        "version",
+    )
+
+    def __init__(self, model: str, version: int, *, metrics: Metrics | None = None) -> None:
+        self.model = model
+        self.version = version
+        self._metrics = metrics if metrics is not None else METRICS
+        self.attributes: Mapping[str, Any] = {ATTR_MODEL: model, ATTR_VERSION: version}
+        self.span_attributes: Mapping[str, Any] = {ATTR_MODEL: model}
+        self._finished: dict[tuple[str | None, type[BaseException] | None], Mapping[str, Any]] = {}
+        self._cache_attributes: dict[str, Mapping[str, Any]] = {
+            result: {ATTR_MODEL: model, ATTR_VERSION: version, ATTR_CACHE_RESULT: result} for result in CACHE_RESULTS
+        }
+        self._pending: deque[tuple[float, Mapping[str, Any]]] = deque()  # request durations not yet recorded
+        self._draining = threading.Lock()  # held by the one thread that records the pending durations
+        self._metrics.add_recorder(self)
+        # a version unloaded between two collections still delivers what it holds
+        weakref.finalize(self, _record_all, self._pending, self._metrics.request_duration)
+
+    def start_request_span(self) -> Span:
+        """The span of one request to this model (``INVALID_SPAN`` without an SDK, or when it would not be
+        recorded for certain: see :func:`unsampled_child_dropped`)."""
+        return start_request_span(self.model, self.span_attributes)
+
+    def finished_attributes(self, variant: str | None, error: BaseException | None) -> Mapping[str, Any]:
+        """The attributes of ``inprocserve.request.duration``: model, version, variant, outcome and, for a
+        failed request, ``error.type`` (the exception's class name)."""
+        key = (variant, None if error is None else type(error))
+        attributes = self._finished.get(key)
+        if attributes is None:
+            built: dict[str, Any] = {ATTR_MODEL: self.model, ATTR_VERSION: self.version}
+            if variant is not None:
+                built[ATTR_VARIANT] = variant
+            built[ATTR_OUTCOME] = outcome(error)
+            if error is not None:
+                built[ATTR_ERROR_TYPE] = type(error).__name__
+            attributes = built
+            if len(self._finished) < _MAX_CACHED_ATTRIBUTE_SETS:  # variants x error classes: bounded anyway
+                self._finished[key] = attributes
+        return attributes
+
+    def request_finished(
+        self,
+        duration_s: float,
+        *,
+        variant: str | None,
+        error: BaseException | None,
+        queue_wait_s: float | None = None,
+        span: Span | None = None,
+    ) -> None:
+        """Record one finished request: its duration (from the call to the answer) and a deadline miss;
+        ``queue_wait_s``: also record it in the per-request ``inprocserve.request.queue_wait`` (see the class
+        docstring). No-op until the application installs a meter provider."""
+        if _metrics_state._METER_PROVIDER is None:
+            return
+        metrics = self._metrics
+        if span is not None and span.is_recording():  # recorded here, in its context: the SDK's exemplars
+            metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
+        else:
+            pending = self._pending
+            pending.append((duration_s, self.finished_attributes(variant, error)))
+            if len(pending) > _MAX_PENDING:  # the recording thread is starved of the GIL: wait for it
+                self.flush()
+            elif self._draining.acquire(blocking=False):  # else the thread recording now takes this one too
+                try:
+                    _record_durations(pending, metrics.request_duration, _RECORDS_PER_TURN)
+                finally:
+                    self._draining.release()
+        if queue_wait_s is not None:
+            metrics.queue_wait.record(queue_wait_s, self.attributes)
+        if error is not None and isinstance(error, DeadlineExceededError):
+            metrics.deadlines.add(1, self.attributes)
+
+    def flush(self, timeout_s: float = 1.0) -> None:
+        """Record every duration pending now (the metric reader calls this before each collection, through
+        ``Metrics``), waiting up to ``timeout_s`` for a thread that is recording them now."""
+        if self._draining.acquire(timeout=timeout_s):
+            try:
+                _record_durations(self._pending, self._metrics.request_duration, len(self._pending))
+            finally:
+                self._draining.release()
+
+    def batch_finished(self, rows: int, compute_s: float, *, inline: bool, queue_wait_s: float | None = None) -> None:
+        """Record one ``session.run`` of ``rows`` rows that took ``compute_s``, started ``queue_wait_s``
+        after its longest-waiting request was queued; nothing for a request run ``inline`` on its caller's
+        thread (see the class docstring)."""
+        if inline or _metrics_state._METER_PROVIDER is None:
+            return
+        metrics = self._metrics
+        metrics.batch_size.record(rows, self.attributes)
+        metrics.batch_duration.record(compute_s, self.attributes)
+        if queue_wait_s is not None:
+            metrics.batch_queue_wait.record(queue_wait_s, self.attributes)
+
+    def cache_lookup(self, result: str) -> None:
+        """Count one lookup in the version's prediction cache: ``hit``, ``miss`` or ``shared`` (it followed
+        an identical request in flight)."""
+        if _metrics_state._METER_PROVIDER is not None:
+            self._metrics.cache.add(1, self._cache_attributes[result])
+
+    def shed(self) -> None:
+        """Count one request refused with ``OverloadedError``."""
+        if _metrics_state._METER_PROVIDER is not None:
+            self._metrics.shed.add(1, self.attributes)
+
+
+def _record_durations(
+    pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram, count: int
+) -> None:
+    """Record up to ``count`` pending durations, oldest first."""
+    for _ in range(count):
+        try:
+            duration_s, attributes = pending.popleft()
+        except IndexError:
+            return
+        histogram.record(duration_s, attributes)
+
+
+def _record_all(pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram) -> None:
+    _record_durations(pending, histogram, len(pending))
+
+
+_MAX_CACHED_ATTRIBUTE_SETS = 1_000
+# A request's thread records at most this many durations per turn (its own and up to 63 others': under
+# a millisecond added to its answer), so a backlog left while the recording thread waited for the GIL
+# drains over the next requests.
+_RECORDS_PER_TURN = 64
+# A thread that finds this many durations pending waits for the recording thread (then records them
+# itself): memory stays bounded even when a recording thread (the metric reader's) seldom gets the GIL.
+_MAX_PENDING = 4_096
