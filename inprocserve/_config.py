@@ -345,6 +345,9 @@ class CacheConfig:
     """Entries kept, least recently used evicted first."""
     ttl_s: float | None = None
     """Entries expire this long after they were stored (``None``: never)."""
+    share_in_flight: bool | None = None
+    """Whether identical requests in flight share one run: ``None`` (default) shares them only when the
+    cache is enabled; ``True`` also without the cache; ``False`` never (each request runs)."""
 
     def __post_init__(self) -> None:
         if self.max_entries < 1:

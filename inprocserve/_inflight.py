@@ -1,0 +1,94 @@
+"""Identical requests in flight share one run: the first (the leader) runs, the others follow its answer.
+
+Independent of the result cache: the cache only stores answers, this only shares runs. The key hashes the
+input names, dtypes, shapes and bytes (blake2b), together with the model and version, so an answer is never
+shared across versions or different inputs.
+
+The leader's duty is to call :meth:`Coalescer.release` exactly once, whatever happens to it. The server does
+so in its one post-answer hook (answers, errors, deadlines, cancellations) and when the leader is refused
+before it was queued; ``release`` is idempotent, so a second call is harmless. A follower whose leader failed
+for a reason that is the leader's own (cancelled, past its deadline, its version retired under it) runs on
+its own instead of inheriting that error; any other error is the followers' too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Mapping
+from concurrent.futures import CancelledError, Future
+from typing import Any
+
+import numpy as np
+
+from ._batching import VersionRetiredError
+from ._errors import DeadlineExceededError
+
+__all__ = ["Coalescer", "LeaderGone", "inputs_key"]
+
+Key = tuple[str, int, bytes]
+
+
+class LeaderGone(Exception):  # a signal between leader and followers; never reaches a caller
+    """Set on followers' futures when the leader failed for a reason of its own: run on your own."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def inputs_key(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A digest of the validated inputs: names, dtypes, shapes and bytes (string tensors by value)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, array in arrays.items():
+        digest.update(name.encode())
+        digest.update(str(array.dtype).encode())
+        digest.update(repr(array.shape).encode())
+        if array.dtype.kind == "O":  # string tensors
+            digest.update("\x1f".join(map(str, array.ravel())).encode())
+        else:
+            digest.update(np.ascontiguousarray(array).data)
+    return digest.digest()
+
+
+def _leader_only(error: BaseException) -> bool:
+    """Whether ``error`` concerns the leader alone (its caller, deadline or routing), not the inputs."""
+    return isinstance(error, CancelledError | DeadlineExceededError | VersionRetiredError)
+
+
+class Coalescer:
+    """The map of in-flight keys to the leader's future. Thread-safe; holds no threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._leaders: dict[Key, Future[Mapping[str, Any]]] = {}
+
+    def join(self, key: Key) -> Future[Mapping[str, Any]] | None:
+        """``None``: the caller leads and must :meth:`release` ``key``; else the leader's future to follow.
+
+        A follower's future resolves with the leader's outputs, fails with the leader's error, or fails with
+        :class:`LeaderGone` when the follower should run by itself.
+        """
+        with self._lock:
+            future = self._leaders.get(key)
+            if future is not None:
+                return future
+            self._leaders[key] = Future()
+            return None
+
+    def release(self, key: Key, outputs: Mapping[str, Any] | None, error: BaseException | None) -> None:
+        """The leader is done (answered, failed or refused): free its key and wake its followers. Idempotent."""
+        with self._lock:
+            future = self._leaders.pop(key, None)
+        if future is None:
+            return
+        if error is not None:
+            future.set_exception(LeaderGone(error) if _leader_only(error) else error)
+        elif outputs is None:  # no answer and no error: never leave followers waiting
+            future.set_exception(LeaderGone(RuntimeError("the leader finished without an answer")))
+        else:
+            future.set_result(outputs)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._leaders)
