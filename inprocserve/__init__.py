@@ -42,7 +42,8 @@ from ._flags import EnvFlags, FileFlags, FlagError, FlagProvider, InMemoryFlags,
 from ._headers import parse_timeout_ms, parse_user_id
 from ._prediction import Prediction
 from ._prefork import build_after_fork, check_repository
-from ._server import InterleavedRanking, Server
+from ._operations import InterleavedRanking, PromotionReport
+from ._server import Server
 from ._shadow import ShadowComparison
 from ._status_page import STATUS_PAGE_CSP, render_status_page
 
@@ -72,6 +73,7 @@ __all__ = [
     "PoolConfig",
     "Prediction",
     "PromotionRefusedError",
+    "PromotionReport",
     "QueueFullError",
     "RolloutConfig",
     "STATUS_PAGE_CSP",

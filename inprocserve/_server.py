@@ -48,7 +48,7 @@ from ._shadow import ShadowComparison, ShadowRunner
 from ._telemetry import METRICS, end_request_span, metering, outcome, start_request_span
 from .web import Readiness, readiness
 
-__all__ = ["InterleavedRanking", "PromotionReport", "Server"]
+__all__ = ["Server"]
 
 logger = logging.getLogger(__name__)
 

@@ -388,7 +388,15 @@ def test_guarded_promotion(versions: Path, make_server: ServerFactory) -> None:
         server.promote("scale", 3, max_abs_diff=1.0)  # 3x vs 1x differs by up to 18
     assert info.value.report["samples"] == 10 and answer(server).version == 1
     report = server.promote("scale", 2, max_abs_diff=10.0)
-    assert report["from"] == 1 and report["to"] == 2 and report["reason"] == "within bounds"
+    assert isinstance(report, inprocserve.PromotionReport)
+    assert (report.from_version, report.to_version, report.reason) == (1, 2, "within bounds") and report.samples >= 10
+    assert report.max_abs_diff is not None and 0 < report.max_abs_diff <= 10.0
+    assert report["from"] == 1 and report["to"] == 2 and report["reason"] == "within bounds"  # reads as before
+    assert report.to_dict() == {**info.value.report, "max_abs_diff": report.max_abs_diff, "to": 2} | {
+        "samples": report.samples,
+        "label_agreement": report.label_agreement,
+        "reason": "within bounds",
+    }
     assert answer(server).version == 2
 
 
