@@ -14,13 +14,17 @@ from __future__ import annotations
 import logging
 
 from ._config import (
+    BanditConfig,
     BatchingConfig,
     CacheConfig,
+    CanaryConfig,
     DriftConfig,
+    InterleavingConfig,
     ModelConfig,
     PaddingConfig,
     PoolConfig,
     RolloutConfig,
+    ShadowConfig,
     VariantConfig,
     VersionPolicy,
     WarmupConfig,
@@ -50,8 +54,10 @@ from ._status_page import STATUS_PAGE_CSP, render_status_page
 __version__ = "0.1.0"
 
 __all__ = [
+    "BanditConfig",
     "BatchingConfig",
     "CacheConfig",
+    "CanaryConfig",
     "ConfigurationError",
     "DeadlineExceededError",
     "DriftConfig",
@@ -63,6 +69,7 @@ __all__ = [
     "InferenceError",
     "InprocserveError",
     "InterleavedRanking",
+    "InterleavingConfig",
     "InvalidInputError",
     "ModelConfig",
     "ModelLoadError",
@@ -80,6 +87,7 @@ __all__ = [
     "Server",
     "ServerClosedError",
     "ShadowComparison",
+    "ShadowConfig",
     "VariantConfig",
     "VersionPolicy",
     "WarmupConfig",

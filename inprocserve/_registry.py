@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._batching import Finisher
-from ._config import ModelConfig, RolloutConfig, load_model_config
+from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ModelControl
 from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError
 from ._model import ModelVersion
@@ -555,9 +555,8 @@ def controlled(rollout: RolloutConfig, state: ModelControl) -> RolloutConfig:
     """A model's rollout config with the control file's canary laid over it."""
     if state.canary_version is None:
         return rollout
-    return dataclasses.replace(
-        rollout, strategy="canary", candidate=state.canary_version, canary_percent=state.canary_percent
-    )
+    canary = CanaryConfig(version=state.canary_version, percent=state.canary_percent)
+    return dataclasses.replace(rollout, strategy="canary", canary=canary)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
