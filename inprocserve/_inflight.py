@@ -17,14 +17,18 @@ import hashlib
 import threading
 from collections.abc import Mapping
 from concurrent.futures import CancelledError, Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._batching import VersionRetiredError
-from ._errors import DeadlineExceededError
+from ._batching import Finisher, Request, VersionRetiredError, finish_detached
+from ._errors import DeadlineExceededError, ModelNotFoundError
+from ._request_telemetry import RequestTelemetry
 
-__all__ = ["Coalescer", "LeaderGone", "inputs_key"]
+if TYPE_CHECKING:
+    from ._model import ModelVersion
+
+__all__ = ["Coalescer", "LeaderGone", "Sharing", "inputs_key"]
 
 Key = tuple[str, int, bytes]
 
@@ -92,3 +96,76 @@ class Coalescer:
     def __len__(self) -> int:
         with self._lock:
             return len(self._leaders)
+
+
+class Sharing:
+    """How the server answers a request without a run of its own: from the version's cache, or by following
+    an identical request in flight (``CacheConfig.share_in_flight``). Thread-safe; holds no threads.
+
+    Args:
+        deliver: The server's per-request hook that resolves a ``submit`` future.
+        telemetry: Counts hits, misses and shared runs.
+    """
+
+    def __init__(self, deliver: Finisher, telemetry: RequestTelemetry) -> None:
+        self._coalescer = Coalescer()
+        self._deliver = deliver
+        self._telemetry = telemetry
+
+    def __len__(self) -> int:
+        """Leaders in flight."""
+        return len(self._coalescer)
+
+    def answered_without_run(self, target: ModelVersion, request: Request) -> bool:
+        """Answer ``request`` from the version's cache, or make it follow an identical request in flight;
+        returns whether it needs no run of its own. Otherwise it may lead: its key is set, and
+        the server's post-answer hook (or its refusal path) must call :meth:`release`."""
+        cache = target.cache
+        share = target.config.cache.share_in_flight
+        if cache is None and not share:
+            return False  # the common case costs one attribute read: no hashing
+        key = inputs_key(request.arrays)
+        if cache is not None:
+            outputs = cache.get(key)
+            if outputs is not None:
+                self._telemetry.cache_result(target.name, target.version, "hit")
+                finish_detached(request, outputs, None, self._deliver)
+                return True
+        leader = None if share is False else self._coalescer.join((target.name, target.version, key))
+        request.cache_key = key if leader is None else None
+        if cache is not None:
+            cache.count(shared=leader is not None)
+        self._telemetry.cache_result(target.name, target.version, "miss" if leader is None else "shared")
+        if leader is None:
+            return False
+        leader.add_done_callback(lambda done: self._follow(request, target, done))
+        return True
+
+    def _follow(self, request: Request, target: ModelVersion, leader: Future[Mapping[str, Any]]) -> None:
+        """An identical request's leader is done: take its answer or error, or run this one by itself when
+        the leader failed for a reason of its own (cancelled, past its deadline, retired under it)."""
+        error = leader.exception()
+        if isinstance(error, LeaderGone):
+            assert target.batcher is not None
+            try:
+                target.batcher.submit(request, run_inline=False)
+            except VersionRetiredError:
+                name, number = target.name, target.version
+                gone = ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number)
+                finish_detached(request, None, gone, self._deliver)
+            except BaseException as exc:
+                finish_detached(request, None, exc, self._deliver)
+            return
+        finish_detached(request, None if error is not None else leader.result(), error, self._deliver)
+
+    def release(self, request: Request, target: ModelVersion | None, error: BaseException | None) -> None:
+        """If ``request`` led identical requests: keep its answer in the cache, and wake them. Idempotent."""
+        key = request.cache_key
+        if key is None:
+            return
+        request.cache_key = None
+        route = request.route
+        outputs = request.outputs if error is None else None
+        if outputs is not None and target is not None and target.cache is not None:
+            target.cache.store(key, outputs)
+        self._coalescer.release((route.model, route.version, key), outputs, error)

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ._batching import Finisher
 from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
@@ -480,50 +479,6 @@ class Registry:
         return ModelNotFoundError(
             f"model {model!r} has no servable version {version} (servable: {versions})", model=model, version=version
         )
-
-    def known_paths(self) -> list[str]:
-        """Every file-system path status may quote, longest first (a folder must not eat part of its file)."""
-        paths = {str(self.repository)} if self.repository is not None else set()
-        if self.repository is not None:
-            paths.add(str(self.repository.resolve()))
-        for versions in list(self.loaded.values()):
-            for model_version in list(versions.values()):
-                paths.update({str(model_version.path), str(model_version.path.parent.parent)})
-        return sorted(paths, key=len, reverse=True)
-
-    def models_status(self, shadow_status: Callable[[str], Any]) -> dict[str, Any]:
-        """The ``models`` part of ``Server.status()``: every model, its versions, their state and errors."""
-        with self.lock:
-            models: dict[str, Any] = {}
-            names = set(self.loaded) | set(self.failures) | set(self.config_errors)
-            for name in sorted(names):
-                routes = self.routes.get(name)
-                versions: dict[str, Any] = {}
-                for number, failure in self.failures.get(name, {}).items():
-                    versions[str(number)] = {"state": "failed", "error": failure.error}
-                held = self.incompatible.get(name, {})
-                for number, model_version in sorted(self.loaded.get(name, {}).items()):
-                    entry = model_version.status()
-                    entry["serving"] = routes is not None and number in routes.versions
-                    entry["compatible"] = number not in held
-                    entry["incompatibilities"] = list(held.get(number, ()))
-                    versions[str(number)] = entry
-                router = self.routers.get(name)
-                state = self.control.models.get(name)
-                stable = None if router is None or routes is None else router.stable_alias
-                models[name] = {
-                    "default_version": None if routes is None else routes.default.version,
-                    "stable_version": stable
-                    if routes is not None and stable in routes.versions
-                    else (None if routes is None else routes.default.version),
-                    "control": None if state is None else state.to_dict(),
-                    "ready": routes is not None,
-                    "config_error": self.config_errors.get(name),
-                    "versions": versions,
-                    "rollout": None if router is None else router.status(),
-                    "shadow": shadow_status(name),
-                }
-            return models
 
     def close(self, *, timeout_s: float | None) -> bool:
         """Signal the poller to stop, then drain and retire every version; returns ``False`` if already

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _fork
-from ._batching import Request, VersionRetiredError, finish_detached, handoff_cost_s
+from ._batching import Request, VersionRetiredError
 from ._config import ModelConfig
-from ._control import ControlFile, worker_identity
+from ._control import ControlFile
 from ._deadlines import check_timeout
 from ._drift import DriftScorer
 from ._errors import (
@@ -29,10 +29,9 @@ from ._errors import (
     InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
-    OverloadedError,
 )
 from ._flags import FlagProvider
-from ._inflight import Coalescer, LeaderGone, inputs_key
+from ._inflight import Sharing
 from ._loop_batching import apredict as _loop_apredict
 from ._model import ModelVersion
 from ._operations import InterleavedRanking, Operations, PromotionReport
@@ -41,11 +40,12 @@ from ._prefork import shield_exit
 from ._registry import Registry, Routes, close_versions
 from ._repository import ModelSource
 from ._request import Route
+from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
 from ._scoring import plan_scoring, score
-from ._sessions import onnxruntime_version
 from ._shadow import ShadowComparison, ShadowRunner
-from ._telemetry import METRICS, end_request_span, metering, outcome, start_request_span
+from ._snapshot import gauge_source, server_status
+from ._telemetry import METRICS, start_request_span
 from .web import Readiness, readiness
 
 __all__ = ["Server"]
@@ -113,12 +113,12 @@ class Server:
         self._clock = clock
         self._ids = RequestIds()
         self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s, clock=clock)
-        self._attribute_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._telemetry = RequestTelemetry()
+        self._sharing = Sharing(self._deliver, self._telemetry)
         # The threads this server starts, each stopped and joined by close(): shadow runs, drift scoring,
         # the hot-reload poller (registry) and the control-file watcher (operations).
         self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow, budget=shadow_budget)
         self._drift = DriftScorer()
-        self._inflight = Coalescer()
         self._registry = Registry(
             folder,
             defaults=config or ModelConfig(),
@@ -138,7 +138,7 @@ class Server:
             predict=self.predict,
             submit=self.submit,
         )
-        self._gauge_source = _gauge_source(weakref.ref(self))
+        self._gauge_source = gauge_source(weakref.ref(self._registry))
         METRICS.add_source(self._gauge_source)
         # At interpreter exit (or garbage collection) of a server nobody closed: stop its threads before
         # the interpreter finalizes, while onnxruntime may still be running on them.
@@ -326,12 +326,12 @@ class Server:
                 )
                 request.span = span
                 request.started = started
-                if not self._shared(target, request):
+                if not self._sharing.answered_without_run(target, request):
                     assert target.batcher is not None
                     try:
                         target.batcher.submit(request, run_inline=inline)
                     except BaseException as exc:  # refused before it was queued: whoever follows it must not wait
-                        self._release_followers(request, None, exc)
+                        self._sharing.release(request, None, exc)
                         if isinstance(exc, VersionRetiredError):
                             continue  # the version was replaced between routing and queueing: route again
                         raise
@@ -339,7 +339,7 @@ class Server:
                 return request, target
             raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
         except BaseException as exc:  # refused before it was queued: close its telemetry, then raise
-            self._refused(span, started, model, target, decision, exc)
+            self._telemetry.refused(span, started, model, None if target is None else target.version, decision, exc)
             raise
 
     def _route(
@@ -375,61 +375,6 @@ class Server:
             target.name, target.version, decision.variant, decision.reason, self._ids.next(), shadows, decision
         )
 
-    def _shared(self, target: ModelVersion, request: Request) -> bool:
-        """Answer ``request`` from the version's cache, or make it follow an identical request in flight;
-        returns whether it needs no run of its own. Otherwise it may lead: its key is set, and
-        :meth:`_answered` (or the refusal in :meth:`_dispatch`) releases its followers."""
-        cache = target.cache
-        share = target.config.cache.share_in_flight
-        if cache is None and not share:
-            return False  # the common case costs one attribute read: no hashing
-        key = inputs_key(request.arrays)
-        attributes = self._metric_attributes(target.name, target.version)
-        if cache is not None:
-            outputs = cache.get(key)
-            if outputs is not None:
-                METRICS.cache.add(1, {**attributes, "inprocserve.cache.result": "hit"})
-                finish_detached(request, outputs, None, self._deliver)
-                return True
-        leader = None if share is False else self._inflight.join((target.name, target.version, key))
-        request.cache_key = key if leader is None else None
-        if cache is not None:
-            cache.count(shared=leader is not None)
-        METRICS.cache.add(1, {**attributes, "inprocserve.cache.result": "miss" if leader is None else "shared"})
-        if leader is None:
-            return False
-        leader.add_done_callback(lambda done: self._follow(request, target, done))
-        return True
-
-    def _follow(self, request: Request, target: ModelVersion, leader: Future[Mapping[str, Any]]) -> None:
-        """An identical request's leader is done: take its answer or error, or run this one by itself when
-        the leader failed for a reason of its own (cancelled, past its deadline, retired under it)."""
-        error = leader.exception()
-        if isinstance(error, LeaderGone):
-            assert target.batcher is not None
-            try:
-                target.batcher.submit(request, run_inline=False)
-            except VersionRetiredError:
-                name, number = target.name, target.version
-                gone = ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number)
-                finish_detached(request, None, gone, self._deliver)
-            except BaseException as exc:
-                finish_detached(request, None, exc, self._deliver)
-            return
-        finish_detached(request, None if error is not None else leader.result(), error, self._deliver)
-
-    def _release_followers(self, request: Request, target: ModelVersion | None, error: BaseException | None) -> None:
-        """If ``request`` led identical requests: keep its answer in the cache, and wake them. Idempotent."""
-        key = request.cache_key
-        if key is None:
-            return
-        request.cache_key = None
-        route = request.route
-        outputs = request.outputs if error is None else None
-        if outputs is not None and target is not None and target.cache is not None:
-            target.cache.store(key, outputs)
-        self._inflight.release((route.model, route.version, key), outputs, error)
-
     def _deliver(self, request: Request) -> None:
         """Resolve a ``submit`` future, on the thread that finished the request, after :meth:`_answered`."""
         future = request.future
@@ -451,10 +396,10 @@ class Server:
 
         ``target`` is the version that answered, if it still serves (``None``: nothing is recorded on it).
         """
-        self._release_followers(request, target, error)
+        self._sharing.release(request, target, error)
         if target is not None:  # latency percentiles in status(), with or without an OpenTelemetry SDK
             target.latency.record(time.perf_counter() - request.started, failed=error is not None)
-        self._record(request, error)
+        self._telemetry.answered(request, error)
         outputs = request.outputs
         if error is not None or outputs is None or target is None:
             return
@@ -472,90 +417,6 @@ class Server:
                 route.shadows,
                 primary_span=request.span,
             )
-
-    def _record(self, request: Request, error: BaseException | None) -> None:
-        """Close the request's span and record its metrics."""
-        route = request.route
-        model, version, variant = route.model, route.version, route.variant
-        decision = route.decision
-        end_request_span(
-            request.span,
-            version=version,
-            variant=variant,
-            reason=route.reason,
-            rows=request.rows,
-            queue_wait_s=request.queue_wait_s if request.batch is not None else None,
-            batch=request.batch,
-            flags=decision.flags,
-            provider=decision.provider,
-            error=error,
-        )
-        if not metering():
-            return
-        METRICS.request_duration.record(
-            time.perf_counter() - request.started,
-            self._metric_attributes(model, version, variant, error, finished=True),
-        )
-        if request.enqueued_at:  # requests run at once on their caller's thread never queued
-            METRICS.queue_wait.record(request.queue_wait_s, self._metric_attributes(model, version))
-        if isinstance(error, DeadlineExceededError):
-            METRICS.deadlines.add(1, self._metric_attributes(model, version))
-
-    def _refused(
-        self,
-        span: Any,
-        started: float,
-        model: str,
-        target: ModelVersion | None,
-        decision: Decision | None,
-        error: BaseException,
-    ) -> None:
-        version = None if target is None else target.version
-        variant = None if decision is None else decision.variant
-        end_request_span(
-            span,
-            version=version,
-            variant=variant,
-            reason=None if decision is None else decision.reason,
-            rows=0,
-            queue_wait_s=None,
-            batch=None,
-            flags=() if decision is None else decision.flags,
-            provider=None if decision is None else decision.provider,
-            error=error,
-        )
-        if isinstance(model, str):
-            attributes = self._metric_attributes(model, version, variant, error, finished=True)
-            METRICS.request_duration.record(time.perf_counter() - started, attributes)
-            if isinstance(error, OverloadedError):
-                METRICS.shed.add(1, self._metric_attributes(model, version))
-
-    def _metric_attributes(
-        self,
-        model: str,
-        version: int | None,
-        variant: str | None = None,
-        error: BaseException | None = None,
-        *,
-        finished: bool = False,
-    ) -> dict[str, Any]:
-        """Metric attributes; a finished request's also carry its outcome, and error.type if it failed."""
-        error_type = None if error is None else type(error).__name__
-        key = (model, version, variant, finished, error_type)
-        attributes = self._attribute_cache.get(key)
-        if attributes is None:
-            attributes = {"inprocserve.model.name": model}
-            if version is not None:
-                attributes["inprocserve.model.version"] = version
-            if variant is not None:
-                attributes["inprocserve.rollout.variant"] = variant
-            if finished:
-                attributes["inprocserve.outcome"] = outcome(error)
-            if error_type is not None:
-                attributes["error.type"] = error_type  # semantic convention: the exception's class
-            if len(self._attribute_cache) < 10_000:  # bounded: model x version x variant x error class
-                self._attribute_cache[key] = attributes
-        return attributes
 
     # -- rollouts (see _operations) ----------------------------------------------------------------------
 
@@ -747,31 +608,12 @@ class Server:
             include_paths: ``False`` removes every file-system path (the repository, model files, and
                 paths quoted in error messages), for status shown to callers who are not administrators.
         """
-        snapshot = self._status()
-        return snapshot if include_paths else _without_paths(snapshot, self._registry.known_paths())
+        return server_status(self._registry, self._operations, self._shadow.status, include_paths=include_paths)
 
     def readiness(self, required: Sequence[str] | None = None) -> Readiness:
         """Whether this server can answer: open, with at least one model, and every model in ``required``
         (default: every model found) servable; ``reasons`` says why not, per model, without paths."""
         return readiness(self, required)
-
-    def _status(self) -> dict[str, Any]:
-        registry, operations = self._registry, self._operations
-        with registry.lock:
-            return {
-                "closed": registry.closed,
-                "repository": None if registry.repository is None else str(registry.repository),
-                "onnxruntime": onnxruntime_version(),
-                "thread_handoff_us": round(handoff_cost_s() * 1e6, 1),
-                "worker": worker_identity(),
-                "control": {
-                    **{key: value for key, value in registry.control.to_dict().items() if key != "models"},
-                    "file": operations.control_path,
-                    "interval_s": operations.control_interval_s,
-                    "error": operations.control_error,
-                },
-                "models": registry.models_status(self._shadow.status),
-            }
 
     @property
     def models(self) -> dict[str, list[int]]:
@@ -821,23 +663,6 @@ class Server:
         self._operations.after_fork_in_child()
 
 
-_PATH_KEYS = frozenset({"path", "repository", "file", "folder", "optimized_path", "inputs_file"})
-
-
-def _without_paths(value: Any, paths: list[str]) -> Any:
-    """``value`` with every path-valued key dropped and every known path in a string replaced."""
-    if isinstance(value, dict):
-        return {key: _without_paths(item, paths) for key, item in value.items() if key not in _PATH_KEYS}
-    if isinstance(value, list | tuple):
-        return [_without_paths(item, paths) for item in value]
-    if isinstance(value, str):
-        for path in paths:
-            if path in value:
-                value = value.replace(path, "<path>")
-        return value
-    return value
-
-
 def _prediction(request: Request) -> Prediction:
     route = request.route
     assert request.outputs is not None
@@ -849,29 +674,6 @@ def _prediction(request: Request) -> Prediction:
         reason=route.reason,
         request_id=route.request_id,
     )
-
-
-def _gauge_source(server_ref: weakref.ref[Server]) -> Callable[[], list[tuple[str, float, dict[str, Any]]]]:
-    """Queue depth and in-flight requests of every serving version, for the observable gauges."""
-
-    def observe() -> list[tuple[str, float, dict[str, Any]]]:
-        server = server_ref()
-        if server is None:
-            return []
-        values = []
-        for name, routes in list(server._routes.items()):
-            for number, model_version in routes.versions.items():
-                batcher = model_version.batcher
-                if batcher is None:
-                    continue
-                attributes = {"inprocserve.model.name": name, "inprocserve.model.version": number}
-                values.append(("queue", float(batcher.queued_rows), attributes))
-                values.append(("in_flight", float(batcher.in_flight), attributes))
-                values.extend(model_version.drift_observations())
-                values.extend(model_version.memory_observations())
-        return values
-
-    return observe
 
 
 def _close_unclosed(loaded: dict[str, dict[int, ModelVersion]], shadow: ShadowRunner, drift: DriftScorer) -> None:

@@ -110,7 +110,7 @@ def test_invalid_input_never_becomes_a_leader(busy_repository: Path, make_server
     for _ in range(2):
         with pytest.raises(inprocserve.InvalidInputError):
             server.predict("busy", bad)
-    assert server._inflight is not None and len(server._inflight) == 0
+    assert len(server._sharing) == 0
 
 
 # -- the primitive itself ----------------------------------------------------------------------------------
