@@ -44,9 +44,9 @@ from ._errors import (
 )
 from ._flags import EnvFlags, FileFlags, FlagError, FlagProvider, InMemoryFlags, OpenFeatureFlags
 from ._headers import parse_timeout_ms, parse_user_id
-from ._operations import InterleavedRanking, PromotionReport
 from ._prediction import Prediction
 from ._prefork import build_after_fork, check_repository
+from ._reports import InterleavedRanking, PromotionReport
 from ._server import Server
 from ._shadow import ShadowComparison
 from ._status_page import STATUS_PAGE_CSP, render_status_page

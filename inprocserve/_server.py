@@ -1,9 +1,10 @@
 """The Server facade: predict / submit / apredict / close, read top to bottom.
 
-A request is routed (``Router``), validated (``Signature``), answered from the cache or by an identical
-request in flight (``Coalescer``), or queued on its version's batcher; whatever answers it, :meth:`Server.
-_answered` then runs everything that follows an answer. Model lifecycle lives in ``_registry``, rollout
-operations in ``_operations``; the public methods here delegate to them.
+``_dispatch`` routes a request (``Router``), validates it (``Signature``), then answers it from the cache or
+lets it follow an identical request in flight (``_inflight.Sharing``), or queues it on its version's
+batcher. Whatever answers it, ``_answered`` then runs everything that follows an answer, once. Model
+lifecycle lives in ``_registry``, rollout operations in ``_operations`` (``Server`` inherits their public
+methods from ``RolloutMethods``), status in ``_snapshot``; the public methods here delegate to them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ._flags import FlagProvider
 from ._inflight import Sharing
 from ._loop_batching import apredict as _loop_apredict
 from ._model import ModelVersion
-from ._operations import InterleavedRanking, Operations, PromotionReport
+from ._operations import Operations, RolloutMethods
 from ._prediction import Prediction, RequestIds
 from ._prefork import shield_exit
 from ._registry import Registry, Routes, close_versions
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 _RETRIES_ON_RETIRED = 3
 
 
-class Server:
+class Server(RolloutMethods):
     """Serves ONNX models inside this process.
 
     Thread-safe: call :meth:`predict`, :meth:`submit` and :meth:`apredict` from any number of threads or
@@ -321,9 +322,8 @@ class Server:
         try:
             for _ in range(_RETRIES_ON_RETIRED):
                 routes, target, decision = self._route(model, version, context)
-                request = Request(
-                    *self._validated(target, inputs), self._route_of(routes, target, decision), deadline, future
-                )
+                arrays, rows = self._validated(target, inputs)
+                request = Request(arrays, rows, self._route_of(routes, target, decision), deadline, future)
                 request.span = span
                 request.started = started
                 if not self._sharing.answered_without_run(target, request):
@@ -417,144 +417,6 @@ class Server:
                 route.shadows,
                 primary_span=request.span,
             )
-
-    # -- rollouts (see _operations) ----------------------------------------------------------------------
-
-    def record_outcome(
-        self, request_id: str | None, reward: float, *, model: str | None = None, key: str | None = None
-    ) -> str | None:
-        """Attribute an outcome (a click, a conversion, a reward in [0, 1] for bandits) to the variant
-        that served ``request_id`` — or, with ``model`` and ``key``, to the variant that targeting key is
-        bucketed to. Returns the variant credited, or ``None`` if the request is unknown (or too old).
-
-        Outcomes feed the per-variant statistics in :meth:`status` and the bandit policies.
-        """
-        return self._operations.record_outcome(request_id, reward, model=model, key=key)
-
-    def switch(self, model: str, version: int, *, actor: str | None = None, force: bool = False) -> None:
-        """Blue/green: make ``version`` the stable version of ``model`` on every worker and host.
-
-        The version is loaded and warmed up here first (a version that cannot load is never published);
-        then, with a repository, the change is written to its control file, which every server on that
-        repository follows within ``control_interval_s`` (see docs/operations.md, "Running a fleet").
-        Without a repository it changes this process only. :meth:`rollback` returns to the previous one.
-
-        A version whose signature would break the callers of the stable version (renamed, added or removed
-        inputs, removed outputs, other dtypes, ranks or fixed sizes) is refused unless ``force=True``.
-
-        Args:
-            model: The model name.
-            version: The version to serve.
-            actor: Who made the change, recorded in the control file (default: user@host:pid).
-            force: Switch even to a version whose signature is incompatible with the stable one.
-
-        Raises:
-            ModelNotFoundError: the version is not in the repository (or not loaded, without one).
-            ModelLoadError: it cannot be loaded.
-            ConfigurationError: the control file is invalid or cannot be written.
-            PromotionRefusedError: the signatures are incompatible and ``force`` is not set; the differences
-                are in the message and in ``report["incompatibilities"]``.
-        """
-        self._operations.switch(model, version, actor=actor, force=force)
-
-    def rollback(self, model: str, *, actor: str | None = None) -> int:
-        """Switch ``model`` back to the stable version it had before the last :meth:`switch`; returns it.
-
-        Rolling back twice returns to where you started (the version rolled back from becomes the previous).
-        It is never refused for an incompatible signature: it returns to a version that served before.
-
-        Raises:
-            ValueError: no switch of this model was recorded, so there is nothing to roll back to.
-            ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
-        """
-        return self._operations.rollback(model, actor=actor)
-
-    def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
-        """Send ``percent`` % of targeting keys (sticky buckets) to ``version``, on every worker and host.
-
-        It replaces the model's configured strategy while set; ``version=None`` removes it (the model's
-        configured rollout applies again). Raising the percentage keeps the keys already in the canary.
-
-        Raises:
-            ValueError: ``percent`` is not in 0..100, or ``version`` is not a positive int.
-            ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
-        """
-        self._operations.set_canary(model, version, percent=percent, actor=actor)
-
-    def kill(self, model: str, *, actor: str | None = None) -> None:
-        """Kill switch: every request to ``model`` gets its stable version, on every worker and host, whatever
-        the configured strategy or a flag provider says (no canary, A/B, bandit or shadow). Undo with
-        :meth:`resume`.
-
-        Raises:
-            ModelNotFoundError: unknown model. ConfigurationError: the control file cannot be written.
-        """
-        self._operations.kill(model, actor=actor)
-
-    def resume(self, model: str, *, actor: str | None = None) -> None:
-        """Turn the kill switch of ``model`` off again (see :meth:`kill`)."""
-        self._operations.resume(model, actor=actor)
-
-    def reload(self, *, actor: str | None = None) -> list[str]:
-        """Re-scan the repository on every worker and host (a fleet-wide :meth:`refresh`); returns the
-        problems this process found. The others follow within ``control_interval_s`` plus their load time.
-        """
-        return self._operations.reload(actor=actor)
-
-    def sync_control(self) -> int:
-        """Follow the control file now (the watcher thread calls this every ``control_interval_s``);
-        returns the revision this server follows. An invalid file is logged and shown in :meth:`status`,
-        and the last valid revision stays in force."""
-        return self._operations.sync_control()
-
-    def promote(
-        self,
-        model: str,
-        version: int,
-        *,
-        max_abs_diff: float | None = None,
-        min_label_agreement: float | None = None,
-        min_samples: int = 1,
-    ) -> PromotionReport:
-        """Guarded promotion: make ``version`` stable only if it agrees with the serving version.
-
-        The candidate is loaded and warmed up on recent real inputs (kept per model, see
-        ``RolloutConfig.capture_inputs``); its answers are compared with the stable version's, and the
-        switch happens only if the largest absolute difference and the argmax agreement are within the
-        given bounds. Returns the comparison report, a :class:`PromotionReport` (which also reads like the
-        dict of earlier releases: ``report["from"]``, ``report["reason"]``; ``report.to_dict()`` gives it).
-
-        Raises:
-            PromotionRefusedError: the candidate's signature is incompatible with the stable version's
-                (use :meth:`switch` with ``force=True``), the comparison failed a bound, or there were fewer
-                than ``min_samples`` recent inputs; the report is on the exception, and nothing was switched.
-        """
-        return self._operations.promote(
-            model, version, max_abs_diff=max_abs_diff, min_label_agreement=min_label_agreement, min_samples=min_samples
-        )
-
-    def interleave(
-        self,
-        model: str,
-        inputs: Any,
-        *,
-        output: str | None = None,
-        length: int | None = None,
-        context: Mapping[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> InterleavedRanking:
-        """Team-draft interleaving of two rankers (``RolloutConfig.rankers``, or the ``<model>.rankers``
-        flag): both score the same items (one row per item), and the result list mixes their rankings with
-        per-item attribution. Report clicks with :meth:`record_click`; wins per ranker are in :meth:`status`.
-        """
-        return self._operations.interleave(
-            model, inputs, output=output, length=length, context=context, timeout_s=timeout_s
-        )
-
-    def record_click(self, request_id: str, item: int, *, model: str | None = None) -> str | None:
-        """Credit a click on ``item`` (its index in the ranked inputs) of an :meth:`interleave` result to
-        the ranker that contributed it. Returns ``"A"``, ``"B"``, or ``None`` if the result is unknown."""
-        return self._operations.record_click(request_id, item, model=model)
 
     # -- lifecycle (see _registry) -----------------------------------------------------------------------
 
