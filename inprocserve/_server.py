@@ -396,7 +396,8 @@ class Server(RolloutMethods):
 
         ``target`` is the version that answered, if it still serves (``None``: nothing is recorded on it).
         """
-        self._sharing.release(request, target, error)
+        if request.cache_key is not None:  # it led identical requests (or its answer is to be cached)
+            self._sharing.release(request, target, error)
         if target is not None:  # latency percentiles in status(), with or without an OpenTelemetry SDK
             target.latency.record(time.perf_counter() - request.started, failed=error is not None)
         self._telemetry.answered(request, error)
