@@ -295,7 +295,9 @@ class Operations:
         router = routes.router
         rankers = router.rankers(routes.versions, context)
         if not rankers or len(rankers) != 2:
-            raise ConfigurationError(f"model {model!r}: interleaving needs rollout.rankers = [A, B]")
+            raise ConfigurationError(
+                f"model {model!r}: interleaving needs two rankers: [rollout.interleaving] rankers = [A, B]"
+            )
         first = self._submit(model, inputs, version=rankers[0], context=context, timeout_s=timeout_s)
         second = self._submit(model, inputs, version=rankers[1], context=context, timeout_s=timeout_s)
         scores = []
@@ -449,7 +451,7 @@ class RolloutMethods:
         context: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> InterleavedRanking:
-        """Team-draft interleaving of two rankers (``RolloutConfig.rankers``, or the ``<model>.rankers``
+        """Team-draft interleaving of two rankers (``RolloutConfig.interleaving``, or the ``<model>.rankers``
         flag): both score the same items (one row per item), and the result list mixes their rankings with
         per-item attribution. Report clicks with :meth:`record_click`; wins per ranker are in :meth:`status`.
         """

@@ -98,16 +98,7 @@ class Registry:
         version: int | None = None,
         config: ModelConfig | None = None,
     ) -> int:
-        """Load a model version and make it servable; returns the version number.
-
-        With ``path`` (a ``.onnx`` file) no repository is needed; ``version`` defaults to one more than the
-        highest loaded. Without ``path`` the model is (re)loaded from the repository per its version policy,
-        or just ``version`` if given. A version that fails to load never replaces a working one.
-
-        Raises:
-            ModelLoadError: the model cannot be loaded or warmed up.
-            ModelNotFoundError: no such model in the repository, or an invalid name.
-        """
+        """See :meth:`Server.load` (the lifecycle lock serializes it with every other change)."""
         validate_model_name(name)
         if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
             raise ValueError(f"version must be a positive int, got {version!r}")
@@ -148,15 +139,7 @@ class Registry:
             return version
 
     def unload(self, name: str, version: int | None = None, *, timeout_s: float | None = None) -> None:
-        """Stop serving a model (or one version) after its queued and running requests finish.
-
-        What is unloaded by hand stays unloaded across refreshes until it is loaded again. For a model
-        from the repository, unloading one version applies the version policy to the remaining versions
-        at once: with ``latest`` the next highest version is loaded and warmed up first, then takes over.
-
-        Raises:
-            ModelNotFoundError: the model or version is not loaded.
-        """
+        """See :meth:`Server.unload` (the lifecycle lock serializes it with every other change)."""
         with self.lock:
             loaded = self.loaded.get(name, {})
             if not loaded or (version is not None and version not in loaded):
@@ -185,11 +168,7 @@ class Registry:
                 self.retire(name, [version], timeout_s=timeout_s)
 
     def refresh(self) -> list[str]:
-        """Re-scan the repository: load new versions, retire removed ones. Returns problems found.
-
-        New versions are loaded and warmed up before they take traffic; removed versions drain first.
-        Failures are logged and kept in :meth:`status`; they never interrupt serving.
-        """
+        """See :meth:`Server.refresh` (the lifecycle lock serializes it with every other change)."""
         if self.repository is None:
             return []
         with self.lock:

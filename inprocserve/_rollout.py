@@ -168,7 +168,7 @@ class Router:
         return self._flags.run(lambda: self._read_stable(ready, stable, ctx, []), lambda reason: stable)
 
     def rankers(self, ready: Mapping[int, Any], context: Mapping[str, Any] | None) -> tuple[int, ...] | None:
-        """The two versions to interleave: the ``<prefix>.rankers`` flag, else ``rollout.rankers``.
+        """The two versions to interleave: the ``<prefix>.rankers`` flag, else ``rollout.interleaving.rankers``.
 
         Read through the flag reader like every other flag: a failing provider or an unusable value gives
         the configured rankers (and is counted), never an exception.
