@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._batching import Finisher, Request, VersionRetiredError, finish_detached
+from ._batching import Batcher, Finisher, Request, VersionRetiredError, finish_detached
 from ._errors import DeadlineExceededError, ModelNotFoundError
 from ._request_telemetry import RequestTelemetry
 
@@ -107,10 +107,16 @@ class Sharing:
         telemetry: Counts hits, misses and shared runs.
     """
 
-    def __init__(self, deliver: Finisher, telemetry: RequestTelemetry) -> None:
+    def __init__(self, deliver: Finisher, telemetry: RequestTelemetry, *, clock: Callable[[], float]) -> None:
         self._coalescer = Coalescer()
         self._deliver = deliver
         self._telemetry = telemetry
+        self._clock = clock
+        # Synchronous followers not (yet) queued, by id: their caller waits for them without the batcher,
+        # whose deadline bookkeeping counts queued requests only. The lock orders a follower's re-run
+        # against its caller giving up.
+        self._lock = threading.Lock()
+        self._waiting: set[int] = set()
 
     def __len__(self) -> int:
         """Leaders in flight."""
@@ -138,25 +144,75 @@ class Sharing:
         self._telemetry.cache_result(target.name, target.version, "miss" if leader is None else "shared")
         if leader is None:
             return False
+        if request.future is None:
+            with self._lock:
+                self._waiting.add(id(request))
         leader.add_done_callback(lambda done: self._follow(request, target, done))
         return True
+
+    def following(self, request: Request) -> bool:
+        """Whether ``request`` (synchronous) follows a leader and is not queued."""
+        with self._lock:
+            return id(request) in self._waiting
+
+    def wait(self, request: Request, batcher: Batcher) -> None:
+        """Block a synchronous follower's caller until it is answered or its deadline passes.
+
+        Raises:
+            DeadlineExceededError: the deadline passed first (a re-run it got meanwhile is withdrawn).
+        """
+        timeout = -1.0 if request.deadline is None else max(request.deadline - self._clock(), 0.0)
+        if request.waiter.acquire(timeout=timeout):
+            if request.baton is not None:  # answered by a batch after a re-run: wake the next caller
+                request.baton.release()
+            return
+        with self._lock:
+            never_queued = id(request) in self._waiting
+            self._waiting.discard(id(request))
+        if not never_queued:
+            batcher.wait(request)  # re-run meanwhile: the batcher withdraws it, or it was just answered
+            return
+        route = request.route
+        raise DeadlineExceededError(
+            f"model {route.model!r} version {route.version}: no answer within the request's deadline "
+            "(it waited for an identical request in flight)",
+            model=route.model,
+            version=route.version,
+        )
 
     def _follow(self, request: Request, target: ModelVersion, leader: Future[Mapping[str, Any]]) -> None:
         """An identical request's leader is done: take its answer or error, or run this one by itself when
         the leader failed for a reason of its own (cancelled, past its deadline, retired under it)."""
         error = leader.exception()
-        if isinstance(error, LeaderGone):
-            assert target.batcher is not None
-            try:
-                target.batcher.submit(request, run_inline=False)
-            except VersionRetiredError:
-                name, number = target.name, target.version
-                gone = ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number)
-                finish_detached(request, None, gone, self._deliver)
-            except BaseException as exc:
-                finish_detached(request, None, exc, self._deliver)
+        rerun = isinstance(error, LeaderGone)
+        refused: BaseException | None = None
+        if request.future is None:
+            with self._lock:  # held through the re-run's queueing: its caller sees it queued, or not at all
+                if id(request) not in self._waiting:
+                    return  # its caller gave up at its deadline
+                self._waiting.discard(id(request))
+                if rerun:
+                    refused = self._queue(request, target)
+        elif rerun:
+            refused = self._queue(request, target)
+        if rerun:
+            if refused is not None:  # finished outside the lock: a future's callbacks may call the server
+                finish_detached(request, None, refused, self._deliver)
             return
         finish_detached(request, None if error is not None else leader.result(), error, self._deliver)
+
+    @staticmethod
+    def _queue(request: Request, target: ModelVersion) -> BaseException | None:
+        """Queue a follower to run by itself; returns the error if it is refused."""
+        assert target.batcher is not None
+        try:
+            target.batcher.submit(request, run_inline=False)
+        except VersionRetiredError:
+            name, number = target.name, target.version
+            return ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number)
+        except BaseException as exc:
+            return exc
+        return None
 
     def release(self, request: Request, target: ModelVersion | None, error: BaseException | None) -> None:
         """If ``request`` led identical requests: keep its answer in the cache, and wake them. Idempotent."""

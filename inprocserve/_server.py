@@ -115,7 +115,7 @@ class Server(RolloutMethods):
         self._ids = RequestIds()
         self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s, clock=clock)
         self._telemetry = RequestTelemetry()
-        self._sharing = Sharing(self._deliver, self._telemetry)
+        self._sharing = Sharing(self._deliver, self._telemetry, clock=clock)
         # The threads this server starts, each stopped and joined by close(): shadow runs, drift scoring,
         # the hot-reload poller (registry) and the control-file watcher (operations).
         self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow, budget=shadow_budget)
@@ -191,7 +191,10 @@ class Server(RolloutMethods):
         batcher = target.batcher
         assert batcher is not None
         try:
-            batcher.wait(request)
+            if self._sharing.following(request):  # waits for an identical request: not in the batcher's queue
+                self._sharing.wait(request, batcher)
+            else:
+                batcher.wait(request)
         except DeadlineExceededError as exc:
             self._answered(request, target, exc)
             raise

@@ -3,6 +3,7 @@ whatever happens to the leader, they get its answer, its error, or run by themse
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import CancelledError
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from inprocserve import BatchingConfig, CacheConfig, ModelConfig
 from inprocserve._batching import VersionRetiredError
 from inprocserve._inflight import Coalescer, LeaderGone
 
-from .conftest import ServerFactory, busy_inputs, occupy, version_status
+from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 
 WAIT_S = 30  # every wait is bounded: a follower left behind fails the test instead of hanging it
 
@@ -164,3 +165,47 @@ def test_a_leader_without_answer_or_error_still_wakes_followers() -> None:
     assert follower is not None
     coalescer.release(KEY, None, None)
     assert isinstance(follower.exception(timeout=0), LeaderGone)
+
+
+def test_synchronous_followers_of_a_leader_past_its_deadline_are_answered(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository, config=sharing(True))
+    blocker = occupy(server)
+    inputs = busy_inputs(1, seed=15)
+    outcomes: dict[int, object] = {}
+
+    def call(index: int) -> None:
+        try:
+            outcomes[index] = server.predict("busy", inputs, timeout_s=0.05 if index == 0 else None)["y"].shape
+        except inprocserve.InprocserveError as exc:
+            outcomes[index] = type(exc)
+
+    leader = threading.Thread(target=call, args=(0,))
+    leader.start()
+    wait_until(lambda: len(server._sharing) == 1)  # the leader holds the key; the others follow it
+    followers = [threading.Thread(target=call, args=(i,)) for i in range(1, 4)]
+    for thread in followers:
+        thread.start()
+    blocker.result(timeout=WAIT_S)
+    for thread in [leader, *followers]:
+        thread.join(timeout=WAIT_S)
+        assert not thread.is_alive(), "a caller was left waiting"
+    assert outcomes == {0: inprocserve.DeadlineExceededError, 1: (1, 512), 2: (1, 512), 3: (1, 512)}
+
+
+def test_a_follower_past_its_deadline_leaves_its_leader_and_the_queue_intact(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository, config=sharing(None, cache=True))
+    blocker = occupy(server)
+    inputs = busy_inputs(1, seed=16)
+    leader = server.submit("busy", inputs)
+    with pytest.raises(inprocserve.DeadlineExceededError, match="identical request in flight"):
+        server.predict("busy", inputs, timeout_s=0.01)  # follows the queued leader, gives up first
+    blocker.result(timeout=WAIT_S)
+    # The follower was never queued: giving up must not take its rows off the queue's count, or the
+    # batcher would think the queue empty and never run the leader.
+    assert leader.result(timeout=WAIT_S)["y"].shape == (1, 512)
+    status = version_status(server, "busy")
+    assert (status["queued_rows"], status["in_flight"]) == (0, 0)
