@@ -84,7 +84,12 @@ def render_costs(repeat: int) -> dict[str, float]:
         for name in ("fraud", "churn", "ranker"):
             for version in (1, 2):
                 save_model(build_scale_model(float(version)), folder, name, version)
-        rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=20, shadow=(2,))
+        rollout = inprocserve.RolloutConfig(
+            strategy="canary",
+            stable=1,
+            canary=inprocserve.CanaryConfig(version=2, percent=20),
+            shadow=inprocserve.ShadowConfig(versions=(2,)),
+        )
         models = {"fraud": inprocserve.ModelConfig(rollout=rollout)}
         with inprocserve.Server(folder, models=models) as server:
             rows = np.ones((2, 4), dtype=np.float32)

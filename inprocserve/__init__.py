@@ -14,13 +14,17 @@ from __future__ import annotations
 import logging
 
 from ._config import (
+    BanditConfig,
     BatchingConfig,
     CacheConfig,
+    CanaryConfig,
     DriftConfig,
+    InterleavingConfig,
     ModelConfig,
     PaddingConfig,
     PoolConfig,
     RolloutConfig,
+    ShadowConfig,
     VariantConfig,
     VersionPolicy,
     WarmupConfig,
@@ -44,15 +48,18 @@ from ._headers import parse_timeout_ms, parse_user_id
 from ._prediction import Prediction
 from ._prefork import build_after_fork, check_repository
 from ._remote_model import RemoteModel
-from ._server import InterleavedRanking, Server
+from ._reports import InterleavedRanking, PromotionReport
+from ._server import Server
 from ._shadow import ShadowComparison
 from ._status_page import STATUS_PAGE_CSP, render_status_page
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BanditConfig",
     "BatchingConfig",
     "CacheConfig",
+    "CanaryConfig",
     "ConfigurationError",
     "DeadlineExceededError",
     "DriftConfig",
@@ -64,6 +71,7 @@ __all__ = [
     "InferenceError",
     "InprocserveError",
     "InterleavedRanking",
+    "InterleavingConfig",
     "InvalidInputError",
     "ModelConfig",
     "ModelLoadError",
@@ -74,6 +82,7 @@ __all__ = [
     "PoolConfig",
     "Prediction",
     "PromotionRefusedError",
+    "PromotionReport",
     "QueueFullError",
     "RemoteModel",
     "RemoteUnavailableError",
@@ -82,6 +91,7 @@ __all__ = [
     "Server",
     "ServerClosedError",
     "ShadowComparison",
+    "ShadowConfig",
     "VariantConfig",
     "VersionPolicy",
     "WarmupConfig",

@@ -17,14 +17,30 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import ConfigurationError
+from ._rollout_config import (
+    FLAT_FIELDS,
+    GROUPS,
+    BanditConfig,
+    CanaryConfig,
+    InterleavingConfig,
+    RolloutConfig,
+    ShadowConfig,
+    Strategy,
+    VariantConfig,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BanditConfig",
     "BatchingConfig",
     "CacheConfig",
+    "CanaryConfig",
     "DriftConfig",
+    "InterleavingConfig",
     "RolloutConfig",
+    "ShadowConfig",
+    "Strategy",
     "VariantConfig",
     "ModelConfig",
     "PaddingConfig",
@@ -243,100 +259,6 @@ class WarmupConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class VariantConfig:
-    """One arm of an A/B test or bandit: the version that serves it and its share of traffic."""
-
-    version: int
-    weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
-            raise ConfigurationError(f"rollout variant version must be a positive int, got {self.version!r}")
-        if not (self.weight >= 0 and math.isfinite(self.weight)):
-            raise ConfigurationError(f"rollout variant weight must be a finite number >= 0, got {self.weight!r}")
-
-
-Strategy = Literal["stable", "canary", "ab", "bandit"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RolloutConfig:
-    """Which version answers each request, and which versions run in the shadow.
-
-    Every setting here is a default that a flag can override per request (flag keys start with
-    ``flag_prefix``, the model name by default): see docs/rollouts.md for the keys.
-    """
-
-    strategy: Strategy = "stable"
-    """``stable``: one version answers; ``canary``: a sticky percentage goes to ``candidate``; ``ab``: a
-    sticky split over ``variants``; ``bandit``: a policy picks among ``variants`` from recorded outcomes."""
-    stable: int | None = None
-    """The stable alias: the version that answers by default (``None``: the latest ready version)."""
-    candidate: int | None = None
-    """The canary version."""
-    canary_percent: float = 0.0
-    """Share of targeting keys sent to the candidate, 0-100, in steps of 0.01."""
-    variants: Mapping[str, VariantConfig] = field(default_factory=dict)
-    """A/B and bandit arms: name -> version and weight. The first listed is the control."""
-    bandit_policy: Literal["thompson", "epsilon_greedy"] = "thompson"
-    epsilon: float = 0.1
-    """Exploration rate of ``epsilon_greedy``."""
-    seed: int | None = None
-    """Seed of the bandit's and the interleaver's random choices (for reproducible tests)."""
-    shadow: tuple[int, ...] = ()
-    """Versions that receive a copy of each (sampled) request after the caller has its answer."""
-    shadow_percent: float = 100.0
-    """Share of requests mirrored to the shadow versions."""
-    salt: str = ""
-    """Mixed into the bucketing hash: change it to reshuffle who is in the canary."""
-    flag_prefix: str | None = None
-    """Prefix of this model's flag keys (default: the model name)."""
-    key_field: str = "user_id"
-    """The request-context field that identifies a user for sticky bucketing (``targeting_key`` also works)."""
-    capture_inputs: int = 256
-    """Recent requests kept to compare a version against the serving one before promotion (0: none)."""
-    rankers: tuple[int, int] | None = None
-    """For interleaving: the versions of ranker A and ranker B."""
-
-    def __post_init__(self) -> None:
-        if self.strategy not in ("stable", "canary", "ab", "bandit"):
-            raise ConfigurationError(f"rollout.strategy must be stable, canary, ab or bandit, got {self.strategy!r}")
-        for name in ("canary_percent", "shadow_percent"):
-            value = getattr(self, name)
-            if not (0 <= value <= 100):
-                raise ConfigurationError(f"rollout.{name} must lie in 0..100, got {value!r}")
-        if not 0 <= self.epsilon <= 1:
-            raise ConfigurationError(f"rollout.epsilon must lie in 0..1, got {self.epsilon!r}")
-        if self.bandit_policy not in ("thompson", "epsilon_greedy"):
-            raise ConfigurationError(
-                f"rollout.bandit_policy must be thompson or epsilon_greedy, got {self.bandit_policy!r}"
-            )
-        variants = {
-            name: value if isinstance(value, VariantConfig) else VariantConfig(**value)
-            for name, value in dict(self.variants).items()
-        }
-        object.__setattr__(self, "variants", variants)
-        if self.strategy in ("ab", "bandit") and len(variants) < 2:
-            raise ConfigurationError(f"rollout.strategy {self.strategy!r} needs at least two rollout.variants")
-        object.__setattr__(self, "shadow", tuple(self.shadow))
-        if self.rankers is not None:
-            object.__setattr__(self, "rankers", tuple(self.rankers))
-            if len(self.rankers) != 2:
-                raise ConfigurationError(f"rollout.rankers must name two versions, got {self.rankers!r}")
-        if self.capture_inputs < 0:
-            raise ConfigurationError(f"rollout.capture_inputs must be >= 0, got {self.capture_inputs}")
-
-    @property
-    def referenced_versions(self) -> set[int]:
-        """Versions this configuration names: they are loaded whatever the version policy says."""
-        versions = {v for v in (self.stable, self.candidate) if v is not None}
-        versions.update(variant.version for variant in self.variants.values())
-        versions.update(self.shadow)
-        versions.update(self.rankers or ())
-        return versions
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class CacheConfig:
     """An optional cache of outputs by exact inputs, per model version (off by default)."""
 
@@ -345,6 +267,9 @@ class CacheConfig:
     """Entries kept, least recently used evicted first."""
     ttl_s: float | None = None
     """Entries expire this long after they were stored (``None``: never)."""
+    share_in_flight: bool | None = None
+    """Whether identical requests in flight share one run: ``None`` (default) shares them only when the
+    cache is enabled; ``True`` also without the cache; ``False`` never (each request runs)."""
 
     def __post_init__(self) -> None:
         if self.max_entries < 1:
@@ -466,11 +391,7 @@ class ModelConfig:
         for item in dataclasses.fields(ModelConfig):
             given, default = getattr(other, item.name), getattr(defaults, item.name)
             if item.name in _SECTIONS:
-                fields = {
-                    inner.name: getattr(given, inner.name)
-                    for inner in dataclasses.fields(given)
-                    if inner.init and getattr(given, inner.name) != getattr(default, inner.name)
-                }
+                fields = _changed(given, default, getattr(self, item.name))
                 if fields:
                     try:
                         changes[item.name] = dataclasses.replace(getattr(self, item.name), **fields)
@@ -482,6 +403,21 @@ class ModelConfig:
 
 
 _DEFAULTS = ModelConfig()
+
+
+def _changed(given: Any, default: Any, base: Any) -> dict[str, Any]:
+    """The fields of ``given`` that differ from ``default``; a nested group (``rollout.canary``) that
+    differs is laid over ``base``'s group field by field in turn."""
+    fields: dict[str, Any] = {}
+    for inner in dataclasses.fields(given):
+        value, plain = getattr(given, inner.name), getattr(default, inner.name)
+        if not inner.init or value == plain:
+            continue
+        if dataclasses.is_dataclass(value) and not isinstance(value, type) and type(value) is type(plain):
+            nested = _changed(value, plain, getattr(base, inner.name))
+            value = dataclasses.replace(getattr(base, inner.name), **nested)
+        fields[inner.name] = value
+    return fields
 
 
 def load_model_config(path: Path, base: ModelConfig | None = None) -> ModelConfig:
@@ -546,6 +482,17 @@ def _replace_section(section: Any, name: str, values: Mapping[str, Any], source:
     for key in ("preferred_batch_sizes", "providers", "device_ids", "shadow", "rankers"):
         if key in converted and isinstance(converted[key], list):
             converted[key] = tuple(converted[key])
+    if name == "rollout":
+        _group_flat_rollout_keys(converted, source)
+        for group in GROUPS:  # [rollout.canary] and the other groups are laid over the group, key by key
+            table = converted.get(group)
+            if isinstance(table, Mapping):
+                try:
+                    converted[group] = dataclasses.replace(getattr(section, group), **_tuples(table))
+                except TypeError as exc:
+                    raise ConfigurationError(f"{source}: [rollout.{group}]: {exc}") from None
+                except ConfigurationError as exc:
+                    raise ConfigurationError(f"{source}: {exc}") from None
     if name == "batching" and isinstance(converted.get("padding"), Mapping):
         try:
             converted["padding"] = PaddingConfig(**converted["padding"])
@@ -557,6 +504,32 @@ def _replace_section(section: Any, name: str, values: Mapping[str, Any], source:
         raise ConfigurationError(f"{source}: {exc}") from None
     except TypeError as exc:
         raise ConfigurationError(f"{source}: [{name}]: {exc}") from None
+
+
+def _group_flat_rollout_keys(converted: dict[str, Any], source: str) -> None:
+    """Move the deprecated flat ``[rollout]`` keys (``candidate``, ``shadow = [..]`` ...) into their tables."""
+    flat = {key: converted.pop(key) for key in list(converted) if key in FLAT_FIELDS}
+    if isinstance(converted.get("shadow"), list | tuple):
+        flat["shadow"] = converted.pop("shadow")
+    if not flat:
+        return
+    moved = {key: ("shadow", "versions") if key == "shadow" else FLAT_FIELDS[key] for key in sorted(flat)}
+    message = (
+        f"{source}: [rollout] {', '.join(moved)} {'is' if len(moved) == 1 else 'are'} deprecated; write "
+        + ", ".join(f"{inner} in [rollout.{group}]" for group, inner in moved.values())
+        + " instead"
+    )
+    logger.warning("%s", message)  # config files are an operator's business: say it where they look
+    warnings.warn(message, DeprecationWarning, stacklevel=4)
+    for key, (group, inner) in moved.items():
+        table = converted.get(group)
+        table = dict(table) if isinstance(table, Mapping) else {}
+        table.setdefault(inner, flat[key])  # a key written in the table wins over its flat form
+        converted[group] = table
+
+
+def _tuples(table: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in table.items()}
 
 
 def _parse_version_policy(value: Any, source: str) -> VersionPolicy:

@@ -2,10 +2,10 @@
 
 Per numeric feature (each column of each input, and of each output), a reference sample — from a file in
 the model folder, or captured from the first requests — defines decile bins. Requests are gathered into
-tumbling windows of ``window`` rows; each full window is scored on a background thread (never on the
-request path) with the population stability index (PSI) and, for continuous features, the two-sample
-Kolmogorov-Smirnov statistic. A window whose PSI (or KS) crosses the threshold marks the version as
-drifting and is logged once.
+tumbling windows of ``window`` rows; each full window is scored on a background thread, never on the
+request path (a :class:`DriftScorer`, which the server starts and closes), with the population stability
+index (PSI) and, for continuous features, the two-sample Kolmogorov-Smirnov statistic. A window whose PSI
+(or KS) crosses the threshold marks the version as drifting and is logged once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import atexit
 import logging
 import queue
 import threading
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ._config import DriftConfig
 from ._errors import ModelLoadError
 from ._integrity import resolve_model_file
 
-__all__ = ["DriftMonitor", "ks_statistic", "psi"]
+__all__ = ["DriftMonitor", "DriftScorer", "drain", "ks_statistic", "psi"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,8 @@ class DriftMonitor:
         names = list(columns)[: self.config.max_features]
         return {name: _Feature(columns[name], self.config.bins) for name in names}
 
-    def observe(self, arrays: Mapping[str, Any], outputs: Mapping[str, Any], rows: int) -> None:
-        """Note one answered request (cheap: keeps references; scoring happens on a background thread)."""
+    def observe(self, arrays: Mapping[str, Any], outputs: Mapping[str, Any], rows: int, *, scorer: DriftScorer) -> None:
+        """Note one answered request (cheap: keeps references); full windows are scored on ``scorer``."""
         with self._lock:
             if self._features is None:
                 if self._captured_rows >= self.config.capture_reference:
@@ -146,14 +147,14 @@ class DriftMonitor:
                 if self._captured_rows < self.config.capture_reference:
                     return
                 captured, self._capture = self._capture, []
-                _submit(self._finish_capture, captured)
+                scorer.submit(self._finish_capture, captured)
                 return
             self._pending.append((arrays, outputs))
             self._pending_rows += rows
             if self._pending_rows < self.config.window:
                 return
             window, self._pending, self._pending_rows = self._pending, [], 0
-        _submit(self._score, window)
+        scorer.submit(self._score, window)
 
     def _stack(self, window: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict[str, np.ndarray]:
         parts: dict[str, list[np.ndarray]] = {}
@@ -251,65 +252,79 @@ class DriftMonitor:
         return values
 
 
-# -- one background thread scores windows for every monitor ----------------------------------------------
-
-_jobs: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
-_worker: threading.Thread | None = None
-_worker_lock = threading.Lock()
-
-
-def _submit(function: Any, argument: Any) -> None:
-    global _worker
-    _jobs.put((function, argument))
-    if _worker is None:
-        with _worker_lock:
-            if _worker is None:
-                _worker = threading.Thread(target=_work, name="inprocserve-drift", daemon=True)
-                _worker.start()
-
+# -- the background thread that scores windows, owned by the server that starts it ------------------------
 
 _STOP = object()
+_scorers: weakref.WeakSet[DriftScorer] = weakref.WeakSet()
 
 
-def _work() -> None:
-    while True:
-        function, argument = _jobs.get()
-        if function is _STOP:
-            return
-        try:
-            function(argument)
-        except Exception:  # a bad window must not stop drift scoring for everyone
-            logger.exception("drift scoring failed")
+class DriftScorer:
+    """Scores the drift windows of one server's monitors on one thread, off the request path.
 
+    Thread-safe. The thread starts lazily with the first window (again in a forked child) and
+    :meth:`close` stops and joins it after the window it is scoring; windows submitted after that are dropped.
+    """
 
-def _stop_worker() -> None:
-    """At exit: let the worker finish the window it is scoring, then stop, before the interpreter
-    finalizes (a daemon thread inside numpy during finalization can crash the process)."""
-    global _worker
-    worker = _worker
-    if worker is not None and worker.is_alive():
-        _jobs.put((_STOP, None))
-        worker.join(timeout=5)
-    _worker = None
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        _scorers.add(self)
+        _fork.register(self)
 
+    def submit(self, function: Callable[[Any], None], argument: Any) -> None:
+        """Run ``function(argument)`` on the scoring thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._jobs.put((function, argument))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="inprocserve-drift", daemon=True)
+                self._worker.start()
 
-atexit.register(_stop_worker)
+    def _work(self) -> None:
+        while True:
+            function, argument = self._jobs.get()
+            if function is _STOP:
+                return
+            try:
+                function(argument)
+            except Exception:  # a bad window must not stop drift scoring for every other version
+                logger.exception("drift scoring failed")
 
+    def drain(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every window submitted so far has been scored; ``False`` on timeout (or if closed)."""
+        done = threading.Event()
+        self.submit(lambda _: done.set(), None)
+        return done.wait(timeout_s)
 
-class _ForkReset:
+    def close(self, *, timeout_s: float = 5.0) -> None:
+        """Stop the thread after the window it is scoring (idempotent). Queued windows are dropped."""
+        with self._lock:
+            self._closed = True
+            worker, self._worker = self._worker, None
+            if worker is not None:
+                self._jobs.put((_STOP, None))
+        if worker is not None and worker.is_alive() and worker is not threading.current_thread():
+            worker.join(timeout=timeout_s)
+
     def _after_fork_in_child(self) -> None:
-        global _worker, _jobs, _worker_lock
-        _worker = None
-        _jobs = queue.SimpleQueue()
-        _worker_lock = threading.Lock()
-
-
-_RESET = _ForkReset()
-_fork.register(_RESET)
+        self._jobs = queue.SimpleQueue()
+        self._worker = None
+        self._lock = threading.Lock()
 
 
 def drain(timeout_s: float = 10.0) -> bool:
-    """Wait until every submitted window has been scored (for tests and orderly shutdown)."""
-    done = threading.Event()
-    _submit(lambda _: done.set(), None)
-    return done.wait(timeout_s)
+    """Wait until every open scorer has scored the windows submitted so far (for tests and shutdown)."""
+    return all(scorer.drain(timeout_s) for scorer in list(_scorers) if not scorer._closed)
+
+
+def _stop_all() -> None:
+    """At exit: stop the threads of scorers nobody closed, before the interpreter finalizes (a daemon
+    thread inside numpy during finalization can crash the process)."""
+    for scorer in list(_scorers):
+        scorer.close()
+
+
+atexit.register(_stop_all)

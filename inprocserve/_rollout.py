@@ -121,7 +121,7 @@ class Router:
         self._rng = np.random.default_rng(seed)
         self._coin = random.Random(seed)
         # With no flags and nothing but a stable version, decide() can skip straight to the answer.
-        self.trivial = isinstance(self._flags, _NoFlags) and config.strategy == "stable" and not config.shadow
+        self.trivial = isinstance(self._flags, _NoFlags) and config.strategy == "stable" and not config.shadow.versions
 
     # -- the decision ---------------------------------------------------------------------------------------
 
@@ -168,12 +168,12 @@ class Router:
         return self._flags.run(lambda: self._read_stable(ready, stable, ctx, []), lambda reason: stable)
 
     def rankers(self, ready: Mapping[int, Any], context: Mapping[str, Any] | None) -> tuple[int, ...] | None:
-        """The two versions to interleave: the ``<prefix>.rankers`` flag, else ``rollout.rankers``.
+        """The two versions to interleave: the ``<prefix>.rankers`` flag, else ``rollout.interleaving.rankers``.
 
         Read through the flag reader like every other flag: a failing provider or an unusable value gives
         the configured rankers (and is counted), never an exception.
         """
-        configured = self.config.rankers
+        configured = self.config.interleaving.rankers
         ctx = context if context is not None else _EMPTY
 
         def read() -> tuple[int, ...] | None:
@@ -223,10 +223,10 @@ class Router:
     ) -> tuple[int, str, str]:
         flags, prefix = self._flags, self.prefix
         percent = _percent(
-            f"{prefix}.canary.percent", flags.number(f"{prefix}.canary.percent", self.config.canary_percent, ctx, used)
+            f"{prefix}.canary.percent", flags.number(f"{prefix}.canary.percent", self.config.canary.percent, ctx, used)
         )
         key = f"{prefix}.canary.version"
-        candidate = flags.number(key, float(self.config.candidate or 0), ctx, used)
+        candidate = flags.number(key, float(self.config.canary.version or 0), ctx, used)
         if percent == 0:
             return stable, "stable", "the canary is at 0%"
         version = _version(key, candidate, ready)  # a canary on a version not loaded would silently stay at 0 %
@@ -255,11 +255,11 @@ class Router:
         else:
             with self._lock:
                 arms = {n: self._stats.setdefault(n, VariantStats()) for n in variants}
-                if self.config.bandit_policy == "thompson":
+                if self.config.bandit.policy == "thompson":
                     name = thompson(arms, self._rng)
                 else:
-                    name = epsilon_greedy(arms, self._rng, self.config.epsilon)
-            reason = f"bandit ({self.config.bandit_policy})"
+                    name = epsilon_greedy(arms, self._rng, self.config.bandit.epsilon)
+            reason = f"bandit ({self.config.bandit.policy})"
         version = variants[name].version
         if version not in ready:
             return stable, "stable", f"variant {name!r} version {version} is not ready"
@@ -273,14 +273,14 @@ class Router:
         flags, prefix = self._flags, self.prefix
         key = f"{prefix}.shadow.versions"
         try:
-            wanted = flags.obj(key, list(self.config.shadow), ctx, used)
+            wanted = flags.obj(key, list(self.config.shadow.versions), ctx, used)
             if not wanted:
                 return (), None
             if not isinstance(wanted, list | tuple):
                 raise UnusableFlag(key, f"{key!r} must be a list of versions, got {wanted!r}")
             versions = tuple(_version(key, v, ready) for v in wanted)
             percent_key = f"{prefix}.shadow.percent"
-            percent = _percent(percent_key, flags.number(percent_key, self.config.shadow_percent, ctx, used))
+            percent = _percent(percent_key, flags.number(percent_key, self.config.shadow.percent, ctx, used))
         except UnusableFlag as exc:
             return (), flags.note_unusable(exc)
         if percent < 100 and random.random() * 100 >= percent:
@@ -369,12 +369,12 @@ class Router:
 def _configured(config: RolloutConfig) -> dict[str, Any]:
     """The rollout as configured (flags may override any of it per request)."""
     return {
-        "candidate": config.candidate,
-        "canary_percent": config.canary_percent,
+        "candidate": config.canary.version,
+        "canary_percent": config.canary.percent,
         "arms": {name: {"version": arm.version, "weight": arm.weight} for name, arm in config.variants.items()},
-        "bandit_policy": config.bandit_policy,
-        "shadow": list(config.shadow),
-        "shadow_percent": config.shadow_percent,
+        "bandit_policy": config.bandit.policy,
+        "shadow": list(config.shadow.versions),
+        "shadow_percent": config.shadow.percent,
     }
 
 

@@ -9,12 +9,17 @@ from typing import Any
 import pytest
 
 from inprocserve import (
+    BanditConfig,
     BatchingConfig,
+    CanaryConfig,
     ConfigurationError,
+    InterleavingConfig,
     InvalidInputError,
     ModelConfig,
     PaddingConfig,
     PoolConfig,
+    RolloutConfig,
+    ShadowConfig,
     VersionPolicy,
     WarmupConfig,
 )
@@ -241,3 +246,72 @@ def _source(repository: Path, name: str) -> Any:
     from inprocserve._repository import scan_repository
 
     return scan_repository(repository).models[name]
+
+
+# -- rollout settings grouped by strategy, and the deprecated flat fields -----------------------------------
+
+
+def test_rollout_settings_are_grouped_by_strategy() -> None:
+    rollout = RolloutConfig(
+        strategy="canary",
+        stable=1,
+        canary=CanaryConfig(version=2, percent=5),
+        shadow=ShadowConfig(versions=[3], percent=50),  # type: ignore[arg-type]
+        interleaving=InterleavingConfig(rankers=(1, 2)),
+        bandit=BanditConfig(policy="epsilon_greedy", epsilon=0.2),
+    )
+    assert rollout.shadow.versions == (3,) and rollout.referenced_versions == {1, 2, 3}
+    with pytest.raises(ConfigurationError, match=r"rollout\.canary\.percent must lie in 0\.\.100"):
+        CanaryConfig(percent=101)
+    with pytest.raises(ConfigurationError, match=r"rollout\.interleaving\.rankers must name two versions"):
+        InterleavingConfig(rankers=(1, 2, 3))  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"rollout\.bandit\.epsilon"):
+        BanditConfig(epsilon=2.0)
+
+
+def test_flat_rollout_fields_still_work_with_a_deprecation_warning_pointing_at_the_caller() -> None:
+    with pytest.warns(
+        DeprecationWarning, match=r"RolloutConfig\(candidate=2, canary_percent=5, rankers=\(1, 2\)\) is deprecated"
+    ) as caught:
+        rollout = RolloutConfig(strategy="canary", candidate=2, canary_percent=5, rankers=(1, 2))  # type: ignore[arg-type]
+    assert caught[0].filename == __file__
+    assert rollout.canary == CanaryConfig(version=2, percent=5)
+    assert rollout.interleaving.rankers == (1, 2)
+    assert (rollout.candidate, rollout.canary_percent, rollout.rankers) == (None, None, None)
+    with pytest.warns(
+        DeprecationWarning,
+        match=r"shadow_percent=20, shadow=\(3,\)\) is deprecated; set the grouped fields instead: shadow.percent",
+    ):
+        shadowed = RolloutConfig(shadow=(3,), shadow_percent=20)  # type: ignore[arg-type]
+    assert shadowed.shadow == ShadowConfig(versions=(3,), percent=20)
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigurationError, match="disagree"):
+        RolloutConfig(canary=CanaryConfig(version=3), candidate=2)
+    assert dataclasses.replace(rollout, salt="x").canary == rollout.canary  # replace() does not warn again
+
+
+def test_flat_rollout_keys_in_config_toml_still_work_with_a_deprecation_warning(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[rollout]\nstrategy = "canary"\ncandidate = 2\ncanary_percent = 10\nshadow = [3]\n')
+    with pytest.warns(DeprecationWarning, match=r"canary_percent, candidate, shadow are deprecated; write percent"):
+        config = load_model_config(path)
+    assert config.rollout.canary == CanaryConfig(version=2, percent=10)
+    assert config.rollout.shadow.versions == (3,)
+
+
+def test_rollout_groups_follow_the_one_precedence(repository: Path, make_server: ServerFactory) -> None:
+    """code defaults < config= < config.toml < models=, key by key inside each rollout group too."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text(
+        '[rollout]\nstrategy = "canary"\n[rollout.canary]\npercent = 10\n[rollout.shadow]\npercent = 40\n'
+    )
+    server = make_server(
+        repository,
+        config=ModelConfig(
+            rollout=RolloutConfig(canary=CanaryConfig(version=1, percent=1), seed=5, bandit=BanditConfig(epsilon=0.3))
+        ),
+        models={"scale": ModelConfig(rollout=RolloutConfig(shadow=ShadowConfig(versions=(1,))))},
+    )
+    rollout = server._config_for("scale", _source(repository, "scale"), None).rollout
+    assert rollout.canary == CanaryConfig(version=1, percent=10)  # version from config=, percent from the file
+    assert rollout.shadow == ShadowConfig(versions=(1,), percent=40)  # versions from models=, percent the file's
+    assert (rollout.strategy, rollout.seed, rollout.bandit.epsilon) == ("canary", 5, 0.3)

@@ -104,7 +104,7 @@ def test_kill_switch_wins_over_the_configured_canary_and_flags(
 ) -> None:
     config = ModelConfig(
         version_policy=VersionPolicy.all(),
-        rollout=RolloutConfig(strategy="canary", stable=1, candidate=3, canary_percent=100),
+        rollout=RolloutConfig(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=3, percent=100)),
     )
     flags = inprocserve.InMemoryFlags({"scale.canary.percent": 100, "scale.canary.version": 3})
     server = make_server(three_versions, config=config, flags=flags, control_interval_s=None)

@@ -33,7 +33,7 @@ def rollout(**kwargs: Any) -> ModelConfig:
     return ModelConfig(rollout=RolloutConfig(**kwargs), version_policy=VersionPolicy.all())
 
 
-CANARY = {"strategy": "canary", "stable": 1, "candidate": 2}
+CANARY = {"strategy": "canary", "stable": 1, "canary": inprocserve.CanaryConfig(version=2)}
 ARMS = {"strategy": "ab", "stable": 1, "variants": {"a": VariantConfig(version=2), "b": VariantConfig(version=3)}}
 
 
@@ -120,7 +120,9 @@ def test_a_canary_on_a_version_that_failed_to_load_is_shown_without_flags(
     save_model(build_scale_model(1.0), repository, "scale", 1)
     (repository / "scale" / "2").mkdir()
     (repository / "scale" / "2" / "model.onnx").write_bytes(b"not a model")
-    server = make_server(repository, config=rollout(strategy="canary", stable=1, candidate=2, canary_percent=50))
+    server = make_server(
+        repository, config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50))
+    )
     result = server.predict("scale", X, context={"user_id": "u"})
     assert result.version == 1
     assert result.reason == (

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import inprocserve
 from inprocserve import (
     EnvFlags,
     FileFlags,
@@ -158,7 +159,8 @@ def scale_versions(repository: Path) -> Path:
 
 
 CANARY = ModelConfig(
-    rollout=RolloutConfig(strategy="canary", stable=1, candidate=2), version_policy=VersionPolicy.all()
+    rollout=RolloutConfig(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2)),
+    version_policy=VersionPolicy.all(),
 )
 
 

@@ -55,7 +55,9 @@ def test_without_a_rollout_the_latest_version_answers(versions: Path, make_serve
 
 def test_canary_percentage_is_read_per_request(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags()
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    server = make_server(
+        versions, flags=flags, config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2))
+    )
     users = [f"user-{i}" for i in range(2000)]
     assert {answer(server, u).version for u in users[:200]} == {1}  # 0 % by default
     flags.set("scale.canary.percent", 10)
@@ -70,7 +72,9 @@ def test_canary_percentage_is_read_per_request(versions: Path, make_server: Serv
 
 def test_the_same_user_always_gets_the_same_variant(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 50})
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    server = make_server(
+        versions, flags=flags, config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2))
+    )
     for user in ("alice", "bob", "carol", "dave"):
         assert len({answer(server, user).version for _ in range(30)}) == 1
 
@@ -79,7 +83,7 @@ def test_stickiness_across_processes(versions: Path) -> None:
     script = """
 import json, sys, numpy as np, inprocserve
 config = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all(), rollout=inprocserve.RolloutConfig(
-    strategy="canary", stable=1, candidate=2, canary_percent=30, salt="s1"))
+    strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=30), salt="s1"))
 with inprocserve.Server(sys.argv[1], config=config) as server:
     x = np.ones((1, 4), np.float32)
     print(json.dumps({f"u{i}": server.predict("scale", x, context={"user_id": f"u{i}"}).version for i in range(300)}))
@@ -98,7 +102,16 @@ with inprocserve.Server(sys.argv[1], config=config) as server:
 
 def test_kill_switch_sends_everyone_to_stable(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 100})
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2, shadow=(3,)))
+    server = make_server(
+        versions,
+        flags=flags,
+        config=rollout(
+            strategy="canary",
+            stable=1,
+            canary=inprocserve.CanaryConfig(version=2),
+            shadow=inprocserve.ShadowConfig(versions=(3,)),
+        ),
+    )
     assert answer(server, "u").version == 2
     flags.set("scale.kill", True)
     result = answer(server, "u")
@@ -107,7 +120,9 @@ def test_kill_switch_sends_everyone_to_stable(versions: Path, make_server: Serve
 
 def test_a_candidate_that_is_not_loaded_falls_back_to_stable(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 100, "scale.canary.version": 9})
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    server = make_server(
+        versions, flags=flags, config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2))
+    )
     results = [answer(server, f"u{i}") for i in range(5)]
     expected = "unusable flag: 'scale.canary.version' names version 9, which is not loaded (loaded: 1, 2, 3)"
     assert {(r.version, r.reason) for r in results} == {(1, expected)}
@@ -118,7 +133,9 @@ def test_a_candidate_that_is_not_loaded_falls_back_to_stable(versions: Path, mak
 
 def test_requests_without_a_key_are_bucketed_randomly(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 50})
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    server = make_server(
+        versions, flags=flags, config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2))
+    )
     seen = [answer(server).version for _ in range(400)]
     assert 120 < seen.count(2) < 280
 
@@ -146,7 +163,11 @@ class HangingFlags(InMemoryFlags):
 def test_a_failing_flag_provider_gives_the_stable_decision(
     versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = make_server(versions, flags=RaisingFlags(), config=rollout(strategy="canary", stable=1, candidate=2))
+    server = make_server(
+        versions,
+        flags=RaisingFlags(),
+        config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2)),
+    )
     with caplog.at_level("WARNING", logger="inprocserve"):
         results = [answer(server, f"u{i}") for i in range(50)]
     assert {(r.version, r.reason) for r in results} == {(1, "flag provider failed")}
@@ -157,7 +178,10 @@ def test_a_failing_flag_provider_gives_the_stable_decision(
 def test_a_hanging_flag_provider_costs_at_most_the_budget(versions: Path, make_server: ServerFactory) -> None:
     flags = HangingFlags()
     server = make_server(
-        versions, flags=flags, flag_timeout_s=0.05, config=rollout(strategy="canary", stable=1, candidate=2)
+        versions,
+        flags=flags,
+        flag_timeout_s=0.05,
+        config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2)),
     )
     try:
         started = time.monotonic()
@@ -172,7 +196,10 @@ def test_a_hanging_flag_provider_costs_at_most_the_budget(versions: Path, make_s
 def test_shadow_copies_are_compared_and_reported(versions: Path, make_server: ServerFactory) -> None:
     comparisons: list[inprocserve.ShadowComparison] = []
     server = make_server(
-        versions, config=rollout(stable=1, shadow=(3,)), on_shadow=comparisons.append, shadow_budget=1.0
+        versions,
+        config=rollout(stable=1, shadow=inprocserve.ShadowConfig(versions=(3,))),
+        on_shadow=comparisons.append,
+        shadow_budget=1.0,
     )
     for _ in range(20):
         assert answer(server, "u").version == 1
@@ -259,7 +286,9 @@ def test_a_slow_or_failing_shadow_leaves_the_caller_unaffected(repository: Path,
     seven_rows = WarmupConfig(rows=7)  # the failing version accepts 7-row warm-ups, then fails on one row
     plain = make_server(repository, config=replace(rollout(stable=1), warmup=seven_rows))
     shadowed = make_server(
-        repository, config=replace(rollout(stable=1, shadow=(2, 3)), warmup=seven_rows), on_shadow=comparisons.append
+        repository,
+        config=replace(rollout(stable=1, shadow=inprocserve.ShadowConfig(versions=(2, 3))), warmup=seven_rows),
+        on_shadow=comparisons.append,
     )
     # side by side in one run, interleaved, so machine noise hits both alike
     baseline = [p99_ms(plain), p99_ms(plain)]
@@ -363,7 +392,9 @@ def test_bandit_converges_on_simulated_rewards(versions: Path, make_server: Serv
 def test_interleaving_credits_clicks_to_rankers(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)  # ranks items by their feature
     save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)  # the reverse order
-    server = make_server(repository, config=rollout(rankers=(1, 2), seed=4))
+    server = make_server(
+        repository, config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)), seed=4)
+    )
     items = np.arange(8, dtype=np.float32).reshape(8, 1)
     wins_for_a = 0
     for _ in range(40):
@@ -388,7 +419,15 @@ def test_guarded_promotion(versions: Path, make_server: ServerFactory) -> None:
         server.promote("scale", 3, max_abs_diff=1.0)  # 3x vs 1x differs by up to 18
     assert info.value.report["samples"] == 10 and answer(server).version == 1
     report = server.promote("scale", 2, max_abs_diff=10.0)
-    assert report["from"] == 1 and report["to"] == 2 and report["reason"] == "within bounds"
+    assert isinstance(report, inprocserve.PromotionReport)
+    assert (report.from_version, report.to_version, report.reason) == (1, 2, "within bounds") and report.samples >= 10
+    assert report.max_abs_diff is not None and 0 < report.max_abs_diff <= 10.0
+    assert report["from"] == 1 and report["to"] == 2 and report["reason"] == "within bounds"  # reads as before
+    assert report.to_dict() == {**info.value.report, "max_abs_diff": report.max_abs_diff, "to": 2} | {
+        "samples": report.samples,
+        "label_agreement": report.label_agreement,
+        "reason": "within bounds",
+    }
     assert answer(server).version == 2
 
 
@@ -397,7 +436,9 @@ def test_rollout_config_from_toml(versions: Path, make_server: ServerFactory) ->
         """
 [rollout]
 strategy = "ab"
-shadow = [3]
+
+[rollout.shadow]
+versions = [3]
 
 [rollout.variants]
 control = { version = 1, weight = 1 }
@@ -411,7 +452,9 @@ treatment = { version = 2, weight = 1 }
 
 def test_pinned_versions_bypass_the_rollout(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 100})
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    server = make_server(
+        versions, flags=flags, config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2))
+    )
     result = server.predict("scale", X, version=3, context={"user_id": "u"})
     assert (result.version, result.variant) == (3, "pinned")
 
@@ -420,7 +463,9 @@ def test_promotion_compares_with_the_stable_version_never_a_canary_draw(
     versions: Path, make_server: ServerFactory
 ) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 50})
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1, candidate=2))
+    server = make_server(
+        versions, flags=flags, config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2))
+    )
     for i in range(1, 6):
         server.predict("scale", np.full((1, 4), i, np.float32), context={"user_id": f"u{i}"})
     for _ in range(12):  # a random baseline would be v2 half the time, and v2 agrees with itself
@@ -447,7 +492,11 @@ class RaisingObjectFlags(InMemoryFlags):
 def test_interleave_reads_rankers_through_the_flag_reader(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)
     save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)
-    server = make_server(repository, flags=RaisingObjectFlags(), config=rollout(rankers=(1, 2), seed=4))
+    server = make_server(
+        repository,
+        flags=RaisingObjectFlags(),
+        config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)), seed=4),
+    )
     items = np.arange(4, dtype=np.float32).reshape(4, 1)
     result = server.interleave("ranker", items)  # a failing provider: the configured rankers, no exception
     assert result.rankers == (1, 2) and sorted(result.order) == [0, 1, 2, 3]
@@ -458,7 +507,9 @@ def test_interleave_rankers_from_a_flag_and_an_unusable_one(repository: Path, ma
     for version, factor in ((1, 1.0), (2, -1.0), (3, 2.0)):
         save_model(build_scale_model(factor, features=1), repository, "ranker", version)
     flags = InMemoryFlags({"ranker.rankers": [3, 2]})
-    server = make_server(repository, flags=flags, config=rollout(rankers=(1, 2)))
+    server = make_server(
+        repository, flags=flags, config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)))
+    )
     items = np.arange(4, dtype=np.float32).reshape(4, 1)
     assert server.interleave("ranker", items).rankers == (3, 2)
     flags.set("ranker.rankers", [3, 9])
@@ -483,7 +534,7 @@ def test_close_stops_the_flag_workers(versions: Path) -> None:
     server = inprocserve.Server(
         versions,
         flags=BlockingFlags({"scale.canary.percent": 100}),
-        config=rollout(strategy="canary", stable=1, candidate=2),
+        config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2)),
     )
     try:
         assert answer(server, "u").version == 2
@@ -508,7 +559,10 @@ def test_a_hung_provider_holds_a_bounded_number_of_threads(versions: Path, make_
     flags.get_number = counting  # type: ignore[method-assign]
     before = set(flag_threads())
     server = make_server(
-        versions, flags=flags, flag_timeout_s=0.02, config=rollout(strategy="canary", stable=1, candidate=2)
+        versions,
+        flags=flags,
+        flag_timeout_s=0.02,
+        config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2)),
     )
     try:
         results = [answer(server, f"u{i}") for i in range(40)]
@@ -534,7 +588,7 @@ class Hung(inprocserve.InMemoryFlags):
         return default
 
 config = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all(),
-    rollout=inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2))
+    rollout=inprocserve.RolloutConfig(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2)))
 server = inprocserve.Server(sys.argv[1], config=config, flags=Hung(), flag_timeout_s=0.02)
 x = np.ones((1, 4), np.float32)
 assert {server.predict("scale", x, context={"user_id": str(i)}).version for i in range(24)} == {1}
@@ -553,7 +607,10 @@ def test_a_burst_on_a_healthy_blocking_provider_keeps_every_decision(
 ) -> None:
     flags = BlockingFlags({"scale.canary.percent": 100})
     server = make_server(
-        versions, flags=flags, flag_timeout_s=30.0, config=rollout(strategy="canary", stable=1, candidate=2)
+        versions,
+        flags=flags,
+        flag_timeout_s=30.0,
+        config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2)),
     )
     reasons: set[str] = set()
     lock = threading.Lock()

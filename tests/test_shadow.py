@@ -29,7 +29,10 @@ def count(server: inprocserve.Server, model: str, key: str) -> int:
 
 
 def shadowed(shadow: tuple[int, ...] = (2,)) -> ModelConfig:
-    return ModelConfig(rollout=RolloutConfig(stable=1, shadow=shadow), version_policy=VersionPolicy.all())
+    return ModelConfig(
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=shadow)),
+        version_policy=VersionPolicy.all(),
+    )
 
 
 def test_copies_beyond_the_budget_are_dropped_and_counted(versions: Path, make_server: ServerFactory) -> None:
@@ -63,7 +66,7 @@ def test_a_copy_for_a_busy_shadow_version_is_dropped_not_waited_for(
     for version in (1, 2):
         save_model(build_busy_model(), repository, "busy", version)
     config = ModelConfig(
-        rollout=RolloutConfig(stable=1, shadow=(2,)),
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
         version_policy=VersionPolicy.all(),
         batching=inprocserve.BatchingConfig(max_request_rows=3000),
     )

@@ -62,7 +62,12 @@ def rollout_server(repository: Path, make_server: ServerFactory) -> inprocserve.
     rollout = inprocserve.RolloutConfig
     models = {
         "fraud": inprocserve.ModelConfig(
-            rollout=rollout(strategy="canary", stable=1, candidate=2, canary_percent=30, shadow=(3,)),
+            rollout=rollout(
+                strategy="canary",
+                stable=1,
+                canary=inprocserve.CanaryConfig(version=2, percent=30),
+                shadow=inprocserve.ShadowConfig(versions=(3,)),
+            ),
             drift=inprocserve.DriftConfig(capture_reference=40, window=40),
         ),
         "ranker": inprocserve.ModelConfig(

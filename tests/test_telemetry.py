@@ -162,7 +162,8 @@ def test_errors_set_status_and_record_the_exception(otel: Otel, scale: Path, mak
 def test_flag_evaluations_are_span_events(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 100})
     config = ModelConfig(
-        version_policy=VersionPolicy.all(), rollout=RolloutConfig(strategy="canary", stable=1, candidate=2)
+        version_policy=VersionPolicy.all(),
+        rollout=RolloutConfig(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2)),
     )
     server = make_server(scale, flags=flags, config=config)
     result = server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"})
@@ -178,7 +179,10 @@ def test_flag_evaluations_are_span_events(otel: Otel, scale: Path, make_server: 
 def test_shadow_runs_get_their_own_span_linked_to_the_request(
     otel: Otel, scale: Path, make_server: ServerFactory
 ) -> None:
-    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=1, shadow=(2,)))
+    config = ModelConfig(
+        version_policy=VersionPolicy.all(),
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
+    )
     server = make_server(scale, config=config)
     server.predict("scale", np.ones((1, 4), np.float32))
     wait_until(lambda: len(otel.finished("inprocserve.shadow")) == 1)
@@ -244,7 +248,10 @@ def test_flag_failures_and_shadow_metrics(otel: Otel, scale: Path, make_server: 
         if p.attributes["feature_flag.provider.name"] == "broken"
     ]
     assert failures and failures[0].value >= 1
-    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=1, shadow=(2,)))
+    config = ModelConfig(
+        version_policy=VersionPolicy.all(),
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
+    )
     shadowed = make_server(scale, config=config)
     shadowed.predict("scale", np.ones((1, 4), np.float32))
     wait_until(lambda: bool(otel.metric_points("inprocserve.shadow.comparisons")))

@@ -420,7 +420,9 @@ def test_deadlines_come_from_the_app_and_the_timeout_parameter(served: inprocser
 def test_the_user_id_parameter_routes_when_the_app_knows_no_user(repository: Path, make_server: ServerFactory) -> None:
     for version in (1, 2):
         save_model(build_scale_model(float(version)), repository, "scale", version)
-    rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=50)
+    rollout = inprocserve.RolloutConfig(
+        strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50)
+    )
     config = inprocserve.ModelConfig(rollout=rollout, version_policy=inprocserve.VersionPolicy.all())
     server = make_server(repository, models={"scale": config})
     x = np.ones((1, 4), np.float32)

@@ -49,7 +49,8 @@ def build_rankers(repository: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(model.SerializeToString())
     (repository / "ranker" / "config.toml").write_text(
-        'version_policy = "all"\n\n[rollout]\nrankers = [1, 2]   # A = version 1, B = version 2\nseed = 7\n'
+        'version_policy = "all"\n\n[rollout]\nseed = 7\n\n'
+        "[rollout.interleaving]\nrankers = [1, 2]   # A = version 1, B = version 2\n"
     )
 
 

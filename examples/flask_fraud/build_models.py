@@ -132,9 +132,13 @@ def build(repository: Path) -> dict[int, float]:
 [rollout]
 strategy = "canary"
 stable = 1
-candidate = 2
-canary_percent = 10
-shadow = [3]
+
+[rollout.canary]
+version = 2
+percent = 10
+
+[rollout.shadow]
+versions = [3]
 """
     )
     np.savez(folder / "reference.npz", transactions=test_x[:5000])

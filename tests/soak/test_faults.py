@@ -117,7 +117,9 @@ def test_a_failing_flag_provider_leaves_the_stable_version_answering(
 ) -> None:
     two_versions(repository)
     flags = FaultyFlags(mode)
-    rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=50)
+    rollout = inprocserve.RolloutConfig(
+        strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50)
+    )
     config = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all(), rollout=rollout)
     server = make_server(repository, config=config, flags=flags, flag_timeout_s=0.02)
     threads_before = threading.active_count()
@@ -162,7 +164,7 @@ def test_a_slow_or_raising_shadow_never_touches_the_callers_answers(
     # raising: a 5-wide input, so every mirrored request fails inside the shadow
     shadow = build_slow_model() if kind == "slow" else build_scale_model(3.0, features=5)
     save_model(shadow, repository, "m", 2)
-    rollout = inprocserve.RolloutConfig(stable=1, shadow=(2,))
+    rollout = inprocserve.RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,)))
     config = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all(), rollout=rollout)
     comparisons: list[Any] = []
     server = make_server(repository, config=config, on_shadow=comparisons.append, shadow_queue=8)

@@ -63,7 +63,9 @@ def test_errors_become_http_responses(served: Path) -> None:
 def canary(repository: Path) -> dict[str, Any]:
     config = inprocserve.ModelConfig(
         version_policy=inprocserve.VersionPolicy.all(),
-        rollout=inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=50),
+        rollout=inprocserve.RolloutConfig(
+            strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50)
+        ),
     )
     return {"REPOSITORY": str(repository), "CONFIG": config}
 

@@ -171,7 +171,9 @@ def test_not_ready_is_503(tmp_path: Path) -> None:
 
 
 def test_the_request_s_user_routes_the_rollout(repository: Path) -> None:
-    rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=50)
+    rollout = inprocserve.RolloutConfig(
+        strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50)
+    )
     models = {"scale": inprocserve.ModelConfig(rollout=rollout, version_policy=inprocserve.VersionPolicy.all())}
     x = np.ones((1, 4), np.float32)
     body, headers = v2.encode_infer_request({"x": x})

@@ -85,7 +85,9 @@ def test_config_keys_get_defaults(app: Flask) -> None:
 def test_the_user_header_makes_canary_assignment_sticky(repository: Path) -> None:
     config = inprocserve.ModelConfig(
         version_policy=inprocserve.VersionPolicy.all(),
-        rollout=inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=50),
+        rollout=inprocserve.RolloutConfig(
+            strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50)
+        ),
     )
     app = make_app(repository, INPROCSERVE_MODEL_CONFIG=config)
     client = app.test_client()
@@ -360,7 +362,9 @@ def test_the_flask_login_user_decides_the_canary(repository: Path) -> None:
 
     config = inprocserve.ModelConfig(
         version_policy=inprocserve.VersionPolicy.all(),
-        rollout=inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=50),
+        rollout=inprocserve.RolloutConfig(
+            strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50)
+        ),
     )
     app = make_app(repository, INPROCSERVE_MODEL_CONFIG=config, SECRET_KEY="tests")
     login = LoginManager(app)

@@ -160,7 +160,12 @@ def live_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     rollout = inprocserve.RolloutConfig
     models = {
         "fraud": inprocserve.ModelConfig(
-            rollout=rollout(strategy="canary", stable=1, candidate=2, canary_percent=20, shadow=(3,)),
+            rollout=rollout(
+                strategy="canary",
+                stable=1,
+                canary=inprocserve.CanaryConfig(version=2, percent=20),
+                shadow=inprocserve.ShadowConfig(versions=(3,)),
+            ),
             drift=inprocserve.DriftConfig(capture_reference=300, window=300),
         ),
         "ranker": inprocserve.ModelConfig(

@@ -205,7 +205,9 @@ def test_not_ready_is_503(tmp_path: Path) -> None:
 
 
 def test_the_app_s_user_routes_the_rollout(repository: Path) -> None:
-    rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, candidate=2, canary_percent=50)
+    rollout = inprocserve.RolloutConfig(
+        strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50)
+    )
     models = {"scale": inprocserve.ModelConfig(rollout=rollout, version_policy=inprocserve.VersionPolicy.all())}
     app = make_app(repository, INPROCSERVE_MODELS=models)
     web = app.test_client()

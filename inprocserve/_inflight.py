@@ -1,0 +1,227 @@
+"""Identical requests in flight share one run: the first (the leader) runs, the others follow its answer.
+
+Independent of the result cache: the cache only stores answers, this only shares runs. The key hashes the
+input names, dtypes, shapes and bytes (blake2b), together with the model and version, so an answer is never
+shared across versions or different inputs.
+
+The leader's duty is to call :meth:`Coalescer.release` exactly once, whatever happens to it. The server does
+so in its one post-answer hook (answers, errors, deadlines, cancellations) and when the leader is refused
+before it was queued; ``release`` is idempotent, so a second call is harmless. A follower whose leader failed
+for a reason that is the leader's own (cancelled, past its deadline, its version retired under it) runs on
+its own instead of inheriting that error; any other error is the followers' too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import CancelledError, Future
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._batching import Batcher, Finisher, Request, VersionRetiredError, finish_detached
+from ._errors import DeadlineExceededError, ModelNotFoundError
+from ._request_telemetry import RequestTelemetry
+
+if TYPE_CHECKING:
+    from ._model import ModelVersion
+
+__all__ = ["Coalescer", "LeaderGone", "Sharing", "inputs_key"]
+
+Key = tuple[str, int, bytes]
+
+
+class LeaderGone(Exception):  # a signal between leader and followers; never reaches a caller
+    """Set on followers' futures when the leader failed for a reason of its own: run on your own."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def inputs_key(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A digest of the validated inputs: names, dtypes, shapes and bytes (string tensors by value)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, array in arrays.items():
+        digest.update(name.encode())
+        digest.update(str(array.dtype).encode())
+        digest.update(repr(array.shape).encode())
+        if array.dtype.kind == "O":  # string tensors
+            digest.update("\x1f".join(map(str, array.ravel())).encode())
+        else:
+            digest.update(np.ascontiguousarray(array).data)
+    return digest.digest()
+
+
+def _leader_only(error: BaseException) -> bool:
+    """Whether ``error`` concerns the leader alone (its caller, deadline or routing), not the inputs."""
+    return isinstance(error, CancelledError | DeadlineExceededError | VersionRetiredError)
+
+
+class Coalescer:
+    """The map of in-flight keys to the leader's future. Thread-safe; holds no threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._leaders: dict[Key, Future[Mapping[str, Any]]] = {}
+
+    def join(self, key: Key) -> Future[Mapping[str, Any]] | None:
+        """``None``: the caller leads and must :meth:`release` ``key``; else the leader's future to follow.
+
+        A follower's future resolves with the leader's outputs, fails with the leader's error, or fails with
+        :class:`LeaderGone` when the follower should run by itself.
+        """
+        with self._lock:
+            future = self._leaders.get(key)
+            if future is not None:
+                return future
+            self._leaders[key] = Future()
+            return None
+
+    def release(self, key: Key, outputs: Mapping[str, Any] | None, error: BaseException | None) -> None:
+        """The leader is done (answered, failed or refused): free its key and wake its followers. Idempotent."""
+        with self._lock:
+            future = self._leaders.pop(key, None)
+        if future is None:
+            return
+        if error is not None:
+            future.set_exception(LeaderGone(error) if _leader_only(error) else error)
+        elif outputs is None:  # no answer and no error: never leave followers waiting
+            future.set_exception(LeaderGone(RuntimeError("the leader finished without an answer")))
+        else:
+            future.set_result(outputs)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._leaders)
+
+
+class Sharing:
+    """How the server answers a request without a run of its own: from the version's cache, or by following
+    an identical request in flight (``CacheConfig.share_in_flight``). Thread-safe; holds no threads.
+
+    Args:
+        deliver: The server's per-request hook that resolves a ``submit`` future.
+        telemetry: Counts hits, misses and shared runs.
+    """
+
+    def __init__(self, deliver: Finisher, telemetry: RequestTelemetry, *, clock: Callable[[], float]) -> None:
+        self._coalescer = Coalescer()
+        self._deliver = deliver
+        self._telemetry = telemetry
+        self._clock = clock
+        # Synchronous followers not (yet) queued, by id: their caller waits for them without the batcher,
+        # whose deadline bookkeeping counts queued requests only. The lock orders a follower's re-run
+        # against its caller giving up.
+        self._lock = threading.Lock()
+        self._waiting: set[int] = set()
+
+    def __len__(self) -> int:
+        """Leaders in flight."""
+        return len(self._coalescer)
+
+    def answered_without_run(self, target: ModelVersion, request: Request) -> bool:
+        """Answer ``request`` from the version's cache, or make it follow an identical request in flight;
+        returns whether it needs no run of its own. Otherwise it may lead: its key is set, and
+        the server's post-answer hook (or its refusal path) must call :meth:`release`."""
+        cache = target.cache
+        share = target.config.cache.share_in_flight
+        if cache is None and not share:
+            return False  # the common case costs one attribute read: no hashing
+        key = inputs_key(request.arrays)
+        if cache is not None:
+            outputs = cache.get(key)
+            if outputs is not None:
+                self._telemetry.cache_result(target.name, target.version, "hit")
+                finish_detached(request, outputs, None, self._deliver)
+                return True
+        leader = None if share is False else self._coalescer.join((target.name, target.version, key))
+        request.cache_key = key if leader is None else None
+        if cache is not None:
+            cache.count(shared=leader is not None)
+        self._telemetry.cache_result(target.name, target.version, "miss" if leader is None else "shared")
+        if leader is None:
+            return False
+        if request.future is None:
+            with self._lock:
+                self._waiting.add(id(request))
+        leader.add_done_callback(lambda done: self._follow(request, target, done))
+        return True
+
+    def following(self, request: Request) -> bool:
+        """Whether ``request`` (synchronous) follows a leader and is not queued."""
+        with self._lock:
+            return id(request) in self._waiting
+
+    def wait(self, request: Request, batcher: Batcher) -> None:
+        """Block a synchronous follower's caller until it is answered or its deadline passes.
+
+        Raises:
+            DeadlineExceededError: the deadline passed first (a re-run it got meanwhile is withdrawn).
+        """
+        timeout = -1.0 if request.deadline is None else max(request.deadline - self._clock(), 0.0)
+        if request.waiter.acquire(timeout=timeout):
+            if request.baton is not None:  # answered by a batch after a re-run: wake the next caller
+                request.baton.release()
+            return
+        with self._lock:
+            never_queued = id(request) in self._waiting
+            self._waiting.discard(id(request))
+        if not never_queued:
+            batcher.wait(request)  # re-run meanwhile: the batcher withdraws it, or it was just answered
+            return
+        route = request.route
+        raise DeadlineExceededError(
+            f"model {route.model!r} version {route.version}: no answer within the request's deadline "
+            "(it waited for an identical request in flight)",
+            model=route.model,
+            version=route.version,
+        )
+
+    def _follow(self, request: Request, target: ModelVersion, leader: Future[Mapping[str, Any]]) -> None:
+        """An identical request's leader is done: take its answer or error, or run this one by itself when
+        the leader failed for a reason of its own (cancelled, past its deadline, retired under it)."""
+        error = leader.exception()
+        rerun = isinstance(error, LeaderGone)
+        refused: BaseException | None = None
+        if request.future is None:
+            with self._lock:  # held through the re-run's queueing: its caller sees it queued, or not at all
+                if id(request) not in self._waiting:
+                    return  # its caller gave up at its deadline
+                self._waiting.discard(id(request))
+                if rerun:
+                    refused = self._queue(request, target)
+        elif rerun:
+            refused = self._queue(request, target)
+        if rerun:
+            if refused is not None:  # finished outside the lock: a future's callbacks may call the server
+                finish_detached(request, None, refused, self._deliver)
+            return
+        finish_detached(request, None if error is not None else leader.result(), error, self._deliver)
+
+    @staticmethod
+    def _queue(request: Request, target: ModelVersion) -> BaseException | None:
+        """Queue a follower to run by itself; returns the error if it is refused."""
+        assert target.batcher is not None
+        try:
+            target.batcher.submit(request, run_inline=False)
+        except VersionRetiredError:
+            name, number = target.name, target.version
+            return ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number)
+        except BaseException as exc:
+            return exc
+        return None
+
+    def release(self, request: Request, target: ModelVersion | None, error: BaseException | None) -> None:
+        """If ``request`` led identical requests: keep its answer in the cache, and wake them. Idempotent."""
+        key = request.cache_key
+        if key is None:
+            return
+        request.cache_key = None
+        route = request.route
+        outputs = request.outputs if error is None else None
+        if outputs is not None and target is not None and target.cache is not None:
+            target.cache.store(key, outputs)
+        self._coalescer.release((route.model, route.version, key), outputs, error)

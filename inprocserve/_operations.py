@@ -1,0 +1,465 @@
+"""Rollout operations: switch, rollback, canary, kill switch, fleet reload, guarded promotion, interleaving
+and outcomes, and following the repository's control file.
+
+Every change goes through the registry's lifecycle lock, is written to the control file (with a repository)
+so the fleet follows it, and is then adopted by this process. Flags are read only through each model's
+``Router`` (and so its ``FlagReader``): a failing provider never reaches the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from ._control import Control, ControlFile, ModelControl, switched, validate_percent, validate_version
+from ._errors import ConfigurationError, PromotionRefusedError
+from ._prediction import Prediction, RequestIds
+from ._registry import Registry, Routes
+from ._reports import InterleavedRanking, PromotionReport
+from ._shadow import compare_outputs
+from ._signature import incompatibilities
+
+__all__ = ["Operations", "RolloutMethods"]
+
+logger = logging.getLogger(__name__)
+
+
+class Operations:
+    """The rollout operations of one server. Thread-safe (changes hold the registry's lock).
+
+    It starts and stops one thread, the control-file watcher (``control_interval_s``).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        control_file: ControlFile | None,
+        control_interval_s: float | None,
+        ids: RequestIds,
+        predict: Callable[..., Prediction],
+        submit: Callable[..., Future[Prediction]],
+    ) -> None:
+        self._registry = registry
+        self._control_file = control_file
+        self.control_interval_s = None if control_file is None else control_interval_s
+        self.control_error: str | None = None
+        self._ids = ids
+        self._predict = predict
+        self._submit = submit
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def control_path(self) -> str | None:
+        return None if self._control_file is None else str(self._control_file.path)
+
+    def read_initial_control(self) -> None:
+        """Before the first load: follow the control file from the start (nothing to apply yet)."""
+        self._registry.control = self._read_control() or self._registry.control
+
+    def start_watcher(self) -> None:
+        """Start the control-file watcher; :meth:`close` stops and joins it."""
+        if self.control_interval_s is None or self._registry.closed:
+            return
+        self._watcher = threading.Thread(target=self._watch, name="inprocserve-control", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        """Stop the watcher (idempotent); it finishes the sync it is in, if any."""
+        self._stop.set()
+        watcher = self._watcher
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout=5)
+
+    def after_fork_in_child(self) -> None:
+        self._stop = threading.Event()
+        self.start_watcher()
+
+    def record_outcome(
+        self, request_id: str | None, reward: float, *, model: str | None = None, key: str | None = None
+    ) -> str | None:
+        """See :meth:`Server.record_outcome`."""
+        if not isinstance(reward, int | float) or isinstance(reward, bool):
+            raise TypeError(f"reward must be a number, got {type(reward).__name__}")
+        names = [model] if model is not None else list(self._registry.routes)
+        for name in names:
+            routes = self._registry.routes_of(name)
+            variant = routes.router.record_outcome(
+                request_id, reward, key if model is not None else None, routes.default.version, routes.versions
+            )
+            if variant is not None:
+                return variant
+        return None
+
+    def switch(self, model: str, version: int, *, actor: str | None = None, force: bool = False) -> None:
+        """See :meth:`Server.switch`."""
+        validate_version(version)
+        with self._registry.lock:
+            routes = self._registry.serving(model, version)
+            if not force:
+                self._refuse_if_incompatible(routes, model, version)
+            self._registry.incompatible.get(model, {}).pop(version, None)  # the operator accepted its signature
+            self._change_control(model, lambda state: switched(state, version), actor)
+            logger.info("model %r: stable version is now %s", model, version)
+
+    @staticmethod
+    def _refuse_if_incompatible(routes: Routes, model: str, version: int) -> None:
+        stable = routes.router.stable_version(routes.versions, routes.default.version)
+        if stable == version:
+            return
+        current, target = routes.versions[stable].signature, routes.versions[version].signature
+        assert current is not None and target is not None
+        problems = incompatibilities(current, target)
+        if problems:
+            report = {"model": model, "from": stable, "to": version, "incompatibilities": problems}
+            raise PromotionRefusedError(
+                f"model {model!r} version {version} is not compatible with version {stable}, which serves now: "
+                f"{'; '.join(problems)}; pass force=True to switch anyway",
+                report=report,
+                model=model,
+                version=version,
+            )
+
+    def rollback(self, model: str, *, actor: str | None = None) -> int:
+        """See :meth:`Server.rollback`."""
+        previous = self._current_control().models.get(model, ModelControl()).previous_stable
+        if previous is None:
+            raise ValueError(f"model {model!r} has no previous stable version to roll back to (no switch recorded)")
+        self.switch(model, previous, actor=actor, force=True)  # back to what served before: never refused
+        return previous
+
+    def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
+        """See :meth:`Server.set_canary`."""
+        share = validate_percent(percent)
+        with self._registry.lock:
+            if version is None:
+                self._registry.known(model)
+            else:
+                validate_version(version)
+                self._registry.serving(model, version)
+
+            def change(state: ModelControl) -> ModelControl:
+                if version is None:
+                    return dataclasses.replace(state, canary_version=None, canary_percent=0.0)
+                return dataclasses.replace(state, canary_version=version, canary_percent=share)
+
+            self._change_control(model, change, actor)
+            logger.info("model %r: canary is now %s at %g%%", model, version, share)
+
+    def kill(self, model: str, *, actor: str | None = None) -> None:
+        """See :meth:`Server.kill`."""
+        self._set_kill(model, killed=True, actor=actor)
+
+    def resume(self, model: str, *, actor: str | None = None) -> None:
+        """See :meth:`Server.resume`."""
+        self._set_kill(model, killed=False, actor=actor)
+
+    def reload(self, *, actor: str | None = None) -> list[str]:
+        """See :meth:`Server.reload`."""
+        if self._control_file is None:
+            return self._registry.refresh()
+        with self._registry.lock:
+            self._registry.check_open()
+            return self._registry.adopt(self._control_file.bump_reload(actor=actor))
+
+    def sync_control(self) -> int:
+        """See :meth:`Server.sync_control`."""
+        control = self._read_control()
+        if control is None or control.revision == self._registry.control.revision:
+            return self._registry.control.revision
+        with self._registry.lock:
+            # Read again under the lock: a revision read before a writer of this process took the lock
+            # may be older than the one it wrote and adopted, and adopting it would flip back for one interval.
+            control = self._read_control()
+            if (
+                control is not None
+                and not self._registry.closed
+                and control.revision != self._registry.control.revision
+            ):
+                self._registry.adopt(control)
+            return self._registry.control.revision
+
+    def _set_kill(self, model: str, *, killed: bool, actor: str | None) -> None:
+        with self._registry.lock:
+            self._registry.known(model)
+            self._change_control(model, lambda state: dataclasses.replace(state, kill=killed), actor)
+            logger.info("model %r: kill switch %s", model, "on" if killed else "off")
+
+    def _current_control(self) -> Control:
+        if self._control_file is None:
+            return self._registry.control
+        return self._control_file.read()
+
+    def _change_control(self, model: str, change: Callable[[ModelControl], ModelControl], actor: str | None) -> None:
+        """With the lifecycle lock held: write the change (to the file with a repository), then follow it."""
+        if self._control_file is not None:
+            control = self._control_file.set_model(model, change, actor=actor)
+        else:
+            state = change(self._registry.control.models.get(model) or ModelControl())
+            control = dataclasses.replace(
+                self._registry.control,
+                revision=self._registry.control.revision + 1,
+                models={**self._registry.control.models, model: state},
+            )
+        self._registry.adopt(control)  # also applies what other writers changed since this server last looked
+
+    def _read_control(self) -> Control | None:
+        if self._control_file is None:
+            return None
+        try:
+            control = self._control_file.read()
+        except ConfigurationError as exc:
+            if str(exc) != self.control_error:
+                logger.error("%s; revision %d stays in force", exc, self._registry.control.revision)
+            self.control_error = str(exc)
+            return None
+        self.control_error = None
+        return control
+
+    def _watch(self) -> None:
+        assert self.control_interval_s is not None
+        while not self._stop.wait(self.control_interval_s):
+            try:
+                self.sync_control()
+            except Exception:  # the watcher must survive anything the file system throws at it
+                logger.exception("following the control file failed")
+
+    def promote(
+        self,
+        model: str,
+        version: int,
+        *,
+        max_abs_diff: float | None = None,
+        min_label_agreement: float | None = None,
+        min_samples: int = 1,
+    ) -> PromotionReport:
+        """See :meth:`Server.promote`."""
+        with self._registry.lock:
+            routes = self._registry.serving(model, version)
+            self._refuse_if_incompatible(routes, model, version)  # its answers could not even be compared
+            stable = routes.router.stable_version(routes.versions, routes.default.version)
+            samples = list(routes.router.recent)
+            report = PromotionReport(model=model, from_version=stable, to_version=version, samples=len(samples))
+            if len(samples) < min_samples:
+                reason = f"only {len(samples)} recent input(s) to compare on, {min_samples} required"
+                report = dataclasses.replace(report, reason=reason)
+                raise PromotionRefusedError(reason, report=report.to_dict(), model=model, version=version)
+            diffs, agreements = [], []
+            for arrays in samples:
+                expected = self._predict(model, arrays, version=stable)
+                got = self._predict(model, arrays, version=version)
+                diff, agreement = compare_outputs(expected, got)
+                if diff is not None:
+                    diffs.append(diff)
+                if agreement is not None:
+                    agreements.append(agreement)
+            report = dataclasses.replace(
+                report,
+                max_abs_diff=max(diffs) if diffs else None,
+                label_agreement=sum(agreements) / len(agreements) if agreements else None,
+            )
+            problems = report.violations(max_abs_diff=max_abs_diff, min_label_agreement=min_label_agreement)
+            if problems:
+                report = dataclasses.replace(report, reason="; ".join(problems))
+                logger.warning("model %r: promotion of version %s refused: %s", model, version, report.reason)
+                raise PromotionRefusedError(
+                    f"promotion of model {model!r} version {version} refused: {report.reason}",
+                    report=report.to_dict(),
+                    model=model,
+                    version=version,
+                )
+            self._change_control(model, lambda state: switched(state, version), None)  # the whole fleet
+            report = dataclasses.replace(report, reason="within bounds")
+            logger.info("model %r: promoted version %s over %s (%s)", model, version, stable, report.to_dict())
+            return report
+
+    def interleave(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        output: str | None = None,
+        length: int | None = None,
+        context: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> InterleavedRanking:
+        """See :meth:`Server.interleave`."""
+        routes = self._registry.routes_of(model)
+        router = routes.router
+        rankers = router.rankers(routes.versions, context)
+        if not rankers or len(rankers) != 2:
+            raise ConfigurationError(
+                f"model {model!r}: interleaving needs two rankers: [rollout.interleaving] rankers = [A, B]"
+            )
+        first = self._submit(model, inputs, version=rankers[0], context=context, timeout_s=timeout_s)
+        second = self._submit(model, inputs, version=rankers[1], context=context, timeout_s=timeout_s)
+        scores = []
+        for answer in (first.result(), second.result()):
+            name = output or next(iter(answer))
+            scores.append(np.asarray(answer[name], dtype=np.float64).reshape(len(answer[name]), -1)[:, 0])
+        ranking_a = [int(i) for i in np.argsort(-scores[0], kind="stable")]
+        ranking_b = [int(i) for i in np.argsort(-scores[1], kind="stable")]
+        mixed = router.interleave(ranking_a, ranking_b, length)
+        request_id = self._ids.next()
+        router.remember_interleaving(request_id, mixed)
+        return InterleavedRanking(
+            request_id=request_id, model=model, rankers=(rankers[0], rankers[1]), order=mixed.order, teams=mixed.teams
+        )
+
+    def record_click(self, request_id: str, item: int, *, model: str | None = None) -> str | None:
+        """See :meth:`Server.record_click`."""
+        for name in [model] if model is not None else list(self._registry.routes):
+            team = self._registry.routes_of(name).router.record_click(request_id, int(item))
+            if team is not None:
+                return team
+        return None
+
+
+class RolloutMethods:
+    """The rollout methods of :class:`~inprocserve.Server` (it inherits them), each delegating to the
+    server's :class:`Operations`; kept here so the server's module holds the request path."""
+
+    _operations: Operations
+
+    def record_outcome(
+        self, request_id: str | None, reward: float, *, model: str | None = None, key: str | None = None
+    ) -> str | None:
+        """Attribute an outcome (a click, a conversion, a reward in [0, 1] for bandits) to the variant
+        that served ``request_id`` — or, with ``model`` and ``key``, to the variant that targeting key is
+        bucketed to. Returns the variant credited, or ``None`` if the request is unknown (or too old).
+
+        Outcomes feed the per-variant statistics in :meth:`status` and the bandit policies.
+        """
+        return self._operations.record_outcome(request_id, reward, model=model, key=key)
+
+    def switch(self, model: str, version: int, *, actor: str | None = None, force: bool = False) -> None:
+        """Blue/green: make ``version`` the stable version of ``model`` on every worker and host.
+
+        The version is loaded and warmed up here first (a version that cannot load is never published);
+        then, with a repository, the change is written to its control file, which every server on that
+        repository follows within ``control_interval_s`` (see docs/operations.md, "Running a fleet").
+        Without a repository it changes this process only. :meth:`rollback` returns to the previous one.
+
+        A version whose signature would break the callers of the stable version (renamed, added or removed
+        inputs, removed outputs, other dtypes, ranks or fixed sizes) is refused unless ``force=True``.
+
+        Args:
+            model: The model name.
+            version: The version to serve.
+            actor: Who made the change, recorded in the control file (default: user@host:pid).
+            force: Switch even to a version whose signature is incompatible with the stable one.
+
+        Raises:
+            ModelNotFoundError: the version is not in the repository (or not loaded, without one).
+            ModelLoadError: it cannot be loaded.
+            ConfigurationError: the control file is invalid or cannot be written.
+            PromotionRefusedError: the signatures are incompatible and ``force`` is not set; the differences
+                are in the message and in ``report["incompatibilities"]``.
+        """
+        self._operations.switch(model, version, actor=actor, force=force)
+
+    def rollback(self, model: str, *, actor: str | None = None) -> int:
+        """Switch ``model`` back to the stable version it had before the last :meth:`switch`; returns it.
+
+        Rolling back twice returns to where you started (the version rolled back from becomes the previous).
+        It is never refused for an incompatible signature: it returns to a version that served before.
+
+        Raises:
+            ValueError: no switch of this model was recorded, so there is nothing to roll back to.
+            ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
+        """
+        return self._operations.rollback(model, actor=actor)
+
+    def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
+        """Send ``percent`` % of targeting keys (sticky buckets) to ``version``, on every worker and host.
+
+        It replaces the model's configured strategy while set; ``version=None`` removes it (the model's
+        configured rollout applies again). Raising the percentage keeps the keys already in the canary.
+
+        Raises:
+            ValueError: ``percent`` is not in 0..100, or ``version`` is not a positive int.
+            ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
+        """
+        self._operations.set_canary(model, version, percent=percent, actor=actor)
+
+    def kill(self, model: str, *, actor: str | None = None) -> None:
+        """Kill switch: every request to ``model`` gets its stable version, on every worker and host, whatever
+        the configured strategy or a flag provider says (no canary, A/B, bandit or shadow). Undo with
+        :meth:`resume`.
+
+        Raises:
+            ModelNotFoundError: unknown model. ConfigurationError: the control file cannot be written.
+        """
+        self._operations.kill(model, actor=actor)
+
+    def resume(self, model: str, *, actor: str | None = None) -> None:
+        """Turn the kill switch of ``model`` off again (see :meth:`kill`)."""
+        self._operations.resume(model, actor=actor)
+
+    def reload(self, *, actor: str | None = None) -> list[str]:
+        """Re-scan the repository on every worker and host (a fleet-wide :meth:`refresh`); returns the
+        problems this process found. The others follow within ``control_interval_s`` plus their load time.
+        """
+        return self._operations.reload(actor=actor)
+
+    def sync_control(self) -> int:
+        """Follow the control file now (the watcher thread calls this every ``control_interval_s``);
+        returns the revision this server follows. An invalid file is logged and shown in :meth:`status`,
+        and the last valid revision stays in force."""
+        return self._operations.sync_control()
+
+    def promote(
+        self,
+        model: str,
+        version: int,
+        *,
+        max_abs_diff: float | None = None,
+        min_label_agreement: float | None = None,
+        min_samples: int = 1,
+    ) -> PromotionReport:
+        """Guarded promotion: make ``version`` stable only if it agrees with the serving version.
+
+        The candidate is loaded and warmed up on recent real inputs (kept per model, see
+        ``RolloutConfig.capture_inputs``); its answers are compared with the stable version's, and the
+        switch happens only if the largest absolute difference and the argmax agreement are within the
+        given bounds. Returns the comparison report, a :class:`PromotionReport` (which also reads like the
+        dict of earlier releases: ``report["from"]``, ``report["reason"]``; ``report.to_dict()`` gives it).
+
+        Raises:
+            PromotionRefusedError: the candidate's signature is incompatible with the stable version's
+                (use :meth:`switch` with ``force=True``), the comparison failed a bound, or there were fewer
+                than ``min_samples`` recent inputs; the report is on the exception, and nothing was switched.
+        """
+        return self._operations.promote(
+            model, version, max_abs_diff=max_abs_diff, min_label_agreement=min_label_agreement, min_samples=min_samples
+        )
+
+    def interleave(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        output: str | None = None,
+        length: int | None = None,
+        context: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> InterleavedRanking:
+        """Team-draft interleaving of two rankers (``RolloutConfig.interleaving``, or the ``<model>.rankers``
+        flag): both score the same items (one row per item), and the result list mixes their rankings with
+        per-item attribution. Report clicks with :meth:`record_click`; wins per ranker are in :meth:`status`.
+        """
+        return self._operations.interleave(
+            model, inputs, output=output, length=length, context=context, timeout_s=timeout_s
+        )
+
+    def record_click(self, request_id: str, item: int, *, model: str | None = None) -> str | None:
+        """Credit a click on ``item`` (its index in the ranked inputs) of an :meth:`interleave` result to
+        the ranker that contributed it. Returns ``"A"``, ``"B"``, or ``None`` if the result is unknown."""
+        return self._operations.record_click(request_id, item, model=model)

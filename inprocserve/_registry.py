@@ -1,0 +1,508 @@
+"""Model lifecycle: load, warm up, gate, publish, retire and refresh model versions, and the hot-reload poller.
+
+The registry owns what the server serves: the loaded versions, the routing snapshot of each model (replaced
+whole, read without a lock by the request path), failures, the control state it follows, and the lifecycle
+lock that serializes every change. The server's request path only reads :attr:`Registry.routes`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._batching import Finisher
+from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
+from ._control import Control, ModelControl
+from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError
+from ._model import ModelVersion
+from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_model_name
+from ._rollout import FlagReader, Router
+from ._signature import incompatibilities
+from ._telemetry import METRICS
+
+__all__ = ["Registry", "Routes"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """An immutable snapshot of one model's servable versions; replaced whole, read without a lock."""
+
+    default: ModelVersion
+    versions: Mapping[int, ModelVersion]
+    router: Router
+
+
+@dataclass(slots=True)
+class _Failure:
+    error: str
+    stamp: tuple[int, int] | None  # (mtime_ns, size) of the file that failed, to retry only when it changes
+
+
+class Registry:
+    """Every model's versions and their lifecycle. Thread-safe: changes hold :attr:`lock`; readers of
+    :attr:`routes` take a snapshot without it.
+
+    It starts and stops one thread, the poller (``poll_interval_s``), which calls :meth:`refresh`.
+    """
+
+    def __init__(
+        self,
+        repository: Path | None,
+        *,
+        defaults: ModelConfig,
+        models: Mapping[str, ModelConfig],
+        deliver: Finisher,
+        flags: FlagReader | None,
+        shadow_gate: Callable[[str, tuple[int, ...]], bool],
+        poll_interval_s: float | None,
+        clock: Callable[[], float],
+        follow_symlinks: bool,
+    ) -> None:
+        self.repository = repository
+        self._defaults = defaults
+        self._code_configs = dict(models)
+        self._deliver = deliver
+        self._flags = flags
+        self._shadow_gate = shadow_gate
+        self._clock = clock
+        self._follow_symlinks = follow_symlinks
+        self.routes: dict[str, Routes] = {}
+        self.loaded: dict[str, dict[int, ModelVersion]] = {}
+        self.failures: dict[str, dict[int, _Failure]] = {}
+        self.config_errors: dict[str, str] = {}
+        self._explicit: set[str] = set()  # loaded with load(path=...): refresh() leaves them alone
+        self._unloaded: set[str] = set()  # unloaded by hand: refresh() does not bring them back
+        self._unloaded_versions: dict[str, set[int]] = {}  # versions unloaded by hand, likewise
+        # Versions held back from the default by the compatibility gate, and why (per model).
+        self.incompatible: dict[str, dict[int, list[str]]] = {}
+        self.routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
+        self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
+        self.control = Control()  # the fleet-wide rollout state this process follows
+        self.lock = threading.RLock()
+        self.closed = False
+        self._poll_interval_s = poll_interval_s
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def load(
+        self,
+        name: str,
+        *,
+        path: str | Path | None = None,
+        version: int | None = None,
+        config: ModelConfig | None = None,
+    ) -> int:
+        """See :meth:`Server.load` (the lifecycle lock serializes it with every other change)."""
+        validate_model_name(name)
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            raise ValueError(f"version must be a positive int, got {version!r}")
+        with self.lock:
+            self.check_open()
+            self._unloaded.discard(name)
+            if version is None:
+                self._unloaded_versions.pop(name, None)
+            else:
+                self._unloaded_versions.get(name, set()).discard(version)
+            if path is None:
+                source = self.find_in_repository(name)
+                if version is not None and version not in source.versions:
+                    raise ModelNotFoundError(
+                        f"model {name!r} has no version {version} in the repository", model=name, version=version
+                    )
+                effective = self.config_for(name, source, config)
+                if version is not None:
+                    self._load_version(name, version, source.versions[version], effective)
+                    self.publish(name)
+                    return version
+                problems = self._sync_model(name, source, effective)
+                if problems:
+                    raise ModelLoadError("; ".join(problems), model=name)
+                return max(self.routes[name].versions)
+            file = Path(path)
+            if file.is_dir():
+                file = file / MODEL_FILENAME
+            if version is None:
+                version = max(self.loaded.get(name, {}), default=0) + 1
+            self._explicit.add(name)
+            code = self._code_configs.get(name)
+            effective = config or (self._defaults if code is None else self._defaults.overlaid(code))
+            self._load_version(name, version, file, effective)
+            loaded = list(self.loaded[name])
+            self._latest[name] = self._gate(name, max(loaded), loaded)
+            self.publish(name)
+            return version
+
+    def unload(self, name: str, version: int | None = None, *, timeout_s: float | None = None) -> None:
+        """See :meth:`Server.unload` (the lifecycle lock serializes it with every other change)."""
+        with self.lock:
+            loaded = self.loaded.get(name, {})
+            if not loaded or (version is not None and version not in loaded):
+                raise ModelNotFoundError(f"model {name!r} version {version} is not loaded", model=name, version=version)
+            if version is None:
+                self._unloaded.add(name)
+                self.retire(name, list(loaded), timeout_s=timeout_s)
+                return
+            self._unloaded_versions.setdefault(name, set()).add(version)
+            source: ModelSource | None = None
+            config: ModelConfig | None = None
+            if self.repository is not None and name not in self._explicit:
+                try:
+                    source = scan_repository(self.repository).models.get(name)
+                    config = self.config_for(name, source, None) if source is not None else None
+                except ConfigurationError as exc:
+                    logger.error("model %r: no fallback for the unloaded version %s: %s", name, version, exc)
+                    source = None
+            if source is None or config is None:
+                self.retire(name, [version], timeout_s=timeout_s)
+                return
+            problems = self._sync_model(name, source, config, timeout_s=timeout_s)
+            for problem in problems:
+                logger.warning("model %r: after unloading version %s: %s", name, version, problem)
+            if version in self.loaded.get(name, {}):  # no other version to fall back to
+                self.retire(name, [version], timeout_s=timeout_s)
+
+    def refresh(self) -> list[str]:
+        """See :meth:`Server.refresh` (the lifecycle lock serializes it with every other change)."""
+        if self.repository is None:
+            return []
+        with self.lock:
+            if self.closed:
+                return []
+            try:
+                scan = scan_repository(self.repository, follow_symlinks=self._follow_symlinks)
+            except ConfigurationError as exc:
+                logger.error("cannot scan the model repository: %s", exc)
+                return [str(exc)]
+            problems = list(scan.problems)
+            for name, source in scan.models.items():
+                if name in self._explicit or name in self._unloaded:
+                    continue
+                try:
+                    config = self.config_for(name, source, None)
+                except ConfigurationError as exc:
+                    self.config_errors[name] = str(exc)
+                    problems.append(str(exc))
+                    logger.error("model %r not (re)loaded: %s", name, exc)
+                    continue
+                self.config_errors.pop(name, None)
+                problems.extend(self._sync_model(name, source, config))
+            for name in list(self.loaded):
+                if name not in scan.models and name not in self._explicit:
+                    logger.info("model %r is gone from the repository; unloading it", name)
+                    self.retire(name, list(self.loaded[name]))
+            for name in list(self.failures):
+                if name not in scan.models and name not in self._explicit:
+                    del self.failures[name]
+            for name in list(self._unloaded_versions):
+                if name not in scan.models:
+                    del self._unloaded_versions[name]
+            for problem in scan.problems:
+                logger.warning("model repository: %s", problem)
+            return problems
+
+    def _sync_model(
+        self, name: str, source: ModelSource, config: ModelConfig, *, timeout_s: float | None = None
+    ) -> list[str]:
+        """Make the loaded versions of ``name`` match its version policy; the lifecycle lock is held.
+
+        A version that fails to load is skipped (until its file changes): the policy is applied again to
+        the rest, so a broken new version leaves the working ones serving.
+        """
+        problems: list[str] = []
+        failures = self.failures.setdefault(name, {})
+        for number in list(failures):  # forget failures of files that changed or vanished
+            path = source.versions.get(number)
+            if path is None or _stamp(path) != failures[number].stamp:
+                del failures[number]
+        router = self.routers.get(name)
+        unloaded = self._unloaded_versions.get(name, set())
+        while True:
+            usable = [v for v in source.versions if v not in failures and v not in unloaded]
+            selected = config.version_policy.select(usable)
+            # Versions the rollout names (stable alias, canary, arms, shadows) are served whatever the policy.
+            extra = (
+                config.rollout.referenced_versions
+                | self._control_versions(name)
+                | ({router.stable_alias} if router and router.stable_alias else set())
+            )
+            wanted = sorted(set(selected) | {v for v in extra if v in usable})
+            missing = [v for v in wanted if v not in self.loaded.get(name, {})]
+            if not missing:
+                break
+            for number in missing:
+                try:
+                    self._load_version(name, number, source.versions[number], config)
+                except ModelLoadError as exc:
+                    problems.append(str(exc))
+        if not failures:
+            self.failures.pop(name, None)
+        if not wanted:
+            return problems
+        latest = max(selected) if selected else max(wanted)
+        default = self._gate(name, latest, usable)
+        self._latest[name] = default
+        keep = set(wanted) | {default}  # a held-back default stays loaded whatever the policy says
+        held = self.incompatible.get(name, {})
+        for number in [v for v in held if v not in keep]:
+            del held[number]
+        self.publish(name, keep=keep)
+        stale = [v for v in self.loaded.get(name, {}) if v not in keep]
+        if stale:
+            self.retire(name, stale, timeout_s=timeout_s)
+        return problems
+
+    def _gate(self, name: str, candidate: int, available: list[int]) -> int:
+        """The compatibility gate: the version that becomes the default of ``name`` — ``candidate``, unless
+        its signature would break callers of the version answering default traffic now (the stable alias,
+        or the current default) and that version is still ``available``. A held-back candidate stays
+        loaded and servable with ``version=``; status, the log and a counter say why."""
+        held = self.incompatible.setdefault(name, {})
+        routes = self.routes.get(name)
+        if routes is None:
+            return candidate
+        router = routes.router
+        alias = router.stable_alias if router.stable_alias is not None else router.config.stable
+        baseline = routes.versions.get(alias) if alias is not None else None
+        baseline = baseline or routes.default
+        new = self.loaded.get(name, {}).get(candidate)
+        if new is None or baseline.version == candidate or baseline.version not in available:
+            held.pop(candidate, None)
+            return candidate
+        assert baseline.signature is not None and new.signature is not None
+        problems = incompatibilities(baseline.signature, new.signature)
+        if not problems:
+            held.pop(candidate, None)
+            return candidate
+        if held.get(candidate) != problems:
+            held[candidate] = problems
+            logger.warning(
+                "model %r version %s is not compatible with version %s, which keeps serving by default "
+                "(pin version=%s, or switch(..., force=True) to promote it): %s",
+                name,
+                candidate,
+                baseline.version,
+                candidate,
+                "; ".join(problems),
+            )
+            METRICS.incompatible.add(1, {"inprocserve.model.name": name, "inprocserve.model.version": candidate})
+        return baseline.version
+
+    def _load_version(self, name: str, number: int, path: Path, config: ModelConfig) -> None:
+        loaded = self.loaded.get(name, {})
+        if number in loaded and loaded[number].path == path:
+            return
+        candidate = ModelVersion(
+            name, number, path, config, deliver=self._deliver, clock=self._clock, follow_symlinks=self._follow_symlinks
+        )
+        try:
+            candidate.load()
+        except ModelLoadError as exc:
+            self.failures.setdefault(name, {})[number] = _Failure(str(exc), _stamp(path))
+            logger.error("model %r version %s failed to load: %s", name, number, exc)
+            METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
+            raise
+        METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
+        previous = loaded.get(number)
+        self.loaded.setdefault(name, {})[number] = candidate
+        self.failures.get(name, {}).pop(number, None)
+        if previous is not None:  # same version number, new file: swap, then drain the old one
+            self.publish(name)
+            previous.retire()
+
+    def publish(self, name: str, keep: set[int] | None = None) -> None:
+        """Replace the routing snapshot of ``name`` (atomic for readers)."""
+        loaded = self.loaded.get(name, {})
+        versions = {v: mv for v, mv in loaded.items() if keep is None or v in keep}
+        if not versions:
+            self.routes.pop(name, None)
+            return
+        latest = self._latest.get(name)
+        default = versions[latest] if latest in versions else versions[max(versions)]
+        state = self.control.models.get(name)
+        rollout = default.config.rollout if state is None else controlled(default.config.rollout, state)
+        router = self.routers.get(name)
+        if router is None:
+            router = self.routers[name] = Router(name, rollout, self._flags, shadow_gate=self._shadow_gate)
+        elif router.config != rollout:
+            router.update(rollout)
+        if state is not None:  # the control file wins over in-process switches and config.toml
+            router.stable_alias = state.stable if state.stable is not None else router.stable_alias
+            if state.stable is not None:  # an operator switched the fleet to it: its signature is accepted
+                self.incompatible.get(name, {}).pop(state.stable, None)
+        router.killed = state is not None and state.kill
+        self.routes[name] = Routes(default=default, versions=dict(versions), router=router)
+
+    def retire(self, name: str, numbers: list[int], *, timeout_s: float | None = None) -> None:
+        loaded = self.loaded.get(name, {})
+        retiring = [loaded.pop(number) for number in numbers if number in loaded]
+        if not loaded:
+            self.loaded.pop(name, None)
+        self.publish(name)  # stop routing to them before draining
+        for version in retiring:
+            drained = version.retire(timeout_s=timeout_s)
+            METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
+            logger.info("model %r version %s unloaded%s", name, version.version, "" if drained else " (timed out)")
+
+    def find_in_repository(self, name: str) -> ModelSource:
+        if self.repository is None:
+            raise ModelNotFoundError(f"no repository configured; pass path= to load model {name!r}", model=name)
+        source = scan_repository(self.repository, follow_symlinks=self._follow_symlinks).models.get(name)
+        if source is None or not source.versions:
+            raise ModelNotFoundError(f"model {name!r} is not in the repository {self.repository}", model=name)
+        return source
+
+    def config_for(self, name: str, source: ModelSource, override: ModelConfig | None) -> ModelConfig:
+        """The effective config: code defaults < ``config=`` < ``config.toml`` < ``models=`` (per field);
+        a ``config`` passed to :meth:`load` replaces all of them."""
+        if override is not None:
+            return override
+        config = self._defaults
+        if source.config_path is not None:
+            config = load_model_config(source.config_path, config)
+        code = self._code_configs.get(name)
+        return config if code is None else config.overlaid(code, source=f"models[{name!r}]")
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ServerClosedError("the server is closed")
+
+    # -- hot reload poller ---------------------------------------------------------------------------------
+
+    def start_poller(self) -> None:
+        """Start the hot-reload thread (``poll_interval_s``); the registry stops and joins it in :meth:`close`."""
+        if self._poll_interval_s is None or self.closed:
+            return
+        self._poller = threading.Thread(target=self._poll, name="inprocserve-refresh", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        assert self._poll_interval_s is not None
+        while not self._stop.wait(self._poll_interval_s):
+            try:
+                self.refresh()
+            except Exception:  # the poller must survive anything a repository throws at it
+                logger.exception("model repository refresh failed")
+
+    def adopt(self, control: Control) -> list[str]:
+        """With the lifecycle lock held: make ``control`` the state this server follows, and apply every
+        model whose state changed (all of them, re-scanning the repository, on a new reload revision)."""
+        previous, self.control = self.control, control
+        logger.info(
+            "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
+        )
+        if control.reload != previous.reload:
+            return self.refresh()
+        for name in sorted(set(control.models) | set(previous.models)):
+            if control.models.get(name) != previous.models.get(name):
+                self.follow(name)
+        return []
+
+    def follow(self, name: str) -> None:
+        """With the lifecycle lock held: load what the control state of ``name`` needs, then publish it."""
+        state = self.control.models.get(name)
+        if state is not None and self.repository is not None and not {name} & (self._explicit | self._unloaded):
+            for number in sorted(state.versions - set(self.loaded.get(name, {}))):
+                try:
+                    self.load(name, version=number)
+                except (ModelNotFoundError, ModelLoadError) as exc:
+                    logger.error(
+                        "model %r: control revision %d names version %s: %s", name, self.control.revision, number, exc
+                    )
+        if name in self.loaded:
+            self.publish(name)
+
+    def _control_versions(self, name: str) -> set[int]:
+        state = self.control.models.get(name)
+        return set() if state is None else state.versions
+
+    def routes_of(self, model: str) -> Routes:
+        routes = self.routes.get(model)
+        if routes is None:
+            raise self.not_found(model, None)
+        return routes
+
+    def serving(self, model: str, version: int) -> Routes:
+        """With the lifecycle lock held: make sure ``version`` is loaded, warmed up and routable."""
+        self.check_open()
+        routes = self.routes.get(model)
+        if routes is None or version not in routes.versions:
+            self.load(model, version=version)
+        return self.routes_of(model)
+
+    def known(self, model: str) -> None:
+        self.check_open()
+        validate_model_name(model)
+        if model not in self.loaded:
+            self.find_in_repository(model)
+
+    def not_found(self, model: object, version: object) -> Exception:
+        if not isinstance(model, str):  # checked only on this slow path, to keep predict cheap
+            return TypeError(f"model must be a str, got {type(model).__name__}")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            return TypeError(f"version must be an int or None, got {type(version).__name__}")
+        if self.closed:
+            return ServerClosedError("the server is closed", model=model, version=version)
+        routes = self.routes.get(model)
+        if routes is None:
+            known = ", ".join(sorted(self.routes)) or "none"
+            failure = self.failures.get(model)
+            hint = f"; it failed to load: {next(iter(failure.values())).error}" if failure else ""
+            return ModelNotFoundError(f"unknown model {model!r} (servable models: {known}){hint}", model=model)
+        versions = ", ".join(map(str, sorted(routes.versions)))
+        return ModelNotFoundError(
+            f"model {model!r} has no servable version {version} (servable: {versions})", model=model, version=version
+        )
+
+    def close(self, *, timeout_s: float | None) -> bool:
+        """Signal the poller to stop, then drain and retire every version; returns ``False`` if already
+        closed. Join the poller with :meth:`join_poller` once the lock is released."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.closed = True
+            self._stop.set()
+            for name in list(self.loaded):
+                self.retire(name, list(self.loaded[name]), timeout_s=timeout_s)
+            self.routes.clear()
+        return True
+
+    def join_poller(self) -> None:
+        """After :meth:`close`, without the lock (the poller may be waiting for it): wait for the poller."""
+        poller = self._poller
+        if poller is not None and poller is not threading.current_thread():
+            poller.join(timeout=5)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: fresh lock and event (the parent's may be held), and a new poller."""
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+        self.start_poller()
+
+
+def controlled(rollout: RolloutConfig, state: ModelControl) -> RolloutConfig:
+    """A model's rollout config with the control file's canary laid over it."""
+    if state.canary_version is None:
+        return rollout
+    canary = CanaryConfig(version=state.canary_version, percent=state.canary_percent)
+    return dataclasses.replace(rollout, strategy="canary", canary=canary)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size)
+
+
+def close_versions(loaded: dict[str, dict[int, ModelVersion]]) -> None:
+    """Last-resort cleanup when a server is garbage-collected or the interpreter exits unclosed."""
+    for versions in list(loaded.values()):
+        for version in list(versions.values()):
+            version.retire(timeout_s=1.0)

@@ -1,0 +1,110 @@
+"""Telemetry of one request: its span closed and its metrics recorded, with attribute sets built once per
+model / version / variant / outcome rather than per request."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ._batching import Request
+from ._errors import DeadlineExceededError, OverloadedError
+from ._rollout import Decision
+from ._telemetry import METRICS, end_request_span, metering, outcome
+
+__all__ = ["RequestTelemetry"]
+
+
+class RequestTelemetry:
+    """Closes request spans and records request metrics for one server. Thread-safe (the attribute cache
+    is a dict filled idempotently)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def cache_result(self, model: str, version: int, result: str) -> None:
+        """Count a cache lookup: ``hit``, ``miss`` or ``shared`` (followed an identical request in flight)."""
+        METRICS.cache.add(1, {**self.attributes(model, version), "inprocserve.cache.result": result})
+
+    def answered(self, request: Request, error: BaseException | None) -> None:
+        """Close the request's span and record its metrics."""
+        route = request.route
+        model, version, variant = route.model, route.version, route.variant
+        decision = route.decision
+        end_request_span(
+            request.span,
+            version=version,
+            variant=variant,
+            reason=route.reason,
+            rows=request.rows,
+            queue_wait_s=request.queue_wait_s if request.batch is not None else None,
+            batch=request.batch,
+            flags=decision.flags,
+            provider=decision.provider,
+            error=error,
+        )
+        if not metering():
+            return
+        METRICS.request_duration.record(
+            time.perf_counter() - request.started,
+            self.attributes(model, version, variant, error, finished=True),
+        )
+        if request.enqueued_at:  # requests run at once on their caller's thread never queued
+            METRICS.queue_wait.record(request.queue_wait_s, self.attributes(model, version))
+        if isinstance(error, DeadlineExceededError):
+            METRICS.deadlines.add(1, self.attributes(model, version))
+
+    def refused(
+        self,
+        span: Any,
+        started: float,
+        model: str,
+        version: int | None,
+        decision: Decision | None,
+        error: BaseException,
+    ) -> None:
+        """Close the span of a request refused before it was queued, and record it."""
+        variant = None if decision is None else decision.variant
+        end_request_span(
+            span,
+            version=version,
+            variant=variant,
+            reason=None if decision is None else decision.reason,
+            rows=0,
+            queue_wait_s=None,
+            batch=None,
+            flags=() if decision is None else decision.flags,
+            provider=None if decision is None else decision.provider,
+            error=error,
+        )
+        if isinstance(model, str):
+            attributes = self.attributes(model, version, variant, error, finished=True)
+            METRICS.request_duration.record(time.perf_counter() - started, attributes)
+            if isinstance(error, OverloadedError):
+                METRICS.shed.add(1, self.attributes(model, version))
+
+    def attributes(
+        self,
+        model: str,
+        version: int | None,
+        variant: str | None = None,
+        error: BaseException | None = None,
+        *,
+        finished: bool = False,
+    ) -> dict[str, Any]:
+        """Metric attributes; a finished request's also carry its outcome, and error.type if it failed."""
+        error_type = None if error is None else type(error).__name__
+        key = (model, version, variant, finished, error_type)
+        attributes = self._cache.get(key)
+        if attributes is None:
+            attributes = {"inprocserve.model.name": model}
+            if version is not None:
+                attributes["inprocserve.model.version"] = version
+            if variant is not None:
+                attributes["inprocserve.rollout.variant"] = variant
+            if finished:
+                attributes["inprocserve.outcome"] = outcome(error)
+            if error_type is not None:
+                attributes["error.type"] = error_type  # semantic convention: the exception's class
+            if len(self._cache) < 10_000:  # bounded: model x version x variant x error class
+                self._cache[key] = attributes
+        return attributes

@@ -1,0 +1,211 @@
+"""Identical requests in flight share one run, with or without the cache, and followers never hang:
+whatever happens to the leader, they get its answer, its error, or run by themselves."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import CancelledError
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import BatchingConfig, CacheConfig, ModelConfig
+from inprocserve._batching import VersionRetiredError
+from inprocserve._inflight import Coalescer, LeaderGone
+
+from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+
+WAIT_S = 30  # every wait is bounded: a follower left behind fails the test instead of hanging it
+
+
+def sharing(share: bool | None, *, cache: bool = False, **batching: int) -> ModelConfig:
+    return ModelConfig(cache=CacheConfig(enabled=cache, share_in_flight=share), batching=BatchingConfig(**batching))
+
+
+def test_without_the_cache_identical_requests_share_a_run_when_switched_on(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository, config=sharing(True))
+    blocker = occupy(server)
+    futures = [server.submit("busy", busy_inputs(1, seed=7)) for _ in range(6)]
+    blocker.result(timeout=WAIT_S)
+    answers = [future.result(timeout=WAIT_S)["y"] for future in futures]
+    assert all(answer is answers[0] for answer in answers)
+    assert version_status(server, "busy")["rows_run"] == 3000 + 1  # one leader ran; five followed
+    assert version_status(server, "busy")["cache"] is None  # nothing was stored
+
+
+@pytest.mark.parametrize(("share", "cache"), [(None, False), (False, True)])
+def test_identical_requests_each_run_when_sharing_is_off(
+    busy_repository: Path, make_server: ServerFactory, share: bool | None, cache: bool
+) -> None:
+    server = make_server(busy_repository, config=sharing(share, cache=cache))
+    blocker = occupy(server)
+    futures = [server.submit("busy", busy_inputs(1, seed=7)) for _ in range(4)]
+    blocker.result(timeout=WAIT_S)
+    for future in futures:
+        future.result(timeout=WAIT_S)
+    assert version_status(server, "busy")["rows_run"] == 3000 + 4
+
+
+def test_followers_of_a_cancelled_leader_run_by_themselves(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository, config=sharing(None, cache=True))
+    blocker = occupy(server)
+    inputs = busy_inputs(1, seed=11)
+    leader = server.submit("busy", inputs)
+    followers = [server.submit("busy", inputs) for _ in range(3)]
+    assert leader.cancel()  # still queued behind the blocker
+    blocker.result(timeout=WAIT_S)
+    expected = server.predict("busy", inputs, version=1)["y"]
+    for follower in followers:
+        np.testing.assert_allclose(follower.result(timeout=WAIT_S)["y"], expected, rtol=1e-5)
+    with pytest.raises(CancelledError):
+        leader.result(timeout=0)
+
+
+def test_followers_of_a_leader_past_its_deadline_are_answered(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository, config=sharing(True))
+    blocker = occupy(server)
+    inputs = busy_inputs(1, seed=12)
+    leader = server.submit("busy", inputs, timeout_s=0.001)  # expires while the blocker runs
+    followers = [server.submit("busy", inputs) for _ in range(3)]
+    blocker.result(timeout=WAIT_S)
+    with pytest.raises(inprocserve.DeadlineExceededError):
+        leader.result(timeout=WAIT_S)
+    for follower in followers:
+        assert follower.result(timeout=WAIT_S)["y"].shape == (1, 512)
+
+
+def test_followers_of_a_failing_leader_get_its_error(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository, config=sharing(True))
+    blocker = occupy(server)
+    poisoned = busy_inputs(1, index=99, seed=13)  # passes validation, fails inside onnxruntime
+    futures = [server.submit("busy", poisoned) for _ in range(4)]
+    blocker.result(timeout=WAIT_S)
+    errors = [future.exception(timeout=WAIT_S) for future in futures]
+    assert all(isinstance(error, inprocserve.InferenceError) for error in errors)
+    assert len({str(error) for error in errors}) == 1
+    assert server.predict("busy", busy_inputs(1, seed=13))["y"].shape == (1, 512)  # the key was freed
+
+
+def test_a_leader_refused_for_overload_frees_its_key(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository, config=sharing(True, max_queue_rows=2, max_request_rows=3000))
+    blocker = occupy(server)
+    filler = server.submit("busy", busy_inputs(2, seed=1))  # the queue is full now
+    inputs = busy_inputs(1, seed=14)
+    refused = server.submit("busy", inputs)
+    assert isinstance(refused.exception(timeout=WAIT_S), inprocserve.QueueFullError)
+    blocker.result(timeout=WAIT_S)
+    filler.result(timeout=WAIT_S)
+    # Had the refused leader kept its key, this identical request would follow it and never be answered.
+    assert server.submit("busy", inputs).result(timeout=WAIT_S)["y"].shape == (1, 512)
+
+
+def test_invalid_input_never_becomes_a_leader(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository, config=sharing(True))
+    bad = {"x": np.ones((1, 3), np.float32), "index": np.ones(1, np.int64)}
+    for _ in range(2):
+        with pytest.raises(inprocserve.InvalidInputError):
+            server.predict("busy", bad)
+    assert len(server._sharing) == 0
+
+
+# -- the primitive itself ----------------------------------------------------------------------------------
+
+KEY = ("m", 1, b"digest")
+
+
+def test_release_shares_the_answer_and_frees_the_key() -> None:
+    coalescer = Coalescer()
+    assert coalescer.join(KEY) is None  # the first caller leads
+    follower = coalescer.join(KEY)
+    assert follower is not None and coalescer.join(KEY) is follower
+    outputs = {"y": np.ones(2)}
+    coalescer.release(KEY, outputs, None)
+    assert follower.result(timeout=0) is outputs and len(coalescer) == 0
+    coalescer.release(KEY, None, RuntimeError("twice"))  # idempotent: nobody is left to wake
+    assert coalescer.join(KEY) is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [inprocserve.QueueFullError("full"), inprocserve.InferenceError("bad"), inprocserve.InvalidInputError("no")],
+)
+def test_errors_about_the_inputs_or_the_server_are_shared(error: BaseException) -> None:
+    coalescer = Coalescer()
+    coalescer.join(KEY)
+    follower = coalescer.join(KEY)
+    assert follower is not None
+    coalescer.release(KEY, None, error)
+    assert follower.exception(timeout=0) is error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [CancelledError(), inprocserve.DeadlineExceededError("late"), VersionRetiredError("gone")],
+)
+def test_errors_of_the_leader_alone_make_followers_run(error: BaseException) -> None:
+    coalescer = Coalescer()
+    coalescer.join(KEY)
+    follower = coalescer.join(KEY)
+    assert follower is not None
+    coalescer.release(KEY, None, error)
+    gone = follower.exception(timeout=0)
+    assert isinstance(gone, LeaderGone) and gone.cause is error
+
+
+def test_a_leader_without_answer_or_error_still_wakes_followers() -> None:
+    coalescer = Coalescer()
+    coalescer.join(KEY)
+    follower = coalescer.join(KEY)
+    assert follower is not None
+    coalescer.release(KEY, None, None)
+    assert isinstance(follower.exception(timeout=0), LeaderGone)
+
+
+def test_synchronous_followers_of_a_leader_past_its_deadline_are_answered(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository, config=sharing(True))
+    blocker = occupy(server)
+    inputs = busy_inputs(1, seed=15)
+    outcomes: dict[int, object] = {}
+
+    def call(index: int) -> None:
+        try:
+            outcomes[index] = server.predict("busy", inputs, timeout_s=0.05 if index == 0 else None)["y"].shape
+        except inprocserve.InprocserveError as exc:
+            outcomes[index] = type(exc)
+
+    leader = threading.Thread(target=call, args=(0,))
+    leader.start()
+    wait_until(lambda: len(server._sharing) == 1)  # the leader holds the key; the others follow it
+    followers = [threading.Thread(target=call, args=(i,)) for i in range(1, 4)]
+    for thread in followers:
+        thread.start()
+    blocker.result(timeout=WAIT_S)
+    for thread in [leader, *followers]:
+        thread.join(timeout=WAIT_S)
+        assert not thread.is_alive(), "a caller was left waiting"
+    assert outcomes == {0: inprocserve.DeadlineExceededError, 1: (1, 512), 2: (1, 512), 3: (1, 512)}
+
+
+def test_a_follower_past_its_deadline_leaves_its_leader_and_the_queue_intact(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository, config=sharing(None, cache=True))
+    blocker = occupy(server)
+    inputs = busy_inputs(1, seed=16)
+    leader = server.submit("busy", inputs)
+    with pytest.raises(inprocserve.DeadlineExceededError, match="identical request in flight"):
+        server.predict("busy", inputs, timeout_s=0.01)  # follows the queued leader, gives up first
+    blocker.result(timeout=WAIT_S)
+    # The follower was never queued: giving up must not take its rows off the queue's count, or the
+    # batcher would think the queue empty and never run the leader.
+    assert leader.result(timeout=WAIT_S)["y"].shape == (1, 512)
+    status = version_status(server, "busy")
+    assert (status["queued_rows"], status["in_flight"]) == (0, 0)
