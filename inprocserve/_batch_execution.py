@@ -21,7 +21,7 @@ from ._config import PaddingConfig
 from ._errors import DeadlineExceededError, InprocserveError
 from ._request import DONE, BatchTiming, Request
 from ._stats import BatchSizeHistogram
-from ._telemetry import METRICS, end_batch_span, metering, start_batch_span, tracing
+from ._telemetry import Recorder, end_batch_span, start_batch_span, tracing
 
 __all__ = ["BatchExecution"]
 
@@ -44,6 +44,7 @@ class BatchExecution:
         failed: Called with one request and its error.
         unbatchable: Called with a reason when the model's outputs turn out to have no batch axis.
         clock: The monotonic clock the requests' deadlines are on.
+        telemetry: The version's metric recorder (batch size, duration and queue wait, once per batch).
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class BatchExecution:
         failed: Callable[[Request, BaseException], None],
         unbatchable: Callable[[str], None],
         clock: Callable[[], float],
+        telemetry: Recorder,
     ) -> None:
         self.model = backend.model
         self.version = backend.version
@@ -72,10 +74,7 @@ class BatchExecution:
         self._unbatchable = unbatchable
         self._clock = clock
         self.batch_sizes = BatchSizeHistogram()
-        self._metric_attributes: dict[str, Any] = {
-            "inprocserve.model.name": self.model,
-            "inprocserve.model.version": self.version,
-        }
+        self._telemetry = telemetry
 
     def execute(self, runner: Any, batch: list[Request], *, inline: bool = False) -> None:
         """Run a batch and record its telemetry. A request run ``inline`` (alone, on its caller's thread)
@@ -83,9 +82,12 @@ class BatchExecution:
         an SDK installed each span costs tens of microseconds."""
         started = self._clock()
         timing = BatchTiming(batch[0].rows if len(batch) == 1 else sum(request.rows for request in batch))
+        longest_wait = 0.0
         for request in batch:
             request.queue_wait_s = max(0.0, started - request.enqueued_at) if request.enqueued_at else 0.0
             request.batch = timing
+            if request.queue_wait_s > longest_wait:
+                longest_wait = request.queue_wait_s
         span = (
             None
             if inline or not tracing()
@@ -110,9 +112,7 @@ class BatchExecution:
                 error=batch[0].error if failed else None,
             )
         self.batch_sizes.record(timing.rows)
-        if metering():
-            METRICS.batch_size.record(timing.rows, self._metric_attributes)
-            METRICS.batch_duration.record(timing.compute_s, self._metric_attributes)
+        self._telemetry.batch_finished(timing.rows, timing.compute_s, inline=inline, queue_wait_s=longest_wait)
 
     def _run_isolating(self, runner: Any, batch: list[Request], parent: Any) -> None:
         """Run ``batch``; if it fails, bisect so only the failing request(s) get the error."""

@@ -37,6 +37,7 @@ from ._pool import RunnerPool
 from ._request import ABANDONED, DONE, QUEUED, RUNNING, Finisher, Request, complete_batch, finish_detached
 from ._request import wake_after_batch as wake_after_batch
 from ._stats import BatchSizeHistogram
+from ._telemetry import Recorder
 
 __all__ = ["Batcher", "Finisher", "Request", "RunCost", "VersionRetiredError", "finish_detached", "handoff_cost_s"]
 
@@ -89,6 +90,7 @@ class Batcher:
         # Group keys are needed only when requests can differ in a non-batch axis (or are padded on one).
         self._keyed = self._merge and (config.padding is not None or has_dynamic_inner_axes)
         self.run_cost = run_cost
+        self.telemetry = Recorder(self.model, self.version)  # this version's metric attributes, built once
         self._policy = FlushPolicy(
             max_rows=config.max_batch_size if self._merge else 1,
             delay_s=automatic_delay_s(config, merge=self._merge, run_cost=run_cost, handoff_s=handoff_cost_s),
@@ -106,6 +108,7 @@ class Batcher:
             failed=self._fail,
             unbatchable=self._disable_merging,
             clock=clock,
+            telemetry=self.telemetry,
         )
         self._pool = RunnerPool(backend)
         self._reset_state()

@@ -131,17 +131,19 @@ class Sharing:
         if cache is None and not share:
             return False  # the common case costs one attribute read: no hashing
         key = inputs_key(request.arrays)
+        assert target.batcher is not None  # a routed version is loaded
+        telemetry = target.batcher.telemetry
         if cache is not None:
             outputs = cache.get(key)
             if outputs is not None:
-                self._telemetry.cache_result(target.name, target.version, "hit")
+                self._telemetry.cache_result(telemetry, "hit")
                 finish_detached(request, outputs, None, self._deliver)
                 return True
         leader = None if share is False else self._coalescer.join((target.name, target.version, key))
         request.cache_key = key if leader is None else None
         if cache is not None:
             cache.count(shared=leader is not None)
-        self._telemetry.cache_result(target.name, target.version, "miss" if leader is None else "shared")
+        self._telemetry.cache_result(telemetry, "miss" if leader is None else "shared")
         if leader is None:
             return False
         if request.future is None:

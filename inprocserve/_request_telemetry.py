@@ -9,7 +9,7 @@ from typing import Any
 from ._batching import Request
 from ._errors import DeadlineExceededError, OverloadedError
 from ._rollout import Decision
-from ._telemetry import METRICS, end_request_span, metering, outcome
+from ._telemetry import METRICS, Recorder, end_request_span, metering, outcome
 
 __all__ = ["RequestTelemetry"]
 
@@ -21,12 +21,16 @@ class RequestTelemetry:
     def __init__(self) -> None:
         self._cache: dict[tuple[Any, ...], dict[str, Any]] = {}
 
-    def cache_result(self, model: str, version: int, result: str) -> None:
+    def cache_result(self, recorder: Recorder, result: str) -> None:
         """Count a cache lookup: ``hit``, ``miss`` or ``shared`` (followed an identical request in flight)."""
-        METRICS.cache.add(1, {**self.attributes(model, version), "inprocserve.cache.result": result})
+        recorder.cache_lookup(result)
 
-    def answered(self, request: Request, error: BaseException | None) -> None:
-        """Close the request's span and record its metrics."""
+    def answered(
+        self, request: Request, error: BaseException | None, elapsed_s: float, recorder: Recorder | None
+    ) -> None:
+        """Close the request's span and record its metrics: through the answering version's ``recorder``
+        (attribute sets built once, durations recorded by one thread at a time), or, for a version already
+        unloaded, directly."""
         route = request.route
         model, version, variant = route.model, route.version, route.variant
         decision = route.decision
@@ -42,14 +46,12 @@ class RequestTelemetry:
             provider=decision.provider,
             error=error,
         )
+        if recorder is not None:  # each request's queue wait is on its span; the metric is per batch
+            recorder.request_finished(elapsed_s, variant=variant, error=error, span=request.span)
+            return
         if not metering():
             return
-        METRICS.request_duration.record(
-            time.perf_counter() - request.started,
-            self.attributes(model, version, variant, error, finished=True),
-        )
-        if request.enqueued_at:  # requests run at once on their caller's thread never queued
-            METRICS.queue_wait.record(request.queue_wait_s, self.attributes(model, version))
+        METRICS.request_duration.record(elapsed_s, self.attributes(model, version, variant, error, finished=True))
         if isinstance(error, DeadlineExceededError):
             METRICS.deadlines.add(1, self.attributes(model, version))
 

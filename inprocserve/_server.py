@@ -401,9 +401,12 @@ class Server(RolloutMethods):
         """
         if request.cache_key is not None:  # it led identical requests (or its answer is to be cached)
             self._sharing.release(request, target, error)
+        elapsed_s = time.perf_counter() - request.started
+        recorder = None
         if target is not None:  # latency percentiles in status(), with or without an OpenTelemetry SDK
-            target.latency.record(time.perf_counter() - request.started, failed=error is not None)
-        self._telemetry.answered(request, error)
+            target.latency.record(elapsed_s, failed=error is not None)
+            recorder = None if target.batcher is None else target.batcher.telemetry
+        self._telemetry.answered(request, error, elapsed_s, recorder)
         outputs = request.outputs
         if error is not None or outputs is None or target is None:
             return
