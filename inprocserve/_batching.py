@@ -474,10 +474,8 @@ class Batcher:
 
     def _fail(self, request: Request, error: BaseException) -> None:
         if request.state == DONE:  # expired or cancelled while queued: no longer counted as in flight
-            if request.future is None or not request.future.done():
-                request.complete(None, error)
-            else:
-                request.error = error
+            # completed even when its future was cancelled: the server's hook still frees its followers
+            request.complete(None, error)
             return
         self._complete(request, None, error)
 

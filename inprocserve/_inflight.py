@@ -66,6 +66,7 @@ class Coalescer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._leaders: dict[Key, Future[Mapping[str, Any]]] = {}
+        self._followed: set[Key] = set()  # keys that at least one follower joined
 
     def join(self, key: Key) -> Future[Mapping[str, Any]] | None:
         """``None``: the caller leads and must :meth:`release` ``key``; else the leader's future to follow.
@@ -76,6 +77,7 @@ class Coalescer:
         with self._lock:
             future = self._leaders.get(key)
             if future is not None:
+                self._followed.add(key)
                 return future
             self._leaders[key] = Future()
             return None
@@ -84,8 +86,14 @@ class Coalescer:
         """The leader is done (answered, failed or refused): free its key and wake its followers. Idempotent."""
         with self._lock:
             future = self._leaders.pop(key, None)
+            followed = key in self._followed
+            self._followed.discard(key)
         if future is None:
             return
+        if followed and outputs is not None:  # one answer for several callers: none may change it for the others
+            for array in outputs.values():
+                if isinstance(array, np.ndarray):
+                    array.flags.writeable = False
         if error is not None:
             future.set_exception(LeaderGone(error) if _leader_only(error) else error)
         elif outputs is None:  # no answer and no error: never leave followers waiting
@@ -117,6 +125,7 @@ class Sharing:
         # against its caller giving up.
         self._lock = threading.Lock()
         self._waiting: set[int] = set()
+        self._requeued: set[int] = set()  # synchronous followers queued to run by themselves
 
     def __len__(self) -> int:
         """Leaders in flight."""
@@ -164,15 +173,21 @@ class Sharing:
             DeadlineExceededError: the deadline passed first (a re-run it got meanwhile is withdrawn).
         """
         timeout = -1.0 if request.deadline is None else max(request.deadline - self._clock(), 0.0)
-        if request.waiter.acquire(timeout=timeout):
+        answered = request.waiter.acquire(timeout=timeout)
+        with self._lock:
+            waiting = id(request) in self._waiting
+            requeued = id(request) in self._requeued
+            self._waiting.discard(id(request))
+            self._requeued.discard(id(request))
+        if answered:
             if request.baton is not None:  # answered by a batch after a re-run: wake the next caller
                 request.baton.release()
             return
-        with self._lock:
-            never_queued = id(request) in self._waiting
-            self._waiting.discard(id(request))
-        if not never_queued:
+        if requeued:
             batcher.wait(request)  # re-run meanwhile: the batcher withdraws it, or it was just answered
+            return
+        if not waiting:  # its leader's answer (or a refused re-run's error) is being handed over right now
+            request.waiter.acquire()
             return
         route = request.route
         raise DeadlineExceededError(
@@ -195,6 +210,8 @@ class Sharing:
                 self._waiting.discard(id(request))
                 if rerun:
                     refused = self._queue(request, target)
+                    if refused is None:
+                        self._requeued.add(id(request))
         elif rerun:
             refused = self._queue(request, target)
         if rerun:
@@ -209,6 +226,7 @@ class Sharing:
         assert target.batcher is not None
         try:
             target.batcher.submit(request, run_inline=False)
+            target.batcher.wake()  # an event loop's request defers its wake to the loop: none is coming here
         except VersionRetiredError:
             name, number = target.name, target.version
             return ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number)

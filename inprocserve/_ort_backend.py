@@ -341,11 +341,7 @@ class OnnxruntimeBackend:
         self.providers = list(session.get_providers())
         self._devices[id(session)] = device_id
         if self._run_options is None:
-            run_options = _ort().RunOptions()
-            run_options.log_severity_level = 4  # run failures reach the caller as our exceptions; no printing
-            if config.arena_shrinkage:
-                run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-            self._run_options = run_options
+            self._run_options = self._deadline_run_options()
         if not hasattr(session, "_sess"):  # pragma: no cover - guards against a future wrapper change
             raise ModelLoadError(f"onnxruntime {_ort().__version__} is not supported: sessions lack a binding")
         if self.signature is None:
@@ -453,10 +449,10 @@ class OnnxruntimeBackend:
                 self._watchdog.disarm(alarm)
 
     def _deadline_run_options(self) -> Any:
-        """Fresh ``RunOptions`` like the shared ones (a terminated run's options cannot be reused safely
-        while other runs share them)."""
+        """Fresh ``RunOptions``: the shared ones, and one per run with a deadline (a terminated run's options
+        cannot be reused safely while other runs share them)."""
         options = _ort().RunOptions()
-        options.log_severity_level = 4
+        options.log_severity_level = 4  # run failures reach the caller as our exceptions; no printing
         if self.config.arena_shrinkage:
             options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         return options

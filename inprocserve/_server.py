@@ -25,7 +25,6 @@ from ._deadlines import check_timeout
 from ._drift import DriftScorer
 from ._errors import (
     ConfigurationError,
-    DeadlineExceededError,
     InprocserveError,
     InvalidInputError,
     ModelLoadError,
@@ -191,11 +190,12 @@ class Server(RolloutMethods):
         batcher = target.batcher
         assert batcher is not None
         try:
-            if self._sharing.following(request):  # waits for an identical request: not in the batcher's queue
+            # a request that follows an identical one in flight is not in the batcher's queue
+            if (target.cache is not None or target.config.cache.share_in_flight) and self._sharing.following(request):
                 self._sharing.wait(request, batcher)
             else:
                 batcher.wait(request)
-        except DeadlineExceededError as exc:
+        except BaseException as exc:  # its deadline, or the caller's thread interrupted: free its followers
             self._answered(request, target, exc)
             raise
         self._answered(request, target, request.error)
@@ -530,6 +530,8 @@ class Server(RolloutMethods):
     def _after_fork_in_child(self) -> None:
         self._registry.after_fork_in_child()
         self._operations.after_fork_in_child()
+        # a leader in flight in the parent never answers here; its lock may have been held at the fork
+        self._sharing = Sharing(self._deliver, self._telemetry, clock=self._clock)
 
 
 def _prediction(request: Request) -> Prediction:

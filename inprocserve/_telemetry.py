@@ -24,6 +24,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_state
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode, get_current_span
 
+from . import _fork
 from ._errors import (
     DeadlineExceededError,
     InprocserveError,
@@ -526,8 +527,14 @@ class Recorder:
         self._pending: deque[tuple[float, Mapping[str, Any]]] = deque()  # request durations not yet recorded
         self._draining = threading.Lock()  # held by the one thread that records the pending durations
         self._metrics.add_recorder(self)
+        _fork.register(self)
         # a version unloaded between two collections still delivers what it holds
         weakref.finalize(self, _record_all, self._pending, self._metrics.request_duration)
+
+    def _after_fork_in_child(self) -> None:
+        # the metric reader's thread may have held the lock at the fork, and its durations are the parent's
+        self._draining = threading.Lock()
+        self._pending.clear()
 
     def start_request_span(self) -> Span:
         """The span of one request to this model (``INVALID_SPAN`` without an SDK, or when it would not be

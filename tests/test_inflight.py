@@ -209,3 +209,63 @@ def test_a_follower_past_its_deadline_leaves_its_leader_and_the_queue_intact(
     assert leader.result(timeout=WAIT_S)["y"].shape == (1, 512)
     status = version_status(server, "busy")
     assert (status["queued_rows"], status["in_flight"]) == (0, 0)
+
+
+def test_a_shared_answer_is_read_only_for_every_caller() -> None:
+    coalescer = Coalescer()
+    assert coalescer.join(KEY) is None
+    follower = coalescer.join(KEY)
+    assert follower is not None
+    outputs = {"y": np.ones(2)}
+    coalescer.release(KEY, outputs, None)
+    with pytest.raises(ValueError, match="read-only"):
+        follower.result(timeout=0)["y"][0] = 5.0  # one caller's change would reach the others
+
+
+def test_an_answer_nobody_followed_stays_writable() -> None:
+    coalescer = Coalescer()
+    assert coalescer.join(KEY) is None
+    outputs = {"y": np.ones(2)}
+    coalescer.release(KEY, outputs, None)
+    outputs["y"][0] = 5.0
+
+
+def test_a_follower_whose_deadline_passes_while_its_answer_is_handed_over_takes_it(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """The leader's answer has been taken for a synchronous follower, but not yet handed to it, when the
+    follower's deadline passes: the follower gets that answer, and the batcher's counts stay untouched
+    (it was never queued: taking it off the queue would strand the next request)."""
+    from inprocserve._request import Request, Route, finish_detached
+    from inprocserve._rollout import Decision
+
+    server = make_server(busy_repository, config=sharing(True))
+    batcher = server._routes["busy"].versions[1].batcher
+    assert batcher is not None
+    route = Route("busy", 1, "stable", "stable", "r1", [], Decision(1, "stable", "stable"))
+    request = Request(busy_inputs(1, seed=21), 1, route, None, None)  # a follower: never queued
+    request.deadline = 0.0  # already past: the caller's wait gives up at once
+    answer = {"y": np.zeros((1, 512), np.float32)}
+    handed = threading.Timer(0.05, finish_detached, (request, answer, None, server._deliver))
+    handed.start()  # _follow took it out of the waiting set; its answer arrives a moment later
+    server._sharing.wait(request, batcher)
+    handed.join(WAIT_S)
+    assert request.outputs is answer
+    status = version_status(server, "busy")
+    assert (status["queued_rows"], status["in_flight"]) == (0, 0)
+    assert server.predict("busy", busy_inputs(1, seed=22), timeout_s=WAIT_S)["y"].shape == (1, 512)
+
+
+def test_followers_of_a_leader_cancelled_in_the_queue_at_close_are_answered(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository, config=sharing(True))
+    blocker = occupy(server)
+    inputs = busy_inputs(1, seed=23)
+    leader = server.submit("busy", inputs)
+    followers = [server.submit("busy", inputs) for _ in range(2)]
+    assert leader.cancel()
+    server.close(timeout_s=0.0)  # the cancelled leader is still queued: it is failed as a leftover
+    blocker.exception(timeout=WAIT_S)
+    for follower in followers:
+        follower.exception(timeout=WAIT_S)  # answered or failed, never left waiting
