@@ -47,7 +47,7 @@ COMMANDS: tuple[AddCommand, ...] = (add_inspect, add_validate, add_quantize, add
 def version_line() -> str:
     """``inprocserve X (onnxruntime Y, Python Z)``: what a bug report needs, without importing onnxruntime."""
     from . import __version__
-    from ._sessions import onnxruntime_version
+    from ._ort_rules import onnxruntime_version
 
     try:
         runtime = onnxruntime_version()

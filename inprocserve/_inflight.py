@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._batching import Batcher, Finisher, Request, VersionRetiredError, finish_detached
+from ._batching import Batcher, VersionRetiredError
 from ._errors import DeadlineExceededError, ModelNotFoundError
+from ._request import Finisher, Request, finish_detached
 from ._request_telemetry import RequestTelemetry
 
 if TYPE_CHECKING:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ._batching import Request
 from ._errors import DeadlineExceededError, OverloadedError
+from ._request import Request
 from ._rollout import Decision
 from ._telemetry import METRICS, Recorder, end_request_span, metering, outcome
 

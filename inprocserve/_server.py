@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _fork
-from ._batching import Request, VersionRetiredError
+from ._batching import VersionRetiredError
 from ._config import ModelConfig
 from ._control import ControlFile
 from ._deadlines import check_timeout
@@ -39,7 +39,7 @@ from ._prediction import Prediction, RequestIds
 from ._prefork import shield_exit
 from ._registry import Registry, Routes, close_versions
 from ._repository import ModelSource
-from ._request import Route
+from ._request import Request, Route
 from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
 from ._scoring import plan_scoring, score

@@ -26,7 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
 from ._errors import ConfigurationError
-from ._request import Route
+from ._request import Request, Route
 from ._telemetry import ATTR_SHADOW_AGREEMENT, ATTR_SHADOW_DIFF, METRICS, start_shadow_span
 
 __all__ = ["ShadowComparison", "ShadowRunner", "compare_outputs"]
@@ -235,7 +235,6 @@ class ShadowRunner:
                     self._tokens -= self._clock() - started  # may go below zero: the next runs wait longer
 
     def _run(self, job: _Job) -> None:
-        from ._batching import Request  # local: the batching module does not depend on shadows
         from ._rollout import Decision
 
         shadow_batcher = job.shadow.batcher

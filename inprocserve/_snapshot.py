@@ -6,11 +6,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ._batching import handoff_cost_s
 from ._control import worker_identity
+from ._handoff import handoff_cost_s
 from ._operations import Operations
+from ._ort_rules import onnxruntime_version
 from ._registry import Registry
-from ._sessions import onnxruntime_version
 
 __all__ = ["gauge_source", "server_status"]
 

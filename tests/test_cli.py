@@ -297,7 +297,7 @@ def test_status_refuses_what_is_not_an_http_url() -> None:
 
 
 def test_a_required_gpu_that_is_missing_names_the_gpu_extra() -> None:
-    from inprocserve._sessions import resolve_providers
+    from inprocserve._ort_rules import resolve_providers
 
     with pytest.raises(inprocserve.ModelLoadError, match=r"pip install 'inprocserve\[gpu\]'"):
         resolve_providers(inprocserve.PoolConfig(require_gpu=True), device_id=0, cuda_usable=False)

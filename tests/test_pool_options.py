@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from inprocserve import ModelConfig, PoolConfig
-from inprocserve._sessions import thread_budget, usable_cores
+from inprocserve._ort_rules import thread_budget, usable_cores
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory, run_threads, version_status

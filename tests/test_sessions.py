@@ -91,11 +91,3 @@ def test_each_onnxruntime_error_becomes_an_inference_error(name: str) -> None:
     assert "boom" in str(translated)
     if name == "InvalidArgument":
         assert isinstance(translated, InvalidInputError)
-
-
-def test_the_old_import_path_still_offers_the_onnxruntime_rules() -> None:
-    from inprocserve import _sessions
-
-    assert _sessions.resolve_providers is resolve_providers and _sessions.usable_cores is usable_cores
-    assert _sessions.translate_run_error is translate_run_error
-    assert _sessions.onnxruntime_version()[0].isdigit()  # from the package metadata, without importing it
