@@ -60,7 +60,7 @@ def recorder_costs(number: int, repeat: int) -> dict[str, float]:
     def record_batch(rows: int, record: Any = batches.record) -> None:
         record(rows)
 
-    def completion_hunk(error: Any = None) -> None:  # the lines Server._finish runs for it
+    def completion_hunk(error: Any = None) -> None:  # the lines Server._answered runs for it
         serving = routes.get("fraud")
         finished = None if serving is None else serving.versions.get(1)
         if finished is not None:
@@ -119,7 +119,7 @@ def main() -> None:
         "| what | cost |",
         "|---|---|",
         f"| `LatencyHistogram.record` per request | {results['latency_record_ns']:.0f} ns |",
-        f"| the whole completion hunk in `Server._finish` (clock, lookups, record) | "
+        f"| the whole completion hunk in `Server._answered` (clock, lookups, record) | "
         f"{results['completion_hunk_ns']:.0f} ns |",
         f"| `BatchSizeHistogram.record` per batch | {results['batch_record_ns']:.0f} ns |",
         f"| `Server.status()`, 3 models x 2 versions (off the request path) | {results['status_us']:.0f} µs |",

@@ -1,4 +1,4 @@
-"""The coalescer: merges concurrent requests for one model version into batched backend runs.
+"""The batcher: merges concurrent requests for one model version into batched backend runs.
 
 * **Idle: run now, on the caller's thread.** A synchronous caller that finds the queue empty and a runner
   free runs its own request on its own thread: no queue and no thread hand-off, so a lightly loaded server
