@@ -59,8 +59,11 @@ def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> d
             for number, failure in registry.failures.get(name, {}).items():
                 versions[str(number)] = {"state": "failed", "error": failure.error}
             held = registry.incompatible.get(name, {})
+            unhealthy: dict[str, str] = {}
             for number, model_version in sorted(registry.loaded.get(name, {}).items()):
                 entry = model_version.status()
+                if entry["health"] is not None and routes is not None and number in routes.versions:
+                    unhealthy[str(number)] = entry["health"]
                 entry["serving"] = routes is not None and number in routes.versions
                 entry["compatible"] = number not in held
                 entry["incompatibilities"] = list(held.get(number, ()))
@@ -74,7 +77,10 @@ def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> d
                 if routes is not None and stable in routes.versions
                 else (None if routes is None else routes.default.version),
                 "control": None if state is None else state.to_dict(),
-                "ready": routes is not None,
+                # Servable, and the version answering default traffic can take work (a remote one whose
+                # server is down cannot); ``unhealthy``: serving versions that cannot, and why.
+                "ready": routes is not None and str(routes.default.version) not in unhealthy,
+                "unhealthy": unhealthy,
                 "config_error": registry.config_errors.get(name),
                 "versions": versions,
                 "rollout": None if router is None else router.status(),
