@@ -115,7 +115,7 @@ class Registry:
                 self._unloaded_versions.pop(name, None)
             else:
                 self._unloaded_versions.get(name, set()).discard(version)
-            if path is None:
+            if path is None and remote is None:
                 source = self.find_in_repository(name)
                 if version is not None and version not in source.versions:
                     raise ModelNotFoundError(

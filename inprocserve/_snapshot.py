@@ -71,6 +71,12 @@ def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> d
             router = registry.routers.get(name)
             state = registry.control.models.get(name)
             stable = None if router is None or routes is None else router.stable_alias
+            configured = stable if stable is not None or router is None else router.config.stable
+            answering = (  # the version that answers default traffic
+                configured
+                if routes is not None and configured in routes.versions
+                else (None if routes is None else routes.default.version)
+            )
             models[name] = {
                 "default_version": None if routes is None else routes.default.version,
                 "stable_version": stable
@@ -79,7 +85,8 @@ def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> d
                 "control": None if state is None else state.to_dict(),
                 # Servable, and the version answering default traffic can take work (a remote one whose
                 # server is down cannot); ``unhealthy``: serving versions that cannot, and why.
-                "ready": routes is not None and str(routes.default.version) not in unhealthy,
+                "answering_version": answering,
+                "ready": routes is not None and str(answering) not in unhealthy,
                 "unhealthy": unhealthy,
                 "config_error": registry.config_errors.get(name),
                 "versions": versions,

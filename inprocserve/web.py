@@ -135,7 +135,7 @@ def readiness(server: Server, required: Sequence[str] | None = None) -> Readines
 def _first_error(model: Mapping[str, Any]) -> str:
     if model.get("config_error"):
         return str(model["config_error"])
-    default = model.get("default_version")
+    default = model.get("answering_version")  # the version that answers default traffic
     unhealthy = model.get("unhealthy") or {}
     if default is not None and str(default) in unhealthy:  # served, but its remote server is down
         return f"version {default}: {unhealthy[str(default)]}"

@@ -228,7 +228,7 @@ class Endpoints:
             document["version"] = str(version)
         model = server.status()["models"].get(name)
         unhealthy = {} if model is None else model.get("unhealthy") or {}
-        asked = str(version if version is not None else model["default_version"] if model else None)
+        asked = str(version if version is not None else model["answering_version"] if model else None)
         if servable and (version is None or version in servable) and asked not in unhealthy:
             return Response.json(200, {**document, "ready": True})
         if model is None:
