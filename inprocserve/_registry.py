@@ -130,14 +130,14 @@ class Registry:
                 if problems:
                     raise ModelLoadError("; ".join(problems), model=name)
                 return max(self.routes[name].versions)
-            if remote is not None:
-                file = _remote_path(name, version if version is not None else self._next_version(name))
+            if version is None:
+                version = self._next_version(name)
+            if path is None:
+                file = _remote_path(name, version)
             else:
                 file = Path(path)
                 if file.is_dir():
                     file = file / MODEL_FILENAME
-            if version is None:
-                version = self._next_version(name)
             self._explicit.add(name)
             code = self._code_configs.get(name)
             effective = config or (self._defaults if code is None else self._defaults.overlaid(code))

@@ -130,7 +130,7 @@ def test_an_unreachable_server_at_load_is_a_typed_load_error(make_server: Server
     save_model(build_mlp_model((FEATURES, 32, 3), seed=2), repository, "fraud", 2)
     server = make_server(repository)
     nowhere = RemoteModel(url="http://127.0.0.1:9", model="fraud", version="3", retries=0, timeout_s=2)
-    with pytest.raises(inprocserve.ModelLoadError, match="127.0.0.1:9"):
+    with pytest.raises(inprocserve.ModelLoadError, match=r"127\.0\.0\.1:9"):
         server.load("fraud", version=3, remote=nowhere)
     assert server.models == {"fraud": [2]}
     assert server.readiness().ready
