@@ -19,7 +19,6 @@ import pytest
 import inprocserve
 from inprocserve import (
     BatchingConfig,
-    CanaryConfig,
     ModelConfig,
     RemoteModel,
     RolloutConfig,
@@ -152,8 +151,12 @@ def test_load_with_remote_serves_the_version(make_server: ServerFactory, reposit
 
 
 def test_a_canary_on_a_remote_version_is_sticky_per_user(make_server: ServerFactory, mixed: Path) -> None:
-    config = every_version(strategy="canary", stable=2, canary=CanaryConfig(version=3, percent=50))
-    server = make_server(mixed, config=config)
+    (mixed / "fraud" / "config.toml").write_text(  # as docs/scaling.md shows it
+        '[rollout]\nstrategy = "canary"\nstable = 2\nkey_field = "user_id"\n\n'
+        "[rollout.canary]\nversion = 3\npercent = 50\n"
+    )
+    server = make_server(mixed)
+    assert server.models == {"fraud": [2, 3]}
     first = {
         user: server.predict("fraud", {"x": rows(1)}, context={"user_id": f"user-{user}"}).version for user in range(40)
     }
