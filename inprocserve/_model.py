@@ -266,6 +266,11 @@ class ModelVersion:
         return self._backend
 
     @property
+    def backend_built(self) -> bool:
+        """Whether the backend exists: given, or built by :meth:`load` (the version's file was read)."""
+        return self._backend is not None
+
+    @property
     def providers(self) -> list[str]:
         return [] if self._backend is None else list(self._backend.providers)
 

@@ -20,7 +20,14 @@ from ._control import Control, ModelControl
 from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError
 from ._model import ModelVersion
 from ._remote_model import RemoteModel
-from ._repository import MODEL_FILENAME, REMOTE_FILENAME, ModelSource, scan_repository, validate_model_name
+from ._repository import (
+    MODEL_FILENAME,
+    REMOTE_FILENAME,
+    ModelSource,
+    is_remote,
+    scan_repository,
+    validate_model_name,
+)
 from ._rollout import FlagReader, Router
 from ._signature import incompatibilities
 from ._telemetry import METRICS
@@ -42,7 +49,8 @@ class Routes:
 @dataclass(slots=True)
 class _Failure:
     error: str
-    stamp: tuple[int, int] | None  # (mtime_ns, size) of the file that failed, to retry only when it changes
+    # (mtime_ns, size) of the file that failed, to retry only when it changes; None: retry on every refresh
+    stamp: tuple[int, int] | None
 
 
 class Registry:
@@ -331,7 +339,10 @@ class Registry:
         try:
             candidate.load()
         except ModelLoadError as exc:
-            self.failures.setdefault(name, {})[number] = _Failure(str(exc), _stamp(path))
+            # A remote version whose file was read failed at its server, which may come back: no stamp,
+            # so the next refresh tries again. Any other failure waits for its file to change.
+            server_failed = is_remote(path) and candidate.backend_built
+            self.failures.setdefault(name, {})[number] = _Failure(str(exc), None if server_failed else _stamp(path))
             logger.error("model %r version %s failed to load: %s", name, number, exc)
             METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
             raise

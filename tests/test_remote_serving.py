@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -296,3 +297,39 @@ def test_the_traceparent_of_a_predict_reaches_the_remote(
     assert int(trace_id, 16) == handler.get_span_context().trace_id  # the remote's spans join this trace
     ours = {span.context.span_id for span in otel.spans.get_finished_spans() if span.context is not None}
     assert int(span_id, 16) in ours  # the parent is a span this process recorded (the request's or batch's)
+
+
+def test_a_remote_version_whose_server_was_down_at_start_loads_on_a_later_refresh(
+    make_server: ServerFactory, repository: Path, served: Path
+) -> None:
+    save_model(build_mlp_model((FEATURES, 32, 3), seed=2), repository, "fraud", 2)
+    port = free_port()
+    remote_toml(repository / "fraud" / "3", f"http://127.0.0.1:{port}", retries="0")
+    server = make_server(repository, config=every_version())
+    assert server.models == {"fraud": [2]}
+    assert "cannot connect" in server.status()["models"]["fraud"]["versions"]["3"]["error"]
+    remote_app = RemoteApp(served, port)
+    try:
+        server.refresh()  # remote.toml did not change, but its server is back: the version loads
+        assert server.models == {"fraud": [2, 3]}
+        np.testing.assert_allclose(
+            server.predict("fraud", {"x": rows(2)}, version=3)["y"], direct(served, 3, rows(2)), rtol=1e-6
+        )
+    finally:
+        remote_app.stop()
+
+
+def test_a_bad_remote_toml_waits_for_its_file_to_change(make_server: ServerFactory, repository: Path) -> None:
+    save_model(build_mlp_model((FEATURES, 32, 3), seed=2), repository, "fraud", 2)
+    remote_toml(repository / "fraud" / "3", "http://127.0.0.1:9", unknown_key='"x"')
+    server = make_server(repository)
+    problems = server.refresh()
+    assert not any("unknown key" in problem for problem in problems)  # not tried again: the file is unchanged
+    assert "unknown key 'unknown_key'" in server.status()["models"]["fraud"]["versions"]["3"]["error"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
