@@ -174,7 +174,11 @@ def test_a_shadow_on_a_remote_that_is_down_never_fails_the_caller(
     down = RemoteApp(served)
     server = make_server(repository, config=config)
     try:
-        server.load("fraud", version=3, remote=RemoteModel(url=down.url, model="fraud", version="3", retries=0))
+        server.load(
+            "fraud",
+            version=3,
+            remote=RemoteModel(url=down.url, model="fraud", version="3", retries=0, failure_threshold=1),
+        )
         assert server.predict("fraud", {"x": rows(1)}).version == 2
         wait_until(lambda: server.status()["models"]["fraud"]["shadow"].get("3", {}).get("runs", 0) >= 1)
     finally:
@@ -194,7 +198,7 @@ def test_a_slow_shadow_does_not_hold_the_caller(make_server: ServerFactory, repo
     save_model(build_mlp_model((FEATURES, 32, 3), seed=2), repository, "fraud", 2)
     config = every_version(stable=2, shadow=ShadowConfig(versions=(3,)))
     server = make_server(repository, config=config)
-    slow = RemoteModel(url=app.url, model="fraud", version="3", headers={"X-Test-Delay-S": "3"}, timeout_s=20)
+    slow = RemoteModel(url=app.url, model="fraud", version="3", headers={"X-Test-Delay-S": "4"}, timeout_s=20)
     server.load(
         "fraud",
         version=3,
@@ -203,7 +207,7 @@ def test_a_slow_shadow_does_not_hold_the_caller(make_server: ServerFactory, repo
     )
     before = infer_calls(app)
     assert server.predict("fraud", {"x": rows(1)}).version == 2
-    # The caller has its answer while the remote still holds the shadow's call (3 s): no shadow run has
+    # The caller has its answer while the remote still holds the shadow's call (4 s): no shadow run has
     # finished yet, though the call has reached the server (or is queued for it).
     assert server.status()["models"]["fraud"]["shadow"].get("3", {}).get("runs", 0) == 0
     wait_until(lambda: infer_calls(app) > before)
