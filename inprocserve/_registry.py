@@ -144,8 +144,10 @@ class Registry:
                 file = _remote_path(name, version)
             else:
                 file = Path(path)
-                if file.is_dir():
-                    file = file / MODEL_FILENAME
+                if file.is_dir():  # a version folder: its model.onnx, or its remote.toml
+                    remote_file = file / REMOTE_FILENAME
+                    has_remote = remote_file.is_file() and not (file / MODEL_FILENAME).exists()
+                    file = remote_file if has_remote else file / MODEL_FILENAME
             self._explicit.add(name)
             code = self._code_configs.get(name)
             effective = config or (self._defaults if code is None else self._defaults.overlaid(code))

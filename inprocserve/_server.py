@@ -436,7 +436,8 @@ class Server(RolloutMethods):
     ) -> int:
         """Load a model version and make it servable; returns the version number.
 
-        With ``path`` (a ``.onnx`` file) no repository is needed; ``version`` defaults to one more than the
+        With ``path`` (a ``.onnx`` file, a ``remote.toml``, or a version folder holding one) no repository is
+        needed; ``version`` defaults to one more than the
         highest loaded. With ``remote`` the version runs on the Open Inference Protocol server it names
         (its signature comes from the server's metadata), numbered like ``path``. Without either the model
         is (re)loaded from the repository per its version policy, or just ``version`` if given (a version

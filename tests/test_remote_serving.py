@@ -337,3 +337,16 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def test_load_with_a_path_takes_a_remote_toml_or_its_folder(
+    make_server: ServerFactory, tmp_path: Path, app: RemoteApp, served: Path
+) -> None:
+    folder = remote_toml(tmp_path / "elsewhere" / "3", app.url).parent
+    server = make_server()
+    assert server.load("fraud", path=folder) == 1
+    assert server.load("fraud", path=folder / "remote.toml") == 2
+    for version in (1, 2):
+        answer = server.predict("fraud", {"x": rows(2)}, version=version)
+        np.testing.assert_allclose(answer["y"], direct(served, 3, rows(2)), rtol=1e-6)
+        assert server.status()["models"]["fraud"]["versions"][str(version)]["backend"] == "remote"
