@@ -25,12 +25,14 @@ from inprocserve import (
     RolloutConfig,
     ShadowConfig,
     WarmupConfig,
+    v2,
 )
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory, wait_until
 from .test_remote_flask import RemoteApp
 from .test_telemetry import Otel, otel  # noqa: F401 (the fixture: an SDK TracerProvider, set once per process)
+from .test_v2_codec import call
 
 FEATURES = 16
 QUIET = ModelConfig(warmup=WarmupConfig(enabled=False), batching=BatchingConfig(enabled=False))
@@ -270,6 +272,12 @@ def test_a_remote_that_dies_fails_fast_shows_in_readiness_and_recovers(
     assert not readiness.ready
     assert "version 3" in readiness.reasons["fraud"] and "is failing" in readiness.reasons["fraud"]
     assert server.status()["models"]["fraud"]["versions"]["3"]["backend_status"]["circuit"] == "open"
+    endpoints = v2.Endpoints(lambda: server)
+    status, document, _ = call(endpoints, "GET", "/v2/health/ready")
+    assert status == 503 and "version 3" in document["error"]
+    status, document, _ = call(endpoints, "GET", "/v2/models/fraud/versions/3/ready")
+    assert status == 503 and "is failing" in document["error"]
+    assert call(endpoints, "GET", "/v2/models/fraud/versions/2/ready")[0] == 200
     assert server.predict("fraud", {"x": rows(1)}, version=2).version == 2  # the local version still answers
     remote_app = RemoteApp(served, port)
     try:
