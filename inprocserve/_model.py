@@ -11,6 +11,7 @@ published for routing only once it is ``ready`` (sessions built and warmed up).
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import time
@@ -40,10 +41,17 @@ logger = logging.getLogger(__name__)
 
 
 def build_backend(
-    path: Path, config: ModelConfig, *, model: str, version: int, follow_symlinks: bool = False
+    path: Path,
+    config: ModelConfig,
+    *,
+    model: str,
+    version: int,
+    follow_symlinks: bool = False,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Backend:
     """The default :data:`~inprocserve._backend.BackendFactory`, chosen by the version's file: a
-    ``remote.toml`` is served by the Open Inference Protocol server it names, anything else by onnxruntime.
+    ``remote.toml`` is served by the Open Inference Protocol server it names (its deadlines and circuit
+    breaker on ``clock``), anything else by onnxruntime.
 
     Raises:
         ModelLoadError: the ``remote.toml`` is unreadable or invalid (the message names the file and key).
@@ -55,7 +63,7 @@ def build_backend(
             remote = read_remote_toml(path)
         except ModelLoadError as exc:
             raise ModelLoadError(f"model {model!r} version {version}: {exc}", model=model, version=version) from None
-        return RemoteBackend(model, version, remote)
+        return RemoteBackend(model, version, remote, clock=clock)
     return build_onnxruntime_backend(path, config, model=model, version=version, follow_symlinks=follow_symlinks)
 
 
@@ -65,7 +73,7 @@ class ModelVersion:
     Args:
         backend: A ready backend to serve this version with (it is closed with the version).
         backend_factory: Builds the backend in :meth:`load` when none is given (default:
-            :func:`build_backend`, by the file at ``path``).
+            :func:`build_backend`, by the file at ``path``, on ``clock``).
     """
 
     def __init__(
@@ -79,7 +87,7 @@ class ModelVersion:
         clock: Callable[[], float] = time.monotonic,
         follow_symlinks: bool = False,
         backend: Backend | None = None,
-        backend_factory: BackendFactory = build_backend,
+        backend_factory: BackendFactory | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -99,7 +107,9 @@ class ModelVersion:
         self._clock = clock
         self._follow_symlinks = follow_symlinks
         self._backend = backend
-        self._backend_factory = backend_factory
+        self._backend_factory: BackendFactory = (
+            backend_factory if backend_factory is not None else functools.partial(build_backend, clock=clock)
+        )
         self.reject_nan = config.nan_policy == "reject"
         self.max_request_rows = config.batching.request_row_limit
 

@@ -27,7 +27,7 @@ from inprocserve import (
     WarmupConfig,
     v2,
 )
-from inprocserve.testing import build_mlp_model, save_model
+from inprocserve.testing import ManualClock, build_mlp_model, save_model
 
 from .conftest import ServerFactory, wait_until
 from .test_remote_flask import RemoteApp
@@ -358,3 +358,30 @@ def test_load_with_a_path_takes_a_remote_toml_or_its_folder(
         answer = server.predict("fraud", {"x": rows(2)}, version=version)
         np.testing.assert_allclose(answer["y"], direct(served, 3, rows(2)), rtol=1e-6)
         assert server.status()["models"]["fraud"]["versions"][str(version)]["backend"] == "remote"
+
+
+def test_a_repository_remote_version_runs_on_the_servers_clock(
+    make_server: ServerFactory, repository: Path, served: Path
+) -> None:
+    clock = ManualClock()
+    remote_app = RemoteApp(served)
+    port = remote_app.port
+    try:
+        remote_toml(repository / "fraud" / "3", remote_app.url, retries="0", failure_threshold="1", cooloff_s="60")
+        server = make_server(repository, clock=clock)
+        assert server.predict("fraud", {"x": rows(1)}).version == 3
+    finally:
+        remote_app.stop()
+    with pytest.raises(inprocserve.RemoteUnavailableError, match="unavailable"):
+        server.predict("fraud", {"x": rows(1)})
+    facts = server.status()["models"]["fraud"]["versions"]["3"]["backend_status"]
+    assert facts["circuit"] == "open"
+    remote_app = RemoteApp(served, port)
+    try:
+        with pytest.raises(inprocserve.RemoteUnavailableError, match="failing fast"):
+            server.predict("fraud", {"x": rows(1)})  # the server's clock has not moved: still cooling off
+        clock.advance(60)
+        assert server.predict("fraud", {"x": rows(1)}).version == 3  # the probe, on the server's clock
+        assert server.readiness().ready
+    finally:
+        remote_app.stop()
