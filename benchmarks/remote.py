@@ -6,9 +6,10 @@ Per model (mlp-small, mlp-large):
 
 * one call at a time, 1 and 32 rows: onnxruntime in-process, and ``RemoteBackend.run`` with binary tensors
   and with JSON tensors (p50 and p99 latency);
-* 8 closed-loop clients of one row each: ``Server.predict`` in-process (coalesced locally), and
-  ``RemoteBackend.run`` per request (not coalesced locally: the remote plug-in coalesces). The coalesced
-  remote figure, through ``Server.predict`` with a remote version, needs the backend wired into the server.
+* 1, 8 and 64 closed-loop clients of one row each, all through ``Server.predict``: the model local
+  (onnxruntime in-process) and remote (a version loaded with ``remote=``, binary tensors, 8 connections),
+  each coalesced (the default batching) and not (``BatchingConfig(enabled=False)``: one remote call per
+  request). The remote server batches on its side in both cases, as the plug-in does by default.
 
     python benchmarks/remote.py            # writes benchmarks/results/remote.{json,md}
     python benchmarks/remote.py --quick    # a short run that proves it works (noisy figures)
@@ -76,6 +77,48 @@ def latencies_ms(call: Any, calls: int) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99))}
 
 
+CLIENTS = (1, 8, 64)
+NOT_COALESCED = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(enabled=False))
+
+
+def through_predict(repository: Path, url: str, name: str, seconds: float) -> list[dict[str, Any]]:
+    """``Server.predict`` with ``CLIENTS`` closed-loop clients: local and remote, coalesced and not."""
+    results: list[dict[str, Any]] = []
+    one_row = input_rows(name, 64)
+    remote = inprocserve.RemoteModel(url=url, model=name, version="1", concurrency=8)
+    for coalesced in (True, False):
+        config = inprocserve.ModelConfig() if coalesced else NOT_COALESCED
+        server = inprocserve.Server()
+        try:
+            server.load(f"{name}-local", path=repository / name / "1" / "model.onnx", config=config)
+            server.load(f"{name}-remote", remote=remote, config=config)
+            for where in ("local", "remote"):
+                approach = f"{where} Server.predict, {'coalesced' if coalesced else 'not coalesced'}"
+                for clients in CLIENTS:
+                    before = remote_calls(server, name) if where == "remote" else 0
+                    result = closed_loop(
+                        approach,
+                        name,
+                        clients,
+                        lambda x, m=f"{name}-{where}", s=server: s.predict(m, {"x": x}),
+                        one_row,
+                        seconds,
+                    )
+                    row = asdict(result)
+                    if where == "remote":  # remote calls per request: < 1 means requests were coalesced
+                        calls = remote_calls(server, name) - before
+                        row["remote_calls_per_request"] = round(calls / max(1, result.requests), 3)
+                    results.append(row)
+        finally:
+            server.close()
+    return results
+
+
+def remote_calls(server: inprocserve.Server, name: str) -> int:
+    calls: int = server.status()["models"][f"{name}-remote"]["versions"]["1"]["backend_status"]["calls"]
+    return calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run that proves the benchmark works")
@@ -88,7 +131,6 @@ def main() -> None:
         for name in MODELS:
             build_reference(name, repository)
         process, url = start_server(repository)
-        local = inprocserve.Server(repository=repository)
         try:
             for name in MODELS:
                 session = onnxruntime.InferenceSession(str(repository / name / "1" / "model.onnx"))
@@ -114,32 +156,10 @@ def main() -> None:
                             {"model": name, "rows": rows, "path": f"remote, {encoding} tensors"}
                             | latencies_ms(lambda x=x, b=backend, s=slot: b.run(s, {"x": x}), calls)
                         )
-                one_row = input_rows(name, 64)
-                backend = backends["binary"]
-                slot = backend.runners()[0]
-                results = [
-                    closed_loop(
-                        "local Server.predict (coalesced)",
-                        name,
-                        8,
-                        lambda x, n=name: local.predict(n, {"x": x}),
-                        one_row,
-                        seconds,
-                    ),
-                    closed_loop(
-                        "remote, binary, per request",
-                        name,
-                        8,
-                        lambda x, b=backend, s=slot: b.run(s, {"x": x}),
-                        one_row,
-                        seconds,
-                    ),
-                ]
-                concurrent.extend(asdict(result) for result in results)
                 for each in backends.values():
                     each.close()
+                concurrent.extend(through_predict(repository, url, name, seconds))
         finally:
-            local.close()
             process.terminate()
             process.wait(timeout=30)
     payload = {"machine": machine(), "quick": args.quick, "sequential": sequential, "concurrent": concurrent}
@@ -157,12 +177,13 @@ def main() -> None:
         "|---|---:|---|---:|---:|",
         *(f"| {r['model']} | {r['rows']} | {r['path']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |" for r in sequential),
         "",
-        "8 closed-loop clients, one row each:",
+        "Closed-loop clients, one row each, through `Server.predict`:",
         "",
-        "| model | path | requests/s | p50 ms | p99 ms |",
-        "|---|---|---:|---:|---:|",
+        "| model | path | clients | requests/s | p50 ms | p99 ms | remote calls per request |",
+        "|---|---|---:|---:|---:|---:|---:|",
         *(
-            f"| {r['model']} | {r['approach']} | {r['throughput']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+            f"| {r['model']} | {r['approach']} | {r['clients']} | {r['throughput']:.0f} | {r['p50_ms']:.2f} "
+            f"| {r['p99_ms']:.2f} | {r.get('remote_calls_per_request', '')} |"
             for r in concurrent
         ),
         "",

@@ -1,7 +1,9 @@
 """One servable model version: its backend, its batcher, and its lifecycle state.
 
-The backend (onnxruntime sessions by default, or anything that keeps the ``Backend`` protocol) is built by
-a factory from the version's file and config; the batcher runs on it and knows nothing else of it.
+The backend (onnxruntime sessions for a ``model.onnx``, a :class:`~inprocserve._remote.RemoteBackend` for a
+``remote.toml``, or anything that keeps the ``Backend`` protocol) is built by a factory from the version's
+file and config when the version loads, so a file that cannot be read fails the load like any other load
+error; the batcher runs on the backend and knows nothing else of it.
 
 States: ``loading`` -> ``ready`` -> ``draining`` -> ``unloaded``, or ``loading`` -> ``failed``. A version is
 published for routing only once it is ``ready`` (sessions built and warmed up).
@@ -9,6 +11,7 @@ published for routing only once it is ``ready`` (sessions built and warmed up).
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import time
@@ -26,13 +29,42 @@ from ._drift import DriftMonitor
 from ._errors import InprocserveError, ModelLoadError
 from ._integrity import resolve_model_file
 from ._ort_backend import build_onnxruntime_backend
+from ._remote_model import read_remote_toml
+from ._repository import is_remote
 from ._signature import Signature
 from ._stats import LatencyHistogram
 from ._telemetry import resident_memory_bytes
 
-__all__ = ["ModelVersion"]
+__all__ = ["ModelVersion", "build_backend"]
 
 logger = logging.getLogger(__name__)
+
+
+def build_backend(
+    path: Path,
+    config: ModelConfig,
+    *,
+    model: str,
+    version: int,
+    follow_symlinks: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+) -> Backend:
+    """The default :data:`~inprocserve._backend.BackendFactory`, chosen by the version's file: a
+    ``remote.toml`` is served by the Open Inference Protocol server it names (its deadlines and circuit
+    breaker on ``clock``), anything else by onnxruntime.
+
+    Raises:
+        ModelLoadError: the ``remote.toml`` is unreadable or invalid (the message names the file and key).
+    """
+    if is_remote(path):
+        from ._remote import RemoteBackend  # late: the remote backend's codec imports the server
+
+        try:
+            remote = read_remote_toml(path)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"model {model!r} version {version}: {exc}", model=model, version=version) from None
+        return RemoteBackend(model, version, remote, clock=clock)
+    return build_onnxruntime_backend(path, config, model=model, version=version, follow_symlinks=follow_symlinks)
 
 
 class ModelVersion:
@@ -40,7 +72,8 @@ class ModelVersion:
 
     Args:
         backend: A ready backend to serve this version with (it is closed with the version).
-        backend_factory: Builds the backend when none is given (default: onnxruntime on ``path``).
+        backend_factory: Builds the backend in :meth:`load` when none is given (default:
+            :func:`build_backend`, by the file at ``path``, on ``clock``).
     """
 
     def __init__(
@@ -54,7 +87,7 @@ class ModelVersion:
         clock: Callable[[], float] = time.monotonic,
         follow_symlinks: bool = False,
         backend: Backend | None = None,
-        backend_factory: BackendFactory = build_onnxruntime_backend,
+        backend_factory: BackendFactory | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -73,10 +106,9 @@ class ModelVersion:
         self._deliver = deliver
         self._clock = clock
         self._follow_symlinks = follow_symlinks
-        self.backend: Backend = (
-            backend
-            if backend is not None
-            else backend_factory(path, config, model=name, version=version, follow_symlinks=follow_symlinks)
+        self._backend = backend
+        self._backend_factory: BackendFactory = (
+            backend_factory if backend_factory is not None else functools.partial(build_backend, clock=clock)
         )
         self.reject_nan = config.nan_policy == "reject"
         self.max_request_rows = config.batching.request_row_limit
@@ -90,6 +122,10 @@ class ModelVersion:
         started = time.perf_counter()
         resident_before = resident_memory_bytes()
         try:
+            if self._backend is None:  # built here, so a bad file is a failed load like any other
+                self._backend = self._backend_factory(
+                    self.path, self.config, model=self.name, version=self.version, follow_symlinks=self._follow_symlinks
+                )
             batching = self.config.batching
             signature = self.backend.prepare(
                 warmup=self._warm_up, probe_rows=batching.max_batch_size if batching.enabled else 1
@@ -98,7 +134,8 @@ class ModelVersion:
         except ModelLoadError as exc:
             self.state = "failed"
             self.error = str(exc)
-            self.backend.close()
+            if self._backend is not None:
+                self._backend.close()
             raise
         self.signature = signature
         if not signature.batchable:
@@ -226,12 +263,32 @@ class ModelVersion:
         return arrays
 
     @property
+    def backend(self) -> Backend:
+        """This version's backend; built by :meth:`load` when none was given.
+
+        Raises:
+            ModelLoadError: :meth:`load` has not built it (it has not run, or it failed before).
+        """
+        if self._backend is None:
+            raise ModelLoadError(
+                f"model {self.name!r} version {self.version} is not loaded", model=self.name, version=self.version
+            )
+        return self._backend
+
+    @property
+    def backend_built(self) -> bool:
+        """Whether the backend exists: given, or built by :meth:`load` (the version's file was read)."""
+        return self._backend is not None
+
+    @property
     def providers(self) -> list[str]:
-        return list(self.backend.providers)
+        return [] if self._backend is None else list(self._backend.providers)
 
     def health(self) -> str | None:
         """``None`` when this version's backend can take work; otherwise why it cannot."""
-        return self.backend.health()
+        if self._backend is None:
+            return self.error or "not loaded"
+        return self._backend.health()
 
     def drift_observations(self) -> list[tuple[str, float, dict[str, Any]]]:
         """Drift statistics of the last window, for the observable gauges."""
@@ -253,7 +310,8 @@ class ModelVersion:
         """Stop taking requests, finish queued and running ones, then close the backend."""
         self.state = "draining"
         drained = self.batcher.close(timeout_s=timeout_s) if self.batcher is not None else True
-        self.backend.close()
+        if self._backend is not None:
+            self._backend.close()
         self.state = "unloaded"
         return drained
 
@@ -262,14 +320,14 @@ class ModelVersion:
         is ``None`` or why the backend cannot take work, ``backend_status`` its own facts; the onnxruntime
         facts are also at the top level, as they always were."""
         batcher = self.batcher
-        backend = self.backend
-        facts = backend.status()
+        backend = self._backend
+        facts = {} if backend is None else backend.status()
         return {
             "state": self.state,
             "path": str(self.path),
             "error": self.error,
-            "backend": backend.kind,
-            "health": backend.health(),
+            "backend": None if backend is None else backend.kind,
+            "health": self.health(),
             "backend_status": facts,
             "providers": self.providers,
             "pool_size": self.config.pool.size,

@@ -19,7 +19,15 @@ from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ModelControl
 from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError
 from ._model import ModelVersion
-from ._repository import MODEL_FILENAME, ModelSource, scan_repository, validate_model_name
+from ._remote_model import RemoteModel
+from ._repository import (
+    MODEL_FILENAME,
+    REMOTE_FILENAME,
+    ModelSource,
+    is_remote,
+    scan_repository,
+    validate_model_name,
+)
 from ._rollout import FlagReader, Router
 from ._signature import incompatibilities
 from ._telemetry import METRICS
@@ -41,7 +49,8 @@ class Routes:
 @dataclass(slots=True)
 class _Failure:
     error: str
-    stamp: tuple[int, int] | None  # (mtime_ns, size) of the file that failed, to retry only when it changes
+    # (mtime_ns, size) of the file that failed, to retry only when it changes; None: retry on every refresh
+    stamp: tuple[int, int] | None
 
 
 class Registry:
@@ -97,11 +106,16 @@ class Registry:
         path: str | Path | None = None,
         version: int | None = None,
         config: ModelConfig | None = None,
+        remote: RemoteModel | None = None,
     ) -> int:
         """See :meth:`Server.load` (the lifecycle lock serializes it with every other change)."""
         validate_model_name(name)
         if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
             raise ValueError(f"version must be a positive int, got {version!r}")
+        if remote is not None and not isinstance(remote, RemoteModel):
+            raise TypeError(f"remote must be an inprocserve.RemoteModel, got {type(remote).__name__}")
+        if remote is not None and path is not None:
+            raise ValueError(f"model {name!r}: pass path= (a local file) or remote= (a model server), not both")
         with self.lock:
             self.check_open()
             self._unloaded.discard(name)
@@ -109,7 +123,7 @@ class Registry:
                 self._unloaded_versions.pop(name, None)
             else:
                 self._unloaded_versions.get(name, set()).discard(version)
-            if path is None:
+            if path is None and remote is None:
                 source = self.find_in_repository(name)
                 if version is not None and version not in source.versions:
                     raise ModelNotFoundError(
@@ -124,15 +138,20 @@ class Registry:
                 if problems:
                     raise ModelLoadError("; ".join(problems), model=name)
                 return max(self.routes[name].versions)
-            file = Path(path)
-            if file.is_dir():
-                file = file / MODEL_FILENAME
             if version is None:
-                version = max(self.loaded.get(name, {}), default=0) + 1
+                version = self._next_version(name)
+            if path is None:
+                file = _remote_path(name, version)
+            else:
+                file = Path(path)
+                if file.is_dir():  # a version folder: its model.onnx, or its remote.toml
+                    remote_file = file / REMOTE_FILENAME
+                    has_remote = remote_file.is_file() and not (file / MODEL_FILENAME).exists()
+                    file = remote_file if has_remote else file / MODEL_FILENAME
             self._explicit.add(name)
             code = self._code_configs.get(name)
             effective = config or (self._defaults if code is None else self._defaults.overlaid(code))
-            self._load_version(name, version, file, effective)
+            self._load_version(name, version, file, effective, remote=remote)
             loaded = list(self.loaded[name])
             self._latest[name] = self._gate(name, max(loaded), loaded)
             self.publish(name)
@@ -293,17 +312,39 @@ class Registry:
             METRICS.incompatible.add(1, {"inprocserve.model.name": name, "inprocserve.model.version": candidate})
         return baseline.version
 
-    def _load_version(self, name: str, number: int, path: Path, config: ModelConfig) -> None:
+    def _next_version(self, name: str) -> int:
+        return max(self.loaded.get(name, {}), default=0) + 1
+
+    def _load_version(
+        self, name: str, number: int, path: Path, config: ModelConfig, *, remote: RemoteModel | None = None
+    ) -> None:
+        """Load one version (from ``path``, or from the model server ``remote`` names) and keep it in
+        :attr:`loaded`; a failure is recorded, logged and raised, and never replaces a loaded version."""
         loaded = self.loaded.get(name, {})
-        if number in loaded and loaded[number].path == path:
+        if remote is None and number in loaded and loaded[number].path == path:
             return
+        backend = None
+        if remote is not None:
+            from ._remote import RemoteBackend  # late: the remote backend's codec imports the server
+
+            backend = RemoteBackend(name, number, remote, clock=self._clock)
         candidate = ModelVersion(
-            name, number, path, config, deliver=self._deliver, clock=self._clock, follow_symlinks=self._follow_symlinks
+            name,
+            number,
+            path,
+            config,
+            deliver=self._deliver,
+            clock=self._clock,
+            follow_symlinks=self._follow_symlinks,
+            backend=backend,
         )
         try:
             candidate.load()
         except ModelLoadError as exc:
-            self.failures.setdefault(name, {})[number] = _Failure(str(exc), _stamp(path))
+            # A remote version whose file was read failed at its server, which may come back: no stamp,
+            # so the next refresh tries again. Any other failure waits for its file to change.
+            server_failed = is_remote(path) and candidate.backend_built
+            self.failures.setdefault(name, {})[number] = _Failure(str(exc), None if server_failed else _stamp(path))
             logger.error("model %r version %s failed to load: %s", name, number, exc)
             METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
             raise
@@ -491,6 +532,12 @@ def controlled(rollout: RolloutConfig, state: ModelControl) -> RolloutConfig:
         return rollout
     canary = CanaryConfig(version=state.canary_version, percent=state.canary_percent)
     return dataclasses.replace(rollout, strategy="canary", canary=canary)
+
+
+def _remote_path(name: str, version: int) -> Path:
+    """The path a version loaded with ``remote=`` stands under in status: where its ``remote.toml`` would be
+    in a repository, under ``<remote>`` (nothing is read from it, and no text quotes it)."""
+    return Path("<remote>", name, str(version), REMOTE_FILENAME)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -38,6 +38,7 @@ from ._operations import Operations, RolloutMethods
 from ._prediction import Prediction, RequestIds
 from ._prefork import shield_exit
 from ._registry import Registry, Routes, close_versions
+from ._remote_model import RemoteModel
 from ._repository import ModelSource
 from ._request import Request, Route
 from ._request_telemetry import RequestTelemetry
@@ -434,18 +435,25 @@ class Server(RolloutMethods):
         path: str | Path | None = None,
         version: int | None = None,
         config: ModelConfig | None = None,
+        remote: RemoteModel | None = None,
     ) -> int:
         """Load a model version and make it servable; returns the version number.
 
-        With ``path`` (a ``.onnx`` file) no repository is needed; ``version`` defaults to one more than the
-        highest loaded. Without ``path`` the model is (re)loaded from the repository per its version policy,
-        or just ``version`` if given. A version that fails to load never replaces a working one.
+        With ``path`` (a ``.onnx`` file, a ``remote.toml``, or a version folder holding one) no repository is
+        needed; ``version`` defaults to one more than the
+        highest loaded. With ``remote`` the version runs on the Open Inference Protocol server it names
+        (its signature comes from the server's metadata), numbered like ``path``. Without either the model
+        is (re)loaded from the repository per its version policy, or just ``version`` if given (a version
+        folder with ``remote.toml`` is served remotely). A version that fails to load never replaces a
+        working one.
 
         Raises:
-            ModelLoadError: the model cannot be loaded or warmed up.
+            ModelLoadError: the model cannot be loaded or warmed up (a remote server that is unreachable,
+                or has no such model, is one).
             ModelNotFoundError: no such model in the repository, or an invalid name.
+            ValueError: both ``path`` and ``remote``.
         """
-        return self._registry.load(name, path=path, version=version, config=config)
+        return self._registry.load(name, path=path, version=version, config=config, remote=remote)
 
     def unload(self, name: str, version: int | None = None, *, timeout_s: float | None = None) -> None:
         """Stop serving a model (or one version) after its queued and running requests finish.

@@ -59,8 +59,11 @@ def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> d
             for number, failure in registry.failures.get(name, {}).items():
                 versions[str(number)] = {"state": "failed", "error": failure.error}
             held = registry.incompatible.get(name, {})
+            unhealthy: dict[str, str] = {}
             for number, model_version in sorted(registry.loaded.get(name, {}).items()):
                 entry = model_version.status()
+                if entry["health"] is not None and routes is not None and number in routes.versions:
+                    unhealthy[str(number)] = entry["health"]
                 entry["serving"] = routes is not None and number in routes.versions
                 entry["compatible"] = number not in held
                 entry["incompatibilities"] = list(held.get(number, ()))
@@ -68,13 +71,23 @@ def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> d
             router = registry.routers.get(name)
             state = registry.control.models.get(name)
             stable = None if router is None or routes is None else router.stable_alias
+            configured = stable if stable is not None or router is None else router.config.stable
+            answering = (  # the version that answers default traffic
+                configured
+                if routes is not None and configured in routes.versions
+                else (None if routes is None else routes.default.version)
+            )
             models[name] = {
                 "default_version": None if routes is None else routes.default.version,
                 "stable_version": stable
                 if routes is not None and stable in routes.versions
                 else (None if routes is None else routes.default.version),
                 "control": None if state is None else state.to_dict(),
-                "ready": routes is not None,
+                # Servable, and the version answering default traffic can take work (a remote one whose
+                # server is down cannot); ``unhealthy``: serving versions that cannot, and why.
+                "answering_version": answering,
+                "ready": routes is not None and str(answering) not in unhealthy,
+                "unhealthy": unhealthy,
                 "config_error": registry.config_errors.get(name),
                 "versions": versions,
                 "rollout": None if router is None else router.status(),

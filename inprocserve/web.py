@@ -78,6 +78,8 @@ class Readiness:
         reasons: Model name -> why it is not servable (empty when ready).
         closed: The server is closed.
         warming: The server is still being built in this process (eager warm-up after a fork).
+        degraded: Model name -> why a version other than the default cannot take work now (a canary or
+            shadow on a remote server that is down); such a model still counts as ready.
     """
 
     ready: bool
@@ -85,6 +87,7 @@ class Readiness:
     reasons: Mapping[str, str] = field(default_factory=dict)
     closed: bool = False
     warming: bool = False
+    degraded: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def warming_up(cls) -> Readiness:
@@ -95,9 +98,10 @@ class Readiness:
         """The JSON body of a readiness probe (answer 200 when ``ready``, else 503)."""
         if self.warming:
             return {"ready": False, "warming": True, "worker": os.getpid()}
+        degraded = {"degraded": dict(self.degraded)} if self.degraded else {}
         if self.ready:
-            return {"ready": True, "models": list(self.models)}
-        return {"ready": False, "models": dict(self.reasons), "closed": self.closed}
+            return {"ready": True, "models": list(self.models), **degraded}
+        return {"ready": False, "models": dict(self.reasons), "closed": self.closed, **degraded}
 
 
 def readiness(server: Server, required: Sequence[str] | None = None) -> Readiness:
@@ -109,21 +113,32 @@ def readiness(server: Server, required: Sequence[str] | None = None) -> Readines
     found: Mapping[str, Any] = status["models"]
     names = sorted(required) if required else sorted(found)
     reasons = {}
+    degraded = {}
     for name in names:
         model = found.get(name)
         if model is None:
             reasons[name] = "not in the repository"
         elif not model.get("ready"):
             reasons[name] = _first_error(model)
+        elif model.get("unhealthy"):
+            degraded[name] = "; ".join(f"version {v}: {why}" for v, why in sorted(model["unhealthy"].items()))
     closed = bool(status["closed"])
     return Readiness(
-        ready=not closed and bool(names) and not reasons, models=tuple(names), reasons=reasons, closed=closed
+        ready=not closed and bool(names) and not reasons,
+        models=tuple(names),
+        reasons=reasons,
+        closed=closed,
+        degraded=degraded,
     )
 
 
 def _first_error(model: Mapping[str, Any]) -> str:
     if model.get("config_error"):
         return str(model["config_error"])
+    default = model.get("answering_version")  # the version that answers default traffic
+    unhealthy = model.get("unhealthy") or {}
+    if default is not None and str(default) in unhealthy:  # served, but its remote server is down
+        return f"version {default}: {unhealthy[str(default)]}"
     for version in model.get("versions", {}).values():
         if version.get("error"):
             return str(version["error"])

@@ -193,3 +193,22 @@ def test_refused_inputs_and_unknown_models(mlserver: tuple[str, Path], backends:
         backend.run(slot, {"index": np.array([3, 10], np.int64)})
     with pytest.raises(inprocserve.ModelLoadError, match="answered 404"):
         make(backends, url, "nosuchmodel").prepare()
+
+
+def test_a_repository_version_on_mlserver_answers_predict(mlserver: tuple[str, Path], tmp_path: Path) -> None:
+    url, folder = mlserver
+    repository = tmp_path / "models"
+    (repository / "mlp" / "1").mkdir(parents=True)
+    (repository / "mlp" / "1" / "remote.toml").write_text(f'url = "{url}"\nmodel = "mlp"\nversion = "1"\n')
+    server = inprocserve.Server(repository)
+    try:
+        feeds = {"x": np.random.default_rng(4).standard_normal((3, 16)).astype(np.float32)}
+        answer = server.predict("mlp", feeds)
+        (expected,) = onnxruntime.InferenceSession(str(folder / "mlp" / "model.onnx")).run(None, feeds)
+        np.testing.assert_allclose(answer["y"], expected, rtol=1e-6)
+        assert answer.version == 1
+        version = server.status()["models"]["mlp"]["versions"]["1"]
+        assert version["backend"] == "remote" and version["health"] is None
+        assert server.readiness().ready
+    finally:
+        server.close(timeout_s=10)

@@ -226,12 +226,16 @@ class Endpoints:
         document: dict[str, Any] = {"name": name}
         if version is not None:
             document["version"] = str(version)
-        if servable and (version is None or version in servable):
-            return Response.json(200, {**document, "ready": True})
         model = server.status()["models"].get(name)
+        unhealthy = {} if model is None else model.get("unhealthy") or {}
+        asked = str(version if version is not None else model["answering_version"] if model else None)
+        if servable and (version is None or version in servable) and asked not in unhealthy:
+            return Response.json(200, {**document, "ready": True})
         if model is None:
             raise _unknown_model(server, name)
-        if version is not None:
+        if asked in unhealthy:  # served, but its remote server is down
+            reason = f"version {asked}: {unhealthy[asked]}"
+        elif version is not None:
             entry = model["versions"].get(str(version))
             if entry is None:  # not on disk, or left out by the version policy: nothing to wait for
                 raise ModelNotFoundError(f"model {name!r} has no version {version}", model=name, version=version)
