@@ -34,12 +34,11 @@ from ._errors import DeadlineExceededError, QueueFullError, ServerClosedError
 from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
 from ._handoff import handoff_cost_s
 from ._pool import RunnerPool
-from ._request import ABANDONED, DONE, QUEUED, RUNNING, Finisher, Request, complete_batch, finish_detached
-from ._request import wake_after_batch as wake_after_batch
+from ._request import ABANDONED, DONE, QUEUED, RUNNING, Finisher, Request, complete_batch
 from ._stats import BatchSizeHistogram
 from ._telemetry import Recorder
 
-__all__ = ["Batcher", "Finisher", "Request", "RunCost", "VersionRetiredError", "finish_detached", "handoff_cost_s"]
+__all__ = ["Batcher", "VersionRetiredError"]
 
 logger = logging.getLogger(__name__)
 

@@ -48,6 +48,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False
+        self._probe_owner: int | None = None  # the thread holding the probe: only its report ends the probe
         self._opened_count = 0
 
     def acquire(self) -> Ticket:
@@ -60,13 +61,20 @@ class CircuitBreaker:
             if self._clock() - self._opened_at < self._cooloff_s or self._probing:
                 return None
             self._probing = True
+            self._probe_owner = threading.get_ident()
             return "probe"
+
+    def _holds_probe(self) -> bool:
+        """Whether this thread holds the probe (a call granted before the circuit opened, ending now on
+        another thread, must not end the probe or count as its verdict). Call with the lock held."""
+        return self._probing and self._probe_owner == threading.get_ident()
 
     def release(self) -> None:
         """The acquired call ended without saying anything about the server's health (the caller's own
         deadline, a bad request): let the next call probe instead."""
         with self._lock:
-            self._probing = False
+            if self._holds_probe():
+                self._probing = False
 
     def success(self) -> None:
         """The server answered: close the circuit and forget earlier failures."""
@@ -79,10 +87,12 @@ class CircuitBreaker:
         """The server could not answer. Opens the circuit at the threshold, or again after a failed probe."""
         with self._lock:
             self._failures += 1
-            if self._probing or (self._opened_at is None and self._failures >= self._threshold):
+            probe = self._holds_probe()
+            if probe or (self._opened_at is None and self._failures >= self._threshold):
                 self._opened_at = self._clock()
                 self._opened_count += 1
-            self._probing = False
+            if probe:
+                self._probing = False
 
     @property
     def state(self) -> CircuitState:

@@ -22,15 +22,17 @@ from typing import Any
 import numpy as np
 
 from ._backend import Backend, BackendFactory
-from ._batching import Batcher, Finisher, RunCost
+from ._batching import Batcher
 from ._cache import PredictionCache
 from ._config import ModelConfig
 from ._drift import DriftMonitor
 from ._errors import InprocserveError, ModelLoadError
+from ._flush_policy import RunCost
 from ._integrity import resolve_model_file
 from ._ort_backend import build_onnxruntime_backend
 from ._remote_model import read_remote_toml
 from ._repository import is_remote
+from ._request import Finisher
 from ._signature import Signature
 from ._stats import LatencyHistogram
 from ._telemetry import resident_memory_bytes

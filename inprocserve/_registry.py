@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._batching import Finisher
 from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ModelControl
 from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError
@@ -28,6 +27,7 @@ from ._repository import (
     scan_repository,
     validate_model_name,
 )
+from ._request import Finisher
 from ._rollout import FlagReader, Router
 from ._signature import incompatibilities
 from ._telemetry import METRICS
@@ -172,7 +172,7 @@ class Registry:
             config: ModelConfig | None = None
             if self.repository is not None and name not in self._explicit:
                 try:
-                    source = scan_repository(self.repository).models.get(name)
+                    source = scan_repository(self.repository, follow_symlinks=self._follow_symlinks).models.get(name)
                     config = self.config_for(name, source, None) if source is not None else None
                 except ConfigurationError as exc:
                     logger.error("model %r: no fallback for the unloaded version %s: %s", name, version, exc)

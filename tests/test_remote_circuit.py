@@ -3,6 +3,8 @@ lets exactly one probe through when half-open, and closes or re-opens on the pro
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from inprocserve._circuit import CircuitBreaker
@@ -70,6 +72,36 @@ def test_a_released_probe_lets_the_next_call_probe() -> None:
     breaker.release()  # the probe ran out of its caller's time: no verdict on the server
     assert breaker.state == "half_open"
     assert breaker.acquire()
+
+
+def test_a_call_granted_before_the_circuit_opened_cannot_end_the_probe() -> None:
+    """A slow call that started while the circuit was closed reports back after a probe went out: its
+    report must neither let a second probe through nor count as the probe's verdict."""
+    clock = ManualClock()
+    breaker = CircuitBreaker(failure_threshold=1, cooloff_s=10, clock=clock)
+    late: list[str | None] = []
+    granted = threading.Event()
+    report = threading.Event()
+
+    def slow_call() -> None:
+        late.append(breaker.acquire())  # granted while closed
+        granted.set()
+        report.wait(5)
+        breaker.failure()  # its server error arrives after the probe went out
+        breaker.release()
+
+    worker = threading.Thread(target=slow_call)
+    worker.start()
+    granted.wait(5)
+    breaker.failure()  # opens the circuit
+    clock.advance(10)
+    assert breaker.acquire() == "probe"
+    report.set()
+    worker.join(5)
+    assert late == ["call"]
+    assert breaker.acquire() is None  # the probe is still out: everyone else fails fast
+    breaker.success()  # the probe's own verdict closes the circuit
+    assert breaker.state == "closed"
 
 
 @pytest.mark.parametrize("arguments", [{"failure_threshold": 0}, {"failure_threshold": True}, {"cooloff_s": 0}])
