@@ -81,14 +81,16 @@ def test_a_call_granted_before_the_circuit_opened_cannot_end_the_probe() -> None
     breaker = CircuitBreaker(failure_threshold=1, cooloff_s=10, clock=clock)
     late: list[str | None] = []
     granted = threading.Event()
-    report = threading.Event()
+    report, released, failed = threading.Event(), threading.Event(), threading.Event()
 
     def slow_call() -> None:
         late.append(breaker.acquire())  # granted while closed
         granted.set()
         report.wait(5)
-        breaker.failure()  # its server error arrives after the probe went out
-        breaker.release()
+        breaker.release()  # it ended on its caller's deadline, after the probe went out
+        released.set()
+        failed.wait(5)
+        breaker.failure()  # another slow call's server error arrives late too
 
     worker = threading.Thread(target=slow_call)
     worker.start()
@@ -97,9 +99,13 @@ def test_a_call_granted_before_the_circuit_opened_cannot_end_the_probe() -> None
     clock.advance(10)
     assert breaker.acquire() == "probe"
     report.set()
-    worker.join(5)
+    released.wait(5)
     assert late == ["call"]
     assert breaker.acquire() is None  # the probe is still out: everyone else fails fast
+    failed.set()
+    worker.join(5)
+    assert breaker.times_opened == 1 and breaker.state == "half_open"  # not the probe's verdict
+    assert breaker.acquire() is None
     breaker.success()  # the probe's own verdict closes the circuit
     assert breaker.state == "closed"
 
