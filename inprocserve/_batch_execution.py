@@ -19,9 +19,10 @@ from ._backend import Backend
 from ._batch_ops import BatchShapeError, pad_and_stack, split_outputs, stack_inputs
 from ._config import PaddingConfig
 from ._errors import DeadlineExceededError, InprocserveError
+from ._recorder import Recorder
 from ._request import DONE, BatchTiming, Request
 from ._stats import BatchSizeHistogram
-from ._telemetry import Recorder, end_batch_span, start_batch_span, tracing
+from ._telemetry import end_batch_span, start_batch_span, tracing
 
 __all__ = ["BatchExecution"]
 

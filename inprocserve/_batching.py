@@ -34,9 +34,9 @@ from ._errors import DeadlineExceededError, QueueFullError, ServerClosedError
 from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
 from ._handoff import handoff_cost_s
 from ._pool import RunnerPool
+from ._recorder import Recorder
 from ._request import ABANDONED, DONE, QUEUED, RUNNING, Finisher, Request, complete_batch
 from ._stats import BatchSizeHistogram
-from ._telemetry import Recorder
 
 __all__ = ["Batcher", "VersionRetiredError"]
 

@@ -7,9 +7,10 @@ import time
 from typing import Any
 
 from ._errors import DeadlineExceededError, OverloadedError
+from ._recorder import Recorder
 from ._request import Request
 from ._rollout import Decision
-from ._telemetry import METRICS, Recorder, end_request_span, metering, outcome
+from ._telemetry import METRICS, end_request_span, metering, outcome
 
 __all__ = ["RequestTelemetry"]
 

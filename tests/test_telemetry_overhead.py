@@ -25,8 +25,9 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, TraceFlags
 
 import inprocserve
-from inprocserve import _telemetry
-from inprocserve._telemetry import Recorder, start_batch_span, start_request_span, unsampled_child_dropped
+from inprocserve import _recorder, _telemetry
+from inprocserve._recorder import Recorder
+from inprocserve._telemetry import start_batch_span, start_request_span, unsampled_child_dropped
 
 from .conftest import ServerFactory
 from .test_telemetry import Otel
@@ -220,13 +221,13 @@ def test_a_backlog_stays_bounded_while_the_recording_thread_waits(otel: Otel) ->
     holder = threading.Thread(target=hold)
     holder.start()
     assert held.wait(timeout=30)
-    total = _telemetry._MAX_PENDING + 100
+    total = _recorder._MAX_PENDING + 100
     timer = threading.Timer(0.2, release.set)
     timer.start()
     for _ in range(total):
         recorder.request_finished(0.001, variant="stable", error=None)
     holder.join(timeout=30)
     timer.join(timeout=30)
-    assert len(recorder._pending) <= _telemetry._MAX_PENDING
+    assert len(recorder._pending) <= _recorder._MAX_PENDING
     (point,) = _points(otel, "inprocserve.request.duration", "backlog")
     assert point.count == total

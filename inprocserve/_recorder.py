@@ -1,0 +1,217 @@
+"""The telemetry of one model version: what the request path records, with everything it can build once
+built once (see :class:`Recorder`). Names, instruments and spans live in ``_telemetry.py``."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import _internal as _metrics_state
+from opentelemetry.trace import Span
+
+from . import _fork
+from ._errors import DeadlineExceededError
+from ._telemetry import (
+    ATTR_CACHE_RESULT,
+    ATTR_ERROR_TYPE,
+    ATTR_MODEL,
+    ATTR_OUTCOME,
+    ATTR_VARIANT,
+    ATTR_VERSION,
+    CACHE_RESULTS,
+    METRICS,
+    Metrics,
+    outcome,
+    start_request_span,
+)
+
+__all__ = ["Recorder"]
+
+
+class Recorder:
+    """The telemetry of one model version, bound once so the request path builds nothing.
+
+    The OpenTelemetry SDK copies, validates and hashes the attributes of every metric record (a few
+    microseconds per record, more per attribute) and makes a span id and asks the sampler for every span.
+    A recorder holds the attribute dicts of its version, built once (those of finished requests once per
+    variant and error class), and records only what each event adds:
+
+    * per request: ``inprocserve.request.duration``, and ``inprocserve.requests.deadline_exceeded`` if it
+      missed its deadline;
+    * per batch run by a worker: ``inprocserve.batch.size``, ``inprocserve.batch.duration`` and
+      ``inprocserve.batch.queue_wait`` (how long its longest-waiting request waited: what the flush policy
+      bounds, and what grows when the sessions cannot keep up). A request run at once on its caller's
+      thread (a lone request on an idle server) is not a batch: its rows and compute time are on its span,
+      and its time in ``inprocserve.request.duration``.
+
+    Each request's own queue wait is on its span (``inprocserve.request.queue_wait_s``). A histogram record
+    per request for it would double the metric cost of every queued request; ``request_finished`` still
+    takes ``queue_wait_s`` for the per-request ``inprocserve.request.queue_wait`` of earlier releases.
+
+    Request durations are recorded by one thread at a time: a request's thread appends its duration to a
+    queue and, unless another thread is recording already, records the queue (its own and any others');
+    a thread that finds one at it leaves its duration to that one and returns. Under load, many threads
+    otherwise meet in the SDK's per-attribute-set lock, and each meeting costs thread switches on top of
+    the record. Nothing is lost or changed: every duration is recorded once, with its own value and
+    attributes, and the metric reader records what is left before each collection (``Metrics.flush``), so
+    an export holds every request finished before it. A sampled request's duration is recorded on its own
+    thread, in its context, which the SDK's exemplars read.
+
+    Thread-safe: the cached dicts are only read after they are built, and never changed.
+
+    Args:
+        model: The model name.
+        version: The version number.
+        metrics: The instruments (the process's ``METRICS`` if omitted).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_cache_attributes",
+        "_draining",
+        "_finished",
+        "_metrics",
+        "_pending",
+        "attributes",
+        "model",
+        "span_attributes",
+        "version",
+    )
+
+    def __init__(self, model: str, version: int, *, metrics: Metrics | None = None) -> None:
+        self.model = model
+        self.version = version
+        self._metrics = metrics if metrics is not None else METRICS
+        self.attributes: Mapping[str, Any] = {ATTR_MODEL: model, ATTR_VERSION: version}
+        self.span_attributes: Mapping[str, Any] = {ATTR_MODEL: model}
+        self._finished: dict[tuple[str | None, type[BaseException] | None], Mapping[str, Any]] = {}
+        self._cache_attributes: dict[str, Mapping[str, Any]] = {
+            result: {ATTR_MODEL: model, ATTR_VERSION: version, ATTR_CACHE_RESULT: result} for result in CACHE_RESULTS
+        }
+        self._pending: deque[tuple[float, Mapping[str, Any]]] = deque()  # request durations not yet recorded
+        self._draining = threading.Lock()  # held by the one thread that records the pending durations
+        self._metrics.add_recorder(self)
+        _fork.register(self)
+        # a version unloaded between two collections still delivers what it holds
+        weakref.finalize(self, _record_all, self._pending, self._metrics.request_duration)
+
+    def _after_fork_in_child(self) -> None:
+        # the metric reader's thread may have held the lock at the fork, and its durations are the parent's
+        self._draining = threading.Lock()
+        self._pending.clear()
+
+    def start_request_span(self) -> Span:
+        """The span of one request to this model (``INVALID_SPAN`` without an SDK, or when it would not be
+        recorded for certain: see :func:`unsampled_child_dropped`)."""
+        return start_request_span(self.model, self.span_attributes)
+
+    def finished_attributes(self, variant: str | None, error: BaseException | None) -> Mapping[str, Any]:
+        """The attributes of ``inprocserve.request.duration``: model, version, variant, outcome and, for a
+        failed request, ``error.type`` (the exception's class name)."""
+        key = (variant, None if error is None else type(error))
+        attributes = self._finished.get(key)
+        if attributes is None:
+            built: dict[str, Any] = {ATTR_MODEL: self.model, ATTR_VERSION: self.version}
+            if variant is not None:
+                built[ATTR_VARIANT] = variant
+            built[ATTR_OUTCOME] = outcome(error)
+            if error is not None:
+                built[ATTR_ERROR_TYPE] = type(error).__name__
+            attributes = built
+            if len(self._finished) < _MAX_CACHED_ATTRIBUTE_SETS:  # variants x error classes: bounded anyway
+                self._finished[key] = attributes
+        return attributes
+
+    def request_finished(
+        self,
+        duration_s: float,
+        *,
+        variant: str | None,
+        error: BaseException | None,
+        queue_wait_s: float | None = None,
+        span: Span | None = None,
+    ) -> None:
+        """Record one finished request: its duration (from the call to the answer) and a deadline miss;
+        ``queue_wait_s``: also record it in the per-request ``inprocserve.request.queue_wait`` (see the class
+        docstring). No-op until the application installs a meter provider."""
+        if _metrics_state._METER_PROVIDER is None:
+            return
+        metrics = self._metrics
+        if span is not None and span.is_recording():  # recorded here, in its context: the SDK's exemplars
+            metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
+        else:
+            pending = self._pending
+            pending.append((duration_s, self.finished_attributes(variant, error)))
+            if len(pending) > _MAX_PENDING:  # the recording thread is starved of the GIL: wait for it
+                self.flush()
+            elif self._draining.acquire(blocking=False):  # else the thread recording now takes this one too
+                try:
+                    _record_durations(pending, metrics.request_duration, _RECORDS_PER_TURN)
+                finally:
+                    self._draining.release()
+        if queue_wait_s is not None:
+            metrics.queue_wait.record(queue_wait_s, self.attributes)
+        if error is not None and isinstance(error, DeadlineExceededError):
+            metrics.deadlines.add(1, self.attributes)
+
+    def flush(self, timeout_s: float = 1.0) -> None:
+        """Record every duration pending now (the metric reader calls this before each collection, through
+        ``Metrics``), waiting up to ``timeout_s`` for a thread that is recording them now."""
+        if self._draining.acquire(timeout=timeout_s):
+            try:
+                _record_durations(self._pending, self._metrics.request_duration, len(self._pending))
+            finally:
+                self._draining.release()
+
+    def batch_finished(self, rows: int, compute_s: float, *, inline: bool, queue_wait_s: float | None = None) -> None:
+        """Record one ``session.run`` of ``rows`` rows that took ``compute_s``, started ``queue_wait_s``
+        after its longest-waiting request was queued; nothing for a request run ``inline`` on its caller's
+        thread (see the class docstring)."""
+        if inline or _metrics_state._METER_PROVIDER is None:
+            return
+        metrics = self._metrics
+        metrics.batch_size.record(rows, self.attributes)
+        metrics.batch_duration.record(compute_s, self.attributes)
+        if queue_wait_s is not None:
+            metrics.batch_queue_wait.record(queue_wait_s, self.attributes)
+
+    def cache_lookup(self, result: str) -> None:
+        """Count one lookup in the version's prediction cache: ``hit``, ``miss`` or ``shared`` (it followed
+        an identical request in flight)."""
+        if _metrics_state._METER_PROVIDER is not None:
+            self._metrics.cache.add(1, self._cache_attributes[result])
+
+    def shed(self) -> None:
+        """Count one request refused with ``OverloadedError``."""
+        if _metrics_state._METER_PROVIDER is not None:
+            self._metrics.shed.add(1, self.attributes)
+
+
+def _record_durations(
+    pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram, count: int
+) -> None:
+    """Record up to ``count`` pending durations, oldest first."""
+    for _ in range(count):
+        try:
+            duration_s, attributes = pending.popleft()
+        except IndexError:
+            return
+        histogram.record(duration_s, attributes)
+
+
+def _record_all(pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram) -> None:
+    _record_durations(pending, histogram, len(pending))
+
+
+_MAX_CACHED_ATTRIBUTE_SETS = 1_000
+# A request's thread records at most this many durations per turn (its own and up to 63 others': under
+# a millisecond added to its answer), so a backlog left while the recording thread waited for the GIL
+# drains over the next requests.
+_RECORDS_PER_TURN = 64
+# A thread that finds this many durations pending waits for the recording thread (then records them
+# itself): memory stays bounded even when a recording thread (the metric reader's) seldom gets the GIL.
+_MAX_PENDING = 4_096
