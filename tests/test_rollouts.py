@@ -6,7 +6,6 @@ Version N of the ``scale`` model answers ``y = x * N``, so every answer says whi
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import threading
@@ -269,40 +268,49 @@ def _model(nodes: list[Any], inits: list[Any]) -> Any:
     return model
 
 
-def p99_ms(server: inprocserve.Server, count: int = 300) -> float:
-    latencies = []
-    for i in range(count):
-        started = time.perf_counter()
-        assert answer(server, f"u{i}").version == 1
-        latencies.append(time.perf_counter() - started)
-    return statistics.quantiles(latencies, n=100)[98] * 1000
-
-
 def test_a_slow_or_failing_shadow_leaves_the_caller_unaffected(repository: Path, make_server: ServerFactory) -> None:
+    """Shadows never hold a caller: while the shadow thread is stuck (here: in the ``on_shadow`` callback,
+    standing for a shadow version that never finishes), every call is answered by the stable version and
+    the copies that find no spare capacity are dropped and counted. No timing: the property is that no
+    caller waits for a shadow at all, which a stuck shadow shows without a clock."""
     save_model(build_scale_model(1.0), repository, "scale", 1)
     save_model(slow_model(2.0), repository, "scale", 2)
     save_model(failing_model(), repository, "scale", 3)
     comparisons: list[inprocserve.ShadowComparison] = []
+    stuck = threading.Event()
+    release = threading.Event()
+
+    def hold_the_shadow_thread(comparison: inprocserve.ShadowComparison) -> None:
+        comparisons.append(comparison)
+        stuck.set()
+        release.wait(60)
+
     seven_rows = WarmupConfig(rows=7)  # the failing version accepts 7-row warm-ups, then fails on one row
-    plain = make_server(repository, config=replace(rollout(stable=1), warmup=seven_rows))
     shadowed = make_server(
         repository,
         config=replace(rollout(stable=1, shadow=inprocserve.ShadowConfig(versions=(2, 3))), warmup=seven_rows),
-        on_shadow=comparisons.append,
+        on_shadow=hold_the_shadow_thread,
+        shadow_budget=1.0,  # no CPU budget: only a busy shadow thread sheds copies here
     )
-    # side by side in one run, interleaved, so machine noise hits both alike
-    baseline = [p99_ms(plain), p99_ms(plain)]
-    with_shadow = [p99_ms(shadowed), p99_ms(shadowed)]
-    baseline.append(p99_ms(plain))
-    assert min(with_shadow) < 5 * max(baseline) + 2.0, (baseline, with_shadow)  # generous: a shared 2-core VM
-    wait_until(lambda: any(c.shadow_version == 3 for c in comparisons))
+    try:
+        answer(shadowed, "first")  # its shadow copies run, and the first comparison sticks the thread
+        assert stuck.wait(30)
+        for i in range(300):  # bounded: a caller that waited for the stuck shadow would fail its deadline
+            result = shadowed.predict("scale", X, context={"user_id": f"u{i}"}, timeout_s=10)
+            assert result.version == 1 and float(result["y"][0, 0]) == 1.0
+        stats = shadowed.status()["models"]["scale"]["shadow"]
+        dropped = sum(stats[v]["dropped_queue_full"] + stats[v]["dropped_no_spare_capacity"] for v in ("2", "3"))
+        assert dropped > 0  # copies were shed, not waited for
+    finally:
+        release.set()
+    # once free, the shadow thread takes copies again: the failing version's failures stay its own
+    wait_until(lambda: answer(shadowed, "later").version == 1 and any(c.shadow_version == 3 for c in comparisons))
     failed = [c for c in comparisons if c.shadow_version == 3]
     assert all(c.error is not None and "InferenceError" in c.error for c in failed)
     stats = shadowed.status()["models"]["scale"]["shadow"]
     assert stats["3"]["errors"] == stats["3"]["runs"] > 0
     assert stats["3"]["max_abs_diff"] is None  # nothing to compare when the shadow failed
-    total_2 = stats["2"]["runs"] + stats["2"]["dropped_queue_full"] + stats["2"]["dropped_no_spare_capacity"]
-    assert total_2 > 0
+    assert stats["2"]["runs"] > 0
 
 
 def test_blue_green_switch_under_32_threads(versions: Path, make_server: ServerFactory) -> None:
