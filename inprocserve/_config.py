@@ -28,6 +28,7 @@ from ._rollout_config import (
     Strategy,
     VariantConfig,
 )
+from ._version_policy import VersionPolicy, parse_version_policy
 
 logger = logging.getLogger(__name__)
 
@@ -311,44 +312,6 @@ class DriftConfig:
             raise ConfigurationError(f"drift.psi_threshold must be > 0, got {self.psi_threshold}")
 
 
-@dataclass(frozen=True, slots=True)
-class VersionPolicy:
-    """Which versions found on disk are served: the latest N, all of them, or specific ones."""
-
-    kind: Literal["latest", "all", "specific"] = "latest"
-    count: int = 1
-    versions: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("latest", "all", "specific"):
-            raise ConfigurationError(f"version policy must be latest, all or specific, got {self.kind!r}")
-        if self.kind == "latest" and self.count < 1:
-            raise ConfigurationError(f"version policy latest needs a count >= 1, got {self.count}")
-        if self.kind == "specific" and (not self.versions or any(v < 1 for v in self.versions)):
-            raise ConfigurationError(f"version policy specific needs positive versions, got {self.versions}")
-
-    @classmethod
-    def latest(cls, count: int = 1) -> VersionPolicy:
-        return cls("latest", count=count)
-
-    @classmethod
-    def all(cls) -> VersionPolicy:
-        return cls("all")
-
-    @classmethod
-    def specific(cls, *versions: int) -> VersionPolicy:
-        return cls("specific", versions=tuple(sorted(set(versions))))
-
-    def select(self, available: list[int]) -> list[int]:
-        """The versions to serve out of those available, ascending."""
-        found = sorted(available)
-        if self.kind == "all":
-            return found
-        if self.kind == "latest":
-            return found[-self.count :]
-        return [v for v in found if v in self.versions]
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     """Everything that shapes how one model is served. Defaults suit a CPU web host."""
@@ -451,7 +414,7 @@ def _merge(config: ModelConfig, data: Mapping[str, Any], source: str) -> ModelCo
                 raise ConfigurationError(f"{source}: [{key}] must be a table, got {value!r}")
             changes[key] = _replace_section(getattr(config, key), key, value, source)
         elif key == "version_policy":
-            changes[key] = _parse_version_policy(value, source)
+            changes[key] = parse_version_policy(value, source)
         elif key == "nan_policy":
             changes[key] = value
         else:
@@ -530,19 +493,3 @@ def _group_flat_rollout_keys(converted: dict[str, Any], source: str) -> None:
 
 def _tuples(table: Mapping[str, Any]) -> dict[str, Any]:
     return {key: tuple(value) if isinstance(value, list) else value for key, value in table.items()}
-
-
-def _parse_version_policy(value: Any, source: str) -> VersionPolicy:
-    if value == "latest":
-        return VersionPolicy.latest()
-    if value == "all":
-        return VersionPolicy.all()
-    if isinstance(value, Mapping) and len(value) == 1:
-        ((kind, arg),) = value.items()
-        if kind == "latest" and isinstance(arg, int):
-            return VersionPolicy.latest(arg)
-        if kind == "specific" and isinstance(arg, list) and all(isinstance(v, int) for v in arg):
-            return VersionPolicy.specific(*arg)
-    raise ConfigurationError(
-        f'{source}: version_policy must be "latest", "all", {{ latest = N }} or {{ specific = [1, 2] }}, got {value!r}'
-    )

@@ -51,7 +51,8 @@ from ._errors import (
 from ._oip_client import HttpClient, HttpResponse, TransportError
 from ._remote_model import RemoteModel
 from ._signature import Signature, TensorSpec
-from .v2._codec import Limits, decode_infer_response, encode_infer_request
+from .v2._client_codec import decode_infer_response, encode_infer_request
+from .v2._codec import Limits
 from .v2._datatypes import DATATYPES, onnx_of_datatype
 
 __all__ = ["RemoteBackend", "RemoteSlot", "signature_from_metadata"]

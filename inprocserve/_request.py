@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from ._prediction import Prediction
+
 if TYPE_CHECKING:
     from ._rollout import Decision
 
@@ -136,6 +138,19 @@ class Request:
         if self.baton is not None:
             self.baton.release()
         return True
+
+    def prediction(self) -> Prediction:
+        """The caller's answer: the outputs, and the route that produced them."""
+        route = self.route
+        assert self.outputs is not None
+        return Prediction(
+            self.outputs,
+            model=route.model,
+            version=route.version,
+            variant=route.variant,
+            reason=route.reason,
+            request_id=route.request_id,
+        )
 
     def complete(self, outputs: dict[str, Any] | None, error: BaseException | None) -> None:
         """Store the answer (``outputs``, or the ``error``), then wake the synchronous caller or hand the

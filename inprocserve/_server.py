@@ -202,7 +202,7 @@ class Server(RolloutMethods):
         self._answered(request, target, request.error)
         if request.error is not None:
             raise request.error
-        return _prediction(request)
+        return request.prediction()
 
     def submit(
         self,
@@ -389,7 +389,7 @@ class Server(RolloutMethods):
             if request.error is not None:
                 future.set_exception(request.error)
             else:
-                future.set_result(_prediction(request))
+                future.set_result(request.prediction())
         except InvalidStateError:  # cancelled by its caller meanwhile
             pass
 
@@ -540,19 +540,6 @@ class Server(RolloutMethods):
         self._operations.after_fork_in_child()
         # a leader in flight in the parent never answers here; its lock may have been held at the fork
         self._sharing = Sharing(self._deliver, self._telemetry, clock=self._clock)
-
-
-def _prediction(request: Request) -> Prediction:
-    route = request.route
-    assert request.outputs is not None
-    return Prediction(
-        request.outputs,
-        model=route.model,
-        version=route.version,
-        variant=route.variant,
-        reason=route.reason,
-        request_id=route.request_id,
-    )
 
 
 def _close_unclosed(loaded: dict[str, dict[int, ModelVersion]], shadow: ShadowRunner, drift: DriftScorer) -> None:

@@ -17,6 +17,7 @@ with datatypes BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64 and BYTES (tex
 
 from __future__ import annotations
 
+from ._client_codec import decode_infer_response, encode_infer_request
 from ._codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -24,8 +25,6 @@ from ._codec import (
     Limits,
     RequestedOutput,
     decode_infer_request,
-    decode_infer_response,
-    encode_infer_request,
     encode_infer_response,
 )
 from ._datatypes import DATATYPES, datatype_of, datatype_of_onnx, numpy_dtype

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,6 @@ __all__ = [
     "Limits",
     "RequestedOutput",
     "decode_infer_request",
-    "decode_infer_response",
-    "encode_infer_request",
     "encode_infer_response",
 ]
 
@@ -252,86 +250,6 @@ def encode_infer_response(
         document["parameters"] = dict(parameters)
     document["outputs"] = outputs
     return _assemble(document, chunks)
-
-
-# -- client side: encode a request, decode a response -------------------------------------------------------
-
-
-def encode_infer_request(
-    inputs: Mapping[str, Any],
-    *,
-    binary: bool = True,
-    outputs: Iterable[str] | None = None,
-    binary_output: bool = True,
-    request_id: str | None = None,
-    parameters: Mapping[str, Any] | None = None,
-) -> tuple[bytes, dict[str, str]]:
-    """Encode arrays as an inference request body; returns ``(body, headers)``.
-
-    Args:
-        inputs: Input name -> array-like (its numpy dtype picks the datatype).
-        binary: Send the inputs as binary tensors (else JSON ``data``).
-        outputs: The outputs to ask for (default: all).
-        binary_output: Ask for the outputs as binary tensors.
-    """
-    tensors: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
-    for name, value in inputs.items():
-        array = np.asarray(value)
-        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array.dtype)}
-        if binary:
-            raw = _to_binary(array)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            entry["data"] = _to_json(array)
-        tensors.append(entry)
-    document: dict[str, Any] = {}
-    if request_id is not None:
-        document["id"] = request_id
-    merged = dict(parameters or {})
-    if outputs is None:
-        merged["binary_data_output"] = binary_output
-    document["inputs"] = tensors
-    if outputs is not None:
-        document["outputs"] = [{"name": name, "parameters": {"binary_data": binary_output}} for name in outputs]
-    if merged:
-        document["parameters"] = merged
-    return _assemble(document, chunks)
-
-
-def decode_infer_response(body: bytes, headers: Mapping[str, str], *, limits: Limits | None = None) -> InferResponse:
-    """Decode an inference response body (JSON, or JSON followed by binary tensors).
-
-    Raises:
-        InvalidInputError: the body is not a well-formed inference response.
-    """
-    limits = limits or Limits()
-    json_length = _header_length(headers, len(body))
-    document = _parse_json(body if json_length is None else body[:json_length])
-    if not isinstance(document, dict) or not isinstance(document.get("outputs"), list):
-        raise InvalidInputError("the response body is not an inference response (no 'outputs' list)")
-    binary = memoryview(body)[len(body) if json_length is None else json_length :]
-    outputs: dict[str, np.ndarray] = {}
-    offset = 0
-    for index, raw in enumerate(document["outputs"]):
-        name, datatype, shape, tensor_parameters = _tensor_header(raw, index, limits)
-        size = tensor_parameters.get("binary_data_size")
-        if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= len(binary) - offset:
-            outputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, name)
-            offset += size
-        elif size is None and "data" in raw:
-            outputs[name] = _from_json(raw["data"], datatype, shape, name, limits)
-        else:
-            raise InvalidInputError(f"output {name!r}: no data, or a binary_data_size that does not fit the body")
-    version = document.get("model_version")
-    return InferResponse(
-        model_name=str(document.get("model_name", "")),
-        model_version=None if version is None else str(version),
-        outputs=outputs,
-        parameters=document.get("parameters") or {},
-        id=document.get("id"),
-    )
 
 
 # -- pieces ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Which versions of a model found on disk are served (``version_policy`` in code or in config.toml)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._errors import ConfigurationError
+
+__all__ = ["VersionPolicy", "parse_version_policy"]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Which versions found on disk are served: the latest N, all of them, or specific ones."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    count: int = 1
+    versions: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("latest", "all", "specific"):
+            raise ConfigurationError(f"version policy must be latest, all or specific, got {self.kind!r}")
+        if self.kind == "latest" and self.count < 1:
+            raise ConfigurationError(f"version policy latest needs a count >= 1, got {self.count}")
+        if self.kind == "specific" and (not self.versions or any(v < 1 for v in self.versions)):
+            raise ConfigurationError(f"version policy specific needs positive versions, got {self.versions}")
+
+    @classmethod
+    def latest(cls, count: int = 1) -> VersionPolicy:
+        return cls("latest", count=count)
+
+    @classmethod
+    def all(cls) -> VersionPolicy:
+        return cls("all")
+
+    @classmethod
+    def specific(cls, *versions: int) -> VersionPolicy:
+        return cls("specific", versions=tuple(sorted(set(versions))))
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of those available, ascending."""
+        found = sorted(available)
+        if self.kind == "all":
+            return found
+        if self.kind == "latest":
+            return found[-self.count :]
+        return [v for v in found if v in self.versions]
+
+
+def parse_version_policy(value: Any, source: str) -> VersionPolicy:
+    """A config.toml ``version_policy``: ``"latest"``, ``"all"``, ``{ latest = N }`` or ``{ specific = [...] }``."""
+    if value == "latest":
+        return VersionPolicy.latest()
+    if value == "all":
+        return VersionPolicy.all()
+    if isinstance(value, Mapping) and len(value) == 1:
+        ((kind, arg),) = value.items()
+        if kind == "latest" and isinstance(arg, int):
+            return VersionPolicy.latest(arg)
+        if kind == "specific" and isinstance(arg, list) and all(isinstance(v, int) for v in arg):
+            return VersionPolicy.specific(*arg)
+    raise ConfigurationError(
+        f'{source}: version_policy must be "latest", "all", {{ latest = N }} or {{ specific = [1, 2] }}, got {value!r}'
+    )

@@ -1,0 +1,103 @@
+"""The client side of the Open Inference Protocol codec: encode an inference request, decode its response
+(the remote backend's wire format). The server side, and the pieces both share, are in ``_codec.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .._errors import InvalidInputError
+from ._codec import (
+    InferResponse,
+    Limits,
+    _assemble,
+    _from_binary,
+    _from_json,
+    _header_length,
+    _parse_json,
+    _tensor_header,
+    _to_binary,
+    _to_json,
+)
+from ._datatypes import datatype_of
+
+__all__ = ["decode_infer_response", "encode_infer_request"]
+
+
+def encode_infer_request(
+    inputs: Mapping[str, Any],
+    *,
+    binary: bool = True,
+    outputs: Iterable[str] | None = None,
+    binary_output: bool = True,
+    request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """Encode arrays as an inference request body; returns ``(body, headers)``.
+
+    Args:
+        inputs: Input name -> array-like (its numpy dtype picks the datatype).
+        binary: Send the inputs as binary tensors (else JSON ``data``).
+        outputs: The outputs to ask for (default: all).
+        binary_output: Ask for the outputs as binary tensors.
+    """
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array.dtype)}
+        if binary:
+            raw = _to_binary(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _to_json(array)
+        tensors.append(entry)
+    document: dict[str, Any] = {}
+    if request_id is not None:
+        document["id"] = request_id
+    merged = dict(parameters or {})
+    if outputs is None:
+        merged["binary_data_output"] = binary_output
+    document["inputs"] = tensors
+    if outputs is not None:
+        document["outputs"] = [{"name": name, "parameters": {"binary_data": binary_output}} for name in outputs]
+    if merged:
+        document["parameters"] = merged
+    return _assemble(document, chunks)
+
+
+def decode_infer_response(body: bytes, headers: Mapping[str, str], *, limits: Limits | None = None) -> InferResponse:
+    """Decode an inference response body (JSON, or JSON followed by binary tensors).
+
+    Raises:
+        InvalidInputError: the body is not a well-formed inference response.
+    """
+    limits = limits or Limits()
+    json_length = _header_length(headers, len(body))
+    document = _parse_json(body if json_length is None else body[:json_length])
+    if not isinstance(document, dict) or not isinstance(document.get("outputs"), list):
+        raise InvalidInputError("the response body is not an inference response (no 'outputs' list)")
+    binary = memoryview(body)[len(body) if json_length is None else json_length :]
+    outputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for index, raw in enumerate(document["outputs"]):
+        name, datatype, shape, tensor_parameters = _tensor_header(raw, index, limits)
+        size = tensor_parameters.get("binary_data_size")
+        if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= len(binary) - offset:
+            outputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        elif size is None and "data" in raw:
+            outputs[name] = _from_json(raw["data"], datatype, shape, name, limits)
+        else:
+            raise InvalidInputError(f"output {name!r}: no data, or a binary_data_size that does not fit the body")
+    version = document.get("model_version")
+    return InferResponse(
+        model_name=str(document.get("model_name", "")),
+        model_version=None if version is None else str(version),
+        outputs=outputs,
+        parameters=document.get("parameters") or {},
+        id=document.get("id"),
+    )
