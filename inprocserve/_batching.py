@@ -214,14 +214,43 @@ class Batcher:
                 self._idle.pop().release()
 
     def _run_inline(self, runner: Any, request: Request) -> None:
-        """Run one request on the calling thread with a runner already taken, then give it back."""
+        """Run one request on the calling thread with a runner already taken, give the runner back (one
+        lock round trip for all the bookkeeping), then answer it."""
+        execution = self._execution
+        if not execution.runs_alone(request):  # a large request runs in slices, like a worker's batch
+            try:
+                execution.execute(runner, [request], inline=True)
+            finally:
+                with self._lock:
+                    self._give_back(runner)
+            return
+        outputs: dict[str, Any] | None = None
+        error: BaseException | None = None
+        finished = False
         try:
-            self._execution.execute(runner, [request], inline=True)
-        finally:
+            outputs, error = execution.run_alone(runner, request)
+            finished = True
+        finally:  # also when the caller's thread is interrupted: the runner and the counts are given back
             with self._lock:
-                self._pool.checkin(runner)
-                if self._queue.rows and self._idle and self._filler is None:
-                    self._idle.pop().release()
+                self._give_back(runner)
+                abandoned = request.state == ABANDONED
+                request.state = DONE
+                self._in_flight -= 1
+                self._active_rows -= request.rows
+                if finished and error is None:
+                    self.batches_run += 1
+                    self.rows_run += request.rows
+                if self._closing:
+                    self._notify_if_drained()
+        if not abandoned:
+            request.complete(outputs, error)
+
+    def _give_back(self, runner: Any) -> None:
+        """Return a runner taken for an inline run, and wake a parked worker for what queued meanwhile.
+        Called with the lock held."""
+        self._pool.checkin(runner)
+        if self._queue.rows and self._idle and self._filler is None:
+            self._idle.pop().release()
 
     def _retired(self) -> VersionRetiredError:
         return VersionRetiredError(

@@ -53,7 +53,7 @@ class Route(NamedTuple):
     variant: str
     reason: str
     request_id: str
-    shadows: list[Any]  # ModelVersion objects that get a copy of the request (spare capacity only)
+    shadows: Sequence[Any]  # ModelVersion objects that get a copy of the request (spare capacity only)
     decision: Decision
 
 

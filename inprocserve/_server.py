@@ -54,6 +54,7 @@ __all__ = ["Server"]
 logger = logging.getLogger(__name__)
 
 _RETRIES_ON_RETIRED = 3
+_NO_SHADOWS: tuple[Any, ...] = ()  # the route of a request that nothing shadows (most of them)
 
 
 class Server(RolloutMethods):
@@ -374,7 +375,9 @@ class Server(RolloutMethods):
             ) from None
 
     def _route_of(self, routes: Routes, target: ModelVersion, decision: Decision) -> Route:
-        shadows = [routes.versions[v] for v in decision.shadows if v in routes.versions]
+        shadows = (
+            [routes.versions[v] for v in decision.shadows if v in routes.versions] if decision.shadows else _NO_SHADOWS
+        )
         return Route(
             target.name, target.version, decision.variant, decision.reason, self._ids.next(), shadows, decision
         )

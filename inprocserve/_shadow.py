@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,7 +160,7 @@ class ShadowRunner:
         rows: int,
         primary: Mapping[str, Any],
         primary_version: Any,
-        shadows: list[Any],
+        shadows: Sequence[Any],
         *,
         primary_span: Any = None,
     ) -> None:

@@ -144,7 +144,7 @@ class Signature:
                 non-numeric values, a wrong rank or fixed dimension, inconsistent batch sizes, too many
                 rows, or NaN/infinity when ``reject_nan`` is set.
         """
-        if not isinstance(inputs, Mapping):
+        if type(inputs) is not dict and not isinstance(inputs, Mapping):  # a dict skips the ABC check
             if self._single is None or isinstance(inputs, (str, bytes)):
                 names = ", ".join(sorted(self.input_names))
                 raise InvalidInputError(
