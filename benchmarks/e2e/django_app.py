@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,23 +51,9 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 from django.http import HttpRequest, HttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 from django.views.decorators.csrf import csrf_exempt  # noqa: E402
+from naive import built_session, naive_session  # noqa: E402
 
-_lock = threading.Lock()
 _state: dict[str, Any] = {}
-
-
-def _naive_session() -> Any:
-    session = _state.get("session")
-    if session is None:
-        with _lock:
-            session = _state.get("session")
-            if session is None:
-                import onnxruntime as ort
-
-                model_path = os.path.join(REPOSITORY, MODEL, "1", "model.onnx")
-                session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-                _state["session"] = session
-    return session
 
 
 def _client_session() -> Any:
@@ -88,7 +73,7 @@ async def infer(request: HttpRequest, x: np.ndarray) -> Any:
 
         return (await apredict(request, MODEL, {"x": x}))["y"]
     if VARIANT == "naive":
-        session = _state.get("session") or await asyncio.to_thread(_naive_session)
+        session = built_session() or await asyncio.to_thread(naive_session)  # built once, off the loop
         return (await asyncio.to_thread(session.run, None, {"x": x}))[0]
     url = os.environ["E2E_REMOTE_URL"] + f"/predict/{MODEL}"
     body = json.dumps({"x": x.tolist()}).encode()

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from flask import Flask, Response, request
+from naive import naive_session
 
 VARIANT = os.environ["E2E_VARIANT"]
 MODEL = os.environ["E2E_MODEL"]
@@ -33,20 +34,6 @@ THREADS = int(os.environ.get("E2E_THREADS", "16"))
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
-
-
-def _naive_session() -> Any:
-    session = _state.get("session")
-    if session is None:
-        with _lock:
-            session = _state.get("session")
-            if session is None:
-                import onnxruntime as ort
-
-                path = os.path.join(REPOSITORY, MODEL, "1", "model.onnx")
-                session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-                _state["session"] = session
-    return session
 
 
 def _remote_pool() -> Any:
@@ -66,7 +53,7 @@ def warm() -> None:
     """Build this worker's model state before it takes traffic (called from gunicorn's post_worker_init)."""
     x = np.zeros((1, _features()), np.float32)
     if VARIANT == "naive":
-        _naive_session().run(None, {"x": x})
+        naive_session().run(None, {"x": x})
     elif VARIANT == "remote":
         _remote_pool()
 
@@ -90,7 +77,7 @@ def create_app() -> Flask:
     elif VARIANT == "naive":
 
         def infer(x: np.ndarray) -> Any:
-            return _naive_session().run(None, {"x": x})[0]
+            return naive_session().run(None, {"x": x})[0]
 
     elif VARIANT == "remote":
         path = f"/predict/{MODEL}"
