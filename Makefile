@@ -116,6 +116,7 @@ endif
 
 bench: install
 	$(BIN)/python benchmarks/coalescing.py $(QUICK_coalescing) $(BENCH_ARGS)
+	$(BIN)/python benchmarks/coalescing.py --otel $(QUICK_coalescing) $(BENCH_ARGS)
 	$(BIN)/python benchmarks/telemetry_overhead.py $(QUICK_telemetry_overhead)
 	$(BIN)/python benchmarks/async_callers.py $(QUICK_async_callers)
 	$(BIN)/python benchmarks/performance.py
