@@ -43,7 +43,7 @@ from ._repository import ModelSource
 from ._request import Request, Route
 from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
-from ._scoring import plan_scoring, score
+from ._scoring import plan_for_version, score
 from ._shadow import ShadowComparison, ShadowRunner
 from ._snapshot import gauge_source, server_status
 from ._telemetry import METRICS, start_request_span
@@ -287,19 +287,25 @@ class Server(RolloutMethods):
         target = None if routes is None else routes.default if version is None else routes.versions.get(version)
         if target is None:
             raise self._not_found(model, version)
-        batching = target.config.batching
-        plan = plan_scoring(
-            max_batch_size=batching.max_batch_size,
-            request_row_limit=batching.request_row_limit,
-            max_queue_rows=batching.max_queue_rows,
-            sessions=target.config.pool.size,
-            batchable=target.signature is None or target.signature.batchable,
-            batch_rows=batch_rows,
-            max_in_flight=max_in_flight,
-        )
+        plan = plan_for_version(target, batch_rows=batch_rows, max_in_flight=max_in_flight, timeout_s=timeout_s)
 
-        def submit(chunk: Any) -> Future[Prediction]:
-            return self.submit(model, chunk, version=version, context=context, timeout_s=timeout_s)
+        def submit(part: Any, *, beside: bool = False) -> Future[Prediction]:
+            future: Future[Prediction] = Future()
+            try:
+                self._dispatch(
+                    model,
+                    part,
+                    version,
+                    context,
+                    timeout_s,
+                    future,
+                    inline=False,
+                    run_rows=plan.run_rows,
+                    beside=beside,
+                )
+            except InprocserveError as exc:
+                future.set_exception(exc)
+            return future
 
         return score(submit, inputs, plan, progress=progress, timeout_s=timeout_s)
 
@@ -313,9 +319,14 @@ class Server(RolloutMethods):
         future: Future[Prediction] | None,
         *,
         inline: bool,
+        run_rows: int | None = None,
+        beside: bool = False,
     ) -> tuple[Request, ModelVersion]:
         """Route, validate, then answer from the cache, follow an identical request, or queue; every
-        request that gets here is answered through :meth:`_answered`, or raises having been refused."""
+        request that gets here is answered through :meth:`_answered`, or raises having been refused.
+
+        Batch scoring sets ``run_rows`` (rows per model run of a large request) and ``beside`` (run it now
+        on this thread, beside the workers: :meth:`Batcher.run_beside`)."""
         if timeout_s is not None:
             timeout_s = check_timeout(timeout_s)
         started = time.perf_counter()
@@ -330,10 +341,14 @@ class Server(RolloutMethods):
                 request = Request(arrays, rows, self._route_of(routes, target, decision), deadline, future)
                 request.span = span
                 request.started = started
+                request.run_rows = run_rows
                 if not self._sharing.answered_without_run(target, request):
                     assert target.batcher is not None
                     try:
-                        target.batcher.submit(request, run_inline=inline)
+                        if beside:
+                            target.batcher.run_beside(request)
+                        else:
+                            target.batcher.submit(request, run_inline=inline)
                     except BaseException as exc:  # refused before it was queued: whoever follows it must not wait
                         self._sharing.release(request, None, exc)
                         if isinstance(exc, VersionRetiredError):
