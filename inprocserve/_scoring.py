@@ -126,7 +126,8 @@ def plan_for_version(
         run_rows=scoring_run_rows(max_batch_size=batching.max_batch_size, per_row_s=per_row_s)
         if batchable and timeout_s is None
         else None,
-        caller_runs=caller_may_run(backend.status(), kind=backend.kind, sessions=sessions, cores=usable_cores()),
+        caller_runs=backend.kind == "onnxruntime"
+        and caller_may_run(backend.status(), kind=backend.kind, sessions=sessions, cores=usable_cores()),
     )
 
 
@@ -444,9 +445,9 @@ def _run(
         """While the oldest request is still running elsewhere, run the next one on this thread."""
         nonlocal in_flight, own_rows
         job = pull()
-        if job is None or (
-            own_rows and (in_flight + len(job.parts) > plan.max_in_flight or own_rows + job.rows > plan.window_rows)
-        ):
+        if job is None or in_flight + len(job.parts) > plan.max_in_flight:
+            return False
+        if own_rows and own_rows + job.rows > plan.window_rows:
             return False
         job.own = True
         if take(job):
