@@ -260,12 +260,15 @@ class Server(RolloutMethods):
         ``inputs`` is either a whole input (an array, or input name -> array), cut into chunks of
         ``batch_rows`` rows (default: the version's ``max_batch_size``) with one :class:`Prediction` per
         chunk; or an iterable of batches (arrays or mappings), read lazily, with one :class:`Prediction` per
-        batch (a batch larger than a chunk is sent in parts and joined back). A bounded window is kept
-        submitted (default: two full batches of rows per session; ``max_in_flight``: at most that many
-        requests; never more rows than ``max_queue_rows``) so the sessions stay busy without
-        :class:`QueueFullError`; when other traffic fills the queue a chunk is retried. Each chunk is routed
-        like a :meth:`predict` call: pin ``version`` to score a whole job on one version. Closing the
-        iterator early (``break``, an exception) cancels the chunks still queued.
+        batch (a batch larger than a request is sent in parts and joined back). For a model fast per row,
+        requests hold several chunks, up to 256 rows, each run as one onnxruntime run (not in
+        ``max_batch_size`` slices); where the version's sessions leave a core idle, the iterating thread runs
+        requests itself beside the workers (docs/performance.md, "Batch scoring"). A bounded window is kept
+        submitted (default: two full requests of rows per session; ``max_in_flight``: at most that many
+        requests; never more queued rows than ``max_queue_rows``) so the sessions stay busy without
+        :class:`QueueFullError`; when other traffic fills the queue a request is retried. Each request is
+        routed like a :meth:`predict` call: pin ``version`` to score a whole job on one version. Closing the
+        iterator early (``break``, an exception) cancels the requests still queued.
 
         Thread-safe like :meth:`submit`; the returned iterator belongs to the thread that iterates it.
 
