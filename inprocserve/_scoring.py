@@ -425,8 +425,8 @@ def _run(
         """Queue requests for the workers while the window has room."""
         nonlocal in_flight, queued_rows
         while (job := pull()) is not None:
-            if queued_rows and (
-                in_flight + len(job.parts) > plan.max_in_flight or queued_rows + job.rows > plan.window_rows
+            if (window and in_flight + len(job.parts) > plan.max_in_flight) or (
+                queued_rows and queued_rows + job.rows > plan.window_rows
             ):
                 return
             if not take(job):
