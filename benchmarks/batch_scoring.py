@@ -5,19 +5,25 @@ For each reference model, in interleaved rounds within one run:
 - **ceiling**: one thread calling ``InferenceSession.run`` on pre-built batches of 64, 128 and 256 rows, on
   two raw sessions: onnxruntime's default options, and one thread per core without spinning (what the server
   uses: spinning threads lose on a loaded machine); the best rows/s of either is the ceiling.
-- **predict_many**: ``Server.predict_many`` over one pre-built array, default settings (chunks of the
-  default ``max_batch_size``, 64), and with ``max_batch_size = 256`` (the ceiling's largest batch).
+- **predict_many**: ``Server.predict_many`` over one pre-built array, default settings (answers per
+  ``max_batch_size`` chunk, 64; what the library chooses for runs and threads), and with
+  ``max_batch_size = 256`` (the ceiling's largest batch).
 - **CLI**: ``python -m inprocserve score model.onnx x.npy y.npy`` on two input sizes; the marginal rate
   (extra rows / extra seconds) cancels process start and model load.
+- **A/B** (``--compare-with DIR``): ``predict_many`` with default settings of this checkout and of the
+  ``inprocserve`` package under DIR (e.g. ``git archive HEAD inprocserve | tar -x -C DIR``), each in a fresh
+  process, in alternating order, every round; the ratio of the two cancels most of a shared machine's drift.
 
-Outputs are checked against raw onnxruntime's. Writes benchmarks/results/batch_scoring.{json,md,png}.
+Outputs are checked against raw onnxruntime's. Writes benchmarks/results/batch_scoring.{json,md,png}, or
+the directory given with ``--out`` (a noisy machine's figures belong elsewhere than the results folder).
 
-    python benchmarks/batch_scoring.py [--rounds 3] [--seconds 1.0] [--quick]
+    python benchmarks/batch_scoring.py [--rounds 3] [--seconds 1.0] [--quick] [--compare-with DIR] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -81,6 +87,29 @@ def check_outputs(server: inprocserve.Server, session: ort.InferenceSession, nam
     return float(np.abs(got - expected).max())
 
 
+def rate_in_process(code: Path, repository: Path, name: str, inputs: Path) -> float:
+    """``predict_many`` rows/s (default settings, after a warm-up) of the ``inprocserve`` under ``code``, in a
+    fresh process."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(Path(__file__).parent)])}
+    done = subprocess.run(
+        [sys.executable, __file__, "--rate-of", str(repository), name, str(inputs)],
+        check=True,
+        timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return float(done.stdout.split()[-1])
+
+
+def print_rate_of(repository: Path, name: str, inputs: Path) -> None:
+    """The child of :func:`rate_in_process`: print one rate."""
+    x = np.load(inputs)
+    with inprocserve.Server(repository, models={name: inprocserve.ModelConfig()}) as server:
+        scoring_rate(server, name, x[: min(len(x), 4096)])
+        print(scoring_rate(server, name, x))
+
+
 def cli_seconds(model: Path, inputs: Path, output: Path) -> float:
     start = time.perf_counter()
     subprocess.run(
@@ -104,6 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             x = rows_of(name, rows)
             np.save(Path(folder) / f"{name}-small.npy", rows_of(name, small, seed=1))
             np.save(Path(folder) / f"{name}-large.npy", rows_of(name, large, seed=2))
+            np.save(Path(folder) / f"{name}-x.npy", x)
             raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # onnxruntime's defaults
             options = ort.SessionOptions()
             options.intra_op_num_threads = len(os.sched_getaffinity(0))
@@ -122,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for index in range(args.rounds):
                 point: dict[str, Any] = {}
                 # Alternate the order so drift on a shared machine hits every approach alike.
-                order = ["ceiling", "default", "wide", "cli"]
+                order = ["ceiling", "default", "wide", "cli"] + (["ab"] if args.compare_with else [])
                 for approach in order if index % 2 == 0 else list(reversed(order)):
                     if approach == "ceiling":
                         point["ceiling_defaults"] = ceiling(raw, name, args.seconds)
@@ -134,6 +164,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         point["predict_many"] = scoring_rate(default, name, x)
                     elif approach == "wide":
                         point["predict_many_256"] = scoring_rate(wide, name, x)
+                    elif approach == "ab":
+                        here = Path(__file__).resolve().parent.parent
+                        pair = [(here, "ab_this"), (Path(args.compare_with), "ab_other")]
+                        for code, key in pair if index % 2 == 0 else reversed(pair):
+                            point[key] = rate_in_process(code, repository, name, Path(folder) / f"{name}-x.npy")
+                        point["ab_ratio"] = point["ab_this"] / point["ab_other"]
                     else:
                         out = Path(folder) / "out.npy"
                         t_small = cli_seconds(path, Path(folder) / f"{name}-small.npy", out)
@@ -153,6 +189,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"CLI marginal {point['cli_marginal']:,.0f} ({point['cli_marginal'] / best:.2f}x)"
                         if point["cli_marginal"]
                         else "CLI marginal not measurable this round"
+                    )
+                    + (
+                        f"; A/B predict_many this {point['ab_this']:,.0f} / other {point['ab_other']:,.0f} "
+                        f"= {point['ab_ratio']:.2f}x"
+                        if "ab_ratio" in point
+                        else ""
                     )
                 )
                 rounds.append(point)
@@ -186,6 +228,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "cli_marginal": summary("cli_marginal"),
                 },
             }
+            if args.compare_with:
+                ratios = [r["ab_ratio"] for r in rounds]
+                results["models"][name]["summary"]["ab"] = {
+                    "compare_with": args.compare_with,
+                    "this_rows_per_s": statistics.median(r["ab_this"] for r in rounds),
+                    "other_rows_per_s": statistics.median(r["ab_other"] for r in rounds),
+                    "ratio": statistics.median(ratios),
+                    "ratio_min": min(ratios),
+                    "ratio_max": max(ratios),
+                }
     results["load_average_after"] = os.getloadavg()[0]
     return results
 
@@ -229,7 +281,15 @@ def write_markdown(results: dict[str, Any]) -> Path:
             f"- {name}: predict_many over {data['rows']:,} rows; CLI on {small:,} and {large:,} rows of `.npy`; "
             f"max |diff| vs onnxruntime {data['max_abs_diff_vs_onnxruntime']:.1e}."
         )
-    path = RESULTS / "batch_scoring.md"
+    for name, data in results["models"].items():
+        ab = data["summary"].get("ab")
+        if ab:
+            lines.append(
+                f"- {name} A/B, `predict_many` defaults, each in a fresh process: this checkout "
+                f"{ab['this_rows_per_s']:,.0f} rows/s, `{ab['compare_with']}` {ab['other_rows_per_s']:,.0f} rows/s: "
+                f"{ab['ratio']:.2f}x [{ab['ratio_min']:.2f}-{ab['ratio_max']:.2f}]."
+            )
+    path = results["out"] / "batch_scoring.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -256,7 +316,7 @@ def write_plot(results: dict[str, Any]) -> Path | None:
     ax.set_title("Batch scoring against raw onnxruntime")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = RESULTS / "batch_scoring.png"
+    path = results["out"] / "batch_scoring.png"
     fig.savefig(path, dpi=110)
     return path
 
@@ -267,10 +327,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.0, help="time per ceiling batch size per round")
     parser.add_argument("--quick", action="store_true", help="an eighth of the rows: proves the harness runs")
+    parser.add_argument("--compare-with", metavar="DIR", help="A/B against the inprocserve package under DIR")
+    parser.add_argument("--out", metavar="DIR", help=f"where to write the results (default: {RESULTS})")
+    parser.add_argument("--rate-of", nargs=3, metavar=("REPOSITORY", "NAME", "X_NPY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rate_of:
+        repository, name, inputs = args.rate_of
+        print_rate_of(Path(repository), name, Path(inputs))
+        return
+    out = Path(args.out) if args.out else RESULTS
     results = run(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    print(f"wrote {write_json('batch_scoring', results)}")
+    out.mkdir(parents=True, exist_ok=True)
+    if out == RESULTS:
+        print(f"wrote {write_json('batch_scoring', results)}")
+    else:
+        (out / "batch_scoring.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"wrote {out / 'batch_scoring.json'}")
+    results["out"] = out
     print(f"wrote {write_markdown(results)}")
     plot = write_plot(results)
     if plot is not None:

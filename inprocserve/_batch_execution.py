@@ -190,8 +190,9 @@ class BatchExecution:
         timeout_s = self._time_left(batch)
         if len(batch) == 1:  # the common case at low load: no stacking, no lists to split
             request = batch[0]
-            if self.chunk_rows is not None and request.rows > self.chunk_rows:
-                return [self._run_in_chunks(runner, request, parent)]
+            step = self.chunk_rows if self.chunk_rows is None or request.run_rows is None else request.run_rows
+            if step is not None and request.rows > step:
+                return [self._run_in_chunks(runner, request, parent, step)]
             started = time.perf_counter()
             outputs = self._run_batch(runner, request.arrays, timeout_s=timeout_s, parent=parent)
             if request.batch is not None:
@@ -209,10 +210,9 @@ class BatchExecution:
             batch[0].batch.compute_s = time.perf_counter() - started
         return split_outputs(outputs, self._output_names, [r.rows for r in batch], crop=crop)
 
-    def _run_in_chunks(self, runner: Any, request: Request, parent: Any) -> dict[str, Any]:
-        """A request larger than ``max_batch_size`` runs in slices that are stitched back together."""
-        step = self.chunk_rows
-        assert step is not None
+    def _run_in_chunks(self, runner: Any, request: Request, parent: Any, step: int) -> dict[str, Any]:
+        """A request larger than ``max_batch_size`` (or its own ``run_rows``) runs in slices that are stitched
+        back together."""
         parts = []
         for start in range(0, request.rows, step):
             chunk = {name: array[start : start + step] for name, array in request.arrays.items()}

@@ -284,6 +284,27 @@ class Batcher:
         self._run_inline(runner, request)
         return True
 
+    def run_beside(self, request: Request) -> None:
+        """Run ``request`` now, on this thread, as an extra run of the backend's first runner, outside the
+        pool's count (batch scoring's own lane: its caller decides that the runner may run concurrently and
+        that a core is left for it). Counted in flight like any request, so :meth:`close` waits for it.
+
+        Raises:
+            VersionRetiredError: the batcher is closing.
+        """
+        if request.deliver is None:
+            request.deliver = self._deliver
+        if not self._adopted:
+            self._adopt_runners()
+        runner = self._pool.adopt()[0]
+        with self._lock:
+            if self._closing:
+                raise self._retired()
+            self._in_flight += 1
+            self._active_rows += request.rows
+            request.state = RUNNING
+        self._execution.execute(runner, [request], inline=True)
+
     def wait(self, request: Request) -> None:
         """Block until ``request`` is answered or its deadline passes (synchronous callers only).
 

@@ -89,6 +89,7 @@ class Request:
         "queue_wait_s",
         "route",
         "rows",
+        "run_rows",
         "span",
         "started",
         "state",
@@ -122,6 +123,9 @@ class Request:
         self.started = 0.0  # perf_counter() when the caller asked
         self.queue_wait_s = 0.0
         self.batch: BatchTiming | None = None
+        # Rows per model run when this request alone is larger (None: the batcher's max_batch_size). Batch
+        # scoring sets it: an offline chunk may run in larger slices than a web request.
+        self.run_rows: int | None = None
         # A synchronous caller blocks on this lock until the answer is in (the cheapest wake-up CPython has).
         self.waiter: Any = None
         if future is None:

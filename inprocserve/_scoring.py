@@ -16,16 +16,34 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 
-from ._errors import DeadlineExceededError, InvalidInputError, QueueFullError
+from ._errors import DeadlineExceededError, InferenceError, InvalidInputError, QueueFullError
+from ._ort_rules import usable_cores
 from ._prediction import Prediction
 
-__all__ = ["ProgressBar", "ScoringPlan", "plan_scoring", "score"]
+if TYPE_CHECKING:
+    from ._model import ModelVersion
 
-Submit = Callable[[Any], "Future[Prediction]"]
+__all__ = [
+    "ProgressBar",
+    "ScoringPlan",
+    "caller_may_run",
+    "plan_for_version",
+    "plan_scoring",
+    "score",
+    "scoring_run_rows",
+]
+
+
+class Submit(Protocol):
+    """Sends one request of a scoring job and returns its future (see :func:`score`)."""
+
+    def __call__(self, part: Any, *, beside: bool = False) -> Future[Prediction]: ...
+
+
 Progress = Callable[[int, "int | None"], None]
 
 # When other traffic fills the queue, a chunk is retried with growing pauses for at most this long.
@@ -35,16 +53,82 @@ _RETRY_PAUSE_S = (0.001, 0.05)  # first and longest pause between retries
 _DEADLINE_GRACE_S = 1.0
 
 
+# Rows per model run a scoring job may use when the model's max_batch_size is smaller: the largest batch of the
+# raw onnxruntime ceiling (benchmarks/batch_scoring.py). Larger runs gain little and hold more memory.
+SCORING_RUN_ROWS = 256
+# ... but only as far as a run stays this short (by the version's measured per-row cost): a model slow per row
+# (large inputs, large activations) keeps its max_batch_size, which then also bounds its memory.
+SCORING_RUN_BUDGET_S = 0.1
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScoringPlan:
     """How a scoring job is cut and how much of it may be in flight at once."""
 
     chunk_rows: int | None
-    """Rows per submitted request; ``None`` for a model without a batch axis (inputs are sent whole)."""
+    """Rows per answer of a whole input; ``None`` for a model without a batch axis (inputs are sent whole)."""
     max_in_flight: int
     """Submitted requests not yet yielded, at most."""
     window_rows: int
-    """Rows submitted and not yet yielded, at most (one chunk is always allowed when nothing is in flight)."""
+    """Rows queued and not yet yielded, at most (one request is always allowed when nothing is queued); the
+    caller's own runs may hold as many again."""
+    request_rows: int | None = None
+    """Rows per submitted request: a whole number of chunks (``None``: one chunk)."""
+    run_rows: int | None = None
+    """Rows per model run of a larger request (``None``: the version's ``max_batch_size``)."""
+    caller_runs: bool = False
+    """Whether the thread iterating the answers runs requests itself, beside the workers."""
+
+
+def scoring_run_rows(*, max_batch_size: int, per_row_s: float | None) -> int:
+    """Rows per model run for a scoring job: ``max_batch_size``, raised up to :data:`SCORING_RUN_ROWS` while a
+    run is predicted to stay under :data:`SCORING_RUN_BUDGET_S` (no estimate: ``max_batch_size``)."""
+    if per_row_s is None:
+        return max_batch_size
+    fits = SCORING_RUN_ROWS if per_row_s <= 0 else int(SCORING_RUN_BUDGET_S / per_row_s)
+    return max(max_batch_size, min(SCORING_RUN_ROWS, fits))
+
+
+def caller_may_run(facts: Mapping[str, Any], *, kind: str, sessions: int, cores: int) -> bool:
+    """Whether the iterating thread may run scoring requests too: only on one shared onnxruntime CPU session
+    (``session.run`` is thread-safe) whose runs leave a core idle. A small model gets one intra-op thread per
+    session (a parallel operator would cost more in wake-ups than it saves), so with the default single
+    session it keeps one core busy; the caller's run fills another. ``facts`` is the backend's status."""
+    threads = facts.get("intra_op_threads")
+    providers = facts.get("providers") or [None]
+    return (
+        kind == "onnxruntime"
+        and bool(facts.get("shared_session"))
+        and providers[0] == "CPUExecutionProvider"
+        and isinstance(threads, int)
+        and threads * (sessions + 1) <= cores
+    )
+
+
+def plan_for_version(
+    target: ModelVersion, *, batch_rows: int | None, max_in_flight: int | None, timeout_s: float | None
+) -> ScoringPlan:
+    """The plan for scoring on one loaded version (see :func:`plan_scoring`)."""
+    batching = target.config.batching
+    sessions = target.config.pool.size
+    backend = target.backend
+    batchable = target.signature is None or target.signature.batchable
+    per_row_s = None if target.run_cost is None else target.run_cost.per_row_s
+    return plan_scoring(
+        max_batch_size=batching.max_batch_size,
+        request_row_limit=batching.request_row_limit,
+        max_queue_rows=batching.max_queue_rows,
+        sessions=sessions,
+        batchable=batchable,
+        batch_rows=batch_rows,
+        max_in_flight=max_in_flight,
+        # with a deadline per chunk, a request of several chunks would stretch the deadline: one chunk each
+        run_rows=scoring_run_rows(max_batch_size=batching.max_batch_size, per_row_s=per_row_s)
+        if batchable and timeout_s is None
+        else None,
+        caller_runs=backend.kind == "onnxruntime"
+        and caller_may_run(backend.status(), kind=backend.kind, sessions=sessions, cores=usable_cores()),
+    )
 
 
 def plan_scoring(
@@ -56,8 +140,11 @@ def plan_scoring(
     batchable: bool,
     batch_rows: int | None,
     max_in_flight: int | None,
+    run_rows: int | None = None,
+    caller_runs: bool = False,
 ) -> ScoringPlan:
-    """Cut chunks to the model's limits and size the window so the queue never overflows.
+    """Cut chunks to the model's limits, group them into requests of about ``run_rows`` rows, and size the
+    window so the queue never overflows.
 
     Raises:
         ValueError: ``batch_rows`` or ``max_in_flight`` is not a positive int, or ``batch_rows`` exceeds the
@@ -72,15 +159,25 @@ def plan_scoring(
             "(batching.max_request_rows, else max_queue_rows)"
         )
     chunk = batch_rows if batch_rows is not None else min(max_batch_size, request_row_limit)
+    # A request holds as many whole chunks as fit in one run (and in a request, and in the queue).
+    per_request = max(1, min(run_rows or chunk, request_row_limit, max_queue_rows) // chunk)
+    request = chunk * per_request
     if max_in_flight is None:
         # Two full batches per session: one running, one queued behind it, so a session never waits for the
         # scorer; chunks (or an iterable's batches) smaller than a batch are merged by the batcher.
-        window_rows = min(max_queue_rows, 2 * sessions * max(chunk, max_batch_size))
+        window_rows = min(max_queue_rows, 2 * sessions * max(request, max_batch_size))
         count = max(window_rows, 1)
     else:
-        window_rows = min(max_queue_rows, max_in_flight * chunk)
+        window_rows = min(max_queue_rows, max_in_flight * request)
         count = max_in_flight
-    return ScoringPlan(chunk_rows=chunk if batchable else None, max_in_flight=count, window_rows=max(window_rows, 1))
+    return ScoringPlan(
+        chunk_rows=chunk if batchable else None,
+        max_in_flight=count,
+        window_rows=max(window_rows, 1),
+        request_rows=request if batchable and per_request > 1 else None,
+        run_rows=run_rows if batchable else None,
+        caller_runs=caller_runs,
+    )
 
 
 class ProgressBar:
@@ -153,15 +250,23 @@ def resolve_progress(*, progress: bool | Progress | None) -> tuple[Progress | No
 
 
 class _Job:
-    """One item of output: a chunk of a whole input, or one batch of an iterable (possibly split in parts)."""
+    """One request's worth of input: chunks of a whole input (answered chunk by chunk), or one batch of an
+    iterable (possibly sent in parts, answered as one)."""
 
-    __slots__ = ("error", "futures", "parts", "rows")
+    __slots__ = ("chunk_rows", "error", "futures", "own", "parts", "rows")
 
-    def __init__(self, parts: list[Any], rows: int, error: BaseException | None = None) -> None:
+    def __init__(
+        self, parts: list[Any], rows: int, error: BaseException | None = None, *, chunk_rows: int | None = None
+    ) -> None:
         self.parts = parts
         self.rows = rows
         self.futures: list[Future[Prediction]] = []
         self.error = error
+        self.chunk_rows = chunk_rows  # rows per answer when the job holds several chunks (None: one answer)
+        self.own = False  # run by the iterating thread itself rather than queued
+
+    def done(self) -> bool:
+        return all(future.done() for future in self.futures)
 
 
 def score(
@@ -176,6 +281,9 @@ def score(
 ) -> Iterator[Prediction]:
     """Check ``inputs`` and return the iterator of answers (see :meth:`Server.predict_many`).
 
+    ``submit(part, beside=...)`` sends one request: queued for the workers, or (``beside=True``, only when
+    ``plan.caller_runs``) run at once on the calling thread; either way it returns the request's future.
+
     Raises:
         TypeError: ``inputs`` is neither an array, a mapping of arrays, nor an iterable of batches.
         InvalidInputError: a whole input whose arrays disagree on their number of rows.
@@ -186,14 +294,15 @@ def score(
             f"got {type(inputs).__name__}"
         )
     callback, bar = resolve_progress(progress=progress)
+    request_rows = plan.request_rows or plan.chunk_rows
     if isinstance(inputs, (np.ndarray, Mapping)):
         whole = _as_arrays(inputs)
         rows = _rows_of(whole)
         total: int | None = rows
-        jobs: Iterator[_Job] = _slices(whole, rows, plan.chunk_rows)
+        jobs: Iterator[_Job] = _slices(whole, rows, request_rows, plan.chunk_rows)
     else:
         total = _count_rows(inputs) if isinstance(inputs, (list, tuple)) else None
-        jobs = _batches(iter(inputs), plan.chunk_rows)
+        jobs = _batches(iter(inputs), request_rows)
     return _run(submit, jobs, total, plan, callback, bar, timeout_s, clock, sleep)
 
 
@@ -240,19 +349,19 @@ def _part(item: Any, start: int, stop: int) -> Any:
     return item[start:stop]
 
 
-def _slices(inputs: Any, total: int, chunk_rows: int | None) -> Iterator[_Job]:
-    """A whole input, cut into chunks (views, never copies)."""
-    if chunk_rows is None or total <= chunk_rows:
+def _slices(inputs: Any, total: int, request_rows: int | None, chunk_rows: int | None) -> Iterator[_Job]:
+    """A whole input, cut into requests of whole chunks (views, never copies)."""
+    if request_rows is None or total <= request_rows:
         if total:
-            yield _Job([inputs], total)
+            yield _Job([inputs], total, chunk_rows=chunk_rows)
         return
-    for start in range(0, total, chunk_rows):
-        stop = min(total, start + chunk_rows)
-        yield _Job([_part(inputs, start, stop)], stop - start)
+    for start in range(0, total, request_rows):
+        stop = min(total, start + request_rows)
+        yield _Job([_part(inputs, start, stop)], stop - start, chunk_rows=chunk_rows)
 
 
-def _batches(items: Iterator[Any], chunk_rows: int | None) -> Iterator[_Job]:
-    """One job per item, pulled lazily; an item larger than a chunk is sent in parts and joined back.
+def _batches(items: Iterator[Any], part_rows: int | None) -> Iterator[_Job]:
+    """One job per item, pulled lazily; an item larger than a request is sent in parts and joined back.
 
     A failure to read or check an item becomes a failed job at that position, after which nothing more is read.
     """
@@ -269,13 +378,11 @@ def _batches(items: Iterator[Any], chunk_rows: int | None) -> Iterator[_Job]:
         except InvalidInputError as exc:
             yield _Job([], 0, error=exc)
             return
-        if chunk_rows is None or rows <= chunk_rows:
+        if part_rows is None or rows <= part_rows:
             yield _Job([item], rows)
         else:
             item = _as_arrays(item)
-            yield _Job(
-                [_part(item, start, min(rows, start + chunk_rows)) for start in range(0, rows, chunk_rows)], rows
-            )
+            yield _Job([_part(item, start, min(rows, start + part_rows)) for start in range(0, rows, part_rows)], rows)
 
 
 def _run(
@@ -289,32 +396,40 @@ def _run(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> Iterator[Prediction]:
-    window: deque[_Job] = deque()
-    in_flight = 0  # submitted requests not yet yielded
-    in_flight_rows = 0
+    window: deque[_Job] = deque()  # submitted or run, not yet yielded, in input order
+    in_flight = 0  # requests in the window
+    queued_rows = 0  # rows in the window sent to the workers' queue
+    own_rows = 0  # rows in the window run by this thread
     pending: _Job | None = None  # pulled from the input, waiting for room in the window
     exhausted = False
     done_rows = 0
 
+    def pull() -> _Job | None:
+        nonlocal pending, exhausted
+        if pending is None and not exhausted:
+            pending = next(jobs, None)
+            exhausted = pending is None
+        return pending
+
+    def take(job: _Job) -> bool:
+        """Put ``job`` in the window; False if it is a failed read (nothing after it is submitted)."""
+        nonlocal pending, exhausted
+        pending = None
+        window.append(job)
+        if job.error is not None:
+            exhausted = True
+            return False
+        return True
+
     def fill() -> None:
-        nonlocal pending, exhausted, in_flight, in_flight_rows
-        while True:
-            if pending is None:
-                if exhausted:
-                    return
-                pending = next(jobs, None)
-                if pending is None:
-                    exhausted = True
-                    return
-            job = pending
-            if window and (
-                in_flight + len(job.parts) > plan.max_in_flight or in_flight_rows + job.rows > plan.window_rows
+        """Queue requests for the workers while the window has room."""
+        nonlocal in_flight, queued_rows
+        while (job := pull()) is not None:
+            if (window and in_flight + len(job.parts) > plan.max_in_flight) or (
+                queued_rows and queued_rows + job.rows > plan.window_rows
             ):
                 return
-            pending = None
-            window.append(job)
-            if job.error is not None:
-                exhausted = True  # nothing after a failed read is submitted
+            if not take(job):
                 return
             congested = False
             for part in job.parts:
@@ -322,9 +437,25 @@ def _run(
                 job.futures.append(future)
                 congested = congested or (future.done() and isinstance(future.exception(), QueueFullError))
             in_flight += len(job.parts)
-            in_flight_rows += job.rows
+            queued_rows += job.rows
             if congested:  # someone else's requests fill the queue: wait for ours to drain before adding more
                 return
+
+    def run_own() -> bool:
+        """While the oldest request is still running elsewhere, run the next one on this thread."""
+        nonlocal in_flight, own_rows
+        job = pull()
+        if job is None or in_flight + len(job.parts) > plan.max_in_flight:
+            return False
+        if own_rows and own_rows + job.rows > plan.window_rows:
+            return False
+        job.own = True
+        if take(job):
+            for part in job.parts:
+                job.futures.append(submit(part, beside=True))
+        in_flight += len(job.parts)
+        own_rows += job.rows
+        return True
 
     if callback is not None:
         callback(0, total)
@@ -332,23 +463,33 @@ def _run(
         fill()
         while window:
             job = window[0]
+            if plan.caller_runs and not job.done() and run_own():
+                fill()
+                continue
+            job_start = done_rows
             try:
-                result = _collect(job, submit, timeout_s, clock, sleep)
+                for rows, answer in _answers(job, submit, timeout_s, clock, sleep):
+                    if window and job is window[0]:  # the whole job is in: give its room to the next requests
+                        window.popleft()
+                        in_flight -= len(job.parts)
+                        if job.own:
+                            own_rows -= job.rows
+                        else:
+                            queued_rows -= job.rows
+                        fill()  # refill before handing the result over, so the sessions work while the caller does
+                    done_rows += rows
+                    if callback is not None:
+                        callback(done_rows, total)
+                    yield answer
             except Exception as exc:
+                left = job_start + job.rows - done_rows
                 if job.rows:
-                    note = f"predict_many: failed at input rows {done_rows + 1}..{done_rows + job.rows} (1-based)"
+                    last = done_rows + (min(left, job.chunk_rows) if job.chunk_rows else left)
+                    note = f"predict_many: failed at input rows {done_rows + 1}..{last} (1-based)"
                 else:
                     note = f"predict_many: the batch after input row {done_rows} could not be read or checked"
                 exc.add_note(note)
                 raise
-            window.popleft()
-            in_flight -= len(job.parts)
-            in_flight_rows -= job.rows
-            done_rows += job.rows
-            fill()  # refill before handing the result over, so the sessions work while the caller does
-            if callback is not None:
-                callback(done_rows, total)
-            yield result
     finally:
         for queued in window:  # the caller stopped early, or a chunk failed: drop what has not run
             for future in queued.futures:
@@ -357,25 +498,51 @@ def _run(
             bar.close()
 
 
-def _collect(
+def _answers(
     job: _Job,
     submit: Submit,
     timeout_s: float | None,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
-) -> Prediction:
-    """Wait for every part of ``job`` (retrying parts the queue turned away) and join them into one answer."""
+) -> Iterator[tuple[int, Prediction]]:
+    """Wait for every part of ``job`` (retrying parts the queue turned away); yield its answers with their
+    row counts: one per chunk of a whole input, or one (parts joined) for an iterable's batch.
+
+    A request of several chunks that the model refused is scored again chunk by chunk, so the answers
+    before the failing chunk are still given and the error is raised at that chunk, as if each chunk had
+    been a request of its own.
+    """
     if job.error is not None:
         raise job.error
-    answers = []
-    for index, part in enumerate(job.parts):
-        answers.append(_wait(job, index, part, submit, timeout_s, clock, sleep))
-    if len(answers) == 1:
-        return answers[0]
+    try:
+        answers = [_wait(job, index, part, submit, timeout_s, clock, sleep) for index, part in enumerate(job.parts)]
+    except InferenceError:
+        if job.chunk_rows is None or job.rows <= job.chunk_rows:
+            raise
+        whole = job.parts[0]
+        for start in range(0, job.rows, job.chunk_rows):
+            stop = min(job.rows, start + job.chunk_rows)
+            piece = _Job([_part(whole, start, stop)], stop - start)
+            piece.futures.append(submit(piece.parts[0]))
+            yield stop - start, _wait(piece, 0, piece.parts[0], submit, timeout_s, clock, sleep)
+        return
+    joined = (
+        answers[0] if len(answers) == 1 else _join(answers, {name: [a[name] for a in answers] for name in answers[0]})
+    )
+    if job.chunk_rows is None or job.rows <= job.chunk_rows:
+        yield job.rows, joined
+        return
+    for start in range(0, job.rows, job.chunk_rows):
+        stop = min(job.rows, start + job.chunk_rows)
+        yield stop - start, _join([joined], {name: joined[name][start:stop] for name in joined})
+
+
+def _join(answers: list[Prediction], outputs: Mapping[str, Any]) -> Prediction:
+    """A Prediction of ``outputs`` (lists are concatenated; arrays are taken as they are), answered like the
+    first of ``answers``."""
     first = answers[0]
-    outputs = {name: np.concatenate([answer[name] for answer in answers]) for name in first}
     return Prediction(
-        outputs,
+        {name: np.concatenate(value) if isinstance(value, list) else value for name, value in outputs.items()},
         model=first.model,
         version=first.version,
         variant=first.variant,

@@ -25,7 +25,7 @@ import numpy as np
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError, ModelNotFoundError
 from ._prediction import Prediction
 from ._repository import MODEL_FILENAME
-from ._scoring import ProgressBar
+from ._scoring import ProgressBar, plan_for_version
 from ._server import Server
 from ._signature import Signature
 
@@ -288,8 +288,7 @@ def score_file(
     is_repository = model_path.is_dir() and not (model_path / MODEL_FILENAME).is_file()
     with Server(model_path if is_repository else None) as server:  # a broken sibling model does not matter
         served = _open_model(server, model_path, name)
-        signature, max_batch_size = _loaded(server, served, version)
-        limit = batch_rows or max_batch_size
+        signature, limit = _loaded(server, served, version, batch_rows)
         isatty = getattr(sys.stderr, "isatty", None)
         bar = ProgressBar(sys.stderr) if progress and isatty is not None and isatty() else None
         source, total = read_inputs(input_path, signature, limit, count_rows=bar is not None)
@@ -316,15 +315,22 @@ def score_file(
     return rows
 
 
-def _loaded(server: Server, model: str, version: int | None) -> tuple[Signature, int]:
-    """The signature and batch limit of the version that will answer (the command is part of the library,
-    so it may look at the loaded version)."""
+def _loaded(server: Server, model: str, version: int | None, batch_rows: int | None) -> tuple[Signature, int]:
+    """The signature of the version that will answer, and the rows to read from a streamed file at a time:
+    one request of ``predict_many``'s plan (the command is part of the library, so it may look at the
+    loaded version).
+
+    Raises:
+        ValueError: ``batch_rows`` is not a positive int, or more than one request may carry.
+    """
     routes = server._routes[model]
     target = routes.default if version is None else routes.versions.get(version)
     if target is None:
         raise server._not_found(model, version)
     assert target.signature is not None
-    return target.signature, target.config.batching.max_batch_size
+    plan = plan_for_version(target, batch_rows=batch_rows, max_in_flight=None, timeout_s=None)
+    rows = plan.request_rows or plan.chunk_rows or target.config.batching.max_batch_size
+    return target.signature, rows
 
 
 def run_score(args: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ from ._repository import ModelSource
 from ._request import Request, Route
 from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
-from ._scoring import plan_scoring, score
+from ._scoring import plan_for_version, score
 from ._shadow import ShadowComparison, ShadowRunner
 from ._snapshot import gauge_source, server_status
 from ._telemetry import METRICS, start_request_span
@@ -261,12 +261,15 @@ class Server(RolloutMethods):
         ``inputs`` is either a whole input (an array, or input name -> array), cut into chunks of
         ``batch_rows`` rows (default: the version's ``max_batch_size``) with one :class:`Prediction` per
         chunk; or an iterable of batches (arrays or mappings), read lazily, with one :class:`Prediction` per
-        batch (a batch larger than a chunk is sent in parts and joined back). A bounded window is kept
-        submitted (default: two full batches of rows per session; ``max_in_flight``: at most that many
-        requests; never more rows than ``max_queue_rows``) so the sessions stay busy without
-        :class:`QueueFullError`; when other traffic fills the queue a chunk is retried. Each chunk is routed
-        like a :meth:`predict` call: pin ``version`` to score a whole job on one version. Closing the
-        iterator early (``break``, an exception) cancels the chunks still queued.
+        batch (a batch larger than a request is sent in parts and joined back). For a model fast per row,
+        requests hold several chunks, up to 256 rows, each run as one onnxruntime run (not in
+        ``max_batch_size`` slices); where the version's sessions leave a core idle, the iterating thread runs
+        requests itself beside the workers (docs/performance.md, "Batch scoring"). A bounded window is kept
+        submitted (default: two full requests of rows per session; ``max_in_flight``: at most that many
+        requests; never more queued rows than ``max_queue_rows``) so the sessions stay busy without
+        :class:`QueueFullError`; when other traffic fills the queue a request is retried. Each request is
+        routed like a :meth:`predict` call: pin ``version`` to score a whole job on one version. Closing the
+        iterator early (``break``, an exception) cancels the requests still queued.
 
         Thread-safe like :meth:`submit`; the returned iterator belongs to the thread that iterates it.
 
@@ -288,19 +291,25 @@ class Server(RolloutMethods):
         target = None if routes is None else routes.default if version is None else routes.versions.get(version)
         if target is None:
             raise self._not_found(model, version)
-        batching = target.config.batching
-        plan = plan_scoring(
-            max_batch_size=batching.max_batch_size,
-            request_row_limit=batching.request_row_limit,
-            max_queue_rows=batching.max_queue_rows,
-            sessions=target.config.pool.size,
-            batchable=target.signature is None or target.signature.batchable,
-            batch_rows=batch_rows,
-            max_in_flight=max_in_flight,
-        )
+        plan = plan_for_version(target, batch_rows=batch_rows, max_in_flight=max_in_flight, timeout_s=timeout_s)
 
-        def submit(chunk: Any) -> Future[Prediction]:
-            return self.submit(model, chunk, version=version, context=context, timeout_s=timeout_s)
+        def submit(part: Any, *, beside: bool = False) -> Future[Prediction]:
+            future: Future[Prediction] = Future()
+            try:
+                self._dispatch(
+                    model,
+                    part,
+                    version,
+                    context,
+                    timeout_s,
+                    future,
+                    inline=False,
+                    run_rows=plan.run_rows,
+                    beside=beside,
+                )
+            except InprocserveError as exc:
+                future.set_exception(exc)
+            return future
 
         return score(submit, inputs, plan, progress=progress, timeout_s=timeout_s)
 
@@ -314,9 +323,14 @@ class Server(RolloutMethods):
         future: Future[Prediction] | None,
         *,
         inline: bool,
+        run_rows: int | None = None,
+        beside: bool = False,
     ) -> tuple[Request, ModelVersion]:
         """Route, validate, then answer from the cache, follow an identical request, or queue; every
-        request that gets here is answered through :meth:`_answered`, or raises having been refused."""
+        request that gets here is answered through :meth:`_answered`, or raises having been refused.
+
+        Batch scoring sets ``run_rows`` (rows per model run of a large request) and ``beside`` (run it now
+        on this thread, beside the workers: :meth:`Batcher.run_beside`)."""
         if timeout_s is not None:
             timeout_s = check_timeout(timeout_s)
         started = time.perf_counter()
@@ -331,10 +345,14 @@ class Server(RolloutMethods):
                 request = Request(arrays, rows, self._route_of(routes, target, decision), deadline, future)
                 request.span = span
                 request.started = started
+                request.run_rows = run_rows
                 if not self._sharing.answered_without_run(target, request):
                     assert target.batcher is not None
                     try:
-                        target.batcher.submit(request, run_inline=inline)
+                        if beside:
+                            target.batcher.run_beside(request)
+                        else:
+                            target.batcher.submit(request, run_inline=inline)
                     except BaseException as exc:  # refused before it was queued: whoever follows it must not wait
                         self._sharing.release(request, None, exc)
                         if isinstance(exc, VersionRetiredError):

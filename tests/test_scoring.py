@@ -14,7 +14,8 @@ import onnxruntime as ort
 import pytest
 
 import inprocserve
-from inprocserve._scoring import ProgressBar, plan_scoring
+from inprocserve._ort_rules import usable_cores
+from inprocserve._scoring import ProgressBar, caller_may_run, plan_scoring, scoring_run_rows
 from inprocserve.testing import (
     ManualClock,
     build_add_model,
@@ -74,15 +75,63 @@ def test_a_mapping_of_arrays_is_sliced_together(repository: Path, make_server: S
 def test_iterable_batches_get_one_answer_each_and_large_ones_are_split(
     scale_repository: Path, make_server: ServerFactory
 ) -> None:
-    server = make_server(scale_repository, config=_config(max_batch_size=4))
+    server = make_server(scale_repository, config=_config(max_batch_size=4, max_request_rows=8))
     batches = [_rows(3), _rows(10) + 100, _rows(1) - 5]
-    before = version_status(server, "scale")["batches_run"]
     answers = list(server.predict_many("scale", iter(batches)))
     assert [len(answer["y"]) for answer in answers] == [3, 10, 1]
     for batch, answer in zip(batches, answers, strict=True):
         np.testing.assert_array_equal(answer["y"], batch * 2)
-    # The ten-row batch went to the model in parts no larger than max_batch_size (4 + 4 + 2 at least).
-    assert version_status(server, "scale")["batches_run"] - before >= 4
+    # The ten-row batch went to the model in parts no larger than a request (8 + 2), joined back.
+    histogram = version_status(server, "scale")["batch_size"]["histogram"]
+    assert "9-16" not in histogram and histogram["5-8"] == 1  # no run of more than 8 rows, one of 5..8
+
+
+def test_a_fast_model_is_scored_in_runs_larger_than_max_batch_size(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    # Offline work may run larger batches than a web request: for a model this fast, up to SCORING_RUN_ROWS
+    # rows per run, still answered chunk by chunk of max_batch_size rows.
+    server = make_server(scale_repository, config=_config(max_batch_size=4))
+    x = _rows(600)
+    answers = list(server.predict_many("scale", x))
+    assert [len(answer["y"]) for answer in answers] == [4] * 150
+    np.testing.assert_array_equal(np.concatenate([answer["y"] for answer in answers]), x * 2)
+    status = version_status(server, "scale")
+    assert status["rows_run"] == 600
+    assert status["batches_run"] == 3  # 256 + 256 + 88 rows, not 150 runs of 4
+    # With a deadline per chunk, each chunk stays a request (and a run) of its own.
+    list(server.predict_many("scale", _rows(12), timeout_s=30))
+    assert version_status(server, "scale")["batches_run"] - status["batches_run"] == 3
+
+
+def test_the_iterating_thread_runs_requests_beside_a_busy_worker(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    if usable_cores() < 2:
+        pytest.skip("one usable core: the iterating thread runs requests only where a core is left idle")
+    # One session with one intra-op thread leaves a core idle: the scoring thread runs requests on it too.
+    config = inprocserve.ModelConfig(
+        pool=inprocserve.PoolConfig(intra_op_threads=1),
+        batching=inprocserve.BatchingConfig(max_batch_size=8, max_queue_rows=8, max_request_rows=3000),
+    )
+    server = make_server(busy_repository, config=config)
+    blocker = occupy(server)  # the only worker is busy for a long while
+    items = [busy_inputs(4, index=i % 10, seed=i) for i in range(12)]
+    seen: list[tuple[bool, int]] = []
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        for item in items:
+            seen.append((blocker.done(), version_status(server, "busy")["rows_run"]))
+            yield item
+
+    answers = list(server.predict_many("busy", batches()))
+    # Rows were answered while the worker was still busy with the blocker: this thread ran them.
+    assert any(not done and rows_run >= 4 for done, rows_run in seen), seen
+    assert blocker.result(timeout=30)
+    expected = [server.predict("busy", item) for item in items]
+    for got, want in zip(answers, expected, strict=True):
+        np.testing.assert_array_equal(got["picked"], want["picked"])
+        np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5)
 
 
 def test_equal_to_raw_onnxruntime(repository: Path, make_server: ServerFactory) -> None:
@@ -137,10 +186,10 @@ def test_closing_early_cancels_the_queued_chunks(busy_repository: Path, make_ser
 def test_an_exception_in_the_consumer_stops_the_job(scale_repository: Path, make_server: ServerFactory) -> None:
     server = make_server(scale_repository, config=_config(max_batch_size=2))
     with pytest.raises(RuntimeError, match="consumer gave up"):
-        for _answer in server.predict_many("scale", _rows(1000)):
+        for _answer in server.predict_many("scale", _rows(10_000)):
             raise RuntimeError("consumer gave up")
     wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
-    assert version_status(server, "scale")["rows_run"] < 1000
+    assert version_status(server, "scale")["rows_run"] < 10_000
 
 
 def test_a_failing_chunk_raises_at_its_position(repository: Path, make_server: ServerFactory) -> None:
@@ -315,3 +364,47 @@ def test_nested_lists_are_accepted_where_arrays_are(scale_repository: Path, make
     assert [len(answer["y"]) for answer in whole] == [4, 4, 2]
     (split,) = server.predict_many("scale", [x.tolist()])  # a list of batches: one batch of ten rows
     np.testing.assert_array_equal(split["y"], x * 2)
+
+
+def test_scoring_runs_grow_only_for_models_fast_per_row() -> None:
+    assert scoring_run_rows(max_batch_size=64, per_row_s=1e-5) == 256
+    assert scoring_run_rows(max_batch_size=64, per_row_s=0.001) == 100  # a run stays under 0.1 s
+    assert scoring_run_rows(max_batch_size=64, per_row_s=0.01) == 64  # never below max_batch_size
+    assert scoring_run_rows(max_batch_size=512, per_row_s=1e-6) == 512
+    assert scoring_run_rows(max_batch_size=8, per_row_s=None) == 8  # no measurement: the configured size
+    assert scoring_run_rows(max_batch_size=8, per_row_s=0.0) == 256
+
+
+def test_requests_hold_whole_chunks_within_every_limit() -> None:
+    def plan(**overrides: Any) -> Any:
+        args: dict[str, Any] = {
+            "max_batch_size": 64,
+            "request_row_limit": 4096,
+            "max_queue_rows": 4096,
+            "sessions": 1,
+            "batchable": True,
+            "batch_rows": None,
+            "max_in_flight": None,
+            "run_rows": 256,
+        }
+        args.update(overrides)
+        return plan_scoring(**args)
+
+    assert (plan().chunk_rows, plan().request_rows, plan().run_rows, plan().window_rows) == (64, 256, 256, 512)
+    assert plan(batch_rows=100).request_rows == 200  # whole chunks only
+    assert plan(batch_rows=300).request_rows is None  # a chunk larger than a run: one chunk per request
+    assert plan(request_row_limit=128).request_rows == 128
+    assert plan(max_queue_rows=100).request_rows is None
+    assert plan(run_rows=None).request_rows is None
+    assert plan(batchable=False).run_rows is None
+
+
+def test_the_iterating_thread_runs_only_beside_a_shared_cpu_session_that_leaves_a_core() -> None:
+    cpu = {"providers": ["CPUExecutionProvider"], "intra_op_threads": 1, "shared_session": True}
+    assert caller_may_run(cpu, kind="onnxruntime", sessions=1, cores=2)
+    assert not caller_may_run(cpu, kind="onnxruntime", sessions=2, cores=2)  # the workers use every core
+    assert not caller_may_run({**cpu, "intra_op_threads": 2}, kind="onnxruntime", sessions=1, cores=2)
+    assert caller_may_run({**cpu, "intra_op_threads": 2}, kind="onnxruntime", sessions=1, cores=4)
+    assert not caller_may_run({**cpu, "shared_session": False}, kind="onnxruntime", sessions=1, cores=8)
+    assert not caller_may_run({**cpu, "providers": ["CUDAExecutionProvider"]}, kind="onnxruntime", sessions=1, cores=8)
+    assert not caller_may_run({"providers": ["http://127.0.0.1:1"]}, kind="remote", sessions=1, cores=8)
