@@ -268,3 +268,23 @@ def test_a_full_queue_sheds_the_tasks_beyond_it_and_answers_the_rest(
     for shed in results[4:]:
         assert isinstance(shed, inprocserve.QueueFullError)
         assert "max_queue_rows is 4" in str(shed)
+
+
+def test_each_new_loop_gets_its_own_inbox(scale_repository: Path, make_server: ServerFactory) -> None:
+    """Loops run one after another on one thread (as ``asyncio.run`` in a loop does) never share answers or
+    wake counts, even when a new loop takes the place of one just closed."""
+    server = make_server(scale_repository)
+
+    async def main(value: float) -> tuple[list[float], int, int]:
+        loop = asyncio.get_running_loop()
+        before = loop_wakes(loop)
+        answers = await asyncio.gather(
+            *(server.apredict("scale", np.full((1, 4), value, np.float32)) for _ in range(3))
+        )
+        return [answer["y"][0, 0] for answer in answers], before, loop_wakes(loop)
+
+    for value in range(4):
+        answers, before, after = asyncio.run(main(float(value)))
+        assert answers == [2.0 * value] * 3
+        assert before == 0  # a loop never used before has no wakes, whatever the loop before it had
+        assert 1 <= after <= 3
