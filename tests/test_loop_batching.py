@@ -284,7 +284,29 @@ def test_each_new_loop_gets_its_own_inbox(scale_repository: Path, make_server: S
         return [answer["y"][0, 0] for answer in answers], before, loop_wakes(loop)
 
     for value in range(4):
-        answers, before, after = asyncio.run(main(float(value)))
+        answers, before, after = asyncio.run(asyncio.wait_for(main(float(value)), 60))
         assert answers == [2.0 * value] * 3
         assert before == 0  # a loop never used before has no wakes, whatever the loop before it had
         assert 1 <= after <= 3
+
+
+def test_cache_hits_and_identical_requests_in_one_iteration_share_one_run(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """A cache hit is answered on the loop without joining a batch, and identical requests queued by one
+    iteration follow the first one's run: the loop path keeps the cache and in-flight sharing of predict."""
+    server = make_server(scale_repository, config=ModelConfig(cache=inprocserve.CacheConfig(enabled=True)))
+    same = np.full((1, 4), 3.0, np.float32)
+
+    async def main() -> tuple[list[inprocserve.Prediction], int, inprocserve.Prediction]:
+        first = await asyncio.gather(*(server.apredict("scale", same) for _ in range(8)))
+        loop = asyncio.get_running_loop()
+        before = loop_wakes(loop)
+        again = await server.apredict("scale", same)  # from the cache
+        return first, loop_wakes(loop) - before, again
+
+    first, wakes, again = asyncio.run(asyncio.wait_for(main(), 60))
+    assert [answer["y"].tolist() for answer in [*first, again]] == [[[6.0] * 4]] * 9
+    assert len({answer.request_id for answer in [*first, again]}) == 9
+    assert counters(server, "scale") == (1, 1)  # one run for all nine
+    assert wakes == 1  # the cached answer was posted to the loop's inbox and drained there
