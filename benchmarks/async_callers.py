@@ -303,7 +303,10 @@ def summarize(point: dict[str, list[dict[str, Any]]], best: float) -> dict[str, 
 
 def profile_loop(args: argparse.Namespace) -> None:
     """``apredict`` from the largest N of tasks under cProfile, on the loop's thread only (the worker threads
-    run unprofiled): Python calls and CPU time per request on the loop, and where they go."""
+    run unprofiled): Python calls and CPU time per request on the loop, and where they go. The first of
+    ``--modes`` says whether an OpenTelemetry SDK is configured."""
+    if args.modes[0] == "sampled":
+        configure_sdk()
     name, tasks = args.models[0], max(args.tasks)
     with tempfile.TemporaryDirectory() as folder:
         repository = Path(folder) / name
@@ -400,7 +403,7 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         metavar="PATH",
-        help="instead of measuring: profile apredict on the loop thread (largest N, first model) into PATH",
+        help="instead of measuring: profile apredict on the loop thread (largest N, first model, first mode) into PATH",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # run one mode and print its JSON
     args = parser.parse_args()
