@@ -2,6 +2,8 @@
 
     python benchmarks/async_callers.py                          # full run: N = 1, 8, 64, telemetry off and on
     python benchmarks/async_callers.py --seconds 1 --rounds 1 --modes off   # quick look
+    python benchmarks/async_callers.py --seconds 1 --rounds 1 --out /tmp/async   # results elsewhere
+    python benchmarks/async_callers.py --seconds 3 --tasks 64 --profile /tmp/apredict.prof  # loop thread
 
 Approaches, interleaved round by round:
 
@@ -15,14 +17,17 @@ plus the ceiling: raw onnxruntime, one thread, pre-built batches of 1/8/32/64 ro
 Each telemetry mode runs in its own process (a global OpenTelemetry provider cannot be unset): ``off`` (no
 SDK) and ``sampled`` (SDK with 1 % trace sampling, a batch span processor and a metric reader).
 
-Writes benchmarks/results/async_callers.{json,md}.
+Each apredict point also reports CPU time per request, of the loop's thread and of the whole process. Writes
+benchmarks/results/async_callers.{json,md} (or ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import pstats
 import statistics
 import subprocess
 import sys
@@ -35,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from _common import MODELS, RESULTS, build_reference, input_rows, machine, write_json
+from _common import MODELS, RESULTS, build_reference, input_rows, machine
 
 import inprocserve
 from inprocserve._loop_batching import loop_wakes
@@ -97,22 +102,29 @@ def async_closed_loop(
             await call(x)
             mine.append(clock() - start)
 
-    async def main() -> tuple[float, int]:
+    async def main() -> tuple[float, int, float, float]:
         loop = asyncio.get_running_loop()
         wakes = loop_wakes(loop)
+        loop_cpu, process_cpu = time.thread_time(), time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(client(i, started + seconds) for i in range(tasks)))
-        return time.perf_counter() - started, loop_wakes(loop) - wakes
+        elapsed = time.perf_counter() - started
+        return elapsed, loop_wakes(loop) - wakes, time.thread_time() - loop_cpu, time.process_time() - process_cpu
 
-    elapsed, wakes = asyncio.run(main())
+    elapsed, wakes, loop_cpu, process_cpu = asyncio.run(main())
     merged = np.sort(np.concatenate([np.asarray(values) for values in latencies]))
+    count = max(1, merged.size)
     return {
         "requests": int(merged.size),
         "seconds": elapsed,
         "throughput": merged.size / elapsed,
         "p50_ms": float(np.percentile(merged, 50) * 1000),
         "p99_ms": float(np.percentile(merged, 99) * 1000),
-        "loop_wakes_per_request": wakes / max(1, merged.size),
+        "loop_wakes_per_request": wakes / count,
+        # CPU time per request: of the loop's thread, and of the whole process (the loop, the library's
+        # worker threads, onnxruntime's threads). Every thread that runs Python shares one GIL.
+        "loop_cpu_us_per_request": loop_cpu / count * 1e6,
+        "process_cpu_us_per_request": process_cpu / count * 1e6,
     }
 
 
@@ -251,7 +263,8 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                     f"   [{mode}] {name} N={tasks:>3}  to_thread {s['to_thread_rps']:>8,.0f}  "
                     f"wrap_future {s['wrap_future_rps']:>8,.0f}  apredict {s['apredict_rps']:>8,.0f} req/s  "
                     f"x to_thread {s['ratio_naive']:.2f}  x ceiling {s['ratio_ceiling']:.2f}  "
-                    f"rows/batch {s['apredict_rows_per_batch']:.1f}  wakes/req {s['apredict_wakes_per_request']:.3f}",
+                    f"rows/batch {s['apredict_rows_per_batch']:.1f}  wakes/req {s['apredict_wakes_per_request']:.3f}  "
+                    f"CPU us/req loop {s['apredict_loop_cpu_us']:.1f} process {s['apredict_process_cpu_us']:.1f}",
                     flush=True,
                 )
             server.close()
@@ -279,6 +292,8 @@ def summarize(point: dict[str, list[dict[str, Any]]], best: float) -> dict[str, 
         summary[f"{approach}_p99_ms"] = med(approach, "p99_ms")
         summary[f"{approach}_spread"] = spread(approach)
     summary["apredict_rows_per_batch"] = med("apredict", "rows_per_batch")
+    summary["apredict_loop_cpu_us"] = med("apredict", "loop_cpu_us_per_request")
+    summary["apredict_process_cpu_us"] = med("apredict", "process_cpu_us_per_request")
     summary["apredict_wakes_per_request"] = med("apredict", "loop_wakes_per_request")
     summary["ratio_naive"] = summary["apredict_rps"] / summary["to_thread_rps"]
     summary["ratio_wrap_future"] = summary["apredict_rps"] / summary["wrap_future_rps"]
@@ -286,7 +301,40 @@ def summarize(point: dict[str, list[dict[str, Any]]], best: float) -> dict[str, 
     return summary
 
 
-def write_markdown(results: dict[str, Any]) -> Path:
+def profile_loop(args: argparse.Namespace) -> None:
+    """``apredict`` from the largest N of tasks under cProfile, on the loop's thread only (the worker threads
+    run unprofiled): Python calls and CPU time per request on the loop, and where they go. The first of
+    ``--modes`` says whether an OpenTelemetry SDK is configured."""
+    if args.modes[0] == "sampled":
+        configure_sdk()
+    name, tasks = args.models[0], max(args.tasks)
+    with tempfile.TemporaryDirectory() as folder:
+        repository = Path(folder) / name
+        build_reference(name, repository)
+        server = inprocserve.Server(repository, models={name: inprocserve.ModelConfig()})
+        rows = input_rows(name, tasks)
+
+        async def apredict(x: np.ndarray) -> Any:
+            return await server.apredict(name, {"x": x})
+
+        async_closed_loop(tasks, apredict, rows, 0.5)  # warm-up: sessions built, worker parked
+        profiler = cProfile.Profile()
+        profiler.enable()
+        result = async_closed_loop(tasks, apredict, rows, args.seconds)
+        profiler.disable()
+        server.close()
+    profiler.dump_stats(args.profile)
+    stats = pstats.Stats(args.profile)
+    calls = stats.total_calls / max(1, result["requests"])  # type: ignore[attr-defined]
+    print(
+        f"{name}, N={tasks}, under cProfile: {result['requests']:,} requests, {calls:.1f} Python calls and "
+        f"{result['loop_cpu_us_per_request']:.1f} µs of loop-thread CPU per request (profiler included); "
+        f"stats in {args.profile}"
+    )
+    stats.sort_stats("tottime").print_stats(25)
+
+
+def write_markdown(results: dict[str, Any], out: Path) -> Path:
     m = results["machine"]
     settings = results["settings"]
     lines = [
@@ -324,8 +372,8 @@ def write_markdown(results: dict[str, Any]) -> Path:
                 "",
                 "| N tasks | to_thread req/s | wrap_future req/s | apredict req/s | x to_thread | x ceiling "
                 "| p50 ms (to_thread / wrap_future / apredict) | p99 ms (to_thread / wrap_future / apredict) "
-                "| rows/batch | loop wakes/req | spread |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "| rows/batch | loop wakes/req | apredict CPU µs/req (loop thread / process) | spread |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for tasks, point in data["points"].items():
                 s = point["summary"]
@@ -335,10 +383,11 @@ def write_markdown(results: dict[str, Any]) -> Path:
                     f"| {s['to_thread_p50_ms']:.3f} / {s['wrap_future_p50_ms']:.3f} / {s['apredict_p50_ms']:.3f} "
                     f"| {s['to_thread_p99_ms']:.2f} / {s['wrap_future_p99_ms']:.2f} / {s['apredict_p99_ms']:.2f} "
                     f"| {s['apredict_rows_per_batch']:.1f} | {s['apredict_wakes_per_request']:.3f} "
+                    f"| {s['apredict_loop_cpu_us']:.1f} / {s['apredict_process_cpu_us']:.1f} "
                     f"| {s['to_thread_spread']:.0%} / {s['apredict_spread']:.0%} |"
                 )
             lines.append("")
-    path = RESULTS / "async_callers.md"
+    path = out / "async_callers.md"
     path.write_text("\n".join(lines))
     return path
 
@@ -350,12 +399,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--modes", type=lambda s: s.split(","), default=["off", "sampled"])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results (default: %(default)s)")
+    parser.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="instead of measuring: profile apredict on the loop thread (largest N, first model, first mode) into PATH",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # run one mode and print its JSON
     args = parser.parse_args()
+    if args.profile:
+        profile_loop(args)
+        return
     if args.child:
         print("RESULT " + json.dumps(measure(args.child, args)))
         return
-    results: dict[str, Any] = {"machine": machine(), "settings": vars(args).copy(), "modes": {}}
+    settings = {key: value for key, value in vars(args).items() if key not in ("out", "profile", "child")}
+    results: dict[str, Any] = {"machine": machine(), "settings": settings, "modes": {}}
     for mode in args.modes:  # each mode in its own process: a global OpenTelemetry provider cannot be unset
         command = [sys.executable, __file__, "--child", mode, "--models", ",".join(args.models)]
         command += ["--tasks", ",".join(map(str, args.tasks)), "--seconds", str(args.seconds)]
@@ -368,8 +427,11 @@ def main() -> None:
             else:
                 print(line, flush=True)
         results["modes"][mode] = json.loads(payload)
-    print(f"wrote {write_json('async_callers', results)}")
-    print(f"wrote {write_markdown(results)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "async_callers.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {path}")
+    print(f"wrote {write_markdown(results, args.out)}")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,9 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Mapping
-from concurrent.futures import Future, InvalidStateError
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Mapping
+from concurrent.futures import InvalidStateError
+from typing import TYPE_CHECKING, Any
 
 from ._errors import DeadlineExceededError
 from ._request import wake_after_batch
@@ -49,14 +49,16 @@ __all__ = ["apredict", "loop_wakes"]
 
 _states_lock = threading.Lock()
 _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+_last: _LoopState | None = None  # the state used last (see _state_of)
 
 
 def _forget_loops() -> None:
     """In a forked child: the parent's in-flight answers never come (its batchers start afresh), and the
     lock may have been held by a thread that does not exist here."""
-    global _states_lock, _states
+    global _states_lock, _states, _last
     _states_lock = threading.Lock()
     _states = weakref.WeakKeyDictionary()
+    _last = None
 
 
 if hasattr(os, "register_at_fork"):  # POSIX only
@@ -66,7 +68,8 @@ if hasattr(os, "register_at_fork"):  # POSIX only
 class _LoopState:
     """One event loop's inbox of answers posted by worker threads, and its batchers waiting to be woken.
 
-    ``post`` is called from any thread; everything else runs on the loop's thread.
+    Worker threads append to ``_inbox`` and call ``_wake`` (see ``_LoopFuture._post``); everything else runs
+    on the loop's thread.
     """
 
     __slots__ = ("__weakref__", "_flush_due", "_inbox", "_loop", "_pending", "_wake_due", "wakes")
@@ -98,16 +101,7 @@ class _LoopState:
         for batcher in pending:
             batcher.wake()
 
-    # -- answering (worker threads post, the loop drains) --------------------------------------------------
-
-    def post(self, waiter: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-        # Append first, then test the flag: a drain that cleared the flag before this append either sees
-        # the item or is followed by the drain this call schedules.
-        self._inbox.append((waiter, value, error))
-        if not self._wake_due:
-            self._wake_due = True
-            if not wake_after_batch(self._wake):
-                self._wake()
+    # -- answering (worker threads post through _LoopFuture, the loop drains) --------------------------------
 
     def _wake(self) -> None:
         self.wakes += 1
@@ -160,27 +154,44 @@ class _LoopFuture:
         return self._waiter.cancelled()
 
     def set_result(self, value: Any) -> None:
-        self._answer(value, None)
+        self._post(value, None)
 
     def set_exception(self, error: BaseException | None) -> None:
-        self._answer(None, error)
+        self._post(None, error)
 
-    def _answer(self, value: Any, error: BaseException | None) -> None:
+    def _post(self, value: Any, error: BaseException | None) -> None:
+        # Called once per answered request, on a worker thread. The inbox belongs to the state, but posting
+        # is written out here: one call fewer per request.
         if self._answered:
             raise InvalidStateError("already answered")
         self._answered = True
-        if self._waiter.done():  # cancelled by its task meanwhile: tell the server, as a cancelled Future does
+        waiter = self._waiter
+        if waiter.done():  # cancelled by its task meanwhile: tell the server, as a cancelled Future does
             raise InvalidStateError("cancelled")
-        self._state.post(self._waiter, value, error)
+        state = self._state
+        state._inbox.append((waiter, value, error))
+        # Append first, then test the flag: a drain that cleared the flag before this append either sees
+        # the item or is followed by the drain this call schedules.
+        if not state._wake_due:
+            state._wake_due = True
+            if not wake_after_batch(state._wake):
+                state._wake()
 
 
 def _state_of(loop: asyncio.AbstractEventLoop) -> _LoopState:
+    """The state of ``loop`` (created on first use). The most recent one is kept at hand: nearly every call
+    comes from the same loop as the one before, and a weak dictionary lookup costs a Python call."""
+    global _last
+    state = _last
+    if state is not None and state._loop() is loop:
+        return state
     state = _states.get(loop)
     if state is None:
         with _states_lock:
             state = _states.get(loop)
             if state is None:
                 state = _states[loop] = _LoopState(loop)
+    _last = state  # a plain reference swap: a thread that reads a stale one only misses the shortcut
     return state
 
 
@@ -197,7 +208,7 @@ def _expire(waiter: asyncio.Future[Any], model: str, version: int | None, timeou
         )
 
 
-async def apredict(
+def apredict(
     server: Server,
     model: str,
     inputs: Any,
@@ -205,22 +216,38 @@ async def apredict(
     version: int | None,
     context: Mapping[str, Any] | None,
     timeout_s: float | None,
-) -> Prediction:
-    """``Server.apredict``: route, validate and queue on the running loop; the answer arrives in its inbox.
+) -> Awaitable[Prediction]:
+    """``Server.apredict``: route, validate and queue on the running loop now; return what to await for the
+    answer, which arrives in the loop's inbox.
 
-    Raises what :meth:`Server.predict` raises; a request refused before queueing raises at once.
+    Without a deadline that is the loop future itself, so a request costs no coroutine of its own; with one,
+    a coroutine that arms and disarms the deadline's timer. Raises, at once, what :meth:`Server.predict`
+    raises for a request refused before queueing; the awaitable raises the rest.
     """
     loop = asyncio.get_running_loop()
-    state = _state_of(loop)
+    state = _last
+    if state is None or state._loop() is not loop:
+        state = _state_of(loop)
     waiter: asyncio.Future[Prediction] = loop.create_future()
     handle = _LoopFuture(waiter, state)
-    future = cast("Future[Prediction]", handle)
+    future: Any = handle  # stands in for a concurrent.futures.Future (typing.cast would cost a call)
     _request, target = server._dispatch(model, inputs, version, context, timeout_s, future, inline=False)
     batcher = target.batcher
-    if not handle.done() and batcher is not None:  # queued, not answered by the cache: wake at iteration end
-        state.queued(batcher)
+    if not handle._answered and batcher is not None:  # queued, not answered by the cache: wake at iteration end
+        if not state._flush_due or batcher not in state._pending:
+            state.queued(batcher)
     if timeout_s is None:
-        return await waiter
+        return waiter
+    return _with_deadline(loop, waiter, model, version, timeout_s)
+
+
+async def _with_deadline(
+    loop: asyncio.AbstractEventLoop,
+    waiter: asyncio.Future[Prediction],
+    model: str,
+    version: int | None,
+    timeout_s: float,
+) -> Prediction:
     timer = loop.call_later(timeout_s, _expire, waiter, model, version, timeout_s)
     try:
         return await waiter

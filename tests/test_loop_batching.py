@@ -268,3 +268,45 @@ def test_a_full_queue_sheds_the_tasks_beyond_it_and_answers_the_rest(
     for shed in results[4:]:
         assert isinstance(shed, inprocserve.QueueFullError)
         assert "max_queue_rows is 4" in str(shed)
+
+
+def test_each_new_loop_gets_its_own_inbox(scale_repository: Path, make_server: ServerFactory) -> None:
+    """Loops run one after another on one thread (as ``asyncio.run`` in a loop does) never share answers or
+    wake counts, even when a new loop takes the place of one just closed."""
+    server = make_server(scale_repository)
+
+    async def main(value: float) -> tuple[list[float], int, int]:
+        loop = asyncio.get_running_loop()
+        before = loop_wakes(loop)
+        answers = await asyncio.gather(
+            *(server.apredict("scale", np.full((1, 4), value, np.float32)) for _ in range(3))
+        )
+        return [answer["y"][0, 0] for answer in answers], before, loop_wakes(loop)
+
+    for value in range(4):
+        answers, before, after = asyncio.run(asyncio.wait_for(main(float(value)), 60))
+        assert answers == [2.0 * value] * 3
+        assert before == 0  # a loop never used before has no wakes, whatever the loop before it had
+        assert 1 <= after <= 3
+
+
+def test_cache_hits_and_identical_requests_in_one_iteration_share_one_run(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """A cache hit is answered on the loop without joining a batch, and identical requests queued by one
+    iteration follow the first one's run: the loop path keeps the cache and in-flight sharing of predict."""
+    server = make_server(scale_repository, config=ModelConfig(cache=inprocserve.CacheConfig(enabled=True)))
+    same = np.full((1, 4), 3.0, np.float32)
+
+    async def main() -> tuple[list[inprocserve.Prediction], int, inprocserve.Prediction]:
+        first = await asyncio.gather(*(server.apredict("scale", same) for _ in range(8)))
+        loop = asyncio.get_running_loop()
+        before = loop_wakes(loop)
+        again = await server.apredict("scale", same)  # from the cache
+        return first, loop_wakes(loop) - before, again
+
+    first, wakes, again = asyncio.run(asyncio.wait_for(main(), 60))
+    assert [answer["y"].tolist() for answer in [*first, again]] == [[[6.0] * 4]] * 9
+    assert len({answer.request_id for answer in [*first, again]}) == 9
+    assert counters(server, "scale") == (1, 1)  # one run for all nine
+    assert wakes == 1  # the cached answer was posted to the loop's inbox and drained there
