@@ -146,17 +146,24 @@ class Recorder:
         else:
             pending = self._pending
             pending.append((duration_s, self.finished_attributes(variant, error)))
-            if len(pending) > _MAX_PENDING:  # the recording thread is starved of the GIL: wait for it
-                self.flush()
-            elif self._draining.acquire(blocking=False):  # else the thread recording now takes this one too
-                try:
-                    _record_durations(pending, metrics.request_duration, _RECORDS_PER_TURN)
-                finally:
-                    self._draining.release()
+            size = len(pending)
+            if size >= _WAKE_EVERY:
+                if size > _MAX_PENDING:  # the recording thread is starved of the GIL: record them here
+                    self.flush()
+                elif not size % _WAKE_EVERY and not metrics.wake_recording():  # no thread (no server open)
+                    self.record_pending()
         if queue_wait_s is not None:
             metrics.queue_wait.record(queue_wait_s, self.attributes)
         if error is not None and isinstance(error, DeadlineExceededError):
             metrics.deadlines.add(1, self.attributes)
+
+    def record_pending(self) -> None:
+        """Record every duration pending now, unless another thread is recording them (it takes these too)."""
+        if self._draining.acquire(blocking=False):
+            try:
+                _record_durations(self._pending, self._metrics.request_duration, len(self._pending))
+            finally:
+                self._draining.release()
 
     def flush(self, timeout_s: float = 1.0) -> None:
         """Record every duration pending now (the metric reader calls this before each collection, through
@@ -208,10 +215,10 @@ def _record_all(pending: deque[tuple[float, Mapping[str, Any]]], histogram: metr
 
 
 _MAX_CACHED_ATTRIBUTE_SETS = 1_000
-# A request's thread records at most this many durations per turn (its own and up to 63 others': under
-# a millisecond added to its answer), so a backlog left while the recording thread waited for the GIL
-# drains over the next requests.
-_RECORDS_PER_TURN = 64
-# A thread that finds this many durations pending waits for the recording thread (then records them
-# itself): memory stays bounded even when a recording thread (the metric reader's) seldom gets the GIL.
+# Every this many pending durations of a version wake the recording thread: one wake (a few microseconds)
+# per this many requests, and a backlog it records in well under a millisecond.
+_WAKE_EVERY = 64
+# A request's thread that finds more than this many durations pending waits for whoever records them and
+# records them itself: memory stays bounded even when the recording thread seldom gets
+# the GIL.
 _MAX_PENDING = 4_096
