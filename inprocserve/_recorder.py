@@ -31,6 +31,8 @@ from ._telemetry import (
 
 __all__ = ["Recorder"]
 
+_Record = tuple[metrics.Histogram, float, Mapping[str, Any]]  # a histogram record left to the recording thread
+
 
 class Recorder:
     """The telemetry of one model version, bound once so the request path builds nothing.
@@ -92,12 +94,12 @@ class Recorder:
         self._cache_attributes: dict[str, Mapping[str, Any]] = {
             result: {ATTR_MODEL: model, ATTR_VERSION: version, ATTR_CACHE_RESULT: result} for result in CACHE_RESULTS
         }
-        self._pending: deque[tuple[float, Mapping[str, Any]]] = deque()  # request durations not yet recorded
+        self._pending: deque[_Record] = deque()  # (histogram, value, attributes) not yet recorded
         self._draining = threading.Lock()  # held by the one thread that records the pending durations
         self._metrics.add_recorder(self)
         _fork.register(self)
         # a version unloaded between two collections still delivers what it holds
-        weakref.finalize(self, _record_all, self._pending, self._metrics.request_duration)
+        weakref.finalize(self, _record_all, self._pending)
 
     def _after_fork_in_child(self) -> None:
         # the metric reader's thread may have held the lock at the fork, and its durations are the parent's
@@ -144,47 +146,52 @@ class Recorder:
         if span is not None and span.is_recording():  # recorded here, in its context: the SDK's exemplars
             metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
         else:
-            pending = self._pending
-            pending.append((duration_s, self.finished_attributes(variant, error)))
-            size = len(pending)
-            if size >= _WAKE_EVERY:
-                if size > _MAX_PENDING:  # the recording thread is starved of the GIL: record them here
-                    self.flush()
-                elif not size % _WAKE_EVERY and not metrics.wake_recording():  # no thread (no server open)
-                    self.record_pending()
+            self._pending.append((metrics.request_duration, duration_s, self.finished_attributes(variant, error)))
+            self._pended()
         if queue_wait_s is not None:
             metrics.queue_wait.record(queue_wait_s, self.attributes)
         if error is not None and isinstance(error, DeadlineExceededError):
             metrics.deadlines.add(1, self.attributes)
 
+    def batch_finished(self, rows: int, compute_s: float, *, inline: bool, queue_wait_s: float | None = None) -> None:
+        """Record one ``session.run`` of ``rows`` rows that took ``compute_s``, started ``queue_wait_s``
+        after its longest-waiting request was queued (left to the recording thread, like durations);
+        nothing for a request run ``inline`` on its caller's thread (see the class docstring)."""
+        if inline or _metrics_state._METER_PROVIDER is None:
+            return
+        metrics, attributes, pending = self._metrics, self.attributes, self._pending
+        pending.append((metrics.batch_size, rows, attributes))
+        pending.append((metrics.batch_duration, compute_s, attributes))
+        if queue_wait_s is not None:
+            pending.append((metrics.batch_queue_wait, queue_wait_s, attributes))
+        self._pended()
+
+    def _pended(self) -> None:
+        """Records were queued: every ``_WAKE_EVERY``-th wakes the recording thread (or, without one, is
+        recorded here with the backlog), and a backlog past ``_MAX_PENDING`` is recorded here."""
+        size = len(self._pending)
+        if size >= _WAKE_EVERY:
+            if size > _MAX_PENDING:  # the recording thread is starved of the GIL: record them here
+                self.flush()
+            elif size % _WAKE_EVERY < 3 and not self._metrics.wake_recording():  # no thread (no server open)
+                self.record_pending()
+
     def record_pending(self) -> None:
-        """Record every duration pending now, unless another thread is recording them (it takes these too)."""
+        """Record everything pending now, unless another thread is recording it (that one takes these too)."""
         if self._draining.acquire(blocking=False):
             try:
-                _record_durations(self._pending, self._metrics.request_duration, len(self._pending))
+                _record(self._pending, len(self._pending))
             finally:
                 self._draining.release()
 
     def flush(self, timeout_s: float = 1.0) -> None:
-        """Record every duration pending now (the metric reader calls this before each collection, through
-        ``Metrics``), waiting up to ``timeout_s`` for a thread that is recording them now."""
+        """Record everything pending now (the metric reader calls this before each collection, through
+        ``Metrics``), waiting up to ``timeout_s`` for a thread that is recording it now."""
         if self._draining.acquire(timeout=timeout_s):
             try:
-                _record_durations(self._pending, self._metrics.request_duration, len(self._pending))
+                _record(self._pending, len(self._pending))
             finally:
                 self._draining.release()
-
-    def batch_finished(self, rows: int, compute_s: float, *, inline: bool, queue_wait_s: float | None = None) -> None:
-        """Record one ``session.run`` of ``rows`` rows that took ``compute_s``, started ``queue_wait_s``
-        after its longest-waiting request was queued; nothing for a request run ``inline`` on its caller's
-        thread (see the class docstring)."""
-        if inline or _metrics_state._METER_PROVIDER is None:
-            return
-        metrics = self._metrics
-        metrics.batch_size.record(rows, self.attributes)
-        metrics.batch_duration.record(compute_s, self.attributes)
-        if queue_wait_s is not None:
-            metrics.batch_queue_wait.record(queue_wait_s, self.attributes)
 
     def cache_lookup(self, result: str) -> None:
         """Count one lookup in the version's prediction cache: ``hit``, ``miss`` or ``shared`` (it followed
@@ -198,25 +205,23 @@ class Recorder:
             self._metrics.shed.add(1, self.attributes)
 
 
-def _record_durations(
-    pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram, count: int
-) -> None:
-    """Record up to ``count`` pending durations, oldest first."""
+def _record(pending: deque[_Record], count: int) -> None:
+    """Record up to ``count`` pending records, oldest first."""
     for _ in range(count):
         try:
-            duration_s, attributes = pending.popleft()
+            histogram, value, attributes = pending.popleft()
         except IndexError:
             return
-        histogram.record(duration_s, attributes)
+        histogram.record(value, attributes)
 
 
-def _record_all(pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram) -> None:
-    _record_durations(pending, histogram, len(pending))
+def _record_all(pending: deque[_Record]) -> None:
+    _record(pending, len(pending))
 
 
 _MAX_CACHED_ATTRIBUTE_SETS = 1_000
-# Every this many pending durations of a version wake the recording thread: one wake (a few microseconds)
-# per this many requests, and a backlog it records in well under a millisecond.
+# Every this many pending records of a version (durations, and three per batch) wake the recording thread:
+# one wake (a few microseconds) per this many records, and a backlog it records in about a millisecond.
 _WAKE_EVERY = 64
 # A request's thread that finds more than this many durations pending waits for whoever records them and
 # records them itself: memory stays bounded even when the recording thread seldom gets

@@ -82,7 +82,7 @@ class RequestTelemetry:
         if isinstance(model, str):
             attributes = self.attributes(model, version, variant, error, finished=True)
             METRICS.request_duration.record(time.perf_counter() - started, attributes)
-            if isinstance(error, OverloadedError):
+            if isinstance(error, OverloadedError) and metering():
                 METRICS.shed.add(1, self.attributes(model, version))
 
     def attributes(

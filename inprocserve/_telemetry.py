@@ -34,6 +34,7 @@ from ._errors import (
     ServerClosedError,
 )
 from ._record_thread import RecordingThread
+from ._tally import Tally
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
@@ -369,11 +370,15 @@ class Metrics:
             description="Time of one session.run of a merged batch",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
-        self.shed = meter.create_counter(
-            "inprocserve.requests.shed", unit="{request}", description="Requests refused with OverloadedError"
+        # Counted on the request path: plain integers the SDK reads at collection (see Tally)
+        self.shed = Tally(
+            meter, "inprocserve.requests.shed", unit="{request}", description="Requests refused with OverloadedError"
         )
-        self.deadlines = meter.create_counter(
-            "inprocserve.requests.deadline_exceeded", unit="{request}", description="Requests past their deadline"
+        self.deadlines = Tally(
+            meter,
+            "inprocserve.requests.deadline_exceeded",
+            unit="{request}",
+            description="Requests past their deadline",
         )
         self.shadow = meter.create_counter(
             "inprocserve.shadow.comparisons", unit="{comparison}", description="Shadow runs by result"
@@ -391,8 +396,11 @@ class Metrics:
         self.flag_failures = meter.create_counter(
             "inprocserve.flags.failures", unit="{evaluation}", description="Flag evaluations that failed or timed out"
         )
-        self.cache = meter.create_counter(
-            "inprocserve.cache.requests", unit="{request}", description="Cache lookups by result (hit, miss, shared)"
+        self.cache = Tally(
+            meter,
+            "inprocserve.cache.requests",
+            unit="{request}",
+            description="Cache lookups by result (hit, miss, shared)",
         )
         self.lifecycle = meter.create_counter(
             "inprocserve.model.lifecycle", unit="{event}", description="Model versions loaded, failed, unloaded"
