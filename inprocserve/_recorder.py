@@ -37,7 +37,7 @@ _Record = tuple[metrics.Histogram, float, Mapping[str, Any]]  # a histogram reco
 class Recorder:
     """The telemetry of one model version, bound once so the request path builds nothing.
 
-    The OpenTelemetry SDK copies, validates and hashes the attributes of every metric record (a few
+    The OpenTelemetry SDK copies, validates and hashes the attributes of every metric record (about ten
     microseconds per record, more per attribute) and makes a span id and asks the sampler for every span.
     A recorder holds the attribute dicts of its version, built once (those of finished requests once per
     variant and error class), and records only what each event adds:
@@ -54,14 +54,18 @@ class Recorder:
     per request for it would double the metric cost of every queued request; ``request_finished`` still
     takes ``queue_wait_s`` for the per-request ``inprocserve.request.queue_wait`` of earlier releases.
 
-    Request durations are recorded by one thread at a time: a request's thread appends its duration to a
-    queue and, unless another thread is recording already, records the queue (its own and any others');
-    a thread that finds one at it leaves its duration to that one and returns. Under load, many threads
-    otherwise meet in the SDK's per-attribute-set lock, and each meeting costs thread switches on top of
-    the record. Nothing is lost or changed: every duration is recorded once, with its own value and
-    attributes, and the metric reader records what is left before each collection (``Metrics.flush``), so
-    an export holds every request finished before it. A sampled request's duration is recorded on its own
-    thread, in its context, which the SDK's exemplars read.
+    The histogram records (durations, batch metrics) are left to the process's recording thread
+    (:class:`~inprocserve._record_thread.RecordingThread`, owned by ``Metrics``): the request's or worker's
+    thread appends ``(histogram, value, attributes)`` to this version's queue and returns, and every
+    ``_WAKE_EVERY``-th record wakes the thread, which records the backlog in one go, while request threads
+    wait in ``session.run`` without the GIL. Nothing is lost or changed: every record reaches the SDK once,
+    with its own value and attributes; the metric reader records what is left before each collection
+    (``Metrics.flush``), so an export holds every request finished before it; the queue is bounded (past
+    ``_MAX_PENDING`` records the thread that adds one records the backlog itself, as it does when no
+    server is open and so no recording thread runs). A sampled request's duration is recorded on its own
+    thread, in its context, which the SDK's exemplars read; the records left to the thread carry none.
+    The counters (deadline misses, sheds, cache lookups) are plain integers the SDK reads at collection
+    (see :class:`~inprocserve._tally.Tally`).
 
     Thread-safe: the cached dicts are only read after they are built, and never changed.
 
