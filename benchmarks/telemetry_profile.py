@@ -8,7 +8,8 @@
 2. The OpenTelemetry SDK's cost per operation, timed in isolation (thread CPU time, best of 5 repeats)
    with the SDK set up as production runs it (``ParentBased(TraceIdRatioBased(0.01))``, a batch span
    processor, a periodic metric reader): a span under each kind of parent, a histogram record by number of
-   attributes, and the library's per-version ``Recorder`` calls.
+   attributes, a counter, and the library's per-version ``Recorder`` calls: with no server open (the
+   calling thread records every 64th time, in bulk) and as a server runs them (the recording thread records).
 
     python benchmarks/telemetry_profile.py [--calls 20000] [--model mlp-small] [--out DIR]
 
@@ -123,7 +124,7 @@ def request_overhead(model: str, calls: int) -> dict[str, Any]:
 
 def sdk_costs(repeat: int = 5, number: int = 20_000) -> dict[str, float]:
     install_sdk("sampled")
-    from opentelemetry import context, trace
+    from opentelemetry import context, metrics, trace
     from opentelemetry.context import Context
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -168,12 +169,35 @@ def sdk_costs(repeat: int = 5, number: int = 20_000) -> dict[str, float]:
         context.detach(token)
     for count, attrs in attributes.items():
         costs[f"histogram record, {count} attributes"] = best(lambda attrs=attrs: histogram.record(0.001, attrs))
-    costs["Recorder.request_finished (1 record)"] = best(
+    counter = metrics.get_meter("benchmark").create_counter("benchmark.count")
+    costs["SDK counter add, 2 attributes"] = best(lambda: counter.add(1, attributes[2]))
+    costs["Recorder.cache_lookup (an integer read at collection)"] = best(lambda: recorder.cache_lookup("hit"))
+    # With no server open there is no recording thread: the thread that adds the 64th record records them
+    costs["Recorder.request_finished, no recording thread (1 record)"] = best(
         lambda: recorder.request_finished(0.001, variant="stable", error=None)
     )
-    costs["Recorder.batch_finished (worker batch: 3 records)"] = best(
+    costs["Recorder.batch_finished, no recording thread (3 records)"] = best(
         lambda: recorder.batch_finished(8, 0.001, inline=False, queue_wait_s=0.0002)
     )
+
+    # As with a server open: what the request's (or worker's) thread pays while the recording thread
+    # records. Short runs with a pause before each, so that the backlog stays under its bound (a tight loop
+    # outpaces any recorder, and past the bound the caller records itself).
+    def paced(call: Callable[[], Any]) -> float:
+        pause = lambda: time.sleep(0.05)  # noqa: E731
+        runs = timeit.repeat(call, setup=pause, number=1_000, repeat=4 * repeat, timer=time.thread_time)
+        return min(runs) / 1_000 * 1e6
+
+    _telemetry.METRICS._recording.open()
+    try:
+        costs["Recorder.request_finished, request's thread (recording thread running)"] = paced(
+            lambda: recorder.request_finished(0.001, variant="stable", error=None)
+        )
+        costs["Recorder.batch_finished, worker's thread (recording thread running)"] = paced(
+            lambda: recorder.batch_finished(8, 0.001, inline=False, queue_wait_s=0.0002)
+        )
+    finally:
+        _telemetry.METRICS._recording.close()
     return costs
 
 
