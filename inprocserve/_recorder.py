@@ -99,7 +99,7 @@ class Recorder:
             result: {ATTR_MODEL: model, ATTR_VERSION: version, ATTR_CACHE_RESULT: result} for result in CACHE_RESULTS
         }
         self._pending: deque[_Record] = deque()  # (histogram, value, attributes) not yet recorded
-        self._draining = threading.Lock()  # held by the one thread that records the pending durations
+        self._draining = threading.Lock()  # held by the one thread that records the pending records
         self._metrics.add_recorder(self)
         _fork.register(self)
         # a version unloaded between two collections still delivers what it holds
@@ -226,8 +226,8 @@ def _record_all(pending: deque[_Record]) -> None:
 _MAX_CACHED_ATTRIBUTE_SETS = 1_000
 # Every this many pending records of a version (durations, and three per batch) wake the recording thread:
 # one wake (a few microseconds) per this many records, and a backlog it records in about a millisecond.
+# (A batch adds up to three records at once, so the three sizes from each multiple up wake it.)
 _WAKE_EVERY = 64
-# A request's thread that finds more than this many durations pending waits for whoever records them and
-# records them itself: memory stays bounded even when the recording thread seldom gets
-# the GIL.
+# A thread that finds more than this many records pending waits for whoever records them and records them
+# itself: memory stays bounded even when the recording thread seldom gets the GIL.
 _MAX_PENDING = 4_096
