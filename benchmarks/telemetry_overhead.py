@@ -11,15 +11,18 @@ a ``PeriodicExportingMetricReader`` (every 5 s, to an exporter that discards). M
 * ``web``: the same sampler, each ``predict`` called inside a web request's span context, 1 in 100 of them
   sampled, as when a web framework's instrumentation (or an upstream ``traceparent``) made the request's
   span. The contexts are built before the load; attaching one per call (about a microsecond) is counted
-  against this mode.
+  against this mode;
+* ``traces``, ``metrics`` (not run unless named in ``--modes``): only the tracer provider (``sampled``'s
+  sampler) or only the meter provider, to split the cost between them.
 
 An SDK can be installed only once per process, so each measurement runs in a child process; the modes
 alternate (off, on, sampled, web, off ...) so machine drift hits them alike. With ``--baseline DIR`` (a
 folder holding another ``inprocserve`` package, e.g. ``git archive REV inprocserve | tar -x -C DIR``) every
 mode also runs against that code, interleaved, for a before/after comparison in one run. Writes
-benchmarks/results/telemetry_overhead.{json,md}.
+telemetry_overhead.{json,md} into ``--out`` (benchmarks/results by default: the figures of record, taken on a
+quiet machine; point it elsewhere for a trial run).
 
-    python benchmarks/telemetry_overhead.py [--rounds 3] [--seconds 3] [--baseline DIR]
+    python benchmarks/telemetry_overhead.py [--rounds 3] [--seconds 3] [--baseline DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,11 +43,13 @@ from _common import RESULTS, build_reference, closed_loop, input_rows, machine
 
 CHILD = "child"
 MODES = ("off", "on", "sampled", "web")
+EXTRA_MODES = ("traces", "metrics")  # one provider only: where the cost of "sampled" comes from
 ROOT = Path(__file__).resolve().parent.parent
 WEB_SAMPLED_EVERY = 100  # 1 % of web requests sampled upstream
 
 
 def install_sdk(mode: str) -> None:
+    """Install the SDK as ``mode`` (one of ``MODES`` or ``EXTRA_MODES``, not ``off``) says, once per process."""
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
@@ -65,12 +71,14 @@ def install_sdk(mode: str) -> None:
         def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
             pass
 
-    sampler = ALWAYS_ON if mode == "on" else ParentBased(TraceIdRatioBased(0.01))
-    provider = TracerProvider(sampler=sampler)
-    provider.add_span_processor(BatchSpanProcessor(DiscardSpans()))
-    trace.set_tracer_provider(provider)
-    reader = PeriodicExportingMetricReader(DiscardMetrics(), export_interval_millis=5_000)
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    if mode != "metrics":
+        sampler = ALWAYS_ON if mode == "on" else ParentBased(TraceIdRatioBased(0.01))
+        provider = TracerProvider(sampler=sampler)
+        provider.add_span_processor(BatchSpanProcessor(DiscardSpans()))
+        trace.set_tracer_provider(provider)
+    if mode != "traces":
+        reader = PeriodicExportingMetricReader(DiscardMetrics(), export_interval_millis=5_000)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
 
 
 def under_web_spans(call: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -123,8 +131,13 @@ def child(mode: str, model: str, clients: int, seconds: float) -> None:
             if mode == "web":
                 call = under_web_spans(call)
             closed_loop("warm", model, clients, call, rows, 0.5)
+            cpu = time.process_time()
             result = closed_loop(mode, model, clients, call, rows, seconds)
-    print(json.dumps(vars(result) | {"inprocserve": inprocserve.__file__}))
+            cpu = time.process_time() - cpu
+    # CPU time of the whole process per request (every thread: callers, workers, the SDK's, onnxruntime's):
+    # less sensitive than throughput to other processes on a shared machine
+    cpu_us = cpu / result.requests * 1e6
+    print(json.dumps(vars(result) | {"cpu_us": cpu_us, "inprocserve": inprocserve.__file__}))
 
 
 def run_child(code: Path, mode: str, model: str, clients: str, seconds: float) -> dict[str, Any]:
@@ -149,13 +162,19 @@ def main() -> None:
     parser.add_argument("--points", default="mlp-small:1,mlp-small:64,mlp-large:64")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--baseline", type=Path, help="a folder holding the inprocserve package to compare with")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
     args = parser.parse_args()
     modes = args.modes.split(",")
+    unknown = sorted(set(modes) - set(MODES) - set(EXTRA_MODES))
+    if unknown or "off" not in modes:
+        choices = ", ".join(MODES + EXTRA_MODES)
+        parser.error(f"--modes: {', '.join(unknown) or 'off is missing'} (choose from {choices})")
     trees = {"now": ROOT}
     if args.baseline is not None:
         trees = {"before": args.baseline.resolve(), "now": ROOT}
     results: dict[str, Any] = {"machine": machine(), "settings": vars(args).copy(), "points": {}}
     results["settings"]["baseline"] = str(args.baseline) if args.baseline else None
+    results["settings"]["out"] = str(args.out)
     for point in args.points.split(","):
         model, clients = point.split(":")
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {tree: {mode: [] for mode in modes} for tree in trees}
@@ -172,38 +191,47 @@ def main() -> None:
                     "ratio": statistics.median(r["throughput"] for r in runs[tree][mode]) / off,
                     "p50_ms": statistics.median(r["p50_ms"] for r in runs[tree][mode]),
                     "p99_ms": statistics.median(r["p99_ms"] for r in runs[tree][mode]),
+                    "cpu_us": statistics.median(r["cpu_us"] for r in runs[tree][mode]),
                 }
                 for mode in modes
             }
             print(
                 f"{point} [{tree}]: "
-                + ", ".join(f"{mode} {s['rps']:,.0f} req/s ({s['ratio']:.2f})" for mode, s in summary[tree].items())
+                + ", ".join(
+                    f"{mode} {s['rps']:,.0f} req/s ({s['ratio']:.2f}, {s['cpu_us']:.0f} µs CPU)"
+                    for mode, s in summary[tree].items()
+                )
             )
         results["points"][point] = {"runs": runs, "summary": summary}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "telemetry_overhead.json").write_text(json.dumps(results, indent=2))
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "telemetry_overhead.json").write_text(json.dumps(results, indent=2))
     m = results["machine"]
     lines = [
         "# Telemetry overhead",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
         f"{args.rounds} rounds of {args.seconds} s per mode, alternating child processes; medians. "
-        "Ratio: throughput over the same code's throughput without an SDK.",
+        "Ratio: throughput over the same code's throughput without an SDK. CPU: the process's CPU time per "
+        "request (all its threads), which other processes on the machine disturb less than throughput.",
         "",
         "| model:clients | code | "
         + " | ".join(f"{mode} req/s (ratio)" for mode in modes)
         + " | p50 ms ("
         + " / ".join(modes)
+        + ") | CPU µs per request ("
+        + " / ".join(modes)
         + ") |",
-        "|---|---|" + "---:|" * (len(modes) + 1),
+        "|---|---|" + "---:|" * (len(modes) + 2),
     ]
     for point, data in results["points"].items():
         for tree, summary in data["summary"].items():
             cells = " | ".join(f"{s['rps']:,.0f} ({s['ratio']:.2f})" for s in summary.values())
             p50 = " / ".join(f"{s['p50_ms']:.3f}" for s in summary.values())
-            lines.append(f"| {point} | {tree} | {cells} | {p50} |")
-    (RESULTS / "telemetry_overhead.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / 'telemetry_overhead.md'}")
+            cpu = " / ".join(f"{s['cpu_us']:.0f}" for s in summary.values())
+            lines.append(f"| {point} | {tree} | {cells} | {p50} | {cpu} |")
+    (out / "telemetry_overhead.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'telemetry_overhead.md'}")
 
 
 if __name__ == "__main__":

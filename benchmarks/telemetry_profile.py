@@ -8,11 +8,21 @@
 2. The OpenTelemetry SDK's cost per operation, timed in isolation (thread CPU time, best of 5 repeats)
    with the SDK set up as production runs it (``ParentBased(TraceIdRatioBased(0.01))``, a batch span
    processor, a periodic metric reader): a span under each kind of parent, a histogram record by number of
-   attributes, and the library's per-version ``Recorder`` calls.
+   attributes, a counter, and the library's per-version ``Recorder`` calls: with no server open (the
+   calling thread records every 64th time, in bulk) and as a server runs them (the recording thread records).
 
-    python benchmarks/telemetry_profile.py [--calls 20000] [--model mlp-small]
+    python benchmarks/telemetry_profile.py [--calls 20000] [--model mlp-small] [--out DIR]
 
-Prints a table and writes benchmarks/results/telemetry_profile.{json,md}.
+Prints a table and writes telemetry_profile.{json,md} into ``--out`` (benchmarks/results by default).
+
+3. With ``--per-request``: what one ``predict`` costs with the SDK installed (modes ``off``, ``sampled``,
+   ``traces``, ``metrics`` of ``telemetry_overhead.py``), one caller thread back to back, each mode in its
+   own child process, rounds alternating, and with ``--baseline DIR`` also against another ``inprocserve``
+   package, interleaved. Per call: the calling thread's CPU time (what the request path pays), the
+   process's CPU time (also any thread that records for it, and onnxruntime's) and wall time. Medians over
+   rounds. Writes telemetry_per_request.{json,md} into ``--out``.
+
+    python benchmarks/telemetry_profile.py --per-request [--calls 20000] [--rounds 3] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -20,8 +30,11 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import timeit
@@ -32,7 +45,9 @@ from typing import Any
 from _common import RESULTS, build_reference, input_rows, machine
 from telemetry_overhead import install_sdk
 
-import inprocserve
+CHILD = "child"
+PER_REQUEST_MODES = ("off", "sampled", "traces", "metrics")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def is_session_run(label: str) -> bool:
@@ -51,6 +66,8 @@ def per_call_us(call: Callable[[], Any], calls: int) -> float:
 
 def request_overhead(model: str, calls: int) -> dict[str, Any]:
     import onnxruntime
+
+    import inprocserve
 
     with tempfile.TemporaryDirectory() as folder:
         path = build_reference(model, Path(folder))
@@ -107,15 +124,15 @@ def request_overhead(model: str, calls: int) -> dict[str, Any]:
 
 def sdk_costs(repeat: int = 5, number: int = 20_000) -> dict[str, float]:
     install_sdk("sampled")
-    from opentelemetry import context, trace
+    from opentelemetry import context, metrics, trace
     from opentelemetry.context import Context
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-    from inprocserve import _telemetry
+    from inprocserve import _recorder, _telemetry
 
     tracer = _telemetry.tracer()
     histogram = _telemetry.METRICS.request_duration
-    recorder = _telemetry.Recorder("m", 1)
+    recorder = _recorder.Recorder("m", 1)
     attributes = {
         0: None,
         2: {"inprocserve.model.name": "m", "inprocserve.model.version": 1},
@@ -152,23 +169,128 @@ def sdk_costs(repeat: int = 5, number: int = 20_000) -> dict[str, float]:
         context.detach(token)
     for count, attrs in attributes.items():
         costs[f"histogram record, {count} attributes"] = best(lambda attrs=attrs: histogram.record(0.001, attrs))
-    costs["Recorder.request_finished (1 record)"] = best(
+    counter = metrics.get_meter("benchmark").create_counter("benchmark.count")
+    costs["SDK counter add, 2 attributes"] = best(lambda: counter.add(1, attributes[2]))
+    costs["Recorder.cache_lookup (an integer read at collection)"] = best(lambda: recorder.cache_lookup("hit"))
+    # With no server open there is no recording thread: the thread that adds the 64th record records them
+    costs["Recorder.request_finished, no recording thread (1 record)"] = best(
         lambda: recorder.request_finished(0.001, variant="stable", error=None)
     )
-    costs["Recorder.batch_finished (worker batch: 3 records)"] = best(
+    costs["Recorder.batch_finished, no recording thread (3 records)"] = best(
         lambda: recorder.batch_finished(8, 0.001, inline=False, queue_wait_s=0.0002)
     )
+
+    # As with a server open: what the request's (or worker's) thread pays while the recording thread
+    # records. Short runs with a pause before each, so that the backlog stays under its bound (a tight loop
+    # outpaces any recorder, and past the bound the caller records itself).
+    def paced(call: Callable[[], Any]) -> float:
+        pause = lambda: time.sleep(0.05)  # noqa: E731
+        runs = timeit.repeat(call, setup=pause, number=1_000, repeat=4 * repeat, timer=time.thread_time)
+        return min(runs) / 1_000 * 1e6
+
+    _telemetry.METRICS._recording.open()
+    try:
+        costs["Recorder.request_finished, request's thread (recording thread running)"] = paced(
+            lambda: recorder.request_finished(0.001, variant="stable", error=None)
+        )
+        costs["Recorder.batch_finished, worker's thread (recording thread running)"] = paced(
+            lambda: recorder.batch_finished(8, 0.001, inline=False, queue_wait_s=0.0002)
+        )
+    finally:
+        _telemetry.METRICS._recording.close()
     return costs
+
+
+def per_request_child(mode: str, model: str, calls: int) -> None:
+    """One ``predict`` after another on this thread, ``mode``'s SDK installed: per-call costs as JSON."""
+    if mode != "off":
+        install_sdk(mode)
+    import inprocserve
+
+    with tempfile.TemporaryDirectory() as folder:
+        build_reference(model, Path(folder))
+        with inprocserve.Server(folder) as server:
+            feed = {"x": input_rows(model, 1)[0]}
+            for _ in range(calls // 5):  # warm up: sessions, caches, the SDK's attribute sets
+                server.predict(model, feed)
+            wall, thread, process = time.perf_counter(), time.thread_time(), time.process_time()
+            for _ in range(calls):
+                server.predict(model, feed)
+            thread = time.thread_time() - thread
+            process = time.process_time() - process
+            wall = time.perf_counter() - wall
+    scale = 1e6 / calls
+    result = {"thread_us": thread * scale, "process_us": process * scale, "wall_us": wall * scale}
+    print(json.dumps(result | {"inprocserve": inprocserve.__file__}))
+
+
+def per_request(args: argparse.Namespace) -> None:
+    modes = args.modes.split(",")
+    if not set(modes) <= set(PER_REQUEST_MODES):
+        raise SystemExit(f"--modes: choose from {', '.join(PER_REQUEST_MODES)}")
+    trees = {"now": ROOT} if args.baseline is None else {"before": args.baseline.resolve(), "now": ROOT}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {tree: {mode: [] for mode in modes} for tree in trees}
+    for _ in range(args.rounds):
+        for mode in modes:
+            for tree, code in trees.items():
+                out = subprocess.run(
+                    [sys.executable, __file__, CHILD, mode, args.model, str(args.calls)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env=dict(os.environ, PYTHONPATH=str(code)),
+                ).stdout
+                result = json.loads(out.strip().splitlines()[-1])
+                if not result.pop("inprocserve").startswith(str(code)):
+                    raise RuntimeError(f"the child did not import the code under {code}")
+                runs[tree][mode].append(result)
+    keys = ("thread_us", "process_us", "wall_us")
+    summary = {
+        tree: {mode: {key: statistics.median(r[key] for r in runs[tree][mode]) for key in keys} for mode in modes}
+        for tree in trees
+    }
+    lines = [
+        "# One predict with the SDK installed, one thread",
+        "",
+        f"Machine: {machine()['cpu']}, {machine()['cores']} cores, {machine()['date']}. {args.model}, "
+        f"{args.calls} calls per run, {args.rounds} rounds alternating child processes; medians. µs per call: "
+        "the calling thread's CPU time / the process's CPU time (every thread) / wall time.",
+        "",
+        "| code | " + " | ".join(modes) + " |",
+        "|---|" + "---:|" * len(modes),
+        *(
+            f"| {tree} | "
+            + " | ".join(f"{s['thread_us']:.1f} / {s['process_us']:.1f} / {s['wall_us']:.1f}" for s in by_mode.values())
+            + " |"
+            for tree, by_mode in summary.items()
+        ),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = {key: str(value) for key, value in vars(args).items()}
+    payload = {"machine": machine(), "settings": settings, "runs": runs, "summary": summary}
+    (args.out / "telemetry_per_request.json").write_text(json.dumps(payload, indent=2))
+    (args.out / "telemetry_per_request.md").write_text(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--model", default="mlp-small")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
+    parser.add_argument("--per-request", action="store_true", help="only section 3: predict with the SDK installed")
+    parser.add_argument("--modes", default=",".join(PER_REQUEST_MODES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="a folder holding the inprocserve package to compare with")
     args = parser.parse_args()
+    if args.per_request:
+        per_request(args)
+        return
     overhead = request_overhead(args.model, args.calls)  # before the SDK: it cannot be uninstalled
     costs = sdk_costs()
-    results = {"machine": machine(), "settings": vars(args), "request": overhead, "sdk_us": costs}
+    settings = {key: str(value) for key, value in vars(args).items()}
+    results = {"machine": machine(), "settings": settings, "request": overhead, "sdk_us": costs}
     lines = [
         "# Per-request time, one thread",
         "",
@@ -196,10 +318,13 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "telemetry_profile.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "telemetry_profile.md").write_text(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "telemetry_profile.json").write_text(json.dumps(results, indent=2))
+    (args.out / "telemetry_profile.md").write_text(text)
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == CHILD:
+        per_request_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        main()

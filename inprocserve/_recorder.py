@@ -31,11 +31,13 @@ from ._telemetry import (
 
 __all__ = ["Recorder"]
 
+_Record = tuple[metrics.Histogram, float, Mapping[str, Any]]  # a histogram record left to the recording thread
+
 
 class Recorder:
     """The telemetry of one model version, bound once so the request path builds nothing.
 
-    The OpenTelemetry SDK copies, validates and hashes the attributes of every metric record (a few
+    The OpenTelemetry SDK copies, validates and hashes the attributes of every metric record (about ten
     microseconds per record, more per attribute) and makes a span id and asks the sampler for every span.
     A recorder holds the attribute dicts of its version, built once (those of finished requests once per
     variant and error class), and records only what each event adds:
@@ -52,14 +54,18 @@ class Recorder:
     per request for it would double the metric cost of every queued request; ``request_finished`` still
     takes ``queue_wait_s`` for the per-request ``inprocserve.request.queue_wait`` of earlier releases.
 
-    Request durations are recorded by one thread at a time: a request's thread appends its duration to a
-    queue and, unless another thread is recording already, records the queue (its own and any others');
-    a thread that finds one at it leaves its duration to that one and returns. Under load, many threads
-    otherwise meet in the SDK's per-attribute-set lock, and each meeting costs thread switches on top of
-    the record. Nothing is lost or changed: every duration is recorded once, with its own value and
-    attributes, and the metric reader records what is left before each collection (``Metrics.flush``), so
-    an export holds every request finished before it. A sampled request's duration is recorded on its own
-    thread, in its context, which the SDK's exemplars read.
+    The histogram records (durations, batch metrics) are left to the process's recording thread
+    (:class:`~inprocserve._record_thread.RecordingThread`, owned by ``Metrics``): the request's or worker's
+    thread appends ``(histogram, value, attributes)`` to this version's queue and returns, and every
+    ``_WAKE_EVERY``-th record wakes the thread, which records the backlog in one go, while request threads
+    wait in ``session.run`` without the GIL. Nothing is lost or changed: every record reaches the SDK once,
+    with its own value and attributes; the metric reader records what is left before each collection
+    (``Metrics.flush``), so an export holds every request finished before it; the queue is bounded (past
+    ``_MAX_PENDING`` records the thread that adds one records the backlog itself, as it does when no
+    server is open and so no recording thread runs). A sampled request's duration is recorded on its own
+    thread, in its context, which the SDK's exemplars read; the records left to the thread carry none.
+    The counters (deadline misses, sheds, cache lookups) are plain integers the SDK reads at collection
+    (see :class:`~inprocserve._tally.Tally`).
 
     Thread-safe: the cached dicts are only read after they are built, and never changed.
 
@@ -92,12 +98,12 @@ class Recorder:
         self._cache_attributes: dict[str, Mapping[str, Any]] = {
             result: {ATTR_MODEL: model, ATTR_VERSION: version, ATTR_CACHE_RESULT: result} for result in CACHE_RESULTS
         }
-        self._pending: deque[tuple[float, Mapping[str, Any]]] = deque()  # request durations not yet recorded
-        self._draining = threading.Lock()  # held by the one thread that records the pending durations
+        self._pending: deque[_Record] = deque()  # (histogram, value, attributes) not yet recorded
+        self._draining = threading.Lock()  # held by the one thread that records the pending records
         self._metrics.add_recorder(self)
         _fork.register(self)
         # a version unloaded between two collections still delivers what it holds
-        weakref.finalize(self, _record_all, self._pending, self._metrics.request_duration)
+        weakref.finalize(self, _record_all, self._pending)
 
     def _after_fork_in_child(self) -> None:
         # the metric reader's thread may have held the lock at the fork, and its durations are the parent's
@@ -144,40 +150,52 @@ class Recorder:
         if span is not None and span.is_recording():  # recorded here, in its context: the SDK's exemplars
             metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
         else:
-            pending = self._pending
-            pending.append((duration_s, self.finished_attributes(variant, error)))
-            if len(pending) > _MAX_PENDING:  # the recording thread is starved of the GIL: wait for it
-                self.flush()
-            elif self._draining.acquire(blocking=False):  # else the thread recording now takes this one too
-                try:
-                    _record_durations(pending, metrics.request_duration, _RECORDS_PER_TURN)
-                finally:
-                    self._draining.release()
+            self._pending.append((metrics.request_duration, duration_s, self.finished_attributes(variant, error)))
+            self._pended()
         if queue_wait_s is not None:
             metrics.queue_wait.record(queue_wait_s, self.attributes)
         if error is not None and isinstance(error, DeadlineExceededError):
             metrics.deadlines.add(1, self.attributes)
 
-    def flush(self, timeout_s: float = 1.0) -> None:
-        """Record every duration pending now (the metric reader calls this before each collection, through
-        ``Metrics``), waiting up to ``timeout_s`` for a thread that is recording them now."""
-        if self._draining.acquire(timeout=timeout_s):
+    def batch_finished(self, rows: int, compute_s: float, *, inline: bool, queue_wait_s: float | None = None) -> None:
+        """Record one ``session.run`` of ``rows`` rows that took ``compute_s``, started ``queue_wait_s``
+        after its longest-waiting request was queued (left to the recording thread, like durations);
+        nothing for a request run ``inline`` on its caller's thread (see the class docstring)."""
+        if inline or _metrics_state._METER_PROVIDER is None:
+            return
+        metrics, attributes, pending = self._metrics, self.attributes, self._pending
+        pending.append((metrics.batch_size, rows, attributes))
+        pending.append((metrics.batch_duration, compute_s, attributes))
+        if queue_wait_s is not None:
+            pending.append((metrics.batch_queue_wait, queue_wait_s, attributes))
+        self._pended()
+
+    def _pended(self) -> None:
+        """Records were queued: every ``_WAKE_EVERY``-th wakes the recording thread (or, without one, is
+        recorded here with the backlog), and a backlog past ``_MAX_PENDING`` is recorded here."""
+        size = len(self._pending)
+        if size >= _WAKE_EVERY:
+            if size > _MAX_PENDING:  # the recording thread is starved of the GIL: record them here
+                self.flush()
+            elif size % _WAKE_EVERY < 3 and not self._metrics.wake_recording():  # no thread (no server open)
+                self.record_pending()
+
+    def record_pending(self) -> None:
+        """Record everything pending now, unless another thread is recording it (that one takes these too)."""
+        if self._draining.acquire(blocking=False):
             try:
-                _record_durations(self._pending, self._metrics.request_duration, len(self._pending))
+                _record(self._pending, len(self._pending))
             finally:
                 self._draining.release()
 
-    def batch_finished(self, rows: int, compute_s: float, *, inline: bool, queue_wait_s: float | None = None) -> None:
-        """Record one ``session.run`` of ``rows`` rows that took ``compute_s``, started ``queue_wait_s``
-        after its longest-waiting request was queued; nothing for a request run ``inline`` on its caller's
-        thread (see the class docstring)."""
-        if inline or _metrics_state._METER_PROVIDER is None:
-            return
-        metrics = self._metrics
-        metrics.batch_size.record(rows, self.attributes)
-        metrics.batch_duration.record(compute_s, self.attributes)
-        if queue_wait_s is not None:
-            metrics.batch_queue_wait.record(queue_wait_s, self.attributes)
+    def flush(self, timeout_s: float = 1.0) -> None:
+        """Record everything pending now (the metric reader calls this before each collection, through
+        ``Metrics``), waiting up to ``timeout_s`` for a thread that is recording it now."""
+        if self._draining.acquire(timeout=timeout_s):
+            try:
+                _record(self._pending, len(self._pending))
+            finally:
+                self._draining.release()
 
     def cache_lookup(self, result: str) -> None:
         """Count one lookup in the version's prediction cache: ``hit``, ``miss`` or ``shared`` (it followed
@@ -191,27 +209,25 @@ class Recorder:
             self._metrics.shed.add(1, self.attributes)
 
 
-def _record_durations(
-    pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram, count: int
-) -> None:
-    """Record up to ``count`` pending durations, oldest first."""
+def _record(pending: deque[_Record], count: int) -> None:
+    """Record up to ``count`` pending records, oldest first."""
     for _ in range(count):
         try:
-            duration_s, attributes = pending.popleft()
+            histogram, value, attributes = pending.popleft()
         except IndexError:
             return
-        histogram.record(duration_s, attributes)
+        histogram.record(value, attributes)
 
 
-def _record_all(pending: deque[tuple[float, Mapping[str, Any]]], histogram: metrics.Histogram) -> None:
-    _record_durations(pending, histogram, len(pending))
+def _record_all(pending: deque[_Record]) -> None:
+    _record(pending, len(pending))
 
 
 _MAX_CACHED_ATTRIBUTE_SETS = 1_000
-# A request's thread records at most this many durations per turn (its own and up to 63 others': under
-# a millisecond added to its answer), so a backlog left while the recording thread waited for the GIL
-# drains over the next requests.
-_RECORDS_PER_TURN = 64
-# A thread that finds this many durations pending waits for the recording thread (then records them
-# itself): memory stays bounded even when a recording thread (the metric reader's) seldom gets the GIL.
+# Every this many pending records of a version (durations, and three per batch) wake the recording thread:
+# one wake (a few microseconds) per this many records, and a backlog it records in about a millisecond.
+# (A batch adds up to three records at once, so the three sizes from each multiple up wake it.)
+_WAKE_EVERY = 64
+# A thread that finds more than this many records pending waits for whoever records them and records them
+# itself: memory stays bounded even when the recording thread seldom gets the GIL.
 _MAX_PENDING = 4_096

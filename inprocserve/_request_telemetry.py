@@ -30,7 +30,7 @@ class RequestTelemetry:
         self, request: Request, error: BaseException | None, elapsed_s: float, recorder: Recorder | None
     ) -> None:
         """Close the request's span and record its metrics: through the answering version's ``recorder``
-        (attribute sets built once, durations recorded by one thread at a time), or, for a version already
+        (attribute sets built once, durations left to the recording thread), or, for a version already
         unloaded, directly."""
         route = request.route
         model, version, variant = route.model, route.version, route.variant
@@ -82,7 +82,7 @@ class RequestTelemetry:
         if isinstance(model, str):
             attributes = self.attributes(model, version, variant, error, finished=True)
             METRICS.request_duration.record(time.perf_counter() - started, attributes)
-            if isinstance(error, OverloadedError):
+            if isinstance(error, OverloadedError) and metering():
                 METRICS.shed.add(1, self.attributes(model, version))
 
     def attributes(

@@ -33,6 +33,8 @@ from ._errors import (
     OverloadedError,
     ServerClosedError,
 )
+from ._record_thread import RecordingThread
+from ._tally import Tally
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
@@ -368,11 +370,15 @@ class Metrics:
             description="Time of one session.run of a merged batch",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
-        self.shed = meter.create_counter(
-            "inprocserve.requests.shed", unit="{request}", description="Requests refused with OverloadedError"
+        # Counted on the request path: plain integers the SDK reads at collection (see Tally)
+        self.shed = Tally(
+            meter, "inprocserve.requests.shed", unit="{request}", description="Requests refused with OverloadedError"
         )
-        self.deadlines = meter.create_counter(
-            "inprocserve.requests.deadline_exceeded", unit="{request}", description="Requests past their deadline"
+        self.deadlines = Tally(
+            meter,
+            "inprocserve.requests.deadline_exceeded",
+            unit="{request}",
+            description="Requests past their deadline",
         )
         self.shadow = meter.create_counter(
             "inprocserve.shadow.comparisons", unit="{comparison}", description="Shadow runs by result"
@@ -390,8 +396,11 @@ class Metrics:
         self.flag_failures = meter.create_counter(
             "inprocserve.flags.failures", unit="{evaluation}", description="Flag evaluations that failed or timed out"
         )
-        self.cache = meter.create_counter(
-            "inprocserve.cache.requests", unit="{request}", description="Cache lookups by result (hit, miss, shared)"
+        self.cache = Tally(
+            meter,
+            "inprocserve.cache.requests",
+            unit="{request}",
+            description="Cache lookups by result (hit, miss, shared)",
         )
         self.lifecycle = meter.create_counter(
             "inprocserve.model.lifecycle", unit="{event}", description="Model versions loaded, failed, unloaded"
@@ -403,6 +412,7 @@ class Metrics:
         )
         self._gauges: list[Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]] = []
         self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+        self._recording = RecordingThread(self.record_pending, name="inprocserve-metrics")
         meter.create_observable_gauge(
             "inprocserve.queue.depth", callbacks=[self._observe("queue")], unit="{row}", description="Rows queued"
         )
@@ -440,13 +450,32 @@ class Metrics:
         for recorder in list(self._recorders):
             recorder.flush()
 
+    def record_pending(self) -> None:
+        """Record what every recorder holds, skipping one that another thread is recording now (the
+        recording thread's turn)."""
+        for recorder in list(self._recorders):
+            recorder.record_pending()
+
+    def wake_recording(self) -> bool:
+        """Have the recording thread record the pending durations; False if there is none (no server open)."""
+        return self._recording.wake()
+
+    @property
+    def recording(self) -> bool:
+        """Whether the recording thread is running."""
+        return self._recording.running
+
     def add_source(self, source: Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]) -> None:
-        """Register a callable yielding (gauge kind, value, attributes) for the observable gauges."""
+        """Register a callable yielding (gauge kind, value, attributes) for the observable gauges. Each
+        ``Server`` registers one from its start to its close: while one is registered, the recording thread
+        may run (see :class:`RecordingThread`), and the last removal closes it."""
         self._gauges.append(source)
+        self._recording.open()
 
     def remove_source(self, source: Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]) -> None:
         if source in self._gauges:
             self._gauges.remove(source)
+            self._recording.close()
 
     def _observe(self, kind: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:

@@ -1,0 +1,264 @@
+"""Metric records off the request path: the recording thread that records request durations and batch
+metrics for the servers of the process, and the counters kept in plain integers. Every record must reach
+the SDK once, with its own value and attributes, before the collection that follows it; the thread is
+closed with the last server and made afresh in a forked child."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from inprocserve import _recorder
+from inprocserve._record_thread import RecordingThread
+from inprocserve._recorder import Recorder
+from inprocserve._tally import Tally
+from inprocserve._telemetry import METRICS
+
+from .conftest import ServerFactory
+from .test_telemetry import Otel
+
+# The process-wide SDK (providers can be set once per process) and the scale repository, as fixtures:
+from .test_telemetry import otel as otel
+from .test_telemetry import scale as scale
+
+THREAD = "inprocserve-metrics"
+
+
+def _count(otel: Otel, name: str, model: str) -> tuple[int, float]:
+    points = [p for p in otel.metric_points(name) if p.attributes["inprocserve.model.name"] == model]
+    return sum(p.count for p in points), sum(p.sum for p in points)
+
+
+def _recording_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == THREAD]
+
+
+def test_every_request_is_recorded_once_by_the_next_collection(
+    otel: Otel, scale: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(scale)
+    clients, each = 8, 3 * _recorder._WAKE_EVERY  # enough to wake the recording thread many times
+    barrier = threading.Barrier(clients)
+    failures: list[BaseException] = []
+    before, _ = _count(otel, "inprocserve.request.duration", "scale")
+
+    def client() -> None:
+        try:
+            barrier.wait(timeout=30)
+            for _ in range(each):
+                server.predict("scale", np.ones((1, 4), np.float32))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures
+    assert METRICS.recording  # the requests woke it: the request threads left their durations to it
+    count, total = _count(otel, "inprocserve.request.duration", "scale")
+    assert count - before == clients * each
+    assert total > 0
+
+
+def test_a_collection_records_what_no_thread_has_recorded_yet(
+    otel: Otel, scale: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(scale)
+    before, _ = _count(otel, "inprocserve.request.duration", "scale")
+    requests = _recorder._WAKE_EVERY // 2  # too few to wake the recording thread: all still pending
+    for _ in range(requests):
+        server.predict("scale", np.ones((1, 4), np.float32))
+    count, _ = _count(otel, "inprocserve.request.duration", "scale")
+    assert count - before == requests
+
+
+def test_each_record_keeps_its_own_value_and_attributes(otel: Otel) -> None:
+    recorder = Recorder("own-values", 4)
+    values = [0.001 * (index + 1) for index in range(3 * _recorder._WAKE_EVERY + 5)]
+    for index, value in enumerate(values):
+        recorder.request_finished(value, variant="canary" if index % 2 else "stable", error=None)
+        recorder.batch_finished(index + 1, value, inline=False, queue_wait_s=value / 2)
+    points = {
+        p.attributes["inprocserve.rollout.variant"]: p
+        for p in otel.metric_points("inprocserve.request.duration")
+        if p.attributes["inprocserve.model.name"] == "own-values"
+    }
+    assert points["stable"].count + points["canary"].count == len(values)
+    assert points["canary"].sum == pytest.approx(sum(values[1::2]))
+    assert points["stable"].min == pytest.approx(values[0]) and points["canary"].max == pytest.approx(max(values[1::2]))
+    (size,) = [
+        p
+        for p in otel.metric_points("inprocserve.batch.size")
+        if p.attributes["inprocserve.model.name"] == "own-values"
+    ]
+    assert size.count == len(values) and size.sum == sum(range(1, len(values) + 1))
+    (wait,) = [
+        p
+        for p in otel.metric_points("inprocserve.batch.queue_wait")
+        if p.attributes["inprocserve.model.name"] == "own-values"
+    ]
+    assert wait.sum == pytest.approx(sum(values) / 2)
+
+
+def test_the_recording_thread_is_closed_with_the_last_server(
+    otel: Otel, scale: Path, make_server: ServerFactory
+) -> None:
+    users = METRICS._recording._open  # servers other tests left open (none, unless one leaked)
+    first, second = make_server(scale), make_server(scale)
+    for _ in range(2 * _recorder._WAKE_EVERY):
+        first.predict("scale", np.ones((1, 4), np.float32))
+    assert METRICS.recording and len(_recording_threads()) == 1  # one thread for every server
+    (thread,) = _recording_threads()
+    first.close()
+    assert METRICS.recording and thread.is_alive()  # the second server still uses it
+    second.close()
+    if users == 0:
+        assert not METRICS.recording
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+def test_the_thread_stops_after_recording_what_is_pending() -> None:
+    recorded: list[int] = []
+    pending = [1, 2, 3]
+
+    def record() -> None:
+        while pending:
+            recorded.append(pending.pop(0))
+
+    recording = RecordingThread(record, name="test-recording")
+    assert not recording.wake()  # nobody opened it: the caller records itself
+    recording.open()
+    assert recording.wake() and recording.running
+    recording.close()
+    assert not recording.running and recorded == [1, 2, 3]
+    assert not [thread for thread in threading.enumerate() if thread.name == "test-recording"]
+    recording.close()  # idempotent
+    recording.open()
+    pending.append(4)
+    assert recording.wake()  # a server opened later gets a new thread
+    recording.close()
+    assert recorded == [1, 2, 3, 4]
+
+
+def test_a_failing_record_is_logged_and_the_thread_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+    failed, recorded = threading.Event(), threading.Event()
+
+    def record() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            failed.set()
+            raise RuntimeError("exporter broke")
+        recorded.set()
+
+    recording = RecordingThread(record, name="test-failing")
+    recording.open()
+    try:
+        assert recording.wake()
+        assert failed.wait(timeout=30)
+        assert recording.wake()  # set after the failing call cleared the wake: never lost
+        assert recorded.wait(timeout=30)
+    finally:
+        recording.close()
+    assert "recording request durations failed" in caplog.text
+    assert "exporter broke" in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_records_on_a_thread_of_its_own(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale)
+    for _ in range(2 * _recorder._WAKE_EVERY):  # the parent's recording thread runs at the fork
+        server.predict("scale", np.ones((1, 4), np.float32))
+    assert METRICS.recording
+    parent_count, _ = _count(otel, "inprocserve.request.duration", "scale")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe and the exit code, never return into pytest
+        code = 1
+        try:
+            os.close(read)
+            signal.alarm(30)  # never hang the test run
+            started = not METRICS.recording  # the parent's thread does not exist here
+            for _ in range(3 * _recorder._WAKE_EVERY):
+                server.predict("scale", np.ones((1, 4), np.float32))
+            threads = len(_recording_threads())
+            count, _ = _count(otel, "inprocserve.request.duration", "scale")
+            os.write(write, f"{started} {threads} {count}".encode())
+            server.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    report = os.read(read, 100).decode().split()
+    os.close(read)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed: {status}"
+    started, threads, count = report
+    assert started == "True" and threads == "1"
+    # the SDK's aggregation came with the fork; the child adds its own requests, each once
+    assert int(count) == parent_count + 3 * _recorder._WAKE_EVERY
+    after, _ = _count(otel, "inprocserve.request.duration", "scale")
+    assert after == parent_count  # the child's requests are not the parent's
+
+
+def test_counters_are_exact_from_many_threads(otel: Otel) -> None:
+    recorder = Recorder("tally", 5)
+    barrier = threading.Barrier(8)
+
+    def count() -> None:
+        barrier.wait(timeout=30)
+        for index in range(1000):
+            recorder.cache_lookup("hit" if index % 4 else "miss")
+            recorder.shed()
+
+    threads = [threading.Thread(target=count) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    cache = {
+        p.attributes["inprocserve.cache.result"]: p.value
+        for p in otel.metric_points("inprocserve.cache.requests")
+        if p.attributes["inprocserve.model.name"] == "tally"
+    }
+    assert cache == {"hit": 6000, "miss": 2000}
+    (shed,) = [
+        p for p in otel.metric_points("inprocserve.requests.shed") if p.attributes["inprocserve.model.name"] == "tally"
+    ]
+    assert shed.value == 8000
+
+
+def test_a_tally_reports_a_cumulative_sum_like_a_counter() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    try:
+        tally = Tally(provider.get_meter("test"), "test.events", unit="{event}", description="events")
+        tally.add(2, {"k": "a"})
+        same = {"k": "a"}
+        tally.add(1, same)  # an equal attribute set, another dict: the same series
+        tally.add(5, {"k": "b"})
+        with pytest.raises(ValueError, match="only grows"):
+            tally.add(-1, {"k": "a"})
+        data = reader.get_metrics_data()
+        assert data is not None
+        (metric,) = data.resource_metrics[0].scope_metrics[0].metrics
+        assert metric.name == "test.events" and metric.unit == "{event}" and metric.data.is_monotonic
+        assert {p.attributes["k"]: p.value for p in metric.data.data_points} == {"a": 3, "b": 5}
+        tally.add(1, {"k": "b"})
+        data = reader.get_metrics_data()
+        assert data is not None
+        points = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+        assert {p.attributes["k"]: p.value for p in points} == {"a": 3, "b": 6}
+        assert tally.total({"k": "b"}) == 6 and tally.total({"k": "c"}) == 0
+    finally:
+        provider.shutdown()
