@@ -42,6 +42,13 @@ class BatchQueue:
         """Stop counting a queued request whose caller gave up (it is skipped when it comes up)."""
         self.rows -= request.rows
 
+    def only(self) -> Request | None:
+        """The request, if the queue holds exactly one and it is still queued."""
+        if len(self._requests) != 1:
+            return None
+        request = self._requests[0]
+        return request if request.state == QUEUED else None
+
     def oldest(self) -> Request | None:
         """The oldest request still queued."""
         return next((r for r in self._requests if r.state == QUEUED), None)

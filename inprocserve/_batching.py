@@ -213,6 +213,35 @@ class Batcher:
             if self._queue.rows and self._pool.has_free() and self._idle and self._filler is None:
                 self._idle.pop().release()
 
+    def run_lone_here(self, max_run_s: float) -> bool:
+        """Run the queue's only request on this thread, now, if a runner is free and its run should take at
+        most ``max_run_s`` by the version's measured run cost; else return False and leave it queued.
+
+        An event loop calls this at the end of an iteration that queued a request (``Future.defer_wake``):
+        a run that short costs the loop less than handing the request to a worker and being woken for the
+        answer. More than one request queued means companions to batch: the worker takes them.
+        """
+        cost = self.run_cost
+        if cost is None:
+            return False
+        with self._lock:
+            queue = self._queue
+            only = queue.only()
+            if only is None or self._closing or self._filler is not None or not self._pool.has_free():
+                return False
+            if cost.fixed_s + cost.per_row_s * only.rows > max_run_s:
+                return False
+            batch, expired = self._take_batch()
+            runner = self._pool.checkout() if batch else None
+        for request in expired:  # found expired or cancelled as it was taken: answered like a worker does
+            if isinstance(request.error, CancelledError):
+                request.complete(None, request.error)
+            else:
+                self._fail(request, self._expired_error())
+        if runner is not None:
+            self._run_inline(runner, batch[0])
+        return True
+
     def _run_inline(self, runner: Any, request: Request) -> None:
         """Run one request on the calling thread with a runner already taken, give the runner back (one
         lock round trip for all the bookkeeping), then answer it."""

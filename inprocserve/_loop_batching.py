@@ -11,7 +11,10 @@ what limits throughput. Here, instead:
   wakes a parked worker if a session is free (a busy one takes the queue when its batch is done). So all the
   requests of one iteration are queued before a worker looks, and they merge into one batch; while that
   batch runs, the next iterations keep queueing, so batches grow with the load. An idle loop's lone request
-  is handed over at the end of the very iteration that made it: no added wait.
+  is handed over at the end of the very iteration that made it: no added wait. If it is the only request
+  queued, a session is free and its run should take under ``RUN_ON_LOOP_UNDER_S`` (by the version's
+  measured run cost; a small model's one-row run), the loop runs it itself there and resolves the task at
+  once: a worker's hand-off and the loop's wake for the answer would cost the loop more than the run.
 * **Answering.** Each request still travels through the batcher on its own (so deadlines, cancellation,
   shedding, bisection of a failing batch, rollouts and telemetry are the ones ``predict`` has), but its answer
   is posted to a per-loop inbox instead of resolving a thread future. The worker holds the loop's wake until
@@ -47,6 +50,11 @@ if TYPE_CHECKING:
 
 __all__ = ["apredict", "loop_wakes"]
 
+# An iteration that queued one request, on an idle version whose run of it should take at most this long,
+# runs it on the loop: a worker's hand-off and the loop's wake for the answer cost the loop more (about
+# 140 µs of its CPU per request at one task, measured on the project's 2-core machine).
+RUN_ON_LOOP_UNDER_S = 200e-6
+
 _states_lock = threading.Lock()
 _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
 _last: _LoopState | None = None  # the state used last (see _state_of)
@@ -72,7 +80,7 @@ class _LoopState:
     on the loop's thread.
     """
 
-    __slots__ = ("__weakref__", "_flush_due", "_inbox", "_loop", "_pending", "_wake_due", "wakes")
+    __slots__ = ("__weakref__", "_flush_due", "_inbox", "_loop", "_pending", "_running_here", "_wake_due", "wakes")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)  # the state is a value of a dict weakly keyed by this loop
@@ -80,6 +88,7 @@ class _LoopState:
         self._wake_due = False  # a drain is scheduled: later posts need not wake the loop again
         self._pending: list[Batcher] = []  # batchers that got requests this iteration, not yet woken
         self._flush_due = False
+        self._running_here = False  # the loop's thread is running a request itself (see _flush)
         self.wakes = 0  # cross-thread wakes of this loop so far (for tests and benchmarks)
 
     # -- submitting (loop thread) --------------------------------------------------------------------------
@@ -99,7 +108,15 @@ class _LoopState:
         pending = self._pending
         self._pending = []
         for batcher in pending:
-            batcher.wake()
+            self._running_here = True  # answers posted meanwhile are drained below, with no wake
+            try:
+                ran = batcher.run_lone_here(RUN_ON_LOOP_UNDER_S)
+            finally:
+                self._running_here = False
+            if not ran:
+                batcher.wake()
+            elif self._inbox:
+                self._drain()
 
     # -- answering (worker threads post through _LoopFuture, the loop drains) --------------------------------
 
@@ -170,8 +187,11 @@ class _LoopFuture:
             raise InvalidStateError("cancelled")
         state = self._state
         state._inbox.append((waiter, value, error))
-        # Append first, then test the flag: a drain that cleared the flag before this append either sees
-        # the item or is followed by the drain this call schedules.
+        # Append first, then test the flags: a drain that cleared the flag before this append either sees
+        # the item or is followed by the drain this call schedules; while the loop's thread runs a request
+        # itself, it drains the inbox right after (a worker that saw the flag set appended before it drains).
+        if state._running_here:
+            return
         if not state._wake_due:
             state._wake_due = True
             if not wake_after_batch(state._wake):

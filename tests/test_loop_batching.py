@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 import inprocserve
-from inprocserve import BatchingConfig, ModelConfig
+from inprocserve import BatchingConfig, ModelConfig, _loop_batching
 from inprocserve._loop_batching import loop_wakes
 from inprocserve.testing import build_mlp_model, save_model
 
@@ -63,7 +63,25 @@ def test_answers_equal_onnxruntime_under_64_tasks_with_a_wake_per_batch(
     assert 1 <= wakes <= ran
 
 
-def test_a_lone_request_goes_out_in_its_own_iteration(scale_repository: Path, make_server: ServerFactory) -> None:
+def test_a_lone_short_request_is_run_by_the_loop_itself(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for value in range(5):
+            before = loop_wakes(loop)
+            answer = await server.apredict("scale", np.full((1, 4), value, np.float32))
+            assert answer["y"].tolist() == [[2.0 * value] * 4]
+            assert loop_wakes(loop) == before  # no worker answered it, so nothing woke the loop
+
+    asyncio.run(main())
+    assert counters(server, "scale") == (5, 5)
+
+
+def test_a_lone_request_goes_out_in_its_own_iteration(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # as for a model whose run is long
     server = make_server(scale_repository)
 
     async def main() -> None:
