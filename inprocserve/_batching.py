@@ -121,6 +121,7 @@ class Batcher:
         self._fill_target = 0
         self._workers: list[threading.Thread] = []
         self._adopted = False  # whether the pool holds this process's runners (a plain flag: read per request)
+        self._beside_runner: Any = None  # the runner that run_beside runs on, once adopted
         self._closing = False
         self._in_flight = 0  # requests accepted and not yet answered
         self._active_rows = 0  # rows queued or running
@@ -213,13 +214,15 @@ class Batcher:
             if self._queue.rows and self._pool.has_free() and self._idle and self._filler is None:
                 self._idle.pop().release()
 
-    def run_lone_here(self, max_run_s: float) -> bool:
+    def run_lone_here(self, max_run_s: float, *, accept: Callable[[Any], bool]) -> bool:
         """Run the queue's only request on this thread, now, if a runner is free and its run should take at
         most ``max_run_s`` by the version's measured run cost; else return False and leave it queued.
 
         An event loop calls this at the end of an iteration that queued a request (``Future.defer_wake``):
         a run that short costs the loop less than handing the request to a worker and being woken for the
-        answer. More than one request queued means companions to batch: the worker takes them.
+        answer. More than one request queued means companions to batch: the worker takes them. Only a
+        request whose future ``accept`` takes is run (the loop's own: another caller's future may have
+        callbacks that must not run on the loop's thread).
         """
         cost = self.run_cost
         if cost is None:
@@ -228,6 +231,8 @@ class Batcher:
             queue = self._queue
             only = queue.only()
             if only is None or self._closing or self._filler is not None or not self._pool.has_free():
+                return False
+            if not accept(only.future):
                 return False
             if cost.fixed_s + cost.per_row_s * only.rows > max_run_s:
                 return False
@@ -239,7 +244,9 @@ class Batcher:
             else:
                 self._fail(request, self._expired_error())
         if runner is not None:
-            self._run_inline(runner, batch[0])
+            request = batch[0]
+            request.queue_wait_s = max(0.0, self._clock() - request.enqueued_at)
+            self._run_inline(runner, request)
         return True
 
     def _run_inline(self, runner: Any, request: Request) -> None:
@@ -324,15 +331,32 @@ class Batcher:
         if request.deliver is None:
             request.deliver = self._deliver
         if not self._adopted:
+            with self._lock:
+                if self._closing:  # before building runners: a closed backend has none
+                    raise self._retired()
             self._adopt_runners()
-        runner = self._pool.adopt()[0]
         with self._lock:
             if self._closing:
                 raise self._retired()
+            runner = self._beside_runner
             self._in_flight += 1
             self._active_rows += request.rows
             request.state = RUNNING
-        self._execution.execute(runner, [request], inline=True)
+        try:
+            self._execution.execute(runner, [request], inline=True)
+        except BaseException:  # the thread interrupted before the request was answered: give its counts back
+            self._uncount_unanswered(request)
+            raise
+
+    def _uncount_unanswered(self, request: Request) -> None:
+        """Stop counting a running request that will never be answered (its thread was interrupted)."""
+        with self._lock:
+            if request.state != DONE:
+                request.state = DONE
+                self._in_flight -= 1
+                self._active_rows -= request.rows
+                if self._closing:
+                    self._notify_if_drained()
 
     def wait(self, request: Request) -> None:
         """Block until ``request`` is answered or its deadline passes (synchronous callers only).
@@ -491,6 +515,8 @@ class Batcher:
         runners = self._pool.adopt()  # builds them on first use in this process (may take a while)
         with self._lock:
             self._pool.lend(runners)
+            if self._beside_runner is None:
+                self._beside_runner = runners[0]
             self._adopted = True
 
     def _disable_merging(self, reason: str) -> None:

@@ -108,15 +108,20 @@ class _LoopState:
         pending = self._pending
         self._pending = []
         for batcher in pending:
-            self._running_here = True  # answers posted meanwhile are drained below, with no wake
+            ran = False
+            self._running_here = True  # answers posted meanwhile (any batcher's) are drained below, unwoken
             try:
-                ran = batcher.run_lone_here(RUN_ON_LOOP_UNDER_S)
+                ran = batcher.run_lone_here(RUN_ON_LOOP_UNDER_S, accept=self._owns)
             finally:
                 self._running_here = False
-            if not ran:
-                batcher.wake()
-            elif self._inbox:
-                self._drain()
+                if self._inbox:
+                    self._drain()
+                if not ran:
+                    batcher.wake()
+
+    def _owns(self, future: Any) -> bool:
+        """Whether ``future`` is the stand-in future of a request of this loop."""
+        return type(future) is _LoopFuture and future._state is self
 
     # -- answering (worker threads post through _LoopFuture, the loop drains) --------------------------------
 

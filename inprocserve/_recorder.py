@@ -82,6 +82,7 @@ class Recorder:
         "_finished",
         "_metrics",
         "_pending",
+        "_wake_sent",
         "attributes",
         "model",
         "span_attributes",
@@ -100,6 +101,7 @@ class Recorder:
         }
         self._pending: deque[_Record] = deque()  # (histogram, value, attributes) not yet recorded
         self._draining = threading.Lock()  # held by the one thread that records the pending records
+        self._wake_sent = False  # the recording thread was woken for the records pending now
         self._metrics.add_recorder(self)
         _fork.register(self)
         # a version unloaded between two collections still delivers what it holds
@@ -109,6 +111,7 @@ class Recorder:
         # the metric reader's thread may have held the lock at the fork, and its durations are the parent's
         self._draining = threading.Lock()
         self._pending.clear()
+        self._wake_sent = False
 
     def start_request_span(self) -> Span:
         """The span of one request to this model (``INVALID_SPAN`` without an SDK, or when it would not be
@@ -171,19 +174,23 @@ class Recorder:
         self._pended()
 
     def _pended(self) -> None:
-        """Records were queued: every ``_WAKE_EVERY``-th wakes the recording thread (or, without one, is
-        recorded here with the backlog), and a backlog past ``_MAX_PENDING`` is recorded here."""
+        """Records were queued: ``_WAKE_EVERY`` of them wake the recording thread, once until it drains them
+        (without a thread they are recorded here), and a backlog past ``_MAX_PENDING`` is recorded here."""
         size = len(self._pending)
         if size >= _WAKE_EVERY:
             if size > _MAX_PENDING:  # the recording thread is starved of the GIL: record them here
                 self.flush()
-            elif size % _WAKE_EVERY < 3 and not self._metrics.wake_recording():  # no thread (no server open)
-                self.record_pending()
+            elif not self._wake_sent:  # one wake until the thread drains (racing threads may send two)
+                self._wake_sent = True
+                if not self._metrics.wake_recording():  # no thread (no server open): record them here
+                    self._wake_sent = False
+                    self.record_pending()
 
     def record_pending(self) -> None:
         """Record everything pending now, unless another thread is recording it (that one takes these too)."""
         if self._draining.acquire(blocking=False):
             try:
+                self._wake_sent = False  # what is appended from now on may wake the thread again
                 _record(self._pending, len(self._pending))
             finally:
                 self._draining.release()
@@ -193,6 +200,7 @@ class Recorder:
         ``Metrics``), waiting up to ``timeout_s`` for a thread that is recording it now."""
         if self._draining.acquire(timeout=timeout_s):
             try:
+                self._wake_sent = False
                 _record(self._pending, len(self._pending))
             finally:
                 self._draining.release()
@@ -224,9 +232,9 @@ def _record_all(pending: deque[_Record]) -> None:
 
 
 _MAX_CACHED_ATTRIBUTE_SETS = 1_000
-# Every this many pending records of a version (durations, and three per batch) wake the recording thread:
-# one wake (a few microseconds) per this many records, and a backlog it records in about a millisecond.
-# (A batch adds up to three records at once, so the three sizes from each multiple up wake it.)
+# This many pending records of a version (durations, and three per batch) wake the recording thread, once
+# until it drains them: one wake (a few microseconds) per this many records or more, and a backlog it records
+# in about a millisecond.
 _WAKE_EVERY = 64
 # A thread that finds more than this many records pending waits for whoever records them and records them
 # itself: memory stays bounded even when the recording thread seldom gets the GIL.

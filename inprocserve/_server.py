@@ -148,10 +148,14 @@ class Server(RolloutMethods):
         shield_exit()  # an exiting worker finishes closing its sessions even if its master sends SIGTERM
         _fork.register(self)
         if folder is not None:
-            self._operations.read_initial_control()  # the first load already follows the control file
-            problems = self.refresh()
-            if strict and problems:
-                raise ModelLoadError("; ".join(problems))
+            try:
+                self._operations.read_initial_control()  # the first load already follows the control file
+                problems = self.refresh()
+                if strict and problems:
+                    raise ModelLoadError("; ".join(problems))
+            except BaseException:  # a server that fails to start leaves nothing running (threads, metrics)
+                self.close()
+                raise
         self._registry.start_poller()
         self._operations.start_watcher()
 
@@ -306,6 +310,7 @@ class Server(RolloutMethods):
                     inline=False,
                     run_rows=plan.run_rows,
                     beside=beside,
+                    planned=target,
                 )
             except InprocserveError as exc:
                 future.set_exception(exc)
@@ -325,12 +330,15 @@ class Server(RolloutMethods):
         inline: bool,
         run_rows: int | None = None,
         beside: bool = False,
+        planned: ModelVersion | None = None,
     ) -> tuple[Request, ModelVersion]:
         """Route, validate, then answer from the cache, follow an identical request, or queue; every
         request that gets here is answered through :meth:`_answered`, or raises having been refused.
 
         Batch scoring sets ``run_rows`` (rows per model run of a large request) and ``beside`` (run it now
-        on this thread, beside the workers: :meth:`Batcher.run_beside`)."""
+        on this thread, beside the workers: :meth:`Batcher.run_beside`), both planned for the version
+        ``planned``: a request routed to another one (a canary, or a version loaded meanwhile) is queued
+        like any other, within that version's own limits."""
         if timeout_s is not None:
             timeout_s = check_timeout(timeout_s)
         started = time.perf_counter()
@@ -345,11 +353,13 @@ class Server(RolloutMethods):
                 request = Request(arrays, rows, self._route_of(routes, target, decision), deadline, future)
                 request.span = span
                 request.started = started
-                request.run_rows = run_rows
+                as_planned = target is planned
+                if as_planned:
+                    request.run_rows = run_rows
                 if not self._sharing.answered_without_run(target, request):
                     assert target.batcher is not None
                     try:
-                        if beside:
+                        if beside and as_planned:
                             target.batcher.run_beside(request)
                         else:
                             target.batcher.submit(request, run_inline=inline)

@@ -185,6 +185,18 @@ def test_a_broken_model_does_not_stop_the_others(
         make_server(repository, strict=True)
 
 
+def test_a_strict_server_that_fails_to_start_closes_what_it_opened(repository: Path) -> None:
+    from inprocserve._telemetry import METRICS
+
+    save_model(build_scale_model(), repository, "good", 1)
+    (repository / "broken" / "1").mkdir(parents=True)
+    (repository / "broken" / "1" / "model.onnx").write_bytes(b"garbage")
+    servers_open = METRICS._recording._open  # servers that keep the metric recording thread wanted
+    with pytest.raises(inprocserve.ModelLoadError):
+        inprocserve.Server(repository, strict=True)
+    assert METRICS._recording._open == servers_open
+
+
 def test_bad_config_toml_is_reported_not_fatal(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(), repository, "scale", 1)
     (repository / "scale" / "config.toml").write_text("[batching]\nmax_batch_size = 0\n")
