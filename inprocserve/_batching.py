@@ -33,7 +33,7 @@ from ._config import BatchingConfig
 from ._errors import DeadlineExceededError, QueueFullError, ServerClosedError
 from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
 from ._handoff import handoff_cost_s
-from ._pool import RunnerPool
+from ._pool import RunnerPool, keep_inherited
 from ._recorder import Recorder
 from ._request import ABANDONED, DONE, QUEUED, RUNNING, Finisher, Request, complete_batch
 from ._stats import BatchSizeHistogram
@@ -131,6 +131,8 @@ class Batcher:
 
     def _after_fork_in_child(self) -> None:
         closing = self._closing
+        if self._beside_runner is not None:  # the parent's: destroying it here could hang (see RunnerPool)
+            keep_inherited(self._beside_runner)
         self._reset_state()  # queued requests belong to the parent's threads; the pool resets itself
         self._policy.reset()
         self._execution.batch_sizes = BatchSizeHistogram()

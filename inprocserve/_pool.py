@@ -13,11 +13,16 @@ from typing import Any
 from . import _fork
 from ._backend import Backend
 
-__all__ = ["RunnerPool"]
+__all__ = ["RunnerPool", "keep_inherited"]
 
 # Runners inherited across fork() are never destroyed in the child: their destructors may join threads
 # that do not exist there (onnxruntime's), and hang. They stay referenced here.
 _inherited: list[Any] = []
+
+
+def keep_inherited(runner: Any) -> None:
+    """In a forked child: keep a runner inherited from the parent referenced for good (see ``_inherited``)."""
+    _inherited.append(runner)
 
 
 class RunnerPool:
