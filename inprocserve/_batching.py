@@ -249,6 +249,11 @@ class Batcher:
             request = batch[0]
             request.queue_wait_s = max(0.0, self._clock() - request.enqueued_at)
             self._run_inline(runner, request)
+            timing = request.batch  # it was queued: a batch of one, recorded like a worker's
+            if timing is not None:
+                self.telemetry.batch_finished(
+                    timing.rows, timing.compute_s, inline=False, queue_wait_s=request.queue_wait_s
+                )
         return True
 
     def _run_inline(self, runner: Any, request: Request) -> None:

@@ -68,6 +68,9 @@ class RecordingThread:
             self._closing = True
             self._wake.set()
         thread.join(timeout_s)
+        if thread.is_alive():  # still recording (a stuck exporter?): no second one starts until it ends
+            _log.warning("the metric recording thread did not stop within %s s", timeout_s)
+            return
         with self._lock:
             self._closing = False
 
@@ -105,4 +108,6 @@ class RecordingThread:
             except Exception:  # an SDK that fails must not stop the recording of the next requests
                 _log.exception("recording request durations failed")
             if closing:
+                with self._lock:  # a close that stopped waiting for it left this to the thread
+                    self._closing = False
                 return

@@ -150,6 +150,33 @@ def test_the_thread_stops_after_recording_what_is_pending() -> None:
     assert recorded == [1, 2, 3, 4]
 
 
+def test_a_thread_that_outlives_the_close_is_never_doubled(caplog: pytest.LogCaptureFixture) -> None:
+    release, started = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def record() -> None:  # the first record hangs (a stuck exporter) until released
+        calls.append(1)
+        started.set()
+        release.wait(timeout=30)
+
+    recording = RecordingThread(record, name="test-stuck-recording")
+    recording.open()
+    assert recording.wake()
+    assert started.wait(timeout=10)
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        recording.close(timeout_s=0.05)  # it is still in record(): the close stops waiting
+    assert "did not stop" in caplog.text
+    recording.open()
+    assert not recording.wake()  # the stuck one still runs: no second thread, the caller records
+    assert len([t for t in threading.enumerate() if t.name == "test-stuck-recording"]) == 1
+    release.set()
+    (thread,) = [t for t in threading.enumerate() if t.name == "test-stuck-recording"]
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert recording.wake()  # once it ended, a new one starts
+    recording.close()
+
+
 def test_a_failing_record_is_logged_and_the_thread_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     calls: list[int] = []
     failed, recorded = threading.Event(), threading.Event()
@@ -262,3 +289,25 @@ def test_a_tally_reports_a_cumulative_sum_like_a_counter() -> None:
         assert tally.total({"k": "b"}) == 6 and tally.total({"k": "c"}) == 0
     finally:
         provider.shutdown()
+
+
+def test_a_request_the_loop_runs_itself_is_recorded_as_a_batch(
+    otel: Otel, scale: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from inprocserve import _loop_batching
+
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # the bound is not under test
+    server = make_server(scale)
+    before, before_rows = _count(otel, "inprocserve.batch.size", "scale")
+
+    async def main() -> None:
+        for _ in range(3):
+            await server.apredict("scale", np.ones((2, 4), np.float32))
+
+    asyncio.run(main())
+    METRICS.flush()
+    count, rows = _count(otel, "inprocserve.batch.size", "scale")
+    assert count - before == 3  # each was queued and run as a batch of one, by the loop or a worker
+    assert rows - before_rows == 6
