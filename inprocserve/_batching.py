@@ -276,15 +276,7 @@ class Batcher:
         finally:  # also when the caller's thread is interrupted: the runner and the counts are given back
             with self._lock:
                 self._give_back(runner)
-                abandoned = request.state == ABANDONED
-                request.state = DONE
-                self._in_flight -= 1
-                self._active_rows -= request.rows
-                if finished and error is None:
-                    self.batches_run += 1
-                    self.rows_run += request.rows
-                if self._closing:
-                    self._notify_if_drained()
+                abandoned = self._count_finished(request, ran=finished and error is None)
         if not abandoned:
             request.complete(outputs, error)
 
@@ -359,11 +351,7 @@ class Batcher:
         """Stop counting a running request that will never be answered (its thread was interrupted)."""
         with self._lock:
             if request.state != DONE:
-                request.state = DONE
-                self._in_flight -= 1
-                self._active_rows -= request.rows
-                if self._closing:
-                    self._notify_if_drained()
+                self._count_finished(request, ran=False)
 
     def wait(self, request: Request) -> None:
         """Block until ``request`` is answered or its deadline passes (synchronous callers only).
@@ -571,17 +559,23 @@ class Batcher:
         """Count one request that was running as finished, then answer it unless its caller gave up;
         ``ran``: it ran as a batch of its own (count the batch)."""
         with self._lock:
-            abandoned = request.state == ABANDONED
-            request.state = DONE
-            self._in_flight -= 1
-            self._active_rows -= request.rows
-            if ran:
-                self.batches_run += 1
-                self.rows_run += request.rows
-            if self._closing:
-                self._notify_if_drained()
+            abandoned = self._count_finished(request, ran=ran)
         if not abandoned:
             request.complete(outputs, error)
+
+    def _count_finished(self, request: Request, *, ran: bool) -> bool:
+        """With the lock held: count a running request as finished (and its run, if it ``ran`` as a batch of
+        its own); returns whether its caller gave up on it meanwhile."""
+        abandoned = request.state == ABANDONED
+        request.state = DONE
+        self._in_flight -= 1
+        self._active_rows -= request.rows
+        if ran:
+            self.batches_run += 1
+            self.rows_run += request.rows
+        if self._closing:
+            self._notify_if_drained()
+        return abandoned
 
     def _fail(self, request: Request, error: BaseException) -> None:
         if request.state == DONE:  # expired or cancelled while queued: no longer counted as in flight
