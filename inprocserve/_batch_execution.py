@@ -145,6 +145,27 @@ class BatchExecution:
             timing.compute_s = time.perf_counter() - started
             self.batch_sizes.record(timing.rows)
 
+    def run_plain(
+        self, runner: Any, arrays: dict[str, Any], rows: int, *, parent: Any, timing: BatchTiming | None
+    ) -> dict[str, Any]:
+        """Run a lone request's ``arrays`` (``rows`` rows, at most ``chunk_rows``, no deadline) on its caller's
+        thread and return its outputs by name; raise its error. :meth:`Batcher.run_plain` calls this for
+        :meth:`Server.predict`'s shortest way, which has no :class:`Request`. ``timing``: the compute time is
+        written to it (a sampled request span shows it)."""
+        started = 0.0 if timing is None else time.perf_counter()
+        try:
+            outputs = self._run_batch(runner, arrays, timeout_s=None, parent=parent)
+        except InprocserveError:  # the request's own failure
+            raise
+        except Exception:  # a bug, or the runner failed as a whole: the caller gets it, the log says more
+            logger.exception("model %r version %s: run failed unexpectedly", self.model, self.version)
+            raise
+        finally:
+            if timing is not None:
+                timing.compute_s = time.perf_counter() - started
+            self.batch_sizes.record(rows)
+        return dict(zip(self._output_names, outputs, strict=True))
+
     def runs_alone(self, request: Request) -> bool:
         """Whether :meth:`run_alone` takes ``request`` (it is not cut into slices)."""
         return self.chunk_rows is None or request.rows <= self.chunk_rows

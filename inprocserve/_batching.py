@@ -35,7 +35,7 @@ from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
 from ._handoff import handoff_cost_s
 from ._pool import RunnerPool, keep_inherited
 from ._recorder import Recorder
-from ._request import ABANDONED, DONE, QUEUED, RUNNING, Finisher, Request, complete_batch
+from ._request import ABANDONED, DONE, QUEUED, RUNNING, BatchTiming, Finisher, Request, complete_batch
 from ._stats import BatchSizeHistogram
 
 __all__ = ["Batcher", "VersionRetiredError"]
@@ -279,6 +279,55 @@ class Batcher:
                 abandoned = self._count_finished(request, ran=finished and error is None)
         if not abandoned:
             request.complete(outputs, error)
+
+    def run_plain(
+        self, arrays: dict[str, Any], rows: int, *, parent: Any, timing: BatchTiming | None
+    ) -> dict[str, Any] | None:
+        """Run a lone request's rows now, on this thread, if a runner is idle, nothing is queued and recent
+        traffic suggests no companions to wait for (what :meth:`submit` runs inline); else return ``None``
+        having changed nothing, and the caller takes the full way (:meth:`submit`).
+
+        This is :meth:`Server.predict`'s shortest way for a plain request (no deadline, cache, drift or
+        shadows): no :class:`Request`, one lock round trip to take a runner and one to give it back with the
+        counts. Its error (``InprocserveError``, or a bug's exception) is raised, after the counts are given
+        back; so is an interruption of the caller's thread.
+        """
+        execution = self._execution
+        if execution.chunk_rows is not None and rows > execution.chunk_rows:
+            return None
+        if not self._adopted:
+            self._adopt_runners()
+        with self._lock:
+            if self._closing or self._queue.rows:
+                return None
+            active = self._active_rows + rows
+            # a peak, not a count: when the full way follows, its own arrival changes nothing
+            if not self._policy.arrive(active, rows):
+                return None
+            runner = self._pool.checkout()
+            if runner is None:
+                return None
+            self._in_flight += 1
+            self._active_rows = active
+        ran = False
+        try:
+            outputs = execution.run_plain(runner, arrays, rows, parent=parent, timing=timing)
+            ran = True
+        finally:  # also when the run failed or the caller's thread is interrupted
+            self._plain_finished(runner, rows, ran=ran)
+        return outputs
+
+    def _plain_finished(self, runner: Any, rows: int, *, ran: bool) -> None:
+        """Give back the runner of a :meth:`run_plain` and count its request as finished (and its run)."""
+        with self._lock:
+            self._give_back(runner)
+            self._in_flight -= 1
+            self._active_rows -= rows
+            if ran:
+                self.batches_run += 1
+                self.rows_run += rows
+            if self._closing:
+                self._notify_if_drained()
 
     def _give_back(self, runner: Any) -> None:
         """Return a runner taken for an inline run, and wake a parked worker for what queued meanwhile.

@@ -1,0 +1,174 @@
+"""The shortest way of ``predict``: a lone request with no deadline, to a version with no cache, drift
+monitoring, shadows or rollout, is run at once on its caller's thread without a ``Request`` object. It must
+answer, count, record and fail exactly like the full way, and step aside whenever the full way is needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from opentelemetry.trace import SpanKind
+
+import inprocserve
+from inprocserve import _server
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .test_telemetry import Otel
+
+# The process-wide SDK (providers can be set once per process), as a fixture:
+from .test_telemetry import otel as otel
+
+
+@pytest.fixture
+def no_request_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any request that takes the full way (which builds a ``Request``): what remains took the short one."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("this request took the full way")
+
+    monkeypatch.setattr(_server, "Request", refuse)
+
+
+def test_a_lone_request_is_answered_without_the_queue(
+    scale_repository: Path, make_server: ServerFactory, no_request_objects: None
+) -> None:
+    server = make_server(scale_repository)
+    first = server.predict("scale", {"x": np.ones((3, 4), np.float32)})
+    second = server.predict("scale", np.full((1, 4), 2.0, np.float32))  # a bare array for a one-input model
+    np.testing.assert_allclose(first["y"], np.full((3, 4), 2.0))
+    np.testing.assert_allclose(second["y"], np.full((1, 4), 4.0))
+    assert (first.model, first.version, first.variant, first.reason) == ("scale", 1, "default", "latest ready version")
+    assert first.request_id != second.request_id
+    status = version_status(server, "scale")
+    assert status["batches_run"] == 2 and status["rows_run"] == 4
+    assert status["in_flight"] == 0 and status["queued_rows"] == 0
+    assert status["latency_ms"]["count"] == 2 and status["latency_ms"]["errors"] == 0
+    assert status["batch_size"]["histogram"]["1"] == 1 and status["batch_size"]["histogram"]["3-4"] == 1
+
+
+def test_the_short_way_keeps_recent_inputs_for_guarded_promotion(
+    scale_repository: Path, make_server: ServerFactory, no_request_objects: None
+) -> None:
+    server = make_server(scale_repository)
+    for value in range(3):
+        server.predict("scale", np.full((1, 4), value, np.float32))
+    recent = server._registry.routes["scale"].router.recent
+    assert [float(inputs["x"][0, 0]) for inputs in recent] == [0.0, 1.0, 2.0]
+
+
+def test_invalid_input_gets_the_full_ways_error(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository)
+    with pytest.raises(inprocserve.InvalidInputError, match=r"model 'scale' version 1: .*axis 1"):
+        server.predict("scale", np.ones((1, 5), np.float32))
+    assert version_status(server, "scale")["in_flight"] == 0
+
+
+def test_a_failing_run_is_raised_counted_and_leaves_the_server_serving(
+    busy_repository: Path, make_server: ServerFactory, no_request_objects: None
+) -> None:
+    server = make_server(busy_repository)
+    with pytest.raises(inprocserve.InferenceError):
+        server.predict("busy", busy_inputs(1, index=99))  # an index outside the table fails in onnxruntime
+    answer = server.predict("busy", busy_inputs(2))
+    assert answer["picked"].shape == (2, 2)
+    status = version_status(server, "busy")
+    assert status["latency_ms"]["errors"] == 1 and status["latency_ms"]["count"] == 1
+    assert status["in_flight"] == 0 and status["batches_run"] == 1
+
+
+def test_an_interrupted_caller_gives_the_runner_back(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(scale_repository)
+    server.predict("scale", np.ones((1, 4), np.float32))
+    execution = server._registry.routes["scale"].default.batcher._execution  # type: ignore[union-attr]
+    run = execution._run_batch
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:  # Ctrl-C arriving while onnxruntime runs
+        monkeypatch.setattr(execution, "_run_batch", run)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(execution, "_run_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        server.predict("scale", np.ones((1, 4), np.float32))
+    status = version_status(server, "scale")
+    assert status["in_flight"] == 0 and status["latency_ms"]["errors"] == 1
+    np.testing.assert_allclose(server.predict("scale", np.ones((1, 4), np.float32))["y"], np.full((1, 4), 2.0))
+
+
+def test_a_busy_version_queues_the_request_with_the_span_it_opened(
+    otel: Otel, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+    with otel.tracer.start_as_current_span("GET /score", kind=SpanKind.SERVER) as web:
+        answer = server.predict("busy", busy_inputs(1))  # the only runner is busy: it waits in the queue
+    blocker.result(timeout=60)
+    assert answer["picked"].shape == (1, 2)
+    mine = [
+        span
+        for span in otel.finished("inprocserve.predict")
+        if span.parent is not None and span.parent.span_id == web.get_span_context().span_id
+    ]
+    assert len(mine) == 1  # one span, opened by the short way and closed by the full one
+    attributes = dict(mine[0].attributes or {})
+    assert attributes["inprocserve.outcome"] == "ok" and attributes["inprocserve.request.queue_wait_s"] > 0
+
+
+def test_a_sampled_request_on_the_short_way_has_the_full_ways_span_and_metric(
+    otel: Otel, scale_repository: Path, make_server: ServerFactory, no_request_objects: None
+) -> None:
+    server = make_server(scale_repository)
+    with otel.tracer.start_as_current_span("GET /score", kind=SpanKind.SERVER):
+        server.predict("scale", np.ones((2, 4), np.float32))
+    (span,) = otel.finished("inprocserve.predict")
+    attributes = dict(span.attributes or {})
+    assert attributes["inprocserve.model.version"] == 1 and attributes["inprocserve.rollout.variant"] == "default"
+    assert attributes["inprocserve.request.rows"] == 2 and attributes["inprocserve.batch.rows"] == 2
+    assert attributes["inprocserve.batch.compute_s"] > 0 and attributes["inprocserve.request.queue_wait_s"] == 0
+    assert attributes["inprocserve.outcome"] == "ok"
+    points = [
+        point
+        for point in otel.metric_points("inprocserve.request.duration")
+        if point.attributes.get("inprocserve.model.name") == "scale"
+    ]
+    assert sum(point.count for point in points) >= 1
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["deadline", "pinned version", "cache", "second version in a canary"],
+)
+def test_requests_that_need_the_full_way_take_it(
+    setting: str, repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    models: dict[str, inprocserve.ModelConfig] = {}
+    if setting == "cache":
+        models["scale"] = inprocserve.ModelConfig(cache=inprocserve.CacheConfig(enabled=True))
+    if setting == "second version in a canary":
+        save_model(build_scale_model(3.0), repository, "scale", 2)
+        canary = inprocserve.CanaryConfig(version=2, percent=50.0)
+        rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, canary=canary)
+        models["scale"] = inprocserve.ModelConfig(rollout=rollout)
+    server = make_server(repository, models=models)
+    built: list[Any] = []
+    full_way = _server.Request
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(args)
+        return full_way(*args, **kwargs)
+
+    monkeypatch.setattr(_server, "Request", counted)
+    kwargs: dict[str, Any] = {}
+    if setting == "deadline":
+        kwargs["timeout_s"] = 5.0
+    if setting == "pinned version":
+        kwargs["version"] = 1
+    answer = server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"}, **kwargs)
+    assert answer["y"].shape == (1, 4)
+    assert len(built) == 1
+    wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
