@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from opentelemetry.trace import INVALID_SPAN
+
 from ._errors import DeadlineExceededError, OverloadedError
 from ._recorder import Recorder
 from ._request import BatchTiming, Request
@@ -70,18 +72,19 @@ class RequestTelemetry:
         """Close the span and record the metrics of a request that took :meth:`Server.predict`'s shortest way
         (run at once on its caller's thread, no :class:`Request`): the same span attributes and metrics as
         :meth:`answered` gives an inline run."""
-        end_request_span(
-            span,
-            version=version,
-            variant=decision.variant,
-            reason=decision.reason,
-            rows=rows,
-            queue_wait_s=None if timing is None else 0.0,
-            batch=timing,
-            flags=decision.flags,
-            provider=decision.provider,
-            error=error,
-        )
+        if span is not INVALID_SPAN:
+            end_request_span(
+                span,
+                version=version,
+                variant=decision.variant,
+                reason=decision.reason,
+                rows=rows,
+                queue_wait_s=None if timing is None else 0.0,
+                batch=timing,
+                flags=decision.flags,
+                provider=decision.provider,
+                error=error,
+            )
         recorder.request_finished(elapsed_s, variant=decision.variant, error=error, span=span)
 
     def refused(

@@ -17,6 +17,8 @@ from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.trace import INVALID_SPAN
+
 from . import _fork
 from ._batching import VersionRetiredError
 from ._config import ModelConfig
@@ -251,8 +253,8 @@ class Server(RolloutMethods):
         except InvalidInputError:
             return None, None
         recorder = batcher.telemetry
-        span = recorder.start_request_span()
-        timing = BatchTiming(rows) if span.is_recording() else None
+        span = start_request_span(model, recorder.span_attributes)
+        timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)
         try:
             outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing)
         except BaseException as exc:  # its run failed, or this thread was interrupted: recorded like the full way
