@@ -3,11 +3,14 @@
     python benchmarks/coalescing.py                    # full run: both models, N = 1, 8, 32, 64
     python benchmarks/coalescing.py --seconds 1 --rounds 1 --models mlp-small   # quick look
     python benchmarks/coalescing.py --otel             # as production runs: an OpenTelemetry SDK installed
+    python benchmarks/coalescing.py --spinning         # the server with pool.allow_spinning (naive's threads)
 
 Writes benchmarks/results/coalescing.{json,md,png}; with ``--otel``, coalescing-otel.{json,md,png}: the same
 run with the SDK installed as ``telemetry_overhead.py`` installs it (``BatchSpanProcessor`` and
 ``PeriodicExportingMetricReader`` to exporters that discard, ``ParentBased(TraceIdRatioBased(0.01))``), so the
-library records its spans and metrics while the naive baseline, which has none, pays nothing.
+library records its spans and metrics while the naive baseline, which has none, pays nothing. With
+``--spinning``, coalescing-spinning.*: the server's sessions spin and take the thread budget
+(``PoolConfig(allow_spinning=True)``), as onnxruntime's default session, the naive one, does.
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             repository = Path(folder) / name
             path = build_reference(name, repository)
             raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # onnxruntime's defaults
-            server = inprocserve.Server(repository, models={name: inprocserve.ModelConfig()})
+            pool = inprocserve.PoolConfig(allow_spinning=args.spinning)
+            server = inprocserve.Server(repository, models={name: inprocserve.ModelConfig(pool=pool)})
             print(f"== {name}")
             max_diff = check_outputs(server, raw, name)
             rates = ceiling(raw, name, min(args.seconds, 2.0))
@@ -197,9 +201,21 @@ def summarize(point: dict[str, list[dict[str, Any]]], best: float) -> dict[str, 
 def write_markdown(results: dict[str, Any], tag: str) -> Path:
     m = results["machine"]
     otel = results["settings"].get("otel")
+    spinning = results["settings"].get("spinning")
     lines = [
-        "# Coalescing benchmark" + (", OpenTelemetry SDK installed" if otel else ""),
+        "# Coalescing benchmark"
+        + (", OpenTelemetry SDK installed" if otel else "")
+        + (", spinning sessions" if spinning else ""),
         "",
+        *(
+            [
+                "The server's sessions spin and take the thread budget (`PoolConfig(allow_spinning=True)`), as "
+                "onnxruntime's default session (the naive one) does; the library's default does neither.",
+                "",
+            ]
+            if spinning
+            else []
+        ),
         *(
             [
                 "OpenTelemetry SDK installed as a service would (batch span processor, periodic metric reader, "
@@ -288,10 +304,13 @@ def main() -> None:
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--tag", help="result file name (default: coalescing, or coalescing-otel with --otel)")
+    parser.add_argument(
+        "--tag", help="result file name (default: coalescing, with -otel and/or -spinning for those options)"
+    )
     parser.add_argument("--otel", action="store_true", help="install the OpenTelemetry SDK first (1 %% sampling)")
+    parser.add_argument("--spinning", action="store_true", help="serve with PoolConfig(allow_spinning=True)")
     args = parser.parse_args()
-    tag = args.tag or ("coalescing-otel" if args.otel else "coalescing")
+    tag = args.tag or "coalescing" + ("-otel" if args.otel else "") + ("-spinning" if args.spinning else "")
     if args.otel:
         from telemetry_overhead import install_sdk
 

@@ -177,8 +177,11 @@ class PoolConfig:
     inter_op_threads: int = 1
     """Threads for running independent graph branches in parallel (1 = sequential execution)."""
     allow_spinning: bool = False
-    """Let idle onnxruntime threads spin. Faster for one caller on a quiet machine, but spinning threads
-    steal the cores that web threads and other workers need, so it is off by default."""
+    """Let idle onnxruntime threads spin, and give every model the thread budget (with ``intra_op_threads``
+    unset): a small model's run then splits over the cores without a thread wake-up, as onnxruntime's own
+    default session does. Faster for callers of a process that has the host's cores to itself (a run of a
+    small model about a fifth faster here), but spinning threads steal the cores that web threads and other
+    gunicorn workers need, so it is off by default (docs/performance.md, "Spinning")."""
     providers: tuple[str, ...] | Literal["auto"] = "auto"
     """``"auto"``: CUDA when it is usable, else CPU. Or an explicit onnxruntime provider list."""
     device_ids: tuple[int, ...] = (0,)

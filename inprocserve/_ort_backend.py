@@ -252,7 +252,8 @@ class OnnxruntimeBackend:
         """Create every session (once per process), run ``warmup(session)`` on each, return the signature.
 
         With ``intra_op_threads`` unset the thread count is chosen by measurement on the first build: one
-        thread if a ``probe_rows``-row run takes under 1 ms on one thread, else the thread budget.
+        thread if a ``probe_rows``-row run takes under 1 ms on one thread, else the thread budget (always
+        the budget with ``allow_spinning``).
 
         Raises:
             ModelLoadError: the file is missing, not ONNX, corrupt, or a session or warm-up failed.
@@ -292,7 +293,8 @@ class OnnxruntimeBackend:
 
     def _choose_threads(self, probe_rows: int) -> int:
         budget = thread_budget(self.config)
-        if self.config.intra_op_threads is not None or budget == 1:
+        # spinning threads take a parallel operator's work without a wake-up: more threads never cost one
+        if self.config.intra_op_threads is not None or budget == 1 or self.config.allow_spinning:
             return budget
         probe = self._create(0, threads=1, warm=False)
         assert self.signature is not None

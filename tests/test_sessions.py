@@ -6,11 +6,15 @@ configuration and of whether CUDA is usable, and is tested here with that flag g
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from inprocserve import InferenceError, InvalidInputError, ModelLoadError, PoolConfig
+from inprocserve import InferenceError, InvalidInputError, ModelConfig, ModelLoadError, PoolConfig
 from inprocserve._ort_backend import onnxruntime_error_types, session_options
 from inprocserve._ort_rules import RUN_ERROR_MAP, resolve_providers, thread_budget, translate_run_error, usable_cores
+
+from .conftest import ServerFactory
 
 
 def test_auto_uses_cuda_only_when_usable() -> None:
@@ -73,6 +77,18 @@ def test_session_options_turn_spinning_off_by_default() -> None:
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     spinning = session_options(PoolConfig(allow_spinning=True))
     assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_a_small_model_gets_one_thread_unless_threads_spin(
+    spinning: bool, scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """One thread for a model that runs in microseconds: without spinning, a second thread would cost a
+    wake-up per operator. Spinning threads cost none, so with them every model gets the budget."""
+    config = ModelConfig(pool=PoolConfig(allow_spinning=spinning))
+    server = make_server(scale_repository, models={"scale": config})
+    status = server.status()["models"]["scale"]["versions"]["1"]
+    assert status["intra_op_threads"] == (thread_budget(config.pool) if spinning else 1)
 
 
 def test_every_onnxruntime_error_type_is_mapped() -> None:
