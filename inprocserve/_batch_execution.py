@@ -146,15 +146,22 @@ class BatchExecution:
             self.batch_sizes.record(timing.rows)
 
     def run_plain(
-        self, runner: Any, arrays: dict[str, Any], rows: int, *, parent: Any, timing: BatchTiming | None
+        self,
+        runner: Any,
+        arrays: dict[str, Any],
+        rows: int,
+        *,
+        parent: Any,
+        timing: BatchTiming | None,
+        timeout_s: float | None = None,
     ) -> dict[str, Any]:
-        """Run a lone request's ``arrays`` (``rows`` rows, at most ``chunk_rows``, no deadline) on its caller's
-        thread and return its outputs by name; raise its error. :meth:`Batcher.run_plain` calls this for
-        :meth:`Server.predict`'s shortest way, which has no :class:`Request`. ``timing``: the compute time is
-        written to it (a sampled request span shows it)."""
+        """Run a lone request's ``arrays`` (``rows`` rows, at most ``chunk_rows``) on its caller's thread,
+        stopped after ``timeout_s``, and return its outputs by name; raise its error. :meth:`Batcher.run_plain`
+        calls this for :meth:`Server.predict`'s shortest way, which has no :class:`Request`. ``timing``: the
+        compute time is written to it (a sampled request span shows it)."""
         started = 0.0 if timing is None else time.perf_counter()
         try:
-            outputs = self._run_batch(runner, arrays, timeout_s=None, parent=parent)
+            outputs = self._run_batch(runner, arrays, timeout_s=timeout_s, parent=parent)
         except InprocserveError:  # the request's own failure
             raise
         except Exception:  # a bug, or the runner failed as a whole: the caller gets it, the log says more

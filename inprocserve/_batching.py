@@ -281,16 +281,22 @@ class Batcher:
             request.complete(outputs, error)
 
     def run_plain(
-        self, arrays: dict[str, Any], rows: int, *, parent: Any, timing: BatchTiming | None
+        self,
+        arrays: dict[str, Any],
+        rows: int,
+        *,
+        parent: Any,
+        timing: BatchTiming | None,
+        timeout_s: float | None = None,
     ) -> dict[str, Any] | None:
         """Run a lone request's rows now, on this thread, if a runner is idle, nothing is queued and recent
         traffic suggests no companions to wait for (what :meth:`submit` runs inline); else return ``None``
         having changed nothing, and the caller takes the full way (:meth:`submit`).
 
-        This is :meth:`Server.predict`'s shortest way for a plain request (no deadline, cache, drift or
-        shadows): no :class:`Request`, one lock round trip to take a runner and one to give it back with the
-        counts. Its error (``InprocserveError``, or a bug's exception) is raised, after the counts are given
-        back; so is an interruption of the caller's thread.
+        This is :meth:`Server.predict`'s shortest way for a plain request (no cache, drift or shadows): no
+        :class:`Request`, one lock round trip to take a runner and one to give it back with the counts. The
+        run is stopped after ``timeout_s``. Its error (``InprocserveError``, or a bug's exception) is raised,
+        after the counts are given back; so is an interruption of the caller's thread.
         """
         execution = self._execution
         if execution.chunk_rows is not None and rows > execution.chunk_rows:
@@ -311,7 +317,7 @@ class Batcher:
             self._active_rows = active
         ran = False
         try:
-            outputs = execution.run_plain(runner, arrays, rows, parent=parent, timing=timing)
+            outputs = execution.run_plain(runner, arrays, rows, parent=parent, timing=timing, timeout_s=timeout_s)
             ran = True
         finally:  # also when the run failed or the caller's thread is interrupted
             self._plain_finished(runner, rows, ran=ran)

@@ -194,11 +194,11 @@ class Server(RolloutMethods):
             ServerClosedError: the server is closed.
         """
 
-        opened = None
-        if version is None and timeout_s is None:
-            answer, opened = self._predict_plain(model, inputs, context)
-            if answer is not None:
-                return answer
+        if timeout_s is not None:
+            timeout_s = check_timeout(timeout_s)
+        answer, opened = self._predict_plain(model, inputs, version, context, timeout_s)
+        if answer is not None:
+            return answer
         request, target = self._dispatch(model, inputs, version, context, timeout_s, None, inline=True, opened=opened)
         batcher = target.batcher
         assert batcher is not None
@@ -217,26 +217,35 @@ class Server(RolloutMethods):
         return request.prediction()
 
     def _predict_plain(
-        self, model: str, inputs: Any, context: Mapping[str, Any] | None
+        self,
+        model: str,
+        inputs: Any,
+        version: int | None,
+        context: Mapping[str, Any] | None,
+        timeout_s: float | None,
     ) -> tuple[Prediction | None, tuple[float, Any] | None]:
-        """The shortest way for the most common call at low load: a request with no deadline to a version
-        with no cache, drift monitoring, shadows or rollout, run at once on this thread when a runner is idle
-        and nothing is queued. No :class:`Request`, no queue, one lock round trip to take the runner and one
-        to give it back; the same span, metrics, latency and counts as the full way (docs/performance.md,
-        "Where a lone request's time goes").
+        """The shortest way for the most common call at low load: a request to a version with no cache or
+        drift monitoring, routed with no rollout or shadow (or pinned), run at once on this thread when a
+        runner is idle and nothing is queued. No :class:`Request`, no queue, one lock round trip to take the
+        runner and one to give it back; the same deadline, span, metrics, latency and counts as the full way
+        (docs/performance.md, "Where a lone request's time goes"). ``timeout_s`` was checked already.
 
         Returns ``(answer, None)``; or ``(None, opened)`` when it does not apply, where ``opened`` is the
         ``(started, span)`` already opened for the request (``None``: none yet), which the full way then
         continues. Invalid input is left to the full way, which names the model in its error.
         """
         started = time.perf_counter()
+        deadline = None if timeout_s is None else self._clock() + timeout_s
         routes = self._registry.routes.get(model)
         if routes is None:
             return None, None
         router = routes.router
-        if not router.trivial:
+        if version is not None:
+            decision = _pinned(version)
+        elif router.trivial:
+            decision = router.decide(routes.versions, routes.default.version, context)
+        else:
             return None, None
-        decision = router.decide(routes.versions, routes.default.version, context)
         target = routes.versions.get(decision.version)
         if (
             target is None
@@ -256,7 +265,8 @@ class Server(RolloutMethods):
         span = start_request_span(model, recorder.span_attributes)
         timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)
         try:
-            outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing)
+            left_s = None if deadline is None else deadline - self._clock()
+            outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing, timeout_s=left_s)
         except BaseException as exc:  # its run failed, or this thread was interrupted: recorded like the full way
             elapsed_s = time.perf_counter() - started
             target.latency.record(elapsed_s, failed=True)
@@ -462,7 +472,7 @@ class Server(RolloutMethods):
         target = routes.versions.get(version)
         if target is None:
             raise self._not_found(model, version)
-        return routes, target, Decision(version, "pinned", "version requested by caller")
+        return routes, target, _pinned(version)
 
     @staticmethod
     def _validated(target: ModelVersion, inputs: Any) -> tuple[dict[str, Any], int]:
@@ -653,3 +663,8 @@ def _close_unclosed(loaded: dict[str, dict[int, ModelVersion]], shadow: ShadowRu
     shadow.close()
     close_versions(loaded)
     drift.close(timeout_s=1.0)
+
+
+def _pinned(version: int) -> Decision:
+    """The routing decision of a request that pinned ``version``."""
+    return Decision(version, "pinned", "version requested by caller")

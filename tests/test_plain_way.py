@@ -138,10 +138,34 @@ def test_a_sampled_request_on_the_short_way_has_the_full_ways_span_and_metric(
     assert sum(point.count for point in points) >= 1
 
 
-@pytest.mark.parametrize(
-    "setting",
-    ["deadline", "pinned version", "cache", "second version in a canary"],
-)
+def test_a_pinned_version_of_a_model_in_a_canary_takes_the_short_way(
+    repository: Path, make_server: ServerFactory, no_request_objects: None
+) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    canary = inprocserve.CanaryConfig(version=2, percent=50.0)
+    rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, canary=canary)
+    server = make_server(repository, models={"scale": inprocserve.ModelConfig(rollout=rollout)})
+    answer = server.predict("scale", np.ones((1, 4), np.float32), version=2, context={"user_id": "u1"})
+    np.testing.assert_allclose(answer["y"], np.full((1, 4), 2.0))
+    assert (answer.version, answer.variant, answer.reason) == (2, "pinned", "version requested by caller")
+
+
+def test_a_deadline_on_the_short_way_stops_the_run(
+    busy_repository: Path, make_server: ServerFactory, no_request_objects: None
+) -> None:
+    whole = inprocserve.ModelConfig(  # whole requests in one run, one thread: no timing probe of a huge batch
+        batching=inprocserve.BatchingConfig(max_batch_size=4096), pool=inprocserve.PoolConfig(intra_op_threads=1)
+    )
+    server = make_server(busy_repository, models={"busy": whole})
+    assert server.predict("busy", busy_inputs(1), timeout_s=60)["picked"].shape == (1, 2)
+    with pytest.raises(inprocserve.DeadlineExceededError):
+        server.predict("busy", busy_inputs(3000), timeout_s=0.005)  # a quarter of a second or more of work
+    status = version_status(server, "busy")
+    assert status["in_flight"] == 0 and status["latency_ms"]["errors"] == 1 and status["latency_ms"]["count"] == 1
+
+
+@pytest.mark.parametrize("setting", ["cache", "second version in a canary"])
 def test_requests_that_need_the_full_way_take_it(
     setting: str, repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,12 +187,7 @@ def test_requests_that_need_the_full_way_take_it(
         return full_way(*args, **kwargs)
 
     monkeypatch.setattr(_server, "Request", counted)
-    kwargs: dict[str, Any] = {}
-    if setting == "deadline":
-        kwargs["timeout_s"] = 5.0
-    if setting == "pinned version":
-        kwargs["version"] = 1
-    answer = server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"}, **kwargs)
+    answer = server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"})
     assert answer["y"].shape == (1, 4)
     assert len(built) == 1
     wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
