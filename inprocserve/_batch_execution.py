@@ -162,6 +162,7 @@ class BatchExecution:
         started = 0.0 if timing is None else time.perf_counter()
         try:
             outputs = self._run_batch(runner, arrays, timeout_s=timeout_s, parent=parent)
+            return dict(zip(self._output_names, outputs, strict=True))
         except InprocserveError:  # the request's own failure
             raise
         except Exception:  # a bug, or the runner failed as a whole: the caller gets it, the log says more
@@ -171,7 +172,6 @@ class BatchExecution:
             if timing is not None:
                 timing.compute_s = time.perf_counter() - started
             self.batch_sizes.record(rows)
-        return dict(zip(self._output_names, outputs, strict=True))
 
     def runs_alone(self, request: Request) -> bool:
         """Whether :meth:`run_alone` takes ``request`` (it is not cut into slices)."""

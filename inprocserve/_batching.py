@@ -149,6 +149,11 @@ class Batcher:
         return self._in_flight
 
     @property
+    def adopted(self) -> bool:
+        """Whether this process's runners are adopted (the first request of a process adopts them)."""
+        return self._adopted
+
+    @property
     def max_delay_s(self) -> float:
         """The effective longest wait for companions (configured, or derived from the run cost)."""
         return self._policy.delay_s
@@ -287,7 +292,7 @@ class Batcher:
         *,
         parent: Any,
         timing: BatchTiming | None,
-        timeout_s: float | None = None,
+        deadline: float | None = None,
     ) -> dict[str, Any] | None:
         """Run a lone request's rows now, on this thread, if a runner is idle, nothing is queued and recent
         traffic suggests no companions to wait for (what :meth:`submit` runs inline); else return ``None``
@@ -295,14 +300,15 @@ class Batcher:
 
         This is :meth:`Server.predict`'s shortest way for a plain request (no cache, drift or shadows): no
         :class:`Request`, one lock round trip to take a runner and one to give it back with the counts. The
-        run is stopped after ``timeout_s``. Its error (``InprocserveError``, or a bug's exception) is raised,
-        after the counts are given back; so is an interruption of the caller's thread.
+        run is stopped at ``deadline`` (on this batcher's clock). Its error (``InprocserveError``, or a bug's
+        exception) is raised, after the counts are given back; so is an interruption of the caller's thread.
+        Before this process's runners are adopted (:attr:`adopted`) it returns ``None``.
         """
         execution = self._execution
-        if execution.chunk_rows is not None and rows > execution.chunk_rows:
+        if not self._adopted or (execution.chunk_rows is not None and rows > execution.chunk_rows):
             return None
-        if not self._adopted:
-            self._adopt_runners()
+        if self._queue.rows or not self._pool.has_free():  # busy (read without the lock: a hint, checked below)
+            return None
         with self._lock:
             if self._closing or self._queue.rows:
                 return None
@@ -317,6 +323,7 @@ class Batcher:
             self._active_rows = active
         ran = False
         try:
+            timeout_s = None if deadline is None else deadline - self._clock()
             outputs = execution.run_plain(runner, arrays, rows, parent=parent, timing=timing, timeout_s=timeout_s)
             ran = True
         finally:  # also when the run failed or the caller's thread is interrupted

@@ -14,6 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -223,57 +224,56 @@ class Server(RolloutMethods):
         version: int | None,
         context: Mapping[str, Any] | None,
         timeout_s: float | None,
-    ) -> tuple[Prediction | None, tuple[float, Any] | None]:
+    ) -> tuple[Prediction | None, _Opened | None]:
         """The shortest way for the most common call at low load: a request to a version with no cache or
         drift monitoring, routed with no rollout or shadow (or pinned), run at once on this thread when a
         runner is idle and nothing is queued. No :class:`Request`, no queue, one lock round trip to take the
         runner and one to give it back; the same deadline, span, metrics, latency and counts as the full way
         (docs/performance.md, "Where a lone request's time goes"). ``timeout_s`` was checked already.
 
-        Returns ``(answer, None)``; or ``(None, opened)`` when it does not apply, where ``opened`` is the
-        ``(started, span)`` already opened for the request (``None``: none yet), which the full way then
-        continues. Invalid input is left to the full way, which names the model in its error.
+        Returns ``(answer, None)``; or ``(None, opened)`` when it does not apply: ``opened`` holds what was
+        done for the request already (its start, deadline and span; its route and validated inputs), which
+        the full way continues from, or is ``None`` when nothing was. Anything refused before the run
+        (unknown model, invalid input) is left to the full way, which names the model and records it.
         """
         started = time.perf_counter()
         deadline = None if timeout_s is None else self._clock() + timeout_s
-        routes = self._registry.routes.get(model)
-        if routes is None:
-            return None, None
-        router = routes.router
-        if version is not None:
-            decision = _pinned(version)
-        elif router.trivial:
-            decision = router.decide(routes.versions, routes.default.version, context)
-        else:
-            return None, None
-        target = routes.versions.get(decision.version)
-        if (
-            target is None
-            or target.cache is not None
-            or target.drift is not None
-            or target.config.cache.share_in_flight
-        ):
-            return None, None
-        batcher, signature = target.batcher, target.signature
-        if batcher is None or signature is None:
-            return None, None
         try:
+            routes = self._registry.routes.get(model)
+            if routes is None:
+                return None, None
+            router = routes.router
+            if version is not None:
+                decision = _pinned(version)
+            elif router.trivial:
+                decision = router.decide(routes.versions, routes.default.version, context)
+            else:
+                return None, None
+            target = routes.versions.get(decision.version)
+            if target is None or target.cache is not None or target.drift is not None:
+                return None, None
+            batcher, signature = target.batcher, target.signature
+            if batcher is None or signature is None or not batcher.adopted or target.config.cache.share_in_flight:
+                return None, None  # (a process's first request adopts the runners the full way)
             arrays, rows = signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
-        except InvalidInputError:
+        except Exception:  # the full way raises it again, naming the model, and records the refusal
             return None, None
         recorder = batcher.telemetry
         span = start_request_span(model, recorder.span_attributes)
         timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)
         try:
-            left_s = None if deadline is None else deadline - self._clock()
-            outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing, timeout_s=left_s)
-        except BaseException as exc:  # its run failed, or this thread was interrupted: recorded like the full way
+            outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing, deadline=deadline)
+        except Exception as exc:  # its run failed: answered with the error, like an inline run of the full way
             elapsed_s = time.perf_counter() - started
             target.latency.record(elapsed_s, failed=True)
             self._telemetry.plain_answered(span, decision, target.version, rows, timing, exc, elapsed_s, recorder)
+            router.served(self._ids.next(), decision, arrays)
+            raise
+        except BaseException as exc:  # this thread was interrupted: refused, like the full way's
+            self._telemetry.refused(span, started, model, target.version, decision, exc)
             raise
         if outputs is None:  # busy, or companions expected: the full way queues it
-            return None, (started, span)
+            return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows)
         elapsed_s = time.perf_counter() - started
         target.latency.record(elapsed_s)
         self._telemetry.plain_answered(span, decision, target.version, rows, timing, None, elapsed_s, recorder)
@@ -411,7 +411,7 @@ class Server(RolloutMethods):
         run_rows: int | None = None,
         beside: bool = False,
         planned: ModelVersion | None = None,
-        opened: tuple[float, Any] | None = None,
+        opened: _Opened | None = None,
     ) -> tuple[Request, ModelVersion]:
         """Route, validate, then answer from the cache, follow an identical request, or queue; every
         request that gets here is answered through :meth:`_answered`, or raises having been refused.
@@ -419,22 +419,32 @@ class Server(RolloutMethods):
         Batch scoring sets ``run_rows`` (rows per model run of a large request) and ``beside`` (run it now
         on this thread, beside the workers: :meth:`Batcher.run_beside`), both planned for the version
         ``planned``: a request routed to another one (a canary, or a version loaded meanwhile) is queued
-        like any other, within that version's own limits. ``opened``: the ``(started, span)`` that
-        :meth:`_predict_plain` opened for this request before it found the way busy."""
-        if timeout_s is not None:
-            timeout_s = check_timeout(timeout_s)
+        like any other, within that version's own limits. ``opened``: what :meth:`_predict_plain` did for
+        this request before it found the way busy (its start, deadline, span, route and validated inputs)."""
         if opened is None:
+            if timeout_s is not None:
+                timeout_s = check_timeout(timeout_s)
             started = time.perf_counter()
             span = start_request_span(model)
+            deadline = None if timeout_s is None else self._clock() + timeout_s
         else:
-            started, span = opened
-        deadline = None if timeout_s is None else self._clock() + timeout_s
+            started, span, deadline = opened.started, opened.span, opened.deadline
         decision: Decision | None = None
         target: ModelVersion | None = None
         try:
             for _ in range(_RETRIES_ON_RETIRED):
-                routes, target, decision = self._route(model, version, context)
-                arrays, rows = self._validated(target, inputs)
+                if opened is not None:  # routed and validated already (only once: a retry routes again)
+                    routes, target, decision, arrays, rows = (
+                        opened.routes,
+                        opened.target,
+                        opened.decision,
+                        opened.arrays,
+                        opened.rows,
+                    )
+                    opened = None
+                else:
+                    routes, target, decision = self._route(model, version, context)
+                    arrays, rows = self._validated(target, inputs)
                 request = Request(arrays, rows, self._route_of(routes, target, decision), deadline, future)
                 request.span = span
                 request.started = started
@@ -668,3 +678,17 @@ def _close_unclosed(loaded: dict[str, dict[int, ModelVersion]], shadow: ShadowRu
 def _pinned(version: int) -> Decision:
     """The routing decision of a request that pinned ``version``."""
     return Decision(version, "pinned", "version requested by caller")
+
+
+@dataclass(slots=True)
+class _Opened:
+    """What :meth:`Server._predict_plain` did for a request before handing it to the full way."""
+
+    started: float
+    span: Any
+    deadline: float | None
+    routes: Routes
+    target: ModelVersion
+    decision: Decision
+    arrays: dict[str, Any]
+    rows: int

@@ -4,6 +4,7 @@ answer, count, record and fail exactly like the full way, and step aside wheneve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +24,30 @@ from .test_telemetry import otel as otel
 
 
 @pytest.fixture
-def no_request_objects(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail any request that takes the full way (which builds a ``Request``): what remains took the short one."""
+def forbid_full_way(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Call it to fail any request that takes the full way from then on (the full way builds a
+    ``Request``): what still succeeds took the short one."""
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("this request took the full way")
 
-    monkeypatch.setattr(_server, "Request", refuse)
+    def forbid() -> None:
+        monkeypatch.setattr(_server, "Request", refuse)
+
+    return forbid
+
+
+def first_request(server: inprocserve.Server, model: str, inputs: Any) -> None:
+    """A process's first request to a version adopts its runners, the full way."""
+    server.predict(model, inputs)
 
 
 def test_a_lone_request_is_answered_without_the_queue(
-    scale_repository: Path, make_server: ServerFactory, no_request_objects: None
+    scale_repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
 ) -> None:
     server = make_server(scale_repository)
+    first_request(server, "scale", np.ones((2, 4), np.float32))
+    forbid_full_way()
     first = server.predict("scale", {"x": np.ones((3, 4), np.float32)})
     second = server.predict("scale", np.full((1, 4), 2.0, np.float32))  # a bare array for a one-input model
     np.testing.assert_allclose(first["y"], np.full((3, 4), 2.0))
@@ -43,20 +55,23 @@ def test_a_lone_request_is_answered_without_the_queue(
     assert (first.model, first.version, first.variant, first.reason) == ("scale", 1, "default", "latest ready version")
     assert first.request_id != second.request_id
     status = version_status(server, "scale")
-    assert status["batches_run"] == 2 and status["rows_run"] == 4
+    assert status["batches_run"] == 3 and status["rows_run"] == 6
     assert status["in_flight"] == 0 and status["queued_rows"] == 0
-    assert status["latency_ms"]["count"] == 2 and status["latency_ms"]["errors"] == 0
-    assert status["batch_size"]["histogram"]["1"] == 1 and status["batch_size"]["histogram"]["3-4"] == 1
+    assert status["latency_ms"]["count"] == 3 and status["latency_ms"]["errors"] == 0
+    histogram = status["batch_size"]["histogram"]
+    assert (histogram["1"], histogram["2"], histogram["3-4"]) == (1, 1, 1)
 
 
 def test_the_short_way_keeps_recent_inputs_for_guarded_promotion(
-    scale_repository: Path, make_server: ServerFactory, no_request_objects: None
+    scale_repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
 ) -> None:
     server = make_server(scale_repository)
+    first_request(server, "scale", np.full((1, 4), -1.0, np.float32))
+    forbid_full_way()
     for value in range(3):
         server.predict("scale", np.full((1, 4), value, np.float32))
     recent = server._registry.routes["scale"].router.recent
-    assert [float(inputs["x"][0, 0]) for inputs in recent] == [0.0, 1.0, 2.0]
+    assert [float(inputs["x"][0, 0]) for inputs in recent] == [-1.0, 0.0, 1.0, 2.0]
 
 
 def test_invalid_input_gets_the_full_ways_error(scale_repository: Path, make_server: ServerFactory) -> None:
@@ -67,16 +82,19 @@ def test_invalid_input_gets_the_full_ways_error(scale_repository: Path, make_ser
 
 
 def test_a_failing_run_is_raised_counted_and_leaves_the_server_serving(
-    busy_repository: Path, make_server: ServerFactory, no_request_objects: None
+    busy_repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
 ) -> None:
     server = make_server(busy_repository)
+    first_request(server, "busy", busy_inputs(1))
+    forbid_full_way()
     with pytest.raises(inprocserve.InferenceError):
         server.predict("busy", busy_inputs(1, index=99))  # an index outside the table fails in onnxruntime
     answer = server.predict("busy", busy_inputs(2))
     assert answer["picked"].shape == (2, 2)
     status = version_status(server, "busy")
-    assert status["latency_ms"]["errors"] == 1 and status["latency_ms"]["count"] == 1
-    assert status["in_flight"] == 0 and status["batches_run"] == 1
+    assert status["latency_ms"]["errors"] == 1 and status["latency_ms"]["count"] == 2
+    assert status["in_flight"] == 0 and status["batches_run"] == 2
+    assert len(server._registry.routes["busy"].router.recent) == 3  # failed inputs are kept, as the full way does
 
 
 def test_an_interrupted_caller_gives_the_runner_back(
@@ -94,20 +112,31 @@ def test_an_interrupted_caller_gives_the_runner_back(
     monkeypatch.setattr(execution, "_run_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         server.predict("scale", np.ones((1, 4), np.float32))
-    status = version_status(server, "scale")
-    assert status["in_flight"] == 0 and status["latency_ms"]["errors"] == 1
+    status = version_status(server, "scale")  # refused, as the full way refuses an interrupted request
+    assert status["in_flight"] == 0 and status["latency_ms"]["errors"] == 0
     np.testing.assert_allclose(server.predict("scale", np.ones((1, 4), np.float32))["y"], np.full((1, 4), 2.0))
 
 
 def test_a_busy_version_queues_the_request_with_the_span_it_opened(
-    otel: Otel, busy_repository: Path, make_server: ServerFactory
+    otel: Otel, busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = make_server(busy_repository)
     blocker = occupy(server)
+    signature = server._registry.routes["busy"].default.signature
+    assert signature is not None
+    validate = signature.validate
+    validated: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        validated.append(1)
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(signature, "validate", counted)
     with otel.tracer.start_as_current_span("GET /score", kind=SpanKind.SERVER) as web:
         answer = server.predict("busy", busy_inputs(1))  # the only runner is busy: it waits in the queue
     blocker.result(timeout=60)
     assert answer["picked"].shape == (1, 2)
+    assert len(validated) == 1  # the full way continues from the short way's validated inputs
     mine = [
         span
         for span in otel.finished("inprocserve.predict")
@@ -119,9 +148,12 @@ def test_a_busy_version_queues_the_request_with_the_span_it_opened(
 
 
 def test_a_sampled_request_on_the_short_way_has_the_full_ways_span_and_metric(
-    otel: Otel, scale_repository: Path, make_server: ServerFactory, no_request_objects: None
+    otel: Otel, scale_repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
 ) -> None:
     server = make_server(scale_repository)
+    first_request(server, "scale", np.ones((1, 4), np.float32))
+    forbid_full_way()
+    otel.spans.clear()
     with otel.tracer.start_as_current_span("GET /score", kind=SpanKind.SERVER):
         server.predict("scale", np.ones((2, 4), np.float32))
     (span,) = otel.finished("inprocserve.predict")
@@ -139,30 +171,35 @@ def test_a_sampled_request_on_the_short_way_has_the_full_ways_span_and_metric(
 
 
 def test_a_pinned_version_of_a_model_in_a_canary_takes_the_short_way(
-    repository: Path, make_server: ServerFactory, no_request_objects: None
+    repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
 ) -> None:
     for version in (1, 2):
         save_model(build_scale_model(float(version)), repository, "scale", version)
     canary = inprocserve.CanaryConfig(version=2, percent=50.0)
     rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, canary=canary)
     server = make_server(repository, models={"scale": inprocserve.ModelConfig(rollout=rollout)})
+    first_request(server, "scale", np.ones((1, 4), np.float32))
+    server.predict("scale", np.ones((1, 4), np.float32), version=2)  # each version adopts its own runners
+    forbid_full_way()
     answer = server.predict("scale", np.ones((1, 4), np.float32), version=2, context={"user_id": "u1"})
     np.testing.assert_allclose(answer["y"], np.full((1, 4), 2.0))
     assert (answer.version, answer.variant, answer.reason) == (2, "pinned", "version requested by caller")
 
 
 def test_a_deadline_on_the_short_way_stops_the_run(
-    busy_repository: Path, make_server: ServerFactory, no_request_objects: None
+    busy_repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
 ) -> None:
     whole = inprocserve.ModelConfig(  # whole requests in one run, one thread: no timing probe of a huge batch
         batching=inprocserve.BatchingConfig(max_batch_size=4096), pool=inprocserve.PoolConfig(intra_op_threads=1)
     )
     server = make_server(busy_repository, models={"busy": whole})
+    first_request(server, "busy", busy_inputs(1))
+    forbid_full_way()
     assert server.predict("busy", busy_inputs(1), timeout_s=60)["picked"].shape == (1, 2)
     with pytest.raises(inprocserve.DeadlineExceededError):
         server.predict("busy", busy_inputs(3000), timeout_s=0.005)  # a quarter of a second or more of work
     status = version_status(server, "busy")
-    assert status["in_flight"] == 0 and status["latency_ms"]["errors"] == 1 and status["latency_ms"]["count"] == 1
+    assert status["in_flight"] == 0 and status["latency_ms"]["errors"] == 1 and status["latency_ms"]["count"] == 2
 
 
 @pytest.mark.parametrize("setting", ["cache", "second version in a canary"])
@@ -179,6 +216,7 @@ def test_requests_that_need_the_full_way_take_it(
         rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, canary=canary)
         models["scale"] = inprocserve.ModelConfig(rollout=rollout)
     server = make_server(repository, models=models)
+    first_request(server, "scale", np.zeros((1, 4), np.float32))
     built: list[Any] = []
     full_way = _server.Request
 
