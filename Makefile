@@ -118,7 +118,7 @@ endif
 bench: install
 	$(BIN)/python benchmarks/coalescing.py $(QUICK_coalescing) $(BENCH_ARGS)
 	$(BIN)/python benchmarks/coalescing.py --otel $(QUICK_coalescing) $(BENCH_ARGS)
-	$(BIN)/python benchmarks/coalescing.py --spinning --models mlp-small $(QUICK_coalescing) $(BENCH_ARGS)
+	$(BIN)/python benchmarks/coalescing.py --spinning $(QUICK_coalescing) $(BENCH_ARGS)
 	$(BIN)/python benchmarks/predict_overhead.py $(QUICK_predict_overhead)
 	$(BIN)/python benchmarks/telemetry_overhead.py $(QUICK_telemetry_overhead)
 	$(BIN)/python benchmarks/async_callers.py $(QUICK_async_callers)
