@@ -250,14 +250,20 @@ class Server(RolloutMethods):
             else:
                 return None, None
             target = routes.versions.get(decision.version)
-            if target is None or target.cache is not None or target.drift is not None:
-                return None, None
-            batcher, signature = target.batcher, target.signature
-            if batcher is None or signature is None or not batcher.adopted or target.config.cache.share_in_flight:
-                return None, None  # (a process's first request adopts the runners the full way)
+        except Exception:  # e.g. an unhashable name: the full way raises it again and records the refusal
+            return None, None
+        if target is None or target.cache is not None or target.drift is not None:
+            return None, None
+        batcher, signature = target.batcher, target.signature
+        if batcher is None or signature is None or not batcher.adopted or target.config.cache.share_in_flight:
+            return None, None  # (a process's first request adopts the runners the full way)
+        try:
             arrays, rows = signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
         except Exception:  # the full way raises it again, naming the model, and records the refusal
             return None, None
+        except BaseException as exc:  # interrupted while validating: refused, as the full way records it
+            self._telemetry.refused(start_request_span(model), started, model, target.version, decision, exc)
+            raise
         recorder = batcher.telemetry
         span = start_request_span(model, recorder.span_attributes)
         timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)

@@ -229,3 +229,23 @@ def test_requests_that_need_the_full_way_take_it(
     assert answer["y"].shape == (1, 4)
     assert len(built) == 1
     wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
+
+
+def test_a_caller_interrupted_while_validating_is_recorded_as_refused(
+    otel: Otel, scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(scale_repository)
+    first_request(server, "scale", np.ones((1, 4), np.float32))
+    signature = server._registry.routes["scale"].default.signature
+    assert signature is not None
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:  # Ctrl-C arriving while a large input is checked
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(signature, "validate", interrupted)
+    otel.spans.clear()
+    with pytest.raises(KeyboardInterrupt):
+        server.predict("scale", np.ones((1, 4), np.float32))
+    (span,) = otel.finished("inprocserve.predict")
+    assert dict(span.attributes or {})["error.type"] == "KeyboardInterrupt"
+    assert version_status(server, "scale")["in_flight"] == 0
