@@ -334,13 +334,7 @@ class Batcher:
         """Give back the runner of a :meth:`run_plain` and count its request as finished (and its run)."""
         with self._lock:
             self._give_back(runner)
-            self._in_flight -= 1
-            self._active_rows -= rows
-            if ran:
-                self.batches_run += 1
-                self.rows_run += rows
-            if self._closing:
-                self._notify_if_drained()
+            self._count_rows_finished(rows, ran=ran)
 
     def _give_back(self, runner: Any) -> None:
         """Return a runner taken for an inline run, and wake a parked worker for what queued meanwhile.
@@ -630,14 +624,19 @@ class Batcher:
         its own); returns whether its caller gave up on it meanwhile."""
         abandoned = request.state == ABANDONED
         request.state = DONE
+        self._count_rows_finished(request.rows, ran=ran)
+        return abandoned
+
+    def _count_rows_finished(self, rows: int, *, ran: bool) -> None:
+        """With the lock held: count a running request of ``rows`` rows as finished (and its run, if it
+        ``ran`` as a batch of its own), and wake a close waiting for the last one."""
         self._in_flight -= 1
-        self._active_rows -= request.rows
+        self._active_rows -= rows
         if ran:
             self.batches_run += 1
-            self.rows_run += request.rows
+            self.rows_run += rows
         if self._closing:
             self._notify_if_drained()
-        return abandoned
 
     def _fail(self, request: Request, error: BaseException) -> None:
         if request.state == DONE:  # expired or cancelled while queued: no longer counted as in flight
