@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -152,3 +155,37 @@ def run_threads(count: int, target: Callable[[int], None]) -> list[BaseException
     for thread in threads:
         thread.join(timeout=120)
     return errors
+
+
+def run_in_forked_child(work: Callable[[], str], *, timeout_s: int = 60) -> str:
+    """Run ``work`` in a forked child and return the text it returned; fail the test if the child failed.
+
+    The child never returns into pytest: it reports through a pipe and its exit code, and an alarm ends it
+    after ``timeout_s`` so a hang in the child cannot hang the test run. A child that raised reports its
+    traceback in the failure message.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code, report = 1, ""
+        try:
+            os.close(read)
+            signal.alarm(timeout_s)
+            report = work()
+            code = 0
+        except BaseException:
+            report = traceback.format_exc()
+        finally:
+            try:
+                os.write(write, report.encode())
+            finally:
+                os._exit(code)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 65536):  # until the child's end closes as it exits
+        chunks.append(chunk)
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed ({status}): {text}"
+    return text

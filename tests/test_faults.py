@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 
 import inprocserve
 
-from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .conftest import ServerFactory, busy_inputs, occupy, run_in_forked_child, version_status, wait_until
 
 STOPPED = "onnxruntime stopped the run"
 
@@ -134,32 +133,20 @@ def test_deadlines_work_in_a_child_forked_after_they_were_used(
         server.predict("busy", busy_inputs(2000), timeout_s=0.02)  # the parent's watchdog is running now
     blocker = occupy(server)  # and a worker thread is busy at the moment of the fork
 
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report through the pipe and the exit code, never return into pytest
-        code = 1
+    def in_the_child() -> str:
         report: list[Any] = []
+        server.predict("busy", busy_inputs(1))  # builds the child's own session first
         try:
-            os.close(read)
-            signal.alarm(60)  # never hang the test run
-            server.predict("busy", busy_inputs(1))  # builds the child's own session first
-            try:
-                server.predict("busy", busy_inputs(2000), timeout_s=0.02)
-                report.append("answered")
-            except inprocserve.DeadlineExceededError as exc:
-                report.append("stopped" if STOPPED in str(exc) else str(exc))
-            report.append(server.predict("busy", busy_inputs(3), timeout_s=60)["y"].shape[0])
-            report.append(server.submit("busy", busy_inputs(2000), timeout_s=0.02).exception(timeout=60) is not None)
-            os.write(write, repr(report).encode())
-            server.close()
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    report_text = os.read(read, 1000).decode()
-    os.close(read)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed: {status} {report_text}"
+            server.predict("busy", busy_inputs(2000), timeout_s=0.02)
+            report.append("answered")
+        except inprocserve.DeadlineExceededError as exc:
+            report.append("stopped" if STOPPED in str(exc) else str(exc))
+        report.append(server.predict("busy", busy_inputs(3), timeout_s=60)["y"].shape[0])
+        report.append(server.submit("busy", busy_inputs(2000), timeout_s=0.02).exception(timeout=60) is not None)
+        server.close()
+        return repr(report)
+
+    report_text = run_in_forked_child(in_the_child)
     assert report_text == "['stopped', 3, True]"
     blocker.result(timeout=60)
     assert server.predict("busy", busy_inputs(1), timeout_s=60)["y"].shape == (1, 512)

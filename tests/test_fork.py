@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, run_in_forked_child
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
@@ -23,26 +22,16 @@ def test_fork_after_create(repository: Path, make_server: ServerFactory) -> None
     futures = [server.submit("scale", np.full((1, 4), i, np.float32)) for i in range(50)]
     assert [f.result(timeout=10)["y"][0, 0] for f in futures] == [2.0 * i for i in range(50)]
 
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report through the exit code, never return into pytest
-        code = 1
-        try:
-            os.close(read)
-            signal.alarm(30)  # never hang the test run
-            ok = server.predict("scale", np.full((2, 4), 3, np.float32))["y"].tolist() == [[6.0] * 4] * 2
-            futures = [server.submit("scale", np.full((1, 4), i, np.float32)) for i in range(20)]
-            ok = ok and [f.result(timeout=10)["y"][0, 0] for f in futures] == [2.0 * i for i in range(20)]
-            os.write(write, server.status()["models"]["scale"]["versions"]["1"]["state"].encode())
-            server.close()
-            code = 0 if ok else 2
-        finally:
-            os._exit(code)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    state = os.read(read, 100).decode()
-    os.close(read)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed: {status}"
+    def in_the_child() -> str:
+        ok = server.predict("scale", np.full((2, 4), 3, np.float32))["y"].tolist() == [[6.0] * 4] * 2
+        futures = [server.submit("scale", np.full((1, 4), i, np.float32)) for i in range(20)]
+        ok = ok and [f.result(timeout=10)["y"][0, 0] for f in futures] == [2.0 * i for i in range(20)]
+        state = server.status()["models"]["scale"]["versions"]["1"]["state"]
+        server.close()
+        return f"{ok} {state}"
+
+    answered, state = run_in_forked_child(in_the_child, timeout_s=30).split()
+    assert answered == "True"
     assert state == "ready"
     # the parent is unaffected
     assert server.predict("scale", np.ones((1, 4), np.float32))["y"][0, 0] == 2.0

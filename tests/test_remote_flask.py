@@ -25,6 +25,8 @@ from inprocserve._remote import RemoteBackend
 from inprocserve._remote_model import RemoteModel
 from inprocserve.testing import ManualClock, build_gather_model, build_mlp_model, build_scale_model, save_model
 
+from .conftest import run_in_forked_child
+
 APP = Path(__file__).with_name("remote_app.py")
 
 
@@ -235,20 +237,11 @@ def test_a_forked_child_opens_its_own_connections(app: RemoteApp, backends: list
     slot = backend.runners()[0]
     feeds = {"x": np.ones((1, 4), np.float32)}
     backend.run(slot, feeds)  # the parent now holds a pooled keep-alive connection
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        code = 1
-        try:
-            (answer,) = backend.run(backend.runners()[0], feeds)
-            code = 0 if float(answer[0, 0]) == 2.0 else 2
-        finally:
-            os.write(write, bytes([code]))
-            os._exit(0)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    result = os.read(read, 1)
-    os.close(read)
-    assert status == 0 and result == b"\x00"
+
+    def in_the_child() -> str:
+        (answer,) = backend.run(backend.runners()[0], feeds)
+        return str(float(answer[0, 0]))
+
+    assert run_in_forked_child(in_the_child) == "2.0"
     (answer,) = backend.run(slot, feeds)  # the parent's connection still works
     assert float(answer[0, 0]) == 2.0

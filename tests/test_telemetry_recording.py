@@ -6,7 +6,6 @@ closed with the last server and made afresh in a forked child."""
 from __future__ import annotations
 
 import os
-import signal
 import threading
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from inprocserve._recorder import Recorder
 from inprocserve._tally import Tally
 from inprocserve._telemetry import METRICS
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, run_in_forked_child
 from .test_telemetry import Otel
 
 # The process-wide SDK (providers can be set once per process) and the scale repository, as fixtures:
@@ -208,28 +207,17 @@ def test_a_forked_child_records_on_a_thread_of_its_own(otel: Otel, scale: Path, 
         server.predict("scale", np.ones((1, 4), np.float32))
     assert METRICS.recording
     parent_count, _ = _count(otel, "inprocserve.request.duration", "scale")
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report through the pipe and the exit code, never return into pytest
-        code = 1
-        try:
-            os.close(read)
-            signal.alarm(30)  # never hang the test run
-            started = not METRICS.recording  # the parent's thread does not exist here
-            for _ in range(3 * _recorder._WAKE_EVERY):
-                server.predict("scale", np.ones((1, 4), np.float32))
-            threads = len(_recording_threads())
-            count, _ = _count(otel, "inprocserve.request.duration", "scale")
-            os.write(write, f"{started} {threads} {count}".encode())
-            server.close()
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    report = os.read(read, 100).decode().split()
-    os.close(read)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed: {status}"
+
+    def in_the_child() -> str:
+        started = not METRICS.recording  # the parent's thread does not exist here
+        for _ in range(3 * _recorder._WAKE_EVERY):
+            server.predict("scale", np.ones((1, 4), np.float32))
+        threads = len(_recording_threads())
+        count, _ = _count(otel, "inprocserve.request.duration", "scale")
+        server.close()
+        return f"{started} {threads} {count}"
+
+    report = run_in_forked_child(in_the_child, timeout_s=30).split()
     started, threads, count = report
     assert started == "True" and threads == "1"
     # the SDK's aggregation came with the fork; the child adds its own requests, each once
