@@ -36,19 +36,8 @@ class RequestTelemetry:
         unloaded, directly."""
         route = request.route
         model, version, variant = route.model, route.version, route.variant
-        decision = route.decision
-        end_request_span(
-            request.span,
-            version=version,
-            variant=variant,
-            reason=route.reason,
-            rows=request.rows,
-            queue_wait_s=request.queue_wait_s if request.batch is not None else None,
-            batch=request.batch,
-            flags=decision.flags,
-            provider=decision.provider,
-            error=error,
-        )
+        queue_wait_s = request.queue_wait_s if request.batch is not None else None
+        _end_span(request.span, route.decision, version, request.rows, queue_wait_s, request.batch, error)
         if recorder is not None:  # each request's queue wait is on its span; the metric is per batch
             recorder.request_finished(elapsed_s, variant=variant, error=error, span=request.span)
             return
@@ -73,18 +62,7 @@ class RequestTelemetry:
         (run at once on its caller's thread, no :class:`Request`): the same span attributes and metrics as
         :meth:`answered` gives an inline run."""
         if span is not INVALID_SPAN:
-            end_request_span(
-                span,
-                version=version,
-                variant=decision.variant,
-                reason=decision.reason,
-                rows=rows,
-                queue_wait_s=None if timing is None else 0.0,
-                batch=timing,
-                flags=decision.flags,
-                provider=decision.provider,
-                error=error,
-            )
+            _end_span(span, decision, version, rows, None if timing is None else 0.0, timing, error)
         recorder.request_finished(elapsed_s, variant=decision.variant, error=error, span=span)
 
     def refused(
@@ -98,18 +76,7 @@ class RequestTelemetry:
     ) -> None:
         """Close the span of a request refused before it was queued, and record it."""
         variant = None if decision is None else decision.variant
-        end_request_span(
-            span,
-            version=version,
-            variant=variant,
-            reason=None if decision is None else decision.reason,
-            rows=0,
-            queue_wait_s=None,
-            batch=None,
-            flags=() if decision is None else decision.flags,
-            provider=None if decision is None else decision.provider,
-            error=error,
-        )
+        _end_span(span, decision, version, 0, None, None, error)
         if isinstance(model, str):
             attributes = self.attributes(model, version, variant, error, finished=True)
             METRICS.request_duration.record(time.perf_counter() - started, attributes)
@@ -142,3 +109,27 @@ class RequestTelemetry:
             if len(self._cache) < 10_000:  # bounded: model x version x variant x error class
                 self._cache[key] = attributes
         return attributes
+
+
+def _end_span(
+    span: Any,
+    decision: Decision | None,
+    version: int | None,
+    rows: int,
+    queue_wait_s: float | None,
+    batch: BatchTiming | None,
+    error: BaseException | None,
+) -> None:
+    """Close a request span with its routing (``decision``: ``None`` for a request refused before routing)."""
+    end_request_span(
+        span,
+        version=version,
+        variant=None if decision is None else decision.variant,
+        reason=None if decision is None else decision.reason,
+        rows=rows,
+        queue_wait_s=queue_wait_s,
+        batch=batch,
+        flags=() if decision is None else decision.flags,
+        provider=None if decision is None else decision.provider,
+        error=error,
+    )
