@@ -28,8 +28,12 @@ def counters(server: inprocserve.Server, model: str) -> tuple[int, int]:
 
 
 async def warm(server: inprocserve.Server, model: str, inputs: Any) -> None:
-    """One apredict first, so the worker thread exists and is parked before the requests under test."""
+    """One apredict first, so the worker thread exists and is parked before the requests under test: a
+    worker still finishing the warm-up when they are queued would take the first of them on its own."""
     await server.apredict(model, inputs)
+    batcher = server._routes[model].default.batcher
+    assert batcher is not None
+    wait_until(lambda: len(batcher._idle) == batcher._pool.size)  # parked: it takes nothing unwoken
 
 
 def test_answers_equal_onnxruntime_under_64_tasks_with_a_wake_per_batch(
@@ -76,7 +80,6 @@ def test_a_lone_short_request_is_run_by_the_loop_itself(
     async def main() -> None:
         loop = asyncio.get_running_loop()
         await warm(server, "scale", np.ones((1, 4), np.float32))  # starts the worker, which may take it
-        wait_until(lambda: len(batcher._idle) == batcher._pool.size)  # parked: it takes nothing unwoken
         for value in range(5):
             before = loop_wakes(loop)
             answer = await server.apredict("scale", np.full((1, 4), value, np.float32))

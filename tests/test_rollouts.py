@@ -54,8 +54,11 @@ def test_without_a_rollout_the_latest_version_answers(versions: Path, make_serve
 
 def test_canary_percentage_is_read_per_request(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags()
-    server = make_server(
-        versions, flags=flags, config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2))
+    server = make_server(  # a generous flag timeout: a slow read answers stable by design, not under test here
+        versions,
+        flags=flags,
+        flag_timeout_s=10.0,
+        config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2)),
     )
     users = [f"user-{i}" for i in range(2000)]
     assert {answer(server, u).version for u in users[:200]} == {1}  # 0 % by default
