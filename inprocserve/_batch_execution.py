@@ -89,11 +89,7 @@ class BatchExecution:
             request.batch = timing
             if request.queue_wait_s > longest_wait:
                 longest_wait = request.queue_wait_s
-        span = (
-            None
-            if inline or not tracing()
-            else start_batch_span(self.model, self.version, [request.span for request in batch])
-        )
+        span = None if inline or not tracing() else start_batch_span(self.model, self.version, _request_spans(batch))
         try:
             # the span the backend's run belongs to: the batch's, or a lone request's own
             parent = span if span is not None else batch[0].span if inline or len(batch) == 1 else None
@@ -108,7 +104,7 @@ class BatchExecution:
             end_batch_span(
                 span,
                 rows=timing.rows,
-                requests=len(batch),
+                requests=sum(request.callers for request in batch),
                 compute_s=timing.compute_s,
                 error=batch[0].error if failed else None,
             )
@@ -247,3 +243,13 @@ class BatchExecution:
             left = None if request.deadline is None else request.deadline - self._clock()
             parts.append(self._run_batch(runner, chunk, timeout_s=left, parent=parent))
         return {name: np.concatenate([part[index] for part in parts]) for index, name in enumerate(self._output_names)}
+
+
+def _request_spans(batch: list[Request]) -> list[Any]:
+    """The request spans a batch span links to: each request's, and those of the callers an event loop
+    merged into one request (``Request.member_spans``)."""
+    spans = [request.span for request in batch]
+    for request in batch:
+        if request.member_spans:
+            spans.extend(request.member_spans)
+    return spans

@@ -123,7 +123,7 @@ class Batcher:
         self._adopted = False  # whether the pool holds this process's runners (a plain flag: read per request)
         self._beside_runner: Any = None  # the runner that run_beside runs on, once adopted
         self._closing = False
-        self._in_flight = 0  # requests accepted and not yet answered
+        self._in_flight = 0  # callers' requests accepted and not yet answered (Request.callers each)
         self._active_rows = 0  # rows queued or running
         self._drained = threading.Condition(self._lock)
         self.batches_run = 0
@@ -152,6 +152,22 @@ class Batcher:
     def adopted(self) -> bool:
         """Whether this process's runners are adopted (the first request of a process adopts them)."""
         return self._adopted
+
+    @property
+    def idle(self) -> bool:
+        """Whether no rows are queued or running (a plain read: a hint)."""
+        return self._active_rows == 0
+
+    @property
+    def stacks_freely(self) -> bool:
+        """Whether any requests' rows may be stacked into one run as they are (merging on, no grouping by
+        shape, no padding): then an event loop may merge its tasks' requests before queueing them."""
+        return self._merge and not self._keyed
+
+    @property
+    def max_rows(self) -> int:
+        """The most rows one run takes (``max_batch_size``; 1 once merging is off)."""
+        return self._policy.max_rows
 
     @property
     def max_delay_s(self) -> float:
@@ -186,12 +202,13 @@ class Batcher:
             runs_now = self._policy.arrive(active, rows)
             runner = pool.checkout() if run_inline and runs_now and not self._queue.rows else None
             if runner is not None:
-                self._in_flight += 1
+                self._in_flight += request.callers
                 self._active_rows = active
                 request.state = RUNNING
             else:
                 queue = self._queue
-                if queue.rows + rows > self._config.max_queue_rows and queue:
+                # an empty queue takes any one caller's request, however large; never several callers' at once
+                if queue.rows + rows > self._config.max_queue_rows and (queue or request.callers > 1):
                     raise QueueFullError(
                         f"model {self.model!r} version {self.version}: the queue holds {queue.rows} rows "
                         f"and max_queue_rows is {self._config.max_queue_rows}; retry later",
@@ -200,7 +217,7 @@ class Batcher:
                     )
                 request.enqueued_at = self._clock()
                 queue.append(request)
-                self._in_flight += 1
+                self._in_flight += request.callers
                 self._active_rows = active
                 if not self._workers:
                     self._start_workers()
@@ -548,7 +565,7 @@ class Batcher:
         now = self._policy.roll(self._active_rows)
         batch, expired = self._queue.take(max_rows=self._policy.max_rows, merge=self._merge, now=now)
         for request in expired:
-            self._in_flight -= 1
+            self._in_flight -= request.callers
             self._active_rows -= request.rows
         if expired or (not batch and not self._queue):
             self._notify_if_drained()
@@ -570,6 +587,11 @@ class Batcher:
                 self._beside_runner = runners[0]
             self._adopted = True
 
+    def disable_merging(self, reason: str) -> None:
+        """The model's outputs turned out to have no batch axis (``reason`` says how): from now on each
+        request runs alone, and is never stacked with others."""
+        self._disable_merging(reason)
+
     def _disable_merging(self, reason: str) -> None:
         if self._merge:
             self._merge = False
@@ -589,7 +611,7 @@ class Batcher:
             self._complete(batch[0], results[0], None, ran=True)
             return
         dropped: list[int] | None = None
-        rows = 0
+        rows = callers = 0
         with self._lock:
             for index, request in enumerate(batch):
                 if request.state == ABANDONED:  # its caller gave up while it ran
@@ -598,7 +620,8 @@ class Batcher:
                     dropped.append(index)
                 request.state = DONE
                 rows += request.rows
-            self._in_flight -= len(batch)
+                callers += request.callers
+            self._in_flight -= callers
             self._active_rows -= rows
             self.batches_run += 1
             self.rows_run += rows
@@ -624,13 +647,13 @@ class Batcher:
         its own); returns whether its caller gave up on it meanwhile."""
         abandoned = request.state == ABANDONED
         request.state = DONE
-        self._count_rows_finished(request.rows, ran=ran)
+        self._count_rows_finished(request.rows, ran=ran, callers=request.callers)
         return abandoned
 
-    def _count_rows_finished(self, rows: int, *, ran: bool) -> None:
-        """With the lock held: count a running request of ``rows`` rows as finished (and its run, if it
-        ``ran`` as a batch of its own), and wake a close waiting for the last one."""
-        self._in_flight -= 1
+    def _count_rows_finished(self, rows: int, *, ran: bool, callers: int = 1) -> None:
+        """With the lock held: count a running request of ``rows`` rows (on behalf of ``callers`` callers) as
+        finished (and its run, if it ``ran`` as a batch of its own), and wake a close waiting for the last one."""
+        self._in_flight -= callers
         self._active_rows -= rows
         if ran:
             self.batches_run += 1
@@ -671,7 +694,7 @@ class Batcher:
             leftovers = self._queue.clear()
             for request in leftovers:
                 request.state = DONE
-                self._in_flight -= 1
+                self._in_flight -= request.callers
                 self._active_rows -= request.rows
             workers = list(self._workers)
             if drained:

@@ -5,24 +5,32 @@ The plain way to await a thread's work (``asyncio.wrap_future`` on a ``concurren
 chain of callbacks per answer. With dozens of tasks on one loop that per-request hand-off, not the model, is
 what limits throughput. Here, instead:
 
-* **Submitting.** ``apredict`` routes and validates on the loop exactly as ``predict`` does and queues the
-  request in the version's batcher, but asks it not to wake a worker. The first such request of a loop
-  iteration schedules one ``loop.call_soon`` that, after every task of the iteration has queued its request,
-  wakes a parked worker if a session is free (a busy one takes the queue when its batch is done). So all the
-  requests of one iteration are queued before a worker looks, and they merge into one batch; while that
-  batch runs, the next iterations keep queueing, so batches grow with the load. An idle loop's lone request
-  is handed over at the end of the very iteration that made it: no added wait. If it is the only request
-  queued, a session is free and its run should take under ``RUN_ON_LOOP_UNDER_S`` (by the version's
-  measured run cost; a small model's one-row run), the loop runs it itself there and resolves the task at
-  once: a worker's hand-off and the loop's wake for the answer would cost the loop more than the run.
-* **Answering.** Each request still travels through the batcher on its own (so deadlines, cancellation,
-  shedding, bisection of a failing batch, rollouts and telemetry are the ones ``predict`` has), but its answer
-  is posted to a per-loop inbox instead of resolving a thread future. The worker holds the loop's wake until
-  it has posted the last answer of the batch (``wake_after_batch``), then calls ``call_soon_threadsafe``
-  once; the loop resolves every posted answer in one callback. A batch of 64 answers wakes the loop once.
+* **Merging.** ``apredict`` routes and validates on the loop exactly as ``predict`` does. A request to a plain
+  version (``Server._plain_route``: no cache, drift, sharing, rollout or shadow) whose requests stack as they
+  are, is not queued on its own: it joins this iteration's group for its version and timeout (``_Member``,
+  ``_Group``). The first request of a loop iteration schedules one ``loop.call_soon`` that runs after every
+  task of the iteration has made its request. It runs each group on the loop itself if the version is idle
+  and the run is short (under ``RUN_ON_LOOP_UNDER_S`` by the version's measured run cost), and otherwise
+  stacks its rows into one :class:`Request` (``Request.callers`` tasks, answered through ``_Merged``) queued
+  without a wake, then wakes a parked worker once. The answer comes back as one request's; the loop cuts
+  each task's rows out and records each task as the full way would. An idle version of a model cheaper per
+  row than the loop's own work per request (``LOOP_WORK_PER_REQUEST_S``) gets its first group as two runs
+  that never share a batch, so that the loop answers one half while the session runs the other.
+* **Submitting one by one.** Any other request is queued in the version's batcher on its own, asking it not
+  to wake a worker; the same end-of-iteration callback wakes one (a busy one takes the queue when its batch
+  is done), or, if it is the only request queued and its run should take under ``RUN_ON_LOOP_UNDER_S``, runs
+  it on the loop and resolves the task at once.
+* **Answering.** A request queued on its own keeps everything ``predict`` gives it (deadlines, cancellation,
+  shedding, bisection of a failing batch, rollouts, telemetry), but its answer is posted to a per-loop inbox
+  instead of resolving a thread future; a merged request's tasks get the same (docs/batching.md, "Async
+  callers", says where they differ: a merged run that fails is retried task by task, the full way). The
+  worker holds the loop's wake until it has posted the last answer of the batch (``wake_after_batch``), then
+  calls ``call_soon_threadsafe`` once; the loop resolves every posted answer in one callback. A batch of 64
+  answers wakes the loop once.
 * **Deadlines and cancellation** are the task's: ``timeout_s`` arms one loop timer that answers the task with
-  :class:`DeadlineExceededError`; a cancelled or timed-out task's request is dropped if it has not started,
-  and its rows are discarded if it has (its batch-mates are not affected).
+  :class:`DeadlineExceededError`; a cancelled or timed-out task's request is dropped if it has not started
+  (a merged one once all its tasks gave up), and its rows are discarded if it has (its batch-mates are not
+  affected).
 
 Only callers on one long-lived event loop gain: ASGI servers (uvicorn, daphne, hypercorn) running Django async
 views or Starlette/FastAPI endpoints, and plain asyncio workers. Flask's async views run each request on a
@@ -34,18 +42,26 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Mapping
-from concurrent.futures import InvalidStateError
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import CancelledError, InvalidStateError
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._errors import DeadlineExceededError
-from ._request import wake_after_batch
+import numpy as np
+from opentelemetry.trace import INVALID_SPAN
+
+from ._errors import DeadlineExceededError, ServerClosedError
+from ._prediction import Prediction
+from ._request import BatchTiming, Request, Route, wake_after_batch
+from ._telemetry import metering, start_request_span, tracing
 
 if TYPE_CHECKING:
     from ._batching import Batcher
-    from ._prediction import Prediction
+    from ._model import ModelVersion
+    from ._registry import Routes
+    from ._rollout import Decision
     from ._server import Server
 
 __all__ = ["apredict", "loop_wakes"]
@@ -54,6 +70,13 @@ __all__ = ["apredict", "loop_wakes"]
 # runs it on the loop: a worker's hand-off and the loop's wake for the answer cost the loop more (about
 # 140 µs of its CPU per request at one task, measured on the project's 2-core machine).
 RUN_ON_LOOP_UNDER_S = 200e-6
+
+# The loop's own work per merged request (its task, the call, and the answer), about 15-20 µs on the project's
+# 2-core machine. A model whose run costs less per row than this keeps the loop, not the session, busy: an
+# idle version's first group is then split in two runs, so that the loop answers one half's tasks while the
+# session runs the other half (see _LoopState._start).
+LOOP_WORK_PER_REQUEST_S = 15e-6
+_SPLIT_FROM_ROWS = 16  # a group smaller than this runs whole: halves this small run inefficiently
 
 _states_lock = threading.Lock()
 _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
@@ -74,19 +97,33 @@ if hasattr(os, "register_at_fork"):  # POSIX only
 
 
 class _LoopState:
-    """One event loop's inbox of answers posted by worker threads, and its batchers waiting to be woken.
+    """One event loop's inbox of answers posted by worker threads, its batchers waiting to be woken, and the
+    requests of this iteration waiting to be merged (``_groups``).
 
-    Worker threads append to ``_inbox`` and call ``_wake`` (see ``_LoopFuture._post``); everything else runs
-    on the loop's thread.
+    Worker threads append to ``_inbox`` and call ``_wake`` (see :meth:`post`); everything else runs on the
+    loop's thread.
     """
 
-    __slots__ = ("__weakref__", "_flush_due", "_inbox", "_loop", "_pending", "_running_here", "_wake_due", "wakes")
+    __slots__ = (
+        "__weakref__",
+        "_flush_due",
+        "_groups",
+        "_inbox",
+        "_loop",
+        "_pending",
+        "_running_here",
+        "_wake_due",
+        "wakes",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)  # the state is a value of a dict weakly keyed by this loop
-        self._inbox: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
+        # answers to hand out: (a task's future, or a _Merged request's stand-in; value; error)
+        self._inbox: deque[tuple[Any, Any, BaseException | None]] = deque()
         self._wake_due = False  # a drain is scheduled: later posts need not wake the loop again
         self._pending: list[Batcher] = []  # batchers that got requests this iteration, not yet woken
+        # requests of this iteration to merge, per version and timeout (see join)
+        self._groups: dict[tuple[Batcher, float | None], _Group] = {}
         self._flush_due = False
         self._running_here = False  # the loop's thread is running a request itself (see _flush)
         self.wakes = 0  # cross-thread wakes of this loop so far (for tests and benchmarks)
@@ -97,6 +134,27 @@ class _LoopState:
         """``batcher`` has a request queued without a wake: wake it at the end of this iteration."""
         if batcher not in self._pending:
             self._pending.append(batcher)
+        self._flush_at_iteration_end()
+
+    def join(
+        self, server: Server, routes: Routes, target: ModelVersion, timeout_s: float | None, member: _Member
+    ) -> None:
+        """Add a task's request to this iteration's group for ``target`` and ``timeout_s``: merged with the
+        others at the end of the iteration. Only requests that asked for the same timeout are merged: their
+        deadlines then differ by less than one iteration, so a merged request that is dropped unrun once the
+        latest has passed (like any queued request past its deadline) leaves no task's rows run long after
+        its own deadline."""
+        batcher = target.batcher
+        assert batcher is not None
+        key = (batcher, timeout_s)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(server, routes, target, batcher)
+        group.members.append(member)
+        group.rows += member.rows
+        self._flush_at_iteration_end()
+
+    def _flush_at_iteration_end(self) -> None:
         if not self._flush_due:
             self._flush_due = True
             loop = self._loop()
@@ -105,6 +163,13 @@ class _LoopState:
 
     def _flush(self) -> None:
         self._flush_due = False
+        queued: list[Batcher] = []
+        if self._groups:
+            groups = self._groups
+            self._groups = {}
+            for group in groups.values():
+                if self._start(group) and group.batcher not in queued:
+                    queued.append(group.batcher)
         pending = self._pending
         self._pending = []
         for batcher in pending:
@@ -118,12 +183,271 @@ class _LoopState:
                     self._drain()
                 if not ran:
                     batcher.wake()
+        for batcher in queued:
+            if batcher not in pending:
+                batcher.wake()
 
     def _owns(self, future: Any) -> bool:
         """Whether ``future`` is the stand-in future of a request of this loop."""
         return type(future) is _LoopFuture and future._state is self
 
-    # -- answering (worker threads post through _LoopFuture, the loop drains) --------------------------------
+    # -- merged requests (loop thread) ----------------------------------------------------------------------
+
+    def _start(self, group: _Group) -> bool:
+        """Run an iteration's group of requests: here, now, if the version is idle and the run is short (see
+        ``RUN_ON_LOOP_UNDER_S``); else queued as requests of up to ``max_batch_size`` rows, each carrying
+        several tasks' rows. Returns whether anything was queued (the batcher is to be woken)."""
+        batcher = group.batcher
+        limit = batcher.max_rows
+        cost = batcher.run_cost
+        if (
+            cost is not None
+            and group.rows <= limit
+            and cost.fixed_s + cost.per_row_s * group.rows <= RUN_ON_LOOP_UNDER_S
+            and self._run_here(group)
+        ):
+            return False
+        # Split an idle version's group in two runs when the loop's work on a request outweighs the session's:
+        # while the session runs the second half, the loop answers the first half's tasks, whose next requests
+        # queue behind it, and loop and session keep working side by side from then on (a version that is busy
+        # already is in that rhythm: its group runs whole).
+        split = (
+            cost is not None
+            and cost.per_row_s < LOOP_WORK_PER_REQUEST_S
+            and group.rows >= _SPLIT_FROM_ROWS
+            and batcher.idle
+        )
+        if split:
+            limit = min(limit, (group.rows + 1) // 2)
+        queued = False
+        members: list[_Member] = []
+        rows = 0
+        for member in group.members:
+            if rows and rows + member.rows > limit:
+                queued = self._queue(group, members, rows, alone=split) or queued
+                members, rows = [], 0
+            members.append(member)
+            rows += member.rows
+        return self._queue(group, members, rows, alone=split) or queued
+
+    def _run_here(self, group: _Group) -> bool:
+        """Run ``group`` on the loop's thread if a runner is idle and nothing is queued, and answer its tasks;
+        False, having done nothing, if not."""
+        members = group.members
+        timing = BatchTiming(group.rows)
+        self._running_here = True  # answers posted meanwhile are drained below, unwoken
+        try:
+            outputs = group.batcher.run_plain(
+                _stacked(members),
+                group.rows,
+                parent=members[0].span if len(members) == 1 else None,
+                timing=timing,
+                deadline=_latest_deadline(members),
+            )
+        except Exception as exc:  # the run failed: each task's own run says whose input it was
+            self._ran_here(group, timing)
+            self._failed(group, members, exc, timing, 0.0)
+            return True
+        finally:
+            self._running_here = False
+            if self._inbox:
+                self._drain()
+        if outputs is None:  # busy after all, or companions expected: queue it
+            return False
+        self._ran_here(group, timing)
+        if self._rows_kept(group, members, outputs, group.rows):
+            self._answer(group, members, outputs, None, timing, 0.0)
+        return True
+
+    @staticmethod
+    def _ran_here(group: _Group, timing: BatchTiming) -> None:
+        """Record the loop's run of a group as a batch (a worker's run of it would be one)."""
+        group.batcher.telemetry.batch_finished(group.rows, timing.compute_s, inline=False, queue_wait_s=0.0)
+
+    def _queue(self, group: _Group, members: list[_Member], rows: int, *, alone: bool = False) -> bool:
+        """Queue ``members`` as one request of ``rows`` rows, without waking a worker; whether it was queued.
+        ``alone``: it runs as a batch of its own, never stacked with other requests."""
+        target = group.target
+        first = members[0]
+        decision = first.decision  # (the telemetry of each task uses its own)
+        merged = _Merged(self, group, members)
+        request = Request(
+            _stacked(members),
+            rows,
+            Route(target.name, target.version, decision.variant, decision.reason, "", (), decision),
+            _latest_deadline(members),
+            merged,  # type: ignore[arg-type]  # stands in for a concurrent.futures.Future
+            deliver=merged.deliver,
+        )
+        request.callers = len(members)
+        if alone:
+            request.key = object()  # (the queue stacks only requests with equal keys)
+        if len(members) == 1:
+            request.span = first.span
+        elif tracing():
+            request.member_spans = [member.span for member in members]
+        try:
+            group.batcher.submit(request, run_inline=False)
+        except ServerClosedError:  # the version retired since routing (or the server closed): route each again
+            self._hand_over(group, members)
+            return False
+        except Exception as exc:  # shed (QueueFullError): one by one, as many as fit are queued
+            if len(members) > 1:
+                self._hand_over(group, members)
+            else:
+                group.refused(members, exc)
+            return False
+        return True
+
+    def _answered(self, merged: _Merged, request: Request) -> None:
+        """The answer of a queued merged request (posted by the worker that finished it)."""
+        error = request.error
+        if error is None:
+            group, members, outputs = merged.group, merged.members, request.outputs
+            if outputs is not None and self._rows_kept(group, members, outputs, request.rows):
+                self._answer(group, members, outputs, None, request.batch, request.queue_wait_s)
+        else:
+            self._failed(merged.group, merged.members, error, request.batch, request.queue_wait_s)
+
+    def _rows_kept(self, group: _Group, members: list[_Member], outputs: dict[str, Any], rows: int) -> bool:
+        """Whether every output of a run of several tasks' stacked rows has one row per input row, so that each
+        task's rows can be cut out. If not, the model's outputs have no batch axis: its batcher stops stacking
+        requests, each task is sent the full way to run alone, and False is returned."""
+        if len(members) == 1:
+            return True
+        for name, array in outputs.items():
+            shape = getattr(array, "shape", ())
+            if shape[:1] != (rows,):
+                group.batcher.disable_merging(f"output {name!r} has shape {shape} for a batch of {rows} rows")
+                self._hand_over(group, members)
+                return False
+        return True
+
+    def _failed(
+        self,
+        group: _Group,
+        members: list[_Member],
+        error: BaseException,
+        timing: BatchTiming | None,
+        queue_wait_s: float,
+    ) -> None:
+        """A merged run failed: a failure of the run itself (not its deadline, a close or a cancellation) may
+        be one task's input, so several tasks are each handed to the full way, where a failing batch is
+        bisected down to the request that fails."""
+        if len(members) > 1 and not isinstance(error, (DeadlineExceededError, ServerClosedError, CancelledError)):
+            self._hand_over(group, members)
+        else:
+            self._answer(group, members, None, error, timing, queue_wait_s)
+
+    def _answer(
+        self,
+        group: _Group,
+        members: list[_Member],
+        outputs: dict[str, Any] | None,
+        error: BaseException | None,
+        timing: BatchTiming | None,
+        queue_wait_s: float,
+    ) -> None:
+        """Answer each task from its rows of ``outputs`` (or with ``error``), recording each request as the
+        full way does: latency, span, metrics, its id and the router's note."""
+        target = group.target
+        model, version = target.name, target.version
+        server = group.server
+        telemetry, ids, router = server._telemetry, server._ids, group.routes.router
+        recorder, latency = group.batcher.telemetry, target.latency
+        metered = metering()  # (else an unsampled request has nothing to record)
+        failed = error is not None
+        # each task's rows of each output: one output (the usual case) spelled out, a dict comprehension costs
+        only = None if outputs is None or len(outputs) != 1 or len(members) == 1 else next(iter(outputs.items()))
+        now = time.perf_counter()
+        start = 0
+        for member in members:
+            decision = member.decision
+            elapsed_s = now - member.started
+            latency.record(elapsed_s, failed=failed)
+            if metered or member.span is not INVALID_SPAN:
+                telemetry.plain_answered(
+                    member.span, decision, version, member.rows, timing, error, elapsed_s, recorder, queue_wait_s
+                )
+            request_id = ids.next()
+            router.served(request_id, decision, member.arrays)
+            end = start + member.rows
+            waiter = member.waiter
+            if waiter.done():  # cancelled, or its deadline answered it
+                pass
+            elif outputs is None:
+                assert error is not None
+                waiter.set_exception(error)
+            else:
+                if only is not None:
+                    part = {only[0]: only[1][start:end]}
+                elif len(members) == 1:
+                    part = outputs
+                else:
+                    part = {name: array[start:end] for name, array in outputs.items()}
+                waiter.set_result(
+                    Prediction(
+                        part,
+                        model=model,
+                        version=version,
+                        variant=decision.variant,
+                        reason=decision.reason,
+                        request_id=request_id,
+                    )
+                )
+            start = end
+
+    def _hand_over(self, group: _Group, members: list[_Member]) -> None:
+        """Send each task's request the full way (routed again if its version retired meanwhile), as it would
+        have gone unmerged; its span, start and deadline carry over."""
+        from ._server import _Opened  # (the server imports this module)
+
+        server, target = group.server, group.target
+        for member in members:
+            opened = _Opened(
+                member.started,
+                member.span,
+                member.deadline,
+                group.routes,
+                target,
+                member.decision,
+                member.arrays,
+                member.rows,
+            )
+            handle = _LoopFuture(member.waiter, self)
+            try:
+                _request, answering = server._dispatch(
+                    target.name,
+                    member.arrays,
+                    member.version,
+                    member.context,
+                    None,
+                    handle,  # type: ignore[arg-type]  # stands in for a concurrent.futures.Future
+                    inline=False,
+                    opened=opened,
+                )
+            except Exception as exc:  # refused (and recorded so): the task gets the error
+                if not member.waiter.done():
+                    member.waiter.set_exception(exc)
+                continue
+            if not handle._answered and answering.batcher is not None:
+                self.queued(answering.batcher)
+
+    # -- answering (worker threads post, the loop drains) ----------------------------------------------------
+
+    def post(self, sink: Any, value: Any, error: BaseException | None) -> None:
+        """Hand an answer to the loop (any thread): it wakes the loop once per batch of answers, or not at all
+        while the loop's thread runs a request itself (it drains the inbox right after)."""
+        self._inbox.append((sink, value, error))
+        # Append first, then test the flags: a drain that cleared the flag before this append either sees
+        # the item or is followed by the drain this call schedules; while the loop's thread runs a request
+        # itself, it drains the inbox right after (a worker that saw the flag set appended before it drains).
+        if self._running_here:
+            return
+        if not self._wake_due:
+            self._wake_due = True
+            if not wake_after_batch(self._wake):
+                self._wake()
 
     def _wake(self) -> None:
         self.wakes += 1
@@ -139,13 +463,79 @@ class _LoopState:
         self._wake_due = False
         inbox = self._inbox
         while inbox:
-            waiter, value, error = inbox.popleft()
-            if waiter.done():  # cancelled, or its deadline answered it
+            sink, value, error = inbox.popleft()
+            if type(sink) is _Merged:
+                self._answered(sink, value)
+            elif sink.done():  # cancelled, or its deadline answered it
                 continue
-            if error is None:
-                waiter.set_result(value)
+            elif error is None:
+                sink.set_result(value)
             else:
-                waiter.set_exception(error)
+                sink.set_exception(error)
+
+
+class _Member(NamedTuple):
+    """One task's request in a :class:`_Group`: validated, its span started, waiting to be merged. (A tuple:
+    built once per request on the loop, for a fraction of a class's construction cost, like ``Route``.)"""
+
+    waiter: asyncio.Future[Any]
+    arrays: dict[str, Any]
+    rows: int
+    decision: Decision
+    span: Any
+    started: float
+    deadline: float | None
+    version: int | None  # as the caller asked (None: routed), and its context: to route it again
+    context: Mapping[str, Any] | None
+
+
+class _Group:
+    """The requests one loop iteration made to one version that takes merged requests (see ``apredict``)."""
+
+    __slots__ = ("batcher", "members", "routes", "rows", "server", "target")
+
+    def __init__(self, server: Server, routes: Routes, target: ModelVersion, batcher: Batcher) -> None:
+        self.server = server
+        self.routes = routes
+        self.target = target
+        self.batcher = batcher
+        self.members: list[_Member] = []
+        self.rows = 0
+
+    def refused(self, members: list[_Member], error: BaseException) -> None:
+        """``members`` were refused before they were queued: record each, and give each task the error."""
+        target = self.target
+        for member in members:
+            self.server._telemetry.refused(
+                member.span, member.started, target.name, target.version, member.decision, error
+            )
+            if not member.waiter.done():
+                member.waiter.set_exception(error)
+
+
+class _Merged:
+    """Stands in for the future of one queued request that carries several tasks' requests
+    (``Request.callers``): the batcher asks it whether to run at all (not once every task gave up) and whether
+    to wake a worker (the loop does, at the end of the iteration); the worker that finishes it posts the
+    request to the loop's inbox (:meth:`deliver`), where each task is answered from its rows."""
+
+    __slots__ = ("group", "members", "state")
+
+    defer_wake = True
+
+    def __init__(self, state: _LoopState, group: _Group, members: list[_Member]) -> None:
+        self.state = state
+        self.group = group
+        self.members = members
+
+    def set_running_or_notify_cancel(self) -> bool:
+        # A plain read of each task's future from the worker's thread, as _LoopFuture does: a task that gives
+        # up just after is answered with nothing on the loop.
+        return any(not member.waiter.done() for member in self.members)
+
+    def deliver(self, request: Request) -> None:
+        """The request's deliver hook (``Request.complete``, on the thread that finished it)."""
+        self.state.post(self, request, None)
 
 
 class _LoopFuture:
@@ -182,25 +572,32 @@ class _LoopFuture:
         self._post(None, error)
 
     def _post(self, value: Any, error: BaseException | None) -> None:
-        # Called once per answered request, on a worker thread. The inbox belongs to the state, but posting
-        # is written out here: one call fewer per request.
+        # Called once per answered request, on a worker thread.
         if self._answered:
             raise InvalidStateError("already answered")
         self._answered = True
         waiter = self._waiter
         if waiter.done():  # cancelled by its task meanwhile: tell the server, as a cancelled Future does
             raise InvalidStateError("cancelled")
-        state = self._state
-        state._inbox.append((waiter, value, error))
-        # Append first, then test the flags: a drain that cleared the flag before this append either sees
-        # the item or is followed by the drain this call schedules; while the loop's thread runs a request
-        # itself, it drains the inbox right after (a worker that saw the flag set appended before it drains).
-        if state._running_here:
-            return
-        if not state._wake_due:
-            state._wake_due = True
-            if not wake_after_batch(state._wake):
-                state._wake()
+        self._state.post(waiter, value, error)
+
+
+def _stacked(members: list[_Member]) -> dict[str, Any]:
+    """The inputs of ``members`` as one request's: each input's rows stacked in order."""
+    if len(members) == 1:
+        return members[0].arrays
+    return {name: np.concatenate([member.arrays[name] for member in members]) for name in members[0].arrays}
+
+
+def _latest_deadline(members: list[_Member]) -> float | None:
+    """The deadline of a merged request: the latest of its tasks' (``None`` if one has none), so it is not run
+    only once every task is past its own; each task's own deadline is its loop timer's."""
+    latest = 0.0
+    for member in members:
+        if member.deadline is None:
+            return None
+        latest = max(latest, member.deadline)
+    return latest
 
 
 def _state_of(loop: asyncio.AbstractEventLoop) -> _LoopState:
@@ -254,16 +651,53 @@ def apredict(
     if state is None or state._loop() is not loop:
         state = _state_of(loop)
     waiter: asyncio.Future[Prediction] = loop.create_future()
-    handle = _LoopFuture(waiter, state)
-    future: Any = handle  # stands in for a concurrent.futures.Future (typing.cast would cost a call)
-    _request, target = server._dispatch(model, inputs, version, context, timeout_s, future, inline=False)
-    batcher = target.batcher
-    if not handle._answered and batcher is not None:  # queued, not answered by the cache: wake at iteration end
-        if not state._flush_due or batcher not in state._pending:
-            state.queued(batcher)
+    if not _joined(server, state, waiter, model, inputs, version, context, timeout_s):
+        handle = _LoopFuture(waiter, state)
+        future: Any = handle  # stands in for a concurrent.futures.Future (typing.cast would cost a call)
+        _request, target = server._dispatch(model, inputs, version, context, timeout_s, future, inline=False)
+        batcher = target.batcher
+        if not handle._answered and batcher is not None:  # queued, not answered by the cache: wake at the end
+            if not state._flush_due or batcher not in state._pending:
+                state.queued(batcher)
     if timeout_s is None:
         return waiter
     return _with_deadline(loop, waiter, model, version, timeout_s)
+
+
+def _joined(
+    server: Server,
+    state: _LoopState,
+    waiter: asyncio.Future[Prediction],
+    model: str,
+    inputs: Any,
+    version: int | None,
+    context: Mapping[str, Any] | None,
+    timeout_s: float | None,
+) -> bool:
+    """Join the request to this iteration's group for its version, to be merged with the others, if it is
+    a plain request (``Server._plain_route``: no cache, drift, rollout or shadow) to a version whose requests
+    stack as they are, and fits one run; else return False having done nothing: the full way takes it (and
+    raises what it refuses, naming the model)."""
+    started = time.perf_counter()
+    plain = server._plain_route(model, version, context)
+    if plain is None:
+        return False
+    routes, target, decision = plain
+    batcher, signature = target.batcher, target.signature
+    assert batcher is not None and signature is not None  # (checked by _plain_route)
+    if not batcher.stacks_freely:
+        return False
+    try:
+        arrays, rows = signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
+    except Exception:
+        return False
+    if rows > batcher.max_rows:  # runs in slices: the full way
+        return False
+    span = start_request_span(model, batcher.telemetry.span_attributes)
+    deadline = None if timeout_s is None else server._clock() + timeout_s
+    member = _Member(waiter, arrays, rows, decision, span, started, deadline, version, context)
+    state.join(server, routes, target, timeout_s, member)
+    return True
 
 
 async def _with_deadline(

@@ -79,12 +79,14 @@ class Request:
         "batch",
         "baton",
         "cache_key",
+        "callers",
         "deadline",
         "deliver",
         "enqueued_at",
         "error",
         "future",
         "key",
+        "member_spans",
         "outputs",
         "queue_wait_s",
         "route",
@@ -126,6 +128,10 @@ class Request:
         # Rows per model run when this request alone is larger (None: the batcher's max_batch_size). Batch
         # scoring sets it: an offline chunk may run in larger slices than a web request.
         self.run_rows: int | None = None
+        # How many callers' requests this one carries: more than one when an event loop merged its tasks'
+        # requests into one (``_loop_batching``); the batcher counts them all in flight.
+        self.callers = 1
+        self.member_spans: list[Any] | None = None  # those callers' request spans, linked from the batch span
         # A synchronous caller blocks on this lock until the answer is in (the cheapest wake-up CPython has).
         self.waiter: Any = None
         if future is None:

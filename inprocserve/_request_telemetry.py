@@ -57,12 +57,14 @@ class RequestTelemetry:
         error: BaseException | None,
         elapsed_s: float,
         recorder: Recorder,
+        queue_wait_s: float = 0.0,
     ) -> None:
-        """Close the span and record the metrics of a request that took :meth:`Server.predict`'s shortest way
-        (run at once on its caller's thread, no :class:`Request`): the same span attributes and metrics as
-        :meth:`answered` gives an inline run."""
+        """Close the span and record the metrics of a request that had no :class:`Request` of its own: one
+        that took :meth:`Server.predict`'s shortest way (run at once on its caller's thread), or one of the
+        requests an event loop merged into one (``queue_wait_s``: how long theirs waited in the queue). The
+        same span attributes and metrics as :meth:`answered` gives a request run inline or in a batch."""
         if span is not INVALID_SPAN:
-            _end_span(span, decision, version, rows, None if timing is None else 0.0, timing, error)
+            _end_span(span, decision, version, rows, None if timing is None else queue_wait_s, timing, error)
         recorder.request_finished(elapsed_s, variant=decision.variant, error=error, span=span)
 
     def refused(

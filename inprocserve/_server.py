@@ -238,25 +238,13 @@ class Server(RolloutMethods):
         """
         started = time.perf_counter()
         deadline = None if timeout_s is None else self._clock() + timeout_s
-        try:
-            routes = self._registry.routes.get(model)
-            if routes is None:
-                return None, None
-            router = routes.router
-            if version is not None:
-                decision = _pinned(version)
-            elif router.trivial:
-                decision = router.decide(routes.versions, routes.default.version, context)
-            else:
-                return None, None
-            target = routes.versions.get(decision.version)
-        except Exception:  # e.g. an unhashable name: the full way raises it again and records the refusal
+        plain = self._plain_route(model, version, context)
+        if plain is None:
             return None, None
-        if target is None or target.cache is not None or target.drift is not None:
-            return None, None
+        routes, target, decision = plain
+        router = routes.router
         batcher, signature = target.batcher, target.signature
-        if batcher is None or signature is None or not batcher.adopted or target.config.cache.share_in_flight:
-            return None, None  # (a process's first request adopts the runners the full way)
+        assert batcher is not None and signature is not None  # (checked by _plain_route)
         try:
             arrays, rows = signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
         except Exception:  # the full way raises it again, naming the model, and records the refusal
@@ -294,6 +282,34 @@ class Server(RolloutMethods):
             request_id=request_id,
         )
         return answer, None
+
+    def _plain_route(
+        self, model: str, version: int | None, context: Mapping[str, Any] | None
+    ) -> tuple[Routes, ModelVersion, Decision] | None:
+        """The route of a request that may take a short way (``predict``'s, or an event loop's merged
+        requests): to a version with no cache, no drift monitoring and no sharing of identical requests, routed
+        with no rollout or shadow (or pinned), whose runners this process has adopted. ``None`` otherwise, and
+        for anything the full way refuses (an unknown model or version: it raises, naming them)."""
+        try:
+            routes = self._registry.routes.get(model)
+            if routes is None:
+                return None
+            router = routes.router
+            if version is not None:
+                decision = _pinned(version)
+            elif router.trivial:
+                decision = router.decide(routes.versions, routes.default.version, context)
+            else:
+                return None
+            target = routes.versions.get(decision.version)
+        except Exception:  # e.g. an unhashable name: the full way raises it again and records the refusal
+            return None
+        if target is None or target.cache is not None or target.drift is not None:
+            return None
+        batcher = target.batcher
+        if batcher is None or target.signature is None or not batcher.adopted or target.config.cache.share_in_flight:
+            return None  # (a process's first request adopts the runners the full way)
+        return routes, target, decision
 
     def submit(
         self,

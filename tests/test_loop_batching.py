@@ -15,7 +15,7 @@ import pytest
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, _loop_batching
 from inprocserve._loop_batching import loop_wakes
-from inprocserve.testing import build_mlp_model, save_model
+from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 
@@ -170,8 +170,17 @@ def test_cancelling_one_task_of_a_running_batch_keeps_the_others(
     assert version_status(server, "busy")["rows_run"] == 3000 + 2000
 
 
-def test_a_task_cancelled_while_queued_is_never_run(busy_repository: Path, make_server: ServerFactory) -> None:
+def full_way_only(server: inprocserve.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send every request of ``server`` the full way: as for a version with a cache, drift or a rollout,
+    whose requests are queued one by one rather than merged by the loop."""
+    monkeypatch.setattr(server, "_plain_route", lambda *args: None)
+
+
+def test_a_task_cancelled_while_queued_is_never_run(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = make_server(busy_repository)
+    full_way_only(server, monkeypatch)
     blocker = occupy(server)
 
     async def main() -> list[Any]:
@@ -186,6 +195,41 @@ def test_a_task_cancelled_while_queued_is_never_run(busy_repository: Path, make_
     assert [type(r).__name__ for r in results] == ["CancelledError", "Prediction", "Prediction", "CancelledError"]
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     assert version_status(server, "busy")["rows_run"] == 3000 + 2
+
+
+def test_a_merged_request_runs_unless_all_its_tasks_gave_up(busy_repository: Path, make_server: ServerFactory) -> None:
+    """Tasks of one iteration share one queued request: cancelling some of them drops their answers (the
+    others get theirs), and cancelling all of them drops the request before it runs."""
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        some = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(4)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # their iteration is over: they are queued as one request
+        everyone = [
+            asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i), timeout_s=60)) for i in range(3)
+        ]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert version_status(server, "busy")["in_flight"] == 1 + 4 + 3  # each task counted, merged or not
+        assert version_status(server, "busy")["queued_rows"] == 4 + 3
+        some[0].cancel()
+        some[3].cancel()
+        for task in everyone:
+            task.cancel()
+        return (
+            await asyncio.gather(*some, return_exceptions=True),
+            await asyncio.gather(*everyone, return_exceptions=True),
+        )
+
+    some, everyone = asyncio.run(main())
+    blocker.result(timeout=60)
+    assert [type(r).__name__ for r in some] == ["CancelledError", "Prediction", "Prediction", "CancelledError"]
+    assert [r["picked"].tolist() for r in some[1:3]] == [[[2.0, 3.0]], [[4.0, 5.0]]]
+    assert [type(r).__name__ for r in everyone] == ["CancelledError"] * 3
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 3000 + 4  # the first four together; not the three
 
 
 def test_an_invalid_member_fails_alone(repository: Path, make_server: ServerFactory) -> None:
@@ -226,7 +270,10 @@ def test_a_member_failing_in_onnxruntime_fails_alone(busy_repository: Path, make
         assert result["picked"].tolist() == [[2.0 * (i % 10), 2.0 * (i % 10) + 1]]
 
 
-def test_two_event_loops_in_two_threads_do_not_mix(scale_repository: Path, make_server: ServerFactory) -> None:
+def test_two_event_loops_in_two_threads_do_not_mix(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # workers answer: each loop is woken
     server = make_server(scale_repository)
     answers: dict[int, list[list[float]]] = {}
     wakes: dict[int, int] = {}
@@ -264,7 +311,9 @@ def test_a_closed_server_refuses_and_a_closing_one_answers_everyone(
 
     async def main() -> list[Any]:
         tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(5)]
-        await asyncio.sleep(0)
+        # Queued at the end of the iteration that made them (close() answers what it finds queued).
+        while version_status(server, "busy")["queued_rows"] < 5:
+            await asyncio.sleep(0)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: server.close(timeout_s=30))
         return await asyncio.gather(*tasks, return_exceptions=True)
@@ -300,9 +349,12 @@ def test_a_full_queue_sheds_the_tasks_beyond_it_and_answers_the_rest(
         assert "max_queue_rows is 4" in str(shed)
 
 
-def test_each_new_loop_gets_its_own_inbox(scale_repository: Path, make_server: ServerFactory) -> None:
+def test_each_new_loop_gets_its_own_inbox(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Loops run one after another on one thread (as ``asyncio.run`` in a loop does) never share answers or
     wake counts, even when a new loop takes the place of one just closed."""
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # a worker answers, and wakes the loop
     server = make_server(scale_repository)
 
     async def main(value: float) -> tuple[list[float], int, int]:
@@ -372,3 +424,117 @@ def test_an_answer_posted_while_the_loop_tries_a_lone_run_is_delivered() -> None
         assert batcher.woken == 1
 
     asyncio.run(main())
+
+
+def test_one_iterations_requests_to_a_plain_version_are_queued_as_one(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """Requests of one loop iteration to a version with no cache, drift or rollout are stacked on the loop and
+    queued as one request, counted per task, answered per task."""
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+    batches, rows = counters(server, "busy")
+
+    async def main() -> list[inprocserve.Prediction]:
+        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1 + i % 2, index=i))) for i in range(5)]
+        while version_status(server, "busy")["queued_rows"] < 7:
+            await asyncio.sleep(0)
+        assert version_status(server, "busy")["in_flight"] == 1 + 5
+        return await asyncio.gather(*tasks)
+
+    answers = asyncio.run(main())
+    blocker.result(timeout=60)
+    for i, answer in enumerate(answers):
+        assert answer["picked"].tolist() == [[2.0 * i, 2.0 * i + 1]] * (1 + i % 2)
+        assert answer["y"].shape == (1 + i % 2, 512)
+    assert len({answer.request_id for answer in answers}) == 5
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert counters(server, "busy") == (batches + 2, rows + 3000 + 7)  # the blocker, then the five as one run
+
+
+def test_an_idle_cheap_versions_group_runs_as_two_halves(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first group an idle version gets, when the loop's work per request outweighs the model's per row,
+    is split in two runs, so that the loop answers one half while the session runs the other."""
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # the worker runs it (not under test)
+    server = make_server(scale_repository, config=NO_WAIT)
+    batcher = server._routes["scale"].default.batcher
+    assert batcher is not None
+
+    async def runs_for(tasks: int) -> int:
+        await warm(server, "scale", np.ones((1, 4), np.float32))
+        batches, rows = counters(server, "scale")
+        answers = await asyncio.gather(
+            *(server.apredict("scale", np.full((1, 4), i, np.float32)) for i in range(tasks))
+        )
+        assert [answer["y"][0, 0] for answer in answers] == [2.0 * i for i in range(tasks)]
+        wait_until(lambda: counters(server, "scale")[1] == rows + tasks)
+        return counters(server, "scale")[0] - batches
+
+    monkeypatch.setattr(_loop_batching, "LOOP_WORK_PER_REQUEST_S", 1.0)  # every model's row is cheap
+    assert asyncio.run(runs_for(32)) == 2  # 16 rows each: they never share a run
+    assert asyncio.run(runs_for(8)) == 1  # too small to split
+    monkeypatch.setattr(_loop_batching, "LOOP_WORK_PER_REQUEST_S", 0.0)  # no model's row is
+    assert asyncio.run(runs_for(32)) == 1
+
+
+def test_a_model_without_a_batch_axis_stops_merged_requests(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose output is not one row per input row: a merged run's answer cannot be cut per task, so
+    each task runs alone and gets its own answer, and later requests are not merged."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def ints(name: str, values: list[int]) -> Any:
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    # y = the largest value of each column over all rows (TopK with k = 1 along axis 0; k is computed, so the
+    # output's declared batch axis is believed until a run of several rows returns one row)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Slice", ["shape", "one", "two"], ["width"]),
+            helper.make_node("Sub", ["width", "one"], ["k"]),
+            helper.make_node("TopK", ["x", "k"], ["y", "where"], axis=0),
+        ],
+        "column_max",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [ints("one", [1]), ints("two", [2])],
+    )
+    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), repository, "total", 1)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # runs on the loop, which must notice it too
+    server = make_server(repository, config=NO_WAIT)
+
+    async def main() -> list[float]:
+        await warm(server, "total", np.ones((1, 2), np.float32))
+        answers = await asyncio.gather(*(server.apredict("total", np.full((1, 2), i, np.float32)) for i in range(4)))
+        return [float(answer["y"][0, 0]) for answer in answers]
+
+    batcher = server._routes["total"].default.batcher
+    assert batcher is not None and batcher.stacks_freely
+    assert asyncio.run(main()) == [0.0, 1.0, 2.0, 3.0]  # each task's own row, not the largest of the four
+    assert not batcher.stacks_freely
+    assert asyncio.run(main()) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_requests_whose_version_retires_before_the_iteration_ends_are_routed_again(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """A version unloaded between a task's request and the end of its iteration (when the merged request is
+    queued): each task is routed again, as the full way routes a request whose version retired."""
+    server = make_server(scale_repository)
+    server.predict("scale", np.ones((1, 4), np.float32))  # adopts v1's runners: the merged way applies
+    replacement = save_model(build_scale_model(3.0), scale_repository.parent / "elsewhere", "scale", 2)
+
+    async def main() -> list[inprocserve.Prediction]:
+        tasks = [asyncio.ensure_future(server.apredict("scale", np.ones((1, 4), np.float32))) for _ in range(3)]
+        await asyncio.sleep(0)  # the tasks ran (joined v1's group); the iteration's end has not come
+        assert not any(task.done() for task in tasks)
+        server.load("scale", path=replacement, version=2)
+        server.unload("scale", 1)
+        return await asyncio.gather(*tasks)
+
+    answers = asyncio.run(main())
+    assert [(answer.version, answer["y"][0, 0]) for answer in answers] == [(2, 3.0)] * 3

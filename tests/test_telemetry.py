@@ -370,6 +370,41 @@ def test_apredict_spans_follow_the_callers_task(otel: Otel, scale: Path, make_se
     assert sorted(span.parent.span_id for span in spans if span.parent) == sorted(parents)
 
 
+def test_merged_apredict_requests_keep_a_span_each_linked_from_their_batch(
+    otel: Otel, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """Tasks whose requests the loop merged into one queued request: each still has its own span in its own
+    trace, with its own rows, and the batch span links to every one of them and counts them."""
+    import asyncio
+
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+
+    async def handle(i: int) -> int:
+        with otel.tracer.start_as_current_span(f"GET /item/{i}", kind=SpanKind.SERVER) as web:
+            await server.apredict("busy", busy_inputs(1 + i % 2, seed=i))
+            return web.get_span_context().span_id
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(handle(i) for i in range(4)))
+
+    parents = asyncio.run(main())
+    blocker.result(timeout=60)
+    wait_until(lambda: len(otel.finished("inprocserve.predict")) == 5)
+    requests = {span.parent.span_id: span for span in otel.finished("inprocserve.predict") if span.parent}
+    assert set(parents) <= set(requests)
+    for i, parent in enumerate(parents):
+        attributes = dict(requests[parent].attributes or {})
+        assert attributes["inprocserve.request.rows"] == 1 + i % 2
+        assert attributes["inprocserve.batch.rows"] == 6
+        assert attributes["inprocserve.request.queue_wait_s"] > 0
+        assert attributes["inprocserve.outcome"] == "ok"
+    (batch,) = [span for span in otel.finished("inprocserve.batch") if len(span.links) == 4]
+    assert {link.context.span_id for link in batch.links} == {requests[p].context.span_id for p in parents}
+    assert dict(batch.attributes or {})["inprocserve.batch.requests"] == 4
+    assert dict(batch.attributes or {})["inprocserve.batch.rows"] == 6
+
+
 def test_histograms_carry_boundaries_made_for_their_units(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
     server = make_server(scale)
     server.predict("scale", np.ones((3, 4), np.float32))
