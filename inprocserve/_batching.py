@@ -180,8 +180,12 @@ class Batcher:
 
     # -- caller side --------------------------------------------------------------------------------------
 
-    def submit(self, request: Request, *, run_inline: bool) -> None:
+    def submit(self, request: Request, *, run_inline: bool, readmit: bool = False) -> None:
         """Queue ``request`` — or, with ``run_inline``, run it now on this thread when a runner is idle.
+
+        ``readmit``: the request was accepted already, as part of a running request that is still counted
+        in flight (a failed merged request's caller, queued again on its own): it is queued even while the
+        batcher is closing, and never shed, since :meth:`close` is still waiting for it.
 
         Raises:
             QueueFullError: the queue already holds ``max_queue_rows`` rows.
@@ -196,7 +200,7 @@ class Batcher:
             self._adopt_runners()
         rows = request.rows
         with self._lock:
-            if self._closing:
+            if self._closing and not readmit:
                 raise self._retired()
             active = self._active_rows + rows
             runs_now = self._policy.arrive(active, rows)
@@ -208,7 +212,7 @@ class Batcher:
             else:
                 queue = self._queue
                 # an empty queue takes any one caller's request, however large; never several callers' at once
-                if queue.rows + rows > self._config.max_queue_rows and (queue or request.callers > 1):
+                if queue.rows + rows > self._config.max_queue_rows and (queue or request.callers > 1) and not readmit:
                     raise QueueFullError(
                         f"model {self.model!r} version {self.version}: the queue holds {queue.rows} rows "
                         f"and max_queue_rows is {self._config.max_queue_rows}; retry later",
@@ -636,7 +640,16 @@ class Batcher:
         self, request: Request, outputs: dict[str, Any] | None, error: BaseException | None, *, ran: bool = False
     ) -> None:
         """Count one request that was running as finished, then answer it unless its caller gave up;
-        ``ran``: it ran as a batch of its own (count the batch)."""
+        ``ran``: it ran as a batch of its own (count the batch).
+
+        A failed request that carries several callers' requests (an event loop's) is answered first: its
+        deliver hook queues each caller's request again on its own, and only then is it counted finished, so
+        that :meth:`close` never finds the batcher drained in between."""
+        if error is not None and request.callers > 1:
+            request.complete(outputs, error)
+            with self._lock:
+                self._count_finished(request, ran=ran)
+            return
         with self._lock:
             abandoned = self._count_finished(request, ran=ran)
         if not abandoned:

@@ -40,6 +40,7 @@ loop of its own, and synchronous views have no loop: they take the ordinary path
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
     from ._server import Server
 
 __all__ = ["apredict", "loop_wakes"]
+
+logger = logging.getLogger(__name__)
 
 # An iteration that queued one request, on an idle version whose run of it should take at most this long,
 # runs it on the loop: a worker's hand-off and the loop's wake for the answer cost the loop more (about
@@ -168,8 +171,12 @@ class _LoopState:
             groups = self._groups
             self._groups = {}
             for group in groups.values():
-                if self._start(group) and group.batcher not in queued:
-                    queued.append(group.batcher)
+                try:
+                    if self._start(group) and group.batcher not in queued:
+                        queued.append(group.batcher)
+                except Exception as exc:  # a bug, or no memory to stack: no task may wait forever
+                    logger.exception("inprocserve: merged requests to %r failed", group.target.name)
+                    group.refused([m for m in group.members if not m.waiter.done()], exc)
         pending = self._pending
         self._pending = []
         for batcher in pending:
@@ -197,6 +204,14 @@ class _LoopState:
         """Run an iteration's group of requests: here, now, if the version is idle and the run is short (see
         ``RUN_ON_LOOP_UNDER_S``); else queued as requests of up to ``max_batch_size`` rows, each carrying
         several tasks' rows. Returns whether anything was queued (the batcher is to be woken)."""
+        members = group.members
+        if any(member.waiter.done() for member in members):  # cancelled, or their deadline answered them
+            gone = [member for member in members if member.waiter.done()]
+            group.refused(gone, None)
+            members = group.members = [member for member in members if not member.waiter.done()]
+            group.rows = sum(member.rows for member in members)
+            if not members:
+                return False
         batcher = group.batcher
         limit = batcher.max_rows
         cost = batcher.run_cost
@@ -220,15 +235,15 @@ class _LoopState:
         if split:
             limit = min(limit, (group.rows + 1) // 2)
         queued = False
-        members: list[_Member] = []
+        chunk: list[_Member] = []
         rows = 0
-        for member in group.members:
+        for member in members:
             if rows and rows + member.rows > limit:
-                queued = self._queue(group, members, rows, alone=split) or queued
-                members, rows = [], 0
-            members.append(member)
+                queued = self._queue(group, chunk, rows, alone=split) or queued
+                chunk, rows = [], 0
+            chunk.append(member)
             rows += member.rows
-        return self._queue(group, members, rows, alone=split) or queued
+        return self._queue(group, chunk, rows, alone=split) or queued
 
     def _run_here(self, group: _Group) -> bool:
         """Run ``group`` on the loop's thread if a runner is idle and nothing is queued, and answer its tasks;
@@ -334,7 +349,7 @@ class _LoopState:
         """A merged run failed: a failure of the run itself (not its deadline, a close or a cancellation) may
         be one task's input, so several tasks are each handed to the full way, where a failing batch is
         bisected down to the request that fails."""
-        if len(members) > 1 and not isinstance(error, (DeadlineExceededError, ServerClosedError, CancelledError)):
+        if len(members) > 1 and _isolable(error):
             self._hand_over(group, members)
         else:
             self._answer(group, members, None, error, timing, queue_wait_s)
@@ -397,9 +412,11 @@ class _LoopState:
                 )
             start = end
 
-    def _hand_over(self, group: _Group, members: list[_Member]) -> None:
+    def _hand_over(self, group: _Group, members: list[_Member], *, on_loop: bool = True) -> None:
         """Send each task's request the full way (routed again if its version retired meanwhile), as it would
-        have gone unmerged; its span, start and deadline carry over."""
+        have gone unmerged; its span, start and deadline carry over. ``on_loop=False``: called on a worker's
+        thread (``_Merged.deliver``, the merged request still counted in flight): each is queued again on the
+        version that ran it, even while it closes, a refusal is posted to the loop and a batcher woken directly."""
         from ._server import _Opened  # (the server imports this module)
 
         server, target = group.server, group.target
@@ -425,13 +442,20 @@ class _LoopState:
                     handle,  # type: ignore[arg-type]  # stands in for a concurrent.futures.Future
                     inline=False,
                     opened=opened,
+                    readmit=not on_loop,
                 )
             except Exception as exc:  # refused (and recorded so): the task gets the error
-                if not member.waiter.done():
-                    member.waiter.set_exception(exc)
+                if on_loop:
+                    if not member.waiter.done():
+                        member.waiter.set_exception(exc)
+                else:
+                    self.post(member.waiter, None, exc)
                 continue
             if not handle._answered and answering.batcher is not None:
-                self.queued(answering.batcher)
+                if on_loop:
+                    self.queued(answering.batcher)
+                else:
+                    answering.batcher.wake()
 
     # -- answering (worker threads post, the loop drains) ----------------------------------------------------
 
@@ -465,7 +489,11 @@ class _LoopState:
         while inbox:
             sink, value, error = inbox.popleft()
             if type(sink) is _Merged:
-                self._answered(sink, value)
+                try:
+                    self._answered(sink, value)
+                except Exception as exc:  # a bug: the answer is lost, but no task may wait forever
+                    logger.exception("inprocserve: answering merged requests to %r failed", sink.group.target.name)
+                    sink.group.refused([m for m in sink.members if not m.waiter.done()], exc)
             elif sink.done():  # cancelled, or its deadline answered it
                 continue
             elif error is None:
@@ -502,15 +530,21 @@ class _Group:
         self.members: list[_Member] = []
         self.rows = 0
 
-    def refused(self, members: list[_Member], error: BaseException) -> None:
-        """``members`` were refused before they were queued: record each, and give each task the error."""
+    def refused(self, members: list[_Member], error: BaseException | None) -> None:
+        """``members`` were refused before they were queued: record each, and give each task the error. With
+        ``error=None``, each task gave up already (cancelled, or its deadline answered it): recorded with
+        what ended it."""
         target = self.target
         for member in members:
+            waiter = member.waiter
+            ended = error
+            if ended is None:
+                ended = CancelledError() if waiter.cancelled() else waiter.exception() or CancelledError()
             self.server._telemetry.refused(
-                member.span, member.started, target.name, target.version, member.decision, error
+                member.span, member.started, target.name, target.version, member.decision, ended
             )
-            if not member.waiter.done():
-                member.waiter.set_exception(error)
+            if not waiter.done():
+                waiter.set_exception(ended)
 
 
 class _Merged:
@@ -534,7 +568,14 @@ class _Merged:
         return any(not member.waiter.done() for member in self.members)
 
     def deliver(self, request: Request) -> None:
-        """The request's deliver hook (``Request.complete``, on the thread that finished it)."""
+        """The request's deliver hook (``Request.complete``, on the thread that finished it). A failed run of
+        several tasks' rows sends each task the full way right here, on the worker's thread, before the batcher
+        counts the merged request finished (``Batcher._complete``): a ``close()`` waiting meanwhile waits for
+        them too."""
+        error = request.error
+        if error is not None and len(self.members) > 1 and _isolable(error):
+            self.state._hand_over(self.group, self.members, on_loop=False)
+            return
         self.state.post(self, request, None)
 
 
@@ -587,6 +628,12 @@ def _stacked(members: list[_Member]) -> dict[str, Any]:
     if len(members) == 1:
         return members[0].arrays
     return {name: np.concatenate([member.arrays[name] for member in members]) for name in members[0].arrays}
+
+
+def _isolable(error: BaseException) -> bool:
+    """Whether a merged run's ``error`` may come from one task's input (bisecting finds whose), rather than
+    apply to every task alike (its deadline, a close, a cancellation)."""
+    return not isinstance(error, (DeadlineExceededError, ServerClosedError, CancelledError))
 
 
 def _latest_deadline(members: list[_Member]) -> float | None:

@@ -345,7 +345,8 @@ class Server(RolloutMethods):
 
         Requests of many tasks on one loop are queued together and answered with one wake of the loop per
         batch (docs/batching.md, "Async callers"). Cancelling the awaiting task drops the request if it has
-        not started running.
+        not started running (a request merged with other tasks' runs unless all of them were cancelled; the
+        cancelled task gets nothing either way).
         """
         limit = check_timeout(timeout_s)  # inf and huge values mean no deadline, for the loop's timer too
         return await _loop_apredict(self, model, inputs, version=version, context=context, timeout_s=limit)
@@ -434,6 +435,7 @@ class Server(RolloutMethods):
         beside: bool = False,
         planned: ModelVersion | None = None,
         opened: _Opened | None = None,
+        readmit: bool = False,
     ) -> tuple[Request, ModelVersion]:
         """Route, validate, then answer from the cache, follow an identical request, or queue; every
         request that gets here is answered through :meth:`_answered`, or raises having been refused.
@@ -442,7 +444,9 @@ class Server(RolloutMethods):
         on this thread, beside the workers: :meth:`Batcher.run_beside`), both planned for the version
         ``planned``: a request routed to another one (a canary, or a version loaded meanwhile) is queued
         like any other, within that version's own limits. ``opened``: what :meth:`_predict_plain` did for
-        this request before it found the way busy (its start, deadline, span, route and validated inputs)."""
+        this request before it found the way busy (its start, deadline, span, route and validated inputs).
+        ``readmit``: with ``opened``, the request is part of a merged request still counted in flight on
+        ``opened.target`` (see :meth:`Batcher.submit`), queued there again on its own."""
         if opened is None:
             if timeout_s is not None:
                 timeout_s = check_timeout(timeout_s)
@@ -455,6 +459,7 @@ class Server(RolloutMethods):
         target: ModelVersion | None = None
         try:
             for _ in range(_RETRIES_ON_RETIRED):
+                requeued = readmit and opened is not None
                 if opened is not None:  # routed and validated already (only once: a retry routes again)
                     routes, target, decision, arrays, rows = (
                         opened.routes,
@@ -479,7 +484,7 @@ class Server(RolloutMethods):
                         if beside and as_planned:
                             target.batcher.run_beside(request)
                         else:
-                            target.batcher.submit(request, run_inline=inline)
+                            target.batcher.submit(request, run_inline=inline, readmit=requeued)
                     except BaseException as exc:  # refused before it was queued: whoever follows it must not wait
                         self._sharing.release(request, None, exc)
                         if isinstance(exc, VersionRetiredError):

@@ -538,3 +538,48 @@ def test_requests_whose_version_retires_before_the_iteration_ends_are_routed_aga
 
     answers = asyncio.run(main())
     assert [(answer.version, answer["y"][0, 0]) for answer in answers] == [(2, 3.0)] * 3
+
+
+def test_tasks_cancelled_before_their_iteration_ends_are_never_run(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(4)]
+        await asyncio.sleep(0)  # the tasks joined their group; the iteration's end has not come
+        tasks[0].cancel()
+        tasks[2].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    blocker.result(timeout=60)
+    assert [type(r).__name__ for r in results] == ["CancelledError", "Prediction", "CancelledError", "Prediction"]
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 3000 + 2
+
+
+def test_a_merged_run_failing_while_the_server_closes_still_answers_the_others(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """The tasks of a failed merged run are queued again one by one before the batcher counts it finished,
+    so a close() waiting for the queue to drain answers them too."""
+    server = make_server(busy_repository)
+    blocker = occupy(server, rows=1000)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in (0, 1, 99, 2)]
+        while version_status(server, "busy")["queued_rows"] < 4:
+            await asyncio.sleep(0)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: server.close(timeout_s=30))
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    blocker.result(timeout=60)
+    assert isinstance(results[2], inprocserve.InvalidInputError)  # index 99: fails inside onnxruntime
+    assert [r["picked"].tolist() for r in (results[0], results[1], results[3])] == [
+        [[0.0, 1.0]],
+        [[2.0, 3.0]],
+        [[4.0, 5.0]],
+    ]
