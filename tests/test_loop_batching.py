@@ -176,16 +176,19 @@ def full_way_only(server: inprocserve.Server, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(server, "_plain_route", lambda *args: None)
 
 
+@pytest.mark.parametrize("way", ["full", "merged"])
 def test_a_task_cancelled_while_queued_is_never_run(
-    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    way: str, busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Queued on its own (the full way), or still in its iteration's group (merged at the iteration's end)."""
     server = make_server(busy_repository)
-    full_way_only(server, monkeypatch)
+    if way == "full":
+        full_way_only(server, monkeypatch)
     blocker = occupy(server)
 
     async def main() -> list[Any]:
         tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(4)]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # each task made its request; the iteration's end has not come
         tasks[0].cancel()
         tasks[3].cancel()
         return await asyncio.gather(*tasks, return_exceptions=True)
@@ -538,26 +541,6 @@ def test_requests_whose_version_retires_before_the_iteration_ends_are_routed_aga
 
     answers = asyncio.run(main())
     assert [(answer.version, answer["y"][0, 0]) for answer in answers] == [(2, 3.0)] * 3
-
-
-def test_tasks_cancelled_before_their_iteration_ends_are_never_run(
-    busy_repository: Path, make_server: ServerFactory
-) -> None:
-    server = make_server(busy_repository)
-    blocker = occupy(server)
-
-    async def main() -> list[Any]:
-        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(4)]
-        await asyncio.sleep(0)  # the tasks joined their group; the iteration's end has not come
-        tasks[0].cancel()
-        tasks[2].cancel()
-        return await asyncio.gather(*tasks, return_exceptions=True)
-
-    results = asyncio.run(main())
-    blocker.result(timeout=60)
-    assert [type(r).__name__ for r in results] == ["CancelledError", "Prediction", "CancelledError", "Prediction"]
-    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
-    assert version_status(server, "busy")["rows_run"] == 3000 + 2
 
 
 def test_a_merged_run_failing_while_the_server_closes_still_answers_the_others(
