@@ -7,15 +7,16 @@ what limits throughput. Here, instead:
 
 * **Merging.** ``apredict`` routes and validates on the loop exactly as ``predict`` does. A request to a plain
   version (``Server._plain_route``: no cache, drift, sharing, rollout or shadow) whose requests stack as they
-  are, is not queued on its own: it joins this iteration's group for its version and timeout (``_Member``,
-  ``_Group``). The first request of a loop iteration schedules one ``loop.call_soon`` that runs after every
-  task of the iteration has made its request. It runs each group on the loop itself if the version is idle
-  and the run is short (under ``RUN_ON_LOOP_UNDER_S`` by the version's measured run cost), and otherwise
-  stacks its rows into one :class:`Request` (``Request.callers`` tasks, answered through ``_Merged``) queued
-  without a wake, then wakes a parked worker once. The answer comes back as one request's; the loop cuts
-  each task's rows out and records each task as the full way would. An idle version of a model cheaper per
-  row than the loop's own work per request (``LOOP_WORK_PER_REQUEST_S``) gets its first group as two runs
-  that never share a batch, so that the loop answers one half while the session runs the other.
+  are, is not queued on its own: it joins this iteration's group for its version (``_Member``, ``_Group``;
+  requests with a deadline and without are kept apart). The first request of a loop iteration schedules one
+  ``loop.call_soon`` that runs after every task of the iteration has made its request. It runs each group on
+  the loop itself if a session is free and the run is short (under ``RUN_ON_LOOP_UNDER_S`` by the version's
+  measured run cost), and otherwise stacks its rows into one :class:`Request` (``Request.callers`` tasks,
+  answered through ``_Merged``) queued without a wake, then wakes a parked worker once. The answer comes back
+  as one request's; the loop cuts each task's rows out and records each task as the full way would. An idle
+  version of a model cheaper per row than the loop's own work per request (``LOOP_WORK_PER_REQUEST_S``) gets
+  its first group as two runs that never share a batch, so that the loop answers one half while the session
+  runs the other.
 * **Submitting one by one.** Any other request is queued in the version's batcher on its own, asking it not
   to wake a worker; the same end-of-iteration callback wakes one (a busy one takes the queue when its batch
   is done), or, if it is the only request queued and its run should take under ``RUN_ON_LOOP_UNDER_S``, runs
@@ -125,8 +126,8 @@ class _LoopState:
         self._inbox: deque[tuple[Any, Any, BaseException | None]] = deque()
         self._wake_due = False  # a drain is scheduled: later posts need not wake the loop again
         self._pending: list[Batcher] = []  # batchers that got requests this iteration, not yet woken
-        # requests of this iteration to merge, per version and timeout (see join)
-        self._groups: dict[tuple[Batcher, float | None], _Group] = {}
+        # requests of this iteration to merge, per version, with and without a deadline (see join)
+        self._groups: dict[tuple[Batcher, bool], _Group] = {}
         self._flush_due = False
         self._running_here = False  # the loop's thread is running a request itself (see _flush)
         self.wakes = 0  # cross-thread wakes of this loop so far (for tests and benchmarks)
@@ -142,14 +143,14 @@ class _LoopState:
     def join(
         self, server: Server, routes: Routes, target: ModelVersion, timeout_s: float | None, member: _Member
     ) -> None:
-        """Add a task's request to this iteration's group for ``target`` and ``timeout_s``: merged with the
-        others at the end of the iteration. Only requests that asked for the same timeout are merged: their
-        deadlines then differ by less than one iteration, so a merged request that is dropped unrun once the
-        latest has passed (like any queued request past its deadline) leaves no task's rows run long after
-        its own deadline."""
+        """Add a task's request to this iteration's group for ``target``: merged with the others at the end of
+        the iteration. Requests with a deadline are merged only with requests with one (each ``timeout_s``
+        may differ: a deadline propagated from a web request's header differs for every request). A merged
+        request is dropped unrun once the latest of its tasks' deadlines has passed, like any queued request
+        past its deadline; until then it runs whole (each task's own loop timer answers it at its deadline)."""
         batcher = target.batcher
         assert batcher is not None
-        key = (batcher, timeout_s)
+        key = (batcher, timeout_s is None)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(server, routes, target, batcher)

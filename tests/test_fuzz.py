@@ -1,4 +1,4 @@
-"""Property-based fuzzing of ``Server.predict`` inputs with hypothesis.
+"""Property-based fuzzing of ``Server.predict`` and ``Server.apredict`` inputs with hypothesis.
 
 Every outcome must be a correct answer (checked against a raw onnxruntime session fed the same values
 cast to the model's types) or a typed :class:`inprocserve.InprocserveError`; anything else (a bare
@@ -10,6 +10,7 @@ runs 10,000 random ones per property (``make soak``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +158,39 @@ def test_well_formed_input_is_always_answered_correctly(
     expected = expected_answer(raw["add"], request)
     for name, array in expected.items():
         np.testing.assert_array_equal(result[name], array)
+
+
+@given(
+    batch=st.lists(
+        st.one_of(
+            finite_rows.map(lambda request: ("add", request)), st.tuples(st.sampled_from(sorted(MODELS)), requests)
+        ),
+        min_size=1,
+        max_size=16,
+    )
+)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_one_loop_iterations_requests_are_each_answered_correctly_or_refused(
+    served: tuple[inprocserve.Server, dict[str, Any]], batch: list[tuple[str, Any]]
+) -> None:
+    """Tasks of one event-loop iteration, well-formed and hostile mixed: the loop merges the requests it
+    accepts, and each task still gets exactly its own rows' answer, or a typed error of its own."""
+    server, raw = served
+
+    async def main() -> list[Any]:
+        calls = (server.apredict(model, request, timeout_s=30) for model, request in batch)
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(main())
+    for (model, request), result in zip(batch, results, strict=True):
+        if isinstance(result, inprocserve.InprocserveError):
+            continue  # refused with a typed error: allowed
+        assert isinstance(result, inprocserve.Prediction), repr(result)
+        expected = expected_answer(raw[model], request)
+        assert set(result) == set(expected)
+        for name, array in expected.items():
+            np.testing.assert_array_equal(result[name], array)
+            assert result[name].dtype == array.dtype
 
 
 def test_the_fuzz_budget_is_what_the_suite_promises() -> None:

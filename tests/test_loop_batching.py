@@ -566,3 +566,25 @@ def test_a_merged_run_failing_while_the_server_closes_still_answers_the_others(
         [[2.0, 3.0]],
         [[4.0, 5.0]],
     ]
+
+
+def test_requests_with_different_deadlines_share_a_run_and_each_keeps_its_own(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """Deadlines propagated from web requests differ for every request: such requests are still merged, and
+    each task is answered at its own deadline; the merged request runs while one of its tasks still waits."""
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+
+    async def main() -> list[Any]:
+        hurried = server.apredict("busy", busy_inputs(1, index=0), timeout_s=0.02)
+        patient = server.apredict("busy", busy_inputs(1, index=1), timeout_s=60)
+        return await asyncio.gather(hurried, patient, return_exceptions=True)
+
+    batches, rows = counters(server, "busy")
+    results = asyncio.run(main())
+    blocker.result(timeout=60)
+    assert isinstance(results[0], inprocserve.DeadlineExceededError)
+    assert results[1]["picked"].tolist() == [[2.0, 3.0]]
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert counters(server, "busy") == (batches + 2, rows + 3000 + 2)  # the blocker, then both rows together
