@@ -80,6 +80,7 @@ RUN_ON_LOOP_UNDER_S = 200e-6
 # idle version's first group is then split in two runs, so that the loop answers one half's tasks while the
 # session runs the other half (see _LoopState._start).
 LOOP_WORK_PER_REQUEST_S = 15e-6
+_NEVER = float("inf")
 _SPLIT_FROM_ROWS = 16  # a group smaller than this runs whole: halves this small run inefficiently
 
 _states_lock = threading.Lock()
@@ -153,9 +154,10 @@ class _LoopState:
         key = (batcher, timeout_s is None)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = _Group(server, routes, target, batcher)
-        group.members.append(member)
-        group.rows += member.rows
+            loop = self._loop()
+            assert loop is not None  # called on the loop's own thread
+            group = self._groups[key] = _Group(server, routes, target, batcher, loop)
+        group.add(member)
         self._flush_at_iteration_end()
 
     def _flush_at_iteration_end(self) -> None:
@@ -412,6 +414,7 @@ class _LoopState:
                     )
                 )
             start = end
+        group.answered()
 
     def _hand_over(self, group: _Group, members: list[_Member], *, on_loop: bool = True) -> None:
         """Send each task's request the full way (routed again if its version retired meanwhile), as it would
@@ -516,20 +519,66 @@ class _Member(NamedTuple):
     deadline: float | None
     version: int | None  # as the caller asked (None: routed), and its context: to route it again
     context: Mapping[str, Any] | None
+    timeout_s: float | None
+    expires_at: float  # on the loop's clock (inf: no deadline); its group's timer answers it then
 
 
 class _Group:
     """The requests one loop iteration made to one version that takes merged requests (see ``apredict``)."""
 
-    __slots__ = ("batcher", "members", "routes", "rows", "server", "target")
+    __slots__ = ("batcher", "expires_at", "loop", "members", "routes", "rows", "server", "target", "timer")
 
-    def __init__(self, server: Server, routes: Routes, target: ModelVersion, batcher: Batcher) -> None:
+    def __init__(
+        self, server: Server, routes: Routes, target: ModelVersion, batcher: Batcher, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.server = server
         self.routes = routes
         self.target = target
         self.batcher = batcher
+        self.loop = loop
         self.members: list[_Member] = []
         self.rows = 0
+        # One loop timer answers the group's tasks at their deadlines (one timer and no coroutine per task):
+        # armed for the earliest deadline still to come, cancelled once every task is answered.
+        self.timer: asyncio.TimerHandle | None = None
+        self.expires_at = _NEVER
+
+    def add(self, member: _Member) -> None:
+        self.members.append(member)
+        self.rows += member.rows
+        if member.expires_at < self.expires_at:
+            self._arm(member.expires_at)
+
+    def _arm(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(when, self._expire)
+        self.expires_at = when
+
+    def _expire(self) -> None:
+        """The timer fired: answer each task past its deadline with ``DeadlineExceededError``, and arm the
+        timer again for the next deadline of a task still waiting."""
+        self.timer = None
+        self.expires_at = _NEVER
+        now = self.loop.time()
+        following = _NEVER
+        for member in self.members:
+            if member.waiter.done():
+                continue
+            if member.expires_at <= now:
+                assert member.timeout_s is not None
+                _expire(member.waiter, self.target.name, member.version, member.timeout_s)
+            elif member.expires_at < following:
+                following = member.expires_at
+        if following < _NEVER:
+            self._arm(following)
+
+    def answered(self) -> None:
+        """Some tasks were answered: once all are, the timer is not needed (and would keep them alive)."""
+        if self.timer is not None and all(member.waiter.done() for member in self.members):
+            self.timer.cancel()
+            self.timer = None
+            self.expires_at = _NEVER
 
     def refused(self, members: list[_Member], error: BaseException | None) -> None:
         """``members`` were refused before they were queued: record each, and give each task the error. With
@@ -546,6 +595,7 @@ class _Group:
             )
             if not waiter.done():
                 waiter.set_exception(ended)
+        self.answered()
 
 
 class _Merged:
@@ -690,23 +740,25 @@ def apredict(
     """``Server.apredict``: route, validate and queue on the running loop now; return what to await for the
     answer, which arrives in the loop's inbox.
 
-    Without a deadline that is the loop future itself, so a request costs no coroutine of its own; with one,
-    a coroutine that arms and disarms the deadline's timer. Raises, at once, what :meth:`Server.predict`
-    raises for a request refused before queueing; the awaitable raises the rest.
+    That is the loop future itself, so a request costs no coroutine of its own; a merged request's deadline
+    is kept by its group's timer, another's by a coroutine that arms and disarms a timer of its own. Raises,
+    at once, what :meth:`Server.predict` raises for a request refused before queueing; the awaitable raises
+    the rest.
     """
     loop = asyncio.get_running_loop()
     state = _last
     if state is None or state._loop() is not loop:
         state = _state_of(loop)
     waiter: asyncio.Future[Prediction] = loop.create_future()
-    if not _joined(server, state, waiter, model, inputs, version, context, timeout_s):
-        handle = _LoopFuture(waiter, state)
-        future: Any = handle  # stands in for a concurrent.futures.Future (typing.cast would cost a call)
-        _request, target = server._dispatch(model, inputs, version, context, timeout_s, future, inline=False)
-        batcher = target.batcher
-        if not handle._answered and batcher is not None:  # queued, not answered by the cache: wake at the end
-            if not state._flush_due or batcher not in state._pending:
-                state.queued(batcher)
+    if _joined(server, state, loop, waiter, model, inputs, version, context, timeout_s):
+        return waiter  # (its group's timer keeps its deadline)
+    handle = _LoopFuture(waiter, state)
+    future: Any = handle  # stands in for a concurrent.futures.Future (typing.cast would cost a call)
+    _request, target = server._dispatch(model, inputs, version, context, timeout_s, future, inline=False)
+    batcher = target.batcher
+    if not handle._answered and batcher is not None:  # queued, not answered by the cache: wake at the end
+        if not state._flush_due or batcher not in state._pending:
+            state.queued(batcher)
     if timeout_s is None:
         return waiter
     return _with_deadline(loop, waiter, model, version, timeout_s)
@@ -715,6 +767,7 @@ def apredict(
 def _joined(
     server: Server,
     state: _LoopState,
+    loop: asyncio.AbstractEventLoop,
     waiter: asyncio.Future[Prediction],
     model: str,
     inputs: Any,
@@ -742,8 +795,11 @@ def _joined(
     if rows > batcher.max_rows:  # runs in slices: the full way
         return False
     span = start_request_span(model, batcher.telemetry.span_attributes)
-    deadline = None if timeout_s is None else server._clock() + timeout_s
-    member = _Member(waiter, arrays, rows, decision, span, started, deadline, version, context)
+    if timeout_s is None:
+        deadline, expires_at = None, _NEVER
+    else:
+        deadline, expires_at = server._clock() + timeout_s, loop.time() + timeout_s
+    member = _Member(waiter, arrays, rows, decision, span, started, deadline, version, context, timeout_s, expires_at)
     state.join(server, routes, target, timeout_s, member)
     return True
 
