@@ -122,6 +122,7 @@ bench: install
 	$(BIN)/python benchmarks/predict_overhead.py $(QUICK_predict_overhead)
 	$(BIN)/python benchmarks/telemetry_overhead.py $(QUICK_telemetry_overhead)
 	$(BIN)/python benchmarks/async_callers.py $(QUICK_async_callers)
+	$(BIN)/python benchmarks/async_callers.py --timeout-s 10 $(QUICK_async_callers)
 	$(BIN)/python benchmarks/performance.py
 	$(BIN)/python benchmarks/status_recorder.py $(QUICK_status_recorder)
 	$(BIN)/python benchmarks/control_follow.py $(QUICK_control_follow)

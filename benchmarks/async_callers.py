@@ -4,6 +4,7 @@
     python benchmarks/async_callers.py --seconds 1 --rounds 1 --modes off   # quick look
     python benchmarks/async_callers.py --seconds 1 --rounds 1 --out /tmp/async   # results elsewhere
     python benchmarks/async_callers.py --seconds 3 --tasks 64 --profile /tmp/apredict.prof  # loop thread
+    python benchmarks/async_callers.py --timeout-s 10     # every request with a deadline, as a web plug-in sends
 
 Approaches, interleaved round by round:
 
@@ -236,11 +237,15 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             async def to_thread(x: np.ndarray, raw: ort.InferenceSession = raw) -> Any:
                 return await asyncio.to_thread(raw.run, None, {"x": x})
 
-            async def wrap_future(x: np.ndarray, server: inprocserve.Server = server, name: str = name) -> Any:
-                return await asyncio.wrap_future(server.submit(name, {"x": x}))
+            async def wrap_future(
+                x: np.ndarray, server: inprocserve.Server = server, name: str = name, timeout_s: Any = args.timeout_s
+            ) -> Any:
+                return await asyncio.wrap_future(server.submit(name, {"x": x}, timeout_s=timeout_s))
 
-            async def apredict(x: np.ndarray, server: inprocserve.Server = server, name: str = name) -> Any:
-                return await server.apredict(name, {"x": x})
+            async def apredict(
+                x: np.ndarray, server: inprocserve.Server = server, name: str = name, timeout_s: Any = args.timeout_s
+            ) -> Any:
+                return await server.apredict(name, {"x": x}, timeout_s=timeout_s)
 
             calls = {"to_thread": to_thread, "wrap_future": wrap_future, "apredict": apredict}
             points: dict[int, dict[str, Any]] = {}
@@ -334,7 +339,7 @@ def profile_loop(args: argparse.Namespace) -> None:
     stats.sort_stats("tottime").print_stats(25)
 
 
-def write_markdown(results: dict[str, Any], out: Path) -> Path:
+def write_markdown(results: dict[str, Any], out: Path, stem: str = "async_callers") -> Path:
     m = results["machine"]
     settings = results["settings"]
     lines = [
@@ -349,6 +354,12 @@ def write_markdown(results: dict[str, Any], out: Path) -> Path:
         "did before). `apredict`: `await server.apredict(...)`. Ceiling: raw `run`, one thread, pre-built batches.",
         "",
     ]
+    if settings.get("timeout_s") is not None:
+        lines += [
+            f"Every `wrap_future` and `apredict` request passes `timeout_s={settings['timeout_s']:g}` (as a web "
+            "plug-in passes each request's remaining budget); `to_thread` has no deadline.",
+            "",
+        ]
     floor = results["modes"][next(iter(results["modes"]))]["async_floor_requests_per_s"]
     lines += [
         "Loop hand-off floor — N tasks on one loop handing tokens to one worker thread and back, one wake of the "
@@ -387,7 +398,7 @@ def write_markdown(results: dict[str, Any], out: Path) -> Path:
                     f"| {s['to_thread_spread']:.0%} / {s['apredict_spread']:.0%} |"
                 )
             lines.append("")
-    path = out / "async_callers.md"
+    path = out / f"{stem}.md"
     path.write_text("\n".join(lines))
     return path
 
@@ -399,6 +410,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--modes", type=lambda s: s.split(","), default=["off", "sampled"])
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        help="give every wrap_future and apredict request this deadline; writes async_callers-timeout.{json,md}",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results (default: %(default)s)")
     parser.add_argument(
         "--profile",
@@ -419,6 +435,8 @@ def main() -> None:
         command = [sys.executable, __file__, "--child", mode, "--models", ",".join(args.models)]
         command += ["--tasks", ",".join(map(str, args.tasks)), "--seconds", str(args.seconds)]
         command += ["--rounds", str(args.rounds)]
+        if args.timeout_s is not None:
+            command += ["--timeout-s", str(args.timeout_s)]
         out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
         payload = ""
         for line in out.stdout.splitlines():
@@ -428,10 +446,11 @@ def main() -> None:
                 print(line, flush=True)
         results["modes"][mode] = json.loads(payload)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "async_callers.json"
+    stem = "async_callers" if args.timeout_s is None else "async_callers-timeout"
+    path = args.out / f"{stem}.json"
     path.write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {path}")
-    print(f"wrote {write_markdown(results, args.out)}")
+    print(f"wrote {write_markdown(results, args.out, stem)}")
 
 
 if __name__ == "__main__":
