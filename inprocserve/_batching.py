@@ -314,6 +314,7 @@ class Batcher:
         parent: Any,
         timing: BatchTiming | None,
         deadline: float | None = None,
+        callers: int = 1,
     ) -> dict[str, Any] | None:
         """Run a lone request's rows now, on this thread, if a runner is idle, nothing is queued and recent
         traffic suggests no companions to wait for (what :meth:`submit` runs inline); else return ``None``
@@ -323,7 +324,8 @@ class Batcher:
         :class:`Request`, one lock round trip to take a runner and one to give it back with the counts. The
         run is stopped at ``deadline`` (on this batcher's clock). Its error (``InprocserveError``, or a bug's
         exception) is raised, after the counts are given back; so is an interruption of the caller's thread.
-        Before this process's runners are adopted (:attr:`adopted`) it returns ``None``.
+        Before this process's runners are adopted (:attr:`adopted`) it returns ``None``. ``callers``: how many
+        callers' requests the rows carry (an event loop's merged requests), counted in flight.
         """
         execution = self._execution
         if not self._adopted or (execution.chunk_rows is not None and rows > execution.chunk_rows):
@@ -340,7 +342,7 @@ class Batcher:
             runner = self._pool.checkout()
             if runner is None:
                 return None
-            self._in_flight += 1
+            self._in_flight += callers
             self._active_rows = active
         ran = False
         try:
@@ -348,14 +350,14 @@ class Batcher:
             outputs = execution.run_plain(runner, arrays, rows, parent=parent, timing=timing, timeout_s=timeout_s)
             ran = True
         finally:  # also when the run failed or the caller's thread is interrupted
-            self._plain_finished(runner, rows, ran=ran)
+            self._plain_finished(runner, rows, ran=ran, callers=callers)
         return outputs
 
-    def _plain_finished(self, runner: Any, rows: int, *, ran: bool) -> None:
+    def _plain_finished(self, runner: Any, rows: int, *, ran: bool, callers: int) -> None:
         """Give back the runner of a :meth:`run_plain` and count its request as finished (and its run)."""
         with self._lock:
             self._give_back(runner)
-            self._count_rows_finished(rows, ran=ran)
+            self._count_rows_finished(rows, ran=ran, callers=callers)
 
     def _give_back(self, runner: Any) -> None:
         """Return a runner taken for an inline run, and wake a parked worker for what queued meanwhile.
@@ -646,9 +648,11 @@ class Batcher:
         deliver hook queues each caller's request again on its own, and only then is it counted finished, so
         that :meth:`close` never finds the batcher drained in between."""
         if error is not None and request.callers > 1:
-            request.complete(outputs, error)
-            with self._lock:
-                self._count_finished(request, ran=ran)
+            try:
+                request.complete(outputs, error)
+            finally:  # counted even if the hook failed: close() must not wait for it forever
+                with self._lock:
+                    self._count_finished(request, ran=ran)
             return
         with self._lock:
             abandoned = self._count_finished(request, ran=ran)

@@ -187,6 +187,8 @@ class _LoopState:
             self._running_here = True  # answers posted meanwhile (any batcher's) are drained below, unwoken
             try:
                 ran = batcher.run_lone_here(RUN_ON_LOOP_UNDER_S, accept=self._owns)
+            except Exception:  # a bug: its request stays queued for the worker woken below
+                logger.exception("inprocserve: running a request of %r on the loop failed", batcher.model)
             finally:
                 self._running_here = False
                 if self._inbox:
@@ -261,6 +263,7 @@ class _LoopState:
                 parent=members[0].span if len(members) == 1 else None,
                 timing=timing,
                 deadline=_latest_deadline(members),
+                callers=len(members),
             )
         except Exception as exc:  # the run failed: each task's own run says whose input it was
             self._ran_here(group, timing)
@@ -289,8 +292,13 @@ class _LoopState:
         first = members[0]
         decision = first.decision  # (the telemetry of each task uses its own)
         merged = _Merged(self, group, members)
+        try:
+            arrays = _stacked(members)
+        except Exception as exc:  # no memory for the stacked copy: each task goes on its own, unstacked
+            self._queue_failed(group, members, exc)
+            return False
         request = Request(
-            _stacked(members),
+            arrays,
             rows,
             Route(target.name, target.version, decision.variant, decision.reason, "", (), decision),
             _latest_deadline(members),
@@ -310,12 +318,17 @@ class _LoopState:
             self._hand_over(group, members)
             return False
         except Exception as exc:  # shed (QueueFullError): one by one, as many as fit are queued
-            if len(members) > 1:
-                self._hand_over(group, members)
-            else:
-                group.refused(members, exc)
+            self._queue_failed(group, members, exc)
             return False
         return True
+
+    def _queue_failed(self, group: _Group, members: list[_Member], error: BaseException) -> None:
+        """``members`` could not be queued as one request: several are sent the full way one by one, a lone
+        one is refused with ``error``."""
+        if len(members) > 1:
+            self._hand_over(group, members)
+        else:
+            group.refused(members, error)
 
     def _answered(self, merged: _Merged, request: Request) -> None:
         """The answer of a queued merged request (posted by the worker that finished it)."""
@@ -435,7 +448,7 @@ class _LoopState:
                 member.arrays,
                 member.rows,
             )
-            handle = _LoopFuture(member.waiter, self)
+            handle = _LoopFuture(member.waiter, self, group)
             try:
                 _request, answering = server._dispatch(
                     target.name,
@@ -459,7 +472,14 @@ class _LoopState:
                 if on_loop:
                     self.queued(answering.batcher)
                 else:
-                    answering.batcher.wake()
+                    try:
+                        answering.batcher.wake()
+                    except Exception:  # a bug: the worker that runs the next batch takes it anyway
+                        logger.exception("inprocserve: waking a worker for %r failed", target.name)
+        if on_loop:  # those refused above are answered: the group's deadline timer may be done with
+            group.answered()
+        else:
+            self.post(group, None, None)
 
     # -- answering (worker threads post, the loop drains) ----------------------------------------------------
 
@@ -498,6 +518,8 @@ class _LoopState:
                 except Exception as exc:  # a bug: the answer is lost, but no task may wait forever
                     logger.exception("inprocserve: answering merged requests to %r failed", sink.group.target.name)
                     sink.group.refused([m for m in sink.members if not m.waiter.done()], exc)
+            elif type(sink) is _Group:  # a task of it that went the full way was answered (see _LoopFuture)
+                sink.answered()
             elif sink.done():  # cancelled, or its deadline answered it
                 continue
             elif error is None:
@@ -558,9 +580,10 @@ class _Group:
     def _expire(self) -> None:
         """The timer fired: answer each task past its deadline with ``DeadlineExceededError``, and arm the
         timer again for the next deadline of a task still waiting."""
+        # loops fire timers up to a clock tick early (uvloop rounds to whole milliseconds): it is due now
+        now = max(self.loop.time(), self.expires_at)
         self.timer = None
         self.expires_at = _NEVER
-        now = self.loop.time()
         following = _NEVER
         for member in self.members:
             if member.waiter.done():
@@ -637,14 +660,15 @@ class _LoopFuture:
     It offers exactly the calls the batcher and ``Server._deliver`` make on a request's future.
     """
 
-    __slots__ = ("_answered", "_state", "_waiter")
+    __slots__ = ("_answered", "_group", "_state", "_waiter")
 
     defer_wake = True  # the batcher leaves waking a worker to the loop's end-of-iteration flush
 
-    def __init__(self, waiter: asyncio.Future[Any], state: _LoopState) -> None:
+    def __init__(self, waiter: asyncio.Future[Any], state: _LoopState, group: _Group | None = None) -> None:
         self._waiter = waiter
         self._state = state
         self._answered = False
+        self._group = group  # a merged group this task left for the full way: told once it is answered
 
     def set_running_or_notify_cancel(self) -> bool:
         # Read across threads on purpose: a plain flag read under the GIL. A task cancelled just after
@@ -670,8 +694,12 @@ class _LoopFuture:
         self._answered = True
         waiter = self._waiter
         if waiter.done():  # cancelled by its task meanwhile: tell the server, as a cancelled Future does
+            if self._group is not None:
+                self._state.post(self._group, None, None)
             raise InvalidStateError("cancelled")
         self._state.post(waiter, value, error)
+        if self._group is not None:  # after the answer: its group's deadline timer may be done with
+            self._state.post(self._group, None, None)
 
 
 def _stacked(members: list[_Member]) -> dict[str, Any]:

@@ -617,3 +617,60 @@ def test_answered_tasks_leave_nothing_behind_on_the_loop(scale_repository: Path,
         return [ref() is not None for ref in alive]
 
     assert asyncio.run(main()) == [False] * 8
+
+
+def test_tasks_sent_the_full_way_leave_nothing_behind_on_the_loop(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """A group whose version retired before it was queued goes the full way task by task (routed again);
+    once they are answered, its deadline timer no longer keeps their inputs alive."""
+    config = ModelConfig(rollout=inprocserve.RolloutConfig(capture_inputs=0))  # (a version keeps inputs by default)
+    server = make_server(scale_repository, config=config)
+    server.predict("scale", np.ones((1, 4), np.float32))  # adopts v1's runners: the merged way applies
+    replacement = save_model(build_scale_model(3.0), scale_repository.parent / "elsewhere", "scale", 2)
+
+    async def main() -> list[bool]:
+        inputs = [np.full((1, 4), i, np.float32) for i in range(4)]
+        alive = [weakref.ref(x) for x in inputs]
+        tasks = [asyncio.ensure_future(server.apredict("scale", x, timeout_s=60)) for x in inputs]
+        await asyncio.sleep(0)  # the tasks joined v1's group; the iteration's end has not come
+        server.load("scale", path=replacement, version=2, config=config)
+        server.unload("scale", 1)
+        answers = await asyncio.gather(*tasks)
+        assert [(answer.version, answer["y"][0, 0]) for answer in answers] == [(2, 3.0 * i) for i in range(4)]
+        del inputs, tasks, answers
+        gc.collect()
+        return [ref() is not None for ref in alive]
+
+    assert asyncio.run(main()) == [False] * 4
+
+
+def test_a_group_deadline_is_answered_once_on_uvloop(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop fires timers up to a millisecond early and its clock moves in whole milliseconds: the group's
+    timer still answers the task when it fires, instead of re-arming itself until the clock catches up."""
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (it is in the dev extra)")
+    fired = []
+    expire = _loop_batching._Group._expire
+
+    def counted(group: Any) -> None:
+        fired.append(group)
+        expire(group)
+
+    monkeypatch.setattr(_loop_batching._Group, "_expire", counted)
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+
+    async def main() -> None:
+        for timeout_s in (0.0104, 0.0206, 0.0301):
+            with pytest.raises(inprocserve.DeadlineExceededError):
+                await server.apredict("busy", busy_inputs(1), timeout_s=timeout_s)
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    blocker.result(timeout=60)
+    assert len(fired) == 3
