@@ -89,6 +89,9 @@ class Batcher:
         # Group keys are needed only when requests can differ in a non-batch axis (or are padded on one).
         self._keyed = self._merge and (config.padding is not None or has_dynamic_inner_axes)
         self.run_cost = run_cost
+        # Whether a run computes in this process. A remote backend's run waits on the network, where a stalled
+        # server could hold it until its deadline: an event loop never runs such a request itself.
+        self.runs_in_process = backend.kind == "onnxruntime"
         self.telemetry = Recorder(self.model, self.version)  # this version's metric attributes, built once
         self._policy = FlushPolicy(
             max_rows=config.max_batch_size if self._merge else 1,
@@ -250,10 +253,11 @@ class Batcher:
         a run that short costs the loop less than handing the request to a worker and being woken for the
         answer. More than one request queued means companions to batch: the worker takes them. Only a
         request whose future ``accept`` takes is run (the loop's own: another caller's future may have
-        callbacks that must not run on the loop's thread).
+        callbacks that must not run on the loop's thread). A remote backend's request never runs here
+        (:attr:`runs_in_process`).
         """
         cost = self.run_cost
-        if cost is None:
+        if cost is None or not self.runs_in_process:
             return False
         with self._lock:
             queue = self._queue

@@ -222,6 +222,7 @@ class _LoopState:
         cost = batcher.run_cost
         if (
             cost is not None
+            and batcher.runs_in_process
             and group.rows <= limit
             and cost.fixed_s + cost.per_row_s * group.rows <= RUN_ON_LOOP_UNDER_S
             and self._run_here(group)

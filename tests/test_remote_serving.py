@@ -385,3 +385,31 @@ def test_a_repository_remote_version_runs_on_the_servers_clock(
         assert server.readiness().ready
     finally:
         remote_app.stop()
+
+
+@pytest.mark.parametrize("way", ["merged", "full"])
+def test_an_event_loop_never_runs_a_remote_request_itself(
+    way: str, make_server: ServerFactory, mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However short a remote version's measured run, its call waits on the network, where a stalled server
+    would stall every task of the loop: a worker makes it, and wakes the loop with the answer."""
+    from inprocserve import _loop_batching
+    from inprocserve._loop_batching import loop_wakes
+
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 10.0)  # any run qualifies by its cost
+    server = make_server(mixed, config=every_version())
+    server.predict("fraud", {"x": rows(1)}, version=3)  # adopts the runners: the merged way applies
+    if way == "full":  # as for a version with a cache or a rollout: queued one by one
+        monkeypatch.setattr(server, "_plain_route", lambda *args: None)
+
+    async def main() -> tuple[list[inprocserve.Prediction], int]:
+        loop = asyncio.get_running_loop()
+        answers = [await server.apredict("fraud", {"x": rows(1, seed=i)}, version=3) for i in range(3)]
+        answers += await asyncio.gather(
+            *(server.apredict("fraud", {"x": rows(1, seed=i)}, version=3) for i in range(3))
+        )
+        return answers, loop_wakes(loop)
+
+    answers, wakes = asyncio.run(main())
+    assert [answer.version for answer in answers] == [3] * 6
+    assert wakes >= 4  # each lone request, then the three together: a worker answered every one
