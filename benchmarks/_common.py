@@ -96,6 +96,19 @@ def median_spread(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
+def import_baseline(package_parent: Path, scratch: Path) -> Any:
+    """Import the ``inprocserve`` package found in ``package_parent`` (another checkout, e.g. ``git archive REV
+    inprocserve | tar -x -C DIR``) as ``inprocserve_baseline``, beside this checkout's, for a before/after
+    comparison in one process; the copy is made under ``scratch``."""
+    import importlib
+    import shutil
+    import sys
+
+    shutil.copytree(package_parent / "inprocserve", scratch / "inprocserve_baseline")
+    sys.path.insert(0, str(scratch))
+    return importlib.import_module("inprocserve_baseline")
+
+
 def machine() -> dict[str, Any]:
     import onnxruntime
 

@@ -15,17 +15,16 @@ a second checkout.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, build_reference, input_rows, machine
+from _common import RESULTS, build_reference, import_baseline, input_rows, machine
+from async_callers import async_closed_loop
 
 import inprocserve
 
@@ -33,25 +32,14 @@ MODEL = "mlp-small"
 SETTLE_S = 0.2
 
 
-def closed_loop(server: Any, tasks: int, seconds: float, timeout_s: float | None) -> float:
+def rate(server: Any, tasks: int, seconds: float, timeout_s: float | None) -> float:
     """Requests/s of ``tasks`` tasks on a new loop, each awaiting ``apredict`` back to back."""
-    rows = input_rows(MODEL, 64)
 
-    async def client(x: Any, end: float, counts: list[int]) -> None:
-        done = 0
-        while time.perf_counter() < end:
-            await server.apredict(MODEL, {"x": x}, timeout_s=timeout_s)
-            done += 1
-        counts.append(done)
+    async def call(x: Any) -> Any:
+        return await server.apredict(MODEL, {"x": x}, timeout_s=timeout_s)
 
-    async def main() -> float:
-        await server.apredict(MODEL, {"x": rows[0]})  # the process's first request of this loop
-        counts: list[int] = []
-        started = time.perf_counter()
-        await asyncio.gather(*(client(rows[i % len(rows)], started + seconds, counts) for i in range(tasks)))
-        return sum(counts) / (time.perf_counter() - started)
-
-    return asyncio.run(main())
+    throughput: float = async_closed_loop(tasks, call, input_rows(MODEL, 64), seconds)["throughput"]
+    return throughput
 
 
 def main() -> None:
@@ -70,17 +58,14 @@ def main() -> None:
     try:
         repository = scratch / "models"
         build_reference(MODEL, repository)
-        shutil.copytree(args.baseline / "inprocserve", scratch / "inprocserve_baseline")
-        sys.path.insert(0, str(scratch))
-        import inprocserve_baseline  # type: ignore[import-not-found]
-
-        servers = {"baseline": inprocserve_baseline.Server(repository), "now": inprocserve.Server(repository)}
+        baseline = import_baseline(args.baseline, scratch)
+        servers = {"baseline": baseline.Server(repository), "now": inprocserve.Server(repository)}
         for tasks in args.tasks:
             for timeout_s in (None, args.timeout_s):
                 rates: dict[str, list[float]] = {name: [] for name in servers}
                 for _ in range(args.rounds):
                     for name, server in servers.items():
-                        rates[name].append(closed_loop(server, tasks, args.seconds, timeout_s))
+                        rates[name].append(rate(server, tasks, args.seconds, timeout_s))
                         time.sleep(SETTLE_S)
                 before, now = statistics.median(rates["baseline"]), statistics.median(rates["now"])
                 point = {"tasks": tasks, "timeout_s": timeout_s, "rounds": rates, "ratio": now / before}

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
-from _common import RESULTS, build_reference, input_rows, machine
+from _common import RESULTS, build_reference, import_baseline, input_rows, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,11 +76,7 @@ def main() -> None:
             "predict": lambda: now.predict(args.model, feeds),
         }
         if args.baseline is not None:
-            shutil.copytree(args.baseline / "inprocserve", scratch / "inprocserve_baseline")
-            sys.path.insert(0, str(scratch))
-            import inprocserve_baseline  # type: ignore[import-not-found]
-
-            before = inprocserve_baseline.Server(repository)
+            before = import_baseline(args.baseline, scratch).Server(repository)
             servers.append(before)
             calls["predict, baseline"] = lambda: before.predict(args.model, feeds)
         times = timed_blocks(calls, args.blocks, args.block)
