@@ -245,6 +245,13 @@ class Batcher:
             if self._queue.rows and self._pool.has_free() and self._idle and self._filler is None:
                 self._idle.pop().release()
 
+    def runs_within(self, rows: int, max_run_s: float) -> bool:
+        """Whether a run of ``rows`` rows should take at most ``max_run_s`` by the version's measured run cost,
+        in this process (never for a remote backend, whose run is a network call that may stall): what an
+        event loop's thread may run itself."""
+        cost = self.run_cost
+        return cost is not None and self.runs_in_process and cost.fixed_s + cost.per_row_s * rows <= max_run_s
+
     def run_lone_here(self, max_run_s: float, *, accept: Callable[[Any], bool]) -> bool:
         """Run the queue's only request on this thread, now, if a runner is free and its run should take at
         most ``max_run_s`` by the version's measured run cost; else return False and leave it queued.
@@ -256,8 +263,7 @@ class Batcher:
         callbacks that must not run on the loop's thread). A remote backend's request never runs here
         (:attr:`runs_in_process`).
         """
-        cost = self.run_cost
-        if cost is None or not self.runs_in_process:
+        if self.run_cost is None or not self.runs_in_process:
             return False
         with self._lock:
             queue = self._queue
@@ -266,7 +272,7 @@ class Batcher:
                 return False
             if not accept(only.future):
                 return False
-            if cost.fixed_s + cost.per_row_s * only.rows > max_run_s:
+            if not self.runs_within(only.rows, max_run_s):
                 return False
             batch, expired = self._take_batch()
             runner = self._pool.checkout() if batch else None

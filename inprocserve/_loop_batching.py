@@ -5,6 +5,10 @@ The plain way to await a thread's work (``asyncio.wrap_future`` on a ``concurren
 chain of callbacks per answer. With dozens of tasks on one loop that per-request hand-off, not the model, is
 what limits throughput. Here, instead:
 
+* **Lone requests.** A request made while nothing else is due in the loop's iteration has nobody to merge
+  with (``_LoopState.alone``): it takes ``predict``'s shortest way (``Server._predict_plain``), limited to runs
+  under ``RUN_ON_LOOP_UNDER_S``, and ``apredict`` returns its answer without suspending the task (for at
+  most ``LONE_STREAK_S`` per iteration: a task that calls again and again still yields to the loop).
 * **Merging.** ``apredict`` routes and validates on the loop exactly as ``predict`` does. A request to a plain
   version (``Server._plain_route``: no cache, drift, sharing, rollout or shadow) whose requests stack as they
   are, is not queued on its own: it joins this iteration's group for its version (``_Member``, ``_Group``;
@@ -64,7 +68,7 @@ if TYPE_CHECKING:
     from ._model import ModelVersion
     from ._registry import Routes
     from ._rollout import Decision
-    from ._server import Server
+    from ._server import Server, _Opened
 
 __all__ = ["apredict", "loop_wakes"]
 
@@ -82,6 +86,9 @@ RUN_ON_LOOP_UNDER_S = 200e-6
 LOOP_WORK_PER_REQUEST_S = 15e-6
 _NEVER = float("inf")
 _SPLIT_FROM_ROWS = 16  # a group smaller than this runs whole: halves this small run inefficiently
+# How long lone requests may be answered at once, on the loop, in one iteration (see _LoopState.alone): a task
+# that calls again and again yields to the loop after about this long, as a callback that runs this long would.
+LONE_STREAK_S = 0.001
 
 _states_lock = threading.Lock()
 _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
@@ -116,7 +123,10 @@ class _LoopState:
         "_inbox",
         "_loop",
         "_pending",
+        "_ready",
         "_running_here",
+        "_streak",
+        "_streak_until",
         "_wake_due",
         "wakes",
     )
@@ -132,6 +142,43 @@ class _LoopState:
         self._flush_due = False
         self._running_here = False  # the loop's thread is running a request itself (see _flush)
         self.wakes = 0  # cross-thread wakes of this loop so far (for tests and benchmarks)
+        # asyncio's own loops keep the callbacks due in this iteration in a deque: while it is empty, a request
+        # has nobody to merge with (see alone). Another loop (uvloop) keeps none: its requests always merge.
+        ready = getattr(loop, "_ready", None)
+        self._ready: deque[Any] | None = ready if type(ready) is deque else None
+        self._streak: asyncio.Handle | None = None  # scheduled by the first lone request answered at once
+        self._streak_until = 0.0  # (perf_counter) until when more may be, before the loop runs it
+
+    # -- lone requests (loop thread) -----------------------------------------------------------------------
+
+    def alone(self) -> bool:
+        """Whether a request made now has nobody to merge with: no other callback is due in this iteration of
+        the loop (so no other task makes a request before the end-of-iteration flush would run), and none
+        was made yet (its flush would be due). Then ``apredict`` runs it at once, on the loop, as
+        :meth:`Server.predict` runs a lone request on its caller's thread, and its task goes on without
+        waiting for another iteration.
+
+        A task that calls again and again does not keep the loop: the first request answered at once
+        schedules a callback (:meth:`answered_alone`), and until it runs, after the loop polled for I/O, more
+        are answered at once only for ``LONE_STREAK_S``; the next one joins a group, and its task waits for
+        the flush."""
+        ready = self._ready
+        if ready is None:
+            return False
+        if not ready:
+            return True
+        return len(ready) == 1 and ready[0] is self._streak and time.perf_counter() < self._streak_until
+
+    def answered_alone(self, started: float) -> None:
+        """A request made at ``started`` (``time.perf_counter``) was answered at once (see :meth:`alone`)."""
+        if self._streak is None:
+            loop = self._loop()
+            assert loop is not None  # called on the loop's own thread
+            self._streak = loop.call_soon(self._streak_ended)
+            self._streak_until = started + LONE_STREAK_S
+
+    def _streak_ended(self) -> None:
+        self._streak = None
 
     # -- submitting (loop thread) --------------------------------------------------------------------------
 
@@ -219,19 +266,13 @@ class _LoopState:
                 return False
         batcher = group.batcher
         limit = batcher.max_rows
-        cost = batcher.run_cost
-        if (
-            cost is not None
-            and batcher.runs_in_process
-            and group.rows <= limit
-            and cost.fixed_s + cost.per_row_s * group.rows <= RUN_ON_LOOP_UNDER_S
-            and self._run_here(group)
-        ):
+        if group.rows <= limit and batcher.runs_within(group.rows, RUN_ON_LOOP_UNDER_S) and self._run_here(group):
             return False
         # Split an idle version's group in two runs when the loop's work on a request outweighs the session's:
         # while the session runs the second half, the loop answers the first half's tasks, whose next requests
         # queue behind it, and loop and session keep working side by side from then on (a version that is busy
         # already is in that rhythm: its group runs whole).
+        cost = batcher.run_cost
         split = (
             cost is not None
             and cost.per_row_s < LOOP_WORK_PER_REQUEST_S
@@ -765,25 +806,36 @@ def apredict(
     version: int | None,
     context: Mapping[str, Any] | None,
     timeout_s: float | None,
-) -> Awaitable[Prediction]:
+) -> Prediction | Awaitable[Prediction]:
     """``Server.apredict``: route, validate and queue on the running loop now; return what to await for the
-    answer, which arrives in the loop's inbox.
+    answer, which arrives in the loop's inbox; or the answer itself, for a lone request answered at once
+    (``_LoopState.alone``: no other task could have joined it; its run is short).
 
     That is the loop future itself, so a request costs no coroutine of its own; a merged request's deadline
     is kept by its group's timer, another's by a coroutine that arms and disarms a timer of its own. Raises,
-    at once, what :meth:`Server.predict` raises for a request refused before queueing; the awaitable raises
-    the rest.
+    at once, what :meth:`Server.predict` raises for a request refused before queueing (and a lone request's
+    failed run); the awaitable raises the rest.
     """
     loop = asyncio.get_running_loop()
     state = _last
     if state is None or state._loop() is not loop:
         state = _state_of(loop)
+    opened = None
+    if state.alone():
+        started = time.perf_counter()
+        answer, opened = server._predict_plain(model, inputs, version, context, timeout_s, RUN_ON_LOOP_UNDER_S)
+        if answer is not None:
+            state.answered_alone(started)
+            return answer
     waiter: asyncio.Future[Prediction] = loop.create_future()
-    if _joined(server, state, loop, waiter, model, inputs, version, context, timeout_s):
-        return waiter  # (its group's timer keeps its deadline)
+    if opened is None:
+        if _joined(server, state, loop, waiter, model, inputs, version, context, timeout_s):
+            return waiter  # (its group's timer keeps its deadline)
+    elif _join_opened(server, state, loop, waiter, opened, version, context, timeout_s):
+        return waiter
     handle = _LoopFuture(waiter, state)
     future: Any = handle  # stands in for a concurrent.futures.Future (typing.cast would cost a call)
-    _request, target = server._dispatch(model, inputs, version, context, timeout_s, future, inline=False)
+    _request, target = server._dispatch(model, inputs, version, context, timeout_s, future, inline=False, opened=opened)
     batcher = target.batcher
     if not handle._answered and batcher is not None:  # queued, not answered by the cache: wake at the end
         if not state._flush_due or batcher not in state._pending:
@@ -830,6 +882,41 @@ def _joined(
         deadline, expires_at = server._clock() + timeout_s, loop.time() + timeout_s
     member = _Member(waiter, arrays, rows, decision, span, started, deadline, version, context, timeout_s, expires_at)
     state.join(server, routes, target, timeout_s, member)
+    return True
+
+
+def _join_opened(
+    server: Server,
+    state: _LoopState,
+    loop: asyncio.AbstractEventLoop,
+    waiter: asyncio.Future[Prediction],
+    opened: _Opened,
+    version: int | None,
+    context: Mapping[str, Any] | None,
+    timeout_s: float | None,
+) -> bool:
+    """Like :func:`_joined`, for a lone request that ``Server._predict_plain`` routed, validated and started
+    but did not run (the version was busy, or its run is long): it joins this iteration's group if its version
+    takes merged requests and it fits one run; else False, and the full way continues from ``opened``."""
+    batcher = opened.target.batcher
+    assert batcher is not None  # (checked by _plain_route)
+    if not batcher.stacks_freely or opened.rows > batcher.max_rows:
+        return False
+    expires_at = _NEVER if timeout_s is None else loop.time() + timeout_s
+    member = _Member(
+        waiter,
+        opened.arrays,
+        opened.rows,
+        opened.decision,
+        opened.span,
+        opened.started,
+        opened.deadline,
+        version,
+        context,
+        timeout_s,
+        expires_at,
+    )
+    state.join(server, opened.routes, opened.target, timeout_s, member)
     return True
 
 

@@ -224,12 +224,15 @@ class Server(RolloutMethods):
         version: int | None,
         context: Mapping[str, Any] | None,
         timeout_s: float | None,
+        max_run_s: float | None = None,
     ) -> tuple[Prediction | None, _Opened | None]:
         """The shortest way for the most common call at low load: a request to a version with no cache or
         drift monitoring, routed with no rollout or shadow (or pinned), run at once on this thread when a
         runner is idle and nothing is queued. No :class:`Request`, no queue, one lock round trip to take the
         runner and one to give it back; the same deadline, span, metrics, latency and counts as the full way
         (docs/performance.md, "Where a lone request's time goes"). ``timeout_s`` was checked already.
+        ``max_run_s``: run only a request whose run should take at most this long by the version's measured
+        run cost, in this process (:meth:`Batcher.runs_within`: an event loop's thread must not block long).
 
         Returns ``(answer, None)``; or ``(None, opened)`` when it does not apply: ``opened`` holds what was
         done for the request already (its start, deadline and span; its route and validated inputs), which
@@ -254,6 +257,8 @@ class Server(RolloutMethods):
             raise
         recorder = batcher.telemetry
         span = start_request_span(model, recorder.span_attributes)
+        if max_run_s is not None and not batcher.runs_within(rows, max_run_s):
+            return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows)
         timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)
         try:
             outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing, deadline=deadline)
@@ -349,7 +354,10 @@ class Server(RolloutMethods):
         cancelled task gets nothing either way).
         """
         limit = check_timeout(timeout_s)  # inf and huge values mean no deadline, for the loop's timer too
-        return await _loop_apredict(self, model, inputs, version=version, context=context, timeout_s=limit)
+        answer = _loop_apredict(self, model, inputs, version=version, context=context, timeout_s=limit)
+        if isinstance(answer, Prediction):  # a lone request, answered at once (no other task could join it)
+            return answer
+        return await answer
 
     def predict_many(
         self,

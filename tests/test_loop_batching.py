@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,84 @@ def test_a_lone_short_request_is_run_by_the_loop_itself(
 
     asyncio.run(main())
     assert counters(server, "scale") == (6, 6)
+
+
+def _send_once(coroutine: Any) -> tuple[bool, Any]:
+    """Run ``coroutine`` up to its first suspension: (True, its result) if it finished without suspending,
+    else (False, what it awaits)."""
+    try:
+        awaited = coroutine.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, awaited
+
+
+async def _next_iteration() -> None:
+    """Return once the loop has run its next iteration's callbacks."""
+    loop = asyncio.get_running_loop()
+    tick = loop.create_future()
+    loop.call_soon(tick.set_result, None)
+    await tick
+
+
+def test_a_lone_request_is_answered_without_waiting_for_the_loop(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing else is due in the loop's iteration, so no other task can join the request: the loop runs it
+    at once and the awaiting coroutine never suspends. A task that calls again and again still yields to the
+    loop after a few such runs, so it cannot starve other tasks, I/O or timers."""
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # the bound is not under test
+    server = make_server(scale_repository)
+    answered: list[float] = []
+
+    async def one_by_one(count: int) -> None:
+        for value in range(count):
+            answer = await server.apredict("scale", np.full((1, 4), value, np.float32))
+            answered.append(float(answer["y"][0, 0]))
+
+    async def main() -> None:
+        await one_by_one(1)  # (the first request of a process adopts the runners the full way)
+        await _next_iteration()
+        finished, answer = _send_once(server.apredict("scale", np.full((1, 4), 3.0, np.float32)))
+        assert finished, "a lone request suspended its task"
+        assert answer["y"].tolist() == [[6.0] * 4] and answer.variant == "default"
+        await _next_iteration()  # the loop went on: lone requests may run at once again
+
+        for streak_s in (0.0, 0.2):  # how long lone requests may be answered without the loop going on
+            monkeypatch.setattr(_loop_batching, "LONE_STREAK_S", streak_s)
+            answered.clear()
+            calls = one_by_one(10**7)
+            started = time.perf_counter()
+            finished, awaited = _send_once(calls)
+            assert not finished and isinstance(awaited, asyncio.Future)  # it yields to the loop, in time
+            assert time.perf_counter() - started >= streak_s
+            assert answered == [2.0 * value for value in range(len(answered))]
+            assert len(answered) == 1 if streak_s == 0 else len(answered) > 1
+            calls.close()  # (its last request joined a group: the flush answers it, nobody waits for it)
+            await _next_iteration()
+            assert awaited.done() and awaited.result()["y"][0, 0] == 2.0 * len(answered)
+
+    asyncio.run(main())
+
+
+def test_a_lone_request_failing_in_onnxruntime_fails_alone(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # the loop runs each one itself
+    server = make_server(busy_repository)
+
+    async def main() -> None:
+        await server.apredict("busy", busy_inputs(1))
+        for attempt in range(3):
+            with pytest.raises(inprocserve.InvalidInputError) as failed:
+                await server.apredict("busy", busy_inputs(1, index=99))  # passes validation, fails in the run
+            assert (failed.value.model, failed.value.version) == ("busy", 1)
+            answer = await server.apredict("busy", busy_inputs(1, index=attempt))
+            assert answer["picked"].tolist() == [[2.0 * attempt, 2.0 * attempt + 1]]
+
+    asyncio.run(main())
+    status = version_status(server, "busy")
+    assert status["in_flight"] == 0 and status["queued_rows"] == 0
 
 
 def test_a_lone_request_goes_out_in_its_own_iteration(

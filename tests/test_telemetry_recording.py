@@ -279,7 +279,7 @@ def test_a_tally_reports_a_cumulative_sum_like_a_counter() -> None:
         provider.shutdown()
 
 
-def test_a_request_the_loop_runs_itself_is_recorded_as_a_batch(
+def test_requests_the_loop_runs_itself_are_recorded_as_predict_records_them(
     otel: Otel, scale: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncio
@@ -288,14 +288,28 @@ def test_a_request_the_loop_runs_itself_is_recorded_as_a_batch(
 
     monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # the bound is not under test
     server = make_server(scale)
-    before, before_rows = _count(otel, "inprocserve.batch.size", "scale")
+    x = np.ones((2, 4), np.float32)
 
-    async def main() -> None:
+    async def one_by_one() -> None:
         for _ in range(3):
-            await server.apredict("scale", np.ones((2, 4), np.float32))
+            await server.apredict("scale", x)
 
-    asyncio.run(main())
+    async def together() -> None:
+        await asyncio.gather(*(server.apredict("scale", x) for _ in range(3)))
+
+    asyncio.run(one_by_one())  # (the first request of a process adopts the runners the full way)
+    METRICS.flush()
+    before, before_rows = _count(otel, "inprocserve.batch.size", "scale")
+    requests_before, _ = _count(otel, "inprocserve.request.duration", "scale")
+
+    asyncio.run(one_by_one())  # each alone on its loop: answered at once, like predict's lone request
     METRICS.flush()
     count, rows = _count(otel, "inprocserve.batch.size", "scale")
-    assert count - before == 3  # each was queued and run as a batch of one, by the loop or a worker
-    assert rows - before_rows == 6
+    assert (count, rows) == (before, before_rows)  # not batches: each one's rows are on its span
+    assert _count(otel, "inprocserve.request.duration", "scale")[0] - requests_before == 3
+
+    asyncio.run(together())  # one iteration's three requests: merged, run by the loop as one batch
+    METRICS.flush()
+    count, rows = _count(otel, "inprocserve.batch.size", "scale")
+    assert (count - before, rows - before_rows) == (1, 6)
+    assert _count(otel, "inprocserve.request.duration", "scale")[0] - requests_before == 6
