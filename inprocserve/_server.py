@@ -232,7 +232,9 @@ class Server(RolloutMethods):
         runner and one to give it back; the same deadline, span, metrics, latency and counts as the full way
         (docs/performance.md, "Where a lone request's time goes"). ``timeout_s`` was checked already.
         ``max_run_s``: run only a request whose run should take at most this long by the version's measured
-        run cost, in this process (:meth:`Batcher.runs_within`: an event loop's thread must not block long).
+        run cost, in this process (:meth:`Batcher.runs_within`: an event loop's thread must not block long),
+        to a version with nothing queued or running (an event loop's task whose request finds another one
+        running is in step with the other tasks, which merging serves better than runs of one).
 
         Returns ``(answer, None)``; or ``(None, opened)`` when it does not apply: ``opened`` holds what was
         done for the request already (its start, deadline and span; its route and validated inputs), which
@@ -257,7 +259,7 @@ class Server(RolloutMethods):
             raise
         recorder = batcher.telemetry
         span = start_request_span(model, recorder.span_attributes)
-        if max_run_s is not None and not batcher.runs_within(rows, max_run_s):
+        if max_run_s is not None and not (batcher.idle and batcher.runs_within(rows, max_run_s)):
             return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows)
         timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)
         try:

@@ -151,6 +151,33 @@ def test_a_lone_request_is_answered_without_waiting_for_the_loop(
     asyncio.run(main())
 
 
+def test_a_lone_request_waits_for_the_loop_while_its_version_runs_another(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second session is free, but a request is in flight: the loop's tasks are in step, and the request
+    joins a group (merged with whatever the iteration brings) instead of running alone at once."""
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # the bound is not under test
+    server = make_server(
+        busy_repository,
+        config=ModelConfig(pool=inprocserve.PoolConfig(size=2), batching=BatchingConfig(max_delay_s=0.0)),
+    )
+    server.predict("busy", busy_inputs(1))
+    blocker = occupy(server)
+
+    async def main() -> None:
+        call = server.apredict("busy", busy_inputs(1, index=4))
+        finished, awaited = _send_once(call)
+        assert not finished  # not answered at once: it waits for its group's run
+        answered = asyncio.get_running_loop().create_future()
+        awaited.add_done_callback(lambda _: answered.set_result(None))
+        await answered
+        assert awaited.result()["picked"].tolist() == [[8.0, 9.0]]
+        call.close()
+
+    asyncio.run(main())
+    blocker.result(timeout=60)
+
+
 def test_a_lone_request_failing_in_onnxruntime_fails_alone(
     busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
