@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -184,16 +185,120 @@ def start_request_span(model: str, attributes: Mapping[str, Any] | None = None) 
     """The span of one predict/submit/apredict call: a child of whatever span is current.
 
     No span is made (``INVALID_SPAN`` is returned) when the SDK would make a non-recording one for certain:
-    see :func:`unsampled_child_dropped`. ``attributes`` (``{ATTR_MODEL: model}`` if omitted) lets a caller
-    pass a dict it built once per model."""
+    a child of an unsampled parent (see :func:`unsampled_child_dropped`), and a root span that a trace-id
+    ratio sampler drops (see :class:`_RootSampling`). ``attributes`` (``{ATTR_MODEL: model}`` if omitted)
+    lets a caller pass a dict it built once per model."""
     if trace._TRACER_PROVIDER is None:
         return INVALID_SPAN
     parent = get_current_span().get_span_context()
-    if parent.is_valid and not parent.trace_flags.sampled and unsampled_child_dropped(remote=parent.is_remote):
-        return INVALID_SPAN
+    if parent.is_valid:
+        if not parent.trace_flags.sampled and unsampled_child_dropped(remote=parent.is_remote):
+            return INVALID_SPAN
+    else:
+        roots = _root_sampling()
+        if roots is not None:
+            return roots.start_span(attributes if attributes is not None else {ATTR_MODEL: model})
     return _TRACER.start_span(
         SPAN_PREDICT, kind=SpanKind.INTERNAL, attributes=attributes if attributes is not None else {ATTR_MODEL: model}
     )
+
+
+class _RootSampling:
+    """Root request spans under the OpenTelemetry SDK's ``TraceIdRatioBased`` root sampler (alone, or as the
+    root sampler of ``ParentBased``: what ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` installs), decided
+    before the SDK is asked for a span.
+
+    That sampler's decision depends on the trace id alone (its low 64 bits against the sampler's ``bound``).
+    So the library draws the id with the provider's own id generator and compares it as the sampler would. A
+    span the sampler would drop is never made: the SDK would make a non-recording span that nothing reads,
+    at the cost of a span id, a sampler call and several objects (about as much as the rest of a small
+    model's request path). A span it samples is made by the SDK's own tracer for this scope, whose id
+    generator hands out the id already drawn, so the SDK's sampler decides the same and the span is exactly
+    what the SDK would have made: same trace id, sampler attributes, processors and limits.
+    """
+
+    __slots__ = ("_bound", "_ids", "_preset", "_tracer")
+
+    def __init__(self, tracer: Any, ids: Any, bound: int) -> None:
+        self._tracer = tracer
+        self._ids = ids
+        self._bound = bound
+        self._preset = _PresetTraceIds(ids)
+        tracer.id_generator = self._preset  # this library's own tracer; other ids are the provider's
+
+    def start_span(self, attributes: Mapping[str, Any]) -> Span:
+        trace_id = self._ids.generate_trace_id()
+        if trace_id & _TRACE_ID_LIMIT >= self._bound:
+            return INVALID_SPAN
+        preset = self._preset.local
+        preset.trace_id = trace_id
+        try:
+            span: Span = self._tracer.start_span(SPAN_PREDICT, kind=SpanKind.INTERNAL, attributes=attributes)
+        finally:
+            preset.trace_id = None
+        return span
+
+
+class _PresetTraceIds:
+    """The id generator of this library's SDK tracer: the provider's, except that a root span's trace id
+    drawn in advance on this thread (``_RootSampling``) is used once."""
+
+    def __init__(self, ids: Any) -> None:
+        self._ids = ids
+        self.local = threading.local()
+
+    def generate_trace_id(self) -> int:
+        trace_id: int | None = getattr(self.local, "trace_id", None)
+        if trace_id is None:
+            return int(self._ids.generate_trace_id())
+        self.local.trace_id = None
+        return trace_id
+
+    def generate_span_id(self) -> int:
+        return int(self._ids.generate_span_id())
+
+    def is_trace_id_random(self) -> bool:
+        method = getattr(self._ids, "is_trace_id_random", None)
+        return bool(method()) if method is not None else False
+
+
+_TRACE_ID_LIMIT = (1 << 64) - 1  # the sampler compares the trace id's low 64 bits with its bound
+# (provider, its _RootSampling or None): computed once per tracer provider (one is installed per process)
+_root_rule: tuple[object, _RootSampling | None] = (None, None)
+
+
+def _root_sampling() -> _RootSampling | None:
+    """The installed provider's :class:`_RootSampling`, or ``None`` when the SDK is to be asked for every
+    root span (a provider or sampler other than the SDK's own, or a root sampler that is not
+    ``TraceIdRatioBased``)."""
+    global _root_rule
+    provider = trace._TRACER_PROVIDER
+    rule = _root_rule
+    if rule[0] is not provider:
+        rule = _root_rule = (provider, _sampling_of(provider))
+    return rule[1]
+
+
+def _sampling_of(provider: object) -> _RootSampling | None:
+    try:
+        from opentelemetry.sdk.trace import Tracer as SdkTracer
+        from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    except ImportError:
+        return None
+    if type(provider) is not SdkTracerProvider:  # a subclass may make its spans its own way
+        return None
+    sampler = provider.sampler
+    root = getattr(sampler, "_root", None) if isinstance(sampler, ParentBased) else sampler
+    if type(root) is not TraceIdRatioBased or not isinstance(root.bound, int):
+        return None
+    sdk_tracer = provider.get_tracer(_SCOPE)
+    if type(sdk_tracer) is not SdkTracer or not hasattr(sdk_tracer, "id_generator"):
+        return None  # (a disabled provider's no-op tracer)
+    ids = sdk_tracer.id_generator
+    if isinstance(ids, _PresetTraceIds):  # (set up already, for a provider installed again)
+        ids = ids._ids
+    return _RootSampling(sdk_tracer, ids, root.bound)
 
 
 # What the installed SDK sampler does with a child of an unsampled parent: (provider, local, remote) where

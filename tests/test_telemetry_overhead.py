@@ -12,6 +12,10 @@ import numpy as np
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -65,6 +69,78 @@ class _CoinSampler(Sampler):
 )
 def test_which_samplers_drop_every_child_of_an_unsampled_parent(sampler: Any, expected: tuple[bool, bool]) -> None:
     assert _telemetry._drops_unsampled_children(sampler) == expected
+
+
+class _SequenceIds(IdGenerator):
+    """Trace ids spread over the sampler's whole range, in a known sequence (the ones drawn are kept)."""
+
+    def __init__(self) -> None:
+        self.drawn: list[int] = []
+        self._spans = 0
+
+    def generate_trace_id(self) -> int:
+        trace_id = ((len(self.drawn) + 1) * 0x9E3779B97F4A7C15F39CC0605CEDC835) & ((1 << 128) - 1)
+        self.drawn.append(trace_id)
+        return trace_id
+
+    def generate_span_id(self) -> int:
+        self._spans += 1
+        return self._spans
+
+
+@pytest.mark.parametrize("sampler", [TraceIdRatioBased(0.25), ParentBased(TraceIdRatioBased(0.25))])
+def test_a_root_request_span_is_made_exactly_when_the_sdk_would_sample_it(sampler: Sampler) -> None:
+    """Under a trace-id ratio sampler the library decides a root span first, from a trace id drawn with the
+    provider's own generator: the spans made are those the SDK's sampler samples, with those trace ids, made
+    by the SDK itself; no span at all for the others (the SDK would make one that nothing records)."""
+    ids = _SequenceIds()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler, id_generator=ids)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    roots = _telemetry._sampling_of(provider)
+    assert roots is not None
+    made = [roots.start_span({"inprocserve.model.name": "m"}) for _ in range(400)]
+    for span in made:
+        span.end()
+    assert len(ids.drawn) == 400  # one id per request, the SDK drew none of its own
+    sampled = [
+        sampler.should_sample(None, trace_id, "inprocserve.predict").decision.is_sampled() for trace_id in ids.drawn
+    ]
+    assert 50 < sum(sampled) < 150  # a quarter of them, give or take
+    for span, trace_id, kept in zip(made, ids.drawn, sampled, strict=True):
+        if kept:
+            context = span.get_span_context()  # (ended already)
+            assert context.trace_flags.sampled and context.trace_id == trace_id
+        else:
+            assert span is INVALID_SPAN
+    exported = exporter.get_finished_spans()
+    assert [span.context.trace_id for span in exported] == [
+        t for t, kept in zip(ids.drawn, sampled, strict=True) if kept
+    ]
+    first = exported[0]
+    assert first.name == "inprocserve.predict" and first.parent is None and first.context.trace_flags.sampled
+    assert dict(first.attributes or {}) == {"inprocserve.model.name": "m"}
+    # any other tracer of the provider, and this library's own other spans, draw their ids as before
+    provider.get_tracer("another.library").start_span("theirs").end()
+    _telemetry._sampling_of(provider)._tracer.start_span("ours").end()  # type: ignore[union-attr]
+    assert len(ids.drawn) == 402
+    provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ALWAYS_ON, ALWAYS_OFF, ParentBased(ALWAYS_ON), ParentBased(_CoinSampler()), _CoinSampler()],
+)
+def test_other_samplers_are_asked_for_every_root_span(sampler: Sampler) -> None:
+    assert _telemetry._sampling_of(TracerProvider(sampler=sampler)) is None
+
+
+def test_a_provider_that_is_not_the_sdks_own_is_asked_for_every_root_span() -> None:
+    class Custom(TracerProvider):
+        pass
+
+    assert _telemetry._sampling_of(Custom(sampler=TraceIdRatioBased(0.5))) is None
+    assert _telemetry._sampling_of(trace.NoOpTracerProvider()) is None
 
 
 def _parent(*, sampled: bool, remote: bool = True) -> Iterator[None]:
@@ -231,3 +307,59 @@ def test_a_backlog_stays_bounded_while_the_recording_thread_waits(otel: Otel) ->
     assert len(recorder._pending) <= _recorder._MAX_PENDING
     (point,) = _points(otel, "inprocserve.request.duration", "backlog")
     assert point.count == total
+
+
+_RATIO_SAMPLED_PROCESS = """
+import asyncio, sys
+import numpy as np
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+sampler = ParentBased(TraceIdRatioBased(0.5))
+exporter = InMemorySpanExporter()
+provider = TracerProvider(sampler=sampler)
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+save_model(build_scale_model(2.0), sys.argv[1], "scale", 1)
+with inprocserve.Server(sys.argv[1]) as server:
+    x = np.ones((1, 4), np.float32)
+    for _ in range(150):
+        server.predict("scale", x)
+
+    async def main():
+        for _ in range(50):
+            await server.apredict("scale", x)
+        await asyncio.gather(*(server.apredict("scale", x) for _ in range(50)))
+
+    asyncio.run(main())
+spans = [s for s in exporter.get_finished_spans() if s.name == "inprocserve.predict"]
+assert all(s.parent is None and s.attributes["inprocserve.request.rows"] == 1 for s in spans)
+assert all(sampler.should_sample(None, s.context.trace_id, s.name).decision.is_sampled() for s in spans)
+assert len({s.context.trace_id for s in spans}) == len(spans)
+print(len(spans))
+"""
+
+
+def test_root_request_spans_of_a_ratio_sampled_process_are_complete_and_sampled_at_the_ratio(tmp_path: Path) -> None:
+    """A process whose SDK samples half of all traces by trace id: predict's and apredict's request spans
+    (roots here) are made for about half of the requests, each complete, each one the sampler samples."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _RATIO_SAMPLED_PROCESS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    made = int(done.stdout.split()[-1])
+    assert 90 < made < 160  # half of 250, give or take (binomial: 125 +- 8)
