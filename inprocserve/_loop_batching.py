@@ -821,18 +821,26 @@ def apredict(
     if state is None or state._loop() is not loop:
         state = _state_of(loop)
     opened = None
-    if state.alone():
+    tried = state.alone()
+    if tried:
         started = time.perf_counter()
-        answer, opened = server._predict_plain(model, inputs, version, context, timeout_s, RUN_ON_LOOP_UNDER_S)
+        state._running_here = True  # answers posted meanwhile (another version's) are drained below, unwoken
+        try:
+            answer, opened = server._predict_plain(model, inputs, version, context, timeout_s, RUN_ON_LOOP_UNDER_S)
+        finally:
+            state._running_here = False
+            if state._inbox:
+                state._drain()
         if answer is not None:
             state.answered_alone(started)
             return answer
     waiter: asyncio.Future[Prediction] = loop.create_future()
-    if opened is None:
-        if _joined(server, state, loop, waiter, model, inputs, version, context, timeout_s):
-            return waiter  # (its group's timer keeps its deadline)
-    elif _join_opened(server, state, loop, waiter, opened, version, context, timeout_s):
-        return waiter
+    if opened is not None:
+        if _join_opened(server, state, loop, waiter, opened, version, context, timeout_s):
+            return waiter
+    elif not tried and _joined(server, state, loop, waiter, model, inputs, version, context, timeout_s):
+        return waiter  # (its group's timer keeps its deadline)
+    # (tried and nothing opened: not a plain request, or refused: the full way routes it, or raises)
     handle = _LoopFuture(waiter, state)
     future: Any = handle  # stands in for a concurrent.futures.Future (typing.cast would cost a call)
     _request, target = server._dispatch(model, inputs, version, context, timeout_s, future, inline=False, opened=opened)

@@ -21,7 +21,18 @@ from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_state
-from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode, get_current_span
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    get_current_span,
+)
 
 if TYPE_CHECKING:
     from ._recorder import Recorder
@@ -184,10 +195,10 @@ def _short(value: object) -> str:
 def start_request_span(model: str, attributes: Mapping[str, Any] | None = None) -> Span:
     """The span of one predict/submit/apredict call: a child of whatever span is current.
 
-    No span is made (``INVALID_SPAN`` is returned) when the SDK would make a non-recording one for certain:
-    a child of an unsampled parent (see :func:`unsampled_child_dropped`), and a root span that a trace-id
-    ratio sampler drops (see :class:`_RootSampling`). ``attributes`` (``{ATTR_MODEL: model}`` if omitted)
-    lets a caller pass a dict it built once per model."""
+    No span is made (``INVALID_SPAN`` is returned) when the SDK would make a non-recording one for certain
+    under an unsampled parent (see :func:`unsampled_child_dropped`); a root span that a trace-id ratio
+    sampler drops is made without the SDK (see :class:`_RootSampling`). ``attributes`` (``{ATTR_MODEL:
+    model}`` if omitted) lets a caller pass a dict it built once per model."""
     if trace._TRACER_PROVIDER is None:
         return INVALID_SPAN
     parent = get_current_span().get_span_context()
@@ -209,27 +220,31 @@ class _RootSampling:
     before the SDK is asked for a span.
 
     That sampler's decision depends on the trace id alone (its low 64 bits against the sampler's ``bound``).
-    So the library draws the id with the provider's own id generator and compares it as the sampler would. A
-    span the sampler would drop is never made: the SDK would make a non-recording span that nothing reads,
-    at the cost of a span id, a sampler call and several objects (about as much as the rest of a small
-    model's request path). A span it samples is made by the SDK's own tracer for this scope, whose id
-    generator hands out the id already drawn, so the SDK's sampler decides the same and the span is exactly
-    what the SDK would have made: same trace id, sampler attributes, processors and limits.
+    So the library draws the id with the provider's own id generator and compares it as the sampler would.
+    For a trace the sampler drops, the library makes the non-recording span the SDK would make (that trace
+    id, a span id from the same generator, not sampled), without the SDK's tracer, sampler call and sampling
+    result: a remote backend still receives a ``traceparent`` that says "not sampled". A span it samples is
+    made by the SDK's own tracer for this scope, whose id generator hands out the id already drawn, so the
+    SDK's sampler decides the same and the span is the SDK's: same trace id, sampler attributes, processors
+    and limits. (The SDK's optional self-monitoring metrics then count no dropped root request spans.)
     """
 
-    __slots__ = ("_bound", "_ids", "_preset", "_tracer")
+    __slots__ = ("_bound", "_ids", "_preset", "_random", "_tracer")
 
-    def __init__(self, tracer: Any, ids: Any, bound: int) -> None:
+    def __init__(self, tracer: Any, preset: _PresetTraceIds, bound: int) -> None:
         self._tracer = tracer
-        self._ids = ids
+        self._preset = preset
+        self._ids = preset.ids
         self._bound = bound
-        self._preset = _PresetTraceIds(ids)
-        tracer.id_generator = self._preset  # this library's own tracer; other ids are the provider's
+        random_ids = getattr(self._ids, "is_trace_id_random", None)
+        self._random = TraceFlags(TraceFlags.RANDOM_TRACE_ID if random_ids is not None and random_ids() else 0)
 
     def start_span(self, attributes: Mapping[str, Any]) -> Span:
-        trace_id = self._ids.generate_trace_id()
+        ids = self._ids
+        trace_id = ids.generate_trace_id()
         if trace_id & _TRACE_ID_LIMIT >= self._bound:
-            return INVALID_SPAN
+            span_id = ids.generate_span_id()
+            return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False, trace_flags=self._random))
         preset = self._preset.local
         preset.trace_id = trace_id
         try:
@@ -244,27 +259,28 @@ class _PresetTraceIds:
     drawn in advance on this thread (``_RootSampling``) is used once."""
 
     def __init__(self, ids: Any) -> None:
-        self._ids = ids
+        self.ids = ids
         self.local = threading.local()
 
     def generate_trace_id(self) -> int:
         trace_id: int | None = getattr(self.local, "trace_id", None)
         if trace_id is None:
-            return int(self._ids.generate_trace_id())
+            return int(self.ids.generate_trace_id())
         self.local.trace_id = None
         return trace_id
 
     def generate_span_id(self) -> int:
-        return int(self._ids.generate_span_id())
+        return int(self.ids.generate_span_id())
 
     def is_trace_id_random(self) -> bool:
-        method = getattr(self._ids, "is_trace_id_random", None)
+        method = getattr(self.ids, "is_trace_id_random", None)
         return bool(method()) if method is not None else False
 
 
 _TRACE_ID_LIMIT = (1 << 64) - 1  # the sampler compares the trace id's low 64 bits with its bound
 # (provider, its _RootSampling or None): computed once per tracer provider (one is installed per process)
 _root_rule: tuple[object, _RootSampling | None] = (None, None)
+_root_rule_lock = threading.Lock()
 
 
 def _root_sampling() -> _RootSampling | None:
@@ -275,30 +291,40 @@ def _root_sampling() -> _RootSampling | None:
     provider = trace._TRACER_PROVIDER
     rule = _root_rule
     if rule[0] is not provider:
-        rule = _root_rule = (provider, _sampling_of(provider))
+        with _root_rule_lock:  # threads making their first root spans together set it up once
+            rule = _root_rule
+            if rule[0] is not provider:
+                rule = _root_rule = (provider, _sampling_of(provider))
     return rule[1]
 
 
 def _sampling_of(provider: object) -> _RootSampling | None:
+    """The :class:`_RootSampling` of ``provider``, or ``None`` (see :func:`_root_sampling`). Safe to call
+    again for the same provider: the id generator installed the first time is kept and shared."""
     try:
         from opentelemetry.sdk.trace import Tracer as SdkTracer
         from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ParentBased, ParentBasedTraceIdRatio, TraceIdRatioBased
     except ImportError:
         return None
     if type(provider) is not SdkTracerProvider:  # a subclass may make its spans its own way
         return None
-    sampler = provider.sampler
-    root = getattr(sampler, "_root", None) if isinstance(sampler, ParentBased) else sampler
-    if type(root) is not TraceIdRatioBased or not isinstance(root.bound, int):
-        return None
-    sdk_tracer = provider.get_tracer(_SCOPE)
+    sdk_tracer = provider.get_tracer(_SCOPE)  # (the one the API's proxy tracer uses: cached per scope)
     if type(sdk_tracer) is not SdkTracer or not hasattr(sdk_tracer, "id_generator"):
         return None  # (a disabled provider's no-op tracer)
-    ids = sdk_tracer.id_generator
-    if isinstance(ids, _PresetTraceIds):  # (set up already, for a provider installed again)
-        ids = ids._ids
-    return _RootSampling(sdk_tracer, ids, root.bound)
+    sampler = getattr(sdk_tracer, "sampler", None)  # what the tracer decides with
+    # exactly the SDK's samplers: a subclass may decide otherwise (force-sample an attribute, say)
+    root = getattr(sampler, "_root", None) if type(sampler) in (ParentBased, ParentBasedTraceIdRatio) else sampler
+    if type(root) is not TraceIdRatioBased or not isinstance(root.bound, int):
+        return None
+    with _preset_lock:
+        installed: Any = sdk_tracer.id_generator
+        preset = installed if isinstance(installed, _PresetTraceIds) else _PresetTraceIds(installed)
+        setattr(sdk_tracer, "id_generator", preset)  # noqa: B010  # (typed as the SDK's IdGenerator)
+    return _RootSampling(sdk_tracer, preset, root.bound)
+
+
+_preset_lock = threading.Lock()
 
 
 # What the installed SDK sampler does with a child of an unsampled parent: (provider, local, remote) where

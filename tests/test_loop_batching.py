@@ -127,7 +127,7 @@ def test_a_lone_request_is_answered_without_waiting_for_the_loop(
             answered.append(float(answer["y"][0, 0]))
 
     async def main() -> None:
-        await one_by_one(1)  # (the first request of a process adopts the runners the full way)
+        await warm(server, "scale", np.ones((1, 4), np.float32))  # runners adopted, the worker parked
         await _next_iteration()
         finished, answer = _send_once(server.apredict("scale", np.full((1, 4), 3.0, np.float32)))
         assert finished, "a lone request suspended its task"
@@ -185,10 +185,12 @@ def test_a_lone_request_failing_in_onnxruntime_fails_alone(
     server = make_server(busy_repository)
 
     async def main() -> None:
-        await server.apredict("busy", busy_inputs(1))
+        await warm(server, "busy", busy_inputs(1))  # (its worker parked: the version is idle)
         for attempt in range(3):
+            await _next_iteration()  # (a run of this model outlasts a streak of lone runs)
+            call = server.apredict("busy", busy_inputs(1, index=99))  # passes validation, fails in the run
             with pytest.raises(inprocserve.InvalidInputError) as failed:
-                await server.apredict("busy", busy_inputs(1, index=99))  # passes validation, fails in the run
+                call.send(None)  # raised at once: run on the loop, the task never suspended
             assert (failed.value.model, failed.value.version) == ("busy", 1)
             answer = await server.apredict("busy", busy_inputs(1, index=attempt))
             assert answer["picked"].tolist() == [[2.0 * attempt, 2.0 * attempt + 1]]

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
     Decision,
     ParentBased,
+    ParentBasedTraceIdRatio,
     Sampler,
     SamplingResult,
     StaticSampler,
@@ -88,17 +89,29 @@ class _SequenceIds(IdGenerator):
         return self._spans
 
 
-@pytest.mark.parametrize("sampler", [TraceIdRatioBased(0.25), ParentBased(TraceIdRatioBased(0.25))])
+class _ForcingParentBased(ParentBased):
+    """A user's sampler built on the SDK's: it may decide otherwise (here: always sample)."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_AND_SAMPLE)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [TraceIdRatioBased(0.25), ParentBased(TraceIdRatioBased(0.25)), ParentBasedTraceIdRatio(0.25)],
+)
 def test_a_root_request_span_is_made_exactly_when_the_sdk_would_sample_it(sampler: Sampler) -> None:
     """Under a trace-id ratio sampler the library decides a root span first, from a trace id drawn with the
-    provider's own generator: the spans made are those the SDK's sampler samples, with those trace ids, made
-    by the SDK itself; no span at all for the others (the SDK would make one that nothing records)."""
+    provider's own generator: the spans recorded are those the SDK's sampler samples, with those trace ids,
+    made by the SDK itself; the others are the non-recording spans the SDK would make (that trace id, not
+    sampled: what a remote backend's ``traceparent`` carries), made without it."""
     ids = _SequenceIds()
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=sampler, id_generator=ids)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     roots = _telemetry._sampling_of(provider)
     assert roots is not None
+    assert _telemetry._sampling_of(provider) is not None  # set up again (threads racing): changes nothing
     made = [roots.start_span({"inprocserve.model.name": "m"}) for _ in range(400)]
     for span in made:
         span.end()
@@ -108,11 +121,10 @@ def test_a_root_request_span_is_made_exactly_when_the_sdk_would_sample_it(sample
     ]
     assert 50 < sum(sampled) < 150  # a quarter of them, give or take
     for span, trace_id, kept in zip(made, ids.drawn, sampled, strict=True):
-        if kept:
-            context = span.get_span_context()  # (ended already)
-            assert context.trace_flags.sampled and context.trace_id == trace_id
-        else:
-            assert span is INVALID_SPAN
+        context = span.get_span_context()  # (ended already)
+        assert context.is_valid and not context.is_remote and context.trace_id == trace_id
+        assert context.trace_flags.sampled == kept
+        assert isinstance(span, NonRecordingSpan) != kept
     exported = exporter.get_finished_spans()
     assert [span.context.trace_id for span in exported] == [
         t for t, kept in zip(ids.drawn, sampled, strict=True) if kept
@@ -120,6 +132,7 @@ def test_a_root_request_span_is_made_exactly_when_the_sdk_would_sample_it(sample
     first = exported[0]
     assert first.name == "inprocserve.predict" and first.parent is None and first.context.trace_flags.sampled
     assert dict(first.attributes or {}) == {"inprocserve.model.name": "m"}
+    assert len({span.get_span_context().span_id for span in made}) == 400  # span ids: the provider's too
     # any other tracer of the provider, and this library's own other spans, draw their ids as before
     provider.get_tracer("another.library").start_span("theirs").end()
     _telemetry._sampling_of(provider)._tracer.start_span("ours").end()  # type: ignore[union-attr]
@@ -129,7 +142,14 @@ def test_a_root_request_span_is_made_exactly_when_the_sdk_would_sample_it(sample
 
 @pytest.mark.parametrize(
     "sampler",
-    [ALWAYS_ON, ALWAYS_OFF, ParentBased(ALWAYS_ON), ParentBased(_CoinSampler()), _CoinSampler()],
+    [
+        ALWAYS_ON,
+        ALWAYS_OFF,
+        ParentBased(ALWAYS_ON),
+        ParentBased(_CoinSampler()),
+        _CoinSampler(),
+        _ForcingParentBased(TraceIdRatioBased(0.5)),
+    ],
 )
 def test_other_samplers_are_asked_for_every_root_span(sampler: Sampler) -> None:
     assert _telemetry._sampling_of(TracerProvider(sampler=sampler)) is None
@@ -339,6 +359,8 @@ with inprocserve.Server(sys.argv[1]) as server:
         await asyncio.gather(*(server.apredict("scale", x) for _ in range(50)))
 
     asyncio.run(main())
+from inprocserve import _telemetry
+assert _telemetry._root_sampling() is not None  # decided before the SDK is asked
 spans = [s for s in exporter.get_finished_spans() if s.name == "inprocserve.predict"]
 assert all(s.parent is None and s.attributes["inprocserve.request.rows"] == 1 for s in spans)
 assert all(sampler.should_sample(None, s.context.trace_id, s.name).decision.is_sampled() for s in spans)
