@@ -109,6 +109,12 @@ def import_baseline(package_parent: Path, scratch: Path) -> Any:
     return importlib.import_module("inprocserve_baseline")
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """The "Machine:" line that heads every results file, from :func:`machine`'s answer."""
+    software = f"Python {m['python']}, onnxruntime {m['onnxruntime']}"
+    return f"Machine: {m['cpu']}, {m['cores']} cores, {software}, {m['date']}."
+
+
 def machine() -> dict[str, Any]:
     import onnxruntime
 

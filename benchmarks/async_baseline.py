@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, build_reference, import_baseline, input_rows, machine
+from _common import RESULTS, build_reference, import_baseline, input_rows, machine, machine_line
 from async_callers import async_closed_loop
 
 import inprocserve
@@ -88,7 +88,7 @@ def main() -> None:
     lines = [
         "# apredict, this checkout against a baseline checkout (one process, alternating rounds)",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
+        machine_line(m),
         f"{MODEL}, one-row requests, no OpenTelemetry SDK; {args.rounds} rounds of {args.seconds} s per point, the "
         f"two servers alternating; medians. Baseline: the package in `{args.baseline}`.",
         "",

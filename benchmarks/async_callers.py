@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from _common import MODELS, RESULTS, build_reference, input_rows, machine
+from _common import MODELS, RESULTS, build_reference, input_rows, machine, machine_line
 
 import inprocserve
 from inprocserve._loop_batching import loop_wakes
@@ -345,7 +345,7 @@ def write_markdown(results: dict[str, Any], out: Path, stem: str = "async_caller
     lines = [
         "# Async callers benchmark",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
+        machine_line(m),
         f"Settings: {settings['seconds']} s per point, {settings['rounds']} round(s), approaches interleaved; medians "
         "(spread = (max-min)/median over rounds). N tasks on one event loop, one-row requests, default settings.",
         "",

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from _common import MODELS, RESULTS, build_reference, machine, write_json
+from _common import MODELS, RESULTS, build_reference, machine, machine_line, write_json
 
 import inprocserve
 
@@ -248,7 +248,7 @@ def write_markdown(results: dict[str, Any]) -> Path:
     lines = [
         "# Batch scoring",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
+        machine_line(m),
         f"{settings['rounds']} interleaved rounds{' (quick sizes)' if settings['quick'] else ''}; medians, "
         "ratio spread in brackets. Ceiling: one thread, raw `InferenceSession.run`, best of batches "
         f"{', '.join(map(str, CEILING_BATCHES))} on two sessions (onnxruntime's defaults; one thread per core "

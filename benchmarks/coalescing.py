@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from _common import MODELS, RESULTS, build_reference, closed_loop, input_rows, machine, write_json
+from _common import MODELS, RESULTS, build_reference, closed_loop, input_rows, machine, machine_line, write_json
 
 import inprocserve
 
@@ -226,7 +226,7 @@ def write_markdown(results: dict[str, Any], tag: str) -> Path:
             if otel
             else []
         ),
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
+        machine_line(m),
         f"Settings: {results['settings']['seconds']} s per point, {results['settings']['rounds']} rounds, interleaved; "
         "medians (spread = (max-min)/median over rounds).",
         "",

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from _common import MODELS, RESULTS, build_reference, input_rows, machine, write_json
+from _common import MODELS, RESULTS, build_reference, input_rows, machine, machine_line, write_json
 from e2e.load import LoadPoint, json_rows, run_load
 from e2e.processes import ServerProcess, free_port
 
@@ -257,8 +257,7 @@ def write_markdown(results: dict[str, Any]) -> Path:
     lines = [
         "# End-to-end HTTP benchmark",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, "
-        f"{m['date']}. Load average before the run: {results['load_before']}, after: {results['load_after']}.",
+        f"{machine_line(m)} Load average before the run: {results['load_before']}, after: {results['load_after']}.",
         f"Command: `{results.get('command', 'python benchmarks/http_e2e.py')}`.",
         f"Settings: {settings['seconds']} s per point after a {settings['warmup']} s warm-up, {settings['rounds']} "
         "round(s), variants interleaved (order rotated each round); medians over rounds (spread = (max-min)/median "

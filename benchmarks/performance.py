@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import RESULTS, build_reference, closed_loop, input_rows, machine
+from _common import RESULTS, build_reference, closed_loop, input_rows, machine, machine_line
 
 import inprocserve
 from inprocserve.testing import build_mlp_model, save_model
@@ -243,7 +243,7 @@ def write_markdown(r: dict[str, Any]) -> None:
     lines = [
         "# Model-level performance",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
+        machine_line(m),
         "",
         f"## Memory (a {r['big_model_bytes'] / 1e6:.0f} MB model, peak RSS of the process)",
         "",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
-from _common import RESULTS, build_reference, import_baseline, input_rows, machine
+from _common import RESULTS, build_reference, import_baseline, input_rows, machine, machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,7 +105,7 @@ def main() -> None:
     lines = [
         "# What predict adds to a raw run (one thread, no SDK)",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
+        machine_line(m),
         f"Model {args.model}; {args.blocks} alternating blocks of {args.block} calls; the calling thread's CPU "
         "time per call, median block (p10 block in brackets).",
         "",

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import MODELS, RESULTS, closed_loop, input_rows, machine
+from _common import MODELS, RESULTS, closed_loop, input_rows, machine, machine_line
 
 import inprocserve
 from inprocserve.testing import build_mlp_model, save_model
@@ -120,7 +120,7 @@ def main() -> None:
     lines = [
         "# Shadow overhead: one caller",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
+        machine_line(m),
         f"One caller thread on {MODEL}, version 2 shadowing version 1; {args.rounds} rounds of {args.seconds} s per",
         "mode, modes alternating within each round; medians. Run and drop rates are per caller request.",
         "",

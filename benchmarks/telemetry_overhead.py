@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, build_reference, closed_loop, input_rows, machine
+from _common import RESULTS, build_reference, closed_loop, input_rows, machine, machine_line
 
 CHILD = "child"
 MODES = ("off", "on", "sampled", "web")
@@ -210,7 +210,7 @@ def main() -> None:
     lines = [
         "# Telemetry overhead",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}, {m['date']}.",
+        machine_line(m),
         f"{args.rounds} rounds of {args.seconds} s per mode, alternating child processes; medians. "
         "Ratio: throughput over the same code's throughput without an SDK. CPU: the process's CPU time per "
         "request (all its threads), which other processes on the machine disturb less than throughput.",
