@@ -110,6 +110,7 @@ QUICK_protocol_overhead := --rounds 1 --requests 50
 QUICK_deadlines := --seconds 0.5 --rounds 1 --trials 5
 QUICK_batch_scoring := --quick --rounds 1
 QUICK_pruning := --seconds 0.5
+QUICK_cpu_quota := --seconds 0.5 --rounds 1 --clients 1
 QUICK_http_e2e := --quick
 QUICK_remote_client := --quick
 QUICK_remote := --quick
@@ -124,6 +125,7 @@ bench: install
 	$(BIN)/python benchmarks/async_callers.py $(QUICK_async_callers)
 	$(BIN)/python benchmarks/async_callers.py --timeout-s 10 $(QUICK_async_callers)
 	$(BIN)/python benchmarks/performance.py
+	$(BIN)/python benchmarks/cpu_quota.py $(QUICK_cpu_quota)
 	$(BIN)/python benchmarks/status_recorder.py $(QUICK_status_recorder)
 	$(BIN)/python benchmarks/control_follow.py $(QUICK_control_follow)
 	$(BIN)/python benchmarks/shadow_overhead.py $(QUICK_shadow_overhead)

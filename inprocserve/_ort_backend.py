@@ -24,6 +24,7 @@ import numpy as np
 
 from . import _fork
 from ._config import ModelConfig, PoolConfig
+from ._cpu_quota import CpuQuota, cpu_quota
 from ._deadlines import Watchdog
 from ._errors import (
     DeadlineExceededError,
@@ -215,6 +216,7 @@ class OnnxruntimeBackend:
         self._warmup: Any = None
         self._output_names: list[str] = []
         self._threads: int | None = None  # intra-op threads per session, once chosen
+        self._cpu_quota: CpuQuota | None = None  # the control group's CPU quota seen when they were chosen
         self._checked = False  # whether the file passed its integrity checks
         self._run_options: Any = None  # built with the first session (onnxruntime is imported lazily)
         # Stops runs whose deadline passes (its thread starts with the first run that has a deadline).
@@ -265,6 +267,7 @@ class OnnxruntimeBackend:
             check_version(self.path, model=self.model, version=self.version, follow_symlinks=self.follow_symlinks)
             self._checked = True
         if self._threads is None:
+            self._cpu_quota = cpu_quota()
             self._threads = self._choose_threads(probe_rows)
         with self._build_lock:
             if self._ready:
@@ -492,6 +495,8 @@ class OnnxruntimeBackend:
         return {
             "providers": list(self.providers),
             "intra_op_threads": self._threads,
+            # a container's CPU limit, in cores, which the automatic thread budget respects (None: no limit)
+            "cpu_quota_cores": None if self._cpu_quota is None else round(self._cpu_quota.cores, 3),
             "shared_session": self.shared,
             "io_binding": self.io_binding,
         }

@@ -6,11 +6,13 @@ the backend in ``_ort_backend.py`` is still the only module that imports onnxrun
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from ._config import PoolConfig
+from ._cpu_quota import CpuQuota, cpu_quota
 from ._errors import InferenceError, InprocserveError, InvalidInputError, ModelLoadError
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 GPU_PROVIDERS = frozenset({CUDA, "TensorrtExecutionProvider", "ROCMExecutionProvider"})
+logger = logging.getLogger(__name__)
+
 _DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
 
 
@@ -60,11 +64,28 @@ def translate_run_error(exc: BaseException, *, model: str, version: int) -> Inpr
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (respects affinity masks and container cpusets)."""
+    """CPU cores this process may keep busy: those it may run on (affinity masks, container cpusets), and no
+    more than a control group's CPU quota allows (a container's CPU limit: see ``_cpu_quota.py``)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = cpu_quota()
+    if quota is not None and quota.whole_cores < cores:
+        if quota not in _quotas_logged:  # once per quota, not per session built
+            _quotas_logged.add(quota)
+            logger.info(
+                "CPU quota of %.2f cores (%s): onnxruntime sessions count %d of the %d cores this process may run on",
+                quota.cores,
+                quota.source,
+                quota.whole_cores,
+                cores,
+            )
+        cores = quota.whole_cores
+    return max(1, cores)
+
+
+_quotas_logged: set[CpuQuota] = set()
 
 
 def thread_budget(config: PoolConfig) -> int:

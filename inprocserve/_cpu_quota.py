@@ -1,0 +1,184 @@
+"""The CPU quota a Linux control group puts on this process: how many cores' worth of time it may use.
+
+A container's CPU limit (Kubernetes ``resources.limits.cpu``, ``docker run --cpus``) is a quota of CPU time
+per period, not a set of cores: the process still sees every core of the host (``os.sched_getaffinity``),
+and onnxruntime, asked for that many threads, runs them all. They spend the quota in a fraction of each
+period, and the kernel then stops the whole container until the next one starts (100 ms by default): a
+request caught there waits for it. Measured on the project's 2-core machine (docs/operations.md, "Cores"),
+with a quota of one core, a two-thread session's p99 was about 50 ms against 6-8 ms with one thread.
+
+So the thread budget counts the quota as cores (:attr:`CpuQuota.whole_cores`): cgroup v2's ``cpu.max`` or cgroup
+v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, of the process's group and every group above it up to the
+root of the hierarchy that the process can see (a parent's limit binds its children too), the tightest one.
+Reads a few small files; no process is started, nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CpuQuota", "cpu_quota"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CpuQuota:
+    """A CPU quota: ``quota_us`` of CPU time per ``period_us``, set in the group at ``source`` (a file)."""
+
+    quota_us: int
+    period_us: int
+    source: str
+
+    @property
+    def cores(self) -> float:
+        """The quota in cores: 150000 µs per 100000 µs is 1.5 cores."""
+        return self.quota_us / self.period_us
+
+    @property
+    def whole_cores(self) -> int:
+        """Cores that threads may keep busy at once without spending the quota before the period ends: the
+        quota rounded down, at least 1. With 1.5 cores' quota, two threads busy at once would spend it in
+        two thirds of each period and then wait out the rest; one thread never waits."""
+        return max(1, math.floor(self.cores))
+
+
+@dataclass(frozen=True, slots=True)
+class _Hierarchy:
+    """A mounted cgroup hierarchy: ``version`` 1 (the one with the ``cpu`` controller) or 2."""
+
+    version: int
+    mount_point: Path
+    root: str  # the group mounted there (a container sees its own group as "/", or as a path of the host's)
+
+
+def cpu_quota(proc: Path = Path("/proc/self")) -> CpuQuota | None:
+    """The tightest CPU quota on this process's control groups, or ``None`` when there is none (or it cannot
+    be read: not Linux, no cgroup mounted, a file in an unknown format). ``proc``: the process's
+    ``/proc/<pid>`` folder, whose ``cgroup`` and ``mountinfo`` say where its groups are."""
+    try:
+        memberships = (proc / "cgroup").read_text()
+        mounts = (proc / "mountinfo").read_text()
+    except OSError:  # not Linux, or /proc not mounted
+        return None
+    tightest: CpuQuota | None = None
+    for hierarchy in _hierarchies(mounts):
+        group = _group_of(memberships, hierarchy.version)
+        if group is None:
+            continue
+        for folder in _folders_up(hierarchy, group):
+            quota = _read_v2(folder) if hierarchy.version == 2 else _read_v1(folder)
+            if quota is not None and (tightest is None or quota.cores < tightest.cores):
+                tightest = quota
+    return tightest
+
+
+def _hierarchies(mountinfo: str) -> list[_Hierarchy]:
+    """The cgroup v1 hierarchy holding the ``cpu`` controller and the cgroup v2 hierarchy, as mounted.
+
+    A ``mountinfo`` line: ``id parent major:minor root mount_point options [optional...] - fstype source
+    super_options``; a v1 hierarchy names its controllers in the super options (``rw,cpu,cpuacct``)."""
+    found: list[_Hierarchy] = []
+    versions: set[int] = set()
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        try:
+            separator = fields.index("-")
+            root, mount_point = fields[3], fields[4]
+            fstype, super_options = fields[separator + 1], fields[separator + 3]
+        except (ValueError, IndexError):
+            continue
+        if fstype == "cgroup2":
+            version = 2
+        elif fstype == "cgroup" and "cpu" in super_options.split(","):
+            version = 1
+        else:
+            continue
+        if version not in versions:  # the first mount of a hierarchy (a bind mount may repeat it)
+            versions.add(version)
+            found.append(_Hierarchy(version, Path(_unescape(mount_point)), _unescape(root)))
+    return found
+
+
+def _group_of(memberships: str, version: int) -> str | None:
+    """The process's group in the v1 ``cpu`` hierarchy or in the v2 one, from ``/proc/<pid>/cgroup``
+    (lines ``id:controllers:path``; v2's is ``0::path``)."""
+    for line in memberships.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _id, controllers, path = parts
+        if version == 2 and _id == "0" and controllers == "":
+            return path
+        if version == 1 and "cpu" in controllers.split(","):
+            return path
+    return None
+
+
+def _folders_up(hierarchy: _Hierarchy, group: str) -> list[Path]:
+    """The folders of ``group`` and of each group above it, up to the mount point, deepest first.
+
+    ``group`` is a path from the hierarchy's root; the mount shows the part below ``hierarchy.root``. A group
+    outside the mounted part (another namespace's path) is looked up from the mount point alone."""
+    root = hierarchy.root.rstrip("/")
+    if root and (group == root or group.startswith(root + "/")):
+        group = group[len(root) :]
+    elif root:
+        group = ""
+    parts = [part for part in group.split("/") if part and part not in (".", "..")]
+    folders = [hierarchy.mount_point.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
+    return [folder for folder in folders if folder.is_dir()]
+
+
+def _read_v2(folder: Path) -> CpuQuota | None:
+    """``cpu.max``: ``"max 100000"`` (no quota) or ``"150000 100000"`` (quota and period, µs)."""
+    path = folder / "cpu.max"
+    try:
+        text = path.read_text().split()
+    except OSError:
+        return None
+    if len(text) != 2 or text[0] == "max":
+        return None
+    return _quota(text[0], text[1], path)
+
+
+def _read_v1(folder: Path) -> CpuQuota | None:
+    """``cpu.cfs_quota_us`` (-1: no quota) and ``cpu.cfs_period_us``."""
+    quota_path = folder / "cpu.cfs_quota_us"
+    try:
+        quota = quota_path.read_text().strip()
+        period = (folder / "cpu.cfs_period_us").read_text().strip()
+    except OSError:
+        return None
+    return _quota(quota, period, quota_path)
+
+
+def _quota(quota: str, period: str, path: Path) -> CpuQuota | None:
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:
+        logger.debug("cannot read the CPU quota in %s: %r %r", path, quota, period)
+        return None
+    if quota_us <= 0 or period_us <= 0:  # -1: no quota
+        return None
+    return CpuQuota(quota_us, period_us, str(path))
+
+
+def _unescape(field: str) -> str:
+    r"""A ``mountinfo`` path with its octal escapes (``\040`` for a space) decoded."""
+    if "\\" not in field:
+        return field
+    out: list[str] = []
+    index = 0
+    while index < len(field):
+        code = field[index + 1 : index + 4]
+        if field[index] == "\\" and len(code) == 3 and all(digit in "01234567" for digit in code):
+            out.append(chr(int(code, 8)))
+            index += 4
+        else:
+            out.append(field[index])
+            index += 1
+    return "".join(out)
