@@ -92,10 +92,13 @@ def onnxruntime_error_types() -> dict[str, type[BaseException]]:
     }
 
 
-def _timed(call: Any) -> float:
-    start = time.perf_counter()
+def _cpu_timed(call: Any) -> float:
+    """The calling thread's CPU time for ``call()``: a session of one intra-op thread runs its operators on
+    the calling thread, so this is the run's cost, which wall time overstates whenever other processes take
+    the cores meanwhile (a fleet's sibling workers warm up at the same moment)."""
+    start = time.thread_time()
     call()
-    return time.perf_counter() - start
+    return time.thread_time() - start
 
 
 # -- providers ------------------------------------------------------------------------------------------
@@ -254,8 +257,8 @@ class OnnxruntimeBackend:
         """Create every session (once per process), run ``warmup(session)`` on each, return the signature.
 
         With ``intra_op_threads`` unset the thread count is chosen by measurement on the first build: one
-        thread if a ``probe_rows``-row run takes under 1 ms on one thread, else the thread budget (always
-        the budget with ``allow_spinning``).
+        thread if a ``probe_rows``-row run takes under 1 ms of CPU time on one thread (the best of five), else
+        the thread budget (always the budget with ``allow_spinning``).
 
         Raises:
             ModelLoadError: the file is missing, not ONNX, corrupt, or a session or warm-up failed.
@@ -304,7 +307,7 @@ class OnnxruntimeBackend:
         try:
             feeds = self.signature.synthesize(probe_rows if self.signature.batchable else 1)
             self.run(probe, feeds)  # first run allocates
-            elapsed = min(_timed(lambda: self.run(probe, feeds)) for _ in range(3))
+            elapsed = min(_cpu_timed(lambda: self.run(probe, feeds)) for _ in range(5))
         except InprocserveError as exc:  # zeros are not valid input for every model
             logger.debug("thread probe of %r v%s failed (%s); using %d threads", self.model, self.version, exc, budget)
             return budget
