@@ -198,7 +198,8 @@ def main() -> None:
             print(
                 f"{point} [{tree}]: "
                 + ", ".join(
-                    f"{mode} {s['rps']:,.0f} req/s ({s['ratio']:.2f}, {s['cpu_us']:.0f} µs CPU)"
+                    f"{mode} {s['rps']:,.0f} req/s ({s['ratio']:.2f}, {s['cpu_us']:.0f} µs CPU, "
+                    f"p99 {s['p99_ms']:.2f} ms)"
                     for mode, s in summary[tree].items()
                 )
             )
@@ -219,17 +220,20 @@ def main() -> None:
         + " | ".join(f"{mode} req/s (ratio)" for mode in modes)
         + " | p50 ms ("
         + " / ".join(modes)
+        + ") | p99 ms ("
+        + " / ".join(modes)
         + ") | CPU µs per request ("
         + " / ".join(modes)
         + ") |",
-        "|---|---|" + "---:|" * (len(modes) + 2),
+        "|---|---|" + "---:|" * (len(modes) + 3),
     ]
     for point, data in results["points"].items():
         for tree, summary in data["summary"].items():
             cells = " | ".join(f"{s['rps']:,.0f} ({s['ratio']:.2f})" for s in summary.values())
             p50 = " / ".join(f"{s['p50_ms']:.3f}" for s in summary.values())
+            p99 = " / ".join(f"{s['p99_ms']:.3f}" for s in summary.values())
             cpu = " / ".join(f"{s['cpu_us']:.0f}" for s in summary.values())
-            lines.append(f"| {point} | {tree} | {cells} | {p50} | {cpu} |")
+            lines.append(f"| {point} | {tree} | {cells} | {p50} | {p99} | {cpu} |")
     (out / "telemetry_overhead.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'telemetry_overhead.md'}")
 

@@ -32,14 +32,16 @@ class RequestTelemetry:
         self, request: Request, error: BaseException | None, elapsed_s: float, recorder: Recorder | None
     ) -> None:
         """Close the request's span and record its metrics: through the answering version's ``recorder``
-        (attribute sets built once, durations left to the recording thread), or, for a version already
-        unloaded, directly."""
+        (attribute sets built once; durations left to the recording thread, except a lone request's, never
+        queued), or, for a version already unloaded, directly."""
         route = request.route
         model, version, variant = route.model, route.version, route.variant
         queue_wait_s = request.queue_wait_s if request.batch is not None else None
         _end_span(request.span, route.decision, version, request.rows, queue_wait_s, request.batch, error)
         if recorder is not None:  # each request's queue wait is on its span; the metric is per batch
-            recorder.request_finished(elapsed_s, variant=variant, error=error, span=request.span)
+            # never queued: run (or answered) on its caller's thread, which records it now (see Recorder)
+            lone = not request.enqueued_at
+            recorder.request_finished(elapsed_s, variant=variant, error=error, span=request.span, now=lone)
             return
         if not metering():
             return
@@ -58,14 +60,17 @@ class RequestTelemetry:
         elapsed_s: float,
         recorder: Recorder,
         queue_wait_s: float = 0.0,
+        *,
+        lone: bool = False,
     ) -> None:
         """Close the span and record the metrics of a request that had no :class:`Request` of its own: one
-        that took :meth:`Server.predict`'s shortest way (run at once on its caller's thread), or one of the
-        requests an event loop merged into one (``queue_wait_s``: how long theirs waited in the queue). The
-        same span attributes and metrics as :meth:`answered` gives a request run inline or in a batch."""
+        that took :meth:`Server.predict`'s shortest way (``lone``: run at once on its caller's thread, which
+        records its duration itself, see :class:`Recorder`), or one of the requests an event loop merged into
+        one (``queue_wait_s``: how long theirs waited in the queue). The same span attributes and metrics as
+        :meth:`answered` gives a request run inline or in a batch."""
         if span is not INVALID_SPAN:
             _end_span(span, decision, version, rows, None if timing is None else queue_wait_s, timing, error)
-        recorder.request_finished(elapsed_s, variant=decision.variant, error=error, span=span)
+        recorder.request_finished(elapsed_s, variant=decision.variant, error=error, span=span, now=lone)
 
     def refused(
         self,

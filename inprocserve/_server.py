@@ -267,7 +267,9 @@ class Server(RolloutMethods):
         except Exception as exc:  # its run failed: answered with the error, like an inline run of the full way
             elapsed_s = time.perf_counter() - started
             target.latency.record(elapsed_s, failed=True)
-            self._telemetry.plain_answered(span, decision, target.version, rows, timing, exc, elapsed_s, recorder)
+            self._telemetry.plain_answered(
+                span, decision, target.version, rows, timing, exc, elapsed_s, recorder, lone=True
+            )
             router.served(self._ids.next(), decision, arrays)
             raise
         except BaseException as exc:  # this thread was interrupted: refused, like the full way's
@@ -277,7 +279,9 @@ class Server(RolloutMethods):
             return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows)
         elapsed_s = time.perf_counter() - started
         target.latency.record(elapsed_s)
-        self._telemetry.plain_answered(span, decision, target.version, rows, timing, None, elapsed_s, recorder)
+        self._telemetry.plain_answered(
+            span, decision, target.version, rows, timing, None, elapsed_s, recorder, lone=True
+        )
         request_id = self._ids.next()
         router.served(request_id, decision, arrays)  # keeps recent inputs for guarded promotion
         answer = Prediction(

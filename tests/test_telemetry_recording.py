@@ -14,6 +14,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+import inprocserve
 from inprocserve import _recorder
 from inprocserve._record_thread import RecordingThread
 from inprocserve._recorder import Recorder
@@ -37,6 +38,14 @@ def _count(otel: Otel, name: str, model: str) -> tuple[int, float]:
 
 def _recording_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == THREAD]
+
+
+def _queued(server: inprocserve.Server, requests: int) -> None:
+    """Send ``requests`` requests through the queue (answered by a worker, their durations left to the
+    recording thread), not the lone caller's way, which records its own."""
+    futures = [server.submit("scale", np.ones((1, 4), np.float32)) for _ in range(requests)]
+    for future in futures:
+        future.result(timeout=30)
 
 
 def test_every_request_is_recorded_once_by_the_next_collection(
@@ -74,10 +83,26 @@ def test_a_collection_records_what_no_thread_has_recorded_yet(
     server = make_server(scale)
     before, _ = _count(otel, "inprocserve.request.duration", "scale")
     requests = _recorder._WAKE_EVERY // 2  # too few to wake the recording thread: all still pending
-    for _ in range(requests):
-        server.predict("scale", np.ones((1, 4), np.float32))
+    _queued(server, requests)
     count, _ = _count(otel, "inprocserve.request.duration", "scale")
     assert count - before == requests
+
+
+def test_a_lone_request_records_its_own_duration_at_once(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
+    """A lone caller's request, run on its own thread while the version is idle, records its duration there:
+    none is left for the recording thread, whose backlog the caller would otherwise wait for once in
+    ``_WAKE_EVERY`` requests."""
+    server = make_server(scale)
+    version = server._registry.routes["scale"].default
+    assert version.batcher is not None
+    pending = version.batcher.telemetry._pending
+    before, _ = _count(otel, "inprocserve.request.duration", "scale")
+    for _ in range(2 * _recorder._WAKE_EVERY):
+        server.predict("scale", np.ones((1, 4), np.float32))
+        assert not pending
+    _queued(server, 3)  # answered by a worker: left to the recording thread (or the next collection)
+    count, _ = _count(otel, "inprocserve.request.duration", "scale")
+    assert count - before == 2 * _recorder._WAKE_EVERY + 3
 
 
 def test_each_record_keeps_its_own_value_and_attributes(otel: Otel) -> None:
@@ -113,8 +138,7 @@ def test_the_recording_thread_is_closed_with_the_last_server(
 ) -> None:
     users = METRICS._recording._open  # servers other tests left open (none, unless one leaked)
     first, second = make_server(scale), make_server(scale)
-    for _ in range(2 * _recorder._WAKE_EVERY):
-        first.predict("scale", np.ones((1, 4), np.float32))
+    _queued(first, 2 * _recorder._WAKE_EVERY)
     assert METRICS.recording and len(_recording_threads()) == 1  # one thread for every server
     (thread,) = _recording_threads()
     first.close()
@@ -203,15 +227,13 @@ def test_a_failing_record_is_logged_and_the_thread_goes_on(caplog: pytest.LogCap
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_records_on_a_thread_of_its_own(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
     server = make_server(scale)
-    for _ in range(2 * _recorder._WAKE_EVERY):  # the parent's recording thread runs at the fork
-        server.predict("scale", np.ones((1, 4), np.float32))
+    _queued(server, 2 * _recorder._WAKE_EVERY)  # the parent's recording thread runs at the fork
     assert METRICS.recording
     parent_count, _ = _count(otel, "inprocserve.request.duration", "scale")
 
     def in_the_child() -> str:
         started = not METRICS.recording  # the parent's thread does not exist here
-        for _ in range(3 * _recorder._WAKE_EVERY):
-            server.predict("scale", np.ones((1, 4), np.float32))
+        _queued(server, 3 * _recorder._WAKE_EVERY)
         threads = len(_recording_threads())
         count, _ = _count(otel, "inprocserve.request.duration", "scale")
         server.close()
