@@ -45,15 +45,21 @@ class Group:
         if (v1 / "cpu.cfs_quota_us").is_file():
             self.path = v1 / name
             self.path.mkdir()
-            (self.path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-            (self.path / "cpu.cfs_quota_us").write_text(str(quota_us))
             self.join = self.path / "tasks"
+            files = {"cpu.cfs_period_us": str(PERIOD_US), "cpu.cfs_quota_us": str(quota_us)}
         else:
-            (v2 / "cgroup.subtree_control").write_text("+cpu")
+            if "cpu" not in (v2 / "cgroup.subtree_control").read_text().split():
+                (v2 / "cgroup.subtree_control").write_text("+cpu")  # (left on: other groups may use it by now)
             self.path = v2 / name
             self.path.mkdir()
-            (self.path / "cpu.max").write_text(f"{quota_us} {PERIOD_US}")
             self.join = self.path / "cgroup.procs"
+            files = {"cpu.max": f"{quota_us} {PERIOD_US}"}
+        try:
+            for file, text in files.items():
+                (self.path / file).write_text(text)
+        except OSError:
+            self.close()
+            raise
 
     def throttled(self) -> int:
         for line in (self.path / "cpu.stat").read_text().splitlines():

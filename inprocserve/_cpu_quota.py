@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuQuota", "cpu_quota"]
+__all__ = ["CpuQuota", "cpu_quota", "current_cpu_quota"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,20 +62,43 @@ def cpu_quota(proc: Path = Path("/proc/self")) -> CpuQuota | None:
     be read: not Linux, no cgroup mounted, a file in an unknown format). ``proc``: the process's
     ``/proc/<pid>`` folder, whose ``cgroup`` and ``mountinfo`` say where its groups are."""
     try:
-        memberships = (proc / "cgroup").read_text()
-        mounts = (proc / "mountinfo").read_text()
-    except OSError:  # not Linux, or /proc not mounted
+        memberships = _read(proc / "cgroup")
+        mounts = _read(proc / "mountinfo")
+        tightest: CpuQuota | None = None
+        for hierarchy in _hierarchies(mounts):
+            group = _group_of(memberships, hierarchy.version)
+            if group is None:
+                continue
+            for folder in _folders_up(hierarchy, group):
+                quota = _read_v2(folder) if hierarchy.version == 2 else _read_v1(folder)
+                if quota is not None and (tightest is None or quota.cores < tightest.cores):
+                    tightest = quota
+    except (OSError, ValueError) as exc:  # not Linux, /proc not mounted, a folder we may not read: no quota
+        logger.debug("no CPU quota read from %s: %s", proc, exc)
         return None
-    tightest: CpuQuota | None = None
-    for hierarchy in _hierarchies(mounts):
-        group = _group_of(memberships, hierarchy.version)
-        if group is None:
-            continue
-        for folder in _folders_up(hierarchy, group):
-            quota = _read_v2(folder) if hierarchy.version == 2 else _read_v1(folder)
-            if quota is not None and (tightest is None or quota.cores < tightest.cores):
-                tightest = quota
     return tightest
+
+
+def current_cpu_quota() -> CpuQuota | None:
+    """This process's CPU quota (:func:`cpu_quota`), read again at most every ``QUOTA_READ_EVERY_S`` (a
+    read costs a few hundred microseconds: ``predict_many`` asks on every call). Thread-safe."""
+    global _last_read
+    now = time.monotonic()
+    last = _last_read
+    if last is not None and now - last[0] < QUOTA_READ_EVERY_S:
+        return last[1]
+    quota = cpu_quota()
+    _last_read = (now, quota)
+    return quota
+
+
+QUOTA_READ_EVERY_S = 10.0
+_last_read: tuple[float, CpuQuota | None] | None = None  # (when, what): replaced whole, read without a lock
+
+
+def _read(path: Path) -> str:
+    """A text file of the kernel's: its paths are bytes, which need not be UTF-8 (kept as they are)."""
+    return path.read_bytes().decode("utf-8", "surrogateescape")
 
 
 def _hierarchies(mountinfo: str) -> list[_Hierarchy]:
@@ -81,8 +106,7 @@ def _hierarchies(mountinfo: str) -> list[_Hierarchy]:
 
     A ``mountinfo`` line: ``id parent major:minor root mount_point options [optional...] - fstype source
     super_options``; a v1 hierarchy names its controllers in the super options (``rw,cpu,cpuacct``)."""
-    found: list[_Hierarchy] = []
-    versions: set[int] = set()
+    found: dict[int, _Hierarchy] = {}
     for line in mountinfo.splitlines():
         fields = line.split()
         try:
@@ -97,10 +121,9 @@ def _hierarchies(mountinfo: str) -> list[_Hierarchy]:
             version = 1
         else:
             continue
-        if version not in versions:  # the first mount of a hierarchy (a bind mount may repeat it)
-            versions.add(version)
-            found.append(_Hierarchy(version, Path(_unescape(mount_point)), _unescape(root)))
-    return found
+        # the last mount of a hierarchy: one mounted over another at the same place hides it
+        found[version] = _Hierarchy(version, Path(_unescape(mount_point)), _unescape(root))
+    return list(found.values())
 
 
 def _group_of(memberships: str, version: int) -> str | None:
@@ -121,16 +144,19 @@ def _group_of(memberships: str, version: int) -> str | None:
 def _folders_up(hierarchy: _Hierarchy, group: str) -> list[Path]:
     """The folders of ``group`` and of each group above it, up to the mount point, deepest first.
 
-    ``group`` is a path from the hierarchy's root; the mount shows the part below ``hierarchy.root``. A group
-    outside the mounted part (another namespace's path) is looked up from the mount point alone."""
+    ``group`` is a path from the hierarchy's root; the mount shows the part below ``hierarchy.root``. None for
+    a group outside the mounted part, or a path that climbs (``..``: a group outside this process's cgroup
+    namespace): no folder there is known to be the process's, and a stranger's quota must not be applied."""
     root = hierarchy.root.rstrip("/")
-    if root and (group == root or group.startswith(root + "/")):
+    if root:
+        if group != root and not group.startswith(root + "/"):
+            return []
         group = group[len(root) :]
-    elif root:
-        group = ""
-    parts = [part for part in group.split("/") if part and part not in (".", "..")]
+    parts = [part for part in group.split("/") if part and part != "."]
+    if ".." in parts or ".." in root.split("/"):
+        return []
     folders = [hierarchy.mount_point.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
-    return [folder for folder in folders if folder.is_dir()]
+    return [folder for folder in folders if os.path.isdir(folder)]  # (never raises: unreadable is absent)
 
 
 def _read_v2(folder: Path) -> CpuQuota | None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._config import PoolConfig
-from ._cpu_quota import CpuQuota, cpu_quota
+from ._cpu_quota import CpuQuota, current_cpu_quota
 from ._errors import InferenceError, InprocserveError, InvalidInputError, ModelLoadError
 
 __all__ = [
@@ -70,7 +70,7 @@ def usable_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    quota = cpu_quota()
+    quota = current_cpu_quota()
     if quota is not None and quota.whole_cores < cores:
         if quota not in _quotas_logged:  # once per quota, not per session built
             _quotas_logged.add(quota)

@@ -186,17 +186,19 @@ def one_core_group() -> Iterator[Path]:
     name = f"inprocserve-test-{uuid.uuid4().hex[:8]}"
     v1 = Path("/sys/fs/cgroup/cpu")
     v2 = Path("/sys/fs/cgroup")
+    enabled_cpu = False  # whether this fixture enabled v2's cpu controller for the root's children (undone)
     if (v1 / "cpu.cfs_quota_us").is_file():
         group = v1 / name
         quota_file, quota, join = "cpu.cfs_quota_us", "100000", "tasks"
-        (v1 / "cpu.cfs_period_us").read_text()
     elif "cpu" in _read(v2 / "cgroup.controllers").split():
         group = v2 / name
         quota_file, quota, join = "cpu.max", "100000 100000", "cgroup.procs"
-        try:
-            (v2 / "cgroup.subtree_control").write_text("+cpu")
-        except OSError as exc:
-            pytest.skip(f"cannot enable the cgroup v2 cpu controller for child groups: {exc}")
+        if "cpu" not in _read(v2 / "cgroup.subtree_control").split():
+            try:
+                (v2 / "cgroup.subtree_control").write_text("+cpu")
+            except OSError as exc:
+                pytest.skip(f"cannot enable the cgroup v2 cpu controller for child groups: {exc}")
+            enabled_cpu = True
     else:
         pytest.skip("no writable cgroup cpu controller (neither v1's /sys/fs/cgroup/cpu nor v2's with cpu)")
     try:
@@ -204,9 +206,12 @@ def one_core_group() -> Iterator[Path]:
     except OSError as exc:
         pytest.skip(f"cannot make a control group at {group}: {exc}")
     try:
-        if quota_file == "cpu.cfs_quota_us":
-            (group / "cpu.cfs_period_us").write_text("100000")
-        (group / quota_file).write_text(quota)
+        try:
+            if quota_file == "cpu.cfs_quota_us":
+                (group / "cpu.cfs_period_us").write_text("100000")
+            (group / quota_file).write_text(quota)
+        except OSError as exc:  # e.g. a parent group's quota below one core
+            pytest.skip(f"cannot set a one-core quota in {group}: {exc}")
         yield group / join
     finally:
         for _ in range(50):  # the child has exited; the kernel may take a moment to let the group go
@@ -215,6 +220,11 @@ def one_core_group() -> Iterator[Path]:
                 break
             except OSError:
                 time.sleep(0.1)
+        if enabled_cpu:
+            try:
+                (v2 / "cgroup.subtree_control").write_text("-cpu")
+            except OSError:  # another group uses it by now: leave it on
+                pass
 
 
 def _read(path: Path) -> str:
@@ -252,3 +262,31 @@ def test_a_process_under_a_one_core_quota_runs_one_intra_op_thread(one_core_grou
         "intra_op_threads": 1,
         "cpu_quota_cores": 1.0,
     }
+
+
+def test_a_group_outside_the_mounted_part_is_not_given_a_strangers_quota(tmp_path: Path) -> None:
+    mount = tmp_path / "cg"
+    _group(mount, "/", cpu_max="100000 100000")  # the group /docker/ab, mounted here: not the process's
+    proc = _proc(tmp_path, cgroup="0::/docker/abc\n", mounts=[_v2_mount("/docker/ab", mount)])
+    assert cpu_quota(proc) is None
+    (proc / "cgroup").write_text("0::/../docker/ab\n")  # outside this process's cgroup namespace
+    assert cpu_quota(proc) is None
+
+
+def test_the_last_of_two_mounts_at_one_place_is_the_one_read(tmp_path: Path) -> None:
+    hidden, visible = tmp_path / "host-view", tmp_path / "own"
+    _group(hidden, "/app", cpu_max="max 100000")
+    _group(visible, "/app", cpu_max="200000 100000")
+    proc = _proc(tmp_path, cgroup="0::/app\n", mounts=[_v2_mount("/", hidden), _v2_mount("/", visible)])
+    quota = cpu_quota(proc)
+    assert quota is not None and quota.cores == 2.0
+
+
+def test_a_mount_path_that_is_not_utf8_is_read_as_bytes(tmp_path: Path) -> None:
+    mount = tmp_path / "cg"
+    _group(mount, "/app", cpu_max="300000 100000")
+    proc = _proc(tmp_path, cgroup="0::/app\n", mounts=[_v2_mount("/", mount)])
+    with (proc / "mountinfo").open("ab") as mountinfo:  # another mount, whose path the kernel gives as bytes
+        mountinfo.write(b"99 25 0:99 / /media/caf\xe9 rw - ext4 /dev/sdb1 rw\n")
+    quota = cpu_quota(proc)
+    assert quota is not None and quota.cores == 3.0
