@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -24,7 +26,7 @@ import numpy as np
 
 from . import _fork
 from ._config import ModelConfig, PoolConfig
-from ._cpu_quota import CpuQuota, cpu_quota
+from ._cpu_quota import CpuQuota, current_cpu_quota
 from ._deadlines import Watchdog
 from ._errors import (
     DeadlineExceededError,
@@ -92,13 +94,15 @@ def onnxruntime_error_types() -> dict[str, type[BaseException]]:
     }
 
 
-def _cpu_timed(call: Any) -> float:
-    """The calling thread's CPU time for ``call()``: a session of one intra-op thread runs its operators on
-    the calling thread, so this is the run's cost, which wall time overstates whenever other processes take
-    the cores meanwhile (a fleet's sibling workers warm up at the same moment)."""
-    start = time.thread_time()
-    call()
-    return time.thread_time() - start
+def _probe_clock(config: PoolConfig) -> Any:
+    """The clock that times the one-thread probe run: the calling thread's CPU time where it measures the
+    run, since a session of one intra-op thread runs its operators on the calling thread (wall time
+    overstates the run whenever other processes take the cores meanwhile, as a fleet's sibling workers
+    warming up at the same moment do); wall time where it does not: with inter-op threads the operators run
+    on onnxruntime's inter-op pool, and Windows counts a thread's CPU time in 15.6 ms ticks."""
+    if config.inter_op_threads == 1 and sys.platform != "win32":
+        return time.thread_time
+    return time.perf_counter
 
 
 # -- providers ------------------------------------------------------------------------------------------
@@ -143,6 +147,7 @@ def _probe_cuda(model_path: Path) -> bool:
 # A model whose largest batch runs faster than this on one thread gains nothing from more: without spinning,
 # each parallel operator pays a thread wake-up that costs about as much as the work it would split.
 AUTO_THREADS_SERIAL_BELOW_S = 0.001
+PROBE_RUNS = 5  # timed probe runs at most (see OnnxruntimeBackend._choose_threads)
 
 
 def session_options(config: PoolConfig, *, threads: int | None = None) -> Any:
@@ -270,7 +275,7 @@ class OnnxruntimeBackend:
             check_version(self.path, model=self.model, version=self.version, follow_symlinks=self.follow_symlinks)
             self._checked = True
         if self._threads is None:
-            self._cpu_quota = cpu_quota()
+            self._cpu_quota = current_cpu_quota()  # (what thread_budget reads too)
             self._threads = self._choose_threads(probe_rows)
         with self._build_lock:
             if self._ready:
@@ -307,7 +312,14 @@ class OnnxruntimeBackend:
         try:
             feeds = self.signature.synthesize(probe_rows if self.signature.batchable else 1)
             self.run(probe, feeds)  # first run allocates
-            elapsed = min(_cpu_timed(lambda: self.run(probe, feeds)) for _ in range(5))
+            clock = _probe_clock(self.config)
+            elapsed = math.inf
+            for attempt in range(PROBE_RUNS):  # the best of up to five; three when clearly off the line
+                start = clock()
+                self.run(probe, feeds)
+                elapsed = min(elapsed, clock() - start)
+                if attempt >= 2 and not 0.5 <= elapsed / AUTO_THREADS_SERIAL_BELOW_S <= 2:
+                    break
         except InprocserveError as exc:  # zeros are not valid input for every model
             logger.debug("thread probe of %r v%s failed (%s); using %d threads", self.model, self.version, exc, budget)
             return budget
