@@ -11,7 +11,7 @@ from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import _internal as _metrics_state
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, set_span_in_context
 
 from . import _fork
 from ._errors import DeadlineExceededError
@@ -63,7 +63,8 @@ class Recorder:
     (``Metrics.flush``), so an export holds every request finished before it; the queue is bounded (past
     ``_MAX_PENDING`` records the thread that adds one records the backlog itself, as it does when no
     server is open and so no recording thread runs). A sampled request's duration is recorded on its own
-    thread, in its context, which the SDK's exemplars read; the records left to the thread carry none.
+    thread, in its span's context, which the SDK's exemplars read (a trace-based exemplar filter keeps it,
+    with the span's trace and span ids); the records left to the thread carry none.
 
     A lone request, run at once on its caller's thread while the version was idle, never queued
     (``request_finished`` with ``now``), records its duration there too. Nobody else waits in
@@ -154,12 +155,17 @@ class Recorder:
     ) -> None:
         """Record one finished request: its duration (from the call to the answer) and a deadline miss;
         ``queue_wait_s``: also record it in the per-request ``inprocserve.request.queue_wait`` (see the class
-        docstring). ``now``: record its duration on this thread, not through the recording thread (a lone
-        request run on its caller's thread). No-op until the application installs a meter provider."""
+        docstring). ``span``: the request's span, if it was sampled: its duration is recorded on this
+        thread, in that span's context, which the SDK's exemplars read. ``now``: record it on this thread
+        anyway, not through the recording thread (a lone request run on its caller's thread). No-op until
+        the application installs a meter provider."""
         if _metrics_state._METER_PROVIDER is None:
             return
         metrics = self._metrics
-        if now or (span is not None and span.is_recording()):  # here (a sampled one in its context: exemplars)
+        if span is not None:
+            attributes = self.finished_attributes(variant, error)
+            metrics.request_duration.record(duration_s, attributes, context=set_span_in_context(span))
+        elif now:
             metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
         else:
             self._pending.append((metrics.request_duration, duration_s, self.finished_attributes(variant, error)))

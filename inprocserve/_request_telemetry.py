@@ -37,11 +37,15 @@ class RequestTelemetry:
         route = request.route
         model, version, variant = route.model, route.version, route.variant
         queue_wait_s = request.queue_wait_s if request.batch is not None else None
+        sampled = _sampled(request.span)  # (asked before the span ends: an ended span records nothing)
         _end_span(request.span, route.decision, version, request.rows, queue_wait_s, request.batch, error)
         if recorder is not None:  # each request's queue wait is on its span; the metric is per batch
-            # never queued: run (or answered) on its caller's thread, which records it now (see Recorder)
-            lone = not request.enqueued_at
-            recorder.request_finished(elapsed_s, variant=variant, error=error, span=request.span, now=lone)
+            # a synchronous caller's request never queued ran (or was answered) on the caller's thread, which
+            # records it now (see Recorder)
+            lone = request.future is None and not request.enqueued_at
+            recorder.request_finished(
+                elapsed_s, variant=variant, error=error, span=request.span if sampled else None, now=lone
+            )
             return
         if not metering():
             return
@@ -68,9 +72,12 @@ class RequestTelemetry:
         records its duration itself, see :class:`Recorder`), or one of the requests an event loop merged into
         one (``queue_wait_s``: how long theirs waited in the queue). The same span attributes and metrics as
         :meth:`answered` gives a request run inline or in a batch."""
+        sampled = _sampled(span)  # (asked before the span ends: an ended span records nothing)
         if span is not INVALID_SPAN:
             _end_span(span, decision, version, rows, None if timing is None else queue_wait_s, timing, error)
-        recorder.request_finished(elapsed_s, variant=decision.variant, error=error, span=span, now=lone)
+        recorder.request_finished(
+            elapsed_s, variant=decision.variant, error=error, span=span if sampled else None, now=lone
+        )
 
     def refused(
         self,
@@ -116,6 +123,12 @@ class RequestTelemetry:
             if len(self._cache) < 10_000:  # bounded: model x version x variant x error class
                 self._cache[key] = attributes
         return attributes
+
+
+def _sampled(span: Any) -> bool:
+    """Whether ``span`` is a sampled, still open span (whose request's duration is recorded in its context,
+    for the SDK's exemplars)."""
+    return span is not None and span is not INVALID_SPAN and bool(span.is_recording())
 
 
 def _end_span(

@@ -5,14 +5,18 @@ closed with the last server and made afresh in a forked child."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 import inprocserve
 from inprocserve import _recorder
@@ -40,10 +44,19 @@ def _recording_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == THREAD]
 
 
-def _queued(server: inprocserve.Server, requests: int) -> None:
-    """Send ``requests`` requests through the queue (answered by a worker, their durations left to the
-    recording thread), not the lone caller's way, which records its own."""
-    futures = [server.submit("scale", np.ones((1, 4), np.float32)) for _ in range(requests)]
+def _unsampled() -> Any:
+    """The context of a web request whose trace is not sampled: requests made in it have no span (the SDK
+    would not record one), so their durations are left to the recording thread, as most are in production
+    (a sampled request's is recorded on its own thread, for exemplars)."""
+    parent = SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    return trace.use_span(NonRecordingSpan(parent))
+
+
+def _queued(server: inprocserve.Server, requests: int, *, sampled: bool = False) -> None:
+    """Send ``requests`` requests through the queue (answered by a worker), not the lone caller's way, which
+    records its own; unsampled, their durations are left to the recording thread."""
+    with contextlib.nullcontext() if sampled else _unsampled():
+        futures = [server.submit("scale", np.ones((1, 4), np.float32)) for _ in range(requests)]
     for future in futures:
         future.result(timeout=30)
 
@@ -60,8 +73,9 @@ def test_every_request_is_recorded_once_by_the_next_collection(
     def client() -> None:
         try:
             barrier.wait(timeout=30)
-            for _ in range(each):
-                server.predict("scale", np.ones((1, 4), np.float32))
+            with _unsampled():
+                for _ in range(each):
+                    server.predict("scale", np.ones((1, 4), np.float32))
         except BaseException as exc:
             failures.append(exc)
 
@@ -103,6 +117,33 @@ def test_a_lone_request_records_its_own_duration_at_once(otel: Otel, scale: Path
     _queued(server, 3)  # answered by a worker: left to the recording thread (or the next collection)
     count, _ = _count(otel, "inprocserve.request.duration", "scale")
     assert count - before == 2 * _recorder._WAKE_EVERY + 3
+
+
+def test_a_sampled_request_duration_carries_its_span_as_exemplar(
+    otel: Otel, scale: Path, make_server: ServerFactory
+) -> None:
+    """Each request's span here is sampled (the SDK's default sampler): its duration is recorded in its
+    span's context, and the SDK's trace-based exemplar filter keeps that span's ids with the value, for a
+    lone request and for one answered by a worker alike."""
+    server = make_server(scale)
+
+    def exemplar_spans() -> dict[int, int]:  # (the SDK keeps one exemplar per bucket, until it collects)
+        return {
+            exemplar.span_id: exemplar.trace_id
+            for point in otel.metric_points("inprocserve.request.duration")
+            if point.attributes["inprocserve.model.name"] == "scale"
+            for exemplar in point.exemplars
+        }
+
+    exemplar_spans()
+    for send in (
+        lambda: server.predict("scale", np.ones((1, 4), np.float32)),  # lone: run on this thread
+        lambda: _queued(server, 1, sampled=True),  # answered by a worker
+    ):
+        otel.spans.clear()
+        send()
+        (span,) = otel.finished("inprocserve.predict")
+        assert exemplar_spans() == {span.context.span_id: span.context.trace_id}
 
 
 def test_each_record_keeps_its_own_value_and_attributes(otel: Otel) -> None:
