@@ -510,7 +510,8 @@ class OnnxruntimeBackend:
         return {
             "providers": list(self.providers),
             "intra_op_threads": self._threads,
-            # a container's CPU limit, in cores, which the automatic thread budget respects (None: no limit)
+            # the container's CPU limit in cores, as read when the threads were chosen (None: no limit); the
+            # automatic budget never exceeds it, an explicit intra_op_threads may
             "cpu_quota_cores": None if self._cpu_quota is None else round(self._cpu_quota.cores, 3),
             "shared_session": self.shared,
             "io_binding": self.io_binding,
