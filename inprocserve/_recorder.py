@@ -70,8 +70,8 @@ class Recorder:
     (``request_finished`` with ``now``), records its duration there too. Nobody else waits in
     ``session.run`` then, for the thread's backlog to use the GIL meanwhile: the caller would wait for the
     whole backlog when its run ends, and one lone request in ``_WAKE_EVERY`` would pay for all of them.
-    Measured with the SDK (1 % of traces sampled) and one caller on mlp-small: the p99 went from 1.5-1.8 ms
-    to 0.26-0.27 ms at the same throughput (docs/observability.md, "Cost").
+    Measured with the SDK (1 % of traces sampled) and one caller on mlp-small: the p99 went from 1.2-1.8 ms
+    to 0.26-0.33 ms, at the same throughput or within the spread (docs/observability.md, "Cost").
     The counters (deadline misses, sheds, cache lookups) are plain integers the SDK reads at collection
     (see :class:`~inprocserve._tally.Tally`).
 
