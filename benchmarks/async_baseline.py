@@ -6,15 +6,17 @@ hits them alike), each on a fresh loop, with and without a deadline on every req
 folder holding the other ``inprocserve`` package (``git archive REV inprocserve | tar -x -C DIR``), imported
 under another name. The ratio is the median round's requests/s of this checkout over the baseline's.
 
-    python benchmarks/async_baseline.py --baseline DIR [--tasks 8,64] [--rounds 4] [--seconds 1.5]
+    python benchmarks/async_baseline.py --baseline DIR [--tasks 8,64] [--rounds 4] [--seconds 1.5] [--loop uvloop]
 
-Writes benchmarks/results/async_baseline.{json,md} (``--out`` elsewhere). Not part of ``make bench``: it needs
-a second checkout.
+Writes benchmarks/results/async_baseline.{json,md} (``async_baseline-uvloop`` with ``--loop uvloop``: every
+loop is uvloop's, as uvicorn runs one when it is installed; ``--out`` elsewhere). Not part of ``make bench``:
+it needs a second checkout.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import statistics
@@ -50,7 +52,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--timeout-s", type=float, default=10.0, help="the deadline of the second series")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loops to run on")
     args = parser.parse_args()
+    stem = "async_baseline" if args.loop == "asyncio" else f"async_baseline-{args.loop}"
+    if args.loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # asyncio.run makes uvloop's loops from now on
 
     scratch = Path(tempfile.mkdtemp())
     servers: dict[str, Any] = {}
@@ -83,14 +91,15 @@ def main() -> None:
     settings = {**vars(args), "baseline": str(args.baseline), "out": str(args.out)}
     results: dict[str, Any] = {"machine": machine(), "settings": settings, "points": points}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "async_baseline.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2))
     m = results["machine"]
     lines = [
         "# apredict, this checkout against a baseline checkout (one process, alternating rounds)",
         "",
         machine_line(m),
-        f"{MODEL}, one-row requests, no OpenTelemetry SDK; {args.rounds} rounds of {args.seconds} s per point, the "
-        f"two servers alternating; medians. Baseline: the package in `{args.baseline}`.",
+        f"{MODEL}, one-row requests, no OpenTelemetry SDK, {args.loop}'s event loops; {args.rounds} rounds of "
+        f"{args.seconds} s per point, the two servers alternating; medians. "
+        f"Baseline: the package in `{args.baseline}`.",
         "",
         "| N tasks | deadline | baseline req/s | now req/s | now / baseline |",
         "|---:|---|---:|---:|---:|",
@@ -100,8 +109,8 @@ def main() -> None:
         before = statistics.median(point["rounds"]["baseline"])
         now = statistics.median(point["rounds"]["now"])
         lines.append(f"| {point['tasks']} | {deadline} | {before:,.0f} | {now:,.0f} | {point['ratio']:.2f} |")
-    (args.out / "async_baseline.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / 'async_baseline.md'}")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / f'{stem}.md'}")
 
 
 if __name__ == "__main__":

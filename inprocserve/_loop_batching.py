@@ -6,9 +6,10 @@ chain of callbacks per answer. With dozens of tasks on one loop that per-request
 what limits throughput. Here, instead:
 
 * **Lone requests.** A request made while nothing else is due in the loop's iteration has nobody to merge
-  with (``_LoopState.alone``): it takes ``predict``'s shortest way (``Server._predict_plain``), limited to runs
-  under ``RUN_ON_LOOP_UNDER_S``, and ``apredict`` returns its answer without suspending the task (for at
-  most ``LONE_STREAK_S`` per iteration: a task that calls again and again still yields to the loop).
+  with (``_LoopState.alone``; on uvloop, whose queue Python cannot read, recent traffic decides): it takes
+  ``predict``'s shortest way (``Server._predict_plain``), limited to runs under ``RUN_ON_LOOP_UNDER_S``, and
+  ``apredict`` returns its answer without suspending the task (for at most ``LONE_STREAK_S`` per iteration:
+  a task that calls again and again still yields to the loop).
 * **Merging.** ``apredict`` routes and validates on the loop exactly as ``predict`` does. A request to a plain
   version (``Server._plain_route``: no cache, drift, sharing, rollout or shadow) whose requests stack as they
   are, is not queued on its own: it joins this iteration's group for its version (``_Member``, ``_Group``;
@@ -121,11 +122,14 @@ class _LoopState:
         "_flush_due",
         "_groups",
         "_inbox",
+        "_iteration_requests",
+        "_last_flush_requests",
         "_loop",
         "_pending",
         "_ready",
         "_running_here",
         "_streak",
+        "_streak_task",
         "_streak_until",
         "_wake_due",
         "wakes",
@@ -143,11 +147,15 @@ class _LoopState:
         self._running_here = False  # the loop's thread is running a request itself (see _flush)
         self.wakes = 0  # cross-thread wakes of this loop so far (for tests and benchmarks)
         # asyncio's own loops keep the callbacks due in this iteration in a deque: while it is empty, a request
-        # has nobody to merge with (see alone). Another loop (uvloop) keeps none: its requests always merge.
+        # has nobody to merge with (see alone). Another loop (uvloop) keeps none that Python can read: there,
+        # recent traffic decides (see alone).
         ready = getattr(loop, "_ready", None)
         self._ready: deque[Any] | None = ready if type(ready) is deque else None
         self._streak: asyncio.Handle | None = None  # scheduled by the first lone request answered at once
         self._streak_until = 0.0  # (perf_counter) until when more may be, before the loop runs it
+        self._streak_task: Any = None  # the task that made that request (for a loop without a readable queue)
+        self._iteration_requests = 0  # requests joined or queued in this iteration, for its flush
+        self._last_flush_requests = 0  # how many the last end-of-iteration flush merged or queued
 
     # -- lone requests (loop thread) -----------------------------------------------------------------------
 
@@ -164,10 +172,23 @@ class _LoopState:
         the flush."""
         ready = self._ready
         if ready is None:
-            return False
+            return self._alone_by_traffic()
         if not ready:
             return True
         return len(ready) == 1 and ready[0] is self._streak and time.perf_counter() < self._streak_until
+
+    def _alone_by_traffic(self) -> bool:
+        """:meth:`alone` for a loop whose queue of due callbacks Python cannot read (uvloop): a request is
+        taken as alone unless this iteration shows company (another task answered at once before it, or a
+        group already formed) or the last flush served several requests (traffic that merges: this one
+        joins it, and once a flush serves one request alone, lone requests are answered at once again).
+        Wrong only at the first request of a burst, which then runs alone on the loop (a run under
+        ``RUN_ON_LOOP_UNDER_S``) before the rest of its iteration merges."""
+        if self._flush_due or self._last_flush_requests > 1:
+            return False
+        if self._streak is None:
+            return True
+        return asyncio.current_task() is self._streak_task and time.perf_counter() < self._streak_until
 
     def answered_alone(self, started: float) -> None:
         """A request made at ``started`` (``time.perf_counter``) was answered at once (see :meth:`alone`)."""
@@ -176,9 +197,12 @@ class _LoopState:
             assert loop is not None  # called on the loop's own thread
             self._streak = loop.call_soon(self._streak_ended)
             self._streak_until = started + LONE_STREAK_S
+            if self._ready is None:
+                self._streak_task = asyncio.current_task()
 
     def _streak_ended(self) -> None:
         self._streak = None
+        self._streak_task = None
 
     # -- submitting (loop thread) --------------------------------------------------------------------------
 
@@ -186,6 +210,7 @@ class _LoopState:
         """``batcher`` has a request queued without a wake: wake it at the end of this iteration."""
         if batcher not in self._pending:
             self._pending.append(batcher)
+        self._iteration_requests += 1
         self._flush_at_iteration_end()
 
     def join(
@@ -205,6 +230,7 @@ class _LoopState:
             assert loop is not None  # called on the loop's own thread
             group = self._groups[key] = _Group(server, routes, target, batcher, loop)
         group.add(member)
+        self._iteration_requests += 1
         self._flush_at_iteration_end()
 
     def _flush_at_iteration_end(self) -> None:
@@ -216,6 +242,7 @@ class _LoopState:
 
     def _flush(self) -> None:
         self._flush_due = False
+        self._last_flush_requests, self._iteration_requests = self._iteration_requests, 0
         queued: list[Batcher] = []
         if self._groups:
             groups = self._groups

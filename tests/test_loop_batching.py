@@ -111,8 +111,23 @@ async def _next_iteration() -> None:
     await tick
 
 
+def _run_on(loop_kind: str, main: Any) -> None:
+    """Run the coroutine function ``main`` on a new loop of ``loop_kind``: asyncio's, or uvloop's (whose
+    queue of due callbacks Python cannot read: there recent traffic decides what is a lone request)."""
+    if loop_kind == "asyncio":
+        asyncio.run(main())
+        return
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (it is in the dev extra)")
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
 def test_a_lone_request_is_answered_without_waiting_for_the_loop(
-    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    loop_kind: str, scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nothing else is due in the loop's iteration, so no other task can join the request: the loop runs it
     at once and the awaiting coroutine never suspends. A task that calls again and again still yields to the
@@ -148,7 +163,44 @@ def test_a_lone_request_is_answered_without_waiting_for_the_loop(
             await _next_iteration()
             assert awaited.done() and awaited.result()["y"][0, 0] == 2.0 * len(answered)
 
-    asyncio.run(main())
+    _run_on(loop_kind, main)
+
+
+def test_on_uvloop_concurrent_tasks_still_merge_and_a_lone_one_runs_at_once_again(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop does not let Python see what else is due in an iteration. A burst of tasks: its first request
+    may run alone, the rest of the iteration merges; once a flush has merged several, the next burst merges
+    whole; once one serves a lone request, lone requests are answered at once again."""
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # the bound is not under test
+    server = make_server(scale_repository)
+    x = np.ones((1, 4), np.float32)
+
+    async def burst() -> list[Any]:
+        return list(await asyncio.gather(*(server.apredict("scale", x * i) for i in range(8))))
+
+    async def main() -> None:
+        await warm(server, "scale", x)
+        await _next_iteration()
+        before = counters(server, "scale")
+        answers = await burst()  # first burst: at most its first request alone, then one group
+        assert [a["y"][0, 0] for a in answers] == [2.0 * i for i in range(8)]
+        batches, rows = counters(server, "scale")
+        assert (rows - before[1], batches - before[0]) in ((8, 1), (8, 2))
+        answers = await burst()  # the last flush merged several: the whole burst merges
+        assert [a["y"][0, 0] for a in answers] == [2.0 * i for i in range(8)]
+        assert counters(server, "scale") == (batches + 1, rows + 8)
+        await _next_iteration()
+        joining = server.apredict("scale", x)
+        finished, awaited = _send_once(joining)  # traffic merged lately: this one joins a group
+        assert not finished
+        await _next_iteration()  # its flush served it alone
+        assert awaited.done() and awaited.result()["y"][0, 0] == 2.0
+        joining.close()
+        finished, answer = _send_once(server.apredict("scale", x))
+        assert finished and answer["y"][0, 0] == 2.0
+
+    _run_on("uvloop", main)
 
 
 def test_a_lone_request_waits_for_the_loop_while_its_version_runs_another(
