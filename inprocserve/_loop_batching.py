@@ -153,7 +153,8 @@ class _LoopState:
         self._ready: deque[Any] | None = ready if type(ready) is deque else None
         self._streak: asyncio.Handle | None = None  # scheduled by the first lone request answered at once
         self._streak_until = 0.0  # (perf_counter) until when more may be, before the loop runs it
-        self._streak_task: Any = None  # the task that made that request (for a loop without a readable queue)
+        # the task that made that request (for a loop without a readable queue), weakly
+        self._streak_task: weakref.ref[asyncio.Task[Any]] | None = None
         self._iteration_requests = 0  # requests joined or queued in this iteration, for its flush
         self._last_flush_requests = 0  # how many the last end-of-iteration flush merged or queued
 
@@ -179,16 +180,24 @@ class _LoopState:
 
     def _alone_by_traffic(self) -> bool:
         """:meth:`alone` for a loop whose queue of due callbacks Python cannot read (uvloop): a request is
-        taken as alone unless this iteration shows company (another task answered at once before it, or a
-        group already formed) or the last flush served several requests (traffic that merges: this one
-        joins it, and once a flush serves one request alone, lone requests are answered at once again).
-        Wrong only at the first request of a burst, which then runs alone on the loop (a run under
-        ``RUN_ON_LOOP_UNDER_S``) before the rest of its iteration merges."""
+        taken as alone unless the loop shows company: a flush is due (a request of this iteration joined a
+        group or was queued), the last flush served several requests (traffic that merges: this one joins
+        it; once a flush serves one request alone, lone requests are answered at once again), or another
+        task (or a caller outside any task) made a request answered at once since the loop last went on.
+        Wrong at the first request of a burst: its task may then be answered at once for up to
+        ``LONE_STREAK_S`` (runs under ``RUN_ON_LOOP_UNDER_S`` each) before the rest of the burst merges."""
         if self._flush_due or self._last_flush_requests > 1:
             return False
         if self._streak is None:
             return True
-        return asyncio.current_task() is self._streak_task and time.perf_counter() < self._streak_until
+        task = asyncio.current_task()
+        streak_task = self._streak_task
+        return (
+            task is not None
+            and streak_task is not None
+            and task is streak_task()
+            and time.perf_counter() < self._streak_until
+        )
 
     def answered_alone(self, started: float) -> None:
         """A request made at ``started`` (``time.perf_counter``) was answered at once (see :meth:`alone`)."""
@@ -198,7 +207,8 @@ class _LoopState:
             self._streak = loop.call_soon(self._streak_ended)
             self._streak_until = started + LONE_STREAK_S
             if self._ready is None:
-                self._streak_task = asyncio.current_task()
+                task = asyncio.current_task()  # (weakly: a loop closed before the streak ends must not keep it)
+                self._streak_task = None if task is None else weakref.ref(task)
 
     def _streak_ended(self) -> None:
         self._streak = None
@@ -854,6 +864,9 @@ def apredict(
         state._running_here = True  # answers posted meanwhile (another version's) are drained below, unwoken
         try:
             answer, opened = server._predict_plain(model, inputs, version, context, timeout_s, RUN_ON_LOOP_UNDER_S)
+        except Exception:  # its run failed: a task that retries at once still yields to the loop in time
+            state.answered_alone(started)
+            raise
         finally:
             state._running_here = False
             if state._inbox:
@@ -875,6 +888,8 @@ def apredict(
     if not handle._answered and batcher is not None:  # queued, not answered by the cache: wake at the end
         if not state._flush_due or batcher not in state._pending:
             state.queued(batcher)
+        else:  # (already due to be woken: counted, for what the flush tells of this iteration's traffic)
+            state._iteration_requests += 1
     if timeout_s is None:
         return waiter
     return _with_deadline(loop, waiter, model, version, timeout_s)

@@ -3,6 +3,7 @@ built once (see :class:`Recorder`). Names, instruments and spans live in ``_tele
 
 from __future__ import annotations
 
+import inspect
 import threading
 import weakref
 from collections import deque
@@ -162,10 +163,10 @@ class Recorder:
         if _metrics_state._METER_PROVIDER is None:
             return
         metrics = self._metrics
-        if span is not None:
+        if span is not None and _RECORD_TAKES_CONTEXT:
             attributes = self.finished_attributes(variant, error)
             metrics.request_duration.record(duration_s, attributes, context=set_span_in_context(span))
-        elif now:
+        elif now or span is not None:
             metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
         else:
             self._pending.append((metrics.request_duration, duration_s, self.finished_attributes(variant, error)))
@@ -247,6 +248,8 @@ def _record_all(pending: deque[_Record]) -> None:
 
 
 _MAX_CACHED_ATTRIBUTE_SETS = 1_000
+# OpenTelemetry 1.28 gave ``Histogram.record`` the context to read exemplars from; before it there were none.
+_RECORD_TAKES_CONTEXT = "context" in inspect.signature(metrics.Histogram.record).parameters
 # This many pending records of a version (durations, and three per batch) wake the recording thread, once
 # until it drains them: one wake (a few microseconds) per this many records or more, and a backlog it records
 # in about a millisecond.

@@ -127,8 +127,13 @@ class RequestTelemetry:
 
 def _sampled(span: Any) -> bool:
     """Whether ``span`` is a sampled, still open span (whose request's duration is recorded in its context,
-    for the SDK's exemplars)."""
-    return span is not None and span is not INVALID_SPAN and bool(span.is_recording())
+    for the SDK's exemplars: a span recorded but not sampled gets none)."""
+    return (
+        span is not None
+        and span is not INVALID_SPAN
+        and bool(span.is_recording())
+        and bool(span.get_span_context().trace_flags.sampled)
+    )
 
 
 def _end_span(

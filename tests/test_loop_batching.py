@@ -173,7 +173,7 @@ def test_on_uvloop_concurrent_tasks_still_merge_and_a_lone_one_runs_at_once_agai
     may run alone, the rest of the iteration merges; once a flush has merged several, the next burst merges
     whole; once one serves a lone request, lone requests are answered at once again."""
     monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # the bound is not under test
-    server = make_server(scale_repository)
+    server = make_server(scale_repository, config=NO_WAIT)  # (after a burst, a lone run never waits)
     x = np.ones((1, 4), np.float32)
 
     async def burst() -> list[Any]:
@@ -250,6 +250,37 @@ def test_a_lone_request_failing_in_onnxruntime_fails_alone(
     asyncio.run(main())
     status = version_status(server, "busy")
     assert status["in_flight"] == 0 and status["queued_rows"] == 0
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_task_retrying_failed_lone_requests_still_yields_to_the_loop(
+    loop_kind: str, busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone request's failed run counts toward the task's streak like an answered one: a task that retries
+    at once, again and again, is suspended in time instead of keeping the loop."""
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # the loop runs each one itself
+    monkeypatch.setattr(_loop_batching, "LONE_STREAK_S", 0.0)
+    server = make_server(busy_repository)
+    failures: list[BaseException] = []
+
+    async def retry(times: int) -> None:
+        for _ in range(times):
+            try:
+                await server.apredict("busy", busy_inputs(1, index=99))  # passes validation, fails in the run
+            except inprocserve.InvalidInputError as exc:
+                failures.append(exc)
+
+    async def main() -> None:
+        await warm(server, "busy", busy_inputs(1))
+        await _next_iteration()
+        retrying = retry(20)
+        finished, awaited = _send_once(retrying)
+        assert not finished and len(failures) == 1  # the first failed at once; the second waits for the loop
+        await _next_iteration()
+        assert awaited.done() and isinstance(awaited.exception(), inprocserve.InvalidInputError)
+        retrying.close()
+
+    _run_on(loop_kind, main)
 
 
 def test_a_lone_request_goes_out_in_its_own_iteration(
