@@ -262,7 +262,8 @@ class OnnxruntimeBackend:
         """Create every session (once per process), run ``warmup(session)`` on each, return the signature.
 
         With ``intra_op_threads`` unset the thread count is chosen by measurement on the first build: one
-        thread if a ``probe_rows``-row run takes under 1 ms of CPU time on one thread (the best of five), else
+        thread if a ``probe_rows``-row run takes under 1 ms on one thread (its CPU time where that measures it,
+        the best of three to five runs), else
         the thread budget (always the budget with ``allow_spinning``).
 
         Raises:
