@@ -2,6 +2,7 @@
 
     python benchmarks/http_e2e.py            # full: both models, both stacks, N = 1, 8, 64, 2 rounds of 3 s
     python benchmarks/http_e2e.py --quick    # smoke run: proves the harness works (figures mean little)
+    python benchmarks/http_e2e.py --otel     # as production runs: an OpenTelemetry SDK in every web worker
 
 Two stacks, each with three variants of the same ``POST /predict`` view (benchmarks/e2e/):
 
@@ -23,7 +24,17 @@ On a 2-core machine the client shares the CPU with the server it measures: it is
 (``--client-cpu``), and its CPU time per point is reported; a share near 1.0 means the client limited the
 rate.
 
-Writes benchmarks/results/http_e2e.{json,md,png}.
+With ``--otel`` every web worker of every variant installs the OpenTelemetry SDK as a service would (what
+``telemetry_overhead.py`` calls ``sampled``: ``ParentBased(TraceIdRatioBased(0.01))`` with a batch span
+processor, a meter provider with a periodic reader, exporters that discard), when its app module is
+imported, as examples/flask_fraud does (under ``--preload``, in gunicorn's master: the SDK's processor and
+reader restart their threads in each forked worker). The naive and remote views make no spans or metrics of
+their own, so the figures say what the library's telemetry costs next to a bare call. No web-framework
+instrumentation is installed: the releases of ``opentelemetry-instrumentation-flask`` and ``-django`` on
+the package index lag the instrumentation core that the project's environment holds, and the library's
+request spans are then root spans, 1 % of them sampled. LitServe runs without an SDK either way.
+
+Writes benchmarks/results/http_e2e.{json,md,png}; with ``--otel``, http_e2e-otel.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +104,11 @@ def start_app(
         "E2E_REPOSITORY": str(repository),
         "E2E_REMOTE_URL": remote_url,
         "E2E_THREADS": str(args.flask_threads),
-        "PYTHONPATH": os.pathsep.join(p for p in (str(E2E), os.environ.get("PYTHONPATH", "")) if p),
+        # with --otel, benchmarks/ too: the apps install the SDK with telemetry_overhead.install_sdk
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(E2E), str(HERE) if args.otel else "", os.environ.get("PYTHONPATH", "")) if p
+        ),
+        "E2E_OTEL": "1" if args.otel else "",
     }
     if stack == "flask":
         command = [sys.executable, "-m", "gunicorn", "--config", str(E2E / "gunicorn_conf.py"), "--preload"]
@@ -106,7 +122,26 @@ def start_app(
         f"{stack}-{variant}", command, port=port, env=env, cwd=E2E, log=folder / f"{stack}-{variant}-{model}.log"
     )
     server.wait_ready("/ping")
+    check_sdk(server, args.flask_workers if stack == "flask" else args.uvicorn_workers, installed=args.otel)
     return server
+
+
+def check_sdk(server: ServerProcess, workers: int, *, installed: bool) -> None:
+    """Ask ``GET /sdk`` (new connections, so the workers take turns) until every worker answered, and raise
+    unless each runs with the OpenTelemetry SDK's providers exactly when ``--otel`` asked for them."""
+    seen: dict[int, dict[str, str]] = {}
+    for _ in range(200):  # the kernel spreads new connections over the workers: bounded, not guaranteed
+        with urllib.request.urlopen(server.url + "/sdk", timeout=5) as response:
+            answer = json.loads(response.read())
+        seen[answer["pid"]] = answer
+        if len(seen) >= workers:
+            break
+    for answer in seen.values():
+        sdk = all(answer[kind].startswith("opentelemetry.sdk.") for kind in ("tracer", "meter"))
+        if sdk != installed:
+            raise RuntimeError(f"{server.name}: worker {answer['pid']} runs {answer}, expected the SDK: {installed}")
+    if len(seen) < workers:
+        print(f"   {server.name}: {len(seen)} of {workers} workers answered /sdk; those were checked", flush=True)
 
 
 def stack_versions() -> dict[str, str]:
@@ -251,11 +286,15 @@ def print_point(point: dict[str, Any], variants: list[str]) -> None:
     )
 
 
+def result_name(settings: dict[str, Any]) -> str:
+    return "http_e2e-otel" if settings.get("otel") else "http_e2e"
+
+
 def write_markdown(results: dict[str, Any]) -> Path:
     m, settings, versions = results["machine"], results["settings"], results["versions"]
     variants = [v for v in settings["variants"] if v != "remote" or results["litserve"]]
     lines = [
-        "# End-to-end HTTP benchmark",
+        "# End-to-end HTTP benchmark" + (", OpenTelemetry SDK installed" if settings.get("otel") else ""),
         "",
         f"{machine_line(m)} Load average before the run: {results['load_before']}, after: {results['load_after']}.",
         f"Command: `{results.get('command', 'python benchmarks/http_e2e.py')}`.",
@@ -281,6 +320,16 @@ def write_markdown(results: dict[str, Any]) -> Path:
         "- `x inprocserve`: the variant's req/s divided by inprocserve's (below 1: slower than inprocserve). "
         "`/ping`: a view that touches no model, on the same server: what the HTTP stack alone allows. "
         "`client`: the load client's CPU seconds per wall second (1.0 = one full core: the client was the limit).",
+        *(
+            [
+                "- OpenTelemetry SDK in every web worker of every variant: `ParentBased(TraceIdRatioBased(0.01))` "
+                "with a batch span processor, a meter provider with a periodic reader (5 s), exporters that "
+                "discard; no web-framework instrumentation (the library's request spans are roots, 1 % sampled). "
+                "Only inprocserve makes spans and metrics; LitServe runs without an SDK."
+            ]
+            if settings.get("otel")
+            else []
+        ),
         "",
     ]
     for stack in settings["stacks"]:
@@ -318,7 +367,7 @@ def write_markdown(results: dict[str, Any]) -> Path:
                 + f" | {sum(s[v]['errors'] for v in variants)} |"
             )
         lines.append("")
-    path = RESULTS / "http_e2e.md"
+    path = RESULTS / f"{result_name(settings)}.md"
     path.write_text("\n".join(lines))
     return path
 
@@ -359,9 +408,10 @@ def write_plot(results: dict[str, Any]) -> Path | None:
         axes[0][column].set_yscale("log")
         axes[1][column].set_yscale("log")
     axes[0][0].legend(fontsize=8)
-    figure.suptitle(f"End to end over HTTP, {results['machine']['cores']} cores, {results['machine']['date']}")
+    sdk = ", OpenTelemetry SDK installed" if settings.get("otel") else ""
+    figure.suptitle(f"End to end over HTTP{sdk}, {results['machine']['cores']} cores, {results['machine']['date']}")
     figure.tight_layout()
-    path = RESULTS / "http_e2e.png"
+    path = RESULTS / f"{result_name(settings)}.png"
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
@@ -392,6 +442,9 @@ def main() -> None:
         help="the core the load client is pinned to (default: the last one; -1: not pinned)",
     )
     parser.add_argument("--bench-venv", type=Path, default=ROOT / ".venv-bench-litserve")
+    parser.add_argument(
+        "--otel", action="store_true", help="install the OpenTelemetry SDK in every web worker (1 %% sampling)"
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s at N = 1 and 8: proves the harness runs")
     parser.add_argument("--render", type=Path, help="only write the table and plot again from this JSON result")
     args = parser.parse_args()
@@ -446,7 +499,7 @@ def main() -> None:
                 if litserve is not None:
                     litserve.stop()
     results["load_after"] = load_average()
-    print(f"wrote {write_json('http_e2e', results)}")
+    print(f"wrote {write_json(result_name(results['settings']), results)}")
     print(f"wrote {write_markdown(results)}")
     plot = write_plot(results)
     if plot is not None:

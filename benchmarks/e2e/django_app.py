@@ -13,7 +13,8 @@ each uvicorn worker runs one event loop that all its requests share. The variant
 * ``remote`` — an HTTP call over loopback to an out-of-process model server (``E2E_REMOTE_URL``) through one
   keep-alive ``aiohttp.ClientSession`` per worker.
 
-``GET /ping`` answers without touching a model: the cost of the HTTP stack alone.
+``GET /ping`` answers without touching a model: the cost of the HTTP stack alone. ``GET /sdk`` names the
+worker's OpenTelemetry providers (e2e/sdk.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from typing import Any
 import django
 import numpy as np
 from django.conf import settings
+from sdk import install_if_asked, providers
+
+install_if_asked()  # http_e2e.py --otel: the OpenTelemetry SDK, as a service installs it
 
 VARIANT = os.environ["E2E_VARIANT"]
 MODEL = os.environ["E2E_MODEL"]
@@ -95,6 +99,10 @@ async def ping(request: HttpRequest) -> HttpResponse:
     return HttpResponse('{"ok": true}', content_type="application/json")
 
 
-urlpatterns = [path("predict", predict), path("ping", ping)]
+async def sdk(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(providers(), content_type="application/json")
+
+
+urlpatterns = [path("predict", predict), path("ping", ping), path("sdk", sdk)]
 
 application = get_asgi_application()

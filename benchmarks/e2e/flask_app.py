@@ -13,7 +13,8 @@ only in how the view gets ``y``:
 * ``remote`` — an HTTP call over loopback to an out-of-process model server (``E2E_REMOTE_URL``), through one
   thread-safe keep-alive urllib3 pool per worker process (as many connections as the worker has threads).
 
-``GET /ping`` answers without touching a model: the cost of the HTTP stack alone.
+``GET /ping`` answers without touching a model: the cost of the HTTP stack alone. ``GET /sdk`` names the
+worker's OpenTelemetry providers (e2e/sdk.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from typing import Any
 import numpy as np
 from flask import Flask, Response, request
 from naive import naive_session
+from sdk import install_if_asked, providers
+
+install_if_asked()  # http_e2e.py --otel: the OpenTelemetry SDK, as a service installs it
 
 VARIANT = os.environ["E2E_VARIANT"]
 MODEL = os.environ["E2E_MODEL"]
@@ -106,6 +110,10 @@ def create_app() -> Flask:
     @app.get("/ping")
     def ping() -> Response:
         return Response('{"ok": true}', mimetype="application/json")
+
+    @app.get("/sdk")
+    def sdk() -> Response:
+        return Response(providers(), mimetype="application/json")
 
     return app
 
