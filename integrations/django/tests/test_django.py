@@ -100,6 +100,39 @@ def test_anonymous_requests_use_the_user_header(repository: Path) -> None:
             reset_server()
 
 
+def test_renamed_headers_carry_the_user_and_the_budget(repository: Path) -> None:
+    renamed = {**canary(repository), "USER_HEADER": "X-Customer", "DEADLINE_HEADER": "X-Budget-Ms"}
+    with override_settings(INPROCSERVE=renamed):
+        try:
+            client = Client()
+            for user in ("a", "b", "c", "d", "e"):
+                headers = [{"X-Customer": user, "X-User-Id": str(i)} for i in range(3)]
+                answers = {post(client, "/score", [[1, 1, 1, 1]], **h).json()["version"] for h in headers}
+                assert len(answers) == 1  # sticky per X-Customer, whatever X-User-Id says
+            assert post(client, "/score", [[1, 1, 1, 1]], **{"X-Budget-Ms": "0"}).status_code == 504
+            assert post(client, "/score", [[1, 1, 1, 1]], **{"X-Request-Timeout-Ms": "0"}).status_code == 200
+            malformed = post(client, "/score", [[1, 1, 1, 1]], **{"X-Budget-Ms": "soon"})
+            assert malformed.status_code == 400 and "X-Budget-Ms" in malformed.json()["message"]
+            assert post(client, "/score", [[1, 1, 1, 1]], **{"X-Customer": "\x01"}).status_code == 400
+        finally:
+            reset_server()
+
+
+@pytest.mark.parametrize(
+    ("default_s", "header_ms", "status"),
+    [(60.0, None, 200), (60.0, "0", 504), (1e-9, "60000", 504), (None, "60000", 200)],
+)
+def test_the_tighter_of_the_default_and_the_header_budget_wins(
+    repository: Path, default_s: float | None, header_ms: str | None, status: int
+) -> None:
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "TIMEOUT_S": default_s}):
+        try:
+            headers = {} if header_ms is None else {"X-Request-Timeout-Ms": header_ms}
+            assert post(Client(), "/score", [[1, 1, 1, 1]], **headers).status_code == status
+        finally:
+            reset_server()
+
+
 def test_health_ready_and_models_urls(served: Path) -> None:
     client = Client()
     assert client.get("/-/inprocserve/health").json() == {"status": "ok"}

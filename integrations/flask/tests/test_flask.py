@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flask import Flask, request
-from inprocserve_flask import Inprocserve, predict, server, timeout
+from inprocserve_flask import Inprocserve, default_context, predict, server, timeout
 
 import inprocserve
 from inprocserve.testing import build_scale_model, save_model
@@ -157,6 +157,50 @@ def test_a_spent_deadline_header_is_refused_before_anything_runs(app: Flask) -> 
     assert rows_run == 0
     ok = client.post("/score", json={"rows": [[1, 1, 1, 1]]}, headers={"X-Request-Timeout-Ms": "5000"})
     assert ok.status_code == 200
+
+
+def test_renamed_headers_carry_the_user_and_the_budget(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_USER_HEADER="X-Customer", INPROCSERVE_DEADLINE_HEADER="X-Budget-Ms")
+    row = {"rows": [[1, 1, 1, 1]]}
+    try:
+        with app.test_request_context("/score", headers={"X-Customer": " c-42 ", "X-User-Id": "someone-else"}):
+            assert default_context() == {"user_id": "c-42"}
+        with app.test_request_context("/score", headers={"X-User-Id": "someone-else"}):
+            assert default_context() == {}  # not this app's header
+        client = app.test_client()
+        assert client.post("/score", json=row, headers={"X-Budget-Ms": "0"}).status_code == 504
+        assert client.post("/score", json=row, headers={"X-Request-Timeout-Ms": "0"}).status_code == 200
+        malformed = client.post("/score", json=row, headers={"X-Budget-Ms": "soon"})
+        assert malformed.status_code == 400 and "X-Budget-Ms" in malformed.json["message"]
+        assert client.post("/score", json=row, headers={"X-Customer": "\x01"}).status_code == 400
+    finally:
+        Inprocserve.close(app)
+
+
+def test_the_tightest_budget_wins(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_TIMEOUT_S=60.0)
+    row = {"rows": [[1, 1, 1, 1]]}
+    try:
+        client = app.test_client()
+        assert client.post("/score", json=row).status_code == 200  # the default budget: a minute
+        assert client.post("/score", json=row, headers={"X-Request-Timeout-Ms": "0"}).status_code == 504
+        assert client.post("/slow-budget", headers={"X-Request-Timeout-Ms": "60000"}).status_code == 504
+    finally:
+        Inprocserve.close(app)
+    tight = make_app(repository, INPROCSERVE_TIMEOUT_S=1e-9)
+    try:  # a configured default tighter than the header: nothing can finish in a nanosecond
+        response = tight.test_client().post("/score", json=row, headers={"X-Request-Timeout-Ms": "60000"})
+        assert response.status_code == 504
+    finally:
+        Inprocserve.close(tight)
+
+
+def test_predict_needs_no_request_when_context_and_budget_are_given(app: Flask) -> None:
+    with app.app_context():  # a CLI command or a job: no HTTP request to read the user or deadline from
+        result = predict("scale", {"x": [[1, 1, 1, 1]]}, context={"user_id": "job"}, timeout_s=None)
+        assert result.version == 2
+        with pytest.raises(RuntimeError, match="request context"):
+            predict("scale", {"x": [[1, 1, 1, 1]]})
 
 
 def test_health_ready_and_models_endpoints(app: Flask) -> None:

@@ -1,4 +1,5 @@
-"""Middleware: puts the request's user into the rollout context, and turns library errors into HTTP."""
+"""Middleware: notes when each request began (the deadline header's budget counts from there), and turns
+library errors into HTTP responses."""
 
 from __future__ import annotations
 
@@ -8,12 +9,10 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils.functional import SimpleLazyObject
 
 from inprocserve import web
 
 from .conf import settings
-from .server import derive_context
 
 
 def error_response(error: Exception) -> HttpResponse | None:
@@ -52,9 +51,9 @@ class InprocserveMiddleware:
 
     @staticmethod
     def _prepare(request: HttpRequest) -> None:
+        # when the request began, for the deadline header's budget; the rollout context (the user: a session
+        # and database read) is derived only when a prediction needs it (server.request_context)
         request._inprocserve_started = time.monotonic()  # type: ignore[attr-defined]
-        # Lazy: the user (a session and database read) is loaded only if a prediction needs the context.
-        request.inprocserve_context = SimpleLazyObject(lambda: derive_context(request))  # type: ignore[attr-defined]
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         return error_response(exception)

@@ -4,6 +4,7 @@ runs for every ``manage.py`` command and twice under the autoreloader)."""
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Any
 
 from django.http import HttpRequest
@@ -53,35 +54,46 @@ def reset_server() -> None:
 
 
 def request_context(request: HttpRequest) -> dict[str, Any]:
-    """The rollout context of a request: set by the middleware, or derived here."""
+    """The rollout context of a request (a copy: the caller may change it): derived on the first call of the
+    request and kept on it (``request.inprocserve_context``) for the request's later predictions."""
     context = getattr(request, "inprocserve_context", None)
-    if context is not None:
-        return dict(context)
-    return derive_context(request)
+    if context is None:
+        context = derive_context(request)
+        request.inprocserve_context = context  # type: ignore[attr-defined]
+    return dict(context)
 
 
 def derive_context(request: HttpRequest) -> dict[str, Any]:
-    """The logged-in user's pk, else the user header (evaluated when a prediction needs it)."""
+    """The logged-in user's pk, else the user header."""
     user = getattr(request, "user", None)
     if user is not None and getattr(user, "is_authenticated", False):
         return {"user_id": str(user.pk)}
     name = settings()["USER_HEADER"]
-    user_id = inprocserve.parse_user_id(request.headers.get(name), header=name)  # 400 when malformed
+    # (read from META: request.headers builds a mapping of every header on first use)
+    user_id = inprocserve.parse_user_id(request.META.get(meta_key(name)), header=name)  # 400 when malformed
     return {"user_id": user_id} if user_id is not None else {}
 
 
 def remaining_budget(request: HttpRequest) -> float | None:
-    budgets = []
+    """The tighter of the caller's deadline header (less the time since the request began) and the
+    configured default; ``None`` when neither is set."""
     config = settings()
+    budget: float | None = config["TIMEOUT_S"]
     header = config["DEADLINE_HEADER"]
     # a malformed value raises InvalidInputError (a 400 naming the header), never a 500
-    milliseconds = inprocserve.parse_timeout_ms(request.headers.get(header), header=header)
+    milliseconds = inprocserve.parse_timeout_ms(request.META.get(meta_key(header)), header=header)
     if milliseconds is not None:
-        started = getattr(request, "_inprocserve_started", time.monotonic())
-        budgets.append(milliseconds / 1000 - (time.monotonic() - started))
-    if config["TIMEOUT_S"] is not None:
-        budgets.append(config["TIMEOUT_S"])
-    return min(budgets) if budgets else None
+        now = time.monotonic()
+        left = milliseconds / 1000 - (now - getattr(request, "_inprocserve_started", now))
+        budget = left if budget is None else min(budget, left)
+    return budget
+
+
+@lru_cache(maxsize=64)
+def meta_key(header: str) -> str:
+    """Where Django keeps request header ``header`` in ``request.META`` (what ``request.headers`` reads)."""
+    key = header.upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
 
 
 def _kwargs(request: HttpRequest, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.local import LocalProxy
 
 import inprocserve
@@ -64,6 +64,10 @@ DEFAULTS: dict[str, Any] = {
     "INPROCSERVE_V2_LIMITS": None,  # an inprocserve.v2.Limits: caps on protocol requests
 }
 
+# (in the request's WSGI environ, read with the headers: when the view's budget ends, when the request began)
+_VIEW_DEADLINE = "inprocserve.view_deadline"
+_REQUEST_STARTED = "inprocserve.request_started"
+
 ERROR_STATUS: dict[type[Exception], int] = dict(web.ERROR_STATUS)
 """The default HTTP status of each library error; ``INPROCSERVE_ERROR_STATUS`` is laid over it."""
 
@@ -71,10 +75,19 @@ ERROR_STATUS: dict[type[Exception], int] = dict(web.ERROR_STATUS)
 class _State:
     """Per-app state in ``app.extensions["inprocserve"]``; the server is built once per process."""
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, app: Flask) -> None:
+        config = app.config
         self.config = {key: config[key] for key in DEFAULTS}
+        self.app = app
         self.holder = web.ProcessLocalServer(self._build)
         self._closed = False  # closed by Inprocserve.close: forked children no longer warm it up
+        # read on every predict: the settings, and the WSGI environ keys of the two headers, resolved once
+        self.make_context: Callable[[], Mapping[str, Any]] | None = self.config["INPROCSERVE_CONTEXT"] or None
+        self.default_timeout_s: float | None = self.config["INPROCSERVE_TIMEOUT_S"]
+        self.user_header: str = self.config["INPROCSERVE_USER_HEADER"]
+        self.user_key = _environ_key(self.user_header)
+        self.deadline_header: str = self.config["INPROCSERVE_DEADLINE_HEADER"]
+        self.deadline_key = _environ_key(self.deadline_header)
 
     @property
     def server(self) -> inprocserve.Server:
@@ -125,7 +138,7 @@ class Inprocserve:
             raise RuntimeError("inprocserve is already registered on this app; call init_app once")
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
-        state = _State(app.config)
+        state = _State(app)
         app.extensions[_EXTENSION] = state
         if app.config["INPROCSERVE_ERROR_HANDLERS"]:
             overrides = dict(app.config["INPROCSERVE_ERROR_STATUS"])
@@ -178,19 +191,26 @@ server: inprocserve.Server = LocalProxy(lambda: _state().server)  # type: ignore
 def default_context() -> dict[str, Any]:
     """The rollout context of the current request: the logged-in user (flask-login) if any, else the
     ``INPROCSERVE_USER_HEADER`` header, so canary and A/B assignments are sticky per user."""
-    context: dict[str, Any] = {}
+    return _default_context(_state(), request.environ)
+
+
+def _default_context(state: _State, environ: Mapping[str, Any]) -> dict[str, Any]:
+    # (the header straight from the WSGI environ: werkzeug's request.headers builds a view per request)
     user_id = None
-    if hasattr(current_app, "login_manager"):  # flask-login is set up on this app
+    if hasattr(state.app, "login_manager"):  # flask-login is set up on this app
         from flask_login import current_user
 
         if current_user.is_authenticated:
             user_id = current_user.get_id()
     if user_id is None:
-        header = _state().config["INPROCSERVE_USER_HEADER"]
-        user_id = inprocserve.parse_user_id(request.headers.get(header), header=header)
-    if user_id is not None:
-        context["user_id"] = str(user_id)
-    return context
+        user_id = inprocserve.parse_user_id(environ.get(state.user_key), header=state.user_header)
+    return {} if user_id is None else {"user_id": str(user_id)}
+
+
+def _environ_key(header: str) -> str:
+    """Where a WSGI server puts request header ``header`` in the environ (what werkzeug's headers read)."""
+    key = header.upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
 
 
 def timeout(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -201,7 +221,7 @@ def timeout(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]
 
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            g._inprocserve_view_deadline = time.monotonic() + seconds
+            request.environ[_VIEW_DEADLINE] = time.monotonic() + seconds
             return view(*args, **kwargs)
 
         return wrapped
@@ -211,20 +231,23 @@ def timeout(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]
 
 def _remaining_budget() -> float | None:
     """The tightest of the view's budget, the caller's deadline header and the configured default."""
-    config = _state().config
-    budgets = []
-    view_deadline = g.get("_inprocserve_view_deadline")
-    if view_deadline is not None:
-        budgets.append(view_deadline - time.monotonic())
-    header = config["INPROCSERVE_DEADLINE_HEADER"]
+    return _budget(_state(), request.environ)
+
+
+def _budget(state: _State, environ: Mapping[str, Any]) -> float | None:
+    budget = state.default_timeout_s
     # a malformed value raises InvalidInputError (a 400 naming the header), never a 500
-    milliseconds = inprocserve.parse_timeout_ms(request.headers.get(header), header=header)
+    milliseconds = inprocserve.parse_timeout_ms(environ.get(state.deadline_key), header=state.deadline_header)
+    view_deadline = environ.get(_VIEW_DEADLINE)
+    if milliseconds is None and view_deadline is None:
+        return budget
+    now = time.monotonic()
+    if view_deadline is not None:
+        budget = view_deadline - now if budget is None else min(budget, view_deadline - now)
     if milliseconds is not None:
-        started = g.get("_inprocserve_request_started", time.monotonic())
-        budgets.append(milliseconds / 1000 - (time.monotonic() - started))
-    if config["INPROCSERVE_TIMEOUT_S"] is not None:
-        budgets.append(config["INPROCSERVE_TIMEOUT_S"])
-    return min(budgets) if budgets else None
+        left = milliseconds / 1000 - (now - environ.get(_REQUEST_STARTED, now))
+        budget = left if budget is None else min(budget, left)
+    return budget
 
 
 def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
@@ -235,17 +258,20 @@ def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
         Anything ``Server.predict`` raises; with the default error handlers they become HTTP responses.
     """
     state = _state()
+    if "context" in kwargs and "timeout_s" in kwargs:  # (then an app context is enough: no request is read)
+        return state.holder.get().predict(model, inputs, **kwargs)
+    environ = request.environ
     if "context" not in kwargs:
-        make_context = state.config["INPROCSERVE_CONTEXT"] or default_context
-        kwargs["context"] = make_context()
+        make_context = state.make_context
+        kwargs["context"] = make_context() if make_context is not None else _default_context(state, environ)
     if "timeout_s" not in kwargs:
-        budget = _remaining_budget()
+        budget = _budget(state, environ)
         if budget is not None and budget <= 0:
             raise inprocserve.DeadlineExceededError(
                 f"model {model!r}: the request's time budget was spent before predict", model=model
             )
         kwargs["timeout_s"] = budget
-    return state.server.predict(model, inputs, **kwargs)
+    return state.holder.get().predict(model, inputs, **kwargs)
 
 
 def _error_handler(statuses: Mapping[type[Exception], int], retry_after_s: float) -> Callable[[Exception], Any]:
@@ -271,7 +297,7 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
 
     @blueprint.before_app_request
     def note_start() -> None:
-        g._inprocserve_request_started = time.monotonic()
+        request.environ[_REQUEST_STARTED] = time.monotonic()
 
     @blueprint.get("/health")
     def health() -> Any:
