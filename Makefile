@@ -101,6 +101,7 @@ BENCH_QUICK ?=
 ifneq ($(BENCH_QUICK),)
 QUICK_coalescing := --seconds 0.5 --rounds 1 --clients 1,8
 QUICK_predict_overhead := --blocks 4
+QUICK_plugin_overhead := --blocks 4
 QUICK_telemetry_overhead := --seconds 0.5 --rounds 1
 QUICK_async_callers := --seconds 0.5 --rounds 1 --modes off
 QUICK_status_recorder := --number 20000 --repeat 3
@@ -121,6 +122,8 @@ bench: install
 	$(BIN)/python benchmarks/coalescing.py --otel $(QUICK_coalescing) $(BENCH_ARGS)
 	$(BIN)/python benchmarks/coalescing.py --spinning $(QUICK_coalescing) $(BENCH_ARGS)
 	$(BIN)/python benchmarks/predict_overhead.py $(QUICK_predict_overhead)
+	$(BIN)/python benchmarks/plugin_overhead.py $(QUICK_plugin_overhead)
+	$(BIN)/python benchmarks/plugin_overhead.py --headers $(QUICK_plugin_overhead)
 	$(BIN)/python benchmarks/telemetry_overhead.py $(QUICK_telemetry_overhead)
 	$(BIN)/python benchmarks/async_callers.py $(QUICK_async_callers)
 	$(BIN)/python benchmarks/async_callers.py --timeout-s 10 $(QUICK_async_callers)
