@@ -70,16 +70,33 @@ def canary(repository: Path) -> dict[str, Any]:
     return {"REPOSITORY": str(repository), "CONFIG": config}
 
 
+def middleware_first() -> list[str]:
+    """The test project's MIDDLEWARE with the plug-in's before the session and authentication ones."""
+    from django.conf import settings
+
+    others = [m for m in settings.MIDDLEWARE if "Inprocserve" not in m]
+    return ["inprocserve_django.middleware.InprocserveMiddleware", *others]
+
+
 @pytest.mark.django_db
-def test_the_logged_in_user_decides_the_canary(repository: Path) -> None:
-    with override_settings(INPROCSERVE=canary(repository)):
+@pytest.mark.parametrize("url", ["/score", "/ascore"])
+@pytest.mark.parametrize("order", ["after authentication", "first"])
+def test_the_logged_in_user_decides_the_canary(repository: Path, url: str, order: str) -> None:
+    # /ascore: an async view, where the user is loaded with request.auser() (a session read on the event
+    # loop's thread would raise SynchronousOnlyOperation); the middleware's place does not matter
+    from django.conf import settings
+
+    middleware = middleware_first() if order == "first" else settings.MIDDLEWARE
+    with override_settings(INPROCSERVE=canary(repository), MIDDLEWARE=middleware):
         try:
             versions = set()
             for i in range(20):
                 user = User.objects.create_user(username=f"user{i}")
                 client = Client()
                 client.force_login(user)
-                answers = {post(client, "/score", [[1, 1, 1, 1]]).json()["version"] for _ in range(3)}
+                responses = [post(client, url, [[1, 1, 1, 1]]) for _ in range(3)]
+                assert [r.status_code for r in responses] == [200, 200, 200], responses[0].content[:300]
+                answers = {r.json()["version"] for r in responses}
                 assert len(answers) == 1  # sticky per user
                 versions |= answers
             assert versions == {1, 2}
@@ -184,13 +201,23 @@ def test_system_checks(repository: Path, tmp_path: Path) -> None:
     assert check_ids({"REPOSITORY": str(repository), "MODELS": {"scale": {}}}) == ["inprocserve.E006"]
 
 
-def test_a_check_warns_when_the_middleware_comes_before_authentication(repository: Path) -> None:
-    from django.conf import settings
+def test_the_middleware_may_come_first_and_header_settings_are_checked(repository: Path) -> None:
+    with override_settings(MIDDLEWARE=middleware_first()):
+        assert check_ids({"REPOSITORY": str(repository)}) == []
+    assert check_ids({"REPOSITORY": str(repository), "USER_HEADER": 42}) == ["inprocserve.E009"]
+    assert check_ids({"REPOSITORY": str(repository), "DEADLINE_HEADER": ["X-Deadline"]}) == ["inprocserve.E009"]
+    assert check_ids({"REPOSITORY": str(repository), "USER_HEADER": None, "DEADLINE_HEADER": None}) == []
 
-    wrong = [m for m in settings.MIDDLEWARE if "Inprocserve" not in m]
-    wrong.insert(0, "inprocserve_django.middleware.InprocserveMiddleware")
-    with override_settings(MIDDLEWARE=wrong):
-        assert check_ids({"REPOSITORY": str(repository)}) == ["inprocserve.W003"]
+
+def test_a_header_setting_of_none_turns_that_header_off(repository: Path) -> None:
+    off = {"REPOSITORY": str(repository), "USER_HEADER": None, "DEADLINE_HEADER": None}
+    with override_settings(INPROCSERVE=off):
+        try:
+            client = Client()
+            assert post(client, "/score", [[1, 1, 1, 1]], **{"X-User-Id": "\x01"}).status_code == 200  # not read
+            assert post(client, "/ascore", [[1, 1, 1, 1]], **{"X-Request-Timeout-Ms": "0"}).status_code == 200
+        finally:
+            reset_server()
 
 
 @pytest.mark.django_db

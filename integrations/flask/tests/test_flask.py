@@ -195,12 +195,47 @@ def test_the_tightest_budget_wins(repository: Path) -> None:
         Inprocserve.close(tight)
 
 
-def test_predict_needs_no_request_when_context_and_budget_are_given(app: Flask) -> None:
-    with app.app_context():  # a CLI command or a job: no HTTP request to read the user or deadline from
-        result = predict("scale", {"x": [[1, 1, 1, 1]]}, context={"user_id": "job"}, timeout_s=None)
-        assert result.version == 2
-        with pytest.raises(RuntimeError, match="request context"):
-            predict("scale", {"x": [[1, 1, 1, 1]]})
+def test_predict_needs_no_request_when_context_and_budget_are_given(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_CONTEXT=lambda: {"user_id": "job-7"})
+    try:
+        with app.app_context():  # a CLI command or a job: no HTTP request to read the user or deadline from
+            given = predict("scale", {"x": [[1, 1, 1, 1]]}, context={"user_id": "job"}, timeout_s=None)
+            assert given.version == 2
+            # the app's own context callable reads no request either: only the budget is given
+            assert predict("scale", {"x": [[1, 1, 1, 1]]}, timeout_s=5.0).version == 2
+            with pytest.raises(RuntimeError, match="request context"):
+                predict("scale", {"x": [[1, 1, 1, 1]]})  # the budget needs the request's deadline header
+    finally:
+        Inprocserve.close(app)
+
+
+def test_a_header_setting_of_none_turns_that_header_off(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_USER_HEADER=None, INPROCSERVE_DEADLINE_HEADER=None)
+    try:
+        with app.test_request_context("/score", headers={"X-User-Id": "someone"}):
+            assert default_context() == {}
+        spent = {"X-Request-Timeout-Ms": "0"}  # not read
+        assert app.test_client().post("/score", json={"rows": [[1, 1, 1, 1]]}, headers=spent).status_code == 200
+    finally:
+        Inprocserve.close(app)
+    with pytest.raises(inprocserve.ConfigurationError, match="header name or None"):
+        make_app(repository, INPROCSERVE_USER_HEADER=42)
+
+
+def test_the_deadline_header_counts_from_the_start_of_the_request_without_the_endpoints(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_ENDPOINTS=False)
+
+    @app.post("/late")
+    def late() -> Any:
+        time.sleep(0.05)  # work before the prediction spends the caller's budget
+        return {"y": predict("scale", {"x": [[1, 1, 1, 1]]})["y"].tolist()}
+
+    try:
+        client = app.test_client()
+        assert client.post("/late", headers={"X-Request-Timeout-Ms": "20"}).status_code == 504
+        assert client.post("/late", headers={"X-Request-Timeout-Ms": "60000"}).status_code == 200
+    finally:
+        Inprocserve.close(app)
 
 
 def test_health_ready_and_models_endpoints(app: Flask) -> None:

@@ -99,6 +99,15 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     id="inprocserve.E002",
                 )
             )
+    for name in ("USER_HEADER", "DEADLINE_HEADER"):
+        if config[name] is not None and not isinstance(config[name], str):
+            messages.append(
+                Error(
+                    f"INPROCSERVE['{name}'] is {config[name]!r}: a header name (a string) or None is expected.",
+                    hint="Name the request header to read, such as 'X-User-Id', or None to read none.",
+                    id="inprocserve.E009",
+                )
+            )
     if config["STATUS_PAGE"] and not (isinstance(config["STATUS_PAGE_TOKEN"], str) and config["STATUS_PAGE_TOKEN"]):
         messages.append(
             Error(
@@ -108,25 +117,4 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="inprocserve.E007",
             )
         )
-    messages.extend(_check_middleware_order())
     return messages
-
-
-_OURS = "inprocserve_django.middleware.InprocserveMiddleware"
-_AUTH = "django.contrib.auth.middleware.AuthenticationMiddleware"
-
-
-def _check_middleware_order() -> list[Any]:
-    from django.conf import settings as django_settings
-
-    middleware = list(getattr(django_settings, "MIDDLEWARE", None) or [])
-    if _OURS in middleware and _AUTH in middleware and middleware.index(_OURS) < middleware.index(_AUTH):
-        return [
-            Warning(
-                "InprocserveMiddleware comes before AuthenticationMiddleware.",
-                hint="Move it after AuthenticationMiddleware in MIDDLEWARE, so that the logged-in user (not only "
-                "the X-User-Id header) decides canary and A/B assignment.",
-                id="inprocserve.W003",
-            )
-        ]
-    return []

@@ -27,7 +27,8 @@ def error_response(error: Exception) -> HttpResponse | None:
 
 
 class InprocserveMiddleware:
-    """Works in sync and async stacks. Place it after ``AuthenticationMiddleware`` so the user is known."""
+    """Works in sync and async stacks, anywhere in ``MIDDLEWARE`` (the user is read when a view predicts);
+    early is best, since the deadline header's budget counts from when it sees the request."""
 
     sync_capable = True
     async_capable = True

@@ -7,6 +7,7 @@ import time
 from functools import lru_cache
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 
 import inprocserve
@@ -63,14 +64,37 @@ def request_context(request: HttpRequest) -> dict[str, Any]:
     return dict(context)
 
 
+async def arequest_context(request: HttpRequest) -> dict[str, Any]:
+    """:func:`request_context` for async views: the user is loaded with ``request.auser()`` (Django 5.0+; a
+    session read on the event loop's thread raises ``SynchronousOnlyOperation``), or in a thread before 5.0."""
+    context = getattr(request, "inprocserve_context", None)
+    if context is None:
+        auser = getattr(request, "auser", None)  # (set by AuthenticationMiddleware)
+        if auser is not None:
+            context = context_of(await auser(), request)
+        elif hasattr(request, "user"):
+            context = await sync_to_async(derive_context)(request)
+        else:
+            context = derive_context(request)
+        request.inprocserve_context = context  # type: ignore[attr-defined]
+    return dict(context)
+
+
 def derive_context(request: HttpRequest) -> dict[str, Any]:
     """The logged-in user's pk, else the user header."""
-    user = getattr(request, "user", None)
+    return context_of(getattr(request, "user", None), request)
+
+
+def context_of(user: Any, request: HttpRequest) -> dict[str, Any]:
+    """The context of ``user`` (``None`` without authentication), else of the request's user header."""
     if user is not None and getattr(user, "is_authenticated", False):
         return {"user_id": str(user.pk)}
     name = settings()["USER_HEADER"]
+    key = meta_key(name)
+    if key is None:  # USER_HEADER = None: not read
+        return {}
     # (read from META: request.headers builds a mapping of every header on first use)
-    user_id = inprocserve.parse_user_id(request.META.get(meta_key(name)), header=name)  # 400 when malformed
+    user_id = inprocserve.parse_user_id(request.META.get(key), header=name)  # 400 when malformed
     return {"user_id": user_id} if user_id is not None else {}
 
 
@@ -80,8 +104,9 @@ def remaining_budget(request: HttpRequest) -> float | None:
     config = settings()
     budget: float | None = config["TIMEOUT_S"]
     header = config["DEADLINE_HEADER"]
+    key = meta_key(header)
     # a malformed value raises InvalidInputError (a 400 naming the header), never a 500
-    milliseconds = inprocserve.parse_timeout_ms(request.META.get(meta_key(header)), header=header)
+    milliseconds = None if key is None else inprocserve.parse_timeout_ms(request.META.get(key), header=header)
     if milliseconds is not None:
         now = time.monotonic()
         left = milliseconds / 1000 - (now - getattr(request, "_inprocserve_started", now))
@@ -89,9 +114,18 @@ def remaining_budget(request: HttpRequest) -> float | None:
     return budget
 
 
+def meta_key(header: str | None) -> str | None:
+    """Where Django keeps request header ``header`` in ``request.META`` (what ``request.headers`` reads);
+    ``None`` for no header (a setting of ``None`` or ``""``: the header is not read)."""
+    if not header:
+        return None
+    if not isinstance(header, str):  # (system check inprocserve.E009 reports it at start-up)
+        raise inprocserve.ConfigurationError(f"a header setting must be a header name or None, not {header!r}")
+    return _meta_key(header)
+
+
 @lru_cache(maxsize=64)
-def meta_key(header: str) -> str:
-    """Where Django keeps request header ``header`` in ``request.META`` (what ``request.headers`` reads)."""
+def _meta_key(header: str) -> str:
     key = header.upper().replace("-", "_")
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
 
@@ -99,6 +133,10 @@ def meta_key(header: str) -> str:
 def _kwargs(request: HttpRequest, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if "context" not in kwargs:
         kwargs["context"] = request_context(request)
+    return _with_budget(request, model, kwargs)
+
+
+def _with_budget(request: HttpRequest, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if "timeout_s" not in kwargs:
         budget = remaining_budget(request)
         if budget is not None and budget <= 0:
@@ -116,4 +154,6 @@ def predict(request: HttpRequest, model: str, inputs: Any, **kwargs: Any) -> inp
 
 async def apredict(request: HttpRequest, model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
     """``server.apredict`` for async views: awaits on the view's event loop, never blocks it."""
-    return await get_server().apredict(model, inputs, **_kwargs(request, model, kwargs))
+    if "context" not in kwargs:
+        kwargs["context"] = await arequest_context(request)
+    return await get_server().apredict(model, inputs, **_with_budget(request, model, kwargs))

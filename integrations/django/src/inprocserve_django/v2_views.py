@@ -2,8 +2,8 @@
 ``path("", include("inprocserve_django.v2_urls"))``.
 
 The protocol itself lives in :mod:`inprocserve.v2`; this view only adapts Django's request to it and
-fills in the request's rollout context (the middleware's, or the logged-in user / user header) and its
-time budget (the deadline header, ``TIMEOUT_S``).
+fills in the request's rollout context (the logged-in user, else the user header) and its time budget (the
+deadline header, ``TIMEOUT_S``).
 """
 
 from __future__ import annotations

@@ -84,9 +84,9 @@ class _State:
         # read on every predict: the settings, and the WSGI environ keys of the two headers, resolved once
         self.make_context: Callable[[], Mapping[str, Any]] | None = self.config["INPROCSERVE_CONTEXT"] or None
         self.default_timeout_s: float | None = self.config["INPROCSERVE_TIMEOUT_S"]
-        self.user_header: str = self.config["INPROCSERVE_USER_HEADER"]
+        self.user_header: str | None = self.config["INPROCSERVE_USER_HEADER"]
         self.user_key = _environ_key(self.user_header)
-        self.deadline_header: str = self.config["INPROCSERVE_DEADLINE_HEADER"]
+        self.deadline_header: str | None = self.config["INPROCSERVE_DEADLINE_HEADER"]
         self.deadline_key = _environ_key(self.deadline_header)
 
     @property
@@ -140,6 +140,7 @@ class Inprocserve:
             app.config.setdefault(key, value)
         state = _State(app)
         app.extensions[_EXTENSION] = state
+        app.before_request(_note_start)  # the deadline header's budget counts from here
         if app.config["INPROCSERVE_ERROR_HANDLERS"]:
             overrides = dict(app.config["INPROCSERVE_ERROR_STATUS"])
             handler = _error_handler({**ERROR_STATUS, **overrides}, app.config["INPROCSERVE_RETRY_AFTER_S"])
@@ -202,15 +203,24 @@ def _default_context(state: _State, environ: Mapping[str, Any]) -> dict[str, Any
 
         if current_user.is_authenticated:
             user_id = current_user.get_id()
-    if user_id is None:
-        user_id = inprocserve.parse_user_id(environ.get(state.user_key), header=state.user_header)
+    if user_id is None and state.user_key is not None:
+        user_id = inprocserve.parse_user_id(environ.get(state.user_key), header=state.user_header or "")
     return {} if user_id is None else {"user_id": str(user_id)}
 
 
-def _environ_key(header: str) -> str:
-    """Where a WSGI server puts request header ``header`` in the environ (what werkzeug's headers read)."""
+def _environ_key(header: str | None) -> str | None:
+    """Where a WSGI server puts request header ``header`` in the environ (what werkzeug's headers read);
+    ``None`` for no header (a setting of ``None`` or ``""``: the header is not read)."""
+    if not header:
+        return None
+    if not isinstance(header, str):
+        raise inprocserve.ConfigurationError(f"a header setting must be a header name or None, not {header!r}")
     key = header.upper().replace("-", "_")
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+
+def _note_start() -> None:
+    request.environ[_REQUEST_STARTED] = time.monotonic()
 
 
 def timeout(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -236,8 +246,11 @@ def _remaining_budget() -> float | None:
 
 def _budget(state: _State, environ: Mapping[str, Any]) -> float | None:
     budget = state.default_timeout_s
-    # a malformed value raises InvalidInputError (a 400 naming the header), never a 500
-    milliseconds = inprocserve.parse_timeout_ms(environ.get(state.deadline_key), header=state.deadline_header)
+    milliseconds = None
+    if state.deadline_key is not None:
+        # a malformed value raises InvalidInputError (a 400 naming the header), never a 500
+        value = environ.get(state.deadline_key)
+        milliseconds = inprocserve.parse_timeout_ms(value, header=state.deadline_header or "")
     view_deadline = environ.get(_VIEW_DEADLINE)
     if milliseconds is None and view_deadline is None:
         return budget
@@ -257,15 +270,12 @@ def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
         inprocserve.DeadlineExceededError: the request's budget is already spent (then nothing runs).
         Anything ``Server.predict`` raises; with the default error handlers they become HTTP responses.
     """
-    state = _state()
-    if "context" in kwargs and "timeout_s" in kwargs:  # (then an app context is enough: no request is read)
-        return state.holder.get().predict(model, inputs, **kwargs)
-    environ = request.environ
+    state = _state()  # (the request is read only for what is not given: an app context may be enough)
     if "context" not in kwargs:
         make_context = state.make_context
-        kwargs["context"] = make_context() if make_context is not None else _default_context(state, environ)
+        kwargs["context"] = make_context() if make_context is not None else _default_context(state, request.environ)
     if "timeout_s" not in kwargs:
-        budget = _budget(state, environ)
+        budget = _budget(state, request.environ)
         if budget is not None and budget <= 0:
             raise inprocserve.DeadlineExceededError(
                 f"model {model!r}: the request's time budget was spent before predict", model=model
@@ -294,10 +304,6 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
 
     def authorized() -> bool:
         return web.check_token(request.headers.get("Authorization"), token)
-
-    @blueprint.before_app_request
-    def note_start() -> None:
-        request.environ[_REQUEST_STARTED] = time.monotonic()
 
     @blueprint.get("/health")
     def health() -> Any:
