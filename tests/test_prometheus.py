@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 import inprocserve
+from inprocserve._telemetry import DURATION_BUCKETS_S
 from inprocserve.testing import save_model
 
 from .conftest import build_busy_model
@@ -249,11 +250,14 @@ def test_prometheus_p99_agrees_with_the_callers_p99(prometheus: Prometheus, app:
     lowest = max(measured_p99 - sys.getswitchinterval(), measured_p99 / 5) / 2
     assert lowest <= estimated_p99 <= measured_p99 * 2, (estimated_p99, measured_p99)
     print(f"p99 of {len(latencies)} calls: callers {measured_p99:.5f} s, Prometheus {estimated_p99:.5f} s")
-    # The rate over the load, as the alert rules compute it, reads the same.
+    # The rate over the load, as the alert rules compute it, reads the same, up to one bucket: rate()
+    # extrapolates each bucket's increase over the window on its own, which can move the rank across the
+    # boundary above the true p99 (a run read 19.2 ms against the callers' 9.4 ms: the 10-20 ms bucket).
     windowed_p99 = prometheus.scalar(
         f"histogram_quantile(0.99, sum by (le) (rate(inprocserve_request_duration_seconds_bucket{{{ok}}}[1m])))"
     )
-    assert windowed_p99 is not None and lowest <= windowed_p99 <= measured_p99 * 2
+    one_bucket_up = min(b for b in DURATION_BUCKETS_S if b >= measured_p99 * 2)
+    assert windowed_p99 is not None and lowest <= windowed_p99 <= one_bucket_up, (windowed_p99, measured_p99)
 
     # The shipped rules stay quiet on the healthy model, though 5 % of its requests were the callers' mistakes
     # (a rule counting every failed request as an error, as before, would fire); the error rule's condition
