@@ -8,6 +8,7 @@ each turns the typed results below into its framework's responses.
 * :func:`run_admin_action`, :func:`admin_answer`: the admin endpoints (reload, switch, rollback, canary,
   kill, resume) with their JSON bodies checked, since they come from the network.
 * :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
+* :func:`environ_key`: where a request header is in a WSGI environ (and Django's ``request.META``).
 * :class:`ProcessLocalServer`: one lazily built server per process, rebuilt in a forked child.
 
 ::
@@ -58,6 +59,7 @@ __all__ = [
     "Readiness",
     "admin_answer",
     "check_token",
+    "environ_key",
     "error_answer",
     "error_code",
     "http_status",
@@ -367,6 +369,22 @@ def _supplied_token(authorization: str, *, basic: bool) -> bytes:
 
 
 # -- one server per process ------------------------------------------------------------------------------
+
+
+def environ_key(header: str | None) -> str | None:
+    """Where a WSGI server (and Django, in ``request.META``) keeps request header ``header``: what werkzeug's
+    and Django's ``request.headers`` read, without the mapping they build per request. ``None`` for no header
+    (a header setting of ``None`` or ``""``: that header is not read).
+
+    Raises:
+        ConfigurationError: ``header`` is neither a string nor ``None``.
+    """
+    if not header:
+        return None
+    if not isinstance(header, str):
+        raise ConfigurationError(f"a header setting must be a header name or None, not {header!r}")
+    key = header.upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
 
 
 class ProcessLocalServer:

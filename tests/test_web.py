@@ -329,3 +329,16 @@ def test_a_forked_child_builds_its_own_even_while_the_parent_was_building(
         release.set()
         builder.join(timeout=30)
     assert holder.started and holder.get().readiness().ready
+
+
+def test_environ_key_finds_a_header_where_wsgi_and_django_keep_it() -> None:
+    from werkzeug.datastructures import EnvironHeaders
+
+    environ = {"HTTP_X_USER_ID": "u-1", "CONTENT_TYPE": "application/json", "HTTP_X_REQUEST_TIMEOUT_MS": "250"}
+    headers = EnvironHeaders(environ)  # what Flask's request.headers reads
+    for name in ("X-User-Id", "x-user-id", "Content-Type", "X-Request-Timeout-Ms", "X-Missing"):
+        key = web.environ_key(name)
+        assert key is not None and environ.get(key) == headers.get(name), name
+    assert web.environ_key(None) is None and web.environ_key("") is None  # that header is not read
+    with pytest.raises(inprocserve.ConfigurationError, match="header name or None"):
+        web.environ_key(42)  # type: ignore[arg-type]

@@ -115,19 +115,15 @@ def remaining_budget(request: HttpRequest) -> float | None:
 
 
 def meta_key(header: str | None) -> str | None:
-    """Where Django keeps request header ``header`` in ``request.META`` (what ``request.headers`` reads);
-    ``None`` for no header (a setting of ``None`` or ``""``: the header is not read)."""
-    if not header:
-        return None
-    if not isinstance(header, str):  # (system check inprocserve.E009 reports it at start-up)
-        raise inprocserve.ConfigurationError(f"a header setting must be a header name or None, not {header!r}")
-    return _meta_key(header)
+    """Where Django keeps request header ``header`` in ``request.META`` (:func:`inprocserve.web.environ_key`;
+    a non-string setting raises ``ConfigurationError``, which system check inprocserve.E009 reports at
+    start-up)."""
+    return web.environ_key(header) if not isinstance(header, str) else _meta_key(header)
 
 
 @lru_cache(maxsize=64)
-def _meta_key(header: str) -> str:
-    key = header.upper().replace("-", "_")
-    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+def _meta_key(header: str) -> str | None:
+    return web.environ_key(header)
 
 
 def _kwargs(request: HttpRequest, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -85,9 +85,9 @@ class _State:
         self.make_context: Callable[[], Mapping[str, Any]] | None = self.config["INPROCSERVE_CONTEXT"] or None
         self.default_timeout_s: float | None = self.config["INPROCSERVE_TIMEOUT_S"]
         self.user_header: str | None = self.config["INPROCSERVE_USER_HEADER"]
-        self.user_key = _environ_key(self.user_header)
+        self.user_key = web.environ_key(self.user_header)
         self.deadline_header: str | None = self.config["INPROCSERVE_DEADLINE_HEADER"]
-        self.deadline_key = _environ_key(self.deadline_header)
+        self.deadline_key = web.environ_key(self.deadline_header)
 
     @property
     def server(self) -> inprocserve.Server:
@@ -208,17 +208,6 @@ def _default_context(state: _State, environ: Mapping[str, Any]) -> dict[str, Any
     return {} if user_id is None else {"user_id": str(user_id)}
 
 
-def _environ_key(header: str | None) -> str | None:
-    """Where a WSGI server puts request header ``header`` in the environ (what werkzeug's headers read);
-    ``None`` for no header (a setting of ``None`` or ``""``: the header is not read)."""
-    if not header:
-        return None
-    if not isinstance(header, str):
-        raise inprocserve.ConfigurationError(f"a header setting must be a header name or None, not {header!r}")
-    key = header.upper().replace("-", "_")
-    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
-
-
 def _note_start() -> None:
     request.environ[_REQUEST_STARTED] = time.monotonic()
 
@@ -270,12 +259,17 @@ def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
         inprocserve.DeadlineExceededError: the request's budget is already spent (then nothing runs).
         Anything ``Server.predict`` raises; with the default error handlers they become HTTP responses.
     """
-    state = _state()  # (the request is read only for what is not given: an app context may be enough)
+    state = _state()
+    environ = None  # the request's, read only for what is not given: an app context may be enough
     if "context" not in kwargs:
         make_context = state.make_context
-        kwargs["context"] = make_context() if make_context is not None else _default_context(state, request.environ)
+        if make_context is not None:
+            kwargs["context"] = make_context()
+        else:
+            environ = request.environ
+            kwargs["context"] = _default_context(state, environ)
     if "timeout_s" not in kwargs:
-        budget = _budget(state, request.environ)
+        budget = _budget(state, request.environ if environ is None else environ)
         if budget is not None and budget <= 0:
             raise inprocserve.DeadlineExceededError(
                 f"model {model!r}: the request's time budget was spent before predict", model=model
