@@ -368,7 +368,7 @@ def _supplied_token(authorization: str, *, basic: bool) -> bytes:
     return b""
 
 
-# -- one server per process ------------------------------------------------------------------------------
+# -- request headers -------------------------------------------------------------------------------------
 
 
 def environ_key(header: str | None) -> str | None:
@@ -379,12 +379,15 @@ def environ_key(header: str | None) -> str | None:
     Raises:
         ConfigurationError: ``header`` is neither a string nor ``None``.
     """
-    if not header:
+    if header is None or header == "":
         return None
-    if not isinstance(header, str):
+    if not isinstance(header, str):  # (0, [] and the like too: only None and "" mean "not read")
         raise ConfigurationError(f"a header setting must be a header name or None, not {header!r}")
     key = header.upper().replace("-", "_")
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+
+# -- one server per process ------------------------------------------------------------------------------
 
 
 class ProcessLocalServer:

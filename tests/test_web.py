@@ -340,5 +340,6 @@ def test_environ_key_finds_a_header_where_wsgi_and_django_keep_it() -> None:
         key = web.environ_key(name)
         assert key is not None and environ.get(key) == headers.get(name), name
     assert web.environ_key(None) is None and web.environ_key("") is None  # that header is not read
-    with pytest.raises(inprocserve.ConfigurationError, match="header name or None"):
-        web.environ_key(42)  # type: ignore[arg-type]
+    for wrong in (42, 0, []):  # only None and "" mean "not read"
+        with pytest.raises(inprocserve.ConfigurationError, match="header name or None"):
+            web.environ_key(wrong)  # type: ignore[arg-type]
