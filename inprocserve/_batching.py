@@ -35,7 +35,17 @@ from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
 from ._handoff import handoff_cost_s
 from ._pool import RunnerPool, keep_inherited
 from ._recorder import Recorder
-from ._request import ABANDONED, DONE, QUEUED, RUNNING, BatchTiming, Finisher, Request, complete_batch
+from ._request import (
+    ABANDONED,
+    CHAIN_CHECK_S,
+    DONE,
+    QUEUED,
+    RUNNING,
+    BatchTiming,
+    Finisher,
+    Request,
+    complete_batch,
+)
 from ._stats import BatchSizeHistogram
 
 __all__ = ["Batcher", "VersionRetiredError"]
@@ -448,15 +458,42 @@ class Batcher:
         Raises:
             DeadlineExceededError: the deadline passed first; the request is withdrawn from the queue,
                 or, if it was already running, its answer is dropped.
+            BaseException: the caller's thread was interrupted while it waited (a signal handler raised,
+                e.g. ``KeyboardInterrupt``); the request is given up the same way, and the callers of its
+                batch are still answered.
         """
         deadline = request.deadline
-        if deadline is None:  # the common case, spelled out: this is the hot path of every predict
-            request.waiter.acquire()
-            if request.baton is not None:
-                request.baton.release()  # wake the next caller of the chain
+        try:
+            if deadline is None:  # the common case, spelled out: this is the hot path of every predict
+                waiter = request.waiter
+                while not waiter.acquire(timeout=CHAIN_CHECK_S):
+                    if request.outputs is not None:  # answered in a batch whose chain broke before it
+                        break
+                if request.baton is not None:
+                    request.baton.release()  # wake the next caller of the chain
+                return
+            if request.wait(deadline - self._clock()):
+                return
+        except BaseException:
+            self.interrupted(request)
+            raise
+        if self._give_up(request):  # answered as the deadline passed: the answer is being handed over now
+            try:
+                request.wait(None)
+            except BaseException:
+                self.interrupted(request)
+                raise
             return
-        if request.wait(deadline - self._clock()):
-            return
+        raise DeadlineExceededError(
+            f"model {self.model!r} version {self.version}: no answer within the request's deadline",
+            model=self.model,
+            version=self.version,
+        )
+
+    def _give_up(self, request: Request) -> bool:
+        """A synchronous caller stops waiting for ``request``: a queued one is withdrawn, a running one is
+        marked abandoned (its answer is dropped, and it takes no part in its batch's chain of wakes).
+        Returns True, having changed nothing, if it was answered already (its answer is being handed over)."""
         with self._lock:
             state = request.state
             if state == QUEUED:
@@ -466,14 +503,14 @@ class Batcher:
                 self._notify_if_drained()
             if state != DONE:
                 request.state = ABANDONED
-        if state == DONE:  # answered as the deadline passed: the answer is being handed over right now
-            request.wait(None)
-            return
-        raise DeadlineExceededError(
-            f"model {self.model!r} version {self.version}: no answer within the request's deadline",
-            model=self.model,
-            version=self.version,
-        )
+        return state == DONE
+
+    def interrupted(self, request: Request) -> None:
+        """The caller's thread was interrupted while it waited: give the request up. If it was answered
+        already and the caller before it in its chain woke it, wake the next one now (otherwise the next
+        one finds its answer on its own within ``CHAIN_CHECK_S``)."""
+        if self._give_up(request) and request.baton is not None and request.waiter.acquire(blocking=False):
+            request.baton.release()
 
     # -- workers -----------------------------------------------------------------------------------------
 

@@ -173,16 +173,22 @@ class Sharing:
         Raises:
             DeadlineExceededError: the deadline passed first (a re-run it got meanwhile is withdrawn).
         """
-        timeout = -1.0 if request.deadline is None else max(request.deadline - self._clock(), 0.0)
-        answered = request.waiter.acquire(timeout=timeout)
+        try:  # (answered by a batch after a re-run, it wakes the next caller of the batch's chain)
+            answered = request.wait(None if request.deadline is None else request.deadline - self._clock())
+        except BaseException:  # its thread was interrupted: nobody waits for it any more
+            with self._lock:
+                requeued = id(request) in self._requeued
+                self._waiting.discard(id(request))
+                self._requeued.discard(id(request))
+            if requeued:  # re-run meanwhile: the batcher withdraws it, or drops it from its batch's chain
+                batcher.interrupted(request)
+            raise
         with self._lock:
             waiting = id(request) in self._waiting
             requeued = id(request) in self._requeued
             self._waiting.discard(id(request))
             self._requeued.discard(id(request))
         if answered:
-            if request.baton is not None:  # answered by a batch after a re-run: wake the next caller
-                request.baton.release()
             return
         if requeued:
             batcher.wait(request)  # re-run meanwhile: the batcher withdraws it, or it was just answered

@@ -14,6 +14,7 @@ and a tuple's construction costs a fraction of a dataclass's, with the same name
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -43,6 +44,11 @@ __all__ = [
 # gave up at its deadline (its answer is then dropped). Only the batcher moves them, under its lock.
 QUEUED, RUNNING, DONE, ABANDONED = range(4)
 _allocate_lock = threading.Lock
+# How often a synchronous caller that nobody woke checks whether its answer is in anyway. The callers of a
+# batch are woken as a chain (see complete_batch); a caller whose thread is interrupted (a signal handler
+# raising KeyboardInterrupt or SystemExit in the main thread) just after its batch was answered never wakes
+# the next one, which then finds its answer on its own at its next check, and wakes the rest.
+CHAIN_CHECK_S = 0.25
 
 
 class Route(NamedTuple):
@@ -140,11 +146,23 @@ class Request:
 
     def wait(self, timeout_s: float | None) -> bool:
         """Block the synchronous caller until the answer is in (True) or ``timeout_s`` passed (False);
-        once awake, wake the next caller of its batch's chain."""
+        once awake, wake the next caller of its batch's chain. A caller that nobody wakes (the one before it
+        in the chain was interrupted) finds its answer within ``CHAIN_CHECK_S`` of it being in."""
+        waiter = self.waiter
         if timeout_s is None:
-            self.waiter.acquire()
-        elif timeout_s <= 0 or not self.waiter.acquire(timeout=timeout_s):
-            return False
+            while not waiter.acquire(timeout=CHAIN_CHECK_S):
+                if self.outputs is not None:  # answered in a batch: its chain broke before this caller
+                    break
+        else:
+            if timeout_s <= 0:
+                return False
+            ends_at = time.monotonic() + timeout_s
+            while not waiter.acquire(timeout=min(timeout_s, CHAIN_CHECK_S)):
+                if self.outputs is not None:
+                    break
+                timeout_s = ends_at - time.monotonic()
+                if timeout_s <= 0:
+                    return False
         if self.baton is not None:
             self.baton.release()
         return True
@@ -216,9 +234,9 @@ def complete_batch(requests: Sequence[Request], results: Sequence[dict[str, Any]
     waiters: list[Request] = []
     futures: list[Request] = []
     for request, outputs in zip(requests, results, strict=True):
-        request.outputs = outputs
         request.error = None
         request.state = DONE
+        request.outputs = outputs  # last: a caller that nobody woke reads it as "answered" (Request.wait)
         (futures if request.future is not None else waiters).append(request)
     if waiters:
         for index in range(len(waiters) - 1):

@@ -1,0 +1,189 @@
+"""A synchronous caller whose thread is interrupted while it waits (a signal handler raising in the main
+thread: Ctrl-C's ``KeyboardInterrupt``, ``SystemExit`` from a ``SIGTERM`` handler) must leave the other
+callers of its batch answered. The callers of a batch are woken as a chain, each waking the next: a link
+that never wakes would leave every caller after it blocked for good, and a process that joins its threads
+at exit hanging.
+
+Real signals, real onnxruntime: the test's main thread is interrupted by ``SIGUSR1`` while it waits in
+``predict``, the way Ctrl-C reaches a script that predicts from its main thread and from a pool of threads.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import _batching, _request
+from inprocserve._request import Request, complete_batch
+from inprocserve._rollout import Decision
+
+from .conftest import BUSY_WIDTH, ServerFactory, busy_inputs, version_status, wait_until
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals (pthread_kill)")
+
+
+class Interrupted(BaseException):
+    """What the signal handler raises: a BaseException, like KeyboardInterrupt and SystemExit."""
+
+
+@pytest.fixture
+def interruptible(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # The callers left must be answered by the interrupted caller's own clean-up, not by their periodic
+    # check for a chain that broke (test_a_chain_whose_link_never_wakes... covers that): make it too slow.
+    monkeypatch.setattr(_request, "CHAIN_CHECK_S", 120.0)
+    monkeypatch.setattr(_batching, "CHAIN_CHECK_S", 120.0)
+
+    def raise_interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def interrupt_main_thread() -> None:
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)  # type: ignore[arg-type]
+
+
+class GatedRuns:
+    """Holds each run of the version whose row count is in ``hold`` until :meth:`open` is called for that
+    count (so a test decides when the runner is busy and what runs together); records every run's rows."""
+
+    def __init__(self, server: inprocserve.Server, model: str, hold: tuple[int, ...]) -> None:
+        batcher = server._registry.routes[model].default.batcher
+        assert batcher is not None
+        execution = batcher._execution
+        run = execution._run_batch
+        self.rows: list[int] = []
+        self.started = {rows: threading.Event() for rows in hold}
+        self._gates = {rows: threading.Event() for rows in hold}
+
+        def gated(runner: Any, arrays: dict[str, Any], **kwargs: Any) -> Any:
+            rows = len(next(iter(arrays.values())))
+            self.rows.append(rows)
+            if rows in self._gates:
+                self.started[rows].set()
+                assert self._gates[rows].wait(30), "the test never opened the gate"
+            return run(runner, arrays, **kwargs)
+
+        execution._run_batch = gated
+
+    def open(self, rows: int) -> None:
+        self._gates[rows].set()
+
+    def open_all(self) -> None:
+        for gate in self._gates.values():
+            gate.set()
+
+
+def predict_in_threads(server: inprocserve.Server, count: int) -> tuple[list[threading.Thread], list[Any]]:
+    answers: list[Any] = []
+
+    def call(index: int) -> None:
+        answers.append(server.predict("busy", busy_inputs(1, index=index)))
+
+    threads = [threading.Thread(target=call, args=(index % 2,), daemon=True) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads, answers
+
+
+def assert_answered(threads: list[threading.Thread], answers: list[Any]) -> None:
+    for thread in threads:
+        thread.join(timeout=20)
+    assert not any(thread.is_alive() for thread in threads), "a caller of the interrupted caller's batch hangs"
+    assert len(answers) == len(threads)
+    for answer in answers:
+        assert answer["picked"].shape == (1, 2)
+
+
+def test_a_caller_interrupted_while_queued_is_withdrawn_and_its_companions_are_answered(
+    interruptible: None, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository)
+    server.predict("busy", busy_inputs(1))  # adopt the runner
+    runs = GatedRuns(server, "busy", hold=(50,))
+    try:
+        blocker = server.submit("busy", busy_inputs(50))  # the only runner is busy until the gate opens
+        assert runs.started[50].wait(30)
+        companions: list[Any] = []
+
+        def orchestrate() -> None:  # once this thread's request is queued, two more join it, then Ctrl-C
+            wait_until(lambda: version_status(server, "busy")["queued_rows"] == 1)
+            companions.extend(predict_in_threads(server, 2))
+            wait_until(lambda: version_status(server, "busy")["queued_rows"] == 3)
+            interrupt_main_thread()
+
+        orchestrator = threading.Thread(target=orchestrate, daemon=True)
+        orchestrator.start()
+        with pytest.raises(Interrupted):
+            server.predict("busy", busy_inputs(1))  # first in the queue: first of its batch's chain
+        orchestrator.join(timeout=20)
+        assert version_status(server, "busy")["queued_rows"] == 2  # withdrawn, not run for nobody
+    finally:
+        runs.open_all()
+    assert blocker.result(timeout=30)["y"].shape == (50, BUSY_WIDTH)
+    assert_answered(*companions)
+    assert runs.rows[-1] == 2  # the companions ran together, without the interrupted caller's row
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+
+
+def test_a_caller_interrupted_while_its_batch_runs_leaves_the_chain(
+    interruptible: None, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository)
+    server.predict("busy", busy_inputs(1))
+    runs = GatedRuns(server, "busy", hold=(50, 3))
+    try:
+        blocker = server.submit("busy", busy_inputs(50))
+        assert runs.started[50].wait(30)
+        companions: list[Any] = []
+
+        def orchestrate() -> None:  # three requests queue, the blocker ends, their batch starts: Ctrl-C
+            wait_until(lambda: version_status(server, "busy")["queued_rows"] == 1)
+            companions.extend(predict_in_threads(server, 2))
+            wait_until(lambda: version_status(server, "busy")["queued_rows"] == 3)
+            runs.open(50)
+            assert runs.started[3].wait(30)
+            interrupt_main_thread()
+
+        orchestrator = threading.Thread(target=orchestrate, daemon=True)
+        orchestrator.start()
+        with pytest.raises(Interrupted):
+            server.predict("busy", busy_inputs(1))  # first of the batch of three: first of its chain
+        orchestrator.join(timeout=20)
+    finally:
+        runs.open_all()
+    assert blocker.result(timeout=30)["y"].shape == (50, BUSY_WIDTH)
+    assert_answered(*companions)
+    assert runs.rows[-1] == 3  # it ran with its batch; its answer is dropped
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+
+
+def make_request() -> Request:
+    route = _request.Route("m", 1, "stable", "test", "r1", [], Decision(1, "stable", "test"))
+    return Request({"x": np.zeros((1, 2), np.float32)}, 1, route, None, None)
+
+
+def test_a_chain_whose_link_never_wakes_still_answers_the_callers_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The narrowest case: the interruption lands after the batch was answered and before the caller woke
+    # the next one. Nobody can wake the rest, so each finds its answer on its own check.
+    monkeypatch.setattr(_request, "CHAIN_CHECK_S", 0.01)
+    requests = [make_request() for _ in range(3)]
+    complete_batch(requests, [{"i": index} for index in range(3)])
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda r=r: results.append(r.wait(None) and r.outputs)) for r in requests[1:]]
+    for thread in threads:  # requests[0]'s caller was interrupted: it never waits, so it never wakes requests[1]
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert sorted(result["i"] for result in results) == [1, 2]
