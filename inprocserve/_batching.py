@@ -307,11 +307,15 @@ class Batcher:
         lock round trip for all the bookkeeping), then answer it."""
         execution = self._execution
         if not execution.runs_alone(request):  # a large request runs in slices, like a worker's batch
+            answered = False
             try:
                 execution.execute(runner, [request], inline=True)
-            finally:
+                answered = True
+            finally:  # also when the caller's thread is interrupted between two slices
                 with self._lock:
                     self._give_back(runner)
+                    if not answered and request.state != DONE:  # never answered: no longer counted in flight
+                        self._count_finished(request, ran=False)
             return
         outputs: dict[str, Any] | None = None
         error: BaseException | None = None

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import inprocserve
+from inprocserve import BatchingConfig, ModelConfig
 from inprocserve import _batching, _request
 from inprocserve._request import Request, complete_batch
 from inprocserve._rollout import Decision
@@ -187,3 +188,31 @@ def test_a_chain_whose_link_never_wakes_still_answers_the_callers_after_it(monke
     for thread in threads:
         thread.join(timeout=20)
     assert sorted(result["i"] for result in results) == [1, 2]
+
+
+def test_a_large_request_interrupted_between_its_slices_is_no_longer_counted(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    # A request larger than max_batch_size, on an idle server, runs in slices on its caller's thread. Ctrl-C
+    # between two slices must give back its count too: a request counted in flight for good makes close()
+    # wait its whole timeout, and a hot reload wait for its version to drain forever.
+    server = make_server(scale_repository, config=ModelConfig(batching=BatchingConfig(max_batch_size=2)))
+    server.predict("scale", np.ones((1, 4), np.float32))
+    execution = server._registry.routes["scale"].default.batcher._execution  # type: ignore[union-attr]
+    run = execution._run_batch
+    slices: list[int] = []
+
+    def interrupted_at_the_second_slice(runner: Any, arrays: dict[str, Any], **kwargs: Any) -> Any:
+        slices.append(len(arrays["x"]))
+        if len(slices) == 2:
+            raise Interrupted
+        return run(runner, arrays, **kwargs)
+
+    execution._run_batch = interrupted_at_the_second_slice
+    with pytest.raises(Interrupted):
+        server.predict("scale", np.ones((5, 4), np.float32))
+    assert slices == [2, 2]
+    status = version_status(server, "scale")
+    assert status["in_flight"] == 0 and status["queued_rows"] == 0
+    execution._run_batch = run
+    np.testing.assert_allclose(server.predict("scale", np.ones((5, 4), np.float32))["y"], np.full((5, 4), 2.0))
