@@ -57,8 +57,12 @@ def inputs_key(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 def _leader_only(error: BaseException) -> bool:
-    """Whether ``error`` concerns the leader alone (its caller, deadline or routing), not the inputs."""
-    return isinstance(error, CancelledError | DeadlineExceededError | VersionRetiredError)
+    """Whether ``error`` concerns the leader alone (its caller, deadline or routing), not the inputs. So
+    does anything that is not an ``Exception``: the leader's thread was interrupted (``KeyboardInterrupt``,
+    ``SystemExit``), which followers on other threads must never receive."""
+    return isinstance(error, CancelledError | DeadlineExceededError | VersionRetiredError) or not isinstance(
+        error, Exception
+    )
 
 
 class Coalescer:

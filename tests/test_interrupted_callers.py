@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import BatchingConfig, ModelConfig
-from inprocserve import _batching, _request
+from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _batching, _request
 from inprocserve._request import Request, complete_batch
 from inprocserve._rollout import Decision
 
@@ -86,13 +85,17 @@ class GatedRuns:
             gate.set()
 
 
-def predict_in_threads(server: inprocserve.Server, count: int) -> tuple[list[threading.Thread], list[Any]]:
+def predict_in_threads(
+    server: inprocserve.Server, count: int, *, index: int | None = None
+) -> tuple[list[threading.Thread], list[Any]]:
+    """``count`` threads predicting one row each: all of ``index`` if given, else alternating inputs."""
     answers: list[Any] = []
 
     def call(index: int) -> None:
         answers.append(server.predict("busy", busy_inputs(1, index=index)))
 
-    threads = [threading.Thread(target=call, args=(index % 2,), daemon=True) for index in range(count)]
+    indexes = [index if index is not None else each % 2 for each in range(count)]
+    threads = [threading.Thread(target=call, args=(each,), daemon=True) for each in indexes]
     for thread in threads:
         thread.start()
     return threads, answers
@@ -167,6 +170,37 @@ def test_a_caller_interrupted_while_its_batch_runs_leaves_the_chain(
     assert blocker.result(timeout=30)["y"].shape == (50, BUSY_WIDTH)
     assert_answered(*companions)
     assert runs.rows[-1] == 3  # it ran with its batch; its answer is dropped
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+
+
+def test_the_followers_of_an_interrupted_leader_run_on_their_own(
+    interruptible: None, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    # Identical requests in flight share one run. The leader's interruption is its thread's own: the
+    # followers, on other threads, must not receive its KeyboardInterrupt; they run by themselves.
+    server = make_server(busy_repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True)))
+    server.predict("busy", busy_inputs(1, index=0))
+    runs = GatedRuns(server, "busy", hold=(50,))
+    try:
+        blocker = server.submit("busy", busy_inputs(50))
+        assert runs.started[50].wait(30)
+        followers: list[Any] = []
+
+        def orchestrate() -> None:
+            wait_until(lambda: len(server._sharing) == 1)  # this thread's request leads
+            followers.extend(predict_in_threads(server, 2, index=0))  # the same input: they follow it
+            wait_until(lambda: len(server._sharing._waiting) == 2)
+            interrupt_main_thread()
+
+        orchestrator = threading.Thread(target=orchestrate, daemon=True)
+        orchestrator.start()
+        with pytest.raises(Interrupted):
+            server.predict("busy", busy_inputs(1, index=0))
+        orchestrator.join(timeout=20)
+    finally:
+        runs.open_all()
+    assert blocker.result(timeout=30)["y"].shape == (50, BUSY_WIDTH)
+    assert_answered(*followers)  # an answer each, not the leader's interruption
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
 
 
