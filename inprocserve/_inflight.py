@@ -49,8 +49,15 @@ def inputs_key(arrays: Mapping[str, np.ndarray]) -> bytes:
         digest.update(name.encode())
         digest.update(str(array.dtype).encode())
         digest.update(repr(array.shape).encode())
-        if array.dtype.kind == "O":  # string tensors
-            digest.update("\x1f".join(map(str, array.ravel())).encode())
+        if array.dtype.kind == "O":  # string tensors: each element's kind, length and bytes, so none can
+            for item in array.ravel():  # pass for another (a separator inside a string, bytes against text)
+                if isinstance(item, bytes):
+                    kind, data = b"b", item
+                else:
+                    kind = b"s" if isinstance(item, str) else b"r"
+                    data = (item if isinstance(item, str) else repr(item)).encode("utf-8", "surrogatepass")
+                digest.update(kind + len(data).to_bytes(8, "little"))
+                digest.update(data)
         else:
             digest.update(np.ascontiguousarray(array).data)
     return digest.digest()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import CancelledError
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import pytest
 import inprocserve
 from inprocserve import BatchingConfig, CacheConfig, ModelConfig
 from inprocserve._batching import VersionRetiredError
-from inprocserve._inflight import Coalescer, LeaderGone
+from inprocserve._inflight import Coalescer, LeaderGone, inputs_key
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 
@@ -117,6 +118,30 @@ def test_invalid_input_never_becomes_a_leader(busy_repository: Path, make_server
 # -- the primitive itself ----------------------------------------------------------------------------------
 
 KEY = ("m", 1, b"digest")
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (["a\x1fb", "c"], ["a", "b\x1fc"]),  # a separator inside a string
+        ([b"x"], ["b'x'"]),  # bytes against the text of their repr
+        ([b"x"], ["x"]),  # bytes against text
+        (["ab", ""], ["a", "b"]),
+    ],
+)
+def test_different_string_inputs_never_share_a_key(one: list[Any], other: list[Any]) -> None:
+    # A shared key hands one caller another input's answer (from the cache, or a run in flight).
+    def key(items: list[Any]) -> bytes:
+        return inputs_key({"s": np.array(items, dtype=object)})
+
+    assert key(one) != key(other)
+    assert key(one) == key(list(one))
+
+
+def test_a_string_that_utf8_cannot_encode_still_has_a_key() -> None:
+    lone_surrogate = "\ud800"  # hostile JSON can carry one ("\\ud800"); it must not break the key
+    first = inputs_key({"s": np.array([lone_surrogate], dtype=object)})
+    assert first != inputs_key({"s": np.array(["\ud801"], dtype=object)})
 
 
 def test_release_shares_the_answer_and_frees_the_key() -> None:
