@@ -132,12 +132,13 @@ class Sharing:
         self._deliver = deliver
         self._telemetry = telemetry
         self._clock = clock
-        # Synchronous followers not (yet) queued, by id: their caller waits for them without the batcher,
-        # whose deadline bookkeeping counts queued requests only. The lock orders a follower's re-run
-        # against its caller giving up.
+        # Synchronous followers not (yet) queued: their caller waits for them without the batcher, whose
+        # deadline bookkeeping counts queued requests only. The lock orders a follower's re-run against its
+        # caller giving up. The sets hold the requests themselves (compared by identity), never their ids: an
+        # id outlives its object and may name a later request.
         self._lock = threading.Lock()
-        self._waiting: set[int] = set()
-        self._requeued: set[int] = set()  # synchronous followers queued to run by themselves
+        self._waiting: set[Request] = set()
+        self._requeued: set[Request] = set()  # synchronous followers queued to run by themselves
 
     def __len__(self) -> int:
         """Leaders in flight."""
@@ -169,14 +170,18 @@ class Sharing:
             return False
         if request.future is None:
             with self._lock:
-                self._waiting.add(id(request))
+                self._waiting.add(request)
         leader.add_done_callback(lambda done: self._follow(request, target, done))
         return True
 
     def following(self, request: Request) -> bool:
-        """Whether ``request`` (synchronous) follows a leader and is not queued."""
+        """Whether ``request`` (synchronous) follows a leader and is not queued. If not, its caller waits for
+        it in the batcher (it was queued to run by itself meanwhile, or never followed): it is forgotten here."""
         with self._lock:
-            return id(request) in self._waiting
+            if request in self._waiting:
+                return True
+            self._requeued.discard(request)
+            return False
 
     def wait(self, request: Request, batcher: Batcher) -> None:
         """Block a synchronous follower's caller until it is answered or its deadline passes.
@@ -188,17 +193,17 @@ class Sharing:
             answered = request.wait(None if request.deadline is None else request.deadline - self._clock())
         except BaseException:  # its thread was interrupted: nobody waits for it any more
             with self._lock:
-                requeued = id(request) in self._requeued
-                self._waiting.discard(id(request))
-                self._requeued.discard(id(request))
+                requeued = request in self._requeued
+                self._waiting.discard(request)
+                self._requeued.discard(request)
             if requeued:  # re-run meanwhile: the batcher withdraws it, or drops it from its batch's chain
                 batcher.interrupted(request)
             raise
         with self._lock:
-            waiting = id(request) in self._waiting
-            requeued = id(request) in self._requeued
-            self._waiting.discard(id(request))
-            self._requeued.discard(id(request))
+            waiting = request in self._waiting
+            requeued = request in self._requeued
+            self._waiting.discard(request)
+            self._requeued.discard(request)
         if answered:
             return
         if requeued:
@@ -223,13 +228,13 @@ class Sharing:
         refused: BaseException | None = None
         if request.future is None:
             with self._lock:  # held through the re-run's queueing: its caller sees it queued, or not at all
-                if id(request) not in self._waiting:
+                if request not in self._waiting:
                     return  # its caller gave up at its deadline
-                self._waiting.discard(id(request))
+                self._waiting.discard(request)
                 if rerun:
                     refused = self._queue(request, target)
                     if refused is None:
-                        self._requeued.add(id(request))
+                        self._requeued.add(request)
         elif rerun:
             refused = self._queue(request, target)
         if rerun:

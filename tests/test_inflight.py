@@ -66,6 +66,41 @@ def test_followers_of_a_cancelled_leader_run_by_themselves(busy_repository: Path
         leader.result(timeout=0)
 
 
+def test_a_follower_requeued_before_its_caller_waits_leaves_no_trace(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The leader gives up (cancelled) after the follower joined it and before the follower's caller asked
+    # whether it still follows: the follower was queued to run by itself, and its caller waits for it in
+    # the batcher. Nothing of it may stay in the sharing's bookkeeping: a later request could be taken for
+    # it there, withdrawn from a queue it never joined, and drive the batcher's counts below zero.
+    server = make_server(busy_repository, config=sharing(True))
+    blocker = occupy(server)
+    inputs = busy_inputs(1, seed=12)
+    leader = server.submit("busy", inputs)
+    joined, proceed = threading.Event(), threading.Event()
+    following = server._sharing.following
+
+    def held_following(request: Any) -> bool:
+        joined.set()
+        assert proceed.wait(WAIT_S)
+        return following(request)
+
+    monkeypatch.setattr(server._sharing, "following", held_following)
+    answers: list[Any] = []
+    follower = threading.Thread(target=lambda: answers.append(server.predict("busy", inputs)), daemon=True)
+    follower.start()
+    assert joined.wait(WAIT_S)
+    assert leader.cancel()
+    blocker.result(timeout=WAIT_S)  # the worker drops the cancelled leader: the follower runs by itself
+    wait_until(lambda: version_status(server, "busy")["batches_run"] >= 2)
+    proceed.set()
+    follower.join(timeout=WAIT_S)
+    assert len(answers) == 1 and answers[0]["y"].shape == (1, 512)
+    assert not server._sharing._waiting and not server._sharing._requeued
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["queued_rows"] == 0
+
+
 def test_followers_of_a_leader_past_its_deadline_are_answered(
     busy_repository: Path, make_server: ServerFactory
 ) -> None:
