@@ -13,6 +13,7 @@ and a tuple's construction costs a fraction of a dataclass's, with the same name
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ __all__ = [
 # A request's states. QUEUED -> RUNNING -> DONE, or QUEUED/RUNNING -> ABANDONED when its synchronous caller
 # gave up at its deadline (its answer is then dropped). Only the batcher moves them, under its lock.
 QUEUED, RUNNING, DONE, ABANDONED = range(4)
+_log = logging.getLogger(__name__)
 _allocate_lock = threading.Lock
 # How often a synchronous caller that nobody woke checks whether its answer is in anyway. The callers of a
 # batch are woken as a chain (see complete_batch); a caller whose thread is interrupted (a signal handler
@@ -250,7 +252,10 @@ def complete_batch(requests: Sequence[Request], results: Sequence[dict[str, Any]
                 deliver = request.deliver
                 if deliver is None:
                     raise RuntimeError("a request with a future was completed before it had a deliver hook")
-                deliver(request)
+                try:
+                    deliver(request)
+                except Exception:  # (the hook resolved its future first): the rest must still be answered
+                    _log.exception("handing over the answer of a request of a batch failed")
         finally:
             _held.wakes = outer
             for wake in held:

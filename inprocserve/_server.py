@@ -550,15 +550,18 @@ class Server(RolloutMethods):
         """Resolve a ``submit`` future, on the thread that finished the request, after :meth:`_answered`."""
         future = request.future
         assert future is not None
-        routes = self._registry.routes.get(request.route.model)
-        self._answered(request, None if routes is None else routes.versions.get(request.route.version), request.error)
         try:
-            if request.error is not None:
-                future.set_exception(request.error)
-            else:
-                future.set_result(request.prediction())
-        except InvalidStateError:  # cancelled by its caller meanwhile
-            pass
+            routes = self._registry.routes.get(request.route.model)
+            version = None if routes is None else routes.versions.get(request.route.version)
+            self._answered(request, version, request.error)
+        finally:  # the future is resolved even if what follows an answer failed (its error goes on up)
+            try:
+                if request.error is not None:
+                    future.set_exception(request.error)
+                else:
+                    future.set_result(request.prediction())
+            except InvalidStateError:  # cancelled by its caller meanwhile
+                pass
 
     def _answered(self, request: Request, target: ModelVersion | None, error: BaseException | None) -> None:
         """Everything that follows an answer or a failure, once per request, on the thread that finished it:

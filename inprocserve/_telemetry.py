@@ -10,6 +10,7 @@ user or request ids. Histograms carry bucket boundaries made for their units, as
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -47,6 +48,8 @@ from ._errors import (
 )
 from ._record_thread import RecordingThread
 from ._tally import Tally
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
@@ -384,8 +387,29 @@ def end_request_span(
     provider: str | None,
     error: BaseException | None,
 ) -> None:
+    """Close a request's span with what became of the request. A failure in the SDK or in one of the
+    application's span processors (``on_end`` raising) is logged, never raised: the request's answer is in,
+    and its caller, and the other callers answered by the same thread, must still get theirs."""
     if span is INVALID_SPAN:
         return
+    try:
+        _end_request_span(span, version, variant, reason, rows, queue_wait_s, batch, flags, provider, error)
+    except Exception:
+        _telemetry_failed("closing a request span")
+
+
+def _end_request_span(
+    span: Span,
+    version: int | None,
+    variant: str | None,
+    reason: str | None,
+    rows: int,
+    queue_wait_s: float | None,
+    batch: Any,
+    flags: Sequence[tuple[str, str]],
+    provider: str | None,
+    error: BaseException | None,
+) -> None:
     if span.is_recording():
         attributes: dict[str, Any] = {ATTR_REQUEST_ROWS: rows, ATTR_OUTCOME: outcome(error)}
         if version is not None:
@@ -410,6 +434,23 @@ def end_request_span(
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, _short(error)))
     span.end()
+
+
+_failures_logged: set[str] = set()
+
+
+def _telemetry_failed(action: str) -> None:
+    """Log a failure of the OpenTelemetry SDK or of the application's span processors while ``action``:
+    with its traceback the first time in this process, then at debug level (it would recur per request)."""
+    if action in _failures_logged:
+        _log.debug("%s failed; telemetry of this request is incomplete", action, exc_info=True)
+        return
+    _failures_logged.add(action)
+    _log.exception(
+        "%s failed (an OpenTelemetry span processor or exporter raised); requests are still answered, "
+        "and later failures of this kind are logged at debug level",
+        action,
+    )
 
 
 def start_batch_span(model: str, version: int, request_spans: Iterable[Span | None]) -> Span:
