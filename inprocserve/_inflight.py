@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["Coalescer", "LeaderGone", "Sharing", "inputs_key"]
 
 Key = tuple[str, int, bytes]
-_REROUTES = 3  # times a follower whose version retired under it is routed again before it is refused
 
 
 class LeaderGone(Exception):  # a signal between leader and followers; never reaches a caller
@@ -128,16 +127,8 @@ class Sharing:
         telemetry: Counts hits, misses and shared runs.
     """
 
-    def __init__(
-        self,
-        deliver: Finisher,
-        telemetry: RequestTelemetry,
-        *,
-        clock: Callable[[], float],
-        reroute: Callable[[Request], ModelVersion | BaseException],
-    ) -> None:
+    def __init__(self, deliver: Finisher, telemetry: RequestTelemetry, *, clock: Callable[[], float]) -> None:
         self._coalescer = Coalescer()
-        self._reroute = reroute
         self._deliver = deliver
         self._telemetry = telemetry
         self._clock = clock
@@ -147,7 +138,7 @@ class Sharing:
         # id outlives its object and may name a later request.
         self._lock = threading.Lock()
         self._waiting: set[Request] = set()
-        self._requeued: dict[Request, Batcher] = {}  # synchronous followers queued to run by themselves, and where
+        self._requeued: set[Request] = set()  # synchronous followers queued to run by themselves
 
     def __len__(self) -> int:
         """Leaders in flight."""
@@ -183,16 +174,16 @@ class Sharing:
         leader.add_done_callback(lambda done: self._follow(request, target, done))
         return True
 
-    def queued_in(self, request: Request, batcher: Batcher) -> Batcher | None:
-        """Where the caller of ``request`` (synchronous) waits for it: ``None`` while it follows a leader and
-        is not queued (:meth:`wait`); else the batcher it is queued in: ``batcher``, where it was routed, or
-        another version's, if it was queued to run by itself there meanwhile (it is then forgotten here)."""
+    def following(self, request: Request) -> bool:
+        """Whether ``request`` (synchronous) follows a leader and is not queued. If not, its caller waits for
+        it in the batcher (it was queued to run by itself meanwhile, or never followed): it is forgotten here."""
         with self._lock:
             if request in self._waiting:
-                return None
-            return self._requeued.pop(request, batcher)
+                return True
+            self._requeued.discard(request)
+            return False
 
-    def wait(self, request: Request) -> None:
+    def wait(self, request: Request, batcher: Batcher) -> None:
         """Block a synchronous follower's caller until it is answered or its deadline passes.
 
         Raises:
@@ -202,19 +193,21 @@ class Sharing:
             answered = request.wait(None if request.deadline is None else request.deadline - self._clock())
         except BaseException:  # its thread was interrupted: nobody waits for it any more
             with self._lock:
+                requeued = request in self._requeued
                 self._waiting.discard(request)
-                requeued = self._requeued.pop(request, None)
-            if requeued is not None:  # re-run meanwhile: withdrawn, or dropped from its batch's chain
-                requeued.interrupted(request)
+                self._requeued.discard(request)
+            if requeued:  # re-run meanwhile: the batcher withdraws it, or drops it from its batch's chain
+                batcher.interrupted(request)
             raise
         with self._lock:
             waiting = request in self._waiting
+            requeued = request in self._requeued
             self._waiting.discard(request)
-            requeued = self._requeued.pop(request, None)
+            self._requeued.discard(request)
         if answered:
             return
-        if requeued is not None:
-            requeued.wait(request)  # re-run meanwhile: that batcher withdraws it, or it was just answered
+        if requeued:
+            batcher.wait(request)  # re-run meanwhile: the batcher withdraws it, or it was just answered
             return
         if not waiting:  # its leader's answer (or a refused re-run's error) is being handed over right now
             request.waiter.acquire()
@@ -232,45 +225,37 @@ class Sharing:
         the leader failed for a reason of its own (cancelled, past its deadline, retired under it)."""
         error = leader.exception()
         rerun = isinstance(error, LeaderGone)
-        queued: Batcher | BaseException | None = None
+        refused: BaseException | None = None
         if request.future is None:
             with self._lock:  # held through the re-run's queueing: its caller sees it queued, or not at all
                 if request not in self._waiting:
                     return  # its caller gave up at its deadline
                 self._waiting.discard(request)
                 if rerun:
-                    queued = self._queue(request, target)
-                    if isinstance(queued, Batcher):
-                        self._requeued[request] = queued
+                    refused = self._queue(request, target)
+                    if refused is None:
+                        self._requeued.add(request)
         elif rerun:
-            queued = self._queue(request, target)
+            refused = self._queue(request, target)
         if rerun:
-            if isinstance(queued, BaseException):  # finished outside the lock: a future's callbacks may call in
-                finish_detached(request, None, queued, self._deliver)
+            if refused is not None:  # finished outside the lock: a future's callbacks may call the server
+                finish_detached(request, None, refused, self._deliver)
             return
         finish_detached(request, None if error is not None else leader.result(), error, self._deliver)
 
-    def _queue(self, request: Request, target: ModelVersion) -> Batcher | BaseException:
-        """Queue a follower to run by itself; returns the batcher it is queued in, or the error if it is
-        refused. If its version retired under it (a hot reload while its leader gave up), it is routed again
-        (``reroute``), as the full way routes a request refused for that reason."""
-        for _ in range(_REROUTES):
-            batcher = target.batcher
-            assert batcher is not None
-            try:
-                batcher.submit(request, run_inline=False)
-                batcher.wake()  # an event loop's request defers its wake to the loop: none is coming here
-            except VersionRetiredError:
-                rerouted = self._reroute(request)
-                if isinstance(rerouted, BaseException):
-                    return rerouted
-                target = rerouted
-                continue
-            except BaseException as exc:
-                return exc
-            return batcher
-        name = request.route.model
-        return ModelNotFoundError(f"model {name!r} is being unloaded", model=name, version=request.route.version)
+    @staticmethod
+    def _queue(request: Request, target: ModelVersion) -> BaseException | None:
+        """Queue a follower to run by itself; returns the error if it is refused."""
+        assert target.batcher is not None
+        try:
+            target.batcher.submit(request, run_inline=False)
+            target.batcher.wake()  # an event loop's request defers its wake to the loop: none is coming here
+        except VersionRetiredError:
+            name, number = target.name, target.version
+            return ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number)
+        except BaseException as exc:
+            return exc
+        return None
 
     def release(self, request: Request, target: ModelVersion | None, error: BaseException | None) -> None:
         """If ``request`` led identical requests: keep its answer in the cache, and wake them. Idempotent."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -88,7 +88,6 @@ class Request:
         "baton",
         "cache_key",
         "callers",
-        "context",
         "deadline",
         "deliver",
         "enqueued_at",
@@ -141,7 +140,6 @@ class Request:
         # requests into one (``_loop_batching``); the batcher counts them all in flight.
         self.callers = 1
         self.member_spans: list[Any] | None = None  # those callers' request spans, linked from the batch span
-        self.context: Mapping[str, Any] | None = None  # its caller's routing context, to route it again
         # A synchronous caller blocks on this lock until the answer is in (the cheapest wake-up CPython has).
         self.waiter: Any = None
         if future is None:

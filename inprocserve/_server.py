@@ -119,7 +119,7 @@ class Server(RolloutMethods):
         self._ids = RequestIds()
         self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s, clock=clock)
         self._telemetry = RequestTelemetry()
-        self._sharing = Sharing(self._deliver, self._telemetry, clock=clock, reroute=self._reroute)
+        self._sharing = Sharing(self._deliver, self._telemetry, clock=clock)
         # The threads this server starts, each stopped and joined by close(): shadow runs, drift scoring,
         # the hot-reload poller (registry) and the control-file watcher (operations).
         self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow, budget=shadow_budget)
@@ -204,13 +204,9 @@ class Server(RolloutMethods):
         batcher = target.batcher
         assert batcher is not None
         try:
-            # a request that follows an identical one in flight is not in a batcher's queue (yet)
-            if target.cache is not None or target.config.cache.share_in_flight:
-                queued_in = self._sharing.queued_in(request, batcher)
-                if queued_in is None:
-                    self._sharing.wait(request)
-                else:
-                    queued_in.wait(request)
+            # a request that follows an identical one in flight is not in the batcher's queue
+            if (target.cache is not None or target.config.cache.share_in_flight) and self._sharing.following(request):
+                self._sharing.wait(request, batcher)
             else:
                 batcher.wait(request)
         except BaseException as exc:  # its deadline, or the caller's thread interrupted: free its followers
@@ -491,7 +487,6 @@ class Server(RolloutMethods):
                     routes, target, decision = self._route(model, version, context)
                     arrays, rows = self._validated(target, inputs)
                 request = Request(arrays, rows, self._route_of(routes, target, decision), deadline, future)
-                request.context = context
                 request.span = span
                 request.started = started
                 as_planned = target is planned
@@ -529,29 +524,6 @@ class Server(RolloutMethods):
         if target is None:
             raise self._not_found(model, version)
         return routes, target, _pinned(version)
-
-    def _reroute(self, request: Request) -> ModelVersion | BaseException:
-        """Where a follower of an identical request runs by itself when the version it was routed to retired
-        under it (its leader gave up during a hot reload): the version its model's routing picks now, with
-        the request's route and inputs updated to it; or the error to answer it with (the version was pinned
-        by its caller, the model is gone, the inputs do not fit the version now serving)."""
-        route = request.route
-        gone = ModelNotFoundError(
-            f"model {route.model!r} version {route.version} was unloaded", model=route.model, version=route.version
-        )
-        routes = self._registry.routes.get(route.model)
-        if routes is None or route.decision == _pinned(route.version):
-            return gone
-        decision = routes.router.decide(routes.versions, routes.default.version, request.context)
-        target = routes.versions.get(decision.version) or routes.default
-        if target.version == route.version:
-            return gone
-        try:
-            request.arrays, request.rows = self._validated(target, request.arrays)
-        except InvalidInputError as exc:
-            return exc
-        request.route = self._route_of(routes, target, decision)
-        return target
 
     @staticmethod
     def _validated(target: ModelVersion, inputs: Any) -> tuple[dict[str, Any], int]:
@@ -737,7 +709,7 @@ class Server(RolloutMethods):
         self._registry.after_fork_in_child()
         self._operations.after_fork_in_child()
         # a leader in flight in the parent never answers here; its lock may have been held at the fork
-        self._sharing = Sharing(self._deliver, self._telemetry, clock=self._clock, reroute=self._reroute)
+        self._sharing = Sharing(self._deliver, self._telemetry, clock=self._clock)
 
 
 def _close_unclosed(loaded: dict[str, dict[int, ModelVersion]], shadow: ShadowRunner, drift: DriftScorer) -> None:

@@ -15,9 +15,8 @@ import inprocserve
 from inprocserve import BatchingConfig, CacheConfig, ModelConfig
 from inprocserve._batching import VersionRetiredError
 from inprocserve._inflight import Coalescer, LeaderGone, inputs_key
-from inprocserve.testing import save_model
 
-from .conftest import ServerFactory, build_busy_model, busy_inputs, occupy, version_status, wait_until
+from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 
 WAIT_S = 30  # every wait is bounded: a follower left behind fails the test instead of hanging it
 
@@ -79,14 +78,14 @@ def test_a_follower_requeued_before_its_caller_waits_leaves_no_trace(
     inputs = busy_inputs(1, seed=12)
     leader = server.submit("busy", inputs)
     joined, proceed = threading.Event(), threading.Event()
-    queued_in = server._sharing.queued_in
+    following = server._sharing.following
 
-    def held_queued_in(request: Any, batcher: Any) -> Any:
+    def held_following(request: Any) -> bool:
         joined.set()
         assert proceed.wait(WAIT_S)
-        return queued_in(request, batcher)
+        return following(request)
 
-    monkeypatch.setattr(server._sharing, "queued_in", held_queued_in)
+    monkeypatch.setattr(server._sharing, "following", held_following)
     answers: list[Any] = []
     follower = threading.Thread(target=lambda: answers.append(server.predict("busy", inputs)), daemon=True)
     follower.start()
@@ -100,52 +99,6 @@ def test_a_follower_requeued_before_its_caller_waits_leaves_no_trace(
     assert not server._sharing._waiting and not server._sharing._requeued
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     assert version_status(server, "busy")["queued_rows"] == 0
-
-
-@pytest.mark.parametrize("caller", ["predict", "submit"])
-def test_a_follower_whose_leader_gives_up_during_a_hot_reload_runs_on_the_new_version(
-    busy_repository: Path, make_server: ServerFactory, caller: str
-) -> None:
-    # The leader was routed to v1; v2 replaces it, and v1 drains; then the leader gives up (cancelled).
-    # Its follower runs by itself: routed again, to v2, as any request refused by a retiring version is,
-    # never answered "version 1 was unloaded" while v2 serves.
-    server = make_server(busy_repository, config=sharing(True))
-    batcher = server._registry.routes["busy"].versions[1].batcher
-    assert batcher is not None
-    run, gate = batcher._execution._run_batch, threading.Event()
-
-    def held_blocker(runner: Any, arrays: dict[str, Any], **kwargs: Any) -> Any:
-        if len(arrays["x"]) > 1:  # the blocker's slices: v1's only runner stays busy until the test is set up
-            assert gate.wait(WAIT_S)
-        return run(runner, arrays, **kwargs)
-
-    batcher._execution._run_batch = held_blocker
-    blocker = occupy(server)
-    inputs = busy_inputs(1, seed=13)
-    leader = server.submit("busy", inputs)
-    answers: list[Any] = []
-    if caller == "predict":
-        follower = threading.Thread(target=lambda: answers.append(server.predict("busy", inputs)), daemon=True)
-        follower.start()
-        wait_until(lambda: len(server._sharing._waiting) == 1)
-    else:
-        future = server.submit("busy", inputs)
-    save_model(build_busy_model(), busy_repository, "busy", 2)
-    assert server.load("busy", version=2) == 2
-    unloading = threading.Thread(target=server.unload, args=("busy", 1), kwargs={"timeout_s": WAIT_S}, daemon=True)
-    unloading.start()
-    wait_until(lambda: batcher._closing)  # v1 drains: it takes no new request
-    assert leader.cancel()
-    gate.set()
-    blocker.result(timeout=WAIT_S)
-    if caller == "predict":
-        follower.join(timeout=WAIT_S)
-        (answer,) = answers
-    else:
-        answer = future.result(timeout=WAIT_S)
-    assert answer.version == 2 and answer["y"].shape == (1, 512)
-    unloading.join(timeout=WAIT_S)
-    assert server.models == {"busy": [2]}
 
 
 def test_followers_of_a_leader_past_its_deadline_are_answered(
@@ -355,7 +308,7 @@ def test_a_follower_whose_deadline_passes_while_its_answer_is_handed_over_takes_
     answer = {"y": np.zeros((1, 512), np.float32)}
     handed = threading.Timer(0.05, finish_detached, (request, answer, None, server._deliver))
     handed.start()  # _follow took it out of the waiting set; its answer arrives a moment later
-    server._sharing.wait(request)
+    server._sharing.wait(request, batcher)
     handed.join(WAIT_S)
     assert request.outputs is answer
     status = version_status(server, "busy")
