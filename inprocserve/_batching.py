@@ -514,7 +514,10 @@ class Batcher:
         already and the caller before it in its chain woke it, wake the next one now (otherwise the next
         one finds its answer on its own within ``CHAIN_CHECK_S``)."""
         if self._give_up(request) and request.baton is not None and request.waiter.acquire(blocking=False):
-            request.baton.release()
+            try:
+                request.baton.release()
+            except RuntimeError:  # released already: this caller had found its answer on its own check
+                pass
 
     # -- workers -----------------------------------------------------------------------------------------
 

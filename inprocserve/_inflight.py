@@ -171,17 +171,19 @@ class Sharing:
         if request.future is None:
             with self._lock:
                 self._waiting.add(request)
+                request.follows = True
         leader.add_done_callback(lambda done: self._follow(request, target, done))
         return True
 
     def following(self, request: Request) -> bool:
-        """Whether ``request`` (synchronous) follows a leader and is not queued. If not, its caller waits for
-        it in the batcher (it was queued to run by itself meanwhile, or never followed): it is forgotten here."""
+        """Whether the caller of ``request`` (synchronous) waits for it here (:meth:`wait`): it follows a
+        leader, or its leader's answer is being handed to it. If not, its caller waits for it in the batcher
+        (it was queued to run by itself meanwhile, and is forgotten here, or it never followed)."""
         with self._lock:
-            if request in self._waiting:
-                return True
-            self._requeued.discard(request)
-            return False
+            if request in self._requeued:
+                self._requeued.discard(request)
+                return False
+            return request.follows
 
     def wait(self, request: Request, batcher: Batcher) -> None:
         """Block a synchronous follower's caller until it is answered or its deadline passes.

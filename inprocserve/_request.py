@@ -92,6 +92,7 @@ class Request:
         "deliver",
         "enqueued_at",
         "error",
+        "follows",
         "future",
         "key",
         "member_spans",
@@ -140,6 +141,7 @@ class Request:
         # requests into one (``_loop_batching``); the batcher counts them all in flight.
         self.callers = 1
         self.member_spans: list[Any] | None = None  # those callers' request spans, linked from the batch span
+        self.follows = False  # a synchronous caller's request that followed an identical one in flight
         # A synchronous caller blocks on this lock until the answer is in (the cheapest wake-up CPython has).
         self.waiter: Any = None
         if future is None:
@@ -235,14 +237,17 @@ def complete_batch(requests: Sequence[Request], results: Sequence[dict[str, Any]
     """
     waiters: list[Request] = []
     futures: list[Request] = []
+    for request in requests:
+        (futures if request.future is not None else waiters).append(request)
+    for index in range(len(waiters) - 1):
+        waiters[index].baton = waiters[index + 1].waiter
     for request, outputs in zip(requests, results, strict=True):
         request.error = None
         request.state = DONE
-        request.outputs = outputs  # last: a caller that nobody woke reads it as "answered" (Request.wait)
-        (futures if request.future is not None else waiters).append(request)
+        # last, after its baton: a caller that nobody woke reads it as "answered" (Request.wait), then wakes
+        # the next caller with its baton
+        request.outputs = outputs
     if waiters:
-        for index in range(len(waiters) - 1):
-            waiters[index].baton = waiters[index + 1].waiter
         waiters[0].waiter.release()
     if futures:
         held: list[Callable[[], None]] = []  # answers bound for an event loop wake it once, after the last

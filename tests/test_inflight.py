@@ -3,7 +3,9 @@ whatever happens to the leader, they get its answer, its error, or run by themse
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import BatchingConfig, CacheConfig, ModelConfig
+from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _inflight
 from inprocserve._batching import VersionRetiredError
 from inprocserve._inflight import Coalescer, LeaderGone, inputs_key
 
@@ -99,6 +101,68 @@ def test_a_follower_requeued_before_its_caller_waits_leaves_no_trace(
     assert not server._sharing._waiting and not server._sharing._requeued
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     assert version_status(server, "busy")["queued_rows"] == 0
+
+
+def test_a_follower_past_its_deadline_while_its_answer_is_handed_over_is_never_withdrawn(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The leader's answer has been taken for the follower and is being handed to it when its caller, past
+    # its deadline, starts waiting. The caller takes that answer: the request was never queued, so giving
+    # it up in the batcher would take it off a queue it is not in, and drive the counts below zero.
+    server = make_server(busy_repository, config=sharing(True))
+    blocker = occupy(server)
+    inputs = busy_inputs(1, seed=14)
+    leader = server.submit("busy", inputs)
+    joined, proceed = threading.Event(), threading.Event()
+    handing, handed = threading.Event(), threading.Event()
+    following = server._sharing.following
+    finish = _inflight.finish_detached
+
+    def held_following(request: Any) -> bool:
+        joined.set()
+        assert proceed.wait(WAIT_S)
+        return following(request)
+
+    def held_finish(request: Any, *args: Any) -> None:
+        if request.future is None:  # the follower's answer: taken from its leader, not yet handed over
+            handing.set()
+            assert handed.wait(WAIT_S)
+        finish(request, *args)
+
+    monkeypatch.setattr(server._sharing, "following", held_following)
+    monkeypatch.setattr(_inflight, "finish_detached", held_finish)
+    outcome: list[Any] = []
+
+    def follow() -> None:
+        try:
+            outcome.append(server.predict("busy", inputs, timeout_s=0.5))
+        except Exception as exc:
+            outcome.append(exc)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    assert joined.wait(WAIT_S)
+    blocker.result(timeout=WAIT_S)
+    assert handing.wait(WAIT_S)  # (the leader's own future resolves once its followers are handed theirs)
+    time.sleep(0.6)  # the follower's deadline passes while its answer is being handed over
+    proceed.set()
+    wait_until(lambda: not follower.is_alive() or _waits_for_its_answer(follower))
+    handed.set()
+    follower.join(timeout=WAIT_S)
+    leader.result(timeout=WAIT_S)
+    assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
+    status = version_status(server, "busy")
+    assert (status["in_flight"], status["queued_rows"]) == (0, 0)
+
+
+def _waits_for_its_answer(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is blocked in ``Sharing.wait`` (or anything called from it)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "wait" and "_inflight" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def test_followers_of_a_leader_past_its_deadline_are_answered(

@@ -11,6 +11,7 @@ Real signals, real onnxruntime: the test's main thread is interrupted by ``SIGUS
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,7 +52,20 @@ def interruptible(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def interrupt_main_thread() -> None:
-    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)  # type: ignore[arg-type]
+    """Send the signal once the main thread waits for its answer in ``Batcher.wait`` (not a bytecode
+    earlier, where the interruption would land before the wait)."""
+    main = threading.main_thread().ident
+
+    def waiting() -> bool:
+        frame = sys._current_frames().get(main)  # type: ignore[arg-type]
+        while frame is not None:
+            if frame.f_code.co_name == "wait" and frame.f_code.co_filename.endswith("_batching.py"):
+                return True
+            frame = frame.f_back
+        return False
+
+    wait_until(waiting)
+    signal.pthread_kill(main, signal.SIGUSR1)  # type: ignore[arg-type]
 
 
 class GatedRuns:
