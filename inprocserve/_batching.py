@@ -37,7 +37,6 @@ from ._pool import RunnerPool, keep_inherited
 from ._recorder import Recorder
 from ._request import (
     ABANDONED,
-    CHAIN_CHECK_S,
     DONE,
     QUEUED,
     RUNNING,
@@ -53,6 +52,12 @@ __all__ = ["Batcher", "VersionRetiredError"]
 logger = logging.getLogger(__name__)
 
 _allocate_lock = threading.Lock
+
+
+# An interrupted caller whose request was answered waits at most this long (polls x interval) for the worker
+# to link it into its batch's chain, which the worker does right after counting the batch finished.
+_LINK_POLLS = 200
+_LINK_POLL_S = 0.0005
 
 
 class VersionRetiredError(ServerClosedError):
@@ -469,10 +474,7 @@ class Batcher:
         deadline = request.deadline
         try:
             if deadline is None:  # the common case, spelled out: this is the hot path of every predict
-                waiter = request.waiter
-                while not waiter.acquire(timeout=CHAIN_CHECK_S):
-                    if request.outputs is not None:  # answered in a batch whose chain broke before it
-                        break
+                request.waiter.acquire()
                 if request.baton is not None:
                     request.baton.release()  # wake the next caller of the chain
                 return
@@ -511,12 +513,21 @@ class Batcher:
 
     def interrupted(self, request: Request) -> None:
         """The caller's thread was interrupted while it waited: give the request up. If it was answered
-        already and the caller before it in its chain woke it, wake the next one now (otherwise the next
-        one finds its answer on its own within ``CHAIN_CHECK_S``)."""
-        if self._give_up(request) and request.baton is not None and request.waiter.acquire(blocking=False):
+        already, it is (or is about to be) a link of its batch's chain of wakes, and may never wake the next
+        caller: wake that one now. Early is harmless, every answer of a batch is in before the chain is
+        linked; twice is harmless too (this caller may have woken it already)."""
+        if not self._give_up(request):
+            return
+        baton = request.baton
+        waited = 0
+        while baton is None and waited < _LINK_POLLS:  # answered: the worker links the chain right now
+            time.sleep(_LINK_POLL_S)
+            waited += 1
+            baton = request.baton
+        if baton is not None:
             try:
-                request.baton.release()
-            except RuntimeError:  # released already: this caller had found its answer on its own check
+                baton.release()
+            except RuntimeError:  # released already: this caller woke the next one before it was interrupted
                 pass
 
     # -- workers -----------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -46,11 +45,20 @@ __all__ = [
 QUEUED, RUNNING, DONE, ABANDONED = range(4)
 _log = logging.getLogger(__name__)
 _allocate_lock = threading.Lock
-# How often a synchronous caller that nobody woke checks whether its answer is in anyway. The callers of a
-# batch are woken as a chain (see complete_batch); a caller whose thread is interrupted (a signal handler
-# raising KeyboardInterrupt or SystemExit in the main thread) just after its batch was answered never wakes
-# the next one, which then finds its answer on its own at its next check, and wakes the rest.
-CHAIN_CHECK_S = 0.25
+
+
+class _ChainEnd:
+    """The baton of the last caller of a chain, and of a caller answered alone: there is nobody to wake.
+    Every answered synchronous request has a baton (``None`` until it is linked into its chain), so a caller
+    interrupted once answered can tell that it is linked (see ``Batcher.interrupted``)."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        pass
+
+
+CHAIN_END = _ChainEnd()
 
 
 class Route(NamedTuple):
@@ -150,23 +158,11 @@ class Request:
 
     def wait(self, timeout_s: float | None) -> bool:
         """Block the synchronous caller until the answer is in (True) or ``timeout_s`` passed (False);
-        once awake, wake the next caller of its batch's chain. A caller that nobody wakes (the one before it
-        in the chain was interrupted) finds its answer within ``CHAIN_CHECK_S`` of it being in."""
-        waiter = self.waiter
+        once awake, wake the next caller of its batch's chain."""
         if timeout_s is None:
-            while not waiter.acquire(timeout=CHAIN_CHECK_S):
-                if self.outputs is not None:  # answered in a batch: its chain broke before this caller
-                    break
-        else:
-            if timeout_s <= 0:
-                return False
-            ends_at = time.monotonic() + timeout_s
-            while not waiter.acquire(timeout=min(timeout_s, CHAIN_CHECK_S)):
-                if self.outputs is not None:
-                    break
-                timeout_s = ends_at - time.monotonic()
-                if timeout_s <= 0:
-                    return False
+            self.waiter.acquire()
+        elif timeout_s <= 0 or not self.waiter.acquire(timeout=timeout_s):
+            return False
         if self.baton is not None:
             self.baton.release()
         return True
@@ -191,6 +187,7 @@ class Request:
         self.error = error
         self.state = DONE
         if self.future is None:
+            self.baton = CHAIN_END  # answered alone: nobody to wake after it
             self.waiter.release()
         else:
             deliver = self.deliver
@@ -237,17 +234,15 @@ def complete_batch(requests: Sequence[Request], results: Sequence[dict[str, Any]
     """
     waiters: list[Request] = []
     futures: list[Request] = []
-    for request in requests:
-        (futures if request.future is not None else waiters).append(request)
-    for index in range(len(waiters) - 1):
-        waiters[index].baton = waiters[index + 1].waiter
     for request, outputs in zip(requests, results, strict=True):
+        request.outputs = outputs
         request.error = None
         request.state = DONE
-        # last, after its baton: a caller that nobody woke reads it as "answered" (Request.wait), then wakes
-        # the next caller with its baton
-        request.outputs = outputs
-    if waiters:
+        (futures if request.future is not None else waiters).append(request)
+    if waiters:  # linked once every answer is in: a caller may wake the next one at any moment from here on
+        for index in range(len(waiters) - 1):
+            waiters[index].baton = waiters[index + 1].waiter
+        waiters[-1].baton = CHAIN_END
         waiters[0].waiter.release()
     if futures:
         held: list[Callable[[], None]] = []  # answers bound for an event loop wake it once, after the last

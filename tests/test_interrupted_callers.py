@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _batching, _request
+from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _request
 from inprocserve._request import Request, complete_batch
 from inprocserve._rollout import Decision
 
@@ -35,12 +35,7 @@ class Interrupted(BaseException):
 
 
 @pytest.fixture
-def interruptible(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # The callers left must be answered by the interrupted caller's own clean-up, not by their periodic
-    # check for a chain that broke (test_a_chain_whose_link_never_wakes... covers that): make it too slow.
-    monkeypatch.setattr(_request, "CHAIN_CHECK_S", 120.0)
-    monkeypatch.setattr(_batching, "CHAIN_CHECK_S", 120.0)
-
+def interruptible() -> Iterator[None]:
     def raise_interrupted(signum: int, frame: Any) -> None:
         raise Interrupted
 
@@ -219,23 +214,34 @@ def test_the_followers_of_an_interrupted_leader_run_on_their_own(
 
 
 def make_request() -> Request:
-    route = _request.Route("m", 1, "stable", "test", "r1", [], Decision(1, "stable", "test"))
-    return Request({"x": np.zeros((1, 2), np.float32)}, 1, route, None, None)
+    route = _request.Route("busy", 1, "stable", "test", "r1", [], Decision(1, "stable", "test"))
+    request = Request(busy_inputs(1), 1, route, None, None)
+    request.state = _request.RUNNING
+    return request
 
 
-def test_a_chain_whose_link_never_wakes_still_answers_the_callers_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The narrowest case: the interruption lands after the batch was answered and before the caller woke
-    # the next one. Nobody can wake the rest, so each finds its answer on its own check.
-    monkeypatch.setattr(_request, "CHAIN_CHECK_S", 0.01)
+def test_a_caller_interrupted_once_answered_wakes_the_callers_after_it(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    # The narrowest case: the interruption lands after the batch was answered and before this caller woke
+    # the next one (here: it never waited at all). Its clean-up wakes the next one, which wakes the rest.
+    server = make_server(busy_repository)
+    batcher = server._registry.routes["busy"].default.batcher
+    assert batcher is not None
     requests = [make_request() for _ in range(3)]
     complete_batch(requests, [{"i": index} for index in range(3)])
     results: list[Any] = []
-    threads = [threading.Thread(target=lambda r=r: results.append(r.wait(None) and r.outputs)) for r in requests[1:]]
-    for thread in threads:  # requests[0]'s caller was interrupted: it never waits, so it never wakes requests[1]
+    threads = [
+        threading.Thread(target=lambda r=r: results.append(r.wait(None) and r.outputs), daemon=True)
+        for r in requests[1:]
+    ]
+    for thread in threads:
         thread.start()
+    batcher.interrupted(requests[0])  # as Batcher.wait calls it when the caller's thread is interrupted
     for thread in threads:
         thread.join(timeout=20)
     assert sorted(result["i"] for result in results) == [1, 2]
+    batcher.interrupted(requests[0])  # twice, or after it woke the next one itself: nothing breaks
 
 
 def test_a_large_request_interrupted_between_its_slices_is_no_longer_counted(
