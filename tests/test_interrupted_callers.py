@@ -196,7 +196,7 @@ def test_the_followers_of_an_interrupted_leader_run_on_their_own(
         followers: list[Any] = []
 
         def orchestrate() -> None:
-            wait_until(lambda: len(server._sharing) == 1)  # this thread's request leads
+            wait_until(lambda: len(server._sharing) == 2)  # the blocker's and this thread's request lead
             followers.extend(predict_in_threads(server, 2, index=0))  # the same input: they follow it
             wait_until(lambda: len(server._sharing._waiting) == 2)
             interrupt_main_thread()
