@@ -393,47 +393,32 @@ def end_request_span(
     if span is INVALID_SPAN:
         return
     try:
-        _end_request_span(span, version, variant, reason, rows, queue_wait_s, batch, flags, provider, error)
+        if span.is_recording():
+            attributes: dict[str, Any] = {ATTR_REQUEST_ROWS: rows, ATTR_OUTCOME: outcome(error)}
+            if version is not None:
+                attributes[ATTR_VERSION] = version
+            if variant is not None:
+                attributes[ATTR_VARIANT] = variant
+            if reason is not None:
+                attributes[ATTR_REASON] = _short(reason)
+            if queue_wait_s is not None:
+                attributes[ATTR_QUEUE_WAIT] = queue_wait_s
+            if batch is not None:
+                attributes[ATTR_COMPUTE] = batch.compute_s
+                attributes[ATTR_BATCH_ROWS] = batch.rows
+            span.set_attributes(attributes)
+            for key, value in flags:
+                event = {ATTR_FLAG_KEY: key, ATTR_FLAG_VARIANT: _short(value)}
+                if provider:
+                    event[ATTR_FLAG_PROVIDER] = provider
+                span.add_event(EVENT_FLAG, event)
+            if error is not None:
+                span.set_attribute(ATTR_ERROR_TYPE, type(error).__name__)
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, _short(error)))
+        span.end()
     except Exception:
         _telemetry_failed("closing a request span")
-
-
-def _end_request_span(
-    span: Span,
-    version: int | None,
-    variant: str | None,
-    reason: str | None,
-    rows: int,
-    queue_wait_s: float | None,
-    batch: Any,
-    flags: Sequence[tuple[str, str]],
-    provider: str | None,
-    error: BaseException | None,
-) -> None:
-    if span.is_recording():
-        attributes: dict[str, Any] = {ATTR_REQUEST_ROWS: rows, ATTR_OUTCOME: outcome(error)}
-        if version is not None:
-            attributes[ATTR_VERSION] = version
-        if variant is not None:
-            attributes[ATTR_VARIANT] = variant
-        if reason is not None:
-            attributes[ATTR_REASON] = _short(reason)
-        if queue_wait_s is not None:
-            attributes[ATTR_QUEUE_WAIT] = queue_wait_s
-        if batch is not None:
-            attributes[ATTR_COMPUTE] = batch.compute_s
-            attributes[ATTR_BATCH_ROWS] = batch.rows
-        span.set_attributes(attributes)
-        for key, value in flags:
-            event = {ATTR_FLAG_KEY: key, ATTR_FLAG_VARIANT: _short(value)}
-            if provider:
-                event[ATTR_FLAG_PROVIDER] = provider
-            span.add_event(EVENT_FLAG, event)
-        if error is not None:
-            span.set_attribute(ATTR_ERROR_TYPE, type(error).__name__)
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, _short(error)))
-    span.end()
 
 
 _failures_logged: set[str] = set()

@@ -68,6 +68,23 @@ def test_followers_of_a_cancelled_leader_run_by_themselves(busy_repository: Path
         leader.result(timeout=0)
 
 
+def hold_following(
+    server: inprocserve.Server, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event]:
+    """Stop a synchronous follower's caller just before it asks whether it still follows its leader: the
+    first event is set once it got there, and it goes on once the second is set."""
+    joined, proceed = threading.Event(), threading.Event()
+    following = server._sharing.following
+
+    def held_following(request: Any) -> bool:
+        joined.set()
+        assert proceed.wait(WAIT_S)
+        return following(request)
+
+    monkeypatch.setattr(server._sharing, "following", held_following)
+    return joined, proceed
+
+
 def test_a_follower_requeued_before_its_caller_waits_leaves_no_trace(
     busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -79,15 +96,7 @@ def test_a_follower_requeued_before_its_caller_waits_leaves_no_trace(
     blocker = occupy(server)
     inputs = busy_inputs(1, seed=12)
     leader = server.submit("busy", inputs)
-    joined, proceed = threading.Event(), threading.Event()
-    following = server._sharing.following
-
-    def held_following(request: Any) -> bool:
-        joined.set()
-        assert proceed.wait(WAIT_S)
-        return following(request)
-
-    monkeypatch.setattr(server._sharing, "following", held_following)
+    joined, proceed = hold_following(server, monkeypatch)
     answers: list[Any] = []
     follower = threading.Thread(target=lambda: answers.append(server.predict("busy", inputs)), daemon=True)
     follower.start()
@@ -113,15 +122,9 @@ def test_a_follower_past_its_deadline_while_its_answer_is_handed_over_is_never_w
     blocker = occupy(server)
     inputs = busy_inputs(1, seed=14)
     leader = server.submit("busy", inputs)
-    joined, proceed = threading.Event(), threading.Event()
+    joined, proceed = hold_following(server, monkeypatch)
     handing, handed = threading.Event(), threading.Event()
-    following = server._sharing.following
     finish = _inflight.finish_detached
-
-    def held_following(request: Any) -> bool:
-        joined.set()
-        assert proceed.wait(WAIT_S)
-        return following(request)
 
     def held_finish(request: Any, *args: Any) -> None:
         if request.future is None:  # the follower's answer: taken from its leader, not yet handed over
@@ -129,7 +132,6 @@ def test_a_follower_past_its_deadline_while_its_answer_is_handed_over_is_never_w
             assert handed.wait(WAIT_S)
         finish(request, *args)
 
-    monkeypatch.setattr(server._sharing, "following", held_following)
     monkeypatch.setattr(_inflight, "finish_detached", held_finish)
     outcome: list[Any] = []
 
