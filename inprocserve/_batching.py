@@ -35,16 +35,7 @@ from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
 from ._handoff import handoff_cost_s
 from ._pool import RunnerPool, keep_inherited
 from ._recorder import Recorder
-from ._request import (
-    ABANDONED,
-    DONE,
-    QUEUED,
-    RUNNING,
-    BatchTiming,
-    Finisher,
-    Request,
-    complete_batch,
-)
+from ._request import ABANDONED, DONE, QUEUED, RUNNING, BatchTiming, Finisher, Request, complete_batch
 from ._stats import BatchSizeHistogram
 
 __all__ = ["Batcher", "VersionRetiredError"]
