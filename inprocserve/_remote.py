@@ -381,7 +381,7 @@ class RemoteBackend:
             if response.status == 200:
                 try:
                     return json.loads(response.body)
-                except ValueError:
+                except (ValueError, RecursionError):
                     if missing_ok:  # an optional document (GET /v2 behind a gateway that serves a page)
                         return None
                     raise ModelLoadError(
@@ -483,7 +483,7 @@ def _message(response: HttpResponse) -> str:
     """The server's error message: ``{"error": ...}`` (the protocol), ``{"detail": ...}`` (FastAPI), or text."""
     try:
         document = json.loads(response.body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or a hostile one (nested too deeply, huge integers)
         document = None
     if isinstance(document, dict):
         for key in ("error", "detail"):

@@ -32,8 +32,8 @@ METADATA = {
 
 class Scripted(ThreadingHTTPServer):
     """Answers GETs with metadata, and each POST with the next scripted reply: an HTTP status, "drop"
-    (close the connection without answering) or "trickle" (a body that never finishes). Past the script, it
-    answers y = 2x."""
+    (close the connection without answering), "trickle" (a body that never finishes), "deep 500" or "huge
+    integer" (hostile bodies). Past the script, it answers y = 2x."""
 
     daemon_threads = True
 
@@ -76,6 +76,13 @@ class Handler(BaseHTTPRequestHandler):
                 except OSError:
                     return
                 time.sleep(0.05)
+            return
+        if step == "deep 500":  # an error body no JSON parser can take: nested past Python's recursion limit
+            self._send(500, b"[" * 200_000, {"Content-Type": "application/json"})
+            return
+        if step == "huge integer":  # an answer holding an integer of more digits than Python converts
+            answer = b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [' + b"9" * 5000 + b"]}]}"
+            self._send(200, answer, {"Content-Type": "application/json"})
             return
         if step != 200:
             self._send(int(step), json.dumps({"error": f"scripted {step}"}).encode(), {})
@@ -208,6 +215,21 @@ def test_an_answer_without_the_models_outputs_is_an_inference_error(
     with pytest.raises(inprocserve.InferenceError, match="no output 'z'") as caught:
         backend.run(backend.runners()[0], FEEDS)
     assert not isinstance(caught.value, inprocserve.InvalidInputError)  # not the request's fault: no bisecting
+
+
+def test_hostile_answers_get_the_librarys_errors_and_count_for_the_circuit(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=1)
+    scripted.script = ["huge integer"]
+    with pytest.raises(inprocserve.InferenceError, match="not an inference response") as caught:
+        backend.run(backend.runners()[0], FEEDS)
+    assert not isinstance(caught.value, inprocserve.InvalidInputError)
+    assert backend.status()["circuit"] == "closed"
+    scripted.script = ["deep 500"]
+    with pytest.raises(inprocserve.RemoteUnavailableError, match="answered 500"):
+        backend.run(backend.runners()[0], FEEDS)
+    assert backend.status()["circuit"] == "open"  # counted as the server failure it is
 
 
 def test_a_probe_that_dies_of_something_else_does_not_keep_the_circuit_open(

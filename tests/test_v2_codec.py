@@ -174,6 +174,8 @@ def binary_body(raw: bytes, size: int, *, shape: Any = (1, 4), datatype: str = "
         (lambda: (request_json(x_input([1, 2, 3, 4]), id=7), {}), "'id' must be a string"),
         (lambda: (request_json(x_input([1, 2, 3, 4]), parameters={"a": {"b": 1}}), {}), "string, number or boolean"),
         (lambda: (request_json(x_input([1, 2, 3, 4]), parameters={"timeout": -1}), {}), "timeout must be"),
+        (lambda: (request_json(x_input([1, 2, 3, 4]), parameters={"timeout": 10**400}), {}), "timeout must be"),
+        (lambda: (b'{"inputs": [{"data": [' + b"1" * 5000 + b"]}]}", {}), "malformed"),  # too many digits
         (lambda: (request_json(x_input([1, 2, 3, 4]), parameters={"user_id": 1.5}), {}), "user_id must be"),
         (
             lambda: (request_json(x_input([1, 2, 3, 4], parameters={"shared_memory_region": "r"})), {}),
@@ -353,6 +355,29 @@ def test_text_goes_in_and_out_as_bytes(served: inprocserve.Server, binary: bool)
     status, _, response = call(v2.Endpoints(lambda: served), "POST", "/v2/models/text/infer", body, headers)
     assert status == 200
     assert v2.decode_infer_response(response.body, response.headers).outputs["echo"].tolist() == ["héllo", ""]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "answer", "message"),
+    [
+        ("/v2/models/scale/versions/\u00b2/infer", {}, 400, "version must be a positive integer"),  # isdigit() is True
+        ("/v2/models/scale/versions/" + "9" * 5000 + "/infer", {}, 404, "scale"),  # more digits than int() takes
+        ("/v2/models/scale/infer", {"Content-Length": "9" * 5000}, 400, "over the .* allowed"),
+    ],
+)
+def test_hostile_paths_and_headers_get_a_4xx(
+    served: inprocserve.Server, path: str, headers: dict[str, str], answer: int, message: str
+) -> None:
+    body, encoded = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)})
+    status, document, _ = call(v2.Endpoints(lambda: served), "POST", path, body, {**encoded, **headers})
+    assert status == answer and re.search(message, document["error"])
+
+
+def test_a_content_length_that_is_no_number_is_ignored(served: inprocserve.Server) -> None:
+    body, encoded = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)})
+    headers = {**encoded, "Content-Length": "\u00b2"}
+    status, _, _ = call(v2.Endpoints(lambda: served), "POST", "/v2/models/scale/infer", body, headers)
+    assert status == 200  # the body is read up to the limit either way
 
 
 def test_a_version_in_the_path_pins_it(served: inprocserve.Server) -> None:

@@ -281,7 +281,7 @@ def _parse_json(raw: bytes | memoryview) -> Any:
         return json.loads(bytes(raw))
     except RecursionError:
         raise InvalidInputError("the request JSON is nested too deeply to parse") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # malformed, not UTF-8, or an integer of more digits than Python converts
         raise InvalidInputError(f"the request JSON is malformed: {exc}") from None
 
 
@@ -347,9 +347,15 @@ def _requested_outputs(raw: object, limits: Limits) -> tuple[RequestedOutput, ..
 def _timeout_s(raw: object) -> float | None:
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not raw >= 0 or not math.isfinite(raw):
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise InvalidInputError(f"parameter timeout must be a number of microseconds >= 0, got {raw!r}")
-    return None if raw == 0 else raw / 1e6
+    try:
+        microseconds = float(raw)  # (an integer too large for a float overflows here)
+    except OverflowError:
+        microseconds = math.inf
+    if not microseconds >= 0 or not math.isfinite(microseconds):
+        raise InvalidInputError(f"parameter timeout must be a number of microseconds >= 0, got {str(raw)[:40]}")
+    return None if microseconds == 0 else microseconds / 1e6
 
 
 def _user_id(raw: object) -> str | None:

@@ -286,8 +286,9 @@ class Endpoints:
     def _read_body(self, headers: Mapping[str, str], read: Callable[[int], bytes]) -> bytes:
         limit = self._limits.max_body_bytes
         declared = _header(headers, "Content-Length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            raise _too_large(int(declared), limit)
+        declared_bytes = None if declared is None else _decimal(declared.strip())
+        if declared_bytes is not None and declared_bytes > limit:
+            raise _too_large(declared_bytes, limit)
         chunks: list[bytes] = []
         total = 0
         while True:  # bounded: each pass reads at least one byte, and stops past the limit
@@ -322,9 +323,18 @@ def _unknown_model(server: Server, name: str) -> ModelNotFoundError:
 
 
 def _version(raw: str) -> int:
-    if not raw.isdigit() or int(raw) < 1:
+    number = _decimal(raw)
+    if number is None or number < 1:
         raise InvalidInputError(f"model version must be a positive integer, got {raw[:40]!r}")
-    return int(raw)
+    return number
+
+
+def _decimal(text: str) -> int | None:
+    """``text`` as a non-negative integer if it is ASCII digits only (``str.isdigit`` also takes "²"), of at
+    most 18 (past that, a value no limit here allows, and Python refuses to convert thousands of digits)."""
+    if not text.isascii() or not text.isdigit():
+        return None
+    return int(text) if len(text) <= 18 else 10**18
 
 
 def _explain_bytes(
