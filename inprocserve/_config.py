@@ -392,11 +392,16 @@ def load_model_config(path: Path, base: ModelConfig | None = None) -> ModelConfi
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot be read: {exc}") from exc
-    return base.merged(data, source=str(path))
+    try:
+        return base.merged(data, source=str(path))
+    except ConfigurationError:
+        raise
+    except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type deeper in a section
+        raise ConfigurationError(f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
 _SECTIONS: dict[str, type[Any]] = {

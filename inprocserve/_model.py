@@ -15,6 +15,7 @@ import functools
 import logging
 import statistics
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,13 @@ class ModelVersion:
         self.reject_nan = config.nan_policy == "reject"
         self.max_request_rows = config.batching.request_row_limit
 
+    def _load_error(self, exc: Exception) -> ModelLoadError:
+        return ModelLoadError(
+            f"model {self.name!r} version {self.version}: cannot load {self.path}: {type(exc).__name__}: {exc}",
+            model=self.name,
+            version=self.version,
+        )
+
     def load(self) -> None:
         """Build and warm up every session, then make the version ready.
 
@@ -133,12 +141,17 @@ class ModelVersion:
                 warmup=self._warm_up, probe_rows=batching.max_batch_size if batching.enabled else 1
             )
             self._check_padding(signature)
-        except ModelLoadError as exc:
+        except Exception as exc:
+            # anything else is a bad file or setting that surfaced in another form (a half-copied warm-up
+            # archive, a link loop in external data, a setting of the wrong type): a failed load all the same
+            error = exc if isinstance(exc, ModelLoadError) else self._load_error(exc)
             self.state = "failed"
-            self.error = str(exc)
+            self.error = str(error)
             if self._backend is not None:
                 self._backend.close()
-            raise
+            if error is exc:
+                raise
+            raise error from exc
         self.signature = signature
         if not signature.batchable:
             logger.info(
@@ -255,9 +268,10 @@ class ModelVersion:
             self.path.parent.parent, name, what="warm-up inputs file", model=self.name, version=self.version
         )
         try:
-            with np.load(path, allow_pickle=False) as data:  # never unpickle: no code from model folders
+            # opened here, so that it is closed when numpy fails on it (a half-copied archive)
+            with path.open("rb") as handle, np.load(handle, allow_pickle=False) as data:  # never unpickle
                 feeds = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise ModelLoadError(
                 f"warm-up inputs {path} cannot be read: {exc}", model=self.name, version=self.version
             ) from exc

@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -167,3 +168,46 @@ def test_reload_while_32_threads_call_predict(repository: Path, make_server: Ser
     assert failures == []
     assert seen >= {1, 4}
     assert server.models == {"scale": [4]}
+
+
+def _half_copied_warmup(folder: Path) -> None:
+    np.savez(folder / "warmup.npz", x=np.ones((1, 4), np.float32))
+    whole = (folder / "warmup.npz").read_bytes()
+    (folder / "warmup.npz").write_bytes(whole[: len(whole) // 2])
+    (folder / "config.toml").write_text('[warmup]\ninputs_file = "warmup.npz"\n')
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda folder: (folder / "config.toml").write_bytes(b'nan_policy = "\xff"\n'),  # not UTF-8
+        lambda folder: (folder / "config.toml").write_text("[batching.padding]\ninputs = 3\n"),  # wrong type
+        lambda folder: (folder / "config.toml").write_text("[warmup]\ninputs_file = 3\n"),
+        lambda folder: (folder / "config.toml").write_text("[pool]\nsize = 2.5\n"),
+        _half_copied_warmup,
+    ],
+    ids=[
+        "config not utf-8",
+        "padding inputs not a table",
+        "warm-up file not a path",
+        "pool size 2.5",
+        "half a warm-up",
+    ],
+)
+def test_one_bad_entry_is_refused_and_the_rest_of_the_repository_still_reloads(
+    repository: Path, make_server: ServerFactory, spoil: Any
+) -> None:
+    # Whatever shape a bad file or setting takes, it is that model's problem, said in refresh()'s answer and
+    # the log: the other models still get their new versions, and a process starting on it still starts.
+    for name in ("a", "b"):
+        save_model(build_scale_model(1.0), repository, name, 1)
+    server = make_server(repository)
+    spoil(repository / "a")
+    save_model(build_scale_model(3.0), repository, "a", 2)
+    save_model(build_scale_model(2.0), repository, "b", 2)
+    problems = server.refresh()
+    assert problems and all("'b'" not in problem for problem in problems)
+    assert server.models["b"] == [2]
+    assert server.predict("a", np.ones((1, 4), np.float32)).version == 1  # what served before still serves
+    started = make_server(repository)
+    assert started.models["b"] == [2]
