@@ -49,6 +49,8 @@ _allocate_lock = threading.Lock
 # to link it into its batch's chain, which the worker does right after counting the batch finished.
 _LINK_POLLS = 200
 _LINK_POLL_S = 0.0005
+# How long closing a drained batcher waits for each worker to exit (see close).
+_WORKER_EXIT_S = 5.0
 
 
 class VersionRetiredError(ServerClosedError):
@@ -784,5 +786,16 @@ class Batcher:
         current = threading.current_thread()
         for thread in workers:
             if thread is not current:
-                thread.join(timeout=None if drained else 1.0)
+                # Bounded even when drained: a worker may be running the done-callback of a caller's future,
+                # which may call into the server (status(), load()) and wait for the lock that whoever closes
+                # this batcher holds (a hot reload). It exits once the callback returns.
+                thread.join(timeout=_WORKER_EXIT_S if drained else 1.0)
+                if thread.is_alive():
+                    logger.warning(
+                        "model %r version %s: worker %s is still busy (a future's done-callback may be running "
+                        "on it); not waiting for it",
+                        self.model,
+                        self.version,
+                        thread.name,
+                    )
         return drained

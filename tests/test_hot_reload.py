@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import inprocserve
+from inprocserve import _batching
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, wait_until
@@ -211,3 +212,37 @@ def test_one_bad_entry_is_refused_and_the_rest_of_the_repository_still_reloads(
     assert server.predict("a", np.ones((1, 4), np.float32)).version == 1  # what served before still serves
     started = make_server(repository)
     assert started.models["b"] == [2]
+
+
+def test_a_done_callback_that_calls_the_server_never_deadlocks_a_hot_reload(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A submit() future's done-callback runs on the worker that answered it. If it calls into the server
+    # (status(), load()) while a hot reload retires that worker's version, it waits for the lock the reload
+    # holds, while the reload waits for the worker: closing a version waits for its workers a bounded time.
+    monkeypatch.setattr(_batching, "_WORKER_EXIT_S", 0.5)
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    retiring = threading.Event()
+    retire = server._registry.retire
+
+    def noted_retire(*args: Any, **kwargs: Any) -> None:
+        retiring.set()  # (called with the lifecycle lock held)
+        retire(*args, **kwargs)
+
+    monkeypatch.setattr(server._registry, "retire", noted_retire)
+    statuses: list[Any] = []
+
+    def look_at_the_server(_: Any) -> None:
+        assert retiring.wait(30)
+        statuses.append(server.status())
+
+    future = server.submit("scale", np.ones((1, 4), np.float32))
+    future.add_done_callback(look_at_the_server)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    reload = threading.Thread(target=server.refresh, daemon=True)
+    reload.start()
+    reload.join(timeout=30)
+    assert not reload.is_alive(), "the hot reload deadlocked with the callback"
+    wait_until(lambda: len(statuses) == 1)
+    assert server.models["scale"] == [2]
