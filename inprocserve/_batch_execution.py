@@ -18,7 +18,7 @@ import numpy as np
 from ._backend import Backend
 from ._batch_ops import BatchShapeError, pad_and_stack, split_outputs, stack_inputs
 from ._config import PaddingConfig
-from ._errors import DeadlineExceededError, InprocserveError
+from ._errors import DeadlineExceededError, InprocserveError, RemoteUnavailableError
 from ._recorder import Recorder
 from ._request import DONE, BatchTiming, Request
 from ._stats import BatchSizeHistogram
@@ -177,7 +177,10 @@ class BatchExecution:
         """Run ``batch``; if it fails, bisect so only the failing request(s) get the error."""
         try:
             results = self._run(runner, batch, parent)
-        except DeadlineExceededError as exc:  # every request in it is past its deadline: no bisection
+        except (DeadlineExceededError, RemoteUnavailableError) as exc:
+            # About the batch as a whole, not one request's input: every request in it is past its deadline,
+            # or the remote model server is down (a 5xx, a dropped connection, its circuit open). No
+            # bisection: it would send the rows again, which a failing server may have run already.
             for request in batch:
                 self._failed(request, exc)
             return

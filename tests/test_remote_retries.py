@@ -17,8 +17,12 @@ import pytest
 
 import inprocserve
 from inprocserve import v2
+from inprocserve._batch_execution import BatchExecution
+from inprocserve._recorder import Recorder
 from inprocserve._remote import RemoteBackend
 from inprocserve._remote_model import RemoteModel
+from inprocserve._request import Request, Route
+from inprocserve._rollout import Decision
 from inprocserve.testing import ManualClock
 
 METADATA = {
@@ -230,6 +234,34 @@ def test_hostile_answers_get_the_librarys_errors_and_count_for_the_circuit(
     with pytest.raises(inprocserve.RemoteUnavailableError, match="answered 500"):
         backend.run(backend.runners()[0], FEEDS)
     assert backend.status()["circuit"] == "open"  # counted as the server failure it is
+
+
+@pytest.mark.parametrize("failure", [500, "drop"])
+def test_a_batch_the_server_fails_as_a_whole_is_not_bisected(
+    scripted: Scripted, backends: list[RemoteBackend], failure: int | str
+) -> None:
+    # Bisecting a failed batch finds the request whose input fails it; a server that is down fails every
+    # part, and each part would send rows again, which it may have run already.
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=100)
+    failed: list[BaseException] = []
+    execution = BatchExecution(
+        backend,
+        input_names=["x"],
+        output_names=["y"],
+        padding=None,
+        chunk_rows=64,
+        succeeded=lambda batch, results: None,
+        failed=lambda request, error: failed.append(error),
+        unbatchable=lambda reason: None,
+        clock=time.monotonic,
+        telemetry=Recorder("scale", 1),
+    )
+    route = Route("scale", 1, "stable", "test", "r", [], Decision(1, "stable", "test"))
+    batch = [Request({"x": np.full((1, 4), i, np.float32)}, 1, route, None, None) for i in range(8)]
+    scripted.script = [failure]
+    execution.execute(backend.runners()[0], batch)
+    assert scripted.posts == 1
+    assert len(failed) == 8 and all(isinstance(error, inprocserve.RemoteUnavailableError) for error in failed)
 
 
 def test_a_probe_that_dies_of_something_else_does_not_keep_the_circuit_open(
