@@ -18,23 +18,26 @@ __all__ = ["gauge_source", "server_status"]
 def server_status(
     registry: Registry, operations: Operations, shadow_status: Callable[[str], Any], *, include_paths: bool
 ) -> dict[str, Any]:
-    """See ``Server.status``: every model and version, the worker, and the control revision it follows."""
-    with registry.lock:
-        snapshot = {
-            "closed": registry.closed,
-            "repository": None if registry.repository is None else str(registry.repository),
-            "onnxruntime": onnxruntime_version(),
-            "thread_handoff_us": round(handoff_cost_s() * 1e6, 1),
-            "worker": worker_identity(),
-            "control": {
-                **{key: value for key, value in registry.control.to_dict().items() if key != "models"},
-                "file": operations.control_path,
-                "interval_s": operations.control_interval_s,
-                "error": operations.control_error,
-            },
-            "models": _models_status(registry, shadow_status),
-        }
-        return snapshot if include_paths else _without_paths(snapshot, _known_paths(registry))
+    """See ``Server.status``: every model and version, the worker, and the control revision it follows.
+
+    Read without the registry's lifecycle lock, from copies of its tables: a hot reload holds that lock
+    while it builds and warms up a version's sessions, or drains an old one (seconds for a large model),
+    and readiness probes must answer meanwhile. A version being loaded shows once it is loaded."""
+    snapshot = {
+        "closed": registry.closed,
+        "repository": None if registry.repository is None else str(registry.repository),
+        "onnxruntime": onnxruntime_version(),
+        "thread_handoff_us": round(handoff_cost_s() * 1e6, 1),
+        "worker": worker_identity(),
+        "control": {
+            **{key: value for key, value in registry.control.to_dict().items() if key != "models"},
+            "file": operations.control_path,
+            "interval_s": operations.control_interval_s,
+            "error": operations.control_error,
+        },
+        "models": _models_status(registry, shadow_status),
+    }
+    return snapshot if include_paths else _without_paths(snapshot, _known_paths(registry))
 
 
 def _known_paths(registry: Registry) -> list[str]:
@@ -49,51 +52,52 @@ def _known_paths(registry: Registry) -> list[str]:
 
 
 def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> dict[str, Any]:
-    """The ``models`` part of ``Server.status()``: every model, its versions, their state and errors."""
-    with registry.lock:
-        models: dict[str, Any] = {}
-        names = set(registry.loaded) | set(registry.failures) | set(registry.config_errors)
-        for name in sorted(names):
-            routes = registry.routes.get(name)
-            versions: dict[str, Any] = {}
-            for number, failure in registry.failures.get(name, {}).items():
-                versions[str(number)] = {"state": "failed", "error": failure.error}
-            held = registry.incompatible.get(name, {})
-            unhealthy: dict[str, str] = {}
-            for number, model_version in sorted(registry.loaded.get(name, {}).items()):
-                entry = model_version.status()
-                if entry["health"] is not None and routes is not None and number in routes.versions:
-                    unhealthy[str(number)] = entry["health"]
-                entry["serving"] = routes is not None and number in routes.versions
-                entry["compatible"] = number not in held
-                entry["incompatibilities"] = list(held.get(number, ()))
-                versions[str(number)] = entry
-            router = registry.routers.get(name)
-            state = registry.control.models.get(name)
-            stable = None if router is None or routes is None else router.stable_alias
-            configured = stable if stable is not None or router is None else router.config.stable
-            answering = (  # the version that answers default traffic
-                configured
-                if routes is not None and configured in routes.versions
-                else (None if routes is None else routes.default.version)
-            )
-            models[name] = {
-                "default_version": None if routes is None else routes.default.version,
-                "stable_version": stable
-                if routes is not None and stable in routes.versions
-                else (None if routes is None else routes.default.version),
-                "control": None if state is None else state.to_dict(),
-                # Servable, and the version answering default traffic can take work (a remote one whose
-                # server is down cannot); ``unhealthy``: serving versions that cannot, and why.
-                "answering_version": answering,
-                "ready": routes is not None and str(answering) not in unhealthy,
-                "unhealthy": unhealthy,
-                "config_error": registry.config_errors.get(name),
-                "versions": versions,
-                "rollout": None if router is None else router.status(),
-                "shadow": shadow_status(name),
-            }
-        return models
+    """The ``models`` part of ``Server.status()``: every model, its versions, their state and errors (each
+    table copied in one step, so a lifecycle change on another thread never breaks the iteration)."""
+    models: dict[str, Any] = {}
+    loaded, failures, config_errors = dict(registry.loaded), dict(registry.failures), dict(registry.config_errors)
+    names = set(loaded) | set(failures) | set(config_errors)
+    for name in sorted(names):
+        routes = registry.routes.get(name)
+        versions: dict[str, Any] = {}
+        for number, failure in list(failures.get(name, {}).items()):
+            versions[str(number)] = {"state": "failed", "error": failure.error}
+        held = dict(registry.incompatible.get(name, {}))
+        unhealthy: dict[str, str] = {}
+        for number, model_version in sorted(loaded.get(name, {}).items()):
+            entry = model_version.status()
+            if entry["health"] is not None and routes is not None and number in routes.versions:
+                unhealthy[str(number)] = entry["health"]
+            entry["serving"] = routes is not None and number in routes.versions
+            entry["compatible"] = number not in held
+            entry["incompatibilities"] = list(held.get(number, ()))
+            versions[str(number)] = entry
+        router = registry.routers.get(name)
+        state = registry.control.models.get(name)
+        stable = None if router is None or routes is None else router.stable_alias
+        configured = stable if stable is not None or router is None else router.config.stable
+        answering = (  # the version that answers default traffic
+            configured
+            if routes is not None and configured in routes.versions
+            else (None if routes is None else routes.default.version)
+        )
+        models[name] = {
+            "default_version": None if routes is None else routes.default.version,
+            "stable_version": stable
+            if routes is not None and stable in routes.versions
+            else (None if routes is None else routes.default.version),
+            "control": None if state is None else state.to_dict(),
+            # Servable, and the version answering default traffic can take work (a remote one whose
+            # server is down cannot); ``unhealthy``: serving versions that cannot, and why.
+            "answering_version": answering,
+            "ready": routes is not None and str(answering) not in unhealthy,
+            "unhealthy": unhealthy,
+            "config_error": config_errors.get(name),
+            "versions": versions,
+            "rollout": None if router is None else router.status(),
+            "shadow": shadow_status(name),
+        }
+    return models
 
 
 _PATH_KEYS = frozenset({"path", "repository", "file", "folder", "optimized_path", "inputs_file"})

@@ -13,6 +13,7 @@ import pytest
 
 import inprocserve
 from inprocserve import _batching
+from inprocserve._model import ModelVersion
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, wait_until
@@ -245,4 +246,39 @@ def test_a_done_callback_that_calls_the_server_never_deadlocks_a_hot_reload(
     reload.join(timeout=30)
     assert not reload.is_alive(), "the hot reload deadlocked with the callback"
     wait_until(lambda: len(statuses) == 1)
+    assert server.models["scale"] == [2]
+
+
+def test_readiness_and_status_answer_while_a_version_loads(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hot reload holds the lifecycle lock while it builds and warms up the new version (seconds for a large
+    # model). Readiness probes that waited for it would time out, and take every pod out of service at once.
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    loading, finish = threading.Event(), threading.Event()
+    load = ModelVersion.load
+
+    def held_load(self: ModelVersion) -> None:
+        if self.version == 2:
+            loading.set()
+            assert finish.wait(30)
+        load(self)
+
+    monkeypatch.setattr(ModelVersion, "load", held_load)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    reload = threading.Thread(target=server.refresh, daemon=True)
+    reload.start()
+    try:
+        assert loading.wait(30)  # the reload holds the lock now, building version 2
+        answers: list[Any] = []
+        probe = threading.Thread(target=lambda: answers.append((server.readiness(), server.status())), daemon=True)
+        probe.start()
+        probe.join(timeout=20)
+        assert answers, "readiness waited for the hot reload"
+        readiness, status = answers[0]
+        assert readiness.ready and status["models"]["scale"]["default_version"] == 1
+    finally:
+        finish.set()
+    reload.join(timeout=30)
     assert server.models["scale"] == [2]
