@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,11 +47,14 @@ class Routes:
     router: Router
 
 
+_Stamp = tuple[tuple[str, int, int], ...]  # (path, mtime_ns, size) of each file a failed load depends on
+
+
 @dataclass(slots=True)
 class _Failure:
     error: str
-    # (mtime_ns, size) of the file that failed, to retry only when it changes; None: retry on every refresh
-    stamp: tuple[int, int] | None
+    # what the failed load read, to retry only when it changes (see _stamp); None: retry on every refresh
+    stamp: _Stamp | None
 
 
 class Registry:
@@ -540,12 +544,25 @@ def _remote_path(name: str, version: int) -> Path:
     return Path("<remote>", name, str(version), REMOTE_FILENAME)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def _stamp(path: Path) -> _Stamp | None:
+    """What a version that failed to load waits on: the name, mtime and size of its file, of the other files
+    in its folder (external weights still being copied) and of the files of its model's folder (its
+    ``config.toml``, a warm-up archive). A change to any of them retries it; ``None`` if the file is gone."""
     try:
         info = path.stat()
     except OSError:
         return None
-    return (info.st_mtime_ns, info.st_size)
+    entries = [(str(path), info.st_mtime_ns, info.st_size)]
+    for folder in (path.parent, path.parent.parent):
+        try:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    if entry.is_file(follow_symlinks=False):
+                        stat = entry.stat(follow_symlinks=False)
+                        entries.append((entry.path, stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            continue
+    return tuple(sorted(entries))
 
 
 def close_versions(loaded: dict[str, dict[int, ModelVersion]]) -> None:

@@ -14,7 +14,7 @@ import pytest
 import inprocserve
 from inprocserve import _batching
 from inprocserve._model import ModelVersion
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, wait_until
 
@@ -282,3 +282,34 @@ def test_readiness_and_status_answer_while_a_version_loads(
         finish.set()
     reload.join(timeout=30)
     assert server.models["scale"] == [2]
+
+
+def test_a_version_that_failed_mid_copy_loads_once_the_rest_arrives(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # A copy lands model.onnx first and its external weights a moment later; or config.toml names a warm-up
+    # archive that is copied after the version. The failed load is retried once what it read changes, not
+    # only when model.onnx does.
+    onnx = pytest.importorskip("onnx")
+    save_model(build_mlp_model((16, 32, 2)), repository, "m", 1)
+    server = make_server(repository)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    onnx.save_model(
+        build_mlp_model((16, 32, 2), seed=7),
+        staged / "model.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    (repository / "m" / "2").mkdir()
+    shutil.copy2(staged / "model.onnx", repository / "m" / "2" / "model.onnx")
+    assert any("weights.bin" in problem for problem in server.refresh())  # mid-copy: version 2 fails
+    shutil.copy2(staged / "weights.bin", repository / "m" / "2" / "weights.bin")
+    assert server.refresh() == [] and server.models["m"] == [2]
+    (repository / "m" / "config.toml").write_text('[warmup]\ninputs_file = "warmup.npz"\n')
+    save_model(build_mlp_model((16, 32, 2), seed=8), repository, "m", 3)
+    assert server.refresh()  # its warm-up archive is not there yet
+    np.savez(repository / "m" / "warmup.npz", x=np.ones((1, 16), np.float32))
+    assert server.refresh() == [] and server.models["m"] == [3]
