@@ -141,7 +141,14 @@ class Registry:
                 problems = self._sync_model(name, source, effective)
                 if problems:
                     raise ModelLoadError("; ".join(problems), model=name)
-                return max(self.routes[name].versions)
+                routes = self.routes.get(name)
+                if routes is None:
+                    raise ModelNotFoundError(
+                        f"model {name!r}: its version_policy selects none of the versions in the repository "
+                        f"({', '.join(map(str, sorted(source.versions))) or 'none'})",
+                        model=name,
+                    )
+                return max(routes.versions)
             if version is None:
                 version = self._next_version(name)
             if path is None:

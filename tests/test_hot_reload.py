@@ -313,3 +313,12 @@ def test_a_version_that_failed_mid_copy_loads_once_the_rest_arrives(
     assert server.refresh()  # its warm-up archive is not there yet
     np.savez(repository / "m" / "warmup.npz", x=np.ones((1, 16), np.float32))
     assert server.refresh() == [] and server.models["m"] == [3]
+
+
+def test_loading_a_model_whose_policy_selects_nothing_says_so(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    save_model(build_scale_model(1.0), repository, "pinned", 1)
+    (repository / "pinned" / "config.toml").write_text("version_policy = { specific = [5] }\n")
+    with pytest.raises(inprocserve.ModelNotFoundError, match="selects none of the versions in the repository \\(1\\)"):
+        server.load("pinned")
