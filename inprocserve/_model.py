@@ -27,7 +27,7 @@ from ._batching import Batcher
 from ._cache import PredictionCache
 from ._config import ModelConfig
 from ._drift import DriftMonitor
-from ._errors import InprocserveError, ModelLoadError
+from ._errors import InprocserveError, ModelLoadError, ServerClosedError
 from ._flush_policy import RunCost
 from ._integrity import resolve_model_file
 from ._ort_backend import build_onnxruntime_backend
@@ -141,6 +141,8 @@ class ModelVersion:
                 warmup=self._warm_up, probe_rows=batching.max_batch_size if batching.enabled else 1
             )
             self._check_padding(signature)
+        except ServerClosedError:  # closed while it loaded (the server is shutting down): not a failed load
+            raise
         except Exception as exc:
             # anything else is a bad file or setting that surfaced in another form (a half-copied warm-up
             # archive, a link loop in external data, a setting of the wrong type): a failed load all the same
