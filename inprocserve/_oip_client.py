@@ -15,12 +15,14 @@ decides whether a retry is safe. :mod:`inprocserve._remote` maps both to the lib
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._call_watchdog import CallWatchdog, Watch
 from ._extras import require
 
 __all__ = ["MAX_RESPONSE_BYTES", "HttpClient", "HttpResponse", "TransportError"]
@@ -28,6 +30,7 @@ __all__ = ["MAX_RESPONSE_BYTES", "HttpClient", "HttpResponse", "TransportError"]
 MAX_RESPONSE_BYTES = 1 << 30
 """A response body longer than this is refused (a broken server must not exhaust the process's memory)."""
 _CHUNK = 1 << 20
+_calls = threading.local()  # .watch: the call this thread is making, for the connection to arm with its socket
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,8 @@ class HttpClient:
 
     Thread-safe: urllib3's pool hands each call its own connection; a call that finds all of them busy waits
     for one (up to its timeout). Not fork-safe by itself: its owner drops it in a forked child
-    (:meth:`forget`) and builds a new one there.
+    (:meth:`forget`) and builds a new one there. Owns a :class:`CallWatchdog` thread (started by the first
+    call, stopped by :meth:`close`) that shuts a call's socket when the call outlives its timeout.
 
     Args:
         base_url: ``http://host:port`` or ``https://host:port``, with an optional path prefix (a gateway's).
@@ -80,6 +84,8 @@ class HttpClient:
         self._pool: Any = self._urllib3.connection_from_url(
             f"{parts.scheme}://{parts.netloc}", maxsize=max_connections, block=True
         )
+        self._pool.ConnectionCls = _watched(self._pool.ConnectionCls)
+        self._watchdog = CallWatchdog(name=f"inprocserve-http-deadline-{parts.netloc}")
         self._pid = os.getpid()
 
     def request(
@@ -95,8 +101,9 @@ class HttpClient:
 
         Args:
             path: From the server root, such as ``/v2/models/fraud``; the base URL's prefix is put in front.
-            timeout_s: Cap on the whole call: waiting for a free connection, connecting, and reading the
-                answer (checked between reads, so a server that trickles bytes cannot hold the call longer).
+            timeout_s: Cap on the whole call: waiting for a free connection, connecting, sending, and reading
+                the answer. A watchdog shuts the socket when it runs out, so a server that trickles its
+                headers or its body a byte at a time cannot hold the call longer.
 
         Raises:
             TransportError: no whole response (connection refused or reset, a timeout, the pool closed, a
@@ -106,6 +113,8 @@ class HttpClient:
         urllib3 = self._urllib3
         exceptions = urllib3.exceptions
         timeout = urllib3.Timeout(connect=min(self._connect_timeout_s, timeout_s), read=timeout_s)
+        watch = self._watchdog.watch(timeout_s)
+        _calls.watch = watch
         try:
             response = self._pool.urlopen(
                 method,
@@ -118,7 +127,9 @@ class HttpClient:
                 pool_timeout=timeout_s,
                 preload_content=False,  # read below, against the deadline and the size cap
             )
-            data = self._read(response, deadline, timeout_s)
+            data = self._read(response, deadline, timeout_s, watch)
+        except TransportError:
+            raise
         except exceptions.NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
             raise TransportError(f"cannot connect: {_reason(exc)}", sent=False) from None
         except exceptions.ConnectTimeoutError:
@@ -132,41 +143,80 @@ class HttpClient:
         except exceptions.ReadTimeoutError:
             raise TransportError(f"no answer within {timeout_s:.3g} s", sent=True, timed_out=True) from None
         except (exceptions.HTTPError, OSError) as exc:  # reset or closed mid-exchange: it may have run
+            if watch.end():  # the watchdog shut the socket: the deadline passed mid-exchange
+                raise _late(timeout_s) from None
             raise TransportError(f"the connection failed: {_reason(exc)}", sent=True) from None
+        finally:
+            _calls.watch = None
+            watch.end()
         return HttpResponse(response.status, data, {name.lower(): value for name, value in response.headers.items()})
 
     @staticmethod
-    def _read(response: Any, deadline: float, timeout_s: float) -> bytes:
+    def _read(response: Any, deadline: float, timeout_s: float, watch: Watch) -> bytes:
         chunks: list[bytes] = []
         total = 0
-        done = False
+        whole = False
         try:
             while True:  # bounded: by the deadline, and by the size cap
                 if time.monotonic() > deadline:
-                    raise TransportError(f"no whole answer within {timeout_s:.3g} s", sent=True, timed_out=True)
+                    raise _late(timeout_s)
                 chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for all of it)
                 if not chunk:
-                    done = True
-                    return b"".join(chunks)
+                    whole = True
+                    break
                 total += len(chunk)
                 if total > MAX_RESPONSE_BYTES:
                     raise TransportError(f"the answer is longer than {MAX_RESPONSE_BYTES} bytes", sent=True)
                 chunks.append(chunk)
         finally:
-            if done:
+            # End the watch before the connection can go back to the pool, where another call may take it.
+            late = watch.end()
+            if whole and not late:
                 response.release_conn()  # read to the end: the connection can be reused
             else:
-                response.close()  # half-read: the connection is unusable, drop it
+                response.close()  # half-read or shut down: the connection is unusable, drop it
                 response.release_conn()
+        if late:  # the end of data may be the shutdown's, not the answer's
+            raise _late(timeout_s)
+        return b"".join(chunks)
 
     def close(self) -> None:
         """Close every pooled connection. Idempotent; calls after it fail with :class:`TransportError`."""
         if self._pid == os.getpid():
             self._pool.close()
+            self._watchdog.close()
 
     def forget(self) -> None:
         """Drop the pool without touching its sockets: in a forked child they are the parent's."""
         self._pid = -1
+        self._watchdog.forget()
+
+
+def _late(timeout_s: float) -> TransportError:
+    return TransportError(f"no whole answer within {timeout_s:.3g} s", sent=True, timed_out=True)
+
+
+def _watched(connection_class: Any) -> Any:
+    """A subclass of urllib3's connection class that hands its socket to the calling thread's :class:`Watch`,
+    once connected and at each request (a kept-alive connection is reused without connecting again)."""
+
+    class WatchedConnection(connection_class):  # type: ignore[misc]
+        def connect(self) -> None:
+            super().connect()
+            _arm(self.sock)
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            _arm(self.sock)
+            super().request(*args, **kwargs)
+
+    WatchedConnection.__name__ = WatchedConnection.__qualname__ = f"Watched{connection_class.__name__}"
+    return WatchedConnection
+
+
+def _arm(sock: Any) -> None:
+    watch: Watch | None = getattr(_calls, "watch", None)
+    if watch is not None:
+        watch.arm(sock)
 
 
 def _reason(error: BaseException) -> str:

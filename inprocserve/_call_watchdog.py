@@ -1,0 +1,161 @@
+"""Shut down the socket of an HTTP call that outlives its deadline: the one bound a read timeout cannot give.
+
+A socket timeout caps each read, not a call. ``http.client`` reads the status line and the headers one
+line at a time, with no hook between reads, so a server (or a broken proxy) that sends them a byte at a time,
+each within the read timeout, holds the caller for as long as it likes: 20 s for a 0.5 s deadline in a
+review's script. The watchdog keeps every call in flight in a heap ordered by deadline; one thread sleeps
+until the earliest and shuts that call's socket down, which ends a blocked read or write at once with an
+error the caller reports as its timeout.
+
+The cost per call is one heap push and two short lock holds; the thread wakes about once per deadline, not
+once per call, because calls that ended are dropped lazily when they reach the top of the heap.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+__all__ = ["CallWatchdog", "Watch"]
+
+logger = logging.getLogger(__name__)
+
+_STOP_JOIN_S = 5.0
+
+
+class Watch:
+    """One call's deadline, and the socket to shut down when it passes.
+
+    Thread-safe: the caller's thread arms and ends it, the watchdog's thread fires it, both under the
+    watchdog's lock.
+    """
+
+    __slots__ = ("_ended", "_fired", "_lock", "_sock", "deadline")
+
+    def __init__(self, deadline: float, lock: threading.Lock) -> None:
+        self.deadline = deadline
+        self._lock = lock
+        self._sock: Any = None
+        self._fired = False
+        self._ended = False
+
+    def arm(self, sock: Any) -> None:
+        """The call now talks over ``sock`` (a new or a reused connection); shut at once if already late."""
+        if sock is None:
+            return
+        with self._lock:
+            if self._ended:
+                return
+            self._sock = sock
+            if self._fired:
+                _shut(sock)
+
+    def end(self) -> bool:
+        """The call is over: never touch its socket again (the pool may hand it to another call next).
+        Returns whether the deadline fired first. Idempotent."""
+        with self._lock:
+            self._ended = True
+            self._sock = None
+            return self._fired
+
+    @property
+    def fired(self) -> bool:
+        return self._fired
+
+    def _fire(self) -> None:  # called with the lock held
+        if self._ended:
+            return
+        self._fired = True
+        if self._sock is not None:
+            _shut(self._sock)
+
+
+class CallWatchdog:
+    """Fires each :class:`Watch` at its deadline. Its thread starts with the first watch and stops in
+    :meth:`close`.
+
+    Thread-safe. Not fork-safe by itself: its owner drops it in a forked child (the thread does not exist
+    there) and builds a new one.
+
+    Args:
+        name: The thread's name (it shows in thread dumps).
+    """
+
+    def __init__(self, *, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._heap: list[tuple[float, int, Watch]] = []
+        self._order = itertools.count()  # ties on the deadline never compare two Watch objects
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def watch(self, timeout_s: float) -> Watch:
+        """Start watching a call that must end within ``timeout_s``; :meth:`Watch.end` it when it does."""
+        deadline = time.monotonic() + timeout_s
+        watch = Watch(deadline, self._lock)
+        with self._lock:
+            if self._closed:
+                return watch  # never fires: the owner's calls fail on their own once it is closed
+            heapq.heappush(self._heap, (deadline, next(self._order), watch))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is watch:
+                self._wake.notify()  # earlier than what the thread sleeps towards
+        return watch
+
+    def close(self) -> None:
+        """Stop the thread; watches still running never fire. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._heap.clear()
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_STOP_JOIN_S)
+
+    def forget(self) -> None:
+        """In a forked child: the thread is the parent's and does not run here; stop accepting watches."""
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._heap = []
+        self._thread = None
+        self._closed = True
+
+    @property
+    def watched(self) -> int:
+        """Entries in the heap, ended ones not yet dropped included (for tests and status)."""
+        with self._lock:
+            return len(self._heap)
+
+    def _run(self) -> None:
+        heap = self._heap
+        with self._lock:
+            while not self._closed:
+                now = time.monotonic()
+                while heap and (heap[0][2]._ended or heap[0][0] <= now):
+                    heapq.heappop(heap)[2]._fire()
+                if heap:
+                    self._wake.wait(heap[0][0] - now)
+                else:
+                    self._wake.wait()
+
+
+def _shut(sock: Any) -> None:
+    # The plain socket's shutdown, also for a TLS socket: SSLSocket.shutdown would drop its SSL object
+    # under the thread reading from it. Both directions, so a blocked send ends as well as a blocked read.
+    try:
+        if isinstance(sock, socket.socket):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        else:  # a TLS-in-TLS transport (through an HTTPS proxy) has its own
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # closed already, or never connected: nothing to end
+        pass
+    except Exception:  # never let one odd socket stop the watchdog's thread
+        logger.exception("could not shut down the socket of a call past its deadline")

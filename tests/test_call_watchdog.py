@@ -1,0 +1,91 @@
+"""The watchdog that ends an HTTP call at its deadline, on real socket pairs: it shuts the socket of a call
+still running at its deadline (ending a blocked read), and never touches the socket of a call that ended,
+which the pool may already have handed to another call."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from inprocserve._call_watchdog import CallWatchdog
+
+
+@pytest.fixture
+def watchdog() -> Iterator[CallWatchdog]:
+    dog = CallWatchdog(name="test-watchdog")
+    yield dog
+    dog.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def test_a_call_past_its_deadline_has_its_blocked_read_ended(
+    watchdog: CallWatchdog, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, _ = pair
+    ours.settimeout(30)  # the per-read timeout alone would hold the read for 30 s
+    watch = watchdog.watch(0.2)
+    watch.arm(ours)
+    assert ours.recv(1) == b""  # the shutdown ends the read as an end of data
+    assert watch.end() is True
+
+
+def test_a_call_that_ended_in_time_keeps_its_socket(
+    watchdog: CallWatchdog, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, theirs = pair
+    watch = watchdog.watch(0.05)
+    watch.arm(ours)
+    assert watch.end() is False
+    later = watchdog.watch(0.1)  # the thread wakes for the first deadline and goes on to this one
+    while not later.fired:
+        time.sleep(0.01)
+    theirs.sendall(b"x")  # the connection, back in a pool, still works for the next call
+    assert ours.recv(1) == b"x"
+    assert watchdog.watched == 0  # both entries left the heap
+
+
+def test_a_socket_armed_after_the_deadline_is_shut_at_once(
+    watchdog: CallWatchdog, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, _ = pair
+    watch = watchdog.watch(0.0)
+    while not watch.fired:
+        time.sleep(0.01)
+    watch.arm(ours)  # the connection came out of the pool after the deadline
+    ours.settimeout(30)
+    assert ours.recv(1) == b""
+
+
+def test_an_earlier_deadline_wakes_the_thread(
+    watchdog: CallWatchdog, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, _ = pair
+    slow = watchdog.watch(3600)  # the thread now sleeps towards this one
+    quick = watchdog.watch(0.05)
+    quick.arm(ours)
+    ours.settimeout(30)
+    assert ours.recv(1) == b""
+    assert quick.fired and not slow.fired
+    slow.end()
+
+
+def test_close_stops_the_thread_and_later_watches_never_fire(watchdog: CallWatchdog) -> None:
+    watchdog.watch(3600)
+    (thread,) = [t for t in threading.enumerate() if t.name == "test-watchdog"]
+    watchdog.close()
+    assert not thread.is_alive()
+    late = watchdog.watch(0.0)
+    time.sleep(0.05)
+    assert not late.fired
+    watchdog.close()  # idempotent
