@@ -22,6 +22,8 @@ Errors: 400/422 -> :class:`InvalidInputError` (the batcher bisects to the bad re
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
 import logging
 import os
@@ -63,6 +65,8 @@ _E = TypeVar("_E", bound=InprocserveError)
 
 _BACKOFF_S = 0.05  # first retry waits up to this (full jitter), doubling each time
 _BACKOFF_CAP_S = 1.0
+_HUNG_FACTOR = 4.0  # a call cut short by its caller's deadline after this many times the usual answer time
+_TYPICAL_WEIGHT = 0.2  # of each new answer time in the running average of answer times
 # The remote server is trusted to answer with its model's outputs: only the protocol's shape is checked.
 _RESPONSE_LIMITS = Limits(max_elements=1 << 40, max_tensors=1 << 16)
 
@@ -156,6 +160,7 @@ class RemoteBackend:
         self._failures = 0
         self._retries = 0
         self._last_error: str | None = None
+        self._typical_s: float | None = None  # running average of how long answered calls took
         _fork.register(self)
 
     # -- Backend ---------------------------------------------------------------------------------------
@@ -272,14 +277,15 @@ class RemoteBackend:
         attempt = 0
         while True:
             remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s)
+            if remaining <= 0:  # spent on retries, each failure judged already: no sign of a hang here
+                raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s, waited_s=0.0)
             body, headers = encode_infer_request(
                 ordered,
                 binary=self._binary,
                 binary_output=self._binary,
                 parameters={"timeout": max(1, int(remaining * 1e6))},
             )
+            sent_at = self._clock()
             try:
                 response = self._http().request(
                     "POST", remote.path + "/infer", body=body, headers={**headers, **trace_headers}, timeout_s=remaining
@@ -289,15 +295,19 @@ class RemoteBackend:
                     attempt += 1
                     continue
                 if exc.timed_out:
-                    raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s) from None
+                    waited = self._clock() - sent_at
+                    raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s, waited_s=waited) from None
                 raise self._unavailable(str(exc)) from None
             if response.status == 200:
+                self._answered_in(self._clock() - sent_at)
                 self._breaker.success()
                 return self._outputs(signature, response, rows)
-            if response.status in (429, 503) and self._backoff(attempt, deadline):
-                attempt += 1
-                continue
-            raise self._refused(response)
+            if response.status in (429, 503):
+                retry_after = retry_after_seconds(response.headers.get("retry-after"))
+                if self._backoff(attempt, deadline, at_least_s=retry_after):
+                    attempt += 1
+                    continue
+            raise self._refused(response, caller_binds=caller_binds, waited_s=self._clock() - sent_at)
 
     def health(self) -> str | None:
         if self._closed:
@@ -313,6 +323,7 @@ class RemoteBackend:
         with self._lock:
             counters = {"calls": self._calls, "failures": self._failures, "retries": self._retries}
             last_error = self._last_error
+            typical = self._typical_s
         return {
             "kind": "remote",
             "remote": self.remote.describe(),
@@ -321,6 +332,7 @@ class RemoteBackend:
             "consecutive_failures": self._breaker.consecutive_failures,
             "circuit_opened": self._breaker.times_opened,
             "last_error": last_error,
+            "usual_answer_ms": None if typical is None else round(typical * 1e3, 3),
             **counters,
         }
 
@@ -373,7 +385,8 @@ class RemoteBackend:
                     attempt += 1
                     continue
                 raise ModelLoadError(f"{where}: {exc}", model=self.model, version=self.version) from None
-            if response.status == 503 and self._backoff(attempt, deadline):
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            if response.status == 503 and self._backoff(attempt, deadline, at_least_s=retry_after):
                 attempt += 1
                 continue
             if response.status == 200 and not body:
@@ -396,11 +409,14 @@ class RemoteBackend:
                 version=self.version,
             )
 
-    def _backoff(self, attempt: int, deadline: float) -> bool:
-        """Wait before retry ``attempt + 1`` if retries are left and the wait leaves time for the call."""
+    def _backoff(self, attempt: int, deadline: float, *, at_least_s: float | None = None) -> bool:
+        """Wait before retry ``attempt + 1`` if retries are left and the wait leaves time for the call;
+        ``at_least_s`` is the server's ``Retry-After``, which the wait honours."""
         if attempt >= self.remote.retries:
             return False
         wait = self._rng.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_S * 2**attempt))
+        if at_least_s is not None:
+            wait = max(wait, at_least_s)
         if self._clock() + wait >= deadline:
             return False
         with self._lock:
@@ -424,29 +440,68 @@ class RemoteBackend:
                 raise self._error(
                     InferenceError, f"output {spec.name!r} has shape {array.shape} for a batch of {rows} rows"
                 )
+            mismatch = _unlike(spec, array)
+            if mismatch:
+                raise self._error(
+                    InferenceError,
+                    f"output {spec.name!r} is {mismatch}, but the server's metadata declares "
+                    f"{spec.describe()}; fix the model's declared outputs on the server, or its answers",
+                )
             outputs.append(array)
         return outputs
 
-    def _refused(self, response: HttpResponse) -> Exception:
+    def _refused(self, response: HttpResponse, *, caller_binds: bool, waited_s: float) -> Exception:
         status = response.status
         detail = f"{self.remote.endpoint}/infer answered {status}: {_message(response)}"
         if status in (400, 422):
             self._breaker.success()  # the server is up; the request was wrong
             return self._error(InvalidInputError, f"the remote server refused the inputs: {detail}", count=False)
-        if status == 504:
-            self._breaker.release()
+        if status == 504:  # the server ran out of the time it was sent: judged as a timeout here is
+            if self._counts_against_server(caller_binds=caller_binds, waited_s=waited_s):
+                self._breaker.failure()
+            else:
+                self._breaker.release()
             return self._error(DeadlineExceededError, detail)
-        if status >= 500 or status == 429:
+        if status == 429:  # up, but shedding load: not a failure, and the next call may probe
+            self._breaker.release()
+            wait = retry_after_seconds(response.headers.get("retry-after"))
+            when = "" if wait is None else f" (it asks for {wait:.3g} s before the next call)"
+            return self._error(RemoteUnavailableError, f"{self.remote.endpoint} is overloaded: {detail}{when}")
+        if status >= 500:
             return self._unavailable(detail)
         self._breaker.success()
         return self._error(InferenceError, detail)
 
-    def _timed_out(self, *, caller_binds: bool, limit_s: float) -> DeadlineExceededError:
-        if caller_binds:
-            self._breaker.release()  # the caller's budget ran out: that says nothing about the server
-            return self._deadline(f"no answer from {self.remote.endpoint} within the request's {limit_s:.3g} s")
-        self._breaker.failure()  # the server is slower than its own timeout_s allows
-        return self._deadline(f"no answer from {self.remote.endpoint} within its timeout_s of {limit_s:.3g} s")
+    def _timed_out(self, *, caller_binds: bool, limit_s: float, waited_s: float) -> DeadlineExceededError:
+        endpoint = self.remote.endpoint
+        if not caller_binds:
+            self._breaker.failure()  # the server is slower than its own timeout_s allows
+            return self._deadline(f"no answer from {endpoint} within its timeout_s of {limit_s:.3g} s")
+        if self._counts_against_server(caller_binds=True, waited_s=waited_s):
+            self._breaker.failure()
+            typical = self._typical_s
+            usual = "it has not answered a call yet" if typical is None else f"its answers take {typical * 1e3:.3g} ms"
+            return self._deadline(
+                f"no answer from {endpoint} within the request's {limit_s:.3g} s ({usual}: counted as a failure "
+                f"of the server)"
+            )
+        self._breaker.release()  # the caller's budget ran out first: that says nothing about the server
+        return self._deadline(f"no answer from {endpoint} within the request's {limit_s:.3g} s")
+
+    def _counts_against_server(self, *, caller_binds: bool, waited_s: float) -> bool:
+        """Whether a call that ran out of time says the server is failing. Out of its own ``timeout_s``: yes.
+        Out of a caller's shorter deadline: only when it waited ``_HUNG_FACTOR`` times longer than answers
+        usually take (or no call was answered yet), so a hung server opens the circuit whatever deadlines
+        callers set, while callers in a hurry do not open it for everyone else."""
+        if not caller_binds:
+            return True
+        typical = self._typical_s
+        return typical is None or waited_s >= _HUNG_FACTOR * typical
+
+    def _answered_in(self, elapsed_s: float) -> None:
+        with self._lock:
+            typical = self._typical_s
+            self._typical_s = elapsed_s if typical is None else typical + _TYPICAL_WEIGHT * (elapsed_s - typical)
 
     def _deadline(self, message: str) -> DeadlineExceededError:
         return self._error(DeadlineExceededError, message)
@@ -477,6 +532,36 @@ if TYPE_CHECKING:  # mypy checks that RemoteBackend keeps the Backend protocol
 
     def _conforms(backend: RemoteBackend) -> Backend:
         return backend
+
+
+def _unlike(spec: TensorSpec, array: np.ndarray) -> str | None:
+    """How an answered output differs from its declared element type and fixed dimensions, or ``None``."""
+    if spec.dtype is not None and array.dtype != spec.dtype:
+        return f"of numpy type {array.dtype}"
+    if spec.shape is None:
+        return None
+    if array.ndim != len(spec.shape) or any(
+        isinstance(want, int) and want != got for want, got in zip(spec.shape, array.shape, strict=True)
+    ):
+        return f"of shape {list(array.shape)}"
+    return None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (RFC 9110: a count of seconds or an HTTP date);
+    ``None`` when absent or not understood (hostile values included: no exception, no huge number)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value) if len(value) <= 9 else 1e9
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 def _message(response: HttpResponse) -> str:

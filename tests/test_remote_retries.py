@@ -19,7 +19,7 @@ import inprocserve
 from inprocserve import v2
 from inprocserve._batch_execution import BatchExecution
 from inprocserve._recorder import Recorder
-from inprocserve._remote import RemoteBackend
+from inprocserve._remote import RemoteBackend, retry_after_seconds
 from inprocserve._remote_model import RemoteModel
 from inprocserve._request import Request, Route
 from inprocserve._rollout import Decision
@@ -36,16 +36,19 @@ METADATA = {
 
 class Scripted(ThreadingHTTPServer):
     """Answers GETs with metadata, and each POST with the next scripted reply: an HTTP status, "drop"
-    (close the connection without answering), "trickle" (a body that never finishes), "deep 500" or "huge
-    integer" (hostile bodies). Past the script, it answers y = 2x."""
+    (close the connection without answering), "trickle" (a body that never finishes), "trickle headers"
+    (headers that never finish), "hang" (no answer), "slow S" (y = 2x after S seconds), (status, headers),
+    "deep 500" or "huge integer" (hostile bodies), "float64" or "narrow" (y of another type, or of 3 columns).
+    Past the script, it answers y = 2x."""
 
     daemon_threads = True
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
-        self.script: list[int | str] = []
+        self.script: list[int | str | tuple[int, dict[str, str]]] = []
         self.posts = 0
         self.lock = threading.Lock()
+        self.stop_trickling = threading.Event()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -81,6 +84,27 @@ class Handler(BaseHTTPRequestHandler):
                     return
                 time.sleep(0.05)
             return
+        if step == "trickle headers":  # a status line and headers that never end: a byte every 50 ms
+            self.close_connection = True
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not self.server.stop_trickling.wait(0.05):
+                try:
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                except OSError:  # the client gave up and shut its socket
+                    return
+            return
+        if step == "hang":  # accepts the request and never answers (until teardown)
+            self.close_connection = True
+            self.server.stop_trickling.wait(60)
+            return
+        if isinstance(step, str) and step.startswith("slow "):  # answers, after that many seconds
+            time.sleep(float(step.split()[1]))
+            step = 200
+        if isinstance(step, tuple):  # a status with headers
+            status, extra = step
+            self._send(status, json.dumps({"error": f"scripted {status}"}).encode(), extra)
+            return
         if step == "deep 500":  # an error body no JSON parser can take: nested past Python's recursion limit
             self._send(500, b"[" * 200_000, {"Content-Type": "application/json"})
             return
@@ -88,11 +112,16 @@ class Handler(BaseHTTPRequestHandler):
             answer = b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [' + b"9" * 5000 + b"]}]}"
             self._send(200, answer, {"Content-Type": "application/json"})
             return
-        if step != 200:
-            self._send(int(step), json.dumps({"error": f"scripted {step}"}).encode(), {})
+        if isinstance(step, int) and step != 200:
+            self._send(step, json.dumps({"error": f"scripted {step}"}).encode(), {})
             return
         request = v2.decode_infer_request(body, dict(self.headers))
-        answer, headers = v2.encode_infer_response({"y": request.inputs["x"] * 2}, binary=request.binary_output)
+        y = request.inputs["x"] * 2
+        if step == "float64":
+            y = y.astype(np.float64)
+        elif step == "narrow":
+            y = y[:, :3]
+        answer, headers = v2.encode_infer_response({"y": y}, binary=request.binary_output)
         self._send(200, answer, headers)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -110,6 +139,7 @@ def scripted() -> Iterator[Scripted]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
+    server.stop_trickling.set()
     server.shutdown()
     server.server_close()
     thread.join(timeout=10)
@@ -124,10 +154,15 @@ def backends() -> Iterator[list[RemoteBackend]]:
 
 
 def backend_for(
-    backends: list[RemoteBackend], server: Scripted, *, clock: Any = time.monotonic, **options: Any
+    backends: list[RemoteBackend],
+    server: Scripted,
+    *,
+    clock: Any = time.monotonic,
+    sleep: Any = lambda _: None,
+    **options: Any,
 ) -> RemoteBackend:
     remote = RemoteModel(url=f"http://127.0.0.1:{server.server_port}", model="scale", **options)
-    backend = RemoteBackend("scale", 1, remote, sleep=lambda _: None, clock=clock)
+    backend = RemoteBackend("scale", 1, remote, sleep=sleep, clock=clock)
     backends.append(backend)
     backend.prepare()
     return backend
@@ -289,3 +324,136 @@ def test_a_server_that_trickles_its_answer_cannot_hold_the_call_past_its_deadlin
         backend.run(backend.runners()[0], FEEDS, timeout_s=0.5)  # every read gets a byte within 50 ms
     (answer,) = backend.run(backend.runners()[0], FEEDS)  # the one connection slot was given back
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+
+
+def test_a_server_that_trickles_its_headers_cannot_hold_the_call_past_its_deadline(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    # Each header byte arrives well within the read timeout, and http.client reads headers with no check
+    # between reads: only the watchdog, shutting the socket at the deadline, ends this call.
+    backend = backend_for(backends, scripted, concurrency=1, timeout_s=30)
+    scripted.script = ["trickle headers"]
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            backend.run(backend.runners()[0], FEEDS, timeout_s=0.5)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    caller.join(timeout=20)  # a hang detector, not a latency bound: the server trickles until teardown
+    assert not caller.is_alive(), "the call outlived its 0.5 s deadline by 20 s"
+    (error,) = outcome
+    assert isinstance(error, inprocserve.DeadlineExceededError)
+    assert "request's 0.5 s" in str(error)
+    (answer,) = backend.run(backend.runners()[0], FEEDS)  # the one connection slot was given back
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+
+
+@pytest.mark.parametrize("answered_before", [False, True])
+def test_a_hung_server_opens_the_circuit_whatever_deadlines_callers_set(
+    scripted: Scripted, backends: list[RemoteBackend], answered_before: bool
+) -> None:
+    # Every caller's deadline (0.2 s) is shorter than timeout_s, so each timeout is the caller's; but a
+    # server that holds every call far longer than it usually answers is failing, and failing fast beats
+    # every request waiting out its whole deadline.
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=2, timeout_s=30, concurrency=2)
+    if answered_before:
+        backend.run(backend.runners()[0], FEEDS)  # the server's usual answer time: a few ms
+    scripted.script = ["hang", "hang"]
+    for _ in range(2):
+        with pytest.raises(inprocserve.DeadlineExceededError, match="counted as a failure of the server"):
+            backend.run(backend.runners()[0], FEEDS, timeout_s=0.2)
+    assert backend.status()["circuit"] == "open"
+    with pytest.raises(inprocserve.RemoteUnavailableError, match="failing fast"):
+        backend.run(backend.runners()[0], FEEDS, timeout_s=0.2)
+    assert scripted.posts == 2 + answered_before
+
+
+def test_callers_in_a_hurry_do_not_open_the_circuit_for_everyone(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=1, timeout_s=30, concurrency=2)
+    scripted.script = ["slow 0.3"]
+    backend.run(backend.runners()[0], FEEDS)  # this server usually takes 0.3 s
+    scripted.script = ["slow 0.3", "slow 0.3"]
+    for _ in range(2):  # 0.05 s is far less than four times its usual answer time
+        with pytest.raises(inprocserve.DeadlineExceededError) as caught:
+            backend.run(backend.runners()[0], FEEDS, timeout_s=0.05)
+        assert "counted" not in str(caught.value)
+    assert backend.status()["circuit"] == "closed"
+
+
+def test_a_504_counts_against_the_server_when_its_own_timeout_ran_out(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=1)
+    scripted.script = [504]
+    with pytest.raises(inprocserve.DeadlineExceededError, match="answered 504"):
+        backend.run(backend.runners()[0], FEEDS)  # sent timeout_s itself: the server could not make it
+    assert backend.status()["circuit"] == "open"
+
+
+def test_a_429_is_not_a_failure_of_the_server(scripted: Scripted, backends: list[RemoteBackend]) -> None:
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=1)
+    scripted.script = [(429, {"Retry-After": "7"})]
+    with pytest.raises(inprocserve.RemoteUnavailableError, match=r"overloaded.*asks for 7 s"):
+        backend.run(backend.runners()[0], FEEDS)
+    assert backend.status()["circuit"] == "closed"  # shedding load is not being down
+    (answer,) = backend.run(backend.runners()[0], FEEDS)
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_is_honoured_within_the_deadline(
+    scripted: Scripted, backends: list[RemoteBackend], status: int
+) -> None:
+    clock = ManualClock()
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    backend = backend_for(backends, scripted, clock=clock, sleep=sleep, retries=2, timeout_s=10)
+    scripted.script = [(status, {"Retry-After": "3"})]
+    (answer,) = backend.run(backend.runners()[0], FEEDS)
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+    assert waits and waits[0] >= 3  # not the 50 ms backoff: the server said when
+    scripted.script = [(status, {"Retry-After": "30"})]  # past the call's 10 s: no point waiting
+    with pytest.raises(inprocserve.RemoteUnavailableError, match=f"answered {status}"):
+        backend.run(backend.runners()[0], FEEDS)
+    assert len(waits) == 1 and scripted.posts == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("120", 120.0),
+        (" 5 ", 5.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date in the past: no wait
+        ("9" * 400, 1e9),  # no 400-digit float, no exception
+        ("²", None),
+        ("-3", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00", None),  # a date without its zone
+        (None, None),
+    ],
+)
+def test_retry_after_values_are_read_safely(header: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(header) == seconds
+
+
+@pytest.mark.parametrize(("step", "said"), [("float64", "of numpy type float64"), ("narrow", r"of shape \[2, 3\]")])
+def test_outputs_unlike_the_declared_ones_are_an_inference_error(
+    scripted: Scripted, backends: list[RemoteBackend], step: str, said: str
+) -> None:
+    backend = backend_for(backends, scripted)
+    scripted.script = [step]
+    with pytest.raises(
+        inprocserve.InferenceError, match=f"output 'y' is {said}.*declares y: tensor\\(float\\)"
+    ) as caught:
+        backend.run(backend.runners()[0], FEEDS)
+    assert not isinstance(caught.value, inprocserve.InvalidInputError)  # the server's fault: no bisecting
