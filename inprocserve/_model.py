@@ -103,6 +103,8 @@ class ModelVersion:
         self.batcher: Batcher | None = None
         self.run_cost: RunCost | None = None
         self.memory_bytes: int | None = None  # RSS growth while this version loaded; None where unmeasured
+        # What its files were when it loaded (set by the registry): a refresh reloads it when they change.
+        self.source_stamp: object = None
         self.drift: DriftMonitor | None = None
         self.cache = PredictionCache(config.cache, clock=clock) if config.cache.enabled else None
         self.latency = LatencyHistogram()  # fed by the server when a request to this version finishes

@@ -47,7 +47,7 @@ class Routes:
     router: Router
 
 
-_Stamp = tuple[tuple[str, int, int], ...]  # (path, mtime_ns, size) of each file a failed load depends on
+_Stamp = tuple[tuple[str, int, int], ...]  # (path, mtime_ns, size) of each file a load depends on
 
 
 @dataclass(slots=True)
@@ -239,10 +239,12 @@ class Registry:
     def _sync_model(
         self, name: str, source: ModelSource, config: ModelConfig, *, timeout_s: float | None = None
     ) -> list[str]:
-        """Make the loaded versions of ``name`` match its version policy; the lifecycle lock is held.
+        """Make the loaded versions of ``name`` match its version policy and its files; the lifecycle lock is
+        held.
 
         A version that fails to load is skipped (until its file changes): the policy is applied again to
-        the rest, so a broken new version leaves the working ones serving.
+        the rest, so a broken new version leaves the working ones serving. A loaded version whose files or
+        configuration changed is loaded again and swapped in; if that fails, the loaded one keeps serving.
         """
         problems: list[str] = []
         failures = self.failures.setdefault(name, {})
@@ -252,8 +254,21 @@ class Registry:
                 del failures[number]
         router = self.routers.get(name)
         unloaded = self._unloaded_versions.get(name, set())
+        for number, current in list(self.loaded.get(name, {}).items()):
+            path = source.versions.get(number)
+            if path is None or number in failures or number in unloaded:
+                continue
+            if not self._changed(current, path, config, stamp=_stamp(path)):
+                continue
+            logger.info("model %r version %s changed on disk or in its configuration; reloading it", name, number)
+            try:
+                self._load_version(name, number, path, config)
+            except ModelLoadError as exc:
+                problems.append(f"{exc} (version {number} as loaded before keeps serving)")
         while True:
-            usable = [v for v in source.versions if v not in failures and v not in unloaded]
+            # A failed reload of a loaded version leaves it usable: the loaded one keeps serving.
+            current_versions = self.loaded.get(name, {})
+            usable = [v for v in source.versions if (v not in failures or v in current_versions) and v not in unloaded]
             selected = config.version_policy.select(usable)
             # Versions the rollout names (stable alias, canary, arms, shadows) are served whatever the policy.
             extra = (
@@ -272,7 +287,11 @@ class Registry:
                     problems.append(str(exc))
         if not failures:
             self.failures.pop(name, None)
-        if not wanted:
+        if not wanted:  # every version folder is gone (or failed, or unloaded by hand): stop serving it
+            gone = list(self.loaded.get(name, {}))
+            if gone:
+                logger.info("model %r has no version to serve in the repository; unloading it", name)
+                self.retire(name, gone, timeout_s=timeout_s)
             return problems
         latest = max(selected) if selected else max(wanted)
         default = self._gate(name, latest, usable)
@@ -332,7 +351,9 @@ class Registry:
         """Load one version (from ``path``, or from the model server ``remote`` names) and keep it in
         :attr:`loaded`; a failure is recorded, logged and raised, and never replaces a loaded version."""
         loaded = self.loaded.get(name, {})
-        if remote is None and number in loaded and loaded[number].path == path:
+        stamp = None if remote is not None else _stamp(path)  # before loading: a write during it shows next time
+        current = loaded.get(number)
+        if remote is None and current is not None and not self._changed(current, path, config, stamp=stamp):
             return
         backend = None
         if remote is not None:
@@ -360,12 +381,22 @@ class Registry:
             METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
             raise
         METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
+        candidate.source_stamp = stamp
         previous = loaded.get(number)
         self.loaded.setdefault(name, {})[number] = candidate
         self.failures.get(name, {}).pop(number, None)
         if previous is not None:  # same version number, new file: swap, then drain the old one
             self.publish(name)
             previous.retire()
+
+    @staticmethod
+    def _changed(current: ModelVersion, path: Path, config: ModelConfig, *, stamp: _Stamp | None) -> bool:
+        """Whether a loaded version no longer matches what would be loaded now: another file, another
+        configuration, or files that changed since it loaded (a rewritten ``model.onnx`` or
+        ``remote.toml``, external weights, the model folder's ``config.toml`` or warm-up archive)."""
+        if current.path != path or current.config != config:
+            return True
+        return current.source_stamp != stamp
 
     def publish(self, name: str, keep: set[int] | None = None) -> None:
         """Replace the routing snapshot of ``name`` (atomic for readers)."""

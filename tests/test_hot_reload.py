@@ -322,3 +322,83 @@ def test_loading_a_model_whose_policy_selects_nothing_says_so(repository: Path, 
     (repository / "pinned" / "config.toml").write_text("version_policy = { specific = [5] }\n")
     with pytest.raises(inprocserve.ModelNotFoundError, match="selects none of the versions in the repository \\(1\\)"):
         server.load("pinned")
+
+
+def test_a_version_rewritten_in_place_is_reloaded_and_swapped_in(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    assert float(one(server)["y"][0, 0]) == 2.0
+    staged = save_model(build_scale_model(3.0), tmp_path, "scale", 1)
+    staged.replace(repository / "scale" / "1" / "model.onnx")  # a release copied over version 1, atomically
+    assert server.refresh() == []
+    result = one(server)
+    assert (result.version, float(result["y"][0, 0])) == (1, 3.0)
+
+
+def test_an_unchanged_repository_reloads_nothing(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text("[batching]\nmax_batch_size = 8\n")
+    server = make_server(repository)
+    loaded_at = server.status()["models"]["scale"]["versions"]["1"]["loaded_at"]
+    for _ in range(3):
+        assert server.refresh() == []
+    assert server.status()["models"]["scale"]["versions"]["1"]["loaded_at"] == loaded_at
+
+
+def test_a_config_toml_change_applies_to_the_loaded_versions(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    assert server.status()["models"]["scale"]["versions"]["1"]["max_batch_size"] == 64
+    (repository / "scale" / "config.toml").write_text(
+        '[batching]\nmax_batch_size = 7\n[rollout]\nstrategy = "canary"\n[rollout.canary]\nversion = 1\npercent = 5\n'
+    )
+    assert server.refresh() == []
+    model = server.status()["models"]["scale"]
+    assert model["versions"]["1"]["max_batch_size"] == 7
+    assert model["rollout"]["strategy"] == "canary"
+
+
+def test_a_broken_rewrite_leaves_the_loaded_version_serving_until_it_is_fixed(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    (repository / "scale" / "1" / "model.onnx").write_bytes(b"half-copied file")
+    (problem,) = server.refresh()
+    assert "cannot load" in problem and "as loaded before keeps serving" in problem
+    assert float(one(server)["y"][0, 0]) == 2.0
+    entry = server.status()["models"]["scale"]["versions"]["1"]
+    assert entry["state"] == "ready" and entry["serving"] and "cannot load" in entry["reload_error"]
+    assert server.refresh() == []  # not tried again until the file changes: no error every poll
+    staged = save_model(build_scale_model(4.0), tmp_path, "scale", 1)
+    staged.replace(repository / "scale" / "1" / "model.onnx")
+    assert server.refresh() == []
+    assert float(one(server)["y"][0, 0]) == 4.0
+    assert server.status()["models"]["scale"]["versions"]["1"]["reload_error"] is None
+
+
+@pytest.mark.parametrize("policy", [inprocserve.VersionPolicy.latest(), inprocserve.VersionPolicy.all()])
+def test_a_model_whose_last_version_folder_is_removed_stops_serving(
+    repository: Path, make_server: ServerFactory, policy: inprocserve.VersionPolicy
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=policy))
+    shutil.rmtree(repository / "scale" / "1")  # the model's folder (and its config.toml) stays
+    server.refresh()
+    assert "scale" not in server.models
+    with pytest.raises(inprocserve.ModelNotFoundError):
+        one(server)
+
+
+def test_load_with_a_new_config_reloads_a_loaded_version(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=5))
+    assert server.load("scale", config=config) == 1
+    assert server.status()["models"]["scale"]["versions"]["1"]["max_batch_size"] == 5
+    file = repository / "scale" / "1" / "model.onnx"
+    assert server.load("other", path=file, config=config) == 1
+    assert server.load("other", path=file, version=1) == 1  # no config: the defaults again
+    assert server.status()["models"]["other"]["versions"]["1"]["max_batch_size"] == 64
