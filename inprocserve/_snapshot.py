@@ -68,8 +68,8 @@ def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> d
             entry = model_version.status()
             if entry["health"] is not None and routes is not None and number in routes.versions:
                 unhealthy[str(number)] = entry["health"]
-            failure = failures.get(name, {}).get(number)  # its files changed and loading them again failed
-            entry["reload_error"] = None if failure is None else failure.error
+            reload_failure = failures.get(name, {}).get(number)  # its files changed and loading them failed
+            entry["reload_error"] = None if reload_failure is None else reload_failure.error
             entry["serving"] = routes is not None and number in routes.versions
             entry["compatible"] = number not in held
             entry["incompatibilities"] = list(held.get(number, ()))
