@@ -125,20 +125,31 @@ class Sharing:
     Args:
         deliver: The server's per-request hook that resolves a ``submit`` future.
         telemetry: Counts hits, misses and shared runs.
+        serving: The copy of a model version that serves now (a table lookup, never a load): a follower
+            whose re-run the copy it was routed to refuses, because a reload replaced that copy, runs there.
     """
 
-    def __init__(self, deliver: Finisher, telemetry: RequestTelemetry, *, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        deliver: Finisher,
+        telemetry: RequestTelemetry,
+        *,
+        clock: Callable[[], float],
+        serving: Callable[[str, int], ModelVersion | None] = lambda model, version: None,
+    ) -> None:
         self._coalescer = Coalescer()
         self._deliver = deliver
         self._telemetry = telemetry
         self._clock = clock
+        self._serving = serving
         # Synchronous followers not (yet) queued: their caller waits for them without the batcher, whose
         # deadline bookkeeping counts queued requests only. The lock orders a follower's re-run against its
         # caller giving up. The sets hold the requests themselves (compared by identity), never their ids: an
         # id outlives its object and may name a later request.
         self._lock = threading.Lock()
         self._waiting: set[Request] = set()
-        self._requeued: set[Request] = set()  # synchronous followers queued to run by themselves
+        # Synchronous followers queued to run by themselves, and the batcher that queued them.
+        self._requeued: dict[Request, Batcher] = {}
 
     def __len__(self) -> int:
         """Leaders in flight."""
@@ -175,15 +186,17 @@ class Sharing:
         leader.add_done_callback(lambda done: self._follow(request, target, done))
         return True
 
-    def following(self, request: Request) -> bool:
+    def following(self, request: Request, batcher: Batcher) -> bool:
         """Whether the caller of ``request`` (synchronous) waits for it here (:meth:`wait`): it follows a
-        leader, or its leader's answer is being handed to it. If not, its caller waits for it in the batcher
-        (it was queued to run by itself meanwhile, and is forgotten here, or it never followed)."""
+        leader, its leader's answer is being handed to it, or it was queued to run by itself on another copy
+        of its version than ``batcher``'s. If not, its caller waits for it in ``batcher`` (it was queued
+        there to run by itself meanwhile, and is forgotten here, or it never followed)."""
         with self._lock:
-            if request in self._requeued:
-                self._requeued.discard(request)
+            requeued_on = self._requeued.get(request)
+            if requeued_on is batcher:
+                del self._requeued[request]
                 return False
-            return request.follows
+            return request.follows or requeued_on is not None
 
     def wait(self, request: Request, batcher: Batcher) -> None:
         """Block a synchronous follower's caller until it is answered or its deadline passes.
@@ -195,21 +208,19 @@ class Sharing:
             answered = request.wait(None if request.deadline is None else request.deadline - self._clock())
         except BaseException:  # its thread was interrupted: nobody waits for it any more
             with self._lock:
-                requeued = request in self._requeued
+                requeued_on = self._requeued.pop(request, None)
                 self._waiting.discard(request)
-                self._requeued.discard(request)
-            if requeued:  # re-run meanwhile: the batcher withdraws it, or drops it from its batch's chain
-                batcher.interrupted(request)
+            if requeued_on is not None:  # re-run meanwhile: withdrawn, or dropped from its batch's chain
+                requeued_on.interrupted(request)
             raise
         with self._lock:
             waiting = request in self._waiting
-            requeued = request in self._requeued
+            requeued_on = self._requeued.pop(request, None)
             self._waiting.discard(request)
-            self._requeued.discard(request)
         if answered:
             return
-        if requeued:
-            batcher.wait(request)  # re-run meanwhile: the batcher withdraws it, or it was just answered
+        if requeued_on is not None:
+            requeued_on.wait(request)  # re-run meanwhile: the batcher withdraws it, or it was just answered
             return
         if not waiting:  # its leader's answer (or a refused re-run's error) is being handed over right now
             request.waiter.acquire()
@@ -234,30 +245,33 @@ class Sharing:
                     return  # its caller gave up at its deadline
                 self._waiting.discard(request)
                 if rerun:
-                    refused = self._queue(request, target)
-                    if refused is None:
-                        self._requeued.add(request)
+                    refused, queued_on = self._queue(request, target)
+                    if queued_on is not None:
+                        self._requeued[request] = queued_on
         elif rerun:
-            refused = self._queue(request, target)
+            refused, _ = self._queue(request, target)
         if rerun:
             if refused is not None:  # finished outside the lock: a future's callbacks may call the server
                 finish_detached(request, None, refused, self._deliver)
             return
         finish_detached(request, None if error is not None else leader.result(), error, self._deliver)
 
-    @staticmethod
-    def _queue(request: Request, target: ModelVersion) -> BaseException | None:
-        """Queue a follower to run by itself; returns the error if it is refused."""
-        assert target.batcher is not None
-        try:
-            target.batcher.submit(request, run_inline=False)
-            target.batcher.wake()  # an event loop's request defers its wake to the loop: none is coming here
-        except VersionRetiredError:
-            name, number = target.name, target.version
-            return ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number)
-        except BaseException as exc:
-            return exc
-        return None
+    def _queue(self, request: Request, target: ModelVersion) -> tuple[BaseException | None, Batcher | None]:
+        """Queue a follower to run by itself: on ``target``, or on the copy of its version that replaced it
+        meanwhile. Returns the error if it is refused, else the batcher it is queued on."""
+        name, number = target.name, target.version
+        for copy in (target, self._serving(name, number)):
+            if copy is None or copy.batcher is None or (copy is not target and copy.batcher is target.batcher):
+                break
+            try:
+                copy.batcher.submit(request, run_inline=False)
+                copy.batcher.wake()  # an event loop's request defers its wake to the loop: none is coming here
+            except VersionRetiredError:
+                continue  # this copy drains after a reload: the copy serving now, if any, takes it
+            except BaseException as exc:
+                return exc, None
+            return None, copy.batcher
+        return ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number), None
 
     def release(self, request: Request, target: ModelVersion | None, error: BaseException | None) -> None:
         """If ``request`` led identical requests: keep its answer in the cache, and wake them. Idempotent."""

@@ -119,7 +119,7 @@ class Server(RolloutMethods):
         self._ids = RequestIds()
         self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s, clock=clock)
         self._telemetry = RequestTelemetry()
-        self._sharing = Sharing(self._deliver, self._telemetry, clock=clock)
+        self._sharing = Sharing(self._deliver, self._telemetry, clock=clock, serving=self._serving_copy)
         # The threads this server starts, each stopped and joined by close(): shadow runs, drift scoring,
         # the hot-reload poller (registry) and the control-file watcher (operations).
         self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow, budget=shadow_budget)
@@ -205,7 +205,9 @@ class Server(RolloutMethods):
         assert batcher is not None
         try:
             # a request that follows an identical one in flight is not in the batcher's queue
-            if (target.cache is not None or target.config.cache.share_in_flight) and self._sharing.following(request):
+            if (target.cache is not None or target.config.cache.share_in_flight) and self._sharing.following(
+                request, batcher
+            ):
                 self._sharing.wait(request, batcher)
             else:
                 batcher.wait(request)
@@ -511,6 +513,10 @@ class Server(RolloutMethods):
             self._telemetry.refused(span, started, model, None if target is None else target.version, decision, exc)
             raise
 
+    def _serving_copy(self, model: str, version: int) -> ModelVersion | None:
+        routes = self._registry.routes.get(model)
+        return None if routes is None else routes.versions.get(version)
+
     def _route(
         self, model: str, version: int | None, context: Mapping[str, Any] | None
     ) -> tuple[Routes, ModelVersion, Decision]:
@@ -709,7 +715,7 @@ class Server(RolloutMethods):
         self._registry.after_fork_in_child()
         self._operations.after_fork_in_child()
         # a leader in flight in the parent never answers here; its lock may have been held at the fork
-        self._sharing = Sharing(self._deliver, self._telemetry, clock=self._clock)
+        self._sharing = Sharing(self._deliver, self._telemetry, clock=self._clock, serving=self._serving_copy)
 
 
 def _close_unclosed(loaded: dict[str, dict[int, ModelVersion]], shadow: ShadowRunner, drift: DriftScorer) -> None:

@@ -17,8 +17,9 @@ import inprocserve
 from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _inflight
 from inprocserve._batching import VersionRetiredError
 from inprocserve._inflight import Coalescer, LeaderGone, inputs_key
+from inprocserve.testing import save_model
 
-from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .conftest import BUSY_WIDTH, ServerFactory, build_busy_model, busy_inputs, occupy, version_status, wait_until
 
 WAIT_S = 30  # every wait is bounded: a follower left behind fails the test instead of hanging it
 
@@ -76,10 +77,10 @@ def hold_following(
     joined, proceed = threading.Event(), threading.Event()
     following = server._sharing.following
 
-    def held_following(request: Any) -> bool:
+    def held_following(request: Any, batcher: Any) -> bool:
         joined.set()
         assert proceed.wait(WAIT_S)
-        return following(request)
+        return following(request, batcher)
 
     monkeypatch.setattr(server._sharing, "following", held_following)
     return joined, proceed
@@ -395,3 +396,48 @@ def test_followers_of_a_leader_cancelled_in_the_queue_at_close_are_answered(
     blocker.exception(timeout=WAIT_S)
     for follower in followers:
         follower.exception(timeout=WAIT_S)  # answered or failed, never left waiting
+
+
+def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_the_new_copy(
+    busy_repository: Path, make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The leader expires in the queue of version 1's old copy while a reload swaps in a new copy of the same
+    # version (its file was rewritten). Its followers re-run by themselves; the old copy refuses them, as it
+    # drains, and version 1 still serves: they must run on the new copy, not fail with "was unloaded".
+    server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
+    old = server._registry.loaded["busy"][1]
+    waits_on_the_old_copy: list[Any] = []
+    old_wait = old.batcher.wait
+    monkeypatch.setattr(old.batcher, "wait", lambda request: (waits_on_the_old_copy.append(request), old_wait(request)))
+    blocker = occupy(server, rows=20_000)
+    inputs = busy_inputs(1, seed=21)
+    leader = server.submit("busy", inputs, timeout_s=0.001)  # expires while the blocker runs
+    followers = [server.submit("busy", inputs) for _ in range(2)]
+    answers: list[Any] = []
+    joined, proceed = hold_following(server, monkeypatch)  # its caller asks only after the re-run below
+    waiter = threading.Thread(target=lambda: answers.append(server.predict("busy", inputs)))
+    waiter.start()
+    assert joined.wait(WAIT_S)
+    staged = save_model(build_busy_model(BUSY_WIDTH), tmp_path, "busy", 1)
+    staged.replace(busy_repository / "busy" / "1" / "model.onnx")
+    reload = threading.Thread(target=server.refresh)
+    reload.start()
+    wait_until(lambda: old.state == "draining", timeout_s=WAIT_S)
+    assert not blocker.done(), "the blocker finished before the reload began: make it larger"
+    blocker.result(timeout=WAIT_S)
+    reload.join(timeout=WAIT_S)
+    with pytest.raises(inprocserve.DeadlineExceededError):
+        leader.result(timeout=WAIT_S)
+    for follower in followers:
+        follower.result(timeout=WAIT_S)  # re-run on the new copy: the held caller's request too, by now
+    proceed.set()
+    expected = server.predict("busy", inputs, version=1)["y"]
+    for follower in followers:
+        np.testing.assert_allclose(follower.result(timeout=WAIT_S)["y"], expected, rtol=1e-5)
+    waiter.join(timeout=WAIT_S)
+    (answer,) = answers
+    np.testing.assert_allclose(answer["y"], expected, rtol=1e-5)
+    assert server._registry.loaded["busy"][1] is not old
+    # Its caller waited for the re-run where it was queued, not in the old copy (whose deadline and
+    # interruption bookkeeping would then act on a request it never held).
+    assert waits_on_the_old_copy == []
