@@ -111,9 +111,12 @@ class CallWatchdog:
         return watch
 
     def close(self) -> None:
-        """Stop the thread; watches still running never fire. Idempotent."""
+        """Stop the thread, and end the calls still running at once (their owner is closing: none may outlive
+        it, and none is left without its time limit). Idempotent."""
         with self._lock:
             self._closed = True
+            for _, _, watch in self._heap:
+                watch._fire()
             self._heap.clear()
             self._wake.notify()
             thread = self._thread

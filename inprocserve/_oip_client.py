@@ -103,7 +103,9 @@ class HttpClient:
             path: From the server root, such as ``/v2/models/fraud``; the base URL's prefix is put in front.
             timeout_s: Cap on the whole call: waiting for a free connection, connecting, sending, and reading
                 the answer. A watchdog shuts the socket when it runs out, so a server that trickles its
-                headers or its body a byte at a time cannot hold the call longer.
+                headers or its body a byte at a time cannot hold the call longer. (A connection attempt
+                has no socket to shut yet: it is bounded by ``connect_timeout_s`` on its own, so the worst
+                case is ``timeout_s`` plus that, when the connection is opened at the very end.)
 
         Raises:
             TransportError: no whole response (connection refused or reset, a timeout, the pool closed, a
@@ -181,7 +183,8 @@ class HttpClient:
         return b"".join(chunks)
 
     def close(self) -> None:
-        """Close every pooled connection. Idempotent; calls after it fail with :class:`TransportError`."""
+        """Close every pooled connection, and end the calls in flight at once. Idempotent; calls after it
+        fail with :class:`TransportError`."""
         if self._pid == os.getpid():
             self._pool.close()
             self._watchdog.close()

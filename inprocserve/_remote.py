@@ -6,11 +6,11 @@ locally and each batch is **one** inference call. What this module adds on top o
 (:mod:`inprocserve._oip_client`) and the codec (:mod:`inprocserve.v2`):
 
 * the signature, from the remote model's metadata (``-1`` dimensions are dynamic);
-* deadlines, sent as the protocol's ``timeout`` parameter (microseconds) and enforced locally by the read
-  timeout;
-* retries only where they cannot run a request twice (connection refused, 503; metadata GETs), with
-  jittered exponential backoff and always within the deadline;
-* a circuit breaker (:mod:`inprocserve._circuit`) so a server that is down fails calls fast;
+* deadlines, sent as the protocol's ``timeout`` parameter (microseconds) and enforced locally over the whole
+  call (the HTTP client's watchdog shuts the socket when it runs out);
+* retries only where they cannot run a request twice (connection refused, 503, 429; metadata GETs), with
+  jittered exponential backoff that honours a short ``Retry-After``, and always within the deadline;
+* a circuit breaker (:mod:`inprocserve._circuit`) so a server that is down, or hung, fails calls fast;
 * the W3C ``traceparent`` of the batch's span, so the remote server's spans join the trace;
 * fork safety: no connection crosses a fork.
 
@@ -65,7 +65,8 @@ _E = TypeVar("_E", bound=InprocserveError)
 
 _BACKOFF_S = 0.05  # first retry waits up to this (full jitter), doubling each time
 _BACKOFF_CAP_S = 1.0
-_HUNG_FACTOR = 4.0  # a call cut short by its caller's deadline after this many times the usual answer time
+_HUNG_FACTOR = 4.0  # a call cut short by its caller's deadline after this many times the usual answer time,
+_HUNG_FLOOR_S = 0.1  # and after at least this long, may say the server hangs
 _TYPICAL_WEIGHT = 0.2  # of each new answer time in the running average of answer times
 # The remote server is trusted to answer with its model's outputs: only the protocol's shape is checked.
 _RESPONSE_LIMITS = Limits(max_elements=1 << 40, max_tensors=1 << 16)
@@ -161,6 +162,9 @@ class RemoteBackend:
         self._retries = 0
         self._last_error: str | None = None
         self._typical_s: float | None = None  # running average of how long answered calls took
+        self._answered_at = float("-inf")  # when the last call was answered (clock time)
+        self._converted_outputs: set[str] = set()  # outputs answered in another width (logged once each)
+        self._hang_counted_at = float("-inf")  # when a caller-bound timeout last counted as a hang
         _fork.register(self)
 
     # -- Backend ---------------------------------------------------------------------------------------
@@ -278,7 +282,7 @@ class RemoteBackend:
         while True:
             remaining = deadline - self._clock()
             if remaining <= 0:  # spent on retries, each failure judged already: no sign of a hang here
-                raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s, waited_s=0.0)
+                raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s, sent_at=None)
             body, headers = encode_infer_request(
                 ordered,
                 binary=self._binary,
@@ -295,11 +299,10 @@ class RemoteBackend:
                     attempt += 1
                     continue
                 if exc.timed_out:
-                    waited = self._clock() - sent_at
-                    raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s, waited_s=waited) from None
+                    raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s, sent_at=sent_at) from None
                 raise self._unavailable(str(exc)) from None
             if response.status == 200:
-                self._answered_in(self._clock() - sent_at)
+                self._answered_in(sent_at)
                 self._breaker.success()
                 return self._outputs(signature, response, rows)
             if response.status in (429, 503):
@@ -307,7 +310,7 @@ class RemoteBackend:
                 if self._backoff(attempt, deadline, at_least_s=retry_after):
                     attempt += 1
                     continue
-            raise self._refused(response, caller_binds=caller_binds, waited_s=self._clock() - sent_at)
+            raise self._refused(response, caller_binds=caller_binds, sent_at=sent_at)
 
     def health(self) -> str | None:
         if self._closed:
@@ -410,12 +413,15 @@ class RemoteBackend:
             )
 
     def _backoff(self, attempt: int, deadline: float, *, at_least_s: float | None = None) -> bool:
-        """Wait before retry ``attempt + 1`` if retries are left and the wait leaves time for the call;
-        ``at_least_s`` is the server's ``Retry-After``, which the wait honours."""
+        """Wait before retry ``attempt + 1`` if retries are left and the wait leaves time for the call.
+        ``at_least_s`` is the server's ``Retry-After``: the wait honours it up to the backoff's cap (1 s);
+        a longer one is not waited for (a batch worker asleep for it would stall the model's queue)."""
         if attempt >= self.remote.retries:
             return False
         wait = self._rng.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_S * 2**attempt))
         if at_least_s is not None:
+            if at_least_s > _BACKOFF_CAP_S:
+                return False
             wait = max(wait, at_least_s)
         if self._clock() + wait >= deadline:
             return False
@@ -440,6 +446,8 @@ class RemoteBackend:
                 raise self._error(
                     InferenceError, f"output {spec.name!r} has shape {array.shape} for a batch of {rows} rows"
                 )
+            if spec.dtype is not None and array.dtype != spec.dtype and _same_kind(array.dtype, spec.dtype):
+                array = self._converted(spec, array)
             mismatch = _unlike(spec, array)
             if mismatch:
                 raise self._error(
@@ -450,14 +458,33 @@ class RemoteBackend:
             outputs.append(array)
         return outputs
 
-    def _refused(self, response: HttpResponse, *, caller_binds: bool, waited_s: float) -> Exception:
+    def _converted(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+        """An output of another width of the declared kind (FP64 declared as FP32: common with MLServer's
+        scikit-learn runtime) is converted to the declared type, so callers get what the signature says;
+        logged once per output, since the metadata should say what the model answers."""
+        assert spec.dtype is not None
+        if spec.name not in self._converted_outputs:
+            self._converted_outputs.add(spec.name)
+            logger.warning(
+                "model %r version %s: %s answers output %r as %s, but its metadata declares %s; converting it "
+                "(declare the type the model answers on the server to avoid the copy)",
+                self.model,
+                self.version,
+                self.remote.endpoint,
+                spec.name,
+                array.dtype,
+                spec.dtype,
+            )
+        return array.astype(spec.dtype)
+
+    def _refused(self, response: HttpResponse, *, caller_binds: bool, sent_at: float) -> Exception:
         status = response.status
         detail = f"{self.remote.endpoint}/infer answered {status}: {_message(response)}"
         if status in (400, 422):
             self._breaker.success()  # the server is up; the request was wrong
             return self._error(InvalidInputError, f"the remote server refused the inputs: {detail}", count=False)
         if status == 504:  # the server ran out of the time it was sent: judged as a timeout here is
-            if self._counts_against_server(caller_binds=caller_binds, waited_s=waited_s):
+            if self._counts_against_server(caller_binds=caller_binds, sent_at=sent_at):
                 self._breaker.failure()
             else:
                 self._breaker.release()
@@ -472,36 +499,50 @@ class RemoteBackend:
         self._breaker.success()
         return self._error(InferenceError, detail)
 
-    def _timed_out(self, *, caller_binds: bool, limit_s: float, waited_s: float) -> DeadlineExceededError:
+    def _timed_out(self, *, caller_binds: bool, limit_s: float, sent_at: float | None) -> DeadlineExceededError:
         endpoint = self.remote.endpoint
         if not caller_binds:
             self._breaker.failure()  # the server is slower than its own timeout_s allows
             return self._deadline(f"no answer from {endpoint} within its timeout_s of {limit_s:.3g} s")
-        if self._counts_against_server(caller_binds=True, waited_s=waited_s):
+        if sent_at is not None and self._counts_against_server(caller_binds=True, sent_at=sent_at):
             self._breaker.failure()
-            typical = self._typical_s
-            usual = "it has not answered a call yet" if typical is None else f"its answers take {typical * 1e3:.3g} ms"
             return self._deadline(
-                f"no answer from {endpoint} within the request's {limit_s:.3g} s ({usual}: counted as a failure "
-                f"of the server)"
+                f"no answer from {endpoint} within the request's {limit_s:.3g} s, and none to any call since it "
+                f"was sent, though its answers take {(self._typical_s or 0) * 1e3:.3g} ms: counted as a failure "
+                "of the server"
             )
         self._breaker.release()  # the caller's budget ran out first: that says nothing about the server
         return self._deadline(f"no answer from {endpoint} within the request's {limit_s:.3g} s")
 
-    def _counts_against_server(self, *, caller_binds: bool, waited_s: float) -> bool:
-        """Whether a call that ran out of time says the server is failing. Out of its own ``timeout_s``: yes.
-        Out of a caller's shorter deadline: only when it waited ``_HUNG_FACTOR`` times longer than answers
-        usually take (or no call was answered yet), so a hung server opens the circuit whatever deadlines
-        callers set, while callers in a hurry do not open it for everyone else."""
+    def _counts_against_server(self, *, caller_binds: bool, sent_at: float) -> bool:
+        """Whether a call that ran out of time (or was answered 504) says the server is failing.
+
+        Out of the server's own ``timeout_s``: yes. Out of a caller's shorter deadline, only when the server
+        looks hung: it has answered calls before (a cold server may just be slow at first), this call waited
+        at least ``_HUNG_FACTOR`` times its usual answer time and ``_HUNG_FLOOR_S``, no call was answered
+        since this one was sent, and this one was sent after the last hang counted (the calls caught in one
+        stall count once, not once each). So a hung server opens the circuit after ``failure_threshold``
+        such timeouts in a row, while callers in a hurry, or one short stall, do not open it for everyone.
+        """
         if not caller_binds:
             return True
-        typical = self._typical_s
-        return typical is None or waited_s >= _HUNG_FACTOR * typical
+        now = self._clock()
+        with self._lock:
+            typical = self._typical_s
+            if typical is None or now - sent_at < max(_HUNG_FACTOR * typical, _HUNG_FLOOR_S):
+                return False
+            if self._answered_at >= sent_at or sent_at < self._hang_counted_at:
+                return False
+            self._hang_counted_at = now
+            return True
 
-    def _answered_in(self, elapsed_s: float) -> None:
+    def _answered_in(self, sent_at: float) -> None:
+        now = self._clock()
+        elapsed_s = now - sent_at
         with self._lock:
             typical = self._typical_s
             self._typical_s = elapsed_s if typical is None else typical + _TYPICAL_WEIGHT * (elapsed_s - typical)
+            self._answered_at = max(self._answered_at, now)
 
     def _deadline(self, message: str) -> DeadlineExceededError:
         return self._error(DeadlineExceededError, message)
@@ -532,6 +573,11 @@ if TYPE_CHECKING:  # mypy checks that RemoteBackend keeps the Backend protocol
 
     def _conforms(backend: RemoteBackend) -> Backend:
         return backend
+
+
+def _same_kind(answered: np.dtype[Any], declared: np.dtype[Any]) -> bool:
+    """Floats of two widths, or signed (or unsigned) integers of two widths: the same values, but for range."""
+    return answered.kind == declared.kind and answered.kind in "fiu"
 
 
 def _unlike(spec: TensorSpec, array: np.ndarray) -> str | None:

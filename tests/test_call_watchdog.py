@@ -89,3 +89,14 @@ def test_close_stops_the_thread_and_later_watches_never_fire(watchdog: CallWatch
     time.sleep(0.05)
     assert not late.fired
     watchdog.close()  # idempotent
+
+
+def test_close_ends_the_calls_still_running(pair: tuple[socket.socket, socket.socket]) -> None:
+    dog = CallWatchdog(name="test-watchdog-close")
+    ours, _ = pair
+    watch = dog.watch(3600)
+    watch.arm(ours)
+    dog.close()  # the owner closes: no call may outlive it
+    ours.settimeout(30)
+    assert ours.recv(1) == b""
+    assert watch.end() is True
