@@ -62,6 +62,8 @@ class VariantStats:
     binary: bool = True
 
     def add(self, reward: float) -> None:
+        if not math.isfinite(reward):  # one NaN would poison the mean, the tests and the bandit for good
+            raise ValueError(f"a reward must be a finite number (0 or 1, or a value in [0, 1]), got {reward!r}")
         self.outcomes += 1
         self.total += reward
         self.total_sq += reward * reward
@@ -119,10 +121,15 @@ def compare(control: VariantStats, treatment: VariantStats) -> dict[str, Any]:
 
 
 def thompson(arms: Mapping[str, VariantStats], rng: np.random.Generator) -> str:
-    """Thompson sampling with Beta(1 + successes, 1 + failures) posteriors (rewards in [0, 1])."""
-    best, best_draw = "", -1.0
+    """Thompson sampling with Beta(1 + successes, 1 + failures) posteriors (rewards in [0, 1]).
+
+    Always returns one of ``arms`` (the first on ties or on a draw that is not a number).
+    """
+    best, best_draw = next(iter(arms)), -1.0
     for name, stats in arms.items():
-        successes = min(max(stats.total, 0.0), stats.outcomes)
+        successes = min(max(stats.total, 0.0), float(stats.outcomes))
+        if not math.isfinite(successes):
+            successes = 0.0
         draw = rng.beta(1 + successes, 1 + stats.outcomes - successes)
         if draw > best_draw:
             best, best_draw = name, draw

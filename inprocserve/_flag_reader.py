@@ -141,6 +141,8 @@ class FlagReader:
                 self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
                 return fallback("flag provider timed out")
             exc: BaseException | None = future.exception()
+            if exc is None:  # it finished between the timeout and the check: in time after all
+                return future.result()
         except CancelledError:
             return fallback("flag reader closed")  # close() dropped it while it waited
         except Exception as raised:
@@ -201,6 +203,11 @@ class FlagReader:
         self._count("unusable", f"{reason} (provider {self.provider.name!r})")
         return reason
 
+    def note_failure(self, exc: Exception) -> str:
+        """Count a provider failure that is absorbed where it happened (a shadow flag); returns the reason."""
+        self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
+        return "flag provider failed"
+
     def _count(self, counter: str, message: str) -> None:
         METRICS.flag_failures.add(
             1, {ATTR_FLAG_PROVIDER: self.provider.name, "inprocserve.flags.failure": counter.rstrip("s")}
@@ -216,17 +223,26 @@ class FlagReader:
 
     # -- typed reads (called inside ``decide``) ------------------------------------------------------------
 
+    # Any provider may be hand-written (FlagProvider is a protocol), and one whose backend hands back raw
+    # strings would turn the kill switch on with "false": every typed read checks the type it got.
+
     def boolean(self, key: str, default: bool, context: Mapping[str, Any], used: list[tuple[str, str]]) -> bool:
-        value: bool = self._read(self.provider.get_boolean, key, default, context, used)  # as the provider gave it
-        return value
+        value = self._read(self.provider.get_boolean, key, default, context, used)
+        if value is True or value is False:
+            return value
+        raise UnusableFlag(key, f"flag {key!r} must be a boolean (true or false), got {value!r}")
 
     def number(self, key: str, default: float, context: Mapping[str, Any], used: list[tuple[str, str]]) -> float:
-        value: float = self._read(self.provider.get_number, key, default, context, used)  # as the provider gave it
-        return value
+        value = self._read(self.provider.get_number, key, default, context, used)
+        if type(value) is float or (isinstance(value, int | float) and not isinstance(value, bool)):
+            return float(value)
+        raise UnusableFlag(key, f"flag {key!r} must be a number, got {value!r}")
 
     def string(self, key: str, default: str, context: Mapping[str, Any], used: list[tuple[str, str]]) -> str:
-        value: str = self._read(self.provider.get_string, key, default, context, used)  # as the provider gave it
-        return value
+        value = self._read(self.provider.get_string, key, default, context, used)
+        if isinstance(value, str):
+            return value
+        raise UnusableFlag(key, f"flag {key!r} must be a string, got {value!r}")
 
     def obj(self, key: str, default: Any, context: Mapping[str, Any], used: list[tuple[str, str]]) -> Any:
         return self._read(self.provider.get_object, key, default, context, used)

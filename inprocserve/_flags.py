@@ -259,7 +259,10 @@ class OpenFeatureFlags:
         raise error(f"OpenFeature could not evaluate {key!r}: {code} {details.error_message}")
 
     def get_boolean(self, key: str, default: bool, context: Mapping[str, Any]) -> bool:
-        return bool(self._value("get_boolean_details", key, default, context))
+        value = self._value("get_boolean_details", key, default, context)
+        if not isinstance(value, bool):  # bool("false") is True: never guess
+            raise FlagTypeError(f"flag {key!r} must be a boolean, got {value!r}")
+        return value
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
         """A number flag, whether the provider holds it as a float or as an integer.
@@ -294,7 +297,10 @@ class OpenFeatureFlags:
         return float(details.value)
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:
-        return str(self._value("get_string_details", key, default, context))
+        value = self._value("get_string_details", key, default, context)
+        if not isinstance(value, str):
+            raise FlagTypeError(f"flag {key!r} must be a string, got {value!r}")
+        return value
 
     def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
         return self._value("get_object_details", key, default, context)

@@ -20,15 +20,22 @@ import numpy as np
 from cachetools import TTLCache
 
 from ._config import RolloutConfig
+from ._errors import InvalidInputError
 from ._experiments import BUCKETS, Interleaving, VariantStats, bucket, compare, epsilon_greedy, pick_weighted, thompson
 from ._flag_reader import FlagReader, UnusableFlag
+from ._flags import FlagTypeError
 
 __all__ = ["Decision", "FlagReader", "Router"]
 
 T = TypeVar("T")
 
 _ASSIGNMENTS_KEPT = 100_000
+_CAPTURE_EVERY = 8  # once the promotion samples are full, one routed request in this many is sampled
 _ASSIGNMENT_TTL_S = 3600.0
+_INTERLEAVED_ITEMS_KEPT = 8_000_000
+"""Bound on the interleavings remembered for clicks, in items (each costs ~5 bytes: ~40 MB at most)."""
+_INTERLEAVING_OVERHEAD = 64
+"""What one remembered interleaving costs beyond its items, counted in items (its objects: ~300 bytes)."""
 _STRATEGIES = ("stable", "canary", "ab", "bandit")
 
 
@@ -59,6 +66,9 @@ class _NoFlags:
 
     def note_unusable(self, exc: Exception) -> str:
         return f"unusable setting: {exc}"
+
+    def note_failure(self, exc: Exception) -> str:
+        return f"failed: {exc!r}"
 
     def boolean(self, key: str, default: bool, context: Any, used: Any) -> bool:
         return default
@@ -102,7 +112,12 @@ class Router:
         self._lock = threading.Lock()
         self._stats: dict[str, VariantStats] = {}
         self._assignments: TTLCache[str, str] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
-        self._interleavings: TTLCache[str, Interleaving] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
+        # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
+        # reported by key can only be credited to what was drawn (set under the lock the draw holds anyway).
+        self._bandit_keys: TTLCache[str, str] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
+        self._interleavings: TTLCache[str, _Interleaved] = TTLCache(
+            maxsize=_INTERLEAVED_ITEMS_KEPT, ttl=_ASSIGNMENT_TTL_S, getsizeof=_Interleaved.size
+        )
         self.interleaving_wins = {"A": 0, "B": 0, "ties": 0, "queries": 0}
         self.stable_alias: int | None = None
         self.killed = False  # the fleet's kill switch (control file): stable only, whatever flags say
@@ -115,6 +130,8 @@ class Router:
         self.config = config
         self.prefix = config.flag_prefix or self.model
         self._capture = config.capture_inputs > 0
+        self._capture_size = config.capture_inputs
+        self._until_capture = 0
         if self.recent.maxlen != max(1, config.capture_inputs):
             self.recent = deque(self.recent, maxlen=max(1, config.capture_inputs))
         seed = config.seed
@@ -126,7 +143,12 @@ class Router:
     # -- the decision ---------------------------------------------------------------------------------------
 
     def decide(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
-        """Which ready version answers, and which shadow it. Never raises for flag problems."""
+        """Which ready version answers, and which shadow it. Never raises for flag problems.
+
+        Raises :class:`InvalidInputError` for a ``context`` that is not a mapping.
+        """
+        if context is not None and type(context) is not dict and not isinstance(context, Mapping):
+            raise _not_a_mapping(self.model, context)
         stable = self._stable(ready, latest)
         if self.killed:
             return Decision(stable, "stable", "kill switch is on (control file)")
@@ -174,6 +196,8 @@ class Router:
         the configured rankers (and is counted), never an exception.
         """
         configured = self.config.interleaving.rankers
+        if context is not None and not isinstance(context, Mapping):
+            raise _not_a_mapping(self.model, context)
         ctx = context if context is not None else _EMPTY
 
         def read() -> tuple[int, ...] | None:
@@ -194,29 +218,44 @@ class Router:
         return _version(key, self._flags.number(key, float(stable), ctx, used), ready)
 
     def _decide(self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any]) -> Decision:
-        flags, prefix, config = self._flags, self.prefix, self.config
         used: list[tuple[str, str]] = []
+        routed = self._route(ready, stable, ctx, used, draw=True)
+        assert routed is not None  # (only a decision without a draw has none)
+        version, variant, reason, killed = routed
+        if killed:
+            return Decision(version, variant, reason, (), tuple(used))
+        shadows, problem = self._shadows(ready, version, ctx, used)
+        if problem is not None:
+            reason = f"{reason}; shadows off: {problem}"
+        return Decision(version, variant, reason, shadows, tuple(used))
+
+    def _route(
+        self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], used: list[tuple[str, str]], *, draw: bool
+    ) -> tuple[int, str, str, bool] | None:
+        """(version, variant, reason, killed) of a request, shadows aside. ``draw=False`` (attributing an
+        outcome by key) makes no bandit draw: it returns None where a bandit would have to draw."""
+        flags, prefix, config = self._flags, self.prefix, self.config
         stable = self._read_stable(ready, stable, ctx, used)
         if flags.boolean(f"{prefix}.kill", False, ctx, used):
-            return Decision(stable, "stable", "kill switch is on", (), tuple(used))
+            return stable, "stable", "kill switch is on", True
         strategy = flags.string(f"{prefix}.strategy", config.strategy, ctx, used)
         if strategy not in _STRATEGIES:
             raise UnusableFlag(
                 f"{prefix}.strategy",
                 f"{prefix + '.strategy'!r} is {strategy!r}, not one of {', '.join(_STRATEGIES)}",
             )
+        if strategy == "bandit" and not draw:
+            return None
         key = ctx.get(config.key_field, ctx.get("targeting_key"))
-        position = bucket(self.model, config.salt, str(key)) if key is not None else random.randrange(BUCKETS)
+        text = None if key is None else str(key)
+        position = bucket(self.model, config.salt, text) if text is not None else random.randrange(BUCKETS)
         if strategy == "canary":
             version, variant, reason = self._canary(ready, stable, position, ctx, used)
         elif strategy in ("ab", "bandit"):
-            version, variant, reason = self._arms(strategy, ready, stable, position, ctx, used)
+            version, variant, reason = self._arms(strategy, ready, stable, position, ctx, used, text)
         else:
             version, variant, reason = stable, "stable", "stable version"
-        shadows, problem = self._shadows(ready, version, ctx, used)
-        if problem is not None:
-            reason = f"{reason}; shadows off: {problem}"
-        return Decision(version, variant, reason, shadows, tuple(used))
+        return version, variant, reason, False
 
     def _canary(
         self, ready: Mapping[int, Any], stable: int, position: int, ctx: Mapping[str, Any], used: list[tuple[str, str]]
@@ -230,7 +269,7 @@ class Router:
         if percent == 0:
             return stable, "stable", "the canary is at 0%"
         version = _version(key, candidate, ready)  # a canary on a version not loaded would silently stay at 0 %
-        if position < percent * (BUCKETS / 100):
+        if position < round(percent * (BUCKETS // 100)):  # whole buckets: 0.07 % is 7 of them, never 8
             return version, "canary", f"bucket {position / 100:.2f}% is under the canary's {percent:g}%"
         return stable, "stable", f"bucket {position / 100:.2f}% is above the canary's {percent:g}%"
 
@@ -242,6 +281,7 @@ class Router:
         position: int,
         ctx: Mapping[str, Any],
         used: list[tuple[str, str]],
+        key: str | None,
     ) -> tuple[int, str, str]:
         variants = self.config.variants
         if not variants:
@@ -259,6 +299,8 @@ class Router:
                     name = thompson(arms, self._rng)
                 else:
                     name = epsilon_greedy(arms, self._rng, self.config.bandit.epsilon)
+                if key is not None and variants[name].version in ready:
+                    self._bandit_keys[key] = name
             reason = f"bandit ({self.config.bandit.policy})"
         version = variants[name].version
         if version not in ready:
@@ -281,8 +323,10 @@ class Router:
             versions = tuple(_version(key, v, ready) for v in wanted)
             percent_key = f"{prefix}.shadow.percent"
             percent = _percent(percent_key, flags.number(percent_key, self.config.shadow.percent, ctx, used))
-        except UnusableFlag as exc:
+        except (UnusableFlag, FlagTypeError) as exc:
             return (), flags.note_unusable(exc)
+        except Exception as exc:  # the provider failed on a shadow flag: no shadows, the answer stands
+            return (), flags.note_failure(exc)
         if percent < 100 and random.random() * 100 >= percent:
             return (), None
         mirrored = tuple(v for v in versions if v != answering)
@@ -293,43 +337,92 @@ class Router:
     # -- bookkeeping -----------------------------------------------------------------------------------------
 
     def served(self, request_id: str, decision: Decision, arrays: Mapping[str, np.ndarray]) -> None:
-        """Note who served a request (for outcomes) and keep its inputs (for guarded promotion)."""
-        if self._capture:
-            self.recent.append(arrays)  # validated arrays are never modified afterwards: no copy needed
-        if decision.variant in ("default", "pinned"):
+        """Note who served a request (for outcomes) and sample its inputs (for guarded promotion).
+
+        The samples are copies (a caller that reuses one buffer must not rewrite them) of every request
+        until there are ``capture_inputs`` of them, then of one request in ``_CAPTURE_EVERY``, the oldest
+        going first. Inputs of requests pinned to a version (``version=``, and promotion's own comparisons)
+        are not sampled.
+        """
+        variant = decision.variant
+        if self._capture and variant != "pinned":
+            # A copy costs about 1 µs per request, a tenth of predict's whole overhead: once the samples are
+            # full, keep one request in _CAPTURE_EVERY (an unlocked count: a lost decrement skips nothing
+            # that matters).
+            self._until_capture -= 1
+            if self._until_capture <= 0 or len(self.recent) < self._capture_size:
+                self._until_capture = _CAPTURE_EVERY
+                self.recent.append({name: np.array(array) for name, array in arrays.items()})
+        if variant in ("default", "pinned"):
             return
         with self._lock:
             self._stats.setdefault(decision.variant, VariantStats()).served += 1
-            if self.config.strategy != "stable" or decision.variant == "canary":
+            if not self.trivial:  # flags may choose any strategy per request: remember every decision's variant
                 self._assignments[request_id] = decision.variant
 
     def record_outcome(
         self, request_id: str | None, reward: float, key: str | None, latest: int, ready: Mapping[int, Any]
     ) -> str | None:
-        """Attribute ``reward`` to the variant that served ``request_id`` (or that ``key`` is bucketed to)."""
+        """Attribute ``reward`` to the variant that served ``request_id`` (or that ``key`` is bucketed to).
+
+        Raises ValueError for a reward that is not a finite number. By key, a canary or A/B test credits the
+        variant the key is bucketed to now; a bandit credits the arm it last drew for that key in this
+        process (within an hour), and nothing (None) if it drew none.
+        """
+        reward = float(reward)
+        if not math.isfinite(reward):
+            raise ValueError(
+                f"reward must be a finite number (1.0/0.0 for a conversion or none, any finite value for an "
+                f"A/B test, a value in [0, 1] for a bandit), got {reward!r}"
+            )
         with self._lock:
             variant = self._assignments.get(request_id) if request_id is not None else None
         if variant is None and key is not None:
-            variant = self.decide(ready, latest, {self.config.key_field: key}).variant
+            variant = self._variant_of_key(str(key), ready, latest)
         if variant is None:
             return None
         with self._lock:
-            self._stats.setdefault(variant, VariantStats()).add(float(reward))
+            self._stats.setdefault(variant, VariantStats()).add(reward)
         return variant
 
-    def remember_interleaving(self, request_id: str, interleaving: Interleaving) -> None:
+    def _variant_of_key(self, key: str, ready: Mapping[int, Any], latest: int) -> str | None:
+        """The variant a targeting key gets, with no side effect: no bandit draw, no shadow, no count."""
         with self._lock:
-            self._interleavings[request_id] = interleaving
+            drawn = self._bandit_keys.get(key)
+        if drawn is not None:
+            return drawn
+        if self.trivial:  # no rollout: nothing to attribute
+            return None
+        stable = self._stable(ready, latest)
+        if self.killed:
+            return "stable"
+        ctx = {self.config.key_field: key}
+
+        def variant() -> str | None:
+            routed = self._route(ready, stable, ctx, [], draw=False)
+            return None if routed is None else routed[1]
+
+        return self._flags.run(variant, lambda reason: None)
+
+    def remember_interleaving(self, request_id: str, interleaving: Interleaving) -> None:
+        """Keep an interleaving for :meth:`record_click`: compactly (~5 bytes an item), for an hour, and at
+        most ``_INTERLEAVED_ITEMS_KEPT`` items in all (the oldest are forgotten first)."""
+        stored = _Interleaved(interleaving.order, interleaving.teams)
+        with self._lock:
             self.interleaving_wins["queries"] += 1
+            try:
+                self._interleavings[request_id] = stored
+            except ValueError:  # larger than the whole bound: its clicks cannot be credited
+                pass
 
     def record_click(self, request_id: str, item: int) -> str | None:
         """Credit the team whose ranker contributed ``item``; returns "A", "B" or None if unknown."""
         with self._lock:
             interleaving = self._interleavings.get(request_id)
-            if interleaving is None or item not in interleaving.order:
+            team = None if interleaving is None else interleaving.team_of(item)
+            if interleaving is None or team is None:
                 return None
             before = _winner(interleaving.clicks)
-            team = interleaving.team_of(item)
             interleaving.clicks[team] += 1
             after = _winner(interleaving.clicks)
             if before is not None:
@@ -347,13 +440,13 @@ class Router:
     def status(self) -> dict[str, Any]:
         with self._lock:
             stats = {name: s.to_dict() for name, s in self._stats.items()}
-            variants = list(self.config.variants) or ["stable", "canary"]
-            control = self._stats.get(variants[0])
-            tests = {
-                name: compare(control, s)
-                for name, s in self._stats.items()
-                if control is not None and name != variants[0] and s.outcomes
-            }
+            arms = list(self.config.variants)
+            pairs = [("stable", "canary")] + [(arms[0], name) for name in arms[1:]]
+            tests = {}
+            for control_name, name in pairs:  # only with outcomes on both sides: no difference against nothing
+                control, treatment = self._stats.get(control_name), self._stats.get(name)
+                if control is not None and treatment is not None and control.outcomes and treatment.outcomes:
+                    tests[name] = compare(control, treatment)
             wins = dict(self.interleaving_wins)
         return {
             "strategy": self.config.strategy,
@@ -364,6 +457,38 @@ class Router:
             "flags": self._flags.status(),
             "configured": _configured(self.config),
         }
+
+
+class _Interleaved:
+    """A remembered interleaving, compact: item indices in an array of 4-byte ints where they fit, the teams
+    as one byte each (a list of Python ints and strs took ~18 KiB for 1000 items; this takes ~5 KiB)."""
+
+    __slots__ = ("clicks", "order", "teams")
+
+    def __init__(self, order: list[int], teams: list[str]) -> None:
+        small = not order or (min(order) >= 0 and max(order) < 2**32)
+        self.order = np.asarray(order, dtype=np.uint32 if small else np.int64)
+        self.teams = "".join(teams).encode("ascii")
+        self.clicks = {"A": 0, "B": 0}
+
+    def size(self) -> int:
+        """Its cost against ``_INTERLEAVED_ITEMS_KEPT``."""
+        return len(self.order) + _INTERLEAVING_OVERHEAD
+
+    def team_of(self, item: int) -> str | None:
+        """ "A" or "B" for an item shown, None for one that was not."""
+        if self.order.dtype == np.uint32 and not 0 <= item < 2**32:
+            return None
+        where = np.flatnonzero(self.order == item)
+        return chr(self.teams[int(where[0])]) if len(where) else None
+
+
+def _not_a_mapping(model: str, context: Any) -> InvalidInputError:
+    return InvalidInputError(
+        f"model {model!r}: context must be a mapping such as {{'user_id': 'u-123'}} (or None), "
+        f"got {type(context).__name__}",
+        model=model,
+    )
 
 
 def _configured(config: RolloutConfig) -> dict[str, Any]:

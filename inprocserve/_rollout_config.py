@@ -38,6 +38,15 @@ def _percent(name: str, value: Any) -> None:
         raise ConfigurationError(f"rollout.{name} must lie in 0..100, got {value!r}")
 
 
+def _version(name: str, value: Any) -> None:
+    """A version number in the rollout config: an int >= 1 (or None: not set)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigurationError(
+            f"rollout.{name} must be a version number, a whole number >= 1 such as {name.rsplit('.')[-1]} = 2 "
+            f"(no quotes), got {value!r}"
+        )
+
+
 def _versions(name: str, values: Any) -> tuple[int, ...]:
     versions = tuple(values)
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in versions):
@@ -69,6 +78,7 @@ class CanaryConfig:
     """Share of targeting keys sent to it, 0-100, in steps of 0.01."""
 
     def __post_init__(self) -> None:
+        _version("canary.version", self.version)
         _percent("canary.percent", self.percent)
 
 
@@ -178,6 +188,7 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         if self.strategy not in ("stable", "canary", "ab", "bandit"):
             raise ConfigurationError(f"rollout.strategy must be stable, canary, ab or bandit, got {self.strategy!r}")
+        _version("stable", self.stable)
         self._group_flat_fields()
         variants = {
             name: value if isinstance(value, VariantConfig) else VariantConfig(**value)

@@ -1,0 +1,393 @@
+"""Rollouts under hostile input: bad rewards, mistyped config and flags, flag-driven strategies, races.
+
+Version N of the ``scale`` model answers ``y = x * N``, so every answer says which version produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import tracemalloc
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import CanaryConfig, InMemoryFlags, ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve._experiments import BUCKETS, Interleaving, VariantStats, bucket, team_draft, thompson
+from inprocserve._rollout import Router
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+X = np.ones((1, 4), np.float32)
+ARMS = {"a": {"version": 1}, "b": {"version": 2}}
+
+
+@pytest.fixture
+def versions(repository: Path) -> Path:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    return repository
+
+
+def rollout(**kwargs: Any) -> ModelConfig:
+    return ModelConfig(rollout=RolloutConfig(**kwargs), version_policy=VersionPolicy.all())
+
+
+def predict(server: inprocserve.Server, user: str) -> inprocserve.Prediction:
+    return server.predict("scale", X, context={"user_id": user})
+
+
+class RawProvider:
+    """A hand-written provider whose backend hands back raw values, unchecked (as many config stores do)."""
+
+    name = "raw"
+    blocking = False
+
+    def __init__(self, values: Mapping[str, Any], failing: tuple[str, ...] = ()) -> None:
+        self.values = dict(values)
+        self.failing = failing
+
+    def _get(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
+        if key in self.failing:
+            raise ConnectionError(f"backend lost while reading {key}")
+        return self.values.get(key, default)
+
+    get_boolean = get_number = get_string = get_object = _get
+
+
+# -- 1. rewards that are not numbers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reward", [float("nan"), float("inf"), -float("inf")])
+def test_a_reward_that_is_not_finite_is_refused_and_the_bandit_keeps_serving(
+    versions: Path, make_server: ServerFactory, reward: float
+) -> None:
+    server = make_server(versions, config=rollout(strategy="bandit", variants=ARMS, seed=1))
+    for _ in range(2):  # poison both arms, if a reward could
+        result = predict(server, "u1")
+        with pytest.raises(ValueError, match="reward must be a finite number"):
+            server.record_outcome(result.request_id, reward)
+        with pytest.raises(ValueError, match="finite"):
+            server.record_outcome(None, reward, model="scale", key="u1")
+    assert {predict(server, "u1").variant for _ in range(50)} <= {"a", "b"}
+    status = server.status()["models"]["scale"]["rollout"]
+    assert all(arm["outcomes"] == 0 for arm in status["variants"].values())
+    json.dumps(status["variants"], allow_nan=False)  # status stays valid JSON
+
+
+def test_thompson_picks_a_known_arm_even_from_statistics_that_are_not_numbers() -> None:
+    poisoned = VariantStats(served=1, outcomes=1, total=float("nan"), total_sq=float("nan"))
+    arms = {"a": poisoned, "b": VariantStats(served=1, outcomes=1, total=float("nan"), total_sq=float("nan"))}
+    rng = np.random.default_rng(0)
+    assert {thompson(arms, rng) for _ in range(20)} <= {"a", "b"}
+    with pytest.raises(ValueError, match="finite"):
+        VariantStats().add(float("nan"))
+
+
+# -- 2. version numbers in the rollout config -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"stable": "1"}, "rollout.stable"),
+        ({"stable": 0}, "rollout.stable"),
+        ({"stable": True}, "rollout.stable"),
+        ({"stable": 1.0}, "rollout.stable"),
+        ({"strategy": "canary", "canary": {"version": 0, "percent": 100}}, "rollout.canary.version"),
+        ({"strategy": "canary", "canary": {"version": "2", "percent": 100}}, "rollout.canary.version"),
+    ],
+)
+def test_a_version_in_the_rollout_config_must_be_a_whole_number_from_1(settings: dict[str, Any], key: str) -> None:
+    with pytest.raises(inprocserve.ConfigurationError, match=rf"{key} must be a version number.*>= 1"):
+        RolloutConfig(**settings)
+
+
+def test_a_quoted_stable_version_in_config_toml_is_refused(versions: Path, make_server: ServerFactory) -> None:
+    (versions / "scale" / "config.toml").write_text('[rollout]\nstable = "1"\n')  # a blue/green pin, quoted
+    server = make_server(versions)
+    model = server.status()["models"]["scale"]
+    assert "rollout.stable must be a version number" in model["config_error"]
+    assert not model["ready"]  # never silently 100 % on the latest version
+
+
+def test_a_whole_version_number_is_accepted() -> None:
+    config = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=5))
+    assert (config.stable, config.canary.version) == (1, 2)
+
+
+# -- 3. a strategy chosen by flags: outcomes and tests ----------------------------------------------------------
+
+
+def test_outcomes_are_credited_when_flags_choose_the_strategy(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags({"scale.strategy": "ab"})  # the config says "stable"; the flag runs an A/B test
+    server = make_server(versions, flags=flags, flag_timeout_s=10.0, config=rollout(stable=1, variants=ARMS))
+    for i in range(100):
+        result = predict(server, f"u{i}")
+        assert server.record_outcome(result.request_id, 1.0) == result.variant
+    flags.set("scale.strategy", "canary")
+    flags.set("scale.canary.version", 2)
+    flags.set("scale.canary.percent", 50)
+    credited = set()
+    for i in range(100):
+        result = predict(server, f"u{i}")
+        credited.add(server.record_outcome(result.request_id, float(i % 2)))
+    assert credited == {"stable", "canary"}
+    assert set(server.status()["models"]["scale"]["rollout"]["tests"]) == {"b", "canary"}
+
+
+def test_no_test_is_reported_against_a_control_without_outcomes(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags({"scale.canary.percent": 50})
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=10.0, config=rollout(strategy="canary", stable=1, canary={"version": 2})
+    )
+    for i in range(200):
+        result = predict(server, f"u{i}")
+        if result.variant == "canary":  # outcomes on one side only
+            server.record_outcome(result.request_id, 1.0)
+    status = server.status()["models"]["scale"]["rollout"]
+    assert status["variants"]["canary"]["outcomes"] > 0
+    assert status["tests"] == {}
+
+
+# -- 4. outcomes by key under a bandit ------------------------------------------------------------------------
+
+
+def test_a_bandit_outcome_by_key_goes_to_the_arm_that_served_the_key(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(versions, config=rollout(strategy="bandit", variants=ARMS, shadow={"versions": (3,)}))
+    served = predict(server, "alice").variant
+    credited = {server.record_outcome(None, 1.0, model="scale", key="alice") for _ in range(30)}
+    assert credited == {served}
+    assert server.record_outcome(None, 1.0, model="scale", key="never-served") is None  # no arm drawn for it
+    arms = server.status()["models"]["scale"]["rollout"]["variants"]
+    assert arms[served]["outcomes"] == 30 and sum(arm["served"] for arm in arms.values()) == 1
+
+
+def test_a_canary_outcome_by_key_goes_to_the_variant_of_the_key(versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(versions, config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 50}))
+    for i in range(20):
+        user = f"u{i}"
+        assert server.record_outcome(None, 1.0, model="scale", key=user) == predict(server, user).variant
+
+
+# -- 5. providers that hand back values of the wrong type -----------------------------------------------------
+
+
+def canary_server(make_server: ServerFactory, versions: Path, provider: Any) -> inprocserve.Server:
+    return make_server(
+        versions, flags=provider, config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 100})
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"scale.kill": "false"}, "flag 'scale.kill' must be a boolean"),
+        ({"scale.kill": 0}, "flag 'scale.kill' must be a boolean"),
+        ({"scale.canary.percent": "10"}, "flag 'scale.canary.percent' must be a number, got '10'"),
+        ({"scale.canary.percent": None}, "flag 'scale.canary.percent' must be a number"),
+        ({"scale.strategy": 7}, "flag 'scale.strategy' must be a string"),
+    ],
+)
+def test_a_flag_of_the_wrong_type_is_an_unusable_flag_not_a_kill_switch_nor_an_outage(
+    versions: Path, make_server: ServerFactory, values: dict[str, Any], message: str
+) -> None:
+    server = canary_server(make_server, versions, RawProvider(values))
+    result = predict(server, "u")
+    assert (result.version, result.variant) == (1, "stable")
+    assert message in result.reason
+    assert "kill switch" not in result.reason
+    flags = server.status()["models"]["scale"]["rollout"]["flags"]
+    assert (flags["failures"], flags["unusable"]) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        RawProvider({"scale.shadow.versions": [3], "scale.shadow.percent": "50"}),
+        RawProvider({"scale.shadow.versions": [3], "scale.shadow.percent": None}),
+        RawProvider({"scale.shadow.versions": [3]}, failing=("scale.shadow.percent",)),
+        RawProvider({}, failing=("scale.shadow.versions",)),
+    ],
+)
+def test_a_bad_shadow_flag_never_changes_the_answer(versions: Path, make_server: ServerFactory, provider: Any) -> None:
+    server = canary_server(make_server, versions, provider)
+    result = predict(server, "u")
+    assert (result.version, result.variant) == (2, "canary")
+    assert "shadows off" in result.reason
+
+
+# -- 6. canary percentages in whole buckets -------------------------------------------------------------------
+
+
+def key_in_bucket(position: int) -> str:
+    return next(f"user-{i}" for i in range(10**6) if bucket("scale", "", f"user-{i}") == position)
+
+
+@pytest.mark.parametrize("percent", [0.07, 0.14, 0.28, 0.55, 1.1, 10.0])
+def test_a_canary_percentage_admits_exactly_its_buckets(
+    versions: Path, make_server: ServerFactory, percent: float
+) -> None:
+    flags = InMemoryFlags({"scale.canary.percent": percent})
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=10.0, config=rollout(strategy="canary", stable=1, canary={"version": 2})
+    )
+    edge = round(percent * BUCKETS / 100)  # buckets 0 .. edge-1 are in
+    assert predict(server, key_in_bucket(edge - 1)).variant == "canary"
+    assert predict(server, key_in_bucket(edge)).variant == "stable"
+
+
+# -- 7. a flag evaluation that finishes right at its budget ----------------------------------------------------
+
+
+class GatedProvider:
+    """A blocking provider whose evaluations wait until the test opens the gate."""
+
+    name = "gated"
+    blocking = True
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+
+    def _get(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
+        assert self.gate.wait(10), "the test never opened the gate"  # a hang detector, not a timing
+        return {"scale.canary.percent": 100.0}.get(key, default)
+
+    get_boolean = get_number = get_string = get_object = _get
+
+
+def test_a_flag_result_that_arrives_just_after_the_budget_is_used(versions: Path, make_server: ServerFactory) -> None:
+    provider = GatedProvider()
+    server = make_server(
+        versions,
+        flags=provider,
+        flag_timeout_s=0.05,
+        config=rollout(strategy="canary", stable=1, canary={"version": 2}),
+    )
+
+    # Make the race happen every time: when the wait for the evaluation times out, let the evaluation finish
+    # before the reader looks at it again.
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "exception" and issubclass(arg[0], TimeoutError):
+            provider.gate.set()
+            future = frame.f_locals["future"]
+            future.exception(timeout=10)  # waits until the evaluation is done (a hang detector)
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if event == "call" and frame.f_code.co_name == "_run_on_worker" else None
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        result = predict(server, "u")
+    finally:
+        sys.settrace(previous)
+    assert (result.version, result.variant) == (2, "canary"), result.reason
+    flags = server.status()["models"]["scale"]["rollout"]["flags"]
+    assert flags["failures"] == 0
+
+
+# -- 8. a context that is not a mapping -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("context", [["user_id"], "alice", 42])
+@pytest.mark.parametrize("with_flags", [False, True])
+def test_a_context_that_is_not_a_mapping_is_invalid_input(
+    versions: Path, make_server: ServerFactory, context: Any, with_flags: bool
+) -> None:
+    server = make_server(
+        versions,
+        flags=InMemoryFlags() if with_flags else None,
+        config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 50}),
+    )
+    with pytest.raises(inprocserve.InvalidInputError, match="context must be a mapping") as caught:
+        server.predict("scale", X, context=context)
+    assert caught.value.model == "scale"
+    assert server.predict("scale", X, context={"user_id": "u"}).version in (1, 2)
+
+
+# -- 9. remembered interleavings ------------------------------------------------------------------------------
+
+
+def test_a_remembered_interleaving_is_compact() -> None:
+    router = Router("ranker", RolloutConfig(interleaving={"rankers": (1, 2)}), None)
+    a = [int(i) for i in np.random.default_rng(0).permutation(1000)]
+    b = [int(i) for i in np.random.default_rng(1).permutation(1000)]
+    mixed = [router.interleave(a, b, None) for _ in range(200)]
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for i, interleaving in enumerate(mixed):
+            router.remember_interleaving(f"q{i}", interleaving)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (after - before) / len(mixed) < 8 * 1024  # ~5 KiB for 1000 items (18 KiB as lists of objects)
+    first = mixed[0]
+    assert router.record_click("q0", first.order[3]) == first.teams[3]
+    assert router.record_click("q0", 10_000) is None  # an item that was not shown
+
+
+def test_remembered_interleavings_are_bounded_in_items() -> None:
+    router = Router("ranker", RolloutConfig(interleaving={"rankers": (1, 2)}), None)
+    items = 100_000
+    order = list(range(items))
+    teams = ["A", "B"] * (items // 2)
+    for i in range(100):  # 10 million items in all
+        router.remember_interleaving(f"q{i}", Interleaving(order, teams))
+    assert router.record_click("q0", 1) is None  # the oldest are forgotten
+    assert router.record_click("q99", 1) == "B"
+    assert router.status()["interleaving"]["queries"] == 100
+
+
+def test_team_draft_results_still_credit_clicks_after_being_stored() -> None:
+    router = Router("ranker", RolloutConfig(interleaving={"rankers": (1, 2)}), None)
+    import random
+
+    mixed = team_draft([5, 3, 1, 0], [0, 1, 3, 5], random.Random(3))
+    router.remember_interleaving("q", mixed)
+    assert [router.record_click("q", item) for item in mixed.order] == mixed.teams
+
+
+# -- 10. the inputs kept for guarded promotion ----------------------------------------------------------------
+
+
+def test_promotion_samples_are_copies_of_what_callers_sent(versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(versions, config=rollout(stable=1, capture_inputs=8))
+    buffer = np.zeros((1, 4), np.float32)  # a caller that reuses one input buffer
+    for i in range(8):
+        buffer[:] = i
+        server.predict("scale", buffer)
+    buffer[:] = 100.0
+    # v1 is stable; v2 answers 2x: a difference of exactly the largest input sent (7), never of 100
+    with pytest.raises(inprocserve.PromotionRefusedError) as refused:
+        server.promote("scale", 2, max_abs_diff=0.5, min_samples=8)
+    assert refused.value.report["max_abs_diff"] == pytest.approx(7.0)
+
+
+def test_a_refused_promotion_leaves_the_samples_as_they_were(versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(versions, config=rollout(stable=1, capture_inputs=16))
+    for i in range(16):
+        server.predict("scale", np.full((1, 4), 16 - i, np.float32))  # the largest input first
+    reports = []
+    for _ in range(3):
+        with pytest.raises(inprocserve.PromotionRefusedError) as refused:
+            server.promote("scale", 2, max_abs_diff=0.5, min_samples=16)
+        reports.append(refused.value.report)
+    # its own pinned comparisons are not kept as samples: every attempt compares on the same 16 inputs
+    assert [r["samples"] for r in reports] == [16, 16, 16]
+    assert [r["max_abs_diff"] for r in reports] == [pytest.approx(16.0)] * 3
+    assert server.predict("scale", np.full((1, 4), 100, np.float32), version=3).version == 3  # nor is this
+    with pytest.raises(inprocserve.PromotionRefusedError) as refused:
+        server.promote("scale", 2, max_abs_diff=0.5, min_samples=16)
+    assert refused.value.report["max_abs_diff"] == pytest.approx(16.0)
