@@ -31,6 +31,7 @@ from ._config import (
 )
 from ._errors import (
     ConfigurationError,
+    ControlFileUnavailableError,
     DeadlineExceededError,
     InferenceError,
     InprocserveError,
@@ -61,6 +62,7 @@ __all__ = [
     "CacheConfig",
     "CanaryConfig",
     "ConfigurationError",
+    "ControlFileUnavailableError",
     "DeadlineExceededError",
     "DriftConfig",
     "EnvFlags",

@@ -12,17 +12,28 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from ._cli_common import OK, PROBLEMS, Subparsers, add_command, fail
-from ._control import ControlFile, ModelControl, switched, validate_percent
-from ._errors import InprocserveError
-from ._repository import scan_repository
+from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail
+from ._config import ModelConfig, load_model_config
+from ._control import ControlFile, ControlFileUnavailableError, ModelControl, switched, validate_percent
+from ._errors import ConfigurationError, InprocserveError
+from ._repository import ModelSource, scan_repository
 
 __all__ = ["CONTROL_COMMANDS"]
 
 
 def _control(args: argparse.Namespace) -> int:
-    """Write one fleet-wide change to the repository's control file and print what was written."""
+    """Write one fleet-wide change to the repository's control file and print what was written.
+
+    Exit status 0 when written; 1 when the change is refused (unknown model or version, invalid control
+    file, nothing to roll back to); 2 when it could not run (a usage error, or the control file or its lock
+    could not be opened or written, or the lock stayed held by another writer)."""
     repository = Path(args.repository)
+    if args.command == "canary" and args.version is not None and args.percent is None:
+        return fail(
+            f"canary {args.version} needs a PERCENT (e.g. `canary {args.repository} {args.model} {args.version} "
+            f"10`); `canary {args.repository} {args.model} none` removes the canary",
+            CANNOT_RUN,
+        )
     try:
         scan = scan_repository(repository)
         control = ControlFile(repository)
@@ -38,8 +49,10 @@ def _control(args: argparse.Namespace) -> int:
                 raise InprocserveError(f"model {args.model!r} has no version {version} (versions: {known})")
             if args.command == "switch":
                 assert version is not None
-                stable = version
-                written = control.set_model(args.model, lambda state: switched(state, stable), actor=args.actor)
+                stable, current = version, _configured_default(source)
+                written = control.set_model(
+                    args.model, lambda state: switched(state, stable, current=current), actor=args.actor
+                )
             elif args.command == "rollback":
 
                 def back(state: ModelControl) -> ModelControl:
@@ -58,10 +71,27 @@ def _control(args: argparse.Namespace) -> int:
             else:
                 kill = args.command == "kill"
                 written = control.set_model(args.model, lambda state: replace(state, kill=kill), actor=args.actor)
+    except (ControlFileUnavailableError, OSError) as exc:
+        return fail(str(exc), CANNOT_RUN)
     except (InprocserveError, ValueError) as exc:
         return fail(str(exc), PROBLEMS)
     print(json.dumps(written.to_dict(), indent=2))
     return OK
+
+
+def _configured_default(source: ModelSource) -> int | None:
+    """The version a server answers with by default when the control file names no stable version (what
+    the first switch records as the one to roll back to): ``config.toml``'s ``rollout.stable``, else the
+    highest version its version policy selects. The CLI sees neither a server's ``models=`` configuration
+    nor its compatibility gate; ``None`` when ``config.toml`` cannot be read."""
+    try:
+        config = ModelConfig() if source.config_path is None else load_model_config(source.config_path)
+    except ConfigurationError:
+        return None
+    stable = config.rollout.stable
+    if stable is not None and stable in source.versions:
+        return stable
+    return max(config.version_policy.select(list(source.versions)), default=None)
 
 
 def _command(
@@ -105,10 +135,12 @@ def add_canary(commands: Subparsers) -> None:
         commands,
         "canary",
         "send PERCENT percent of users to VERSION, sticky per user ('none' removes the canary)",
-        "  python -m inprocserve canary models/ fraud 4 10\n  python -m inprocserve canary models/ fraud none\n",
+        "  python -m inprocserve canary models/ fraud 4 10\n  python -m inprocserve canary models/ fraud none\n\n"
+        "While set, the canary replaces the model's configured rollout strategy; PERCENT is required with a\n"
+        "VERSION.\n",
     )
     parser.add_argument("version", type=_canary_version, help="the canary version, or 'none'")
-    parser.add_argument("percent", type=float, nargs="?", default=0.0, help="share of users, 0 to 100")
+    parser.add_argument("percent", type=float, nargs="?", default=None, help="share of users, 0 to 100")
 
 
 def add_kill(commands: Subparsers) -> None:

@@ -29,8 +29,9 @@ def add_status(commands: Subparsers) -> None:
         examples="  python -m inprocserve status http://127.0.0.1:8000\n"
         "  python -m inprocserve status http://127.0.0.1:8000/api/-/inprocserve/models\n"
         '  python -m inprocserve status --token "$INPROCSERVE_ADMIN_TOKEN" --json http://127.0.0.1:8000\n\n'
-        f"A URL without a path gets {ENDPOINT} appended. Exit status 1 when a model is not ready\n"
-        "or the server is closed, 2 when the endpoint cannot be read.\n",
+        f"A URL without a path gets {ENDPOINT} appended. Exit status 1 when a model is not ready,\n"
+        "the server is closed, or its control file cannot be read or applied (control.error),\n"
+        "2 when the endpoint cannot be read.\n",
     )
     parser.add_argument("url", help=f"the app's base URL, or the full URL of its {ENDPOINT} endpoint")
     parser.add_argument("--token", help="admin token, sent as 'Authorization: Bearer TOKEN'")
@@ -91,9 +92,20 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
 
 
 def healthy(document: dict[str, Any]) -> bool:
-    """Whether the server is open and every model it knows has a servable version."""
+    """Whether the server is open, follows its control file without an error (it can read it and has
+    applied all of it), and every model it knows has a servable version."""
     models = document["models"]
-    return not document.get("closed") and all(isinstance(m, dict) and m.get("ready") for m in models.values())
+    if document.get("closed") or control_error(document):
+        return False
+    return all(isinstance(m, dict) and m.get("ready") for m in models.values())
+
+
+def control_error(document: dict[str, Any]) -> str | None:
+    """The status document's ``control.error``: why the worker cannot read its control file or has not
+    applied all of the revision in force (``None`` when it has, or the document has no control part)."""
+    control = document.get("control")
+    error = control.get("error") if isinstance(control, dict) else None
+    return str(error) if error else None
 
 
 def summarize(document: dict[str, Any]) -> list[str]:
@@ -101,6 +113,12 @@ def summarize(document: dict[str, Any]) -> list[str]:
     runtime = document.get("onnxruntime", "?")
     state = "closed" if document.get("closed") else "open"
     lines = [f"server {state}, onnxruntime {runtime}, repository {document.get('repository') or '(none)'}"]
+    control = document.get("control")
+    if isinstance(control, dict) and control.get("file"):
+        lines.append(f"control revision {control.get('revision', '?')}")
+    error = control_error(document)
+    if error:
+        lines.append(f"CONTROL ERROR: {error}")
     models = document["models"]
     if not models:
         lines.append("no models")

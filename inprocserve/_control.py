@@ -10,10 +10,11 @@ it)::
      "models": {"fraud": {"stable": 3, "previous_stable": 2, "canary_version": 4, "canary_percent": 10.0,
                           "kill": false}}}
 
-Writers (``Server`` methods, the admin endpoints, the CLI) hold an exclusive ``flock`` on a sibling lock
-file, read, change, and replace the file atomically (temporary file, ``fsync``, ``os.replace``), so readers
-never see a half-written file and concurrent writers never lose an update. ``revision`` only grows.
-Readers need no lock: they re-read the file (it is a few hundred bytes) every ``control_interval_s``.
+Writers (``Server`` methods, the admin endpoints, the CLI) hold an exclusive POSIX record lock
+(``lockf``) on a sibling lock file, read, change, and replace the file atomically (temporary file,
+``fsync``, ``os.replace``), so readers never see a half-written file and concurrent writers never lose an
+update. ``revision`` only grows. Readers need no lock: they re-read the file (it is a few hundred bytes)
+every ``control_interval_s``, and follow any document that differs from the one they follow.
 """
 
 from __future__ import annotations
@@ -25,19 +26,30 @@ import math
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, ControlFileUnavailableError
 
-__all__ = ["CONTROL_FILENAME", "Control", "ControlFile", "ModelControl", "worker_identity"]
+__all__ = [
+    "CONTROL_FILENAME",
+    "Control",
+    "ControlFile",
+    "ControlFileUnavailableError",
+    "ModelControl",
+    "worker_identity",
+]
 
 CONTROL_FILENAME = ".inprocserve-control.json"
 _LOCK_FILENAME = ".inprocserve-control.lock"
 _MAX_BYTES = 1 << 20  # a control file is a few hundred bytes; refuse to parse anything absurd
+LOCK_TIMEOUT_S = 10.0
+"""How long a writer waits for the control-file lock before giving up (another writer holds it)."""
+_LOCK_RETRY_S = 0.02
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,21 +164,26 @@ def _optional_str(value: Any) -> str | None:
 class ControlFile:
     """Reads and atomically rewrites the control file of one repository.
 
-    Thread- and process-safe: every update holds an exclusive ``flock`` on the lock file (POSIX), so
-    updates from any number of workers, hosts sharing the folder (``flock`` over NFSv4 is forwarded to
-    the server) and the CLI are serialized, and readers only ever see whole revisions.
+    Thread- and process-safe: every update holds an exclusive POSIX record lock (``lockf``) on the lock
+    file, and, within one process, a thread lock per lock file (record locks belong to a process, so its
+    threads would not exclude each other). Updates from any number of workers, hosts sharing the folder
+    (record locks over NFS go to the server) and the CLI are serialized, and readers only ever see whole
+    revisions. A record lock is not inherited by a forked child, so a fork while one thread writes cannot
+    leave the lock held by the child; a writer waits at most ``lock_timeout_s`` for it.
     """
 
-    def __init__(self, repository: str | Path) -> None:
+    def __init__(self, repository: str | Path, *, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self.folder = Path(repository)
         self.path = self.folder / CONTROL_FILENAME
         self._lock_path = self.folder / _LOCK_FILENAME
+        self.lock_timeout_s = lock_timeout_s
 
     def read(self) -> Control:
         """The current revision; an absent file is revision 0 (nothing overridden).
 
         Raises:
-            ConfigurationError: the file cannot be read or is not a valid control document.
+            ConfigurationError: the file is not a valid control document, or (``ControlFileUnavailableError``)
+                it cannot be read.
         """
         try:
             with open(self.path, "rb") as handle:
@@ -174,7 +191,7 @@ class ControlFile:
         except FileNotFoundError:
             return Control()
         except OSError as exc:
-            raise ConfigurationError(f"control file {self.path} cannot be read: {exc}") from exc
+            raise ControlFileUnavailableError(f"control file {self.path} cannot be read: {exc}") from exc
         if len(raw) > _MAX_BYTES:
             raise ConfigurationError(f"control file {self.path} is larger than {_MAX_BYTES} bytes")
         try:
@@ -188,6 +205,8 @@ class ControlFile:
 
         Raises:
             ConfigurationError: the repository folder is missing, or the current file is invalid.
+            ControlFileUnavailableError: (a ``ConfigurationError``) the lock or the file cannot be opened or
+                written, or another writer held the lock longer than ``lock_timeout_s``.
             Whatever ``change`` raises (nothing is written then).
         """
         if not self.folder.is_dir():
@@ -199,7 +218,12 @@ class ControlFile:
             result = replace(
                 changed, revision=current.revision + 1, updated_at=stamp, updated_by=actor or default_actor()
             )
-            self._write(result)
+            try:
+                self._write(result)
+            except OSError as exc:
+                raise ControlFileUnavailableError(
+                    f"control file {self.path} cannot be written: {exc}; nothing was changed"
+                ) from exc
             return result
 
     def set_model(
@@ -218,14 +242,46 @@ class ControlFile:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """Hold this process's thread lock for the lock file, then its record lock, each waited for at most
+        ``lock_timeout_s`` (polled: a record lock has no timed wait)."""
         import fcntl
 
-        descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.lock_timeout_s
+        thread_lock = _thread_lock(self._lock_path)
+        if not thread_lock.acquire(timeout=max(self.lock_timeout_s, 0.0)):
+            raise self._lock_timeout("another thread of this process")
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            yield
+            try:
+                descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise ControlFileUnavailableError(
+                    f"control-file lock {self._lock_path} cannot be opened: {exc}; nothing was changed"
+                ) from exc
+            try:
+                while True:
+                    try:
+                        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except (BlockingIOError, PermissionError):  # held by another process (EAGAIN / EACCES)
+                        if time.monotonic() >= deadline:
+                            raise self._lock_timeout("another process") from None
+                        time.sleep(_LOCK_RETRY_S)
+                    except OSError as exc:
+                        raise ControlFileUnavailableError(
+                            f"control-file lock {self._lock_path} cannot be taken: {exc}; nothing was changed"
+                        ) from exc
+                yield
+            finally:
+                os.close(descriptor)  # closing releases the record lock
         finally:
-            os.close(descriptor)  # closing releases the lock
+            thread_lock.release()
+
+    def _lock_timeout(self, holder: str) -> ControlFileUnavailableError:
+        return ControlFileUnavailableError(
+            f"control-file lock {self._lock_path} is held by {holder} for more than {self.lock_timeout_s:g} s; "
+            f"nothing was changed. Retry; if it stays held, find the process holding it (e.g. `fuser "
+            f"{self._lock_path}`) and stop it"
+        )
 
     def _write(self, control: Control) -> None:
         payload = json.dumps(control.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
@@ -249,9 +305,37 @@ class ControlFile:
                 os.close(folder)
 
 
-def switched(state: ModelControl, version: int) -> ModelControl:
-    """``state`` with ``version`` as its stable version (the old one kept for a rollback)."""
-    previous = state.stable if state.stable != version else state.previous_stable
+# One thread lock per lock file (record locks do not exclude the threads of one process), made anew in a
+# forked child: a lock a parent's thread held at the fork would never be released there.
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+def _thread_lock(path: Path) -> threading.Lock:
+    key = os.path.realpath(path)  # one lock per file, whatever path names it
+    with _thread_locks_guard:
+        lock = _thread_locks.get(key)
+        if lock is None:
+            lock = _thread_locks[key] = threading.Lock()
+        return lock
+
+
+def _reset_thread_locks() -> None:
+    global _thread_locks_guard
+    _thread_locks_guard = threading.Lock()
+    _thread_locks.clear()
+
+
+def switched(state: ModelControl, version: int, *, current: int | None = None) -> ModelControl:
+    """``state`` with ``version`` as its stable version, the old one kept for a rollback.
+
+    The old one is ``state.stable``; when no switch recorded one, ``current`` — the version answering
+    default traffic now (from ``config.toml``'s ``rollout.stable`` or the version policy) — so the first
+    switch can be rolled back too."""
+    now = state.stable if state.stable is not None else current
+    previous = now if now is not None and now != version else state.previous_stable
+    if previous == version:
+        previous = None
     return replace(state, stable=version, previous_stable=previous)
 
 
@@ -281,6 +365,7 @@ def _reset_started_at() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_started_at)
+    os.register_at_fork(after_in_child=_reset_thread_locks)
 
 
 def worker_identity() -> dict[str, Any]:

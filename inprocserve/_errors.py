@@ -4,6 +4,7 @@
 
     InprocserveError
     ├── ConfigurationError        (+ValueError)   bad config values or config.toml
+    │   └── ControlFileUnavailableError           the control file or its lock cannot be used
     ├── ModelNotFoundError        (+LookupError)  unknown model or version
     ├── ModelLoadError                            a model file that cannot become a session
     ├── InferenceError                            onnxruntime failed while running a request
@@ -25,6 +26,7 @@ from typing import Any
 
 __all__ = [
     "ConfigurationError",
+    "ControlFileUnavailableError",
     "DeadlineExceededError",
     "InferenceError",
     "InprocserveError",
@@ -72,6 +74,11 @@ def _rebuild(
 
 class ConfigurationError(InprocserveError, ValueError):
     """A configuration value (in code or in ``config.toml``) is invalid."""
+
+
+class ControlFileUnavailableError(ConfigurationError):
+    """The control file or its lock cannot be opened, written or taken (a file-system error, or another
+    writer held the lock longer than its timeout): nothing was written; retry, or fix the folder."""
 
 
 class ModelNotFoundError(InprocserveError, LookupError):

@@ -49,7 +49,7 @@ class Operations:
         self._registry = registry
         self._control_file = control_file
         self.control_interval_s = None if control_file is None else control_interval_s
-        self.control_error: str | None = None
+        self._read_error: str | None = None  # why the control file cannot be read now, if it cannot
         self._ids = ids
         self._predict = predict
         self._submit = submit
@@ -59,6 +59,13 @@ class Operations:
     @property
     def control_path(self) -> str | None:
         return None if self._control_file is None else str(self._control_file.path)
+
+    @property
+    def control_error(self) -> str | None:
+        """Status's ``control.error``: why the control file cannot be read, and why a part of the revision
+        in force is not applied here (``None`` when it is read and applied in full)."""
+        errors = [error for error in (self._read_error, self._registry.control_problem) if error]
+        return "; ".join(errors) or None
 
     def read_initial_control(self) -> None:
         """Before the first load: follow the control file from the start (nothing to apply yet)."""
@@ -106,7 +113,8 @@ class Operations:
             if not force:
                 self._refuse_if_incompatible(routes, model, version)
             self._registry.incompatible.get(model, {}).pop(version, None)  # the operator accepted its signature
-            self._change_control(model, lambda state: switched(state, version), actor)
+            current = routes.router.stable_version(routes.versions, routes.default.version)
+            self._change_control(model, lambda state: switched(state, version, current=current), actor)
             logger.info("model %r: stable version is now %s", model, version)
 
     @staticmethod
@@ -129,11 +137,28 @@ class Operations:
 
     def rollback(self, model: str, *, actor: str | None = None) -> int:
         """See :meth:`Server.rollback`."""
-        previous = self._current_control().models.get(model, ModelControl()).previous_stable
-        if previous is None:
-            raise ValueError(f"model {model!r} has no previous stable version to roll back to (no switch recorded)")
-        self.switch(model, previous, actor=actor, force=True)  # back to what served before: never refused
-        return previous
+        with self._registry.lock:
+            self._registry.known(model)
+            # Load and warm the version to go back to before writing (it is normally loaded: the control
+            # state keeps the previous stable version loaded). The target itself is read again inside the
+            # control file's lock: a switch written meanwhile by another process moves it.
+            hint = self._current_control().models.get(model, ModelControl()).previous_stable
+            if hint is not None:
+                self._registry.serving(model, hint)
+            target: list[int] = []
+
+            def back(state: ModelControl) -> ModelControl:
+                previous = state.previous_stable
+                if previous is None:
+                    raise ValueError(
+                        f"model {model!r} has no previous stable version to roll back to (no switch recorded)"
+                    )
+                target[:] = [previous]
+                return switched(state, previous)  # back to what served before: never refused
+
+            self._change_control(model, back, actor)
+            logger.info("model %r: rolled back; stable version is now %s", model, target[0])
+            return target[0]
 
     def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
         """See :meth:`Server.set_canary`."""
@@ -172,19 +197,40 @@ class Operations:
     def sync_control(self) -> int:
         """See :meth:`Server.sync_control`."""
         control = self._read_control()
-        if control is None or control.revision == self._registry.control.revision:
-            return self._registry.control.revision
-        with self._registry.lock:
+        registry = self._registry
+        if (control is None or control == registry.control) and not registry.control_pending:
+            return registry.control.revision
+        with registry.lock:
+            if registry.closed:
+                return registry.control.revision
             # Read again under the lock: a revision read before a writer of this process took the lock
             # may be older than the one it wrote and adopted, and adopting it would flip back for one interval.
             control = self._read_control()
-            if (
-                control is not None
-                and not self._registry.closed
-                and control.revision != self._registry.control.revision
-            ):
-                self._registry.adopt(control)
-            return self._registry.control.revision
+            if control is not None and control != registry.control:  # the whole document, not its revision
+                if control.revision < registry.control.revision:
+                    logger.warning(
+                        "control file %s went back from revision %d to %d (deleted, restored from a backup, or "
+                        "an older synced copy, or written to a synced copy: write to the source of the sync); "
+                        "following it",
+                        self.control_path,
+                        registry.control.revision,
+                        control.revision,
+                    )
+                elif control.revision == registry.control.revision:
+                    logger.warning(
+                        "control file %s holds another document under revision %d (by %s at %s; was by %s at %s): "
+                        "two writers wrote separate copies (a host's synced copy written to?); following the file",
+                        self.control_path,
+                        control.revision,
+                        control.updated_by,
+                        control.updated_at,
+                        registry.control.updated_by,
+                        registry.control.updated_at,
+                    )
+                registry.adopt(control)
+            else:
+                registry.retry_control()
+            return registry.control.revision
 
     def _set_kill(self, model: str, *, killed: bool, actor: str | None) -> None:
         with self._registry.lock:
@@ -216,11 +262,11 @@ class Operations:
         try:
             control = self._control_file.read()
         except ConfigurationError as exc:
-            if str(exc) != self.control_error:
+            if str(exc) != self._read_error:
                 logger.error("%s; revision %d stays in force", exc, self._registry.control.revision)
-            self.control_error = str(exc)
+            self._read_error = str(exc)
             return None
-        self.control_error = None
+        self._read_error = None
         return control
 
     def _watch(self) -> None:
@@ -275,7 +321,7 @@ class Operations:
                     model=model,
                     version=version,
                 )
-            self._change_control(model, lambda state: switched(state, version), None)  # the whole fleet
+            self._change_control(model, lambda state: switched(state, version, current=stable), None)  # the fleet
             report = dataclasses.replace(report, reason="within bounds")
             logger.info("model %r: promoted version %s over %s (%s)", model, version, stable, report.to_dict())
             return report
@@ -368,8 +414,11 @@ class RolloutMethods:
     def rollback(self, model: str, *, actor: str | None = None) -> int:
         """Switch ``model`` back to the stable version it had before the last :meth:`switch`; returns it.
 
-        Rolling back twice returns to where you started (the version rolled back from becomes the previous).
-        It is never refused for an incompatible signature: it returns to a version that served before.
+        After the first switch, that is the version that answered default traffic before it (``config.toml``'s
+        ``rollout.stable``, or the latest version). The target is read inside the control file's lock, so a
+        switch written meanwhile by another worker or host is the one undone. Rolling back twice returns to
+        where you started (the version rolled back from becomes the previous). It is never refused for an
+        incompatible signature: it returns to a version that served before.
 
         Raises:
             ValueError: no switch of this model was recorded, so there is nothing to roll back to.
@@ -411,8 +460,11 @@ class RolloutMethods:
 
     def sync_control(self) -> int:
         """Follow the control file now (the watcher thread calls this every ``control_interval_s``);
-        returns the revision this server follows. An invalid file is logged and shown in :meth:`status`,
-        and the last valid revision stays in force."""
+        returns the revision this server follows. Any document that differs from the one followed is
+        followed (a revision that went down, e.g. a deleted file, with a warning). An invalid file is
+        logged and shown in :meth:`status`, and the last valid revision stays in force. A part of the
+        revision that could not be applied (a version missing or failing to load, an invalid
+        ``config.toml``, a failed re-scan) is shown in status as ``control.error`` and retried here."""
         return self._operations.sync_control()
 
     def promote(

@@ -97,6 +97,11 @@ class Registry:
         self.routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
         self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
         self.control = Control()  # the fleet-wide rollout state this process follows
+        # What adopt() could not apply yet (retried by retry_control), and why (key: model, or "" for the reload)
+        self._control_pending: set[str] = set()
+        self._control_reload_pending = False
+        self._control_problems: dict[str, str] = {}
+        self._control_warned: set[tuple[str, int, str]] = set()  # previous-stable problems logged once
         self.lock = threading.RLock()
         self.closed = False
         self._poll_interval_s = poll_interval_s
@@ -474,31 +479,141 @@ class Registry:
 
     def adopt(self, control: Control) -> list[str]:
         """With the lifecycle lock held: make ``control`` the state this server follows, and apply every
-        model whose state changed (all of them, re-scanning the repository, on a new reload revision)."""
+        model whose state changed (all of them, re-scanning the repository, on a new reload revision).
+
+        Each model is applied on its own: one that cannot be applied (a version it names is missing or
+        fails to load, its ``config.toml`` is invalid, the re-scan failed) leaves the others applied, is
+        logged once per distinct error, shown in status (``control.error``), and tried again by
+        :meth:`retry_control` (every ``control_interval_s``) until it applies. Returns the problems found:
+        the re-scan's (as :meth:`refresh`), then those that left a part of the revision unapplied."""
         previous, self.control = self.control, control
+        self._control_warned.clear()
         logger.info(
             "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
         )
-        if control.reload != previous.reload:
-            return self.refresh()
-        for name in sorted(set(control.models) | set(previous.models)):
+        self._control_reload_pending |= control.reload != previous.reload
+        for name in set(control.models) | set(previous.models):
             if control.models.get(name) != previous.models.get(name):
-                self.follow(name)
-        return []
+                self._control_pending.add(name)
+        return self._apply_control()
 
-    def follow(self, name: str) -> None:
-        """With the lifecycle lock held: load what the control state of ``name`` needs, then publish it."""
+    @property
+    def control_pending(self) -> bool:
+        """Whether a part of :attr:`control` is not applied yet (see :attr:`control_problem`)."""
+        return self._control_reload_pending or bool(self._control_pending)
+
+    @property
+    def control_problem(self) -> str | None:
+        """Why a part of :attr:`control` is not applied (``None`` when all of it is)."""
+        if not self._control_problems:
+            return None
+        details = "; ".join(self._control_problems[key] for key in sorted(self._control_problems))
+        return (
+            f"control revision {self.control.revision} is applied only in part (retried every control "
+            f"interval): {details}"
+        )
+
+    def retry_control(self) -> list[str]:
+        """With the lifecycle lock held: apply again what :meth:`adopt` could not apply (nothing if all was)."""
+        if not self.control_pending:
+            return []
+        return self._apply_control()
+
+    def _apply_control(self) -> list[str]:
+        problems: dict[str, str] = {}
+        rescanned: list[str] = []
+        if self._control_reload_pending:
+            try:
+                if self.repository is not None:  # refresh() logs a failed scan but does not raise it
+                    scan_repository(self.repository, follow_symlinks=self._follow_symlinks)
+            except Exception as exc:  # a file-system hiccup (NFS ESTALE, EIO): re-scan on the next retry
+                problems[""] = f"reload (re-scan of the repository) failed: {exc}"
+            else:
+                self._control_reload_pending = False
+                rescanned = self.refresh()
+        for name in sorted(self._control_pending):
+            try:
+                missing = self.follow(name)
+            except Exception as exc:  # e.g. an invalid config.toml: the other models still apply
+                problems[name] = f"model {name!r}: {exc}"
+                continue
+            if missing:
+                problems[name] = f"model {name!r}: {'; '.join(missing)}"
+            else:
+                self._control_pending.discard(name)
+        self._report_control_problems(problems)
+        return rescanned + [problems[key] for key in sorted(problems)]
+
+    def _report_control_problems(self, problems: dict[str, str]) -> None:
+        """Log each problem once (not on every retry while it stays the same), and when all is applied."""
+        for key, problem in sorted(problems.items()):
+            if self._control_problems.get(key) != problem:
+                logger.error(
+                    "control revision %d not applied here: %s (it is retried until it applies)",
+                    self.control.revision,
+                    problem,
+                )
+        if self._control_problems and not problems:
+            logger.info("control revision %d is now applied in full", self.control.revision)
+        self._control_problems = problems
+
+    def follow(self, name: str) -> list[str]:
+        """With the lifecycle lock held: load what the control state of ``name`` needs, then publish it.
+
+        Returns why a version the state serves (its stable version, an active canary) is not loaded; empty
+        when all are, or when the model is not in this repository (nothing to serve). The previous stable
+        version is loaded too when it can be (rollbacks are then instant), but one that is missing or fails
+        is only logged: it serves nothing now. A version that failed to load is loaded again only once its
+        files changed (as :meth:`refresh` does). Raises what loading raises besides ``ModelNotFoundError``
+        and ``ModelLoadError`` (an invalid ``config.toml``, a repository that cannot be scanned)."""
+        missing: list[str] = []
         state = self.control.models.get(name)
         if state is not None and self.repository is not None and not {name} & (self._explicit | self._unloaded):
-            for number in sorted(state.versions - set(self.loaded.get(name, {}))):
-                try:
-                    self.load(name, version=number)
-                except (ModelNotFoundError, ModelLoadError) as exc:
-                    logger.error(
-                        "model %r: control revision %d names version %s: %s", name, self.control.revision, number, exc
+            needed = sorted(state.versions - set(self.loaded.get(name, {})))
+            source = None
+            if needed:
+                source = scan_repository(self.repository, follow_symlinks=self._follow_symlinks).models.get(name)
+            files = {} if source is None else source.versions
+            for number in needed if files else []:  # a model not in this repository has nothing to serve
+                problem = None
+                if number not in files:
+                    problem = f"version {number} is not in the repository (yet)"
+                elif self._failed_unchanged(name, number):
+                    problem = f"version {number} failed to load: {self.failures[name][number].error}"
+                else:
+                    try:
+                        self.load(name, version=number)
+                    except ModelLoadError as exc:  # (worded as a retry words it: logged once)
+                        problem = f"version {number} failed to load: {exc}"
+                    except ModelNotFoundError as exc:
+                        problem = f"version {number}: {exc}"
+                if problem is None:
+                    continue
+                if number in (state.stable, state.canary_version):
+                    missing.append(problem)
+                elif (name, number, problem) not in self._control_warned:  # the previous stable, for a rollback
+                    self._control_warned.add((name, number, problem))
+                    logger.warning(
+                        "model %r: control revision %d keeps version %s for a rollback, but %s",
+                        name,
+                        self.control.revision,
+                        number,
+                        problem,
                     )
+        router = self.routers.get(name)
+        if router is not None and (state is None or state.stable is None):
+            router.stable_alias = None  # no stable version in the control file (any more): the config's applies
         if name in self.loaded:
             self.publish(name)
+        return missing
+
+    def _failed_unchanged(self, name: str, number: int) -> bool:
+        """Whether ``number`` failed to load and none of the files that load read changed since."""
+        failure = self.failures.get(name, {}).get(number)
+        if failure is None or failure.stamp is None or self.repository is None:
+            return False
+        folder = self.repository / name / str(number)  # where a repository scan finds the version's file
+        return any(failure.stamp == _stamp(folder / file) for file in (MODEL_FILENAME, REMOTE_FILENAME))
 
     def _control_versions(self, name: str) -> set[int]:
         state = self.control.models.get(name)
@@ -535,7 +650,15 @@ class Registry:
         if routes is None:
             known = ", ".join(sorted(self.routes)) or "none"
             failure = self.failures.get(model)
-            hint = f"; it failed to load: {next(iter(failure.values())).error}" if failure else ""
+            # Not the load error itself: it quotes file-system paths, and this message reaches HTTP clients
+            # (the 404 of a prediction). status() and the log keep the detail.
+            hint = (
+                f"; it failed to load (version {', '.join(map(str, sorted(failure)))}: see the server's status or log)"
+                if failure
+                else ""
+            )
+            # version=None here says "no such model" (a known model's missing version carries the version):
+            # RequestTelemetry.refused records such refusals under one model name, not the caller's.
             return ModelNotFoundError(f"unknown model {model!r} (servable models: {known}){hint}", model=model)
         versions = ", ".join(map(str, sorted(routes.versions)))
         return ModelNotFoundError(

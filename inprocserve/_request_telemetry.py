@@ -8,13 +8,17 @@ from typing import Any
 
 from opentelemetry.trace import INVALID_SPAN
 
-from ._errors import DeadlineExceededError, OverloadedError
+from ._errors import DeadlineExceededError, ModelNotFoundError, OverloadedError
 from ._recorder import Recorder
 from ._request import BatchTiming, Request
 from ._rollout import Decision
 from ._telemetry import METRICS, end_request_span, metering, outcome
 
-__all__ = ["RequestTelemetry"]
+__all__ = ["UNKNOWN_MODEL", "RequestTelemetry"]
+
+UNKNOWN_MODEL = "_unknown"
+"""The ``inprocserve.model.name`` of a request refused because no loaded model has the name it asked for:
+the caller's string (``/v2/models/<anything>/infer``) would give every metric one series per name sent."""
 
 
 class RequestTelemetry:
@@ -88,10 +92,14 @@ class RequestTelemetry:
         decision: Decision | None,
         error: BaseException,
     ) -> None:
-        """Close the span of a request refused before it was queued, and record it."""
+        """Close the span of a request refused before it was queued, and record it: under its model's name
+        if that model is loaded, else under :data:`UNKNOWN_MODEL` (metric attributes stay bounded whatever
+        names callers send)."""
         variant = None if decision is None else decision.variant
         _end_span(span, decision, version, 0, None, None, error)
         if isinstance(model, str):
+            if _no_such_model(decision, error):
+                model = UNKNOWN_MODEL
             attributes = self.attributes(model, version, variant, error, finished=True)
             METRICS.request_duration.record(time.perf_counter() - started, attributes)
             if isinstance(error, OverloadedError) and metering():
@@ -123,6 +131,13 @@ class RequestTelemetry:
             if len(self._cache) < 10_000:  # bounded: model x version x variant x error class
                 self._cache[key] = attributes
         return attributes
+
+
+def _no_such_model(decision: Decision | None, error: BaseException) -> bool:
+    """Whether a refused request named no loaded model: refused before routing (a request is routed only
+    once its model is found) with the registry's ``ModelNotFoundError`` for an unknown model, which carries
+    no version (a known model's missing version carries it, and keeps the model's name)."""
+    return decision is None and isinstance(error, ModelNotFoundError) and error.version is None
 
 
 def _sampled(span: Any) -> bool:

@@ -89,9 +89,11 @@ def test_switch_refuses_an_incompatible_version_unless_forced(repository: Path, 
     server.switch("m", 2, force=True)
     assert server.predict("m", {"features": rows()}).version == 2
     assert server.status()["models"]["m"]["versions"]["2"]["compatible"] is True
-    # The forced version is now the baseline: the next refresh retires version 1 under the latest policy.
+    # The forced version is now the baseline. Version 1 stays loaded, past the latest policy, as the one a
+    # rollback goes to (the control file records it as the previous stable), but takes no default traffic.
     server.refresh()
-    assert server.models == {"m": [2]}
+    assert server.models == {"m": [1, 2]}
+    assert server.predict("m", {"features": rows()}).version == 2
     # Switching back to version 1 is incompatible the other way round.
     with pytest.raises(inprocserve.PromotionRefusedError, match="input 'features' is gone"):
         server.switch("m", 1)

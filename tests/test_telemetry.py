@@ -600,3 +600,26 @@ def test_model_memory_is_the_resident_growth_while_a_version_loads(
         if point.attributes["inprocserve.model.name"] in {"heavy", "light"}
     }
     assert gauges == {"heavy": heavy, "light": light}
+
+
+def test_requests_for_unknown_models_share_one_metric_series(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    """A caller's model name becomes a metric attribute only for a loaded model: each name sent for a model
+    that is not loaded would otherwise add a series for the life of the process."""
+    from inprocserve._request_telemetry import UNKNOWN_MODEL
+
+    save_model(build_scale_model(2.0), repository, "known", 1)
+    server = make_server(repository)
+    names = [f"user-chosen-{index}" for index in range(25)]
+    for name in names:
+        with pytest.raises(inprocserve.ModelNotFoundError):
+            server.predict(name, np.ones((1, 4), np.float32))
+        with pytest.raises(inprocserve.ModelNotFoundError):
+            server.submit(name, np.ones((1, 4), np.float32), version=3).result(timeout=30)
+    with pytest.raises(inprocserve.ModelNotFoundError):
+        server.predict("known", np.ones((1, 4), np.float32), version=9)  # a known model: its own name
+    seen = {point.attributes["inprocserve.model.name"] for point in otel.metric_points("inprocserve.request.duration")}
+    assert not seen & set(names)
+    assert _outcomes(otel, UNKNOWN_MODEL)[("client_error", "ModelNotFoundError")] >= 2 * len(names)
+    assert _outcomes(otel, "known") == {("client_error", "ModelNotFoundError"): 1}

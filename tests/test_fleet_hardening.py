@@ -1,0 +1,398 @@
+"""Fleet control hardening: a revision applied in part is retried, rollback after a first switch, whole
+documents followed, a fork-safe bounded control-file lock, the CLI's errors, and no paths in 404s.
+
+Real servers, real ONNX models, real files, a real fork and real CLI subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+import inprocserve._registry as registry_module
+from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve._cli_status import healthy
+from inprocserve._control import CONTROL_FILENAME, Control, ControlFile, ControlFileUnavailableError, ModelControl
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+X = np.ones((1, 4), np.float32)
+
+
+def answer(server: inprocserve.Server, model: str) -> int:
+    result = server.predict(model, X)
+    np.testing.assert_array_equal(result["y"], X * result.version)  # version v scales by v
+    return result.version
+
+
+def write(repository: Path, **models: ModelControl) -> Control:
+    """Write a revision as another host (or the CLI) would: straight to the file, no server involved."""
+    control = ControlFile(repository)
+    for name, state in models.items():
+        control.set_model(name, lambda _old, state=state: state, actor="elsewhere")
+    return control.read()
+
+
+@pytest.fixture
+def fleet(repository: Path) -> Path:
+    """``alpha`` v1, ``fraud`` v1 and v2 (version v answers x * v)."""
+    save_model(build_scale_model(1.0), repository, "alpha", 1)
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    return repository
+
+
+# -- 1. a revision that cannot be applied in full ---------------------------------------------------------
+
+
+def test_a_revision_that_fails_for_one_model_applies_the_others_and_is_retried(
+    fleet: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = make_server(fleet, control_interval_s=None)
+    assert answer(server, "fraud") == 2
+    save_model(build_scale_model(3.0), fleet, "alpha", 3)
+    (fleet / "alpha" / "config.toml").write_text("this is [not toml\n")  # loading alpha v3 now raises
+    written = write(fleet, alpha=ModelControl(stable=3), fraud=ModelControl(stable=1))
+    with caplog.at_level(logging.ERROR, logger="inprocserve"):
+        for _ in range(3):
+            assert server.sync_control() == written.revision
+    assert answer(server, "fraud") == 1  # the model that could be applied was
+    error = server.status()["control"]["error"]
+    assert error is not None and "applied only in part" in error and "alpha" in error and "fraud" not in error
+    assert not healthy(server.status())
+    logged = [r for r in caplog.records if "not applied here" in r.getMessage()]
+    assert len(logged) == 1  # once per distinct error, not on every retry
+    (fleet / "alpha" / "config.toml").unlink()  # fixed: the next sync applies what was left
+    assert server.sync_control() == written.revision
+    assert answer(server, "alpha") == 3
+    assert server.status()["control"]["error"] is None
+    assert server.status()["models"]["alpha"]["stable_version"] == 3
+
+
+def test_a_version_not_in_this_hosts_copy_yet_is_loaded_once_it_arrives(
+    fleet: Path, make_server: ServerFactory
+) -> None:
+    """A synced copy may get the control file before the model folder it names."""
+    server = make_server(fleet, control_interval_s=None)
+    write(fleet, fraud=ModelControl(stable=3))
+    server.sync_control()
+    assert answer(server, "fraud") == 2  # nothing to switch to yet
+    assert "version 3 is not in the repository" in server.status()["control"]["error"]
+    save_model(build_scale_model(3.0), fleet, "fraud", 3)
+    server.sync_control()
+    assert answer(server, "fraud") == 3
+    assert server.status()["control"]["error"] is None
+
+
+def test_a_named_version_that_fails_to_load_is_retried_only_once_its_files_change(
+    fleet: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = fleet / "fraud" / "3" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not onnx yet: still being copied")
+    server = make_server(
+        fleet, config=ModelConfig(version_policy=VersionPolicy.specific(1, 2)), control_interval_s=None
+    )
+    write(fleet, fraud=ModelControl(stable=3))
+    with caplog.at_level(logging.ERROR, logger="inprocserve"):
+        for _ in range(3):
+            server.sync_control()
+    attempts = [r for r in caplog.records if r.getMessage().startswith("model 'fraud' version 3 failed to load")]
+    assert len(attempts) == 1  # not loaded again on every sync while its files stay the same
+    assert len([r for r in caplog.records if "not applied here" in r.getMessage()]) == 1  # nor logged again
+    assert answer(server, "fraud") == 2
+    assert "version 3 failed to load" in server.status()["control"]["error"]
+    save_model(build_scale_model(3.0), fleet, "fraud", 3)  # the copy completes
+    server.sync_control()
+    assert answer(server, "fraud") == 3
+    assert server.status()["control"]["error"] is None
+
+
+def test_a_reload_whose_rescan_fails_still_applies_the_switch_and_rescans_later(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(fleet, control_interval_s=None)
+    save_model(build_scale_model(3.0), fleet, "alpha", 3)  # only a re-scan finds it
+    write(fleet, fraud=ModelControl(stable=1, kill=True))
+    ControlFile(fleet).bump_reload(actor="elsewhere")
+    real_scan = registry_module.scan_repository
+    calls = {"failed": 0}
+
+    def one_hiccup(*args: object, **kwargs: object) -> object:
+        # The stand-in for one NFS hiccup (ESTALE, EIO) during the re-scan: the first scan fails.
+        if calls["failed"] == 0:
+            calls["failed"] += 1
+            raise inprocserve.ConfigurationError("model repository is not a directory (stale file handle)")
+        return real_scan(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registry_module, "scan_repository", one_hiccup)
+    server.sync_control()
+    assert calls["failed"] == 1
+    assert answer(server, "fraud") == 1  # the kill and the switch written with the reload are applied
+    assert server.predict("fraud", X).reason == "kill switch is on (control file)"
+    assert "reload" in server.status()["control"]["error"]
+    assert answer(server, "alpha") == 1  # not re-scanned yet
+    server.sync_control()  # same file: the re-scan is retried
+    assert answer(server, "alpha") == 3
+    assert server.status()["control"]["error"] is None
+
+
+def test_the_watcher_retries_until_the_revision_applies(fleet: Path, make_server: ServerFactory) -> None:
+    server = make_server(fleet, control_interval_s=0.05)
+    write(fleet, fraud=ModelControl(stable=3))
+    deadline = time.monotonic() + 30  # a hang detector, not a timing assertion
+    while server.status()["control"]["error"] is None:
+        assert time.monotonic() < deadline, "the watcher never reported the missing version"
+        time.sleep(0.02)
+    save_model(build_scale_model(3.0), fleet, "fraud", 3)
+    while answer(server, "fraud") != 3:
+        assert time.monotonic() < deadline, "the watcher never retried the revision"
+        time.sleep(0.02)
+    while server.status()["control"]["error"] is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+# -- 3. rollback after the first switch --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("configured", "before"), [(1, 1), (None, 3)])
+def test_the_first_switch_can_be_rolled_back(
+    repository: Path, make_server: ServerFactory, configured: int | None, before: int
+) -> None:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "m", version)
+    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=configured))
+    server = make_server(repository, models={"m": config}, control_interval_s=None)
+    assert answer(server, "m") == before
+    server.switch("m", 2)
+    assert answer(server, "m") == 2
+    assert server.rollback("m") == before
+    assert answer(server, "m") == before
+    assert server.rollback("m") == 2  # twice: back where we were
+
+
+def test_the_cli_records_the_configured_version_on_the_first_switch(fleet: Path, make_server: ServerFactory) -> None:
+    from inprocserve.__main__ import main
+
+    server = make_server(fleet, control_interval_s=None)
+    assert main(["switch", str(fleet), "fraud", "1"]) == 0
+    assert ControlFile(fleet).read().models["fraud"].previous_stable == 2  # the latest: what answered before
+    assert main(["rollback", str(fleet), "fraud"]) == 0
+    server.sync_control()
+    assert answer(server, "fraud") == 2
+
+
+def test_a_rollback_reads_its_target_under_the_lock(fleet: Path, make_server: ServerFactory) -> None:
+    """A switch written by another process after this one last read the file moves the rollback's target:
+    rolling back must undo that switch, not force the version this process had seen as previous."""
+    save_model(build_scale_model(3.0), fleet, "fraud", 3)
+    config = ModelConfig(version_policy=VersionPolicy.all())
+    server = make_server(fleet, config=config, control_interval_s=None)
+    server.switch("fraud", 1)  # previous 3
+    server.switch("fraud", 2)  # previous 1
+    other = ControlFile(fleet)
+    original_read = ControlFile.read
+    reads = {"count": 0}
+
+    def read_then_race(self: ControlFile) -> Control:
+        current = original_read(self)
+        reads["count"] += 1
+        if reads["count"] == 1:  # the rollback's first look: another host switches right after it
+            other.set_model("fraud", lambda state: replace(state, stable=3, previous_stable=2), actor="other")
+        return current
+
+    ControlFile.read = read_then_race  # type: ignore[method-assign]
+    try:
+        target = server.rollback("fraud")
+    finally:
+        ControlFile.read = original_read  # type: ignore[method-assign]
+    assert target == 2  # undoes the other host's switch to 3
+    assert ControlFile(fleet).read().models["fraud"].stable == 2
+    assert answer(server, "fraud") == 2
+
+
+# -- 4. the whole document, not its revision ---------------------------------------------------------------
+
+
+def _replace_by_rename(repository: Path, document: dict[str, object]) -> None:
+    temporary = repository / ".sync.tmp"
+    temporary.write_text(json.dumps(document))
+    temporary.replace(repository / CONTROL_FILENAME)
+
+
+def test_another_document_under_the_same_revision_is_followed(
+    fleet: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = make_server(fleet, control_interval_s=None)
+    server.kill("fraud", actor="a host's admin endpoint")  # written to this host's copy: revision 1
+    assert answer(server, "fraud") == 2 and server.status()["models"]["fraud"]["control"]["kill"] is True
+    source = ControlFile(fleet).read().to_dict()  # the sync brings the source's revision 1: a switch, no kill
+    source["updated_by"] = "alice@source"
+    source["models"] = {"fraud": {"stable": 1, "previous_stable": 2, "kill": False}}
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        _replace_by_rename(fleet, source)
+        assert server.sync_control() == 1
+    assert server.status()["models"]["fraud"]["control"]["kill"] is False
+    assert answer(server, "fraud") == 1
+    assert any("another document under revision 1" in r.getMessage() for r in caplog.records)
+
+
+def test_a_revision_that_goes_down_is_followed_with_a_warning(
+    fleet: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = make_server(fleet, control_interval_s=None)
+    server.switch("fraud", 1)
+    server.kill("fraud")
+    assert server.sync_control() == 2
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        (fleet / CONTROL_FILENAME).unlink()
+        assert server.sync_control() == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("went back from revision 2 to 0" in message for message in warnings)
+    assert answer(server, "fraud") == 2  # no override left: the latest version, no kill switch
+    assert server.predict("fraud", X).reason != "kill switch is on (control file)"
+
+
+def test_the_writers_own_revision_is_not_adopted_again(fleet: Path, make_server: ServerFactory) -> None:
+    """What a writer wrote reads back as the same document: following it again changes nothing."""
+    server = make_server(fleet, control_interval_s=None)
+    server.set_canary("fraud", 1, percent=12.5)
+    followed = server.status()["control"]
+    assert server.sync_control() == followed["revision"]
+    assert ControlFile(fleet).read() == Control.from_dict(json.loads((fleet / CONTROL_FILENAME).read_text()))
+    assert server.status()["control"] == followed
+
+
+# -- 5. the control-file lock ------------------------------------------------------------------------------
+
+
+def test_a_fork_while_a_writer_holds_the_lock_does_not_keep_it(tmp_path: Path) -> None:
+    control = ControlFile(tmp_path, lock_timeout_s=30)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(current: Control) -> Control:
+        inside.set()
+        release.wait(timeout=30)
+        return replace(current, reload=current.reload + 1)
+
+    writer = threading.Thread(target=lambda: control.update(slow))
+    writer.start()
+    assert inside.wait(timeout=30)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # lives on, like a multiprocessing worker, until the parent is done
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    try:
+        release.set()
+        writer.join(timeout=30)
+        # Another process must get the lock now, while the child still lives.
+        script = (
+            "import sys; from inprocserve._control import ControlFile\n"
+            "c = ControlFile(sys.argv[1], lock_timeout_s=20)\n"
+            "print(c.bump_reload(actor='next').revision)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "2"
+    finally:
+        os.write(write_end, b"x")
+        os.close(write_end)
+        os.waitpid(child, 0)
+
+
+def test_a_writer_gives_up_on_a_lock_held_too_long(tmp_path: Path) -> None:
+    holder_script = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(os.path.join(sys.argv[1], '.inprocserve-control.lock'), os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holder_script, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        control = ControlFile(tmp_path, lock_timeout_s=0.3)
+        with pytest.raises(ControlFileUnavailableError, match=r"\.inprocserve-control\.lock is held by another"):
+            control.bump_reload()
+        assert isinstance(ControlFileUnavailableError("x"), inprocserve.ConfigurationError)
+        assert control.read().revision == 0  # nothing written
+    finally:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        holder.stdout.close()
+    assert ControlFile(tmp_path).bump_reload().revision == 1
+
+
+# -- 6. the command line -----------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "inprocserve", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_a_control_file_that_cannot_be_written_is_exit_status_2_with_one_line(fleet: Path) -> None:
+    (fleet / ".inprocserve-control.lock").mkdir()  # any OSError on the lock: EACCES, EROFS, ESTALE ...
+    result = _cli("switch", str(fleet), "fraud", "1")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: control-file lock ")
+    assert not (fleet / CONTROL_FILENAME).exists()
+
+
+def test_canary_needs_a_percent(fleet: Path) -> None:
+    result = _cli("canary", str(fleet), "fraud", "2")
+    assert result.returncode == 2
+    assert "needs a PERCENT" in result.stderr
+    assert not (fleet / CONTROL_FILENAME).exists()
+    assert _cli("canary", str(fleet), "fraud", "2", "10").returncode == 0
+    assert _cli("canary", str(fleet), "fraud", "none").returncode == 0
+    assert ControlFile(fleet).read().models["fraud"].canary_version is None
+
+
+def test_status_is_unhealthy_with_a_control_error() -> None:
+    document = {"closed": False, "models": {"m": {"ready": True}}, "control": {"error": None, "revision": 3}}
+    assert healthy(document)
+    document["control"] = {"error": "control revision 3 is applied only in part: ...", "revision": 3}
+    assert not healthy(document)
+
+
+# -- 8. no file-system path in a 404 -----------------------------------------------------------------------
+
+
+def test_the_not_found_message_of_a_model_that_failed_to_load_quotes_no_path(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "good", 1)
+    broken = repository / "broken" / "1" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not onnx")
+    server = make_server(repository, control_interval_s=None)
+    with pytest.raises(inprocserve.ModelNotFoundError, match="failed to load") as raised:
+        server.predict("broken", X)
+    message = str(raised.value)
+    assert str(repository) not in message and str(repository.resolve()) not in message
+    assert "model.onnx" not in message and "/" not in message.replace("'", "")
+    assert "cannot load" in server.status()["models"]["broken"]["versions"]["1"]["error"]  # status keeps it
