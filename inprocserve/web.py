@@ -65,6 +65,7 @@ __all__ = [
     "http_status",
     "readiness",
     "run_admin_action",
+    "token_problem",
 ]
 
 # -- readiness -------------------------------------------------------------------------------------------
@@ -236,6 +237,7 @@ _ADMIN_STATUS: Mapping[type[Exception], int] = {
     ConfigurationError: 409,  # the control file is invalid or cannot be written: fix it, then retry
     ValueError: 400,
     TypeError: 400,
+    OverflowError: 400,  # a number too large to convert (say a 400-digit percent): the client's mistake
 }
 
 
@@ -282,9 +284,9 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
         if "version" not in data or ("percent" not in data and data["version"] is not None):
             raise ValueError(f"send a JSON object {_BODY_SHAPES['canary']}")
         canary = None if data["version"] is None else _version(data["version"])
-        percent = validate_percent(data.get("percent", 0))
+        percent = _percent(data.get("percent", 0))
         server.set_canary(model, canary, percent=percent, actor=actor)
-        answer = {"model": model, "canary_version": canary, "canary_percent": data.get("percent", 0)}
+        answer = {"model": model, "canary_version": canary, "canary_percent": 0 if canary is None else percent}
     elif action == "rollback":
         answer = {"model": model, "stable": server.rollback(model, actor=actor)}
     elif action == "kill":
@@ -331,6 +333,13 @@ def _json_object(body: object, shape: str) -> dict[str, Any]:
     return body
 
 
+def _percent(percent: object) -> float:
+    try:
+        return validate_percent(percent)
+    except OverflowError:  # an int too large for a float (hundreds of digits): no percentage either
+        raise ValueError(f'"percent" must be a number in 0..100, got {percent!r:.40}') from None
+
+
 def _version(version: object) -> int:
     # bool is an int to Python, and a huge int is no version: both are the client's mistake
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < _MAX_VERSION:
@@ -347,11 +356,29 @@ def check_token(authorization: str | None, token: str | None, *, basic: bool = F
     Accepts ``Bearer <token>``, and with ``basic=True`` also HTTP Basic credentials whose password is the
     token (any user name), for a person in a browser. Keep ``basic`` off for endpoints that change
     state: a browser resends Basic credentials on its own, which would let another site trigger them.
-    Without a token (``None`` or empty) nothing is accepted.
+    Without a token (``None``, empty or blank) nothing is accepted. The configured token is stripped of
+    surrounding whitespace, as the supplied one is (a token read from a file often ends in a newline).
+    Configure ASCII tokens (:func:`token_problem`): HTTP headers carry no other text reliably.
     """
-    if not isinstance(token, str) or not token:
+    if not isinstance(token, str) or not token.strip():
         return False
-    return hmac.compare_digest(_supplied_token(authorization or "", basic=basic), token.encode())
+    return hmac.compare_digest(_supplied_token(authorization or "", basic=basic), token.strip().encode())
+
+
+def token_problem(token: object) -> str | None:
+    """What is wrong with a configured token (``None`` for a token that is fine, or for no token): not a
+    string, blank, or not printable ASCII (a header cannot carry other text reliably, so it would never match).
+    The plug-ins refuse such a token at start-up."""
+    if token is None or token == "":
+        return None
+    if not isinstance(token, str):
+        return f"must be a string, got {type(token).__name__}"
+    stripped = token.strip()
+    if not stripped:
+        return "is blank"
+    if not stripped.isascii() or not stripped.isprintable():
+        return "must be printable ASCII (an HTTP header cannot carry other text reliably, so it would never match)"
+    return None
 
 
 def _supplied_token(authorization: str, *, basic: bool) -> bytes:

@@ -390,7 +390,7 @@ def test_a_version_in_the_path_pins_it(served: inprocserve.Server) -> None:
 def test_bad_requests_to_a_real_model_are_400s_that_say_why(served: inprocserve.Server) -> None:
     endpoints = v2.Endpoints(lambda: served)
     cases = {
-        "input 'x' was sent as BYTES, but model 'scale' takes FP32": {"x": np.array([["1"] * 4], dtype=object)},
+        "input 'x' was sent as BYTES, but the model takes FP32": {"x": np.array([["1"] * 4], dtype=object)},
         "input 'x': expected size 4 on axis 1": {"x": np.ones((1, 3), np.float32)},
         "missing input\\(s\\) 'x'": {"z": np.ones((1, 4), np.float32)},
     }

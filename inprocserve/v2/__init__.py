@@ -24,6 +24,7 @@ from ._codec import (
     InferResponse,
     Limits,
     RequestedOutput,
+    TensorHeader,
     decode_infer_request,
     encode_infer_response,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "Limits",
     "RequestedOutput",
     "Response",
+    "TensorHeader",
     "datatype_of",
     "datatype_of_onnx",
     "decode_infer_request",

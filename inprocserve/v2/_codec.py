@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "InferResponse",
     "Limits",
     "RequestedOutput",
+    "TensorHeader",
     "decode_infer_request",
     "encode_infer_response",
 ]
@@ -53,6 +54,9 @@ class Limits:
     """Largest request body, after any ``Content-Encoding`` is undone."""
     max_elements: int = 16 * 2**20
     """Most tensor elements in one request, over all its inputs."""
+    max_bytes_elements: int = 2**20
+    """Most ``BYTES`` (text) elements in one request, over all its inputs: each becomes a Python ``str``
+    of about 50 bytes or more, so they cost far more memory than numbers."""
     max_json_depth: int = 32
     """Deepest nesting of JSON ``data`` arrays (a flat row-major list has depth 1)."""
     max_tensors: int = 64
@@ -61,7 +65,14 @@ class Limits:
     """Most dimensions of one tensor."""
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_elements", "max_json_depth", "max_tensors", "max_rank"):
+        for name in (
+            "max_body_bytes",
+            "max_elements",
+            "max_bytes_elements",
+            "max_json_depth",
+            "max_tensors",
+            "max_rank",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"Limits.{name} must be an int >= 1, got {value!r}")
@@ -73,6 +84,16 @@ class RequestedOutput:
 
     name: str
     binary: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorHeader:
+    """What a request declares about one input, before its data is decoded: enough to check it against
+    the model (see ``check`` of :func:`decode_infer_request`)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +135,25 @@ class InferResponse:
 # -- server side: decode a request, encode a response -------------------------------------------------------
 
 
-def decode_infer_request(body: bytes, headers: Mapping[str, str], *, limits: Limits | None = None) -> InferRequest:
+def decode_infer_request(
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    limits: Limits | None = None,
+    check: Callable[[Sequence[TensorHeader]], None] | None = None,
+) -> InferRequest:
     """Decode an inference request body (JSON, or JSON followed by binary tensors).
+
+    Every tensor's header (name, datatype, shape, element count, binary size) is checked first, and
+    ``check`` sees them all, before any tensor's data is decoded: a request that cannot fit the model is
+    refused without the memory its data would take once decoded.
 
     Args:
         body: The whole request body, with any ``Content-Encoding`` already undone.
         headers: The request headers (looked up case-insensitively).
         limits: The caps to enforce (default :class:`Limits`).
+        check: Called once with every input's :class:`TensorHeader`, in request order, before any data is
+            decoded; raises :class:`~inprocserve.InvalidInputError` (or any error) to refuse the request.
 
     Raises:
         InvalidInputError: the body is too large, not JSON, nested too deep, not an inference request,
@@ -134,7 +167,8 @@ def decode_infer_request(body: bytes, headers: Mapping[str, str], *, limits: Lim
             "send fewer rows per request"
         )
     json_length = _header_length(headers, len(body))
-    document = _parse_json(body if json_length is None else body[:json_length])
+    json_text = body if json_length is None else body[:json_length]
+    document = _parse_json(json_text)
     binary = memoryview(body)[len(body) if json_length is None else json_length :]
     if not isinstance(document, dict):
         raise InvalidInputError("the request body must be a JSON object with an 'inputs' list")
@@ -147,14 +181,17 @@ def decode_infer_request(body: bytes, headers: Mapping[str, str], *, limits: Lim
         raise InvalidInputError("the request needs an 'inputs' list with at least one tensor")
     if len(raw_inputs) > limits.max_tensors:
         raise InvalidInputError(f"the request has {len(raw_inputs)} inputs, more than the {limits.max_tensors} allowed")
-    inputs: dict[str, np.ndarray] = {}
-    datatypes: dict[str, str] = {}
+    # First every tensor's header (cheap: at most max_tensors of them), then the data.
+    planned: list[tuple[TensorHeader, dict[str, Any], int | None, int]] = []
+    names: set[str] = set()
     offset = 0
     elements = 0
+    text_elements = 0
     for index, raw in enumerate(raw_inputs):
         name, datatype, shape, tensor_parameters = _tensor_header(raw, index, limits)
-        if name in inputs:
+        if name in names:
             raise InvalidInputError(f"input {name!r} appears twice; send each input once")
+        names.add(name)
         count = math.prod(shape)
         elements += count
         if elements > limits.max_elements:
@@ -162,6 +199,13 @@ def decode_infer_request(body: bytes, headers: Mapping[str, str], *, limits: Lim
                 f"the request holds more than {limits.max_elements} tensor elements (input {name!r} has "
                 f"shape {shape}); send fewer rows per request"
             )
+        if datatype == "BYTES":
+            text_elements += count
+            if text_elements > limits.max_bytes_elements:
+                raise InvalidInputError(
+                    f"the request holds more than {limits.max_bytes_elements} BYTES (text) elements (input "
+                    f"{name!r} has shape {shape}); send fewer rows per request"
+                )
         size = tensor_parameters.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -173,14 +217,10 @@ def decode_infer_request(body: bytes, headers: Mapping[str, str], *, limits: Lim
                     f"input {name!r}: binary_data_size {size} runs past the end of the binary section "
                     f"({len(binary) - offset} bytes left); check {HEADER_LENGTH} and the sizes"
                 )
-            array = _from_binary(binary[offset : offset + size], datatype, shape, name)
-            offset += size
-        elif "data" in raw:
-            array = _from_json(raw["data"], datatype, shape, name, limits)
-        else:
+        elif "data" not in raw:
             raise InvalidInputError(f"input {name!r}: has neither 'data' nor a binary_data_size parameter")
-        inputs[name] = array
-        datatypes[name] = datatype
+        planned.append((TensorHeader(name, datatype, tuple(shape)), raw, size, offset))
+        offset += size or 0
     if offset != len(binary):
         raise InvalidInputError(
             f"the binary section has {len(binary)} bytes but the inputs' binary_data_size add up to {offset}"
@@ -188,15 +228,34 @@ def decode_infer_request(body: bytes, headers: Mapping[str, str], *, limits: Lim
     binary_output = parameters.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise InvalidInputError(f"parameter binary_data_output must be true or false, got {binary_output!r}")
+    outputs = _requested_outputs(document.get("outputs"), limits)
+    timeout_s = _timeout_s(parameters.get("timeout"))
+    user_id = _user_id(parameters.get("user_id"))
+    if check is not None:
+        check([header for header, _, _, _ in planned])
+    # json turns true/false into bools that numpy would take as 1/0 among numbers; look for them in a numeric
+    # tensor's data only when the text has more true/false words than the document has bools elsewhere
+    bools_in_data = any(
+        size is None and header.datatype not in ("BOOL", "BYTES") for header, _, size, _ in planned
+    ) and _bool_words(json_text) > _bools_outside_data(document)
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    for header, raw, size, start in planned:
+        name, datatype, shape = header.name, header.datatype, list(header.shape)
+        if size is not None:
+            inputs[name] = _from_binary(binary[start : start + size], datatype, shape, name)
+        else:
+            inputs[name] = _from_json(raw["data"], datatype, shape, name, limits, bools_in_data=bools_in_data)
+        datatypes[name] = datatype
     return InferRequest(
         inputs=inputs,
         datatypes=datatypes,
-        outputs=_requested_outputs(document.get("outputs"), limits),
+        outputs=outputs,
         parameters=parameters,
         id=request_id,
         binary_output=binary_output,
-        timeout_s=_timeout_s(parameters.get("timeout")),
-        user_id=_user_id(parameters.get("user_id")),
+        timeout_s=timeout_s,
+        user_id=user_id,
     )
 
 
@@ -407,7 +466,48 @@ def _split_bytes(raw: memoryview, count: int, name: str) -> list[str]:
     return elements
 
 
-def _from_json(data: object, datatype: str, shape: list[int], name: str, limits: Limits) -> np.ndarray:
+def _bool_words(text: bytes) -> int:
+    """How many ``true``/``false`` words the JSON text holds (bool literals, or words inside strings)."""
+    return text.count(b"true") + text.count(b"false")
+
+
+def _bools_outside_data(document: dict[str, Any]) -> int:
+    """How many bools the document holds outside its inputs' ``data`` (parameters and the like; small)."""
+    count = 0
+    pending: list[Any] = []
+    for key, value in document.items():
+        if key == "inputs" and isinstance(value, list):
+            pending += [
+                {k: v for k, v in tensor.items() if k != "data"} if isinstance(tensor, dict) else tensor
+                for tensor in value
+            ]
+        else:
+            pending.append(value)
+    while pending:
+        value = pending.pop()
+        if value is True or value is False:
+            count += 1
+        elif isinstance(value, dict):
+            pending += value.values()
+        elif isinstance(value, list):
+            pending += value
+    return count
+
+
+def _holds_bool(data: object) -> bool:
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, list):
+            pending += value
+        elif value is True or value is False:
+            return True
+    return False
+
+
+def _from_json(
+    data: object, datatype: str, shape: list[int], name: str, limits: Limits, *, bools_in_data: bool = False
+) -> np.ndarray:
     count = math.prod(shape)
     depth = 0
     probe = data
@@ -441,6 +541,11 @@ def _from_json(data: object, datatype: str, shape: list[int], name: str, limits:
     if array.size and array.dtype.kind not in kinds:
         what = "text" if array.dtype.kind == "U" else "values of mixed or unsupported types"
         raise InvalidInputError(f"input {name!r}: 'data' holds {what}, which is not {datatype}")
+    if bools_in_data and dtype.kind != "b" and array.dtype.kind != "b" and _holds_bool(data):
+        raise InvalidInputError(
+            f"input {name!r}: 'data' mixes true/false with numbers, which is not {datatype}; send 1 and 0, "
+            "or the tensor as BOOL"
+        )
     if dtype.kind in "iu" and array.size and array.dtype.kind in "iu":
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:

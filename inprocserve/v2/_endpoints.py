@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .._errors import (
     DeadlineExceededError,
     InprocserveError,
@@ -25,8 +27,9 @@ from .._errors import (
     ServerClosedError,
 )
 from .._server import Server
-from ._codec import Limits, _header, decode_infer_request, encode_infer_response
-from ._datatypes import datatype_of_onnx
+from .._signature import Signature
+from ._codec import Limits, TensorHeader, _header, decode_infer_request, encode_infer_response
+from ._datatypes import DATATYPES, datatype_of_onnx
 
 __all__ = ["Endpoints", "Response", "model_metadata", "server_metadata", "server_readiness"]
 
@@ -67,7 +70,7 @@ def model_metadata(server: Server, name: str, version: int | None = None) -> dic
         ModelNotFoundError: the model, or that version of it, is not servable.
     """
     servable = server.models.get(name)
-    model = server.status()["models"].get(name)
+    model = server.status(include_paths=False)["models"].get(name)  # (an unauthenticated endpoint: no paths)
     if not servable or model is None:
         known = ", ".join(sorted(server.models)) or "none"
         raise ModelNotFoundError(f"unknown model {name!r} (servable models: {known})", model=name)
@@ -226,7 +229,7 @@ class Endpoints:
         document: dict[str, Any] = {"name": name}
         if version is not None:
             document["version"] = str(version)
-        model = server.status()["models"].get(name)
+        model = server.status(include_paths=False)["models"].get(name)  # load errors without file paths
         unhealthy = {} if model is None else model.get("unhealthy") or {}
         asked = str(version if version is not None else model["answering_version"] if model else None)
         if servable and (version is None or version in servable) and asked not in unhealthy:
@@ -257,8 +260,12 @@ class Endpoints:
         context: Callable[[], Mapping[str, Any]],
         budget_s: Callable[[], float | None],
     ) -> Response:
+        server = self._server()
+        check = _signature_check(
+            server, name, version
+        )  # an unknown model or version is refused before the body is read
         body = self._read_body(headers, read)
-        request = decode_infer_request(body, headers, limits=self._limits)
+        request = decode_infer_request(body, headers, limits=self._limits, check=check)
         routing = dict(context())
         if request.user_id is not None and "user_id" not in routing:
             routing["user_id"] = request.user_id
@@ -269,7 +276,6 @@ class Endpoints:
             raise DeadlineExceededError(
                 f"model {name!r}: the request's time budget was spent before inference", model=name, version=version
             )
-        server = self._server()
         try:
             prediction = server.predict(name, request.inputs, version=version, context=routing, timeout_s=budget)
         except InvalidInputError as exc:
@@ -314,6 +320,11 @@ class Endpoints:
             raise _too_large(len(inflated), limit)
         if not inflater.eof:
             raise InvalidInputError(f"the {encoding} request body is truncated")
+        if inflater.unused_data:  # another gzip member, or anything else: never silently dropped
+            raise InvalidInputError(
+                f"the {encoding} request body has {len(inflater.unused_data)} bytes after the end of its compressed "
+                "data; send exactly one compressed stream (one gzip member)"
+            )
         return inflated
 
 
@@ -335,6 +346,111 @@ def _decimal(text: str) -> int | None:
     if not text.isascii() or not text.isdigit():
         return None
     return int(text) if len(text) <= 18 else 10**18
+
+
+def _signature_check(server: Server, name: str, version: int | None) -> Callable[[Sequence[TensorHeader]], None]:
+    """A check of a request's tensor headers against the signatures of the versions that may answer it (the
+    pinned one, or every servable version: the rollout picks one), run before any tensor data is decoded.
+
+    It refuses only what ``Server.predict`` would refuse anyway for every such version (names, datatypes that
+    cannot be converted safely, ranks, fixed dimensions, rows), with the same kind of message, so a hostile
+    or mistaken request costs no decoding; the data itself is still validated by ``predict``.
+
+    Raises:
+        ModelNotFoundError: the model, or the pinned version, is not servable (``ServerClosedError`` when
+            the server is closed), as ``predict`` would.
+    """
+    routes = server._registry.routes.get(name)  # a snapshot, read without a lock (as predict reads it)
+    if routes is None:
+        raise server._not_found(name, version)
+    if version is not None:
+        pinned = routes.versions.get(version)
+        if pinned is None:
+            raise server._not_found(name, version)
+        candidates = [pinned]
+    else:
+        candidates = [routes.default, *(v for v in routes.versions.values() if v is not routes.default)]
+
+    def check(tensors: Sequence[TensorHeader]) -> None:
+        first: InvalidInputError | None = None
+        for target in candidates:
+            signature = target.signature
+            if signature is None:  # not known here: predict decides
+                return
+            problem = _mismatch(signature, tensors, target.max_request_rows)
+            if problem is None:
+                return
+            if first is None:
+                first = InvalidInputError(
+                    f"model {name!r} version {target.version}: {problem}", model=name, version=target.version
+                )
+        assert first is not None
+        raise first
+
+    return check
+
+
+def _mismatch(signature: Signature, tensors: Sequence[TensorHeader], max_rows: int) -> str | None:
+    """Why ``signature.validate`` would refuse arrays of these names, datatypes and shapes whatever their
+    values, or ``None``. Mirrors its checks (and ``_signature._coerce``'s dtype rule) on headers only."""
+    by_name = {tensor.name: tensor for tensor in tensors}
+    if len(by_name) != len(signature.inputs) or not signature.input_names.issuperset(by_name):
+        missing = sorted(signature.input_names - set(by_name))
+        unknown = sorted(set(by_name) - signature.input_names)
+        parts = [f"missing input(s) {', '.join(map(repr, missing))}"] if missing else []
+        parts += [f"unknown input(s) {', '.join(map(repr, unknown))}"] if unknown else []
+        return f"{'; '.join(parts)}; the model takes {', '.join(spec.describe() for spec in signature.inputs)}"
+    rows = -1
+    for spec in signature.inputs:
+        tensor = by_name[spec.name]
+        wanted = datatype_of_onnx(spec.onnx_type)
+        takes = f"the model takes {wanted} with shape {_dims(spec.shape)}"
+        if spec.is_string != (tensor.datatype == "BYTES"):
+            advice = "send text as BYTES" if spec.is_string else f"send numbers as {wanted}"
+            return f"input {spec.name!r} was sent as {tensor.datatype}, but {takes}; {advice}"
+        expected = spec.dtype
+        given = DATATYPES[tensor.datatype]
+        if (
+            not spec.is_string
+            and expected is not None
+            and given != expected
+            and (not np.can_cast(given, expected, casting="same_kind") or (given.kind == "b") != (expected.kind == "b"))
+        ):
+            return (
+                f"input {spec.name!r} was sent as {tensor.datatype}, which cannot be converted to {wanted} "
+                f"without losing meaning ({takes}); send {wanted}"
+            )
+        shape = tensor.shape
+        if spec.shape is not None:
+            if len(shape) != len(spec.shape):
+                return f"input {spec.name!r}: expected {len(spec.shape)} dimensions ({takes}), got shape {list(shape)}"
+            for axis, size in enumerate(spec.shape):
+                if isinstance(size, int) and size >= 0 and shape[axis] != size:
+                    return (
+                        f"input {spec.name!r}: expected size {size} on axis {axis} ({takes}), got shape {list(shape)}"
+                    )
+        if shape:
+            if rows < 0:
+                rows = shape[0]
+            elif signature.batchable and shape[0] != rows:
+                return (
+                    f"input {spec.name!r}: has {shape[0]} rows but the other inputs have {rows}; "
+                    "all inputs need the same number of rows"
+                )
+    if rows == 0:
+        return "the request has 0 rows; send at least one row"
+    if rows > max_rows:
+        return (
+            f"the request has {rows} rows, more than the {max_rows} allowed per request "
+            "(batching.max_request_rows); split it into smaller requests"
+        )
+    return None
+
+
+def _dims(shape: Sequence[Any] | None) -> str:
+    if shape is None:
+        return "any"
+    return "[" + ", ".join(str(d) if isinstance(d, int) and d >= 0 else "-1" for d in shape) + "]"
 
 
 def _explain_bytes(

@@ -35,4 +35,5 @@ urlpatterns = [
     path("user-loaded", user_loaded),
     path("-/inprocserve/", include("inprocserve_django.urls")),
     path("", include("inprocserve_django.v2_urls")),
+    path("api/ml/", include("inprocserve_django.v2_urls")),  # the protocol under a prefix too
 ]

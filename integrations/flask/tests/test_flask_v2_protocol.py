@@ -130,7 +130,7 @@ def test_versions_ids_and_errors_through_tritonclient(client: triton.InferenceSe
     with pytest.raises(InferenceServerException, match="expected size 4 on axis 1") as caught:
         client.infer("scale", [tensor("x", np.ones((1, 3), np.float32), binary=True)])
     assert caught.value.status() == "400"
-    with pytest.raises(InferenceServerException, match="sent as BYTES, but model 'scale' takes FP32"):
+    with pytest.raises(InferenceServerException, match="sent as BYTES, but the model takes FP32"):
         client.infer("scale", [tensor("x", np.array([["1"] * 4], dtype=object), binary=True)])
 
 

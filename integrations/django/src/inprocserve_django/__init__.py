@@ -15,6 +15,6 @@
 
 from __future__ import annotations
 
-from .server import apredict, get_server, predict, reset_server
+from .server import aget_server, apredict, get_server, predict, reset_server
 
-__all__ = ["apredict", "get_server", "predict", "reset_server"]
+__all__ = ["aget_server", "apredict", "get_server", "predict", "reset_server"]

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.checks import Error, Tags, Warning, register
 
 import inprocserve
-from inprocserve import v2
+from inprocserve import v2, web
 from inprocserve._repository import scan_repository
 
 from .conf import DEFAULTS, settings, unknown_keys
@@ -106,6 +106,16 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     f"INPROCSERVE['{name}'] is {config[name]!r}: a header name (a string) or None is expected.",
                     hint="Name the request header to read, such as 'X-User-Id', or None to read none.",
                     id="inprocserve.E009",
+                )
+            )
+    for key in ("ADMIN_TOKEN", "STATUS_PAGE_TOKEN"):
+        token_problem = web.token_problem(config[key])
+        if token_problem is not None:
+            messages.append(
+                Error(
+                    f"INPROCSERVE['{key}'] {token_problem}.",
+                    hint="Use a long random string, for example secrets.token_urlsafe(32).",
+                    id="inprocserve.E010",
                 )
             )
     if config["STATUS_PAGE"] and not (isinstance(config["STATUS_PAGE_TOKEN"], str) and config["STATUS_PAGE_TOKEN"]):

@@ -3,6 +3,7 @@ runs for every ``manage.py`` command and twice under the autoreloader)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from functools import lru_cache
 from typing import Any
@@ -36,6 +37,14 @@ _holder = web.ProcessLocalServer(_build)
 def get_server() -> inprocserve.Server:
     """The server for this process, built from ``settings.INPROCSERVE`` on first use."""
     return _holder.get()
+
+
+async def aget_server() -> inprocserve.Server:
+    """:func:`get_server` for async code: when this process's server is not built yet, it is built (or, in
+    eager mode, waited for while the warm-up builds it) on a worker thread, never on the event loop's."""
+    if _holder.started:
+        return _holder.get()
+    return await asyncio.to_thread(_holder.get)
 
 
 def building() -> bool:
@@ -149,7 +158,9 @@ def predict(request: HttpRequest, model: str, inputs: Any, **kwargs: Any) -> inp
 
 
 async def apredict(request: HttpRequest, model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
-    """``server.apredict`` for async views: awaits on the view's event loop, never blocks it."""
+    """``server.apredict`` for async views: awaits on the view's event loop, never blocks it (a server not
+    built yet in this process is built on a worker thread: loading models takes seconds)."""
     if "context" not in kwargs:
         kwargs["context"] = await arequest_context(request)
-    return await get_server().apredict(model, inputs, **_with_budget(request, model, kwargs))
+    server = await aget_server()
+    return await server.apredict(model, inputs, **_with_budget(request, model, kwargs))

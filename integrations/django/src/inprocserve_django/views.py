@@ -30,7 +30,10 @@ def ready(request: HttpRequest) -> JsonResponse:
         readiness = web.Readiness.warming_up()
     else:  # lazy mode: builds the server on the first probe
         readiness = get_server().readiness(settings()["REQUIRED_MODELS"] or None)
-    return JsonResponse(readiness.body(), status=200 if readiness.ready else 503)
+    response = JsonResponse(readiness.body(), status=200 if readiness.ready else 503)
+    if not readiness.ready:  # like every other 503 of the plug-in: when a probe or client may try again
+        response["Retry-After"] = str(int(max(1, settings()["RETRY_AFTER_S"])))
+    return response
 
 
 def models(request: HttpRequest) -> JsonResponse:

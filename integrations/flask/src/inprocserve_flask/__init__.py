@@ -138,6 +138,12 @@ class Inprocserve:
             raise RuntimeError("inprocserve is already registered on this app; call init_app once")
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
+        for key in ("INPROCSERVE_ADMIN_TOKEN", "INPROCSERVE_STATUS_PAGE_TOKEN"):
+            problem = web.token_problem(app.config[key])
+            if problem is not None:
+                raise inprocserve.ConfigurationError(
+                    f"{key} {problem}; use a long random string such as secrets.token_urlsafe(32)"
+                )
         state = _State(app)
         app.extensions[_EXTENSION] = state
         app.before_request(_note_start)  # the deadline header's budget counts from here
@@ -295,6 +301,7 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     blueprint = Blueprint("inprocserve", __name__)
     token = config["INPROCSERVE_ADMIN_TOKEN"]
     eager = config["INPROCSERVE_EAGER"]
+    not_ready_headers = {"Retry-After": str(int(max(1, config["INPROCSERVE_RETRY_AFTER_S"])))}
 
     def authorized() -> bool:
         return web.check_token(request.headers.get("Authorization"), token)
@@ -310,7 +317,9 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
             readiness = web.Readiness.warming_up()
         else:
             readiness = state.server.readiness()  # lazy mode: builds it on the first probe
-        return jsonify(readiness.body()), 200 if readiness.ready else 503
+        if readiness.ready:
+            return jsonify(readiness.body()), 200
+        return jsonify(readiness.body()), 503, not_ready_headers
 
     @blueprint.get("/models")
     def models() -> Any:

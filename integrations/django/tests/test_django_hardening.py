@@ -1,0 +1,204 @@
+"""Hardening of the Django app through real Django request cycles: async views that never build the server
+on the event loop, the protocol under a URL prefix, chunked WSGI bodies, no file paths to unauthenticated
+callers, Retry-After on every 503, admin bodies that never cause a 500, and tokens checked by the system
+checks."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from django.core.checks import run_checks
+from django.core.handlers.wsgi import WSGIHandler
+from django.test import Client, RequestFactory, override_settings
+from inprocserve_django import apredict, reset_server
+
+from inprocserve import v2
+from inprocserve.testing import build_scale_model, save_model
+
+X = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+ADMIN = {"Authorization": "Bearer secret"}
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    folder = tmp_path / "models"
+    save_model(build_scale_model(2.0), folder, "scale", 1)
+    return folder
+
+
+@pytest.fixture
+def served(repository: Path) -> Iterator[Path]:
+    settings = {"REPOSITORY": str(repository), "V2_PROTOCOL": True, "ADMIN_TOKEN": "secret"}
+    with override_settings(INPROCSERVE=settings):
+        yield repository
+    reset_server()
+
+
+@pytest.fixture
+def with_broken(repository: Path) -> Iterator[Path]:
+    broken = repository / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "V2_PROTOCOL": True, "RETRY_AFTER_S": 7}):
+        yield repository
+    reset_server()
+
+
+# -- apredict builds the server off the event loop -------------------------------------------------------------------
+
+
+def test_apredict_builds_the_server_on_a_worker_thread_not_the_event_loop(
+    served: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reset_server()  # not built yet in this process: the first apredict builds it (and loads every model)
+    caplog.set_level(logging.INFO, logger="inprocserve._model")
+
+    async def first_prediction() -> tuple[int, Any]:
+        request = RequestFactory().post("/score")
+        result = await apredict(request, "scale", {"x": np.ones((1, 4), np.float32)})
+        return threading.get_ident(), result
+
+    loop_thread, result = asyncio.run(first_prediction())
+    assert result["y"].tolist() == [[2.0] * 4]
+    loads = [record for record in caplog.records if "ready in" in record.getMessage()]
+    assert loads, "the server's build logs each model it loads"
+    assert all(record.thread != loop_thread for record in loads), "the model was loaded on the event loop's thread"
+
+
+# -- the protocol under a URL prefix --------------------------------------------------------------------------------
+
+
+def test_the_protocol_answers_under_a_url_prefix(served: Path) -> None:
+    client = Client()
+    body = json.dumps({"inputs": [X]})
+    for prefix in ("", "/api/ml"):
+        response = client.post(f"{prefix}/v2/models/scale/infer", data=body, content_type="application/json")
+        assert response.status_code == 200, (prefix, response.content)
+        assert response.json()["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
+        assert client.get(f"{prefix}/v2").json()["name"] == "inprocserve"
+        assert client.get(f"{prefix}/v2/models/scale/ready").json() == {"name": "scale", "ready": True}
+    missing = client.get("/api/ml/v2/models/scale/nope")
+    assert missing.status_code == 404 and missing.json() == {
+        "error": "no Open Inference Protocol endpoint at '/v2/models/scale/nope'"
+    }
+
+
+# -- chunked and malformed WSGI bodies ------------------------------------------------------------------------------
+
+
+def wsgi_post(body: bytes, **environ: Any) -> tuple[str, dict[str, Any]]:
+    """POST /v2/models/scale/infer through Django's real WSGI handler, as a WSGI server would call it (the
+    tests that call it are marked django_db: the handler's request_finished signal closes connections)."""
+    base = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/v2/models/scale/infer",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "CONTENT_TYPE": "application/json",
+    }
+    answer: dict[str, Any] = {}
+    chunks = WSGIHandler()({**base, **environ}, lambda status, headers: answer.update(status=status))
+    return answer["status"], json.loads(b"".join(chunks))
+
+
+@pytest.mark.django_db
+def test_a_chunked_body_that_the_server_ends_is_read(served: Path) -> None:
+    status, document = wsgi_post(
+        json.dumps({"inputs": [X]}).encode(), **{"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"}
+    )
+    assert status.startswith("200"), document
+    assert document["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
+
+
+@pytest.mark.django_db
+def test_a_chunked_body_is_still_capped(repository: Path) -> None:
+    limits = v2.Limits(max_body_bytes=100)
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "V2_PROTOCOL": True, "V2_LIMITS": limits}):
+        status, document = wsgi_post(b" " * 5000, **{"wsgi.input_terminated": True})
+    reset_server()
+    assert status.startswith("400") and "over the 100 allowed" in document["error"]
+
+
+@pytest.mark.django_db
+def test_a_body_of_unknown_length_is_a_411_that_says_why(served: Path) -> None:
+    status, document = wsgi_post(json.dumps({"inputs": [X]}).encode(), HTTP_TRANSFER_ENCODING="chunked")
+    assert status.startswith("411")
+    assert "send a Content-Length header" in document["error"] and "wsgi.input_terminated" in document["error"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("length", ["-5", "abc", "\u00b2"])
+def test_a_content_length_that_is_no_byte_count_is_a_400_that_says_so(served: Path, length: str) -> None:
+    status, document = wsgi_post(json.dumps({"inputs": [X]}).encode(), CONTENT_LENGTH=length)
+    assert status.startswith("400") and "is not a number of bytes" in document["error"], document
+
+
+# -- no paths, Retry-After -------------------------------------------------------------------------------------------
+
+
+def test_model_readiness_quotes_no_path(with_broken: Path) -> None:
+    for path in ("/v2/models/broken/ready", "/v2/models/broken/versions/1/ready"):
+        response = Client().get(path)
+        assert response.status_code == 503 and "cannot load" in response.json()["error"]
+        assert str(with_broken.parent) not in response.content.decode()
+
+
+def test_the_app_s_ready_503_says_when_to_retry(with_broken: Path) -> None:
+    response = Client().get("/-/inprocserve/ready")
+    assert response.status_code == 503 and response["Retry-After"] == "7"
+
+
+def test_a_ready_server_answers_without_retry_after(served: Path) -> None:
+    response = Client().get("/-/inprocserve/ready")
+    assert response.status_code == 200 and not response.has_header("Retry-After")
+
+
+# -- admin -----------------------------------------------------------------------------------------------------------
+
+
+def test_a_canary_percent_of_hundreds_of_digits_is_a_400(served: Path) -> None:
+    body = b'{"version": 1, "percent": ' + b"9" * 400 + b"}"
+    response = Client().post(
+        "/-/inprocserve/models/scale/canary", data=body, content_type="application/json", headers=ADMIN
+    )
+    assert response.status_code == 400 and '"percent" must be a number in 0..100' in response.json()["message"]
+
+
+def test_removing_the_canary_answers_the_percent_applied(served: Path) -> None:
+    response = Client().post(
+        "/-/inprocserve/models/scale/canary",
+        data=b'{"version": null, "percent": 50}',
+        content_type="application/json",
+        headers=ADMIN,
+    )
+    assert response.status_code == 200 and response.json()["canary_percent"] == 0
+
+
+def test_a_configured_token_with_a_trailing_newline_still_opens_the_admin_endpoints(repository: Path) -> None:
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "ADMIN_TOKEN": "secret\n"}):
+        response = Client().post(
+            "/-/inprocserve/models/scale/kill", data=b"", content_type="application/json", headers=ADMIN
+        )
+    reset_server()
+    assert response.status_code == 200, response.content
+
+
+@pytest.mark.parametrize("key", ["ADMIN_TOKEN", "STATUS_PAGE_TOKEN"])
+@pytest.mark.parametrize("token", ["s\u00e9cret", "   ", 42])
+def test_a_token_no_header_can_carry_is_a_system_check_error(repository: Path, key: str, token: object) -> None:
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), key: token}):
+        errors = [m for m in run_checks() if m.id == "inprocserve.E010"]
+    assert len(errors) == 1 and key in errors[0].msg

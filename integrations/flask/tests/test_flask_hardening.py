@@ -1,0 +1,115 @@
+"""Hardening of the Flask plug-in through real Flask request cycles: no file paths to unauthenticated
+callers, Retry-After on every 503, admin bodies that never cause a 500, and tokens checked at init_app."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from inprocserve_flask import Inprocserve
+
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+X = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+ADMIN = {"Authorization": "Bearer secret"}
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    folder = tmp_path / "models"
+    save_model(build_scale_model(2.0), folder, "scale", 1)
+    broken = folder / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    return folder
+
+
+def make_app(repository: Path, **config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_V2_PROTOCOL=True, INPROCSERVE_ADMIN_TOKEN="secret"
+    )
+    app.config.update(config)
+    Inprocserve(app)
+    return app
+
+
+@pytest.fixture
+def app(repository: Path) -> Iterator[Flask]:
+    application = make_app(repository)
+    yield application
+    Inprocserve.close(application)
+
+
+@pytest.mark.parametrize("path", ["/v2/models/broken/ready", "/v2/models/broken/versions/1/ready"])
+def test_model_readiness_quotes_no_path(app: Flask, repository: Path, path: str) -> None:
+    response = app.test_client().get(path)
+    assert response.status_code == 503 and "cannot load" in response.json["error"]
+    assert str(repository.parent) not in response.get_data(as_text=True)
+
+
+def test_the_plug_in_s_ready_503_says_when_to_retry(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_RETRY_AFTER_S=7)
+    try:
+        response = app.test_client().get("/-/inprocserve/ready")
+    finally:
+        Inprocserve.close(app)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "7"
+
+
+def test_a_ready_server_answers_without_retry_after(tmp_path: Path) -> None:
+    save_model(build_scale_model(2.0), tmp_path / "ok", "scale", 1)
+    app = make_app(tmp_path / "ok")
+    try:
+        response = app.test_client().get("/-/inprocserve/ready")
+    finally:
+        Inprocserve.close(app)
+    assert response.status_code == 200 and "Retry-After" not in response.headers
+
+
+def test_a_canary_percent_of_hundreds_of_digits_is_a_400(app: Flask) -> None:
+    body = b'{"version": 1, "percent": ' + b"9" * 400 + b"}"
+    response = app.test_client().post("/-/inprocserve/models/scale/canary", data=body, headers=ADMIN)
+    assert response.status_code == 400 and '"percent" must be a number in 0..100' in response.json["message"]
+
+
+def test_removing_the_canary_answers_the_percent_applied(app: Flask) -> None:
+    client = app.test_client()
+    response = client.post("/-/inprocserve/models/scale/canary", json={"version": None, "percent": 50}, headers=ADMIN)
+    assert response.status_code == 200 and response.json["canary_percent"] == 0
+
+
+@pytest.mark.parametrize("configured", ["secret\n", " secret "])
+def test_a_configured_token_with_surrounding_whitespace_still_opens_the_admin_endpoints(
+    repository: Path, configured: str
+) -> None:
+    app = make_app(repository, INPROCSERVE_ADMIN_TOKEN=configured)
+    try:
+        response = app.test_client().post("/-/inprocserve/models/scale/kill", headers=ADMIN)
+        wrong = app.test_client().post("/-/inprocserve/models/scale/kill", headers={"Authorization": "Bearer nope"})
+    finally:
+        Inprocserve.close(app)
+    assert response.status_code == 200 and wrong.status_code == 401
+
+
+@pytest.mark.parametrize("key", ["INPROCSERVE_ADMIN_TOKEN", "INPROCSERVE_STATUS_PAGE_TOKEN"])
+@pytest.mark.parametrize("token", ["s\u00e9cret", "   ", "a\nb"])
+def test_a_token_no_header_can_carry_fails_at_init_app(repository: Path, key: str, token: str) -> None:
+    with pytest.raises(inprocserve.ConfigurationError, match=key):
+        make_app(repository, **{key: token})
+
+
+def test_protocol_details_through_flask(app: Flask) -> None:
+    client = app.test_client()
+    bools = {"inputs": [{**X, "datatype": "INT32", "data": [True, 2, 3, 4]}]}
+    response = client.post("/v2/models/scale/infer", json=bools)
+    assert response.status_code == 400 and "mixes true/false with numbers" in response.json["error"]
+    packed = gzip.compress(json.dumps({"inputs": [X]}).encode()) + b"garbage"
+    response = client.post("/v2/models/scale/infer", data=packed, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 400 and "after the end of its compressed data" in response.json["error"]

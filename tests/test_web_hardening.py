@@ -1,0 +1,287 @@
+"""Hardening of the protocol endpoints and the web helpers against hostile or mistaken requests, with real
+servers and real models: no file paths to unauthenticated callers, tensor headers checked against the
+model before any data is decoded, strict JSON and gzip rules, and admin bodies that never cause a 500."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rapidjson
+
+import inprocserve
+from inprocserve import v2, web
+from inprocserve.testing import build_add_model, build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+X = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+
+
+def call(endpoints: v2.Endpoints, method: str, path: str, body: bytes = b"", headers: Any = None) -> Any:
+    stream = memoryview(body)
+    position = 0
+
+    def read(size: int) -> bytes:
+        nonlocal position
+        chunk = bytes(stream[position : position + size])
+        position += len(chunk)
+        return chunk
+
+    response = endpoints.handle(method, path, headers or {}, read)
+    return response.status, json.loads(response.body) if response.body else None, response
+
+
+def never_read(size: int) -> bytes:
+    raise AssertionError("the body was read")
+
+
+@pytest.fixture
+def served(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_add_model(), repository, "add", 1)
+    broken = repository / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    few_rows = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_request_rows=8))
+    return make_server(repository, models={"scale": few_rows})
+
+
+# -- 1. no file paths in what unauthenticated callers see ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v2/models/broken/ready", "/v2/models/broken/versions/1/ready"])
+def test_a_model_s_readiness_names_its_load_error_without_the_path(
+    served: inprocserve.Server, repository: Path, path: str
+) -> None:
+    status, document, response = call(v2.Endpoints(lambda: served), "GET", path)
+    assert status == 503 and response.headers["Retry-After"] == "1"
+    assert "cannot load" in document["error"] and "not a valid ONNX model" in document["error"]
+    assert str(repository) not in response.body.decode() and str(repository.parent) not in response.body.decode()
+
+
+def test_model_metadata_reads_status_without_paths(served: inprocserve.Server, repository: Path) -> None:
+    for path in ("/v2/models/scale", "/v2/models/broken"):
+        _, _, response = call(v2.Endpoints(lambda: served), "GET", path)
+        assert str(repository) not in response.body.decode()
+
+
+# -- 3. tensor headers are checked against the model before any data is decoded -------------------------------------
+
+
+def binary_request(tensor: dict[str, Any], raw: bytes) -> tuple[bytes, dict[str, str]]:
+    head = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    return head + raw, {v2.HEADER_LENGTH: str(len(head))}
+
+
+def test_bytes_sent_to_a_numeric_input_are_refused_before_they_are_decoded(served: inprocserve.Server) -> None:
+    # element lengths that run past the data: decoding them would fail with a message about the lengths
+    body, headers = binary_request(
+        {"name": "x", "shape": [1, 4], "datatype": "BYTES"}, struct.pack("<I", 0xFFFFFFFF) + b"abcd"
+    )
+    status, document, _ = call(v2.Endpoints(lambda: served), "POST", "/v2/models/scale/infer", body, headers)
+    assert status == 400
+    assert document["error"] == (
+        "model 'scale' version 1: input 'x' was sent as BYTES, but the model takes FP32 with shape [-1, 4]; "
+        "send numbers as FP32"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        # data that does not even match its own shape: the header is refused first
+        ({**X, "shape": [9, 4]}, r"the request has 9 rows, more than the 8 allowed per request"),
+        ({**X, "shape": [1, 5]}, r"input 'x': expected size 4 on axis 1 \(the model takes FP32 with shape \[-1, 4\]\)"),
+        ({**X, "shape": [4]}, r"input 'x': expected 2 dimensions"),
+        ({**X, "name": "z"}, r"missing input\(s\) 'x'; unknown input\(s\) 'z'; the model takes x: tensor\(float\)"),
+        ({**X, "datatype": "BOOL"}, r"sent as BOOL, which cannot be converted to FP32 without losing meaning"),
+    ],
+)
+def test_a_tensor_that_cannot_fit_the_model_is_refused_by_its_header(
+    served: inprocserve.Server, tensor: dict[str, Any], message: str
+) -> None:
+    body = json.dumps({"inputs": [{**tensor, "data": ["not", "numbers"]}]}).encode()
+    status, document, _ = call(v2.Endpoints(lambda: served), "POST", "/v2/models/scale/infer", body)
+    assert status == 400
+    assert document["error"].startswith("model 'scale' version 1: "), document
+    assert __import__("re").search(message, document["error"]), document
+
+
+def test_floats_for_an_integer_input_are_refused_by_the_header(served: inprocserve.Server) -> None:
+    inputs = [
+        {"name": "a", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]},
+        {"name": "b", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]},
+        {"name": "n", "shape": [1, 1], "datatype": "FP64", "data": ["x"]},  # not even numbers
+    ]
+    status, document, _ = call(
+        v2.Endpoints(lambda: served), "POST", "/v2/models/add/infer", json.dumps({"inputs": inputs}).encode()
+    )
+    assert status == 400 and "input 'n' was sent as FP64, which cannot be converted to INT64" in document["error"]
+
+
+def test_safe_conversions_still_pass_the_header_check(served: inprocserve.Server) -> None:
+    inputs = [
+        {"name": "a", "shape": [2, 3], "datatype": "INT32", "data": [1, 2, 3, 4, 5, 6]},  # int -> float: safe
+        {"name": "b", "shape": [2, 3], "datatype": "FP64", "data": [1, 2, 3, 4, 5, 6]},  # same kind
+        {"name": "n", "shape": [2, 1], "datatype": "INT8", "data": [1, 2]},
+    ]
+    status, document, _ = call(
+        v2.Endpoints(lambda: served), "POST", "/v2/models/add/infer", json.dumps({"inputs": inputs}).encode()
+    )
+    assert status == 200, document
+    assert document["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [("/v2/models/nope/infer", 404, "unknown model 'nope'"), ("/v2/models/scale/versions/7/infer", 404, "version 7")],
+)
+def test_an_unknown_model_or_version_is_refused_before_the_body_is_read(
+    served: inprocserve.Server, path: str, status: int, message: str
+) -> None:
+    response = v2.Endpoints(lambda: served).handle("POST", path, {}, never_read)
+    assert response.status == status and message in json.loads(response.body)["error"]
+
+
+def test_text_elements_have_their_own_lower_cap() -> None:
+    assert v2.Limits().max_bytes_elements < v2.Limits().max_elements
+    limits = v2.Limits(max_bytes_elements=3)
+    text = {"name": "t", "shape": [2, 2], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}
+    numbers = {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    with pytest.raises(inprocserve.InvalidInputError, match="more than 3 BYTES \\(text\\) elements"):
+        v2.decode_infer_request(json.dumps({"inputs": [text]}).encode(), {}, limits=limits)
+    assert v2.decode_infer_request(json.dumps({"inputs": [numbers]}).encode(), {}, limits=limits).inputs["x"].size == 4
+    with pytest.raises(inprocserve.ConfigurationError, match="max_bytes_elements must be an int >= 1"):
+        v2.Limits(max_bytes_elements=0)
+
+
+def test_the_check_sees_every_header_before_any_data_is_decoded() -> None:
+    seen: list[v2.TensorHeader] = []
+    bad = {"name": "t", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 5}}
+    head = json.dumps({"inputs": [X, bad]}).encode()
+    body = head + struct.pack("<I", 99) + b"a"  # a BYTES element that runs past its data
+
+    def refuse(tensors: Any) -> None:
+        seen.extend(tensors)
+        raise inprocserve.InvalidInputError("refused by the check")
+
+    with pytest.raises(inprocserve.InvalidInputError, match="refused by the check"):
+        v2.decode_infer_request(body, {v2.HEADER_LENGTH: str(len(head))}, check=refuse)
+    assert seen == [v2.TensorHeader("x", "FP32", (1, 4)), v2.TensorHeader("t", "BYTES", (1,))]
+
+
+# -- 7. protocol details -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype"),
+    [
+        ([True, 2, 3, 4], "INT32"),
+        ([1.5, 2, False, 4], "FP32"),
+        ([[1, 2], [3, True]], "INT64"),
+        ([0, 1, 1, True], "UINT8"),
+    ],
+)
+def test_true_and_false_are_never_numbers(data: list[Any], datatype: str) -> None:
+    tensor = {
+        "name": "x",
+        "shape": [4] if not isinstance(data[0], list) else [2, 2],
+        "datatype": datatype,
+        "data": data,
+    }
+    body = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    with pytest.raises(inprocserve.InvalidInputError, match=f"mixes true/false with numbers, which is not {datatype}"):
+        v2.decode_infer_request(body, {})
+
+
+def test_true_and_false_elsewhere_in_a_request_are_fine() -> None:
+    text = {"name": "t", "shape": [2], "datatype": "BYTES", "data": ["true", "false"]}
+    flags = {"name": "b", "shape": [2], "datatype": "BOOL", "data": [True, False]}
+    numbers = {"name": "x", "shape": [2], "datatype": "INT32", "data": [1, 0]}
+    body = json.dumps(
+        {"inputs": [text, flags, numbers], "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+    ).encode()
+    request = v2.decode_infer_request(body, {})
+    assert request.inputs["x"].tolist() == [1, 0] and request.inputs["b"].tolist() == [True, False]
+
+
+def test_data_after_the_gzip_stream_is_refused(served: inprocserve.Server) -> None:
+    endpoints = v2.Endpoints(lambda: served)
+    body = json.dumps({"inputs": [X]}).encode()
+    for tail in (b"garbage", gzip.compress(b" ")):  # junk, or a second gzip member
+        status, document, _ = call(
+            endpoints, "POST", "/v2/models/scale/infer", gzip.compress(body) + tail, {"Content-Encoding": "gzip"}
+        )
+        assert status == 400 and f"has {len(tail)} bytes after the end of its compressed data" in document["error"]
+    status, _, _ = call(endpoints, "POST", "/v2/models/scale/infer", gzip.compress(body), {"Content-Encoding": "gzip"})
+    assert status == 200
+
+
+def test_nan_and_infinity_outputs_are_written_as_triton_writes_them(served: inprocserve.Server) -> None:
+    """Triton's JSON writer (rapidjson's kWriteNanAndInfFlag) writes NaN, Infinity and -Infinity, and its
+    clients read them back; JSON itself has no such numbers (docs/protocol.md says to ask for binary outputs
+    when a strict JSON parser reads the answer)."""
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [float("nan"), float("inf"), -np.inf, 1]}
+    status, _, response = call(
+        v2.Endpoints(lambda: served), "POST", "/v2/models/scale/infer", json.dumps({"inputs": [tensor]}).encode()
+    )
+    assert status == 200
+    assert b'"data":[NaN,Infinity,-Infinity,2.0]' in response.body
+    data = rapidjson.loads(response.body)["outputs"][0]["data"]  # as tritonclient reads it
+    assert np.isnan(data[0]) and data[1:] == [np.inf, -np.inf, 2.0]
+
+
+# -- 6. admin bodies ------------------------------------------------------------------------------------------------
+
+
+def test_a_percent_too_large_for_a_float_is_a_400(served: inprocserve.Server) -> None:
+    body = b'{"version": 1, "percent": ' + b"9" * 400 + b"}"
+    answer = web.admin_answer(served, "canary", "scale", body, actor="test")
+    assert answer.status == 400 and '"percent" must be a number in 0..100' in answer.body["message"]
+    assert len(answer.body["message"]) < 200
+
+
+def test_an_overflow_anywhere_in_an_admin_action_is_a_400(served: inprocserve.Server) -> None:
+    answer = web.admin_answer(served, "canary", "scale", {"version": 1, "percent": 10**400}, actor="test")
+    assert answer.status == 400
+
+
+def test_the_canary_answer_echoes_what_was_applied(served: inprocserve.Server) -> None:
+    answer = web.admin_answer(served, "canary", "scale", b'{"version": 1, "percent": 25}', actor="test")
+    assert answer.status == 200 and answer.body["canary_percent"] == 25.0
+    answer = web.admin_answer(served, "canary", "scale", b'{"version": null, "percent": 50}', actor="test")
+    assert answer.status == 200
+    assert (answer.body["canary_version"], answer.body["canary_percent"]) == (None, 0)
+
+
+# -- 8. tokens ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("configured", ["secret\n", "  secret ", "secret"])
+def test_the_configured_token_is_stripped_like_the_supplied_one(configured: str) -> None:
+    assert web.check_token("Bearer secret", configured)
+    assert not web.check_token("Bearer secret2", configured)
+    assert not web.check_token("Bearer ", "   ")
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("s\u00e9cret", "printable ASCII"),
+        ("sec\x00ret", "printable ASCII"),
+        ("   ", "blank"),
+        (42, "must be a string"),
+        (None, None),
+        ("", None),
+        ("a-long_random.token~", None),
+    ],
+)
+def test_token_problems(token: object, problem: str | None) -> None:
+    found = web.token_problem(token)
+    assert found is None if problem is None else problem in (found or "")
