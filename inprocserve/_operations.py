@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -93,8 +94,9 @@ class Operations:
         self, request_id: str | None, reward: float, *, model: str | None = None, key: str | None = None
     ) -> str | None:
         """See :meth:`Server.record_outcome`."""
-        if not isinstance(reward, int | float) or isinstance(reward, bool):
-            raise TypeError(f"reward must be a number, got {type(reward).__name__}")
+        given: object = reward  # typed float, but any real number works (numpy's float32 included)
+        if isinstance(given, bool | np.bool_) or not isinstance(given, numbers.Real):
+            raise TypeError(f"reward must be a number, got {type(given).__name__}")
         names = [model] if model is not None else list(self._registry.routes)
         for name in names:
             routes = self._registry.routes_of(name)

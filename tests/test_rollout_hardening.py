@@ -82,6 +82,14 @@ def test_a_reward_that_is_not_finite_is_refused_and_the_bandit_keeps_serving(
     json.dumps(status["variants"], allow_nan=False)  # status stays valid JSON
 
 
+def test_a_numpy_reward_is_a_number_and_a_bool_is_not(versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(versions, config=rollout(strategy="bandit", variants=ARMS, seed=1))
+    result = predict(server, "u1")
+    assert server.record_outcome(result.request_id, np.float32(1.0)) == result.variant  # from a model's output
+    with pytest.raises(TypeError, match="reward must be a number, got bool"):
+        server.record_outcome(result.request_id, np.bool_(True))  # type: ignore[arg-type]
+
+
 def test_thompson_picks_a_known_arm_even_from_statistics_that_are_not_numbers() -> None:
     poisoned = VariantStats(served=1, outcomes=1, total=float("nan"), total_sq=float("nan"))
     arms = {"a": poisoned, "b": VariantStats(served=1, outcomes=1, total=float("nan"), total_sq=float("nan"))}
