@@ -12,6 +12,7 @@ interpreter exit.
 from __future__ import annotations
 
 import logging
+import numbers
 import threading
 import time
 from collections import deque
@@ -19,6 +20,8 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
+
+import numpy as np
 
 from . import _fork
 from ._errors import ConfigurationError
@@ -230,11 +233,15 @@ class FlagReader:
         value = self._read(self.provider.get_boolean, key, default, context, used)
         if value is True or value is False:
             return value
+        if isinstance(value, np.bool_):  # a provider backed by numpy data
+            return bool(value)
         raise UnusableFlag(key, f"flag {key!r} must be a boolean (true or false), got {value!r}")
 
     def number(self, key: str, default: float, context: Mapping[str, Any], used: list[tuple[str, str]]) -> float:
-        value = self._read(self.provider.get_number, key, default, context, used)
-        if type(value) is float or (isinstance(value, int | float) and not isinstance(value, bool)):
+        value: object = self._read(self.provider.get_number, key, default, context, used)
+        if type(value) is float:
+            return value
+        if not isinstance(value, bool | np.bool_) and isinstance(value, numbers.Real):  # numpy numbers too
             return float(value)
         raise UnusableFlag(key, f"flag {key!r} must be a number, got {value!r}")
 

@@ -263,6 +263,10 @@ class Sharing:
         for copy in (target, self._serving(name, number)):
             if copy is None or copy.batcher is None or (copy is not target and copy.batcher is target.batcher):
                 break
+            if copy is not target and (
+                copy.signature is None or target.signature is None or (copy.signature.inputs != target.signature.inputs)
+            ):
+                break  # its inputs were validated for the old copy's signature, which the new one changed
             try:
                 copy.batcher.submit(request, run_inline=False)
                 copy.batcher.wake()  # an event loop's request defers its wake to the loop: none is coming here

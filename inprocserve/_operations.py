@@ -196,8 +196,9 @@ class Operations:
             self._registry.check_open()
             return self._registry.adopt(self._control_file.bump_reload(actor=actor))
 
-    def sync_control(self) -> int:
-        """See :meth:`Server.sync_control`."""
+    def sync_control(self, *, retry_now: bool = True) -> int:
+        """See :meth:`Server.sync_control`. ``retry_now=False`` (the watcher): a revision applied only in
+        part is tried again when its back-off allows, not on every call."""
         control = self._read_control()
         registry = self._registry
         if (control is None or control == registry.control) and not registry.control_pending:
@@ -231,7 +232,7 @@ class Operations:
                     )
                 registry.adopt(control)
             else:
-                registry.retry_control()
+                registry.retry_control(now=retry_now)
             return registry.control.revision
 
     def _set_kill(self, model: str, *, killed: bool, actor: str | None) -> None:
@@ -275,7 +276,7 @@ class Operations:
         assert self.control_interval_s is not None
         while not self._stop.wait(self.control_interval_s):
             try:
-                self.sync_control()
+                self.sync_control(retry_now=False)
             except Exception:  # the watcher must survive anything the file system throws at it
                 logger.exception("following the control file failed")
 
@@ -466,7 +467,8 @@ class RolloutMethods:
         followed (a revision that went down, e.g. a deleted file, with a warning). An invalid file is
         logged and shown in :meth:`status`, and the last valid revision stays in force. A part of the
         revision that could not be applied (a version missing or failing to load, an invalid
-        ``config.toml``, a failed re-scan) is shown in status as ``control.error`` and retried here."""
+        ``config.toml``, a failed re-scan) is shown in status as ``control.error`` and retried here at once;
+        the watcher retries it with a back-off (1 s, doubling up to 60 s)."""
         return self._operations.sync_control()
 
     def promote(

@@ -48,6 +48,8 @@ class Routes:
 
 
 _Stamp = tuple[tuple[str, int, int], ...]  # (path, mtime_ns, size) of each file a load depends on
+_CONTROL_RETRY_CAP_S = 60.0  # longest wait between two tries of a control revision that does not apply
+_WRITTEN_BY_LOADS = "model.optimized-"  # files a load itself writes (the optimized-graph cache): not changes
 
 
 @dataclass(slots=True)
@@ -102,6 +104,10 @@ class Registry:
         self._control_reload_pending = False
         self._control_problems: dict[str, str] = {}
         self._control_warned: set[tuple[str, int, str]] = set()  # previous-stable problems logged once
+        self._control_retry_at = 0.0  # retry_control() waits for this clock time (backing off)
+        self._control_backoff_s = 0.0
+        self._policy_problems: dict[str, str] = {}  # models whose version policy selects nothing (logged once)
+        self._load_configs: dict[str, ModelConfig] = {}  # load(name, config=...) of a repository model: kept
         self.lock = threading.RLock()
         self.closed = False
         self._poll_interval_s = poll_interval_s
@@ -181,6 +187,7 @@ class Registry:
                 raise ModelNotFoundError(f"model {name!r} version {version} is not loaded", model=name, version=version)
             if version is None:
                 self._unloaded.add(name)
+                self._load_configs.pop(name, None)  # a later load(name) reads the repository's configuration
                 self.retire(name, list(loaded), timeout_s=timeout_s)
                 return
             self._unloaded_versions.setdefault(name, set()).add(version)
@@ -292,12 +299,23 @@ class Registry:
                     problems.append(str(exc))
         if not failures:
             self.failures.pop(name, None)
-        if not wanted:  # every version folder is gone (or failed, or unloaded by hand): stop serving it
-            gone = list(self.loaded.get(name, {}))
-            if gone:
-                logger.info("model %r has no version to serve in the repository; unloading it", name)
-                self.retire(name, gone, timeout_s=timeout_s)
+        if not wanted:
+            loaded_now = list(self.loaded.get(name, {}))
+            if not source.versions and loaded_now:  # every version folder is gone: stop serving it
+                logger.info("model %r has no version folder left in the repository; unloading it", name)
+                self.retire(name, loaded_now, timeout_s=timeout_s)
+            elif loaded_now and usable:  # a policy that selects nothing (a typo?) never unloads what serves
+                problem = (
+                    f"model {name!r}: its version_policy selects none of the versions in the repository "
+                    f"({', '.join(map(str, sorted(source.versions)))}); versions "
+                    f"{', '.join(map(str, sorted(loaded_now)))} keep serving"
+                )
+                if self._policy_problems.get(name) != problem:
+                    logger.warning("%s", problem)
+                self._policy_problems[name] = problem
+                problems.append(problem)
             return problems
+        self._policy_problems.pop(name, None)
         latest = max(selected) if selected else max(wanted)
         default = self._gate(name, latest, usable)
         self._latest[name] = default
@@ -447,9 +465,14 @@ class Registry:
 
     def config_for(self, name: str, source: ModelSource, override: ModelConfig | None) -> ModelConfig:
         """The effective config: code defaults < ``config=`` < ``config.toml`` < ``models=`` (per field);
-        a ``config`` passed to :meth:`load` replaces all of them."""
+        a ``config`` passed to :meth:`load` replaces all of them, and stays in force for that model (through
+        refreshes and control revisions) until the model is unloaded or loaded with another ``config``."""
         if override is not None:
+            self._load_configs[name] = override
             return override
+        kept = self._load_configs.get(name)
+        if kept is not None:
+            return kept
         config = self._defaults
         if source.config_path is not None:
             config = load_model_config(source.config_path, config)
@@ -495,7 +518,8 @@ class Registry:
         for name in set(control.models) | set(previous.models):
             if control.models.get(name) != previous.models.get(name):
                 self._control_pending.add(name)
-        return self._apply_control()
+        self._control_backoff_s = 0.0  # a new revision: try it at once, and retry it soon
+        return self._try_control()
 
     @property
     def control_pending(self) -> bool:
@@ -513,11 +537,22 @@ class Registry:
             f"interval): {details}"
         )
 
-    def retry_control(self) -> list[str]:
-        """With the lifecycle lock held: apply again what :meth:`adopt` could not apply (nothing if all was)."""
-        if not self.control_pending:
+    def retry_control(self, *, now: bool = True) -> list[str]:
+        """With the lifecycle lock held: apply again what :meth:`adopt` could not apply (nothing if all was).
+
+        With ``now=False`` (the control-file watcher) it backs off while a try keeps failing (1 s, doubling
+        up to 60 s): each try may scan the repository or connect to a remote model server, under the
+        lifecycle lock. An explicit ``sync_control()`` tries at once."""
+        if not self.control_pending or (not now and self._clock() < self._control_retry_at):
             return []
-        return self._apply_control()
+        return self._try_control()
+
+    def _try_control(self) -> list[str]:
+        problems = self._apply_control()
+        if self.control_pending:  # the next try waits twice as long as the last (1 s first)
+            self._control_backoff_s = min(_CONTROL_RETRY_CAP_S, 2 * self._control_backoff_s or 1.0)
+            self._control_retry_at = self._clock() + self._control_backoff_s
+        return problems
 
     def _apply_control(self) -> list[str]:
         problems: dict[str, str] = {}
@@ -706,9 +741,10 @@ def _remote_path(name: str, version: int) -> Path:
 
 
 def _stamp(path: Path) -> _Stamp | None:
-    """What a version that failed to load waits on: the name, mtime and size of its file, of the other files
-    in its folder (external weights still being copied) and of the files of its model's folder (its
-    ``config.toml``, a warm-up archive). A change to any of them retries it; ``None`` if the file is gone."""
+    """What a version's load read: the name, mtime and size of its file, of the other files in its folder
+    (external weights still being copied) and of the files of its model's folder (its ``config.toml``, a
+    warm-up archive), but not the optimized-graph cache a load writes there. A change to any of them
+    reloads a loaded version, or retries a failed one; ``None`` if the file is gone."""
     try:
         info = path.stat()
     except OSError:
@@ -718,7 +754,7 @@ def _stamp(path: Path) -> _Stamp | None:
         try:
             with os.scandir(folder) as listing:
                 for entry in listing:
-                    if entry.is_file(follow_symlinks=False):
+                    if entry.is_file(follow_symlinks=False) and not entry.name.startswith(_WRITTEN_BY_LOADS):
                         stat = entry.stat(follow_symlinks=False)
                         entries.append((entry.path, stat.st_mtime_ns, stat.st_size))
         except OSError:

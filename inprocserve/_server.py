@@ -513,6 +513,11 @@ class Server(RolloutMethods):
             self._telemetry.refused(span, started, model, None if target is None else target.version, decision, exc)
             raise
 
+    def _refused_early(self, model: str, version: int | None, error: BaseException, started: float) -> None:
+        """Record a request refused before :meth:`predict` (the ``/v2`` endpoints check a request's headers
+        and body first), as :meth:`predict` records the requests it refuses."""
+        self._telemetry.refused(start_request_span(model), started, model, version, None, error)
+
     def _serving_copy(self, model: str, version: int) -> ModelVersion | None:
         routes = self._registry.routes.get(model)
         return None if routes is None else routes.versions.get(version)

@@ -24,7 +24,7 @@ import inprocserve._registry as registry_module
 from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
 from inprocserve._cli_status import healthy
 from inprocserve._control import CONTROL_FILENAME, Control, ControlFile, ControlFileUnavailableError, ModelControl
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import ManualClock, build_scale_model, save_model
 
 from .conftest import ServerFactory
 
@@ -163,6 +163,28 @@ def test_the_watcher_retries_until_the_revision_applies(fleet: Path, make_server
     while server.status()["control"]["error"] is not None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_the_watcher_backs_off_a_revision_that_keeps_failing(fleet: Path, make_server: ServerFactory) -> None:
+    # Each try may scan the whole repository, or connect to a remote server, under the lifecycle lock.
+    clock = ManualClock()
+    server = make_server(fleet, control_interval_s=None, clock=clock)
+    write(fleet, fraud=ModelControl(stable=3))  # not in this host's copy
+    tries: list[float] = []
+    apply = server._registry._apply_control
+
+    def counted() -> list[str]:
+        tries.append(clock())
+        return apply()
+
+    server._registry._apply_control = counted  # type: ignore[method-assign]
+    server.sync_control()  # adopts the revision: one try
+    for _ in range(40):  # the watcher's calls, 0.25 s apart, for 10 s
+        server._operations.sync_control(retry_now=False)
+        clock.advance(0.25)
+    assert [t - tries[0] for t in tries] == [0.0, 1.0, 3.0, 7.0]  # after 1 s, then 2 s, then 4 s
+    server.sync_control()  # asked for: at once
+    assert len(tries) == 5
 
 
 # -- 3. rollback after the first switch --------------------------------------------------------------------

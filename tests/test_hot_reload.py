@@ -394,11 +394,41 @@ def test_a_model_whose_last_version_folder_is_removed_stops_serving(
 
 def test_load_with_a_new_config_reloads_a_loaded_version(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text("[batching]\nmax_batch_size = 7\n")
     server = make_server(repository)
     config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=5))
     assert server.load("scale", config=config) == 1
     assert server.status()["models"]["scale"]["versions"]["1"]["max_batch_size"] == 5
+    assert server.refresh() == []  # the configuration given to load stays in force
+    assert server.status()["models"]["scale"]["versions"]["1"]["max_batch_size"] == 5
+    server.unload("scale")
+    server.load("scale")  # unloaded, then loaded plainly: config.toml's again
+    assert server.status()["models"]["scale"]["versions"]["1"]["max_batch_size"] == 7
     file = repository / "scale" / "1" / "model.onnx"
     assert server.load("other", path=file, config=config) == 1
     assert server.load("other", path=file, version=1) == 1  # no config: the defaults again
     assert server.status()["models"]["other"]["versions"]["1"]["max_batch_size"] == 64
+
+
+def test_a_version_policy_that_selects_nothing_never_unloads_what_serves(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    server = make_server(repository)
+    (repository / "scale" / "config.toml").write_text("version_policy = { specific = [12] }\n")  # meant [1, 2]
+    (problem,) = server.refresh()
+    assert "selects none of the versions in the repository (1, 2); versions 2 keep serving" in problem
+    assert one(server).version == 2
+
+
+def test_the_optimized_graph_a_load_writes_does_not_reload_the_version(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config = inprocserve.ModelConfig(pool=inprocserve.PoolConfig(optimized_model_cache=True))
+    server = make_server(repository, config=config)
+    assert list((repository / "scale" / "1").glob("model.optimized-*.onnx"))  # written by the load
+    loaded_at = server.status()["models"]["scale"]["versions"]["1"]["loaded_at"]
+    assert server.refresh() == []
+    assert server.status()["models"]["scale"]["versions"]["1"]["loaded_at"] == loaded_at

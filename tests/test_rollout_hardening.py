@@ -218,6 +218,16 @@ def test_a_flag_of_the_wrong_type_is_an_unusable_flag_not_a_kill_switch_nor_an_o
     assert (flags["failures"], flags["unusable"]) == (0, 1)
 
 
+def test_numpy_flag_values_are_the_booleans_and_numbers_they_hold(versions: Path, make_server: ServerFactory) -> None:
+    # A provider backed by numpy data (a feature table, a pandas frame) hands back numpy scalars.
+    provider = RawProvider({"scale.kill": np.False_, "scale.canary.percent": np.int64(100)})
+    server = canary_server(make_server, versions, provider)
+    result = predict(server, "u")
+    assert (result.version, result.variant) == (2, "canary")
+    flags = server.status()["models"]["scale"]["rollout"]["flags"]
+    assert (flags["failures"], flags["unusable"]) == (0, 0)
+
+
 @pytest.mark.parametrize(
     "provider",
     [

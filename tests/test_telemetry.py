@@ -4,6 +4,7 @@ on loopback that decodes the protobuf payload, as a collector or Jaeger would re
 from __future__ import annotations
 
 import http.server
+import io
 import itertools
 import json
 import subprocess
@@ -623,3 +624,23 @@ def test_requests_for_unknown_models_share_one_metric_series(
     assert not seen & set(names)
     assert _outcomes(otel, UNKNOWN_MODEL)[("client_error", "ModelNotFoundError")] >= 2 * len(names)
     assert _outcomes(otel, "known") == {("client_error", "ModelNotFoundError"): 1}
+
+
+def test_v2_requests_refused_before_predict_are_recorded_like_its_refusals(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    """The /v2 endpoints check a request's tensor headers before predict sees it: client-error alerts must
+    still count those refusals, under the model's name (or the one name for models that are not loaded)."""
+    from inprocserve import v2
+    from inprocserve._request_telemetry import UNKNOWN_MODEL
+
+    save_model(build_scale_model(2.0), repository, "v2refused", 1)
+    endpoints = v2.Endpoints(lambda: make_server(repository))
+    wrong_shape = json.dumps({"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP32", "data": [1] * 5}]})
+    body = wrong_shape.encode()
+    unknown = ("client_error", "ModelNotFoundError")
+    unknown_before = _outcomes(otel, UNKNOWN_MODEL).get(unknown, 0)
+    assert endpoints.handle("POST", "/v2/models/v2refused/infer", {}, io.BytesIO(body).read).status == 400
+    assert endpoints.handle("POST", "/v2/models/v2-no-such-model/infer", {}, io.BytesIO(body).read).status == 404
+    assert _outcomes(otel, "v2refused") == {("client_error", "InvalidInputError"): 1}
+    assert _outcomes(otel, UNKNOWN_MODEL).get(unknown, 0) == unknown_before + 1

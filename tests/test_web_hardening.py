@@ -285,3 +285,21 @@ def test_the_configured_token_is_stripped_like_the_supplied_one(configured: str)
 def test_token_problems(token: object, problem: str | None) -> None:
     found = web.token_problem(token)
     assert found is None if problem is None else problem in (found or "")
+
+
+def test_the_header_check_follows_a_reload_made_while_the_body_was_read(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # The versions that may answer are looked up when the headers are checked, not when the request came
+    # in: a reload during a slow upload may have replaced the version with one of another signature.
+    from inprocserve.v2._endpoints import _signature_check
+
+    save_model(build_scale_model(2.0, features=4), repository, "scale", 1)
+    server = make_server(repository)
+    check = _signature_check(server, "scale", None)  # the request came in: its body is still arriving
+    staged = save_model(build_scale_model(2.0, features=3), tmp_path, "scale", 1)
+    staged.replace(repository / "scale" / "1" / "model.onnx")
+    assert server.refresh() == []
+    check([v2.TensorHeader("x", "FP32", (1, 3))])  # fits the version serving now
+    with pytest.raises(inprocserve.InvalidInputError, match="expected size 3 on axis 1"):
+        check([v2.TensorHeader("x", "FP32", (1, 4))])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -261,11 +262,14 @@ class Endpoints:
         budget_s: Callable[[], float | None],
     ) -> Response:
         server = self._server()
-        check = _signature_check(
-            server, name, version
-        )  # an unknown model or version is refused before the body is read
-        body = self._read_body(headers, read)
-        request = decode_infer_request(body, headers, limits=self._limits, check=check)
+        started = time.perf_counter()
+        try:
+            check = _signature_check(server, name, version)  # an unknown model or version: before the body
+            body = self._read_body(headers, read)
+            request = decode_infer_request(body, headers, limits=self._limits, check=check)
+        except InprocserveError as exc:  # refused before predict: recorded as predict records its refusals
+            server._refused_early(name, version, exc, started)
+            raise
         routing = dict(context())
         if request.user_id is not None and "user_id" not in routing:
             routing["user_id"] = request.user_id
@@ -363,15 +367,21 @@ def _signature_check(server: Server, name: str, version: int | None) -> Callable
     routes = server._registry.routes.get(name)  # a snapshot, read without a lock (as predict reads it)
     if routes is None:
         raise server._not_found(name, version)
-    if version is not None:
-        pinned = routes.versions.get(version)
-        if pinned is None:
-            raise server._not_found(name, version)
-        candidates = [pinned]
-    else:
-        candidates = [routes.default, *(v for v in routes.versions.values() if v is not routes.default)]
+    if version is not None and version not in routes.versions:
+        raise server._not_found(name, version)
 
     def check(tensors: Sequence[TensorHeader]) -> None:
+        # Routed again once the headers are read: a reload during a slow upload may have replaced a version.
+        now = server._registry.routes.get(name)
+        if now is None:
+            return  # unloaded meanwhile: predict says so
+        if version is not None:
+            pinned = now.versions.get(version)
+            if pinned is None:
+                return
+            candidates = [pinned]
+        else:
+            candidates = [now.default, *(v for v in now.versions.values() if v is not now.default)]
         first: InvalidInputError | None = None
         for target in candidates:
             signature = target.signature
