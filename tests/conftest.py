@@ -107,6 +107,21 @@ def busy_repository(repository: Path) -> Path:
     return repository
 
 
+@pytest.fixture
+def versions(repository: Path) -> Path:
+    """Model ``scale`` in versions 1, 2 and 3; version v multiplies by v (tells who answered)."""
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    return repository
+
+
+def rollout(**kwargs: Any) -> inprocserve.ModelConfig:
+    """A model configuration with this rollout, serving every version (the ``all`` version policy)."""
+    return inprocserve.ModelConfig(
+        rollout=inprocserve.RolloutConfig(**kwargs), version_policy=inprocserve.VersionPolicy.all()
+    )
+
+
 def occupy(server: inprocserve.Server, model: str = "busy", rows: int = 3000) -> Any:
     """Keep the model's only session busy with one large request; return its future once it is running.
 

@@ -14,23 +14,12 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import InMemoryFlags, ModelConfig, RolloutConfig, VariantConfig, VersionPolicy
+from inprocserve import InMemoryFlags, VariantConfig
 from inprocserve.testing import ManualClock, build_scale_model, save_model
 
-from .conftest import ServerFactory, wait_until
+from .conftest import ServerFactory, rollout, wait_until
 
 X = np.ones((1, 4), np.float32)
-
-
-@pytest.fixture
-def versions(repository: Path) -> Path:
-    for version in (1, 2, 3):
-        save_model(build_scale_model(float(version)), repository, "scale", version)
-    return repository
-
-
-def rollout(**kwargs: Any) -> ModelConfig:
-    return ModelConfig(rollout=RolloutConfig(**kwargs), version_policy=VersionPolicy.all())
 
 
 CANARY = {"strategy": "canary", "stable": 1, "canary": inprocserve.CanaryConfig(version=2)}

@@ -18,26 +18,14 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import CanaryConfig, InMemoryFlags, ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve import CanaryConfig, InMemoryFlags, RolloutConfig
 from inprocserve._experiments import BUCKETS, Interleaving, VariantStats, bucket, team_draft, thompson
 from inprocserve._rollout import Router
-from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, rollout
 
 X = np.ones((1, 4), np.float32)
 ARMS = {"a": {"version": 1}, "b": {"version": 2}}
-
-
-@pytest.fixture
-def versions(repository: Path) -> Path:
-    for version in (1, 2, 3):
-        save_model(build_scale_model(float(version)), repository, "scale", version)
-    return repository
-
-
-def rollout(**kwargs: Any) -> ModelConfig:
-    return ModelConfig(rollout=RolloutConfig(**kwargs), version_policy=VersionPolicy.all())
 
 
 def predict(server: inprocserve.Server, user: str) -> inprocserve.Prediction:

@@ -20,23 +20,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
-from inprocserve import InMemoryFlags, ModelConfig, RolloutConfig, VariantConfig, VersionPolicy, WarmupConfig
+from inprocserve import InMemoryFlags, ModelConfig, VariantConfig, VersionPolicy, WarmupConfig
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, run_threads, wait_until
+from .conftest import ServerFactory, rollout, run_threads, wait_until
 
 X = np.ones((1, 4), np.float32)
-
-
-@pytest.fixture
-def versions(repository: Path) -> Path:
-    for version in (1, 2, 3):
-        save_model(build_scale_model(float(version)), repository, "scale", version)
-    return repository
-
-
-def rollout(**kwargs: Any) -> ModelConfig:
-    return ModelConfig(rollout=RolloutConfig(**kwargs), version_policy=VersionPolicy.all())
 
 
 def answer(server: inprocserve.Server, user: str | None = None) -> inprocserve.Prediction:
