@@ -10,11 +10,13 @@ exit when onnxruntime's cleanup joins the thread it never had.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
+import platform
 import sys
 import threading
 import time
@@ -191,6 +193,42 @@ def optimized_key(config: PoolConfig, providers: Sequence[ProviderSpec]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_OPTIMIZED_PREFIX = "model.optimized-"  # (the registry's hot reload ignores files named so: a load writes them)
+
+
+def _source_key(model: Path) -> str:
+    """A digest of the version folder's files (name, size, modification time, inode; not the cached graphs)
+    and of this CPU's features: what a cached optimized graph was built from and for."""
+    entries: list[tuple[str, int, int, int]] = []
+    with os.scandir(model.parent) as listing:
+        for entry in listing:
+            if entry.is_file() and not entry.name.startswith(_OPTIMIZED_PREFIX):
+                stat = entry.stat()
+                entries.append((entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    text = json.dumps([sorted(entries), _cpu_features()])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@functools.cache
+def _cpu_features() -> str:
+    """This CPU's model and instruction-set flags (a graph optimized at the "all" level is laid out for them)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return f"{platform.machine()} {line.split(':', 1)[-1].strip()}"
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
 # -- the backend ----------------------------------------------------------------------------------------
 
 # Sessions inherited across fork() are never destroyed in the child: their destructors would join
@@ -293,6 +331,11 @@ class OnnxruntimeBackend:
             self.shared = shared
             binding = self.config.io_binding
             self.io_binding = binding if binding is not None else first.get_providers()[0] != _CPU
+            assert self.signature is not None
+            if self.io_binding and any(
+                spec.is_string or spec.dtype is None for spec in (*self.signature.inputs, *self.signature.outputs)
+            ):
+                self.io_binding = False  # binding carries numeric tensors only: strings, sequences, maps run plain
             if shared:  # one session, size concurrent runs: one copy of the weights
                 sessions = [first] * self.config.size
             else:
@@ -351,8 +394,26 @@ class OnnxruntimeBackend:
         )
         try:
             options = session_options(config, threads=threads or self._threads)
-            source = self._optimized_source(options, providers)
-            session = _ort().InferenceSession(str(source), options, providers=providers)
+            source, partial = self._optimized_source(options, providers)
+            try:
+                session = _ort().InferenceSession(str(source), options, providers=providers)
+            except Exception:
+                if source == self.path:
+                    raise
+                # A cached graph that does not load (written by another onnxruntime build, damaged): drop it
+                # and build from model.onnx.
+                logger.warning(
+                    "model %r version %s: the cached graph %s does not load; rebuilding from %s",
+                    self.model,
+                    self.version,
+                    source.name,
+                    self.path.name,
+                )
+                _remove(source)
+                options = session_options(config, threads=threads or self._threads)
+                session = _ort().InferenceSession(str(self.path), options, providers=providers)
+            if partial is not None:
+                self._keep_optimized(partial, providers)
         except Exception as exc:
             raise ModelLoadError(
                 f"model {self.model!r} version {self.version}: onnxruntime cannot load {self.path}: {exc}",
@@ -360,6 +421,16 @@ class OnnxruntimeBackend:
                 version=self.version,
             ) from exc
         self.providers = list(session.get_providers())
+        if config.require_gpu and not any(name in GPU_PROVIDERS for name in self.providers):
+            # onnxruntime retries on the CPU when building a GPU session fails (out of memory, a device id
+            # that does not exist): with require_gpu that is a failed load, never a silent CPU version.
+            raise ModelLoadError(
+                f"model {self.model!r} version {self.version}: require_gpu is set, but onnxruntime built the "
+                f"session on {', '.join(self.providers)} (the GPU session failed: out of GPU memory, or device "
+                f"{device_id} does not exist?); fix the GPU setup or unset require_gpu",
+                model=self.model,
+                version=self.version,
+            )
         self._devices[id(session)] = device_id
         if self._run_options is None:
             self._run_options = self._deadline_run_options()
@@ -385,41 +456,81 @@ class OnnxruntimeBackend:
         return session
 
     def optimized_path(self, providers: Sequence[ProviderSpec] = (_CPU,)) -> Path:
-        """Where the optimized graph for these providers and this backend's pool options is cached."""
+        """Where the optimized graph for these providers, this backend's pool options, this CPU and the
+        version folder's current files is cached."""
         return self.path.with_name(
-            f"model.optimized-{onnxruntime_version()}-{optimized_key(self.config, providers)}.onnx"
+            f"{_OPTIMIZED_PREFIX}{onnxruntime_version()}-{optimized_key(self.config, providers)}-"
+            f"{_source_key(self.path)}.onnx"
         )
 
-    def _optimized_source(self, options: Any, providers: Sequence[ProviderSpec]) -> Path:
-        """With ``optimized_model_cache``: load the saved optimized graph when it is newer than the model
-        (no second optimization pass), else optimize and save it for the next start.
+    def _optimized_source(self, options: Any, providers: Sequence[ProviderSpec]) -> tuple[Path, Path | None]:
+        """With ``optimized_model_cache``: the saved optimized graph if there is one (no second optimization
+        pass), else ``model.onnx``, optimized into a partial file that :meth:`_keep_optimized` renames into
+        place once the session is built. Returns (what to load, the partial file or ``None``).
 
         The file name carries a key of everything that shapes the saved graph (see :func:`optimized_key`),
-        so a change of optimization level, providers or onnxruntime never loads a graph built for others.
+        of this CPU's features (the graph is laid out for them), and of the version folder's files (name,
+        size, modification time and inode), so a change of options, onnxruntime, hardware or model file,
+        even one copied with its old modification time, never loads a graph built for others.
         """
         if not self.config.optimized_model_cache:
-            return self.path
+            return self.path, None
         cached = self.optimized_path(providers)
         try:
-            if cached.is_file() and cached.stat().st_mtime_ns >= self.path.stat().st_mtime_ns:
-                # the cached graph is a model file too: its external data must stay in the folder as well
-                check_external_data(
-                    cached, model=self.model, version=self.version, follow_symlinks=self.follow_symlinks
+            if cached.is_symlink() and not self.follow_symlinks:
+                raise ModelLoadError(
+                    f"refusing the cached graph {cached}: it is a symbolic link (delete it)",
+                    model=self.model,
+                    version=self.version,
                 )
-                options.graph_optimization_level = _ort().GraphOptimizationLevel.ORT_DISABLE_ALL
-                return cached
+            if cached.is_file():
+                # the cached graph is a model file too: its external data must stay in the folder as well
+                try:
+                    check_external_data(
+                        cached, model=self.model, version=self.version, follow_symlinks=self.follow_symlinks
+                    )
+                except ModelLoadError as exc:  # damaged or planted: it is derived data, model.onnx is the source
+                    logger.warning(
+                        "model %r version %s: deleting the cached graph %s and optimizing %s again: %s",
+                        self.model,
+                        self.version,
+                        cached.name,
+                        self.path.name,
+                        exc,
+                    )
+                    _remove(cached)
+                else:
+                    options.graph_optimization_level = _ort().GraphOptimizationLevel.ORT_DISABLE_ALL
+                    return cached, None
         except OSError:
             pass
-        if os.access(cached.parent, os.W_OK):
-            options.optimized_model_filepath = str(cached)  # onnxruntime writes it while building the session
-        else:
+        if not os.access(cached.parent, os.W_OK):
             logger.info(
                 "model %r version %s: %s is not writable; the optimized graph is not cached",
                 self.model,
                 self.version,
                 cached.parent,
             )
-        return self.path
+            return self.path, None
+        # onnxruntime writes the graph in place while it builds the session: into a partial file, renamed
+        # once whole, so another process starting meanwhile never loads half a graph.
+        partial = cached.with_name(f"{cached.name}.{os.getpid()}-{threading.get_ident()}.partial")
+        options.optimized_model_filepath = str(partial)
+        return self.path, partial
+
+    def _keep_optimized(self, partial: Path, providers: Sequence[ProviderSpec]) -> None:
+        """Move a freshly written graph into place, and delete the graphs cached for earlier files of this
+        version with the same options (they can never match again)."""
+        cached = self.optimized_path(providers)
+        try:
+            os.replace(partial, cached)
+        except OSError:
+            _remove(partial)
+            return
+        stem = cached.name.rsplit("-", 1)[0]  # everything but the source key
+        for old in cached.parent.glob(f"{stem}-*.onnx"):
+            if old != cached:
+                _remove(old)
 
     def runners(self) -> list[Any]:
         """Every session (built first if this process has none yet), for the batcher's workers to own."""

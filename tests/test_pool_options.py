@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 from inprocserve import ModelConfig, PoolConfig
 from inprocserve._ort_rules import thread_budget, usable_cores
@@ -64,7 +66,76 @@ def test_the_optimized_graph_is_cached_and_reused(repository: Path, make_server:
     os.utime(path)
     third = make_server(repository, config=config)
     assert not np.allclose(third.predict("mlp", np.ones((2, 16), np.float32))["y"], expected)
-    assert cached[0].stat().st_mtime_ns > written  # re-optimized from the new model
+    (rebuilt,) = [p for p in path.parent.iterdir() if p.name.startswith("model.optimized-")]
+    assert rebuilt != cached[0]  # re-optimized from the new model; the old graph is deleted
+
+
+def test_a_release_copied_with_its_old_modification_time_is_not_served_from_the_cache(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # cp -p, rsync -a and tar keep a file's modification time: older than the cached graph of the last release.
+    path = save_model(build_mlp_model((16, 32, 4), seed=2), repository, "mlp", 1)
+    release = save_model(build_mlp_model((16, 32, 4), seed=3), tmp_path, "mlp", 1)
+    os.utime(release, ns=(10**18, 10**18))  # made long ago
+    config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
+    make_server(repository, config=config).close()  # caches the graph of seed 2
+    expected = ort.InferenceSession(str(release), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.ones((2, 16), np.float32)}
+    )[0]
+    shutil.copy2(release, path)  # the new release, with its old modification time
+    served = make_server(repository, config=config).predict("mlp", np.ones((2, 16), np.float32))["y"]
+    np.testing.assert_allclose(served, expected, rtol=1e-5)
+
+
+def test_a_cached_graph_that_does_not_load_is_rebuilt_not_a_failed_version(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    path = save_model(build_mlp_model((16, 32, 4), seed=2), repository, "mlp", 1)
+    config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
+    make_server(repository, config=config).close()
+    (cached,) = [p for p in path.parent.iterdir() if p.name.startswith("model.optimized-")]
+    whole = cached.stat().st_size
+    cached.write_bytes(cached.read_bytes()[: whole // 2])  # half a graph (a crash, a full disk)
+    server = make_server(repository, config=config)
+    assert server.status()["models"]["mlp"]["versions"]["1"]["state"] == "ready"
+    assert server.predict("mlp", np.ones((2, 16), np.float32))["y"].shape == (2, 4)
+    (rebuilt,) = [p for p in path.parent.iterdir() if p.name.startswith("model.optimized-")]
+    assert rebuilt.stat().st_size == whole  # written again, whole
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # onnxruntime warns as it falls back to the CPU
+def test_require_gpu_refuses_a_session_onnxruntime_built_on_the_cpu(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The one mock here stands for what this machine lacks, a GPU: the probe says CUDA works. onnxruntime
+    # then builds the session on the CPU (as it does when a GPU session fails to build: out of memory, a
+    # device that does not exist), and require_gpu must make that a failed load, not a silent CPU version.
+    from inprocserve import _ort_backend
+
+    monkeypatch.setattr(_ort_backend, "_cuda_listed", lambda: True)
+    monkeypatch.setattr(_ort_backend, "_probe_cuda", lambda path: True)
+    save_model(build_mlp_model((16, 32, 4)), repository, "mlp", 1)
+    server = make_server(repository, config=ModelConfig(pool=PoolConfig(require_gpu=True, size=2, device_ids=(0, 7))))
+    version = server.status()["models"]["mlp"]["versions"]["1"]
+    assert (
+        version["state"] == "failed" and "require_gpu is set, but onnxruntime built the session on" in version["error"]
+    )
+
+
+def test_io_binding_leaves_string_tensors_to_the_plain_run(repository: Path, make_server: ServerFactory) -> None:
+    from onnx import TensorProto, helper
+
+    from inprocserve.testing import _model
+
+    identity = _model(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["batch", 2])],
+    )
+    save_model(identity, repository, "text", 1)
+    server = make_server(repository, config=ModelConfig(pool=PoolConfig(io_binding=True)))
+    answer = server.predict("text", np.array([["a", "b"]], dtype=object))["y"]
+    assert answer.tolist() == [["a", "b"]]
 
 
 def test_io_binding_path_gives_the_same_answers(repository: Path, make_server: ServerFactory) -> None:
