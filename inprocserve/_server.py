@@ -336,7 +336,8 @@ class Server(RolloutMethods):
         """Like :meth:`predict`, but return at once with a ``concurrent.futures.Future``.
 
         Every library error (including invalid input) is delivered through the future. Cancelling the
-        future before its batch runs drops the request.
+        future before its batch runs drops the request. The input arrays are queued as they are (no copy, as
+        ``predict`` does not copy them either): do not write into them until the future is done.
         """
         future: Future[Prediction] = Future()
         try:
