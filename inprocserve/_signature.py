@@ -14,7 +14,7 @@ import numpy as np
 
 from ._errors import InvalidInputError
 
-__all__ = ["NodeInfo", "Signature", "TensorSpec", "incompatibilities"]
+__all__ = ["NodeInfo", "Signature", "TensorSpec", "convertible", "incompatibilities"]
 
 Dim = int | str | None
 
@@ -301,6 +301,18 @@ def _shape_text(shape: tuple[Dim, ...] | None) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
+def convertible(given: np.dtype[Any], expected: np.dtype[Any]) -> bool:
+    """Whether numbers of dtype ``given`` may be sent for an input of dtype ``expected``: a cast of the same
+    kind or wider (never float to int, never a bool for a number or back), and any integer to any integer,
+    whose values are then checked against the target's range (a JSON list of small numbers is int64, and
+    must reach a uint8 image input)."""
+    if (given.kind == "b") != (expected.kind == "b"):
+        return False
+    if given.kind in "iu" and expected.kind in "iu":
+        return True
+    return bool(np.can_cast(given, expected, casting="same_kind"))
+
+
 def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
     expected = spec.dtype
     assert expected is not None
@@ -324,7 +336,7 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
     if given.kind not in "biuf":
         what = "ragged or non-numeric values" if given.kind == "O" else f"dtype {given}"
         raise InvalidInputError(f"input {spec.name!r}: expected numbers of dtype {expected}, got {what}")
-    if not np.can_cast(given, expected, casting="same_kind") or (given.kind == "b") != (expected.kind == "b"):
+    if not convertible(given, expected):
         raise InvalidInputError(
             f"input {spec.name!r}: expected dtype {expected}, got {given}, which cannot be converted without "
             f"losing meaning; convert it yourself (for example array.astype('{expected}')) if that is intended"

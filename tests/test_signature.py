@@ -106,6 +106,28 @@ def test_int_overflow_into_a_narrower_type_is_refused(repository: Path, make_ser
         server.predict("add", inputs)
 
 
+def test_integers_reach_an_unsigned_input_when_they_fit(repository: Path, make_server: ServerFactory) -> None:
+    # An image model takes uint8 pixels; a JSON client (or a plain list) sends Python ints, which are int64.
+    from onnx import TensorProto, helper
+
+    from inprocserve.testing import _model
+
+    to_float = _model(
+        [helper.make_node("Cast", ["pixels"], ["y"], to=TensorProto.FLOAT)],
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    save_model(to_float, repository, "image", 1)
+    server = make_server(repository)
+    assert server.predict("image", [[0, 1, 128, 255]])["y"].tolist() == [[0.0, 1.0, 128.0, 255.0]]
+    assert server.predict("image", np.array([[0, 1, 2, 3]], np.int32))["y"].tolist() == [[0.0, 1.0, 2.0, 3.0]]
+    for values in ([[0, 1, 2, 256]], [[-1, 0, 0, 0]]):
+        with pytest.raises(InvalidInputError, match=r"do not fit in uint8 \(0\.\.255\)"):
+            server.predict("image", values)
+    with pytest.raises(InvalidInputError, match="cannot be converted without losing meaning"):
+        server.predict("image", [[0.5, 1.0, 2.0, 3.0]])  # floats for integers: still refused
+
+
 def test_safe_conversions_are_applied(server: inprocserve.Server) -> None:
     result = server.predict(
         "add",

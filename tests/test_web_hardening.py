@@ -303,3 +303,24 @@ def test_the_header_check_follows_a_reload_made_while_the_body_was_read(
     check([v2.TensorHeader("x", "FP32", (1, 3))])  # fits the version serving now
     with pytest.raises(inprocserve.InvalidInputError, match="expected size 3 on axis 1"):
         check([v2.TensorHeader("x", "FP32", (1, 4))])
+
+
+def test_integers_for_an_unsigned_input_pass_the_header_check(repository: Path, make_server: ServerFactory) -> None:
+    # JSON clients send INT64 for a uint8 image input: the header check must let predict check the range.
+    from onnx import TensorProto, helper
+
+    from inprocserve.testing import _model
+
+    to_float = _model(
+        [helper.make_node("Cast", ["pixels"], ["y"], to=TensorProto.FLOAT)],
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+    )
+    save_model(to_float, repository, "image", 1)
+    endpoints = v2.Endpoints(lambda: make_server(repository))
+    tensor = {"name": "pixels", "shape": [1, 2], "datatype": "INT64", "data": [7, 255]}
+    status, document, _ = call(endpoints, "POST", "/v2/models/image/infer", json.dumps({"inputs": [tensor]}).encode())
+    assert status == 200 and document["outputs"][0]["data"] == [7.0, 255.0]
+    tensor["data"] = [7, 256]
+    status, document, _ = call(endpoints, "POST", "/v2/models/image/infer", json.dumps({"inputs": [tensor]}).encode())
+    assert status == 400 and "do not fit in uint8" in document["error"]

@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .._errors import (
     DeadlineExceededError,
     InprocserveError,
@@ -28,7 +26,7 @@ from .._errors import (
     ServerClosedError,
 )
 from .._server import Server
-from .._signature import Signature
+from .._signature import Signature, convertible
 from ._codec import Limits, TensorHeader, _header, decode_infer_request, encode_infer_response
 from ._datatypes import DATATYPES, datatype_of_onnx
 
@@ -420,12 +418,7 @@ def _mismatch(signature: Signature, tensors: Sequence[TensorHeader], max_rows: i
             return f"input {spec.name!r} was sent as {tensor.datatype}, but {takes}; {advice}"
         expected = spec.dtype
         given = DATATYPES[tensor.datatype]
-        if (
-            not spec.is_string
-            and expected is not None
-            and given != expected
-            and (not np.can_cast(given, expected, casting="same_kind") or (given.kind == "b") != (expected.kind == "b"))
-        ):
+        if not spec.is_string and expected is not None and given != expected and not convertible(given, expected):
             return (
                 f"input {spec.name!r} was sent as {tensor.datatype}, which cannot be converted to {wanted} "
                 f"without losing meaning ({takes}); send {wanted}"
