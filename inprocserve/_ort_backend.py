@@ -283,6 +283,9 @@ class OnnxruntimeBackend:
         closed = self._closed
         self._reset_state()
         self._closed = closed
+        # The child builds its sessions from the file as it is now: check it again (checksum, external data),
+        # as the parent did before its own sessions (the digest cache makes an unchanged file cost a stat).
+        self._checked = False
 
     @property
     def kind(self) -> str:

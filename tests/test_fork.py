@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, run_in_forked_child
@@ -53,6 +54,7 @@ PRELOAD_SCRIPT = """
 import os, sys, tempfile, threading
 import numpy as np
 import inprocserve                       # the master imports the app before forking
+import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
 folder = tempfile.mkdtemp()
@@ -79,3 +81,29 @@ def test_a_worker_forked_after_import_exits_cleanly() -> None:
 
     result = subprocess.run([sys.executable, "-c", PRELOAD_SCRIPT], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "exit 0", result.stdout + result.stderr
+
+
+def test_a_forked_worker_checks_the_model_file_it_builds_its_sessions_from(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A worker forked from a --preload master builds its own sessions, later, from the file as it is then:
+    # a model.onnx swapped since the master checked it must meet its checksum there too.
+    import hashlib
+
+    path = save_model(build_scale_model(2.0), repository, "scale", 1)
+    (path.parent / "model.onnx.sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "  model.onnx\n")
+    server = make_server(repository)
+    assert server.predict("scale", np.ones((1, 4), np.float32))["y"][0, 0] == 2.0
+    path.write_bytes(build_scale_model(9.0).SerializeToString())  # no longer what the checksum names
+
+    def in_the_child() -> str:
+        try:
+            answer = server.predict("scale", np.ones((1, 4), np.float32))["y"][0, 0]
+        except inprocserve.InprocserveError as exc:
+            return f"refused {type(exc).__name__}: {exc}"
+        finally:
+            server.close()
+        return f"served {answer}"
+
+    report = run_in_forked_child(in_the_child, timeout_s=30)
+    assert report.startswith("refused") and "sha256" in report, report
