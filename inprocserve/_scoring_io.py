@@ -5,17 +5,21 @@ Formats, by file extension: ``.npy`` (one array: the input of a one-input model)
 input name; answers: one array per output name), ``.csv`` (columns form the float matrix of a one-input model;
 a header row is optional and detected; answers: columns ``<output>_<i>``) and ``.parquet`` (like CSV; needs
 ``pyarrow``). Inputs are read chunk by chunk where the format allows (``.npy`` memory-mapped, CSV and Parquet
-streamed); answers are written to a temporary file that replaces OUTPUT only when every row succeeded.
+streamed); answers are written to a temporary file that is fsynced and replaces OUTPUT only when every row
+succeeded. An input with no rows gives an empty output of the same form (zero rows, the outputs' dtypes/columns).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import itertools
+import math
 import os
 import sys
 import time
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -23,7 +27,6 @@ from typing import Any, BinaryIO, TextIO
 import numpy as np
 
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError, ModelNotFoundError
-from ._prediction import Prediction
 from ._repository import MODEL_FILENAME
 from ._scoring import ProgressBar, plan_for_version
 from ._server import Server
@@ -86,14 +89,60 @@ def read_inputs(
             array = np.load(path, mmap_mode="r", allow_pickle=False)  # read chunk by chunk as they are scored
             return array, (len(array) if array.ndim else None)
         if suffix == ".npz":
+            _check_npz_members(path)
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
+            scalars = [name for name, array in arrays.items() if array.ndim == 0]
+            if scalars:
+                raise InvalidInputError(
+                    f"input {path}: array {scalars[0]!r} is a single value (0 dimensions); every array needs a "
+                    "first axis of rows: save it with shape (rows, ...), e.g. np.savez(path, x=x.reshape(1, -1))"
+                )
             return arrays, (len(next(iter(arrays.values()))) if arrays else None)
+    except InvalidInputError:
+        raise  # already says what is wrong with the file
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"input {path} cannot be read: {exc}") from exc
     if suffix == ".csv":
         return _csv_batches(path, signature, chunk_rows), (_count_csv_rows(path) if count_rows else None)
     return _parquet_batches(path, signature, chunk_rows)
+
+
+def _check_npz_members(path: Path) -> None:
+    """Reads each member's .npy header (not its data) and refuses a member whose header claims more bytes than
+    the member holds: ``np.load`` would otherwise allocate the claimed shape first (a corrupt or hostile file
+    ends in a ``MemoryError``).
+
+    Raises:
+        InvalidInputError: a member is not a readable .npy array, or its shape does not fit its size.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidInputError(f"input {path} cannot be read as .npz (a zip of .npy arrays): {exc}") from exc
+    with archive:
+        for member in archive.infolist():
+            if member.is_dir():
+                continue
+            try:
+                with archive.open(member) as file:
+                    version = np.lib.format.read_magic(file)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+                    header_bytes = file.tell()
+            except (ValueError, OSError, zipfile.BadZipFile) as exc:
+                raise InvalidInputError(f"input {path}: member {member.filename!r} is not a .npy array: {exc}") from exc
+            if dtype.hasobject:
+                continue  # np.load refuses it with its own message (allow_pickle=False)
+            claimed = math.prod(shape) * dtype.itemsize
+            if claimed > member.file_size - header_bytes:
+                raise InvalidInputError(
+                    f"input {path}: member {member.filename!r} claims shape {tuple(shape)} of {dtype} "
+                    f"({claimed:,} bytes) but holds {max(member.file_size - header_bytes, 0):,} bytes of data; "
+                    "the file is truncated or corrupt: write it again with np.savez"
+                )
 
 
 def _is_header(line: str) -> bool:
@@ -109,7 +158,7 @@ def _count_csv_rows(path: Path) -> int:
     rows = 0
     with path.open("rb") as file:
         first = file.readline()
-        header = _is_header(first.decode("utf-8", errors="replace"))
+        header = _is_header(first.decode("utf-8-sig", errors="replace"))  # -sig: a byte order mark is no header
         rows += 0 if header or not first.strip() else 1
         for line in file:
             if line.strip():
@@ -119,22 +168,32 @@ def _count_csv_rows(path: Path) -> int:
 
 def _csv_batches(path: Path, signature: Signature, chunk_rows: int) -> Iterator[np.ndarray]:
     name, dtype, rank = _single_input(signature, path)
-    with path.open(encoding="utf-8", newline="") as file:
+    # utf-8-sig: a byte order mark (Excel writes one) is dropped, not taken as part of a header.
+    with path.open(encoding="utf-8-sig", newline="") as file:
         first = file.readline()
-        lines: Iterator[str] = file if _is_header(first) else itertools.chain([first], file)
-        line_number = 1 if _is_header(first) else 0
+        header = _is_header(first)
+        lines: Iterator[str] = file if header else itertools.chain([first], file)
+        line_number = 1 if header else 0  # the file's line number of the last line read, blank lines included
         while True:
-            block = [line for line in itertools.islice(lines, chunk_rows) if line.strip()]
+            block: list[str] = []
+            first_line = last_line = 0
+            for line in lines:  # skip blank lines, however many; only the end of the file ends the input
+                line_number += 1
+                if line.strip():
+                    first_line = first_line or line_number
+                    last_line = line_number
+                    block.append(line)
+                    if len(block) == chunk_rows:
+                        break
             if not block:
                 return
             try:
                 matrix = np.loadtxt(block, delimiter=",", dtype=dtype, ndmin=2)
             except ValueError as exc:
                 raise InvalidInputError(
-                    f"input {path}, data lines {line_number + 1}..{line_number + len(block)}: {exc} "
+                    f"input {path}, data lines {first_line}..{last_line}: {exc} "
                     f"(every column must be a number for input {name!r})"
                 ) from exc
-            line_number += len(block)
             yield _shape_for(matrix, rank)
 
 
@@ -148,6 +207,8 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
 
     def batches() -> Iterator[np.ndarray]:
         for batch in table.iter_batches(batch_size=chunk_rows):
+            if not batch.num_rows:
+                continue  # an empty row group: a request needs at least one row
             try:
                 columns = [column.to_numpy(zero_copy_only=False) for column in batch.columns]
                 matrix = np.column_stack(columns).astype(dtype, casting="same_kind")
@@ -168,32 +229,58 @@ def _columns(answer: Mapping[str, Any]) -> list[tuple[str, np.ndarray]]:
     columns: list[tuple[str, np.ndarray]] = []
     for output, values in answer.items():
         matrix = np.asarray(values)
-        matrix = matrix.reshape(len(matrix), -1) if matrix.ndim else matrix.reshape(1, 1)
+        # shape[1:] and not -1: a zero-row answer still has its k columns
+        matrix = matrix.reshape(matrix.shape[0], math.prod(matrix.shape[1:])) if matrix.ndim else matrix.reshape(1, 1)
         columns.extend((f"{output}_{index}", matrix[:, index]) for index in range(matrix.shape[1]))
     return columns
 
 
 def _fmt(values: np.ndarray) -> str:
     kind = values.dtype.kind
-    return "%.9g" if kind == "f" else "%d" if kind in "iub" else "%s"
+    if kind == "f":
+        return "%.17g" if values.dtype.itemsize > 4 else "%.9g"  # enough digits to read back the same number
+    return "%d" if kind in "iub" else "%s"
+
+
+def _empty_answer(signature: Signature) -> dict[str, np.ndarray]:
+    """Zero rows of each output, with the output's dtype and fixed axes: what an empty input is answered with.
+
+    Raises:
+        InvalidInputError: an output's shape beyond the row axis is not fixed, so no empty answer can be shaped.
+    """
+    answer: dict[str, np.ndarray] = {}
+    for spec in signature.outputs:
+        dims = [d for d in (spec.shape or ())[1:] if isinstance(d, int)]
+        if spec.dtype is None or not spec.shape or len(dims) != len(spec.shape) - 1:
+            raise InvalidInputError(
+                f"the input has no rows, and output {spec.describe()} has no fixed shape to write zero rows "
+                "of; give an input with at least one row"
+            )
+        dtype = np.dtype(np.str_) if spec.is_string else spec.dtype
+        answer[spec.name] = np.zeros((0, *dims), dtype=dtype)
+    return answer
 
 
 class _Writer:
     """Writes answers in order into a temporary file; ``commit`` moves it over the output."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, signature: Signature) -> None:
         self.path = path
         self.format = _format(path, "output")
+        self.signature = signature
         if not path.parent.is_dir():
             raise InvalidInputError(f"output folder {path.parent} does not exist")
         # Created on first write with the process's usual permissions; unique per process and writer.
         self._temp = path.parent / f".{path.name}.{os.getpid()}.{id(self):x}.partial"
         self._parts: dict[str, list[np.ndarray]] = {}
         self._text: TextIO | None = None
+        self._csv: Any = None
         self._parquet: Any = None
         self._fmts: list[str] = []
+        self._written = False
 
-    def write(self, answer: Prediction) -> None:
+    def write(self, answer: Mapping[str, Any]) -> None:
+        self._written = True
         if self.format in (".npy", ".npz"):
             for output, values in answer.items():
                 self._parts.setdefault(output, []).append(np.asarray(values))
@@ -202,11 +289,7 @@ class _Writer:
             return
         columns = _columns(answer)
         if self.format == ".csv":
-            if self._text is None:
-                self._text = self._temp.open("w", encoding="utf-8", newline="")
-                self._text.write(",".join(name for name, _ in columns) + "\n")
-                self._fmts = [_fmt(values) for _, values in columns]
-            np.savetxt(self._text, np.column_stack([values for _, values in columns]), delimiter=",", fmt=self._fmts)
+            self._write_csv(columns)
             return
         pa, pq = _pyarrow()
         table = pa.table(dict(columns))
@@ -214,14 +297,33 @@ class _Writer:
             self._parquet = pq.ParquetWriter(self._temp, table.schema)
         self._parquet.write_table(table)
 
+    def _write_csv(self, columns: list[tuple[str, np.ndarray]]) -> None:
+        if self._text is None:
+            self._text = self._temp.open("w", encoding="utf-8", newline="")
+            # Quoted only where needed: a string answer holding a comma, quote or line break stays one field.
+            self._csv = csv.writer(self._text, lineterminator="\n")
+            self._csv.writerow([name for name, _ in columns])
+            self._fmts = [_fmt(values) for _, values in columns]
+        cells = [
+            [fmt % value for value in values.tolist()] for fmt, (_, values) in zip(self._fmts, columns, strict=True)
+        ]
+        if any(fmt == "%s" for fmt in self._fmts):
+            quote_all = csv.writer(self._text, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            for row in zip(*cells, strict=True):
+                # Python 3.11's csv quotes a "\r" only when it is in the line terminator: quote such a row whole.
+                (quote_all if any("\r" in cell for cell in row) else self._csv).writerow(row)
+        else:
+            self._csv.writerows(zip(*cells, strict=True))
+
     def commit(self) -> None:
+        if not self._written:  # an empty input: zero rows, with the outputs' dtypes and columns
+            self.write(_empty_answer(self.signature))
         if self.format in (".npy", ".npz"):
             arrays = {name: np.concatenate(parts) for name, parts in self._parts.items()}
             with self._temp.open("wb") as file:
                 self._save(file, arrays)
-        elif self.format == ".csv" and self._text is None:
-            self._temp.write_text("")  # no rows: an empty file
         self._close_streams()
+        _fsync(self._temp)  # the data is on disk before the name points at it (a crash leaves old or new)
         os.replace(self._temp, self.path)
 
     def _save(self, file: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
@@ -242,6 +344,14 @@ class _Writer:
         self._close_streams()
         with contextlib.suppress(FileNotFoundError):
             self._temp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # -- the command ---------------------------------------------------------------------------------------------
@@ -297,7 +407,7 @@ def score_file(
             assert bar is not None
             bar(done_rows, total)  # the file's own row count: CSV and Parquet are read as streams of batches
 
-        writer = _Writer(output_path)
+        writer = _Writer(output_path, signature)
         rows = 0
         try:
             for answer in server.predict_many(

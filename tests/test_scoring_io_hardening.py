@@ -1,0 +1,218 @@
+"""``python -m inprocserve score``: the file formats' edge cases (quoting, byte order marks, blank lines,
+empty inputs, float64 digits, hostile .npz headers, fsync before the rename), each with real models and CLI runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from inprocserve.__main__ import main
+from inprocserve.testing import build_scale_model, save_model
+
+
+@pytest.fixture
+def scale_file(tmp_path: Path) -> Path:
+    return save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
+
+
+def _save(model: object, tmp_path: Path, name: str) -> Path:
+    model.ir_version = 8  # type: ignore[attr-defined]
+    return save_model(model, tmp_path / "models", name, 1)
+
+
+def _label_model(tmp_path: Path, labels: list[str]) -> Path:
+    """x (float, one per row) -> label (string): labels[int(x)]."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["xi"], to=TensorProto.INT64),
+            helper.make_node(
+                "LabelEncoder",
+                ["xi"],
+                ["label"],
+                domain="ai.onnx.ml",
+                keys_int64s=list(range(len(labels))),
+                values_strings=labels,
+            ),
+        ],
+        "labels",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+    return _save(model, tmp_path, "labels")
+
+
+def _identity_model(tmp_path: Path, element: int, shape: list[str | int]) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", element, shape)],
+        [helper.make_tensor_value_info("y", element, shape)],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path, "identity")
+
+
+def _score(*args: Path | str) -> int:
+    return main(["score", "--quiet", *(str(arg) for arg in args)])
+
+
+# -- 1. CSV output quotes what needs quoting ------------------------------------------------------------------
+
+
+def test_csv_string_answers_with_commas_quotes_and_line_breaks_stay_one_field(tmp_path: Path) -> None:
+    labels = ["fraud, likely", 'say "hi"', "two\nlines", "carriage\rreturn", "plain"]
+    model = _label_model(tmp_path, labels)
+    (tmp_path / "x.csv").write_text("".join(f"{i}\n" for i in range(len(labels))))
+    assert _score(model, tmp_path / "x.csv", tmp_path / "y.csv") == 0
+    with (tmp_path / "y.csv").open(newline="", encoding="utf-8") as file:
+        rows = list(csv.reader(file))
+    assert rows == [["label_0"], *([label] for label in labels)]
+
+
+# -- 2. a byte order mark is not a header ---------------------------------------------------------------------
+
+
+def test_csv_with_a_byte_order_mark_and_no_header_keeps_its_first_row(
+    tmp_path: Path, scale_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = "".join(f"{i},{i},{i},{i}\n" for i in range(1, 6))
+    (tmp_path / "x.csv").write_bytes(b"\xef\xbb\xbf" + rows.encode())  # what Excel's "CSV UTF-8" writes
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(["score", str(scale_file), str(tmp_path / "x.csv"), str(tmp_path / "y.csv")]) == 0
+    out = np.loadtxt(tmp_path / "y.csv", delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(out[:, 0], [2, 4, 6, 8, 10])
+    assert "5/5 rows" in capsys.readouterr().err  # the row count for the bar skips the mark too
+
+
+# -- 3. blank lines are skipped, however many -----------------------------------------------------------------
+
+
+def test_a_run_of_blank_lines_longer_than_a_chunk_does_not_end_the_input(tmp_path: Path, scale_file: Path) -> None:
+    # More blank lines than any chunk the command reads (a chunk is at most a few hundred rows).
+    text = "a,b,c,d\n1,1,1,1\n" + "\n" * 3000 + "   \n" + "".join(f"{i},{i},{i},{i}\n" for i in range(2, 6))
+    (tmp_path / "x.csv").write_text(text)
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 0
+    out = np.loadtxt(tmp_path / "y.csv", delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(out[:, 0], [2, 4, 6, 8, 10])
+
+
+def test_error_line_numbers_count_blank_lines_and_the_header(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "x.csv").write_text("a,b,c,d\n1,2,3,4\n\n\n\n5,6,seven,8\n")
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 1
+    err = capsys.readouterr().err
+    assert "data lines 2..6" in err and "must be a number" in err  # lines of the file, as an editor numbers them
+    assert not (tmp_path / "y.csv").exists()
+
+
+# -- 4. an empty input gives a valid empty output -------------------------------------------------------------
+
+
+def test_an_empty_npy_gives_a_loadable_npy_and_npz_of_zero_rows(tmp_path: Path, scale_file: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((0, 4), np.float32))
+    assert _score(scale_file, tmp_path / "x.npy", tmp_path / "y.npy") == 0
+    out = np.load(tmp_path / "y.npy")
+    assert out.shape == (0, 4) and out.dtype == np.float32
+    assert _score(scale_file, tmp_path / "x.npy", tmp_path / "y.npz") == 0
+    with np.load(tmp_path / "y.npz") as data:
+        assert data.files == ["y"] and data["y"].shape == (0, 4) and data["y"].dtype == np.float32
+
+
+def test_a_header_only_csv_gives_a_header_only_csv_and_an_empty_parquet(tmp_path: Path, scale_file: Path) -> None:
+    (tmp_path / "x.csv").write_text("a,b,c,d\n\n")
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 0
+    assert (tmp_path / "y.csv").read_text() == "y_0,y_1,y_2,y_3\n"
+    pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.parquet") == 0
+    table = pq.read_table(tmp_path / "y.parquet")
+    assert table.num_rows == 0 and table.column_names == ["y_0", "y_1", "y_2", "y_3"]
+    assert all(field.type == pa.float32() for field in table.schema)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_an_empty_input_is_refused_when_the_output_shape_is_not_fixed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _identity_model(tmp_path, TensorProto.FLOAT, ["batch", "k"])
+    np.save(tmp_path / "x.npy", np.zeros((0, 3), np.float32))
+    assert _score(model, tmp_path / "x.npy", tmp_path / "y.csv") == 1
+    assert "has no rows" in capsys.readouterr().err and not (tmp_path / "y.csv").exists()
+
+
+# -- 5. float64 digits, 0-d and hostile .npz members, fsync ---------------------------------------------------
+
+
+def test_float64_csv_answers_read_back_exactly(tmp_path: Path) -> None:
+    model = _identity_model(tmp_path, TensorProto.DOUBLE, ["batch", 1])
+    x = np.array([[1234567.891234567], [0.1234567890123], [1 / 3]])
+    np.save(tmp_path / "x.npy", x)
+    assert _score(model, tmp_path / "x.npy", tmp_path / "y.csv") == 0
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "y.csv", delimiter=",", skiprows=1, ndmin=2), x)
+
+
+def test_a_zero_dimensional_npz_array_is_a_clear_error(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.savez(tmp_path / "x.npz", x=np.float32(1))
+    assert _score(scale_file, tmp_path / "x.npz", tmp_path / "y.npz") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "'x' is a single value" in err and "reshape" in err
+
+
+def test_an_npz_member_claiming_a_huge_shape_is_refused_before_loading(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": (2**50, 4)})
+    member.write(b"\0" * 64)
+    with zipfile.ZipFile(tmp_path / "x.npz", "w") as archive:
+        archive.writestr("x.npy", member.getvalue())
+    assert _score(scale_file, tmp_path / "x.npz", tmp_path / "y.npz") == 1  # no MemoryError
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "claims shape" in err and "truncated or corrupt" in err
+
+
+def test_a_valid_compressed_npz_still_scores(tmp_path: Path, scale_file: Path) -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.savez_compressed(tmp_path / "x.npz", x=x)  # the header check reads compressed members too
+    assert _score(scale_file, tmp_path / "x.npz", tmp_path / "y.npz") == 0
+    with np.load(tmp_path / "y.npz") as data:
+        np.testing.assert_array_equal(data["y"], x * 2)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv", ".parquet"])
+def test_the_output_is_fsynced_before_it_replaces_output(
+    tmp_path: Path, scale_file: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    synced: list[int] = []  # inode numbers of the files fsynced
+    replaced: list[tuple[str, bool]] = []  # (source name, whether it was fsynced first)
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        replaced.append((os.path.basename(source), os.stat(source).st_ino in synced))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    np.save(tmp_path / "x.npy", np.ones((5, 4), np.float32))
+    assert _score(scale_file, tmp_path / "x.npy", tmp_path / f"y{suffix}") == 0
+    assert len(replaced) == 1 and replaced[0][0].endswith(".partial")
+    assert replaced[0][1], "the temporary output was not fsynced before it replaced OUTPUT"
