@@ -313,6 +313,8 @@ class DriftConfig:
             )
         if not self.psi_threshold > 0:
             raise ConfigurationError(f"drift.psi_threshold must be > 0, got {self.psi_threshold}")
+        if self.ks_threshold is not None and not 0 < self.ks_threshold <= 1:
+            raise ConfigurationError(f"drift.ks_threshold must be in (0, 1] or unset, got {self.ks_threshold}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,21 +1,26 @@
 """Input and output drift: compare what a model version sees now with a reference distribution.
 
 Per numeric feature (each column of each input, and of each output), a reference sample — from a file in
-the model folder, or captured from the first requests — defines decile bins. Requests are gathered into
-tumbling windows of ``window`` rows; each full window is scored on a background thread, never on the
+the model folder, or captured from the first requests — defines decile bins, plus one bin for non-finite
+values (NaN, infinity), so a window whose share of missing values changes is scored like any other shift.
+The monitored columns (at most ``max_features``) are chosen once, when the reference is loaded or when the
+first request arrives for a captured one; each request only copies those columns. Requests are gathered
+into tumbling windows of ``window`` rows; each full window is scored on a background thread, never on the
 request path (a :class:`DriftScorer`, which the server starts and closes), with the population stability
 index (PSI) and, for continuous features, the two-sample Kolmogorov-Smirnov statistic. A window whose PSI
-(or KS) crosses the threshold marks the version as drifting and is logged once.
+(or KS) crosses the threshold marks the version as drifting and is logged once. The scorer queues a
+bounded number of windows: when it falls behind, further windows are dropped and counted.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import math
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 _EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
 _CONTINUOUS_ABOVE = 20  # features with more distinct reference values than this get a KS statistic
+_MAX_QUEUED_WINDOWS = 8  # windows waiting for the scoring thread, per server; more are dropped and counted
+
+Shape = Sequence[Any] | None  # a signature's shape: ints for fixed axes, None or a symbol for dynamic ones
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -50,56 +58,144 @@ def ks_statistic(reference_sorted: np.ndarray, sample: np.ndarray) -> float:
     return float(np.max(np.abs(cdf_reference - cdf_sample)))
 
 
-def _columns(arrays: Mapping[str, Any], names: list[str], prefix: str) -> dict[str, np.ndarray]:
-    """Numeric features of a batch of rows: ``name`` for 1-D arrays, ``name[j]`` per column otherwise."""
-    features: dict[str, np.ndarray] = {}
-    for name in names:
-        array = arrays.get(name)
-        if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf" or array.ndim == 0:
-            continue
-        flat = array.reshape(array.shape[0], -1).astype(np.float64, copy=False)
-        if flat.shape[1] == 1 and array.ndim == 1:
-            features[f"{prefix}{name}"] = flat[:, 0]
-        else:
-            for column in range(flat.shape[1]):
-                features[f"{prefix}{name}[{column}]"] = flat[:, column]
-    return features
+def _numeric(array: Any) -> bool:
+    return isinstance(array, np.ndarray) and array.dtype.kind in "biuf" and array.ndim > 0
+
+
+class _Column:
+    """One monitored input or output: which of its columns are copied from each request, and their names."""
+
+    __slots__ = ("features", "key", "name", "output", "trailing")
+
+    def __init__(self, name: str, *, output: bool, trailing: tuple[int, ...], flat: list[int], prefix: str) -> None:
+        self.name = name
+        self.output = output
+        self.trailing = trailing  # a request's shape past the rows must be this one to be sliced
+        if not trailing:  # a 1-D array: one feature, named like the array
+            self.key: tuple[Any, ...] | None = None
+            self.features = [f"{prefix}{name}"]
+        else:  # advanced indexing: copies just these columns, never the whole (maybe huge) array
+            self.key = (slice(None), *np.unravel_index(np.asarray(flat, dtype=np.intp), trailing))
+            self.features = [f"{prefix}{name}[{column}]" for column in flat]
+
+    def take(self, array: np.ndarray) -> np.ndarray:
+        """The monitored columns of ``array``: a (rows, features) copy."""
+        if self.key is None:
+            return array.reshape(-1, 1).copy()
+        taken: np.ndarray = array[self.key]
+        return taken
+
+
+def _choose_columns(
+    sources: Sequence[tuple[bool, Mapping[str, Any], Sequence[str]]],
+    limit: int,
+    usable: Callable[[np.ndarray], bool] | None = None,
+) -> tuple[list[_Column], list[str]]:
+    """The first ``limit`` numeric columns of the inputs, then the outputs (those ``usable`` accepts when
+    given), and the names of the columns it refused."""
+    columns: list[_Column] = []
+    refused: list[str] = []
+    budget = limit
+    for output, arrays, names in sources:
+        prefix = "output:" if output else ""
+        for name in names:
+            array = arrays.get(name)
+            if budget <= 0:
+                return columns, refused
+            if not isinstance(array, np.ndarray) or not _numeric(array):
+                continue
+            trailing = tuple(int(d) for d in array.shape[1:])
+            flat = array.reshape(array.shape[0], -1) if usable is not None else None
+            chosen: list[int] = []
+            for index in range(math.prod(trailing)):
+                if len(chosen) >= budget:
+                    break
+                if flat is not None and usable is not None and not usable(flat[:, index]):
+                    refused.append(f"{prefix}{name}" if not trailing else f"{prefix}{name}[{index}]")
+                    continue
+                chosen.append(index)
+            if chosen:
+                columns.append(_Column(name, output=output, trailing=trailing, flat=chosen, prefix=prefix))
+                budget -= len(chosen)
+    return columns, refused
+
+
+def _has_finite(values: np.ndarray) -> bool:
+    return bool(np.isfinite(values).any())
 
 
 class _Feature:
-    __slots__ = ("continuous", "edges", "expected", "reference")
+    __slots__ = ("continuous", "edges", "expected", "nonfinite", "reference")
 
     def __init__(self, values: np.ndarray, bins: int) -> None:
-        values = values[np.isfinite(values)]
+        finite = np.isfinite(values)
+        self.nonfinite = float(1.0 - finite.mean()) if values.size else 0.0
+        values = values[finite]
         self.reference = np.sort(values)
         quantiles = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]) if values.size else np.array([])
         self.edges = np.unique(quantiles)
-        self.expected = self._proportions(values)
+        self.expected = self.proportions(values, self.nonfinite)
         self.continuous = np.unique(values).size > _CONTINUOUS_ABOVE
 
-    def _proportions(self, values: np.ndarray) -> np.ndarray:
-        counts = np.bincount(np.searchsorted(self.edges, values, side="right"), minlength=self.edges.size + 1)
-        return counts / max(1, values.size)
+    def proportions(self, finite_values: np.ndarray, nonfinite: float) -> np.ndarray:
+        """Bin shares of a sample: its finite values in the reference's bins, then its non-finite share."""
+        counts = np.bincount(np.searchsorted(self.edges, finite_values, side="right"), minlength=self.edges.size + 1)
+        shares = counts / max(1, finite_values.size) * (1.0 - nonfinite)
+        return np.append(shares, nonfinite)
+
+
+def _shape_text(shape: Sequence[Any]) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) and d >= 0 else "?" for d in shape) + "]"
+
+
+def _fits(found: tuple[int, ...], expected: Sequence[Any]) -> bool:
+    """``found`` (a reference array's shape) has the rank and fixed sizes past axis 0 of ``expected``."""
+    if len(found) != len(expected):
+        return False
+    return all(
+        not (isinstance(d, int) and d >= 0) or d == size for d, size in zip(expected[1:], found[1:], strict=True)
+    )
+
+
+_Record = tuple[np.ndarray | None, ...]  # one request: the monitored columns of each _Column, None if absent
 
 
 class DriftMonitor:
-    """Drift state of one model version. Thread-safe: ``observe`` is called from request threads."""
+    """Drift state of one model version. Thread-safe: ``observe`` is called from request threads.
+
+    ``input_shapes`` and ``output_shapes`` (the signature's shapes by name) let a reference file be checked
+    against the model when it is loaded: a reference whose arrays do not have the inputs' shapes fails the load.
+    """
 
     def __init__(
-        self, config: DriftConfig, *, model: str, version: int, inputs: list[str], outputs: list[str], folder: Path
+        self,
+        config: DriftConfig,
+        *,
+        model: str,
+        version: int,
+        inputs: list[str],
+        outputs: list[str],
+        folder: Path,
+        input_shapes: Mapping[str, Shape] | None = None,
+        output_shapes: Mapping[str, Shape] | None = None,
     ) -> None:
         self.config = config
         self.model = model
         self.version = version
         self._inputs = inputs
         self._outputs = outputs
+        self._input_shapes = dict(input_shapes or {})
+        self._output_shapes = dict(output_shapes or {})
         self._lock = threading.Lock()
-        self._pending: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
+        self._columns: list[_Column] | None = None  # chosen once: at load (file) or on the first request
+        self._pending: list[_Record] = []
         self._pending_rows = 0
         self._features: dict[str, _Feature] | None = None
-        self._capture: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
+        self._capture: list[_Record] = []
         self._captured_rows = 0
+        self._mismatched: set[str] = set()
         self.windows = 0
+        self.dropped_windows = 0
         self.last: dict[str, dict[str, float]] = {}
         self.drifting = False
         if config.reference_file:
@@ -108,65 +204,150 @@ class DriftMonitor:
             )
             self._features = self._reference_from_file(path)
 
+    def _fail(self, message: str) -> ModelLoadError:
+        return ModelLoadError(
+            f"model {self.model!r} version {self.version}: {message}", model=self.model, version=self.version
+        )
+
     def _reference_from_file(self, path: Path) -> dict[str, _Feature]:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"model {self.model!r} version {self.version}: drift reference {path} cannot be read: {exc}",
-                model=self.model,
-                version=self.version,
-            ) from exc
-        features = self._build(_columns(arrays, self._inputs, "") | _columns(arrays, self._outputs, "output:"))
-        if not features:
-            raise ModelLoadError(
-                f"model {self.model!r} version {self.version}: drift reference {path} holds none of the model's "
-                f"inputs or outputs ({', '.join(self._inputs + self._outputs)})",
-                model=self.model,
-                version=self.version,
+            raise self._fail(f"drift reference {path} cannot be read: {exc}") from exc
+        for kind, names, shapes in (
+            ("input", self._inputs, self._input_shapes),
+            ("output", self._outputs, self._output_shapes),
+        ):
+            for name in names:
+                array, expected = arrays.get(name), shapes.get(name)
+                if not isinstance(array, np.ndarray) or expected is None:
+                    continue
+                if not _fits(array.shape, expected):
+                    raise self._fail(
+                        f"drift reference {path}: {kind} {name!r} has shape {list(array.shape)}, expected "
+                        f"{_shape_text(expected)} (rows first, like the model's {kind})"
+                    )
+        sources = [(False, arrays, self._inputs), (True, arrays, self._outputs)]
+        columns, refused = _choose_columns(sources, self.config.max_features, _has_finite)
+        self._log_refused(refused, f"reference {path.name}")
+        if not columns:
+            if refused:
+                raise self._fail(f"drift reference {path} has no finite values for any feature")
+            raise self._fail(
+                f"drift reference {path} holds none of the model's inputs or outputs "
+                f"({', '.join(self._inputs + self._outputs)})"
             )
-        return features
+        self._columns = columns
+        record = tuple(column.take(arrays[column.name]) for column in columns)
+        return {name: _Feature(values, self.config.bins) for name, values in self._stack([record]).items()}
 
-    def _build(self, columns: Mapping[str, np.ndarray]) -> dict[str, _Feature]:
-        names = list(columns)[: self.config.max_features]
-        return {name: _Feature(columns[name], self.config.bins) for name in names}
+    def _log_refused(self, refused: list[str], where: str) -> None:
+        if refused:
+            shown = ", ".join(refused[:10]) + (f" and {len(refused) - 10} more" if len(refused) > 10 else "")
+            logger.warning(
+                "model %r version %s: drift ignores %d feature(s) with no finite value in the %s: %s",
+                self.model,
+                self.version,
+                len(refused),
+                where,
+                shown,
+            )
+
+    def _record(self, columns: list[_Column], arrays: Mapping[str, Any], outputs: Mapping[str, Any]) -> _Record:
+        """Copies of the monitored columns of one request (the caller may reuse its buffers)."""
+        record: list[np.ndarray | None] = []
+        for column in columns:
+            array = (outputs if column.output else arrays).get(column.name)
+            if array is None or array.shape[1:] != column.trailing:
+                record.append(None)
+                if array is not None and column.name not in self._mismatched:
+                    self._mismatch(column, array)
+                continue
+            record.append(column.take(array))
+        return tuple(record)
+
+    def _mismatch(self, column: _Column, array: Any) -> None:
+        self._mismatched.add(column.name)
+        logger.warning(
+            "model %r version %s: drift skips %s %r in requests shaped %s: the reference has %s past the rows",
+            self.model,
+            self.version,
+            "output" if column.output else "input",
+            column.name,
+            list(getattr(array, "shape", ())),
+            list(column.trailing),
+        )
 
     def observe(self, arrays: Mapping[str, Any], outputs: Mapping[str, Any], rows: int, *, scorer: DriftScorer) -> None:
-        """Note one answered request (cheap: keeps references); full windows are scored on ``scorer``."""
+        """Note one answered request (copies only the monitored columns); full windows are scored on ``scorer``."""
+        columns = self._columns
+        if columns is None:  # a captured reference: the first request decides which columns are monitored
+            with self._lock:
+                if self._columns is None:
+                    sources = [(False, arrays, self._inputs), (True, outputs, self._outputs)]
+                    self._columns = _choose_columns(sources, self.config.max_features)[0]
+                columns = self._columns
+        record = self._record(columns, arrays, outputs)
         with self._lock:
             if self._features is None:
                 if self._captured_rows >= self.config.capture_reference:
                     # The reference is being built on the background thread: never start another; these rows
-                    # open the first window, scored once the reference is ready (nothing is lost meanwhile).
-                    self._pending.append((arrays, outputs))
-                    self._pending_rows += rows
+                    # open the first window, scored once the reference is ready (at most one window is kept).
+                    if self._pending_rows < self.config.window:
+                        self._pending.append(record)
+                        self._pending_rows += rows
                     return
-                self._capture.append((arrays, outputs))
+                self._capture.append(record)
                 self._captured_rows += rows
                 if self._captured_rows < self.config.capture_reference:
                     return
                 captured, self._capture = self._capture, []
-                scorer.submit(self._finish_capture, captured)
-                return
-            self._pending.append((arrays, outputs))
-            self._pending_rows += rows
-            if self._pending_rows < self.config.window:
-                return
-            window, self._pending, self._pending_rows = self._pending, [], 0
-        scorer.submit(self._score, window)
+            else:
+                self._pending.append(record)
+                self._pending_rows += rows
+                if self._pending_rows < self.config.window:
+                    return
+                window, self._pending, self._pending_rows = self._pending, [], 0
+                captured = None
+        if captured is not None:
+            if not scorer.submit(self._finish_capture, captured, bounded=False):
+                self._reset_capture()  # the scorer is closed: start over rather than wait forever
+            return
+        if not scorer.submit(self._score, window):
+            with self._lock:
+                self.dropped_windows += 1
 
-    def _stack(self, window: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict[str, np.ndarray]:
-        parts: dict[str, list[np.ndarray]] = {}
-        for arrays, outputs in window:
-            for name, values in (
-                _columns(arrays, self._inputs, "") | _columns(outputs, self._outputs, "output:")
-            ).items():
-                parts.setdefault(name, []).append(values)
-        return {name: np.concatenate(values) for name, values in parts.items()}
+    def _reset_capture(self) -> None:
+        with self._lock:
+            self._capture, self._captured_rows = [], 0
+            self._pending, self._pending_rows = [], 0
 
-    def _finish_capture(self, captured: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> None:
-        features = self._build(self._stack(captured))
+    def _stack(self, window: Sequence[_Record]) -> dict[str, np.ndarray]:
+        columns = self._columns
+        assert columns is not None
+        blocks: list[list[np.ndarray]] = [[] for _ in columns]
+        for record in window:
+            for index, block in enumerate(record):
+                if block is not None:
+                    blocks[index].append(block)
+        stacked: dict[str, np.ndarray] = {}
+        for column, parts in zip(columns, blocks, strict=True):
+            if parts:
+                values = np.concatenate(parts).astype(np.float64, copy=False)
+                for index, name in enumerate(column.features):
+                    stacked[name] = values[:, index]
+        return stacked
+
+    def _finish_capture(self, captured: list[_Record]) -> None:
+        try:
+            columns = self._stack(captured)
+            usable = {name: values for name, values in columns.items() if _has_finite(values)}
+            self._log_refused([name for name in columns if name not in usable], "captured reference")
+            features = {name: _Feature(values, self.config.bins) for name, values in usable.items()}
+        except Exception:
+            self._reset_capture()  # capture again from the next requests rather than keep rows forever
+            raise
         with self._lock:
             self._features = features
             window = None
@@ -182,20 +363,20 @@ class DriftMonitor:
         if window is not None:
             self._score(window)  # this is the background thread already
 
-    def _score(self, window: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> None:
+    def _score(self, window: list[_Record]) -> None:
         features = self._features
         assert features is not None
         columns = self._stack(window)
         scores: dict[str, dict[str, float]] = {}
         for name, feature in features.items():
             values = columns.get(name)
-            if values is None:
+            if values is None or not values.size:
                 continue
-            values = values[np.isfinite(values)]
-            if not values.size:
-                continue
-            score = {"psi": psi(feature.expected, feature._proportions(values))}
-            if feature.continuous and feature.reference.size:
+            finite = np.isfinite(values)
+            nonfinite = float(1.0 - finite.mean())
+            values = values[finite]
+            score = {"psi": psi(feature.expected, feature.proportions(values, nonfinite)), "nonfinite": nonfinite}
+            if feature.continuous and feature.reference.size and values.size:
                 score["ks"] = ks_statistic(feature.reference, values)
             scores[name] = score
         config = self.config
@@ -229,6 +410,7 @@ class DriftMonitor:
                 "reference": "file" if self.config.reference_file else "captured",
                 "reference_ready": self._features is not None,
                 "windows": self.windows,
+                "dropped_windows": self.dropped_windows,
                 "drifting": self.drifting,
                 "max_psi": max((s["psi"] for s in last.values()), default=None),
                 "features": last,
@@ -266,28 +448,38 @@ class DriftScorer:
     """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Any, Any, bool]] = queue.SimpleQueue()
+        self._queued = 0  # bounded jobs (windows) submitted and not yet taken by the thread
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
         _scorers.add(self)
         _fork.register(self)
 
-    def submit(self, function: Callable[[Any], None], argument: Any) -> None:
-        """Run ``function(argument)`` on the scoring thread."""
+    def submit(self, function: Callable[[Any], None], argument: Any, *, bounded: bool = True) -> bool:
+        """Run ``function(argument)`` on the scoring thread; ``False`` when it is not queued: the scorer is
+        closed, or (``bounded``) :data:`_MAX_QUEUED_WINDOWS` bounded jobs are already waiting."""
         with self._lock:
             if self._closed:
-                return
-            self._jobs.put((function, argument))
+                return False
+            if bounded:
+                if self._queued >= _MAX_QUEUED_WINDOWS:
+                    return False
+                self._queued += 1
+            self._jobs.put((function, argument, bounded))
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="inprocserve-drift", daemon=True)
                 self._worker.start()
+            return True
 
     def _work(self) -> None:
         while True:
-            function, argument = self._jobs.get()
+            function, argument, bounded = self._jobs.get()
             if function is _STOP:
                 return
+            if bounded:
+                with self._lock:
+                    self._queued -= 1
             try:
                 function(argument)
             except Exception:  # a bad window must not stop drift scoring for every other version
@@ -296,7 +488,8 @@ class DriftScorer:
     def drain(self, timeout_s: float = 10.0) -> bool:
         """Wait until every window submitted so far has been scored; ``False`` on timeout (or if closed)."""
         done = threading.Event()
-        self.submit(lambda _: done.set(), None)
+        if not self.submit(lambda _: done.set(), None, bounded=False):
+            return False
         return done.wait(timeout_s)
 
     def close(self, *, timeout_s: float = 5.0) -> None:
@@ -305,12 +498,13 @@ class DriftScorer:
             self._closed = True
             worker, self._worker = self._worker, None
             if worker is not None:
-                self._jobs.put((_STOP, None))
+                self._jobs.put((_STOP, None, False))
         if worker is not None and worker.is_alive() and worker is not threading.current_thread():
             worker.join(timeout=timeout_s)
 
     def _after_fork_in_child(self) -> None:
         self._jobs = queue.SimpleQueue()
+        self._queued = 0
         self._worker = None
         self._lock = threading.Lock()
 

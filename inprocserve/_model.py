@@ -172,6 +172,8 @@ class ModelVersion:
                     inputs=[spec.name for spec in signature.inputs],
                     outputs=list(signature.output_names),
                     folder=self.path.parent.parent,
+                    input_shapes={spec.name: spec.shape for spec in signature.inputs},
+                    output_shapes={spec.name: spec.shape for spec in signature.outputs},
                 )
             except ModelLoadError as exc:
                 self.state = "failed"

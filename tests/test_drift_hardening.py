@@ -1,0 +1,296 @@
+"""Drift hardening: the reference is checked against the model, unusable and non-finite data are handled,
+only the monitored columns are copied, and the scoring queue and the capture are bounded."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import inprocserve
+from inprocserve import DriftConfig, ModelConfig
+from inprocserve._drift import _MAX_QUEUED_WINDOWS, DriftMonitor, DriftScorer, drain
+from inprocserve._errors import ModelLoadError
+from inprocserve._signature import TensorSpec
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+
+def drift_status(server: inprocserve.Server) -> dict[str, Any]:
+    return server.status()["models"]["scale"]["versions"]["1"]["drift"]
+
+
+def real_monitor(
+    repository: Path, config: DriftConfig, *, features: int = 4, shapes: bool = True
+) -> tuple[DriftMonitor, ort.InferenceSession]:
+    """A monitor for a real ONNX model, given the shapes of its real signature (as the loader passes them)."""
+    path = save_model(build_scale_model(2.0, features=features), repository, "scale", 1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = [TensorSpec.from_node(node) for node in session.get_inputs()]
+    outputs = [TensorSpec.from_node(node) for node in session.get_outputs()]
+    monitor = DriftMonitor(
+        config,
+        model="scale",
+        version=1,
+        inputs=[spec.name for spec in inputs],
+        outputs=[spec.name for spec in outputs],
+        folder=repository / "scale",
+        input_shapes={spec.name: spec.shape for spec in inputs} if shapes else None,
+        output_shapes={spec.name: spec.shape for spec in outputs} if shapes else None,
+    )
+    return monitor, session
+
+
+def blocked(server: inprocserve.Server) -> threading.Event:
+    """Hold the server's scoring thread until the returned event is set (so windows queue up)."""
+    gate, running = threading.Event(), threading.Event()
+
+    def hold(_: object) -> None:
+        running.set()
+        gate.wait(30)
+
+    assert server._drift.submit(hold, None, bounded=False)
+    assert running.wait(10)
+    return gate
+
+
+# -- 1. the reference file must have the shapes of the model's inputs ---------------------------------
+
+
+@pytest.mark.parametrize("reference", [np.zeros(20000, np.float32), np.zeros((5000, 3), np.float32)])
+def test_a_reference_shaped_unlike_the_input_fails_the_load(repository: Path, reference: np.ndarray) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    np.savez(repository / "scale" / "reference.npz", x=reference)
+    with pytest.raises(ModelLoadError) as caught:
+        real_monitor(repository, DriftConfig(reference_file="reference.npz"))
+    message = str(caught.value)
+    assert "reference.npz" in message and "'x'" in message
+    assert str(list(reference.shape)) in message and "[?, 4]" in message
+
+
+def test_a_reference_shaped_like_the_input_loads(repository: Path) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    np.savez(repository / "scale" / "reference.npz", x=np.random.default_rng(0).normal(0, 1, (500, 4)))
+    monitor, _ = real_monitor(repository, DriftConfig(reference_file="reference.npz"))
+    assert monitor.status()["reference_ready"] is True
+
+
+def test_a_server_fails_the_version_whose_reference_is_shaped_unlike_its_input(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    np.savez(repository / "scale" / "reference.npz", x=np.zeros(20000, np.float32))  # flattened by mistake
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz")))
+    version = server.status()["models"]["scale"]["versions"]["1"]
+    assert version["state"] == "failed"
+    assert "reference.npz" in version["error"] and "[20000]" in version["error"] and "[?, 4]" in version["error"]
+
+
+# -- 2. a reference column with no finite value is dropped, not always drifting ----------------------
+
+
+def test_a_reference_column_with_no_finite_value_is_dropped(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(10)
+    reference = rng.normal(0, 1, (5000, 4)).astype(np.float32)
+    reference[:, 3] = np.nan
+    np.savez(repository / "scale" / "reference.npz", x=reference)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(
+            repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=500))
+        )
+    assert len([r for r in caplog.records if "no finite value" in r.getMessage()]) == 1
+    for _ in range(10):
+        server.predict("scale", rng.normal(0, 1, (50, 4)).astype(np.float32))
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] == 1 and status["drifting"] is False
+    assert set(status["features"]) == {"x[0]", "x[1]", "x[2]"}
+
+
+def test_a_captured_column_with_no_finite_value_is_dropped(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(capture_reference=500, window=500)))
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        batch = rng.normal(0, 1, (50, 4)).astype(np.float32)
+        batch[:, 3] = np.nan
+        server.predict("scale", batch)
+        assert drain()
+    status = drift_status(server)
+    assert status["windows"] >= 1 and status["drifting"] is False
+    assert "x[3]" not in status["features"] and "x[0]" in status["features"]
+
+
+# -- 3. windows that turn NaN or infinite drift ---------------------------------------------------------
+
+
+def test_windows_that_turn_non_finite_drift(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(12)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (5000, 4)).astype(np.float32))
+    config = ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=2000))
+    server = make_server(repository, config=config)
+    for _ in range(40):
+        batch = rng.normal(0, 1, (50, 4)).astype(np.float32)
+        batch[:, 2] = np.nan  # an upstream feature went missing
+        batch[:45, 1] = np.inf  # and another overflows 90% of the time
+        server.predict("scale", batch)
+    assert drain()
+    status = drift_status(server)
+    assert status["drifting"] is True
+    features = status["features"]
+    assert features["x[2]"]["nonfinite"] == 1.0 and features["x[2]"]["psi"] > 0.2
+    assert features["x[1]"]["nonfinite"] == pytest.approx(0.9) and features["x[1]"]["psi"] > 0.2
+    assert features["x[0]"]["psi"] < 0.1 and features["x[0]"]["nonfinite"] == 0.0
+
+
+def test_a_share_of_missing_values_like_the_reference_does_not_drift(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(13)
+    reference = rng.normal(0, 1, (5000, 4)).astype(np.float32)
+    reference[rng.random(5000) < 0.3, 0] = np.nan
+    np.savez(repository / "scale" / "reference.npz", x=reference)
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=1000)))
+    for _ in range(20):
+        batch = rng.normal(0, 1, (50, 4)).astype(np.float32)
+        batch[rng.random(50) < 0.3, 0] = np.nan
+        server.predict("scale", batch)
+    assert drain()
+    status = drift_status(server)
+    assert status["drifting"] is False and status["features"]["x[0]"]["psi"] < 0.1
+
+
+# -- 4. wide inputs: only the monitored columns are taken; the scoring queue is bounded ----------------
+
+
+def test_a_wide_input_copies_only_the_monitored_columns(repository: Path) -> None:
+    width = 3 * 224 * 224
+    monitor, session = real_monitor(
+        repository, DriftConfig(capture_reference=10, window=10, max_features=64), features=width
+    )
+    scorer = DriftScorer()
+    try:
+        x = np.random.default_rng(14).normal(0, 1, (1, width)).astype(np.float32)
+        (y,) = session.run(None, {"x": x})
+        monitor.observe({"x": x}, {"y": y}, 1, scorer=scorer)
+        (record,) = monitor._capture
+        assert sum(block.shape[1] for block in record if block is not None) == 64
+        assert all(block is None or block.shape == (1, 64) for block in record)
+    finally:
+        scorer.close()
+
+
+def test_windows_beyond_the_queue_bound_are_dropped_and_counted(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(15)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (1000, 4)).astype(np.float32))
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=50)))
+    gate = blocked(server)
+    try:
+        for _ in range(_MAX_QUEUED_WINDOWS + 4):
+            server.predict("scale", rng.normal(0, 1, (50, 4)).astype(np.float32))
+        assert drift_status(server)["dropped_windows"] == 4
+    finally:
+        gate.set()
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] == _MAX_QUEUED_WINDOWS and status["dropped_windows"] == 4
+
+
+# -- 5. the caller's buffers are copied, not kept -------------------------------------------------------
+
+
+def test_a_reused_request_buffer_does_not_change_a_queued_window(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(16)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (5000, 4)).astype(np.float32))
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=500)))
+    gate = blocked(server)
+    buffer = np.empty((50, 4), np.float32)
+    try:
+        for _ in range(10):
+            buffer[:] = rng.normal(0, 1, (50, 4))
+            server.predict("scale", buffer)
+        buffer[:] = 100.0  # the caller reuses its buffer before the window is scored
+    finally:
+        gate.set()
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] == 1 and status["drifting"] is False and status["max_psi"] < 0.1
+
+
+def test_a_reused_buffer_does_not_corrupt_a_captured_reference(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(capture_reference=1000, window=500)))
+    rng = np.random.default_rng(17)
+    buffer = np.empty((50, 4), np.float32)
+    for _ in range(30):
+        buffer[:] = rng.normal(0, 1, (50, 4))
+        server.predict("scale", buffer)
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] >= 1 and status["drifting"] is False and status["max_psi"] < 0.1
+
+
+# -- 6. a lost capture starts over; rows are bounded while the reference builds; ks_threshold checked ---
+
+
+def test_a_lost_capture_starts_over(repository: Path) -> None:
+    monitor, _ = real_monitor(repository, DriftConfig(capture_reference=100, window=100))
+    closed = DriftScorer()
+    closed.close()
+    rng = np.random.default_rng(18)
+    for _ in range(30):
+        x = rng.normal(0, 1, (10, 4)).astype(np.float32)
+        monitor.observe({"x": x}, {"y": x * 2}, 10, scorer=closed)
+    assert monitor._captured_rows < 100 and monitor._pending_rows == 0
+    scorer = DriftScorer()
+    try:
+        for _ in range(10):
+            x = rng.normal(0, 1, (10, 4)).astype(np.float32)
+            monitor.observe({"x": x}, {"y": x * 2}, 10, scorer=scorer)
+        assert scorer.drain()
+        assert monitor.status()["reference_ready"] is True
+    finally:
+        scorer.close()
+
+
+def test_rows_kept_while_the_reference_builds_are_bounded(repository: Path) -> None:
+    monitor, _ = real_monitor(repository, DriftConfig(capture_reference=100, window=100))
+    scorer = DriftScorer()
+    gate, running = threading.Event(), threading.Event()
+    scorer.submit(lambda _: (running.set(), gate.wait(30)), None, bounded=False)
+    assert running.wait(10)
+    rng = np.random.default_rng(19)
+    try:
+        for _ in range(60):  # the capture is queued behind the held thread: the reference cannot be built
+            x = rng.normal(0, 1, (10, 4)).astype(np.float32)
+            monitor.observe({"x": x}, {"y": x * 2}, 10, scorer=scorer)
+        assert monitor._pending_rows <= 100 and len(monitor._pending) <= 10
+    finally:
+        gate.set()
+    assert scorer.drain()
+    assert monitor.status()["windows"] == 1
+    scorer.close()
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1, 1.5, float("nan")])
+def test_ks_threshold_must_be_in_zero_one(value: float) -> None:
+    with pytest.raises(inprocserve.ConfigurationError):
+        DriftConfig(ks_threshold=value)
+
+
+def test_ks_threshold_accepts_one_and_none() -> None:
+    assert DriftConfig(ks_threshold=1.0).ks_threshold == 1.0
+    assert DriftConfig(ks_threshold=None).ks_threshold is None
