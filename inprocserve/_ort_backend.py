@@ -188,6 +188,7 @@ def optimized_key(config: PoolConfig, providers: Sequence[ProviderSpec]) -> str:
         "providers": [spec if isinstance(spec, str) else [spec[0], sorted(spec[1].items())] for spec in providers],
         "onnxruntime": onnxruntime_version(),
         "disable_prepacking": bool(config.shared_weights),
+        "cpu": cpu_instruction_sets(),  # hosts of other CPUs sharing the folder keep graphs of their own
     }
     text = json.dumps(shape, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -196,30 +197,51 @@ def optimized_key(config: PoolConfig, providers: Sequence[ProviderSpec]) -> str:
 _OPTIMIZED_PREFIX = "model.optimized-"  # (the registry's hot reload ignores files named so: a load writes them)
 
 
+_PARTIAL_SUFFIX = ".partial"
+_STALE_PARTIAL_S = 3600.0  # a partial graph older than this was left by a process that died writing it
+# The instruction sets an optimized graph may be laid out for (x86 and Arm flag names in /proc/cpuinfo):
+# other flags (bug mitigations, virtualization) change with kernels and microcode, not with the graph.
+_ISA_FLAGS = ("sse", "ssse", "avx", "fma", "f16c", "bmi", "amx", "vnni", "asimd", "sve", "fphp", "i8mm", "bf16")
+
+
 def _source_key(model: Path) -> str:
-    """A digest of the version folder's files (name, size, modification time, inode; not the cached graphs)
-    and of this CPU's features: what a cached optimized graph was built from and for."""
+    """A digest of the version folder's files (name, size, modification time, inode; not the cached graphs
+    or partial ones): what a cached optimized graph was built from."""
     entries: list[tuple[str, int, int, int]] = []
     with os.scandir(model.parent) as listing:
         for entry in listing:
             if entry.is_file() and not entry.name.startswith(_OPTIMIZED_PREFIX):
                 stat = entry.stat()
                 entries.append((entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ino))
-    text = json.dumps([sorted(entries), _cpu_features()])
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()[:12]
 
 
 @functools.cache
-def _cpu_features() -> str:
-    """This CPU's model and instruction-set flags (a graph optimized at the "all" level is laid out for them)."""
+def cpu_instruction_sets() -> str:
+    """This CPU's architecture and the instruction-set flags an optimized graph may be laid out for."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
             for line in info:
                 if line.startswith(("flags", "Features")):
-                    return f"{platform.machine()} {line.split(':', 1)[-1].strip()}"
+                    flags = sorted(f for f in line.split(":", 1)[-1].split() if f.startswith(_ISA_FLAGS))
+                    return f"{platform.machine()} {' '.join(flags)}"
     except OSError:
         pass
     return f"{platform.machine()} {platform.processor()}"
+
+
+def _remove_stale_partials(folder: Path) -> None:
+    """Delete partial graphs left by processes that died while writing them (each is a whole model)."""
+    cutoff = time.time() - _STALE_PARTIAL_S
+    try:
+        for partial in folder.glob(f"{_OPTIMIZED_PREFIX}*{_PARTIAL_SUFFIX}"):
+            try:
+                if partial.stat().st_mtime < cutoff:
+                    partial.unlink()
+            except OSError:
+                continue
+    except OSError:
+        pass
 
 
 def _remove(path: Path) -> None:
@@ -397,26 +419,28 @@ class OnnxruntimeBackend:
         )
         try:
             options = session_options(config, threads=threads or self._threads)
-            source, partial = self._optimized_source(options, providers)
+            source, cached, partial = self._optimized_source(options, providers)
             try:
                 session = _ort().InferenceSession(str(source), options, providers=providers)
             except Exception:
+                if partial is not None:
+                    _remove(partial)
                 if source == self.path:
                     raise
-                # A cached graph that does not load (written by another onnxruntime build, damaged): drop it
-                # and build from model.onnx.
+                # A cached graph that does not load (written by another onnxruntime build, damaged): build
+                # from model.onnx; if that works, the cached graph was at fault, and is deleted.
+                options = session_options(config, threads=threads or self._threads)
+                session = _ort().InferenceSession(str(self.path), options, providers=providers)
                 logger.warning(
-                    "model %r version %s: the cached graph %s does not load; rebuilding from %s",
+                    "model %r version %s: the cached graph %s does not load, but %s does; deleting the graph",
                     self.model,
                     self.version,
                     source.name,
                     self.path.name,
                 )
                 _remove(source)
-                options = session_options(config, threads=threads or self._threads)
-                session = _ort().InferenceSession(str(self.path), options, providers=providers)
-            if partial is not None:
-                self._keep_optimized(partial, providers)
+            if partial is not None and cached is not None:
+                self._keep_optimized(session, providers, cached, partial)
         except Exception as exc:
             raise ModelLoadError(
                 f"model {self.model!r} version {self.version}: onnxruntime cannot load {self.path}: {exc}",
@@ -466,19 +490,22 @@ class OnnxruntimeBackend:
             f"{_source_key(self.path)}.onnx"
         )
 
-    def _optimized_source(self, options: Any, providers: Sequence[ProviderSpec]) -> tuple[Path, Path | None]:
+    def _optimized_source(
+        self, options: Any, providers: Sequence[ProviderSpec]
+    ) -> tuple[Path, Path | None, Path | None]:
         """With ``optimized_model_cache``: the saved optimized graph if there is one (no second optimization
         pass), else ``model.onnx``, optimized into a partial file that :meth:`_keep_optimized` renames into
-        place once the session is built. Returns (what to load, the partial file or ``None``).
+        place once the session is built. Returns (what to load, the cache file it is for, the partial file).
 
         The file name carries a key of everything that shapes the saved graph (see :func:`optimized_key`),
-        of this CPU's features (the graph is laid out for them), and of the version folder's files (name,
-        size, modification time and inode), so a change of options, onnxruntime, hardware or model file,
-        even one copied with its old modification time, never loads a graph built for others.
+        of this CPU's instruction sets (the graph is laid out for them), and of the version folder's files
+        (name, size, modification time and inode), so a change of options, onnxruntime, hardware or model
+        file, even one copied with its old modification time, never loads a graph built for others.
         """
         if not self.config.optimized_model_cache:
-            return self.path, None
+            return self.path, None, None
         cached = self.optimized_path(providers)
+        _remove_stale_partials(cached.parent)
         try:
             if cached.is_symlink() and not self.follow_symlinks:
                 raise ModelLoadError(
@@ -504,7 +531,7 @@ class OnnxruntimeBackend:
                     _remove(cached)
                 else:
                     options.graph_optimization_level = _ort().GraphOptimizationLevel.ORT_DISABLE_ALL
-                    return cached, None
+                    return cached, None, None
         except OSError:
             pass
         if not os.access(cached.parent, os.W_OK):
@@ -514,17 +541,22 @@ class OnnxruntimeBackend:
                 self.version,
                 cached.parent,
             )
-            return self.path, None
+            return self.path, None, None
         # onnxruntime writes the graph in place while it builds the session: into a partial file, renamed
         # once whole, so another process starting meanwhile never loads half a graph.
-        partial = cached.with_name(f"{cached.name}.{os.getpid()}-{threading.get_ident()}.partial")
+        partial = cached.with_name(f"{cached.name}.{os.getpid()}-{threading.get_ident()}{_PARTIAL_SUFFIX}")
         options.optimized_model_filepath = str(partial)
-        return self.path, partial
+        return self.path, cached, partial
 
-    def _keep_optimized(self, partial: Path, providers: Sequence[ProviderSpec]) -> None:
+    def _keep_optimized(self, session: Any, providers: Sequence[ProviderSpec], cached: Path, partial: Path) -> None:
         """Move a freshly written graph into place, and delete the graphs cached for earlier files of this
-        version with the same options (they can never match again)."""
-        cached = self.optimized_path(providers)
+        version with the same options and CPU (they can never match again). Not kept when the session is
+        not what was asked for (onnxruntime fell back to the CPU: its graph is laid out for the CPU), or
+        when the version's files changed while it was built (the graph may be the old model's)."""
+        asked = [spec if isinstance(spec, str) else spec[0] for spec in providers]
+        if list(session.get_providers()) != asked or self.optimized_path(providers) != cached:
+            _remove(partial)
+            return
         try:
             os.replace(partial, cached)
         except OSError:

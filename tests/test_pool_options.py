@@ -174,3 +174,79 @@ def test_shared_weights_serve_a_model_with_external_data(tmp_path: Path, make_se
     server = make_server(tmp_path / "models", config=ModelConfig(pool=PoolConfig(shared_weights=True)))
     x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
     np.testing.assert_allclose(server.predict("mlp", x)["y"], reference.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def cached_graphs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("model.optimized-"))
+
+
+def test_a_graph_built_while_the_model_file_changed_is_not_kept(
+    repository: Path, make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deploy replaces model.onnx while this process optimizes the old one: that graph is the old model's
+    # and must not be saved under the new files' name.
+    from inprocserve import _ort_backend
+
+    path = save_model(build_mlp_model((16, 32, 4), seed=2), repository, "mlp", 1)
+    release = save_model(build_mlp_model((16, 32, 4), seed=3), tmp_path, "mlp", 1)
+    real = _ort_backend._ort()
+
+    class DeployDuringBuild:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def InferenceSession(self, *args: object, **kwargs: object) -> object:
+            session = real.InferenceSession(*args, **kwargs)
+            if not deployed:
+                deployed.append(shutil.copy2(release, path))  # lands before the graph is moved into place
+            return session
+
+    deployed: list[object] = []
+    config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
+    monkeypatch.setattr(_ort_backend, "_ort", DeployDuringBuild)
+    make_server(repository, config=config).close()
+    assert deployed and not [name for name in cached_graphs(path.parent) if name.endswith(".partial")]
+    monkeypatch.undo()
+    x = np.ones((2, 16), np.float32)
+    expected = ort.InferenceSession(str(release), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    served = make_server(repository, config=config).predict("mlp", x)["y"]  # from the cache, if one was kept
+    np.testing.assert_allclose(served, expected, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # onnxruntime warns as it falls back to the CPU
+def test_a_graph_onnxruntime_built_on_the_cpu_is_not_kept_for_the_gpu(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The mock stands for the GPU this machine lacks (see the require_gpu test above).
+    from inprocserve import _ort_backend
+
+    monkeypatch.setattr(_ort_backend, "_cuda_listed", lambda: True)
+    monkeypatch.setattr(_ort_backend, "_probe_cuda", lambda path: True)
+    path = save_model(build_mlp_model((16, 32, 4)), repository, "mlp", 1)
+    pool = PoolConfig(optimized_model_cache=True, size=2, device_ids=(0, 7))
+    make_server(repository, config=ModelConfig(pool=pool)).close()
+    assert cached_graphs(path.parent) == []
+
+
+def test_hosts_with_other_cpus_sharing_a_folder_keep_their_own_graphs(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inprocserve import _ort_backend
+
+    path = save_model(build_mlp_model((16, 32, 4)), repository, "mlp", 1)
+    config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
+    for cpu in ("x86_64 avx2 fma", "x86_64 avx512f avx2 fma", "x86_64 avx2 fma"):
+        monkeypatch.setattr(_ort_backend, "cpu_instruction_sets", lambda cpu=cpu: cpu)
+        make_server(repository, config=config).close()
+    assert len(cached_graphs(path.parent)) == 2  # one per CPU; the first host's graph was reused, not deleted
+
+
+def test_partial_graphs_left_by_dead_processes_are_deleted(repository: Path, make_server: ServerFactory) -> None:
+    path = save_model(build_mlp_model((16, 32, 4)), repository, "mlp", 1)
+    old = path.with_name("model.optimized-x.onnx.123-456.partial")
+    fresh = path.with_name("model.optimized-y.onnx.789-1.partial")  # another process may be writing it now
+    for partial in (old, fresh):
+        partial.write_bytes(b"half a graph")
+    os.utime(old, (time.time() - 7200,) * 2)
+    make_server(repository, config=ModelConfig(pool=PoolConfig(optimized_model_cache=True))).close()
+    assert not old.exists() and fresh.exists()
