@@ -221,8 +221,8 @@ class DriftMonitor:
         ):
             for name in names:
                 array, expected = arrays.get(name), shapes.get(name)
-                if not isinstance(array, np.ndarray) or expected is None:
-                    continue
+                if not isinstance(array, np.ndarray) or expected is None or not _numeric(array):
+                    continue  # (text is not monitored: its shape is not checked either)
                 if not _fits(array.shape, expected):
                     raise self._fail(
                         f"drift reference {path}: {kind} {name!r} has shape {list(array.shape)}, expected "

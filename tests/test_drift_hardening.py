@@ -294,3 +294,27 @@ def test_ks_threshold_must_be_in_zero_one(value: float) -> None:
 def test_ks_threshold_accepts_one_and_none() -> None:
     assert DriftConfig(ks_threshold=1.0).ks_threshold == 1.0
     assert DriftConfig(ks_threshold=None).ks_threshold is None
+
+
+def test_a_text_input_in_the_reference_is_not_shape_checked(repository: Path, make_server: ServerFactory) -> None:
+    # Drift does not monitor text; a reference written by a pipeline may hold it as 1-D (sklearn-onnx style).
+    from onnx import TensorProto, helper
+
+    from inprocserve.testing import _model
+
+    model = _model(
+        [helper.make_node("Identity", ["age"], ["y"]), helper.make_node("Identity", ["name"], ["name_out"])],
+        [
+            helper.make_tensor_value_info("name", TensorProto.STRING, ["N", 1]),
+            helper.make_tensor_value_info("age", TensorProto.FLOAT, ["N", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("name_out", TensorProto.STRING, ["N", 1]),
+        ],
+    )
+    save_model(model, repository, "people", 1)
+    reference = {"name": np.array(["x"] * 300), "age": np.random.default_rng(1).normal(size=(300, 1))}
+    np.savez(repository / "people" / "reference.npz", **reference)
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz")))
+    assert server.status()["models"]["people"]["versions"]["1"]["state"] == "ready"
