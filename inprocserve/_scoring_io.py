@@ -243,19 +243,20 @@ def _fmt(values: np.ndarray) -> str:
 
 
 def _empty_answer(signature: Signature) -> dict[str, np.ndarray]:
-    """Zero rows of each output, with the output's dtype and fixed axes: what an empty input is answered with.
+    """Zero rows of each output, with the output's dtype and axes: what an empty input is answered with (an
+    axis the model leaves open, named or unknown, gets size 0: there is nothing to size it by).
 
     Raises:
-        InvalidInputError: an output's shape beyond the row axis is not fixed, so no empty answer can be shaped.
+        InvalidInputError: an output is not a tensor (a sequence or a map), so no empty answer can be shaped.
     """
     answer: dict[str, np.ndarray] = {}
     for spec in signature.outputs:
-        dims = [d for d in (spec.shape or ())[1:] if isinstance(d, int)]
-        if spec.dtype is None or not spec.shape or len(dims) != len(spec.shape) - 1:
+        if spec.dtype is None:
             raise InvalidInputError(
-                f"the input has no rows, and output {spec.describe()} has no fixed shape to write zero rows "
-                "of; give an input with at least one row"
+                f"the input has no rows, and output {spec.describe()} is not a tensor to write zero rows of; "
+                "give an input with at least one row"
             )
+        dims = [d if isinstance(d, int) and d >= 0 else 0 for d in (spec.shape or (None,))[1:]]
         dtype = np.dtype(np.str_) if spec.is_string else spec.dtype
         answer[spec.name] = np.zeros((0, *dims), dtype=dtype)
     return answer
@@ -304,16 +305,18 @@ class _Writer:
             self._csv = csv.writer(self._text, lineterminator="\n")
             self._csv.writerow([name for name, _ in columns])
             self._fmts = [_fmt(values) for _, values in columns]
+        if not any(fmt == "%s" for fmt in self._fmts):  # numbers only: numpy's writer, a row at a time
+            if columns:
+                matrix = np.column_stack([values for _, values in columns])
+                np.savetxt(self._text, matrix, delimiter=",", fmt=self._fmts)
+            return
         cells = [
             [fmt % value for value in values.tolist()] for fmt, (_, values) in zip(self._fmts, columns, strict=True)
         ]
-        if any(fmt == "%s" for fmt in self._fmts):
-            quote_all = csv.writer(self._text, lineterminator="\n", quoting=csv.QUOTE_ALL)
-            for row in zip(*cells, strict=True):
-                # Python 3.11's csv quotes a "\r" only when it is in the line terminator: quote such a row whole.
-                (quote_all if any("\r" in cell for cell in row) else self._csv).writerow(row)
-        else:
-            self._csv.writerows(zip(*cells, strict=True))
+        quote_all = csv.writer(self._text, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        for row in zip(*cells, strict=True):
+            # Python 3.11's csv quotes a "\r" only when it is in the line terminator: quote such a row whole.
+            (quote_all if any("\r" in cell for cell in row) else self._csv).writerow(row)
 
     def commit(self) -> None:
         if not self._written:  # an empty input: zero rows, with the outputs' dtypes and columns
