@@ -64,6 +64,7 @@ __all__ = [
     "error_code",
     "http_status",
     "readiness",
+    "retry_after",
     "run_admin_action",
     "token_problem",
 ]
@@ -218,8 +219,13 @@ def error_answer(
     status = http_status(error, overrides)
     if status is None:
         return None
-    headers = {"Retry-After": str(int(max(1, retry_after_s)))} if status == 503 else {}
+    headers = {"Retry-After": retry_after(retry_after_s)} if status == 503 else {}
     return ErrorAnswer(status, {"error": error_code(error), "message": str(error)}, headers)
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1 (the header takes no fractions)."""
+    return str(int(max(1, seconds)))
 
 
 # -- admin actions ---------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .._errors import (
 )
 from .._server import Server
 from .._signature import Signature, convertible
+from ..web import retry_after
 from ._codec import Limits, TensorHeader, _header, decode_infer_request, encode_infer_response
 from ._datatypes import DATATYPES, datatype_of_onnx
 
@@ -130,7 +131,7 @@ class Endpoints:
         self._server = server
         self._limits = limits or Limits()
         self._required = tuple(required_models)
-        self._retry_after = str(int(max(1, retry_after_s)))
+        self._retry_after = retry_after(retry_after_s)
 
     def handle(
         self,

@@ -54,8 +54,7 @@ def _body_reader(request: HttpRequest) -> Callable[[int], bytes]:
 
         return refuse_length
     if environ.get("wsgi.input_terminated"):
-        read = stream.read
-        return read
+        return stream.read  # type: ignore[no-any-return]
 
     def length_required(size: int) -> bytes:
         raise _LengthRequired(

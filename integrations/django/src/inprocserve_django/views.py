@@ -32,7 +32,7 @@ def ready(request: HttpRequest) -> JsonResponse:
         readiness = get_server().readiness(settings()["REQUIRED_MODELS"] or None)
     response = JsonResponse(readiness.body(), status=200 if readiness.ready else 503)
     if not readiness.ready:  # like every other 503 of the plug-in: when a probe or client may try again
-        response["Retry-After"] = str(int(max(1, settings()["RETRY_AFTER_S"])))
+        response["Retry-After"] = web.retry_after(settings()["RETRY_AFTER_S"])
     return response
 
 

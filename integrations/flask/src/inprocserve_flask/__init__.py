@@ -301,7 +301,7 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     blueprint = Blueprint("inprocserve", __name__)
     token = config["INPROCSERVE_ADMIN_TOKEN"]
     eager = config["INPROCSERVE_EAGER"]
-    not_ready_headers = {"Retry-After": str(int(max(1, config["INPROCSERVE_RETRY_AFTER_S"])))}
+    not_ready_headers = {"Retry-After": web.retry_after(config["INPROCSERVE_RETRY_AFTER_S"])}
 
     def authorized() -> bool:
         return web.check_token(request.headers.get("Authorization"), token)
