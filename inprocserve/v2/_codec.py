@@ -235,9 +235,10 @@ def decode_infer_request(
         check([header for header, _, _, _ in planned])
     # json turns true/false into bools that numpy would take as 1/0 among numbers; look for them in a numeric
     # tensor's data only when the text has more true/false words than the document has bools elsewhere
-    bools_in_data = any(
-        size is None and header.datatype not in ("BOOL", "BYTES") for header, _, size, _ in planned
-    ) and _bool_words(json_text) > _bools_outside_data(document)
+    bools_in_data = False
+    if any(size is None and header.datatype not in ("BOOL", "BYTES") for header, _, size, _ in planned):
+        words = _bool_words(json_text)  # (a byte count: cheap next to the parse; the walk below only if any)
+        bools_in_data = words > 0 and words > _bools_outside_data(document)
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
     for header, raw, size, start in planned:
