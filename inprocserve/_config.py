@@ -172,8 +172,11 @@ class PoolConfig:
     size: int = 1
     """How many batches may run at once: one onnxruntime session each."""
     intra_op_threads: int | None = None
-    """Threads of each session's intra-op pool. ``None``: the usable cores divided by ``size``, so the
-    pool never oversubscribes the machine."""
+    """Threads of each session's intra-op pool. ``None``: the usable cores for the one shared session (the
+    default on the CPU: its ``size`` concurrent runs take turns on that one pool, each also using its
+    calling thread), or the usable cores divided by ``size`` with ``share_session = False``, so the pool
+    never oversubscribes the machine; one thread when a run is too short to gain from more
+    (docs/repository.md, "Thread budget")."""
     inter_op_threads: int = 1
     """Threads for running independent graph branches in parallel (1 = sequential execution)."""
     allow_spinning: bool = False

@@ -5,8 +5,9 @@ Formats, by file extension: ``.npy`` (one array: the input of a one-input model)
 input name; answers: one array per output name), ``.csv`` (columns form the float matrix of a one-input model;
 a header row is optional and detected; answers: columns ``<output>_<i>``) and ``.parquet`` (like CSV; needs
 ``pyarrow``). Inputs are read chunk by chunk where the format allows (``.npy`` memory-mapped, CSV and Parquet
-streamed); answers are written to a temporary file that is fsynced and replaces OUTPUT only when every row
-succeeded. An input with no rows gives an empty output of the same form (zero rows, the outputs' dtypes/columns).
+streamed); answers are written to a temporary file that is fsynced and replaces OUTPUT (whose folder is then
+fsynced) only when every row succeeded. An input with no rows gives an empty output of the same form (zero
+rows, the outputs' dtypes/columns).
 """
 
 from __future__ import annotations
@@ -176,13 +177,12 @@ def _csv_batches(path: Path, signature: Signature, chunk_rows: int) -> Iterator[
         line_number = 1 if header else 0  # the file's line number of the last line read, blank lines included
         while True:
             block: list[str] = []
-            first_line = last_line = 0
+            numbers: list[int] = []  # the file's line number of each line in block
             for line in lines:  # skip blank lines, however many; only the end of the file ends the input
                 line_number += 1
                 if line.strip():
-                    first_line = first_line or line_number
-                    last_line = line_number
                     block.append(line)
+                    numbers.append(line_number)
                     if len(block) == chunk_rows:
                         break
             if not block:
@@ -190,11 +190,33 @@ def _csv_batches(path: Path, signature: Signature, chunk_rows: int) -> Iterator[
             try:
                 matrix = np.loadtxt(block, delimiter=",", dtype=dtype, ndmin=2)
             except ValueError as exc:
-                raise InvalidInputError(
-                    f"input {path}, data lines {first_line}..{last_line}: {exc} "
-                    f"(every column must be a number for input {name!r})"
-                ) from exc
+                raise _bad_csv_line(path, name, dtype, block, numbers, exc) from exc
             yield _shape_for(matrix, rank)
+
+
+def _bad_csv_line(
+    path: Path, name: str, dtype: np.dtype[Any], block: list[str], numbers: list[int], error: ValueError
+) -> InvalidInputError:
+    """The error for a chunk of CSV lines numpy could not read, naming the first bad line of the file (found
+    line by line: only on this error path) and what is wrong with it."""
+    columns = None
+    for line, number in zip(block, numbers, strict=True):
+        try:
+            row = np.loadtxt([line], delimiter=",", dtype=dtype, ndmin=2)
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            if columns is None or row.shape[1] == columns:
+                columns = row.shape[1]
+                continue
+            problem = f"{row.shape[1]} columns where the lines before have {columns}"
+        return InvalidInputError(
+            f"input {path}, line {number}: {problem} (every line must hold the same number of columns, each a "
+            f"number, for input {name!r})"
+        )
+    return InvalidInputError(  # pragma: no cover - numpy refused the chunk but accepts each line of it
+        f"input {path}, lines {numbers[0]}..{numbers[-1]}: {error} (every column must be a number for input {name!r})"
+    )
 
 
 def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple[Iterator[np.ndarray], int]:
@@ -328,6 +350,7 @@ class _Writer:
         self._close_streams()
         _fsync(self._temp)  # the data is on disk before the name points at it (a crash leaves old or new)
         os.replace(self._temp, self.path)
+        _fsync_folder(self.path.parent)  # and so is the rename itself
 
     def _save(self, file: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
         if self.format == ".npz":
@@ -347,6 +370,21 @@ class _Writer:
         self._close_streams()
         with contextlib.suppress(FileNotFoundError):
             self._temp.unlink()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; where folders cannot be opened or synced (some file systems,
+    Windows), the rename stands as the OS left it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:

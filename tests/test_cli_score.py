@@ -76,7 +76,7 @@ def test_a_bad_row_fails_and_leaves_no_output(
     (tmp_path / "y.csv").write_text("previous answers\n")
     assert main(["score", "--quiet", str(scale_file), str(tmp_path / "x.csv"), str(tmp_path / "y.csv")]) == 1
     err = capsys.readouterr().err
-    assert "data lines 1..2" in err and "must be a number" in err
+    assert "line 2:" in err and "seven" in err and "each a number" in err
     assert (tmp_path / "y.csv").read_text() == "previous answers\n"  # untouched
     _no_leftovers(tmp_path)
 

@@ -1,5 +1,5 @@
 """``python -m inprocserve score``: the file formats' edge cases (quoting, byte order marks, blank lines,
-empty inputs, float64 digits, hostile .npz headers, fsync before the rename), each with real models and CLI runs."""
+empty inputs, float64 digits, hostile .npz headers, fsync around the rename), each with real models and CLI runs."""
 
 from __future__ import annotations
 
@@ -110,8 +110,18 @@ def test_error_line_numbers_count_blank_lines_and_the_header(
     (tmp_path / "x.csv").write_text("a,b,c,d\n1,2,3,4\n\n\n\n5,6,seven,8\n")
     assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 1
     err = capsys.readouterr().err
-    assert "data lines 2..6" in err and "must be a number" in err  # lines of the file, as an editor numbers them
+    assert "line 6:" in err and "seven" in err  # the file's line, as an editor numbers it
     assert not (tmp_path / "y.csv").exists()
+
+
+def test_a_line_with_another_number_of_columns_is_named(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = "".join(f"{i},{i},{i},{i}\n" for i in range(40)) + "1,2,3\n" + "4,4,4,4\n"
+    (tmp_path / "x.csv").write_text("a,b,c,d\n" + lines)
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 1
+    err = capsys.readouterr().err
+    assert "line 42: 3 columns where the lines before have 4" in err
 
 
 # -- 4. an empty input gives a valid empty output -------------------------------------------------------------
@@ -219,3 +229,5 @@ def test_the_output_is_fsynced_before_it_replaces_output(
     assert _score(scale_file, tmp_path / "x.npy", tmp_path / f"y{suffix}") == 0
     assert len(replaced) == 1 and replaced[0][0].endswith(".partial")
     assert replaced[0][1], "the temporary output was not fsynced before it replaced OUTPUT"
+    # and the folder after the rename, so the new name itself survives a crash
+    assert synced[-1] == (tmp_path).stat().st_ino, "the output's folder was not fsynced after the rename"
