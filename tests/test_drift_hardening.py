@@ -318,3 +318,30 @@ def test_a_text_input_in_the_reference_is_not_shape_checked(repository: Path, ma
     np.savez(repository / "people" / "reference.npz", **reference)
     server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz")))
     assert server.status()["models"]["people"]["versions"]["1"]["state"] == "ready"
+
+
+def test_requests_shaped_unlike_the_reference_do_not_fill_a_window(
+    repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Captured from (rows, 4) requests; later ones of another width carry no monitored column, so they must
+    # not count toward a window (which would then be scored from the few rows that do).
+    monitor, _ = real_monitor(repository, DriftConfig(capture_reference=100, window=100), shapes=False)
+    scorer = DriftScorer()
+    rng = np.random.default_rng(20)
+    try:
+        for _ in range(10):
+            x = rng.normal(0, 1, (10, 4)).astype(np.float32)
+            monitor.observe({"x": x}, {"y": x * 2}, 10, scorer=scorer)
+        assert scorer.drain() and monitor.status()["reference_ready"] is True
+        with caplog.at_level(logging.WARNING, logger="inprocserve"):
+            for _ in range(30):
+                x = rng.normal(0, 1, (10, 3)).astype(np.float32)
+                monitor.observe({"x": x}, {"y": x * 2}, 10, scorer=scorer)
+        assert "drift skips input 'x' in requests shaped [10, 3]" in caplog.text
+        assert scorer.drain() and monitor.status()["windows"] == 0 and monitor._pending_rows == 0
+        for _ in range(10):
+            x = rng.normal(0, 1, (10, 4)).astype(np.float32)
+            monitor.observe({"x": x}, {"y": x * 2}, 10, scorer=scorer)
+        assert scorer.drain() and monitor.status()["windows"] == 1
+    finally:
+        scorer.close()
