@@ -15,7 +15,6 @@ EXTRAS: dict[str, str] = {
     "quantize": "INT8 quantization (python -m inprocserve quantize): onnx",
     "otel": "an OpenTelemetry SDK and OTLP exporter to send the library's spans and metrics",
     "openfeature": "the OpenFeature SDK, for OpenFeatureFlags",
-    "gpu": "onnxruntime-gpu (uninstall onnxruntime first: see docs/operations.md)",
     "testing": "onnx, for the model builders of inprocserve.testing",
     "remote": "urllib3, the HTTP client of remote models (RemoteModel, remote.toml)",
 }

@@ -47,6 +47,7 @@ from ._ort_rules import (
     GPU_PROVIDERS,
     RUN_ERROR_MAP,
     ProviderSpec,
+    onnxruntime_builds,
     onnxruntime_version,
     resolve_providers,
     thread_budget,
@@ -128,6 +129,14 @@ def _probe_cuda(model_path: Path) -> bool:
     ort = _ort()
     with _cuda_lock:
         if _cuda_usable is None:
+            builds = onnxruntime_builds()
+            if len(builds) > 1:
+                logger.warning(
+                    "%s are installed together: they share one package folder, so the last installed overwrote "
+                    "the other's files; keep one (pip uninstall both, then install the one you want: "
+                    "docs/operations.md, \"GPUs\")",
+                    " and ".join(builds),
+                )
             if not _cuda_listed():
                 _cuda_usable = False
                 logger.info("onnxruntime %s has no CUDA provider; using the CPU", ort.__version__)

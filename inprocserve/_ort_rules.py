@@ -106,6 +106,20 @@ def onnxruntime_version() -> str:
     return "unknown"
 
 
+def onnxruntime_builds() -> list[str]:
+    """The onnxruntime distributions installed, e.g. ``["onnxruntime", "onnxruntime-gpu"]`` (more than one is
+    a broken install: they share one package folder, and the last installed overwrote the other's files)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    builds = []
+    for distribution in _DISTRIBUTIONS:
+        try:
+            builds.append(f"{distribution} {version(distribution)}")
+        except PackageNotFoundError:
+            continue
+    return builds
+
+
 ProviderSpec = str | tuple[str, dict[str, Any]]
 
 
@@ -127,8 +141,8 @@ def resolve_providers(
         raise ModelLoadError(
             "require_gpu is set but no GPU provider is usable "
             f"(onnxruntime {onnxruntime_version()} offers {', '.join(available) or 'no GPU provider'}); "
-            "install onnxruntime-gpu (pip uninstall onnxruntime, then pip install 'inprocserve[gpu]') with a working "
-            "CUDA setup, or unset require_gpu"
+            "install onnxruntime-gpu in place of onnxruntime (docs/operations.md, \"GPUs\") with a working CUDA "
+            "setup, or unset require_gpu"
         )
     resolved: list[ProviderSpec] = []
     for name in names:

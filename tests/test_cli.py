@@ -208,8 +208,8 @@ def test_quantize_without_onnx_names_the_extra(tmp_path: Path) -> None:
 
 def test_require_names_the_extra_and_refuses_unknown_ones() -> None:
     assert require("json", extra="otel", feature="x").dumps({}) == "{}"
-    with pytest.raises(ImportError, match=r"the thing needs no_such_module_xyz: pip install 'inprocserve\[gpu\]'"):
-        require("no_such_module_xyz", extra="gpu", feature="the thing")
+    with pytest.raises(ImportError, match=r"the thing needs no_such_module_xyz: pip install 'inprocserve\[remote\]'"):
+        require("no_such_module_xyz", extra="remote", feature="the thing")
     with pytest.raises(ValueError, match="unknown extra 'fast'"):
         require("json", extra="fast", feature="x")
 
@@ -296,8 +296,8 @@ def test_status_refuses_what_is_not_an_http_url() -> None:
     assert "is not an http:// or https:// URL with a host" in result.stderr
 
 
-def test_a_required_gpu_that_is_missing_names_the_gpu_extra() -> None:
+def test_a_required_gpu_that_is_missing_says_how_to_install_the_gpu_build() -> None:
     from inprocserve._ort_rules import resolve_providers
 
-    with pytest.raises(inprocserve.ModelLoadError, match=r"pip install 'inprocserve\[gpu\]'"):
+    with pytest.raises(inprocserve.ModelLoadError, match=r"install onnxruntime-gpu in place of onnxruntime"):
         resolve_providers(inprocserve.PoolConfig(require_gpu=True), device_id=0, cuda_usable=False)

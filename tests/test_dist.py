@@ -32,7 +32,9 @@ def test_core_extras_are_named_for_what_they_enable() -> None:
     from inprocserve._extras import EXTRAS
 
     extras = tomllib.loads((dist_build.ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert {"quantize", "otel", "openfeature", "gpu"} <= set(extras)
+    assert {"quantize", "otel", "openfeature"} <= set(extras)
+    # onnxruntime is a core dependency: a "gpu" extra would install onnxruntime-gpu beside it (one folder)
+    assert "gpu" not in extras
     assert set(EXTRAS) <= set(extras)  # every extra an error message names exists
 
 

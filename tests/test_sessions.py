@@ -107,3 +107,27 @@ def test_each_onnxruntime_error_becomes_an_inference_error(name: str) -> None:
     assert "boom" in str(translated)
     if name == "InvalidArgument":
         assert isinstance(translated, InvalidInputError)
+
+
+def test_two_onnxruntime_builds_installed_together_are_warned_about(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The GPU wheel cannot be installed here; its metadata can, which is all the check reads (a dist-info
+    # folder on sys.path, as pip would leave it beside the CPU build's).
+    import logging
+    import sys
+
+    from inprocserve import _ort_backend
+    from inprocserve._ort_rules import onnxruntime_builds
+
+    assert [build.split()[0] for build in onnxruntime_builds()] == ["onnxruntime"]
+    info = tmp_path / "onnxruntime_gpu-1.20.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.20.1\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    assert onnxruntime_builds()[1] == "onnxruntime-gpu 1.20.1"
+    monkeypatch.setattr(_ort_backend, "_cuda_usable", None)  # ask again, as a new process would
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        assert _ort_backend._probe_cuda(tmp_path / "unused.onnx") is False  # this onnxruntime has no CUDA
+    assert "and onnxruntime-gpu 1.20.1 are installed together" in caplog.text
+    assert "keep one" in caplog.text
