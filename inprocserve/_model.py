@@ -143,6 +143,7 @@ class ModelVersion:
                 warmup=self._warm_up, probe_rows=batching.max_batch_size if batching.enabled else 1
             )
             self._check_padding(signature)
+            self._finish_load(signature)
         except ServerClosedError:  # closed while it loaded (the server is shutting down): not a failed load
             raise
         except Exception as exc:
@@ -151,47 +152,12 @@ class ModelVersion:
             error = exc if isinstance(exc, ModelLoadError) else self._load_error(exc)
             self.state = "failed"
             self.error = str(error)
+            self.drift = self.batcher = None
             if self._backend is not None:
                 self._backend.close()
             if error is exc:
                 raise
             raise error from exc
-        self.signature = signature
-        if not signature.batchable:
-            logger.info(
-                "model %r version %s runs unbatched: its inputs or outputs have no dynamic batch axis",
-                self.name,
-                self.version,
-            )
-        if self.config.drift.enabled:
-            try:
-                self.drift = DriftMonitor(
-                    self.config.drift,
-                    model=self.name,
-                    version=self.version,
-                    inputs=[spec.name for spec in signature.inputs],
-                    outputs=list(signature.output_names),
-                    folder=self.path.parent.parent,
-                    input_shapes={spec.name: spec.shape for spec in signature.inputs},
-                    output_shapes={spec.name: spec.shape for spec in signature.outputs},
-                )
-            except ModelLoadError as exc:
-                self.state = "failed"
-                self.error = str(exc)
-                self.backend.close()
-                raise
-        self.run_cost = self._measure_run_cost(signature)
-        self.batcher = Batcher(
-            self.backend,
-            self.config.batching,
-            input_names=[spec.name for spec in signature.inputs],
-            output_names=signature.output_names,
-            batchable=signature.batchable,
-            has_dynamic_inner_axes=signature.has_dynamic_inner_axes,
-            run_cost=self.run_cost,
-            deliver=self._deliver,
-            clock=self._clock,
-        )
         resident_after = resident_memory_bytes()
         if resident_before is not None and resident_after is not None:
             # What the process grew by while the sessions were built and warmed up (weights, graph, arenas).
@@ -206,6 +172,40 @@ class ModelVersion:
             time.perf_counter() - started,
             ", ".join(self.backend.providers),
             self.backend.concurrency,
+        )
+
+    def _finish_load(self, signature: Signature) -> None:
+        """What a load builds on top of the backend's sessions: the drift monitor, the run cost and the
+        batcher (its failure fails the load like a bad file's)."""
+        self.signature = signature
+        if not signature.batchable:
+            logger.info(
+                "model %r version %s runs unbatched: its inputs or outputs have no dynamic batch axis",
+                self.name,
+                self.version,
+            )
+        if self.config.drift.enabled:
+            self.drift = DriftMonitor(
+                self.config.drift,
+                model=self.name,
+                version=self.version,
+                inputs=[spec.name for spec in signature.inputs],
+                outputs=list(signature.output_names),
+                folder=self.path.parent.parent,
+                input_shapes={spec.name: spec.shape for spec in signature.inputs},
+                output_shapes={spec.name: spec.shape for spec in signature.outputs},
+            )
+        self.run_cost = self._measure_run_cost(signature)
+        self.batcher = Batcher(
+            self.backend,
+            self.config.batching,
+            input_names=[spec.name for spec in signature.inputs],
+            output_names=signature.output_names,
+            batchable=signature.batchable,
+            has_dynamic_inner_axes=signature.has_dynamic_inner_axes,
+            run_cost=self.run_cost,
+            deliver=self._deliver,
+            clock=self._clock,
         )
 
     def _measure_run_cost(self, signature: Signature) -> RunCost | None:

@@ -24,6 +24,7 @@ from ._repository import (
     MODEL_FILENAME,
     REMOTE_FILENAME,
     ModelSource,
+    RepositoryScan,
     is_remote,
     scan_repository,
     validate_model_name,
@@ -107,6 +108,8 @@ class Registry:
         self._control_retry_at = 0.0  # retry_control() waits for this clock time (backing off)
         self._control_backoff_s = 0.0
         self._policy_problems: dict[str, str] = {}  # models whose version policy selects nothing (logged once)
+        self._scan_problems: set[str] = set()  # the last scan's problems (each logged once while it lasts)
+        self._unmatched: set[str] = set()  # names of models= that matched no model (warned about once)
         self._load_configs: dict[str, ModelConfig] = {}  # load(name, config=...) of a repository model: kept
         self.lock = threading.RLock()
         self.closed = False
@@ -227,26 +230,49 @@ class Registry:
                     continue
                 try:
                     config = self.config_for(name, source, None)
-                except ConfigurationError as exc:
-                    self.config_errors[name] = str(exc)
-                    problems.append(str(exc))
-                    logger.error("model %r not (re)loaded: %s", name, exc)
+                except Exception as exc:  # a bad config.toml (or a bug reading one) stops this model alone
+                    error = str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
+                    if self.config_errors.get(name) != error:
+                        logger.error("model %r not (re)loaded: %s", name, error)
+                    self.config_errors[name] = error
+                    problems.append(error)
                     continue
                 self.config_errors.pop(name, None)
-                problems.extend(self._sync_model(name, source, config))
+                try:
+                    problems.extend(self._sync_model(name, source, config))
+                except Exception as exc:  # an unexpected failure in one model must not keep the others stale
+                    logger.exception("model %r: refresh failed", name)
+                    problems.append(f"model {name!r}: refresh failed: {type(exc).__name__}: {exc}")
             for name in list(self.loaded):
-                if name not in scan.models and name not in self._explicit:
+                if name not in scan.models and name not in self._explicit and name not in scan.unreadable:
                     logger.info("model %r is gone from the repository; unloading it", name)
                     self.retire(name, list(self.loaded[name]))
             for name in list(self.failures):
-                if name not in scan.models and name not in self._explicit:
+                if name not in scan.models and name not in self._explicit and name not in scan.unreadable:
                     del self.failures[name]
             for name in list(self._unloaded_versions):
                 if name not in scan.models:
                     del self._unloaded_versions[name]
             for problem in scan.problems:
-                logger.warning("model repository: %s", problem)
+                if problem not in self._scan_problems:  # logged once: a poll every second would repeat it
+                    logger.warning("model repository: %s", problem)
+            self._scan_problems = set(scan.problems)
+            self._warn_unmatched_configs(scan)
             return problems
+
+    def _warn_unmatched_configs(self, scan: RepositoryScan) -> None:
+        """Warn once about each name of ``models=`` that matches no model (a typo leaves the real one on its
+        other settings, silently): it still applies to a model of that name loaded later."""
+        for name in self._code_configs:
+            if name in scan.models or name in scan.unreadable or name in self.loaded or name in self._unmatched:
+                continue
+            self._unmatched.add(name)
+            logger.warning(
+                "models= names %r, which is not in the model repository (its models: %s); its settings apply "
+                "only if a model of that name is loaded later",
+                name,
+                ", ".join(sorted(scan.models)) or "none",
+            )
 
     def _sync_model(
         self, name: str, source: ModelSource, config: ModelConfig, *, timeout_s: float | None = None

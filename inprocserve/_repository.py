@@ -73,6 +73,9 @@ class RepositoryScan:
 
     models: dict[str, ModelSource] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    unreadable: set[str] = field(default_factory=set)
+    """Names of model folders that could not be read (permissions, I/O errors): their loaded versions are
+    left as they are, neither reloaded nor unloaded, until a scan reads them again."""
 
 
 _LINK_HINT = "symbolic links are refused; copy the files in, or pass follow_symlinks=True to the Server"
@@ -84,25 +87,43 @@ def scan_repository(repository: Path, *, follow_symlinks: bool = False) -> Repos
     Without ``follow_symlinks`` a model folder, version folder or model file that is a symbolic link is
     skipped and listed in ``problems`` too.
     """
-    if not repository.is_dir():
-        raise ConfigurationError(f"model repository {str(repository)!r} is not a directory")
+    try:
+        if not repository.is_dir():
+            raise ConfigurationError(f"model repository {str(repository)!r} is not a directory")
+        folders = sorted(repository.iterdir())
+    except OSError as exc:
+        raise ConfigurationError(f"model repository {str(repository)!r} cannot be read: {_reason(exc)}") from None
     result = RepositoryScan()
-    for folder in sorted(repository.iterdir()):
+    for folder in folders:
         if folder.name.startswith("."):
             continue
-        if not follow_symlinks and folder.is_symlink():
-            result.problems.append(f"{folder}: the model folder is a symbolic link; {_LINK_HINT}")
-            continue
-        if not folder.is_dir():
-            result.problems.append(f"{folder}: not a model folder (expected <model>/<version>/{MODEL_FILENAME})")
-            continue
         try:
-            name = validate_model_name(folder.name)
-        except ModelNotFoundError as exc:
-            result.problems.append(f"{folder}: {exc}")
+            if not follow_symlinks and folder.is_symlink():
+                result.problems.append(f"{folder}: the model folder is a symbolic link; {_LINK_HINT}")
+                continue
+            if not folder.is_dir():
+                result.problems.append(f"{folder}: not a model folder (expected <model>/<version>/{MODEL_FILENAME})")
+                continue
+            try:
+                name = validate_model_name(folder.name)
+            except ModelNotFoundError as exc:
+                result.problems.append(f"{folder}: {exc}")
+                continue
+            problems: list[str] = []
+            source = _scan_model(name, folder, problems, follow_symlinks=follow_symlinks)
+        except OSError as exc:  # one unreadable folder must not hide the others
+            result.problems.append(
+                f"{folder}: cannot be read ({_reason(exc)}); what is loaded from it keeps serving until it can"
+            )
+            result.unreadable.add(folder.name)
             continue
-        result.models[name] = _scan_model(name, folder, result.problems, follow_symlinks=follow_symlinks)
+        result.problems.extend(problems)
+        result.models[name] = source
     return result
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
 
 
 def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks: bool) -> ModelSource:
