@@ -146,12 +146,24 @@ def _check_npz_members(path: Path) -> None:
                 )
 
 
+_MISSING_MARKERS = frozenset({"na", "n/a", "null", "none", "-", "?"})
+
+
 def _is_header(line: str) -> bool:
-    try:
-        [float(field) for field in line.split(",") if field.strip()]
-    except ValueError:
-        return True
-    return False
+    """Whether the first line names the columns: none of its fields is a number, and not all of them are
+    missing-value markers. A first line mixing numbers and text (``1,NA``) is data, and a bad line if numpy
+    cannot read it: taking it for a header would drop a row without a word."""
+    fields = [field.strip().strip('"').lower() for field in line.split(",")]
+    fields = [field for field in fields if field]
+    if not fields or all(field in _MISSING_MARKERS for field in fields):
+        return False
+    for field in fields:
+        try:
+            float(field)
+        except ValueError:
+            continue
+        return False
+    return True
 
 
 def _count_csv_rows(path: Path) -> int:
@@ -210,9 +222,10 @@ def _bad_csv_line(
                 columns = row.shape[1]
                 continue
             problem = f"{row.shape[1]} columns where the lines before have {columns}"
+        hint = " (a first line is a header only when none of its fields is a number)" if number == 1 else ""
         return InvalidInputError(
             f"input {path}, line {number}: {problem} (every line must hold the same number of columns, each a "
-            f"number, for input {name!r})"
+            f"number, for input {name!r}){hint}"
         )
     return InvalidInputError(  # pragma: no cover - numpy refused the chunk but accepts each line of it
         f"input {path}, lines {numbers[0]}..{numbers[-1]}: {error} (every column must be a number for input {name!r})"

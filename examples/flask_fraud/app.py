@@ -1,6 +1,7 @@
 """A fraud-scoring endpoint in a small Flask app, served with inprocserve.
 
-    FRAUD_MODELS=examples/flask_fraud/models FRAUD_ADMIN_TOKEN=change-me \
+    cd examples/flask_fraud && python build_models.py    # trains the models into ./models once
+    FRAUD_MODELS=models FRAUD_ADMIN_TOKEN=change-me \
         gunicorn -c gunicorn.conf.py --preload -w 2 --threads 16 -b 127.0.0.1:8000 app:app
 
 The master only checks the models (INPROCSERVE_EAGER); each worker builds and warms its own sessions in
