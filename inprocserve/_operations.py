@@ -296,6 +296,13 @@ class Operations:
             stable = routes.router.stable_version(routes.versions, routes.default.version)
             samples = list(routes.router.recent)
             report = PromotionReport(model=model, from_version=stable, to_version=version, samples=len(samples))
+            if stable == version:  # comparing it with itself would always pass, and promote nothing
+                reason = (
+                    f"version {version} is the stable version already (the one candidates are compared with); "
+                    "to compare it with another version, make that one stable first (switch())"
+                )
+                report = dataclasses.replace(report, samples=0, reason=reason)
+                raise PromotionRefusedError(reason, report=report.to_dict(), model=model, version=version)
             if len(samples) < min_samples:
                 reason = f"only {len(samples)} recent input(s) to compare on, {min_samples} required"
                 report = dataclasses.replace(report, reason=reason)

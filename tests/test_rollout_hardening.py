@@ -397,3 +397,20 @@ def test_a_refused_promotion_leaves_the_samples_as_they_were(versions: Path, mak
     with pytest.raises(inprocserve.PromotionRefusedError) as refused:
         server.promote("scale", 2, max_abs_diff=0.5, min_samples=16)
     assert refused.value.report["max_abs_diff"] == pytest.approx(16.0)
+
+
+def test_promoting_the_stable_version_is_refused_not_compared_with_itself(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    # An A/B test with no stable set: the default (3) is the stable version, compared with itself it would
+    # always be "within bounds".
+    arms = {"a": inprocserve.VariantConfig(version=2), "b": inprocserve.VariantConfig(version=3)}
+    server = make_server(versions, config=rollout(strategy="ab", variants=arms, capture_inputs=8))
+    for i in range(8):
+        server.predict("scale", np.full((1, 4), i, np.float32), context={"user_id": str(i)})
+    with pytest.raises(inprocserve.PromotionRefusedError, match="version 3 is the stable version already") as refused:
+        server.promote("scale", 3, max_abs_diff=0.5)
+    assert refused.value.report["from"] == refused.value.report["to"] == 3
+    assert refused.value.report["samples"] == 0
+    report = server.promote("scale", 2, max_abs_diff=100.0, min_samples=8)  # another version: compared
+    assert (report.from_version, report.to_version, report.samples) == (3, 2, 8)
