@@ -35,7 +35,9 @@ examples:
   python -m inprocserve canary models/ fraud 4 10    # 10 % of users, sticky
 
 Run "python -m inprocserve COMMAND --help" for a command's options and examples.
-Exit status: 0 when all is well, 1 when a command found a problem, 2 when it could not run at all.
+Exit status: 0 when all is well; 1 when the command ran and found a problem (a model that does not load,
+an app that is not healthy, a change refused); 2 when it could not run at all (a usage error, or a file,
+folder or URL named on the command line that is missing or cannot be read).
 """
 
 AddCommand = Callable[[Subparsers], None]

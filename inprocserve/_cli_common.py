@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import TypeAlias
 
-__all__ = ["Subparsers", "add_command", "fail"]
+__all__ = ["Subparsers", "add_command", "fail", "positive_float", "positive_int"]
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -29,3 +30,25 @@ def fail(message: str, status: int = CANNOT_RUN) -> int:
     """Print ``error: message`` on stderr and return ``status``, for ``return fail(...)``."""
     print(f"error: {message}", file=sys.stderr)
     return status
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 1 (anything else is a usage error, exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give one >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number > 0 (``0``, negatives, ``nan`` and ``inf`` are usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give seconds > 0, e.g. 1 or 0.5") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0, e.g. 1 or 0.5")
+    return value

@@ -25,8 +25,9 @@ def _control(args: argparse.Namespace) -> int:
     """Write one fleet-wide change to the repository's control file and print what was written.
 
     Exit status 0 when written; 1 when the change is refused (unknown model or version, invalid control
-    file, nothing to roll back to); 2 when it could not run (a usage error, or the control file or its lock
-    could not be opened or written, or the lock stayed held by another writer)."""
+    file, nothing to roll back to); 2 when it could not run (a usage error, a repository that is not a
+    folder, or the control file or its lock could not be opened or written, or the lock stayed held by
+    another writer)."""
     repository = Path(args.repository)
     if args.command == "canary" and args.version is not None and args.percent is None:
         return fail(
@@ -34,19 +35,26 @@ def _control(args: argparse.Namespace) -> int:
             f"10`); `canary {args.repository} {args.model} none` removes the canary",
             CANNOT_RUN,
         )
+    if not repository.is_dir():
+        return fail(f"the model repository {args.repository} is not a folder", CANNOT_RUN)
     try:
-        scan = scan_repository(repository)
+        scan = scan_repository(repository, follow_symlinks=args.follow_symlinks)
         control = ControlFile(repository)
         if args.command == "reload":
             written = control.bump_reload(actor=args.actor)
         else:
             source = scan.models.get(args.model)
             if source is None:
-                raise InprocserveError(f"model {args.model!r} is not in the repository {repository}")
+                raise InprocserveError(
+                    f"model {args.model!r} is not in the repository {repository}{_link_hint(args, scan.problems)}"
+                )
             version: int | None = getattr(args, "version", None)
             if version is not None and version not in source.versions:
                 known = ", ".join(map(str, sorted(source.versions))) or "none"
-                raise InprocserveError(f"model {args.model!r} has no version {version} (versions: {known})")
+                raise InprocserveError(
+                    f"model {args.model!r} has no version {version} (versions: {known})"
+                    f"{_link_hint(args, scan.problems)}"
+                )
             if args.command == "switch":
                 assert version is not None
                 stable, current = version, _configured_default(source)
@@ -79,6 +87,13 @@ def _control(args: argparse.Namespace) -> int:
     return OK
 
 
+def _link_hint(args: argparse.Namespace, problems: list[str]) -> str:
+    """With --no-follow-symlinks, why a linked model or version was not seen."""
+    if args.follow_symlinks or not any("symbolic link" in problem for problem in problems):
+        return ""
+    return "; the repository has symbolic links, which --no-follow-symlinks skips"
+
+
 def _configured_default(source: ModelSource) -> int | None:
     """The version a server answers with by default when the control file names no stable version (what
     the first switch records as the one to roll back to): ``config.toml``'s ``rollout.stable``, else the
@@ -102,6 +117,14 @@ def _command(
     if model:
         parser.add_argument("model", help="the model name")
     parser.add_argument("--actor", help="who makes the change, recorded in the control file")
+    parser.add_argument(
+        "--follow-symlinks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count linked model and version folders when checking that MODEL and VERSION exist, as a fleet "
+        "of Server(..., follow_symlinks=True) serves them (default; nothing is loaded here); "
+        "--no-follow-symlinks counts only real folders, as a server without follow_symlinks does",
+    )
     parser.set_defaults(run=_control)
     return parser
 

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail
+from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail, positive_float, positive_int
 from ._config import ModelConfig, PoolConfig, WarmupConfig, load_model_config
 from ._errors import InprocserveError
 from ._model import ModelVersion
@@ -25,8 +25,8 @@ def _noop_deliver(request: object) -> None:  # the CLI never submits requests
     pass
 
 
-def _load(name: str, version: int, path: Path, config: ModelConfig) -> ModelVersion:
-    model = ModelVersion(name, version, path, config, deliver=_noop_deliver)
+def _load(name: str, version: int, path: Path, config: ModelConfig, *, follow_symlinks: bool = False) -> ModelVersion:
+    model = ModelVersion(name, version, path, config, deliver=_noop_deliver, follow_symlinks=follow_symlinks)
     model.load()
     return model
 
@@ -53,7 +53,8 @@ def add_inspect(commands: Subparsers) -> None:
         "inspect",
         summary="print a model's inputs and outputs",
         examples="  python -m inprocserve inspect models/fraud/2/model.onnx\n"
-        "  python -m inprocserve inspect --json models/fraud/2\n",
+        "  python -m inprocserve inspect --json models/fraud/2\n\n"
+        "Exit status 1 when the model cannot be loaded (or its server asked), 2 when MODEL does not exist.\n",
     )
     parser.add_argument(
         "model", help="a model.onnx file, a remote.toml (asks its server), or a version folder holding one"
@@ -66,6 +67,12 @@ def _inspect(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if path.is_dir():
         path = path / (REMOTE_FILENAME if (path / REMOTE_FILENAME).is_file() else MODEL_FILENAME)
+    if not path.is_file():
+        return fail(
+            f"{args.model}: no such model file (give a {MODEL_FILENAME}, a {REMOTE_FILENAME} or a version folder "
+            "holding one)",
+            CANNOT_RUN,
+        )
     if is_remote(path):
         return _inspect_remote(path, as_json=args.json)
     config = ModelConfig(pool=PoolConfig(size=1, intra_op_threads=1), warmup=WarmupConfig(enabled=False))
@@ -122,25 +129,34 @@ def add_validate(commands: Subparsers) -> None:
         examples="  python -m inprocserve validate models/\n"
         "  python -m inprocserve validate --json models/ | jq '.problems'\n\n"
         "Each version is loaded and warmed up with its config.toml (warm-up inputs file, drift reference\n"
-        "file included). Exit status 1 when anything would fail to load or be skipped by the server.\n",
+        "file included). Exit status 1 when anything would fail to load or be skipped by the server, 2 when\n"
+        "REPOSITORY is not a folder. Symbolic links are reported as problems, as a Server reports them;\n"
+        "--follow-symlinks validates the linked folders and files, as Server(..., follow_symlinks=True) serves them.\n",
     )
     parser.add_argument("repository", help="a folder laid out as <model>/<version>/model.onnx")
     parser.add_argument("--json", action="store_true", help="print one JSON report instead of lines")
+    parser.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="load linked model folders, version folders and files, like Server(..., follow_symlinks=True)",
+    )
     parser.set_defaults(run=_validate)
 
 
-def validate_repository(repository: Path) -> dict[str, Any]:
+def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> dict[str, Any]:
     """Load every version of every model in ``repository`` once; return a JSON-ready report.
 
     The report: ``repository``; ``ok`` (no problem at all); ``problems`` (every message, in order);
     ``layout_problems`` (files and folders the server would skip, also in ``problems``); ``models``: name ->
     ``config_error`` and ``versions``: number -> ``ok``, ``served`` (by the version policy), ``error`` and
     ``signature`` (and ``remote``, the endpoint, for a version served remotely: its server is asked).
+    ``follow_symlinks`` scans as ``Server(repository, follow_symlinks=True)`` does: links are loaded, not
+    reported.
 
     Raises:
         ConfigurationError: ``repository`` is not a directory.
     """
-    scan = scan_repository(repository)
+    scan = scan_repository(repository, follow_symlinks=follow_symlinks)
     problems = list(scan.problems)
     models: dict[str, Any] = {}
     for name, source in scan.models.items():
@@ -170,7 +186,7 @@ def validate_repository(repository: Path) -> dict[str, Any]:
                 result.update(ok=True, signature=signature.to_dict(), remote=endpoint)
                 continue
             try:
-                model = _load(name, version, path, quiet)
+                model = _load(name, version, path, quiet, follow_symlinks=follow_symlinks)
             except InprocserveError as exc:
                 result["error"] = str(exc)
                 problems.append(f"{name} v{version}: {exc}")
@@ -189,7 +205,7 @@ def validate_repository(repository: Path) -> dict[str, Any]:
 
 def _validate(args: argparse.Namespace) -> int:
     try:
-        report = validate_repository(Path(args.repository))
+        report = validate_repository(Path(args.repository), follow_symlinks=args.follow_symlinks)
     except InprocserveError as exc:
         if args.json:
             problems = [str(exc)]
@@ -229,12 +245,20 @@ def add_quantize(commands: Subparsers) -> None:
         summary="dynamic INT8 quantization, with a size/speed/accuracy report",
         examples="  python -m inprocserve quantize models/fraud/2/model.onnx models/fraud/3/model.onnx\n"
         "  python -m inprocserve quantize --sample 1024 --json model.onnx model-int8.onnx\n\n"
+        "TARGET is written to a temporary file beside it and renamed into place once the quantized model\n"
+        "has loaded, so a failure leaves it as it was; it must not be SOURCE itself.\n"
+        "Exit status 1 when the model cannot be quantized, 2 when it could not run (a usage error, a missing\n"
+        "SOURCE or target folder, onnx not installed).\n\n"
         "Needs onnx: pip install 'inprocserve[quantize]'\n",
     )
     parser.add_argument("source", help="the model.onnx to quantize")
     parser.add_argument("target", help="where to write the quantized model (.onnx)")
-    parser.add_argument("--sample", type=int, default=256, help="rows of random inputs to compare answers on")
-    parser.add_argument("--seconds", type=float, default=1.0, help="time per speed measurement")
+    parser.add_argument(
+        "--sample", type=positive_int, default=256, help="rows of random inputs to compare answers on (>= 1)"
+    )
+    parser.add_argument(
+        "--seconds", type=positive_float, default=1.0, help="seconds per speed measurement (> 0, default 1)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=_quantize)
 
@@ -242,13 +266,18 @@ def add_quantize(commands: Subparsers) -> None:
 def _quantize(args: argparse.Namespace) -> int:
     from ._quantize import quantize
 
+    source = Path(args.source)
+    if not source.is_file():
+        return fail(f"{args.source}: no such model file", CANNOT_RUN)
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs generic advice on the root logger
     try:
-        report = quantize(Path(args.source), Path(args.target), sample_rows=args.sample, seconds=args.seconds)
+        report = quantize(source, Path(args.target), sample_rows=args.sample, seconds=args.seconds)
     except ImportError as exc:  # the message names the extra to install
         return fail(str(exc), CANNOT_RUN)
-    except InprocserveError as exc:
+    except InprocserveError as exc:  # before ValueError: a ConfigurationError is both
         return fail(str(exc), PROBLEMS)
+    except (ValueError, OSError) as exc:  # the target is the source, its folder is missing or not writable
+        return fail(str(exc), CANNOT_RUN)
     if args.json:
         print(json.dumps(report, indent=2))
         return OK

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
-from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail
+from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail, positive_float
 
-__all__ = ["add_status", "fetch_status", "status_url", "summarize"]
+__all__ = ["MalformedStatusError", "add_status", "fetch_status", "status_url", "summarize"]
 
 ENDPOINT = "/-/inprocserve/models"
 _MAX_BYTES = 32 * 1024 * 1024  # a status document is kilobytes; refuse to buffer something that is not one
@@ -31,12 +32,14 @@ def add_status(commands: Subparsers) -> None:
         '  python -m inprocserve status --token "$INPROCSERVE_ADMIN_TOKEN" --json http://127.0.0.1:8000\n\n'
         f"A URL without a path gets {ENDPOINT} appended. Exit status 1 when a model is not ready,\n"
         "the server is closed, or its control file cannot be read or applied (control.error),\n"
-        "2 when the endpoint cannot be read.\n",
+        "2 when the endpoint cannot be read or answers a malformed status document.\n",
     )
     parser.add_argument("url", help=f"the app's base URL, or the full URL of its {ENDPOINT} endpoint")
     parser.add_argument("--token", help="admin token, sent as 'Authorization: Bearer TOKEN'")
     parser.add_argument("--json", action="store_true", help="print the endpoint's JSON as it came")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
+    parser.add_argument(
+        "--timeout", type=positive_float, default=10.0, help="seconds to wait for the answer (> 0, default 10)"
+    )
     parser.set_defaults(run=_status)
 
 
@@ -61,9 +64,16 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
     """GET the status document at ``url`` (already an endpoint URL, see ``status_url``).
 
     Raises:
+        ValueError: ``timeout_s`` is not a finite number > 0.
         ConnectionError: the endpoint could not be read or did not answer a status document; the
             message says why and what to try.
     """
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not (math.isfinite(timeout_s) and timeout_s > 0)
+    ):
+        raise ValueError(f"timeout_s must be a finite number of seconds > 0, not {timeout_s!r}")
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -108,8 +118,29 @@ def control_error(document: dict[str, Any]) -> str | None:
     return str(error) if error else None
 
 
+class MalformedStatusError(ValueError):
+    """A status document (from a remote endpoint: untrusted) has a part of the wrong JSON type."""
+
+
+def _object(value: Any, where: str, *, optional: bool = False) -> dict[str, Any]:
+    """``value`` when it is a JSON object (``{}`` for an ``optional`` part that is absent or null); anything
+    else is malformed."""
+    if value is None and optional:
+        return {}
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+        printable = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in where)  # names come from afar
+        raise MalformedStatusError(f"{printable} is {kind}, expected an object")
+    return value
+
+
 def summarize(document: dict[str, Any]) -> list[str]:
-    """Readable lines for a status document: one per model, one per version, rollout and shadow figures."""
+    """Readable lines for a status document: one per model, one per version, rollout and shadow figures.
+
+    Raises:
+        MalformedStatusError: a part the summary reads is not the JSON type a status document has there
+            (the message names it, e.g. ``models.fraud.shadow.2``).
+    """
     runtime = document.get("onnxruntime", "?")
     state = "closed" if document.get("closed") else "open"
     lines = [f"server {state}, onnxruntime {runtime}, repository {document.get('repository') or '(none)'}"]
@@ -122,31 +153,33 @@ def summarize(document: dict[str, Any]) -> list[str]:
     models = document["models"]
     if not models:
         lines.append("no models")
-    for name, model in models.items():
-        if not isinstance(model, dict):
-            continue
+    for name, value in models.items():
+        model = _object(value, f"models.{name}")
         ready = "ready" if model.get("ready") else "NOT READY"
         answers = model.get("default_version")
         lines.append(f"{name}: {ready}" + (f", v{answers} answers by default" if answers is not None else ""))
         if model.get("config_error"):
             lines.append(f"  config error: {model['config_error']}")
-        for number, version in (model.get("versions") or {}).items():
-            lines.append("  " + _version_line(number, version))
-        rollout = model.get("rollout") or {}
-        variants = rollout.get("variants") or {}
+        for number, version in _object(model.get("versions"), f"models.{name}.versions", optional=True).items():
+            where = f"models.{name}.versions.{number}"
+            lines.append("  " + _version_line(number, _object(version, where), where))
+        rollout = _object(model.get("rollout"), f"models.{name}.rollout", optional=True)
+        variants = _object(rollout.get("variants"), f"models.{name}.rollout.variants", optional=True)
         if variants:
-            served = ", ".join(f"{variant} {stats.get('served', 0)}" for variant, stats in variants.items())
+            served = ", ".join(
+                f"{variant} {_object(stats, f'models.{name}.rollout.variants.{variant}').get('served', 0)}"
+                for variant, stats in variants.items()
+            )
             lines.append(f"  rollout {rollout.get('strategy', '?')}: served {served}")
-        for number, shadow in (model.get("shadow") or {}).items():
+        for number, value in _object(model.get("shadow"), f"models.{name}.shadow", optional=True).items():
+            shadow = _object(value, f"models.{name}.shadow.{number}")
             agreement = shadow.get("label_agreement")
             agree = f", label agreement {agreement:.1%}" if isinstance(agreement, int | float) else ""
             lines.append(f"  shadow v{number}: {shadow.get('runs', 0)} runs, {shadow.get('errors', 0)} errors{agree}")
     return lines
 
 
-def _version_line(number: str, version: Any) -> str:
-    if not isinstance(version, dict):
-        return f"v{number}: ?"
+def _version_line(number: str, version: dict[str, Any], where: str) -> str:
     state = version.get("state", "?")
     if version.get("error"):
         return f"v{number}: {state}: {version['error']}"
@@ -155,7 +188,7 @@ def _version_line(number: str, version: Any) -> str:
         f"{version.get('batches_run', 0)} batches, {version.get('rows_run', 0)} rows, "
         f"{version.get('queued_rows', 0)} queued, {version.get('in_flight', 0)} in flight"
     )
-    drift = version.get("drift") or {}
+    drift = _object(version.get("drift"), f"{where}.drift", optional=True)
     drifting = ", DRIFTING" if drift.get("drifting") else ""
     return f"v{number}: {state}, {serving}: {figures}{drifting}"
 
@@ -166,10 +199,14 @@ def _status(args: argparse.Namespace) -> int:
         document = fetch_status(url, token=args.token, timeout_s=args.timeout)
     except (ValueError, ConnectionError) as exc:
         return fail(str(exc), CANNOT_RUN)
-    if args.json:
+    if args.json:  # printed as it came, malformed or not: what to show whoever runs the app
         print(json.dumps(document, indent=2))
     else:
+        try:
+            lines = summarize(document)
+        except MalformedStatusError as exc:
+            return fail(f"{url} answered a malformed status document: {exc}", CANNOT_RUN)
         print(url)
-        for line in summarize(document):
+        for line in lines:
             print(line)
     return OK if healthy(document) else PROBLEMS

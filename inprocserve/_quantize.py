@@ -6,6 +6,10 @@ measures both models side by side in one run on the same synthesized inputs.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -39,26 +43,97 @@ def _rows_per_second(session: Any, feeds: dict[str, np.ndarray], seconds: float)
     session.run(None, feeds)
     rows = next(iter(feeds.values())).shape[0] if feeds else 1
     runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
+    while runs == 0 or time.perf_counter() - started < seconds:  # at least one timed run: a rate above 0
         session.run(None, feeds)
         runs += 1
     return runs * rows / (time.perf_counter() - started)
 
 
+def _same_file(source: Path, target: Path) -> bool:
+    """Whether writing ``target`` would overwrite ``source``: the same path once links are resolved, or
+    (when the target exists) the same file through a hard link."""
+    if source.resolve() == target.resolve():
+        return True
+    try:
+        return os.path.samefile(source, target)
+    except OSError:  # one of them does not exist: they cannot be one file
+        return False
+
+
+def _check(source: Path, target: Path, sample_rows: int, seconds: float) -> None:
+    if isinstance(sample_rows, bool) or not isinstance(sample_rows, int) or sample_rows < 1:
+        raise ValueError(f"sample_rows must be an int >= 1, not {sample_rows!r}")
+    finite = isinstance(seconds, int | float) and not isinstance(seconds, bool) and math.isfinite(seconds)
+    if not (finite and seconds > 0):
+        raise ValueError(f"seconds must be a finite number > 0, not {seconds!r}")
+    if _same_file(source, target):
+        raise ValueError(
+            f"the target {target} is the source model itself; write the quantized model to another file "
+            "(quantizing in place would replace the model and compare it with itself)"
+        )
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"the target's folder {target.parent} does not exist; create it first")
+
+
+def _write_quantized(tools: Any, source: Path, folder: Path, name: str) -> Path:
+    """Quantize ``source`` into a new temporary file in ``folder``; the caller renames or removes it.
+
+    Raises:
+        ModelLoadError: the source cannot be loaded or quantized (no file is left behind).
+    """
+    # not mkstemp: its file is private (0600), and a served model must stay readable as any new file is
+    path = folder / f".{name}.{secrets.token_hex(8)}.tmp"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        tools.quantize_dynamic(str(source), str(path), weight_type=tools.QuantType.QInt8)
+        with path.open("rb") as written:
+            os.fsync(written.fileno())
+    except BaseException as exc:
+        path.unlink(missing_ok=True)
+        if isinstance(exc, Exception):
+            raise ModelLoadError(f"cannot quantize {source}: {exc}") from exc
+        raise
+    return path
+
+
 def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: float = 1.0) -> dict[str, Any]:
     """Quantize ``source`` into ``target`` and compare them. Needs ``pip install 'inprocserve[quantize]'``.
 
+    The quantized model is written to a temporary file in ``target``'s folder and renamed over ``target``
+    only once it has loaded and been measured, so a failure leaves ``target`` as it was.
+
     Raises:
-        ModelLoadError: the source cannot be loaded or quantized.
+        ValueError: ``target`` is ``source`` (also through a link), ``sample_rows`` is not an int >= 1 or
+            ``seconds`` is not a finite number > 0.
+        FileNotFoundError: ``target``'s folder does not exist.
+        OSError: the temporary file cannot be written in ``target``'s folder, or renamed into place.
+        ModelLoadError: the source cannot be loaded or quantized, or the quantized model cannot be loaded.
         ImportError: onnx is missing (the message names the ``quantize`` extra).
     """
+    _check(source, target, sample_rows, seconds)
     # onnxruntime's quantization tools import onnx, which only the "quantize" extra installs
     tools = require("onnxruntime.quantization", extra="quantize", feature="quantize")
+    written = _write_quantized(tools, source, target.parent, target.name)
     try:
-        tools.quantize_dynamic(str(source), str(target), weight_type=tools.QuantType.QInt8)
+        report = _compare(source, written, sample_rows=sample_rows, seconds=seconds)
+        os.replace(written, target)
+    except BaseException:
+        written.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # make the new name durable too, where the platform allows it
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    return {"source": str(source), "target": str(target), **report}
+
+
+def _compare(source: Path, target: Path, *, sample_rows: int, seconds: float) -> dict[str, Any]:
+    try:
+        original, quantized = _session(source), _session(target)
     except Exception as exc:
-        raise ModelLoadError(f"cannot quantize {source}: {exc}") from exc
-    original, quantized = _session(source), _session(target)
+        raise ModelLoadError(f"cannot load the quantized model of {source}: {exc}") from exc
     rng = np.random.default_rng(0)
     sample = _inputs(original, sample_rows, rng)
     expected, got = original.run(None, sample), quantized.run(None, sample)
@@ -77,8 +152,6 @@ def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: flo
         after = _rows_per_second(quantized, feeds, seconds)
         speed[f"batch_{rows}"] = {"before_rows_per_s": before, "after_rows_per_s": after, "ratio": after / before}
     return {
-        "source": str(source),
-        "target": str(target),
         "bytes_before": source.stat().st_size,
         "bytes_after": target.stat().st_size,
         "size_ratio": target.stat().st_size / source.stat().st_size,

@@ -411,8 +411,10 @@ def _fsync(path: Path) -> None:
 # -- the command ---------------------------------------------------------------------------------------------
 
 
-def _open_model(server: Server, model: Path, name: str | None) -> str:
-    """Load ``model`` (a .onnx file, a folder holding model.onnx, or a repository) into ``server``."""
+def _open_model(server: Server, model: Path, name: str | None, version: int | None = None) -> str:
+    """Load ``model`` (a .onnx file, a folder holding model.onnx, or a repository) into ``server``; from a
+    repository, ``version`` is loaded whether or not the model's version policy serves it (a policy is about
+    live traffic; an offline job may score any version on disk)."""
     file = model / MODEL_FILENAME if model.is_dir() else model
     if file.is_file():
         server.load(_MODEL_NAME, path=file)
@@ -426,6 +428,9 @@ def _open_model(server: Server, model: Path, name: str | None) -> str:
                 f"the repository {model} serves {sorted(served) or 'no models'}; pick one with --name"
             )
         name = next(iter(served))
+    if version is not None and version not in served.get(name, []):
+        server.load(name, version=version)  # ModelNotFoundError if it is not on disk, ModelLoadError if broken
+        return name
     if name not in served:
         raise server._not_found(name, None)  # names the servable models, and why this one failed to load
     return name
@@ -451,7 +456,7 @@ def score_file(
     _format(output_path, "output")
     is_repository = model_path.is_dir() and not (model_path / MODEL_FILENAME).is_file()
     with Server(model_path if is_repository else None) as server:  # a broken sibling model does not matter
-        served = _open_model(server, model_path, name)
+        served = _open_model(server, model_path, name, version)
         signature, limit = _loaded(server, served, version, batch_rows)
         isatty = getattr(sys.stderr, "isatty", None)
         bar = ProgressBar(sys.stderr) if progress and isatty is not None and isatty() else None
@@ -498,8 +503,19 @@ def _loaded(server: Server, model: str, version: int | None, batch_rows: int | N
 
 
 def run_score(args: argparse.Namespace) -> int:
-    """The ``score`` subcommand: 0 when every row was scored and written, 1 otherwise (with a message)."""
+    """The ``score`` subcommand: 0 when every row was scored and written; 1 when the model or a row could not
+    be scored; 2 when it could not run (MODEL or INPUT missing, a file format it does not know)."""
     started = time.perf_counter()
+    for path, what in ((Path(args.model), "MODEL"), (Path(args.input), "INPUT")):
+        if not path.exists():
+            print(f"error: {what} {path} does not exist", file=sys.stderr)
+            return 2
+    try:
+        _format(Path(args.input), "input")
+        _format(Path(args.output), "output")
+    except InvalidInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         rows = score_file(
             args.model,

@@ -85,10 +85,13 @@ def test_clear_errors_for_what_cannot_be_scored(
     tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     np.save(tmp_path / "x.npy", _x())
-    assert main(["score", str(scale_file), str(tmp_path / "x.npy"), str(tmp_path / "y.txt")]) == 1
+    # 2: it could not run (the top-level help's meaning)
+    assert main(["score", str(scale_file), str(tmp_path / "x.npy"), str(tmp_path / "y.txt")]) == 2
     assert "unknown format '.txt'" in capsys.readouterr().err
-    assert main(["score", str(scale_file), str(tmp_path / "missing.npy"), str(tmp_path / "y.npy")]) == 1
+    assert main(["score", str(scale_file), str(tmp_path / "missing.npy"), str(tmp_path / "y.npy")]) == 2
     assert "missing.npy does not exist" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "nowhere"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]) == 2
+    assert "MODEL" in capsys.readouterr().err
     np.save(tmp_path / "narrow.npy", _x()[:, :3])
     assert main(["score", str(scale_file), str(tmp_path / "narrow.npy"), str(tmp_path / "y.npy")]) == 1
     assert "expected size 4 on axis 1" in capsys.readouterr().err
@@ -186,3 +189,19 @@ def test_the_progress_bar_on_a_terminal_knows_the_csv_total(
     err = capsys.readouterr().err
     assert "100.0% 100/100 rows" in err  # the total comes from the file, though it is read as a stream
     assert "scored 100 rows" in err
+
+
+def test_version_scores_a_version_on_disk_that_the_policy_does_not_serve(tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)  # the latest: the only one served live
+    np.save(tmp_path / "x.npy", _x())
+    assert (
+        main(["score", "--quiet", "--version", "1", str(repository), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")])
+        == 0
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), _x() * 1.0)
+    assert (
+        main(["score", "--quiet", "--version", "3", str(repository), str(tmp_path / "x.npy"), str(tmp_path / "z.npy")])
+        == 1
+    )

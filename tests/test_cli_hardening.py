@@ -1,0 +1,269 @@
+"""``python -m inprocserve`` on bad input: a one-line error and the documented exit status, never a traceback.
+
+quantize never overwrites its source and never leaves a half-written target; quantize and status refuse
+numbers they cannot use; status refuses a malformed status document; the fleet commands and validate see a
+repository that links its versions (docs/repository.md's release folders); a missing file is exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inprocserve.__main__ import main
+from inprocserve._control import ControlFile
+from inprocserve.testing import build_mlp_model, build_scale_model, save_model
+
+pytest.importorskip("onnx")  # quantize needs the "quantize" extra; testing's model builders need onnx too
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "inprocserve", *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def usage_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``main(args)``, expect argparse's usage error (exit status 2), return its stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+# -- quantize ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mlp(tmp_path: Path) -> Path:
+    return save_model(build_mlp_model((8, 16, 3), seed=1), tmp_path, "mlp", 1)
+
+
+@pytest.mark.parametrize("how", ["same path", "symbolic link", "hard link", "dot-dot path"])
+def test_quantize_refuses_to_overwrite_its_source(
+    mlp: Path, tmp_path: Path, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = mlp.read_bytes()
+    target = {
+        "same path": mlp,
+        "symbolic link": tmp_path / "link.onnx",
+        "hard link": tmp_path / "hard.onnx",
+        "dot-dot path": mlp.parent / ".." / mlp.parent.name / mlp.name,
+    }[how]
+    if how == "symbolic link":
+        target.symlink_to(mlp)
+    elif how == "hard link":
+        os.link(mlp, target)
+    assert main(["quantize", "--seconds", "0.01", "--sample", "4", str(mlp), str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is the source model itself" in err and err.count("\n") == 1
+    assert mlp.read_bytes() == before
+    assert sorted(p.name for p in mlp.parent.iterdir()) == ["model.onnx"]  # no temporary file left
+
+
+def test_quantize_replaces_the_target_only_when_it_succeeded(
+    mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inprocserve._quantize as quantize_module
+
+    target = tmp_path / "out" / "model.onnx"
+    target.parent.mkdir()
+    target.write_bytes(b"the release before")
+    real_session = quantize_module._session
+
+    def quantized_model_breaks(path: Path) -> Any:
+        if path != mlp:
+            raise RuntimeError("the quantized model does not load")
+        return real_session(path)
+
+    monkeypatch.setattr(quantize_module, "_session", quantized_model_breaks)
+    assert main(["quantize", "--seconds", "0.01", "--sample", "4", str(mlp), str(target)]) == 1
+    assert target.read_bytes() == b"the release before"
+    assert [p.name for p in target.parent.iterdir()] == ["model.onnx"]  # no half file, no temporary file
+
+    monkeypatch.setattr(quantize_module, "_session", real_session)
+    assert main(["quantize", "--seconds", "0.01", "--sample", "4", str(mlp), str(target)]) == 0
+    assert target.read_bytes().startswith(b"\x08")  # an ONNX protobuf now
+    assert [p.name for p in target.parent.iterdir()] == ["model.onnx"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as readable as any new file, not 0600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_quantize_a_missing_source_or_target_folder_could_not_run(
+    mlp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["quantize", str(tmp_path / "nope.onnx"), str(tmp_path / "q.onnx")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    assert main(["quantize", str(mlp), str(tmp_path / "3" / "model.onnx")]) == 2
+    assert "does not exist; create it first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--sample", "0"), ("--sample", "-1"), ("--seconds", "0"), ("--seconds", "-1"), ("--seconds", "nan")],
+)
+def test_quantize_refuses_numbers_it_cannot_use(
+    mlp: Path, tmp_path: Path, option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = usage_error(["quantize", option, value, str(mlp), str(tmp_path / "q.onnx")], capsys)
+    assert f"argument {option}: '{value}' must be" in err
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_quantize_refuses_infinite_seconds(mlp: Path, tmp_path: Path) -> None:
+    result = run_cli("quantize", "--seconds", "inf", str(mlp), str(tmp_path / "q.onnx"))  # it never returned
+    assert result.returncode == 2
+    assert "argument --seconds: 'inf' must be a finite number > 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- status --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["inf", "0", "-1", "nan"])
+def test_status_refuses_timeouts_it_cannot_use(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(["status", "--timeout", value, "http://127.0.0.1:9"], capsys)
+    assert f"argument --timeout: '{value}' must be a finite number > 0" in err
+
+
+@pytest.fixture
+def status_endpoint() -> Iterator[dict[str, Any]]:
+    """An HTTP endpoint answering ``served["document"]`` as JSON; ``served["url"]`` is its address."""
+    served: dict[str, Any] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(served["document"]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    served["url"] = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield served
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("model", "where"),
+    [
+        ({"ready": True, "versions": {"1": {}}, "shadow": {"2": None}}, "models.fraud.shadow.2 is null"),
+        ({"ready": True, "rollout": ["x"]}, "models.fraud.rollout is an array"),
+        ({"ready": True, "versions": ["1"]}, "models.fraud.versions is an array"),
+        ({"ready": True, "versions": {"1": {"drift": [1]}}}, "models.fraud.versions.1.drift is an array"),
+        ({"ready": True, "rollout": {"variants": {"stable": 3}}}, "models.fraud.rollout.variants.stable is a number"),
+    ],
+)
+def test_status_refuses_a_malformed_document(
+    status_endpoint: dict[str, Any], model: dict[str, Any], where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status_endpoint["document"] = {"closed": False, "models": {"fraud": model}}
+    assert main(["status", status_endpoint["url"]]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"error: {status_endpoint['url']}/-/inprocserve/models answered a malformed")
+    assert f"{where}, expected an object" in captured.err
+    assert captured.err.count("\n") == 1
+    # --json prints the document as it came, for whoever runs the app to see
+    assert main(["status", "--json", status_endpoint["url"]]) == 0
+    assert json.loads(capsys.readouterr().out) == status_endpoint["document"]
+
+
+def test_status_summarizes_a_well_formed_document(
+    status_endpoint: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status_endpoint["document"] = {
+        "models": {
+            "fraud": {
+                "ready": True,
+                "default_version": 2,
+                "versions": {"2": {"state": "ready", "serving": True, "drift": None}},
+                "rollout": {"strategy": "canary", "variants": {"stable": {"served": 5}}},
+                "shadow": {"3": {"runs": 4, "errors": 0, "label_agreement": 0.75}},
+            }
+        }
+    }
+    assert main(["status", status_endpoint["url"]]) == 0
+    out = capsys.readouterr().out
+    assert "  rollout canary: served stable 5" in out
+    assert "  shadow v3: 4 runs, 0 errors, label agreement 75.0%" in out
+
+
+# -- symbolic links: fleet commands and validate ---------------------------------------------------------
+
+
+@pytest.fixture
+def linked_repository(tmp_path: Path) -> Path:
+    """docs/repository.md's deployment: ``models/fraud/3`` is a link to a release folder."""
+    models = tmp_path / "models"
+    save_model(build_scale_model(2.0), models, "fraud", 1)
+    release = save_model(build_scale_model(3.0), tmp_path / "releases", "fraud", 3).parent
+    (models / "fraud" / "3").symlink_to(release, target_is_directory=True)
+    return models
+
+
+def test_fleet_commands_see_linked_versions(linked_repository: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = str(linked_repository)
+    assert main(["switch", repo, "fraud", "3"]) == 0
+    assert ControlFile(linked_repository).read().models["fraud"].stable == 3
+    assert main(["canary", repo, "fraud", "3", "10"]) == 0
+    assert ControlFile(linked_repository).read().models["fraud"].canary_version == 3
+    capsys.readouterr()
+    # a fleet whose servers do not follow links: the CLI can check the same way
+    assert main(["switch", "--no-follow-symlinks", repo, "fraud", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "has no version 3 (versions: 1)" in err and "--no-follow-symlinks" in err
+    assert ControlFile(linked_repository).read().models["fraud"].stable == 3  # nothing written
+
+
+def test_validate_follows_links_only_when_asked(linked_repository: Path) -> None:
+    refused = run_cli("validate", str(linked_repository))
+    assert refused.returncode == 1
+    assert "symbolic link" in refused.stdout
+    followed = run_cli("validate", "--follow-symlinks", str(linked_repository))
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    assert "OK      fraud v3 (served)" in followed.stdout
+    assert "1 model(s), 0 problem(s)" in followed.stdout
+
+
+# -- exit statuses: 2 when it could not run ------------------------------------------------------------
+
+
+def test_inspect_a_missing_model_could_not_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(tmp_path / "nope" / "model.onnx")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["inspect", str(tmp_path / "empty")]) == 2  # a folder without a model.onnx
+
+
+def test_fleet_commands_on_a_missing_repository_could_not_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["switch", str(tmp_path / "nowhere"), "fraud", "3"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["reload", str(tmp_path / "nowhere")]) == 2
