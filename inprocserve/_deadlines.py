@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 import numbers
 import threading
@@ -25,6 +26,9 @@ from . import _fork
 __all__ = ["MAX_TIMEOUT_S", "Watchdog", "check_timeout"]
 
 _COMPACT_AT = 1024  # cancelled heap entries tolerated before arm() compacts the heap
+_MAX_WAIT_S = threading.TIMEOUT_MAX / 2  # the longest wait a lock takes (half: room for monotonic()'s value)
+
+logger = logging.getLogger(__name__)
 
 MAX_TIMEOUT_S = 1e6
 """Timeouts at or above this many seconds (about 11.6 days), and ``math.inf``, mean "no deadline"."""
@@ -94,9 +98,20 @@ class Watchdog:
         self._closed = closed
 
     def arm(self, delay_s: float, action: Callable[[], None]) -> _Alarm:
-        """Call ``action`` (on the watchdog thread) ``delay_s`` from now unless :meth:`disarm` comes first."""
+        """Call ``action`` (on the watchdog thread) ``delay_s`` from now unless :meth:`disarm` comes first.
+
+        A delay longer than a lock can wait (half of ``threading.TIMEOUT_MAX``: centuries) is cut to that.
+
+        Raises:
+            ValueError: ``delay_s`` is NaN or infinite (no deadline: do not arm at all).
+        """
+        if not math.isfinite(delay_s):
+            raise ValueError(
+                f"a deadline's delay must be a finite number of seconds, got {delay_s!r} "
+                "(a clock that returned NaN or infinity? for no deadline, do not arm the watchdog)"
+            )
         alarm = _Alarm(action)
-        due = time.monotonic() + delay_s
+        due = time.monotonic() + min(delay_s, _MAX_WAIT_S)
         with self._lock:
             if self._closed:  # a closing owner: nothing left to stop, the run proceeds unbounded
                 return alarm
@@ -128,6 +143,17 @@ class Watchdog:
         one that is not due is never removed on a notify. So a request that finishes in time costs this
         thread no wake-up of its own: with steady traffic it wakes about twice per timeout period.
         """
+        try:
+            self._serve()
+        except Exception:
+            logger.exception("the deadline watchdog %r failed; the next deadline starts it again", self._name)
+        finally:  # should anything escape, the next arm() starts a new thread rather than none ever again
+            with self._lock:
+                if self._thread is threading.current_thread() and not self._closed:
+                    self._thread = None
+                    self._sleeping_until = math.inf
+
+    def _serve(self) -> None:
         heap_pop = heapq.heappop
         with self._lock:
             while not self._closed:
@@ -139,13 +165,16 @@ class Watchdog:
                         self._cancelled = max(0, self._cancelled - 1)
                     else:
                         alarm.fired = True
-                        alarm.action()  # sets a flag: cheap enough to run under the lock
+                        try:
+                            alarm.action()  # sets a flag: cheap enough to run under the lock
+                        except Exception:
+                            logger.exception("a deadline's action raised; the watchdog carries on")
                     while heap and heap[0][2].cancelled:
                         heap_pop(heap)
                         self._cancelled = max(0, self._cancelled - 1)
                     continue
                 self._sleeping_until = heap[0][0] if heap else math.inf
-                self._wake.wait(None if not heap else heap[0][0] - now)
+                self._wake.wait(None if not heap else min(heap[0][0] - now, _MAX_WAIT_S))
                 self._sleeping_until = -math.inf  # awake: arm() need not notify
 
     def close(self) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ._control import worker_identity
@@ -37,18 +41,23 @@ def server_status(
         },
         "models": _models_status(registry, shadow_status),
     }
-    return snapshot if include_paths else _without_paths(snapshot, _known_paths(registry))
+    return snapshot if include_paths else _without_paths(snapshot, _known_paths(registry, operations))
 
 
-def _known_paths(registry: Registry) -> list[str]:
-    """Every file-system path status may quote, longest first (a folder must not eat part of its file)."""
-    paths = {str(registry.repository)} if registry.repository is not None else set()
+def _known_paths(registry: Registry, operations: Operations) -> tuple[str, ...]:
+    """Every file-system path status may quote (the repository, the control file, each loaded version's
+    file and folder), as given and made absolute."""
+    paths: set[str | Path] = set()
     if registry.repository is not None:
-        paths.add(str(registry.repository.resolve()))
+        paths.update({registry.repository, registry.repository.resolve()})
+    if operations.control_path is not None:
+        paths.add(operations.control_path)
     for versions in list(registry.loaded.values()):
         for model_version in list(versions.values()):
-            paths.update({str(model_version.path), str(model_version.path.parent.parent)})
-    return sorted(paths, key=len, reverse=True)
+            paths.update({model_version.path, model_version.path.parent.parent})
+    spellings = {str(path) for path in paths}
+    spellings.update(os.path.abspath(path) for path in paths)
+    return tuple(sorted(spellings))
 
 
 def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> dict[str, Any]:
@@ -103,20 +112,85 @@ def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> d
 
 
 _PATH_KEYS = frozenset({"path", "repository", "file", "folder", "optimized_path", "inputs_file"})
+"""Keys that hold a path in the records of the status document (the document itself, its ``control``, a
+version's entry and its ``backend_status``). Never applied to maps keyed by names users choose (models,
+versions, rollout arms, drift features, header names ...): a model named ``file`` is a model."""
+
+_SEPARATORS = "".join(sorted({"/", os.sep, os.altsep or "/"}))
+_NAME_CHARS = r"\w~\-"  # characters that continue a file name (with ".", handled apart)
 
 
-def _without_paths(value: Any, paths: list[str]) -> Any:
-    """``value`` with every path-valued key dropped and every known path in a string replaced."""
-    if isinstance(value, dict):
-        return {key: _without_paths(item, paths) for key, item in value.items() if key not in _PATH_KEYS}
-    if isinstance(value, list | tuple):
-        return [_without_paths(item, paths) for item in value]
-    if isinstance(value, str):
-        for path in paths:
-            if path in value:
-                value = value.replace(path, "<path>")
+def _without_paths(snapshot: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
+    """``snapshot`` with every path-valued key of its records dropped and every known path in its strings
+    replaced by ``<path>``."""
+    pattern = _path_pattern(paths)
+    public = _replace_paths(_records_without_paths(snapshot), pattern)
+    assert isinstance(public, dict)
+    return public
+
+
+def _records_without_paths(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """Drop the path keys where paths live: the top level, ``control``, and each version's entry and its
+    ``backend_status``. Copies what it changes; the name-keyed maps in between keep every name."""
+    public = _drop_path_keys(snapshot)
+    if isinstance(public.get("control"), dict):
+        public["control"] = _drop_path_keys(public["control"])
+    if isinstance(public.get("models"), dict):
+        models = {}
+        for name, model in public["models"].items():
+            if isinstance(model, dict) and isinstance(model.get("versions"), dict):
+                versions = {}
+                for number, entry in model["versions"].items():
+                    if isinstance(entry, dict):
+                        entry = _drop_path_keys(entry)
+                        if isinstance(entry.get("backend_status"), dict):
+                            entry["backend_status"] = _drop_path_keys(entry["backend_status"])
+                    versions[number] = entry
+                model = {**model, "versions": versions}
+            models[name] = model
+        public["models"] = models
+    return public
+
+
+def _drop_path_keys(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if key not in _PATH_KEYS}
+
+
+def _replace_paths(value: Any, pattern: re.Pattern[str] | None) -> Any:
+    """``value`` with every known path in its strings (not in its keys: those are names) replaced."""
+    if pattern is None:
         return value
+    if isinstance(value, dict):
+        return {key: _replace_paths(item, pattern) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_replace_paths(item, pattern) for item in value]
+    if isinstance(value, str):
+        return pattern.sub("<path>", value)
     return value
+
+
+@functools.lru_cache(maxsize=32)
+def _path_pattern(paths: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern matching every path worth replacing, only where a path starts and ends.
+
+    An absolute path, or a relative one with a separator (``models/fraud``), matches where it stands
+    alone: not inside a longer name (``/srv/m`` in ``/srv/models``) and not as the tail of another path.
+    A relative path of one component (``models``, ``model.onnx``) matches only as the start of a longer
+    path (``models/fraud/1/model.onnx``), never as a word of a message. ``.``, ``..`` and a root are
+    never replaced (``1.32.0`` must stay a version); their absolute forms are among ``paths`` anyway.
+    Longest first, so a folder never eats part of its file.
+    """
+    separators = re.escape(_SEPARATORS)
+    before = rf"(?<![{_NAME_CHARS}.{separators}])"
+    ends = rf"(?![{_NAME_CHARS}]|\.[{_NAME_CHARS}])"
+    prefix = rf"(?=[{separators}])"
+    alternatives = []
+    for path in sorted(set(paths), key=len, reverse=True):
+        if not path.strip("." + _SEPARATORS):  # ".", "..", "/", "./": no path at all
+            continue
+        alone = os.path.isabs(path) or any(separator in path for separator in _SEPARATORS)
+        alternatives.append(before + re.escape(path) + (ends if alone else prefix))
+    return re.compile("|".join(alternatives)) if alternatives else None
 
 
 def gauge_source(registry_ref: weakref.ref[Registry]) -> Callable[[], list[tuple[str, float, dict[str, Any]]]]:

@@ -7,12 +7,17 @@ package (``pip install "inprocserve[testing]"``). Nothing here fakes the runtime
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._errors import ModelNotFoundError
+from ._repository import validate_model_name
 
 __all__ = [
     "ManualClock",
@@ -29,18 +34,47 @@ _IR_VERSION = 9  # readable by every onnxruntime release this library supports
 
 
 class ManualClock:
-    """A monotonic clock that moves only when told to: pass it as ``clock=`` to step deadlines by hand."""
+    """A monotonic clock that moves only when told to: pass it as ``clock=`` to step deadlines by hand.
+
+    Raises:
+        ValueError: ``start`` is NaN or infinite.
+    """
 
     def __init__(self, start: float = 1000.0) -> None:
-        self._now = start
+        if not math.isfinite(_real("start", start)):
+            raise ValueError(f"ManualClock start must be a finite number of seconds, got {start!r}")
+        self._now = float(start)
         self._lock = threading.Lock()
 
     def __call__(self) -> float:
         return self._now
 
     def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds`` (0 allowed).
+
+        Raises:
+            ValueError: ``seconds`` is negative, NaN or infinite (a monotonic clock never goes back, and a
+                step to infinity or NaN would make every deadline compare false).
+        """
+        if not (math.isfinite(_real("seconds", seconds)) and seconds >= 0):
+            raise ValueError(f"ManualClock.advance takes a finite number of seconds >= 0, got {seconds!r}")
         with self._lock:
             self._now += seconds
+
+
+def _real(what: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number of seconds, got {type(value).__name__}")
+    return float(value)
+
+
+def _count(what: str, value: object, *, minimum: int = 1) -> int:
+    """``value`` if it is a whole number >= ``minimum``, else a ``TypeError`` or ``ValueError`` saying so."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be a whole number, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 def _onnx() -> Any:
@@ -61,7 +95,18 @@ def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], initializers
 
 
 def save_model(model: Any, repository: str | Path, name: str, version: int = 1) -> Path:
-    """Write an ONNX ``ModelProto`` to ``<repository>/<name>/<version>/model.onnx``; returns that path."""
+    """Write an ONNX ``ModelProto`` to ``<repository>/<name>/<version>/model.onnx``; returns that path.
+
+    Raises:
+        ValueError: ``name`` is not a model name the repository accepts (one path component of letters,
+            digits, ``.``, ``_`` and ``-``), or ``version`` is below 1.
+        TypeError: ``name`` is not a ``str`` or ``version`` not a whole number.
+    """
+    try:
+        validate_model_name(name)
+    except ModelNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    version = _count("version", version)
     path = Path(repository) / name / str(version) / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
@@ -69,7 +114,12 @@ def save_model(model: Any, repository: str | Path, name: str, version: int = 1) 
 
 
 def build_scale_model(factor: float = 2.0, *, features: int = 4, offset: float = 0.0) -> Any:
-    """``y = x * factor + offset`` on float32 ``x[batch, features]``: easy to check, distinct per version."""
+    """``y = x * factor + offset`` on float32 ``x[batch, features]``: easy to check, distinct per version.
+
+    Raises:
+        ValueError: ``features`` is below 1.
+    """
+    features = _count("features", features)
     onnx = _onnx()
     helper, tp = onnx.helper, onnx.TensorProto
     inits = [
@@ -112,8 +162,16 @@ def build_add_model(*, sequence: bool = False) -> Any:
 
 
 def build_gather_model(*, table_rows: int = 10, width: int = 4) -> Any:
-    """``rows = table[index]`` with int64 ``index[batch]``: an index outside ``0..table_rows-1`` passes
-    validation but fails inside onnxruntime — a real poisoned request."""
+    """``rows = table[index]`` with int64 ``index[batch]``, ``table`` holding ``0, 1, 2 ...`` row by row.
+
+    An index outside ``-table_rows..table_rows-1`` passes validation but fails inside onnxruntime — a real
+    poisoned request (``table_rows`` itself is the smallest such index). A negative index within range
+    counts from the end, as in ONNX ``Gather``: ``-1`` is the last row.
+
+    Raises:
+        ValueError: ``table_rows`` or ``width`` is below 1.
+    """
+    table_rows, width = _count("table_rows", table_rows), _count("width", width)
     onnx = _onnx()
     helper, tp = onnx.helper, onnx.TensorProto
     table = np.arange(table_rows * width, dtype=np.float32).reshape(table_rows, width)
@@ -129,7 +187,13 @@ def build_sum_model(*, features: int = 4, fixed_batch: int | None = None) -> Any
     """``total = sum(x)`` over every element: the output has no batch axis, so the model cannot batch.
 
     With ``fixed_batch`` the input's batch axis is fixed to that size instead of dynamic.
+
+    Raises:
+        ValueError: ``features`` or ``fixed_batch`` is below 1.
     """
+    features = _count("features", features)
+    if fixed_batch is not None:
+        fixed_batch = _count("fixed_batch", fixed_batch)
     onnx = _onnx()
     helper, tp = onnx.helper, onnx.TensorProto
     batch: Any = fixed_batch if fixed_batch is not None else "batch"
@@ -146,7 +210,16 @@ def build_mlp_model(
     """A float32 multi-layer perceptron ``Gemm -> Relu -> ... -> Gemm [-> Softmax]`` with seeded weights.
 
     ``dims`` lists layer widths from the input features to the outputs; the output is named ``y``.
+
+    Raises:
+        ValueError: ``dims`` has fewer than two widths (the input features and the outputs), or a width
+            below 1.
     """
+    dims = [_count(f"dims[{index}]", width) for index, width in enumerate(dims)]
+    if len(dims) < 2:
+        raise ValueError(
+            f"build_mlp_model needs at least two widths in dims (input features, ..., outputs), got {dims}"
+        )
     onnx = _onnx()
     helper, tp = onnx.helper, onnx.TensorProto
     rng = np.random.default_rng(seed)

@@ -1,0 +1,112 @@
+"""``status(include_paths=False)``: paths go, and nothing else does — no model, rollout arm or string that
+merely looks like a path key or contains the characters of a short relative path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import VariantConfig, render_status_page
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory, rollout
+
+PATH_LIKE_NAMES = ("file", "path", "repository", "folder")
+
+
+def _broken(repository: Path, name: str = "broken") -> None:
+    (repository / name / "1").mkdir(parents=True)
+    (repository / name / "1" / "model.onnx").write_bytes(b"not a model")
+
+
+def test_models_and_arms_named_like_path_keys_stay_in_the_public_status(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    for name in (*PATH_LIKE_NAMES, "fraud"):
+        save_model(build_scale_model(1.0), repository, name, 1)
+        save_model(build_scale_model(2.0), repository, name, 2)
+    arms = {"file": VariantConfig(version=1), "path": VariantConfig(version=2)}
+    server = make_server(repository, config=rollout(strategy="ab", variants=arms), control_interval_s=None)
+    assert server.predict("file", np.ones((1, 4), np.float32))["y"].shape == (1, 4)
+
+    public = server.status(include_paths=False)
+    assert sorted(public["models"]) == sorted(server.models) == sorted((*PATH_LIKE_NAMES, "fraud"))
+    assert sorted(public["models"]["file"]["rollout"]["configured"]["arms"]) == ["file", "path"]
+    ready = server.readiness(["file", "path", "fraud"])
+    assert ready.ready, ready.reasons
+    assert 'id="model-file"' in render_status_page(public)
+    # The paths themselves are still gone.
+    assert "repository" not in public and "file" not in public["control"]
+    assert all("path" not in entry for entry in public["models"]["path"]["versions"].values())
+    assert str(repository) not in json.dumps(public)
+
+
+def test_a_repository_given_as_dot_leaves_other_strings_alone(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_model(build_scale_model(), repository, "fraud")
+    _broken(repository)
+    monkeypatch.chdir(repository)
+    server = make_server(".", control_interval_s=None)
+    full, public = server.status(), server.status(include_paths=False)
+    assert public["onnxruntime"] == full["onnxruntime"] and "." in public["onnxruntime"]
+    assert public["worker"] == full["worker"]
+    assert (
+        public["models"]["fraud"]["versions"]["1"]["signature"] == full["models"]["fraud"]["versions"]["1"]["signature"]
+    )
+    # The file is quoted relative to the repository: no location to hide, and nothing to cut out of it.
+    error = public["models"]["broken"]["versions"]["1"]["error"]
+    assert error == full["models"]["broken"]["versions"]["1"]["error"]
+    assert error.startswith("model 'broken' version 1: cannot load broken/1/model.onnx: ")
+    assert str(repository) not in json.dumps(public)
+
+
+def test_a_one_letter_relative_repository_is_replaced_only_where_it_is_a_path(
+    tmp_path: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_model(build_scale_model(), tmp_path / "m", "mm")
+    _broken(tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    server = make_server("m", control_interval_s=None)
+    full, public = server.status(), server.status(include_paths=False)
+    assert full["models"]["broken"]["versions"]["1"]["error"].startswith(
+        "model 'broken' version 1: cannot load m/broken/1/model.onnx"
+    )
+    assert public["models"]["broken"]["versions"]["1"]["error"].startswith(
+        "model 'broken' version 1: cannot load <path>/broken/1/model.onnx"
+    )
+    assert sorted(public["models"]) == ["broken", "mm"]
+    assert public["worker"] == full["worker"] and public["onnxruntime"] == full["onnxruntime"]
+
+
+def test_a_model_loaded_by_a_relative_file_name_leaves_other_strings_alone(
+    tmp_path: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_file = save_model(build_scale_model(), tmp_path, "ext")
+    monkeypatch.chdir(model_file.parent)
+    server = make_server(None)
+    server.load("ext", path="model.onnx")
+    full, public = server.status(), server.status(include_paths=False)
+    assert full["models"]["ext"]["versions"]["1"]["path"] == "model.onnx"
+    assert "path" not in public["models"]["ext"]["versions"]["1"]
+    assert public["onnxruntime"] == full["onnxruntime"]
+    assert public["models"]["ext"]["versions"]["1"]["state"] == "ready"
+    assert inprocserve.render_status_page(public)
+
+
+def test_a_path_that_only_starts_like_the_repository_is_not_cut(tmp_path: Path, make_server: ServerFactory) -> None:
+    """``<repo>`` must not eat the front of ``<repo>-old``: nothing of the other path would be left to read."""
+    repository = tmp_path / "models"
+    save_model(build_scale_model(), repository, "fraud")
+    outside = tmp_path / "models-old" / "ext" / "1" / "model.onnx"
+    outside.parent.mkdir(parents=True)
+    outside.write_bytes(b"not a model")
+    server = make_server(repository, control_interval_s=None)
+    with pytest.raises(inprocserve.ModelLoadError):
+        server.load("ext", path=outside)
+    public = json.dumps(server.status(include_paths=False))
+    assert "<path>-old" not in public
