@@ -269,7 +269,11 @@ def _quantize(args: argparse.Namespace) -> int:
     source = Path(args.source)
     if not source.is_file():
         return fail(f"{args.source}: no such model file", CANNOT_RUN)
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs generic advice on the root logger
+    # The quantizer logs generic advice on the root logger: quiet it while it runs, then restore the level
+    # (main() may run inside another program).
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
     try:
         report = quantize(source, Path(args.target), sample_rows=args.sample, seconds=args.seconds)
     except ImportError as exc:  # the message names the extra to install
@@ -278,6 +282,8 @@ def _quantize(args: argparse.Namespace) -> int:
         return fail(str(exc), PROBLEMS)
     except (ValueError, OSError) as exc:  # the target is the source, its folder is missing or not writable
         return fail(str(exc), CANNOT_RUN)
+    finally:
+        root.setLevel(level)
     if args.json:
         print(json.dumps(report, indent=2))
         return OK

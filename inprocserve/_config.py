@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ._config_checks import MAX_BATCH_ROWS, check_bool, check_int, check_list, check_number, check_table, check_text
 from ._errors import ConfigurationError
 from ._rollout_config import (
     FLAT_FIELDS,
@@ -73,15 +74,18 @@ class PaddingConfig:
     """The value written into padded positions (for example the pad token id, or 0 for a mask)."""
 
     def __post_init__(self) -> None:
-        if not self.inputs:
+        if not check_table("batching.padding.inputs", self.inputs):
             raise ConfigurationError("batching.padding.inputs must name at least one input")
-        for kind, axes in (("inputs", self.inputs), ("outputs", self.outputs)):
+        for kind, axes in (("inputs", self.inputs), ("outputs", check_table("batching.padding.outputs", self.outputs))):
             for name, axis in axes.items():
-                if isinstance(axis, bool) or not isinstance(axis, int) or axis < 1:
+                if type(axis) is not int or axis < 1:
                     raise ConfigurationError(
                         f"batching.padding.{kind}[{name!r}] must be an axis >= 1 (axis 0 is the batch axis), "
                         f"got {axis!r}"
                     )
+        value: object = self.value  # any number, -inf included (an additive attention mask), not a bool
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigurationError(f"batching.padding.value must be a number, got {value!r}")
         object.__setattr__(self, "inputs", dict(self.inputs))
         object.__setattr__(self, "outputs", dict(self.outputs))
 
@@ -117,22 +121,23 @@ class BatchingConfig:
     """Pad a dynamic axis so requests of different lengths can share a batch; ``None`` groups them."""
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ConfigurationError(f"batching.max_batch_size must be >= 1, got {self.max_batch_size}")
+        check_bool("batching.enabled", self.enabled)
+        check_int("batching.max_batch_size", self.max_batch_size, 1, MAX_BATCH_ROWS)
         if self.max_delay_ms is not None:
             self._convert_max_delay_ms()
         if self.max_delay_s is not None and not _finite_at_least_zero(self.max_delay_s):
             raise ConfigurationError(f"batching.max_delay_s must be a finite number >= 0, got {self.max_delay_s!r}")
-        sizes = tuple(sorted(set(self.preferred_batch_sizes)))
-        if any(size < 1 or size > self.max_batch_size for size in sizes):
+        sizes = check_list("batching.preferred_batch_sizes", self.preferred_batch_sizes)
+        if any(type(size) is not int or size < 1 or size > self.max_batch_size for size in sizes):
             raise ConfigurationError(
                 f"batching.preferred_batch_sizes must lie in 1..max_batch_size ({self.max_batch_size}), got {sizes}"
             )
-        object.__setattr__(self, "preferred_batch_sizes", sizes)
-        if self.max_queue_rows < 1:
-            raise ConfigurationError(f"batching.max_queue_rows must be >= 1, got {self.max_queue_rows}")
-        if self.max_request_rows is not None and self.max_request_rows < 1:
-            raise ConfigurationError(f"batching.max_request_rows must be >= 1, got {self.max_request_rows}")
+        object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(sizes))))
+        check_int("batching.max_queue_rows", self.max_queue_rows, 1)
+        if self.max_request_rows is not None:
+            check_int("batching.max_request_rows", self.max_request_rows, 1)
+        if self.padding is not None and not isinstance(self.padding, PaddingConfig):
+            raise ConfigurationError(f"batching.padding must be a table ([batching.padding]), got {self.padding!r}")
 
     def _convert_max_delay_ms(self) -> None:
         milliseconds = self.max_delay_ms
@@ -221,31 +226,51 @@ class PoolConfig:
     optimizing again."""
 
     def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ConfigurationError(f"pool.size must be >= 1, got {self.size}")
-        if self.intra_op_threads is not None and self.intra_op_threads < 1:
-            raise ConfigurationError(f"pool.intra_op_threads must be >= 1, got {self.intra_op_threads}")
-        if self.inter_op_threads < 1:
-            raise ConfigurationError(f"pool.inter_op_threads must be >= 1, got {self.inter_op_threads}")
+        check_int("pool.size", self.size, 1, _MAX_THREADS)
+        if self.intra_op_threads is not None:
+            check_int("pool.intra_op_threads", self.intra_op_threads, 1, _MAX_THREADS)
+        check_int("pool.inter_op_threads", self.inter_op_threads, 1, _MAX_THREADS)
+        for key in ("allow_spinning", "require_gpu", "shared_weights", "memory_arena", "arena_shrinkage"):
+            check_bool(f"pool.{key}", getattr(self, key))
+        check_bool("pool.optimized_model_cache", self.optimized_model_cache)
+        check_bool("pool.share_session", self.share_session, optional=True)
+        check_bool("pool.io_binding", self.io_binding, optional=True)
         if self.providers != "auto":
-            providers: object = self.providers  # config.toml may hand us anything
-            if isinstance(providers, str) or not providers:
-                raise ConfigurationError(
-                    f"pool.providers must be 'auto' or a non-empty list of provider names, got {self.providers!r}"
-                )
-            object.__setattr__(self, "providers", tuple(self.providers))
-        object.__setattr__(self, "device_ids", tuple(self.device_ids))
-        options = {
-            str(name): {str(k): str(v) for k, v in dict(values).items()}
-            for name, values in dict(self.provider_options).items()
-        }
-        object.__setattr__(self, "provider_options", options)
-        if not self.device_ids or any(device < 0 for device in self.device_ids):
-            raise ConfigurationError(f"pool.device_ids must be non-negative integers, got {self.device_ids}")
+            providers = _providers(self.providers)  # config.toml may hand us anything
+            object.__setattr__(self, "providers", providers)
+        devices = check_list("pool.device_ids", self.device_ids)
+        if not devices or any(type(device) is not int or device < 0 for device in devices):
+            raise ConfigurationError(f"pool.device_ids must be non-negative integers, got {self.device_ids!r}")
+        object.__setattr__(self, "device_ids", devices)
+        object.__setattr__(self, "provider_options", _provider_options(self.provider_options))
         if self.graph_optimization not in ("disable", "basic", "extended", "all"):
             raise ConfigurationError(
                 f"pool.graph_optimization must be one of disable, basic, extended, all; got {self.graph_optimization!r}"
             )
+
+
+_MAX_THREADS = 1024  # sessions or threads per model version: more can only be a typo
+
+
+def _providers(value: object) -> tuple[str, ...]:
+    providers = () if isinstance(value, str) else check_list("pool.providers", value)
+    if not providers or not all(isinstance(name, str) and name for name in providers):
+        raise ConfigurationError(f"pool.providers must be 'auto' or a non-empty list of provider names, got {value!r}")
+    return providers
+
+
+def _provider_options(value: object) -> dict[str, dict[str, str]]:
+    """Options as onnxruntime takes them, strings; a number or a bool is written as ``str`` writes it."""
+    options: dict[str, dict[str, str]] = {}
+    for name, values in check_table("pool.provider_options", value).items():
+        table = check_table(f"pool.provider_options.{name}", values)
+        for key, option in table.items():
+            if not isinstance(option, str | int | float):
+                raise ConfigurationError(
+                    f"pool.provider_options.{name}.{key} must be a string or a number, got {option!r}"
+                )
+        options[str(name)] = {str(key): str(option) for key, option in table.items()}
+    return options
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -261,8 +286,10 @@ class WarmupConfig:
     """An ``.npz`` file (relative to the model folder) holding real warm-up inputs, used instead of zeros."""
 
     def __post_init__(self) -> None:
-        if self.rows < 1 or self.runs < 1:
-            raise ConfigurationError(f"warmup.rows and warmup.runs must be >= 1, got {self.rows}, {self.runs}")
+        check_bool("warmup.enabled", self.enabled)
+        check_int("warmup.rows", self.rows, 1, MAX_BATCH_ROWS)  # allocated at load: 10**12 rows is a typo
+        check_int("warmup.runs", self.runs, 1, 1000)
+        check_text("warmup.inputs_file", self.inputs_file, optional=True, blank=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -279,10 +306,11 @@ class CacheConfig:
     cache is enabled; ``True`` also without the cache; ``False`` never (each request runs)."""
 
     def __post_init__(self) -> None:
-        if self.max_entries < 1:
-            raise ConfigurationError(f"cache.max_entries must be >= 1, got {self.max_entries}")
-        if self.ttl_s is not None and not self.ttl_s > 0:
-            raise ConfigurationError(f"cache.ttl_s must be > 0, got {self.ttl_s}")
+        check_bool("cache.enabled", self.enabled)
+        check_int("cache.max_entries", self.max_entries, 1)
+        if self.ttl_s is not None:
+            check_number("cache.ttl_s", self.ttl_s, 0, above=True)
+        check_bool("cache.share_in_flight", self.share_in_flight, optional=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -310,14 +338,24 @@ class DriftConfig:
         return self.reference_file is not None or self.capture_reference > 0
 
     def __post_init__(self) -> None:
-        if self.capture_reference < 0 or self.window < 1 or self.bins < 2 or self.max_features < 1:
-            raise ConfigurationError(
-                "drift: capture_reference must be >= 0, window >= 1, bins >= 2 and max_features >= 1"
-            )
-        if not self.psi_threshold > 0:
-            raise ConfigurationError(f"drift.psi_threshold must be > 0, got {self.psi_threshold}")
-        if self.ks_threshold is not None and not 0 < self.ks_threshold <= 1:
-            raise ConfigurationError(f"drift.ks_threshold must be in (0, 1] or unset, got {self.ks_threshold}")
+        check_text("drift.reference_file", self.reference_file, optional=True, blank=False)
+        check_int("drift.capture_reference", self.capture_reference, 0)
+        check_int("drift.window", self.window, 1)
+        check_int("drift.bins", self.bins, 2, 1000)
+        check_int("drift.max_features", self.max_features, 1)
+        check_number("drift.psi_threshold", self.psi_threshold, 0, above=True)
+        if self.ks_threshold is not None:
+            check_number("drift.ks_threshold", self.ks_threshold, 0, 1, above=True)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "batching": BatchingConfig,
+    "pool": PoolConfig,
+    "warmup": WarmupConfig,
+    "rollout": RolloutConfig,
+    "drift": DriftConfig,
+    "cache": CacheConfig,
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -335,6 +373,9 @@ class ModelConfig:
     """``"reject"`` refuses float inputs holding NaN or infinity with :class:`InvalidInputError`."""
 
     def __post_init__(self) -> None:
+        for name, kind in {**_SECTIONS, "version_policy": VersionPolicy}.items():
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigurationError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         if self.nan_policy not in ("allow", "reject"):
             raise ConfigurationError(f"nan_policy must be 'allow' or 'reject', got {self.nan_policy!r}")
 
@@ -409,16 +450,6 @@ def load_model_config(path: Path, base: ModelConfig | None = None) -> ModelConfi
         raise ConfigurationError(f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
-_SECTIONS: dict[str, type[Any]] = {
-    "batching": BatchingConfig,
-    "pool": PoolConfig,
-    "warmup": WarmupConfig,
-    "rollout": RolloutConfig,
-    "drift": DriftConfig,
-    "cache": CacheConfig,
-}
-
-
 def _merge(config: ModelConfig, data: Mapping[str, Any], source: str) -> ModelConfig:
     changes: dict[str, Any] = {}
     for key, value in data.items():
@@ -474,6 +505,8 @@ def _replace_section(section: Any, name: str, values: Mapping[str, Any], source:
             converted["padding"] = PaddingConfig(**converted["padding"])
         except TypeError as exc:
             raise ConfigurationError(f"{source}: [batching.padding]: {exc}") from None
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{source}: {exc}") from None
     try:
         return dataclasses.replace(section, **converted)
     except ConfigurationError as exc:
@@ -499,7 +532,9 @@ def _group_flat_rollout_keys(converted: dict[str, Any], source: str) -> None:
     warnings.warn(message, DeprecationWarning, stacklevel=4)
     for key, (group, inner) in moved.items():
         table = converted.get(group)
-        table = dict(table) if isinstance(table, Mapping) else {}
+        if table is not None and not isinstance(table, Mapping):
+            raise ConfigurationError(f"{source}: rollout.{group} must be a table ([rollout.{group}]), got {table!r}")
+        table = dict(table or {})
         table.setdefault(inner, flat[key])  # a key written in the table wins over its flat form
         converted[group] = table
 

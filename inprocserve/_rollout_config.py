@@ -10,12 +10,12 @@ of earlier releases (``candidate``, ``canary_percent``, ``bandit_policy``, ``eps
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._config_checks import check_int, check_list, check_number, check_table, check_text
 from ._errors import ConfigurationError
 
 __all__ = [
@@ -48,7 +48,7 @@ def _version(name: str, value: Any) -> None:
 
 
 def _versions(name: str, values: Any) -> tuple[int, ...]:
-    versions = tuple(values)
+    versions = check_list(f"rollout.{name}", values)
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in versions):
         raise ConfigurationError(f"rollout.{name} must list positive version numbers, got {list(versions)!r}")
     return versions
@@ -64,8 +64,7 @@ class VariantConfig:
     def __post_init__(self) -> None:
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
             raise ConfigurationError(f"rollout variant version must be a positive int, got {self.version!r}")
-        if not (self.weight >= 0 and math.isfinite(self.weight)):
-            raise ConfigurationError(f"rollout variant weight must be a finite number >= 0, got {self.weight!r}")
+        check_number("rollout variant weight", self.weight, 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,8 +92,7 @@ class BanditConfig:
     def __post_init__(self) -> None:
         if self.policy not in ("thompson", "epsilon_greedy"):
             raise ConfigurationError(f"rollout.bandit.policy must be thompson or epsilon_greedy, got {self.policy!r}")
-        if not 0 <= self.epsilon <= 1:
-            raise ConfigurationError(f"rollout.bandit.epsilon must lie in 0..1, got {self.epsilon!r}")
+        check_number("rollout.bandit.epsilon", self.epsilon, 0, 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,14 +189,17 @@ class RolloutConfig:
         _version("stable", self.stable)
         self._group_flat_fields()
         variants = {
-            name: value if isinstance(value, VariantConfig) else VariantConfig(**value)
-            for name, value in dict(self.variants).items()
+            name: _variant(name, value) for name, value in check_table("rollout.variants", self.variants).items()
         }
         object.__setattr__(self, "variants", variants)
         if self.strategy in ("ab", "bandit") and len(variants) < 2:
             raise ConfigurationError(f"rollout.strategy {self.strategy!r} needs at least two rollout.variants")
-        if self.capture_inputs < 0:
-            raise ConfigurationError(f"rollout.capture_inputs must be >= 0, got {self.capture_inputs}")
+        check_int("rollout.capture_inputs", self.capture_inputs, 0)
+        if self.seed is not None:
+            check_int("rollout.seed", self.seed, 0, None)  # numpy takes no negative seed
+        check_text("rollout.salt", self.salt)
+        check_text("rollout.flag_prefix", self.flag_prefix, optional=True)
+        check_text("rollout.key_field", self.key_field, blank=False)  # no field named "": no sticky buckets
 
     def _group_flat_fields(self) -> None:
         """Move deprecated flat fields (and ``shadow`` given as a list of versions) into their groups."""
@@ -218,10 +219,12 @@ class RolloutConfig:
                 moved.setdefault("shadow", {})["versions"] = shadow
                 given.append(f"shadow={shadow!r}")
                 object.__setattr__(self, "shadow", ShadowConfig())
-        for group in GROUPS:
+        for group, kind in GROUPS.items():
             value = getattr(self, group)
             if isinstance(value, Mapping):
-                object.__setattr__(self, group, GROUPS[group](**value))
+                object.__setattr__(self, group, kind(**value))
+            elif not isinstance(value, kind):
+                raise ConfigurationError(f"rollout.{group} must be a table ([rollout.{group}]), got {value!r}")
         if not moved:
             return
         old = ", ".join(given)
@@ -253,6 +256,16 @@ class RolloutConfig:
         versions.update(self.shadow.versions)
         versions.update(self.interleaving.rankers or ())
         return versions
+
+
+def _variant(name: str, value: object) -> VariantConfig:
+    if isinstance(value, VariantConfig):
+        return value
+    table = check_table(f"rollout.variants.{name}", value)
+    try:
+        return VariantConfig(**table)
+    except (TypeError, ConfigurationError) as exc:  # TypeError: an unknown or missing key
+        raise ConfigurationError(f"rollout.variants.{name}: {exc}") from None
 
 
 def _as_dict(group: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ._config_checks import check_int, check_list
 from ._errors import ConfigurationError
 
 __all__ = ["VersionPolicy", "parse_version_policy"]
@@ -22,10 +23,14 @@ class VersionPolicy:
     def __post_init__(self) -> None:
         if self.kind not in ("latest", "all", "specific"):
             raise ConfigurationError(f"version policy must be latest, all or specific, got {self.kind!r}")
-        if self.kind == "latest" and self.count < 1:
-            raise ConfigurationError(f"version policy latest needs a count >= 1, got {self.count}")
-        if self.kind == "specific" and (not self.versions or any(v < 1 for v in self.versions)):
-            raise ConfigurationError(f"version policy specific needs positive versions, got {self.versions}")
+        if self.kind == "latest" and (type(self.count) is not int or self.count < 1):  # True is an int, to Python
+            raise ConfigurationError(f"version policy latest needs a count >= 1 (an integer), got {self.count!r}")
+        versions = check_list("version policy versions", self.versions)
+        for version in versions:
+            check_int("version policy versions", version, 1, None)
+        if self.kind == "specific" and not versions:
+            raise ConfigurationError(f"version policy specific needs positive versions, got {self.versions!r}")
+        object.__setattr__(self, "versions", versions)
 
     @classmethod
     def latest(cls, count: int = 1) -> VersionPolicy:
@@ -57,10 +62,13 @@ def parse_version_policy(value: Any, source: str) -> VersionPolicy:
         return VersionPolicy.all()
     if isinstance(value, Mapping) and len(value) == 1:
         ((kind, arg),) = value.items()
-        if kind == "latest" and isinstance(arg, int):
-            return VersionPolicy.latest(arg)
-        if kind == "specific" and isinstance(arg, list) and all(isinstance(v, int) for v in arg):
-            return VersionPolicy.specific(*arg)
+        try:
+            if kind == "latest" and type(arg) is int:  # not a bool: { latest = true } is no count
+                return VersionPolicy.latest(arg)
+            if kind == "specific" and isinstance(arg, list) and all(type(v) is int for v in arg):
+                return VersionPolicy.specific(*arg)
+        except ConfigurationError as exc:  # { latest = 0 }, { specific = [0] }
+            raise ConfigurationError(f"{source}: {exc}") from None
     raise ConfigurationError(
         f'{source}: version_policy must be "latest", "all", {{ latest = N }} or {{ specific = [1, 2] }}, got {value!r}'
     )

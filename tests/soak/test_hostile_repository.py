@@ -44,8 +44,10 @@ def plant(repository: Path, outside: Path, round_: int) -> dict[str, str]:
     (weights / "w.bin").symlink_to("/etc/passwd")
     planted[f"weightlink{round_}"] = "external data through a link to /etc/passwd"
     for name in NAMES:
-        try:
-            save_model(build_scale_model(9.0), repository, name, 1)
+        try:  # written directly: save_model itself refuses the names a repository scan refuses
+            folder = repository / name / "1"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "model.onnx").write_bytes(build_scale_model(9.0).SerializeToString())
         except OSError:
             continue  # the file system refuses it itself
         if name in VALID:
