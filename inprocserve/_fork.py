@@ -3,15 +3,26 @@
 After ``fork()`` the child has the parent's memory but none of its threads: onnxruntime thread pools,
 our worker threads and any lock held at the time are unusable. Objects register here and get a call in
 the child so they can start afresh, lazily, the first time they are used there (gunicorn ``--preload``).
+
+That is all a child can be spared: onnxruntime itself does not survive a fork. Once it is imported in a
+process (by an ``import``, or by building a :class:`~inprocserve.Server` there), every child that process
+forks later hangs or aborts (SIGABRT) at its normal exit, in onnxruntime's own exit-time clean-up, whether
+or not the child uses onnxruntime — only a child that ends with ``os._exit`` (as multiprocessing's do) is
+spared. So a process that forks workers must not import onnxruntime: servers are built in the workers.
+A fork from a process that has imported it logs an error, once per process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import weakref
 from typing import Protocol
 
 __all__ = ["ForkAware", "register"]
+
+logger = logging.getLogger(__name__)
 
 
 class ForkAware(Protocol):
@@ -31,5 +42,52 @@ def _reset_all() -> None:
         obj._after_fork_in_child()
 
 
+_warned_in: int | None = None  # the pid that logged the onnxruntime error (once per process)
+
+# Modules whose forked children never run onnxruntime's exit-time clean-up: multiprocessing's end with
+# os._exit; subprocess's (with preexec_fn, the only case that calls these hooks) exec another program.
+_EXITS_WITH_OS_EXIT = frozenset({"multiprocessing.popen_fork", "multiprocessing.forkserver", "subprocess"})
+
+
+def _warn_if_onnxruntime_is_imported() -> None:
+    """Before a fork: say why the child will hang or abort at exit, if onnxruntime is imported here."""
+    global _warned_in
+    if "onnxruntime" not in sys.modules or _warned_in == os.getpid():
+        return
+    try:
+        caller = sys._getframe(1)  # the Python frame that called os.fork() (the hook is called from C)
+    except ValueError:  # forked from C with no Python frame above
+        caller = None
+    if caller is not None and caller.f_globals.get("__name__") in _EXITS_WITH_OS_EXIT:
+        return
+    _warned_in = os.getpid()
+    message = (
+        f"process {os.getpid()} forks with onnxruntime imported: the child will hang or abort (SIGABRT) when "
+        "it exits, whether or not it uses onnxruntime, unless it ends with os._exit. onnxruntime was imported, "
+        "or an inprocserve Server built (for example Inprocserve.warm(app) or a Server created at import time "
+        "of a --preload'ed module), before the fork: build servers in the workers instead (lazily on first "
+        "use, with EAGER, or with the gunicorn post_worker_init hook), and import nothing that imports "
+        "onnxruntime in the process that forks them. (Logged once per process.)"
+    )
+    if _handled(logger):
+        logger.error("%s", message)
+    elif logger.isEnabledFor(logging.ERROR) and sys.stderr is not None:
+        try:  # logging is not set up (gunicorn's master, say): still say it, as logging's last resort would
+            sys.stderr.write(f"ERROR {logger.name}: {message}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):  # a closed or broken stderr: nowhere left to say it
+            pass
+
+
+def _handled(log: logging.Logger) -> bool:
+    """Whether a record of ``log`` reaches a handler other than the package's NullHandler."""
+    current: logging.Logger | None = log
+    while current is not None:
+        if any(not isinstance(handler, logging.NullHandler) for handler in current.handlers):
+            return True
+        current = current.parent if current.propagate else None
+    return False
+
+
 if hasattr(os, "register_at_fork"):  # POSIX only
-    os.register_at_fork(after_in_child=_reset_all)
+    os.register_at_fork(before=_warn_if_onnxruntime_is_imported, after_in_child=_reset_all)

@@ -264,7 +264,8 @@ def _remove(path: Path) -> None:
 
 # Sessions inherited across fork() are never destroyed in the child: their destructors would join
 # onnxruntime threads that do not exist there, and hang. They stay referenced here (their pages stay
-# shared copy-on-write with the parent).
+# shared copy-on-write with the parent). That spares the child's own code, not its exit: onnxruntime's
+# exit-time clean-up still hangs or aborts in any child forked after it was imported (see _fork.py).
 _inherited: list[Any] = []
 
 

@@ -1,7 +1,8 @@
 """Pre-fork servers (gunicorn ``--preload``): check in the master, build and warm in each worker.
 
-onnxruntime state must never cross a ``fork()``: its thread pools do not exist in the child, whose exit
-then hangs or aborts. So the master process only *checks* the repository — layout, ``config.toml`` files,
+onnxruntime must never be imported in a process that forks: every child it forks afterwards hangs or
+aborts (SIGABRT) at exit, in onnxruntime's exit-time clean-up (see :mod:`inprocserve._fork`, which logs
+an error at such a fork). So the master process only *checks* the repository — layout, ``config.toml`` files,
 and each model's signature read with the ``onnx`` package (no onnxruntime) — and every worker builds and
 warms its own sessions right after the fork, before it takes traffic:
 
@@ -15,10 +16,13 @@ warms its own sessions right after the fork, before it takes traffic:
 from __future__ import annotations
 
 import atexit
+import inspect
+import itertools
 import logging
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,15 +30,37 @@ from typing import Any
 from ._config import ModelConfig, load_model_config
 from ._errors import ModelLoadError
 from ._remote_model import read_remote_toml
-from ._repository import is_remote, scan_repository
+from ._repository import ModelSource, is_remote, scan_repository
 
 __all__ = ["build_after_fork", "check_repository", "shield_exit", "warm_worker"]
 
 logger = logging.getLogger(__name__)
 
-_builders: list[tuple[int, Callable[[], object]]] = []  # (pid that registered it, builder)
+
+class _Builder:
+    """A registered builder: held weakly when it is a bound method (the plug-ins pass their app state's
+    ``warm``), so that registering does not keep an app alive after it is dropped."""
+
+    def __init__(self, build: Callable[[], object], pid: int) -> None:
+        self.pid = pid  # the process whose direct children run it on a thread; -1: only warm_worker() runs it
+        self.done_in: int | None = None  # the pid it last completed in
+        self.key = key = next(_keys)
+        self._build: Callable[[], Callable[[], object] | None]
+        if inspect.ismethod(build):
+            self._build = weakref.WeakMethod(build, lambda _: _builders.pop(key, None))
+        else:
+            self._build = lambda: build
+
+    def get(self) -> Callable[[], object] | None:
+        """The builder, or ``None`` once the object whose method it is has been garbage-collected."""
+        return self._build()
+
+
+_keys = itertools.count()
+# Registration order; a dead weak builder removes itself (dict operations are atomic: no lock, which a
+# weakref callback, run by the garbage collector on any thread at any moment, could not take safely).
+_builders: dict[int, _Builder] = {}
 _lock = threading.Lock()
-_done_in: dict[int, int] = {}  # id(builder) -> pid it last completed in
 
 
 def build_after_fork(build: Callable[[], object], *, background: bool = True) -> None:
@@ -43,20 +69,36 @@ def build_after_fork(build: Callable[[], object], *, background: bool = True) ->
     ``build`` must be idempotent and thread-safe (the plug-ins pass their "server for this process"
     getter): it may be called both by the automatic background thread and by :func:`warm_worker`.
 
+    A bound method (``holder.get``) is held weakly: it is dropped once its object is garbage-collected, so
+    registering does not keep an app (or anything else) alive, and a dropped app is not built in later
+    children; keep the object referenced for as long as its builder should run. Any other callable (a
+    function, a lambda) is held for the life of the process. Registering the same builder again does
+    nothing.
+
     Args:
         build: Builds and warms this process's server(s).
         background: Start ``build`` on a thread in each forked child automatically. With ``False`` only
             :func:`warm_worker` (for example the gunicorn hook) runs it.
     """
+    pid = os.getpid() if background else -1
     with _lock:
-        _builders.append((os.getpid() if background else -1, build))
+        for entry in _registered():
+            if entry.pid == pid and entry.get() == build:
+                return
+        entry = _Builder(build, pid)
+        _builders[entry.key] = entry
+
+
+def _registered() -> list[_Builder]:
+    return list(_builders.copy().values())  # a copy first: a weakref callback may remove one meanwhile
 
 
 def warm_worker() -> list[str]:
     """Run every registered builder in this process now (once per process); returns the errors."""
     errors: list[str] = []
-    for _, build in list(_builders):
-        if _done_in.get(id(build)) == os.getpid():
+    for entry in _registered():
+        build = entry.get()
+        if build is None or entry.done_in == os.getpid():
             continue
         try:
             build()
@@ -64,7 +106,9 @@ def warm_worker() -> list[str]:
             logger.exception("building the inprocserve server in worker %d failed", os.getpid())
             errors.append(str(exc))
             continue
-        _done_in[id(build)] = os.getpid()
+        finally:
+            del build  # the thread holds no strong reference to the app once its build is done
+        entry.done_in = os.getpid()
     return errors
 
 
@@ -95,8 +139,11 @@ def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
     parent = os.getppid()
-    if any(pid == parent for pid, _ in _builders):  # only direct children of the process that registered
-        threading.Thread(target=warm_worker, name="inprocserve-warm", daemon=True).start()
+    if any(entry.pid == parent and entry.get() is not None for entry in _registered()):
+        # Only in direct children of the process that registered. Not a daemon thread: a worker told to
+        # stop (SIGTERM) while the thread is inside onnxruntime's session creation would abort at exit;
+        # the interpreter's exit waits for it instead (gunicorn's graceful timeout still bounds that).
+        threading.Thread(target=warm_worker, name="inprocserve-warm").start()
 
 
 if hasattr(os, "register_at_fork"):
@@ -111,6 +158,9 @@ def check_repository(
 ) -> dict[str, Any]:
     """Check a repository without onnxruntime: layout, every ``config.toml``, and each served version's
     signature (read with the ``onnx`` package, if installed). Safe to call in a process that will fork.
+    Each model's config is layered as the Server does (defaults < ``config`` < ``config.toml`` <
+    ``models``, per field), and the versions checked are those the Server would load: the ones its
+    version policy selects and the ones its rollout names (stable, canary, arms, shadows).
     A remote version's ``remote.toml`` is read, but its server is not contacted: no connection may cross
     the fork, and each worker reads the remote model's metadata itself.
 
@@ -137,14 +187,12 @@ def check_repository(
     report: dict[str, Any] = {"models": {}, "problems": list(scan.problems), "signatures_checked": onnx is not None}
     failures: list[str] = []
     for name, source in scan.models.items():
-        if models and name in models:
-            effective = models[name]
-        elif source.config_path is not None:
-            effective = load_model_config(source.config_path, config or ModelConfig())
-        else:
-            effective = config or ModelConfig()
+        effective = _effective_config(name, source, config, models or {})
+        # What the Server loads: the versions its policy selects, and those the rollout names (stable,
+        # canary, arms, shadows), which it loads whatever the policy.
+        referenced = {v for v in effective.rollout.referenced_versions if v in source.versions}
         versions: dict[int, Any] = {}
-        for number in effective.version_policy.select(list(source.versions)):
+        for number in sorted(set(effective.version_policy.select(list(source.versions))) | referenced):
             if is_remote(source.versions[number]):
                 try:
                     versions[number] = {"remote": read_remote_toml(source.versions[number]).endpoint}
@@ -162,6 +210,18 @@ def check_repository(
     if failures:
         raise ModelLoadError("; ".join(failures))
     return report
+
+
+def _effective_config(
+    name: str, source: ModelSource, config: ModelConfig | None, models: Mapping[str, ModelConfig]
+) -> ModelConfig:
+    """The config a Server gives the model (as ``Registry.config_for``): code defaults < ``config=`` <
+    ``config.toml`` < ``models=``, per field."""
+    effective = config or ModelConfig()
+    if source.config_path is not None:
+        effective = load_model_config(source.config_path, effective)
+    code = models.get(name)
+    return effective if code is None else effective.overlaid(code, source=f"models[{name!r}]")
 
 
 def _signature(onnx: Any, path: Path) -> dict[str, Any]:

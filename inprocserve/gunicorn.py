@@ -8,7 +8,8 @@ gunicorn calls ``post_worker_init`` in each worker after the app is loaded and b
 connections, so a worker answers its first request with warm sessions. It runs the builders that the
 Flask and Django plug-ins register in eager mode (and any registered with
 :func:`inprocserve.build_after_fork`), in the worker, never in the master: the master process, which
-forks the workers, must hold no onnxruntime state.
+forks the workers, must not import onnxruntime (a worker forked after it was imported hangs or aborts at
+exit; inprocserve logs an error at such a fork).
 """
 
 from __future__ import annotations

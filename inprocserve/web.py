@@ -427,8 +427,12 @@ class ProcessLocalServer:
     """One server per process, built by ``factory`` on first use and built anew in a forked child.
 
     A server's threads and onnxruntime sessions do not survive ``fork()``, so a child never uses its
-    parent's server (it is not closed there either: it belongs to the parent). Thread-safe: concurrent
-    first uses build once.
+    parent's server (it is not closed there either: it belongs to the parent). That does not make a fork
+    after the first :meth:`get` safe: once onnxruntime is imported in a process, every child it forks
+    hangs or aborts (SIGABRT) when it exits, in onnxruntime's own exit-time clean-up, even if the parent's
+    server was closed first (inprocserve logs an error at such a fork). So in a process that forks workers
+    (a gunicorn ``--preload`` master) never call :meth:`get`: call it in the workers, lazily or through
+    :func:`inprocserve.build_after_fork`. Thread-safe: concurrent first uses build once.
 
     Args:
         factory: Builds the server (called with this holder's lock held).

@@ -162,7 +162,8 @@ class Inprocserve:
             app.register_blueprint(v2_blueprint(app.config))
         if app.config["INPROCSERVE_EAGER"]:
             # Check now, so a broken repository fails the start-up; build in each worker after the fork,
-            # never here: this may be a pre-forking master, which must hold no onnxruntime state.
+            # never here: this may be a pre-forking master, which must not import onnxruntime (its forked
+            # workers would hang or abort at exit).
             if state.config["INPROCSERVE_REPOSITORY"] is not None:
                 inprocserve.check_repository(
                     state.config["INPROCSERVE_REPOSITORY"],

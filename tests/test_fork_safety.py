@@ -1,0 +1,190 @@
+"""Pre-fork safety: the onnxruntime warning at fork, the eager warm-up thread under a real gunicorn stop,
+builders that do not keep apps alive, and the master-side repository check that matches the Server."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+
+import inprocserve
+from inprocserve import _prefork
+from inprocserve.testing import build_scale_model, save_model
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FORK_SCRIPT = """
+import logging, multiprocessing, os, sys
+if sys.argv[1] == "logging":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+import inprocserve
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+fork()
+print("forked without onnxruntime", flush=True)
+import onnxruntime
+child = multiprocessing.get_context("fork").Process(target=print, args=("multiprocessing child",))
+child.start()
+child.join()
+print("multiprocessing child exit", child.exitcode, flush=True)
+fork()
+fork()
+print("forked twice with onnxruntime", flush=True)
+"""
+
+
+@pytest.mark.parametrize("logging_set_up", ["logging", "no logging"])
+def test_a_fork_with_onnxruntime_imported_logs_an_error_once(logging_set_up: str) -> None:
+    # (a fresh interpreter: the test process has imported onnxruntime long ago.) Without logging set up
+    # (a gunicorn master) the package's NullHandler would swallow the record: it goes to stderr then.
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, logging_set_up],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, in order (both are flushed as they are written)
+        text=True,
+        timeout=120,
+        cwd=str(ROOT),
+    )
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    errors = [line for line in lines if line.startswith("ERROR inprocserve._fork: ")]
+    assert len(errors) == 1, result.stdout
+    assert "onnxruntime" in errors[0] and "build servers in the workers" in errors[0]
+    # no error for the fork before the import, nor for multiprocessing's (its children end with os._exit)
+    assert lines.index(errors[0]) > lines.index("multiprocessing child exit 0"), result.stdout
+    assert lines[-1] == "forked twice with onnxruntime", result.stdout
+
+
+WARMING_APP = """
+import os, threading, time
+import inprocserve
+
+MARKS = os.environ["INPROCSERVE_TEST_MARKS"]
+
+def build():
+    open(os.path.join(MARKS, f"started-{os.getpid()}"), "w").close()
+    main = threading.main_thread()
+    for _ in range(6000):  # until this worker has been told to stop and its main thread is done (bounded)
+        if not main.is_alive():
+            break
+        time.sleep(0.01)
+    time.sleep(0.5)  # still building while the interpreter exits: a daemon thread would be cut off here
+    open(os.path.join(MARKS, f"done-{os.getpid()}"), "w").close()
+
+inprocserve.build_after_fork(build)
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+
+def test_a_worker_stopped_during_its_warm_up_lets_the_warm_up_finish(tmp_path: Path) -> None:
+    # The eager warm-up thread must not be a daemon: a gunicorn worker told to stop while the thread is
+    # inside onnxruntime's session creation aborts at exit otherwise. Here the build is still running when
+    # the workers' main threads have finished; each worker's exit waits for it to complete.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (tmp_path / "warming_app.py").write_text(WARMING_APP)
+    log_path = tmp_path / "gunicorn.log"
+    env = {**os.environ, "INPROCSERVE_TEST_MARKS": str(marks), "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    command = [sys.executable, "-m", "gunicorn", "--preload", "--workers", "2", "--bind", "127.0.0.1:0"]
+    command += ["--graceful-timeout", "60", "--chdir", str(tmp_path), "warming_app:app"]
+    with log_path.open("w") as log:
+        master = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        for _ in range(6000):  # bounded wait for both workers to be inside their build
+            if len(list(marks.glob("started-*"))) == 2 or master.poll() is not None:
+                break
+            time.sleep(0.01)
+        started = sorted(p.name.split("-")[1] for p in marks.glob("started-*"))
+        assert len(started) == 2, log_path.read_text()
+        master.send_signal(signal.SIGTERM)
+        assert master.wait(timeout=120) == 0, log_path.read_text()
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()
+    done = sorted(p.name.split("-")[1] for p in marks.glob("done-*"))
+    log = log_path.read_text()
+    assert done == started, log
+    assert "SIGABRT" not in log and "SIGKILL" not in log, log
+
+
+class _App:
+    def __init__(self) -> None:
+        self.built_in: list[int] = []
+
+    def warm(self) -> None:
+        self.built_in.append(os.getpid())
+
+
+def test_a_registered_builder_does_not_keep_its_app_alive() -> None:
+    apps = [_App() for _ in range(3)]
+    for app in apps:
+        inprocserve.build_after_fork(app.warm, background=False)
+    inprocserve.build_after_fork(apps[0].warm, background=False)  # again: still one entry
+    refs = [weakref.ref(app) for app in apps]
+    kept = apps[0]
+    del app, apps
+    gc.collect()
+    assert [ref() is None for ref in refs] == [False, True, True]
+    ours = [entry for entry in _prefork._builders.values() if isinstance(getattr(entry.get(), "__self__", None), _App)]
+    assert len(ours) == 1 and ours[0].get() == kept.warm
+    del kept, ours
+    gc.collect()
+    assert not [entry for entry in _prefork._builders.values() if entry.get() is None]  # dead ones are gone
+
+
+def test_check_repository_layers_models_over_config_toml_like_the_server(tmp_path: Path) -> None:
+    # config.toml serves version 1 only; version 2 is half-copied. models= changes batching alone, so the
+    # Server still follows config.toml's policy (and is ready): the check must not fail on version 2.
+    repository = tmp_path / "models"
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    (repository / "fraud" / "2").mkdir()
+    (repository / "fraud" / "2" / "model.onnx").write_bytes(b"not onnx (a half-copied version 2)")
+    (repository / "fraud" / "config.toml").write_text("version_policy = { specific = [1] }\n")
+    models = {"fraud": inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=8))}
+    report = inprocserve.check_repository(repository, models=models)
+    assert list(report["models"]["fraud"]) == [1]
+    # and an invalid config.toml is caught even when models= names the model (the Server reports it too)
+    (repository / "fraud" / "config.toml").write_text('[batching]\nmax_batch_size = "lots"\n')
+    with pytest.raises(inprocserve.ConfigurationError, match="max_batch_size"):
+        inprocserve.check_repository(repository, models=models)
+
+
+def test_check_repository_checks_the_versions_the_rollout_names(tmp_path: Path) -> None:
+    # The policy (latest) selects version 2, but the rollout's stable version 1 is loaded too, and corrupt.
+    repository = tmp_path / "models"
+    (repository / "fraud" / "1").mkdir(parents=True)
+    (repository / "fraud" / "1" / "model.onnx").write_bytes(b"corrupt")
+    save_model(build_scale_model(2.0), repository, "fraud", 2)
+    (repository / "fraud" / "config.toml").write_text(
+        textwrap.dedent("""\
+            [rollout]
+            strategy = "canary"
+            stable = 1
+            [rollout.canary]
+            version = 2
+            percent = 5
+            """)
+    )
+    with pytest.raises(inprocserve.ModelLoadError, match="version 1"):
+        inprocserve.check_repository(repository)
+    save_model(build_scale_model(2.0), repository, "fraud", 1)  # repaired: both are checked
+    assert sorted(inprocserve.check_repository(repository)["models"]["fraud"]) == [1, 2]
