@@ -134,7 +134,7 @@ def _probe_cuda(model_path: Path) -> bool:
                 logger.warning(
                     "%s are installed together: they share one package folder, so the last installed overwrote "
                     "the other's files; keep one (pip uninstall both, then install the one you want: "
-                    "docs/operations.md, \"GPUs\")",
+                    'docs/operations.md, "GPUs")',
                     " and ".join(builds),
                 )
             if not _cuda_listed():

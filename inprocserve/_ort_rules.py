@@ -141,7 +141,7 @@ def resolve_providers(
         raise ModelLoadError(
             "require_gpu is set but no GPU provider is usable "
             f"(onnxruntime {onnxruntime_version()} offers {', '.join(available) or 'no GPU provider'}); "
-            "install onnxruntime-gpu in place of onnxruntime (docs/operations.md, \"GPUs\") with a working CUDA "
+            'install onnxruntime-gpu in place of onnxruntime (docs/operations.md, "GPUs") with a working CUDA '
             "setup, or unset require_gpu"
         )
     resolved: list[ProviderSpec] = []
