@@ -26,7 +26,7 @@ import numpy as np
 from . import _fork
 from ._errors import ConfigurationError
 from ._flags import FlagProvider, FlagTypeError
-from ._telemetry import ATTR_FLAG_PROVIDER, METRICS
+from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
 
 __all__ = ["FlagReader", "UnusableFlag"]
 
@@ -212,8 +212,10 @@ class FlagReader:
         return "flag provider failed"
 
     def _count(self, counter: str, message: str) -> None:
-        METRICS.flag_failures.add(
-            1, {ATTR_FLAG_PROVIDER: self.provider.name, "inprocserve.flags.failure": counter.rstrip("s")}
+        add_safely(
+            METRICS.flag_failures,
+            1,
+            {ATTR_FLAG_PROVIDER: self.provider.name, "inprocserve.flags.failure": counter.rstrip("s")},
         )
         with self._lock:
             setattr(self, counter, getattr(self, counter) + 1)

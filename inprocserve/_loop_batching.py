@@ -466,7 +466,6 @@ class _LoopState:
         telemetry, ids, router = server._telemetry, server._ids, group.routes.router
         recorder, latency = group.batcher.telemetry, target.latency
         metered = metering()  # (else an unsampled request has nothing to record)
-        failed = error is not None
         # each task's rows of each output: one output (the usual case) spelled out, a dict comprehension costs
         only = None if outputs is None or len(outputs) != 1 or len(members) == 1 else next(iter(outputs.items()))
         now = time.perf_counter()
@@ -474,15 +473,17 @@ class _LoopState:
         for member in members:
             decision = member.decision
             elapsed_s = now - member.started
-            latency.record(elapsed_s, failed=failed)
+            waiter = member.waiter
+            # a task cancelled, or answered by its own deadline meanwhile, is recorded with what it got
+            got = _given(waiter) if waiter.done() else error
+            latency.record(elapsed_s, failed=got is not None)
             if metered or member.span is not INVALID_SPAN:
                 telemetry.plain_answered(
-                    member.span, decision, version, member.rows, timing, error, elapsed_s, recorder, queue_wait_s
+                    member.span, decision, version, member.rows, timing, got, elapsed_s, recorder, queue_wait_s
                 )
             request_id = ids.next()
             router.served(request_id, decision, member.arrays)
             end = start + member.rows
-            waiter = member.waiter
             if waiter.done():  # cancelled, or its deadline answered it
                 pass
             elif outputs is None:
@@ -760,6 +761,11 @@ class _LoopFuture:
     def cancelled(self) -> bool:
         return self._waiter.cancelled()
 
+    def given_error(self) -> BaseException | None:
+        """What the task got already, if its own deadline or a cancellation answered it before its request
+        finished (read across threads, like ``set_running_or_notify_cancel``): its request is recorded so."""
+        return _given(self._waiter) if self._waiter.done() else None
+
     def set_result(self, value: Any) -> None:
         self._post(value, None)
 
@@ -826,6 +832,13 @@ def loop_wakes(loop: asyncio.AbstractEventLoop) -> int:
     """How many times worker threads have woken ``loop`` to deliver answers (0 for a loop never used)."""
     state = _states.get(loop)
     return 0 if state is None else state.wakes
+
+
+def _given(waiter: asyncio.Future[Any]) -> BaseException:
+    """What a task that was answered before its run finished got: its deadline's error, or cancellation."""
+    if waiter.cancelled():
+        return CancelledError()
+    return waiter.exception() or CancelledError()
 
 
 def _expire(waiter: asyncio.Future[Any], model: str, version: int | None, timeout_s: float) -> None:

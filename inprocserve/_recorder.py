@@ -26,6 +26,7 @@ from ._telemetry import (
     CACHE_RESULTS,
     METRICS,
     Metrics,
+    _telemetry_failed,
     outcome,
     start_request_span,
 )
@@ -163,18 +164,21 @@ class Recorder:
         if _metrics_state._METER_PROVIDER is None:
             return
         metrics = self._metrics
-        if span is not None and _RECORD_TAKES_CONTEXT:
-            attributes = self.finished_attributes(variant, error)
-            metrics.request_duration.record(duration_s, attributes, context=set_span_in_context(span))
-        elif now or span is not None:
-            metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
-        else:
-            self._pending.append((metrics.request_duration, duration_s, self.finished_attributes(variant, error)))
-            self._pended()
-        if queue_wait_s is not None:
-            metrics.queue_wait.record(queue_wait_s, self.attributes)
         if error is not None and isinstance(error, DeadlineExceededError):
-            metrics.deadlines.add(1, self.attributes)
+            metrics.deadlines.add(1, self.attributes)  # (a plain counter: nothing here can raise)
+        try:  # the SDK and the application's views and readers run in these calls: they never cost an answer
+            if span is not None and _RECORD_TAKES_CONTEXT:
+                attributes = self.finished_attributes(variant, error)
+                metrics.request_duration.record(duration_s, attributes, context=set_span_in_context(span))
+            elif now or span is not None:
+                metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
+            else:
+                self._pending.append((metrics.request_duration, duration_s, self.finished_attributes(variant, error)))
+                self._pended()
+            if queue_wait_s is not None:
+                metrics.queue_wait.record(queue_wait_s, self.attributes)
+        except Exception:
+            _telemetry_failed("recording a metric")
 
     def batch_finished(self, rows: int, compute_s: float, *, inline: bool, queue_wait_s: float | None = None) -> None:
         """Record one ``session.run`` of ``rows`` rows that took ``compute_s``, started ``queue_wait_s``
@@ -187,7 +191,10 @@ class Recorder:
         pending.append((metrics.batch_duration, compute_s, attributes))
         if queue_wait_s is not None:
             pending.append((metrics.batch_queue_wait, queue_wait_s, attributes))
-        self._pended()
+        try:  # (a backlog may be recorded here, on the worker's thread: the SDK runs in it)
+            self._pended()
+        except Exception:
+            _telemetry_failed("recording a metric")
 
     def _pended(self) -> None:
         """Records were queued: ``_WAKE_EVERY`` of them wake the recording thread, once until it drains them
@@ -234,13 +241,17 @@ class Recorder:
 
 
 def _record(pending: deque[_Record], count: int) -> None:
-    """Record up to ``count`` pending records, oldest first."""
+    """Record up to ``count`` pending records, oldest first; one the SDK fails to record is dropped (logged
+    once), never left to fail every later drain."""
     for _ in range(count):
         try:
             histogram, value, attributes = pending.popleft()
         except IndexError:
             return
-        histogram.record(value, attributes)
+        try:
+            histogram.record(value, attributes)
+        except Exception:
+            _telemetry_failed("recording a metric")
 
 
 def _record_all(pending: deque[_Record]) -> None:

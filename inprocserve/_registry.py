@@ -32,7 +32,7 @@ from ._repository import (
 from ._request import Finisher
 from ._rollout import FlagReader, Router
 from ._signature import incompatibilities
-from ._telemetry import METRICS
+from ._telemetry import METRICS, add_safely
 
 __all__ = ["Registry", "Routes"]
 
@@ -89,6 +89,7 @@ class Registry:
         self._clock = clock
         self._follow_symlinks = follow_symlinks
         self.routes: dict[str, Routes] = {}
+        self.published: set[str] = set()  # every name ever routed here (metrics keep them after an unload)
         self.loaded: dict[str, dict[int, ModelVersion]] = {}
         self.failures: dict[str, dict[int, _Failure]] = {}
         self.config_errors: dict[str, str] = {}
@@ -388,7 +389,9 @@ class Registry:
                 candidate,
                 "; ".join(problems),
             )
-            METRICS.incompatible.add(1, {"inprocserve.model.name": name, "inprocserve.model.version": candidate})
+            add_safely(
+                METRICS.incompatible, 1, {"inprocserve.model.name": name, "inprocserve.model.version": candidate}
+            )
         return baseline.version
 
     def _next_version(self, name: str) -> int:
@@ -427,9 +430,9 @@ class Registry:
             server_failed = is_remote(path) and candidate.backend_built
             self.failures.setdefault(name, {})[number] = _Failure(str(exc), None if server_failed else _stamp(path))
             logger.error("model %r version %s failed to load: %s", name, number, exc)
-            METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
+            add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
             raise
-        METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
+        add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
         candidate.source_stamp = stamp
         previous = loaded.get(number)
         self.loaded.setdefault(name, {})[number] = candidate
@@ -469,6 +472,7 @@ class Registry:
                 self.incompatible.get(name, {}).pop(state.stable, None)
         router.killed = state is not None and state.kill
         self.routes[name] = Routes(default=default, versions=dict(versions), router=router)
+        self.published.add(name)
 
     def retire(self, name: str, numbers: list[int], *, timeout_s: float | None = None) -> None:
         loaded = self.loaded.get(name, {})
@@ -478,7 +482,7 @@ class Registry:
         self.publish(name)  # stop routing to them before draining
         for version in retiring:
             drained = version.retire(timeout_s=timeout_s)
-            METRICS.lifecycle.add(1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
+            add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
             logger.info("model %r version %s unloaded%s", name, version.version, "" if drained else " (timed out)")
 
     def find_in_repository(self, name: str) -> ModelSource:

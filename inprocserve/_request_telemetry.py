@@ -4,15 +4,16 @@ model / version / variant / outcome rather than per request."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-from opentelemetry.trace import INVALID_SPAN
+from opentelemetry.trace import INVALID_SPAN, set_span_in_context
 
-from ._errors import DeadlineExceededError, ModelNotFoundError, OverloadedError
-from ._recorder import Recorder
+from ._errors import DeadlineExceededError, OverloadedError
+from ._recorder import _RECORD_TAKES_CONTEXT, Recorder
 from ._request import BatchTiming, Request
 from ._rollout import Decision
-from ._telemetry import METRICS, end_request_span, metering, outcome
+from ._telemetry import METRICS, _telemetry_failed, end_request_span, metering, outcome
 
 __all__ = ["UNKNOWN_MODEL", "RequestTelemetry"]
 
@@ -27,6 +28,9 @@ class RequestTelemetry:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.is_loaded: Callable[[str], bool] = _any_name
+        """Whether the server has served a model of that name: a refusal of any other name is recorded as
+        :data:`UNKNOWN_MODEL` (the server sets it to a lookup of the names it has routed)."""
 
     def cache_result(self, recorder: Recorder, result: str) -> None:
         """Count a cache lookup: ``hit``, ``miss`` or ``shared`` (followed an identical request in flight)."""
@@ -53,9 +57,10 @@ class RequestTelemetry:
             return
         if not metering():
             return
-        METRICS.request_duration.record(elapsed_s, self.attributes(model, version, variant, error, finished=True))
         if isinstance(error, DeadlineExceededError):
             METRICS.deadlines.add(1, self.attributes(model, version))
+        context = set_span_in_context(request.span) if sampled else None
+        _record_duration(elapsed_s, self.attributes(model, version, variant, error, finished=True), context)
 
     def plain_answered(
         self,
@@ -96,14 +101,19 @@ class RequestTelemetry:
         if that model is loaded, else under :data:`UNKNOWN_MODEL` (metric attributes stay bounded whatever
         names callers send)."""
         variant = None if decision is None else decision.variant
+        sampled = _sampled(span)  # (asked before the span ends)
         _end_span(span, decision, version, 0, None, None, error)
-        if isinstance(model, str):
-            if _no_such_model(decision, error):
-                model = UNKNOWN_MODEL
-            attributes = self.attributes(model, version, variant, error, finished=True)
-            METRICS.request_duration.record(time.perf_counter() - started, attributes)
-            if isinstance(error, OverloadedError) and metering():
-                METRICS.shed.add(1, self.attributes(model, version))
+        if not isinstance(model, str) or not metering():
+            return
+        if decision is None and not self.is_loaded(model):  # a name no loaded model has: the caller's string
+            model = UNKNOWN_MODEL
+        if isinstance(error, OverloadedError):
+            METRICS.shed.add(1, self.attributes(model, version))
+        elif isinstance(error, DeadlineExceededError):
+            METRICS.deadlines.add(1, self.attributes(model, version))
+        attributes = self.attributes(model, version, variant, error, finished=True)
+        context = set_span_in_context(span) if sampled else None
+        _record_duration(time.perf_counter() - started, attributes, context)
 
     def attributes(
         self,
@@ -133,11 +143,20 @@ class RequestTelemetry:
         return attributes
 
 
-def _no_such_model(decision: Decision | None, error: BaseException) -> bool:
-    """Whether a refused request named no loaded model: refused before routing (a request is routed only
-    once its model is found) with the registry's ``ModelNotFoundError`` for an unknown model, which carries
-    no version (a known model's missing version carries it, and keeps the model's name)."""
-    return decision is None and isinstance(error, ModelNotFoundError) and error.version is None
+def _any_name(model: str) -> bool:
+    return True
+
+
+def _record_duration(elapsed_s: float, attributes: dict[str, Any], context: Any) -> None:
+    """Record a request's duration in ``context`` (a sampled span's, for exemplars); the SDK and the
+    application's views and readers run in this call, and never cost a caller its answer or its error."""
+    try:
+        if context is not None and _RECORD_TAKES_CONTEXT:
+            METRICS.request_duration.record(elapsed_s, attributes, context=context)
+        else:
+            METRICS.request_duration.record(elapsed_s, attributes)
+    except Exception:
+        _telemetry_failed("recording a metric")
 
 
 def _sampled(span: Any) -> bool:

@@ -135,6 +135,9 @@ class Server(RolloutMethods):
             clock=clock,
             follow_symlinks=follow_symlinks,
         )
+        # a refusal is recorded under the name it asked for only if this server ever served that name (after
+        # an unload or close too); any other name is the caller's string, recorded as _unknown
+        self._telemetry.is_loaded = self._registry.published.__contains__
         self._operations = Operations(
             self._registry,
             control_file=None if folder is None else ControlFile(folder),
@@ -565,7 +568,11 @@ class Server(RolloutMethods):
         try:
             routes = self._registry.routes.get(request.route.model)
             version = None if routes is None else routes.versions.get(request.route.version)
-            self._answered(request, version, request.error)
+            given = None
+            if request.error is None and type(future) is not Future:  # an event loop's task may have been
+                given_error = getattr(future, "given_error", None)  # answered by its own deadline meanwhile
+                given = None if given_error is None else given_error()
+            self._answered(request, version, request.error, given=given)
         finally:  # the future is resolved even if what follows an answer failed (its error goes on up)
             try:
                 if request.error is not None:
@@ -575,21 +582,31 @@ class Server(RolloutMethods):
             except InvalidStateError:  # cancelled by its caller meanwhile
                 pass
 
-    def _answered(self, request: Request, target: ModelVersion | None, error: BaseException | None) -> None:
+    def _answered(
+        self,
+        request: Request,
+        target: ModelVersion | None,
+        error: BaseException | None,
+        *,
+        given: BaseException | None = None,
+    ) -> None:
         """Everything that follows an answer or a failure, once per request, on the thread that finished it:
         release identical requests that followed it (and cache the answer), record latency, close the span
         and record metrics; then, for an answer, feed drift monitoring and offer shadow copies.
 
         ``target`` is the version that answered, if it still serves (``None``: nothing is recorded on it).
+        ``given``: what the caller got instead of this answer (its own deadline answered it meanwhile), which
+        its latency and telemetry record; followers, drift and shadows still get the answer.
         """
         if request.cache_key is not None:  # it led identical requests (or its answer is to be cached)
             self._sharing.release(request, target, error)
         elapsed_s = time.perf_counter() - request.started
+        recorded = error if given is None else given
         recorder = None
         if target is not None:  # latency percentiles in status(), with or without an OpenTelemetry SDK
-            target.latency.record(elapsed_s, failed=error is not None)
+            target.latency.record(elapsed_s, failed=recorded is not None)
             recorder = None if target.batcher is None else target.batcher.telemetry
-        self._telemetry.answered(request, error, elapsed_s, recorder)
+        self._telemetry.answered(request, recorded, elapsed_s, recorder)
         outputs = request.outputs
         if error is not None or outputs is None or target is None:
             return

@@ -27,7 +27,7 @@ from opentelemetry.trace import Status, StatusCode
 from . import _fork
 from ._errors import ConfigurationError
 from ._request import Request, Route
-from ._telemetry import ATTR_SHADOW_AGREEMENT, ATTR_SHADOW_DIFF, METRICS, start_shadow_span
+from ._telemetry import ATTR_SHADOW_AGREEMENT, ATTR_SHADOW_DIFF, METRICS, add_safely, record_safely, start_shadow_span
 
 __all__ = ["ShadowComparison", "ShadowRunner", "compare_outputs"]
 
@@ -175,7 +175,7 @@ class ShadowRunner:
             for shadow in shadows:
                 if len(self._jobs) >= self.max_queued:
                     self._stat(model, shadow.version).dropped_full += 1
-                    METRICS.shadow_dropped.add(1, _attributes(model, shadow.version, "queue_full"))
+                    add_safely(METRICS.shadow_dropped, 1, _attributes(model, shadow.version, "queue_full"))
                     continue
                 self._jobs.append(_Job(model, request_id, arrays, rows, primary, primary_version, shadow, primary_span))
             if self._thread is None:
@@ -212,7 +212,7 @@ class ShadowRunner:
         attributes = self._over_budget_attributes.get(key)
         if attributes is None:  # built once per model and version: this runs for most requests of a busy caller
             attributes = self._over_budget_attributes[key] = _attributes(model, version, "over_budget")
-        METRICS.shadow_dropped.add(1, attributes)
+        add_safely(METRICS.shadow_dropped, 1, attributes)
 
     def _work(self) -> None:
         while True:
@@ -255,7 +255,7 @@ class ShadowRunner:
         if not ran:
             with self._cond:
                 self._stat(job.model, job.shadow.version).dropped_busy += 1
-            METRICS.shadow_dropped.add(1, _attributes(job.model, job.shadow.version, "no_spare_capacity"))
+            add_safely(METRICS.shadow_dropped, 1, _attributes(job.model, job.shadow.version, "no_spare_capacity"))
             span.set_attributes({"inprocserve.shadow.dropped": True})
             span.end()
             return
@@ -277,9 +277,9 @@ class ShadowRunner:
                 span.set_status(Status(StatusCode.ERROR, error[:256]))
         span.end()
         result = "error" if error is not None else ("disagree" if agreement is not None and agreement < 1 else "agree")
-        METRICS.shadow.add(1, _attributes(job.model, job.shadow.version, result))
+        add_safely(METRICS.shadow, 1, _attributes(job.model, job.shadow.version, result))
         if diff is not None:
-            METRICS.shadow_diff.record(diff, _attributes(job.model, job.shadow.version))
+            record_safely(METRICS.shadow_diff, diff, _attributes(job.model, job.shadow.version))
         comparison = ShadowComparison(
             model=job.model,
             primary_version=job.primary_version.version,

@@ -10,12 +10,14 @@ user or request ids. Histograms carry bucket boundaries made for their units, as
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent import futures
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
@@ -174,6 +176,8 @@ def outcome(error: BaseException | None) -> str:
         return OUTCOME_DEADLINE
     if isinstance(error, (TypeError, ValueError)) and not isinstance(error, InprocserveError):
         return OUTCOME_CLIENT_ERROR  # misuse of the API (a bad argument), as docs/errors.md describes
+    if isinstance(error, (asyncio.CancelledError, futures.CancelledError)):
+        return OUTCOME_CLIENT_ERROR  # the caller gave up (a task cancelled, a client gone): nothing failed
     return OUTCOME_SERVER_ERROR
 
 
@@ -211,9 +215,12 @@ def start_request_span(model: str, attributes: Mapping[str, Any] | None = None) 
     else:
         roots = _root_sampling()
         if roots is not None:
-            return roots.start_span(attributes if attributes is not None else {ATTR_MODEL: model})
+            return roots.start_span(attributes if attributes is not None else {ATTR_MODEL: _short(model)})
+    # (a name not yet resolved is the caller's string, of any length: cut like every other attribute value)
     return _TRACER.start_span(
-        SPAN_PREDICT, kind=SpanKind.INTERNAL, attributes=attributes if attributes is not None else {ATTR_MODEL: model}
+        SPAN_PREDICT,
+        kind=SpanKind.INTERNAL,
+        attributes=attributes if attributes is not None else {ATTR_MODEL: _short(model)},
     )
 
 
@@ -414,11 +421,28 @@ def end_request_span(
                 span.add_event(EVENT_FLAG, event)
             if error is not None:
                 span.set_attribute(ATTR_ERROR_TYPE, type(error).__name__)
-                span.record_exception(error)
+                span.record_exception(error, attributes={"exception.message": _short(error)})
                 span.set_status(Status(StatusCode.ERROR, _short(error)))
         span.end()
     except Exception:
         _telemetry_failed("closing a request span")
+
+
+def add_safely(counter: Any, amount: float, attributes: Mapping[str, Any]) -> None:
+    """``counter.add``, where the SDK and the application's views and readers run: their failure is logged
+    (once) and never fails what the library was doing (loading a model, running a shadow, reading a flag)."""
+    try:
+        counter.add(amount, attributes)
+    except Exception:
+        _telemetry_failed("recording a metric")
+
+
+def record_safely(histogram: Any, value: float, attributes: Mapping[str, Any]) -> None:
+    """``histogram.record``, guarded like :func:`add_safely`."""
+    try:
+        histogram.record(value, attributes)
+    except Exception:
+        _telemetry_failed("recording a metric")
 
 
 _failures_logged: set[str] = set()

@@ -207,7 +207,12 @@ class Endpoints:
         if tail[:1] == ["versions"]:
             if len(tail) < 2:
                 return _not_found(path)
-            version = _version(tail[1])
+            try:
+                version = _version(tail[1])
+            except InprocserveError as exc:
+                if tail[2:] == ["infer"]:  # an inference refused: recorded as predict records its refusals
+                    self._server()._refused_early(name, None, exc, time.perf_counter())
+                raise
             tail = tail[2:]
         if tail == []:
             if method not in ("GET", "HEAD"):
@@ -276,9 +281,11 @@ class Endpoints:
         if request.timeout_s is not None:
             budget = request.timeout_s if budget is None else min(budget, request.timeout_s)
         if budget is not None and budget <= 0:
-            raise DeadlineExceededError(
+            spent = DeadlineExceededError(
                 f"model {name!r}: the request's time budget was spent before inference", model=name, version=version
             )
+            server._refused_early(name, version, spent, started)
+            raise spent
         try:
             prediction = server.predict(name, request.inputs, version=version, context=routing, timeout_s=budget)
         except InvalidInputError as exc:
