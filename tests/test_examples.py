@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,3 +49,191 @@ def test_core_demo() -> None:
     out = run("examples/demo.py")
     assert "failed requests: 0" in out
     assert "InvalidInputError: model 'fraud' version 1: input 'x': expected size" in out
+
+
+# -- the Flask app's /score, through Flask's test client -------------------------------------------------
+
+FLASK = ROOT / "examples" / "flask_fraud"
+
+
+def load_flask_app(monkeypatch: pytest.MonkeyPatch, models: Path, token: str | None = None) -> ModuleType:
+    monkeypatch.setenv("FRAUD_MODELS", str(models))
+    if token is None:
+        monkeypatch.delenv("FRAUD_ADMIN_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("FRAUD_ADMIN_TOKEN", token)
+    monkeypatch.syspath_prepend(str(FLASK))
+    spec = importlib.util.spec_from_file_location("flask_fraud_app", FLASK / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # builds the app: create_app() at import, as gunicorn does
+    return module
+
+
+@pytest.fixture(scope="module")
+def fraud_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sys.path.insert(0, str(FLASK))
+    try:
+        from build_models import build
+    finally:
+        sys.path.remove(str(FLASK))
+    folder = tmp_path_factory.mktemp("fraud-models")
+    build(folder)
+    return folder
+
+
+@pytest.fixture
+def fraud(monkeypatch: pytest.MonkeyPatch, fraud_models: Path) -> Iterator[Any]:
+    from inprocserve_flask import Inprocserve
+
+    module = load_flask_app(monkeypatch, fraud_models)
+    yield module.app.test_client()
+    Inprocserve.close(module.app)
+
+
+ROW = [0.1] * 8
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1, 2]",
+        b"{}",
+        b"not json",
+        b'{"transactions": "x"}',
+        b'{"transactions": []}',
+        b'{"transactions": [["a", 1, 2, 3, 4, 5, 6, 7]]}',
+        b'{"transactions": [[true, 1, 2, 3, 4, 5, 6, 7]]}',
+        json.dumps({"transactions": [ROW, ROW[:5]]}).encode(),  # ragged
+        json.dumps({"transactions": [[*ROW, 1.0]]}).encode(),  # 9 features
+        b'{"transactions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # RecursionError in the parser
+        b'{"transactions": [[NaN, 1, 2, 3, 4, 5, 6, 7]]}',
+        b'{"transactions": [[1e999, 1, 2, 3, 4, 5, 6, 7]]}',
+        b'{"transactions": [[Infinity, 1, 2, 3, 4, 5, 6, 7]]}',
+        b'{"transactions": [[' + b"9" * 400 + b', 1, 2, 3, 4, 5, 6, 7]]}',  # an int no float holds
+        json.dumps({"transactions": [ROW] * 4097}).encode(),
+    ],
+)
+def test_flask_score_refuses_bad_bodies_with_a_json_400(fraud: Any, body: bytes) -> None:
+    response = fraud.post("/score", data=body, content_type="application/json")
+    assert response.status_code == 400, response.data[:300]
+    assert '"transactions": [[8 numbers], ...]' in response.get_json()["error"]
+
+
+def test_flask_score_answers_strict_json(fraud: Any) -> None:
+    response = fraud.post("/score", json={"transactions": [ROW, [1, 2, 3, 4, 5, 6, 7, 8]]})
+    assert response.status_code == 200, response.data
+    json.loads(response.data, parse_constant=lambda name: pytest.fail(f"{name} in the answer"))
+    assert len(response.get_json()["probability"]) == 2
+
+
+def test_flask_score_refuses_a_large_body_unread(fraud: Any) -> None:
+    body = b'{"transactions": [' + b"[0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1]," * 40_000 + b"[1,1,1,1,1,1,1,1]]}"
+    response = fraud.post("/score", data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert "over 1048576 bytes" in response.get_json()["error"]
+
+
+def test_flask_app_refuses_a_short_admin_token(monkeypatch: pytest.MonkeyPatch, fraud_models: Path) -> None:
+    with pytest.raises(SystemExit, match="openssl rand -hex 32"):
+        load_flask_app(monkeypatch, fraud_models, token="change-me")
+
+
+def test_flask_console_tracing_is_opt_in(monkeypatch: pytest.MonkeyPatch, fraud_models: Path) -> None:
+    from inprocserve_flask import Inprocserve
+    from opentelemetry import trace
+
+    module = load_flask_app(monkeypatch, fraud_models)
+    calls: list[Any] = []
+    monkeypatch.setattr(trace, "set_tracer_provider", calls.append)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("FRAUD_TRACE_CONSOLE", raising=False)
+    module.configure_tracing()
+    assert calls == []
+    monkeypatch.setenv("FRAUD_TRACE_CONSOLE", "1")
+    module.configure_tracing()
+    assert len(calls) == 1
+    Inprocserve.close(module.app)
+
+
+# -- the Django project's /rank and /click, through Django's test client (in a child: settings are global) --
+
+DJANGO_CHECKS = r"""
+import json, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import recommend
+folder = Path(tempfile.mkdtemp())
+recommend.build_rankers(folder)
+recommend.configure(folder, secret_key="k" * 50)
+from django.test import Client
+c = Client(raise_request_exception=False)
+out = {}
+def show(label, response):
+    out[label] = [response.status_code, response.content.decode()[:300]]
+for size in ["abc", "1e3", "-1", "0", "16", "1000000000"]:
+    show(f"size={size}", c.get(f"/rank?user=u1&size={size}"))
+page = json.loads(c.get("/rank?user=u1&size=8").content)
+out["page keys"] = sorted(page)
+post = lambda body, user="u1": c.post(f"/click?user={user}", data=body, content_type="application/json")
+good = lambda position: json.dumps({"click_token": page["click_token"], "position": position})
+for label, body in [("not json", "xx"), ("list", "[1]"), ("empty", "{}"), ("deep", "[" * 2000 + "]" * 2000),
+                    ("huge", " " * 5000),
+                    ("position str", json.dumps({"click_token": page["click_token"], "position": "0"})),
+                    ("forged token", json.dumps({"click_token": "x:y:z", "position": 0})),
+                    ("guessed id", json.dumps({"request_id": page.get("request_id", "r-1"), "position": 0}))]:
+    show(label, post(body))
+show("other user", post(good(page["positions"][0]), user="bot"))
+show("off the page", post(good(99)))
+show("good", post(good(page["positions"][0])))
+out["stats"] = json.loads(c.get("/stats").content)
+print(json.dumps(out))
+"""
+
+
+def test_django_clicks_cannot_be_forged_and_bad_input_is_a_400() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", DJANGO_CHECKS, str(ROOT / "examples" / "django_recommend")],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={key: value for key, value in os.environ.items() if key != "DJANGO_RECOMMEND_REPOSITORY"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for size in ["abc", "1e3", "-1", "0", "16", "1000000000"]:
+        assert out[f"size={size}"][0] == 400 and "size must be" in out[f"size={size}"][1], size
+    assert out["page keys"] == ["click_token", "positions", "products"]  # no teams, no bare request id
+    for label in ["not json", "list", "empty", "deep", "position str", "guessed id"]:
+        assert out[label][0] == 400 and "click_token" in out[label][1], label
+    assert out["huge"] == [400, '{"error": "the body is over 4096 bytes"}']
+    assert out["forged token"][0] == 403 and out["other user"][0] == 403
+    assert out["off the page"][0] == 404
+    assert out["good"] == [200, '{"recorded": true}']
+    assert out["stats"]["queries"] == 1 and out["stats"]["A"] + out["stats"]["B"] == 1  # only the real click
+    assert "Traceback" not in result.stderr and "Internal Server Error" not in result.stderr
+
+
+def test_django_logs_server_errors_to_the_console() -> None:
+    script = (
+        "import sys, logging; sys.path.insert(0, sys.argv[1]); import recommend, tempfile; from pathlib import Path;"
+        "from django.conf import settings; recommend.configure(Path(tempfile.mkdtemp()), secret_key='k' * 50);"
+        "logging.getLogger('django.request').error('probe 500')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "examples" / "django_recommend")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "probe 500" in result.stderr
+
+
+def test_django_needs_a_secret_key_unless_debug() -> None:
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import recommend, tempfile; from pathlib import Path;"
+        "recommend.configure(Path(tempfile.mkdtemp()))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SECRET_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "examples" / "django_recommend")],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode != 0 and "set DJANGO_SECRET_KEY" in result.stderr

@@ -1,20 +1,25 @@
 """A fraud-scoring endpoint in a small Flask app, served with inprocserve.
 
     cd examples/flask_fraud && python build_models.py    # trains the models into ./models once
-    FRAUD_MODELS=models FRAUD_ADMIN_TOKEN=change-me \
+    FRAUD_MODELS=models FRAUD_ADMIN_TOKEN=$(openssl rand -hex 32) \
         gunicorn -c gunicorn.conf.py --preload -w 2 --threads 16 -b 127.0.0.1:8000 app:app
 
 The master only checks the models (INPROCSERVE_EAGER); each worker builds and warms its own sessions in
-gunicorn's post_worker_init hook, before it takes traffic. With FRAUD_ADMIN_TOKEN set, the admin endpoints
-(switch, rollback, canary, kill, resume, reload) move every worker at once through the repository's
-control file.
+gunicorn's post_worker_init hook, before it takes traffic. With FRAUD_ADMIN_TOKEN set (32 characters or
+more: it guards model switches), the admin endpoints (switch, rollback, canary, kill, resume, reload) move
+every worker at once through the repository's control file.
 
-Traces go to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (Jaeger: see docs/observability.md), else to
-the console (FRAUD_TRACE_CONSOLE=0 turns that off; the demo in run.py does, to keep its summary readable).
+Traces go to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (Jaeger: see docs/observability.md); to the
+console only with FRAUD_TRACE_CONSOLE=1 (some 80 lines a request: for a look during development).
+
+Bad requests get a 400 with a JSON ``error`` naming the expected shape; bodies over MAX_BODY_BYTES a 413,
+refused before they are read.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,10 +27,24 @@ from typing import Any
 import numpy as np
 from flask import Flask, jsonify, request
 from inprocserve_flask import Inprocserve, predict, server
+from werkzeug.exceptions import RequestEntityTooLarge
+
+FEATURES = 8
+MAX_ROWS = 4096
+"""Most transactions per request."""
+MAX_BODY_BYTES = 1024 * 1024
+"""4096 rows of 8 numbers fit in ~600 KiB of JSON; a larger body is refused unread (413), not parsed."""
+MIN_TOKEN_CHARS = 32
+SHAPE = f'expected {{"transactions": [[{FEATURES} numbers], ...]}} with 1 to {MAX_ROWS} rows of finite numbers'
+
+
+class BadRequest(ValueError):
+    """The body is not what /score takes; the message says what is wrong."""
 
 
 def configure_tracing() -> None:
-    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and os.environ.get("FRAUD_TRACE_CONSOLE", "1") == "0":
+    otlp = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    if not otlp and os.environ.get("FRAUD_TRACE_CONSOLE", "0") != "1":
         return
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
@@ -33,7 +52,7 @@ def configure_tracing() -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     provider = TracerProvider(resource=Resource.create({"service.name": "fraud-api"}))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    if otlp:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
@@ -42,20 +61,71 @@ def configure_tracing() -> None:
     trace.set_tracer_provider(provider)
 
 
+def admin_token() -> str | None:
+    """FRAUD_ADMIN_TOKEN, refused at start-up when short enough to guess (it can switch the model)."""
+    token = os.environ.get("FRAUD_ADMIN_TOKEN") or None
+    if token is not None and len(token.strip()) < MIN_TOKEN_CHARS:
+        raise SystemExit(
+            f"FRAUD_ADMIN_TOKEN has {len(token.strip())} characters, fewer than {MIN_TOKEN_CHARS}: "
+            "use FRAUD_ADMIN_TOKEN=$(openssl rand -hex 32)"
+        )
+    return token
+
+
+def _refuse_constant(name: str) -> float:
+    raise BadRequest(f"{name} is not a number")  # json.loads would take NaN and Infinity
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits: no float holds it
+        return False
+
+
+def parse_transactions(body: bytes) -> np.ndarray:
+    """The rows of a /score body, as float32 [rows, FEATURES]; BadRequest for anything else."""
+    try:  # RecursionError too: deeply nested JSON exhausts the parser's stack
+        document = json.loads(body, parse_constant=_refuse_constant)
+    except BadRequest:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not JSON ({type(exc).__name__})") from None
+    rows = document.get("transactions") if isinstance(document, dict) else None
+    if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_ROWS:
+        raise BadRequest(f"'transactions' is missing, not a list, or has more than {MAX_ROWS} rows")
+    for index, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != FEATURES:
+            raise BadRequest(f"row {index} is not a list of {FEATURES} numbers")
+        for value in row:  # bool is an int to Python, not a feature value
+            if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+                raise BadRequest(f"row {index} holds {str(value)[:40]!r}: numbers only, finite")
+    return np.asarray(rows, dtype=np.float32)
+
+
 def create_app() -> Flask:
     configure_tracing()
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["INPROCSERVE_REPOSITORY"] = os.environ.get("FRAUD_MODELS", str(Path(__file__).parent / "models"))
     app.config["INPROCSERVE_TIMEOUT_S"] = 2.0  # a scoring call never waits longer than this
     app.config["INPROCSERVE_EAGER"] = True  # check here (the master), build and warm in each worker
-    app.config["INPROCSERVE_ADMIN_TOKEN"] = os.environ.get("FRAUD_ADMIN_TOKEN")
+    app.config["INPROCSERVE_ADMIN_TOKEN"] = admin_token()
     Inprocserve(app)
+
+    @app.errorhandler(BadRequest)
+    def bad_request(error: BadRequest) -> Any:
+        return jsonify(error=f"{error}; {SHAPE}"), 400
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(error: RequestEntityTooLarge) -> Any:
+        return jsonify(error=f"the body is over {MAX_BODY_BYTES} bytes; {SHAPE}"), 413
 
     @app.post("/score")
     def score() -> Any:
         """Score a list of transactions: {"transactions": [[8 features], ...]}; the user comes from
         the X-User-Id header, so canary assignment is sticky per user."""
-        rows = np.asarray(request.get_json(force=True)["transactions"], dtype=np.float32)
+        rows = parse_transactions(request.get_data(cache=False))  # 413 past MAX_CONTENT_LENGTH, unread
         result = predict("fraud", {"transactions": rows})
         return jsonify(
             probability=result["probability"][:, 1].round(4).tolist(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import signal
 import socket
 import statistics
@@ -66,9 +67,8 @@ def main() -> None:
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        token = "demo-admin-token"
+        token = secrets.token_hex(32)  # the app refuses a short token
         env = {
-            "FRAUD_TRACE_CONSOLE": "0",
             **os.environ,
             "FRAUD_MODELS": str(repository),
             "FRAUD_ADMIN_TOKEN": token,

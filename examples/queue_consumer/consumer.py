@@ -6,15 +6,34 @@ process embeds an ``inprocserve.Server`` and loops:
 
 1. take over messages another consumer read but did not acknowledge for ``claim_idle_ms`` (``XAUTOCLAIM``:
    that consumer died or hangs), else read up to ``batch_size`` new ones (``XREADGROUP ... COUNT n``);
-2. score the whole batch with one ``server.predict`` call;
+2. score the whole batch with one ``server.predict`` call (a batch read a second time, which may be what
+   killed its previous reader, is scored one message at a time instead, so a poison message fails alone);
 3. write one result per message (``XADD scoring:results``, carrying the request's message id);
 4. ``XACK`` the batch, only now.
 
 A kill between 1 and 4 leaves the batch in the group's pending list; another consumer claims it after
 ``claim_idle_ms`` and scores it again. A message is therefore scored at least once: a kill between 3 and 4
 writes its result twice (the second one marked ``delivery=claimed``). Make the result write idempotent
-(keyed by the request id) where duplicates matter. A message that keeps failing is given up after
-``max_deliveries`` and gets an ``error`` result, so it cannot block the queue.
+(keyed by the request id) where duplicates matter.
+
+Two kinds of failure, handled differently:
+
+* a failure the *message* causes (not JSON, not a flat list of finite numbers, too large, the wrong number
+  of features, a model error when it is scored alone) gets an ``error`` result at once, and a copy of the
+  message (its original fields) in the dead-letter stream ``scoring:dead`` to replay after a fix;
+* a failure that affects *every* message (the model not loaded, the server overloaded or past its
+  deadline, a remote model server down) is never blamed on the messages: the consumer keeps its batch,
+  backs off and retries it, keeping the batch claimed so that no other consumer takes it over, and exits
+  with status 3 after ``max_outage_s`` so that a supervisor restarts it and the outage is noticed.
+
+A message delivered more than ``max_deliveries`` times (its readers died, again and again) is given up: an
+``error`` result and a dead-letter copy, so that it cannot block the queue.
+
+Consumer names must be unique among the live consumers of the group: a consumer first re-reads the
+messages its name still holds, so two live consumers sharing a name would score the same messages twice.
+The default, ``<hostname>-<pid>``, is unique per container (the pid alone is 1 in every container); set
+``--name`` to a stable per-slot name (a StatefulSet pod name, ``worker-1``) so that a restarted worker
+finishes what it held.
 
 Run ``python consumer.py --help``; ``run.py`` beside this file shows the whole thing with a killed worker.
 """
@@ -22,10 +41,12 @@ Run ``python consumer.py --help``; ``run.py`` beside this file shows the whole t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -37,32 +58,69 @@ import redis
 
 import inprocserve
 
-__all__ = ["GROUP", "REQUESTS", "RESULTS", "Consumer", "ConsumerConfig", "ensure_group", "produce", "read_results"]
+__all__ = [
+    "DEAD",
+    "GROUP",
+    "REQUESTS",
+    "RESULTS",
+    "Consumer",
+    "ConsumerConfig",
+    "OutageError",
+    "ensure_group",
+    "produce",
+    "read_results",
+]
 
 logger = logging.getLogger("queue_consumer")
 
 REQUESTS = "scoring:requests"
 RESULTS = "scoring:results"
+DEAD = "scoring:dead"
+"""Messages given up, with their original fields (plus ``request``, ``error``): fix the cause, then XADD
+them back to ``scoring:requests``."""
 GROUP = "scorers"
+MAX_FEATURES_BYTES = 64 * 1024
+"""The largest ``features`` field decoded: far above any real row, far below what can hurt the parser."""
+
+Batch = list[tuple[str, Mapping[str, str]]]
+Scored = tuple[dict[str, dict[str, str]], dict[str, Mapping[str, str]]]
+"""One result (fields to write) per message id, in batch order; and the messages refused or given up, with
+their original fields, for the dead-letter stream."""
+
+
+class OutageError(RuntimeError):
+    """Scoring failed for every message for longer than ``max_outage_s``; the batch is left pending."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConsumerConfig:
     name: str
-    """This consumer's name in the group: stable across restarts of the same worker slot."""
+    """This consumer's name in the group: unique among live consumers, stable across restarts of a slot."""
     model: str
     batch_size: int = 32
     """Most messages per XREADGROUP, scored by one predict call."""
     block_ms: int = 200
     """How long one XREADGROUP waits for new messages; also how often a stop request is noticed."""
     claim_idle_ms: int = 5000
-    """Take over messages that another consumer has held unacknowledged this long."""
+    """Take over messages that another consumer has held unacknowledged this long. It must exceed the
+    slowest batch (scoring plus writing), or a live consumer's batch is taken over and scored twice."""
     max_deliveries: int = 5
     """Give up on a message delivered this many times (an ``error`` result, then acknowledged)."""
+    retry_initial_s: float = 0.5
+    """First wait after a failure that affects every message; doubled after each further failure."""
+    retry_max_s: float = 30.0
+    """Longest wait between two attempts at a batch that failed for every message."""
+    max_outage_s: float = 300.0
+    """Give up retrying (``OutageError``: exit status 3) after failing this long; the batch stays pending."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.block_ms < 1 or self.claim_idle_ms < 0 or self.max_deliveries < 1:
-            raise ValueError("batch_size, block_ms and max_deliveries must be >= 1, claim_idle_ms >= 0")
+        if self.batch_size < 1 or self.block_ms < 1 or self.claim_idle_ms < 1 or self.max_deliveries < 1:
+            raise ValueError(
+                "batch_size, block_ms, max_deliveries and claim_idle_ms must be >= 1 "
+                "(claim_idle_ms: more than the slowest batch takes, or live consumers' batches are stolen)"
+            )
+        if not 0 < self.retry_initial_s <= self.retry_max_s or self.max_outage_s <= 0:
+            raise ValueError("need 0 < retry_initial_s <= retry_max_s and max_outage_s > 0")
 
 
 def ensure_group(client: redis.Redis, *, stream: str = REQUESTS, group: str = GROUP) -> None:
@@ -95,50 +153,114 @@ def read_results(client: redis.Redis, *, stream: str = RESULTS) -> list[dict[str
         last = chunk[-1][0]
 
 
+class _BadMessage(Exception):
+    """The message itself cannot be scored: it gets an error result, however often it is retried."""
+
+
+def decode(fields: Mapping[str, str]) -> np.ndarray:
+    """The message's row of features; ``_BadMessage`` for anything else, whatever the parser raised."""
+    raw = fields.get("features")
+    if raw is None:
+        raise _BadMessage("no 'features' field")
+    if len(raw) > MAX_FEATURES_BYTES:
+        raise _BadMessage(f"'features' is {len(raw)} bytes, more than {MAX_FEATURES_BYTES}")
+    try:  # Exception, not a list: deeply nested JSON raises RecursionError, odd values OverflowError ...
+        row = np.asarray(json.loads(raw), dtype=np.float32)
+    except Exception as exc:
+        raise _BadMessage(f"'features' is not a JSON list of numbers: {type(exc).__name__}: {exc}") from None
+    if row.ndim != 1:
+        raise _BadMessage(f"'features' must be a flat list of numbers, got shape {row.shape}")
+    if not np.isfinite(row).all():  # NaN scores nothing useful, and 1e999 is inf once parsed
+        raise _BadMessage("'features' holds NaN or infinite values")
+    return row
+
+
+def _caused_by_message(exc: inprocserve.InprocserveError) -> bool:
+    """Input and model errors are the rows' doing; a remote server down, overload, deadlines, a model not
+    loaded are not, and must not cost the messages a delivery."""
+    return isinstance(exc, inprocserve.InferenceError) and not isinstance(exc, inprocserve.RemoteUnavailableError)
+
+
 class Consumer:
     """One member of the consumer group, scoring with ``server``.
 
     Not thread-safe: one thread calls ``step()`` or ``run()``. The server is the caller's, and stays open.
+    ``stop``, when set, interrupts the waits between retries (``run()`` sets it to its own).
     """
 
-    def __init__(self, client: redis.Redis, server: inprocserve.Server, config: ConsumerConfig) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        server: inprocserve.Server,
+        config: ConsumerConfig,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.client = client
         self.server = server
         self.config = config
+        self.stop = stop if stop is not None else threading.Event()
         self.scored = 0
         self._claim_cursor = "0-0"
         self._own_pending_done = False
 
     def step(self) -> int:
-        """Handle one batch; return how many messages it acknowledged (0 when the queue was idle)."""
+        """Handle one batch; return how many messages it acknowledged (0 when the queue was idle, or when
+        ``stop`` was set while the batch waited to be retried: it stays pending).
+
+        Raises:
+            OutageError: every attempt failed for ``max_outage_s`` (see the module's docstring).
+        """
         batch, delivery = self._next_batch()
         if not batch:
             return 0
-        results = self._score(batch, delivery)
+        scored = self._score_with_retries(batch, delivery)
+        if scored is None:
+            return 0
+        results, dead = scored
         pipe = self.client.pipeline(transaction=False)
-        for fields in results.values():
+        for message_id, fields in results.items():
             pipe.xadd(RESULTS, fields)
+            if message_id in dead:  # replayable: the original fields, and why it was refused
+                pipe.xadd(DEAD, {**dead[message_id], "request": message_id, "error": fields["error"]})
         pipe.execute()  # the results are written ...
         self.client.xack(REQUESTS, GROUP, *results)  # ... and only then the messages acknowledged
         self.scored += len(results)
         return len(results)
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event | None = None) -> None:
         """Call ``step()`` until ``stop`` is set; the batch in hand when it is set is finished first.
 
-        A failed step (Redis unreachable, the server overloaded or failing) is logged and retried after a
-        second; its messages stay pending and are claimed again after ``claim_idle_ms``.
+        A Redis failure is logged and retried after a second; the batch in hand stays pending and is read
+        again (first thing, by this consumer) once Redis answers. A group that vanished (Redis restarted
+        without persistence, FLUSHALL) is created again.
+
+        Raises:
+            OutageError: scoring failed for every message for ``max_outage_s``.
         """
-        while not stop.is_set():
+        if stop is not None:
+            self.stop = stop
+        while not self.stop.is_set():
             try:
                 self.step()
-            except (inprocserve.InprocserveError, redis.RedisError) as exc:
-                logger.warning("%s: batch not acknowledged, retrying in 1 s: %s", self.config.name, exc)
-                stop.wait(1.0)
+            except redis.RedisError as exc:
+                self._restart_reading()
+                if isinstance(exc, redis.ResponseError) and _group_lost(exc):
+                    logger.warning(
+                        "%s: the stream or group is gone (Redis lost its data?): creating it", self.config.name
+                    )
+                    with contextlib.suppress(redis.RedisError):  # if this fails too, the next step says so
+                        ensure_group(self.client)
+                    continue
+                logger.warning("%s: Redis failed, retrying in 1 s: %s", self.config.name, exc)
+                self.stop.wait(1.0)
+
+    def _restart_reading(self) -> None:
+        self._own_pending_done = False  # re-read what this consumer holds before anything new
+        self._claim_cursor = "0-0"
 
     # -- reading -----------------------------------------------------------------------------------------
 
-    def _next_batch(self) -> tuple[list[tuple[str, Mapping[str, str]]], str]:
+    def _next_batch(self) -> tuple[Batch, str]:
         config = self.config
         if not self._own_pending_done:  # a restarted worker first finishes what its previous life held
             reply = self.client.xreadgroup(GROUP, config.name, {REQUESTS: "0"}, count=config.batch_size)
@@ -167,37 +289,89 @@ class Consumer:
         )
         return {str(entry["message_id"]): int(entry["times_delivered"]) for entry in entries}
 
+    def _keep_claimed(self, batch: Batch) -> None:
+        """Reset the batch's idle time, so that no other consumer takes it over while this one waits to
+        retry it. JUSTID: unlike a normal claim, this does not count as a delivery."""
+        self.client.xclaim(REQUESTS, GROUP, self.config.name, 0, [i for i, _ in batch], justid=True)
+
     # -- scoring -----------------------------------------------------------------------------------------
 
-    def _score(self, batch: list[tuple[str, Mapping[str, str]]], delivery: str) -> dict[str, dict[str, str]]:
-        """One result (fields to write) per message id, in batch order."""
+    def _score_with_retries(self, batch: Batch, delivery: str) -> Scored | None:
+        """Score the batch, retrying a failure that affects every message with exponential backoff; None
+        if ``stop`` was set meanwhile (the batch stays pending, and is read again by this name)."""
+        config = self.config
+        started, wait_s = time.monotonic(), config.retry_initial_s
+        while True:
+            try:
+                return self._score(batch, delivery)
+            except inprocserve.InprocserveError as exc:
+                failing_s = time.monotonic() - started
+                if failing_s >= config.max_outage_s:
+                    raise OutageError(
+                        f"scoring failed for every message for {failing_s:.0f} s, last: {type(exc).__name__}: "
+                        f"{exc}; {len(batch)} message(s) left pending"
+                    ) from exc
+                logger.warning(
+                    "%s: scoring failed for the whole batch (%s: %s); keeping its %d message(s), retry in %.1f s",
+                    config.name, type(exc).__name__, exc, len(batch), wait_s,
+                )  # fmt: skip
+            if self._wait(batch, wait_s):
+                self._restart_reading()  # stopped: the next start (or a peer) reads the batch again
+                return None
+            wait_s = min(wait_s * 2, config.retry_max_s)
+
+    def _wait(self, batch: Batch, seconds: float) -> bool:
+        """Wait ``seconds`` holding ``batch``; True if ``stop`` was set meanwhile."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self._keep_claimed(batch)
+            if self.stop.wait(min(left, self.config.claim_idle_ms / 2000)):
+                return True
+        self._keep_claimed(batch)
+        return self.stop.is_set()
+
+    def _score(self, batch: Batch, delivery: str) -> Scored:
+        """Score the batch (see ``Scored``).
+
+        Raises:
+            InprocserveError: a failure that is not the messages' doing (see ``_caused_by_message``).
+        """
         results: dict[str, dict[str, str]] = {}
+        dead: dict[str, Mapping[str, str]] = {}
         rows: dict[str, np.ndarray] = {}
         deliveries = self._deliveries([i for i, _ in batch]) if delivery != "new" else {}
         for message_id, fields in batch:
-            base = {"request": message_id, "consumer": self.config.name, "delivery": delivery}
-            results[message_id] = base
+            results[message_id] = {"request": message_id, "consumer": self.config.name, "delivery": delivery}
             if deliveries.get(message_id, 1) > self.config.max_deliveries:
-                base["error"] = f"gave up after {deliveries[message_id]} deliveries"
+                results[message_id]["error"] = f"gave up after {deliveries[message_id]} deliveries"
+                dead[message_id] = fields
                 continue
             try:
-                row = np.asarray(json.loads(fields["features"]), dtype=np.float32)
-                if row.ndim != 1:
-                    raise ValueError(f"features must be a flat list of numbers, got shape {row.shape}")
-            except (KeyError, ValueError, TypeError) as exc:
-                base["error"] = f"bad message: {exc}"
-                continue
-            rows[message_id] = row
-        if rows:
+                rows[message_id] = decode(fields)
+            except _BadMessage as exc:
+                results[message_id]["error"] = f"bad message: {exc}"
+                dead[message_id] = fields
+        if delivery == "new":  # one predict call for the batch
             self._predict(rows, results)
-        return results
+        else:  # read before, maybe by a consumer this batch killed: one message at a time
+            for message_id, row in rows.items():
+                self._predict({message_id: row}, results)
+        originals = dict(batch)
+        for message_id, result in results.items():  # refused by the model: dead-lettered too
+            if "error" in result and message_id not in dead:
+                dead[message_id] = originals[message_id]
+        return results, dead
 
     def _predict(self, rows: dict[str, np.ndarray], results: dict[str, dict[str, str]]) -> None:
+        if not rows:
+            return
         try:
             if len({row.shape for row in rows.values()}) != 1:
                 raise inprocserve.InvalidInputError("the batch mixes feature counts")
             prediction = self.server.predict(self.config.model, np.stack(list(rows.values())))
-        except inprocserve.InvalidInputError as exc:
+        except inprocserve.InprocserveError as exc:
+            if not _caused_by_message(exc):
+                raise  # every message would fail alike: the caller retries the batch, blaming none
             if len(rows) == 1:
                 results[next(iter(rows))]["error"] = str(exc)
                 return
@@ -206,7 +380,17 @@ class Consumer:
             return
         for index, message_id in enumerate(rows):
             outputs = {name: prediction[name][index].tolist() for name in prediction}
-            results[message_id].update(score=json.dumps(outputs), version=str(prediction.version))
+            try:  # strict JSON: NaN is not JSON, and readers of the results would choke on it
+                score = json.dumps(outputs, allow_nan=False)
+            except ValueError:
+                results[message_id]["error"] = "the model returned a non-finite score"
+                continue
+            results[message_id].update(score=score, version=str(prediction.version))
+
+
+def _group_lost(exc: redis.ResponseError) -> bool:
+    """NOGROUP: the group is gone; UNBLOCKED: the stream was deleted under a blocked XREADGROUP."""
+    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
 
 
 def _id_key(message_id: str) -> tuple[int, int]:
@@ -214,33 +398,65 @@ def _id_key(message_id: str) -> tuple[int, int]:
     return int(milliseconds), int(sequence or 0)
 
 
+def default_name() -> str:
+    """``<hostname>-<pid>``: the pid alone is 1 in every container, and two live consumers with one name
+    would score the same messages twice (each first re-reads what the name holds)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 stopped by SIGTERM/SIGINT, 2 bad arguments or the model is not served, 3 scoring
+    failed for every message for ``--max-outage-s`` (restart it; nothing was acknowledged)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis-url", required=True, help="e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("REDIS_URL"),
+        help="e.g. redis://127.0.0.1:6379/0; default: $REDIS_URL (keeps a password out of ps)",
+    )  # fmt: skip
     parser.add_argument("--repository", required=True, help="the model repository folder")
     parser.add_argument("--model", required=True, help="the model that scores the messages")
-    parser.add_argument("--name", default=f"consumer-{os.getpid()}", help="this consumer's name in the group")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--claim-idle-ms", type=int, default=5000)
-    parser.add_argument("--max-deliveries", type=int, default=5)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
-    config = ConsumerConfig(
-        name=args.name, model=args.model, batch_size=args.batch_size,
-        claim_idle_ms=args.claim_idle_ms, max_deliveries=args.max_deliveries,
+    parser.add_argument(
+        "--name", default=default_name(),
+        help="this consumer's name in the group, unique among live consumers (default: <hostname>-<pid>)",
     )  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--claim-idle-ms", type=int, default=5000,
+        help="take over messages another consumer has held this long; must exceed the slowest batch",
+    )  # fmt: skip
+    parser.add_argument("--max-deliveries", type=int, default=5)
+    parser.add_argument("--max-outage-s", type=float, default=300.0, help="exit 3 after failing this long")
+    args = parser.parse_args(argv)
+    if not args.redis_url:
+        parser.error("give --redis-url or set REDIS_URL")
+    try:
+        config = ConsumerConfig(
+            name=args.name, model=args.model, batch_size=args.batch_size,
+            claim_idle_ms=args.claim_idle_ms, max_deliveries=args.max_deliveries, max_outage_s=args.max_outage_s,
+        )  # fmt: skip
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):  # finish the batch in hand, then exit
         signal.signal(signum, lambda *_: stop.set())
-    client = redis.Redis.from_url(args.redis_url, decode_responses=True)
-    ensure_group(client)
     started = time.monotonic()
     with inprocserve.Server(repository=args.repository, strict=True) as server:
-        consumer = Consumer(client, server, config)
+        if args.model not in server.models:  # a typo, or not deployed: read nothing rather than fail it all
+            logger.error("model %r is not served from %s (served: %s)", args.model, args.repository,
+                         ", ".join(sorted(server.models)) or "none")  # fmt: skip
+            return 2
+        client = redis.Redis.from_url(args.redis_url, decode_responses=True)
+        ensure_group(client)
+        consumer = Consumer(client, server, config, stop)
         print(f"{args.name} ready", flush=True)
-        consumer.run(stop)
+        try:
+            consumer.run()
+        except OutageError as exc:
+            logger.error("%s; exiting", exc)
+            return 3
+        finally:
+            client.close()
     logger.info("stopped after scoring %d message(s) in %.1f s", consumer.scored, time.monotonic() - started)
-    client.close()
     return 0
 
 

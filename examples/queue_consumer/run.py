@@ -71,12 +71,13 @@ class Drill:
     def start(self, name: str) -> None:
         """Start consumer ``name`` and wait until it has loaded its model."""
         log = self.logs / f"{name}.log"
-        command = [sys.executable, str(HERE / "consumer.py"), "--redis-url", self.url, "--repository",
-                   str(self.repository), "--model", self.model, "--name", name, "--batch-size",
-                   str(self.batch_size), "--claim-idle-ms", str(self.claim_idle_ms)]  # fmt: skip
+        command = [sys.executable, str(HERE / "consumer.py"), "--repository", str(self.repository), "--model",
+                   self.model, "--name", name, "--batch-size", str(self.batch_size), "--claim-idle-ms",
+                   str(self.claim_idle_ms)]  # fmt: skip
+        env = {**os.environ, "REDIS_URL": self.url}  # not on the command line: a password there shows in ps
         with log.open("wb") as out:  # a file, not a pipe nobody reads: a full pipe would stall the consumer
             self.processes[name] = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
             )
         wait_until(lambda: f"{name} ready".encode() in log.read_bytes(), f"{name} started", timeout_s=120)
 
