@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
+import os
 import tomllib
 import warnings
 from collections.abc import Mapping
@@ -16,7 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ._config_checks import MAX_BATCH_ROWS, check_bool, check_int, check_list, check_number, check_table, check_text
+from ._config_checks import (
+    MAX_BATCH_ROWS,
+    check_bool,
+    check_int,
+    check_list,
+    check_number,
+    check_table,
+    check_text,
+    is_int,
+    is_number,
+)
 from ._errors import ConfigurationError
 from ._rollout_config import (
     FLAT_FIELDS,
@@ -78,13 +90,13 @@ class PaddingConfig:
             raise ConfigurationError("batching.padding.inputs must name at least one input")
         for kind, axes in (("inputs", self.inputs), ("outputs", check_table("batching.padding.outputs", self.outputs))):
             for name, axis in axes.items():
-                if type(axis) is not int or axis < 1:
+                if not is_int(axis) or axis < 1:
                     raise ConfigurationError(
                         f"batching.padding.{kind}[{name!r}] must be an axis >= 1 (axis 0 is the batch axis), "
                         f"got {axis!r}"
                     )
         value: object = self.value  # any number, -inf included (an additive attention mask), not a bool
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not is_number(value):
             raise ConfigurationError(f"batching.padding.value must be a number, got {value!r}")
         object.__setattr__(self, "inputs", dict(self.inputs))
         object.__setattr__(self, "outputs", dict(self.outputs))
@@ -128,7 +140,7 @@ class BatchingConfig:
         if self.max_delay_s is not None and not _finite_at_least_zero(self.max_delay_s):
             raise ConfigurationError(f"batching.max_delay_s must be a finite number >= 0, got {self.max_delay_s!r}")
         sizes = check_list("batching.preferred_batch_sizes", self.preferred_batch_sizes)
-        if any(type(size) is not int or size < 1 or size > self.max_batch_size for size in sizes):
+        if any(not is_int(size) or size < 1 or size > self.max_batch_size for size in sizes):
             raise ConfigurationError(
                 f"batching.preferred_batch_sizes must lie in 1..max_batch_size ({self.max_batch_size}), got {sizes}"
             )
@@ -167,7 +179,7 @@ class BatchingConfig:
 
 
 def _finite_at_least_zero(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 and math.isfinite(value)
+    return is_number(value) and math.isfinite(value) and value >= 0  # type: ignore[arg-type, operator]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -239,7 +251,7 @@ class PoolConfig:
             providers = _providers(self.providers)  # config.toml may hand us anything
             object.__setattr__(self, "providers", providers)
         devices = check_list("pool.device_ids", self.device_ids)
-        if not devices or any(type(device) is not int or device < 0 for device in devices):
+        if not devices or any(not is_int(device) or device < 0 for device in devices):
             raise ConfigurationError(f"pool.device_ids must be non-negative integers, got {self.device_ids!r}")
         object.__setattr__(self, "device_ids", devices)
         object.__setattr__(self, "provider_options", _provider_options(self.provider_options))
@@ -265,7 +277,7 @@ def _provider_options(value: object) -> dict[str, dict[str, str]]:
     for name, values in check_table("pool.provider_options", value).items():
         table = check_table(f"pool.provider_options.{name}", values)
         for key, option in table.items():
-            if not isinstance(option, str | int | float):
+            if not isinstance(option, str | numbers.Real | os.PathLike):
                 raise ConfigurationError(
                     f"pool.provider_options.{name}.{key} must be a string or a number, got {option!r}"
                 )
@@ -289,7 +301,7 @@ class WarmupConfig:
         check_bool("warmup.enabled", self.enabled)
         check_int("warmup.rows", self.rows, 1, MAX_BATCH_ROWS)  # allocated at load: 10**12 rows is a typo
         check_int("warmup.runs", self.runs, 1, 1000)
-        check_text("warmup.inputs_file", self.inputs_file, optional=True, blank=False)
+        check_text("warmup.inputs_file", self.inputs_file, optional=True, blank=False, path=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -338,7 +350,7 @@ class DriftConfig:
         return self.reference_file is not None or self.capture_reference > 0
 
     def __post_init__(self) -> None:
-        check_text("drift.reference_file", self.reference_file, optional=True, blank=False)
+        check_text("drift.reference_file", self.reference_file, optional=True, blank=False, path=True)
         check_int("drift.capture_reference", self.capture_reference, 0)
         check_int("drift.window", self.window, 1)
         check_int("drift.bins", self.bins, 2, 1000)

@@ -7,8 +7,12 @@ type as well as its range, so a quoted "false" or a 1.5 fails at start-up, namin
 from __future__ import annotations
 
 import math
+import numbers
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import numpy as np
 
 from ._errors import ConfigurationError
 
@@ -21,6 +25,8 @@ __all__ = [
     "check_number",
     "check_table",
     "check_text",
+    "is_int",
+    "is_number",
 ]
 
 MAX_BATCH_ROWS = 65_536
@@ -30,8 +36,9 @@ MAX_COUNT = 16 * 2**20
 
 
 def check_int(key: str, value: object, low: int, high: int | None = MAX_COUNT) -> None:
-    """An integer from ``low`` to ``high``: not a bool (``True`` is an int to Python), not a float."""
-    if type(value) is not int or value < low or (high is not None and value > high):
+    """An integer (numpy's too) from ``low`` to ``high``: not a bool (``True`` is an int to Python), not a
+    float."""
+    if not is_int(value) or value < low or (high is not None and value > high):  # type: ignore[operator]
         bounds = f">= {low}" if high is None else f">= {low} and <= {high}"
         raise ConfigurationError(f"{key} must be {bounds} (an integer), got {value!r}")
 
@@ -39,29 +46,43 @@ def check_int(key: str, value: object, low: int, high: int | None = MAX_COUNT) -
 def check_number(key: str, value: object, low: float, high: float | None = None, *, above: bool = False) -> None:
     """A finite int or float (not a bool) >= ``low`` (> with ``above``) and <= ``high``: NaN fails every
     comparison, so a plain ``value < low`` test would let it through."""
-    valid = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value > low if above else value >= low)
-        and (high is None or value <= high)
-    )
+    number = float(value) if is_number(value) and _finite(value) else math.nan  # type: ignore[arg-type]
+    valid = (number > low if above else number >= low) and (high is None or number <= high)
     if not valid:
         bounds = f"{'>' if above else '>='} {low}" + ("" if high is None else f" and <= {high}")
         raise ConfigurationError(f"{key} must be a finite number {bounds}, got {value!r}")
 
 
+def is_int(value: object) -> bool:
+    """An integer, numpy's too, and not a bool (``True`` is an int to Python)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """A real number, numpy's too, and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> bool:
+    try:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    except OverflowError:  # an int past any float
+        return False
+
+
 def check_bool(key: str, value: object, *, optional: bool = False) -> None:
-    """A real bool: a quoted ``"false"`` is a non-empty string, which Python takes for true."""
-    if not isinstance(value, bool) and not (optional and value is None):
+    """A real bool (numpy's too): a quoted ``"false"`` is a non-empty string, which Python takes for true."""
+    if not isinstance(value, bool | np.bool_) and not (optional and value is None):
         unset = ", or unset" if optional else ""
         raise ConfigurationError(f"{key} must be true or false (no quotes){unset}, got {value!r}")
 
 
-def check_text(key: str, value: object, *, optional: bool = False, blank: bool = True) -> None:
-    """A string (``blank``: possibly empty), or ``None`` when ``optional``."""
+def check_text(key: str, value: object, *, optional: bool = False, blank: bool = True, path: bool = False) -> None:
+    """A string (``blank``: possibly empty; ``path``: or an ``os.PathLike``), or ``None`` when ``optional``."""
+    if path and isinstance(value, os.PathLike):
+        value = os.fspath(value)
     if not (isinstance(value, str) and (blank or value)) and not (optional and value is None):
-        what = "a string" if blank else "a non-empty string"
+        what = ("a path" if path else "a string") if blank else ("a non-empty path" if path else "a non-empty string")
         raise ConfigurationError(f"{key} must be {what}{', or unset' if optional else ''}, got {value!r}")
 
 

@@ -289,7 +289,7 @@ class DriftMonitor:
                     self._columns = _choose_columns(sources, self.config.max_features)[0]
                 columns = self._columns
         record = self._record(columns, arrays, outputs)
-        if all(column is None for column in record):  # shaped unlike the reference throughout: nothing to count
+        if record and all(column is None for column in record):  # shaped unlike the reference: nothing to count
             return
         with self._lock:
             if self._features is None:

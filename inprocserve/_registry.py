@@ -252,7 +252,7 @@ class Registry:
                 if name not in scan.models and name not in self._explicit and name not in scan.unreadable:
                     del self.failures[name]
             for name in list(self._unloaded_versions):
-                if name not in scan.models:
+                if name not in scan.models and name not in scan.unreadable:  # (unreadable: not gone)
                     del self._unloaded_versions[name]
             for problem in scan.problems:
                 if problem not in self._scan_problems:  # logged once: a poll every second would repeat it
@@ -488,7 +488,10 @@ class Registry:
     def find_in_repository(self, name: str) -> ModelSource:
         if self.repository is None:
             raise ModelNotFoundError(f"no repository configured; pass path= to load model {name!r}", model=name)
-        source = scan_repository(self.repository, follow_symlinks=self._follow_symlinks).models.get(name)
+        scan = scan_repository(self.repository, follow_symlinks=self._follow_symlinks)
+        source = scan.models.get(name)
+        if name in scan.unreadable:
+            raise ModelNotFoundError(f"model {name!r}: its folder in {self.repository} cannot be read", model=name)
         if source is None or not source.versions:
             raise ModelNotFoundError(f"model {name!r} is not in the repository {self.repository}", model=name)
         return source

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._config_checks import check_int, check_list, check_number, check_table, check_text
+from ._config_checks import check_int, check_list, check_number, check_table, check_text, is_int, is_number
 from ._errors import ConfigurationError
 
 __all__ = [
@@ -34,13 +34,13 @@ Strategy = Literal["stable", "canary", "ab", "bandit"]
 
 
 def _percent(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+    if not is_number(value) or not 0 <= value <= 100:
         raise ConfigurationError(f"rollout.{name} must lie in 0..100, got {value!r}")
 
 
 def _version(name: str, value: Any) -> None:
     """A version number in the rollout config: an int >= 1 (or None: not set)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+    if value is not None and (not is_int(value) or value < 1):
         raise ConfigurationError(
             f"rollout.{name} must be a version number, a whole number >= 1 such as {name.rsplit('.')[-1]} = 2 "
             f"(no quotes), got {value!r}"
@@ -49,7 +49,7 @@ def _version(name: str, value: Any) -> None:
 
 def _versions(name: str, values: Any) -> tuple[int, ...]:
     versions = check_list(f"rollout.{name}", values)
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in versions):
+    if any(not is_int(v) or v < 1 for v in versions):
         raise ConfigurationError(f"rollout.{name} must list positive version numbers, got {list(versions)!r}")
     return versions
 
@@ -62,7 +62,7 @@ class VariantConfig:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+        if not is_int(self.version) or self.version < 1:
             raise ConfigurationError(f"rollout variant version must be a positive int, got {self.version!r}")
         check_number("rollout variant weight", self.weight, 0)
 

@@ -150,18 +150,18 @@ _MISSING_MARKERS = frozenset({"na", "n/a", "null", "none", "-", "?"})
 
 
 def _is_header(line: str) -> bool:
-    """Whether the first line names the columns: none of its fields is a number, and not all of them are
-    missing-value markers. A first line mixing numbers and text (``1,NA``) is data, and a bad line if numpy
-    cannot read it: taking it for a header would drop a row without a word."""
+    """Whether the first line names the columns: one of its fields is a name, neither a number nor a
+    missing-value marker (``id,0,1,2`` and ``country,2019,2020`` are headers). A first line of numbers and
+    markers only (``1,NA``) is data, and a bad line if numpy cannot read it: taking it for a header would
+    drop a row without a word."""
     fields = [field.strip().strip('"').lower() for field in line.split(",")]
-    fields = [field for field in fields if field]
-    if not fields or all(field in _MISSING_MARKERS for field in fields):
-        return False
-    for field in fields:
-        try:
-            float(field)
-        except ValueError:
-            continue
+    return any(field and field not in _MISSING_MARKERS and not _is_number(field) for field in fields)
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
         return False
     return True
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._config_checks import check_int, check_list
+from ._config_checks import check_int, check_list, is_int
 from ._errors import ConfigurationError
 
 __all__ = ["VersionPolicy", "parse_version_policy"]
@@ -23,7 +23,7 @@ class VersionPolicy:
     def __post_init__(self) -> None:
         if self.kind not in ("latest", "all", "specific"):
             raise ConfigurationError(f"version policy must be latest, all or specific, got {self.kind!r}")
-        if self.kind == "latest" and (type(self.count) is not int or self.count < 1):  # True is an int, to Python
+        if self.kind == "latest" and (not is_int(self.count) or self.count < 1):  # True is an int, to Python
             raise ConfigurationError(f"version policy latest needs a count >= 1 (an integer), got {self.count!r}")
         versions = check_list("version policy versions", self.versions)
         for version in versions:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import inprocserve
 from inprocserve import (
     BanditConfig,
     BatchingConfig,
@@ -88,8 +89,8 @@ from .conftest import ServerFactory
         ("[rollout]\nsalt = 5", "rollout.salt must be a string"),
         ("[rollout]\nflag_prefix = 5", "rollout.flag_prefix must be a string"),
         ("[rollout]\nkey_field = 5", "rollout.key_field must be a non-empty string"),
-        ("[warmup]\ninputs_file = 5", "warmup.inputs_file must be a non-empty string"),
-        ("[drift]\nreference_file = 5", "drift.reference_file must be a non-empty string"),
+        ("[warmup]\ninputs_file = 5", "warmup.inputs_file must be a non-empty path"),
+        ("[drift]\nreference_file = 5", "drift.reference_file must be a non-empty path"),
         ("[batching.padding]\ninputs = { tokens = 1 }\nvalue = true", "batching.padding.value must be a number"),
         # sizes that can only be a mistake: the bound is in the message
         ("[warmup]\nrows = 1000000000000", "warmup.rows must be >= 1 and <= 65536"),
@@ -164,7 +165,7 @@ def test_a_model_with_a_mistyped_config_toml_is_reported_while_the_others_serve(
         (lambda: PoolConfig(provider_options={"CUDAExecutionProvider": "fast"}), "pool.provider_options"),
         (lambda: WarmupConfig(rows=1.5), "warmup.rows"),
         (lambda: WarmupConfig(runs=10**9), "warmup.runs must be >= 1 and <= 1000"),
-        (lambda: WarmupConfig(inputs_file=Path("warmup.npz")), "warmup.inputs_file"),
+        (lambda: WarmupConfig(inputs_file=""), "warmup.inputs_file"),
         (lambda: CacheConfig(enabled="false"), "cache.enabled"),
         (lambda: CacheConfig(ttl_s=float("inf")), "cache.ttl_s"),
         (lambda: CacheConfig(share_in_flight=1), "cache.share_in_flight"),
@@ -252,3 +253,22 @@ def test_optional_settings_take_none_and_real_values_of_their_type() -> None:
         PoolConfig(share_session="auto")
     with pytest.raises(ConfigurationError, match=r"rollout\.flag_prefix must be a string, or unset"):
         RolloutConfig(flag_prefix=7)
+
+
+def test_numpy_numbers_and_paths_are_taken_as_python_ones(tmp_path: Path) -> None:
+    # Settings computed with numpy (a batch size from an array, a threshold from a statistic) or given as
+    # pathlib paths were accepted before types were checked; only bools and non-integral values are refused.
+    sizes = np.array([64, 4096])
+    batching = inprocserve.BatchingConfig(
+        max_batch_size=sizes[0], max_delay_s=np.float32(0.002), preferred_batch_sizes=(np.int32(8),)
+    )
+    assert batching.max_batch_size == 64
+    assert inprocserve.PoolConfig(size=np.int64(2), allow_spinning=np.bool_(False)).size == 2
+    assert inprocserve.CacheConfig(ttl_s=np.float64(1.5)).ttl_s == 1.5
+    assert inprocserve.WarmupConfig(inputs_file=tmp_path / "warm.npz").inputs_file is not None
+    assert inprocserve.DriftConfig(reference_file=tmp_path / "ref.npz", psi_threshold=np.float32(0.2)).enabled
+    assert inprocserve.VersionPolicy.latest(np.int64(2)).count == 2
+    with pytest.raises(inprocserve.ConfigurationError, match="an integer"):
+        inprocserve.BatchingConfig(max_batch_size=np.float64(64.0))
+    with pytest.raises(inprocserve.ConfigurationError, match="true or false"):
+        inprocserve.PoolConfig(allow_spinning=np.int64(1))

@@ -123,6 +123,7 @@ _UNREADABLE_SCRIPT = textwrap.dedent(
     report = {}
     with inprocserve.Server(repository, control_interval_s=None) as server:
         report["serving_before"] = server.models
+        server.unload("locked", 2)  # by hand: it stays unloaded across refreshes
         os.chmod(repository / "locked", 0o000)
         try:
             report["problems"] = server.refresh()
@@ -130,6 +131,8 @@ _UNREADABLE_SCRIPT = textwrap.dedent(
             report["locked_answer"] = float(server.predict("locked", x)["y"][0, 0])
         finally:
             os.chmod(repository / "locked", 0o755)
+        server.refresh()
+        report["serving_once_readable"] = server.models
     os.chmod(repository / "locked", 0o000)
     try:
         with inprocserve.Server(repository, control_interval_s=None) as server:
@@ -157,6 +160,7 @@ def test_a_model_folder_that_cannot_be_read_leaves_the_others_serving(tmp_path: 
     repository = tmp_path / "models"
     save_model(build_scale_model(2.0), repository, "good", 1)
     save_model(build_scale_model(7.0), repository, "locked", 1)
+    save_model(build_scale_model(8.0), repository, "locked", 2)
     result = subprocess.run(
         [*_without_file_access_override(), sys.executable, "-c", _UNREADABLE_SCRIPT, str(repository)],
         capture_output=True,
@@ -167,11 +171,12 @@ def test_a_model_folder_that_cannot_be_read_leaves_the_others_serving(tmp_path: 
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
-    assert report["serving_before"] == {"good": [1], "locked": [1]}
+    assert report["serving_before"] == {"good": [1], "locked": [2]}
     # unreadable while it serves: reported, and what was loaded from it keeps serving
     assert len(report["problems"]) == 1 and "locked: cannot be read (Permission denied)" in report["problems"][0]
     assert report["serving_while_locked"] == {"good": [1], "locked": [1]}
     assert report["locked_answer"] == 7.0
+    assert report["serving_once_readable"] == {"good": [1], "locked": [1]}  # version 2 stays unloaded
     # unreadable at start: the server starts with the others
     assert report["start_while_locked"] == {"good": [1]}
     assert report["good_answer"] == 2.0

@@ -233,8 +233,8 @@ def test_the_output_is_fsynced_before_it_replaces_output(
     assert synced[-1] == (tmp_path).stat().st_ino, "the output's folder was not fsynced after the rename"
 
 
-@pytest.mark.parametrize("first", ["1,NA,3,4", "1,2,3,x", "NA,NA,NA,NA"])
-def test_a_first_line_with_numbers_or_only_missing_markers_is_data_not_a_header(
+@pytest.mark.parametrize("first", ["1,NA,3,4", "NA,NA,NA,NA", "1,2,3,null"])
+def test_a_first_line_of_numbers_and_missing_markers_is_data_not_a_header(
     tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str], first: str
 ) -> None:
     (tmp_path / "x.csv").write_text(f"{first}\n2,3,4,5\n4,5,6,7\n")
@@ -243,7 +243,8 @@ def test_a_first_line_with_numbers_or_only_missing_markers_is_data_not_a_header(
     assert "line 1:" in err and "a first line is a header only when none of its fields is a number" in err
 
 
-def test_a_header_of_names_is_skipped(tmp_path: Path, scale_file: Path) -> None:
-    (tmp_path / "x.csv").write_text('"amount", age ,x3,n\n2,3,4,5\n')
+@pytest.mark.parametrize("header", ['"amount", age ,x3,n', "id,0,1,2", "country,2019,2020,2021"])
+def test_a_header_with_a_name_is_skipped(tmp_path: Path, scale_file: Path, header: str) -> None:
+    (tmp_path / "x.csv").write_text(f"{header}\n2,3,4,5\n")
     assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 0
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "y.csv", delimiter=",", skiprows=1), [4, 6, 8, 10])
