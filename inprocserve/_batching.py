@@ -204,6 +204,7 @@ class Batcher:
         """
         if self._keyed:
             request.key = group_key(request.arrays, self._padding)
+        request.queued_on = self
         if request.deliver is None:
             request.deliver = self._deliver
         pool = self._pool
@@ -404,6 +405,7 @@ class Batcher:
         """
         if self._keyed:
             request.key = group_key(request.arrays, self._padding)
+        request.queued_on = self
         if request.deliver is None:
             request.deliver = self._deliver
         if not self._adopted:
@@ -428,6 +430,7 @@ class Batcher:
         Raises:
             VersionRetiredError: the batcher is closing.
         """
+        request.queued_on = self
         if request.deliver is None:
             request.deliver = self._deliver
         if not self._adopted:

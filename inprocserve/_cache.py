@@ -17,7 +17,7 @@ import numpy as np
 from cachetools import Cache, LRUCache, TTLCache
 
 from ._config import CacheConfig
-from ._inflight import inputs_key
+from ._inflight import inputs_key, shareable
 
 __all__ = ["PredictionCache"]
 
@@ -39,12 +39,13 @@ class PredictionCache:
     key = staticmethod(inputs_key)
 
     def get(self, key: bytes) -> Mapping[str, Any] | None:
-        """The cached outputs for ``key`` (counted as a hit), or ``None``."""
+        """The cached outputs for ``key`` (counted as a hit), or ``None``: arrays shared read-only, any other
+        output (a list of maps, as a ZipMap gives) a copy of its own (see :func:`shareable`)."""
         with self._lock:
             outputs = self._entries.get(key)
             if outputs is not None:
                 self.hits += 1
-            return outputs
+        return None if outputs is None else shareable(outputs)
 
     def count(self, *, shared: bool) -> None:
         """Count a request that was not a hit: it ran (a miss) or followed an identical one (shared)."""
@@ -55,12 +56,19 @@ class PredictionCache:
                 self.misses += 1
 
     def store(self, key: bytes, outputs: Mapping[str, Any]) -> None:
-        """Keep a successful answer; its arrays become read-only, since every later hit shares them."""
-        for value in outputs.values():
+        """Keep a successful answer; its arrays become read-only, since every later hit shares them (any other
+        output is kept as a copy, and each hit gets a copy of its own). An array
+        that is a small slice of a batch's output is kept as a copy: the slice would keep the whole batch's
+        output alive (up to ``max_batch_size`` times its own size) for as long as it is cached."""
+        kept = dict(shareable(outputs))  # (other values copied: the caller it answered may change its own)
+        for name, value in kept.items():
             if isinstance(value, np.ndarray):
+                base = value.base
+                if isinstance(base, np.ndarray) and value.nbytes * 2 < base.nbytes:
+                    value = kept[name] = value.copy()
                 value.flags.writeable = False
         with self._lock:
-            self._entries[key] = outputs
+            self._entries[key] = kept
 
     def status(self) -> dict[str, Any]:
         with self._lock:

@@ -13,6 +13,7 @@ its own instead of inheriting that error; any other error is the followers' too.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from collections.abc import Callable, Mapping
@@ -29,9 +30,9 @@ from ._request_telemetry import RequestTelemetry
 if TYPE_CHECKING:
     from ._model import ModelVersion
 
-__all__ = ["Coalescer", "LeaderGone", "Sharing", "inputs_key"]
+__all__ = ["Coalescer", "LeaderGone", "Sharing", "inputs_key", "shareable"]
 
-Key = tuple[str, int, bytes]
+Key = tuple[str, int, int, bytes]  # model, version, the copy's identity, the inputs' digest
 
 
 class LeaderGone(Exception):  # a signal between leader and followers; never reaches a caller
@@ -70,6 +71,14 @@ def _leader_only(error: BaseException) -> bool:
     return isinstance(error, CancelledError | DeadlineExceededError | VersionRetiredError) or not isinstance(
         error, Exception
     )
+
+
+def shareable(outputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``outputs`` to hand to one more caller: arrays are shared (they were made read-only), any other value
+    (a sequence of maps, as a ZipMap output gives) is copied, since a caller may change it in place."""
+    if all(isinstance(value, np.ndarray) for value in outputs.values()):
+        return outputs
+    return {name: value if isinstance(value, np.ndarray) else copy.deepcopy(value) for name, value in outputs.items()}
 
 
 class Coalescer:
@@ -172,8 +181,12 @@ class Sharing:
                 self._telemetry.cache_result(telemetry, "hit")
                 finish_detached(request, outputs, None, self._deliver)
                 return True
-        leader = None if share is False else self._coalescer.join((target.name, target.version, key))
+        # the copy, not just the version number: during a reload the old and new copies of a version serve
+        # side by side, and a request routed to one must never get the other's answer
+        shared_as = (target.name, target.version, id(target), key)
+        leader = None if share is False else self._coalescer.join(shared_as)
         request.cache_key = key if leader is None else None
+        request.shared_as = shared_as if leader is None else None
         if cache is not None:
             cache.count(shared=leader is not None)
         self._telemetry.cache_result(telemetry, "miss" if leader is None else "shared")
@@ -254,27 +267,31 @@ class Sharing:
             if refused is not None:  # finished outside the lock: a future's callbacks may call the server
                 finish_detached(request, None, refused, self._deliver)
             return
-        finish_detached(request, None if error is not None else leader.result(), error, self._deliver)
+        finish_detached(request, None if error is not None else shareable(leader.result()), error, self._deliver)
 
     def _queue(self, request: Request, target: ModelVersion) -> tuple[BaseException | None, Batcher | None]:
         """Queue a follower to run by itself: on ``target``, or on the copy of its version that replaced it
         meanwhile. Returns the error if it is refused, else the batcher it is queued on."""
         name, number = target.name, target.version
-        for copy in (target, self._serving(name, number)):
-            if copy is None or copy.batcher is None or (copy is not target and copy.batcher is target.batcher):
+        for serving in (target, self._serving(name, number)):
+            if serving is None or serving.batcher is None:
                 break
-            if copy is not target and (
-                copy.signature is None or target.signature is None or (copy.signature.inputs != target.signature.inputs)
+            if serving is not target and serving.batcher is target.batcher:
+                break
+            if serving is not target and (
+                serving.signature is None
+                or target.signature is None
+                or serving.signature.inputs != target.signature.inputs
             ):
                 break  # its inputs were validated for the old copy's signature, which the new one changed
             try:
-                copy.batcher.submit(request, run_inline=False)
-                copy.batcher.wake()  # an event loop's request defers its wake to the loop: none is coming here
+                serving.batcher.submit(request, run_inline=False)
+                serving.batcher.wake()  # an event loop's request defers its wake to the loop: none is coming here
             except VersionRetiredError:
                 continue  # this copy drains after a reload: the copy serving now, if any, takes it
             except BaseException as exc:
                 return exc, None
-            return None, copy.batcher
+            return None, serving.batcher
         return ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number), None
 
     def release(self, request: Request, target: ModelVersion | None, error: BaseException | None) -> None:
@@ -283,8 +300,9 @@ class Sharing:
         if key is None:
             return
         request.cache_key = None
-        route = request.route
         outputs = request.outputs if error is None else None
         if outputs is not None and target is not None and target.cache is not None:
             target.cache.store(key, outputs)
-        self._coalescer.release((route.model, route.version, key), outputs, error)
+        shared_as, request.shared_as = request.shared_as, None
+        if shared_as is not None:  # (a leader that nobody could follow joined no key)
+            self._coalescer.release(shared_as, outputs, error)

@@ -106,9 +106,11 @@ class Request:
         "member_spans",
         "outputs",
         "queue_wait_s",
+        "queued_on",
         "route",
         "rows",
         "run_rows",
+        "shared_as",
         "span",
         "started",
         "state",
@@ -131,6 +133,7 @@ class Request:
         self.deadline = deadline
         self.future = future
         self.deliver = deliver  # the server's hook that resolves the future; the batcher sets it at submit
+        self.queued_on: Any = None  # the batcher it was last given to: the copy of the version that runs it
         self.key: Any = None
         self.state = QUEUED
         self.outputs: dict[str, Any] | None = None
@@ -139,6 +142,7 @@ class Request:
         self.baton: Any = None  # the waiter this caller wakes once it is awake (see complete_batch)
         self.span: Any = None  # the request's OpenTelemetry span, linked from the batch span
         self.cache_key: bytes | None = None  # set when this request runs for identical ones in flight
+        self.shared_as: Any = None  # then, the key its followers joined (it names the copy that runs it)
         self.started = 0.0  # perf_counter() when the caller asked
         self.queue_wait_s = 0.0
         self.batch: BatchTiming | None = None

@@ -568,6 +568,8 @@ class Server(RolloutMethods):
         try:
             routes = self._registry.routes.get(request.route.model)
             version = None if routes is None else routes.versions.get(request.route.version)
+            if version is not None and request.queued_on is not None and version.batcher is not request.queued_on:
+                version = None  # reloaded since: its answer is not the new copy's (to cache, monitor or time)
             given = None
             if request.error is None and type(future) is not Future:  # an event loop's task may have been
                 given_error = getattr(future, "given_error", None)  # answered by its own deadline meanwhile

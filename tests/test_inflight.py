@@ -219,7 +219,7 @@ def test_invalid_input_never_becomes_a_leader(busy_repository: Path, make_server
 
 # -- the primitive itself ----------------------------------------------------------------------------------
 
-KEY = ("m", 1, b"digest")
+KEY = ("m", 1, 0, b"digest")
 
 
 @pytest.mark.parametrize(

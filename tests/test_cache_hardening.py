@@ -1,0 +1,98 @@
+"""The prediction cache and the sharing of identical requests after a review: an answer is only cached in,
+and only shared from, the copy of a version that computed it (a hot reload serves two copies side by side);
+answers that are not arrays are copied for each caller; a cached slice does not keep its whole batch alive."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from inprocserve import CacheConfig, ModelConfig
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import BUSY_WIDTH, ServerFactory, build_busy_model, busy_inputs, occupy, wait_until
+
+CACHED = ModelConfig(cache=CacheConfig(enabled=True))
+
+
+def test_an_answer_of_the_copy_replaced_by_a_reload_is_not_cached_in_the_new_copy(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_busy_model(BUSY_WIDTH, layers=16), repository, "busy", 1)
+    server = make_server(repository, models={"busy": CACHED})
+    old_copy = server._registry.routes["busy"].versions[1]
+    blocker = occupy(server, "busy")
+    x = busy_inputs(2, seed=42)
+    queued = server.submit("busy", x)  # queued on the old copy, behind the blocker
+    save_model(build_busy_model(BUSY_WIDTH, layers=15), repository, "busy", 1)  # version 1 rewritten
+    reload = threading.Thread(target=server.refresh)
+    reload.start()
+    wait_until(lambda: server._registry.routes["busy"].versions[1] is not old_copy, timeout_s=60)
+    old_answer = queued.result(60)["y"]
+    blocker.result(60)
+    reload.join(60)
+    truth = ort.InferenceSession(str(repository / "busy" / "1" / "model.onnx")).run(["y"], x)[0]
+    new_answer = server.predict("busy", x)["y"]
+    np.testing.assert_allclose(new_answer, truth, rtol=1e-5, atol=1e-6)  # not the old copy's answer
+    assert not np.allclose(old_answer, truth)  # (the two models do differ on these inputs)
+
+
+def build_zipmap_classifier() -> object:
+    """A classifier as skl2onnx exports them: probabilities as a tensor and as a ZipMap (a list of maps)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])
+    probabilities = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 2])
+    zipmap = helper.make_value_info(
+        "output_probability",
+        helper.make_sequence_type_proto(
+            helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+        ),
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Softmax", ["x"], ["probs"], axis=1),
+            helper.make_node(
+                "ZipMap", ["probs"], ["output_probability"], domain="ai.onnx.ml", classlabels_int64s=[0, 1]
+            ),
+        ],
+        "classifier",
+        [x],
+        [probabilities, zipmap],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)
+
+
+def test_a_cached_answer_that_is_not_an_array_is_each_caller_s_own(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_zipmap_classifier(), repository, "classifier", 1)
+    server = make_server(repository, models={"classifier": CACHED})
+    x = np.array([[0.0, 1.0]], np.float32)
+    first = server.predict("classifier", x)
+    expected = [dict(entry) for entry in first["output_probability"]]
+    first["output_probability"][0][1] = 0.0  # a caller post-processing its own answer in place
+    first["output_probability"].append({"extra": 1})
+    second = server.predict("classifier", x)  # a cache hit
+    assert server.status()["models"]["classifier"]["versions"]["1"]["cache"]["hits"] == 1
+    assert second["output_probability"] == expected
+
+
+def test_a_cached_row_of_a_batch_does_not_keep_the_batch_alive(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0, features=256), repository, "wide", 1)
+    server = make_server(repository, models={"wide": CACHED})
+    futures = [server.submit("wide", np.full((1, 256), i, np.float32)) for i in range(64)]
+    answers = [future.result(30)["y"] for future in futures]
+    batcher = server._registry.routes["wide"].versions[1].batcher
+    assert batcher is not None and batcher.batches_run < 64  # some requests were merged into one run
+    cache = server._registry.routes["wide"].versions[1].cache
+    assert cache is not None
+    for i, answer in enumerate(answers):
+        hit = server.predict("wide", np.full((1, 256), i, np.float32))["y"]
+        np.testing.assert_array_equal(hit, answer)
+        assert not isinstance(hit.base, np.ndarray) or hit.base.nbytes <= 2 * hit.nbytes  # not the batch's output
