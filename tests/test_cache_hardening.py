@@ -81,9 +81,7 @@ def test_a_cached_answer_that_is_not_an_array_is_each_caller_s_own(
     assert second["output_probability"] == expected
 
 
-def test_a_cached_row_of_a_batch_does_not_keep_the_batch_alive(
-    repository: Path, make_server: ServerFactory
-) -> None:
+def test_a_cached_row_of_a_batch_does_not_keep_the_batch_alive(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(2.0, features=256), repository, "wide", 1)
     server = make_server(repository, models={"wide": CACHED})
     futures = [server.submit("wide", np.full((1, 256), i, np.float32)) for i in range(64)]
