@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +44,15 @@ class PromotionReport:
         return problems
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as the JSON-ready dict with the keys ``from``, ``to``, ``samples`` ..."""
-        return {key: getattr(self, name) for key, name in _REPORT_KEYS.items()}
+        """The report as the JSON-ready dict with the keys ``from``, ``to``, ``samples`` ...; a difference
+        that is not finite (the candidate answered NaN or infinity where the stable version did not) is the
+        string ``"inf"`` there, as strict JSON has no infinity."""
+        report = {key: getattr(self, name) for key, name in _REPORT_KEYS.items()}
+        for key in ("max_abs_diff", "label_agreement"):
+            value = report[key]
+            if isinstance(value, float) and not math.isfinite(value):
+                report[key] = str(value)
+        return report
 
     def __getitem__(self, key: str) -> Any:
         try:

@@ -3,17 +3,25 @@
 Shadow work must not slow or fail the caller. An idle session is not spare CPU: on a small host one
 caller keeps every core busy, and a shadow running beside it takes their time. So shadows run on a CPU
 budget: the shadow thread may run for at most ``budget`` of each second of wall-clock time (a token bucket
-holding one second's allowance), measured as the wall time of its own runs. A copy that finds the budget
-spent, the serving version backlogged or no idle session on the shadow version is dropped at once and
-counted; nothing waits or polls. Jobs are queued (bounded, drops counted) for one background thread that
-sleeps on a condition while there is nothing to do. Shadow errors are logged and counted, never raised.
+holding one second's allowance), measured as the wall time of its own runs. A copy is admitted only when
+the bucket holds what the last run of its shadow version cost (a version not yet measured: the whole
+bucket), and that cost is reserved at once, so the queue never fills with copies the budget would drop;
+one run is stopped at the allowance left when it starts (at least ``MIN_RUN_S``) and counted as dropped
+over budget. A copy that finds the budget spent, the serving version backlogged or no idle session on the
+shadow version is dropped at once and counted; nothing waits or polls. Jobs are queued (bounded by count
+and by bytes, drops counted) for one background thread that sleeps on a condition while there is nothing
+to do. A queued job holds its own copy of the inputs and of the primary answer: the caller may reuse its
+buffers once it has its answer. Shadow errors are logged and counted, never raised.
 Each shadow answer is compared with the primary one (largest absolute difference; argmax agreement for
-classifier-shaped outputs) and handed to an optional callback so applications can log it.
+classifier-shaped outputs) and handed to an optional callback so applications can log it. A NaN or an
+infinity in one answer where the other has a different value is a difference of ``math.inf`` (and its
+row disagrees); equal non-finite values (NaN in both, the same infinity) are equal.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -25,11 +33,11 @@ import numpy as np
 from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, DeadlineExceededError
 from ._request import Request, Route
 from ._telemetry import ATTR_SHADOW_AGREEMENT, ATTR_SHADOW_DIFF, METRICS, add_safely, record_safely, start_shadow_span
 
-__all__ = ["ShadowComparison", "ShadowRunner", "compare_outputs"]
+__all__ = ["DEFAULT_MAX_QUEUED_BYTES", "MIN_RUN_S", "ShadowComparison", "ShadowRunner", "compare_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +63,12 @@ class ShadowComparison:
 
 
 def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> tuple[float | None, float | None]:
-    """(max absolute difference, argmax agreement) between two answers to the same request."""
+    """(max absolute difference, argmax agreement) between two answers to the same request.
+
+    A NaN or an infinity in one answer where the other holds a different value (a finite number, the other
+    infinity, or a number where the other has NaN) is a difference of ``math.inf``, and a row holding one
+    disagrees whatever its argmax. Equal non-finite values (NaN in both, the same infinity in both) are equal.
+    """
     diffs, agreements = [], []
     for name, expected in primary.items():
         got = shadow.get(name)
@@ -63,9 +76,22 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> tu
             continue
         if expected.dtype.kind not in "biuf" or got.dtype.kind not in "biuf" or expected.size == 0:
             continue
-        diffs.append(float(np.max(np.abs(expected.astype(np.float64) - got.astype(np.float64)))))
+        a, b = expected.astype(np.float64), got.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN; huge - (-huge) overflows
+            delta = np.abs(a - b)
+        finite = np.isfinite(delta)
+        unequal = None  # where a non-finite value in one answer differs from the other's
+        if finite.all():  # the common case: one more pass, no masks
+            diff = float(np.max(delta))
+        else:
+            unequal = ~finite & ~((a == b) | (np.isnan(a) & np.isnan(b)))
+            diff = math.inf if unequal.any() else float(np.max(delta, where=finite, initial=0.0))
+        diffs.append(diff)
         if expected.ndim == 2 and expected.shape[1] >= 2:
-            agreements.append(float(np.mean(np.argmax(expected, axis=1) == np.argmax(got, axis=1))))
+            rows_agree = np.argmax(expected, axis=1) == np.argmax(got, axis=1)
+            if unequal is not None:
+                rows_agree &= ~unequal.any(axis=1)
+            agreements.append(float(np.mean(rows_agree)))
     return (max(diffs) if diffs else None), (float(np.mean(agreements)) if agreements else None)
 
 
@@ -76,7 +102,9 @@ class ShadowStats:
     dropped_full: int = 0
     dropped_busy: int = 0
     dropped_budget: int = 0
-    compared: int = 0
+    stopped_budget: int = 0  # runs stopped at their allowance (also counted in dropped_budget)
+    compared: int = 0  # comparisons with a finite difference
+    non_finite: int = 0  # comparisons where a NaN or infinity in one answer differed from the other
     max_abs_diff: float = 0.0
     total_abs_diff: float = 0.0
     agreement_total: float = 0.0
@@ -89,22 +117,34 @@ class ShadowStats:
             "dropped_queue_full": self.dropped_full,
             "dropped_no_spare_capacity": self.dropped_busy,
             "dropped_over_budget": self.dropped_budget,
+            "stopped_over_budget": self.stopped_budget,
+            "non_finite_diffs": self.non_finite,
             "max_abs_diff": self.max_abs_diff if self.compared else None,
             "mean_max_abs_diff": self.total_abs_diff / self.compared if self.compared else None,
             "label_agreement": self.agreement_total / self.agreement_runs if self.agreement_runs else None,
         }
 
 
+DEFAULT_MAX_QUEUED_BYTES = 32 * 2**20
+"""Bytes the queued copies (inputs and primary answers) may hold together: 32 MiB. An empty queue takes one
+copy of any size."""
+
+MIN_RUN_S = 0.01
+"""The shortest time limit a shadow run gets, however little of the budget is left when it starts (10 ms)."""
+
+
 @dataclass(slots=True)
 class _Job:
     model: str
     request_id: str
-    arrays: Mapping[str, np.ndarray]
+    arrays: dict[str, np.ndarray]  # the shadow's own copies: the caller may reuse its buffers
     rows: int
-    primary: Mapping[str, Any]
+    primary: dict[str, np.ndarray]  # a copy of the primary answer's arrays (the caller may edit its answer)
     primary_version: Any
     shadow: Any
     primary_span: Any
+    reserved: float  # seconds of budget reserved when it was admitted, settled against what its run took
+    nbytes: int  # bytes its copies hold, counted against max_queued_bytes while it waits
 
 
 class ShadowRunner:
@@ -113,9 +153,11 @@ class ShadowRunner:
 
     Args:
         max_queued: Jobs that may wait for the thread; more are dropped (``dropped_queue_full``).
+        max_queued_bytes: Bytes the waiting jobs' copies of inputs and answers may hold together; a copy
+            that would go beyond is dropped (``dropped_queue_full``), unless the queue is empty.
         on_result: Called with every comparison (errors it raises are logged).
         budget: Largest share of wall-clock time shadow runs may take, in (0, 1]; 1 runs every shadow
-            the idle-session check lets through.
+            the idle-session check lets through (nothing is reserved, no run is cut short).
         clock: Monotonic clock of the budget.
     """
 
@@ -123,6 +165,7 @@ class ShadowRunner:
         self,
         *,
         max_queued: int = 256,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         on_result: Callable[[ShadowComparison], None] | None = None,
         budget: float = DEFAULT_BUDGET,
         clock: Callable[[], float] = time.monotonic,
@@ -130,11 +173,14 @@ class ShadowRunner:
         if not 0 < budget <= 1:
             raise ConfigurationError(f"shadow_budget must be a share of time in (0, 1], got {budget}")
         self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
         self.on_result = on_result
         self.budget = budget
+        self._unbounded = budget >= 1  # a second per second: the budget can never stop the one shadow thread
         self._clock = clock
         self._tokens = budget  # seconds of shadow running allowed now; holds at most one second's allowance
         self._refilled_at = clock()
+        self._costs: dict[tuple[str, int], float] = {}  # what the last run of each model version took
         self._stats: dict[tuple[str, int], ShadowStats] = {}
         self._over_budget_attributes: dict[tuple[str, int], dict[str, Any]] = {}
         self._reset()
@@ -144,11 +190,17 @@ class ShadowRunner:
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
         self._jobs: deque[_Job] = deque()
+        self._queued_bytes = 0  # held by the queued jobs and by those being copied
+        self._copying = 0  # jobs admitted whose copies are being made (outside the lock)
+        self._running: _Job | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
 
     def _after_fork_in_child(self) -> None:
         closed = self._closed
+        # the parent's queued and running jobs do not exist here: the budget they reserved is free again
+        lost = [*self._jobs, *([] if self._running is None else [self._running])]
+        self._tokens = min(self.budget, self._tokens + sum(job.reserved for job in lost))
         self._reset()
         self._closed = closed
 
@@ -164,20 +216,53 @@ class ShadowRunner:
         *,
         primary_span: Any = None,
     ) -> None:
-        """Queue a copy of a finished request for each shadow version; never blocks, drops when full."""
+        """Queue a copy of a finished request for each shadow version; never blocks (a request admitted for
+        a shadow is copied, outside the lock, on this thread), drops when over budget or full. Never raises."""
+        nbytes = _nbytes(arrays.values()) + _nbytes(primary.values())
+        admitted: list[tuple[Any, float]] = []
         with self._cond:
             if self._closed:
                 return
-            if not self._within_budget():  # checked before queueing: a dropped copy costs the caller one lock
-                for shadow in shadows:
-                    self._drop_over_budget(model, shadow.version)
-                return
+            self._refill()  # checked before copying: a dropped copy costs the caller one lock
             for shadow in shadows:
-                if len(self._jobs) >= self.max_queued:
-                    self._stat(model, shadow.version).dropped_full += 1
-                    add_safely(METRICS.shadow_dropped, 1, _attributes(model, shadow.version, "queue_full"))
+                reserve = self._reservation(model, shadow.version)
+                if self._tokens <= 0 or self._tokens < reserve:
+                    self._drop_over_budget(model, shadow.version)
                     continue
-                self._jobs.append(_Job(model, request_id, arrays, rows, primary, primary_version, shadow, primary_span))
+                queued = len(self._jobs) + self._copying
+                if queued >= self.max_queued or (queued and self._queued_bytes + nbytes > self.max_queued_bytes):
+                    self._drop_queue_full(model, shadow.version)
+                    continue
+                self._tokens -= reserve  # reserved now: copies admitted meanwhile see what is left
+                self._copying += 1
+                self._queued_bytes += nbytes
+                admitted.append((shadow, reserve))
+        if not admitted:
+            return
+        copies: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        try:  # the caller may reuse its input buffers, and edit its answer, once it has it
+            copies = (
+                {name: np.array(array, copy=True) for name, array in arrays.items()},
+                {name: value.copy() for name, value in primary.items() if isinstance(value, np.ndarray)},
+            )
+        except Exception:  # out of memory, say: the copies are dropped, never the caller's answer
+            logger.exception("copying a request of model %r for its shadows failed", model)
+        with self._cond:
+            self._copying -= len(admitted)
+            if copies is None or self._closed:
+                self._queued_bytes -= nbytes * len(admitted)
+                for shadow, reserve in admitted:
+                    self._tokens += reserve
+                    if copies is None:
+                        self._drop_queue_full(model, shadow.version)
+                return
+            inputs, answer = copies
+            for shadow, reserve in admitted:
+                self._jobs.append(
+                    _Job(
+                        model, request_id, inputs, rows, answer, primary_version, shadow, primary_span, reserve, nbytes
+                    )
+                )
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="inprocserve-shadow", daemon=True)
                 self._thread.start()
@@ -187,7 +272,7 @@ class ShadowRunner:
         """Whether copies of a request may be made for ``versions`` now; if not, they are counted as dropped
         over budget. Asked while routing, so a request over budget never builds or queues a copy."""
         if self._tokens + (self._clock() - self._refilled_at) * self.budget > 0:
-            return True  # read without the lock: offer() checks again, under it
+            return True  # read without the lock: offer() checks again, under it, against the expected cost
         with self._mutex:  # the condition's own lock, entered without the Condition wrapper's cost
             for version in versions:
                 self._drop_over_budget(model, version)
@@ -199,12 +284,19 @@ class ShadowRunner:
             stats = self._stats[(model, version)] = ShadowStats()
         return stats
 
-    def _within_budget(self) -> bool:
-        """Refill the token bucket for the time gone by; whether a shadow may start now (lock held)."""
+    def _refill(self) -> None:
+        """Refill the token bucket for the time gone by (lock held)."""
         now = self._clock()
         self._tokens = min(self.budget, self._tokens + (now - self._refilled_at) * self.budget)
         self._refilled_at = now
-        return self._tokens > 0
+
+    def _reservation(self, model: str, version: int) -> float:
+        """Seconds of budget a copy for ``version`` reserves when it is admitted (lock held): what its last
+        run took, at most the whole bucket; the whole bucket while no run of it was measured."""
+        if self._unbounded:
+            return 0.0
+        cost = self._costs.get((model, version))
+        return self.budget if cost is None else min(cost, self.budget)
 
     def _drop_over_budget(self, model: str, version: int) -> None:
         self._stat(model, version).dropped_budget += 1
@@ -214,6 +306,10 @@ class ShadowRunner:
             attributes = self._over_budget_attributes[key] = _attributes(model, version, "over_budget")
         add_safely(METRICS.shadow_dropped, 1, attributes)
 
+    def _drop_queue_full(self, model: str, version: int) -> None:
+        self._stat(model, version).dropped_full += 1
+        add_safely(METRICS.shadow_dropped, 1, _attributes(model, version, "queue_full"))
+
     def _work(self) -> None:
         while True:
             with self._cond:
@@ -222,52 +318,90 @@ class ShadowRunner:
                 if not self._jobs:
                     return
                 job = self._jobs.popleft()
-                if not self._within_budget():  # spent by the jobs before this one
+                self._queued_bytes -= job.nbytes
+                self._refill()
+                allowance = self._tokens + job.reserved  # what is left of the bucket, its own reservation included
+                if allowance <= 0:  # spent by the runs before this one (they took longer than they reserved)
+                    self._tokens = allowance
                     self._drop_over_budget(job.model, job.shadow.version)
                     continue
+                self._running = job
+            # the run is stopped once it has taken what is left (never more than the bucket holds)
+            limit = None if self._unbounded else max(min(allowance, self.budget), MIN_RUN_S)
             started = self._clock()
+            ran = False
             try:
-                self._run(job)
+                ran = self._run(job, limit)
             except Exception:  # the shadow thread must outlive any bug in one job
                 logger.exception("shadow run of model %r failed unexpectedly", job.model)
             finally:
                 with self._cond:
-                    self._tokens -= self._clock() - started  # may go below zero: the next runs wait longer
+                    spent = self._clock() - started
+                    self._tokens += job.reserved - spent  # may go below zero: the next runs wait longer
+                    if ran:
+                        self._costs[(job.model, job.shadow.version)] = spent
+                    self._running = None
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: _Job, limit_s: float | None) -> bool:
+        """Run ``job`` within ``limit_s`` seconds and record its outcome; whether its shadow version ran it."""
         from ._rollout import Decision
 
         shadow_batcher = job.shadow.batcher
         primary_batcher = job.primary_version.batcher
-        if shadow_batcher is None:
-            return
         version = job.shadow.version
+        span = start_shadow_span(job.model, version, job.primary_span)
+        started = time.monotonic()
+        if shadow_batcher is None:  # its load failed: an error of the shadow version, not a silent loss
+            self._record(job, None, f"shadow version {version} is not loaded", started, span)
+            return False
         reason = f"shadow copy of request {job.request_id}"
         route = Route(job.model, version, "shadow", reason, job.request_id, [], Decision(version, "shadow", reason))
-        request = Request(dict(job.arrays), job.rows, route, None, None)
-        span = start_shadow_span(job.model, job.shadow.version, job.primary_span)
-        started = time.monotonic()
+        # a request's deadline is on its batcher's clock (the server's, which tests may step)
+        deadline = None if limit_s is None else shadow_batcher._clock() + limit_s
+        request = Request(dict(job.arrays), job.rows, route, deadline, None)
         try:  # spare capacity only: no backlog on the serving version, an idle shadow session, right now
             ran = (primary_batcher is None or primary_batcher.queued_rows == 0) and shadow_batcher.run_if_idle(request)
         except Exception as exc:  # retired meanwhile, or any other refusal: not the caller's problem
             self._record(job, None, f"{type(exc).__name__}: {exc}", started, span)
-            return
+            return False
         if not ran:
             with self._cond:
-                self._stat(job.model, job.shadow.version).dropped_busy += 1
-            add_safely(METRICS.shadow_dropped, 1, _attributes(job.model, job.shadow.version, "no_spare_capacity"))
+                self._stat(job.model, version).dropped_busy += 1
+            add_safely(METRICS.shadow_dropped, 1, _attributes(job.model, version, "no_spare_capacity"))
             span.set_attributes({"inprocserve.shadow.dropped": True})
             span.end()
-            return
+            return False
+        if isinstance(request.error, DeadlineExceededError) and limit_s is not None:
+            # stopped at what was left of the budget: dropped over budget (it cost the budget, compared nothing)
+            with self._cond:
+                stats = self._stat(job.model, version)
+                stats.dropped_budget += 1
+                stats.stopped_budget += 1
+                first = stats.stopped_budget == 1
+            add_safely(METRICS.shadow_dropped, 1, _attributes(job.model, version, "over_budget"))
+            span.set_attributes({"inprocserve.shadow.dropped": True})
+            span.end()
+            # said once per shadow version: a run longer than the budget's whole allowance never completes
+            log = logger.warning if first else logger.debug
+            log(
+                "shadow version %s of model %r stopped after %.3f s, what its budget allowed: raise shadow_budget "
+                'if a shadow run of this model takes longer (docs/rollouts.md, "Shadow traffic")',
+                version,
+                job.model,
+                limit_s,
+            )
+            return True
         if request.error is not None:
             self._record(job, None, f"{type(request.error).__name__}: {request.error}", started, span)
         else:
             self._record(job, request.outputs, None, started, span)
+        return True
 
     def _record(
         self, job: _Job, outputs: Mapping[str, Any] | None, error: str | None, started: float, span: Any
     ) -> None:
         diff, agreement = compare_outputs(job.primary, outputs) if outputs is not None else (None, None)
+        finite = diff is None or math.isfinite(diff)  # not: a NaN or infinity where the other answer differs
         if span.is_recording():
             if diff is not None:
                 span.set_attribute(ATTR_SHADOW_DIFF, diff)
@@ -276,9 +410,14 @@ class ShadowRunner:
             if error is not None:
                 span.set_status(Status(StatusCode.ERROR, error[:256]))
         span.end()
-        result = "error" if error is not None else ("disagree" if agreement is not None and agreement < 1 else "agree")
+        if error is not None:
+            result = "error"
+        elif not finite or (agreement is not None and agreement < 1):
+            result = "disagree"
+        else:
+            result = "agree"
         add_safely(METRICS.shadow, 1, _attributes(job.model, job.shadow.version, result))
-        if diff is not None:
+        if diff is not None and finite:  # an infinity would turn the histogram's sum into one for good
             record_safely(METRICS.shadow_diff, diff, _attributes(job.model, job.shadow.version))
         comparison = ShadowComparison(
             model=job.model,
@@ -295,7 +434,9 @@ class ShadowRunner:
             stats.runs += 1
             if error is not None:
                 stats.errors += 1
-            if diff is not None:
+            if diff is not None and not finite:
+                stats.non_finite += 1
+            elif diff is not None:
                 stats.compared += 1
                 stats.max_abs_diff = max(stats.max_abs_diff, diff)
                 stats.total_abs_diff += diff
@@ -313,7 +454,8 @@ class ShadowRunner:
                 logger.exception("the on_shadow callback raised")
 
     def pending(self) -> int:
-        return len(self._jobs)
+        """Copies admitted and not yet taken by the shadow thread."""
+        return len(self._jobs) + self._copying
 
     def status(self, model: str) -> dict[str, Any]:
         with self._cond:
@@ -322,11 +464,17 @@ class ShadowRunner:
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            self._queued_bytes -= sum(job.nbytes for job in self._jobs)
             self._jobs.clear()
             self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+def _nbytes(values: Any) -> int:
+    """Bytes held by the arrays among ``values`` (what a copy of them takes)."""
+    return sum(value.nbytes for value in values if isinstance(value, np.ndarray))
 
 
 def _attributes(model: str, version: int, result: str | None = None) -> dict[str, Any]:

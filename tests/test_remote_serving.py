@@ -199,7 +199,8 @@ def test_a_shadow_on_a_remote_that_is_down_never_fails_the_caller(
 def test_a_slow_shadow_does_not_hold_the_caller(make_server: ServerFactory, repository: Path, app: RemoteApp) -> None:
     save_model(build_mlp_model((FEATURES, 32, 3), seed=2), repository, "fraud", 2)
     config = every_version(stable=2, shadow=ShadowConfig(versions=(3,)))
-    server = make_server(repository, config=config)
+    # no CPU budget: under one, a shadow run is stopped once it has taken what is left (20 ms by default)
+    server = make_server(repository, config=config, shadow_budget=1.0)
     slow = RemoteModel(url=app.url, model="fraud", version="3", headers={"X-Test-Delay-S": "4"}, timeout_s=20)
     server.load(
         "fraud",

@@ -1,0 +1,207 @@
+"""Shadow comparisons stay truthful and bounded: NaN answers, reused buffers, the budget held at admission,
+a queue bounded by bytes, and runs stopped at what is left of the budget."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import BatchingConfig, ModelConfig, RolloutConfig, ShadowComparison, VersionPolicy
+from inprocserve.testing import build_mlp_model, build_scale_model, save_model
+
+from .conftest import ServerFactory, build_busy_model, busy_inputs, wait_until
+
+
+def shadowed(**config: Any) -> ModelConfig:
+    """Version 1 answers, version 2 gets a shadow copy of every request."""
+    return ModelConfig(
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
+        version_policy=VersionPolicy.all(),
+        **config,
+    )
+
+
+def stats(server: inprocserve.Server, model: str) -> dict[str, Any]:
+    """Version 2's shadow statistics (empty before its first copy)."""
+    shadow: dict[str, Any] = server.status()["models"][model]["shadow"].get("2", {})
+    return shadow
+
+
+class HeldShadowThread:
+    """An ``on_shadow`` callback that holds the shadow thread in the first comparison until released:
+    copies made meanwhile wait in the queue (or are dropped) as they would behind a long shadow run."""
+
+    def __init__(self) -> None:
+        self.comparisons: list[ShadowComparison] = []
+        self.stuck = threading.Event()
+        self.released = threading.Event()
+
+    def __call__(self, comparison: ShadowComparison) -> None:
+        self.comparisons.append(comparison)
+        self.stuck.set()
+        self.released.wait(60)
+
+
+# -- NaN and infinities --------------------------------------------------------------------------------------
+
+
+def test_a_shadow_answering_nan_disagrees_and_status_stays_valid_json(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(float("nan")), repository, "scale", 2)  # a broken candidate: NaN everywhere
+    comparisons: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=1.0)
+    for i in range(3):
+        server.predict("scale", np.array([[4.0, 3.0, 2.0, 1.0]], np.float32) * (i + 1))
+    wait_until(lambda: len(comparisons) == 3)
+    assert all(c.max_abs_diff == math.inf and c.label_agreement == 0.0 for c in comparisons)
+    shadow = stats(server, "scale")
+    assert shadow["runs"] == 3 and shadow["errors"] == 0
+    assert shadow["non_finite_diffs"] == 3
+    assert shadow["label_agreement"] == 0.0
+    assert shadow["max_abs_diff"] is None and shadow["mean_max_abs_diff"] is None  # no finite difference
+    json.dumps(server.status(), allow_nan=False)  # NaN and infinities never reach the status
+
+
+def test_equal_nans_and_infinities_in_both_answers_are_equal(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)  # the same model: the answers are identical
+    comparisons: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=1.0)
+    inputs = np.array([[math.inf, math.nan, 1.0, -math.inf], [math.nan, 5.0, 1.0, 2.0]], np.float32)
+    answer = server.predict("scale", inputs)
+    assert np.isnan(answer["y"][0, 1]) and answer["y"][0, 0] == math.inf
+    wait_until(lambda: len(comparisons) == 1)
+    assert comparisons[0].max_abs_diff == 0.0 and comparisons[0].label_agreement == 1.0
+    shadow = stats(server, "scale")
+    assert shadow["non_finite_diffs"] == 0 and shadow["max_abs_diff"] == 0.0 and shadow["mean_max_abs_diff"] == 0.0
+    json.dumps(server.status(), allow_nan=False)
+
+
+# -- the caller's buffers are its own once it has its answer --------------------------------------------------
+
+
+def test_a_caller_reusing_its_input_buffer_does_not_change_what_the_shadow_compares(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    model = build_mlp_model((16, 32, 4), seed=1)
+    save_model(model, repository, "mlp", 1)
+    save_model(model, repository, "mlp", 2)  # the shadow is the same model: every comparison must be exact
+    held = HeldShadowThread()
+    server = make_server(repository, config=shadowed(), on_shadow=held, shadow_budget=1.0)
+    buffer = np.empty((8, 16), np.float32)
+    rng = np.random.default_rng(0)
+    try:
+        buffer[:] = rng.standard_normal(buffer.shape)
+        server.predict("mlp", buffer)
+        assert held.stuck.wait(30)  # its copy ran; the shadow thread is held in the callback
+        for _ in range(10):  # these copies wait in the queue while the caller refills its one buffer
+            buffer[:] = rng.standard_normal(buffer.shape)
+            server.predict("mlp", buffer)
+    finally:
+        held.released.set()
+    wait_until(lambda: len(held.comparisons) == 11)
+    assert [(c.max_abs_diff, c.label_agreement) for c in held.comparisons] == [(0.0, 1.0)] * 11
+
+
+def test_a_caller_editing_its_answer_does_not_change_what_the_shadow_compares(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(2.0), repository, "scale", version)  # identical versions
+    held = HeldShadowThread()
+    server = make_server(repository, config=shadowed(), on_shadow=held, shadow_budget=1.0)
+    x = np.ones((1, 4), np.float32)
+    try:
+        server.predict("scale", x)
+        assert held.stuck.wait(30)
+        answer = server.predict("scale", x)  # its copy waits while the thread is held
+        answer["y"][:] = 0.0  # the caller post-processes its answer in place
+    finally:
+        held.released.set()
+    wait_until(lambda: len(held.comparisons) == 2)
+    assert held.comparisons[1].max_abs_diff == 0.0
+
+
+# -- the budget is held when a copy is admitted; the queue is bounded by bytes -------------------------------
+
+
+def test_copies_made_during_a_shadow_run_are_dropped_at_once_when_the_budget_is_reserved(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    held = HeldShadowThread()
+    server = make_server(repository, config=shadowed(), on_shadow=held)  # the default budget, 2 % of the time
+    x = np.ones((1, 4), np.float32)
+    try:
+        server.predict("scale", x)  # admitted: it reserves the budget its run may take
+        assert held.stuck.wait(30)
+        for _ in range(20):
+            assert server.predict("scale", x).version == 1
+        # counted as they are made (not queued, holding their inputs, to be dropped after the run); the bucket
+        # refills within a second, so a slow machine may admit one of them
+        wait_until(lambda: stats(server, "scale")["dropped_over_budget"] >= 19)
+    finally:
+        held.released.set()
+    wait_until(lambda: stats(server, "scale")["runs"] + stats(server, "scale")["dropped_over_budget"] == 21)
+    assert stats(server, "scale")["dropped_queue_full"] == 0
+
+
+def test_the_queue_is_bounded_by_the_bytes_its_copies_hold(repository: Path, make_server: ServerFactory) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    held = HeldShadowThread()
+    rows = 2**18  # 4 MiB of inputs and 4 MiB of answer: 8 MiB a copy, four of them fill the default 32 MiB
+    config = shadowed(batching=BatchingConfig(max_request_rows=rows))
+    server = make_server(repository, config=config, on_shadow=held, shadow_budget=1.0)  # no budget: only bytes
+    try:
+        server.predict("scale", np.ones((1, 4), np.float32))
+        assert held.stuck.wait(30)
+        for _ in range(10):
+            assert server.predict("scale", np.ones((rows, 4), np.float32)).version == 1
+        assert stats(server, "scale")["dropped_queue_full"] == 6  # well under the 256 copies the count allows
+    finally:
+        held.released.set()
+    wait_until(lambda: stats(server, "scale")["runs"] == 5)
+
+
+# -- one run never takes more than the budget holds ----------------------------------------------------------
+
+
+def test_a_shadow_run_is_stopped_at_what_is_left_of_the_budget(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_busy_model(layers=1), repository, "busy", 1)
+    save_model(build_busy_model(layers=16), repository, "busy", 2)  # 3000 rows take a quarter second or more
+    comparisons: list[ShadowComparison] = []
+    config = shadowed(batching=BatchingConfig(max_request_rows=3000))
+    server = make_server(repository, config=config, on_shadow=comparisons.append)  # the default: 20 ms a second
+    assert server.predict("busy", busy_inputs(3000)).version == 1
+    wait_until(lambda: stats(server, "busy").get("stopped_over_budget", 0) == 1, timeout_s=30)
+    shadow = stats(server, "busy")
+    assert shadow["dropped_over_budget"] == 1 and shadow["runs"] == 0 and shadow["errors"] == 0
+    assert comparisons == []  # nothing was compared
+    assert server.predict("busy", busy_inputs(1)).version == 1  # the shadow version's session is free again
+    json.dumps(server.status(), allow_nan=False)
+
+
+def test_a_promotion_whose_candidate_answers_nan_is_refused_with_a_json_report(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(float("nan")), repository, "scale", 2)
+    config = ModelConfig(rollout=RolloutConfig(stable=1), version_policy=VersionPolicy.all())
+    server = make_server(repository, config=config)
+    for _ in range(4):
+        server.predict("scale", np.ones((1, 4), np.float32))
+    with pytest.raises(inprocserve.PromotionRefusedError) as refused:
+        server.promote("scale", 2, max_abs_diff=0.5)
+    assert refused.value.report["max_abs_diff"] == "inf"
+    json.dumps(refused.value.report, allow_nan=False)  # strict JSON, as an admin endpoint answers it
