@@ -130,7 +130,13 @@ DEFAULT_MAX_QUEUED_BYTES = 32 * 2**20
 copy of any size."""
 
 MIN_RUN_S = 0.01
-"""The shortest time limit a shadow run gets, however little of the budget is left when it starts (10 ms)."""
+"""What a copy for a shadow version not yet measured reserves of the budget (10 ms, or the whole budget if
+less), and the shortest time limit a shadow run gets."""
+RUNAWAY_FACTOR = 4.0
+"""A shadow run is stopped past this many times what its version's last run took (a runaway run: it would
+hold a session that callers wait for); a run longer than the budget still runs, and the budget is owed."""
+FIRST_RUN_S = 1.0
+"""The time limit of a shadow version's first run, before any was measured."""
 
 
 @dataclass(slots=True)
@@ -154,7 +160,8 @@ class ShadowRunner:
     Args:
         max_queued: Jobs that may wait for the thread; more are dropped (``dropped_queue_full``).
         max_queued_bytes: Bytes the waiting jobs' copies of inputs and answers may hold together; a copy
-            that would go beyond is dropped (``dropped_queue_full``), unless the queue is empty.
+            that would go beyond is dropped (``dropped_queue_full``), and so is one request's copy larger
+            than a quarter of it (8 MiB by default), whose copying would cost its caller milliseconds.
         on_result: Called with every comparison (errors it raises are logged).
         budget: Largest share of wall-clock time shadow runs may take, in (0, 1]; 1 runs every shadow
             the idle-session check lets through (nothing is reserved, no run is cut short).
@@ -230,7 +237,8 @@ class ShadowRunner:
                     self._drop_over_budget(model, shadow.version)
                     continue
                 queued = len(self._jobs) + self._copying
-                if queued >= self.max_queued or (queued and self._queued_bytes + nbytes > self.max_queued_bytes):
+                too_large = nbytes > self.max_queued_bytes // 4  # copied on the caller's thread: kept cheap
+                if queued >= self.max_queued or too_large or self._queued_bytes + nbytes > self.max_queued_bytes:
                     self._drop_queue_full(model, shadow.version)
                     continue
                 self._tokens -= reserve  # reserved now: copies admitted meanwhile see what is left
@@ -292,11 +300,12 @@ class ShadowRunner:
 
     def _reservation(self, model: str, version: int) -> float:
         """Seconds of budget a copy for ``version`` reserves when it is admitted (lock held): what its last
-        run took, at most the whole bucket; the whole bucket while no run of it was measured."""
+        run took, at most the whole bucket (a longer run is owed afterwards); ``MIN_RUN_S`` while no run of it
+        was measured (reserving the bucket would let one version's copies starve another's first run)."""
         if self._unbounded:
             return 0.0
         cost = self._costs.get((model, version))
-        return self.budget if cost is None else min(cost, self.budget)
+        return min(MIN_RUN_S, self.budget) if cost is None else min(cost, self.budget)
 
     def _drop_over_budget(self, model: str, version: int) -> None:
         self._stat(model, version).dropped_budget += 1
@@ -326,8 +335,11 @@ class ShadowRunner:
                     self._drop_over_budget(job.model, job.shadow.version)
                     continue
                 self._running = job
-            # the run is stopped once it has taken what is left (never more than the bucket holds)
-            limit = None if self._unbounded else max(min(allowance, self.budget), MIN_RUN_S)
+            # A run may take what is left of the budget and more (the excess is owed: the next copies wait for
+            # the bucket to refill), but never RUNAWAY_FACTOR times its version's last run.
+            cost = self._costs.get((job.model, job.shadow.version))
+            runaway = FIRST_RUN_S if cost is None else RUNAWAY_FACTOR * cost
+            limit = None if self._unbounded else max(allowance, runaway, MIN_RUN_S)
             started = self._clock()
             ran = False
             try:
@@ -384,11 +396,13 @@ class ShadowRunner:
             # said once per shadow version: a run longer than the budget's whole allowance never completes
             log = logger.warning if first else logger.debug
             log(
-                "shadow version %s of model %r stopped after %.3f s, what its budget allowed: raise shadow_budget "
-                'if a shadow run of this model takes longer (docs/rollouts.md, "Shadow traffic")',
+                "shadow version %s of model %r stopped after %.3f s, %g times what its last run took (1 s for a "
+                "first run): a runaway run holds a session callers wait for; its next run may take %g times this",
                 version,
                 job.model,
                 limit_s,
+                RUNAWAY_FACTOR,
+                RUNAWAY_FACTOR,
             )
             return True
         if request.error is not None:

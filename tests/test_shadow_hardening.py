@@ -177,19 +177,33 @@ def test_the_queue_is_bounded_by_the_bytes_its_copies_hold(repository: Path, mak
 # -- one run never takes more than the budget holds ----------------------------------------------------------
 
 
-def test_a_shadow_run_is_stopped_at_what_is_left_of_the_budget(repository: Path, make_server: ServerFactory) -> None:
+def test_a_runaway_shadow_run_is_stopped_and_a_long_one_is_not(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_busy_model(layers=1), repository, "busy", 1)
-    save_model(build_busy_model(layers=16), repository, "busy", 2)  # 3000 rows take a quarter second or more
+    save_model(build_busy_model(layers=16), repository, "busy", 2)  # 1000 rows take about 0.1 s or more
     comparisons: list[ShadowComparison] = []
-    config = shadowed(batching=BatchingConfig(max_request_rows=3000))
-    server = make_server(repository, config=config, on_shadow=comparisons.append)  # the default: 20 ms a second
-    assert server.predict("busy", busy_inputs(3000)).version == 1
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=0.05)
+    # A first run longer than the budget's whole allowance (50 ms) still runs: its time is owed, not cut.
+    assert server.predict("busy", busy_inputs(1000)).version == 1
+    wait_until(lambda: stats(server, "busy").get("runs", 0) == 1, timeout_s=30)
+    assert len(comparisons) == 1
+    wait_until(lambda: _bucket_full(server), timeout_s=60)  # the time owed is repaid
+    assert server.predict("busy", busy_inputs(1)).version == 1  # a short run: the version's cost is now small
+    wait_until(lambda: stats(server, "busy").get("runs", 0) == 2, timeout_s=30)
+    wait_until(lambda: _bucket_full(server), timeout_s=60)
+    # Past 4 times its last run, and past what the budget holds, a run is a runaway: stopped, nothing compared.
+    assert server.predict("busy", busy_inputs(1000)).version == 1
     wait_until(lambda: stats(server, "busy").get("stopped_over_budget", 0) == 1, timeout_s=30)
-    shadow = stats(server, "busy")
-    assert shadow["dropped_over_budget"] == 1 and shadow["runs"] == 0 and shadow["errors"] == 0
-    assert comparisons == []  # nothing was compared
+    assert stats(server, "busy")["runs"] == 2 and len(comparisons) == 2
     assert server.predict("busy", busy_inputs(1)).version == 1  # the shadow version's session is free again
     json.dumps(server.status(), allow_nan=False)
+
+
+def _bucket_full(server: inprocserve.Server) -> bool:
+    """Whether the shadow budget holds its whole allowance again."""
+    runner = server._shadow
+    with runner._cond:
+        runner._refill()
+        return bool(runner._tokens >= runner.budget * 0.999)
 
 
 def test_a_promotion_whose_candidate_answers_nan_is_refused_with_a_json_report(
@@ -205,3 +219,25 @@ def test_a_promotion_whose_candidate_answers_nan_is_refused_with_a_json_report(
         server.promote("scale", 2, max_abs_diff=0.5)
     assert refused.value.report["max_abs_diff"] == "inf"
     json.dumps(refused.value.report, allow_nan=False)  # strict JSON, as an admin endpoint answers it
+
+
+def test_every_shadow_version_gets_runs_under_the_budget(repository: Path, make_server: ServerFactory) -> None:
+    # Copies for a version not yet measured reserve little: reserving the whole bucket for the first of two
+    # shadow versions left the second none, ever.
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    config = ModelConfig(
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2, 3))),
+        version_policy=VersionPolicy.all(),
+    )
+    server = make_server(repository, config=config)  # the default budget: 20 ms a second
+
+    def runs() -> dict[str, int]:
+        shadow = server.status()["models"]["scale"]["shadow"]
+        return {version: shadow.get(version, {}).get("runs", 0) for version in ("2", "3")}
+
+    def both_ran() -> bool:
+        server.predict("scale", np.ones((1, 4), np.float32))
+        return all(count > 0 for count in runs().values())
+
+    wait_until(both_ran, timeout_s=20)
