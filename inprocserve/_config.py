@@ -28,6 +28,7 @@ from ._config_checks import (
     check_text,
     is_int,
     is_number,
+    plain_fields,
 )
 from ._errors import ConfigurationError
 from ._rollout_config import (
@@ -86,6 +87,7 @@ class PaddingConfig:
     """The value written into padded positions (for example the pad token id, or 0 for a mask)."""
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         if not check_table("batching.padding.inputs", self.inputs):
             raise ConfigurationError("batching.padding.inputs must name at least one input")
         for kind, axes in (("inputs", self.inputs), ("outputs", check_table("batching.padding.outputs", self.outputs))):
@@ -133,6 +135,7 @@ class BatchingConfig:
     """Pad a dynamic axis so requests of different lengths can share a batch; ``None`` groups them."""
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         check_bool("batching.enabled", self.enabled)
         check_int("batching.max_batch_size", self.max_batch_size, 1, MAX_BATCH_ROWS)
         if self.max_delay_ms is not None:
@@ -238,6 +241,7 @@ class PoolConfig:
     optimizing again."""
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         check_int("pool.size", self.size, 1, _MAX_THREADS)
         if self.intra_op_threads is not None:
             check_int("pool.intra_op_threads", self.intra_op_threads, 1, _MAX_THREADS)
@@ -298,6 +302,7 @@ class WarmupConfig:
     """An ``.npz`` file (relative to the model folder) holding real warm-up inputs, used instead of zeros."""
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         check_bool("warmup.enabled", self.enabled)
         check_int("warmup.rows", self.rows, 1, MAX_BATCH_ROWS)  # allocated at load: 10**12 rows is a typo
         check_int("warmup.runs", self.runs, 1, 1000)
@@ -318,6 +323,7 @@ class CacheConfig:
     cache is enabled; ``True`` also without the cache; ``False`` never (each request runs)."""
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         check_bool("cache.enabled", self.enabled)
         check_int("cache.max_entries", self.max_entries, 1)
         if self.ttl_s is not None:
@@ -350,6 +356,7 @@ class DriftConfig:
         return self.reference_file is not None or self.capture_reference > 0
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         check_text("drift.reference_file", self.reference_file, optional=True, blank=False, path=True)
         check_int("drift.capture_reference", self.capture_reference, 0)
         check_int("drift.window", self.window, 1)
@@ -385,6 +392,7 @@ class ModelConfig:
     """``"reject"`` refuses float inputs holding NaN or infinity with :class:`InvalidInputError`."""
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         for name, kind in {**_SECTIONS, "version_policy": VersionPolicy}.items():
             if not isinstance(getattr(self, name), kind):
                 raise ConfigurationError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")

@@ -6,6 +6,7 @@ type as well as its range, so a quoted "false" or a 1.5 fails at start-up, namin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -27,6 +28,7 @@ __all__ = [
     "check_text",
     "is_int",
     "is_number",
+    "plain_fields",
 ]
 
 MAX_BATCH_ROWS = 65_536
@@ -99,3 +101,27 @@ def check_list(key: str, values: object) -> tuple[Any, ...]:
     if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
         raise ConfigurationError(f"{key} must be a list, got {values!r}")
     return tuple(values)
+
+
+def plain_fields(config: Any) -> None:
+    """Turn the numpy numbers and bools and the ``os.PathLike`` paths of a frozen config dataclass's fields
+    (and of the tuples it holds) into Python's own, before they are checked: settings computed with numpy
+    are accepted, and what is stored is what the rest of the library (``is False`` tests, ``int`` methods)
+    and ``status()``'s JSON expect."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        plain = _plain(value)
+        if plain is not value:
+            object.__setattr__(config, field.name, plain)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, tuple) and any(isinstance(item, np.generic | os.PathLike) for item in value):
+        return tuple(_plain(item) for item in value)
+    if isinstance(value, Mapping) and any(isinstance(item, np.generic | os.PathLike) for item in value.values()):
+        return {key: _plain(item) for key, item in value.items()}
+    return value

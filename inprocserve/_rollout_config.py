@@ -15,7 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._config_checks import check_int, check_list, check_number, check_table, check_text, is_int, is_number
+from ._config_checks import (
+    check_int,
+    check_list,
+    check_number,
+    check_table,
+    check_text,
+    is_int,
+    is_number,
+    plain_fields,
+)
 from ._errors import ConfigurationError
 
 __all__ = [
@@ -62,6 +71,7 @@ class VariantConfig:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         if not is_int(self.version) or self.version < 1:
             raise ConfigurationError(f"rollout variant version must be a positive int, got {self.version!r}")
         check_number("rollout variant weight", self.weight, 0)
@@ -77,6 +87,7 @@ class CanaryConfig:
     """Share of targeting keys sent to it, 0-100, in steps of 0.01."""
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         _version("canary.version", self.version)
         _percent("canary.percent", self.percent)
 
@@ -90,6 +101,7 @@ class BanditConfig:
     """Exploration rate of ``epsilon_greedy``."""
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         if self.policy not in ("thompson", "epsilon_greedy"):
             raise ConfigurationError(f"rollout.bandit.policy must be thompson or epsilon_greedy, got {self.policy!r}")
         check_number("rollout.bandit.epsilon", self.epsilon, 0, 1)
@@ -104,6 +116,7 @@ class ShadowConfig:
     """Share of requests mirrored to the shadow versions."""
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         object.__setattr__(self, "versions", _versions("shadow.versions", self.versions))
         _percent("shadow.percent", self.percent)
 
@@ -115,6 +128,7 @@ class InterleavingConfig:
     rankers: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         if self.rankers is not None:
             rankers = _versions("interleaving.rankers", self.rankers)
             if len(rankers) != 2:
@@ -184,6 +198,7 @@ class RolloutConfig:
     """Deprecated: ``interleaving.rankers``."""
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         if self.strategy not in ("stable", "canary", "ab", "bandit"):
             raise ConfigurationError(f"rollout.strategy must be stable, canary, ab or bandit, got {self.strategy!r}")
         _version("stable", self.stable)

@@ -313,18 +313,24 @@ def _shadow_block(shadow: Mapping[str, Any]) -> str:
             for key in ("dropped_queue_full", "dropped_no_spare_capacity", "dropped_over_budget")
             if isinstance(value := stats.get(key), int)
         )
+        non_finite = stats.get("non_finite_diffs")
+        # a comparison with NaN or infinity where the answering version had a number is the worst difference
+        worst = "inf" if isinstance(non_finite, int) and non_finite > 0 else _number(stats.get("max_abs_diff"), 4)
         rows.append(
             f"<tr><td>v{escape(str(version))}</td><td class='n'>{_text(stats.get('runs'))}</td>"
             f"<td class='n'>{_text(stats.get('errors'))}</td><td class='n'>{_text(dropped)}</td>"
+            f"<td class='n'>{_text(stats.get('stopped_over_budget'))}</td>"
             f"<td class='n'>{_percent(label)}</td><td class='n'>{_number(stats.get('mean_max_abs_diff'), 4)}</td>"
-            f"<td class='n'>{_number(stats.get('max_abs_diff'), 4)}</td></tr>"
+            f"<td class='n'>{worst}</td><td class='n'>{_text(non_finite)}</td></tr>"
         )
     chart = _bars(agreement, maximum=1.0, value_text=_percent) if agreement else ""
     return (
         "<h3>Shadow agreement with the answering version</h3>"
         + chart
-        + "<table><tr><th>shadow</th><th>runs</th><th>errors</th><th>dropped</th><th>label agreement</th>"
-        "<th>mean max |diff|</th><th>max |diff|</th></tr>" + "".join(rows) + "</table>"
+        + "<table><tr><th>shadow</th><th>runs</th><th>errors</th><th>dropped</th><th>stopped</th>"
+        "<th>label agreement</th><th>mean max |diff|</th><th>max |diff|</th><th>non-finite diffs</th></tr>"
+        + "".join(rows)
+        + "</table>"
     )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._config_checks import check_int, check_list, is_int
+from ._config_checks import check_int, check_list, is_int, plain_fields
 from ._errors import ConfigurationError
 
 __all__ = ["VersionPolicy", "parse_version_policy"]
@@ -21,6 +21,7 @@ class VersionPolicy:
     versions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        plain_fields(self)
         if self.kind not in ("latest", "all", "specific"):
             raise ConfigurationError(f"version policy must be latest, all or specific, got {self.kind!r}")
         if self.kind == "latest" and (not is_int(self.count) or self.count < 1):  # True is an int, to Python

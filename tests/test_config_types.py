@@ -272,3 +272,31 @@ def test_numpy_numbers_and_paths_are_taken_as_python_ones(tmp_path: Path) -> Non
         inprocserve.BatchingConfig(max_batch_size=np.float64(64.0))
     with pytest.raises(inprocserve.ConfigurationError, match="true or false"):
         inprocserve.PoolConfig(allow_spinning=np.int64(1))
+
+
+def test_numpy_settings_are_stored_as_python_values(tmp_path: Path) -> None:
+    # Stored as numpy, they broke status() (np.int64 has no bit_length; JSON cannot write numpy numbers),
+    # and np.False_ read as "unset" where the library tests "is False".
+    batching = inprocserve.BatchingConfig(max_batch_size=np.int64(16), max_delay_s=np.float32(0.001))
+    assert type(batching.max_batch_size) is int and type(batching.max_delay_s) is float
+    pool = inprocserve.PoolConfig(size=np.int64(2), share_session=np.False_)
+    assert pool.share_session is False and type(pool.size) is int
+    assert inprocserve.CacheConfig(enabled=np.True_, share_in_flight=np.False_).share_in_flight is False
+    assert inprocserve.WarmupConfig(inputs_file=tmp_path / "warm.npz").inputs_file == str(tmp_path / "warm.npz")
+    padding = inprocserve.PaddingConfig(inputs={"tokens": np.int64(1)})
+    assert type(padding.inputs["tokens"]) is int
+
+
+def test_a_server_configured_with_numpy_numbers_reports_its_status_as_json(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
+    config = inprocserve.ModelConfig(
+        batching=inprocserve.BatchingConfig(max_batch_size=np.int64(16), max_delay_s=np.float32(0.001)),
+        pool=inprocserve.PoolConfig(size=np.int64(2)),
+    )
+    with inprocserve.Server(tmp_path / "models", config=config) as server:
+        server.predict("scale", np.ones((1, 4), np.float32))
+        json.dumps(server.status(), allow_nan=False)

@@ -128,10 +128,16 @@ def test_flask_score_answers_strict_json(fraud: Any) -> None:
 
 
 def test_flask_score_refuses_a_large_body_unread(fraud: Any) -> None:
-    body = b'{"transactions": [' + b"[0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1]," * 40_000 + b"[1,1,1,1,1,1,1,1]]}"
+    body = b'{"transactions": [' + b"[0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1]," * 80_000 + b"[1,1,1,1,1,1,1,1]]}"
     response = fraud.post("/score", data=body, content_type="application/json")
     assert response.status_code == 413
-    assert "over 1048576 bytes" in response.get_json()["error"]
+    assert "over 2097152 bytes" in response.get_json()["error"]
+
+
+def test_flask_score_takes_its_largest_request_indented(fraud: Any) -> None:
+    body = json.dumps({"transactions": [[0.123456789] * 8] * 4096}, indent=4).encode()  # about 1.3 MiB
+    response = fraud.post("/score", data=body, content_type="application/json")
+    assert response.status_code == 200, response.data[:300]
 
 
 def test_flask_app_refuses_a_short_admin_token(monkeypatch: pytest.MonkeyPatch, fraud_models: Path) -> None:

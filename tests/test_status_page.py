@@ -326,3 +326,13 @@ def test_a_significant_result_needs_enough_outcomes() -> None:
     text = " ".join(parse(inprocserve.render_status_page(status)).text)
     assert "significant (p < 0.05)" in text
     assert "p < 0.05 but under 30 outcomes a side" in text
+
+
+def test_a_shadow_answering_nan_shows_an_infinite_difference(rollout_server: inprocserve.Server) -> None:
+    status = copy.deepcopy(rollout_server.status())
+    status["models"]["fraud"]["shadow"] = {
+        "3": {"runs": 50, "errors": 0, "non_finite_diffs": 50, "stopped_over_budget": 2, "max_abs_diff": None}
+    }
+    page = inprocserve.render_status_page(status)
+    row = page[page.index("<td>v3</td>") :].split("</tr>")[0]
+    assert "<td class='n'>inf</td>" in row and "<td class='n'>50</td>" in row and "<td class='n'>2</td>" in row
