@@ -116,12 +116,20 @@ def plain_fields(config: Any) -> None:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)  # (not .item(): a longdouble's item is a longdouble)
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, tuple) and any(isinstance(item, np.generic | os.PathLike) for item in value):
-        return tuple(_plain(item) for item in value)
+    if isinstance(value, np.ndarray):
+        return [_plain(item) for item in value.tolist()]
+    if isinstance(value, list | tuple) and any(isinstance(item, np.generic | os.PathLike) for item in value):
+        return type(value)(_plain(item) for item in value)
     if isinstance(value, Mapping) and any(isinstance(item, np.generic | os.PathLike) for item in value.values()):
         return {key: _plain(item) for key, item in value.items()}
     return value

@@ -102,7 +102,8 @@ class ShadowStats:
     dropped_full: int = 0
     dropped_busy: int = 0
     dropped_budget: int = 0
-    stopped_budget: int = 0  # runs stopped at their allowance (also counted in dropped_budget)
+    dropped_large: int = 0  # requests whose copy would be larger than the runner copies (max_queued_bytes / 4)
+    stopped_budget: int = 0  # runaway runs stopped at their limit (also counted in dropped_budget)
     compared: int = 0  # comparisons with a finite difference
     non_finite: int = 0  # comparisons where a NaN or infinity in one answer differed from the other
     max_abs_diff: float = 0.0
@@ -117,6 +118,7 @@ class ShadowStats:
             "dropped_queue_full": self.dropped_full,
             "dropped_no_spare_capacity": self.dropped_busy,
             "dropped_over_budget": self.dropped_budget,
+            "dropped_too_large": self.dropped_large,
             "stopped_over_budget": self.stopped_budget,
             "non_finite_diffs": self.non_finite,
             "max_abs_diff": self.max_abs_diff if self.compared else None,
@@ -126,17 +128,21 @@ class ShadowStats:
 
 
 DEFAULT_MAX_QUEUED_BYTES = 32 * 2**20
-"""Bytes the queued copies (inputs and primary answers) may hold together: 32 MiB. An empty queue takes one
-copy of any size."""
+"""Bytes the queued copies (inputs and primary answers) may hold together: 32 MiB. One request's copy may
+hold a quarter of it (8 MiB): the copy is made on its caller's thread."""
 
 MIN_RUN_S = 0.01
 """What a copy for a shadow version not yet measured reserves of the budget (10 ms, or the whole budget if
 less), and the shortest time limit a shadow run gets."""
 RUNAWAY_FACTOR = 4.0
-"""A shadow run is stopped past this many times what its version's last run took (a runaway run: it would
-hold a session that callers wait for); a run longer than the budget still runs, and the budget is owed."""
+"""A shadow run is stopped past this many times what its version's last run took for as many rows (a
+runaway run: it would hold a session that callers wait for); a run longer than the budget still runs, and
+the budget is owed."""
 FIRST_RUN_S = 1.0
 """The time limit of a shadow version's first run, before any was measured."""
+MAX_RUN_S = 5.0
+"""No shadow run takes longer than this, however long its version's last runs took: what a runaway owes
+pauses every shadow for at most this / budget (250 s with the default budget)."""
 
 
 @dataclass(slots=True)
@@ -187,7 +193,7 @@ class ShadowRunner:
         self._clock = clock
         self._tokens = budget  # seconds of shadow running allowed now; holds at most one second's allowance
         self._refilled_at = clock()
-        self._costs: dict[tuple[str, int], float] = {}  # what the last run of each model version took
+        self._costs: dict[tuple[str, int], float] = {}  # what the last run of each model version took per row
         self._stats: dict[tuple[str, int], ShadowStats] = {}
         self._over_budget_attributes: dict[tuple[str, int], dict[str, Any]] = {}
         self._reset()
@@ -232,13 +238,15 @@ class ShadowRunner:
                 return
             self._refill()  # checked before copying: a dropped copy costs the caller one lock
             for shadow in shadows:
-                reserve = self._reservation(model, shadow.version)
+                reserve = self._reservation(model, shadow.version, rows)
                 if self._tokens <= 0 or self._tokens < reserve:
                     self._drop_over_budget(model, shadow.version)
                     continue
+                if nbytes > self.max_queued_bytes // 4:  # copied on the caller's thread: kept cheap
+                    self._drop_too_large(model, shadow.version, nbytes)
+                    continue
                 queued = len(self._jobs) + self._copying
-                too_large = nbytes > self.max_queued_bytes // 4  # copied on the caller's thread: kept cheap
-                if queued >= self.max_queued or too_large or self._queued_bytes + nbytes > self.max_queued_bytes:
+                if queued >= self.max_queued or self._queued_bytes + nbytes > self.max_queued_bytes:
                     self._drop_queue_full(model, shadow.version)
                     continue
                 self._tokens -= reserve  # reserved now: copies admitted meanwhile see what is left
@@ -298,14 +306,15 @@ class ShadowRunner:
         self._tokens = min(self.budget, self._tokens + (now - self._refilled_at) * self.budget)
         self._refilled_at = now
 
-    def _reservation(self, model: str, version: int) -> float:
-        """Seconds of budget a copy for ``version`` reserves when it is admitted (lock held): what its last
-        run took, at most the whole bucket (a longer run is owed afterwards); ``MIN_RUN_S`` while no run of it
-        was measured (reserving the bucket would let one version's copies starve another's first run)."""
+    def _reservation(self, model: str, version: int, rows: int) -> float:
+        """Seconds of budget a copy of ``rows`` rows for ``version`` reserves when it is admitted (lock held):
+        what its last run took per row, times these rows, at most the whole bucket (a longer run is owed
+        afterwards); ``MIN_RUN_S`` while no run of it was measured (reserving the bucket would let one
+        version's copies starve another's first run)."""
         if self._unbounded:
             return 0.0
-        cost = self._costs.get((model, version))
-        return min(MIN_RUN_S, self.budget) if cost is None else min(cost, self.budget)
+        per_row = self._costs.get((model, version))
+        return min(MIN_RUN_S, self.budget) if per_row is None else min(per_row * rows, self.budget)
 
     def _drop_over_budget(self, model: str, version: int) -> None:
         self._stat(model, version).dropped_budget += 1
@@ -314,6 +323,21 @@ class ShadowRunner:
         if attributes is None:  # built once per model and version: this runs for most requests of a busy caller
             attributes = self._over_budget_attributes[key] = _attributes(model, version, "over_budget")
         add_safely(METRICS.shadow_dropped, 1, attributes)
+
+    def _drop_too_large(self, model: str, version: int, nbytes: int) -> None:
+        stats = self._stat(model, version)
+        stats.dropped_large += 1
+        add_safely(METRICS.shadow_dropped, 1, _attributes(model, version, "too_large"))
+        if stats.dropped_large == 1:
+            logger.warning(
+                "model %r: a request's copy for shadow version %s would hold %.1f MiB, more than a quarter of the "
+                "shadow queue's %.0f MiB: not copied (the copy is made on the caller's thread); such requests are "
+                "never shadowed",
+                model,
+                version,
+                nbytes / 2**20,
+                self.max_queued_bytes / 2**20,
+            )
 
     def _drop_queue_full(self, model: str, version: int) -> None:
         self._stat(model, version).dropped_full += 1
@@ -336,10 +360,11 @@ class ShadowRunner:
                     continue
                 self._running = job
             # A run may take what is left of the budget and more (the excess is owed: the next copies wait for
-            # the bucket to refill), but never RUNAWAY_FACTOR times its version's last run.
-            cost = self._costs.get((job.model, job.shadow.version))
-            runaway = FIRST_RUN_S if cost is None else RUNAWAY_FACTOR * cost
-            limit = None if self._unbounded else max(allowance, runaway, MIN_RUN_S)
+            # the bucket to refill), but not RUNAWAY_FACTOR times what its version's last run took for as many
+            # rows, nor MAX_RUN_S.
+            per_row = self._costs.get((job.model, job.shadow.version))
+            runaway = FIRST_RUN_S if per_row is None else RUNAWAY_FACTOR * per_row * job.rows
+            limit = None if self._unbounded else min(max(allowance, runaway, MIN_RUN_S), MAX_RUN_S)
             started = self._clock()
             ran = False
             try:
@@ -350,8 +375,8 @@ class ShadowRunner:
                 with self._cond:
                     spent = self._clock() - started
                     self._tokens += job.reserved - spent  # may go below zero: the next runs wait longer
-                    if ran:
-                        self._costs[(job.model, job.shadow.version)] = spent
+                    if ran:  # (a stopped run's time is what it took at least)
+                        self._costs[(job.model, job.shadow.version)] = spent / max(job.rows, 1)
                     self._running = None
 
     def _run(self, job: _Job, limit_s: float | None) -> bool:

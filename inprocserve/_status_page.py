@@ -310,7 +310,7 @@ def _shadow_block(shadow: Mapping[str, Any]) -> str:
             agreement.append((f"v{version}", float(label)))
         dropped = sum(
             value
-            for key in ("dropped_queue_full", "dropped_no_spare_capacity", "dropped_over_budget")
+            for key in ("dropped_queue_full", "dropped_no_spare_capacity", "dropped_over_budget", "dropped_too_large")
             if isinstance(value := stats.get(key), int)
         )
         non_finite = stats.get("non_finite_diffs")

@@ -300,3 +300,13 @@ def test_a_server_configured_with_numpy_numbers_reports_its_status_as_json(
     with inprocserve.Server(tmp_path / "models", config=config) as server:
         server.predict("scale", np.ones((1, 4), np.float32))
         json.dumps(server.status(), allow_nan=False)
+
+
+def test_lists_and_arrays_of_numpy_numbers_are_stored_as_python_ones() -> None:
+    shadow = inprocserve.ShadowConfig(versions=np.array([2, 3]))
+    assert shadow.versions == (2, 3) and all(type(version) is int for version in shadow.versions)
+    assert inprocserve.ShadowConfig(versions=[np.int64(2)]).versions == (2,)
+    sizes = inprocserve.BatchingConfig(preferred_batch_sizes=[np.int64(8), np.int32(16)]).preferred_batch_sizes
+    assert sizes == (8, 16) and all(type(size) is int for size in sizes)
+    policy = inprocserve.VersionPolicy.specific(np.int64(1), np.int64(3))
+    assert all(type(version) is int for version in policy.versions)

@@ -174,10 +174,32 @@ def test_the_queue_is_bounded_by_the_bytes_its_copies_hold(repository: Path, mak
     wait_until(lambda: stats(server, "scale")["runs"] == 5)
 
 
+def test_a_request_too_large_to_copy_cheaply_is_not_shadowed_and_says_so(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    rows = 2**18 + 1  # a little over 8 MiB of inputs and answer: more than a quarter of the default 32 MiB
+    config = shadowed(batching=BatchingConfig(max_request_rows=rows))
+    server = make_server(repository, config=config, shadow_budget=1.0)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        for _ in range(3):
+            assert server.predict("scale", np.ones((rows, 4), np.float32)).version == 1
+    shadow = stats(server, "scale")
+    assert shadow["dropped_too_large"] == 3 and shadow["dropped_queue_full"] == 0  # the queue was empty
+    assert caplog.text.count("such requests are never shadowed") == 1
+
+
 # -- one run never takes more than the budget holds ----------------------------------------------------------
 
 
-def test_a_runaway_shadow_run_is_stopped_and_a_long_one_is_not(repository: Path, make_server: ServerFactory) -> None:
+def test_a_runaway_shadow_run_is_stopped_and_a_long_one_is_not(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inprocserve import _shadow
+
     save_model(build_busy_model(layers=1), repository, "busy", 1)
     save_model(build_busy_model(layers=16), repository, "busy", 2)  # 1000 rows take about 0.1 s or more
     comparisons: list[ShadowComparison] = []
@@ -185,15 +207,18 @@ def test_a_runaway_shadow_run_is_stopped_and_a_long_one_is_not(repository: Path,
     # A first run longer than the budget's whole allowance (50 ms) still runs: its time is owed, not cut.
     assert server.predict("busy", busy_inputs(1000)).version == 1
     wait_until(lambda: stats(server, "busy").get("runs", 0) == 1, timeout_s=30)
-    assert len(comparisons) == 1
-    wait_until(lambda: _bucket_full(server), timeout_s=60)  # the time owed is repaid
-    assert server.predict("busy", busy_inputs(1)).version == 1  # a short run: the version's cost is now small
-    wait_until(lambda: stats(server, "busy").get("runs", 0) == 2, timeout_s=30)
+    # After a one-row run, a 1000-row one is no runaway: what a run may take scales with its rows.
+    for rows, runs in ((1, 2), (1000, 3)):
+        wait_until(lambda: _bucket_full(server), timeout_s=60)  # the time owed is repaid
+        assert server.predict("busy", busy_inputs(rows)).version == 1
+        wait_until(lambda: stats(server, "busy").get("runs", 0) == runs, timeout_s=30)  # noqa: B023
+    assert len(comparisons) == 3 and stats(server, "busy").get("stopped_over_budget", 0) == 0
+    # A run past the absolute limit is a runaway: stopped (it holds a session callers wait for), not compared.
+    monkeypatch.setattr(_shadow, "MAX_RUN_S", 0.02)
     wait_until(lambda: _bucket_full(server), timeout_s=60)
-    # Past 4 times its last run, and past what the budget holds, a run is a runaway: stopped, nothing compared.
     assert server.predict("busy", busy_inputs(1000)).version == 1
     wait_until(lambda: stats(server, "busy").get("stopped_over_budget", 0) == 1, timeout_s=30)
-    assert stats(server, "busy")["runs"] == 2 and len(comparisons) == 2
+    assert stats(server, "busy")["runs"] == 3 and len(comparisons) == 3
     assert server.predict("busy", busy_inputs(1)).version == 1  # the shadow version's session is free again
     json.dumps(server.status(), allow_nan=False)
 
