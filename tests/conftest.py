@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -204,3 +206,18 @@ def run_in_forked_child(work: Callable[[], str], *, timeout_s: int = 60) -> str:
     text = b"".join(chunks).decode()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed ({status}): {text}"
     return text
+
+
+def run_python(
+    script: str, *args: str, prefix: list[str] | tuple[str, ...] = (), timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter that imports this checkout (for what needs a process of its
+    own: a global OpenTelemetry provider, dropped capabilities), ``prefix`` before it (``setpriv ...``)."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        check=False,
+    )

@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,9 +19,7 @@ from inprocserve import _registry
 from inprocserve._model import ModelVersion
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory
-
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import ServerFactory, run_python
 
 
 def answer(server: inprocserve.Server, model: str) -> float:
@@ -161,14 +157,7 @@ def test_a_model_folder_that_cannot_be_read_leaves_the_others_serving(tmp_path: 
     save_model(build_scale_model(2.0), repository, "good", 1)
     save_model(build_scale_model(7.0), repository, "locked", 1)
     save_model(build_scale_model(8.0), repository, "locked", 2)
-    result = subprocess.run(
-        [*_without_file_access_override(), sys.executable, "-c", _UNREADABLE_SCRIPT, str(repository)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
-    )
+    result = run_python(_UNREADABLE_SCRIPT, str(repository), prefix=_without_file_access_override())
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["serving_before"] == {"good": [1], "locked": [2]}

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,11 +18,10 @@ import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 from inprocserve.v2 import Endpoints
 
-from .conftest import ServerFactory, build_busy_model, busy_inputs, occupy
+from .conftest import ServerFactory, build_busy_model, busy_inputs, occupy, run_python
 from .test_telemetry import Otel, _outcomes
 from .test_telemetry import otel as otel  # the fixture: one SDK per process
 
-ROOT = Path(__file__).resolve().parent.parent
 X = np.ones((1, 4), np.float32)
 
 
@@ -203,14 +199,7 @@ _BROKEN_VIEW = textwrap.dedent(
 
 def test_a_failing_metric_pipeline_never_costs_an_answer(repository: Path) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
-    result = subprocess.run(
-        [sys.executable, "-c", _BROKEN_VIEW, str(repository)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
-    )
+    result = run_python(_BROKEN_VIEW, str(repository))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:5] == [
         "lone 2.0",
