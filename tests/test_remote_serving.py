@@ -174,7 +174,8 @@ def test_a_shadow_on_a_remote_that_is_down_never_fails_the_caller(
     save_model(build_mlp_model((FEATURES, 32, 3), seed=2), repository, "fraud", 2)
     config = every_version(stable=2, shadow=ShadowConfig(versions=(3,)))
     down = RemoteApp(served)
-    server = make_server(repository, config=config)
+    # no budget: every copy runs (with one, a copy made while the first remote call is still owed is dropped)
+    server = make_server(repository, config=config, shadow_budget=1.0)
     try:
         server.load(
             "fraud",
