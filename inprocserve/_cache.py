@@ -57,9 +57,9 @@ class PredictionCache:
 
     def store(self, key: bytes, outputs: Mapping[str, Any]) -> None:
         """Keep a successful answer; its arrays become read-only, since every later hit shares them (any other
-        output is kept as a copy, and each hit gets a copy of its own). An array
-        that is a small slice of a batch's output is kept as a copy: the slice would keep the whole batch's
-        output alive (up to ``max_batch_size`` times its own size) for as long as it is cached."""
+        output is kept as a copy, and each hit gets a copy of its own). An array that is a small slice of a
+        batch's output is kept as a copy: the slice would keep the whole batch's output alive (up to
+        ``max_batch_size`` times its own size) for as long as it is cached."""
         kept = dict(shareable(outputs))  # (other values copied: the caller it answered may change its own)
         for name, value in kept.items():
             if isinstance(value, np.ndarray):

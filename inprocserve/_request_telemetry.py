@@ -28,7 +28,7 @@ class RequestTelemetry:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[Any, ...], dict[str, Any]] = {}
-        self.is_loaded: Callable[[str], bool] = _any_name
+        self.served: Callable[[str], bool] = _any_name
         """Whether the server has served a model of that name: a refusal of any other name is recorded as
         :data:`UNKNOWN_MODEL` (the server sets it to a lookup of the names it has routed)."""
 
@@ -98,14 +98,14 @@ class RequestTelemetry:
         error: BaseException,
     ) -> None:
         """Close the span of a request refused before it was queued, and record it: under its model's name
-        if that model is loaded, else under :data:`UNKNOWN_MODEL` (metric attributes stay bounded whatever
-        names callers send)."""
+        if this server has served that name, else under :data:`UNKNOWN_MODEL` (metric attributes stay bounded
+        whatever names callers send)."""
         variant = None if decision is None else decision.variant
         sampled = _sampled(span)  # (asked before the span ends)
         _end_span(span, decision, version, 0, None, None, error)
         if not isinstance(model, str) or not metering():
             return
-        if decision is None and not self.is_loaded(model):  # a name no loaded model has: the caller's string
+        if decision is None and not self.served(model):  # a name this server never served: the caller's string
             model = UNKNOWN_MODEL
         if isinstance(error, OverloadedError):
             METRICS.shed.add(1, self.attributes(model, version))

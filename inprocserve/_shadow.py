@@ -4,14 +4,16 @@ Shadow work must not slow or fail the caller. An idle session is not spare CPU: 
 caller keeps every core busy, and a shadow running beside it takes their time. So shadows run on a CPU
 budget: the shadow thread may run for at most ``budget`` of each second of wall-clock time (a token bucket
 holding one second's allowance), measured as the wall time of its own runs. A copy is admitted only when
-the bucket holds what the last run of its shadow version cost (a version not yet measured: the whole
-bucket), and that cost is reserved at once, so the queue never fills with copies the budget would drop;
-one run is stopped at the allowance left when it starts (at least ``MIN_RUN_S``) and counted as dropped
-over budget. A copy that finds the budget spent, the serving version backlogged or no idle session on the
-shadow version is dropped at once and counted; nothing waits or polls. Jobs are queued (bounded by count
-and by bytes, drops counted) for one background thread that sleeps on a condition while there is nothing
-to do. A queued job holds its own copy of the inputs and of the primary answer: the caller may reuse its
-buffers once it has its answer. Shadow errors are logged and counted, never raised.
+the bucket holds what the last run of its shadow version cost for as many rows (at most the whole bucket;
+``MIN_RUN_S`` for a version not yet measured), and that cost is reserved at once, so the queue never fills
+with copies the budget would drop. A run longer than the allowance runs and is owed (later copies wait for
+the bucket to refill); only a runaway run, past ``RUNAWAY_FACTOR`` times its expected time or ``MAX_RUN_S``,
+is stopped and counted as dropped over budget. A copy too large to make cheaply on the caller's thread is
+not made (``dropped_too_large``). A copy that finds the budget spent, the serving version backlogged or no
+idle session on the shadow version is dropped at once and counted; nothing waits or polls. Jobs are
+queued (bounded by count and by bytes, drops counted) for one background thread that sleeps on a condition
+while there is nothing to do. A queued job holds its own copy of the inputs and of the primary answer: the
+caller may reuse its buffers once it has its answer. Shadow errors are logged and counted, never raised.
 Each shadow answer is compared with the primary one (largest absolute difference; argmax agreement for
 classifier-shaped outputs) and handed to an optional callback so applications can log it. A NaN or an
 infinity in one answer where the other has a different value is a difference of ``math.inf`` (and its
