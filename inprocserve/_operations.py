@@ -524,5 +524,7 @@ class RolloutMethods:
 
     def record_click(self, request_id: str, item: int, *, model: str | None = None) -> str | None:
         """Credit a click on ``item`` (its index in the ranked inputs) of an :meth:`interleave` result to
-        the ranker that contributed it. Returns ``"A"``, ``"B"``, or ``None`` if the result is unknown."""
+        the ranker that contributed it. Each item of a result counts once: a second click on it (a double
+        click, a client's retry) returns its ranker again and changes nothing. Returns ``"A"``, ``"B"``, or
+        ``None`` if the result is unknown or ``item`` was not in it."""
         return self._operations.record_click(request_id, item, model=model)

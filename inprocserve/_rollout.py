@@ -416,12 +416,15 @@ class Router:
                 pass
 
     def record_click(self, request_id: str, item: int) -> str | None:
-        """Credit the team whose ranker contributed ``item``; returns "A", "B" or None if unknown."""
+        """Credit the team whose ranker contributed ``item``, once per item of a page; returns "A", "B" or
+        None if unknown."""
         with self._lock:
             interleaving = self._interleavings.get(request_id)
             team = None if interleaving is None else interleaving.team_of(item)
             if interleaving is None or team is None:
                 return None
+            if not interleaving.first_click_on(item):  # a double click, a retried request: counted once
+                return team
             before = _winner(interleaving.clicks)
             interleaving.clicks[team] += 1
             after = _winner(interleaving.clicks)
@@ -463,13 +466,14 @@ class _Interleaved:
     """A remembered interleaving, compact: item indices in an array of 4-byte ints where they fit, the teams
     as one byte each (a list of Python ints and strs took ~18 KiB for 1000 items; this takes ~5 KiB)."""
 
-    __slots__ = ("clicks", "order", "teams")
+    __slots__ = ("clicked", "clicks", "order", "teams")
 
     def __init__(self, order: list[int], teams: list[str]) -> None:
         small = not order or (min(order) >= 0 and max(order) < 2**32)
         self.order = np.asarray(order, dtype=np.uint32 if small else np.int64)
         self.teams = "".join(teams).encode("ascii")
         self.clicks = {"A": 0, "B": 0}
+        self.clicked: set[int] | None = None  # the items clicked so far (none until the first click)
 
     def size(self) -> int:
         """Its cost against ``_INTERLEAVED_ITEMS_KEPT``."""
@@ -481,6 +485,16 @@ class _Interleaved:
             return None
         where = np.flatnonzero(self.order == item)
         return chr(self.teams[int(where[0])]) if len(where) else None
+
+    def first_click_on(self, item: int) -> bool:
+        """Whether this is the first click on ``item`` (an item shown): a page's item counts once for its
+        ranker, so a user who clicks it again (or a client that retries) cannot tip the page."""
+        if self.clicked is None:
+            self.clicked = set()
+        if item in self.clicked:
+            return False
+        self.clicked.add(item)
+        return True
 
 
 def _not_a_mapping(model: str, context: Any) -> InvalidInputError:

@@ -409,6 +409,22 @@ def test_interleaving_credits_clicks_to_rankers(repository: Path, make_server: S
     assert server.record_click("unknown", 1) is None
 
 
+def test_an_item_clicked_twice_counts_once(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)
+    save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)
+    server = make_server(
+        repository, config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)), seed=4)
+    )
+    result = server.interleave("ranker", np.arange(8, dtype=np.float32).reshape(8, 1))
+    by_a = result.order[result.teams.index("A")]
+    by_b = result.order[result.teams.index("B")]
+    assert server.record_click(result.request_id, by_b) == "B"
+    for _ in range(3):  # a user double-clicking, or a client retrying, cannot tip the page to A
+        assert server.record_click(result.request_id, by_a) == "A"
+    report = server.status()["models"]["ranker"]["rollout"]["interleaving"]
+    assert (report["A"], report["B"], report["ties"]) == (0, 0, 1)
+
+
 def test_guarded_promotion(versions: Path, make_server: ServerFactory) -> None:
     server = make_server(versions, config=rollout(stable=1))
     with pytest.raises(inprocserve.PromotionRefusedError, match="recent input"):
