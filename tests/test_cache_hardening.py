@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from inprocserve import CacheConfig, ModelConfig
+from inprocserve import BatchingConfig, CacheConfig, ModelConfig
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import BUSY_WIDTH, ServerFactory, build_busy_model, busy_inputs, occupy, wait_until
@@ -39,6 +39,29 @@ def test_an_answer_of_the_copy_replaced_by_a_reload_is_not_cached_in_the_new_cop
     new_answer = server.predict("busy", x)["y"]
     np.testing.assert_allclose(new_answer, truth, rtol=1e-5, atol=1e-6)  # not the old copy's answer
     assert not np.allclose(old_answer, truth)  # (the two models do differ on these inputs)
+
+
+def test_a_request_to_the_new_copy_never_follows_the_old_copy_s_identical_request(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_busy_model(BUSY_WIDTH, layers=16), repository, "busy", 1)
+    big_queue = ModelConfig(cache=CacheConfig(enabled=True), batching=BatchingConfig(max_queue_rows=40_000))
+    server = make_server(repository, models={"busy": big_queue})
+    old_copy = server._registry.routes["busy"].versions[1]
+    blocker = occupy(server, "busy", rows=40_000)  # seconds: the reload finishes while it runs
+    x = busy_inputs(2, seed=42)
+    on_old_copy = server.submit("busy", x)  # queued behind the blocker: in flight on the old copy
+    save_model(build_busy_model(BUSY_WIDTH, layers=15), repository, "busy", 1)  # version 1 rewritten
+    reload = threading.Thread(target=server.refresh)
+    reload.start()
+    wait_until(lambda: server._registry.routes["busy"].versions[1] is not old_copy, timeout_s=60)
+    assert not on_old_copy.done(), "the old copy answered before the test could send its identical request"
+    on_new_copy = server.submit("busy", x)  # identical inputs, same version number, the new copy
+    truth = ort.InferenceSession(str(repository / "busy" / "1" / "model.onnx")).run(["y"], x)[0]
+    np.testing.assert_allclose(on_new_copy.result(60)["y"], truth, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(on_old_copy.result(60)["y"], truth)  # (the two models do differ on these inputs)
+    blocker.result(60)
+    reload.join(60)
 
 
 def build_zipmap_classifier() -> object:

@@ -345,3 +345,26 @@ def test_requests_shaped_unlike_the_reference_do_not_fill_a_window(
         assert scorer.drain() and monitor.status()["windows"] == 1
     finally:
         scorer.close()
+
+
+def test_a_model_with_no_monitorable_column_still_completes_its_capture(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Text in, text out: nothing to monitor, so every request's record is empty. The capture still
+    # completes (with no features) instead of waiting for rows that never count.
+    from onnx import TensorProto, helper
+
+    from inprocserve.testing import _model
+
+    model = _model(
+        [helper.make_node("Identity", ["name"], ["name_out"])],
+        [helper.make_tensor_value_info("name", TensorProto.STRING, ["N", 1])],
+        [helper.make_tensor_value_info("name_out", TensorProto.STRING, ["N", 1])],
+    )
+    save_model(model, repository, "names", 1)
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(capture_reference=10, window=10)))
+    for _ in range(5):
+        server.predict("names", {"name": np.array([["a"], ["b"]], dtype=object)})
+    assert server._drift.drain()
+    drift = server.status()["models"]["names"]["versions"]["1"]["drift"]
+    assert drift["reference_ready"] is True and drift["features"] == {}

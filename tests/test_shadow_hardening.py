@@ -266,3 +266,24 @@ def test_every_shadow_version_gets_runs_under_the_budget(repository: Path, make_
         return all(count > 0 for count in runs().values())
 
     wait_until(both_ran, timeout_s=20)
+
+
+def test_a_copy_for_a_shadow_version_without_a_batcher_is_an_error_of_that_version() -> None:
+    # A version whose load failed keeps no batcher; a copy that reaches it is that version's error,
+    # counted and passed on like any other, never a crash of the shadow thread.
+    from types import SimpleNamespace
+
+    from inprocserve._shadow import ShadowRunner
+
+    comparisons: list[ShadowComparison] = []
+    runner = ShadowRunner(on_result=comparisons.append, budget=1.0)
+    primary, failed = SimpleNamespace(version=1, batcher=None), SimpleNamespace(version=2, batcher=None)
+    x = np.ones((2, 4), np.float32)
+    try:
+        runner.offer("scale", "r1", {"x": x}, 2, {"y": x}, primary, [failed])
+        runner.offer("scale", "r2", {"x": x}, 2, {"y": x}, primary, [failed])
+        wait_until(lambda: len(comparisons) == 2)
+    finally:
+        runner.close()
+    assert [c.error for c in comparisons] == ["shadow version 2 is not loaded"] * 2
+    assert runner.status("scale")["2"]["errors"] == 2

@@ -18,7 +18,7 @@ import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 from inprocserve.v2 import Endpoints
 
-from .conftest import ServerFactory, build_busy_model, busy_inputs, occupy, run_python
+from .conftest import ServerFactory, build_busy_model, busy_inputs, occupy, run_python, wait_until
 from .test_telemetry import Otel, _outcomes
 from .test_telemetry import otel as otel  # the fixture: one SDK per process
 
@@ -69,6 +69,29 @@ def test_a_task_answered_by_its_own_deadline_is_recorded_as_a_deadline(
         "ok",
         "ok",
     ]
+
+
+def test_a_full_way_task_cancelled_during_its_run_is_recorded_as_cancelled(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    # Sharing identical requests sends apredict the full way (a queued request whose future _deliver
+    # resolves). The task is cancelled while its run goes on: the run succeeds, the caller got a
+    # cancellation, and the request is a client_error, not ok.
+    save_model(build_busy_model(512), repository, "busy", 1)
+    before = _outcomes(otel, "busy")
+    sharing = inprocserve.ModelConfig(
+        cache=inprocserve.CacheConfig(share_in_flight=True), batching=inprocserve.BatchingConfig(max_batch_size=4096)
+    )
+    server = make_server(repository, models={"busy": sharing})
+    server.predict("busy", busy_inputs(1))
+
+    async def main() -> None:
+        await asyncio.wait_for(server.apredict("busy", busy_inputs(2000)), 0.02)  # a run of ~0.1 s or more
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(main())
+    wait_until(lambda: sum(outcomes_since(otel, "busy", before).values()) >= 2)  # (recorded when the run ends)
+    assert outcomes_since(otel, "busy", before) == {("client_error", "CancelledError"): 1, ("ok", None): 1}
 
 
 def test_refusals_of_names_no_model_has_are_one_series(
