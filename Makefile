@@ -103,6 +103,7 @@ QUICK_coalescing := --seconds 0.5 --rounds 1 --clients 1,8
 QUICK_predict_overhead := --blocks 4
 QUICK_plugin_overhead := --blocks 4
 QUICK_telemetry_overhead := --seconds 0.5 --rounds 1
+QUICK_telemetry_profile := --calls 2000
 QUICK_async_callers := --seconds 0.5 --rounds 1 --modes off
 QUICK_status_recorder := --number 20000 --repeat 3
 QUICK_control_follow := --rounds 1 --workers 2
@@ -125,6 +126,7 @@ bench: install
 	$(BIN)/python benchmarks/plugin_overhead.py $(QUICK_plugin_overhead)
 	$(BIN)/python benchmarks/plugin_overhead.py --headers $(QUICK_plugin_overhead)
 	$(BIN)/python benchmarks/telemetry_overhead.py $(QUICK_telemetry_overhead)
+	$(BIN)/python benchmarks/telemetry_profile.py $(QUICK_telemetry_profile)
 	$(BIN)/python benchmarks/async_callers.py $(QUICK_async_callers)
 	$(BIN)/python benchmarks/async_callers.py --timeout-s 10 $(QUICK_async_callers)
 	$(BIN)/python benchmarks/performance.py

@@ -312,4 +312,8 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "child-arena":
         child_arena(sys.argv[2], json.loads(sys.argv[3]))
     else:
+        import argparse
+
+        # no options: parsed so that --help says what this runs (several minutes) instead of starting it
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
         main()
