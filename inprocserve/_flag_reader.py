@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import _fork
+from ._config_checks import is_number
 from ._errors import ConfigurationError
 from ._flags import FlagProvider, FlagTypeError
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
@@ -71,7 +72,7 @@ class FlagReader:
         max_queued: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not timeout_s > 0:
+        if not (is_number(timeout_s) and timeout_s > 0):  # (NaN fails > too)
             raise ConfigurationError(f"flag_timeout_s must be > 0, got {timeout_s}")
         if max_workers < 1 or max_queued < 0:
             raise ConfigurationError(f"max_workers must be >= 1 and max_queued >= 0, got {max_workers}, {max_queued}")

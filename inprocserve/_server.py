@@ -23,6 +23,7 @@ from opentelemetry.trace import INVALID_SPAN
 from . import _fork
 from ._batching import VersionRetiredError
 from ._config import ModelConfig
+from ._config_checks import check_int, is_number
 from ._control import ControlFile
 from ._deadlines import check_timeout
 from ._drift import DriftScorer
@@ -47,7 +48,7 @@ from ._request import BatchTiming, Request, Route
 from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
 from ._scoring import plan_for_version, score
-from ._shadow import ShadowComparison, ShadowRunner
+from ._shadow import DEFAULT_MAX_QUEUED_BYTES, ShadowComparison, ShadowRunner
 from ._snapshot import gauge_source, server_status
 from ._telemetry import METRICS, start_request_span
 from .web import Readiness, readiness
@@ -78,6 +79,14 @@ class Server(RolloutMethods):
         control_interval_s: How often a background thread re-reads the repository's control file (the
             fleet-wide rollout state, see :meth:`switch`); every worker follows a change within this bound
             plus the load time of a version it has not loaded yet. ``None`` disables watching.
+        strict: Raise :class:`ModelLoadError` at start-up when a model fails to load (by default the
+            failure is reported in :meth:`status` and the other models serve).
+        flags: Where feature flags are read (rollouts driven by flags); ``None``: the configuration only.
+        flag_timeout_s: The budget of one flag evaluation; past it the configured rollout answers.
+        on_shadow: Called on the shadow thread with every shadow comparison (its errors are logged).
+        shadow_queue: Shadow copies that may wait for the shadow thread; more are dropped and counted.
+        shadow_queue_bytes: Bytes the waiting copies (inputs and answers) may hold together (32 MiB); a
+            request whose copy would take more than a quarter of it is not shadowed (``dropped_too_large``).
         shadow_budget: Largest share of wall-clock time shadow runs may take (0.02: 20 ms a second);
             shadow copies beyond it are dropped and counted, so shadows use spare capacity only.
         follow_symlinks: Accept model folders, version folders, model files and external-data files that
@@ -105,11 +114,13 @@ class Server(RolloutMethods):
         shadow_budget: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
         follow_symlinks: bool = False,
+        shadow_queue_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
-        if control_interval_s is not None and not control_interval_s > 0:
-            raise ConfigurationError(f"control_interval_s must be > 0, got {control_interval_s}")
-        if poll_interval_s is not None and not poll_interval_s > 0:
-            raise ConfigurationError(f"poll_interval_s must be > 0, got {poll_interval_s}")
+        for name, seconds in (("control_interval_s", control_interval_s), ("poll_interval_s", poll_interval_s)):
+            if seconds is not None and not (is_number(seconds) and seconds > 0):  # (NaN fails > too)
+                raise ConfigurationError(f"{name} must be > 0 (seconds) or None, got {seconds!r}")
+        check_int("shadow_queue", shadow_queue, 1)
+        check_int("shadow_queue_bytes", shadow_queue_bytes, 1, None)
         if poll_interval_s is not None and repository is None:
             raise ConfigurationError("poll_interval_s needs a repository to poll")
         if flags is not None and not isinstance(flags, FlagProvider):
@@ -122,7 +133,9 @@ class Server(RolloutMethods):
         self._sharing = Sharing(self._deliver, self._telemetry, clock=clock, serving=self._serving_copy)
         # The threads this server starts, each stopped and joined by close(): shadow runs, drift scoring,
         # the hot-reload poller (registry) and the control-file watcher (operations).
-        self._shadow = ShadowRunner(max_queued=shadow_queue, on_result=on_shadow, budget=shadow_budget)
+        self._shadow = ShadowRunner(
+            max_queued=shadow_queue, max_queued_bytes=shadow_queue_bytes, on_result=on_shadow, budget=shadow_budget
+        )
         self._drift = DriftScorer()
         self._registry = Registry(
             folder,

@@ -35,6 +35,7 @@ import numpy as np
 from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
+from ._config_checks import is_number
 from ._errors import ConfigurationError, DeadlineExceededError
 from ._request import Request, Route
 from ._telemetry import ATTR_SHADOW_AGREEMENT, ATTR_SHADOW_DIFF, METRICS, add_safely, record_safely, start_shadow_span
@@ -185,7 +186,7 @@ class ShadowRunner:
         budget: float = DEFAULT_BUDGET,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not 0 < budget <= 1:
+        if not (is_number(budget) and 0 < budget <= 1):  # (a string or NaN: refused, not a TypeError later)
             raise ConfigurationError(f"shadow_budget must be a share of time in (0, 1], got {budget}")
         self.max_queued = max_queued
         self.max_queued_bytes = max_queued_bytes

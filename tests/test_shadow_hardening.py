@@ -192,6 +192,39 @@ def test_a_request_too_large_to_copy_cheaply_is_not_shadowed_and_says_so(
     assert caplog.text.count("such requests are never shadowed") == 1
 
 
+def test_the_byte_bound_is_the_server_s_to_set(repository: Path, make_server: ServerFactory) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    rows = 2**18 + 1  # a little over 8 MiB a copy: too large under the default bound, not under 64 MiB
+    config = shadowed(batching=BatchingConfig(max_request_rows=rows))
+    server = make_server(repository, config=config, shadow_budget=1.0, shadow_queue_bytes=64 * 2**20)
+    assert server.predict("scale", np.ones((rows, 4), np.float32)).version == 1
+    wait_until(lambda: stats(server, "scale").get("runs") == 1)
+    assert stats(server, "scale")["dropped_too_large"] == 0
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("shadow_queue", 0, "shadow_queue must be >= 1"),
+        ("shadow_queue", 2.5, "shadow_queue must be >= 1"),
+        ("shadow_queue_bytes", "32MiB", "shadow_queue_bytes must be >= 1"),
+        ("shadow_budget", "0.5", r"shadow_budget must be a share of time in \(0, 1\]"),
+        ("shadow_budget", math.nan, r"shadow_budget must be a share of time in \(0, 1\]"),
+        ("control_interval_s", "1", "control_interval_s must be > 0"),
+        ("poll_interval_s", math.nan, "poll_interval_s must be > 0"),
+        ("flag_timeout_s", "0.05", "flag_timeout_s must be > 0"),
+    ],
+)
+def test_server_arguments_of_the_wrong_kind_are_configuration_errors(
+    repository: Path, argument: str, value: object, message: str
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    extra: dict[str, Any] = {"flags": inprocserve.InMemoryFlags()} if argument == "flag_timeout_s" else {}
+    with pytest.raises(inprocserve.ConfigurationError, match=message):
+        inprocserve.Server(repository, **{argument: value}, **extra)
+
+
 # -- one run never takes more than the budget holds ----------------------------------------------------------
 
 
