@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import ctypes
+import http.client
 import importlib.util
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(script: str, **env: str) -> str:
+def run(script: str, *args: str, **env: str) -> str:
     result = subprocess.run(
-        [sys.executable, str(ROOT / script)],
+        [sys.executable, str(ROOT / script), *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -43,6 +50,15 @@ def test_django_recommend_example() -> None:
     out = run("examples/django_recommend/run.py")
     assert "300 interleaved pages" in out
     assert "users preferred ranker B" in out
+
+
+def test_django_recommend_example_under_uvicorn() -> None:
+    out = run("examples/django_recommend/run.py", "--asgi")
+    assert "Serving the Django project with uvicorn (ASGI, async views)" in out
+    assert "300 interleaved pages" in out
+    assert "users preferred ranker B" in out
+    assert "POST /score {'products': [3, 17, 5]} -> {'scores': [" in out and "'version': 1}" in out  # async view
+    assert "Traceback" not in out
 
 
 def test_core_demo() -> None:
@@ -243,3 +259,140 @@ def test_django_needs_a_secret_key_unless_debug() -> None:
         capture_output=True, text=True, timeout=60, check=False, env=env,
     )  # fmt: skip
     assert result.returncode != 0 and "set DJANGO_SECRET_KEY" in result.stderr
+
+
+# -- the Django project's async views, under a real uvicorn (HTTP over loopback) ---------------------------------
+
+RECOMMEND = ROOT / "examples" / "django_recommend"
+SCORE_TOKEN = "s" * 40
+
+
+@dataclass(frozen=True)
+class Uvicorn:
+    port: int
+    log: Path
+    recommend: ModuleType  # the example's module, loaded here too: its catalogue and rankers' weights
+
+    def call(self, method: str, path: str, body: bytes | None = None, **headers: str) -> tuple[int, Any]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers={"Content-Type": "application/json", **headers})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        """What uvicorn (and Django's django.request logger) wrote after ``offset``."""
+        return self.log.read_bytes()[offset:].decode(errors="replace")
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: on Linux, SIGTERM the child when pytest dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@pytest.fixture(scope="module")
+def recommend_uvicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Uvicorn]:
+    """The Django example under uvicorn, started as recommend.py's docstring says (but on a socket bound
+    here and handed over with --fd, so that its port is known and no other process can take it)."""
+    spec = importlib.util.spec_from_file_location("django_recommend_example", RECOMMEND / "recommend.py")
+    assert spec is not None and spec.loader is not None
+    recommend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recommend)  # defines things only: settings are configured in uvicorn's process
+    folder = tmp_path_factory.mktemp("recommend")
+    recommend.build_rankers(folder / "models")
+    environment = {
+        **os.environ,
+        "DJANGO_RECOMMEND_REPOSITORY": str(folder / "models"),
+        "DJANGO_SECRET_KEY": "k" * 50,
+        "DJANGO_RECOMMEND_SCORE_TOKEN": SCORE_TOKEN,
+    }
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    command = [sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(RECOMMEND), "recommend:asgi_application"]
+    command += ["--fd", str(listener.fileno()), "--log-level", "warning", "--no-access-log"]
+    log = folder / "uvicorn.log"
+    with listener, log.open("wb") as out:  # a file, not a pipe nobody reads
+        process = subprocess.Popen(
+            command, env=environment, pass_fds=[listener.fileno()], stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
+        server = Uvicorn(listener.getsockname()[1], log, recommend)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # bounded: until the models are ready, uvicorn exits, or a minute passes
+            assert process.poll() is None, f"uvicorn exited: {log.read_text()}"
+            try:
+                if server.call("GET", "/-/inprocserve/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"not ready within 60 s: {log.read_text()}"
+            time.sleep(0.05)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def test_django_async_score_under_uvicorn(recommend_uvicorn: Uvicorn) -> None:
+    server = recommend_uvicorn
+    logged = server.log_size()
+    token = {"Authorization": f"Bearer {SCORE_TOKEN}"}
+    for body in [
+        b"not json", b"[1]", b"{}", b'{"products": []}', b'{"products": "3,17"}', b'{"products": [true]}',
+        b'{"products": [3.0]}', b'{"products": [40]}', b'{"products": [-1]}', b'{"products": [1e999]}',
+        json.dumps({"products": [0] * 41}).encode(), b'{"products": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+    ]:  # fmt: skip
+        status, answer = server.call("POST", "/score", body, **token)
+        assert (status, answer) == (400, {"error": server.recommend.SCORE_SHAPE}), body[:40]
+    assert server.call("POST", "/score", b" " * 5000, **token) == (400, {"error": "the body is over 4096 bytes"})
+    good = json.dumps({"products": [3, 17, 5, 3]}).encode()
+    for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": SCORE_TOKEN}]:
+        status, answer = server.call("POST", "/score", good, **headers)
+        assert status == 401 and "Authorization: Bearer" in answer["error"]
+
+    status, answer = server.call("POST", "/score", good, **token)
+    assert status == 200, answer
+    assert answer["version"] == 1
+    weights = np.array(server.recommend.RANKER_WEIGHTS[1], np.float32)
+    np.testing.assert_allclose(answer["scores"], server.recommend.ITEMS[[3, 17, 5, 3]] @ weights, rtol=1e-5)
+    assert "Traceback" not in server.log_since(logged)
+
+
+def test_django_async_rank_and_click_keep_their_protections_under_uvicorn(recommend_uvicorn: Uvicorn) -> None:
+    server = recommend_uvicorn
+    logged = server.log_size()
+    for size in ["abc", "0", "16"]:
+        status, answer = server.call("GET", f"/rank?user=u1&size={size}")
+        assert status == 400 and "size must be" in answer["error"], size
+    status, page = server.call("GET", "/rank?user=u1&size=8")
+    assert status == 200 and sorted(page) == ["click_token", "positions", "products"]
+    assert len(page["products"]) == 8
+
+    def click(body: object, user: str = "u1") -> tuple[int, Any]:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return server.call("POST", f"/click?user={user}", raw)
+
+    shape = server.recommend.CLICK_SHAPE
+    assert click(b"not json") == (400, {"error": shape})
+    assert click({"click_token": page["click_token"], "position": "0"}) == (400, {"error": shape})
+    assert click(b" " * 5000) == (400, {"error": "the body is over 4096 bytes"})
+    assert click({"click_token": "x:y:z", "position": 0})[0] == 403
+    good = {"click_token": page["click_token"], "position": page["positions"][0]}
+    assert click(good, user="bot") == (403, {"error": "this page was shown to another user"})
+    assert click({**good, "position": 99})[0] == 404
+    assert click(good) == (200, {"recorded": True})
+    status, wins = server.call("GET", "/stats")
+    assert status == 200 and wins["queries"] == 1 and wins["A"] + wins["B"] == 1  # only the real click
+    assert "Traceback" not in server.log_since(logged)

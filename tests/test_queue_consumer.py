@@ -342,11 +342,11 @@ def test_configuration_is_checked() -> None:
     assert name.startswith(f"{socket.gethostname()}-"), "pid 1 in every container: the pid alone collides"
 
 
-def run_consumer(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_consumer(*args: str, timeout_s: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
     return subprocess.run(
         [sys.executable, str(EXAMPLE / "consumer.py"), *args],
-        capture_output=True, text=True, timeout=60, check=False, env={**environment, **env},
+        capture_output=True, text=True, timeout=timeout_s, check=False, env={**environment, **env},
     )  # fmt: skip
 
 
@@ -361,3 +361,141 @@ def test_a_model_not_served_exits_2_before_reading(client: Any, redis_url: str, 
     assert result.returncode == 2 and "give --redis-url or set REDIS_URL" in result.stderr
     result = run_consumer("--repository", "x", "--model", "scorer", "--claim-idle-ms", "0", REDIS_URL=redis_url)
     assert result.returncode == 2 and "claim_idle_ms" in result.stderr
+
+
+# -- one live consumer per name --------------------------------------------------------------------------------
+
+
+def test_the_name_check_passes_without_a_group_or_a_holder(client: Any) -> None:
+    client.flushall()  # the first consumer ever: no stream, no group yet
+    consumer.check_name_free(client, "w", claim_idle_ms=1000)
+    consumer.ensure_group(client)
+    consumer.check_name_free(client, "w", claim_idle_ms=1000)  # a group, but no consumer of that name
+    client.xreadgroup(consumer.GROUP, "other", {consumer.REQUESTS: "0"})
+    consumer.check_name_free(client, "w", claim_idle_ms=1000)
+
+
+def test_the_name_check_watches_a_recent_holder_until_it_reads_or_stays_silent(
+    scoring: tuple[Any, inprocserve.Server],
+) -> None:
+    client, server = scoring
+    client.xreadgroup(consumer.GROUP, "w", {consumer.REQUESTS: "0"})  # "w" read just now, then died
+    started = time.monotonic()
+    consumer.check_name_free(client, "w", claim_idle_ms=400)  # silent for 400 ms: gone
+    assert 0.3 < time.monotonic() - started < 2
+    started = time.monotonic()
+    consumer.check_name_free(client, "w", claim_idle_ms=300)  # silent for longer already: at once
+    assert time.monotonic() - started < 0.2
+
+    live = make(client, server, "w")  # a live consumer of an idle queue: it reads nothing, but it polls
+    stop = threading.Event()
+    thread = threading.Thread(target=live.run, args=(stop,))
+    thread.start()
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        with pytest.raises(consumer.NameInUseError, match="consumer name 'w' is in use"):
+            consumer.check_name_free(client, "w", claim_idle_ms=5000)
+        assert time.monotonic() - started < 2  # one poll (block_ms = 200 ms), not claim_idle_ms
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def start_consumer(redis_url: str, repository: Path, log: Path, name: str, *options: str) -> subprocess.Popen[bytes]:
+    """consumer.py as ``name``, once it says it is ready (its model loaded and its name checked)."""
+    command = [sys.executable, str(EXAMPLE / "consumer.py"), "--repository", str(repository), "--model", "scorer",
+               "--name", name, *options]  # fmt: skip
+    environment = {**os.environ, "REDIS_URL": redis_url}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=environment, preexec_fn=redis_server.die_with_parent
+        )
+    try:
+        runner.wait_until(
+            lambda: f"{name} ready".encode() in log.read_bytes() or process.poll() is not None,
+            f"{name} ready", timeout_s=60, interval_s=0.02,
+        )  # fmt: skip
+    except BaseException:
+        process.kill()
+        raise
+    assert process.poll() is None, f"exited with {process.returncode}: {log.read_text()}"
+    return process
+
+
+def stop_consumer(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(timeout=30)
+
+
+@pytest.mark.timeout(120)
+def test_a_name_that_a_live_consumer_uses_is_refused(
+    client: Any, redis_url: str, model_repository: Path, tmp_path: Path
+) -> None:
+    live = start_consumer(redis_url, model_repository, tmp_path / "live.log", "worker-1", "--claim-idle-ms", "5000")
+    try:
+        time.sleep(1.0)  # an idle queue: it has read nothing for a second, but it polls
+        try:
+            result = run_consumer(
+                "--repository", str(model_repository), "--model", "scorer", "--name", "worker-1",
+                "--claim-idle-ms", "5000", REDIS_URL=redis_url, timeout_s=30,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            pytest.fail("a second consumer named worker-1 started while the first one was live")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "consumer name 'worker-1' is in use" in result.stderr
+        assert re.search(r"read or claimed \d+ ms ago", result.stderr), result.stderr
+        assert "pick another --name, or stop the other consumer first" in result.stderr
+        assert "worker-1 ready" not in result.stdout
+        ids = consumer.produce(client, np.ones((3, FEATURES), np.float32))  # the live one is unaffected
+        runner.wait_until(lambda: len(consumer.read_results(client)) == 3, "scored", timeout_s=30)
+        assert {(r["request"], r["consumer"]) for r in consumer.read_results(client)} == {(i, "worker-1") for i in ids}
+    finally:
+        status = stop_consumer(live)
+    assert status == 0, (tmp_path / "live.log").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_a_consumer_restarted_after_a_kill_starts_under_its_name(
+    client: Any, redis_url: str, model_repository: Path, tmp_path: Path
+) -> None:
+    options = ("--claim-idle-ms", "3000")
+    first = start_consumer(redis_url, model_repository, tmp_path / "first.log", "worker-1", *options)
+    first.send_signal(signal.SIGKILL)  # as a supervisor sees it: the process died; restart the slot at once
+    first.wait(timeout=30)
+    killed = time.monotonic()
+    restarted = start_consumer(redis_url, model_repository, tmp_path / "restart.log", "worker-1", *options)
+    try:
+        log = (tmp_path / "restart.log").read_text()
+        # the dead holder stays silent: the restart starts once it has been for --claim-idle-ms (2-3 s here)
+        assert "watching it for up to" in log or time.monotonic() - killed >= 3, log
+        ids = consumer.produce(client, np.ones((2, FEATURES), np.float32))
+        runner.wait_until(lambda: len(consumer.read_results(client)) == 2, "scored", timeout_s=30)
+        assert [r["request"] for r in consumer.read_results(client)] == ids
+    finally:
+        status = stop_consumer(restarted)
+    assert status == 0, (tmp_path / "restart.log").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_takeover_name_starts_without_the_check(
+    client: Any, redis_url: str, model_repository: Path, tmp_path: Path
+) -> None:
+    options = ("--claim-idle-ms", "60000")  # without --takeover-name: refused at once, or a minute's watch
+    live = start_consumer(redis_url, model_repository, tmp_path / "live.log", "worker-1", *options)
+    try:
+        started = time.monotonic()
+        second = start_consumer(
+            redis_url, model_repository, tmp_path / "second.log", "worker-1", *options, "--takeover-name"
+        )
+        assert time.monotonic() - started < 30
+        assert "watching" not in (tmp_path / "second.log").read_text()
+        assert stop_consumer(second) == 0, (tmp_path / "second.log").read_text()
+    finally:
+        status = stop_consumer(live)
+    assert status == 0, (tmp_path / "live.log").read_text()

@@ -1,13 +1,25 @@
 """A small Django project that ranks products with two rankers, interleaved, and learns from clicks.
 
 The whole project (settings, URLs, views) fits in this module; ``run.py`` builds the rankers, serves the
-project over HTTP and plays users who click.
+project over HTTP and plays users who click (``run.py --asgi``: under uvicorn).
+
+Served by a WSGI server, the project routes to synchronous views; served by an ASGI server, to async views
+of the same URLs, which share the worker's event loop (docs/django.md). To serve it yourself::
+
+    python examples/django_recommend/run.py --build-rankers models/
+    export DJANGO_RECOMMEND_REPOSITORY=models/ DJANGO_SECRET_KEY=$(openssl rand -hex 32)
+    export DJANGO_RECOMMEND_SCORE_TOKEN=$(openssl rand -hex 32)   # optional: turns /score on (ASGI only)
+    uvicorn --factory --app-dir examples/django_recommend recommend:asgi_application --port 8000   # ASGI
+    gunicorn --chdir examples/django_recommend --threads 8 'recommend:wsgi_application()'           # WSGI
 
 Clicks decide which ranker wins, so they must not be forgeable: a page never says which ranker placed an
 item, and a click carries the page's ``click_token`` (the request id and the user, signed with SECRET_KEY),
 checked against the user who clicks. The user here is a query parameter (``current_user``), a stand-in for
 ``request.user`` behind your authentication. Bad input gets a 400 with a JSON ``error``; errors are logged
 to the console (``django.request``).
+
+Under ASGI, ``POST /score`` also answers ranker A's scores for products a trusted caller names (another
+service), through the event loop's batcher; it is off unless DJANGO_RECOMMEND_SCORE_TOKEN is set.
 """
 
 from __future__ import annotations
@@ -17,13 +29,22 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import django
 import numpy as np
 from django.conf import settings
 
+from inprocserve import web
+
 PRODUCTS = 40
 FEATURES = 6
+RANKER_WEIGHTS = {
+    1: [0.1, 0.2, 1.0, 0.3, 0.1, 0.4],
+    2: [-0.3, 1.0, 0.3, 0.2, 0.7, 0.0],
+}
+"""Ranker A (v1) weighs popularity; ranker B (v2) weighs rating and discount — closer to what the simulated
+users in run.py prefer."""
 
 
 def catalogue(seed: int = 0) -> np.ndarray:
@@ -32,16 +53,11 @@ def catalogue(seed: int = 0) -> np.ndarray:
 
 
 def build_rankers(repository: Path) -> None:
-    """Ranker A (v1) weighs popularity; ranker B (v2) weighs rating and discount — closer to what the
-    simulated users in run.py prefer. Each scores a [items, features] batch into [items, 1] scores."""
+    """The two rankers of RANKER_WEIGHTS. Each scores a [items, features] batch into [items, 1] scores."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = {
-        1: [0.1, 0.2, 1.0, 0.3, 0.1, 0.4],
-        2: [-0.3, 1.0, 0.3, 0.2, 0.7, 0.0],
-    }
-    for version, w in weights.items():
+    for version, w in RANKER_WEIGHTS.items():
         graph = helper.make_graph(
             [helper.make_node("MatMul", ["items", "w"], ["score"])],
             f"ranker{version}",
@@ -61,15 +77,30 @@ def build_rankers(repository: Path) -> None:
     )
 
 
-def configure(repository: Path, *, secret_key: str | None = None, debug: bool = False) -> None:
+def configure(
+    repository: Path,
+    *,
+    secret_key: str | None = None,
+    debug: bool = False,
+    asgi: bool = False,
+    score_token: str | None = None,
+) -> None:
     """Settings; the SECRET_KEY (it signs the click tokens) comes from ``secret_key`` or the environment
     variable DJANGO_SECRET_KEY. Only with ``debug`` does a missing key fall back to a random one per process
-    (click tokens then die with the process, and do not work across workers)."""
+    (click tokens then die with the process, and do not work across workers).
+
+    ``asgi`` routes to the async views (for an ASGI server; ``asgi_application()`` sets it). ``score_token``
+    (default: DJANGO_RECOMMEND_SCORE_TOKEN) turns on ``/score`` for callers that send it as a bearer token.
+    """
+    global urlpatterns  # Django reads it on the first request: each process serves one kind of server
     secret_key = secret_key or os.environ.get("DJANGO_SECRET_KEY")
     if not secret_key:
         if not debug:
             raise RuntimeError("set DJANGO_SECRET_KEY (e.g. $(openssl rand -hex 32)): it signs the click tokens")
         secret_key = secrets.token_hex(32)
+    score_token = score_token or os.environ.get("DJANGO_RECOMMEND_SCORE_TOKEN")
+    if (problem := web.token_problem(score_token)) is not None:
+        raise RuntimeError(f"DJANGO_RECOMMEND_SCORE_TOKEN {problem} (e.g. $(openssl rand -hex 32))")
     settings.configure(
         DEBUG=debug,
         SECRET_KEY=secret_key,
@@ -78,6 +109,7 @@ def configure(repository: Path, *, secret_key: str | None = None, debug: bool = 
         INSTALLED_APPS=["inprocserve_django"],
         MIDDLEWARE=["inprocserve_django.middleware.InprocserveMiddleware"],
         INPROCSERVE={"REPOSITORY": str(repository)},
+        RECOMMEND_SCORE_TOKEN=score_token,
         LOGGING={  # without it, a 500 under DEBUG=False leaves no trace anywhere
             "version": 1,
             "disable_existing_loggers": False,
@@ -85,24 +117,67 @@ def configure(repository: Path, *, secret_key: str | None = None, debug: bool = 
             "loggers": {"django.request": {"handlers": ["console"], "level": "WARNING"}},
         },
     )
+    urlpatterns = ASGI_URLPATTERNS if asgi else WSGI_URLPATTERNS
     django.setup()
+
+
+def asgi_application() -> Any:
+    """The application for an ASGI server: ``uvicorn --factory recommend:asgi_application``. Settings come
+    from the environment (DJANGO_RECOMMEND_REPOSITORY, DJANGO_SECRET_KEY, DJANGO_RECOMMEND_SCORE_TOKEN)
+    unless ``configure(..., asgi=True)`` ran first."""
+    _configure_from_environment(asgi=True)
+    from django.core.asgi import get_asgi_application
+
+    return get_asgi_application()
+
+
+def wsgi_application() -> Any:
+    """The application for a WSGI server: ``gunicorn 'recommend:wsgi_application()'``; settings as for
+    :func:`asgi_application`."""
+    _configure_from_environment(asgi=False)
+    from django.core.wsgi import get_wsgi_application
+
+    return get_wsgi_application()
+
+
+def _configure_from_environment(*, asgi: bool) -> None:
+    if settings.configured:
+        if (urlpatterns is ASGI_URLPATTERNS) != asgi:
+            kind = "an ASGI" if asgi else "a WSGI"
+            raise RuntimeError(f"configure(..., asgi={asgi}) before serving the project with {kind} server")
+        return
+    repository = os.environ.get("DJANGO_RECOMMEND_REPOSITORY")
+    if not repository:
+        raise RuntimeError(
+            "set DJANGO_RECOMMEND_REPOSITORY to the model repository "
+            "(python examples/django_recommend/run.py --build-rankers models/ makes one)"
+        )
+    configure(Path(repository), asgi=asgi)
 
 
 # -- views --------------------------------------------------------------------------------------------------
 
+from asgiref.sync import sync_to_async  # noqa: E402
 from django.core import signing  # noqa: E402
 from django.http import HttpRequest, JsonResponse  # noqa: E402
-from django.urls import include, path  # noqa: E402
+from django.urls import URLPattern, URLResolver, include, path  # noqa: E402
 from django.views.decorators.csrf import csrf_exempt  # noqa: E402
 from django.views.decorators.http import require_GET, require_POST  # noqa: E402
-from inprocserve_django import get_server  # noqa: E402
+from inprocserve_django import aget_server, apredict, get_server  # noqa: E402
+
+import inprocserve  # noqa: E402
 
 ITEMS = catalogue()
 CANDIDATES = 15
 """Products drawn per user; a page shows 1 to CANDIDATES of them."""
 CLICK_SALT = "recommend.click"
 CLICK_MAX_AGE_S = 3600  # the library remembers an interleaving for an hour
-MAX_CLICK_BODY = 4096
+MAX_BODY = 4096
+"""The largest body of a click or a /score request."""
+SCORE_RANKER = 1
+"""/score answers with ranker A, the one the site ranked with before the experiment."""
+CLICK_SHAPE = 'expected a JSON object {"click_token": str, "position": int}'
+SCORE_SHAPE = f'expected a JSON object {{"products": [1 to {PRODUCTS} product ids, each from 0 to {PRODUCTS - 1}]}}'
 
 
 def bad_request(message: str) -> JsonResponse:
@@ -114,21 +189,104 @@ def current_user(request: HttpRequest) -> str:
     return request.GET.get("user", "anonymous")
 
 
-@require_GET
-def rank(request: HttpRequest) -> JsonResponse:
-    """The top products for a page: the user's candidates (a stand-in for candidate generation: 15
-    products drawn per user), ranked by ranker A and ranker B, interleaved. Which ranker placed which
-    item stays on the server: a page that said so would let a script click for the ranker it favours."""
+class Page(NamedTuple):
+    """A checked page request: who asks, how many products, and the user's candidates."""
+
+    user: str
+    size: int
+    candidates: np.ndarray
+
+
+def page_request(request: HttpRequest) -> Page | JsonResponse:
+    """The page a ``/rank`` request asks for, or the 400 to answer. The user's candidates stand in for
+    candidate generation: 15 products drawn per user."""
     size = request.GET.get("size", "8")
     if not size.isdigit() or not 1 <= int(size) <= CANDIDATES:
         return bad_request(f"size must be a whole number from 1 to {CANDIDATES}")
     user = current_user(request)
     seed = int.from_bytes(hashlib.blake2b(user.encode(), digest_size=4).digest(), "big")  # stable per user
     candidates = np.random.default_rng(seed).choice(PRODUCTS, size=CANDIDATES, replace=False)
-    ranked = get_server().interleave("ranker", {"items": ITEMS[candidates]}, length=int(size))
-    token = signing.dumps({"request_id": ranked.request_id, "user": user}, salt=CLICK_SALT)
-    products = [int(candidates[i]) for i in ranked.order]
+    return Page(user, int(size), candidates)
+
+
+def page_answer(page: Page, ranked: inprocserve.InterleavedRanking) -> JsonResponse:
+    """Which ranker placed which item stays on the server: a page that said so would let a script click
+    for the ranker it favours."""
+    token = signing.dumps({"request_id": ranked.request_id, "user": page.user}, salt=CLICK_SALT)
+    products = [int(page.candidates[i]) for i in ranked.order]
     return JsonResponse({"click_token": token, "products": products, "positions": ranked.order})
+
+
+class BadInput(ValueError):
+    """The request's input is wrong: answered with a 400 whose ``error`` is this message."""
+
+
+def json_body(request: HttpRequest, shape: str) -> Any:
+    """The request's JSON body.
+
+    Raises:
+        BadInput: the body is over MAX_BODY bytes, or not JSON (the message is then ``shape``).
+    """
+    if len(request.body) > MAX_BODY:
+        raise BadInput(f"the body is over {MAX_BODY} bytes")
+    try:  # RecursionError too: deeply nested JSON exhausts the parser's stack
+        return json.loads(request.body)
+    except (ValueError, RecursionError):
+        raise BadInput(shape) from None
+
+
+def click_request(request: HttpRequest) -> tuple[str, int] | JsonResponse:
+    """The page's request id and the position clicked, or the 400/403 to answer."""
+    try:
+        body = json_body(request, CLICK_SHAPE)
+    except BadInput as exc:
+        return bad_request(str(exc))
+    token, position = (body.get("click_token"), body.get("position")) if isinstance(body, dict) else (None, None)
+    if not isinstance(token, str) or isinstance(position, bool) or not isinstance(position, int):
+        return bad_request(CLICK_SHAPE)
+    try:
+        page = signing.loads(token, salt=CLICK_SALT, max_age=CLICK_MAX_AGE_S)
+    except signing.BadSignature:  # forged, altered or expired (SignatureExpired is one)
+        return JsonResponse({"error": "invalid or expired click_token"}, status=403)
+    if page["user"] != current_user(request):
+        return JsonResponse({"error": "this page was shown to another user"}, status=403)
+    return page["request_id"], position
+
+
+def score_request(request: HttpRequest) -> list[int]:
+    """The product ids a ``/score`` request names.
+
+    Raises:
+        BadInput: anything but a JSON object {"products": [1 to PRODUCTS ids]} of at most MAX_BODY bytes.
+    """
+    body = json_body(request, SCORE_SHAPE)
+    products = body.get("products") if isinstance(body, dict) else None
+    if (
+        not isinstance(products, list)
+        or not 1 <= len(products) <= PRODUCTS
+        or not all(type(product) is int and 0 <= product < PRODUCTS for product in products)  # (not bools)
+    ):
+        raise BadInput(SCORE_SHAPE)
+    return products
+
+
+def click_answer(team: str | None) -> JsonResponse:
+    if team is None:
+        return JsonResponse({"error": "position is not on this page, or the page is forgotten"}, status=404)
+    return JsonResponse({"recorded": True})  # not which ranker: that would tell a script whom to click for
+
+
+# -- synchronous views (WSGI) --------------------------------------------------------------------------------
+
+
+@require_GET
+def rank(request: HttpRequest) -> JsonResponse:
+    """The top products for a page: the user's candidates, ranked by ranker A and ranker B, interleaved."""
+    page = page_request(request)
+    if isinstance(page, JsonResponse):
+        return page
+    ranked = get_server().interleave("ranker", {"items": ITEMS[page.candidates]}, length=page.size)
+    return page_answer(page, ranked)
 
 
 @csrf_exempt  # an API called by scripts; the signed token, not a cookie, ties a click to its page
@@ -136,37 +294,82 @@ def rank(request: HttpRequest) -> JsonResponse:
 def click(request: HttpRequest) -> JsonResponse:
     """A click on a page: {"click_token": <from /rank>, "position": <one of the page's positions>}, by the
     user the page was made for."""
-    if len(request.body) > MAX_CLICK_BODY:
-        return bad_request(f"the body is over {MAX_CLICK_BODY} bytes")
-    try:  # RecursionError too: deeply nested JSON exhausts the parser's stack
-        body = json.loads(request.body)
-    except (ValueError, RecursionError):
-        return bad_request('expected a JSON object {"click_token": str, "position": int}')
-    token, position = (body.get("click_token"), body.get("position")) if isinstance(body, dict) else (None, None)
-    if not isinstance(token, str) or isinstance(position, bool) or not isinstance(position, int):
-        return bad_request('expected a JSON object {"click_token": str, "position": int}')
-    try:
-        page = signing.loads(token, salt=CLICK_SALT, max_age=CLICK_MAX_AGE_S)
-    except signing.BadSignature:  # forged, altered or expired (SignatureExpired is one)
-        return JsonResponse({"error": "invalid or expired click_token"}, status=403)
-    if page["user"] != current_user(request):
-        return JsonResponse({"error": "this page was shown to another user"}, status=403)
-    team = get_server().record_click(page["request_id"], position, model="ranker")
-    if team is None:
-        return JsonResponse({"error": "position is not on this page, or the page is forgotten"}, status=404)
-    return JsonResponse({"recorded": True})  # not which ranker: that would tell a script whom to click for
+    checked = click_request(request)
+    if isinstance(checked, JsonResponse):
+        return checked
+    request_id, position = checked
+    return click_answer(get_server().record_click(request_id, position, model="ranker"))
 
 
 def stats(request: HttpRequest) -> JsonResponse:
     return JsonResponse(get_server().status()["models"]["ranker"]["rollout"]["interleaving"] or {})
 
 
-urlpatterns = [
-    path("rank", rank),
-    path("click", click),
+# -- async views (ASGI; Django 5.0 or later: csrf_exempt and require_* wrap async views since 5.0) -----------
+#
+# `interleave` and `record_click` have no async variants, and block (interleave until both rankers have
+# answered; record_click on the lock it shares with the threads interleaving): they run on a worker thread
+# through sync_to_async, so that the event loop keeps serving meanwhile. thread_sensitive=False because both
+# are thread-safe: Django's default (True) would run every such call of the process on one thread, one at a
+# time, and concurrent pages could never share a batch.
+
+
+@require_GET
+async def arank(request: HttpRequest) -> JsonResponse:
+    """``rank`` for an ASGI server."""
+    page = page_request(request)
+    if isinstance(page, JsonResponse):
+        return page
+    server = await aget_server()  # built on a worker thread the first time: loading models takes a while
+    interleave = sync_to_async(server.interleave, thread_sensitive=False)
+    ranked = await interleave("ranker", {"items": ITEMS[page.candidates]}, length=page.size)
+    return page_answer(page, ranked)
+
+
+@csrf_exempt  # as for click
+@require_POST
+async def aclick(request: HttpRequest) -> JsonResponse:
+    """``click`` for an ASGI server (the ASGI handler has read the body before the view runs)."""
+    checked = click_request(request)
+    if isinstance(checked, JsonResponse):
+        return checked
+    request_id, position = checked
+    server = await aget_server()
+    record_click = sync_to_async(server.record_click, thread_sensitive=False)
+    return click_answer(await record_click(request_id, position, model="ranker"))
+
+
+@csrf_exempt  # a service-to-service API: the bearer token, not a cookie, authenticates the caller
+@require_POST
+async def score(request: HttpRequest) -> JsonResponse:
+    """Ranker A's score of each product a trusted caller names (a service that ranks search results or an
+    e-mail with the production ranker): ``{"products": [3, 17, 5]}`` with ``Authorization: Bearer <token>``
+    -> ``{"scores": [...], "version": 1}``.
+
+    Scored with ``apredict`` on the event loop, so concurrent requests of the worker share batches. Behind a
+    token because ranker A's scores, set beside a page, would tell a script which items ranker A placed there,
+    and so whom to click for.
+    """
+    token = settings.RECOMMEND_SCORE_TOKEN
+    if not token:
+        return JsonResponse({"error": "/score is off: set DJANGO_RECOMMEND_SCORE_TOKEN"}, status=404)
+    if not web.check_token(request.headers.get("Authorization"), token):
+        response = JsonResponse({"error": "send Authorization: Bearer <DJANGO_RECOMMEND_SCORE_TOKEN>"}, status=401)
+        response["WWW-Authenticate"] = "Bearer"
+        return response
+    try:
+        products = score_request(request)
+    except BadInput as exc:
+        return bad_request(str(exc))
+    result = await apredict(request, "ranker", {"items": ITEMS[products]}, version=SCORE_RANKER)
+    return JsonResponse({"scores": result["score"][:, 0].tolist(), "version": result.version})
+
+
+COMMON_URLPATTERNS: list[URLPattern | URLResolver] = [
     path("stats", stats),
     path("-/inprocserve/", include("inprocserve_django.urls")),
 ]
-
-if os.environ.get("DJANGO_RECOMMEND_REPOSITORY") and not settings.configured:  # under a WSGI/ASGI server
-    configure(Path(os.environ["DJANGO_RECOMMEND_REPOSITORY"]))
+WSGI_URLPATTERNS = [path("rank", rank), path("click", click), *COMMON_URLPATTERNS]
+ASGI_URLPATTERNS = [path("rank", arank), path("click", aclick), path("score", score), *COMMON_URLPATTERNS]
+urlpatterns = WSGI_URLPATTERNS
+"""What Django routes: ``configure(..., asgi=True)`` replaces it with ASGI_URLPATTERNS."""

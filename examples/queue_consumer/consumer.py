@@ -33,7 +33,9 @@ Consumer names must be unique among the live consumers of the group: a consumer 
 messages its name still holds, so two live consumers sharing a name would score the same messages twice.
 The default, ``<hostname>-<pid>``, is unique per container (the pid alone is 1 in every container); set
 ``--name`` to a stable per-slot name (a StatefulSet pod name, ``worker-1``) so that a restarted worker
-finishes what it held.
+finishes what it held. At start-up a consumer refuses a name that a live consumer uses (exit status 2;
+``check_name_free``); the restart of a consumer that died waits until its previous life has been silent for
+``claim_idle_ms`` (``--takeover-name`` skips the check).
 
 Run ``python consumer.py --help``; ``run.py`` beside this file shows the whole thing with a killed worker.
 """
@@ -65,7 +67,9 @@ __all__ = [
     "RESULTS",
     "Consumer",
     "ConsumerConfig",
+    "NameInUseError",
     "OutageError",
+    "check_name_free",
     "ensure_group",
     "produce",
     "read_results",
@@ -90,6 +94,10 @@ their original fields, for the dead-letter stream."""
 
 class OutageError(RuntimeError):
     """Scoring failed for every message for longer than ``max_outage_s``; the batch is left pending."""
+
+
+class NameInUseError(RuntimeError):
+    """A live consumer of the group already uses this consumer's name."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,6 +138,82 @@ def ensure_group(client: redis.Redis, *, stream: str = REQUESTS, group: str = GR
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def check_name_free(
+    client: redis.Redis,
+    name: str,
+    *,
+    claim_idle_ms: int,
+    stream: str = REQUESTS,
+    group: str = GROUP,
+    poll_s: float = 0.05,
+    stop: threading.Event | None = None,
+) -> None:
+    """Return once no live consumer of the group is named ``name``; raise ``NameInUseError`` if one is.
+
+    Redis keeps each consumer's ``idle`` time (XINFO CONSUMERS), which its reads and claims reset. A live
+    ``Consumer`` resets it at least every ``block_ms`` while the queue is idle (see ``_next_batch``), after
+    every batch, and every ``claim_idle_ms / 2`` while it backs off; a batch takes less than
+    ``claim_idle_ms`` (``ConsumerConfig``). So a consumer of that name that is missing, or idle for
+    ``claim_idle_ms`` or more, is gone (peers take over its messages then anyway); one idle for less is
+    watched until it resets its idle time (it is live: refused) or stays silent up to ``claim_idle_ms`` (it
+    died, e.g. SIGKILLed, and this is its restart: return). A live consumer is refused within about
+    ``block_ms`` when the queue is idle, after its batch when it is busy; a restart waits at most
+    ``claim_idle_ms`` after its previous life's last read. Returns at once when ``stop`` is set.
+
+    Raises:
+        NameInUseError: a consumer named ``name`` read or claimed while this one watched.
+    """
+    observed = _idle_of(client, name, stream, group)
+    if observed is None or observed[1] >= claim_idle_ms:
+        return
+    now_ms, first_idle_ms = observed
+    last_seen_ms = now_ms - first_idle_ms  # on Redis's clock: its TIME, read with the idle time
+    wait_s = (claim_idle_ms - first_idle_ms) / 1000
+    logger.info(
+        "%s: a consumer with this name read %d ms ago; watching it for up to %.1f s before starting (a live "
+        "one reads again meanwhile; --takeover-name skips this)", name, first_idle_ms, wait_s,
+    )  # fmt: skip
+    deadline = time.monotonic() + wait_s
+    stop = stop if stop is not None else threading.Event()
+    while not stop.wait(min(poll_s, max(0.0, deadline - time.monotonic()))):
+        observed = _idle_of(client, name, stream, group)
+        if observed is None:  # deleted meanwhile (XGROUP DELCONSUMER)
+            return
+        now_ms, idle_ms = observed
+        if now_ms - idle_ms > last_seen_ms + _SEEN_TOLERANCE_MS:
+            raise NameInUseError(
+                f"consumer name {name!r} is in use: a live consumer of group {group!r} on {stream!r} with that "
+                f"name read or claimed {idle_ms} ms ago (and {first_idle_ms} ms before this one began watching "
+                "it). Names must be unique among live consumers (two would score the same messages twice): "
+                "pick another --name, or stop the other consumer first; if you know that it is gone, start "
+                "with --takeover-name"
+            )
+        if time.monotonic() >= deadline:
+            return
+
+
+_SEEN_TOLERANCE_MS = 5
+"""How far two readings of one silent consumer's last-seen time may differ (Redis rounds idle times to ms)."""
+
+
+def _idle_of(client: redis.Redis, name: str, stream: str, group: str) -> tuple[float, int] | None:
+    """Redis's clock (ms) and the idle time (ms) of consumer ``name``, read in one transaction; None when the
+    stream, the group or the consumer does not exist."""
+    pipe = client.pipeline(transaction=True)
+    pipe.time()
+    pipe.xinfo_consumers(stream, group)
+    try:
+        (seconds, microseconds), consumers = pipe.execute()
+    except redis.ResponseError as exc:
+        if "NOGROUP" in str(exc) or "no such key" in str(exc):  # not created yet: nobody holds the name
+            return None
+        raise
+    for consumer in consumers:
+        if consumer["name"] == name:
+            return seconds * 1000 + microseconds / 1000, int(consumer["idle"])
+    return None
 
 
 def produce(client: redis.Redis, rows: np.ndarray, *, stream: str = REQUESTS) -> list[str]:
@@ -280,6 +364,11 @@ class Consumer:
         reply = self.client.xreadgroup(
             GROUP, config.name, {REQUESTS: ">"}, count=config.batch_size, block=config.block_ms
         )
+        if not reply:
+            # Idle: re-read this consumer's own pending list first next time. It is empty by now, but reading
+            # it resets this consumer's idle time in XINFO CONSUMERS, which check_name_free watches; before
+            # Redis 7.2 a poll that reads nothing does not.
+            self._own_pending_done = False
         return (reply[0][1] if reply else []), "new"
 
     def _deliveries(self, ids: Sequence[str]) -> dict[str, int]:
@@ -405,8 +494,9 @@ def default_name() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 stopped by SIGTERM/SIGINT, 2 bad arguments or the model is not served, 3 scoring
-    failed for every message for ``--max-outage-s`` (restart it; nothing was acknowledged)."""
+    """Exit status: 0 stopped by SIGTERM/SIGINT, 2 bad arguments, the model is not served, or a live
+    consumer uses ``--name``; 3 scoring failed for every message for ``--max-outage-s`` (restart it; nothing
+    was acknowledged)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL"),
@@ -425,6 +515,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--max-deliveries", type=int, default=5)
     parser.add_argument("--max-outage-s", type=float, default=300.0, help="exit 3 after failing this long")
+    parser.add_argument(
+        "--takeover-name", action="store_true",
+        help="start without checking that no live consumer uses --name (which otherwise exits with status 2, "
+        "or waits up to --claim-idle-ms for a consumer of that name that was reading just now and stopped): "
+        "for a supervisor that restarts a slot and knows its previous process is gone",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not args.redis_url:
         parser.error("give --redis-url or set REDIS_URL")
@@ -446,11 +542,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                          ", ".join(sorted(server.models)) or "none")  # fmt: skip
             return 2
         client = redis.Redis.from_url(args.redis_url, decode_responses=True)
-        ensure_group(client)
-        consumer = Consumer(client, server, config, stop)
-        print(f"{args.name} ready", flush=True)
         try:
+            ensure_group(client)
+            if not args.takeover_name:
+                check_name_free(client, args.name, claim_idle_ms=args.claim_idle_ms, stop=stop)
+            consumer = Consumer(client, server, config, stop)
+            print(f"{args.name} ready", flush=True)
             consumer.run()
+        except NameInUseError as exc:  # before anything was read under the name
+            logger.error("%s", exc)
+            return 2
         except OutageError as exc:
             logger.error("%s; exiting", exc)
             return 3

@@ -68,18 +68,23 @@ class Drill:
         self.ids += produce(self.client, rows)
         self.rows += list(rows)
 
-    def start(self, name: str) -> None:
-        """Start consumer ``name`` and wait until it has loaded its model."""
+    def start(self, name: str, *options: str) -> None:
+        """Start consumer ``name`` (with more command-line ``options``) and wait until it is ready: its model
+        loaded, its name checked (a restart after a kill waits up to ``claim_idle_ms`` there)."""
         log = self.logs / f"{name}.log"
         command = [sys.executable, str(HERE / "consumer.py"), "--repository", str(self.repository), "--model",
                    self.model, "--name", name, "--batch-size", str(self.batch_size), "--claim-idle-ms",
-                   str(self.claim_idle_ms)]  # fmt: skip
+                   str(self.claim_idle_ms), *options]  # fmt: skip
         env = {**os.environ, "REDIS_URL": self.url}  # not on the command line: a password there shows in ps
         with log.open("wb") as out:  # a file, not a pipe nobody reads: a full pipe would stall the consumer
             self.processes[name] = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
             )
-        wait_until(lambda: f"{name} ready".encode() in log.read_bytes(), f"{name} started", timeout_s=120)
+        process = self.processes[name]
+        ready = f"{name} ready".encode()
+        wait_until(lambda: ready in log.read_bytes() or process.poll() is not None, f"{name} started", timeout_s=120)
+        if ready not in log.read_bytes():
+            raise RuntimeError(f"consumer {name} exited with status {process.returncode}:\n{log.read_text()[-2000:]}")
 
     def kill_victim_mid_batch(self, name: str, more_rows: Callable[[], np.ndarray], *, attempts: int = 5) -> set[str]:
         """Queue more rows, SIGKILL ``name`` once another 100 results are in; return the ids it held.
