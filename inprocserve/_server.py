@@ -23,7 +23,7 @@ from opentelemetry.trace import INVALID_SPAN
 from . import _fork
 from ._batching import VersionRetiredError
 from ._config import ModelConfig
-from ._config_checks import check_int, is_number
+from ._config_checks import is_number
 from ._control import ControlFile
 from ._deadlines import check_timeout
 from ._drift import DriftScorer
@@ -51,7 +51,7 @@ from ._scoring import plan_for_version, score
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, ShadowComparison, ShadowRunner
 from ._snapshot import gauge_source, server_status
 from ._telemetry import METRICS, start_request_span
-from .web import Readiness, readiness
+from .web import Readiness, readiness, shadow_setting_problem
 
 __all__ = ["Server"]
 
@@ -119,8 +119,15 @@ class Server(RolloutMethods):
         for name, seconds in (("control_interval_s", control_interval_s), ("poll_interval_s", poll_interval_s)):
             if seconds is not None and not (is_number(seconds) and seconds > 0):  # (NaN fails > too)
                 raise ConfigurationError(f"{name} must be > 0 (seconds) or None, got {seconds!r}")
-        check_int("shadow_queue", shadow_queue, 1)
-        check_int("shadow_queue_bytes", shadow_queue_bytes, 1, None)
+        shadows = {
+            "shadow_budget": shadow_budget,
+            "shadow_queue": shadow_queue,
+            "shadow_queue_bytes": shadow_queue_bytes,
+        }
+        for argument, value in {**shadows, "on_shadow": on_shadow}.items():
+            problem = shadow_setting_problem(argument, value)
+            if problem is not None:
+                raise ConfigurationError(f"{argument} {problem}")
         if poll_interval_s is not None and repository is None:
             raise ConfigurationError("poll_interval_s needs a repository to poll")
         if flags is not None and not isinstance(flags, FlagProvider):

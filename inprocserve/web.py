@@ -10,6 +10,8 @@ each turns the typed results below into its framework's responses.
 * :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
 * :func:`environ_key`: where a request header is in a WSGI environ (and Django's ``request.META``).
 * :class:`ProcessLocalServer`: one lazily built server per process, rebuilt in a forked child.
+* :data:`SHADOW_SETTINGS`, :func:`shadow_setting_problem`: the server's shadow arguments, their defaults
+  and their checks, for settings read at start-up while the server is built later in each worker.
 
 ::
 
@@ -34,6 +36,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _fork
+from ._config_checks import check_int, is_number
 from ._control import validate_percent
 from ._errors import (
     ConfigurationError,
@@ -46,6 +49,7 @@ from ._errors import (
     RemoteUnavailableError,
     ServerClosedError,
 )
+from ._shadow import DEFAULT_MAX_QUEUED_BYTES
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -57,6 +61,7 @@ __all__ = [
     "ErrorAnswer",
     "ProcessLocalServer",
     "Readiness",
+    "SHADOW_SETTINGS",
     "admin_answer",
     "check_token",
     "environ_key",
@@ -66,8 +71,39 @@ __all__ = [
     "readiness",
     "retry_after",
     "run_admin_action",
+    "shadow_setting_problem",
     "token_problem",
 ]
+
+# -- shadow settings --------------------------------------------------------------------------------------
+
+SHADOW_SETTINGS: Mapping[str, Any] = MappingProxyType(
+    {"shadow_budget": 0.02, "shadow_queue": 256, "shadow_queue_bytes": DEFAULT_MAX_QUEUED_BYTES, "on_shadow": None}
+)
+"""The shadow arguments of :class:`~inprocserve.Server` and their defaults (docs/rollouts.md, "Shadow
+traffic"), for an integration's settings."""
+
+
+def shadow_setting_problem(argument: str, value: object) -> str | None:
+    """What ``Server`` would refuse in ``value`` for its shadow argument ``argument`` (a key of
+    :data:`SHADOW_SETTINGS`), as "must be ..., got ..."; ``None`` if it is fine. An integration that builds
+    its server lazily in each worker calls this at start-up, so a bad setting fails there, once."""
+    if argument == "on_shadow":
+        return None if value is None or callable(value) else f"must be a callable or None, got {value!r}"
+    if argument == "shadow_budget":  # (NaN fails the comparison too)
+        return None if is_number(value) and 0 < value <= 1 else f"must be a share of time in (0, 1], got {value!r}"  # type: ignore[operator]
+    check: dict[str, Callable[[], None]] = {
+        "shadow_queue": lambda: check_int(argument, value, 1),
+        "shadow_queue_bytes": lambda: check_int(argument, value, 1, None),
+    }
+    if argument not in check:
+        raise ValueError(f"{argument!r} is not a shadow setting; one of {sorted(SHADOW_SETTINGS)}")
+    try:
+        check[argument]()
+    except ConfigurationError as exc:
+        return str(exc).removeprefix(f"{argument} ")
+    return None
+
 
 # -- readiness -------------------------------------------------------------------------------------------
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 import inprocserve
 from inprocserve import v2, web
@@ -127,4 +129,51 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="inprocserve.E007",
             )
         )
+    messages.extend(_shadow_errors(config))
     return messages
+
+
+# each shadow key's hint: what it is for
+_SHADOW_HINTS = {
+    "SHADOW_BUDGET": "The largest share of wall-clock time shadow runs may take, such as 0.02 (the default: "
+    "20 ms a second); 1.0 runs every shadow copy an idle session accepts.",
+    "SHADOW_QUEUE": "The shadow copies that may wait for the shadow thread, such as 256 (the default).",
+    "SHADOW_QUEUE_BYTES": "The bytes the waiting shadow copies may hold together, such as "
+    f"{web.SHADOW_SETTINGS['shadow_queue_bytes']} (32 MiB, the default); a request whose copy would take more "
+    "than a quarter of it is not shadowed.",
+}
+
+
+def _shadow_errors(config: Mapping[str, Any]) -> list[Error]:
+    """inprocserve.E011: shadow settings ``Server`` would refuse (or, for ``ON_SHADOW``, fail on) in each
+    worker's first request, reported at start-up instead."""
+    errors: list[Error] = []
+    for key, hint in _SHADOW_HINTS.items():
+        problem = web.shadow_setting_problem(key.lower(), config[key])
+        if problem is not None:
+            errors.append(Error(f"INPROCSERVE['{key}'] {problem}.", hint=hint, id="inprocserve.E011"))
+    problem = _on_shadow_problem(config["ON_SHADOW"])
+    if problem is not None:
+        errors.append(
+            Error(
+                f"INPROCSERVE['ON_SHADOW'] {problem}.",
+                hint="Set it to a callable taking an inprocserve.ShadowComparison (called on the shadow thread), "
+                "its dotted import path such as 'myproject.shadows.record', or None.",
+                id="inprocserve.E011",
+            )
+        )
+    return errors
+
+
+def _on_shadow_problem(value: object) -> str | None:
+    if isinstance(value, str):
+        path = value
+        try:
+            value = import_string(path)
+        except Exception as exc:  # (importing the user's module may raise anything)
+            return f"is {path!r}, which does not import: {type(exc).__name__}: {exc}"
+        if not callable(value):
+            return f"is {path!r}, which is not callable but {type(value).__name__}"
+    elif value is not None and not callable(value):
+        return f"is not a callable, a dotted path to one, or None, but {value!r}"
+    return None

@@ -7,6 +7,8 @@ from typing import Any
 
 from django.conf import settings as django_settings
 
+from inprocserve import web
+
 DEFAULTS: dict[str, Any] = {
     "REPOSITORY": None,  # folder of <model>/<version>/model.onnx
     "CONFIG": None,  # inprocserve.ModelConfig: defaults for every model
@@ -27,6 +29,11 @@ DEFAULTS: dict[str, Any] = {
     "STATUS_PAGE_TOKEN": None,  # a long random string; send it as a Bearer token or Basic password
     "V2_PROTOCOL": False,  # serve the Open Inference Protocol (include inprocserve_django.v2_urls)
     "V2_LIMITS": None,  # an inprocserve.v2.Limits: caps on protocol requests
+    # the server's shadow arguments and defaults (docs/rollouts.md, "Shadow traffic")
+    "SHADOW_BUDGET": web.SHADOW_SETTINGS["shadow_budget"],  # share of wall-clock time, in (0, 1]
+    "SHADOW_QUEUE": web.SHADOW_SETTINGS["shadow_queue"],  # copies waiting for the shadow thread
+    "SHADOW_QUEUE_BYTES": web.SHADOW_SETTINGS["shadow_queue_bytes"],  # bytes they may hold
+    "ON_SHADOW": web.SHADOW_SETTINGS["on_shadow"],  # callable(ShadowComparison) or its dotted path
 }
 
 

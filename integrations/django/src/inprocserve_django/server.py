@@ -10,6 +10,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
+from django.utils.module_loading import import_string
 
 import inprocserve
 from inprocserve import web
@@ -19,6 +20,9 @@ from .conf import settings
 
 def _build() -> inprocserve.Server:
     config = settings()
+    on_shadow = config["ON_SHADOW"]
+    if isinstance(on_shadow, str):  # a dotted path, as settings often hold (system check E011 tries it first)
+        on_shadow = import_string(on_shadow)
     return inprocserve.Server(
         config["REPOSITORY"],
         config=config["CONFIG"],
@@ -28,6 +32,10 @@ def _build() -> inprocserve.Server:
         poll_interval_s=config["POLL_INTERVAL_S"],
         control_interval_s=config["CONTROL_INTERVAL_S"],
         follow_symlinks=config["FOLLOW_SYMLINKS"],
+        shadow_budget=config["SHADOW_BUDGET"],
+        shadow_queue=config["SHADOW_QUEUE"],
+        shadow_queue_bytes=config["SHADOW_QUEUE_BYTES"],
+        on_shadow=on_shadow,
     )
 
 

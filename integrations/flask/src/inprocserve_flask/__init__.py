@@ -62,6 +62,11 @@ DEFAULTS: dict[str, Any] = {
     "INPROCSERVE_TIMEOUT_S": None,  # default budget of a view
     "INPROCSERVE_V2_PROTOCOL": False,  # serve the Open Inference Protocol at /v2 (docs/protocol.md)
     "INPROCSERVE_V2_LIMITS": None,  # an inprocserve.v2.Limits: caps on protocol requests
+    # the server's shadow arguments and defaults (docs/rollouts.md, "Shadow traffic")
+    "INPROCSERVE_SHADOW_BUDGET": web.SHADOW_SETTINGS["shadow_budget"],  # share of wall-clock time, in (0, 1]
+    "INPROCSERVE_SHADOW_QUEUE": web.SHADOW_SETTINGS["shadow_queue"],  # copies waiting for the shadow thread
+    "INPROCSERVE_SHADOW_QUEUE_BYTES": web.SHADOW_SETTINGS["shadow_queue_bytes"],  # bytes they may hold
+    "INPROCSERVE_ON_SHADOW": web.SHADOW_SETTINGS["on_shadow"],  # callable(ShadowComparison), on the shadow thread
 }
 
 # (in the request's WSGI environ, read with the headers: when the view's budget ends, when the request began)
@@ -114,6 +119,10 @@ class _State:
             poll_interval_s=config["INPROCSERVE_POLL_INTERVAL_S"],
             control_interval_s=config["INPROCSERVE_CONTROL_INTERVAL_S"],
             follow_symlinks=config["INPROCSERVE_FOLLOW_SYMLINKS"],
+            shadow_budget=config["INPROCSERVE_SHADOW_BUDGET"],
+            shadow_queue=config["INPROCSERVE_SHADOW_QUEUE"],
+            shadow_queue_bytes=config["INPROCSERVE_SHADOW_QUEUE_BYTES"],
+            on_shadow=config["INPROCSERVE_ON_SHADOW"],
         )
 
     def close(self) -> None:
@@ -144,6 +153,7 @@ class Inprocserve:
                 raise inprocserve.ConfigurationError(
                     f"{key} {problem}; use a long random string such as secrets.token_urlsafe(32)"
                 )
+        _check_shadow_settings(app.config)
         state = _State(app)
         app.extensions[_EXTENSION] = state
         app.before_request(_note_start)  # the deadline header's budget counts from here
@@ -183,6 +193,20 @@ class Inprocserve:
         state = app.extensions.get(_EXTENSION)
         if state is not None:
             state.close()
+
+
+def _check_shadow_settings(config: Mapping[str, Any]) -> None:
+    """Refuse bad shadow settings at ``init_app``. ``Server`` checks them too, but it is built lazily in each
+    worker: a bad value would fail the first request of every worker instead of the start-up.
+
+    Raises:
+        inprocserve.ConfigurationError: naming the key and what it must be.
+    """
+    for argument in web.SHADOW_SETTINGS:
+        key = f"INPROCSERVE_{argument.upper()}"
+        problem = web.shadow_setting_problem(argument, config[key])
+        if problem is not None:
+            raise inprocserve.ConfigurationError(f"{key} {problem}")
 
 
 def _state() -> _State:
