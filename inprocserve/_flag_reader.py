@@ -73,7 +73,7 @@ class FlagReader:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not (is_number(timeout_s) and timeout_s > 0):  # (NaN fails > too)
-            raise ConfigurationError(f"flag_timeout_s must be > 0, got {timeout_s}")
+            raise ConfigurationError(f"flag_timeout_s must be > 0, got {timeout_s!r}")
         if max_workers < 1 or max_queued < 0:
             raise ConfigurationError(f"max_workers must be >= 1 and max_queued >= 0, got {max_workers}, {max_queued}")
         self.provider = provider

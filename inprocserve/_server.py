@@ -94,7 +94,8 @@ class Server(RolloutMethods):
         clock: A monotonic clock (tests may step a manual one).
 
     Raises:
-        ConfigurationError: the repository is not a folder, or a ``config.toml`` is invalid.
+        ConfigurationError: the repository is not a folder, a ``config.toml`` is invalid, or an argument is
+            out of its range or of the wrong kind (``shadow_queue=0``, a string for a number, NaN).
         ModelLoadError: a model could not be loaded at start-up (``strict=True`` only).
     """
 

@@ -342,6 +342,16 @@ def test_a_remembered_interleaving_is_compact() -> None:
     first = mixed[0]
     assert router.record_click("q0", first.order[3]) == first.teams[3]
     assert router.record_click("q0", 10_000) is None  # an item that was not shown
+    tracemalloc.start()
+    try:  # what a click remembers (that its item was clicked) takes no memory of its own
+        before, _ = tracemalloc.get_traced_memory()
+        for i, interleaving in enumerate(mixed[1:20], start=1):
+            for item in interleaving.order:
+                router.record_click(f"q{i}", item)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 2 * 1024  # (a set of clicked items took ~57 bytes an item: over 1 MB here)
 
 
 def test_remembered_interleavings_are_bounded_in_items() -> None:

@@ -191,3 +191,12 @@ def test_good_shadow_settings_pass_the_checks(repository: Path) -> None:
     assert check_errors(repository, **good, ON_SHADOW=record) == []
     assert check_errors(repository, **good, ON_SHADOW=f"{__name__}.record") == []
     assert check_errors(repository, ON_SHADOW=None) == []
+
+
+def test_an_on_shadow_path_that_does_not_import_names_the_setting_where_no_check_ran(
+    serving: Callable[..., Any],
+) -> None:
+    # gunicorn and uvicorn run no system checks: the worker's first build says which setting is wrong
+    with serving(ON_SHADOW="myproject.shadows.record"):
+        with pytest.raises(inprocserve.ConfigurationError, match=r"INPROCSERVE\['ON_SHADOW'\] is 'myproject"):
+            get_server()

@@ -22,7 +22,12 @@ def _build() -> inprocserve.Server:
     config = settings()
     on_shadow = config["ON_SHADOW"]
     if isinstance(on_shadow, str):  # a dotted path, as settings often hold (system check E011 tries it first)
-        on_shadow = import_string(on_shadow)
+        try:
+            on_shadow = import_string(on_shadow)
+        except Exception as exc:  # (WSGI and ASGI servers run no system checks: say which setting it is)
+            raise inprocserve.ConfigurationError(
+                f"INPROCSERVE['ON_SHADOW'] is {on_shadow!r}, which does not import: {type(exc).__name__}: {exc}"
+            ) from exc
     return inprocserve.Server(
         config["REPOSITORY"],
         config=config["CONFIG"],
