@@ -180,6 +180,9 @@ def test_flask_console_tracing_is_opt_in(monkeypatch: pytest.MonkeyPatch, fraud_
 
 # -- the Django project's /rank and /click, through Django's test client (in a child: settings are global) --
 
+BAD_SIZES = ["abc", "1e3", "-1", "0", "16", "1000000000", "\u00b2", "\u0661"]
+"""Page sizes /rank refuses with a 400; the last two (superscript two, Arabic-Indic one) pass str.isdigit."""
+
 DJANGO_CHECKS = r"""
 import json, sys, tempfile
 from pathlib import Path
@@ -188,19 +191,20 @@ import recommend
 folder = Path(tempfile.mkdtemp())
 recommend.build_rankers(folder)
 recommend.configure(folder, secret_key="k" * 50)
+SIZES = json.loads(sys.argv[2])
 from django.test import Client
 c = Client(raise_request_exception=False)
 out = {}
 def show(label, response):
     out[label] = [response.status_code, response.content.decode()[:300]]
-for size in ["abc", "1e3", "-1", "0", "16", "1000000000"]:
-    show(f"size={size}", c.get(f"/rank?user=u1&size={size}"))
+for size in SIZES:
+    show(f"size={size}", c.get("/rank", {"user": "u1", "size": size}))
 page = json.loads(c.get("/rank?user=u1&size=8").content)
 out["page keys"] = sorted(page)
 post = lambda body, user="u1": c.post(f"/click?user={user}", data=body, content_type="application/json")
 good = lambda position: json.dumps({"click_token": page["click_token"], "position": position})
 for label, body in [("not json", "xx"), ("list", "[1]"), ("empty", "{}"), ("deep", "[" * 2000 + "]" * 2000),
-                    ("huge", " " * 5000),
+                    ("huge", " " * 5000), ("3 MB", " " * 3_000_000),  # over Django's default limit too
                     ("position str", json.dumps({"click_token": page["click_token"], "position": "0"})),
                     ("forged token", json.dumps({"click_token": "x:y:z", "position": 0})),
                     ("guessed id", json.dumps({"request_id": page.get("request_id", "r-1"), "position": 0}))]:
@@ -215,18 +219,19 @@ print(json.dumps(out))
 
 def test_django_clicks_cannot_be_forged_and_bad_input_is_a_400() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", DJANGO_CHECKS, str(ROOT / "examples" / "django_recommend")],
+        [sys.executable, "-c", DJANGO_CHECKS, str(ROOT / "examples" / "django_recommend"), json.dumps(BAD_SIZES)],
         capture_output=True, text=True, timeout=120, check=False,
         env={key: value for key, value in os.environ.items() if key != "DJANGO_RECOMMEND_REPOSITORY"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    for size in ["abc", "1e3", "-1", "0", "16", "1000000000"]:
+    for size in BAD_SIZES:
         assert out[f"size={size}"][0] == 400 and "size must be" in out[f"size={size}"][1], size
     assert out["page keys"] == ["click_token", "positions", "products"]  # no teams, no bare request id
     for label in ["not json", "list", "empty", "deep", "position str", "guessed id"]:
         assert out[label][0] == 400 and "click_token" in out[label][1], label
-    assert out["huge"] == [400, '{"error": "the body is over 4096 bytes"}']
+    for label in ["huge", "3 MB"]:  # by its Content-Length, unread; JSON, not Django's HTML 400
+        assert out[label] == [413, '{"error": "the body is over 4096 bytes"}'], label
     assert out["forged token"][0] == 403 and out["other user"][0] == 403
     assert out["off the page"][0] == 404
     assert out["good"] == [200, '{"recorded": true}']
@@ -259,6 +264,33 @@ def test_django_needs_a_secret_key_unless_debug() -> None:
         capture_output=True, text=True, timeout=60, check=False, env=env,
     )  # fmt: skip
     assert result.returncode != 0 and "set DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_django_serving_refuses_an_old_django_and_a_missing_repository() -> None:
+    script = """
+import os, sys, django
+sys.path.insert(0, sys.argv[1])
+import recommend
+version, django.VERSION = django.VERSION, (4, 2, 11, "final", 0)  # csrf_exempt wraps async views as sync
+try:
+    recommend.asgi_application()
+except RuntimeError as exc:
+    print(exc)
+django.VERSION = version
+os.environ.update(DJANGO_RECOMMEND_REPOSITORY="models/", DJANGO_SECRET_KEY="k" * 50)  # relative, and not here
+try:
+    recommend.wsgi_application()
+except RuntimeError as exc:
+    print(exc)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "examples" / "django_recommend")],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT / "tests",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    old_django, no_folder = result.stdout.strip().splitlines()
+    assert "the async views need Django 5.0 or later" in old_django and "this is Django 4.2.11" in old_django
+    assert no_folder.startswith("DJANGO_RECOMMEND_REPOSITORY=models/ is not a folder (seen from ")
 
 
 # -- the Django project's async views, under a real uvicorn (HTTP over loopback) ---------------------------------
@@ -356,7 +388,7 @@ def test_django_async_score_under_uvicorn(recommend_uvicorn: Uvicorn) -> None:
     ]:  # fmt: skip
         status, answer = server.call("POST", "/score", body, **token)
         assert (status, answer) == (400, {"error": server.recommend.SCORE_SHAPE}), body[:40]
-    assert server.call("POST", "/score", b" " * 5000, **token) == (400, {"error": "the body is over 4096 bytes"})
+    assert server.call("POST", "/score", b" " * 5000, **token) == (413, {"error": "the body is over 4096 bytes"})
     good = json.dumps({"products": [3, 17, 5, 3]}).encode()
     for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": SCORE_TOKEN}]:
         status, answer = server.call("POST", "/score", good, **headers)
@@ -373,7 +405,7 @@ def test_django_async_score_under_uvicorn(recommend_uvicorn: Uvicorn) -> None:
 def test_django_async_rank_and_click_keep_their_protections_under_uvicorn(recommend_uvicorn: Uvicorn) -> None:
     server = recommend_uvicorn
     logged = server.log_size()
-    for size in ["abc", "0", "16"]:
+    for size in ["abc", "0", "16", "%C2%B2"]:
         status, answer = server.call("GET", f"/rank?user=u1&size={size}")
         assert status == 400 and "size must be" in answer["error"], size
     status, page = server.call("GET", "/rank?user=u1&size=8")
@@ -387,7 +419,8 @@ def test_django_async_rank_and_click_keep_their_protections_under_uvicorn(recomm
     shape = server.recommend.CLICK_SHAPE
     assert click(b"not json") == (400, {"error": shape})
     assert click({"click_token": page["click_token"], "position": "0"}) == (400, {"error": shape})
-    assert click(b" " * 5000) == (400, {"error": "the body is over 4096 bytes"})
+    assert click(b" " * 5000) == (413, {"error": "the body is over 4096 bytes"})
+    assert click(b" " * 4096) == (400, {"error": shape})  # at the limit: read, and found not JSON
     assert click({"click_token": "x:y:z", "position": 0})[0] == 403
     good = {"click_token": page["click_token"], "position": page["positions"][0]}
     assert click(good, user="bot") == (403, {"error": "this page was shown to another user"})
@@ -395,4 +428,39 @@ def test_django_async_rank_and_click_keep_their_protections_under_uvicorn(recomm
     assert click(good) == (200, {"recorded": True})
     status, wins = server.call("GET", "/stats")
     assert status == 200 and wins["queries"] == 1 and wins["A"] + wins["B"] == 1  # only the real click
+    assert "Traceback" not in server.log_since(logged)
+
+
+def answer_before_the_body(port: int, head: bytes, start: bytes) -> tuple[int, Any]:
+    """Send a request's head and the start of its body, never the rest: the answer (status, JSON) can only
+    come before the rest if the server does not wait for the body. Fails after 10 s without one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + start)
+        answer = b""
+        while chunk := sock.recv(65536):  # the answer says Connection: close
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def test_django_refuses_a_large_body_under_uvicorn_without_reading_it(recommend_uvicorn: Uvicorn) -> None:
+    server = recommend_uvicorn
+    logged = server.log_size()
+    too_large = (413, {"error": "the body is over 4096 bytes"})
+    head = b"POST /click?user=u1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    declared = head + b"Content-Length: 1000000000\r\n\r\n"  # a gigabyte announced, 8 KiB of it sent
+    assert answer_before_the_body(server.port, declared, b" " * 8192) == too_large
+    chunk = b"400\r\n" + b" " * 1024 + b"\r\n"  # 1 KiB chunks, 8 sent, no last chunk ever
+    streamed = head + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert answer_before_the_body(server.port, streamed, chunk * 8) == too_large
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)  # streamed within the limit
+    try:
+        parts = iter([b'{"products": ', b"[3, 17]}"])  # an iterator: sent chunked, with no Content-Length
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {SCORE_TOKEN}"}
+        connection.request("POST", "/score", body=parts, headers=headers)
+        response = connection.getresponse()
+        assert response.status == 200 and len(json.loads(response.read())["scores"]) == 2
+    finally:
+        connection.close()
     assert "Traceback" not in server.log_since(logged)

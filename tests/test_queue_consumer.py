@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib.util
 import json
 import os
@@ -155,8 +156,9 @@ def test_a_message_that_keeps_failing_is_given_up(scoring: tuple[Any, inprocserv
     [message] = consumer.produce(client, np.zeros((1, FEATURES), np.float32))
     client.xreadgroup(consumer.GROUP, "dead", {consumer.REQUESTS: ">"}, count=1)  # delivery 1, never acked
     client.xclaim(consumer.REQUESTS, consumer.GROUP, "dead", 0, [message])  # delivery 2, never acked
-    time.sleep(0.01)
-    assert make(client, server, "w", claim_idle_ms=1, max_deliveries=2).step() == 1  # claimed: delivery 3
+    time.sleep(consumer.MIN_CLAIM_IDLE_MS / 1000 + 0.01)
+    worker = make(client, server, "w", claim_idle_ms=consumer.MIN_CLAIM_IDLE_MS, max_deliveries=2)
+    assert worker.step() == 1  # claimed: delivery 3
     [result] = consumer.read_results(client)
     assert result == {"request": message, "consumer": "w", "delivery": "claimed", "error": "gave up after 3 deliveries"}
     assert not client.xpending(consumer.REQUESTS, consumer.GROUP)["pending"]
@@ -336,8 +338,10 @@ def test_a_lost_group_is_created_again(scoring: tuple[Any, inprocserve.Server]) 
 
 
 def test_configuration_is_checked() -> None:
-    with pytest.raises(ValueError, match="claim_idle_ms"):
-        consumer.ConsumerConfig(name="w", model="scorer", claim_idle_ms=0)
+    for claim_idle_ms in [0, consumer.MIN_CLAIM_IDLE_MS - 1]:
+        with pytest.raises(ValueError, match=f"claim_idle_ms must be >= {consumer.MIN_CLAIM_IDLE_MS} and more than"):
+            consumer.ConsumerConfig(name="w", model="scorer", claim_idle_ms=claim_idle_ms)
+    consumer.ConsumerConfig(name="w", model="scorer", claim_idle_ms=consumer.MIN_CLAIM_IDLE_MS)
     name = consumer.default_name()
     assert name.startswith(f"{socket.gethostname()}-"), "pid 1 in every container: the pid alone collides"
 
@@ -359,8 +363,8 @@ def test_a_model_not_served_exits_2_before_reading(client: Any, redis_url: str, 
     assert client.xlen(consumer.REQUESTS) == len(ids)
     result = run_consumer("--repository", str(model_repository), "--model", "scorer")
     assert result.returncode == 2 and "give --redis-url or set REDIS_URL" in result.stderr
-    result = run_consumer("--repository", "x", "--model", "scorer", "--claim-idle-ms", "0", REDIS_URL=redis_url)
-    assert result.returncode == 2 and "claim_idle_ms" in result.stderr
+    result = run_consumer("--repository", "x", "--model", "scorer", "--claim-idle-ms", "50", REDIS_URL=redis_url)
+    assert result.returncode == 2 and "claim_idle_ms must be >= 100" in result.stderr, result.stderr
 
 
 # -- one live consumer per name --------------------------------------------------------------------------------
@@ -379,15 +383,16 @@ def test_the_name_check_watches_a_recent_holder_until_it_reads_or_stays_silent(
     scoring: tuple[Any, inprocserve.Server],
 ) -> None:
     client, server = scoring
+    started = time.monotonic()  # before the read: a stall after it must not look like a shorter wait
     client.xreadgroup(consumer.GROUP, "w", {consumer.REQUESTS: "0"})  # "w" read just now, then died
+    consumer.check_name_free(client, "w", claim_idle_ms=600)  # silent for 600 ms: gone
+    assert 0.59 < time.monotonic() - started < 2
     started = time.monotonic()
-    consumer.check_name_free(client, "w", claim_idle_ms=400)  # silent for 400 ms: gone
-    assert 0.3 < time.monotonic() - started < 2
-    started = time.monotonic()
-    consumer.check_name_free(client, "w", claim_idle_ms=300)  # silent for longer already: at once
+    consumer.check_name_free(client, "w", claim_idle_ms=550)  # silent for longer already: at once
     assert time.monotonic() - started < 0.2
 
-    live = make(client, server, "w")  # a live consumer of an idle queue: it reads nothing, but it polls
+    # a live consumer of an idle queue: it reads nothing, but it polls (every block_ms = 200 ms)
+    live = make(client, server, "w", claim_idle_ms=consumer.MIN_CLAIM_IDLE_MS)
     stop = threading.Event()
     thread = threading.Thread(target=live.run, args=(stop,))
     thread.start()
@@ -396,7 +401,11 @@ def test_the_name_check_watches_a_recent_holder_until_it_reads_or_stays_silent(
         started = time.monotonic()
         with pytest.raises(consumer.NameInUseError, match="consumer name 'w' is in use"):
             consumer.check_name_free(client, "w", claim_idle_ms=5000)
-        assert time.monotonic() - started < 2  # one poll (block_ms = 200 ms), not claim_idle_ms
+        assert time.monotonic() - started < 2  # one poll, not claim_idle_ms
+        for pause_s in [0.0, 0.07, 0.13]:  # a claim_idle_ms shorter than a poll: it still sees the next one
+            time.sleep(pause_s)
+            with pytest.raises(consumer.NameInUseError, match="consumer name 'w' is in use"):
+                consumer.check_name_free(client, "w", claim_idle_ms=consumer.MIN_CLAIM_IDLE_MS)
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -466,6 +475,10 @@ def test_a_consumer_restarted_after_a_kill_starts_under_its_name(
 ) -> None:
     options = ("--claim-idle-ms", "3000")
     first = start_consumer(redis_url, model_repository, tmp_path / "first.log", "worker-1", *options)
+    runner.wait_until(  # it said "ready" before its first read: killed before that, it would leave no trace
+        lambda: "worker-1" in {c["name"] for c in client.xinfo_consumers(consumer.REQUESTS, consumer.GROUP)},
+        "worker-1 has read", timeout_s=30, interval_s=0.01,
+    )  # fmt: skip
     first.send_signal(signal.SIGKILL)  # as a supervisor sees it: the process died; restart the slot at once
     first.wait(timeout=30)
     killed = time.monotonic()
@@ -499,3 +512,109 @@ def test_takeover_name_starts_without_the_check(
     finally:
         status = stop_consumer(live)
     assert status == 0, (tmp_path / "live.log").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_while_the_name_is_watched_exits_0_without_reading(
+    client: Any, redis_url: str, model_repository: Path, tmp_path: Path
+) -> None:
+    client.xreadgroup(consumer.GROUP, "worker-1", {consumer.REQUESTS: "0"})  # its previous life, just now
+    log = tmp_path / "watching.log"
+    command = [sys.executable, str(EXAMPLE / "consumer.py"), "--repository", str(model_repository), "--model",
+               "scorer", "--name", "worker-1", "--claim-idle-ms", "60000"]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "REDIS_URL": redis_url},
+            preexec_fn=redis_server.die_with_parent,
+        )  # fmt: skip
+    try:
+        runner.wait_until(
+            lambda: b"watching it for up to" in log.read_bytes() or process.poll() is not None,
+            "watching", timeout_s=60, interval_s=0.02,
+        )  # fmt: skip
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    output = log.read_text()
+    assert status == 0, output
+    assert "stopped before reading anything" in output and "worker-1 ready" not in output, output
+
+
+def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """A redis-server on ``port`` with its data in ``folder`` (loaded from there again after a restart)."""
+    process = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", "",
+         "--appendonly", "no", "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=redis_server.die_with_parent,
+    )  # fmt: skip
+    probe = redis.Redis(port=port, retry=NO_RETRY)
+    try:
+        runner.wait_until(lambda: _answers(probe), f"redis-server answers on {port}", timeout_s=10, interval_s=0.02)
+    finally:
+        probe.close()
+    return process
+
+
+def _answers(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+NO_RETRY = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+"""Fail at once: redis-py would otherwise retry each command for about 4 s before the consumer sees it."""
+
+
+@pytest.mark.timeout(60)
+def test_start_up_outlives_redis_restarting_while_the_name_is_watched(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = redis_server._free_port()
+    server = start_redis(port, tmp_path)
+    client = redis.Redis(port=port, decode_responses=True, retry=NO_RETRY)
+    try:
+        consumer.ensure_group(client)
+        client.xreadgroup(consumer.GROUP, "w", {consumer.REQUESTS: "0"})  # "w" read just now, then died
+        config = consumer.ConsumerConfig(name="w", model="scorer", claim_idle_ms=1000, retry_initial_s=0.05)
+        outcome: list[Any] = []
+        checking = threading.Thread(target=lambda: outcome.append(consumer.prepare(client, config)))
+        with caplog.at_level("WARNING", logger="queue_consumer"):
+            checking.start()
+            time.sleep(0.3)  # watching "w"
+            client.shutdown(save=True)  # saved: "w" is there again after the restart, and watched again
+            server.wait(timeout=10)
+            time.sleep(0.3)
+            server = start_redis(port, tmp_path)
+            checking.join(timeout=20)
+        assert outcome == [True], "a Redis failure at start-up is retried"
+        assert "Redis failed at start-up (ConnectionError" in caplog.text
+        assert "w" in {c["name"] for c in client.xinfo_consumers(consumer.REQUESTS, consumer.GROUP)}
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_redis_down_at_start_up_exits_3(model_repository: Path) -> None:
+    url = f"redis://127.0.0.1:{redis_server._free_port()}/0"  # nothing listens there
+    result = run_consumer(
+        "--repository", str(model_repository), "--model", "scorer", "--max-outage-s", "0.5", REDIS_URL=url
+    )  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "at start-up, last: ConnectionError" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_start_up_gives_up_after_max_outage_s() -> None:
+    client = redis.Redis(port=redis_server._free_port(), retry=NO_RETRY)  # nothing listens there
+    config = consumer.ConsumerConfig(name="w", model="scorer", retry_initial_s=0.05, max_outage_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(consumer.OutageError, match=r"Redis failed for 0\.\d s at start-up, last: ConnectionError"):
+        consumer.prepare(client, config)
+    assert time.monotonic() - started < 2
+    stop = threading.Event()  # a stop during the back-off: nothing to read, no error
+    threading.Timer(0.2, stop.set).start()
+    assert consumer.prepare(client, dataclasses.replace(config, max_outage_s=60), stop=stop) is False

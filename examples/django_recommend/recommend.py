@@ -3,11 +3,12 @@
 The whole project (settings, URLs, views) fits in this module; ``run.py`` builds the rankers, serves the
 project over HTTP and plays users who click (``run.py --asgi``: under uvicorn).
 
-Served by a WSGI server, the project routes to synchronous views; served by an ASGI server, to async views
-of the same URLs, which share the worker's event loop (docs/django.md). To serve it yourself::
+Served by a WSGI server, the project routes to synchronous views; served by an ASGI server (Django 5.0 or
+later), to async views of the same URLs, which share the worker's event loop (docs/django.md). To serve it
+yourself (DJANGO_RECOMMEND_REPOSITORY absolute: gunicorn's --chdir changes the working directory)::
 
     python examples/django_recommend/run.py --build-rankers models/
-    export DJANGO_RECOMMEND_REPOSITORY=models/ DJANGO_SECRET_KEY=$(openssl rand -hex 32)
+    export DJANGO_RECOMMEND_REPOSITORY=$PWD/models DJANGO_SECRET_KEY=$(openssl rand -hex 32)
     export DJANGO_RECOMMEND_SCORE_TOKEN=$(openssl rand -hex 32)   # optional: turns /score on (ASGI only)
     uvicorn --factory --app-dir examples/django_recommend recommend:asgi_application --port 8000   # ASGI
     gunicorn --chdir examples/django_recommend --threads 8 'recommend:wsgi_application()'           # WSGI
@@ -15,8 +16,11 @@ of the same URLs, which share the worker's event loop (docs/django.md). To serve
 Clicks decide which ranker wins, so they must not be forgeable: a page never says which ranker placed an
 item, and a click carries the page's ``click_token`` (the request id and the user, signed with SECRET_KEY),
 checked against the user who clicks. The user here is a query parameter (``current_user``), a stand-in for
-``request.user`` behind your authentication. Bad input gets a 400 with a JSON ``error``; errors are logged
-to the console (``django.request``).
+``request.user`` behind your authentication. Bad input gets a 400 with a JSON ``error``, a body over
+MAX_BODY (4 KiB) a JSON 413; errors are logged to the console (``django.request``). Under ASGI,
+``BodyLimit`` refuses a large body before Django reads it; under WSGI, Django refuses a Content-Length over
+the limit without reading the body (DATA_UPLOAD_MAX_MEMORY_SIZE), and the server decides how much of the
+rest it reads and discards: put a proxy with a body limit in front (nginx's ``client_max_body_size``).
 
 Under ASGI, ``POST /score`` also answers ranker A's scores for products a trusted caller names (another
 service), through the event loop's batcher; it is off unless DJANGO_RECOMMEND_SCORE_TOKEN is set.
@@ -93,6 +97,8 @@ def configure(
     (default: DJANGO_RECOMMEND_SCORE_TOKEN) turns on ``/score`` for callers that send it as a bearer token.
     """
     global urlpatterns  # Django reads it on the first request: each process serves one kind of server
+    if asgi:
+        _require_async_decorators()
     secret_key = secret_key or os.environ.get("DJANGO_SECRET_KEY")
     if not secret_key:
         if not debug:
@@ -110,6 +116,7 @@ def configure(
         MIDDLEWARE=["inprocserve_django.middleware.InprocserveMiddleware"],
         INPROCSERVE={"REPOSITORY": str(repository)},
         RECOMMEND_SCORE_TOKEN=score_token,
+        DATA_UPLOAD_MAX_MEMORY_SIZE=MAX_BODY,  # request.body refuses a larger Content-Length unread
         LOGGING={  # without it, a 500 under DEBUG=False leaves no trace anywhere
             "version": 1,
             "disable_existing_loggers": False,
@@ -122,13 +129,27 @@ def configure(
 
 
 def asgi_application() -> Any:
-    """The application for an ASGI server: ``uvicorn --factory recommend:asgi_application``. Settings come
-    from the environment (DJANGO_RECOMMEND_REPOSITORY, DJANGO_SECRET_KEY, DJANGO_RECOMMEND_SCORE_TOKEN)
-    unless ``configure(..., asgi=True)`` ran first."""
+    """The application for an ASGI server: ``uvicorn --factory recommend:asgi_application``, Django's behind
+    ``BodyLimit``. Settings come from the environment (DJANGO_RECOMMEND_REPOSITORY, DJANGO_SECRET_KEY,
+    DJANGO_RECOMMEND_SCORE_TOKEN) unless ``configure(..., asgi=True)`` ran first.
+
+    Raises:
+        RuntimeError: Django is older than 5.0, or a setting is missing.
+    """
+    _require_async_decorators()
     _configure_from_environment(asgi=True)
     from django.core.asgi import get_asgi_application
 
-    return get_asgi_application()
+    return BodyLimit(get_asgi_application(), max_body=MAX_BODY)
+
+
+def _require_async_decorators() -> None:
+    if django.VERSION < (5, 0):  # older ones wrap async views in sync functions: every request a 500
+        raise RuntimeError(
+            f"the async views need Django 5.0 or later (csrf_exempt, require_GET and require_POST take async "
+            f"views since 5.0), this is Django {django.get_version()}: upgrade Django, or serve the synchronous "
+            "views with a WSGI server (wsgi_application)"
+        )
 
 
 def wsgi_application() -> Any:
@@ -152,6 +173,11 @@ def _configure_from_environment(*, asgi: bool) -> None:
             "set DJANGO_RECOMMEND_REPOSITORY to the model repository "
             "(python examples/django_recommend/run.py --build-rankers models/ makes one)"
         )
+    if not Path(repository).is_dir():  # else every page is a 503: no model to serve
+        raise RuntimeError(
+            f"DJANGO_RECOMMEND_REPOSITORY={repository} is not a folder (seen from {Path.cwd()}: give an "
+            "absolute path, e.g. $PWD/models, as a server's --chdir changes the working directory)"
+        )
     configure(Path(repository), asgi=asgi)
 
 
@@ -159,6 +185,7 @@ def _configure_from_environment(*, asgi: bool) -> None:
 
 from asgiref.sync import sync_to_async  # noqa: E402
 from django.core import signing  # noqa: E402
+from django.core.exceptions import RequestDataTooBig  # noqa: E402
 from django.http import HttpRequest, JsonResponse  # noqa: E402
 from django.urls import URLPattern, URLResolver, include, path  # noqa: E402
 from django.views.decorators.csrf import csrf_exempt  # noqa: E402
@@ -201,7 +228,7 @@ def page_request(request: HttpRequest) -> Page | JsonResponse:
     """The page a ``/rank`` request asks for, or the 400 to answer. The user's candidates stand in for
     candidate generation: 15 products drawn per user."""
     size = request.GET.get("size", "8")
-    if not size.isdigit() or not 1 <= int(size) <= CANDIDATES:
+    if not (size.isascii() and size.isdigit()) or not 1 <= int(size) <= CANDIDATES:  # isdigit: "²" too
         return bad_request(f"size must be a whole number from 1 to {CANDIDATES}")
     user = current_user(request)
     seed = int.from_bytes(hashlib.blake2b(user.encode(), digest_size=4).digest(), "big")  # stable per user
@@ -218,19 +245,39 @@ def page_answer(page: Page, ranked: inprocserve.InterleavedRanking) -> JsonRespo
 
 
 class BadInput(ValueError):
-    """The request's input is wrong: answered with a 400 whose ``error`` is this message."""
+    """The request's input is wrong: answered with ``status`` (400) and this message as ``error``."""
+
+    status = 400
+
+
+class BodyTooLarge(BadInput):
+    """The body is over ``max_body`` bytes: answered with a 413."""
+
+    status = 413
+
+    def __init__(self, max_body: int = MAX_BODY) -> None:
+        super().__init__(f"the body is over {max_body} bytes")
+
+
+def refuse(exc: BadInput) -> JsonResponse:
+    return JsonResponse({"error": str(exc)}, status=exc.status)
 
 
 def json_body(request: HttpRequest, shape: str) -> Any:
     """The request's JSON body.
 
     Raises:
-        BadInput: the body is over MAX_BODY bytes, or not JSON (the message is then ``shape``).
+        BodyTooLarge: the body is over MAX_BODY bytes (by its Content-Length, then it is not read).
+        BadInput: the body is not JSON (the message is then ``shape``).
     """
-    if len(request.body) > MAX_BODY:
-        raise BadInput(f"the body is over {MAX_BODY} bytes")
+    try:
+        body = request.body
+    except RequestDataTooBig:  # Content-Length over DATA_UPLOAD_MAX_MEMORY_SIZE (= MAX_BODY): not read
+        raise BodyTooLarge() from None
+    if len(body) > MAX_BODY:
+        raise BodyTooLarge()
     try:  # RecursionError too: deeply nested JSON exhausts the parser's stack
-        return json.loads(request.body)
+        return json.loads(body)
     except (ValueError, RecursionError):
         raise BadInput(shape) from None
 
@@ -240,7 +287,7 @@ def click_request(request: HttpRequest) -> tuple[str, int] | JsonResponse:
     try:
         body = json_body(request, CLICK_SHAPE)
     except BadInput as exc:
-        return bad_request(str(exc))
+        return refuse(exc)
     token, position = (body.get("click_token"), body.get("position")) if isinstance(body, dict) else (None, None)
     if not isinstance(token, str) or isinstance(position, bool) or not isinstance(position, int):
         return bad_request(CLICK_SHAPE)
@@ -257,7 +304,8 @@ def score_request(request: HttpRequest) -> list[int]:
     """The product ids a ``/score`` request names.
 
     Raises:
-        BadInput: anything but a JSON object {"products": [1 to PRODUCTS ids]} of at most MAX_BODY bytes.
+        BadInput: anything but a JSON object {"products": [1 to PRODUCTS ids]} (BodyTooLarge: over MAX_BODY
+            bytes).
     """
     body = json_body(request, SCORE_SHAPE)
     products = body.get("products") if isinstance(body, dict) else None
@@ -360,9 +408,62 @@ async def score(request: HttpRequest) -> JsonResponse:
     try:
         products = score_request(request)
     except BadInput as exc:
-        return bad_request(str(exc))
+        return refuse(exc)
     result = await apredict(request, "ranker", {"items": ITEMS[products]}, version=SCORE_RANKER)
     return JsonResponse({"scores": result["score"][:, 0].tolist(), "version": result.version})
+
+
+# -- the body limit under ASGI -------------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """ASGI middleware that answers 413, with a JSON ``error``, a request whose body is over ``max_body``
+    bytes: at once when its Content-Length says so (reading none of it), and for a body streamed without
+    one (chunked) as soon as more than ``max_body`` bytes of it have arrived (reading no further).
+
+    Django's ASGI handler reads the whole body (into a temporary file past 2.5 MB) before its middleware and
+    views run, so DATA_UPLOAD_MAX_MEMORY_SIZE and the views' own check come too late there: the limit is
+    kept in front of it. A body within the limit is read here and handed on whole. Holds no state between
+    requests: safe for concurrent ones.
+    """
+
+    def __init__(self, app: Any, *, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan: Django's handler answers it
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:  # (bytes.isdigit is ASCII digits only)
+            await self._refuse(send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect: the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                await self._refuse(send)  # what the client still sends is never read
+                return
+            if not message.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": bytes(body), "more_body": False}
+        received = [whole]
+
+        async def replay() -> Any:
+            return received.pop() if received else await receive()  # then http.disconnect, when it comes
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any) -> None:
+        payload = json.dumps({"error": str(BodyTooLarge(self.max_body))}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        headers.append((b"connection", b"close"))  # the unread rest of the body cannot precede another request
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
 
 
 COMMON_URLPATTERNS: list[URLPattern | URLResolver] = [

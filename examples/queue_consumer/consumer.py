@@ -35,7 +35,8 @@ The default, ``<hostname>-<pid>``, is unique per container (the pid alone is 1 i
 ``--name`` to a stable per-slot name (a StatefulSet pod name, ``worker-1``) so that a restarted worker
 finishes what it held. At start-up a consumer refuses a name that a live consumer uses (exit status 2;
 ``check_name_free``); the restart of a consumer that died waits until its previous life has been silent for
-``claim_idle_ms`` (``--takeover-name`` skips the check).
+``claim_idle_ms`` (at least 0.5 s; ``--takeover-name`` skips the check). Redis failing at start-up is
+retried with back-off, as it is while running, and ends the process with status 3 after ``max_outage_s``.
 
 Run ``python consumer.py --help``; ``run.py`` beside this file shows the whole thing with a killed worker.
 """
@@ -71,6 +72,7 @@ __all__ = [
     "OutageError",
     "check_name_free",
     "ensure_group",
+    "prepare",
     "produce",
     "read_results",
 ]
@@ -83,6 +85,12 @@ DEAD = "scoring:dead"
 """Messages given up, with their original fields (plus ``request``, ``error``): fix the cause, then XADD
 them back to ``scoring:requests``."""
 GROUP = "scorers"
+BLOCK_MS = 200
+"""How long one XREADGROUP of an idle consumer waits for new messages (``ConsumerConfig.block_ms``)."""
+MIN_CLAIM_IDLE_MS = 100
+"""The shortest ``claim_idle_ms``: a batch is read, scored, written and acknowledged in several Redis round
+trips, and a GC pause or a slow Redis call alone can take this long; below it, consumers would take over
+live consumers' batches and score them twice."""
 MAX_FEATURES_BYTES = 64 * 1024
 """The largest ``features`` field decoded: far above any real row, far below what can hurt the parser."""
 
@@ -93,7 +101,8 @@ their original fields, for the dead-letter stream."""
 
 
 class OutageError(RuntimeError):
-    """Scoring failed for every message for longer than ``max_outage_s``; the batch is left pending."""
+    """Scoring failed for every message for longer than ``max_outage_s`` (the batch is left pending), or Redis
+    did at start-up (nothing was read)."""
 
 
 class NameInUseError(RuntimeError):
@@ -107,11 +116,12 @@ class ConsumerConfig:
     model: str
     batch_size: int = 32
     """Most messages per XREADGROUP, scored by one predict call."""
-    block_ms: int = 200
+    block_ms: int = BLOCK_MS
     """How long one XREADGROUP waits for new messages; also how often a stop request is noticed."""
     claim_idle_ms: int = 5000
     """Take over messages that another consumer has held unacknowledged this long. It must exceed the
-    slowest batch (scoring plus writing), or a live consumer's batch is taken over and scored twice."""
+    slowest batch (scoring plus writing), or a live consumer's batch is taken over and scored twice; at
+    least ``MIN_CLAIM_IDLE_MS``."""
     max_deliveries: int = 5
     """Give up on a message delivered this many times (an ``error`` result, then acknowledged)."""
     retry_initial_s: float = 0.5
@@ -122,10 +132,13 @@ class ConsumerConfig:
     """Give up retrying (``OutageError``: exit status 3) after failing this long; the batch stays pending."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.block_ms < 1 or self.claim_idle_ms < 1 or self.max_deliveries < 1:
+        if self.batch_size < 1 or self.block_ms < 1 or self.max_deliveries < 1:
+            raise ValueError("batch_size, block_ms and max_deliveries must be >= 1")
+        if self.claim_idle_ms < MIN_CLAIM_IDLE_MS:
             raise ValueError(
-                "batch_size, block_ms, max_deliveries and claim_idle_ms must be >= 1 "
-                "(claim_idle_ms: more than the slowest batch takes, or live consumers' batches are stolen)"
+                f"claim_idle_ms must be >= {MIN_CLAIM_IDLE_MS} and more than the slowest batch takes (reading, "
+                f"scoring, writing and acknowledging it), or live consumers' batches are taken over and scored "
+                f"twice; got {self.claim_idle_ms}"
             )
         if not 0 < self.retry_initial_s <= self.retry_max_s or self.max_outage_s <= 0:
             raise ValueError("need 0 < retry_initial_s <= retry_max_s and max_outage_s > 0")
@@ -140,11 +153,61 @@ def ensure_group(client: redis.Redis, *, stream: str = REQUESTS, group: str = GR
             raise
 
 
+def prepare(
+    client: redis.Redis, config: ConsumerConfig, *, check_name: bool = True, stop: threading.Event | None = None
+) -> bool:
+    """What a consumer does before it reads: create the group (``ensure_group``) and check that no live
+    consumer uses ``config.name`` (``check_name_free``; skipped when ``check_name`` is false). Return False if
+    ``stop`` was set meanwhile (read nothing then), True otherwise.
+
+    Redis failing (unreachable, loading its data, timing out) is retried with back-off, from
+    ``retry_initial_s`` doubling to ``retry_max_s``, and the name check starts over; after such a failure it
+    watches a holder for at least 1.5 s (``_after_outage_ms``): the outage silenced every consumer, a live
+    one too, which reads again within about a second of Redis answering (``Consumer.run``).
+
+    Raises:
+        NameInUseError: a live consumer uses the name.
+        OutageError: Redis kept failing for ``max_outage_s``.
+    """
+    stop = stop if stop is not None else threading.Event()
+    failing_since: float | None = None
+    wait_s, min_watch_ms = config.retry_initial_s, 0
+    while not stop.is_set():
+        try:
+            ensure_group(client)
+            failing_since, wait_s = None, config.retry_initial_s  # Redis answers: an outage ends here
+            if check_name:
+                check_name_free(
+                    client, config.name, claim_idle_ms=config.claim_idle_ms, block_ms=config.block_ms,
+                    min_watch_ms=min_watch_ms, stop=stop,
+                )  # fmt: skip
+            return not stop.is_set()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            now = time.monotonic()
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since >= config.max_outage_s:
+                raise OutageError(
+                    f"Redis failed for {now - failing_since:.1f} s at start-up, last: {type(exc).__name__}: {exc}; "
+                    "nothing was read"
+                ) from exc
+            logger.warning(
+                "%s: Redis failed at start-up (%s: %s); retrying in %.1f s",
+                config.name, type(exc).__name__, exc, wait_s,
+            )  # fmt: skip
+            min_watch_ms = _after_outage_ms(config.block_ms)
+            if stop.wait(wait_s):
+                break
+            wait_s = min(wait_s * 2, config.retry_max_s)
+    return False
+
+
 def check_name_free(
     client: redis.Redis,
     name: str,
     *,
     claim_idle_ms: int,
+    block_ms: int = BLOCK_MS,
+    min_watch_ms: int = 0,
     stream: str = REQUESTS,
     group: str = GROUP,
     poll_s: float = 0.05,
@@ -153,29 +216,35 @@ def check_name_free(
     """Return once no live consumer of the group is named ``name``; raise ``NameInUseError`` if one is.
 
     Redis keeps each consumer's ``idle`` time (XINFO CONSUMERS), which its reads and claims reset. A live
-    ``Consumer`` resets it at least every ``block_ms`` while the queue is idle (see ``_next_batch``), after
-    every batch, and every ``claim_idle_ms / 2`` while it backs off; a batch takes less than
-    ``claim_idle_ms`` (``ConsumerConfig``). So a consumer of that name that is missing, or idle for
-    ``claim_idle_ms`` or more, is gone (peers take over its messages then anyway); one idle for less is
-    watched until it resets its idle time (it is live: refused) or stays silent up to ``claim_idle_ms`` (it
-    died, e.g. SIGKILLed, and this is its restart: return). A live consumer is refused within about
-    ``block_ms`` when the queue is idle, after its batch when it is busy; a restart waits at most
-    ``claim_idle_ms`` after its previous life's last read. Returns at once when ``stop`` is set.
+    ``Consumer`` resets it once per poll while the queue is idle (every ``block_ms``: see ``_next_batch``),
+    after every batch, and every ``claim_idle_ms / 2`` while it backs off; a batch takes less than
+    ``claim_idle_ms`` (``ConsumerConfig``). So a live consumer is never silent for ``max(claim_idle_ms, 2 *
+    block_ms + 100 ms)`` (``_live_silence_ms``: a batch, or a poll and a stall as long again), whatever
+    ``claim_idle_ms`` is. A consumer of that name that is missing, or has been silent that long, is gone
+    (peers take over its messages by then anyway); one silent for less is watched until it resets its idle
+    time (it is live: refused) or stays silent that long (it died, e.g. SIGKILLed, and this is its restart:
+    return). ``min_watch_ms`` makes the watch last at least that long however long the holder has been
+    silent (``prepare`` sets it after a Redis outage, which silenced every consumer). A live consumer is
+    refused within about ``block_ms`` when the queue is idle, after its batch when it is busy; a restart
+    waits until its previous life has been silent for that bound. Returns at once when ``stop`` is set.
 
     Raises:
         NameInUseError: a consumer named ``name`` read or claimed while this one watched.
+        redis.RedisError: Redis failed (``prepare`` retries a connection failure or a timeout).
     """
     observed = _idle_of(client, name, stream, group)
-    if observed is None or observed[1] >= claim_idle_ms:
+    if observed is None:
         return
     now_ms, first_idle_ms = observed
+    wait_ms = max(_live_silence_ms(claim_idle_ms, block_ms) - first_idle_ms, min_watch_ms)
+    if wait_ms <= 0:
+        return
     last_seen_ms = now_ms - first_idle_ms  # on Redis's clock: its TIME, read with the idle time
-    wait_s = (claim_idle_ms - first_idle_ms) / 1000
     logger.info(
         "%s: a consumer with this name read %d ms ago; watching it for up to %.1f s before starting (a live "
-        "one reads again meanwhile; --takeover-name skips this)", name, first_idle_ms, wait_s,
+        "one reads again meanwhile; --takeover-name skips this)", name, first_idle_ms, wait_ms / 1000,
     )  # fmt: skip
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + wait_ms / 1000
     stop = stop if stop is not None else threading.Event()
     while not stop.wait(min(poll_s, max(0.0, deadline - time.monotonic()))):
         observed = _idle_of(client, name, stream, group)
@@ -192,6 +261,23 @@ def check_name_free(
             )
         if time.monotonic() >= deadline:
             return
+
+
+_HEARTBEAT_MARGIN_MS = 100
+_REDIS_RETRY_S = 1.0
+"""How long ``Consumer.run`` waits after a Redis failure before it reads again."""
+
+
+def _live_silence_ms(claim_idle_ms: int, block_ms: int) -> int:
+    """The longest a live consumer goes without resetting its idle time: one batch (under ``claim_idle_ms``),
+    or one poll of an idle queue (``block_ms``) plus a stall as long again and a margin."""
+    return max(claim_idle_ms, 2 * block_ms + _HEARTBEAT_MARGIN_MS)
+
+
+def _after_outage_ms(block_ms: int) -> int:
+    """How soon a live consumer reads again once Redis answers after an outage: its wait after a failure
+    (``_REDIS_RETRY_S``), then as ``_live_silence_ms``."""
+    return int(_REDIS_RETRY_S * 1000) + 2 * block_ms + _HEARTBEAT_MARGIN_MS
 
 
 _SEEN_TOLERANCE_MS = 5
@@ -335,8 +421,8 @@ class Consumer:
                     with contextlib.suppress(redis.RedisError):  # if this fails too, the next step says so
                         ensure_group(self.client)
                     continue
-                logger.warning("%s: Redis failed, retrying in 1 s: %s", self.config.name, exc)
-                self.stop.wait(1.0)
+                logger.warning("%s: Redis failed, retrying in %g s: %s", self.config.name, _REDIS_RETRY_S, exc)
+                self.stop.wait(_REDIS_RETRY_S)
 
     def _restart_reading(self) -> None:
         self._own_pending_done = False  # re-read what this consumer holds before anything new
@@ -495,8 +581,8 @@ def default_name() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 stopped by SIGTERM/SIGINT, 2 bad arguments, the model is not served, or a live
-    consumer uses ``--name``; 3 scoring failed for every message for ``--max-outage-s`` (restart it; nothing
-    was acknowledged)."""
+    consumer uses ``--name``; 3 scoring failed for every message, or Redis at start-up, for
+    ``--max-outage-s`` (restart it; nothing was acknowledged)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL"),
@@ -511,10 +597,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--claim-idle-ms", type=int, default=5000,
-        help="take over messages another consumer has held this long; must exceed the slowest batch",
+        help=f"take over messages another consumer has held this long; must exceed the slowest batch "
+        f"(at least {MIN_CLAIM_IDLE_MS})",
     )  # fmt: skip
     parser.add_argument("--max-deliveries", type=int, default=5)
-    parser.add_argument("--max-outage-s", type=float, default=300.0, help="exit 3 after failing this long")
+    parser.add_argument(
+        "--max-outage-s", type=float, default=300.0,
+        help="exit 3 after scoring fails for every message, or Redis fails at start-up, this long",
+    )  # fmt: skip
     parser.add_argument(
         "--takeover-name", action="store_true",
         help="start without checking that no live consumer uses --name (which otherwise exits with status 2, "
@@ -543,9 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         client = redis.Redis.from_url(args.redis_url, decode_responses=True)
         try:
-            ensure_group(client)
-            if not args.takeover_name:
-                check_name_free(client, args.name, claim_idle_ms=args.claim_idle_ms, stop=stop)
+            if not prepare(client, config, check_name=not args.takeover_name, stop=stop):
+                logger.info("stopped before reading anything")  # SIGTERM while it watched the name
+                return 0
             consumer = Consumer(client, server, config, stop)
             print(f"{args.name} ready", flush=True)
             consumer.run()
