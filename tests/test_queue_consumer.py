@@ -411,6 +411,36 @@ def test_the_name_check_watches_a_recent_holder_until_it_reads_or_stays_silent(
         thread.join(timeout=10)
 
 
+def test_the_name_check_sees_a_busy_consumer_whose_queue_emptied(scoring: tuple[Any, inprocserve.Server]) -> None:
+    # Each batch takes 0.85 s (under claim_idle_ms, as it must) and leaves the queue empty: the consumer's
+    # next reads claim nothing and read nothing, which reset no idle time before Redis 7.2. It must still be
+    # seen as live: it re-reads its own pending list after every batch.
+    client, server = scoring
+
+    class SlowServer:
+        def predict(self, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.85)
+            return server.predict(*args, **kwargs)
+
+    live = make(client, SlowServer(), "w", claim_idle_ms=1000)  # type: ignore[arg-type]
+    stop = threading.Event()
+    thread = threading.Thread(target=live.run, args=(stop,))
+    thread.start()
+    try:
+        time.sleep(0.3)
+        for delay_s in [0.05, 0.15, 0.3]:  # the check starts this long into the batch
+            consumer.produce(client, np.zeros((1, FEATURES), np.float32))
+            time.sleep(delay_s)
+            with pytest.raises(consumer.NameInUseError, match="consumer name 'w' is in use"):
+                consumer.check_name_free(client, "w", claim_idle_ms=1000)
+            runner.wait_until(
+                lambda: client.xpending(consumer.REQUESTS, consumer.GROUP)["pending"] == 0, "scored", timeout_s=10
+            )
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 def start_consumer(redis_url: str, repository: Path, log: Path, name: str, *options: str) -> subprocess.Popen[bytes]:
     """consumer.py as ``name``, once it says it is ready (its model loaded and its name checked)."""
     command = [sys.executable, str(EXAMPLE / "consumer.py"), "--repository", str(repository), "--model", "scorer",
@@ -618,3 +648,18 @@ def test_start_up_gives_up_after_max_outage_s() -> None:
     stop = threading.Event()  # a stop during the back-off: nothing to read, no error
     threading.Timer(0.2, stop.set).start()
     assert consumer.prepare(client, dataclasses.replace(config, max_outage_s=60), stop=stop) is False
+
+
+def test_a_wrong_password_is_exit_2_not_an_outage(model_repository: Path) -> None:
+    with redis_server.RedisServer() as server:
+        admin = redis.Redis.from_url(server.url)
+        admin.config_set("requirepass", "right")  # (this server only: the module's other tests share another)
+        admin.close()
+        wrong = server.url.replace("redis://", "redis://:wrong@", 1)
+        started = time.monotonic()
+        result = run_consumer(
+            "--repository", str(model_repository), "--model", "scorer", "--max-outage-s", "30", REDIS_URL=wrong
+        )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Redis refused the consumer at start-up" in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 25  # not retried as an outage for --max-outage-s

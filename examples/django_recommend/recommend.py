@@ -432,7 +432,7 @@ class BodyLimit:
         self.max_body = max_body
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":  # lifespan: Django's handler answers it
+        if scope["type"] != "http":  # lifespan: Django refuses it, and uvicorn (--lifespan auto) goes on
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length", b"")

@@ -170,21 +170,25 @@ def prepare(
         OutageError: Redis kept failing for ``max_outage_s``.
     """
     stop = stop if stop is not None else threading.Event()
-    failing_since: float | None = None
+    failing_since: float | None = None  # when the first failed attempt began: never reset during start-up
     wait_s, min_watch_ms = config.retry_initial_s, 0
     while not stop.is_set():
+        attempt = time.monotonic()
         try:
             ensure_group(client)
-            failing_since, wait_s = None, config.retry_initial_s  # Redis answers: an outage ends here
+            if time.monotonic() - attempt > _SLOW_REPLY_S:  # the client's own retries hid an outage
+                min_watch_ms = max(min_watch_ms, _after_outage_ms(config.block_ms))
             if check_name:
                 check_name_free(
                     client, config.name, claim_idle_ms=config.claim_idle_ms, block_ms=config.block_ms,
                     min_watch_ms=min_watch_ms, stop=stop,
                 )  # fmt: skip
             return not stop.is_set()
+        except redis.AuthenticationError:  # (a ConnectionError to redis-py) a wrong password: not an outage
+            raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             now = time.monotonic()
-            failing_since = now if failing_since is None else failing_since
+            failing_since = attempt if failing_since is None else failing_since
             if now - failing_since >= config.max_outage_s:
                 raise OutageError(
                     f"Redis failed for {now - failing_since:.1f} s at start-up, last: {type(exc).__name__}: {exc}; "
@@ -232,9 +236,12 @@ def check_name_free(
         NameInUseError: a consumer named ``name`` read or claimed while this one watched.
         redis.RedisError: Redis failed (``prepare`` retries a connection failure or a timeout).
     """
+    asked = time.monotonic()
     observed = _idle_of(client, name, stream, group)
     if observed is None:
         return
+    if time.monotonic() - asked > _SLOW_REPLY_S:  # the client's own retries hid an outage: watch as after one
+        min_watch_ms = max(min_watch_ms, _after_outage_ms(block_ms))
     now_ms, first_idle_ms = observed
     wait_ms = max(_live_silence_ms(claim_idle_ms, block_ms) - first_idle_ms, min_watch_ms)
     if wait_ms <= 0:
@@ -247,9 +254,12 @@ def check_name_free(
     deadline = time.monotonic() + wait_ms / 1000
     stop = stop if stop is not None else threading.Event()
     while not stop.wait(min(poll_s, max(0.0, deadline - time.monotonic()))):
+        asked = time.monotonic()
         observed = _idle_of(client, name, stream, group)
         if observed is None:  # deleted meanwhile (XGROUP DELCONSUMER)
             return
+        if time.monotonic() - asked > _SLOW_REPLY_S:  # an outage the client's retries hid silenced everyone
+            deadline = max(deadline, time.monotonic() + _after_outage_ms(block_ms) / 1000)
         now_ms, idle_ms = observed
         if now_ms - idle_ms > last_seen_ms + _SEEN_TOLERANCE_MS:
             raise NameInUseError(
@@ -264,6 +274,10 @@ def check_name_free(
 
 
 _HEARTBEAT_MARGIN_MS = 100
+_SLOW_REPLY_S = 1.0
+_SOCKET_TIMEOUT_S = 5.0  # above any BLOCK of a read (block_ms), so a blocking read never times out
+"""A reply from Redis slower than this during the start-up check means an outage that the client's own
+retries hid (redis-py retries a failed command by default): it silenced every consumer, a live one too."""
 _REDIS_RETRY_S = 1.0
 """How long ``Consumer.run`` waits after a Redis failure before it reads again."""
 
@@ -395,6 +409,10 @@ class Consumer:
         pipe.execute()  # the results are written ...
         self.client.xack(REQUESTS, GROUP, *results)  # ... and only then the messages acknowledged
         self.scored += len(results)
+        # the next step opens by reading this consumer's own (now empty) pending list: that read resets its
+        # idle time in XINFO CONSUMERS, which check_name_free watches (an empty XAUTOCLAIM or XREADGROUP >
+        # does not, before Redis 7.2), so a busy consumer is seen after every batch
+        self._own_pending_done = False
         return len(results)
 
     def run(self, stop: threading.Event | None = None) -> None:
@@ -580,9 +598,9 @@ def default_name() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 stopped by SIGTERM/SIGINT, 2 bad arguments, the model is not served, or a live
-    consumer uses ``--name``; 3 scoring failed for every message, or Redis at start-up, for
-    ``--max-outage-s`` (restart it; nothing was acknowledged)."""
+    """Exit status: 0 stopped by SIGTERM/SIGINT; 2 bad arguments, the model is not served, a live consumer
+    uses ``--name``, or Redis refused the consumer at start-up (a wrong password, ACLs); 3 scoring failed for
+    every message, or Redis at start-up, for ``--max-outage-s`` (restart it; nothing was acknowledged)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL"),
@@ -608,7 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--takeover-name", action="store_true",
         help="start without checking that no live consumer uses --name (which otherwise exits with status 2, "
-        "or waits up to --claim-idle-ms for a consumer of that name that was reading just now and stopped): "
+        "or waits up to max(--claim-idle-ms, 0.5 s) for a consumer of that name that was reading just now and "
+        "stopped; 1.5 s at least after Redis failed at start-up): "
         "for a supervisor that restarts a slot and knows its previous process is gone",
     )  # fmt: skip
     args = parser.parse_args(argv)
@@ -631,7 +650,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.error("model %r is not served from %s (served: %s)", args.model, args.repository,
                          ", ".join(sorted(server.models)) or "none")  # fmt: skip
             return 2
-        client = redis.Redis.from_url(args.redis_url, decode_responses=True)
+        # timeouts: a hung Redis fails a call (retried as an outage) instead of blocking it, and SIGTERM, forever
+        client = redis.Redis.from_url(
+            args.redis_url, decode_responses=True, socket_timeout=_SOCKET_TIMEOUT_S, socket_connect_timeout=5
+        )
         try:
             if not prepare(client, config, check_name=not args.takeover_name, stop=stop):
                 logger.info("stopped before reading anything")  # SIGTERM while it watched the name
@@ -645,6 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OutageError as exc:
             logger.error("%s; exiting", exc)
             return 3
+        except (redis.AuthenticationError, redis.ResponseError) as exc:  # at start-up: fix the setup first
+            logger.error("Redis refused the consumer at start-up (check REDIS_URL's password and the user's ACL "
+                         "rights on the streams): %s: %s", type(exc).__name__, exc)  # fmt: skip
+            return 2
         finally:
             client.close()
     logger.info("stopped after scoring %d message(s) in %.1f s", consumer.scored, time.monotonic() - started)
