@@ -120,12 +120,13 @@ class Server(RolloutMethods):
         for name, seconds in (("control_interval_s", control_interval_s), ("poll_interval_s", poll_interval_s)):
             if seconds is not None and not (is_number(seconds) and seconds > 0):  # (NaN fails > too)
                 raise ConfigurationError(f"{name} must be > 0 (seconds) or None, got {seconds!r}")
-        shadows = {
-            "shadow_budget": shadow_budget,
-            "shadow_queue": shadow_queue,
-            "shadow_queue_bytes": shadow_queue_bytes,
-        }
-        for argument, value in {**shadows, "on_shadow": on_shadow}.items():
+        shadows = (
+            ("shadow_budget", shadow_budget),
+            ("shadow_queue", shadow_queue),
+            ("shadow_queue_bytes", shadow_queue_bytes),
+            ("on_shadow", on_shadow),
+        )
+        for argument, value in shadows:  # (the plug-ins check their settings by the same rules at start-up)
             problem = shadow_setting_problem(argument, value)
             if problem is not None:
                 raise ConfigurationError(f"{argument} {problem}")

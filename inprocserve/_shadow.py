@@ -187,7 +187,7 @@ class ShadowRunner:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not (is_number(budget) and 0 < budget <= 1):  # (a string or NaN: refused, not a TypeError later)
-            raise ConfigurationError(f"shadow_budget must be a share of time in (0, 1], got {budget}")
+            raise ConfigurationError(f"shadow_budget must be a share of time in (0, 1], got {budget!r}")
         self.max_queued = max_queued
         self.max_queued_bytes = max_queued_bytes
         self.on_result = on_result
