@@ -213,6 +213,7 @@ show("other user", post(good(page["positions"][0]), user="bot"))
 show("off the page", post(good(99)))
 show("good", post(good(page["positions"][0])))
 out["stats"] = json.loads(c.get("/stats").content)
+show("unknown path", c.get("/wp-admin"))
 print(json.dumps(out))
 """
 
@@ -235,6 +236,7 @@ def test_django_clicks_cannot_be_forged_and_bad_input_is_a_400() -> None:
     assert out["forged token"][0] == 403 and out["other user"][0] == 403
     assert out["off the page"][0] == 404
     assert out["good"] == [200, '{"recorded": true}']
+    assert out["unknown path"] == [404, '{"error": "not found"}']  # JSON like every answer, not Django's page
     assert out["stats"]["queries"] == 1 and out["stats"]["A"] + out["stats"]["B"] == 1  # only the real click
     assert "Traceback" not in result.stderr and "Internal Server Error" not in result.stderr
 

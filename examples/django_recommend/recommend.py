@@ -474,3 +474,22 @@ WSGI_URLPATTERNS = [path("rank", rank), path("click", click), *COMMON_URLPATTERN
 ASGI_URLPATTERNS = [path("rank", arank), path("click", aclick), path("score", score), *COMMON_URLPATTERNS]
 urlpatterns = WSGI_URLPATTERNS
 """What Django routes: ``configure(..., asgi=True)`` replaces it with ASGI_URLPATTERNS."""
+
+
+# The answers Django makes itself (an unknown path, a request it refuses, an uncaught error) are JSON too, as
+# every other answer of this API (with DEBUG off; Django's debug pages otherwise).
+def json_bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse({"error": "bad request"}, status=400)
+
+
+def json_not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse({"error": "not found"}, status=404)
+
+
+def json_server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"error": "internal error (logged on the server)"}, status=500)
+
+
+handler400 = json_bad_request
+handler404 = json_not_found
+handler500 = json_server_error
