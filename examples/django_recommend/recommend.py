@@ -13,6 +13,9 @@ yourself (DJANGO_RECOMMEND_REPOSITORY absolute: gunicorn's --chdir changes the w
     uvicorn --factory --app-dir examples/django_recommend recommend:asgi_application --port 8000   # ASGI
     gunicorn --chdir examples/django_recommend --threads 8 'recommend:wsgi_application()'           # WSGI
 
+One worker process each, on purpose: a page's interleaving is remembered by the process that made it, and
+a click that reaches another worker is not counted (docs/rollouts.md, "In a fleet").
+
 Clicks decide which ranker wins, so they must not be forgeable: a page never says which ranker placed an
 item, and a click carries the page's ``click_token`` (the request id and the user, signed with SECRET_KEY),
 checked against the user who clicks. The user here is a query parameter (``current_user``), a stand-in for
