@@ -18,7 +18,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -30,9 +30,18 @@ from ._request_telemetry import RequestTelemetry
 if TYPE_CHECKING:
     from ._model import ModelVersion
 
-__all__ = ["Coalescer", "LeaderGone", "Sharing", "inputs_key", "shareable"]
+__all__ = ["Coalescer", "Lead", "LeaderGone", "Sharing", "inputs_key", "shareable"]
 
 Key = tuple[str, int, int, bytes]  # model, version, the copy's identity, the inputs' digest
+
+
+class Lead(NamedTuple):
+    """What ``predict``'s short way holds while its run leads identical requests (:meth:`Sharing.lead`)."""
+
+    key: bytes
+    """The inputs' digest: where the answer is cached."""
+    shared_as: Key | None
+    """The key identical requests follow (``None``: the version shares no runs)."""
 
 
 class LeaderGone(Exception):  # a signal between leader and followers; never reaches a caller
@@ -47,10 +56,13 @@ def inputs_key(arrays: Mapping[str, np.ndarray]) -> bytes:
     """A digest of the validated inputs: names, dtypes, shapes and bytes (string tensors by value)."""
     digest = hashlib.blake2b(digest_size=16)
     for name, array in arrays.items():
-        digest.update(name.encode())
-        digest.update(str(array.dtype).encode())
-        digest.update(repr(array.shape).encode())
-        if array.dtype.kind == "O":  # string tensors: each element's kind, length and bytes, so none can
+        dtype = array.dtype
+        # one header per input: the name (its length first), the dtype's short code (byte order, kind, size:
+        # "<f4", a C attribute, where str() runs numpy's Python naming code: about 4 µs, as much as the hash;
+        # a structured dtype's code omits its fields) and the shape
+        code = str(dtype) if dtype.kind == "V" else dtype.str
+        digest.update(f"{len(name)}:{name}{code}{array.shape}".encode())
+        if dtype.kind == "O":  # string tensors: each element's kind, length and bytes, so none can
             for item in array.ravel():  # pass for another (a separator inside a string, bytes against text)
                 if isinstance(item, bytes):
                     kind, data = b"b", item
@@ -60,7 +72,7 @@ def inputs_key(arrays: Mapping[str, np.ndarray]) -> bytes:
                 digest.update(kind + len(data).to_bytes(8, "little"))
                 digest.update(data)
         else:
-            digest.update(np.ascontiguousarray(array).data)
+            digest.update(array.data if array.flags.c_contiguous else np.ascontiguousarray(array).data)
     return digest.digest()
 
 
@@ -94,8 +106,9 @@ class Coalescer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._leaders: dict[Key, Future[Mapping[str, Any]]] = {}
-        self._followed: set[Key] = set()  # keys that at least one follower joined
+        # key -> the future its followers wait on, made by the first follower (``None`` until one joins: most
+        # leaders are never followed, and a Future with its Condition costs a few microseconds to make)
+        self._leaders: dict[Key, Future[Mapping[str, Any]] | None] = {}
 
     def join(self, key: Key) -> Future[Mapping[str, Any]] | None:
         """``None``: the caller leads and must :meth:`release` ``key``; else the leader's future to follow.
@@ -104,22 +117,30 @@ class Coalescer:
         :class:`LeaderGone` when the follower should run by itself.
         """
         with self._lock:
-            future = self._leaders.get(key)
-            if future is not None:
-                self._followed.add(key)
-                return future
-            self._leaders[key] = Future()
-            return None
+            if key not in self._leaders:
+                self._leaders[key] = None
+                return None
+            future = self._leaders[key]
+            if future is None:
+                future = self._leaders[key] = Future()
+            return future
+
+    def lead(self, key: Key) -> bool:
+        """Lead ``key`` (as :meth:`join` returning ``None``) unless an identical request is in flight: then
+        return False having joined nothing."""
+        with self._lock:
+            if key in self._leaders:
+                return False
+            self._leaders[key] = None
+            return True
 
     def release(self, key: Key, outputs: Mapping[str, Any] | None, error: BaseException | None) -> None:
         """The leader is done (answered, failed or refused): free its key and wake its followers. Idempotent."""
         with self._lock:
             future = self._leaders.pop(key, None)
-            followed = key in self._followed
-            self._followed.discard(key)
-        if future is None:
+        if future is None:  # nobody followed it (or released already)
             return
-        if followed and outputs is not None:  # one answer for several callers: none may change it for the others
+        if outputs is not None:  # one answer for several callers: none may change it for the others
             for array in outputs.values():
                 if isinstance(array, np.ndarray):
                     array.flags.writeable = False
@@ -172,15 +193,17 @@ class Sharing:
         """Leaders in flight."""
         return len(self._coalescer)
 
-    def answered_without_run(self, target: ModelVersion, request: Request) -> bool:
+    def answered_without_run(self, target: ModelVersion, request: Request, key: bytes | None = None) -> bool:
         """Answer ``request`` from the version's cache, or make it follow an identical request in flight;
         returns whether it needs no run of its own. Otherwise it may lead: its key is set, and
-        the server's post-answer hook (or its refusal path) must call :meth:`release`."""
+        the server's post-answer hook (or its refusal path) must call :meth:`release`. ``key``: the digest of
+        ``request.arrays``, when the caller has it already (``predict``'s short way looked the cache up)."""
         cache = target.cache
         share = target.config.cache.share_in_flight
         if cache is None and not share:
             return False  # the common case costs one attribute read: no hashing
-        key = inputs_key(request.arrays)
+        if key is None:
+            key = inputs_key(request.arrays)
         assert target.batcher is not None  # a routed version is loaded
         telemetry = target.batcher.telemetry
         if cache is not None:
@@ -308,9 +331,50 @@ class Sharing:
         if key is None:
             return
         request.cache_key = None
-        outputs = request.outputs if error is None else None
-        if outputs is not None and target is not None and target.cache is not None:
-            target.cache.store(key, outputs)
         shared_as, request.shared_as = request.shared_as, None
-        if shared_as is not None:  # (a leader that nobody could follow joined no key)
-            self._coalescer.release(shared_as, outputs, error)
+        self._released(target, key, shared_as, request.outputs if error is None else None, error)
+
+    def lead(self, target: ModelVersion, key: bytes) -> Lead | None:
+        """For ``predict``'s short way, after a miss in ``target``'s cache: lead the requests with inputs
+        ``key`` so that identical ones follow this caller's run, which it must end with :meth:`finish` (or
+        :meth:`abandon`). ``None``: an identical request is in flight (the full way follows it)."""
+        if target.config.cache.share_in_flight is False:
+            return Lead(key, None)
+        shared_as = (target.name, target.version, id(target), key)
+        return Lead(key, shared_as) if self._coalescer.lead(shared_as) else None
+
+    def finish(
+        self, target: ModelVersion, lead: Lead, outputs: Mapping[str, Any] | None, error: BaseException | None
+    ) -> None:
+        """The run of a request that :meth:`lead` returned ``lead`` for is done: count the miss, keep its
+        answer in the cache, and hand it (or ``error``) to the requests that followed it."""
+        try:
+            if target.cache is not None:
+                target.cache.count(shared=False)
+            assert target.batcher is not None  # a routed version is loaded
+            self._telemetry.cache_result(target.batcher.telemetry, "miss")
+        finally:  # (followers are woken whatever happens to the counts)
+            self._released(target, lead.key, lead.shared_as, outputs, error)
+
+    def abandon(self, lead: Lead) -> None:
+        """The request that :meth:`lead` returned ``lead`` for goes the full way after all (its runner was
+        taken meanwhile); any request that followed it meanwhile runs by itself. Nothing is counted."""
+        if lead.shared_as is not None:
+            self._coalescer.release(lead.shared_as, None, None)
+
+    def _released(
+        self,
+        target: ModelVersion | None,
+        key: bytes,
+        shared_as: Key | None,
+        outputs: Mapping[str, Any] | None,
+        error: BaseException | None,
+    ) -> None:
+        """Keep a leader's answer in the cache, then wake its followers (even if keeping it failed: nobody
+        may wait forever)."""
+        try:
+            if outputs is not None and target is not None and target.cache is not None:
+                target.cache.store(key, outputs)
+        finally:
+            if shared_as is not None:  # (a leader that nobody could follow joined no key)
+                self._coalescer.release(shared_as, outputs, error)

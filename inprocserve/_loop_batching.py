@@ -7,7 +7,8 @@ what limits throughput. Here, instead:
 
 * **Lone requests.** A request made while nothing else is due in the loop's iteration has nobody to merge
   with (``_LoopState.alone``; on uvloop, whose queue Python cannot read, recent traffic decides): it takes
-  ``predict``'s shortest way (``Server._predict_plain``), limited to runs under ``RUN_ON_LOOP_UNDER_S``, and
+  ``predict``'s shortest way (``Server._predict_plain``: a run under ``RUN_ON_LOOP_UNDER_S``, or a hit in the
+  version's cache), and
   ``apredict`` returns its answer without suspending the task (for at most ``LONE_STREAK_S`` per iteration:
   a task that calls again and again still yields to the loop).
 * **Merging.** ``apredict`` routes and validates on the loop exactly as ``predict`` does. A request to a plain
@@ -960,10 +961,11 @@ def _join_opened(
 ) -> bool:
     """Like :func:`_joined`, for a lone request that ``Server._predict_plain`` routed, validated and started
     but did not run (the version was busy, or its run is long): it joins this iteration's group if its version
-    takes merged requests and it fits one run; else False, and the full way continues from ``opened``."""
+    takes merged requests and it fits one run; else False, and the full way continues from ``opened`` (as it
+    does for a miss of the version's cache, which it shares with identical requests and stores)."""
     batcher = opened.target.batcher
     assert batcher is not None  # (checked by _plain_route)
-    if not batcher.stacks_freely or opened.rows > batcher.max_rows:
+    if opened.target.cache is not None or not batcher.stacks_freely or opened.rows > batcher.max_rows:
         return False
     expires_at = _NEVER if timeout_s is None else loop.time() + timeout_s
     member = _Member(

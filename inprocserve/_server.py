@@ -35,7 +35,7 @@ from ._errors import (
     ModelNotFoundError,
 )
 from ._flags import FlagProvider
-from ._inflight import Sharing
+from ._inflight import Sharing, inputs_key
 from ._loop_batching import apredict as _loop_apredict
 from ._model import ModelVersion
 from ._operations import Operations, RolloutMethods
@@ -253,11 +253,14 @@ class Server(RolloutMethods):
         timeout_s: float | None,
         max_run_s: float | None = None,
     ) -> tuple[Prediction | None, _Opened | None]:
-        """The shortest way for the most common call at low load: a request to a version with no cache or
-        drift monitoring, routed with no rollout or shadow (or pinned), run at once on this thread when a
-        runner is idle and nothing is queued. No :class:`Request`, no queue, one lock round trip to take the
-        runner and one to give it back; the same deadline, span, metrics, latency and counts as the full way
-        (docs/performance.md, "Where a lone request's time goes"). ``timeout_s`` was checked already.
+        """The shortest way for the most common call at low load: a request to a version with no drift
+        monitoring, routed with no rollout or shadow (or pinned), run at once on this thread when a runner is
+        idle and nothing is queued, or answered from the version's cache. No :class:`Request`, no queue, one
+        lock round trip to take the runner and one to give it back; the same deadline, span, metrics, latency
+        and counts as the full way (docs/performance.md, "Where a lone request's time goes"). A cache miss runs
+        here too, leading identical requests that arrive meanwhile (they follow it the full way), and its answer
+        is kept; one with an identical request in flight already goes the full way, which follows it.
+        ``timeout_s`` was checked already.
         ``max_run_s``: run only a request whose run should take at most this long by the version's measured
         run cost, in this process (:meth:`Batcher.runs_within`: an event loop's thread must not block long),
         to a version with nothing queued or running (an event loop's task whose request finds another one
@@ -270,15 +273,19 @@ class Server(RolloutMethods):
         """
         started = time.perf_counter()
         deadline = None if timeout_s is None else self._clock() + timeout_s
-        plain = self._plain_route(model, version, context)
+        plain = self._plain_route(model, version, context, cached=True)
         if plain is None:
             return None, None
         routes, target, decision = plain
         router = routes.router
-        batcher, signature = target.batcher, target.signature
+        batcher, signature, cache = target.batcher, target.signature, target.cache
         assert batcher is not None and signature is not None  # (checked by _plain_route)
+        key = None
         try:
             arrays, rows = signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
+            if cache is not None:
+                key = inputs_key(arrays)
+                outputs = cache.get(key)
         except Exception:  # the full way raises it again, naming the model, and records the refusal
             return None, None
         except BaseException as exc:  # interrupted while validating: refused, as the full way records it
@@ -286,12 +293,25 @@ class Server(RolloutMethods):
             raise
         recorder = batcher.telemetry
         span = start_request_span(model, recorder.span_attributes)
-        if max_run_s is not None and not (batcher.idle and batcher.runs_within(rows, max_run_s)):
+        lead = None
+        if cache is not None:
+            if outputs is not None:
+                self._telemetry.cache_result(recorder, "hit")
+                return self._plain_answer(started, span, routes, target, decision, arrays, rows, None, outputs), None
+            # a miss: run here, leading identical requests; unless an identical request is in flight (the full
+            # way follows it), or an event loop's thread would wait (the full way queues it)
+            too_long = max_run_s is not None and not (batcher.idle and batcher.runs_within(rows, max_run_s))
+            lead = None if too_long or key is None else self._sharing.lead(target, key)
+            if lead is None:
+                return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows, key)
+        elif max_run_s is not None and not (batcher.idle and batcher.runs_within(rows, max_run_s)):
             return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows)
         timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)
         try:
             outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing, deadline=deadline)
         except Exception as exc:  # its run failed: answered with the error, like an inline run of the full way
+            if lead is not None:
+                self._sharing.finish(target, lead, None, exc)
             elapsed_s = time.perf_counter() - started
             target.latency.record(elapsed_s, failed=True)
             self._telemetry.plain_answered(
@@ -300,34 +320,59 @@ class Server(RolloutMethods):
             router.served(self._ids.next(), decision, arrays)
             raise
         except BaseException as exc:  # this thread was interrupted: refused, like the full way's
+            if lead is not None:
+                self._sharing.finish(target, lead, None, exc)
             self._telemetry.refused(span, started, model, target.version, decision, exc)
             raise
         if outputs is None:  # busy, or companions expected: the full way queues it
-            return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows)
+            if lead is not None:
+                self._sharing.abandon(lead)
+            return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows, key)
+        if lead is not None:
+            self._sharing.finish(target, lead, outputs, None)
+        return self._plain_answer(started, span, routes, target, decision, arrays, rows, timing, outputs), None
+
+    def _plain_answer(
+        self,
+        started: float,
+        span: Any,
+        routes: Routes,
+        target: ModelVersion,
+        decision: Decision,
+        arrays: dict[str, Any],
+        rows: int,
+        timing: BatchTiming | None,
+        outputs: Mapping[str, Any],
+    ) -> Prediction:
+        """Record a request answered on the shortest way (run on this thread, or a cache hit: ``timing`` is
+        ``None``) as the full way records an inline run or a hit, and make its answer."""
+        batcher = target.batcher
+        assert batcher is not None  # (checked by _plain_route)
         elapsed_s = time.perf_counter() - started
         target.latency.record(elapsed_s)
         self._telemetry.plain_answered(
-            span, decision, target.version, rows, timing, None, elapsed_s, recorder, lone=True
+            span, decision, target.version, rows, timing, None, elapsed_s, batcher.telemetry, lone=True
         )
         request_id = self._ids.next()
-        router.served(request_id, decision, arrays)  # keeps recent inputs for guarded promotion
-        answer = Prediction(
+        routes.router.served(request_id, decision, arrays)  # keeps recent inputs for guarded promotion
+        return Prediction(
             outputs,
-            model=model,
+            model=target.name,
             version=target.version,
             variant=decision.variant,
             reason=decision.reason,
             request_id=request_id,
         )
-        return answer, None
 
     def _plain_route(
-        self, model: str, version: int | None, context: Mapping[str, Any] | None
+        self, model: str, version: int | None, context: Mapping[str, Any] | None, *, cached: bool = False
     ) -> tuple[Routes, ModelVersion, Decision] | None:
         """The route of a request that may take a short way (``predict``'s, or an event loop's merged
-        requests): to a version with no cache, no drift monitoring and no sharing of identical requests, routed
-        with no rollout or shadow (or pinned), whose runners this process has adopted. ``None`` otherwise, and
-        for anything the full way refuses (an unknown model or version: it raises, naming them)."""
+        requests): to a version with no drift monitoring and no sharing of identical requests, routed with no
+        rollout or shadow (or pinned), whose runners this process has adopted. ``cached``: also to a version
+        with a cache (``predict``'s short way answers its hits and leads identical requests with its misses);
+        else only to one without. ``None`` otherwise, and for anything the full way
+        refuses (an unknown model or version: it raises, naming them)."""
         try:
             routes = self._registry.routes.get(model)
             if routes is None:
@@ -342,11 +387,13 @@ class Server(RolloutMethods):
             target = routes.versions.get(decision.version)
         except Exception:  # e.g. an unhashable name: the full way raises it again and records the refusal
             return None
-        if target is None or target.cache is not None or target.drift is not None:
+        if target is None or target.drift is not None or (target.cache is not None and not cached):
             return None
         batcher = target.batcher
-        if batcher is None or target.signature is None or not batcher.adopted or target.config.cache.share_in_flight:
+        if batcher is None or target.signature is None or not batcher.adopted:
             return None  # (a process's first request adopts the runners the full way)
+        if target.cache is None and target.config.cache.share_in_flight:
+            return None  # (identical requests share runs: the full way)
         return routes, target, decision
 
     def submit(
@@ -503,24 +550,26 @@ class Server(RolloutMethods):
             for _ in range(_RETRIES_ON_RETIRED):
                 requeued = readmit and opened is not None
                 if opened is not None:  # routed and validated already (only once: a retry routes again)
-                    routes, target, decision, arrays, rows = (
+                    routes, target, decision, arrays, rows, key = (
                         opened.routes,
                         opened.target,
                         opened.decision,
                         opened.arrays,
                         opened.rows,
+                        opened.key,
                     )
                     opened = None
                 else:
                     routes, target, decision = self._route(model, version, context)
                     arrays, rows = self._validated(target, inputs)
+                    key = None
                 request = Request(arrays, rows, self._route_of(routes, target, decision), deadline, future)
                 request.span = span
                 request.started = started
                 as_planned = target is planned
                 if as_planned:
                     request.run_rows = run_rows
-                if not self._sharing.answered_without_run(target, request):
+                if not self._sharing.answered_without_run(target, request, key):
                     assert target.batcher is not None
                     try:
                         if beside and as_planned:
@@ -789,3 +838,5 @@ class _Opened:
     decision: Decision
     arrays: dict[str, Any]
     rows: int
+    key: bytes | None = None
+    """The inputs' digest (``_inflight.inputs_key``), when a lookup in the version's cache missed already."""

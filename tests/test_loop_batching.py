@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 import inprocserve
-from inprocserve import BatchingConfig, ModelConfig, _loop_batching
+from inprocserve import BatchingConfig, ModelConfig, _loop_batching, _server
 from inprocserve._loop_batching import loop_wakes
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
@@ -571,13 +571,15 @@ def test_each_new_loop_gets_its_own_inbox(
 def test_cache_hits_and_identical_requests_in_one_iteration_share_one_run(
     scale_repository: Path, make_server: ServerFactory
 ) -> None:
-    """A cache hit is answered on the loop without joining a batch, and identical requests queued by one
-    iteration follow the first one's run: the loop path keeps the cache and in-flight sharing of predict."""
+    """A cache hit is answered on the loop without joining a batch (a lone one at once, with no post to the
+    loop's inbox), and identical requests queued by one iteration follow the first one's run: the loop path
+    keeps the cache and in-flight sharing of predict."""
     server = make_server(scale_repository, config=ModelConfig(cache=inprocserve.CacheConfig(enabled=True)))
     same = np.full((1, 4), 3.0, np.float32)
 
     async def main() -> tuple[list[inprocserve.Prediction], int, inprocserve.Prediction]:
         first = await asyncio.gather(*(server.apredict("scale", same) for _ in range(8)))
+        await asyncio.sleep(0.01)  # the callbacks the gather left are run: the next request is alone
         loop = asyncio.get_running_loop()
         before = loop_wakes(loop)
         again = await server.apredict("scale", same)  # from the cache
@@ -587,7 +589,41 @@ def test_cache_hits_and_identical_requests_in_one_iteration_share_one_run(
     assert [answer["y"].tolist() for answer in [*first, again]] == [[[6.0] * 4]] * 9
     assert len({answer.request_id for answer in [*first, again]}) == 9
     assert counters(server, "scale") == (1, 1)  # one run for all nine
-    assert wakes == 1  # the cached answer was posted to the loop's inbox and drained there
+    assert version_status(server, "scale")["cache"] == {"entries": 1, "hits": 1, "misses": 1, "shared": 7}
+    assert wakes == 0  # a lone request's hit is answered at once: nothing was posted to the loop
+
+
+def test_a_lone_cache_miss_is_kept_whether_it_runs_on_the_loop_or_on_a_worker(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone request that misses the cache runs on the loop when its run is short, as ``predict``'s short way
+    (no ``Request``), and goes the full way when its run is too long for the loop's thread (never into a
+    merged group, which neither keeps nor shares answers): both answers are kept, so the same inputs again
+    are hits."""
+    save_model(build_scale_model(2.0), busy_repository, "scale", 1)
+    config = ModelConfig(cache=inprocserve.CacheConfig(enabled=True), pool=inprocserve.PoolConfig(intra_op_threads=1))
+    server = make_server(busy_repository, config=config)
+    short, long = np.ones((1, 4), np.float32), busy_inputs(1, seed=22)  # the busy model's row: a millisecond
+    built: list[Any] = []
+    full_way = _server.Request
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(args)
+        return full_way(*args, **kwargs)
+
+    async def main() -> list[inprocserve.Prediction]:
+        for model, inputs in (("scale", np.zeros((1, 4), np.float32)), ("busy", busy_inputs(1, seed=20))):
+            await server.apredict(model, inputs)  # the first request adopts the runners
+        monkeypatch.setattr(_server, "Request", counted)
+        answers = [await server.apredict("scale", short)]
+        assert built == []  # answered on the short way
+        answers.append(await server.apredict("busy", long))
+        return [*answers, await server.apredict("scale", short), await server.apredict("busy", long)]
+
+    answers = asyncio.run(asyncio.wait_for(main(), 60))
+    assert answers[2]["y"] is answers[0]["y"] and answers[3]["y"] is answers[1]["y"]
+    for model in ("scale", "busy"):
+        assert version_status(server, model)["cache"] == {"entries": 2, "hits": 1, "misses": 2, "shared": 0}
 
 
 def test_an_answer_posted_while_the_loop_tries_a_lone_run_is_delivered() -> None:

@@ -4,7 +4,9 @@ answer, count, record and fail exactly like the full way, and step aside wheneve
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import inprocserve
 from inprocserve import _server
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .conftest import BUSY_WIDTH, ServerFactory, busy_inputs, occupy, version_status, wait_until
 from .test_telemetry import Otel
 
 # The process-wide SDK (providers can be set once per process), as a fixture:
@@ -202,14 +204,14 @@ def test_a_deadline_on_the_short_way_stops_the_run(
     assert status["in_flight"] == 0 and status["latency_ms"]["errors"] == 1 and status["latency_ms"]["count"] == 2
 
 
-@pytest.mark.parametrize("setting", ["cache", "second version in a canary"])
+@pytest.mark.parametrize("setting", ["sharing without a cache", "second version in a canary"])
 def test_requests_that_need_the_full_way_take_it(
     setting: str, repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
     models: dict[str, inprocserve.ModelConfig] = {}
-    if setting == "cache":
-        models["scale"] = inprocserve.ModelConfig(cache=inprocserve.CacheConfig(enabled=True))
+    if setting == "sharing without a cache":
+        models["scale"] = inprocserve.ModelConfig(cache=inprocserve.CacheConfig(share_in_flight=True))
     if setting == "second version in a canary":
         save_model(build_scale_model(3.0), repository, "scale", 2)
         canary = inprocserve.CanaryConfig(version=2, percent=50.0)
@@ -249,3 +251,165 @@ def test_a_caller_interrupted_while_validating_is_recorded_as_refused(
     (span,) = otel.finished("inprocserve.predict")
     assert dict(span.attributes or {})["error.type"] == "KeyboardInterrupt"
     assert version_status(server, "scale")["in_flight"] == 0
+
+
+# -- the version's cache on the short way ------------------------------------------------------------------
+
+WAIT_S = 30  # every wait is bounded: a caller left behind fails the test instead of hanging it
+
+
+def cached(**batching: Any) -> inprocserve.ModelConfig:
+    return inprocserve.ModelConfig(
+        cache=inprocserve.CacheConfig(enabled=True),
+        batching=inprocserve.BatchingConfig(**batching),
+        pool=inprocserve.PoolConfig(intra_op_threads=1),
+    )
+
+
+def cache_status(server: inprocserve.Server, model: str) -> dict[str, int]:
+    return version_status(server, model)["cache"]
+
+
+def gate_runs(server: inprocserve.Server, model: str, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Hold the next run of ``model`` (on the caller's thread, in onnxruntime's place) until the returned event
+    is set, then run it for real: the test's identical requests arrive while it runs, whatever the machine's
+    speed."""
+    execution = server._registry.routes[model].default.batcher._execution  # type: ignore[union-attr]
+    run = execution._run_batch
+    go = threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(execution, "_run_batch", run)
+        assert go.wait(WAIT_S), "the test never released the run"
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(execution, "_run_batch", held)
+    return go
+
+
+def test_cache_hits_and_misses_take_the_short_way(
+    scale_repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
+) -> None:
+    server = make_server(scale_repository, config=cached())
+    first_request(server, "scale", np.zeros((1, 4), np.float32))
+    forbid_full_way()
+    x = np.ones((1, 4), np.float32)
+    miss = server.predict("scale", x)  # run on this thread, its answer kept
+    hit = server.predict("scale", x.copy())
+    np.testing.assert_allclose(hit["y"], np.full((1, 4), 2.0))
+    assert hit["y"] is miss["y"] and not hit["y"].flags.writeable  # the cached arrays, shared read-only
+    assert (hit.version, hit.variant) == (1, "default") and hit.request_id != miss.request_id
+    assert cache_status(server, "scale") == {"entries": 2, "hits": 1, "misses": 2, "shared": 0}
+    status = version_status(server, "scale")
+    assert status["batches_run"] == 2 and status["latency_ms"]["count"] == 3 and status["in_flight"] == 0
+
+
+def test_a_cache_hit_on_the_short_way_is_recorded_as_the_full_way_records_it(
+    otel: Otel, scale_repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
+) -> None:
+    def lookups() -> dict[str, int]:  # (the SDK is the process's: its counters hold earlier tests' lookups)
+        return {
+            point.attributes.get("inprocserve.cache.result"): point.value
+            for point in otel.metric_points("inprocserve.cache.requests")
+            if point.attributes.get("inprocserve.model.name") == "scale"
+        }
+
+    server = make_server(scale_repository, config=cached())
+    first_request(server, "scale", np.ones((2, 4), np.float32))  # a miss, the full way
+    forbid_full_way()
+    before = lookups()
+    otel.spans.clear()
+    with otel.tracer.start_as_current_span("GET /score", kind=SpanKind.SERVER):
+        server.predict("scale", np.ones((2, 4), np.float32))
+    (span,) = otel.finished("inprocserve.predict")
+    attributes = dict(span.attributes or {})
+    assert attributes["inprocserve.model.version"] == 1 and attributes["inprocserve.rollout.variant"] == "default"
+    assert attributes["inprocserve.request.rows"] == 2 and attributes["inprocserve.outcome"] == "ok"
+    assert "inprocserve.batch.rows" not in attributes  # nothing ran
+    after = lookups()
+    assert after.get("hit", 0) - before.get("hit", 0) == 1 and after.get("miss") == before.get("miss")
+
+
+def test_identical_requests_follow_a_miss_running_on_the_short_way(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(busy_repository, config=cached())
+    first_request(server, "busy", busy_inputs(1, seed=1))
+    inputs = busy_inputs(2, seed=2)
+    go = gate_runs(server, "busy", monkeypatch)
+    with ThreadPoolExecutor(1) as caller:
+        leader = caller.submit(server.predict, "busy", inputs)
+        wait_until(lambda: version_status(server, "busy")["in_flight"] == 1)  # its run has begun
+        followers = [server.submit("busy", inputs) for _ in range(3)]
+        wait_until(lambda: cache_status(server, "busy")["shared"] == 3)
+        go.set()
+        answers = [leader.result(timeout=WAIT_S), *(follower.result(timeout=WAIT_S) for follower in followers)]
+    assert all(answer["y"] is answers[0]["y"] for answer in answers)  # one run's answer, for all four
+    assert version_status(server, "busy")["rows_run"] == 1 + 2
+    assert cache_status(server, "busy") == {"entries": 2, "hits": 0, "misses": 2, "shared": 3}
+
+
+def test_followers_of_a_miss_failing_on_the_short_way_get_its_error(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(busy_repository, config=cached())
+    first_request(server, "busy", busy_inputs(1, seed=1))
+    poisoned = busy_inputs(1, index=99, seed=3)  # passes validation, fails inside onnxruntime
+    go = gate_runs(server, "busy", monkeypatch)
+    with ThreadPoolExecutor(1) as caller:
+        leader = caller.submit(server.predict, "busy", poisoned)
+        wait_until(lambda: version_status(server, "busy")["in_flight"] == 1)
+        follower = server.submit("busy", poisoned)
+        wait_until(lambda: cache_status(server, "busy")["shared"] == 1)
+        go.set()
+        errors = [leader.exception(timeout=WAIT_S), follower.exception(timeout=WAIT_S)]
+    assert all(isinstance(error, inprocserve.InferenceError) for error in errors)
+    assert str(errors[0]) == str(errors[1])
+    assert cache_status(server, "busy")["entries"] == 1  # errors are not cached
+    assert server.predict("busy", busy_inputs(1, seed=3))["y"].shape == (1, BUSY_WIDTH)  # the key was freed
+
+
+def test_followers_of_a_miss_interrupted_on_the_short_way_run_by_themselves(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(busy_repository, config=cached())
+    first_request(server, "busy", busy_inputs(1, seed=1))
+    inputs = busy_inputs(1, seed=4)
+    execution = server._registry.routes["busy"].default.batcher._execution  # type: ignore[union-attr]
+    run = execution._run_batch
+    go = threading.Event()
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:  # Ctrl-C arriving while onnxruntime runs
+        monkeypatch.setattr(execution, "_run_batch", run)
+        assert go.wait(WAIT_S)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(execution, "_run_batch", interrupted)
+    with ThreadPoolExecutor(1) as caller:
+        leader = caller.submit(server.predict, "busy", inputs)
+        wait_until(lambda: version_status(server, "busy")["in_flight"] == 1)
+        follower = server.submit("busy", inputs)
+        wait_until(lambda: cache_status(server, "busy")["shared"] == 1)
+        go.set()
+        assert isinstance(leader.exception(timeout=WAIT_S), KeyboardInterrupt)
+        assert follower.result(timeout=WAIT_S)["y"].shape == (1, BUSY_WIDTH)  # it ran by itself
+    status = version_status(server, "busy")
+    assert status["in_flight"] == 0 and status["rows_run"] == 1 + 1
+    server.predict("busy", inputs)  # the key was freed: this one leads, runs and keeps its answer
+    assert cache_status(server, "busy") == {"entries": 2, "hits": 0, "misses": 3, "shared": 1}
+
+
+def test_a_miss_that_finds_the_version_busy_goes_the_full_way_counted_once(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository, config=cached(max_batch_size=4096))
+    first_request(server, "busy", busy_inputs(1, seed=1))
+    blocker = occupy(server)  # the only runner is taken: the short way leads, then hands over to the queue
+    inputs = busy_inputs(1, seed=5)
+    with ThreadPoolExecutor(1) as caller:
+        answer = caller.submit(server.predict, "busy", inputs)
+        wait_until(lambda: version_status(server, "busy")["queued_rows"] == 1)
+        follower = server.submit("busy", inputs)  # follows the queued request: the short way let go of its key
+        blocker.result(timeout=WAIT_S)
+        assert answer.result(timeout=WAIT_S)["y"] is follower.result(timeout=WAIT_S)["y"]
+    assert cache_status(server, "busy") == {"entries": 3, "hits": 0, "misses": 3, "shared": 1}
