@@ -18,7 +18,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,13 +35,18 @@ __all__ = ["Coalescer", "Lead", "LeaderGone", "Sharing", "inputs_key", "shareabl
 Key = tuple[str, int, int, bytes]  # model, version, the copy's identity, the inputs' digest
 
 
-class Lead(NamedTuple):
-    """What ``predict``'s short way holds while its run leads identical requests (:meth:`Sharing.lead`)."""
+class Lead:
+    """What ``predict``'s short way holds while its request leads identical requests (:meth:`Sharing.lead`),
+    until :meth:`Sharing.finish` or :meth:`Sharing.take_over` ends it (once: a second call does nothing)."""
 
-    key: bytes
-    """The inputs' digest: where the answer is cached."""
-    shared_as: Key | None
-    """The key identical requests follow (``None``: the version shares no runs)."""
+    __slots__ = ("done", "key", "shared_as")
+
+    def __init__(self, key: bytes, shared_as: Key | None) -> None:
+        self.key = key
+        """The inputs' digest: where the answer is cached."""
+        self.shared_as = shared_as
+        """The key identical requests follow (``None``: the version shares no runs)."""
+        self.done = False
 
 
 class LeaderGone(Exception):  # a signal between leader and followers; never reaches a caller
@@ -215,9 +220,14 @@ class Sharing:
         # the copy, not just the version number: during a reload the old and new copies of a version serve
         # side by side, and a request routed to one must never get the other's answer
         shared_as = (target.name, target.version, id(target), key)
+        # held by the request before it joins: from the moment a key is joined, whatever refuses the request
+        # (an interruption included) releases it through the request (see Server._dispatch)
+        request.cache_key, request.shared_as = key, shared_as
         leader = None if share is False else self._coalescer.join(shared_as)
-        request.cache_key = key if leader is None else None
-        request.shared_as = shared_as if leader is None else None
+        if leader is not None:
+            request.cache_key = request.shared_as = None
+        elif share is False:
+            request.shared_as = None  # (a leader that nobody can follow joins no key)
         if cache is not None:
             cache.count(shared=leader is not None)
         self._telemetry.cache_result(telemetry, "miss" if leader is None else "shared")
@@ -336,8 +346,10 @@ class Sharing:
 
     def lead(self, target: ModelVersion, key: bytes) -> Lead | None:
         """For ``predict``'s short way, after a miss in ``target``'s cache: lead the requests with inputs
-        ``key`` so that identical ones follow this caller's run, which it must end with :meth:`finish` (or
-        :meth:`abandon`). ``None``: an identical request is in flight (the full way follows it)."""
+        ``key`` so that identical ones follow this caller's request, which must end the lead with
+        :meth:`finish` (its run is done, or it failed or was interrupted before it was queued) or hand it to
+        the full way (:meth:`take_over`). ``None``: an identical request is in flight (the full way follows
+        it)."""
         if target.config.cache.share_in_flight is False:
             return Lead(key, None)
         shared_as = (target.name, target.version, id(target), key)
@@ -346,8 +358,12 @@ class Sharing:
     def finish(
         self, target: ModelVersion, lead: Lead, outputs: Mapping[str, Any] | None, error: BaseException | None
     ) -> None:
-        """The run of a request that :meth:`lead` returned ``lead`` for is done: count the miss, keep its
-        answer in the cache, and hand it (or ``error``) to the requests that followed it."""
+        """The request that :meth:`lead` returned ``lead`` for is done (its run answered or failed, or it was
+        refused or interrupted before it was queued): count the miss, keep its answer in the cache, and hand
+        it (or ``error``) to the requests that followed it. Does nothing for a lead that ended already."""
+        if lead.done:
+            return
+        lead.done = True
         try:
             if target.cache is not None:
                 target.cache.count(shared=False)
@@ -356,11 +372,17 @@ class Sharing:
         finally:  # (followers are woken whatever happens to the counts)
             self._released(target, lead.key, lead.shared_as, outputs, error)
 
-    def abandon(self, lead: Lead) -> None:
-        """The request that :meth:`lead` returned ``lead`` for goes the full way after all (its runner was
-        taken meanwhile); any request that followed it meanwhile runs by itself. Nothing is counted."""
-        if lead.shared_as is not None:
-            self._coalescer.release(lead.shared_as, None, None)
+    def take_over(self, target: ModelVersion, request: Request, lead: Lead) -> None:
+        """The request that :meth:`lead` returned ``lead`` for goes the full way after all (the session was
+        taken meanwhile): ``request`` leads from now on, as one :meth:`answered_without_run` made a leader
+        (its answer is kept and handed to its followers by :meth:`release`), and the miss is counted."""
+        lead.done = True
+        request.cache_key = lead.key
+        request.shared_as = lead.shared_as
+        if target.cache is not None:
+            target.cache.count(shared=False)
+        assert target.batcher is not None  # a routed version is loaded
+        self._telemetry.cache_result(target.batcher.telemetry, "miss")
 
     def _released(
         self,

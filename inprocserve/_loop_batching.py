@@ -965,7 +965,12 @@ def _join_opened(
     does for a miss of the version's cache, which it shares with identical requests and stores)."""
     batcher = opened.target.batcher
     assert batcher is not None  # (checked by _plain_route)
-    if opened.target.cache is not None or not batcher.stacks_freely or opened.rows > batcher.max_rows:
+    target = opened.target
+    if target.cache is not None or target.drift is not None or opened.decision.shadows:
+        return False  # (a merged group's answers feed no cache, drift monitoring or shadows)
+    if not batcher.adopted or target.config.cache.share_in_flight:
+        return False  # (a process's first request adopts the runners; identical requests share runs)
+    if not batcher.stacks_freely or opened.rows > batcher.max_rows:
         return False
     expires_at = _NEVER if timeout_s is None else loop.time() + timeout_s
     member = _Member(

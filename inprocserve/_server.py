@@ -35,7 +35,7 @@ from ._errors import (
     ModelNotFoundError,
 )
 from ._flags import FlagProvider
-from ._inflight import Sharing, inputs_key
+from ._inflight import Lead, Sharing, inputs_key
 from ._loop_batching import apredict as _loop_apredict
 from ._model import ModelVersion
 from ._operations import Operations, RolloutMethods
@@ -253,14 +253,14 @@ class Server(RolloutMethods):
         timeout_s: float | None,
         max_run_s: float | None = None,
     ) -> tuple[Prediction | None, _Opened | None]:
-        """The shortest way for the most common call at low load: a request to a version with no drift
-        monitoring, routed with no rollout or shadow (or pinned), run at once on this thread when a runner is
-        idle and nothing is queued, or answered from the version's cache. No :class:`Request`, no queue, one
-        lock round trip to take the runner and one to give it back; the same deadline, span, metrics, latency
-        and counts as the full way (docs/performance.md, "Where a lone request's time goes"). A cache miss runs
-        here too, leading identical requests that arrive meanwhile (they follow it the full way), and its answer
-        is kept; one with an identical request in flight already goes the full way, which follows it.
-        ``timeout_s`` was checked already.
+        """The shortest way for the most common call at low load: a request run at once on this thread when a
+        runner is idle and nothing is queued, or answered from the version's cache, however it was routed (a
+        rollout's decision is made once, here). No :class:`Request`, no queue, one lock round trip to take the
+        runner and one to give it back; the same deadline, span, metrics, latency, counts, drift monitoring
+        and shadow copies as the full way (docs/performance.md, "Where a lone request's time goes"). A cache
+        miss runs here too, leading identical requests that arrive meanwhile (they follow it the full way), and
+        its answer is kept; one with an identical request in flight already goes the full way, which follows
+        it. ``timeout_s`` was checked already.
         ``max_run_s``: run only a request whose run should take at most this long by the version's measured
         run cost, in this process (:meth:`Batcher.runs_within`: an event loop's thread must not block long),
         to a version with nothing queued or running (an event loop's task whose request finds another one
@@ -268,31 +268,31 @@ class Server(RolloutMethods):
 
         Returns ``(answer, None)``; or ``(None, opened)`` when it does not apply: ``opened`` holds what was
         done for the request already (its start, deadline and span; its route and validated inputs), which
-        the full way continues from, or is ``None`` when nothing was. Anything refused before the run
-        (unknown model, invalid input) is left to the full way, which names the model and records it.
+        the full way continues from, or is ``None`` when nothing was (an unknown model or version is left to
+        the full way, which names them). Invalid input is refused here, as the full way refuses it.
         """
         started = time.perf_counter()
         deadline = None if timeout_s is None else self._clock() + timeout_s
-        plain = self._plain_route(model, version, context, cached=True)
+        plain = self._plain_route(model, version, context, lone=True)
         if plain is None:
             return None, None
         routes, target, decision = plain
-        router = routes.router
-        batcher, signature, cache = target.batcher, target.signature, target.cache
-        assert batcher is not None and signature is not None  # (checked by _plain_route)
+        batcher, cache = target.batcher, target.cache
+        assert batcher is not None  # (checked by _plain_route)
         key = None
         try:
-            arrays, rows = signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
+            arrays, rows = self._validated(target, inputs)
             if cache is not None:
                 key = inputs_key(arrays)
                 outputs = cache.get(key)
-        except Exception:  # the full way raises it again, naming the model, and records the refusal
-            return None, None
-        except BaseException as exc:  # interrupted while validating: refused, as the full way records it
+        except BaseException as exc:  # refused (or interrupted) before it ran: as the full way refuses it
             self._telemetry.refused(start_request_span(model), started, model, target.version, decision, exc)
             raise
         recorder = batcher.telemetry
         span = start_request_span(model, recorder.span_attributes)
+        if not batcher.adopted or (cache is None and target.config.cache.share_in_flight):
+            # a process's first request adopts the runners, and identical requests share runs: the full way
+            return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows)
         lead = None
         if cache is not None:
             if outputs is not None:
@@ -306,31 +306,50 @@ class Server(RolloutMethods):
                 return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows, key)
         elif max_run_s is not None and not (batcher.idle and batcher.runs_within(rows, max_run_s)):
             return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows)
+        opened = _Opened(started, span, deadline, routes, target, decision, arrays, rows, key, lead)
+        if lead is None:
+            return self._plain_run(opened)
+        try:  # whatever happens, the lead ends: identical requests that follow it would wait forever
+            return self._plain_run(opened)
+        except BaseException as exc:
+            self._sharing.finish(target, lead, None, exc)  # (nothing, if the run ended it already)
+            raise
+
+    def _plain_run(self, opened: _Opened) -> tuple[Prediction | None, _Opened | None]:
+        """Run a request of :meth:`_predict_plain` on this thread, and answer it; or, if the version's session
+        is taken or companions are expected, return ``opened`` for the full way (with its lead of identical
+        requests, if it holds one, which the full way takes over)."""
+        started, span, target, decision, arrays, rows = (
+            opened.started,
+            opened.span,
+            opened.target,
+            opened.decision,
+            opened.arrays,
+            opened.rows,
+        )
+        batcher, lead = target.batcher, opened.lead
+        assert batcher is not None  # (checked by _plain_route)
         timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)
         try:
-            outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing, deadline=deadline)
+            outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing, deadline=opened.deadline)
         except Exception as exc:  # its run failed: answered with the error, like an inline run of the full way
             if lead is not None:
                 self._sharing.finish(target, lead, None, exc)
             elapsed_s = time.perf_counter() - started
             target.latency.record(elapsed_s, failed=True)
             self._telemetry.plain_answered(
-                span, decision, target.version, rows, timing, exc, elapsed_s, recorder, lone=True
+                span, decision, target.version, rows, timing, exc, elapsed_s, batcher.telemetry, lone=True
             )
-            router.served(self._ids.next(), decision, arrays)
+            opened.routes.router.served(self._ids.next(), decision, arrays)
             raise
         except BaseException as exc:  # this thread was interrupted: refused, like the full way's
-            if lead is not None:
-                self._sharing.finish(target, lead, None, exc)
-            self._telemetry.refused(span, started, model, target.version, decision, exc)
+            self._telemetry.refused(span, started, target.name, target.version, decision, exc)
             raise
         if outputs is None:  # busy, or companions expected: the full way queues it
-            if lead is not None:
-                self._sharing.abandon(lead)
-            return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows, key)
+            return None, opened
         if lead is not None:
             self._sharing.finish(target, lead, outputs, None)
-        return self._plain_answer(started, span, routes, target, decision, arrays, rows, timing, outputs), None
+        return self._plain_answer(started, span, opened.routes, target, decision, arrays, rows, timing, outputs), None
 
     def _plain_answer(
         self,
@@ -345,7 +364,8 @@ class Server(RolloutMethods):
         outputs: Mapping[str, Any],
     ) -> Prediction:
         """Record a request answered on the shortest way (run on this thread, or a cache hit: ``timing`` is
-        ``None``) as the full way records an inline run or a hit, and make its answer."""
+        ``None``) as the full way records an inline run or a hit, feed the version's drift monitoring and
+        offer copies to the decision's shadows (as :meth:`_answered` does), and make its answer."""
         batcher = target.batcher
         assert batcher is not None  # (checked by _plain_route)
         elapsed_s = time.perf_counter() - started
@@ -355,6 +375,12 @@ class Server(RolloutMethods):
         )
         request_id = self._ids.next()
         routes.router.served(request_id, decision, arrays)  # keeps recent inputs for guarded promotion
+        if target.drift is not None:
+            target.drift.observe(arrays, outputs, rows, scorer=self._drift)
+        if decision.shadows:
+            shadows = [routes.versions[v] for v in decision.shadows if v in routes.versions]
+            if shadows:
+                self._shadow.offer(target.name, request_id, arrays, rows, outputs, target, shadows, primary_span=span)
         return Prediction(
             outputs,
             model=target.name,
@@ -365,14 +391,15 @@ class Server(RolloutMethods):
         )
 
     def _plain_route(
-        self, model: str, version: int | None, context: Mapping[str, Any] | None, *, cached: bool = False
+        self, model: str, version: int | None, context: Mapping[str, Any] | None, *, lone: bool = False
     ) -> tuple[Routes, ModelVersion, Decision] | None:
-        """The route of a request that may take a short way (``predict``'s, or an event loop's merged
-        requests): to a version with no drift monitoring and no sharing of identical requests, routed with no
-        rollout or shadow (or pinned), whose runners this process has adopted. ``cached``: also to a version
-        with a cache (``predict``'s short way answers its hits and leads identical requests with its misses);
-        else only to one without. ``None`` otherwise, and for anything the full way
-        refuses (an unknown model or version: it raises, naming them)."""
+        """The route of a request that may take a short way. ``lone``: for ``predict``'s short way, which
+        takes any loaded version, routed by any rollout (its answer feeds the version's cache, drift
+        monitoring and shadows, as the full way's does), and hands what it cannot run itself to the full way
+        with its decision; else (an event loop's merged requests) only a version whose runners this process
+        has adopted, with no cache, drift monitoring or sharing of identical requests, routed with no rollout
+        or shadow (or pinned). ``None`` otherwise, and for anything the full way refuses (an unknown model or
+        version: it raises, naming them)."""
         try:
             routes = self._registry.routes.get(model)
             if routes is None:
@@ -380,20 +407,23 @@ class Server(RolloutMethods):
             router = routes.router
             if version is not None:
                 decision = _pinned(version)
-            elif router.trivial:
+                target = routes.versions.get(version)
+            elif router.trivial or lone:
                 decision = router.decide(routes.versions, routes.default.version, context)
+                target = routes.versions.get(decision.version) or routes.default  # (as the full way routes)
             else:
                 return None
-            target = routes.versions.get(decision.version)
         except Exception:  # e.g. an unhashable name: the full way raises it again and records the refusal
             return None
-        if target is None or target.drift is not None or (target.cache is not None and not cached):
+        if target is None or target.batcher is None or target.signature is None:
             return None
-        batcher = target.batcher
-        if batcher is None or target.signature is None or not batcher.adopted:
-            return None  # (a process's first request adopts the runners the full way)
-        if target.cache is None and target.config.cache.share_in_flight:
-            return None  # (identical requests share runs: the full way)
+        if not lone and (
+            target.cache is not None
+            or target.drift is not None
+            or target.config.cache.share_in_flight
+            or not target.batcher.adopted  # (a process's first request adopts the runners the full way)
+        ):
+            return None
         return routes, target, decision
 
     def submit(
@@ -533,9 +563,11 @@ class Server(RolloutMethods):
         on this thread, beside the workers: :meth:`Batcher.run_beside`), both planned for the version
         ``planned``: a request routed to another one (a canary, or a version loaded meanwhile) is queued
         like any other, within that version's own limits. ``opened``: what :meth:`_predict_plain` did for
-        this request before it found the way busy (its start, deadline, span, route and validated inputs).
+        this request before it found the way busy (its start, deadline, span, route and validated inputs;
+        its lead of identical requests, which the request takes over, or ends if it is refused).
         ``readmit``: with ``opened``, the request is part of a merged request still counted in flight on
         ``opened.target`` (see :meth:`Batcher.submit`), queued there again on its own."""
+        lead = None
         if opened is None:
             if timeout_s is not None:
                 timeout_s = check_timeout(timeout_s)
@@ -544,8 +576,10 @@ class Server(RolloutMethods):
             deadline = None if timeout_s is None else self._clock() + timeout_s
         else:
             started, span, deadline = opened.started, opened.span, opened.deadline
+            lead, led = opened.lead, opened.target
         decision: Decision | None = None
         target: ModelVersion | None = None
+        request: Request | None = None
         try:
             for _ in range(_RETRIES_ON_RETIRED):
                 requeued = readmit and opened is not None
@@ -569,7 +603,12 @@ class Server(RolloutMethods):
                 as_planned = target is planned
                 if as_planned:
                     request.run_rows = run_rows
-                if not self._sharing.answered_without_run(target, request, key):
+                if lead is not None:  # it leads identical requests already: it runs, they follow it
+                    self._sharing.take_over(target, request, lead)
+                    lead, runs = None, True
+                else:
+                    runs = not self._sharing.answered_without_run(target, request, key)
+                if runs:
                     assert target.batcher is not None
                     try:
                         if beside and as_planned:
@@ -579,12 +618,18 @@ class Server(RolloutMethods):
                     except BaseException as exc:  # refused before it was queued: whoever follows it must not wait
                         self._sharing.release(request, None, exc)
                         if isinstance(exc, VersionRetiredError):
+                            request = None
                             continue  # the version was replaced between routing and queueing: route again
                         raise
-                routes.router.served(request.route.request_id, decision, request.arrays)
-                return request, target
+                answering, request = request, None  # queued, or answered without a run: it is answered
+                routes.router.served(answering.route.request_id, decision, answering.arrays)
+                return answering, target
             raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
         except BaseException as exc:  # refused before it was queued: close its telemetry, then raise
+            if lead is not None:  # (refused before its request took the lead over)
+                self._sharing.finish(led, lead, None, exc)
+            if request is not None:  # refused between its lookup and its queueing: free what it leads
+                self._sharing.release(request, None, exc)
             self._telemetry.refused(span, started, model, None if target is None else target.version, decision, exc)
             raise
 
@@ -840,3 +885,6 @@ class _Opened:
     rows: int
     key: bytes | None = None
     """The inputs' digest (``_inflight.inputs_key``), when a lookup in the version's cache missed already."""
+    lead: Lead | None = None
+    """Its lead of identical requests (a cache miss that found the session taken): the full way takes it
+    over (:meth:`Sharing.take_over`), or ends it if it refuses the request."""

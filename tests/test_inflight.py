@@ -441,3 +441,22 @@ def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_th
     # Its caller waited for the re-run where it was queued, not in the old copy (whose deadline and
     # interruption bookkeeping would then act on a request it never held).
     assert waits_on_the_old_copy == []
+
+
+def test_a_leader_interrupted_right_after_it_joined_frees_its_key(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(busy_repository, config=sharing(True))
+    telemetry = server._sharing._telemetry
+    counted = telemetry.cache_result
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:  # Ctrl-C arriving just after the key was joined
+        monkeypatch.setattr(telemetry, "cache_result", counted)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(telemetry, "cache_result", interrupted)
+    inputs = busy_inputs(1, seed=15)
+    with pytest.raises(KeyboardInterrupt):
+        server.submit("busy", inputs)
+    assert len(server._sharing) == 0  # had it kept the key, the identical request below would follow nobody
+    assert server.submit("busy", inputs).result(timeout=WAIT_S)["y"].shape == (1, BUSY_WIDTH)

@@ -20,7 +20,7 @@ from inprocserve import BatchingConfig, ModelConfig, _loop_batching, _server
 from inprocserve._loop_batching import loop_wakes
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
-from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .conftest import BUSY_WIDTH, ServerFactory, build_busy_model, busy_inputs, occupy, version_status, wait_until
 
 NO_WAIT = ModelConfig(batching=BatchingConfig(max_delay_s=0.0))  # the wait for companions is not under test
 
@@ -624,6 +624,34 @@ def test_a_lone_cache_miss_is_kept_whether_it_runs_on_the_loop_or_on_a_worker(
     assert answers[2]["y"] is answers[0]["y"] and answers[3]["y"] is answers[1]["y"]
     for model in ("scale", "busy"):
         assert version_status(server, model)["cache"] == {"entries": 2, "hits": 1, "misses": 2, "shared": 0}
+
+
+def test_lone_requests_too_long_for_the_loop_still_feed_shadows_and_drift_monitoring(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A lone request to a version with shadows or drift monitoring whose run is too long for the loop goes
+    the full way, never into a merged group (whose answers feed neither)."""
+    for version in (1, 2):
+        save_model(build_busy_model(BUSY_WIDTH), repository, "busy", version)
+    config = ModelConfig(
+        rollout=inprocserve.RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
+        drift=inprocserve.DriftConfig(capture_reference=4, window=4),
+        version_policy=inprocserve.VersionPolicy.all(),
+        pool=inprocserve.PoolConfig(intra_op_threads=1),
+    )
+    server = make_server(repository, config=config, shadow_budget=1.0)
+
+    def offered() -> int:  # run or dropped (a copy finding no spare core is dropped, and counted)
+        shadow = server.status()["models"]["busy"]["shadow"].get("2", {})
+        return sum(count for name, count in shadow.items() if name == "runs" or name.startswith("dropped_"))
+
+    async def main() -> None:
+        for seed in range(4):  # the busy model's row takes a millisecond: never run on the loop
+            await server.apredict("busy", busy_inputs(1, seed=seed))
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    wait_until(lambda: offered() == 4)
+    wait_until(lambda: version_status(server, "busy")["drift"]["reference_ready"])
 
 
 def test_an_answer_posted_while_the_loop_tries_a_lone_run_is_delivered() -> None:

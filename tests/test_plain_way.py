@@ -188,6 +188,64 @@ def test_a_pinned_version_of_a_model_in_a_canary_takes_the_short_way(
     assert (answer.version, answer.variant, answer.reason) == (2, "pinned", "version requested by caller")
 
 
+def test_requests_routed_by_a_rollout_take_the_short_way_and_their_outcomes_count(
+    repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
+) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    canary = inprocserve.CanaryConfig(version=2, percent=50.0)
+    rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, canary=canary)
+    server = make_server(repository, models={"scale": inprocserve.ModelConfig(rollout=rollout)})
+    for version in (1, 2):
+        server.predict("scale", np.ones((1, 4), np.float32), version=version)  # each version adopts its runners
+    forbid_full_way()
+    answers = [server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": f"u{i}"}) for i in range(40)]
+    assert {(answer.variant, answer.version) for answer in answers} == {("stable", 1), ("canary", 2)}
+    for answer in answers:
+        np.testing.assert_allclose(answer["y"], np.full((1, 4), float(answer.version)))
+        assert server.record_outcome(answer.request_id, 1.0) == answer.variant
+    again = server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u0"})
+    assert again.variant == answers[0].variant  # sticky by user, as the full way routes
+
+
+def test_a_shadowed_request_on_the_short_way_is_copied_to_its_shadow(
+    repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
+) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    comparisons: list[inprocserve.ShadowComparison] = []
+    shadowed = inprocserve.ModelConfig(
+        rollout=inprocserve.RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
+        version_policy=inprocserve.VersionPolicy.all(),
+    )
+    server = make_server(repository, config=shadowed, on_shadow=comparisons.append, shadow_budget=1.0)
+    for version in (1, 2):
+        server.predict("scale", np.ones((1, 4), np.float32), version=version)  # each version adopts its runners
+    forbid_full_way()
+    answer = server.predict("scale", np.ones((1, 4), np.float32))
+    assert (answer.version, answer.variant) == (1, "stable")
+    wait_until(lambda: len(comparisons) == 1)
+    (comparison,) = comparisons
+    assert (comparison.request_id, comparison.shadow_version, comparison.max_abs_diff) == (answer.request_id, 2, 1.0)
+
+
+def test_the_short_way_feeds_drift_monitoring(
+    scale_repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
+) -> None:
+    monitored = inprocserve.ModelConfig(drift=inprocserve.DriftConfig(capture_reference=20, window=20))
+    server = make_server(scale_repository, config=monitored)
+    first_request(server, "scale", np.zeros((1, 4), np.float32))
+    forbid_full_way()
+    rng = np.random.default_rng(8)
+    for _ in range(19):  # the rest of the reference
+        server.predict("scale", rng.normal(0, 1, (1, 4)).astype(np.float32))
+    wait_until(lambda: version_status(server, "scale")["drift"]["reference_ready"])
+    for _ in range(20):  # one window, shifted far
+        server.predict("scale", rng.normal(5, 1, (1, 4)).astype(np.float32))
+    wait_until(lambda: version_status(server, "scale")["drift"]["windows"] == 1)
+    assert version_status(server, "scale")["drift"]["drifting"] is True
+
+
 def test_a_deadline_on_the_short_way_stops_the_run(
     busy_repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
 ) -> None:
@@ -204,20 +262,12 @@ def test_a_deadline_on_the_short_way_stops_the_run(
     assert status["in_flight"] == 0 and status["latency_ms"]["errors"] == 1 and status["latency_ms"]["count"] == 2
 
 
-@pytest.mark.parametrize("setting", ["sharing without a cache", "second version in a canary"])
-def test_requests_that_need_the_full_way_take_it(
-    setting: str, repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+def test_requests_that_share_runs_without_a_cache_take_the_full_way(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
-    models: dict[str, inprocserve.ModelConfig] = {}
-    if setting == "sharing without a cache":
-        models["scale"] = inprocserve.ModelConfig(cache=inprocserve.CacheConfig(share_in_flight=True))
-    if setting == "second version in a canary":
-        save_model(build_scale_model(3.0), repository, "scale", 2)
-        canary = inprocserve.CanaryConfig(version=2, percent=50.0)
-        rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, canary=canary)
-        models["scale"] = inprocserve.ModelConfig(rollout=rollout)
-    server = make_server(repository, models=models)
+    sharing = inprocserve.ModelConfig(cache=inprocserve.CacheConfig(share_in_flight=True))
+    server = make_server(repository, models={"scale": sharing})
     first_request(server, "scale", np.zeros((1, 4), np.float32))
     built: list[Any] = []
     full_way = _server.Request
@@ -413,3 +463,57 @@ def test_a_miss_that_finds_the_version_busy_goes_the_full_way_counted_once(
         blocker.result(timeout=WAIT_S)
         assert answer.result(timeout=WAIT_S)["y"] is follower.result(timeout=WAIT_S)["y"]
     assert cache_status(server, "busy") == {"entries": 3, "hits": 0, "misses": 3, "shared": 1}
+
+
+def test_requests_that_follow_a_miss_whose_session_was_taken_meanwhile_still_share_its_run(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A miss leads identical requests before it takes the session; if the session was taken meanwhile (the
+    caller's thread paused between the two, as under load), the full way takes its lead over: what followed
+    it still shares its one run."""
+    server = make_server(busy_repository, config=cached(max_batch_size=4096))
+    first_request(server, "busy", busy_inputs(1, seed=1))
+    batcher = server._registry.routes["busy"].default.batcher
+    assert batcher is not None
+    run_plain = batcher.run_plain
+    go = threading.Event()
+
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(batcher, "run_plain", run_plain)
+        assert go.wait(WAIT_S), "the test never released the caller"
+        return run_plain(*args, **kwargs)
+
+    monkeypatch.setattr(batcher, "run_plain", paused)
+    inputs = busy_inputs(1, seed=6)
+    with ThreadPoolExecutor(1) as caller:
+        leader = caller.submit(server.predict, "busy", inputs)  # leads, then pauses before taking the session
+        wait_until(lambda: len(server._sharing) == 1)
+        followers = [server.submit("busy", inputs) for _ in range(3)]
+        wait_until(lambda: cache_status(server, "busy")["shared"] == 3)
+        blocker = occupy(server)  # the session is taken before the leader comes back
+        go.set()
+        blocker.result(timeout=WAIT_S)
+        answers = [leader.result(timeout=WAIT_S), *(follower.result(timeout=WAIT_S) for follower in followers)]
+    assert all(answer["y"] is answers[0]["y"] for answer in answers)
+    assert version_status(server, "busy")["rows_run"] == 1 + 3000 + 1  # one run for the four
+    assert cache_status(server, "busy") == {"entries": 3, "hits": 0, "misses": 3, "shared": 3}
+
+
+def test_a_miss_interrupted_on_its_way_to_the_queue_leaves_no_lead_behind(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(busy_repository, config=cached(max_batch_size=4096))
+    first_request(server, "busy", busy_inputs(1, seed=1))
+    blocker = occupy(server)  # the session is taken: the miss leads, then goes the full way
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:  # Ctrl-C arriving as the full way builds its request
+        monkeypatch.undo()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_server, "Request", interrupted)
+    inputs = busy_inputs(1, seed=7)
+    with pytest.raises(KeyboardInterrupt):
+        server.predict("busy", inputs)
+    assert len(server._sharing) == 1  # the blocker's lead only: the interrupted one was ended
+    blocker.result(timeout=WAIT_S)
+    assert server.submit("busy", inputs).result(timeout=WAIT_S)["y"].shape == (1, BUSY_WIDTH)
