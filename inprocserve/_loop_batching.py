@@ -939,7 +939,7 @@ def _joined(
         return False
     if rows > batcher.max_rows:  # runs in slices: the full way
         return False
-    span = start_request_span(model, batcher.telemetry.span_attributes)
+    span = start_request_span(model, batcher.telemetry.span_attributes, since=started)
     if timeout_s is None:
         deadline, expires_at = None, _NEVER
     else:
@@ -968,6 +968,8 @@ def _join_opened(
     target = opened.target
     if target.cache is not None or target.drift is not None or opened.decision.shadows:
         return False  # (a merged group's answers feed no cache, drift monitoring or shadows)
+    if not opened.routes.router.trivial and opened.decision.variant != "pinned":
+        return False  # (as _joined: only plain versions' requests are merged; a rollout's go the full way)
     if not batcher.adopted or target.config.cache.share_in_flight:
         return False  # (a process's first request adopts the runners; identical requests share runs)
     if not batcher.stacks_freely or opened.rows > batcher.max_rows:

@@ -273,7 +273,11 @@ class Server(RolloutMethods):
         """
         started = time.perf_counter()
         deadline = None if timeout_s is None else self._clock() + timeout_s
-        plain = self._plain_route(model, version, context, lone=True)
+        try:
+            plain = self._plain_route(model, version, context, lone=True)
+        except BaseException as exc:  # interrupted while deciding (reading flags): refused, as the full way's
+            self._telemetry.refused(start_request_span(model, since=started), started, model, None, None, exc)
+            raise
         if plain is None:
             return None, None
         routes, target, decision = plain
@@ -286,18 +290,19 @@ class Server(RolloutMethods):
                 key = inputs_key(arrays)
                 outputs = cache.get(key)
         except BaseException as exc:  # refused (or interrupted) before it ran: as the full way refuses it
-            self._telemetry.refused(start_request_span(model), started, model, target.version, decision, exc)
+            span = start_request_span(model, since=started)
+            self._telemetry.refused(span, started, model, target.version, decision, exc)
             raise
         recorder = batcher.telemetry
-        span = start_request_span(model, recorder.span_attributes)
+        span = start_request_span(model, recorder.span_attributes, since=started)
+        if cache is not None and outputs is not None:  # a hit (which takes no runner)
+            self._telemetry.cache_result(recorder, "hit")
+            return self._plain_answer(started, span, routes, target, decision, arrays, rows, None, outputs), None
         if not batcher.adopted or (cache is None and target.config.cache.share_in_flight):
             # a process's first request adopts the runners, and identical requests share runs: the full way
-            return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows)
+            return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows, key)
         lead = None
         if cache is not None:
-            if outputs is not None:
-                self._telemetry.cache_result(recorder, "hit")
-                return self._plain_answer(started, span, routes, target, decision, arrays, rows, None, outputs), None
             # a miss: run here, leading identical requests; unless an identical request is in flight (the full
             # way follows it), or an event loop's thread would wait (the full way queues it)
             too_long = max_run_s is not None and not (batcher.idle and batcher.runs_within(rows, max_run_s))

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
@@ -199,13 +200,15 @@ def _short(value: object) -> str:
     return text if len(text) <= _MAX_ATTRIBUTE_CHARS else text[: _MAX_ATTRIBUTE_CHARS - 1] + "…"
 
 
-def start_request_span(model: str, attributes: Mapping[str, Any] | None = None) -> Span:
+def start_request_span(model: str, attributes: Mapping[str, Any] | None = None, since: float | None = None) -> Span:
     """The span of one predict/submit/apredict call: a child of whatever span is current.
 
     No span is made (``INVALID_SPAN`` is returned) when the SDK would make a non-recording one for certain
     under an unsampled parent (see :func:`unsampled_child_dropped`); a root span that a trace-id ratio
     sampler drops is made without the SDK (see :class:`_RootSampling`). ``attributes`` (``{ATTR_MODEL:
-    model}`` if omitted) lets a caller pass a dict it built once per model."""
+    model}`` if omitted) lets a caller pass a dict it built once per model. ``since``: when the call began
+    (``time.perf_counter()``), if it routed and validated the request before it asked for its span: the span
+    starts then (the clock is read only for a span the SDK makes)."""
     if trace._TRACER_PROVIDER is None:
         return INVALID_SPAN
     parent = get_current_span().get_span_context()
@@ -215,13 +218,20 @@ def start_request_span(model: str, attributes: Mapping[str, Any] | None = None) 
     else:
         roots = _root_sampling()
         if roots is not None:
-            return roots.start_span(attributes if attributes is not None else {ATTR_MODEL: _short(model)})
+            return roots.start_span(attributes if attributes is not None else {ATTR_MODEL: _short(model)}, since)
     # (a name not yet resolved is the caller's string, of any length: cut like every other attribute value)
     return _TRACER.start_span(
         SPAN_PREDICT,
         kind=SpanKind.INTERNAL,
         attributes=attributes if attributes is not None else {ATTR_MODEL: _short(model)},
+        start_time=None if since is None else _wall_ns(since),
     )
+
+
+def _wall_ns(since: float) -> int:
+    """The wall-clock time (ns since the epoch, as spans take it) of the ``time.perf_counter()`` reading
+    ``since``."""
+    return time.time_ns() - round((time.perf_counter() - since) * 1e9)
 
 
 class _RootSampling:
@@ -249,7 +259,7 @@ class _RootSampling:
         random_ids = getattr(self._ids, "is_trace_id_random", None)
         self._random = TraceFlags(TraceFlags.RANDOM_TRACE_ID if random_ids is not None and random_ids() else 0)
 
-    def start_span(self, attributes: Mapping[str, Any]) -> Span:
+    def start_span(self, attributes: Mapping[str, Any], since: float | None = None) -> Span:
         ids = self._ids
         trace_id = ids.generate_trace_id()
         if trace_id & _TRACE_ID_LIMIT >= self._bound:
@@ -258,7 +268,12 @@ class _RootSampling:
         preset = self._preset.local
         preset.trace_id = trace_id
         try:
-            span: Span = self._tracer.start_span(SPAN_PREDICT, kind=SpanKind.INTERNAL, attributes=attributes)
+            span: Span = self._tracer.start_span(
+                SPAN_PREDICT,
+                kind=SpanKind.INTERNAL,
+                attributes=attributes,
+                start_time=None if since is None else _wall_ns(since),
+            )
         finally:
             preset.trace_id = None
         return span

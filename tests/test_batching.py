@@ -188,7 +188,7 @@ def test_cancelled_asyncio_tasks_are_dropped(
     server = make_server(busy_repository)
     # Requests queued one by one, as for a version with a rollout or a cache (test_loop_batching shows the
     # merged requests of a plain version).
-    monkeypatch.setattr(server, "_plain_route", lambda *args: None)
+    monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)
 
     async def main() -> None:
         blocker = asyncio.ensure_future(server.apredict("busy", busy_inputs(3000)))

@@ -4,7 +4,9 @@ answer, count, record and fail exactly like the full way, and step aside wheneve
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +20,15 @@ import inprocserve
 from inprocserve import _server
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import BUSY_WIDTH, ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .conftest import (
+    BUSY_WIDTH,
+    ServerFactory,
+    busy_inputs,
+    occupy,
+    run_in_forked_child,
+    version_status,
+    wait_until,
+)
 from .test_telemetry import Otel
 
 # The process-wide SDK (providers can be set once per process), as a fixture:
@@ -517,3 +527,76 @@ def test_a_miss_interrupted_on_its_way_to_the_queue_leaves_no_lead_behind(
     assert len(server._sharing) == 1  # the blocker's lead only: the interrupted one was ended
     blocker.result(timeout=WAIT_S)
     assert server.submit("busy", inputs).result(timeout=WAIT_S)["y"].shape == (1, BUSY_WIDTH)
+
+
+def test_a_hit_in_a_forked_worker_before_its_first_run_is_counted_once(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """A worker forked after the cache filled (gunicorn --preload) has not adopted its runners yet; a hit
+    needs none, so it is answered on the short way, counted once."""
+    server = make_server(scale_repository, config=cached())
+    x = np.ones((1, 4), np.float32)
+    server.predict("scale", x)  # a miss, kept
+
+    def in_the_worker() -> str:
+        answer = server.predict("scale", x)
+        np.testing.assert_allclose(answer["y"], np.full((1, 4), 2.0))
+        return json.dumps(cache_status(server, "scale"))
+
+    assert json.loads(run_in_forked_child(in_the_worker)) == {"entries": 1, "hits": 1, "misses": 1, "shared": 0}
+
+
+class _Flags(inprocserve.InMemoryFlags):
+    """A canary decided by flags, read with a pause (``delay_s``), or interrupted (``interrupt``); the wall
+    time of its first read is kept."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self.delay_s = 0.0
+        self.interrupt = False
+        self.first_read_ns: int | None = None
+
+    def _lookup(self, key: str) -> Any:
+        if self.first_read_ns is None:
+            self.first_read_ns = time.time_ns()
+        if self.interrupt:
+            raise KeyboardInterrupt  # Ctrl-C (or a signal handler's exception) while the flags are read
+        time.sleep(self.delay_s)
+        return super()._lookup(key)
+
+
+def flag_canary(repository: Path, make_server: ServerFactory) -> tuple[inprocserve.Server, _Flags]:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    flags = _Flags({"scale.strategy": "canary", "scale.canary.percent": 50.0, "scale.canary.version": 2})
+    all_versions = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+    server = make_server(repository, flags=flags, config=all_versions)
+    for version in (1, 2):
+        server.predict("scale", np.ones((1, 4), np.float32), version=version)  # each version adopts its runners
+    return server, flags
+
+
+def test_the_short_ways_span_covers_the_rollout_decision(
+    otel: Otel, repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
+) -> None:
+    server, flags = flag_canary(repository, make_server)
+    forbid_full_way()
+    flags.delay_s, flags.first_read_ns = 0.002, None
+    otel.spans.clear()
+    server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "a"})
+    (span,) = otel.finished("inprocserve.predict")
+    assert flags.first_read_ns is not None and span.start_time is not None
+    assert span.start_time <= flags.first_read_ns  # it began before the flags were read, as the full way's
+
+
+def test_a_caller_interrupted_while_the_rollout_decides_is_recorded_as_refused(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    server, flags = flag_canary(repository, make_server)
+    otel.spans.clear()
+    flags.interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "a"})
+    flags.interrupt = False
+    spans = otel.finished("inprocserve.predict")
+    assert [dict(span.attributes or {}).get("error.type") for span in spans] == ["KeyboardInterrupt"]

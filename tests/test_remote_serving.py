@@ -402,7 +402,7 @@ def test_an_event_loop_never_runs_a_remote_request_itself(
     server = make_server(mixed, config=every_version())
     server.predict("fraud", {"x": rows(1)}, version=3)  # adopts the runners: the merged way applies
     if way == "full":  # as for a version with a cache or a rollout: queued one by one
-        monkeypatch.setattr(server, "_plain_route", lambda *args: None)
+        monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)
 
     async def main() -> tuple[list[inprocserve.Prediction], int]:
         loop = asyncio.get_running_loop()
