@@ -159,17 +159,22 @@ def test_a_busy_version_queues_the_request_with_the_span_it_opened(
     assert attributes["inprocserve.outcome"] == "ok" and attributes["inprocserve.request.queue_wait_s"] > 0
 
 
+def attributes_of_a_request_span(otel: Otel, server: inprocserve.Server, inputs: Any) -> dict[str, Any]:
+    """Predict ``scale`` inside a web request's span; the attributes of the one request span it made."""
+    otel.spans.clear()
+    with otel.tracer.start_as_current_span("GET /score", kind=SpanKind.SERVER):
+        server.predict("scale", inputs)
+    (span,) = otel.finished("inprocserve.predict")
+    return dict(span.attributes or {})
+
+
 def test_a_sampled_request_on_the_short_way_has_the_full_ways_span_and_metric(
     otel: Otel, scale_repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
 ) -> None:
     server = make_server(scale_repository)
     first_request(server, "scale", np.ones((1, 4), np.float32))
     forbid_full_way()
-    otel.spans.clear()
-    with otel.tracer.start_as_current_span("GET /score", kind=SpanKind.SERVER):
-        server.predict("scale", np.ones((2, 4), np.float32))
-    (span,) = otel.finished("inprocserve.predict")
-    attributes = dict(span.attributes or {})
+    attributes = attributes_of_a_request_span(otel, server, np.ones((2, 4), np.float32))
     assert attributes["inprocserve.model.version"] == 1 and attributes["inprocserve.rollout.variant"] == "default"
     assert attributes["inprocserve.request.rows"] == 2 and attributes["inprocserve.batch.rows"] == 2
     assert attributes["inprocserve.batch.compute_s"] > 0 and attributes["inprocserve.request.queue_wait_s"] == 0
@@ -182,16 +187,23 @@ def test_a_sampled_request_on_the_short_way_has_the_full_ways_span_and_metric(
     assert sum(point.count for point in points) >= 1
 
 
-def test_a_pinned_version_of_a_model_in_a_canary_takes_the_short_way(
-    repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
-) -> None:
+def canary_server(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    """Model ``scale`` in versions 1 and 2 (v multiplies by v), in a 50 % canary of version 2; each version
+    has adopted its runners (a process's first request to a version takes the full way)."""
     for version in (1, 2):
         save_model(build_scale_model(float(version)), repository, "scale", version)
     canary = inprocserve.CanaryConfig(version=2, percent=50.0)
     rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, canary=canary)
     server = make_server(repository, models={"scale": inprocserve.ModelConfig(rollout=rollout)})
-    first_request(server, "scale", np.ones((1, 4), np.float32))
-    server.predict("scale", np.ones((1, 4), np.float32), version=2)  # each version adopts its own runners
+    for version in (1, 2):
+        server.predict("scale", np.ones((1, 4), np.float32), version=version)
+    return server
+
+
+def test_a_pinned_version_of_a_model_in_a_canary_takes_the_short_way(
+    repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
+) -> None:
+    server = canary_server(repository, make_server)
     forbid_full_way()
     answer = server.predict("scale", np.ones((1, 4), np.float32), version=2, context={"user_id": "u1"})
     np.testing.assert_allclose(answer["y"], np.full((1, 4), 2.0))
@@ -201,13 +213,7 @@ def test_a_pinned_version_of_a_model_in_a_canary_takes_the_short_way(
 def test_requests_routed_by_a_rollout_take_the_short_way_and_their_outcomes_count(
     repository: Path, make_server: ServerFactory, forbid_full_way: Callable[[], None]
 ) -> None:
-    for version in (1, 2):
-        save_model(build_scale_model(float(version)), repository, "scale", version)
-    canary = inprocserve.CanaryConfig(version=2, percent=50.0)
-    rollout = inprocserve.RolloutConfig(strategy="canary", stable=1, canary=canary)
-    server = make_server(repository, models={"scale": inprocserve.ModelConfig(rollout=rollout)})
-    for version in (1, 2):
-        server.predict("scale", np.ones((1, 4), np.float32), version=version)  # each version adopts its runners
+    server = canary_server(repository, make_server)
     forbid_full_way()
     answers = [server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": f"u{i}"}) for i in range(40)]
     assert {(answer.variant, answer.version) for answer in answers} == {("stable", 1), ("canary", 2)}
@@ -330,21 +336,26 @@ def cache_status(server: inprocserve.Server, model: str) -> dict[str, int]:
     return version_status(server, model)["cache"]
 
 
-def gate_runs(server: inprocserve.Server, model: str, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Hold the next run of ``model`` (on the caller's thread, in onnxruntime's place) until the returned event
-    is set, then run it for real: the test's identical requests arrive while it runs, whatever the machine's
-    speed."""
-    execution = server._registry.routes[model].default.batcher._execution  # type: ignore[union-attr]
-    run = execution._run_batch
+def hold(owner: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Hold the next call of ``owner.name`` until the returned event is set, then make it for real: what the
+    test does meanwhile happens while that call is under way, whatever the machine's speed."""
+    real = getattr(owner, name)
     go = threading.Event()
 
     def held(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(execution, "_run_batch", run)
-        assert go.wait(WAIT_S), "the test never released the run"
-        return run(*args, **kwargs)
+        monkeypatch.setattr(owner, name, real)
+        assert go.wait(WAIT_S), "the test never released the call"
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(execution, "_run_batch", held)
+    monkeypatch.setattr(owner, name, held)
     return go
+
+
+def gate_runs(server: inprocserve.Server, model: str, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Hold the next run of ``model`` (on the caller's thread, in onnxruntime's place) until the returned event
+    is set (see :func:`hold`)."""
+    execution = server._registry.routes[model].default.batcher._execution  # type: ignore[union-attr]
+    return hold(execution, "_run_batch", monkeypatch)
 
 
 def test_cache_hits_and_misses_take_the_short_way(
@@ -378,11 +389,7 @@ def test_a_cache_hit_on_the_short_way_is_recorded_as_the_full_way_records_it(
     first_request(server, "scale", np.ones((2, 4), np.float32))  # a miss, the full way
     forbid_full_way()
     before = lookups()
-    otel.spans.clear()
-    with otel.tracer.start_as_current_span("GET /score", kind=SpanKind.SERVER):
-        server.predict("scale", np.ones((2, 4), np.float32))
-    (span,) = otel.finished("inprocserve.predict")
-    attributes = dict(span.attributes or {})
+    attributes = attributes_of_a_request_span(otel, server, np.ones((2, 4), np.float32))
     assert attributes["inprocserve.model.version"] == 1 and attributes["inprocserve.rollout.variant"] == "default"
     assert attributes["inprocserve.request.rows"] == 2 and attributes["inprocserve.outcome"] == "ok"
     assert "inprocserve.batch.rows" not in attributes  # nothing ran
@@ -483,17 +490,7 @@ def test_requests_that_follow_a_miss_whose_session_was_taken_meanwhile_still_sha
     it still shares its one run."""
     server = make_server(busy_repository, config=cached(max_batch_size=4096))
     first_request(server, "busy", busy_inputs(1, seed=1))
-    batcher = server._registry.routes["busy"].default.batcher
-    assert batcher is not None
-    run_plain = batcher.run_plain
-    go = threading.Event()
-
-    def paused(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(batcher, "run_plain", run_plain)
-        assert go.wait(WAIT_S), "the test never released the caller"
-        return run_plain(*args, **kwargs)
-
-    monkeypatch.setattr(batcher, "run_plain", paused)
+    go = hold(server._registry.routes["busy"].default.batcher, "run_plain", monkeypatch)
     inputs = busy_inputs(1, seed=6)
     with ThreadPoolExecutor(1) as caller:
         leader = caller.submit(server.predict, "busy", inputs)  # leads, then pauses before taking the session
