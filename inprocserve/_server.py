@@ -281,18 +281,21 @@ class Server(RolloutMethods):
         if plain is None:
             return None, None
         routes, target, decision = plain
-        batcher, cache = target.batcher, target.cache
-        assert batcher is not None  # (checked by _plain_route)
+        batcher, signature, cache = target.batcher, target.signature, target.cache
+        assert batcher is not None and signature is not None  # (checked by _plain_route)
         key = None
         try:
-            arrays, rows = self._validated(target, inputs)
+            arrays, rows = signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
             if cache is not None:
                 key = inputs_key(arrays)
                 outputs = cache.get(key)
         except BaseException as exc:  # refused (or interrupted) before it ran: as the full way refuses it
+            refusal = _naming(target, exc)
             span = start_request_span(model, since=started)
-            self._telemetry.refused(span, started, model, target.version, decision, exc)
-            raise
+            self._telemetry.refused(span, started, model, target.version, decision, refusal)
+            if refusal is exc:
+                raise
+            raise refusal from None
         recorder = batcher.telemetry
         span = start_request_span(model, recorder.span_attributes, since=started)
         if cache is not None and outputs is not None:  # a hit (which takes no runner)
@@ -311,50 +314,32 @@ class Server(RolloutMethods):
                 return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows, key)
         elif max_run_s is not None and not (batcher.idle and batcher.runs_within(rows, max_run_s)):
             return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows)
-        opened = _Opened(started, span, deadline, routes, target, decision, arrays, rows, key, lead)
-        if lead is None:
-            return self._plain_run(opened)
-        try:  # whatever happens, the lead ends: identical requests that follow it would wait forever
-            return self._plain_run(opened)
-        except BaseException as exc:
-            self._sharing.finish(target, lead, None, exc)  # (nothing, if the run ended it already)
-            raise
-
-    def _plain_run(self, opened: _Opened) -> tuple[Prediction | None, _Opened | None]:
-        """Run a request of :meth:`_predict_plain` on this thread, and answer it; or, if the version's session
-        is taken or companions are expected, return ``opened`` for the full way (with its lead of identical
-        requests, if it holds one, which the full way takes over)."""
-        started, span, target, decision, arrays, rows = (
-            opened.started,
-            opened.span,
-            opened.target,
-            opened.decision,
-            opened.arrays,
-            opened.rows,
-        )
-        batcher, lead = target.batcher, opened.lead
-        assert batcher is not None  # (checked by _plain_route)
-        timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)
-        try:
-            outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing, deadline=opened.deadline)
-        except Exception as exc:  # its run failed: answered with the error, like an inline run of the full way
+        try:  # whatever happens, a lead ends: identical requests that follow it would wait forever
+            timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)
+            try:
+                outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing, deadline=deadline)
+            except Exception as exc:  # its run failed: answered with the error, like an inline run of the full way
+                if lead is not None:
+                    self._sharing.finish(target, lead, None, exc)
+                elapsed_s = time.perf_counter() - started
+                target.latency.record(elapsed_s, failed=True)
+                self._telemetry.plain_answered(
+                    span, decision, target.version, rows, timing, exc, elapsed_s, recorder, lone=True
+                )
+                routes.router.served(self._ids.next(), decision, arrays)
+                raise
+            except BaseException as exc:  # this thread was interrupted: refused, like the full way's
+                self._telemetry.refused(span, started, model, target.version, decision, exc)
+                raise
+            if outputs is None:  # busy, or companions expected: the full way queues it (and takes over its lead)
+                return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows, key, lead)
             if lead is not None:
-                self._sharing.finish(target, lead, None, exc)
-            elapsed_s = time.perf_counter() - started
-            target.latency.record(elapsed_s, failed=True)
-            self._telemetry.plain_answered(
-                span, decision, target.version, rows, timing, exc, elapsed_s, batcher.telemetry, lone=True
-            )
-            opened.routes.router.served(self._ids.next(), decision, arrays)
+                self._sharing.finish(target, lead, outputs, None)
+        except BaseException as exc:
+            if lead is not None:
+                self._sharing.finish(target, lead, None, exc)  # (nothing, if it ended already)
             raise
-        except BaseException as exc:  # this thread was interrupted: refused, like the full way's
-            self._telemetry.refused(span, started, target.name, target.version, decision, exc)
-            raise
-        if outputs is None:  # busy, or companions expected: the full way queues it
-            return None, opened
-        if lead is not None:
-            self._sharing.finish(target, lead, outputs, None)
-        return self._plain_answer(started, span, opened.routes, target, decision, arrays, rows, timing, outputs), None
+        return self._plain_answer(started, span, routes, target, decision, arrays, rows, timing, outputs), None
 
     def _plain_answer(
         self,
@@ -667,12 +652,8 @@ class Server(RolloutMethods):
         assert signature is not None
         try:
             return signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
-        except InvalidInputError as exc:  # name the model: the caller may serve several
-            raise InvalidInputError(
-                f"model {target.name!r} version {target.version}: {exc.message}",
-                model=target.name,
-                version=target.version,
-            ) from None
+        except InvalidInputError as exc:
+            raise _naming(target, exc) from None
 
     def _route_of(self, routes: Routes, target: ModelVersion, decision: Decision) -> Route:
         shadows = (
@@ -869,6 +850,16 @@ def _close_unclosed(loaded: dict[str, dict[int, ModelVersion]], shadow: ShadowRu
     shadow.close()
     close_versions(loaded)
     drift.close(timeout_s=1.0)
+
+
+def _naming(target: ModelVersion, error: BaseException) -> BaseException:
+    """An :class:`InvalidInputError` that names the model and version (the caller may serve several), for one
+    that does not; any other error as it is."""
+    if not isinstance(error, InvalidInputError):
+        return error
+    return InvalidInputError(
+        f"model {target.name!r} version {target.version}: {error.message}", model=target.name, version=target.version
+    )
 
 
 def _pinned(version: int) -> Decision:
