@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -89,6 +90,46 @@ class _NoFlags:
 _EMPTY: Mapping[str, Any] = {}
 
 
+class _Assignments:
+    """Request id -> the variant that served it, for outcomes reported by request id: each kept ``ttl_s``
+    after it was served, and at most ``size`` of them (the oldest go first). Not thread-safe: the router's
+    lock guards it.
+
+    Every routed request of a rollout is noted here, so a note must cost little: a request id is noted once,
+    so the order of insertion is the order of expiry, and an ordered dict pruned from its front does what a
+    TTL cache does for a fraction of its bookkeeping (cachetools' ``TTLCache``: about 4.6 µs a note here)."""
+
+    __slots__ = ("_clock", "_entries", "_size", "_ttl_s")
+
+    def __init__(self, size: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._size = size
+        self._ttl_s = ttl_s
+        self._clock = clock
+
+    def __setitem__(self, request_id: str, variant: str) -> None:
+        entries, now = self._entries, self._clock()
+        if request_id in entries:  # (noted again: it expires from now, behind the others)
+            del entries[request_id]
+        entries[request_id] = (now + self._ttl_s, variant)
+        if len(entries) > self._size:
+            entries.popitem(last=False)
+        for _ in range(2):  # those expired at the front, two per note: a note never does unbounded work
+            expires_at = next(iter(entries.values()))[0]
+            if expires_at > now:
+                break
+            entries.popitem(last=False)
+
+    def get(self, request_id: str) -> str | None:
+        entry = self._entries.get(request_id)
+        if entry is None or entry[0] <= self._clock():
+            return None
+        return entry[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Router:
     """Routing state of one model: the stable alias, the rollout config, and experiment statistics.
 
@@ -111,7 +152,7 @@ class Router:
         self._shadow_gate = shadow_gate
         self._lock = threading.Lock()
         self._stats: dict[str, VariantStats] = {}
-        self._assignments: TTLCache[str, str] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
+        self._assignments = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
         # reported by key can only be credited to what was drawn (set under the lock the draw holds anyway).
         self._bandit_keys: TTLCache[str, str] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
@@ -356,7 +397,10 @@ class Router:
         if variant in ("default", "pinned"):
             return
         with self._lock:
-            self._stats.setdefault(decision.variant, VariantStats()).served += 1
+            stats = self._stats.get(variant)
+            if stats is None:  # (a VariantStats made for every request, only to be thrown away, costs 0.4 µs)
+                stats = self._stats[variant] = VariantStats()
+            stats.served += 1
             if not self.trivial:  # flags may choose any strategy per request: remember every decision's variant
                 self._assignments[request_id] = decision.variant
 

@@ -424,3 +424,26 @@ def test_promoting_the_stable_version_is_refused_not_compared_with_itself(
     assert refused.value.report["samples"] == 0
     report = server.promote("scale", 2, max_abs_diff=100.0, min_samples=8)  # another version: compared
     assert (report.from_version, report.to_version, report.samples) == (3, 2, 8)
+
+
+def test_served_variants_are_kept_an_hour_and_a_bounded_number() -> None:
+    """Outcomes by request id are credited to the variant that served it for ``ttl_s`` after it was served,
+    and at most ``size`` request ids are kept (the oldest go first), however many requests are routed."""
+    from inprocserve._rollout import _Assignments
+
+    now = [0.0]
+    served = _Assignments(3, 60.0, clock=lambda: now[0])
+    for number in range(4):
+        served[f"r{number}"] = "canary" if number % 2 else "stable"
+        now[0] += 10.0
+    assert [served.get(f"r{number}") for number in range(4)] == [None, "canary", "stable", "canary"]
+    assert len(served) == 3
+    now[0] = 71.0  # r1 was served at 10 s: 61 s ago
+    assert served.get("r1") is None and served.get("r2") == "stable"
+    served["r1"] = "stable"  # noted again: kept from now
+    now[0] = 95.0  # r2 (20 s) and r3 (30 s) have expired; the note of r1 at 71 s has not
+    served["r4"] = "canary"  # each note drops up to two expired at the front
+    assert (served.get("r1"), served.get("r4"), len(served)) == ("stable", "canary", 2)
+    for number in range(5, 1000):  # many notes, none expired: the size bound holds
+        served[f"r{number}"] = "stable"
+    assert len(served) == 3 and served.get("r999") == "stable" and served.get("r4") is None
