@@ -287,15 +287,15 @@ class Router:
             )
         if strategy == "bandit" and not draw:
             return None
+        if strategy == "stable":  # (no bucket: the user's key is hashed only for a strategy that splits traffic)
+            return stable, "stable", "stable version", False
         key = ctx.get(config.key_field, ctx.get("targeting_key"))
         text = None if key is None else str(key)
         position = bucket(self.model, config.salt, text) if text is not None else random.randrange(BUCKETS)
         if strategy == "canary":
             version, variant, reason = self._canary(ready, stable, position, ctx, used)
-        elif strategy in ("ab", "bandit"):
-            version, variant, reason = self._arms(strategy, ready, stable, position, ctx, used, text)
         else:
-            version, variant, reason = stable, "stable", "stable version"
+            version, variant, reason = self._arms(strategy, ready, stable, position, ctx, used, text)
         return version, variant, reason, False
 
     def _canary(
