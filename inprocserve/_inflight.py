@@ -81,6 +81,13 @@ def inputs_key(arrays: Mapping[str, np.ndarray]) -> bytes:
     return digest.digest()
 
 
+def _shared_key(target: ModelVersion, key: bytes) -> Key:
+    """What identical requests to ``target`` follow: the copy, not just the version number (during a reload
+    the old and new copies of a version serve side by side, and a request routed to one must never get the
+    other's answer), and the inputs' digest."""
+    return (target.name, target.version, id(target), key)
+
+
 def _leader_only(error: BaseException) -> bool:
     """Whether ``error`` concerns the leader alone (its caller, deadline or routing), not the inputs. So
     does anything that is not an ``Exception``: the leader's thread was interrupted (``KeyboardInterrupt``,
@@ -217,9 +224,7 @@ class Sharing:
                 self._telemetry.cache_result(telemetry, "hit")
                 finish_detached(request, outputs, None, self._deliver)
                 return True
-        # the copy, not just the version number: during a reload the old and new copies of a version serve
-        # side by side, and a request routed to one must never get the other's answer
-        shared_as = (target.name, target.version, id(target), key)
+        shared_as = _shared_key(target, key)
         # held by the request before it joins: from the moment a key is joined, whatever refuses the request
         # (an interruption included) releases it through the request (see Server._dispatch)
         request.cache_key, request.shared_as = key, shared_as
@@ -352,7 +357,7 @@ class Sharing:
         it)."""
         if target.config.cache.share_in_flight is False:
             return Lead(key, None)
-        shared_as = (target.name, target.version, id(target), key)
+        shared_as = _shared_key(target, key)
         return Lead(key, shared_as) if self._coalescer.lead(shared_as) else None
 
     def finish(
@@ -365,10 +370,7 @@ class Sharing:
             return
         lead.done = True
         try:
-            if target.cache is not None:
-                target.cache.count(shared=False)
-            assert target.batcher is not None  # a routed version is loaded
-            self._telemetry.cache_result(target.batcher.telemetry, "miss")
+            self._count_miss(target)
         finally:  # (followers are woken whatever happens to the counts)
             self._released(target, lead.key, lead.shared_as, outputs, error)
 
@@ -379,6 +381,10 @@ class Sharing:
         lead.done = True
         request.cache_key = lead.key
         request.shared_as = lead.shared_as
+        self._count_miss(target)
+
+    def _count_miss(self, target: ModelVersion) -> None:
+        """Count a request that leads (as :meth:`answered_without_run` counts one) and runs: a miss."""
         if target.cache is not None:
             target.cache.count(shared=False)
         assert target.batcher is not None  # a routed version is loaded
