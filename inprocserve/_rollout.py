@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from cachetools import TTLCache
@@ -40,9 +40,11 @@ _INTERLEAVING_OVERHEAD = 64
 _STRATEGIES = ("stable", "canary", "ab", "bandit")
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Which version answers a request, under which variant name, why, and which versions shadow it."""
+class Decision(NamedTuple):
+    """Which version answers a request, under which variant name, why, and which versions shadow it.
+
+    Immutable, and made for every routed request: a named tuple is made in half the time of a frozen
+    dataclass (0.6 µs against 1.2 here, about three times that beside onnxruntime's runs)."""
 
     version: int
     variant: str
@@ -99,13 +101,16 @@ class _Assignments:
     so the order of insertion is the order of expiry, and an ordered dict pruned from its front does what a
     TTL cache does for a fraction of its bookkeeping (cachetools' ``TTLCache``: about 4.6 µs a note here)."""
 
-    __slots__ = ("_clock", "_entries", "_size", "_ttl_s")
+    __slots__ = ("_clock", "_entries", "_front_expires", "_size", "_ttl_s")
 
     def __init__(self, size: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._size = size
         self._ttl_s = ttl_s
         self._clock = clock
+        # When the front entry expires, or earlier: the front only ever gets a later one (notes join at the
+        # back, expiring after all the others), so a note looks at the front only from this time on.
+        self._front_expires = -math.inf
 
     def __setitem__(self, request_id: str, variant: str) -> None:
         entries, now = self._entries, self._clock()
@@ -114,11 +119,12 @@ class _Assignments:
         entries[request_id] = (now + self._ttl_s, variant)
         if len(entries) > self._size:
             entries.popitem(last=False)
-        for _ in range(2):  # those expired at the front, two per note: a note never does unbounded work
-            expires_at = next(iter(entries.values()))[0]
-            if expires_at > now:
-                break
-            entries.popitem(last=False)
+        if now >= self._front_expires:
+            for _ in range(2):  # those expired at the front, two per note: a note never does unbounded work
+                if next(iter(entries.values()))[0] > now:
+                    break
+                entries.popitem(last=False)
+            self._front_expires = next(iter(entries.values()))[0]  # (this note's, at least, is there)
 
     def get(self, request_id: str) -> str | None:
         entry = self._entries.get(request_id)
@@ -128,6 +134,56 @@ class _Assignments:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unflagged:
+    """What a rollout with no flag provider decides from: the configuration, checked once as ``_decide``
+    checks each flag's value (``of`` gives None for a configuration ``_decide`` would refuse, so that it
+    says why, request by request)."""
+
+    strategy: str
+    key_field: str
+    salt: str
+    canary_version: int
+    canary_percent: float
+    canary_edge: int
+    """Buckets below this go to the canary (whole buckets: 0.07 % is 7 of them, never 8)."""
+    weights: tuple[tuple[str, float], ...]
+    shadows: tuple[int, ...]
+    shadow_percent: float
+    needed: tuple[int, ...]
+    """Versions that must be loaded for this plan to hold (the canary's, the shadows')."""
+
+    @classmethod
+    def of(cls, config: RolloutConfig) -> _Unflagged | None:
+        strategy = config.strategy
+        canary_percent, shadow_percent = config.canary.percent, config.shadow.percent
+        if strategy not in _STRATEGIES or not 0 <= canary_percent <= 100 or not 0 <= shadow_percent <= 100:
+            return None
+        weights = tuple((name, float(v.weight)) for name, v in config.variants.items())
+        if strategy in ("ab", "bandit") and not weights:
+            return None
+        if strategy == "ab" and not (
+            all(w >= 0 and not math.isinf(w) for _, w in weights) and sum(w for _, w in weights) > 0
+        ):
+            return None
+        canary_version = config.canary.version or 0
+        needed = list(config.shadow.versions)
+        if strategy == "canary" and canary_percent != 0:
+            needed.append(canary_version)
+        return cls(
+            strategy,
+            config.key_field,
+            config.salt,
+            canary_version,
+            canary_percent,
+            round(canary_percent * (BUCKETS // 100)),
+            weights,
+            tuple(config.shadow.versions),
+            shadow_percent,
+            tuple(needed),
+        )
 
 
 class Router:
@@ -180,6 +236,8 @@ class Router:
         self._coin = random.Random(seed)
         # With no flags and nothing but a stable version, decide() can skip straight to the answer.
         self.trivial = isinstance(self._flags, _NoFlags) and config.strategy == "stable" and not config.shadow.versions
+        # With no flags every flag reads its configured value: decide() reads the configuration directly.
+        self._unflagged = _Unflagged.of(config) if type(self._flags) is _NoFlags else None
 
     # -- the decision ---------------------------------------------------------------------------------------
 
@@ -198,6 +256,10 @@ class Router:
                 return self._default_decisions.get(stable) or self._remember_default(stable)
             return Decision(stable, "stable", "stable alias")
         ctx = context if context is not None else _EMPTY
+        if self._unflagged is not None:
+            decision = self._decide_unflagged(self._unflagged, ready, stable, ctx)
+            if decision is not None:
+                return decision
 
         def fallback(reason: str) -> Decision:
             return Decision(stable, "stable", reason)
@@ -269,6 +331,51 @@ class Router:
         if problem is not None:
             reason = f"{reason}; shadows off: {problem}"
         return Decision(version, variant, reason, shadows, tuple(used))
+
+    def _decide_unflagged(
+        self, plan: _Unflagged, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any]
+    ) -> Decision | None:
+        """``_decide`` with no flag provider, from the configuration alone: the same decision, reason and
+        random draws, without a flag reader's call, key and checks per flag (a canary's decision took a
+        fifth of a lone mlp-small request in place). None, before any draw, where a configured version is
+        not loaded: ``_decide`` says which, as it does with flags."""
+        if stable not in ready:
+            return None
+        for version in plan.needed:
+            if version not in ready:
+                return None
+        strategy = plan.strategy
+        if strategy == "stable":
+            version, variant, reason = stable, "stable", "stable version"
+        else:
+            key = ctx.get(plan.key_field, ctx.get("targeting_key"))
+            text = None if key is None else str(key)
+            position = bucket(self.model, plan.salt, text) if text is not None else random.randrange(BUCKETS)
+            if strategy == "canary":
+                percent = plan.canary_percent
+                if percent == 0:
+                    version, variant, reason = stable, "stable", "the canary is at 0%"
+                elif position < plan.canary_edge:
+                    version, variant = plan.canary_version, "canary"
+                    reason = f"bucket {position / 100:.2f}% is under the canary's {percent:g}%"
+                else:
+                    version, variant = stable, "stable"
+                    reason = f"bucket {position / 100:.2f}% is above the canary's {percent:g}%"
+            elif strategy == "ab":
+                variant = pick_weighted(position, plan.weights)
+                version, reason = self.config.variants[variant].version, f"A/B bucket {position / 100:.2f}%"
+                if version not in ready:
+                    version, variant, reason = stable, "stable", f"variant {variant!r} version {version} is not ready"
+            else:
+                version, variant, reason = self._arms(strategy, ready, stable, position, ctx, [], text)
+        shadows: tuple[int, ...] = ()
+        if plan.shadows:
+            percent = plan.shadow_percent
+            if not (percent < 100 and random.random() * 100 >= percent):
+                mirrored = tuple(v for v in plan.shadows if v != version)
+                if mirrored and (self._shadow_gate is None or self._shadow_gate(self.model, mirrored)):
+                    shadows = mirrored
+        return Decision(version, variant, reason, shadows)
 
     def _route(
         self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], used: list[tuple[str, str]], *, draw: bool
