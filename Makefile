@@ -102,6 +102,7 @@ ifneq ($(BENCH_QUICK),)
 QUICK_coalescing := --seconds 0.5 --rounds 1 --clients 1,8
 QUICK_predict_overhead := --blocks 4
 QUICK_feature_overhead := --blocks 2 --block 200
+QUICK_flag_overhead := --blocks 2 --block 100
 QUICK_plugin_overhead := --blocks 4
 QUICK_telemetry_overhead := --seconds 0.5 --rounds 1
 QUICK_telemetry_profile := --calls 2000
@@ -125,6 +126,7 @@ bench: install
 	$(BIN)/python benchmarks/coalescing.py --spinning $(QUICK_coalescing) $(BENCH_ARGS)
 	$(BIN)/python benchmarks/predict_overhead.py $(QUICK_predict_overhead)
 	$(BIN)/python benchmarks/feature_overhead.py $(QUICK_feature_overhead)
+	$(BIN)/python benchmarks/flag_overhead.py $(QUICK_flag_overhead)
 	$(BIN)/python benchmarks/plugin_overhead.py $(QUICK_plugin_overhead)
 	$(BIN)/python benchmarks/plugin_overhead.py --headers $(QUICK_plugin_overhead)
 	$(BIN)/python benchmarks/telemetry_overhead.py $(QUICK_telemetry_overhead)

@@ -16,16 +16,19 @@ import os
 import threading
 import time
 import tomllib
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ._errors import InprocserveError
+from ._errors import ConfigurationError, InprocserveError
 
 __all__ = ["EnvFlags", "FileFlags", "FlagError", "FlagProvider", "FlagTypeError", "InMemoryFlags", "OpenFeatureFlags"]
 
 _MISSING = object()
+_ABSENT = object()  # remembered: the provider does not have this flag (the caller's default answers)
 _INTEGER_KEYS_KEPT = 1024
+_REMEMBERED_KEPT = 1024  # flags remembered by one OpenFeatureFlags (keys come from rollout configs: few)
 
 
 class FlagError(InprocserveError):
@@ -36,6 +39,15 @@ class FlagTypeError(FlagError):
     """A flag holds a value of the wrong type for its key (a string where a number belongs, say).
 
     The rollout layer counts these apart from provider outages: the provider answered, the flag is wrong.
+    """
+
+
+class MustAsk(BaseException):
+    """Raised by a read, inside a provider's ``remembered_only()``, whose value only the provider can give.
+
+    The flag reader first decides from what a blocking provider remembers, on the request's own thread, and
+    hands the decision to a worker thread only when a read raises this. A ``BaseException``: it passes
+    through the rollout layer's ``except Exception`` (a shadow flag's failure), as it is no failure.
     """
 
 
@@ -214,26 +226,134 @@ class OpenFeatureFlags:
     default ``user_id``) becomes ``targeting_key`` and the other scalar fields become attributes. An
     evaluation that the SDK reports as an error (it returns the default with an error code) raises
     :class:`FlagError`, so it is counted like any other provider failure.
+
+    **Static flags are remembered.** A rollout reads five or more flags per request, and the SDK costs
+    tens of microseconds per evaluation (its hooks, contexts and the provider's engine). A flag that the
+    provider resolved as ``STATIC`` (no targeting: the same value for every context), or that it does not
+    have (``FLAG_NOT_FOUND``: the caller's default), is remembered for ``reuse_static_s`` seconds, and
+    forgotten at once when the provider reports a new configuration (OpenFeature's
+    ``PROVIDER_CONFIGURATION_CHANGED``, which flagd sends when its flags change) or a provider is made
+    ready. A flag with targeting is evaluated for every request, as before. Remembered reads run no
+    OpenFeature hooks. ``reuse_static_s=0`` evaluates every read.
+
+    Args:
+        client: An OpenFeature client (the global API's, or ``domain``'s, if omitted).
+        domain: The OpenFeature domain whose client to use.
+        targeting_key_field: The request-context field that becomes the targeting key.
+        blocking: Whether an evaluation may wait on I/O (a remote provider): the server's flag reader then
+            evaluates it on a worker thread within its time budget, unless every flag of the decision is
+            remembered. ``False`` for a provider that evaluates in this process (flagd's ``IN_PROCESS`` and
+            ``FILE`` resolvers, OpenFeature's ``InMemoryProvider``): reads run on the request's thread,
+            with no hand-off.
+        reuse_static_s: How long a static or absent flag is remembered (0: never).
+        clock: The monotonic clock that times remembered flags.
     """
 
-    blocking = True  # remote providers may wait on the network: evaluated with a time budget
-
-    def __init__(self, client: Any = None, *, domain: str | None = None, targeting_key_field: str = "user_id") -> None:
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        domain: str | None = None,
+        targeting_key_field: str = "user_id",
+        blocking: bool = True,
+        reuse_static_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         try:
             from openfeature import api
             from openfeature.evaluation_context import EvaluationContext
+            from openfeature.event import ProviderEvent
         except ImportError as exc:
             raise ImportError(
                 'OpenFeatureFlags needs the OpenFeature SDK: pip install "inprocserve[openfeature]"'
             ) from exc
+        if not isinstance(blocking, bool):
+            raise ConfigurationError(f"blocking must be True or False, got {blocking!r}")
+        if isinstance(reuse_static_s, bool) or not isinstance(reuse_static_s, int | float) or not reuse_static_s >= 0:
+            raise ConfigurationError(f"reuse_static_s must be a number of seconds >= 0, got {reuse_static_s!r}")
         self._context_type = EvaluationContext
         self._client = client if client is not None else (api.get_client(domain) if domain else api.get_client())
         self.targeting_key_field = targeting_key_field
+        self.blocking = blocking
+        self.reuse_static_s = float(reuse_static_s)
+        self._clock = clock
         self._integer_keys: set[str] = set()  # number flags the provider holds as integers
+        # (kind, key) -> (remembered until, the value or _ABSENT); replaced whole when forgotten
+        self._remembered: dict[tuple[str, str], tuple[float, Any]] = {}
+        # Counts forgettings: an evaluation that began before one (a remote reply that crossed a change of
+        # flags) remembers nothing.
+        self._generation = 0
+        self._here = threading.local()  # .only: reads on this thread answer from memory or raise MustAsk
+        self._handlers: list[tuple[Any, Any]] = []
+        self._provider = _provider_of(self._client)  # the provider whose flags are remembered
         try:
             self.name = str(self._client.provider.get_metadata().name)
         except Exception:  # metadata is optional for providers
             self.name = "openfeature"
+        add_handler = getattr(self._client, "add_handler", None)  # (a client of an SDK without events: TTL only)
+        if self.reuse_static_s > 0 and add_handler is not None:
+            me = weakref.ref(self)  # (the SDK keeps its handlers: they must not keep this)
+            for event, everything in (
+                (ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, False),  # the flags it names (all if none)
+                (ProviderEvent.PROVIDER_READY, True),  # another provider set: every flag
+            ):
+                handler = _forgetting(me, everything=everything)
+                add_handler(event, handler)
+                self._handlers.append((event, handler))
+
+    def close(self) -> None:
+        """Stop listening to the provider's events (an instance dropped without it listens no more either,
+        but leaves a small handler in the SDK's table). Reads still work, evaluating what is not remembered
+        until it expires. Idempotent."""
+        handlers, self._handlers = self._handlers, []
+        for event, handler in handlers:
+            self._client.remove_handler(event, handler)
+
+    def _forget(self, changed: list[str] | None = None) -> None:
+        """Forget the flags named ``changed`` (every remembered flag if None or empty)."""
+        self._generation += 1
+        if changed:
+            names = set(changed)
+            self._remembered = {entry: kept for entry, kept in self._remembered.items() if entry[1] not in names}
+        else:
+            self._remembered = {}
+
+    def remembered_only(self) -> _RememberedOnly:
+        """Within this (on this thread), a read that must evaluate raises :class:`MustAsk` instead."""
+        return _RememberedOnly(self._here)
+
+    def _recall(self, kind: str, key: str, default: Any) -> Any:
+        """The remembered value of a flag (``default`` for one the provider does not have), or ``_MISSING``
+        (then the generation it is evaluated in is this thread's ``generation``)."""
+        entry = self._remembered.get((kind, key))
+        if entry is not None and entry[0] > self._clock():
+            return default if entry[1] is _ABSENT else entry[1]
+        if getattr(self._here, "only", False):
+            raise MustAsk
+        self._here.generation = self._generation
+        return _MISSING
+
+    def _remember(self, kind: str, key: str, value: Any, details: Any) -> Any:
+        """Remember ``value`` if the provider resolved it the same for every context, and no change of
+        flags was reported while it was evaluated; returns it."""
+        if self.reuse_static_s > 0 and self._here.generation == self._generation:
+            if _error_code(details) == "FLAG_NOT_FOUND":
+                kept: Any = _ABSENT
+            else:
+                reason = details.reason
+                reason = None if reason is None else str(getattr(reason, "value", reason))
+                previous = self._remembered.get((kind, key))
+                # flagd's remote resolver answers CACHED for a static flag it keeps: still static
+                static = reason == "STATIC" or (reason == "CACHED" and previous is not None)
+                if not static:
+                    self._remembered.pop((kind, key), None)
+                    return value
+                kept = value
+            remembered = self._remembered
+            if len(remembered) >= _REMEMBERED_KEPT and (kind, key) not in remembered:
+                remembered = self._remembered = {}
+            remembered[(kind, key)] = (self._clock() + self.reuse_static_s, kept)
+        return value
 
     def _context(self, context: Mapping[str, Any]) -> Any:
         key = context.get(self.targeting_key_field, context.get("targeting_key"))
@@ -247,8 +367,10 @@ class OpenFeatureFlags:
     def _details(self, method: str, key: str, default: Any, context: Any) -> Any:
         return getattr(self._client, method)(key, default, context)
 
-    def _value(self, method: str, key: str, default: Any, context: Mapping[str, Any]) -> Any:
-        return self._checked(key, self._details(method, key, default, self._context(context)))
+    def _value(self, method: str, key: str, default: Any, context: Mapping[str, Any]) -> tuple[Any, Any]:
+        """The flag's value and the SDK's details of it."""
+        details = self._details(method, key, default, self._context(context))
+        return self._checked(key, details), details
 
     @staticmethod
     def _checked(key: str, details: Any) -> Any:
@@ -259,10 +381,13 @@ class OpenFeatureFlags:
         raise error(f"OpenFeature could not evaluate {key!r}: {code} {details.error_message}")
 
     def get_boolean(self, key: str, default: bool, context: Mapping[str, Any]) -> bool:
-        value = self._value("get_boolean_details", key, default, context)
+        value = self._recall("boolean", key, default)
+        if value is not _MISSING:
+            return value  # type: ignore[no-any-return]
+        value, details = self._value("get_boolean_details", key, default, context)
         if not isinstance(value, bool):  # bool("false") is True: never guess
             raise FlagTypeError(f"flag {key!r} must be a boolean, got {value!r}")
-        return value
+        return self._remember("boolean", key, value, details)  # type: ignore[no-any-return]
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
         """A number flag, whether the provider holds it as a float or as an integer.
@@ -270,40 +395,90 @@ class OpenFeatureFlags:
         OpenFeature types numbers strictly (``get_float_details`` on ``10`` is a TYPE_MISMATCH in the SDK's
         own in-memory provider), so an integer is asked for when the float evaluation reports a mismatch.
         """
+        remembered = self._recall("number", key, default)
+        if remembered is not _MISSING:
+            return float(remembered)
         evaluation_context = self._context(context)
         if key in self._integer_keys:  # held as an integer last time: one evaluation, not two
-            value = self._integer(key, default, evaluation_context)
-            if value is not None:
-                return value
+            answer = self._integer(key, default, evaluation_context)
+            if answer is not None:
+                return self._remember("number", key, *answer)  # type: ignore[no-any-return]
             self._integer_keys.discard(key)
         details = self._details("get_float_details", key, float(default), evaluation_context)
         if _error_code(details) == "TYPE_MISMATCH":
-            value = self._integer(key, default, evaluation_context)
-            if value is not None:
+            answer = self._integer(key, default, evaluation_context)
+            if answer is not None:
                 if len(self._integer_keys) < _INTEGER_KEYS_KEPT:
                     self._integer_keys.add(key)
-                return value
+                return self._remember("number", key, *answer)  # type: ignore[no-any-return]
         value = self._checked(key, details)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise FlagTypeError(f"flag {key!r} must be a number, got {value!r}")
-        return float(value)
+        return self._remember("number", key, float(value), details)  # type: ignore[no-any-return]
 
-    def _integer(self, key: str, default: float, evaluation_context: Any) -> float | None:
-        """The flag evaluated as an integer, or None if that is not what it holds."""
+    def _integer(self, key: str, default: float, evaluation_context: Any) -> tuple[float, Any] | None:
+        """The flag evaluated as an integer and the SDK's details, or None if that is not what it holds."""
         whole = int(default) if float(default).is_integer() else 0
         details = self._details("get_integer_details", key, whole, evaluation_context)
         if _error_code(details) is not None or isinstance(details.value, bool) or not isinstance(details.value, int):
             return None
-        return float(details.value)
+        return float(details.value), details
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:
-        value = self._value("get_string_details", key, default, context)
+        value = self._recall("string", key, default)
+        if value is not _MISSING:
+            return value  # type: ignore[no-any-return]
+        value, details = self._value("get_string_details", key, default, context)
         if not isinstance(value, str):
             raise FlagTypeError(f"flag {key!r} must be a string, got {value!r}")
-        return value
+        return self._remember("string", key, value, details)  # type: ignore[no-any-return]
 
     def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
-        return self._value("get_object_details", key, default, context)
+        value = self._recall("object", key, default)
+        if value is not _MISSING:
+            return value
+        value, details = self._value("get_object_details", key, default, context)
+        return self._remember("object", key, value, details)
+
+
+def _forgetting(flags: weakref.ref[OpenFeatureFlags], *, everything: bool) -> Callable[[Any], None]:
+    """An OpenFeature event handler that makes ``flags`` forget, while it exists: every flag, or those the
+    event's details name as changed (every flag when they name none)."""
+
+    def forget(details: Any) -> None:
+        alive = flags()
+        if alive is None:
+            return
+        if everything:  # (the SDK reports its provider ready to a handler added after: that one is no news)
+            provider = _provider_of(alive._client)
+            if provider is alive._provider:
+                return
+            alive._provider = provider
+        alive._forget(None if everything else getattr(details, "flags_changed", None))
+
+    return forget
+
+
+def _provider_of(client: Any) -> Any:
+    try:
+        return client.provider
+    except Exception:  # (a client without one to show)
+        return None
+
+
+class _RememberedOnly:
+    """``OpenFeatureFlags.remembered_only()``: marks the thread for the duration of a ``with`` block."""
+
+    __slots__ = ("_here",)
+
+    def __init__(self, here: threading.local) -> None:
+        self._here = here
+
+    def __enter__(self) -> None:
+        self._here.only = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._here.only = False
 
 
 def _error_code(details: Any) -> str | None:

@@ -61,7 +61,7 @@ class _NoFlags:
 
     provider = None
 
-    def run(self, decide: Callable[[], T], fallback: Callable[[str], T]) -> T:
+    def run(self, decide: Callable[[], T], fallback: Callable[[str], T], *, here: bool = True) -> T:
         try:
             return decide()
         except UnusableFlag as exc:  # the config names a version that failed to load, say
@@ -150,6 +150,7 @@ class _Unflagged:
     canary_edge: int
     """Buckets below this go to the canary (whole buckets: 0.07 % is 7 of them, never 8)."""
     weights: tuple[tuple[str, float], ...]
+    arm_versions: Mapping[str, int]
     shadows: tuple[int, ...]
     shadow_percent: float
     needed: tuple[int, ...]
@@ -180,6 +181,7 @@ class _Unflagged:
             canary_percent,
             round(canary_percent * (BUCKETS // 100)),
             weights,
+            {name: v.version for name, v in config.variants.items()},
             tuple(config.shadow.versions),
             shadow_percent,
             tuple(needed),
@@ -224,6 +226,7 @@ class Router:
 
     def update(self, config: RolloutConfig) -> None:
         """Apply a (re)loaded configuration; statistics are kept."""
+        self._unflagged: _Unflagged | None = None  # (the old plan must not meet the new configuration)
         self.config = config
         self.prefix = config.flag_prefix or self.model
         self._capture = config.capture_inputs > 0
@@ -264,7 +267,8 @@ class Router:
         def fallback(reason: str) -> Decision:
             return Decision(stable, "stable", reason)
 
-        decision = self._flags.run(lambda: self._decide(ready, stable, ctx), fallback)
+        # (with arms, a flag may make this a bandit, whose draw an abandoned try would leave behind)
+        decision = self._flags.run(lambda: self._decide(ready, stable, ctx), fallback, here=not self.config.variants)
         provider = self._flags.provider
         if provider is None or not decision.flags:
             return decision
@@ -363,11 +367,14 @@ class Router:
                     reason = f"bucket {position / 100:.2f}% is above the canary's {percent:g}%"
             elif strategy == "ab":
                 variant = pick_weighted(position, plan.weights)
-                version, reason = self.config.variants[variant].version, f"A/B bucket {position / 100:.2f}%"
+                version, reason = plan.arm_versions[variant], f"A/B bucket {position / 100:.2f}%"
                 if version not in ready:
                     version, variant, reason = stable, "stable", f"variant {variant!r} version {version} is not ready"
             else:
-                version, variant, reason = self._arms(strategy, ready, stable, position, ctx, [], text)
+                try:
+                    version, variant, reason = self._arms(strategy, ready, stable, position, ctx, [], text)
+                except UnusableFlag:  # (its arms were removed by a reload meanwhile: _decide says so)
+                    return None
         shadows: tuple[int, ...] = ()
         if plan.shadows:
             percent = plan.shadow_percent

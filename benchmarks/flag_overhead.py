@@ -1,0 +1,185 @@
+"""What a rollout driven by feature flags costs a lone ``predict``, by where its flags come from.
+
+One process, one calling thread, no OpenTelemetry SDK, mlp-small (two identical versions: a 50 % canary of
+version 2). Each flag source has a server of its own; the calls take turns in blocks of ``--block`` calls
+(so machine drift hits them alike), and each figure is the median block's wall time per call and its
+process CPU time per call (every thread: a blocking provider's flags are evaluated on the flag reader's
+worker threads, which the caller waits for). Sources:
+
+* ``no rollout``: the same model with no rollout, for reference;
+* ``no provider``: the canary as configured, no flag provider;
+* ``in-memory``: ``InMemoryFlags`` holding the canary's percentage;
+* ``flagd``: OpenFeature's flagd provider evaluating a flags file in process (its ``FILE`` resolver, no
+  flagd server), through ``OpenFeatureFlags`` with its defaults (a blocking provider whose static and
+  absent flags are remembered for a second);
+* ``flagd, reuse_static_s=0``: every flag evaluated for every request, on a worker thread (what every
+  request cost before flags were remembered);
+* ``flagd, targeted``: the canary's percentage has a targeting rule (evaluated for every request, on a
+  worker thread), the other flags are remembered;
+* ``flagd, targeted, blocking=False``: the same, evaluated on the caller's thread.
+
+With ``--baseline DIR`` (a folder holding another ``inprocserve`` package, e.g. ``git archive REV
+inprocserve | tar -x -C DIR``) that code's ``no provider``, ``in-memory`` and ``flagd`` servers take their
+turns too (its ``OpenFeatureFlags`` with its defaults).
+
+    python benchmarks/flag_overhead.py [--blocks 10] [--block 300] [--baseline DIR]
+
+Writes benchmarks/results/flag_overhead.{json,md} (``--out`` elsewhere). Needs ``openfeature-provider-flagd``
+(in the project's test dependencies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _common import RESULTS, build_reference, import_baseline, input_rows, machine, machine_line
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "mlp-small"
+STATIC = {"state": "ENABLED", "defaultVariant": "half", "variants": {"half": 50, "all": 100}}
+# staff get everyone's canary; the others a 50 % one: a rule evaluated for every request
+TARGETED = STATIC | {"targeting": {"if": [{"==": [{"var": "plan"}, "staff"]}, "all", "half"]}}
+
+
+def flagd_client(folder: Path, name: str, percent_flag: dict[str, Any]) -> Any:
+    """An OpenFeature client of its own domain, served by flagd's in-process engine on a flags file."""
+    from openfeature import api
+    from openfeature.contrib.provider.flagd import FlagdProvider
+    from openfeature.contrib.provider.flagd.config import ResolverType
+
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({"flags": {f"{MODEL}.canary.percent": percent_flag}}))
+    api.set_provider_and_wait(
+        FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(path)), domain=name
+    )
+    return api.get_client(name)
+
+
+def sources(package: Any, folder: Path, *, baseline: bool) -> dict[str, Any]:
+    """Each source's flag provider (None: no provider), built from ``package``."""
+    made: dict[str, Any] = {
+        "no provider": None,
+        "in-memory": package.InMemoryFlags({f"{MODEL}.canary.percent": 50}),
+        "flagd": package.OpenFeatureFlags(flagd_client(folder, f"static-{baseline}", STATIC)),
+    }
+    if not baseline:
+        targeted = flagd_client(folder, "targeted", TARGETED)
+        made |= {
+            "flagd, reuse_static_s=0": package.OpenFeatureFlags(
+                flagd_client(folder, "every-read", STATIC), reuse_static_s=0
+            ),
+            "flagd, targeted": package.OpenFeatureFlags(targeted),
+            "flagd, targeted, blocking=False": package.OpenFeatureFlags(targeted, blocking=False),
+        }
+    return made
+
+
+def source_calls(
+    package: Any, repository: Path, folder: Path, servers: list[Any], *, baseline: bool
+) -> dict[str, Callable[[], Any]]:
+    """One call per flag source, on servers of ``package`` (appended to ``servers`` for closing)."""
+    every = package.VersionPolicy.all()
+    canary = package.ModelConfig(
+        rollout=package.RolloutConfig(strategy="canary", stable=1, canary=package.CanaryConfig(version=2, percent=50)),
+        version_policy=every,
+    )
+    x = {"x": input_rows(MODEL, 1, seed=1)[0]}
+    users = itertools.cycle([{"user_id": f"user-{i}", "plan": "free"} for i in range(1000)])
+    calls: dict[str, Callable[[], Any]] = {}
+    if not baseline:
+        plain = package.Server(repository, config=package.ModelConfig(version_policy=every))
+        servers.append(plain)
+        calls["no rollout"] = lambda: plain.predict(MODEL, x)
+    for name, flags in sources(package, folder, baseline=baseline).items():
+        server = package.Server(repository, config=canary, flags=flags)
+        servers.append(server)
+        for version in (1, 2):  # each version adopts its runners (a process's first request: the full way)
+            server.predict(MODEL, x, version=version)
+        calls[name] = (lambda s: lambda: s.predict(MODEL, x, context=next(users)))(server)
+    return calls
+
+
+def timed_blocks(calls: dict[str, Callable[[], Any]], blocks: int, block: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall µs, process CPU µs) per call, one pair per block, the calls taking turns block by block."""
+    for call in calls.values():
+        for _ in range(block):
+            call()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
+    for _ in range(blocks):
+        for name, call in calls.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(block):
+                call()
+            times[name].append(((time.perf_counter() - wall) / block * 1e6, (time.process_time() - cpu) / block * 1e6))
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", type=int, default=10)
+    parser.add_argument("--block", type=int, default=300, help="calls per block")
+    parser.add_argument("--baseline", type=Path, help="a folder holding the inprocserve package to compare with")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.blocks < 1 or args.block < 1:
+        parser.error("--blocks and --block must be at least 1")
+    try:
+        import openfeature.contrib.provider.flagd  # noqa: F401
+    except ImportError:
+        parser.error("needs openfeature-provider-flagd (make install puts it in the project's environment)")
+    sys.path.insert(0, str(ROOT))
+    import inprocserve
+
+    scratch = Path(tempfile.mkdtemp())
+    servers: list[Any] = []
+    try:
+        repository = scratch / "models"
+        build_reference(MODEL, repository)
+        shutil.copytree(repository / MODEL / "1", repository / MODEL / "2")
+        calls = source_calls(inprocserve, repository, scratch, servers, baseline=False)
+        if args.baseline is not None:
+            package = import_baseline(args.baseline, scratch)
+            before = source_calls(package, repository, scratch, servers, baseline=True)
+            calls |= {f"{name}, baseline": call for name, call in before.items()}
+        times = timed_blocks(calls, args.blocks, args.block)
+    finally:
+        for server in servers:
+            server.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    wall = {name: statistics.median(w for w, _ in values) for name, values in times.items()}
+    cpu = {name: statistics.median(c for _, c in values) for name, values in times.items()}
+    results = {"machine": machine(), "settings": {**vars(args), "baseline": str(args.baseline), "out": str(args.out)}}
+    results |= {"median_wall_us": wall, "median_cpu_us": cpu, "blocks_us": times}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "flag_overhead.json").write_text(json.dumps(results, indent=2))
+    lines = [
+        "# What a flag-driven rollout costs a lone predict, by flag source (one thread, no SDK)",
+        "",
+        machine_line(results["machine"]),
+        f"Model {MODEL}, a 50 % canary; {args.blocks} alternating blocks of {args.block} calls; per call, median "
+        "block: wall time, and process CPU time (all threads).",
+        "",
+        "| flag source | wall µs | CPU µs | wall over no rollout, µs |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in calls:
+        lines.append(f"| {name} | {wall[name]:.1f} | {cpu[name]:.1f} | {wall[name] - wall['no rollout']:+.1f} |")
+    if args.baseline is not None:
+        lines += ["", f"Baseline: the package in `{args.baseline}`."]
+    (args.out / "flag_overhead.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

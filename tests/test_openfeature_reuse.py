@@ -1,0 +1,425 @@
+"""OpenFeature flags that need no evaluation per request: static and absent flags are remembered.
+
+A rollout reads five or more flags per request; through the OpenFeature SDK each read costs tens of
+microseconds, and a blocking provider's decision a hand-off to a worker thread. ``OpenFeatureFlags``
+remembers what the provider resolved the same for every context (``STATIC``) or does not have, for
+``reuse_static_s`` or until the provider reports new flags. These tests run flagd's real evaluation engine
+on a flags file (no flagd server) and count the SDK's evaluations with an OpenFeature hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inprocserve import CanaryConfig, ConfigurationError, ModelConfig, OpenFeatureFlags, RolloutConfig, VersionPolicy
+from inprocserve._flag_reader import FlagReader
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory, wait_until
+
+pytest.importorskip("openfeature.contrib.provider.flagd", reason="pip install openfeature-provider-flagd")
+
+from openfeature import api
+from openfeature.contrib.provider.flagd import FlagdProvider
+from openfeature.contrib.provider.flagd.config import ResolverType
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.flag_evaluation import FlagResolutionDetails, Reason
+from openfeature.hook import Hook, HookContext
+from openfeature.provider import AbstractProvider, Metadata
+
+X = np.ones((1, 4), np.float32)
+CANARY = ModelConfig(
+    rollout=RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2)),
+    version_policy=VersionPolicy.all(),
+)
+STAFF_GET_THE_CANARY = {"if": [{"==": [{"var": "plan"}, "staff"]}, "all", "none"]}
+
+
+def flag(variants: dict[str, Any], default: str, targeting: Any = None) -> dict[str, Any]:
+    spec = {"state": "ENABLED", "defaultVariant": default, "variants": variants}
+    return spec if targeting is None else spec | {"targeting": targeting}
+
+
+class Evaluations(Hook):
+    """Counts the SDK's evaluations by flag key, and the threads they ran on."""
+
+    def __init__(self) -> None:
+        self.keys: Counter[str] = Counter()
+        self.threads: set[str] = set()
+
+    def before(self, hook_context: HookContext, hints: Any) -> None:
+        import threading
+
+        self.keys[hook_context.flag_key] += 1
+        self.threads.add(threading.current_thread().name)
+
+
+class Flagd:
+    """flagd's in-process engine on a flags file that a test may rewrite."""
+
+    def __init__(self, folder: Path, domain: str) -> None:
+        self.path = folder / "flags.json"
+        self.domain = domain
+        self.provider: FlagdProvider | None = None
+
+    def write(self, flags: dict[str, Any]) -> None:
+        self.path.write_text(json.dumps({"flags": flags}))
+        stat = self.path.stat()  # a modification time past the last one, whatever the file system's resolution
+        self.mtime_ns = max(stat.st_mtime_ns, getattr(self, "mtime_ns", 0) + 1_000_000_000)
+        os.utime(self.path, ns=(stat.st_atime_ns, self.mtime_ns))
+
+    def start(self) -> None:
+        self.provider = FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(self.path))
+        api.set_provider_and_wait(self.provider, domain=self.domain)
+
+    def flags(self, hook: Evaluations, **options: Any) -> OpenFeatureFlags:
+        client = api.get_client(self.domain)
+        client.add_hooks([hook])
+        return OpenFeatureFlags(client, **options)
+
+
+@pytest.fixture
+def flagd(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flagd]:
+    monkeypatch.setenv("FLAGD_OFFLINE_POLL_MS", "50")  # flagd looks at the file every 50 ms (5 s by default)
+    source = Flagd(tmp_path, f"inprocserve-reuse-{request.node.name}")
+    yield source
+    if source.provider is not None:
+        source.provider.shutdown()
+
+
+@pytest.fixture
+def scale(repository: Path) -> Path:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    return repository
+
+
+def test_static_and_absent_flags_are_evaluated_once_and_targeted_ones_every_request(
+    flagd: Flagd, scale: Path, make_server: ServerFactory
+) -> None:
+    flagd.write(
+        {
+            "scale.canary.percent": flag({"none": 0, "all": 100}, "none", STAFF_GET_THE_CANARY),
+            "scale.kill": flag({"on": True, "off": False}, "off"),
+        }
+    )
+    flagd.start()
+    hook = Evaluations()
+    server = make_server(scale, flags=flagd.flags(hook, reuse_static_s=3600), config=CANARY)
+    for number in range(20):
+        plan = "staff" if number % 2 else "free"
+        answer = server.predict("scale", X, context={"user_id": f"u{number}", "plan": plan})
+        assert answer.version == (2 if plan == "staff" else 1), answer.reason
+    assert hook.keys["scale.canary.percent"] == 20  # targeted: every request
+    assert hook.keys["scale.kill"] == 1  # static: once
+    for absent in ("scale.stable", "scale.strategy", "scale.canary.version", "scale.shadow.versions"):
+        assert hook.keys[absent] == 1, absent  # not in the flag service: once
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["failures"] == 0
+
+
+def test_reuse_static_s_0_evaluates_every_flag_of_every_request(
+    flagd: Flagd, scale: Path, make_server: ServerFactory
+) -> None:
+    flagd.write({"scale.canary.percent": flag({"all": 100}, "all")})
+    flagd.start()
+    hook = Evaluations()
+    server = make_server(scale, flags=flagd.flags(hook, reuse_static_s=0), config=CANARY)
+    for number in range(5):
+        assert server.predict("scale", X, context={"user_id": f"u{number}"}).version == 2
+    assert hook.keys["scale.canary.percent"] == 5 and hook.keys["scale.kill"] == 5
+
+
+def test_new_flags_take_effect_as_the_provider_reports_them_however_long_flags_are_remembered(
+    flagd: Flagd, scale: Path, make_server: ServerFactory
+) -> None:
+    """flagd reports a changed flags file (PROVIDER_CONFIGURATION_CHANGED): the next request reads the new
+    values, though static flags are remembered for an hour; the kill switch turned on is obeyed at once."""
+    flagd.write({"scale.canary.percent": flag({"half": 50, "all": 100}, "all")})
+    flagd.start()
+    hook = Evaluations()
+    server = make_server(scale, flags=flagd.flags(hook, reuse_static_s=3600), config=CANARY)
+    assert server.predict("scale", X, context={"user_id": "u1"}).version == 2
+    assert server.predict("scale", X, context={"user_id": "u2"}).version == 2
+    flagd.write(
+        {
+            "scale.canary.percent": flag({"half": 50, "all": 100}, "all"),
+            "scale.kill": flag({"on": True, "off": False}, "on"),
+        }
+    )
+    wait_until(lambda: server.predict("scale", X, context={"user_id": "u1"}).version == 1)
+    answer = server.predict("scale", X, context={"user_id": "u1"})
+    assert answer.reason == "kill switch is on"
+
+
+class Static(AbstractProvider):
+    """An OpenFeature provider holding one static number flag, changed with no event (as a provider that
+    emits none would)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.evaluations = 0
+
+    def get_metadata(self) -> Metadata:
+        return Metadata(name="static")
+
+    def _static(self, value: Any) -> FlagResolutionDetails[Any]:
+        self.evaluations += 1
+        return FlagResolutionDetails(value=value, reason=Reason.STATIC)
+
+    def resolve_float_details(
+        self, flag_key: str, default_value: float, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[float]:
+        return self._static(self.value)
+
+    def resolve_integer_details(self, flag_key: str, default_value: int, evaluation_context: Any = None) -> Any:
+        return self._static(int(self.value))
+
+    def resolve_boolean_details(self, flag_key: str, default_value: bool, evaluation_context: Any = None) -> Any:
+        return self._static(default_value)
+
+    def resolve_string_details(self, flag_key: str, default_value: str, evaluation_context: Any = None) -> Any:
+        return self._static(default_value)
+
+    def resolve_object_details(self, flag_key: str, default_value: Any, evaluation_context: Any = None) -> Any:
+        return self._static(default_value)
+
+
+def test_without_an_event_a_remembered_flag_is_evaluated_again_after_reuse_static_s() -> None:
+    provider = Static(10.0)
+    api.set_provider_and_wait(provider, domain="inprocserve-reuse-static")
+    now = [100.0]
+    flags = OpenFeatureFlags(domain="inprocserve-reuse-static", reuse_static_s=2.0, clock=lambda: now[0])
+    assert flags.get_number("m.canary.percent", 0, {"user_id": "a"}) == 10.0
+    provider.value = 20.0  # no event
+    now[0] += 1.9
+    assert flags.get_number("m.canary.percent", 0, {"user_id": "b"}) == 10.0  # remembered
+    assert provider.evaluations == 1
+    now[0] += 0.2
+    assert flags.get_number("m.canary.percent", 0, {"user_id": "c"}) == 20.0  # 2.1 s later: evaluated again
+    assert provider.evaluations == 2
+
+
+class CountingReader(FlagReader):
+    """The server's flag reader, counting the decisions it hands to a worker thread."""
+
+    handed_over = 0
+
+    def _run_on_worker(self, decide: Any, fallback: Any) -> Any:
+        CountingReader.handed_over += 1
+        return super()._run_on_worker(decide, fallback)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_a_blocking_provider_hands_a_decision_over_only_when_a_flag_must_be_evaluated(
+    flagd: Flagd, targeted: bool
+) -> None:
+    """Every flag remembered: decided on the request's thread. A targeted flag: on a worker thread, as a
+    blocking provider's evaluations must be (bounded by the flag budget)."""
+    flagd.write(
+        {"scale.canary.percent": flag({"none": 0, "all": 100}, "none", STAFF_GET_THE_CANARY if targeted else None)}
+    )
+    flagd.start()
+    hook = Evaluations()
+    reader = CountingReader(flagd.flags(hook), timeout_s=5.0)
+    CountingReader.handed_over = 0
+    try:
+        from inprocserve._rollout import Router
+
+        router = Router("scale", CANARY.rollout, reader)
+        ready = {1: object(), 2: object()}
+        for number in range(10):
+            decision = router.decide(ready, 2, {"user_id": f"u{number}", "plan": "staff"})
+            assert decision.version == (2 if targeted else 1), decision.reason
+        assert CountingReader.handed_over == (10 if targeted else 1)  # (the first reads every flag)
+        assert hook.threads == {"inprocserve-flags"}  # the SDK evaluated on workers only
+    finally:
+        reader.close()
+
+
+def test_a_targeted_shadow_flag_is_asked_for_not_taken_for_a_failed_provider(
+    flagd: Flagd, scale: Path, make_server: ServerFactory
+) -> None:
+    """The route's flags are remembered and the shadow's is targeted: deciding from memory stops at the
+    shadow flag, and the decision is taken again on a worker with the provider's answer (not \"shadows off:
+    flag provider failed\")."""
+    flagd.write(
+        {
+            "scale.canary.percent": flag({"none": 0}, "none"),
+            "scale.shadow.versions": flag(
+                {"none": [], "three": [3]}, "none", {"if": [{"==": [{"var": "plan"}, "staff"]}, "three", "none"]}
+            ),
+        }
+    )
+    flagd.start()
+    # (no shadow budget: every copy runs)
+    server = make_server(scale, flags=flagd.flags(Evaluations()), flag_timeout_s=5.0, config=CANARY, shadow_budget=1.0)
+    for number in range(6):
+        answer = server.predict("scale", X, context={"user_id": f"u{number}", "plan": "staff"})
+        assert "shadows off" not in answer.reason, answer.reason
+    wait_until(lambda: server.status()["models"]["scale"]["shadow"].get("3", {}).get("runs", 0) >= 1)
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["failures"] == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"reuse_static_s": -1}, "reuse_static_s must be a number of seconds >= 0"),
+        ({"reuse_static_s": float("nan")}, "reuse_static_s must be a number of seconds >= 0"),
+        ({"reuse_static_s": True}, "reuse_static_s must be a number of seconds >= 0"),
+        ({"blocking": "no"}, "blocking must be True or False"),
+    ],
+)
+def test_options_that_cannot_work_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        OpenFeatureFlags(domain="inprocserve-reuse-options", **options)
+
+
+# -- what the review of this change found ------------------------------------------------------------------
+
+
+def test_a_bandit_decision_is_never_tried_on_the_request_thread_so_no_abandoned_draw_is_credited(
+    flagd: Flagd,
+) -> None:
+    """A rollout with arms may be a bandit, whose draw a try abandoned for a targeted flag would leave
+    behind (an outcome credited to an arm that never served). Its decisions go to a worker, as before, and
+    a request answered stable because the provider is busy credits no arm."""
+    import threading
+
+    flagd.write({"scale.kill": flag({"on": True, "off": False}, "off")})
+    flagd.start()
+    reader = CountingReader(flagd.flags(Evaluations()), timeout_s=5.0)
+    CountingReader.handed_over = 0
+    config = RolloutConfig(strategy="bandit", stable=1, variants={"a": {"version": 1}, "b": {"version": 2}}, seed=0)
+    try:
+        from inprocserve._rollout import Router
+
+        router = Router("scale", config, reader)
+        ready = {1: object(), 2: object()}
+        for number in range(5):
+            router.decide(ready, 2, {"user_id": f"u{number}"})
+        assert CountingReader.handed_over == 5  # (every flag remembered after the first: still a worker's)
+        reader.close()  # no worker may take a decision now: the stable one answers
+        closed = router.decide(ready, 2, {"user_id": "late"})
+        assert closed.reason == "flag reader closed"
+        assert router.record_outcome(None, 1.0, "late", 2, ready) is None  # no arm was drawn for it
+        assert threading.current_thread().name != "inprocserve-flags"
+    finally:
+        reader.close()
+
+
+def test_a_closed_flag_reader_answers_stable_even_when_every_flag_is_remembered(flagd: Flagd) -> None:
+    flagd.write({"scale.canary.percent": flag({"all": 100}, "all")})
+    flagd.start()
+    reader = FlagReader(flagd.flags(Evaluations()), timeout_s=5.0)
+    from inprocserve._rollout import Router
+
+    router = Router("scale", CANARY.rollout, reader)
+    ready = {1: object(), 2: object()}
+    assert router.decide(ready, 2, {"user_id": "u1"}).variant == "canary"
+    reader.close()
+    decision = router.decide(ready, 2, {"user_id": "u2"})
+    assert (decision.version, decision.reason) == (1, "flag reader closed")
+
+
+class Changing(Static):
+    """A static flag whose value changes, and whose change is reported, while an evaluation is in flight
+    (a remote provider's reply that crosses the configuration-changed event)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(value)
+        self.flags: OpenFeatureFlags | None = None
+
+    def resolve_float_details(self, flag_key: str, default_value: float, evaluation_context: Any = None) -> Any:
+        answer = self._static(self.value)
+        if self.value == 10.0 and self.flags is not None:
+            self.value = 20.0
+            self.flags._forget(None)  # the event, handled before the old value comes back
+        return answer
+
+
+def test_a_value_evaluated_across_a_change_of_flags_is_not_remembered() -> None:
+    provider = Changing(10.0)
+    api.set_provider_and_wait(provider, domain="inprocserve-reuse-crossing")
+    flags = OpenFeatureFlags(domain="inprocserve-reuse-crossing", reuse_static_s=3600)
+    provider.flags = flags
+    assert flags.get_number("m.canary.percent", 0, {}) == 10.0  # the old value, in flight during the change
+    assert flags.get_number("m.canary.percent", 0, {}) == 20.0  # not remembered: evaluated again
+    assert flags.get_number("m.canary.percent", 0, {}) == 20.0  # remembered now
+    assert provider.evaluations == 2
+
+
+def test_a_reported_change_forgets_the_flags_it_names_and_keeps_the_others() -> None:
+    """flagd's remote resolver keeps static flags in its own cache and answers CACHED for them; after a
+    change it drops only those that changed. Forgetting them all would leave the others CACHED, never
+    remembered again."""
+    from openfeature.event import ProviderEventDetails
+
+    provider = Static(10.0)
+    api.set_provider_and_wait(provider, domain="inprocserve-reuse-named")
+    flags = OpenFeatureFlags(domain="inprocserve-reuse-named", reuse_static_s=3600)
+    for key in ("m.canary.percent", "m.shadow.percent"):
+        flags.get_number(key, 0, {})
+    assert provider.evaluations == 2
+    provider.value = 30.0
+    provider.emit_provider_configuration_changed(ProviderEventDetails(flags_changed=["m.canary.percent"]))
+    wait_until(lambda: flags.get_number("m.canary.percent", 0, {}) == 30.0)  # (the SDK's handler thread)
+    assert flags.get_number("m.shadow.percent", 0, {}) == 10.0  # not named: still remembered
+    assert provider.evaluations == 3
+    provider.emit_provider_configuration_changed(ProviderEventDetails())  # names none: all forgotten
+    wait_until(lambda: flags.get_number("m.shadow.percent", 0, {}) == 30.0)
+
+
+def test_flags_dropped_or_closed_stop_listening_to_the_provider() -> None:
+    import gc
+    import weakref
+
+    api.set_provider_and_wait(Static(1.0), domain="inprocserve-reuse-dropped")
+    dropped = OpenFeatureFlags(domain="inprocserve-reuse-dropped")
+    gone = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert gone() is None  # the SDK's table of handlers does not keep it
+    closed = OpenFeatureFlags(domain="inprocserve-reuse-dropped", reuse_static_s=3600)
+    assert closed.get_number("m.canary.percent", 0, {}) == 1.0
+    closed.close()
+    closed.close()  # idempotent
+    assert closed.get_number("m.canary.percent", 0, {}) == 1.0  # reads still work
+    api.set_provider_and_wait(Static(2.0), domain="inprocserve-reuse-dropped")
+    listening = OpenFeatureFlags(domain="inprocserve-reuse-dropped", reuse_static_s=3600)
+    assert listening.get_number("m.canary.percent", 0, {}) == 2.0
+    api.set_provider_and_wait(Static(3.0), domain="inprocserve-reuse-dropped")  # another provider: forgotten
+    wait_until(lambda: listening.get_number("m.canary.percent", 0, {}) == 3.0)
+
+
+def test_a_reload_that_renames_the_arms_never_meets_the_old_plan() -> None:
+    """A decision taken while ``update`` applies a configuration whose A/B arms have other names takes the
+    path that reads the configuration as it is (no KeyError from the old plan)."""
+    from inprocserve._rollout import Router, _Unflagged
+
+    first = RolloutConfig(strategy="ab", stable=1, variants={"control": {"version": 1}, "treatment": {"version": 2}})
+    second = RolloutConfig(strategy="ab", stable=1, variants={"a": {"version": 1}, "b": {"version": 2}})
+    router = Router("scale", first, None)
+    ready = {1: object(), 2: object()}
+    seen = []
+    original = _Unflagged.of
+
+    def of_while_deciding(config: RolloutConfig) -> Any:
+        seen.append(router.decide(ready, 2, {"user_id": f"u{len(seen)}"}))  # mid-update
+        return original(config)
+
+    for user in range(20):
+        assert router.decide(ready, 2, {"user_id": f"u{user}"}).variant in ("control", "treatment")
+    try:
+        _Unflagged.of = of_while_deciding  # type: ignore[method-assign]
+        router.update(second)
+    finally:
+        _Unflagged.of = original  # type: ignore[method-assign]
+    assert seen and seen[0].variant in ("a", "b")
