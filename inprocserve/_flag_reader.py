@@ -83,6 +83,7 @@ class FlagReader:
         self._remembered_only: Callable[[], AbstractContextManager[None]] | None = getattr(
             provider, "remembered_only", None
         )
+        self._trying = threading.local()  # .here: this thread tries a decision from remembered flags
         self.timeout_s = timeout_s
         self.max_workers = max_workers
         self.max_queued = max_queued
@@ -111,21 +112,24 @@ class FlagReader:
 
     # -- evaluation ----------------------------------------------------------------------------------------
 
-    def run(self, decide: Callable[[], T], fallback: Callable[[str], T], *, here: bool = True) -> T:
+    def run(self, decide: Callable[[], T], fallback: Callable[[str], T]) -> T:
         """Run ``decide`` (which reads flags) within the budget; on any problem return ``fallback(reason)``.
 
-        ``here``: a blocking provider's decision may first be tried on this thread, from the flags the
-        provider remembers, and is taken again on a worker if one must be evaluated. Pass False for a
-        ``decide`` whose abandoned try would leave a trace (a bandit's draw)."""
+        A blocking provider's decision is first tried on this thread, from the flags the provider remembers,
+        and taken again on a worker when a flag must be evaluated (or it must draw: see
+        :meth:`before_draw`)."""
         started = self._clock()
         try:
             if self.provider.blocking:
-                if here and self._remembered_only is not None and not self._closed:  # every flag remembered?
+                if self._remembered_only is not None and not self._closed:  # every flag remembered?
+                    self._trying.here = True
                     try:
                         with self._remembered_only():
                             return decide()
                     except MustAsk:
                         pass
+                    finally:
+                        self._trying.here = False
                 return self._run_on_worker(decide, fallback)
             result = decide()
         except (UnusableFlag, FlagTypeError) as exc:
@@ -171,6 +175,13 @@ class FlagReader:
             return fallback(self.note_unusable(exc))
         self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
         return fallback("flag provider failed")
+
+    def before_draw(self) -> None:
+        """Called by a decision before a draw that leaves a trace (a bandit's arm, kept for outcomes by key):
+        a try on the request's thread stops here (``MustAsk``), since it may yet be abandoned for a flag
+        that must be evaluated, and the draw would then be made twice. The worker's decision draws."""
+        if getattr(self._trying, "here", False):
+            raise MustAsk
 
     def _all_stuck(self) -> bool:
         """Whether every worker has been inside the provider for longer than the budget (lock held): then the

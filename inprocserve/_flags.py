@@ -283,6 +283,8 @@ class OpenFeatureFlags:
         # Counts forgettings: an evaluation that began before one (a remote reply that crossed a change of
         # flags) remembers nothing.
         self._generation = 0
+        self._changing = threading.Lock()  # a forget, and the check-and-store of a remembered value
+        self._ready_heard = False  # the SDK reports a ready provider to a handler added: that first one is no news
         self._here = threading.local()  # .only: reads on this thread answer from memory or raise MustAsk
         self._handlers: list[tuple[Any, Any]] = []
         self._provider = _provider_of(self._client)  # the provider whose flags are remembered
@@ -310,13 +312,16 @@ class OpenFeatureFlags:
             self._client.remove_handler(event, handler)
 
     def _forget(self, changed: list[str] | None = None) -> None:
-        """Forget the flags named ``changed`` (every remembered flag if None or empty)."""
-        self._generation += 1
-        if changed:
-            names = set(changed)
-            self._remembered = {entry: kept for entry, kept in self._remembered.items() if entry[1] not in names}
-        else:
-            self._remembered = {}
+        """Forget the flags named ``changed`` (every remembered flag if None; none if empty)."""
+        if changed is not None and not changed:
+            return
+        with self._changing:  # (the SDK runs handlers on a pool of threads, beside the requests' stores)
+            self._generation += 1
+            if changed is None:
+                self._remembered = {}
+            else:
+                names = set(changed)
+                self._remembered = {entry: kept for entry, kept in self._remembered.items() if entry[1] not in names}
 
     def remembered_only(self) -> _RememberedOnly:
         """Within this (on this thread), a read that must evaluate raises :class:`MustAsk` instead."""
@@ -336,23 +341,29 @@ class OpenFeatureFlags:
     def _remember(self, kind: str, key: str, value: Any, details: Any) -> Any:
         """Remember ``value`` if the provider resolved it the same for every context, and no change of
         flags was reported while it was evaluated; returns it."""
-        if self.reuse_static_s > 0 and self._here.generation == self._generation:
-            if _error_code(details) == "FLAG_NOT_FOUND":
-                kept: Any = _ABSENT
-            else:
-                reason = details.reason
-                reason = None if reason is None else str(getattr(reason, "value", reason))
-                previous = self._remembered.get((kind, key))
-                # flagd's remote resolver answers CACHED for a static flag it keeps: still static
-                static = reason == "STATIC" or (reason == "CACHED" and previous is not None)
-                if not static:
-                    self._remembered.pop((kind, key), None)
-                    return value
-                kept = value
+        if self.reuse_static_s <= 0:
+            return value
+        if _error_code(details) == "FLAG_NOT_FOUND":
+            kept: Any = _ABSENT
+            static, cached = True, False
+        else:
+            reason = details.reason
+            reason = None if reason is None else str(getattr(reason, "value", reason))
+            kept = value
+            # flagd's remote resolver answers CACHED for a static flag it keeps: still static (checked below)
+            static = reason == "STATIC"
+            cached = reason == "CACHED"
+        until = self._clock() + self.reuse_static_s
+        with self._changing:
+            if self._here.generation != self._generation:  # flags changed while it was evaluated
+                return value
             remembered = self._remembered
+            if not static and not (cached and (kind, key) in remembered):
+                remembered.pop((kind, key), None)
+                return value
             if len(remembered) >= _REMEMBERED_KEPT and (kind, key) not in remembered:
                 remembered = self._remembered = {}
-            remembered[(kind, key)] = (self._clock() + self.reuse_static_s, kept)
+            remembered[(kind, key)] = (until, kept)
         return value
 
     def _context(self, context: Mapping[str, Any]) -> Any:
@@ -449,9 +460,13 @@ def _forgetting(flags: weakref.ref[OpenFeatureFlags], *, everything: bool) -> Ca
         alive = flags()
         if alive is None:
             return
-        if everything:  # (the SDK reports its provider ready to a handler added after: that one is no news)
+        if everything:
+            # The SDK reports a provider that is ready to a handler as it is added: that first report from
+            # the provider whose flags are remembered is no news. Any later one (another provider, or the
+            # same one ready again, say reconnected to its flag service after missing changes) forgets all.
             provider = _provider_of(alive._client)
-            if provider is alive._provider:
+            first, alive._ready_heard = not alive._ready_heard, True
+            if first and provider is alive._provider:
                 return
             alive._provider = provider
         alive._forget(None if everything else getattr(details, "flags_changed", None))

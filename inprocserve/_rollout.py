@@ -61,7 +61,7 @@ class _NoFlags:
 
     provider = None
 
-    def run(self, decide: Callable[[], T], fallback: Callable[[str], T], *, here: bool = True) -> T:
+    def run(self, decide: Callable[[], T], fallback: Callable[[str], T]) -> T:
         try:
             return decide()
         except UnusableFlag as exc:  # the config names a version that failed to load, say
@@ -69,6 +69,9 @@ class _NoFlags:
 
     def note_unusable(self, exc: Exception) -> str:
         return f"unusable setting: {exc}"
+
+    def before_draw(self) -> None:
+        return None
 
     def note_failure(self, exc: Exception) -> str:
         return f"failed: {exc!r}"
@@ -165,8 +168,11 @@ class _Unflagged:
         weights = tuple((name, float(v.weight)) for name, v in config.variants.items())
         if strategy in ("ab", "bandit") and not weights:
             return None
+        raw = [v.weight for v in config.variants.values()]  # (as _weights checks a flag's: ints and floats)
         if strategy == "ab" and not (
-            all(w >= 0 and not math.isinf(w) for _, w in weights) and sum(w for _, w in weights) > 0
+            all(isinstance(w, int | float) and not isinstance(w, bool) for w in raw)
+            and all(w >= 0 and not math.isinf(w) for _, w in weights)
+            and sum(w for _, w in weights) > 0
         ):
             return None
         canary_version = config.canary.version or 0
@@ -259,16 +265,16 @@ class Router:
                 return self._default_decisions.get(stable) or self._remember_default(stable)
             return Decision(stable, "stable", "stable alias")
         ctx = context if context is not None else _EMPTY
-        if self._unflagged is not None:
-            decision = self._decide_unflagged(self._unflagged, ready, stable, ctx)
+        plan = self._unflagged  # (read once: a reload may clear it meanwhile)
+        if plan is not None:
+            decision = self._decide_unflagged(plan, ready, stable, ctx)
             if decision is not None:
                 return decision
 
         def fallback(reason: str) -> Decision:
             return Decision(stable, "stable", reason)
 
-        # (with arms, a flag may make this a bandit, whose draw an abandoned try would leave behind)
-        decision = self._flags.run(lambda: self._decide(ready, stable, ctx), fallback, here=not self.config.variants)
+        decision = self._flags.run(lambda: self._decide(ready, stable, ctx), fallback)
         provider = self._flags.provider
         if provider is None or not decision.flags:
             return decision
@@ -448,6 +454,7 @@ class Router:
             name = pick_weighted(position, [(n, weights.get(n, 0.0)) for n in variants])
             reason = f"A/B bucket {position / 100:.2f}%"
         else:
+            self._flags.before_draw()  # (a try that may yet be abandoned must not draw)
             with self._lock:
                 arms = {n: self._stats.setdefault(n, VariantStats()) for n in variants}
                 if self.config.bandit.policy == "thompson":

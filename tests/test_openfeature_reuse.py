@@ -423,3 +423,148 @@ def test_a_reload_that_renames_the_arms_never_meets_the_old_plan() -> None:
     finally:
         _Unflagged.of = original  # type: ignore[method-assign]
     assert seen and seen[0].variant in ("a", "b")
+
+
+# -- what the second review found ------------------------------------------------------------------------------
+
+
+def test_an_ab_test_is_decided_on_the_request_thread_and_a_bandit_on_a_worker(flagd: Flagd) -> None:
+    """An A/B split draws nothing that stays: decided from remembered flags on the request's thread. A
+    bandit's draw is kept for outcomes by key: a try that may yet be abandoned stops before it."""
+    flagd.write({"scale.kill": flag({"on": True, "off": False}, "off")})
+    flagd.start()
+    arms = {"a": {"version": 1}, "b": {"version": 2}}
+    from inprocserve._rollout import Router
+
+    ready = {1: object(), 2: object()}
+    for strategy, handed_over in (("ab", 1), ("bandit", 5)):
+        reader = CountingReader(flagd.flags(Evaluations()), timeout_s=5.0)
+        CountingReader.handed_over = 0
+        try:
+            router = Router("scale", RolloutConfig(strategy=strategy, stable=1, variants=arms, seed=0), reader)
+            variants = {router.decide(ready, 2, {"user_id": f"u{number}"}).variant for number in range(5)}
+            assert variants <= {"a", "b"}, variants
+            assert CountingReader.handed_over == handed_over, strategy
+        finally:
+            reader.close()
+
+
+def test_a_reload_into_a_bandit_during_a_decision_draws_nothing_it_does_not_serve(flagd: Flagd) -> None:
+    """A canary reloaded into a bandit while a decision is under way, every flag remembered but a targeted
+    shadow flag, and no worker free: the request gets the stable version and no arm is credited for it."""
+    flagd.write(
+        {
+            "scale.shadow.versions": flag(
+                {"none": [], "three": [3]}, "none", {"if": [{"==": [{"var": "plan"}, "staff"]}, "three", "none"]}
+            )
+        }
+    )
+    flagd.start()
+    from inprocserve._rollout import Router
+
+    canary = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=0.0))
+    bandit = RolloutConfig(strategy="bandit", stable=1, variants={"a": {"version": 1}, "b": {"version": 2}}, seed=0)
+    reloads: list[Any] = []
+
+    def clock() -> float:  # the flag reader reads its clock as a decision starts: the reload lands there
+        if reloads:
+            reloads.pop()(bandit)
+        return 0.0
+
+    flags = flagd.flags(Evaluations())
+    from inprocserve._rollout import Router as _Router
+
+    warm = FlagReader(flags, timeout_s=5.0)
+    try:  # a first decision, on a worker, makes the provider remember every flag but the targeted one
+        _Router("scale", canary, warm).decide({1: object(), 2: object()}, 2, {"user_id": "warm"})
+    finally:
+        warm.close()
+    reader = FlagReader(flags, timeout_s=5.0, max_queued=0, clock=clock)  # no worker, none may start: busy
+    try:
+        router = Router("scale", canary, reader)
+        ready = {1: object(), 2: object()}
+        reloads.append(router.update)
+        decision = router.decide(ready, 2, {"user_id": "u1"})
+        assert (decision.version, decision.reason) == (1, "flag provider busy")
+        assert router.record_outcome(None, 1.0, "u1", 2, ready) is None  # no arm was drawn for u1
+    finally:
+        reader.close()
+
+
+class Several(AbstractProvider):
+    """Static number flags whose values a test changes, reporting each change by name."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def get_metadata(self) -> Metadata:
+        return Metadata(name="several")
+
+    def resolve_float_details(self, flag_key: str, default_value: float, evaluation_context: Any = None) -> Any:
+        return FlagResolutionDetails(value=self.values.get(flag_key, 7.0), reason=Reason.STATIC)
+
+    def resolve_integer_details(self, flag_key: str, default_value: int, evaluation_context: Any = None) -> Any:
+        raise NotImplementedError
+
+    resolve_boolean_details = resolve_string_details = resolve_object_details = resolve_integer_details
+
+
+def test_changes_reported_one_by_one_while_requests_read_are_never_lost() -> None:
+    """The SDK runs event handlers on its own threads, beside requests that read and remember: each
+    change reported must be heard (a forget lost to a race would keep the old value for an hour)."""
+    import sys
+    import threading
+
+    from openfeature.event import ProviderEventDetails
+
+    provider = Several()
+    api.set_provider_and_wait(provider, domain="inprocserve-reuse-several")
+    flags = OpenFeatureFlags(domain="inprocserve-reuse-several", reuse_static_s=3600)
+    keys = [f"m{number}.canary.percent" for number in range(12)]
+    stop = threading.Event()
+
+    def requests() -> None:
+        while not stop.is_set():
+            for key in keys:
+                flags.get_number(key, 0, {})
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads take turns often: the races have many chances
+    readers = [threading.Thread(target=requests) for _ in range(2)]
+    try:
+        for thread in readers:
+            thread.start()
+        for trial in range(1, 31):
+            for key in keys:
+                provider.values[key] = float(trial)
+            for key in keys:
+                provider.emit_provider_configuration_changed(ProviderEventDetails(flags_changed=[key]))
+            wait_until(lambda: all(flags.get_number(key, 0, {}) == float(trial) for key in keys), 5.0)  # noqa: B023
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+        sys.setswitchinterval(interval)
+
+
+def test_an_event_naming_no_flags_keeps_them_and_the_provider_ready_again_forgets_them() -> None:
+    """flagd reports a configuration that changed no flag with an empty list: nothing is forgotten. A
+    provider that reports itself ready again (reconnected to its flag service, changes may have been
+    missed) is read afresh."""
+    from openfeature.event import ProviderEventDetails
+
+    provider = Static(10.0)
+    api.set_provider_and_wait(provider, domain="inprocserve-reuse-ready")
+    flags = OpenFeatureFlags(domain="inprocserve-reuse-ready", reuse_static_s=3600)
+    wait_until(lambda: flags._ready_heard)  # (the SDK's report of the ready provider, which is no news)
+    assert flags.get_number("m.canary.percent", 0, {}) == 10.0
+    provider.value = 20.0
+    heard: list[Any] = []
+    forget = flags._forget
+    flags._forget = lambda changed=None: (heard.append(changed), forget(changed))  # type: ignore[method-assign]
+    provider.emit_provider_configuration_changed(ProviderEventDetails(flags_changed=[]))
+    wait_until(lambda: heard == [[]])
+    assert flags.get_number("m.canary.percent", 0, {}) == 10.0 and provider.evaluations == 1  # kept
+    provider.emit_provider_ready(ProviderEventDetails())
+    wait_until(lambda: flags.get_number("m.canary.percent", 0, {}) == 20.0)
+    assert provider.evaluations == 2
