@@ -104,10 +104,10 @@ def check_list(key: str, values: object) -> tuple[Any, ...]:
 
 
 def plain_fields(config: Any) -> None:
-    """Turn the numpy numbers and bools and the ``os.PathLike`` paths of a frozen config dataclass's fields
-    (and of the tuples it holds) into Python's own, before they are checked: settings computed with numpy
-    are accepted, and what is stored is what the rest of the library (``is False`` tests, ``int`` methods)
-    and ``status()``'s JSON expect."""
+    """Turn the numpy numbers and bools, other real numbers (a ``Fraction``) and the ``os.PathLike`` paths of
+    a frozen config dataclass's fields (and of the tuples it holds) into Python's own, before they are
+    checked: settings computed with numpy are accepted, and what is stored is what the rest of the library
+    (``is False`` tests, ``int`` methods, float formatting) and ``status()``'s JSON expect."""
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         plain = _plain(value)
@@ -124,6 +124,8 @@ def _plain(value: Any) -> Any:
         return float(value)  # (not .item(): a longdouble's item is a longdouble)
     if isinstance(value, np.generic):
         return value.item()
+    if type(value) not in (int, float, bool) and isinstance(value, numbers.Real):  # a Fraction, say
+        return float(value)  # (what the checks accept as a number, stored as the float the library computes with)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, np.ndarray):

@@ -310,3 +310,20 @@ def test_lists_and_arrays_of_numpy_numbers_are_stored_as_python_ones() -> None:
     assert sizes == (8, 16) and all(type(size) is int for size in sizes)
     policy = inprocserve.VersionPolicy.specific(np.int64(1), np.int64(3))
     assert all(type(version) is int for version in policy.versions)
+
+
+def test_other_real_numbers_are_stored_as_floats_and_a_canary_of_one_decides() -> None:
+    # A Fraction passed the checks (a real number) and was stored as given: every decision of a canary at
+    # Fraction(1, 2) % then raised TypeError formatting its reason.
+    from fractions import Fraction
+
+    from inprocserve._rollout import Router
+
+    canary = inprocserve.CanaryConfig(version=2, percent=Fraction(1, 2))
+    assert type(canary.percent) is float and canary.percent == 0.5
+    assert type(inprocserve.ShadowConfig(versions=(2,), percent=Fraction(3, 4)).percent) is float
+    with pytest.raises(inprocserve.ConfigurationError, match="an integer"):
+        inprocserve.BatchingConfig(max_batch_size=Fraction(64, 1))
+    router = Router("m", inprocserve.RolloutConfig(strategy="canary", stable=1, canary=canary), None)
+    decision = router.decide({1: object(), 2: object()}, 2, {"user_id": "someone"})
+    assert decision.reason.endswith("the canary's 0.5%")
