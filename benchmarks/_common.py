@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -94,6 +95,20 @@ def closed_loop(
 
 def median_spread(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
+
+
+def block_arguments(doc: str | None, *, blocks: int, block: int) -> argparse.Namespace:
+    """The command line of a benchmark whose calls take turns in blocks: ``--blocks``, ``--block`` (calls
+    per block), ``--baseline`` (another checkout's package, see :func:`import_baseline`) and ``--out``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", type=int, default=blocks)
+    parser.add_argument("--block", type=int, default=block, help="calls per block")
+    parser.add_argument("--baseline", type=Path, help="a folder holding the inprocserve package to compare with")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.blocks < 1 or args.block < 1:
+        parser.error("--blocks and --block must be at least 1")
+    return args
 
 
 def import_baseline(package_parent: Path, scratch: Path) -> Any:

@@ -15,7 +15,6 @@ Writes benchmarks/results/feature_overhead.{json,md} (``--out`` elsewhere).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import shutil
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, build_reference, import_baseline, input_rows, machine, machine_line
+from _common import block_arguments, build_reference, import_baseline, input_rows, machine, machine_line
 from predict_overhead import timed_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,14 +75,7 @@ def feature_calls(package: Any, repository: Path, servers: list[Any], rows: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--blocks", type=int, default=20)
-    parser.add_argument("--block", type=int, default=500, help="calls per block")
-    parser.add_argument("--baseline", type=Path, help="a folder holding the inprocserve package to compare with")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    if args.blocks < 1 or args.block < 1:
-        parser.error("--blocks and --block must be at least 1")
+    args = block_arguments(__doc__, blocks=20, block=500)
     sys.path.insert(0, str(ROOT))
     import inprocserve
 

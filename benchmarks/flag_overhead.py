@@ -30,7 +30,6 @@ Writes benchmarks/results/flag_overhead.{json,md} (``--out`` elsewhere). Needs `
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import shutil
@@ -42,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, build_reference, import_baseline, input_rows, machine, machine_line
+from _common import block_arguments, build_reference, import_baseline, input_rows, machine, machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mlp-small"
@@ -125,18 +124,13 @@ def timed_blocks(calls: dict[str, Callable[[], Any]], blocks: int, block: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--blocks", type=int, default=10)
-    parser.add_argument("--block", type=int, default=300, help="calls per block")
-    parser.add_argument("--baseline", type=Path, help="a folder holding the inprocserve package to compare with")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    if args.blocks < 1 or args.block < 1:
-        parser.error("--blocks and --block must be at least 1")
+    args = block_arguments(__doc__, blocks=10, block=300)
     try:
         import openfeature.contrib.provider.flagd  # noqa: F401
     except ImportError:
-        parser.error("needs openfeature-provider-flagd (make install puts it in the project's environment)")
+        sys.exit(
+            "flag_overhead.py needs openfeature-provider-flagd (make install puts it in the project's environment)"
+        )
     sys.path.insert(0, str(ROOT))
     import inprocserve
 
