@@ -231,10 +231,11 @@ class OpenFeatureFlags:
     tens of microseconds per evaluation (its hooks, contexts and the provider's engine). A flag that the
     provider resolved as ``STATIC`` (no targeting: the same value for every context), or that it does not
     have (``FLAG_NOT_FOUND``: the caller's default), is remembered for ``reuse_static_s`` seconds, and
-    forgotten at once when the provider reports a new configuration (OpenFeature's
-    ``PROVIDER_CONFIGURATION_CHANGED``, which flagd sends when its flags change) or a provider is made
-    ready. A flag with targeting is evaluated for every request, as before. Remembered reads run no
-    OpenFeature hooks. ``reuse_static_s=0`` evaluates every read.
+    forgotten as soon as the SDK's event handlers hear that it changed (OpenFeature's
+    ``PROVIDER_CONFIGURATION_CHANGED``, which flagd sends naming the flags that changed) or that the
+    provider is ready again (``PROVIDER_READY``: another provider, or one reconnected). A flag with
+    targeting is evaluated for every request, as before. Remembered reads run no OpenFeature hooks.
+    ``reuse_static_s=0`` evaluates every read. Per process: each worker of a fleet remembers its own.
 
     Args:
         client: An OpenFeature client (the global API's, or ``domain``'s, if omitted).
@@ -297,7 +298,7 @@ class OpenFeatureFlags:
             me = weakref.ref(self)  # (the SDK keeps its handlers: they must not keep this)
             for event, everything in (
                 (ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, False),  # the flags it names (all if none)
-                (ProviderEvent.PROVIDER_READY, True),  # another provider set: every flag
+                (ProviderEvent.PROVIDER_READY, True),  # a provider ready (again): every flag
             ):
                 handler = _forgetting(me, everything=everything)
                 add_handler(event, handler)
