@@ -152,8 +152,14 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_json(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_json(name: str, payload: dict[str, Any], out: Path = RESULTS) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=lambda o: asdict(o)))
     return path
+
+
+def with_run(args: argparse.Namespace, **figures: Any) -> dict[str, Any]:
+    """A results payload: the machine, the command line's settings (paths as text), then ``figures``."""
+    settings = {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
+    return {"machine": machine(), "settings": settings, **figures}

@@ -16,7 +16,6 @@ Writes benchmarks/results/feature_overhead.{json,md} (``--out`` elsewhere).
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 import statistics
 import sys
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import block_arguments, build_reference, import_baseline, input_rows, machine, machine_line
+from _common import block_arguments, build_reference, import_baseline, input_rows, machine_line, with_run, write_json
 from predict_overhead import timed_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,10 +97,8 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
     median = {name: statistics.median(values) for name, values in times.items()}
-    results = {"machine": machine(), "settings": {**vars(args), "baseline": str(args.baseline), "out": str(args.out)}}
-    results |= {"median_us": median, "blocks_us": times}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "feature_overhead.json").write_text(json.dumps(results, indent=2))
+    results = with_run(args, median_us=median, blocks_us=times)
+    write_json("feature_overhead", results, args.out)
     lines = [
         "# What production features cost a lone predict (one thread, no SDK)",
         "",

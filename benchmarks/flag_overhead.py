@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import block_arguments, build_reference, import_baseline, input_rows, machine, machine_line
+from _common import block_arguments, build_reference, import_baseline, input_rows, machine_line, with_run, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mlp-small"
@@ -153,10 +153,8 @@ def main() -> None:
 
     wall = {name: statistics.median(w for w, _ in values) for name, values in times.items()}
     cpu = {name: statistics.median(c for _, c in values) for name, values in times.items()}
-    results = {"machine": machine(), "settings": {**vars(args), "baseline": str(args.baseline), "out": str(args.out)}}
-    results |= {"median_wall_us": wall, "median_cpu_us": cpu, "blocks_us": times}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "flag_overhead.json").write_text(json.dumps(results, indent=2))
+    results = with_run(args, median_wall_us=wall, median_cpu_us=cpu, blocks_us=times)
+    write_json("flag_overhead", results, args.out)
     lines = [
         "# What a flag-driven rollout costs a lone predict, by flag source (one thread, no SDK)",
         "",

@@ -18,7 +18,6 @@ show a change.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, build_reference, closed_loop, import_baseline, input_rows, machine, machine_line
+from _common import (
+    RESULTS,
+    build_reference,
+    closed_loop,
+    import_baseline,
+    input_rows,
+    machine_line,
+    with_run,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,10 +87,8 @@ def main() -> None:
         }
         for clients, by_name in runs.items()
     }
-    results = {"machine": machine(), "settings": {**vars(args), "baseline": str(args.baseline), "out": str(args.out)}}
-    results |= {"summary": summary, "runs": runs}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "queued_callers_ab.json").write_text(json.dumps(results, indent=2))
+    results = with_run(args, summary=summary, runs=runs)
+    write_json("queued_callers_ab", results, args.out)
     lines = [
         "# Queued synchronous callers: this checkout against a baseline package",
         "",
