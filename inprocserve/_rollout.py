@@ -168,11 +168,9 @@ class _Unflagged:
         weights = tuple((name, float(v.weight)) for name, v in config.variants.items())
         if strategy in ("ab", "bandit") and not weights:
             return None
-        raw = [v.weight for v in config.variants.values()]  # (as _weights checks a flag's: ints and floats)
+        # (the configuration stores weights as ints and floats, as _weights wants a flag's: see plain_fields)
         if strategy == "ab" and not (
-            all(isinstance(w, int | float) and not isinstance(w, bool) for w in raw)
-            and all(w >= 0 and not math.isinf(w) for _, w in weights)
-            and sum(w for _, w in weights) > 0
+            all(w >= 0 and not math.isinf(w) for _, w in weights) and sum(w for _, w in weights) > 0
         ):
             return None
         canary_version = config.canary.version or 0

@@ -173,3 +173,19 @@ def test_the_canary_edge_is_the_same_on_both_paths() -> None:
         assert direct_outcome == read_outcome
         variants.append(direct_outcome[0].variant)
     assert variants == ["canary", "stable"]
+
+
+def test_ab_weights_given_as_fractions_split_alike_on_both_paths() -> None:
+    """The configuration stores a ``Fraction`` weight as a float, which the flag-reading path takes too."""
+    from fractions import Fraction
+
+    config = RolloutConfig(
+        strategy="ab", stable=1, variants={"a": {"version": 1, "weight": Fraction(1, 2)}, "b": {"version": 2}}
+    )
+    direct, read = routers(config, None)
+    assert direct._unflagged is not None
+    ready = {1: object(), 2: object()}
+    for number in range(50):
+        direct_outcome, read_outcome = decide_both(direct, read, ready, {"user_id": f"u{number}"}, number)
+        assert direct_outcome == read_outcome
+        assert not direct_outcome[0].reason.startswith("unusable")
