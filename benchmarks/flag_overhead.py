@@ -10,17 +10,18 @@ worker threads, which the caller waits for). Sources:
 * ``no provider``: the canary as configured, no flag provider;
 * ``in-memory``: ``InMemoryFlags`` holding the canary's percentage;
 * ``flagd``: OpenFeature's flagd provider evaluating a flags file in process (its ``FILE`` resolver, no
-  flagd server), through ``OpenFeatureFlags`` with its defaults (a blocking provider whose static and
-  absent flags are remembered for a second);
-* ``flagd, reuse_static_s=0``: every flag evaluated for every request, on a worker thread (what every
-  request cost before flags were remembered);
-* ``flagd, targeted``: the canary's percentage has a targeting rule (evaluated for every request, on a
-  worker thread), the other flags are remembered;
-* ``flagd, targeted, blocking=False``: the same, evaluated on the caller's thread.
+  flagd server), through ``OpenFeatureFlags`` with its defaults (static and absent flags remembered for a
+  second; flagd's in-process engine judged not to block: read on the caller's thread);
+* ``flagd, reuse_static_s=0, blocking=True``: every flag evaluated for every request, on a worker thread
+  (what every request cost before flags were remembered and in-process providers recognized);
+* ``flagd, targeted``: the canary's percentage has a targeting rule (evaluated for every request), the
+  other flags are remembered; with the defaults, on the caller's thread;
+* ``flagd, targeted, blocking=True``: the same, handed to a worker thread, as a provider that may wait on
+  the network is (flagd's ``RPC`` resolver, or any provider the library does not know).
 
 With ``--baseline DIR`` (a folder holding another ``inprocserve`` package, e.g. ``git archive REV
-inprocserve | tar -x -C DIR``) that code's ``no provider``, ``in-memory`` and ``flagd`` servers take their
-turns too (its ``OpenFeatureFlags`` with its defaults).
+inprocserve | tar -x -C DIR``) that code's ``no provider``, ``in-memory``, ``flagd`` and ``flagd, targeted``
+servers take their turns too (its ``OpenFeatureFlags`` with its defaults).
 
     python benchmarks/flag_overhead.py [--blocks 10] [--block 300] [--baseline DIR]
 
@@ -70,15 +71,15 @@ def sources(package: Any, folder: Path, *, baseline: bool) -> dict[str, Any]:
         "no provider": None,
         "in-memory": package.InMemoryFlags({f"{MODEL}.canary.percent": 50}),
         "flagd": package.OpenFeatureFlags(flagd_client(folder, f"static-{baseline}", STATIC)),
+        "flagd, targeted": package.OpenFeatureFlags(flagd_client(folder, f"targeted-{baseline}", TARGETED)),
     }
     if not baseline:
         targeted = flagd_client(folder, "targeted", TARGETED)
         made |= {
-            "flagd, reuse_static_s=0": package.OpenFeatureFlags(
-                flagd_client(folder, "every-read", STATIC), reuse_static_s=0
+            "flagd, reuse_static_s=0, blocking=True": package.OpenFeatureFlags(
+                flagd_client(folder, "every-read", STATIC), reuse_static_s=0, blocking=True
             ),
-            "flagd, targeted": package.OpenFeatureFlags(targeted),
-            "flagd, targeted, blocking=False": package.OpenFeatureFlags(targeted, blocking=False),
+            "flagd, targeted, blocking=True": package.OpenFeatureFlags(targeted, blocking=True),
         }
     return made
 

@@ -309,6 +309,7 @@ class FlagReader:
             workers = len(self._workers)
         return {
             "provider": self.provider.name,
+            "blocking": self._blocking(),
             "failures": self.failures,
             "timeouts": self.timeouts,
             "busy": self.busy,
@@ -316,6 +317,13 @@ class FlagReader:
             "unusable_flags": problems,
             "workers": workers,
         }
+
+    def _blocking(self) -> bool | None:
+        """Whether decisions may be handed to the workers (None: the provider could not say)."""
+        try:
+            return bool(self.provider.blocking)
+        except Exception:
+            return None
 
     def close(self) -> None:
         """Stop the workers: queued evaluations are dropped, idle workers end now, and a worker stuck in a

@@ -60,7 +60,9 @@ class FlagProvider(Protocol):
     """
 
     name: str
-    blocking: bool
+
+    @property
+    def blocking(self) -> bool: ...
 
     def get_boolean(self, key: str, default: bool, context: Mapping[str, Any]) -> bool: ...
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float: ...
@@ -237,15 +239,20 @@ class OpenFeatureFlags:
     targeting is evaluated for every request, as before. Remembered reads run no OpenFeature hooks.
     ``reuse_static_s=0`` evaluates every read. Per process: each worker of a fleet remembers its own.
 
+    **Providers that evaluate in this process are read on the request's thread** (``blocking`` below):
+    a hand-off to the flag reader's workers costs a request more than such a provider's evaluation.
+
     Args:
         client: An OpenFeature client (the global API's, or ``domain``'s, if omitted).
         domain: The OpenFeature domain whose client to use.
         targeting_key_field: The request-context field that becomes the targeting key.
         blocking: Whether an evaluation may wait on I/O (a remote provider): the server's flag reader then
             evaluates it on a worker thread within its time budget, unless every flag of the decision is
-            remembered. ``False`` for a provider that evaluates in this process (flagd's ``IN_PROCESS`` and
-            ``FILE`` resolvers, OpenFeature's ``InMemoryProvider``): reads run on the request's thread,
-            with no hand-off.
+            remembered. ``False``: reads run on the request's thread, with no hand-off. ``None`` (the
+            default) judges the client's provider, again whenever it is replaced: ``False`` for the providers
+            known to evaluate in this process (flagd's ``IN_PROCESS`` and ``FILE`` resolvers, OpenFeature's
+            ``InMemoryProvider`` and ``NoOpProvider``, not subclasses of them), ``True`` for any other. Pass
+            ``True`` if hooks you added to the client or the API may wait on I/O.
         reuse_static_s: How long a static or absent flag is remembered (0: never).
         clock: The monotonic clock that times remembered flags.
     """
@@ -256,7 +263,7 @@ class OpenFeatureFlags:
         *,
         domain: str | None = None,
         targeting_key_field: str = "user_id",
-        blocking: bool = True,
+        blocking: bool | None = None,
         reuse_static_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -268,14 +275,15 @@ class OpenFeatureFlags:
             raise ImportError(
                 'OpenFeatureFlags needs the OpenFeature SDK: pip install "inprocserve[openfeature]"'
             ) from exc
-        if not isinstance(blocking, bool):
-            raise ConfigurationError(f"blocking must be True or False, got {blocking!r}")
+        if blocking is not None and not isinstance(blocking, bool):
+            raise ConfigurationError(f"blocking must be True, False or None (judged by the provider), got {blocking!r}")
         if isinstance(reuse_static_s, bool) or not isinstance(reuse_static_s, int | float) or not reuse_static_s >= 0:
             raise ConfigurationError(f"reuse_static_s must be a number of seconds >= 0, got {reuse_static_s!r}")
         self._context_type = EvaluationContext
         self._client = client if client is not None else (api.get_client(domain) if domain else api.get_client())
         self.targeting_key_field = targeting_key_field
-        self.blocking = blocking
+        self._blocking = blocking
+        self._judged: tuple[Any, bool] = (_MISSING, True)  # (a provider, whether it blocks) for blocking=None
         self.reuse_static_s = float(reuse_static_s)
         self._clock = clock
         self._integer_keys: set[str] = set()  # number flags the provider holds as integers
@@ -303,6 +311,17 @@ class OpenFeatureFlags:
                 handler = _forgetting(me, everything=everything)
                 add_handler(event, handler)
                 self._handlers.append((event, handler))
+
+    @property
+    def blocking(self) -> bool:
+        """Whether the client's provider may wait on I/O (see ``blocking`` above); read per decision."""
+        if self._blocking is not None:
+            return self._blocking
+        provider = _provider_of(self._client)
+        judged = self._judged
+        if judged[0] is not provider:  # (the first read, or the provider was replaced)
+            judged = self._judged = (provider, not _evaluates_in_process(provider))
+        return judged[1]
 
     def close(self) -> None:
         """Stop listening to the provider's events (an instance dropped without it listens no more either,
@@ -473,6 +492,26 @@ def _forgetting(flags: weakref.ref[OpenFeatureFlags], *, everything: bool) -> Ca
         alive._forget(None if everything else getattr(details, "flags_changed", None))
 
     return forget
+
+
+def _evaluates_in_process(provider: Any) -> bool:
+    """Whether ``provider`` is one known to answer from this process's memory, never waiting on I/O:
+    OpenFeature's in-memory and no-op providers, and flagd's with an in-process resolver (flagd's engine on
+    flags synced from a file or a flagd server). Exact classes only: a subclass may override an evaluation."""
+    kind = type(provider)
+    if kind.__module__ in _IN_PROCESS_PROVIDERS and kind.__qualname__ in _IN_PROCESS_PROVIDERS[kind.__module__]:
+        return True
+    if kind.__module__.startswith("openfeature.contrib.provider.flagd") and kind.__qualname__ == "FlagdProvider":
+        resolver = getattr(getattr(provider, "config", None), "resolver", None)
+        return str(getattr(resolver, "value", resolver)) in ("in-process", "file")
+    return False
+
+
+# module -> class names of providers that answer from memory (the OpenFeature SDK's own)
+_IN_PROCESS_PROVIDERS = {
+    "openfeature.provider.in_memory_provider": ("InMemoryProvider",),
+    "openfeature.provider.no_op_provider": ("NoOpProvider",),
+}
 
 
 def _provider_of(client: Any) -> Any:

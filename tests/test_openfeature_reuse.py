@@ -81,9 +81,11 @@ class Flagd:
         api.set_provider_and_wait(self.provider, domain=self.domain)
 
     def flags(self, hook: Evaluations, **options: Any) -> OpenFeatureFlags:
+        """Flags read through this provider, as from a remote one unless ``blocking`` is given: flagd's
+        in-process engine would be judged not to block, and these tests are about the blocking path."""
         client = api.get_client(self.domain)
         client.add_hooks([hook])
-        return OpenFeatureFlags(client, **options)
+        return OpenFeatureFlags(client, **({"blocking": True} | options))
 
 
 @pytest.fixture
@@ -274,7 +276,7 @@ def test_a_targeted_shadow_flag_is_asked_for_not_taken_for_a_failed_provider(
         ({"reuse_static_s": -1}, "reuse_static_s must be a number of seconds >= 0"),
         ({"reuse_static_s": float("nan")}, "reuse_static_s must be a number of seconds >= 0"),
         ({"reuse_static_s": True}, "reuse_static_s must be a number of seconds >= 0"),
-        ({"blocking": "no"}, "blocking must be True or False"),
+        ({"blocking": "no"}, "blocking must be True, False or None"),
     ],
 )
 def test_options_that_cannot_work_are_refused(options: dict[str, Any], message: str) -> None:

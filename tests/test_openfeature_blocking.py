@@ -1,0 +1,216 @@
+"""Which OpenFeature providers are read on the request's thread, with ``OpenFeatureFlags``' default.
+
+A blocking provider's decision is handed to a worker thread whenever a flag must be evaluated (a targeted
+flag: every request), which costs a request hundreds of microseconds here. Providers known to evaluate in
+this process (flagd's in-process engine, OpenFeature's in-memory provider) need no hand-off, so by default
+``OpenFeatureFlags`` judges the client's provider, again whenever it is replaced; any other provider stays
+behind the flag reader's worker threads and time budget. Real providers throughout: flagd's engine on a flags
+file (no flagd server) and the SDK's own; the ones written here stand for a provider that calls out.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inprocserve import CanaryConfig, ModelConfig, OpenFeatureFlags, RolloutConfig, VersionPolicy
+from inprocserve._flag_reader import FlagReader
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+pytest.importorskip("openfeature.contrib.provider.flagd", reason="pip install openfeature-provider-flagd")
+
+from openfeature import api
+from openfeature.contrib.provider.flagd import FlagdProvider
+from openfeature.contrib.provider.flagd.config import ResolverType
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.flag_evaluation import FlagResolutionDetails, Reason
+from openfeature.hook import Hook, HookContext
+from openfeature.provider import AbstractProvider, Metadata
+from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+X = np.ones((1, 4), np.float32)
+CANARY = ModelConfig(
+    rollout=RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2)),
+    version_policy=VersionPolicy.all(),
+)
+
+
+def staff_get_the_canary(flag: InMemoryFlag[Any], context: EvaluationContext) -> FlagResolutionDetails[Any]:
+    """A targeting rule in OpenFeature's in-memory provider: evaluated for every context."""
+    value = 100 if context.attributes.get("plan") == "staff" else 0
+    return FlagResolutionDetails(value=value, reason=Reason.TARGETING_MATCH)
+
+
+def in_memory() -> InMemoryProvider:
+    return InMemoryProvider(
+        {"scale.canary.percent": InMemoryFlag("none", {"none": 0}, context_evaluator=staff_get_the_canary)}
+    )
+
+
+class CallsOut(AbstractProvider):
+    """Stands for a provider that asks a flag service over the network: the same targeting rule, answered
+    from here (nothing in the library can tell what a provider it does not know does)."""
+
+    def get_metadata(self) -> Metadata:
+        return Metadata(name="calls-out")
+
+    def resolve_float_details(
+        self, flag_key: str, default_value: float, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[float]:
+        if flag_key != "scale.canary.percent":
+            return FlagResolutionDetails(value=default_value, reason=Reason.DEFAULT)
+        plan = evaluation_context.attributes.get("plan") if evaluation_context else None
+        return FlagResolutionDetails(value=100.0 if plan == "staff" else 0.0, reason=Reason.TARGETING_MATCH)
+
+    def resolve_integer_details(self, flag_key: str, default_value: int, evaluation_context: Any = None) -> Any:
+        return FlagResolutionDetails(value=default_value, reason=Reason.DEFAULT)
+
+    def resolve_boolean_details(self, flag_key: str, default_value: bool, evaluation_context: Any = None) -> Any:
+        return FlagResolutionDetails(value=default_value, reason=Reason.DEFAULT)
+
+    def resolve_string_details(self, flag_key: str, default_value: str, evaluation_context: Any = None) -> Any:
+        return FlagResolutionDetails(value=default_value, reason=Reason.DEFAULT)
+
+    def resolve_object_details(self, flag_key: str, default_value: Any, evaluation_context: Any = None) -> Any:
+        return FlagResolutionDetails(value=default_value, reason=Reason.DEFAULT)
+
+
+class MyInMemory(InMemoryProvider):
+    """A subclass of a provider known to evaluate in memory: it may override an evaluation, so it is not
+    taken for one."""
+
+
+class Threads(Hook):
+    """The threads the SDK evaluated flags on, by flag key."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def before(self, hook_context: HookContext, hints: Any) -> None:
+        if hook_context.flag_key == "scale.canary.percent":
+            self.names.add(threading.current_thread().name)
+
+
+@pytest.fixture
+def scale(repository: Path) -> Path:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    return repository
+
+
+@pytest.fixture
+def domain(request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"inprocserve-blocking-{request.node.name}"
+    yield name
+    api.set_provider(InMemoryProvider({}), domain=name)  # (the flagd ones are shut down by their fixture)
+
+
+@pytest.fixture(params=["in-memory", "flagd FILE", "flagd IN_PROCESS"])
+def evaluates_here(request: pytest.FixtureRequest, tmp_path: Path, domain: str) -> Iterator[str]:
+    """A domain served by a provider that evaluates in this process, with the targeted canary flag."""
+    if request.param == "in-memory":
+        api.set_provider_and_wait(in_memory(), domain=domain)
+        yield domain
+        return
+    path = tmp_path / "flags.json"
+    rule = {"if": [{"==": [{"var": "plan"}, "staff"]}, "all", "none"]}
+    spec = {"state": "ENABLED", "defaultVariant": "none", "variants": {"none": 0, "all": 100}, "targeting": rule}
+    path.write_text(json.dumps({"flags": {"scale.canary.percent": spec}}))
+    resolver = ResolverType.FILE if request.param == "flagd FILE" else ResolverType.IN_PROCESS
+    provider = FlagdProvider(resolver_type=resolver, offline_flag_source_path=str(path))
+    api.set_provider_and_wait(provider, domain=domain)
+    try:
+        yield domain
+    finally:
+        provider.shutdown()
+
+
+def with_hook(domain: str) -> tuple[Any, Threads]:
+    client, hook = api.get_client(domain), Threads()
+    client.add_hooks([hook])
+    return client, hook
+
+
+def test_a_provider_that_evaluates_in_this_process_is_read_on_the_request_thread(
+    evaluates_here: str, scale: Path, make_server: ServerFactory
+) -> None:
+    client, hook = with_hook(evaluates_here)
+    server = make_server(scale, flags=OpenFeatureFlags(client), config=CANARY)
+    for number in range(10):
+        plan = "staff" if number % 2 else "free"
+        answer = server.predict("scale", X, context={"user_id": f"u{number}", "plan": plan})
+        assert answer.version == (2 if plan == "staff" else 1), answer.reason  # the rule applied
+    assert hook.names == {threading.current_thread().name}  # every evaluation on the request's thread
+    flags = server.status()["models"]["scale"]["rollout"]["flags"]
+    assert flags["blocking"] is False and flags["workers"] == 0 and flags["failures"] == 0
+
+
+@pytest.mark.parametrize("provider", [CallsOut, MyInMemory], ids=["unknown", "subclass"])
+def test_any_other_provider_is_read_on_the_flag_readers_workers(
+    provider: type[AbstractProvider], domain: str, scale: Path, make_server: ServerFactory
+) -> None:
+    made = provider() if provider is CallsOut else MyInMemory(in_memory()._flags)
+    api.set_provider_and_wait(made, domain=domain)
+    client, hook = with_hook(domain)
+    server = make_server(scale, flags=OpenFeatureFlags(client), flag_timeout_s=5.0, config=CANARY)
+    answers = [server.predict("scale", X, context={"user_id": f"u{n}", "plan": "staff"}) for n in range(5)]
+    assert {answer.version for answer in answers} == {2}, answers[0].reason
+    assert hook.names == {"inprocserve-flags"}  # (the flag reader's worker threads)
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["blocking"] is True
+
+
+def test_a_replaced_provider_is_judged_again(domain: str) -> None:
+    api.set_provider_and_wait(in_memory(), domain=domain)
+    flags = OpenFeatureFlags(domain=domain, reuse_static_s=0)
+    reader = FlagReader(flags, timeout_s=5.0)
+    try:
+        assert flags.blocking is False
+        api.set_provider_and_wait(CallsOut(), domain=domain)
+        assert flags.blocking is True
+        assert reader.status()["blocking"] is True
+        api.set_provider_and_wait(in_memory(), domain=domain)
+        assert flags.blocking is False
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_blocking_given_is_kept_whatever_the_provider(given: bool, domain: str) -> None:
+    for provider in (in_memory(), CallsOut()):
+        api.set_provider_and_wait(provider, domain=domain)
+        assert OpenFeatureFlags(domain=domain, blocking=given).blocking is given
+
+
+class Client:
+    """A client of an SDK without events, showing a provider that is never initialized (nothing connects)."""
+
+    def __init__(self, provider: Any) -> None:
+        self.provider = provider
+
+
+@pytest.mark.parametrize(
+    ("resolver", "blocking"), [(ResolverType.RPC, True), (ResolverType.IN_PROCESS, False), (ResolverType.FILE, False)]
+)
+def test_flagd_blocks_only_with_its_remote_resolver(resolver: ResolverType, blocking: bool, tmp_path: Path) -> None:
+    """flagd's RPC resolver asks a flagd server for every evaluation; its in-process ones evaluate here."""
+    provider = FlagdProvider(resolver_type=resolver, offline_flag_source_path=str(tmp_path / "flags.json"))
+    if resolver is ResolverType.RPC:
+        provider = FlagdProvider(resolver_type=resolver)
+    assert OpenFeatureFlags(Client(provider), reuse_static_s=0).blocking is blocking
+
+
+def test_a_provider_that_cannot_be_shown_is_taken_for_a_blocking_one() -> None:
+    class Hidden:
+        @property
+        def provider(self) -> Any:
+            raise RuntimeError("no provider to show")
+
+    assert OpenFeatureFlags(Hidden(), reuse_static_s=0).blocking is True
