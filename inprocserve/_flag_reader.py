@@ -259,7 +259,7 @@ class FlagReader:
     # Any provider may be hand-written (FlagProvider is a protocol), and one whose backend hands back raw
     # strings would turn the kill switch on with "false": every typed read checks the type it got.
 
-    def boolean(self, key: str, default: bool, context: Mapping[str, Any], used: list[tuple[str, str]]) -> bool:
+    def boolean(self, key: str, default: bool, context: Mapping[str, Any], used: list[tuple[str, Any]]) -> bool:
         value = self._read(self.provider.get_boolean, key, default, context, used)
         if value is True or value is False:
             return value
@@ -267,7 +267,7 @@ class FlagReader:
             return bool(value)
         raise UnusableFlag(key, f"flag {key!r} must be a boolean (true or false), got {value!r}")
 
-    def number(self, key: str, default: float, context: Mapping[str, Any], used: list[tuple[str, str]]) -> float:
+    def number(self, key: str, default: float, context: Mapping[str, Any], used: list[tuple[str, Any]]) -> float:
         value: object = self._read(self.provider.get_number, key, default, context, used)
         if type(value) is float:
             return value
@@ -275,13 +275,13 @@ class FlagReader:
             return float(value)
         raise UnusableFlag(key, f"flag {key!r} must be a number, got {value!r}")
 
-    def string(self, key: str, default: str, context: Mapping[str, Any], used: list[tuple[str, str]]) -> str:
+    def string(self, key: str, default: str, context: Mapping[str, Any], used: list[tuple[str, Any]]) -> str:
         value = self._read(self.provider.get_string, key, default, context, used)
         if isinstance(value, str):
             return value
         raise UnusableFlag(key, f"flag {key!r} must be a string, got {value!r}")
 
-    def obj(self, key: str, default: Any, context: Mapping[str, Any], used: list[tuple[str, str]]) -> Any:
+    def obj(self, key: str, default: Any, context: Mapping[str, Any], used: list[tuple[str, Any]]) -> Any:
         return self._read(self.provider.get_object, key, default, context, used)
 
     @staticmethod
@@ -290,14 +290,15 @@ class FlagReader:
         key: str,
         default: Any,
         context: Mapping[str, Any],
-        used: list[tuple[str, str]],
+        used: list[tuple[str, Any]],
     ) -> Any:
-        """One flag read: a value of the wrong type is the flag's problem (``UnusableFlag``), not the provider's."""
+        """One flag read: a value of the wrong type is the flag's problem (``UnusableFlag``), not the provider's.
+        The value is noted as read: only the few requests whose spans are recorded need it as text."""
         try:
             value = getter(key, default, context)
         except FlagTypeError as exc:  # the provider answered; the flag is wrong
             raise UnusableFlag(key, str(exc)) from exc
-        used.append((key, str(value)))
+        used.append((key, value))
         return value
 
     # -- status and shutdown -------------------------------------------------------------------------------

@@ -50,10 +50,29 @@ class Decision(NamedTuple):
     variant: str
     reason: str
     shadows: tuple[int, ...] = ()
-    flags: tuple[tuple[str, str], ...] = ()
-    """The flags read for this decision, as (key, value) — recorded on the span by the telemetry layer."""
+    flags: tuple[tuple[str, Any], ...] = ()
+    """The flags read for this decision, as (key, value as read) — recorded on the span by the telemetry
+    layer, which makes text of the values of the few requests it records."""
     provider: str | None = None
     """The name of the flag provider that answered."""
+
+
+class _FlagKeys(NamedTuple):
+    """The keys of a rollout's flags, made once per configuration rather than once per read."""
+
+    stable: str
+    kill: str
+    strategy: str
+    canary_percent: str
+    canary_version: str
+    ab_weights: str
+    shadow_versions: str
+    shadow_percent: str
+    rankers: str
+
+    @classmethod
+    def of(cls, prefix: str) -> _FlagKeys:
+        return cls(*(f"{prefix}.{field.replace('_', '.')}" for field in cls._fields))
 
 
 class _NoFlags:
@@ -233,6 +252,7 @@ class Router:
         self._unflagged: _Unflagged | None = None  # (the old plan must not meet the new configuration)
         self.config = config
         self.prefix = config.flag_prefix or self.model
+        self._keys = _FlagKeys.of(self.prefix)
         self._capture = config.capture_inputs > 0
         self._capture_size = config.capture_inputs
         self._until_capture = 0
@@ -272,13 +292,7 @@ class Router:
         def fallback(reason: str) -> Decision:
             return Decision(stable, "stable", reason)
 
-        decision = self._flags.run(lambda: self._decide(ready, stable, ctx), fallback)
-        provider = self._flags.provider
-        if provider is None or not decision.flags:
-            return decision
-        return Decision(
-            decision.version, decision.variant, decision.reason, decision.shadows, decision.flags, provider.name
-        )
+        return self._flags.run(lambda: self._decide(ready, stable, ctx), fallback)
 
     def _remember_default(self, version: int) -> Decision:
         decision = Decision(version, "default", "latest ready version")
@@ -312,7 +326,7 @@ class Router:
         ctx = context if context is not None else _EMPTY
 
         def read() -> tuple[int, ...] | None:
-            key = f"{self.prefix}.rankers"
+            key = self._keys.rankers
             wanted = self._flags.obj(key, list(configured or ()), ctx, [])
             if not wanted:
                 return configured
@@ -323,22 +337,25 @@ class Router:
         return self._flags.run(read, lambda reason: configured)
 
     def _read_stable(
-        self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], used: list[tuple[str, str]]
+        self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], used: list[tuple[str, Any]]
     ) -> int:
-        key = f"{self.prefix}.stable"
+        key = self._keys.stable
         return _version(key, self._flags.number(key, float(stable), ctx, used), ready)
 
     def _decide(self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any]) -> Decision:
-        used: list[tuple[str, str]] = []
+        used: list[tuple[str, Any]] = []
         routed = self._route(ready, stable, ctx, used, draw=True)
         assert routed is not None  # (only a decision without a draw has none)
         version, variant, reason, killed = routed
-        if killed:
-            return Decision(version, variant, reason, (), tuple(used))
-        shadows, problem = self._shadows(ready, version, ctx, used)
-        if problem is not None:
-            reason = f"{reason}; shadows off: {problem}"
-        return Decision(version, variant, reason, shadows, tuple(used))
+        shadows: tuple[int, ...] = ()
+        if not killed:
+            shadows, problem = self._shadows(ready, version, ctx, used)
+            if problem is not None:
+                reason = f"{reason}; shadows off: {problem}"
+        if not used:
+            return Decision(version, variant, reason, shadows)
+        provider = self._flags.provider  # (the flags read, and who answered them, go on a recorded span)
+        return Decision(version, variant, reason, shadows, tuple(used), None if provider is None else provider.name)
 
     def _decide_unflagged(
         self, plan: _Unflagged, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any]
@@ -389,20 +406,17 @@ class Router:
         return Decision(version, variant, reason, shadows)
 
     def _route(
-        self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], used: list[tuple[str, str]], *, draw: bool
+        self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], used: list[tuple[str, Any]], *, draw: bool
     ) -> tuple[int, str, str, bool] | None:
         """(version, variant, reason, killed) of a request, shadows aside. ``draw=False`` (attributing an
         outcome by key) makes no bandit draw: it returns None where a bandit would have to draw."""
-        flags, prefix, config = self._flags, self.prefix, self.config
+        flags, keys, config = self._flags, self._keys, self.config
         stable = self._read_stable(ready, stable, ctx, used)
-        if flags.boolean(f"{prefix}.kill", False, ctx, used):
+        if flags.boolean(keys.kill, False, ctx, used):
             return stable, "stable", "kill switch is on", True
-        strategy = flags.string(f"{prefix}.strategy", config.strategy, ctx, used)
+        strategy = flags.string(keys.strategy, config.strategy, ctx, used)
         if strategy not in _STRATEGIES:
-            raise UnusableFlag(
-                f"{prefix}.strategy",
-                f"{prefix + '.strategy'!r} is {strategy!r}, not one of {', '.join(_STRATEGIES)}",
-            )
+            raise UnusableFlag(keys.strategy, f"{keys.strategy!r} is {strategy!r}, not one of {', '.join(_STRATEGIES)}")
         if strategy == "bandit" and not draw:
             return None
         if strategy == "stable":  # (no bucket: the user's key is hashed only for a strategy that splits traffic)
@@ -417,13 +431,13 @@ class Router:
         return version, variant, reason, False
 
     def _canary(
-        self, ready: Mapping[int, Any], stable: int, position: int, ctx: Mapping[str, Any], used: list[tuple[str, str]]
+        self, ready: Mapping[int, Any], stable: int, position: int, ctx: Mapping[str, Any], used: list[tuple[str, Any]]
     ) -> tuple[int, str, str]:
-        flags, prefix = self._flags, self.prefix
+        flags, keys = self._flags, self._keys
         percent = _percent(
-            f"{prefix}.canary.percent", flags.number(f"{prefix}.canary.percent", self.config.canary.percent, ctx, used)
+            keys.canary_percent, flags.number(keys.canary_percent, self.config.canary.percent, ctx, used)
         )
-        key = f"{prefix}.canary.version"
+        key = keys.canary_version
         candidate = flags.number(key, float(self.config.canary.version or 0), ctx, used)
         if percent == 0:
             return stable, "stable", "the canary is at 0%"
@@ -439,15 +453,15 @@ class Router:
         stable: int,
         position: int,
         ctx: Mapping[str, Any],
-        used: list[tuple[str, str]],
+        used: list[tuple[str, Any]],
         key: str | None,
     ) -> tuple[int, str, str]:
         variants = self.config.variants
         if not variants:
-            raise UnusableFlag(f"{self.prefix}.strategy", f"strategy {strategy!r} needs rollout.variants, none are set")
+            raise UnusableFlag(self._keys.strategy, f"strategy {strategy!r} needs rollout.variants, none are set")
         if strategy == "ab":
             defaults = {name: v.weight for name, v in variants.items()}
-            key = f"{self.prefix}.ab.weights"
+            key = self._keys.ab_weights
             weights = _weights(key, self._flags.obj(key, defaults, ctx, used), variants)
             name = pick_weighted(position, [(n, weights.get(n, 0.0)) for n in variants])
             reason = f"A/B bucket {position / 100:.2f}%"
@@ -468,12 +482,12 @@ class Router:
         return version, name, reason
 
     def _shadows(
-        self, ready: Mapping[int, Any], answering: int, ctx: Mapping[str, Any], used: list[tuple[str, str]]
+        self, ready: Mapping[int, Any], answering: int, ctx: Mapping[str, Any], used: list[tuple[str, Any]]
     ) -> tuple[tuple[int, ...], str | None]:
         """Shadow versions for this request, and why shadows are off if a shadow flag is unusable (a bad
         shadow flag turns mirroring off; it never changes who answers)."""
-        flags, prefix = self._flags, self.prefix
-        key = f"{prefix}.shadow.versions"
+        flags, keys = self._flags, self._keys
+        key = keys.shadow_versions
         try:
             wanted = flags.obj(key, list(self.config.shadow.versions), ctx, used)
             if not wanted:
@@ -481,7 +495,7 @@ class Router:
             if not isinstance(wanted, list | tuple):
                 raise UnusableFlag(key, f"{key!r} must be a list of versions, got {wanted!r}")
             versions = tuple(_version(key, v, ready) for v in wanted)
-            percent_key = f"{prefix}.shadow.percent"
+            percent_key = keys.shadow_percent
             percent = _percent(percent_key, flags.number(percent_key, self.config.shadow.percent, ctx, used))
         except (UnusableFlag, FlagTypeError) as exc:
             return (), flags.note_unusable(exc)

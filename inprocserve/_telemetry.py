@@ -405,7 +405,7 @@ def end_request_span(
     rows: int,
     queue_wait_s: float | None,
     batch: Any,
-    flags: Sequence[tuple[str, str]],
+    flags: Sequence[tuple[str, Any]],
     provider: str | None,
     error: BaseException | None,
 ) -> None:

@@ -179,7 +179,18 @@ def test_flag_evaluations_are_span_events(otel: Otel, scale: Path, make_server: 
     keys = {event["feature_flag.key"]: event for event in events}
     assert keys["scale.canary.percent"]["feature_flag.result.variant"] == "100.0"
     assert keys["scale.canary.percent"]["feature_flag.provider.name"] == "in-memory"
+    assert keys["scale.kill"]["feature_flag.result.variant"] == "False"  # each value read, as text
+    assert keys["scale.shadow.versions"]["feature_flag.result.variant"] == "[]"
     assert dict(span.attributes or {})["inprocserve.rollout.variant"] == "canary"
+    flags.set("scale.kill", True)
+    assert server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"}).variant == "stable"
+    killed = otel.finished("inprocserve.predict")[-1]
+    events = [dict(event.attributes or {}) for event in killed.events if event.name == "feature_flag.evaluation"]
+    assert {event["feature_flag.key"]: event["feature_flag.result.variant"] for event in events} == {
+        "scale.stable": "1.0",
+        "scale.kill": "True",
+    }
+    assert {event["feature_flag.provider.name"] for event in events} == {"in-memory"}
 
 
 def test_shadow_runs_get_their_own_span_linked_to_the_request(
