@@ -9,6 +9,8 @@ worker threads, which the caller waits for). Sources:
 * ``no rollout``: the same model with no rollout, for reference;
 * ``no provider``: the canary as configured, no flag provider;
 * ``in-memory``: ``InMemoryFlags`` holding the canary's percentage;
+* ``env``: ``EnvFlags``, the percentage in ``INPROCSERVE_FLAG_MLP_SMALL_CANARY_PERCENT``;
+* ``file``: ``FileFlags`` on a TOML file holding it;
 * ``flagd``: OpenFeature's flagd provider evaluating a flags file in process (its ``FILE`` resolver, no
   flagd server), through ``OpenFeatureFlags`` with its defaults (static and absent flags remembered for a
   second; flagd's in-process engine judged not to block: read on the caller's thread);
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -67,9 +70,13 @@ def flagd_client(folder: Path, name: str, percent_flag: dict[str, Any]) -> Any:
 
 def sources(package: Any, folder: Path, *, baseline: bool) -> dict[str, Any]:
     """Each source's flag provider (None: no provider), built from ``package``."""
+    flags_file = folder / "flags.toml"
+    flags_file.write_text(f'["{MODEL}".canary]\npercent = 50\n')
     made: dict[str, Any] = {
         "no provider": None,
         "in-memory": package.InMemoryFlags({f"{MODEL}.canary.percent": 50}),
+        "env": package.EnvFlags(),  # (the variable is set by main)
+        "file": package.FileFlags(flags_file),
         "flagd": package.OpenFeatureFlags(flagd_client(folder, f"static-{baseline}", STATIC)),
         "flagd, targeted": package.OpenFeatureFlags(flagd_client(folder, f"targeted-{baseline}", TARGETED)),
     }
@@ -134,6 +141,8 @@ def main() -> None:
         )
     sys.path.insert(0, str(ROOT))
     import inprocserve
+
+    os.environ[f"INPROCSERVE_FLAG_{MODEL.replace('-', '_').upper()}_CANARY_PERCENT"] = "50"  # for EnvFlags
 
     scratch = Path(tempfile.mkdtemp())
     servers: list[Any] = []

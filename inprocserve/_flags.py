@@ -28,6 +28,7 @@ __all__ = ["EnvFlags", "FileFlags", "FlagError", "FlagProvider", "FlagTypeError"
 _MISSING = object()
 _ABSENT = object()  # remembered: the provider does not have this flag (the caller's default answers)
 _INTEGER_KEYS_KEPT = 1024
+_ENV_KEYS_KEPT = 1024  # variable names and parsed values kept by EnvFlags
 _REMEMBERED_KEPT = 1024  # flags remembered by one OpenFeatureFlags (keys come from rollout configs: few)
 
 
@@ -140,24 +141,42 @@ class EnvFlags(_LookupFlags):
     """Flags from environment variables: ``fraud.canary.percent`` is read from
     ``INPROCSERVE_FLAG_FRAUD_CANARY_PERCENT``. Values are parsed as JSON (``10``, ``true``, ``[3]``,
     ``{"a": 1}``), else taken as strings. Read on every lookup, so a change in ``os.environ`` applies at once.
+
+    A rollout reads five or more flags per request: the variable's name of each key, and the value parsed
+    from each text, are kept (a variable whose text changes is parsed again), so a read costs one
+    ``os.environ`` lookup. An object value (a list, a table) is then one object shared by the reads of
+    that text: treat it as read-only.
     """
 
     name = "env"
 
     def __init__(self, prefix: str = "INPROCSERVE_FLAG_") -> None:
         self.prefix = prefix
+        self._variables: dict[str, str] = {}  # key -> its variable's name
+        self._parsed: dict[str, tuple[str, Any]] = {}  # variable -> (the text last read, its value)
 
     def variable(self, key: str) -> str:
         return self.prefix + "".join(c if c.isalnum() else "_" for c in key).upper()
 
     def _lookup(self, key: str) -> Any:
-        raw = os.environ.get(self.variable(key))
+        name = self._variables.get(key)
+        if name is None:
+            name = self.variable(key)
+            if len(self._variables) < _ENV_KEYS_KEPT:  # (keys come from rollout configurations: few)
+                self._variables[key] = name
+        raw = os.environ.get(name)
         if raw is None:
             return _MISSING
+        parsed = self._parsed.get(name)
+        if parsed is not None and parsed[0] == raw:
+            return parsed[1]
         try:
-            return json.loads(raw)
+            value = json.loads(raw)
         except ValueError:
-            return raw
+            value = raw
+        if len(self._parsed) < _ENV_KEYS_KEPT or name in self._parsed:
+            self._parsed[name] = (raw, value)  # (one tuple, replaced whole: a racing reader sees either)
+        return value
 
 
 class FileFlags(_LookupFlags):

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,6 +65,68 @@ def test_env_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert flags.get_number("other", 7, {}) == 7
     monkeypatch.setenv("INPROCSERVE_FLAG_FRAUD_CANARY_PERCENT", "20")
     assert flags.get_number("fraud.canary.percent", 0, {}) == 20
+
+
+def test_env_flags_parse_each_text_once_and_follow_every_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollout reads its flags for every request: each variable's text is parsed once, not per read, and
+    a changed, removed or restored variable is read as it is now."""
+    from inprocserve import _flags
+
+    parsed: list[str] = []
+
+    class CountingJson:
+        @staticmethod
+        def loads(text: str) -> Any:
+            parsed.append(text)
+            return json.loads(text)
+
+    monkeypatch.setattr(_flags, "json", CountingJson)
+    flags = EnvFlags()
+    monkeypatch.setenv("INPROCSERVE_FLAG_FRAUD_CANARY_PERCENT", "5")
+    monkeypatch.setenv("INPROCSERVE_FLAG_FRAUD_SHADOW_VERSIONS", "[3]")
+    for _ in range(50):
+        assert flags.get_number("fraud.canary.percent", 0, {}) == 5
+        assert flags.get_object("fraud.shadow.versions", [], {}) == [3]
+    assert sorted(parsed) == ["5", "[3]"]
+    monkeypatch.setenv("INPROCSERVE_FLAG_FRAUD_CANARY_PERCENT", "50")
+    assert flags.get_number("fraud.canary.percent", 0, {}) == 50
+    monkeypatch.delenv("INPROCSERVE_FLAG_FRAUD_CANARY_PERCENT")
+    assert flags.get_number("fraud.canary.percent", 0, {}) == 0  # removed: the default
+    monkeypatch.setenv("INPROCSERVE_FLAG_FRAUD_CANARY_PERCENT", "5")
+    assert flags.get_number("fraud.canary.percent", 0, {}) == 5
+    monkeypatch.setenv("INPROCSERVE_FLAG_FRAUD_CANARY_PERCENT", "not json")
+    with pytest.raises(FlagTypeError):
+        flags.get_number("fraud.canary.percent", 0, {})  # taken as a string, as before
+    assert flags.get_string("fraud.canary.percent", "", {}) == "not json"
+
+
+def test_env_flags_with_more_keys_than_are_kept_still_read_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What is kept is bounded (keys could come from anywhere); keys past the bound are read all the same."""
+    from inprocserve import _flags
+
+    parsed: list[str] = []
+
+    class CountingJson:
+        @staticmethod
+        def loads(text: str) -> Any:
+            parsed.append(text)
+            return json.loads(text)
+
+    monkeypatch.setattr(_flags, "json", CountingJson)
+    monkeypatch.setattr(_flags, "_ENV_KEYS_KEPT", 4)
+    flags = EnvFlags()
+    for number in range(10):
+        monkeypatch.setenv(f"INPROCSERVE_FLAG_M{number}_CANARY_PERCENT", str(number))
+    for _ in range(3):
+        for number in range(10):
+            assert flags.get_number(f"m{number}.canary.percent", -1, {}) == number
+    assert len(flags._variables) == len(flags._parsed) == 4
+    monkeypatch.setenv("INPROCSERVE_FLAG_M9_CANARY_PERCENT", "90")  # (not kept: read and parsed each time)
+    assert flags.get_number("m9.canary.percent", -1, {}) == 90
+    monkeypatch.setenv("INPROCSERVE_FLAG_M0_CANARY_PERCENT", "10")  # (kept: its new text replaces the old)
+    for _ in range(3):
+        assert flags.get_number("m0.canary.percent", -1, {}) == 10
+    assert parsed.count("10") == 1 and len(flags._parsed) == 4
 
 
 def test_file_flags_reload_when_the_file_changes(tmp_path: Path) -> None:
