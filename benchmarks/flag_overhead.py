@@ -22,8 +22,8 @@ worker threads, which the caller waits for). Sources:
   the network is (flagd's ``RPC`` resolver, or any provider the library does not know).
 
 With ``--baseline DIR`` (a folder holding another ``inprocserve`` package, e.g. ``git archive REV
-inprocserve | tar -x -C DIR``) that code's ``no provider``, ``in-memory``, ``flagd`` and ``flagd, targeted``
-servers take their turns too (its ``OpenFeatureFlags`` with its defaults).
+inprocserve | tar -x -C DIR``) that code's servers take their turns too, for every source but the two with
+options (its ``OpenFeatureFlags`` with its defaults).
 
     python benchmarks/flag_overhead.py [--blocks 10] [--block 300] [--baseline DIR]
 
