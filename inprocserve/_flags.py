@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from . import _fork
 from ._errors import ConfigurationError, InprocserveError
 
 __all__ = ["EnvFlags", "FileFlags", "FlagError", "FlagProvider", "FlagTypeError", "InMemoryFlags", "OpenFeatureFlags"]
@@ -270,8 +271,10 @@ class OpenFeatureFlags:
             remembered. ``False``: reads run on the request's thread, with no hand-off. ``None`` (the
             default) judges the client's provider, again whenever it is replaced: ``False`` for the providers
             known to evaluate in this process (flagd's ``IN_PROCESS`` and ``FILE`` resolvers, OpenFeature's
-            ``InMemoryProvider`` and ``NoOpProvider``, not subclasses of them), ``True`` for any other. Pass
-            ``True`` if hooks you added to the client or the API may wait on I/O.
+            ``InMemoryProvider`` and ``NoOpProvider``, not subclasses of them), ``True`` for any other, and
+            for a provider set up before this process was forked (its threads are gone, and a lock one of
+            them held stays held). Pass ``True`` if hooks you added to the client or the API may wait on
+            I/O: the budget is only enforced on the flag reader's workers.
         reuse_static_s: How long a static or absent flag is remembered (0: never).
         clock: The monotonic clock that times remembered flags.
     """
@@ -303,6 +306,7 @@ class OpenFeatureFlags:
         self.targeting_key_field = targeting_key_field
         self._blocking = blocking
         self._judged: tuple[Any, bool] = (_MISSING, True)  # (a provider, whether it blocks) for blocking=None
+        self._inherited: Any = _MISSING  # in a forked child: the provider that came through the fork
         self.reuse_static_s = float(reuse_static_s)
         self._clock = clock
         self._integer_keys: set[str] = set()  # number flags the provider holds as integers
@@ -316,6 +320,7 @@ class OpenFeatureFlags:
         self._here = threading.local()  # .only: reads on this thread answer from memory or raise MustAsk
         self._handlers: list[tuple[Any, Any]] = []
         self._provider = _provider_of(self._client)  # the provider whose flags are remembered
+        _fork.register(self)
         try:
             self.name = str(self._client.provider.get_metadata().name)
         except Exception:  # metadata is optional for providers
@@ -331,6 +336,14 @@ class OpenFeatureFlags:
                 add_handler(event, handler)
                 self._handlers.append((event, handler))
 
+    def _after_fork_in_child(self) -> None:
+        # The provider came through the fork without its threads, and a lock one of them held then (flagd's
+        # engine taking new flags, say) stays held here for good: taken for a blocking one, its reads go to
+        # the flag reader's workers, within the budget, until a provider set up in this process replaces it.
+        self._changing = threading.Lock()  # (the SDK's handler threads may have held it)
+        self._inherited = _provider_of(self._client)
+        self._judged = (_MISSING, True)
+
     @property
     def blocking(self) -> bool:
         """Whether the client's provider may wait on I/O (see ``blocking`` above); read per decision."""
@@ -339,8 +352,15 @@ class OpenFeatureFlags:
         provider = _provider_of(self._client)
         judged = self._judged
         if judged[0] is not provider:  # (the first read, or the provider was replaced)
-            judged = self._judged = (provider, not _evaluates_in_process(provider))
+            here = provider is not self._inherited and _evaluates_in_process(provider)
+            judged = self._judged = (provider, not here)
         return judged[1]
+
+    @blocking.setter
+    def blocking(self, value: bool | None) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise ConfigurationError(f"blocking must be True, False or None (judged by the provider), got {value!r}")
+        self._blocking = value
 
     def close(self) -> None:
         """Stop listening to the provider's events (an instance dropped without it listens no more either,
@@ -516,7 +536,8 @@ def _forgetting(flags: weakref.ref[OpenFeatureFlags], *, everything: bool) -> Ca
 def _evaluates_in_process(provider: Any) -> bool:
     """Whether ``provider`` is one known to answer from this process's memory, never waiting on I/O:
     OpenFeature's in-memory and no-op providers, and flagd's with an in-process resolver (flagd's engine on
-    flags synced from a file or a flagd server). Exact classes only: a subclass may override an evaluation."""
+    flags synced from a file or a flagd server; an evaluation may wait for the engine's lock while it takes
+    new flags, a dictionary update). Exact classes only: a subclass may override an evaluation."""
     kind = type(provider)
     if kind.__module__ in _IN_PROCESS_PROVIDERS and kind.__qualname__ in _IN_PROCESS_PROVIDERS[kind.__module__]:
         return True

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inprocserve import CanaryConfig, ModelConfig, OpenFeatureFlags, RolloutConfig, VersionPolicy
+from inprocserve import CanaryConfig, ConfigurationError, ModelConfig, OpenFeatureFlags, RolloutConfig, VersionPolicy
 from inprocserve._flag_reader import FlagReader
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, run_in_forked_child
 
 pytest.importorskip("openfeature.contrib.provider.flagd", reason="pip install openfeature-provider-flagd")
 
@@ -113,9 +113,10 @@ def domain(request: pytest.FixtureRequest) -> Iterator[str]:
     api.set_provider(InMemoryProvider({}), domain=name)  # (the flagd ones are shut down by their fixture)
 
 
-@pytest.fixture(params=["in-memory", "flagd FILE", "flagd IN_PROCESS"])
+@pytest.fixture(params=["in-memory", "flagd FILE"])
 def evaluates_here(request: pytest.FixtureRequest, tmp_path: Path, domain: str) -> Iterator[str]:
-    """A domain served by a provider that evaluates in this process, with the targeted canary flag."""
+    """A domain served by a provider that evaluates in this process, with the targeted canary flag. (flagd's
+    IN_PROCESS resolver needs a flagd server to sync from; given a file it is the FILE resolver.)"""
     if request.param == "in-memory":
         api.set_provider_and_wait(in_memory(), domain=domain)
         yield domain
@@ -124,8 +125,7 @@ def evaluates_here(request: pytest.FixtureRequest, tmp_path: Path, domain: str) 
     rule = {"if": [{"==": [{"var": "plan"}, "staff"]}, "all", "none"]}
     spec = {"state": "ENABLED", "defaultVariant": "none", "variants": {"none": 0, "all": 100}, "targeting": rule}
     path.write_text(json.dumps({"flags": {"scale.canary.percent": spec}}))
-    resolver = ResolverType.FILE if request.param == "flagd FILE" else ResolverType.IN_PROCESS
-    provider = FlagdProvider(resolver_type=resolver, offline_flag_source_path=str(path))
+    provider = FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(path))
     api.set_provider_and_wait(provider, domain=domain)
     try:
         yield domain
@@ -143,7 +143,7 @@ def test_a_provider_that_evaluates_in_this_process_is_read_on_the_request_thread
     evaluates_here: str, scale: Path, make_server: ServerFactory
 ) -> None:
     client, hook = with_hook(evaluates_here)
-    server = make_server(scale, flags=OpenFeatureFlags(client), config=CANARY)
+    server = make_server(scale, flags=OpenFeatureFlags(client), flag_timeout_s=5.0, config=CANARY)
     for number in range(10):
         plan = "staff" if number % 2 else "free"
         answer = server.predict("scale", X, context={"user_id": f"u{number}", "plan": plan})
@@ -187,6 +187,17 @@ def test_blocking_given_is_kept_whatever_the_provider(given: bool, domain: str) 
     for provider in (in_memory(), CallsOut()):
         api.set_provider_and_wait(provider, domain=domain)
         assert OpenFeatureFlags(domain=domain, blocking=given).blocking is given
+        later = OpenFeatureFlags(domain=domain)
+        later.blocking = given  # (set after construction, as before it was judged)
+        assert later.blocking is given
+        later.blocking = None
+        assert later.blocking is (type(provider) is CallsOut)
+
+
+def test_blocking_set_to_something_else_is_refused(domain: str) -> None:
+    flags = OpenFeatureFlags(domain=domain)
+    with pytest.raises(ConfigurationError, match="blocking must be True, False or None"):
+        flags.blocking = "yes"  # type: ignore[assignment]
 
 
 class Client:
@@ -200,11 +211,21 @@ class Client:
     ("resolver", "blocking"), [(ResolverType.RPC, True), (ResolverType.IN_PROCESS, False), (ResolverType.FILE, False)]
 )
 def test_flagd_blocks_only_with_its_remote_resolver(resolver: ResolverType, blocking: bool, tmp_path: Path) -> None:
-    """flagd's RPC resolver asks a flagd server for every evaluation; its in-process ones evaluate here."""
-    provider = FlagdProvider(resolver_type=resolver, offline_flag_source_path=str(tmp_path / "flags.json"))
-    if resolver is ResolverType.RPC:
+    """flagd's RPC resolver asks a flagd server for every evaluation; its IN_PROCESS one evaluates here on
+    flags synced from a flagd server (nothing connects until the provider is initialized), its FILE one
+    on a flags file."""
+    if resolver is ResolverType.FILE:
+        provider = FlagdProvider(resolver_type=resolver, offline_flag_source_path=str(tmp_path / "flags.json"))
+    else:
         provider = FlagdProvider(resolver_type=resolver)
+    assert provider.config.resolver is resolver
     assert OpenFeatureFlags(Client(provider), reuse_static_s=0).blocking is blocking
+
+
+def test_openfeatures_no_op_provider_is_read_here() -> None:
+    from openfeature.provider.no_op_provider import NoOpProvider
+
+    assert OpenFeatureFlags(Client(NoOpProvider()), reuse_static_s=0).blocking is False
 
 
 def test_a_provider_that_cannot_be_shown_is_taken_for_a_blocking_one() -> None:
@@ -214,3 +235,74 @@ def test_a_provider_that_cannot_be_shown_is_taken_for_a_blocking_one() -> None:
             raise RuntimeError("no provider to show")
 
     assert OpenFeatureFlags(Hidden(), reuse_static_s=0).blocking is True
+
+
+def test_a_provider_set_up_before_a_fork_is_taken_for_a_blocking_one_in_the_child(domain: str) -> None:
+    """Set up in a --preload master, a provider reaches the workers without its threads: it is read on the
+    flag reader's workers there, until a provider set up in the worker replaces it."""
+    api.set_provider_and_wait(in_memory(), domain=domain)
+    flags = OpenFeatureFlags(domain=domain, reuse_static_s=0)
+    assert flags.blocking is False
+
+    def in_the_worker() -> str:
+        inherited = flags.blocking
+        api.set_provider_and_wait(in_memory(), domain=domain)  # (gunicorn's post_fork, as docs/rollouts.md says)
+        return f"{inherited} {flags.blocking}"
+
+    assert run_in_forked_child(in_the_worker) == "True False"
+    assert flags.blocking is False  # (the parent's judgment stands)
+
+
+def test_flagd_forked_while_taking_new_flags_answers_stable_within_the_budget(
+    tmp_path: Path, domain: str, scale: Path
+) -> None:
+    """flagd's engine was taking new flags (its lock held by its watcher thread) when the master forked: in
+    the worker that lock stays held for good. A request there answers stable within the flag budget, as
+    with any hung provider, instead of waiting on the lock."""
+    import time
+
+    from inprocserve import Server
+
+    path = tmp_path / "flags.json"
+    spec = {"state": "ENABLED", "defaultVariant": "all", "variants": {"all": 100}}
+    path.write_text(json.dumps({"flags": {"scale.canary.percent": spec}}))
+    provider = FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(path))
+    api.set_provider_and_wait(provider, domain=domain)
+    try:
+        engine_lock = getattr(getattr(getattr(provider, "resolver", None), "evaluator", None), "_lock", None)
+        if engine_lock is None:
+            pytest.skip("this flagd provider keeps no engine lock where this test looks for it")
+        flags = OpenFeatureFlags(domain=domain, reuse_static_s=0)
+        taking, forked = threading.Event(), threading.Event()
+
+        def watcher_taking_new_flags() -> None:
+            with engine_lock:
+                taking.set()
+                forked.wait(30)
+
+        watcher = threading.Thread(target=watcher_taking_new_flags, daemon=True)
+        watcher.start()
+        taking.wait(30)
+
+        def in_the_worker() -> str:
+            with Server(scale, flags=flags, flag_timeout_s=0.2, config=CANARY) as server:
+                started = time.monotonic()
+                answer = server.predict("scale", X, context={"user_id": "u1"})
+                return f"{answer.version} {answer.reason} {time.monotonic() - started < 10}"
+
+        try:
+            report = run_in_forked_child(in_the_worker, timeout_s=60)
+        finally:
+            forked.set()
+            watcher.join(30)
+        assert report == "1 flag provider timed out True"
+        assert server_answers_the_canary(flags, scale)  # the parent's flagd is unharmed
+    finally:
+        provider.shutdown()
+
+
+def server_answers_the_canary(flags: OpenFeatureFlags, scale: Path) -> bool:
+    from inprocserve import Server
+
+    with Server(scale, flags=flags, flag_timeout_s=5.0, config=CANARY) as server:
+        return server.predict("scale", X, context={"user_id": "u1"}).version == 2
