@@ -67,20 +67,28 @@ def test_env_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert flags.get_number("fraud.canary.percent", 0, {}) == 20
 
 
-def test_env_flags_parse_each_text_once_and_follow_every_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A rollout reads its flags for every request: each variable's text is parsed once, not per read, and
-    a changed, removed or restored variable is read as it is now."""
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts EnvFlags parses as JSON, in order."""
     from inprocserve import _flags
 
-    parsed: list[str] = []
+    texts: list[str] = []
 
     class CountingJson:
         @staticmethod
         def loads(text: str) -> Any:
-            parsed.append(text)
+            texts.append(text)
             return json.loads(text)
 
     monkeypatch.setattr(_flags, "json", CountingJson)
+    return texts
+
+
+def test_env_flags_parse_each_text_once_and_follow_every_change(
+    parsed: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollout reads its flags for every request: each variable's text is parsed once, not per read, and
+    a changed, removed or restored variable is read as it is now."""
     flags = EnvFlags()
     monkeypatch.setenv("INPROCSERVE_FLAG_FRAUD_CANARY_PERCENT", "5")
     monkeypatch.setenv("INPROCSERVE_FLAG_FRAUD_SHADOW_VERSIONS", "[3]")
@@ -100,19 +108,12 @@ def test_env_flags_parse_each_text_once_and_follow_every_change(monkeypatch: pyt
     assert flags.get_string("fraud.canary.percent", "", {}) == "not json"
 
 
-def test_env_flags_with_more_keys_than_are_kept_still_read_each(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_flags_with_more_keys_than_are_kept_still_read_each(
+    parsed: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What is kept is bounded (keys could come from anywhere); keys past the bound are read all the same."""
     from inprocserve import _flags
 
-    parsed: list[str] = []
-
-    class CountingJson:
-        @staticmethod
-        def loads(text: str) -> Any:
-            parsed.append(text)
-            return json.loads(text)
-
-    monkeypatch.setattr(_flags, "json", CountingJson)
     monkeypatch.setattr(_flags, "_ENV_KEYS_KEPT", 4)
     flags = EnvFlags()
     for number in range(10):
