@@ -27,7 +27,7 @@ import numpy as np
 from . import _fork
 from ._config_checks import is_number
 from ._errors import ConfigurationError
-from ._flags import FlagProvider, FlagTypeError, MustAsk
+from ._flags import FileFlags, FlagProvider, FlagTypeError, InMemoryFlags, MustAsk
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
 
 __all__ = ["FlagReader", "UnusableFlag"]
@@ -84,6 +84,12 @@ class FlagReader:
             provider, "remembered_only", None
         )
         self._trying = threading.local()  # .here: this thread tries a decision from remembered flags
+        # A built-in provider whose values are the same for every context, in a mapping it replaces whole on
+        # a change: a router decides from them, read once per mapping (Router._flagged_plan), instead of
+        # reading five or more flags per request. (Not a subclass: it may answer otherwise.)
+        self.frozen_values: Callable[[], Mapping[str, Any] | None] | None = (
+            provider._frozen_values if type(provider) in (InMemoryFlags, FileFlags) else None  # type: ignore[attr-defined]
+        )
         self.timeout_s = timeout_s
         self.max_workers = max_workers
         self.max_queued = max_queued

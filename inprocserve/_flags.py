@@ -118,6 +118,10 @@ class InMemoryFlags(_LookupFlags):
         flags = inprocserve.InMemoryFlags({"fraud.canary.percent": 5})
         server = inprocserve.Server("models/", flags=flags)
         flags.set("fraud.canary.percent", 10)   # takes effect on the next request
+
+    Change values with :meth:`set` only: a rollout decides from the mapping of values it was handed, and
+    reads it again when ``set`` or ``delete`` replaces it (a list given as a value and changed in place
+    afterwards is not seen).
     """
 
     name = "in-memory"
@@ -136,6 +140,11 @@ class InMemoryFlags(_LookupFlags):
 
     def _lookup(self, key: str) -> Any:
         return self._values.get(key, _MISSING)
+
+    def _frozen_values(self) -> Mapping[str, Any]:
+        """Every value, the same for every context, in a mapping that ``set`` and ``delete`` replace whole
+        (never change): a rollout decides from it for as long as the same mapping comes back."""
+        return self._values
 
 
 class EnvFlags(_LookupFlags):
@@ -218,16 +227,22 @@ class FileFlags(_LookupFlags):
         self.last_error = None
 
     def _lookup(self, key: str) -> Any:
+        values = self._frozen_values()
+        if values is None:
+            raise FlagError(f"flag file unusable: {self.last_error}")
+        return values.get(key, _MISSING)
+
+    def _frozen_values(self) -> Mapping[str, Any] | None:
+        """Every value, the same for every context, in a mapping that a reload replaces whole (never
+        changes), after looking at the file if ``check_interval_s`` has passed; None before the file was
+        ever read."""
         now = time.monotonic()
         if now - self._checked_at >= self.check_interval_s:
             with self._lock:
                 if now - self._checked_at >= self.check_interval_s:
                     self._checked_at = now
                     self._reload()
-        values = self._values
-        if values is None:
-            raise FlagError(f"flag file unusable: {self.last_error}")
-        return values.get(key, _MISSING)
+        return self._values
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -160,9 +160,10 @@ class _Assignments:
 
 @dataclass(frozen=True, slots=True)
 class _Unflagged:
-    """What a rollout with no flag provider decides from: the configuration, checked once as ``_decide``
-    checks each flag's value (``of`` gives None for a configuration ``_decide`` would refuse, so that it
-    says why, request by request)."""
+    """What a rollout decides from when no flag can differ from one request to the next: its configuration
+    with no flag provider (``of``), or with the values of a provider that are the same for every context
+    (``Router._plan_from_flags``), checked once as ``_decide`` checks each flag's value. None, rather than a
+    plan, for a value ``_decide`` would refuse: it says why, request by request."""
 
     strategy: str
     key_field: str
@@ -177,6 +178,16 @@ class _Unflagged:
     shadow_percent: float
     needed: tuple[int, ...]
     """Versions that must be loaded for this plan to hold (the canary's, the shadows')."""
+    stable: int | None = None
+    """The version a ``<prefix>.stable`` flag names (None: the alias, the configuration or the latest)."""
+    killed: bool = False
+    """The kill switch flag is on."""
+    stable_key: str = ""
+    """With flags: the stable flag's key, read first (its value is the stable version as a float)."""
+    reads: tuple[tuple[str, Any], ...] = ()
+    """With flags: the flags read after the stable one, as read (the decision's ``flags``)."""
+    provider: str | None = None
+    """With flags: the provider's name."""
 
     @classmethod
     def of(cls, config: RolloutConfig) -> _Unflagged | None:
@@ -250,6 +261,8 @@ class Router:
     def update(self, config: RolloutConfig) -> None:
         """Apply a (re)loaded configuration; statistics are kept."""
         self._unflagged: _Unflagged | None = None  # (the old plan must not meet the new configuration)
+        # (values, configuration, plan) of the last plan made from a provider's values (see _flagged_plan)
+        self._flagged: tuple[Mapping[str, Any], RolloutConfig, _Unflagged | None] | None = None
         self.config = config
         self.prefix = config.flag_prefix or self.model
         self._keys = _FlagKeys.of(self.prefix)
@@ -265,6 +278,8 @@ class Router:
         self.trivial = isinstance(self._flags, _NoFlags) and config.strategy == "stable" and not config.shadow.versions
         # With no flags every flag reads its configured value: decide() reads the configuration directly.
         self._unflagged = _Unflagged.of(config) if type(self._flags) is _NoFlags else None
+        # A provider whose values hold for every context: decide() reads them once per change of values.
+        self._frozen_values = getattr(self._flags, "frozen_values", None)
 
     # -- the decision ---------------------------------------------------------------------------------------
 
@@ -284,6 +299,8 @@ class Router:
             return Decision(stable, "stable", "stable alias")
         ctx = context if context is not None else _EMPTY
         plan = self._unflagged  # (read once: a reload may clear it meanwhile)
+        if plan is None and self._frozen_values is not None:
+            plan = self._flagged_plan(self._frozen_values())
         if plan is not None:
             decision = self._decide_unflagged(plan, ready, stable, ctx)
             if decision is not None:
@@ -363,12 +380,24 @@ class Router:
         """``_decide`` with no flag provider, from the configuration alone: the same decision, reason and
         random draws, without a flag reader's call, key and checks per flag (a canary's decision took a
         fifth of a lone mlp-small request in place). None, before any draw, where a configured version is
-        not loaded: ``_decide`` says which, as it does with flags."""
+        not loaded: ``_decide`` says which, as it does with flags. With a provider's values (the plan's
+        ``stable_key`` set), the decision names the flags read, as ``_decide`` does."""
+        if plan.stable is not None:
+            stable = plan.stable
         if stable not in ready:
             return None
         for version in plan.needed:
             if version not in ready:
                 return None
+        if plan.killed:
+            return Decision(
+                stable,
+                "stable",
+                "kill switch is on",
+                (),
+                ((plan.stable_key, float(stable)), *plan.reads),
+                plan.provider,
+            )
         strategy = plan.strategy
         if strategy == "stable":
             version, variant, reason = stable, "stable", "stable version"
@@ -403,7 +432,86 @@ class Router:
                 mirrored = tuple(v for v in plan.shadows if v != version)
                 if mirrored and (self._shadow_gate is None or self._shadow_gate(self.model, mirrored)):
                     shadows = mirrored
-        return Decision(version, variant, reason, shadows)
+        if not plan.stable_key:  # (no flags)
+            return Decision(version, variant, reason, shadows)
+        used = ((plan.stable_key, float(stable)), *plan.reads)
+        return Decision(version, variant, reason, shadows, used, plan.provider)
+
+    def _flagged_plan(self, values: Mapping[str, Any] | None) -> _Unflagged | None:
+        """The plan for the provider's ``values`` (None: it has none to give now), made once per mapping and
+        configuration: the provider replaces the mapping whole when a value changes."""
+        if values is None:
+            return None
+        config, cached = self.config, self._flagged
+        if cached is not None and cached[0] is values and cached[1] is config:
+            return cached[2]
+        plan = self._plan_from_flags(config, values)
+        self._flagged = (values, config, plan)
+        return plan
+
+    def _plan_from_flags(self, config: RolloutConfig, values: Mapping[str, Any]) -> _Unflagged | None:
+        """Read every flag once, as ``_decide`` reads it (same keys, defaults, order and checks, with an empty
+        context: these values hold for every context), into a plan; None where ``_decide`` would refuse a
+        value or turn shadows off, so that it says why, request by request."""
+        flags = self._flags
+        keys = _FlagKeys.of(config.flag_prefix or self.model)
+        variants = config.variants
+        reads: list[tuple[str, Any]] = []
+        try:
+            stable = None
+            if keys.stable in values:  # (else the default answers: the stable version of each request)
+                stable = _whole(keys.stable, flags.number(keys.stable, 0.0, _EMPTY, []))
+            needed: list[int] = []  # (a stable flag's version is checked as every stable version is)
+            killed = flags.boolean(keys.kill, False, _EMPTY, reads)
+            strategy, canary_version, canary_percent = "stable", 0, 0.0
+            weights: tuple[tuple[str, float], ...] = ()
+            shadows: tuple[int, ...] = ()
+            shadow_percent = 0.0
+            if not killed:
+                strategy = flags.string(keys.strategy, config.strategy, _EMPTY, reads)
+                if strategy not in _STRATEGIES:
+                    return None
+                if strategy == "canary":
+                    percent = flags.number(keys.canary_percent, config.canary.percent, _EMPTY, reads)
+                    canary_percent = _percent(keys.canary_percent, percent)
+                    default = float(config.canary.version or 0)
+                    candidate = flags.number(keys.canary_version, default, _EMPTY, reads)
+                    if canary_percent != 0:
+                        canary_version = _whole(keys.canary_version, candidate)
+                        needed.append(canary_version)
+                elif strategy == "ab":
+                    defaults = {name: v.weight for name, v in variants.items()}
+                    given = _weights(keys.ab_weights, flags.obj(keys.ab_weights, defaults, _EMPTY, reads), variants)
+                    weights = tuple((name, given.get(name, 0.0)) for name in variants)
+                wanted = flags.obj(keys.shadow_versions, list(config.shadow.versions), _EMPTY, reads)
+                if wanted:
+                    if not isinstance(wanted, list | tuple):
+                        return None
+                    shadows = tuple(_whole(keys.shadow_versions, v) for v in wanted)
+                    percent = flags.number(keys.shadow_percent, config.shadow.percent, _EMPTY, reads)
+                    shadow_percent = _percent(keys.shadow_percent, percent)
+                    needed.extend(shadows)
+        except Exception:  # (unusable, or the provider failed: _decide says so, and counts it)
+            return None
+        provider = flags.provider
+        return _Unflagged(
+            strategy,
+            config.key_field,
+            config.salt,
+            canary_version,
+            canary_percent,
+            round(canary_percent * (BUCKETS // 100)),
+            weights,
+            {name: v.version for name, v in variants.items()},
+            shadows,
+            shadow_percent,
+            tuple(needed),
+            stable,
+            killed,
+            keys.stable,
+            tuple(reads),
+            None if provider is None else provider.name,
+        )
 
     def _route(
         self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], used: list[tuple[str, Any]], *, draw: bool
@@ -698,11 +806,16 @@ def _configured(config: RolloutConfig) -> dict[str, Any]:
     }
 
 
-def _version(key: str, value: Any, ready: Mapping[int, Any]) -> int:
-    """A flag value that names a loaded version, or :class:`UnusableFlag` saying why it does not."""
+def _whole(key: str, value: Any) -> int:
+    """A flag value that names a version (a whole number), or :class:`UnusableFlag` saying why it does not."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
         raise UnusableFlag(key, f"{key!r} must name a version (a whole number), got {value!r}")
-    version = int(value)
+    return int(value)
+
+
+def _version(key: str, value: Any, ready: Mapping[int, Any]) -> int:
+    """A flag value that names a loaded version, or :class:`UnusableFlag` saying why it does not."""
+    version = _whole(key, value)
     if version not in ready:
         loaded = ", ".join(map(str, sorted(ready))) or "none"
         raise UnusableFlag(key, f"{key!r} names version {version}, which is not loaded (loaded: {loaded})")

@@ -1,0 +1,196 @@
+"""A rollout whose flags come from ``InMemoryFlags`` or ``FileFlags`` decides from their values read once per
+change (``Router._flagged_plan``), not flag by flag for every request: those providers give the same value
+for every context, in a mapping they replace whole when a value changes. It must decide exactly as reading
+every flag does: the same version, variant, reason, shadows and flags read, the same random draws, the
+same refusals of unusable values (and the same counts of them). These tests compare the two paths on the
+same configurations, flag values, contexts and random state.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from inprocserve import CanaryConfig, FileFlags, InMemoryFlags, RolloutConfig, ShadowConfig
+from inprocserve._flag_reader import FlagReader
+from inprocserve._rollout import Decision, Router
+
+from .test_rollout_no_flags import configs, contexts, gate, versions
+
+MODEL = "ranker"
+
+
+class EveryFlagRead(FlagReader):
+    """The server's flag reader with the values mapping withheld: every flag read for every request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frozen_values = None
+
+
+def routers(config: RolloutConfig, values: Mapping[str, Any], alias: int | None) -> tuple[Router, Router]:
+    direct = Router(MODEL, config, FlagReader(InMemoryFlags(values), timeout_s=60.0), shadow_gate=gate)
+    read = Router(MODEL, config, EveryFlagRead(InMemoryFlags(values), timeout_s=60.0), shadow_gate=gate)
+    for router in (direct, read):
+        router.stable_alias = alias
+    return direct, read
+
+
+def decide_both(
+    direct: Router, read: Router, ready: Mapping[int, Any], context: Mapping[str, Any] | None, seed: int
+) -> list[tuple[str, Any]]:
+    """Each router's decision, as text (a flag read as 1.0 is shown so on a span, 1 is not), from the same
+    random state, and the random state after it."""
+    outcomes = []
+    for router in (direct, read):
+        random.seed(seed)
+        decision: Decision = router.decide(ready, max(ready), context)
+        outcomes.append((repr(decision), random.getstate()))
+    return outcomes
+
+
+def counts(router: Router) -> tuple[int, int, int]:
+    flags = router._flags
+    assert isinstance(flags, FlagReader)
+    return flags.unusable, flags.failures, flags.timeouts
+
+
+numbers = st.floats(allow_nan=True) | st.integers(-5, 200)
+weights = st.sampled_from([0, 1, 2.5]) | st.sampled_from([-1, True, float("inf")])
+arm_weights = st.dictionaries(st.sampled_from(["control", "treatment"]), weights) | st.dictionaries(
+    st.sampled_from(["control", "treatment", "other", "ghost"]), weights
+)
+# each flag absent, or a usable value, or one the rollout refuses (a type, a range, a version not loaded)
+flag_values = st.fixed_dictionaries(
+    {},
+    optional={
+        f"{MODEL}.stable": versions | st.sampled_from([2.5, "2", True, 0]),
+        f"{MODEL}.kill": st.booleans() | st.just("false"),
+        f"{MODEL}.strategy": st.sampled_from(["stable", "canary", "ab", "bandit", "canery", 3]),
+        f"{MODEL}.canary.percent": st.sampled_from([0, 0.07, 1, 50.0, 100]) | numbers | st.just("10"),
+        f"{MODEL}.canary.version": versions | st.sampled_from([2.5, "3", False]),
+        f"{MODEL}.ab.weights": arm_weights | st.just([1, 2]),
+        f"{MODEL}.shadow.versions": st.lists(versions, max_size=3)
+        | st.sampled_from([[2.5], [True], "3", (1, 2), {"v": 1}, {1, 2}]),
+        f"{MODEL}.shadow.percent": st.sampled_from([0, 1.0, 50, 100]) | numbers,
+    },
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    config=configs(),
+    values=flag_values,
+    loaded=st.sets(versions, min_size=1),
+    alias=st.none() | versions,
+    requests=st.lists(st.tuples(contexts, st.integers(0, 2**32)), min_size=1, max_size=6),
+)
+def test_a_rollout_decides_from_frozen_flag_values_as_reading_every_flag_does(
+    config: RolloutConfig, values: dict[str, Any], loaded: set[int], alias: int | None, requests: list[Any]
+) -> None:
+    direct, read = routers(config, values, alias)
+    ready = {version: object() for version in sorted(loaded)}
+    for context, seed in requests:  # (in turn: a bandit's draws depend on what it drew before)
+        direct_outcome, read_outcome = decide_both(direct, read, ready, context, seed)
+        assert direct_outcome == read_outcome
+    assert counts(direct) == counts(read)
+
+
+CANARY = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=0.0))
+READY = {1: object(), 2: object(), 3: object()}
+
+
+def test_the_values_are_read_once_per_change_and_a_change_is_obeyed_at_once() -> None:
+    flags = InMemoryFlags({f"{MODEL}.canary.percent": 100})
+    reads: list[str] = []
+    original = flags.get_number
+
+    def counted(key: str, default: float, context: Mapping[str, Any]) -> float:
+        reads.append(key)
+        return original(key, default, context)
+
+    flags.get_number = counted  # type: ignore[method-assign]
+    router = Router(MODEL, CANARY, FlagReader(flags))
+    for number in range(20):
+        decision = router.decide(READY, 3, {"user_id": f"u{number}"})
+        assert (decision.version, decision.variant) == (2, "canary")
+        assert dict(decision.flags)[f"{MODEL}.canary.percent"] == 100.0 and decision.provider == "in-memory"
+    assert reads.count(f"{MODEL}.canary.percent") == 1  # once for the plan, not once per request
+    flags.set(f"{MODEL}.kill", True)
+    decision = router.decide(READY, 3, {"user_id": "u1"})
+    assert (decision.version, decision.reason) == (1, "kill switch is on")
+    assert decision.flags == ((f"{MODEL}.stable", 1.0), (f"{MODEL}.kill", True))
+    flags.delete(f"{MODEL}.kill")
+    flags.set(f"{MODEL}.canary.percent", 0)
+    assert router.decide(READY, 3, {"user_id": "u1"}).reason == "the canary is at 0%"
+
+
+def test_a_reloaded_configuration_is_decided_from_though_the_values_did_not_change() -> None:
+    flags = InMemoryFlags({f"{MODEL}.kill": False})  # (the percentage comes from the configuration)
+    router = Router(MODEL, CANARY, FlagReader(flags))
+    assert router.decide(READY, 3, {"user_id": "u1"}).reason == "the canary is at 0%"
+    router.update(RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=3, percent=100.0)))
+    decision = router.decide(READY, 3, {"user_id": "u1"})
+    assert (decision.version, decision.variant) == (3, "canary")
+
+
+def test_a_plan_made_from_the_old_configuration_is_not_used_with_the_new_one() -> None:
+    """A decision that made a plan while a reload replaced the configuration stores it keyed by the
+    configuration it read: the next decision makes a new one."""
+    flags = InMemoryFlags({})
+    router = Router(MODEL, CANARY, FlagReader(flags))
+    values = flags._frozen_values()
+    old = router._plan_from_flags(CANARY, values)
+    router.update(RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=3, percent=100.0)))
+    router._flagged = (values, CANARY, old)  # (what the racing decision stored, after the reload cleared it)
+    assert router.decide(READY, 3, {"user_id": "u1"}).version == 3
+
+
+def test_file_flags_are_read_once_per_reload(tmp_path: Path) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps({MODEL: {"canary": {"percent": 100}}}))
+    flags = FileFlags(path, check_interval_s=0.0)
+    router = Router(MODEL, CANARY, FlagReader(flags))
+    assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+    plan = router._flagged
+    assert plan is not None and plan[2] is not None  # decided from the plan
+    for number in range(5):
+        router.decide(READY, 3, {"user_id": f"u{number}"})
+    assert router._flagged is plan  # the file did not change: the same plan
+    path.write_text(json.dumps({MODEL: {"canary": {"percent": 0}}, "other": 1}))  # (a new size: a new stamp)
+    assert router.decide(READY, 3, {"user_id": "u1"}).reason == "the canary is at 0%"
+
+
+def test_an_unusable_value_is_decided_flag_by_flag_and_counted_each_request() -> None:
+    flags = InMemoryFlags({f"{MODEL}.shadow.versions": [9], f"{MODEL}.canary.percent": 100})
+    router = Router(MODEL, CANARY, FlagReader(flags))
+    for _ in range(3):
+        decision = router.decide(READY, 3, {"user_id": "u1"})
+        assert decision.variant == "canary" and "shadows off: unusable flag" in decision.reason
+    reader = router._flags
+    assert isinstance(reader, FlagReader) and reader.unusable == 3
+
+
+def test_a_subclass_of_a_provider_is_read_flag_by_flag() -> None:
+    class ByPlan(InMemoryFlags):
+        def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
+            return 100.0 if context.get("plan") == "staff" and key.endswith(".percent") else default
+
+    router = Router(MODEL, CANARY, FlagReader(ByPlan()))
+    assert router.decide(READY, 3, {"user_id": "u1", "plan": "staff"}).variant == "canary"
+    assert router.decide(READY, 3, {"user_id": "u1"}).variant == "stable"
+
+
+def test_shadows_from_frozen_values_mirror_as_configured() -> None:
+    config = RolloutConfig(stable=1, shadow=ShadowConfig(versions=(), percent=100.0))
+    flags = InMemoryFlags({f"{MODEL}.shadow.versions": [2, 3]})
+    router = Router(MODEL, config, FlagReader(flags))
+    decision = router.decide(READY, 3, {"user_id": "u1"})
+    assert (decision.version, decision.shadows) == (1, (2, 3))
+    assert router._flagged is not None and router._flagged[2] is not None
