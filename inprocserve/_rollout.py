@@ -207,18 +207,39 @@ class _Unflagged:
         needed = list(config.shadow.versions)
         if strategy == "canary" and canary_percent != 0:
             needed.append(canary_version)
+        shadows = tuple(config.shadow.versions)
+        return cls.made(config, strategy, canary_version, canary_percent, weights, shadows, shadow_percent, needed)
+
+    @classmethod
+    def made(
+        cls,
+        config: RolloutConfig,
+        strategy: str,
+        canary_version: int,
+        canary_percent: float,
+        weights: tuple[tuple[str, float], ...],
+        shadows: tuple[int, ...],
+        shadow_percent: float,
+        needed: list[int],
+        **flagged: Any,
+    ) -> _Unflagged:
+        """The plan of ``config`` with these values checked (and ``flagged``: what a provider's values add);
+        the canary's edge and the arms' versions are derived here."""
+        edge = round(canary_percent * (BUCKETS // 100))
+        arm_versions = {name: v.version for name, v in config.variants.items()}
         return cls(
             strategy,
             config.key_field,
             config.salt,
             canary_version,
             canary_percent,
-            round(canary_percent * (BUCKETS // 100)),
+            edge,
             weights,
-            {name: v.version for name, v in config.variants.items()},
-            tuple(config.shadow.versions),
+            arm_versions,
+            shadows,
             shadow_percent,
             tuple(needed),
+            **flagged,
         )
 
 
@@ -494,23 +515,20 @@ class Router:
         except Exception:  # (unusable, or the provider failed: _decide says so, and counts it)
             return None
         provider = flags.provider
-        return _Unflagged(
+        return _Unflagged.made(
+            config,
             strategy,
-            config.key_field,
-            config.salt,
             canary_version,
             canary_percent,
-            round(canary_percent * (BUCKETS // 100)),
             weights,
-            {name: v.version for name, v in variants.items()},
             shadows,
             shadow_percent,
-            tuple(needed),
-            stable,
-            killed,
-            keys.stable,
-            tuple(reads),
-            None if provider is None else provider.name,
+            needed,
+            stable=stable,
+            killed=killed,
+            stable_key=keys.stable,
+            reads=tuple(reads),
+            provider=None if provider is None else provider.name,
         )
 
     def _route(
