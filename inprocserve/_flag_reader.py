@@ -16,10 +16,10 @@ import numbers
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,7 +27,7 @@ import numpy as np
 from . import _fork
 from ._config_checks import is_number
 from ._errors import ConfigurationError
-from ._flags import FileFlags, FlagProvider, FlagTypeError, InMemoryFlags, MustAsk
+from ._flags import FileFlags, FlagProvider, FlagTypeError, InMemoryFlags, MustAsk, OpenFeatureFlags
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
 
 __all__ = ["FlagReader", "UnusableFlag"]
@@ -84,12 +84,16 @@ class FlagReader:
             provider, "remembered_only", None
         )
         self._trying = threading.local()  # .here: this thread tries a decision from remembered flags
-        # A built-in provider whose values are the same for every context, in a mapping it replaces whole on
-        # a change: a router decides from them, read once per mapping (Router._flagged_plan), instead of
-        # reading five or more flags per request. (Not a subclass: it may answer otherwise.)
-        self.frozen_values: Callable[[], Mapping[str, Any] | None] | None = (
-            provider._frozen_values if type(provider) in (InMemoryFlags, FileFlags) else None  # type: ignore[attr-defined]
+        # A built-in provider whose values are the same for every context, in an object it replaces whole on
+        # a change (OpenFeatureFlags: what it remembers): a router decides from them, read once per object
+        # (Router._flagged_plan), instead of reading five or more flags per request. (Not a subclass: it
+        # may answer otherwise.)
+        self._frozen: Callable[[], Container[str] | None] | None = (
+            provider._frozen_values  # type: ignore[attr-defined]
+            if type(provider) in (InMemoryFlags, FileFlags, OpenFeatureFlags)
+            else None
         )
+        self.frozen_values = None if self._frozen is None else self._frozen_unless_closed
         self.timeout_s = timeout_s
         self.max_workers = max_workers
         self.max_queued = max_queued
@@ -181,6 +185,16 @@ class FlagReader:
             return fallback(self.note_unusable(exc))
         self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
         return fallback("flag provider failed")
+
+    def _frozen_unless_closed(self) -> Container[str] | None:
+        """The provider's frozen values (see ``__init__``); None once closed, when decisions answer as
+        ``run`` does then."""
+        return None if self._closed else self._frozen()  # type: ignore[misc]
+
+    def remembered_reads(self) -> AbstractContextManager[None]:
+        """Within this (on this thread), reads answer from what the provider remembers, or raise
+        :class:`MustAsk`: a plan made from frozen values never asks the provider to evaluate."""
+        return self._remembered_only() if self._remembered_only is not None else nullcontext()
 
     def before_draw(self) -> None:
         """Called by a decision before a draw that leaves a trace (a bandit's arm, kept for outcomes by key):

@@ -273,6 +273,9 @@ class OpenFeatureFlags:
     provider is ready again (``PROVIDER_READY``: another provider, or one reconnected). A flag with
     targeting is evaluated for every request, as before. Remembered reads run no OpenFeature hooks.
     ``reuse_static_s=0`` evaluates every read. Per process: each worker of a fleet remembers its own.
+    While every flag a rollout reads is remembered, the rollout decides from a plan made from them once,
+    with no read per request (made again when a value is remembered, dropped or forgotten, or the first
+    remembered value expires).
 
     **Providers that evaluate in this process are read on the request's thread** (``blocking`` below):
     a hand-off to the flag reader's workers costs a request more than such a provider's evaluation.
@@ -330,6 +333,8 @@ class OpenFeatureFlags:
         # Counts forgettings: an evaluation that began before one (a remote reply that crossed a change of
         # flags) remembers nothing.
         self._generation = 0
+        self._changes = 0  # counts every change of what is remembered (a value stored, dropped or forgotten)
+        self._now: _RememberedNow | None = None  # what is remembered, as a rollout's plan was last made from
         self._changing = threading.Lock()  # a forget, and the check-and-store of a remembered value
         self._ready_heard = False  # the SDK reports a ready provider to a handler added: that first one is no news
         self._here = threading.local()  # .only: reads on this thread answer from memory or raise MustAsk
@@ -391,6 +396,7 @@ class OpenFeatureFlags:
             return
         with self._changing:  # (the SDK runs handlers on a pool of threads, beside the requests' stores)
             self._generation += 1
+            self._changes += 1
             if changed is None:
                 self._remembered = {}
             else:
@@ -433,12 +439,28 @@ class OpenFeatureFlags:
                 return value
             remembered = self._remembered
             if not static and not (cached and (kind, key) in remembered):
-                remembered.pop((kind, key), None)
+                if remembered.pop((kind, key), None) is not None:
+                    self._changes += 1
                 return value
             if len(remembered) >= _REMEMBERED_KEPT and (kind, key) not in remembered:
                 remembered = self._remembered = {}
             remembered[(kind, key)] = (until, kept)
+            self._changes += 1
         return value
+
+    def _frozen_values(self) -> _RememberedNow | None:
+        """What is remembered now, for a rollout to decide from with no read per request (its plan reads
+        within :meth:`remembered_only`): the same object until a value is remembered, dropped or forgotten,
+        or the first remembered value expires. None when nothing is remembered."""
+        now = self._now
+        if now is not None and now.changes == self._changes and self._clock() < now.until:
+            return now
+        with self._changing:  # (a consistent copy: requests store into the dict meanwhile)
+            changes, entries = self._changes, dict(self._remembered)
+        if not entries:
+            return None
+        now = self._now = _RememberedNow(entries, changes, min(entry[0] for entry in entries.values()))
+        return now
 
     def _context(self, context: Mapping[str, Any]) -> Any:
         key = context.get(self.targeting_key_field, context.get("targeting_key"))
@@ -524,6 +546,24 @@ class OpenFeatureFlags:
             return value
         value, details = self._value("get_object_details", key, default, context)
         return self._remember("object", key, value, details)
+
+
+class _RememberedNow:
+    """What an :class:`OpenFeatureFlags` remembered at one moment, and until when all of it holds. A rollout
+    asks it only whether its stable flag is set (``in``): a flag not remembered raises :class:`MustAsk`."""
+
+    __slots__ = ("_entries", "changes", "until")
+
+    def __init__(self, entries: Mapping[tuple[str, str], tuple[float, Any]], changes: int, until: float) -> None:
+        self._entries = entries
+        self.changes = changes
+        self.until = until
+
+    def __contains__(self, key: object) -> bool:
+        entry = self._entries.get(("number", key))  # type: ignore[arg-type]
+        if entry is None:  # not remembered: only the provider can say
+            raise MustAsk
+        return entry[1] is not _ABSENT
 
 
 def _forgetting(flags: weakref.ref[OpenFeatureFlags], *, everything: bool) -> Callable[[Any], None]:

@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -24,7 +24,7 @@ from ._config import RolloutConfig
 from ._errors import InvalidInputError
 from ._experiments import BUCKETS, Interleaving, VariantStats, bucket, compare, epsilon_greedy, pick_weighted, thompson
 from ._flag_reader import FlagReader, UnusableFlag
-from ._flags import FlagTypeError
+from ._flags import FlagTypeError, MustAsk
 
 __all__ = ["Decision", "FlagReader", "Router"]
 
@@ -283,7 +283,7 @@ class Router:
         """Apply a (re)loaded configuration; statistics are kept."""
         self._unflagged: _Unflagged | None = None  # (the old plan must not meet the new configuration)
         # (values, configuration, plan) of the last plan made from a provider's values (see _flagged_plan)
-        self._flagged: tuple[Mapping[str, Any], RolloutConfig, _Unflagged | None] | None = None
+        self._flagged: tuple[Container[str], RolloutConfig, _Unflagged | None] | None = None
         self.config = config
         self.prefix = config.flag_prefix or self.model
         self._keys = _FlagKeys.of(self.prefix)
@@ -458,7 +458,7 @@ class Router:
         used = ((plan.stable_key, float(stable)), *plan.reads)
         return Decision(version, variant, reason, shadows, used, plan.provider)
 
-    def _flagged_plan(self, values: Mapping[str, Any] | None) -> _Unflagged | None:
+    def _flagged_plan(self, values: Container[str] | None) -> _Unflagged | None:
         """The plan for the provider's ``values`` (None: it has none to give now), made once per mapping and
         configuration: the provider replaces the mapping whole when a value changes."""
         if values is None:
@@ -470,49 +470,51 @@ class Router:
         self._flagged = (values, config, plan)
         return plan
 
-    def _plan_from_flags(self, config: RolloutConfig, values: Mapping[str, Any]) -> _Unflagged | None:
+    def _plan_from_flags(self, config: RolloutConfig, values: Container[str]) -> _Unflagged | None:
         """Read every flag once, as ``_decide`` reads it (same keys, defaults, order and checks, with an empty
         context: these values hold for every context), into a plan; None where ``_decide`` would refuse a
         value or turn shadows off, so that it says why, request by request."""
         flags = self._flags
+        assert isinstance(flags, FlagReader)  # (only a flag reader hands out frozen values)
         keys = _FlagKeys.of(config.flag_prefix or self.model)
         variants = config.variants
         reads: list[tuple[str, Any]] = []
         try:
-            stable = None
-            if keys.stable in values:  # (else the default answers: the stable version of each request)
-                stable = _whole(keys.stable, flags.number(keys.stable, 0.0, _EMPTY, []))
-            needed: list[int] = []  # (a stable flag's version is checked as every stable version is)
-            killed = flags.boolean(keys.kill, False, _EMPTY, reads)
-            strategy, canary_version, canary_percent = "stable", 0, 0.0
-            weights: tuple[tuple[str, float], ...] = ()
-            shadows: tuple[int, ...] = ()
-            shadow_percent = 0.0
-            if not killed:
-                strategy = flags.string(keys.strategy, config.strategy, _EMPTY, reads)
-                if strategy not in _STRATEGIES:
-                    return None
-                if strategy == "canary":
-                    percent = flags.number(keys.canary_percent, config.canary.percent, _EMPTY, reads)
-                    canary_percent = _percent(keys.canary_percent, percent)
-                    default = float(config.canary.version or 0)
-                    candidate = flags.number(keys.canary_version, default, _EMPTY, reads)
-                    if canary_percent != 0:
-                        canary_version = _whole(keys.canary_version, candidate)
-                        needed.append(canary_version)
-                elif strategy == "ab":
-                    defaults = {name: v.weight for name, v in variants.items()}
-                    given = _weights(keys.ab_weights, flags.obj(keys.ab_weights, defaults, _EMPTY, reads), variants)
-                    weights = tuple((name, given.get(name, 0.0)) for name in variants)
-                wanted = flags.obj(keys.shadow_versions, list(config.shadow.versions), _EMPTY, reads)
-                if wanted:
-                    if not isinstance(wanted, list | tuple):
+            with flags.remembered_reads():  # (a flag not remembered raises MustAsk: no plan)
+                stable = None
+                if keys.stable in values:  # (else the default answers: the stable version of each request)
+                    stable = _whole(keys.stable, flags.number(keys.stable, 0.0, _EMPTY, []))
+                needed: list[int] = []  # (a stable flag's version is checked as every stable version is)
+                killed = flags.boolean(keys.kill, False, _EMPTY, reads)
+                strategy, canary_version, canary_percent = "stable", 0, 0.0
+                weights: tuple[tuple[str, float], ...] = ()
+                shadows: tuple[int, ...] = ()
+                shadow_percent = 0.0
+                if not killed:
+                    strategy = flags.string(keys.strategy, config.strategy, _EMPTY, reads)
+                    if strategy not in _STRATEGIES:
                         return None
-                    shadows = tuple(_whole(keys.shadow_versions, v) for v in wanted)
-                    percent = flags.number(keys.shadow_percent, config.shadow.percent, _EMPTY, reads)
-                    shadow_percent = _percent(keys.shadow_percent, percent)
-                    needed.extend(shadows)
-        except Exception:  # (unusable, or the provider failed: _decide says so, and counts it)
+                    if strategy == "canary":
+                        percent = flags.number(keys.canary_percent, config.canary.percent, _EMPTY, reads)
+                        canary_percent = _percent(keys.canary_percent, percent)
+                        default = float(config.canary.version or 0)
+                        candidate = flags.number(keys.canary_version, default, _EMPTY, reads)
+                        if canary_percent != 0:
+                            canary_version = _whole(keys.canary_version, candidate)
+                            needed.append(canary_version)
+                    elif strategy == "ab":
+                        defaults = {name: v.weight for name, v in variants.items()}
+                        given = _weights(keys.ab_weights, flags.obj(keys.ab_weights, defaults, _EMPTY, reads), variants)
+                        weights = tuple((name, given.get(name, 0.0)) for name in variants)
+                    wanted = flags.obj(keys.shadow_versions, list(config.shadow.versions), _EMPTY, reads)
+                    if wanted:
+                        if not isinstance(wanted, list | tuple):
+                            return None
+                        shadows = tuple(_whole(keys.shadow_versions, v) for v in wanted)
+                        percent = flags.number(keys.shadow_percent, config.shadow.percent, _EMPTY, reads)
+                        shadow_percent = _percent(keys.shadow_percent, percent)
+                        needed.extend(shadows)
+        except (Exception, MustAsk):  # (unusable, or the provider failed: _decide says so, and counts it)
             return None
         provider = flags.provider
         return _Unflagged.made(

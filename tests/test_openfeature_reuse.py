@@ -31,6 +31,7 @@ from openfeature import api
 from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
+from openfeature.exception import FlagNotFoundError
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.hook import Hook, HookContext
 from openfeature.provider import AbstractProvider, Metadata
@@ -209,6 +210,127 @@ def test_without_an_event_a_remembered_flag_is_evaluated_again_after_reuse_stati
     assert provider.evaluations == 2
 
 
+class Percent(AbstractProvider):
+    """One static canary percentage, changed with no event; no other flag."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.evaluations = 0
+
+    def get_metadata(self) -> Metadata:
+        return Metadata(name="percent")
+
+    def resolve_float_details(self, flag_key: str, default_value: float, evaluation_context: Any = None) -> Any:
+        self.evaluations += 1
+        if flag_key == "scale.canary.percent":
+            return FlagResolutionDetails(value=self.value, reason=Reason.STATIC)
+        raise FlagNotFoundError(f"no flag {flag_key!r}")
+
+    def _absent(self, flag_key: str, default_value: Any, evaluation_context: Any = None) -> Any:
+        self.evaluations += 1
+        raise FlagNotFoundError(f"no flag {flag_key!r}")
+
+    resolve_integer_details = resolve_boolean_details = resolve_string_details = resolve_object_details = _absent
+
+
+def test_a_rollout_decides_from_remembered_flags_with_no_read_until_they_expire() -> None:
+    """Every flag of the rollout remembered: decisions come from a plan made once, with no read per request;
+    when the remembered values expire (no event told of the change), they are evaluated again and a new
+    plan made from them."""
+    from inprocserve._rollout import Router
+
+    provider = Percent(100.0)
+    api.set_provider_and_wait(provider, domain="inprocserve-reuse-plan")
+    now = [100.0]
+    flags = OpenFeatureFlags(domain="inprocserve-reuse-plan", reuse_static_s=2.0, clock=lambda: now[0])
+    reader = FlagReader(flags, timeout_s=5.0)
+    try:
+        router = Router("scale", CANARY.rollout, reader)
+        ready = {1: object(), 2: object()}
+        for expected, reason in ((100.0, "under the canary's 100%"), (0.0, "the canary is at 0%")):
+            provider.value = expected
+            now[0] += 2.1  # (what was remembered has expired)
+            first = router.decide(ready, 2, {"user_id": "u0"})  # every flag evaluated, and remembered
+            evaluated = provider.evaluations
+            decisions = [router.decide(ready, 2, {"user_id": f"u{n}"}) for n in range(10)]
+            assert provider.evaluations == evaluated  # no evaluation: the plan answered
+            assert router._flagged is not None and router._flagged[2] is not None
+            for decision in (first, *decisions):
+                assert reason in decision.reason and decision.provider == "percent"
+                assert dict(decision.flags)["scale.canary.percent"] == expected
+    finally:
+        reader.close()
+
+
+def test_a_targeted_flag_leaves_every_decision_to_the_flags_and_makes_no_plan_per_request(
+    flagd: Flagd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inprocserve._rollout import Router
+
+    made: list[object] = []
+    plan_from_flags = Router._plan_from_flags
+
+    def counted(self: Router, config: Any, values: Any) -> Any:
+        made.append(values)
+        return plan_from_flags(self, config, values)
+
+    monkeypatch.setattr(Router, "_plan_from_flags", counted)
+    flagd.write({"scale.canary.percent": flag({"none": 0, "all": 100}, "none", STAFF_GET_THE_CANARY)})
+    flagd.start()
+    reader = FlagReader(flagd.flags(Evaluations(), reuse_static_s=3600), timeout_s=5.0)
+    try:
+        router = Router("scale", CANARY.rollout, reader)
+        ready = {1: object(), 2: object()}
+        for number in range(20):
+            plan = "staff" if number % 2 else "free"
+            decision = router.decide(ready, 2, {"user_id": f"u{number}", "plan": plan})
+            assert decision.version == (2 if plan == "staff" else 1), decision.reason
+        assert len(made) <= 2  # (before and after the static flags were remembered), not one per request
+        assert router._flagged is not None and router._flagged[2] is None
+    finally:
+        reader.close()
+
+
+def test_a_targeted_stable_flag_is_read_for_every_request(flagd: Flagd) -> None:
+    """The stable version itself may be targeted: it is never remembered, so no plan stands in for it."""
+    from inprocserve._rollout import Router
+
+    staff_on_two = {"if": [{"==": [{"var": "plan"}, "staff"]}, "two", "one"]}
+    flagd.write({"scale.stable": flag({"one": 1, "two": 2}, "one", staff_on_two)})
+    flagd.start()
+    reader = FlagReader(flagd.flags(Evaluations(), reuse_static_s=3600), timeout_s=5.0)
+    try:
+        router = Router("scale", CANARY.rollout, reader)
+        ready = {1: object(), 2: object()}
+        for number in range(6):
+            plan = "staff" if number % 2 else "free"
+            decision = router.decide(ready, 2, {"user_id": f"u{number}", "plan": plan})
+            assert decision.version == (2 if plan == "staff" else 1), decision.reason
+    finally:
+        reader.close()
+
+
+def test_rollouts_sharing_flags_each_get_a_plan_once_their_own_flags_are_remembered(flagd: Flagd) -> None:
+    """One OpenFeatureFlags, two models: the second model's flags are remembered after the first model's
+    plan was made; the second gets a plan too, not only when the first model's flags expire."""
+    from inprocserve._rollout import Router
+
+    flagd.write({"scale.canary.percent": flag({"all": 100}, "all"), "other.canary.percent": flag({"all": 100}, "all")})
+    flagd.start()
+    hook = Evaluations()
+    reader = FlagReader(flagd.flags(hook, reuse_static_s=3600), timeout_s=5.0)
+    try:
+        ready = {1: object(), 2: object()}
+        first, second = (Router(model, CANARY.rollout, reader) for model in ("scale", "other"))
+        for router in (first, second):
+            for number in range(3):
+                assert router.decide(ready, 2, {"user_id": f"u{number}"}).variant == "canary"
+            assert router._flagged is not None and router._flagged[2] is not None, router.model
+        assert hook.keys["other.canary.percent"] == 1
+    finally:
+        reader.close()
+
+
 class CountingReader(FlagReader):
     """The server's flag reader, counting the decisions it hands to a worker thread."""
 
@@ -287,12 +409,13 @@ def test_options_that_cannot_work_are_refused(options: dict[str, Any], message: 
 # -- what the review of this change found ------------------------------------------------------------------
 
 
-def test_a_bandit_decision_is_never_tried_on_the_request_thread_so_no_abandoned_draw_is_credited(
+def test_a_bandit_draws_only_where_its_decision_stands_so_no_abandoned_draw_is_credited(
     flagd: Flagd,
 ) -> None:
     """A rollout with arms may be a bandit, whose draw a try abandoned for a targeted flag would leave
-    behind (an outcome credited to an arm that never served). Its decisions go to a worker, as before, and
-    a request answered stable because the provider is busy credits no arm."""
+    behind (an outcome credited to an arm that never served). With every flag remembered it decides from a
+    plan on the request's thread (a plan steps aside only before drawing); a request answered stable
+    because the reader is closed credits no arm."""
     import threading
 
     flagd.write({"scale.kill": flag({"on": True, "off": False}, "off")})
@@ -307,7 +430,7 @@ def test_a_bandit_decision_is_never_tried_on_the_request_thread_so_no_abandoned_
         ready = {1: object(), 2: object()}
         for number in range(5):
             router.decide(ready, 2, {"user_id": f"u{number}"})
-        assert CountingReader.handed_over == 5  # (every flag remembered after the first: still a worker's)
+        assert CountingReader.handed_over == 1  # (the first reads every flag; the others decide from the plan)
         reader.close()  # no worker may take a decision now: the stable one answers
         closed = router.decide(ready, 2, {"user_id": "late"})
         assert closed.reason == "flag reader closed"
@@ -430,16 +553,18 @@ def test_a_reload_that_renames_the_arms_never_meets_the_old_plan() -> None:
 # -- what the second review found ------------------------------------------------------------------------------
 
 
-def test_an_ab_test_is_decided_on_the_request_thread_and_a_bandit_on_a_worker(flagd: Flagd) -> None:
+def test_ab_tests_and_bandits_with_every_flag_remembered_decide_on_the_request_thread(flagd: Flagd) -> None:
     """An A/B split draws nothing that stays: decided from remembered flags on the request's thread. A
-    bandit's draw is kept for outcomes by key: a try that may yet be abandoned stops before it."""
+    bandit's draw is kept for outcomes by key: a try that may yet be abandoned stops before it (see
+    test_a_reload_into_a_bandit_during_a_decision_draws_nothing_it_does_not_serve), and a plan made from
+    remembered flags, which steps aside only before drawing, draws on the request's thread."""
     flagd.write({"scale.kill": flag({"on": True, "off": False}, "off")})
     flagd.start()
     arms = {"a": {"version": 1}, "b": {"version": 2}}
     from inprocserve._rollout import Router
 
     ready = {1: object(), 2: object()}
-    for strategy, handed_over in (("ab", 1), ("bandit", 5)):
+    for strategy, handed_over in (("ab", 1), ("bandit", 1)):
         reader = CountingReader(flagd.flags(Evaluations()), timeout_s=5.0)
         CountingReader.handed_over = 0
         try:
