@@ -189,7 +189,12 @@ class FlagReader:
     def _frozen_unless_closed(self) -> Container[str] | None:
         """The provider's frozen values (see ``__init__``); None once closed, when decisions answer as
         ``run`` does then."""
-        return None if self._closed else self._frozen()  # type: ignore[misc]
+        if self._closed:
+            return None
+        try:
+            return self._frozen()  # type: ignore[misc]
+        except Exception:  # (a flag file that failed to load: the flag-reading path counts it and answers)
+            return None
 
     def remembered_reads(self) -> AbstractContextManager[None]:
         """Within this (on this thread), reads answer from what the provider remembers, or raise

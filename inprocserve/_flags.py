@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import tomllib
@@ -141,10 +142,11 @@ class InMemoryFlags(_LookupFlags):
     def _lookup(self, key: str) -> Any:
         return self._values.get(key, _MISSING)
 
-    def _frozen_values(self) -> Mapping[str, Any]:
+    def _frozen_values(self) -> Mapping[str, Any] | None:
         """Every value, the same for every context, in a mapping that ``set`` and ``delete`` replace whole
-        (never change): a rollout decides from it for as long as the same mapping comes back."""
-        return self._values
+        (never change): a rollout decides from it for as long as the same mapping comes back. None once
+        ``blocking`` is set on the instance: its reads then keep to the flag reader's budget."""
+        return None if self.blocking else self._values
 
 
 class EnvFlags(_LookupFlags):
@@ -154,16 +156,25 @@ class EnvFlags(_LookupFlags):
 
     A rollout reads five or more flags per request: the variable's name of each key, and the value parsed
     from each text, are kept (a variable whose text changes is parsed again), so a read costs one
-    ``os.environ`` lookup. An object value (a list, a table) is then one object shared by the reads of
-    that text: treat it as read-only.
+    ``os.environ`` lookup. A list or a table is parsed for every read: each read gets its own.
     """
 
     name = "env"
 
     def __init__(self, prefix: str = "INPROCSERVE_FLAG_") -> None:
-        self.prefix = prefix
+        self._prefix = prefix
         self._variables: dict[str, str] = {}  # key -> its variable's name
         self._parsed: dict[str, tuple[str, Any]] = {}  # variable -> (the text last read, its value)
+
+    @property
+    def prefix(self) -> str:
+        """What every variable's name starts with."""
+        return self._prefix
+
+    @prefix.setter
+    def prefix(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._variables = {}  # (the names made with the old one)
 
     def variable(self, key: str) -> str:
         return self.prefix + "".join(c if c.isalnum() else "_" for c in key).upper()
@@ -184,6 +195,8 @@ class EnvFlags(_LookupFlags):
             value = json.loads(raw)
         except ValueError:
             value = raw
+        if isinstance(value, list | dict):  # (mutable: a caller may change its copy)
+            return value
         if len(self._parsed) < _ENV_KEYS_KEPT or name in self._parsed:
             self._parsed[name] = (raw, value)  # (one tuple, replaced whole: a racing reader sees either)
         return value
@@ -219,15 +232,16 @@ class FileFlags(_LookupFlags):
             data = tomllib.loads(text) if self.path.suffix == ".toml" else json.loads(text)
             if not isinstance(data, dict):
                 raise ValueError("the top level must be a table/object")
-        except (OSError, ValueError) as exc:  # keep the last good values
+            values = _flatten(data)
+        except (OSError, ValueError, RecursionError) as exc:  # keep the last good values (too deep: invalid)
             self.last_error = f"{self.path}: {exc}"
             return
-        self._values = _flatten(data)
+        self._values = values
         self._stamp = stamp
         self.last_error = None
 
     def _lookup(self, key: str) -> Any:
-        values = self._frozen_values()
+        values = self._checked_values()
         if values is None:
             raise FlagError(f"flag file unusable: {self.last_error}")
         return values.get(key, _MISSING)
@@ -235,7 +249,12 @@ class FileFlags(_LookupFlags):
     def _frozen_values(self) -> Mapping[str, Any] | None:
         """Every value, the same for every context, in a mapping that a reload replaces whole (never
         changes), after looking at the file if ``check_interval_s`` has passed; None before the file was
-        ever read."""
+        ever read, or once ``blocking`` is set on the instance (a slow disk: reads keep to the budget)."""
+        if self.blocking:
+            return None
+        return self._checked_values()
+
+    def _checked_values(self) -> dict[str, Any] | None:
         now = time.monotonic()
         if now - self._checked_at >= self.check_interval_s:
             with self._lock:
@@ -290,9 +309,9 @@ class OpenFeatureFlags:
             default) judges the client's provider, again whenever it is replaced: ``False`` for the providers
             known to evaluate in this process (flagd's ``IN_PROCESS`` and ``FILE`` resolvers, OpenFeature's
             ``InMemoryProvider`` and ``NoOpProvider``, not subclasses of them), ``True`` for any other, and
-            for a provider set up before this process was forked (its threads are gone, and a lock one of
-            them held stays held). Pass ``True`` if hooks you added to the client or the API may wait on
-            I/O: the budget is only enforced on the flag reader's workers.
+            for a flagd provider set up before this process was forked (its threads are gone, and a lock
+            one of them held stays held). Pass ``True`` if hooks you added to the client or the API may
+            wait on I/O: the budget is only enforced on the flag reader's workers.
         reuse_static_s: How long a static or absent flag is remembered (0: never).
         clock: The monotonic clock that times remembered flags.
     """
@@ -324,7 +343,6 @@ class OpenFeatureFlags:
         self.targeting_key_field = targeting_key_field
         self._blocking = blocking
         self._judged: tuple[Any, bool] = (_MISSING, True)  # (a provider, whether it blocks) for blocking=None
-        self._inherited: Any = _MISSING  # in a forked child: the provider that came through the fork
         self.reuse_static_s = float(reuse_static_s)
         self._clock = clock
         self._integer_keys: set[str] = set()  # number flags the provider holds as integers
@@ -357,11 +375,14 @@ class OpenFeatureFlags:
                 self._handlers.append((event, handler))
 
     def _after_fork_in_child(self) -> None:
-        # The provider came through the fork without its threads, and a lock one of them held then (flagd's
-        # engine taking new flags, say) stays held here for good: taken for a blocking one, its reads go to
-        # the flag reader's workers, within the budget, until a provider set up in this process replaces it.
+        # What the parent remembered is forgotten: the SDK's event threads did not come through the fork, so
+        # this process may hear of a new provider, or of new flags, late. A provider that came through the
+        # fork is judged again (see _came_through_fork).
         self._changing = threading.Lock()  # (the SDK's handler threads may have held it)
-        self._inherited = _provider_of(self._client)
+        self._remembered = {}
+        self._generation += 1
+        self._changes += 1
+        self._now = None
         self._judged = (_MISSING, True)
 
     @property
@@ -372,8 +393,7 @@ class OpenFeatureFlags:
         provider = _provider_of(self._client)
         judged = self._judged
         if judged[0] is not provider:  # (the first read, or the provider was replaced)
-            here = provider is not self._inherited and _evaluates_in_process(provider)
-            judged = self._judged = (provider, not here)
+            judged = self._judged = (provider, not _evaluates_in_process(provider))
         return judged[1]
 
     @blocking.setter
@@ -598,8 +618,39 @@ def _evaluates_in_process(provider: Any) -> bool:
         return True
     if kind.__module__.startswith("openfeature.contrib.provider.flagd") and kind.__qualname__ == "FlagdProvider":
         resolver = getattr(getattr(provider, "config", None), "resolver", None)
-        return str(getattr(resolver, "value", resolver)) in ("in-process", "file")
+        in_process = str(getattr(resolver, "value", resolver)) in ("in-process", "file")
+        # Its engine's threads did not come through a fork, and a lock one of them held then (taking new
+        # flags) stays held in the child for good: there its reads keep to the flag reader's budget.
+        return in_process and not _INHERITED.came_through_fork(provider)
     return False
+
+
+class _InheritedProviders:
+    """The OpenFeature providers set up before this process was forked (a ``--preload`` master's, set up
+    when the application was imported), whatever ``OpenFeatureFlags`` existed then."""
+
+    def __init__(self) -> None:
+        self.providers: list[Any] = []  # (held: the SDK holds them anyway, and an id could be reused)
+        self.unknown = False  # forked, with providers this could not see: take each for one of them
+        _fork.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        if "openfeature" not in sys.modules:  # no provider was set up
+            return
+        try:  # (the SDK's registry: private, read only, and guarded)
+            from openfeature.provider._registry import provider_registry
+
+            found = [provider_registry._default_provider, *provider_registry._providers.values()]
+        except Exception:
+            self.unknown = True
+            return
+        self.providers = [*self.providers, *found]
+
+    def came_through_fork(self, provider: Any) -> bool:
+        return self.unknown or any(provider is inherited for inherited in self.providers)
+
+
+_INHERITED = _InheritedProviders()
 
 
 # module -> class names of providers that answer from memory (the OpenFeature SDK's own)

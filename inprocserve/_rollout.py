@@ -323,7 +323,10 @@ class Router:
         if plan is None and self._frozen_values is not None:
             plan = self._flagged_plan(self._frozen_values())
         if plan is not None:
-            decision = self._decide_unflagged(plan, ready, stable, ctx)
+            try:
+                decision = self._decide_unflagged(plan, ready, stable, ctx)
+            except Exception:  # (a targeting key it cannot bucket, say: the flag-reading path answers as it does)
+                decision = None
             if decision is not None:
                 return decision
 
@@ -492,7 +495,8 @@ class Router:
                 shadow_percent = 0.0
                 if not killed:
                     strategy = flags.string(keys.strategy, config.strategy, _EMPTY, reads)
-                    if strategy not in _STRATEGIES:
+                    # (arms with none configured: _decide refuses them, but after drawing a bucket)
+                    if strategy not in _STRATEGIES or (strategy in ("ab", "bandit") and not variants):
                         return None
                     if strategy == "canary":
                         percent = flags.number(keys.canary_percent, config.canary.percent, _EMPTY, reads)

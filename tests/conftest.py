@@ -187,6 +187,9 @@ def run_in_forked_child(work: Callable[[], str], *, timeout_s: int = 60) -> str:
         code, report = 1, ""
         try:
             os.close(read)
+            # The default action (the end of the process), not pytest-timeout's handler, which would run only
+            # once the child is back in Python: a child stuck on a lock held at the fork never is.
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(timeout_s)
             report = work()
             code = 0
@@ -199,10 +202,17 @@ def run_in_forked_child(work: Callable[[], str], *, timeout_s: int = 60) -> str:
                 os._exit(code)
     os.close(write)
     chunks = []
-    while chunk := os.read(read, 65536):  # until the child's end closes as it exits
-        chunks.append(chunk)
-    os.close(read)
-    _, status = os.waitpid(pid, 0)
+    reaped = False
+    try:
+        while chunk := os.read(read, 65536):  # until the child's end closes as it exits
+            chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+        reaped = True
+    finally:
+        os.close(read)
+        if not reaped:  # (the test was stopped meanwhile: no child is left behind)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
     text = b"".join(chunks).decode()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed ({status}): {text}"
     return text

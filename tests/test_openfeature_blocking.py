@@ -237,24 +237,62 @@ def test_a_provider_that_cannot_be_shown_is_taken_for_a_blocking_one() -> None:
     assert OpenFeatureFlags(Hidden(), reuse_static_s=0).blocking is True
 
 
-def test_a_provider_set_up_before_a_fork_is_taken_for_a_blocking_one_in_the_child(domain: str) -> None:
-    """Set up in a --preload master, a provider reaches the workers without its threads: it is read on the
-    flag reader's workers there, until a provider set up in the worker replaces it."""
-    api.set_provider_and_wait(in_memory(), domain=domain)
-    flags = OpenFeatureFlags(domain=domain, reuse_static_s=0)
-    assert flags.blocking is False
+def flagd_on(tmp_path: Path, name: str, percent: int) -> FlagdProvider:
+    """flagd's engine on a flags file of its own holding a static canary percentage."""
+    path = tmp_path / f"{name}.json"
+    spec = {"state": "ENABLED", "defaultVariant": "p", "variants": {"p": percent}}
+    path.write_text(json.dumps({"flags": {"scale.canary.percent": spec}}))
+    return FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(path))
+
+
+@pytest.mark.parametrize("made", ["before the fork", "in the worker"])
+def test_flagd_set_up_before_a_fork_is_taken_for_a_blocking_one_in_the_child(
+    made: str, tmp_path: Path, domain: str
+) -> None:
+    """Set up in a --preload master, flagd reaches the workers without its engine's threads: it is read on
+    the flag reader's workers there, whenever the OpenFeatureFlags was made, until a provider set up in
+    the worker replaces it. (OpenFeature's in-memory provider has no thread to lose.)"""
+    master = flagd_on(tmp_path, "master", 0)
+    api.set_provider_and_wait(master, domain=domain)
+    flags = OpenFeatureFlags(domain=domain, reuse_static_s=0) if made == "before the fork" else None
+    try:
+
+        def in_the_worker() -> str:
+            mine = flags if flags is not None else OpenFeatureFlags(domain=domain, reuse_static_s=0)
+            inherited = mine.blocking
+            worker = flagd_on(tmp_path, "worker", 100)
+            api.set_provider_and_wait(worker, domain=domain)  # (gunicorn's post_fork, as docs/rollouts.md says)
+            try:
+                replaced = mine.blocking
+                api.set_provider_and_wait(in_memory(), domain=domain)
+                return f"{inherited} {replaced} {mine.blocking}"
+            finally:
+                worker.shutdown()
+
+        assert run_in_forked_child(in_the_worker) == "True False False"
+        assert OpenFeatureFlags(domain=domain, reuse_static_s=0).blocking is False  # (the master's stands)
+    finally:
+        master.shutdown()
+
+
+def test_what_the_master_remembered_is_forgotten_in_the_worker(domain: str) -> None:
+    """The SDK's event threads do not come through a fork, so a worker may hear late that its provider was
+    replaced: it starts with nothing remembered."""
+    api.set_provider_and_wait(InMemoryProvider({"scale.canary.percent": InMemoryFlag("p", {"p": 0})}), domain=domain)
+    flags = OpenFeatureFlags(domain=domain, reuse_static_s=3600)
+    assert flags.get_number("scale.canary.percent", -1, {}) == 0  # (remembered for an hour)
 
     def in_the_worker() -> str:
-        inherited = flags.blocking
-        api.set_provider_and_wait(in_memory(), domain=domain)  # (gunicorn's post_fork, as docs/rollouts.md says)
-        return f"{inherited} {flags.blocking}"
+        replaced = InMemoryProvider({"scale.canary.percent": InMemoryFlag("p", {"p": 100})})
+        api.set_provider_and_wait(replaced, domain=domain)
+        return str(flags.get_number("scale.canary.percent", -1, {}))
 
-    assert run_in_forked_child(in_the_worker) == "True False"
-    assert flags.blocking is False  # (the parent's judgment stands)
+    assert run_in_forked_child(in_the_worker) == "100.0"
 
 
+@pytest.mark.parametrize("made", ["before the fork", "in the worker"])
 def test_flagd_forked_while_taking_new_flags_answers_stable_within_the_budget(
-    tmp_path: Path, domain: str, scale: Path
+    made: str, tmp_path: Path, domain: str, scale: Path
 ) -> None:
     """flagd's engine was taking new flags (its lock held by its watcher thread) when the master forked: in
     the worker that lock stays held for good. A request there answers stable within the flag budget, as
@@ -272,7 +310,7 @@ def test_flagd_forked_while_taking_new_flags_answers_stable_within_the_budget(
         engine_lock = getattr(getattr(getattr(provider, "resolver", None), "evaluator", None), "_lock", None)
         if engine_lock is None:
             pytest.skip("this flagd provider keeps no engine lock where this test looks for it")
-        flags = OpenFeatureFlags(domain=domain, reuse_static_s=0)
+        flags = OpenFeatureFlags(domain=domain, reuse_static_s=0) if made == "before the fork" else None
         taking, forked = threading.Event(), threading.Event()
 
         def watcher_taking_new_flags() -> None:
@@ -285,7 +323,8 @@ def test_flagd_forked_while_taking_new_flags_answers_stable_within_the_budget(
         taking.wait(30)
 
         def in_the_worker() -> str:
-            with Server(scale, flags=flags, flag_timeout_s=0.2, config=CANARY) as server:
+            mine = flags if flags is not None else OpenFeatureFlags(domain=domain, reuse_static_s=0)
+            with Server(scale, flags=mine, flag_timeout_s=0.2, config=CANARY) as server:
                 started = time.monotonic()
                 answer = server.predict("scale", X, context={"user_id": "u1"})
                 return f"{answer.version} {answer.reason} {time.monotonic() - started < 10}"
@@ -296,7 +335,8 @@ def test_flagd_forked_while_taking_new_flags_answers_stable_within_the_budget(
             forked.set()
             watcher.join(30)
         assert report == "1 flag provider timed out True"
-        assert server_answers_the_canary(flags, scale)  # the parent's flagd is unharmed
+        master = flags if flags is not None else OpenFeatureFlags(domain=domain, reuse_static_s=0)
+        assert server_answers_the_canary(master, scale)  # the parent's flagd is unharmed
     finally:
         provider.shutdown()
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from inprocserve import CanaryConfig, FileFlags, InMemoryFlags, RolloutConfig, ShadowConfig
@@ -44,14 +47,14 @@ def routers(config: RolloutConfig, values: Mapping[str, Any], alias: int | None)
 
 def decide_both(
     direct: Router, read: Router, ready: Mapping[int, Any], context: Mapping[str, Any] | None, seed: int
-) -> list[tuple[str, Any]]:
+) -> list[tuple[str, Any, Any]]:
     """Each router's decision, as text (a flag read as 1.0 is shown so on a span, 1 is not), from the same
-    random state, and the random state after it."""
+    random state, and the random states after it (the random module's, and the bandit's generator's)."""
     outcomes = []
     for router in (direct, read):
         random.seed(seed)
         decision: Decision = router.decide(ready, max(ready), context)
-        outcomes.append((repr(decision), random.getstate()))
+        outcomes.append((repr(decision), random.getstate(), router._rng.bit_generator.state))
     return outcomes
 
 
@@ -61,24 +64,29 @@ def counts(router: Router) -> tuple[int, int, int]:
     return flags.unusable, flags.failures, flags.timeouts
 
 
-numbers = st.floats(allow_nan=True) | st.integers(-5, 200)
+numbers = (
+    st.floats(allow_nan=True)
+    | st.integers(-5, 200)
+    | st.sampled_from([np.float64(50.0), np.int64(2), np.float32(0.5), 10**400, -0.0, np.bool_(True)])
+)
 weights = st.sampled_from([0, 1, 2.5]) | st.sampled_from([-1, True, float("inf")])
 arm_weights = st.dictionaries(st.sampled_from(["control", "treatment"]), weights) | st.dictionaries(
     st.sampled_from(["control", "treatment", "other", "ghost"]), weights
 )
-# each flag absent, or a usable value, or one the rollout refuses (a type, a range, a version not loaded)
+# each flag absent, or a usable value, or one the rollout refuses (a type, a range, a version not loaded),
+# by the key's end (the configuration's flag_prefix, or the model's name, goes before it)
 flag_values = st.fixed_dictionaries(
     {},
     optional={
-        f"{MODEL}.stable": versions | st.sampled_from([2.5, "2", True, 0]),
-        f"{MODEL}.kill": st.booleans() | st.just("false"),
-        f"{MODEL}.strategy": st.sampled_from(["stable", "canary", "ab", "bandit", "canery", 3]),
-        f"{MODEL}.canary.percent": st.sampled_from([0, 0.07, 1, 50.0, 100]) | numbers | st.just("10"),
-        f"{MODEL}.canary.version": versions | st.sampled_from([2.5, "3", False]),
-        f"{MODEL}.ab.weights": arm_weights | st.just([1, 2]),
-        f"{MODEL}.shadow.versions": st.lists(versions, max_size=3)
-        | st.sampled_from([[2.5], [True], "3", (1, 2), {"v": 1}, {1, 2}]),
-        f"{MODEL}.shadow.percent": st.sampled_from([0, 1.0, 50, 100]) | numbers,
+        "stable": versions | st.sampled_from([2.5, "2", True, 0, np.int64(1)]),
+        "kill": st.booleans() | st.sampled_from(["false", np.bool_(False)]),
+        "strategy": st.sampled_from(["stable", "canary", "ab", "bandit", "canery", 3]),
+        "canary.percent": st.sampled_from([0, 0.07, 1, 50.0, 100]) | numbers | st.just("10"),
+        "canary.version": versions | st.sampled_from([2.5, "3", False, np.float64(2.0)]),
+        "ab.weights": arm_weights | st.just([1, 2]),
+        "shadow.versions": st.lists(versions, max_size=3)
+        | st.sampled_from([[2.5], [True], "3", (1, 2), {"v": 1}, {1, 2}, [[1]], np.array([1, 2])]),
+        "shadow.percent": st.sampled_from([0, 1.0, 50, 100]) | numbers,
     },
 )
 
@@ -86,14 +94,31 @@ flag_values = st.fixed_dictionaries(
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     config=configs(),
+    prefix=st.sampled_from([None, "exp"]),
     values=flag_values,
     loaded=st.sets(versions, min_size=1),
     alias=st.none() | versions,
     requests=st.lists(st.tuples(contexts, st.integers(0, 2**32)), min_size=1, max_size=6),
 )
+@example(  # a bandit named by a flag, with no arms configured: refused before a bucket is drawn
+    config=RolloutConfig(),
+    prefix=None,
+    values={"strategy": "bandit"},
+    loaded={1},
+    alias=None,
+    requests=[(None, 0)],
+)
 def test_a_rollout_decides_from_frozen_flag_values_as_reading_every_flag_does(
-    config: RolloutConfig, values: dict[str, Any], loaded: set[int], alias: int | None, requests: list[Any]
+    config: RolloutConfig,
+    prefix: str | None,
+    values: dict[str, Any],
+    loaded: set[int],
+    alias: int | None,
+    requests: list[Any],
 ) -> None:
+    # (a seed, so that both routers' bandits start from the same generator state, which is compared)
+    config = replace(config, flag_prefix=prefix, seed=0 if config.seed is None else config.seed)
+    values = {f"{prefix or MODEL}.{name}": value for name, value in values.items()}
     direct, read = routers(config, values, alias)
     ready = {version: object() for version in sorted(loaded)}
     for context, seed in requests:  # (in turn: a bandit's draws depend on what it drew before)
@@ -106,16 +131,18 @@ CANARY = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=
 READY = {1: object(), 2: object(), 3: object()}
 
 
-def test_the_values_are_read_once_per_change_and_a_change_is_obeyed_at_once() -> None:
+def test_the_values_are_read_once_per_change_and_a_change_is_obeyed_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     flags = InMemoryFlags({f"{MODEL}.canary.percent": 100})
     reads: list[str] = []
-    original = flags.get_number
+    original = InMemoryFlags.get_number
 
-    def counted(key: str, default: float, context: Mapping[str, Any]) -> float:
+    def counted(self: InMemoryFlags, key: str, default: float, context: Mapping[str, Any]) -> float:
         reads.append(key)
-        return original(key, default, context)
+        return original(self, key, default, context)
 
-    flags.get_number = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(InMemoryFlags, "get_number", counted)
     router = Router(MODEL, CANARY, FlagReader(flags))
     for number in range(20):
         decision = router.decide(READY, 3, {"user_id": f"u{number}"})
@@ -194,3 +221,81 @@ def test_shadows_from_frozen_values_mirror_as_configured() -> None:
     decision = router.decide(READY, 3, {"user_id": "u1"})
     assert (decision.version, decision.shadows) == (1, (2, 3))
     assert router._flagged is not None and router._flagged[2] is not None
+
+
+# -- what the review of this change found ------------------------------------------------------------------
+
+
+def test_a_flag_file_that_fails_to_load_answers_stable_and_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps({MODEL: {"canary": {"percent": 100}}}))
+    flags = FileFlags(path, check_interval_s=0.0)
+    router = Router(MODEL, CANARY, FlagReader(flags))
+    assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+
+    def broken(self: FileFlags) -> None:
+        raise RuntimeError("the disk said no")
+
+    monkeypatch.setattr(FileFlags, "_reload", broken)
+    decision = router.decide(READY, 3, {"user_id": "u1"})  # (no exception reaches the caller)
+    assert (decision.version, decision.reason) == (1, "flag provider failed")
+    reader = router._flags
+    assert isinstance(reader, FlagReader) and reader.failures == 1
+
+
+def test_a_flag_file_nested_too_deep_keeps_the_last_good_values(tmp_path: Path) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps({MODEL: {"canary": {"percent": 100}}}))
+    flags = FileFlags(path, check_interval_s=0.0)
+    router = Router(MODEL, CANARY, FlagReader(flags))
+    assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+    path.write_text('{"deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+    assert flags.last_error is not None and "recursion" in flags.last_error
+
+
+@pytest.mark.parametrize("provider", ["in-memory", "none"])
+def test_a_targeting_key_with_a_lone_surrogate_is_bucketed(provider: str) -> None:
+    """JSON may carry a lone surrogate (\\ud800) into a user id: it gets a bucket, as any key does."""
+    from inprocserve._experiments import bucket
+
+    config = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50.0))
+    reader = FlagReader(InMemoryFlags({})) if provider == "in-memory" else None
+    router = Router(MODEL, config, reader)
+    decision = router.decide(READY, 3, {"user_id": "user-\ud800"})
+    assert decision.reason.startswith("bucket ") and decision.version in (1, 2)
+    assert bucket(MODEL, "", "user-\ud800") == bucket(MODEL, "", "user-\ud800")
+    import hashlib
+
+    valid = int.from_bytes(hashlib.blake2b(f"{MODEL}\x1f\x1fé".encode(), digest_size=8).digest(), "big") % 10_000
+    assert bucket(MODEL, "", "é") == valid  # (other keys keep their buckets)
+
+
+def test_a_targeting_key_that_cannot_be_made_text_is_answered_as_before() -> None:
+    class Opaque:
+        def __str__(self) -> str:
+            raise TypeError("no text")
+
+    config = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50.0))
+    router = Router(MODEL, config, FlagReader(InMemoryFlags({})))
+    decision = router.decide(READY, 3, {"user_id": Opaque()})
+    assert (decision.version, decision.reason) == (1, "flag provider failed")  # (the flag-reading path's answer)
+
+
+@pytest.mark.parametrize("kind", ["in-memory", "file"])
+def test_a_provider_made_blocking_keeps_to_the_budget(kind: str, tmp_path: Path) -> None:
+    """``blocking`` set on the instance (a flag file on a slow disk): read flag by flag, on the reader's
+    workers, within the budget; no plan."""
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps({MODEL: {"canary": {"percent": 100}}}))
+    flags = InMemoryFlags({f"{MODEL}.canary.percent": 100}) if kind == "in-memory" else FileFlags(path)
+    flags.blocking = True  # type: ignore[misc]
+    reader = FlagReader(flags, timeout_s=5.0)
+    try:
+        router = Router(MODEL, CANARY, reader)
+        assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+        assert router._flagged is None and reader.status()["workers"] == 1
+    finally:
+        reader.close()
