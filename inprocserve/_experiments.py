@@ -34,8 +34,12 @@ def bucket(model: str, salt: str, key: str) -> int:
 
     blake2b of (model, salt, key) — Python's ``hash()`` is salted per process and must not be used here.
     """
-    # (surrogatepass: a lone surrogate, which JSON may carry, has a bucket too; other text encodes as before)
-    digest = hashlib.blake2b(f"{model}\x1f{salt}\x1f{key}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    text = f"{model}\x1f{salt}\x1f{key}"
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which JSON may carry: a bucket too (its bytes as they are)
+        data = text.encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(data, digest_size=8).digest()
     return int.from_bytes(digest, "big") % BUCKETS
 
 

@@ -12,6 +12,7 @@ OpenFeature provider: flagd, Unleash, LaunchDarkly ...).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -471,15 +472,18 @@ class OpenFeatureFlags:
     def _frozen_values(self) -> _RememberedNow | None:
         """What is remembered now, for a rollout to decide from with no read per request (its plan reads
         within :meth:`remembered_only`): the same object until a value is remembered, dropped or forgotten,
-        or the first remembered value expires. None when nothing is remembered."""
+        or the first of those it holds expires. Expired values are left out (the dict keeps them: a CACHED
+        answer is remembered again only for a key still in it), so a flag no longer read does not make a new
+        one for every request."""
         now = self._now
-        if now is not None and now.changes == self._changes and self._clock() < now.until:
+        clock = self._clock()
+        if now is not None and now.changes == self._changes and clock < now.until:
             return now
         with self._changing:  # (a consistent copy: requests store into the dict meanwhile)
-            changes, entries = self._changes, dict(self._remembered)
-        if not entries:
-            return None
-        now = self._now = _RememberedNow(entries, changes, min(entry[0] for entry in entries.values()))
+            changes = self._changes
+            entries = {entry: kept for entry, kept in self._remembered.items() if kept[0] > clock}
+        until = min((kept[0] for kept in entries.values()), default=math.inf)
+        now = self._now = _RememberedNow(entries, changes, until)
         return now
 
     def _context(self, context: Mapping[str, Any]) -> Any:

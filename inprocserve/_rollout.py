@@ -553,6 +553,8 @@ class Router:
             return None
         if strategy == "stable":  # (no bucket: the user's key is hashed only for a strategy that splits traffic)
             return stable, "stable", "stable version", False
+        if strategy == "bandit":  # (a try on the request's thread stops before any draw: see before_draw)
+            flags.before_draw()
         key = ctx.get(config.key_field, ctx.get("targeting_key"))
         text = None if key is None else str(key)
         position = bucket(self.model, config.salt, text) if text is not None else random.randrange(BUCKETS)

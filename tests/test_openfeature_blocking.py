@@ -31,6 +31,7 @@ from openfeature import api
 from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
+from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.hook import Hook, HookContext
 from openfeature.provider import AbstractProvider, Metadata
@@ -275,19 +276,50 @@ def test_flagd_set_up_before_a_fork_is_taken_for_a_blocking_one_in_the_child(
         master.shutdown()
 
 
+class Settable(AbstractProvider):
+    """A static canary percentage that changes with no event (as when the events of a worker come late)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def get_metadata(self) -> Metadata:
+        return Metadata(name="settable")
+
+    def resolve_float_details(self, flag_key: str, default_value: float, evaluation_context: Any = None) -> Any:
+        if flag_key == "scale.canary.percent":
+            return FlagResolutionDetails(value=self.value, reason=Reason.STATIC)
+        return FlagResolutionDetails(value=default_value, error_code=ErrorCode.FLAG_NOT_FOUND, reason=Reason.ERROR)
+
+    def _absent(self, flag_key: str, default_value: Any, evaluation_context: Any = None) -> Any:
+        return FlagResolutionDetails(value=default_value, error_code=ErrorCode.FLAG_NOT_FOUND, reason=Reason.ERROR)
+
+    resolve_integer_details = resolve_boolean_details = resolve_string_details = resolve_object_details = _absent
+
+
 def test_what_the_master_remembered_is_forgotten_in_the_worker(domain: str) -> None:
-    """The SDK's event threads do not come through a fork, so a worker may hear late that its provider was
-    replaced: it starts with nothing remembered."""
-    api.set_provider_and_wait(InMemoryProvider({"scale.canary.percent": InMemoryFlag("p", {"p": 0})}), domain=domain)
+    """The SDK's event threads do not come through a fork, so a worker may hear late of new flags or a new
+    provider: it starts with nothing remembered, and no plan made from what the master remembered."""
+    from inprocserve._rollout import Router
+
+    provider = Settable(0.0)
+    api.set_provider_and_wait(provider, domain=domain)
     flags = OpenFeatureFlags(domain=domain, reuse_static_s=3600)
-    assert flags.get_number("scale.canary.percent", -1, {}) == 0  # (remembered for an hour)
+    reader = FlagReader(flags, timeout_s=5.0)
+    router = Router("scale", CANARY.rollout, reader)
+    ready = {1: object(), 2: object()}
+    for _ in range(2):  # (remembered for an hour, and a plan made from it)
+        assert router.decide(ready, 2, {"user_id": "u1"}).reason == "the canary is at 0%"
+    assert router._flagged is not None and router._flagged[2] is not None
 
     def in_the_worker() -> str:
-        replaced = InMemoryProvider({"scale.canary.percent": InMemoryFlag("p", {"p": 100})})
-        api.set_provider_and_wait(replaced, domain=domain)
-        return str(flags.get_number("scale.canary.percent", -1, {}))
+        provider.value = 100.0  # (no event)
+        decided = router.decide(ready, 2, {"user_id": "u1"}).variant  # (before any read here)
+        return f"{decided} {flags.get_number('scale.canary.percent', -1, {})}"
 
-    assert run_in_forked_child(in_the_worker) == "100.0"
+    try:
+        assert run_in_forked_child(in_the_worker) == "canary 100.0"
+    finally:
+        reader.close()
 
 
 @pytest.mark.parametrize("made", ["before the fork", "in the worker"])

@@ -262,6 +262,106 @@ def test_a_rollout_decides_from_remembered_flags_with_no_read_until_they_expire(
         reader.close()
 
 
+def test_a_plan_holds_until_the_first_value_it_read_expires() -> None:
+    """Values remembered at different times: the plan made from them holds until the earliest expires;
+    then that flag is evaluated again (no event told of its change) and a new plan made."""
+    from inprocserve._rollout import Router
+
+    provider = Percent(100.0)
+    api.set_provider_and_wait(provider, domain="inprocserve-reuse-earliest")
+    now = [100.0]
+    flags = OpenFeatureFlags(domain="inprocserve-reuse-earliest", reuse_static_s=2.0, clock=lambda: now[0])
+    reader = FlagReader(flags, timeout_s=5.0)
+    try:
+        router = Router("scale", CANARY.rollout, reader)
+        ready = {1: object(), 2: object()}
+        assert flags.get_number("scale.canary.percent", 0, {}) == 100.0  # remembered until 102
+        now[0] = 101.0
+        assert router.decide(ready, 2, {"user_id": "u1"}).variant == "canary"  # the others: until 103
+        assert router.decide(ready, 2, {"user_id": "u1"}).variant == "canary"  # (from a plan)
+        provider.value = 0.0  # no event
+        now[0] = 102.5
+        assert router.decide(ready, 2, {"user_id": "u1"}).reason == "the canary is at 0%"
+    finally:
+        reader.close()
+
+
+def test_flags_no_longer_read_make_no_plan_per_request_once_they_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The canary's flags stop being read when the strategy flag turns to stable; once what was remembered
+    of them expires, plans are made as for any expiry, not for every request."""
+    from inprocserve._rollout import Router
+
+    class Strategy(Percent):
+        strategy = "canary"
+
+        def resolve_string_details(self, flag_key: str, default_value: str, evaluation_context: Any = None) -> Any:
+            if flag_key == "scale.strategy":
+                return FlagResolutionDetails(value=self.strategy, reason=Reason.STATIC)
+            raise FlagNotFoundError(f"no flag {flag_key!r}")
+
+    made: list[object] = []
+    plan_from_flags = Router._plan_from_flags
+
+    def counted(self: Router, config: Any, values: Any) -> Any:
+        made.append(values)
+        return plan_from_flags(self, config, values)
+
+    monkeypatch.setattr(Router, "_plan_from_flags", counted)
+    provider = Strategy(100.0)
+    api.set_provider_and_wait(provider, domain="inprocserve-reuse-unread")
+    now = [100.0]
+    flags = OpenFeatureFlags(domain="inprocserve-reuse-unread", reuse_static_s=2.0, clock=lambda: now[0])
+    reader = FlagReader(flags, timeout_s=5.0)
+    try:
+        router = Router("scale", CANARY.rollout, reader)
+        ready = {1: object(), 2: object()}
+        assert router.decide(ready, 2, {"user_id": "u1"}).variant == "canary"
+        now[0] = 101.0
+        flags._forget(["scale.strategy"])  # (as flagd reports a changed flag)
+        provider.strategy = "stable"
+        assert router.decide(ready, 2, {"user_id": "u1"}).reason == "stable version"  # strategy read anew
+        now[0] = 102.5  # the canary's flags, read no more, have expired; the strategy holds until 103
+        made.clear()
+        for number in range(20):
+            assert router.decide(ready, 2, {"user_id": f"u{number}"}).reason == "stable version"
+        assert len(made) <= 2  # (one finds the expired flags it reads, one after they are evaluated again)
+    finally:
+        reader.close()
+
+
+def test_a_keyless_bandit_draws_its_bucket_once_when_its_decision_goes_to_a_worker(
+    flagd: Flagd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A targeted shadow flag sends a bandit's decision to a worker: the try on the request's thread stops
+    before any draw, the random bucket of a request with no key included."""
+    import random
+
+    from inprocserve._rollout import Router
+
+    staff_shadow = {"if": [{"==": [{"var": "plan"}, "staff"]}, "two", "none"]}
+    flagd.write({"scale.shadow.versions": flag({"none": [], "two": [2]}, "none", staff_shadow)})
+    flagd.start()
+    reader = CountingReader(flagd.flags(Evaluations()), timeout_s=5.0)
+    CountingReader.handed_over = 0
+    draws: list[int] = []
+    randrange = random.randrange
+
+    def counted(*args: Any) -> int:
+        draws.append(1)
+        return randrange(*args)
+
+    monkeypatch.setattr(random, "randrange", counted)
+    config = RolloutConfig(strategy="bandit", stable=1, variants={"a": {"version": 1}, "b": {"version": 2}}, seed=0)
+    try:
+        router = Router("scale", config, reader)
+        ready = {1: object(), 2: object()}
+        for _ in range(5):
+            router.decide(ready, 2, None)
+        assert CountingReader.handed_over == 5 and len(draws) == 5
+    finally:
+        reader.close()
+
+
 def test_a_targeted_flag_leaves_every_decision_to_the_flags_and_makes_no_plan_per_request(
     flagd: Flagd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
