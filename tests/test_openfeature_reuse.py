@@ -13,6 +13,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -233,19 +234,28 @@ class Percent(AbstractProvider):
     resolve_integer_details = resolve_boolean_details = resolve_string_details = resolve_object_details = _absent
 
 
+@contextmanager
+def canary_on(provider: AbstractProvider, domain: str) -> Iterator[tuple[Any, OpenFeatureFlags, list[float]]]:
+    """A canary's router reading ``provider`` through OpenFeatureFlags, which remembers for 2 s of a clock
+    the test moves (``now[0]``)."""
+    from inprocserve._rollout import Router
+
+    api.set_provider_and_wait(provider, domain=domain)
+    now = [100.0]
+    flags = OpenFeatureFlags(domain=domain, reuse_static_s=2.0, clock=lambda: now[0])
+    reader = FlagReader(flags, timeout_s=5.0)
+    try:
+        yield Router("scale", CANARY.rollout, reader), flags, now
+    finally:
+        reader.close()
+
+
 def test_a_rollout_decides_from_remembered_flags_with_no_read_until_they_expire() -> None:
     """Every flag of the rollout remembered: decisions come from a plan made once, with no read per request;
     when the remembered values expire (no event told of the change), they are evaluated again and a new
     plan made from them."""
-    from inprocserve._rollout import Router
-
     provider = Percent(100.0)
-    api.set_provider_and_wait(provider, domain="inprocserve-reuse-plan")
-    now = [100.0]
-    flags = OpenFeatureFlags(domain="inprocserve-reuse-plan", reuse_static_s=2.0, clock=lambda: now[0])
-    reader = FlagReader(flags, timeout_s=5.0)
-    try:
-        router = Router("scale", CANARY.rollout, reader)
+    with canary_on(provider, "inprocserve-reuse-plan") as (router, _, now):
         ready = {1: object(), 2: object()}
         for expected, reason in ((100.0, "under the canary's 100%"), (0.0, "the canary is at 0%")):
             provider.value = expected
@@ -258,22 +268,13 @@ def test_a_rollout_decides_from_remembered_flags_with_no_read_until_they_expire(
             for decision in (first, *decisions):
                 assert reason in decision.reason and decision.provider == "percent"
                 assert dict(decision.flags)["scale.canary.percent"] == expected
-    finally:
-        reader.close()
 
 
 def test_a_plan_holds_until_the_first_value_it_read_expires() -> None:
     """Values remembered at different times: the plan made from them holds until the earliest expires;
     then that flag is evaluated again (no event told of its change) and a new plan made."""
-    from inprocserve._rollout import Router
-
     provider = Percent(100.0)
-    api.set_provider_and_wait(provider, domain="inprocserve-reuse-earliest")
-    now = [100.0]
-    flags = OpenFeatureFlags(domain="inprocserve-reuse-earliest", reuse_static_s=2.0, clock=lambda: now[0])
-    reader = FlagReader(flags, timeout_s=5.0)
-    try:
-        router = Router("scale", CANARY.rollout, reader)
+    with canary_on(provider, "inprocserve-reuse-earliest") as (router, flags, now):
         ready = {1: object(), 2: object()}
         assert flags.get_number("scale.canary.percent", 0, {}) == 100.0  # remembered until 102
         now[0] = 101.0
@@ -282,14 +283,11 @@ def test_a_plan_holds_until_the_first_value_it_read_expires() -> None:
         provider.value = 0.0  # no event
         now[0] = 102.5
         assert router.decide(ready, 2, {"user_id": "u1"}).reason == "the canary is at 0%"
-    finally:
-        reader.close()
 
 
-def test_flags_no_longer_read_make_no_plan_per_request_once_they_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flags_no_longer_read_make_no_plan_per_request_once_they_expire(plans_made: list[object]) -> None:
     """The canary's flags stop being read when the strategy flag turns to stable; once what was remembered
     of them expires, plans are made as for any expiry, not for every request."""
-    from inprocserve._rollout import Router
 
     class Strategy(Percent):
         strategy = "canary"
@@ -299,21 +297,8 @@ def test_flags_no_longer_read_make_no_plan_per_request_once_they_expire(monkeypa
                 return FlagResolutionDetails(value=self.strategy, reason=Reason.STATIC)
             raise FlagNotFoundError(f"no flag {flag_key!r}")
 
-    made: list[object] = []
-    plan_from_flags = Router._plan_from_flags
-
-    def counted(self: Router, config: Any, values: Any) -> Any:
-        made.append(values)
-        return plan_from_flags(self, config, values)
-
-    monkeypatch.setattr(Router, "_plan_from_flags", counted)
     provider = Strategy(100.0)
-    api.set_provider_and_wait(provider, domain="inprocserve-reuse-unread")
-    now = [100.0]
-    flags = OpenFeatureFlags(domain="inprocserve-reuse-unread", reuse_static_s=2.0, clock=lambda: now[0])
-    reader = FlagReader(flags, timeout_s=5.0)
-    try:
-        router = Router("scale", CANARY.rollout, reader)
+    with canary_on(provider, "inprocserve-reuse-unread") as (router, flags, now):
         ready = {1: object(), 2: object()}
         assert router.decide(ready, 2, {"user_id": "u1"}).variant == "canary"
         now[0] = 101.0
@@ -321,12 +306,10 @@ def test_flags_no_longer_read_make_no_plan_per_request_once_they_expire(monkeypa
         provider.strategy = "stable"
         assert router.decide(ready, 2, {"user_id": "u1"}).reason == "stable version"  # strategy read anew
         now[0] = 102.5  # the canary's flags, read no more, have expired; the strategy holds until 103
-        made.clear()
+        plans_made.clear()
         for number in range(20):
             assert router.decide(ready, 2, {"user_id": f"u{number}"}).reason == "stable version"
-        assert len(made) <= 2  # (one finds the expired flags it reads, one after they are evaluated again)
-    finally:
-        reader.close()
+        assert len(plans_made) <= 2  # (one finds the expired flags it reads, one after they are evaluated again)
 
 
 def test_a_keyless_bandit_draws_its_bucket_once_when_its_decision_goes_to_a_worker(
@@ -362,9 +345,9 @@ def test_a_keyless_bandit_draws_its_bucket_once_when_its_decision_goes_to_a_work
         reader.close()
 
 
-def test_a_targeted_flag_leaves_every_decision_to_the_flags_and_makes_no_plan_per_request(
-    flagd: Flagd, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def plans_made(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The values each plan a router tries to make is made from, in order."""
     from inprocserve._rollout import Router
 
     made: list[object] = []
@@ -375,7 +358,20 @@ def test_a_targeted_flag_leaves_every_decision_to_the_flags_and_makes_no_plan_pe
         return plan_from_flags(self, config, values)
 
     monkeypatch.setattr(Router, "_plan_from_flags", counted)
-    flagd.write({"scale.canary.percent": flag({"none": 0, "all": 100}, "none", STAFF_GET_THE_CANARY)})
+    return made
+
+
+@pytest.mark.parametrize(
+    ("key", "variants"), [("scale.canary.percent", {"none": 0, "all": 100}), ("scale.stable", {"none": 1, "all": 2})]
+)
+def test_a_targeted_flag_is_read_for_every_request_and_no_plan_is_tried_per_request(
+    key: str, variants: dict[str, Any], flagd: Flagd, plans_made: list[object]
+) -> None:
+    """A targeted flag (the canary's percentage, or the stable version itself) is never remembered: every
+    request reads the flags, and follows the targeting; no plan is tried for every request."""
+    from inprocserve._rollout import Router
+
+    flagd.write({key: flag(variants, "none", STAFF_GET_THE_CANARY)})
     flagd.start()
     reader = FlagReader(flagd.flags(Evaluations(), reuse_static_s=3600), timeout_s=5.0)
     try:
@@ -385,27 +381,8 @@ def test_a_targeted_flag_leaves_every_decision_to_the_flags_and_makes_no_plan_pe
             plan = "staff" if number % 2 else "free"
             decision = router.decide(ready, 2, {"user_id": f"u{number}", "plan": plan})
             assert decision.version == (2 if plan == "staff" else 1), decision.reason
-        assert len(made) <= 2  # (before and after the static flags were remembered), not one per request
+        assert len(plans_made) <= 2  # (before and after the static flags were remembered), not one per request
         assert router._flagged is not None and router._flagged[2] is None
-    finally:
-        reader.close()
-
-
-def test_a_targeted_stable_flag_is_read_for_every_request(flagd: Flagd) -> None:
-    """The stable version itself may be targeted: it is never remembered, so no plan stands in for it."""
-    from inprocserve._rollout import Router
-
-    staff_on_two = {"if": [{"==": [{"var": "plan"}, "staff"]}, "two", "one"]}
-    flagd.write({"scale.stable": flag({"one": 1, "two": 2}, "one", staff_on_two)})
-    flagd.start()
-    reader = FlagReader(flagd.flags(Evaluations(), reuse_static_s=3600), timeout_s=5.0)
-    try:
-        router = Router("scale", CANARY.rollout, reader)
-        ready = {1: object(), 2: object()}
-        for number in range(6):
-            plan = "staff" if number % 2 else "free"
-            decision = router.decide(ready, 2, {"user_id": f"u{number}", "plan": plan})
-            assert decision.version == (2 if plan == "staff" else 1), decision.reason
     finally:
         reader.close()
 

@@ -179,12 +179,18 @@ def test_a_plan_made_from_the_old_configuration_is_not_used_with_the_new_one() -
     assert router.decide(READY, 3, {"user_id": "u1"}).version == 3
 
 
-def test_file_flags_are_read_once_per_reload(tmp_path: Path) -> None:
+def full_canary_file(tmp_path: Path) -> tuple[Path, FileFlags, Router]:
+    """A flags file holding a 100 % canary, read at every look, and a router on it that decided once."""
     path = tmp_path / "flags.json"
     path.write_text(json.dumps({MODEL: {"canary": {"percent": 100}}}))
     flags = FileFlags(path, check_interval_s=0.0)
     router = Router(MODEL, CANARY, FlagReader(flags))
     assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+    return path, flags, router
+
+
+def test_file_flags_are_read_once_per_reload(tmp_path: Path) -> None:
+    path, _, router = full_canary_file(tmp_path)
     plan = router._flagged
     assert plan is not None and plan[2] is not None  # decided from the plan
     for number in range(5):
@@ -229,11 +235,7 @@ def test_shadows_from_frozen_values_mirror_as_configured() -> None:
 def test_a_flag_file_that_fails_to_load_answers_stable_and_is_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "flags.json"
-    path.write_text(json.dumps({MODEL: {"canary": {"percent": 100}}}))
-    flags = FileFlags(path, check_interval_s=0.0)
-    router = Router(MODEL, CANARY, FlagReader(flags))
-    assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+    _, _, router = full_canary_file(tmp_path)
 
     def broken(self: FileFlags) -> None:
         raise RuntimeError("the disk said no")
@@ -246,11 +248,7 @@ def test_a_flag_file_that_fails_to_load_answers_stable_and_is_counted(
 
 
 def test_a_flag_file_nested_too_deep_keeps_the_last_good_values(tmp_path: Path) -> None:
-    path = tmp_path / "flags.json"
-    path.write_text(json.dumps({MODEL: {"canary": {"percent": 100}}}))
-    flags = FileFlags(path, check_interval_s=0.0)
-    router = Router(MODEL, CANARY, FlagReader(flags))
-    assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+    path, flags, router = full_canary_file(tmp_path)
     path.write_text('{"deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
     assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
     assert flags.last_error is not None and "recursion" in flags.last_error
