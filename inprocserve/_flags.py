@@ -63,7 +63,8 @@ class FlagProvider(Protocol):
     thread with a time budget so a hung flag service cannot hang a request.
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     @property
     def blocking(self) -> bool: ...
@@ -360,10 +361,7 @@ class OpenFeatureFlags:
         self._handlers: list[tuple[Any, Any]] = []
         self._provider = _provider_of(self._client)  # the provider whose flags are remembered
         _fork.register(self)
-        try:
-            self.name = str(self._client.provider.get_metadata().name)
-        except Exception:  # metadata is optional for providers
-            self.name = "openfeature"
+        self._named: tuple[Any, str] = (_MISSING, "openfeature")  # (a provider, its name)
         add_handler = getattr(self._client, "add_handler", None)  # (a client of an SDK without events: TTL only)
         if self.reuse_static_s > 0 and add_handler is not None:
             me = weakref.ref(self)  # (the SDK keeps its handlers: they must not keep this)
@@ -385,6 +383,20 @@ class OpenFeatureFlags:
         self._changes += 1
         self._now = None
         self._judged = (_MISSING, True)
+
+    @property
+    def name(self) -> str:
+        """The name of the client's provider now (its metadata's; ``openfeature`` if it gives none), which
+        status, metrics and spans report."""
+        provider = _provider_of(self._client)
+        named = self._named
+        if named[0] is not provider:  # (the first read, or the provider was replaced)
+            try:
+                name = str(provider.get_metadata().name)
+            except Exception:  # metadata is optional for providers
+                name = "openfeature"
+            named = self._named = (provider, name)
+        return named[1]
 
     @property
     def blocking(self) -> bool:

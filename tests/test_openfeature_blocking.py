@@ -168,19 +168,28 @@ def test_any_other_provider_is_read_on_the_flag_readers_workers(
     assert server.status()["models"]["scale"]["rollout"]["flags"]["blocking"] is True
 
 
-def test_a_replaced_provider_is_judged_again(domain: str) -> None:
+def test_a_replaced_provider_is_judged_and_named_again(domain: str) -> None:
     api.set_provider_and_wait(in_memory(), domain=domain)
     flags = OpenFeatureFlags(domain=domain, reuse_static_s=0)
     reader = FlagReader(flags, timeout_s=5.0)
     try:
-        assert flags.blocking is False
+        assert (flags.blocking, flags.name) == (False, "In-Memory Provider")
         api.set_provider_and_wait(CallsOut(), domain=domain)
-        assert flags.blocking is True
-        assert reader.status()["blocking"] is True
+        assert (flags.blocking, flags.name) == (True, "calls-out")
+        status = reader.status()
+        assert (status["blocking"], status["provider"]) == (True, "calls-out")  # (as metrics and spans say)
         api.set_provider_and_wait(in_memory(), domain=domain)
-        assert flags.blocking is False
+        assert (flags.blocking, flags.name) == (False, "In-Memory Provider")
     finally:
         reader.close()
+
+
+def test_a_provider_without_metadata_is_named_openfeature() -> None:
+    class Nameless(CallsOut):
+        def get_metadata(self) -> Metadata:
+            raise NotImplementedError
+
+    assert OpenFeatureFlags(Client(Nameless()), reuse_static_s=0).name == "openfeature"
 
 
 @pytest.mark.parametrize("given", [True, False])
