@@ -344,7 +344,8 @@ class OpenFeatureFlags:
         self._client = client if client is not None else (api.get_client(domain) if domain else api.get_client())
         self.targeting_key_field = targeting_key_field
         self._blocking = blocking
-        self._judged: tuple[Any, bool] = (_MISSING, True)  # (a provider, whether it blocks) for blocking=None
+        # (the client's provider when last looked at, whether it may block, its name): judged once per provider
+        self._judged: tuple[Any, bool, str] = (_MISSING, True, "openfeature")
         self.reuse_static_s = float(reuse_static_s)
         self._clock = clock
         self._integer_keys: set[str] = set()  # number flags the provider holds as integers
@@ -361,7 +362,6 @@ class OpenFeatureFlags:
         self._handlers: list[tuple[Any, Any]] = []
         self._provider = _provider_of(self._client)  # the provider whose flags are remembered
         _fork.register(self)
-        self._named: tuple[Any, str] = (_MISSING, "openfeature")  # (a provider, its name)
         add_handler = getattr(self._client, "add_handler", None)  # (a client of an SDK without events: TTL only)
         if self.reuse_static_s > 0 and add_handler is not None:
             me = weakref.ref(self)  # (the SDK keeps its handlers: they must not keep this)
@@ -376,38 +376,39 @@ class OpenFeatureFlags:
     def _after_fork_in_child(self) -> None:
         # What the parent remembered is forgotten: the SDK's event threads did not come through the fork, so
         # this process may hear of a new provider, or of new flags, late. A provider that came through the
-        # fork is judged again (see _came_through_fork).
+        # fork is judged again (see _InheritedProviders).
         self._changing = threading.Lock()  # (the SDK's handler threads may have held it)
         self._remembered = {}
         self._generation += 1
         self._changes += 1
         self._now = None
-        self._judged = (_MISSING, True)
+        self._judged = (_MISSING, True, "openfeature")
+
+    def _judge(self) -> tuple[Any, bool, str]:
+        """The client's provider now, whether it may wait on I/O, and its name: judged again only when the
+        provider was replaced (or this process forked)."""
+        provider = _provider_of(self._client)
+        judged = self._judged
+        if judged[0] is not provider:
+            try:
+                name = str(provider.get_metadata().name)
+            except Exception:  # metadata is optional for providers
+                name = "openfeature"
+            judged = self._judged = (provider, not _evaluates_in_process(provider), name)
+        return judged
 
     @property
     def name(self) -> str:
         """The name of the client's provider now (its metadata's; ``openfeature`` if it gives none), which
         status, metrics and spans report."""
-        provider = _provider_of(self._client)
-        named = self._named
-        if named[0] is not provider:  # (the first read, or the provider was replaced)
-            try:
-                name = str(provider.get_metadata().name)
-            except Exception:  # metadata is optional for providers
-                name = "openfeature"
-            named = self._named = (provider, name)
-        return named[1]
+        return self._judge()[2]
 
     @property
     def blocking(self) -> bool:
         """Whether the client's provider may wait on I/O (see ``blocking`` above); read per decision."""
         if self._blocking is not None:
             return self._blocking
-        provider = _provider_of(self._client)
-        judged = self._judged
-        if judged[0] is not provider:  # (the first read, or the provider was replaced)
-            judged = self._judged = (provider, not _evaluates_in_process(provider))
-        return judged[1]
+        return self._judge()[1]
 
     @blocking.setter
     def blocking(self, value: bool | None) -> None:
