@@ -285,8 +285,7 @@ class Router:
         # (values, configuration, plan) of the last plan made from a provider's values (see _flagged_plan)
         self._flagged: tuple[Container[str], RolloutConfig, _Unflagged | None] | None = None
         self.config = config
-        self.prefix = config.flag_prefix or self.model
-        self._keys = _FlagKeys.of(self.prefix)
+        self._keys = _FlagKeys.of(config.flag_prefix or self.model)
         self._capture = config.capture_inputs > 0
         self._capture_size = config.capture_inputs
         self._until_capture = 0
