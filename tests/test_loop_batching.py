@@ -295,7 +295,10 @@ def test_a_lone_request_goes_out_in_its_own_iteration(
             before = loop_wakes(loop)
             answer = await server.apredict("scale", np.full((1, 4), value, np.float32))
             assert answer["y"].tolist() == [[2.0 * value] * 4]
-            assert loop_wakes(loop) - before == 1
+            # One wake: the worker's answer. Or none, for the first request (it goes the full way, adopting
+            # the runners): a worker not yet parked since the server opened may take and answer it while the
+            # loop's thread is still in the flush that queued it, which drains the answer unwoken.
+            assert loop_wakes(loop) - before <= 1
 
     asyncio.run(main())
     assert counters(server, "scale") == (5, 5)
