@@ -25,6 +25,9 @@ With ``--baseline DIR`` (a folder holding another ``inprocserve`` package, e.g. 
 inprocserve | tar -x -C DIR``) that code's servers take their turns too, for every source but the two with
 options (its ``OpenFeatureFlags`` with its defaults).
 
+Then each source's decision alone: its server's router asked what ``predict`` asks it (``Router.decide``,
+internal), for the same users, in blocks of five times ``--block`` decisions taking turns likewise.
+
     python benchmarks/flag_overhead.py [--blocks 10] [--block 300] [--baseline DIR]
 
 Writes benchmarks/results/flag_overhead.{json,md} (``--out`` elsewhere). Needs ``openfeature-provider-flagd``
@@ -49,6 +52,7 @@ from _common import block_arguments, build_reference, import_baseline, input_row
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mlp-small"
+DECISIONS_PER_CALL = 5  # decisions timed per block, for each predict of a block (a decision is cheaper)
 STATIC = {"state": "ENABLED", "defaultVariant": "half", "variants": {"half": 50, "all": 100}}
 # staff get everyone's canary; the others a 50 % one: a rule evaluated for every request
 TARGETED = STATIC | {"targeting": {"if": [{"==": [{"var": "plan"}, "staff"]}, "all", "half"]}}
@@ -93,8 +97,9 @@ def sources(package: Any, folder: Path, *, baseline: bool) -> dict[str, Any]:
 
 def source_calls(
     package: Any, repository: Path, folder: Path, servers: list[Any], *, baseline: bool
-) -> dict[str, Callable[[], Any]]:
-    """One call per flag source, on servers of ``package`` (appended to ``servers`` for closing)."""
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable[[], Any]]]:
+    """Per flag source, on servers of ``package`` (appended to ``servers`` for closing): one ``predict``,
+    and one decision of the server's router alone (what ``predict`` asks it, for the same users)."""
     every = package.VersionPolicy.all()
     canary = package.ModelConfig(
         rollout=package.RolloutConfig(strategy="canary", stable=1, canary=package.CanaryConfig(version=2, percent=50)),
@@ -103,6 +108,7 @@ def source_calls(
     x = {"x": input_rows(MODEL, 1, seed=1)[0]}
     users = itertools.cycle([{"user_id": f"user-{i}", "plan": "free"} for i in range(1000)])
     calls: dict[str, Callable[[], Any]] = {}
+    decisions: dict[str, Callable[[], Any]] = {}
     if not baseline:
         plain = package.Server(repository, config=package.ModelConfig(version_policy=every))
         servers.append(plain)
@@ -113,7 +119,9 @@ def source_calls(
         for version in (1, 2):  # each version adopts its runners (a process's first request: the full way)
             server.predict(MODEL, x, version=version)
         calls[name] = (lambda s: lambda: s.predict(MODEL, x, context=next(users)))(server)
-    return calls
+        routes = server._registry.routes[MODEL]  # (internal: the router that predict asks, nothing else)
+        decisions[name] = (lambda r: lambda: r.router.decide(r.versions, r.default.version, next(users)))(routes)
+    return calls, decisions
 
 
 def timed_blocks(calls: dict[str, Callable[[], Any]], blocks: int, block: int) -> dict[str, list[tuple[float, float]]]:
@@ -150,12 +158,14 @@ def main() -> None:
         repository = scratch / "models"
         build_reference(MODEL, repository)
         shutil.copytree(repository / MODEL / "1", repository / MODEL / "2")
-        calls = source_calls(inprocserve, repository, scratch, servers, baseline=False)
+        calls, decisions = source_calls(inprocserve, repository, scratch, servers, baseline=False)
         if args.baseline is not None:
             package = import_baseline(args.baseline, scratch)
-            before = source_calls(package, repository, scratch, servers, baseline=True)
+            before, decided_before = source_calls(package, repository, scratch, servers, baseline=True)
             calls |= {f"{name}, baseline": call for name, call in before.items()}
+            decisions |= {f"{name}, baseline": call for name, call in decided_before.items()}
         times = timed_blocks(calls, args.blocks, args.block)
+        decision_times = timed_blocks(decisions, args.blocks, DECISIONS_PER_CALL * args.block)
     finally:
         for server in servers:
             server.close()
@@ -163,7 +173,15 @@ def main() -> None:
 
     wall = {name: statistics.median(w for w, _ in values) for name, values in times.items()}
     cpu = {name: statistics.median(c for _, c in values) for name, values in times.items()}
-    results = with_run(args, median_wall_us=wall, median_cpu_us=cpu, blocks_us=times)
+    decision_wall = {name: statistics.median(w for w, _ in values) for name, values in decision_times.items()}
+    results = with_run(
+        args,
+        median_wall_us=wall,
+        median_cpu_us=cpu,
+        blocks_us=times,
+        decision_median_wall_us=decision_wall,
+        decision_blocks_us=decision_times,
+    )
     write_json("flag_overhead", results, args.out)
     lines = [
         "# What a flag-driven rollout costs a lone predict, by flag source (one thread, no SDK)",
@@ -177,6 +195,16 @@ def main() -> None:
     ]
     for name in calls:
         lines.append(f"| {name} | {wall[name]:.1f} | {cpu[name]:.1f} | {wall[name] - wall['no rollout']:+.1f} |")
+    lines += [
+        "",
+        "The decision alone: the server's router asked what `predict` asks it (`Router.decide`, the same users),",
+        f"{args.blocks} alternating blocks of {DECISIONS_PER_CALL * args.block} decisions; per decision, median "
+        "block wall time.",
+        "",
+        "| flag source | decision µs |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {decision_wall[name]:.1f} |" for name in decisions]
     if args.baseline is not None:
         lines += ["", f"Baseline: the package in `{args.baseline}`."]
     (args.out / "flag_overhead.md").write_text("\n".join(lines) + "\n")

@@ -27,7 +27,7 @@ import numpy as np
 from . import _fork
 from ._config_checks import is_number
 from ._errors import ConfigurationError
-from ._flags import FileFlags, FlagProvider, FlagTypeError, InMemoryFlags, MustAsk, OpenFeatureFlags
+from ._flags import EnvFlags, FileFlags, FlagProvider, FlagTypeError, InMemoryFlags, MustAsk, OpenFeatureFlags
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
 
 __all__ = ["FlagReader", "UnusableFlag"]
@@ -85,12 +85,13 @@ class FlagReader:
         )
         self._trying = threading.local()  # .here: this thread tries a decision from remembered flags
         # A built-in provider whose values are the same for every context, in an object it replaces whole on
-        # a change (OpenFeatureFlags: what it remembers): a router decides from them, read once per object
+        # a change (OpenFeatureFlags: what it remembers; EnvFlags: the texts of its variables): a router
+        # decides from them, read once per object
         # (Router._flagged_plan), instead of reading five or more flags per request. (Not a subclass: it
         # may answer otherwise.)
         self._frozen: Callable[[], Container[str] | None] | None = (
             provider._frozen_values  # type: ignore[attr-defined]
-            if type(provider) in (InMemoryFlags, FileFlags, OpenFeatureFlags)
+            if type(provider) in (InMemoryFlags, FileFlags, EnvFlags, OpenFeatureFlags)
             else None
         )
         self.frozen_values = None if self._frozen is None else self._frozen_unless_closed

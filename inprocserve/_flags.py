@@ -158,15 +158,23 @@ class EnvFlags(_LookupFlags):
 
     A rollout reads five or more flags per request: the variable's name of each key, and the value parsed
     from each text, are kept (a variable whose text changes is parsed again), so a read costs one
-    ``os.environ`` lookup. A list or a table is parsed for every read: each read gets its own.
+    ``os.environ`` lookup. A list or a table is parsed for every read: each read gets its own. A rollout
+    decides from its flags read once for as long as the text of every variable read so far stays the same
+    (one ``os.environ`` lookup per variable and request: see ``_frozen_values``).
     """
 
     name = "env"
 
     def __init__(self, prefix: str = "INPROCSERVE_FLAG_") -> None:
         self._prefix = prefix
+        self._naming = threading.Lock()  # held to add a kept variable's name
         self._variables: dict[str, str] = {}  # key -> its variable's name
+        # those names, in the order first read: a new list for every change, never changed (a snapshot of
+        # their texts is known by it: an empty tuple would be the same object after a new prefix)
+        self._kept: list[str] = []
+        self._unkept = False  # a key's variable was read but not kept (past _ENV_KEYS_KEPT keys)
         self._parsed: dict[str, tuple[str, Any]] = {}  # variable -> (the text last read, its value)
+        self._snapshot: _EnvTexts | None = None
 
     @property
     def prefix(self) -> str:
@@ -175,18 +183,32 @@ class EnvFlags(_LookupFlags):
 
     @prefix.setter
     def prefix(self, prefix: str) -> None:
-        self._prefix = prefix
-        self._variables = {}  # (the names made with the old one)
+        with self._naming:
+            self._prefix = prefix
+            self._variables = {}  # (the names made with the old one)
+            self._kept = []
+            self._unkept = False
 
     def variable(self, key: str) -> str:
         return self.prefix + "".join(c if c.isalnum() else "_" for c in key).upper()
 
-    def _lookup(self, key: str) -> Any:
+    def _variable_of(self, key: str) -> str:
         name = self._variables.get(key)
-        if name is None:
-            name = self.variable(key)
-            if len(self._variables) < _ENV_KEYS_KEPT:  # (keys come from rollout configurations: few)
-                self._variables[key] = name
+        if name is not None:
+            return name
+        with self._naming:  # (a name added with a prefix replaced meanwhile would be read for good)
+            name = self._variables.get(key)
+            if name is None:
+                name = self.variable(key)
+                if len(self._variables) < _ENV_KEYS_KEPT:  # (keys come from rollout configurations: few)
+                    self._variables[key] = name
+                    self._kept = [*self._kept, name]
+                else:
+                    self._unkept = True
+        return name
+
+    def _lookup(self, key: str) -> Any:
+        name = self._variable_of(key)
         raw = os.environ.get(name)
         if raw is None:
             return _MISSING
@@ -202,6 +224,36 @@ class EnvFlags(_LookupFlags):
         if len(self._parsed) < _ENV_KEYS_KEPT or name in self._parsed:
             self._parsed[name] = (raw, value)  # (one tuple, replaced whole: a racing reader sees either)
         return value
+
+    def _frozen_values(self) -> _EnvTexts | None:
+        """The text of every variable read so far, the same for every context: the same object comes back
+        for as long as none of them changes (nor the names read), and a rollout decides from its flags read
+        once per object. Each variable is looked up now, so a change in ``os.environ`` applies at once.
+        None once ``blocking`` is set on the instance, or when more keys were read than are kept."""
+        if self.blocking or self._unkept:
+            return None
+        names = self._kept
+        texts = tuple(map(os.environ.get, names))
+        last = self._snapshot
+        if last is not None and last.names is names and last.texts == texts:
+            return last
+        self._snapshot = snapshot = _EnvTexts(self, names, texts)  # (a racing caller may make its own: alike)
+        return snapshot
+
+
+class _EnvTexts:
+    """The texts of :class:`EnvFlags`' variables at one moment (see ``EnvFlags._frozen_values``). A rollout
+    asks it only whether its stable flag is set (``in``), which looks the variable up."""
+
+    __slots__ = ("_flags", "names", "texts")
+
+    def __init__(self, flags: EnvFlags, names: list[str], texts: tuple[str | None, ...]) -> None:
+        self._flags = flags
+        self.names = names
+        self.texts = texts
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and os.environ.get(self._flags._variable_of(key)) is not None
 
 
 class FileFlags(_LookupFlags):

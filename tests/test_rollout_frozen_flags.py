@@ -9,6 +9,7 @@ same configurations, flag values, contexts and random state.
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import replace
@@ -20,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from inprocserve import CanaryConfig, FileFlags, InMemoryFlags, RolloutConfig, ShadowConfig
+from inprocserve import CanaryConfig, EnvFlags, FileFlags, InMemoryFlags, RolloutConfig, ShadowConfig, _flags
 from inprocserve._flag_reader import FlagReader
 from inprocserve._rollout import Decision, Router
 
@@ -297,3 +298,117 @@ def test_a_provider_made_blocking_keeps_to_the_budget(kind: str, tmp_path: Path)
         assert router._flagged is None and reader.status()["workers"] == 1
     finally:
         reader.close()
+
+
+# -- EnvFlags: a plan while the text of every variable read stays the same ---------------------------------
+
+ENV_PREFIX = "INPROCSERVE_TEST_FROZEN_"
+
+
+def as_text(value: Any) -> str:
+    """What an operator could have put in the variable for ``value``: JSON where it is JSON, else its text."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def set_environment(values: Mapping[str, str]) -> None:
+    """``values`` (variable -> text) are the only variables under ``ENV_PREFIX``."""
+    for name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
+        del os.environ[name]
+    os.environ.update(values)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    config=configs(),
+    prefix=st.sampled_from([None, "exp"]),
+    values=flag_values,
+    loaded=st.sets(versions, min_size=1),
+    requests=st.lists(st.tuples(contexts, st.integers(0, 2**32)), min_size=1, max_size=4),
+    raw=st.sampled_from(["", "{", "true ", "[1, 2", "nan", "NaN", "1e999", '"50"']),
+    raw_key=st.sampled_from(["kill", "strategy", "canary.percent", "shadow.versions", "stable"]),
+)
+def test_env_flags_decide_from_a_plan_as_reading_every_flag_does(
+    config: RolloutConfig,
+    prefix: str | None,
+    values: dict[str, Any],
+    loaded: set[int],
+    requests: list[Any],
+    raw: str,
+    raw_key: str,
+) -> None:
+    config = replace(config, flag_prefix=prefix, seed=0 if config.seed is None else config.seed)
+    flags = EnvFlags(ENV_PREFIX)
+    texts = {flags.variable(f"{prefix or MODEL}.{name}"): as_text(value) for name, value in values.items()}
+    ready = {version: object() for version in sorted(loaded)}
+    direct = Router(MODEL, config, FlagReader(flags, timeout_s=60.0), shadow_gate=gate)
+    read = Router(MODEL, config, EveryFlagRead(EnvFlags(ENV_PREFIX), timeout_s=60.0), shadow_gate=gate)
+    try:
+        set_environment(texts)
+        for context, seed in requests:
+            direct_outcome, read_outcome = decide_both(direct, read, ready, context, seed)
+            assert direct_outcome == read_outcome
+        # a text that is no JSON (or a number JSON cannot hold), in place of one variable: obeyed at once
+        set_environment(texts | {flags.variable(f"{prefix or MODEL}.{raw_key}"): raw})
+        for context, seed in requests:
+            direct_outcome, read_outcome = decide_both(direct, read, ready, context, seed)
+            assert direct_outcome == read_outcome
+    finally:
+        set_environment({})
+    assert counts(direct) == counts(read)
+
+
+def test_env_flags_are_read_once_while_their_texts_stay_and_a_change_is_obeyed_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flags = EnvFlags(ENV_PREFIX)
+    monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "100")
+    reads: list[str] = []
+    original = EnvFlags.get_number
+
+    def counted(self: EnvFlags, key: str, default: float, context: Mapping[str, Any]) -> float:
+        reads.append(key)
+        return original(self, key, default, context)
+
+    monkeypatch.setattr(EnvFlags, "get_number", counted)
+    router = Router(MODEL, CANARY, FlagReader(flags))
+    for number in range(20):
+        decision = router.decide(READY, 3, {"user_id": f"u{number}"})
+        assert (decision.version, decision.variant) == (2, "canary") and decision.provider == "env"
+    # once for the first plan; once more for the plan made when the variables it read became known
+    assert reads.count(f"{MODEL}.canary.percent") == 2
+    monkeypatch.setenv(flags.variable(f"{MODEL}.kill"), "true")
+    decision = router.decide(READY, 3, {"user_id": "u1"})
+    assert (decision.version, decision.reason) == (1, "kill switch is on")
+    monkeypatch.delenv(flags.variable(f"{MODEL}.kill"))
+    monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "0")
+    assert router.decide(READY, 3, {"user_id": "u1"}).reason == "the canary is at 0%"
+    monkeypatch.setenv(flags.variable(f"{MODEL}.stable"), "3")  # (a variable no plan read yet: looked up)
+    assert router.decide(READY, 3, {"user_id": "u1"}).version == 3
+
+
+def test_env_flags_with_a_new_prefix_are_read_from_the_new_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = EnvFlags(ENV_PREFIX)
+    monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "100")
+    router = Router(MODEL, CANARY, FlagReader(flags))
+    assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+    flags.prefix = ENV_PREFIX + "OTHER_"  # (no variable under it: the configuration's 0 %)
+    assert router.decide(READY, 3, {"user_id": "u1"}).reason == "the canary is at 0%"
+    monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "100")
+    assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+
+
+def test_env_flags_past_the_kept_keys_are_read_flag_by_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More keys read than names kept: no set of texts covers every variable a plan may read, so none is
+    made, and every flag is read for every request (a change still applies at once)."""
+    monkeypatch.setattr(_flags, "_ENV_KEYS_KEPT", 2)
+    flags = EnvFlags(ENV_PREFIX)
+    monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "100")
+    router = Router(MODEL, CANARY, FlagReader(flags))
+    for _ in range(2):
+        assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+    assert flags._frozen_values() is None and router._flagged is not None and router._flagged[2] is not None
+    monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "0")
+    assert router.decide(READY, 3, {"user_id": "u1"}).reason == "the canary is at 0%"
