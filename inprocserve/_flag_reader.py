@@ -197,9 +197,14 @@ class FlagReader:
         except Exception:  # (a flag file that failed to load: the flag-reading path counts it and answers)
             return None
 
-    def remembered_reads(self) -> AbstractContextManager[None]:
-        """Within this (on this thread), reads answer from what the provider remembers, or raise
-        :class:`MustAsk`: a plan made from frozen values never asks the provider to evaluate."""
+    def plan_reads(self, values: Container[str]) -> AbstractContextManager[None]:
+        """Within this (on this thread), reads answer as the frozen ``values`` a plan is made for say: from
+        what the provider remembers, or raise :class:`MustAsk` (a plan never asks the provider to
+        evaluate); from ``values`` itself when it holds what the flags are read from (``EnvFlags``' texts:
+        a plan is a function of the values it is kept for)."""
+        reads = getattr(values, "reads", None)
+        if reads is not None:
+            return reads()  # type: ignore[no-any-return]
         return self._remembered_only() if self._remembered_only is not None else nullcontext()
 
     def before_draw(self) -> None:

@@ -19,7 +19,8 @@ import threading
 import time
 import tomllib
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -132,6 +133,10 @@ class InMemoryFlags(_LookupFlags):
     def __init__(self, values: Mapping[str, Any] | None = None) -> None:
         self._values: dict[str, Any] = dict(values or {})
         self._lock = threading.Lock()
+        _fork.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # (a thread of the parent's may have held it at the fork)
 
     def set(self, key: str, value: Any) -> None:
         with self._lock:
@@ -175,6 +180,11 @@ class EnvFlags(_LookupFlags):
         self._unkept = False  # a key's variable was read but not kept (past _ENV_KEYS_KEPT keys)
         self._parsed: dict[str, tuple[str, Any]] = {}  # variable -> (the text last read, its value)
         self._snapshot: _EnvTexts | None = None
+        self._planning = threading.local()  # .texts: this thread makes a plan from these (_EnvTexts.reads)
+        _fork.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._naming = threading.Lock()  # (a thread of the parent's may have held it at the fork)
 
     @property
     def prefix(self) -> str:
@@ -209,7 +219,8 @@ class EnvFlags(_LookupFlags):
 
     def _lookup(self, key: str) -> Any:
         name = self._variable_of(key)
-        raw = os.environ.get(name)
+        texts = getattr(self._planning, "texts", None)
+        raw = os.environ.get(name) if texts is None else texts.text(name)
         if raw is None:
             return _MISSING
         parsed = self._parsed.get(name)
@@ -242,18 +253,37 @@ class EnvFlags(_LookupFlags):
 
 
 class _EnvTexts:
-    """The texts of :class:`EnvFlags`' variables at one moment (see ``EnvFlags._frozen_values``). A rollout
-    asks it only whether its stable flag is set (``in``), which looks the variable up."""
+    """The texts of :class:`EnvFlags`' variables at one moment (see ``EnvFlags._frozen_values``).
 
-    __slots__ = ("_flags", "names", "texts")
+    A plan made for it must be made from these texts (:meth:`reads`), not from ``os.environ`` as it is
+    while the plan is made: a variable changed meanwhile, and changed back later, would give a snapshot
+    equal to this one, and the plan would keep the value it had in between."""
+
+    __slots__ = ("_by_name", "_flags", "names", "texts")
 
     def __init__(self, flags: EnvFlags, names: list[str], texts: tuple[str | None, ...]) -> None:
         self._flags = flags
         self.names = names
         self.texts = texts
+        self._by_name = dict(zip(names, texts, strict=True))
+
+    def text(self, name: str) -> str | None:
+        """The variable's text in this snapshot; one it does not hold is read now (it is kept from now on,
+        so the next snapshot holds it, and differs from this one)."""
+        return self._by_name[name] if name in self._by_name else os.environ.get(name)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and os.environ.get(self._flags._variable_of(key)) is not None
+        return isinstance(key, str) and self.text(self._flags._variable_of(key)) is not None
+
+    @contextmanager
+    def reads(self) -> Iterator[None]:
+        """Within this (on this thread), the flags' reads answer from this snapshot."""
+        planning = self._flags._planning
+        planning.texts = self
+        try:
+            yield
+        finally:
+            planning.texts = None
 
 
 class FileFlags(_LookupFlags):
@@ -275,6 +305,10 @@ class FileFlags(_LookupFlags):
         self._checked_at = -float("inf")
         self.last_error: str | None = None
         self._reload()
+        _fork.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # (a thread of the parent's may have held it at the fork)
 
     def _reload(self) -> None:
         try:

@@ -482,7 +482,7 @@ class Router:
         variants = config.variants
         reads: list[tuple[str, Any]] = []
         try:
-            with flags.remembered_reads():  # (a flag not remembered raises MustAsk: no plan)
+            with flags.plan_reads(values):  # (a flag not remembered raises MustAsk: no plan)
                 stable = None
                 if keys.stable in values:  # (else the default answers: the stable version of each request)
                     stable = _whole(keys.stable, flags.number(keys.stable, 0.0, _EMPTY, []))

@@ -28,7 +28,7 @@ from inprocserve import (
 from inprocserve._flags import FlagTypeError
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, run_in_forked_child
 
 
 def test_in_memory_flags_change_at_run_time() -> None:
@@ -340,3 +340,30 @@ def test_flagd_drives_a_canary_and_its_problems_show(
     result = broken.predict("scale", x, context={"user_id": "u1"})
     assert result.version == 1 and "TYPE_MISMATCH" in result.reason and result.reason.startswith("unusable flag")
     assert broken.status()["models"]["scale"]["rollout"]["flags"]["unusable"] == 1
+
+
+@pytest.mark.parametrize("kind", ["in-memory", "file", "env"])
+def test_a_provider_forked_while_its_lock_was_held_serves_the_child(kind: str, tmp_path: Path) -> None:
+    """gunicorn ``--preload`` forks workers whenever it likes: a lock a thread of the master held at that moment
+    (setting a flag, reloading a file, naming a variable) must not stay held in the worker, whose first use
+    of it would hang."""
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps({"fraud": {"canary": {"percent": 5}}}))
+    flags: Any
+    if kind == "in-memory":
+        flags = InMemoryFlags({})
+        lock, use = flags._lock, lambda: flags.set("fraud.canary.percent", 5)
+    elif kind == "file":
+        flags = FileFlags(path, check_interval_s=0.0)
+        lock, use = flags._lock, lambda: None
+    else:
+        flags = EnvFlags("INPROCSERVE_TEST_FORK_")
+        lock, use = flags._naming, lambda: None
+
+    def in_the_child() -> str:
+        use()
+        return str(flags.get_number("fraud.canary.percent", 0.0, {}))
+
+    with lock:  # (as a thread of the parent's would hold it)
+        answer = run_in_forked_child(in_the_child, timeout_s=20)
+    assert answer == ("0.0" if kind == "env" else "5.0")

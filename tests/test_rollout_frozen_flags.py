@@ -393,7 +393,8 @@ def test_env_flags_with_a_new_prefix_are_read_from_the_new_variables(monkeypatch
     flags = EnvFlags(ENV_PREFIX)
     monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "100")
     router = Router(MODEL, CANARY, FlagReader(flags))
-    assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+    for _ in range(2):  # (the second decides from a plan kept for the variables the first one read)
+        assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
     flags.prefix = ENV_PREFIX + "OTHER_"  # (no variable under it: the configuration's 0 %)
     assert router.decide(READY, 3, {"user_id": "u1"}).reason == "the canary is at 0%"
     monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "100")
@@ -412,3 +413,31 @@ def test_env_flags_past_the_kept_keys_are_read_flag_by_flag(monkeypatch: pytest.
     assert flags._frozen_values() is None and router._flagged is not None and router._flagged[2] is not None
     monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "0")
     assert router.decide(READY, 3, {"user_id": "u1"}).reason == "the canary is at 0%"
+
+
+def test_an_env_plan_is_made_from_the_texts_it_is_kept_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A variable changed while a plan is made (by another thread) and changed back later: the texts are
+    those the plan is kept for again, and so must its decisions be, not what the variable held between."""
+    flags = EnvFlags(ENV_PREFIX)
+    percent, kill = flags.variable(f"{MODEL}.canary.percent"), flags.variable(f"{MODEL}.kill")
+    monkeypatch.setenv(percent, "100")
+    monkeypatch.delenv(kill, raising=False)  # (put back as it was after the test, whatever sets it below)
+    router = Router(MODEL, CANARY, FlagReader(flags))
+    for _ in range(2):
+        assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
+    reading = EnvFlags._lookup
+
+    def kill_switch_turned_on_meanwhile(self: EnvFlags, key: str) -> Any:
+        if key.endswith(".kill"):
+            os.environ[kill] = "true"
+        return reading(self, key)
+
+    monkeypatch.setenv(percent, "50")  # a change: the next decision makes a plan
+    monkeypatch.setattr(EnvFlags, "_lookup", kill_switch_turned_on_meanwhile)
+    assert router.decide(READY, 3, {"user_id": "u1"}).reason != "kill switch is on"  # (the texts it began with)
+    monkeypatch.setattr(EnvFlags, "_lookup", reading)
+    assert router.decide(READY, 3, {"user_id": "u1"}).reason == "kill switch is on"  # (the texts now)
+    del os.environ[kill]  # changed back: the texts of the plan made above
+    for number in range(3):
+        decision = router.decide(READY, 3, {"user_id": f"u{number}"})
+        assert decision.reason.startswith("bucket ") and "50%" in decision.reason
