@@ -132,18 +132,24 @@ CANARY = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=
 READY = {1: object(), 2: object(), 3: object()}
 
 
+def number_reads(monkeypatch: pytest.MonkeyPatch, provider: type[InMemoryFlags | EnvFlags]) -> list[str]:
+    """The keys of every number the provider's class is asked for from now on, in order."""
+    reads: list[str] = []
+    original = provider.get_number
+
+    def counted(self: Any, key: str, default: float, context: Mapping[str, Any]) -> float:
+        reads.append(key)
+        return original(self, key, default, context)
+
+    monkeypatch.setattr(provider, "get_number", counted)
+    return reads
+
+
 def test_the_values_are_read_once_per_change_and_a_change_is_obeyed_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     flags = InMemoryFlags({f"{MODEL}.canary.percent": 100})
-    reads: list[str] = []
-    original = InMemoryFlags.get_number
-
-    def counted(self: InMemoryFlags, key: str, default: float, context: Mapping[str, Any]) -> float:
-        reads.append(key)
-        return original(self, key, default, context)
-
-    monkeypatch.setattr(InMemoryFlags, "get_number", counted)
+    reads = number_reads(monkeypatch, InMemoryFlags)
     router = Router(MODEL, CANARY, FlagReader(flags))
     for number in range(20):
         decision = router.decide(READY, 3, {"user_id": f"u{number}"})
@@ -326,6 +332,7 @@ def set_environment(values: Mapping[str, str]) -> None:
     prefix=st.sampled_from([None, "exp"]),
     values=flag_values,
     loaded=st.sets(versions, min_size=1),
+    alias=st.none() | versions,
     requests=st.lists(st.tuples(contexts, st.integers(0, 2**32)), min_size=1, max_size=4),
     raw=st.sampled_from(["", "{", "true ", "[1, 2", "nan", "NaN", "1e999", '"50"']),
     raw_key=st.sampled_from(["kill", "strategy", "canary.percent", "shadow.versions", "stable"]),
@@ -335,6 +342,7 @@ def test_env_flags_decide_from_a_plan_as_reading_every_flag_does(
     prefix: str | None,
     values: dict[str, Any],
     loaded: set[int],
+    alias: int | None,
     requests: list[Any],
     raw: str,
     raw_key: str,
@@ -345,6 +353,8 @@ def test_env_flags_decide_from_a_plan_as_reading_every_flag_does(
     ready = {version: object() for version in sorted(loaded)}
     direct = Router(MODEL, config, FlagReader(flags, timeout_s=60.0), shadow_gate=gate)
     read = Router(MODEL, config, EveryFlagRead(EnvFlags(ENV_PREFIX), timeout_s=60.0), shadow_gate=gate)
+    for router in (direct, read):
+        router.stable_alias = alias
     try:
         set_environment(texts)
         for context, seed in requests:
@@ -365,14 +375,7 @@ def test_env_flags_are_read_once_while_their_texts_stay_and_a_change_is_obeyed_a
 ) -> None:
     flags = EnvFlags(ENV_PREFIX)
     monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "100")
-    reads: list[str] = []
-    original = EnvFlags.get_number
-
-    def counted(self: EnvFlags, key: str, default: float, context: Mapping[str, Any]) -> float:
-        reads.append(key)
-        return original(self, key, default, context)
-
-    monkeypatch.setattr(EnvFlags, "get_number", counted)
+    reads = number_reads(monkeypatch, EnvFlags)
     router = Router(MODEL, CANARY, FlagReader(flags))
     for number in range(20):
         decision = router.decide(READY, 3, {"user_id": f"u{number}"})
