@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from inprocserve import CanaryConfig, EnvFlags, FileFlags, InMemoryFlags, RolloutConfig, ShadowConfig, _flags
 from inprocserve._flag_reader import FlagReader
+from inprocserve._flags import FlagProvider
 from inprocserve._rollout import Decision, Router
 
 from .test_rollout_no_flags import configs, contexts, gate, versions
@@ -38,9 +39,11 @@ class EveryFlagRead(FlagReader):
         self.frozen_values = None
 
 
-def routers(config: RolloutConfig, values: Mapping[str, Any], alias: int | None) -> tuple[Router, Router]:
-    direct = Router(MODEL, config, FlagReader(InMemoryFlags(values), timeout_s=60.0), shadow_gate=gate)
-    read = Router(MODEL, config, EveryFlagRead(InMemoryFlags(values), timeout_s=60.0), shadow_gate=gate)
+def routers(config: RolloutConfig, flags: Callable[[], FlagProvider], alias: int | None) -> tuple[Router, Router]:
+    """A router deciding as the server's does, and one reading every flag for every request, each on a
+    provider ``flags()`` makes."""
+    direct = Router(MODEL, config, FlagReader(flags(), timeout_s=60.0), shadow_gate=gate)
+    read = Router(MODEL, config, EveryFlagRead(flags(), timeout_s=60.0), shadow_gate=gate)
     for router in (direct, read):
         router.stable_alias = alias
     return direct, read
@@ -92,15 +95,19 @@ flag_values = st.fixed_dictionaries(
 )
 
 
+# a rollout's configuration, its flags' values, the versions loaded, a stable alias, and requests in turn
+rollout_cases = {
+    "config": configs(),
+    "prefix": st.sampled_from([None, "exp"]),
+    "values": flag_values,
+    "loaded": st.sets(versions, min_size=1),
+    "alias": st.none() | versions,
+    "requests": st.lists(st.tuples(contexts, st.integers(0, 2**32)), min_size=1, max_size=6),
+}
+
+
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    config=configs(),
-    prefix=st.sampled_from([None, "exp"]),
-    values=flag_values,
-    loaded=st.sets(versions, min_size=1),
-    alias=st.none() | versions,
-    requests=st.lists(st.tuples(contexts, st.integers(0, 2**32)), min_size=1, max_size=6),
-)
+@given(**rollout_cases)
 @example(  # a bandit named by a flag, with no arms configured: refused before a bucket is drawn
     config=RolloutConfig(),
     prefix=None,
@@ -120,7 +127,7 @@ def test_a_rollout_decides_from_frozen_flag_values_as_reading_every_flag_does(
     # (a seed, so that both routers' bandits start from the same generator state, which is compared)
     config = replace(config, flag_prefix=prefix, seed=0 if config.seed is None else config.seed)
     values = {f"{prefix or MODEL}.{name}": value for name, value in values.items()}
-    direct, read = routers(config, values, alias)
+    direct, read = routers(config, lambda: InMemoryFlags(values), alias)
     ready = {version: object() for version in sorted(loaded)}
     for context, seed in requests:  # (in turn: a bandit's draws depend on what it drew before)
         direct_outcome, read_outcome = decide_both(direct, read, ready, context, seed)
@@ -328,12 +335,7 @@ def set_environment(values: Mapping[str, str]) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    config=configs(),
-    prefix=st.sampled_from([None, "exp"]),
-    values=flag_values,
-    loaded=st.sets(versions, min_size=1),
-    alias=st.none() | versions,
-    requests=st.lists(st.tuples(contexts, st.integers(0, 2**32)), min_size=1, max_size=4),
+    **rollout_cases,
     raw=st.sampled_from(["", "{", "true ", "[1, 2", "nan", "NaN", "1e999", '"50"']),
     raw_key=st.sampled_from(["kill", "strategy", "canary.percent", "shadow.versions", "stable"]),
 )
@@ -351,10 +353,7 @@ def test_env_flags_decide_from_a_plan_as_reading_every_flag_does(
     flags = EnvFlags(ENV_PREFIX)
     texts = {flags.variable(f"{prefix or MODEL}.{name}"): as_text(value) for name, value in values.items()}
     ready = {version: object() for version in sorted(loaded)}
-    direct = Router(MODEL, config, FlagReader(flags, timeout_s=60.0), shadow_gate=gate)
-    read = Router(MODEL, config, EveryFlagRead(EnvFlags(ENV_PREFIX), timeout_s=60.0), shadow_gate=gate)
-    for router in (direct, read):
-        router.stable_alias = alias
+    direct, read = routers(config, lambda: EnvFlags(ENV_PREFIX), alias)
     try:
         set_environment(texts)
         for context, seed in requests:
