@@ -37,6 +37,7 @@ from ._pool import RunnerPool, keep_inherited
 from ._recorder import Recorder
 from ._request import ABANDONED, DONE, QUEUED, RUNNING, BatchTiming, Finisher, Request, complete_batch
 from ._stats import BatchSizeHistogram
+from ._wake_relay import RELAY
 
 __all__ = ["Batcher", "VersionRetiredError"]
 
@@ -45,10 +46,6 @@ logger = logging.getLogger(__name__)
 _allocate_lock = threading.Lock
 
 
-# An interrupted caller whose request was answered waits at most this long (polls x interval) for the worker
-# to link it into its batch's chain, which the worker does right after counting the batch finished.
-_LINK_POLLS = 200
-_LINK_POLL_S = 0.0005
 # How long closing a drained batcher waits for each worker to exit (see close).
 _WORKER_EXIT_S = 5.0
 
@@ -471,8 +468,8 @@ class Batcher:
         try:
             if deadline is None:  # the common case, spelled out: this is the hot path of every predict
                 request.waiter.acquire()
-                if request.baton is not None:
-                    request.baton.release()  # wake the next caller of the chain
+                if request.baton is RELAY:
+                    RELAY.passed(request)  # its place in the wake relay goes to the next caller
                 return
             if request.wait(deadline - self._clock()):
                 return
@@ -494,7 +491,7 @@ class Batcher:
 
     def _give_up(self, request: Request) -> bool:
         """A synchronous caller stops waiting for ``request``: a queued one is withdrawn, a running one is
-        marked abandoned (its answer is dropped, and it takes no part in its batch's chain of wakes).
+        marked abandoned (its answer is dropped, and it is not queued in the wake relay).
         Returns True, having changed nothing, if it was answered already (its answer is being handed over)."""
         with self._lock:
             state = request.state
@@ -509,22 +506,11 @@ class Batcher:
 
     def interrupted(self, request: Request) -> None:
         """The caller's thread was interrupted while it waited: give the request up. If it was answered
-        already, it is (or is about to be) a link of its batch's chain of wakes, and may never wake the next
-        caller: wake that one now. Early is harmless, every answer of a batch is in before the chain is
-        linked; twice is harmless too (this caller may have woken it already)."""
-        if not self._give_up(request):
-            return
-        baton = request.baton
-        waited = 0
-        while baton is None and waited < _LINK_POLLS:  # answered: the worker links the chain right now
-            time.sleep(_LINK_POLL_S)
-            waited += 1
-            baton = request.baton
-        if baton is not None:
-            try:
-                baton.release()
-            except RuntimeError:  # released already: this caller woke the next one before it was interrupted
-                pass
+        already, it is (or is about to be) queued in the wake relay, or was woken and holds a place there:
+        it leaves the relay, handing on the place it holds, so that no caller after it waits for a wake
+        that never comes. Twice is harmless (this caller may have handed its place on already)."""
+        if self._give_up(request):
+            RELAY.leave(request)
 
     # -- workers -----------------------------------------------------------------------------------------
 
@@ -674,7 +660,7 @@ class Batcher:
 
     def _succeeded(self, batch: list[Request], results: list[dict[str, Any]]) -> None:
         """Count a batch that ran, then answer each request whose caller still waits."""
-        if len(batch) == 1:  # the common case at low load: no lists, no chain
+        if len(batch) == 1:  # the common case at low load: no lists, no relay
             self._complete(batch[0], results[0], None, ran=True)
             return
         dropped: list[int] | None = None

@@ -263,13 +263,13 @@ class Sharing:
         Raises:
             DeadlineExceededError: the deadline passed first (a re-run it got meanwhile is withdrawn).
         """
-        try:  # (answered by a batch after a re-run, it wakes the next caller of the batch's chain)
+        try:  # (answered by a batch after a re-run, it hands its place in the wake relay on)
             answered = request.wait(None if request.deadline is None else request.deadline - self._clock())
         except BaseException:  # its thread was interrupted: nobody waits for it any more
             with self._lock:
                 requeued_on = self._requeued.pop(request, None)
                 self._waiting.discard(request)
-            if requeued_on is not None:  # re-run meanwhile: withdrawn, or dropped from its batch's chain
+            if requeued_on is not None:  # re-run meanwhile: withdrawn, or it leaves the wake relay
                 requeued_on.interrupted(request)
             raise
         with self._lock:

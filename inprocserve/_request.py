@@ -2,7 +2,7 @@
 
 Every finished request goes through one of two doors, both here: :meth:`Request.complete` for one request
 (an inline run, a failure, a cache hit, a follower of an identical request) and :func:`complete_batch` for
-the requests of one successful batch (the same thing, with the wake-ups chained). Either stores the answer,
+the requests of one successful batch (the same thing, with the wake-ups relayed). Either stores the answer,
 then wakes the synchronous caller or hands the request to the server's ``deliver`` hook, which resolves its
 future. Whoever finishes a request decides *whether* it is answered (a caller that gave up is not); these
 decide nothing, they only answer.
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ._prediction import Prediction
+from ._wake_relay import DONE_WAKING, RELAY
 
 if TYPE_CHECKING:
     from ._rollout import Decision
@@ -45,20 +46,6 @@ __all__ = [
 QUEUED, RUNNING, DONE, ABANDONED = range(4)
 _log = logging.getLogger(__name__)
 _allocate_lock = threading.Lock
-
-
-class _ChainEnd:
-    """The baton of the last caller of a chain, and of a caller answered alone: there is nobody to wake.
-    Every answered synchronous request has a baton (``None`` until it is linked into its chain), so a caller
-    interrupted once answered can tell that it is linked (see ``Batcher.interrupted``)."""
-
-    __slots__ = ()
-
-    def release(self) -> None:
-        pass
-
-
-CHAIN_END = _ChainEnd()
 
 
 class Route(NamedTuple):
@@ -139,7 +126,9 @@ class Request:
         self.outputs: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.enqueued_at = 0.0
-        self.baton: Any = None  # the waiter this caller wakes once it is awake (see complete_batch)
+        # None until answered; then the relay that wakes it (its caller hands its place on once awake), or
+        # DONE_WAKING (answered alone, or its place handed on): see _wake_relay
+        self.baton: Any = None
         self.span: Any = None  # the request's OpenTelemetry span, linked from the batch span
         self.cache_key: bytes | None = None  # set when this request runs for identical ones in flight
         self.shared_as: Any = None  # then, the key its followers joined (it names the copy that runs it)
@@ -162,13 +151,13 @@ class Request:
 
     def wait(self, timeout_s: float | None) -> bool:
         """Block the synchronous caller until the answer is in (True) or ``timeout_s`` passed (False);
-        once awake, wake the next caller of its batch's chain."""
+        once awake, hand its place in the wake relay on."""
         if timeout_s is None:
             self.waiter.acquire()
         elif timeout_s <= 0 or not self.waiter.acquire(timeout=timeout_s):
             return False
-        if self.baton is not None:
-            self.baton.release()
+        if self.baton is RELAY:
+            RELAY.passed(self)
         return True
 
     def prediction(self) -> Prediction:
@@ -191,7 +180,7 @@ class Request:
         self.error = error
         self.state = DONE
         if self.future is None:
-            self.baton = CHAIN_END  # answered alone: nobody to wake after it
+            self.baton = DONE_WAKING  # answered alone, not through the relay
             self.waiter.release()
         else:
             deliver = self.deliver
@@ -231,10 +220,9 @@ def wake_after_batch(wake: Callable[[], None]) -> bool:
 def complete_batch(requests: Sequence[Request], results: Sequence[dict[str, Any]]) -> None:
     """Answer the requests of one successful batch (``results[i]`` is ``requests[i]``'s outputs).
 
-    Synchronous callers are woken as a chain: this thread wakes the first, and each caller wakes the next as
-    soon as it runs. Waking all of them at once would make dozens of threads fight over the GIL at the same
-    moment; the chain keeps two in play and measurably shortens the time until the last caller is back
-    (docs/batching.md). Futures are resolved here, with the wake-ups of event loops held until the last.
+    Synchronous callers join the process's wake relay (``_wake_relay``): woken in the order they were
+    answered, a few at a time, each handing its place on once it runs. Futures are resolved here, with the
+    wake-ups of event loops held until the last.
     """
     waiters: list[Request] = []
     futures: list[Request] = []
@@ -243,11 +231,8 @@ def complete_batch(requests: Sequence[Request], results: Sequence[dict[str, Any]
         request.error = None
         request.state = DONE
         (futures if request.future is not None else waiters).append(request)
-    if waiters:  # linked once every answer is in: a caller may wake the next one at any moment from here on
-        for index in range(len(waiters) - 1):
-            waiters[index].baton = waiters[index + 1].waiter
-        waiters[-1].baton = CHAIN_END
-        waiters[0].waiter.release()
+    if waiters:  # queued once every answer is in: a caller may be woken at any moment from here on
+        RELAY.add(waiters)
     if futures:
         held: list[Callable[[], None]] = []  # answers bound for an event loop wake it once, after the last
         outer, _held.wakes = _held.wakes, held

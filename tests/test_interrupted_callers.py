@@ -1,8 +1,8 @@
 """A synchronous caller whose thread is interrupted while it waits (a signal handler raising in the main
 thread: Ctrl-C's ``KeyboardInterrupt``, ``SystemExit`` from a ``SIGTERM`` handler) must leave the other
-callers of its batch answered. The callers of a batch are woken as a chain, each waking the next: a link
-that never wakes would leave every caller after it blocked for good, and a process that joins its threads
-at exit hanging.
+callers of its batch answered. Answered callers are woken through the process's wake relay, a few at a
+time, each handing its place to the next once it runs: a place never handed back would leave every caller
+after it blocked for good, and a process that joins its threads at exit hanging.
 
 Real signals, real onnxruntime: the test's main thread is interrupted by ``SIGUSR1`` while it waits in
 ``predict``, the way Ctrl-C reaches a script that predicts from its main thread and from a pool of threads.
@@ -24,6 +24,7 @@ import inprocserve
 from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _request
 from inprocserve._request import Request, complete_batch
 from inprocserve._rollout import Decision
+from inprocserve._wake_relay import RELAY
 
 from .conftest import BUSY_WIDTH, ServerFactory, busy_inputs, version_status, wait_until
 
@@ -120,8 +121,9 @@ def assert_answered(threads: list[threading.Thread], answers: list[Any]) -> None
 
 
 def test_a_caller_interrupted_while_queued_is_withdrawn_and_its_companions_are_answered(
-    interruptible: None, busy_repository: Path, make_server: ServerFactory
+    interruptible: None, busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(RELAY, "limit", 1)  # its companions are woken one by one: none may be stranded
     server = make_server(busy_repository)
     server.predict("busy", busy_inputs(1))  # adopt the runner
     runs = GatedRuns(server, "busy", hold=(50,))
@@ -139,7 +141,7 @@ def test_a_caller_interrupted_while_queued_is_withdrawn_and_its_companions_are_a
         orchestrator = threading.Thread(target=orchestrate, daemon=True)
         orchestrator.start()
         with pytest.raises(Interrupted):
-            server.predict("busy", busy_inputs(1))  # first in the queue: first of its batch's chain
+            server.predict("busy", busy_inputs(1))  # first in the queue
         orchestrator.join(timeout=20)
         assert version_status(server, "busy")["queued_rows"] == 2  # withdrawn, not run for nobody
     finally:
@@ -148,11 +150,13 @@ def test_a_caller_interrupted_while_queued_is_withdrawn_and_its_companions_are_a
     assert_answered(*companions)
     assert runs.rows[-1] == 2  # the companions ran together, without the interrupted caller's row
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    wait_until(lambda: RELAY.counts() == (0, 0))
 
 
-def test_a_caller_interrupted_while_its_batch_runs_leaves_the_chain(
-    interruptible: None, busy_repository: Path, make_server: ServerFactory
+def test_a_caller_interrupted_while_its_batch_runs_is_never_woken(
+    interruptible: None, busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(RELAY, "limit", 1)  # its companions are woken one by one: none may be stranded
     server = make_server(busy_repository)
     server.predict("busy", busy_inputs(1))
     runs = GatedRuns(server, "busy", hold=(50, 3))
@@ -172,7 +176,7 @@ def test_a_caller_interrupted_while_its_batch_runs_leaves_the_chain(
         orchestrator = threading.Thread(target=orchestrate, daemon=True)
         orchestrator.start()
         with pytest.raises(Interrupted):
-            server.predict("busy", busy_inputs(1))  # first of the batch of three: first of its chain
+            server.predict("busy", busy_inputs(1))  # first of the batch of three
         orchestrator.join(timeout=20)
     finally:
         runs.open_all()
@@ -180,6 +184,7 @@ def test_a_caller_interrupted_while_its_batch_runs_leaves_the_chain(
     assert_answered(*companions)
     assert runs.rows[-1] == 3  # it ran with its batch; its answer is dropped
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    wait_until(lambda: RELAY.counts() == (0, 0))  # its dropped answer took no place in the relay
 
 
 def test_the_followers_of_an_interrupted_leader_run_on_their_own(
@@ -221,10 +226,12 @@ def make_request() -> Request:
 
 
 def test_a_caller_interrupted_once_answered_wakes_the_callers_after_it(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The narrowest case: the interruption lands after the batch was answered and before this caller woke
-    # the next one (here: it never waited at all). Its clean-up wakes the next one, which wakes the rest.
+    # The narrowest case: the interruption lands after the batch was answered and before this caller handed
+    # its place in the wake relay on (here: it never waited at all). Its clean-up hands it on, to the next
+    # caller, which hands it to the last.
+    monkeypatch.setattr(RELAY, "limit", 1)  # the callers after it wait for its place
     server = make_server(busy_repository)
     batcher = server._registry.routes["busy"].default.batcher
     assert batcher is not None
@@ -241,7 +248,35 @@ def test_a_caller_interrupted_once_answered_wakes_the_callers_after_it(
     for thread in threads:
         thread.join(timeout=20)
     assert sorted(result["i"] for result in results) == [1, 2]
-    batcher.interrupted(requests[0])  # twice, or after it woke the next one itself: nothing breaks
+    batcher.interrupted(requests[0])  # twice, or after it handed its place on itself: nothing breaks
+    assert RELAY.counts() == (0, 0)
+
+
+def test_a_caller_interrupted_before_its_turn_to_wake_leaves_the_queue(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Answered but not woken yet (callers answered before it hold the places): it leaves the queue without
+    # taking a place, which the callers around it still pass to each other.
+    monkeypatch.setattr(RELAY, "limit", 1)
+    server = make_server(busy_repository)
+    batcher = server._registry.routes["busy"].default.batcher
+    assert batcher is not None
+    requests = [make_request() for _ in range(3)]
+    complete_batch(requests, [{"i": index} for index in range(3)])
+    batcher.interrupted(requests[1])
+    assert RELAY.counts() == (1, 1)  # the last caller queued, the first woken
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda r=r: results.append(r.wait(None) and r.outputs), daemon=True)
+        for r in (requests[0], requests[2])
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert sorted(result["i"] for result in results) == [0, 2]
+    assert requests[1].waiter.locked()  # never woken: nobody waits for it
+    assert RELAY.counts() == (0, 0)
 
 
 def test_a_large_request_interrupted_between_its_slices_is_no_longer_counted(

@@ -13,6 +13,7 @@ import pytest
 from inprocserve._pool import RunnerPool
 from inprocserve._request import DONE, Request, Route, complete_batch, finish_detached, wake_after_batch
 from inprocserve._rollout import Decision
+from inprocserve._wake_relay import RELAY
 
 
 def make(*, future: bool) -> Request:
@@ -48,7 +49,10 @@ def test_finish_detached_is_complete_with_a_hook() -> None:
     assert delivered == [request] and request.outputs == {"y": 2}
 
 
-def test_a_batch_wakes_its_callers_as_a_chain_and_an_event_loop_once() -> None:
+def test_a_batch_queues_its_callers_in_the_wake_relay_and_wakes_an_event_loop_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(RELAY, "limit", 1)  # one caller woken at a time: the order shows
     waiters = [make(future=False) for _ in range(3)]
     wakes: list[str] = []
     delivered: list[Any] = []
@@ -65,8 +69,9 @@ def test_a_batch_wakes_its_callers_as_a_chain_and_an_event_loop_once() -> None:
     complete_batch(requests, [{"i": index} for index in range(5)])
     assert delivered == [{"i": 1}, {"i": 3}] and wakes == ["loop", "loop"]  # held until the last, then run
     assert all(r.state == DONE for r in requests)
-    # Only the first caller was woken; each wakes the next once it runs.
+    # Only the first caller was woken; each hands its place to the next once it runs.
     assert waiters[0].waiter.locked() is False and waiters[1].waiter.locked() and waiters[2].waiter.locked()
+    assert RELAY.counts() == (2, 1)
     results: list[Any] = []
     threads = [threading.Thread(target=lambda r=r: results.append(r.wait(30) and r.outputs)) for r in waiters]
     for thread in threads:
@@ -74,6 +79,7 @@ def test_a_batch_wakes_its_callers_as_a_chain_and_an_event_loop_once() -> None:
     for thread in threads:
         thread.join(timeout=30)
     assert sorted(result["i"] for result in results) == [0, 2, 4]
+    assert RELAY.counts() == (0, 0)  # every place handed back
     assert not wake_after_batch(lambda: None)  # outside a batch nothing is held
 
 

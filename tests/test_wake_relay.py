@@ -1,0 +1,224 @@
+"""The wake relay: answered synchronous callers are woken in the order they were answered, at most ``limit``
+at once, and every place is handed back, whatever order callers wake, give up or are answered in. A place
+never handed back would leave every later caller of the process blocked for good."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inprocserve import BatchingConfig, DeadlineExceededError, ModelConfig
+from inprocserve._request import DONE, Request, Route, complete_batch
+from inprocserve._rollout import Decision
+from inprocserve._wake_relay import DONE_WAKING, RELAY, WakeRelay
+
+from .conftest import ServerFactory, busy_inputs, run_in_forked_child, version_status, wait_until
+
+
+def answered(count: int) -> list[Request]:
+    """``count`` synchronous requests answered (their outputs stored), ready to be queued in a relay."""
+    route = Route("m", 1, "stable", "test", "r1", [], Decision(1, "stable", "test"))
+    requests = [Request({"x": np.zeros((1, 2), np.float32)}, 1, route, None, None) for _ in range(count)]
+    for index, request in enumerate(requests):
+        request.outputs, request.state = {"i": index}, DONE
+    return requests
+
+
+def woken(requests: list[Request]) -> list[int]:
+    """Which of ``requests`` were woken (their waiter released) and not yet taken by their caller."""
+    return [index for index, request in enumerate(requests) if not request.waiter.locked()]
+
+
+def wake_up(request: Request, relay: WakeRelay) -> None:
+    """What the caller's thread does once woken: take the wake, then hand its place on."""
+    assert request.waiter.acquire(blocking=False), "the caller was not woken"
+    relay.passed(request)
+
+
+def test_callers_are_woken_in_the_order_they_were_answered_a_few_at_a_time() -> None:
+    relay = WakeRelay(limit=2)
+    first, second = answered(3), answered(2)
+    everyone = first + second
+    relay.add(first)
+    relay.add(second)
+    assert woken(everyone) == [0, 1] and relay.counts() == (3, 2)
+    order = []
+    for index in (0, 1, 2, 3, 4):  # each woken caller runs, in turn, and hands its place on
+        wake_up(everyone[index], relay)
+        order.append(index)
+    assert order == [0, 1, 2, 3, 4] and relay.counts() == (0, 0)
+    assert all(request.baton is DONE_WAKING for request in everyone)
+
+
+def test_a_later_batch_waits_for_the_callers_of_an_earlier_one() -> None:
+    relay = WakeRelay(limit=1)
+    earlier, later = answered(2), answered(1)
+    relay.add(earlier)
+    relay.add(later)
+    wake_up(earlier[0], relay)
+    assert woken(earlier + later) == [1]  # the earlier batch's second caller, not the later batch's first
+    wake_up(earlier[1], relay)
+    wake_up(later[0], relay)
+    assert relay.counts() == (0, 0)
+
+
+def test_a_caller_that_leaves_once_woken_hands_its_place_on() -> None:
+    relay = WakeRelay(limit=1)
+    requests = answered(2)
+    relay.add(requests)
+    relay.leave(requests[0])  # woken, then interrupted before it ran
+    assert woken(requests) == [0, 1]  # its own wake is left untaken: nobody waits on it any more
+    wake_up(requests[1], relay)
+    assert relay.counts() == (0, 0)
+
+
+def test_a_caller_that_leaves_before_its_turn_takes_no_place() -> None:
+    relay = WakeRelay(limit=1)
+    requests = answered(3)
+    relay.add(requests)
+    relay.leave(requests[1])
+    assert relay.counts() == (1, 1)
+    wake_up(requests[0], relay)
+    assert woken(requests) == [2]
+    wake_up(requests[2], relay)
+    assert relay.counts() == (0, 0) and requests[1].waiter.locked()
+
+
+def test_a_caller_that_leaves_before_its_batch_is_queued_is_skipped() -> None:
+    relay = WakeRelay(limit=1)
+    requests = answered(2)
+    relay.leave(requests[0])  # interrupted between its answer and the relay's add
+    relay.add(requests)
+    assert woken(requests) == [1]
+    wake_up(requests[1], relay)
+    assert relay.counts() == (0, 0)
+
+
+def test_handing_on_twice_or_leaving_afterwards_changes_nothing() -> None:
+    relay = WakeRelay(limit=1)
+    requests = answered(3)
+    relay.add(requests)
+    wake_up(requests[0], relay)
+    relay.passed(requests[0])
+    relay.leave(requests[0])
+    assert woken(requests) == [1] and relay.counts() == (1, 1)
+    wake_up(requests[1], relay)
+    wake_up(requests[2], relay)
+    assert relay.counts() == (0, 0)
+
+
+def test_a_relay_takes_at_least_one_caller_at_a_time() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        WakeRelay(limit=0)
+
+
+# A random history: batches answered, callers woken and running, callers giving up, in any order.
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("answer"), st.integers(1, 5)),
+        st.tuples(st.just("run"), st.integers(0, 1000)),
+        st.tuples(st.just("leave"), st.integers(0, 1000)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(limit=st.integers(1, 4), steps=_STEPS)
+def test_any_history_wakes_every_caller_once_in_answer_order_and_hands_every_place_back(
+    limit: int, steps: list[tuple[str, int]]
+) -> None:
+    relay = WakeRelay(limit=limit)
+    everyone: list[Request] = []
+    order: list[int] = []  # who was woken, in order
+    running: list[int] = []  # woken, not yet run
+    gone: set[int] = set()  # left
+    for kind, value in steps:
+        if kind == "answer":
+            batch = answered(value)
+            everyone.extend(batch)
+            relay.add(batch)
+        elif kind == "run" and running:
+            index = running.pop(value % len(running))
+            wake_up(everyone[index], relay)
+        elif kind == "leave" and everyone:
+            index = value % len(everyone)
+            relay.leave(everyone[index])
+            gone.add(index)
+            if index in running:  # its wake stays untaken
+                running.remove(index)
+        for index in woken(everyone):
+            if index not in order and index not in gone:
+                order.append(index)
+                running.append(index)
+        queued, waking = relay.counts()
+        assert waking <= limit and (queued == 0 or waking == limit)  # never a free place with callers queued
+    while running:  # the rest of the callers run
+        wake_up(everyone[running.pop(0)], relay)
+        for index in woken(everyone):
+            if index not in order and index not in gone:
+                order.append(index)
+                running.append(index)
+    assert relay.counts() == (0, 0)
+    assert order == sorted(order)  # woken in the order they were answered
+    # every caller that did not give up before its turn was woken
+    assert set(order) | gone == set(range(len(everyone)))
+
+
+def test_every_caller_of_a_busy_server_is_answered_and_every_place_handed_back(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    # 24 threads keep a one-runner version queued; a third of the requests carry a deadline tight enough
+    # that some miss it, some while queued, some while running, some as they are answered.
+    server = make_server(busy_repository, config=ModelConfig(batching=BatchingConfig(max_batch_size=8)))
+    server.predict("busy", busy_inputs(1))
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def caller(index: int) -> None:
+        for call in range(15):
+            timeout_s = 0.004 if (index + call) % 3 == 0 else None
+            try:
+                answer = server.predict("busy", busy_inputs(1, index=index % 2), timeout_s=timeout_s)
+                result = "answered" if answer["picked"].shape == (1, 2) else "wrong"
+            except DeadlineExceededError:
+                result = "late"
+            with lock:
+                outcomes.append(result)
+
+    with ThreadPoolExecutor(24) as pool:
+        list(pool.map(caller, range(24)))
+    assert len(outcomes) == 24 * 15 and "wrong" not in outcomes and "answered" in outcomes
+    status = version_status(server, "busy")
+    assert status["batches_run"] < status["rows_run"]  # requests shared batches: their callers were relayed
+    wait_until(lambda: RELAY.counts() == (0, 0))
+
+
+def test_a_relay_forked_while_its_lock_was_held_serves_the_child() -> None:
+    """gunicorn ``--preload`` forks workers whenever it likes: the relay's lock, held by one of the master's
+    threads at that moment, must not stay held in the worker, whose first batch would hang."""
+    relay = WakeRelay(limit=1)
+
+    def in_the_child() -> str:
+        requests = answered(2)
+        relay.add(requests)
+        return f"woken {woken(requests)}, counts {relay.counts()}"
+
+    with relay._lock:  # (as a thread of the parent's would hold it)
+        answer = run_in_forked_child(in_the_child, timeout_s=20)
+    assert answer == "woken [0], counts (1, 1)"
+
+
+def test_the_process_relay_is_used_by_complete_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RELAY, "limit", 1)
+    requests = answered(2)
+    complete_batch(requests, [{"i": 0}, {"i": 1}])
+    assert woken(requests) == [0] and all(request.baton is RELAY for request in requests)
+    assert requests[0].wait(None) and requests[1].wait(None)  # each hands its place on as it wakes
+    assert RELAY.counts() == (0, 0)
