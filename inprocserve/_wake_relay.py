@@ -7,8 +7,9 @@ those callers are woken decides the tail of their latency under load:
 * Waking them as a chain, one batch at a time (the worker wakes the first, each caller wakes the next of its
   batch once it runs), was what this library did before. Under load every finished batch starts a chain of
   its own, and the chains of newer batches take turns for the GIL with the tails of older ones: the last
-  callers of a batch wait for the callers of later batches. At 64 client threads on mlp-small (2-core
-  machine, ``benchmarks/coalescing.py``) the p99 was three to four times the median.
+  callers of a batch wait for the callers of later batches. At 64 client threads on mlp-small (the
+  project's 2-core machine, a one-off measurement) the p99 was three to four times the median, nearly all
+  of it spent between the start of a request's batch and its caller's wake.
 
 So the callers of every batch of the process join one queue, in the order they were answered, and at most
 ``WAKING_AT_ONCE`` of them are being woken at any moment: a caller holds one of those places from the moment
@@ -19,7 +20,10 @@ each one's latency without a stampede.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -29,13 +33,19 @@ from . import _fork
 if TYPE_CHECKING:
     from ._request import Request
 
-__all__ = ["DONE_WAKING", "RELAY", "WAKING_AT_ONCE", "WakeRelay"]
+__all__ = ["DONE_WAKING", "HEAL_INTERVAL_S", "RELAY", "WAKING_AT_ONCE", "WakeRelay"]
 
-# Callers being woken at once. Measured on the project's 2-core machine, mlp-small, the same server
-# switched between designs in one process (docs/batching.md, "How a request flows"): 6 to 8 gave the
-# lowest p99 at 8, 32 and 64 client threads, at the throughput of the chain; 1 starved the queue's tail, and
-# 16 began to crowd the GIL again.
+# Callers being woken at once. In a one-off comparison on the project's 2-core machine (mlp-small, one server,
+# this number switched between rounds in one process), 6 to 8 gave the lowest p99 at 8, 32 and 64 client
+# threads; 1 starved the queue's tail, and more than 16 crowded the GIL again (at 32 and 64 threads, waking
+# every caller of a batch at once lost 12-15 % of the throughput). Against the chain it replaced:
+# benchmarks/queued_callers_ab.py, docs/batching.md ("How a request flows").
 WAKING_AT_ONCE = 8
+# How long callers may wait in the queue with no place handed on before the relay takes every place back (see
+# WakeRelay): far beyond any wake-up, so a place is only ever taken back from a caller that was interrupted.
+HEAL_INTERVAL_S = 1.0
+
+logger = logging.getLogger(__name__)
 
 
 class _DoneWaking:
@@ -51,30 +61,59 @@ DONE_WAKING = _DoneWaking()
 
 
 class WakeRelay:
-    """The queue of answered synchronous callers waiting to be woken, and how many are being woken.
+    """The queue of answered synchronous callers waiting to be woken, and the callers being woken.
 
     A request enters with :meth:`add` once its answer is stored (its ``baton`` is then this relay); its
     caller, once awake, calls :meth:`passed` exactly once, and a caller that gives up (its thread was
     interrupted) calls :meth:`leave` instead, whether or not it was woken. Thread-safe.
+
+    An interruption can land anywhere in Python code, between any two of its steps, and a place never handed
+    back would be lost for the whole process. So a hand-over first records the caller it goes to on the
+    handing caller's request (its ``baton``), in one step, before it changes anything else: :meth:`leave`,
+    called by an interrupted caller's clean-up, finishes whatever part of the hand-over the interruption
+    left undone. And where a caller was interrupted outside any clean-up (a place is held, and never handed
+    on), a watcher thread, started with the first wake and woken every ``heal_interval_s``, takes back every
+    place when callers have been queued for a whole interval with no hand-over: a caller still legitimately
+    waking then finds its place taken back, and hands nothing on.
     """
 
-    __slots__ = ("__weakref__", "_lock", "_queue", "_waking", "limit")
+    __slots__ = (
+        "__weakref__",
+        "_handed",
+        "_handed_seen",
+        "_holders",
+        "_lock",
+        "_queue",
+        "_watcher",
+        "heal_interval_s",
+        "limit",
+        "places_taken_back",
+    )
 
-    def __init__(self, limit: int = WAKING_AT_ONCE) -> None:
+    def __init__(self, limit: int = WAKING_AT_ONCE, *, heal_interval_s: float = HEAL_INTERVAL_S) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        if not heal_interval_s > 0:
+            raise ValueError(f"heal_interval_s must be positive, got {heal_interval_s}")
         self.limit = limit
+        self.heal_interval_s = heal_interval_s
+        self.places_taken_back = 0  # places never handed back and taken back by the watcher, so far
         self._lock = threading.Lock()
         self._queue: deque[Request] = deque()  # answered, not yet woken, in the order they were answered
-        self._waking = 0  # callers woken that have not yet passed their place on
+        self._holders: set[Request] = set()  # woken, their places not yet handed on
+        self._handed = 0  # hand-overs so far: the watcher's sign of progress
+        self._handed_seen = 0
+        self._watcher: threading.Thread | None = None
         _fork.register(self)
 
     def _after_fork_in_child(self) -> None:
-        # The parent's blocked callers are not in the child, and the lock may have been held by one of
-        # its threads at the fork.
+        # The parent's blocked callers and its watcher are not in the child, and the lock may have been held
+        # by one of its threads at the fork.
         self._lock = threading.Lock()
         self._queue = deque()
-        self._waking = 0
+        self._holders = set()
+        self._handed = self._handed_seen = 0
+        self._watcher = None
 
     def add(self, requests: Sequence[Request]) -> None:
         """Queue the callers of ``requests`` (answered: their outputs are stored) and wake as many as there
@@ -86,50 +125,119 @@ class WakeRelay:
                 if request.baton is None:
                     request.baton = self
                     queue.append(request)
-            while self._waking < self.limit and queue:
-                wake.append(queue.popleft())
-                self._waking += 1
+            holders = self._holders
+            while len(holders) < self.limit and queue:
+                request = queue.popleft()
+                holders.add(request)
+                wake.append(request)
+            if self._watcher is None:
+                self._start_watcher()
         for request in wake:
             request.waiter.release()
 
     def passed(self, request: Request) -> None:
         """``request``'s caller is awake: it hands its place to the next caller in the queue."""
         with self._lock:
-            if request.baton is not self:  # handed on already
-                return
-            request.baton = DONE_WAKING
-            if not self._queue:
-                self._waking -= 1
-                return
-            following = self._queue.popleft()
-        following.waiter.release()
+            if request.baton is self:
+                self._hand_on(request)
+            else:  # handed on already (or taken back), or in the middle of it: finish it
+                self._finish_hand_over(request)
 
     def leave(self, request: Request) -> None:
         """``request``'s caller gave up (its thread was interrupted) once its request was answered, or is
         about to be: it is taken out of the queue if it was not woken yet, and hands its place on if it
-        was; one not queued yet is never queued (see :meth:`add`). Calling it again changes nothing."""
+        was, finishing a hand-over that the interruption cut short; one not queued yet is never queued (see
+        :meth:`add`). Calling it again changes nothing."""
         with self._lock:
-            if request.baton is None:  # not queued yet: add() will skip it
+            baton = request.baton
+            if baton is None:  # not queued yet: add() will skip it
                 request.baton = DONE_WAKING
-                return
-            if request.baton is not self:  # handed on already, or answered alone
-                return
-            request.baton = DONE_WAKING
-            try:
-                self._queue.remove(request)
-                return  # never woken: it held no place
-            except ValueError:
-                pass
-            if not self._queue:
-                self._waking -= 1
-                return
-            following = self._queue.popleft()
-        following.waiter.release()
+            elif baton is self:
+                if request in self._holders:
+                    self._hand_on(request)
+                else:  # never woken (it holds no place), or its place was just freed
+                    request.baton = DONE_WAKING
+                    with contextlib.suppress(ValueError):
+                        self._queue.remove(request)
+            else:
+                self._finish_hand_over(request)
+
+    def _hand_on(self, request: Request) -> None:
+        """With the lock held: ``request`` (a holder) hands its place to the first caller queued, or frees
+        it. Each step can be cut short by an interruption; the caller's clean-up finishes it
+        (:meth:`_finish_hand_over`)."""
+        queue = self._queue
+        if queue:
+            request.baton = queue[0]  # recorded first: from here on, the clean-up knows whom to wake
+            following = queue.popleft()
+            self._holders.add(following)
+            self._holders.discard(request)
+            self._handed += 1
+            following.waiter.release()
+        else:
+            self._holders.discard(request)
+            self._handed += 1
+        request.baton = DONE_WAKING
+
+    def _finish_hand_over(self, request: Request) -> None:
+        """With the lock held: finish a hand-over of ``request``'s place to the caller recorded as its baton
+        (a no-op when it was finished: its baton is ``DONE_WAKING``)."""
+        following = request.baton
+        if following is DONE_WAKING or following is None or following is self:
+            return
+        if following in self._queue:  # cut short before it was taken out of the queue
+            self._queue.remove(following)
+        self._holders.add(following)
+        self._holders.discard(request)
+        self._handed += 1
+        with contextlib.suppress(RuntimeError):  # woken already (then this wake is never waited for)
+            following.waiter.release()
+        request.baton = DONE_WAKING
+
+    def _start_watcher(self) -> None:
+        """With the lock held: start the watcher (once per process). A failed start (no thread left to
+        the process) is logged, and the next :meth:`add` tries again: the callers are woken either way."""
+        watcher = threading.Thread(target=self._watch, name="inprocserve-wake-relay", daemon=True)
+        try:
+            watcher.start()
+        except RuntimeError:
+            logger.exception("inprocserve: starting the wake relay's watcher failed; trying again later")
+            return
+        self._watcher = watcher
+
+    def _watch(self) -> None:
+        """Take back every place when callers wait in the queue and no place was handed on for a whole
+        interval: a caller holding one was interrupted where no clean-up ran (it is never handed on)."""
+        while True:
+            time.sleep(self.heal_interval_s)
+            wake: list[Request] = []
+            with self._lock:
+                stalled = bool(self._queue) and self._handed == self._handed_seen
+                self._handed_seen = self._handed
+                if stalled:
+                    taken = len(self._holders)
+                    for holder in self._holders:
+                        holder.baton = DONE_WAKING  # (one still waking hands nothing on)
+                    self._holders.clear()
+                    while len(self._holders) < self.limit and self._queue:
+                        request = self._queue.popleft()
+                        self._holders.add(request)
+                        wake.append(request)
+                    self.places_taken_back += taken
+            if stalled:
+                logger.warning(
+                    "inprocserve: %d caller(s) woken for an answer never handed their place on (interrupted?); "
+                    "taken back after %.1f s without a hand-over",
+                    taken,
+                    self.heal_interval_s,
+                )
+                for request in wake:
+                    request.waiter.release()
 
     def counts(self) -> tuple[int, int]:
         """(callers queued, callers being woken): for tests."""
         with self._lock:
-            return len(self._queue), self._waking
+            return len(self._queue), len(self._holders)
 
 
 RELAY = WakeRelay()  # one per process: the GIL that every woken caller needs is the process's

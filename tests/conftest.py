@@ -19,9 +19,23 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
+from inprocserve._wake_relay import RELAY
 from inprocserve.testing import build_scale_model, save_model
 
 ServerFactory = Callable[..., inprocserve.Server]
+
+
+@pytest.fixture(autouse=True)
+def every_wake_handed_back() -> Iterator[None]:
+    """No test may leave a caller queued in the process's wake relay or a place of it held: a place never
+    handed back stalls every later queued caller of the process, far from the test that lost it."""
+    taken_back = RELAY.places_taken_back
+    yield
+    try:
+        wait_until(lambda: RELAY.counts() == (0, 0))
+    except AssertionError:
+        raise AssertionError(f"the wake relay was left with (queued, woken) = {RELAY.counts()}") from None
+    assert RELAY.places_taken_back == taken_back, "the wake relay had to take back a place never handed on"
 
 
 @pytest.fixture

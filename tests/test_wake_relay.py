@@ -5,8 +5,11 @@ never handed back would leave every later caller of the process blocked for good
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,6 +116,140 @@ def test_handing_on_twice_or_leaving_afterwards_changes_nothing() -> None:
     assert relay.counts() == (0, 0)
 
 
+class Cut(BaseException):
+    """An interruption landing inside a hand-over (as a signal handler's exception can, between any two
+    steps of Python code)."""
+
+
+class CutQueue(deque):  # type: ignore[type-arg]
+    """The relay's queue, cut short once: before or after taking the first caller out."""
+
+    def __init__(self, when: str) -> None:
+        super().__init__()
+        self.when = when
+
+    def popleft(self) -> Any:
+        if self.when == "before the queue":
+            self.when = ""
+            raise Cut
+        item = super().popleft()
+        if self.when == "after the queue":
+            self.when = ""
+            raise Cut
+        return item
+
+
+class CutHolders(set):  # type: ignore[type-arg]
+    """The relay's set of woken callers, cut short once, right after a change of the kind ``when`` names."""
+
+    def __init__(self, when: str) -> None:
+        super().__init__()
+        self.when = when
+
+    def add(self, item: Any) -> None:
+        super().add(item)
+        if self.when == "after the new holder":
+            self.when = ""
+            raise Cut
+
+    def discard(self, item: Any) -> None:
+        super().discard(item)
+        if self.when == "after the old holder":
+            self.when = ""
+            raise Cut
+
+
+class CutWake:
+    """A caller's waiter whose release is cut short once, right after it woke the caller."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock, self.armed = lock, False
+
+    def acquire(self, *args: Any, **kwargs: Any) -> bool:
+        return bool(self.lock.acquire(*args, **kwargs))
+
+    def release(self) -> None:
+        self.lock.release()
+        if self.armed:
+            self.armed = False
+            raise Cut
+
+    def locked(self) -> bool:
+        return bool(self.lock.locked())
+
+
+@pytest.mark.parametrize(
+    "where", ["before the queue", "after the queue", "after the new holder", "after the old holder", "after the wake"]
+)
+def test_a_hand_over_cut_short_anywhere_is_finished_by_the_callers_clean_up(where: str) -> None:
+    relay = WakeRelay(limit=1)
+    requests = answered(3)
+    relay.add(requests)  # the first woken, two queued
+    if where.endswith("queue"):
+        relay._queue = CutQueue(where)
+        relay._queue.extend(requests[1:])
+    elif where.endswith("holder"):
+        relay._holders = CutHolders(where)
+        set.add(relay._holders, requests[0])
+    else:
+        requests[1].waiter = CutWake(requests[1].waiter)
+        requests[1].waiter.armed = True
+    assert requests[0].waiter.acquire(blocking=False)
+    with pytest.raises(Cut):
+        relay.passed(requests[0])
+    relay.leave(requests[0])  # what the interrupted caller's clean-up (Batcher.interrupted) does
+    assert woken(requests) == [1] and relay.counts() == (1, 1)
+    wake_up(requests[1], relay)
+    wake_up(requests[2], relay)
+    assert relay.counts() == (0, 0)
+    relay.leave(requests[0])  # again: nothing changes
+    assert relay.counts() == (0, 0) and woken(requests) == []
+
+
+def test_a_last_place_freed_then_cut_short_is_not_freed_twice() -> None:
+    relay = WakeRelay(limit=1)
+    requests = answered(1)
+    relay.add(requests)
+    relay._holders = CutHolders("after the old holder")
+    set.add(relay._holders, requests[0])
+    assert requests[0].waiter.acquire(blocking=False)
+    with pytest.raises(Cut):
+        relay.passed(requests[0])
+    relay.leave(requests[0])
+    later = answered(2)
+    relay.add(later)
+    assert woken(later) == [0] and relay.counts() == (1, 1)  # one place, not two
+    wake_up(later[0], relay)
+    wake_up(later[1], relay)
+
+
+def test_places_never_handed_back_are_taken_back_once_callers_wait_a_whole_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A caller interrupted where no clean-up runs (between queueing its request and waiting for it) holds
+    # its place for good: the watcher takes it back, and the callers behind it are woken.
+    relay = WakeRelay(limit=1, heal_interval_s=0.05)
+    requests = answered(3)
+    relay.add(requests)  # the first is woken, and its caller never comes
+    assert requests[1].waiter.acquire(timeout=10), "the queued caller was never woken"
+    assert relay.places_taken_back == 1 and "never handed their place on" in caplog.text
+    wake_up(requests[0], relay)  # a caller that was only slow finds its place taken back: nothing changes
+    assert relay.counts() == (1, 1) and woken(requests) == []
+    relay.passed(requests[1])
+    wake_up(requests[2], relay)
+    assert relay.counts() == (0, 0)
+
+
+def test_callers_handing_places_on_slowly_keep_them() -> None:
+    relay = WakeRelay(limit=1, heal_interval_s=0.2)
+    requests = answered(4)
+    relay.add(requests)
+    for request in requests:  # a hand-over every 0.1 s: slow, but never a whole interval without one
+        time.sleep(0.1)
+        wake_up(request, relay)
+    assert relay.places_taken_back == 0 and relay.counts() == (0, 0)
+
+
 def test_a_relay_takes_at_least_one_caller_at_a_time() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         WakeRelay(limit=0)
@@ -192,8 +329,10 @@ def test_every_caller_of_a_busy_server_is_answered_and_every_place_handed_back(
             with lock:
                 outcomes.append(result)
 
+    taken_back = RELAY.places_taken_back
     with ThreadPoolExecutor(24) as pool:
         list(pool.map(caller, range(24)))
+    assert RELAY.places_taken_back == taken_back  # no place lost, none taken back from a slow caller
     assert len(outcomes) == 24 * 15 and "wrong" not in outcomes and "answered" in outcomes
     status = version_status(server, "busy")
     assert status["batches_run"] < status["rows_run"]  # requests shared batches: their callers were relayed
@@ -204,15 +343,21 @@ def test_a_relay_forked_while_its_lock_was_held_serves_the_child() -> None:
     """gunicorn ``--preload`` forks workers whenever it likes: the relay's lock, held by one of the master's
     threads at that moment, must not stay held in the worker, whose first batch would hang."""
     relay = WakeRelay(limit=1)
+    parents = answered(3)
+    relay.add(parents)  # the parent's callers: one woken, two queued
 
     def in_the_child() -> str:
+        before = relay.counts()
         requests = answered(2)
         relay.add(requests)
-        return f"woken {woken(requests)}, counts {relay.counts()}"
+        return f"before {before}, woken {woken(requests)}, counts {relay.counts()}"
 
     with relay._lock:  # (as a thread of the parent's would hold it)
         answer = run_in_forked_child(in_the_child, timeout_s=20)
-    assert answer == "woken [0], counts (1, 1)"
+    assert answer == "before (0, 0), woken [0], counts (1, 1)"
+    for request in parents:  # the parent's relay goes on
+        wake_up(request, relay)
+    assert relay.counts() == (0, 0)
 
 
 def test_the_process_relay_is_used_by_complete_batch(monkeypatch: pytest.MonkeyPatch) -> None:
