@@ -473,12 +473,16 @@ class Batcher:
                 return
             if request.wait(deadline - self._clock()):
                 return
-            if self._give_up(request):  # answered as the deadline passed: the answer is being handed over now
-                request.wait(None)
-                return
-        except BaseException:  # (interrupted() gives it up again: that changes nothing twice)
+        except BaseException:
             self.interrupted(request)
             raise
+        if self._give_up(request):  # answered as the deadline passed: the answer is being handed over now
+            try:
+                request.wait(None)
+            except BaseException:
+                self.interrupted(request)
+                raise
+            return
         raise DeadlineExceededError(
             f"model {self.model!r} version {self.version}: no answer within the request's deadline",
             model=self.model,

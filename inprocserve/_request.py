@@ -126,8 +126,9 @@ class Request:
         self.outputs: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.enqueued_at = 0.0
-        # None until answered; then the relay that wakes it (its caller hands its place on once awake), or
-        # DONE_WAKING (answered alone, or its place handed on): see _wake_relay
+        # None until answered; then the relay that wakes it (its caller hands its place on once awake), the
+        # request its place is being handed to (during a hand-over), or DONE_WAKING (answered alone, its
+        # place handed on or taken back, or its caller gave up): see _wake_relay
         self.baton: Any = None
         self.span: Any = None  # the request's OpenTelemetry span, linked from the batch span
         self.cache_key: bytes | None = None  # set when this request runs for identical ones in flight

@@ -41,15 +41,17 @@ __all__ = ["DONE_WAKING", "HEAL_INTERVAL_S", "RELAY", "WAKING_AT_ONCE", "WakeRel
 # every caller of a batch at once lost 12-15 % of the throughput). Against the chain it replaced:
 # benchmarks/queued_callers_ab.py, docs/batching.md ("How a request flows").
 WAKING_AT_ONCE = 8
-# How long callers may wait in the queue with no place handed on before the relay takes every place back (see
-# WakeRelay): far beyond any wake-up, so a place is only ever taken back from a caller that was interrupted.
+# How often the relay's watcher looks for places never handed on (see WakeRelay): a place held across two of
+# its looks (one to two intervals) is taken back. Far beyond any wake-up, so in practice only a caller that
+# was interrupted where no clean-up runs loses its place.
 HEAL_INTERVAL_S = 1.0
 
 logger = logging.getLogger(__name__)
 
 
 class _DoneWaking:
-    """The baton of a caller with no place to hand on: answered alone, or its place handed on already."""
+    """The baton of a caller with no place to hand on: answered alone, its place handed on or taken back,
+    or its caller gave up."""
 
     __slots__ = ()
 
@@ -71,20 +73,21 @@ class WakeRelay:
     back would be lost for the whole process. So a hand-over first records the caller it goes to on the
     handing caller's request (its ``baton``), in one step, before it changes anything else: :meth:`leave`,
     called by an interrupted caller's clean-up, finishes whatever part of the hand-over the interruption
-    left undone. And where a caller was interrupted outside any clean-up (a place is held, and never handed
-    on), a watcher thread, started with the first wake and woken every ``heal_interval_s``, takes back every
-    place when callers have been queued for a whole interval with no hand-over: a caller still legitimately
-    waking then finds its place taken back, and hands nothing on.
+    left undone. And where a caller was interrupted outside any clean-up (its place is held, and never
+    handed on), a watcher thread, running while any caller is queued or being woken and looking every
+    ``heal_interval_s``, takes back each place held across two of its looks (and finishes a hand-over that
+    was cut short with no clean-up after it); a caller that was only slow to wake then finds its place
+    taken back, and hands nothing on.
     """
 
     __slots__ = (
         "__weakref__",
-        "_handed",
-        "_handed_seen",
+        "_held_last_look",
         "_holders",
         "_lock",
         "_queue",
         "_watcher",
+        "_watcher_failed",
         "heal_interval_s",
         "limit",
         "places_taken_back",
@@ -101,9 +104,9 @@ class WakeRelay:
         self._lock = threading.Lock()
         self._queue: deque[Request] = deque()  # answered, not yet woken, in the order they were answered
         self._holders: set[Request] = set()  # woken, their places not yet handed on
-        self._handed = 0  # hand-overs so far: the watcher's sign of progress
-        self._handed_seen = 0
-        self._watcher: threading.Thread | None = None
+        self._held_last_look: set[Request] = set()  # the holders when the watcher last looked
+        self._watcher: threading.Thread | None = None  # while any caller is queued or being woken
+        self._watcher_failed = False  # a start failed (logged once)
         _fork.register(self)
 
     def _after_fork_in_child(self) -> None:
@@ -112,7 +115,7 @@ class WakeRelay:
         self._lock = threading.Lock()
         self._queue = deque()
         self._holders = set()
-        self._handed = self._handed_seen = 0
+        self._held_last_look = set()
         self._watcher = None
 
     def add(self, requests: Sequence[Request]) -> None:
@@ -130,10 +133,18 @@ class WakeRelay:
                 request = queue.popleft()
                 holders.add(request)
                 wake.append(request)
-            if self._watcher is None:
-                self._start_watcher()
+            started = self._watcher is not None or self._start_watcher()
         for request in wake:
-            request.waiter.release()
+            try:
+                request.waiter.release()
+            except RuntimeError:  # the watcher woke it first (this thread was held up for seconds)
+                pass
+        if not started and not self._watcher_failed:
+            self._watcher_failed = True
+            logger.warning(
+                "inprocserve: the wake relay's watcher thread could not be started (trying again with each "
+                "batch): places of callers interrupted outside any clean-up are not taken back meanwhile"
+            )
 
     def passed(self, request: Request) -> None:
         """``request``'s caller is awake: it hands its place to the next caller in the queue."""
@@ -172,11 +183,9 @@ class WakeRelay:
             following = queue.popleft()
             self._holders.add(following)
             self._holders.discard(request)
-            self._handed += 1
             following.waiter.release()
         else:
             self._holders.discard(request)
-            self._handed += 1
         request.baton = DONE_WAKING
 
     def _finish_hand_over(self, request: Request) -> None:
@@ -185,54 +194,67 @@ class WakeRelay:
         following = request.baton
         if following is DONE_WAKING or following is None or following is self:
             return
-        if following in self._queue:  # cut short before it was taken out of the queue
-            self._queue.remove(following)
-        self._holders.add(following)
+        if following.baton is self:  # it has not run yet (nor lost its place): the place is its own now
+            if following in self._queue:  # cut short before it was taken out of the queue
+                self._queue.remove(following)
+            self._holders.add(following)
         self._holders.discard(request)
-        self._handed += 1
-        with contextlib.suppress(RuntimeError):  # woken already (then this wake is never waited for)
+        # Woken already: a second release is never waited for (the caller took its wake, or takes this one).
+        with contextlib.suppress(RuntimeError):
             following.waiter.release()
         request.baton = DONE_WAKING
 
-    def _start_watcher(self) -> None:
-        """With the lock held: start the watcher (once per process). A failed start (no thread left to
-        the process) is logged, and the next :meth:`add` tries again: the callers are woken either way."""
+    def _start_watcher(self) -> bool:
+        """With the lock held: start the watcher; whether it started. A failed start (no thread left to the
+        process) leaves the next :meth:`add` to try again: the callers are woken either way."""
         watcher = threading.Thread(target=self._watch, name="inprocserve-wake-relay", daemon=True)
         try:
             watcher.start()
         except RuntimeError:
-            logger.exception("inprocserve: starting the wake relay's watcher failed; trying again later")
-            return
+            return False
         self._watcher = watcher
+        self._held_last_look = set()
+        return True
 
     def _watch(self) -> None:
-        """Take back every place when callers wait in the queue and no place was handed on for a whole
-        interval: a caller holding one was interrupted where no clean-up ran (it is never handed on)."""
+        """Every ``heal_interval_s``: take back each place held since the last look (its caller was
+        interrupted where no clean-up runs, and never hands it on) and wake the callers queued behind it;
+        return once no caller is queued or being woken (the next :meth:`add` starts a watcher again)."""
         while True:
             time.sleep(self.heal_interval_s)
             wake: list[Request] = []
             with self._lock:
-                stalled = bool(self._queue) and self._handed == self._handed_seen
-                self._handed_seen = self._handed
-                if stalled:
-                    taken = len(self._holders)
-                    for holder in self._holders:
-                        holder.baton = DONE_WAKING  # (one still waking hands nothing on)
-                    self._holders.clear()
-                    while len(self._holders) < self.limit and self._queue:
-                        request = self._queue.popleft()
-                        self._holders.add(request)
-                        wake.append(request)
-                    self.places_taken_back += taken
-            if stalled:
+                stale = self._holders & self._held_last_look
+                for holder in list(stale):
+                    baton = holder.baton
+                    if baton is not self and baton is not DONE_WAKING and baton is not None:
+                        self._finish_hand_over(holder)  # a hand-over cut short, its clean-up never run
+                stale &= self._holders
+                for holder in stale:
+                    holder.baton = DONE_WAKING  # (one that was only slow hands nothing on)
+                    self._holders.discard(holder)
+                    wake.append(holder)  # (one cut short before its own wake gets it; again is harmless)
+                while len(self._holders) < self.limit and self._queue:
+                    request = self._queue.popleft()
+                    self._holders.add(request)
+                    wake.append(request)
+                self._held_last_look = set(self._holders)
+                self.places_taken_back += len(stale)
+                done = not self._holders and not self._queue
+                if done:
+                    self._watcher = None
+            if stale:
                 logger.warning(
-                    "inprocserve: %d caller(s) woken for an answer never handed their place on (interrupted?); "
-                    "taken back after %.1f s without a hand-over",
-                    taken,
+                    "inprocserve: %d caller(s) woken for an answer did not hand their place on within %.1f s "
+                    "(interrupted?); taken back",
+                    len(stale),
                     self.heal_interval_s,
                 )
-                for request in wake:
+            for request in wake:
+                with contextlib.suppress(RuntimeError):  # (woken already)
                     request.waiter.release()
+            if done:
+                return
 
     def counts(self) -> tuple[int, int]:
         """(callers queued, callers being woken): for tests."""

@@ -232,9 +232,52 @@ def test_places_never_handed_back_are_taken_back_once_callers_wait_a_whole_inter
     requests = answered(3)
     relay.add(requests)  # the first is woken, and its caller never comes
     assert requests[1].waiter.acquire(timeout=10), "the queued caller was never woken"
-    assert relay.places_taken_back == 1 and "never handed their place on" in caplog.text
+    assert relay.places_taken_back == 1 and "did not hand their place on" in caplog.text
     wake_up(requests[0], relay)  # a caller that was only slow finds its place taken back: nothing changes
     assert relay.counts() == (1, 1) and woken(requests) == []
+    relay.passed(requests[1])
+    wake_up(requests[2], relay)
+    assert relay.counts() == (0, 0)
+
+
+def test_a_successor_that_ran_before_the_clean_up_is_not_given_the_place_again() -> None:
+    relay = WakeRelay(limit=1)
+    requests = answered(3)
+    relay.add(requests)
+    requests[1].waiter = CutWake(requests[1].waiter)
+    requests[1].waiter.armed = True
+    assert requests[0].waiter.acquire(blocking=False)
+    with pytest.raises(Cut):
+        relay.passed(requests[0])  # cut short right after it woke the next caller ...
+    wake_up(requests[1], relay)  # ... which ran, and handed the place on, before the clean-up came
+    relay.leave(requests[0])
+    assert relay.counts() == (0, 1)  # the last caller's place only
+    wake_up(requests[2], relay)
+    assert relay.counts() == (0, 0)
+
+
+def test_one_place_never_handed_back_is_taken_back_while_the_others_go_on() -> None:
+    relay = WakeRelay(limit=2, heal_interval_s=0.05)
+    requests = answered(4)
+    relay.add(requests)  # the first's caller never comes; the others hand their places on
+    for request in requests[1:]:
+        assert request.waiter.acquire(timeout=10)
+        relay.passed(request)
+    wait_until(lambda: relay.counts() == (0, 0))
+    assert relay.places_taken_back == 1
+    wait_until(lambda: relay._watcher is None)  # nobody queued or being woken: the watcher is gone
+
+
+def test_a_hand_over_cut_short_with_no_clean_up_after_it_is_finished_by_the_watcher() -> None:
+    relay = WakeRelay(limit=1, heal_interval_s=0.05)
+    requests = answered(3)
+    relay.add(requests)
+    relay._queue = CutQueue("after the queue")
+    relay._queue.extend(requests[1:])
+    assert requests[0].waiter.acquire(blocking=False)
+    with pytest.raises(Cut):
+        relay.passed(requests[0])  # the next caller is out of the queue, not yet woken; no clean-up runs
+    assert requests[1].waiter.acquire(timeout=10), "the caller the place was going to was lost"
     relay.passed(requests[1])
     wake_up(requests[2], relay)
     assert relay.counts() == (0, 0)
