@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -248,11 +248,11 @@ class BatchExecution:
         return {name: np.concatenate([part[index] for part in parts]) for index, name in enumerate(self._output_names)}
 
 
-def _request_spans(batch: list[Request]) -> list[Any]:
+def _request_spans(batch: list[Request]) -> Iterator[Any]:
     """The request spans a batch span links to: each request's, and those of the callers an event loop
-    merged into one request (``Request.member_spans``)."""
-    spans = [request.span for request in batch]
+    merged into one request (``Request.member_spans``). A generator: read only for a batch span that may be
+    recorded (see ``start_batch_span``)."""
     for request in batch:
+        yield request.span
         if request.member_spans:
-            spans.extend(request.member_spans)
-    return spans
+            yield from request.member_spans

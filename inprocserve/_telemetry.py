@@ -218,7 +218,9 @@ def start_request_span(model: str, attributes: Mapping[str, Any] | None = None, 
     else:
         roots = _root_sampling()
         if roots is not None:
-            return roots.start_span(attributes if attributes is not None else {ATTR_MODEL: _short(model)}, since)
+            return roots.start_span(
+                SPAN_PREDICT, attributes if attributes is not None else {ATTR_MODEL: _short(model)}, since
+            )
     # (a name not yet resolved is the caller's string, of any length: cut like every other attribute value)
     return _TRACER.start_span(
         SPAN_PREDICT,
@@ -235,9 +237,9 @@ def _wall_ns(since: float) -> int:
 
 
 class _RootSampling:
-    """Root request spans under the OpenTelemetry SDK's ``TraceIdRatioBased`` root sampler (alone, or as the
-    root sampler of ``ParentBased``: what ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` installs), decided
-    before the SDK is asked for a span.
+    """Root spans (of requests outside any trace, of batches, of shadow runs) under the OpenTelemetry SDK's
+    ``TraceIdRatioBased`` root sampler (alone, or as the root sampler of ``ParentBased``: what
+    ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` installs), decided before the SDK is asked for a span.
 
     That sampler's decision depends on the trace id alone (its low 64 bits against the sampler's ``bound``).
     So the library draws the id with the provider's own id generator and compares it as the sampler would.
@@ -246,7 +248,9 @@ class _RootSampling:
     result: a remote backend still receives a ``traceparent`` that says "not sampled". A span it samples is
     made by the SDK's own tracer for this scope, whose id generator hands out the id already drawn, so the
     SDK's sampler decides the same and the span is the SDK's: same trace id, sampler attributes, processors
-    and limits. (The SDK's optional self-monitoring metrics then count no dropped root request spans.)
+    and limits. That sampler reads neither links nor attributes, so a batch's links (one per sampled
+    request it served) are gathered only for a batch it samples. (The SDK's optional self-monitoring
+    metrics then count no dropped root spans.)
     """
 
     __slots__ = ("_bound", "_ids", "_preset", "_random", "_tracer")
@@ -259,7 +263,18 @@ class _RootSampling:
         random_ids = getattr(self._ids, "is_trace_id_random", None)
         self._random = TraceFlags(TraceFlags.RANDOM_TRACE_ID if random_ids is not None and random_ids() else 0)
 
-    def start_span(self, attributes: Mapping[str, Any], since: float | None = None) -> Span:
+    def start_span(
+        self,
+        name: str,
+        attributes: Mapping[str, Any],
+        since: float | None = None,
+        *,
+        context: Context | None = None,
+        links: Callable[[], Sequence[Link]] | None = None,
+    ) -> Span:
+        """A root span named ``name``: the SDK's if its sampler samples it, else a non-recording one made
+        here. ``context``: passed to the SDK's tracer (``Context()`` for a span that must not take the
+        current span as its parent); ``links``: called for a sampled span only."""
         ids = self._ids
         trace_id = ids.generate_trace_id()
         if trace_id & _TRACE_ID_LIMIT >= self._bound:
@@ -269,9 +284,11 @@ class _RootSampling:
         preset.trace_id = trace_id
         try:
             span: Span = self._tracer.start_span(
-                SPAN_PREDICT,
+                name,
+                context=context,
                 kind=SpanKind.INTERNAL,
                 attributes=attributes,
+                links=None if links is None else links(),
                 start_time=None if since is None else _wall_ns(since),
             )
         finally:
@@ -479,14 +496,19 @@ def _telemetry_failed(action: str) -> None:
 
 def start_batch_span(model: str, version: int, request_spans: Iterable[Span | None]) -> Span:
     """The span of one executed batch: a root span with a link to every request span it served (one batch
-    serves many traces, so it cannot have one parent)."""
-    links = _links(request_spans)
+    serves many traces, so it cannot have one parent). Under a trace-id ratio root sampler a batch it drops
+    costs no SDK call and no link (see :class:`_RootSampling`)."""
+    return _start_root_span(SPAN_BATCH, {ATTR_MODEL: model, ATTR_VERSION: version}, request_spans)
+
+
+def _start_root_span(name: str, attributes: Mapping[str, Any], linked: Iterable[Span | None]) -> Span:
+    """A root span (never a child of the current span) linked to the sampled spans among ``linked`` (read
+    once, and only for a span that may be recorded: pass a generator to defer the work of listing them)."""
+    roots = _root_sampling()
+    if roots is not None:
+        return roots.start_span(name, attributes, context=Context(), links=lambda: _links(linked))
     return _TRACER.start_span(
-        SPAN_BATCH,
-        context=Context(),
-        kind=SpanKind.INTERNAL,
-        links=links,
-        attributes={ATTR_MODEL: model, ATTR_VERSION: version},
+        name, context=Context(), kind=SpanKind.INTERNAL, links=_links(linked), attributes=attributes
     )
 
 
@@ -512,13 +534,9 @@ def end_batch_span(span: Span, *, rows: int, requests: int, compute_s: float, er
 
 
 def start_shadow_span(model: str, version: int, primary: Span | None) -> Span:
-    links = _links(() if primary is None else (primary,))
-    return tracer().start_span(
-        SPAN_SHADOW,
-        context=Context(),
-        kind=SpanKind.INTERNAL,
-        links=links,
-        attributes={ATTR_MODEL: model, ATTR_SHADOW_VERSION: version},
+    """The span of one shadow run: a root span linked to the request span it mirrors, if that is sampled."""
+    return _start_root_span(
+        SPAN_SHADOW, {ATTR_MODEL: model, ATTR_SHADOW_VERSION: version}, () if primary is None else (primary,)
     )
 
 

@@ -113,7 +113,7 @@ def test_a_root_request_span_is_made_exactly_when_the_sdk_would_sample_it(sample
     assert roots is not None
     again = _telemetry._sampling_of(provider)  # set up again (threads racing): one id generator, shared
     assert again is not None and again._preset is roots._preset
-    made = [roots.start_span({"inprocserve.model.name": "m"}) for _ in range(400)]
+    made = [roots.start_span("inprocserve.predict", {"inprocserve.model.name": "m"}) for _ in range(400)]
     for span in made:
         span.end()
     assert len(ids.drawn) == 400  # one id per request, the SDK drew none of its own
@@ -138,6 +138,49 @@ def test_a_root_request_span_is_made_exactly_when_the_sdk_would_sample_it(sample
     provider.get_tracer("another.library").start_span("theirs").end()
     _telemetry._sampling_of(provider)._tracer.start_span("ours").end()  # type: ignore[union-attr]
     assert len(ids.drawn) == 402
+    provider.shutdown()
+
+
+def test_a_batch_span_is_made_by_the_sdk_exactly_when_its_ratio_sampler_samples_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch span is a root span: under a trace-id ratio sampler the library decides it first, as it
+    decides a root request span, even inside a sampled span's context. The spans recorded are the SDK's,
+    with their links; a dropped one costs no SDK call, and its request spans are never even listed."""
+    ids = _SequenceIds()
+    exporter = InMemorySpanExporter()
+    sampler = ParentBased(TraceIdRatioBased(0.25))
+    provider = TracerProvider(sampler=sampler, id_generator=ids)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    request = TracerProvider().get_tracer("web").start_span("a sampled request")
+    listed: list[int] = []
+
+    def request_spans() -> Iterator[Any]:
+        listed.append(1)
+        yield request
+        yield INVALID_SPAN
+
+    token = otel_context.attach(trace.set_span_in_context(request))
+    try:
+        made = [start_batch_span("m", 3, request_spans()) for _ in range(200)]
+    finally:
+        otel_context.detach(token)
+    for span in made:
+        span.end()
+    assert len(ids.drawn) == 200  # one trace id per batch, drawn by the provider's generator
+    kept = [sampler.should_sample(None, trace_id, "inprocserve.batch").decision.is_sampled() for trace_id in ids.drawn]
+    assert 20 < sum(kept) < 80
+    assert len(listed) == sum(kept)  # links gathered for the sampled batches only
+    for span, trace_id, sampled in zip(made, ids.drawn, kept, strict=True):
+        assert span.get_span_context().trace_id == trace_id and span.get_span_context().trace_flags.sampled == sampled
+        assert isinstance(span, NonRecordingSpan) != sampled
+    exported = exporter.get_finished_spans()
+    assert [span.context.trace_id for span in exported] == [t for t, k in zip(ids.drawn, kept, strict=True) if k]
+    for span in exported:
+        assert span.name == "inprocserve.batch" and span.parent is None  # a root, whatever span is current
+        assert [link.context.span_id for link in span.links] == [request.get_span_context().span_id]
+        assert dict(span.attributes or {}) == {"inprocserve.model.name": "m", "inprocserve.model.version": 3}
     provider.shutdown()
 
 
