@@ -7,9 +7,10 @@
    the split as proportions of a measured total, not as exact figures.
 2. The OpenTelemetry SDK's cost per operation, timed in isolation (thread CPU time, best of 5 repeats)
    with the SDK set up as production runs it (``ParentBased(TraceIdRatioBased(0.01))``, a batch span
-   processor, a periodic metric reader): a span under each kind of parent, a histogram record by number of
-   attributes, a counter, and the library's per-version ``Recorder`` calls: with no server open (the
-   calling thread records every 64th time, in bulk) and as a server runs them (the recording thread records).
+   processor, a periodic metric reader): a span under each kind of parent, the library's root spans (a
+   request's, a batch's) against the SDK's, a histogram record by number of attributes, a counter, and the
+   library's per-version ``Recorder`` calls: with no server open (the calling thread records every 64th
+   time, in bulk) and as a server runs them (the recording thread records).
 
     python benchmarks/telemetry_profile.py [--calls 20000] [--model mlp-small] [--out DIR]
 
@@ -167,6 +168,24 @@ def sdk_costs(repeat: int = 5, number: int = 20_000) -> dict[str, float]:
         )
     finally:
         context.detach(token)
+    # root spans the library decides before the SDK under this sampler (99 % of them dropped): a request
+    # outside any trace, and a worker's batch span with the spans of the requests it served to link
+    costs["library root request span, 1 % sampler"] = best(lambda: _telemetry.start_request_span("m").end())
+    for served in (1, 8, 40):
+        spans = [_telemetry.start_request_span("m") for _ in range(served)]
+        costs[f"library batch span, 1 % sampler, {served} request spans"] = best(
+            lambda spans=spans: _telemetry.end_batch_span(
+                _telemetry.start_batch_span("m", 1, iter(spans)), rows=1, requests=1, compute_s=0.001, error=None
+            )
+        )
+        costs[f"SDK batch span (as before), 1 % sampler, {served} request spans"] = best(
+            lambda spans=spans: tracer.start_span(
+                "inprocserve.batch",
+                context=Context(),
+                links=_telemetry._links(spans),
+                attributes={"inprocserve.model.name": "m", "inprocserve.model.version": 1},
+            ).end()
+        )
     for count, attrs in attributes.items():
         costs[f"histogram record, {count} attributes"] = best(lambda attrs=attrs: histogram.record(0.001, attrs))
     counter = metrics.get_meter("benchmark").create_counter("benchmark.count")
