@@ -249,17 +249,22 @@ class _RootSampling:
     made by the SDK's own tracer for this scope, whose id generator hands out the id already drawn, so the
     SDK's sampler decides the same and the span is the SDK's: same trace id, sampler attributes, processors
     and limits. That sampler reads neither links nor attributes, so a batch's links (one per sampled
-    request it served) are gathered only for a batch it samples. (The SDK's optional self-monitoring
-    metrics then count no dropped root spans.)
+    request it served) are gathered only for a batch it samples, before the id is handed over (listing them
+    may start other spans). While the SDK's tracer is switched off (its experimental tracer configurator),
+    the SDK makes the span, as it would (an invalid one). (The SDK's optional self-monitoring metrics count
+    no dropped root spans.)
     """
 
-    __slots__ = ("_bound", "_ids", "_preset", "_random", "_tracer")
+    __slots__ = ("_bound", "_enabled", "_ids", "_preset", "_random", "_tracer")
 
     def __init__(self, tracer: Any, preset: _PresetTraceIds, bound: int) -> None:
         self._tracer = tracer
         self._preset = preset
         self._ids = preset.ids
         self._bound = bound
+        # the SDK's tracer may be switched off, and on again, at any time (its experimental tracer configurator):
+        # then it makes an invalid span of its own, which it must be left to make
+        self._enabled: Callable[[], bool] | None = getattr(tracer, "_is_enabled", None)
         random_ids = getattr(self._ids, "is_trace_id_random", None)
         self._random = TraceFlags(TraceFlags.RANDOM_TRACE_ID if random_ids is not None and random_ids() else 0)
 
@@ -275,20 +280,25 @@ class _RootSampling:
         """A root span named ``name``: the SDK's if its sampler samples it, else a non-recording one made
         here. ``context``: passed to the SDK's tracer (``Context()`` for a span that must not take the
         current span as its parent); ``links``: called for a sampled span only."""
+        enabled = self._enabled
+        if enabled is not None and not enabled():
+            span: Span = self._tracer.start_span(name, context=context, kind=SpanKind.INTERNAL)
+            return span
         ids = self._ids
         trace_id = ids.generate_trace_id()
         if trace_id & _TRACE_ID_LIMIT >= self._bound:
             span_id = ids.generate_span_id()
             return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False, trace_flags=self._random))
+        listed = None if links is None else links()  # (before the id is preset: listing may start spans too)
         preset = self._preset.local
         preset.trace_id = trace_id
         try:
-            span: Span = self._tracer.start_span(
+            span = self._tracer.start_span(
                 name,
                 context=context,
                 kind=SpanKind.INTERNAL,
                 attributes=attributes,
-                links=None if links is None else links(),
+                links=listed,
                 start_time=None if since is None else _wall_ns(since),
             )
         finally:

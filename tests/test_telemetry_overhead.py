@@ -3,6 +3,7 @@ recorded, links only to sampled spans, and per-version recorders whose metric re
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -27,12 +30,12 @@ from opentelemetry.sdk.trace.sampling import (
     StaticSampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, SpanContext, TraceFlags
 
 import inprocserve
 from inprocserve import _recorder, _telemetry
 from inprocserve._recorder import Recorder
-from inprocserve._telemetry import start_batch_span, start_request_span, unsampled_child_dropped
+from inprocserve._telemetry import start_batch_span, start_request_span, start_shadow_span, unsampled_child_dropped
 
 from .conftest import ServerFactory
 from .test_telemetry import Otel
@@ -141,12 +144,31 @@ def test_a_root_request_span_is_made_exactly_when_the_sdk_would_sample_it(sample
     provider.shutdown()
 
 
-def test_a_batch_span_is_made_by_the_sdk_exactly_when_its_ratio_sampler_samples_it(
-    monkeypatch: pytest.MonkeyPatch,
+# The library's root spans other than a request's: (name, its own attributes, how the library makes one
+# linked to ``spans``), for a model "m" of version 3.
+_LINKED_ROOTS = {
+    "batch": (
+        "inprocserve.batch",
+        {"inprocserve.model.name": "m", "inprocserve.model.version": 3},
+        lambda spans: start_batch_span("m", 3, spans),
+    ),
+    "shadow": (
+        "inprocserve.shadow",
+        {"inprocserve.model.name": "m", "inprocserve.shadow.version": 3},
+        lambda spans: start_shadow_span("m", 3, next(iter(spans))),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_LINKED_ROOTS))
+def test_a_batch_or_shadow_span_is_made_by_the_sdk_exactly_when_its_ratio_sampler_samples_it(
+    monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    """A batch span is a root span: under a trace-id ratio sampler the library decides it first, as it
-    decides a root request span, even inside a sampled span's context. The spans recorded are the SDK's,
-    with their links; a dropped one costs no SDK call, and its request spans are never even listed."""
+    """A batch (or shadow) span is a root span: under a trace-id ratio sampler the library decides it first,
+    as it decides a root request span, even inside a sampled span's context. The spans recorded are the
+    SDK's, with their links; a dropped one costs no SDK call, and the spans it would link are never even
+    listed."""
+    name, attributes, make = _LINKED_ROOTS[kind]
     ids = _SequenceIds()
     exporter = InMemorySpanExporter()
     sampler = ParentBased(TraceIdRatioBased(0.25))
@@ -155,33 +177,144 @@ def test_a_batch_span_is_made_by_the_sdk_exactly_when_its_ratio_sampler_samples_
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
     request = TracerProvider().get_tracer("web").start_span("a sampled request")
     listed: list[int] = []
+    links = _telemetry._links
 
-    def request_spans() -> Iterator[Any]:
+    def counted_links(spans: Any) -> Any:
         listed.append(1)
-        yield request
-        yield INVALID_SPAN
+        return links(spans)
 
+    monkeypatch.setattr(_telemetry, "_links", counted_links)
     token = otel_context.attach(trace.set_span_in_context(request))
     try:
-        made = [start_batch_span("m", 3, request_spans()) for _ in range(200)]
+        made = [make(iter([request, INVALID_SPAN])) for _ in range(200)]
     finally:
         otel_context.detach(token)
     for span in made:
         span.end()
-    assert len(ids.drawn) == 200  # one trace id per batch, drawn by the provider's generator
-    kept = [sampler.should_sample(None, trace_id, "inprocserve.batch").decision.is_sampled() for trace_id in ids.drawn]
+    assert len(ids.drawn) == 200  # one trace id per span, drawn by the provider's generator
+    kept = [sampler.should_sample(None, trace_id, name).decision.is_sampled() for trace_id in ids.drawn]
     assert 20 < sum(kept) < 80
-    assert len(listed) == sum(kept)  # links gathered for the sampled batches only
+    assert len(listed) == sum(kept)  # links gathered for the sampled spans only
     for span, trace_id, sampled in zip(made, ids.drawn, kept, strict=True):
         assert span.get_span_context().trace_id == trace_id and span.get_span_context().trace_flags.sampled == sampled
         assert isinstance(span, NonRecordingSpan) != sampled
     exported = exporter.get_finished_spans()
     assert [span.context.trace_id for span in exported] == [t for t, k in zip(ids.drawn, kept, strict=True) if k]
     for span in exported:
-        assert span.name == "inprocserve.batch" and span.parent is None  # a root, whatever span is current
+        assert span.name == name and span.parent is None  # a root, whatever span is current
         assert [link.context.span_id for link in span.links] == [request.get_span_context().span_id]
-        assert dict(span.attributes or {}) == {"inprocserve.model.name": "m", "inprocserve.model.version": 3}
+        assert dict(span.attributes or {}) == attributes
     provider.shutdown()
+
+
+def test_a_span_started_while_a_batch_lists_its_links_does_not_take_the_batchs_trace_id() -> None:
+    """The trace id drawn for a sampled batch is handed to the SDK's tracer once; a root span that the
+    listing of its links starts on the same thread (a span processor, an instrumented ``__iter__``) draws its
+    own."""
+    ids = _SequenceIds()
+    roots = _telemetry._sampling_of(TracerProvider(sampler=TraceIdRatioBased(1.0), id_generator=ids))
+    assert roots is not None
+    inner: list[Any] = []
+
+    def listing() -> list[Link]:
+        inner.append(roots._tracer.start_span("theirs", context=otel_context.Context()))
+        return []
+
+    batch = roots.start_span("inprocserve.batch", {}, context=otel_context.Context(), links=listing)
+    (first, second) = ids.drawn
+    assert batch.get_span_context().trace_id == first and batch.get_span_context().trace_flags.sampled
+    assert inner[0].get_span_context().trace_id == second
+
+
+class _SeededIds(IdGenerator):
+    """Random trace and span ids from a seeded generator: two providers given the same seed draw the same."""
+
+    def __init__(self, seed: int) -> None:
+        self._random = random.Random(seed)
+
+    def generate_trace_id(self) -> int:
+        return self._random.getrandbits(128)
+
+    def generate_span_id(self) -> int:
+        return self._random.getrandbits(64)
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+_tracer_off = getattr(sdk_trace, "_disable_tracer_configurator", None)  # (an experimental SDK option)
+
+
+@pytest.mark.parametrize("tracer_on", [True, False])
+def test_root_spans_decided_first_are_those_the_sdk_alone_makes(
+    monkeypatch: pytest.MonkeyPatch, tracer_on: bool
+) -> None:
+    """Side by side with the SDK asked for every span (same sampler, same seeded ids): the same span and
+    trace ids, flags and ``traceparent`` a remote backend would receive, and the same spans exported, for
+    root request, batch and shadow spans; also when the SDK's tracer is switched off, where it makes
+    invalid spans (no ``traceparent`` at all)."""
+    if not tracer_on and _tracer_off is None:
+        pytest.skip("this OpenTelemetry SDK has no tracer configurator to switch a tracer off")
+    options: dict[str, Any] = {} if tracer_on else {"_tracer_configurator": _tracer_off}
+    web = TracerProvider().get_tracer("web").start_span("a sampled web request")
+    kinds = ["request", *sorted(_LINKED_ROOTS)] * 100
+
+    def provider() -> tuple[TracerProvider, InMemorySpanExporter]:
+        exporter = InMemorySpanExporter()
+        made = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.3)), id_generator=_SeededIds(7), **options)
+        made.add_span_processor(SimpleSpanProcessor(exporter))
+        return made, exporter
+
+    def seen(span: Any) -> tuple[Any, dict[str, str]]:
+        carrier: dict[str, str] = {}
+        inject(carrier, context=trace.set_span_in_context(span))
+        span.end()
+        return span.get_span_context(), carrier
+
+    def the_library(kind: str) -> Any:
+        if kind == "request":  # outside any trace
+            return start_request_span("m", {"inprocserve.model.name": "m"})
+        token = otel_context.attach(trace.set_span_in_context(web))
+        try:
+            return _LINKED_ROOTS[kind][2](iter([web]))
+        finally:
+            otel_context.detach(token)
+
+    def the_sdk_alone(tracer: Any, kind: str) -> Any:
+        if kind == "request":
+            return tracer.start_span("inprocserve.predict", attributes={"inprocserve.model.name": "m"})
+        name, attributes, _ = _LINKED_ROOTS[kind]
+        return tracer.start_span(
+            name, context=otel_context.Context(), links=[Link(web.get_span_context())], attributes=attributes
+        )
+
+    ours, our_exports = provider()
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", ours)
+    assert _telemetry._root_sampling() is not None  # decided first
+    by_us = [seen(the_library(kind)) for kind in kinds]
+    theirs, their_exports = provider()
+    tracer = theirs.get_tracer(_telemetry._SCOPE)
+    by_the_sdk = [seen(the_sdk_alone(tracer, kind)) for kind in kinds]
+    assert by_us == by_the_sdk
+    assert any(carrier for _, carrier in by_us) == tracer_on  # (a switched-off tracer propagates nothing)
+
+    def exported(exporter: InMemorySpanExporter) -> list[Any]:
+        return [
+            (
+                span.name,
+                span.context,
+                span.parent,
+                span.kind,
+                dict(span.attributes or {}),
+                [link.context for link in span.links],
+            )
+            for span in exporter.get_finished_spans()
+        ]
+
+    assert exported(our_exports) == exported(their_exports)
+    assert len(exported(our_exports)) > (50 if tracer_on else -1)
+    ours.shutdown()
+    theirs.shutdown()
 
 
 @pytest.mark.parametrize(
