@@ -38,7 +38,15 @@ from . import _fork
 from ._config_checks import is_number
 from ._errors import ConfigurationError, DeadlineExceededError
 from ._request import Request, Route
-from ._telemetry import ATTR_SHADOW_AGREEMENT, ATTR_SHADOW_DIFF, METRICS, add_safely, record_safely, start_shadow_span
+from ._telemetry import (
+    ATTR_SHADOW_AGREEMENT,
+    ATTR_SHADOW_DIFF,
+    METRICS,
+    add_safely,
+    end_safely,
+    record_safely,
+    start_shadow_span,
+)
 
 __all__ = ["DEFAULT_MAX_QUEUED_BYTES", "MIN_RUN_S", "ShadowComparison", "ShadowRunner", "compare_outputs"]
 
@@ -409,7 +417,7 @@ class ShadowRunner:
                 self._stat(job.model, version).dropped_busy += 1
             add_safely(METRICS.shadow_dropped, 1, _attributes(job.model, version, "no_spare_capacity"))
             span.set_attributes({"inprocserve.shadow.dropped": True})
-            span.end()
+            end_safely(span, "closing an inprocserve.shadow span")
             return False
         if isinstance(request.error, DeadlineExceededError) and limit_s is not None:
             # stopped at what was left of the budget: dropped over budget (it cost the budget, compared nothing)
@@ -420,7 +428,7 @@ class ShadowRunner:
                 first = stats.stopped_budget == 1
             add_safely(METRICS.shadow_dropped, 1, _attributes(job.model, version, "over_budget"))
             span.set_attributes({"inprocserve.shadow.dropped": True})
-            span.end()
+            end_safely(span, "closing an inprocserve.shadow span")
             # said once per shadow version: a run longer than the budget's whole allowance never completes
             log = logger.warning if first else logger.debug
             log(
@@ -451,7 +459,7 @@ class ShadowRunner:
                 span.set_attribute(ATTR_SHADOW_AGREEMENT, agreement)
             if error is not None:
                 span.set_status(Status(StatusCode.ERROR, error[:256]))
-        span.end()
+        end_safely(span, "closing an inprocserve.shadow span")
         if error is not None:
             result = "error"
         elif not finite or (agreement is not None and agreement < 1):

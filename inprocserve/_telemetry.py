@@ -67,6 +67,7 @@ __all__ = [
     "end_request_span",
     "outcome",
     "resident_memory_bytes",
+    "end_safely",
     "start_batch_span",
     "start_request_span",
     "start_shadow_span",
@@ -208,26 +209,31 @@ def start_request_span(model: str, attributes: Mapping[str, Any] | None = None, 
     sampler drops is made without the SDK (see :class:`_RootSampling`). ``attributes`` (``{ATTR_MODEL:
     model}`` if omitted) lets a caller pass a dict it built once per model. ``since``: when the call began
     (``time.perf_counter()``), if it routed and validated the request before it asked for its span: the span
-    starts then (the clock is read only for a span the SDK makes)."""
+    starts then (the clock is read only for a span the SDK makes). A span processor or sampler that raises
+    costs the request its span (``INVALID_SPAN``, the failure logged), never its answer."""
     if trace._TRACER_PROVIDER is None:
         return INVALID_SPAN
-    parent = get_current_span().get_span_context()
-    if parent.is_valid:
-        if not parent.trace_flags.sampled and unsampled_child_dropped(remote=parent.is_remote):
-            return INVALID_SPAN
-    else:
-        roots = _root_sampling()
-        if roots is not None:
-            return roots.start_span(
-                SPAN_PREDICT, attributes if attributes is not None else {ATTR_MODEL: _short(model)}, since
-            )
-    # (a name not yet resolved is the caller's string, of any length: cut like every other attribute value)
-    return _TRACER.start_span(
-        SPAN_PREDICT,
-        kind=SpanKind.INTERNAL,
-        attributes=attributes if attributes is not None else {ATTR_MODEL: _short(model)},
-        start_time=None if since is None else _wall_ns(since),
-    )
+    try:
+        parent = get_current_span().get_span_context()
+        if parent.is_valid:
+            if not parent.trace_flags.sampled and unsampled_child_dropped(remote=parent.is_remote):
+                return INVALID_SPAN
+        else:
+            roots = _root_sampling()
+            if roots is not None:
+                return roots.start_span(
+                    SPAN_PREDICT, attributes if attributes is not None else {ATTR_MODEL: _short(model)}, since
+                )
+        # (a name not yet resolved is the caller's string, of any length: cut like every other attribute value)
+        return _TRACER.start_span(
+            SPAN_PREDICT,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes if attributes is not None else {ATTR_MODEL: _short(model)},
+            start_time=None if since is None else _wall_ns(since),
+        )
+    except Exception:
+        _telemetry_failed("starting a request span")
+        return INVALID_SPAN
 
 
 def _wall_ns(since: float) -> int:
@@ -470,6 +476,15 @@ def end_request_span(
         _telemetry_failed("closing a request span")
 
 
+def end_safely(span: Span, action: str) -> None:
+    """``span.end()``, where the application's span processors run: their failure is logged (once per
+    ``action``) and never fails what the library was doing."""
+    try:
+        span.end()
+    except Exception:
+        _telemetry_failed(action)
+
+
 def add_safely(counter: Any, amount: float, attributes: Mapping[str, Any]) -> None:
     """``counter.add``, where the SDK and the application's views and readers run: their failure is logged
     (once) and never fails what the library was doing (loading a model, running a shadow, reading a flag)."""
@@ -514,12 +529,16 @@ def start_batch_span(model: str, version: int, request_spans: Iterable[Span | No
 def _start_root_span(name: str, attributes: Mapping[str, Any], linked: Iterable[Span | None]) -> Span:
     """A root span (never a child of the current span) linked to the sampled spans among ``linked`` (read
     once, and only for a span that may be recorded: pass a generator to defer the work of listing them)."""
-    roots = _root_sampling()
-    if roots is not None:
-        return roots.start_span(name, attributes, context=Context(), links=lambda: _links(linked))
-    return _TRACER.start_span(
-        name, context=Context(), kind=SpanKind.INTERNAL, links=_links(linked), attributes=attributes
-    )
+    try:
+        roots = _root_sampling()
+        if roots is not None:
+            return roots.start_span(name, attributes, context=Context(), links=lambda: _links(linked))
+        return _TRACER.start_span(
+            name, context=Context(), kind=SpanKind.INTERNAL, links=_links(linked), attributes=attributes
+        )
+    except Exception:  # a span processor or sampler raised: no span, and the batch or shadow still runs
+        _telemetry_failed(f"starting an {name} span")
+        return INVALID_SPAN
 
 
 def _links(spans: Iterable[Span | None]) -> list[Link]:
@@ -535,12 +554,16 @@ def _links(spans: Iterable[Span | None]) -> list[Link]:
 
 
 def end_batch_span(span: Span, *, rows: int, requests: int, compute_s: float, error: BaseException | None) -> None:
-    if span.is_recording():
-        span.set_attributes({ATTR_BATCH_ROWS: rows, ATTR_BATCH_REQUESTS: requests, ATTR_COMPUTE: compute_s})
-        if error is not None:
-            span.set_attribute(ATTR_ERROR_TYPE, type(error).__name__)
-            span.set_status(Status(StatusCode.ERROR, _short(error)))
-    span.end()
+    """Close a batch span (a span processor that raises loses the span, never the batch's metrics)."""
+    try:
+        if span.is_recording():
+            span.set_attributes({ATTR_BATCH_ROWS: rows, ATTR_BATCH_REQUESTS: requests, ATTR_COMPUTE: compute_s})
+            if error is not None:
+                span.set_attribute(ATTR_ERROR_TYPE, type(error).__name__)
+                span.set_status(Status(StatusCode.ERROR, _short(error)))
+        span.end()
+    except Exception:
+        _telemetry_failed("closing an inprocserve.batch span")
 
 
 def start_shadow_span(model: str, version: int, primary: Span | None) -> Span:

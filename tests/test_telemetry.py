@@ -52,6 +52,10 @@ class _Switchboard(SpanProcessor):
     def __init__(self) -> None:
         self.extra: SpanProcessor | None = None
 
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if self.extra is not None:
+            self.extra.on_start(span, parent_context)
+
     def on_end(self, span: ReadableSpan) -> None:
         if self.extra is not None:
             self.extra.on_end(span)

@@ -1,6 +1,7 @@
 """Telemetry never costs a request its answer. An application's span processor (or exporter) that raises
-when a span ends is the application's bug, but the request's answer is in by then: its caller, and every
-other caller answered by the same thread (a batch's futures, an event loop's merged tasks), must get theirs.
+when a span starts or ends is the application's bug, but the request must still be answered: its caller,
+and every other caller answered by the same thread (a batch's futures, an event loop's merged tasks), must
+get theirs, and the batch its metrics.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 import inprocserve
 from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _telemetry
+from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, version_status, wait_until
 from .test_telemetry import Otel
@@ -156,3 +159,53 @@ def test_a_failure_after_an_answer_leaves_the_other_futures_of_its_batch_answere
         np.testing.assert_allclose(future.result(timeout=20)["y"], np.full((1, 4), 2.0 * index))
     assert len(calls) >= 3
     assert version_status(server, "scale")["batches_run"] == batches + 1  # one batch: answered by one thread
+
+
+class RaisingOn(SpanProcessor):
+    """Raises when a span named ``name`` starts or ends (``hook``), as a processor written for other spans may:
+    one that reads ``span.parent`` fails on the library's batch spans, which are roots."""
+
+    def __init__(self, name: str, hook: str) -> None:
+        self.name, self.hook = name, hook
+        self.raised = 0
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if self.hook == "start" and span.name == self.name:
+            self.raised += 1
+            raise AttributeError("'NoneType' object has no attribute 'span_id'")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.hook == "end" and span.name == self.name:
+            self.raised += 1
+            raise RuntimeError("a span processor's bug")
+
+
+def _batch_rows_recorded(otel: Otel) -> float:
+    return sum(
+        point.sum
+        for point in otel.metric_points("inprocserve.batch.size")
+        if point.attributes["inprocserve.model.name"] == "raising"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "hook"),
+    [("inprocserve.predict", "start"), ("inprocserve.batch", "start"), ("inprocserve.batch", "end")],
+)
+def test_a_span_processor_that_raises_costs_no_answer_and_no_batch_metric(
+    otel: Otel, repository: Path, make_server: ServerFactory, name: str, hook: str
+) -> None:
+    save_model(build_scale_model(2.0), repository, "raising", 1)
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(max_delay_s=0)))
+    server.predict("raising", np.ones((1, 4), np.float32))  # (adopts the runners, before the processor)
+    processor = RaisingOn(name, hook)
+    otel.switchboard.extra = processor
+    before = _batch_rows_recorded(otel)
+    np.testing.assert_allclose(server.predict("raising", np.ones((1, 4), np.float32))["y"], np.full((1, 4), 2.0))
+    with runner_held(server, "raising"):
+        futures = [server.submit("raising", row) for row in rows(TASKS)]
+    for index, future in enumerate(futures):
+        np.testing.assert_allclose(future.result(timeout=20)["y"], np.full((1, 4), 2.0 * index))
+    wait_until(lambda: version_status(server, "raising")["in_flight"] == 0)
+    assert processor.raised >= 1
+    assert _batch_rows_recorded(otel) == before + TASKS  # the batch's metrics, whatever became of its span
