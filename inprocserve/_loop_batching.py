@@ -92,18 +92,26 @@ _SPLIT_FROM_ROWS = 16  # a group smaller than this runs whole: halves this small
 # that calls again and again yields to the loop after about this long, as a callback that runs this long would.
 LONE_STREAK_S = 0.001
 
+# Each loop's state is kept on the loop itself (an attribute): the state's inbox and groups hold the loop's
+# futures, which hold the loop, so loop and state are one cycle that the garbage collector frees together
+# once the application lets go of the loop (closed with answers still due, say). A loop that takes no
+# attributes has its state in a dictionary weakly keyed by the loop instead: there, a state still holding
+# answers would keep its loop, which is why answers to a closed loop are dropped, not kept (_LoopState.post).
+_STATE_ATTRIBUTE = "_inprocserve_loop_state"
 _states_lock = threading.Lock()
 _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
 _last: _LoopState | None = None  # the state used last (see _state_of)
+_generation = 0  # bumped in a forked child: states made before the fork are not used there
 
 
 def _forget_loops() -> None:
     """In a forked child: the parent's in-flight answers never come (its batchers start afresh), and the
     lock may have been held by a thread that does not exist here."""
-    global _states_lock, _states, _last
+    global _states_lock, _states, _last, _generation
     _states_lock = threading.Lock()
     _states = weakref.WeakKeyDictionary()
     _last = None
+    _generation += 1
 
 
 if hasattr(os, "register_at_fork"):  # POSIX only
@@ -121,6 +129,7 @@ class _LoopState:
     __slots__ = (
         "__weakref__",
         "_flush_due",
+        "_generation",
         "_groups",
         "_inbox",
         "_iteration_requests",
@@ -137,7 +146,8 @@ class _LoopState:
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = weakref.ref(loop)  # the state is a value of a dict weakly keyed by this loop
+        self._loop = weakref.ref(loop)  # (the loop holds the state: see _STATE_ATTRIBUTE)
+        self._generation = _generation
         # answers to hand out: (a task's future, or a _Merged request's stand-in; value; error)
         self._inbox: deque[tuple[Any, Any, BaseException | None]] = deque()
         self._wake_due = False  # a drain is scheduled: later posts need not wake the loop again
@@ -564,9 +574,21 @@ class _LoopState:
 
     # -- answering (worker threads post, the loop drains) ----------------------------------------------------
 
+    def closed(self) -> bool:
+        """Whether the loop is closed (or gone): nobody is left to answer, or to run its requests for."""
+        loop = self._loop()
+        return loop is None or loop.is_closed()
+
     def post(self, sink: Any, value: Any, error: BaseException | None) -> None:
         """Hand an answer to the loop (any thread): it wakes the loop once per batch of answers, or not at all
-        while the loop's thread runs a request itself (it drains the inbox right after)."""
+        while the loop's thread runs a request itself (it drains the inbox right after). An answer to a closed
+        loop is dropped, with any still in the inbox: nobody is left to take them, and kept they would keep
+        the loop, its tasks' inputs and outputs in memory (a loop closed before a drain it had scheduled ran
+        leaves ``_wake_due`` set: without this, every later answer would pile up)."""
+        if self.closed():
+            self._inbox.clear()
+            self._wake_due = False
+            return
         self._inbox.append((sink, value, error))
         # Append first, then test the flags: a drain that cleared the flag before this append either sees
         # the item or is followed by the drain this call schedules; while the loop's thread runs a request
@@ -587,6 +609,7 @@ class _LoopState:
             loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop is closed or gone: nobody is left to answer
             self._inbox.clear()
+            self._wake_due = False
 
     def _drain(self) -> None:
         self._wake_due = False
@@ -719,8 +742,8 @@ class _Merged:
 
     def set_running_or_notify_cancel(self) -> bool:
         # A plain read of each task's future from the worker's thread, as _LoopFuture does: a task that gives
-        # up just after is answered with nothing on the loop.
-        return any(not member.waiter.done() for member in self.members)
+        # up just after is answered with nothing on the loop. Not for a closed loop: nobody would get it.
+        return any(not member.waiter.done() for member in self.members) and not self.state.closed()
 
     def deliver(self, request: Request) -> None:
         """The request's deliver hook (``Request.complete``, on the thread that finished it). A failed run of
@@ -753,8 +776,8 @@ class _LoopFuture:
 
     def set_running_or_notify_cancel(self) -> bool:
         # Read across threads on purpose: a plain flag read under the GIL. A task cancelled just after
-        # this check has its answer dropped on the loop instead.
-        return not self._waiter.done()
+        # this check has its answer dropped on the loop instead. Not for a closed loop: nobody would get it.
+        return not self._waiter.done() and not self._state.closed()
 
     def done(self) -> bool:
         return self._answered
@@ -819,19 +842,31 @@ def _state_of(loop: asyncio.AbstractEventLoop) -> _LoopState:
     state = _last
     if state is not None and state._loop() is loop:
         return state
-    state = _states.get(loop)
+    state = _kept_state(loop)
     if state is None:
         with _states_lock:
-            state = _states.get(loop)
+            state = _kept_state(loop)
             if state is None:
-                state = _states[loop] = _LoopState(loop)
+                state = _LoopState(loop)
+                try:
+                    setattr(loop, _STATE_ATTRIBUTE, state)
+                except AttributeError:  # a loop class with no room for it
+                    _states[loop] = state
     _last = state  # a plain reference swap: a thread that reads a stale one only misses the shortcut
     return state
 
 
+def _kept_state(loop: asyncio.AbstractEventLoop) -> _LoopState | None:
+    """The state kept for ``loop`` in this process (not one inherited from before a fork), or ``None``."""
+    state = getattr(loop, _STATE_ATTRIBUTE, None)
+    if state is None:
+        state = _states.get(loop)
+    return state if type(state) is _LoopState and state._generation == _generation else None
+
+
 def loop_wakes(loop: asyncio.AbstractEventLoop) -> int:
     """How many times worker threads have woken ``loop`` to deliver answers (0 for a loop never used)."""
-    state = _states.get(loop)
+    state = _kept_state(loop)
     return 0 if state is None else state.wakes
 
 

@@ -933,3 +933,96 @@ def test_a_group_deadline_is_answered_once_on_uvloop(
         loop.close()
     blocker.result(timeout=60)
     assert len(fired) == 3
+
+
+@pytest.mark.parametrize("ending", ["asyncio.run (tasks cancelled)", "closed with tasks still waiting"])
+def test_a_loop_closed_with_requests_in_flight_is_freed_with_their_answers(
+    busy_repository: Path, make_server: ServerFactory, ending: str
+) -> None:
+    """A loop that ends while its requests run or wait in the queue (a request handler's loop closed after a
+    timeout) is freed, with its tasks' inputs and the answers that arrive after it closed; the requests it
+    left queued are dropped unrun, and the server's counts return to zero."""
+    server = make_server(busy_repository, config=NO_WAIT)
+    server.predict("busy", busy_inputs(1))
+    batcher = server._routes["busy"].default.batcher
+    assert batcher is not None
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+    inputs: list[weakref.ref[np.ndarray]] = []
+    rows_before = version_status(server, "busy")["rows_run"]
+
+    def requests() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        loops.append(weakref.ref(loop))
+        made = []
+        for seed in range(6):  # merged (one-row) and one by one (over the batch size): both ways
+            x = busy_inputs(1 if seed % 2 else 300, seed=seed)
+            inputs.append(weakref.ref(x["x"]))
+            made.append(asyncio.ensure_future(server.apredict("busy", x)))
+        return made
+
+    for _ in range(3):
+        if ending.startswith("asyncio.run"):
+
+            async def handler() -> None:
+                requests()
+                await asyncio.sleep(0.005)  # some running, the rest queued, as the handler gives up
+
+            asyncio.run(handler())
+        else:
+
+            async def start() -> None:
+                requests()
+
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(start())
+            loop.run_until_complete(asyncio.sleep(0.005))
+            loop.close()  # (its tasks still pending: never cancelled)
+            del loop
+    wait_until(lambda: batcher.in_flight == 0, timeout_s=60)
+    assert batcher.queued_rows == 0
+    gc.collect()
+    assert [ref() for ref in loops] == [None] * 3
+    assert [ref() for ref in inputs] == [None] * len(inputs)
+    assert version_status(server, "busy")["rows_run"] - rows_before < 3 * (3 * 300 + 3)  # not all run for nobody
+
+
+def test_answers_posted_to_a_closed_loop_are_dropped_even_after_a_lost_drain() -> None:
+    """A drain the loop scheduled but never ran (closed first) leaves the wake flag set: answers posted after
+    the close are dropped, not piled up in its inbox."""
+    loop = asyncio.new_event_loop()
+    state = _loop_batching._state_of(loop)
+    state.post(loop.create_future(), 1, None)  # schedules a drain that the close throws away
+    assert state._wake_due and len(state._inbox) == 1
+    loop.close()
+    for value in range(3):
+        state.post(object(), value, None)
+    assert not state._inbox and not state._wake_due
+
+
+def test_a_closed_loops_state_holding_answers_does_not_keep_the_loop() -> None:
+    """Whatever is left in a closed loop's inbox holds the loop (its futures do); the state is kept on the
+    loop itself, so the two are freed together once the application lets the loop go."""
+    loop = asyncio.new_event_loop()
+    state = _loop_batching._state_of(loop)
+    state._inbox.append((loop.create_future(), None, None))  # (an answer whose drain never ran)
+    alive = weakref.ref(loop)
+    loop.close()
+    _loop_batching._last = None  # (the shortcut to the state used last)
+    del loop, state
+    gc.collect()
+    assert alive() is None
+
+
+def test_requests_of_a_closed_loop_are_not_run() -> None:
+    """A queued request whose loop closed is dropped when a worker takes it, as a cancelled one is: its
+    answer has nobody to go to, whether it went the full way or was merged."""
+    loop = asyncio.new_event_loop()
+    state = _loop_batching._state_of(loop)
+    waiter = loop.create_future()
+    alone = _loop_batching._LoopFuture(waiter, state)
+    merged = _loop_batching._Merged(
+        state, None, [_loop_batching._Member(waiter, {}, 1, None, None, 0.0, None, None, None, None, 0.0)]
+    )  # type: ignore[arg-type]
+    assert alone.set_running_or_notify_cancel() and merged.set_running_or_notify_cancel()
+    loop.close()
+    assert not alone.set_running_or_notify_cancel() and not merged.set_running_or_notify_cancel()
