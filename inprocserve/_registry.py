@@ -90,6 +90,7 @@ class Registry:
         self._follow_symlinks = follow_symlinks
         self.routes: dict[str, Routes] = {}
         self.published: set[str] = set()  # every name ever routed here (metrics keep them after an unload)
+        self.published_versions: set[tuple[str, int]] = set()  # and every (name, version) routed here
         self.loaded: dict[str, dict[int, ModelVersion]] = {}
         self.failures: dict[str, dict[int, _Failure]] = {}
         self.config_errors: dict[str, str] = {}
@@ -473,6 +474,7 @@ class Registry:
         router.killed = state is not None and state.kill
         self.routes[name] = Routes(default=default, versions=dict(versions), router=router)
         self.published.add(name)
+        self.published_versions.update((name, number) for number in versions)
 
     def retire(self, name: str, numbers: list[int], *, timeout_s: float | None = None) -> None:
         loaded = self.loaded.get(name, {})

@@ -31,6 +31,9 @@ class RequestTelemetry:
         self.served: Callable[[str], bool] = _any_name
         """Whether the server has served a model of that name: a refusal of any other name is recorded as
         :data:`UNKNOWN_MODEL` (the server sets it to a lookup of the names it has routed)."""
+        self.served_version: Callable[[tuple[str, int]], bool] = _any_version
+        """Whether the server has served that ``(name, version)``: a refusal of another version number is
+        recorded without one (the server sets it to a lookup of the versions it has routed)."""
 
     def cache_result(self, recorder: Recorder, result: str) -> None:
         """Count a cache lookup: ``hit``, ``miss`` or ``shared`` (followed an identical request in flight)."""
@@ -98,15 +101,19 @@ class RequestTelemetry:
         error: BaseException,
     ) -> None:
         """Close the span of a request refused before it was queued, and record it: under its model's name
-        if this server has served that name, else under :data:`UNKNOWN_MODEL` (metric attributes stay bounded
-        whatever names callers send)."""
+        if this server has served that name, else under :data:`UNKNOWN_MODEL`, and with the version it asked
+        for only if this server has served that version of that model (metric attributes stay bounded
+        whatever names and numbers callers send)."""
         variant = None if decision is None else decision.variant
         sampled = _sampled(span)  # (asked before the span ends)
         _end_span(span, decision, version, 0, None, None, error)
         if not isinstance(model, str) or not metering():
             return
-        if decision is None and not self.served(model):  # a name this server never served: the caller's string
-            model = UNKNOWN_MODEL
+        if decision is None:  # refused before routing: the name and version are the caller's, unchecked
+            if not self.served(model):
+                model, version = UNKNOWN_MODEL, None
+            elif version is not None and not self.served_version((model, version)):
+                version = None
         if isinstance(error, OverloadedError):
             METRICS.shed.add(1, self.attributes(model, version))
         elif isinstance(error, DeadlineExceededError):
@@ -141,6 +148,10 @@ class RequestTelemetry:
             if len(self._cache) < 10_000:  # bounded: model x version x variant x error class
                 self._cache[key] = attributes
         return attributes
+
+
+def _any_version(model_version: tuple[str, int]) -> bool:
+    return True
 
 
 def _any_name(model: str) -> bool:

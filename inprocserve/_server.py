@@ -160,6 +160,7 @@ class Server(RolloutMethods):
         # a refusal is recorded under the name it asked for only if this server ever served that name (after
         # an unload or close too); any other name is the caller's string, recorded as _unknown
         self._telemetry.served = self._registry.published.__contains__
+        self._telemetry.served_version = self._registry.published_versions.__contains__
         self._operations = Operations(
             self._registry,
             control_file=None if folder is None else ControlFile(folder),

@@ -633,12 +633,34 @@ def test_requests_for_unknown_models_share_one_metric_series(
             server.predict(name, np.ones((1, 4), np.float32))
         with pytest.raises(inprocserve.ModelNotFoundError):
             server.submit(name, np.ones((1, 4), np.float32), version=3).result(timeout=30)
-    with pytest.raises(inprocserve.ModelNotFoundError):
-        server.predict("known", np.ones((1, 4), np.float32), version=9)  # a known model: its own name
-    seen = {point.attributes["inprocserve.model.name"] for point in otel.metric_points("inprocserve.request.duration")}
+    from inprocserve import v2
+
+    endpoints = v2.Endpoints(lambda: server)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1] * 4}]}).encode()
+    for number in range(9, 34):  # a known model: its own name, but not the caller's version numbers
+        with pytest.raises(inprocserve.ModelNotFoundError):
+            server.predict("known", np.ones((1, 4), np.float32), version=number)
+        path = f"/v2/models/known/versions/{number}/infer"  # (refused before predict, by its URL)
+        assert endpoints.handle("POST", path, {}, io.BytesIO(body).read).status == 404
+        path = f"/v2/models/{names[number % len(names)]}/versions/{number}/infer"
+        assert endpoints.handle("POST", path, {}, io.BytesIO(body).read).status == 404
+    points = otel.metric_points("inprocserve.request.duration")
+    seen = {point.attributes["inprocserve.model.name"] for point in points}
     assert not seen & set(names)
     assert _outcomes(otel, UNKNOWN_MODEL)[("client_error", "ModelNotFoundError")] >= 2 * len(names)
-    assert _outcomes(otel, "known") == {("client_error", "ModelNotFoundError"): 1}
+    assert _outcomes(otel, "known") == {("client_error", "ModelNotFoundError"): 50}
+    versions = {
+        (point.attributes["inprocserve.model.name"], point.attributes.get("inprocserve.model.version"))
+        for point in points
+        if point.attributes["inprocserve.model.name"] in {"known", UNKNOWN_MODEL}
+    }
+    assert versions == {("known", None), (UNKNOWN_MODEL, None)}  # one series each, whatever numbers were sent
+    server.predict("known", np.ones((1, 4), np.float32), version=1)  # a version it serves keeps its number
+    assert {
+        point.attributes.get("inprocserve.model.version")
+        for point in otel.metric_points("inprocserve.request.duration")
+        if point.attributes["inprocserve.model.name"] == "known"
+    } == {None, 1}
 
 
 def test_v2_requests_refused_before_predict_are_recorded_like_its_refusals(
