@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError
 from typing import Any
 
@@ -251,12 +251,18 @@ class Batcher:
             if self._queue.rows and self._pool.has_free() and self._idle and self._filler is None:
                 self._idle.pop().release()
 
-    def runs_within(self, rows: int, max_run_s: float) -> bool:
-        """Whether a run of ``rows`` rows should take at most ``max_run_s`` by the version's measured run cost,
-        in this process (never for a remote backend, whose run is a network call that may stall): what an
-        event loop's thread may run itself."""
+    def runs_within(self, rows: int, max_run_s: float, arrays: Mapping[str, Any] | None = None) -> bool:
+        """Whether a run of ``rows`` rows (of ``arrays``) should take at most ``max_run_s`` by the version's
+        measured run cost, in this process (never for a remote backend, whose run is a network call that may
+        stall): what an event loop's thread may run itself. For a model with a dynamic inner axis, the cost
+        was measured with that axis of size 1: a request's rows are weighed by its inputs' sizes, and without
+        ``arrays`` it is not taken to run within any time (see :meth:`RunCost.rows_of`)."""
         cost = self.run_cost
-        return cost is not None and self.runs_in_process and cost.fixed_s + cost.per_row_s * rows <= max_run_s
+        return (
+            cost is not None
+            and self.runs_in_process
+            and cost.fixed_s + cost.per_row_s * cost.rows_of(rows, arrays) <= max_run_s
+        )
 
     def run_lone_here(self, max_run_s: float, *, accept: Callable[[Any], bool]) -> bool:
         """Run the queue's only request on this thread, now, if a runner is free and its run should take at
@@ -278,7 +284,7 @@ class Batcher:
                 return False
             if not accept(only.future):
                 return False
-            if not self.runs_within(only.rows, max_run_s):
+            if not self.runs_within(only.rows, max_run_s, only.arrays):
                 return False
             batch, expired = self._take_batch()
             runner = self._pool.checkout() if batch else None

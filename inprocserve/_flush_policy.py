@@ -17,9 +17,11 @@ through its decisions.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ._config import BatchingConfig
 
@@ -38,6 +40,21 @@ class RunCost:
 
     fixed_s: float
     per_row_s: float
+    row_elements: Mapping[str, int] | None = None
+    """For a model with a dynamic axis besides the batch axis (a sequence length), the elements of one row of
+    each input as measured (every dynamic axis of size 1): a request's rows count as many measured rows as
+    its largest input holds elements for (see :meth:`rows_of`). ``None``: a row is a row."""
+
+    def rows_of(self, rows: int, arrays: Mapping[str, Any] | None) -> float:
+        """How many measured rows ``rows`` rows of ``arrays`` amount to (``inf`` when they cannot be told)."""
+        measured = self.row_elements
+        if measured is None:
+            return rows
+        if arrays is None:
+            return math.inf
+        return max(
+            (getattr(array, "size", 0) / max(measured.get(name, 1), 1) for name, array in arrays.items()), default=rows
+        )
 
 
 def automatic_delay_s(

@@ -235,7 +235,9 @@ class ModelVersion:
             logger.info("model %r version %s: run cost not measured (%s)", self.name, self.version, exc)
             return None
         per_row = max(0.0, (many - one) / (rows - 1))
-        return RunCost(fixed_s=max(0.0, one - per_row), per_row_s=per_row)
+        # (measured with each dynamic inner axis of size 1: a longer sequence weighs more, see RunCost)
+        row_elements = {name: array.size for name, array in small.items()} if signature.has_dynamic_inner_axes else None
+        return RunCost(fixed_s=max(0.0, one - per_row), per_row_s=per_row, row_elements=row_elements)
 
     def _check_padding(self, signature: Signature) -> None:
         padding = self.config.batching.padding

@@ -309,11 +309,11 @@ class Server(RolloutMethods):
         if cache is not None:
             # a miss: run here, leading identical requests; unless an identical request is in flight (the full
             # way follows it), or an event loop's thread would wait (the full way queues it)
-            too_long = max_run_s is not None and not (batcher.idle and batcher.runs_within(rows, max_run_s))
+            too_long = max_run_s is not None and not (batcher.idle and batcher.runs_within(rows, max_run_s, arrays))
             lead = None if too_long or key is None else self._sharing.lead(target, key)
             if lead is None:
                 return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows, key)
-        elif max_run_s is not None and not (batcher.idle and batcher.runs_within(rows, max_run_s)):
+        elif max_run_s is not None and not (batcher.idle and batcher.runs_within(rows, max_run_s, arrays)):
             return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows)
         try:  # whatever happens, a lead ends: identical requests that follow it would wait forever
             timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)

@@ -1026,3 +1026,55 @@ def test_requests_of_a_closed_loop_are_not_run() -> None:
     assert alone.set_running_or_notify_cancel() and merged.set_running_or_notify_cancel()
     loop.close()
     assert not alone.set_running_or_notify_cancel() and not merged.set_running_or_notify_cancel()
+
+
+def test_a_long_sequence_is_not_run_by_the_loop_whatever_its_row_count(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model with a dynamic inner axis had its run cost measured with that axis of size 1: a request's one
+    row of a long sequence weighs as much as that many measured rows, so the loop hands it to a worker
+    instead of blocking on it; a short one still runs on the loop."""
+    from inprocserve._flush_policy import RunCost
+    from inprocserve.testing import build_add_model
+
+    save_model(build_add_model(sequence=True), repository, "seq", 1)
+    server = make_server(repository)
+    batcher = server._routes["seq"].default.batcher
+    assert batcher is not None and batcher.run_cost is not None
+    assert batcher.run_cost.row_elements == {"a": 1, "b": 1, "n": 1}  # one measured row: a sequence of one
+    # a fixed cost, for a fixed outcome: 20 µs a run, 1 µs a measured row (a 1,000-long one: 1 ms)
+    monkeypatch.setattr(batcher, "run_cost", RunCost(20e-6, 1e-6, batcher.run_cost.row_elements))
+    ran_on: list[threading.Thread] = []
+    run = batcher._execution._run_batch
+
+    def noting(*args: Any, **kwargs: Any) -> Any:
+        ran_on.append(threading.current_thread())
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(batcher._execution, "_run_batch", noting)
+
+    def inputs(length: int) -> dict[str, np.ndarray]:
+        ones = np.ones((1, length), np.float32)
+        return {"a": ones, "b": ones, "n": np.ones((1, 1), np.int64)}
+
+    async def main() -> list[bool]:
+        await server.apredict("seq", inputs(4))  # (adopts the runners)
+        on_loop = []
+        for length in (4, 1000, 50, 5000):
+            ran_on.clear()
+            answer = await server.apredict("seq", inputs(length))
+            assert answer["total"].shape == (1, length)
+            on_loop.append(ran_on == [threading.current_thread()])
+        return on_loop
+
+    assert asyncio.run(main()) == [True, False, True, False]
+
+
+def test_a_run_cost_weighs_rows_by_their_size_only_for_a_dynamic_inner_axis() -> None:
+    from inprocserve._flush_policy import RunCost
+
+    plain, sequence = RunCost(1e-5, 1e-6), RunCost(1e-5, 1e-6, {"x": 8, "mask": 2})
+    long = {"x": np.zeros((3, 100, 8)), "mask": np.zeros((3, 2))}
+    assert plain.rows_of(3, long) == 3 and plain.rows_of(3, None) == 3
+    assert sequence.rows_of(3, long) == 300  # the largest input's elements over one measured row's
+    assert sequence.rows_of(3, None) == float("inf")  # unknown: never taken to be short
