@@ -1078,3 +1078,44 @@ def test_a_run_cost_weighs_rows_by_their_size_only_for_a_dynamic_inner_axis() ->
     assert plain.rows_of(3, long) == 3 and plain.rows_of(3, None) == 3
     assert sequence.rows_of(3, long) == 300  # the largest input's elements over one measured row's
     assert sequence.rows_of(3, None) == float("inf")  # unknown: never taken to be short
+
+
+@pytest.mark.parametrize("gave_up", ["cancelled", "timed out", "submit future cancelled"])
+def test_room_held_by_callers_who_gave_up_goes_to_new_requests(
+    busy_repository: Path, make_server: ServerFactory, gave_up: str
+) -> None:
+    """Tasks cancelled (or past their deadlines) while queued behind a busy session, and cancelled ``submit``
+    futures, do not tell the batcher; a full queue gives their rows to the next request instead of shedding
+    it, as a synchronous caller that gives up frees its rows at once."""
+    config = ModelConfig(batching=BatchingConfig(max_delay_s=0.0, max_queue_rows=256, max_request_rows=4096))
+    server = make_server(busy_repository, config=config)
+    server.predict("busy", busy_inputs(1))
+    batcher = server._routes["busy"].default.batcher
+    assert batcher is not None
+
+    async def main() -> None:
+        busy = occupy(server, rows=3000)
+        if gave_up == "submit future cancelled":
+            futures = [server.submit("busy", busy_inputs(32, seed=seed)) for seed in range(8)]
+            assert all(future.cancel() for future in futures)
+        else:
+            timeout_s = 0.005 if gave_up == "timed out" else None
+            tasks = [
+                asyncio.ensure_future(server.apredict("busy", busy_inputs(32, seed=seed), timeout_s=timeout_s))
+                for seed in range(8)
+            ]
+            await asyncio.sleep(0.001)
+            if timeout_s is None:
+                for task in tasks:
+                    task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            expected = asyncio.CancelledError if timeout_s is None else inprocserve.DeadlineExceededError
+            assert all(isinstance(outcome, expected) for outcome in outcomes)
+        assert batcher.queued_rows == 256 and not busy.done()  # full, of requests nobody waits for
+        answer = await server.apredict("busy", busy_inputs(4))  # not shed: their room is its
+        assert answer["y"].shape[0] == 4
+        await asyncio.to_thread(busy.result, 60)
+
+    asyncio.run(main())
+    wait_until(lambda: batcher.in_flight == 0)
+    assert batcher.queued_rows == 0 and batcher._active_rows == 0  # every count back where it was
