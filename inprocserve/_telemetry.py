@@ -660,6 +660,7 @@ class Metrics:
         self._gauges: list[Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]] = []
         self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
         self._recording = RecordingThread(self.record_pending, name="inprocserve-metrics")
+        self._held_for_fork: list[threading.Lock] = []  # recorders' locks taken before a fork (see hold_records)
         meter.create_observable_gauge(
             "inprocserve.queue.depth", callbacks=[self._observe("queue")], unit="{row}", description="Rows queued"
         )
@@ -689,6 +690,27 @@ class Metrics:
     def add_recorder(self, recorder: Recorder) -> None:
         """Flush ``recorder``'s pending records before every collection (kept while it is alive)."""
         self._recorders.add(recorder)
+
+    def hold_records(self) -> None:
+        """Before a fork: wait for any thread recording a version's backlog to finish (up to a second each),
+        and keep others from starting until :meth:`release_records`. The SDK's aggregations take locks of
+        their own while a record is made, and a child forked mid-record would inherit them held: its first
+        record of that metric would wait forever."""
+        held = []
+        for recorder in list(self._recorders):
+            lock = recorder._draining
+            if lock.acquire(timeout=_FORK_WAIT_S):
+                held.append(lock)
+        self._held_for_fork = held
+
+    def release_records(self) -> None:
+        """After a fork, in the parent: let recording go on (see :meth:`hold_records`)."""
+        held, self._held_for_fork = self._held_for_fork, []
+        for lock in held:
+            lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        self._held_for_fork = []  # (each recorder makes itself a new lock in the child)
 
     def flush(self) -> None:
         """Record what every recorder holds: called by the SDK's collection, through the observable gauges'
@@ -737,3 +759,10 @@ class Metrics:
 
 
 METRICS = Metrics()
+_FORK_WAIT_S = 1.0  # how long a fork waits for a backlog being recorded (a stuck exporter is not waited for)
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(
+        before=METRICS.hold_records,
+        after_in_parent=METRICS.release_records,
+        after_in_child=METRICS._after_fork_in_child,
+    )

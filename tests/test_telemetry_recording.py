@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,28 @@ def test_a_forked_child_records_on_a_thread_of_its_own(otel: Otel, scale: Path, 
     assert int(count) == parent_count + 3 * _recorder._WAKE_EVERY
     after, _ = _count(otel, "inprocserve.request.duration", "scale")
     assert after == parent_count  # the child's requests are not the parent's
+
+
+def test_a_child_forked_while_the_recording_thread_records_can_record(
+    otel: Otel, scale: Path, make_server: ServerFactory
+) -> None:
+    """A fork waits for a backlog being recorded: a child forked mid-record would inherit the SDK's locks
+    held by the parent's recording thread, and hang at its first record of that metric."""
+    server = make_server(scale)
+    server.predict("scale", np.ones((1, 4), np.float32))
+    recorder = server._routes["scale"].default.batcher.telemetry
+
+    def in_the_child() -> str:
+        for _ in range(100):
+            recorder.request_finished(0.001, variant=None, error=None)
+        otel.reader.get_metrics_data()  # records what is pending, and collects
+        return "recorded"
+
+    for turn in range(60):
+        for _ in range(2000):  # a backlog: every 64th record wakes the recording thread, which records it
+            recorder.request_finished(0.001, variant=None, error=None)
+        time.sleep(0.001 * (turn % 5))  # (forks land at different points of its recording)
+        assert run_in_forked_child(in_the_child, timeout_s=10) == "recorded"
 
 
 def test_counters_are_exact_from_many_threads(otel: Otel) -> None:
