@@ -42,20 +42,6 @@ class BatchQueue:
         """Stop counting a queued request whose caller gave up (it is skipped when it comes up)."""
         self.rows -= request.rows
 
-    def withdraw_given_up(self) -> list[Request]:
-        """Stop counting every queued request whose caller gave up without telling the batcher (a cancelled
-        ``submit`` future, an event loop's cancelled or timed-out task, a closed loop's): each is marked done
-        with ``CancelledError`` (skipped when it comes up) and returned, to be answered like the cancelled
-        requests :meth:`take` finds. Only asks, never sets, their futures: a scan of the whole queue."""
-        withdrawn = []
-        for request in self._requests:
-            if request.state == QUEUED and request.future is not None and _gave_up(request.future):
-                request.state = DONE
-                request.error = CancelledError()
-                self.rows -= request.rows
-                withdrawn.append(request)
-        return withdrawn
-
     def only(self) -> Request | None:
         """The request, if the queue holds exactly one and it is still queued."""
         if len(self._requests) != 1:
@@ -116,10 +102,3 @@ class BatchQueue:
         if skipped:
             queue.extendleft(reversed(skipped))
         return batch, expired
-
-
-def _gave_up(future: Any) -> bool:
-    """Whether the caller behind a queued request's future gave up on it: the event loop's stand-ins say so
-    themselves (``gave_up``); a ``concurrent.futures.Future`` was cancelled."""
-    gave_up = getattr(future, "gave_up", None)
-    return bool(gave_up()) if gave_up is not None else bool(future.cancelled())

@@ -17,7 +17,6 @@ docs/batching.md explains the policy with measurements. The lock, queue and thre
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -49,9 +48,6 @@ _allocate_lock = threading.Lock
 
 # How long closing a drained batcher waits for each worker to exit (see close).
 _WORKER_EXIT_S = 5.0
-# A full queue is scanned for requests whose callers gave up at most this often (the scan reads every queued
-# request; while requests are shed, once a millisecond is plenty).
-_WITHDRAW_EVERY_S = 0.001
 
 
 class VersionRetiredError(ServerClosedError):
@@ -98,7 +94,6 @@ class Batcher:
         # Group keys are needed only when requests can differ in a non-batch axis (or are padded on one).
         self._keyed = self._merge and (config.padding is not None or has_dynamic_inner_axes)
         self.run_cost = run_cost
-        self._withdrawn_at = -math.inf  # when a full queue was last scanned for requests given up
         # Whether a run computes in this process. A remote backend's run waits on the network, where a stalled
         # server could hold it until its deadline: an event loop never runs such a request itself.
         self.runs_in_process = backend.kind == "onnxruntime"
@@ -213,65 +208,40 @@ class Batcher:
         if not self._adopted:
             self._adopt_runners()
         rows = request.rows
-        withdrawn: list[Request] = []
-        try:
-            with self._lock:
-                if self._closing and not readmit:
-                    raise self._retired()
-                active = self._active_rows + rows
-                runs_now = self._policy.arrive(active, rows)
-                runner = pool.checkout() if run_inline and runs_now and not self._queue.rows else None
-                if runner is not None:
-                    self._in_flight += request.callers
-                    self._active_rows = active
-                    request.state = RUNNING
-                else:
-                    queue = self._queue
-                    limit = self._config.max_queue_rows
-                    # an empty queue takes any one caller's request, however large; never several callers' at once
-                    if queue.rows + rows > limit and (queue or request.callers > 1) and not readmit:
-                        withdrawn = self._withdraw_given_up()  # room held by callers who left is theirs no more
-                        active = self._active_rows + rows
-                        if queue.rows + rows > limit and (queue.rows or request.callers > 1):
-                            raise QueueFullError(
-                                f"model {self.model!r} version {self.version}: the queue holds {queue.rows} rows "
-                                f"and max_queue_rows is {limit}; retry later",
-                                model=self.model,
-                                version=self.version,
-                            )
-                    request.enqueued_at = self._clock()
-                    queue.append(request)
-                    self._in_flight += request.callers
-                    self._active_rows = active
-                    if not self._workers:
-                        self._start_workers()
-                    if self._filler is not None:
-                        if queue.rows >= self._fill_target:
-                            self._filler.release()
-                            self._filler = None
-                    elif self._idle and pool.has_free() and not getattr(request.future, "defer_wake", False):
-                        self._idle.pop().release()
-                    return
-        finally:  # answered outside the lock, like the cancelled requests a worker comes to
-            for given_up in withdrawn:
-                given_up.complete(None, given_up.error)
+        with self._lock:
+            if self._closing and not readmit:
+                raise self._retired()
+            active = self._active_rows + rows
+            runs_now = self._policy.arrive(active, rows)
+            runner = pool.checkout() if run_inline and runs_now and not self._queue.rows else None
+            if runner is not None:
+                self._in_flight += request.callers
+                self._active_rows = active
+                request.state = RUNNING
+            else:
+                queue = self._queue
+                # an empty queue takes any one caller's request, however large; never several callers' at once
+                if queue.rows + rows > self._config.max_queue_rows and (queue or request.callers > 1) and not readmit:
+                    raise QueueFullError(
+                        f"model {self.model!r} version {self.version}: the queue holds {queue.rows} rows "
+                        f"and max_queue_rows is {self._config.max_queue_rows}; retry later",
+                        model=self.model,
+                        version=self.version,
+                    )
+                request.enqueued_at = self._clock()
+                queue.append(request)
+                self._in_flight += request.callers
+                self._active_rows = active
+                if not self._workers:
+                    self._start_workers()
+                if self._filler is not None:
+                    if queue.rows >= self._fill_target:
+                        self._filler.release()
+                        self._filler = None
+                elif self._idle and pool.has_free() and not getattr(request.future, "defer_wake", False):
+                    self._idle.pop().release()
+                return
         self._run_inline(runner, request)
-
-    def _withdraw_given_up(self) -> list[Request]:
-        """With the lock held, when the queue is full: stop counting the queued requests whose callers gave
-        up (see :meth:`BatchQueue.withdraw_given_up`), at most once per ``_WITHDRAW_EVERY_S`` (a scan of the
-        whole queue, while requests are being shed). Returns them, to be answered once the lock is released."""
-        now = self._clock()
-        if now - self._withdrawn_at < _WITHDRAW_EVERY_S:
-            return []
-        self._withdrawn_at = now
-        withdrawn = self._queue.withdraw_given_up()
-        for request in withdrawn:
-            self._in_flight -= request.callers
-            self._active_rows -= request.rows
-        if withdrawn:
-            self._notify_if_drained()
-        return withdrawn
 
     def wake(self) -> None:
         """Wake a parked worker if requests are queued and a runner is free: the deferred wake of requests

@@ -745,10 +745,6 @@ class _Merged:
         # up just after is answered with nothing on the loop. Not for a closed loop: nobody would get it.
         return any(not member.waiter.done() for member in self.members) and not self.state.closed()
 
-    def gave_up(self) -> bool:
-        """Whether every task gave up (or the loop closed): read, like the above, from any thread."""
-        return not self.set_running_or_notify_cancel()
-
     def deliver(self, request: Request) -> None:
         """The request's deliver hook (``Request.complete``, on the thread that finished it). A failed run of
         several tasks' rows sends each task the full way right here, on the worker's thread, before the batcher
@@ -782,10 +778,6 @@ class _LoopFuture:
         # Read across threads on purpose: a plain flag read under the GIL. A task cancelled just after
         # this check has its answer dropped on the loop instead. Not for a closed loop: nobody would get it.
         return not self._waiter.done() and not self._state.closed()
-
-    def gave_up(self) -> bool:
-        """Whether its task gave up (cancelled, or answered by its deadline) or its loop closed."""
-        return not self.set_running_or_notify_cancel()
 
     def done(self) -> bool:
         return self._answered
