@@ -100,7 +100,8 @@ LONE_STREAK_S = 0.001
 _STATE_ATTRIBUTE = "_inprocserve_loop_state"
 _states_lock = threading.Lock()
 _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
-_last: _LoopState | None = None  # the state used last (see _state_of)
+# the state used last, weakly (see _state_of): a shortcut must not keep a closed loop's state, and its loop
+_last: weakref.ref[_LoopState] | None = None
 _generation = 0  # bumped in a forked child: states made before the fork are not used there
 
 
@@ -839,7 +840,8 @@ def _state_of(loop: asyncio.AbstractEventLoop) -> _LoopState:
     """The state of ``loop`` (created on first use). The most recent one is kept at hand: nearly every call
     comes from the same loop as the one before, and a weak dictionary lookup costs a Python call."""
     global _last
-    state = _last
+    last = _last
+    state = None if last is None else last()
     if state is not None and state._loop() is loop:
         return state
     state = _kept_state(loop)
@@ -852,7 +854,7 @@ def _state_of(loop: asyncio.AbstractEventLoop) -> _LoopState:
                     setattr(loop, _STATE_ATTRIBUTE, state)
                 except AttributeError:  # a loop class with no room for it
                     _states[loop] = state
-    _last = state  # a plain reference swap: a thread that reads a stale one only misses the shortcut
+    _last = weakref.ref(state)  # a plain reference swap: a thread that reads a stale one only misses the shortcut
     return state
 
 
@@ -903,7 +905,8 @@ def apredict(
     failed run); the awaitable raises the rest.
     """
     loop = asyncio.get_running_loop()
-    state = _last
+    last = _last
+    state = None if last is None else last()
     if state is None or state._loop() is not loop:
         state = _state_of(loop)
     opened = None

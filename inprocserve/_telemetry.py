@@ -660,7 +660,7 @@ class Metrics:
         self._gauges: list[Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]] = []
         self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
         self._recording = RecordingThread(self.record_pending, name="inprocserve-metrics")
-        self._held_for_fork: list[threading.Lock] = []  # recorders' locks taken before a fork (see hold_records)
+        self._held_for_fork = threading.local()  # recorders' locks a forking thread took (see hold_records)
         meter.create_observable_gauge(
             "inprocserve.queue.depth", callbacks=[self._observe("queue")], unit="{row}", description="Rows queued"
         )
@@ -695,22 +695,26 @@ class Metrics:
         """Before a fork: wait for any thread recording a version's backlog to finish (up to a second each),
         and keep others from starting until :meth:`release_records`. The SDK's aggregations take locks of
         their own while a record is made, and a child forked mid-record would inherit them held: its first
-        record of that metric would wait forever."""
-        held = []
+        record of that metric would wait forever. (A record a request's thread makes at that moment is not
+        waited for: docs/observability.md says to set the SDK up after the fork.)"""
+        # kept as each is taken: an exception here (a signal handler's), which the fork ignores, must not leave
+        # one held for good; per forking thread
+        held: list[threading.Lock] = []
+        self._held_for_fork.locks = held
         for recorder in list(self._recorders):
             lock = recorder._draining
             if lock.acquire(timeout=_FORK_WAIT_S):
                 held.append(lock)
-        self._held_for_fork = held
 
     def release_records(self) -> None:
         """After a fork, in the parent: let recording go on (see :meth:`hold_records`)."""
-        held, self._held_for_fork = self._held_for_fork, []
+        held: list[threading.Lock] = getattr(self._held_for_fork, "locks", [])
+        self._held_for_fork.locks = []
         for lock in held:
             lock.release()
 
     def _after_fork_in_child(self) -> None:
-        self._held_for_fork = []  # (each recorder makes itself a new lock in the child)
+        self._held_for_fork = threading.local()  # (each recorder makes itself a new lock in the child)
 
     def flush(self) -> None:
         """Record what every recorder holds: called by the SDK's collection, through the observable gauges'

@@ -1007,8 +1007,7 @@ def test_a_closed_loops_state_holding_answers_does_not_keep_the_loop() -> None:
     state._inbox.append((loop.create_future(), None, None))  # (an answer whose drain never ran)
     alive = weakref.ref(loop)
     loop.close()
-    _loop_batching._last = None  # (the shortcut to the state used last)
-    del loop, state
+    del loop, state  # (the shortcut to the state used last holds it weakly)
     gc.collect()
     assert alive() is None
 

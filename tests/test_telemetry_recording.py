@@ -312,6 +312,24 @@ def test_a_child_forked_while_the_recording_thread_records_can_record(
         assert run_in_forked_child(in_the_child, timeout_s=10) == "recorded"
 
 
+def test_a_fork_hook_interrupted_midway_leaves_no_recorder_locked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fork ignores an exception in its hook (a signal handler's, while the hook waits), then calls the
+    parent's: a lock taken before the exception is released all the same."""
+    taken, interrupted = Recorder("fork-hook-taken", 1), Recorder("fork-hook-interrupted", 1)
+
+    class Interrupted:
+        def acquire(self, timeout: float = -1) -> bool:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(interrupted, "_draining", Interrupted())
+    monkeypatch.setattr(METRICS, "_recorders", [taken, interrupted])
+    with pytest.raises(KeyboardInterrupt):
+        METRICS.hold_records()
+    assert taken._draining.locked()
+    METRICS.release_records()
+    assert not taken._draining.locked()
+
+
 def test_counters_are_exact_from_many_threads(otel: Otel) -> None:
     recorder = Recorder("tally", 5)
     barrier = threading.Barrier(8)
