@@ -940,15 +940,14 @@ def test_a_loop_closed_with_requests_in_flight_is_freed_with_their_answers(
     busy_repository: Path, make_server: ServerFactory, ending: str
 ) -> None:
     """A loop that ends while its requests run or wait in the queue (a request handler's loop closed after a
-    timeout) is freed, with its tasks' inputs and the answers that arrive after it closed; the requests it
-    left queued are dropped unrun, and the server's counts return to zero."""
+    timeout) is freed, with its tasks' inputs and the answers that arrive after it closed, and the server's
+    counts return to zero. (That its queued requests are dropped unrun: the test after next.)"""
     server = make_server(busy_repository, config=NO_WAIT)
     server.predict("busy", busy_inputs(1))
     batcher = server._routes["busy"].default.batcher
     assert batcher is not None
     loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
     inputs: list[weakref.ref[np.ndarray]] = []
-    rows_before = version_status(server, "busy")["rows_run"]
 
     def requests() -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -983,7 +982,6 @@ def test_a_loop_closed_with_requests_in_flight_is_freed_with_their_answers(
     gc.collect()
     assert [ref() for ref in loops] == [None] * 3
     assert [ref() for ref in inputs] == [None] * len(inputs)
-    assert version_status(server, "busy")["rows_run"] - rows_before < 3 * (3 * 300 + 3)  # not all run for nobody
 
 
 def test_answers_posted_to_a_closed_loop_are_dropped_even_after_a_lost_drain() -> None:
