@@ -941,7 +941,7 @@ def test_a_loop_closed_with_requests_in_flight_is_freed_with_their_answers(
 ) -> None:
     """A loop that ends while its requests run or wait in the queue (a request handler's loop closed after a
     timeout) is freed, with its tasks' inputs and the answers that arrive after it closed, and the server's
-    counts return to zero. (That its queued requests are dropped unrun: the test after next.)"""
+    counts return to zero. (Its queued requests are dropped unrun: test_requests_of_a_closed_loop_are_not_run.)"""
     server = make_server(busy_repository, config=NO_WAIT)
     server.predict("busy", busy_inputs(1))
     batcher = server._routes["busy"].default.batcher
