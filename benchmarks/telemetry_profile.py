@@ -131,7 +131,7 @@ def sdk_costs(repeat: int = 5, number: int = 20_000) -> dict[str, float]:
 
     from inprocserve import _recorder, _telemetry
 
-    tracer = _telemetry.tracer()
+    tracer = _telemetry._TRACER
     histogram = _telemetry.METRICS.request_duration
     recorder = _recorder.Recorder("m", 1)
     attributes = {

@@ -41,6 +41,7 @@ from opentelemetry.trace import (
 if TYPE_CHECKING:
     from ._recorder import Recorder
 
+from . import _fork
 from ._errors import (
     DeadlineExceededError,
     InprocserveError,
@@ -71,7 +72,6 @@ __all__ = [
     "start_batch_span",
     "start_request_span",
     "start_shadow_span",
-    "tracer",
     "unsampled_child_dropped",
 ]
 
@@ -145,10 +145,6 @@ _MAX_ATTRIBUTE_CHARS = 256  # flag values and reasons are cut, so no attribute g
 # The API's proxy tracer forwards to the SDK's once the application installs a provider (even after this
 # import) and caches it; asking the SDK for a tracer on every span would cost more than the span.
 _TRACER = trace.get_tracer(_SCOPE)
-
-
-def tracer() -> trace.Tracer:
-    return _TRACER
 
 
 def tracing() -> bool:
@@ -661,6 +657,7 @@ class Metrics:
         self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
         self._recording = RecordingThread(self.record_pending, name="inprocserve-metrics")
         self._held_for_fork = threading.local()  # recorders' locks a forking thread took (see hold_records)
+        _fork.register(self)
         meter.create_observable_gauge(
             "inprocserve.queue.depth", callbacks=[self._observe("queue")], unit="{row}", description="Rows queued"
         )
@@ -765,8 +762,4 @@ class Metrics:
 METRICS = Metrics()
 _FORK_WAIT_S = 1.0  # how long a fork waits for a backlog being recorded (a stuck exporter is not waited for)
 if hasattr(os, "register_at_fork"):  # POSIX only
-    os.register_at_fork(
-        before=METRICS.hold_records,
-        after_in_parent=METRICS.release_records,
-        after_in_child=METRICS._after_fork_in_child,
-    )
+    os.register_at_fork(before=METRICS.hold_records, after_in_parent=METRICS.release_records)
