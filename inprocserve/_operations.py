@@ -81,10 +81,20 @@ class Operations:
 
     def close(self) -> None:
         """Stop the watcher (idempotent); it finishes the sync it is in, if any."""
+        self.stop_watcher()
+        self.join_watcher(timeout_s=5.0)
+
+    def stop_watcher(self) -> None:
+        """Ask the watcher to stop once the sync it is in, if any, is done (see :meth:`join_watcher`)."""
         self._stop.set()
+
+    def join_watcher(self, *, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a stopped watcher to end; False if it is still running."""
         watcher = self._watcher
         if watcher is not None and watcher is not threading.current_thread():
-            watcher.join(timeout=5)
+            watcher.join(timeout=timeout_s)
+            return not watcher.is_alive()
+        return True
 
     def after_fork_in_child(self) -> None:
         self._stop = threading.Event()

@@ -748,11 +748,18 @@ class Registry:
             self.routes.clear()
         return True
 
-    def join_poller(self) -> None:
-        """After :meth:`close`, without the lock (the poller may be waiting for it): wait for the poller."""
+    def join_poller(self, *, timeout_s: float = 5.0) -> bool:
+        """After :meth:`close` or :meth:`stop_poller`, without the lock (the poller may be waiting for it):
+        wait up to ``timeout_s`` for the poller to end; False if it is still running."""
         poller = self._poller
         if poller is not None and poller is not threading.current_thread():
-            poller.join(timeout=5)
+            poller.join(timeout=timeout_s)
+            return not poller.is_alive()
+        return True
+
+    def stop_poller(self) -> None:
+        """Ask the poller to stop once the refresh it is in, if any, is done (see :meth:`join_poller`)."""
+        self._stop.set()
 
     def after_fork_in_child(self) -> None:
         """In a forked child: fresh lock and event (the parent's may be held), and a new poller."""

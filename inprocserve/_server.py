@@ -173,7 +173,15 @@ class Server(RolloutMethods):
         METRICS.add_source(self._gauge_source)
         # At interpreter exit (or garbage collection) of a server nobody closed: stop its threads before
         # the interpreter finalizes, while onnxruntime may still be running on them.
-        self._finalizer = weakref.finalize(self, _close_unclosed, self._registry.loaded, self._shadow, self._drift)
+        self._finalizer = weakref.finalize(
+            self,
+            _close_unclosed,
+            self._registry.loaded,
+            self._shadow,
+            self._drift,
+            weakref.ref(self._registry),  # (both hold the server: strong references would keep it for good)
+            weakref.ref(self._operations),
+        )
         shield_exit()  # an exiting worker finishes closing its sessions even if its master sends SIGTERM
         _fork.register(self)
         if folder is not None:
@@ -846,8 +854,31 @@ class Server(RolloutMethods):
         self._sharing = Sharing(self._deliver, self._telemetry, clock=self._clock, serving=self._serving_copy)
 
 
-def _close_unclosed(loaded: dict[str, dict[int, ModelVersion]], shadow: ShadowRunner, drift: DriftScorer) -> None:
-    """Last-resort cleanup when a Server is garbage-collected or the interpreter exits unclosed."""
+# How long an exiting process waits for a hot reload or a control-file switch in progress to finish loading.
+_EXIT_WAIT_S = 30.0
+
+
+def _close_unclosed(
+    loaded: dict[str, dict[int, ModelVersion]],
+    shadow: ShadowRunner,
+    drift: DriftScorer,
+    registry_ref: weakref.ref[Registry],
+    operations_ref: weakref.ref[Operations],
+) -> None:
+    """Last-resort cleanup when a Server is garbage-collected or the interpreter exits unclosed (a web
+    worker's server, that nothing closes, at the worker's exit). The hot-reload poller and the control-file
+    watcher are stopped first, and waited for: either may be building a version's sessions, and onnxruntime
+    aborts the process at exit (``std::terminate``, SIGABRT) if a thread is still inside it then."""
+    registry, operations = registry_ref(), operations_ref()
+    if registry is not None:
+        registry.stop_poller()
+    if operations is not None:
+        operations.stop_watcher()
+    deadline = time.monotonic() + _EXIT_WAIT_S
+    if registry is not None and not registry.join_poller(timeout_s=_EXIT_WAIT_S):
+        logger.error("the hot-reload thread is still loading a version after %gs; exiting anyway", _EXIT_WAIT_S)
+    if operations is not None and not operations.join_watcher(timeout_s=max(0.0, deadline - time.monotonic())):
+        logger.error("the control-file thread is still applying a revision after %gs; exiting anyway", _EXIT_WAIT_S)
     shadow.close()
     close_versions(loaded)
     drift.close(timeout_s=1.0)

@@ -432,3 +432,42 @@ def test_the_optimized_graph_a_load_writes_does_not_reload_the_version(
     loaded_at = server.status()["models"]["scale"]["versions"]["1"]["loaded_at"]
     assert server.refresh() == []
     assert server.status()["models"]["scale"]["versions"]["1"]["loaded_at"] == loaded_at
+
+
+# A process that exits while its server's background thread builds a version: a web worker told to stop
+# (SIGTERM, SIGHUP, --max-requests) just after a deploy copied a version in or switched the fleet. Nobody
+# closes such a server: it is closed at interpreter exit, where onnxruntime aborts the process if a thread
+# is still inside it. Version 2's warm-up is long enough that the exit comes in the middle of its load.
+_EXIT_DURING_LOAD = """
+import sys, time
+from pathlib import Path
+import inprocserve
+from inprocserve._control import ControlFile, ModelControl
+from inprocserve.testing import save_model
+from tests.conftest import build_busy_model
+
+repository, thread = Path(sys.argv[1]), sys.argv[2]
+model = build_busy_model(512, 16)
+save_model(model, repository, "busy", 1)
+if thread == "poller":  # a new version copied in: the hot-reload thread loads it
+    server = inprocserve.Server(repository, poll_interval_s=0.05)
+    (repository / "busy" / "config.toml").write_text("[warmup]\\nrows = 256\\nruns = 30\\n")
+    save_model(model, repository, "busy", 2)
+else:  # the fleet switched to a version this worker does not serve: the control-file thread loads it
+    save_model(model, repository, "busy", 2)
+    server = inprocserve.Server(repository, control_interval_s=0.05)
+    (repository / "busy" / "config.toml").write_text("[warmup]\\nrows = 256\\nruns = 30\\n")
+    ControlFile(repository).set_model("busy", lambda _old: ModelControl(stable=1), actor="deploy")
+time.sleep(0.7)
+print("exiting while", server.status()["models"]["busy"]["versions"].keys(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("thread", ["poller", "watcher"])
+def test_a_process_that_exits_while_a_version_loads_exits_cleanly(thread: str, tmp_path: Path) -> None:
+    from .conftest import run_python
+
+    result = run_python(_EXIT_DURING_LOAD, str(tmp_path), thread, timeout_s=180)
+    assert "terminate called" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 0, f"exit status {result.returncode}: {result.stderr[-2000:]}"
+    assert "exiting while" in result.stdout
