@@ -51,6 +51,9 @@ class Operations:
         self._control_file = control_file
         self.control_interval_s = None if control_file is None else control_interval_s
         self._read_error: str | None = None  # why the control file cannot be read now, if it cannot
+        # whether a revision of the file was read (an absent file reads as revision 0): until then a worker
+        # started while the file was unreadable follows none, and reports not ready (see control_unread)
+        self._read_once = control_file is None
         self._ids = ids
         self._predict = predict
         self._submit = submit
@@ -67,6 +70,14 @@ class Operations:
         in force is not applied here (``None`` when it is read and applied in full)."""
         errors = [error for error in (self._read_error, self._registry.control_problem) if error]
         return "; ".join(errors) or None
+
+    @property
+    def control_unread(self) -> str | None:
+        """Why this server has never read the control file, if it exists but could not be read since the
+        server started; ``None`` once a revision was read (or with no control file). Such a server follows
+        revision 0 (every model's own config), which may undo the fleet's switches, rollbacks and kill
+        switches: readiness fails until a revision is read."""
+        return None if self._read_once else self._read_error
 
     def read_initial_control(self) -> None:
         """Before the first load: follow the control file from the start (nothing to apply yet)."""
@@ -276,10 +287,18 @@ class Operations:
             control = self._control_file.read()
         except ConfigurationError as exc:
             if str(exc) != self._read_error:
-                logger.error("%s; revision %d stays in force", exc, self._registry.control.revision)
+                if self._read_once:
+                    logger.error("%s; revision %d stays in force", exc, self._registry.control.revision)
+                else:
+                    logger.error(
+                        "%s; this worker has read no revision of it: it serves every model by its own config "
+                        "and reports not ready until it can read one",
+                        exc,
+                    )
             self._read_error = str(exc)
             return None
         self._read_error = None
+        self._read_once = True
         return control
 
     def _watch(self) -> None:

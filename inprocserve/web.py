@@ -162,6 +162,13 @@ def readiness(server: Server, required: Sequence[str] | None = None) -> Readines
             reasons[name] = _first_error(model)
         elif model.get("unhealthy"):
             degraded[name] = "; ".join(f"version {v}: {why}" for v, why in sorted(model["unhealthy"].items()))
+    control = status.get("control") or {}
+    if control.get("read") is False:  # it may be undoing the fleet's switches and kill switches
+        unread = (
+            "the control file cannot be read, and this worker has read no revision of it since it started "
+            f"(it would serve every model by its own config, not the fleet's revision): {control.get('error')}"
+        )
+        reasons = dict.fromkeys(names, unread)
     closed = bool(status["closed"])
     return Readiness(
         ready=not closed and bool(names) and not reasons,

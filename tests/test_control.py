@@ -160,6 +160,44 @@ def test_an_invalid_control_file_keeps_the_last_revision(three_versions: Path, m
         server.switch("scale", 1)  # a writer refuses to overwrite what it cannot read
 
 
+def test_a_worker_started_while_the_control_file_is_damaged_is_not_ready_until_it_reads_it(
+    three_versions: Path, make_server: ServerFactory
+) -> None:
+    """Workers started before the damage keep the last valid revision; one (re)started after it has none,
+    and serving the models' own configs would undo the fleet's rollback and kill switch."""
+    writer = make_server(three_versions, control_interval_s=None)
+    writer.switch("scale", 1)
+    writer.kill("scale")
+    control_file = three_versions / CONTROL_FILENAME
+    good = control_file.read_bytes()
+    control_file.write_bytes(good[: len(good) // 2])  # a hand edit or a broken sync
+    assert writer.sync_control() == 2 and served_version(writer) == 1  # keeps what it read
+    assert writer.readiness().ready
+
+    late = make_server(three_versions, control_interval_s=None)  # a recycled worker
+    readiness = late.readiness()
+    assert not readiness.ready
+    assert "control file cannot be read" in readiness.reasons["scale"]
+    assert "not valid JSON" in readiness.reasons["scale"]
+    assert str(three_versions) not in readiness.reasons["scale"]  # (readiness quotes no paths)
+    assert late.status()["control"]["read"] is False
+    assert writer.status()["control"]["read"] is True
+
+    control_file.write_bytes(good)  # repaired: the next sync reads it
+    assert late.sync_control() == 2
+    assert late.readiness().ready and late.status()["control"]["read"] is True
+    assert served_version(late) == 1
+    control_file.write_text("{")  # damaged again later: this worker now keeps what it read
+    late.sync_control()
+    assert late.readiness().ready and served_version(late) == 1
+
+
+def test_a_missing_control_file_is_revision_0_and_ready(three_versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(three_versions, control_interval_s=None)
+    assert server.readiness().ready
+    assert server.status()["control"] == {**server.status()["control"], "revision": 0, "read": True, "error": None}
+
+
 def test_a_worker_follows_a_version_it_has_not_loaded(three_versions: Path, make_server: ServerFactory) -> None:
     only_one = ModelConfig(version_policy=VersionPolicy.specific(1))
     writer = make_server(three_versions, config=only_one, control_interval_s=None)
