@@ -35,12 +35,19 @@ class BatchQueue:
         return iter(self._requests)
 
     def append(self, request: Request) -> None:
-        self._requests.append(request)
+        # rows first: nothing between the two lets a signal handler run, so an interruption leaves both done
+        # or neither (the batcher relies on it)
         self.rows += request.rows
+        self._requests.append(request)
 
     def withdraw(self, request: Request) -> None:
-        """Stop counting a queued request whose caller gave up (it is skipped when it comes up)."""
+        """Stop counting a queued request whose caller gave up (it is skipped when it comes up), and drop
+        the given-up requests at the head of the queue: one left behind holds its inputs until a worker
+        takes a batch, which an idle version, whose callers run inline, may not do for a long while."""
         self.rows -= request.rows
+        requests = self._requests
+        while requests and requests[0].state != QUEUED:
+            requests.popleft()
 
     def only(self) -> Request | None:
         """The request, if the queue holds exactly one and it is still queued."""

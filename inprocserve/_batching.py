@@ -221,7 +221,11 @@ class Batcher:
             else:
                 queue = self._queue
                 # an empty queue takes any one caller's request, however large; never several callers' at once
-                if queue.rows + rows > self._config.max_queue_rows and (queue or request.callers > 1) and not readmit:
+                if (
+                    queue.rows + rows > self._config.max_queue_rows
+                    and (queue.rows or request.callers > 1)  # (rows: given-up requests may linger in it)
+                    and not readmit
+                ):
                     raise QueueFullError(
                         f"model {self.model!r} version {self.version}: the queue holds {queue.rows} rows "
                         f"and max_queue_rows is {self._config.max_queue_rows}; retry later",
@@ -229,15 +233,25 @@ class Batcher:
                         version=self.version,
                     )
                 request.enqueued_at = self._clock()
-                queue.append(request)
+                # Counted, then queued: a signal handler that raises in the caller's thread (the only place
+                # the append can be cut short is as it begins) must leave no request run but never counted
+                # (counts below zero: close() would wait its whole timeout), nor one counted but never queued.
                 self._in_flight += request.callers
                 self._active_rows = active
+                rows_before = queue.rows
+                try:
+                    queue.append(request)
+                except BaseException:
+                    if queue.rows == rows_before:  # (BatchQueue.append counts its rows and queues in one go)
+                        self._in_flight -= request.callers
+                        self._active_rows -= rows
+                    raise
                 if not self._workers:
                     self._start_workers()
                 if self._filler is not None:
                     if queue.rows >= self._fill_target:
-                        self._filler.release()
-                        self._filler = None
+                        filler, self._filler = self._filler, None  # (cleared first: see _wait_for_companions)
+                        filler.release()
                 elif self._idle and pool.has_free() and not getattr(request.future, "defer_wake", False):
                     self._idle.pop().release()
                 return
@@ -501,13 +515,13 @@ class Batcher:
         Returns True, having changed nothing, if it was answered already (its answer is being handed over)."""
         with self._lock:
             state = request.state
+            if state != DONE:
+                request.state = ABANDONED
             if state == QUEUED:
                 self._queue.withdraw(request)
                 self._active_rows -= request.rows
                 self._in_flight -= 1
                 self._notify_if_drained()
-            if state != DONE:
-                request.state = ABANDONED
         return state == DONE
 
     def interrupted(self, request: Request) -> None:
@@ -616,7 +630,9 @@ class Batcher:
         if self._filler is wake:
             self._filler = None
         else:  # released just as the wait timed out: consume it so the lock is held for the next wait
-            wake.acquire()
+            # Not blocking: whoever cleared _filler released it under the lock, before this thread took the
+            # lock back, unless a signal handler raised in that thread between the two (then nothing comes).
+            wake.acquire(blocking=False)
         return False
 
     def _take_batch(self) -> tuple[list[Request], list[Request]]:
@@ -755,9 +771,9 @@ class Batcher:
             for wake in self._idle:
                 wake.release()
             self._idle.clear()
-            if self._filler is not None:
-                self._filler.release()
-                self._filler = None
+            filler, self._filler = self._filler, None
+            if filler is not None:
+                filler.release()
             if self._queue and not self._workers:
                 self._start_workers()
             drained = self._drained.wait_for(lambda: self._in_flight == 0, timeout_s)

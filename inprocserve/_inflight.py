@@ -266,11 +266,7 @@ class Sharing:
         try:  # (answered by a batch after a re-run, it hands its place in the wake relay on)
             answered = request.wait(None if request.deadline is None else request.deadline - self._clock())
         except BaseException:  # its thread was interrupted: nobody waits for it any more
-            with self._lock:
-                requeued_on = self._requeued.pop(request, None)
-                self._waiting.discard(request)
-            if requeued_on is not None:  # re-run meanwhile: withdrawn, or it leaves the wake relay
-                requeued_on.interrupted(request)
+            self.give_up(request)
             raise
         with self._lock:
             waiting = request in self._waiting
@@ -291,6 +287,14 @@ class Sharing:
             model=route.model,
             version=route.version,
         )
+
+    def give_up(self, request: Request) -> None:
+        """A synchronous follower's caller was interrupted: nobody waits for it any more."""
+        with self._lock:
+            requeued_on = self._requeued.pop(request, None)
+            self._waiting.discard(request)
+        if requeued_on is not None:  # re-run meanwhile: withdrawn, or it leaves the wake relay
+            requeued_on.interrupted(request)
 
     def _follow(self, request: Request, target: ModelVersion, leader: Future[Mapping[str, Any]]) -> None:
         """An identical request's leader is done: take its answer or error, or run this one by itself when

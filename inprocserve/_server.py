@@ -579,6 +579,7 @@ class Server(RolloutMethods):
         decision: Decision | None = None
         target: ModelVersion | None = None
         request: Request | None = None
+        answering: Request | None = None
         try:
             for _ in range(_RETRIES_ON_RETIRED):
                 requeued = readmit and opened is not None
@@ -625,12 +626,31 @@ class Server(RolloutMethods):
                 return answering, target
             raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
         except BaseException as exc:  # refused before it was queued: close its telemetry, then raise
+            if answering is not None:  # queued already: a signal handler raised in the caller's thread
+                assert target is not None
+                if future is None:  # a synchronous caller never waits for it: given up as predict gives it up
+                    self._given_up_unwaited(answering, target, exc)
+                raise  # (a future's request is answered through the future, as if nothing happened)
             if lead is not None:  # (refused before its request took the lead over)
                 self._sharing.finish(led, lead, None, exc)
             if request is not None:  # refused between its lookup and its queueing: free what it leads
                 self._sharing.release(request, None, exc)
             self._telemetry.refused(span, started, model, None if target is None else target.version, decision, exc)
             raise
+
+    def _given_up_unwaited(self, request: Request, target: ModelVersion, error: BaseException) -> None:
+        """A synchronous request queued (or following an identical one) whose caller's thread was interrupted
+        before it began to wait for it: given up as :meth:`predict` gives up an interrupted wait (withdrawn,
+        or its answer dropped), and the requests that follow it are released (left waiting, they hung)."""
+        batcher = target.batcher
+        assert batcher is not None
+        if (target.cache is not None or target.config.cache.share_in_flight) and self._sharing.following(
+            request, batcher
+        ):
+            self._sharing.give_up(request)
+        else:
+            batcher.interrupted(request)
+        self._answered(request, target, error)
 
     def _refused_early(self, model: str, version: int | None, error: BaseException, started: float) -> None:
         """Record a request refused before :meth:`predict` (the ``/v2`` endpoints check a request's headers

@@ -10,10 +10,12 @@ Real signals, real onnxruntime: the test's main thread is interrupted by ``SIGUS
 
 from __future__ import annotations
 
+import inspect
 import signal
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,10 @@ import pytest
 
 import inprocserve
 from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _request
+from inprocserve._batch_queue import BatchQueue
+from inprocserve._batching import Batcher
 from inprocserve._request import Request, complete_batch
-from inprocserve._rollout import Decision
+from inprocserve._rollout import Decision, Router
 from inprocserve._wake_relay import RELAY
 
 from .conftest import BUSY_WIDTH, ServerFactory, busy_inputs, version_status, wait_until
@@ -305,3 +309,139 @@ def test_a_large_request_interrupted_between_its_slices_is_no_longer_counted(
     assert status["in_flight"] == 0 and status["queued_rows"] == 0
     execution._run_batch = run
     np.testing.assert_allclose(server.predict("scale", np.ones((5, 4), np.float32))["y"], np.full((5, 4), 2.0))
+
+
+# -- interruptions inside the batcher's own steps ---------------------------------------------------------
+#
+# A signal handler runs where the interpreter checks for pending calls: as a Python function begins, and
+# right after a call into C returns. The windows below are a few bytecodes wide; a trace function raises at
+# exactly such a point of the main thread, as a signal arriving then would.
+
+
+@contextmanager
+def interrupted_at(code: Any, *, after_line: int | None = None) -> Iterator[None]:
+    """Raise ``Interrupted`` once, in the main thread, in the frame running ``code``: as it begins, or
+    (``after_line``) at its first line past that one, or its return, whichever comes first."""
+
+    def local(frame: Any, kind: str, arg: Any) -> Any:
+        if after_line is None or kind == "return" or (kind == "line" and frame.f_lineno > after_line):
+            sys.settrace(None)
+            frame.f_trace = None
+            raise Interrupted
+        return local
+
+    def tracer(frame: Any, kind: str, arg: Any) -> Any:
+        if frame.f_code is not code:
+            return None
+        return local(frame, kind, arg) if after_line is None else local
+
+    sys.settrace(tracer)
+    try:
+        yield
+    finally:
+        sys.settrace(None)
+
+
+def line_of(function: Any, text: str) -> int:
+    """The line number of the first line of ``function`` that holds ``text``."""
+    source, first = inspect.getsourcelines(function)
+    return first + next(index for index, line in enumerate(source) if text in line)
+
+
+def batcher_of(server: inprocserve.Server) -> Any:
+    batcher = server._registry.routes["busy"].default.batcher
+    assert batcher is not None
+    return batcher
+
+
+@pytest.mark.parametrize("where", ["as it begins", "after it queues"])
+def test_an_interruption_as_a_request_is_queued_leaves_the_counts_right(
+    where: str, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """As the queue's append begins (nothing queued) or just after its call into the deque (queued, and
+    run): either way the batcher's counts come back to zero, and close() drains at once (counts below zero
+    kept it waiting)."""
+    server = make_server(busy_repository)
+    batcher = batcher_of(server)
+    gate = GatedRuns(server, "busy", hold=(60,))
+    blocker = server.submit("busy", busy_inputs(60))
+    assert gate.started[60].wait(20)
+    after = None if where == "as it begins" else line_of(BatchQueue.append, "self._requests.append(")
+    with pytest.raises(Interrupted), interrupted_at(BatchQueue.append.__code__, after_line=after):
+        server.submit("busy", busy_inputs(2, seed=1))
+    gate.open_all()
+    blocker.result(timeout=20)
+    assert server.predict("busy", busy_inputs(1))["picked"].shape == (1, 2)
+    wait_until(lambda: batcher.in_flight == 0 and batcher.queued_rows == 0)
+    assert batcher._active_rows == 0
+    assert batcher.close(timeout_s=10)
+
+
+def test_an_interruption_just_after_waking_the_waiting_worker_loses_no_wake(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """A worker waits for companions (max_delay_s); the request that fills its batch wakes it, and the
+    caller is interrupted right after: a wake left marked as pending kept every parked worker asleep (the
+    next requests waited forever) and made close() release a lock twice."""
+    config = ModelConfig(batching=BatchingConfig(max_delay_s=1.0))
+    server = make_server(busy_repository, models={"busy": config})
+    batcher = batcher_of(server)
+    blocker = server.submit("busy", busy_inputs(2000))
+    wait_until(lambda: batcher.queued_rows == 0)
+    queued = server.submit("busy", busy_inputs(1, seed=1))  # waits behind the blocker
+    blocker.result(timeout=60)
+    wait_until(lambda: batcher._filler is not None)  # the free worker now waits for companions
+    release = line_of(Batcher.submit, "filler.release()")
+    with pytest.raises(Interrupted), interrupted_at(Batcher.submit.__code__, after_line=release):
+        server.predict("busy", busy_inputs(batcher._fill_target, seed=2))
+    assert batcher._filler is None
+    queued.result(timeout=20)
+    later = server.submit("busy", busy_inputs(1, seed=3))
+    assert later.result(timeout=10)["picked"].shape == (1, 2)
+    assert server.predict("busy", busy_inputs(1, seed=4), timeout_s=10)["picked"].shape == (1, 2)
+    wait_until(lambda: batcher.in_flight == 0)
+    assert batcher.close(timeout_s=10)  # (it raised "release unlocked lock")
+
+
+def test_a_given_up_request_leaves_the_queue_and_admits_a_large_one(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """A queued request whose deadline passes is withdrawn; it must not linger as a queued request (holding
+    its inputs, and making an empty queue look busy: a request larger than max_queue_rows, which an empty
+    queue takes, was refused with "the queue holds 0 rows")."""
+    config = ModelConfig(batching=BatchingConfig(max_queue_rows=10, max_request_rows=100))
+    server = make_server(busy_repository, models={"busy": config})
+    batcher = batcher_of(server)
+    gate = GatedRuns(server, "busy", hold=(5,))
+    blocker = server.submit("busy", busy_inputs(5))
+    assert gate.started[5].wait(20)
+    with pytest.raises(inprocserve.DeadlineExceededError):
+        server.predict("busy", busy_inputs(1, seed=1), timeout_s=0.05)
+    assert not list(batcher._queue)  # dropped, not left for a worker to skip
+    gate.open_all()
+    blocker.result(timeout=20)
+    wait_until(lambda: batcher.in_flight == 0)
+    large = server.submit("busy", busy_inputs(50, seed=2))  # the queue is empty: one caller's may be large
+    assert large.result(timeout=20)["picked"].shape == (50, 2)
+
+
+def test_a_caller_interrupted_just_after_queueing_frees_the_identical_requests_that_follow_it(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """Interrupted as the router notes its queued request (the last step before the caller waits): the
+    request is given up like an interrupted wait, and an identical request that came to follow it runs (it
+    followed a lead nobody would ever release, and hung)."""
+    config = ModelConfig(cache=CacheConfig(share_in_flight=True))
+    server = make_server(busy_repository, models={"busy": config})
+    batcher = batcher_of(server)
+    gate = GatedRuns(server, "busy", hold=(60,))
+    blocker = server.submit("busy", busy_inputs(60))
+    assert gate.started[60].wait(20)
+    with pytest.raises(Interrupted), interrupted_at(Router.served.__code__):
+        server.predict("busy", busy_inputs(1, seed=1))
+    identical = server.submit("busy", busy_inputs(1, seed=1))
+    gate.open_all()
+    blocker.result(timeout=20)
+    assert identical.result(timeout=20)["picked"].shape == (1, 2)
+    assert server.predict("busy", busy_inputs(1, seed=1), timeout_s=10)["picked"].shape == (1, 2)
+    wait_until(lambda: len(server._sharing) == 0 and batcher.in_flight == 0 and batcher.queued_rows == 0)
