@@ -19,6 +19,7 @@ def create_app() -> Flask:
         INPROCSERVE_EAGER=os.environ.get("INPROCSERVE_TEST_EAGER") == "1",
         INPROCSERVE_ADMIN_TOKEN="s3cret",
         INPROCSERVE_CONTROL_INTERVAL_S=float(os.environ["INPROCSERVE_TEST_CONTROL_INTERVAL_S"]),
+        INPROCSERVE_POLL_INTERVAL_S=float(os.environ.get("INPROCSERVE_TEST_POLL_INTERVAL_S") or 0) or None,
     )
     Inprocserve(app)
 

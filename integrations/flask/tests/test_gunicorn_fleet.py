@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 HERE = Path(__file__).parent
 CONTROL_INTERVAL_S = 0.2
@@ -51,7 +51,7 @@ def _free_port() -> int:
 class Fleet:
     """One gunicorn master and its workers; the log goes to a file (a pipe could fill and block it)."""
 
-    def __init__(self, tmp_path: Path, mode: str, *extra: str) -> None:
+    def __init__(self, tmp_path: Path, mode: str, *extra: str, poll_interval_s: float = 0.0) -> None:
         self.repository = tmp_path / "models"
         for version in (1, 2):
             save_model(build_scale_model(float(version)), self.repository, "scale", version)
@@ -64,6 +64,7 @@ class Fleet:
             "INPROCSERVE_TEST_REPOSITORY": str(self.repository),
             "INPROCSERVE_TEST_MASTER_REPORT": str(self.report),
             "INPROCSERVE_TEST_CONTROL_INTERVAL_S": str(CONTROL_INTERVAL_S),
+            "INPROCSERVE_TEST_POLL_INTERVAL_S": str(poll_interval_s),
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         }
         command = [
@@ -141,8 +142,8 @@ class Fleet:
 def fleet_factory(tmp_path: Path) -> Iterator[Any]:
     fleets: list[Fleet] = []
 
-    def start(mode: str, *extra: str) -> Fleet:
-        fleet = Fleet(tmp_path, mode, *extra)
+    def start(mode: str, *extra: str, poll_interval_s: float = 0.0) -> Fleet:
+        fleet = Fleet(tmp_path, mode, *extra, poll_interval_s=poll_interval_s)
         fleets.append(fleet)
         fleet.wait_ready()
         return fleet
@@ -247,3 +248,23 @@ def test_max_requests_recycling_exits_cleanly(fleet_factory: Any) -> None:
     assert len(re.findall(r"Autorestarting worker after current request", fleet.log())) >= 2
     assert_clean_shutdown(fleet, fleet.stop())
     assert_master_clean(fleet, eager=True)
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_workers_stopped_while_a_hot_reload_loads_a_version_exit_cleanly(stop: str, fleet_factory: Any) -> None:
+    """A deploy copies a model in and stops or reloads the workers at once: each worker's hot-reload thread
+    is still building the new version's sessions when its server is closed at exit, and onnxruntime aborted
+    such a worker (SIGABRT) before the exit waited for the thread."""
+    fleet: Fleet = fleet_factory("eager-hook", poll_interval_s=0.1)
+    (fleet.repository / "slow").mkdir()
+    (fleet.repository / "slow" / "config.toml").write_text("[warmup]\nrows = 2048\nruns = 10\n")
+    save_model(build_mlp_model((512, 512, 512, 512, 2)), fleet.repository, "slow", 1)
+    time.sleep(1.0)  # every worker's poller has found it and is warming it up (seconds: 10 runs of 2,048 rows)
+    if stop == "SIGHUP":  # graceful reload: the old workers exit, new ones are forked
+        fleet.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while fleet.log().count("Booting worker") < 2 * WORKERS:
+            assert time.monotonic() < deadline, fleet.log()
+            time.sleep(0.1)
+        fleet.wait_ready()
+    assert_clean_shutdown(fleet, fleet.stop())
