@@ -51,8 +51,8 @@ class Operations:
         self._control_file = control_file
         self.control_interval_s = None if control_file is None else control_interval_s
         self._read_error: str | None = None  # why the control file cannot be read now, if it cannot
-        # whether a revision of the file was read (an absent file reads as revision 0): until then a worker
-        # started while the file was unreadable follows none, and reports not ready (see control_unread)
+        # whether this server follows a revision read from the file (an absent file reads as revision 0):
+        # until then a worker started while the file was unreadable reports not ready (see control_read)
         self._read_once = control_file is None
         self._ids = ids
         self._predict = predict
@@ -72,16 +72,26 @@ class Operations:
         return "; ".join(errors) or None
 
     @property
-    def control_unread(self) -> str | None:
-        """Why this server has never read the control file, if it exists but could not be read since the
-        server started; ``None`` once a revision was read (or with no control file). Such a server follows
-        revision 0 (every model's own config), which may undo the fleet's switches, rollbacks and kill
-        switches: readiness fails until a revision is read."""
-        return None if self._read_once else self._read_error
+    def control_read(self) -> bool:
+        """Whether this server follows a revision of its control file (True with no control file; an absent
+        file reads as revision 0). False: the file could not be read since the server started, and the
+        server follows revision 0 (every model's own config), which may undo the fleet's switches,
+        rollbacks and kill switches; readiness fails while its watcher has not read and adopted a revision
+        (see ``web.readiness``)."""
+        return self._read_once
 
     def read_initial_control(self) -> None:
         """Before the first load: follow the control file from the start (nothing to apply yet)."""
-        self._registry.control = self._read_control() or self._registry.control
+        control = self._read_control()
+        if control is not None:
+            self._registry.control = control
+            self._read_once = True
+
+    def _adopt(self, control: Control) -> list[str]:
+        """With the lifecycle lock held: follow ``control``, read from the file or just written to it."""
+        problems = self._registry.adopt(control)
+        self._read_once = True
+        return problems
 
     def start_watcher(self) -> None:
         """Start the control-file watcher; :meth:`close` stops and joins it."""
@@ -215,7 +225,7 @@ class Operations:
             return self._registry.refresh()
         with self._registry.lock:
             self._registry.check_open()
-            return self._registry.adopt(self._control_file.bump_reload(actor=actor))
+            return self._adopt(self._control_file.bump_reload(actor=actor))
 
     def sync_control(self, *, retry_now: bool = True) -> int:
         """See :meth:`Server.sync_control`. ``retry_now=False`` (the watcher): a revision applied only in
@@ -223,6 +233,8 @@ class Operations:
         control = self._read_control()
         registry = self._registry
         if (control is None or control == registry.control) and not registry.control_pending:
+            if control is not None:  # (the file holds what this server follows)
+                self._read_once = True
             return registry.control.revision
         with registry.lock:
             if registry.closed:
@@ -251,8 +263,10 @@ class Operations:
                         registry.control.updated_by,
                         registry.control.updated_at,
                     )
-                registry.adopt(control)
+                self._adopt(control)
             else:
+                if control is not None:
+                    self._read_once = True
                 registry.retry_control(now=retry_now)
             return registry.control.revision
 
@@ -278,7 +292,7 @@ class Operations:
                 revision=self._registry.control.revision + 1,
                 models={**self._registry.control.models, model: state},
             )
-        self._registry.adopt(control)  # also applies what other writers changed since this server last looked
+        self._adopt(control)  # also applies what other writers changed since this server last looked
 
     def _read_control(self) -> Control | None:
         if self._control_file is None:
@@ -289,16 +303,19 @@ class Operations:
             if str(exc) != self._read_error:
                 if self._read_once:
                     logger.error("%s; revision %d stays in force", exc, self._registry.control.revision)
+                elif self.control_interval_s is None:
+                    logger.error(
+                        "%s; this server has read no revision of it: it serves every model by its own config", exc
+                    )
                 else:
                     logger.error(
                         "%s; this worker has read no revision of it: it serves every model by its own config "
-                        "and reports not ready until it can read one",
+                        "and reports not ready until it reads and follows one",
                         exc,
                     )
             self._read_error = str(exc)
             return None
         self._read_error = None
-        self._read_once = True
         return control
 
     def _watch(self) -> None:

@@ -228,6 +228,8 @@ class Registry:
                 return [str(exc)]
             problems = list(scan.problems)
             for name, source in scan.models.items():
+                if self._stop.is_set():  # the process is exiting (see stop_poller): load no more models
+                    return problems
                 if name in self._explicit or name in self._unloaded:
                     continue
                 try:
@@ -602,6 +604,8 @@ class Registry:
                 self._control_reload_pending = False
                 rescanned = self.refresh()
         for name in sorted(self._control_pending):
+            if self._stop.is_set():  # the process is exiting (see stop_poller): load no more models
+                break
             try:
                 missing = self.follow(name)
             except Exception as exc:  # e.g. an invalid config.toml: the other models still apply
@@ -758,7 +762,8 @@ class Registry:
         return True
 
     def stop_poller(self) -> None:
-        """Ask the poller to stop once the refresh it is in, if any, is done (see :meth:`join_poller`)."""
+        """Ask the poller to stop (see :meth:`join_poller`), and any refresh or control revision being
+        applied to load no model after the one it is loading now (the process is exiting)."""
         self._stop.set()
 
     def after_fork_in_child(self) -> None:

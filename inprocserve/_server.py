@@ -874,8 +874,9 @@ class Server(RolloutMethods):
         self._sharing = Sharing(self._deliver, self._telemetry, clock=self._clock, serving=self._serving_copy)
 
 
-# How long an exiting process waits for a hot reload or a control-file switch in progress to finish loading.
-_EXIT_WAIT_S = 30.0
+# How long an exiting process waits for the version a hot reload or a control-file switch is loading (no
+# other is started once it exits): under gunicorn's 30 s defaults for --graceful-timeout and --timeout.
+_EXIT_WAIT_S = 20.0
 
 
 def _close_unclosed(

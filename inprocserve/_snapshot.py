@@ -38,8 +38,8 @@ def server_status(
             "file": operations.control_path,
             "interval_s": operations.control_interval_s,
             "error": operations.control_error,
-            # False: the file exists but this worker could not read any revision of it since it started
-            "read": operations.control_unread is None,
+            # False: the file exists but this worker has followed no revision of it since it started
+            "read": operations.control_read,
         },
         "models": _models_status(registry, shadow_status),
     }

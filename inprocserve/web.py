@@ -163,10 +163,12 @@ def readiness(server: Server, required: Sequence[str] | None = None) -> Readines
         elif model.get("unhealthy"):
             degraded[name] = "; ".join(f"version {v}: {why}" for v, why in sorted(model["unhealthy"].items()))
     control = status.get("control") or {}
-    if control.get("read") is False:  # it may be undoing the fleet's switches and kill switches
+    # A worker that follows no revision of its control file may be undoing the fleet's switches and kill
+    # switches. Without a watcher (interval_s None) nothing would read the file again: not waited for then.
+    if control.get("read") is False and control.get("interval_s") is not None:
         unread = (
-            "the control file cannot be read, and this worker has read no revision of it since it started "
-            f"(it would serve every model by its own config, not the fleet's revision): {control.get('error')}"
+            "this worker follows no revision of the control file yet (it would serve every model by its own "
+            f"config, not the fleet's revision): {control.get('error') or 'being applied'}"
         )
         reasons = dict.fromkeys(names, unread)
     closed = bool(status["closed"])

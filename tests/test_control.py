@@ -16,7 +16,7 @@ from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
 from inprocserve._control import CONTROL_FILENAME, Control, ControlFile, ModelControl
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, wait_until
 
 X = np.ones((1, 4), np.float32)
 
@@ -174,10 +174,11 @@ def test_a_worker_started_while_the_control_file_is_damaged_is_not_ready_until_i
     assert writer.sync_control() == 2 and served_version(writer) == 1  # keeps what it read
     assert writer.readiness().ready
 
-    late = make_server(three_versions, control_interval_s=None)  # a recycled worker
+    # a recycled worker, its watcher's interval long enough that only the test's sync_control() reads
+    late = make_server(three_versions, control_interval_s=600)
     readiness = late.readiness()
     assert not readiness.ready
-    assert "control file cannot be read" in readiness.reasons["scale"]
+    assert "follows no revision of the control file" in readiness.reasons["scale"]
     assert "not valid JSON" in readiness.reasons["scale"]
     assert str(three_versions) not in readiness.reasons["scale"]  # (readiness quotes no paths)
     assert late.status()["control"]["read"] is False
@@ -190,6 +191,40 @@ def test_a_worker_started_while_the_control_file_is_damaged_is_not_ready_until_i
     control_file.write_text("{")  # damaged again later: this worker now keeps what it read
     late.sync_control()
     assert late.readiness().ready and served_version(late) == 1
+
+
+def test_a_worker_is_ready_only_once_it_follows_the_revision_it_read(
+    three_versions: Path, make_server: ServerFactory
+) -> None:
+    """The file, repaired, is read before the lifecycle lock (a hot reload may hold it for seconds) and
+    adopted under it: until then the worker still serves by its own config, and is not ready."""
+    writer = make_server(three_versions, control_interval_s=None)
+    writer.switch("scale", 1)
+    control_file = three_versions / CONTROL_FILENAME
+    good = control_file.read_bytes()
+    control_file.write_text("{")
+    late = make_server(three_versions, control_interval_s=600)
+    assert not late.readiness().ready
+    control_file.write_bytes(good)
+    with late._registry.lock:  # as a hot reload would hold it
+        syncing = threading.Thread(target=late.sync_control)
+        syncing.start()
+        wait_until(lambda: late.status()["control"]["error"] is None)  # read, waiting for the lock
+        assert not late.readiness().ready and served_version(late) == 3
+    syncing.join(10)
+    assert late.readiness().ready and served_version(late) == 1
+
+
+def test_without_a_watcher_a_damaged_control_file_does_not_hold_readiness(
+    three_versions: Path, make_server: ServerFactory
+) -> None:
+    """control_interval_s=None: nothing would read the file again (the application calls sync_control()
+    itself), so readiness does not wait for it; status still says the file was not followed."""
+    (three_versions / CONTROL_FILENAME).write_text("{")
+    server = make_server(three_versions, control_interval_s=None)
+    assert server.readiness().ready
+    assert server.status()["control"]["read"] is False
+    assert "not valid JSON" in server.status()["control"]["error"]
 
 
 def test_a_missing_control_file_is_revision_0_and_ready(three_versions: Path, make_server: ServerFactory) -> None:

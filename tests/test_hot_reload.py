@@ -471,3 +471,38 @@ def test_a_process_that_exits_while_a_version_loads_exits_cleanly(thread: str, t
     assert "terminate called" not in result.stderr, result.stderr[-2000:]
     assert result.returncode == 0, f"exit status {result.returncode}: {result.stderr[-2000:]}"
     assert "exiting while" in result.stdout
+
+
+# Five models copied in at once; the process exits while the first one loads.
+_EXIT_DURING_MANY_LOADS = """
+import logging, os, sys, time
+from pathlib import Path
+import inprocserve
+from inprocserve.testing import save_model
+from tests.conftest import build_busy_model
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+repository, staging = Path(sys.argv[1]), Path(sys.argv[2])
+model = build_busy_model(512, 16)
+save_model(model, repository, "first", 1)
+server = inprocserve.Server(repository, poll_interval_s=0.05)
+for index in range(5):  # built aside, then moved in at once: one scan of the poller finds all five
+    save_model(model, staging, f"new{index}", 1)
+    (staging / f"new{index}" / "config.toml").write_text("[warmup]\\nrows = 256\\nruns = 30\\n")
+for index in range(5):
+    os.rename(staging / f"new{index}", repository / f"new{index}")
+time.sleep(0.7)
+print("exiting", flush=True)
+"""
+
+
+def test_a_process_that_exits_during_a_hot_reload_loads_no_model_after_the_one_in_progress(tmp_path: Path) -> None:
+    from .conftest import run_python
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "staging").mkdir()
+    result = run_python(_EXIT_DURING_MANY_LOADS, str(tmp_path / "models"), str(tmp_path / "staging"), timeout_s=180)
+    assert result.returncode == 0 and "terminate called" not in result.stderr, result.stderr[-2000:]
+    loaded = [line for line in result.stderr.splitlines() if line.startswith("model 'new")]
+    ready = [line for line in loaded if " ready in " in line]
+    assert 1 <= len(ready) <= 2, loaded  # the one loading at the exit (and one that finished just before)
