@@ -177,6 +177,8 @@ class Sharing:
         telemetry: Counts hits, misses and shared runs.
         serving: The copy of a model version that serves now (a table lookup, never a load): a follower
             whose re-run the copy it was routed to refuses, because a reload replaced that copy, runs there.
+        default: The version of a model that serves its default traffic now (a table lookup too): a
+            follower routed by default whose version was unloaded by a hot reload runs there.
     """
 
     def __init__(
@@ -186,12 +188,14 @@ class Sharing:
         *,
         clock: Callable[[], float],
         serving: Callable[[str, int], ModelVersion | None] = lambda model, version: None,
+        default: Callable[[str], ModelVersion | None] = lambda model: None,
     ) -> None:
         self._coalescer = Coalescer()
         self._deliver = deliver
         self._telemetry = telemetry
         self._clock = clock
         self._serving = serving
+        self._default = default
         # Synchronous followers not (yet) queued: their caller waits for them without the batcher, whose
         # deadline bookkeeping counts queued requests only. The lock orders a follower's re-run against its
         # caller giving up. The sets hold the requests themselves (compared by identity), never their ids: an
@@ -342,7 +346,45 @@ class Sharing:
             except BaseException as exc:
                 return exc, None
             return None, serving.batcher
+        moved = self._queue_on_default(request, target)
+        if moved is not None:
+            return moved
         return ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number), None
+
+    def _queue_on_default(
+        self, request: Request, target: ModelVersion
+    ) -> tuple[BaseException | None, Batcher | None] | None:
+        """A follower routed by default (no version pinned, no rollout) whose version a hot reload unloaded:
+        the version that serves the model's default traffic now runs it, as a request refused by a retiring
+        version is routed again, if it takes the same inputs and that many rows. ``None`` if not."""
+        route = request.route
+        serving = self._default(target.name) if route.variant == "default" else None
+        if (
+            serving is None
+            or serving.version == target.version
+            or serving.batcher is None
+            or serving.signature is None
+            or target.signature is None
+            or serving.signature.inputs != target.signature.inputs
+            or request.rows > serving.max_request_rows
+        ):
+            return None
+        reason = f"{route.reason}; version {route.version} was unloaded while it waited"
+        request.route = route._replace(
+            version=serving.version,
+            reason=reason,
+            shadows=(),
+            decision=route.decision._replace(version=serving.version, reason=reason, shadows=()),
+        )  # (before it is queued: a worker may answer it at once, with this route)
+        try:
+            serving.batcher.submit(request, run_inline=False)
+            serving.batcher.wake()
+        except VersionRetiredError:  # replaced in turn meanwhile: refused, named by its first route
+            request.route = route
+            return None
+        except BaseException as exc:
+            return exc, None
+        return None, serving.batcher
 
     def release(self, request: Request, target: ModelVersion | None, error: BaseException | None) -> None:
         """If ``request`` led identical requests: keep its answer in the cache, and wake them. Idempotent."""

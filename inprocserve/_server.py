@@ -139,7 +139,9 @@ class Server(RolloutMethods):
         self._ids = RequestIds()
         self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s, clock=clock)
         self._telemetry = RequestTelemetry()
-        self._sharing = Sharing(self._deliver, self._telemetry, clock=clock, serving=self._serving_copy)
+        self._sharing = Sharing(
+            self._deliver, self._telemetry, clock=clock, serving=self._serving_copy, default=self._default_version
+        )
         # The threads this server starts, each stopped and joined by close(): shadow runs, drift scoring,
         # the hot-reload poller (registry) and the control-file watcher (operations).
         self._shadow = ShadowRunner(
@@ -248,7 +250,10 @@ class Server(RolloutMethods):
         except BaseException as exc:  # its deadline, or the caller's thread interrupted: free its followers
             self._answered(request, target, exc)
             raise
-        self._answered(request, target, request.error)
+        if request.route.version != target.version:  # a follower run on the version serving now (see Sharing)
+            self._answered(request, self._answering_version(request), request.error)
+        else:
+            self._answered(request, target, request.error)
         if request.error is not None:
             raise request.error
         return request.prediction()
@@ -661,6 +666,19 @@ class Server(RolloutMethods):
         routes = self._registry.routes.get(model)
         return None if routes is None else routes.versions.get(version)
 
+    def _default_version(self, model: str) -> ModelVersion | None:
+        routes = self._registry.routes.get(model)
+        return None if routes is None else routes.default
+
+    def _answering_version(self, request: Request) -> ModelVersion | None:
+        """The loaded copy of the version that ran ``request``: ``None`` if it was unloaded, or reloaded
+        since (its answer is not the new copy's, to cache, monitor or time)."""
+        routes = self._registry.routes.get(request.route.model)
+        version = None if routes is None else routes.versions.get(request.route.version)
+        if version is not None and request.queued_on is not None and version.batcher is not request.queued_on:
+            return None
+        return version
+
     def _route(
         self, model: str, version: int | None, context: Mapping[str, Any] | None
     ) -> tuple[Routes, ModelVersion, Decision]:
@@ -697,10 +715,7 @@ class Server(RolloutMethods):
         future = request.future
         assert future is not None
         try:
-            routes = self._registry.routes.get(request.route.model)
-            version = None if routes is None else routes.versions.get(request.route.version)
-            if version is not None and request.queued_on is not None and version.batcher is not request.queued_on:
-                version = None  # reloaded since: its answer is not the new copy's (to cache, monitor or time)
+            version = self._answering_version(request)
             given = None
             if request.error is None and type(future) is not Future:  # an event loop's task may have been
                 given_error = getattr(future, "given_error", None)  # answered by its own deadline meanwhile
@@ -871,7 +886,9 @@ class Server(RolloutMethods):
         self._registry.after_fork_in_child()
         self._operations.after_fork_in_child()
         # a leader in flight in the parent never answers here; its lock may have been held at the fork
-        self._sharing = Sharing(self._deliver, self._telemetry, clock=self._clock, serving=self._serving_copy)
+        self._sharing = Sharing(
+            self._deliver, self._telemetry, clock=self._clock, serving=self._serving_copy, default=self._default_version
+        )
 
 
 # How long an exiting process waits for the version a hot reload or a control-file switch is loading (no

@@ -443,6 +443,75 @@ def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_th
     assert waits_on_the_old_copy == []
 
 
+@pytest.mark.parametrize("caller", ["submit", "predict"])
+def test_followers_whose_leader_gave_up_while_a_new_version_replaced_theirs_run_on_the_new_version(
+    caller: str, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    # A deploy drops version 2 in while version 1's leader expires in its queue: version 1 is unloaded (the
+    # policy serves the latest), and its followers, routed by default, re-run by themselves. They were
+    # answered "version 1 was unloaded" while version 2 served: a hot reload must not drop a request.
+    server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
+    old = server._registry.loaded["busy"][1]
+    blocker = occupy(server, rows=20_000)
+    inputs = busy_inputs(1, seed=22)
+    leader = server.submit("busy", inputs, timeout_s=0.001)  # expires while the blocker runs
+    answers: list[Any] = []
+    if caller == "submit":
+        followers = [server.submit("busy", inputs) for _ in range(2)]
+    else:
+        followers = []
+        waiter = threading.Thread(target=lambda: answers.append(server.predict("busy", inputs)), daemon=True)
+        waiter.start()
+        wait_until(lambda: len(server._sharing._waiting) == 1, timeout_s=WAIT_S)  # it follows the leader
+    save_model(build_busy_model(BUSY_WIDTH), busy_repository, "busy", 2)
+    reload = threading.Thread(target=server.refresh)
+    reload.start()
+    wait_until(lambda: old.state == "draining", timeout_s=WAIT_S)
+    assert not blocker.done(), "the blocker finished before the reload began: make it larger"
+    blocker.result(timeout=WAIT_S)
+    reload.join(timeout=WAIT_S)
+    assert server.models == {"busy": [2]}
+    with pytest.raises(inprocserve.DeadlineExceededError):
+        leader.result(timeout=WAIT_S)
+    if caller == "predict":
+        waiter.join(timeout=WAIT_S)
+        followers_answers = answers
+    else:
+        followers_answers = [follower.result(timeout=WAIT_S) for follower in followers]
+    assert len(followers_answers) == (2 if caller == "submit" else 1)
+    # each recorded against the version that answered it (its latency: every request answered so far)
+    latency = server.status()["models"]["busy"]["versions"]["2"]["latency_ms"]
+    assert latency["count"] == len(followers_answers) and latency["errors"] == 0
+    expected = server.predict("busy", inputs)["y"]
+    for answer in followers_answers:
+        assert answer.version == 2 and "version 1 was unloaded" in answer.reason
+        np.testing.assert_allclose(answer["y"], expected, rtol=1e-5)
+    batcher = server._registry.routes["busy"].default.batcher
+    assert batcher is not None
+    wait_until(lambda: batcher.in_flight == 0 and batcher.queued_rows == 0, timeout_s=WAIT_S)
+
+
+def test_a_pinned_follower_whose_version_was_unloaded_is_told_so(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """One that asked for version 1 by number is never answered by another version."""
+    server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
+    old = server._registry.loaded["busy"][1]
+    blocker = occupy(server, rows=20_000)
+    inputs = busy_inputs(1, seed=23)
+    leader = server.submit("busy", inputs, version=1, timeout_s=0.001)
+    follower = server.submit("busy", inputs, version=1)
+    save_model(build_busy_model(BUSY_WIDTH), busy_repository, "busy", 2)
+    reload = threading.Thread(target=server.refresh)
+    reload.start()
+    wait_until(lambda: old.state == "draining", timeout_s=WAIT_S)
+    blocker.result(timeout=WAIT_S)
+    reload.join(timeout=WAIT_S)
+    leader.exception(timeout=WAIT_S)
+    with pytest.raises(inprocserve.ModelNotFoundError, match="version 1 was unloaded"):
+        follower.result(timeout=WAIT_S)
+
+
 def test_a_leader_interrupted_right_after_it_joined_frees_its_key(
     busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
