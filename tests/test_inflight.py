@@ -398,6 +398,17 @@ def test_followers_of_a_leader_cancelled_in_the_queue_at_close_are_answered(
         follower.exception(timeout=WAIT_S)  # answered or failed, never left waiting
 
 
+def reload_behind(server: inprocserve.Server, old: Any, blocker: Any) -> None:
+    """Refresh the repository while ``blocker`` keeps the old copy busy: the old copy drains (what is
+    queued behind the blocker runs or expires there), then the reload completes."""
+    reload = threading.Thread(target=server.refresh)
+    reload.start()
+    wait_until(lambda: old.state == "draining", timeout_s=WAIT_S)
+    assert not blocker.done(), "the blocker finished before the reload began: make it larger"
+    blocker.result(timeout=WAIT_S)
+    reload.join(timeout=WAIT_S)
+
+
 def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_the_new_copy(
     busy_repository: Path, make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -420,12 +431,7 @@ def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_th
     assert joined.wait(WAIT_S)
     staged = save_model(build_busy_model(BUSY_WIDTH), tmp_path, "busy", 1)
     staged.replace(busy_repository / "busy" / "1" / "model.onnx")
-    reload = threading.Thread(target=server.refresh)
-    reload.start()
-    wait_until(lambda: old.state == "draining", timeout_s=WAIT_S)
-    assert not blocker.done(), "the blocker finished before the reload began: make it larger"
-    blocker.result(timeout=WAIT_S)
-    reload.join(timeout=WAIT_S)
+    reload_behind(server, old, blocker)
     with pytest.raises(inprocserve.DeadlineExceededError):
         leader.result(timeout=WAIT_S)
     for follower in followers:
@@ -464,12 +470,7 @@ def test_followers_whose_leader_gave_up_while_a_new_version_replaced_theirs_run_
         waiter.start()
         wait_until(lambda: len(server._sharing._waiting) == 1, timeout_s=WAIT_S)  # it follows the leader
     save_model(build_busy_model(BUSY_WIDTH), busy_repository, "busy", 2)
-    reload = threading.Thread(target=server.refresh)
-    reload.start()
-    wait_until(lambda: old.state == "draining", timeout_s=WAIT_S)
-    assert not blocker.done(), "the blocker finished before the reload began: make it larger"
-    blocker.result(timeout=WAIT_S)
-    reload.join(timeout=WAIT_S)
+    reload_behind(server, old, blocker)
     assert server.models == {"busy": [2]}
     with pytest.raises(inprocserve.DeadlineExceededError):
         leader.result(timeout=WAIT_S)
