@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._batching import Batcher, VersionRetiredError
-from ._errors import DeadlineExceededError, ModelNotFoundError
+from ._errors import DeadlineExceededError, ModelNotFoundError, ServerClosedError
 from ._request import Finisher, Request, finish_detached
 from ._request_telemetry import RequestTelemetry
 
@@ -179,6 +179,7 @@ class Sharing:
             whose re-run the copy it was routed to refuses, because a reload replaced that copy, runs there.
         default: The version of a model that serves its default traffic now (a table lookup too): a
             follower routed by default whose version was unloaded by a hot reload runs there.
+        closed: Whether the server is closed (a follower with nowhere to run is told so).
     """
 
     def __init__(
@@ -189,6 +190,7 @@ class Sharing:
         clock: Callable[[], float],
         serving: Callable[[str, int], ModelVersion | None] = lambda model, version: None,
         default: Callable[[str], ModelVersion | None] = lambda model: None,
+        closed: Callable[[], bool] = lambda: False,
     ) -> None:
         self._coalescer = Coalescer()
         self._deliver = deliver
@@ -196,6 +198,7 @@ class Sharing:
         self._clock = clock
         self._serving = serving
         self._default = default
+        self._closed = closed
         # Synchronous followers not (yet) queued: their caller waits for them without the batcher, whose
         # deadline bookkeeping counts queued requests only. The lock orders a follower's re-run against its
         # caller giving up. The sets hold the requests themselves (compared by identity), never their ids: an
@@ -349,6 +352,8 @@ class Sharing:
         moved = self._queue_on_default(request, target)
         if moved is not None:
             return moved
+        if self._closed():
+            return ServerClosedError(f"model {name!r}: the server closed", model=name, version=number), None
         return ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number), None
 
     def _queue_on_default(

@@ -297,6 +297,8 @@ class Registry:
         router = self.routers.get(name)
         unloaded = self._unloaded_versions.get(name, set())
         for number, current in list(self.loaded.get(name, {}).items()):
+            if self._stop.is_set():  # the process is exiting (see stop_poller): load nothing more
+                return problems
             path = source.versions.get(number)
             if path is None or number in failures or number in unloaded:
                 continue
@@ -323,6 +325,8 @@ class Registry:
             if not missing:
                 break
             for number in missing:
+                if self._stop.is_set():  # the process is exiting (see stop_poller): load nothing more
+                    return problems
                 try:
                     self._load_version(name, number, source.versions[number], config)
                 except ModelLoadError as exc:
@@ -546,15 +550,18 @@ class Registry:
         logged once per distinct error, shown in status (``control.error``), and tried again by
         :meth:`retry_control` (every ``control_interval_s``) until it applies. Returns the problems found:
         the re-scan's (as :meth:`refresh`), then those that left a part of the revision unapplied."""
-        previous, self.control = self.control, control
-        self._control_warned.clear()
-        logger.info(
-            "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
-        )
+        previous = self.control
+        # What changed is marked pending before the revision is: a reader without the lock (the control-file
+        # check of Operations.sync_control) must never see the new revision with nothing pending to apply.
         self._control_reload_pending |= control.reload != previous.reload
         for name in set(control.models) | set(previous.models):
             if control.models.get(name) != previous.models.get(name):
                 self._control_pending.add(name)
+        self.control = control
+        self._control_warned.clear()
+        logger.info(
+            "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
+        )
         self._control_backoff_s = 0.0  # a new revision: try it at once, and retry it soon
         return self._try_control()
 
@@ -649,6 +656,8 @@ class Registry:
                 source = scan_repository(self.repository, follow_symlinks=self._follow_symlinks).models.get(name)
             files = {} if source is None else source.versions
             for number in needed if files else []:  # a model not in this repository has nothing to serve
+                if self._stop.is_set():  # the process is exiting (see stop_poller): load nothing more
+                    return ["the server is stopping"]
                 problem = None
                 if number not in files:
                     problem = f"version {number} is not in the repository (yet)"

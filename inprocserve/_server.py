@@ -140,7 +140,12 @@ class Server(RolloutMethods):
         self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s, clock=clock)
         self._telemetry = RequestTelemetry()
         self._sharing = Sharing(
-            self._deliver, self._telemetry, clock=clock, serving=self._serving_copy, default=self._default_version
+            self._deliver,
+            self._telemetry,
+            clock=clock,
+            serving=self._serving_copy,
+            default=self._default_version,
+            closed=lambda: self._registry.closed,
         )
         # The threads this server starts, each stopped and joined by close(): shadow runs, drift scoring,
         # the hot-reload poller (registry) and the control-file watcher (operations).
@@ -248,12 +253,9 @@ class Server(RolloutMethods):
             else:
                 batcher.wait(request)
         except BaseException as exc:  # its deadline, or the caller's thread interrupted: free its followers
-            self._answered(request, target, exc)
+            self._answered(request, self._version_of(request, target), exc)
             raise
-        if request.route.version != target.version:  # a follower run on the version serving now (see Sharing)
-            self._answered(request, self._answering_version(request), request.error)
-        else:
-            self._answered(request, target, request.error)
+        self._answered(request, self._version_of(request, target), request.error)
         if request.error is not None:
             raise request.error
         return request.prediction()
@@ -655,7 +657,7 @@ class Server(RolloutMethods):
             self._sharing.give_up(request)
         else:
             batcher.interrupted(request)
-        self._answered(request, target, error)
+        self._answered(request, self._version_of(request, target), error)
 
     def _refused_early(self, model: str, version: int | None, error: BaseException, started: float) -> None:
         """Record a request refused before :meth:`predict` (the ``/v2`` endpoints check a request's headers
@@ -669,6 +671,11 @@ class Server(RolloutMethods):
     def _default_version(self, model: str) -> ModelVersion | None:
         routes = self._registry.routes.get(model)
         return None if routes is None else routes.default
+
+    def _version_of(self, request: Request, target: ModelVersion) -> ModelVersion | None:
+        """The version to record a synchronous request against: the one it was routed to, or, for a
+        follower run on the version that serves now (its own was unloaded: see ``Sharing``), that one."""
+        return target if request.route.version == target.version else self._answering_version(request)
 
     def _answering_version(self, request: Request) -> ModelVersion | None:
         """The loaded copy of the version that ran ``request``: ``None`` if it was unloaded, or reloaded
@@ -887,7 +894,12 @@ class Server(RolloutMethods):
         self._operations.after_fork_in_child()
         # a leader in flight in the parent never answers here; its lock may have been held at the fork
         self._sharing = Sharing(
-            self._deliver, self._telemetry, clock=self._clock, serving=self._serving_copy, default=self._default_version
+            self._deliver,
+            self._telemetry,
+            clock=self._clock,
+            serving=self._serving_copy,
+            default=self._default_version,
+            closed=lambda: self._registry.closed,
         )
 
 

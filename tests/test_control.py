@@ -7,11 +7,13 @@ import multiprocessing
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import inprocserve
+import inprocserve._registry as registry_module
 from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
 from inprocserve._control import CONTROL_FILENAME, Control, ControlFile, ModelControl
 from inprocserve.testing import build_scale_model, save_model
@@ -19,6 +21,7 @@ from inprocserve.testing import build_scale_model, save_model
 from .conftest import ServerFactory, wait_until
 
 X = np.ones((1, 4), np.float32)
+WAIT_S = 30
 
 
 @pytest.fixture
@@ -212,6 +215,43 @@ def test_a_worker_is_ready_only_once_it_follows_the_revision_it_read(
         wait_until(lambda: late.status()["control"]["error"] is None)  # read, waiting for the lock
         assert not late.readiness().ready and served_version(late) == 3
     syncing.join(10)
+    assert late.readiness().ready and served_version(late) == 1
+
+
+def test_a_worker_is_not_ready_while_it_applies_the_revision_it_read(
+    three_versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half-way through adopting it (the revision taken, its models not yet marked to apply), another
+    sync_control() found the file equal to what the worker follows, with nothing pending, and marked it
+    followed: ready, with the kill switch not yet applied."""
+    writer = make_server(three_versions, control_interval_s=None)
+    writer.switch("scale", 1)
+    writer.kill("scale")
+    control_file = three_versions / CONTROL_FILENAME
+    good = control_file.read_bytes()
+    control_file.write_text("{")
+    late = make_server(three_versions, control_interval_s=600)
+    control_file.write_bytes(good)
+    adopting, go_on = threading.Event(), threading.Event()
+    info = registry_module.logger.info
+
+    def paused_info(message: str, *args: Any, **kwargs: Any) -> None:  # (adopt logs the revision it follows)
+        if message.startswith("following control revision"):
+            adopting.set()
+            assert go_on.wait(WAIT_S)
+        info(message, *args, **kwargs)
+
+    monkeypatch.setattr(registry_module.logger, "info", paused_info)
+    watcher = threading.Thread(target=late.sync_control)  # as the watcher does
+    watcher.start()
+    assert adopting.wait(WAIT_S)
+    other = threading.Thread(target=late.sync_control)  # the application, or an admin endpoint
+    other.start()
+    other.join(0.5)  # it waits for the lock (it returned at once, and marked the file followed)
+    assert not late.readiness().ready
+    go_on.set()
+    watcher.join(WAIT_S)
+    other.join(WAIT_S)
     assert late.readiness().ready and served_version(late) == 1
 
 

@@ -14,6 +14,7 @@ import pytest
 import inprocserve
 from inprocserve import _batching
 from inprocserve._model import ModelVersion
+from inprocserve._registry import Registry
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, wait_until
@@ -506,3 +507,32 @@ def test_a_process_that_exits_during_a_hot_reload_loads_no_model_after_the_one_i
     loaded = [line for line in result.stderr.splitlines() if line.startswith("model 'new")]
     ready = [line for line in loaded if " ready in " in line]
     assert 1 <= len(ready) <= 2, loaded  # the one loading at the exit (and one that finished just before)
+
+
+def test_a_stopping_server_loads_no_version_after_the_one_in_progress(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Versions 2 to 5 of one model arrive at once: the exit stops the refresh after the version it is
+    loading (the other loads would run on past the exit's wait, and abort the process)."""
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all()))
+    for version in (2, 3, 4, 5):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    loads: list[int] = []
+    loading, go_on = threading.Event(), threading.Event()
+    load_version = Registry._load_version
+
+    def held(registry: Registry, name: str, number: int, *args: Any, **kwargs: Any) -> None:
+        loads.append(number)
+        loading.set()
+        assert go_on.wait(30)
+        load_version(registry, name, number, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "_load_version", held)
+    refreshing = threading.Thread(target=server.refresh)
+    refreshing.start()
+    assert loading.wait(30)
+    server._registry.stop_poller()  # what the exit's clean-up of an unclosed server does first
+    go_on.set()
+    refreshing.join(30)
+    assert loads == [2]

@@ -492,6 +492,66 @@ def test_followers_whose_leader_gave_up_while_a_new_version_replaced_theirs_run_
     wait_until(lambda: batcher.in_flight == 0 and batcher.queued_rows == 0, timeout_s=WAIT_S)
 
 
+def test_a_follower_moved_to_the_new_version_that_misses_its_deadline_is_recorded_there(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its error, like its answer, belongs to the version it was queued on (it was recorded on the
+    unloaded one)."""
+    server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
+    old = server._registry.loaded["busy"][1]
+    blocker = occupy(server, rows=10_000)
+    inputs = busy_inputs(1, seed=24)
+    leader = server.submit("busy", inputs, timeout_s=0.001)
+    outcome: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            server.predict("busy", inputs, timeout_s=5)
+        except inprocserve.DeadlineExceededError as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=follow, daemon=True)
+    waiter.start()
+    wait_until(lambda: len(server._sharing._waiting) == 1, timeout_s=WAIT_S)
+    save_model(build_busy_model(BUSY_WIDTH), busy_repository, "busy", 2)
+    reload = threading.Thread(target=server.refresh)
+    reload.start()
+    wait_until(lambda: server._registry.routes["busy"].default.version == 2, timeout_s=WAIT_S)
+    new = server._registry.routes["busy"].default
+    assert new.batcher is not None
+    gate = threading.Event()
+    run = new.batcher._execution._run_batch
+    monkeypatch.setattr(new.batcher._execution, "_run_batch", lambda *a, **k: (gate.wait(WAIT_S), run(*a, **k))[1])
+    held = server.submit("busy", busy_inputs(1, seed=25), version=2)  # keeps version 2's session busy
+    assert not blocker.done(), "the blocker finished before version 2 was held: make it larger"
+    blocker.result(timeout=WAIT_S)  # the leader expires; its follower is queued on version 2, behind `held`
+    waiter.join(timeout=WAIT_S)
+    gate.set()
+    reload.join(timeout=WAIT_S)
+    held.result(timeout=WAIT_S)
+    leader.exception(timeout=WAIT_S)
+    assert len(outcome) == 1 and "version 2" in str(outcome[0])
+    assert server.status()["models"]["busy"]["versions"]["2"]["latency_ms"]["errors"] == 1
+    assert old.state != "ready"
+
+
+def test_a_follower_whose_leader_gave_up_as_the_server_closed_is_told_it_closed(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
+    blocker = occupy(server, rows=10_000)
+    inputs = busy_inputs(1, seed=26)
+    leader = server.submit("busy", inputs, timeout_s=0.001)
+    follower = server.submit("busy", inputs)
+    closing = threading.Thread(target=lambda: server.close(timeout_s=WAIT_S))
+    closing.start()
+    blocker.result(timeout=WAIT_S)
+    closing.join(timeout=WAIT_S)
+    leader.exception(timeout=WAIT_S)
+    with pytest.raises(inprocserve.ServerClosedError):  # (it was told "version 1 was unloaded")
+        follower.result(timeout=WAIT_S)
+
+
 def test_a_pinned_follower_whose_version_was_unloaded_is_told_so(
     busy_repository: Path, make_server: ServerFactory
 ) -> None:
