@@ -372,6 +372,7 @@ class Sharing:
             or target.signature is None
             or serving.signature.inputs != target.signature.inputs
             or request.rows > serving.max_request_rows
+            or (serving.reject_nan and not target.reject_nan)  # (its inputs were never checked for NaN)
         ):
             return None
         reason = f"{route.reason}; version {route.version} was unloaded while it waited"

@@ -298,7 +298,7 @@ class Registry:
         unloaded = self._unloaded_versions.get(name, set())
         for number, current in list(self.loaded.get(name, {}).items()):
             if self._stop.is_set():  # the process is exiting (see stop_poller): load nothing more
-                return problems
+                return [*problems, _stopping(name)]
             path = source.versions.get(number)
             if path is None or number in failures or number in unloaded:
                 continue
@@ -326,7 +326,7 @@ class Registry:
                 break
             for number in missing:
                 if self._stop.is_set():  # the process is exiting (see stop_poller): load nothing more
-                    return problems
+                    return [*problems, _stopping(name)]
                 try:
                     self._load_version(name, number, source.versions[number], config)
                 except ModelLoadError as exc:
@@ -607,17 +607,19 @@ class Registry:
                     scan_repository(self.repository, follow_symlinks=self._follow_symlinks)
             except Exception as exc:  # a file-system hiccup (NFS ESTALE, EIO): re-scan on the next retry
                 problems[""] = f"reload (re-scan of the repository) failed: {exc}"
-            else:
-                self._control_reload_pending = False
+            else:  # pending until the refresh is done: a sync without the lock must not take it as applied
                 rescanned = self.refresh()
+                self._control_reload_pending = False
         for name in sorted(self._control_pending):
             if self._stop.is_set():  # the process is exiting (see stop_poller): load no more models
-                break
+                return rescanned
             try:
                 missing = self.follow(name)
             except Exception as exc:  # e.g. an invalid config.toml: the other models still apply
                 problems[name] = f"model {name!r}: {exc}"
                 continue
+            if self._stop.is_set():  # stopped meanwhile: nothing is retried, nothing to report
+                return rescanned
             if missing:
                 problems[name] = f"model {name!r}: {'; '.join(missing)}"
             else:
@@ -657,7 +659,7 @@ class Registry:
             files = {} if source is None else source.versions
             for number in needed if files else []:  # a model not in this repository has nothing to serve
                 if self._stop.is_set():  # the process is exiting (see stop_poller): load nothing more
-                    return ["the server is stopping"]
+                    return []  # (_apply_control records nothing for it)
                 problem = None
                 if number not in files:
                     problem = f"version {number} is not in the repository (yet)"
@@ -816,6 +818,10 @@ def _stamp(path: Path) -> _Stamp | None:
         except OSError:
             continue
     return tuple(sorted(entries))
+
+
+def _stopping(name: str) -> str:
+    return f"model {name!r}: not (re)loaded: the server is stopping"
 
 
 def close_versions(loaded: dict[str, dict[int, ModelVersion]]) -> None:

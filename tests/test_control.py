@@ -255,6 +255,69 @@ def test_a_worker_is_not_ready_while_it_applies_the_revision_it_read(
     assert late.readiness().ready and served_version(late) == 1
 
 
+def test_a_worker_is_not_ready_while_it_applies_a_reload_it_read(
+    three_versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revision that only asks for a reload: the worker is not ready until its refresh is done (it was
+    marked applied before the refresh began, and another sync_control() then marked the file followed)."""
+    writer = make_server(three_versions, control_interval_s=None)
+    writer.reload()
+    control_file = three_versions / CONTROL_FILENAME
+    good = control_file.read_bytes()
+    control_file.write_text("{")
+    late = make_server(three_versions, control_interval_s=600)
+    control_file.write_bytes(good)
+    refreshing, go_on = threading.Event(), threading.Event()
+    refresh = late._registry.refresh
+
+    def held_refresh() -> list[str]:
+        refreshing.set()
+        assert go_on.wait(WAIT_S)
+        return refresh()
+
+    monkeypatch.setattr(late._registry, "refresh", held_refresh)
+    watcher = threading.Thread(target=late.sync_control)
+    watcher.start()
+    assert refreshing.wait(WAIT_S)
+    other = threading.Thread(target=late.sync_control)
+    other.start()
+    other.join(0.5)
+    assert not late.readiness().ready
+    go_on.set()
+    watcher.join(WAIT_S)
+    other.join(WAIT_S)
+    assert late.readiness().ready
+
+
+def test_a_switch_cut_short_by_the_exit_reports_no_control_error(
+    three_versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker exiting while it loads the versions of a switch: nothing is retried, nothing is wrong."""
+    writer = make_server(three_versions, control_interval_s=None)
+    late = make_server(
+        three_versions, config=ModelConfig(version_policy=VersionPolicy.specific(3)), control_interval_s=None
+    )
+    writer.switch("scale", 1)
+    writer.switch("scale", 2)  # the revision keeps 1 for a rollback: the late worker loads 1 and 2
+    loading, go_on = threading.Event(), threading.Event()
+    load_version = registry_module.Registry._load_version
+
+    def held(registry: Any, *args: Any, **kwargs: Any) -> None:
+        loading.set()
+        assert go_on.wait(WAIT_S)
+        load_version(registry, *args, **kwargs)
+
+    monkeypatch.setattr(registry_module.Registry, "_load_version", held)
+    syncing = threading.Thread(target=late.sync_control)
+    syncing.start()
+    assert loading.wait(WAIT_S)
+    late._registry.stop_poller()  # what the exit's clean-up of an unclosed server does first
+    go_on.set()
+    syncing.join(WAIT_S)
+    assert late.status()["control"]["error"] is None
+    assert "not applied here" not in caplog.text
+
+
 def test_without_a_watcher_a_damaged_control_file_does_not_hold_readiness(
     three_versions: Path, make_server: ServerFactory
 ) -> None:

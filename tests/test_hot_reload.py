@@ -536,3 +536,12 @@ def test_a_stopping_server_loads_no_version_after_the_one_in_progress(
     go_on.set()
     refreshing.join(30)
     assert loads == [2]
+
+
+def test_a_stopping_server_refuses_a_load_by_name_and_says_why(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    server._registry.stop_poller()  # the process is exiting
+    with pytest.raises(inprocserve.ModelLoadError, match="the server is stopping"):
+        server.load("scale")  # (it answered 1 as if version 2 were not wanted)
