@@ -196,6 +196,34 @@ def test_a_worker_started_while_the_control_file_is_damaged_is_not_ready_until_i
     assert late.readiness().ready and served_version(late) == 1
 
 
+def recycled_on_a_damaged_file(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    """A worker started while the control file is damaged, then the file repaired; its watcher's interval
+    is long enough that only the test's sync_control() calls read it."""
+    control_file = repository / CONTROL_FILENAME
+    good = control_file.read_bytes()
+    control_file.write_text("{")
+    late = make_server(repository, control_interval_s=600)
+    assert not late.readiness().ready
+    control_file.write_bytes(good)
+    return late
+
+
+def assert_not_ready_until_applied(late: inprocserve.Server, paused: threading.Event, go_on: threading.Event) -> None:
+    """One sync_control() (the watcher's) pauses while it applies the revision; another (the
+    application's, or an admin endpoint's) must wait for the lock, not mark the file followed."""
+    watcher = threading.Thread(target=late.sync_control)
+    watcher.start()
+    assert paused.wait(WAIT_S)
+    other = threading.Thread(target=late.sync_control)
+    other.start()
+    other.join(0.5)  # (had it returned at once, it would have marked the file followed)
+    assert not late.readiness().ready
+    go_on.set()
+    watcher.join(WAIT_S)
+    other.join(WAIT_S)
+    assert late.readiness().ready
+
+
 def test_a_worker_is_ready_only_once_it_follows_the_revision_it_read(
     three_versions: Path, make_server: ServerFactory
 ) -> None:
@@ -203,12 +231,7 @@ def test_a_worker_is_ready_only_once_it_follows_the_revision_it_read(
     adopted under it: until then the worker still serves by its own config, and is not ready."""
     writer = make_server(three_versions, control_interval_s=None)
     writer.switch("scale", 1)
-    control_file = three_versions / CONTROL_FILENAME
-    good = control_file.read_bytes()
-    control_file.write_text("{")
-    late = make_server(three_versions, control_interval_s=600)
-    assert not late.readiness().ready
-    control_file.write_bytes(good)
+    late = recycled_on_a_damaged_file(three_versions, make_server)
     with late._registry.lock:  # as a hot reload would hold it
         syncing = threading.Thread(target=late.sync_control)
         syncing.start()
@@ -227,11 +250,7 @@ def test_a_worker_is_not_ready_while_it_applies_the_revision_it_read(
     writer = make_server(three_versions, control_interval_s=None)
     writer.switch("scale", 1)
     writer.kill("scale")
-    control_file = three_versions / CONTROL_FILENAME
-    good = control_file.read_bytes()
-    control_file.write_text("{")
-    late = make_server(three_versions, control_interval_s=600)
-    control_file.write_bytes(good)
+    late = recycled_on_a_damaged_file(three_versions, make_server)
     adopting, go_on = threading.Event(), threading.Event()
     info = registry_module.logger.info
 
@@ -242,17 +261,8 @@ def test_a_worker_is_not_ready_while_it_applies_the_revision_it_read(
         info(message, *args, **kwargs)
 
     monkeypatch.setattr(registry_module.logger, "info", paused_info)
-    watcher = threading.Thread(target=late.sync_control)  # as the watcher does
-    watcher.start()
-    assert adopting.wait(WAIT_S)
-    other = threading.Thread(target=late.sync_control)  # the application, or an admin endpoint
-    other.start()
-    other.join(0.5)  # it waits for the lock (it returned at once, and marked the file followed)
-    assert not late.readiness().ready
-    go_on.set()
-    watcher.join(WAIT_S)
-    other.join(WAIT_S)
-    assert late.readiness().ready and served_version(late) == 1
+    assert_not_ready_until_applied(late, adopting, go_on)
+    assert served_version(late) == 1
 
 
 def test_a_worker_is_not_ready_while_it_applies_a_reload_it_read(
@@ -262,11 +272,7 @@ def test_a_worker_is_not_ready_while_it_applies_a_reload_it_read(
     marked applied before the refresh began, and another sync_control() then marked the file followed)."""
     writer = make_server(three_versions, control_interval_s=None)
     writer.reload()
-    control_file = three_versions / CONTROL_FILENAME
-    good = control_file.read_bytes()
-    control_file.write_text("{")
-    late = make_server(three_versions, control_interval_s=600)
-    control_file.write_bytes(good)
+    late = recycled_on_a_damaged_file(three_versions, make_server)
     refreshing, go_on = threading.Event(), threading.Event()
     refresh = late._registry.refresh
 
@@ -276,17 +282,7 @@ def test_a_worker_is_not_ready_while_it_applies_a_reload_it_read(
         return refresh()
 
     monkeypatch.setattr(late._registry, "refresh", held_refresh)
-    watcher = threading.Thread(target=late.sync_control)
-    watcher.start()
-    assert refreshing.wait(WAIT_S)
-    other = threading.Thread(target=late.sync_control)
-    other.start()
-    other.join(0.5)
-    assert not late.readiness().ready
-    go_on.set()
-    watcher.join(WAIT_S)
-    other.join(WAIT_S)
-    assert late.readiness().ready
+    assert_not_ready_until_applied(late, refreshing, go_on)
 
 
 def test_a_switch_cut_short_by_the_exit_reports_no_control_error(
