@@ -1058,6 +1058,11 @@ def test_a_long_sequence_is_not_run_by_the_loop_whatever_its_row_count(
         await server.apredict("seq", inputs(4))  # (adopts the runners)
         on_loop = []
         for length in (4, 1000, 50, 5000):
+            # Each request alone, on an idle version: the loop goes on first (a lone answer's streak callback
+            # runs), and a worker gives its session back just after it answers (the loop runs only on a free one)
+            await asyncio.sleep(0.001)
+            while not (batcher.idle and batcher._pool.has_free()):
+                await asyncio.sleep(0.001)
             ran_on.clear()
             answer = await server.apredict("seq", inputs(length))
             assert answer["total"].shape == (1, length)
