@@ -139,14 +139,7 @@ class Server(RolloutMethods):
         self._ids = RequestIds()
         self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s, clock=clock)
         self._telemetry = RequestTelemetry()
-        self._sharing = Sharing(
-            self._deliver,
-            self._telemetry,
-            clock=clock,
-            serving=self._serving_copy,
-            default=self._default_version,
-            closed=lambda: self._registry.closed,
-        )
+        self._sharing = self._new_sharing()
         # The threads this server starts, each stopped and joined by close(): shadow runs, drift scoring,
         # the hot-reload poller (registry) and the control-file watcher (operations).
         self._shadow = ShadowRunner(
@@ -664,6 +657,18 @@ class Server(RolloutMethods):
         and body first), as :meth:`predict` records the requests it refuses."""
         self._telemetry.refused(start_request_span(model), started, model, version, None, error)
 
+    def _new_sharing(self) -> Sharing:
+        """Identical requests in flight, none yet (a forked child makes its own: a leader in flight in the
+        parent never answers there)."""
+        return Sharing(
+            self._deliver,
+            self._telemetry,
+            clock=self._clock,
+            serving=self._serving_copy,
+            default=self._default_version,
+            closed=lambda: self._registry.closed,
+        )
+
     def _serving_copy(self, model: str, version: int) -> ModelVersion | None:
         routes = self._registry.routes.get(model)
         return None if routes is None else routes.versions.get(version)
@@ -893,14 +898,7 @@ class Server(RolloutMethods):
         self._registry.after_fork_in_child()
         self._operations.after_fork_in_child()
         # a leader in flight in the parent never answers here; its lock may have been held at the fork
-        self._sharing = Sharing(
-            self._deliver,
-            self._telemetry,
-            clock=self._clock,
-            serving=self._serving_copy,
-            default=self._default_version,
-            closed=lambda: self._registry.closed,
-        )
+        self._sharing = self._new_sharing()
 
 
 # How long an exiting process waits for the version a hot reload or a control-file switch is loading (no
