@@ -100,6 +100,7 @@ soak: install $(OLD_ORT_STAMP)
 BENCH_QUICK ?=
 ifneq ($(BENCH_QUICK),)
 QUICK_coalescing := --seconds 0.5 --rounds 1 --clients 1,8
+QUICK_direct_lanes := --seconds 0.5 --rounds 1 --clients 8
 QUICK_predict_overhead := --blocks 4
 QUICK_feature_overhead := --blocks 2 --block 200
 QUICK_flag_overhead := --blocks 2 --block 100
@@ -124,6 +125,7 @@ bench: install
 	$(BIN)/python benchmarks/coalescing.py $(QUICK_coalescing) $(BENCH_ARGS)
 	$(BIN)/python benchmarks/coalescing.py --otel $(QUICK_coalescing) $(BENCH_ARGS)
 	$(BIN)/python benchmarks/coalescing.py --spinning $(QUICK_coalescing) $(BENCH_ARGS)
+	$(BIN)/python benchmarks/direct_lanes.py $(QUICK_direct_lanes)
 	$(BIN)/python benchmarks/predict_overhead.py $(QUICK_predict_overhead)
 	$(BIN)/python benchmarks/feature_overhead.py $(QUICK_feature_overhead)
 	$(BIN)/python benchmarks/flag_overhead.py $(QUICK_flag_overhead)

@@ -48,6 +48,11 @@ class LoadResult:
     throughput: float
     p50_ms: float
     p99_ms: float
+    max_ms: float = 0.0
+    """The slowest request. A closed loop's percentiles count a starved client's one long wait once, so a
+    design that serves some clients over and over and lets others wait shows a low p99; this does not."""
+    fairness: float = 1.0
+    """Requests completed by the least served client over those of the most served one (1: all alike)."""
 
 
 def closed_loop(
@@ -81,6 +86,7 @@ def closed_loop(
         thread.join()
     elapsed = time.perf_counter() - started
     merged = np.sort(np.concatenate([np.asarray(values) for values in latencies]))
+    counts = [len(values) for values in latencies]
     return LoadResult(
         approach=approach,
         model=model,
@@ -90,6 +96,8 @@ def closed_loop(
         throughput=merged.size / elapsed,
         p50_ms=float(np.percentile(merged, 50) * 1000),
         p99_ms=float(np.percentile(merged, 99) * 1000),
+        max_ms=float(merged[-1] * 1000),
+        fairness=min(counts) / max(1, max(counts)),
     )
 
 

@@ -183,6 +183,9 @@ def summarize(point: dict[str, list[dict[str, Any]]], best: float) -> dict[str, 
         values = [r["throughput"] for r in point[approach]]
         return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
 
+    def worst(approach: str, key: str, pick: Any) -> float:
+        return float(pick(r.get(key, 0.0) for r in point[approach]))
+
     naive, served = med("naive", "throughput"), med("inprocserve", "throughput")
     return {
         "naive_rps": naive,
@@ -193,6 +196,10 @@ def summarize(point: dict[str, list[dict[str, Any]]], best: float) -> dict[str, 
         "naive_p99_ms": med("naive", "p99_ms"),
         "inprocserve_p50_ms": med("inprocserve", "p50_ms"),
         "inprocserve_p99_ms": med("inprocserve", "p99_ms"),
+        "naive_max_ms": worst("naive", "max_ms", max),
+        "inprocserve_max_ms": worst("inprocserve", "max_ms", max),
+        "naive_fairness": worst("naive", "fairness", min),
+        "inprocserve_fairness": worst("inprocserve", "fairness", min),
         "naive_spread": spread("naive"),
         "inprocserve_spread": spread("inprocserve"),
     }
@@ -228,7 +235,8 @@ def write_markdown(results: dict[str, Any], tag: str) -> Path:
         ),
         machine_line(m),
         f"Settings: {results['settings']['seconds']} s per point, {results['settings']['rounds']} rounds, interleaved; "
-        "medians (spread = (max-min)/median over rounds).",
+        "medians (spread = (max-min)/median over rounds), except the slowest request and the fairness (requests "
+        "completed by the least served client over those of the most served one), the worst of the rounds.",
         "",
         "Thread hand-off floor — N threads passing a token to one worker thread and back, no model, no numpy: "
         + ", ".join(f"N={n}: {r:,.0f}/s" for n, r in results["handoff_floor_round_trips_per_s"].items())
@@ -245,8 +253,9 @@ def write_markdown(results: dict[str, Any], tag: str) -> Path:
             f"{data['raw_one_row_us']:.0f} us. Max |diff| vs onnxruntime: {data['max_abs_diff_vs_onnxruntime']:.1e}.",
             "",
             "| N | naive req/s | inprocserve req/s | x naive | x ceiling | p50 ms (naive / inprocserve) "
-            "| p99 ms (naive / inprocserve) | spread |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| p99 ms (naive / inprocserve) | slowest ms (naive / inprocserve) | fairness (naive / inprocserve) "
+            "| spread |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for clients, point in data["points"].items():
             s = point["summary"]
@@ -254,6 +263,8 @@ def write_markdown(results: dict[str, Any], tag: str) -> Path:
                 f"| {clients} | {s['naive_rps']:,.0f} | {s['inprocserve_rps']:,.0f} | {s['ratio_naive']:.2f} | "
                 f"{s['ratio_ceiling']:.2f} | {s['naive_p50_ms']:.3f} / {s['inprocserve_p50_ms']:.3f} | "
                 f"{s['naive_p99_ms']:.2f} / {s['inprocserve_p99_ms']:.2f} | "
+                f"{s['naive_max_ms']:.1f} / {s['inprocserve_max_ms']:.1f} | "
+                f"{s['naive_fairness']:.2f} / {s['inprocserve_fairness']:.2f} | "
                 f"{s['naive_spread']:.0%} / {s['inprocserve_spread']:.0%} |"
             )
         lines.append("")
