@@ -313,16 +313,51 @@ def convertible(given: np.dtype[Any], expected: np.dtype[Any]) -> bool:
     return bool(np.can_cast(given, expected, casting="same_kind"))
 
 
+def _text(name: str, value: Any) -> np.ndarray:
+    """An input of ONNX strings as an array of Python ``str``, every element checked: onnxruntime turns
+    anything else into its ``str()`` (``None`` into ``"None"``) and fails to run on text that is not valid
+    Unicode (a lone surrogate, which JSON can carry). ``bytes`` holding UTF-8 text are decoded."""
+    array = np.asarray(value, dtype=object) if not isinstance(value, np.ndarray) else value
+    if array.dtype.kind not in "OU":
+        raise InvalidInputError(f"input {name!r}: expected strings (tensor(string)), got {array.dtype}")
+    array = array.astype(object, copy=False)
+    decoded: dict[int, str] = {}
+    for index, element in enumerate(array.flat):
+        if isinstance(element, str):
+            if element.isascii():
+                continue
+            try:
+                element.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInputError(
+                    f"input {name!r}: element #{index} is not valid Unicode text (it holds a lone surrogate "
+                    "code point); send UTF-8 text"
+                ) from None
+        elif isinstance(element, bytes):
+            try:
+                decoded[index] = element.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInputError(f"input {name!r}: element #{index} is bytes that are not UTF-8 text") from None
+        else:
+            raise InvalidInputError(
+                f"input {name!r}: expected strings (tensor(string)), element #{index} is "
+                f"{type(element).__name__}; send text"
+            )
+    if decoded:
+        array = array.copy()  # (never the caller's array) C-ordered, so its flat view takes the decoded text
+        flat = array.reshape(-1)
+        for index, text in decoded.items():
+            flat[index] = text
+    return array
+
+
 def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
     expected = spec.dtype
     assert expected is not None
-    if type(value) is np.ndarray and value.dtype == expected:
+    if type(value) is np.ndarray and value.dtype == expected and expected.kind != "O":
         return value  # the common case: no copy, no checks
     if spec.is_string:
-        array = np.asarray(value, dtype=object) if not isinstance(value, np.ndarray) else value
-        if array.dtype.kind not in "OU":
-            raise InvalidInputError(f"input {spec.name!r}: expected strings (tensor(string)), got {array.dtype}")
-        return array.astype(object, copy=False)
+        return _text(spec.name, value)
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
