@@ -125,6 +125,7 @@ ROW = [0.1] * 8
         b'{"transactions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # RecursionError in the parser
         b'{"transactions": [[NaN, 1, 2, 3, 4, 5, 6, 7]]}',
         b'{"transactions": [[1e999, 1, 2, 3, 4, 5, 6, 7]]}',
+        b'{"transactions": [[1e39, 1, 2, 3, 4, 5, 6, 7]]}',  # finite, but infinity as the model's float32
         b'{"transactions": [[Infinity, 1, 2, 3, 4, 5, 6, 7]]}',
         b'{"transactions": [[' + b"9" * 400 + b", 1, 2, 3, 4, 5, 6, 7]]}",  # an int no float holds
         json.dumps({"transactions": [ROW] * 4097}).encode(),

@@ -30,6 +30,7 @@ from inprocserve_flask import Inprocserve, predict, server
 from werkzeug.exceptions import RequestEntityTooLarge
 
 FEATURES = 8
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a larger value would reach the model as infinity
 MAX_ROWS = 4096
 """Most transactions per request."""
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -77,9 +78,10 @@ def _refuse_constant(name: str) -> float:
     raise BadRequest(f"{name} is not a number")  # json.loads would take NaN and Infinity
 
 
-def _finite(value: float) -> bool:
+def _feature(value: float) -> bool:
+    """Whether a value is a feature the float32 model takes: finite, and finite still as a float32."""
     try:
-        return math.isfinite(value)
+        return math.isfinite(value) and abs(value) <= FLOAT32_MAX
     except OverflowError:  # an integer of hundreds of digits: no float holds it
         return False
 
@@ -99,8 +101,8 @@ def parse_transactions(body: bytes) -> np.ndarray:
         if not isinstance(row, list) or len(row) != FEATURES:
             raise BadRequest(f"row {index} is not a list of {FEATURES} numbers")
         for value in row:  # bool is an int to Python, not a feature value
-            if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
-                raise BadRequest(f"row {index} holds {str(value)[:40]!r}: numbers only, finite")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not _feature(value):
+                raise BadRequest(f"row {index} holds {str(value)[:40]!r}: numbers only, finite, within float32's range")
     return np.asarray(rows, dtype=np.float32)
 
 
