@@ -62,11 +62,16 @@ def parse_user_id(value: str | None, *, header: str = "X-User-Id") -> str | None
     """
     if value is None:
         return None
+    return checked_user_id(value, f"header {header}")
+
+
+def checked_user_id(value: str, where: str) -> str:
+    """``value`` as a user id (the rule of :func:`parse_user_id`), from ``where`` (named in the error), such as
+    ``"parameter user_id"`` of a protocol request."""
     text = value.strip()
     if len(text) > MAX_USER_ID_LENGTH or not _USER_ID.fullmatch(text):
         raise InvalidInputError(
-            f"header {header}: {_shown(value)} is not a user id; send 1 to {MAX_USER_ID_LENGTH} printable "
-            "ASCII characters"
+            f"{where}: {_shown(value)} is not a user id; send 1 to {MAX_USER_ID_LENGTH} printable ASCII characters"
         )
     return text
 

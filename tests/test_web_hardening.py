@@ -5,7 +5,9 @@ model before any data is decoded, strict JSON and gzip rules, and admin bodies t
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -324,3 +326,109 @@ def test_integers_for_an_unsigned_input_pass_the_header_check(repository: Path, 
     tensor["data"] = [7, 256]
     status, document, _ = call(endpoints, "POST", "/v2/models/image/infer", json.dumps({"inputs": [tensor]}).encode())
     assert status == 400 and "do not fit in uint8" in document["error"]
+
+
+# -- integers past int64, user ids as parameters, outputs the protocol cannot carry ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "answer"),
+    [
+        ([2**64 - 1, 2], [2**64 - 1, 2]),  # numpy alone makes this list float64, which rounds the first
+        ([2**63, 0], [2**63, 0]),
+    ],
+)
+def test_json_integers_past_int64_reach_a_uint64_tensor_exactly(data: list[int], answer: list[int]) -> None:
+    tensor = {"name": "x", "shape": [2], "datatype": "UINT64", "data": data}
+    decoded = v2.decode_infer_request(json.dumps({"inputs": [tensor]}).encode(), {}).inputs["x"]
+    assert decoded.dtype == np.uint64 and decoded.tolist() == answer
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype", "message"),
+    [
+        ([2**64, 2], "UINT64", "do not fit in UINT64"),
+        ([-1, 2**63], "UINT64", "do not fit in UINT64"),
+        ([2**63, 1], "INT64", "do not fit in INT64"),
+        ([2**64 - 1, 1.5], "UINT64", "mixed or unsupported types"),
+    ],
+)
+def test_json_integers_out_of_range_or_mixed_with_floats_are_still_refused(
+    data: list[Any], datatype: str, message: str
+) -> None:
+    tensor = {"name": "x", "shape": [2], "datatype": datatype, "data": data}
+    with pytest.raises(inprocserve.InvalidInputError, match=message):
+        v2.decode_infer_request(json.dumps({"inputs": [tensor]}).encode(), {})
+
+
+@pytest.mark.parametrize(
+    ("user_id", "message"),
+    [
+        ("u" * 257, "parameter user_id: .* is not a user id"),
+        ("\u202eevil", "parameter user_id: .* is not a user id"),
+        ("", "parameter user_id: .* is not a user id"),
+        (10**300, "parameter user_id: an integer of 997 bits is not a user id"),
+    ],
+)
+def test_the_user_id_parameter_is_held_to_the_user_header_s_rule(
+    served: inprocserve.Server, user_id: Any, message: str
+) -> None:
+    body = json.dumps({"inputs": [X], "parameters": {"user_id": user_id}}).encode()
+    status, document, _ = call(v2.Endpoints(lambda: served), "POST", "/v2/models/scale/infer", body)
+    assert status == 400 and re.search(message, document["error"]), document
+    good = json.dumps({"inputs": [X], "parameters": {"user_id": " user-7 "}}).encode()
+    assert call(v2.Endpoints(lambda: served), "POST", "/v2/models/scale/infer", good)[0] == 200
+
+
+def test_an_unknown_output_is_refused_before_the_model_runs(served: inprocserve.Server) -> None:
+    runs = served.status()["models"]["scale"]["versions"]["1"]["batches_run"]
+    body = json.dumps({"inputs": [X], "outputs": [{"name": "nope"}]}).encode()
+    status, document, _ = call(v2.Endpoints(lambda: served), "POST", "/v2/models/scale/infer", body)
+    assert status == 400 and document["error"] == "output 'nope' is not an output of model 'scale'; outputs: y"
+    assert served.status()["models"]["scale"]["versions"]["1"]["batches_run"] == runs
+
+
+def build_zipmap_model() -> Any:
+    """Probabilities as a tensor and as a ZipMap (a sequence of maps), as skl2onnx's classifiers answer."""
+    from onnx import TensorProto, helper
+
+    float_map = helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["probabilities"]),
+            helper.make_node("ZipMap", ["x"], ["zipped"], domain="ai.onnx.ml", classlabels_int64s=[0, 1]),
+        ],
+        "zipmap",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_value_info("zipped", helper.make_sequence_type_proto(float_map)),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 8
+    return model
+
+
+def test_sequence_outputs_are_left_out_of_answers_and_refused_when_asked_for(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_zipmap_model(), repository, "classifier", 1)
+    server = make_server(repository)
+    endpoints = v2.Endpoints(lambda: server)
+    tensor = {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [0.25, 0.75, 0.5, 0.5]}
+    for binary in (False, True):
+        body = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": binary}}).encode()
+        response = endpoints.handle("POST", "/v2/models/classifier/infer", {}, io.BytesIO(body).read)
+        assert response.status == 200
+        outputs = v2.decode_infer_response(response.body, response.headers).outputs
+        assert list(outputs) == ["probabilities"] and outputs["probabilities"].tolist() == [[0.25, 0.75], [0.5, 0.5]]
+    runs = server.status()["models"]["classifier"]["versions"]["1"]["batches_run"]
+    body = json.dumps({"inputs": [tensor], "outputs": [{"name": "zipped"}]}).encode()
+    status, document, _ = call(endpoints, "POST", "/v2/models/classifier/infer", body)
+    assert status == 400 and "output 'zipped' of model 'classifier' is a sequence or map" in document["error"]
+    assert server.status()["models"]["classifier"]["versions"]["1"]["batches_run"] == runs  # refused before a run
+    with pytest.raises(inprocserve.InvalidInputError, match="is a sequence or map"):  # the codec on its own
+        v2.encode_infer_response(
+            server.predict("classifier", np.ones((1, 2), np.float32)), [v2.RequestedOutput("zipped")]
+        )

@@ -22,8 +22,12 @@ from typing import Any
 import numpy as np
 
 from .._errors import ConfigurationError, InvalidInputError
+from .._headers import MAX_USER_ID_LENGTH, checked_user_id
 from .._prediction import Prediction
 from ._datatypes import DATATYPES, datatype_of, numpy_dtype
+
+# An integer user id longer than a user id may be (in decimal digits) is refused before it is turned into text.
+_MAX_USER_ID_BITS = math.ceil(MAX_USER_ID_LENGTH * math.log2(10))
 
 __all__ = [
     "HEADER_LENGTH",
@@ -284,7 +288,15 @@ def encode_infer_response(
     if isinstance(prediction, Prediction):
         model_name = prediction.model if model_name is None else model_name
         model_version = prediction.version if model_version is None else model_version
-    wanted = [RequestedOutput(name) for name in prediction] if requested is None else list(requested)
+    if requested is None:  # every output the protocol can carry
+        wanted = [RequestedOutput(name) for name, value in prediction.items() if _is_tensor(value)]
+        if not wanted and len(prediction):
+            raise InvalidInputError(
+                f"model {model_name!r} has no tensor outputs: {', '.join(prediction)} are sequences or maps, "
+                "which the protocol cannot carry"
+            )
+    else:
+        wanted = list(requested)
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for output in wanted:
@@ -292,7 +304,13 @@ def encode_infer_response(
             raise InvalidInputError(
                 f"output {output.name!r} is not an output of model {model_name!r}; outputs: {', '.join(prediction)}"
             )
-        array = np.asarray(prediction[output.name])
+        value = prediction[output.name]
+        if not _is_tensor(value):
+            raise InvalidInputError(
+                f"output {output.name!r} of model {model_name!r} is a sequence or map (an ONNX ZipMap, say), which "
+                "the protocol cannot carry; ask for the model's tensor outputs with 'outputs'"
+            )
+        array = np.asarray(value)
         entry: dict[str, Any] = {"name": output.name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
         if binary if output.binary is None else output.binary:
             raw = _to_binary(array)
@@ -422,8 +440,10 @@ def _user_id(raw: object) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, str | int):
-        raise InvalidInputError(f"parameter user_id must be a string or an integer, got {raw!r}")
-    return str(raw)
+        raise InvalidInputError(f"parameter user_id must be a string or an integer, got {str(raw)[:40]!r}")
+    if isinstance(raw, int) and raw.bit_length() > _MAX_USER_ID_BITS:  # (str() of a huge one costs, or fails)
+        raise InvalidInputError(f"parameter user_id: an integer of {raw.bit_length()} bits is not a user id")
+    return checked_user_id(str(raw), "parameter user_id")  # the rule of the X-User-Id header
 
 
 def _from_binary(raw: memoryview, datatype: str, shape: list[int], name: str) -> np.ndarray:
@@ -538,6 +558,8 @@ def _from_json(
     if array.size != count:
         raise InvalidInputError(f"input {name!r}: 'data' holds {array.size} values but shape {shape} needs {count}")
     dtype = DATATYPES[datatype]
+    if dtype.kind in "iu" and array.dtype.kind in "fO" and array.size:
+        array = _integers(data, array, datatype, name)  # past int64 and below 0: numpy made them floats or objects
     kinds = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]  # never bools as numbers, or floats as ints
     if array.size and array.dtype.kind not in kinds:
         what = "text" if array.dtype.kind == "U" else "values of mixed or unsupported types"
@@ -558,6 +580,34 @@ def _from_json(
             raise InvalidInputError(f"input {name!r}: values are too large for {datatype}")
         return cast.reshape(shape)
     return array.astype(dtype).reshape(shape)
+
+
+def _is_tensor(value: object) -> bool:
+    """Whether an output is a tensor the protocol can carry: onnxruntime answers a sequence (of maps, from a
+    ZipMap) as a list, which ``np.asarray`` would make an object array of dicts, sent as their text."""
+    if isinstance(value, np.ndarray):
+        array = value
+    else:  # a list of numbers or text given to encode_infer_response is a tensor still
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError):  # ragged
+            return False
+    if array.dtype.kind != "O":
+        return True
+    return all(isinstance(element, str | bytes) for element in array.flat)
+
+
+def _integers(data: object, array: np.ndarray, datatype: str, name: str) -> np.ndarray:
+    """JSON integers for an integer datatype, as exact Python integers: numpy turns a list that mixes values
+    past int64's range (a UINT64 above 2**63) with others into float64 (or objects), which would round them.
+    Anything but integers is returned as it was, for the caller to refuse."""
+    exact = np.array(data, dtype=object)
+    if exact.shape != array.shape or not all(type(x) is int for x in exact.flat):
+        return array
+    info = np.iinfo(DATATYPES[datatype])
+    if min(exact.flat) < info.min or max(exact.flat) > info.max:
+        raise InvalidInputError(f"input {name!r}: values do not fit in {datatype} ({info.min}..{info.max})")
+    return exact.astype(DATATYPES[datatype])
 
 
 def _to_binary(array: np.ndarray) -> bytes:

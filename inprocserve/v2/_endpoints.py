@@ -28,7 +28,7 @@ from .._errors import (
 from .._server import Server
 from .._signature import Signature, convertible
 from ..web import retry_after
-from ._codec import Limits, TensorHeader, _header, decode_infer_request, encode_infer_response
+from ._codec import Limits, RequestedOutput, TensorHeader, _header, decode_infer_request, encode_infer_response
 from ._datatypes import DATATYPES, datatype_of_onnx
 
 __all__ = ["Endpoints", "Response", "model_metadata", "server_metadata", "server_readiness"]
@@ -271,6 +271,8 @@ class Endpoints:
             check = _signature_check(server, name, version)  # an unknown model or version: before the body
             body = self._read_body(headers, read)
             request = decode_infer_request(body, headers, limits=self._limits, check=check)
+            if request.outputs:
+                _check_outputs(server, name, version, request.outputs)
         except InprocserveError as exc:  # refused before predict: recorded as predict records its refusals
             server._refused_early(name, version, exc, started)
             raise
@@ -404,6 +406,43 @@ def _signature_check(server: Server, name: str, version: int | None) -> Callable
         raise first
 
     return check
+
+
+def _check_outputs(server: Server, name: str, version: int | None, requested: Sequence[RequestedOutput]) -> None:
+    """Refuse a requested output that no version that may answer has, before the model runs: the answer
+    would be refused anyway, after a run it cost and a latency it recorded.
+
+    Raises:
+        InvalidInputError: names the output and the model's outputs.
+    """
+    routes = server._registry.routes.get(name)
+    if routes is None:
+        return  # unloaded meanwhile: predict says so
+    pinned = None if version is None else routes.versions.get(version)
+    candidates = list(routes.versions.values()) if pinned is None else [pinned]
+    names: dict[str, None] = {}
+    tensors: set[str] = set()
+    for target in candidates:
+        if target.signature is None:  # not known here: the answer decides
+            return
+        for spec in target.signature.outputs:
+            names[spec.name] = None
+            if spec.onnx_type is None or spec.onnx_type.startswith("tensor("):
+                tensors.add(spec.name)
+    for output in requested:
+        if output.name not in names:
+            raise InvalidInputError(
+                f"output {output.name!r} is not an output of model {name!r}; outputs: {', '.join(names)}",
+                model=name,
+                version=version,
+            )
+        if output.name not in tensors:
+            raise InvalidInputError(
+                f"output {output.name!r} of model {name!r} is a sequence or map (an ONNX ZipMap, say), which the "
+                "protocol cannot carry; ask for the model's tensor outputs with 'outputs'",
+                model=name,
+                version=version,
+            )
 
 
 def _mismatch(signature: Signature, tensors: Sequence[TensorHeader], max_rows: int) -> str | None:
