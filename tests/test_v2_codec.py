@@ -554,3 +554,26 @@ def test_mangled_requests_only_ever_raise_invalid_input() -> None:
             v2.decode_infer_request(bytes(body), {v2.HEADER_LENGTH: str(len(head))} if binary else {})
         except inprocserve.InvalidInputError:
             pass
+
+
+def test_a_null_in_an_answer_s_float_data_is_nan_as_mlserver_writes_it() -> None:
+    # MLServer (orjson) and KServe's Python server write NaN as null: JSON has no number for it.
+    document = {
+        "model_name": "m",
+        "outputs": [
+            {"name": "y", "datatype": "FP32", "shape": [2, 2], "data": [[None, 2.0], [3, None]]},
+            {"name": "n", "datatype": "INT64", "shape": [1], "data": [None]},
+        ],
+    }
+    with pytest.raises(inprocserve.InvalidInputError, match="output 'n': 'data' holds values of mixed or unsupported"):
+        v2.decode_infer_response(json.dumps(document).encode(), {})
+    document["outputs"].pop()
+    y = v2.decode_infer_response(json.dumps(document).encode(), {}).outputs["y"]
+    assert y.dtype == np.float32 and np.isnan(y[0, 0]) and np.isnan(y[1, 1]) and y[0, 1] == 2.0 and y[1, 0] == 3.0
+
+
+@pytest.mark.parametrize("data", [[None, 2.0], [True, None], ["1.5", None]])
+def test_a_null_in_a_request_is_refused_as_a_missing_value(data: list[Any]) -> None:
+    body = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": data}]}).encode()
+    with pytest.raises(inprocserve.InvalidInputError, match="input 'x': 'data' holds values of mixed or unsupported"):
+        v2.decode_infer_request(body, {})

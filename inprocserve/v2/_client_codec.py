@@ -87,10 +87,10 @@ def decode_infer_response(body: bytes, headers: Mapping[str, str], *, limits: Li
         name, datatype, shape, tensor_parameters = _tensor_header(raw, index, limits)
         size = tensor_parameters.get("binary_data_size")
         if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= len(binary) - offset:
-            outputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, name)
+            outputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, name, role="output")
             offset += size
         elif size is None and "data" in raw:
-            outputs[name] = _from_json(raw["data"], datatype, shape, name, limits)
+            outputs[name] = _from_json(raw["data"], datatype, shape, name, limits, role="output", null_is_nan=True)
         else:
             raise InvalidInputError(f"output {name!r}: no data, or a binary_data_size that does not fit the body")
     version = document.get("model_version")

@@ -446,7 +446,7 @@ def _user_id(raw: object) -> str | None:
     return checked_user_id(str(raw), "parameter user_id")  # the rule of the X-User-Id header
 
 
-def _from_binary(raw: memoryview, datatype: str, shape: list[int], name: str) -> np.ndarray:
+def _from_binary(raw: memoryview, datatype: str, shape: list[int], name: str, *, role: str = "input") -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
         return np.array(_split_bytes(raw, count, name), dtype=object).reshape(shape)
@@ -456,7 +456,7 @@ def _from_binary(raw: memoryview, datatype: str, shape: list[int], name: str) ->
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInputError(
-            f"input {name!r}: shape {shape} of {datatype} needs {expected} bytes, but binary_data_size is {len(raw)}"
+            f"{role} {name!r}: shape {shape} of {datatype} needs {expected} bytes, but binary_data_size is {len(raw)}"
         )
     # Copied: the body's buffer may be unaligned and is read-only; the model gets an ordinary array.
     array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype.newbyteorder("="))
@@ -527,8 +527,20 @@ def _holds_bool(data: object) -> bool:
 
 
 def _from_json(
-    data: object, datatype: str, shape: list[int], name: str, limits: Limits, *, bools_in_data: bool = False
+    data: object,
+    datatype: str,
+    shape: list[int],
+    name: str,
+    limits: Limits,
+    *,
+    bools_in_data: bool = False,
+    role: str = "input",
+    null_is_nan: bool = False,
 ) -> np.ndarray:
+    """A tensor's JSON ``data`` as an array of ``datatype`` and ``shape``, every value checked. ``role`` names
+    the tensor in errors (``"output"`` for a response's). With ``null_is_nan``, a ``null`` in floating-point
+    data is NaN: MLServer and KServe's Python server write NaN so in their answers (JSON has no number for
+    it). A request's ``null`` is refused: it is more likely a missing value than a NaN."""
     count = math.prod(shape)
     depth = 0
     probe = data
@@ -536,7 +548,7 @@ def _from_json(
         depth += 1
         if depth > limits.max_json_depth:
             raise InvalidInputError(
-                f"input {name!r}: 'data' is nested deeper than {limits.max_json_depth} levels; send a flat list"
+                f"{role} {name!r}: 'data' is nested deeper than {limits.max_json_depth} levels; send a flat list"
             )
         probe = probe[0] if probe else None
     if not isinstance(data, list):
@@ -547,37 +559,39 @@ def _from_json(
         except ValueError:  # ragged nesting
             flat = np.array([None], dtype=object)
         if flat.size != count or any(not isinstance(x, str) for x in flat):
-            raise InvalidInputError(f"input {name!r}: BYTES 'data' must be {count} strings for shape {shape}")
+            raise InvalidInputError(f"{role} {name!r}: BYTES 'data' must be {count} strings for shape {shape}")
         return flat.reshape(shape)
     try:
         array = np.array(data)
     except (ValueError, TypeError, OverflowError):
         raise InvalidInputError(
-            f"input {name!r}: 'data' must be a list of numbers (flat, row-major) or rectangular nested lists"
+            f"{role} {name!r}: 'data' must be a list of numbers (flat, row-major) or rectangular nested lists"
         ) from None
     if array.size != count:
-        raise InvalidInputError(f"input {name!r}: 'data' holds {array.size} values but shape {shape} needs {count}")
+        raise InvalidInputError(f"{role} {name!r}: 'data' holds {array.size} values but shape {shape} needs {count}")
     dtype = DATATYPES[datatype]
-    if dtype.kind in "iu" and array.dtype.kind in "fO" and array.size:
-        array = _integers(data, array, datatype, name)  # past int64 and below 0: numpy made them floats or objects
+    if null_is_nan and dtype.kind == "f" and array.dtype.kind == "O" and array.size:
+        array = _floats_with_nulls(data, array)
+    if dtype.kind in "iu" and array.dtype.kind in "fO" and array.size:  # past int64 and below 0: floats or objects
+        array = _integers(data, array, datatype, name, role)
     kinds = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]  # never bools as numbers, or floats as ints
     if array.size and array.dtype.kind not in kinds:
         what = "text" if array.dtype.kind == "U" else "values of mixed or unsupported types"
-        raise InvalidInputError(f"input {name!r}: 'data' holds {what}, which is not {datatype}")
+        raise InvalidInputError(f"{role} {name!r}: 'data' holds {what}, which is not {datatype}")
     if bools_in_data and dtype.kind != "b" and array.dtype.kind != "b" and _holds_bool(data):
         raise InvalidInputError(
-            f"input {name!r}: 'data' mixes true/false with numbers, which is not {datatype}; send 1 and 0, "
+            f"{role} {name!r}: 'data' mixes true/false with numbers, which is not {datatype}; send 1 and 0, "
             "or the tensor as BOOL"
         )
     if dtype.kind in "iu" and array.size and array.dtype.kind in "iu":
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
-            raise InvalidInputError(f"input {name!r}: values do not fit in {datatype} ({info.min}..{info.max})")
+            raise InvalidInputError(f"{role} {name!r}: values do not fit in {datatype} ({info.min}..{info.max})")
     if dtype.kind == "f":
         with np.errstate(over="ignore"):
             cast = array.astype(dtype)
         if array.size and (np.isinf(cast) & ~np.isinf(array)).any():
-            raise InvalidInputError(f"input {name!r}: values are too large for {datatype}")
+            raise InvalidInputError(f"{role} {name!r}: values are too large for {datatype}")
         return cast.reshape(shape)
     return array.astype(dtype).reshape(shape)
 
@@ -597,7 +611,19 @@ def _is_tensor(value: object) -> bool:
     return all(isinstance(element, str | bytes) for element in array.flat)
 
 
-def _integers(data: object, array: np.ndarray, datatype: str, name: str) -> np.ndarray:
+def _floats_with_nulls(data: object, array: np.ndarray) -> np.ndarray:
+    """Floating-point JSON data holding ``null`` (NaN as MLServer writes it) as float64 with NaN there; data
+    holding anything but numbers and ``null`` is returned as it was, for the caller to refuse."""
+    try:
+        flat = np.array(data, dtype=object).reshape(-1)
+    except ValueError:  # ragged
+        return array
+    if flat.size != array.size or not all(x is None or type(x) in (int, float) for x in flat):
+        return array
+    return np.array([math.nan if x is None else x for x in flat], dtype=np.float64).reshape(array.shape)
+
+
+def _integers(data: object, array: np.ndarray, datatype: str, name: str, role: str) -> np.ndarray:
     """JSON integers for an integer datatype, as exact Python integers: numpy turns a list that mixes values
     past int64's range (a UINT64 above 2**63) with others into float64 (or objects), which would round them.
     Anything but integers is returned as it was, for the caller to refuse."""
@@ -606,7 +632,7 @@ def _integers(data: object, array: np.ndarray, datatype: str, name: str) -> np.n
         return array
     info = np.iinfo(DATATYPES[datatype])
     if min(exact.flat) < info.min or max(exact.flat) > info.max:
-        raise InvalidInputError(f"input {name!r}: values do not fit in {datatype} ({info.min}..{info.max})")
+        raise InvalidInputError(f"{role} {name!r}: values do not fit in {datatype} ({info.min}..{info.max})")
     return exact.astype(DATATYPES[datatype])
 
 
