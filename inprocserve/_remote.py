@@ -230,7 +230,8 @@ class RemoteBackend:
             InvalidInputError: the server refused these values (400/422).
             DeadlineExceededError: ``timeout_s`` (or ``remote.timeout_s``) ran out, or the server said 504.
             RemoteUnavailableError: refused or reset connection, a 5xx, or the circuit is open.
-            InferenceError: 404, or an answer that is not the model's outputs.
+            InferenceError: 404, or an answer that is not the model's outputs (or outputs in another width
+                whose values the declared type cannot hold).
             ServerClosedError: :meth:`close` was called.
         """
         del runner  # the pool hands out connections; the slot only bounds how many run at once
@@ -461,8 +462,19 @@ class RemoteBackend:
     def _converted(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
         """An output of another width of the declared kind (FP64 declared as FP32: common with MLServer's
         scikit-learn runtime) is converted to the declared type, so callers get what the signature says;
-        logged once per output, since the metadata should say what the model answers."""
+        logged once per output, since the metadata should say what the model answers.
+
+        Only when the declared type holds the values: an integer past its range would wrap around, and a
+        finite float past its range would become infinity, both silently. Those fail the call instead."""
         assert spec.dtype is not None
+        converted, overflow = _narrowed(array, spec.dtype)
+        if overflow is not None:
+            raise self._error(
+                InferenceError,
+                f"output {spec.name!r} is answered as {array.dtype} with {overflow}: converted to the "
+                f"declared {spec.dtype} they would change; declare the type the model answers in the server's "
+                f"metadata (it says {spec.describe()}), or make the model answer values that fit",
+            )
         if spec.name not in self._converted_outputs:
             self._converted_outputs.add(spec.name)
             logger.warning(
@@ -475,7 +487,7 @@ class RemoteBackend:
                 array.dtype,
                 spec.dtype,
             )
-        return array.astype(spec.dtype)
+        return converted
 
     def _refused(self, response: HttpResponse, *, caller_binds: bool, sent_at: float) -> Exception:
         status = response.status
@@ -578,6 +590,28 @@ if TYPE_CHECKING:  # mypy checks that RemoteBackend keeps the Backend protocol
 def _same_kind(answered: np.dtype[Any], declared: np.dtype[Any]) -> bool:
     """Floats of two widths, or signed (or unsigned) integers of two widths: the same values, but for range."""
     return answered.kind == declared.kind and answered.kind in "fiu"
+
+
+def _narrowed(array: np.ndarray, dtype: np.dtype[Any]) -> tuple[np.ndarray, str | None]:
+    """``array`` (of the same kind as ``dtype``, in another width) as ``dtype``, and what of it ``dtype``
+    cannot hold (``None`` when it holds every value). Floats narrowed lose precision, as expected; only finite
+    values that became infinite count."""
+    with np.errstate(over="ignore", invalid="ignore"):  # what overflowed is found below, and reported
+        converted = array.astype(dtype)
+    if array.size == 0 or array.dtype.itemsize <= dtype.itemsize:
+        return converted, None
+    if dtype.kind in "iu":
+        if np.array_equal(converted, array):  # compared at the wider type: a wrapped value differs
+            return converted, None
+        info = np.iinfo(dtype)
+        return converted, f"values from {array.min()} to {array.max()}, past {dtype}'s {info.min} to {info.max}"
+    grown = np.isinf(converted) & np.isfinite(array)
+    if not grown.any():
+        return converted, None
+    return converted, (
+        f"finite values up to {np.abs(array[grown]).max():.6g} in magnitude, past {dtype}'s largest "
+        f"{np.finfo(dtype).max:.6g}"
+    )
 
 
 def _unlike(spec: TensorSpec, array: np.ndarray) -> str | None:

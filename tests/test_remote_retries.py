@@ -526,6 +526,38 @@ def test_an_output_of_another_float_width_is_converted_to_the_declared_type(
     assert "as float64" in warning.getMessage()
 
 
+@pytest.mark.parametrize(
+    ("declared", "step", "x", "said"),
+    [
+        ("INT32", "int64", 1.5e9, r"int64 with values from 3000000000 to 3000000000, past int32's"),
+        ("INT32", "int64", -1.5e9, r"int64 with values from -3000000000 to -3000000000, past int32's"),
+        ("FP16", "float64", 4e4, r"float64 with finite values up to 80000 in magnitude, past float16's largest"),
+    ],
+)
+def test_an_output_of_another_width_whose_values_the_declared_type_cannot_hold_is_an_inference_error(
+    scripted: Scripted,
+    backends: list[RemoteBackend],
+    monkeypatch: pytest.MonkeyPatch,
+    declared: str,
+    step: str,
+    x: float,
+    said: str,
+) -> None:
+    # Narrowed with astype, 3e9 wraps to -1294967296 in int32 and 8e4 becomes inf in float16: other values
+    # than the server answered, with nothing but a warning to say so.
+    monkeypatch.setitem(METADATA, "outputs", [{"name": "y", "datatype": declared, "shape": [-1, 4]}])
+    backend = backend_for(backends, scripted)
+    scripted.script = [step]
+    feeds = {"x": np.full((2, 4), x, np.float32)}
+    with pytest.raises(inprocserve.InferenceError, match=f"output 'y' is answered as {said}") as caught:
+        backend.run(backend.runners()[0], feeds)
+    assert not isinstance(caught.value, inprocserve.InvalidInputError)  # the server's answer: no bisecting
+    scripted.script = [step]  # values the declared type holds are converted, as before
+    (answer,) = backend.run(backend.runners()[0], {"x": np.full((2, 4), [1, -3, 0.5, 7], np.float32)})
+    assert answer.dtype == v2.numpy_dtype(declared, tensor="y")
+    np.testing.assert_array_equal(answer, np.full((2, 4), [2, -6, 1, 14]))
+
+
 def test_a_call_that_hangs_while_others_are_answered_does_not_count(
     scripted: Scripted, backends: list[RemoteBackend]
 ) -> None:
