@@ -26,7 +26,6 @@ import datetime
 import email.utils
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -152,7 +151,6 @@ class RemoteBackend:
         self._slots = [RemoteSlot(i) for i in range(remote.concurrency)]
         self._lock = threading.Lock()
         self._client: HttpClient | None = None
-        self._prepared_in: int | None = None  # the pid whose metadata read made self._signature
         self._signature: Signature | None = None
         self._binary = bool(remote.binary_tensors)
         self._breaker = self._new_breaker()
@@ -205,15 +203,13 @@ class RemoteBackend:
         self._get_json(remote.path + "/ready", body=False)  # 200 means ready (Triton's body is empty)
         with self._lock:
             self._signature = signature
-            self._prepared_in = os.getpid()
         if warmup is not None:
             for slot in self._slots:
                 warmup(slot)
         return signature
 
     def runners(self) -> list[Any]:
-        if self._prepared_in != os.getpid():
-            self.prepare()
+        # No I/O, in a forked child too: a slot is a permit, and connections are opened on first use.
         return list(self._slots)
 
     def run(
@@ -237,7 +233,7 @@ class RemoteBackend:
         del runner  # the pool hands out connections; the slot only bounds how many run at once
         self._check_open()
         signature = self._signature
-        if signature is None or self._prepared_in != os.getpid():
+        if signature is None:  # used without prepare() (the Server always prepares at load)
             try:
                 signature = self.prepare()
             except ModelLoadError as exc:  # run() raises InferenceError subclasses only
@@ -572,12 +568,15 @@ class RemoteBackend:
 
     def _after_fork_in_child(self) -> None:
         # The parent's sockets and lock are not ours: forget them (never close: that would touch the
-        # parent's connections) and read the metadata again before the first run here.
+        # parent's connections); the first call here opens its own. The signature stays the parent's: it
+        # is the one the version validates requests against and its batcher was built for, so reading the
+        # metadata again could only make the two disagree (a remote redeployed with other inputs since),
+        # and the read would run on a caller's thread, outside its deadline. A remote that changed since
+        # shows as the server refusing the requests, as it would in the parent.
         self._lock = threading.Lock()
         if self._client is not None:
             self._client.forget()
         self._client = None
-        self._prepared_in = None
         self._breaker = self._new_breaker()
 
 

@@ -42,7 +42,8 @@ class Scripted(ThreadingHTTPServer):
     (headers that never finish), "hang" (no answer), "slow S" (y = 2x after S seconds), (status, headers),
     "deep 500" or "huge integer" (hostile bodies), "float64", "int64" or "narrow" (y of another type, or of 3
     columns).
-    Past the script, it answers y = 2x."""
+    Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
+    server does; with ``hang_gets`` set, GETs are never answered (until teardown)."""
 
     daemon_threads = True
 
@@ -50,6 +51,8 @@ class Scripted(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.script: list[int | str | tuple[int, dict[str, str]]] = []
         self.posts = 0
+        self.gets = 0
+        self.hang_gets = False
         self.lock = threading.Lock()
         self.stop_trickling = threading.Event()
 
@@ -63,6 +66,12 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        with self.server.lock:
+            self.server.gets += 1
+        if self.server.hang_gets:
+            self.close_connection = True
+            self.server.stop_trickling.wait(60)
+            return
         document: dict[str, Any] = {"extensions": ["binary_tensor_data"]} if self.path == "/v2" else METADATA
         self._send(200, json.dumps(document).encode(), {"Content-Type": "application/json"})
 
@@ -119,6 +128,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send(step, json.dumps({"error": f"scripted {step}"}).encode(), {})
             return
         request = v2.decode_infer_request(body, dict(self.headers))
+        expected = {spec["name"] for spec in METADATA["inputs"]}
+        if set(request.inputs) != expected:
+            error = f"unexpected inputs {sorted(request.inputs)}; the model takes {sorted(expected)}"
+            self._send(400, json.dumps({"error": error}).encode(), {"Content-Type": "application/json"})
+            return
         y = request.inputs["x"] * 2
         if step == "float64":
             y = y.astype(np.float64)

@@ -1,0 +1,98 @@
+"""A remote version across its life in a process, against the scripted server of test_remote_retries: served
+in a forked worker (gunicorn ``--preload``) whose remote stalls or was redeployed since the fork."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import inprocserve
+from inprocserve import BatchingConfig, ModelConfig, RemoteModel, WarmupConfig
+from inprocserve._remote import RemoteBackend
+
+from .conftest import ServerFactory, run_in_forked_child
+from .test_remote_retries import FEEDS, METADATA, Scripted
+
+QUIET = ModelConfig(warmup=WarmupConfig(enabled=False), batching=BatchingConfig(enabled=False))
+
+
+@pytest.fixture
+def scripted() -> Iterator[Scripted]:
+    server = Scripted()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.stop_trickling.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def backends() -> Iterator[list[RemoteBackend]]:
+    made: list[RemoteBackend] = []
+    yield made
+    for backend in made:
+        backend.close()
+
+
+def load_remote(server: inprocserve.Server, scripted: Scripted, config: ModelConfig = QUIET, **options: Any) -> None:
+    remote = RemoteModel(url=f"http://127.0.0.1:{scripted.server_port}", model="scale", **options)
+    server.load("scale", remote=remote, config=config)
+
+
+def outcome(call: Any) -> str:
+    """What a call did, in words: its answer, or the type of what it raised and the start of the message."""
+    try:
+        return f"answered {call()}"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def test_a_forked_worker_serves_with_the_signature_it_was_forked_with_and_reads_no_metadata(
+    make_server: ServerFactory, repository: Path, scripted: Scripted
+) -> None:
+    # gunicorn --preload: the version is loaded in the master, the worker forks. The worker needs new
+    # connections, not the metadata again: a metadata read on its first request ran on the caller's thread,
+    # outside its deadline, as a ModelLoadError; with GETs that hang, every request waited timeout_s for it.
+    server = make_server(repository)
+    load_remote(server, scripted, timeout_s=3)
+    assert server.predict("scale", {"x": FEEDS["x"]})["y"].tolist() == (FEEDS["x"] * 2).tolist()
+    scripted.hang_gets = True
+    gets = scripted.gets
+
+    def in_the_worker() -> str:
+        answers = [
+            outcome(lambda: server.predict("scale", {"x": FEEDS["x"]}, timeout_s=2)["y"][0, 0]) for _ in range(2)
+        ]
+        return "; ".join(answers)
+
+    assert run_in_forked_child(in_the_worker) == "answered 2.0; answered 2.0"
+    assert scripted.gets == gets  # the worker asked the server for nothing but inferences
+
+
+def test_a_forked_worker_whose_remote_was_redeployed_with_other_inputs_gets_typed_errors(
+    make_server: ServerFactory, repository: Path, scripted: Scripted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The remote renamed its input after the master loaded the version. A worker that re-read the metadata
+    # swapped the backend's signature under the version's, which still validates requests: every request
+    # died of a bare KeyError. Now the worker validates and sends what the master loaded, and the server's
+    # own refusal comes back typed, as it does in the master.
+    server = make_server(repository)
+    load_remote(server, scripted)
+    monkeypatch.setitem(METADATA, "inputs", [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}])
+
+    def in_the_worker() -> str:
+        sent_as_loaded = outcome(lambda: server.predict("scale", {"x": FEEDS["x"]}, timeout_s=5))
+        sent_as_renamed = outcome(lambda: server.predict("scale", {"features": FEEDS["x"]}, timeout_s=5))
+        return f"{sent_as_loaded}\n{sent_as_renamed}"
+
+    loaded, renamed = run_in_forked_child(in_the_worker).split("\n")
+    assert loaded.startswith("InvalidInputError: model 'scale' version 1: the remote server refused the inputs")
+    assert "unexpected inputs ['x']; the model takes ['features']" in loaded  # the server's own words
+    assert renamed.startswith("InvalidInputError: model 'scale' version 1: missing input(s) 'x'")
+    assert outcome(lambda: server.predict("scale", {"x": FEEDS["x"]})).startswith("InvalidInputError")  # as here
