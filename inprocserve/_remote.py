@@ -223,7 +223,8 @@ class RemoteBackend:
         """Send one batch as one inference request; return its outputs in signature order.
 
         Raises:
-            InvalidInputError: the server refused these values (400/422).
+            InvalidInputError: the server refused these values (400/422), or ``feeds`` lacks one of the
+                signature's inputs (the batcher never sends such feeds).
             DeadlineExceededError: ``timeout_s`` (or ``remote.timeout_s``) ran out, or the server said 504.
             RemoteUnavailableError: refused or reset connection, a 5xx, or the circuit is open.
             InferenceError: 404, or an answer that is not the model's outputs (or outputs in another width
@@ -269,6 +270,14 @@ class RemoteBackend:
     ) -> list[np.ndarray]:
         remote = self.remote
         deadline = self._clock() + limit_s
+        missing = [spec.name for spec in signature.inputs if spec.name not in feeds]
+        if missing:  # the batcher feeds what the signature names: only a caller of run() itself gets here
+            raise self._error(
+                InvalidInputError,
+                f"no value for input(s) {', '.join(map(repr, missing))}; the remote model takes "
+                f"{', '.join(spec.describe() for spec in signature.inputs)}",
+                count=False,
+            )
         ordered = {spec.name: feeds[spec.name] for spec in signature.inputs}
         rows = next(iter(ordered.values())).shape[0] if ordered else 0
         trace_headers: dict[str, str] = {}

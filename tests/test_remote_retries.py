@@ -327,7 +327,7 @@ def test_a_probe_that_dies_of_something_else_does_not_keep_the_circuit_open(
     with pytest.raises(inprocserve.RemoteUnavailableError):
         backend.run(backend.runners()[0], FEEDS)
     clock.advance(10)
-    with pytest.raises(KeyError):
+    with pytest.raises(inprocserve.InvalidInputError, match="no value for input\\(s\\) 'x'"):
         backend.run(backend.runners()[0], {"wrong": FEEDS["x"]})  # the probe fails before any call
     (answer,) = backend.run(backend.runners()[0], FEEDS)  # the next call may probe
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
