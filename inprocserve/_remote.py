@@ -279,7 +279,8 @@ class RemoteBackend:
                 count=False,
             )
         ordered = {spec.name: feeds[spec.name] for spec in signature.inputs}
-        rows = next(iter(ordered.values())).shape[0] if ordered else 0
+        first = next(iter(ordered.values()), None)
+        rows = 1 if first is None or first.ndim == 0 else first.shape[0]  # a scalar input is one row
         trace_headers: dict[str, str] = {}
         propagate.inject(trace_headers, context=None if parent is None else trace.set_span_in_context(parent))
         with self._lock:
@@ -448,7 +449,7 @@ class RemoteBackend:
                 raise self._error(
                     InferenceError, f"the answer has no output {spec.name!r} ({', '.join(decoded.outputs)})"
                 )
-            if spec.has_dynamic_batch and (array.ndim == 0 or array.shape[0] != rows):
+            if signature.batchable and (array.ndim == 0 or array.shape[0] != rows):
                 raise self._error(
                     InferenceError, f"output {spec.name!r} has shape {array.shape} for a batch of {rows} rows"
                 )

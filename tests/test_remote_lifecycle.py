@@ -1,5 +1,6 @@
 """A remote version across its life in a process, against the scripted server of test_remote_retries: served
-in a forked worker (gunicorn ``--preload``) whose remote stalls or was redeployed since the fork."""
+in a forked worker (gunicorn ``--preload``) whose remote stalls or was redeployed since the fork,
+and with scalar (0-d) inputs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import inprocserve
@@ -15,7 +17,7 @@ from inprocserve import BatchingConfig, ModelConfig, RemoteModel, WarmupConfig
 from inprocserve._remote import RemoteBackend
 
 from .conftest import ServerFactory, run_in_forked_child
-from .test_remote_retries import FEEDS, METADATA, Scripted
+from .test_remote_retries import FEEDS, METADATA, Scripted, backend_for
 
 QUIET = ModelConfig(warmup=WarmupConfig(enabled=False), batching=BatchingConfig(enabled=False))
 
@@ -96,3 +98,37 @@ def test_a_forked_worker_whose_remote_was_redeployed_with_other_inputs_gets_type
     assert "unexpected inputs ['x']; the model takes ['features']" in loaded  # the server's own words
     assert renamed.startswith("InvalidInputError: model 'scale' version 1: missing input(s) 'x'")
     assert outcome(lambda: server.predict("scale", {"x": FEEDS["x"]})).startswith("InvalidInputError")  # as here
+
+
+def test_a_remote_model_with_scalar_inputs_loads_and_answers(
+    make_server: ServerFactory, repository: Path, scripted: Scripted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 0-d input has no rows to count: taking shape[0] of it failed the load's warm-up with an IndexError.
+    monkeypatch.setitem(METADATA, "inputs", [{"name": "x", "datatype": "FP32", "shape": []}])
+    monkeypatch.setitem(METADATA, "outputs", [{"name": "y", "datatype": "FP32", "shape": []}])
+    server = make_server(repository)
+    load_remote(server, scripted, config=ModelConfig())  # warmed up and batching enabled: the defaults
+    answer = server.predict("scale", {"x": np.float32(3.0)}, timeout_s=10)
+    assert answer["y"].shape == () and float(answer["y"]) == 6.0
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "y_shape", "x"),
+    [([], [-1], np.array(3.0, np.float32)), ([2, 4], [-1, 2, 4], np.full((2, 4), 3.0, np.float32))],
+)
+def test_an_unbatchable_remote_models_output_rows_are_not_held_to_its_input_rows(
+    scripted: Scripted,
+    backends: list[RemoteBackend],
+    monkeypatch: pytest.MonkeyPatch,
+    x_shape: list[int],
+    y_shape: list[int],
+    x: np.ndarray,
+) -> None:
+    # A scalar in and a list of any length out (top-k with k as the input), or fixed-size inputs: each request
+    # runs alone, and the first axis of an output has nothing to do with rows of a batch.
+    monkeypatch.setitem(METADATA, "inputs", [{"name": "x", "datatype": "FP32", "shape": x_shape}])
+    monkeypatch.setitem(METADATA, "outputs", [{"name": "y", "datatype": "FP32", "shape": y_shape}])
+    backend = backend_for(backends, scripted)
+    scripted.script = ["thrice"]
+    (answer,) = backend.run(backend.runners()[0], {"x": x})
+    np.testing.assert_array_equal(answer, np.stack([x * 2] * 3))

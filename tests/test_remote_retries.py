@@ -41,7 +41,7 @@ class Scripted(ThreadingHTTPServer):
     (close the connection without answering), "trickle" (a body that never finishes), "trickle headers"
     (headers that never finish), "hang" (no answer), "slow S" (y = 2x after S seconds), (status, headers),
     "deep 500" or "huge integer" (hostile bodies), "float64", "int64" or "narrow" (y of another type, or of 3
-    columns).
+    columns), "thrice" (y = 2x repeated three times along a new first axis).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown)."""
 
@@ -140,6 +140,8 @@ class Handler(BaseHTTPRequestHandler):
             y = y.astype(np.int64)
         elif step == "narrow":
             y = y[:, :3]
+        elif step == "thrice":
+            y = np.stack([y] * 3)
         answer, headers = v2.encode_infer_response({"y": y}, binary=request.binary_output)
         self._send(200, answer, headers)
 
