@@ -17,7 +17,8 @@ locally and each batch is **one** inference call. What this module adds on top o
 Errors: 400/422 -> :class:`InvalidInputError` (the batcher bisects to the bad request); 404 ->
 :class:`ModelLoadError` in :meth:`prepare`, :class:`InferenceError` in :meth:`run`; 504 and timeouts ->
 :class:`DeadlineExceededError`; 5xx, refused or reset connections, an open circuit ->
-:class:`RemoteUnavailableError`.
+:class:`RemoteUnavailableError`; a call in flight when :meth:`RemoteBackend.close` ends it ->
+:class:`ServerClosedError` (not counted against the server).
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ class RemoteBackend:
             RemoteUnavailableError: refused or reset connection, a 5xx, or the circuit is open.
             InferenceError: 404, or an answer that is not the model's outputs (or outputs in another width
                 whose values the declared type cannot hold).
-            ServerClosedError: :meth:`close` was called.
+            ServerClosedError: :meth:`close` was called, before the call or while it was in flight.
         """
         del runner  # the pool hands out connections; the slot only bounds how many run at once
         self._check_open()
@@ -302,6 +303,8 @@ class RemoteBackend:
                     "POST", remote.path + "/infer", body=body, headers={**headers, **trace_headers}, timeout_s=remaining
                 )
             except TransportError as exc:
+                if self._closed:  # close() ended the call (or its pool): that says nothing about the server
+                    raise self._closed_error(in_flight=True) from None
                 if (not exc.sent or remote.retry_after_send) and self._backoff(attempt, deadline):
                     attempt += 1
                     continue
@@ -362,11 +365,17 @@ class RemoteBackend:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ServerClosedError(
-                f"model {self.model!r} version {self.version}: the remote backend is closed",
-                model=self.model,
-                version=self.version,
-            )
+            raise self._closed_error(in_flight=False)
+
+    def _closed_error(self, *, in_flight: bool) -> ServerClosedError:
+        what = (
+            "the remote backend was closed while this call was in flight, and ended it (the server may have run it)"
+            if in_flight
+            else "the remote backend is closed"
+        )
+        return ServerClosedError(
+            f"model {self.model!r} version {self.version}: {what}", model=self.model, version=self.version
+        )
 
     def _http(self) -> HttpClient:
         with self._lock:
@@ -391,6 +400,8 @@ class RemoteBackend:
             try:
                 response = self._http().request("GET", path, timeout_s=max(0.001, deadline - self._clock()))
             except TransportError as exc:
+                if self._closed:
+                    raise self._closed_error(in_flight=True) from None
                 if self._backoff(attempt, deadline):
                     attempt += 1
                     continue

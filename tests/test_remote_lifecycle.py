@@ -1,10 +1,11 @@
 """A remote version across its life in a process, against the scripted server of test_remote_retries: served
-in a forked worker (gunicorn ``--preload``) whose remote stalls or was redeployed since the fork,
-and with scalar (0-d) inputs."""
+in a forked worker (gunicorn ``--preload``) whose remote stalls or was redeployed since the fork, closed with
+calls in flight, and with scalar (0-d) inputs."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, RemoteModel, WarmupConfig
 from inprocserve._remote import RemoteBackend
 
-from .conftest import ServerFactory, run_in_forked_child
+from .conftest import ServerFactory, run_in_forked_child, wait_until
 from .test_remote_retries import FEEDS, METADATA, Scripted, backend_for
 
 QUIET = ModelConfig(warmup=WarmupConfig(enabled=False), batching=BatchingConfig(enabled=False))
@@ -98,6 +99,61 @@ def test_a_forked_worker_whose_remote_was_redeployed_with_other_inputs_gets_type
     assert "unexpected inputs ['x']; the model takes ['features']" in loaded  # the server's own words
     assert renamed.startswith("InvalidInputError: model 'scale' version 1: missing input(s) 'x'")
     assert outcome(lambda: server.predict("scale", {"x": FEEDS["x"]})).startswith("InvalidInputError")  # as here
+
+
+def test_closing_the_backend_ends_calls_in_flight_as_closed_without_blaming_the_server(
+    scripted: Scripted,
+    backends: list[RemoteBackend],
+) -> None:
+    # Closing ends the calls in flight at once; they used to come back as the server's own timeout
+    # ("no answer ... within its timeout_s of 10 s") and open the circuit.
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=1, retry_after_send=True)
+    scripted.script = ["hang"]
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            backend.run(backend.runners()[0], FEEDS)
+        except BaseException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until(lambda: scripted.posts == 1)
+    backend.close()
+    caller.join(timeout=20)
+    assert not caller.is_alive(), "close() left the call in flight"
+    (error,) = errors
+    assert isinstance(error, inprocserve.ServerClosedError)
+    assert "closed while this call was in flight" in str(error)
+    status = backend.status()
+    assert (status["circuit"], status["consecutive_failures"], status["failures"]) == ("closed", 0, 0)
+    assert scripted.posts == 1  # not retried, though retries after sending are allowed
+
+
+def test_server_close_with_a_remote_call_in_flight_tells_the_caller_it_closed(
+    make_server: ServerFactory, repository: Path, scripted: Scripted
+) -> None:
+    server = make_server(repository)
+    load_remote(server, scripted, retries=0, failure_threshold=1)
+    scripted.script = ["hang"]
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            server.predict("scale", {"x": FEEDS["x"]})
+        except BaseException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until(lambda: scripted.posts == 1)
+    started = time.monotonic()
+    server.close(timeout_s=0.5)  # a worker's graceful-shutdown budget, shorter than the call
+    caller.join(timeout=20)
+    assert not caller.is_alive() and time.monotonic() - started < 15
+    (error,) = errors
+    assert isinstance(error, inprocserve.ServerClosedError), repr(error)  # an HTTP plug-in's 503, not a 504
 
 
 def test_a_remote_model_with_scalar_inputs_loads_and_answers(
