@@ -42,6 +42,11 @@ _RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "inference-header-content-length", "host", "traceparent", "tracestate"}
 )
 _VERSION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# What a header value may hold (RFC 9110 field-value): visible ASCII, spaces and tabs, and obs-text (0x80-0xFF),
+# which the HTTP client sends as single Latin-1 bytes. Nothing else can be sent: a character past Latin-1
+# fails every request in the client's encoder, a line break would end the header, other controls are refused
+# by servers.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 class _Invalid(Exception):
@@ -234,8 +239,13 @@ def _headers(raw: object) -> dict[str, str]:
             raise _Invalid("headers", f"{name!r} is not a valid header name")
         if name.lower() in _RESERVED_HEADERS:
             raise _Invalid("headers", f"{name!r} is set by the client itself; remove it")
-        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
-            # The value is a secret: say what is wrong with it, never what it is.
-            raise _Invalid("headers", f"the value of {name!r} must be a string without line breaks")
+        if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+            # The value is a secret: say what is wrong with it, never what it is, nor where.
+            raise _Invalid(
+                "headers",
+                f"the value of {name!r} must be a string HTTP can carry: visible ASCII, spaces and tabs (Latin-1 "
+                "letters are sent as single bytes), without line breaks, control characters, or characters past "
+                "U+00FF (encode such a value as the server expects, as base64 or percent-encoding)",
+            )
         headers[name] = value
     return headers

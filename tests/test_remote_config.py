@@ -68,6 +68,33 @@ def test_secrets_stay_out_of_repr_messages_and_status() -> None:
     assert "s3cret" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "value", ["Bearer s3cr\u20acT-t\u00f6ken", "s3cret\u2603", "s3cret\x01", "s3cret\x7f", "s3cret\udc80"]
+)
+def test_a_header_value_http_cannot_carry_is_refused_without_showing_it(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past Latin-1, the HTTP client's encoder failed every request with a bare UnicodeEncodeError quoting a
+    # character of the secret and its position (its .object held the whole secret); control characters
+    # reached the server. Refused when configured, naming the header and nothing of its value.
+    with pytest.raises(
+        inprocserve.ConfigurationError, match=r"^RemoteModel headers: the value of 'Authorization'"
+    ) as caught:
+        RemoteModel(url="http://127.0.0.1:8000", model="m", headers={"Authorization": value})
+    assert "s3c" not in str(caught.value) and "\u20ac" not in str(caught.value)
+    assert caught.value.__cause__ is None and "s3c" not in str(caught.value.__context__)  # nothing chained holds it
+    monkeypatch.setenv("FRAUD_TOKEN", value.replace("\udc80", "\u2603"))  # the environment holds valid text
+    path = tmp_path / "remote.toml"
+    path.write_text('url = "http://h"\nmodel = "m"\n[headers_from_env]\nAuthorization = "FRAUD_TOKEN"\n')
+    with pytest.raises(inprocserve.ModelLoadError, match=r"remote\.toml: key 'headers' the value of 'Authorization'"):
+        read_remote_toml(path)
+
+
+def test_header_values_of_visible_ascii_tabs_and_latin_1_are_taken() -> None:
+    headers = {"Authorization": "Bearer a.b-c_d~e+f/g=", "X-Note": "caf\u00e9\tau lait", "X-Empty": ""}
+    assert RemoteModel(url="http://127.0.0.1:8000", model="m", headers=headers).headers == headers
+
+
 def test_remote_toml_reads_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRAUD_TOKEN", "Bearer t0ken")
     path = tmp_path / "remote.toml"
