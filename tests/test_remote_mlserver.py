@@ -93,6 +93,21 @@ def write_model(
     return target / "model.onnx"
 
 
+def build_sqrt_model() -> object:
+    """y = sqrt(x): a negative input answers NaN."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Sqrt", ["x"], ["y"])],
+        "sqrt",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
 @pytest.fixture(scope="module")
 def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     folder = tmp_path_factory.mktemp("mlserver")
@@ -110,6 +125,13 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
         build_gather_model(table_rows=10),
         [{"name": "index", "datatype": "INT64", "shape": [-1]}],
         [{"name": "rows", "datatype": "FP32", "shape": [-1, 4]}],
+    )
+    write_model(
+        folder,
+        "sqrt",
+        build_sqrt_model(),
+        [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+        [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
     )
     http_port = free_port()
     settings = {
@@ -212,3 +234,15 @@ def test_a_repository_version_on_mlserver_answers_predict(mlserver: tuple[str, P
         assert server.readiness().ready
     finally:
         server.close(timeout_s=10)
+
+
+def test_a_nan_answered_by_mlserver_reaches_the_caller_as_nan(
+    mlserver: tuple[str, Path], backends: list[RemoteBackend]
+) -> None:
+    # MLServer writes NaN as null in JSON tensors (it takes no binary ones).
+    url, _ = mlserver
+    backend = make(backends, url, "sqrt")
+    backend.prepare()
+    (answer,) = backend.run(backend.runners()[0], {"x": np.array([[-1.0, 4.0], [9.0, -4.0]], np.float32)})
+    assert answer.dtype == np.float32 and answer.shape == (2, 2)
+    assert np.isnan(answer[0, 0]) and np.isnan(answer[1, 1]) and answer[0, 1] == 2.0 and answer[1, 0] == 3.0
