@@ -111,7 +111,8 @@ def signature_from_metadata(document: object, *, where: str) -> Signature:
                 raise ModelLoadError(f"{where}: tensor {name!r} has shape {shape}; dimensions must be ints >= -1")
             dims = tuple(None if d == -1 else d for d in shape)
             assert isinstance(datatype, str)
-            specs[kind].append(TensorSpec(name, onnx_type, DATATYPES[datatype], dims))
+            # a BYTES tensor carries any bytes to a model server (an image, say), not only UTF-8 text
+            specs[kind].append(TensorSpec(name, onnx_type, DATATYPES[datatype], dims, raw_bytes=datatype == "BYTES"))
     return Signature(specs["inputs"], specs["outputs"])
 
 
@@ -138,7 +139,7 @@ class RemoteBackend:
         remote: RemoteModel,
         *,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if not isinstance(remote, RemoteModel):
@@ -147,7 +148,8 @@ class RemoteBackend:
         self.version = version
         self.remote = remote
         self._clock = clock
-        self._sleep = sleep
+        self._closing = threading.Event()  # set by close(): ends a wait before a retry at once
+        self._sleep = self._closing.wait if sleep is None else sleep
         self._rng = rng or random.Random()
         self._slots = [RemoteSlot(i) for i in range(remote.concurrency)]
         self._lock = threading.Lock()
@@ -353,6 +355,7 @@ class RemoteBackend:
         with self._lock:
             self._closed = True
             client, self._client = self._client, None
+        self._closing.set()
         if client is not None:
             client.close()
 
@@ -446,6 +449,8 @@ class RemoteBackend:
         with self._lock:
             self._retries += 1
         self._sleep(wait)
+        if self._closed:  # close() ended the wait: the call ends here, as one in flight
+            raise self._closed_error(in_flight=True)
         return True
 
     def _outputs(self, signature: Signature, response: HttpResponse, rows: int) -> list[np.ndarray]:
@@ -595,6 +600,12 @@ class RemoteBackend:
         # and the read would run on a caller's thread, outside its deadline. A remote that changed since
         # shows as the server refusing the requests, as it would in the parent.
         self._lock = threading.Lock()
+        closing = threading.Event()
+        if self._closed:
+            closing.set()
+        if self._sleep == self._closing.wait:
+            self._sleep = closing.wait
+        self._closing = closing
         if self._client is not None:
             self._client.forget()
         self._client = None

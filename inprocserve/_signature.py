@@ -60,6 +60,9 @@ class TensorSpec:
     dtype: np.dtype[Any] | None
     """The numpy dtype, or ``None`` for non-tensor values (sequences, maps)."""
     shape: tuple[Dim, ...] | None
+    raw_bytes: bool = False
+    """For a string tensor: ``bytes`` elements are sent as they are (a remote server's ``BYTES`` tensor, which
+    carries any bytes), not decoded as the UTF-8 text an ONNX string tensor holds."""
 
     @classmethod
     def from_node(cls, node: NodeInfo) -> TensorSpec:
@@ -313,10 +316,11 @@ def convertible(given: np.dtype[Any], expected: np.dtype[Any]) -> bool:
     return bool(np.can_cast(given, expected, casting="same_kind"))
 
 
-def _text(name: str, value: Any) -> np.ndarray:
+def _text(name: str, value: Any, *, raw_bytes: bool = False) -> np.ndarray:
     """An input of ONNX strings as an array of Python ``str``, every element checked: onnxruntime turns
     anything else into its ``str()`` (``None`` into ``"None"``) and fails to run on text that is not valid
-    Unicode (a lone surrogate, which JSON can carry). ``bytes`` holding UTF-8 text are decoded."""
+    Unicode (a lone surrogate, which JSON can carry). ``bytes`` holding UTF-8 text are decoded; with
+    ``raw_bytes`` (a remote ``BYTES`` tensor), ``bytes`` are kept as they are, whatever they hold."""
     array = np.asarray(value, dtype=object) if not isinstance(value, np.ndarray) else value
     if array.dtype.kind not in "OU":
         raise InvalidInputError(f"input {name!r}: expected strings (tensor(string)), got {array.dtype}")
@@ -334,6 +338,8 @@ def _text(name: str, value: Any) -> np.ndarray:
                     "code point); send UTF-8 text"
                 ) from None
         elif isinstance(element, bytes):
+            if raw_bytes:
+                continue
             try:
                 decoded[index] = element.decode("utf-8")
             except UnicodeDecodeError:
@@ -357,7 +363,7 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
     if type(value) is np.ndarray and value.dtype == expected and expected.kind != "O":
         return value  # the common case: no copy, no checks
     if spec.is_string:
-        return _text(spec.name, value)
+        return _text(spec.name, value, raw_bytes=spec.raw_bytes)
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:

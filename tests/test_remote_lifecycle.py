@@ -188,3 +188,31 @@ def test_an_unbatchable_remote_models_output_rows_are_not_held_to_its_input_rows
     scripted.script = ["thrice"]
     (answer,) = backend.run(backend.runners()[0], {"x": x})
     np.testing.assert_array_equal(answer, np.stack([x * 2] * 3))
+
+
+def test_closing_the_backend_ends_a_wait_before_a_retry_at_once(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    # The call waits for the server's Retry-After (up to 1 s) when close() comes: it used to sleep it out, then
+    # tell the caller that the backend "is closed", as if the call had never started.
+    backend = backend_for(backends, scripted, sleep=None, retries=2)
+    scripted.script = [(503, {"Retry-After": "1"})]
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            backend.run(backend.runners()[0], FEEDS)
+        except BaseException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until(lambda: backend.status()["retries"] == 1)  # answered 503: waiting before its retry
+    closed_at = time.monotonic()
+    backend.close()
+    caller.join(timeout=20)
+    assert not caller.is_alive()
+    assert time.monotonic() - closed_at < 0.8  # not the second its wait had left (a loose bound: a busy host)
+    (error,) = errors
+    assert isinstance(error, inprocserve.ServerClosedError) and "closed while this call was in flight" in str(error)
+    assert scripted.posts == 1 and backend.status()["failures"] == 0

@@ -76,3 +76,22 @@ def test_a_json_lone_surrogate_is_a_400_and_the_requests_beside_it_are_answered(
             assert status == 400
         else:
             assert status == 200 and document["outputs"][0]["data"] == [f"row {i}"]
+
+
+def test_a_remote_bytes_input_takes_any_bytes_as_they_are() -> None:
+    # A model server's BYTES tensor carries any bytes (an encoded image, say), unlike an ONNX string tensor.
+    from inprocserve._remote import signature_from_metadata
+
+    metadata = {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "size", "datatype": "INT64", "shape": [-1]}],
+    }
+    signature = signature_from_metadata(metadata, where="a model server")
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"  # how every JPEG file starts: not UTF-8
+    arrays, rows = signature.validate({"image": np.array([jpeg, "text"], dtype=object)}, max_rows=8)
+    assert rows == 2 and arrays["image"].tolist() == [jpeg, "text"]
+    body, _ = v2.encode_infer_request(arrays)
+    assert jpeg in body  # sent in the binary extension, unchanged
+    for bad, problem in ((None, "element #0 is NoneType"), ("\ud800", "element #0 is not valid Unicode text")):
+        with pytest.raises(inprocserve.InvalidInputError, match=problem):
+            signature.validate({"image": np.array([bad], dtype=object)}, max_rows=8)

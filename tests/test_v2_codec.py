@@ -577,3 +577,31 @@ def test_a_null_in_a_request_is_refused_as_a_missing_value(data: list[Any]) -> N
     body = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": data}]}).encode()
     with pytest.raises(inprocserve.InvalidInputError, match="input 'x': 'data' holds values of mixed or unsupported"):
         v2.decode_infer_request(body, {})
+
+
+@pytest.mark.parametrize("data", [[None, 10**400], [1.0, 10**400]])
+def test_a_number_no_float_holds_in_an_answer_is_refused_with_the_library_s_error(data: list[Any]) -> None:
+    document = {"outputs": [{"name": "y", "datatype": "FP32", "shape": [2], "data": data}]}
+    with pytest.raises(inprocserve.InvalidInputError, match="output 'y'"):  # (an OverflowError escaped)
+        v2.decode_infer_response(json.dumps(document).encode(), {})
+
+
+@pytest.mark.parametrize(
+    ("elements", "problem"),
+    [
+        (struct.pack("<I", 2) + b"\xff\xfe", "output 'label': BYTES element #0 is not UTF-8 text"),
+        (struct.pack("<I", 9) + b"ab", "output 'label': a BYTES element of 9 bytes runs past its data"),
+        (struct.pack("<I", 1) + b"ab", "output 'label': 1 bytes left over after its 1 BYTES elements"),
+    ],
+)
+def test_errors_in_an_answer_s_binary_text_name_the_output(elements: bytes, problem: str) -> None:
+    header = json.dumps(
+        {
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(elements)}}
+            ]
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    with pytest.raises(inprocserve.InvalidInputError, match=re.escape(problem)):
+        v2.decode_infer_response(header + elements, headers)

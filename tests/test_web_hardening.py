@@ -389,7 +389,8 @@ def test_an_unknown_output_is_refused_before_the_model_runs(served: inprocserve.
 
 
 def build_zipmap_model() -> Any:
-    """Probabilities as a tensor and as a ZipMap (a sequence of maps), as skl2onnx's classifiers answer."""
+    """Probabilities as a tensor and as a ZipMap (a sequence of maps), as skl2onnx's classifiers answer, and
+    a sequence of two tensors."""
     from onnx import TensorProto, helper
 
     float_map = helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
@@ -397,12 +398,17 @@ def build_zipmap_model() -> Any:
         [
             helper.make_node("Identity", ["x"], ["probabilities"]),
             helper.make_node("ZipMap", ["x"], ["zipped"], domain="ai.onnx.ml", classlabels_int64s=[0, 1]),
+            helper.make_node("SequenceConstruct", ["x", "x"], ["pair"]),  # equal tensors: numpy would stack them
         ],
         "zipmap",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
         [
             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2]),
             helper.make_value_info("zipped", helper.make_sequence_type_proto(float_map)),
+            helper.make_value_info(
+                "pair",
+                helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, ["batch", 2])),
+            ),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
@@ -424,9 +430,10 @@ def test_sequence_outputs_are_left_out_of_answers_and_refused_when_asked_for(
         outputs = v2.decode_infer_response(response.body, response.headers).outputs
         assert list(outputs) == ["probabilities"] and outputs["probabilities"].tolist() == [[0.25, 0.75], [0.5, 0.5]]
     runs = server.status()["models"]["classifier"]["versions"]["1"]["batches_run"]
-    body = json.dumps({"inputs": [tensor], "outputs": [{"name": "zipped"}]}).encode()
-    status, document, _ = call(endpoints, "POST", "/v2/models/classifier/infer", body)
-    assert status == 400 and "output 'zipped' of model 'classifier' is a sequence or map" in document["error"]
+    for name in ("zipped", "pair"):
+        body = json.dumps({"inputs": [tensor], "outputs": [{"name": name}]}).encode()
+        status, document, _ = call(endpoints, "POST", "/v2/models/classifier/infer", body)
+        assert status == 400 and f"output '{name}' of model 'classifier' is a sequence or map" in document["error"]
     assert server.status()["models"]["classifier"]["versions"]["1"]["batches_run"] == runs  # refused before a run
     with pytest.raises(inprocserve.InvalidInputError, match="is a sequence or map"):  # the codec on its own
         v2.encode_infer_response(

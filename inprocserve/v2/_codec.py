@@ -449,7 +449,7 @@ def _user_id(raw: object) -> str | None:
 def _from_binary(raw: memoryview, datatype: str, shape: list[int], name: str, *, role: str = "input") -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
-        return np.array(_split_bytes(raw, count, name), dtype=object).reshape(shape)
+        return np.array(_split_bytes(raw, count, name, role), dtype=object).reshape(shape)
     dtype = DATATYPES[datatype]
     if datatype == "BOOL":
         dtype = np.dtype(np.uint8)
@@ -465,25 +465,28 @@ def _from_binary(raw: memoryview, datatype: str, shape: list[int], name: str, *,
     return array.reshape(shape)
 
 
-def _split_bytes(raw: memoryview, count: int, name: str) -> list[str]:
+def _split_bytes(raw: memoryview, count: int, name: str, role: str) -> list[str]:
     elements: list[str] = []
     offset = 0
     for _ in range(count):
         if offset + 4 > len(raw):
-            raise InvalidInputError(f"input {name!r}: the BYTES data ends before its {count} elements")
+            raise InvalidInputError(f"{role} {name!r}: the BYTES data ends before its {count} elements")
         (length,) = _LENGTH.unpack_from(raw, offset)
         offset += 4
         if offset + length > len(raw):
-            raise InvalidInputError(f"input {name!r}: a BYTES element of {length} bytes runs past its data")
+            raise InvalidInputError(f"{role} {name!r}: a BYTES element of {length} bytes runs past its data")
         try:
             elements.append(str(raw[offset : offset + length], "utf-8"))
         except UnicodeDecodeError:
             raise InvalidInputError(
-                f"input {name!r}: BYTES element #{len(elements)} is not UTF-8 text (models take ONNX string tensors)"
+                f"{role} {name!r}: BYTES element #{len(elements)} is not UTF-8 text "
+                "(BYTES tensors here hold text, as ONNX string tensors do)"
             ) from None
         offset += length
     if offset != len(raw):
-        raise InvalidInputError(f"input {name!r}: {len(raw) - offset} bytes left over after its {count} BYTES elements")
+        raise InvalidInputError(
+            f"{role} {name!r}: {len(raw) - offset} bytes left over after its {count} BYTES elements"
+        )
     return elements
 
 
@@ -601,7 +604,11 @@ def _is_tensor(value: object) -> bool:
     ZipMap) as a list, which ``np.asarray`` would make an object array of dicts, sent as their text."""
     if isinstance(value, np.ndarray):
         array = value
-    else:  # a list of numbers or text given to encode_infer_response is a tensor still
+    else:  # a list of numbers or text given to encode_infer_response is a tensor still, not one of tensors
+        if isinstance(value, dict) or (
+            isinstance(value, list | tuple) and any(isinstance(item, np.ndarray | dict) for item in value)
+        ):
+            return False
         try:
             array = np.asarray(value)
         except (ValueError, TypeError):  # ragged
@@ -620,7 +627,10 @@ def _floats_with_nulls(data: object, array: np.ndarray) -> np.ndarray:
         return array
     if flat.size != array.size or not all(x is None or type(x) in (int, float) for x in flat):
         return array
-    return np.array([math.nan if x is None else x for x in flat], dtype=np.float64).reshape(array.shape)
+    try:
+        return np.array([math.nan if x is None else x for x in flat], dtype=np.float64).reshape(array.shape)
+    except OverflowError:  # an integer no float holds: refused as before
+        return array
 
 
 def _integers(data: object, array: np.ndarray, datatype: str, name: str, role: str) -> np.ndarray:
