@@ -208,54 +208,61 @@ class Batcher:
         if not self._adopted:
             self._adopt_runners()
         rows = request.rows
-        with self._lock:
-            if self._closing and not readmit:
-                raise self._retired()
-            active = self._active_rows + rows
-            runs_now = self._policy.arrive(active, rows)
-            runner = pool.checkout() if run_inline and runs_now and not self._queue.rows else None
-            if runner is not None:
-                self._in_flight += request.callers
-                self._active_rows = active
-                request.state = RUNNING
-            else:
-                queue = self._queue
-                # an empty queue takes any one caller's request, however large; never several callers' at once
-                if (
-                    queue.rows + rows > self._config.max_queue_rows
-                    and (queue.rows or request.callers > 1)  # (rows: given-up requests may linger in it)
-                    and not readmit
-                ):
-                    raise QueueFullError(
-                        f"model {self.model!r} version {self.version}: the queue holds {queue.rows} rows "
-                        f"and max_queue_rows is {self._config.max_queue_rows}; retry later",
-                        model=self.model,
-                        version=self.version,
-                    )
-                request.enqueued_at = self._clock()
-                # Counted, then queued: a signal handler that raises in the caller's thread (the only place
-                # the append can be cut short is as it begins) must leave no request run but never counted
-                # (counts below zero: close() would wait its whole timeout), nor one counted but never queued.
-                self._in_flight += request.callers
-                self._active_rows = active
-                rows_before = queue.rows
-                try:
-                    queue.append(request)
-                except BaseException:
-                    if queue.rows == rows_before:  # (BatchQueue.append counts its rows and queues in one go)
-                        self._in_flight -= request.callers
-                        self._active_rows -= rows
-                    raise
-                if not self._workers:
-                    self._start_workers()
-                if self._filler is not None:
-                    if queue.rows >= self._fill_target:
-                        filler, self._filler = self._filler, None  # (cleared first: see _wait_for_companions)
-                        filler.release()
-                elif self._idle and pool.has_free() and not getattr(request.future, "defer_wake", False):
-                    self._idle.pop().release()
-                return
-        self._run_inline(runner, request)
+        taken = None  # the runner this thread holds for an inline run, until _run_inline owns it
+        try:
+            with self._lock:
+                if self._closing and not readmit:
+                    raise self._retired()
+                active = self._active_rows + rows
+                runs_now = self._policy.arrive(active, rows)
+                runner = pool.checkout() if run_inline and runs_now and not self._queue.rows else None
+                if runner is not None:
+                    self._in_flight += request.callers
+                    self._active_rows = active
+                    request.state = RUNNING
+                    taken = runner  # (no call since the checkout: no signal handler can run in between)
+                else:
+                    queue = self._queue
+                    # an empty queue takes any one caller's request, however large; never several callers' at once
+                    if (
+                        queue.rows + rows > self._config.max_queue_rows
+                        and (queue.rows or request.callers > 1)  # (rows: given-up requests may linger in it)
+                        and not readmit
+                    ):
+                        raise QueueFullError(
+                            f"model {self.model!r} version {self.version}: the queue holds {queue.rows} rows "
+                            f"and max_queue_rows is {self._config.max_queue_rows}; retry later",
+                            model=self.model,
+                            version=self.version,
+                        )
+                    request.enqueued_at = self._clock()
+                    # Counted, then queued: a signal handler that raises in the caller's thread (the only place
+                    # the append can be cut short is as it begins) must leave no request run but never counted
+                    # (counts below zero: close() would wait its whole timeout), nor one counted but never queued.
+                    self._in_flight += request.callers
+                    self._active_rows = active
+                    rows_before = queue.rows
+                    try:
+                        queue.append(request)
+                    except BaseException:
+                        if queue.rows == rows_before:  # (BatchQueue.append counts its rows and queues in one go)
+                            self._in_flight -= request.callers
+                            self._active_rows -= rows
+                        raise
+                    if not self._workers:
+                        self._start_workers()
+                    if self._filler is not None:
+                        if queue.rows >= self._fill_target:
+                            filler, self._filler = self._filler, None  # (cleared first: see _wait_for_companions)
+                            filler.release()
+                    elif self._idle and pool.has_free() and not getattr(request.future, "defer_wake", False):
+                        self._idle.pop().release()
+                    return
+            self._run_inline(runner, request)
+        except BaseException:  # interrupted as the lock was let go, before _run_inline's own clean-up
+            if taken is not None:
+                self._abandon_inline(taken, request)
+            raise
 
     def wake(self) -> None:
         """Wake a parked worker if requests are queued and a runner is free: the deferred wake of requests
@@ -372,25 +379,28 @@ class Batcher:
             return None
         if self._queue.rows or not self._pool.has_free():  # busy (read without the lock: a hint, checked below)
             return None
-        with self._lock:
-            if self._closing or self._queue.rows:
-                return None
-            active = self._active_rows + rows
-            # a peak, not a count: when the full way follows, its own arrival changes nothing
-            if not self._policy.arrive(active, rows):
-                return None
-            runner = self._pool.checkout()
-            if runner is None:
-                return None
-            self._in_flight += callers
-            self._active_rows = active
+        runner = None
         ran = False
         try:
+            with self._lock:
+                if self._closing or self._queue.rows:
+                    return None
+                active = self._active_rows + rows
+                # a peak, not a count: when the full way follows, its own arrival changes nothing
+                if not self._policy.arrive(active, rows):
+                    return None
+                taken = self._pool.checkout()
+                if taken is None:
+                    return None
+                self._in_flight += callers
+                self._active_rows = active
+                runner = taken  # (no call since the checkout: no signal handler can run in between)
             timeout_s = None if deadline is None else deadline - self._clock()
             outputs = execution.run_plain(runner, arrays, rows, parent=parent, timing=timing, timeout_s=timeout_s)
             ran = True
-        finally:  # also when the run failed or the caller's thread is interrupted
-            self._plain_finished(runner, rows, ran=ran, callers=callers)
+        finally:  # also when the run failed or the caller's thread is interrupted (as the lock was let go too)
+            if runner is not None:
+                self._plain_finished(runner, rows, ran=ran, callers=callers)
         return outputs
 
     def _plain_finished(self, runner: Any, rows: int, *, ran: bool, callers: int) -> None:
@@ -427,16 +437,23 @@ class Batcher:
             request.deliver = self._deliver
         if not self._adopted:
             self._adopt_runners()
-        with self._lock:
-            if self._closing:
-                raise self._retired()
-            runner = None if self._queue.rows else self._pool.checkout()
-            if runner is None:
-                return False
-            self._in_flight += 1
-            self._active_rows += request.rows
-            request.state = RUNNING
-        self._run_inline(runner, request)
+        taken = None
+        try:
+            with self._lock:
+                if self._closing:
+                    raise self._retired()
+                runner = None if self._queue.rows else self._pool.checkout()
+                if runner is None:
+                    return False
+                self._in_flight += 1
+                self._active_rows += request.rows
+                request.state = RUNNING
+                taken = runner
+            self._run_inline(runner, request)
+        except BaseException:  # interrupted before _run_inline's own clean-up (see submit)
+            if taken is not None:
+                self._abandon_inline(taken, request)
+            raise
         return True
 
     def run_beside(self, request: Request) -> None:
@@ -455,18 +472,31 @@ class Batcher:
                 if self._closing:  # before building runners: a closed backend has none
                     raise self._retired()
             self._adopt_runners()
-        with self._lock:
-            if self._closing:
-                raise self._retired()
-            runner = self._beside_runner
-            self._in_flight += 1
-            self._active_rows += request.rows
-            request.state = RUNNING
+        counted = False
         try:
+            with self._lock:
+                if self._closing:
+                    raise self._retired()
+                runner = self._beside_runner
+                self._in_flight += 1
+                self._active_rows += request.rows
+                request.state = RUNNING
+                counted = True
             self._execution.execute(runner, [request], inline=True)
-        except BaseException:  # the thread interrupted before the request was answered: give its counts back
-            self._uncount_unanswered(request)
+        except BaseException:  # the thread interrupted before the request was answered (also as the lock was
+            if counted:  # let go, where a signal handler runs): give its counts back
+                self._uncount_unanswered(request)
             raise
+
+    def _abandon_inline(self, runner: Any, request: Request) -> None:
+        """Give back the runner taken to run ``request`` on this thread, and stop counting it, when the thread
+        was interrupted before :meth:`_run_inline` took them over (a signal handler that raises runs as the
+        lock is let go): else the version's runner would stay lent for good (every later request waits for
+        it) and :meth:`close` would wait for a request nobody runs."""
+        with self._lock:
+            if request.state == RUNNING:  # (_run_inline's own clean-up did not run)
+                self._give_back(runner)
+                self._count_finished(request, ran=False)
 
     def _uncount_unanswered(self, request: Request) -> None:
         """Stop counting a running request that will never be answered (its thread was interrupted)."""

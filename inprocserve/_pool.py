@@ -63,9 +63,17 @@ class RunnerPool:
             self._free = list(runners)
 
     def checkout(self) -> Any:
-        """A free runner, or ``None`` when every runner is busy (or none was adopted yet)."""
+        """A free runner, or ``None`` when every runner is busy (or none was adopted yet).
+
+        Taken with subscripts, not ``list.pop()``: CPython runs a pending signal handler right after a call
+        into C returns, so one that raises (Ctrl-C's ``KeyboardInterrupt``) could drop the popped runner
+        before the caller holds it, and the pool would have lost it for good."""
         free = self._free
-        return free.pop() if free else None
+        if not free:
+            return None
+        runner = free[-1]
+        del free[-1]
+        return runner
 
     def checkin(self, runner: Any) -> None:
         """Give back a runner taken with :meth:`checkout`."""

@@ -29,6 +29,7 @@ from inprocserve._batching import Batcher
 from inprocserve._request import Request, complete_batch
 from inprocserve._rollout import Decision, Router
 from inprocserve._wake_relay import RELAY
+from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import BUSY_WIDTH, ServerFactory, busy_inputs, version_status, wait_until
 
@@ -445,3 +446,63 @@ def test_a_caller_interrupted_just_after_queueing_frees_the_identical_requests_t
     assert identical.result(timeout=20)["picked"].shape == (1, 2)
     assert server.predict("busy", busy_inputs(1, seed=1), timeout_s=10)["picked"].shape == (1, 2)
     wait_until(lambda: len(server._sharing) == 0 and batcher.in_flight == 0 and batcher.queued_rows == 0)
+
+
+class LockRaisingAsItIsLetGo:
+    """The batcher's lock, raising ``Interrupted`` once as it is let go at the end of a ``with`` block in
+    ``function``: right after the release, a call into C, is where CPython runs a pending signal handler."""
+
+    def __init__(self, real: Any, function: str) -> None:
+        self.real = real
+        self.function = function
+        self.armed = True
+
+    def __enter__(self) -> Any:
+        return self.real.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        result = self.real.__exit__(*exc)
+        if self.armed and exc[0] is None and sys._getframe(1).f_code.co_name == self.function:
+            self.armed = False
+            raise Interrupted
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize(
+    ("way", "function"),
+    [
+        ("a lone request's shortest way", "run_plain"),
+        ("the full way, run inline", "submit"),
+        ("batch scoring's own lane", "run_beside"),
+    ],
+)
+def test_an_interruption_as_a_runner_is_taken_gives_it_back_and_counts_nothing(
+    way: str, function: str, repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted as the lock is let go after the runner was taken and the request counted, before the run:
+    the runner stayed lent for good (every later request of the version waited for it until its deadline)
+    and the request counted in flight (close() waited its whole timeout for it)."""
+    # a tiny model: one intra-op thread, so batch scoring's iterating thread runs requests too (run_beside)
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config = ModelConfig(cache=CacheConfig(share_in_flight=True)) if function == "submit" else ModelConfig()
+    server = make_server(repository, models={"scale": config})
+    batcher = server._registry.routes["scale"].default.batcher
+    assert batcher is not None
+    rows = np.ones((20_000, 4), np.float32)
+    list(server.predict_many("scale", rows))  # adopts the runners, and the scoring lane's
+    lock = LockRaisingAsItIsLetGo(batcher._lock, function)
+    monkeypatch.setattr(batcher, "_lock", lock)
+    with pytest.raises(Interrupted):
+        if function == "run_beside":
+            for _ in server.predict_many("scale", rows):
+                pass
+        else:
+            server.predict("scale", rows[:1])
+    assert not lock.armed, f"{way} was not taken"
+    monkeypatch.setattr(batcher, "_lock", lock.real)
+    wait_until(lambda: batcher.in_flight == 0 and batcher._active_rows == 0)
+    assert server.predict("scale", rows[:1] + 1, timeout_s=5)["y"].tolist() == [[4.0] * 4]
+    assert batcher.close(timeout_s=10)
