@@ -200,7 +200,8 @@ def _csv_batches(path: Path, signature: Signature, chunk_rows: int) -> Iterator[
             if not block:
                 return
             try:
-                matrix = np.loadtxt(block, delimiter=",", dtype=dtype, ndmin=2)
+                # comments=None: numpy's default would drop a line that starts with '#' and cut one at a '#'
+                matrix = np.loadtxt(block, delimiter=",", dtype=dtype, ndmin=2, comments=None)
             except ValueError as exc:
                 raise _bad_csv_line(path, name, dtype, block, numbers, exc) from exc
             yield _shape_for(matrix, rank)
@@ -214,7 +215,7 @@ def _bad_csv_line(
     columns = None
     for line, number in zip(block, numbers, strict=True):
         try:
-            row = np.loadtxt([line], delimiter=",", dtype=dtype, ndmin=2)
+            row = np.loadtxt([line], delimiter=",", dtype=dtype, ndmin=2, comments=None)
         except ValueError as exc:
             problem = str(exc)
         else:
@@ -241,9 +242,18 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
         raise InvalidInputError(f"input {path} cannot be read as Parquet: {exc}") from exc
 
     def batches() -> Iterator[np.ndarray]:
+        first_row = 1
         for batch in table.iter_batches(batch_size=chunk_rows):
             if not batch.num_rows:
                 continue  # an empty row group: a request needs at least one row
+            for column_name, column in zip(batch.schema.names, batch.columns, strict=True):
+                if column.null_count:  # to_numpy() would make them NaN, scored as if they were values
+                    row = first_row + column.is_null().to_numpy(zero_copy_only=False).argmax()
+                    raise InvalidInputError(
+                        f"input {path}: column {column_name!r} has a null (missing value) at row {row}; every "
+                        f"value must be a number for input {name!r} (fill or drop missing values first)"
+                    )
+            first_row += batch.num_rows
             try:
                 columns = [column.to_numpy(zero_copy_only=False) for column in batch.columns]
                 matrix = np.column_stack(columns).astype(dtype, casting="same_kind")
@@ -458,6 +468,12 @@ def score_file(
     with Server(model_path if is_repository else None) as server:  # a broken sibling model does not matter
         served = _open_model(server, model_path, name, version)
         signature, limit = _loaded(server, served, version, batch_rows)
+        unbatched = [spec.describe() for spec in signature.outputs if not spec.has_dynamic_batch]
+        if unbatched:  # its answers have no row per input row to write
+            raise InvalidInputError(
+                f"model {served!r} answers {', '.join(unbatched)}, without a batch axis: the score command writes "
+                "one output row per input row; call server.predict_many (or predict) from Python for such a model"
+            )
         isatty = getattr(sys.stderr, "isatty", None)
         bar = ProgressBar(sys.stderr) if progress and isatty is not None and isatty() else None
         source, total = read_inputs(input_path, signature, limit, count_rows=bar is not None)

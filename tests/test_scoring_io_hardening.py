@@ -248,3 +248,45 @@ def test_a_header_with_a_name_is_skipped(tmp_path: Path, scale_file: Path, heade
     (tmp_path / "x.csv").write_text(f"{header}\n2,3,4,5\n")
     assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 0
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "y.csv", delimiter=",", skiprows=1), [4, 6, 8, 10])
+
+
+@pytest.mark.parametrize(("line", "number"), [("#5,6,7,8", 3), ("5,6,7,8 # checked", 3)])
+def test_a_csv_line_with_a_hash_is_an_error_not_a_comment(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str], line: str, number: int
+) -> None:
+    # numpy's loadtxt takes '#' for a comment by default: the line was dropped (or cut short) without a word,
+    # and every output row after it answered another input row
+    (tmp_path / "x.csv").write_text(f"1,2,3,4\n2,3,4,5\n{line}\n4,5,6,7\n")
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 1
+    assert f"line {number}:" in capsys.readouterr().err
+    assert not (tmp_path / "y.csv").exists()
+
+
+def test_a_null_in_a_parquet_column_is_an_error_naming_it(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # to_numpy() makes a null NaN, which was scored as a value; CSV refuses its missing markers (NA, null)
+    pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {name: [1.0, 2.0, 3.0] for name in "abc"}
+    columns["d"] = [1, None, 3]  # an int64 column with a null
+    pq.write_table(pa.table(columns), tmp_path / "x.parquet")
+    assert _score(scale_file, tmp_path / "x.parquet", tmp_path / "y.csv") == 1
+    err = capsys.readouterr().err
+    assert "column 'd' has a null (missing value) at row 2" in err and "Traceback" not in err
+    assert not (tmp_path / "y.csv").exists()
+
+
+def test_a_model_without_a_batch_axis_in_its_answers_is_refused_with_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inprocserve.testing import build_sum_model
+
+    model = save_model(build_sum_model(features=4), tmp_path / "models", "sum", 1)  # one total for all rows
+    np.save(tmp_path / "x.npy", np.ones((3, 4), np.float32))
+    assert _score(model, tmp_path / "x.npy", tmp_path / "y.npy") == 1  # (a TypeError traceback)
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "without a batch axis" in err and "Traceback" not in err
+    assert not (tmp_path / "y.npy").exists()
