@@ -223,7 +223,11 @@ def _bad_csv_line(
                 columns = row.shape[1]
                 continue
             problem = f"{row.shape[1]} columns where the lines before have {columns}"
-        hint = " (a first line is a header only when none of its fields is a number)" if number == 1 else ""
+        hint = (
+            " (a first line is a header only when a field of it is a name, neither a number nor a missing-value marker)"
+            if number == 1
+            else ""
+        )
         return InvalidInputError(
             f"input {path}, line {number}: {problem} (every line must hold the same number of columns, each a "
             f"number, for input {name!r}){hint}"
