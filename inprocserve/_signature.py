@@ -316,6 +316,9 @@ def convertible(given: np.dtype[Any], expected: np.dtype[Any]) -> bool:
     return bool(np.can_cast(given, expected, casting="same_kind"))
 
 
+_TEXT_DTYPE = np.dtype(object)  # (numpy's dtypes of builtin types are singletons: compared by identity)
+
+
 def _text(name: str, value: Any, *, raw_bytes: bool = False) -> np.ndarray:
     """An input of ONNX strings as an array of Python ``str``, every element checked: onnxruntime turns
     anything else into its ``str()`` (``None`` into ``"None"``) and fails to run on text that is not valid
@@ -360,7 +363,7 @@ def _text(name: str, value: Any, *, raw_bytes: bool = False) -> np.ndarray:
 def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
     expected = spec.dtype
     assert expected is not None
-    if type(value) is np.ndarray and value.dtype == expected and expected.kind != "O":
+    if type(value) is np.ndarray and value.dtype == expected and expected is not _TEXT_DTYPE:
         return value  # the common case: no copy, no checks
     if spec.is_string:
         return _text(spec.name, value, raw_bytes=spec.raw_bytes)
