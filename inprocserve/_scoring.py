@@ -286,7 +286,7 @@ def score(
 
     Raises:
         TypeError: ``inputs`` is neither an array, a mapping of arrays, nor an iterable of batches.
-        InvalidInputError: a whole input whose arrays disagree on their number of rows.
+        InvalidInputError: a whole input whose arrays disagree on their number of rows, or a ragged one.
     """
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, (np.ndarray, Mapping, Iterable)):
         raise TypeError(
@@ -306,41 +306,62 @@ def score(
     return _run(submit, jobs, total, plan, callback, bar, timeout_s, clock, sleep)
 
 
-def _rows_of(item: Any) -> int:
+def _rows_of(item: Any, name: str | None = None) -> int:
     """Rows (the length of axis 0) of an array or a mapping of arrays.
 
     Raises:
-        InvalidInputError: no batch axis, or arrays that disagree on their number of rows.
+        InvalidInputError: no batch axis, a ragged nested list, or arrays that disagree on their number of rows.
     """
     if isinstance(item, Mapping):
-        counts = {name: _rows_of(value) for name, value in item.items()}
+        counts = {key: _rows_of(value, str(key)) for key, value in item.items()}
         if not counts:
             raise InvalidInputError("a batch is an empty mapping; give it the model's inputs")
         if len(set(counts.values())) > 1:
-            listing = ", ".join(f"{name!r} has {rows}" for name, rows in counts.items())
+            listing = ", ".join(f"{key!r} has {rows}" for key, rows in counts.items())
             raise InvalidInputError(f"the inputs of a batch must have the same number of rows: {listing}")
         return next(iter(counts.values()))
     shape = getattr(item, "shape", None)
     if shape is None:
-        shape = np.shape(item)
+        try:
+            shape = np.shape(item)
+        except (ValueError, TypeError) as exc:  # numpy's own words, untyped: make it the caller's input error
+            raise _ragged(name, exc) from exc
     if not shape:
         raise InvalidInputError(f"a batch needs a leading row axis; got a scalar {type(item).__name__}")
     return int(shape[0])
+
+
+def _ragged(name: str | None, exc: Exception) -> InvalidInputError:
+    what = "a batch" if name is None else f"input {name!r}"
+    if isinstance(exc, ValueError):
+        return InvalidInputError(f"{what} is ragged: its nested lists differ in length and make no array ({exc})")
+    return InvalidInputError(f"{what} cannot be made an array ({type(exc).__name__}: {exc})")
 
 
 def _count_rows(items: list[Any] | tuple[Any, ...]) -> int | None:
     """Total rows of a list of batches, for progress; ``None`` if one is malformed (it fails in its turn)."""
     try:
         return sum(_rows_of(item) for item in items)
-    except InvalidInputError:
+    except Exception:  # whatever checking a batch raises is raised again at its position, after the answers before it
         return None
 
 
 def _as_arrays(item: Any) -> Any:
-    """Convert once before slicing (a no-op for arrays), so a list is not converted again for every chunk."""
+    """Convert once before slicing (a no-op for arrays), so a list is not converted again for every chunk.
+
+    Raises:
+        InvalidInputError: a ragged nested list.
+    """
     if isinstance(item, Mapping):
-        return {name: np.asarray(value) for name, value in item.items()}
-    return np.asarray(item)
+        return {name: _as_array(value, str(name)) for name, value in item.items()}
+    return _as_array(item, None)
+
+
+def _as_array(value: Any, name: str | None) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise _ragged(name, exc) from exc
 
 
 def _part(item: Any, start: int, stop: int) -> Any:
@@ -375,13 +396,14 @@ def _batches(items: Iterator[Any], part_rows: int | None) -> Iterator[_Job]:
             return
         try:
             rows = _rows_of(item)
-        except InvalidInputError as exc:
+            if part_rows is not None and rows > part_rows:
+                item = _as_arrays(item)
+        except Exception as exc:  # a malformed batch: report it at its position, after the answers before it
             yield _Job([], 0, error=exc)
             return
         if part_rows is None or rows <= part_rows:
             yield _Job([item], rows)
         else:
-            item = _as_arrays(item)
             yield _Job([_part(item, start, min(rows, start + part_rows)) for start in range(0, rows, part_rows)], rows)
 
 

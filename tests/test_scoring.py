@@ -228,6 +228,37 @@ def test_a_bad_batch_or_a_failing_iterable_raises_at_its_position(
     assert "the batch after input row 3 could not be read" in "".join(caught.value.__notes__)
 
 
+def test_a_ragged_batch_raises_a_typed_error_at_its_position(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    # Nested lists of unequal length make no array: numpy's bare ValueError escaped before the answers of the
+    # batches ahead of it (a generator), or at the call (a list of batches), without the rows note.
+    server = make_server(scale_repository)
+    ragged = [[1.0, 2.0, 3.0, 4.0], [1.0, 2.0]]
+
+    def batches() -> Iterator[Any]:
+        yield _rows(2)
+        yield _rows(3)
+        yield ragged
+        yield _rows(2)
+
+    seen: list[tuple[int, int | None]] = []
+    for inputs in (batches(), [_rows(2), _rows(3), ragged, _rows(2)], [_rows(2), _rows(3), {"x": ragged}]):
+        seen.clear()
+        answers = server.predict_many("scale", inputs, progress=lambda done, total: seen.append((done, total)))
+        assert [len(next(answers)["y"]) for _ in range(2)] == [2, 3]
+        with pytest.raises(inprocserve.InvalidInputError, match="is ragged") as caught:
+            next(answers)
+        assert "the batch after input row 5 could not be read or checked" in "".join(caught.value.__notes__)
+        assert seen == [(0, None), (2, None), (5, None)]  # a list with a ragged batch cannot be counted
+        with pytest.raises(StopIteration):
+            next(answers)
+    # A ragged whole input fails at the call, typed, naming the input.
+    with pytest.raises(inprocserve.InvalidInputError, match="input 'x' is ragged"):
+        server.predict_many("scale", {"x": ragged})
+    assert server.predict("scale", _rows(1))["y"].tolist() == [[0.0, 2.0, 4.0, 6.0]]
+
+
 def test_bad_arguments_fail_at_the_call(scale_repository: Path, make_server: ServerFactory) -> None:
     server = make_server(scale_repository)
     with pytest.raises(inprocserve.ModelNotFoundError):
