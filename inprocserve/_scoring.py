@@ -68,9 +68,9 @@ class ScoringPlan:
     chunk_rows: int | None
     """Rows per answer of a whole input; ``None`` for a model without a batch axis (inputs are sent whole)."""
     max_in_flight: int
-    """Submitted requests not yet yielded, at most."""
+    """Submitted requests not yet answered, at most (each part of a batch sent in parts counts)."""
     window_rows: int
-    """Rows queued and not yet yielded, at most (one request is always allowed when nothing is queued); the
+    """Rows queued and not yet answered, at most (one request is always allowed when nothing is queued); the
     caller's own runs may hold as many again."""
     request_rows: int | None = None
     """Rows per submitted request: a whole number of chunks (``None``: one chunk)."""
@@ -250,23 +250,35 @@ def resolve_progress(*, progress: bool | Progress | None) -> tuple[Progress | No
 
 
 class _Job:
-    """One request's worth of input: chunks of a whole input (answered chunk by chunk), or one batch of an
-    iterable (possibly sent in parts, answered as one)."""
+    """One answer's worth of input: chunks of a whole input (answered chunk by chunk), or one batch of an
+    iterable (possibly sent in parts, answered as one once every part is in).
 
-    __slots__ = ("chunk_rows", "error", "futures", "own", "parts", "rows")
+    Each part is a request of its own in the window: a batch larger than the window is submitted part by
+    part as room frees, never all at once."""
+
+    __slots__ = ("answers", "chunk_rows", "error", "futures", "own", "part_rows", "parts", "rows")
 
     def __init__(
-        self, parts: list[Any], rows: int, error: BaseException | None = None, *, chunk_rows: int | None = None
+        self,
+        parts: list[Any],
+        rows: int,
+        error: BaseException | None = None,
+        *,
+        chunk_rows: int | None = None,
+        part_rows: list[int] | None = None,
     ) -> None:
         self.parts = parts
         self.rows = rows
-        self.futures: list[Future[Prediction]] = []
+        self.part_rows = part_rows if part_rows is not None else [rows] * len(parts)  # rows of each part
+        self.futures: list[Future[Prediction]] = []  # one per part submitted so far, in order
+        self.own: list[bool] = []  # per submitted part: run by the iterating thread itself rather than queued
+        self.answers: list[Prediction] = []  # the answers of the parts in so far
         self.error = error
         self.chunk_rows = chunk_rows  # rows per answer when the job holds several chunks (None: one answer)
-        self.own = False  # run by the iterating thread itself rather than queued
 
-    def done(self) -> bool:
-        return all(future.done() for future in self.futures)
+    def unsent(self) -> bool:
+        """Whether parts are left to submit."""
+        return len(self.futures) < len(self.parts)
 
 
 def score(
@@ -404,7 +416,13 @@ def _batches(items: Iterator[Any], part_rows: int | None) -> Iterator[_Job]:
         if part_rows is None or rows <= part_rows:
             yield _Job([item], rows)
         else:
-            yield _Job([_part(item, start, min(rows, start + part_rows)) for start in range(0, rows, part_rows)], rows)
+            starts = range(0, rows, part_rows)
+            sizes = [min(rows, start + part_rows) - start for start in starts]
+            yield _Job(
+                [_part(item, start, start + size) for start, size in zip(starts, sizes, strict=True)],
+                rows,
+                part_rows=sizes,
+            )
 
 
 def _run(
@@ -418,11 +436,15 @@ def _run(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> Iterator[Prediction]:
-    window: deque[_Job] = deque()  # submitted or run, not yet yielded, in input order
+    # The window holds requests (one part of a job each), submitted or run and not yet answered, in input
+    # order; a failed read takes a place too (part 0 of a job with none). Room is counted per request, so a
+    # batch larger than the window is sent as its earlier parts are answered, and the job's own traffic
+    # never fills the queue.
+    window: deque[tuple[_Job, int]] = deque()
     in_flight = 0  # requests in the window
     queued_rows = 0  # rows in the window sent to the workers' queue
     own_rows = 0  # rows in the window run by this thread
-    pending: _Job | None = None  # pulled from the input, waiting for room in the window
+    pending: _Job | None = None  # pulled from the input, with parts waiting for room in the window
     exhausted = False
     done_rows = 0
 
@@ -433,50 +455,62 @@ def _run(
             exhausted = pending is None
         return pending
 
-    def take(job: _Job) -> bool:
-        """Put ``job`` in the window; False if it is a failed read (nothing after it is submitted)."""
-        nonlocal pending, exhausted
-        pending = None
-        window.append(job)
+    def room(job: _Job, rows_in_window: int) -> bool:
+        """Whether the next part of ``job`` fits: one request is always allowed when none is in the window."""
         if job.error is not None:
-            exhausted = True
-            return False
-        return True
+            return True  # a failed read sends nothing
+        rows = job.part_rows[len(job.futures)]
+        return in_flight < plan.max_in_flight and not (rows_in_window and rows_in_window + rows > plan.window_rows)
+
+    def send(job: _Job, *, beside: bool) -> Future[Prediction] | None:
+        """Submit (or run) the next part of ``job`` into the window; None for a failed read, after which
+        nothing more is read or submitted."""
+        nonlocal pending, exhausted, in_flight, queued_rows, own_rows
+        index = len(job.futures)
+        if job.error is not None:  # it sends nothing, and only marks the failed read's place
+            window.append((job, index))
+            pending, exhausted = None, True
+            return None
+        future = submit(job.parts[index], beside=beside)
+        job.futures.append(future)
+        job.own.append(beside)
+        window.append((job, index))
+        if not job.unsent():
+            pending = None
+        in_flight += 1
+        if beside:
+            own_rows += job.part_rows[index]
+        else:
+            queued_rows += job.part_rows[index]
+        return future
+
+    def release(job: _Job, index: int) -> None:
+        """The request at the head of the window is answered: give its room to the next ones."""
+        nonlocal in_flight, queued_rows, own_rows
+        window.popleft()
+        if job.error is not None:
+            return
+        in_flight -= 1
+        if job.own[index]:
+            own_rows -= job.part_rows[index]
+        else:
+            queued_rows -= job.part_rows[index]
 
     def fill() -> None:
         """Queue requests for the workers while the window has room."""
-        nonlocal in_flight, queued_rows
-        while (job := pull()) is not None:
-            if (window and in_flight + len(job.parts) > plan.max_in_flight) or (
-                queued_rows and queued_rows + job.rows > plan.window_rows
-            ):
+        while (job := pull()) is not None and room(job, queued_rows):
+            future = send(job, beside=False)
+            if future is None:
                 return
-            if not take(job):
-                return
-            congested = False
-            for part in job.parts:
-                future = submit(part)
-                job.futures.append(future)
-                congested = congested or (future.done() and isinstance(future.exception(), QueueFullError))
-            in_flight += len(job.parts)
-            queued_rows += job.rows
-            if congested:  # someone else's requests fill the queue: wait for ours to drain before adding more
-                return
+            if future.done() and isinstance(future.exception(), QueueFullError):
+                return  # someone else's requests fill the queue: wait for ours to drain before adding more
 
     def run_own() -> bool:
         """While the oldest request is still running elsewhere, run the next one on this thread."""
-        nonlocal in_flight, own_rows
         job = pull()
-        if job is None or in_flight + len(job.parts) > plan.max_in_flight:
+        if job is None or not room(job, own_rows):
             return False
-        if own_rows and own_rows + job.rows > plan.window_rows:
-            return False
-        job.own = True
-        if take(job):
-            for part in job.parts:
-                job.futures.append(submit(part, beside=True))
-        in_flight += len(job.parts)
-        own_rows += job.rows
+        send(job, beside=True)
         return True
 
     if callback is not None:
@@ -484,21 +518,20 @@ def _run(
     try:
         fill()
         while window:
-            job = window[0]
-            if plan.caller_runs and not job.done() and run_own():
+            job, index = window[0]
+            if plan.caller_runs and job.error is None and not job.futures[index].done() and run_own():
                 fill()
                 continue
             job_start = done_rows
+            released = False
             try:
-                for rows, answer in _answers(job, submit, timeout_s, clock, sleep):
-                    if window and job is window[0]:  # the whole job is in: give its room to the next requests
-                        window.popleft()
-                        in_flight -= len(job.parts)
-                        if job.own:
-                            own_rows -= job.rows
-                        else:
-                            queued_rows -= job.rows
+                for rows, answer in _answers(job, index, submit, timeout_s, clock, sleep):
+                    if not released:  # this request is in: give its room to the next requests
+                        release(job, index)
+                        released = True
                         fill()  # refill before handing the result over, so the sessions work while the caller does
+                    if answer is None:  # an earlier part of a batch: its answer waits for the other parts
+                        continue
                     done_rows += rows
                     if callback is not None:
                         callback(done_rows, total)
@@ -513,22 +546,24 @@ def _run(
                 exc.add_note(note)
                 raise
     finally:
-        for queued in window:  # the caller stopped early, or a chunk failed: drop what has not run
-            for future in queued.futures:
-                future.cancel()
+        for queued, index in window:  # the caller stopped early, or a chunk failed: drop what has not run
+            if queued.error is None:
+                queued.futures[index].cancel()
         if bar is not None:
             bar.close()
 
 
 def _answers(
     job: _Job,
+    index: int,
     submit: Submit,
     timeout_s: float | None,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
-) -> Iterator[tuple[int, Prediction]]:
-    """Wait for every part of ``job`` (retrying parts the queue turned away); yield its answers with their
-    row counts: one per chunk of a whole input, or one (parts joined) for an iterable's batch.
+) -> Iterator[tuple[int, Prediction | None]]:
+    """Wait for part ``index`` of ``job`` (retrying it if the queue turned it away); yield ``(0, None)`` for
+    a part before the last, else the job's answers with their row counts: one per chunk of a whole input, or
+    one (parts joined) for an iterable's batch.
 
     A request of several chunks that the model refused is scored again chunk by chunk, so the answers
     before the failing chunk are still given and the error is raised at that chunk, as if each chunk had
@@ -537,7 +572,7 @@ def _answers(
     if job.error is not None:
         raise job.error
     try:
-        answers = [_wait(job, index, part, submit, timeout_s, clock, sleep) for index, part in enumerate(job.parts)]
+        job.answers.append(_wait(job, index, job.parts[index], submit, timeout_s, clock, sleep))
     except InferenceError:
         if job.chunk_rows is None or job.rows <= job.chunk_rows:
             raise
@@ -548,6 +583,10 @@ def _answers(
             piece.futures.append(submit(piece.parts[0]))
             yield stop - start, _wait(piece, 0, piece.parts[0], submit, timeout_s, clock, sleep)
         return
+    if index + 1 < len(job.parts):
+        yield 0, None
+        return
+    answers = job.answers
     joined = (
         answers[0] if len(answers) == 1 else _join(answers, {name: [a[name] for a in answers] for name in answers[0]})
     )

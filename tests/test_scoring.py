@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import itertools
 import pickle
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,63 @@ def test_the_iterating_thread_runs_requests_beside_a_busy_worker(
         np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5)
 
 
+@pytest.mark.parametrize(("max_in_flight", "most_queued"), [(None, 512), (1, 256)])
+def test_a_batch_larger_than_the_window_is_sent_as_room_frees(
+    busy_repository: Path, make_server: ServerFactory, max_in_flight: int | None, most_queued: int
+) -> None:
+    # One batch of many requests' worth of rows (a queue consumer's big message) was queued in all its parts at
+    # once, past the window and max_in_flight, up to max_queue_rows, so other callers got QueueFullError. Each
+    # part now takes its own place in the window. Requests are at most 256 rows here, so the window holds at
+    # most two (one with max_in_flight=1), whatever the machine measures.
+    server = make_server(busy_repository, config=_config(max_batch_size=8))
+    big = busy_inputs(1200, seed=5)
+    expected = np.concatenate([answer["y"] for answer in server.predict_many("busy", big)])
+    peak, stop = [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], version_status(server, "busy")["queued_rows"])
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    blocker = occupy(server)  # the parts queue behind it, for a quarter of a second or more
+    watcher.start()
+    try:
+        (answer,) = server.predict_many("busy", iter([big]), max_in_flight=max_in_flight)
+    finally:
+        stop.set()
+        watcher.join()
+    assert blocker.done()
+    assert 0 < peak[0] <= most_queued
+    np.testing.assert_allclose(answer["y"], expected, rtol=1e-5)
+
+
+def test_the_iterating_thread_runs_a_large_batch_part_by_part(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    if usable_cores() < 2:
+        pytest.skip("one usable core: the iterating thread runs requests only where a core is left idle")
+    # The iterating thread ran every part of a large batch itself in one go (2000 rows here) while the answer
+    # ahead of it waited; its runs are now held to the window's rows, part by part, like queued ones.
+    config = inprocserve.ModelConfig(
+        pool=inprocserve.PoolConfig(intra_op_threads=1),
+        batching=inprocserve.BatchingConfig(max_batch_size=8, max_request_rows=3000),
+    )
+    server = make_server(busy_repository, config=config)
+    small, big = busy_inputs(8, seed=1), busy_inputs(2000, seed=2)
+    before = version_status(server, "busy")["rows_run"]
+    blocker = occupy(server)  # the small batch queues behind it; the large one is left to the iterating thread
+    answers = server.predict_many("busy", [small, big])
+    first = next(answers)
+    # Run so far: the blocker, the small batch, at most a window (512 rows) on this thread and a window queued.
+    assert version_status(server, "busy")["rows_run"] - before <= 3000 + 8 + 512 + 512
+    second = next(answers)
+    assert blocker.done()
+    np.testing.assert_allclose(first["y"], server.predict("busy", small)["y"], rtol=1e-5)
+    expected = np.concatenate([answer["y"] for answer in server.predict_many("busy", big)])
+    np.testing.assert_allclose(second["y"], expected, rtol=1e-5)
+
+
 def test_equal_to_raw_onnxruntime(repository: Path, make_server: ServerFactory) -> None:
     path = save_model(build_mlp_model((32, 64, 5)), repository, "mlp", 1)
     server = make_server(repository, config=_config(max_batch_size=16))
@@ -206,6 +265,25 @@ def test_a_failing_chunk_raises_at_its_position(repository: Path, make_server: S
     with pytest.raises(StopIteration):
         next(answers)
     assert isinstance(pickle.loads(pickle.dumps(caught.value)), inprocserve.InferenceError)
+
+
+def test_a_failing_part_of_a_large_batch_raises_at_the_batch(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_gather_model(table_rows=10), repository, "gather", 1)
+    server = make_server(repository, config=_config(max_batch_size=4, max_request_rows=64))
+    big = np.arange(600, dtype=np.int64) % 10
+    big[500] = 99  # fails inside onnxruntime, in a late part of the batch (requests of at most 64 rows)
+    answers = server.predict_many("gather", iter([np.arange(2, dtype=np.int64), big, np.arange(2, dtype=np.int64)]))
+    assert len(next(answers)["rows"]) == 2
+    with pytest.raises(inprocserve.InferenceError) as caught:
+        next(answers)
+    assert "input rows 3..602" in "".join(caught.value.__notes__)
+    with pytest.raises(StopIteration):
+        next(answers)
+    good = big.copy()
+    good[500] = 0
+    (answer,) = server.predict_many("gather", [good])
+    whole = np.concatenate([chunk["rows"] for chunk in server.predict_many("gather", good)])
+    np.testing.assert_array_equal(answer["rows"], whole)
 
 
 def test_a_bad_batch_or_a_failing_iterable_raises_at_its_position(
