@@ -506,8 +506,10 @@ class Server(RolloutMethods):
         Raises:
             ModelNotFoundError: unknown model or version (at once).
             ValueError, TypeError: bad arguments (at once).
-            InvalidInputError: a whole input whose arrays disagree on their number of rows (at once).
-            InprocserveError: a chunk failed; raised when iteration reaches it, after the answers before
+            InvalidInputError: a whole input whose arrays disagree on their number of rows, or a ragged
+                one (at once).
+            InprocserveError: a chunk failed, or a batch of an iterable could not be read or checked (a
+                ragged one: ``InvalidInputError``); raised when iteration reaches it, after the answers before
                 it, with a note naming its rows. Nothing after it is submitted.
         """
         if timeout_s is not None and not timeout_s > 0:
