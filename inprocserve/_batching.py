@@ -30,7 +30,7 @@ from ._batch_execution import BatchExecution
 from ._batch_ops import group_key
 from ._batch_queue import BatchQueue
 from ._config import BatchingConfig
-from ._errors import DeadlineExceededError, QueueFullError, ServerClosedError
+from ._errors import DeadlineExceededError, InferenceError, QueueFullError, ServerClosedError
 from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
 from ._handoff import handoff_cost_s
 from ._pool import RunnerPool, keep_inherited
@@ -208,7 +208,6 @@ class Batcher:
         if not self._adopted:
             self._adopt_runners()
         rows = request.rows
-        taken = None  # the runner this thread holds for an inline run, until _run_inline owns it
         try:
             with self._lock:
                 if self._closing and not readmit:
@@ -220,7 +219,7 @@ class Batcher:
                     self._in_flight += request.callers
                     self._active_rows = active
                     request.state = RUNNING
-                    taken = runner  # (no call since the checkout: no signal handler can run in between)
+                    request.runner = runner  # (no call since the checkout: no signal handler runs in between)
                 else:
                     queue = self._queue
                     # an empty queue takes any one caller's request, however large; never several callers' at once
@@ -256,12 +255,14 @@ class Batcher:
                             filler, self._filler = self._filler, None  # (cleared first: see _wait_for_companions)
                             filler.release()
                     elif self._idle and pool.has_free() and not getattr(request.future, "defer_wake", False):
-                        self._idle.pop().release()
+                        self._wake_parked()
                     return
             self._run_inline(runner, request)
-        except BaseException:  # interrupted as the lock was let go, before _run_inline's own clean-up
-            if taken is not None:
-                self._abandon_inline(taken, request)
+        except BaseException:  # interrupted as the lock was let go, or in _run_inline's own clean-up
+            if request.runner is not None:
+                self._finish_inline(request, ran=False)
+            else:  # (a refusal, or queued and interrupted before a worker was started or woken for it)
+                self._nudge()
             raise
 
     def wake(self) -> None:
@@ -270,7 +271,7 @@ class Batcher:
         """
         with self._lock:
             if self._queue.rows and self._pool.has_free() and self._idle and self._filler is None:
-                self._idle.pop().release()
+                self._wake_parked()
 
     def runs_within(self, rows: int, max_run_s: float, arrays: Mapping[str, Any] | None = None) -> bool:
         """Whether a run of ``rows`` rows (of ``arrays``) should take at most ``max_run_s`` by the version's
@@ -309,15 +310,24 @@ class Batcher:
                 return False
             batch, expired = self._take_batch()
             runner = self._pool.checkout() if batch else None
-        for request in expired:  # found expired or cancelled as it was taken: answered like a worker does
-            if isinstance(request.error, CancelledError):
-                request.complete(None, request.error)
-            else:
-                self._fail(request, self._expired_error())
+            if runner is not None:
+                batch[0].runner = runner  # (no call since the checkout: no signal handler runs in between)
+        try:
+            for request in expired:  # found expired or cancelled as it was taken: answered like a worker does
+                if isinstance(request.error, CancelledError):
+                    request.complete(None, request.error)
+                else:
+                    self._fail(request, self._expired_error())
+            if runner is not None:
+                batch[0].queue_wait_s = max(0.0, self._clock() - batch[0].enqueued_at)
+                self._run_inline(runner, batch[0])
+        except BaseException:  # the loop's thread interrupted (a signal handler raised) before the run began
+            if runner is not None and batch[0].runner is not None:
+                self._finish_inline(batch[0], ran=False)
+                batch[0].complete(None, self._interrupted_error())
+            raise
         if runner is not None:
             request = batch[0]
-            request.queue_wait_s = max(0.0, self._clock() - request.enqueued_at)
-            self._run_inline(runner, request)
             timing = request.batch  # it was queued: a batch of one, recorded like a worker's
             if timing is not None:
                 self.telemetry.batch_finished(
@@ -330,15 +340,10 @@ class Batcher:
         lock round trip for all the bookkeeping), then answer it."""
         execution = self._execution
         if not execution.runs_alone(request):  # a large request runs in slices, like a worker's batch
-            answered = False
             try:
-                execution.execute(runner, [request], inline=True)
-                answered = True
+                execution.execute(runner, [request], inline=True)  # (answered: counted finished there)
             finally:  # also when the caller's thread is interrupted between two slices
-                with self._lock:
-                    self._give_back(runner)
-                    if not answered and request.state != DONE:  # never answered: no longer counted in flight
-                        self._count_finished(request, ran=False)
+                self._finish_inline(request, ran=False)
             return
         outputs: dict[str, Any] | None = None
         error: BaseException | None = None
@@ -347,9 +352,7 @@ class Batcher:
             outputs, error = execution.run_alone(runner, request)
             finished = True
         finally:  # also when the caller's thread is interrupted: the runner and the counts are given back
-            with self._lock:
-                self._give_back(runner)
-                abandoned = self._count_finished(request, ran=finished and error is None)
+            abandoned = self._finish_inline(request, ran=finished and error is None)
         if not abandoned:
             request.complete(outputs, error)
 
@@ -400,21 +403,88 @@ class Batcher:
             ran = True
         finally:  # also when the run failed or the caller's thread is interrupted (as the lock was let go too)
             if runner is not None:
-                self._plain_finished(runner, rows, ran=ran, callers=callers)
+                with self._lock:
+                    # No call until the runner and the counts are back: a pending signal handler runs as a
+                    # call begins, and one that raises here would lose them (nothing cleans up after this).
+                    free = self._pool.free
+                    if free is not None:
+                        free += (runner,)
+                    self._in_flight -= callers
+                    self._active_rows -= rows
+                    if ran:
+                        self.batches_run += 1
+                        self.rows_run += rows
+                    if self._closing:
+                        self._notify_if_drained()
+                    self._wake_for_queued()
         return outputs
 
-    def _plain_finished(self, runner: Any, rows: int, *, ran: bool, callers: int) -> None:
-        """Give back the runner of a :meth:`run_plain` and count its request as finished (and its run)."""
-        with self._lock:
-            self._give_back(runner)
-            self._count_rows_finished(rows, ran=ran, callers=callers)
+    def _finish_inline(self, request: Request, *, ran: bool) -> bool:
+        """Give back the runner taken to run ``request`` on this thread and count the request finished (and
+        its run, if it ``ran``), unless done already; returns whether its caller gave up on it.
 
-    def _give_back(self, runner: Any) -> None:
-        """Return a runner taken for an inline run, and wake a parked worker for what queued meanwhile.
-        Called with the lock held."""
-        self._pool.checkin(runner)
+        Idempotent, and with no call before both are done: a signal handler that raises (Ctrl-C, a job's time
+        limit) runs as a call begins, so an interruption here leaves everything as it was, for the caller's
+        own clean-up (:meth:`submit`) to run this again; a runner given back twice would be lent to two runs
+        at once, and one never given back would leave every later request waiting for it."""
+        with self._lock:
+            runner = request.runner
+            if runner is not None:
+                free = self._pool.free
+                if free is not None:
+                    free += (runner,)
+                request.runner = None
+            state = request.state
+            if state != DONE:
+                callers, rows = request.callers, request.rows
+                self._in_flight -= callers
+                self._active_rows -= rows
+                if ran:
+                    self.batches_run += 1
+                    self.rows_run += rows
+                request.state = DONE
+                if self._closing:
+                    self._notify_if_drained()
+            self._wake_for_queued()
+        return state == ABANDONED
+
+    def _nudge(self) -> None:
+        """Start or wake a worker for what is queued: after a submit cut short by an interruption between
+        queueing its request and waking a worker for it, which left the request queued, counted, and run by
+        nobody (every later lone request queued behind it, as the queue was not empty)."""
+        with self._lock:
+            queue = self._queue
+            if not queue.rows:
+                return
+            if not self._workers:
+                self._start_workers()
+            if self._filler is not None:
+                if queue.rows >= self._fill_target:
+                    filler, self._filler = self._filler, None  # (cleared first: see _wait_for_companions)
+                    filler.release()
+            elif self._idle and self._pool.has_free():
+                self._wake_parked()
+
+    def _wake_for_queued(self) -> None:
+        """With the lock held: wake a parked worker for what queued while a runner was lent inline."""
         if self._queue.rows and self._idle and self._filler is None:
-            self._idle.pop().release()
+            self._wake_parked()
+
+    def _wake_parked(self) -> None:
+        """With the lock held: wake the last parked worker. Taken with subscripts, not ``list.pop()``, after
+        which a signal handler could run and lose the worker taken (parked for good)."""
+        idle = self._idle
+        wake = idle[-1]
+        del idle[-1]
+        wake.release()
+
+    def _interrupted_error(self) -> InferenceError:
+        return InferenceError(
+            f"model {self.model!r} version {self.version}: the thread that was to run this request was "
+            "interrupted (a signal handler raised) before the run; retry",
+            model=self.model,
+            version=self.version,
+        )
 
     def _retired(self) -> VersionRetiredError:
         return VersionRetiredError(
@@ -437,7 +507,6 @@ class Batcher:
             request.deliver = self._deliver
         if not self._adopted:
             self._adopt_runners()
-        taken = None
         try:
             with self._lock:
                 if self._closing:
@@ -448,11 +517,11 @@ class Batcher:
                 self._in_flight += 1
                 self._active_rows += request.rows
                 request.state = RUNNING
-                taken = runner
+                request.runner = runner
             self._run_inline(runner, request)
-        except BaseException:  # interrupted before _run_inline's own clean-up (see submit)
-            if taken is not None:
-                self._abandon_inline(taken, request)
+        except BaseException:  # interrupted before, or in, _run_inline's own clean-up (see submit)
+            if request.runner is not None:
+                self._finish_inline(request, ran=False)
             raise
         return True
 
@@ -487,16 +556,6 @@ class Batcher:
             if counted:  # let go, where a signal handler runs): give its counts back
                 self._uncount_unanswered(request)
             raise
-
-    def _abandon_inline(self, runner: Any, request: Request) -> None:
-        """Give back the runner taken to run ``request`` on this thread, and stop counting it, when the thread
-        was interrupted before :meth:`_run_inline` took them over (a signal handler that raises runs as the
-        lock is let go): else the version's runner would stay lent for good (every later request waits for
-        it) and :meth:`close` would wait for a request nobody runs."""
-        with self._lock:
-            if request.state == RUNNING:  # (_run_inline's own clean-up did not run)
-                self._give_back(runner)
-                self._count_finished(request, ran=False)
 
     def _uncount_unanswered(self, request: Request) -> None:
         """Stop counting a running request that will never be answered (its thread was interrupted)."""
@@ -571,8 +630,8 @@ class Batcher:
                 name=f"inprocserve-{self.model}-v{self.version}-{index}-{os.getpid()}",
                 daemon=True,
             )
-            self._workers.append(thread)
             thread.start()
+            self._workers.append(thread)  # once started: interrupted as start() begins, it is not kept, never run
 
     def _work(self) -> None:
         wake = _allocate_lock()
@@ -604,7 +663,7 @@ class Batcher:
                 return ready_at  # the wait released the lock: another thread took the work or the runner
             batch, expired = self._take_batch()
             if queue.rows and pool.has_free() and self._idle and self._filler is None:
-                self._idle.pop().release()  # more than one batch waits: another runner can help
+                self._wake_parked()  # more than one batch waits: another runner can help
             lock.release()
             try:
                 for request in expired:
@@ -762,8 +821,16 @@ class Batcher:
         """With the lock held: count a running request as finished (and its run, if it ``ran`` as a batch of
         its own); returns whether its caller gave up on it meanwhile."""
         abandoned = request.state == ABANDONED
+        callers, rows = request.callers, request.rows
+        # the counts and DONE with no call between (see _finish_inline): an interrupted clean-up can run again
+        self._in_flight -= callers
+        self._active_rows -= rows
+        if ran:
+            self.batches_run += 1
+            self.rows_run += rows
         request.state = DONE
-        self._count_rows_finished(request.rows, ran=ran, callers=request.callers)
+        if self._closing:
+            self._notify_if_drained()
         return abandoned
 
     def _count_rows_finished(self, rows: int, *, ran: bool, callers: int = 1) -> None:

@@ -121,8 +121,9 @@ class Watchdog:
                 self._cancelled = 0
             heapq.heappush(self._heap, (due, next(self._counter), alarm))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                thread.start()  # then kept: an interruption as start() begins (a signal handler) keeps none
+                self._thread = thread
             elif due < self._sleeping_until:  # wake the thread only if it would sleep past this alarm
                 self._wake.notify()
         return alarm

@@ -32,17 +32,20 @@ class RunnerPool:
     :meth:`adopt`, which may build the backend's runners and is called without it.
     """
 
-    __slots__ = ("__weakref__", "_backend", "_free")
+    __slots__ = ("__weakref__", "_backend", "free")
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
-        self._free: list[Any] | None = None  # None until this process has the backend's runners
+        # The free runners; None until this process has the backend's runners. The batcher gives a runner
+        # back by appending to it itself in its clean-up paths: a method call is where a pending signal
+        # handler runs, and one that raises there would lose the runner.
+        self.free: list[Any] | None = None
         _fork.register(self)
 
     def _after_fork_in_child(self) -> None:
-        if self._free:
-            _inherited.extend(self._free)
-        self._free = None  # the child builds its own runners on first use
+        if self.free:
+            _inherited.extend(self.free)
+        self.free = None  # the child builds its own runners on first use
 
     @property
     def size(self) -> int:
@@ -50,7 +53,7 @@ class RunnerPool:
 
     @property
     def adopted(self) -> bool:
-        return self._free is not None
+        return self.free is not None
 
     def adopt(self) -> list[Any]:
         """The backend's runners for this process (built on first use here; may take a while). The owner
@@ -59,8 +62,8 @@ class RunnerPool:
 
     def lend(self, runners: list[Any]) -> None:
         """With the owner's lock held: take ``runners`` as the free ones, unless another thread did first."""
-        if self._free is None:
-            self._free = list(runners)
+        if self.free is None:
+            self.free = list(runners)
 
     def checkout(self) -> Any:
         """A free runner, or ``None`` when every runner is busy (or none was adopted yet).
@@ -68,7 +71,7 @@ class RunnerPool:
         Taken with subscripts, not ``list.pop()``: CPython runs a pending signal handler right after a call
         into C returns, so one that raises (Ctrl-C's ``KeyboardInterrupt``) could drop the popped runner
         before the caller holds it, and the pool would have lost it for good."""
-        free = self._free
+        free = self.free
         if not free:
             return None
         runner = free[-1]
@@ -77,12 +80,13 @@ class RunnerPool:
 
     def checkin(self, runner: Any) -> None:
         """Give back a runner taken with :meth:`checkout`."""
-        if self._free is not None:
-            self._free.append(runner)
+        free = self.free
+        if free is not None:
+            free += (runner,)  # (an operator, not a call into C: no signal handler runs between)
 
     def has_free(self) -> bool:
-        return bool(self._free)
+        return bool(self.free)
 
     def release(self) -> None:
         """Drop every reference to runners (the backend owns and closes them)."""
-        self._free = []
+        self.free = []

@@ -97,6 +97,7 @@ class Request:
         "route",
         "rows",
         "run_rows",
+        "runner",
         "shared_as",
         "span",
         "started",
@@ -122,6 +123,7 @@ class Request:
         self.deliver = deliver  # the server's hook that resolves the future; the batcher sets it at submit
         self.queued_on: Any = None  # the batcher it was last given to: the copy of the version that runs it
         self.key: Any = None
+        self.runner: Any = None  # the runner taken to run it on its caller's thread, until given back
         self.state = QUEUED
         self.outputs: dict[str, Any] | None = None
         self.error: BaseException | None = None

@@ -506,3 +506,103 @@ def test_an_interruption_as_a_runner_is_taken_gives_it_back_and_counts_nothing(
     wait_until(lambda: batcher.in_flight == 0 and batcher._active_rows == 0)
     assert server.predict("scale", rows[:1] + 1, timeout_s=5)["y"].tolist() == [[4.0] * 4]
     assert batcher.close(timeout_s=10)
+
+
+@contextmanager
+def raised_as_it_begins(function: Any, caller: Any) -> Iterator[list[bool]]:
+    """Raise ``Interrupted`` once, in this thread, as ``function`` begins when called from ``caller``: where
+    CPython 3.11 runs a signal handler pending since the bytecodes before the call (a Python function's
+    start is one of its check points)."""
+    code, caller_code = function.__code__, caller.__code__
+    fired: list[bool] = []
+
+    def tracer(frame: Any, kind: str, arg: Any) -> Any:
+        if not fired and frame.f_code is code and frame.f_back is not None and frame.f_back.f_code is caller_code:
+            fired.append(True)
+            sys.settrace(None)
+            raise Interrupted
+        return None
+
+    sys.settrace(tracer)
+    try:
+        yield fired
+    finally:
+        sys.settrace(None)
+
+
+def assert_clean(server: inprocserve.Server, batcher: Any) -> None:
+    """Counts at zero, every runner back once, and the version answering and closing at once."""
+    wait_until(lambda: batcher.in_flight == 0 and batcher._active_rows == 0 and batcher.queued_rows == 0)
+    free = batcher._pool.free
+    assert len(free) == batcher._pool.size and len({id(runner) for runner in free}) == len(free)
+    assert server.predict("scale", np.full((1, 4), 5.0, np.float32), timeout_s=5)["y"].tolist() == [[10.0] * 4]
+    assert batcher.close(timeout_s=10)
+
+
+def scale_server(repository: Path, make_server: ServerFactory, config: ModelConfig) -> tuple[Any, Any]:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository, models={"scale": config})
+    server.predict("scale", np.ones((1, 4), np.float32))  # adopts the runners
+    return server, server._registry.routes["scale"].default.batcher
+
+
+@pytest.mark.parametrize(
+    ("rows", "config"),
+    [
+        (1, ModelConfig(cache=CacheConfig(share_in_flight=True))),  # one run, on the full way's inline path
+        (10, ModelConfig(batching=BatchingConfig(max_batch_size=4))),  # a large request, run in slices
+    ],
+    ids=["one run", "slices"],
+)
+def test_an_interrupted_clean_up_of_an_inline_run_is_finished_once(
+    rows: int, config: ModelConfig, repository: Path, make_server: ServerFactory
+) -> None:
+    """Interrupted as the clean-up of a run on the caller's thread begins: submit's own clean-up finishes it,
+    once. (Between giving the runner back and counting the request, the runner was given back a second
+    time, and one runner lent to two runs at once; after a request run in slices was answered, it was never
+    given back, and every later request waited for it.)"""
+    server, batcher = scale_server(repository, make_server, config)
+    with pytest.raises(Interrupted), raised_as_it_begins(Batcher._finish_inline, Batcher._run_inline) as fired:
+        server.predict("scale", np.ones((rows, 4), np.float32) * 3)
+    assert fired
+    assert_clean(server, batcher)
+
+
+def test_a_request_queued_by_an_interrupted_submit_is_run(repository: Path, make_server: ServerFactory) -> None:
+    """Interrupted after queueing its request and before waking the parked worker for it: the request stayed
+    queued, run by nobody, and every later lone request queued behind it."""
+    server, batcher = scale_server(repository, make_server, ModelConfig())
+    server.submit("scale", np.ones((1, 4), np.float32)).result(timeout=10)  # (starts the worker)
+    wait_until(lambda: len(batcher._idle) == 1)  # the worker is parked
+    with pytest.raises(Interrupted), raised_as_it_begins(Batcher._wake_parked, Batcher.submit) as fired:
+        server.submit("scale", np.ones((1, 4), np.float32))
+    assert fired
+    assert_clean(server, batcher)
+
+
+def test_a_worker_interrupted_as_it_starts_is_started_again(repository: Path, make_server: ServerFactory) -> None:
+    """Interrupted as the version's first queued request starts its worker: the thread was kept unstarted, so
+    no worker ever ran (and close() failed joining it)."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    batcher = server._registry.routes["scale"].default.batcher
+    assert batcher is not None and not batcher._workers
+    with pytest.raises(Interrupted), raised_as_it_begins(threading.Thread.start, Batcher._start_workers) as fired:
+        server.submit("scale", np.ones((1, 4), np.float32))
+    assert fired
+    assert_clean(server, batcher)
+
+
+def test_a_deadline_watchdog_interrupted_as_it_starts_is_started_again(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    from inprocserve._deadlines import Watchdog
+
+    server, batcher = scale_server(repository, make_server, ModelConfig())
+    watchdog = batcher._execution._backend._watchdog
+    with pytest.raises(Interrupted), raised_as_it_begins(threading.Thread.start, Watchdog.arm) as fired:
+        server.predict("scale", np.ones((1, 4), np.float32), timeout_s=30)
+    assert fired
+    assert server.predict("scale", np.ones((1, 4), np.float32), timeout_s=30)["y"].shape == (1, 4)
+    assert watchdog._thread is not None and watchdog._thread.is_alive()  # (kept unstarted: deadlines unenforced)
+    assert_clean(server, batcher)
