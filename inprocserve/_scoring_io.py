@@ -154,6 +154,8 @@ def _is_header(line: str) -> bool:
     missing-value marker (``id,0,1,2`` and ``country,2019,2020`` are headers). A first line of numbers and
     markers only (``1,NA``) is data, and a bad line if numpy cannot read it: taking it for a header would
     drop a row without a word."""
+    if line.lstrip().startswith("#"):  # not a comment (no line is one): data, and an error naming the line
+        return False
     fields = [field.strip().strip('"').lower() for field in line.split(",")]
     return any(field and field not in _MISSING_MARKERS and not _is_number(field) for field in fields)
 
@@ -472,7 +474,14 @@ def score_file(
     with Server(model_path if is_repository else None) as server:  # a broken sibling model does not matter
         served = _open_model(server, model_path, name, version)
         signature, limit = _loaded(server, served, version, batch_rows)
-        unbatched = [spec.describe() for spec in signature.outputs if not spec.has_dynamic_batch]
+        # an output with no first axis (a total), or a fixed one unlike the inputs' (which give the rows)
+        firsts = {spec.shape[0] for spec in signature.inputs if spec.shape}
+        unbatched = [
+            spec.describe()
+            for spec in signature.outputs
+            if spec.shape is not None
+            and (not spec.shape or (not spec.has_dynamic_batch and spec.shape[0] not in firsts))
+        ]
         if unbatched:  # its answers have no row per input row to write
             raise InvalidInputError(
                 f"model {served!r} answers {', '.join(unbatched)}, without a batch axis: the score command writes "

@@ -254,13 +254,15 @@ def test_a_header_with_a_name_is_skipped(tmp_path: Path, scale_file: Path, heade
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "y.csv", delimiter=",", skiprows=1), [4, 6, 8, 10])
 
 
-@pytest.mark.parametrize(("line", "number"), [("#5,6,7,8", 3), ("5,6,7,8 # checked", 3)])
+@pytest.mark.parametrize(("line", "number"), [("#5,6,7,8", 3), ("5,6,7,8 # checked", 3), ("#0,1,2,3", 1)])
 def test_a_csv_line_with_a_hash_is_an_error_not_a_comment(
     tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str], line: str, number: int
 ) -> None:
     # numpy's loadtxt takes '#' for a comment by default: the line was dropped (or cut short) without a word,
     # and every output row after it answered another input row
-    (tmp_path / "x.csv").write_text(f"1,2,3,4\n2,3,4,5\n{line}\n4,5,6,7\n")
+    lines = ["1,2,3,4", "2,3,4,5", "4,5,6,7"]
+    lines.insert(number - 1, line)  # (a first line starting with '#' is no header either)
+    (tmp_path / "x.csv").write_text("\n".join(lines) + "\n")
     assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 1
     assert f"line {number}:" in capsys.readouterr().err
     assert not (tmp_path / "y.csv").exists()
@@ -294,3 +296,11 @@ def test_a_model_without_a_batch_axis_in_its_answers_is_refused_with_a_reason(
     err = capsys.readouterr().err
     assert err.startswith("error:") and "without a batch axis" in err and "Traceback" not in err
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_a_model_with_a_fixed_batch_of_one_scores_a_one_row_file(tmp_path: Path) -> None:
+    # its output's first axis is fixed, but it is the input's: one output row per input row
+    model = _identity_model(tmp_path, TensorProto.FLOAT, [1, 4])
+    np.save(tmp_path / "x.npy", np.arange(4, dtype=np.float32).reshape(1, 4))
+    assert _score(model, tmp_path / "x.npy", tmp_path / "y.npy") == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), [[0, 1, 2, 3]])
