@@ -435,7 +435,7 @@ class Batcher:
                     free += (runner,)
                 request.runner = None
             state = request.state
-            if state != DONE:
+            if state != DONE:  # (_count_finished's counting, written out: a call here could be interrupted)
                 callers, rows = request.callers, request.rows
                 self._in_flight -= callers
                 self._active_rows -= rows
