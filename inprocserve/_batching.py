@@ -833,17 +833,6 @@ class Batcher:
             self._notify_if_drained()
         return abandoned
 
-    def _count_rows_finished(self, rows: int, *, ran: bool, callers: int = 1) -> None:
-        """With the lock held: count a running request of ``rows`` rows (on behalf of ``callers`` callers) as
-        finished (and its run, if it ``ran`` as a batch of its own), and wake a close waiting for the last one."""
-        self._in_flight -= callers
-        self._active_rows -= rows
-        if ran:
-            self.batches_run += 1
-            self.rows_run += rows
-        if self._closing:
-            self._notify_if_drained()
-
     def _fail(self, request: Request, error: BaseException) -> None:
         if request.state == DONE:  # expired or cancelled while queued: no longer counted as in flight
             # completed even when its future was cancelled: the server's hook still frees its followers
