@@ -65,7 +65,8 @@ def runner_held(server: inprocserve.Server, model: str) -> Iterator[None]:
         yield
     finally:
         with batcher._lock:
-            batcher._give_back(runner)
+            batcher._pool.checkin(runner)
+            batcher._wake_for_queued()
 
 
 def parked(server: inprocserve.Server, model: str) -> bool:
