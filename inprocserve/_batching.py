@@ -454,7 +454,7 @@ class Batcher:
         nobody (every later lone request queued behind it, as the queue was not empty)."""
         with self._lock:
             queue = self._queue
-            if not queue.rows:
+            if not queue.rows or self._closing:  # (close() answers or refuses what is queued)
                 return
             if not self._workers:
                 self._start_workers()
