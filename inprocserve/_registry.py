@@ -433,9 +433,11 @@ class Registry:
             candidate.load()
         except ModelLoadError as exc:
             # A remote version whose file was read failed at its server, which may come back: no stamp,
-            # so the next refresh tries again. Any other failure waits for its file to change.
+            # so the next refresh tries again. Any other failure waits for its files to change from what
+            # they were before this load: a copy that finished while the load failed on its first half is
+            # a change, and is tried again.
             server_failed = is_remote(path) and candidate.backend_built
-            self.failures.setdefault(name, {})[number] = _Failure(str(exc), None if server_failed else _stamp(path))
+            self.failures.setdefault(name, {})[number] = _Failure(str(exc), None if server_failed else stamp)
             logger.error("model %r version %s failed to load: %s", name, number, exc)
             add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
             raise

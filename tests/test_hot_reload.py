@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import _batching
+from inprocserve import _batching, _ort_backend
 from inprocserve._model import ModelVersion
 from inprocserve._registry import Registry
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
@@ -314,6 +314,33 @@ def test_a_version_that_failed_mid_copy_loads_once_the_rest_arrives(
     assert server.refresh()  # its warm-up archive is not there yet
     np.savez(repository / "m" / "warmup.npz", x=np.ones((1, 16), np.float32))
     assert server.refresh() == [] and server.models["m"] == [3]
+
+
+def test_a_copy_that_finishes_while_its_load_fails_is_tried_again(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A refresh reads a half-copied model.onnx; the copy finishes while that load is failing. The failure
+    # must be tied to the half file it read, so the next refresh loads the whole one.
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    whole = build_scale_model(3.0).SerializeToString()
+    target = repository / "scale" / "2" / "model.onnx"
+    target.parent.mkdir()
+    target.write_bytes(whole[: len(whole) // 2])
+    real_check = _ort_backend.check_version
+
+    def check_then_copy_finishes(path: Path, **kwargs: Any) -> None:
+        try:
+            real_check(path, **kwargs)
+        finally:
+            target.write_bytes(whole)
+
+    monkeypatch.setattr(_ort_backend, "check_version", check_then_copy_finishes)
+    assert "not a valid ONNX model" in server.refresh()[0]
+    monkeypatch.setattr(_ort_backend, "check_version", real_check)
+    assert server.refresh() == []
+    result = one(server)
+    assert (result.version, float(result["y"][0, 0])) == (2, 3.0)
 
 
 def test_loading_a_model_whose_policy_selects_nothing_says_so(repository: Path, make_server: ServerFactory) -> None:
