@@ -11,6 +11,7 @@ import logging
 import math
 import numbers
 import os
+import threading
 import tomllib
 import warnings
 from collections.abc import Mapping
@@ -64,6 +65,22 @@ __all__ = [
     "WarmupConfig",
     "load_model_config",
 ]
+
+# Deprecations already logged: a config.toml is read again at every refresh (each poll of the hot-reload
+# poller), and one file's deprecated key must not fill the log with the same warning at every poll.
+_logged_deprecations: set[str] = set()
+_logged_lock = threading.Lock()
+
+
+def _log_deprecation_once(message: str) -> None:
+    """Log ``message`` (a deprecation in a config file: an operator's business, said where they look) once
+    per process."""
+    with _logged_lock:
+        if message in _logged_deprecations:
+            return
+        _logged_deprecations.add(message)
+    logger.warning("%s", message)
+
 
 NanPolicy = Literal["allow", "reject"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
@@ -501,7 +518,7 @@ def _replace_section(section: Any, name: str, values: Mapping[str, Any], source:
     if name == "batching" and "max_delay_ms" in converted:
         milliseconds = converted["max_delay_ms"]
         message = f"{source}: [batching] max_delay_ms is deprecated; write max_delay_s (in seconds) instead"
-        logger.warning("%s", message)  # config files are an operator's business: say it where they look
+        _log_deprecation_once(message)
         warnings.warn(message, DeprecationWarning, stacklevel=2)
         if _finite_at_least_zero(milliseconds) and "max_delay_s" not in converted:
             converted["max_delay_s"] = milliseconds / 1000.0
@@ -548,7 +565,7 @@ def _group_flat_rollout_keys(converted: dict[str, Any], source: str) -> None:
         + ", ".join(f"{inner} in [rollout.{group}]" for group, inner in moved.values())
         + " instead"
     )
-    logger.warning("%s", message)  # config files are an operator's business: say it where they look
+    _log_deprecation_once(message)
     warnings.warn(message, DeprecationWarning, stacklevel=4)
     for key, (group, inner) in moved.items():
         table = converted.get(group)

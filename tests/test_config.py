@@ -181,6 +181,21 @@ def test_max_delay_ms_in_config_toml_still_works_with_a_deprecation_warning(
     assert str(path) in caplog.text  # also logged, where operators look
 
 
+def test_a_deprecated_key_in_config_toml_is_logged_once_not_at_every_refresh(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text(
+        '[batching]\nmax_delay_ms = 2\n[rollout]\nstrategy = "canary"\ncandidate = 1\n'
+    )
+    with pytest.warns(DeprecationWarning):
+        server = make_server(repository)
+        for _ in range(5):  # a hot-reload poller reads config.toml again at every poll
+            assert server.refresh() == []
+    logged = [record.getMessage() for record in caplog.records if "deprecated" in record.getMessage()]
+    assert len(logged) == 2, logged  # max_delay_ms, and the flat rollout key: once each
+
+
 def test_the_batcher_uses_max_delay_s(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
     (repository / "scale" / "config.toml").write_text("[batching]\nmax_delay_s = 0.003\n")
