@@ -110,6 +110,9 @@ class Registry:
         self._control_retry_at = 0.0  # retry_control() waits for this clock time (backing off)
         self._control_backoff_s = 0.0
         self._policy_problems: dict[str, str] = {}  # models whose version policy selects nothing (logged once)
+        # The last load failure logged for each version (its error, and the files it read): a remote version
+        # whose server is down is tried again at every refresh (every poll), and is logged once, not each time.
+        self._load_errors: dict[tuple[str, int], tuple[str, _Stamp | None]] = {}
         self._scan_problems: set[str] = set()  # the last scan's problems (each logged once while it lasts)
         self._unmatched: set[str] = set()  # names of models= that matched no model (warned about once)
         self._load_configs: dict[str, ModelConfig] = {}  # load(name, config=...) of a repository model: kept
@@ -254,6 +257,8 @@ class Registry:
             for name in list(self.failures):
                 if name not in scan.models and name not in self._explicit and name not in scan.unreadable:
                     del self.failures[name]
+            for key in [key for key in self._load_errors if key[1] not in self.failures.get(key[0], {})]:
+                del self._load_errors[key]  # (a version gone from disk, or whose failure was forgotten)
             for name in list(self._unloaded_versions):
                 if name not in scan.models and name not in scan.unreadable:  # (unreadable: not gone)
                     del self._unloaded_versions[name]
@@ -438,10 +443,14 @@ class Registry:
             # a change, and is tried again.
             server_failed = is_remote(path) and candidate.backend_built
             self.failures.setdefault(name, {})[number] = _Failure(str(exc), None if server_failed else stamp)
-            logger.error("model %r version %s failed to load: %s", name, number, exc)
+            repeated = self._load_errors.get((name, number)) == (str(exc), stamp)
+            self._load_errors[(name, number)] = (str(exc), stamp)
+            level = logging.DEBUG if repeated else logging.ERROR
+            logger.log(level, "model %r version %s failed to load: %s", name, number, exc)
             add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
             raise
         add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
+        self._load_errors.pop((name, number), None)
         candidate.source_stamp = stamp
         previous = loaded.get(number)
         self.loaded.setdefault(name, {})[number] = candidate

@@ -4,6 +4,7 @@ the integrity check and the CLI accept it (the server is asked for its signature
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,19 @@ def test_a_server_keeps_serving_local_versions_beside_a_remote_one(repository: P
     assert 1 in server.models["scale"]
     assert "2" in server.status()["models"]["scale"]["versions"]  # the remote version is listed, not skipped
     np.testing.assert_array_equal(server.predict("scale", {"x": np.ones((1, 4), np.float32)}, version=1)["y"], 2.0)
+
+
+def test_a_remote_version_whose_server_is_down_is_retried_at_each_refresh_but_logged_once(
+    repository: Path, make_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    write_remote(repository, "scale", 2, 'url = "http://127.0.0.1:9"\nmodel = "scale"\nconnect_timeout_s = 0.2\n')
+    with caplog.at_level(logging.ERROR, logger="inprocserve"):
+        server = make_server(repository=repository)
+        for _ in range(3):  # a poller refreshes every poll_interval_s
+            (problem,) = server.refresh()
+            assert "cannot connect" in problem  # tried again, and returned each time
+    logged = [r for r in caplog.records if r.getMessage().startswith("model 'scale' version 2 failed to load")]
+    assert len(logged) == 1  # not one error line per poll for as long as the model server is down
+    assert server.models["scale"] == [1]
+    assert "cannot connect" in server.status()["models"]["scale"]["versions"]["2"]["error"]
