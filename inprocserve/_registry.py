@@ -592,6 +592,14 @@ class Registry:
             f"interval): {details}"
         )
 
+    def follow_initial_control(self) -> list[str]:
+        """With the lifecycle lock held, after the first load, which followed :attr:`control` already: apply
+        what that load could not (a stable or canary version not in this repository yet, or failing to
+        load), as :meth:`adopt` does for a later revision: logged once, shown in status, and retried by
+        :meth:`retry_control` until it applies."""
+        self._control_pending |= set(self.control.models)
+        return self._try_control()
+
     def retry_control(self, *, now: bool = True) -> list[str]:
         """With the lifecycle lock held: apply again what :meth:`adopt` could not apply (nothing if all was).
 

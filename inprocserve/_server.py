@@ -188,6 +188,7 @@ class Server(RolloutMethods):
             try:
                 self._operations.read_initial_control()  # the first load already follows the control file
                 problems = self.refresh()
+                self._operations.follow_initial_control()
                 if strict and problems:
                     raise ModelLoadError("; ".join(problems))
             except BaseException:  # a server that fails to start leaves nothing running (threads, metrics)

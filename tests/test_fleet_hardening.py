@@ -96,6 +96,22 @@ def test_a_version_not_in_this_hosts_copy_yet_is_loaded_once_it_arrives(
     assert server.status()["control"]["error"] is None
 
 
+def test_a_worker_started_before_the_version_its_control_file_names_arrives_follows_once_it_does(
+    fleet: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker (re)started on a host whose synced copy has the control file but not yet the model folder."""
+    write(fleet, fraud=ModelControl(stable=3))
+    with caplog.at_level(logging.ERROR, logger="inprocserve"):
+        server = make_server(fleet, control_interval_s=None)
+    assert answer(server, "fraud") == 2  # nothing to switch to yet
+    assert "version 3 is not in the repository" in server.status()["control"]["error"]
+    assert any("not applied here" in r.getMessage() for r in caplog.records)
+    save_model(build_scale_model(3.0), fleet, "fraud", 3)
+    server.sync_control()
+    assert answer(server, "fraud") == 3
+    assert server.status()["control"]["error"] is None
+
+
 def test_a_named_version_that_fails_to_load_is_retried_only_once_its_files_change(
     fleet: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
