@@ -696,11 +696,10 @@ class Router:
         return variant
 
     def _variant_of_key(self, key: str, ready: Mapping[int, Any], latest: int) -> str | None:
-        """The variant a targeting key gets, with no side effect: no bandit draw, no shadow, no count."""
-        with self._lock:
-            drawn = self._bandit_keys.get(key)
-        if drawn is not None:
-            return drawn
+        """The variant a targeting key gets, with no side effect: no bandit draw, no shadow, no count.
+
+        A bandit's last draw for the key counts only while the key's strategy is a bandit now: once flags or
+        a reload end the bandit (a canary of its winner, say), the key's variant is where it is bucketed."""
         if self.trivial:  # no rollout: nothing to attribute
             return None
         stable = self._stable(ready, latest)
@@ -710,7 +709,10 @@ class Router:
 
         def variant() -> str | None:
             routed = self._route(ready, stable, ctx, [], draw=False)
-            return None if routed is None else routed[1]
+            if routed is not None:
+                return routed[1]
+            with self._lock:  # a bandit: the arm it last drew for this key (None if it drew none)
+                return self._bandit_keys.get(key)
 
         return self._flags.run(variant, lambda reason: None)
 

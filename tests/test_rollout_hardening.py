@@ -168,6 +168,20 @@ def test_a_bandit_outcome_by_key_goes_to_the_arm_that_served_the_key(
     assert arms[served]["outcomes"] == 30 and sum(arm["served"] for arm in arms.values()) == 1
 
 
+def test_an_outcome_by_key_after_the_bandit_ended_goes_to_the_variant_the_key_gets_now(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    flags = InMemoryFlags({"scale.strategy": "bandit"})
+    config = rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}, variants=ARMS, seed=1)
+    server = make_server(versions, flags=flags, config=config)
+    drawn = predict(server, "alice").variant
+    assert drawn in ARMS
+    flags.set("scale.strategy", "canary")  # the bandit is over: a canary at 0 %, everyone on stable
+    assert predict(server, "alice").variant == "stable"
+    assert server.record_outcome(None, 1.0, model="scale", key="alice") == "stable"
+    assert server.status()["models"]["scale"]["rollout"]["variants"][drawn]["outcomes"] == 0
+
+
 def test_a_canary_outcome_by_key_goes_to_the_variant_of_the_key(versions: Path, make_server: ServerFactory) -> None:
     server = make_server(versions, config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 50}))
     for i in range(20):
