@@ -8,6 +8,7 @@ yields the stable decision and is counted; it never fails a request.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -28,10 +29,15 @@ from ._flags import FlagTypeError, MustAsk
 
 __all__ = ["Decision", "FlagReader", "Router"]
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 _ASSIGNMENTS_KEPT = 100_000
 _CAPTURE_EVERY = 8  # once the promotion samples are full, one routed request in this many is sampled
+_CAPTURED_BYTES = 32 * 2**20
+"""Bound on the bytes the promotion samples of one model hold (``capture_inputs`` of them at most): 256
+copies of an image model's batches would otherwise hold gigabytes in every worker."""
 _ASSIGNMENT_TTL_S = 3600.0
 _INTERLEAVED_ITEMS_KEPT = 8_000_000
 """Bound on the interleavings remembered for clicks, in items (each costs ~5 bytes: ~40 MB at most)."""
@@ -277,6 +283,8 @@ class Router:
         self.killed = False  # the fleet's kill switch (control file): stable only, whatever flags say
         self._default_decisions: dict[int, Decision] = {}
         self.recent: deque[Mapping[str, np.ndarray]] = deque(maxlen=max(1, config.capture_inputs))
+        self._recent_bytes = 0  # what the samples in ``recent`` hold (changed under the lock)
+        self._too_large_said = False
         self.update(config)
 
     def update(self, config: RolloutConfig) -> None:
@@ -287,10 +295,12 @@ class Router:
         self.config = config
         self._keys = _FlagKeys.of(config.flag_prefix or self.model)
         self._capture = config.capture_inputs > 0
-        self._capture_size = config.capture_inputs
+        self._capture_size = config.capture_inputs  # every request is sampled until there are this many
         self._until_capture = 0
         if self.recent.maxlen != max(1, config.capture_inputs):
-            self.recent = deque(self.recent, maxlen=max(1, config.capture_inputs))
+            with self._lock:
+                self.recent = deque(self.recent, maxlen=max(1, config.capture_inputs))
+                self._recent_bytes = sum(map(_sample_bytes, self.recent))
         seed = config.seed
         self._rng = np.random.default_rng(seed)
         self._coin = random.Random(seed)
@@ -647,9 +657,10 @@ class Router:
         """Note who served a request (for outcomes) and sample its inputs (for guarded promotion).
 
         The samples are copies (a caller that reuses one buffer must not rewrite them) of every request
-        until there are ``capture_inputs`` of them, then of one request in ``_CAPTURE_EVERY``, the oldest
-        going first. Inputs of requests pinned to a version (``version=``, and promotion's own comparisons)
-        are not sampled.
+        until there are ``capture_inputs`` of them, or as many as ``_CAPTURED_BYTES`` holds, then of one
+        request in ``_CAPTURE_EVERY``, the oldest going first. Inputs of requests pinned to a version
+        (``version=``, and promotion's own comparisons) are not sampled, nor those of a request larger than
+        ``_CAPTURED_BYTES`` alone.
         """
         variant = decision.variant
         if self._capture and variant != "pinned":
@@ -659,7 +670,7 @@ class Router:
             self._until_capture -= 1
             if self._until_capture <= 0 or len(self.recent) < self._capture_size:
                 self._until_capture = _CAPTURE_EVERY
-                self.recent.append({name: np.array(array) for name, array in arrays.items()})
+                self._sample(arrays)
         if variant in ("default", "pinned"):
             return
         with self._lock:
@@ -669,6 +680,31 @@ class Router:
             stats.served += 1
             if not self.trivial:  # flags may choose any strategy per request: remember every decision's variant
                 self._assignments[request_id] = decision.variant
+
+    def _sample(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Keep a copy of a request's inputs in ``recent``, the oldest going first past ``capture_inputs``
+        samples or ``_CAPTURED_BYTES``."""
+        nbytes = _sample_bytes(arrays)
+        if nbytes > _CAPTURED_BYTES:
+            if not self._too_large_said:
+                self._too_large_said = True
+                logger.warning(
+                    "model %r: a request of %.1f MiB is not sampled for guarded promotion (promote() compares on "
+                    "at most %d MiB of recent inputs); such requests never are",
+                    self.model,
+                    nbytes / 2**20,
+                    _CAPTURED_BYTES // 2**20,
+                )
+            return
+        sample = {name: np.array(array) for name, array in arrays.items()}
+        with self._lock:
+            recent = self.recent
+            while recent and (len(recent) >= (recent.maxlen or 1) or self._recent_bytes + nbytes > _CAPTURED_BYTES):
+                if len(recent) < (recent.maxlen or 1):  # full by bytes: sample one request in _CAPTURE_EVERY now
+                    self._capture_size = min(self._capture_size, len(recent))
+                self._recent_bytes -= _sample_bytes(recent.popleft())
+            recent.append(sample)
+            self._recent_bytes += nbytes
 
     def record_outcome(
         self, request_id: str | None, reward: float, key: str | None, latest: int, ready: Mapping[int, Any]
@@ -811,6 +847,11 @@ class _Interleaved:
             return False
         self.teams[position] = ord(chr(team).lower())
         return True
+
+
+def _sample_bytes(arrays: Mapping[str, Any]) -> int:
+    """Bytes a promotion sample's arrays hold."""
+    return sum(array.nbytes for array in arrays.values() if isinstance(array, np.ndarray))
 
 
 def _not_a_mapping(model: str, context: Any) -> InvalidInputError:

@@ -21,6 +21,7 @@ import inprocserve
 from inprocserve import CanaryConfig, InMemoryFlags, RolloutConfig
 from inprocserve._experiments import BUCKETS, Interleaving, VariantStats, bucket, team_draft, thompson
 from inprocserve._rollout import Router
+from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, rollout
 
@@ -421,6 +422,25 @@ def test_a_refused_promotion_leaves_the_samples_as_they_were(versions: Path, mak
     with pytest.raises(inprocserve.PromotionRefusedError) as refused:
         server.promote("scale", 2, max_abs_diff=0.5, min_samples=16)
     assert refused.value.report["max_abs_diff"] == pytest.approx(16.0)
+
+
+def test_promotion_samples_of_large_requests_are_bounded_in_bytes(repository: Path, make_server: ServerFactory) -> None:
+    # A wide model (an image's worth of features): every model's requests are sampled, rollout or not, and
+    # 256 copies of 4 MiB batches would hold a gigabyte in every worker.
+    for version in (1, 2):
+        save_model(build_scale_model(float(version), features=262_144), repository, "wide", version)
+    server = make_server(repository, config=rollout(stable=1))
+    batch = np.ones((4, 262_144), np.float32)  # 4 MiB
+    for _ in range(12):
+        server.predict("wide", batch)
+    with pytest.raises(inprocserve.PromotionRefusedError) as refused:
+        server.promote("wide", 2, min_samples=100)
+    assert refused.value.report["samples"] == 8  # 32 MiB of them, the newest
+    huge = np.full((40, 262_144), 5.0, np.float32)  # 40 MiB: more than all the samples may hold, never copied
+    server.predict("wide", huge)
+    with pytest.raises(inprocserve.PromotionRefusedError) as refused:
+        server.promote("wide", 2, max_abs_diff=0.5, min_samples=8)
+    assert refused.value.report["max_abs_diff"] == pytest.approx(1.0)  # compared on the 4 MiB batches only
 
 
 def test_promoting_the_stable_version_is_refused_not_compared_with_itself(
