@@ -609,14 +609,22 @@ class Router:
             name = pick_weighted(position, [(n, weights.get(n, 0.0)) for n in variants])
             reason = f"A/B bucket {position / 100:.2f}%"
         else:
+            # A bandit draws among the arms that can serve: an arm whose version is not loaded never gets an
+            # outcome, so it would stay untried (epsilon-greedy's first pick) or uncertain (Thompson's Beta(1, 1)
+            # outdraws arms of a low reward rate) and send most requests to the stable version for good.
+            serving = [n for n, v in variants.items() if v.version in ready]
+            if not serving:
+                versions = ", ".join(str(v.version) for v in variants.values())
+                return stable, "stable", f"no bandit arm is ready (versions {versions})"
             self._flags.before_draw()  # (a try that may yet be abandoned must not draw)
             with self._lock:
-                arms = {n: self._stats.setdefault(n, VariantStats()) for n in variants}
+                stats = {n: self._stats.setdefault(n, VariantStats()) for n in variants}  # (status shows every arm)
+                arms = {n: stats[n] for n in serving}
                 if self.config.bandit.policy == "thompson":
                     name = thompson(arms, self._rng)
                 else:
                     name = epsilon_greedy(arms, self._rng, self.config.bandit.epsilon)
-                if key is not None and variants[name].version in ready:
+                if key is not None:
                     self._bandit_keys[key] = name
             reason = f"bandit ({self.config.bandit.policy})"
         version = variants[name].version

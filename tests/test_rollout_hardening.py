@@ -183,6 +183,21 @@ def test_an_outcome_by_key_after_the_bandit_ended_goes_to_the_variant_the_key_ge
     assert server.status()["models"]["scale"]["rollout"]["variants"][drawn]["outcomes"] == 0
 
 
+@pytest.mark.parametrize("policy", ["epsilon_greedy", "thompson"])
+def test_a_bandit_draws_among_the_arms_that_can_serve(versions: Path, make_server: ServerFactory, policy: str) -> None:
+    # Arm "gone" names a version that is not in the repository: it can never serve nor get an outcome.
+    arms = {"gone": {"version": 9}, "a": {"version": 1}, "b": {"version": 2}}
+    bandit = inprocserve.BanditConfig(policy=policy, epsilon=0.1)  # type: ignore[arg-type]
+    server = make_server(versions, config=rollout(strategy="bandit", stable=3, variants=arms, bandit=bandit, seed=1))
+    served = []
+    for i in range(200):
+        result = predict(server, f"u{i}")
+        served.append(result.variant)
+        server.record_outcome(result.request_id, 1.0 if i % 50 == 0 else 0.0)  # a low reward rate, as clicks have
+    assert set(served) <= {"a", "b"}, f"{served.count('stable')} of 200 requests fell back to the stable version"
+    assert server.status()["models"]["scale"]["rollout"]["variants"]["gone"]["served"] == 0
+
+
 def test_a_canary_outcome_by_key_goes_to_the_variant_of_the_key(versions: Path, make_server: ServerFactory) -> None:
     server = make_server(versions, config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 50}))
     for i in range(20):
