@@ -94,7 +94,7 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
         raise ConnectionError(f"{url} answered more than {_MAX_BYTES} bytes: not a status document")
     try:
         document = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # (nested too deeply: not a status document either)
         raise ConnectionError(f"{url} did not answer JSON ({exc}): is it an inprocserve status endpoint?") from exc
     if not isinstance(document, dict) or not isinstance(document.get("models"), dict):
         raise ConnectionError(f"{url} answered JSON without a 'models' object: is it an inprocserve status endpoint?")

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from ._config_checks import (
     MAX_BATCH_ROWS,
+    MAX_DELAY_S,
     check_bool,
     check_int,
     check_list,
@@ -157,8 +158,8 @@ class BatchingConfig:
         check_int("batching.max_batch_size", self.max_batch_size, 1, MAX_BATCH_ROWS)
         if self.max_delay_ms is not None:
             self._convert_max_delay_ms()
-        if self.max_delay_s is not None and not _finite_at_least_zero(self.max_delay_s):
-            raise ConfigurationError(f"batching.max_delay_s must be a finite number >= 0, got {self.max_delay_s!r}")
+        if self.max_delay_s is not None:
+            check_number("batching.max_delay_s", self.max_delay_s, 0.0, MAX_DELAY_S)
         sizes = check_list("batching.preferred_batch_sizes", self.preferred_batch_sizes)
         if any(not is_int(size) or size < 1 or size > self.max_batch_size for size in sizes):
             raise ConfigurationError(
@@ -173,8 +174,7 @@ class BatchingConfig:
 
     def _convert_max_delay_ms(self) -> None:
         milliseconds = self.max_delay_ms
-        if not _finite_at_least_zero(milliseconds):
-            raise ConfigurationError(f"batching.max_delay_ms must be a finite number >= 0, got {milliseconds!r}")
+        check_number("batching.max_delay_ms", milliseconds, 0.0, MAX_DELAY_S * 1000.0)
         assert milliseconds is not None
         seconds = milliseconds / 1000.0
         if self.max_delay_s is not None and not math.isclose(self.max_delay_s, seconds):

@@ -20,6 +20,8 @@ from ._errors import ConfigurationError
 __all__ = [
     "MAX_BATCH_ROWS",
     "MAX_COUNT",
+    "MAX_DELAY_S",
+    "MAX_INTERVAL_S",
     "check_bool",
     "check_int",
     "check_list",
@@ -35,6 +37,12 @@ MAX_BATCH_ROWS = 65_536
 """Most rows of one run or one warm-up request: rows allocated at once, beyond which a value is a mistake."""
 MAX_COUNT = 16 * 2**20
 """Most rows or entries any bounded buffer (queue, cache, drift window) is configured to hold."""
+MAX_INTERVAL_S = 86_400.0
+"""Longest interval of a background thread's polling: a wait much longer overflows the platform's clock (an
+``OverflowError`` that ends the thread), and a day between two looks at the repository is a typo."""
+MAX_DELAY_S = 60.0
+"""Longest wait for a batch's companions: a minute is far past any latency budget, so more is a unit mistake
+(milliseconds written as seconds)."""
 
 
 def check_int(key: str, value: object, low: int, high: int | None = MAX_COUNT) -> None:

@@ -198,6 +198,8 @@ class ControlFile:
             data = json.loads(raw)
         except ValueError as exc:
             raise ConfigurationError(f"control file {self.path} is not valid JSON: {exc}") from exc
+        except RecursionError:  # (no revision nests: a damaged or hostile file)
+            raise ConfigurationError(f"control file {self.path} is not valid JSON: nested too deeply") from None
         return Control.from_dict(data)
 
     def update(self, change: Callable[[Control], Control], *, actor: str | None = None) -> Control:

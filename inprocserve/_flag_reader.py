@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _LOG_EVERY_S = 60.0
+MAX_FLAG_TIMEOUT_S = 60.0
+"""Longest budget of one flag decision: a request waits that long for it, and a wait past a lock's limit
+(an infinite one) would fail every decision with an ``OverflowError``."""
 _IDLE_WORKER_EXIT_S = 30.0  # an idle worker ends; the next blocking evaluation starts one again
 _UNUSABLE_KEPT = 64  # distinct flag keys whose last problem status() shows
 
@@ -73,8 +76,10 @@ class FlagReader:
         max_queued: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not (is_number(timeout_s) and timeout_s > 0):  # (NaN fails > too)
-            raise ConfigurationError(f"flag_timeout_s must be > 0, got {timeout_s!r}")
+        if not (is_number(timeout_s) and 0 < timeout_s <= MAX_FLAG_TIMEOUT_S):  # (NaN fails > too)
+            raise ConfigurationError(
+                f"flag_timeout_s must be > 0 and <= {MAX_FLAG_TIMEOUT_S:.0f} (seconds), got {timeout_s!r}"
+            )
         if max_workers < 1 or max_queued < 0:
             raise ConfigurationError(f"max_workers must be >= 1 and max_queued >= 0, got {max_workers}, {max_queued}")
         self.provider = provider

@@ -228,7 +228,7 @@ class EnvFlags(_LookupFlags):
             return parsed[1]
         try:
             value = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # (not JSON, or nested too deeply for it: the text itself)
             value = raw
         if isinstance(value, list | dict):  # (mutable: a caller may change its copy)
             return value

@@ -23,7 +23,7 @@ from opentelemetry.trace import INVALID_SPAN
 from . import _fork
 from ._batching import VersionRetiredError
 from ._config import ModelConfig
-from ._config_checks import is_number
+from ._config_checks import MAX_INTERVAL_S, is_number
 from ._control import ControlFile
 from ._deadlines import check_timeout
 from ._drift import DriftScorer
@@ -75,14 +75,16 @@ class Server(RolloutMethods):
         models: Per-model configuration in code (name -> ``ModelConfig``), laid over ``config.toml`` field
             by field: the settings whose value differs from the library default override the file, the
             others keep the file's (or ``config``'s) value. See ``ModelConfig.overlaid``.
-        poll_interval_s: If set, a background thread calls :meth:`refresh` this often (hot reload).
+        poll_interval_s: If set, a background thread calls :meth:`refresh` this often (hot reload; at most a
+            day).
         control_interval_s: How often a background thread re-reads the repository's control file (the
             fleet-wide rollout state, see :meth:`switch`); every worker follows a change within this bound
-            plus the load time of a version it has not loaded yet. ``None`` disables watching.
+            plus the load time of a version it has not loaded yet (at most a day). ``None`` disables watching.
         strict: Raise :class:`ModelLoadError` at start-up when a model fails to load (by default the
             failure is reported in :meth:`status` and the other models serve).
         flags: Where feature flags are read (rollouts driven by flags); ``None``: the configuration only.
-        flag_timeout_s: The budget of one flag evaluation; past it the configured rollout answers.
+        flag_timeout_s: The budget of one flag evaluation (at most 60 s); past it the configured rollout
+            answers.
         on_shadow: Called on the shadow thread with every shadow comparison (its errors are logged).
         shadow_queue: Shadow copies that may wait for the shadow thread; more are dropped and counted.
         shadow_queue_bytes: Bytes the waiting copies (inputs and answers) may hold together (32 MiB); a
@@ -118,8 +120,11 @@ class Server(RolloutMethods):
         shadow_queue_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         for name, seconds in (("control_interval_s", control_interval_s), ("poll_interval_s", poll_interval_s)):
-            if seconds is not None and not (is_number(seconds) and seconds > 0):  # (NaN fails > too)
-                raise ConfigurationError(f"{name} must be > 0 (seconds) or None, got {seconds!r}")
+            # (NaN fails > too; past a day a background thread's wait overflows the platform's clock, or is a typo)
+            if seconds is not None and not (is_number(seconds) and 0 < seconds <= MAX_INTERVAL_S):
+                raise ConfigurationError(
+                    f"{name} must be > 0 and <= {MAX_INTERVAL_S:.0f} (seconds, a day) or None, got {seconds!r}"
+                )
         shadows = (
             ("shadow_budget", shadow_budget),
             ("shadow_queue", shadow_queue),

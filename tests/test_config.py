@@ -163,6 +163,13 @@ def test_max_delay_ms_still_works_with_a_deprecation_warning_pointing_at_the_cal
     assert dataclasses.replace(config, max_batch_size=8).max_delay_s == 0.0025
 
 
+@pytest.mark.parametrize(("key", "value"), [("max_delay_s", 1e308), ("max_delay_s", 61.0), ("max_delay_ms", 1e12)])
+def test_a_wait_for_companions_past_a_minute_is_refused_as_a_unit_mistake(key: str, value: float) -> None:
+    """A wait past a lock's limit made the batcher's worker fail in a loop and no request was answered."""
+    with pytest.raises(ConfigurationError, match=rf"batching\.{key} must be a finite number >= 0.0 and <="):
+        BatchingConfig(**{key: value})
+
+
 def test_max_delay_ms_and_max_delay_s_must_agree() -> None:
     with pytest.warns(DeprecationWarning):
         assert BatchingConfig(max_delay_ms=2, max_delay_s=0.002).max_delay_s == 0.002

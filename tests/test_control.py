@@ -326,6 +326,17 @@ def test_without_a_watcher_a_damaged_control_file_does_not_hold_readiness(
     assert "not valid JSON" in server.status()["control"]["error"]
 
 
+def test_a_control_file_nested_too_deeply_is_damaged_not_a_crash(
+    three_versions: Path, make_server: ServerFactory
+) -> None:
+    """json.loads raises RecursionError, not ValueError, on deep nesting: the worker must start and say why."""
+    (three_versions / CONTROL_FILENAME).write_text("[" * 100_000)
+    server = make_server(three_versions, control_interval_s=None)
+    assert server.readiness().ready
+    assert "nested too deeply" in server.status()["control"]["error"]
+    assert served_version(server) == 3
+
+
 def test_a_missing_control_file_is_revision_0_and_ready(three_versions: Path, make_server: ServerFactory) -> None:
     server = make_server(three_versions, control_interval_s=None)
     assert server.readiness().ready

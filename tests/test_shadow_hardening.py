@@ -214,6 +214,10 @@ def test_the_byte_bound_is_the_server_s_to_set(repository: Path, make_server: Se
         ("control_interval_s", "1", "control_interval_s must be > 0"),
         ("poll_interval_s", math.nan, "poll_interval_s must be > 0"),
         ("flag_timeout_s", "0.05", "flag_timeout_s must be > 0"),
+        # past a day (or a minute for a flag decision), a background thread's or a request's wait overflowed
+        ("control_interval_s", math.inf, r"control_interval_s must be > 0 and <= 86400 \(seconds, a day\)"),
+        ("poll_interval_s", 1e308, "poll_interval_s must be > 0 and <= 86400"),
+        ("flag_timeout_s", math.inf, r"flag_timeout_s must be > 0 and <= 60 \(seconds\)"),
     ],
 )
 def test_server_arguments_of_the_wrong_kind_are_configuration_errors(
