@@ -46,6 +46,10 @@ def bucket(model: str, salt: str, key: str) -> int:
 def pick_weighted(position: int, weights: Sequence[tuple[str, float]]) -> str:
     """The variant whose share of ``0..BUCKETS-1`` holds ``position`` (shares in listed order)."""
     total = sum(weight for _, weight in weights)
+    if math.isinf(total):  # finite weights past a float's range together: the same shares, scaled down
+        largest = max(weight for _, weight in weights)
+        weights = [(name, weight / largest) for name, weight in weights]
+        total = sum(weight for _, weight in weights)
     if total <= 0:
         return weights[0][0]
     edge = 0.0

@@ -39,6 +39,9 @@ _CAPTURED_BYTES = 32 * 2**20
 """Bound on the bytes the promotion samples of one model hold (``capture_inputs`` of them at most): 256
 copies of an image model's batches would otherwise hold gigabytes in every worker."""
 _ASSIGNMENT_TTL_S = 3600.0
+_LARGEST_REWARD = 1e100
+"""Bound on a reward's size: the statistics add rewards and their squares, and a few rewards near 1e308 made
+the sums infinite (a mean of inf, a status that strict JSON cannot carry), for good."""
 _INTERLEAVED_ITEMS_KEPT = 8_000_000
 """Bound on the interleavings remembered for clicks, in items (each costs ~5 bytes: ~40 MB at most)."""
 _INTERLEAVING_OVERHEAD = 64
@@ -724,10 +727,10 @@ class Router:
         process (within an hour), and nothing (None) if it drew none.
         """
         reward = float(reward)
-        if not math.isfinite(reward):
+        if not (math.isfinite(reward) and abs(reward) <= _LARGEST_REWARD):
             raise ValueError(
-                f"reward must be a finite number (1.0/0.0 for a conversion or none, any finite value for an "
-                f"A/B test, a value in [0, 1] for a bandit), got {reward!r}"
+                f"reward must be a finite number (1.0/0.0 for a conversion or none, any value within "
+                f"+-{_LARGEST_REWARD:g} for an A/B test, a value in [0, 1] for a bandit), got {reward!r}"
             )
         with self._lock:
             variant = self._assignments.get(request_id) if request_id is not None else None

@@ -55,6 +55,17 @@ def test_weighted_split() -> None:
     assert pick_weighted(5, [("a", 0), ("b", 0)]) == "a"
 
 
+def test_weights_whose_sum_is_past_a_float_split_as_their_shares() -> None:
+    """Each weight finite, their sum infinite: every bucket went to the last variant."""
+    huge = [("a", 1e308), ("b", 1e308)]
+    counts = {"a": 0, "b": 0}
+    for key in KEYS[:2_000]:
+        position = bucket("m", "", key)
+        counts[pick_weighted(position, huge)] += 1
+        assert pick_weighted(position, huge) == pick_weighted(position, [("a", 1), ("b", 1)])
+    assert counts["a"] > 800 and counts["b"] > 800
+
+
 def test_two_proportion_test_finds_a_real_difference_and_not_a_fake_one() -> None:
     rng = np.random.default_rng(0)
     control, better, same = VariantStats(), VariantStats(), VariantStats()

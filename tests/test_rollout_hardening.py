@@ -71,6 +71,18 @@ def test_a_reward_that_is_not_finite_is_refused_and_the_bandit_keeps_serving(
     json.dumps(status["variants"], allow_nan=False)  # status stays valid JSON
 
 
+def test_rewards_too_large_to_add_up_are_refused_and_the_statistics_stay_finite(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
+    result = predict(server, "u1")
+    for _ in range(3):  # three of 1e308 made the sums infinite: a mean of inf, a status strict JSON refuses
+        with pytest.raises(ValueError, match=r"within \+-1e\+100"):
+            server.record_outcome(result.request_id, 1e308)
+    server.record_outcome(result.request_id, -1e100)  # the bound itself is a reward
+    json.dumps(server.status()["models"]["scale"]["rollout"], allow_nan=False)
+
+
 def test_a_numpy_reward_is_a_number_and_a_bool_is_not(versions: Path, make_server: ServerFactory) -> None:
     server = make_server(versions, config=rollout(strategy="bandit", variants=ARMS, seed=1))
     result = predict(server, "u1")

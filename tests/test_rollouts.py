@@ -409,6 +409,35 @@ def test_interleaving_credits_clicks_to_rankers(repository: Path, make_server: S
     assert server.record_click("unknown", 1) is None
 
 
+@pytest.mark.parametrize("length", [0, -1, 2.5, "3", True])
+def test_an_interleaving_length_that_is_no_count_of_items_is_refused_before_anything_runs(
+    repository: Path, make_server: ServerFactory, length: Any
+) -> None:
+    save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)
+    save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)
+    server = make_server(
+        repository, config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)), seed=4)
+    )
+    with pytest.raises(inprocserve.InvalidInputError, match="length must be a whole number >= 1"):
+        server.interleave("ranker", np.arange(8, dtype=np.float32).reshape(8, 1), length=length)
+    assert server.status()["models"]["ranker"]["rollout"]["interleaving"] is None  # no query was counted
+
+
+@pytest.mark.parametrize("item", [True, "1", 1.7, float("nan"), None])
+def test_a_click_on_something_that_is_no_item_index_is_refused(
+    repository: Path, make_server: ServerFactory, item: Any
+) -> None:
+    save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)
+    save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)
+    server = make_server(
+        repository, config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)), seed=4)
+    )
+    result = server.interleave("ranker", np.arange(8, dtype=np.float32).reshape(8, 1))
+    with pytest.raises(inprocserve.InvalidInputError, match="item must be the index of a ranked item"):
+        server.record_click(result.request_id, item)
+    assert server.record_click(result.request_id, np.int64(result.order[0])) == result.teams[0]  # numpy's ints are
+
+
 def test_an_item_clicked_twice_counts_once(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)
     save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)
