@@ -473,8 +473,10 @@ def load_model_config(path: Path, base: ModelConfig | None = None) -> ModelConfi
     """Read ``config.toml`` at ``path`` over ``base`` (the server's defaults)."""
     base = base or ModelConfig()
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        raw = path.read_bytes()
+        # A byte-order mark (as some Windows editors write) is not TOML: tomllib's "Invalid statement (at line
+        # 1, column 1)" would not say what to fix, and the file is otherwise what its author meant.
+        data = tomllib.loads(raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
     except OSError as exc:

@@ -165,4 +165,8 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
             f"{folder}: model {name!r} has no version folder with a {MODEL_FILENAME} (or {REMOTE_FILENAME})"
         )
     config_path = folder / CONFIG_FILENAME
-    return ModelSource(name, folder, versions, config_path if config_path.is_file() else None)
+    # Anything at config.toml's place is read (a folder or a dangling link fails the model's load, saying so):
+    # left out, the model would serve on defaults with no word of the configuration it was given.
+    return ModelSource(
+        name, folder, versions, config_path if config_path.exists() or config_path.is_symlink() else None
+    )

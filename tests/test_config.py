@@ -149,6 +149,26 @@ def test_bad_config_toml_names_the_file_and_the_key(tmp_path: Path, text: str, f
     assert str(path) in str(info.value)
 
 
+def test_a_config_toml_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Some Windows editors start UTF-8 files with one; tomllib said only "Invalid statement (at line 1)"."""
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xef\xbb\xbf[batching]\nmax_batch_size = 8\n")
+    assert load_model_config(path).batching.max_batch_size == 8
+
+
+def test_a_folder_where_config_toml_belongs_fails_the_model_and_says_so(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """It was left out silently: the model served on defaults, with no word of the settings it was meant to
+    have."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "other", 1)
+    (repository / "scale" / "config.toml").mkdir()
+    server = make_server(repository)
+    assert "config.toml: cannot be read" in server.status()["models"]["scale"]["config_error"]
+    assert server.models == {"other": [1]}  # the other models serve
+
+
 # -- max_delay_s, and the deprecated max_delay_ms ---------------------------------------------------------
 
 
