@@ -313,7 +313,9 @@ class Registry:
             try:
                 self._load_version(name, number, path, config)
             except ModelLoadError as exc:
-                problems.append(f"{exc} (version {number} as loaded before keeps serving)")
+                problems.append(
+                    f"{_load_problem(name, number, path, exc)} (version {number} as loaded before keeps serving)"
+                )
         while True:
             # A failed reload of a loaded version leaves it usable: the loaded one keeps serving.
             current_versions = self.loaded.get(name, {})
@@ -335,7 +337,7 @@ class Registry:
                 try:
                     self._load_version(name, number, source.versions[number], config)
                 except ModelLoadError as exc:
-                    problems.append(str(exc))
+                    problems.append(_load_problem(name, number, source.versions[number], exc))
         if not failures:
             self.failures.pop(name, None)
         if not wanted:
@@ -837,6 +839,13 @@ def _stamp(path: Path) -> _Stamp | None:
         except OSError:
             continue
     return tuple(sorted(entries))
+
+
+def _load_problem(name: str, number: int, path: Path, exc: ModelLoadError) -> str:
+    """A load failure as refresh() reports it: named by its version's folder, which a remote model server's
+    error ("http://host/v2/models/x: cannot connect") would not name."""
+    message = str(exc)
+    return message if str(path.parent) in message else f"model {name!r} version {number}: {message}"
 
 
 def _stopping(name: str) -> str:

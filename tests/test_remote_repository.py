@@ -137,6 +137,7 @@ def test_a_remote_version_whose_server_is_down_is_retried_at_each_refresh_but_lo
         for _ in range(3):  # a poller refreshes every poll_interval_s
             (problem,) = server.refresh()
             assert "cannot connect" in problem  # tried again, and returned each time
+            assert problem.startswith("model 'scale' version 2: http://127.0.0.1:9")  # which model, and where
     logged = [r for r in caplog.records if r.getMessage().startswith("model 'scale' version 2 failed to load")]
     assert len(logged) == 1  # not one error line per poll for as long as the model server is down
     assert server.models["scale"] == [1]
