@@ -448,7 +448,9 @@ class RolloutMethods:
     ) -> str | None:
         """Attribute an outcome (a click, a conversion, a reward in [0, 1] for bandits) to the variant
         that served ``request_id`` — or, with ``model`` and ``key``, to the variant that targeting key is
-        bucketed to. Returns the variant credited, or ``None`` if the request is unknown (or too old).
+        bucketed to. Returns the variant credited, or ``None`` if the request is unknown (or too old) or its
+        outcome was recorded already: by request id, an outcome counts once, so a retried report cannot
+        count twice (report one reward per request: 1.0 for a conversion, 0.0 for none).
 
         Outcomes feed the per-variant statistics in :meth:`status` and the bandit policies.
         """

@@ -157,10 +157,15 @@ class _Assignments:
                 entries.popitem(last=False)
             self._front_expires = next(iter(entries.values()))[0]  # (this note's, at least, is there)
 
-    def get(self, request_id: str) -> str | None:
+    def take(self, request_id: str) -> str | None:
+        """The variant that served ``request_id``, once: an outcome counts once per request, so a retried
+        report (or a second click on the page) cannot outweigh the requests that were reported once. The
+        entry stays, empty, so that a repeat is known for one and is not credited by key either."""
         entry = self._entries.get(request_id)
         if entry is None or entry[0] <= self._clock():
             return None
+        if entry[1]:
+            self._entries[request_id] = (entry[0], "")  # (in place: the order of expiry is kept)
         return entry[1]
 
     def __len__(self) -> int:
@@ -722,7 +727,8 @@ class Router:
     ) -> str | None:
         """Attribute ``reward`` to the variant that served ``request_id`` (or that ``key`` is bucketed to).
 
-        Raises ValueError for a reward that is not a finite number. By key, a canary or A/B test credits the
+        Raises ValueError for a reward that is not a finite number. By request id, an outcome counts once
+        (a repeat credits nothing and returns None). By key, a canary or A/B test credits the
         variant the key is bucketed to now; a bandit credits the arm it last drew for that key in this
         process (within an hour), and nothing (None) if it drew none.
         """
@@ -733,7 +739,9 @@ class Router:
                 f"+-{_LARGEST_REWARD:g} for an A/B test, a value in [0, 1] for a bandit), got {reward!r}"
             )
         with self._lock:
-            variant = self._assignments.get(request_id) if request_id is not None else None
+            variant = self._assignments.take(request_id) if request_id is not None else None
+        if variant == "":  # this request's outcome was counted already
+            return None
         if variant is None and key is not None:
             variant = self._variant_of_key(str(key), ready, latest)
         if variant is None:

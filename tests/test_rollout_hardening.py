@@ -83,6 +83,21 @@ def test_rewards_too_large_to_add_up_are_refused_and_the_statistics_stay_finite(
     json.dumps(server.status()["models"]["scale"]["rollout"], allow_nan=False)
 
 
+def test_an_outcome_counts_once_per_request_however_often_it_is_reported(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """A retried report counted again: five outcomes against one request served skewed the test's counts."""
+    server = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
+    result = predict(server, "u1")
+    assert server.record_outcome(result.request_id, 1.0) == result.variant
+    for _ in range(4):  # a client retrying its report, by id, or by id with the model and key
+        assert server.record_outcome(result.request_id, 1.0) is None
+        assert server.record_outcome(result.request_id, 1.0, model="scale", key="u1") is None
+    arm = server.status()["models"]["scale"]["rollout"]["variants"][result.variant]
+    assert (arm["served"], arm["outcomes"]) == (1, 1)
+    assert server.record_outcome(None, 0.0, model="scale", key="u1") == result.variant  # by key alone: counted
+
+
 def test_a_numpy_reward_is_a_number_and_a_bool_is_not(versions: Path, make_server: ServerFactory) -> None:
     server = make_server(versions, config=rollout(strategy="bandit", variants=ARMS, seed=1))
     result = predict(server, "u1")
@@ -487,9 +502,9 @@ def test_promoting_the_stable_version_is_refused_not_compared_with_itself(
     assert (report.from_version, report.to_version, report.samples) == (3, 2, 8)
 
 
-def test_served_variants_are_kept_an_hour_and_a_bounded_number() -> None:
+def test_served_variants_are_kept_an_hour_and_a_bounded_number_and_credited_once() -> None:
     """Outcomes by request id are credited to the variant that served it for ``ttl_s`` after it was served,
-    and at most ``size`` request ids are kept (the oldest go first), however many requests are routed."""
+    once, and at most ``size`` request ids are kept (the oldest go first), however many requests are routed."""
     from inprocserve._rollout import _Assignments
 
     now = [0.0]
@@ -497,14 +512,15 @@ def test_served_variants_are_kept_an_hour_and_a_bounded_number() -> None:
     for number in range(4):
         served[f"r{number}"] = "canary" if number % 2 else "stable"
         now[0] += 10.0
-    assert [served.get(f"r{number}") for number in range(4)] == [None, "canary", "stable", "canary"]
+    assert [served.take(f"r{number}") for number in range(3)] == [None, "canary", "stable"]
+    assert served.take("r1") == ""  # credited already: known, and credited no more
     assert len(served) == 3
     now[0] = 71.0  # r1 was served at 10 s: 61 s ago
-    assert served.get("r1") is None and served.get("r2") == "stable"
+    assert served.take("r1") is None and served.take("r3") == "canary"
     served["r1"] = "stable"  # noted again: kept from now
     now[0] = 95.0  # r2 (20 s) and r3 (30 s) have expired; the note of r1 at 71 s has not
     served["r4"] = "canary"  # each note drops up to two expired at the front
-    assert (served.get("r1"), served.get("r4"), len(served)) == ("stable", "canary", 2)
+    assert len(served) == 2 and (served.take("r1"), served.take("r4")) == ("stable", "canary")
     for number in range(5, 1000):  # many notes, none expired: the size bound holds
         served[f"r{number}"] = "stable"
-    assert len(served) == 3 and served.get("r999") == "stable" and served.get("r4") is None
+    assert len(served) == 3 and served.take("r999") == "stable" and served.take("r4") is None
