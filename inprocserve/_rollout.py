@@ -443,8 +443,7 @@ class Router:
         if strategy == "stable":
             version, variant, reason = stable, "stable", "stable version"
         else:
-            key = ctx.get(plan.key_field, ctx.get("targeting_key"))
-            text = None if key is None else str(key)
+            text = _key_text(ctx, plan.key_field)
             position = bucket(self.model, plan.salt, text) if text is not None else random.randrange(BUCKETS)
             if strategy == "canary":
                 percent = plan.canary_percent
@@ -572,8 +571,7 @@ class Router:
             return stable, "stable", "stable version", False
         if strategy == "bandit":  # (a try on the request's thread stops before any draw: see before_draw)
             flags.before_draw()
-        key = ctx.get(config.key_field, ctx.get("targeting_key"))
-        text = None if key is None else str(key)
+        text = _key_text(ctx, config.key_field)
         position = bucket(self.model, config.salt, text) if text is not None else random.randrange(BUCKETS)
         if strategy == "canary":
             version, variant, reason = self._canary(ready, stable, position, ctx, used)
@@ -866,6 +864,18 @@ class _Interleaved:
             return False
         self.teams[position] = ord(chr(team).lower())
         return True
+
+
+def _key_text(ctx: Mapping[str, Any], field: str) -> str | None:
+    """The targeting key a request is bucketed by: ``ctx[field]``, else OpenFeature's ``targeting_key``; a
+    key that is None or empty is no key (an anonymous request, bucketed at random), and does not hide the
+    other (``{"user_id": None, "targeting_key": "u-1"}`` is u-1's, not random)."""
+    key = ctx.get(field)
+    if key is None or key == "":
+        key = ctx.get("targeting_key")
+        if key is None or key == "":
+            return None
+    return str(key)
 
 
 def _sample_bytes(arrays: Mapping[str, Any]) -> int:

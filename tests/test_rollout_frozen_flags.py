@@ -285,6 +285,18 @@ def test_a_targeting_key_with_a_lone_surrogate_is_bucketed(provider: str) -> Non
     assert bucket(MODEL, "", "é") == valid  # (other keys keep their buckets)
 
 
+@pytest.mark.parametrize("missing", [None, ""])
+def test_a_key_field_that_is_none_or_empty_leaves_the_targeting_key_to_bucket_by(missing: Any) -> None:
+    """{"user_id": None, "targeting_key": "u-1"} was bucketed at random, not as u-1: not sticky at all."""
+    config = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50.0))
+    for flags in (None, FlagReader(InMemoryFlags({}))):  # the rollout's own plan, and the flag-reading path
+        router = Router(MODEL, config, flags)
+        for user in (f"u-{number}" for number in range(40)):
+            alone = router.decide(READY, 3, {"targeting_key": user})
+            both = router.decide(READY, 3, {"user_id": missing, "targeting_key": user})
+            assert (both.version, both.reason) == (alone.version, alone.reason)
+
+
 def test_a_targeting_key_that_cannot_be_made_text_is_answered_as_before() -> None:
     class Opaque:
         def __str__(self) -> str:
