@@ -442,8 +442,12 @@ class Router:
         strategy = plan.strategy
         if strategy == "stable":
             version, variant, reason = stable, "stable", "stable version"
+            if self._bandit_keys:
+                self._forget_draw(_key_text(ctx, plan.key_field))
         else:
             text = _key_text(ctx, plan.key_field)
+            if strategy != "bandit" and self._bandit_keys:
+                self._forget_draw(text)
             position = bucket(self.model, plan.salt, text) if text is not None else random.randrange(BUCKETS)
             if strategy == "canary":
                 percent = plan.canary_percent
@@ -568,10 +572,14 @@ class Router:
         if strategy == "bandit" and not draw:
             return None
         if strategy == "stable":  # (no bucket: the user's key is hashed only for a strategy that splits traffic)
+            if draw and self._bandit_keys:
+                self._forget_draw(_key_text(ctx, config.key_field))
             return stable, "stable", "stable version", False
         if strategy == "bandit":  # (a try on the request's thread stops before any draw: see before_draw)
             flags.before_draw()
         text = _key_text(ctx, config.key_field)
+        if strategy != "bandit" and draw and self._bandit_keys:
+            self._forget_draw(text)
         position = bucket(self.model, config.salt, text) if text is not None else random.randrange(BUCKETS)
         if strategy == "canary":
             version, variant, reason = self._canary(ready, stable, position, ctx, used)
@@ -695,6 +703,13 @@ class Router:
             if not self.trivial:  # flags may choose any strategy per request: remember every decision's variant
                 self._assignments[request_id] = decision.variant
 
+    def _forget_draw(self, key: str | None) -> None:
+        """A request of ``key`` was routed by another strategy than the bandit (flags or a reload ended it for
+        this key): the arm last drawn for it no longer says where its outcomes by key go."""
+        if key is not None:
+            with self._lock:
+                self._bandit_keys.pop(key, None)
+
     def _sample(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Keep a copy of a request's inputs in ``recent``, the oldest going first past ``capture_inputs``
         samples or ``_CAPTURED_BYTES``."""
@@ -751,8 +766,13 @@ class Router:
     def _variant_of_key(self, key: str, ready: Mapping[int, Any], latest: int) -> str | None:
         """The variant a targeting key gets, with no side effect: no bandit draw, no shadow, no count.
 
-        A bandit's last draw for the key counts only while the key's strategy is a bandit now: once flags or
-        a reload end the bandit (a canary of its winner, say), the key's variant is where it is bucketed."""
+        The bandit's last draw for the key comes first: it served the key's last request, whatever the flags
+        say now of a context this call does not have (a rule on another attribute) or cannot read (a failing
+        provider). A later request of the key routed by another strategy forgets it (:meth:`_forget_draw`)."""
+        with self._lock:
+            drawn = self._bandit_keys.get(key)
+        if drawn is not None:
+            return drawn
         if self.trivial:  # no rollout: nothing to attribute
             return None
         stable = self._stable(ready, latest)
@@ -762,10 +782,7 @@ class Router:
 
         def variant() -> str | None:
             routed = self._route(ready, stable, ctx, [], draw=False)
-            if routed is not None:
-                return routed[1]
-            with self._lock:  # a bandit: the arm it last drew for this key (None if it drew none)
-                return self._bandit_keys.get(key)
+            return None if routed is None else routed[1]
 
         return self._flags.run(variant, lambda reason: None)
 

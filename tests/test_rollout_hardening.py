@@ -210,6 +210,37 @@ def test_an_outcome_by_key_after_the_bandit_ended_goes_to_the_variant_the_key_ge
     assert server.status()["models"]["scale"]["rollout"]["variants"][drawn]["outcomes"] == 0
 
 
+class CountryRule(RawProvider):
+    """A provider with a targeting rule: the bandit runs for French users only."""
+
+    def _get(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
+        if key == "scale.strategy" and context.get("country") == "fr":
+            return "bandit"
+        return super()._get(key, default, context)
+
+    get_boolean = get_number = get_string = get_object = _get
+
+
+def test_an_outcome_by_key_goes_to_the_arm_drawn_even_where_the_key_alone_reads_another_strategy(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """Reported by key, the outcome has no country: read afresh, the flags say stable, which never served."""
+    server = make_server(versions, flags=CountryRule({}), config=rollout(strategy="stable", variants=ARMS, seed=1))
+    drawn = server.predict("scale", X, context={"user_id": "alice", "country": "fr"}).variant
+    assert drawn in ARMS
+    assert server.record_outcome(None, 1.0, model="scale", key="alice") == drawn
+
+
+def test_an_outcome_by_key_goes_to_the_arm_drawn_while_the_flag_provider_fails(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    provider = RawProvider({"scale.strategy": "bandit"})
+    server = make_server(versions, flags=provider, config=rollout(strategy="stable", variants=ARMS, seed=1))
+    drawn = predict(server, "alice").variant
+    provider.failing = ("scale.strategy", "scale.kill")  # the flag service goes away after the request
+    assert server.record_outcome(None, 1.0, model="scale", key="alice") == drawn
+
+
 @pytest.mark.parametrize("policy", ["epsilon_greedy", "thompson"])
 def test_a_bandit_draws_among_the_arms_that_can_serve(versions: Path, make_server: ServerFactory, policy: str) -> None:
     # Arm "gone" names a version that is not in the repository: it can never serve nor get an outcome.
