@@ -283,6 +283,9 @@ class Router:
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
         # reported by key can only be credited to what was drawn (set under the lock the draw holds anyway).
         self._bandit_keys: TTLCache[str, str] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
+        # Whether a draw was ever remembered for a key: until then no request looks into _bandit_keys (whose
+        # len() expires entries, and must hold the lock) to forget one.
+        self._drew_for_keys = False
         self._interleavings: TTLCache[str, _Interleaved] = TTLCache(
             maxsize=_INTERLEAVED_ITEMS_KEPT, ttl=_ASSIGNMENT_TTL_S, getsizeof=_Interleaved.size
         )
@@ -442,11 +445,11 @@ class Router:
         strategy = plan.strategy
         if strategy == "stable":
             version, variant, reason = stable, "stable", "stable version"
-            if self._bandit_keys:
+            if self._drew_for_keys:
                 self._forget_draw(_key_text(ctx, plan.key_field))
         else:
             text = _key_text(ctx, plan.key_field)
-            if strategy != "bandit" and self._bandit_keys:
+            if strategy != "bandit" and self._drew_for_keys:
                 self._forget_draw(text)
             position = bucket(self.model, plan.salt, text) if text is not None else random.randrange(BUCKETS)
             if strategy == "canary":
@@ -572,13 +575,13 @@ class Router:
         if strategy == "bandit" and not draw:
             return None
         if strategy == "stable":  # (no bucket: the user's key is hashed only for a strategy that splits traffic)
-            if draw and self._bandit_keys:
+            if draw and self._drew_for_keys:
                 self._forget_draw(_key_text(ctx, config.key_field))
             return stable, "stable", "stable version", False
         if strategy == "bandit":  # (a try on the request's thread stops before any draw: see before_draw)
             flags.before_draw()
         text = _key_text(ctx, config.key_field)
-        if strategy != "bandit" and draw and self._bandit_keys:
+        if strategy != "bandit" and draw and self._drew_for_keys:
             self._forget_draw(text)
         position = bucket(self.model, config.salt, text) if text is not None else random.randrange(BUCKETS)
         if strategy == "canary":
@@ -640,6 +643,7 @@ class Router:
                     name = epsilon_greedy(arms, self._rng, self.config.bandit.epsilon)
                 if key is not None:
                     self._bandit_keys[key] = name
+                    self._drew_for_keys = True
             reason = f"bandit ({self.config.bandit.policy})"
         version = variants[name].version
         if version not in ready:
