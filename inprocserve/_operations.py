@@ -88,11 +88,12 @@ class Operations:
             self._registry.control = control
             self._read_once = True
 
-    def follow_initial_control(self) -> None:
-        """After the first load: apply what it could not of the revision read by :meth:`read_initial_control`
-        (a version it names that is not here yet), and retry that until it applies, as for later revisions."""
+    def follow_initial_control(self) -> list[str]:
+        """After the first load: note what it could not apply of the revision read by
+        :meth:`read_initial_control` (a version it names that is not here yet), to be retried until it
+        applies, as for later revisions; returns those problems."""
         with self._registry.lock:
-            self._registry.follow_initial_control()
+            return self._registry.follow_initial_control()
 
     def _adopt(self, control: Control) -> list[str]:
         """With the lifecycle lock held: follow ``control``, read from the file or just written to it."""

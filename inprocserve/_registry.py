@@ -595,12 +595,35 @@ class Registry:
         )
 
     def follow_initial_control(self) -> list[str]:
-        """With the lifecycle lock held, after the first load, which followed :attr:`control` already: apply
-        what that load could not (a stable or canary version not in this repository yet, or failing to
-        load), as :meth:`adopt` does for a later revision: logged once, shown in status, and retried by
-        :meth:`retry_control` until it applies."""
-        self._control_pending |= set(self.control.models)
-        return self._try_control()
+        """With the lifecycle lock held, after the first load, which followed :attr:`control` already: note
+        what that load could not apply (a stable or active canary version of a model served here that is not
+        in this repository yet, or failed to load), as :meth:`adopt` does for a later revision: logged once,
+        shown in status, and retried by :meth:`retry_control` until it applies. Returns those problems.
+
+        Nothing is loaded or scanned again here: the first load just tried (a remote model server that did
+        not answer would be waited for twice), models this host does not carry have nothing to serve, and a
+        previous stable version (for rollbacks) serves nothing now. The watcher's first retry comes after
+        its back-off (1 s)."""
+        problems: dict[str, str] = {}
+        for name, state in sorted(self.control.models.items()):
+            if (name not in self.loaded and name not in self.failures) or {name} & (self._explicit | self._unloaded):
+                continue  # (not in this repository, or loaded by name: follow() leaves those alone too)
+            loaded, failures = self.loaded.get(name, {}), self.failures.get(name, {})
+            missing = [
+                f"version {number} failed to load: {failures[number].error}"
+                if number in failures
+                else f"version {number} is not in the repository (yet)"
+                for number in sorted(v for v in (state.stable, state.canary_version) if v in state.versions)
+                if number not in loaded
+            ]
+            if missing:
+                self._control_pending.add(name)
+                problems[name] = f"model {name!r}: {'; '.join(missing)}"
+        if problems:
+            self._report_control_problems(problems)
+            self._control_backoff_s = 1.0
+            self._control_retry_at = self._clock() + self._control_backoff_s
+        return [problems[key] for key in sorted(problems)]
 
     def retry_control(self, *, now: bool = True) -> list[str]:
         """With the lifecycle lock held: apply again what :meth:`adopt` could not apply (nothing if all was).

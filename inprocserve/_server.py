@@ -80,8 +80,9 @@ class Server(RolloutMethods):
         control_interval_s: How often a background thread re-reads the repository's control file (the
             fleet-wide rollout state, see :meth:`switch`); every worker follows a change within this bound
             plus the load time of a version it has not loaded yet (at most a day). ``None`` disables watching.
-        strict: Raise :class:`ModelLoadError` at start-up when a model fails to load (by default the
-            failure is reported in :meth:`status` and the other models serve).
+        strict: Raise :class:`ModelLoadError` at start-up when a model fails to load, or a stable or canary
+            version the control file names is not here (by default the failure is reported in
+            :meth:`status` and the other models serve).
         flags: Where feature flags are read (rollouts driven by flags); ``None``: the configuration only.
         flag_timeout_s: The budget of one flag evaluation (at most 60 s); past it the configured rollout
             answers.
@@ -193,7 +194,7 @@ class Server(RolloutMethods):
             try:
                 self._operations.read_initial_control()  # the first load already follows the control file
                 problems = self.refresh()
-                self._operations.follow_initial_control()
+                problems += self._operations.follow_initial_control()  # (strict: the fleet's version too)
                 if strict and problems:
                     raise ModelLoadError("; ".join(problems))
             except BaseException:  # a server that fails to start leaves nothing running (threads, metrics)

@@ -112,6 +112,36 @@ def test_a_worker_started_before_the_version_its_control_file_names_arrives_foll
     assert server.status()["control"]["error"] is None
 
 
+def test_a_strict_worker_refuses_to_start_without_the_version_its_control_file_names(
+    fleet: Path, make_server: ServerFactory
+) -> None:
+    write(fleet, fraud=ModelControl(stable=3))
+    with pytest.raises(inprocserve.ModelLoadError, match="model 'fraud': version 3 is not in the repository"):
+        make_server(fleet, control_interval_s=None, strict=True)
+
+
+def test_a_worker_starts_with_one_scan_whatever_its_control_file_names_elsewhere(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Models of other hosts, and a previous stable version pruned here, have nothing to serve now: a start
+    scanned the repository again for each of them, under the lifecycle lock, and warned of each prune."""
+    others = {f"other{number}": ModelControl(stable=2, previous_stable=1) for number in range(20)}
+    write(fleet, fraud=ModelControl(stable=2, previous_stable=7), **others)
+    real_scan = registry_module.scan_repository
+    scans = []
+
+    def counted(*args: object, **kwargs: object) -> object:
+        scans.append(args)
+        return real_scan(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registry_module, "scan_repository", counted)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(fleet, control_interval_s=None)
+    assert len(scans) == 1
+    assert answer(server, "fraud") == 2 and server.status()["control"]["error"] is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_a_named_version_that_fails_to_load_is_retried_only_once_its_files_change(
     fleet: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
