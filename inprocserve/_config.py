@@ -6,6 +6,7 @@ Every value is validated when the object is built, so a bad setting fails at sta
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -14,11 +15,12 @@ import os
 import threading
 import tomllib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import _fork
 from ._config_checks import (
     MAX_BATCH_ROWS,
     MAX_DELAY_S,
@@ -67,20 +69,54 @@ __all__ = [
     "load_model_config",
 ]
 
-# Deprecations already logged: a config.toml is read again at every refresh (each poll of the hot-reload
-# poller), and one file's deprecated key must not fill the log with the same warning at every poll.
-_logged_deprecations: set[str] = set()
-_logged_lock = threading.Lock()
+
+class _DeprecationLog:
+    """Logs the deprecations in config files, each when a read of its file first finds it.
+
+    A ``config.toml`` is read again at every refresh (each poll of the hot-reload poller): the same
+    deprecated key must not fill the log at every poll, but one removed and later brought back (a rolled-back
+    file) is news again. So each file's deprecations, as its last read found them, are kept, and a read logs
+    only those its file's last read did not have. A forked child starts with none (a pre-fork master may
+    have "logged" them to no handler at all), and a mapping merged in code (not a file read) logs each time.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, frozenset[str]] = {}  # file -> its deprecations at its last read (none: absent)
+        self._reading = threading.local()  # .found: the deprecations the read in progress on this thread found
+        _fork.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._last = {}
+
+    @contextlib.contextmanager
+    def reading(self, source: str) -> Iterator[None]:
+        """Around one read of the config file ``source``: at its end, log what the file's last read lacked."""
+        found: list[str] = []
+        self._reading.found = found
+        try:
+            yield
+        finally:
+            self._reading.found = None
+        with self._lock:
+            last = self._last.pop(source, frozenset())
+            if found:
+                self._last[source] = frozenset(found)
+        for message in found:
+            if message not in last:
+                logger.warning("%s", message)  # config files are an operator's business: say it where they look
+
+    def found(self, message: str) -> None:
+        """A deprecation in the file being read (or in a mapping merged in code: logged now)."""
+        found: list[str] | None = getattr(self._reading, "found", None)
+        if found is None:
+            logger.warning("%s", message)
+        elif message not in found:
+            found.append(message)
 
 
-def _log_deprecation_once(message: str) -> None:
-    """Log ``message`` (a deprecation in a config file: an operator's business, said where they look) once
-    per process."""
-    with _logged_lock:
-        if message in _logged_deprecations:
-            return
-        _logged_deprecations.add(message)
-    logger.warning("%s", message)
+_DEPRECATIONS = _DeprecationLog()
 
 
 NanPolicy = Literal["allow", "reject"]
@@ -482,7 +518,8 @@ def load_model_config(path: Path, base: ModelConfig | None = None) -> ModelConfi
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot be read: {exc}") from exc
     try:
-        return base.merged(data, source=str(path))
+        with _DEPRECATIONS.reading(str(path)):
+            return base.merged(data, source=str(path))
     except ConfigurationError:
         raise
     except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type deeper in a section
@@ -520,7 +557,7 @@ def _replace_section(section: Any, name: str, values: Mapping[str, Any], source:
     if name == "batching" and "max_delay_ms" in converted:
         milliseconds = converted["max_delay_ms"]
         message = f"{source}: [batching] max_delay_ms is deprecated; write max_delay_s (in seconds) instead"
-        _log_deprecation_once(message)
+        _DEPRECATIONS.found(message)
         warnings.warn(message, DeprecationWarning, stacklevel=2)
         if _finite_at_least_zero(milliseconds) and "max_delay_s" not in converted:
             converted["max_delay_s"] = milliseconds / 1000.0
@@ -567,7 +604,7 @@ def _group_flat_rollout_keys(converted: dict[str, Any], source: str) -> None:
         + ", ".join(f"{inner} in [rollout.{group}]" for group, inner in moved.values())
         + " instead"
     )
-    _log_deprecation_once(message)
+    _DEPRECATIONS.found(message)
     warnings.warn(message, DeprecationWarning, stacklevel=4)
     for key, (group, inner) in moved.items():
         table = converted.get(group)

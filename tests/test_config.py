@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +223,44 @@ def test_a_deprecated_key_in_config_toml_is_logged_once_not_at_every_refresh(
             assert server.refresh() == []
     logged = [record.getMessage() for record in caplog.records if "deprecated" in record.getMessage()]
     assert len(logged) == 2, logged  # max_delay_ms, and the flat rollout key: once each
+
+
+def test_a_deprecated_key_removed_and_brought_back_is_logged_again(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config = repository / "scale" / "config.toml"
+    config.write_text("[batching]\nmax_delay_ms = 2\n")
+    with pytest.warns(DeprecationWarning):
+        server = make_server(repository)
+        config.write_text("[batching]\nmax_delay_s = 0.002\n")  # fixed
+        server.refresh()
+        config.write_text("[batching]\nmax_delay_ms = 2\n")  # a rolled-back file brings it back: news again
+        server.refresh()
+    logged = [record.getMessage() for record in caplog.records if "deprecated" in record.getMessage()]
+    assert len(logged) == 2, logged
+
+
+def test_a_forked_worker_logs_the_deprecations_its_pre_fork_master_found(repository: Path) -> None:
+    """A gunicorn master checks the repository before its logging is set up: its "once" must not be the
+    workers' too."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text("[batching]\nmax_delay_ms = 2\n")
+    script = f"""
+import logging, os, sys, warnings
+warnings.simplefilter("ignore", DeprecationWarning)
+import inprocserve
+inprocserve.check_repository({str(repository)!r})  # the master: read once, logged to no handler
+pid = os.fork()
+if pid == 0:
+    logging.basicConfig(stream=sys.stdout, format="worker: %(message)s")
+    inprocserve.check_repository({str(repository)!r})
+    sys.stdout.flush()
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "worker: " in result.stdout and "max_delay_ms is deprecated" in result.stdout, result.stderr
 
 
 def test_the_batcher_uses_max_delay_s(repository: Path, make_server: ServerFactory) -> None:
