@@ -26,6 +26,7 @@ from ._errors import InvalidInputError
 from ._experiments import BUCKETS, Interleaving, VariantStats, bucket, compare, epsilon_greedy, pick_weighted, thompson
 from ._flag_reader import FlagReader, UnusableFlag
 from ._flags import FlagTypeError, MustAsk
+from ._held_bytes import held_bytes
 
 __all__ = ["Decision", "FlagReader", "Router"]
 
@@ -900,8 +901,8 @@ def _key_text(ctx: Mapping[str, Any], field: str) -> str | None:
 
 
 def _sample_bytes(arrays: Mapping[str, Any]) -> int:
-    """Bytes a promotion sample's arrays hold."""
-    return sum(array.nbytes for array in arrays.values() if isinstance(array, np.ndarray))
+    """Bytes a promotion sample's arrays hold (a text input's strings too)."""
+    return held_bytes(arrays.values())
 
 
 def _not_a_mapping(model: str, context: Any) -> InvalidInputError:

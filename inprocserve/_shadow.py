@@ -37,6 +37,7 @@ from opentelemetry.trace import Status, StatusCode
 from . import _fork
 from ._config_checks import is_number
 from ._errors import ConfigurationError, DeadlineExceededError
+from ._held_bytes import held_bytes
 from ._request import Request, Route
 from ._telemetry import (
     ATTR_SHADOW_AGREEMENT,
@@ -523,8 +524,8 @@ class ShadowRunner:
 
 
 def _nbytes(values: Any) -> int:
-    """Bytes held by the arrays among ``values`` (what a copy of them takes)."""
-    return sum(value.nbytes for value in values if isinstance(value, np.ndarray))
+    """Bytes held by the arrays among ``values`` (what a copy of them takes; a text input's strings too)."""
+    return held_bytes(values)
 
 
 def _attributes(model: str, version: int, result: str | None = None) -> dict[str, Any]:

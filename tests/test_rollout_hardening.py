@@ -24,6 +24,7 @@ from inprocserve._rollout import Router
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, rollout
+from .test_v2_codec import build_text_model
 
 X = np.ones((1, 4), np.float32)
 ARMS = {"a": {"version": 1}, "b": {"version": 2}}
@@ -514,6 +515,20 @@ def test_promotion_samples_of_large_requests_are_bounded_in_bytes(repository: Pa
     with pytest.raises(inprocserve.PromotionRefusedError) as refused:
         server.promote("wide", 2, max_abs_diff=0.5, min_samples=8)
     assert refused.value.report["max_abs_diff"] == pytest.approx(1.0)  # compared on the 4 MiB batches only
+
+
+def test_promotion_samples_of_text_are_bounded_by_the_text_they_hold(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A text input's array holds pointers: weighed by its buffer, 256 samples of 1 MB texts were 2 KB."""
+    for version in (1, 2):
+        save_model(build_text_model(), repository, "text", version)
+    server = make_server(repository, config=rollout(stable=1))
+    for number in range(60):
+        server.predict("text", {"text": np.array([f"{number:07d}" + "x" * 1_000_000], dtype=object)})
+    with pytest.raises(inprocserve.PromotionRefusedError) as refused:
+        server.promote("text", 2, min_samples=100)
+    assert 30 <= refused.value.report["samples"] <= 34  # 32 MiB of 1 MB texts, the newest
 
 
 def test_promoting_the_stable_version_is_refused_not_compared_with_itself(
