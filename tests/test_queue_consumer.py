@@ -60,7 +60,7 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[Any]:
-    connection = redis.Redis.from_url(redis_url, decode_responses=True)
+    connection = consumer.connect(redis_url)
     connection.flushall()
     consumer.ensure_group(connection)
     yield connection
@@ -224,6 +224,35 @@ def test_poison_messages_fail_alone_and_are_dead_lettered(scoring: tuple[Any, in
     assert set(dead) == set(ids.values())
     assert dead[ids["nested"]]["features"] == poison["nested"]  # the original fields, to replay
     assert not client.xpending(consumer.REQUESTS, consumer.GROUP)["pending"]
+
+
+def test_a_message_that_is_not_utf8_fails_alone_and_is_dead_lettered(
+    scoring: tuple[Any, inprocserve.Server], redis_url: str
+) -> None:
+    client, server = scoring
+    good = consumer.produce(client, np.ones((2, FEATURES), np.float32))
+    producer = redis.Redis.from_url(redis_url)  # another service's client, writing bytes
+    binary = producer.xadd(consumer.REQUESTS, {b"features": b"\xff\xfe[1.0]", b"\xff": b"x"}).decode()
+    producer.close()
+    assert make(client, server, "w", batch_size=10).step() == 3
+    results = {r["request"]: r for r in consumer.read_results(client)}
+    assert all("score" in results[i] for i in good)
+    assert results[binary]["error"].startswith("bad message: 'features' is not a JSON list"), results[binary]
+    raw = redis.Redis.from_url(redis_url)
+    [(_, dead)] = raw.xrange(consumer.DEAD)  # the original bytes, to replay
+    raw.close()
+    assert dead[b"features"] == b"\xff\xfe[1.0]" and dead[b"\xff"] == b"x"
+    assert not client.xpending(consumer.REQUESTS, consumer.GROUP)["pending"]
+
+
+def test_a_consumer_refuses_a_client_that_fails_on_bytes_not_utf8(
+    scoring: tuple[Any, inprocserve.Server], redis_url: str
+) -> None:
+    _, server = scoring
+    strict = redis.Redis.from_url(redis_url, decode_responses=True)
+    with pytest.raises(ValueError, match="surrogateescape"):
+        make(strict, server, "w")
+    strict.close()
 
 
 def test_scores_are_strict_json(scoring: tuple[Any, inprocserve.Server]) -> None:

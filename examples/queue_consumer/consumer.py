@@ -63,6 +63,7 @@ import inprocserve
 
 __all__ = [
     "DEAD",
+    "ENCODING_ERRORS",
     "GROUP",
     "REQUESTS",
     "RESULTS",
@@ -71,6 +72,7 @@ __all__ = [
     "NameInUseError",
     "OutageError",
     "check_name_free",
+    "connect",
     "ensure_group",
     "prepare",
     "produce",
@@ -365,11 +367,26 @@ def _caused_by_message(exc: inprocserve.InprocserveError) -> bool:
     return isinstance(exc, inprocserve.InferenceError) and not isinstance(exc, inprocserve.RemoteUnavailableError)
 
 
+ENCODING_ERRORS = "surrogateescape"
+"""How ``Consumer``'s client decodes bytes that are not UTF-8. With ``"strict"`` (redis-py's default), one such
+message makes every read of it raise ``UnicodeDecodeError`` before its batch can be scored: the consumer
+crashes, and so does every consumer that takes the batch over, forever."""
+
+
+def connect(url: str, **options: object) -> redis.Redis:
+    """A client for ``Consumer``: replies decoded to ``str``, and bytes that are not UTF-8 (a producer in
+    another language, a binary payload) kept as lone surrogates instead of failing the whole read; they are
+    encoded back to the same bytes when written, so a dead-letter copy is the original message."""
+    return redis.Redis.from_url(url, decode_responses=True, encoding_errors=ENCODING_ERRORS, **options)
+
+
 class Consumer:
     """One member of the consumer group, scoring with ``server``.
 
     Not thread-safe: one thread calls ``step()`` or ``run()``. The server is the caller's, and stays open.
-    ``stop``, when set, interrupts the waits between retries (``run()`` sets it to its own).
+    ``client`` decodes replies with ``encoding_errors=ENCODING_ERRORS`` (make it with ``connect``; a client
+    that does not is refused with ``ValueError``). ``stop``, when set, interrupts the waits between retries
+    (``run()`` sets it to its own).
     """
 
     def __init__(
@@ -379,6 +396,12 @@ class Consumer:
         config: ConsumerConfig,
         stop: threading.Event | None = None,
     ) -> None:
+        encoder = client.get_encoder()
+        if not encoder.decode_responses or encoder.encoding_errors != ENCODING_ERRORS:
+            raise ValueError(
+                f"the Redis client must decode replies with encoding_errors={ENCODING_ERRORS!r} (use connect()): "
+                "otherwise one message that is not UTF-8 stops every consumer that reads it"
+            )
         self.client = client
         self.server = server
         self.config = config
@@ -651,9 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          ", ".join(sorted(server.models)) or "none")  # fmt: skip
             return 2
         # timeouts: a hung Redis fails a call (retried as an outage) instead of blocking it, and SIGTERM, forever
-        client = redis.Redis.from_url(
-            args.redis_url, decode_responses=True, socket_timeout=_SOCKET_TIMEOUT_S, socket_connect_timeout=5
-        )
+        client = connect(args.redis_url, socket_timeout=_SOCKET_TIMEOUT_S, socket_connect_timeout=5)
         try:
             if not prepare(client, config, check_name=not args.takeover_name, stop=stop):
                 logger.info("stopped before reading anything")  # SIGTERM while it watched the name
