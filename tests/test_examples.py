@@ -181,8 +181,9 @@ def test_flask_console_tracing_is_opt_in(monkeypatch: pytest.MonkeyPatch, fraud_
 
 # -- the Django project's /rank and /click, through Django's test client (in a child: settings are global) --
 
-BAD_SIZES = ["abc", "1e3", "-1", "0", "16", "1000000000", "\u00b2", "\u0661"]
-"""Page sizes /rank refuses with a 400; the last two (superscript two, Arabic-Indic one) pass str.isdigit."""
+BAD_SIZES = ["abc", "1e3", "-1", "0", "16", "1000000000", "0" * 4300 + "8", "\u00b2", "\u0661"]
+"""Page sizes /rank refuses with a 400; 4301 digits are more than int() converts; the last two (superscript
+two, Arabic-Indic one) pass str.isdigit."""
 
 DJANGO_CHECKS = r"""
 import json, sys, tempfile

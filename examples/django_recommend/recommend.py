@@ -231,7 +231,8 @@ def page_request(request: HttpRequest) -> Page | JsonResponse:
     """The page a ``/rank`` request asks for, or the 400 to answer. The user's candidates stand in for
     candidate generation: 15 products drawn per user."""
     size = request.GET.get("size", "8")
-    if not (size.isascii() and size.isdigit()) or not 1 <= int(size) <= CANDIDATES:  # isdigit: "²" too
+    # isascii: str.isdigit takes "²" too; len: int() refuses a string of over 4300 digits (a ValueError)
+    if not (size.isascii() and size.isdigit() and len(size) <= 9) or not 1 <= int(size) <= CANDIDATES:
         return bad_request(f"size must be a whole number from 1 to {CANDIDATES}")
     user = current_user(request)
     seed = int.from_bytes(hashlib.blake2b(user.encode(), digest_size=4).digest(), "big")  # stable per user
