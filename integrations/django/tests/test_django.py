@@ -201,6 +201,32 @@ def test_system_checks(repository: Path, tmp_path: Path) -> None:
     assert check_ids({"REPOSITORY": str(repository), "MODELS": {"scale": {}}}) == ["inprocserve.E006"]
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["REPOSITORY", "models/"],
+        {"TIMEOUT_S": "2"},
+        {"TIMEOUT_S": float("nan")},
+        {"TIMEOUT_S": 0},
+        {"CONTROL_INTERVAL_S": 0},
+        {"POLL_INTERVAL_S": "60"},
+        {"FLAG_TIMEOUT_S": None},
+        {"RETRY_AFTER_S": "1"},
+        {"REQUIRED_MODELS": None},
+        {"REQUIRED_MODELS": "scale"},
+    ],
+    ids=repr,
+)
+def test_settings_of_the_wrong_type_or_range_are_check_error_e012(repository: Path, settings: Any) -> None:
+    if isinstance(settings, dict):
+        settings = {"REPOSITORY": str(repository), **settings}
+    assert check_ids(settings) == ["inprocserve.E012"]
+
+
+def test_a_repository_setting_that_is_no_path_is_check_error_e001() -> None:
+    assert check_ids({"REPOSITORY": 5}) == ["inprocserve.E001"]
+
+
 def test_the_middleware_may_come_first_and_header_settings_are_checked(repository: Path) -> None:
     with override_settings(MIDDLEWARE=middleware_first()):
         assert check_ids({"REPOSITORY": str(repository)}) == []

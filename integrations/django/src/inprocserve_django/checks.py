@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 import inprocserve
@@ -19,7 +22,11 @@ from .conf import DEFAULTS, settings, unknown_keys
 @register(Tags.compatibility)
 def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     messages: list[Any] = []
-    config = settings()
+    try:
+        config = settings()
+    except ImproperlyConfigured as exc:  # INPROCSERVE is not a dict: nothing else can be checked
+        return [Error(str(exc), id="inprocserve.E012")]
+    messages.extend(_value_errors(config))
     for key in unknown_keys():
         messages.append(
             Error(
@@ -39,7 +46,7 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     id="inprocserve.W001",
                 )
             )
-    elif not Path(repository).is_dir():
+    elif not isinstance(repository, str | os.PathLike) or not Path(repository).is_dir():
         messages.append(
             Error(
                 f"INPROCSERVE['REPOSITORY'] ({repository}) is not a directory.",
@@ -93,7 +100,7 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     id="inprocserve.E002",
                 )
             )
-    for name in config["REQUIRED_MODELS"]:
+    for name in config["REQUIRED_MODELS"] if _names(config["REQUIRED_MODELS"]) else ():
         if repository is not None and found and name not in found:
             messages.append(
                 Error(
@@ -131,6 +138,49 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         )
     messages.extend(_shadow_errors(config))
     return messages
+
+
+# the plug-in's own values the server or its views would refuse (or fail on) at the first request, checked
+# at start-up instead: key -> (whether None is allowed, whether 0 is allowed)
+_SECONDS = {
+    "TIMEOUT_S": (True, False),
+    "POLL_INTERVAL_S": (True, False),
+    "CONTROL_INTERVAL_S": (True, False),
+    "FLAG_TIMEOUT_S": (False, False),
+    "RETRY_AFTER_S": (False, True),
+}
+
+
+def _names(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(name, str) for name in value)
+
+
+def _value_errors(config: Mapping[str, Any]) -> list[Error]:
+    """inprocserve.E012: values of the wrong type or out of range, which would fail every request (a 500)."""
+    errors: list[Error] = []
+    for key, (none_ok, zero_ok) in _SECONDS.items():
+        value = config[key]
+        if value is None and none_ok:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+        if not number or value < 0 or (value == 0 and not zero_ok):
+            expected = f"a number of seconds {'>= 0' if zero_ok else '> 0'}{' or None' if none_ok else ''}"
+            errors.append(
+                Error(
+                    f"INPROCSERVE['{key}'] is {value!r}: {expected} is expected.",
+                    hint=f"The default is {DEFAULTS[key]!r} (see docs/django.md).",
+                    id="inprocserve.E012",
+                )
+            )
+    if not _names(config["REQUIRED_MODELS"]):
+        errors.append(
+            Error(
+                f"INPROCSERVE['REQUIRED_MODELS'] is {config['REQUIRED_MODELS']!r}: a list of model names is expected.",
+                hint="For example ['fraud'], or [] for every model found.",
+                id="inprocserve.E012",
+            )
+        )
+    return errors
 
 
 # each shadow key's hint: what it is for

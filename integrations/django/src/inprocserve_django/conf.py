@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
 
 from inprocserve import web
 
@@ -40,10 +42,18 @@ DEFAULTS: dict[str, Any] = {
 @lru_cache(maxsize=1)
 def settings() -> dict[str, Any]:
     """``settings.INPROCSERVE`` over the defaults (cached; cleared on ``setting_changed``)."""
-    user = getattr(django_settings, "INPROCSERVE", {}) or {}
-    return {**DEFAULTS, **user}
+    return {**DEFAULTS, **_user_settings()}
 
 
 def unknown_keys() -> list[str]:
+    return sorted(set(_user_settings()) - set(DEFAULTS))
+
+
+def _user_settings() -> Mapping[str, Any]:
     user = getattr(django_settings, "INPROCSERVE", {}) or {}
-    return sorted(set(user) - set(DEFAULTS))
+    if not isinstance(user, Mapping):  # (system check inprocserve.E012 reports it at start-up)
+        raise ImproperlyConfigured(
+            f"INPROCSERVE must be a dict of settings, such as {{'REPOSITORY': BASE_DIR / 'models'}}, "
+            f"not a {type(user).__name__}"
+        )
+    return user
