@@ -366,6 +366,30 @@ def test_a_lost_group_is_created_again(scoring: tuple[Any, inprocserve.Server]) 
     assert [r["request"] for r in consumer.read_results(client)] == second != first
 
 
+@pytest.mark.timeout(60)
+def test_results_that_redis_refuses_for_a_while_are_written_later_not_given_up(
+    scoring: tuple[Any, inprocserve.Server],
+) -> None:
+    client, server = scoring
+    client.set(consumer.RESULTS, "not a stream")  # writes refused for a while, reads not (as Redis out of memory)
+    ids = consumer.produce(client, np.ones((3, FEATURES), np.float32))
+    stop = threading.Event()
+    worker = make(client, server, "w", max_deliveries=2, claim_idle_ms=500)
+    running = threading.Thread(target=worker.run, args=(stop,))
+    running.start()
+    try:
+        time.sleep(3.5)  # three retries of the write, more than max_deliveries
+        assert set(pending(client).values()) == {1}  # held, never read again
+        client.delete(consumer.RESULTS)  # Redis takes writes again
+        runner.wait_until(lambda: not pending(client), "the batch is acknowledged", timeout_s=10)
+    finally:
+        stop.set()
+        running.join(timeout=30)
+    results = consumer.read_results(client)
+    assert [r["request"] for r in results] == ids and all("score" in r for r in results), results
+    assert not client.xlen(consumer.DEAD)
+
+
 def test_configuration_is_checked() -> None:
     for claim_idle_ms in [0, consumer.MIN_CLAIM_IDLE_MS - 1]:
         with pytest.raises(ValueError, match=f"claim_idle_ms must be >= {consumer.MIN_CLAIM_IDLE_MS} and more than"):

@@ -409,6 +409,10 @@ class Consumer:
         self.scored = 0
         self._claim_cursor = "0-0"
         self._own_pending_done = False
+        self._in_hand: Scored | None = None
+        """A batch scored whose results are not written or not acknowledged yet (Redis failed meanwhile): the
+        next step writes them, rather than read the batch again, which Redis counts as another delivery."""
+        self._written = False
 
     def step(self) -> int:
         """Handle one batch; return how many messages it acknowledged (0 when the queue was idle, or when
@@ -417,20 +421,24 @@ class Consumer:
         Raises:
             OutageError: every attempt failed for ``max_outage_s`` (see the module's docstring).
         """
-        batch, delivery = self._next_batch()
-        if not batch:
-            return 0
-        scored = self._score_with_retries(batch, delivery)
-        if scored is None:
-            return 0
-        results, dead = scored
-        pipe = self.client.pipeline(transaction=False)
-        for message_id, fields in results.items():
-            pipe.xadd(RESULTS, fields)
-            if message_id in dead:  # replayable: the original fields, and why it was refused
-                pipe.xadd(DEAD, {**dead[message_id], "request": message_id, "error": fields["error"]})
-        pipe.execute()  # the results are written ...
+        if self._in_hand is None:
+            batch, delivery = self._next_batch()
+            if not batch:
+                return 0
+            self._in_hand = self._score_with_retries(batch, delivery)
+            if self._in_hand is None:
+                return 0
+        results, dead = self._in_hand
+        if not self._written:
+            pipe = self.client.pipeline(transaction=False)
+            for message_id, fields in results.items():
+                pipe.xadd(RESULTS, fields)
+                if message_id in dead:  # replayable: the original fields, and why it was refused
+                    pipe.xadd(DEAD, {**dead[message_id], "request": message_id, "error": fields["error"]})
+            pipe.execute()  # the results are written ...
+            self._written = True
         self.client.xack(REQUESTS, GROUP, *results)  # ... and only then the messages acknowledged
+        self._in_hand, self._written = None, False
         self.scored += len(results)
         # the next step opens by reading this consumer's own (now empty) pending list: that read resets its
         # idle time in XINFO CONSUMERS, which check_name_free watches (an empty XAUTOCLAIM or XREADGROUP >
@@ -441,9 +449,11 @@ class Consumer:
     def run(self, stop: threading.Event | None = None) -> None:
         """Call ``step()`` until ``stop`` is set; the batch in hand when it is set is finished first.
 
-        A Redis failure is logged and retried after a second; the batch in hand stays pending and is read
-        again (first thing, by this consumer) once Redis answers. A group that vanished (Redis restarted
-        without persistence, FLUSHALL) is created again.
+        A Redis failure is logged and retried after a second; the batch in hand stays pending. A batch
+        already scored is kept claimed meanwhile, and its results written once Redis takes them (reading it
+        again would count as one more delivery each time: a long refusal to write, such as Redis out of
+        memory, would give good messages up); any other is read again (first thing, by this consumer). A
+        group that vanished (Redis restarted without persistence, FLUSHALL) is created again.
 
         Raises:
             OutageError: scoring failed for every message for ``max_outage_s``.
@@ -454,7 +464,8 @@ class Consumer:
             try:
                 self.step()
             except redis.RedisError as exc:
-                self._restart_reading()
+                if self._in_hand is None:
+                    self._restart_reading()
                 if isinstance(exc, redis.ResponseError) and _group_lost(exc):
                     logger.warning(
                         "%s: the stream or group is gone (Redis lost its data?): creating it", self.config.name
@@ -463,7 +474,17 @@ class Consumer:
                         ensure_group(self.client)
                     continue
                 logger.warning("%s: Redis failed, retrying in %g s: %s", self.config.name, _REDIS_RETRY_S, exc)
-                self.stop.wait(_REDIS_RETRY_S)
+                self._hold_in_hand(_REDIS_RETRY_S)
+
+    def _hold_in_hand(self, seconds: float) -> None:
+        """Wait ``seconds`` (or until ``stop``), keeping the scored batch in hand claimed while Redis lets it."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._in_hand is not None:
+                with contextlib.suppress(redis.RedisError):  # Redis down: the next step says so
+                    self.client.xclaim(REQUESTS, GROUP, self.config.name, 0, list(self._in_hand[0]), justid=True)
+            if self.stop.wait(min(left, self.config.claim_idle_ms / 2000)):
+                return
 
     def _restart_reading(self) -> None:
         self._own_pending_done = False  # re-read what this consumer holds before anything new
