@@ -207,6 +207,7 @@ def test_system_checks(repository: Path, tmp_path: Path) -> None:
         ["REPOSITORY", "models/"],
         {"TIMEOUT_S": "2"},
         {"TIMEOUT_S": float("nan")},
+        {"TIMEOUT_S": float("inf")},
         {"TIMEOUT_S": 0},
         {"CONTROL_INTERVAL_S": 0},
         {"POLL_INTERVAL_S": "60"},

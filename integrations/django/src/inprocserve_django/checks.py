@@ -162,7 +162,7 @@ def _value_errors(config: Mapping[str, Any]) -> list[Error]:
         value = config[key]
         if value is None and none_ok:
             continue
-        number = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         if not number or value < 0 or (value == 0 and not zero_ok):
             expected = f"a number of seconds {'>= 0' if zero_ok else '> 0'}{' or None' if none_ok else ''}"
             errors.append(
