@@ -28,6 +28,7 @@ import base64
 import binascii
 import hmac
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +37,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _fork
-from ._config_checks import check_int, is_number
+from ._config_checks import MAX_INTERVAL_S, check_int, is_number
 from ._control import validate_percent
 from ._errors import (
     ConfigurationError,
@@ -49,6 +50,7 @@ from ._errors import (
     RemoteUnavailableError,
     ServerClosedError,
 )
+from ._flag_reader import MAX_FLAG_TIMEOUT_S
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ __all__ = [
     "ErrorAnswer",
     "ProcessLocalServer",
     "Readiness",
+    "SECONDS_SETTINGS",
     "SHADOW_SETTINGS",
     "admin_answer",
     "check_token",
@@ -71,6 +74,7 @@ __all__ = [
     "readiness",
     "retry_after",
     "run_admin_action",
+    "seconds_setting_problem",
     "shadow_setting_problem",
     "token_problem",
 ]
@@ -103,6 +107,39 @@ def shadow_setting_problem(argument: str, value: object) -> str | None:
     except ConfigurationError as exc:
         return str(exc).removeprefix(f"{argument} ")
     return None
+
+
+# -- durations ---------------------------------------------------------------------------------------------
+
+SECONDS_SETTINGS: Mapping[str, tuple[bool, bool, float | None]] = MappingProxyType(
+    {
+        "timeout_s": (True, False, None),
+        "poll_interval_s": (True, False, MAX_INTERVAL_S),
+        "control_interval_s": (True, False, MAX_INTERVAL_S),
+        "flag_timeout_s": (False, False, MAX_FLAG_TIMEOUT_S),
+        "retry_after_s": (False, True, None),
+    }
+)
+"""An integration's settings in seconds: whether ``None`` is allowed, whether 0 is, and the largest value
+(``timeout_s``: a view's default budget; ``retry_after_s``: what a 503 tells clients; the others are
+:class:`~inprocserve.Server`'s arguments)."""
+
+
+def seconds_setting_problem(setting: str, value: object) -> str | None:
+    """What is wrong with ``value`` for the duration ``setting`` (a key of :data:`SECONDS_SETTINGS`), as
+    "must be ..., got ..."; ``None`` if it is fine. Checked at start-up: a string or NaN there would fail
+    every request (a 500), or the first request of every worker, which builds the server."""
+    none_ok, zero_ok, highest = SECONDS_SETTINGS[setting]
+    if value is None and none_ok:
+        return None
+    try:
+        number = float(value) if is_number(value) else math.nan  # type: ignore[arg-type]
+    except OverflowError:  # an int past any float
+        number = math.inf
+    if (number >= 0 if zero_ok else number > 0) and (number <= highest if highest is not None else number < math.inf):
+        return None
+    bounds = (">= 0" if zero_ok else "> 0") + (f" and <= {highest:g}" if highest is not None else "")
+    return f"must be a number of seconds {bounds}{', or None' if none_ok else ''}, got {value!r}"
 
 
 # -- readiness -------------------------------------------------------------------------------------------

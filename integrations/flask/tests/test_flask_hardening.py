@@ -105,6 +105,26 @@ def test_a_token_no_header_can_carry_fails_at_init_app(repository: Path, key: st
         make_app(repository, **{key: token})
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("INPROCSERVE_TIMEOUT_S", "2"),  # each was a 500 on every request, or on each worker's first
+        ("INPROCSERVE_TIMEOUT_S", float("nan")),
+        ("INPROCSERVE_TIMEOUT_S", 0),
+        ("INPROCSERVE_POLL_INTERVAL_S", "60"),
+        ("INPROCSERVE_CONTROL_INTERVAL_S", 0),
+        ("INPROCSERVE_CONTROL_INTERVAL_S", float("inf")),
+        ("INPROCSERVE_FLAG_TIMEOUT_S", None),
+        ("INPROCSERVE_RETRY_AFTER_S", "1"),  # a TypeError at init_app
+    ],
+)
+def test_a_duration_setting_of_the_wrong_type_or_range_fails_at_init_app(
+    repository: Path, key: str, value: object
+) -> None:
+    with pytest.raises(inprocserve.ConfigurationError, match=f"{key} must be a number of seconds"):
+        make_app(repository, **{key: value})
+
+
 def test_protocol_details_through_flask(app: Flask) -> None:
     client = app.test_client()
     bools = {"inputs": [{**X, "datatype": "INT32", "data": [True, 2, 3, 4]}]}

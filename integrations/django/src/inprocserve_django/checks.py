@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -140,34 +139,21 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return messages
 
 
-# the plug-in's own values the server or its views would refuse (or fail on) at the first request, checked
-# at start-up instead: key -> (whether None is allowed, whether 0 is allowed)
-_SECONDS = {
-    "TIMEOUT_S": (True, False),
-    "POLL_INTERVAL_S": (True, False),
-    "CONTROL_INTERVAL_S": (True, False),
-    "FLAG_TIMEOUT_S": (False, False),
-    "RETRY_AFTER_S": (False, True),
-}
-
-
 def _names(value: object) -> bool:
     return isinstance(value, list | tuple) and all(isinstance(name, str) for name in value)
 
 
 def _value_errors(config: Mapping[str, Any]) -> list[Error]:
-    """inprocserve.E012: values of the wrong type or out of range, which would fail every request (a 500)."""
+    """inprocserve.E012: values of the wrong type or out of range, which would fail every request (a 500),
+    or the first request of every worker (which builds the server)."""
     errors: list[Error] = []
-    for key, (none_ok, zero_ok) in _SECONDS.items():
-        value = config[key]
-        if value is None and none_ok:
-            continue
-        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        if not number or value < 0 or (value == 0 and not zero_ok):
-            expected = f"a number of seconds {'>= 0' if zero_ok else '> 0'}{' or None' if none_ok else ''}"
+    for setting in web.SECONDS_SETTINGS:
+        key = setting.upper()
+        problem = web.seconds_setting_problem(setting, config[key])
+        if problem is not None:
             errors.append(
                 Error(
-                    f"INPROCSERVE['{key}'] is {value!r}: {expected} is expected.",
+                    f"INPROCSERVE['{key}'] {problem}.",
                     hint=f"The default is {DEFAULTS[key]!r} (see docs/django.md).",
                     id="inprocserve.E012",
                 )

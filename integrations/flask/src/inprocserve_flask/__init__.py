@@ -154,6 +154,7 @@ class Inprocserve:
                     f"{key} {problem}; use a long random string such as secrets.token_urlsafe(32)"
                 )
         _check_shadow_settings(app.config)
+        _check_seconds_settings(app.config)
         state = _State(app)
         app.extensions[_EXTENSION] = state
         app.before_request(_note_start)  # the deadline header's budget counts from here
@@ -205,6 +206,21 @@ def _check_shadow_settings(config: Mapping[str, Any]) -> None:
     for argument in web.SHADOW_SETTINGS:
         key = f"INPROCSERVE_{argument.upper()}"
         problem = web.shadow_setting_problem(argument, config[key])
+        if problem is not None:
+            raise inprocserve.ConfigurationError(f"{key} {problem}")
+
+
+def _check_seconds_settings(config: Mapping[str, Any]) -> None:
+    """Refuse durations of the wrong type or range at ``init_app``: a string or NaN in
+    ``INPROCSERVE_TIMEOUT_S`` failed every request with a 500, one in an interval the first request of each
+    worker (which builds the server), and ``INPROCSERVE_RETRY_AFTER_S = "1"`` a ``TypeError`` here.
+
+    Raises:
+        inprocserve.ConfigurationError: naming the key and what it must be.
+    """
+    for setting in web.SECONDS_SETTINGS:
+        key = f"INPROCSERVE_{setting.upper()}"
+        problem = web.seconds_setting_problem(setting, config[key])
         if problem is not None:
             raise inprocserve.ConfigurationError(f"{key} {problem}")
 
