@@ -409,15 +409,18 @@ def test_interleaving_credits_clicks_to_rankers(repository: Path, make_server: S
     assert server.record_click("unknown", 1) is None
 
 
+def ranker_server(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    """Two rankers of one feature, in opposite orders, interleaved."""
+    save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)
+    save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)
+    return make_server(repository, config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)), seed=4))
+
+
 @pytest.mark.parametrize("length", [0, -1, 2.5, "3", True])
 def test_an_interleaving_length_that_is_no_count_of_items_is_refused_before_anything_runs(
     repository: Path, make_server: ServerFactory, length: Any
 ) -> None:
-    save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)
-    save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)
-    server = make_server(
-        repository, config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)), seed=4)
-    )
+    server = ranker_server(repository, make_server)
     with pytest.raises(inprocserve.InvalidInputError, match="length must be a whole number >= 1"):
         server.interleave("ranker", np.arange(8, dtype=np.float32).reshape(8, 1), length=length)
     assert server.status()["models"]["ranker"]["rollout"]["interleaving"] is None  # no query was counted
@@ -427,11 +430,7 @@ def test_an_interleaving_length_that_is_no_count_of_items_is_refused_before_anyt
 def test_a_click_on_something_that_is_no_item_index_is_refused(
     repository: Path, make_server: ServerFactory, item: Any
 ) -> None:
-    save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)
-    save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)
-    server = make_server(
-        repository, config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)), seed=4)
-    )
+    server = ranker_server(repository, make_server)
     result = server.interleave("ranker", np.arange(8, dtype=np.float32).reshape(8, 1))
     with pytest.raises(inprocserve.InvalidInputError, match="item must be the index of a ranked item"):
         server.record_click(result.request_id, item)

@@ -153,8 +153,7 @@ class Inprocserve:
                 raise inprocserve.ConfigurationError(
                     f"{key} {problem}; use a long random string such as secrets.token_urlsafe(32)"
                 )
-        _check_shadow_settings(app.config)
-        _check_seconds_settings(app.config)
+        _check_settings(app.config)
         state = _State(app)
         app.extensions[_EXTENSION] = state
         app.before_request(_note_start)  # the deadline header's budget counts from here
@@ -196,31 +195,20 @@ class Inprocserve:
             state.close()
 
 
-def _check_shadow_settings(config: Mapping[str, Any]) -> None:
-    """Refuse bad shadow settings at ``init_app``. ``Server`` checks them too, but it is built lazily in each
-    worker: a bad value would fail the first request of every worker instead of the start-up.
+def _check_settings(config: Mapping[str, Any]) -> None:
+    """Refuse shadow settings and durations of the wrong type or range at ``init_app``. ``Server`` checks
+    most of them too, but it is built lazily in each worker: a bad value would fail the first request of
+    every worker instead of the start-up (and a string or NaN in ``INPROCSERVE_TIMEOUT_S``, which only the
+    views read, every request).
 
     Raises:
         inprocserve.ConfigurationError: naming the key and what it must be.
     """
-    for argument in web.SHADOW_SETTINGS:
-        key = f"INPROCSERVE_{argument.upper()}"
-        problem = web.shadow_setting_problem(argument, config[key])
-        if problem is not None:
-            raise inprocserve.ConfigurationError(f"{key} {problem}")
-
-
-def _check_seconds_settings(config: Mapping[str, Any]) -> None:
-    """Refuse durations of the wrong type or range at ``init_app``: a string or NaN in
-    ``INPROCSERVE_TIMEOUT_S`` failed every request with a 500, one in an interval the first request of each
-    worker (which builds the server), and ``INPROCSERVE_RETRY_AFTER_S = "1"`` a ``TypeError`` here.
-
-    Raises:
-        inprocserve.ConfigurationError: naming the key and what it must be.
-    """
-    for setting in web.SECONDS_SETTINGS:
+    checks = [(name, web.shadow_setting_problem) for name in web.SHADOW_SETTINGS]
+    checks += [(name, web.seconds_setting_problem) for name in web.SECONDS_SETTINGS]
+    for setting, problem_of in checks:
         key = f"INPROCSERVE_{setting.upper()}"
-        problem = web.seconds_setting_problem(setting, config[key])
+        problem = problem_of(setting, config[key])
         if problem is not None:
             raise inprocserve.ConfigurationError(f"{key} {problem}")
 
