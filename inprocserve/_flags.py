@@ -27,7 +27,16 @@ from typing import Any, Protocol, runtime_checkable
 from . import _fork
 from ._errors import ConfigurationError, InprocserveError
 
-__all__ = ["EnvFlags", "FileFlags", "FlagError", "FlagProvider", "FlagTypeError", "InMemoryFlags", "OpenFeatureFlags"]
+__all__ = [
+    "EnvFlags",
+    "FileFlags",
+    "FlagError",
+    "FlagProvider",
+    "FlagTypeError",
+    "InMemoryFlags",
+    "OpenFeatureFlags",
+    "targeting_key_of",
+]
 
 _MISSING = object()
 _ABSENT = object()  # remembered: the provider does not have this flag (the caller's default answers)
@@ -586,13 +595,14 @@ class OpenFeatureFlags:
         return now
 
     def _context(self, context: Mapping[str, Any]) -> Any:
-        key = context.get(self.targeting_key_field, context.get("targeting_key"))
         attributes = {
             k: v
             for k, v in context.items()
             if k != self.targeting_key_field and isinstance(v, str | int | float | bool)
-        }
-        return self._context_type(targeting_key=None if key is None else str(key), attributes=attributes)
+        }  # (the same key as the rollout's buckets: flag rules and buckets agree on who the user is)
+        return self._context_type(
+            targeting_key=targeting_key_of(context, self.targeting_key_field), attributes=attributes
+        )
 
     def _details(self, method: str, key: str, default: Any, context: Any) -> Any:
         return getattr(self._client, method)(key, default, context)
@@ -789,3 +799,15 @@ def _error_code(details: Any) -> str | None:
     """The OpenFeature error code of an evaluation as a plain string (None when it succeeded)."""
     code = details.error_code
     return None if code is None else str(getattr(code, "value", code))
+
+
+def targeting_key_of(ctx: Mapping[str, Any], field: str) -> str | None:
+    """The targeting key a request is bucketed by: ``ctx[field]``, else OpenFeature's ``targeting_key``; a
+    key that is None or empty is no key (an anonymous request, bucketed at random), and does not hide the
+    other (``{"user_id": None, "targeting_key": "u-1"}`` is u-1's, not random)."""
+    key = ctx.get(field)
+    if key is None or key == "":
+        key = ctx.get("targeting_key")
+        if key is None or key == "":
+            return None
+    return str(key)

@@ -8,6 +8,7 @@ yields the stable decision and is counted; it never fails a request.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import random
@@ -25,7 +26,7 @@ from ._config import RolloutConfig
 from ._errors import InvalidInputError
 from ._experiments import BUCKETS, Interleaving, VariantStats, bucket, compare, epsilon_greedy, pick_weighted, thompson
 from ._flag_reader import FlagReader, UnusableFlag
-from ._flags import FlagTypeError, MustAsk
+from ._flags import FlagTypeError, MustAsk, targeting_key_of
 from ._held_bytes import held_bytes
 
 __all__ = ["Decision", "FlagReader", "Router"]
@@ -124,6 +125,16 @@ class _NoFlags:
 _EMPTY: Mapping[str, Any] = {}
 
 
+class _Counted(enum.Enum):
+    """What :meth:`_Assignments.take` gives for a request whose outcome was counted already (any string may
+    name a variant, the empty one too)."""
+
+    COUNTED = "counted"
+
+
+_COUNTED = _Counted.COUNTED
+
+
 class _Assignments:
     """Request id -> the variant that served it, for outcomes reported by request id: each kept ``ttl_s``
     after it was served, and at most ``size`` of them (the oldest go first). Not thread-safe: the router's
@@ -136,7 +147,7 @@ class _Assignments:
     __slots__ = ("_clock", "_entries", "_front_expires", "_size", "_ttl_s")
 
     def __init__(self, size: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, str | _Counted]] = OrderedDict()
         self._size = size
         self._ttl_s = ttl_s
         self._clock = clock
@@ -158,15 +169,16 @@ class _Assignments:
                 entries.popitem(last=False)
             self._front_expires = next(iter(entries.values()))[0]  # (this note's, at least, is there)
 
-    def take(self, request_id: str) -> str | None:
+    def take(self, request_id: str) -> str | _Counted | None:
         """The variant that served ``request_id``, once: an outcome counts once per request, so a retried
         report (or a second click on the page) cannot outweigh the requests that were reported once. The
-        entry stays, empty, so that a repeat is known for one and is not credited by key either."""
+        entry stays, marked ``_COUNTED``, so that a repeat is known for one and is not credited by key
+        either."""
         entry = self._entries.get(request_id)
         if entry is None or entry[0] <= self._clock():
             return None
-        if entry[1]:
-            self._entries[request_id] = (entry[0], "")  # (in place: the order of expiry is kept)
+        if entry[1] is not _COUNTED:
+            self._entries[request_id] = (entry[0], _COUNTED)  # (in place: the order of expiry is kept)
         return entry[1]
 
     def __len__(self) -> int:
@@ -284,8 +296,8 @@ class Router:
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
         # reported by key can only be credited to what was drawn (set under the lock the draw holds anyway).
         self._bandit_keys: TTLCache[str, str] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
-        # Whether a draw was ever remembered for a key: until then no request looks into _bandit_keys (whose
-        # len() expires entries, and must hold the lock) to forget one.
+        # Whether a draw may be remembered for a key (set by a draw, cleared once none is left): while not, no
+        # request looks into _bandit_keys (a look takes the lock) to forget one.
         self._drew_for_keys = False
         self._interleavings: TTLCache[str, _Interleaved] = TTLCache(
             maxsize=_INTERLEAVED_ITEMS_KEPT, ttl=_ASSIGNMENT_TTL_S, getsizeof=_Interleaved.size
@@ -296,6 +308,7 @@ class Router:
         self._default_decisions: dict[int, Decision] = {}
         self.recent: deque[Mapping[str, np.ndarray]] = deque(maxlen=max(1, config.capture_inputs))
         self._recent_bytes = 0  # what the samples in ``recent`` hold (changed under the lock)
+        self._recent_sizes: deque[int] = deque()  # each sample's bytes, in the order of ``recent``
         self._too_large_said = False
         self.update(config)
 
@@ -312,12 +325,18 @@ class Router:
         if self.recent.maxlen != max(1, config.capture_inputs):
             with self._lock:
                 self.recent = deque(self.recent, maxlen=max(1, config.capture_inputs))
-                self._recent_bytes = sum(map(_sample_bytes, self.recent))
+                while len(self._recent_sizes) > len(self.recent):  # (the oldest went)
+                    self._recent_sizes.popleft()
+                self._recent_bytes = sum(self._recent_sizes)
         seed = config.seed
         self._rng = np.random.default_rng(seed)
         self._coin = random.Random(seed)
         # With no flags and nothing but a stable version, decide() can skip straight to the answer.
         self.trivial = isinstance(self._flags, _NoFlags) and config.strategy == "stable" and not config.shadow.versions
+        if self.trivial:  # (decide() returns before any key is looked at: no later request could forget them)
+            with self._lock:
+                self._bandit_keys.clear()
+                self._drew_for_keys = False
         # With no flags every flag reads its configured value: decide() reads the configuration directly.
         self._unflagged = _Unflagged.of(config) if type(self._flags) is _NoFlags else None
         # A provider whose values hold for every context: decide() reads them once per change of values.
@@ -334,6 +353,8 @@ class Router:
             raise _not_a_mapping(self.model, context)
         stable = self._stable(ready, latest)
         if self.killed:
+            if self._drew_for_keys and context:  # (served otherwise: see _forget_draw)
+                self._forget_draw(targeting_key_of(context, self.config.key_field))
             return Decision(stable, "stable", "kill switch is on (control file)")
         if self.trivial:
             if stable == latest and self.stable_alias is None and self.config.stable is None:
@@ -435,6 +456,8 @@ class Router:
             if version not in ready:
                 return None
         if plan.killed:
+            if self._drew_for_keys:
+                self._forget_draw(targeting_key_of(ctx, plan.key_field))
             return Decision(
                 stable,
                 "stable",
@@ -447,9 +470,9 @@ class Router:
         if strategy == "stable":
             version, variant, reason = stable, "stable", "stable version"
             if self._drew_for_keys:
-                self._forget_draw(_key_text(ctx, plan.key_field))
+                self._forget_draw(targeting_key_of(ctx, plan.key_field))
         else:
-            text = _key_text(ctx, plan.key_field)
+            text = targeting_key_of(ctx, plan.key_field)
             if strategy != "bandit" and self._drew_for_keys:
                 self._forget_draw(text)
             position = bucket(self.model, plan.salt, text) if text is not None else random.randrange(BUCKETS)
@@ -569,6 +592,8 @@ class Router:
         flags, keys, config = self._flags, self._keys, self.config
         stable = self._read_stable(ready, stable, ctx, used)
         if flags.boolean(keys.kill, False, ctx, used):
+            if draw and self._drew_for_keys:
+                self._forget_draw(targeting_key_of(ctx, config.key_field))
             return stable, "stable", "kill switch is on", True
         strategy = flags.string(keys.strategy, config.strategy, ctx, used)
         if strategy not in _STRATEGIES:
@@ -577,11 +602,11 @@ class Router:
             return None
         if strategy == "stable":  # (no bucket: the user's key is hashed only for a strategy that splits traffic)
             if draw and self._drew_for_keys:
-                self._forget_draw(_key_text(ctx, config.key_field))
+                self._forget_draw(targeting_key_of(ctx, config.key_field))
             return stable, "stable", "stable version", False
         if strategy == "bandit":  # (a try on the request's thread stops before any draw: see before_draw)
             flags.before_draw()
-        text = _key_text(ctx, config.key_field)
+        text = targeting_key_of(ctx, config.key_field)
         if strategy != "bandit" and draw and self._drew_for_keys:
             self._forget_draw(text)
         position = bucket(self.model, config.salt, text) if text is not None else random.randrange(BUCKETS)
@@ -709,11 +734,14 @@ class Router:
                 self._assignments[request_id] = decision.variant
 
     def _forget_draw(self, key: str | None) -> None:
-        """A request of ``key`` was routed by another strategy than the bandit (flags or a reload ended it for
-        this key): the arm last drawn for it no longer says where its outcomes by key go."""
+        """A request of ``key`` was routed by another strategy than the bandit, or by the kill switch (flags or
+        a reload ended the bandit for it): the arm last drawn for it no longer says where its outcomes by key
+        go. Once no draw is remembered, requests stop looking (the bandit may draw again later)."""
         if key is not None:
             with self._lock:
                 self._bandit_keys.pop(key, None)
+                if not self._bandit_keys:  # (len() expires old draws: under the lock)
+                    self._drew_for_keys = False
 
     def _sample(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Keep a copy of a request's inputs in ``recent``, the oldest going first past ``capture_inputs``
@@ -736,8 +764,10 @@ class Router:
             while recent and (len(recent) >= (recent.maxlen or 1) or self._recent_bytes + nbytes > _CAPTURED_BYTES):
                 if len(recent) < (recent.maxlen or 1):  # full by bytes: sample one request in _CAPTURE_EVERY now
                     self._capture_size = min(self._capture_size, len(recent))
-                self._recent_bytes -= _sample_bytes(recent.popleft())
+                recent.popleft()
+                self._recent_bytes -= self._recent_sizes.popleft()
             recent.append(sample)
+            self._recent_sizes.append(nbytes)
             self._recent_bytes += nbytes
 
     def record_outcome(
@@ -758,9 +788,9 @@ class Router:
             )
         with self._lock:
             variant = self._assignments.take(request_id) if request_id is not None else None
-        if variant == "":  # this request's outcome was counted already
+        if variant is _COUNTED:  # this request's outcome was counted already
             return None
-        if variant is None and key is not None:
+        if variant is None and key is not None and str(key) != "":  # (an empty key is no key: not bucketed)
             variant = self._variant_of_key(str(key), ready, latest)
         if variant is None:
             return None
@@ -774,12 +804,12 @@ class Router:
         The bandit's last draw for the key comes first: it served the key's last request, whatever the flags
         say now of a context this call does not have (a rule on another attribute) or cannot read (a failing
         provider). A later request of the key routed by another strategy forgets it (:meth:`_forget_draw`)."""
+        if self.trivial:  # no rollout: nothing to attribute (a reload that ended the rollout forgot its draws)
+            return None
         with self._lock:
             drawn = self._bandit_keys.get(key)
         if drawn is not None:
             return drawn
-        if self.trivial:  # no rollout: nothing to attribute
-            return None
         stable = self._stable(ready, latest)
         if self.killed:
             return "stable"
@@ -888,16 +918,14 @@ class _Interleaved:
         return True
 
 
-def _key_text(ctx: Mapping[str, Any], field: str) -> str | None:
-    """The targeting key a request is bucketed by: ``ctx[field]``, else OpenFeature's ``targeting_key``; a
-    key that is None or empty is no key (an anonymous request, bucketed at random), and does not hide the
-    other (``{"user_id": None, "targeting_key": "u-1"}`` is u-1's, not random)."""
-    key = ctx.get(field)
-    if key is None or key == "":
-        key = ctx.get("targeting_key")
-        if key is None or key == "":
-            return None
-    return str(key)
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, cut short: a flag's value comes from a provider, and an int of 5000
+    digits has no repr at all (Python refuses the conversion)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an {type(value).__name__} too large to show"
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _sample_bytes(arrays: Mapping[str, Any]) -> int:
@@ -955,9 +983,15 @@ def _weights(key: str, value: Any, variants: Mapping[str, Any]) -> dict[str, flo
         raise UnusableFlag(key, f"{key!r} names unknown variants {unknown} (variants: {', '.join(variants)})")
     weights: dict[str, float] = {}
     for name, weight in value.items():
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0 or math.isinf(weight):
-            raise UnusableFlag(key, f"{key!r}: the weight of {name!r} must be a number >= 0, got {weight!r}")
-        weights[name] = float(weight)
+        try:  # (an int past any float overflows both the test and float())
+            usable = not isinstance(weight, bool) and isinstance(weight, int | float) and weight >= 0
+            weights[name] = float(weight) if usable and not math.isinf(weight) else math.nan
+        except OverflowError:
+            weights[name] = math.nan
+        if math.isnan(weights[name]):
+            raise UnusableFlag(
+                key, f"{key!r}: the weight of {name!r} must be a finite number >= 0, got {_shown(weight)}"
+            )
     if not sum(weights.values()) > 0:
         raise UnusableFlag(key, f"{key!r}: the weights must not all be 0")
     return weights

@@ -196,6 +196,10 @@ def test_openfeature_adapter_with_the_sdk_in_memory_provider() -> None:
     assert flags.blocking is False  # OpenFeature's in-memory provider evaluates in this process
     assert flags.get_number("fraud.canary.percent", 0, {"user_id": "vip", "plan": "pro"}) == 100.0
     assert flags.get_number("fraud.canary.percent", 0, {"user_id": "someone"}) == 5.0
+    # the targeting key the rollout buckets by: an empty or None user id leaves OpenFeature's own to it
+    for no_user in (None, ""):
+        vip = {"user_id": no_user, "targeting_key": "vip", "plan": "pro"}
+        assert flags.get_number("fraud.canary.percent", 0, vip) == 100.0
     assert flags.get_boolean("fraud.kill", True, {}) is False
     assert flags.get_string("fraud.strategy", "stable", {}) == "canary"
     assert flags.get_object("fraud.shadow.versions", [], {}) == [3]

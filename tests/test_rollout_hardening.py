@@ -242,6 +242,51 @@ def test_an_outcome_by_key_goes_to_the_arm_drawn_while_the_flag_provider_fails(
     assert server.record_outcome(None, 1.0, model="scale", key="alice") == drawn
 
 
+@pytest.mark.parametrize("kill", ["flag", "control file"])
+def test_a_key_served_under_the_kill_switch_after_a_bandit_draw_is_credited_to_stable(
+    versions: Path, make_server: ServerFactory, kill: str
+) -> None:
+    flags = InMemoryFlags({})
+    server = make_server(versions, flags=flags, config=rollout(strategy="bandit", stable=3, variants=ARMS, seed=1))
+    assert predict(server, "alice").variant in ARMS
+    if kill == "flag":
+        flags.set("scale.kill", True)
+    else:
+        server.kill("scale")
+    assert predict(server, "alice").variant == "stable"  # served otherwise: the draw no longer counts
+    assert server.record_outcome(None, 1.0, model="scale", key="alice") == "stable"
+
+
+def test_a_reload_that_ends_the_rollout_forgets_the_bandit_s_draws(versions: Path, make_server: ServerFactory) -> None:
+    config = versions / "scale" / "config.toml"
+    config.write_text(
+        'version_policy = "all"\n[rollout]\nstrategy = "bandit"\nseed = 1\n[rollout.variants]\n'
+        "a = { version = 1 }\nb = { version = 2 }\n"
+    )
+    server = make_server(versions)
+    assert predict(server, "alice").variant in ARMS
+    config.write_text('version_policy = "all"\n')  # no rollout: the answers are no variant's
+    assert server.refresh() == []
+    assert predict(server, "alice").variant == "default"
+    assert server.record_outcome(None, 1.0, model="scale", key="alice") is None
+
+
+def test_an_outcome_by_an_empty_key_is_credited_to_no_one(versions: Path, make_server: ServerFactory) -> None:
+    """An empty key is no key: it was bucketed at random, one variant or the other at each call."""
+    server = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
+    assert {server.record_outcome(None, 1.0, model="scale", key="") for _ in range(20)} == {None}
+
+
+def test_a_variant_named_with_the_empty_string_gets_its_outcomes(versions: Path, make_server: ServerFactory) -> None:
+    arms = {"": {"version": 1, "weight": 50}, "b": {"version": 2, "weight": 50}}
+    server = make_server(versions, config=rollout(strategy="ab", variants=arms))
+    results = [predict(server, f"u{i}") for i in range(30)]
+    assert {result.variant for result in results} == {"", "b"}
+    assert all(server.record_outcome(result.request_id, 1.0) == result.variant for result in results)
+    unnamed = server.status()["models"]["scale"]["rollout"]["variants"][""]
+    assert unnamed["served"] == unnamed["outcomes"] > 0
+
+
 @pytest.mark.parametrize("policy", ["epsilon_greedy", "thompson"])
 def test_a_bandit_draws_among_the_arms_that_can_serve(versions: Path, make_server: ServerFactory, policy: str) -> None:
     # Arm "gone" names a version that is not in the repository: it can never serve nor get an outcome.
@@ -551,7 +596,7 @@ def test_promoting_the_stable_version_is_refused_not_compared_with_itself(
 def test_served_variants_are_kept_an_hour_and_a_bounded_number_and_credited_once() -> None:
     """Outcomes by request id are credited to the variant that served it for ``ttl_s`` after it was served,
     once, and at most ``size`` request ids are kept (the oldest go first), however many requests are routed."""
-    from inprocserve._rollout import _Assignments
+    from inprocserve._rollout import _COUNTED, _Assignments
 
     now = [0.0]
     served = _Assignments(3, 60.0, clock=lambda: now[0])
@@ -559,7 +604,7 @@ def test_served_variants_are_kept_an_hour_and_a_bounded_number_and_credited_once
         served[f"r{number}"] = "canary" if number % 2 else "stable"
         now[0] += 10.0
     assert [served.take(f"r{number}") for number in range(3)] == [None, "canary", "stable"]
-    assert served.take("r1") == ""  # credited already: known, and credited no more
+    assert served.take("r1") is _COUNTED  # credited already: known, and credited no more
     assert len(served) == 3
     now[0] = 71.0  # r1 was served at 10 s: 61 s ago
     assert served.take("r1") is None and served.take("r3") == "canary"

@@ -376,6 +376,18 @@ def test_ab_weights_come_from_a_flag(versions: Path, make_server: ServerFactory)
     assert {answer(server, f"u{i}").version for i in range(50)} == {3}
 
 
+def test_ab_weights_from_a_flag_as_ints_past_any_float_are_an_unusable_flag(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    flags = InMemoryFlags({"scale.ab.weights": {"a": 10**5000, "b": 1}})
+    arms = {"a": VariantConfig(version=1), "b": VariantConfig(version=3)}
+    server = make_server(versions, flags=flags, config=rollout(strategy="ab", variants=arms))
+    assert "unusable flag" in answer(server, "u1").reason  # (it was counted as the provider failing)
+    flag_status = server.status()["models"]["scale"]["rollout"]["flags"]
+    assert (flag_status["unusable"], flag_status["failures"]) == (1, 0)
+    assert "an int too large to show" in flag_status["unusable_flags"]["scale.ab.weights"]
+
+
 def test_bandit_converges_on_simulated_rewards(versions: Path, make_server: ServerFactory) -> None:
     arms = {"v1": VariantConfig(version=1), "v2": VariantConfig(version=2), "v3": VariantConfig(version=3)}
     server = make_server(versions, config=rollout(strategy="bandit", variants=arms, seed=11))
