@@ -38,8 +38,9 @@ MAX_BATCH_ROWS = 65_536
 MAX_COUNT = 16 * 2**20
 """Most rows or entries any bounded buffer (queue, cache, drift window) is configured to hold."""
 MAX_INTERVAL_S = 86_400.0
-"""Longest interval of a background thread's polling: a wait much longer overflows the platform's clock (an
-``OverflowError`` that ends the thread), and a day between two looks at the repository is a typo."""
+"""Longest interval of a background thread's polling: more than a day between two looks at the repository is
+a typo, and a wait past a lock's limit (``threading.TIMEOUT_MAX``, centuries; an infinite one) ends the
+thread with an ``OverflowError``."""
 MAX_DELAY_S = 60.0
 """Longest wait for a batch's companions: a minute is far past any latency budget, so more is a unit mistake
 (milliseconds written as seconds)."""

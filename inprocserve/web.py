@@ -113,7 +113,7 @@ def shadow_setting_problem(argument: str, value: object) -> str | None:
 
 SECONDS_SETTINGS: Mapping[str, tuple[bool, bool, float | None]] = MappingProxyType(
     {
-        "timeout_s": (True, False, None),
+        "timeout_s": (True, False, math.inf),  # (infinity: no deadline, as predict(timeout_s=inf) takes it)
         "poll_interval_s": (True, False, MAX_INTERVAL_S),
         "control_interval_s": (True, False, MAX_INTERVAL_S),
         "flag_timeout_s": (False, False, MAX_FLAG_TIMEOUT_S),
@@ -121,8 +121,8 @@ SECONDS_SETTINGS: Mapping[str, tuple[bool, bool, float | None]] = MappingProxyTy
     }
 )
 """An integration's settings in seconds: whether ``None`` is allowed, whether 0 is, and the largest value
-(``timeout_s``: a view's default budget; ``retry_after_s``: what a 503 tells clients; the others are
-:class:`~inprocserve.Server`'s arguments)."""
+(``None``: any finite one; ``timeout_s``: a view's default budget; ``retry_after_s``: what a 503 tells
+clients; the others are :class:`~inprocserve.Server`'s arguments)."""
 
 
 def seconds_setting_problem(setting: str, value: object) -> str | None:
@@ -138,7 +138,7 @@ def seconds_setting_problem(setting: str, value: object) -> str | None:
         number = math.inf
     if (number >= 0 if zero_ok else number > 0) and (number <= highest if highest is not None else number < math.inf):
         return None
-    bounds = (">= 0" if zero_ok else "> 0") + (f" and <= {highest:g}" if highest is not None else "")
+    bounds = (">= 0" if zero_ok else "> 0") + (f" and <= {highest:g}" if highest not in (None, math.inf) else "")
     return f"must be a number of seconds {bounds}{', or None' if none_ok else ''}, got {value!r}"
 
 

@@ -207,7 +207,6 @@ def test_system_checks(repository: Path, tmp_path: Path) -> None:
         ["REPOSITORY", "models/"],
         {"TIMEOUT_S": "2"},
         {"TIMEOUT_S": float("nan")},
-        {"TIMEOUT_S": float("inf")},
         {"TIMEOUT_S": 0},
         {"CONTROL_INTERVAL_S": 0},
         {"POLL_INTERVAL_S": "60"},
@@ -222,6 +221,24 @@ def test_settings_of_the_wrong_type_or_range_are_check_error_e012(repository: Pa
     if isinstance(settings, dict):
         settings = {"REPOSITORY": str(repository), **settings}
     assert check_ids(settings) == ["inprocserve.E012"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"TIMEOUT_S": float("inf")}, {"FLAG_TIMEOUT_S": 60}, {"POLL_INTERVAL_S": 86_400}, {"RETRY_AFTER_S": 0}],
+    ids=repr,
+)
+def test_durations_at_their_bounds_pass_the_checks(repository: Path, settings: dict[str, Any]) -> None:
+    """An infinite TIMEOUT_S is no deadline, as predict(timeout_s=inf) takes it."""
+    assert check_ids({"REPOSITORY": str(repository), **settings}) == []
+
+
+@pytest.mark.parametrize(
+    "settings", [{"FLAG_TIMEOUT_S": 120.0}, {"POLL_INTERVAL_S": 172_800}, {"CONTROL_INTERVAL_S": 1e6}], ids=repr
+)
+def test_durations_past_what_the_server_takes_are_check_error_e012(repository: Path, settings: dict[str, Any]) -> None:
+    """The server is built at the first request: a value it refuses would make every request a 500."""
+    assert check_ids({"REPOSITORY": str(repository), **settings}) == ["inprocserve.E012"]
 
 
 def test_a_repository_setting_that_is_no_path_is_check_error_e001() -> None:
