@@ -13,7 +13,6 @@ import math
 import numbers
 import os
 import threading
-import tomllib
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from ._rollout_config import (
     Strategy,
     VariantConfig,
 )
+from ._toml_file import read_toml
 from ._version_policy import VersionPolicy, parse_version_policy
 
 logger = logging.getLogger(__name__)
@@ -508,15 +508,7 @@ def _changed(given: Any, default: Any, base: Any) -> dict[str, Any]:
 def load_model_config(path: Path, base: ModelConfig | None = None) -> ModelConfig:
     """Read ``config.toml`` at ``path`` over ``base`` (the server's defaults)."""
     base = base or ModelConfig()
-    try:
-        raw = path.read_bytes()
-        # A byte-order mark (as some Windows editors write) is not TOML: tomllib's "Invalid statement (at line
-        # 1, column 1)" would not say what to fix, and the file is otherwise what its author meant.
-        data = tomllib.loads(raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot be read: {exc}") from exc
+    data = read_toml(path)
     try:
         with _DEPRECATIONS.reading(str(path)):
             return base.merged(data, source=str(path))

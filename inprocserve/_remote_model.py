@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ._errors import ConfigurationError, ModelLoadError
+from ._toml_file import read_toml
 
 __all__ = ["REMOTE_FILENAME", "RemoteModel", "read_remote_toml"]
 
@@ -172,11 +172,9 @@ def read_remote_toml(path: str | Path) -> RemoteModel:
     """
     path = Path(path)
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path}: cannot be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelLoadError(f"{path}: not valid TOML: {exc}") from None
+        document = read_toml(path)
+    except ConfigurationError as exc:
+        raise ModelLoadError(str(exc)) from None
     known = {f.name for f in fields(RemoteModel)}
     unknown = sorted(set(document) - known - {"headers_from_env"})
     if unknown:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,16 +160,47 @@ def test_a_config_toml_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> N
     assert load_model_config(path).batching.max_batch_size == 8
 
 
-def test_a_folder_where_config_toml_belongs_fails_the_model_and_says_so(
-    repository: Path, make_server: ServerFactory
+def make_a_folder(path: Path) -> None:
+    path.mkdir()
+
+
+def make_a_pipe(path: Path) -> None:
+    os.mkfifo(path)  # opened for reading, it waits for a writer: Server() blocked for good
+
+
+def link_to_an_endless_device(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def write_a_huge_file(path: Path) -> None:
+    path.write_bytes(b"# settings\n" * 200_000)
+
+
+def nest_too_deeply(path: Path) -> None:
+    path.write_text("x = " + "[" * 3000 + "]" * 3000 + "\n")  # (a RecursionError escaped, naming no file)
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (make_a_folder, "not a regular file"),
+        (make_a_pipe, "not a regular file"),
+        (link_to_an_endless_device, "not a regular file"),
+        (write_a_huge_file, "larger than 1048576 bytes"),
+        (nest_too_deeply, "not valid TOML: nested too deeply"),
+    ],
+    ids=lambda value: getattr(value, "__name__", ""),
+)
+def test_whatever_lies_where_config_toml_belongs_fails_that_model_alone_and_says_so(
+    repository: Path, make_server: ServerFactory, make: Callable[[Path], None], problem: str
 ) -> None:
-    """It was left out silently: the model served on defaults, with no word of the settings it was meant to
-    have."""
+    """A folder was left out silently (the model served on defaults); a pipe or a device blocked the start."""
     save_model(build_scale_model(2.0), repository, "scale", 1)
     save_model(build_scale_model(2.0), repository, "other", 1)
-    (repository / "scale" / "config.toml").mkdir()
+    make(repository / "scale" / "config.toml")
     server = make_server(repository)
-    assert "config.toml: cannot be read" in server.status()["models"]["scale"]["config_error"]
+    error = server.status()["models"]["scale"]["config_error"]
+    assert "config.toml: " in error and problem in error
     assert server.models == {"other": [1]}  # the other models serve
 
 
