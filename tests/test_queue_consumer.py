@@ -390,6 +390,44 @@ def test_results_that_redis_refuses_for_a_while_are_written_later_not_given_up(
     assert not client.xlen(consumer.DEAD)
 
 
+def test_a_dead_letter_is_written_once_while_redis_refuses_the_results_beside_it(
+    scoring: tuple[Any, inprocserve.Server],
+) -> None:
+    """Writes are not one transaction: the dead letter went in at every retry while the results failed."""
+    client, server = scoring
+    client.set(consumer.RESULTS, "not a stream")
+    good = consumer.produce(client, np.ones((2, FEATURES), np.float32))
+    bad = client.xadd(consumer.REQUESTS, {"features": "[1, 2,"})
+    stop = threading.Event()
+    worker = make(client, server, "w", batch_size=10, claim_idle_ms=500)
+    running = threading.Thread(target=worker.run, args=(stop,))
+    running.start()
+    try:
+        time.sleep(3.5)  # three retries of the writes Redis refused
+        assert client.xlen(consumer.DEAD) == 1
+        client.delete(consumer.RESULTS)
+        runner.wait_until(lambda: not pending(client), "the batch is acknowledged", timeout_s=10)
+    finally:
+        stop.set()
+        running.join(timeout=30)
+    assert [r["request"] for r in consumer.read_results(client)] == [*good, bad]  # each once
+    assert client.xlen(consumer.DEAD) == 1
+
+
+def test_redis_refusing_every_write_for_max_outage_s_ends_the_consumer_with_the_batch_pending(
+    scoring: tuple[Any, inprocserve.Server],
+) -> None:
+    """It was retried every second without a limit, a warning each time; status 3 lets a supervisor see it."""
+    client, server = scoring
+    client.set(consumer.RESULTS, "not a stream")  # for good: a key of the wrong type, or no write rights
+    ids = consumer.produce(client, np.ones((2, FEATURES), np.float32))
+    started = time.monotonic()
+    with pytest.raises(consumer.OutageError, match="Redis failed for 2 s"):
+        make(client, server, "w", claim_idle_ms=500, max_outage_s=2.0).run(threading.Event())
+    assert time.monotonic() - started < 10
+    assert sorted(pending(client)) == sorted(ids)  # for the restarted consumer, or a peer
+
+
 def test_configuration_is_checked() -> None:
     for claim_idle_ms in [0, consumer.MIN_CLAIM_IDLE_MS - 1]:
         with pytest.raises(ValueError, match=f"claim_idle_ms must be >= {consumer.MIN_CLAIM_IDLE_MS} and more than"):

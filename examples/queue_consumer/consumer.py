@@ -412,7 +412,8 @@ class Consumer:
         self._in_hand: Scored | None = None
         """A batch scored whose results are not written or not acknowledged yet (Redis failed meanwhile): the
         next step writes them, rather than read the batch again, which Redis counts as another delivery."""
-        self._written = False
+        self._unwritten: list[tuple[str, Mapping[str, str]]] | None = None
+        """The writes of the batch in hand (stream, fields) that Redis has not taken yet; None until tried."""
 
     def step(self) -> int:
         """Handle one batch; return how many messages it acknowledged (0 when the queue was idle, or when
@@ -429,16 +430,32 @@ class Consumer:
             if self._in_hand is None:
                 return 0
         results, dead = self._in_hand
-        if not self._written:
-            pipe = self.client.pipeline(transaction=False)
+        if self._unwritten is None:
+            self._unwritten = []
             for message_id, fields in results.items():
-                pipe.xadd(RESULTS, fields)
+                self._unwritten.append((RESULTS, fields))
                 if message_id in dead:  # replayable: the original fields, and why it was refused
-                    pipe.xadd(DEAD, {**dead[message_id], "request": message_id, "error": fields["error"]})
-            pipe.execute()  # the results are written ...
-            self._written = True
-        self.client.xack(REQUESTS, GROUP, *results)  # ... and only then the messages acknowledged
-        self._in_hand, self._written = None, False
+                    self._unwritten.append(
+                        (DEAD, {**dead[message_id], "request": message_id, "error": fields["error"]})
+                    )
+        if self._unwritten:
+            # Not a transaction: Redis applies each write it can. Those it refused (out of memory, a key of
+            # the wrong type) are tried again at the next step, alone, so no result or dead letter is written
+            # twice while Redis refuses the others.
+            pipe = self.client.pipeline(transaction=False)
+            for stream, fields in self._unwritten:
+                pipe.xadd(stream, dict(fields))
+            replies = pipe.execute(raise_on_error=False)
+            refused = [
+                (write, reply)
+                for write, reply in zip(self._unwritten, replies, strict=True)
+                if isinstance(reply, Exception)
+            ]
+            self._unwritten = [write for write, _ in refused]
+            if refused:
+                raise refused[0][1]
+        self.client.xack(REQUESTS, GROUP, *results)  # the results are written: only now acknowledged
+        self._in_hand, self._unwritten = None, None
         self.scored += len(results)
         # the next step opens by reading this consumer's own (now empty) pending list: that read resets its
         # idle time in XINFO CONSUMERS, which check_name_free watches (an empty XAUTOCLAIM or XREADGROUP >
@@ -450,31 +467,44 @@ class Consumer:
         """Call ``step()`` until ``stop`` is set; the batch in hand when it is set is finished first.
 
         A Redis failure is logged and retried after a second; the batch in hand stays pending. A batch
-        already scored is kept claimed meanwhile, and its results written once Redis takes them (reading it
-        again would count as one more delivery each time: a long refusal to write, such as Redis out of
-        memory, would give good messages up); any other is read again (first thing, by this consumer). A
-        group that vanished (Redis restarted without persistence, FLUSHALL) is created again.
+        already scored is kept claimed meanwhile, and its results written once Redis takes them, each write
+        once (reading it again would count as one more delivery each time: a long refusal to write, such as
+        Redis out of memory, would give good messages up); any other is read again (first thing, by this
+        consumer). A group that vanished (Redis restarted without persistence, FLUSHALL) is created again.
 
         Raises:
-            OutageError: scoring failed for every message for ``max_outage_s``.
+            OutageError: scoring failed for every message, or Redis failed at every step, for
+                ``max_outage_s`` (what is in hand stays pending, for the restarted consumer or another).
         """
         if stop is not None:
             self.stop = stop
+        failing_since: float | None = None
         while not self.stop.is_set():
             try:
                 self.step()
             except redis.RedisError as exc:
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= self.config.max_outage_s:  # (what is in hand stays pending)
+                    raise OutageError(
+                        f"{self.config.name}: Redis failed for {now - failing_since:.0f} s (max_outage_s): {exc}"
+                    ) from exc
                 if self._in_hand is None:
                     self._restart_reading()
                 if isinstance(exc, redis.ResponseError) and _group_lost(exc):
                     logger.warning(
                         "%s: the stream or group is gone (Redis lost its data?): creating it", self.config.name
                     )
-                    with contextlib.suppress(redis.RedisError):  # if this fails too, the next step says so
+                    try:
                         ensure_group(self.client)
-                    continue
-                logger.warning("%s: Redis failed, retrying in %g s: %s", self.config.name, _REDIS_RETRY_S, exc)
+                        continue
+                    except redis.RedisError:  # (not allowed, or Redis down: the next step says so, after a wait)
+                        pass
+                else:
+                    logger.warning("%s: Redis failed, retrying in %g s: %s", self.config.name, _REDIS_RETRY_S, exc)
                 self._hold_in_hand(_REDIS_RETRY_S)
+            else:
+                failing_since = None
 
     def _hold_in_hand(self, seconds: float) -> None:
         """Wait ``seconds`` (or until ``stop``), keeping the scored batch in hand claimed while Redis lets it."""
