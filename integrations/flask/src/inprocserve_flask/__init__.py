@@ -204,7 +204,9 @@ def _check_settings(config: Mapping[str, Any]) -> None:
     Raises:
         inprocserve.ConfigurationError: naming the key and what it must be.
     """
-    checks = [(name, web.shadow_setting_problem) for name in web.SHADOW_SETTINGS]
+    checks: list[tuple[str, Callable[[str, object], str | None]]] = [
+        (name, web.shadow_setting_problem) for name in web.SHADOW_SETTINGS
+    ]
     checks += [(name, web.seconds_setting_problem) for name in web.SECONDS_SETTINGS]
     for setting, problem_of in checks:
         key = f"INPROCSERVE_{setting.upper()}"
