@@ -31,6 +31,7 @@ __all__ = [
     "is_int",
     "is_number",
     "plain_fields",
+    "shown",
 ]
 
 MAX_BATCH_ROWS = 65_536
@@ -144,3 +145,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping) and any(isinstance(item, np.generic | os.PathLike) for item in value.values()):
         return {key: _plain(item) for key, item in value.items()}
     return value
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for a message, cut short: a setting or a flag's value may be anything, and an int of
+    5000 digits has no repr at all (Python refuses the conversion)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an {type(value).__name__} too large to show"
+    return text if len(text) <= 60 else f"{text[:57]}..."

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import _fork
-from ._errors import ConfigurationError, InprocserveError
+from ._errors import ConfigurationError, InprocserveError, InvalidInputError
 
 __all__ = [
     "EnvFlags",
@@ -804,10 +804,21 @@ def _error_code(details: Any) -> str | None:
 def targeting_key_of(ctx: Mapping[str, Any], field: str) -> str | None:
     """The targeting key a request is bucketed by: ``ctx[field]``, else OpenFeature's ``targeting_key``; a
     key that is None or empty is no key (an anonymous request, bucketed at random), and does not hide the
-    other (``{"user_id": None, "targeting_key": "u-1"}`` is u-1's, not random)."""
-    key = ctx.get(field)
-    if key is None or key == "":
-        key = ctx.get("targeting_key")
+    other (``{"user_id": None, "targeting_key": "u-1"}`` is u-1's, not random).
+
+    Raises:
+        InvalidInputError: the key cannot be made text (an int of 5000 digits, an object whose ``str()`` or
+            ``==`` raises): a request's own mistake, not the library's.
+    """
+    try:
+        key = ctx.get(field)
         if key is None or key == "":
-            return None
-    return str(key)
+            key = ctx.get("targeting_key")
+            if key is None or key == "":
+                return None
+        return str(key)
+    except Exception as exc:  # (anything a caller's object raises)
+        raise InvalidInputError(
+            f"the targeting key ({field!r} or 'targeting_key' in the context) cannot be made text: "
+            f"{type(exc).__name__}; send a string or an int"
+        ) from None

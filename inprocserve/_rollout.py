@@ -8,6 +8,7 @@ yields the stable decision and is counted; it never fails a request.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -23,6 +24,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from ._config import RolloutConfig
+from ._config_checks import shown
 from ._errors import InvalidInputError
 from ._experiments import BUCKETS, Interleaving, VariantStats, bucket, compare, epsilon_greedy, pick_weighted, thompson
 from ._flag_reader import FlagReader, UnusableFlag
@@ -354,7 +356,8 @@ class Router:
         stable = self._stable(ready, latest)
         if self.killed:
             if self._drew_for_keys and context:  # (served otherwise: see _forget_draw)
-                self._forget_draw(targeting_key_of(context, self.config.key_field))
+                with contextlib.suppress(InvalidInputError):  # (the kill switch never fails a request)
+                    self._forget_draw(targeting_key_of(context, self.config.key_field))
             return Decision(stable, "stable", "kill switch is on (control file)")
         if self.trivial:
             if stable == latest and self.stable_alias is None and self.config.stable is None:
@@ -457,7 +460,8 @@ class Router:
                 return None
         if plan.killed:
             if self._drew_for_keys:
-                self._forget_draw(targeting_key_of(ctx, plan.key_field))
+                with contextlib.suppress(InvalidInputError):  # (the kill switch never fails a request)
+                    self._forget_draw(targeting_key_of(ctx, plan.key_field))
             return Decision(
                 stable,
                 "stable",
@@ -918,16 +922,6 @@ class _Interleaved:
         return True
 
 
-def _shown(value: Any) -> str:
-    """``repr(value)`` for a message, cut short: a flag's value comes from a provider, and an int of 5000
-    digits has no repr at all (Python refuses the conversion)."""
-    try:
-        text = repr(value)
-    except ValueError:
-        return f"an {type(value).__name__} too large to show"
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
 def _sample_bytes(arrays: Mapping[str, Any]) -> int:
     """Bytes a promotion sample's arrays hold (a text input's strings too)."""
     return held_bytes(arrays.values())
@@ -990,7 +984,7 @@ def _weights(key: str, value: Any, variants: Mapping[str, Any]) -> dict[str, flo
             weights[name] = math.nan
         if math.isnan(weights[name]):
             raise UnusableFlag(
-                key, f"{key!r}: the weight of {name!r} must be a finite number >= 0, got {_shown(weight)}"
+                key, f"{key!r}: the weight of {name!r} must be a finite number >= 0, got {shown(weight)}"
             )
     if not sum(weights.values()) > 0:
         raise UnusableFlag(key, f"{key!r}: the weights must not all be 0")

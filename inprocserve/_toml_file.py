@@ -32,6 +32,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         # O_NONBLOCK: a pipe opens at once (and is refused below) instead of waiting for a writer.
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except BlockingIOError:
+        # A regular file under another process's lease (Samba's oplocks) refuses a non-blocking open: a
+        # plain one waits until the lease is given up, as any reader of the file would.
+        descriptor = _open_regular_file(path)
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot be read: {exc}") from exc
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
@@ -52,3 +56,12 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
     except RecursionError:
         raise ConfigurationError(f"{path}: not valid TOML: nested too deeply") from None
+
+
+def _open_regular_file(path: Path) -> int:
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # (a pipe must not be opened blocking: checked first)
+            raise ConfigurationError(f"{path}: not a regular file (a folder, a pipe or a device); write the file there")
+        return os.open(path, os.O_RDONLY)  # (checked again once open: fstat below)
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot be read: {exc}") from exc

@@ -37,7 +37,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _fork
-from ._config_checks import MAX_INTERVAL_S, check_int, is_number
+from ._config_checks import MAX_INTERVAL_S, check_int, is_number, shown
 from ._control import validate_percent
 from ._errors import (
     ConfigurationError,
@@ -139,7 +139,8 @@ def seconds_setting_problem(setting: str, value: object) -> str | None:
     if (number >= 0 if zero_ok else number > 0) and (number <= highest if highest is not None else number < math.inf):
         return None
     bounds = (">= 0" if zero_ok else "> 0") + (f" and <= {highest:g}" if highest not in (None, math.inf) else "")
-    return f"must be a number of seconds {bounds}{', or None' if none_ok else ''}, got {value!r}"
+    kind = "a finite number" if highest is None else "a number"
+    return f"must be {kind} of seconds {bounds}{', or None' if none_ok else ''}, got {shown(value)}"
 
 
 # -- readiness -------------------------------------------------------------------------------------------

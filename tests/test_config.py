@@ -153,6 +153,31 @@ def test_bad_config_toml_names_the_file_and_the_key(tmp_path: Path, text: str, f
     assert str(path) in str(info.value)
 
 
+def test_a_config_toml_under_another_process_s_lease_is_read_once_the_lease_is_given_up(tmp_path: Path) -> None:
+    """A file server (Samba's oplocks) may hold a lease: a non-blocking open is refused at once (EWOULDBLOCK)."""
+    path = tmp_path / "config.toml"
+    path.write_text("[batching]\nmax_batch_size = 8\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import fcntl, os, signal, time
+F_SETLEASE = 1024
+descriptor = os.open({str(path)!r}, os.O_RDONLY)
+fcntl.fcntl(descriptor, F_SETLEASE, fcntl.F_WRLCK)
+signal.signal(signal.SIGIO, lambda *_: (time.sleep(0.3), fcntl.fcntl(descriptor, F_SETLEASE, fcntl.F_UNLCK)))
+print("leased", flush=True)
+time.sleep(60)
+"""],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    with holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "leased"
+            assert load_model_config(path).batching.max_batch_size == 8
+        finally:
+            holder.kill()
+
+
 def test_a_config_toml_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     """Some Windows editors start UTF-8 files with one; tomllib said only "Invalid statement (at line 1)"."""
     path = tmp_path / "config.toml"

@@ -257,6 +257,25 @@ def test_a_key_served_under_the_kill_switch_after_a_bandit_draw_is_credited_to_s
     assert server.record_outcome(None, 1.0, model="scale", key="alice") == "stable"
 
 
+@pytest.mark.parametrize("flags", [None, InMemoryFlags({})], ids=["no flags", "flags"])
+def test_a_targeting_key_that_cannot_be_text_never_fails_a_request_under_the_kill_switch(
+    versions: Path, make_server: ServerFactory, flags: InMemoryFlags | None
+) -> None:
+    server = make_server(versions, flags=flags, config=rollout(strategy="bandit", stable=3, variants=ARMS, seed=1))
+    predict(server, "alice")  # a draw remembered for a key: killed requests look for draws to forget
+    server.kill("scale")
+    assert server.predict("scale", X, context={"user_id": 10**5000}).variant == "stable"
+
+
+def test_a_targeting_key_that_cannot_be_text_is_the_request_s_mistake(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """str() refuses an int of 5000 digits: a bare ValueError left predict (a 500 over HTTP)."""
+    server = make_server(versions, config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 50}))
+    with pytest.raises(inprocserve.InvalidInputError, match=r"the targeting key .* cannot be made text"):
+        server.predict("scale", X, context={"user_id": 10**5000})
+
+
 def test_a_reload_that_ends_the_rollout_forgets_the_bandit_s_draws(versions: Path, make_server: ServerFactory) -> None:
     config = versions / "scale" / "config.toml"
     config.write_text(

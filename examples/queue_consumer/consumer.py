@@ -13,8 +13,9 @@ process embeds an ``inprocserve.Server`` and loops:
 
 A kill between 1 and 4 leaves the batch in the group's pending list; another consumer claims it after
 ``claim_idle_ms`` and scores it again. A message is therefore scored at least once: a kill between 3 and 4
-writes its result twice (the second one marked ``delivery=claimed``). Make the result write idempotent
-(keyed by the request id) where duplicates matter.
+writes its result twice (the second one marked ``delivery=claimed``), and so does a connection lost while
+Redis takes the writes of step 3 (Redis may have applied them: they are sent again, marked alike). Make the
+result write idempotent (keyed by the request id) where duplicates matter.
 
 Two kinds of failure, handled differently:
 
@@ -103,8 +104,8 @@ their original fields, for the dead-letter stream."""
 
 
 class OutageError(RuntimeError):
-    """Scoring failed for every message for longer than ``max_outage_s`` (the batch is left pending), or Redis
-    did at start-up (nothing was read)."""
+    """Scoring failed for every message for longer than ``max_outage_s``, or Redis did, at start-up (nothing
+    was read) or while running (the batch in hand is left pending)."""
 
 
 class NameInUseError(RuntimeError):
@@ -674,7 +675,7 @@ def default_name() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 stopped by SIGTERM/SIGINT; 2 bad arguments, the model is not served, a live consumer
     uses ``--name``, or Redis refused the consumer at start-up (a wrong password, ACLs); 3 scoring failed for
-    every message, or Redis at start-up, for ``--max-outage-s`` (restart it; nothing was acknowledged)."""
+    every message, or Redis did, for ``--max-outage-s`` (restart it; nothing was acknowledged)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL"),
@@ -695,7 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-deliveries", type=int, default=5)
     parser.add_argument(
         "--max-outage-s", type=float, default=300.0,
-        help="exit 3 after scoring fails for every message, or Redis fails at start-up, this long",
+        help="exit 3 after scoring fails for every message, or Redis fails, this long",
     )  # fmt: skip
     parser.add_argument(
         "--takeover-name", action="store_true",

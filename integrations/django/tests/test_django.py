@@ -212,6 +212,7 @@ def test_system_checks(repository: Path, tmp_path: Path) -> None:
         {"POLL_INTERVAL_S": "60"},
         {"FLAG_TIMEOUT_S": None},
         {"RETRY_AFTER_S": "1"},
+        pytest.param({"POLL_INTERVAL_S": 10**5000}, id="an int with no repr"),
         {"REQUIRED_MODELS": None},
         {"REQUIRED_MODELS": "scale"},
     ],
