@@ -39,9 +39,33 @@ def _inputs(session: Any, rows: int, rng: np.random.Generator) -> dict[str, np.n
     return feeds
 
 
-def _rows_per_second(session: Any, feeds: dict[str, np.ndarray], seconds: float) -> float:
-    session.run(None, feeds)
-    rows = next(iter(feeds.values())).shape[0] if feeds else 1
+def _run(session: Any, feeds: dict[str, np.ndarray], source: Path, *, quantized: bool) -> list[Any]:
+    """One run on synthesized inputs; a failure is the model's, told as such (onnxruntime's own exceptions
+    would reach the command line as a traceback).
+
+    Raises:
+        ModelLoadError: the run failed (says which model, and on what inputs).
+    """
+    try:
+        return session.run(None, feeds)  # type: ignore[no-any-return]
+    except Exception as exc:
+        shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in feeds.items())
+        if quantized:
+            problem = f"the quantized model of {source} fails to run where the original runs"
+        else:
+            problem = (
+                f"cannot compare {source} with its quantized model: it does not run on the synthesized inputs "
+                "(random floats, zeros elsewhere, dynamic axes other than the batch axis of size 1)"
+            )
+        raise ModelLoadError(f"{problem}: {shapes}: {str(exc).strip()}") from exc
+
+
+def _rows_per_second(
+    session: Any, feeds: dict[str, np.ndarray], seconds: float, source: Path, *, quantized: bool
+) -> float:
+    _run(session, feeds, source, quantized=quantized)
+    first = next(iter(feeds.values()), None)
+    rows = first.shape[0] if first is not None and first.ndim else 1  # (a scalar input has no rows)
     runs, started = 0, time.perf_counter()
     while runs == 0 or time.perf_counter() - started < seconds:  # at least one timed run: a rate above 0
         session.run(None, feeds)
@@ -107,7 +131,8 @@ def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: flo
             ``seconds`` is not a finite number > 0.
         FileNotFoundError: ``target``'s folder does not exist.
         OSError: the temporary file cannot be written in ``target``'s folder, or renamed into place.
-        ModelLoadError: the source cannot be loaded or quantized, or the quantized model cannot be loaded.
+        ModelLoadError: the source cannot be loaded or quantized, the quantized model cannot be loaded, or
+            either does not run on the synthesized inputs (the message names their shapes).
         ImportError: onnx is missing (the message names the ``quantize`` extra).
     """
     _check(source, target, sample_rows, seconds)
@@ -136,7 +161,8 @@ def _compare(source: Path, target: Path, *, sample_rows: int, seconds: float) ->
         raise ModelLoadError(f"cannot load the quantized model of {source}: {exc}") from exc
     rng = np.random.default_rng(0)
     sample = _inputs(original, sample_rows, rng)
-    expected, got = original.run(None, sample), quantized.run(None, sample)
+    expected = _run(original, sample, source, quantized=False)
+    got = _run(quantized, sample, source, quantized=True)
     accuracy: dict[str, Any] = {}
     for spec, a, b in zip(original.get_outputs(), expected, got, strict=True):
         if not (isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.shape == b.shape):
@@ -148,8 +174,8 @@ def _compare(source: Path, target: Path, *, sample_rows: int, seconds: float) ->
     speed = {}
     for rows in (1, 64):
         feeds = _inputs(original, rows, rng)
-        before = _rows_per_second(original, feeds, seconds)  # measured side by side, in this run
-        after = _rows_per_second(quantized, feeds, seconds)
+        before = _rows_per_second(original, feeds, seconds, source, quantized=False)  # side by side, in this run
+        after = _rows_per_second(quantized, feeds, seconds, source, quantized=True)
         speed[f"batch_{rows}"] = {"before_rows_per_s": before, "after_rows_per_s": after, "ratio": after / before}
     return {
         "bytes_before": source.stat().st_size,

@@ -131,6 +131,54 @@ def test_quantize_refuses_infinite_seconds(mlp: Path, tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], initializers: list[Any]) -> Any:
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_quantize_a_model_that_does_not_run_on_random_inputs_fails_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    # x[batch, seq] reshaped to rows of 4 values: a run of one row of length 1 (the speed test's) fails
+    weights = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")
+    model = _model(
+        [helper.make_node("Reshape", ["x", "shape"], ["rows"]), helper.make_node("MatMul", ["rows", "w"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [weights, shape],
+    )
+    source = save_model(model, tmp_path, "reshape", 1)
+    target = tmp_path / "q.onnx"
+    assert main(["quantize", "--seconds", "0.01", "--sample", "8", str(source), str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot compare ") and "does not run on the synthesized inputs" in err
+    assert "x [1, 1]" in err and err.count("\n") == 1  # the shapes it was given, no traceback
+    assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reshape"]  # no temporary file left
+
+
+def test_quantize_a_model_with_a_scalar_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from onnx import TensorProto, helper
+
+    model = _model(
+        [helper.make_node("Mul", ["x", "x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        [],
+    )
+    source = save_model(model, tmp_path, "square", 1)
+    assert main(["quantize", "--seconds", "0.01", "--sample", "4", str(source), str(tmp_path / "q.onnx")]) == 0
+    assert "speed, batch 1: " in capsys.readouterr().out
+
+
 # -- status --------------------------------------------------------------------------------------------
 
 
