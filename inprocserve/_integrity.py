@@ -15,6 +15,7 @@ model's ``config.toml`` names (warm-up inputs, drift reference) inside the model
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import mmap
 import os
@@ -385,17 +386,30 @@ def file_sha256(path: Path) -> str:
     return result
 
 
+def _checksum_text(data: bytes) -> str:
+    """A checksum file's text: ``sha256sum``'s ASCII, or text saved by a Windows editor or PowerShell, which
+    begin with a byte-order mark (UTF-8, or UTF-16 as ``Out-File`` writes by default)."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
+
+
 def _check_checksum(model_file: Path, fail: _Fail) -> None:
     sidecar = model_file.with_name(model_file.name + CHECKSUM_SUFFIX)
     if not sidecar.exists():
         return
     try:
-        text = sidecar.read_text(encoding="ascii", errors="replace")[:4096]
+        with sidecar.open("rb") as handle:
+            data = handle.read(4096)
     except OSError as exc:
         raise fail(f"checksum file {sidecar} cannot be read: {exc}") from exc
-    words = text.split()
+    words = _checksum_text(data).split()
     if not words or not _HEX.fullmatch(words[0]):
-        raise fail(f"checksum file {sidecar} does not start with a sha256 hex digest (write: sha256sum model.onnx)")
+        found = repr(words[0][:70]) if words else "nothing"
+        raise fail(
+            f"checksum file {sidecar} does not start with a sha256 hex digest (it starts with {found}; "
+            "write: sha256sum model.onnx > model.onnx.sha256)"
+        )
     expected = words[0].lower()
     actual = file_sha256(model_file)
     if actual != expected:

@@ -6,6 +6,7 @@ before onnxruntime does, whatever onnxruntime version is installed.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 from pathlib import Path
@@ -240,12 +241,23 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("style", ["sha256sum", "bare", "upper"])
+@pytest.mark.parametrize(
+    "style", ["sha256sum", "bare", "upper", "binary mode", "windows lines", "utf-8 with bom", "powershell utf-16"]
+)
 def test_a_matching_checksum_loads(repository: Path, make_server: ServerFactory, style: str) -> None:
     path = save_model(build_scale_model(2.0), repository, "m", 1)
     digest = sha256_of(path)
-    text = {"sha256sum": f"{digest}  model.onnx\n", "bare": digest, "upper": digest.upper() + "\n"}[style]
-    path.with_name("model.onnx.sha256").write_text(text)
+    line = f"{digest}  model.onnx\n"
+    data = {
+        "sha256sum": line.encode(),
+        "bare": digest.encode(),
+        "upper": digest.upper().encode() + b"\n",
+        "binary mode": f"{digest} *model.onnx\n".encode(),  # sha256sum -b
+        "windows lines": line.replace("\n", "\r\n").encode(),
+        "utf-8 with bom": codecs.BOM_UTF8 + line.encode(),  # Notepad, PowerShell's Set-Content -Encoding UTF8
+        "powershell utf-16": (digest.upper() + "\r\n").encode("utf-16"),  # (Get-FileHash model.onnx).Hash > ...
+    }[style]
+    path.with_name("model.onnx.sha256").write_bytes(data)
     server = make_server(repository)
     assert server.predict("m", {"x": np.ones((1, 4), dtype=np.float32)})["y"].tolist() == [[2.0] * 4]
 
@@ -257,6 +269,7 @@ def test_a_matching_checksum_loads(repository: Path, make_server: ServerFactory,
         ("", "does not start with a sha256"),
         ("not-a-digest  model.onnx", "does not start with a sha256"),
         ("a" * 63, "does not start with a sha256"),
+        ("SHA256 (model.onnx) = " + "0" * 64, "it starts with 'SHA256'"),  # the BSD format (sha256sum --tag)
     ],
 )
 def test_a_checksum_mismatch_is_a_failed_version_never_served(
