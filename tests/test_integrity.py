@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -464,3 +465,28 @@ def test_load_by_path_refuses_a_linked_model_file_unless_links_are_followed(
     server = make_server(follow_symlinks=True)
     server.load("m", path=link)
     assert server.predict("m", {"x": np.ones((1, 4), dtype=np.float32)})["y"].tolist() == [[3.0] * 4]
+
+
+@pytest.mark.parametrize("kind", ["pipe", "folder", "link to a device"])
+def test_a_checksum_file_that_is_no_file_fails_the_version_at_once(
+    repository: Path, make_server: ServerFactory, kind: str
+) -> None:
+    path = save_model(build_scale_model(2.0), repository, "m", 1)
+    sidecar = path.with_name("model.onnx.sha256")
+    if kind == "pipe":  # opening it waited for a writer: the server never came up
+        os.mkfifo(sidecar)
+    elif kind == "folder":
+        sidecar.mkdir()
+    else:  # /dev/zero was read without end
+        sidecar.symlink_to("/dev/zero")
+    servers: list[inprocserve.Server] = []
+    starting = threading.Thread(target=lambda: servers.append(make_server(repository)), daemon=True)
+    starting.start()
+    starting.join(timeout=20)
+    if starting.is_alive():
+        if kind == "pipe":  # let the stuck load go on (a writer that closes at once), so the test ends
+            os.close(os.open(sidecar, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"Server() did not return with a {kind} as model.onnx.sha256")
+    version = servers[0].status()["models"]["m"]["versions"]["1"]
+    assert version["state"] == "failed"
+    assert "model.onnx.sha256 is not a regular file (a folder, a pipe or a device)" in version["error"]
