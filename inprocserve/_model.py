@@ -256,6 +256,18 @@ class ModelVersion:
                         model=self.name,
                         version=self.version,
                     )
+                size = spec.shape[axis]
+                if kind == "outputs" and isinstance(size, int) and size >= 0:
+                    # Cropped to each request's length, a fixed axis (a classifier's labels) would lose its
+                    # values whenever the request shared a padded batch, and keep them when it ran alone.
+                    raise ModelLoadError(
+                        f"model {self.name!r} version {self.version}: batching.padding.outputs names {name!r} "
+                        f"axis {axis}, which has the fixed size {size} ({spec.describe()}); only an axis that "
+                        "follows the padded inputs' length can be cropped back: remove it from "
+                        "batching.padding.outputs",
+                        model=self.name,
+                        version=self.version,
+                    )
 
     def _warm_up(self, runner: Any) -> None:
         """Run each new runner once or more, so the first real request does not pay for allocations."""

@@ -94,6 +94,32 @@ def test_bad_padding_config_fails_the_load(repository: Path, make_server: Server
     assert "padding.inputs names 'tokens'" in server.status()["models"]["seq"]["versions"]["1"]["error"]
 
 
+def test_cropping_a_fixed_output_axis_fails_the_load(repository: Path, make_server: ServerFactory) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    # a sequence classifier: token ids [batch, seq] -> logits [batch, 2], whose axis 1 is its labels, not
+    # the sequence (cropped to a request's length, a one-token request lost a label when batched)
+    table = numpy_helper.from_array(np.arange(20, dtype=np.float32).reshape(10, 2), "table")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["embedded"]),
+            helper.make_node("ReduceSum", ["embedded", "axes"], ["logits"], keepdims=0),
+        ],
+        "classifier",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [table, numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    save_model(model, repository, "classifier", 1)
+    padding = PaddingConfig(inputs={"ids": 1}, outputs={"logits": 1})
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(padding=padding)))
+    error = server.status()["models"]["classifier"]["versions"]["1"]["error"]
+    assert "batching.padding.outputs names 'logits' axis 1, which has the fixed size 2" in error
+    assert "remove it from batching.padding.outputs" in error
+
+
 def test_one_poisoned_request_fails_alone(busy_repository: Path, make_server: ServerFactory) -> None:
     server = make_server(busy_repository)
     blocker = occupy(server)
