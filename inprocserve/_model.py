@@ -27,7 +27,7 @@ from ._batching import Batcher
 from ._cache import PredictionCache
 from ._config import ModelConfig
 from ._drift import DriftMonitor
-from ._errors import InprocserveError, ModelLoadError, ServerClosedError
+from ._errors import InprocserveError, InvalidInputError, ModelLoadError, ServerClosedError
 from ._flush_policy import RunCost
 from ._integrity import resolve_model_file
 from ._ort_backend import build_onnxruntime_backend
@@ -289,13 +289,26 @@ class ModelVersion:
         )
         try:
             # opened here, so that it is closed when numpy fails on it (a half-copied archive)
-            with path.open("rb") as handle, np.load(handle, allow_pickle=False) as data:  # never unpickle
-                feeds = {key: data[key] for key in data.files}
+            with path.open("rb") as handle:
+                loaded = np.load(handle, allow_pickle=False)  # never unpickle
+                if isinstance(loaded, np.ndarray):  # a .npy (np.save): the inputs of a one-input model
+                    feeds: Any = loaded
+                else:
+                    with loaded:
+                        feeds = {key: loaded[key] for key in loaded.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise ModelLoadError(
                 f"warm-up inputs {path} cannot be read: {exc}", model=self.name, version=self.version
             ) from exc
-        arrays, _ = signature.validate(feeds, max_rows=np.iinfo(np.int32).max)
+        try:
+            arrays, _ = signature.validate(feeds, max_rows=np.iinfo(np.int32).max)
+        except InvalidInputError as exc:
+            raise ModelLoadError(
+                f"warm-up inputs {path} do not fit the model: {exc} (save one array per input with "
+                "np.savez(path, name=array, ...))",
+                model=self.name,
+                version=self.version,
+            ) from exc
         return arrays
 
     @property

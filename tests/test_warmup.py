@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve.testing import build_gather_model, build_scale_model, save_model
+from inprocserve.testing import build_add_model, build_gather_model, build_scale_model, save_model
 
 from .conftest import ServerFactory
 
@@ -19,6 +19,26 @@ def test_warmup_inputs_from_a_file(repository: Path, make_server: ServerFactory)
     (repository / "scale" / "config.toml").write_text('[warmup]\ninputs_file = "warmup.npz"\nruns = 2\n')
     server = make_server(repository)
     assert server.models == {"scale": [1]}
+
+
+def test_warmup_inputs_from_a_npy_file_for_a_one_input_model(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(), repository, "scale", 1)
+    np.save(repository / "scale" / "warmup.npy", np.ones((8, 4), np.float32))  # np.save: one array, no names
+    (repository / "scale" / "config.toml").write_text('[warmup]\ninputs_file = "warmup.npy"\n')
+    server = make_server(repository)
+    assert server.models == {"scale": [1]}
+
+
+def test_a_npy_warmup_file_for_a_model_of_several_inputs_says_to_use_savez(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_add_model(), repository, "add", 1)
+    np.save(repository / "add" / "warmup.npy", np.ones((2, 3), np.float32))
+    (repository / "add" / "config.toml").write_text('[warmup]\ninputs_file = "warmup.npy"\n')
+    server = make_server(repository)
+    error = server.status()["models"]["add"]["versions"]["1"]["error"]
+    assert "warmup.npy do not fit the model: inputs must be a mapping of input name to array" in error
+    assert "np.savez(path, name=array, ...)" in error
 
 
 @pytest.mark.parametrize(
