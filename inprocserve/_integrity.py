@@ -20,12 +20,12 @@ import hashlib
 import mmap
 import os
 import re
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ._errors import ModelLoadError
+from ._regular_file import NotARegularFileError, read_regular_file
 from ._remote_model import REMOTE_FILENAME, read_remote_toml
 
 __all__ = [
@@ -400,21 +400,14 @@ def _check_checksum(model_file: Path, fail: _Fail) -> None:
     if not sidecar.exists():
         return
     try:
-        # O_NONBLOCK: a pipe at its place opens at once (and is refused below) instead of waiting for a
-        # writer, which would hold the load (and the lifecycle lock) for good
-        descriptor = os.open(sidecar, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        try:
-            regular = stat.S_ISREG(os.fstat(descriptor).st_mode)
-            data = os.read(descriptor, 4096) if regular else b""
-        finally:
-            os.close(descriptor)
-    except OSError as exc:
-        raise fail(f"checksum file {sidecar} cannot be read: {exc}") from exc
-    if not regular:
+        data = read_regular_file(sidecar, 4096)[:4096]  # (a pipe there would hold the load, and its lock)
+    except NotARegularFileError:
         raise fail(
             f"checksum file {sidecar} is not a regular file (a folder, a pipe or a device); "
             "write: sha256sum model.onnx > model.onnx.sha256"
-        )
+        ) from None
+    except OSError as exc:
+        raise fail(f"checksum file {sidecar} cannot be read: {exc}") from exc
     words = _checksum_text(data).split()
     if not words or not _HEX.fullmatch(words[0]):
         found = repr(words[0][:70]) if words else "nothing"
