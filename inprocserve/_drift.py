@@ -20,6 +20,7 @@ import math
 import queue
 import threading
 import weakref
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -211,9 +212,20 @@ class DriftMonitor:
 
     def _reference_from_file(self, path: Path) -> dict[str, _Feature]:
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as exc:
+            # opened here, so that it is closed when numpy fails on it (a half-copied archive)
+            with path.open("rb") as handle:
+                loaded = np.load(handle, allow_pickle=False)  # never unpickle
+                if isinstance(loaded, np.ndarray):  # a .npy (np.save): one array, for a model of one input
+                    if len(self._inputs) != 1:
+                        raise self._fail(
+                            f"drift reference {path} holds one array, and the model has {len(self._inputs)} "
+                            "inputs: save one array per input (and output) with np.savez(path, name=array, ...)"
+                        )
+                    arrays = {self._inputs[0]: loaded}
+                else:
+                    with loaded:
+                        arrays = {key: loaded[key] for key in loaded.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise self._fail(f"drift reference {path} cannot be read: {exc}") from exc
         for kind, names, shapes in (
             ("input", self._inputs, self._input_shapes),

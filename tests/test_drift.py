@@ -12,7 +12,7 @@ import pytest
 import inprocserve
 from inprocserve import DriftConfig, ModelConfig
 from inprocserve._drift import drain, ks_statistic, psi
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_add_model, build_scale_model, save_model
 
 from .conftest import ServerFactory
 
@@ -112,6 +112,26 @@ def test_a_bad_reference_file_fails_the_load(repository: Path, make_server: Serv
     np.savez(repository / "scale" / "reference.npz", other=np.ones(3))
     server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz")))
     assert "holds none of the model's inputs" in server.status()["models"]["scale"]["versions"]["1"]["error"]
+
+
+def test_a_npy_reference_is_the_single_input_s(repository: Path, make_server: ServerFactory) -> None:
+    """np.save writes one array: it failed the load with a TypeError ("does not support the context manager")."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    np.save(repository / "scale" / "reference.npy", np.random.default_rng(1).normal(0, 1, (2000, 4)))
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npy", window=500)))
+    feed(server, 3.0, 500, seed=2)
+    assert drain()
+    assert drift_status(server)["drifting"] is True
+
+
+def test_a_npy_reference_for_a_model_of_several_inputs_says_to_use_savez(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_add_model(), repository, "add", 1)
+    np.save(repository / "add" / "reference.npy", np.ones((10, 4)))
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npy")))
+    error = server.status()["models"]["add"]["versions"]["1"]["error"]
+    assert "holds one array, and the model has 3 inputs" in error and "np.savez" in error
 
 
 def test_drift_config_from_toml_and_validation(repository: Path, make_server: ServerFactory) -> None:
