@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -426,6 +427,31 @@ def test_redis_refusing_every_write_for_max_outage_s_ends_the_consumer_with_the_
         make(client, server, "w", claim_idle_ms=500, max_outage_s=2.0).run(threading.Event())
     assert time.monotonic() - started < 10
     assert sorted(pending(client)) == sorted(ids)  # for the restarted consumer, or a peer
+
+
+def test_a_lost_group_that_cannot_be_created_again_is_retried_at_the_redis_pace(
+    client: Any, redis_url: str, model_repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer whose rights do not include XGROUP: creating the lost group failed, and it spun (6,000
+    warnings and 1.4 s of CPU in 2 s)."""
+    client.acl_setuser("scorer", enabled=True, passwords=["+secret"], keys=["*"], commands=["+@all", "-xgroup"])
+    limited = consumer.connect(redis_url, username="scorer", password="secret")
+    try:
+        with inprocserve.Server(repository=model_repository) as server:
+            client.delete(consumer.REQUESTS)  # Redis lost its data (a restart without persistence)
+            stop = threading.Event()
+            worker = make(limited, server, "w")
+            running = threading.Thread(target=worker.run, args=(stop,))
+            with caplog.at_level(logging.WARNING):
+                running.start()
+                time.sleep(2.0)
+                stop.set()
+                running.join(timeout=30)
+        gone = [r for r in caplog.records if "the stream or group is gone" in r.getMessage()]
+        assert 1 <= len(gone) <= 4, len(gone)
+    finally:
+        limited.close()
+        client.acl_deluser("scorer")
 
 
 def test_configuration_is_checked() -> None:
