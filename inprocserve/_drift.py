@@ -31,6 +31,7 @@ from . import _fork
 from ._config import DriftConfig
 from ._errors import ModelLoadError
 from ._integrity import resolve_model_file
+from ._regular_file import open_regular_file
 
 __all__ = ["DriftMonitor", "DriftScorer", "drain", "ks_statistic", "psi"]
 
@@ -213,7 +214,7 @@ class DriftMonitor:
     def _reference_from_file(self, path: Path) -> dict[str, _Feature]:
         try:
             # opened here, so that it is closed when numpy fails on it (a half-copied archive)
-            with path.open("rb") as handle:
+            with open_regular_file(path) as handle:  # (a pipe there must not hold the load)
                 loaded = np.load(handle, allow_pickle=False)  # never unpickle
                 if isinstance(loaded, np.ndarray):  # a .npy (np.save): one array, for a model of one input
                     if len(self._inputs) != 1:
@@ -225,8 +226,8 @@ class DriftMonitor:
                 else:
                     with loaded:
                         arrays = {key: loaded[key] for key in loaded.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise self._fail(f"drift reference {path} cannot be read: {exc}") from exc
+        except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as exc:  # (EOF: half-copied)
+            raise self._fail(f"drift reference {path} cannot be read: {type(exc).__name__}: {exc}") from exc
         for kind, names, shapes in (
             ("input", self._inputs, self._input_shapes),
             ("output", self._outputs, self._output_shapes),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,30 @@ def test_warmup_inputs_from_a_npy_file_for_a_one_input_model(repository: Path, m
     (repository / "scale" / "config.toml").write_text('[warmup]\ninputs_file = "warmup.npy"\n')
     server = make_server(repository)
     assert server.models == {"scale": [1]}
+
+
+def make_a_pipe(path: Path) -> None:
+    os.mkfifo(path)  # opened for reading, it waits for a writer: Server() blocked for good
+
+
+def begin_a_copy(path: Path) -> None:
+    path.touch()  # a copy just begun: numpy's EOFError escaped, and the error named model.onnx
+
+
+@pytest.mark.parametrize(("make", "problem"), [(make_a_pipe, "not a regular file"), (begin_a_copy, "EOFError")])
+@pytest.mark.parametrize("setting", ["warmup.inputs_file", "drift.reference_file"])
+def test_a_data_file_that_cannot_be_read_fails_that_version_naming_it(
+    repository: Path, make_server: ServerFactory, make: Callable[[Path], None], problem: str, setting: str
+) -> None:
+    save_model(build_scale_model(), repository, "scale", 1)
+    save_model(build_scale_model(), repository, "other", 1)
+    make(repository / "scale" / "data.npy")
+    section, key = setting.split(".")
+    (repository / "scale" / "config.toml").write_text(f'[{section}]\n{key} = "data.npy"\n')
+    server = make_server(repository)
+    error = server.status()["models"]["scale"]["versions"]["1"]["error"]
+    assert "data.npy cannot be read" in error and problem in error
+    assert server.models == {"other": [1]}
 
 
 def test_a_npy_warmup_file_for_a_model_of_several_inputs_says_to_use_savez(
