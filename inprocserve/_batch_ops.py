@@ -81,12 +81,15 @@ def split_outputs(
     """Cut each output back into one mapping per request, in order, as views (no copies).
 
     Raises:
-        BatchShapeError: an output's axis 0 does not have one entry per stacked row.
+        BatchShapeError: an output's axis 0 does not have one entry per stacked row, or an axis to crop does
+            not have the padded length.
     """
     total = sum(row_counts)
     for name, output in zip(names, outputs, strict=True):
         if len(output) != total:
-            raise BatchShapeError(f"output {name!r} has {len(output)} rows for a batch of {total}")
+            raise BatchShapeError(
+                f"output {name!r} has {len(output)} rows for a batch of {total}: its outputs have no batch axis"
+            )
     if len(row_counts) == 1 and crop is None:
         return [dict(zip(names, outputs, strict=True))]
     results = []
@@ -97,6 +100,16 @@ def split_outputs(
         start = stop
     if crop is not None:
         axes, lengths = crop
+        padded = max(lengths)
+        for name, output in zip(names, outputs, strict=True):
+            axis = axes.get(name)
+            if axis is not None and output.shape[axis] != padded:
+                # An axis of its own (candidates, labels), not the padded length: cropped, each answer would
+                # lose entries whenever its request shared a padded batch, and keep them alone.
+                raise BatchShapeError(
+                    f"output {name!r} axis {axis} has {output.shape[axis]} entries where the inputs were padded "
+                    f"to {padded}: it does not follow their length; remove it from batching.padding.outputs"
+                )
         for result, length in zip(results, lengths, strict=True):
             for name, axis in axes.items():
                 index = [slice(None)] * result[name].ndim

@@ -761,7 +761,7 @@ class Batcher:
             self._merge = False
             self._policy.disable_merging()
             logger.warning(
-                "model %r version %s: %s; its outputs have no batch axis, so requests now run one at a time",
+                "model %r version %s: %s; requests now run one at a time",
                 self.model,
                 self.version,
                 reason,

@@ -6,6 +6,7 @@ import asyncio
 import time
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -85,6 +86,53 @@ def test_padding_lets_different_lengths_share_a_batch(repository: Path, make_ser
         result = future.result(timeout=30)
         np.testing.assert_allclose(result["total"], a + b, rtol=1e-6)  # cropped back to its own length
     assert version_status(server, "seq")["rows_run"] == 60
+
+
+def build_ranker() -> Any:
+    """scores[batch, num_cand] = cand * sum(ids): a candidate axis of its own beside a padded sequence."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["ids_f", "axes"], ["total"], keepdims=1),
+            helper.make_node("Mul", ["cand", "total"], ["scores"]),
+        ],
+        "ranker",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("cand", TensorProto.FLOAT, ["batch", "num_cand"]),
+        ],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "num_cand"])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_cropping_an_output_axis_of_another_length_is_stopped_and_every_answer_is_whole(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A symbolic axis that is not the padded length passed the load check: cropped, a one-token request's
+    scores lost two of three candidates whenever it shared a padded batch."""
+    save_model(build_ranker(), repository, "ranker", 1)
+    padding = PaddingConfig(inputs={"ids": 1}, outputs={"scores": 1})
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(padding=padding, max_delay_s=0.005)))
+    cand = np.array([[1.0, 2.0, 3.0]], np.float32)
+
+    def ask(length: int) -> Any:
+        return server.submit("ranker", {"ids": np.full((1, length), 3, np.int64), "cand": cand})
+
+    for _ in range(30):  # until two lengths share a batch
+        futures: list[tuple[int, Any]] = []
+        run_threads(8, lambda index, futures=futures: futures.append((index, ask(1 if index % 2 else 5))))
+        for index, future in futures:
+            expected = cand * (3.0 if index % 2 else 15.0)
+            np.testing.assert_array_equal(future.result(timeout=30)["scores"], expected)
+        if "does not follow their length" in caplog.text:
+            break
+    assert "remove it from batching.padding.outputs; requests now run one at a time" in caplog.text
 
 
 def test_bad_padding_config_fails_the_load(repository: Path, make_server: ServerFactory) -> None:
