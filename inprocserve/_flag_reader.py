@@ -26,7 +26,7 @@ import numpy as np
 
 from . import _fork
 from ._config_checks import is_number
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, InvalidInputError
 from ._flags import EnvFlags, FileFlags, FlagProvider, FlagTypeError, InMemoryFlags, MustAsk, OpenFeatureFlags
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
 
@@ -150,6 +150,8 @@ class FlagReader:
             result = decide()
         except (UnusableFlag, FlagTypeError) as exc:
             return fallback(self.note_unusable(exc))
+        except InvalidInputError:  # the request's own mistake (a key that cannot be text), not the provider's
+            raise
         except Exception as exc:  # any provider failure means: stable
             self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
             return fallback("flag provider failed")
@@ -189,6 +191,8 @@ class FlagReader:
             exc = raised
         if isinstance(exc, UnusableFlag | FlagTypeError):
             return fallback(self.note_unusable(exc))
+        if isinstance(exc, InvalidInputError):  # the request's own mistake, as in run()
+            raise exc
         self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
         return fallback("flag provider failed")
 

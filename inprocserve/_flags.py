@@ -812,9 +812,9 @@ def targeting_key_of(ctx: Mapping[str, Any], field: str) -> str | None:
     """
     try:
         key = ctx.get(field)
-        if key is None or key == "":
+        if key is None or key == "" or key == b"":
             key = ctx.get("targeting_key")
-            if key is None or key == "":
+            if key is None or key == "" or key == b"":
                 return None
         return str(key)
     except Exception as exc:  # (anything a caller's object raises)

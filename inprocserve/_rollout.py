@@ -597,7 +597,8 @@ class Router:
         stable = self._read_stable(ready, stable, ctx, used)
         if flags.boolean(keys.kill, False, ctx, used):
             if draw and self._drew_for_keys:
-                self._forget_draw(targeting_key_of(ctx, config.key_field))
+                with contextlib.suppress(InvalidInputError):  # (the kill switch never fails a request)
+                    self._forget_draw(targeting_key_of(ctx, config.key_field))
             return stable, "stable", "kill switch is on", True
         strategy = flags.string(keys.strategy, config.strategy, ctx, used)
         if strategy not in _STRATEGIES:

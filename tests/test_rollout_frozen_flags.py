@@ -21,7 +21,16 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from inprocserve import CanaryConfig, EnvFlags, FileFlags, InMemoryFlags, RolloutConfig, ShadowConfig, _flags
+from inprocserve import (
+    CanaryConfig,
+    EnvFlags,
+    FileFlags,
+    InMemoryFlags,
+    InvalidInputError,
+    RolloutConfig,
+    ShadowConfig,
+    _flags,
+)
 from inprocserve._flag_reader import FlagReader
 from inprocserve._flags import FlagProvider
 from inprocserve._rollout import Decision, Router
@@ -297,15 +306,23 @@ def test_a_key_field_that_is_none_or_empty_leaves_the_targeting_key_to_bucket_by
             assert (both.version, both.reason) == (alone.version, alone.reason)
 
 
-def test_a_targeting_key_that_cannot_be_made_text_is_answered_as_before() -> None:
+@pytest.mark.parametrize("flags", [None, FlagReader(InMemoryFlags({}))], ids=["no flags", "flags"])
+def test_a_targeting_key_that_cannot_be_made_text_is_the_request_s_mistake_on_every_path(
+    flags: FlagReader | None,
+) -> None:
+    """With a provider it was counted as the provider failing (and answered stable); without one a bare
+    TypeError or ValueError left decide()."""
+
     class Opaque:
         def __str__(self) -> str:
             raise TypeError("no text")
 
     config = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50.0))
-    router = Router(MODEL, config, FlagReader(InMemoryFlags({})))
-    decision = router.decide(READY, 3, {"user_id": Opaque()})
-    assert (decision.version, decision.reason) == (1, "flag provider failed")  # (the flag-reading path's answer)
+    router = Router(MODEL, config, flags)
+    for key in (Opaque(), 10**5000):
+        with pytest.raises(InvalidInputError, match="cannot be made text"):
+            router.decide(READY, 3, {"user_id": key})
+    assert router.status()["flags"] is None or router.status()["flags"]["failures"] == 0
 
 
 @pytest.mark.parametrize("kind", ["in-memory", "file"])

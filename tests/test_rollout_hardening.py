@@ -257,14 +257,19 @@ def test_a_key_served_under_the_kill_switch_after_a_bandit_draw_is_credited_to_s
     assert server.record_outcome(None, 1.0, model="scale", key="alice") == "stable"
 
 
-@pytest.mark.parametrize("flags", [None, InMemoryFlags({})], ids=["no flags", "flags"])
+@pytest.mark.parametrize("kill", ["control file, no flags", "control file", "flag"])
 def test_a_targeting_key_that_cannot_be_text_never_fails_a_request_under_the_kill_switch(
-    versions: Path, make_server: ServerFactory, flags: InMemoryFlags | None
+    versions: Path, make_server: ServerFactory, kill: str
 ) -> None:
+    flags = None if kill == "control file, no flags" else RawProvider({})  # (read per request: no plan)
     server = make_server(versions, flags=flags, config=rollout(strategy="bandit", stable=3, variants=ARMS, seed=1))
     predict(server, "alice")  # a draw remembered for a key: killed requests look for draws to forget
-    server.kill("scale")
-    assert server.predict("scale", X, context={"user_id": 10**5000}).variant == "stable"
+    if flags is not None and kill == "flag":
+        flags.values["scale.kill"] = True
+    else:
+        server.kill("scale")
+    answer = server.predict("scale", X, context={"user_id": 10**5000})
+    assert (answer.variant, answer.reason.startswith("kill switch is on")) == ("stable", True)
 
 
 def test_a_targeting_key_that_cannot_be_text_is_the_request_s_mistake(
