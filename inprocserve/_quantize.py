@@ -64,8 +64,7 @@ def _rows_per_second(
     session: Any, feeds: dict[str, np.ndarray], seconds: float, source: Path, *, quantized: bool
 ) -> float:
     _run(session, feeds, source, quantized=quantized)
-    first = next(iter(feeds.values()), None)
-    rows = first.shape[0] if first is not None and first.ndim else 1  # (a scalar input has no rows)
+    rows = next((array.shape[0] for array in feeds.values() if array.ndim), 1)  # (a scalar input has no rows)
     runs, started = 0, time.perf_counter()
     while runs == 0 or time.perf_counter() - started < seconds:  # at least one timed run: a rate above 0
         session.run(None, feeds)

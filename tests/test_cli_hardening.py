@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from inprocserve.__main__ import main
@@ -177,6 +178,31 @@ def test_quantize_a_model_with_a_scalar_input(tmp_path: Path, capsys: pytest.Cap
     source = save_model(model, tmp_path, "square", 1)
     assert main(["quantize", "--seconds", "0.01", "--sample", "4", str(source), str(tmp_path / "q.onnx")]) == 0
     assert "speed, batch 1: " in capsys.readouterr().out
+
+
+def test_quantize_counts_rows_by_an_input_that_has_them_whatever_comes_first(tmp_path: Path) -> None:
+    """A scalar first input counted one row per 64-row run: the speed report was 64 times too low."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from inprocserve._quantize import _rows_per_second
+
+    model = _model(
+        [helper.make_node("Mul", ["x", "t"], ["y"])],
+        [
+            helper.make_tensor_value_info("t", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [],
+    )
+    session = ort.InferenceSession(str(save_model(model, tmp_path, "scaled", 1)), providers=["CPUExecutionProvider"])
+    x, t = np.ones((64, 4), np.float32), np.array(2.0, np.float32)
+    rates = [
+        _rows_per_second(session, feeds, 0.05, tmp_path, quantized=False)
+        for feeds in ({"t": t, "x": x}, {"x": x, "t": t})
+    ]
+    assert 1 / 4 < rates[0] / rates[1] < 4, rates  # the same runs, the same rows counted
 
 
 # -- status --------------------------------------------------------------------------------------------
