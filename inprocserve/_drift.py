@@ -247,6 +247,13 @@ class DriftMonitor:
         if not columns:
             if refused:
                 raise self._fail(f"drift reference {path} has no finite values for any feature")
+            present = [name for name in [*self._inputs, *self._outputs] if isinstance(arrays.get(name), np.ndarray)]
+            if present:  # named right, but text or without rows: nothing drift can watch
+                found = ", ".join(f"{name}: {arrays[name].dtype} {list(arrays[name].shape)}" for name in present)
+                raise self._fail(
+                    f"drift reference {path} holds no numeric array with a row per sample ({found}); drift "
+                    "watches numeric inputs and outputs, rows first"
+                )
             raise self._fail(
                 f"drift reference {path} holds none of the model's inputs or outputs "
                 f"({', '.join(self._inputs + self._outputs)})"

@@ -134,6 +134,15 @@ def test_a_npy_reference_for_a_model_of_several_inputs_says_to_use_savez(
     assert "holds one array, and the model has 3 inputs" in error and "np.savez" in error
 
 
+def test_a_reference_whose_array_has_no_rows_says_so(repository: Path, make_server: ServerFactory) -> None:
+    """It said the file held none of the model's inputs, though it held x."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    np.savez(repository / "scale" / "reference.npz", x=np.array(1.0))
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz")))
+    error = server.status()["models"]["scale"]["versions"]["1"]["error"]
+    assert "holds no numeric array with a row per sample (x: float64 [])" in error
+
+
 def test_drift_config_from_toml_and_validation(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
     (repository / "scale" / "config.toml").write_text("[drift]\ncapture_reference = 100\nwindow = 50\n")
