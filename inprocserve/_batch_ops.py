@@ -23,17 +23,24 @@ class BatchShapeError(Exception):
 
 
 def group_key(arrays: Arrays, padding: PaddingConfig | None) -> tuple[Any, ...]:
-    """Requests with equal keys may share a batch: same non-batch shapes, ignoring padded axes."""
+    """Requests with equal keys may share a batch: same non-batch shapes, a padded axis's length counted by
+    its power of two only (1, 2-3, 4-7, 8-15, ...).
+
+    Padded to the longest in its batch, a request of 8 tokens beside one of 100,000 would cost as much as the
+    long one (its memory and time, and for attention models their square), and one long request would make
+    its whole batch 64 times its data: with lengths of one power of two, padding at most doubles a request.
+    """
     if padding is None:
         return tuple([array.shape[1:] for array in arrays.values()])
     pads = padding.inputs
     return tuple(
-        [_without_axis(array.shape, pads[name]) if name in pads else array.shape[1:] for name, array in arrays.items()]
+        [_bucketed_axis(array.shape, pads[name]) if name in pads else array.shape[1:] for name, array in arrays.items()]
     )
 
 
-def _without_axis(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
-    return (*shape[1:axis], -1, *shape[axis + 1 :])
+def _bucketed_axis(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """``shape`` past axis 0, the padded ``axis`` replaced by its length's bucket (negative: never a size)."""
+    return (*shape[1:axis], -1 - int(shape[axis]).bit_length(), *shape[axis + 1 :])
 
 
 def stack_inputs(requests: Sequence[Arrays], names: Sequence[str]) -> dict[str, np.ndarray]:

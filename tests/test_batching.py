@@ -88,6 +88,22 @@ def test_padding_lets_different_lengths_share_a_batch(repository: Path, make_ser
     assert version_status(server, "seq")["rows_run"] == 60
 
 
+def test_padding_merges_lengths_of_one_power_of_two_only() -> None:
+    """One request of 100,000 tokens padded beside 63 of 8 made a batch 64 times its data (for attention
+    models, its time squared): a request is padded to at most twice its own length."""
+    from inprocserve._batch_ops import group_key
+
+    padding = PaddingConfig(inputs={"tokens": 1})
+
+    def key(length: int) -> Any:
+        return group_key({"tokens": np.zeros((1, length), np.int64), "mask": np.zeros((1, 3))}, padding)
+
+    assert key(8) == key(9) == key(15) != key(16)
+    assert key(1) != key(2) == key(3) != key(4)
+    assert key(8) != key(100_000)
+    assert key(0) != key(1)
+
+
 def build_ranker() -> Any:
     """scores[batch, num_cand] = cand * sum(ids): a candidate axis of its own beside a padded sequence."""
     from onnx import TensorProto, helper, numpy_helper
