@@ -65,7 +65,7 @@ def pad_and_stack(
         axis = padding.inputs.get(name)
         if axis is not None:
             longest = max(part.shape[axis] for part in parts)
-            parts = [_pad_to(part, axis, longest, padding.value) for part in parts]
+            parts = [_pad_to(part, axis, longest, padding.value_for(name)) for part in parts]
         stacked[name] = np.concatenate(parts)
     return stacked, lengths
 

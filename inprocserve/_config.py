@@ -137,8 +137,9 @@ class PaddingConfig:
     """Input name -> the axis to pad (>= 1; axis 0 is the batch axis)."""
     outputs: Mapping[str, int] = field(default_factory=dict)
     """Output name -> the axis to crop back; outputs not named are returned as the model produced them."""
-    value: float = 0
-    """The value written into padded positions (for example the pad token id, or 0 for a mask)."""
+    value: float | Mapping[str, float] = 0
+    """The value written into padded positions: one for every input (for example 0), or one per input name
+    (``{"input_ids": 1, "attention_mask": 0}``: a pad token id and a mask differ; inputs not named get 0)."""
 
     def __post_init__(self) -> None:
         plain_fields(self)
@@ -152,10 +153,27 @@ class PaddingConfig:
                         f"got {axis!r}"
                     )
         value: object = self.value  # any number, -inf included (an additive attention mask), not a bool
-        if not is_number(value):
-            raise ConfigurationError(f"batching.padding.value must be a number, got {value!r}")
+        if isinstance(value, Mapping):
+            for name, each in check_table("batching.padding.value", value).items():
+                if name not in self.inputs:
+                    raise ConfigurationError(
+                        f"batching.padding.value names {name!r}, which batching.padding.inputs does not pad "
+                        f"({', '.join(self.inputs)})"
+                    )
+                if not is_number(each):
+                    raise ConfigurationError(f"batching.padding.value[{name!r}] must be a number, got {each!r}")
+            object.__setattr__(self, "value", dict(value))
+        elif not is_number(value):
+            raise ConfigurationError(
+                f"batching.padding.value must be a number, or a table of input name = number, got {value!r}"
+            )
         object.__setattr__(self, "inputs", dict(self.inputs))
         object.__setattr__(self, "outputs", dict(self.outputs))
+
+    def value_for(self, name: str) -> float:
+        """The value padded positions of input ``name`` hold."""
+        value = self.value
+        return float(value.get(name, 0)) if isinstance(value, Mapping) else float(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import statistics
 import time
 import zipfile
@@ -270,6 +271,19 @@ class ModelVersion:
                         version=self.version,
                     )
 
+        for name in padding.inputs:  # (each named in padding.inputs exists: checked above)
+            dtype, value = inputs[name].dtype, padding.value_for(name)
+            if dtype is not None and dtype.kind in "iub" and not _holds(dtype, value):
+                # numpy casts it all the same (-inf into int64 is a huge negative token id): every merged batch
+                # failed, and fell back to a run per request, or ran on garbage tokens
+                raise ModelLoadError(
+                    f"model {self.name!r} version {self.version}: batching.padding.value {value:g} cannot be "
+                    f"held by input {name!r} ({inputs[name].describe()}); give each input its own value, such "
+                    f"as value = {{ {name} = 0, ... }}",
+                    model=self.name,
+                    version=self.version,
+                )
+
     def _warm_up(self, runner: Any) -> None:
         """Run each new runner once or more, so the first real request does not pay for allocations."""
         warmup = self.config.warmup
@@ -410,3 +424,13 @@ class ModelVersion:
             if batcher is None
             else batcher.batch_sizes.snapshot(max_rows=self.config.batching.max_batch_size),
         }
+
+
+def _holds(dtype: np.dtype[Any], value: float) -> bool:
+    """Whether an integer or bool ``dtype`` holds ``value`` exactly."""
+    if not math.isfinite(value) or value != int(value):
+        return False
+    if dtype.kind == "b":
+        return value in (0, 1)
+    limits = np.iinfo(dtype)
+    return limits.min <= value <= limits.max

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -102,6 +103,63 @@ def test_padding_merges_lengths_of_one_power_of_two_only() -> None:
     assert key(1) != key(2) == key(3) != key(4)
     assert key(8) != key(100_000)
     assert key(0) != key(1)
+
+
+def build_token_counter() -> Any:
+    """out[batch, 1] = sum(ids - 1) + sum(mask): right only if ids are padded with 1 and the mask with 0."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
+            helper.make_node("Sub", ["ids_f", "one"], ["shifted"]),
+            helper.make_node("ReduceSum", ["shifted", "axes"], ["id_total"], keepdims=1),
+            helper.make_node("ReduceSum", ["mask", "axes"], ["mask_total"], keepdims=1),
+            helper.make_node("Add", ["id_total", "mask_total"], ["out"]),
+        ],
+        "counter",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", "seq"]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 1])],
+        [
+            numpy_helper.from_array(np.array([1], np.int64), "axes"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_each_padded_input_may_have_its_own_value(repository: Path, make_server: ServerFactory) -> None:
+    """A pad token id and a mask need different values: one for all made merged answers wrong, or failed."""
+    save_model(build_token_counter(), repository, "counter", 1)
+    padding = PaddingConfig(inputs={"ids": 1, "mask": 1}, value={"ids": 1})  # the mask gets 0
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(padding=padding, max_delay_s=0.005)))
+
+    def check(index: int) -> None:
+        for round_ in range(10):
+            length = 2 + (index + round_) % 2  # 2 and 3: one power of two, they share batches
+            ids, mask = np.full((1, length), 5, np.int64), np.ones((1, length), np.float32)
+            answer = server.predict("counter", {"ids": ids, "mask": mask})["out"]
+            assert answer.tolist() == [[4.0 * length + length]]
+
+    assert run_threads(8, check) == []
+    status = version_status(server, "counter")
+    assert status["batches_run"] < status["rows_run"], "no two requests shared a batch"
+
+
+def test_a_padding_value_an_integer_input_cannot_hold_fails_the_load(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_token_counter(), repository, "counter", 1)
+    padding = PaddingConfig(inputs={"ids": 1, "mask": 1}, value=-math.inf)  # an additive mask's value, for ids too
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(padding=padding)))
+    error = server.status()["models"]["counter"]["versions"]["1"]["error"]
+    assert "batching.padding.value -inf cannot be held by input 'ids'" in error
+    assert "give each input its own value" in error
 
 
 def build_ranker() -> Any:

@@ -68,6 +68,8 @@ def test_defaults_are_valid_and_frozen() -> None:
         (lambda: ModelConfig(nan_policy="drop"), "nan_policy"),  # type: ignore[arg-type]
         (lambda: PaddingConfig(inputs={}), "padding.inputs"),
         (lambda: PaddingConfig(inputs={"tokens": 0}), "axis"),
+        (lambda: PaddingConfig(inputs={"tokens": 1}, value={"mask": 0}), "does not pad"),
+        (lambda: PaddingConfig(inputs={"tokens": 1}, value={"tokens": "0"}), r"value\['tokens'\] must be a number"),
     ],
 )
 def test_bad_values_fail_when_built(build: object, fragment: str) -> None:
