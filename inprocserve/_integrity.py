@@ -363,14 +363,15 @@ def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, foll
 
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
 _hash_lock = threading.Lock()
-_hashes: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> digest
+_hashes: dict[tuple[str, int, int, int, int], str] = {}  # (path, inode, size, mtime_ns, ctime_ns) -> digest
 _MAX_CACHED_HASHES = 256
 
 
 def file_sha256(path: Path) -> str:
-    """The file's sha256 hex digest, cached by (inode, size, mtime) so re-checks do not re-read the file."""
+    """The file's sha256 hex digest, cached by (inode, size, mtime, ctime) so re-checks do not re-read the
+    file; a rewrite in place that puts the mtime back (``cp -p``) still moves the ctime, which no one sets."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     with _hash_lock:
         cached = _hashes.get(key)
     if cached is not None:

@@ -214,14 +214,15 @@ _ISA_FLAGS = ("sse", "ssse", "avx", "fma", "f16c", "bmi", "amx", "vnni", "asimd"
 
 
 def _source_key(model: Path) -> str:
-    """A digest of the version folder's files (name, size, modification time, inode; not the cached graphs
-    or partial ones): what a cached optimized graph was built from."""
-    entries: list[tuple[str, int, int, int]] = []
+    """A digest of the version folder's files (name, size, modification time, inode, ctime; not the cached
+    graphs or partial ones): what a cached optimized graph was built from. The ctime moves with any rewrite,
+    also one that puts the mtime back (``cp -p`` over the file): without it the old graph served."""
+    entries: list[tuple[str, int, int, int, int]] = []
     with os.scandir(model.parent) as listing:
         for entry in listing:
             if entry.is_file() and not entry.name.startswith(_OPTIMIZED_PREFIX):
                 stat = entry.stat()
-                entries.append((entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+                entries.append((entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
     return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()[:12]
 
 

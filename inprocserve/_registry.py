@@ -48,7 +48,7 @@ class Routes:
     router: Router
 
 
-_Stamp = tuple[tuple[str, int, int], ...]  # (path, mtime_ns, size) of each file a load depends on
+_Stamp = tuple[tuple[str, int, int, int, int], ...]  # (path, mtime_ns, size, inode, ctime_ns) of each file a load reads
 _CONTROL_RETRY_CAP_S = 60.0  # longest wait between two tries of a control revision that does not apply
 _WRITTEN_BY_LOADS = "model.optimized-"  # files a load itself writes (the optimized-graph cache): not changes
 
@@ -843,7 +843,8 @@ def _remote_path(name: str, version: int) -> Path:
 
 
 def _stamp(path: Path) -> _Stamp | None:
-    """What a version's load read: the name, mtime and size of its file, of the other files in its folder
+    """What a version's load read: the name, mtime, size, inode and ctime of its file (a copy that keeps the
+    mtime, ``cp -p`` or ``rsync -a``, changes the inode or the ctime), of the other files in its folder
     (external weights still being copied) and of the files of its model's folder (its ``config.toml``, a
     warm-up archive), but not the optimized-graph cache a load writes there. A change to any of them
     reloads a loaded version, or retries a failed one; ``None`` if the file is gone."""
@@ -851,14 +852,14 @@ def _stamp(path: Path) -> _Stamp | None:
         info = path.stat()
     except OSError:
         return None
-    entries = [(str(path), info.st_mtime_ns, info.st_size)]
+    entries = [(str(path), info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns)]
     for folder in (path.parent, path.parent.parent):
         try:
             with os.scandir(folder) as listing:
                 for entry in listing:
                     if entry.is_file(follow_symlinks=False) and not entry.name.startswith(_WRITTEN_BY_LOADS):
                         stat = entry.stat(follow_symlinks=False)
-                        entries.append((entry.path, stat.st_mtime_ns, stat.st_size))
+                        entries.append((entry.path, stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns))
         except OSError:
             continue
     return tuple(sorted(entries))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -314,6 +315,26 @@ def test_a_version_that_failed_mid_copy_loads_once_the_rest_arrives(
     assert server.refresh()  # its warm-up archive is not there yet
     np.savez(repository / "m" / "warmup.npz", x=np.ones((1, 16), np.float32))
     assert server.refresh() == [] and server.models["m"] == [3]
+
+
+def test_a_model_rewritten_in_place_with_its_size_and_modification_time_is_reloaded(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """cp -p over the served file keeps its inode, size and mtime: the poller never reloaded it."""
+    path = save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    before = path.stat()
+    release = save_model(build_scale_model(5.0), tmp_path, "scale", 1)
+    time.sleep(0.01)  # (a coarse ctime clock)
+    path.write_bytes(release.read_bytes())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_ino, path.stat().st_size, path.stat().st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    assert server.refresh() == []
+    assert server.predict("scale", np.ones((1, 4), np.float32))["y"].tolist() == [[5.0] * 4]
 
 
 def test_a_copy_that_finishes_while_its_load_fails_is_tried_again(

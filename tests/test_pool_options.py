@@ -13,7 +13,7 @@ import pytest
 
 from inprocserve import ModelConfig, PoolConfig
 from inprocserve._ort_rules import thread_budget, usable_cores
-from inprocserve.testing import build_mlp_model, save_model
+from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, run_threads, version_status
 
@@ -85,6 +85,24 @@ def test_a_release_copied_with_its_old_modification_time_is_not_served_from_the_
     shutil.copy2(release, path)  # the new release, with its old modification time
     served = make_server(repository, config=config).predict("mlp", np.ones((2, 16), np.float32))["y"]
     np.testing.assert_allclose(served, expected, rtol=1e-5)
+
+
+def test_a_model_rewritten_in_place_with_its_size_and_modification_time_is_not_served_from_the_cache(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """cp -p over the file keeps its inode, and a model of the same size its size: only the ctime tells."""
+    path = save_model(build_scale_model(2.0), repository, "scale", 1)
+    config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
+    make_server(repository, config=config).close()  # caches the graph of the factor 2
+    before = path.stat()
+    release = save_model(build_scale_model(5.0), tmp_path, "scale", 1)
+    assert release.stat().st_size == before.st_size
+    time.sleep(0.01)  # (a coarse ctime clock)
+    path.write_bytes(release.read_bytes())  # in place: the same inode
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    served = make_server(repository, config=config).predict("scale", np.ones((1, 4), np.float32))["y"]
+    assert served.tolist() == [[5.0] * 4]  # the old graph answered 2.0
 
 
 def test_a_cached_graph_that_does_not_load_is_rebuilt_not_a_failed_version(
