@@ -469,7 +469,7 @@ def test_load_by_path_refuses_a_linked_model_file_unless_links_are_followed(
     assert server.predict("m", {"x": np.ones((1, 4), dtype=np.float32)})["y"].tolist() == [[3.0] * 4]
 
 
-@pytest.mark.parametrize("kind", ["pipe", "folder", "link to a device"])
+@pytest.mark.parametrize("kind", ["pipe", "folder", "link to a device", "dangling link"])
 def test_a_checksum_file_that_is_no_file_fails_the_version_at_once(
     repository: Path, make_server: ServerFactory, kind: str
 ) -> None:
@@ -479,8 +479,10 @@ def test_a_checksum_file_that_is_no_file_fails_the_version_at_once(
         os.mkfifo(sidecar)
     elif kind == "folder":
         sidecar.mkdir()
-    else:  # /dev/zero was read without end
+    elif kind == "link to a device":  # /dev/zero was read without end
         sidecar.symlink_to("/dev/zero")
+    else:  # counted as no checksum: the version loaded unchecked
+        sidecar.symlink_to(repository / "checksums" / "model.onnx.sha256")
     servers: list[inprocserve.Server] = []
     starting = threading.Thread(target=lambda: servers.append(make_server(repository)), daemon=True)
     starting.start()
@@ -491,4 +493,7 @@ def test_a_checksum_file_that_is_no_file_fails_the_version_at_once(
         pytest.fail(f"Server() did not return with a {kind} as model.onnx.sha256")
     version = servers[0].status()["models"]["m"]["versions"]["1"]
     assert version["state"] == "failed"
-    assert "model.onnx.sha256 is not a regular file (a folder, a pipe or a device)" in version["error"]
+    if kind == "dangling link":
+        assert "model.onnx.sha256 cannot be read" in version["error"]
+    else:
+        assert "model.onnx.sha256 is not a regular file (a folder, a pipe or a device)" in version["error"]
