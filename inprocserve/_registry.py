@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG as stat_is_file
 
 from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ModelControl
@@ -48,7 +49,7 @@ class Routes:
     router: Router
 
 
-_Stamp = tuple[tuple[str, int, int, int, int], ...]  # (path, mtime_ns, size, inode, ctime_ns) of each file a load reads
+_Stamp = tuple[tuple[str, int, int, int], ...]  # (path, mtime_ns, size, inode) of each file a load reads
 _CONTROL_RETRY_CAP_S = 60.0  # longest wait between two tries of a control revision that does not apply
 _WRITTEN_BY_LOADS = "model.optimized-"  # files a load itself writes (the optimized-graph cache): not changes
 
@@ -843,23 +844,38 @@ def _remote_path(name: str, version: int) -> Path:
 
 
 def _stamp(path: Path) -> _Stamp | None:
-    """What a version's load read: the name, mtime, size, inode and ctime of its file (a copy that keeps the
-    mtime, ``cp -p`` or ``rsync -a``, changes the inode or the ctime), of the other files in its folder
-    (external weights still being copied) and of the files of its model's folder (its ``config.toml``, a
-    warm-up archive), but not the optimized-graph cache a load writes there. A change to any of them
-    reloads a loaded version, or retries a failed one; ``None`` if the file is gone."""
+    """What a version's load read: the name, mtime, size and inode of its file, of the other files in its
+    folder (external weights still being copied) and of the files of its model's folder (its ``config.toml``,
+    a warm-up archive), links by what they point to (a dangling one too: its target may arrive later), but not
+    the optimized-graph cache a load writes there. A change to any of them reloads a loaded version, or
+    retries a failed one; ``None`` if the file is gone.
+
+    A copy that keeps the mtime and size (``rsync -a``, a rename into place) is a new inode. The change time
+    is left out: a ``chmod`` or a hard-link backup moves it, and every version would reload."""
     try:
         info = path.stat()
     except OSError:
         return None
-    entries = [(str(path), info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns)]
+    entries = [(str(path), info.st_mtime_ns, info.st_size, info.st_ino)]
     for folder in (path.parent, path.parent.parent):
         try:
             with os.scandir(folder) as listing:
                 for entry in listing:
-                    if entry.is_file(follow_symlinks=False) and not entry.name.startswith(_WRITTEN_BY_LOADS):
+                    if entry.name.startswith(_WRITTEN_BY_LOADS):
+                        continue
+                    if entry.is_symlink():  # (what it points to: a checksum whose target arrives later)
+                        try:
+                            stat = entry.stat(follow_symlinks=True)
+                        except OSError:  # dangling: a marker that changes once the target exists
+                            entries.append((entry.path, -1, -1, -1))
+                            continue
+                        if not stat_is_file(stat.st_mode):
+                            continue
+                    elif entry.is_file(follow_symlinks=False):
                         stat = entry.stat(follow_symlinks=False)
-                        entries.append((entry.path, stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns))
+                    else:
+                        continue
+                    entries.append((entry.path, stat.st_mtime_ns, stat.st_size, stat.st_ino))
         except OSError:
             continue
     return tuple(sorted(entries))

@@ -317,24 +317,36 @@ def test_a_version_that_failed_mid_copy_loads_once_the_rest_arrives(
     assert server.refresh() == [] and server.models["m"] == [3]
 
 
-def test_a_model_rewritten_in_place_with_its_size_and_modification_time_is_reloaded(
+def test_a_model_replaced_by_one_of_its_size_and_modification_time_is_reloaded(
     repository: Path, make_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """cp -p over the served file keeps its inode, size and mtime: the poller never reloaded it."""
+    """rsync -a (or a copy renamed into place) keeps the size and mtime of a same-shaped release: only the
+    inode tells."""
     path = save_model(build_scale_model(2.0), repository, "scale", 1)
     server = make_server(repository)
     before = path.stat()
-    release = save_model(build_scale_model(5.0), tmp_path, "scale", 1)
-    time.sleep(0.01)  # (a coarse ctime clock)
-    path.write_bytes(release.read_bytes())
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert (path.stat().st_ino, path.stat().st_size, path.stat().st_mtime_ns) == (
-        before.st_ino,
-        before.st_size,
-        before.st_mtime_ns,
-    )
+    staged = path.with_name(".model.onnx.staged")
+    staged.write_bytes(save_model(build_scale_model(5.0), tmp_path, "scale", 1).read_bytes())
+    os.utime(staged, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(staged, path)
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     assert server.refresh() == []
     assert server.predict("scale", np.ones((1, 4), np.float32))["y"].tolist() == [[5.0] * 4]
+
+
+def test_a_change_of_metadata_alone_reloads_nothing(repository: Path, make_server: ServerFactory) -> None:
+    """A chmod or a hard-link backup (rsnapshot, cp -al) moves the change time of every file: counted as a
+    change, it reloaded every version of the fleet and rebuilt their optimized graphs."""
+    path = save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text("[batching]\nmax_batch_size = 8\n")
+    server = make_server(repository)
+    loaded = server.status()["models"]["scale"]["versions"]["1"]["loaded_at"]
+    time.sleep(0.01)
+    os.chmod(path, 0o644)
+    os.link(path, repository.parent / "backup-model.onnx")
+    os.chmod(repository / "scale" / "config.toml", 0o644)
+    assert server.refresh() == []
+    assert server.status()["models"]["scale"]["versions"]["1"]["loaded_at"] == loaded
 
 
 def test_a_copy_that_finishes_while_its_load_fails_is_tried_again(

@@ -469,6 +469,21 @@ def test_load_by_path_refuses_a_linked_model_file_unless_links_are_followed(
     assert server.predict("m", {"x": np.ones((1, 4), dtype=np.float32)})["y"].tolist() == [[3.0] * 4]
 
 
+def test_a_version_failed_by_a_dangling_checksum_link_loads_once_its_target_arrives(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Links were left out of what a failed version is retried on: the target's arrival changed nothing."""
+    path = save_model(build_scale_model(2.0), repository, "m", 1)
+    target = repository.parent / "checksums" / "m-1.sha256"
+    path.with_name("model.onnx.sha256").symlink_to(target)
+    server = make_server(repository)
+    assert server.status()["models"]["m"]["versions"]["1"]["state"] == "failed"
+    target.parent.mkdir()
+    target.write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  model.onnx\n")
+    assert server.refresh() == []
+    assert server.models == {"m": [1]}
+
+
 @pytest.mark.parametrize("kind", ["pipe", "folder", "link to a device", "dangling link"])
 def test_a_checksum_file_that_is_no_file_fails_the_version_at_once(
     repository: Path, make_server: ServerFactory, kind: str
