@@ -271,6 +271,22 @@ class ModelVersion:
                         version=self.version,
                     )
 
+        padded = [inputs[name].shape for name in padding.inputs]  # (each shape checked above)
+        dims = [shape[axis] for shape, axis in zip(padded, padding.inputs.values(), strict=True) if shape]
+        named = {dim for dim in dims if isinstance(dim, str)}
+        for name, axis in padding.outputs.items():
+            shape = outputs[name].shape
+            dim = shape[axis] if shape else None
+            if isinstance(dim, str) and named and dim not in named:
+                # An axis of its own length (a ranker's candidates): cropped to a request's length, it lost
+                # entries whenever that length happened to equal it in a merged batch, with nothing logged.
+                raise ModelLoadError(
+                    f"model {self.name!r} version {self.version}: batching.padding.outputs names {name!r} "
+                    f"axis {axis}, of length {dim!r}, and the padded inputs' axes are {', '.join(sorted(named))}: "
+                    "it does not follow their length; remove it from batching.padding.outputs",
+                    model=self.name,
+                    version=self.version,
+                )
         for name in padding.inputs:  # (each named in padding.inputs exists: checked above)
             dtype, value = inputs[name].dtype, padding.value_for(name)
             if dtype is not None and dtype.kind in "iub" and not _holds(dtype, value):

@@ -162,8 +162,9 @@ def test_a_padding_value_an_integer_input_cannot_hold_fails_the_load(
     assert "give each input its own value" in error
 
 
-def build_ranker() -> Any:
-    """scores[batch, num_cand] = cand * sum(ids): a candidate axis of its own beside a padded sequence."""
+def build_ranker(candidates: str | None = "num_cand") -> Any:
+    """scores[batch, num_cand] = cand * sum(ids): a candidate axis of its own beside a padded sequence
+    (``candidates=None``: an axis the model leaves unnamed)."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
@@ -175,9 +176,9 @@ def build_ranker() -> Any:
         "ranker",
         [
             helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info("cand", TensorProto.FLOAT, ["batch", "num_cand"]),
+            helper.make_tensor_value_info("cand", TensorProto.FLOAT, ["batch", candidates]),
         ],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "num_cand"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", candidates])],
         [numpy_helper.from_array(np.array([1], np.int64), "axes")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -185,12 +186,24 @@ def build_ranker() -> Any:
     return model
 
 
-def test_cropping_an_output_axis_of_another_length_is_stopped_and_every_answer_is_whole(
+def test_cropping_an_output_axis_named_other_than_the_padded_one_fails_the_load(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """It passed: a request's candidates were cut to its length whenever that length equalled their number in
+    a merged batch, with nothing logged."""
+    save_model(build_ranker(), repository, "ranker", 1)
+    padding = PaddingConfig(inputs={"ids": 1}, outputs={"scores": 1})
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(padding=padding)))
+    error = server.status()["models"]["ranker"]["versions"]["1"]["error"]
+    assert "names 'scores' axis 1, of length 'num_cand', and the padded inputs' axes are seq" in error
+
+
+def test_cropping_an_unnamed_output_axis_of_another_length_is_stopped_and_every_answer_is_whole(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A symbolic axis that is not the padded length passed the load check: cropped, a one-token request's
-    scores lost two of three candidates whenever it shared a padded batch."""
-    save_model(build_ranker(), repository, "ranker", 1)
+    """An axis the model leaves unnamed cannot be told at load: cropped, a one-token request's scores lost two
+    of three candidates whenever it shared a padded batch."""
+    save_model(build_ranker(candidates=None), repository, "ranker", 1)
     padding = PaddingConfig(inputs={"ids": 1}, outputs={"scores": 1})
     server = make_server(repository, config=ModelConfig(batching=BatchingConfig(padding=padding, max_delay_s=0.005)))
     cand = np.array([[1.0, 2.0, 3.0]], np.float32)
