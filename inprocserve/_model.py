@@ -274,12 +274,19 @@ class ModelVersion:
         padded = [inputs[name].shape for name in padding.inputs]  # (each shape checked above)
         dims = [shape[axis] for shape, axis in zip(padded, padding.inputs.values(), strict=True) if shape]
         named = {dim for dim in dims if isinstance(dim, str)}
+        unpadded = {  # axes the inputs name that are not padded: another length (a number of candidates)
+            dim
+            for spec in signature.inputs
+            for axis, dim in enumerate(spec.shape or ())
+            if axis > 0 and isinstance(dim, str) and padding.inputs.get(spec.name) != axis
+        } - named
         for name, axis in padding.outputs.items():
             shape = outputs[name].shape
             dim = shape[axis] if shape else None
-            if isinstance(dim, str) and named and dim not in named:
-                # An axis of its own length (a ranker's candidates): cropped to a request's length, it lost
-                # entries whenever that length happened to equal it in a merged batch, with nothing logged.
+            if dim in unpadded:
+                # An axis of another input's length (a ranker's candidates): cropped to a request's length, it
+                # lost entries whenever that length equalled it in a merged batch, with nothing logged. (A name
+                # no input has, an exporter's own, is left to the check of each merged batch.)
                 raise ModelLoadError(
                     f"model {self.name!r} version {self.version}: batching.padding.outputs names {name!r} "
                     f"axis {axis}, of length {dim!r}, and the padded inputs' axes are {', '.join(sorted(named))}: "
