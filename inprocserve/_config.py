@@ -32,6 +32,7 @@ from ._config_checks import (
     is_int,
     is_number,
     plain_fields,
+    shown,
 )
 from ._errors import ConfigurationError
 from ._rollout_config import (
@@ -160,12 +161,12 @@ class PaddingConfig:
                         f"batching.padding.value names {name!r}, which batching.padding.inputs does not pad "
                         f"({', '.join(self.inputs)})"
                     )
-                if not is_number(each):
-                    raise ConfigurationError(f"batching.padding.value[{name!r}] must be a number, got {each!r}")
+                if not _is_float(each):
+                    raise ConfigurationError(f"batching.padding.value[{name!r}] must be a number, got {shown(each)}")
             object.__setattr__(self, "value", dict(value))
-        elif not is_number(value):
+        elif not _is_float(value):
             raise ConfigurationError(
-                f"batching.padding.value must be a number, or a table of input name = number, got {value!r}"
+                f"batching.padding.value must be a number, or a table of input name = number, got {shown(value)}"
             )
         object.__setattr__(self, "inputs", dict(self.inputs))
         object.__setattr__(self, "outputs", dict(self.outputs))
@@ -250,6 +251,17 @@ class BatchingConfig:
     def request_row_limit(self) -> int:
         """The effective per-request row limit."""
         return self.max_request_rows if self.max_request_rows is not None else self.max_queue_rows
+
+
+def _is_float(value: object) -> bool:
+    """A number (not a bool) a float holds: an int past any float failed the load of the version."""
+    if not is_number(value):
+        return False
+    try:
+        float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return False
+    return True
 
 
 def _finite_at_least_zero(value: object) -> bool:

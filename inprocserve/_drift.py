@@ -20,7 +20,6 @@ import math
 import queue
 import threading
 import weakref
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from . import _fork
+from ._array_file import UnreadableArrayFileError, load_arrays
 from ._config import DriftConfig
 from ._errors import ModelLoadError
 from ._integrity import resolve_model_file
-from ._regular_file import open_regular_file
 
 __all__ = ["DriftMonitor", "DriftScorer", "drain", "ks_statistic", "psi"]
 
@@ -213,21 +212,18 @@ class DriftMonitor:
 
     def _reference_from_file(self, path: Path) -> dict[str, _Feature]:
         try:
-            # opened here, so that it is closed when numpy fails on it (a half-copied archive)
-            with open_regular_file(path) as handle:  # (a pipe there must not hold the load)
-                loaded = np.load(handle, allow_pickle=False)  # never unpickle
-                if isinstance(loaded, np.ndarray):  # a .npy (np.save): one array, for a model of one input
-                    if len(self._inputs) != 1:
-                        raise self._fail(
-                            f"drift reference {path} holds one array, and the model has {len(self._inputs)} "
-                            "inputs: save one array per input (and output) with np.savez(path, name=array, ...)"
-                        )
-                    arrays = {self._inputs[0]: loaded}
-                else:
-                    with loaded:
-                        arrays = {key: loaded[key] for key in loaded.files}
-        except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as exc:  # (EOF: half-copied)
-            raise self._fail(f"drift reference {path} cannot be read: {type(exc).__name__}: {exc}") from exc
+            loaded = load_arrays(path)
+        except UnreadableArrayFileError as exc:
+            raise self._fail(f"drift reference {path} cannot be read: {exc}") from exc
+        if isinstance(loaded, np.ndarray):  # a .npy (np.save): one array, for a model of one input
+            if len(self._inputs) != 1:
+                raise self._fail(
+                    f"drift reference {path} holds one array, and the model has {len(self._inputs)} inputs: save "
+                    "one array per input (and output) with np.savez(path, name=array, ...)"
+                )
+            arrays = {self._inputs[0]: loaded}
+        else:
+            arrays = loaded
         for kind, names, shapes in (
             ("input", self._inputs, self._input_shapes),
             ("output", self._outputs, self._output_shapes),

@@ -600,9 +600,11 @@ class OpenFeatureFlags:
             for k, v in context.items()
             if k != self.targeting_key_field and isinstance(v, str | int | float | bool)
         }  # (the same key as the rollout's buckets: flag rules and buckets agree on who the user is)
-        return self._context_type(
-            targeting_key=targeting_key_of(context, self.targeting_key_field), attributes=attributes
-        )
+        try:
+            key = targeting_key_of(context, self.targeting_key_field)
+        except InvalidInputError:  # (read keyless: the kill switch still answers; the router itself refuses
+            key = None  # the key once a strategy needs it)
+        return self._context_type(targeting_key=key, attributes=attributes)
 
     def _details(self, method: str, key: str, default: Any, context: Any) -> Any:
         return getattr(self._client, method)(key, default, context)

@@ -16,13 +16,13 @@ import logging
 import math
 import statistics
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._array_file import UnreadableArrayFileError, load_arrays
 from ._backend import Backend, BackendFactory
 from ._batching import Batcher
 from ._cache import PredictionCache
@@ -32,7 +32,6 @@ from ._errors import InprocserveError, InvalidInputError, ModelLoadError, Server
 from ._flush_policy import RunCost
 from ._integrity import resolve_model_file
 from ._ort_backend import build_onnxruntime_backend
-from ._regular_file import open_regular_file
 from ._remote_model import read_remote_toml
 from ._repository import is_remote
 from ._request import Finisher
@@ -326,19 +325,10 @@ class ModelVersion:
             self.path.parent.parent, name, what="warm-up inputs file", model=self.name, version=self.version
         )
         try:
-            # opened here, so that it is closed when numpy fails on it (a half-copied archive)
-            with open_regular_file(path) as handle:  # (a pipe there must not hold the load)
-                loaded = np.load(handle, allow_pickle=False)  # never unpickle
-                if isinstance(loaded, np.ndarray):  # a .npy (np.save): the inputs of a one-input model
-                    feeds: Any = loaded
-                else:
-                    with loaded:
-                        feeds = {key: loaded[key] for key in loaded.files}
-        except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as exc:  # (EOF: half-copied)
+            feeds: Any = load_arrays(path)  # (a .npy: the inputs of a one-input model)
+        except UnreadableArrayFileError as exc:
             raise ModelLoadError(
-                f"warm-up inputs {path} cannot be read: {type(exc).__name__}: {exc}",
-                model=self.name,
-                version=self.version,
+                f"warm-up inputs {path} cannot be read: {exc}", model=self.name, version=self.version
             ) from exc
         try:
             arrays, _ = signature.validate(feeds, max_rows=np.iinfo(np.int32).max)

@@ -69,6 +69,7 @@ def test_defaults_are_valid_and_frozen() -> None:
         (lambda: PaddingConfig(inputs={}), "padding.inputs"),
         (lambda: PaddingConfig(inputs={"tokens": 0}), "axis"),
         (lambda: PaddingConfig(inputs={"tokens": 1}, value={"mask": 0}), "does not pad"),
+        (lambda: PaddingConfig(inputs={"tokens": 1}, value=10**400), "padding.value must be a number"),
         (lambda: PaddingConfig(inputs={"tokens": 1}, value={"tokens": "0"}), r"value\['tokens'\] must be a number"),
     ],
 )

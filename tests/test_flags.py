@@ -14,6 +14,7 @@ import pytest
 
 import inprocserve
 from inprocserve import (
+    CanaryConfig,
     EnvFlags,
     FileFlags,
     FlagError,
@@ -169,6 +170,30 @@ def test_file_flags_without_any_good_file_raise(tmp_path: Path) -> None:
     flags = FileFlags(tmp_path / "missing.json", check_interval_s=0)
     with pytest.raises(FlagError, match="flag file unusable"):
         flags.get_number("x", 0, {})
+
+
+def test_an_openfeature_kill_switch_answers_a_request_whose_key_cannot_be_made_text(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """The evaluation context of every flag, the kill switch's too, was built from the key: with a flag
+    evaluated per context, the request failed instead of being answered by stable."""
+    from openfeature import api
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.flag_evaluation import FlagResolutionDetails
+    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+    def targeted(flag: InMemoryFlag[bool], context: EvaluationContext) -> FlagResolutionDetails[bool]:
+        return FlagResolutionDetails(value=True)
+
+    kill = InMemoryFlag("on", {"on": True, "off": False}, context_evaluator=targeted)
+    api.set_provider(InMemoryProvider({"scale.kill": kill}), domain="inprocserve-kill")
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    canary = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50))
+    config = ModelConfig(rollout=canary, version_policy=VersionPolicy.all())
+    server = make_server(repository, config=config, flags=OpenFeatureFlags(domain="inprocserve-kill"))
+    answer = server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": 10**5000})
+    assert (answer.variant, answer.reason) == ("stable", "kill switch is on")
 
 
 def test_openfeature_adapter_with_the_sdk_in_memory_provider() -> None:

@@ -39,7 +39,18 @@ def begin_a_copy(path: Path) -> None:
     path.touch()  # a copy just begun: numpy's EOFError escaped, and the error named model.onnx
 
 
-@pytest.mark.parametrize(("make", "problem"), [(make_a_pipe, "not a regular file"), (begin_a_copy, "EOFError")])
+def damage_an_archive(path: Path) -> None:
+    with path.open("wb") as handle:
+        np.savez_compressed(handle, x=np.arange(4000, dtype=np.float32).reshape(1000, 4))
+    data = bytearray(path.read_bytes())
+    data[200:260] = bytes(60)  # inside the compressed array: numpy's TokenError (or zlib's error) named model.onnx
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [(make_a_pipe, "not a regular file"), (begin_a_copy, "EOFError"), (damage_an_archive, "Error")],
+)
 @pytest.mark.parametrize("setting", ["warmup.inputs_file", "drift.reference_file"])
 def test_a_data_file_that_cannot_be_read_fails_that_version_naming_it(
     repository: Path, make_server: ServerFactory, make: Callable[[Path], None], problem: str, setting: str
