@@ -356,8 +356,7 @@ class Router:
         stable = self._stable(ready, latest)
         if self.killed:
             if self._drew_for_keys and context:  # (served otherwise: see _forget_draw)
-                with contextlib.suppress(InvalidInputError):  # (the kill switch never fails a request)
-                    self._forget_draw(targeting_key_of(context, self.config.key_field))
+                self._forget_draw_of(context, self.config.key_field)
             return Decision(stable, "stable", "kill switch is on (control file)")
         if self.trivial:
             if stable == latest and self.stable_alias is None and self.config.stable is None:
@@ -460,8 +459,7 @@ class Router:
                 return None
         if plan.killed:
             if self._drew_for_keys:
-                with contextlib.suppress(InvalidInputError):  # (the kill switch never fails a request)
-                    self._forget_draw(targeting_key_of(ctx, plan.key_field))
+                self._forget_draw_of(ctx, plan.key_field)
             return Decision(
                 stable,
                 "stable",
@@ -474,7 +472,7 @@ class Router:
         if strategy == "stable":
             version, variant, reason = stable, "stable", "stable version"
             if self._drew_for_keys:
-                self._forget_draw(targeting_key_of(ctx, plan.key_field))
+                self._forget_draw_of(ctx, plan.key_field)
         else:
             text = targeting_key_of(ctx, plan.key_field)
             if strategy != "bandit" and self._drew_for_keys:
@@ -597,8 +595,7 @@ class Router:
         stable = self._read_stable(ready, stable, ctx, used)
         if flags.boolean(keys.kill, False, ctx, used):
             if draw and self._drew_for_keys:
-                with contextlib.suppress(InvalidInputError):  # (the kill switch never fails a request)
-                    self._forget_draw(targeting_key_of(ctx, config.key_field))
+                self._forget_draw_of(ctx, config.key_field)
             return stable, "stable", "kill switch is on", True
         strategy = flags.string(keys.strategy, config.strategy, ctx, used)
         if strategy not in _STRATEGIES:
@@ -607,7 +604,7 @@ class Router:
             return None
         if strategy == "stable":  # (no bucket: the user's key is hashed only for a strategy that splits traffic)
             if draw and self._drew_for_keys:
-                self._forget_draw(targeting_key_of(ctx, config.key_field))
+                self._forget_draw_of(ctx, config.key_field)
             return stable, "stable", "stable version", False
         if strategy == "bandit":  # (a try on the request's thread stops before any draw: see before_draw)
             flags.before_draw()
@@ -737,6 +734,12 @@ class Router:
             stats.served += 1
             if not self.trivial:  # flags may choose any strategy per request: remember every decision's variant
                 self._assignments[request_id] = decision.variant
+
+    def _forget_draw_of(self, ctx: Mapping[str, Any], field: str) -> None:
+        """:meth:`_forget_draw` for a request routed without its key (the kill switch, the stable strategy):
+        a key that cannot be made text fails no such request, as it would not have without a bandit before."""
+        with contextlib.suppress(InvalidInputError):
+            self._forget_draw(targeting_key_of(ctx, field))
 
     def _forget_draw(self, key: str | None) -> None:
         """A request of ``key`` was routed by another strategy than the bandit, or by the kill switch (flags or

@@ -257,6 +257,23 @@ def test_a_key_served_under_the_kill_switch_after_a_bandit_draw_is_credited_to_s
     assert server.record_outcome(None, 1.0, model="scale", key="alice") == "stable"
 
 
+@pytest.mark.parametrize("flags", [None, RawProvider({})], ids=["no flags", "flags read per request"])
+def test_a_targeting_key_that_cannot_be_text_fails_no_request_of_the_stable_strategy(
+    versions: Path, make_server: ServerFactory, flags: RawProvider | None
+) -> None:
+    """The stable strategy needs no key; after a bandit had drawn for keys, forgetting a draw made it one."""
+    config = versions / "scale" / "config.toml"
+    config.write_text(
+        'version_policy = "all"\n[rollout]\nstrategy = "bandit"\nseed = 1\nstable = 3\n'
+        "[rollout.variants]\na = { version = 1 }\nb = { version = 2 }\n"
+    )
+    server = make_server(versions, flags=flags)
+    predict(server, "alice")  # a draw remembered for a key
+    config.write_text(config.read_text().replace('strategy = "bandit"', 'strategy = "stable"'))
+    assert server.refresh() == []
+    assert server.predict("scale", X, context={"user_id": 10**5000}).variant == "stable"
+
+
 @pytest.mark.parametrize("kill", ["control file, no flags", "control file", "flag"])
 def test_a_targeting_key_that_cannot_be_text_never_fails_a_request_under_the_kill_switch(
     versions: Path, make_server: ServerFactory, kill: str
