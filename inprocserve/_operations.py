@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._config_checks import is_int
+from ._config_checks import is_int, shown
 from ._control import Control, ControlFile, ModelControl, switched, validate_percent, validate_version
 from ._errors import ConfigurationError, InvalidInputError, PromotionRefusedError
 from ._prediction import Prediction, RequestIds
@@ -402,7 +402,7 @@ class Operations:
     ) -> InterleavedRanking:
         """See :meth:`Server.interleave`."""
         if length is not None and not (is_int(length) and length >= 1):
-            raise InvalidInputError(f"interleave: length must be a whole number >= 1 (or None), got {length!r}")
+            raise InvalidInputError(f"interleave: length must be a whole number >= 1 (or None), got {shown(length)}")
         routes = self._registry.routes_of(model)
         router = routes.router
         rankers = router.rankers(routes.versions, context)
@@ -429,7 +429,8 @@ class Operations:
         """See :meth:`Server.record_click`."""
         if not is_int(item):  # (int() would take True, "1" and 1.7 as items 1, 1 and 1, and fail on NaN)
             raise InvalidInputError(
-                f"record_click: item must be the index of a ranked item (an int from the ranking's order), got {item!r}"
+                "record_click: item must be the index of a ranked item (an int from the ranking's order), "
+                f"got {shown(item)}"
             )
         for name in [model] if model is not None else list(self._registry.routes):
             team = self._registry.routes_of(name).router.record_click(request_id, int(item))

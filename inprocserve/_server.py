@@ -23,7 +23,7 @@ from opentelemetry.trace import INVALID_SPAN
 from . import _fork
 from ._batching import VersionRetiredError
 from ._config import ModelConfig
-from ._config_checks import MAX_INTERVAL_S, is_number
+from ._config_checks import MAX_INTERVAL_S, is_number, shown
 from ._control import ControlFile
 from ._deadlines import check_timeout
 from ._drift import DriftScorer
@@ -121,10 +121,10 @@ class Server(RolloutMethods):
         shadow_queue_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         for name, seconds in (("control_interval_s", control_interval_s), ("poll_interval_s", poll_interval_s)):
-            # (NaN fails > too; past a day a background thread's wait overflows the platform's clock, or is a typo)
+            # (NaN fails > too; more than a day is a typo, and a wait past a lock's limit ends the thread)
             if seconds is not None and not (is_number(seconds) and 0 < seconds <= MAX_INTERVAL_S):
                 raise ConfigurationError(
-                    f"{name} must be > 0 and <= {MAX_INTERVAL_S:.0f} (seconds, a day) or None, got {seconds!r}"
+                    f"{name} must be > 0 and <= {MAX_INTERVAL_S:.0f} (seconds, a day) or None, got {shown(seconds)}"
                 )
         shadows = (
             ("shadow_budget", shadow_budget),
