@@ -270,26 +270,28 @@ class ModelVersion:
                         version=self.version,
                     )
 
-        padded = [inputs[name].shape for name in padding.inputs]  # (each shape checked above)
-        dims = [shape[axis] for shape, axis in zip(padded, padding.inputs.values(), strict=True) if shape]
-        named = {dim for dim in dims if isinstance(dim, str)}
-        unpadded = {  # axes the inputs name that are not padded: another length (a number of candidates)
+        # Outputs are cropped to each request's length along the first padded input's axis: an output axis the
+        # model names after any other input axis (a number of candidates, a second padded input's length) is
+        # another length. (A name no input has, an exporter's own, is left to the check of each merged batch.)
+        first, first_axis = next(iter(padding.inputs.items()))
+        first_shape = inputs[first].shape
+        length = first_shape[first_axis] if first_shape else None
+        others = {
             dim
             for spec in signature.inputs
             for axis, dim in enumerate(spec.shape or ())
-            if axis > 0 and isinstance(dim, str) and padding.inputs.get(spec.name) != axis
-        } - named
+            if axis > 0 and isinstance(dim, str) and (spec.name, axis) != (first, first_axis)
+        } - {length}
         for name, axis in padding.outputs.items():
             shape = outputs[name].shape
             dim = shape[axis] if shape else None
-            if dim in unpadded:
-                # An axis of another input's length (a ranker's candidates): cropped to a request's length, it
-                # lost entries whenever that length equalled it in a merged batch, with nothing logged. (A name
-                # no input has, an exporter's own, is left to the check of each merged batch.)
+            if dim in others:
+                # cropped to the first padded input's length, it lost entries whenever the two were equal in a
+                # merged batch, with nothing logged
                 raise ModelLoadError(
                     f"model {self.name!r} version {self.version}: batching.padding.outputs names {name!r} "
-                    f"axis {axis}, of length {dim!r}, and the padded inputs' axes are {', '.join(sorted(named))}: "
-                    "it does not follow their length; remove it from batching.padding.outputs",
+                    f"axis {axis}, of length {dim!r}, which is not the length of {first!r} axis {first_axis} "
+                    f"(outputs are cropped to it): remove it from batching.padding.outputs",
                     model=self.name,
                     version=self.version,
                 )

@@ -851,7 +851,9 @@ def _stamp(path: Path) -> _Stamp | None:
     retries a failed one; ``None`` if the file is gone.
 
     A copy that keeps the mtime and size (``rsync -a``, a rename into place) is a new inode. The change time
-    is left out: a ``chmod`` or a hard-link backup moves it, and every version would reload."""
+    is left out: a ``chmod`` or a hard-link backup moves it, and every version would reload. (A file deleted
+    and created again with its old size and mtime, as ``tar -x`` over the old one does, may get its old inode
+    back: docs/repository.md says how to deploy so that it is seen.)"""
     try:
         info = path.stat()
     except OSError:
@@ -866,10 +868,10 @@ def _stamp(path: Path) -> _Stamp | None:
                     if entry.is_symlink():  # (what it points to: a checksum whose target arrives later)
                         try:
                             stat = entry.stat(follow_symlinks=True)
-                        except OSError:  # dangling: a marker that changes once the target exists
-                            entries.append((entry.path, -1, -1, -1))
-                            continue
-                        if not stat_is_file(stat.st_mode):
+                        except OSError:
+                            stat = None
+                        if stat is None or not stat_is_file(stat.st_mode):  # dangling, or a folder: one marker,
+                            entries.append((entry.path, -1, -1, -1))  # which changes once it is a regular file
                             continue
                     elif entry.is_file(follow_symlinks=False):
                         stat = entry.stat(follow_symlinks=False)

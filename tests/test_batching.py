@@ -195,7 +195,36 @@ def test_cropping_an_output_axis_named_other_than_the_padded_one_fails_the_load(
     padding = PaddingConfig(inputs={"ids": 1}, outputs={"scores": 1})
     server = make_server(repository, config=ModelConfig(batching=BatchingConfig(padding=padding)))
     error = server.status()["models"]["ranker"]["versions"]["1"]["error"]
-    assert "names 'scores' axis 1, of length 'num_cand', and the padded inputs' axes are seq" in error
+    assert "names 'scores' axis 1, of length 'num_cand', which is not the length of 'ids' axis 1" in error
+
+
+def test_cropping_an_output_that_follows_a_second_padded_input_fails_the_load(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Outputs are cropped to the first padded input's length: one following the second (a decoder's) was
+    cut or padded whenever the two lengths differed in a merged batch, with nothing logged."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["src", "axes"], ["total"], keepdims=1),
+            helper.make_node("Mul", ["tgt", "total"], ["out"]),
+        ],
+        "encoder_decoder",
+        [
+            helper.make_tensor_value_info("src", TensorProto.FLOAT, ["batch", "src_len"]),
+            helper.make_tensor_value_info("tgt", TensorProto.FLOAT, ["batch", "tgt_len"]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "tgt_len"])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    save_model(model, repository, "encdec", 1)
+    padding = PaddingConfig(inputs={"src": 1, "tgt": 1}, outputs={"out": 1})
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(padding=padding)))
+    error = server.status()["models"]["encdec"]["versions"]["1"]["error"]
+    assert "of length 'tgt_len', which is not the length of 'src' axis 1 (outputs are cropped to it)" in error
 
 
 def test_cropping_an_unnamed_output_axis_of_another_length_is_stopped_and_every_answer_is_whole(

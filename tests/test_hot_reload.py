@@ -334,6 +334,23 @@ def test_a_model_replaced_by_one_of_its_size_and_modification_time_is_reloaded(
     assert server.predict("scale", np.ones((1, 4), np.float32))["y"].tolist() == [[5.0] * 4]
 
 
+def test_a_link_to_a_version_folder_reloads_nothing_when_its_version_goes(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A link left out while it pointed at a folder counted once it dangled: pruning version 1 reloaded 2."""
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    (repository / "scale" / "latest").symlink_to("1")
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all()))
+    loaded = server.status()["models"]["scale"]["versions"]["2"]["loaded_at"]
+    shutil.rmtree(repository / "scale" / "1")
+    server.refresh()
+    (repository / "scale" / "latest").unlink()
+    (repository / "scale" / "latest").symlink_to("3")
+    server.refresh()
+    assert server.status()["models"]["scale"]["versions"]["2"]["loaded_at"] == loaded
+
+
 def test_a_change_of_metadata_alone_reloads_nothing(repository: Path, make_server: ServerFactory) -> None:
     """A chmod or a hard-link backup (rsnapshot, cp -al) moves the change time of every file: counted as a
     change, it reloaded every version of the fleet and rebuilt their optimized graphs."""
