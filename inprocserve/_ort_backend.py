@@ -510,8 +510,8 @@ class OnnxruntimeBackend:
 
         The file name carries a key of everything that shapes the saved graph (see :func:`optimized_key`),
         of this CPU's instruction sets (the graph is laid out for them), and of the version folder's files
-        (name, size, modification time and inode), so a change of options, onnxruntime, hardware or model
-        file, even one copied with its old modification time, never loads a graph built for others.
+        (name, size, modification time, inode and change time), so a change of options, onnxruntime, hardware
+        or model file, even one copied with its old modification time, never loads a graph built for others.
         """
         if not self.config.optimized_model_cache:
             return self.path, None, None
