@@ -257,11 +257,12 @@ def test_a_key_served_under_the_kill_switch_after_a_bandit_draw_is_credited_to_s
     assert server.record_outcome(None, 1.0, model="scale", key="alice") == "stable"
 
 
-@pytest.mark.parametrize("flags", [None, RawProvider({})], ids=["no flags", "flags read per request"])
 def test_a_targeting_key_that_cannot_be_text_fails_no_request_of_the_stable_strategy(
-    versions: Path, make_server: ServerFactory, flags: RawProvider | None
+    versions: Path, make_server: ServerFactory
 ) -> None:
-    """The stable strategy needs no key; after a bandit had drawn for keys, forgetting a draw made it one."""
+    """The stable strategy needs no key; after a bandit had drawn for keys, forgetting a draw made it one
+    (flags read per request: without flags a stable rollout decides before looking at the context)."""
+    flags = RawProvider({})
     config = versions / "scale" / "config.toml"
     config.write_text(
         'version_policy = "all"\n[rollout]\nstrategy = "bandit"\nseed = 1\nstable = 3\n'
