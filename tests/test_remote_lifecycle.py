@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +17,31 @@ import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, RemoteModel, WarmupConfig
 from inprocserve._remote import RemoteBackend
 
+from . import test_remote_retries
 from .conftest import ServerFactory, run_in_forked_child, wait_until
 from .test_remote_retries import FEEDS, METADATA, Scripted, backend_for
 
 QUIET = ModelConfig(warmup=WarmupConfig(enabled=False), batching=BatchingConfig(enabled=False))
 
 
-@pytest.fixture
-def scripted() -> Iterator[Scripted]:
-    server = Scripted()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.stop_trickling.set()
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+# The scripted model server and the backends closed after each test, as test_remote_retries.py has them.
+scripted = test_remote_retries.scripted
+backends = test_remote_retries.backends
 
 
-@pytest.fixture
-def backends() -> Iterator[list[RemoteBackend]]:
-    made: list[RemoteBackend] = []
-    yield made
-    for backend in made:
-        backend.close()
+def call_in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+    """Start ``call`` on a thread of its own; the list gets what it raises."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    return caller, errors
 
 
 def load_remote(server: inprocserve.Server, scripted: Scripted, config: ModelConfig = QUIET, **options: Any) -> None:
@@ -109,16 +110,7 @@ def test_closing_the_backend_ends_calls_in_flight_as_closed_without_blaming_the_
     # ("no answer ... within its timeout_s of 10 s") and open the circuit.
     backend = backend_for(backends, scripted, retries=0, failure_threshold=1, retry_after_send=True)
     scripted.script = ["hang"]
-    errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            backend.run(backend.runners()[0], FEEDS)
-        except BaseException as exc:
-            errors.append(exc)
-
-    caller = threading.Thread(target=call)
-    caller.start()
+    caller, errors = call_in_thread(lambda: backend.run(backend.runners()[0], FEEDS))
     wait_until(lambda: scripted.posts == 1)
     backend.close()
     caller.join(timeout=20)
@@ -137,16 +129,7 @@ def test_server_close_with_a_remote_call_in_flight_tells_the_caller_it_closed(
     server = make_server(repository)
     load_remote(server, scripted, retries=0, failure_threshold=1)
     scripted.script = ["hang"]
-    errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            server.predict("scale", {"x": FEEDS["x"]})
-        except BaseException as exc:
-            errors.append(exc)
-
-    caller = threading.Thread(target=call)
-    caller.start()
+    caller, errors = call_in_thread(lambda: server.predict("scale", {"x": FEEDS["x"]}))
     wait_until(lambda: scripted.posts == 1)
     started = time.monotonic()
     server.close(timeout_s=0.5)  # a worker's graceful-shutdown budget, shorter than the call
@@ -197,16 +180,7 @@ def test_closing_the_backend_ends_a_wait_before_a_retry_at_once(
     # tell the caller that the backend "is closed", as if the call had never started.
     backend = backend_for(backends, scripted, sleep=None, retries=2)
     scripted.script = [(503, {"Retry-After": "1"})]
-    errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            backend.run(backend.runners()[0], FEEDS)
-        except BaseException as exc:
-            errors.append(exc)
-
-    caller = threading.Thread(target=call)
-    caller.start()
+    caller, errors = call_in_thread(lambda: backend.run(backend.runners()[0], FEEDS))
     wait_until(lambda: backend.status()["retries"] == 1)  # answered 503: waiting before its retry
     closed_at = time.monotonic()
     backend.close()
