@@ -106,17 +106,23 @@ def test_a_fast_model_is_scored_in_runs_larger_than_max_batch_size(
     assert version_status(server, "scale")["batches_run"] - status["batches_run"] == 3
 
 
+def server_leaving_a_core_idle(repository: Path, make_server: ServerFactory, **batching: Any) -> inprocserve.Server:
+    """The busy model on one session of one intra-op thread (batches of 8): a core is left for the iterating
+    thread's own runs. Skips where there is no second core."""
+    if usable_cores() < 2:
+        pytest.skip("one usable core: the iterating thread runs requests only where a core is left idle")
+    limits = {"max_batch_size": 8, "max_request_rows": 3000, **batching}
+    config = inprocserve.ModelConfig(
+        pool=inprocserve.PoolConfig(intra_op_threads=1), batching=inprocserve.BatchingConfig(**limits)
+    )
+    return make_server(repository, config=config)
+
+
 def test_the_iterating_thread_runs_requests_beside_a_busy_worker(
     busy_repository: Path, make_server: ServerFactory
 ) -> None:
-    if usable_cores() < 2:
-        pytest.skip("one usable core: the iterating thread runs requests only where a core is left idle")
     # One session with one intra-op thread leaves a core idle: the scoring thread runs requests on it too.
-    config = inprocserve.ModelConfig(
-        pool=inprocserve.PoolConfig(intra_op_threads=1),
-        batching=inprocserve.BatchingConfig(max_batch_size=8, max_queue_rows=8, max_request_rows=3000),
-    )
-    server = make_server(busy_repository, config=config)
+    server = server_leaving_a_core_idle(busy_repository, make_server, max_queue_rows=8)
     blocker = occupy(server)  # the only worker is busy for a long while
     items = [busy_inputs(4, index=i % 10, seed=i) for i in range(12)]
     seen: list[tuple[bool, int]] = []
@@ -170,15 +176,9 @@ def test_a_batch_larger_than_the_window_is_sent_as_room_frees(
 def test_the_iterating_thread_runs_a_large_batch_part_by_part(
     busy_repository: Path, make_server: ServerFactory
 ) -> None:
-    if usable_cores() < 2:
-        pytest.skip("one usable core: the iterating thread runs requests only where a core is left idle")
     # The iterating thread ran every part of a large batch itself in one go (2000 rows here) while the answer
     # ahead of it waited; its runs are now held to the window's rows, part by part, like queued ones.
-    config = inprocserve.ModelConfig(
-        pool=inprocserve.PoolConfig(intra_op_threads=1),
-        batching=inprocserve.BatchingConfig(max_batch_size=8, max_request_rows=3000),
-    )
-    server = make_server(busy_repository, config=config)
+    server = server_leaving_a_core_idle(busy_repository, make_server)
     small, big = busy_inputs(8, seed=1), busy_inputs(2000, seed=2)
     before = version_status(server, "busy")["rows_run"]
     blocker = occupy(server)  # the small batch queues behind it; the large one is left to the iterating thread
