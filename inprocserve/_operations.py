@@ -361,19 +361,21 @@ class Operations:
                 reason = f"only {len(samples)} recent input(s) to compare on, {min_samples} required"
                 report = dataclasses.replace(report, reason=reason)
                 raise PromotionRefusedError(reason, report=report.to_dict(), model=model, version=version)
-            diffs, agreements = [], []
+            diffs, agreements, mismatch = [], [], None
             for arrays in samples:
                 expected = self._predict(model, arrays, version=stable)
                 got = self._predict(model, arrays, version=version)
-                diff, agreement = compare_outputs(expected, got)
+                diff, agreement, differs = compare_outputs(expected, got)
                 if diff is not None:
                     diffs.append(diff)
                 if agreement is not None:
                     agreements.append(agreement)
+                mismatch = mismatch or differs
             report = dataclasses.replace(
                 report,
                 max_abs_diff=max(diffs) if diffs else None,
                 label_agreement=sum(agreements) / len(agreements) if agreements else None,
+                mismatch=mismatch,
             )
             problems = report.violations(max_abs_diff=max_abs_diff, min_label_agreement=min_label_agreement)
             if problems:

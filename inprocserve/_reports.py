@@ -9,7 +9,8 @@ from typing import Any
 __all__ = ["InterleavedRanking", "PromotionReport"]
 
 _REPORT_KEYS = {"model": "model", "from": "from_version", "to": "to_version", "samples": "samples"}
-_REPORT_KEYS |= {"max_abs_diff": "max_abs_diff", "label_agreement": "label_agreement", "reason": "reason"}
+_REPORT_KEYS |= {"max_abs_diff": "max_abs_diff", "label_agreement": "label_agreement", "mismatch": "mismatch"}
+_REPORT_KEYS |= {"reason": "reason"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,18 +30,31 @@ class PromotionReport:
     max_abs_diff: float | None = None
     """Largest absolute difference between their numeric outputs (``None``: none to compare)."""
     label_agreement: float | None = None
-    """Share of rows whose argmax agreed (``None``: no class outputs)."""
+    """Share of rows whose argmax (or text label) agreed (``None``: no class or label outputs)."""
+    mismatch: str | None = None
+    """An output the two versions' answers could not be compared on, and why (another shape, text against
+    numbers, missing): the candidate answers in another form, and is refused whatever the bounds."""
     reason: str = ""
     """``"within bounds"`` when promoted, else why it was refused."""
 
     def violations(self, *, max_abs_diff: float | None, min_label_agreement: float | None) -> list[str]:
-        """The bounds this comparison breaks, as messages (empty: it may be promoted)."""
+        """The bounds this comparison breaks, as messages (empty: it may be promoted). A bound that nothing
+        could be measured against is broken too (a guard that cannot check must not pass), and so is any
+        mismatch."""
         problems = []
-        if max_abs_diff is not None and self.max_abs_diff is not None and self.max_abs_diff > max_abs_diff:
-            problems.append(f"max abs diff {self.max_abs_diff:.3g} > {max_abs_diff:g}")
+        if self.mismatch is not None:
+            problems.append(f"the answers differ in form: {self.mismatch}")
+        if max_abs_diff is not None:
+            if self.max_abs_diff is None:
+                problems.append("max abs diff: no numeric output to compare")
+            elif self.max_abs_diff > max_abs_diff:
+                problems.append(f"max abs diff {self.max_abs_diff:.3g} > {max_abs_diff:g}")
         agreement = self.label_agreement
-        if min_label_agreement is not None and agreement is not None and agreement < min_label_agreement:
-            problems.append(f"label agreement {agreement:.3f} < {min_label_agreement:g}")
+        if min_label_agreement is not None:
+            if agreement is None:
+                problems.append("label agreement: no class scores ([rows, classes]) or text labels to compare")
+            elif agreement < min_label_agreement:
+                problems.append(f"label agreement {agreement:.3f} < {min_label_agreement:g}")
         return problems
 
     def to_dict(self) -> dict[str, Any]:

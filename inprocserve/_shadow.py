@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from opentelemetry.trace import Status, StatusCode
@@ -49,7 +49,15 @@ from ._telemetry import (
     start_shadow_span,
 )
 
-__all__ = ["DEFAULT_MAX_QUEUED_BYTES", "MIN_RUN_S", "ShadowComparison", "ShadowRunner", "compare_outputs"]
+__all__ = [
+    "DEFAULT_MAX_QUEUED_BYTES",
+    "MIN_RUN_S",
+    "NOTHING_COMPARED",
+    "Comparison",
+    "ShadowComparison",
+    "ShadowRunner",
+    "compare_outputs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,21 +80,53 @@ class ShadowComparison:
     error: str | None
     """Why the shadow run failed, if it did (the caller was never affected)."""
     latency_s: float
+    mismatch: str | None = None
+    """The first output the two answers could not be compared on, and why (the shadow version answered it
+    in another shape, as text against numbers, or not at all); such a comparison counts as ``disagree``."""
 
 
-def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> tuple[float | None, float | None]:
-    """(max absolute difference, argmax agreement) between two answers to the same request.
+class Comparison(NamedTuple):
+    """Two answers to the same request, compared (see :func:`compare_outputs`)."""
+
+    max_abs_diff: float | None
+    label_agreement: float | None
+    mismatch: str | None
+    """The first output that could not be compared, and why (missing, another shape, text against numbers)."""
+
+
+NOTHING_COMPARED = Comparison(None, None, None)
+
+
+def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Comparison:
+    """Max absolute difference, row agreement and the first mismatch between two answers to the same request.
+
+    Numeric outputs give the difference, and those shaped [rows, classes] the argmax agreement. Text outputs
+    (the labels a converted scikit-learn classifier answers) agree row by row where every element is equal.
+    An output of the first answer that the second lacks, or has in another shape, or as text against numbers,
+    cannot be compared: that is the ``mismatch`` (an answer of another form, which callers would get on
+    promotion, is never counted as agreeing). Outputs that are not arrays (a ZipMap's list of dicts) are not
+    compared.
 
     A NaN or an infinity in one answer where the other holds a different value (a finite number, the other
     infinity, or a number where the other has NaN) is a difference of ``math.inf``, and a row holding one
     disagrees whatever its argmax. Equal non-finite values (NaN in both, the same infinity in both) are equal.
     """
     diffs, agreements = [], []
+    mismatch = None
     for name, expected in primary.items():
-        got = shadow.get(name)
-        if not isinstance(expected, np.ndarray) or not isinstance(got, np.ndarray) or expected.shape != got.shape:
+        if not isinstance(expected, np.ndarray):
             continue
-        if expected.dtype.kind not in "biuf" or got.dtype.kind not in "biuf" or expected.size == 0:
+        got = shadow.get(name)
+        problem = _mismatch(name, expected, got)
+        if problem is not None:
+            mismatch = mismatch or problem
+            continue
+        assert isinstance(got, np.ndarray)
+        if expected.size == 0:
+            continue
+        if expected.dtype.kind not in "biuf":  # text (both: see _mismatch)
+            equal = _equal_elements(expected, got)
+            agreements.append(float(np.mean(equal.reshape(equal.shape[0] if equal.ndim else 1, -1).all(axis=1))))
             continue
         a, b = expected.astype(np.float64), got.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN; huge - (-huge) overflows
@@ -104,7 +144,29 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> tu
             if unequal is not None:
                 rows_agree &= ~unequal.any(axis=1)
             agreements.append(float(np.mean(rows_agree)))
-    return (max(diffs) if diffs else None), (float(np.mean(agreements)) if agreements else None)
+    return Comparison(max(diffs) if diffs else None, float(np.mean(agreements)) if agreements else None, mismatch)
+
+
+def _mismatch(name: str, expected: np.ndarray, got: Any) -> str | None:
+    """Why output ``name`` of the second answer (``got``) cannot be compared with the first's, or None."""
+    if got is None:
+        return f"output {name!r} is missing"
+    if not isinstance(got, np.ndarray):
+        return f"output {name!r} is a {type(got).__name__}, not an array"
+    if got.shape != expected.shape:
+        return f"output {name!r} has shape {list(got.shape)} against {list(expected.shape)}"
+    numeric = expected.dtype.kind in "biuf", got.dtype.kind in "biuf"
+    if numeric[0] != numeric[1] or (not numeric[0] and not {expected.dtype.kind, got.dtype.kind} <= set("OSU")):
+        return f"output {name!r} is {got.dtype} against {expected.dtype}"
+    return None
+
+
+def _equal_elements(expected: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Element by element equality of two text arrays of one shape (Python's ``==``, so str and bytes differ)."""
+    return np.asarray(_EQUAL(expected, got), dtype=bool)
+
+
+_EQUAL = np.frompyfunc(lambda left, right: bool(left == right), 2, 1)
 
 
 @dataclass
@@ -118,6 +180,7 @@ class ShadowStats:
     stopped_budget: int = 0  # runaway runs stopped at their limit (also counted in dropped_budget)
     compared: int = 0  # comparisons with a finite difference
     non_finite: int = 0  # comparisons where a NaN or infinity in one answer differed from the other
+    mismatched: int = 0  # comparisons with an output the answers could not be compared on
     max_abs_diff: float = 0.0
     total_abs_diff: float = 0.0
     agreement_total: float = 0.0
@@ -133,6 +196,7 @@ class ShadowStats:
             "dropped_too_large": self.dropped_large,
             "stopped_over_budget": self.stopped_budget,
             "non_finite_diffs": self.non_finite,
+            "mismatched": self.mismatched,
             "max_abs_diff": self.max_abs_diff if self.compared else None,
             "mean_max_abs_diff": self.total_abs_diff / self.compared if self.compared else None,
             "label_agreement": self.agreement_total / self.agreement_runs if self.agreement_runs else None,
@@ -451,7 +515,7 @@ class ShadowRunner:
     def _record(
         self, job: _Job, outputs: Mapping[str, Any] | None, error: str | None, started: float, span: Any
     ) -> None:
-        diff, agreement = compare_outputs(job.primary, outputs) if outputs is not None else (None, None)
+        diff, agreement, mismatch = compare_outputs(job.primary, outputs) if outputs is not None else NOTHING_COMPARED
         finite = diff is None or math.isfinite(diff)  # not: a NaN or infinity where the other answer differs
         if span.is_recording():
             if diff is not None:
@@ -463,7 +527,7 @@ class ShadowRunner:
         end_safely(span, "closing an inprocserve.shadow span")
         if error is not None:
             result = "error"
-        elif not finite or (agreement is not None and agreement < 1):
+        elif mismatch is not None or not finite or (agreement is not None and agreement < 1):
             result = "disagree"
         else:
             result = "agree"
@@ -479,12 +543,16 @@ class ShadowRunner:
             label_agreement=agreement,
             error=error,
             latency_s=time.monotonic() - started,
+            mismatch=mismatch,
         )
         with self._cond:
             stats = self._stat(job.model, job.shadow.version)
             stats.runs += 1
             if error is not None:
                 stats.errors += 1
+            first_mismatch = mismatch is not None and not stats.mismatched
+            if mismatch is not None:
+                stats.mismatched += 1
             if diff is not None and not finite:
                 stats.non_finite += 1
             elif diff is not None:
@@ -497,6 +565,14 @@ class ShadowRunner:
         if error is not None:
             logger.info(
                 "shadow version %s of model %r failed (caller unaffected): %s", job.shadow.version, job.model, error
+            )
+        if first_mismatch:  # (every one is counted in the status, and given to on_shadow)
+            logger.warning(
+                "shadow version %s of model %r answers in another form than version %s (caller unaffected): %s",
+                job.shadow.version,
+                job.model,
+                job.primary_version.version,
+                mismatch,
             )
         if self.on_result is not None:
             try:

@@ -321,16 +321,16 @@ def _shadow_block(shadow: Mapping[str, Any]) -> str:
             f"<td class='n'>{_text(stats.get('errors'))}</td><td class='n'>{_text(dropped)}</td>"
             f"<td class='n'>{_text(stats.get('stopped_over_budget'))}</td>"
             f"<td class='n'>{_percent(label)}</td><td class='n'>{_number(stats.get('mean_max_abs_diff'), 4)}</td>"
-            f"<td class='n'>{worst}</td><td class='n'>{_text(non_finite)}</td></tr>"
+            f"<td class='n'>{worst}</td><td class='n'>{_text(non_finite)}</td>"
+            f"<td class='n'>{_text(stats.get('mismatched'))}</td></tr>"
         )
     chart = _bars(agreement, maximum=1.0, value_text=_percent) if agreement else ""
     return (
         "<h3>Shadow agreement with the answering version</h3>"
         + chart
         + "<table><tr><th>shadow</th><th>runs</th><th>errors</th><th>dropped</th><th>stopped</th>"
-        "<th>label agreement</th><th>mean max |diff|</th><th>max |diff|</th><th>non-finite diffs</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        "<th>label agreement</th><th>mean max |diff|</th><th>max |diff|</th><th>non-finite diffs</th>"
+        "<th>answered in another form</th></tr>" + "".join(rows) + "</table>"
     )
 
 

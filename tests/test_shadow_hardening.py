@@ -324,3 +324,83 @@ def test_a_copy_for_a_shadow_version_without_a_batcher_is_an_error_of_that_versi
         runner.close()
     assert [c.error for c in comparisons] == ["shadow version 2 is not loaded"] * 2
     assert runner.status("scale")["2"]["errors"] == 2
+
+
+# -- answers of another form ----------------------------------------------------------------------------------
+
+
+def build_labeller(labels: list[str]) -> Any:
+    """A classifier answering a text label per row, as converted scikit-learn classifiers do: ``labels[argmax(x)]``."""
+    from onnx import TensorProto, helper
+
+    table = helper.make_tensor("labels", TensorProto.STRING, [len(labels)], [label.encode() for label in labels])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ArgMax", ["x"], ["index"], axis=1, keepdims=0),
+            helper.make_node("Gather", ["labels", "index"], ["label"], axis=0),
+        ],
+        "labeller",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(labels)])],
+        [helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"])],
+        [table],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def build_columns_but(dropped: int) -> Any:
+    """``y = x[:, : n - dropped]`` for inputs of any width ``n``: no signature can tell the answer's width."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    end = -dropped if dropped else np.iinfo(np.int64).max
+    bounds = [
+        numpy_helper.from_array(np.array([value], np.int64), name)
+        for name, value in (("start", 0), ("end", end), ("axis", 1))
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x", "start", "end", "axis"], ["y"])],
+        "columns_but",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "m"])],
+        bounds,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_text_labels_are_compared_row_by_row_and_guard_promotion(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_labeller(["cat", "dog", "cow", "pig"]), repository, "labels", 1)
+    save_model(build_labeller(["fraud"] * 4), repository, "labels", 2)  # a broken candidate: one label for all
+    comparisons: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=1.0)
+    rows = np.eye(4, dtype=np.float32)
+    for _ in range(3):
+        assert list(server.predict("labels", rows)["label"]) == ["cat", "dog", "cow", "pig"]
+    wait_until(lambda: len(comparisons) == 3)
+    assert all(c.label_agreement == 0.0 and c.max_abs_diff is None and c.mismatch is None for c in comparisons)
+    assert stats(server, "labels")["label_agreement"] == 0.0
+    with pytest.raises(inprocserve.PromotionRefusedError, match=r"label agreement 0\.000 < 0\.99") as refused:
+        server.promote("labels", 2, min_label_agreement=0.99)
+    assert refused.value.report["label_agreement"] == 0.0
+    # a bound nothing can be measured against refuses too: these answers hold no number
+    with pytest.raises(inprocserve.PromotionRefusedError, match="max abs diff: no numeric output to compare"):
+        server.promote("labels", 2, max_abs_diff=0.5)
+    assert server.predict("labels", rows).version == 1
+
+
+def test_a_shadow_answering_in_another_form_disagrees_and_is_never_promoted(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_columns_but(0), repository, "cut", 1)
+    save_model(build_columns_but(1), repository, "cut", 2)  # one column short
+    comparisons: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=1.0)
+    rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+    for _ in range(3):
+        assert server.predict("cut", rows)["y"].shape == (2, 4)
+    wait_until(lambda: len(comparisons) == 3)
+    assert all(c.mismatch == "output 'y' has shape [2, 3] against [2, 4]" and c.error is None for c in comparisons)
+    shadow = stats(server, "cut")
+    assert shadow["mismatched"] == 3 and shadow["errors"] == 0
+    assert sum("answers in another form" in record.getMessage() for record in caplog.records) == 1  # once
+    with pytest.raises(inprocserve.PromotionRefusedError, match="the answers differ in form: output 'y' has shape"):
+        server.promote("cut", 2)  # even with no bounds at all
+    assert server.predict("cut", rows).version == 1

@@ -336,3 +336,12 @@ def test_a_shadow_answering_nan_shows_an_infinite_difference(rollout_server: inp
     page = inprocserve.render_status_page(status)
     row = page[page.index("<td>v3</td>") :].split("</tr>")[0]
     assert "<td class='n'>inf</td>" in row and "<td class='n'>50</td>" in row and "<td class='n'>2</td>" in row
+
+
+def test_a_shadow_answering_in_another_form_is_counted_on_the_page(rollout_server: inprocserve.Server) -> None:
+    status = copy.deepcopy(rollout_server.status())
+    status["models"]["fraud"]["shadow"] = {"3": {"runs": 9, "errors": 0, "mismatched": 7, "max_abs_diff": None}}
+    page = inprocserve.render_status_page(status)
+    assert "<th>answered in another form</th>" in page
+    row = page[page.index("<td>v3</td>") :].split("</tr>")[0]
+    assert row.endswith("<td class='n'>7</td>")
