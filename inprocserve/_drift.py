@@ -3,6 +3,7 @@
 Per numeric feature (each column of each input, and of each output), a reference sample — from a file in
 the model folder, or captured from the first requests — defines decile bins, plus one bin for non-finite
 values (NaN, infinity), so a window whose share of missing values changes is scored like any other shift.
+A value that fills more than one decile (the 0 of a sparse flag or count) gets a bin of its own.
 The monitored columns (at most ``max_features``) are chosen once, when the reference is loaded or when the
 first request arrives for a captured one; each request only copies those columns. Requests are gathered
 into tumbling windows of ``window`` rows; each full window is scored on a background thread, never on the
@@ -125,6 +126,22 @@ def _has_finite(values: np.ndarray) -> bool:
     return bool(np.isfinite(values).any())
 
 
+def _bin_edges(quantiles: np.ndarray) -> np.ndarray:
+    """Bin edges from a reference's quantiles: the distinct quantiles, and beside each one that repeats, the
+    next float up.
+
+    A quantile that repeats is a value holding at least about a bin's share of the reference (the 0 of a
+    flag that is 5 % ones, of a count that is mostly 0). With the distinct quantiles alone, that value and
+    everything above it share one bin, so a window where every row moved above it scores PSI 0. The extra
+    edge gives the value a bin of its own, ``[v, v]``, and leaves the open bin above it for the rest. Distinct
+    quantiles (continuous features, or values without a bin's share) keep the bins they had."""
+    distinct, counts = np.unique(quantiles, return_counts=True)
+    atoms = distinct[counts > 1]
+    if not atoms.size:
+        return distinct
+    return np.unique(np.concatenate([distinct, np.nextafter(atoms, np.inf)]))
+
+
 class _Feature:
     __slots__ = ("continuous", "edges", "expected", "nonfinite", "reference")
 
@@ -134,7 +151,7 @@ class _Feature:
         values = values[finite]
         self.reference = np.sort(values)
         quantiles = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]) if values.size else np.array([])
-        self.edges = np.unique(quantiles)
+        self.edges = _bin_edges(quantiles)
         self.expected = self.proportions(values, self.nonfinite)
         self.continuous = np.unique(values).size > _CONTINUOUS_ABOVE
 

@@ -67,6 +67,38 @@ def test_a_shifted_distribution_drifts_and_is_logged_once_per_window(
     assert len([r for r in caplog.records if "is drifting" in r.getMessage()]) == 1
 
 
+def test_a_feature_that_is_mostly_one_value_drifts_when_its_rows_leave_that_value(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A flag that is 5 % ones, a count that is 95 % zeros: their deciles are all 0, yet a window where
+    every row is flagged (or counts 3) is a shift, and a window like the reference is not."""
+    save_model(build_scale_model(2.0, features=2), repository, "scale", 1)
+    rng = np.random.default_rng(20)
+
+    def sparse(rows: int) -> np.ndarray:
+        batch = np.zeros((rows, 2), np.float32)
+        batch[:, 0] = rng.random(rows) < 0.05
+        batch[:, 1] = np.where(rng.random(rows) < 0.05, rng.integers(1, 4, rows), 0)
+        return batch
+
+    np.savez(repository / "scale" / "reference.npz", x=sparse(5000))
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=1000)))
+    server.predict("scale", sparse(1000))
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] == 1 and status["drifting"] is False and status["max_psi"] < 0.1
+
+    shifted = np.ones((1000, 2), np.float32)
+    shifted[:, 1] = 3  # a value the reference has, in 1 % of its rows
+    server.predict("scale", shifted)
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] == 2 and status["drifting"] is True
+    for name in ("x[0]", "x[1]"):
+        assert status["features"][name]["psi"] > 1.0
+        assert "ks" not in status["features"][name]  # few distinct values: PSI only
+
+
 def test_reference_captured_from_the_first_requests(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
     config = ModelConfig(drift=DriftConfig(capture_reference=500, window=500))
