@@ -472,6 +472,30 @@ class DriftMonitor:
 # -- the background thread that scores windows, owned by the server that starts it ------------------------
 
 _STOP = object()
+
+
+class _Waiter:
+    """One :meth:`DriftScorer.drain` call: released by the thread when it gets there (``reached``), or by
+    :meth:`DriftScorer.close` when it drops the queue, so the caller does not wait out its timeout."""
+
+    __slots__ = ("done", "reached")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reached = False
+
+
+def _reach(waiter: _Waiter) -> None:
+    waiter.reached = True
+    waiter.done.set()
+
+
+def _release_unscored(function: Any, argument: Any) -> None:
+    """A job dropped by close(): nothing to do, unless it is a drain() waiting for it."""
+    if function is _reach:
+        argument.done.set()
+
+
 _scorers: weakref.WeakSet[DriftScorer] = weakref.WeakSet()
 
 
@@ -479,7 +503,8 @@ class DriftScorer:
     """Scores the drift windows of one server's monitors on one thread, off the request path.
 
     Thread-safe. The thread starts lazily with the first window (again in a forked child) and
-    :meth:`close` stops and joins it after the window it is scoring; windows submitted after that are dropped.
+    :meth:`close` stops and joins it after the window it is scoring; the windows still queued, and those
+    submitted after that, are dropped.
     """
 
     def __init__(self) -> None:
@@ -512,28 +537,45 @@ class DriftScorer:
             function, argument, bounded = self._jobs.get()
             if function is _STOP:
                 return
-            if bounded:
-                with self._lock:
+            with self._lock:
+                if bounded:
                     self._queued -= 1
+                closed = self._closed
+            if closed:  # taken while close() emptied the queue: dropped like the rest
+                _release_unscored(function, argument)
+                continue
             try:
                 function(argument)
             except Exception:  # a bad window must not stop drift scoring for every other version
                 logger.exception("drift scoring failed")
 
     def drain(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every window submitted so far has been scored; ``False`` on timeout (or if closed)."""
-        done = threading.Event()
-        if not self.submit(lambda _: done.set(), None, bounded=False):
+        """Wait until every window submitted so far has been scored; ``False`` on timeout, or if closed
+        (before, or while this waits: the windows ahead of it are dropped)."""
+        waiter = _Waiter()
+        if not self.submit(_reach, waiter, bounded=False):
             return False
-        return done.wait(timeout_s)
+        return waiter.done.wait(timeout_s) and waiter.reached
 
     def close(self, *, timeout_s: float = 5.0) -> None:
-        """Stop the thread after the window it is scoring (idempotent). Queued windows are dropped."""
+        """Stop the thread after the window it is scoring (idempotent). Queued windows are dropped: they are
+        taken off the queue here, so the thread stops as soon as the window in hand is scored."""
+        dropped: list[tuple[Any, Any, bool]] = []
         with self._lock:
             self._closed = True
             worker, self._worker = self._worker, None
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                dropped.append(job)
+                if job[2]:
+                    self._queued -= 1
             if worker is not None:
                 self._jobs.put((_STOP, None, False))
+        for function, argument, _ in dropped:
+            _release_unscored(function, argument)
         if worker is not None and worker.is_alive() and worker is not threading.current_thread():
             worker.join(timeout=timeout_s)
 

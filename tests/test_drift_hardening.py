@@ -208,6 +208,37 @@ def test_windows_beyond_the_queue_bound_are_dropped_and_counted(repository: Path
     assert status["windows"] == _MAX_QUEUED_WINDOWS and status["dropped_windows"] == 4
 
 
+def test_close_drops_the_queued_windows_and_releases_a_waiting_drain(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """close() scores none of the windows still queued (only the one in hand may finish), its thread ends,
+    and a drain() waiting behind those windows returns False at once instead of waiting out its timeout."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(16)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (1000, 4)).astype(np.float32))
+    before = len([t for t in threading.enumerate() if t.name == "inprocserve-drift"])
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=50)))
+    monitor = server._registry.routes["scale"].versions[1].drift  # its status outlives the server's
+    assert monitor is not None
+    gate = blocked(server)
+    closer = threading.Thread(target=server.close)
+    try:
+        for _ in range(_MAX_QUEUED_WINDOWS):
+            server.predict("scale", rng.normal(0, 1, (50, 4)).astype(np.float32))
+        drained: list[bool] = []
+        waiter = threading.Thread(target=lambda: drained.append(drain(timeout_s=30)))
+        waiter.start()
+        closer.start()
+        waiter.join(5)
+        assert drained == [False]  # released by close(), which has emptied the queue by then
+    finally:
+        gate.set()  # the scoring thread finishes the job in hand
+    closer.join(10)
+    assert not closer.is_alive()
+    assert len([t for t in threading.enumerate() if t.name == "inprocserve-drift"]) == before
+    assert monitor.status()["windows"] == 0
+
+
 # -- 5. the caller's buffers are copied, not kept -------------------------------------------------------
 
 
