@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from cachetools import Cache, LRUCache, TTLCache
 
+from . import _fork
 from ._config import CacheConfig
 from ._inflight import inputs_key, shareable
 
@@ -23,18 +24,35 @@ __all__ = ["PredictionCache"]
 
 
 class PredictionCache:
-    """LRU (or TTL) cache of outputs, with hit / miss / shared counters for ``status()``. Thread-safe."""
+    """LRU (or TTL) cache of outputs, with hit / miss / shared counters for ``status()``. Thread-safe.
+
+    A forked child (a ``--preload`` worker) starts with the parent's entries, unless a parent thread was
+    inside the cache at the fork: its lock is then held in the child by a thread that does not exist there,
+    and the entries may be half changed, so the child starts with an empty cache and a lock of its own.
+    """
 
     def __init__(self, config: CacheConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._entries: Cache[bytes, Mapping[str, Any]] = (
-            TTLCache(maxsize=config.max_entries, ttl=config.ttl_s, timer=clock)
-            if config.ttl_s is not None
-            else LRUCache(maxsize=config.max_entries)
-        )
+        self._config = config
+        self._clock = clock
+        self._entries = self._new_entries()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         self.shared = 0
+        _fork.register(self)
+
+    def _new_entries(self) -> Cache[bytes, Mapping[str, Any]]:
+        config = self._config
+        if config.ttl_s is not None:
+            return TTLCache(maxsize=config.max_entries, ttl=config.ttl_s, timer=self._clock)
+        return LRUCache(maxsize=config.max_entries)
+
+    def _after_fork_in_child(self) -> None:
+        if self._lock.acquire(blocking=False):  # no thread was inside at the fork: the entries are whole
+            self._lock.release()
+            return
+        self._entries = self._new_entries()
+        self._lock = threading.Lock()
 
     key = staticmethod(inputs_key)
 

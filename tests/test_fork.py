@@ -107,3 +107,39 @@ def test_a_forked_worker_checks_the_model_file_it_builds_its_sessions_from(
 
     report = run_in_forked_child(in_the_child, timeout_s=30)
     assert report.startswith("refused") and "sha256" in report, report
+
+
+def test_a_worker_forked_while_a_thread_is_inside_the_cache_answers(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    import threading
+
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(
+        repository, models={"scale": inprocserve.ModelConfig(cache=inprocserve.CacheConfig(enabled=True))}
+    )
+    x = np.ones((1, 4), np.float32)
+    assert server.predict("scale", x)["y"][0, 0] == 2.0  # cached in the parent
+    cache = server._registry.routes["scale"].versions[1].cache
+    assert cache is not None
+    # a request thread of the parent is inside the cache (its lock held) at the instant of the fork
+    inside, leave = threading.Event(), threading.Event()
+
+    def in_the_cache() -> None:
+        with cache._lock:
+            inside.set()
+            leave.wait(30)
+
+    holder = threading.Thread(target=in_the_cache)
+    holder.start()
+    inside.wait(10)
+    try:
+
+        def in_the_child() -> str:
+            return str(server.predict("scale", x * 3, timeout_s=5)["y"][0, 0])
+
+        assert run_in_forked_child(in_the_child, timeout_s=20) == "6.0"
+    finally:
+        leave.set()
+        holder.join()
+    assert server.predict("scale", x)["y"][0, 0] == 2.0
