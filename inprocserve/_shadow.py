@@ -36,9 +36,10 @@ from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
 from ._config_checks import is_number
-from ._errors import ConfigurationError, DeadlineExceededError
+from ._errors import ConfigurationError, DeadlineExceededError, InvalidInputError
 from ._held_bytes import held_bytes
 from ._request import Request, Route
+from ._signature import Signature
 from ._telemetry import (
     ATTR_SHADOW_AGREEMENT,
     ATTR_SHADOW_DIFF,
@@ -233,6 +234,23 @@ class _Job:
     primary_span: Any
     reserved: float  # seconds of budget reserved when it was admitted, settled against what its run took
     nbytes: int  # bytes its copies hold, counted against max_queued_bytes while it waits
+
+
+def _as_shadow_inputs(job: _Job) -> tuple[dict[str, np.ndarray], int]:
+    """The copied request, checked against the shadow version's own inputs as a request routed to it would be
+    (a canary of it gets the caller's inputs, validated against its signature): cast where its dtypes
+    differ, and, when both versions take one input, under the shadow version's name for it.
+
+    Raises:
+        InvalidInputError: the request does not fit the shadow version's inputs.
+    """
+    signature: Signature | None = job.shadow.signature
+    if signature is None:  # (not loaded: the run reports that)
+        return dict(job.arrays), job.rows
+    arrays: Any = job.arrays
+    if len(arrays) == 1 and len(signature.input_names) == 1:
+        arrays = next(iter(arrays.values()))
+    return signature.validate(arrays, max_rows=max(job.shadow.max_request_rows, job.rows))
 
 
 class ShadowRunner:
@@ -471,7 +489,12 @@ class ShadowRunner:
         route = Route(job.model, version, "shadow", reason, job.request_id, [], Decision(version, "shadow", reason))
         # a request's deadline is on its batcher's clock (the server's, which tests may step)
         deadline = None if limit_s is None else shadow_batcher._clock() + limit_s
-        request = Request(dict(job.arrays), job.rows, route, deadline, None)
+        try:
+            arrays, rows = _as_shadow_inputs(job)
+        except InvalidInputError as exc:  # a version whose inputs differ in a way no cast bridges
+            self._record(job, None, f"the request does not fit shadow version {version}'s inputs: {exc}", started, span)
+            return False
+        request = Request(arrays, rows, route, deadline, None)
         try:  # spare capacity only: no backlog on the serving version, an idle shadow session, right now
             ran = (primary_batcher is None or primary_batcher.queued_rows == 0) and shadow_batcher.run_if_idle(request)
         except Exception as exc:  # retired meanwhile, or any other refusal: not the caller's problem

@@ -404,3 +404,38 @@ def test_a_shadow_answering_in_another_form_disagrees_and_is_never_promoted(
     with pytest.raises(inprocserve.PromotionRefusedError, match="the answers differ in form: output 'y' has shape"):
         server.promote("cut", 2)  # even with no bounds at all
     assert server.predict("cut", rows).version == 1
+
+
+def build_doubler(*, input_name: str = "x", dtype: int = 1) -> Any:
+    """``y = 2 * x`` over ``[batch, 4]``, with another input name or element type (1: float32, 11: float64)."""
+    from onnx import helper, numpy_helper
+
+    two = numpy_helper.from_array(np.array(2.0, np.float64 if dtype == 11 else np.float32), "two")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", [input_name, "two"], ["y"])],
+        "doubler",
+        [helper.make_tensor_value_info(input_name, dtype, ["batch", 4])],
+        [helper.make_tensor_value_info("y", dtype, ["batch", 4])],
+        [two],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_shadow_version_gets_the_request_as_its_own_inputs_take_it(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_doubler(), repository, "double", 1)
+    save_model(build_doubler(dtype=11), repository, "double", 2)  # re-exported in float64
+    save_model(build_doubler(input_name="input"), repository, "double", 3)  # its one input renamed
+    config = ModelConfig(
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2, 3))),
+        version_policy=VersionPolicy.all(),
+    )
+    comparisons: list[ShadowComparison] = []
+    server = make_server(repository, config=config, on_shadow=comparisons.append, shadow_budget=1.0)
+    rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+    for _ in range(2):
+        server.predict("double", rows)
+    wait_until(lambda: len(comparisons) == 4)
+    assert all(c.error is None and c.max_abs_diff == 0.0 and c.mismatch is None for c in comparisons), comparisons
+    assert {c.shadow_version for c in comparisons} == {2, 3}
