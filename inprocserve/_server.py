@@ -500,7 +500,8 @@ class Server(RolloutMethods):
         submitted (default: two full requests of rows per session; ``max_in_flight``: at most that many
         requests; never more queued rows than ``max_queue_rows``) so the sessions stay busy without
         :class:`QueueFullError`; when other traffic fills the queue a request is retried. Each request is
-        routed like a :meth:`predict` call: pin ``version`` to score a whole job on one version. Closing the
+        routed like a :meth:`predict` call: pin ``version`` to score a whole job on one version. The version's
+        prediction cache is neither read nor filled (nor are identical requests in flight shared). Closing the
         iterator early (``break``, an exception) cancels the requests still queued.
 
         Thread-safe like :meth:`submit`; the returned iterator belongs to the thread that iterates it.
@@ -541,6 +542,7 @@ class Server(RolloutMethods):
                     run_rows=plan.run_rows,
                     beside=beside,
                     planned=target,
+                    shared=False,  # an offline job would evict the online entries, and fill them with its own
                 )
             except InprocserveError as exc:
                 future.set_exception(exc)
@@ -563,6 +565,7 @@ class Server(RolloutMethods):
         planned: ModelVersion | None = None,
         opened: _Opened | None = None,
         readmit: bool = False,
+        shared: bool = True,
     ) -> tuple[Request, ModelVersion]:
         """Route, validate, then answer from the cache, follow an identical request, or queue; every
         request that gets here is answered through :meth:`_answered`, or raises having been refused.
@@ -574,7 +577,9 @@ class Server(RolloutMethods):
         this request before it found the way busy (its start, deadline, span, route and validated inputs;
         its lead of identical requests, which the request takes over, or ends if it is refused).
         ``readmit``: with ``opened``, the request is part of a merged request still counted in flight on
-        ``opened.target`` (see :meth:`Batcher.submit`), queued there again on its own."""
+        ``opened.target`` (see :meth:`Batcher.submit`), queued there again on its own. ``shared=False``
+        (batch scoring): the request neither reads nor fills the version's cache, nor follows or leads
+        identical requests in flight."""
         lead = None
         if opened is None:
             if timeout_s is not None:
@@ -616,7 +621,7 @@ class Server(RolloutMethods):
                     self._sharing.take_over(target, request, lead)
                     lead, runs = None, True
                 else:
-                    runs = not self._sharing.answered_without_run(target, request, key)
+                    runs = not shared or not self._sharing.answered_without_run(target, request, key)
                 if runs:
                     assert target.batcher is not None
                     try:

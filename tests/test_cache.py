@@ -116,3 +116,16 @@ def test_cache_config_validation() -> None:
         CacheConfig(max_entries=0)
     with pytest.raises(inprocserve.ConfigurationError):
         CacheConfig(ttl_s=0)
+
+
+def test_batch_scoring_neither_reads_nor_fills_the_cache(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository, config=cached(max_entries=3))
+    hot = np.ones((1, 4), np.float32)
+    server.predict("scale", hot)  # the online traffic's entry
+    rows = np.arange(4000, dtype=np.float32).reshape(1000, 4)
+    answers = list(server.predict_many("scale", rows, batch_rows=10))
+    np.testing.assert_array_equal(np.concatenate([a["y"] for a in answers]), rows * 2)
+    list(server.predict_many("scale", hot))  # not even an identical request reads it
+    assert cache_status(server, "scale", 1) == {"entries": 1, "hits": 0, "misses": 1, "shared": 0}
+    assert server.predict("scale", hot)["y"][0, 0] == 2.0
+    assert cache_status(server, "scale", 1)["hits"] == 1  # the online entry survived the job
