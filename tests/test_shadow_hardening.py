@@ -439,3 +439,13 @@ def test_a_shadow_version_gets_the_request_as_its_own_inputs_take_it(
     wait_until(lambda: len(comparisons) == 4)
     assert all(c.error is None and c.max_abs_diff == 0.0 and c.mismatch is None for c in comparisons), comparisons
     assert {c.shadow_version for c in comparisons} == {2, 3}
+
+
+def test_text_from_a_model_server_agrees_with_the_same_text_from_onnxruntime() -> None:
+    # onnxruntime answers text as str; a remote version's BYTES arrive as bytes: the same labels agree
+    from inprocserve._shadow import compare_outputs
+
+    local = {"label": np.array(["cat", "dög", "cow"], dtype=object)}
+    remote = {"label": np.array([b"cat", "dög".encode(), b"pig"], dtype=object)}
+    assert compare_outputs(local, remote).label_agreement == pytest.approx(2 / 3)
+    assert compare_outputs(remote, local).label_agreement == pytest.approx(2 / 3)
