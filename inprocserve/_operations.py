@@ -556,14 +556,19 @@ class RolloutMethods:
 
         The candidate is loaded and warmed up on recent real inputs (kept per model, see
         ``RolloutConfig.capture_inputs``); its answers are compared with the stable version's, and the
-        switch happens only if the largest absolute difference and the argmax agreement are within the
-        given bounds. Returns the comparison report, a :class:`PromotionReport` (which also reads like the
-        dict of earlier releases: ``report["from"]``, ``report["reason"]``; ``report.to_dict()`` gives it).
+        switch happens only if the largest absolute difference and the label agreement (the argmax of class
+        scores; labels, text or integers, by equality) are within the given bounds. A bound that nothing
+        could be measured against refuses (``min_label_agreement`` for a model answering neither class scores
+        nor labels), and so does a candidate whose answers differ in form whatever the bounds (an output
+        missing, with other axes, text against numbers). Returns the comparison report, a
+        :class:`PromotionReport` (which also reads like the dict of earlier releases: ``report["from"]``,
+        ``report["reason"]``; ``report.to_dict()`` gives it).
 
         Raises:
             PromotionRefusedError: the candidate's signature is incompatible with the stable version's
-                (use :meth:`switch` with ``force=True``), the comparison failed a bound, or there were fewer
-                than ``min_samples`` recent inputs; the report is on the exception, and nothing was switched.
+                (use :meth:`switch` with ``force=True``), its answers differ in form, the comparison failed a
+                bound (or had nothing to measure it on), or there were fewer than ``min_samples`` recent
+                inputs; the report is on the exception, and nothing was switched.
         """
         return self._operations.promote(
             model, version, max_abs_diff=max_abs_diff, min_label_agreement=min_label_agreement, min_samples=min_samples

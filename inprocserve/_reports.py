@@ -30,10 +30,10 @@ class PromotionReport:
     max_abs_diff: float | None = None
     """Largest absolute difference between their numeric outputs (``None``: none to compare)."""
     label_agreement: float | None = None
-    """Share of rows whose argmax (or text label) agreed (``None``: no class or label outputs)."""
+    """Share of rows that agreed: the argmax of class scores, or labels (``None``: no class or label outputs)."""
     mismatch: str | None = None
-    """An output the two versions' answers could not be compared on, and why (another shape, text against
-    numbers, missing): the candidate answers in another form, and is refused whatever the bounds."""
+    """An output the two versions' answers could not be compared on, and why (another number of axes, text
+    against numbers, missing): the candidate answers in another form, and is refused whatever the bounds."""
     reason: str = ""
     """``"within bounds"`` when promoted, else why it was refused."""
 
@@ -52,7 +52,7 @@ class PromotionReport:
         agreement = self.label_agreement
         if min_label_agreement is not None:
             if agreement is None:
-                problems.append("label agreement: no class scores ([rows, classes]) or text labels to compare")
+                problems.append("label agreement: no class scores or labels to compare")
             elif agreement < min_label_agreement:
                 problems.append(f"label agreement {agreement:.3f} < {min_label_agreement:g}")
         return problems

@@ -77,13 +77,15 @@ class ShadowComparison:
     max_abs_diff: float | None
     """Largest absolute difference over the numeric outputs both versions produced (None if none)."""
     label_agreement: float | None
-    """Share of rows whose argmax agrees, over outputs shaped [rows, classes] (None if there are none)."""
+    """Share of rows that agree: the argmax of outputs shaped [rows, classes], and labels (text, or integers
+    shaped [rows]) by equality (None if there are none)."""
     error: str | None
     """Why the shadow run failed, if it did (the caller was never affected)."""
     latency_s: float
     mismatch: str | None = None
     """The first output the two answers could not be compared on, and why (the shadow version answered it
-    in another shape, as text against numbers, or not at all); such a comparison counts as ``disagree``."""
+    with another number of axes, as text against numbers, or not at all); such a comparison counts as
+    ``disagree``."""
 
 
 class Comparison(NamedTuple):
@@ -92,7 +94,7 @@ class Comparison(NamedTuple):
     max_abs_diff: float | None
     label_agreement: float | None
     mismatch: str | None
-    """The first output that could not be compared, and why (missing, another shape, text against numbers)."""
+    """The first output that could not be compared, and why (missing, other axes, text against numbers)."""
 
 
 NOTHING_COMPARED = Comparison(None, None, None)
@@ -101,12 +103,15 @@ NOTHING_COMPARED = Comparison(None, None, None)
 def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Comparison:
     """Max absolute difference, row agreement and the first mismatch between two answers to the same request.
 
-    Numeric outputs give the difference, and those shaped [rows, classes] the argmax agreement. Text outputs
-    (the labels a converted scikit-learn classifier answers) agree row by row where every element is equal.
-    An output of the first answer that the second lacks, or has in another shape, or as text against numbers,
-    cannot be compared: that is the ``mismatch`` (an answer of another form, which callers would get on
-    promotion, is never counted as agreeing). Outputs that are not arrays (a ZipMap's list of dicts) are not
-    compared.
+    Numeric outputs give the difference; those shaped [rows, classes] the argmax agreement; labels (text, as
+    converted scikit-learn classifiers answer them, or integers shaped [rows] or [rows, 1]) agree row by row
+    where equal. A ZipMap's list of per-row class scores is compared as the [rows, classes] array of its
+    scores, classes in sorted order.
+
+    An output of the first answer that the second lacks, or has with another number of axes, or as text
+    against numbers, cannot be compared: that is the ``mismatch`` (an answer of another form, which callers
+    would get on promotion, is never counted as agreeing). Outputs of one form whose sizes differ (a detector
+    that keeps one more box) are a difference of ``math.inf``, and their rows disagree.
 
     A NaN or an infinity in one answer where the other holds a different value (a finite number, the other
     infinity, or a number where the other has NaN) is a difference of ``math.inf``, and a row holding one
@@ -114,21 +119,32 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
     """
     diffs, agreements = [], []
     mismatch = None
-    for name, expected in primary.items():
-        if not isinstance(expected, np.ndarray):
-            continue
+    for name, first in primary.items():
+        expected = first if isinstance(first, np.ndarray) else _class_scores(first)
+        if expected is None:
+            continue  # (not an array, nor a ZipMap's scores: not compared)
         got = shadow.get(name)
+        if not isinstance(got, np.ndarray) and isinstance(first, list):
+            scores = _class_scores(got)
+            got = got if scores is None else scores
         problem = _mismatch(name, expected, got)
         if problem is not None:
             mismatch = mismatch or problem
             continue
         assert isinstance(got, np.ndarray)
+        text = expected.dtype.kind not in "biuf"  # (both: see _mismatch)
+        if got.shape != expected.shape:  # one form, other sizes
+            if not text:
+                diffs.append(math.inf)
+            agreements.append(0.0)
+            continue
         if expected.size == 0:
             continue
-        if expected.dtype.kind not in "biuf":  # text (both: see _mismatch)
-            equal = _equal_elements(expected, got)
+        if text or (expected.dtype.kind in "biu" and (expected.ndim == 1 or expected.shape[1:] == (1,))):
+            equal = _equal_elements(expected, got) if text else expected == got
             agreements.append(float(np.mean(equal.reshape(equal.shape[0] if equal.ndim else 1, -1).all(axis=1))))
-            continue
+            if text:
+                continue
         a, b = expected.astype(np.float64), got.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN; huge - (-huge) overflows
             delta = np.abs(a - b)
@@ -148,13 +164,27 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
     return Comparison(max(diffs) if diffs else None, float(np.mean(agreements)) if agreements else None, mismatch)
 
 
+def _class_scores(value: Any) -> np.ndarray | None:
+    """A ZipMap's answer (one ``{class: score}`` dict per row, every row with the same classes) as a
+    [rows, classes] array, classes in sorted order; None for anything else."""
+    if not isinstance(value, list) or not value or not all(isinstance(row, dict) for row in value):
+        return None
+    classes = sorted(value[0], key=str)
+    if any(row.keys() != value[0].keys() for row in value):
+        return None
+    try:
+        return np.array([[row[label] for label in classes] for row in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
 def _mismatch(name: str, expected: np.ndarray, got: Any) -> str | None:
     """Why output ``name`` of the second answer (``got``) cannot be compared with the first's, or None."""
     if got is None:
         return f"output {name!r} is missing"
     if not isinstance(got, np.ndarray):
         return f"output {name!r} is a {type(got).__name__}, not an array"
-    if got.shape != expected.shape:
+    if got.ndim != expected.ndim:
         return f"output {name!r} has shape {list(got.shape)} against {list(expected.shape)}"
     numeric = expected.dtype.kind in "biuf", got.dtype.kind in "biuf"
     if numeric[0] != numeric[1] or (not numeric[0] and not {expected.dtype.kind, got.dtype.kind} <= set("OSU")):

@@ -347,8 +347,8 @@ def build_labeller(labels: list[str]) -> Any:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def build_columns_but(dropped: int) -> Any:
-    """``y = x[:, : n - dropped]`` for inputs of any width ``n``: no signature can tell the answer's width."""
+def build_columns_but(dropped: int, *, output: str = "y") -> Any:
+    """``output = x[:, : n - dropped]`` for inputs of any width ``n``: no signature can tell the answer's width."""
     from onnx import TensorProto, helper, numpy_helper
 
     end = -dropped if dropped else np.iinfo(np.int64).max
@@ -357,13 +357,44 @@ def build_columns_but(dropped: int) -> Any:
         for name, value in (("start", 0), ("end", end), ("axis", 1))
     ]
     graph = helper.make_graph(
-        [helper.make_node("Slice", ["x", "start", "end", "axis"], ["y"])],
+        [helper.make_node("Slice", ["x", "start", "end", "axis"], [output])],
         "columns_but",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "m"])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", "m"])],
         bounds,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def build_zipmap_classifier(*, label_offset: int = 0) -> Any:
+    """A classifier as scikit-learn converters write it by default: an integer label per row and a ZipMap of
+    class scores (a list of ``{class: score}`` dicts); ``label_offset`` shifts every label (a broken one)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    offset = numpy_helper.from_array(np.array(label_offset, np.int64), "offset")
+    nodes = [
+        helper.make_node("ArgMax", ["x"], ["index"], axis=1, keepdims=0),
+        helper.make_node("Add", ["index", "offset"], ["label"]),
+        helper.make_node("Softmax", ["x"], ["scores"], axis=1),
+        helper.make_node(
+            "ZipMap", ["scores"], ["output_probability"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2, 3]
+        ),
+    ]
+    scores = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    )
+    graph = helper.make_graph(
+        nodes,
+        "zipmap_classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+            helper.make_value_info("output_probability", scores),
+        ],
+        [offset],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)
 
 
 def test_text_labels_are_compared_row_by_row_and_guard_promotion(repository: Path, make_server: ServerFactory) -> None:
@@ -390,6 +421,24 @@ def test_a_shadow_answering_in_another_form_disagrees_and_is_never_promoted(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     save_model(build_columns_but(0), repository, "cut", 1)
+    save_model(build_columns_but(0, output="z"), repository, "cut", 2)  # the same numbers, its output renamed
+    comparisons: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=1.0)
+    rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+    for _ in range(3):
+        server.predict("cut", rows)
+    wait_until(lambda: len(comparisons) == 3)
+    assert all(c.mismatch == "output 'y' is missing" and c.error is None for c in comparisons)
+    shadow = stats(server, "cut")
+    assert shadow["mismatched"] == 3 and shadow["errors"] == 0
+    assert sum("answers in another form" in record.getMessage() for record in caplog.records) == 1  # once
+    with pytest.raises(inprocserve.PromotionRefusedError, match="output 'y' is gone"):
+        server.promote("cut", 2)  # (its signature says so before any answer is compared)
+    assert server.predict("cut", rows).version == 1
+
+
+def test_answers_of_other_sizes_differ_by_infinity(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_columns_but(0), repository, "cut", 1)
     save_model(build_columns_but(1), repository, "cut", 2)  # one column short
     comparisons: list[ShadowComparison] = []
     server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=1.0)
@@ -397,13 +446,28 @@ def test_a_shadow_answering_in_another_form_disagrees_and_is_never_promoted(
     for _ in range(3):
         assert server.predict("cut", rows)["y"].shape == (2, 4)
     wait_until(lambda: len(comparisons) == 3)
-    assert all(c.mismatch == "output 'y' has shape [2, 3] against [2, 4]" and c.error is None for c in comparisons)
-    shadow = stats(server, "cut")
-    assert shadow["mismatched"] == 3 and shadow["errors"] == 0
-    assert sum("answers in another form" in record.getMessage() for record in caplog.records) == 1  # once
-    with pytest.raises(inprocserve.PromotionRefusedError, match="the answers differ in form: output 'y' has shape"):
-        server.promote("cut", 2)  # even with no bounds at all
+    assert all(c.max_abs_diff == math.inf and c.label_agreement == 0.0 and c.mismatch is None for c in comparisons)
+    assert stats(server, "cut")["non_finite_diffs"] == 3
+    with pytest.raises(inprocserve.PromotionRefusedError, match="max abs diff inf > 1"):
+        server.promote("cut", 2, max_abs_diff=1.0)
     assert server.predict("cut", rows).version == 1
+
+
+def test_a_converted_classifier_is_compared_on_its_labels_and_class_scores(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_zipmap_classifier(), repository, "clf", 1)
+    save_model(build_zipmap_classifier(), repository, "clf", 2)  # the same classifier
+    save_model(build_zipmap_classifier(label_offset=1), repository, "clf", 3)  # every label off by one
+    config = ModelConfig(rollout=RolloutConfig(stable=1), version_policy=VersionPolicy.all())
+    server = make_server(repository, config=config)
+    for seed in range(4):
+        server.predict("clf", np.random.default_rng(seed).normal(size=(8, 4)).astype(np.float32))
+    with pytest.raises(inprocserve.PromotionRefusedError, match=r"label agreement 0\.500 < 0\.99") as refused:
+        server.promote("clf", 3, max_abs_diff=0.05, min_label_agreement=0.99)  # labels all wrong, scores equal
+    assert refused.value.report["mismatch"] is None
+    report = server.promote("clf", 2, max_abs_diff=0.05, min_label_agreement=0.99)
+    assert (report.max_abs_diff, report.label_agreement, report.reason) == (0.0, 1.0, "within bounds")
 
 
 def build_doubler(*, input_name: str = "x", dtype: int = 1) -> Any:
