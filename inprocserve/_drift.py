@@ -126,20 +126,34 @@ def _has_finite(values: np.ndarray) -> bool:
     return bool(np.isfinite(values).any())
 
 
-def _bin_edges(quantiles: np.ndarray) -> np.ndarray:
-    """Bin edges from a reference's quantiles: the distinct quantiles, and beside each one that repeats, the
-    next float up.
+def _bin_edges(quantiles: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Bin edges from a reference's quantiles (``reference``: its finite values, sorted): the distinct
+    quantiles, and around each one that repeats, a bin of its own.
 
     A quantile that repeats is a value holding at least about a bin's share of the reference (the 0 of a
-    flag that is 5 % ones, of a count that is mostly 0). With the distinct quantiles alone, that value and
-    everything above it share one bin, so a window where every row moved above it scores PSI 0. The extra
-    edge gives the value a bin of its own, ``[v, v]``, and leaves the open bin above it for the rest. Distinct
-    quantiles (continuous features, or values without a bin's share) keep the bins they had."""
+    flag that is 5 % ones, of a count that is mostly 0, an imputed mean). With the distinct quantiles alone,
+    that value and everything above it share one bin, so a window where every row moved above it scores PSI
+    0. So the value ``v`` gets the bin ``[v - d, v + d)``, with ``d`` a millionth of ``v`` (at most half the
+    way to the reference's next value either side; 0 gets ``[0, 0]``): wide enough that the same value
+    rounded to float32 (a float64 reference file against a float32 model input) stays in it. Distinct
+    quantiles (continuous features, values without a bin's share) keep the bins they had."""
     distinct, counts = np.unique(quantiles, return_counts=True)
     atoms = distinct[counts > 1]
     if not atoms.size:
         return distinct
-    return np.unique(np.concatenate([distinct, np.nextafter(atoms, np.inf)]))
+    edges = [float(edge) for edge in distinct if edge not in atoms]
+    for atom in atoms.tolist():
+        at, past = np.searchsorted(reference, atom, side="left"), np.searchsorted(reference, atom, side="right")
+        spread = abs(atom) * _ATOM_SPREAD
+        below = spread if at == 0 else min(spread, (atom - float(reference[at - 1])) / 2)
+        above = spread if past == reference.size else min(spread, (float(reference[past]) - atom) / 2)
+        edges.append(atom - below)
+        # (0, and values too small for a float32 rounding to move: the next float up closes the bin)
+        edges.append(atom + above if above > 0 else float(np.nextafter(atom, np.inf)))
+    return np.unique(np.array(edges, dtype=np.float64))
+
+
+_ATOM_SPREAD = 2.0**-20  # relative: float32 keeps 24 bits, so a value rounded to it moves by at most 2**-24
 
 
 class _Feature:
@@ -151,7 +165,7 @@ class _Feature:
         values = values[finite]
         self.reference = np.sort(values)
         quantiles = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]) if values.size else np.array([])
-        self.edges = _bin_edges(quantiles)
+        self.edges = _bin_edges(quantiles, self.reference)
         self.expected = self.proportions(values, self.nonfinite)
         self.continuous = np.unique(values).size > _CONTINUOUS_ABOVE
 

@@ -99,6 +99,27 @@ def test_a_feature_that_is_mostly_one_value_drifts_when_its_rows_leave_that_valu
         assert "ks" not in status["features"][name]  # few distinct values: PSI only
 
 
+def test_a_float64_reference_value_is_the_same_value_in_float32_requests(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Training data saved in float64 with an imputed mean in 40 % of the rows: requests cast to the model's
+    float32 input hold that mean rounded to float32, which must land in the value's own bin."""
+    save_model(build_scale_model(2.0, features=2), repository, "scale", 1)
+    rng = np.random.default_rng(21)
+
+    def imputed(rows: int) -> np.ndarray:
+        batch = rng.normal(37.0, 1.0, (rows, 2))
+        batch[rng.random(rows) < 0.4, 0] = 37.2
+        return batch
+
+    np.savez(repository / "scale" / "reference.npz", x=imputed(5000))  # float64, as training data usually is
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=1000)))
+    server.predict("scale", imputed(1000).astype(np.float32))
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] == 1 and status["drifting"] is False and status["max_psi"] < 0.1
+
+
 def test_reference_captured_from_the_first_requests(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
     config = ModelConfig(drift=DriftConfig(capture_reference=500, window=500))
