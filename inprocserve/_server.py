@@ -509,7 +509,7 @@ class Server(RolloutMethods):
         Args:
             progress: ``True``: a progress bar on stderr when it is a terminal; a callable: called with
                 ``(done_rows, total_rows)`` after each answer (``total_rows`` is ``None`` for an iterator).
-            timeout_s: A deadline for each chunk.
+            timeout_s: A deadline for each chunk (``None``, ``math.inf`` or anything >= 1e6 s: none).
 
         Raises:
             ModelNotFoundError: unknown model or version (at once).
@@ -520,8 +520,7 @@ class Server(RolloutMethods):
                 ragged one: ``InvalidInputError``); raised when iteration reaches it, after the answers before
                 it, with a note naming its rows. Nothing after it is submitted.
         """
-        if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        timeout_s = check_timeout(timeout_s)  # (math.inf and huge values: no deadline, as for predict)
         routes = self._routes.get(model)
         target = None if routes is None else routes.default if version is None else routes.versions.get(version)
         if target is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import pickle
 import threading
 import time
@@ -351,7 +352,16 @@ def test_bad_arguments_fail_at_the_call(scale_repository: Path, make_server: Ser
         server.predict_many("scale", _rows(2), progress="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timeout_s must be > 0"):
         server.predict_many("scale", _rows(2), timeout_s=0)
+    with pytest.raises(TypeError, match="timeout_s must be a number"):
+        server.predict_many("scale", _rows(2), timeout_s="30")  # type: ignore[arg-type]
     assert list(server.predict_many("scale", _rows(0))) == []
+
+
+def test_no_deadline_spelled_as_for_predict(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository)
+    for no_deadline in (math.inf, 1e12):  # what predict, submit and apredict take for "no deadline"
+        answers = list(server.predict_many("scale", _rows(10), timeout_s=no_deadline))
+        np.testing.assert_array_equal(np.concatenate([a["y"] for a in answers]), _rows(10) * 2)
 
 
 def test_progress_callback_values(scale_repository: Path, make_server: ServerFactory) -> None:
