@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from opentelemetry.trace import Span
@@ -42,7 +42,9 @@ from ._signature import Signature
 if TYPE_CHECKING:
     from ._config import ModelConfig
 
-__all__ = ["Backend", "BackendFactory"]
+__all__ = ["Backend", "BackendFactory", "is_whole_batch", "whole_batch"]
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 class Backend(Protocol):
@@ -90,7 +92,12 @@ class Backend(Protocol):
     ) -> list[np.ndarray]:
         """Run one batch on ``runner``. ``timeout_s`` bounds the run (``None``: no deadline); ``parent`` is the
         span the run belongs to (the batch's, or the lone request's), for backends that propagate trace
-        context to another process."""
+        context to another process.
+
+        A merged batch that fails is bisected down to the request that fails it, unless the error is about
+        the batch as a whole: a ``DeadlineExceededError``, a ``RemoteUnavailableError``, or any
+        :class:`InprocserveError` marked with :func:`whole_batch` (a run that may have happened already,
+        whose rows must not be sent again, or that no part of the batch would pass)."""
         ...
 
     def health(self) -> str | None:
@@ -112,3 +119,15 @@ class BackendFactory(Protocol):
     def __call__(
         self, path: Path, config: ModelConfig, *, model: str, version: int, follow_symlinks: bool = False
     ) -> Backend: ...
+
+
+def whole_batch(error: _E) -> _E:
+    """Mark ``error`` as about a whole batch: the batch is not bisected to find a request that fails it
+    (see :meth:`Backend.run`). Returns ``error``."""
+    error.whole_batch = True  # type: ignore[attr-defined]  # (an instance attribute: it survives pickling)
+    return error
+
+
+def is_whole_batch(error: BaseException) -> bool:
+    """Whether ``error`` was marked with :func:`whole_batch`."""
+    return getattr(error, "whole_batch", False) is True

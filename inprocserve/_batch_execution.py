@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import Backend
+from ._backend import Backend, is_whole_batch
 from ._batch_ops import BatchShapeError, pad_and_stack, split_outputs, stack_inputs
 from ._config import PaddingConfig
 from ._errors import DeadlineExceededError, InprocserveError, RemoteUnavailableError
@@ -185,8 +185,11 @@ class BatchExecution:
                 self._failed(request, exc)
             return
         except InprocserveError as exc:
-            if len(batch) == 1:
-                self._failed(batch[0], exc)
+            # one request, or an error about the batch as a whole (Backend.run: the remote server ran its
+            # rows, or refused whoever sent them): every request gets it, nothing is sent again
+            if len(batch) == 1 or is_whole_batch(exc):
+                for request in batch:
+                    self._failed(request, exc)
                 return
             middle = len(batch) // 2
             self._run_isolating(runner, batch[:middle], parent)

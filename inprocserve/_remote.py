@@ -39,7 +39,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
 from . import _fork
-from ._backend import Backend
+from ._backend import Backend, whole_batch
 from ._circuit import CircuitBreaker
 from ._errors import (
     DeadlineExceededError,
@@ -316,7 +316,10 @@ class RemoteBackend:
             if response.status == 200:
                 self._answered_in(sent_at)
                 self._breaker.success()
-                return self._outputs(signature, response, rows)
+                try:
+                    return self._outputs(signature, response, rows)
+                except InferenceError as exc:  # the server ran the rows: sending them again would run them again
+                    raise whole_batch(exc) from exc.__cause__
             if response.status in (429, 503):
                 retry_after = retry_after_seconds(response.headers.get("retry-after"))
                 if self._backoff(attempt, deadline, at_least_s=retry_after):
@@ -531,7 +534,10 @@ class RemoteBackend:
         if status >= 500:
             return self._unavailable(detail)
         self._breaker.success()
-        return self._error(InferenceError, detail)
+        error = self._error(InferenceError, detail)
+        # refused whoever sent it (401, 403, 404 ...): no part of the batch would pass; only one too large
+        # for the server (413) may pass in halves
+        return error if status == 413 else whole_batch(error)
 
     def _timed_out(self, *, caller_binds: bool, limit_s: float, sent_at: float | None) -> DeadlineExceededError:
         endpoint = self.remote.endpoint

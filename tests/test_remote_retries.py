@@ -292,12 +292,22 @@ def test_hostile_answers_get_the_librarys_errors_and_count_for_the_circuit(
     assert backend.status()["circuit"] == "open"  # counted as the server failure it is
 
 
-@pytest.mark.parametrize("failure", [500, "drop"])
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (500, inprocserve.RemoteUnavailableError),  # down
+        ("drop", inprocserve.RemoteUnavailableError),
+        (401, inprocserve.InferenceError),  # refused whoever sends it: no half would pass
+        (404, inprocserve.InferenceError),  # the model is not on the server (any more)
+        ("huge integer", inprocserve.InferenceError),  # ran the rows, but its answer cannot be read
+        ("narrow", inprocserve.InferenceError),  # ran the rows, but answered another output than declared
+    ],
+)
 def test_a_batch_the_server_fails_as_a_whole_is_not_bisected(
-    scripted: Scripted, backends: list[RemoteBackend], failure: int | str
+    scripted: Scripted, backends: list[RemoteBackend], failure: int | str, error: type[Exception]
 ) -> None:
-    # Bisecting a failed batch finds the request whose input fails it; a server that is down fails every
-    # part, and each part would send rows again, which it may have run already.
+    # Bisecting a failed batch finds the request whose input fails it; a server that is down, or refuses the
+    # caller, fails every part, and each part would send rows again, which it may have run already.
     backend = backend_for(backends, scripted, retries=0, failure_threshold=100)
     failed: list[BaseException] = []
     execution = BatchExecution(
@@ -314,10 +324,33 @@ def test_a_batch_the_server_fails_as_a_whole_is_not_bisected(
     )
     route = Route("scale", 1, "stable", "test", "r", [], Decision(1, "stable", "test"))
     batch = [Request({"x": np.full((1, 4), i, np.float32)}, 1, route, None, None) for i in range(8)]
-    scripted.script = [failure]
+    scripted.script = [failure] * 20
     execution.execute(backend.runners()[0], batch)
     assert scripted.posts == 1
-    assert len(failed) == 8 and all(isinstance(error, inprocserve.RemoteUnavailableError) for error in failed)
+    assert len(failed) == 8 and all(type(caught) is error for caught in failed)
+
+
+def test_a_batch_too_large_for_the_server_is_sent_in_halves(scripted: Scripted, backends: list[RemoteBackend]) -> None:
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=100)
+    failed: list[BaseException] = []
+    succeeded: list[int] = []
+    execution = BatchExecution(
+        backend,
+        input_names=["x"],
+        output_names=["y"],
+        padding=None,
+        chunk_rows=64,
+        succeeded=lambda batch, results: succeeded.append(len(batch)),
+        failed=lambda request, error: failed.append(error),
+        unbatchable=lambda reason: None,
+        clock=time.monotonic,
+        telemetry=Recorder("scale", 1),
+    )
+    route = Route("scale", 1, "stable", "test", "r", [], Decision(1, "stable", "test"))
+    batch = [Request({"x": np.full((1, 4), i, np.float32)}, 1, route, None, None) for i in range(8)]
+    scripted.script = [413]  # refused before it ran: its halves may fit
+    execution.execute(backend.runners()[0], batch)
+    assert scripted.posts == 3 and succeeded == [4, 4] and not failed
 
 
 def test_a_probe_that_dies_of_something_else_does_not_keep_the_circuit_open(
