@@ -55,6 +55,7 @@ from ._ort_rules import (
     usable_cores,
 )
 from ._signature import Signature
+from ._stop_signal import current_stop
 
 __all__ = [
     "RUN_ERROR_MAP",
@@ -599,21 +600,29 @@ class OnnxruntimeBackend:
         and skips the Python wrapper's second round of checks (a few microseconds per call).
 
         With ``timeout_s`` the run gets its own ``RunOptions``, whose ``terminate`` flag this backend's
-        watchdog sets when the time is up: onnxruntime then stops between two operators. Without it the
-        shared ``RunOptions`` are used and nothing else happens. ``parent`` is not needed in process.
+        watchdog sets when the time is up: onnxruntime then stops between two operators. So does a run on a
+        thread with a stop signal (``_stop_signal``: the shadow thread's), whose ``terminate`` flag the signal
+        sets when the server closes. Without either the shared ``RunOptions`` are used and nothing else
+        happens. ``parent`` is not needed in process.
 
         Raises:
             DeadlineExceededError: the run was stopped at ``timeout_s``.
+            ServerClosedError: the run was stopped by its thread's stop signal.
             InferenceError: (or a subclass) translated from onnxruntime's exception.
         """
-        if timeout_s is None:
+        stop = current_stop()
+        if timeout_s is None and stop is None:
             options = self._run_options
             alarm = None
+            unhook = None
         else:
-            if timeout_s <= 0:
+            if timeout_s is not None and timeout_s <= 0:
                 raise self._stopped_error()
+            if stop is not None and stop.stopped:
+                raise self._closed_error()
             options = self._deadline_run_options()
-            alarm = self._watchdog.arm(timeout_s, _terminator(options))
+            alarm = None if timeout_s is None else self._watchdog.arm(timeout_s, _terminator(options))
+            unhook = None if stop is None else stop.hook(_terminator(options))
         try:
             if self.io_binding:
                 return self._run_bound(runner, feeds, options)
@@ -621,10 +630,14 @@ class OnnxruntimeBackend:
         except Exception as exc:
             if alarm is not None and alarm.fired:
                 raise self._stopped_error() from exc
+            if stop is not None and stop.stopped:
+                raise self._closed_error() from exc
             raise translate_run_error(exc, model=self.model, version=self.version) from exc
         finally:
             if alarm is not None:
                 self._watchdog.disarm(alarm)
+            if unhook is not None:
+                unhook()
 
     def _deadline_run_options(self) -> Any:
         """Fresh ``RunOptions``: the shared ones, and one per run with a deadline (a terminated run's options
@@ -638,6 +651,14 @@ class OnnxruntimeBackend:
     def _stopped_error(self) -> DeadlineExceededError:
         return DeadlineExceededError(
             f"model {self.model!r} version {self.version}: the request's deadline passed while it ran; "
+            "onnxruntime stopped the run",
+            model=self.model,
+            version=self.version,
+        )
+
+    def _closed_error(self) -> ServerClosedError:
+        return ServerClosedError(
+            f"model {self.model!r} version {self.version}: the server closed while the run was in flight; "
             "onnxruntime stopped the run",
             model=self.model,
             version=self.version,

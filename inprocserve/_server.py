@@ -929,7 +929,8 @@ def _close_unclosed(
     """Last-resort cleanup when a Server is garbage-collected or the interpreter exits unclosed (a web
     worker's server, that nothing closes, at the worker's exit). The hot-reload poller and the control-file
     watcher are stopped first, and waited for: either may be building a version's sessions, and onnxruntime
-    aborts the process at exit (``std::terminate``, SIGABRT) if a thread is still inside it then."""
+    aborts the process at exit (``std::terminate``, SIGABRT) if a thread is still inside it then. The shadow
+    run in flight is stopped, not waited out (nobody waits for its answer)."""
     registry, operations = registry_ref(), operations_ref()
     if registry is not None:
         registry.stop_poller()

@@ -40,6 +40,7 @@ from ._errors import ConfigurationError, DeadlineExceededError, InvalidInputErro
 from ._held_bytes import held_bytes
 from ._request import Request, Route
 from ._signature import Signature
+from ._stop_signal import StopSignal, stop_with
 from ._telemetry import (
     ATTR_SHADOW_AGREEMENT,
     ATTR_SHADOW_DIFF,
@@ -261,6 +262,10 @@ runaway run: it would hold a session that callers wait for); a run longer than t
 the budget is owed."""
 FIRST_RUN_S = 1.0
 """The time limit of a shadow version's first run, before any was measured."""
+STOP_WAIT_S = 5.0
+"""How long :meth:`ShadowRunner.close` waits for the shadow thread once it stopped the run in flight: an
+onnxruntime run stops between two operators, so this is for the operator running then (a backend that
+cannot stop a run early, a remote one, is waited for up to this long)."""
 MAX_RUN_S = 5.0
 """No shadow run takes longer than this, however long its version's last runs took: what a runaway owes
 pauses every shadow for at most this / budget (250 s with the default budget)."""
@@ -346,6 +351,7 @@ class ShadowRunner:
         self._running: _Job | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stop = StopSignal()  # close() stops the run in flight with it (see _stop_signal)
 
     def _after_fork_in_child(self) -> None:
         closed = self._closed
@@ -354,6 +360,8 @@ class ShadowRunner:
         self._tokens = min(self.budget, self._tokens + sum(job.reserved for job in lost))
         self._reset()
         self._closed = closed
+        if closed:
+            self._stop.stop()
 
     def offer(
         self,
@@ -482,6 +490,10 @@ class ShadowRunner:
         add_safely(METRICS.shadow_dropped, 1, _attributes(model, version, "queue_full"))
 
     def _work(self) -> None:
+        with stop_with(self._stop):
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while not self._jobs and not self._closed:
@@ -548,6 +560,10 @@ class ShadowRunner:
             with self._cond:
                 self._stat(job.model, version).dropped_busy += 1
             add_safely(METRICS.shadow_dropped, 1, _attributes(job.model, version, "no_spare_capacity"))
+            span.set_attributes({"inprocserve.shadow.dropped": True})
+            end_safely(span, "closing an inprocserve.shadow span")
+            return False
+        if request.error is not None and self._stop.stopped:  # close() stopped it: nothing to compare or count
             span.set_attributes({"inprocserve.shadow.dropped": True})
             end_safely(span, "closing an inprocserve.shadow span")
             return False
@@ -655,15 +671,23 @@ class ShadowRunner:
         with self._cond:
             return {str(v): s.to_dict() for (m, v), s in self._stats.items() if m == model}
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Drop the queued copies, stop the run in flight and wait for the thread to end (up to
+        ``STOP_WAIT_S``). Returns whether it ended: while it has not, its run may still be inside the
+        backend, whose sessions must not be closed (onnxruntime aborts the process). Idempotent."""
         with self._cond:
             self._closed = True
             self._queued_bytes -= sum(job.nbytes for job in self._jobs)
             self._jobs.clear()
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        # Not waited out: nobody waits for a shadow's answer, and a long one (shadow_budget=1 stops none)
+        # would hold close() and, at exit, outlast the wait, with onnxruntime still running it.
+        self._stop.stop()
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout=STOP_WAIT_S)
+        return not thread.is_alive()
 
 
 def _nbytes(values: Any) -> int:

@@ -1,0 +1,83 @@
+"""Stop the runs one thread has in flight, from another thread: how a closing server ends a shadow run.
+
+A shadow run is not a caller's request: nobody waits for its answer, so a server that closes (or a process
+that exits) need not wait it out. Waiting is not even safe at exit: onnxruntime aborts the process
+(``std::terminate``, SIGABRT) when the interpreter finalizes while a thread is still inside one of its runs.
+
+The shadow thread runs its work inside :func:`stop_with`; a backend that can stop a run early (onnxruntime
+between two operators, through its ``RunOptions.terminate``) asks :func:`current_stop` for the signal of the
+thread it runs on and hooks its stop on it for the run's time. :meth:`StopSignal.stop` then ends every run
+hooked on it, and any run started afterwards at once. A thread-local rather than an argument: the run passes
+through the batcher and the backend seam (``Backend.run``), which third-party backends implement too, and a
+backend that knows nothing of it runs as before. Runs on other threads (callers', batcher workers') have no
+signal and are never stopped by it.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+__all__ = ["StopSignal", "current_stop", "stop_with"]
+
+
+class StopSignal:
+    """Stops the runs hooked on it, once :meth:`stop` is called. Thread-safe; :meth:`stop` is idempotent."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._actions: dict[int, Callable[[], None]] = {}
+        self._next = 0
+        self.stopped = False
+
+    def hook(self, action: Callable[[], None]) -> Callable[[], None]:
+        """Call ``action`` (cheap, on the stopping thread) when :meth:`stop` is called, or now if it was;
+        returns what to call once the run is over (then ``action`` is never called)."""
+        with self._lock:
+            if not self.stopped:
+                key = self._next
+                self._next += 1
+                self._actions[key] = action
+                return functools.partial(self._unhook, key)
+        action()
+        return _nothing
+
+    def _unhook(self, key: int) -> None:
+        with self._lock:  # (stop() may be swapping the dict)
+            self._actions.pop(key, None)
+
+    def stop(self) -> None:
+        """Stop every run hooked on this signal now, and every one hooked later at once."""
+        with self._lock:
+            self.stopped = True
+            actions, self._actions = list(self._actions.values()), {}
+        for action in actions:
+            action()
+
+
+def _nothing() -> None:
+    pass
+
+
+class _Local(threading.local):
+    signal: StopSignal | None = None
+
+
+_local = _Local()
+
+
+def current_stop() -> StopSignal | None:
+    """The signal that may stop runs on this thread (``None``: none may be stopped early)."""
+    return _local.signal
+
+
+@contextmanager
+def stop_with(signal: StopSignal) -> Iterator[None]:
+    """Run the block's work on this thread under ``signal``."""
+    outer, _local.signal = _local.signal, signal
+    try:
+        yield
+    finally:
+        _local.signal = outer

@@ -1,0 +1,121 @@
+"""A closing server stops its shadow run in flight instead of waiting it out: ``close()`` returns at once, and
+a process that exits with a server nobody closed (a web worker's) exits cleanly, where onnxruntime used to
+abort it (SIGABRT) for a thread still inside a run."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import inprocserve
+from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory, run_python, wait_until
+
+WIDTH = 256
+LONG_RUN_S = 12.0  # what the shadow run would take if nobody stopped it: more than close() ever waited (5 s)
+
+
+def build_chain_model(layers: int = 400, width: int = WIDTH) -> onnx.ModelProto:
+    """``y = x @ W @ W ... @ W`` (``layers`` MatMuls sharing one small weight): a run's cost grows with its
+    rows, made of many short operators (onnxruntime stops a run between two), and the model loads fast."""
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x" if k == 0 else f"h{k - 1}", "w"], [f"h{k}"]) for k in range(layers)]
+    nodes.append(helper.make_node("Identity", [f"h{layers - 1}"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def save_versions(repository: Path) -> None:
+    """Version 1 answers at once; version 2, its shadow, runs long."""
+    save_model(build_scale_model(1.0, features=WIDTH), repository, "chain", 1)
+    save_model(build_chain_model(), repository, "chain", 2)
+
+
+def shadowed() -> ModelConfig:
+    return ModelConfig(
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
+        version_policy=VersionPolicy.all(),
+        batching=inprocserve.BatchingConfig(max_request_rows=1 << 20),
+    )
+
+
+def long_request(server: inprocserve.Server, seconds: float) -> np.ndarray:
+    """Inputs whose run on version 2 takes about ``seconds`` on this host (timed on a small run first)."""
+    probe = np.ones((256, WIDTH), np.float32)
+    server.predict("chain", probe, version=2)  # (warm)
+    started = time.perf_counter()
+    server.predict("chain", probe, version=2)
+    elapsed = max(time.perf_counter() - started, 1e-4)
+    rows = min(math.ceil(256 * seconds / elapsed), 1 << 20)
+    return np.ones((rows, WIDTH), np.float32)
+
+
+def start_long_shadow_run(server: inprocserve.Server) -> None:
+    """Answer a request on version 1, and wait until its shadow copy runs on version 2."""
+    assert server.predict("chain", long_request(server, LONG_RUN_S)).version == 1
+    wait_until(lambda: server._shadow._running is not None, timeout_s=5)
+    time.sleep(0.2)  # inside onnxruntime's run by now
+
+
+# shadow_budget=1.0 stops no shadow run (documented for hosts with idle cores), and the queue takes a copy of
+# any size: the copy of the long request is queued and run whole.
+SERVER_ARGS: dict[str, Any] = {"shadow_budget": 1.0, "shadow_queue_bytes": 1 << 32}
+
+
+def test_close_stops_the_shadow_run_in_flight_instead_of_waiting_it_out(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_versions(repository)
+    comparisons: list[inprocserve.ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, **SERVER_ARGS)
+    start_long_shadow_run(server)
+    started = time.monotonic()
+    server.close()
+    assert time.monotonic() - started < 3.0
+    assert not server._shadow._thread.is_alive()  # type: ignore[union-attr]
+    # a stopped run is no comparison and no error of the shadow version: it simply did not finish
+    assert comparisons == []
+    shadow = server._shadow.status("chain").get("2", {})
+    assert shadow.get("runs", 0) == 0 and shadow.get("errors", 0) == 0
+
+
+_EXIT_WITH_SHADOW_IN_FLIGHT = """
+import sys, time
+from pathlib import Path
+import inprocserve
+from tests.test_shadow_close import SERVER_ARGS, save_versions, shadowed, start_long_shadow_run
+
+repository = Path(sys.argv[1])
+save_versions(repository)
+server = inprocserve.Server(repository, config=shadowed(), **SERVER_ARGS)
+start_long_shadow_run(server)
+print("exiting with a shadow run in flight at", time.time(), flush=True)
+"""
+
+
+def test_a_process_that_exits_with_a_shadow_run_in_flight_exits_cleanly_and_promptly(tmp_path: Path) -> None:
+    # A web worker's server: nothing closes it, it is cleaned up at interpreter exit.
+    result = run_python(_EXIT_WITH_SHADOW_IN_FLIGHT, str(tmp_path), timeout_s=120)
+    assert "terminate called" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 0, f"exit status {result.returncode}: {result.stderr[-2000:]}"
+    exited = time.time()
+    assert "exiting with a shadow run in flight" in result.stdout
+    # the run is stopped, not waited out (the 5 s wait for it is what let it outlast the exit)
+    assert exited - float(result.stdout.split()[-1]) < 4.0
