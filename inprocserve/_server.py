@@ -48,7 +48,7 @@ from ._request import BatchTiming, Request, Route
 from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
 from ._scoring import plan_for_version, score
-from ._shadow import DEFAULT_MAX_QUEUED_BYTES, ShadowComparison, ShadowRunner
+from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import gauge_source, server_status
 from ._telemetry import METRICS, start_request_span
 from .web import Readiness, readiness, shadow_setting_problem
@@ -930,7 +930,8 @@ def _close_unclosed(
     worker's server, that nothing closes, at the worker's exit). The hot-reload poller and the control-file
     watcher are stopped first, and waited for: either may be building a version's sessions, and onnxruntime
     aborts the process at exit (``std::terminate``, SIGABRT) if a thread is still inside it then. The shadow
-    run in flight is stopped, not waited out (nobody waits for its answer)."""
+    run in flight is stopped, not waited out (nobody waits for its answer); should its thread still be inside
+    a session after the wait, the sessions are left to the process's end rather than closed under it."""
     registry, operations = registry_ref(), operations_ref()
     if registry is not None:
         registry.stop_poller()
@@ -941,8 +942,10 @@ def _close_unclosed(
         logger.error("the hot-reload thread is still loading a version after %gs; exiting anyway", _EXIT_WAIT_S)
     if operations is not None and not operations.join_watcher(timeout_s=max(0.0, deadline - time.monotonic())):
         logger.error("the control-file thread is still applying a revision after %gs; exiting anyway", _EXIT_WAIT_S)
-    shadow.close()
-    close_versions(loaded)
+    if shadow.close():
+        close_versions(loaded)
+    else:
+        logger.error("a shadow run is still in flight after %gs; exiting without closing the sessions", STOP_WAIT_S)
     drift.close(timeout_s=1.0)
 
 

@@ -5,12 +5,14 @@ abort it (SIGABRT) for a thread still inside a run."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
@@ -119,3 +121,35 @@ def test_a_process_that_exits_with_a_shadow_run_in_flight_exits_cleanly_and_prom
     assert "exiting with a shadow run in flight" in result.stdout
     # the run is stopped, not waited out (the 5 s wait for it is what let it outlast the exit)
     assert exited - float(result.stdout.split()[-1]) < 4.0
+
+
+def test_a_shadow_thread_that_does_not_end_leaves_the_sessions_to_the_process_end(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The at-exit cleanup closes no session while the shadow thread may still be inside one (onnxruntime
+    # aborts the process then). An on_shadow callback that does not return stands in for a run that does not
+    # stop (a backend that cannot stop one early).
+    from inprocserve import _shadow
+
+    monkeypatch.setattr(_shadow, "STOP_WAIT_S", 0.1)
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_comparison: inprocserve.ShadowComparison) -> None:
+        held.set()
+        release.wait(30)
+
+    config = ModelConfig(
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
+        version_policy=VersionPolicy.all(),
+    )
+    server = make_server(repository, config=config, on_shadow=hold, shadow_budget=1.0)
+    server.predict("scale", np.ones((1, 4), np.float32))
+    assert held.wait(10)
+    try:
+        server._finalizer()  # what interpreter exit runs for a server nobody closed
+        versions = server._registry.loaded["scale"]
+        assert [versions[1].state, versions[2].state] == ["ready", "ready"]
+    finally:
+        release.set()
