@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from ._call_watchdog import CallWatchdog, Watch
 from ._extras import require
+from ._stop_signal import current_stop
 
 __all__ = ["MAX_RESPONSE_BYTES", "HttpClient", "HttpResponse", "TransportError"]
 
@@ -116,6 +117,8 @@ class HttpClient:
         exceptions = urllib3.exceptions
         timeout = urllib3.Timeout(connect=min(self._connect_timeout_s, timeout_s), read=timeout_s)
         watch = self._watchdog.watch(timeout_s)
+        stop = current_stop()  # a call on the shadow thread ends, as at its deadline, when the server closes
+        unhook = None if stop is None else stop.hook(watch.fire)
         _calls.watch = watch
         try:
             response = self._pool.urlopen(
@@ -151,6 +154,8 @@ class HttpClient:
         finally:
             _calls.watch = None
             watch.end()
+            if unhook is not None:
+                unhook()
         return HttpResponse(response.status, data, {name.lower(): value for name, value in response.headers.items()})
 
     @staticmethod

@@ -17,8 +17,8 @@ locally and each batch is **one** inference call. What this module adds on top o
 Errors: 400/422 -> :class:`InvalidInputError` (the batcher bisects to the bad request); 404 ->
 :class:`ModelLoadError` in :meth:`prepare`, :class:`InferenceError` in :meth:`run`; 504 and timeouts ->
 :class:`DeadlineExceededError`; 5xx, refused or reset connections, an open circuit ->
-:class:`RemoteUnavailableError`; a call in flight when :meth:`RemoteBackend.close` ends it ->
-:class:`ServerClosedError` (not counted against the server).
+:class:`RemoteUnavailableError`; a call in flight when :meth:`RemoteBackend.close` ends it, or a shadow call
+when its server closes (``_stop_signal``) -> :class:`ServerClosedError` (not counted against the server).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from ._errors import (
 from ._oip_client import HttpClient, HttpResponse, TransportError
 from ._remote_model import RemoteModel
 from ._signature import Signature, TensorSpec
+from ._stop_signal import current_stop
 from .v2._client_codec import decode_infer_response, encode_infer_request
 from .v2._codec import Limits
 from .v2._datatypes import DATATYPES, onnx_of_datatype
@@ -288,8 +289,11 @@ class RemoteBackend:
         propagate.inject(trace_headers, context=None if parent is None else trace.set_span_in_context(parent))
         with self._lock:
             self._calls += 1
+        stop = current_stop()  # (the shadow thread's: see _stop_signal)
         attempt = 0
         while True:
+            if stop is not None and stop.stopped:  # the server closed: a shadow call is not retried
+                raise self._closed_error(in_flight=attempt > 0)
             remaining = deadline - self._clock()
             if remaining <= 0:  # spent on retries, each failure judged already: no sign of a hang here
                 raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s, sent_at=None)
@@ -305,7 +309,9 @@ class RemoteBackend:
                     "POST", remote.path + "/infer", body=body, headers={**headers, **trace_headers}, timeout_s=remaining
                 )
             except TransportError as exc:
-                if self._closed:  # close() ended the call (or its pool): that says nothing about the server
+                if self._closed or (stop is not None and stop.stopped):
+                    # close() ended the call (or its pool), or the server's close its shadow call: that says
+                    # nothing about the remote server
                     raise self._closed_error(in_flight=True) from None
                 if (not exc.sent or remote.retry_after_send) and self._backoff(attempt, deadline):
                     attempt += 1

@@ -264,8 +264,8 @@ FIRST_RUN_S = 1.0
 """The time limit of a shadow version's first run, before any was measured."""
 STOP_WAIT_S = 5.0
 """How long :meth:`ShadowRunner.close` waits for the shadow thread once it stopped the run in flight: an
-onnxruntime run stops between two operators, so this is for the operator running then (a backend that
-cannot stop a run early, a remote one, is waited for up to this long)."""
+onnxruntime run stops between two operators and a remote call at once (its socket is shut), so this is
+for the operator running then, or a backend that cannot stop a run early."""
 MAX_RUN_S = 5.0
 """No shadow run takes longer than this, however long its version's last runs took: what a runaway owes
 pauses every shadow for at most this / budget (250 s with the default budget)."""

@@ -17,9 +17,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
 from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve._remote import RemoteBackend
+from inprocserve._stop_signal import StopSignal, stop_with
 from inprocserve.testing import build_scale_model, save_model
 
+from . import test_remote_retries
 from .conftest import ServerFactory, run_python, wait_until
+from .test_remote_retries import FEEDS, Scripted, backend_for
+
+# The scripted model server and the backends closed after each test, as test_remote_retries.py has them.
+scripted = test_remote_retries.scripted
+backends = test_remote_retries.backends
 
 WIDTH = 256
 LONG_RUN_S = 12.0  # what the shadow run would take if nobody stopped it: more than close() ever waited (5 s)
@@ -153,3 +161,32 @@ def test_a_shadow_thread_that_does_not_end_leaves_the_sessions_to_the_process_en
         assert [versions[1].state, versions[2].state] == ["ready", "ready"]
     finally:
         release.set()
+
+
+def test_a_remote_shadow_call_ends_at_once_when_its_server_closes(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    # A shadow run on a remote version is an HTTP call: the close ends it as it ends an onnxruntime run,
+    # without blaming the remote server.
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=1, timeout_s=30)
+    scripted.script = ["hang"]
+    signal = StopSignal()
+    errors: list[BaseException] = []
+
+    def shadow_call() -> None:
+        with stop_with(signal):
+            try:
+                backend.run(backend.runners()[0], FEEDS)
+            except BaseException as exc:
+                errors.append(exc)
+
+    caller = threading.Thread(target=shadow_call)
+    caller.start()
+    wait_until(lambda: scripted.posts == 1)
+    signal.stop()
+    caller.join(timeout=3)
+    assert not caller.is_alive(), "the stop left the call in flight"
+    (error,) = errors
+    assert isinstance(error, inprocserve.ServerClosedError), repr(error)
+    status = backend.status()
+    assert (status["circuit"], status["consecutive_failures"], status["failures"]) == ("closed", 0, 0)
