@@ -55,7 +55,7 @@ from ._ort_rules import (
     usable_cores,
 )
 from ._signature import Signature
-from ._stop_signal import current_stop
+from ._stop_signal import THIS_THREAD as _stopping
 
 __all__ = [
     "RUN_ERROR_MAP",
@@ -610,19 +610,21 @@ class OnnxruntimeBackend:
             ServerClosedError: the run was stopped by its thread's stop signal.
             InferenceError: (or a subclass) translated from onnxruntime's exception.
         """
-        stop = current_stop()
-        if timeout_s is None and stop is None:
-            options = self._run_options
-            alarm = None
-            unhook = None
-        else:
-            if timeout_s is not None and timeout_s <= 0:
-                raise self._stopped_error()
-            if stop is not None and stop.stopped:
-                raise self._closed_error()
-            options = self._deadline_run_options()
-            alarm = None if timeout_s is None else self._watchdog.arm(timeout_s, _terminator(options))
-            unhook = None if stop is None else stop.hook(_terminator(options))
+        stop = _stopping.signal
+        if timeout_s is None and stop is None:  # the common case, spelled out: no alarm, no hook, no finally
+            try:
+                if self.io_binding:
+                    return self._run_bound(runner, feeds, self._run_options)
+                return runner._sess.run(self._output_names, feeds, self._run_options)  # type: ignore[no-any-return]
+            except Exception as exc:
+                raise translate_run_error(exc, model=self.model, version=self.version) from exc
+        if timeout_s is not None and timeout_s <= 0:
+            raise self._stopped_error()
+        if stop is not None and stop.stopped:
+            raise self._closed_error()
+        options = self._deadline_run_options()
+        alarm = None if timeout_s is None else self._watchdog.arm(timeout_s, _terminator(options))
+        unhook = None if stop is None else stop.hook(_terminator(options))
         try:
             if self.io_binding:
                 return self._run_bound(runner, feeds, options)

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["StopSignal", "current_stop", "stop_with"]
+__all__ = ["THIS_THREAD", "StopSignal", "current_stop", "stop_with"]
 
 
 class StopSignal:
@@ -65,19 +65,21 @@ class _Local(threading.local):
     signal: StopSignal | None = None
 
 
-_local = _Local()
+THIS_THREAD = _Local()
+"""``THIS_THREAD.signal``: the signal that may stop runs on the reading thread (``None``: none may be stopped
+early). An attribute to read, not a function to call: every onnxruntime run reads it."""
 
 
 def current_stop() -> StopSignal | None:
     """The signal that may stop runs on this thread (``None``: none may be stopped early)."""
-    return _local.signal
+    return THIS_THREAD.signal
 
 
 @contextmanager
 def stop_with(signal: StopSignal) -> Iterator[None]:
     """Run the block's work on this thread under ``signal``."""
-    outer, _local.signal = _local.signal, signal
+    outer, THIS_THREAD.signal = THIS_THREAD.signal, signal
     try:
         yield
     finally:
-        _local.signal = outer
+        THIS_THREAD.signal = outer
