@@ -8,7 +8,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -292,6 +292,30 @@ def test_hostile_answers_get_the_librarys_errors_and_count_for_the_circuit(
     assert backend.status()["circuit"] == "open"  # counted as the server failure it is
 
 
+def eight_requests(
+    backend: RemoteBackend,
+    *,
+    failed: Callable[[BaseException], None],
+    succeeded: Callable[[int], None] = lambda rows: None,
+) -> tuple[BatchExecution, list[Request]]:
+    """A batch executor on ``backend`` that reports each failed request's error and each answered batch's
+    size, and a batch of eight one-row requests for it."""
+    execution = BatchExecution(
+        backend,
+        input_names=["x"],
+        output_names=["y"],
+        padding=None,
+        chunk_rows=64,
+        succeeded=lambda batch, results: succeeded(len(batch)),
+        failed=lambda request, error: failed(error),
+        unbatchable=lambda reason: None,
+        clock=time.monotonic,
+        telemetry=Recorder("scale", 1),
+    )
+    route = Route("scale", 1, "stable", "test", "r", [], Decision(1, "stable", "test"))
+    return execution, [Request({"x": np.full((1, 4), i, np.float32)}, 1, route, None, None) for i in range(8)]
+
+
 @pytest.mark.parametrize(
     ("failure", "error"),
     [
@@ -310,20 +334,7 @@ def test_a_batch_the_server_fails_as_a_whole_is_not_bisected(
     # caller, fails every part, and each part would send rows again, which it may have run already.
     backend = backend_for(backends, scripted, retries=0, failure_threshold=100)
     failed: list[BaseException] = []
-    execution = BatchExecution(
-        backend,
-        input_names=["x"],
-        output_names=["y"],
-        padding=None,
-        chunk_rows=64,
-        succeeded=lambda batch, results: None,
-        failed=lambda request, error: failed.append(error),
-        unbatchable=lambda reason: None,
-        clock=time.monotonic,
-        telemetry=Recorder("scale", 1),
-    )
-    route = Route("scale", 1, "stable", "test", "r", [], Decision(1, "stable", "test"))
-    batch = [Request({"x": np.full((1, 4), i, np.float32)}, 1, route, None, None) for i in range(8)]
+    execution, batch = eight_requests(backend, failed=failed.append)
     scripted.script = [failure] * 20
     execution.execute(backend.runners()[0], batch)
     assert scripted.posts == 1
@@ -334,20 +345,7 @@ def test_a_batch_too_large_for_the_server_is_sent_in_halves(scripted: Scripted, 
     backend = backend_for(backends, scripted, retries=0, failure_threshold=100)
     failed: list[BaseException] = []
     succeeded: list[int] = []
-    execution = BatchExecution(
-        backend,
-        input_names=["x"],
-        output_names=["y"],
-        padding=None,
-        chunk_rows=64,
-        succeeded=lambda batch, results: succeeded.append(len(batch)),
-        failed=lambda request, error: failed.append(error),
-        unbatchable=lambda reason: None,
-        clock=time.monotonic,
-        telemetry=Recorder("scale", 1),
-    )
-    route = Route("scale", 1, "stable", "test", "r", [], Decision(1, "stable", "test"))
-    batch = [Request({"x": np.full((1, 4), i, np.float32)}, 1, route, None, None) for i in range(8)]
+    execution, batch = eight_requests(backend, failed=failed.append, succeeded=succeeded.append)
     scripted.script = [413]  # refused before it ran: its halves may fit
     execution.execute(backend.runners()[0], batch)
     assert scripted.posts == 3 and succeeded == [4, 4] and not failed
