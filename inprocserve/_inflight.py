@@ -238,6 +238,7 @@ class Sharing:
         leader = None if share is False else self._coalescer.join(shared_as)
         if leader is not None:
             request.cache_key = request.shared_as = None
+            request.rerun_key = key  # (if its leader gives up, it runs by itself and its answer is kept)
         elif share is False:
             request.shared_as = None  # (a leader that nobody can follow joins no key)
         if cache is not None:
@@ -329,6 +330,7 @@ class Sharing:
     def _queue(self, request: Request, target: ModelVersion) -> tuple[BaseException | None, Batcher | None]:
         """Queue a follower to run by itself: on ``target``, or on the copy of its version that replaced it
         meanwhile. Returns the error if it is refused, else the batcher it is queued on."""
+        request.cache_key = request.rerun_key  # it runs for itself now: its answer is kept, as a leader's is
         name, number = target.name, target.version
         for serving in (target, self._serving(name, number)):
             if serving is None or serving.batcher is None:

@@ -94,6 +94,7 @@ class Request:
         "outputs",
         "queue_wait_s",
         "queued_on",
+        "rerun_key",
         "route",
         "rows",
         "run_rows",
@@ -146,6 +147,7 @@ class Request:
         self.callers = 1
         self.member_spans: list[Any] | None = None  # those callers' request spans, linked from the batch span
         self.follows = False  # a synchronous caller's request that followed an identical one in flight
+        self.rerun_key: bytes | None = None  # a follower's inputs key: its answer is kept if it runs by itself
         # A synchronous caller blocks on this lock until the answer is in (the cheapest wake-up CPython has).
         self.waiter: Any = None
         if future is None:

@@ -129,3 +129,18 @@ def test_batch_scoring_neither_reads_nor_fills_the_cache(scale_repository: Path,
     assert cache_status(server, "scale", 1) == {"entries": 1, "hits": 0, "misses": 1, "shared": 0}
     assert server.predict("scale", hot)["y"][0, 0] == 2.0
     assert cache_status(server, "scale", 1)["hits"] == 1  # the online entry survived the job
+
+
+def test_followers_whose_leader_gave_up_keep_their_answer(busy_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(busy_repository, config=cached())
+    x = busy_inputs(1)
+    blocker = occupy(server)
+    leader = server.submit("busy", x)  # queued behind the blocker
+    followers = [server.submit("busy", x) for _ in range(3)]  # identical: they follow it
+    assert cache_status(server, "busy", 1) == {"entries": 0, "hits": 0, "misses": 2, "shared": 3}
+    leader.cancel()  # its caller gives up: the followers run by themselves
+    blocker.result(timeout=30)
+    answers = [follower.result(timeout=30)["y"] for follower in followers]
+    assert all(np.array_equal(answer, answers[0]) for answer in answers)
+    server.predict("busy", x)
+    assert cache_status(server, "busy", 1)["hits"] == 1  # one of their answers was kept
