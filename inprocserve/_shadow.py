@@ -104,10 +104,10 @@ NOTHING_COMPARED = Comparison(None, None, None)
 def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Comparison:
     """Max absolute difference, row agreement and the first mismatch between two answers to the same request.
 
-    Numeric outputs give the difference; those shaped [rows, classes] the argmax agreement; labels (text, as
-    converted scikit-learn classifiers answer them, or integers shaped [rows] or [rows, 1]) agree row by row
-    where equal. A ZipMap's list of per-row class scores is compared as the [rows, classes] array of its
-    scores, classes in sorted order.
+    Numeric outputs give the difference, and those shaped [rows, classes] the argmax agreement; labels (text,
+    as converted scikit-learn classifiers answer them, or integers shaped [rows] or [rows, 1]) give only the
+    agreement, row by row where equal (a label one class off is not a difference of 1). A ZipMap's list of
+    per-row class scores is compared as the [rows, classes] array of its scores, classes in sorted order.
 
     An output of the first answer that the second lacks, or has with another number of axes, or as text
     against numbers, cannot be compared: that is the ``mismatch`` (an answer of another form, which callers
@@ -125,7 +125,7 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
         if expected is None:
             continue  # (not an array, nor a ZipMap's scores: not compared)
         got = shadow.get(name)
-        if not isinstance(got, np.ndarray) and isinstance(first, list):
+        if isinstance(got, list):  # a ZipMap's scores (the first answer's may have been made an array already)
             scores = _class_scores(got)
             got = got if scores is None else scores
         problem = _mismatch(name, expected, got)
@@ -142,10 +142,10 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
         if expected.size == 0:
             continue
         if text or (expected.dtype.kind in "biu" and (expected.ndim == 1 or expected.shape[1:] == (1,))):
+            # labels: the share of rows that agree; no difference (a label off by one class is no "0.05")
             equal = _equal_elements(expected, got) if text else expected == got
             agreements.append(float(np.mean(equal.reshape(equal.shape[0] if equal.ndim else 1, -1).all(axis=1))))
-            if text:
-                continue
+            continue
         a, b = expected.astype(np.float64), got.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN; huge - (-huge) overflows
             delta = np.abs(a - b)
@@ -163,6 +163,17 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
                 rows_agree &= ~unequal.any(axis=1)
             agreements.append(float(np.mean(rows_agree)))
     return Comparison(max(diffs) if diffs else None, float(np.mean(agreements)) if agreements else None, mismatch)
+
+
+def _comparable(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A copy of what :func:`compare_outputs` can compare in ``answer``: its arrays, and a ZipMap's scores as
+    the array :func:`_class_scores` makes of them (the caller may edit its answer once it has it)."""
+    kept = {}
+    for name, value in answer.items():
+        array = value.copy() if isinstance(value, np.ndarray) else _class_scores(value)
+        if array is not None:
+            kept[name] = array
+    return kept
 
 
 def _class_scores(value: Any) -> np.ndarray | None:
@@ -405,7 +416,7 @@ class ShadowRunner:
         try:  # the caller may reuse its input buffers, and edit its answer, once it has it
             copies = (
                 {name: np.array(array, copy=True) for name, array in arrays.items()},
-                {name: value.copy() for name, value in primary.items() if isinstance(value, np.ndarray)},
+                _comparable(primary),
             )
         except Exception:  # out of memory, say: the copies are dropped, never the caller's answer
             logger.exception("copying a request of model %r for its shadows failed", model)

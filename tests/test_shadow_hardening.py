@@ -366,16 +366,19 @@ def build_columns_but(dropped: int, *, output: str = "y") -> Any:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def build_zipmap_classifier(*, label_offset: int = 0) -> Any:
+def build_zipmap_classifier(*, label_offset: int = 0, sharpness: float = 1.0) -> Any:
     """A classifier as scikit-learn converters write it by default: an integer label per row and a ZipMap of
-    class scores (a list of ``{class: score}`` dicts); ``label_offset`` shifts every label (a broken one)."""
+    class scores (a list of ``{class: score}`` dicts); ``label_offset`` shifts every label (a broken one),
+    ``sharpness`` scales the logits of the scores (the same labels, other scores)."""
     from onnx import TensorProto, helper, numpy_helper
 
     offset = numpy_helper.from_array(np.array(label_offset, np.int64), "offset")
+    sharp = numpy_helper.from_array(np.array(sharpness, np.float32), "sharpness")
     nodes = [
         helper.make_node("ArgMax", ["x"], ["index"], axis=1, keepdims=0),
         helper.make_node("Add", ["index", "offset"], ["label"]),
-        helper.make_node("Softmax", ["x"], ["scores"], axis=1),
+        helper.make_node("Mul", ["x", "sharpness"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
         helper.make_node(
             "ZipMap", ["scores"], ["output_probability"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2, 3]
         ),
@@ -391,7 +394,7 @@ def build_zipmap_classifier(*, label_offset: int = 0) -> Any:
             helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
             helper.make_value_info("output_probability", scores),
         ],
-        [offset],
+        [offset, sharp],
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=9)
@@ -513,3 +516,23 @@ def test_text_from_a_model_server_agrees_with_the_same_text_from_onnxruntime() -
     remote = {"label": np.array([b"cat", "dög".encode(), b"pig"], dtype=object)}
     assert compare_outputs(local, remote).label_agreement == pytest.approx(2 / 3)
     assert compare_outputs(remote, local).label_agreement == pytest.approx(2 / 3)
+
+
+def test_a_shadow_compares_a_zipmaps_class_scores(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_zipmap_classifier(), repository, "clf", 1)
+    save_model(build_zipmap_classifier(sharpness=3.0), repository, "clf", 2)  # the same labels, other scores
+    comparisons: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=1.0)
+    rows = np.random.default_rng(5).normal(size=(8, 4)).astype(np.float32)
+    server.predict("clf", rows)
+    wait_until(lambda: len(comparisons) == 1)
+    assert comparisons[0].label_agreement == 1.0 and comparisons[0].max_abs_diff is not None
+    assert comparisons[0].max_abs_diff > 0.05
+
+
+def test_a_label_one_class_off_is_a_disagreeing_row_not_a_difference() -> None:
+    from inprocserve._shadow import compare_outputs
+
+    labels = np.array([0, 1, 2, 3], np.int64)
+    comparison = compare_outputs({"label": labels}, {"label": np.array([0, 1, 2, 0], np.int64)})
+    assert (comparison.max_abs_diff, comparison.label_agreement) == (None, 0.75)
