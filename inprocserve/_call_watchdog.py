@@ -35,11 +35,15 @@ class Watch:
     watchdog's lock.
     """
 
-    __slots__ = ("_ended", "_fired", "_lock", "_sock", "deadline")
+    __slots__ = ("_ended", "_fired", "_lock", "_owners", "_sock", "deadline")
 
-    def __init__(self, deadline: float, lock: threading.Lock) -> None:
+    def __init__(self, deadline: float, lock: threading.Lock, owners: dict[int, Watch] | None = None) -> None:
         self.deadline = deadline
         self._lock = lock
+        # which watch each socket serves now (by id, under the lock): a pool may hand a connection to another
+        # call before this one ends (urllib3 gives it back as the last byte is read), and a late fire of this
+        # watch must not shut the other call's socket
+        self._owners: dict[int, Watch] = {} if owners is None else owners
         self._sock: Any = None
         self._fired = False
         self._ended = False
@@ -52,6 +56,7 @@ class Watch:
             if self._ended:
                 return
             self._sock = sock
+            self._owners[id(sock)] = self
             if self._fired:
                 _shut(sock)
 
@@ -60,7 +65,9 @@ class Watch:
         Returns whether the deadline fired first. Idempotent."""
         with self._lock:
             self._ended = True
-            self._sock = None
+            sock, self._sock = self._sock, None
+            if sock is not None and self._owners.get(id(sock)) is self:
+                del self._owners[id(sock)]
             return self._fired
 
     @property
@@ -76,7 +83,7 @@ class Watch:
         if self._ended:
             return
         self._fired = True
-        if self._sock is not None:
+        if self._sock is not None and self._owners.get(id(self._sock)) is self:  # (not handed to another call)
             _shut(self._sock)
 
 
@@ -96,6 +103,7 @@ class CallWatchdog:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, Watch]] = []
+        self._owners: dict[int, Watch] = {}  # the watch each socket in use serves (see Watch)
         self._order = itertools.count()  # ties on the deadline never compare two Watch objects
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -103,7 +111,7 @@ class CallWatchdog:
     def watch(self, timeout_s: float) -> Watch:
         """Start watching a call that must end within ``timeout_s``; :meth:`Watch.end` it when it does."""
         deadline = time.monotonic() + timeout_s
-        watch = Watch(deadline, self._lock)
+        watch = Watch(deadline, self._lock, self._owners)
         with self._lock:
             if self._closed:
                 return watch  # never fires: the owner's calls fail on their own once it is closed
@@ -133,6 +141,7 @@ class CallWatchdog:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._heap = []
+        self._owners = {}
         self._thread = None
         self._closed = True
 

@@ -100,3 +100,24 @@ def test_close_ends_the_calls_still_running(pair: tuple[socket.socket, socket.so
     ours.settimeout(30)
     assert ours.recv(1) == b""
     assert watch.end() is True
+
+
+def test_a_late_fire_leaves_a_connection_another_call_took_from_the_pool(
+    watchdog: CallWatchdog, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    # urllib3 gives a connection back to its pool as the last byte of an answer is read, before the call
+    # that read it ends its watch: another call may take it in between
+    ours, theirs = pair
+    first = watchdog.watch(30)
+    first.arm(ours)
+    second = watchdog.watch(30)
+    second.arm(ours)  # the next call reuses the connection
+    first.fire()  # the first call is stopped (its deadline, or its server closing) before it ended
+    theirs.sendall(b"x")
+    assert ours.recv(1) == b"x"  # the second call's connection still works
+    assert first.end() is True and second.end() is False
+    third = watchdog.watch(30)
+    third.arm(ours)
+    third.fire()
+    ours.settimeout(30)
+    assert ours.recv(1) == b""  # the call that owns it is stopped: shut
