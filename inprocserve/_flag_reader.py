@@ -27,10 +27,34 @@ import numpy as np
 from . import _fork
 from ._config_checks import is_number
 from ._errors import ConfigurationError, InvalidInputError
-from ._flags import EnvFlags, FileFlags, FlagProvider, FlagTypeError, InMemoryFlags, MustAsk, OpenFeatureFlags
+from ._flags import (
+    EnvFlags,
+    FileFlags,
+    FlagProvider,
+    FlagTypeError,
+    InMemoryFlags,
+    MustAsk,
+    OpenFeatureFlags,
+    WaitOffLoop,
+)
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
 
-__all__ = ["FlagReader", "UnusableFlag"]
+__all__ = ["FlagReader", "UnusableFlag", "forbid_waiting_when"]
+
+
+def _never() -> bool:
+    return False
+
+
+_waiting_forbidden: Callable[[], bool] = _never
+
+
+def forbid_waiting_when(check: Callable[[], bool]) -> None:
+    """Have a decision that must wait for a blocking provider's worker raise :class:`WaitOffLoop` instead,
+    whenever ``check()`` says the calling thread must not wait (the event loop's path registers it)."""
+    global _waiting_forbidden
+    _waiting_forbidden = check
+
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +170,8 @@ class FlagReader:
                         pass
                     finally:
                         self._trying.here = False
+                if _waiting_forbidden():  # an event loop's routing: it must not wait; a worker routes it
+                    raise WaitOffLoop
                 return self._run_on_worker(decide, fallback)
             result = decide()
         except (UnusableFlag, FlagTypeError) as exc:

@@ -56,6 +56,13 @@ class FlagTypeError(FlagError):
     """
 
 
+class WaitOffLoop(BaseException):
+    """Raised by a flag reader whose decision must wait for a blocking provider while the request's thread
+    runs an event loop that must not wait (``Server.apredict``'s routing): the request is routed on a worker
+    thread instead. A ``BaseException``, like :class:`MustAsk`: it passes the rollout layer's ``except
+    Exception`` untouched."""
+
+
 class MustAsk(BaseException):
     """Raised by a read, inside a provider's ``remembered_only()``, whose value only the provider can give.
 

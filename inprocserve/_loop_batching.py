@@ -47,6 +47,7 @@ loop of its own, and synchronous views have no loop: they take the ordinary path
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -61,6 +62,8 @@ import numpy as np
 from opentelemetry.trace import INVALID_SPAN
 
 from ._errors import DeadlineExceededError, ServerClosedError
+from ._flag_reader import forbid_waiting_when
+from ._flags import WaitOffLoop
 from ._prediction import Prediction
 from ._request import BatchTiming, Request, Route, wake_after_batch
 from ._telemetry import metering, start_request_span, tracing
@@ -138,6 +141,7 @@ class _LoopState:
         "_loop",
         "_pending",
         "_ready",
+        "_routing",
         "_running_here",
         "_streak",
         "_streak_task",
@@ -157,6 +161,7 @@ class _LoopState:
         self._groups: dict[tuple[Batcher, bool], _Group] = {}
         self._flush_due = False
         self._running_here = False  # the loop's thread is running a request itself (see _flush)
+        self._routing = False  # apredict is routing a request on the loop: no flag provider may be waited for
         self.wakes = 0  # cross-thread wakes of this loop so far (for tests and benchmarks)
         # asyncio's own loops keep the callbacks due in this iteration in a deque: while it is empty, a request
         # has nobody to merge with (see alone). Another loop (uvloop) keeps none that Python can read: there,
@@ -836,6 +841,19 @@ def _latest_deadline(members: list[_Member]) -> float | None:
     return latest
 
 
+def _routing_on_this_thread() -> bool:
+    """Whether the calling thread runs an event loop that is routing an ``apredict`` request now (a flag
+    reader must not make it wait: see ``forbid_waiting_when``)."""
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        return False
+    state = _kept_state(loop)
+    return state is not None and state._routing
+
+
+forbid_waiting_when(_routing_on_this_thread)
+
+
 def _state_of(loop: asyncio.AbstractEventLoop) -> _LoopState:
     """The state of ``loop`` (created on first use). The most recent one is kept at hand: nearly every call
     comes from the same loop as the one before, and a weak dictionary lookup costs a Python call."""
@@ -909,42 +927,51 @@ def apredict(
     state = None if last is None else last()
     if state is None or state._loop() is not loop:
         state = _state_of(loop)
-    opened = None
-    tried = state.alone()
-    if tried:
-        started = time.perf_counter()
-        state._running_here = True  # answers posted meanwhile (another version's) are drained below, unwoken
-        try:
-            answer, opened = server._predict_plain(model, inputs, version, context, timeout_s, RUN_ON_LOOP_UNDER_S)
-        except Exception:  # its run failed: a task that retries at once still yields to the loop in time
-            state.answered_alone(started)
-            raise
-        finally:
-            state._running_here = False
-            if state._inbox:
-                state._drain()
-        if answer is not None:
-            state.answered_alone(started)
-            return answer
-    waiter: asyncio.Future[Prediction] = loop.create_future()
-    if opened is not None:
-        if _join_opened(server, state, loop, waiter, opened, version, context, timeout_s):
+    state._routing = True  # (until it returns: see _routing_on_this_thread)
+    try:
+        opened = None
+        tried = state.alone()
+        if tried:
+            started = time.perf_counter()
+            state._running_here = True  # answers posted meanwhile (another version's) are drained below, unwoken
+            try:
+                answer, opened = server._predict_plain(model, inputs, version, context, timeout_s, RUN_ON_LOOP_UNDER_S)
+            except Exception:  # its run failed: a task that retries at once still yields to the loop in time
+                state.answered_alone(started)
+                raise
+            finally:
+                state._running_here = False
+                if state._inbox:
+                    state._drain()
+            if answer is not None:
+                state.answered_alone(started)
+                return answer
+        waiter: asyncio.Future[Prediction] = loop.create_future()
+        if opened is not None:
+            if _join_opened(server, state, loop, waiter, opened, version, context, timeout_s):
+                return waiter
+        elif not tried and _joined(server, state, loop, waiter, model, inputs, version, context, timeout_s):
+            return waiter  # (its group's timer keeps its deadline)
+        # (tried and nothing opened: not a plain request, or refused: the full way routes it, or raises)
+        handle = _LoopFuture(waiter, state)
+        future: Any = handle  # stands in for a concurrent.futures.Future (typing.cast would cost a call)
+        _request, target = server._dispatch(
+            model, inputs, version, context, timeout_s, future, inline=False, opened=opened
+        )
+        batcher = target.batcher
+        if not handle._answered and batcher is not None:  # queued, not answered by the cache: wake at the end
+            if not state._flush_due or batcher not in state._pending:
+                state.queued(batcher)
+            else:  # (already due to be woken: counted, for what the flush tells of this iteration's traffic)
+                state._iteration_requests += 1
+        if timeout_s is None:
             return waiter
-    elif not tried and _joined(server, state, loop, waiter, model, inputs, version, context, timeout_s):
-        return waiter  # (its group's timer keeps its deadline)
-    # (tried and nothing opened: not a plain request, or refused: the full way routes it, or raises)
-    handle = _LoopFuture(waiter, state)
-    future: Any = handle  # stands in for a concurrent.futures.Future (typing.cast would cost a call)
-    _request, target = server._dispatch(model, inputs, version, context, timeout_s, future, inline=False, opened=opened)
-    batcher = target.batcher
-    if not handle._answered and batcher is not None:  # queued, not answered by the cache: wake at the end
-        if not state._flush_due or batcher not in state._pending:
-            state.queued(batcher)
-        else:  # (already due to be woken: counted, for what the flush tells of this iteration's traffic)
-            state._iteration_requests += 1
-    if timeout_s is None:
-        return waiter
-    return _with_deadline(loop, waiter, model, version, timeout_s)
+        return _with_deadline(loop, waiter, model, version, timeout_s)
+    except WaitOffLoop:  # its routing must wait for a flag provider: never on the loop, which would stall
+        call = functools.partial(server.predict, model, inputs, version=version, context=context, timeout_s=timeout_s)
+        return loop.run_in_executor(None, call)
+    finally:
+        state._routing = False
 
 
 def _joined(

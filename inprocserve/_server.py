@@ -34,7 +34,7 @@ from ._errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from ._flags import FlagProvider
+from ._flags import FlagProvider, WaitOffLoop
 from ._inflight import Lead, Sharing, inputs_key
 from ._loop_batching import apredict as _loop_apredict
 from ._model import ModelVersion
@@ -50,7 +50,7 @@ from ._rollout import Decision, FlagReader
 from ._scoring import plan_for_version, score
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import gauge_source, server_status
-from ._telemetry import METRICS, start_request_span
+from ._telemetry import METRICS, end_safely, start_request_span
 from .web import Readiness, readiness, shadow_setting_problem
 
 __all__ = ["Server"]
@@ -291,6 +291,8 @@ class Server(RolloutMethods):
         deadline = None if timeout_s is None else self._clock() + timeout_s
         try:
             plain = self._plain_route(model, version, context, lone=True)
+        except WaitOffLoop:  # an event loop's request whose flags must be waited for: routed again off the loop
+            raise
         except BaseException as exc:  # interrupted while deciding (reading flags): refused, as the full way's
             self._telemetry.refused(start_request_span(model, since=started), started, model, None, None, exc)
             raise
@@ -638,6 +640,9 @@ class Server(RolloutMethods):
                 routes.router.served(answering.route.request_id, decision, answering.arrays)
                 return answering, target
             raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
+        except WaitOffLoop:  # an event loop's request whose flags must be waited for: Server.apredict routes it
+            end_safely(span, "closing a request span")  # again on a worker thread, as a new request
+            raise
         except BaseException as exc:  # refused before it was queued: close its telemetry, then raise
             if answering is not None:  # queued already: a signal handler raised in the caller's thread
                 assert target is not None

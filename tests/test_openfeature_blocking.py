@@ -387,3 +387,38 @@ def server_answers_the_canary(flags: OpenFeatureFlags, scale: Path) -> bool:
 
     with Server(scale, flags=flags, flag_timeout_s=5.0, config=CANARY) as server:
         return server.predict("scale", X, context={"user_id": "u1"}).version == 2
+
+
+class HeldUntilReleased(CallsOut):
+    """A provider that calls out to a flag service which answers only once ``answer`` is set."""
+
+    def __init__(self) -> None:
+        self.answer = threading.Event()
+
+    def resolve_float_details(
+        self, flag_key: str, default_value: float, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[float]:
+        assert self.answer.wait(3)  # (waited for on the loop, it would never come: a failure, then stable)
+        return super().resolve_float_details(flag_key, default_value, evaluation_context)
+
+
+def test_an_event_loop_never_waits_for_a_blocking_provider(
+    scale: Path, make_server: ServerFactory, domain: str
+) -> None:
+    import asyncio
+
+    provider = HeldUntilReleased()
+    api.set_provider_and_wait(provider, domain=domain)
+    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY, flag_timeout_s=30)
+
+    async def main() -> list[int]:
+        requests = [
+            asyncio.ensure_future(server.apredict("scale", X, context={"user_id": f"u{i}", "plan": plan}))
+            for i, plan in enumerate(["staff", "guest", "staff"])
+        ]
+        await asyncio.sleep(0.05)  # the loop runs on while the flag service has not answered
+        provider.answer.set()
+        return [answer.version for answer in await asyncio.gather(*requests)]
+
+    # waiting on the loop, nothing would ever set the answer: the flags would time out after 30 s, stable
+    assert asyncio.run(asyncio.wait_for(main(), 20)) == [2, 1, 2]
