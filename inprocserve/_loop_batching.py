@@ -47,6 +47,7 @@ loop of its own, and synchronous views have no loop: they take the ordinary path
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
@@ -968,10 +969,56 @@ def apredict(
             return waiter
         return _with_deadline(loop, waiter, model, version, timeout_s)
     except WaitOffLoop:  # its routing must wait for a flag provider: never on the loop, which would stall
-        call = functools.partial(server.predict, model, inputs, version=version, context=context, timeout_s=timeout_s)
-        return loop.run_in_executor(None, call)
+        return _off_loop(server, loop, model, inputs, version, context, timeout_s)
     finally:
         state._routing = False
+
+
+def _off_loop(
+    server: Server,
+    loop: asyncio.AbstractEventLoop,
+    model: str,
+    inputs: Any,
+    version: int | None,
+    context: Mapping[str, Any] | None,
+    timeout_s: float | None,
+) -> Awaitable[Prediction]:
+    """``predict`` on a thread of the loop's default executor, in the caller's context (its trace), within
+    the request's deadline counted from now: time spent waiting for a free thread counts, and the task gets
+    ``DeadlineExceededError`` at the deadline even if no thread took the call yet."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def call() -> Prediction:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise DeadlineExceededError(
+                f"model {model!r}: no answer within {timeout_s:g}s (no thread was free to route it)",
+                model=model,
+                version=version,
+            )
+        return server.predict(model, inputs, version=version, context=context, timeout_s=left)
+
+    answer = loop.run_in_executor(None, contextvars.copy_context().run, call)
+    if timeout_s is None:
+        return answer
+    # the deadline answers a future of its own: the executor's, answered later, must find nothing to undo
+    waiter: asyncio.Future[Prediction] = loop.create_future()
+    answer.add_done_callback(functools.partial(_pass_on, waiter))
+    return _with_deadline(loop, waiter, model, version, timeout_s)
+
+
+def _pass_on(waiter: asyncio.Future[Prediction], answer: asyncio.Future[Prediction]) -> None:
+    if answer.cancelled():
+        if not waiter.done():
+            waiter.cancel()
+        return
+    error = answer.exception()  # (taken even when the deadline answered first: asyncio would log it unread)
+    if waiter.done():
+        return
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(answer.result())
 
 
 def _joined(

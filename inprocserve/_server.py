@@ -50,7 +50,7 @@ from ._rollout import Decision, FlagReader
 from ._scoring import plan_for_version, score
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import gauge_source, server_status
-from ._telemetry import METRICS, end_safely, start_request_span
+from ._telemetry import METRICS, start_request_span
 from .web import Readiness, readiness, shadow_setting_problem
 
 __all__ = ["Server"]
@@ -586,7 +586,7 @@ class Server(RolloutMethods):
             if timeout_s is not None:
                 timeout_s = check_timeout(timeout_s)
             started = time.perf_counter()
-            span = start_request_span(model)
+            span: Any = None  # started once routed: one sent off an event loop (WaitOffLoop) leaves none behind
             deadline = None if timeout_s is None else self._clock() + timeout_s
         else:
             started, span, deadline = opened.started, opened.span, opened.deadline
@@ -612,6 +612,8 @@ class Server(RolloutMethods):
                     routes, target, decision = self._route(model, version, context)
                     arrays, rows = self._validated(target, inputs)
                     key = None
+                if span is None:
+                    span = start_request_span(model, since=started)
                 request = Request(arrays, rows, self._route_of(routes, target, decision), deadline, future)
                 request.span = span
                 request.started = started
@@ -640,9 +642,8 @@ class Server(RolloutMethods):
                 routes.router.served(answering.route.request_id, decision, answering.arrays)
                 return answering, target
             raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
-        except WaitOffLoop:  # an event loop's request whose flags must be waited for: Server.apredict routes it
-            end_safely(span, "closing a request span")  # again on a worker thread, as a new request
-            raise
+        except WaitOffLoop:  # an event loop's request whose flags must be waited for: apredict routes it again
+            raise  # on a worker thread, as a new request (routed first, it has no span yet)
         except BaseException as exc:  # refused before it was queued: close its telemetry, then raise
             if answering is not None:  # queued already: a signal handler raised in the caller's thread
                 assert target is not None

@@ -24,6 +24,7 @@ from inprocserve._flag_reader import FlagReader
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, run_in_forked_child
+from .test_telemetry import otel  # noqa: F401  (the process's one OpenTelemetry SDK, as a fixture)
 
 pytest.importorskip("openfeature.contrib.provider.flagd", reason="pip install openfeature-provider-flagd")
 
@@ -422,3 +423,49 @@ def test_an_event_loop_never_waits_for_a_blocking_provider(
 
     # waiting on the loop, nothing would ever set the answer: the flags would time out after 30 s, stable
     assert asyncio.run(asyncio.wait_for(main(), 20)) == [2, 1, 2]
+
+
+def test_a_request_routed_off_the_loop_keeps_its_deadline(scale: Path, make_server: ServerFactory, domain: str) -> None:
+    import asyncio
+    import time
+
+    from inprocserve import DeadlineExceededError
+
+    provider = HeldUntilReleased()
+    api.set_provider_and_wait(provider, domain=domain)
+    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY, flag_timeout_s=30)
+
+    async def main() -> float:
+        started = time.perf_counter()
+        with pytest.raises(DeadlineExceededError):  # the flag service has not answered within 0.2 s
+            await server.apredict("scale", X, context={"user_id": "u1", "plan": "staff"}, timeout_s=0.2)
+        return time.perf_counter() - started
+
+    try:
+        assert asyncio.run(main()) < 2.0
+    finally:
+        provider.answer.set()
+
+
+def test_a_request_routed_off_the_loop_stays_in_its_callers_trace(
+    otel: Any,  # noqa: F811  (the fixture imported above)
+    scale: Path,
+    make_server: ServerFactory,
+    domain: str,
+) -> None:
+    import asyncio
+
+    provider = HeldUntilReleased()
+    provider.answer.set()  # it answers at once, but from a worker: the request is still routed off the loop
+    api.set_provider_and_wait(provider, domain=domain)
+    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY)
+
+    async def main() -> int:
+        with otel.tracer.start_as_current_span("GET /score") as web:
+            answer = await server.apredict("scale", X, context={"user_id": "u1", "plan": "staff"})
+        assert answer.version == 2
+        return int(web.get_span_context().span_id)
+
+    web_span = asyncio.run(main())
+    (predict,) = otel.finished("inprocserve.predict")  # one span for the request, not one per routing
+    assert predict.parent is not None and predict.parent.span_id == web_span
