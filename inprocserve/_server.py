@@ -654,6 +654,8 @@ class Server(RolloutMethods):
                 self._sharing.finish(led, lead, None, exc)
             if request is not None:  # refused between its lookup and its queueing: free what it leads
                 self._sharing.release(request, None, exc)
+            if span is None:  # refused while routing or validating
+                span = start_request_span(model, since=started)
             self._telemetry.refused(span, started, model, None if target is None else target.version, decision, exc)
             raise
 
@@ -698,8 +700,12 @@ class Server(RolloutMethods):
 
     def _version_of(self, request: Request, target: ModelVersion) -> ModelVersion | None:
         """The version to record a synchronous request against: the one it was routed to, or, for a
-        follower run on the version that serves now (its own was unloaded: see ``Sharing``), that one."""
-        return target if request.route.version == target.version else self._answering_version(request)
+        follower run on the version that serves now (its own was unloaded, or replaced by a new copy of it:
+        see ``Sharing``), that one."""
+        queued_on = request.queued_on
+        if request.route.version == target.version and (queued_on is None or queued_on is target.batcher):
+            return target
+        return self._answering_version(request)
 
     def _answering_version(self, request: Request) -> ModelVersion | None:
         """The loaded copy of the version that ran ``request``: ``None`` if it was unloaded, or reloaded

@@ -144,3 +144,36 @@ def test_followers_whose_leader_gave_up_keep_their_answer(busy_repository: Path,
     assert all(np.array_equal(answer, answers[0]) for answer in answers)
     server.predict("busy", x)
     assert cache_status(server, "busy", 1)["hits"] == 1  # one of their answers was kept
+
+
+def test_a_synchronous_follower_run_on_the_new_copy_keeps_its_answer_there(
+    busy_repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    import threading
+
+    from inprocserve import BatchingConfig
+
+    from .conftest import BUSY_WIDTH, build_busy_model, wait_until
+    from .test_inflight import reload_behind
+
+    config = ModelConfig(
+        cache=CacheConfig(enabled=True), batching=BatchingConfig(max_queue_rows=30_000, max_request_rows=30_000)
+    )
+    server = make_server(busy_repository, config=config)
+    old = server._registry.loaded["busy"][1]
+    blocker = occupy(server, rows=20_000)
+    inputs = busy_inputs(1, seed=21)
+    leader = server.submit("busy", inputs, timeout_s=0.001)  # gives up queued: its follower runs by itself
+    answers: list[object] = []
+    follower = threading.Thread(target=lambda: answers.append(server.predict("busy", inputs)), daemon=True)
+    follower.start()
+    wait_until(lambda: cache_status(server, "busy", 1)["shared"] == 1)
+    staged = save_model(build_busy_model(BUSY_WIDTH), tmp_path, "busy", 1)
+    staged.replace(busy_repository / "busy" / "1" / "model.onnx")
+    reload_behind(server, old, blocker)  # a new copy of version 1 takes over; the follower runs there
+    with pytest.raises(inprocserve.DeadlineExceededError):
+        leader.result(timeout=30)
+    follower.join(30)
+    assert answers and server._registry.loaded["busy"][1] is not old
+    server.predict("busy", inputs)
+    assert cache_status(server, "busy", 1)["hits"] == 1  # kept by the copy that answered, which serves now
