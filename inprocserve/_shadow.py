@@ -76,10 +76,11 @@ class ShadowComparison:
     shadow_version: int
     request_id: str
     max_abs_diff: float | None
-    """Largest absolute difference over the numeric outputs both versions produced (None if none)."""
+    """Largest absolute difference over the numeric outputs both versions produced, labels aside (None if
+    none)."""
     label_agreement: float | None
     """Share of rows that agree: the argmax of outputs shaped [rows, classes], and labels (text, or integers
-    shaped [rows]) by equality (None if there are none)."""
+    shaped [rows] or [rows, 1]) by equality (None if there are none)."""
     error: str | None
     """Why the shadow run failed, if it did (the caller was never affected)."""
     latency_s: float
