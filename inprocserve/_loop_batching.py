@@ -985,26 +985,46 @@ def _off_loop(
 ) -> Awaitable[Prediction]:
     """``predict`` on a thread of the loop's default executor, in the caller's context (its trace), within
     the request's deadline counted from now: time spent waiting for a free thread counts, and the task gets
-    ``DeadlineExceededError`` at the deadline even if no thread took the call yet."""
+    ``DeadlineExceededError`` at the deadline even if no thread took the call yet. A task cancelled before a
+    thread takes the call withdraws it."""
+    started = time.perf_counter()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
     def call() -> Prediction:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            raise DeadlineExceededError(
+            late = DeadlineExceededError(
                 f"model {model!r}: no answer within {timeout_s:g}s (no thread was free to route it)",
                 model=model,
                 version=version,
             )
+            server._refused_early(model, version, late, started)
+            raise late
         return server.predict(model, inputs, version=version, context=context, timeout_s=left)
 
-    answer = loop.run_in_executor(None, contextvars.copy_context().run, call)
+    try:
+        answer = loop.run_in_executor(None, contextvars.copy_context().run, call)
+    except RuntimeError as exc:  # the loop's default executor is shut down: the loop is ending
+        closed = ServerClosedError(
+            f"model {model!r}: the event loop's default executor is shut down ({exc}); this request needs it "
+            "to wait for its flag provider",
+            model=model,
+            version=version,
+        )
+        server._refused_early(model, version, closed, started)
+        raise closed from None
     if timeout_s is None:
         return answer
     # the deadline answers a future of its own: the executor's, answered later, must find nothing to undo
     waiter: asyncio.Future[Prediction] = loop.create_future()
     answer.add_done_callback(functools.partial(_pass_on, waiter))
+    waiter.add_done_callback(functools.partial(_withdraw, answer))
     return _with_deadline(loop, waiter, model, version, timeout_s)
+
+
+def _withdraw(answer: asyncio.Future[Prediction], waiter: asyncio.Future[Prediction]) -> None:
+    if waiter.cancelled():  # its task was cancelled: a call no thread took yet is dropped
+        answer.cancel()
 
 
 def _pass_on(waiter: asyncio.Future[Prediction], answer: asyncio.Future[Prediction]) -> None:

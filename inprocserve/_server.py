@@ -50,7 +50,7 @@ from ._rollout import Decision, FlagReader
 from ._scoring import plan_for_version, score
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import gauge_source, server_status
-from ._telemetry import METRICS, start_request_span
+from ._telemetry import METRICS, end_safely, start_request_span
 from .web import Readiness, readiness, shadow_setting_problem
 
 __all__ = ["Server"]
@@ -643,7 +643,9 @@ class Server(RolloutMethods):
                 return answering, target
             raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
         except WaitOffLoop:  # an event loop's request whose flags must be waited for: apredict routes it again
-            raise  # on a worker thread, as a new request (routed first, it has no span yet)
+            if span is not None:  # on a worker thread, as a new request (a span only when routed again, retried)
+                end_safely(span, "closing a request span")
+            raise
         except BaseException as exc:  # refused before it was queued: close its telemetry, then raise
             if answering is not None:  # queued already: a signal handler raised in the caller's thread
                 assert target is not None

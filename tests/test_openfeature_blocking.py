@@ -469,3 +469,39 @@ def test_a_request_routed_off_the_loop_stays_in_its_callers_trace(
     web_span = asyncio.run(main())
     (predict,) = otel.finished("inprocserve.predict")  # one span for the request, not one per routing
     assert predict.parent is not None and predict.parent.span_id == web_span
+
+
+def test_a_request_waiting_for_a_thread_is_withdrawn_with_its_task_and_refused_once_the_loop_ends(
+    scale: Path, make_server: ServerFactory, domain: str
+) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from inprocserve import ServerClosedError
+
+    provider = HeldUntilReleased()
+    provider.answer.set()
+    api.set_provider_and_wait(provider, domain=domain)
+    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY)
+    staff = {"user_id": "u1", "plan": "staff"}
+
+    def answered() -> int:
+        return int(server.status()["models"]["scale"]["versions"]["2"]["latency_ms"]["count"])
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))
+        free = threading.Event()
+        busy = loop.run_in_executor(None, free.wait, 10)  # the application's own work holds the one thread
+        task = asyncio.ensure_future(server.apredict("scale", X, context=staff, timeout_s=5))
+        await asyncio.sleep(0.05)
+        task.cancel()  # its client went away before a thread took the request
+        free.set()
+        await busy
+        await loop.run_in_executor(None, lambda: None)  # the thread is free again: anything queued has run
+        assert answered() == 0
+        await loop.shutdown_default_executor()  # as asyncio.run does at its end
+        with pytest.raises(ServerClosedError, match="default executor is shut down"):
+            await server.apredict("scale", X, context=staff)
+
+    asyncio.run(main())
