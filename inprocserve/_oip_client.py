@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from ._call_watchdog import CallWatchdog, Watch
 from ._extras import require
-from ._stop_signal import current_stop
+from ._stop_signal import THIS_THREAD
 
 __all__ = ["MAX_RESPONSE_BYTES", "HttpClient", "HttpResponse", "TransportError"]
 
@@ -117,7 +117,7 @@ class HttpClient:
         exceptions = urllib3.exceptions
         timeout = urllib3.Timeout(connect=min(self._connect_timeout_s, timeout_s), read=timeout_s)
         watch = self._watchdog.watch(timeout_s)
-        stop = current_stop()  # a call on the shadow thread ends, as at its deadline, when the server closes
+        stop = THIS_THREAD.signal  # a call on the shadow thread ends, as at its deadline, when the server closes
         unhook = None if stop is None else stop.hook(watch.fire)
         _calls.watch = watch
         try:

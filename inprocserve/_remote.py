@@ -53,7 +53,7 @@ from ._errors import (
 from ._oip_client import HttpClient, HttpResponse, TransportError
 from ._remote_model import RemoteModel
 from ._signature import Signature, TensorSpec
-from ._stop_signal import current_stop
+from ._stop_signal import THIS_THREAD
 from .v2._client_codec import decode_infer_response, encode_infer_request
 from .v2._codec import Limits
 from .v2._datatypes import DATATYPES, onnx_of_datatype
@@ -289,7 +289,7 @@ class RemoteBackend:
         propagate.inject(trace_headers, context=None if parent is None else trace.set_span_in_context(parent))
         with self._lock:
             self._calls += 1
-        stop = current_stop()  # (the shadow thread's: see _stop_signal)
+        stop = THIS_THREAD.signal  # (the shadow thread's: see _stop_signal)
         attempt = 0
         while True:
             if stop is not None and stop.stopped:  # the server closed: a shadow call is not retried

@@ -5,7 +5,7 @@ that exits) need not wait it out. Waiting is not even safe at exit: onnxruntime 
 (``std::terminate``, SIGABRT) when the interpreter finalizes while a thread is still inside one of its runs.
 
 The shadow thread runs its work inside :func:`stop_with`; a backend that can stop a run early (onnxruntime
-between two operators, through its ``RunOptions.terminate``) asks :func:`current_stop` for the signal of the
+between two operators, through its ``RunOptions.terminate``) reads ``THIS_THREAD.signal``, the signal of the
 thread it runs on and hooks its stop on it for the run's time. :meth:`StopSignal.stop` then ends every run
 hooked on it, and any run started afterwards at once. A thread-local rather than an argument: the run passes
 through the batcher and the backend seam (``Backend.run``), which third-party backends implement too, and a
@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["THIS_THREAD", "StopSignal", "current_stop", "stop_with"]
+__all__ = ["THIS_THREAD", "StopSignal", "stop_with"]
 
 
 class StopSignal:
@@ -68,11 +68,6 @@ class _Local(threading.local):
 THIS_THREAD = _Local()
 """``THIS_THREAD.signal``: the signal that may stop runs on the reading thread (``None``: none may be stopped
 early). An attribute to read, not a function to call: every onnxruntime run reads it."""
-
-
-def current_stop() -> StopSignal | None:
-    """The signal that may stop runs on this thread (``None``: none may be stopped early)."""
-    return THIS_THREAD.signal
 
 
 @contextmanager
