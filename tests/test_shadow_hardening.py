@@ -530,6 +530,25 @@ def test_a_shadow_compares_a_zipmaps_class_scores(repository: Path, make_server:
     assert comparisons[0].max_abs_diff > 0.05
 
 
+def test_a_zipmaps_class_scores_count_against_the_shadow_queues_bytes(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_zipmap_classifier(), repository, "clf", 1)
+    save_model(build_zipmap_classifier(), repository, "clf", 2)
+    comparisons: list[ShadowComparison] = []
+    # a copy may take a quarter of the queue's bytes: 2,048 here. 64 rows copy 1,024 bytes of inputs, 512 of
+    # labels and 64 x 4 class scores kept as float64 (2,048): too large. 16 rows (896 bytes) are copied.
+    server = make_server(
+        repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=1.0, shadow_queue_bytes=8192
+    )
+    rows = np.random.default_rng(6).normal(size=(64, 4)).astype(np.float32)
+    server.predict("clf", rows)
+    assert stats(server, "clf")["dropped_too_large"] == 1
+    server.predict("clf", rows[:16])
+    wait_until(lambda: len(comparisons) == 1)
+    assert stats(server, "clf")["dropped_too_large"] == 1
+
+
 def test_a_label_one_class_off_is_a_disagreeing_row_not_a_difference() -> None:
     from inprocserve._shadow import compare_outputs
 
