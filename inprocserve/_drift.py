@@ -364,8 +364,12 @@ class DriftMonitor:
                 self._reset_capture()  # the scorer is closed: start over rather than wait forever
             return
         if not scorer.submit(self._score, window):
-            with self._lock:
-                self.dropped_windows += 1
+            self.window_dropped()
+
+    def window_dropped(self) -> None:
+        """A window was not scored: the scorer was behind or closed."""
+        with self._lock:
+            self.dropped_windows += 1
 
     def _reset_capture(self) -> None:
         with self._lock:
@@ -505,9 +509,12 @@ def _reach(waiter: _Waiter) -> None:
 
 
 def _release_unscored(function: Any, argument: Any) -> None:
-    """A job dropped by close(): nothing to do, unless it is a drain() waiting for it."""
+    """A job dropped by close(): a window is counted in its monitor's ``dropped_windows``, a drain() waiting
+    for it is released."""
     if function is _reach:
         argument.done.set()
+    elif getattr(function, "__func__", None) is DriftMonitor._score:
+        function.__self__.window_dropped()
 
 
 _scorers: weakref.WeakSet[DriftScorer] = weakref.WeakSet()

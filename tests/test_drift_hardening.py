@@ -211,8 +211,9 @@ def test_windows_beyond_the_queue_bound_are_dropped_and_counted(repository: Path
 def test_close_drops_the_queued_windows_and_releases_a_waiting_drain(
     repository: Path, make_server: ServerFactory
 ) -> None:
-    """close() scores none of the windows still queued (only the one in hand may finish), its thread ends,
-    and a drain() waiting behind those windows returns False at once instead of waiting out its timeout."""
+    """close() scores none of the windows still queued (only the one in hand may finish) and counts them
+    dropped, its thread ends, and a drain() waiting behind those windows returns False at once instead of
+    waiting out its timeout."""
     save_model(build_scale_model(2.0), repository, "scale", 1)
     rng = np.random.default_rng(16)
     np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (1000, 4)).astype(np.float32))
@@ -237,6 +238,7 @@ def test_close_drops_the_queued_windows_and_releases_a_waiting_drain(
     assert not closer.is_alive()
     assert len([t for t in threading.enumerate() if t.name == "inprocserve-drift"]) == before
     assert monitor.status()["windows"] == 0
+    assert monitor.status()["dropped_windows"] == _MAX_QUEUED_WINDOWS
 
 
 # -- 5. the caller's buffers are copied, not kept -------------------------------------------------------
