@@ -224,9 +224,11 @@ class BatchExecution:
             if step is not None and request.rows > step:
                 return [self._run_in_chunks(runner, request, parent, step)]
             started = time.perf_counter()
-            outputs = self._run_batch(runner, request.arrays, timeout_s=timeout_s, parent=parent)
-            if request.batch is not None:
-                request.batch.compute_s = time.perf_counter() - started
+            try:
+                outputs = self._run_batch(runner, request.arrays, timeout_s=timeout_s, parent=parent)
+            finally:  # (added: a failing batch's halves are run again, and each run counts)
+                if request.batch is not None:
+                    request.batch.compute_s += time.perf_counter() - started
             return [dict(zip(self._output_names, outputs, strict=True))]
         crop = None
         if self._padding is not None:
@@ -235,19 +237,27 @@ class BatchExecution:
         else:
             feeds = stack_inputs([r.arrays for r in batch], self._input_names)
         started = time.perf_counter()
-        outputs = self._run_batch(runner, feeds, timeout_s=timeout_s, parent=parent)
-        if batch[0].batch is not None:
-            batch[0].batch.compute_s = time.perf_counter() - started
+        try:
+            outputs = self._run_batch(runner, feeds, timeout_s=timeout_s, parent=parent)
+        finally:
+            if batch[0].batch is not None:
+                batch[0].batch.compute_s += time.perf_counter() - started
         return split_outputs(outputs, self._output_names, [r.rows for r in batch], crop=crop)
 
     def _run_in_chunks(self, runner: Any, request: Request, parent: Any, step: int) -> dict[str, Any]:
         """A request larger than ``max_batch_size`` (or its own ``run_rows``) runs in slices that are stitched
-        back together."""
+        back together. The batch's compute time is the sum of the slices' runs."""
         parts = []
+        timing = request.batch
         for start in range(0, request.rows, step):
             chunk = {name: array[start : start + step] for name, array in request.arrays.items()}
             left = None if request.deadline is None else request.deadline - self._clock()
-            parts.append(self._run_batch(runner, chunk, timeout_s=left, parent=parent))
+            started = time.perf_counter()
+            try:
+                parts.append(self._run_batch(runner, chunk, timeout_s=left, parent=parent))
+            finally:
+                if timing is not None:
+                    timing.compute_s += time.perf_counter() - started
         return {name: np.concatenate([part[index] for part in parts]) for index, name in enumerate(self._output_names)}
 
 

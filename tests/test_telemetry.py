@@ -41,7 +41,7 @@ from inprocserve._telemetry import (
     outcome,
     resident_memory_bytes,
 )
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_gather_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 
@@ -153,6 +153,27 @@ def test_a_batch_span_links_to_every_request_it_served(
     assert {link.context.span_id for link in batch.links} == {requests[p.span_id].context.span_id for p in parents}
     assert dict(batch.attributes or {})["inprocserve.batch.requests"] == 6
     assert dict(batch.attributes or {})["inprocserve.batch.rows"] == 6
+
+
+def test_a_batchs_compute_time_counts_every_run_of_it(otel: Otel, repository: Path, make_server: ServerFactory) -> None:
+    """A queued request larger than max_batch_size runs in slices, and a failing batch's run raises: both
+    ran, so the batch span's compute time and the batch.duration histogram are more than zero."""
+    save_model(build_scale_model(2.0), repository, "sliced", 1)
+    save_model(build_gather_model(table_rows=10), repository, "failing", 1)
+    server = make_server(repository, config=ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=4)))
+    server.submit("sliced", np.ones((40, 4), np.float32)).result(timeout=60)
+    with pytest.raises(inprocserve.InprocserveError):
+        server.submit("failing", {"index": np.array([0, 10], np.int64)}).result(timeout=60)
+    wait_until(lambda: len(otel.finished("inprocserve.batch")) == 2)
+    for span in otel.finished("inprocserve.batch"):
+        assert dict(span.attributes or {})["inprocserve.batch.compute_s"] > 0, span.attributes
+    durations = {
+        point.attributes["inprocserve.model.name"]: point
+        for point in otel.metric_points("inprocserve.batch.duration")
+        if point.attributes["inprocserve.model.name"] in ("sliced", "failing")
+    }
+    assert sorted(durations) == ["failing", "sliced"]
+    assert all(point.count == 1 and point.sum > 0 for point in durations.values())
 
 
 def test_errors_set_status_and_record_the_exception(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
