@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span
+from opentelemetry.trace import INVALID_SPAN, Span
 
 from . import _fork
 from ._backend import Backend, whole_batch
@@ -286,7 +286,11 @@ class RemoteBackend:
         first = next(iter(ordered.values()), None)
         rows = 1 if first is None or first.ndim == 0 else first.shape[0]  # a scalar input is one row
         trace_headers: dict[str, str] = {}
-        propagate.inject(trace_headers, context=None if parent is None else trace.set_span_in_context(parent))
+        # (no request span, INVALID_SPAN: the caller's own trace context, if this runs on its thread)
+        propagate.inject(
+            trace_headers,
+            context=None if parent is None or parent is INVALID_SPAN else trace.set_span_in_context(parent),
+        )
         with self._lock:
             self._calls += 1
         stop = THIS_THREAD.signal  # (the shadow thread's: see _stop_signal)

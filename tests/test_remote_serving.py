@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import onnxruntime
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 import inprocserve
 from inprocserve import (
@@ -311,6 +314,26 @@ def test_the_traceparent_of_a_predict_reaches_the_remote(
     assert int(trace_id, 16) == handler.get_span_context().trace_id  # the remote's spans join this trace
     ours = {span.context.span_id for span in otel.spans.get_finished_spans() if span.context is not None}
     assert int(span_id, 16) in ours  # the parent is a span this process recorded (the request's or batch's)
+
+
+def test_a_remote_call_under_an_unsampled_trace_tells_the_remote_so(
+    otel: Otel,  # noqa: F811
+    make_server: ServerFactory,
+    mixed: Path,
+    app: RemoteApp,
+) -> None:
+    """A web request whose incoming trace was not sampled: the library makes no span of its own, and the
+    remote server still gets the caller's trace with its "not sampled" flag, instead of no traceparent (it
+    would start a trace of its own, sampled by its own rule, for every request the caller chose to drop)."""
+    server = make_server(mixed, config=every_version())
+    incoming = SpanContext(0x1234, 0xABCD, is_remote=True, trace_flags=TraceFlags(0))
+    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(incoming)))
+    try:
+        server.predict("fraud", {"x": rows(1)}, version=3)
+    finally:
+        otel_context.detach(token)
+    sent = [seen for seen in app.recorded() if seen["path"] == "/v2/models/fraud/versions/3/infer"][-1]
+    assert sent["traceparent"] == f"00-{0x1234:032x}-{0xABCD:016x}-00"
 
 
 def test_a_remote_version_whose_server_was_down_at_start_loads_on_a_later_refresh(
