@@ -392,32 +392,36 @@ def unsampled_child_dropped(*, remote: bool) -> bool:
 
     True only for the OpenTelemetry SDK's ``ParentBased`` sampler whose sampler for that case is the static
     drop sampler (``ALWAYS_OFF``: the SDK's default, and what ``ParentBased(TraceIdRatioBased(r))`` uses),
-    and for ``ALWAYS_OFF`` itself. Then the SDK would make a non-recording span that nothing reads, at the
-    cost of a span id and a sampler call, so the library makes none. With any other sampler (a custom one
+    and for ``ALWAYS_OFF`` itself: exactly these classes, of the SDK's own provider (a subclass may decide
+    otherwise). Then the SDK would make a non-recording span that nothing reads, at the cost of a span id
+    and a sampler call, so the library makes none. With any other sampler (a custom one
     may record children of unsampled parents, or decide at random) the SDK is asked for every span.
     """
     global _sampling_rule
     provider = trace._TRACER_PROVIDER
     rule = _sampling_rule
     if rule[0] is not provider:
-        rule = _sampling_rule = (provider, *_drops_unsampled_children(getattr(provider, "sampler", None)))
+        rule = _sampling_rule = (provider, *_drops_unsampled_children(provider))
     return rule[2] if remote else rule[1]
 
 
-def _drops_unsampled_children(sampler: object) -> tuple[bool, bool]:
-    if sampler is None:
-        return False, False
+def _drops_unsampled_children(provider: object) -> tuple[bool, bool]:
     try:
-        from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSampler
+        from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+        from opentelemetry.sdk.trace.sampling import Decision, ParentBased, ParentBasedTraceIdRatio, StaticSampler
     except ImportError:  # a provider that is not the SDK's: ask it for every span
         return False, False
+    if type(provider) is not SdkTracerProvider:  # a subclass may make its spans its own way
+        return False, False
+    sampler = getattr(provider, "sampler", None)
 
+    # exactly the SDK's samplers: a subclass may decide otherwise (force-sample a debug header, say)
     def drops(candidate: object) -> bool:
-        return isinstance(candidate, StaticSampler) and getattr(candidate, "_decision", None) is Decision.DROP
+        return type(candidate) is StaticSampler and getattr(candidate, "_decision", None) is Decision.DROP
 
     if drops(sampler):
         return True, True
-    if isinstance(sampler, ParentBased):
+    if type(sampler) in (ParentBased, ParentBasedTraceIdRatio):
         return (
             drops(getattr(sampler, "_local_parent_not_sampled", None)),
             drops(getattr(sampler, "_remote_parent_not_sampled", None)),

@@ -55,6 +55,20 @@ class _CoinSampler(Sampler):
         return "coin"
 
 
+class _ForcedSampling(ParentBased):
+    """An application's own rule on top of the SDK's: it samples every span, whatever its parent says."""
+
+    def __init__(self) -> None:
+        super().__init__(ALWAYS_ON)
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_AND_SAMPLE)
+
+
+class _OwnProvider(TracerProvider):
+    """An application's own provider: it may make its spans its own way."""
+
+
 @pytest.mark.parametrize(
     ("sampler", "expected"),
     [
@@ -67,12 +81,35 @@ class _CoinSampler(Sampler):
         (ALWAYS_ON, (False, False)),
         (TraceIdRatioBased(0.01), (False, False)),  # a child's trace id is its parent's: may be sampled
         (_CoinSampler(), (False, False)),
-        (None, (False, False)),
-        (object(), (False, False)),
+        (_ForcedSampling(), (False, False)),  # a subclass of ParentBased decides by its own rule
     ],
 )
 def test_which_samplers_drop_every_child_of_an_unsampled_parent(sampler: Any, expected: tuple[bool, bool]) -> None:
-    assert _telemetry._drops_unsampled_children(sampler) == expected
+    assert _telemetry._drops_unsampled_children(TracerProvider(sampler=sampler)) == expected
+
+
+@pytest.mark.parametrize("provider", [None, object(), _OwnProvider(sampler=ParentBased(ALWAYS_ON))])
+def test_only_the_sdks_own_provider_has_its_unsampled_children_dropped(provider: Any) -> None:
+    assert _telemetry._drops_unsampled_children(provider) == (False, False)
+
+
+def test_a_span_that_the_applications_own_sampler_records_is_made_under_an_unsampled_parent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=_ForcedSampling())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    # (the library's tracer is the API's proxy, bound to the first provider it meets: this test's is not kept)
+    monkeypatch.setattr(_telemetry, "_TRACER", provider.get_tracer(_telemetry._SCOPE))
+    parent = SpanContext(0x42, 0x43, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
+    try:
+        span = start_request_span("m", {"inprocserve.model.name": "m"})
+    finally:
+        otel_context.detach(token)
+    span.end()
+    assert [recorded.name for recorded in exporter.get_finished_spans()] == ["inprocserve.predict"]
 
 
 class _SequenceIds(IdGenerator):
