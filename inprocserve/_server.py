@@ -10,6 +10,7 @@ methods from ``RolloutMethods``), status in ``_snapshot``; the public methods he
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -219,7 +220,8 @@ class Server(RolloutMethods):
         Args:
             model: The model name.
             inputs: Input name -> array-like with a leading batch axis (a bare array for one-input models).
-            version: Pin a version; ``None`` lets the server choose (the latest ready version).
+            version: Pin a version (an int; a numpy integer too); ``None`` lets the server choose (the latest
+                ready version).
             context: Request attributes for routing decisions (for example ``{"user_id": ...}``).
             timeout_s: The request's deadline, in seconds from now: a request still queued then is never
                 run, and one running then is stopped by onnxruntime (inline or on a worker), so control
@@ -228,6 +230,7 @@ class Server(RolloutMethods):
 
         Raises:
             ValueError: ``timeout_s`` is NaN, zero or negative (``TypeError`` if it is not a number).
+            TypeError: ``version`` is not an int (``True`` and ``1.0`` are refused, not read as version 1).
             ModelNotFoundError: unknown model or version.
             InvalidInputError: the inputs do not match the model's signature.
             OverloadedError: the queue is full.
@@ -414,6 +417,8 @@ class Server(RolloutMethods):
                 return None
             router = routes.router
             if version is not None:
+                if type(version) is not int:  # (the full way takes a numpy integer, refuses True or 1.0)
+                    return None
                 decision = _pinned(version)
                 target = routes.versions.get(version)
             elif router.trivial or lone:
@@ -523,6 +528,8 @@ class Server(RolloutMethods):
                 it, with a note naming its rows. Nothing after it is submitted.
         """
         timeout_s = check_timeout(timeout_s)  # (math.inf and huge values: no deadline, as for predict)
+        if version is not None and type(version) is not int:
+            version = version_number(version)
         routes = self._routes.get(model)
         target = None if routes is None else routes.default if version is None else routes.versions.get(version)
         if target is None:
@@ -727,6 +734,8 @@ class Server(RolloutMethods):
         if version is None:
             decision = routes.router.decide(routes.versions, routes.default.version, context)
             return routes, routes.versions.get(decision.version) or routes.default, decision
+        if type(version) is not int:
+            version = version_number(version)
         target = routes.versions.get(version)
         if target is None:
             raise self._not_found(model, version)
@@ -971,6 +980,17 @@ def _naming(target: ModelVersion, error: BaseException) -> BaseException:
     return InvalidInputError(
         f"model {target.name!r} version {target.version}: {error.message}", model=target.name, version=target.version
     )
+
+
+def version_number(version: object) -> int:
+    """The version a caller pinned, as an int: an ``int``, or another integral number (a numpy integer).
+
+    Raises:
+        TypeError: anything else: ``True`` and ``1.0`` equal version 1 as dict keys, and must not pin it.
+    """
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral):
+        raise TypeError(f"version must be an int or None, got {type(version).__name__}")
+    return int(version)
 
 
 def _pinned(version: int) -> Decision:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -106,6 +107,24 @@ def test_pinned_version(repository: Path, make_server: ServerFactory) -> None:
     assert (pinned.version, pinned.variant, pinned["y"][0, 0]) == (1, "pinned", 1.0)
     latest = server.predict("scale", [[1, 1, 1, 1]])
     assert (latest.version, latest.variant, latest["y"][0, 0]) == (2, "default", 2.0)
+
+
+@pytest.mark.parametrize("version", [True, 1.0, [1], {}, "1"])
+def test_only_an_integer_pins_a_version(scale_repository: Path, make_server: ServerFactory, version: Any) -> None:
+    """``True`` and ``1.0`` equal version 1 as dict keys; a list cannot be one: each is the caller's mistake,
+    named, on every way in."""
+    server = make_server(scale_repository)
+    x = np.ones((1, 4), np.float32)
+    message = f"version must be an int or None, got {type(version).__name__}"
+    with pytest.raises(TypeError, match=message):
+        server.predict("scale", x, version=version)
+    with pytest.raises(TypeError, match=message):
+        server.submit("scale", x, version=version).result(timeout=30)
+    with pytest.raises(TypeError, match=message):
+        asyncio.run(server.apredict("scale", x, version=version))
+    with pytest.raises(TypeError, match=message):
+        next(server.predict_many("scale", x, version=version))
+    assert server.predict("scale", x, version=np.int64(1)).version == 1  # (a number read from an array)
 
 
 def test_load_and_unload_without_a_repository(tmp_path: Path, make_server: ServerFactory) -> None:
