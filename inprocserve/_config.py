@@ -319,9 +319,9 @@ class PoolConfig:
     arena_shrinkage: bool = False
     """Give arena memory back after each run (frees a burst of large requests, at some cost per run)."""
     optimized_model_cache: bool = False
-    """Save the optimized graph next to ``model.onnx`` (``model.optimized-<onnxruntime version>-<key>.onnx``,
-    the key a digest of optimization level, providers and pre-packing) and load it on later starts instead of
-    optimizing again."""
+    """Save the optimized graph next to ``model.onnx`` (``model.optimized-<onnxruntime version>-<key>-<source>
+    .onnx``, named after the model file, the key a digest of optimization level, providers, pre-packing and
+    CPU, the source one of the model's files) and load it on later starts instead of optimizing again."""
 
     def __post_init__(self) -> None:
         plain_fields(self)

@@ -45,6 +45,7 @@ from ._ort_rules import (
 )
 from ._ort_rules import (
     GPU_PROVIDERS,
+    OPTIMIZED_GRAPH,
     RUN_ERROR_MAP,
     ProviderSpec,
     onnxruntime_builds,
@@ -204,7 +205,8 @@ def optimized_key(config: PoolConfig, providers: Sequence[ProviderSpec]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_OPTIMIZED_PREFIX = "model.optimized-"  # (the registry's hot reload ignores files named so: a load writes them)
+_OPTIMIZED_INFIX = ".optimized-"  # <model file stem>.optimized-...: the registry skips these (OPTIMIZED_GRAPH)
+_LEGACY_STEM = "model"  # earlier releases named every graph model.optimized-..., whatever the model file
 
 
 _PARTIAL_SUFFIX = ".partial"
@@ -215,16 +217,17 @@ _ISA_FLAGS = ("sse", "ssse", "avx", "fma", "f16c", "bmi", "amx", "vnni", "asimd"
 
 
 def _source_key(model: Path) -> str:
-    """A digest of the version folder's files (name, size, modification time, inode, ctime; not the cached
-    graphs or partial ones): what a cached optimized graph was built from. The ctime moves with any rewrite,
-    also one that puts the mtime back (``cp -p`` over the file): without it the old graph served."""
+    """A digest of the model file's name and of the version folder's files (name, size, modification time,
+    inode, ctime; not the cached graphs or partial ones): what a cached optimized graph was built from. The
+    name keeps two models of one folder (``load(path=...)``) apart; the ctime moves with any rewrite, also one
+    that puts the mtime back (``cp -p`` over the file): without it the old graph served."""
     entries: list[tuple[str, int, int, int, int]] = []
     with os.scandir(model.parent) as listing:
         for entry in listing:
-            if entry.is_file() and not entry.name.startswith(_OPTIMIZED_PREFIX):
+            if entry.is_file() and not OPTIMIZED_GRAPH.fullmatch(entry.name):
                 stat = entry.stat()
                 entries.append((entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
-    return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps([model.name, sorted(entries)]).encode()).hexdigest()[:12]
 
 
 @functools.cache
@@ -245,14 +248,45 @@ def _remove_stale_partials(folder: Path) -> None:
     """Delete partial graphs left by processes that died while writing them (each is a whole model)."""
     cutoff = time.time() - _STALE_PARTIAL_S
     try:
-        for partial in folder.glob(f"{_OPTIMIZED_PREFIX}*{_PARTIAL_SUFFIX}"):
-            try:
-                if partial.stat().st_mtime < cutoff:
-                    partial.unlink()
-            except OSError:
-                continue
+        with os.scandir(folder) as listing:
+            partials = [
+                Path(entry.path)
+                for entry in listing
+                if _OPTIMIZED_INFIX in entry.name and entry.name.endswith(_PARTIAL_SUFFIX)
+            ]
     except OSError:
-        pass
+        return
+    for partial in partials:
+        try:
+            if partial.stat().st_mtime < cutoff:
+                partial.unlink()
+        except OSError:
+            continue
+
+
+def _earlier_graphs(cached: Path, *, model: Path) -> list[Path]:
+    """The graphs cached for earlier files of ``model`` with the same options and CPU as ``cached`` (they
+    can never match again), and those a release before the model file's name was in the key wrote for this
+    folder's models under ``model.optimized-...`` (never loaded now). Listed, not globbed: a model file's
+    name may hold ``[`` or ``*``."""
+    stem = cached.name.rsplit("-", 1)[0] + "-"  # everything but the source key
+    stems = [stem]
+    if model.stem != _LEGACY_STEM and not model.with_name(f"{_LEGACY_STEM}.onnx").exists():
+        # (with a model.onnx beside it, such names are that model's own graphs)
+        stems.append(_LEGACY_STEM + stem[len(model.stem) :])
+    try:
+        with os.scandir(cached.parent) as listing:
+            names = [entry.name for entry in listing]
+    except OSError:
+        return []
+    return [
+        cached.parent / name
+        for name in names
+        if name != cached.name
+        and name.endswith(".onnx")
+        and OPTIMIZED_GRAPH.fullmatch(name)
+        and any(name.startswith(prefix) and "-" not in name[len(prefix) :] for prefix in stems)
+    ]
 
 
 def _remove(path: Path) -> None:
@@ -496,9 +530,9 @@ class OnnxruntimeBackend:
 
     def optimized_path(self, providers: Sequence[ProviderSpec] = (_CPU,)) -> Path:
         """Where the optimized graph for these providers, this backend's pool options, this CPU and the
-        version folder's current files is cached."""
+        version folder's current files is cached: beside the model file, named after it."""
         return self.path.with_name(
-            f"{_OPTIMIZED_PREFIX}{onnxruntime_version()}-{optimized_key(self.config, providers)}-"
+            f"{self.path.stem}{_OPTIMIZED_INFIX}{onnxruntime_version()}-{optimized_key(self.config, providers)}-"
             f"{_source_key(self.path)}.onnx"
         )
 
@@ -509,10 +543,11 @@ class OnnxruntimeBackend:
         pass), else ``model.onnx``, optimized into a partial file that :meth:`_keep_optimized` renames into
         place once the session is built. Returns (what to load, the cache file it is for, the partial file).
 
-        The file name carries a key of everything that shapes the saved graph (see :func:`optimized_key`),
-        of this CPU's instruction sets (the graph is laid out for them), and of the version folder's files
-        (name, size, modification time, inode and change time), so a change of options, onnxruntime, hardware
-        or model file, even one copied with its old modification time, never loads a graph built for others.
+        The file name carries the model file's stem, a key of everything that shapes the saved graph (see
+        :func:`optimized_key`), of this CPU's instruction sets (the graph is laid out for them), and of the
+        version folder's files (see :func:`_source_key`), so another model of the folder, or a change of
+        options, onnxruntime, hardware or model file, even one copied with its old modification time, never
+        loads a graph built for others.
         """
         if not self.config.optimized_model_cache:
             return self.path, None, None
@@ -574,10 +609,8 @@ class OnnxruntimeBackend:
         except OSError:
             _remove(partial)
             return
-        stem = cached.name.rsplit("-", 1)[0]  # everything but the source key
-        for old in cached.parent.glob(f"{stem}-*.onnx"):
-            if old != cached:
-                _remove(old)
+        for old in _earlier_graphs(cached, model=self.path):
+            _remove(old)
 
     def runners(self) -> list[Any]:
         """Every session (built first if this process has none yet), for the batcher's workers to own."""

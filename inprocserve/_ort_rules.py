@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from ._errors import InferenceError, InprocserveError, InvalidInputError, ModelL
 
 __all__ = [
     "GPU_PROVIDERS",
+    "OPTIMIZED_GRAPH",
     "RUN_ERROR_MAP",
     "ProviderSpec",
     "onnxruntime_version",
@@ -30,6 +32,13 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 GPU_PROVIDERS = frozenset({CUDA, "TensorrtExecutionProvider", "ROCMExecutionProvider"})
 logger = logging.getLogger(__name__)
+
+# The optimized graphs a load writes next to a model file (``<file stem>.optimized-<onnxruntime version>-<options
+# key>-<source key>.onnx``, and the ``.<pid>-<thread>.partial`` file each is written to first): derived data,
+# so the registry's change checks skip them. Graphs of releases before the file's stem was in the name
+# (``model.optimized-...``, for any model file) match too: they are never loaded, and are deleted as the
+# graphs of earlier files are.
+OPTIMIZED_GRAPH = re.compile(r".+\.optimized-.+-[0-9a-f]{16}-[0-9a-f]{12}\.onnx(?:\.[0-9]+-[0-9]+\.partial)?")
 
 _DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
 

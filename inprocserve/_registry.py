@@ -20,6 +20,7 @@ from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ModelControl
 from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError
 from ._model import ModelVersion
+from ._ort_rules import OPTIMIZED_GRAPH
 from ._remote_model import RemoteModel
 from ._repository import (
     MODEL_FILENAME,
@@ -51,7 +52,7 @@ class Routes:
 
 _Stamp = tuple[tuple[str, int, int, int], ...]  # (path, mtime_ns, size, inode) of each file a load reads
 _CONTROL_RETRY_CAP_S = 60.0  # longest wait between two tries of a control revision that does not apply
-_WRITTEN_BY_LOADS = "model.optimized-"  # files a load itself writes (the optimized-graph cache): not changes
+_WRITTEN_BY_LOADS = OPTIMIZED_GRAPH  # files a load itself writes (the optimized-graph cache): not changes
 
 
 @dataclass(slots=True)
@@ -863,7 +864,7 @@ def _stamp(path: Path) -> _Stamp | None:
         try:
             with os.scandir(folder) as listing:
                 for entry in listing:
-                    if entry.name.startswith(_WRITTEN_BY_LOADS):
+                    if _WRITTEN_BY_LOADS.fullmatch(entry.name):
                         continue
                     if entry.is_symlink():  # (what it points to: a checksum whose target arrives later)
                         try:
