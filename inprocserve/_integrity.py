@@ -34,6 +34,7 @@ __all__ = [
     "check_external_data",
     "check_version",
     "external_data",
+    "external_data_locations",
     "file_sha256",
     "resolve_model_file",
 ]
@@ -357,6 +358,45 @@ def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, foll
     end = offset + (length or 0)
     if offset > size or end > size:
         raise fail(f"{what}: bytes {offset} to {end} lie beyond the end of {location!r} ({size} bytes)")
+
+
+_locations_lock = threading.Lock()
+# (path, inode, size, mtime_ns, ctime_ns) -> the locations that version of the file names
+_locations: dict[tuple[str, int, int, int, int], tuple[str, ...]] = {}
+_MAX_CACHED_LOCATIONS = 256
+
+
+def external_data_locations(model_file: Path) -> tuple[str, ...]:
+    """The distinct external-data locations a model names, as written (``weights.bin``, ``data/w.bin``).
+
+    For the checks that poll a version's files (a refresh stamps every loaded version) and for the session
+    that reads them: the file is walked once per version of it, cached by (inode, size, modification time,
+    change time) as :func:`file_sha256` is. Empty when the file cannot be read or is not ONNX: the load's own
+    checks say why, and its stamp changes once the file does.
+    """
+    try:
+        stat = model_file.stat()
+    except OSError:
+        return ()
+    key = (str(model_file), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    with _locations_lock:
+        cached = _locations.get(key)
+    if cached is not None:
+        return cached
+    try:
+        with model_file.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return ()
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                references = external_data(mapped)
+    except (OSError, ValueError):
+        return ()
+    found = tuple(sorted({ref.entries["location"] for ref in references if ref.entries.get("location")}))
+    with _locations_lock:
+        if len(_locations) >= _MAX_CACHED_LOCATIONS:
+            _locations.pop(next(iter(_locations)))
+        _locations[key] = found
+    return found
 
 
 # -- checksums --------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from ._errors import (
     ModelLoadError,
     ServerClosedError,
 )
-from ._integrity import check_external_data, check_version
+from ._integrity import check_external_data, check_version, external_data_locations
 from ._ort_rules import (
     CPU as _CPU,
 )
@@ -217,17 +217,20 @@ _ISA_FLAGS = ("sse", "ssse", "avx", "fma", "f16c", "bmi", "amx", "vnni", "asimd"
 
 
 def _source_key(model: Path) -> str:
-    """A digest of the model file's name and of the version folder's files (name, size, modification time,
-    inode, ctime; not the cached graphs or partial ones): what a cached optimized graph was built from. The
-    name keeps two models of one folder (``load(path=...)``) apart; the ctime moves with any rewrite, also one
-    that puts the mtime back (``cp -p`` over the file): without it the old graph served."""
+    """A digest of what a cached optimized graph is built from: the model file's name, and the size,
+    modification time, inode and ctime of the model file and of every external-data file it names (in
+    subfolders too). The name keeps two models of one folder (``load(path=...)``) apart; the ctime moves with
+    any rewrite, also one that puts the mtime back (``cp -p`` over the file): without it the old graph served.
+    """
     entries: list[tuple[str, int, int, int, int]] = []
-    with os.scandir(model.parent) as listing:
-        for entry in listing:
-            if entry.is_file() and not OPTIMIZED_GRAPH.fullmatch(entry.name):
-                stat = entry.stat()
-                entries.append((entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
-    return hashlib.sha256(json.dumps([model.name, sorted(entries)]).encode()).hexdigest()[:12]
+    for name in (model.name, *external_data_locations(model)):
+        try:
+            stat = (model.parent / name).stat()
+        except OSError:  # (a missing file fails the load's checks; it only has to change the key)
+            entries.append((name, -1, -1, -1, -1))
+            continue
+        entries.append((name, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:12]
 
 
 @functools.cache
@@ -530,7 +533,8 @@ class OnnxruntimeBackend:
 
     def optimized_path(self, providers: Sequence[ProviderSpec] = (_CPU,)) -> Path:
         """Where the optimized graph for these providers, this backend's pool options, this CPU and the
-        version folder's current files is cached: beside the model file, named after it."""
+        model's current files (the model file and its external data) is cached: beside the model file,
+        named after it."""
         return self.path.with_name(
             f"{self.path.stem}{_OPTIMIZED_INFIX}{onnxruntime_version()}-{optimized_key(self.config, providers)}-"
             f"{_source_key(self.path)}.onnx"
@@ -545,9 +549,9 @@ class OnnxruntimeBackend:
 
         The file name carries the model file's stem, a key of everything that shapes the saved graph (see
         :func:`optimized_key`), of this CPU's instruction sets (the graph is laid out for them), and of the
-        version folder's files (see :func:`_source_key`), so another model of the folder, or a change of
-        options, onnxruntime, hardware or model file, even one copied with its old modification time, never
-        loads a graph built for others.
+        model's files (see :func:`_source_key`), so another model of the folder, or a change of options,
+        onnxruntime, hardware, model file or external data, even one copied with its old modification time,
+        never loads a graph built for others.
         """
         if not self.config.optimized_model_cache:
             return self.path, None, None
@@ -599,7 +603,7 @@ class OnnxruntimeBackend:
         """Move a freshly written graph into place, and delete the graphs cached for earlier files of this
         version with the same options and CPU (they can never match again). Not kept when the session is
         not what was asked for (onnxruntime fell back to the CPU: its graph is laid out for the CPU), or
-        when the version's files changed while it was built (the graph may be the old model's)."""
+        when the model's files changed while it was built (the graph may be the old model's)."""
         asked = [spec if isinstance(spec, str) else spec[0] for spec in providers]
         if list(session.get_providers()) != asked or self.optimized_path(providers) != cached:
             _remove(partial)

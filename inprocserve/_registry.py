@@ -19,6 +19,7 @@ from stat import S_ISREG as stat_is_file
 from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ModelControl
 from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError
+from ._integrity import external_data_locations
 from ._model import ModelVersion
 from ._ort_rules import OPTIMIZED_GRAPH
 from ._remote_model import RemoteModel
@@ -846,10 +847,15 @@ def _remote_path(name: str, version: int) -> Path:
 
 def _stamp(path: Path) -> _Stamp | None:
     """What a version's load read: the name, mtime, size and inode of its file, of the other files in its
-    folder (external weights still being copied) and of the files of its model's folder (its ``config.toml``,
-    a warm-up archive), links by what they point to (a dangling one too: its target may arrive later), but not
-    the optimized-graph cache a load writes there. A change to any of them reloads a loaded version, or
-    retries a failed one; ``None`` if the file is gone.
+    folder (external weights still being copied), of the external-data files the model names in subfolders
+    (``data/weights.bin``) and of the files of its model's folder (its ``config.toml``, a warm-up archive),
+    links by what they point to (a dangling one too: its target may arrive later), but not the
+    optimized-graph cache a load writes there. A change to any of them reloads a loaded version, or retries a
+    failed one; ``None`` if the file is gone.
+
+    Subfolders are not walked: a refresh stamps every version at every poll, and a version folder may hold
+    anything. The external-data locations come from the model file, walked once per version of it (see
+    :func:`~inprocserve._integrity.external_data_locations`), so a poll costs a stat per such file.
 
     A copy that keeps the mtime and size (``rsync -a``, a rename into place) is a new inode. The change time
     is left out: a ``chmod`` or a hard-link backup moves it, and every version would reload. (A file deleted
@@ -881,7 +887,26 @@ def _stamp(path: Path) -> _Stamp | None:
                     entries.append((entry.path, stat.st_mtime_ns, stat.st_size, stat.st_ino))
         except OSError:
             continue
+    if path.suffix == ".onnx":
+        entries.extend(_nested_external_data(path))
     return tuple(sorted(entries))
+
+
+def _nested_external_data(model_file: Path) -> list[tuple[str, int, int, int]]:
+    """The stamp entries of the external-data files ``model_file`` names below its folder (those beside it
+    are in the folder's listing already): links followed, a missing one as a marker."""
+    entries = []
+    for location in external_data_locations(model_file):
+        data = model_file.parent / location
+        if data.parent == model_file.parent:
+            continue
+        try:
+            stat = data.stat()
+        except OSError:
+            entries.append((str(data), -1, -1, -1))
+            continue
+        entries.append((str(data), stat.st_mtime_ns, stat.st_size, stat.st_ino))
+    return entries
 
 
 def _load_problem(name: str, number: int, path: Path, exc: ModelLoadError) -> str:

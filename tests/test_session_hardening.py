@@ -13,9 +13,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from inprocserve import ConfigurationError, ModelConfig, ModelLoadError, PoolConfig
-from inprocserve.testing import build_mlp_model, build_scale_model, save_model
+from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, run_python, version_status
 
@@ -23,16 +24,23 @@ CACHE = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
 
 
 def save_with_weights_in(folder: Path, location: str, *, seed: int) -> Path:
-    """An MLP whose weights live in ``location`` (relative to ``folder``), as ``onnx.save_model`` writes it."""
+    """y = x @ W.T, with W kept in ``location`` (relative to ``folder``) as ``onnx.save_model`` writes it.
+    The optimizer folds the Transpose into a new weight, which a cached graph then holds itself: only the
+    cache's key can tell that the file it came from changed."""
+    weights = np.random.default_rng(seed).standard_normal((8, 16)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"])],
+        "weights",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
     (folder / location).parent.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     onnx.save_model(
-        build_mlp_model((16, 32, 4), seed=seed, softmax=False),
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=location,
-        size_threshold=0,
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
     )
     return path
 
@@ -85,3 +93,34 @@ def test_a_graph_named_as_earlier_releases_named_it_is_never_loaded_and_is_delet
     (tmp_path / old).write_bytes(build_scale_model(7.0).SerializeToString())  # the graph of another model
     assert serve() == [[2.0] * 4]
     assert graphs(tmp_path) == [graph]
+
+
+# -- external data in a subfolder ---------------------------------------------------------------------------
+
+
+def test_a_release_that_changes_only_weights_in_a_subfolder_is_served_after_a_restart_with_the_cache(
+    repository: Path, tmp_path: Path, make_server: ServerFactory
+) -> None:
+    path = save_with_weights_in(repository / "mlp" / "1", "data/weights.bin", seed=1)
+    release = save_with_weights_in(tmp_path / "release", "data/weights.bin", seed=2)  # same model.onnx bytes
+    x = np.ones((2, 16), np.float32)
+    make_server(repository, config=CACHE).close()  # caches the graph of seed 1
+    os.replace(release.parent / "data" / "weights.bin", path.parent / "data" / "weights.bin")  # deployed
+    served = make_server(repository, config=CACHE).predict("mlp", x)["y"]
+    np.testing.assert_allclose(served, answer_of(path, x), rtol=1e-5)
+
+
+def test_refresh_reloads_a_version_whose_weights_in_a_subfolder_changed(
+    repository: Path, tmp_path: Path, make_server: ServerFactory
+) -> None:
+    path = save_with_weights_in(repository / "mlp" / "1", "data/weights.bin", seed=1)
+    release = save_with_weights_in(tmp_path / "release", "data/weights.bin", seed=2)
+    x = np.ones((2, 16), np.float32)
+    server = make_server(repository)
+    before = server.predict("mlp", x)["y"]
+    assert server.refresh() == []  # nothing changed: nothing reloads
+    os.replace(release.parent / "data" / "weights.bin", path.parent / "data" / "weights.bin")
+    assert server.refresh() == []
+    served = server.predict("mlp", x)["y"]
+    assert not np.allclose(served, before)
+    np.testing.assert_allclose(served, answer_of(path, x), rtol=1e-5)
