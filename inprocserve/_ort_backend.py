@@ -491,23 +491,18 @@ class OnnxruntimeBackend:
             source, cached, partial = self._optimized_source(options, providers)
             try:
                 session = self._session(source, options, providers)
-            except Exception:
+            except Exception as exc:
                 if partial is not None:
                     _remove(partial)
-                if source == self.path:
+                if source == self.path and partial is None:
                     raise
-                # A cached graph that does not load (written by another onnxruntime build, damaged): build
-                # from model.onnx; if that works, the cached graph was at fault, and is deleted.
+                # Build from the model file alone, without the cache: if that works, the cache was at fault,
+                # a cached graph that does not load (written by another onnxruntime build, damaged), which
+                # is deleted, or a graph that could not be written (a full disk, a quota), which is skipped.
                 options = session_options(config, threads=threads or self._threads)
                 session = self._session(self.path, options, providers)
-                logger.warning(
-                    "model %r version %s: the cached graph %s does not load, but %s does; deleting the graph",
-                    self.model,
-                    self.version,
-                    source.name,
-                    self.path.name,
-                )
-                _remove(source)
+                self._cache_failed(source, partial, exc)
+                partial = None
             if partial is not None and cached is not None:
                 self._keep_optimized(session, providers, cached, partial)
         except Exception as exc:
@@ -558,6 +553,28 @@ class OnnxruntimeBackend:
         session = _ort().InferenceSession(str(source), options, providers=providers)
         del held  # (onnxruntime has copied them once the session exists)
         return session
+
+    def _cache_failed(self, source: Path, partial: Path | None, exc: Exception) -> None:
+        """Log, and clean up after, a session that failed to build with the cache but built without it."""
+        if partial is not None:
+            logger.warning(
+                "model %r version %s: loaded %s without caching its optimized graph, which could not be "
+                "written to %s (a full disk or a quota?): %s",
+                self.model,
+                self.version,
+                self.path.name,
+                partial.parent,
+                exc,
+            )
+            return
+        logger.warning(
+            "model %r version %s: the cached graph %s does not load, but %s does; deleting the graph",
+            self.model,
+            self.version,
+            source.name,
+            self.path.name,
+        )
+        _remove(source)
 
     def optimized_path(self, providers: Sequence[ProviderSpec] = (_CPU,)) -> Path:
         """Where the optimized graph for these providers, this backend's pool options, this CPU and the

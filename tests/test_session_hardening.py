@@ -158,3 +158,30 @@ def test_weights_rewritten_in_place_leave_a_loaded_version_answering_as_loaded(t
     result = run_python(_REWRITE_IN_PLACE, str(tmp_path / "models"), "private", copied)
     assert result.returncode != -signal.SIGBUS, "killed by SIGBUS: the weights are still memory-mapped"
     assert (result.returncode, result.stdout.strip()) == (0, "same"), result.stderr[-2000:]
+
+
+# -- a cache that cannot be written -------------------------------------------------------------------------
+
+_FULL_DISK = """
+import logging, resource, signal, sys
+from pathlib import Path
+import numpy as np, inprocserve
+from inprocserve import ModelConfig, PoolConfig
+from inprocserve.testing import build_mlp_model, save_model
+
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+root = Path(sys.argv[1])
+save_model(build_mlp_model((64, 256, 4)), root, "mlp", 1)  # 70 KB
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))  # writes past 8 KB fail: a full disk
+with inprocserve.Server(root, config=ModelConfig(pool=PoolConfig(optimized_model_cache=True))) as server:
+    print(server.predict("mlp", np.ones((1, 64), np.float32))["y"].shape)
+    print(sorted(p.name for p in (root / "mlp" / "1").iterdir()))
+"""
+
+
+def test_a_version_loads_without_the_cache_when_its_graph_cannot_be_written(tmp_path: Path) -> None:
+    result = run_python(_FULL_DISK, str(tmp_path / "models"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["(1, 4)", "['model.onnx']"]  # served, and no partial graph left
+    assert "without caching its optimized graph" in result.stderr
