@@ -320,7 +320,8 @@ class PoolConfig:
     memory_arena: bool = True
     """onnxruntime's CPU memory arena: fast, but it keeps the peak of what any batch needed."""
     arena_shrinkage: bool = False
-    """Give arena memory back after each run (frees a burst of large requests, at some cost per run)."""
+    """Give arena memory back after each run (frees a burst of large requests, at some cost per run). Needs
+    ``memory_arena``: the combination with ``memory_arena = False`` is refused."""
     optimized_model_cache: bool = False
     """Save the optimized graph next to ``model.onnx`` (``model.optimized-<onnxruntime version>-<key>-<source>
     .onnx``, named after the model file, the key a digest of optimization level, providers, pre-packing and
@@ -335,6 +336,11 @@ class PoolConfig:
         for key in ("allow_spinning", "require_gpu", "shared_weights", "memory_arena", "arena_shrinkage"):
             check_bool(f"pool.{key}", getattr(self, key))
         check_bool("pool.optimized_model_cache", self.optimized_model_cache)
+        if self.arena_shrinkage and not self.memory_arena:  # onnxruntime would fail every run, not the load
+            raise ConfigurationError(
+                "pool.arena_shrinkage = true needs pool.memory_arena = true: shrinkage gives the arena's memory "
+                "back, and without an arena onnxruntime refuses every run; set one of them"
+            )
         check_bool("pool.share_session", self.share_session, optional=True)
         check_bool("pool.io_binding", self.io_binding, optional=True)
         if self.providers != "auto":

@@ -185,3 +185,21 @@ def test_a_version_loads_without_the_cache_when_its_graph_cannot_be_written(tmp_
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == ["(1, 4)", "['model.onnx']"]  # served, and no partial graph left
     assert "without caching its optimized graph" in result.stderr
+
+
+# -- settings onnxruntime would not honour ------------------------------------------------------------------
+
+
+def test_arena_shrinkage_without_an_arena_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"pool\.arena_shrinkage.*pool\.memory_arena"):
+        PoolConfig(memory_arena=False, arena_shrinkage=True)
+
+
+def test_arena_shrinkage_without_an_arena_in_config_toml_names_the_file(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config = repository / "scale" / "config.toml"
+    config.write_text("[pool]\nmemory_arena = false\narena_shrinkage = true\n")
+    (problem,) = make_server(repository).refresh()
+    assert str(config) in problem and "pool.arena_shrinkage" in problem and "pool.memory_arena" in problem
