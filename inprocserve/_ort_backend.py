@@ -48,6 +48,7 @@ from ._ort_rules import (
     OPTIMIZED_GRAPH,
     RUN_ERROR_MAP,
     ProviderSpec,
+    check_provider_names,
     onnxruntime_builds,
     onnxruntime_version,
     resolve_providers,
@@ -480,6 +481,7 @@ class OnnxruntimeBackend:
         if not self.path.is_file():
             raise ModelLoadError(f"model file {self.path} does not exist", model=self.model, version=self.version)
         config = self.config
+        check_provider_names(config, known=_ort().get_all_providers(), available=_ort().get_available_providers())
         device_id = config.device_ids[index % len(config.device_ids)]
         wants_gpu = config.providers == "auto" or any(p in GPU_PROVIDERS for p in config.providers)
         cuda = _probe_cuda(self.path) if wants_gpu and _cuda_listed() else False

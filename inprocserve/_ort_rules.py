@@ -6,6 +6,7 @@ the backend in ``_ort_backend.py`` is still the only module that imports onnxrun
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -14,13 +15,14 @@ from typing import Any
 
 from ._config import PoolConfig
 from ._cpu_quota import CpuQuota, current_cpu_quota
-from ._errors import InferenceError, InprocserveError, InvalidInputError, ModelLoadError
+from ._errors import ConfigurationError, InferenceError, InprocserveError, InvalidInputError, ModelLoadError
 
 __all__ = [
     "GPU_PROVIDERS",
     "OPTIMIZED_GRAPH",
     "RUN_ERROR_MAP",
     "ProviderSpec",
+    "check_provider_names",
     "onnxruntime_version",
     "resolve_providers",
     "thread_budget",
@@ -130,6 +132,31 @@ def onnxruntime_builds() -> list[str]:
 
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
+
+
+def check_provider_names(config: PoolConfig, *, known: Sequence[str], available: Sequence[str] = ()) -> None:
+    """Refuse provider names onnxruntime does not know (pure: ``onnxruntime.get_all_providers()`` is passed
+    in, since only the backend may import onnxruntime, and a pre-fork master never does). onnxruntime itself
+    prints a banner and falls back to the CPU for a misspelt provider, and ignores options under an unknown
+    name: a typo would quietly leave a model on the CPU. A known provider this build lacks (CUDA in the CPU
+    wheel) is not refused: one setting then serves hosts with and without a GPU (``require_gpu`` refuses it).
+
+    Raises:
+        ConfigurationError: a name in ``pool.providers`` or ``pool.provider_options`` is unknown (says
+            which, and the known name closest to it).
+    """
+    listed = [] if config.providers == "auto" else list(config.providers)
+    for key, names in (("pool.providers", listed), ("pool.provider_options", list(config.provider_options))):
+        for name in names:
+            if name in known:
+                continue
+            by_case = {known_name.lower(): known_name for known_name in known}  # ("Cuda..." means "CUDA...")
+            close = difflib.get_close_matches(name.lower(), by_case, n=1)
+            hint = f"did you mean {by_case[close[0]]!r}?" if close else f"it knows {', '.join(known)}"
+            raise ConfigurationError(
+                f"{key} names {name!r}, which onnxruntime {onnxruntime_version()} does not know ({hint}); this "
+                f"installation offers {', '.join(available) or 'no provider'}"
+            )
 
 
 def resolve_providers(

@@ -203,3 +203,38 @@ def test_arena_shrinkage_without_an_arena_in_config_toml_names_the_file(
     config.write_text("[pool]\nmemory_arena = false\narena_shrinkage = true\n")
     (problem,) = make_server(repository).refresh()
     assert str(config) in problem and "pool.arena_shrinkage" in problem and "pool.memory_arena" in problem
+
+
+def test_a_misspelt_provider_fails_the_version_and_names_the_provider_meant(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text(
+        textwrap.dedent("""\
+            [pool]
+            providers = ["CUDAExecutionProvder", "CPUExecutionProvider"]
+        """)
+    )
+    server = make_server(repository)
+    version = server.status()["models"]["scale"]["versions"]["1"]
+    assert version["state"] == "failed"
+    assert "pool.providers names 'CUDAExecutionProvder'" in version["error"]
+    assert "did you mean 'CUDAExecutionProvider'?" in version["error"]
+
+
+def test_options_for_a_provider_onnxruntime_does_not_know_are_refused(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    onnx.save_model(build_scale_model(2.0), str(tmp_path / "scale.onnx"))
+    pool = PoolConfig(provider_options={"CudaExecutionProvider": {"arena_extend_strategy": "kSameAsRequested"}})
+    with pytest.raises(ModelLoadError, match=r"pool\.provider_options names 'CudaExecutionProvider'") as raised:
+        make_server().load("scale", path=tmp_path / "scale.onnx", config=ModelConfig(pool=pool))
+    assert isinstance(raised.value.__cause__, ConfigurationError)
+    assert "CUDAExecutionProvider" in str(raised.value)
+
+
+def test_known_providers_pass_the_check(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    pool = PoolConfig(providers=("CPUExecutionProvider",), provider_options={"CPUExecutionProvider": {}})
+    server = make_server(repository, config=ModelConfig(pool=pool))
+    assert version_status(server, "scale")["state"] == "ready"
