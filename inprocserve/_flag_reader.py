@@ -383,7 +383,14 @@ class FlagReader:
             "unusable": self.unusable,
             "unusable_flags": problems,
             "workers": workers,
+            "source_error": self._source_error(),
         }
+
+    def _source_error(self) -> str | None:
+        """Why the provider's source last failed to load, while its earlier values answer (a ``FileFlags``
+        file that became invalid or unreadable: requests never see that failure, so status must show it)."""
+        provider = self.provider
+        return provider.last_error if isinstance(provider, FileFlags) else None
 
     def _blocking(self) -> bool | None:
         """Whether decisions may be handed to the workers (None: the provider could not say)."""

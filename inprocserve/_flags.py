@@ -12,6 +12,7 @@ OpenFeature provider: flagd, Unleash, LaunchDarkly ...).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import _fork
+from ._config_checks import _finite, is_number, shown
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError
 
 __all__ = [
@@ -43,6 +45,12 @@ _ABSENT = object()  # remembered: the provider does not have this flag (the call
 _INTEGER_KEYS_KEPT = 1024
 _ENV_KEYS_KEPT = 1024  # variable names and parsed values kept by EnvFlags
 _REMEMBERED_KEPT = 1024  # flags remembered by one OpenFeatureFlags (keys come from rollout configs: few)
+_RACY_NS = 2_000_000_000  # a file modified this close to a read may change again with the same timestamp
+_LOG_EVERY_S = 60.0  # a FileFlags problem of one kind is logged at most this often
+_IDLE_REFRESHER_EXIT_S = 30.0  # a FileFlags refresher with no look asked for ends; the next request starts one
+_CLOSE_WAIT_S = 0.2  # how long FileFlags.close() waits for its refresher (one in a hung mount is left)
+
+logger = logging.getLogger(__name__)
 
 
 class FlagError(InprocserveError):
@@ -303,46 +311,74 @@ class _EnvTexts:
 
 
 class FileFlags(_LookupFlags):
-    """Flags from a JSON or TOML file (by suffix), re-read when it changes.
+    """Flags from a JSON or TOML file (by suffix, in any case), re-read when it changes.
 
-    The file's modification time is checked at most every ``check_interval_s``; a file that is missing or
-    invalid keeps the last good values and makes lookups raise :class:`FlagError` only if there never were
-    any. Nested tables are flattened with dots: ``[fraud.canary] percent = 5`` is ``fraud.canary.percent``.
+    Requests never touch the file: they answer from the values last read, and the first request after
+    ``check_interval_s`` asks a background thread (one per instance, started lazily, a daemon; see
+    :meth:`close`) to look at it, so a file on a hung network mount cannot hold a request. A change is
+    thus seen one check after it is made: by the first request at least ``check_interval_s`` after it, plus
+    the time the read takes. The file is read again when any of its inode, device, size, modification or
+    change time differ from the last read, and also, whatever they say, while its modification time was
+    within ``_RACY_S`` of that read (git's "racy" rule: an edit within the file system's timestamp
+    granularity keeps the same time). A file that is missing or invalid keeps the last good values, is
+    logged (once a minute per kind of problem) and shown in :attr:`last_error` (``status()``'s
+    ``source_error``); lookups raise :class:`FlagError` only if there never were any values. The file is
+    UTF-8, with or without a byte order mark. Nested tables are flattened with dots: ``[fraud.canary]
+    percent = 5`` is ``fraud.canary.percent``.
+
+    Thread-safe. The first read is made by the constructor, on the caller's thread.
+
+    Raises:
+        ConfigurationError: ``check_interval_s`` is not a finite number of seconds >= 0.
     """
 
     name = "file"
 
     def __init__(self, path: str | Path, *, check_interval_s: float = 1.0) -> None:
+        if not (is_number(check_interval_s) and _finite(check_interval_s) and check_interval_s >= 0):
+            raise ConfigurationError(
+                f"check_interval_s must be a finite number of seconds >= 0, got {shown(check_interval_s)}"
+            )
         self.path = Path(path)
-        self.check_interval_s = check_interval_s
-        self._lock = threading.Lock()
-        self._values: dict[str, Any] | None = None
-        self._stamp: tuple[int, int] | None = None
-        self._checked_at = -float("inf")
+        self.check_interval_s = float(check_interval_s)
+        self._values: dict[str, Any] | None = None  # replaced whole, never changed: a rollout's plan is kept by it
+        self._seen: _FileSeen | None = None  # what the last good read saw (only the reading thread sets it)
         self.last_error: str | None = None
-        self._reload()
+        """Why the file's last look failed (None after a good one): the values before it still answer."""
+        self.errors = 0  # failed looks at the file (only grows)
+        self._logged: dict[str, float] = {}  # kind of problem -> when last logged
+        self._checked_at = -math.inf
+        self._closed = False
+        self._reset_refresher()
+        self._refresh()
         _fork.register(self)
 
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()  # (a thread of the parent's may have held it at the fork)
+    def _reset_refresher(self) -> None:
+        self._lock = threading.Lock()  # guards the refresher's state only: never held across I/O
+        self._wake = threading.Condition(self._lock)
+        self._due = False  # a look at the file was asked for and has not begun
+        self._refresher: threading.Thread | None = None
 
-    def _reload(self) -> None:
-        try:
-            info = self.path.stat()
-            stamp = (info.st_mtime_ns, info.st_size)
-            if stamp == self._stamp:
-                return
-            text = self.path.read_text()
-            data = tomllib.loads(text) if self.path.suffix == ".toml" else json.loads(text)
-            if not isinstance(data, dict):
-                raise ValueError("the top level must be a table/object")
-            values = _flatten(data)
-        except (OSError, ValueError, RecursionError) as exc:  # keep the last good values (too deep: invalid)
-            self.last_error = f"{self.path}: {exc}"
-            return
-        self._values = values
-        self._stamp = stamp
-        self.last_error = None
+    def _after_fork_in_child(self) -> None:
+        self._reset_refresher()  # (the parent's thread did not come through the fork; its lock may be held)
+
+    def close(self) -> None:
+        """Stop the background thread: the values last read keep answering, never refreshed again. A read
+        stuck in a hung mount is not waited for (a daemon thread, it ends when the read returns).
+        Idempotent. An instance dropped without it stops too: its thread ends after ``_IDLE_REFRESHER_EXIT_S``
+        without a look asked for."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+            refresher = self._refresher
+        if refresher is not None and refresher is not threading.current_thread():
+            refresher.join(timeout=_CLOSE_WAIT_S)
+
+    def __enter__(self) -> FileFlags:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _lookup(self, key: str) -> Any:
         values = self._checked_values()
@@ -352,20 +388,123 @@ class FileFlags(_LookupFlags):
 
     def _frozen_values(self) -> Mapping[str, Any] | None:
         """Every value, the same for every context, in a mapping that a reload replaces whole (never
-        changes), after looking at the file if ``check_interval_s`` has passed; None before the file was
-        ever read, or once ``blocking`` is set on the instance (a slow disk: reads keep to the budget)."""
+        changes; a reread of the same bytes keeps it), after asking for a look at the file if
+        ``check_interval_s`` has passed; None before the file was ever read, or once ``blocking`` is set on
+        the instance."""
         if self.blocking:
             return None
         return self._checked_values()
 
     def _checked_values(self) -> dict[str, Any] | None:
+        """The values last read; asks the background thread to look at the file when the interval passed."""
         now = time.monotonic()
         if now - self._checked_at >= self.check_interval_s:
-            with self._lock:
-                if now - self._checked_at >= self.check_interval_s:
-                    self._checked_at = now
-                    self._reload()
+            self._ask_for_a_look(now)
         return self._values
+
+    def _ask_for_a_look(self, now: float) -> None:
+        """Have the refresher look at the file (at most one look runs, and one more waits)."""
+        with self._lock:
+            if self._closed or now - self._checked_at < self.check_interval_s:
+                return
+            self._checked_at = now
+            if self._due:  # (asked already: a look in a hung mount never ends, and nothing piles up)
+                return
+            self._due = True
+            if self._refresher is not None:
+                self._wake.notify()
+                return
+            refresher = threading.Thread(target=self._refreshing, name="inprocserve-flag-file", daemon=True)
+            try:
+                refresher.start()
+            except RuntimeError:  # (no thread to be had now: a later request asks again)
+                self._due = False
+                return
+            self._refresher = refresher
+
+    def _refreshing(self) -> None:
+        """The refresher's loop: one look per request for one; ends when closed or idle for a while."""
+        me = threading.current_thread()
+        while True:
+            with self._lock:
+                while not self._due and not self._closed:
+                    if not self._wake.wait(_IDLE_REFRESHER_EXIT_S) and not self._due:
+                        break
+                if self._closed or not self._due:
+                    if self._refresher is me:
+                        self._refresher = None
+                    return
+                self._due = False
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """Look at the file and take its values if it changed; any failure keeps the last good values."""
+        try:
+            self._reload()
+        except Exception as exc:  # (a file that cannot be read or parsed: the thread lives on)
+            self._failed(exc)
+
+    def _reload(self) -> None:
+        seen = self._seen
+        info = self.path.stat()
+        read_at = time.time_ns()  # (wall time, as the file system's clock that stamps the file)
+        signature = (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        racy = info.st_mtime_ns >= read_at - _RACY_NS  # (an edit now may keep this same signature)
+        if seen is not None and seen.signature == signature and not seen.racy:
+            self._usable()
+            return
+        raw = self.path.read_bytes()
+        if seen is not None and raw == seen.raw and self._values is not None:  # (the same values: kept whole)
+            self._seen = _FileSeen(signature, racy, raw)
+            self._usable()
+            return
+        text = raw.decode("utf-8-sig")  # (UTF-8, and a byte order mark some editors write is no key)
+        if not text.strip():  # (valid TOML, but what a look between an editor's truncate and write sees)
+            raise ValueError("the file is empty (taken for one being written)")
+        data = tomllib.loads(text) if self.path.suffix.lower() == ".toml" else json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("the top level must be a table/object")
+        self._values = _flatten(data)
+        self._seen = _FileSeen(signature, racy, raw)
+        self._usable()
+
+    def _usable(self) -> None:
+        if self.last_error is not None:
+            self.last_error = None
+            logger.info("flags file %s is usable again", self.path)
+
+    def _failed(self, exc: Exception) -> None:
+        """Keep why (``last_error``), count it, and log it at most once a minute per kind of problem."""
+        kind = "unreadable" if isinstance(exc, OSError) else "invalid"
+        self.last_error = f"{self.path}: {_said(exc)}"
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._logged.get(kind, -math.inf) < _LOG_EVERY_S:
+            return
+        self._logged[kind] = now
+        logger.warning(
+            "flags file %s; the last good values answer (%d failed looks so far)", self.last_error, self.errors
+        )
+
+
+class _FileSeen:
+    """What a good read of a :class:`FileFlags` file saw: the file's signature, whether that signature may
+    hide a later edit (its modification time was too recent to tell), and the bytes read."""
+
+    __slots__ = ("racy", "raw", "signature")
+
+    def __init__(self, signature: tuple[int, ...], racy: bool, raw: bytes) -> None:
+        self.signature = signature
+        self.racy = racy
+        self.raw = raw
+
+
+def _said(exc: BaseException) -> str:
+    """``str(exc)`` for a message, whatever the exception does: its ``__str__`` may raise too."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"{type(exc).__name__} (which cannot be shown)"
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

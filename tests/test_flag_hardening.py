@@ -1,0 +1,204 @@
+"""What a review of the flag providers and the flag reader found: a flags file that hangs, goes bad or is
+swapped unseen, and provider errors that escaped the reader or were taken for something else.
+
+Every flag problem must end as the stable decision (or the last good values), counted or shown, and never
+hold or fail a request; a request's own mistake is the request's error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import ConfigurationError, FileFlags
+
+from .conftest import ServerFactory, rollout, run_in_forked_child, wait_until
+
+X = np.ones((1, 4), np.float32)
+CANARY = rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50))
+FULL_CANARY = {"scale.canary.percent": 100}
+
+
+def flags_status(server: inprocserve.Server) -> dict[str, Any]:
+    return server.status()["models"]["scale"]["rollout"]["flags"]  # type: ignore[no-any-return]
+
+
+def refreshers(but: set[threading.Thread] | frozenset[threading.Thread] = frozenset()) -> set[threading.Thread]:
+    """The FileFlags threads alive now, but those given (other tests' instances, which end when idle)."""
+    return {t for t in threading.enumerate() if t.name == "inprocserve-flag-file" and t.is_alive()} - but
+
+
+@pytest.fixture
+def flags_file(tmp_path: Path) -> Path:
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps(FULL_CANARY))
+    return path
+
+
+# -- a flags file on a hung mount ---------------------------------------------------------------------------
+
+
+def test_a_flags_file_on_a_hung_mount_holds_no_request(
+    versions: Path, make_server: ServerFactory, flags_file: Path
+) -> None:
+    others = refreshers()
+    flags = FileFlags(flags_file, check_interval_s=0)
+    server = make_server(versions, config=CANARY, flags=flags, flag_timeout_s=0.05)
+    assert server.predict("scale", X, context={"user_id": "u"}).variant == "canary"
+    latencies: list[float] = []
+
+    def request() -> None:
+        started = time.monotonic()
+        answer = server.predict("scale", X, context={"user_id": "u"})
+        latencies.append(time.monotonic() - started)
+        assert answer.variant == "canary"  # the values last read answer
+
+    hung, swap = flags_file.with_name("hung"), flags_file.with_name("swap")
+    os.mkfifo(hung)  # (opening it for reading never returns while nobody writes: a read on a hung mount)
+    os.link(hung, swap)
+    os.replace(swap, flags_file)
+    try:
+        threads = [threading.Thread(target=request, daemon=True) for _ in range(4)]
+        for thread in threads:  # (one after another: each finds the look asked for by the one before)
+            thread.start()
+            thread.join(timeout=2)
+        assert len(latencies) == 4, "a request waited on the hung flags file"
+        assert max(latencies) < 1
+        assert len(refreshers(but=others)) == 1  # the one look in flight, stuck in the file
+    finally:  # the mount comes back: a file in place, and the stuck look answered
+        swap.write_text(json.dumps({"scale.canary.percent": 0}))
+        os.replace(swap, flags_file)
+        fd = os.open(hung, os.O_RDWR | os.O_NONBLOCK)  # (opens at once, a reader waiting or not)
+        os.write(fd, json.dumps({"scale.canary.percent": 0}).encode())
+        os.close(fd)
+    wait_until(lambda: server.predict("scale", X, context={"user_id": "u"}).variant == "stable")
+    flags.close()
+
+
+def test_file_flags_close_stops_their_thread_and_keep_their_values(flags_file: Path) -> None:
+    others = refreshers()
+    with FileFlags(flags_file, check_interval_s=0) as flags:
+        assert flags.get_number("scale.canary.percent", 0, {}) == 100
+        assert len(refreshers(but=others)) == 1
+    wait_until(lambda: not refreshers(but=others))
+    flags_file.write_text(json.dumps({"scale.canary.percent": 5}))
+    for _ in range(3):
+        assert flags.get_number("scale.canary.percent", 0, {}) == 100  # never refreshed again
+    assert not refreshers(but=others)
+    flags.close()  # (idempotent)
+
+
+def test_file_flags_look_at_their_file_again_in_a_forked_child(flags_file: Path) -> None:
+    """A gunicorn worker forked from a master whose refresher was running gets its own."""
+    others = refreshers()
+    flags = FileFlags(flags_file, check_interval_s=0)
+    assert flags.get_number("scale.canary.percent", 0, {}) == 100
+    assert len(refreshers(but=others)) == 1
+
+    def in_the_child() -> str:
+        flags_file.write_text(json.dumps({"scale.canary.percent": 7}))
+        wait_until(lambda: flags.get_number("scale.canary.percent", 0, {}) == 7)
+        return "seen"
+
+    assert run_in_forked_child(in_the_child, timeout_s=20) == "seen"
+    flags.close()
+
+
+# -- a flags file that goes bad -----------------------------------------------------------------------------
+
+
+def test_an_invalid_flags_file_is_logged_once_a_minute_and_shown(
+    versions: Path, make_server: ServerFactory, flags_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    flags = FileFlags(flags_file, check_interval_s=0)
+    server = make_server(versions, config=CANARY, flags=flags)
+    assert flags_status(server)["source_error"] is None
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        typos = {'{"scale.kill": true,}': "Expecting property name", '{"scale.kill": tru}': "Expecting value"}
+        for typo, why in typos.items():  # the kill switch, mistyped twice
+            flags_file.write_text(typo)
+            assert server.predict("scale", X, context={"user_id": "u"}).variant == "canary"  # the last good values
+            wait_until(lambda why=why: why in (flags.last_error or ""))  # type: ignore[misc]
+    status = flags_status(server)
+    assert str(flags_file) in status["source_error"] and status["failures"] == 0
+    logged = [r.getMessage() for r in caplog.records if str(flags_file) in r.getMessage()]
+    assert len(logged) == 1, logged  # one kind of problem: once a minute
+    flags_file.write_text(json.dumps({"scale.kill": True}))
+    wait_until(lambda: server.predict("scale", X, context={"user_id": "u"}).reason == "kill switch is on")
+    assert flags_status(server)["source_error"] is None
+
+
+def test_a_flags_file_put_back_as_it_was_clears_the_error(flags_file: Path) -> None:
+    flags = FileFlags(flags_file, check_interval_s=0)
+    saved, before = flags_file.read_bytes(), flags_file.stat()
+    flags_file.unlink()
+    flags.get_number("scale.canary.percent", 0, {})
+    wait_until(lambda: flags.last_error is not None and "No such file" in flags.last_error)
+    flags_file.write_bytes(saved)
+    os.utime(flags_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    # (at the first look that reads it: not only once its time is too old to hide another edit, 2 s on)
+    wait_until(lambda: flags.get_number("scale.canary.percent", 0, {}) == 100 and flags.last_error is None, 1.5)
+    flags.close()
+
+
+# -- a new file that looks like the old one ------------------------------------------------------------------
+
+
+def test_a_swap_to_a_file_of_the_same_size_and_time_is_seen(tmp_path: Path) -> None:
+    """Releases unpacked with one modification time (tar, rsync -t, reproducible builds), swapped in by
+    renaming a symlink over the old one, as Kubernetes' ConfigMap volumes do."""
+    old, new = tmp_path / "release-a.json", tmp_path / "release-b.json"
+    old.write_text(json.dumps({"scale.canary.percent": 10}))
+    new.write_text(json.dumps({"scale.canary.percent": 90}))
+    for release in (old, new):
+        os.utime(release, (1_700_000_000, 1_700_000_000))
+    link = tmp_path / "flags.json"
+    link.symlink_to(old.name)
+    flags = FileFlags(link, check_interval_s=0)
+    assert flags.get_number("scale.canary.percent", 0, {}) == 10
+    swap = tmp_path / "flags.tmp"
+    swap.symlink_to(new.name)
+    os.replace(swap, link)
+    wait_until(lambda: flags.get_number("scale.canary.percent", 0, {}) == 90)
+    flags.close()
+
+
+def test_an_edit_of_the_same_size_within_one_timestamp_tick_is_seen(tmp_path: Path) -> None:
+    """A file system that stamps files to the second (ext3, HFS+, some NFS) gives an edit within the second
+    the old file's modification time (set back here, as such a file system would give it)."""
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps({"scale.kill": False, "scale.canary.percent": 10}))
+    before = path.stat()
+    flags = FileFlags(path, check_interval_s=0)
+    assert flags.get_number("scale.canary.percent", 0, {}) == 10
+    path.write_text(json.dumps({"scale.kill": False, "scale.canary.percent": 50}))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    wait_until(lambda: flags.get_number("scale.canary.percent", 0, {}) == 50)
+    flags.close()
+
+
+def test_a_flags_file_in_utf8_with_a_byte_order_mark_and_an_upper_case_suffix_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "FLAGS.TOML"
+    path.write_bytes("\ufeff# café, as an editor on Windows saves it\n[scale]\nstrategy = 'canary'\n".encode())
+    with FileFlags(path) as flags:
+        assert flags.last_error is None
+        assert flags.get_string("scale.strategy", "stable", {}) == "canary"
+
+
+# -- settings -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interval", [math.nan, math.inf, -1, None, "1", True, 10**400])
+def test_the_check_interval_must_be_a_finite_number_of_seconds(flags_file: Path, interval: Any) -> None:
+    with pytest.raises(ConfigurationError, match="check_interval_s must be a finite number of seconds >= 0"):
+        FileFlags(flags_file, check_interval_s=interval)
