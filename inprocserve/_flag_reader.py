@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import _fork
-from ._config_checks import is_number
+from ._config_checks import is_number, shown
 from ._errors import ConfigurationError, InvalidInputError
 from ._flags import (
     EnvFlags,
@@ -36,6 +36,8 @@ from ._flags import (
     MustAsk,
     OpenFeatureFlags,
     WaitOffLoop,
+    _described,
+    _said,
 )
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
 
@@ -66,6 +68,9 @@ MAX_FLAG_TIMEOUT_S = 60.0
 (an infinite one) would fail every decision with an ``OverflowError``."""
 _IDLE_WORKER_EXIT_S = 30.0  # an idle worker ends; the next blocking evaluation starts one again
 _UNUSABLE_KEPT = 64  # distinct flag keys whose last problem status() shows
+# What a decision lets through as raised: an interpreter's signal to stop, and the library's own signals
+# (every other BaseException a provider raises, gevent's Timeout or asyncio's CancelledError, is its failure)
+_PASSED_THROUGH = (KeyboardInterrupt, SystemExit, MustAsk, WaitOffLoop)
 
 
 class UnusableFlag(Exception):
@@ -178,9 +183,10 @@ class FlagReader:
             return fallback(self.note_unusable(exc))
         except InvalidInputError:  # the request's own mistake (a key that cannot be text), not the provider's
             raise
-        except Exception as exc:  # any provider failure means: stable
-            self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
-            return fallback("flag provider failed")
+        except _PASSED_THROUGH:
+            raise
+        except BaseException as exc:  # any provider failure means: stable
+            return fallback(self.note_failure(exc))
         if self._clock() - started > self.timeout_s:
             self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
             return fallback("flag provider too slow")
@@ -204,6 +210,8 @@ class FlagReader:
         try:
             return future.result(timeout=self.timeout_s)
         except FutureTimeout:
+            if future.cancelled():  # (close() dropped it just as its budget ran out)
+                return fallback("flag reader closed")
             if not future.done():
                 future.cancel()  # still queued: dropped, the provider never sees it
                 self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
@@ -211,16 +219,19 @@ class FlagReader:
             exc: BaseException | None = future.exception()
             if exc is None:  # it finished between the timeout and the check: in time after all
                 return future.result()
-        except CancelledError:
-            return fallback("flag reader closed")  # close() dropped it while it waited
-        except Exception as raised:
+        except CancelledError as raised:
+            if future.cancelled():  # close() dropped it while it waited (else the provider raised it)
+                return fallback("flag reader closed")
+            exc = raised
+        except _PASSED_THROUGH:
+            raise
+        except BaseException as raised:
             exc = raised
         if isinstance(exc, UnusableFlag | FlagTypeError):
             return fallback(self.note_unusable(exc))
         if isinstance(exc, InvalidInputError):  # the request's own mistake, as in run()
             raise exc
-        self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
-        return fallback("flag provider failed")
+        return fallback(self.note_failure(exc))
 
     def _frozen_unless_closed(self) -> Container[str] | None:
         """The provider's frozen values (see ``__init__``); None once closed, when decisions answer as
@@ -293,16 +304,18 @@ class FlagReader:
     def note_unusable(self, exc: Exception) -> str:
         """Count a flag value that cannot be used, remember why for status(); returns the reason to show."""
         key = exc.key if isinstance(exc, UnusableFlag) else "?"  # a FlagTypeError raised outside the typed reads
-        reason = f"unusable flag: {exc}"
+        said = _said(exc)
+        reason = f"unusable flag: {said}"
         with self._lock:
             if key in self._problems or len(self._problems) < _UNUSABLE_KEPT:
-                self._problems[key] = str(exc)
+                self._problems[key] = said
         self._count("unusable", f"{reason} (provider {self.provider.name!r})")
         return reason
 
-    def note_failure(self, exc: Exception) -> str:
-        """Count a provider failure that is absorbed where it happened (a shadow flag); returns the reason."""
-        self._count("failures", f"flag provider {self.provider.name!r} failed: {exc!r}")
+    def note_failure(self, exc: BaseException) -> str:
+        """Count a provider failure (absorbed by ``run``, or where it happened: a shadow flag); returns the
+        reason."""
+        self._count("failures", f"flag provider {self.provider.name!r} failed: {_described(exc)}")
         return "flag provider failed"
 
     def _count(self, counter: str, message: str) -> None:
@@ -331,7 +344,7 @@ class FlagReader:
             return value
         if isinstance(value, np.bool_):  # a provider backed by numpy data
             return bool(value)
-        raise UnusableFlag(key, f"flag {key!r} must be a boolean (true or false), got {value!r}")
+        raise UnusableFlag(key, f"flag {key!r} must be a boolean (true or false), got {_described(value)}")
 
     def number(self, key: str, default: float, context: Mapping[str, Any], used: list[tuple[str, Any]]) -> float:
         value: object = self._read(self.provider.get_number, key, default, context, used)
@@ -339,16 +352,19 @@ class FlagReader:
             return value
         if not isinstance(value, bool | np.bool_) and isinstance(value, numbers.Real):  # numpy numbers too
             return float(value)
-        raise UnusableFlag(key, f"flag {key!r} must be a number, got {value!r}")
+        raise UnusableFlag(key, f"flag {key!r} must be a number, got {_described(value)}")
 
     def string(self, key: str, default: str, context: Mapping[str, Any], used: list[tuple[str, Any]]) -> str:
         value = self._read(self.provider.get_string, key, default, context, used)
         if isinstance(value, str):
             return value
-        raise UnusableFlag(key, f"flag {key!r} must be a string, got {value!r}")
+        raise UnusableFlag(key, f"flag {key!r} must be a string, got {_described(value)}")
 
     def obj(self, key: str, default: Any, context: Mapping[str, Any], used: list[tuple[str, Any]]) -> Any:
-        return self._read(self.provider.get_object, key, default, context, used)
+        value = self._read(self.provider.get_object, key, default, context, used)
+        if isinstance(value, np.ndarray):  # (a hand-written provider's: its truth value raises, where a list's is read)
+            raise UnusableFlag(key, f"flag {key!r} must be a list or an object, got a numpy array {shown(value)}")
+        return value
 
     @staticmethod
     def _read(
@@ -363,7 +379,7 @@ class FlagReader:
         try:
             value = getter(key, default, context)
         except FlagTypeError as exc:  # the provider answered; the flag is wrong
-            raise UnusableFlag(key, str(exc)) from exc
+            raise UnusableFlag(key, _said(exc)) from exc
         used.append((key, value))
         return value
 

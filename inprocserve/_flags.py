@@ -114,7 +114,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if not isinstance(value, bool):
-            raise FlagTypeError(f"flag {key!r} must be a boolean, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a boolean, got {_described(value)}")
         return value
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
@@ -122,7 +122,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise FlagTypeError(f"flag {key!r} must be a number, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a number, got {_described(value)}")
         return float(value)
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:
@@ -130,7 +130,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if not isinstance(value, str):
-            raise FlagTypeError(f"flag {key!r} must be a string, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a string, got {_described(value)}")
         return value
 
     def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
@@ -499,6 +499,14 @@ class _FileSeen:
         self.raw = raw
 
 
+def _described(value: object) -> str:
+    """``repr(value)`` for a message, whatever the value does: a hand-written provider's may raise in it."""
+    try:
+        return repr(value)
+    except Exception:  # (an int of 5000 digits raises ValueError)
+        return shown(value) if isinstance(value, int) else f"{type(value).__name__} (which cannot be shown)"
+
+
 def _said(exc: BaseException) -> str:
     """``str(exc)`` for a message, whatever the exception does: its ``__str__`` may raise too."""
     try:
@@ -654,7 +662,9 @@ class OpenFeatureFlags:
     @blocking.setter
     def blocking(self, value: bool | None) -> None:
         if value is not None and not isinstance(value, bool):
-            raise ConfigurationError(f"blocking must be True, False or None (judged by the provider), got {value!r}")
+            raise ConfigurationError(
+                f"blocking must be True, False or None (judged by the provider), got {_described(value)}"
+            )
         self._blocking = value
 
     def close(self) -> None:
@@ -774,7 +784,7 @@ class OpenFeatureFlags:
             return value  # type: ignore[no-any-return]
         value, details = self._value("get_boolean_details", key, default, context)
         if not isinstance(value, bool):  # bool("false") is True: never guess
-            raise FlagTypeError(f"flag {key!r} must be a boolean, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a boolean, got {_described(value)}")
         return self._remember("boolean", key, value, details)  # type: ignore[no-any-return]
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
@@ -801,7 +811,7 @@ class OpenFeatureFlags:
                 return self._remember("number", key, *answer)  # type: ignore[no-any-return]
         value = self._checked(key, details)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise FlagTypeError(f"flag {key!r} must be a number, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a number, got {_described(value)}")
         return self._remember("number", key, float(value), details)  # type: ignore[no-any-return]
 
     def _integer(self, key: str, default: float, evaluation_context: Any) -> tuple[float, Any] | None:
@@ -818,7 +828,7 @@ class OpenFeatureFlags:
             return value  # type: ignore[no-any-return]
         value, details = self._value("get_string_details", key, default, context)
         if not isinstance(value, str):
-            raise FlagTypeError(f"flag {key!r} must be a string, got {value!r}")
+            raise FlagTypeError(f"flag {key!r} must be a string, got {_described(value)}")
         return self._remember("string", key, value, details)  # type: ignore[no-any-return]
 
     def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:

@@ -7,6 +7,7 @@ hold or fail a request; a request's own mistake is the request's error.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import ConfigurationError, FileFlags
+from inprocserve import ConfigurationError, FileFlags, InMemoryFlags
 
 from .conftest import ServerFactory, rollout, run_in_forked_child, wait_until
 
@@ -202,3 +203,90 @@ def test_a_flags_file_in_utf8_with_a_byte_order_mark_and_an_upper_case_suffix_is
 def test_the_check_interval_must_be_a_finite_number_of_seconds(flags_file: Path, interval: Any) -> None:
     with pytest.raises(ConfigurationError, match="check_interval_s must be a finite number of seconds >= 0"):
         FileFlags(flags_file, check_interval_s=interval)
+
+
+# -- what a provider raises ---------------------------------------------------------------------------------
+
+
+class ClientError(Exception):
+    """An SDK's error whose ``__repr__`` reads an attribute not set on this path."""
+
+    def __repr__(self) -> str:
+        return f"ClientError({self.response.status})"  # type: ignore[attr-defined]
+
+    def __str__(self) -> str:
+        return repr(self)
+
+
+class GeventLikeTimeout(BaseException):
+    """gevent's Timeout, asyncio's CancelledError ...: not an ``Exception``."""
+
+
+class FailingFlags(InMemoryFlags):
+    name = "failing"
+
+    def __init__(self, error: BaseException, *, blocking: bool) -> None:
+        super().__init__({})
+        self.error = error
+        self.blocking = blocking
+
+    def _lookup(self, key: str) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "blocking"),
+    [
+        (ClientError("503"), False),
+        (ClientError("503"), True),
+        (GeventLikeTimeout(), False),
+        (GeventLikeTimeout(), True),
+        (concurrent.futures.CancelledError(), True),  # (the provider's own: the reader was not closed)
+    ],
+    ids=["unshowable", "unshowable-blocking", "base-exception", "base-exception-blocking", "cancelled-blocking"],
+)
+def test_whatever_a_provider_raises_gives_the_stable_decision_and_is_counted(
+    versions: Path,
+    make_server: ServerFactory,
+    caplog: pytest.LogCaptureFixture,
+    error: BaseException,
+    blocking: bool,
+) -> None:
+    server = make_server(versions, config=CANARY, flags=FailingFlags(error, blocking=blocking))
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        answer = server.predict("scale", X, context={"user_id": "u"})
+    assert (answer.variant, answer.reason) == ("stable", "flag provider failed")
+    assert flags_status(server)["failures"] == 1
+    assert any(type(error).__name__ in r.getMessage() for r in caplog.records)
+
+
+def test_an_unusable_value_whose_message_cannot_be_shown_is_counted_as_unusable(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    class Unshowable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    server = make_server(versions, config=CANARY, flags=InMemoryFlags({"scale.kill": Unshowable()}))
+    answer = server.predict("scale", X, context={"user_id": "u"})
+    assert answer.variant == "stable" and "must be a boolean" in answer.reason
+    assert flags_status(server)["unusable"] == 1 and flags_status(server)["failures"] == 0
+
+
+class ArrayFlags(InMemoryFlags):
+    """A hand-written provider backed by numpy data: its lists come back as arrays."""
+
+    name = "arrays"
+
+    def get_object(self, key: str, default: Any, context: Any) -> Any:
+        value = super().get_object(key, default, context)
+        return np.asarray(value) if key in self._values else value
+
+
+def test_a_numpy_array_for_a_list_flag_is_an_unusable_flag(versions: Path, make_server: ServerFactory) -> None:
+    flags = ArrayFlags({"scale.canary.percent": 100, "scale.shadow.versions": [1, 3]})
+    server = make_server(versions, config=CANARY, flags=flags)
+    answer = server.predict("scale", X, context={"user_id": "u"})
+    assert answer.variant == "canary" and "shadows off: unusable flag" in answer.reason and "numpy" in answer.reason
+    status = flags_status(server)
+    assert status["failures"] == 0 and status["unusable"] == 1
