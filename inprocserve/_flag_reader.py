@@ -351,7 +351,10 @@ class FlagReader:
         if type(value) is float:
             return value
         if not isinstance(value, bool | np.bool_) and isinstance(value, numbers.Real):  # numpy numbers too
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # (an int past any float: the flag's problem, not the provider's)
+                raise UnusableFlag(key, f"flag {key!r} must be a number a float can hold, got {shown(value)}") from None
         raise UnusableFlag(key, f"flag {key!r} must be a number, got {_described(value)}")
 
     def string(self, key: str, default: str, context: Mapping[str, Any], used: list[tuple[str, Any]]) -> str:

@@ -123,7 +123,7 @@ class _LookupFlags:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise FlagTypeError(f"flag {key!r} must be a number, got {_described(value)}")
-        return float(value)
+        return _as_float(key, value)
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:
         value = self._lookup(key)
@@ -515,6 +515,14 @@ def _said(exc: BaseException) -> str:
         return f"{type(exc).__name__} (which cannot be shown)"
 
 
+def _as_float(key: str, value: int | float) -> float:
+    """A number flag's value as a float; an int too large for one is the flag's problem, not the provider's."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise FlagTypeError(f"flag {key!r} must be a number a float can hold, got {shown(value)}") from None
+
+
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
@@ -812,7 +820,7 @@ class OpenFeatureFlags:
         value = self._checked(key, details)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise FlagTypeError(f"flag {key!r} must be a number, got {_described(value)}")
-        return self._remember("number", key, float(value), details)  # type: ignore[no-any-return]
+        return self._remember("number", key, _as_float(key, value), details)  # type: ignore[no-any-return]
 
     def _integer(self, key: str, default: float, evaluation_context: Any) -> tuple[float, Any] | None:
         """The flag evaluated as an integer and the SDK's details, or None if that is not what it holds."""
@@ -820,7 +828,7 @@ class OpenFeatureFlags:
         details = self._details("get_integer_details", key, whole, evaluation_context)
         if _error_code(details) is not None or isinstance(details.value, bool) or not isinstance(details.value, int):
             return None
-        return float(details.value), details
+        return _as_float(key, details.value), details
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:
         value = self._recall("string", key, default)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import ConfigurationError, FileFlags, InMemoryFlags
+from inprocserve import ConfigurationError, EnvFlags, FileFlags, InMemoryFlags
 
 from .conftest import ServerFactory, rollout, run_in_forked_child, wait_until
 
@@ -203,6 +203,30 @@ def test_a_flags_file_in_utf8_with_a_byte_order_mark_and_an_upper_case_suffix_is
 def test_the_check_interval_must_be_a_finite_number_of_seconds(flags_file: Path, interval: Any) -> None:
     with pytest.raises(ConfigurationError, match="check_interval_s must be a finite number of seconds >= 0"):
         FileFlags(flags_file, check_interval_s=interval)
+
+
+# -- values a float cannot hold ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_an_integer_too_large_for_a_float_is_an_unusable_flag(
+    versions: Path, make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    huge = "1" + "0" * 400
+    flags: Any
+    if source == "file":
+        path = tmp_path / "flags.json"
+        path.write_text(f'{{"scale.canary.percent": {huge}}}')
+        flags = FileFlags(path)
+    else:
+        monkeypatch.setenv("INPROCSERVE_FLAG_SCALE_CANARY_PERCENT", huge)
+        flags = EnvFlags()
+    server = make_server(versions, config=CANARY, flags=flags)
+    answer = server.predict("scale", X, context={"user_id": "u"})
+    assert answer.variant == "stable" and answer.reason.startswith("unusable flag: ")
+    status = flags_status(server)
+    assert status["failures"] == 0 and status["unusable"] == 1
+    assert "a float can hold" in status["unusable_flags"]["scale.canary.percent"]
 
 
 # -- what a provider raises ---------------------------------------------------------------------------------
