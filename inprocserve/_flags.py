@@ -759,11 +759,23 @@ class OpenFeatureFlags:
         return now
 
     def _context(self, context: Mapping[str, Any]) -> Any:
-        attributes = {
-            k: v
-            for k, v in context.items()
-            if k != self.targeting_key_field and isinstance(v, str | int | float | bool)
-        }  # (the same key as the rollout's buckets: flag rules and buckets agree on who the user is)
+        """The evaluation context of a request's ``context``.
+
+        Raises:
+            InvalidInputError: a key of ``context`` cannot be compared (its ``==`` raises): the request's own
+                mistake, as a targeting key that cannot be made text is.
+        """
+        try:
+            attributes = {
+                k: v
+                for k, v in context.items()
+                if k != self.targeting_key_field and isinstance(v, str | int | float | bool)
+            }  # (the same key as the rollout's buckets: flag rules and buckets agree on who the user is)
+        except Exception as exc:  # (anything a caller's object raises)
+            raise InvalidInputError(
+                f"the context's keys cannot be compared with {self.targeting_key_field!r}: "
+                f"{type(exc).__name__}; send string keys"
+            ) from None
         try:
             key = targeting_key_of(context, self.targeting_key_field)
         except InvalidInputError:  # (read keyless: the kill switch still answers; the router itself refuses

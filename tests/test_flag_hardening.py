@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import ConfigurationError, EnvFlags, FileFlags, InMemoryFlags
+from inprocserve import ConfigurationError, EnvFlags, FileFlags, InMemoryFlags, InvalidInputError, OpenFeatureFlags
 
 from .conftest import ServerFactory, rollout, run_in_forked_child, wait_until
 
@@ -314,3 +314,33 @@ def test_a_numpy_array_for_a_list_flag_is_an_unusable_flag(versions: Path, make_
     assert answer.variant == "canary" and "shadows off: unusable flag" in answer.reason and "numpy" in answer.reason
     status = flags_status(server)
     assert status["failures"] == 0 and status["unusable"] == 1
+
+
+def test_a_context_key_that_cannot_be_compared_is_the_requests_mistake(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    from openfeature import api
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.flag_evaluation import FlagResolutionDetails
+    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+    def by_plan(flag: InMemoryFlag[float], context: EvaluationContext) -> FlagResolutionDetails[float]:
+        return FlagResolutionDetails(value=100.0 if context.attributes.get("plan") == "pro" else 0.0)
+
+    percent = InMemoryFlag("on", {"on": 0.0}, context_evaluator=by_plan)
+    api.set_provider(InMemoryProvider({"scale.canary.percent": percent}), domain="inprocserve-keys")
+    flags = OpenFeatureFlags(domain="inprocserve-keys")
+
+    class Incomparable:
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("cannot compare")
+
+        __hash__ = object.__hash__
+
+    context = {"user_id": "u", "plan": "pro", Incomparable(): 1}
+    with pytest.raises(InvalidInputError, match="cannot be compared"):
+        flags.get_number("scale.canary.percent", 0, context)  # type: ignore[arg-type]
+    server = make_server(versions, config=CANARY, flags=flags)
+    with pytest.raises(InvalidInputError):
+        server.predict("scale", X, context=context)  # type: ignore[arg-type]
+    assert flags_status(server)["failures"] == 0
