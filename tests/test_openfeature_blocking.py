@@ -496,6 +496,8 @@ def test_a_request_waiting_for_a_thread_is_withdrawn_with_its_task_and_refused_o
         task = asyncio.ensure_future(server.apredict("scale", X, context=staff, timeout_s=5))
         await asyncio.sleep(0.05)
         task.cancel()  # its client went away before a thread took the request
+        with pytest.raises(asyncio.CancelledError):
+            await task  # (the loop has withdrawn it: freed before that, the thread could take it first)
         free.set()
         await busy
         await loop.run_in_executor(None, lambda: None)  # the thread is free again: anything queued has run
