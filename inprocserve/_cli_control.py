@@ -64,9 +64,17 @@ def _control(args: argparse.Namespace) -> int:
             elif args.command == "rollback":
 
                 def back(state: ModelControl) -> ModelControl:
-                    if state.previous_stable is None:
+                    previous = state.previous_stable
+                    if previous is None:
                         raise InprocserveError(f"model {args.model!r} has no previous stable version to roll back to")
-                    return switched(state, state.previous_stable)
+                    if previous not in source.versions:  # (removed since): every worker would fall back to latest
+                        known = ", ".join(map(str, sorted(source.versions))) or "none"
+                        raise InprocserveError(
+                            f"model {args.model!r}: the version to roll back to, {previous}, is not in the repository "
+                            f"(versions: {known}){_link_hint(args, scan.problems)}; nothing was written. Switch to "
+                            "a version that is (`switch`)"
+                        )
+                    return switched(state, previous)
 
                 written = control.set_model(args.model, back, actor=args.actor)
             elif args.command == "canary":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -428,6 +429,19 @@ def test_a_control_file_that_cannot_be_written_is_exit_status_2_with_one_line(fl
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: control-file lock ")
     assert not (fleet / CONTROL_FILENAME).exists()
+
+
+def test_a_rollback_to_a_version_removed_from_the_repository_is_refused(fleet: Path) -> None:
+    """As a switch to it is: written, it would send every worker to the latest version instead."""
+    save_model(build_scale_model(3.0), fleet, "fraud", 3)
+    assert _cli("switch", str(fleet), "fraud", "1").returncode == 0
+    assert _cli("switch", str(fleet), "fraud", "3").returncode == 0  # previous stable: 1
+    shutil.rmtree(fleet / "fraud" / "1")
+    result = _cli("rollback", str(fleet), "fraud")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "the version to roll back to, 1, is not in the repository (versions: 2, 3)" in result.stderr
+    assert ControlFile(fleet).read().models["fraud"] == ModelControl(stable=3, previous_stable=1)  # unchanged
 
 
 def test_canary_needs_a_percent(fleet: Path) -> None:
