@@ -208,11 +208,13 @@ class ControlFile:
         Raises:
             ConfigurationError: the repository folder is missing, or the current file is invalid.
             ControlFileUnavailableError: (a ``ConfigurationError``) the lock or the file cannot be opened or
-                written, or another writer held the lock longer than ``lock_timeout_s``.
+                written, another writer held the lock longer than ``lock_timeout_s``, or the file is a
+                symbolic link (managed elsewhere: readers follow it, writers leave it alone).
             Whatever ``change`` raises (nothing is written then).
         """
         if not self.folder.is_dir():
             raise ConfigurationError(f"model repository {str(self.folder)!r} is not a directory")
+        self._refuse_a_link()
         with self._locked():
             current = self.read()
             changed = change(current)
@@ -227,6 +229,19 @@ class ControlFile:
                     f"control file {self.path} cannot be written: {exc}; nothing was changed"
                 ) from exc
             return result
+
+    def _refuse_a_link(self) -> None:
+        """A control file that is a symbolic link is managed elsewhere (a Kubernetes ConfigMap, a deploy tool):
+        the atomic rename of a write would replace the link with a file, which every reader would then follow
+        instead of the link's target, silently dropping the next change made where it is managed."""
+        try:
+            target = os.readlink(self.path)
+        except OSError:  # not a link (or no file yet): written as usual
+            return
+        raise ControlFileUnavailableError(
+            f"control file {self.path} is a symbolic link (to {target}): it is managed elsewhere (a ConfigMap?), "
+            "and a write here would replace the link; change it where it is managed. Nothing was changed"
+        )
 
     def set_model(
         self, name: str, change: Callable[[ModelControl], ModelControl], *, actor: str | None = None

@@ -444,6 +444,24 @@ def test_a_rollback_to_a_version_removed_from_the_repository_is_refused(fleet: P
     assert ControlFile(fleet).read().models["fraud"] == ModelControl(stable=3, previous_stable=1)  # unchanged
 
 
+def test_a_linked_control_file_is_followed_and_never_written(fleet: Path, make_server: ServerFactory) -> None:
+    """A control file managed elsewhere (a ConfigMap's link): a write would replace the link with a file,
+    and the fleet would stop following the link's target without a word."""
+    managed = fleet.parent / "configmap"
+    managed.mkdir()
+    (managed / CONTROL_FILENAME).write_text(json.dumps({"revision": 1, "models": {"fraud": {"stable": 2}}}))
+    (fleet / CONTROL_FILENAME).symlink_to(managed / CONTROL_FILENAME)
+    server = make_server(fleet, control_interval_s=None)
+    with pytest.raises(ControlFileUnavailableError, match=r"is a symbolic link .* managed elsewhere"):
+        server.kill("fraud")
+    result = _cli("switch", str(fleet), "fraud", "1")
+    assert result.returncode == 2 and "is a symbolic link" in result.stderr
+    assert (fleet / CONTROL_FILENAME).is_symlink()
+    (managed / CONTROL_FILENAME).write_text(json.dumps({"revision": 2, "models": {"fraud": {"stable": 1}}}))
+    assert server.sync_control() == 2
+    assert answer(server, "fraud") == 1
+
+
 def test_canary_needs_a_percent(fleet: Path) -> None:
     result = _cli("canary", str(fleet), "fraud", "2")
     assert result.returncode == 2
