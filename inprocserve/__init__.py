@@ -32,6 +32,7 @@ from ._config import (
 from ._errors import (
     ConfigurationError,
     ControlFileUnavailableError,
+    ControlStateUnknownError,
     DeadlineExceededError,
     InferenceError,
     InprocserveError,
@@ -63,6 +64,7 @@ __all__ = [
     "CanaryConfig",
     "ConfigurationError",
     "ControlFileUnavailableError",
+    "ControlStateUnknownError",
     "DeadlineExceededError",
     "DriftConfig",
     "EnvFlags",

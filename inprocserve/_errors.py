@@ -14,6 +14,7 @@
     │   └── QueueFullError
     ├── DeadlineExceededError     (+TimeoutError) the request's deadline passed before it ran
     ├── ServerClosedError                         the server (or version) no longer takes requests
+    ├── ControlStateUnknownError                  a worker that has never read its damaged control file
     └── PromotionRefusedError                     a guarded promotion found the candidate out of bounds
 
 Every error carries the ``model`` and ``version`` it concerns (``None`` where it does not apply) and
@@ -27,6 +28,7 @@ from typing import Any
 __all__ = [
     "ConfigurationError",
     "ControlFileUnavailableError",
+    "ControlStateUnknownError",
     "DeadlineExceededError",
     "InferenceError",
     "InprocserveError",
@@ -116,6 +118,13 @@ class DeadlineExceededError(InprocserveError, TimeoutError):
 
 class ServerClosedError(InprocserveError):
     """The server is closed (or closing) and takes no new requests."""
+
+
+class ControlStateUnknownError(InprocserveError):
+    """This worker has never read its repository's control file, which exists but cannot be read or parsed
+    (a hand edit, a sync caught half-way): it does not know the fleet's switches, canaries and kill
+    switches, and refuses to route requests rather than undo them. It serves once its watcher reads the
+    file (every ``control_interval_s``); retry later, or fix the file."""
 
 
 class PromotionRefusedError(InprocserveError):

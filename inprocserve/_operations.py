@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from ._config_checks import is_int, shown
-from ._control import Control, ControlFile, ModelControl, switched, validate_percent, validate_version
+from ._control import (
+    CONTROL_FILENAME,
+    Control,
+    ControlFile,
+    ModelControl,
+    switched,
+    validate_percent,
+    validate_version,
+)
 from ._errors import ConfigurationError, InvalidInputError, PromotionRefusedError
 from ._prediction import Prediction, RequestIds
 from ._registry import Registry, Routes
@@ -77,8 +85,9 @@ class Operations:
         """Whether this server follows a revision of its control file (True with no control file; an absent
         file reads as revision 0). False: the file could not be read since the server started, and the
         server follows revision 0 (every model's own config), which may undo the fleet's switches,
-        rollbacks and kill switches; readiness fails while its watcher has not read and adopted a revision
-        (see ``web.readiness``)."""
+        rollbacks and kill switches; while its watcher has not read and adopted a revision, readiness fails
+        (see ``web.readiness``) and requests that do not pin a version are refused
+        (``ControlStateUnknownError``)."""
         return self._read_once
 
     def read_initial_control(self) -> None:
@@ -87,6 +96,26 @@ class Operations:
         if control is not None:
             self._registry.control = control
             self._read_once = True
+        elif self.control_interval_s is not None:  # fail closed until the watcher reads it (see _unread)
+            self._registry.refuse_routing(self._unread())
+
+    def _unread(self) -> str:
+        """Why requests are refused while the control file was never read: by its name, not its path (the
+        message reaches HTTP clients), and what is wrong with it."""
+        problem = (self._read_error or "cannot be read").replace(
+            self.control_path or CONTROL_FILENAME, CONTROL_FILENAME
+        )
+        return (
+            f"this worker has never read the fleet's control file ({problem}), so it does not know the fleet's "
+            "switches, canaries and kill switches: no request is routed until its watcher reads the file "
+            f"(every {self.control_interval_s:g} s); retry later"
+        )
+
+    def _followed(self) -> None:
+        """With the lifecycle lock held: this server now follows a revision read from the file."""
+        self._read_once = True
+        if self._registry.routing_refusal is not None:
+            self._registry.refuse_routing(None)
 
     def follow_initial_control(self) -> list[str]:
         """After the first load: note what it could not apply of the revision read by
@@ -98,7 +127,7 @@ class Operations:
     def _adopt(self, control: Control) -> list[str]:
         """With the lifecycle lock held: follow ``control``, read from the file or just written to it."""
         problems = self._registry.adopt(control)
-        self._read_once = True
+        self._followed()
         return problems
 
     def start_watcher(self) -> None:
@@ -240,9 +269,8 @@ class Operations:
         part is tried again when its back-off allows, not on every call."""
         control = self._read_control()
         registry = self._registry
-        if (control is None or control == registry.control) and not registry.control_pending:
-            if control is not None:  # (the file holds what this server follows)
-                self._read_once = True
+        # (the file holds what this server follows; marked followed under the lock, see _followed)
+        if (control is None or (control == registry.control and self._read_once)) and not registry.control_pending:
             return registry.control.revision
         with registry.lock:
             if registry.closed:
@@ -274,7 +302,7 @@ class Operations:
                 self._adopt(control)
             else:
                 if control is not None:
-                    self._read_once = True
+                    self._followed()
                 registry.retry_control(now=retry_now)
             return registry.control.revision
 
@@ -317,7 +345,7 @@ class Operations:
                     )
                 else:
                     logger.error(
-                        "%s; this worker has read no revision of it: it serves every model by its own config "
+                        "%s; this worker has read no revision of it: it routes no request (ControlStateUnknownError) "
                         "and reports not ready until it reads and follows one",
                         exc,
                     )

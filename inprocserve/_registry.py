@@ -105,6 +105,7 @@ class Registry:
         self.routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
         self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
         self.control = Control()  # the fleet-wide rollout state this process follows
+        self.routing_refusal: str | None = None  # why no request is routed (see refuse_routing)
         # What adopt() could not apply yet (retried by retry_control), and why (key: model, or "" for the reload)
         self._control_pending: set[str] = set()
         self._control_reload_pending = False
@@ -494,9 +495,17 @@ class Registry:
             if state.stable is not None:  # an operator switched the fleet to it: its signature is accepted
                 self.incompatible.get(name, {}).pop(state.stable, None)
         router.killed = state is not None and state.kill
+        router.refusal = self.routing_refusal
         self.routes[name] = Routes(default=default, versions=dict(versions), router=router)
         self.published.add(name)
         self.published_versions.update((name, number) for number in versions)
+
+    def refuse_routing(self, reason: str | None) -> None:
+        """With the lifecycle lock held: refuse to route any request of any model, now and after every
+        publish, saying ``reason`` (``None``: route again). Requests that pin a version are served."""
+        self.routing_refusal = reason
+        for router in list(self.routers.values()):
+            router.refusal = reason
 
     def retire(self, name: str, numbers: list[int], *, timeout_s: float | None = None) -> None:
         loaded = self.loaded.get(name, {})

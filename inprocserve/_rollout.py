@@ -25,7 +25,7 @@ from cachetools import TTLCache
 
 from ._config import RolloutConfig
 from ._config_checks import shown
-from ._errors import InvalidInputError
+from ._errors import ControlStateUnknownError, InvalidInputError
 from ._experiments import BUCKETS, Interleaving, VariantStats, bucket, compare, epsilon_greedy, pick_weighted, thompson
 from ._flag_reader import FlagReader, UnusableFlag
 from ._flags import FlagTypeError, MustAsk, targeting_key_of
@@ -307,6 +307,9 @@ class Router:
         self.interleaving_wins = {"A": 0, "B": 0, "ties": 0, "queries": 0}
         self.stable_alias: int | None = None
         self.killed = False  # the fleet's kill switch (control file): stable only, whatever flags say
+        # Why no request may be routed (a worker that has never read its damaged control file does not know
+        # the fleet's switches and kill switches: it refuses rather than undo them); None: routed.
+        self.refusal: str | None = None
         self._default_decisions: dict[int, Decision] = {}
         self.recent: deque[Mapping[str, np.ndarray]] = deque(maxlen=max(1, config.capture_inputs))
         self._recent_bytes = 0  # what the samples in ``recent`` hold (changed under the lock)
@@ -349,10 +352,13 @@ class Router:
     def decide(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
         """Which ready version answers, and which shadow it. Never raises for flag problems.
 
-        Raises :class:`InvalidInputError` for a ``context`` that is not a mapping.
+        Raises :class:`InvalidInputError` for a ``context`` that is not a mapping, and
+        :class:`ControlStateUnknownError` while :attr:`refusal` is set.
         """
         if context is not None and type(context) is not dict and not isinstance(context, Mapping):
             raise _not_a_mapping(self.model, context)
+        if self.refusal is not None:
+            raise ControlStateUnknownError(f"model {self.model!r}: {self.refusal}", model=self.model)
         stable = self._stable(ready, latest)
         if self.killed:
             if self._drew_for_keys and context:  # (served otherwise: see _forget_draw)

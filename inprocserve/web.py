@@ -41,6 +41,7 @@ from ._config_checks import MAX_INTERVAL_S, check_int, is_number, shown
 from ._control import validate_percent
 from ._errors import (
     ConfigurationError,
+    ControlStateUnknownError,
     DeadlineExceededError,
     InvalidInputError,
     ModelLoadError,
@@ -205,8 +206,8 @@ def readiness(server: Server, required: Sequence[str] | None = None) -> Readines
     # switches. Without a watcher (interval_s None) nothing would read the file again: not waited for then.
     if control.get("read") is False and control.get("interval_s") is not None:
         unread = (
-            "this worker follows no revision of the control file yet (it would serve every model by its own "
-            f"config, not the fleet's revision): {control.get('error') or 'being applied'}"
+            "this worker follows no revision of the control file yet (it routes no request until it does: "
+            f"every model's own config could undo the fleet's revision): {control.get('error') or 'being applied'}"
         )
         reasons = dict.fromkeys(names, unread)
     closed = bool(status["closed"])
@@ -241,6 +242,7 @@ ERROR_STATUS: Mapping[type[Exception], int] = MappingProxyType(
         OverloadedError: 503,
         ServerClosedError: 503,
         RemoteUnavailableError: 503,
+        ControlStateUnknownError: 503,  # a worker started on a damaged control file: another worker can answer
         DeadlineExceededError: 504,
     }
 )
@@ -252,6 +254,7 @@ _CODES: Mapping[type[Exception], str] = {
     OverloadedError: "unavailable",
     ServerClosedError: "unavailable",
     RemoteUnavailableError: "unavailable",
+    ControlStateUnknownError: "unavailable",
     DeadlineExceededError: "deadline_exceeded",
     PromotionRefusedError: "incompatible",
     ModelLoadError: "model_load_failed",

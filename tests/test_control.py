@@ -196,6 +196,33 @@ def test_a_worker_started_while_the_control_file_is_damaged_is_not_ready_until_i
     assert late.readiness().ready and served_version(late) == 1
 
 
+def test_a_worker_started_while_the_control_file_is_damaged_routes_no_request_until_it_reads_it(
+    three_versions: Path, make_server: ServerFactory
+) -> None:
+    """Not ready is not enough: gunicorn's accept loop ignores /ready, and a worker serving its models' own
+    config would answer with the canary the fleet killed. It refuses (HTTP 503), and serves once it reads."""
+    writer = make_server(three_versions, control_interval_s=None)
+    writer.switch("scale", 1)
+    writer.set_canary("scale", 3, percent=100)
+    writer.kill("scale")
+    control_file = three_versions / CONTROL_FILENAME
+    good = control_file.read_bytes()
+    control_file.write_bytes(good[:40])  # a hand edit, or a sync caught half-way
+
+    late = make_server(three_versions, control_interval_s=600)  # (only the test's sync_control() reads)
+    with pytest.raises(inprocserve.ControlStateUnknownError) as refused:
+        late.predict("scale", X, context={"user_id": "u"})
+    assert refused.value.model == "scale"
+    assert "control file .inprocserve-control.json is not valid JSON" in str(refused.value)
+    assert str(three_versions) not in str(refused.value)  # (HTTP clients read it: no paths)
+    assert late.predict("scale", X, version=3).version == 3  # pinned: the control file routes it nowhere else
+    assert writer.predict("scale", X, context={"user_id": "u"}).version == 1  # it read the file before the damage
+
+    control_file.write_bytes(good)
+    assert late.sync_control() == 3
+    assert served_version(late) == 1  # the kill switch, not the canary
+
+
 def recycled_on_a_damaged_file(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
     """A worker started while the control file is damaged, then the file repaired; its watcher's interval
     is long enough that only the test's sync_control() calls read it."""
@@ -228,7 +255,7 @@ def test_a_worker_is_ready_only_once_it_follows_the_revision_it_read(
     three_versions: Path, make_server: ServerFactory
 ) -> None:
     """The file, repaired, is read before the lifecycle lock (a hot reload may hold it for seconds) and
-    adopted under it: until then the worker still serves by its own config, and is not ready."""
+    adopted under it: until then the worker still routes no request, and is not ready."""
     writer = make_server(three_versions, control_interval_s=None)
     writer.switch("scale", 1)
     late = recycled_on_a_damaged_file(three_versions, make_server)
@@ -236,7 +263,9 @@ def test_a_worker_is_ready_only_once_it_follows_the_revision_it_read(
         syncing = threading.Thread(target=late.sync_control)
         syncing.start()
         wait_until(lambda: late.status()["control"]["error"] is None)  # read, waiting for the lock
-        assert not late.readiness().ready and served_version(late) == 3
+        assert not late.readiness().ready
+        with pytest.raises(inprocserve.ControlStateUnknownError):
+            served_version(late)
     syncing.join(10)
     assert late.readiness().ready and served_version(late) == 1
 

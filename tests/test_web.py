@@ -76,6 +76,7 @@ def test_warming_up_is_not_ready_and_names_the_worker() -> None:
 EXPECTED: dict[str, tuple[int | None, str]] = {
     "ConfigurationError": (None, "configuration"),
     "ControlFileUnavailableError": (None, "configuration"),
+    "ControlStateUnknownError": (503, "unavailable"),
     "DeadlineExceededError": (504, "deadline_exceeded"),
     "InferenceError": (None, "InferenceError"),
     "InprocserveError": (None, "InprocserveError"),

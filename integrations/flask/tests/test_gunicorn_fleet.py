@@ -268,3 +268,44 @@ def test_workers_stopped_while_a_hot_reload_loads_a_version_exit_cleanly(stop: s
             time.sleep(0.1)
         fleet.wait_ready()
     assert_clean_shutdown(fleet, fleet.stop())
+
+
+def test_a_worker_started_on_a_damaged_control_file_serves_nothing_until_it_reads_it(fleet_factory: Any) -> None:
+    """/ready answering 503 does not take a worker out of gunicorn's accept loop: a worker started (here by
+    SIGTTIN; a crash restart or max-requests recycling likewise) while the control file cannot be parsed
+    refuses requests itself (503), or it would serve its models' own config: the canary the fleet killed."""
+    fleet: Fleet = fleet_factory("eager-hook")
+    for action, body in (("switch", {"version": 1}), ("canary", {"version": 2, "percent": 100}), ("kill", {})):
+        status, answer = fleet.call(f"/-/inprocserve/models/scale/{action}", body, ADMIN)
+        assert status == 200, answer
+    first_generation = fleet.worker_pids(at_least_revision=answer["revision"])
+    control = fleet.repository / ".inprocserve-control.json"
+    good = control.read_bytes()
+    control.write_bytes(good[:40])  # a hand edit, or a sync caught half-way
+    fleet.process.send_signal(signal.SIGTTIN)  # gunicorn adds a worker
+
+    refused = 0
+    deadline = time.monotonic() + 60
+    while refused < 3:  # until the new worker has taken requests
+        assert time.monotonic() < deadline, fleet.log()
+        status, answer = fleet.call("/score", {"rows": ROW}, {"X-User-Id": "alice"})
+        if status == 200:
+            assert answer["version"] == 1 and answer["pid"] in first_generation, answer
+        else:
+            assert (status, answer["error"]) == (503, "unavailable"), answer
+            assert "control file .inprocserve-control.json is not valid JSON" in answer["message"], answer
+            refused += 1
+
+    control.write_bytes(good)
+    repaired = time.monotonic()
+    deadline = repaired + 60
+    while True:  # until the new worker answers, with the kill switch on
+        assert time.monotonic() < deadline, fleet.log()
+        status, answer = fleet.call("/score", {"rows": ROW}, {"X-User-Id": "alice"})
+        if status != 200:
+            assert status == 503 and time.monotonic() - repaired < CONTROL_INTERVAL_S + CI_ALLOWANCE_S, answer
+            continue
+        assert answer["version"] == 1, answer
+        if answer["pid"] not in first_generation:
+            break
+    assert_clean_shutdown(fleet, fleet.stop())
