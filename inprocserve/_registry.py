@@ -111,6 +111,8 @@ class Registry:
         self._control_reload_pending = False
         self._control_problems: dict[str, str] = {}
         self._control_warned: set[tuple[str, int, str]] = set()  # previous-stable problems logged once
+        # Versions the control state serves that left the repository while loaded: they keep serving (see _gone)
+        self._gone: dict[str, set[int]] = {}
         self._control_retry_at = 0.0  # retry_control() waits for this clock time (backing off)
         self._control_backoff_s = 0.0
         self._policy_problems: dict[str, str] = {}  # models whose version policy selects nothing (logged once)
@@ -364,7 +366,8 @@ class Registry:
         latest = max(selected) if selected else max(wanted)
         default = self._gate(name, latest, usable)
         self._latest[name] = default
-        keep = set(wanted) | {default}  # a held-back default stays loaded whatever the policy says
+        keep = set(wanted) | {default} | self._gone_but_served(name, source)  # (a held-back default: whatever
+        # the policy says)
         held = self.incompatible.get(name, {})
         for number in [v for v in held if v not in keep]:
             del held[number]
@@ -373,6 +376,28 @@ class Registry:
         if stale:
             self.retire(name, stale, timeout_s=timeout_s)
         return problems
+
+    def _gone_but_served(self, name: str, source: ModelSource) -> set[int]:
+        """The loaded versions the control state serves (its stable version, an active canary) that are gone
+        from the repository: they keep serving from memory, as falling back to the latest version would undo
+        the fleet's switch or kill switch; each is logged once and shown in status (``control.error``) while
+        the state names it, as a worker that starts now cannot load it."""
+        loaded = self.loaded.get(name, {})
+        gone = {v for v in _served(self.control.models.get(name)) if v in loaded and v not in source.versions}
+        for number in sorted(gone - self._gone.get(name, set())):
+            logger.error(
+                "model %r: version %s, which control revision %d serves, is gone from the repository; it keeps "
+                "serving as loaded here, but a worker that starts now cannot load it: restore it, or switch "
+                "the fleet to another version",
+                name,
+                number,
+                self.control.revision,
+            )
+        if gone:
+            self._gone[name] = gone
+        else:
+            self._gone.pop(name, None)
+        return gone
 
     def _gate(self, name: str, candidate: int, available: list[int]) -> int:
         """The compatibility gate: the version that becomes the default of ``name`` — ``candidate``, unless
@@ -597,10 +622,18 @@ class Registry:
 
     @property
     def control_problem(self) -> str | None:
-        """Why a part of :attr:`control` is not applied (``None`` when all of it is)."""
-        if not self._control_problems:
+        """Why a part of :attr:`control` is not applied (``None`` when all of it is), or serves only from
+        memory (a version it serves that is gone from the repository: see :meth:`_gone_but_served`)."""
+        problems = [self._control_problems[key] for key in sorted(self._control_problems)]
+        for name, numbers in sorted(self._gone.copy().items()):  # (still loaded and served: the state may move)
+            served = _served(self.control.models.get(name)) & numbers & set(self.loaded.get(name, {}))
+            problems.extend(
+                f"model {name!r}: version {number} is not in the repository any more (it keeps serving as loaded)"
+                for number in sorted(served)
+            )
+        if not problems:
             return None
-        details = "; ".join(self._control_problems[key] for key in sorted(self._control_problems))
+        details = "; ".join(problems)
         return (
             f"control revision {self.control.revision} is applied only in part (retried every control "
             f"interval): {details}"
@@ -846,6 +879,13 @@ def controlled(rollout: RolloutConfig, state: ModelControl) -> RolloutConfig:
         return rollout
     canary = CanaryConfig(version=state.canary_version, percent=state.canary_percent)
     return dataclasses.replace(rollout, strategy="canary", canary=canary)
+
+
+def _served(state: ModelControl | None) -> set[int]:
+    """The versions a model's control state serves: its stable version, and its canary while active."""
+    if state is None:
+        return set()
+    return {v for v in (state.stable, state.canary_version if state.canary_active else None) if v is not None}
 
 
 def _remote_path(name: str, version: int) -> Path:

@@ -196,6 +196,28 @@ def test_a_reload_whose_rescan_fails_still_applies_the_switch_and_rescans_later(
     assert server.status()["control"]["error"] is None
 
 
+def test_a_served_version_gone_from_the_repository_keeps_serving_and_is_reported(
+    fleet: Path, make_server: ServerFactory
+) -> None:
+    """Falling back to the latest version would undo the fleet's switch, kill switch on or not."""
+    server = make_server(fleet, control_interval_s=None)
+    server.switch("fraud", 1)
+    server.kill("fraud")
+    shutil.rmtree(fleet / "fraud" / "1")  # a clean-up, a bad sync
+    server.refresh()  # what the hot-reload poller does
+    assert answer(server, "fraud") == 1
+    error = server.status()["control"]["error"]
+    assert "control revision 2 is applied only in part" in error
+    assert "model 'fraud': version 1 is not in the repository any more (it keeps serving as loaded)" in error
+    fresh = make_server(fleet, control_interval_s=None)  # a worker started now cannot load it: it says so too
+    assert "model 'fraud': version 1 is not in the repository (yet)" in fresh.status()["control"]["error"]
+
+    server.switch("fraud", 2)  # the operator moves the fleet on
+    server.refresh()
+    assert answer(server, "fraud") == 2
+    assert server.status()["control"]["error"] is None
+
+
 def test_the_watcher_retries_until_the_revision_applies(fleet: Path, make_server: ServerFactory) -> None:
     server = make_server(fleet, control_interval_s=0.05)
     write(fleet, fraud=ModelControl(stable=3))
