@@ -266,45 +266,77 @@ class Operations:
 
     def sync_control(self, *, retry_now: bool = True) -> int:
         """See :meth:`Server.sync_control`. ``retry_now=False`` (the watcher): a revision applied only in
-        part is tried again when its back-off allows, not on every call."""
+        part is tried again when its back-off allows, not on every call, and the lifecycle lock is waited for
+        at most one interval (a hot reload may hold it while it loads: the next interval reads the file again,
+        and follows at once a revision that needs no load)."""
         control = self._read_control()
         registry = self._registry
+        if control is not None and control != registry.control and self._follow_at_once():
+            return registry.control.revision
         # (the file holds what this server follows; marked followed under the lock, see _followed)
         if (control is None or (control == registry.control and self._read_once)) and not registry.control_pending:
             return registry.control.revision
-        with registry.lock:
-            if registry.closed:
-                return registry.control.revision
-            # Read again under the lock: a revision read before a writer of this process took the lock
-            # may be older than the one it wrote and adopted, and adopting it would flip back for one interval.
-            control = self._read_control()
-            if control is not None and control != registry.control:  # the whole document, not its revision
-                if control.revision < registry.control.revision:
-                    logger.warning(
-                        "control file %s went back from revision %d to %d (deleted, restored from a backup, or "
-                        "an older synced copy, or written to a synced copy: write to the source of the sync); "
-                        "following it",
-                        self.control_path,
-                        registry.control.revision,
-                        control.revision,
-                    )
-                elif control.revision == registry.control.revision:
-                    logger.warning(
-                        "control file %s holds another document under revision %d (by %s at %s; was by %s at %s): "
-                        "two writers wrote separate copies (a host's synced copy written to?); following the file",
-                        self.control_path,
-                        control.revision,
-                        control.updated_by,
-                        control.updated_at,
-                        registry.control.updated_by,
-                        registry.control.updated_at,
-                    )
-                self._adopt(control)
-            else:
-                if control is not None:
-                    self._followed()
-                registry.retry_control(now=retry_now)
+        wait_s = -1 if retry_now or self.control_interval_s is None else self.control_interval_s
+        if not registry.lock.acquire(timeout=wait_s):
             return registry.control.revision
+        try:
+            if not registry.closed:
+                self._sync_locked(retry_now=retry_now)
+            return registry.control.revision
+        finally:
+            registry.lock.release()
+
+    def _follow_at_once(self) -> bool:
+        """Follow a revision that needs no load and no re-scan (a kill switch, a canary, a switch among loaded
+        versions) under the routing lock alone (see :meth:`Registry.adopt_at_once`); False if it needs more.
+
+        The file is read again under that lock: a writer of this process adopts what it wrote under it, after
+        writing, so a revision read before could not flip this server back for an interval."""
+        registry = self._registry
+        with registry.routing:
+            control = self._read_control()
+            previous = registry.control
+            if control is None or control == previous or not registry.adopt_at_once(control):
+                return False
+            self._warn_if_unusual(previous, control)
+            self._followed()
+            return True
+
+    def _sync_locked(self, *, retry_now: bool) -> None:
+        registry = self._registry
+        # Read again under the lock: a revision read before a writer of this process took the lock
+        # may be older than the one it wrote and adopted, and adopting it would flip back for one interval.
+        control = self._read_control()
+        if control is not None and control != registry.control:  # the whole document, not its revision
+            self._warn_if_unusual(registry.control, control)
+            self._adopt(control)
+        else:
+            if control is not None:
+                self._followed()
+            registry.retry_control(now=retry_now)
+
+    def _warn_if_unusual(self, previous: Control, control: Control) -> None:
+        """Log a revision that went down, or another document under the same revision."""
+        if control.revision < previous.revision:
+            logger.warning(
+                "control file %s went back from revision %d to %d (deleted, restored from a backup, or "
+                "an older synced copy, or written to a synced copy: write to the source of the sync); "
+                "following it",
+                self.control_path,
+                previous.revision,
+                control.revision,
+            )
+        elif control.revision == previous.revision:
+            logger.warning(
+                "control file %s holds another document under revision %d (by %s at %s; was by %s at %s): "
+                "two writers wrote separate copies (a host's synced copy written to?); following the file",
+                self.control_path,
+                control.revision,
+                control.updated_by,
+                control.updated_at,
+                previous.updated_by,
+                previous.updated_at,
+            )
 
     def _set_kill(self, model: str, *, killed: bool, actor: str | None) -> None:
         with self._registry.lock:

@@ -64,8 +64,9 @@ class _Failure:
 
 
 class Registry:
-    """Every model's versions and their lifecycle. Thread-safe: changes hold :attr:`lock`; readers of
-    :attr:`routes` take a snapshot without it.
+    """Every model's versions and their lifecycle. Thread-safe: changes hold :attr:`lock` (a control revision
+    that needs no load only :attr:`routing`, see :meth:`adopt_at_once`); readers of :attr:`routes` take a
+    snapshot without either.
 
     It starts and stops one thread, the poller (``poll_interval_s``), which calls :meth:`refresh`.
     """
@@ -123,6 +124,11 @@ class Registry:
         self._unmatched: set[str] = set()  # names of models= that matched no model (warned about once)
         self._load_configs: dict[str, ModelConfig] = {}  # load(name, config=...) of a repository model: kept
         self.lock = threading.RLock()
+        # The routing lock: held only to change what requests see (the loaded versions, the routing snapshots,
+        # the control state), never while a version loads, warms up or drains, so that the control watcher can
+        # apply a revision that needs no load (a kill switch) while a hot reload holds the lifecycle lock.
+        # Taken after the lifecycle lock, never before it.
+        self.routing = threading.RLock()
         self.closed = False
         self._poll_interval_s = poll_interval_s
         self._poller: threading.Thread | None = None
@@ -366,15 +372,20 @@ class Registry:
         latest = max(selected) if selected else max(wanted)
         default = self._gate(name, latest, usable)
         self._latest[name] = default
-        keep = set(wanted) | {default} | self._gone_but_served(name, source)  # (a held-back default: whatever
-        # the policy says)
-        held = self.incompatible.get(name, {})
-        for number in [v for v in held if v not in keep]:
-            del held[number]
-        self.publish(name, keep=keep)
-        stale = [v for v in self.loaded.get(name, {}) if v not in keep]
-        if stale:
-            self.retire(name, stale, timeout_s=timeout_s)
+        # The control state is read again under the routing lock: the watcher may have just made a loaded
+        # version stable (without the lifecycle lock), and it stays. A held-back default stays, whatever the
+        # policy says.
+        with self.routing:
+            loaded = set(self.loaded.get(name, {}))
+            named = self._control_versions(name) & loaded & (set(source.versions) - unloaded)
+            keep = set(wanted) | {default} | named | self._gone_but_served(name, source)
+            held = self.incompatible.get(name, {})
+            for number in [v for v in held if v not in keep]:
+                held.pop(number, None)
+            self.publish(name, keep=keep)
+        stale = [v for v in loaded if v not in keep]
+        if stale:  # (one the watcher makes served meanwhile, without the lifecycle lock, stays)
+            self.retire(name, stale, timeout_s=timeout_s, spare_served=True)
         return problems
 
     def _gone_but_served(self, name: str, source: ModelSource) -> set[int]:
@@ -483,11 +494,13 @@ class Registry:
         add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
         self._load_errors.pop((name, number), None)
         candidate.source_stamp = stamp
-        previous = loaded.get(number)
-        self.loaded.setdefault(name, {})[number] = candidate
-        self.failures.get(name, {}).pop(number, None)
-        if previous is not None:  # same version number, new file: swap, then drain the old one
-            self.publish(name)
+        with self.routing:
+            previous = self.loaded.get(name, {}).get(number)
+            self.loaded.setdefault(name, {})[number] = candidate
+            self.failures.get(name, {}).pop(number, None)
+            if previous is not None:  # same version number, new file: swap, then drain the old one
+                self.publish(name)
+        if previous is not None:
             previous.retire()
 
     @staticmethod
@@ -501,6 +514,10 @@ class Registry:
 
     def publish(self, name: str, keep: set[int] | None = None) -> None:
         """Replace the routing snapshot of ``name`` (atomic for readers)."""
+        with self.routing:
+            self._publish(name, keep)
+
+    def _publish(self, name: str, keep: set[int] | None) -> None:
         loaded = self.loaded.get(name, {})
         versions = {v: mv for v, mv in loaded.items() if keep is None or v in keep}
         if not versions:
@@ -526,18 +543,32 @@ class Registry:
         self.published_versions.update((name, number) for number in versions)
 
     def refuse_routing(self, reason: str | None) -> None:
-        """With the lifecycle lock held: refuse to route any request of any model, now and after every
-        publish, saying ``reason`` (``None``: route again). Requests that pin a version are served."""
-        self.routing_refusal = reason
-        for router in list(self.routers.values()):
-            router.refusal = reason
+        """Refuse to route any request of any model, now and after every publish, saying ``reason``
+        (``None``: route again). Requests that pin a version are served."""
+        with self.routing:
+            self.routing_refusal = reason
+            for router in list(self.routers.values()):
+                router.refusal = reason
 
-    def retire(self, name: str, numbers: list[int], *, timeout_s: float | None = None) -> None:
-        loaded = self.loaded.get(name, {})
-        retiring = [loaded.pop(number) for number in numbers if number in loaded]
-        if not loaded:
-            self.loaded.pop(name, None)
-        self.publish(name)  # stop routing to them before draining
+    def retire(
+        self, name: str, numbers: list[int], *, timeout_s: float | None = None, spare_served: bool = False
+    ) -> None:
+        """Stop routing to ``numbers``, then drain them (without the routing lock). ``spare_served``: not
+        those the control state serves when they are taken out (see :meth:`adopt_at_once`)."""
+        self._drain(name, self._detach(name, numbers, spare_served=spare_served), timeout_s=timeout_s)
+
+    def _detach(self, name: str, numbers: list[int], *, spare_served: bool) -> list[ModelVersion]:
+        with self.routing:
+            if spare_served:
+                numbers = [v for v in numbers if v not in _served(self.control.models.get(name))]
+            loaded = self.loaded.get(name, {})
+            retiring = [loaded.pop(number) for number in numbers if number in loaded]
+            if not loaded:
+                self.loaded.pop(name, None)
+            self.publish(name)
+        return retiring
+
+    def _drain(self, name: str, retiring: list[ModelVersion], *, timeout_s: float | None) -> None:
         for version in retiring:
             drained = version.retire(timeout_s=timeout_s)
             add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
@@ -600,20 +631,54 @@ class Registry:
         logged once per distinct error, shown in status (``control.error``), and tried again by
         :meth:`retry_control` (every ``control_interval_s``) until it applies. Returns the problems found:
         the re-scan's (as :meth:`refresh`), then those that left a part of the revision unapplied."""
-        previous = self.control
-        # What changed is marked pending before the revision is: a reader without the lock (the control-file
-        # check of Operations.sync_control) must never see the new revision with nothing pending to apply.
-        self._control_reload_pending |= control.reload != previous.reload
-        for name in set(control.models) | set(previous.models):
-            if control.models.get(name) != previous.models.get(name):
-                self._control_pending.add(name)
-        self.control = control
+        with self.routing:  # (adopt_at_once() sees the revision and what is pending of it together)
+            previous = self.control
+            # What changed is marked pending before the revision is: a reader without the lock (the control-file
+            # check of Operations.sync_control) must never see the new revision with nothing pending to apply.
+            self._control_reload_pending |= control.reload != previous.reload
+            self._control_pending.update(_changed_models(previous, control))
+            self.control = control
         self._control_warned.clear()
         logger.info(
             "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
         )
         self._control_backoff_s = 0.0  # a new revision: try it at once, and retry it soon
         return self._try_control()
+
+    def adopt_at_once(self, control: Control) -> bool:
+        """With the routing lock held, not the lifecycle lock: follow ``control`` now if it needs no load and
+        no re-scan (a kill switch, a canary percentage, a switch among loaded versions): a hot reload may hold
+        the lifecycle lock for seconds while it loads another model. Returns False, having changed nothing,
+        when it needs more (a version it serves is not loaded here, a reload): :meth:`adopt` it then.
+
+        What it leaves to load (a previous stable version, for rollbacks), and a model whose earlier revision
+        is still pending, is marked pending, for :meth:`retry_control` at once."""
+        previous = self.control
+        changed = _changed_models(previous, control)
+        if self.closed or control.reload != previous.reload:
+            return False
+        if not all(self._servable_now(name, control.models.get(name)) for name in changed):
+            return False
+        self.control = control
+        self._control_warned.clear()
+        logger.info(
+            "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
+        )
+        for name in sorted(changed):
+            self._route_by_control(name)
+            if name in self._control_pending or not self._control_versions(name) <= set(self.loaded.get(name, {})):
+                self._control_pending.add(name)
+                self._control_backoff_s = 0.0
+                self._control_retry_at = self._clock()
+        return True
+
+    def _servable_now(self, name: str, state: ModelControl | None) -> bool:
+        """Whether ``state`` can route ``name`` with what is loaded (nothing to load, or nothing that
+        :meth:`follow` would load for it)."""
+        if state is None or name in self._explicit or name in self._unloaded:
+            return True
+        loaded = set(self.loaded.get(name, {}))
+        return bool(loaded) and _served(state) <= loaded
 
     @property
     def control_pending(self) -> bool:
@@ -702,6 +767,7 @@ class Registry:
         for name in sorted(self._control_pending):
             if self._stop.is_set():  # the process is exiting (see stop_poller): load no more models
                 return rescanned
+            state = self.control.models.get(name)
             try:
                 missing = self.follow(name)
             except Exception as exc:  # e.g. an invalid config.toml: the other models still apply
@@ -711,8 +777,10 @@ class Registry:
                 return rescanned
             if missing:
                 problems[name] = f"model {name!r}: {'; '.join(missing)}"
-            else:
-                self._control_pending.discard(name)
+                continue
+            with self.routing:  # unless adopt_at_once() changed its state meanwhile: followed on the next try
+                if self.control.models.get(name) == state:
+                    self._control_pending.discard(name)
         self._report_control_problems(problems)
         return rescanned + [problems[key] for key in sorted(problems)]
 
@@ -774,12 +842,18 @@ class Registry:
                         number,
                         problem,
                     )
-        router = self.routers.get(name)
-        if router is not None and (state is None or state.stable is None):
-            router.stable_alias = None  # no stable version in the control file (any more): the config's applies
-        if name in self.loaded:
-            self.publish(name)
+        self._route_by_control(name)
         return missing
+
+    def _route_by_control(self, name: str) -> None:
+        """Publish ``name`` with its control state (what is loaded of it)."""
+        with self.routing:
+            router = self.routers.get(name)
+            state = self.control.models.get(name)
+            if router is not None and (state is None or state.stable is None):
+                router.stable_alias = None  # no stable version in the control file (any more): the config's applies
+            if name in self.loaded:
+                self.publish(name)
 
     def _failed_unchanged(self, name: str, number: int) -> bool:
         """Whether ``number`` failed to load and none of the files that load read changed since."""
@@ -869,6 +943,7 @@ class Registry:
     def after_fork_in_child(self) -> None:
         """In a forked child: fresh lock and event (the parent's may be held), and a new poller."""
         self.lock = threading.RLock()
+        self.routing = threading.RLock()
         self._stop = threading.Event()
         self.start_poller()
 
@@ -879,6 +954,12 @@ def controlled(rollout: RolloutConfig, state: ModelControl) -> RolloutConfig:
         return rollout
     canary = CanaryConfig(version=state.canary_version, percent=state.canary_percent)
     return dataclasses.replace(rollout, strategy="canary", canary=canary)
+
+
+def _changed_models(previous: Control, control: Control) -> set[str]:
+    """The models whose control state differs between two revisions."""
+    names = set(control.models) | set(previous.models)
+    return {name for name in names if control.models.get(name) != previous.models.get(name)}
 
 
 def _served(state: ModelControl | None) -> set[int]:

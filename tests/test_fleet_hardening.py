@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -216,6 +217,32 @@ def test_a_served_version_gone_from_the_repository_keeps_serving_and_is_reported
     server.refresh()
     assert answer(server, "fraud") == 2
     assert server.status()["control"]["error"] is None
+
+
+def test_a_kill_switch_does_not_wait_for_a_hot_reload_of_another_model(fleet: Path, make_server: ServerFactory) -> None:
+    """The poller holds the lifecycle lock while it loads a new model (here a remote version whose server
+    takes the connection and never answers; a large warm-up likewise): a revision that needs no load must
+    not wait for it (docs/operations.md: control_interval_s plus the load time of a version not loaded)."""
+    write(fleet, fraud=ModelControl(stable=1, previous_stable=2, canary_version=2, canary_percent=100.0))
+    server = make_server(fleet, poll_interval_s=0.1, control_interval_s=0.1)
+    assert server.predict("fraud", X, context={"user_id": "u"}).version == 2  # the canary
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        (fleet / "slow" / "1").mkdir(parents=True)
+        (fleet / "slow" / "1" / "remote.toml").write_text(
+            f'url = "http://127.0.0.1:{silent.getsockname()[1]}"\nmodel = "slow"\ntimeout_s = 20.0\n'
+        )
+        silent.settimeout(30)
+        connection, _ = silent.accept()  # the poller is loading it, and waits for an answer
+        with connection:
+            write(
+                fleet,
+                fraud=ModelControl(stable=1, previous_stable=2, canary_version=2, canary_percent=100.0, kill=True),
+            )
+            written = time.monotonic()
+            while server.predict("fraud", X, context={"user_id": "u"}).version != 1:
+                assert time.monotonic() - written < 3.0, "the kill switch waited for the hot reload"
+                time.sleep(0.01)
+            assert "slow" not in server.models  # (still loading: the lock was held all along)
 
 
 def test_the_watcher_retries_until_the_revision_applies(fleet: Path, make_server: ServerFactory) -> None:
