@@ -237,6 +237,8 @@ class Server(RolloutMethods):
             DeadlineExceededError: no answer within ``timeout_s``.
             InferenceError: onnxruntime failed on this request.
             ServerClosedError: the server is closed.
+            ControlStateUnknownError: this server started while the fleet's control file could not be read,
+                and has not read it since (a request that pins a version is still answered).
         """
 
         if timeout_s is not None:
