@@ -309,10 +309,11 @@ class PoolConfig:
     """Let worker processes share one copy of the weights: onnxruntime memory-maps weights stored in an
     external data file (save the model with ``onnx.save_model(..., save_as_external_data=True)``), and with
     this option it uses the mapped pages in place instead of pre-packing a private copy per process.
-    Measured: 4 workers 202 MB instead of 634 MB, each run about 2x slower (docs/performance.md). The
-    sessions then read the file for as long as they live: replace it by a rename or a new version folder,
-    never by overwriting it in place, which changes a loaded copy's answers or kills the process with
-    SIGBUS. Without this option each session reads the external data into its own memory instead."""
+    Measured: 4 workers 202 MB instead of 634 MB, each run about 2x slower (docs/performance.md). With or
+    without this option, the sessions read the weights they did not pre-pack from the mapped file for as
+    long as they live: replace it by a rename or a new version folder, never by overwriting it in place,
+    which changes a loaded copy's answers or kills the process with SIGBUS (docs/repository.md, "Replacing
+    files")."""
     io_binding: bool | None = None
     """Run through onnxruntime's I/O binding: inputs are copied to the device once and outputs are produced
     on the device and copied back once, instead of through intermediate host buffers. ``None``

@@ -300,26 +300,6 @@ def _remove(path: Path) -> None:
         pass
 
 
-def _read_external_data(options: Any, model: Path) -> list[bytes]:
-    """Read the external-data files ``model`` names and hand them to ``options`` as bytes; returns them,
-    to be kept alive until the session is built (onnxruntime copies them then).
-
-    Left to itself, onnxruntime memory-maps external data, and a session keeps reading the mapped pages of
-    weights it did not pre-pack: a file rewritten in place (``cp`` over it truncates, then writes) then
-    changes a loaded session's answers, or kills the process with SIGBUS when a run reads a page past the
-    file's new end. Read now, the weights are the session's own and only a reload sees new ones. The cost is
-    one read of the files per session built: the resident memory after loading is the same (pre-packing
-    already made a private copy of the weights a run reads most), and the bytes read are dropped once the
-    session has copied them. ``shared_weights`` keeps the mapping: sharing its pages between processes is
-    its point (docs/repository.md, "Replacing files").
-    """
-    locations = list(external_data_locations(model))
-    contents = [(model.parent / location).read_bytes() for location in locations]
-    if contents:
-        options.add_external_initializers_from_files_in_memory(locations, contents, [len(c) for c in contents])
-    return contents
-
-
 # -- the backend ----------------------------------------------------------------------------------------
 
 # Sessions inherited across fork() are never destroyed in the child: their destructors would join
@@ -492,7 +472,7 @@ class OnnxruntimeBackend:
             options = session_options(config, threads=threads or self._threads)
             source, cached, partial = self._optimized_source(options, providers)
             try:
-                session = self._session(source, options, providers)
+                session = _ort().InferenceSession(str(source), options, providers=providers)
             except Exception as exc:
                 if partial is not None:
                     _remove(partial)
@@ -502,7 +482,7 @@ class OnnxruntimeBackend:
                 # a cached graph that does not load (written by another onnxruntime build, damaged), which
                 # is deleted, or a graph that could not be written (a full disk, a quota), which is skipped.
                 options = session_options(config, threads=threads or self._threads)
-                session = self._session(self.path, options, providers)
+                session = _ort().InferenceSession(str(self.path), options, providers=providers)
                 self._cache_failed(source, partial, exc)
                 partial = None
             if partial is not None and cached is not None:
@@ -546,14 +526,6 @@ class OnnxruntimeBackend:
                     model=self.model,
                     version=self.version,
                 ) from exc
-        return session
-
-    def _session(self, source: Path, options: Any, providers: Sequence[ProviderSpec]) -> Any:
-        """An onnxruntime session of ``source``; its external data read into private memory unless the
-        pool shares the weights (see :func:`_read_external_data`)."""
-        held = [] if self.config.shared_weights else _read_external_data(options, source)
-        session = _ort().InferenceSession(str(source), options, providers=providers)
-        del held  # (onnxruntime has copied them once the session exists)
         return session
 
     def _cache_failed(self, source: Path, partial: Path | None, exc: Exception) -> None:

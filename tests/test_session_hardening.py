@@ -5,7 +5,6 @@ without complaint but never honour (an arena shrunk without an arena, a misspelt
 from __future__ import annotations
 
 import os
-import signal
 import textwrap
 from pathlib import Path
 
@@ -124,40 +123,6 @@ def test_refresh_reloads_a_version_whose_weights_in_a_subfolder_changed(
     served = server.predict("mlp", x)["y"]
     assert not np.allclose(served, before)
     np.testing.assert_allclose(served, answer_of(path, x), rtol=1e-5)
-
-
-# -- external data rewritten in place -------------------------------------------------------------------------
-
-_REWRITE_IN_PLACE = """
-import sys
-from pathlib import Path
-import numpy as np, onnx, inprocserve
-from inprocserve import ModelConfig, PoolConfig
-from inprocserve.testing import build_mlp_model
-
-root, share, copied = Path(sys.argv[1]), sys.argv[2] == "shared", sys.argv[3]
-for folder, seed in ((root / "mlp" / "1", 1), (root.parent / "release", 2)):
-    folder.mkdir(parents=True)
-    onnx.save_model(build_mlp_model((64, 1024, 4), seed=seed, softmax=False), str(folder / "model.onnx"),
-                    save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
-                    size_threshold=0)
-with inprocserve.Server(root, config=ModelConfig(pool=PoolConfig(shared_weights=share))) as server:
-    x = np.ones((1, 64), np.float32)
-    before = server.predict("mlp", x)["y"].copy()
-    new = (root.parent / "release" / "weights.bin").read_bytes()
-    with open(root / "mlp" / "1" / "weights.bin", "r+b") as weights:  # what cp over the file does
-        weights.truncate(0)
-        weights.write(new if copied == "whole" else new[: len(new) // 3])
-    print("same" if np.array_equal(server.predict("mlp", x)["y"], before) else "changed")
-"""
-
-
-@pytest.mark.parametrize("copied", ["a third", "whole"])
-def test_weights_rewritten_in_place_leave_a_loaded_version_answering_as_loaded(tmp_path: Path, copied: str) -> None:
-    # In a child: onnxruntime's own mapping of the file would kill the process with SIGBUS.
-    result = run_python(_REWRITE_IN_PLACE, str(tmp_path / "models"), "private", copied)
-    assert result.returncode != -signal.SIGBUS, "killed by SIGBUS: the weights are still memory-mapped"
-    assert (result.returncode, result.stdout.strip()) == (0, "same"), result.stderr[-2000:]
 
 
 # -- a cache that cannot be written -------------------------------------------------------------------------
