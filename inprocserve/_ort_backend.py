@@ -65,6 +65,7 @@ __all__ = [
     "build_onnxruntime_backend",
     "onnxruntime_error_types",
     "onnxruntime_version",
+    "registered_providers",
     "resolve_providers",
     "session_options",
     "thread_budget",
@@ -156,6 +157,16 @@ def _probe_cuda(model_path: Path) -> bool:
                 else:
                     logger.warning("onnxruntime lists CUDA but it is not usable here; using the CPU")
         return _cuda_usable
+
+
+def registered_providers() -> list[str]:
+    """The execution providers onnxruntime has devices for, plugin providers the application registered
+    (``onnxruntime.register_execution_provider_library``) included, which ``get_all_providers()`` never
+    lists; none from an onnxruntime too old to have ``get_ep_devices``."""
+    ort = _ort()
+    if not hasattr(ort, "get_ep_devices"):
+        return []
+    return list(dict.fromkeys(device.ep_name for device in ort.get_ep_devices()))
 
 
 # A model whose largest batch runs faster than this on one thread gains nothing from more: without spinning,
@@ -461,7 +472,12 @@ class OnnxruntimeBackend:
         if not self.path.is_file():
             raise ModelLoadError(f"model file {self.path} does not exist", model=self.model, version=self.version)
         config = self.config
-        check_provider_names(config, known=_ort().get_all_providers(), available=_ort().get_available_providers())
+        check_provider_names(
+            config,
+            known=_ort().get_all_providers(),
+            available=_ort().get_available_providers(),
+            registered=registered_providers(),
+        )
         device_id = config.device_ids[index % len(config.device_ids)]
         wants_gpu = config.providers == "auto" or any(p in GPU_PROVIDERS for p in config.providers)
         cuda = _probe_cuda(self.path) if wants_gpu and _cuda_listed() else False

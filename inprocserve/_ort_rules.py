@@ -134,12 +134,17 @@ def onnxruntime_builds() -> list[str]:
 ProviderSpec = str | tuple[str, dict[str, Any]]
 
 
-def check_provider_names(config: PoolConfig, *, known: Sequence[str], available: Sequence[str] = ()) -> None:
+def check_provider_names(
+    config: PoolConfig, *, known: Sequence[str], available: Sequence[str] = (), registered: Sequence[str] = ()
+) -> None:
     """Refuse provider names onnxruntime does not know (pure: ``onnxruntime.get_all_providers()`` is passed
     in, since only the backend may import onnxruntime, and a pre-fork master never does). onnxruntime itself
     prints a banner and falls back to the CPU for a misspelt provider, and ignores options under an unknown
     name: a typo would quietly leave a model on the CPU. A known provider this build lacks (CUDA in the CPU
     wheel) is not refused: one setting then serves hosts with and without a GPU (``require_gpu`` refuses it).
+    Nor is a plugin provider the application registered (``onnxruntime.register_execution_provider_library``):
+    ``registered`` holds their names (each ``ep_name`` of ``onnxruntime.get_ep_devices()``), which
+    ``get_all_providers()`` never lists (``NvTensorRTRTXExecutionProvider`` exists only as a plugin).
 
     Raises:
         ConfigurationError: a name in ``pool.providers`` or ``pool.provider_options`` is unknown (says
@@ -148,14 +153,17 @@ def check_provider_names(config: PoolConfig, *, known: Sequence[str], available:
     listed = [] if config.providers == "auto" else list(config.providers)
     for key, names in (("pool.providers", listed), ("pool.provider_options", list(config.provider_options))):
         for name in names:
-            if name in known:
+            if name in known or name in registered:
                 continue
-            by_case = {known_name.lower(): known_name for known_name in known}  # ("Cuda..." means "CUDA...")
+            every = list(dict.fromkeys([*known, *registered]))
+            by_case = {known_name.lower(): known_name for known_name in every}  # ("Cuda..." means "CUDA...")
             close = difflib.get_close_matches(name.lower(), by_case, n=1)
-            hint = f"did you mean {by_case[close[0]]!r}?" if close else f"it knows {', '.join(known)}"
+            hint = f"did you mean {by_case[close[0]]!r}?" if close else f"it knows {', '.join(every)}"
+            offered = list(dict.fromkeys([*available, *registered]))
             raise ConfigurationError(
                 f"{key} names {name!r}, which onnxruntime {onnxruntime_version()} does not know ({hint}); this "
-                f"installation offers {', '.join(available) or 'no provider'}"
+                f"installation offers {', '.join(offered) or 'no provider'} (a plugin provider is known once the "
+                "application registers it: onnxruntime.register_execution_provider_library, before the load)"
             )
 
 

@@ -15,6 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from inprocserve import ConfigurationError, ModelConfig, ModelLoadError, PoolConfig
+from inprocserve._ort_backend import registered_providers
+from inprocserve._ort_rules import check_provider_names
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, run_python, version_status
@@ -203,3 +205,29 @@ def test_known_providers_pass_the_check(repository: Path, make_server: ServerFac
     pool = PoolConfig(providers=("CPUExecutionProvider",), provider_options={"CPUExecutionProvider": {}})
     server = make_server(repository, config=ModelConfig(pool=pool))
     assert version_status(server, "scale")["state"] == "ready"
+
+
+def test_plugin_providers_the_application_registered_pass_the_check() -> None:
+    # onnxruntime lists a registered plugin provider among its devices, never in get_all_providers():
+    # NvTensorRTRTXExecutionProvider exists only as a plugin. No plugin library can be registered here, so the
+    # names are those onnxruntime.get_ep_devices() gives once the application has registered one.
+    plugin = "NvTensorRTRTXExecutionProvider"
+    assert plugin not in ort.get_all_providers()
+    pool = PoolConfig(providers=(plugin, "CPUExecutionProvider"), provider_options={plugin: {"device_id": "0"}})
+    check_provider_names(pool, known=ort.get_all_providers(), registered=[plugin, "CPUExecutionProvider"])
+    with pytest.raises(ConfigurationError, match="register_execution_provider_library"):  # not registered
+        check_provider_names(pool, known=ort.get_all_providers(), registered=registered_providers())
+
+
+def test_every_provider_onnxruntime_has_a_device_for_loads(repository: Path, make_server: ServerFactory) -> None:
+    names = tuple(dict.fromkeys(device.ep_name for device in ort.get_ep_devices()))
+    assert names and set(names) <= set(registered_providers())
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    pool = PoolConfig(providers=names, provider_options={name: {} for name in names})
+    assert version_status(make_server(repository, config=ModelConfig(pool=pool)), "scale")["state"] == "ready"
+    with pytest.raises(ConfigurationError, match=r"'NoSuchExecutionProvider'.*did you mean"):
+        check_provider_names(
+            PoolConfig(providers=("NoSuchExecutionProvider",)),
+            known=ort.get_all_providers(),
+            registered=registered_providers(),
+        )
