@@ -222,6 +222,9 @@ _LEGACY_STEM = "model"  # earlier releases named every graph model.optimized-...
 
 
 _PARTIAL_SUFFIX = ".partial"
+_NAME_MAX_BYTES = 255  # a file name's limit on Linux, macOS and Windows file systems (ENAMETOOLONG past it)
+# the longest ".<pid>-<thread id>.partial" tail: a thread id is a 64-bit pthread_t
+_PARTIAL_TAIL_MAX = len(f".{2**32 - 1}-{2**64 - 1}{_PARTIAL_SUFFIX}")
 _STALE_PARTIAL_S = 3600.0  # a partial graph older than this was left by a process that died writing it
 # The instruction sets an optimized graph may be laid out for (x86 and Arm flag names in /proc/cpuinfo):
 # other flags (bug mitigations, virtualization) change with kernels and microcode, not with the graph.
@@ -243,6 +246,19 @@ def _source_key(model: Path) -> str:
             continue
         entries.append((name, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:12]
+
+
+def _graph_stem(model: Path, rest: str) -> str:
+    """The model file's stem, to name its cached graph ``<stem><rest>``; when the graph's partial file would
+    pass the file-name limit (onnxruntime then fails to write it, ENAMETOOLONG, at every start), as much of the
+    stem as fits, and a digest of the whole stem that keeps two such models of one folder apart."""
+    budget = _NAME_MAX_BYTES - len(rest.encode()) - _PARTIAL_TAIL_MAX
+    encoded = model.stem.encode()
+    if len(encoded) <= budget:
+        return model.stem
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    kept = encoded[: budget - len(digest) - 1].decode("utf-8", errors="ignore")  # (never half a character)
+    return f"{kept}~{digest}"
 
 
 @functools.cache
@@ -288,7 +304,7 @@ def _earlier_graphs(cached: Path, *, model: Path) -> list[Path]:
     stems = [stem]
     if model.stem != _LEGACY_STEM and not model.with_name(f"{_LEGACY_STEM}.onnx").exists():
         # (with a model.onnx beside it, such names are that model's own graphs)
-        stems.append(_LEGACY_STEM + stem[len(model.stem) :])
+        stems.append(_LEGACY_STEM + stem[stem.rindex(_OPTIMIZED_INFIX) :])
     try:
         with os.scandir(cached.parent) as listing:
             names = [entry.name for entry in listing]
@@ -569,11 +585,12 @@ class OnnxruntimeBackend:
     def optimized_path(self, providers: Sequence[ProviderSpec] = (_CPU,)) -> Path:
         """Where the optimized graph for these providers, this backend's pool options, this CPU and the
         model's current files (the model file and its external data) is cached: beside the model file,
-        named after it."""
-        return self.path.with_name(
-            f"{self.path.stem}{_OPTIMIZED_INFIX}{onnxruntime_version()}-{optimized_key(self.config, providers)}-"
+        named after it (see :func:`_graph_stem` for a name too long for that)."""
+        rest = (
+            f"{_OPTIMIZED_INFIX}{onnxruntime_version()}-{optimized_key(self.config, providers)}-"
             f"{_source_key(self.path)}.onnx"
         )
+        return self.path.with_name(_graph_stem(self.path, rest) + rest)
 
     def _optimized_source(
         self, options: Any, providers: Sequence[ProviderSpec]

@@ -4,6 +4,7 @@ without complaint but never honour (an arena shrunk without an arena, a misspelt
 
 from __future__ import annotations
 
+import logging
 import os
 import textwrap
 from pathlib import Path
@@ -231,3 +232,29 @@ def test_every_provider_onnxruntime_has_a_device_for_loads(repository: Path, mak
             known=ort.get_all_providers(),
             registered=registered_providers(),
         )
+
+
+# -- long model file names ------------------------------------------------------------------------------------
+
+
+def test_a_model_file_with_a_long_name_gets_its_graph_cached_on_the_first_start(
+    tmp_path: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The graph is named after the model file, and its partial file adds ".<pid>-<thread>.partial": a stem of
+    # 190 bytes pushed that past the 255-byte limit, so every start failed to write the graph and built twice.
+    names = ["L" * 190 + ".onnx", "ü" * 95 + "a.onnx", "ü" * 95 + "b.onnx"]  # (2 bytes a character: 191)
+    for factor, name in enumerate(names, start=2):
+        onnx.save_model(build_scale_model(float(factor)), str(tmp_path / name))
+    x = np.ones((1, 4), np.float32)
+    for _ in range(2):  # the first start writes the graphs, the second loads them
+        server = make_server()
+        with caplog.at_level(logging.WARNING, logger="inprocserve"):
+            for factor, name in enumerate(names, start=2):
+                server.load(f"m{factor}", path=tmp_path / name, config=CACHE)
+                assert server.predict(f"m{factor}", x)["y"].tolist() == [[float(factor)] * 4]
+        server.close()
+    assert "without caching" not in caplog.text
+    cached = graphs(tmp_path)
+    assert len(cached) == 3 and all(len(name.encode()) <= 255 for name in cached)
+    assert not any(name.endswith(".partial") for name in cached)
+    assert all(name.startswith(("LLLL", "üüüü")) for name in cached)
