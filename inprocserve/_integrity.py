@@ -23,6 +23,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from ._errors import ModelLoadError
 from ._regular_file import NotARegularFileError, read_regular_file
@@ -360,27 +361,61 @@ def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, foll
         raise fail(f"{what}: bytes {offset} to {end} lie beyond the end of {location!r} ({size} bytes)")
 
 
-_locations_lock = threading.Lock()
-# (path, inode, size, mtime_ns, ctime_ns) -> the locations that version of the file names
-_locations: dict[tuple[str, int, int, int, int], tuple[str, ...]] = {}
-_MAX_CACHED_LOCATIONS = 256
+_T = TypeVar("_T")
+_Stamp = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns): a version of a file's contents
+
+
+class _PerFile(Generic[_T]):
+    """What was derived from each file, for the version of it that it was derived from. Thread-safe.
+
+    One entry per path, replaced when the file changes, so the entries are the files in use (a refresh
+    stamps every version at every poll), never their history; the bound only keeps the paths of files long
+    gone from piling up. It is far above any repository's count of model files: a bound below that count
+    evicts, in a poll that walks the files in a fixed order, each entry just before it is needed again.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[_Stamp, _T]] = {}
+        self._max_entries = max_entries
+
+    def get(self, path: str, stamp: _Stamp) -> _T | None:
+        with self._lock:
+            entry = self._entries.get(path)
+        return entry[1] if entry is not None and entry[0] == stamp else None
+
+    def put(self, path: str, stamp: _Stamp, value: _T) -> None:
+        with self._lock:
+            if path not in self._entries and len(self._entries) >= self._max_entries:
+                self._entries.pop(next(iter(self._entries)))  # the oldest path
+            self._entries[path] = (stamp, value)
+
+
+# About 0.4 KB an entry: 16,384 model files (versions x files) cost 7 MB at most.
+_MAX_CACHED_FILES = 16_384
+_locations: _PerFile[tuple[str, ...]] = _PerFile(
+    _MAX_CACHED_FILES
+)  # model file -> the external-data locations it names
+
+
+def _stamp_of(stat: os.stat_result) -> _Stamp:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def external_data_locations(model_file: Path) -> tuple[str, ...]:
     """The distinct external-data locations a model names, as written (``weights.bin``, ``data/w.bin``).
 
-    For the checks that poll a version's files (a refresh stamps every loaded version) and for the session
-    that reads them: the file is walked once per version of it, cached by (inode, size, modification time,
-    change time) as :func:`file_sha256` is. Empty when the file cannot be read or is not ONNX: the load's own
+    For the checks that poll a version's files (a refresh stamps every version) and for the key of the
+    optimized-graph cache: the file is walked once per version of it, cached by (inode, size, modification
+    time, change time) as :func:`file_sha256` is. Empty when the file cannot be read or is not ONNX: the load's own
     checks say why, and its stamp changes once the file does.
     """
     try:
         stat = model_file.stat()
     except OSError:
         return ()
-    key = (str(model_file), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    with _locations_lock:
-        cached = _locations.get(key)
+    key, stamp = str(model_file), _stamp_of(stat)
+    cached = _locations.get(key, stamp)
     if cached is not None:
         return cached
     try:
@@ -392,28 +427,22 @@ def external_data_locations(model_file: Path) -> tuple[str, ...]:
     except (OSError, ValueError):
         return ()
     found = tuple(sorted({ref.entries["location"] for ref in references if ref.entries.get("location")}))
-    with _locations_lock:
-        if len(_locations) >= _MAX_CACHED_LOCATIONS:
-            _locations.pop(next(iter(_locations)))
-        _locations[key] = found
+    _locations.put(key, stamp, found)
     return found
 
 
 # -- checksums --------------------------------------------------------------------------------------------
 
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
-_hash_lock = threading.Lock()
-_hashes: dict[tuple[str, int, int, int, int], str] = {}  # (path, inode, size, mtime_ns, ctime_ns) -> digest
-_MAX_CACHED_HASHES = 256
+_hashes: _PerFile[str] = _PerFile(_MAX_CACHED_FILES)  # resolved path -> the file's digest
 
 
 def file_sha256(path: Path) -> str:
     """The file's sha256 hex digest, cached by (inode, size, mtime, ctime) so re-checks do not re-read the
     file; a rewrite in place that puts the mtime back (``cp -p``) still moves the ctime, which no one sets."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    with _hash_lock:
-        cached = _hashes.get(key)
+    key, stamp = str(path.resolve()), _stamp_of(stat)
+    cached = _hashes.get(key, stamp)
     if cached is not None:
         return cached
     digest = hashlib.sha256()
@@ -421,10 +450,7 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     result = digest.hexdigest()
-    with _hash_lock:
-        if len(_hashes) >= _MAX_CACHED_HASHES:
-            _hashes.pop(next(iter(_hashes)))
-        _hashes[key] = result
+    _hashes.put(key, stamp, result)
     return result
 
 

@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from inprocserve import ConfigurationError, ModelConfig, ModelLoadError, PoolConfig
+from inprocserve._integrity import external_data_locations, file_sha256
 from inprocserve._ort_backend import registered_providers
 from inprocserve._ort_rules import check_provider_names
 from inprocserve.testing import build_scale_model, save_model
@@ -258,3 +259,20 @@ def test_a_model_file_with_a_long_name_gets_its_graph_cached_on_the_first_start(
     assert len(cached) == 3 and all(len(name.encode()) <= 255 for name in cached)
     assert not any(name.endswith(".partial") for name in cached)
     assert all(name.startswith(("LLLL", "üüüü")) for name in cached)
+
+
+# -- a repository of many versions --------------------------------------------------------------------------
+
+
+def test_a_poll_of_more_than_256_versions_walks_no_model_file_again(tmp_path: Path) -> None:
+    # A refresh stamps every version at every poll, in the same order: a cache of the last 256 files walked
+    # evicted each file just before the poll came back to it, and every poll walked every model file again
+    # (a cached answer is the very tuple the first walk built; a new walk builds a new one).
+    files = [save_with_weights_in(tmp_path / str(version), "weights.bin", seed=0) for version in range(1, 301)]
+    walked = [external_data_locations(path) for path in files]
+    assert walked[0] == ("weights.bin",)
+    again = [external_data_locations(path) for path in files]
+    assert all(second is first for second, first in zip(again, walked, strict=True))
+    digests = [file_sha256(path) for path in files]  # (checked again by every forked worker)
+    again_digests = [file_sha256(path) for path in files]
+    assert all(second is first for second, first in zip(again_digests, digests, strict=True))
