@@ -222,6 +222,7 @@ _LEGACY_STEM = "model"  # earlier releases named every graph model.optimized-...
 
 
 _PARTIAL_SUFFIX = ".partial"
+_UNWRITTEN = b"inprocserve: onnxruntime has not written the optimized graph here yet\n"  # (see _optimized_source)
 _NAME_MAX_BYTES = 255  # a file name's limit on Linux, macOS and Windows file systems (ENAMETOOLONG past it)
 # the longest ".<pid>-<thread id>.partial" tail: a thread id is a 64-bit pthread_t
 _PARTIAL_TAIL_MAX = len(f".{2**32 - 1}-{2**64 - 1}{_PARTIAL_SUFFIX}")
@@ -318,6 +319,16 @@ def _earlier_graphs(cached: Path, *, model: Path) -> list[Path]:
         and OPTIMIZED_GRAPH.fullmatch(name)
         and any(name.startswith(prefix) and "-" not in name[len(prefix) :] for prefix in stems)
     ]
+
+
+def _graph_written(partial: Path) -> bool:
+    """Whether onnxruntime got as far as writing the optimized graph into ``partial``: the marker it was
+    created with is gone (a write that failed midway, on a full disk, leaves it truncated or overwritten)."""
+    try:
+        with partial.open("rb") as written:
+            return written.read(len(_UNWRITTEN) + 1) != _UNWRITTEN
+    except OSError:
+        return True
 
 
 def _remove(path: Path) -> None:
@@ -506,10 +517,11 @@ class OnnxruntimeBackend:
             try:
                 session = _ort().InferenceSession(str(source), options, providers=providers)
             except Exception as exc:
+                written = partial is not None and _graph_written(partial)
                 if partial is not None:
                     _remove(partial)
-                if source == self.path and partial is None:
-                    raise
+                if source == self.path and not written:
+                    raise  # (the model's own failure, before any graph was written: building again is no use)
                 # Build from the model file alone, without the cache: if that works, the cache was at fault,
                 # a cached graph that does not load (written by another onnxruntime build, damaged), which
                 # is deleted, or a graph that could not be written (a full disk, a quota), which is skipped.
@@ -646,8 +658,27 @@ class OnnxruntimeBackend:
             )
             return self.path, None, None
         # onnxruntime writes the graph in place while it builds the session: into a partial file, renamed
-        # once whole, so another process starting meanwhile never loads half a graph.
+        # once whole, so another process starting meanwhile never loads half a graph. The file is created
+        # here, holding a marker that onnxruntime's write replaces: a file that cannot be created (a name
+        # too long for this file system, a folder that refuses it) means no cache, and a failed build that
+        # left the marker never got as far as writing the graph (see _graph_written).
         partial = cached.with_name(f"{cached.name}.{os.getpid()}-{threading.get_ident()}{_PARTIAL_SUFFIX}")
+        try:
+            handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                os.write(handle, _UNWRITTEN)
+            finally:
+                os.close(handle)
+        except OSError as exc:
+            _remove(partial)
+            logger.warning(
+                "model %r version %s: the optimized graph is not cached: %s cannot be written (%s)",
+                self.model,
+                self.version,
+                partial.name,
+                exc,
+            )
+            return self.path, None, None
         options.optimized_model_filepath = str(partial)
         return self.path, cached, partial
 
@@ -655,9 +686,14 @@ class OnnxruntimeBackend:
         """Move a freshly written graph into place, and delete the graphs cached for earlier files of this
         version with the same options and CPU (they can never match again). Not kept when the session is
         not what was asked for (onnxruntime fell back to the CPU: its graph is laid out for the CPU), or
-        when the model's files changed while it was built (the graph may be the old model's)."""
+        when the model's files changed while it was built (the graph may be the old model's), or when
+        onnxruntime wrote none."""
         asked = [spec if isinstance(spec, str) else spec[0] for spec in providers]
-        if list(session.get_providers()) != asked or self.optimized_path(providers) != cached:
+        if (
+            list(session.get_providers()) != asked
+            or self.optimized_path(providers) != cached
+            or not _graph_written(partial)  # (a session built, but no graph saved: never cache the marker)
+        ):
             _remove(partial)
             return
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from inprocserve import ConfigurationError, ModelConfig, ModelLoadError, PoolConfig
 from inprocserve._integrity import external_data_locations, file_sha256
-from inprocserve._ort_backend import registered_providers
+from inprocserve._ort_backend import OnnxruntimeBackend, registered_providers
 from inprocserve._ort_rules import check_provider_names
 from inprocserve.testing import build_scale_model, save_model
 
@@ -154,6 +155,54 @@ def test_a_version_loads_without_the_cache_when_its_graph_cannot_be_written(tmp_
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == ["(1, 4)", "['model.onnx']"]  # served, and no partial graph left
     assert "without caching its optimized graph" in result.stderr
+
+
+def unknown_operator_model() -> onnx.ModelProto:
+    """A model onnxruntime refuses for its own reasons: its one node's operator exists nowhere."""
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.example")],
+        "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    model.ir_version = 9
+    return model
+
+
+def test_a_model_that_fails_for_its_own_reasons_is_built_once_with_the_cache(
+    tmp_path: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The retry without the cache is for a graph that could not be written; onnxruntime refuses this model
+    # before writing anything, and building it again only doubled the failed load's time. (Raised from a
+    # retry, the error would carry the first attempt's as its context.)
+    onnx.save_model(unknown_operator_model(), str(tmp_path / "broken.onnx"))
+    with (
+        caplog.at_level(logging.WARNING, logger="inprocserve"),
+        pytest.raises(ModelLoadError, match="NoSuchOp") as raised,
+    ):
+        make_server().load("broken", path=tmp_path / "broken.onnx", config=CACHE)
+    assert raised.value.__cause__ is not None and raised.value.__cause__.__context__ is None
+    assert "without caching" not in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.onnx"]  # no partial graph left
+
+
+def test_a_version_loads_without_the_cache_when_its_partial_graph_cannot_be_created(
+    tmp_path: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a name too long for the file system, or a folder that refuses new files, does: here a folder
+    # stands where this thread's partial graph would be created.
+    onnx.save_model(build_scale_model(2.0), str(tmp_path / "scale.onnx"))
+    backend = OnnxruntimeBackend(tmp_path / "scale.onnx", CACHE.pool, model="scale", version=1)
+    planted = tmp_path / f"{backend.optimized_path().name}.{os.getpid()}-{threading.get_ident()}.partial"
+    backend.close()
+    planted.mkdir()
+    server = make_server()
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server.load("scale", path=tmp_path / "scale.onnx", config=CACHE)  # on this thread
+    assert server.predict("scale", np.ones((1, 4), np.float32))["y"].tolist() == [[2.0] * 4]
+    assert "the optimized graph is not cached" in caplog.text
+    assert graphs(tmp_path) == [planted.name]  # nothing cached, and the folder left alone
 
 
 # -- settings onnxruntime would not honour ------------------------------------------------------------------
