@@ -11,6 +11,7 @@ interpreter exit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import numbers
 import threading
@@ -68,9 +69,13 @@ MAX_FLAG_TIMEOUT_S = 60.0
 (an infinite one) would fail every decision with an ``OverflowError``."""
 _IDLE_WORKER_EXIT_S = 30.0  # an idle worker ends; the next blocking evaluation starts one again
 _UNUSABLE_KEPT = 64  # distinct flag keys whose last problem status() shows
-# What a decision lets through as raised: an interpreter's signal to stop, and the library's own signals
-# (every other BaseException a provider raises, gevent's Timeout or asyncio's CancelledError, is its failure)
-_PASSED_THROUGH = (KeyboardInterrupt, SystemExit, MustAsk, WaitOffLoop)
+# What a provider raises on the request's own thread (or greenlet) that is its failure: an Exception, or an
+# asyncio CancelledError (a BaseException) of its own, raised by a call that cannot be cancelled from
+# outside (a synchronous one). Any other BaseException there is the caller's: gevent's Timeout and
+# greenlet.kill()'s GreenletExit land in whatever call the greenlet waits in, a provider's I/O too, and
+# must end the request as they would anywhere else (as must KeyboardInterrupt, SystemExit, GeneratorExit,
+# and the library's own MustAsk and WaitOffLoop). On a worker thread nothing but the provider raises.
+_PROVIDER_FAILURES = (Exception, asyncio.CancelledError)
 
 
 class UnusableFlag(Exception):
@@ -177,16 +182,18 @@ class FlagReader:
                         self._trying.here = False
                 if _waiting_forbidden():  # an event loop's routing: it must not wait; a worker routes it
                     raise WaitOffLoop
-                return self._run_on_worker(decide, fallback)
-            result = decide()
+                on_worker = True
+            else:
+                on_worker = False
+                result = decide()
         except (UnusableFlag, FlagTypeError) as exc:
             return fallback(self.note_unusable(exc))
         except InvalidInputError:  # the request's own mistake (a key that cannot be text), not the provider's
             raise
-        except _PASSED_THROUGH:
-            raise
-        except BaseException as exc:  # any provider failure means: stable
+        except _PROVIDER_FAILURES as exc:  # any provider failure means: stable (other BaseExceptions: the caller's)
             return fallback(self.note_failure(exc))
+        if on_worker:  # (outside the except above: what interrupts the wait is the caller's, never counted)
+            return self._run_on_worker(decide, fallback)
         if self._clock() - started > self.timeout_s:
             self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
             return fallback("flag provider too slow")
@@ -207,8 +214,10 @@ class FlagReader:
         if not accepted:
             self._count("busy", f"flag provider {self.provider.name!r}: all {self.max_workers} workers are stuck")
             return fallback("flag provider busy")
+        # The provider's exception is taken, never raised here: whatever is raised while this waits (gevent's
+        # Timeout or GreenletExit, KeyboardInterrupt) is the caller's, and ends the request.
         try:
-            return future.result(timeout=self.timeout_s)
+            exc: BaseException | None = future.exception(timeout=self.timeout_s)
         except FutureTimeout:
             if future.cancelled():  # (close() dropped it just as its budget ran out)
                 return fallback("flag reader closed")
@@ -216,17 +225,14 @@ class FlagReader:
                 future.cancel()  # still queued: dropped, the provider never sees it
                 self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
                 return fallback("flag provider timed out")
-            exc: BaseException | None = future.exception()
-            if exc is None:  # it finished between the timeout and the check: in time after all
-                return future.result()
-        except CancelledError as raised:
-            if future.cancelled():  # close() dropped it while it waited (else the provider raised it)
-                return fallback("flag reader closed")
-            exc = raised
-        except _PASSED_THROUGH:
+            exc = future.exception()  # it finished between the timeout and the check: in time after all
+        except CancelledError:  # close() dropped it while it waited (the provider's own is returned, not raised)
+            return fallback("flag reader closed")
+        except BaseException:
+            future.cancel()  # (the caller gave up: still queued, it is dropped unrun)
             raise
-        except BaseException as raised:
-            exc = raised
+        if exc is None:
+            return future.result()
         if isinstance(exc, UnusableFlag | FlagTypeError):
             return fallback(self.note_unusable(exc))
         if isinstance(exc, InvalidInputError):  # the request's own mistake, as in run()
@@ -293,8 +299,8 @@ class FlagReader:
                 self._running[me] = time.monotonic()
             try:
                 future.set_result(decide())
-            except BaseException as exc:  # delivered to the caller, who counts it
-                future.set_exception(exc)
+            except BaseException as exc:  # (only the provider raises here: SystemExit too is its failure)
+                future.set_exception(exc)  # delivered to the caller, who counts it; the worker lives on
             finally:
                 with self._cond:
                     self._running.pop(me, None)

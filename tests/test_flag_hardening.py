@@ -7,12 +7,17 @@ hold or fail a request; a request's own mistake is the request's error.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +248,7 @@ class ClientError(Exception):
 
 
 class GeventLikeTimeout(BaseException):
-    """gevent's Timeout, asyncio's CancelledError ...: not an ``Exception``."""
+    """gevent's Timeout, greenlet's GreenletExit ...: not an ``Exception``."""
 
 
 class FailingFlags(InMemoryFlags):
@@ -263,11 +268,19 @@ class FailingFlags(InMemoryFlags):
     [
         (ClientError("503"), False),
         (ClientError("503"), True),
-        (GeventLikeTimeout(), False),
-        (GeventLikeTimeout(), True),
+        (GeventLikeTimeout(), True),  # (on a worker, only the provider raises)
+        (SystemExit(3), True),
         (concurrent.futures.CancelledError(), True),  # (the provider's own: the reader was not closed)
+        (asyncio.CancelledError(), False),  # (raised by a call that nothing outside could cancel: its own)
     ],
-    ids=["unshowable", "unshowable-blocking", "base-exception", "base-exception-blocking", "cancelled-blocking"],
+    ids=[
+        "unshowable",
+        "unshowable-blocking",
+        "base-exception-blocking",
+        "system-exit-blocking",
+        "cancelled-blocking",
+        "asyncio-cancelled",
+    ],
 )
 def test_whatever_a_provider_raises_gives_the_stable_decision_and_is_counted(
     versions: Path,
@@ -344,3 +357,113 @@ def test_a_context_key_that_cannot_be_compared_is_the_requests_mistake(
     with pytest.raises(InvalidInputError):
         server.predict("scale", X, context=context)  # type: ignore[arg-type]
     assert flags_status(server)["failures"] == 0
+
+
+class Interrupted(BaseException):
+    """What the caller's own signal handler raises in its thread: as gevent's Timeout or greenlet.kill()'s
+    GreenletExit is raised in the request's greenlet, in whatever call it waits in."""
+
+
+class WaitingFlags(InMemoryFlags):
+    """A provider whose first evaluation waits (its I/O) until released."""
+
+    name = "waiting"
+
+    def __init__(self, *, blocking: bool) -> None:
+        super().__init__(FULL_CANARY)
+        self.blocking = blocking
+        self.entered, self.released = threading.Event(), threading.Event()
+
+    def _lookup(self, key: str) -> Any:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.released.wait(10)
+        return super()._lookup(key)
+
+
+@pytest.fixture
+def interruptible() -> Iterator[None]:
+    def raise_interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals (pthread_kill)")
+@pytest.mark.parametrize("blocking", [False, True], ids=["in-the-provider", "waiting-for-the-worker"])
+def test_a_callers_own_base_exception_ends_the_request_and_is_no_provider_failure(
+    versions: Path, make_server: ServerFactory, interruptible: None, blocking: bool
+) -> None:
+    """Raised on the request's thread while the provider waits (on that thread, or on a worker), it is the
+    caller's: the request must end with it, not carry on past the caller's deadline as the stable decision."""
+    flags = WaitingFlags(blocking=blocking)
+    server = make_server(versions, config=CANARY, flags=flags, flag_timeout_s=5.0)
+
+    def interrupt() -> None:
+        flags.entered.wait(10)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)  # type: ignore[arg-type]
+
+    interrupter = threading.Thread(target=interrupt, daemon=True)
+    interrupter.start()
+    try:
+        with pytest.raises(Interrupted):
+            server.predict("scale", X, context={"user_id": "u"})
+    finally:
+        flags.released.set()
+        interrupter.join()
+    status = flags_status(server)
+    assert (status["failures"], status["timeouts"]) == (0, 0)
+    assert server.predict("scale", X, context={"user_id": "u"}).variant == "canary"  # (the worker lives on)
+
+
+_UNDER_GEVENT = """
+from gevent import monkey; monkey.patch_all()
+import sys, tempfile
+from pathlib import Path
+import gevent, numpy as np
+import inprocserve
+from inprocserve import CanaryConfig, InMemoryFlags, ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve.testing import build_scale_model, save_model
+
+class FlagService(InMemoryFlags):  # calls a flag service: the request's greenlet yields in its I/O
+    name = "service"
+    def _lookup(self, key):
+        gevent.sleep(0.5)
+        return super()._lookup(key)
+
+repo = Path(tempfile.mkdtemp())
+for v in (1, 2): save_model(build_scale_model(float(v)), repo, "scale", v)
+config = ModelConfig(rollout=RolloutConfig(strategy="canary", canary=CanaryConfig(version=2, percent=50)),
+                     version_policy=VersionPolicy.all())
+X = np.ones((1, 4), np.float32)
+for blocking in (False, True):
+    flags = FlagService({}); flags.blocking = blocking
+    with inprocserve.Server(repo, flags=flags, flag_timeout_s=5.0, config=config) as server:
+        try:
+            with gevent.Timeout(0.05):
+                server.predict("scale", X, context={"user_id": "u"})
+            print("timeout: the request ran on")
+        except gevent.Timeout:
+            print("timeout: raised")
+        request = gevent.spawn(server.predict, "scale", X, context={"user_id": "u"})
+        gevent.sleep(0.05)
+        request.kill(block=True)
+        print("kill:", type(request.value).__name__, request.exception)
+        print("failures:", server.status()["models"]["scale"]["rollout"]["flags"]["failures"])
+"""
+
+
+def test_gevents_timeout_and_kill_end_a_request_whose_provider_waits() -> None:
+    """Under gevent (monkey-patched, in a child process of its own), a request's ``gevent.Timeout`` and
+    ``greenlet.kill()`` land in the provider's I/O, or in the wait for the reader's worker."""
+    pytest.importorskip("gevent")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    child = subprocess.run(
+        [sys.executable, "-c", _UNDER_GEVENT], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split("\n")[:-1] == ["timeout: raised", "kill: GreenletExit None", "failures: 0"] * 2
