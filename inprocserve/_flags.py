@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import _fork
-from ._config_checks import _finite, is_number, shown
+from ._config_checks import MAX_INTERVAL_S, is_number, shown
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError
 
 __all__ = [
@@ -48,6 +48,7 @@ _REMEMBERED_KEPT = 1024  # flags remembered by one OpenFeatureFlags (keys come f
 _RACY_NS = 2_000_000_000  # a file modified this close to a read may change again with the same timestamp
 _LOG_EVERY_S = 60.0  # a FileFlags problem of one kind is logged at most this often
 _IDLE_REFRESHER_EXIT_S = 30.0  # a FileFlags refresher with no look asked for ends; the next request starts one
+_EMPTY_GRACE_S = 1.0  # an empty flags file replacing values is taken for one being written at least this long
 _CLOSE_WAIT_S = 0.2  # how long FileFlags.close() waits for its refresher (one in a hung mount is left)
 
 logger = logging.getLogger(__name__)
@@ -326,51 +327,58 @@ class FileFlags(_LookupFlags):
     UTF-8, with or without a byte order mark. Nested tables are flattened with dots: ``[fraud.canary]
     percent = 5`` is ``fraud.canary.percent``.
 
+    An empty file (or one of white space only, JSON or TOML) means no flags. One that replaces values is
+    first taken for a file being written (what a look between an editor's truncate and its write sees):
+    the values keep answering, and :attr:`last_error` says so, until a look at least ``_EMPTY_GRACE_S``
+    after the first that found it empty still finds it so (the thread makes that look itself); then it
+    means no flags.
+
     Thread-safe. The first read is made by the constructor, on the caller's thread.
 
     Raises:
-        ConfigurationError: ``check_interval_s`` is not a finite number of seconds >= 0.
+        ConfigurationError: ``check_interval_s`` is not a number of seconds from 0 to a day.
     """
 
     name = "file"
 
     def __init__(self, path: str | Path, *, check_interval_s: float = 1.0) -> None:
-        if not (is_number(check_interval_s) and _finite(check_interval_s) and check_interval_s >= 0):
+        if not (is_number(check_interval_s) and 0 <= check_interval_s <= MAX_INTERVAL_S):  # (NaN fails too)
             raise ConfigurationError(
-                f"check_interval_s must be a finite number of seconds >= 0, got {shown(check_interval_s)}"
+                f"check_interval_s must be a number of seconds from 0 to {MAX_INTERVAL_S:.0f} (a day), "
+                f"got {shown(check_interval_s)}"
             )
         self.path = Path(path)
         self.check_interval_s = float(check_interval_s)
-        self._values: dict[str, Any] | None = None  # replaced whole, never changed: a rollout's plan is kept by it
+        # the values last read, replaced whole, never changed: a rollout's plan is kept by it
+        self._snapshot: _FileValues | None = None
+        self._planning = threading.local()  # .values: this thread makes a plan from these (_FileValues.reads)
         self._seen: _FileSeen | None = None  # what the last good read saw (only the reading thread sets it)
+        self._empty_since: float | None = None  # when looks began to find the file empty, values answering
         self.last_error: str | None = None
-        """Why the file's last look failed (None after a good one): the values before it still answer."""
+        """Why the file's last look failed (None after a good one), or that the instance was closed: the
+        values before it still answer."""
         self.errors = 0  # failed looks at the file (only grows)
         self._logged: dict[str, float] = {}  # kind of problem -> when last logged
         self._checked_at = -math.inf
-        self._closed = False
-        self._reset_refresher()
+        self._looks = _Looks()
+        # (the refresher holds the instance weakly: one dropped without close() is collected, and this ends it)
+        self._finalizer = weakref.finalize(self, self._looks.close)
         self._refresh()
         _fork.register(self)
 
-    def _reset_refresher(self) -> None:
-        self._lock = threading.Lock()  # guards the refresher's state only: never held across I/O
-        self._wake = threading.Condition(self._lock)
-        self._due = False  # a look at the file was asked for and has not begun
-        self._refresher: threading.Thread | None = None
-
     def _after_fork_in_child(self) -> None:
-        self._reset_refresher()  # (the parent's thread did not come through the fork; its lock may be held)
+        self._looks.reset()  # (the parent's thread did not come through the fork; its lock may be held)
 
     def close(self) -> None:
-        """Stop the background thread: the values last read keep answering, never refreshed again. A read
-        stuck in a hung mount is not waited for (a daemon thread, it ends when the read returns).
-        Idempotent. An instance dropped without it stops too: its thread ends after ``_IDLE_REFRESHER_EXIT_S``
-        without a look asked for."""
-        with self._lock:
-            self._closed = True
-            self._wake.notify_all()
-            refresher = self._refresher
+        """Stop the background thread: the values last read keep answering, never refreshed again, and
+        :attr:`last_error` (``status()``'s ``source_error``) says the instance is closed, for any server still
+        reading it. A read stuck in a hung mount is not waited for (a daemon thread, it ends when the read
+        returns). Idempotent. An instance dropped without it is collected and its thread ends."""
+        refresher = self._finalizer()
+        with self._looks.lock:
+            self.last_error = (
+                f"closed: {self.path} is no longer looked at (FileFlags.close()); the values last read answer"
+            )
         if refresher is not None and refresher is not threading.current_thread():
             refresher.join(timeout=_CLOSE_WAIT_S)
 
@@ -381,70 +389,65 @@ class FileFlags(_LookupFlags):
         self.close()
 
     def _lookup(self, key: str) -> Any:
-        values = self._checked_values()
-        if values is None:
+        snapshot: _FileValues | None = getattr(self._planning, "values", None)  # (a plan's: see _FileValues)
+        if snapshot is None:
+            snapshot = self._checked_values()
+        if snapshot is None:
             raise FlagError(f"flag file unusable: {self.last_error}")
-        return values.get(key, _MISSING)
+        return snapshot.values.get(key, _MISSING)
 
-    def _frozen_values(self) -> Mapping[str, Any] | None:
-        """Every value, the same for every context, in a mapping that a reload replaces whole (never
+    def _frozen_values(self) -> _FileValues | None:
+        """Every value, the same for every context, in an object that a reload replaces whole (never
         changes; a reread of the same bytes keeps it), after asking for a look at the file if
         ``check_interval_s`` has passed; None before the file was ever read, or once ``blocking`` is set on
-        the instance."""
+        the instance. A plan made for it reads from it (:meth:`_FileValues.reads`)."""
         if self.blocking:
             return None
         return self._checked_values()
 
-    def _checked_values(self) -> dict[str, Any] | None:
+    def _checked_values(self) -> _FileValues | None:
         """The values last read; asks the background thread to look at the file when the interval passed."""
         now = time.monotonic()
         if now - self._checked_at >= self.check_interval_s:
             self._ask_for_a_look(now)
-        return self._values
+        return self._snapshot
 
     def _ask_for_a_look(self, now: float) -> None:
         """Have the refresher look at the file (at most one look runs, and one more waits)."""
-        with self._lock:
-            if self._closed or now - self._checked_at < self.check_interval_s:
+        looks = self._looks
+        with looks.lock:
+            if looks.closed or now - self._checked_at < self.check_interval_s:
                 return
             self._checked_at = now
-            if self._due:  # (asked already: a look in a hung mount never ends, and nothing piles up)
+            refresher = looks.thread
+            if refresher is not None and not refresher.is_alive():  # (killed past its own clean-up: replaced)
+                looks.thread = refresher = None
+                looks.due = False
+            if looks.due:  # (asked already: a look in a hung mount never ends, and nothing piles up)
                 return
-            self._due = True
-            if self._refresher is not None:
-                self._wake.notify()
+            looks.due = True
+            if refresher is not None:
+                looks.wake.notify()
                 return
-            refresher = threading.Thread(target=self._refreshing, name="inprocserve-flag-file", daemon=True)
+            refresher = threading.Thread(
+                target=_refreshing, args=(weakref.ref(self), looks), name="inprocserve-flag-file", daemon=True
+            )
             try:
                 refresher.start()
             except RuntimeError:  # (no thread to be had now: a later request asks again)
-                self._due = False
+                looks.due = False
                 return
-            self._refresher = refresher
-
-    def _refreshing(self) -> None:
-        """The refresher's loop: one look per request for one; ends when closed or idle for a while."""
-        me = threading.current_thread()
-        while True:
-            with self._lock:
-                while not self._due and not self._closed:
-                    if not self._wake.wait(_IDLE_REFRESHER_EXIT_S) and not self._due:
-                        break
-                if self._closed or not self._due:
-                    if self._refresher is me:
-                        self._refresher = None
-                    return
-                self._due = False
-            self._refresh()
+            looks.thread = refresher
 
     def _refresh(self) -> None:
         """Look at the file and take its values if it changed; any failure keeps the last good values."""
+        empty_since, self._empty_since = self._empty_since, None  # (kept by a look that finds it empty again)
         try:
-            self._reload()
+            self._reload(empty_since)
         except Exception as exc:  # (a file that cannot be read or parsed: the thread lives on)
             self._failed(exc)
 
-    def _reload(self) -> None:
+    def _reload(self, empty_since: float | None) -> None:
         seen = self._seen
         info = self.path.stat()
         read_at = time.time_ns()  # (wall time, as the file system's clock that stamps the file)
@@ -454,37 +457,148 @@ class FileFlags(_LookupFlags):
             self._usable()
             return
         raw = self.path.read_bytes()
-        if seen is not None and raw == seen.raw and self._values is not None:  # (the same values: kept whole)
+        if seen is not None and raw == seen.raw and self._snapshot is not None:  # (the same values: kept whole)
             self._seen = _FileSeen(signature, racy, raw)
             self._usable()
             return
         text = raw.decode("utf-8-sig")  # (UTF-8, and a byte order mark some editors write is no key)
-        if not text.strip():  # (valid TOML, but what a look between an editor's truncate and write sees)
-            raise ValueError("the file is empty (taken for one being written)")
-        data = tomllib.loads(text) if self.path.suffix.lower() == ".toml" else json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("the top level must be a table/object")
-        self._values = _flatten(data)
+        if text.strip():
+            data = tomllib.loads(text) if self.path.suffix.lower() == ".toml" else json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("the top level must be a table/object")
+        else:  # (no flags; or what a look between an editor's truncate and its write sees)
+            self._wait_if_being_written(empty_since)
+            data = {}
+        self._snapshot = _FileValues(_flatten(data), self._planning)
         self._seen = _FileSeen(signature, racy, raw)
         self._usable()
 
+    def _wait_if_being_written(self, empty_since: float | None) -> None:
+        """Raise while an empty file that replaces values may be one being written: until a look at least
+        ``_EMPTY_GRACE_S`` after the first that found it empty (which the refresher makes) finds it empty."""
+        snapshot = self._snapshot
+        if snapshot is None or not snapshot.values:  # (no values to keep: no flags at once)
+            return
+        now = time.monotonic()
+        if empty_since is not None and now - empty_since >= _EMPTY_GRACE_S:
+            return
+        self._empty_since = since = now if empty_since is None else empty_since
+        with self._looks.lock:
+            self._looks.recheck_at = since + _EMPTY_GRACE_S
+        raise ValueError(
+            f"the file is empty: taken for one being written, it means no flags if still empty "
+            f"{_EMPTY_GRACE_S:g} s after it was first seen so"
+        )
+
     def _usable(self) -> None:
-        if self.last_error is not None:
+        with self._looks.lock:
+            if self.last_error is None or self._looks.closed:  # (closed: it says so for good)
+                return
             self.last_error = None
-            logger.info("flags file %s is usable again", self.path)
+        logger.info("flags file %s is usable again", self.path)
 
     def _failed(self, exc: Exception) -> None:
         """Keep why (``last_error``), count it, and log it at most once a minute per kind of problem."""
         kind = "unreadable" if isinstance(exc, OSError) else "invalid"
-        self.last_error = f"{self.path}: {_said(exc)}"
+        with self._looks.lock:
+            if self._looks.closed:  # (a look that ended after close(): it says so for good)
+                return
+            self.last_error = error = f"{self.path}: {_said(exc)}"
         self.errors += 1
         now = time.monotonic()
         if now - self._logged.get(kind, -math.inf) < _LOG_EVERY_S:
             return
         self._logged[kind] = now
-        logger.warning(
-            "flags file %s; the last good values answer (%d failed looks so far)", self.last_error, self.errors
-        )
+        logger.warning("flags file %s; the last good values answer (%d failed looks so far)", error, self.errors)
+
+
+class _Looks:
+    """The state of a :class:`FileFlags`' refresher, apart from the instance: its thread holds the instance
+    weakly, and only during a look, so an instance dropped without ``close()`` is collected (its finalizer
+    closes this, which ends the thread at once)."""
+
+    __slots__ = ("closed", "due", "lock", "recheck_at", "thread", "wake")
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.reset()
+
+    def reset(self) -> None:
+        self.lock = threading.Lock()  # guards this state (and FileFlags.last_error): never held across I/O
+        self.wake = threading.Condition(self.lock)
+        self.due = False  # a look at the file was asked for and has not begun
+        self.recheck_at: float | None = None  # when the thread looks again by itself (an empty file)
+        self.thread: threading.Thread | None = None
+
+    def close(self) -> threading.Thread | None:
+        """Have the thread end; returns it (None if none runs)."""
+        with self.lock:
+            self.closed = True
+            self.wake.notify_all()
+            return self.thread
+
+
+def _refreshing(flags_of: weakref.ref[FileFlags], looks: _Looks) -> None:
+    """A :class:`FileFlags` refresher's loop: one look per request for one (and the recheck of an empty
+    file); ends when closed, idle for ``_IDLE_REFRESHER_EXIT_S``, or its instance is gone. Whatever ends it,
+    the state says it runs no more, so the next request that asks for a look starts another."""
+    me = threading.current_thread()
+    try:
+        while True:
+            with looks.lock:
+                idle_until = time.monotonic() + _IDLE_REFRESHER_EXIT_S
+                while not looks.due and not looks.closed:
+                    now, recheck_at = time.monotonic(), looks.recheck_at
+                    if recheck_at is not None and now >= recheck_at:
+                        looks.recheck_at = None
+                        looks.due = True
+                        break
+                    until = idle_until if recheck_at is None else min(idle_until, recheck_at)
+                    if now >= until:
+                        break
+                    looks.wake.wait(until - now)
+                if looks.closed or not looks.due:
+                    looks.thread = None  # (in the same hold as the check: a request asking now starts one)
+                    return
+                looks.due = False
+            flags = flags_of()
+            if flags is None:
+                return
+            try:
+                flags._refresh()
+            except Exception:  # (a logging filter or handler that raised: what went wrong is kept already)
+                pass
+            del flags  # (held weakly while it waits)
+    finally:
+        with looks.lock:
+            if looks.thread is me:  # (ended by what escaped a look: a request starts another)
+                looks.thread = None
+                looks.due = False
+
+
+class _FileValues:
+    """The values of one read of a :class:`FileFlags` file (see ``FileFlags._frozen_values``).
+
+    A plan made for them must be made from them (:meth:`reads`), not from the values a look swaps in while
+    the plan is made: the plan is kept by this object, and would pair it with the newer values."""
+
+    __slots__ = ("_planning", "values")
+
+    def __init__(self, values: dict[str, Any], planning: threading.local) -> None:
+        self.values = values
+        self._planning = planning
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.values
+
+    @contextmanager
+    def reads(self) -> Iterator[None]:
+        """Within this (on this thread), the flags' reads answer from these values."""
+        self._planning.values = self
+        try:
+            yield
+        finally:
+            self._planning.values = None
 
 
 class _FileSeen:

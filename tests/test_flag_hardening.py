@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import json
+import logging
 import math
 import os
 import signal
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,10 +207,13 @@ def test_a_flags_file_in_utf8_with_a_byte_order_mark_and_an_upper_case_suffix_is
 # -- settings -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("interval", [math.nan, math.inf, -1, None, "1", True, 10**400])
-def test_the_check_interval_must_be_a_finite_number_of_seconds(flags_file: Path, interval: Any) -> None:
-    with pytest.raises(ConfigurationError, match="check_interval_s must be a finite number of seconds >= 0"):
+@pytest.mark.parametrize("interval", [math.nan, math.inf, -1, None, "1", True, 10**400, 1e308, 86_400.5])
+def test_the_check_interval_must_be_a_number_of_seconds_up_to_a_day(flags_file: Path, interval: Any) -> None:
+    """1e308 s would never look at the file again, as NaN did: a day is the longest of any interval."""
+    with pytest.raises(ConfigurationError, match="check_interval_s must be a number of seconds from 0 to 86400"):
         FileFlags(flags_file, check_interval_s=interval)
+    with FileFlags(flags_file, check_interval_s=86_400) as flags:
+        assert flags.check_interval_s == 86_400
 
 
 # -- values a float cannot hold ------------------------------------------------------------------------------
@@ -467,3 +473,146 @@ def test_gevents_timeout_and_kill_end_a_request_whose_provider_waits() -> None:
     )
     assert child.returncode == 0, child.stderr
     assert child.stdout.split("\n")[:-1] == ["timeout: raised", "kill: GreenletExit None", "failures: 0"] * 2
+
+
+# -- an empty flags file ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["flags.toml", "flags.json"])
+@pytest.mark.parametrize("text", ["", " \n\t\n"], ids=["empty", "white-space"])
+def test_a_flags_file_empty_at_start_means_no_flags(
+    versions: Path, make_server: ServerFactory, tmp_path: Path, name: str, text: str
+) -> None:
+    """``touch flags.toml``, or an empty ConfigMap key: the configured rollout runs, nothing failing."""
+    path = tmp_path / name
+    path.write_text(text)
+    server = make_server(versions, config=CANARY, flags=FileFlags(path, check_interval_s=0))
+    answers = {server.predict("scale", X, context={"user_id": f"u{i}"}).variant for i in range(40)}
+    assert answers == {"stable", "canary"}
+    status = flags_status(server)
+    assert (status["failures"], status["source_error"]) == (0, None)
+
+
+def test_a_flags_file_emptied_means_no_flags_once_still_empty_a_second_later(
+    versions: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """An operator empties the file to clear every flag: the values keep answering while it may be a file
+    being written, and no flags answer once it is still empty a second later, with no request asking for
+    that look (here none would ask for an hour)."""
+    path = tmp_path / "flags.toml"
+    path.write_text("[scale]\nkill = true\n")
+    flags = FileFlags(path, check_interval_s=3600)
+    server = make_server(versions, config=CANARY, flags=flags)
+    path.write_text("")
+    emptied = time.monotonic()
+    assert server.predict("scale", X, context={"user_id": "u"}).reason == "kill switch is on"  # (asks the look)
+    wait_until(lambda: "being written" in (flags.last_error or ""))
+    assert server.predict("scale", X, context={"user_id": "u"}).reason == "kill switch is on"
+    wait_until(lambda: flags.last_error is None, 5)
+    assert time.monotonic() - emptied >= 1.0
+    answers = {server.predict("scale", X, context={"user_id": f"u{i}"}).variant for i in range(40)}
+    assert answers == {"stable", "canary"}
+    assert flags_status(server)["source_error"] is None
+
+
+# -- the refresher thread -----------------------------------------------------------------------------------
+
+
+class Killed(BaseException):
+    """Ends the thread it is raised in (as greenlet.kill() ends a monkey-patched thread)."""
+
+
+@pytest.mark.parametrize("raised", [RuntimeError, Killed])
+def test_a_refresher_ended_by_what_a_logging_filter_raises_is_replaced(
+    flags_file: Path, monkeypatch: pytest.MonkeyPatch, raised: type
+) -> None:
+    """A filter (or handler) that raises while the thread logs a bad file: later changes are still seen,
+    whether the thread lives on or is ended by it."""
+    ended: list[type] = []
+    monkeypatch.setattr(threading, "excepthook", lambda hooked: ended.append(hooked.exc_type))
+    filtered: list[str] = []
+
+    class Raising(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            filtered.append(record.getMessage())
+            raise raised("a buggy logging filter")
+
+    flags = FileFlags(flags_file, check_interval_s=0)
+    logger = logging.getLogger("inprocserve._flags")
+    logger.addFilter(raising := Raising())
+    try:
+        flags_file.write_text("{not json")
+        flags.get_number("scale.canary.percent", 0, {})
+        wait_until(lambda: any("Expecting property name" in message for message in filtered))
+        if raised is Killed:
+            wait_until(lambda: ended == [Killed])
+    finally:
+        logger.removeFilter(raising)
+    flags_file.write_text(json.dumps({"scale.canary.percent": 7}))
+    wait_until(lambda: flags.get_number("scale.canary.percent", 0, {}) == 7, 3)
+    flags.close()
+    assert ended == ([Killed] if raised is Killed else [])
+
+
+def test_file_flags_dropped_without_close_are_collected_and_their_thread_ends(flags_file: Path) -> None:
+    others = refreshers()
+    flags = FileFlags(flags_file, check_interval_s=0)
+    assert flags.get_number("scale.canary.percent", 0, {}) == 100
+    wait_until(lambda: len(refreshers(but=others)) == 1)
+    dropped = weakref.ref(flags)
+    del flags
+    gc.collect()
+    assert dropped() is None
+    wait_until(lambda: not refreshers(but=others), 2)
+
+
+def test_closed_file_flags_say_so_in_the_status_of_a_server_still_reading_them(
+    versions: Path, make_server: ServerFactory, flags_file: Path
+) -> None:
+    """Shared by two servers, and closed with one of them (``with FileFlags(...)``): the other's values
+    are frozen, and its status must say why."""
+    flags = FileFlags(flags_file, check_interval_s=0)
+    server = make_server(versions, config=CANARY, flags=flags)
+    with flags:
+        make_server(versions, config=CANARY, flags=flags).close()
+    flags_file.write_text(json.dumps({"scale.kill": True}))
+    time.sleep(0.05)
+    assert server.predict("scale", X, context={"user_id": "u"}).variant == "canary"  # (never looked at again)
+    assert flags_status(server)["source_error"] == (
+        f"closed: {flags_file} is no longer looked at (FileFlags.close()); the values last read answer"
+    )
+
+
+# -- a plan made while a look swaps the values --------------------------------------------------------------
+
+
+def test_a_plan_is_made_from_the_values_it_is_kept_for_while_a_look_swaps_them(
+    versions: Path, make_server: ServerFactory, flags_file: Path
+) -> None:
+    """A look lands between two of the plan's reads: the plan must not mix the two files (a canary from the
+    old file at the new file's 100 %, which neither file says) and be kept for the old values."""
+    flags_file.write_text(json.dumps({"scale.strategy": "canary", "scale.canary.percent": 0}))
+    flags = FileFlags(flags_file, check_interval_s=0)
+    server = make_server(versions, config=CANARY, flags=flags)
+    read_string, swapped = flags.get_string, []
+
+    def elsewhere(key: str) -> float:  # (a read on another thread: never the plan's)
+        got: list[float] = []
+        reader = threading.Thread(target=lambda: got.append(flags.get_number(key, -1, {})))
+        reader.start()
+        reader.join()
+        return got[0]
+
+    def get_string(key: str, default: str, context: Any) -> str:
+        value = read_string(key, default, context)
+        if key == "scale.strategy" and not swapped:  # (the look swaps the values in after this read)
+            swapped.append(key)
+            flags_file.write_text(json.dumps({"scale.strategy": "stable", "scale.canary.percent": 100}))
+            wait_until(lambda: elsewhere("scale.canary.percent") == 100)
+        return value
+
+    flags.get_string = get_string  # type: ignore[method-assign]
+    answers = [server.predict("scale", X, context={"user_id": f"u{i}"}) for i in range(20)]
+    assert swapped
+    assert [a.variant for a in answers] == ["stable"] * 20, [a.reason for a in answers]
+    assert answers[0].reason == "the canary is at 0%"

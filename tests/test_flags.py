@@ -386,7 +386,7 @@ def test_a_provider_forked_while_its_lock_was_held_serves_the_child(kind: str, t
         lock, use = flags._lock, lambda: flags.set("fraud.canary.percent", 5)
     elif kind == "file":
         flags = FileFlags(path, check_interval_s=0.0)
-        lock, use = flags._lock, lambda: None
+        lock, use = flags._looks.lock, lambda: None
     else:
         flags = EnvFlags("INPROCSERVE_TEST_FORK_")
         lock, use = flags._naming, lambda: None
