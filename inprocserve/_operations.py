@@ -112,7 +112,8 @@ class Operations:
         )
 
     def _followed(self) -> None:
-        """With the lifecycle lock held: this server now follows a revision read from the file."""
+        """With the lifecycle lock or the routing lock held: this server now follows a revision read from the
+        file."""
         self._read_once = True
         if self._registry.routing_refusal is not None:
             self._registry.refuse_routing(None)
@@ -124,11 +125,33 @@ class Operations:
         with self._registry.lock:
             return self._registry.follow_initial_control()
 
-    def _adopt(self, control: Control) -> list[str]:
-        """With the lifecycle lock held: follow ``control``, read from the file or just written to it."""
-        problems = self._registry.adopt(control)
+    def _adopt(self, control: Control, *, retry_now: bool = True) -> list[str]:
+        """With the lifecycle lock held: follow ``control``, read from the file or just written to it — or
+        what the file holds by the time the routing lock is taken.
+
+        The file is read again under that lock: a revision that needs no load may have been followed at once
+        since ``control`` was read or written (:meth:`_follow_at_once` needs only the routing lock), and the
+        file's revisions only grow, so that one is newer; following ``control`` would undo it until the next
+        interval. A revision older than the one followed, read under the lock, is the file's own going back
+        (restored from a backup): warned about, and followed."""
+        registry = self._registry
+        with registry.routing:
+            current = self._read_again(control)
+            adopted = current != registry.control  # the whole document, not its revision
+            if adopted:
+                self._warn_if_unusual(registry.control, current)
+                registry.adopt(current)
+        problems = registry.apply_adopted(current) if adopted else registry.retry_control(now=retry_now)
         self._followed()
         return problems
+
+    def _read_again(self, control: Control) -> Control:
+        """With the routing lock held: the revision the file holds now; without a file, or with one that
+        cannot be read now, ``control`` unless the revision followed is newer."""
+        current = self._read_control() if self._control_file is not None else None
+        if current is not None:
+            return current
+        return control if control.revision > self._registry.control.revision else self._registry.control
 
     def start_watcher(self) -> None:
         """Start the control-file watcher; :meth:`close` stops and joins it."""
@@ -306,10 +329,10 @@ class Operations:
         registry = self._registry
         # Read again under the lock: a revision read before a writer of this process took the lock
         # may be older than the one it wrote and adopted, and adopting it would flip back for one interval.
+        # (_adopt reads it once more under the routing lock, for a revision followed at once meanwhile.)
         control = self._read_control()
         if control is not None and control != registry.control:  # the whole document, not its revision
-            self._warn_if_unusual(registry.control, control)
-            self._adopt(control)
+            self._adopt(control, retry_now=retry_now)
         else:
             if control is not None:
                 self._followed()

@@ -622,27 +622,31 @@ class Registry:
             except Exception:  # the poller must survive anything a repository throws at it
                 logger.exception("model repository refresh failed")
 
-    def adopt(self, control: Control) -> list[str]:
-        """With the lifecycle lock held: make ``control`` the state this server follows, and apply every
-        model whose state changed (all of them, re-scanning the repository, on a new reload revision).
+    def adopt(self, control: Control) -> None:
+        """With the lifecycle lock and the routing lock held: make ``control`` the state this server follows,
+        and mark every model whose state changed (all of them, re-scanning the repository, on a new reload
+        revision) for :meth:`apply_adopted`, which applies them once the routing lock is released (a load
+        must not hold it)."""
+        previous = self.control
+        # What changed is marked pending before the revision is: a reader without the lock (the control-file
+        # check of Operations.sync_control) must never see the new revision with nothing pending to apply.
+        self._control_reload_pending |= control.reload != previous.reload
+        self._control_pending.update(_changed_models(previous, control))
+        self.control = control
+        self._control_warned.clear()
+        self._control_backoff_s = 0.0  # a new revision: try it at once, and retry it soon
+
+    def apply_adopted(self, control: Control) -> list[str]:
+        """With the lifecycle lock held, after :meth:`adopt` of ``control``: apply what it marked.
 
         Each model is applied on its own: one that cannot be applied (a version it names is missing or
         fails to load, its ``config.toml`` is invalid, the re-scan failed) leaves the others applied, is
         logged once per distinct error, shown in status (``control.error``), and tried again by
         :meth:`retry_control` (every ``control_interval_s``) until it applies. Returns the problems found:
         the re-scan's (as :meth:`refresh`), then those that left a part of the revision unapplied."""
-        with self.routing:  # (adopt_at_once() sees the revision and what is pending of it together)
-            previous = self.control
-            # What changed is marked pending before the revision is: a reader without the lock (the control-file
-            # check of Operations.sync_control) must never see the new revision with nothing pending to apply.
-            self._control_reload_pending |= control.reload != previous.reload
-            self._control_pending.update(_changed_models(previous, control))
-            self.control = control
-        self._control_warned.clear()
         logger.info(
             "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
         )
-        self._control_backoff_s = 0.0  # a new revision: try it at once, and retry it soon
         return self._try_control()
 
     def adopt_at_once(self, control: Control) -> bool:

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -243,6 +244,63 @@ def test_a_kill_switch_does_not_wait_for_a_hot_reload_of_another_model(fleet: Pa
                 assert time.monotonic() - written < 3.0, "the kill switch waited for the hot reload"
                 time.sleep(0.01)
             assert "slow" not in server.models  # (still loading: the lock was held all along)
+
+
+def test_a_writer_does_not_undo_a_newer_revision_followed_at_once_before_it_follows_its_own(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill() writes its revision, releases the file's lock, then follows it; in between, another host writes
+    a newer revision, which the watcher (or the admin /sync) follows at once under the routing lock alone:
+    kill() must not put its older revision back in force (until the next interval)."""
+    server = make_server(fleet, config=ModelConfig(version_policy=VersionPolicy.all()), control_interval_s=None)
+    assert answer(server, "fraud") == 2
+    set_model = ControlFile.set_model
+
+    def then_another_host(self: ControlFile, name: str, change: Any, *, actor: str | None = None) -> Control:
+        written = set_model(self, name, change, actor=actor)
+        if actor is None:  # this worker's kill(), its file lock released
+            write(fleet, fraud=ModelControl(stable=1))
+            syncing = threading.Thread(target=server.sync_control)  # the watcher: at once (v1 is loaded)
+            syncing.start()
+            syncing.join(10)
+            assert not syncing.is_alive() and answer(server, "fraud") == 1
+        return written
+
+    monkeypatch.setattr(ControlFile, "set_model", then_another_host)
+    server.kill("alpha")
+    assert server.status()["control"]["revision"] == 2
+    assert answer(server, "fraud") == 1
+    assert server.predict("alpha", X).reason == "kill switch is on (control file)"
+
+
+def test_a_sync_does_not_undo_a_newer_revision_followed_at_once_between_its_read_and_its_adopt(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher reads a revision that needs a load, under the lifecycle lock; before it adopts it, an admin
+    /sync follows a newer one that needs none, at once: the watcher must not put the older one back in force,
+    nor warn that the file went back (it did not)."""
+    server = make_server(fleet, control_interval_s=None)  # fraud: v2 loaded (the latest), not v1
+    write(fleet, fraud=ModelControl(stable=1))  # v1 to load: not followed at once
+    read, watcher, paused = ControlFile.read, threading.current_thread(), []
+
+    def then_another_host(self: ControlFile) -> Control:
+        control = read(self)
+        if threading.current_thread() is watcher and server._registry.lock._is_owned() and not paused:
+            paused.append(control.revision)
+            write(fleet, fraud=ModelControl(stable=2, kill=True))
+            syncing = threading.Thread(target=server.sync_control)  # the admin /sync: at once (v2 is loaded)
+            syncing.start()
+            syncing.join(10)
+            assert not syncing.is_alive() and server.status()["control"]["revision"] == 2
+        return control
+
+    monkeypatch.setattr(ControlFile, "read", then_another_host)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        assert server.sync_control() == 2
+    assert paused == [1]
+    assert server.predict("fraud", X).reason == "kill switch is on (control file)"
+    assert answer(server, "fraud") == 2
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_the_watcher_retries_until_the_revision_applies(fleet: Path, make_server: ServerFactory) -> None:
