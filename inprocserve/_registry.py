@@ -678,11 +678,13 @@ class Registry:
 
     def _servable_now(self, name: str, state: ModelControl | None) -> bool:
         """Whether ``state`` can route ``name`` with what is loaded (nothing to load, or nothing that
-        :meth:`follow` would load for it)."""
+        :meth:`follow` would load for it). A model with nothing loaded here routes nothing either way: most
+        often another host's (a shared control file names them all), else one not loaded yet; its part is
+        left to :meth:`retry_control`, which must not hold back the models this host serves."""
         if state is None or name in self._explicit or name in self._unloaded:
             return True
         loaded = set(self.loaded.get(name, {}))
-        return bool(loaded) and _served(state) <= loaded
+        return not loaded or _served(state) <= loaded
 
     @property
     def control_pending(self) -> bool:

@@ -246,6 +246,30 @@ def test_a_kill_switch_does_not_wait_for_a_hot_reload_of_another_model(fleet: Pa
             assert "slow" not in server.models  # (still loading: the lock was held all along)
 
 
+def test_a_kill_switch_does_not_wait_for_a_hot_reload_when_the_revision_names_another_hosts_model(
+    fleet: Path, make_server: ServerFactory
+) -> None:
+    """A control file shared by hosts names every host's models: one with nothing loaded here has nothing to
+    load before the revision routes (another host's; its part is left to the retry), so a kill switch written
+    with it is followed at once, as above."""
+    server = make_server(fleet, poll_interval_s=0.1, control_interval_s=0.1)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        (fleet / "slow" / "1").mkdir(parents=True)
+        (fleet / "slow" / "1" / "remote.toml").write_text(
+            f'url = "http://127.0.0.1:{silent.getsockname()[1]}"\nmodel = "slow"\ntimeout_s = 20.0\n'
+        )
+        silent.settimeout(30)
+        connection, _ = silent.accept()  # the poller is loading it, and waits for an answer
+        with connection:
+            write(fleet, elsewhere=ModelControl(stable=3), fraud=ModelControl(kill=True))
+            written = time.monotonic()
+            while server.predict("fraud", X).reason != "kill switch is on (control file)":
+                assert time.monotonic() - written < 3.0, "the kill switch waited for the hot reload"
+                time.sleep(0.01)
+            assert "slow" not in server.models  # (still loading: the lock was held all along)
+    assert server.status()["control"]["error"] is None
+
+
 def test_a_writer_does_not_undo_a_newer_revision_followed_at_once_before_it_follows_its_own(
     fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
