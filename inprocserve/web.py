@@ -201,14 +201,8 @@ def readiness(server: Server, required: Sequence[str] | None = None) -> Readines
             reasons[name] = _first_error(model)
         elif model.get("unhealthy"):
             degraded[name] = "; ".join(f"version {v}: {why}" for v, why in sorted(model["unhealthy"].items()))
-    control = status.get("control") or {}
-    # A worker that follows no revision of its control file may be undoing the fleet's switches and kill
-    # switches. Without a watcher (interval_s None) nothing would read the file again: not waited for then.
-    if control.get("read") is False and control.get("interval_s") is not None:
-        unread = (
-            "this worker follows no revision of the control file yet (it routes no request until it does: "
-            f"every model's own config could undo the fleet's revision): {control.get('error') or 'being applied'}"
-        )
+    unread = _control_unknown(status)
+    if unread is not None:
         reasons = dict.fromkeys(names, unread)
     closed = bool(status["closed"])
     return Readiness(
@@ -217,6 +211,22 @@ def readiness(server: Server, required: Sequence[str] | None = None) -> Readines
         reasons=reasons,
         closed=closed,
         degraded=degraded,
+    )
+
+
+def _control_unknown(status: Mapping[str, Any]) -> str | None:
+    """Why a server whose ``status()`` this is routes no request that does not pin a version
+    (``ControlStateUnknownError``), or ``None`` when it routes them.
+
+    A worker that follows no revision of its control file could undo the fleet's switches and kill switches,
+    so it refuses them while its watcher has not read one. Without a watcher (``interval_s`` None) nothing
+    would read the file again: it serves by every model's own config then, and is not refused."""
+    control = status.get("control") or {}
+    if control.get("read") is not False or control.get("interval_s") is None:
+        return None
+    return (
+        "this worker follows no revision of the control file yet (it routes no request until it does: "
+        f"every model's own config could undo the fleet's revision): {control.get('error') or 'being applied'}"
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import re
 import struct
 from pathlib import Path
@@ -18,6 +19,7 @@ import rapidjson
 
 import inprocserve
 from inprocserve import v2, web
+from inprocserve._control import CONTROL_FILENAME
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -65,6 +67,32 @@ def test_a_model_s_readiness_names_its_load_error_without_the_path(
     assert status == 503 and response.headers["Retry-After"] == "1"
     assert "cannot load" in document["error"] and "not a valid ONNX model" in document["error"]
     assert str(repository) not in response.body.decode() and str(repository.parent) not in response.body.decode()
+
+
+def test_a_worker_that_never_read_its_control_file_answers_503_and_its_models_are_not_ready(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It refuses every request that does not pin a version (ControlStateUnknownError) until its watcher
+    reads the file: another worker can answer, so a 503 with Retry-After, as the plug-ins answer it (it was a
+    500, with a warning per request), and the model is not ready (it said ready)."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / CONTROL_FILENAME).write_text("{ damaged")
+    server = make_server(repository, control_interval_s=60)
+    endpoints = v2.Endpoints(lambda: server)
+    body = json.dumps({"inputs": [X]}).encode()
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        status, document, response = call(endpoints, "POST", "/v2/models/scale/infer", body)
+    assert status == 503 and response.headers["Retry-After"] == "1" and "control file" in document["error"]
+    assert not [record for record in caplog.records if record.name.startswith("inprocserve.v2")]
+    status, document, response = call(endpoints, "GET", "/v2/models/scale/ready")
+    assert status == 503 and document["ready"] is False and response.headers["Retry-After"] == "1"
+    assert "control file" in document["error"] and str(repository) not in document["error"]
+    assert call(endpoints, "GET", "/v2/models/scale/versions/1/ready")[0] == 200  # a pinned version is served
+    assert call(endpoints, "POST", "/v2/models/scale/versions/1/infer", body)[0] == 200
+    (repository / CONTROL_FILENAME).unlink()  # (an absent file is revision 0)
+    server.sync_control()
+    assert call(endpoints, "GET", "/v2/models/scale/ready")[0] == 200
+    assert call(endpoints, "POST", "/v2/models/scale/infer", body)[0] == 200
 
 
 def test_model_metadata_reads_status_without_paths(served: inprocserve.Server, repository: Path) -> None:

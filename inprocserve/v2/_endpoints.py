@@ -21,13 +21,10 @@ from .._errors import (
     InprocserveError,
     InvalidInputError,
     ModelNotFoundError,
-    OverloadedError,
-    RemoteUnavailableError,
-    ServerClosedError,
 )
 from .._server import Server
 from .._signature import Signature, convertible
-from ..web import retry_after
+from ..web import ERROR_STATUS, _control_unknown, retry_after
 from ._codec import Limits, RequestedOutput, TensorHeader, _header, decode_infer_request, encode_infer_response
 from ._datatypes import DATATYPES, datatype_of_onnx
 
@@ -38,6 +35,8 @@ logger = logging.getLogger(__name__)
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ("binary_tensor_data", "parameters")
 _READ_CHUNK = 1 << 20
+# The errors another worker (or this one, later) may answer: 503 with Retry-After, as the plug-ins answer them
+_UNAVAILABLE = tuple(error for error, status in ERROR_STATUS.items() if status == 503)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +154,9 @@ class Endpoints:
             budget_s: The app's remaining time budget for this request, or ``None``.
 
         Errors become ``{"error": "..."}`` with 400 (bad request), 404 (unknown model, version or
-        path), 405, 503 (overloaded, closed, not ready, a remote model's server unavailable) or 504
-        (deadline); an inference that fails inside onnxruntime is a 500.
+        path), 405, 503 (overloaded, closed, not ready, a remote model's server unavailable, a worker that
+        has not read the fleet's control file) or 504 (deadline); an inference that fails inside onnxruntime
+        is a 500.
         """
         try:
             return self._route(method.upper(), path, headers, read, context, budget_s)
@@ -164,7 +164,7 @@ class Endpoints:
             return _error(400, exc)
         except ModelNotFoundError as exc:
             return _error(404, exc)
-        except (OverloadedError, ServerClosedError, RemoteUnavailableError) as exc:
+        except _UNAVAILABLE as exc:
             return _error(503, exc, {"Retry-After": self._retry_after})
         except DeadlineExceededError as exc:
             return _error(504, exc)
@@ -234,14 +234,18 @@ class Endpoints:
         document: dict[str, Any] = {"name": name}
         if version is not None:
             document["version"] = str(version)
-        model = server.status(include_paths=False)["models"].get(name)  # load errors without file paths
+        status = server.status(include_paths=False)  # load errors without file paths
+        model = status["models"].get(name)
         unhealthy = {} if model is None else model.get("unhealthy") or {}
         asked = str(version if version is not None else model["answering_version"] if model else None)
-        if servable and (version is None or version in servable) and asked not in unhealthy:
+        refused = None if version is not None else _control_unknown(status)  # (a pinned version is served)
+        if servable and (version is None or version in servable) and asked not in unhealthy and refused is None:
             return Response.json(200, {**document, "ready": True})
         if model is None:
             raise _unknown_model(server, name)
-        if asked in unhealthy:  # served, but its remote server is down
+        if refused is not None:
+            reason = refused
+        elif asked in unhealthy:  # served, but its remote server is down
             reason = f"version {asked}: {unhealthy[asked]}"
         elif version is not None:
             entry = model["versions"].get(str(version))
