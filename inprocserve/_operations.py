@@ -28,7 +28,7 @@ from ._control import (
     validate_percent,
     validate_version,
 )
-from ._errors import ConfigurationError, InvalidInputError, PromotionRefusedError
+from ._errors import ConfigurationError, InvalidInputError, ModelNotFoundError, PromotionRefusedError
 from ._prediction import Prediction, RequestIds
 from ._registry import Registry, Routes
 from ._reports import InterleavedRanking, PromotionReport
@@ -205,10 +205,25 @@ class Operations:
             routes = self._registry.serving(model, version)
             if not force:
                 self._refuse_if_incompatible(routes, model, version)
+            self._refuse_if_gone(model, version, self._registry.repository_versions(model))
             self._registry.incompatible.get(model, {}).pop(version, None)  # the operator accepted its signature
             current = routes.router.stable_version(routes.versions, routes.default.version)
             self._change_control(model, lambda state: switched(state, version, current=current), actor)
             logger.info("model %r: stable version is now %s", model, version)
+
+    @staticmethod
+    def _refuse_if_gone(model: str, version: int, versions: set[int] | None) -> None:
+        """Refuse to make the fleet serve a version that is not in the repository (``versions``; ``None``: the
+        model is not served from one), as the CLI does: one still loaded here serves from memory, but every
+        worker that starts cannot load it and serves another version."""
+        if versions is not None and version not in versions:
+            known = ", ".join(map(str, sorted(versions))) or "none"
+            raise ModelNotFoundError(
+                f"model {model!r}: version {version} is not in the repository (versions: {known}); nothing was "
+                "written: a worker that starts could not load it",
+                model=model,
+                version=version,
+            )
 
     @staticmethod
     def _refuse_if_incompatible(routes: Routes, model: str, version: int) -> None:
@@ -238,6 +253,7 @@ class Operations:
             hint = self._current_control().models.get(model, ModelControl()).previous_stable
             if hint is not None:
                 self._registry.serving(model, hint)
+            versions = self._registry.repository_versions(model)
             target: list[int] = []
 
             def back(state: ModelControl) -> ModelControl:
@@ -246,6 +262,7 @@ class Operations:
                     raise ValueError(
                         f"model {model!r} has no previous stable version to roll back to (no switch recorded)"
                     )
+                self._refuse_if_gone(model, previous, versions)
                 target[:] = [previous]
                 return switched(state, previous)  # back to what served before: never refused
 
@@ -262,6 +279,7 @@ class Operations:
             else:
                 validate_version(version)
                 self._registry.serving(model, version)
+                self._refuse_if_gone(model, version, self._registry.repository_versions(model))
 
             def change(state: ModelControl) -> ModelControl:
                 if version is None:
@@ -429,6 +447,7 @@ class Operations:
         """See :meth:`Server.promote`."""
         with self._registry.lock:
             routes = self._registry.serving(model, version)
+            self._refuse_if_gone(model, version, self._registry.repository_versions(model))
             self._refuse_if_incompatible(routes, model, version)  # its answers could not even be compared
             stable = routes.router.stable_version(routes.versions, routes.default.version)
             samples = list(routes.router.recent)
@@ -561,7 +580,8 @@ class RolloutMethods:
             force: Switch even to a version whose signature is incompatible with the stable one.
 
         Raises:
-            ModelNotFoundError: the version is not in the repository (or not loaded, without one).
+            ModelNotFoundError: the version is not in the repository (even one still loaded here whose folder
+                was removed: a worker that starts could not load it), or not loaded, without one.
             ModelLoadError: it cannot be loaded.
             ConfigurationError: the control file is invalid or cannot be written.
             PromotionRefusedError: the signatures are incompatible and ``force`` is not set; the differences
@@ -648,6 +668,7 @@ class RolloutMethods:
         ``report["reason"]``; ``report.to_dict()`` gives it).
 
         Raises:
+            ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
             PromotionRefusedError: the candidate's signature is incompatible with the stable version's
                 (use :meth:`switch` with ``force=True``), its answers differ in form, the comparison failed a
                 bound (or had nothing to measure it on), or there were fewer than ``min_samples`` recent

@@ -887,6 +887,13 @@ class Registry:
             self.load(model, version=version)
         return self.routes_of(model)
 
+    def repository_versions(self, model: str) -> set[int] | None:
+        """The versions of ``model`` in the repository now (scanned), or ``None`` when it is not served from
+        one (no repository, or loaded by path). Raises ``ModelNotFoundError`` when it is not in it any more."""
+        if self.repository is None or model in self._explicit:
+            return None
+        return set(self.find_in_repository(model).versions)
+
     def known(self, model: str) -> None:
         self.check_open()
         validate_model_name(model)

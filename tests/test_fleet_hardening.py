@@ -24,7 +24,7 @@ import pytest
 
 import inprocserve
 import inprocserve._registry as registry_module
-from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve import ModelConfig, RolloutConfig, VersionPolicy, web
 from inprocserve._cli_status import healthy
 from inprocserve._control import CONTROL_FILENAME, Control, ControlFile, ControlFileUnavailableError, ModelControl
 from inprocserve.testing import ManualClock, build_scale_model, save_model
@@ -218,6 +218,33 @@ def test_a_served_version_gone_from_the_repository_keeps_serving_and_is_reported
     server.refresh()
     assert answer(server, "fraud") == 2
     assert server.status()["control"]["error"] is None
+
+
+def test_a_version_gone_from_the_repository_is_not_written_as_the_fleets(
+    fleet: Path, make_server: ServerFactory
+) -> None:
+    """Still loaded here, it would serve from memory, but every worker that starts could not load it and would
+    serve another version: switch, rollback, canary, promote and the admin endpoints refuse it, as the CLI does."""
+    server = make_server(fleet, config=ModelConfig(version_policy=VersionPolicy.all()), control_interval_s=None)
+    server.switch("fraud", 1)
+    server.switch("fraud", 2)  # 1 is the previous stable version, for a rollback
+    shutil.rmtree(fleet / "fraud" / "1")  # a clean-up, a bad sync: still loaded here
+    before = ControlFile(fleet).read()
+    gone = r"model 'fraud': version 1 is not in the repository \(versions: 2\); nothing was written"
+    with pytest.raises(inprocserve.ModelNotFoundError, match=gone):
+        server.rollback("fraud")
+    with pytest.raises(inprocserve.ModelNotFoundError, match=gone):
+        server.switch("fraud", 1)
+    with pytest.raises(inprocserve.ModelNotFoundError, match=gone):
+        server.set_canary("fraud", 1, percent=10.0)
+    with pytest.raises(inprocserve.ModelNotFoundError, match=gone):
+        server.promote("fraud", 1, min_samples=0)
+    for action, body in (("rollback", None), ("switch", {"version": 1}), ("canary", {"version": 1, "percent": 5})):
+        assert web.admin_answer(server, action, "fraud", body, actor="ops").status == 404
+    assert ControlFile(fleet).read() == before
+    assert answer(server, "fraud") == 2
+    server.set_canary("fraud", None, percent=0)  # what is in the repository is still written
+    assert ControlFile(fleet).read().revision == before.revision + 1
 
 
 def test_a_kill_switch_does_not_wait_for_a_hot_reload_of_another_model(fleet: Path, make_server: ServerFactory) -> None:
