@@ -115,7 +115,10 @@ class Registry:
         # Versions the control state serves that left the repository while loaded: they keep serving (see _gone)
         self._gone: dict[str, set[int]] = {}
         self._control_retry_at = 0.0  # retry_control() waits for this clock time (backing off)
-        self._control_backoff_s = 0.0
+        self._control_backoff_s = 0.0  # (both changed under the lifecycle lock only)
+        # A revision followed at once left a part to apply: retry_control() tries it now, from a fresh back-off
+        # (set under the routing lock: a try in progress under the lifecycle lock cannot overwrite it)
+        self._control_retry_soon = False
         self._policy_problems: dict[str, str] = {}  # models whose version policy selects nothing (logged once)
         # The last load failure logged for each version (its error, and the files it read): a remote version
         # whose server is down is tried again at every refresh (every poll), and is logged once, not each time.
@@ -672,8 +675,7 @@ class Registry:
             self._route_by_control(name)
             if name in self._control_pending or not self._control_versions(name) <= set(self.loaded.get(name, {})):
                 self._control_pending.add(name)
-                self._control_backoff_s = 0.0
-                self._control_retry_at = self._clock()
+                self._control_retry_soon = True
         return True
 
     def _servable_now(self, name: str, state: ModelControl | None) -> bool:
@@ -747,11 +749,16 @@ class Registry:
         With ``now=False`` (the control-file watcher) it backs off while a try keeps failing (1 s, doubling
         up to 60 s): each try may scan the repository or connect to a remote model server, under the
         lifecycle lock. An explicit ``sync_control()`` tries at once."""
-        if not self.control_pending or (not now and self._clock() < self._control_retry_at):
+        waiting = not now and not self._control_retry_soon and self._clock() < self._control_retry_at
+        if not self.control_pending or waiting:
             return []
         return self._try_control()
 
     def _try_control(self) -> list[str]:
+        with self.routing:  # (what a revision followed at once leaves from now on asks for a try of its own)
+            if self._control_retry_soon:
+                self._control_retry_soon = False
+                self._control_backoff_s = 0.0
         problems = self._apply_control()
         if self.control_pending:  # the next try waits twice as long as the last (1 s first)
             self._control_backoff_s = min(_CONTROL_RETRY_CAP_S, 2 * self._control_backoff_s or 1.0)

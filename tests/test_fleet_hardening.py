@@ -297,6 +297,37 @@ def test_a_kill_switch_does_not_wait_for_a_hot_reload_when_the_revision_names_an
     assert server.status()["control"]["error"] is None
 
 
+def test_what_a_revision_followed_at_once_leaves_to_load_is_tried_at_once_even_during_a_retry(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher's retry of a failing revision (under the lifecycle lock) backs off when it ends; a revision
+    followed at once meanwhile asked for a try now (its previous stable version, for rollbacks, to load), and
+    the retry's back-off must not put it off (up to 60 s)."""
+    clock = ManualClock()
+    server = make_server(fleet, control_interval_s=None, clock=clock)  # fraud: v2 loaded, not v1
+    write(fleet, fraud=ModelControl(stable=3))  # not in the repository: retried with a back-off
+    assert server.sync_control() == 1 and server.status()["control"]["error"] is not None
+    scan, paused = registry_module.scan_repository, []
+
+    def then_another_host(*args: Any, **kwargs: Any) -> Any:
+        if not paused:  # the retry, under the lifecycle lock: a switch back to v2 is followed at once meanwhile
+            paused.append(True)
+            write(fleet, fraud=ModelControl(stable=2, previous_stable=1))
+            syncing = threading.Thread(target=server.sync_control)
+            syncing.start()
+            syncing.join(10)
+            assert not syncing.is_alive() and answer(server, "fraud") == 2
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(registry_module, "scan_repository", then_another_host)
+    clock.advance(60.0)
+    server._operations.sync_control(retry_now=False)  # the watcher's retry
+    assert paused and 1 not in server.models["fraud"]
+    server._operations.sync_control(retry_now=False)  # its next interval: no back-off for the new revision
+    assert server.models["fraud"] == [1, 2]
+    assert server.status()["control"]["error"] is None
+
+
 def test_a_writer_does_not_undo_a_newer_revision_followed_at_once_before_it_follows_its_own(
     fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
