@@ -697,20 +697,23 @@ class Registry:
     def control_problem(self) -> str | None:
         """Why a part of :attr:`control` is not applied (``None`` when all of it is), or serves only from
         memory (a version it serves that is gone from the repository: see :meth:`_gone_but_served`)."""
-        problems = [self._control_problems[key] for key in sorted(self._control_problems)]
+        revision = self.control.revision
+        texts = []
+        if self._control_problems:
+            details = "; ".join(self._control_problems[key] for key in sorted(self._control_problems))
+            texts.append(
+                f"control revision {revision} is applied only in part (retried every control interval): {details}"
+            )
+        gone: list[str] = []
         for name, numbers in sorted(self._gone.copy().items()):  # (still loaded and served: the state may move)
             served = _served(self.control.models.get(name)) & numbers & set(self.loaded.get(name, {}))
-            problems.extend(
-                f"model {name!r}: version {number} is not in the repository any more (it keeps serving as loaded)"
-                for number in sorted(served)
+            gone.extend(f"model {name!r} version {number}" for number in sorted(served))
+        if gone:  # applied, and nothing to retry: but a worker that starts now cannot follow it
+            texts.append(
+                f"control revision {revision} serves {', '.join(gone)} from memory: not in the repository any "
+                "more, so a worker that starts cannot load it (put it back, or switch the fleet to another version)"
             )
-        if not problems:
-            return None
-        details = "; ".join(problems)
-        return (
-            f"control revision {self.control.revision} is applied only in part (retried every control "
-            f"interval): {details}"
-        )
+        return "; ".join(texts) or None
 
     def follow_initial_control(self) -> list[str]:
         """With the lifecycle lock held, after the first load, which followed :attr:`control` already: note
