@@ -205,12 +205,19 @@ class FlagReader:
             if self._closed:
                 return fallback("flag reader closed")
             accepted = len(self._jobs) < self.max_queued + self._idle and not self._all_stuck()
+            unstarted = None
             if accepted:
                 self._jobs.append((future, decide))
                 if self._idle >= len(self._jobs):
                     self._cond.notify()
                 elif len(self._workers) < self.max_workers:
-                    self._start_worker()
+                    unstarted = self._start_worker()
+                    if unstarted is not None and not self._workers:  # (nobody would ever take the job)
+                        self._jobs.remove((future, decide))
+                        accepted = False
+        if unstarted is not None and not accepted:
+            self._count("busy", f"flag provider {self.provider.name!r}: no worker thread can be started ({unstarted})")
+            return fallback("flag provider busy")
         if not accepted:
             self._count("busy", f"flag provider {self.provider.name!r}: all {self.max_workers} workers are stuck")
             return fallback("flag provider busy")
@@ -274,10 +281,16 @@ class FlagReader:
         limit = time.monotonic() - self.timeout_s
         return all(started < limit for started in self._running.values())
 
-    def _start_worker(self) -> None:
+    def _start_worker(self) -> str | None:
+        """Start one more worker (with the lock held: it waits for it before it takes a job); why it could not
+        be started (a process's thread limit), or None. Only a started thread is counted as a worker."""
         worker = threading.Thread(target=self._work, name="inprocserve-flags", daemon=True)
+        try:
+            worker.start()
+        except RuntimeError as exc:  # ("can't start new thread": a later request tries again)
+            return str(exc)
         self._workers.add(worker)
-        worker.start()
+        return None
 
     def _work(self) -> None:
         me = threading.current_thread()

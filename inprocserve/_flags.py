@@ -368,6 +368,9 @@ class FileFlags(_LookupFlags):
 
     def _after_fork_in_child(self) -> None:
         self._looks.reset()  # (the parent's thread did not come through the fork; its lock may be held)
+        # a look the parent asked for, or its recheck of an empty file, was the parent's thread's to make: the
+        # child's first request looks at once (a file found empty keeps its first sighting)
+        self._checked_at = -math.inf
 
     def close(self) -> None:
         """Stop the background thread: the values last read keep answering, never refreshed again, and
@@ -485,9 +488,10 @@ class FileFlags(_LookupFlags):
         self._empty_since = since = now if empty_since is None else empty_since
         with self._looks.lock:
             self._looks.recheck_at = since + _EMPTY_GRACE_S
-        raise ValueError(
+        raise _BeingWritten(
             f"the file is empty: taken for one being written, it means no flags if still empty "
-            f"{_EMPTY_GRACE_S:g} s after it was first seen so"
+            f"{_EMPTY_GRACE_S:g} s after it was first seen so",
+            first=empty_since is None,
         )
 
     def _usable(self) -> None:
@@ -504,12 +508,22 @@ class FileFlags(_LookupFlags):
             if self._looks.closed:  # (a look that ended after close(): it says so for good)
                 return
             self.last_error = error = f"{self.path}: {_said(exc)}"
-        self.errors += 1
+        if not isinstance(exc, _BeingWritten) or exc.first:  # (an empty file is counted once while it waits)
+            self.errors += 1
         now = time.monotonic()
         if now - self._logged.get(kind, -math.inf) < _LOG_EVERY_S:
             return
         self._logged[kind] = now
         logger.warning("flags file %s; the last good values answer (%d failed looks so far)", error, self.errors)
+
+
+class _BeingWritten(ValueError):
+    """A look found the file empty where it had values: maybe a file being written (``first``: the first
+    look that found it so)."""
+
+    def __init__(self, message: str, *, first: bool) -> None:
+        super().__init__(message)
+        self.first = first
 
 
 class _Looks:

@@ -616,3 +616,77 @@ def test_a_plan_is_made_from_the_values_it_is_kept_for_while_a_look_swaps_them(
     assert swapped
     assert [a.variant for a in answers] == ["stable"] * 20, [a.reason for a in answers]
     assert answers[0].reason == "the canary is at 0%"
+
+
+# -- what a second review found -----------------------------------------------------------------------------
+
+
+class RemoteFlags(InMemoryFlags):
+    """A provider that calls a flag service: evaluated on the flag reader's worker threads."""
+
+    name = "remote"
+    blocking = True
+
+
+def test_a_flag_worker_that_cannot_be_started_gives_the_stable_decision_and_a_later_one_serves(
+    versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's thread limit ("can't start new thread"), which root on this machine cannot be put
+    under (the limit is stood in for by ``Thread.start`` raising): the request gets the stable decision at
+    once, and once threads can be had again the next request is evaluated by a worker."""
+    flags = RemoteFlags({"scale.strategy": "canary", "scale.canary.percent": 100, "scale.canary.version": 2})
+    server = make_server(versions, config=CANARY, flags=flags, flag_timeout_s=5)
+    start = threading.Thread.start
+    limited = {"on": True}
+
+    def start_unless_limited(thread: threading.Thread) -> None:
+        if limited["on"] and thread.name == "inprocserve-flags":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_unless_limited)
+    for _ in range(3):
+        began = time.monotonic()
+        answer = server.predict("scale", X, context={"user_id": "u"})
+        assert (answer.version, answer.reason) == (1, "flag provider busy")
+        assert time.monotonic() - began < 2  # (not its flag budget: nothing could ever take the job)
+    limited["on"] = False
+    answer = server.predict("scale", X, context={"user_id": "u"})
+    assert (answer.version, answer.variant) == (2, "canary")
+    assert flags_status(server)["workers"] == 1
+
+
+def test_a_worker_forked_while_its_flags_file_was_found_empty_clears_the_flags(
+    versions: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The parent found the file emptied and waits to see it still empty; a worker forked then (its
+    refresher's recheck did not come through the fork) looks at its first request and clears the flags a
+    second after the first sighting, though no request asks for a look for an hour."""
+    path = tmp_path / "flags.toml"
+    path.write_text("[scale]\nkill = true\n")
+    flags = FileFlags(path, check_interval_s=3600)
+    server = make_server(versions, config=CANARY, flags=flags)
+    path.write_text("")
+    server.predict("scale", X, context={"user_id": "u"})  # (asks the look that finds it empty)
+    wait_until(lambda: "being written" in (flags.last_error or ""))
+
+    def in_the_child() -> str:
+        server.predict("scale", X, context={"user_id": "u"})
+        wait_until(lambda: flags.last_error is None, 5)
+        return str(sorted({server.predict("scale", X, context={"user_id": f"u{i}"}).variant for i in range(40)}))
+
+    assert run_in_forked_child(in_the_child, timeout_s=20) == "['canary', 'stable']"
+
+
+def test_an_emptied_flags_file_counts_one_failed_look_while_it_waits(tmp_path: Path) -> None:
+    path = tmp_path / "flags.toml"
+    path.write_text("[scale]\nkill = true\n")
+    flags = FileFlags(path, check_interval_s=0)
+    path.write_text("")
+    deadline = time.monotonic() + 0.6
+    while time.monotonic() < deadline:  # (looks asked for again and again within the second it waits)
+        flags.get_boolean("scale.kill", False, {})
+        time.sleep(0.01)
+    assert "being written" in (flags.last_error or "")
+    assert flags.errors == 1
+    flags.close()
