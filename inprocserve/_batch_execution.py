@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import Backend, is_whole_batch
-from ._batch_ops import BatchShapeError, pad_and_stack, split_outputs, stack_inputs
+from ._batch_ops import BatchShapeError, check_rows, pad_and_stack, split_outputs, stack_inputs
 from ._config import PaddingConfig
 from ._errors import DeadlineExceededError, InprocserveError, RemoteUnavailableError
 from ._recorder import Recorder
@@ -43,7 +43,8 @@ class BatchExecution:
         chunk_rows: Run a request with more rows than this in slices (``None``: always whole).
         succeeded: Called with requests that ran and their outputs, in order.
         failed: Called with one request and its error.
-        unbatchable: Called with a reason when the model's outputs turn out to have no batch axis.
+        unbatchable: Called with a reason when the model's outputs turn out to have no batch axis (a merged
+            batch's, or a slice's, do not have one entry per row); from then on nothing is merged or sliced.
         clock: The monotonic clock the requests' deadlines are on.
         telemetry: The version's metric recorder (batch size, duration and queue wait, once per batch).
     """
@@ -246,7 +247,13 @@ class BatchExecution:
 
     def _run_in_chunks(self, runner: Any, request: Request, parent: Any, step: int) -> dict[str, Any]:
         """A request larger than ``max_batch_size`` (or its own ``run_rows``) runs in slices that are stitched
-        back together. The batch's compute time is the sum of the slices' runs."""
+        back together. The batch's compute time is the sum of the slices' runs.
+
+        Raises:
+            BatchShapeError: a slice's output does not have one entry per row of the slice (a count of things
+                found, a scalar): stitched, its entries would be numbered within each slice, not the request.
+                The request is then run again whole, and no request is sliced or merged any more.
+        """
         parts = []
         timing = request.batch
         for start in range(0, request.rows, step):
@@ -254,10 +261,12 @@ class BatchExecution:
             left = None if request.deadline is None else request.deadline - self._clock()
             started = time.perf_counter()
             try:
-                parts.append(self._run_batch(runner, chunk, timeout_s=left, parent=parent))
+                outputs = self._run_batch(runner, chunk, timeout_s=left, parent=parent)
             finally:
                 if timing is not None:
                     timing.compute_s += time.perf_counter() - started
+            check_rows(outputs, self._output_names, min(step, request.rows - start), what="a slice of a large request")
+            parts.append(outputs)
         return {name: np.concatenate([part[index] for part in parts]) for index, name in enumerate(self._output_names)}
 
 

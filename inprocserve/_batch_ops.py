@@ -13,7 +13,14 @@ import numpy as np
 
 from ._config import PaddingConfig
 
-__all__ = ["BatchShapeError", "group_key", "pad_and_stack", "split_outputs", "stack_inputs"]
+__all__ = [
+    "BatchShapeError",
+    "check_rows",
+    "group_key",
+    "pad_and_stack",
+    "split_outputs",
+    "stack_inputs",
+]
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -78,6 +85,24 @@ def _pad_to(array: np.ndarray, axis: int, size: int, value: float) -> np.ndarray
     return np.pad(array, widths, constant_values=np.array(value).astype(array.dtype))
 
 
+def check_rows(outputs: Sequence[Any], names: Sequence[str], rows: int, *, what: str = "a batch") -> None:
+    """Check that every output has one entry on axis 0 per row run.
+
+    Raises:
+        BatchShapeError: an output is 0-d, or its axis 0 has another length (a data-dependent count such as
+            detections, or an axis that is not the rows): cut by position, its entries would go to the wrong
+            requests.
+    """
+    for name, output in zip(names, outputs, strict=True):
+        shape = np.shape(output)
+        if not shape:
+            raise BatchShapeError(f"output {name!r} is a scalar (0-d) for {what} of {rows} rows: it has no batch axis")
+        if shape[0] != rows:
+            raise BatchShapeError(
+                f"output {name!r} has {shape[0]} rows for {what} of {rows}: its outputs have no batch axis"
+            )
+
+
 def split_outputs(
     outputs: Sequence[Any],
     names: Sequence[str],
@@ -91,12 +116,7 @@ def split_outputs(
         BatchShapeError: an output's axis 0 does not have one entry per stacked row, or an axis to crop does
             not have the padded length.
     """
-    total = sum(row_counts)
-    for name, output in zip(names, outputs, strict=True):
-        if len(output) != total:
-            raise BatchShapeError(
-                f"output {name!r} has {len(output)} rows for a batch of {total}: its outputs have no batch axis"
-            )
+    check_rows(outputs, names, sum(row_counts))
     if len(row_counts) == 1 and crop is None:
         return [dict(zip(names, outputs, strict=True))]
     results = []

@@ -63,7 +63,8 @@ class Batcher:
         backend: Where batches run; one worker per runner.
         config: Batching settings.
         input_names / output_names: The model's signature, in order.
-        batchable: Whether rows of several requests may be stacked on axis 0.
+        batchable: Whether rows of several requests may be stacked on axis 0, and a large request's rows be
+            run in slices: each row's answer is its own, whatever rows share its run.
         has_dynamic_inner_axes: Whether any input has a dynamic axis besides axis 0 (requests must then be
             grouped by shape).
         run_cost: The model's measured cost per run; sets the automatic ``max_delay_s``.
@@ -91,6 +92,7 @@ class Batcher:
         self._clock = clock
         self._padding = config.padding if batchable else None
         self._merge = batchable and config.enabled
+        self._unbatchable_reason: str | None = None
         # Group keys are needed only when requests can differ in a non-batch axis (or are padded on one).
         self._keyed = self._merge and (config.padding is not None or has_dynamic_inner_axes)
         self.run_cost = run_cost
@@ -109,7 +111,8 @@ class Batcher:
             input_names=input_names,
             output_names=output_names,
             padding=self._padding,
-            # Only a model with a batch axis can run a large request in slices; others take it whole.
+            # Only a model with a batch axis, whose rows are independent, can run a large request in slices;
+            # others take it whole (batching.max_request_rows bounds it).
             chunk_rows=config.max_batch_size if batchable else None,
             succeeded=self._succeeded,
             failed=self._fail,
@@ -751,17 +754,26 @@ class Batcher:
                 self._beside_runner = runners[0]
             self._adopted = True
 
+    @property
+    def unbatchable_reason(self) -> str | None:
+        """Why requests stopped sharing runs and being run in slices while serving (``None``: they did not)."""
+        return self._unbatchable_reason
+
     def disable_merging(self, reason: str) -> None:
         """The model's outputs turned out to have no batch axis (``reason`` says how): from now on each
-        request runs alone, and is never stacked with others."""
+        request runs alone, whole, and is never stacked with others."""
         self._disable_merging(reason)
 
     def _disable_merging(self, reason: str) -> None:
-        if self._merge:
+        # (also with batching.enabled off, where a large request was still run in slices: the first reason
+        # is kept for status() and logged once)
+        if self._unbatchable_reason is None:
+            self._unbatchable_reason = reason
             self._merge = False
+            self._execution.chunk_rows = None
             self._policy.disable_merging()
             logger.warning(
-                "model %r version %s: %s; requests now run one at a time",
+                "model %r version %s: %s; requests now run one at a time, each whole",
                 self.model,
                 self.version,
                 reason,
