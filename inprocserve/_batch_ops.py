@@ -18,6 +18,7 @@ __all__ = [
     "check_rows",
     "group_key",
     "pad_and_stack",
+    "rows_problem",
     "split_outputs",
     "stack_inputs",
 ]
@@ -101,6 +102,57 @@ def check_rows(outputs: Sequence[Any], names: Sequence[str], rows: int, *, what:
             raise BatchShapeError(
                 f"output {name!r} has {shape[0]} rows for {what} of {rows}: its outputs have no batch axis"
             )
+
+
+def rows_problem(names: Sequence[str], alone: Sequence[Sequence[Any]], stacked: Sequence[Any]) -> str | None:
+    """Why answers of rows run together are not those of the same rows run alone (``None``: they are).
+
+    ``alone`` holds the outputs of one-row runs; ``stacked`` those of one run of the same rows, stacked in
+    that order. Each output must have one row per row run, and the stacked run's must equal the alone runs'
+    concatenated: exactly for integers, bools and strings; for floats within a relative 1e-3 of each value,
+    or of the output's largest value (1e-2 for float16), which tolerates the different kernels onnxruntime
+    picks for different batch sizes, and NaN equal to NaN.
+    """
+    for index, name in enumerate(names):
+        together = stacked[index]
+        parts = [outputs[index] for outputs in alone]
+        for rows, output in (*((1, part) for part in parts), (len(parts), together)):
+            shape = np.shape(output)
+            if not shape or shape[0] != rows:
+                return (
+                    f"output {name!r} has shape {list(shape)} for a run of {rows} row(s): its axis 0 is not the "
+                    "rows (a count of things found, or another axis)"
+                )
+        expected = np.concatenate(parts)
+        together = np.asarray(together)
+        if expected.shape != together.shape:
+            return (
+                f"output {name!r} has shape {list(together.shape)} for rows run together but "
+                f"{list(expected.shape)} for the same rows run alone"
+            )
+        difference = _difference(expected, together)
+        if difference is not None:
+            return (
+                f"output {name!r} of rows run together differs from the same rows run alone ({difference}): a "
+                "row's answer depends on the other rows of its run (a statistic over the batch: dynamic "
+                "quantization, batch normalization in training mode, a softmax or mean over axis 0)"
+            )
+    return None
+
+
+def _difference(expected: np.ndarray, got: np.ndarray) -> str | None:
+    """How ``got`` differs from ``expected`` beyond the tolerance of :func:`rows_problem` (``None``: it does not)."""
+    if expected.dtype.kind not in "fc" or got.dtype.kind not in "fc":
+        return None if np.array_equal(expected, got) else "values differ"
+    rtol = 1e-2 if np.float16 in (expected.dtype, got.dtype) else 1e-3
+    finite = np.abs(expected[np.isfinite(expected)])
+    atol = rtol * float(finite.max()) if finite.size else 0.0
+    if np.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True):
+        return None
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    gap = gap[np.isfinite(gap)]
+    return f"by up to {float(gap.max()):.3g}" if gap.size else "NaN or infinity where the other has a number"
 
 
 def split_outputs(

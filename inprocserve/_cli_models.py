@@ -94,7 +94,8 @@ def _inspect(args: argparse.Namespace) -> int:
         print("outputs:")
         for spec in model.signature.outputs:
             print(f"  {spec.describe()}")
-        batch = "yes (dynamic axis 0 on every input and output)" if model.signature.batchable else "no (runs unbatched)"
+        why = model.why_unbatchable()
+        batch = "yes (dynamic axis 0 on every input and output)" if why is None else f"no (runs unbatched: {why})"
         print(f"batchable: {batch}")
         return OK
     finally:
@@ -114,7 +115,7 @@ def _inspect_remote(path: Path, *, as_json: bool) -> int:
         print(f"{title}:")
         for spec in specs:
             print(f"  {spec.describe()}")
-    print(f"batchable: {'yes' if signature.batchable else 'no'}")
+    print(f"batchable: {'yes' if signature.batchable else f'no ({signature.unbatchable_reason})'}")
     return OK
 
 

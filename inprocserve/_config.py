@@ -121,6 +121,7 @@ _DEPRECATIONS = _DeprecationLog()
 
 
 NanPolicy = Literal["allow", "reject"]
+RowsIndependent = Literal["check", "yes", "no"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
 
@@ -206,10 +207,20 @@ class BatchingConfig:
     :class:`InvalidInputError` before anything is queued."""
     padding: PaddingConfig | None = None
     """Pad a dynamic axis so requests of different lengths can share a batch; ``None`` groups them."""
+    rows_independent: RowsIndependent = "check"
+    """Whether each row's answer is its own, whatever rows share its run, so requests may be merged and a
+    large one run in slices. ``"check"``: run the model at load on two rows alone and together, and merge
+    only if the answers agree (docs/batching.md, "Which requests share a batch"). ``"yes"``: skip that run
+    and merge (the declared shapes must still show one batch axis). ``"no"``: never merge nor slice: each
+    request runs alone and whole (a model that normalizes or quantizes over the whole batch)."""
 
     def __post_init__(self) -> None:
         plain_fields(self)
         check_bool("batching.enabled", self.enabled)
+        if self.rows_independent not in ("check", "yes", "no"):
+            raise ConfigurationError(
+                f"batching.rows_independent must be 'check', 'yes' or 'no', got {shown(self.rows_independent)}"
+            )
         check_int("batching.max_batch_size", self.max_batch_size, 1, MAX_BATCH_ROWS)
         if self.max_delay_ms is not None:
             self._convert_max_delay_ms()

@@ -24,6 +24,7 @@ import numpy as np
 
 from ._array_file import UnreadableArrayFileError, load_arrays
 from ._backend import Backend, BackendFactory
+from ._batch_ops import rows_problem, stack_inputs
 from ._batching import Batcher
 from ._cache import PredictionCache
 from ._config import ModelConfig
@@ -101,6 +102,7 @@ class ModelVersion:
         self.error: str | None = None
         self.loaded_at: float | None = None
         self.signature: Signature | None = None
+        self.unbatchable_reason: str | None = None  # why requests never share a run, found at load
         self.batcher: Batcher | None = None
         self.run_cost: RunCost | None = None
         self.memory_bytes: int | None = None  # RSS growth while this version loaded; None where unmeasured
@@ -179,12 +181,8 @@ class ModelVersion:
         """What a load builds on top of the backend's sessions: the drift monitor, the run cost and the
         batcher (its failure fails the load like a bad file's)."""
         self.signature = signature
-        if not signature.batchable:
-            logger.info(
-                "model %r version %s runs unbatched: its inputs or outputs have no dynamic batch axis",
-                self.name,
-                self.version,
-            )
+        self.unbatchable_reason = self._batching_problem(signature)
+        batchable = self.unbatchable_reason is None
         if self.config.drift.enabled:
             self.drift = DriftMonitor(
                 self.config.drift,
@@ -196,20 +194,69 @@ class ModelVersion:
                 input_shapes={spec.name: spec.shape for spec in signature.inputs},
                 output_shapes={spec.name: spec.shape for spec in signature.outputs},
             )
-        self.run_cost = self._measure_run_cost(signature)
+        self.run_cost = self._measure_run_cost(signature, batchable=batchable)
         self.batcher = Batcher(
             self.backend,
             self.config.batching,
             input_names=[spec.name for spec in signature.inputs],
             output_names=signature.output_names,
-            batchable=signature.batchable,
+            batchable=batchable,
             has_dynamic_inner_axes=signature.has_dynamic_inner_axes,
             run_cost=self.run_cost,
             deliver=self._deliver,
             clock=self._clock,
         )
 
-    def _measure_run_cost(self, signature: Signature) -> RunCost | None:
+    def _batching_problem(self, signature: Signature) -> str | None:
+        """Why requests of this version must never share a run, nor a large one be run in slices (``None``:
+        they may), logged once: the declared shapes, ``batching.rows_independent``, or the check that a row's
+        answer is its own (:meth:`_rows_dependence`)."""
+        static = signature.unbatchable_reason
+        setting = self.config.batching.rows_independent
+        if static is not None or setting == "no":
+            reason = static or "batching.rows_independent is 'no'"
+            logger.info("model %r version %s runs unbatched: %s", self.name, self.version, reason)
+            return reason
+        if setting == "yes" or not self.config.batching.enabled:
+            return None
+        dependence = self._rows_dependence(signature)
+        if dependence is not None:
+            logger.warning(
+                "model %r version %s runs unbatched: %s; each request runs alone and whole (set "
+                "batching.rows_independent = 'yes' if the answers may differ)",
+                self.name,
+                self.version,
+                dependence,
+            )
+        return dependence
+
+    def _rows_dependence(self, signature: Signature) -> str | None:
+        """Run two distinct rows alone, then stacked as one run, and say how the answers differ (``None``:
+        they agree, or the model would not run on these rows).
+
+        Stacked rows share a run whenever requests are merged, and a large request's slices are such runs
+        too: a model that computes over the whole batch (dynamic quantization, batch normalization in training
+        mode, a softmax over axis 0) or returns a count of things found on axis 0 would hand each caller an
+        answer that depends on, and reveals, other callers' rows. Three runs of one or two rows.
+        """
+        runner = self.backend.runners()[0]
+        first, second = signature.distinct_rows()
+        stacked = stack_inputs([first, second], [spec.name for spec in signature.inputs])
+        try:
+            alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
+            together = self.backend.run(runner, stacked)
+        except InprocserveError as exc:  # made-up rows are not valid input for every model
+            logger.info(
+                "model %r version %s: could not check that each row's answer is its own, the model would not "
+                "run on made-up rows (%s); requests are merged as the declared shapes allow",
+                self.name,
+                self.version,
+                exc,
+            )
+            return None
+        return rows_problem(signature.output_names, alone, together)
+
+    def _measure_run_cost(self, signature: Signature, *, batchable: bool) -> RunCost | None:
         """Time runs of 1 and of a few rows to split a run's cost into a fixed part and a per-row part.
 
         The fixed part is what batching saves per merged request, and it bounds how long a free session
@@ -217,7 +264,7 @@ class ModelVersion:
         """
         batching = self.config.batching
         rows = min(8, batching.max_batch_size)
-        if not (signature.batchable and batching.enabled and rows > 1):
+        if not (batchable and batching.enabled and rows > 1):
             return None
         runner = self.backend.runners()[0]
         small, large = signature.synthesize(1), signature.synthesize(rows)
@@ -365,6 +412,13 @@ class ModelVersion:
     def providers(self) -> list[str]:
         return [] if self._backend is None else list(self._backend.providers)
 
+    def why_unbatchable(self) -> str | None:
+        """Why requests of this version run one per run and whole (found at load, or while serving);
+        ``None`` when they may share runs (or the version has not loaded)."""
+        batcher = self.batcher
+        runtime = None if batcher is None else batcher.unbatchable_reason
+        return self.unbatchable_reason or runtime
+
     def health(self) -> str | None:
         """``None`` when this version's backend can take work; otherwise why it cannot."""
         if self._backend is None:
@@ -415,7 +469,8 @@ class ModelVersion:
             "intra_op_threads": facts.get("intra_op_threads"),
             "shared_session": facts.get("shared_session"),
             "io_binding": facts.get("io_binding"),
-            "batchable": None if self.signature is None else self.signature.batchable,
+            "batchable": None if self.signature is None else self.why_unbatchable() is None,
+            "unbatchable_reason": self.why_unbatchable(),
             "max_batch_size": self.config.batching.max_batch_size,
             "max_delay_s": None if batcher is None else batcher.max_delay_s,
             "max_delay_ms": None if batcher is None else round(batcher.max_delay_s * 1000, 3),

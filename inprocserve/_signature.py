@@ -100,10 +100,12 @@ class Signature:
         unsupported = [spec.describe() for spec in self.inputs if spec.dtype is None]
         if unsupported:
             raise ValueError(f"inputs of these types cannot be fed from numpy: {', '.join(unsupported)}")
-        self.batchable: bool = bool(self.inputs) and all(
-            spec.has_dynamic_batch for spec in (*self.inputs, *self.outputs)
-        )
-        """Rows of several requests can be stacked on axis 0 of every input and split off every output."""
+        self.unbatchable_reason: str | None = _batch_axis_problem(self.inputs, self.outputs)
+        """Why the declared shapes show that axis 0 is not one batch axis shared by every input and output
+        (``None``: as far as they tell, it is)."""
+        self.batchable: bool = self.unbatchable_reason is None
+        """Rows of several requests can be stacked on axis 0 of every input and split off every output, as far
+        as the declared shapes tell (the load also runs the model to check it: ``ModelVersion``)."""
         self.has_dynamic_inner_axes: bool = any(
             spec.shape is None or any(_is_dynamic(d) for d in spec.shape[1:]) for spec in self.inputs
         )
@@ -222,6 +224,27 @@ class Signature:
                 listing = ", ".join(f"{name!r} axis {axis} = {size}" for (name, axis), size in sizes.items())
                 raise InvalidInputError(f"dimension {symbol!r} must be the same in every input, got {listing}")
 
+    def distinct_rows(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Two one-row requests whose values differ, the same at every load: floats from a seeded normal, 0
+        and 1 for integers (an index valid for any table of two rows or more), False and True, "" and "a";
+        fixed inner axes as declared, dynamic ones of size 2. The load runs them alone and stacked to check
+        that a row's answer does not depend on the rows beside it (``ModelVersion``). Only for a batchable
+        signature (every input has a dynamic axis 0)."""
+        rng = np.random.default_rng(_PROBE_SEED)
+        first: dict[str, np.ndarray] = {}
+        second: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            assert spec.dtype is not None and spec.shape is not None
+            shape = [1, *(d if isinstance(d, int) and d >= 0 else _PROBE_INNER_SIZE for d in spec.shape[1:])]
+            if spec.is_string:
+                first[spec.name], second[spec.name] = np.full(shape, "", object), np.full(shape, "a", object)
+            elif spec.dtype.kind in "biu":
+                first[spec.name], second[spec.name] = np.zeros(shape, spec.dtype), np.ones(shape, spec.dtype)
+            else:
+                first[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+                second[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        return first, second
+
     # -- warm-up ----------------------------------------------------------------------------------------
 
     def synthesize(self, rows: int) -> dict[str, np.ndarray]:
@@ -237,6 +260,51 @@ class Signature:
             else:
                 arrays[spec.name] = np.zeros(shape, dtype=spec.dtype)
         return arrays
+
+
+# -- the batch axis -----------------------------------------------------------------------------------------
+
+_PROBE_SEED = 20240611
+_PROBE_INNER_SIZE = 2  # (2, not 1: a row of one element hides what a reduction or a transpose does to it)
+
+
+def _batch_axis_problem(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
+    """Why axis 0 cannot be taken for the batch axis of every input and output (``None``: it can).
+
+    Every input and output needs a dynamic axis 0. Where exporters name axis 0 (a ``dim_param``), every such
+    name must be one name, used at no other axis: an output ``[seq, batch]`` (a sequence-first export), a
+    ``[n_found, 4]`` of detections, or an input ``indices[k]`` has a dynamic axis 0 that is not the rows, and
+    split by position, its values went to the wrong callers whenever its length equalled the rows. Unnamed
+    dynamic axes say nothing either way (the load's run of the model checks them).
+    """
+    if not inputs:
+        return "it has no inputs"
+    named: dict[str, tuple[str, str]] = {}  # axis-0 name -> (kind, tensor) where first seen
+    for kind, specs in (("input", inputs), ("output", outputs)):
+        for spec in specs:
+            if spec.dtype is None:
+                return f"{kind} {spec.describe()} is not a tensor, so it has no rows to split"
+            if not spec.has_dynamic_batch:
+                return f"{kind} {spec.describe()} has no dynamic axis 0 to stack rows on"
+            dim = spec.shape[0] if spec.shape else None
+            if isinstance(dim, str) and dim:
+                named.setdefault(dim, (kind, spec.name))
+    if len(named) > 1:
+        (first, (kind, name)), (other, (other_kind, other_name)) = list(named.items())[:2]
+        return (
+            f"axis 0 is {first!r} on {kind} {name!r} but {other!r} on {other_kind} {other_name!r}: not one batch "
+            "axis (rename the dimension in the model if it is one)"
+        )
+    for symbol in named:
+        for kind, specs in (("input", inputs), ("output", outputs)):
+            for spec in specs:
+                for axis, dim in enumerate(spec.shape or ()):
+                    if axis > 0 and dim == symbol:
+                        return (
+                            f"{symbol!r}, the name of axis 0, is also axis {axis} of {kind} {spec.describe()}: "
+                            "axis 0 is not only the rows"
+                        )
+    return None
 
 
 # -- compatibility ------------------------------------------------------------------------------------------

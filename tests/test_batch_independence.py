@@ -1,0 +1,463 @@
+"""A caller's answer is its own: never another caller's rows, never changed by the rows that share its run.
+
+Each model here is run by onnxruntime on each caller's input alone for the expected answer, and served to
+callers whose inputs differ, through ``predict`` from threads, bursts of ``submit`` and ``apredict``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import inprocserve
+from inprocserve import BatchingConfig, ConfigurationError, ModelConfig
+from inprocserve._batch_ops import BatchShapeError, check_rows, rows_problem
+from inprocserve._signature import Signature, TensorSpec
+from inprocserve.testing import build_mlp_model, build_scale_model, save_model
+
+from .conftest import ServerFactory, run_threads, version_status
+
+Dims = list[Any]
+
+
+def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any] | None = None) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def _float(name: str, dims: Dims) -> Any:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+
+def seq_first() -> onnx.ModelProto:
+    """``y[seq, batch] = transpose(x[batch, seq])``: a sequence-first export's output."""
+    return _model(
+        [helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0])],
+        [_float("x", ["batch", "seq"])],
+        [_float("y", ["seq", "batch"])],
+    )
+
+
+def picked_rows() -> onnx.ModelProto:
+    """``y[k, 4] = data[indices]``: ``indices[k]`` is a parameter of the request, not its rows."""
+    return _model(
+        [helper.make_node("Gather", ["data", "indices"], ["y"], axis=0)],
+        [_float("data", ["batch", 4]), helper.make_tensor_value_info("indices", TensorProto.INT64, ["k"])],
+        [_float("y", ["k", 4])],
+    )
+
+
+def dynamic_quantization() -> onnx.ModelProto:
+    """What ``onnxruntime.quantization.quantize_dynamic`` inserts: one scale for the whole tensor."""
+    return _model(
+        [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zero"]),
+            helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"]),
+        ],
+        [_float("x", ["batch", 4])],
+        [_float("y", ["batch", 4])],
+    )
+
+
+def centered() -> onnx.ModelProto:
+    """``y = x - mean(x, axis=0)``: a statistic over the batch."""
+    return _model(
+        [
+            helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+            helper.make_node("Sub", ["x", "mean"], ["y"]),
+        ],
+        [_float("x", ["batch", 4])],
+        [_float("y", ["batch", 4])],
+    )
+
+
+def softmax_over_rows() -> onnx.ModelProto:
+    return _model(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=0)], [_float("x", ["batch", 4])], [_float("y", ["batch", 4])]
+    )
+
+
+def found(axis_name: str | None) -> onnx.ModelProto:
+    """``found[n, 2]``: (row, column) of each positive value, NonZero-style (detections, NMS)."""
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    return _model(
+        [
+            helper.make_node("Greater", ["x", "zero"], ["positive"]),
+            helper.make_node("NonZero", ["positive"], ["where"]),
+            helper.make_node("Transpose", ["where"], ["found"], perm=[1, 0]),
+        ],
+        [_float("x", ["batch", 4])],
+        [helper.make_tensor_value_info("found", TensorProto.INT64, [axis_name, 2])],
+        [zero],
+    )
+
+
+def scalar_total() -> onnx.ModelProto:
+    """Declared ``total[batch]``, but a sum over every axis (computed at run time): a 0-d output."""
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "z"), numpy_helper.from_array(np.array(1, np.int64), "one")]
+    return _model(
+        [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Size", ["shape"], ["rank"]),
+            helper.make_node("Range", ["z", "rank", "one"], ["axes"]),
+            helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=0),
+        ],
+        [_float("x", ["batch", 4])],
+        [_float("total", ["batch"])],
+        inits,
+    )
+
+
+def serve(
+    repository: Path, make_server: ServerFactory, model: onnx.ModelProto, **batching: Any
+) -> tuple[inprocserve.Server, ort.InferenceSession]:
+    save_model(model, repository, "m", 1)
+    config = ModelConfig(batching=BatchingConfig(max_delay_s=0.005, **batching))
+    server = make_server(repository, config=config, strict=True)
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return server, reference
+
+
+def alone(reference: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [output.name for output in reference.get_outputs()]
+    return dict(zip(names, reference.run(None, feeds), strict=True))
+
+
+def served_every_way(server: inprocserve.Server, requests: list[dict[str, np.ndarray]]) -> list[list[dict[str, Any]]]:
+    """Each request's answers: by ``predict`` on its own thread (all at once), in one burst of ``submit``, and
+    by ``apredict`` from one task each on one loop; several rounds, so callers share runs."""
+    answers: list[list[dict[str, Any]]] = [[] for _ in requests]
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(requests))
+
+    def call(index: int) -> None:
+        for _ in range(10):
+            barrier.wait(timeout=30)
+            answer = dict(server.predict("m", requests[index]))
+            with lock:
+                answers[index].append(answer)
+
+    assert run_threads(len(requests), call) == []
+    for _ in range(10):
+        futures = [server.submit("m", feeds) for feeds in requests]
+        for index, future in enumerate(futures):
+            answers[index].append(dict(future.result(timeout=30)))
+
+    async def tasks() -> list[Any]:
+        return await asyncio.gather(*(server.apredict("m", feeds) for feeds in requests))
+
+    for _ in range(10):
+        for index, answer in enumerate(asyncio.run(tasks())):
+            answers[index].append(dict(answer))
+    return answers
+
+
+def assert_each_answer_is_its_own(
+    server: inprocserve.Server, reference: ort.InferenceSession, requests: list[dict[str, np.ndarray]]
+) -> None:
+    for feeds, answers in zip(requests, served_every_way(server, requests), strict=True):
+        expected = alone(reference, feeds)
+        for answer in answers:
+            for name, value in expected.items():
+                np.testing.assert_array_equal(np.asarray(answer[name]), value)
+
+
+def four_callers(rng: np.random.Generator, scale: float = 1.0) -> list[dict[str, np.ndarray]]:
+    return [{"x": (rng.standard_normal((2, 4)) * scale * 10**index).astype(np.float32)} for index in range(4)]
+
+
+# -- 1. an axis 0 that is not the rows --------------------------------------------------------------------
+
+
+def test_a_sequence_first_output_never_mixes_callers_even_when_trusted(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Two callers of 2 rows with sequences of 4: merged, the output's axis 0 (the sequence) had the batch's 4
+    rows, and was cut by position. Trusted (no check at load), the declared names alone keep it apart."""
+    server, reference = serve(repository, make_server, seq_first(), rows_independent="yes")
+    requests = [{"x": np.arange(8, dtype=np.float32).reshape(2, 4) + 100 * index} for index in range(4)]
+    assert_each_answer_is_its_own(server, reference, requests)
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert status["unbatchable_reason"] == (
+        "axis 0 is 'batch' on input 'x' but 'seq' on output 'y': not one batch axis (rename the dimension in "
+        "the model if it is one)"
+    )
+
+
+def test_an_input_of_picked_rows_is_never_stacked(repository: Path, make_server: ServerFactory) -> None:
+    """``indices`` index the caller's own ``data``: stacked, caller B's indices 0 and 1 picked caller A's rows."""
+    server, reference = serve(repository, make_server, picked_rows(), rows_independent="yes")
+    requests = [
+        {
+            "data": np.full((2, 4), index, np.float32) + np.array([[0.0], [0.5]], np.float32),
+            "indices": np.array([1, 0], np.int64),
+        }
+        for index in range(4)
+    ]
+    assert_each_answer_is_its_own(server, reference, requests)
+    assert version_status(server, "m")["unbatchable_reason"] == (
+        "axis 0 is 'batch' on input 'data' but 'k' on input 'indices': not one batch axis (rename the "
+        "dimension in the model if it is one)"
+    )
+
+
+# -- 2. a count of things found on axis 0 ------------------------------------------------------------------
+
+
+def positives(rows: int, columns: list[int] | list[list[int]]) -> np.ndarray:
+    """``rows`` rows of -1, with 1 at ``columns[row]`` (one column, or a list of them)."""
+    x = -np.ones((rows, 4), np.float32)
+    for row, column in enumerate(columns):
+        x[row, column] = 1.0
+    return x
+
+
+@pytest.mark.parametrize("axis_name", ["n_found", None])
+def test_a_count_found_is_never_cut_by_position(
+    repository: Path, make_server: ServerFactory, axis_name: str | None
+) -> None:
+    """Named, the shapes tell; unnamed, the run at load does. Merged callers of one row with one hit each
+    (found == rows) got their row index shifted into the merged batch, and a request larger than
+    max_batch_size had row indices counted from each slice."""
+    server, reference = serve(repository, make_server, found(axis_name), max_batch_size=2)
+    large = {"x": positives(4, [1, 2, 3, 0])}
+    np.testing.assert_array_equal(server.predict("m", large)["found"], alone(reference, large)["found"])
+    requests = [{"x": positives(1, [index])} for index in range(4)]
+    assert_each_answer_is_its_own(server, reference, requests)
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    expected_reason = (
+        "axis 0 is 'batch' on input 'x' but 'n_found'"
+        if axis_name
+        else "output 'found' has shape [2, 2] for a run of 1 row(s): its axis 0 is not the rows"
+    )
+    assert expected_reason in status["unbatchable_reason"]
+
+
+def test_a_slice_with_another_count_reruns_the_request_whole(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trusted (no check at load) and unnamed: the slices' counts give it away, and the request runs whole."""
+    server, reference = serve(repository, make_server, found(None), max_batch_size=2, rows_independent="yes")
+    assert version_status(server, "m")["batchable"] is True
+    large = {"x": positives(4, [[0, 1], [2], [3], [0]])}  # 3 found in the first slice of 2 rows
+    for _ in range(2):  # noticed in the first; the second is not sliced at all
+        np.testing.assert_array_equal(server.predict("m", large)["found"], alone(reference, large)["found"])
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert status["unbatchable_reason"].startswith("output 'found' has 3 rows for a slice of a large request of 2")
+    assert caplog.text.count("requests now run one at a time, each whole") == 1
+
+
+# -- 3. answers that depend on the whole batch -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build", [dynamic_quantization, centered, softmax_over_rows])
+def test_a_batch_statistic_never_lets_callers_change_each_others_answers(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, build: Any
+) -> None:
+    """Caller A's answer depended on, and revealed, what caller B sent (here the scale of B's values)."""
+    with caplog.at_level(logging.WARNING):
+        server, reference = serve(repository, make_server, build(), max_batch_size=2)
+    requests = four_callers(np.random.default_rng(4))
+    assert_each_answer_is_its_own(server, reference, requests)
+    large = {"x": np.random.default_rng(5).standard_normal((5, 4)).astype(np.float32)}  # not run in slices
+    np.testing.assert_array_equal(server.predict("m", large)["y"], alone(reference, large)["y"])
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert "a row's answer depends on the other rows of its run" in status["unbatchable_reason"]
+    assert caplog.text.count("runs unbatched") == 1
+
+
+def test_trusting_a_dependent_model_merges_it(repository: Path, make_server: ServerFactory) -> None:
+    """``rows_independent = "yes"`` skips the check: the user's word, for a model the check misjudges."""
+    server, _ = serve(repository, make_server, centered(), rows_independent="yes")
+    status = version_status(server, "m")
+    assert status["batchable"] is True and status["unbatchable_reason"] is None
+    futures = [server.submit("m", np.full((1, 4), index, np.float32)) for index in range(16)]
+    for future in futures:
+        future.result(timeout=30)
+    assert version_status(server, "m")["batches_run"] < 16
+
+
+def test_distrusting_an_independent_model_never_merges_nor_slices(repository: Path, make_server: ServerFactory) -> None:
+    server, reference = serve(
+        repository, make_server, build_mlp_model((4, 8, 3)), rows_independent="no", max_batch_size=2
+    )
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert status["unbatchable_reason"] == "batching.rows_independent is 'no'"
+    assert status["run_cost_ms"] is None
+    requests = four_callers(np.random.default_rng(6))
+    assert_each_answer_is_its_own(server, reference, requests)  # exactly: each ran alone, as onnxruntime did
+    assert version_status(server, "m")["batches_run"] == version_status(server, "m")["rows_run"] // 2
+
+
+def test_rows_independent_takes_three_words() -> None:
+    with pytest.raises(ConfigurationError, match=r"batching\.rows_independent must be 'check', 'yes' or 'no'"):
+        BatchingConfig(rows_independent=True)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("model", "features"),
+    [(build_mlp_model((16, 32, 4), seed=3), 16), (build_scale_model(3.0), 4)],
+    ids=["mlp", "scale"],
+)
+def test_independent_models_still_merge(
+    repository: Path, make_server: ServerFactory, model: onnx.ModelProto, features: int
+) -> None:
+    server, reference = serve(repository, make_server, model)
+    status = version_status(server, "m")
+    assert status["batchable"] is True and status["unbatchable_reason"] is None
+    requests = [{"x": np.full((1, features), index, np.float32)} for index in range(16)]
+    for _ in range(5):
+        futures = [server.submit("m", feeds) for feeds in requests]
+        for feeds, future in zip(requests, futures, strict=True):
+            np.testing.assert_allclose(
+                future.result(timeout=30)["y"], alone(reference, feeds)["y"], rtol=1e-5, atol=1e-6
+            )
+    status = version_status(server, "m")
+    assert status["batches_run"] < status["rows_run"], "no request was ever merged"
+
+
+def test_a_model_that_cannot_run_made_up_rows_keeps_merging(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The check is inconclusive (index 1 is outside a one-row table): merged as the shapes allow, as before."""
+    table = numpy_helper.from_array(np.array([[5.0, 6.0]], np.float32), "table")
+    model = _model(
+        [helper.make_node("Gather", ["table", "index"], ["y"], axis=0)],
+        [helper.make_tensor_value_info("index", TensorProto.INT64, ["batch"])],
+        [_float("y", ["batch", 2])],
+        [table],
+    )
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        server, _ = serve(repository, make_server, model)
+    assert "could not check that each row's answer is its own" in caplog.text
+    assert version_status(server, "m")["batchable"] is True
+
+
+# -- 4. a 0-d output where axis 0 was declared ---------------------------------------------------------------
+
+
+def test_a_scalar_output_is_found_at_load(repository: Path, make_server: ServerFactory) -> None:
+    server, reference = serve(repository, make_server, scalar_total())
+    assert_each_answer_is_its_own(server, reference, four_callers(np.random.default_rng(7)))
+    assert version_status(server, "m")["unbatchable_reason"] == (
+        "output 'total' has shape [] for a run of 1 row(s): its axis 0 is not the rows (a count of things "
+        "found, or another axis)"
+    )
+
+
+def test_a_scalar_output_of_a_trusted_model_turns_merging_off(repository: Path, make_server: ServerFactory) -> None:
+    """Merged, every caller got a bare TypeError (len() of a 0-d array), and merging stayed on; a request
+    larger than max_batch_size failed to stitch its slices' scalars."""
+    server, reference = serve(repository, make_server, scalar_total(), rows_independent="yes", max_batch_size=2)
+    large = {"x": np.arange(20, dtype=np.float32).reshape(5, 4)}
+    np.testing.assert_array_equal(server.predict("m", large)["total"], alone(reference, large)["total"])
+    assert "is a scalar (0-d)" in version_status(server, "m")["unbatchable_reason"]
+
+
+def test_a_merged_scalar_output_is_rerun_alone(repository: Path, make_server: ServerFactory) -> None:
+    server, reference = serve(repository, make_server, scalar_total(), rows_independent="yes")
+    assert_each_answer_is_its_own(server, reference, four_callers(np.random.default_rng(8)))
+    assert "is a scalar (0-d) for a batch of" in version_status(server, "m")["unbatchable_reason"]
+
+
+# -- the pure parts ----------------------------------------------------------------------------------------
+
+
+def signature(inputs: list[tuple[str, Dims]], outputs: list[tuple[str, Dims]]) -> Signature:
+    return Signature(
+        [TensorSpec(name, "tensor(float)", np.dtype(np.float32), tuple(dims)) for name, dims in inputs],
+        [TensorSpec(name, "tensor(float)", np.dtype(np.float32), tuple(dims)) for name, dims in outputs],
+    )
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "reason"),
+    [
+        ([("x", ["batch", 4])], [("y", ["batch", 2])], None),
+        ([("x", [None, 4])], [("y", ["n", 2])], None),  # unnamed: unknown, left to the run at load
+        ([("x", ["batch", 4])], [("y", [-1, 2])], None),
+        ([("x", ["batch", "batch"])], [("y", ["batch"])], "'batch', the name of axis 0, is also axis 1 of input"),
+        ([("x", ["batch", 4])], [("y", ["batch", "batch"])], "'batch', the name of axis 0, is also axis 1 of output"),
+        (
+            [("x", ["batch", 4]), ("z", ["b", 4])],
+            [("y", ["batch"])],
+            "axis 0 is 'batch' on input 'x' but 'b' on input 'z'",
+        ),
+        ([("x", [3, 4])], [("y", [3])], "input x: tensor(float) [3, 4] has no dynamic axis 0"),
+        ([("x", ["batch", 4])], [("y", [])], "output y: tensor(float) [] has no dynamic axis 0"),
+    ],
+)
+def test_the_batch_axis_by_the_declared_shapes(inputs: Any, outputs: Any, reason: str | None) -> None:
+    found_reason = signature(inputs, outputs).unbatchable_reason
+    assert found_reason is None if reason is None else reason in (found_reason or "")
+    assert signature(inputs, outputs).batchable is (reason is None)
+
+
+def test_made_up_rows_differ_and_are_the_same_every_time() -> None:
+    spec = Signature(
+        [
+            TensorSpec("f", "tensor(float)", np.dtype(np.float32), ("batch", "seq", 3)),
+            TensorSpec("i", "tensor(int64)", np.dtype(np.int64), ("batch",)),
+            TensorSpec("b", "tensor(bool)", np.dtype(np.bool_), ("batch", 1)),
+            TensorSpec("s", "tensor(string)", np.dtype(object), ("batch",)),
+        ],
+        [TensorSpec("y", "tensor(float)", np.dtype(np.float32), ("batch",))],
+    )
+    first, second = spec.distinct_rows()
+    assert first["f"].shape == (1, 2, 3) and first["f"].dtype == np.float32
+    assert not np.isclose(first["f"], second["f"]).any()
+    assert (first["i"].tolist(), second["i"].tolist(), first["b"].tolist(), second["b"].tolist()) == (
+        [0],
+        [1],
+        [[False]],
+        [[True]],
+    )
+    assert (first["s"].tolist(), second["s"].tolist()) == ([""], ["a"])
+    again = spec.distinct_rows()
+    np.testing.assert_array_equal(again[0]["f"], first["f"])
+
+
+def test_rows_problem_tolerates_kernels_not_dependence() -> None:
+    one = np.array([[1.0, 1000.0]], np.float32)
+    two = np.array([[2.0, 0.0]], np.float32)
+    stacked = np.concatenate([one, two])
+    assert rows_problem(["y"], [[one], [two]], [stacked * (1 + 1e-5)]) is None  # another kernel's rounding
+    assert (
+        rows_problem(["y"], [[one], [two]], [stacked + np.array([[0.0, 0.0], [0.5, 0.0]], np.float32)]) is None
+    )  # within 1e-3 of 1000
+    assert rows_problem(["y"], [[one], [two]], [stacked + np.array([[0.0, 0.0], [5.0, 0.0]], np.float32)]) is not None
+    nan = np.array([[np.nan, 1.0]], np.float32)
+    assert rows_problem(["y"], [[nan], [nan]], [np.concatenate([nan, nan])]) is None
+    ints = np.array([[3]], np.int64)
+    assert rows_problem(["k"], [[ints], [ints]], [np.array([[3], [4]])]) == (
+        "output 'k' of rows run together differs from the same rows run alone (values differ): a row's answer "
+        "depends on the other rows of its run (a statistic over the batch: dynamic quantization, batch "
+        "normalization in training mode, a softmax or mean over axis 0)"
+    )
+    assert "shape [] for a run of 1 row(s)" in (
+        rows_problem(["t"], [[np.float32(1)], [np.float32(2)]], [np.float32(3)]) or ""
+    )
+
+
+def test_check_rows_raises_batch_shape_error_for_a_scalar() -> None:
+    with pytest.raises(BatchShapeError, match="output 't' is a scalar"):
+        check_rows([np.array(1.0)], ["t"], 2)
+    with pytest.raises(BatchShapeError, match="output 't' has 3 rows for a batch of 2"):
+        check_rows([np.zeros(3)], ["t"], 2)
