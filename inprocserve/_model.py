@@ -219,7 +219,7 @@ class ModelVersion:
             return reason
         if setting == "yes" or not self.config.batching.enabled:
             return None
-        dependence = self._rows_dependence(signature)
+        dependence = self._rows_dependence(signature, named_apart=signature.outputs_named_apart)
         if dependence is not None:
             logger.warning(
                 "model %r version %s runs unbatched: %s; each request runs alone and whole (set "
@@ -230,9 +230,10 @@ class ModelVersion:
             )
         return dependence
 
-    def _rows_dependence(self, signature: Signature) -> str | None:
+    def _rows_dependence(self, signature: Signature, *, named_apart: str | None = None) -> str | None:
         """Run two distinct rows alone, then stacked as one run, and say how the answers differ (``None``:
-        they agree, or the model would not run on these rows).
+        they agree, or the model would not run on these rows, unless ``named_apart`` says the declared
+        shapes name an output's axis 0 unlike the inputs': then only this run could have told).
 
         Stacked rows share a run whenever requests are merged, and a large request's slices are such runs
         too: a model that computes over the whole batch (dynamic quantization, batch normalization in training
@@ -246,6 +247,11 @@ class ModelVersion:
             alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
             together = self.backend.run(runner, stacked)
         except InprocserveError as exc:  # made-up rows are not valid input for every model
+            if named_apart is not None:
+                return (
+                    f"{named_apart}, and the model would not run on made-up rows to show that axis 0 is the rows "
+                    f"({exc}); rename the dimension in the model, or set batching.rows_independent = 'yes'"
+                )
             logger.info(
                 "model %r version %s: could not check that each row's answer is its own, the model would not "
                 "run on made-up rows (%s); requests are merged as the declared shapes allow",

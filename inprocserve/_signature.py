@@ -106,6 +106,13 @@ class Signature:
         self.batchable: bool = self.unbatchable_reason is None
         """Rows of several requests can be stacked on axis 0 of every input and split off every output, as far
         as the declared shapes tell (the load also runs the model to check it: ``ModelVersion``)."""
+        self.outputs_named_apart: str | None = (
+            None if self.unbatchable_reason is not None else _outputs_named_apart(self.inputs, self.outputs)
+        )
+        """How an output's axis 0 is named unlike the inputs' (``None``: alike, or unnamed). Exporters often
+        name each tensor's rows apart, so that alone does not refuse merging; but then only the load's run of
+        the model can tell (a count of detections ``[n_found, 4]`` is named so too): merging is refused when
+        that run cannot be made."""
         self.has_dynamic_inner_axes: bool = any(
             spec.shape is None or any(_is_dynamic(d) for d in spec.shape[1:]) for spec in self.inputs
         )
@@ -271,15 +278,18 @@ _PROBE_INNER_SIZE = 2  # (2, not 1: a row of one element hides what a reduction 
 def _batch_axis_problem(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
     """Why axis 0 cannot be taken for the batch axis of every input and output (``None``: it can).
 
-    Every input and output needs a dynamic axis 0. Where exporters name axis 0 (a ``dim_param``), every such
-    name must be one name, used at no other axis: an output ``[seq, batch]`` (a sequence-first export), a
-    ``[n_found, 4]`` of detections, or an input ``indices[k]`` has a dynamic axis 0 that is not the rows, and
-    split by position, its values went to the wrong callers whenever its length equalled the rows. Unnamed
-    dynamic axes say nothing either way (the load's run of the model checks them).
+    Every input and output needs a dynamic axis 0; every input's axis 0 that is named (a ``dim_param``) must
+    have one name; and no name of an axis 0 may name another axis of any input or output. An output
+    ``[seq, batch]`` of an input ``[batch, seq]`` (a sequence-first export) or an input ``indices[k]`` beside
+    ``data[batch, 4]`` has a dynamic axis 0 that is not the rows: stacked and split by position, its values
+    went to the wrong callers whenever its length equalled the rows. Unnamed dynamic axes, and outputs whose
+    axis 0 is named apart from the inputs' (:func:`_outputs_named_apart`), are left to the load's run of the
+    model.
     """
     if not inputs:
         return "it has no inputs"
     named: dict[str, tuple[str, str]] = {}  # axis-0 name -> (kind, tensor) where first seen
+    input_names: dict[str, str] = {}  # inputs' axis-0 names -> the first input named so
     for kind, specs in (("input", inputs), ("output", outputs)):
         for spec in specs:
             if spec.dtype is None:
@@ -289,21 +299,36 @@ def _batch_axis_problem(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSp
             dim = spec.shape[0] if spec.shape else None
             if isinstance(dim, str) and dim:
                 named.setdefault(dim, (kind, spec.name))
-    if len(named) > 1:
-        (first, (kind, name)), (other, (other_kind, other_name)) = list(named.items())[:2]
+                if kind == "input":
+                    input_names.setdefault(dim, spec.name)
+    if len(input_names) > 1:
+        (first, name), (other, other_name) = list(input_names.items())[:2]
         return (
-            f"axis 0 is {first!r} on {kind} {name!r} but {other!r} on {other_kind} {other_name!r}: not one batch "
-            "axis (rename the dimension in the model if it is one)"
+            f"axis 0 is {first!r} on input {name!r} but {other!r} on input {other_name!r}: not one batch axis "
+            "(rename the dimension in the model if it is one)"
         )
-    for symbol in named:
+    for symbol, (first_kind, first_name) in named.items():
         for kind, specs in (("input", inputs), ("output", outputs)):
             for spec in specs:
                 for axis, dim in enumerate(spec.shape or ()):
                     if axis > 0 and dim == symbol:
                         return (
-                            f"{symbol!r}, the name of axis 0, is also axis {axis} of {kind} {spec.describe()}: "
-                            "axis 0 is not only the rows"
+                            f"{symbol!r}, the name of axis 0 of {first_kind} {first_name!r}, is also axis {axis} "
+                            f"of {kind} {spec.describe()}: axis 0 is not only the rows"
                         )
+    return None
+
+
+def _outputs_named_apart(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
+    """How an output's axis 0 is named unlike the inputs' (tf2onnx's ``unk__7`` for an input's ``unk__6``;
+    a count ``n_found``), or ``None``."""
+    rows = next((spec.shape[0] for spec in inputs if spec.shape and isinstance(spec.shape[0], str)), None)
+    if not rows:
+        return None
+    for spec in outputs:
+        dim = spec.shape[0] if spec.shape else None
+        if isinstance(dim, str) and dim and dim != rows:
+            return f"axis 0 is {rows!r} on the inputs but {dim!r} on output {spec.name!r}"
     return None
 
 

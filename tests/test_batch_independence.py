@@ -192,8 +192,8 @@ def test_a_sequence_first_output_never_mixes_callers_even_when_trusted(
     status = version_status(server, "m")
     assert status["batchable"] is False
     assert status["unbatchable_reason"] == (
-        "axis 0 is 'batch' on input 'x' but 'seq' on output 'y': not one batch axis (rename the dimension in "
-        "the model if it is one)"
+        "'batch', the name of axis 0 of input 'x', is also axis 1 of output y: tensor(float) [seq, batch]: axis 0 "
+        "is not only the rows"
     )
 
 
@@ -229,7 +229,7 @@ def positives(rows: int, columns: list[int] | list[list[int]]) -> np.ndarray:
 def test_a_count_found_is_never_cut_by_position(
     repository: Path, make_server: ServerFactory, axis_name: str | None
 ) -> None:
-    """Named, the shapes tell; unnamed, the run at load does. Merged callers of one row with one hit each
+    """Named apart from the inputs' rows or unnamed, the run at load tells. Merged callers of one row with one hit each
     (found == rows) got their row index shifted into the merged batch, and a request larger than
     max_batch_size had row indices counted from each slice."""
     server, reference = serve(repository, make_server, found(axis_name), max_batch_size=2)
@@ -239,11 +239,7 @@ def test_a_count_found_is_never_cut_by_position(
     assert_each_answer_is_its_own(server, reference, requests)
     status = version_status(server, "m")
     assert status["batchable"] is False
-    expected_reason = (
-        "axis 0 is 'batch' on input 'x' but 'n_found'"
-        if axis_name
-        else "output 'found' has shape [2, 2] for a run of 1 row(s): its axis 0 is not the rows"
-    )
+    expected_reason = "output 'found' has shape [2, 2] for a run of 1 row(s): its axis 0 is not the rows"
     assert expected_reason in status["unbatchable_reason"]
 
 
@@ -280,6 +276,44 @@ def test_a_batch_statistic_never_lets_callers_change_each_others_answers(
     assert status["batchable"] is False
     assert "a row's answer depends on the other rows of its run" in status["unbatchable_reason"]
     assert caplog.text.count("runs unbatched") == 1
+
+
+def test_rows_named_apart_on_input_and_output_merge_once_the_run_shows_they_are_the_rows(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """tf2onnx names an input's rows ``unk__6`` and the output's ``unk__7``: the same rows, merged."""
+    model = _model(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        [_float("x", ["unk__6", 4])],
+        [_float("y", ["unk__7", 4])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+    )
+    server, reference = serve(repository, make_server, model)
+    assert version_status(server, "m")["batchable"] is True
+    assert_each_answer_is_its_own(server, reference, four_callers(np.random.default_rng(3)))
+    before = version_status(server, "m")["batches_run"]
+    futures = [server.submit("m", np.full((1, 4), index, np.float32)) for index in range(16)]
+    for future in futures:
+        future.result(timeout=30)
+    assert version_status(server, "m")["batches_run"] - before < 16  # (merged)
+
+
+def test_an_output_named_apart_that_the_run_cannot_check_is_not_merged(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``y[n, 4] = table[index]`` over a table of one row: the made-up index 1 is out of range, so nothing
+    shows that ``n`` is the rows; named apart from the inputs' ``rows``, it is not taken for them."""
+    model = _model(
+        [helper.make_node("Gather", ["table", "index"], ["y"], axis=0)],
+        [helper.make_tensor_value_info("index", TensorProto.INT64, ["rows"])],
+        [_float("y", ["n", 4])],
+        [numpy_helper.from_array(np.ones((1, 4), np.float32), "table")],
+    )
+    server, _ = serve(repository, make_server, model)
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert "axis 0 is 'rows' on the inputs but 'n' on output 'y'" in status["unbatchable_reason"]
+    assert "would not run on made-up rows" in status["unbatchable_reason"]
 
 
 def test_trusting_a_dependent_model_merges_it(repository: Path, make_server: ServerFactory) -> None:
@@ -393,8 +427,17 @@ def signature(inputs: list[tuple[str, Dims]], outputs: list[tuple[str, Dims]]) -
         ([("x", ["batch", 4])], [("y", ["batch", 2])], None),
         ([("x", [None, 4])], [("y", ["n", 2])], None),  # unnamed: unknown, left to the run at load
         ([("x", ["batch", 4])], [("y", [-1, 2])], None),
-        ([("x", ["batch", "batch"])], [("y", ["batch"])], "'batch', the name of axis 0, is also axis 1 of input"),
-        ([("x", ["batch", 4])], [("y", ["batch", "batch"])], "'batch', the name of axis 0, is also axis 1 of output"),
+        ([("x", ["unk__6", 4])], [("y", ["unk__7", 2])], None),  # each tensor's rows named apart: the run tells
+        (
+            [("x", ["batch", "batch"])],
+            [("y", ["batch"])],
+            "'batch', the name of axis 0 of input 'x', is also axis 1 of input",
+        ),
+        (
+            [("x", ["batch", 4])],
+            [("y", ["batch", "batch"])],
+            "'batch', the name of axis 0 of input 'x', is also axis 1 of output",
+        ),
         (
             [("x", ["batch", 4]), ("z", ["b", 4])],
             [("y", ["batch"])],
