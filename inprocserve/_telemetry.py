@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 from . import _fork
 from ._errors import (
+    ControlStateUnknownError,
     DeadlineExceededError,
     InprocserveError,
     InvalidInputError,
@@ -127,7 +128,7 @@ SHADOW_DIFF_BUCKETS: tuple[float, ...] = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1
 OUTCOME_OK = "ok"
 OUTCOME_CLIENT_ERROR = "client_error"  # the caller must change the request: InvalidInputError, ModelNotFoundError
 OUTCOME_OVERLOADED = "overloaded"  # shed at capacity (OverloadedError): retry later, add capacity
-OUTCOME_UNAVAILABLE = "unavailable"  # the server or version is closing (ServerClosedError): retry elsewhere
+OUTCOME_UNAVAILABLE = "unavailable"  # closing (ServerClosedError), or not yet following its control file: retry
 OUTCOME_DEADLINE = "deadline_exceeded"  # no answer within the caller's timeout_s
 OUTCOME_SERVER_ERROR = "server_error"  # the model or the library failed: InferenceError, anything unexpected
 OUTCOMES = (
@@ -168,7 +169,7 @@ def outcome(error: BaseException | None) -> str:
         return OUTCOME_CLIENT_ERROR
     if isinstance(error, OverloadedError):
         return OUTCOME_OVERLOADED
-    if isinstance(error, ServerClosedError):
+    if isinstance(error, ServerClosedError | ControlStateUnknownError):  # (retry elsewhere, or later)
         return OUTCOME_UNAVAILABLE
     if isinstance(error, DeadlineExceededError):
         return OUTCOME_DEADLINE

@@ -515,6 +515,7 @@ def test_an_application_view_overrides_the_advisory_boundaries() -> None:
         (inprocserve.QueueFullError("full"), "overloaded"),
         (inprocserve.OverloadedError("busy"), "overloaded"),
         (inprocserve.ServerClosedError("closed"), "unavailable"),
+        (inprocserve.ControlStateUnknownError("the control file is damaged"), "unavailable"),
         (inprocserve.DeadlineExceededError("late"), "deadline_exceeded"),
         (inprocserve.InferenceError("onnxruntime failed"), "server_error"),
         (inprocserve.ModelLoadError("corrupt"), "server_error"),
