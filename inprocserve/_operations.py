@@ -39,6 +39,10 @@ __all__ = ["Operations", "RolloutMethods"]
 
 logger = logging.getLogger(__name__)
 
+# Reads of the control file by one follower while other revisions keep being followed at once between its read
+# and the routing lock (each such revision is followed within an interval: more than one in a row is rare)
+_READS = 3
+
 
 class Operations:
     """The rollout operations of one server. Thread-safe (changes hold the registry's lock).
@@ -125,33 +129,42 @@ class Operations:
         with self._registry.lock:
             return self._registry.follow_initial_control()
 
-    def _adopt(self, control: Control, *, retry_now: bool = True) -> list[str]:
-        """With the lifecycle lock held: follow ``control``, read from the file or just written to it — or
-        what the file holds by the time the routing lock is taken.
+    def _adopt(self, control: Control, *, seen: int, retry_now: bool = True) -> list[str]:
+        """With the lifecycle lock held: follow ``control``, read from the file or just written to it once the
+        registry's control generation was ``seen`` — or what the file holds, if a revision was followed at
+        once since.
 
-        The file is read again under that lock: a revision that needs no load may have been followed at once
-        since ``control`` was read or written (:meth:`_follow_at_once` needs only the routing lock), and the
-        file's revisions only grow, so that one is newer; following ``control`` would undo it until the next
-        interval. A revision older than the one followed, read under the lock, is the file's own going back
-        (restored from a backup): warned about, and followed."""
+        A revision that needs no load may be followed at once meanwhile (:meth:`_follow_at_once` needs only
+        the routing lock): read after ``control``, it is newer (the file's revisions only grow), and following
+        ``control`` would undo it until the next interval. So the file is read again then, before the routing
+        lock is taken (a read is file I/O, on NFS for a fleet: under that lock it would hold up every
+        publish), until no revision was followed between a read and the lock (:data:`_READS` reads at most;
+        then, or when the file cannot be read, the higher revision wins). A revision older than the one
+        followed, with none followed since it was read, is the file's own going back (restored from a
+        backup): warned about, and followed. And a writer whose revision nothing followed at once since
+        follows it without reading the file again: a read that fails then would have left it behind."""
         registry = self._registry
-        with registry.routing:
-            current = self._read_again(control)
-            adopted = current != registry.control  # the whole document, not its revision
-            if adopted:
-                self._warn_if_unusual(registry.control, current)
-                registry.adopt(current)
-        problems = registry.apply_adopted(current) if adopted else registry.retry_control(now=retry_now)
+        reads = 0
+        while True:
+            with registry.routing:
+                moved = registry.control_generation != seen
+                if not moved or reads == _READS:
+                    if moved and control.revision <= registry.control.revision:
+                        control = registry.control  # (still moving, or unreadable: the file's order decides)
+                    adopted = control != registry.control  # the whole document, not its revision
+                    if adopted:
+                        self._warn_if_unusual(registry.control, control)
+                        registry.adopt(control)
+                    break
+            now = registry.control_generation
+            read = self._read_control()
+            if read is None:  # (no file, or unreadable now: compared as it is, with what is followed)
+                reads = _READS
+                continue
+            control, seen, reads = read, now, reads + 1
+        problems = registry.apply_adopted(control) if adopted else registry.retry_control(now=retry_now)
         self._followed()
         return problems
-
-    def _read_again(self, control: Control) -> Control:
-        """With the routing lock held: the revision the file holds now; without a file, or with one that
-        cannot be read now, ``control`` unless the revision followed is newer."""
-        current = self._read_control() if self._control_file is not None else None
-        if current is not None:
-            return current
-        return control if control.revision > self._registry.control.revision else self._registry.control
 
     def start_watcher(self) -> None:
         """Start the control-file watcher; :meth:`close` stops and joins it."""
@@ -303,16 +316,18 @@ class Operations:
             return self._registry.refresh()
         with self._registry.lock:
             self._registry.check_open()
-            return self._adopt(self._control_file.bump_reload(actor=actor))
+            seen = self._registry.control_generation
+            return self._adopt(self._control_file.bump_reload(actor=actor), seen=seen)
 
     def sync_control(self, *, retry_now: bool = True) -> int:
         """See :meth:`Server.sync_control`. ``retry_now=False`` (the watcher): a revision applied only in
         part is tried again when its back-off allows, not on every call, and the lifecycle lock is waited for
         at most one interval (a hot reload may hold it while it loads: the next interval reads the file again,
         and follows at once a revision that needs no load)."""
-        control = self._read_control()
         registry = self._registry
-        if control is not None and control != registry.control and self._follow_at_once():
+        seen = registry.control_generation
+        control = self._read_control()
+        if control is not None and control != registry.control and self._follow_at_once(control, seen=seen):
             return registry.control.revision
         # (the file holds what this server follows; marked followed under the lock, see _followed)
         if (control is None or (control == registry.control and self._read_once)) and not registry.control_pending:
@@ -327,30 +342,41 @@ class Operations:
         finally:
             registry.lock.release()
 
-    def _follow_at_once(self) -> bool:
-        """Follow a revision that needs no load and no re-scan (a kill switch, a canary, a switch among loaded
-        versions) under the routing lock alone (see :meth:`Registry.adopt_at_once`); False if it needs more.
+    def _follow_at_once(self, control: Control, *, seen: int) -> bool:
+        """Follow ``control``, read once the registry's control generation was ``seen``, if it needs no load
+        and no re-scan (a kill switch, a canary, a switch among loaded versions), under the routing lock alone
+        (see :meth:`Registry.adopt_at_once`); False if it needs more, or another revision keeps being followed
+        meanwhile (the sync under the lifecycle lock then follows the file).
 
-        The file is read again under that lock: a writer of this process adopts what it wrote under it, after
-        writing, so a revision read before could not flip this server back for an interval."""
+        A revision followed since ``control`` was read (a writer of this process follows what it wrote, after
+        writing) may be newer: the file is read again then, before the routing lock is taken (see
+        :meth:`_adopt`), so a revision read before could not flip this server back for an interval."""
         registry = self._registry
-        with registry.routing:
-            control = self._read_control()
-            previous = registry.control
-            if control is None or control == previous or not registry.adopt_at_once(control):
+        for _ in range(_READS):
+            with registry.routing:
+                if registry.control_generation == seen:
+                    previous = registry.control
+                    if control == previous or not registry.adopt_at_once(control):
+                        return False
+                    self._warn_if_unusual(previous, control)
+                    self._followed()
+                    return True
+            seen = registry.control_generation
+            read = self._read_control()
+            if read is None:
                 return False
-            self._warn_if_unusual(previous, control)
-            self._followed()
-            return True
+            control = read
+        return False
 
     def _sync_locked(self, *, retry_now: bool) -> None:
         registry = self._registry
         # Read again under the lock: a revision read before a writer of this process took the lock
         # may be older than the one it wrote and adopted, and adopting it would flip back for one interval.
-        # (_adopt reads it once more under the routing lock, for a revision followed at once meanwhile.)
+        # (_adopt reads it once more if a revision is followed at once meanwhile.)
+        seen = registry.control_generation
         control = self._read_control()
         if control is not None and control != registry.control:  # the whole document, not its revision
-            self._adopt(control, retry_now=retry_now)
+            self._adopt(control, seen=seen, retry_now=retry_now)
         else:
             if control is not None:
                 self._followed()
@@ -392,6 +418,7 @@ class Operations:
 
     def _change_control(self, model: str, change: Callable[[ModelControl], ModelControl], actor: str | None) -> None:
         """With the lifecycle lock held: write the change (to the file with a repository), then follow it."""
+        seen = self._registry.control_generation
         if self._control_file is not None:
             control = self._control_file.set_model(model, change, actor=actor)
         else:
@@ -401,7 +428,7 @@ class Operations:
                 revision=self._registry.control.revision + 1,
                 models={**self._registry.control.models, model: state},
             )
-        self._adopt(control)  # also applies what other writers changed since this server last looked
+        self._adopt(control, seen=seen)  # also applies what other writers changed since this server last looked
 
     def _read_control(self) -> Control | None:
         if self._control_file is None:

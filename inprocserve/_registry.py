@@ -106,6 +106,9 @@ class Registry:
         self.routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
         self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
         self.control = Control()  # the fleet-wide rollout state this process follows
+        # Bumped (under the routing lock) each time adopt() or adopt_at_once() replaces it: a follower that read
+        # the file before takes the routing lock, and sees whether another revision was followed since its read
+        self.control_generation = 0
         self.routing_refusal: str | None = None  # why no request is routed (see refuse_routing)
         # What adopt() could not apply yet (retried by retry_control), and why (key: model, or "" for the reload)
         self._control_pending: set[str] = set()
@@ -636,6 +639,7 @@ class Registry:
         self._control_reload_pending |= control.reload != previous.reload
         self._control_pending.update(_changed_models(previous, control))
         self.control = control
+        self.control_generation += 1
         self._control_warned.clear()
         self._control_backoff_s = 0.0  # a new revision: try it at once, and retry it soon
 
@@ -667,6 +671,7 @@ class Registry:
         if not all(self._servable_now(name, control.models.get(name)) for name in changed):
             return False
         self.control = control
+        self.control_generation += 1
         self._control_warned.clear()
         logger.info(
             "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import pytest
 
 import inprocserve
 import inprocserve._registry as registry_module
-from inprocserve import ModelConfig, RolloutConfig, VersionPolicy, web
+from inprocserve import ConfigurationError, ModelConfig, RolloutConfig, VersionPolicy, web
 from inprocserve._cli_status import healthy
 from inprocserve._control import CONTROL_FILENAME, Control, ControlFile, ControlFileUnavailableError, ModelControl
 from inprocserve.testing import ManualClock, build_scale_model, save_model
@@ -383,6 +385,174 @@ def test_a_sync_does_not_undo_a_newer_revision_followed_at_once_between_its_read
     assert server.predict("fraud", X).reason == "kill switch is on (control file)"
     assert answer(server, "fraud") == 2
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def _paused_reads(
+    monkeypatch: pytest.MonkeyPatch, paused: Callable[[], bool]
+) -> tuple[queue.Queue[None], queue.Queue[None]]:
+    """Pause each read of the control file for which ``paused()`` is true, once it has read the file: it puts
+    to the first queue, then waits for the second (a slow NFS read, which a test cannot otherwise produce)."""
+    read, started, proceed = ControlFile.read, queue.Queue[None](), queue.Queue[None]()
+
+    def slow(self: ControlFile) -> Control:
+        control = read(self)
+        if paused():
+            started.put(None)
+            proceed.get(timeout=30)
+        return control
+
+    monkeypatch.setattr(ControlFile, "read", slow)
+    return started, proceed
+
+
+def _held_up(action: Callable[[], object], proceed: queue.Queue[None]) -> bool:
+    """Whether ``action`` (in a thread) is still waiting after 3 s, while a read is paused; the read is then let
+    go, and ``action`` finishes."""
+    acting = threading.Thread(target=action)
+    acting.start()
+    acting.join(3.0)
+    held_up = acting.is_alive()
+    proceed.put(None)
+    acting.join(10)
+    assert not acting.is_alive()
+    return held_up
+
+
+def test_a_slow_read_of_the_control_file_by_a_sync_holds_up_no_publish(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync (the watcher, the admin /sync) that follows a revision at once reads the file (file I/O, on NFS
+    for a fleet) without the routing lock, which a hot reload takes to swap in the version it loaded (so do
+    writers and close()): a slow read must hold up none of them. The pause in the read is injected."""
+    server = make_server(fleet, control_interval_s=None)
+    write(fleet, fraud=ModelControl(kill=True))  # another host; nothing to load: followed at once
+    syncing = threading.Thread(target=server.sync_control)  # the admin /sync
+    started, proceed = _paused_reads(monkeypatch, lambda: threading.current_thread() is syncing)
+
+    def hot_reload() -> None:  # alpha v1's file replaced by a rename (a new inode): loaded again, swapped in
+        save_model(build_scale_model(1.0), fleet.parent / "new", "alpha", 1)
+        os.replace(fleet.parent / "new" / "alpha" / "1" / "model.onnx", fleet / "alpha" / "1" / "model.onnx")
+        server.refresh()
+
+    syncing.start()
+    reads = 0
+    while syncing.is_alive():
+        try:
+            started.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        reads += 1
+        assert not _held_up(hot_reload, proceed), f"a hot reload waited for the sync's read {reads}"
+    assert reads >= 1
+    assert server.status()["control"]["revision"] == 1
+    assert server.predict("fraud", X).reason == "kill switch is on (control file)"
+
+
+def test_a_slow_read_of_the_control_file_by_a_writer_does_not_hold_up_a_revision_followed_at_once(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill() reads the file again after writing when a newer revision was followed at once meanwhile (so as
+    not to undo it); it holds the lifecycle lock, not the routing lock, while it reads: a kill switch another
+    host writes meanwhile is followed at once all the same. The pause in the read is injected."""
+    server = make_server(fleet, config=ModelConfig(version_policy=VersionPolicy.all()), control_interval_s=None)
+    set_model, armed = ControlFile.set_model, threading.Event()
+    killing = threading.Thread(target=server.kill, args=("alpha",))
+
+    def then_another_host(self: ControlFile, name: str, change: Any, *, actor: str | None = None) -> Control:
+        written = set_model(self, name, change, actor=actor)
+        if actor is None:  # this worker's kill(), its file lock released: a newer revision is followed at once
+            write(fleet, fraud=ModelControl(stable=1))
+            syncing = threading.Thread(target=server.sync_control)
+            syncing.start()
+            syncing.join(10)
+            assert not syncing.is_alive() and server.status()["control"]["revision"] == 2
+            armed.set()  # kill()'s next read is slow
+        return written
+
+    def paused() -> bool:
+        if threading.current_thread() is not killing or not armed.is_set():
+            return False
+        armed.clear()
+        return True
+
+    monkeypatch.setattr(ControlFile, "set_model", then_another_host)
+    started, proceed = _paused_reads(monkeypatch, paused)
+    killing.start()
+    started.get(timeout=10)
+
+    def another_kill_switch() -> None:
+        write(fleet, fraud=ModelControl(stable=1, kill=True))
+        assert server.sync_control() == 3
+
+    assert not _held_up(another_kill_switch, proceed), "a revision followed at once waited for a writer's read"
+    killing.join(10)
+    assert server.status()["control"]["revision"] == 3
+    assert server.predict("alpha", X).reason == "kill switch is on (control file)"
+    assert server.predict("fraud", X).reason == "kill switch is on (control file)"
+
+
+def test_a_sync_does_not_undo_a_revision_a_writer_of_this_process_follows_between_its_read_and_the_lock(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sync reads the file, then takes the routing lock to follow what it read at once; kill() in this process
+    may write and follow a newer revision in between (the read is not under that lock): the sync must not put
+    the older one back in force, nor warn that the file went back. The pause after the read is injected."""
+    server = make_server(fleet, control_interval_s=None)
+    write(fleet, fraud=ModelControl(kill=True))  # another host; nothing to load: followed at once
+    syncing, reads = threading.Thread(target=server.sync_control), []
+
+    def first_read_of_the_sync() -> bool:
+        reads.append(threading.current_thread())
+        return reads.count(syncing) == 1 and reads[-1] is syncing
+
+    started, proceed = _paused_reads(monkeypatch, first_read_of_the_sync)
+    syncing.start()
+    started.get(timeout=10)  # the sync read revision 1
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server.kill("alpha")  # revision 2, followed here
+        proceed.put(None)
+        syncing.join(10)
+    assert not syncing.is_alive()
+    assert server.status()["control"]["revision"] == 2
+    assert server.predict("alpha", X).reason == "kill switch is on (control file)"
+    assert server.predict("fraud", X).reason == "kill switch is on (control file)"
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_writer_follows_what_it_wrote_over_a_file_restored_from_a_backup_that_cannot_be_read_again(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another host restored an older backup of the control file, which this worker does not follow yet: its
+    kill() writes the backup's revision + 1, lower than the revision it follows. Were the file read again
+    and the read failed (a tool rewriting it in place; the failure is injected), judging by revisions would
+    keep the revision followed, and the worker would serve without its own kill switch."""
+    control_file = fleet / CONTROL_FILENAME
+    write(fleet, fraud=ModelControl(stable=2))
+    backup = control_file.read_bytes()  # revision 1
+    for kill in (True, False, True):
+        write(fleet, alpha=ModelControl(kill=kill))  # revisions 2 to 4
+    server = make_server(fleet, control_interval_s=None)
+    assert server.status()["control"]["revision"] == 4
+    control_file.write_bytes(backup)  # another host restores the backup; no watcher here to see it yet
+    set_model, read, unreadable = ControlFile.set_model, ControlFile.read, threading.Event()
+
+    def then_unreadable(self: ControlFile, name: str, change: Any, *, actor: str | None = None) -> Control:
+        written = set_model(self, name, change, actor=actor)
+        unreadable.set()
+        return written
+
+    def half_written(self: ControlFile) -> Control:
+        if unreadable.is_set():
+            raise ConfigurationError(f"control file {self.path} is not valid JSON: caught half-way")
+        return read(self)
+
+    monkeypatch.setattr(ControlFile, "set_model", then_unreadable)
+    monkeypatch.setattr(ControlFile, "read", half_written)
+    server.kill("fraud")
+    unreadable.clear()
+    assert server.status()["control"]["revision"] == 2
+    assert server.predict("fraud", X).reason == "kill switch is on (control file)"
+    assert server.predict("alpha", X).reason != "kill switch is on (control file)"  # the backup's state
 
 
 def test_the_watcher_retries_until_the_revision_applies(fleet: Path, make_server: ServerFactory) -> None:
