@@ -796,12 +796,13 @@ class Registry:
                 continue
             if self._stop.is_set():  # stopped meanwhile: nothing is retried, nothing to report
                 return rescanned
-            if missing:
-                problems[name] = f"model {name!r}: {'; '.join(missing)}"
-                continue
-            with self.routing:  # unless adopt_at_once() changed its state meanwhile: followed on the next try
-                if self.control.models.get(name) == state:
-                    self._control_pending.discard(name)
+            with self.routing:
+                if self.control.models.get(name) != state:  # adopt_at_once() changed it meanwhile: `missing` is
+                    continue  # the old state's; it stays pending, and the next try (soon) follows the new one
+                if missing:
+                    problems[name] = f"model {name!r}: {'; '.join(missing)}"
+                    continue
+                self._control_pending.discard(name)
         self._report_control_problems(problems)
         return rescanned + [problems[key] for key in sorted(problems)]
 
@@ -814,7 +815,7 @@ class Registry:
                     self.control.revision,
                     problem,
                 )
-        if self._control_problems and not problems:
+        if self._control_problems and not problems and not self.control_pending:
             logger.info("control revision %d is now applied in full", self.control.revision)
         self._control_problems = problems
 

@@ -555,6 +555,41 @@ def test_a_writer_follows_what_it_wrote_over_a_file_restored_from_a_backup_that_
     assert server.predict("alpha", X).reason != "kill switch is on (control file)"  # the backup's state
 
 
+def test_a_retry_does_not_report_its_problem_under_a_revision_followed_at_once_meanwhile(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher's retry of a revision that names a version not in the repository scans it, under the
+    lifecycle lock; a revision that needs nothing is followed at once meanwhile: the retry's problem belongs
+    to the old revision, and must not show in status as the new one's, applied only in part (nor may the new
+    one be logged as applied in full before it is tried)."""
+    clock = ManualClock()
+    server = make_server(fleet, control_interval_s=None, clock=clock)
+    write(fleet, fraud=ModelControl(stable=3))  # not in the repository: retried with a back-off
+    assert server.sync_control() == 1 and "version 3" in server.status()["control"]["error"]
+    scan, paused = registry_module.scan_repository, []
+
+    def then_another_host(*args: Any, **kwargs: Any) -> Any:
+        if not paused:  # the retry, under the lifecycle lock: a switch back to v2 is followed at once meanwhile
+            paused.append(True)
+            write(fleet, fraud=ModelControl(stable=2))
+            syncing = threading.Thread(target=server.sync_control)
+            syncing.start()
+            syncing.join(10)
+            assert not syncing.is_alive() and answer(server, "fraud") == 2
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(registry_module, "scan_repository", then_another_host)
+    clock.advance(60.0)
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        server._operations.sync_control(retry_now=False)  # the watcher's retry
+        assert paused
+        assert server.status()["control"]["error"] is None
+        assert not [r for r in caplog.records if "applied in full" in r.getMessage()]  # (not tried yet)
+    server._operations.sync_control(retry_now=False)  # its next interval: the new revision, applied in full
+    assert server.status()["control"] == {**server.status()["control"], "revision": 2, "error": None}
+    assert answer(server, "fraud") == 2
+
+
 def test_the_watcher_retries_until_the_revision_applies(fleet: Path, make_server: ServerFactory) -> None:
     server = make_server(fleet, control_interval_s=0.05)
     write(fleet, fraud=ModelControl(stable=3))
