@@ -391,7 +391,7 @@ class Registry:
             self.publish(name, keep=keep)
         stale = [v for v in loaded if v not in keep]
         if stale:  # (one the watcher makes served meanwhile, without the lifecycle lock, stays)
-            self.retire(name, stale, timeout_s=timeout_s, spare_served=True)
+            self.retire(name, stale, timeout_s=timeout_s, spare_named=set(source.versions) - unloaded)
         return problems
 
     def _gone_but_served(self, name: str, source: ModelSource) -> set[int]:
@@ -557,16 +557,20 @@ class Registry:
                 router.refusal = reason
 
     def retire(
-        self, name: str, numbers: list[int], *, timeout_s: float | None = None, spare_served: bool = False
+        self, name: str, numbers: list[int], *, timeout_s: float | None = None, spare_named: set[int] | None = None
     ) -> None:
-        """Stop routing to ``numbers``, then drain them (without the routing lock). ``spare_served``: not
-        those the control state serves when they are taken out (see :meth:`adopt_at_once`)."""
-        self._drain(name, self._detach(name, numbers, spare_served=spare_served), timeout_s=timeout_s)
+        """Stop routing to ``numbers``, then drain them (without the routing lock). ``spare_named``: not those
+        the control state serves when they are taken out, nor those of ``spare_named`` it keeps loaded (a
+        previous stable version, for an instant rollback), as it may have changed since ``numbers`` were
+        chosen (see :meth:`adopt_at_once`)."""
+        self._drain(name, self._detach(name, numbers, spare_named=spare_named), timeout_s=timeout_s)
 
-    def _detach(self, name: str, numbers: list[int], *, spare_served: bool) -> list[ModelVersion]:
+    def _detach(self, name: str, numbers: list[int], *, spare_named: set[int] | None) -> list[ModelVersion]:
         with self.routing:
-            if spare_served:
-                numbers = [v for v in numbers if v not in _served(self.control.models.get(name))]
+            if spare_named is not None:
+                state = self.control.models.get(name)
+                spared = _served(state) | (self._control_versions(name) & spare_named)
+                numbers = [v for v in numbers if v not in spared]
             loaded = self.loaded.get(name, {})
             retiring = [loaded.pop(number) for number in numbers if number in loaded]
             if not loaded:

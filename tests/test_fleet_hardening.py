@@ -590,6 +590,38 @@ def test_a_retry_does_not_report_its_problem_under_a_revision_followed_at_once_m
     assert answer(server, "fraud") == 2
 
 
+def test_a_refresh_keeps_a_version_a_revision_followed_at_once_meanwhile_keeps_for_a_rollback(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh chooses the versions to unload, then unloads them; a revision followed at once in between
+    (under the routing lock alone) may name one as its previous stable version, which every worker keeps
+    loaded for an instant rollback: it stays loaded. A pause at the unload is injected (the window is too
+    short to hit otherwise)."""
+    server = make_server(fleet, control_interval_s=None)  # fraud: the latest, v2
+    write(fleet, fraud=ModelControl(canary_version=1, canary_percent=10.0))
+    assert server.sync_control() == 1 and server.models["fraud"] == [1, 2]
+    write(fleet, fraud=ModelControl())  # the canary ends (followed at once): v1 is unloaded by the next refresh
+    assert server.sync_control() == 2 and server.models["fraud"] == [1, 2]
+    registry, switched = server._registry, []
+    retire = registry.retire
+
+    def then_another_host(name: str, numbers: list[int], **kwargs: Any) -> None:
+        if name == "fraud" and not switched:  # a switch from v1 to v2, written elsewhere: nothing to load here
+            switched.append(numbers)
+            write(fleet, fraud=ModelControl(stable=2, previous_stable=1))
+            syncing = threading.Thread(target=server.sync_control)
+            syncing.start()
+            syncing.join(10)
+            assert not syncing.is_alive() and server.status()["control"]["revision"] == 3
+        retire(name, numbers, **kwargs)
+
+    monkeypatch.setattr(registry, "retire", then_another_host)
+    server.refresh()
+    assert switched == [[1]]
+    assert server.models["fraud"] == [1, 2]  # the rollback target: loaded, so a rollback is instant
+    assert server.status()["control"]["error"] is None
+
+
 def test_the_watcher_retries_until_the_revision_applies(fleet: Path, make_server: ServerFactory) -> None:
     server = make_server(fleet, control_interval_s=0.05)
     write(fleet, fraud=ModelControl(stable=3))
