@@ -108,10 +108,11 @@ def rows_problem(names: Sequence[str], alone: Sequence[Sequence[Any]], stacked: 
     """Why answers of rows run together are not those of the same rows run alone (``None``: they are).
 
     ``alone`` holds the outputs of one-row runs; ``stacked`` those of one run of the same rows, stacked in
-    that order. Each output must have one row per row run, and the stacked run's must equal the alone runs'
-    concatenated: exactly for integers, bools and strings; for floats within a relative 1e-3 of each value,
-    or of the output's largest value (1e-2 for float16), which tolerates the different kernels onnxruntime
-    picks for different batch sizes, and NaN equal to NaN.
+    that order. Each output must have one row per row run, the same shape for each row alone (an inner length
+    that follows the values, padded to a run's longest row, gives merged callers each other's length), and
+    the stacked run's must equal the alone runs' concatenated: exactly for integers, bools and strings; for
+    floats within a relative 1e-3 of each value, or of the output's largest value (1e-2 for float16), which
+    tolerates the different kernels onnxruntime picks for different batch sizes, and NaN equal to NaN.
     """
     for index, name in enumerate(names):
         together = stacked[index]
@@ -123,6 +124,13 @@ def rows_problem(names: Sequence[str], alone: Sequence[Sequence[Any]], stacked: 
                     f"output {name!r} has shape {list(shape)} for a run of {rows} row(s): its axis 0 is not the "
                     "rows (a count of things found, or another axis)"
                 )
+        shapes = {tuple(np.shape(part)) for part in parts}
+        if len(shapes) > 1:  # (padded to the longest row of a run: merged, a caller gets another's length)
+            one, other = sorted(shapes)[:2]
+            return (
+                f"output {name!r} has shape {list(one)} for one row and {list(other)} for another: its inner "
+                "length depends on the rows"
+            )
         expected = np.concatenate(parts)
         together = np.asarray(together)
         if expected.shape != together.shape:

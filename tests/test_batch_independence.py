@@ -29,9 +29,11 @@ from .conftest import ServerFactory, run_threads, version_status
 Dims = list[Any]
 
 
-def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any] | None = None) -> onnx.ModelProto:
+def _model(
+    nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any] | None = None, *, opset: int = 17
+) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", inputs, outputs, inits or [])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model
@@ -101,6 +103,37 @@ def found(axis_name: str | None) -> onnx.ModelProto:
         [_float("x", ["batch", 4])],
         [helper.make_tensor_value_info("found", TensorProto.INT64, [axis_name, 2])],
         [zero],
+    )
+
+
+def one_hot_of_the_largest() -> onnx.ModelProto:
+    """``y[batch, depth]``: a one-hot of each id, as deep as the run's largest id (an output padded to the
+    longest row of its run, as a decoder's or a tokenizer's)."""
+    return _model(
+        [
+            helper.make_node("ReduceMax", ["ids"], ["largest"], keepdims=0),
+            helper.make_node("Add", ["largest", "one"], ["depth"]),
+            helper.make_node("OneHot", ["ids", "depth", "values"], ["y"], axis=-1),
+        ],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"])],
+        [_float("y", ["batch", "depth"])],
+        [
+            numpy_helper.from_array(np.array(1, np.int64), "one"),
+            numpy_helper.from_array(np.array([0, 1], np.float32), "values"),
+        ],
+    )
+
+
+def split_words() -> onnx.ModelProto:
+    """``words[batch, w]``: each text's words, padded with "" to the run's most (ONNX StringSplit)."""
+    return _model(
+        [helper.make_node("StringSplit", ["text"], ["words", "count"], delimiter=" ")],
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [
+            helper.make_tensor_value_info("words", TensorProto.STRING, ["batch", "w"]),
+            helper.make_tensor_value_info("count", TensorProto.INT64, ["batch"]),
+        ],
+        opset=20,
     )
 
 
@@ -384,6 +417,25 @@ def test_a_model_that_cannot_run_made_up_rows_keeps_merging(
     assert version_status(server, "m")["batchable"] is True
 
 
+@pytest.mark.parametrize("build", [one_hot_of_the_largest, split_words])
+def test_an_inner_length_that_follows_the_values_loads_and_is_never_merged(
+    repository: Path, make_server: ServerFactory, build: Any
+) -> None:
+    """Alone, the made-up rows gave answers of different inner lengths, and comparing them failed the load
+    of a model that served before; merged, each caller's answer took the longest row's length."""
+    server, reference = serve(repository, make_server, build())
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert "for one row and" in status["unbatchable_reason"]
+    assert status["unbatchable_reason"].endswith("for another: its inner length depends on the rows")
+    if build is split_words:
+        texts = ["one", "two words", "three words here", ""]
+        requests = [{"text": np.array([text], object)} for text in texts]
+    else:
+        requests = [{"ids": np.array([index], np.int64)} for index in (0, 3, 1, 2)]
+    assert_each_answer_is_its_own(server, reference, requests)
+
+
 # -- 4. a 0-d output where axis 0 was declared ---------------------------------------------------------------
 
 
@@ -496,6 +548,10 @@ def test_rows_problem_tolerates_kernels_not_dependence() -> None:
     )
     assert "shape [] for a run of 1 row(s)" in (
         rows_problem(["t"], [[np.float32(1)], [np.float32(2)]], [np.float32(3)]) or ""
+    )
+    words = [np.zeros((1, 0), object)], [np.array([["a"]], object)]
+    assert rows_problem(["words"], words, [np.array([[""], ["a"]], object)]) == (
+        "output 'words' has shape [1, 0] for one row and [1, 1] for another: its inner length depends on the rows"
     )
 
 
