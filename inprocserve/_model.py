@@ -29,14 +29,22 @@ from ._batching import Batcher
 from ._cache import PredictionCache
 from ._config import ModelConfig
 from ._drift import DriftMonitor
-from ._errors import InprocserveError, InvalidInputError, ModelLoadError, ServerClosedError
+from ._errors import (
+    DeadlineExceededError,
+    InprocserveError,
+    InvalidInputError,
+    ModelLoadError,
+    OverloadedError,
+    RemoteUnavailableError,
+    ServerClosedError,
+)
 from ._flush_policy import RunCost
 from ._integrity import resolve_model_file
 from ._ort_backend import build_onnxruntime_backend
 from ._remote_model import read_remote_toml
 from ._repository import is_remote
 from ._request import Finisher
-from ._signature import Signature
+from ._signature import PROBE_INNER_SIZES, Signature
 from ._stats import LatencyHistogram
 from ._telemetry import resident_memory_bytes
 
@@ -180,9 +188,11 @@ class ModelVersion:
     def _finish_load(self, signature: Signature) -> None:
         """What a load builds on top of the backend's sessions: the drift monitor, the run cost and the
         batcher (its failure fails the load like a bad file's)."""
-        self.signature = signature
         self.unbatchable_reason = self._batching_problem(signature)
         batchable = self.unbatchable_reason is None
+        if batchable and not signature.batchable:  # (inputs named apart, taken for one batch axis)
+            signature = signature.sharing_rows()  # (so every input of a request must have the same rows)
+        self.signature = signature
         if self.config.drift.enabled:
             self.drift = DriftMonitor(
                 self.config.drift,
@@ -210,16 +220,35 @@ class ModelVersion:
     def _batching_problem(self, signature: Signature) -> str | None:
         """Why requests of this version must never share a run, nor a large one be run in slices (``None``:
         they may), logged once: the declared shapes, ``batching.rows_independent``, or the check that a row's
-        answer is its own (:meth:`_rows_dependence`)."""
-        static = signature.unbatchable_reason
+        answer is its own (:meth:`_rows_dependence`). The check runs whatever ``batching.enabled`` says, where a
+        request may be larger than ``max_batch_size``: it is run in slices all the same."""
+        hard = signature.axis_problem
         setting = self.config.batching.rows_independent
-        if static is not None or setting == "no":
-            reason = static or "batching.rows_independent is 'no'"
+        if hard is not None or setting == "no":
+            reason = hard or "batching.rows_independent is 'no'"
             logger.info("model %r version %s runs unbatched: %s", self.name, self.version, reason)
             return reason
-        if setting == "yes" or not self.config.batching.enabled:
-            return None
-        dependence = self._rows_dependence(signature, named_apart=signature.outputs_named_apart)
+        batching = self.config.batching
+        if setting == "yes" or (not batching.enabled and batching.request_row_limit <= batching.max_batch_size):
+            return None  # (trusted, or no run ever holds rows of two requests nor two slices of one)
+        try:
+            dependence = self._rows_dependence(signature)
+        except _Inconclusive as exc:
+            named = signature.rows_named_apart
+            if named is None:
+                logger.warning(
+                    "model %r version %s: could not check that each row's answer is its own (%s); requests are "
+                    "merged as the declared shapes allow (set batching.rows_independent = 'yes' to merge them, "
+                    "or 'no' to never merge nor slice them)",
+                    self.name,
+                    self.version,
+                    exc,
+                )
+                return None
+            dependence = (
+                f"{named}, and nothing showed that axis 0 is the rows ({exc}); rename the dimension in the "
+                "model, or set batching.rows_independent = 'yes'"
+            )
         if dependence is not None:
             logger.warning(
                 "model %r version %s runs unbatched: %s; each request runs alone and whole (set "
@@ -230,37 +259,42 @@ class ModelVersion:
             )
         return dependence
 
-    def _rows_dependence(self, signature: Signature, *, named_apart: str | None = None) -> str | None:
+    def _rows_dependence(self, signature: Signature) -> str | None:
         """Run two distinct rows alone, then stacked as one run, and say how the answers differ (``None``:
-        they agree, or the model would not run on these rows, unless ``named_apart`` says the declared
-        shapes name an output's axis 0 unlike the inputs': then only this run could have told).
+        they agree).
 
         Stacked rows share a run whenever requests are merged, and a large request's slices are such runs
         too: a model that computes over the whole batch (dynamic quantization, batch normalization in training
         mode, a softmax over axis 0) or returns a count of things found on axis 0 would hand each caller an
-        answer that depends on, and reveals, other callers' rows. Three runs of one or two rows.
+        answer that depends on, and reveals, other callers' rows. Three runs of one or two rows; where the
+        model fails on them and has dynamic inner axes, again with those axes longer (a convolution over time
+        needs more than 2 steps), up to :data:`PROBE_INNER_SIZES`' last.
+
+        Raises:
+            _Inconclusive: the model would not run on any of the made-up rows (an index beyond a small table),
+                or its answers could not be compared.
         """
         runner = self.backend.runners()[0]
-        first, second = signature.distinct_rows()
-        stacked = stack_inputs([first, second], [spec.name for spec in signature.inputs])
-        try:
-            alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
-            together = self.backend.run(runner, stacked)
-        except InprocserveError as exc:  # made-up rows are not valid input for every model
-            if named_apart is not None:
-                return (
-                    f"{named_apart}, and the model would not run on made-up rows to show that axis 0 is the rows "
-                    f"({exc}); rename the dimension in the model, or set batching.rows_independent = 'yes'"
-                )
-            logger.info(
-                "model %r version %s: could not check that each row's answer is its own, the model would not "
-                "run on made-up rows (%s); requests are merged as the declared shapes allow",
-                self.name,
-                self.version,
-                exc,
-            )
-            return None
-        return rows_problem(signature.output_names, alone, together)
+        sizes = PROBE_INNER_SIZES if signature.has_dynamic_inner_axes else PROBE_INNER_SIZES[:1]
+        failures: list[str] = []
+        for size in sizes:
+            first, second = signature.distinct_rows(size)
+            stacked = stack_inputs([first, second], [spec.name for spec in signature.inputs])
+            try:
+                alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
+                together = self.backend.run(runner, stacked)
+            except ServerClosedError:
+                raise
+            except InprocserveError as exc:  # made-up rows are not valid input for every model
+                failures.append(f"{exc}" if len(sizes) == 1 else f"dynamic inner axes of {size}: {exc}")
+                if isinstance(exc, (RemoteUnavailableError, DeadlineExceededError, OverloadedError)):
+                    break  # (longer rows would not reach a server that is down, nor one that is busy, either)
+                continue
+            try:
+                return rows_problem(signature.output_names, alone, together)
+            except Exception as exc:  # (answers of a kind the comparison does not foresee: nothing shown)
+                raise _Inconclusive(f"its answers to made-up rows could not be compared: {exc!r}") from exc
+        raise _Inconclusive(f"the model would not run on made-up rows: {'; '.join(failures)}")
 
     def _measure_run_cost(self, signature: Signature, *, batchable: bool) -> RunCost | None:
         """Time runs of 1 and of a few rows to split a run's cost into a fixed part and a per-row part.
@@ -500,6 +534,10 @@ class ModelVersion:
             if batcher is None
             else batcher.batch_sizes.snapshot(max_rows=self.config.batching.max_batch_size),
         }
+
+
+class _Inconclusive(Exception):
+    """The load's check that a row's answer is its own could not be made (the message says why)."""
 
 
 def _holds(dtype: np.dtype[Any], value: float) -> bool:

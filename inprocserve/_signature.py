@@ -92,7 +92,9 @@ class Signature:
     Thread-safe: immutable after construction.
     """
 
-    def __init__(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+    def __init__(
+        self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, rows_shared: bool = False
+    ) -> None:
         self.inputs: tuple[TensorSpec, ...] = tuple(inputs)
         self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
         self.input_names: frozenset[str] = frozenset(spec.name for spec in self.inputs)
@@ -100,19 +102,25 @@ class Signature:
         unsupported = [spec.describe() for spec in self.inputs if spec.dtype is None]
         if unsupported:
             raise ValueError(f"inputs of these types cannot be fed from numpy: {', '.join(unsupported)}")
-        self.unbatchable_reason: str | None = _batch_axis_problem(self.inputs, self.outputs)
-        """Why the declared shapes show that axis 0 is not one batch axis shared by every input and output
-        (``None``: as far as they tell, it is)."""
+        self.axis_problem: str | None = _batch_axis_problem(self.inputs, self.outputs)
+        """Why axis 0 can never be the rows, whatever the load's run of the model or the config says (no
+        dynamic axis 0, a non-tensor output, a name of axis 0 that names another axis); ``None``: it may be."""
+        self.rows_named_apart: str | None = (
+            None if self.axis_problem is not None else _rows_named_apart(self.inputs, self.outputs)
+        )
+        """How axis 0 is named apart on two inputs, or on an output unlike the inputs (``None``: alike, or
+        unnamed). Exporters name each tensor's rows apart (tf2onnx's ``unk__10``/``unk__12``, torch's
+        ``input_ids_dynamic_axes_1``), so that alone does not refuse merging; but a parameter ``indices[k]``
+        or a count ``[n_found, 4]`` is named so too, and then only the load's run of the model can tell:
+        merging is refused when that run cannot be made (unless ``batching.rows_independent = "yes"``)."""
+        inputs_apart = None if self.axis_problem is not None or rows_shared else _inputs_named_apart(self.inputs)
+        self.unbatchable_reason: str | None = self.axis_problem or inputs_apart
+        """Why the declared shapes do not show that axis 0 is one batch axis of every input and output
+        (``None``: as far as they tell, it is, or ``rows_shared`` says that the inputs named apart share it)."""
         self.batchable: bool = self.unbatchable_reason is None
         """Rows of several requests can be stacked on axis 0 of every input and split off every output, as far
-        as the declared shapes tell (the load also runs the model to check it: ``ModelVersion``)."""
-        self.outputs_named_apart: str | None = (
-            None if self.unbatchable_reason is not None else _outputs_named_apart(self.inputs, self.outputs)
-        )
-        """How an output's axis 0 is named unlike the inputs' (``None``: alike, or unnamed). Exporters often
-        name each tensor's rows apart, so that alone does not refuse merging; but then only the load's run of
-        the model can tell (a count of detections ``[n_found, 4]`` is named so too): merging is refused when
-        that run cannot be made."""
+        as the declared shapes tell (the load also runs the model to check it: ``ModelVersion``); then every
+        input of a request must have the same rows."""
         self.has_dynamic_inner_axes: bool = any(
             spec.shape is None or any(_is_dynamic(d) for d in spec.shape[1:]) for spec in self.inputs
         )
@@ -138,6 +146,12 @@ class Signature:
     @classmethod
     def from_nodes(cls, inputs: Sequence[NodeInfo], outputs: Sequence[NodeInfo]) -> Signature:
         return cls([TensorSpec.from_node(n) for n in inputs], [TensorSpec.from_node(n) for n in outputs])
+
+    def sharing_rows(self) -> Signature:
+        """This signature for a version that merges requests although its inputs name axis 0 apart (the
+        load's run of the model, or ``batching.rows_independent = "yes"``, took them for one batch axis):
+        every input of a request must then have the same rows, or stacked requests would be split wrongly."""
+        return Signature(self.inputs, self.outputs, rows_shared=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -231,18 +245,18 @@ class Signature:
                 listing = ", ".join(f"{name!r} axis {axis} = {size}" for (name, axis), size in sizes.items())
                 raise InvalidInputError(f"dimension {symbol!r} must be the same in every input, got {listing}")
 
-    def distinct_rows(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def distinct_rows(self, inner_size: int = 2) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Two one-row requests whose values differ, the same at every load: floats from a seeded normal, 0
         and 1 for integers (an index valid for any table of two rows or more), False and True, "" and "a";
-        fixed inner axes as declared, dynamic ones of size 2. The load runs them alone and stacked to check
-        that a row's answer does not depend on the rows beside it (``ModelVersion``). Only for a batchable
-        signature (every input has a dynamic axis 0)."""
+        fixed inner axes as declared, dynamic ones of ``inner_size``. The load runs them alone and stacked to
+        check that a row's answer does not depend on the rows beside it (``ModelVersion``). Only for a
+        signature with no :attr:`axis_problem` (every input has a dynamic axis 0)."""
         rng = np.random.default_rng(_PROBE_SEED)
         first: dict[str, np.ndarray] = {}
         second: dict[str, np.ndarray] = {}
         for spec in self.inputs:
             assert spec.dtype is not None and spec.shape is not None
-            shape = [1, *(d if isinstance(d, int) and d >= 0 else _PROBE_INNER_SIZE for d in spec.shape[1:])]
+            shape = [1, *(d if isinstance(d, int) and d >= 0 else inner_size for d in spec.shape[1:])]
             if spec.is_string:
                 first[spec.name], second[spec.name] = np.full(shape, "", object), np.full(shape, "a", object)
             elif spec.dtype.kind in "biu":
@@ -272,24 +286,24 @@ class Signature:
 # -- the batch axis -----------------------------------------------------------------------------------------
 
 _PROBE_SEED = 20240611
-_PROBE_INNER_SIZE = 2  # (2, not 1: a row of one element hides what a reduction or a transpose does to it)
+PROBE_INNER_SIZES = (2, 16, 64)
+"""Sizes of dynamic inner axes for the load's made-up rows, tried in turn until the model runs on them: 2, not
+1 (a row of one element hides what a reduction or a transpose does to it), and larger for a model that needs
+a longer sequence (a convolution of kernel 5 over time)."""
 
 
 def _batch_axis_problem(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
-    """Why axis 0 cannot be taken for the batch axis of every input and output (``None``: it can).
+    """Why axis 0 can never be taken for the batch axis of every input and output (``None``: it may be).
 
-    Every input and output needs a dynamic axis 0; every input's axis 0 that is named (a ``dim_param``) must
-    have one name; and no name of an axis 0 may name another axis of any input or output. An output
-    ``[seq, batch]`` of an input ``[batch, seq]`` (a sequence-first export) or an input ``indices[k]`` beside
-    ``data[batch, 4]`` has a dynamic axis 0 that is not the rows: stacked and split by position, its values
-    went to the wrong callers whenever its length equalled the rows. Unnamed dynamic axes, and outputs whose
-    axis 0 is named apart from the inputs' (:func:`_outputs_named_apart`), are left to the load's run of the
-    model.
+    Every input and output needs to be a tensor with a dynamic axis 0, and no name of an axis 0 (a
+    ``dim_param``) may name another axis of any input or output: an output ``[seq, batch]`` of an input
+    ``[batch, seq]`` (a sequence-first export) has a dynamic axis 0 that is not the rows, and stacked and
+    split by position, its values went to the wrong callers whenever its length equalled the rows. Unnamed
+    dynamic axes, and axes 0 named apart (:func:`_rows_named_apart`), are left to the load's run of the model.
     """
     if not inputs:
         return "it has no inputs"
     named: dict[str, tuple[str, str]] = {}  # axis-0 name -> (kind, tensor) where first seen
-    input_names: dict[str, str] = {}  # inputs' axis-0 names -> the first input named so
     for kind, specs in (("input", inputs), ("output", outputs)):
         for spec in specs:
             if spec.dtype is None:
@@ -299,14 +313,6 @@ def _batch_axis_problem(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSp
             dim = spec.shape[0] if spec.shape else None
             if isinstance(dim, str) and dim:
                 named.setdefault(dim, (kind, spec.name))
-                if kind == "input":
-                    input_names.setdefault(dim, spec.name)
-    if len(input_names) > 1:
-        (first, name), (other, other_name) = list(input_names.items())[:2]
-        return (
-            f"axis 0 is {first!r} on input {name!r} but {other!r} on input {other_name!r}: not one batch axis "
-            "(rename the dimension in the model if it is one)"
-        )
     for symbol, (first_kind, first_name) in named.items():
         for kind, specs in (("input", inputs), ("output", outputs)):
             for spec in specs:
@@ -319,9 +325,26 @@ def _batch_axis_problem(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSp
     return None
 
 
-def _outputs_named_apart(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
-    """How an output's axis 0 is named unlike the inputs' (tf2onnx's ``unk__7`` for an input's ``unk__6``;
-    a count ``n_found``), or ``None``."""
+def _inputs_named_apart(inputs: Sequence[TensorSpec]) -> str | None:
+    """How two inputs name axis 0 apart (torch's ``input_ids_dynamic_axes_1`` and
+    ``attention_mask_dynamic_axes_1``; a parameter ``indices[k]`` beside ``data[batch, 4]``), or ``None``."""
+    first: dict[str, str] = {}  # axis-0 name -> the first input named so
+    for spec in inputs:
+        dim = spec.shape[0] if spec.shape else None
+        if isinstance(dim, str) and dim:
+            first.setdefault(dim, spec.name)
+    if len(first) < 2:
+        return None
+    (rows, name), (other, other_name) = list(first.items())[:2]
+    return f"axis 0 is {rows!r} on input {name!r} but {other!r} on input {other_name!r}"
+
+
+def _rows_named_apart(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
+    """How axis 0 is named apart on two inputs, or on an output unlike the inputs (tf2onnx's ``unk__7`` for
+    an input's ``unk__6``; a count ``n_found``), or ``None``."""
+    apart = _inputs_named_apart(inputs)
+    if apart is not None:
+        return apart
     rows = next((spec.shape[0] for spec in inputs if spec.shape and isinstance(spec.shape[0], str)), None)
     if not rows:
         return None

@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
-from inprocserve import BatchingConfig, ConfigurationError, ModelConfig
+from inprocserve import BatchingConfig, ConfigurationError, InvalidInputError, ModelConfig, WarmupConfig
 from inprocserve._batch_ops import BatchShapeError, check_rows, rows_problem
 from inprocserve._signature import Signature, TensorSpec
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
@@ -106,6 +106,24 @@ def found(axis_name: str | None) -> onnx.ModelProto:
     )
 
 
+def named_apart_inputs(table_rows: int) -> onnx.ModelProto:
+    """``y = table[ids] + x``, exported as ``torch.onnx.export`` with ``dynamic_axes`` given as lists names
+    each tensor's rows apart (``ids_dynamic_axes_1``, ``x_dynamic_axes_1``): one batch axis all the same."""
+    table = numpy_helper.from_array(np.arange(table_rows * 2, dtype=np.float32).reshape(table_rows, 2), "table")
+    return _model(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["picked"], axis=0),
+            helper.make_node("Add", ["picked", "x"], ["y"]),
+        ],
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["ids_dynamic_axes_1"]),
+            _float("x", ["x_dynamic_axes_1", 2]),
+        ],
+        [_float("y", ["y_dynamic_axes_1", 2])],
+        [table],
+    )
+
+
 def one_hot_of_the_largest() -> onnx.ModelProto:
     """``y[batch, depth]``: a one-hot of each id, as deep as the run's largest id (an output padded to the
     longest row of its run, as a decoder's or a tokenizer's)."""
@@ -137,6 +155,23 @@ def split_words() -> onnx.ModelProto:
     )
 
 
+def quantized_over_time() -> onnx.ModelProto:
+    """What ``quantize_dynamic`` makes of a 1-D CNN: a convolution of kernel 5 over a dynamic time axis
+    (2 steps are too few to run), then one quantization scale for the whole tensor, averaged over time."""
+    weights = np.random.default_rng(9).standard_normal((4, 3, 5)).astype(np.float32) / 4
+    return _model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["features"]),
+            helper.make_node("DynamicQuantizeLinear", ["features"], ["q", "scale", "zero"]),
+            helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["rounded"]),
+            helper.make_node("ReduceMean", ["rounded"], ["y"], axes=[2], keepdims=0),
+        ],
+        [_float("x", ["batch", 3, "time"])],
+        [_float("y", ["batch", 4])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+
+
 def scalar_total() -> onnx.ModelProto:
     """Declared ``total[batch]``, but a sum over every axis (computed at run time): a 0-d output."""
     inits = [numpy_helper.from_array(np.array(0, np.int64), "z"), numpy_helper.from_array(np.array(1, np.int64), "one")]
@@ -154,10 +189,10 @@ def scalar_total() -> onnx.ModelProto:
 
 
 def serve(
-    repository: Path, make_server: ServerFactory, model: onnx.ModelProto, **batching: Any
+    repository: Path, make_server: ServerFactory, model: onnx.ModelProto, *, warmup: bool = True, **batching: Any
 ) -> tuple[inprocserve.Server, ort.InferenceSession]:
     save_model(model, repository, "m", 1)
-    config = ModelConfig(batching=BatchingConfig(max_delay_s=0.005, **batching))
+    config = ModelConfig(batching=BatchingConfig(max_delay_s=0.005, **batching), warmup=WarmupConfig(enabled=warmup))
     server = make_server(repository, config=config, strict=True)
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return server, reference
@@ -230,9 +265,14 @@ def test_a_sequence_first_output_never_mixes_callers_even_when_trusted(
     )
 
 
-def test_an_input_of_picked_rows_is_never_stacked(repository: Path, make_server: ServerFactory) -> None:
-    """``indices`` index the caller's own ``data``: stacked, caller B's indices 0 and 1 picked caller A's rows."""
-    server, reference = serve(repository, make_server, picked_rows(), rows_independent="yes")
+def test_an_input_of_picked_rows_is_never_stacked(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``indices`` index the caller's own ``data``: stacked, caller B's indices 0 and 1 picked caller A's rows.
+    Inputs that name axis 0 apart are left to the run at load, which cannot show that ``k`` is the rows (the
+    made-up index 1 is beyond one row of ``data``): not merged, and the load warns why."""
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server, reference = serve(repository, make_server, picked_rows())
     requests = [
         {
             "data": np.full((2, 4), index, np.float32) + np.array([[0.0], [0.5]], np.float32),
@@ -241,10 +281,15 @@ def test_an_input_of_picked_rows_is_never_stacked(repository: Path, make_server:
         for index in range(4)
     ]
     assert_each_answer_is_its_own(server, reference, requests)
-    assert version_status(server, "m")["unbatchable_reason"] == (
-        "axis 0 is 'batch' on input 'data' but 'k' on input 'indices': not one batch axis (rename the "
-        "dimension in the model if it is one)"
+    three_picks = {"data": requests[0]["data"], "indices": np.array([1, 0, 1], np.int64)}  # (not the rows)
+    np.testing.assert_array_equal(server.predict("m", three_picks)["y"], alone(reference, three_picks)["y"])
+    reason = version_status(server, "m")["unbatchable_reason"]
+    assert reason.startswith(
+        "axis 0 is 'batch' on input 'data' but 'k' on input 'indices', and nothing showed that axis 0 is the rows "
+        "(the model would not run on made-up rows: "
     )
+    warned = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert [record.getMessage().count("runs unbatched: axis 0 is 'batch'") for record in warned] == [1]
 
 
 # -- 2. a count of things found on axis 0 ------------------------------------------------------------------
@@ -349,6 +394,54 @@ def test_an_output_named_apart_that_the_run_cannot_check_is_not_merged(
     assert "would not run on made-up rows" in status["unbatchable_reason"]
 
 
+def test_inputs_named_apart_merge_once_the_run_shows_they_are_the_rows(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """torch's ``input_ids_dynamic_axes_1`` beside ``attention_mask_dynamic_axes_1``: refused by their names,
+    16 concurrent requests took 16 runs."""
+    server, reference = serve(repository, make_server, named_apart_inputs(table_rows=4))
+    assert version_status(server, "m")["batchable"] is True
+    rng = np.random.default_rng(10)
+    requests = [
+        {"ids": np.array([index, 3 - index]), "x": rng.standard_normal((2, 2)).astype(np.float32)} for index in range(4)
+    ]
+    assert_each_answer_is_its_own(server, reference, requests)
+    before = version_status(server, "m")["batches_run"]
+    futures = [
+        server.submit("m", {"ids": np.array([index % 4]), "x": np.ones((1, 2), np.float32)}) for index in range(16)
+    ]
+    for future in futures:
+        future.result(timeout=30)
+    assert version_status(server, "m")["batches_run"] - before < 16  # (merged)
+
+
+@pytest.mark.parametrize("setting", ["check", "yes"])
+def test_inputs_named_apart_that_the_run_cannot_check_merge_only_on_the_users_word(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, setting: str
+) -> None:
+    """Over a table of one row, the made-up id 1 fails: nothing shows that the inputs' rows are one axis, so
+    they are not merged, unless ``rows_independent = "yes"`` says so (it could not before). Merged, every
+    input of a request must have the same rows, or stacked requests would be split wrongly."""
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server, reference = serve(repository, make_server, named_apart_inputs(table_rows=1), rows_independent=setting)
+    status = version_status(server, "m")
+    if setting == "check":
+        assert status["batchable"] is False
+        assert status["unbatchable_reason"].startswith(
+            "axis 0 is 'ids_dynamic_axes_1' on input 'ids' but 'x_dynamic_axes_1' on input 'x', and nothing showed"
+        )
+        assert "runs unbatched: axis 0 is 'ids_dynamic_axes_1'" in caplog.text
+        return
+    assert status["batchable"] is True and status["unbatchable_reason"] is None
+    requests = [{"ids": np.zeros(1, np.int64), "x": np.full((1, 2), index, np.float32)} for index in range(16)]
+    futures = [server.submit("m", feeds) for feeds in requests]
+    for feeds, future in zip(requests, futures, strict=True):
+        np.testing.assert_array_equal(future.result(timeout=30)["y"], alone(reference, feeds)["y"])
+    assert version_status(server, "m")["batches_run"] < 16
+    with pytest.raises(InvalidInputError, match="input 'x': has 3 rows but the other inputs have 2"):
+        server.predict("m", {"ids": np.zeros(2, np.int64), "x": np.ones((3, 2), np.float32)})
+
+
 def test_trusting_a_dependent_model_merges_it(repository: Path, make_server: ServerFactory) -> None:
     """``rows_independent = "yes"`` skips the check: the user's word, for a model the check misjudges."""
     server, _ = serve(repository, make_server, centered(), rows_independent="yes")
@@ -400,10 +493,11 @@ def test_independent_models_still_merge(
     assert status["batches_run"] < status["rows_run"], "no request was ever merged"
 
 
-def test_a_model_that_cannot_run_made_up_rows_keeps_merging(
+def test_a_model_that_cannot_run_made_up_rows_keeps_merging_with_a_warning(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The check is inconclusive (index 1 is outside a one-row table): merged as the shapes allow, as before."""
+    """The check is inconclusive (index 1 is outside a one-row table): merged as the shapes allow, as before,
+    but with a warning that says how to decide (it was logged at INFO, unseen)."""
     table = numpy_helper.from_array(np.array([[5.0, 6.0]], np.float32), "table")
     model = _model(
         [helper.make_node("Gather", ["table", "index"], ["y"], axis=0)],
@@ -411,10 +505,39 @@ def test_a_model_that_cannot_run_made_up_rows_keeps_merging(
         [_float("y", ["batch", 2])],
         [table],
     )
-    with caplog.at_level(logging.INFO, logger="inprocserve"):
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
         server, _ = serve(repository, make_server, model)
-    assert "could not check that each row's answer is its own" in caplog.text
+    [warning] = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert "could not check that each row's answer is its own (the model would not run on made-up rows" in warning
+    assert "set batching.rows_independent = 'yes' to merge them, or 'no' to never merge nor slice them" in warning
     assert version_status(server, "m")["batchable"] is True
+
+
+def test_a_model_that_needs_longer_made_up_rows_is_checked_on_them(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Too short for the kernel at 2 steps, the check was inconclusive and the version merged: a loud caller
+    changed a quiet one's answer through the shared quantization scale. It now runs them with 16 steps."""
+    server, reference = serve(repository, make_server, quantized_over_time(), warmup=False, max_batch_size=4)
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert "a row's answer depends on the other rows of its run" in status["unbatchable_reason"]
+    rng = np.random.default_rng(11)
+    requests = [{"x": (rng.standard_normal((1, 3, 20)) * 10**index).astype(np.float32)} for index in range(4)]
+    assert_each_answer_is_its_own(server, reference, requests)
+
+
+def test_a_large_request_is_not_run_in_slices_with_merging_off_if_its_rows_depend_on_each_other(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``batching.enabled = false`` skipped the check, but a request larger than ``max_batch_size`` still ran
+    in slices: each slice took its own mean."""
+    server, reference = serve(repository, make_server, centered(), enabled=False, max_batch_size=2)
+    large = {"x": np.arange(20, dtype=np.float32).reshape(5, 4)}
+    np.testing.assert_array_equal(server.predict("m", large)["y"], alone(reference, large)["y"])
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert "a row's answer depends on the other rows of its run" in status["unbatchable_reason"]
 
 
 @pytest.mark.parametrize("build", [one_hot_of_the_largest, split_words])
