@@ -211,7 +211,8 @@ class BatchingConfig:
     """Whether each row's answer is its own, whatever rows share its run, so requests may be merged and a
     large one run in slices. ``"check"``: run the model at load on two rows alone and together, and merge
     only if the answers agree (docs/batching.md, "Which requests share a batch"). ``"yes"``: skip that run
-    and merge (the declared shapes must still show one batch axis). ``"no"``: never merge nor slice: each
+    and merge, also where the inputs and outputs name their axis 0 apart (only a tensor without a dynamic axis
+    0, or an axis-0 name that names another axis, still refuses). ``"no"``: never merge nor slice: each
     request runs alone and whole (a model that normalizes or quantizes over the whole batch)."""
 
     def __post_init__(self) -> None:
