@@ -10,6 +10,7 @@ import os
 import shutil
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,12 +37,12 @@ def test_a_load_failing_after_its_sessions_are_built_fails_that_version_alone(
     closed: list[str] = []
     real_measure = ModelVersion._measure_run_cost
 
-    def measure(self: ModelVersion, signature: object) -> object:
+    def measure(self: ModelVersion, signature: object, **options: Any) -> object:
         if self.name == "broken":
             original_close = self.backend.close
             self.backend.close = lambda: (closed.append(self.name), original_close())[1]  # type: ignore[method-assign]
             raise RuntimeError("probe exploded")
-        return real_measure(self, signature)  # type: ignore[arg-type]
+        return real_measure(self, signature, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ModelVersion, "_measure_run_cost", measure)
     server = make_server(repository)
