@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,11 @@ import inprocserve
 from inprocserve import ConfigurationError, EnvFlags, FileFlags, InMemoryFlags, InvalidInputError, OpenFeatureFlags
 
 from .conftest import ServerFactory, rollout, run_in_forked_child, wait_until
+
+# (the caller's own signal handler raises Interrupted in its thread, as gevent's Timeout or greenlet.kill()'s
+# GreenletExit is raised in the request's greenlet, in whatever call it waits in)
+from .test_interrupted_callers import Interrupted
+from .test_interrupted_callers import interruptible as interruptible  # (a fixture)
 
 X = np.ones((1, 4), np.float32)
 CANARY = rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50))
@@ -365,11 +369,6 @@ def test_a_context_key_that_cannot_be_compared_is_the_requests_mistake(
     assert flags_status(server)["failures"] == 0
 
 
-class Interrupted(BaseException):
-    """What the caller's own signal handler raises in its thread: as gevent's Timeout or greenlet.kill()'s
-    GreenletExit is raised in the request's greenlet, in whatever call it waits in."""
-
-
 class WaitingFlags(InMemoryFlags):
     """A provider whose first evaluation waits (its I/O) until released."""
 
@@ -385,18 +384,6 @@ class WaitingFlags(InMemoryFlags):
             self.entered.set()
             self.released.wait(10)
         return super()._lookup(key)
-
-
-@pytest.fixture
-def interruptible() -> Iterator[None]:
-    def raise_interrupted(signum: int, frame: Any) -> None:
-        raise Interrupted
-
-    previous = signal.signal(signal.SIGUSR1, raise_interrupted)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals (pthread_kill)")
