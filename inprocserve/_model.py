@@ -232,9 +232,16 @@ class ModelVersion:
         if setting == "yes" or (not batching.enabled and batching.request_row_limit <= batching.max_batch_size):
             return None  # (trusted, or no run ever holds rows of two requests nor two slices of one)
         try:
+            if self.backend.kind != "onnxruntime":
+                # (a model server is not called at load for this: three calls of a slow or metered model would
+                # hold every worker's start, and the server's own dynamic batcher merges requests its own way)
+                raise _Inconclusive(f"the model runs on a {self.backend.kind} backend, which is not checked")
             dependence = self._rows_dependence(signature)
         except _Inconclusive as exc:
             named = signature.rows_named_apart
+            if named is None and self.backend.kind != "onnxruntime":
+                logger.info("model %r version %s: %s", self.name, self.version, exc)
+                return None
             if named is None:
                 logger.warning(
                     "model %r version %s: could not check that each row's answer is its own (%s); requests are "
