@@ -229,17 +229,22 @@ class ModelVersion:
             logger.info("model %r version %s runs unbatched: %s", self.name, self.version, reason)
             return reason
         batching = self.config.batching
-        if setting == "yes" or (not batching.enabled and batching.request_row_limit <= batching.max_batch_size):
-            return None  # (trusted, or no run ever holds rows of two requests nor two slices of one)
+        if setting == "yes":
+            return None  # (trusted)
+        if not batching.enabled and batching.request_row_limit <= batching.max_batch_size:
+            # (no run ever holds rows of two requests nor two slices of one: nothing to check; inputs or outputs
+            # named apart are then not taken for one batch axis, so a request's inputs need not share rows)
+            named = signature.rows_named_apart
+            return None if named is None else f"{named} (not checked: batching is off and nothing is sliced)"
         try:
-            if self.backend.kind != "onnxruntime":
+            if self.backend.kind == "remote":
                 # (a model server is not called at load for this: three calls of a slow or metered model would
                 # hold every worker's start, and the server's own dynamic batcher merges requests its own way)
                 raise _Inconclusive(f"the model runs on a {self.backend.kind} backend, which is not checked")
             dependence = self._rows_dependence(signature)
         except _Inconclusive as exc:
             named = signature.rows_named_apart
-            if named is None and self.backend.kind != "onnxruntime":
+            if named is None and self.backend.kind == "remote":
                 logger.info("model %r version %s: %s", self.name, self.version, exc)
                 return None
             if named is None:

@@ -292,6 +292,16 @@ def test_an_input_of_picked_rows_is_never_stacked(
     assert [record.getMessage().count("runs unbatched: axis 0 is 'batch'") for record in warned] == [1]
 
 
+def test_with_batching_off_inputs_named_apart_need_not_share_rows(repository: Path, make_server: ServerFactory) -> None:
+    """Nothing is merged nor sliced, so nothing takes ``k`` for the rows: 2 picks of 5 rows are answered."""
+    server, reference = serve(repository, make_server, picked_rows(), enabled=False, max_request_rows=64)
+    picks = {"data": np.arange(20, dtype=np.float32).reshape(5, 4), "indices": np.array([4, 0], np.int64)}
+    np.testing.assert_array_equal(server.predict("m", picks)["y"], alone(reference, picks)["y"])
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert "(not checked: batching is off and nothing is sliced)" in status["unbatchable_reason"]
+
+
 # -- 2. a count of things found on axis 0 ------------------------------------------------------------------
 
 
