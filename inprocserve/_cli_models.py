@@ -84,6 +84,8 @@ def _inspect(args: argparse.Namespace) -> int:
         assert model.signature is not None
         info = {"path": str(path), "bytes": path.stat().st_size, "providers": model.providers}
         info.update(model.signature.to_dict())
+        why = model.why_unbatchable()
+        info.update(batchable=why is None, unbatchable_reason=why)  # (the load's verdict, not the shapes' alone)
         if args.json:
             print(json.dumps(info, indent=2))
             return OK
@@ -94,7 +96,6 @@ def _inspect(args: argparse.Namespace) -> int:
         print("outputs:")
         for spec in model.signature.outputs:
             print(f"  {spec.describe()}")
-        why = model.why_unbatchable()
         batch = "yes (dynamic axis 0 on every input and output)" if why is None else f"no (runs unbatched: {why})"
         print(f"batchable: {batch}")
         return OK

@@ -18,6 +18,8 @@ from inprocserve._cli import COMMANDS
 from inprocserve._extras import require
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
+from .test_batch_independence import centered
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,6 +37,15 @@ def test_inspect_json_and_version_folder(tmp_path: Path, capsys: object) -> None
     assert main(["inspect", "--json", str(path.parent)]) == 0
     data = json.loads(capsys.readouterr().out)  # type: ignore[attr-defined]
     assert data["inputs"] == [{"name": "x", "type": "tensor(float)", "shape": ["batch", 4]}]
+    assert (data["batchable"], data["unbatchable_reason"]) == (True, None)
+
+
+def test_inspect_json_says_what_the_load_found_of_the_rows(tmp_path: Path, capsys: object) -> None:
+    path = save_model(centered(), tmp_path, "centered", 1)  # x - mean(x, axis=0): rows depend on each other
+    assert main(["inspect", "--json", str(path)]) == 0
+    data = json.loads(capsys.readouterr().out)  # type: ignore[attr-defined]
+    assert data["batchable"] is False
+    assert "a row's answer depends on the other rows of its run" in data["unbatchable_reason"]
 
 
 def test_inspect_a_broken_file_exits_non_zero(tmp_path: Path, capsys: object) -> None:
