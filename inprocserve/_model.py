@@ -236,19 +236,23 @@ class ModelVersion:
             # named apart are then not taken for one batch axis, so a request's inputs need not share rows)
             named = signature.rows_named_apart
             return None if named is None else f"{named} (not checked: batching is off and nothing is sliced)"
+        named = signature.rows_named_apart
+        remote = self.backend.kind == "remote"
         try:
-            if self.backend.kind == "remote":
+            if remote:
                 # (a model server is not called at load for this: three calls of a slow or metered model would
                 # hold every worker's start, and the server's own dynamic batcher merges requests its own way)
-                raise _Inconclusive(f"the model runs on a {self.backend.kind} backend, which is not checked")
+                raise _Inconclusive("the model runs on a remote backend, which is not checked")
             dependence = self._rows_dependence(signature)
         except _Inconclusive as exc:
-            named = signature.rows_named_apart
-            if named is None and self.backend.kind == "remote":
-                logger.info("model %r version %s: %s", self.name, self.version, exc)
-                return None
-            if named is None:
-                logger.warning(
+            if named is not None:
+                dependence = (
+                    f"{named}, and nothing showed that axis 0 is the rows ({exc}); rename the dimension in the "
+                    "model, or set batching.rows_independent = 'yes'"
+                )
+            else:
+                logger.log(
+                    logging.INFO if remote else logging.WARNING,
                     "model %r version %s: could not check that each row's answer is its own (%s); requests are "
                     "merged as the declared shapes allow (set batching.rows_independent = 'yes' to merge them, "
                     "or 'no' to never merge nor slice them)",
@@ -257,10 +261,6 @@ class ModelVersion:
                     exc,
                 )
                 return None
-            dependence = (
-                f"{named}, and nothing showed that axis 0 is the rows ({exc}); rename the dimension in the "
-                "model, or set batching.rows_independent = 'yes'"
-            )
         if dependence is not None:
             logger.warning(
                 "model %r version %s runs unbatched: %s; each request runs alone and whole (set "
