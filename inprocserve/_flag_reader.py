@@ -215,11 +215,11 @@ class FlagReader:
                     if unstarted is not None and not self._workers:  # (nobody would ever take the job)
                         self._jobs.remove((future, decide))
                         accepted = False
-        if unstarted is not None and not accepted:
-            self._count("busy", f"flag provider {self.provider.name!r}: no worker thread can be started ({unstarted})")
-            return fallback("flag provider busy")
         if not accepted:
-            self._count("busy", f"flag provider {self.provider.name!r}: all {self.max_workers} workers are stuck")
+            why = (
+                f"all {self.max_workers} workers are stuck" if unstarted is None else f"no worker thread ({unstarted})"
+            )
+            self._count("busy", f"flag provider {self.provider.name!r}: {why}")
             return fallback("flag provider busy")
         # The provider's exception is taken, never raised here: whatever is raised while this waits (gevent's
         # Timeout or GreenletExit, KeyboardInterrupt) is the caller's, and ends the request.
