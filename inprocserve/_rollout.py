@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 from cachetools import TTLCache
 
+from . import _fork
 from ._config import RolloutConfig
 from ._config_checks import shown
 from ._errors import ControlStateUnknownError, InvalidInputError
@@ -316,6 +317,13 @@ class Router:
         self._recent_sizes: deque[int] = deque()  # each sample's bytes, in the order of ``recent``
         self._too_large_said = False
         self.update(config)
+        _fork.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """The parent's threads are not in a forked child: the lock one of them held at the fork (noting who
+        served a request, drawing a bandit's arm) would stay held there, and the child's first routed request
+        would wait for it for ever."""
+        self._lock = threading.Lock()
 
     def update(self, config: RolloutConfig) -> None:
         """Apply a (re)loaded configuration; statistics are kept."""

@@ -143,3 +143,42 @@ def test_a_worker_forked_while_a_thread_is_inside_the_cache_answers(
         leave.set()
         holder.join()
     assert server.predict("scale", x)["y"][0, 0] == 2.0
+
+
+def test_a_worker_forked_while_a_thread_holds_the_rollouts_lock_routes_and_records(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    import threading
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    rollout = inprocserve.RolloutConfig(
+        strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50)
+    )
+    server = make_server(
+        repository, config=inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all(), rollout=rollout)
+    )
+    x = np.ones((1, 4), np.float32)
+    router = server._registry.routes["scale"].router
+    # a thread of the parent holds the router's lock (noting who served a request) at the instant of the
+    # fork: the child has no such thread to release it
+    inside, leave = threading.Event(), threading.Event()
+
+    def holding() -> None:
+        with router._lock:
+            inside.set()
+            leave.wait(30)
+
+    holder = threading.Thread(target=holding)
+    holder.start()
+    inside.wait(10)
+    try:
+
+        def in_the_child() -> str:
+            result = server.predict("scale", x, context={"user_id": "u-1"}, timeout_s=5)
+            return f"{result.variant} {server.record_outcome(result.request_id, 1.0)}"
+
+        assert run_in_forked_child(in_the_child, timeout_s=20) in ("canary canary", "stable stable")
+    finally:
+        leave.set()
+        holder.join()
