@@ -7,6 +7,7 @@ lock that serializes every change. The server's request path only reads :attr:`R
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -536,14 +537,15 @@ class Registry:
         router = self.routers.get(name)
         if router is None:
             router = self.routers[name] = Router(name, rollout, self._flags, shadow_gate=self._shadow_gate)
-        elif router.config != rollout:
-            router.update(rollout)
-        if state is not None:  # the control file wins over in-process switches and config.toml
-            router.stable_alias = state.stable if state.stable is not None else router.stable_alias
-            if state.stable is not None:  # an operator switched the fleet to it: its signature is accepted
-                self.incompatible.get(name, {}).pop(state.stable, None)
-        router.killed = state is not None and state.kill
-        router.refusal = self.routing_refusal
+        with router.changing():  # requests are routed by the state before or after, never by a mix
+            if router.config != rollout:
+                router.update(rollout)
+            if state is not None:  # the control file wins over in-process switches and config.toml
+                router.stable_alias = state.stable if state.stable is not None else router.stable_alias
+            router.killed = state is not None and state.kill
+            router.refusal = self.routing_refusal
+        if state is not None and state.stable is not None:  # an operator switched the fleet to it: accepted
+            self.incompatible.get(name, {}).pop(state.stable, None)
         self.routes[name] = Routes(default=default, versions=dict(versions), router=router)
         self.published.add(name)
         self.published_versions.update((name, number) for number in versions)
@@ -876,10 +878,11 @@ class Registry:
         with self.routing:
             router = self.routers.get(name)
             state = self.control.models.get(name)
-            if router is not None and (state is None or state.stable is None):
-                router.stable_alias = None  # no stable version in the control file (any more): the config's applies
-            if name in self.loaded:
-                self.publish(name)
+            with router.changing() if router is not None else contextlib.nullcontext():  # (one step with publish)
+                if router is not None and (state is None or state.stable is None):
+                    router.stable_alias = None  # no stable version in the control file (any more): the config's
+                if name in self.loaded:
+                    self.publish(name)
 
     def _failed_unchanged(self, name: str, number: int) -> bool:
         """Whether ``number`` failed to load and none of the files that load read changed since."""

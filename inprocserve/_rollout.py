@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -294,6 +294,11 @@ class Router:
         self._flags: FlagReader | _NoFlags = flags or _NoFlags()
         self._shadow_gate = shadow_gate
         self._lock = threading.Lock()
+        # A change of routing state (see changing): readers check the generation, odd while one is applied.
+        self._changes = threading.RLock()
+        self._change_depth = 0
+        self._changer: int | None = None  # the thread applying a change
+        self._generation = 0
         self._stats: dict[str, VariantStats] = {}
         self._assignments = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
@@ -320,10 +325,14 @@ class Router:
         _fork.register(self)
 
     def _after_fork_in_child(self) -> None:
-        """The parent's threads are not in a forked child: the lock one of them held at the fork (noting who
-        served a request, drawing a bandit's arm) would stay held there, and the child's first routed request
-        would wait for it for ever."""
+        """The parent's threads are not in a forked child: a lock one of them held at the fork (a request's
+        note, a change being applied by the control watcher) would stay held there, and the child's
+        requests would wait for it for ever. The state a change had reached stands, as the registry's does."""
         self._lock = threading.Lock()
+        self._changes = threading.RLock()
+        self._change_depth = 0
+        self._changer = None
+        self._generation += self._generation & 1  # (even: no change is being applied)
 
     def update(self, config: RolloutConfig) -> None:
         """Apply a (re)loaded configuration; statistics are kept."""
@@ -355,6 +364,26 @@ class Router:
         # A provider whose values hold for every context: decide() reads them once per change of values.
         self._frozen_values = getattr(self._flags, "frozen_values", None)
 
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[None]:
+        """Apply a change of routing state (:meth:`update`, :attr:`stable_alias`, :attr:`killed`,
+        :attr:`refusal`) as one step: :meth:`decide` routes by the state before it or after it, never by a
+        mix. A control revision that both removed a canary and made its version stable, applied one attribute
+        at a time, sent the canary's users to the old stable version (the new strategy with the old alias),
+        which neither revision serves them. Changes may nest; a decision waits for one being applied."""
+        with self._changes:
+            self._change_depth += 1
+            if self._change_depth == 1:
+                self._changer = threading.get_ident()
+                self._generation += 1  # odd: a change is being applied
+            try:
+                yield
+            finally:
+                self._change_depth -= 1
+                if self._change_depth == 0:
+                    self._changer = None
+                    self._generation += 1
+
     # -- the decision ---------------------------------------------------------------------------------------
 
     def decide(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
@@ -362,7 +391,29 @@ class Router:
 
         Raises :class:`InvalidInputError` for a ``context`` that is not a mapping, and
         :class:`ControlStateUnknownError` while :attr:`refusal` is set.
+
+        Made from one routing state: a decision that a change (:meth:`changing`) overlapped is made again
+        (a rare event: changes are an operator's; a bandit's draw or a flag read is then made twice).
         """
+        generation = self._generation
+        decision = self._decide_now(ready, latest, context)
+        if generation == self._generation and not generation & 1:  # (~70 ns a decision, this call included)
+            return decision
+        return self._decide_settled(ready, latest, context)
+
+    def _decide_settled(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
+        """:meth:`decide` once no change is being applied (a change this thread applies: as it stands)."""
+        while True:
+            if self._changer == threading.get_ident():
+                return self._decide_now(ready, latest, context)
+            with self._changes:  # wait for a change being applied to be applied whole
+                generation = self._generation
+            decision = self._decide_now(ready, latest, context)
+            if generation == self._generation:
+                return decision
+
+    def _decide_now(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
+        """:meth:`decide` from the routing state as it is now."""
         if context is not None and type(context) is not dict and not isinstance(context, Mapping):
             raise _not_a_mapping(self.model, context)
         if self.refusal is not None:

@@ -922,3 +922,41 @@ def test_the_not_found_message_of_a_model_that_failed_to_load_quotes_no_path(
     assert str(repository) not in message and str(repository.resolve()) not in message
     assert "model.onnx" not in message and "/" not in message.replace("'", "")
     assert "cannot load" in server.status()["models"]["broken"]["versions"]["1"]["error"]  # status keeps it
+
+
+def test_a_revision_that_promotes_the_canary_never_sends_its_users_to_the_old_stable_version(
+    fleet: Path, make_server: ServerFactory
+) -> None:
+    # A worker that reads "canary removed" and "its version made stable" in one revision (both written within
+    # one control interval, as a promotion does) applied them one after the other: for a moment the canary's
+    # users were routed by the new strategy with the old stable version, which no revision serves them.
+    save_model(build_scale_model(3.0), fleet, "fraud", 3)
+    canary = ModelControl(stable=1, canary_version=3, canary_percent=50.0)
+    promoted = ModelControl(stable=3, previous_stable=1)
+    write(fleet, fraud=canary)
+    server = make_server(fleet, config=ModelConfig(version_policy=VersionPolicy.all()), control_interval_s=3600)
+    users = [f"user-{i}" for i in range(400)]
+    in_canary = [user for user in users if server.predict("fraud", X, context={"user_id": user}).version == 3]
+    stop = threading.Event()
+    old_version: list[tuple[str, str]] = []
+
+    def predict(index: int) -> None:
+        while not stop.is_set():
+            for user in in_canary[index::8]:
+                result = server.predict("fraud", X, context={"user_id": user})
+                if result.version != 3:
+                    old_version.append((user, result.reason))
+
+    threads = [threading.Thread(target=predict, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(150):
+            for state in (promoted, canary):
+                write(fleet, fraud=state)
+                server.sync_control()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert old_version == []

@@ -145,8 +145,9 @@ def test_a_worker_forked_while_a_thread_is_inside_the_cache_answers(
     assert server.predict("scale", x)["y"][0, 0] == 2.0
 
 
+@pytest.mark.parametrize("held", ["a request's note", "a change being applied"])
 def test_a_worker_forked_while_a_thread_holds_the_rollouts_lock_routes_and_records(
-    repository: Path, make_server: ServerFactory
+    repository: Path, make_server: ServerFactory, held: str
 ) -> None:
     import threading
 
@@ -160,12 +161,12 @@ def test_a_worker_forked_while_a_thread_holds_the_rollouts_lock_routes_and_recor
     )
     x = np.ones((1, 4), np.float32)
     router = server._registry.routes["scale"].router
-    # a thread of the parent holds the router's lock (noting who served a request) at the instant of the
-    # fork: the child has no such thread to release it
+    # a thread of the parent holds the router's lock (noting who served a request, or applying a control
+    # revision) at the instant of the fork: the child has no such thread to release it
     inside, leave = threading.Event(), threading.Event()
 
     def holding() -> None:
-        with router._lock:
+        with router._lock if held == "a request's note" else router.changing():
             inside.set()
             leave.wait(30)
 
