@@ -422,6 +422,11 @@ class Router:
         if self.killed:
             if self._drew_for_keys and context:  # (served otherwise: see _forget_draw)
                 self._forget_draw_of(context, self.config.key_field)
+            if type(self._flags) is not _NoFlags:
+                # A set stable flag names the stable version here too (a failing provider or an unusable value
+                # gives the configured one): without it, the fleet's kill switch sent everyone back to the
+                # version the flags had moved them off (rollouts.md's last step sets the stable flag).
+                stable = self.stable_version(ready, latest, context)
             return Decision(stable, "stable", "kill switch is on (control file)")
         if self.trivial:
             if stable == latest and self.stable_alias is None and self.config.stable is None:

@@ -123,6 +123,28 @@ def test_kill_switch_wins_over_the_configured_canary_and_flags(
     assert served_version(server) == 3
 
 
+def test_the_kill_switch_sends_everyone_to_the_stable_version_the_stable_flag_names(
+    three_versions: Path, make_server: ServerFactory
+) -> None:
+    # rollouts.md's flag-driven rollout ends with the stable flag naming the new version; the fleet's kill
+    # switch must stop the canary without sending everyone back to the version configured before it
+    config = ModelConfig(
+        version_policy=VersionPolicy.all(),
+        rollout=RolloutConfig(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=3, percent=0)),
+    )
+    flags = inprocserve.InMemoryFlags({"scale.stable": 2, "scale.canary.percent": 50})
+    server = make_server(three_versions, config=config, flags=flags, control_interval_s=None)
+    users = [f"user-{i}" for i in range(40)]
+    assert {served_version(server, user) for user in users} == {2, 3}
+    server.kill("scale")
+    assert {served_version(server, user) for user in users} == {2}
+    assert server.predict("scale", X).reason == "kill switch is on (control file)"
+    flags.set("scale.stable", 7)  # a version that is not loaded: the configured stable version, as for any request
+    assert served_version(server) == 1
+    flags.delete("scale.stable")
+    assert served_version(server) == 1
+
+
 def test_reload_makes_every_server_rescan(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(1.0), repository, "scale", 1)
     first = make_server(repository, control_interval_s=None)
