@@ -30,7 +30,8 @@ what limits throughput. Here, instead:
 * **Answering.** A request queued on its own keeps everything ``predict`` gives it (deadlines, cancellation,
   shedding, bisection of a failing batch, rollouts, telemetry), but its answer is posted to a per-loop inbox
   instead of resolving a thread future; a merged request's tasks get the same (docs/batching.md, "Async
-  callers", says where they differ: a merged run that fails is retried task by task, the full way). The
+  callers", says where they differ: a merged run that fails is retried task by task, the full way, unless
+  the failure is about the run as a whole, as for a remote server that is down). The
   worker holds the loop's wake until it has posted the last answer of the batch (``wake_after_batch``), then
   calls ``call_soon_threadsafe`` once; the loop resolves every posted answer in one callback. A batch of 64
   answers wakes the loop once.
@@ -62,7 +63,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from opentelemetry.trace import INVALID_SPAN
 
-from ._errors import DeadlineExceededError, ServerClosedError
+from ._backend import is_whole_batch
+from ._errors import DeadlineExceededError, RemoteUnavailableError, ServerClosedError
 from ._flag_reader import forbid_waiting_when
 from ._flags import WaitOffLoop
 from ._prediction import Prediction
@@ -827,8 +829,14 @@ def _stacked(members: list[_Member]) -> dict[str, Any]:
 
 def _isolable(error: BaseException) -> bool:
     """Whether a merged run's ``error`` may come from one task's input (bisecting finds whose), rather than
-    apply to every task alike (its deadline, a close, a cancellation)."""
-    return not isinstance(error, (DeadlineExceededError, ServerClosedError, CancelledError))
+    apply to every task alike: its deadline, a close, a cancellation, or what the batcher never bisects
+    either (``BatchExecution._run_isolating``): a remote server that is down (``RemoteUnavailableError``),
+    or that refused the caller or ran the rows and answered unreadably (``is_whole_batch``). Sending each
+    task's rows again then only doubles the calls to a failing server, and sends rows it may have run
+    (a connection dropped after the request was sent), which ``retry_after_send = false`` promises not to."""
+    if isinstance(error, (DeadlineExceededError, ServerClosedError, CancelledError, RemoteUnavailableError)):
+        return False
+    return not is_whole_batch(error)
 
 
 def _latest_deadline(members: list[_Member]) -> float | None:

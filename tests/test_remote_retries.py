@@ -341,6 +341,47 @@ def test_a_batch_the_server_fails_as_a_whole_is_not_bisected(
     assert len(failed) == 8 and all(type(caught) is error for caught in failed)
 
 
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (500, inprocserve.RemoteUnavailableError),
+        ("drop", inprocserve.RemoteUnavailableError),  # may have run: retry_after_send is off
+        (401, inprocserve.InferenceError),
+        ("narrow", inprocserve.InferenceError),  # ran the rows
+    ],
+)
+def test_an_event_loops_merged_request_the_server_fails_as_a_whole_is_sent_once(
+    scripted: Scripted, failure: int | str, error: type[Exception]
+) -> None:
+    # Eight tasks of one loop iteration share one call (apredict merges them). When the server fails that
+    # call as a whole, each task gets the error: their rows are not sent again one by one, as a batch of
+    # synchronous callers' requests is not bisected either.
+    import asyncio
+
+    server = inprocserve.Server()
+    try:
+        remote = RemoteModel(
+            url=f"http://127.0.0.1:{scripted.server_port}", model="scale", retries=0, failure_threshold=100
+        )
+        server.load("scale", remote=remote)
+
+        async def main() -> list[Any]:
+            await server.apredict("scale", np.ones((1, 4), np.float32))  # (adopts the runners)
+            scripted.script = [failure] * 20
+            sent = scripted.posts
+            answers = await asyncio.gather(
+                *(server.apredict("scale", np.full((1, 4), i, np.float32)) for i in range(8)),
+                return_exceptions=True,
+            )
+            assert scripted.posts - sent == 1
+            return answers
+
+        answers = asyncio.run(main())
+        assert all(type(answer) is error for answer in answers)
+    finally:
+        server.close()
+
+
 def test_a_batch_too_large_for_the_server_is_sent_in_halves(scripted: Scripted, backends: list[RemoteBackend]) -> None:
     backend = backend_for(backends, scripted, retries=0, failure_threshold=100)
     failed: list[BaseException] = []
