@@ -798,13 +798,22 @@ class OnnxruntimeBackend:
         device = "cuda" if provider == _CUDA else "cpu"
         device_id = self._devices.get(id(session), 0) if device == "cuda" else 0
         binding = session.io_binding()
+        # Every input's OrtValue is kept until the run ends. On the CPU an OrtValue borrows its array's memory
+        # (the contiguous copy of a strided or Fortran-ordered input, which nothing else holds), and
+        # onnxruntime before 1.30 binds the tensor without keeping the OrtValue: one dropped when the next
+        # input was bound freed its copy, whose memory numpy gave to the next input's copy, and the run read
+        # that input's values for it (a three-input model answered input c's values for input a).
+        values: list[Any] = []
         for name, array in feeds.items():
             value = _ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, device_id)
             binding.bind_ortvalue_input(name, value)
+            values.append(value)
         for name in self._output_names:
             binding.bind_output(name, device, device_id)
         session.run_with_iobinding(binding, run_options if run_options is not None else self._run_options)
-        return list(binding.copy_outputs_to_cpu())
+        outputs = list(binding.copy_outputs_to_cpu())
+        del values  # (only now: the run and the copies back are done)
+        return outputs
 
     def health(self) -> str | None:
         """``None`` while sessions can run (they are built on demand); why not once closed."""

@@ -173,6 +173,36 @@ def test_io_binding_path_gives_the_same_answers(repository: Path, make_server: S
     assert version_status(make_server(repository), "mlp")["io_binding"] is False  # default on the CPU
 
 
+def test_io_binding_answers_each_strided_input_with_its_own_values(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inputs that are views with a stride (columns of one table) are bound as contiguous copies, which must
+    live until the run ends: onnxruntime before 1.30 (the project supports 1.17.3 on) binds an input without
+    keeping it, as done here, and input ``a`` was answered with input ``c``'s values."""
+    from onnx import TensorProto, helper
+
+    from inprocserve.testing import _model
+
+    def bind_without_keeping(self: ort.IOBinding, name: str, ortvalue: ort.OrtValue) -> None:
+        self._iobinding.bind_ortvalue_input(name, ortvalue._ortvalue)  # onnxruntime 1.17.3 to 1.29's body
+
+    monkeypatch.setattr(ort.IOBinding, "bind_ortvalue_input", bind_without_keeping)
+    names = ["a", "b", "c"]
+    identity = _model(
+        [helper.make_node("Identity", [name], [f"{name}_out"]) for name in names],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4]) for name in names],
+        [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, ["batch", 4]) for name in names],
+    )
+    save_model(identity, repository, "three", 1)
+    server = make_server(repository, config=ModelConfig(pool=PoolConfig(io_binding=True)))
+    table = np.arange(48, dtype=np.float32).reshape(2, 24)
+    inputs = {name: table[:, index::3][:, :4] for index, name in enumerate(names)}  # every third column
+    for _ in range(20):
+        answer = server.predict("three", inputs)
+        for name in names:
+            np.testing.assert_array_equal(answer[f"{name}_out"], inputs[name])
+
+
 def test_shared_weights_serve_a_model_with_external_data(tmp_path: Path, make_server: ServerFactory) -> None:
     import onnx
 
