@@ -80,8 +80,14 @@ class RemoteSlot:
     index: int
 
 
-def signature_from_metadata(document: object, *, where: str) -> Signature:
+def signature_from_metadata(document: object, *, where: str, binary: bool = True) -> Signature:
     """Build a :class:`Signature` from a model metadata document (``GET /v2/models/<name>``).
+
+    ``binary``: tensors are sent in the binary extension, where a ``BYTES`` element carries any bytes (an
+    encoded image, say). Without it (``False``) they are sent as JSON, whose strings carry text only: a
+    ``BYTES`` input then takes text, and ``bytes`` that are UTF-8 text, as an ONNX string tensor does; other
+    bytes are refused before they are queued (sent, each byte that is not UTF-8 became U+FFFD, so two
+    different images reached the model server as the same input).
 
     Raises:
         ModelLoadError: the document lists no inputs or outputs, or a tensor with an unknown datatype or a
@@ -112,8 +118,10 @@ def signature_from_metadata(document: object, *, where: str) -> Signature:
                 raise ModelLoadError(f"{where}: tensor {name!r} has shape {shape}; dimensions must be ints >= -1")
             dims = tuple(None if d == -1 else d for d in shape)
             assert isinstance(datatype, str)
-            # a BYTES tensor carries any bytes to a model server (an image, say), not only UTF-8 text
-            specs[kind].append(TensorSpec(name, onnx_type, DATATYPES[datatype], dims, raw_bytes=datatype == "BYTES"))
+            # a BYTES tensor carries any bytes to a model server (an image, say), not only UTF-8 text, when
+            # tensors are sent as binary; as JSON, only text
+            raw_bytes = binary and datatype == "BYTES"
+            specs[kind].append(TensorSpec(name, onnx_type, DATATYPES[datatype], dims, raw_bytes=raw_bytes))
     return Signature(specs["inputs"], specs["outputs"])
 
 
@@ -203,7 +211,7 @@ class RemoteBackend:
             server = self._get_json("/v2", missing_ok=True)
             extensions = server.get("extensions") if isinstance(server, dict) else None
             self._binary = isinstance(extensions, list) and "binary_tensor_data" in extensions
-        signature = signature_from_metadata(self._get_json(remote.path), where=remote.endpoint)
+        signature = signature_from_metadata(self._get_json(remote.path), where=remote.endpoint, binary=self._binary)
         self._get_json(remote.path + "/ready", body=False)  # 200 means ready (Triton's body is empty)
         with self._lock:
             self._signature = signature

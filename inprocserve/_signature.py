@@ -462,7 +462,11 @@ def _text(name: str, value: Any, *, raw_bytes: bool = False) -> np.ndarray:
             try:
                 decoded[index] = element.decode("utf-8")
             except UnicodeDecodeError:
-                raise InvalidInputError(f"input {name!r}: element #{index} is bytes that are not UTF-8 text") from None
+                raise InvalidInputError(
+                    f"input {name!r}: element #{index} is bytes that are not UTF-8 text; this input takes text "
+                    "(an ONNX string tensor, or a remote BYTES tensor sent as JSON, without the binary extension): "
+                    "encode binary data as text (base64, say) if the model expects that"
+                ) from None
         else:
             raise InvalidInputError(
                 f"input {name!r}: expected strings (tensor(string)), element #{index} is "

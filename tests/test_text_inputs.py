@@ -6,9 +6,11 @@ and fails to run on text that is not valid Unicode, which JSON can carry (``"\\u
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -95,3 +97,68 @@ def test_a_remote_bytes_input_takes_any_bytes_as_they_are() -> None:
     for bad, problem in ((None, "element #0 is NoneType"), ("\ud800", "element #0 is not valid Unicode text")):
         with pytest.raises(inprocserve.InvalidInputError, match=problem):
             signature.validate({"image": np.array([bad], dtype=object)}, max_rows=8)
+
+
+class _JsonOnlyServer(ThreadingHTTPServer):
+    """An Open Inference Protocol server without the binary extension (as MLServer's REST): its model answers
+    each ``BYTES`` element's length in bytes, as the JSON string it received encodes it."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _JsonOnlyHandler)
+        self.posts = 0
+
+
+class _JsonOnlyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _JsonOnlyServer
+    metadata: ClassVar[dict[str, Any]] = {
+        "name": "blob",
+        "inputs": [{"name": "data", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "size", "datatype": "INT64", "shape": [-1]}],
+    }
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, document: Any) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._send({"name": "json-only", "extensions": []} if self.path == "/v2" else self.metadata)
+
+    def do_POST(self) -> None:
+        self.server.posts += 1
+        data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["inputs"][0]["data"]
+        sizes = [len(element.encode()) for element in data]
+        self._send({"outputs": [{"name": "size", "datatype": "INT64", "shape": [len(sizes)], "data": sizes}]})
+
+
+def test_bytes_that_json_cannot_carry_are_refused_before_they_reach_the_model_server(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Sent as JSON, each byte that is not UTF-8 became U+FFFD: a JPEG of 11 bytes reached the model as 19, and
+    # any two such blobs of one length were one input to it.
+    remote = _JsonOnlyServer()
+    threading.Thread(target=remote.serve_forever, daemon=True).start()
+    try:
+        folder = repository / "blob" / "1"
+        folder.mkdir(parents=True)
+        (folder / "remote.toml").write_text(f'url = "http://127.0.0.1:{remote.server_port}"\nmodel = "blob"\n')
+        server = make_server(repository)
+        jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
+        posts = remote.posts  # (the load's warm-up calls)
+        with pytest.raises(inprocserve.InvalidInputError, match="element #1 is bytes that are not UTF-8 text"):
+            server.predict("blob", {"data": np.array([b"text", jpeg], dtype=object)})
+        assert remote.posts == posts
+        answer = server.predict("blob", {"data": np.array([b"text", "t\u00e9xt"], dtype=object)})
+        assert answer["size"].tolist() == [4, 5]  # UTF-8 text, as bytes or str, arrives as it is
+    finally:
+        remote.shutdown()
+        remote.server_close()
