@@ -39,9 +39,10 @@ __all__ = [
 
 
 class Submit(Protocol):
-    """Sends one request of a scoring job and returns its future (see :func:`score`)."""
+    """Sends one request of a scoring job and returns its future (see :func:`score`); ``pin``: to that version,
+    whatever the job's own routing."""
 
-    def __call__(self, part: Any, *, beside: bool = False) -> Future[Prediction]: ...
+    def __call__(self, part: Any, *, beside: bool = False, pin: int | None = None) -> Future[Prediction]: ...
 
 
 Progress = Callable[[int, "int | None"], None]
@@ -587,6 +588,8 @@ def _answers(
         yield 0, None
         return
     answers = job.answers
+    if len(answers) > 1:
+        _on_one_version(job, submit, timeout_s, clock, sleep)
     joined = (
         answers[0] if len(answers) == 1 else _join(answers, {name: [a[name] for a in answers] for name in answers[0]})
     )
@@ -596,6 +599,35 @@ def _answers(
     for start in range(0, job.rows, job.chunk_rows):
         stop = min(job.rows, start + job.chunk_rows)
         yield stop - start, _join([joined], {name: joined[name][start:stop] for name in joined})
+
+
+def _on_one_version(
+    job: _Job,
+    submit: Submit,
+    timeout_s: float | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> None:
+    """Make the answers of a batch sent in parts all come from one version, the last part's, as one request's
+    would: each part is routed on its own, so a rollout (a canary's share, an A/B split), or a reload between
+    parts, answered some rows with another version, and the batch's one answer, labelled with the first
+    part's version, mixed two models' rows. A part answered by another version is scored again, pinned to
+    the last part's (the one most likely still loaded after a reload), and the answer takes its labels."""
+    answers = job.answers
+    last = answers[-1]
+    for index, answer in enumerate(answers[:-1]):
+        if answer.version != last.version:
+            again = _Job([job.parts[index]], job.part_rows[index])
+            again.futures.append(submit(again.parts[0], pin=last.version))
+            answer = _wait(again, 0, again.parts[0], submit, timeout_s, clock, sleep, pin=last.version)
+            answers[index] = Prediction(
+                dict(answer),
+                model=last.model,
+                version=last.version,
+                variant=last.variant,
+                reason=last.reason,
+                request_id=answer.request_id,
+            )
 
 
 def _join(answers: list[Prediction], outputs: Mapping[str, Any]) -> Prediction:
@@ -620,6 +652,8 @@ def _wait(
     timeout_s: float | None,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
+    *,
+    pin: int | None = None,
 ) -> Prediction:
     pause, longest = _RETRY_PAUSE_S
     give_up_at = clock() + _QUEUE_FULL_PATIENCE_S
@@ -637,4 +671,4 @@ def _wait(
         # Turned away by a queue that others fill: our earlier chunks are done, so try again after a pause.
         sleep(pause)
         pause = min(longest, pause * 2)
-        job.futures[index] = submit(part)
+        job.futures[index] = submit(part) if pin is None else submit(part, pin=pin)

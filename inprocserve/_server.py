@@ -509,7 +509,8 @@ class Server(RolloutMethods):
         submitted (default: two full requests of rows per session; ``max_in_flight``: at most that many
         requests; never more queued rows than ``max_queue_rows``) so the sessions stay busy without
         :class:`QueueFullError`; when other traffic fills the queue a request is retried. Each request is
-        routed like a :meth:`predict` call: pin ``version`` to score a whole job on one version. The version's
+        routed like a :meth:`predict` call: pin ``version`` to score a whole job on one version (the parts of
+        one batch are answered by one version: the last part's). The version's
         prediction cache is neither read nor filled (nor are identical requests in flight shared). Closing the
         iterator early (``break``, an exception) cancels the requests still queued.
 
@@ -538,13 +539,13 @@ class Server(RolloutMethods):
             raise self._not_found(model, version)
         plan = plan_for_version(target, batch_rows=batch_rows, max_in_flight=max_in_flight, timeout_s=timeout_s)
 
-        def submit(part: Any, *, beside: bool = False) -> Future[Prediction]:
+        def submit(part: Any, *, beside: bool = False, pin: int | None = None) -> Future[Prediction]:
             future: Future[Prediction] = Future()
             try:
                 self._dispatch(
                     model,
                     part,
-                    version,
+                    version if pin is None else pin,
                     context,
                     timeout_s,
                     future,

@@ -527,3 +527,24 @@ def test_the_iterating_thread_runs_only_beside_a_shared_cpu_session_that_leaves_
     assert not caller_may_run({**cpu, "shared_session": False}, kind="onnxruntime", sessions=1, cores=8)
     assert not caller_may_run({**cpu, "providers": ["CUDAExecutionProvider"]}, kind="onnxruntime", sessions=1, cores=8)
     assert not caller_may_run({"providers": ["http://127.0.0.1:1"]}, kind="remote", sessions=1, cores=8)
+
+
+def test_a_batch_sent_in_parts_is_answered_by_one_version_under_a_canary(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Each part of a large batch is routed on its own: a canary at 50 % answered about half of a batch's
+    # rows with each version, in one Prediction labelled with the first part's version.
+    from inprocserve import CanaryConfig, RolloutConfig, VersionPolicy
+    from inprocserve.testing import build_scale_model
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)  # y = version * x
+    canary = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50))
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=VersionPolicy.all(), rollout=canary))
+    batch = np.ones((2000, 4), np.float32)  # more rows than one request takes: sent in parts
+    versions = set()
+    for answer in server.predict_many("scale", [batch] * 6):
+        assert answer["y"].shape == (2000, 4)
+        np.testing.assert_array_equal(answer["y"], batch * answer.version)
+        versions.add(answer.version)
+    assert versions <= {1, 2}
