@@ -14,6 +14,7 @@ decides whether a retry is safe. :mod:`inprocserve._remote` maps both to the lib
 
 from __future__ import annotations
 
+import http.client
 import os
 import threading
 import time
@@ -178,13 +179,15 @@ class HttpClient:
         finally:
             # End the watch before the connection can go back to the pool, where another call may take it.
             late = watch.end()
-            if whole and not late:
+            if whole and not late and response.status >= 200:
                 response.release_conn()  # read to the end: the connection can be reused
             else:
                 response.close()  # half-read or shut down: the connection is unusable, drop it
                 response.release_conn()
         if late:  # the end of data may be the shutdown's, not the answer's
             raise _late(timeout_s)
+        if response.status < 200:  # 101: what follows on the connection is not an HTTP answer
+            raise TransportError(f"the server answered {response.status}, not a final HTTP answer", sent=True)
         return b"".join(chunks)
 
     def close(self) -> None:
@@ -209,6 +212,8 @@ def _watched(connection_class: Any) -> Any:
     once connected and at each request (a kept-alive connection is reused without connecting again)."""
 
     class WatchedConnection(connection_class):  # type: ignore[misc]
+        response_class = _FinalResponse
+
         def connect(self) -> None:
             super().connect()
             _arm(self.sock)
@@ -219,6 +224,25 @@ def _watched(connection_class: Any) -> Any:
 
     WatchedConnection.__name__ = WatchedConnection.__qualname__ = f"Watched{connection_class.__name__}"
     return WatchedConnection
+
+
+class _FinalResponse(http.client.HTTPResponse):
+    """An HTTP response that reads past interim (1xx) responses to the final one, as RFC 9110 (15.2) asks of
+    every HTTP/1.1 client.
+
+    ``http.client`` skips only ``100 Continue``: any other 1xx (``103 Early Hints``, sent by some proxies and
+    gateways) came back as the answer, with no body and the connection still fit for reuse, while the real
+    answer was still to come on it; the next call that took the connection read that answer as its own, so
+    its callers got another batch's rows. ``101 Switching Protocols`` (never asked for here) is returned as
+    it is, and :meth:`HttpClient._read` drops its connection.
+    """
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 102 <= status < 200:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim response's headers, skipped; its body is empty
 
 
 def _arm(sock: Any) -> None:

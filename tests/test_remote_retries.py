@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from inprocserve._request import Request, Route
 from inprocserve._rollout import Decision
 from inprocserve.testing import ManualClock
 
-from .conftest import wait_until
+from .conftest import ServerFactory, wait_until
 
 METADATA = {
     "name": "scale",
@@ -41,7 +42,8 @@ class Scripted(ThreadingHTTPServer):
     (close the connection without answering), "trickle" (a body that never finishes), "trickle headers"
     (headers that never finish), "hang" (no answer), "slow S" (y = 2x after S seconds), (status, headers),
     "deep 500" or "huge integer" (hostile bodies), "float64", "int64" or "narrow" (y of another type, or of 3
-    columns), "thrice" (y = 2x repeated three times along a new first axis).
+    columns), "thrice" (y = 2x repeated three times along a new first axis), "early hints" (a 103 interim
+    answer, then y = 2x 0.2 s later), "switch" (a 101 Switching Protocols, then y = 2x 0.2 s later).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown)."""
 
@@ -110,6 +112,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.server.stop_trickling.wait(60)
             return
+        if step in ("early hints", "switch"):  # an interim answer first: what a proxy or gateway may send
+            self.send_response_only(*((103, "Early Hints") if step == "early hints" else (101, "Switching Protocols")))
+            self.end_headers()
+            time.sleep(0.2)  # the model runs; meanwhile the client may take the connection for its next call
+            step = 200
         if isinstance(step, str) and step.startswith("slow "):  # answers, after that many seconds
             time.sleep(float(step.split()[1]))
             step = 200
@@ -380,6 +387,28 @@ def test_an_event_loops_merged_request_the_server_fails_as_a_whole_is_sent_once(
         assert all(type(answer) is error for answer in answers)
     finally:
         server.close()
+
+
+def test_an_interim_answer_is_read_past_and_never_answers_the_next_call(
+    make_server: ServerFactory, repository: Path, scripted: Scripted
+) -> None:
+    # 103 Early Hints (sent by some proxies and gateways) came back as the answer, an InferenceError "answered
+    # 103", and the connection went back to the pool with the real answer still to come on it: the next call
+    # read that answer as its own, so its caller got the first caller's rows.
+    server = make_server(repository)
+    remote = RemoteModel(url=f"http://127.0.0.1:{scripted.server_port}", model="scale", concurrency=1)
+    server.load("scale", remote=remote)
+    scripted.script = ["early hints"]
+    first = server.predict("scale", {"x": np.full((1, 4), 1, np.float32)})["y"]
+    second = server.predict("scale", {"x": np.full((1, 4), 5, np.float32)})["y"]
+    assert first.tolist() == [[2.0] * 4]
+    assert second.tolist() == [[10.0] * 4]
+    # A 101 (never asked for) leaves no HTTP on the connection: the call fails, and the connection is dropped.
+    scripted.script = ["switch"]
+    with pytest.raises(inprocserve.RemoteUnavailableError, match="answered 101"):
+        server.predict("scale", {"x": np.full((1, 4), 1, np.float32)})
+    time.sleep(0.3)  # the 101's late answer has come, on a connection no call takes again
+    assert server.predict("scale", {"x": np.full((1, 4), 7, np.float32)})["y"].tolist() == [[14.0] * 4]
 
 
 def test_a_batch_too_large_for_the_server_is_sent_in_halves(scripted: Scripted, backends: list[RemoteBackend]) -> None:
