@@ -309,12 +309,20 @@ class RemoteBackend:
             remaining = deadline - self._clock()
             if remaining <= 0:  # spent on retries, each failure judged already: no sign of a hang here
                 raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s, sent_at=None)
-            body, headers = encode_infer_request(
-                ordered,
-                binary=self._binary,
-                binary_output=self._binary,
-                parameters={"timeout": max(1, int(remaining * 1e6))},
-            )
+            try:
+                body, headers = encode_infer_request(
+                    ordered,
+                    binary=self._binary,
+                    binary_output=self._binary,
+                    parameters={"timeout": max(1, int(remaining * 1e6))},
+                )
+            except InvalidInputError as exc:  # bytes JSON cannot carry: the batcher bisects to the request
+                raise self._error(
+                    InvalidInputError,
+                    f"{exc} ({self.remote.endpoint} is sent JSON tensors: binary_tensors = true sends binary "
+                    "ones, if the server takes the binary tensor extension)",
+                    count=False,
+                ) from None
             sent_at = self._clock()
             try:
                 response = self._http().request(

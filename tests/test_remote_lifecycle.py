@@ -152,6 +152,24 @@ def test_a_remote_model_with_scalar_inputs_loads_and_answers(
     assert answer["y"].shape == () and float(answer["y"]) == 6.0
 
 
+def test_bytes_that_json_cannot_carry_are_refused_not_sent_changed(
+    make_server: ServerFactory, repository: Path, scripted: Scripted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server without the binary tensor extension (MLServer 1.7) gets JSON tensors, which carry a BYTES
+    # element as text: an encoded image went with each byte that is not UTF-8 replaced by U+FFFD, and the
+    # model answered for those other bytes as if for the image.
+    monkeypatch.setitem(METADATA, "inputs", [{"name": "x", "datatype": "BYTES", "shape": [-1]}])
+    monkeypatch.setitem(METADATA, "outputs", [{"name": "y", "datatype": "BYTES", "shape": [-1]}])
+    server = make_server(repository)
+    load_remote(server, scripted, binary_tensors=False)
+    assert server.predict("scale", {"x": np.array([b"ab"], dtype=object)})["y"].tolist() == ["abab"]
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF"
+    posts = scripted.posts
+    with pytest.raises(inprocserve.InvalidInputError, match="input 'x': element #0 is bytes that are not UTF-8"):
+        server.predict("scale", {"x": np.array([jpeg], dtype=object)})
+    assert scripted.posts == posts  # nothing was sent
+
+
 @pytest.mark.parametrize(
     ("x_shape", "y_shape", "x"),
     [([], [-1], np.array(3.0, np.float32)), ([2, 4], [-1, 2, 4], np.full((2, 4), 3.0, np.float32))],

@@ -357,6 +357,17 @@ def test_text_goes_in_and_out_as_bytes(served: inprocserve.Server, binary: bool)
     assert v2.decode_infer_response(response.body, response.headers).outputs["echo"].tolist() == ["héllo", ""]
 
 
+def test_bytes_that_are_not_text_go_binary_and_are_refused_as_json() -> None:
+    # JSON carries BYTES as text: bytes that are not UTF-8 would be sent with U+FFFD for each bad byte.
+    image = np.array([b"\xff\xd8\xff\xe0"], dtype=object)
+    body, _ = v2.encode_infer_request({"image": image}, binary=True)
+    assert body.endswith(struct.pack("<I", 4) + b"\xff\xd8\xff\xe0")
+    with pytest.raises(inprocserve.InvalidInputError, match="input 'image': element #0 is bytes that are not UTF-8"):
+        v2.encode_infer_request({"image": image}, binary=False)
+    body, _ = v2.encode_infer_request({"text": np.array(["x", "héllo".encode()], dtype=object)}, binary=False)
+    assert json.loads(body)["inputs"][0]["data"] == ["x", "héllo"]
+
+
 @pytest.mark.parametrize(
     ("path", "headers", "answer", "message"),
     [

@@ -42,6 +42,10 @@ def encode_infer_request(
         binary: Send the inputs as binary tensors (else JSON ``data``).
         outputs: The outputs to ask for (default: all).
         binary_output: Ask for the outputs as binary tensors.
+
+    Raises:
+        InvalidInputError: with ``binary=False``, a ``BYTES`` element is bytes that are not UTF-8 text, which
+            JSON cannot carry.
     """
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
@@ -53,6 +57,7 @@ def encode_infer_request(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
+            _check_json_text(name, array)
             entry["data"] = _to_json(array)
         tensors.append(entry)
     document: dict[str, Any] = {}
@@ -67,6 +72,24 @@ def encode_infer_request(
     if merged:
         document["parameters"] = merged
     return _assemble(document, chunks)
+
+
+def _check_json_text(name: str, array: np.ndarray) -> None:
+    """JSON ``data`` carries a ``BYTES`` element as text: bytes that are not UTF-8 (an encoded image) would
+    reach the server changed, each bad byte turned into U+FFFD, and the model would answer for other data as
+    if for these. Refused instead, naming the input and the ways to send them."""
+    if array.dtype.kind != "O":
+        return
+    for index, element in enumerate(array.reshape(-1)):
+        if isinstance(element, bytes):
+            try:
+                element.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInputError(
+                    f"input {name!r}: element #{index} is bytes that are not UTF-8 text, which JSON tensors "
+                    "cannot carry unchanged; send them as binary tensors, or encode them as text (base64, say) "
+                    "if the model takes that"
+                ) from None
 
 
 def decode_infer_response(body: bytes, headers: Mapping[str, str], *, limits: Limits | None = None) -> InferResponse:
