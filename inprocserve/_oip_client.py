@@ -52,12 +52,14 @@ class TransportError(Exception):
         sent: Whether the request may have reached the server (``False``: it certainly did not, as when the
             connection was refused, so retrying cannot run it twice).
         timed_out: Whether it failed because a timeout ran out.
+        too_long: Whether the answer's body ran past the size the call allowed (it was not read to its end).
     """
 
-    def __init__(self, message: str, *, sent: bool, timed_out: bool = False) -> None:
+    def __init__(self, message: str, *, sent: bool, timed_out: bool = False, too_long: bool = False) -> None:
         super().__init__(message)
         self.sent = sent
         self.timed_out = timed_out
+        self.too_long = too_long
 
 
 class HttpClient:
@@ -98,6 +100,7 @@ class HttpClient:
         timeout_s: float,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> HttpResponse:
         """Send one request and read its whole response.
 
@@ -108,10 +111,11 @@ class HttpClient:
                 headers or its body a byte at a time cannot hold the call longer. (A connection attempt
                 has no socket to shut yet: it is bounded by ``connect_timeout_s`` on its own, so the worst
                 case is ``timeout_s`` plus that, when the connection is opened at the very end.)
+            max_bytes: The longest body taken (at most :data:`MAX_RESPONSE_BYTES`): reading stops past it.
 
         Raises:
             TransportError: no whole response (connection refused or reset, a timeout, the pool closed, a
-                body over :data:`MAX_RESPONSE_BYTES`).
+                body over ``max_bytes``).
         """
         deadline = time.monotonic() + timeout_s
         urllib3 = self._urllib3
@@ -133,7 +137,7 @@ class HttpClient:
                 pool_timeout=timeout_s,
                 preload_content=False,  # read below, against the deadline and the size cap
             )
-            data = self._read(response, deadline, timeout_s, watch)
+            data = self._read(response, deadline, timeout_s, watch, min(max_bytes, MAX_RESPONSE_BYTES))
         except TransportError:
             raise
         except exceptions.NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
@@ -160,7 +164,7 @@ class HttpClient:
         return HttpResponse(response.status, data, {name.lower(): value for name, value in response.headers.items()})
 
     @staticmethod
-    def _read(response: Any, deadline: float, timeout_s: float, watch: Watch) -> bytes:
+    def _read(response: Any, deadline: float, timeout_s: float, watch: Watch, max_bytes: int) -> bytes:
         chunks: list[bytes] = []
         total = 0
         whole = False
@@ -173,8 +177,8 @@ class HttpClient:
                     whole = True
                     break
                 total += len(chunk)
-                if total > MAX_RESPONSE_BYTES:
-                    raise TransportError(f"the answer is longer than {MAX_RESPONSE_BYTES} bytes", sent=True)
+                if total > max_bytes:
+                    raise TransportError(f"the answer is longer than {max_bytes} bytes", sent=True, too_long=True)
                 chunks.append(chunk)
         finally:
             # End the watch before the connection can go back to the pool, where another call may take it.

@@ -71,6 +71,11 @@ _HUNG_FLOOR_S = 0.1  # and after at least this long, may say the server hangs
 _TYPICAL_WEIGHT = 0.2  # of each new answer time in the running average of answer times
 # The remote server is trusted to answer with its model's outputs: only the protocol's shape is checked.
 _RESPONSE_LIMITS = Limits(max_elements=1 << 40, max_tensors=1 << 16)
+# How long an answer may be, when the signature fixes how many numbers a batch's outputs hold: generous for a
+# number in JSON (a float64's longest is 24 characters; some servers indent), and room for the document around
+# and for outputs the metadata does not declare (a server answers every output of its model).
+_ANSWER_BYTES_PER_ELEMENT = 128
+_ANSWER_SLACK_BYTES = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +298,7 @@ class RemoteBackend:
         ordered = {spec.name: feeds[spec.name] for spec in signature.inputs}
         first = next(iter(ordered.values()), None)
         rows = 1 if first is None or first.ndim == 0 else first.shape[0]  # a scalar input is one row
+        max_bytes = answer_cap(signature, rows)
         trace_headers: dict[str, str] = {}
         # (no request span, INVALID_SPAN: the caller's own trace context, if this runs on its thread)
         propagate.inject(
@@ -326,7 +332,12 @@ class RemoteBackend:
             sent_at = self._clock()
             try:
                 response = self._http().request(
-                    "POST", remote.path + "/infer", body=body, headers={**headers, **trace_headers}, timeout_s=remaining
+                    "POST",
+                    remote.path + "/infer",
+                    body=body,
+                    headers={**headers, **trace_headers},
+                    timeout_s=remaining,
+                    **({} if max_bytes is None else {"max_bytes": max_bytes}),
                 )
             except TransportError as exc:
                 if self._closed or (stop is not None and stop.stopped):
@@ -338,6 +349,10 @@ class RemoteBackend:
                     continue
                 if exc.timed_out:
                     raise self._timed_out(caller_binds=caller_binds, limit_s=limit_s, sent_at=sent_at) from None
+                if exc.too_long and max_bytes is not None:
+                    raise self._unavailable(
+                        f"{exc}, more than the declared outputs of a batch of {rows} rows can take"
+                    ) from None
                 raise self._unavailable(str(exc)) from None
             if response.status == 200:
                 self._answered_in(sent_at)
@@ -648,6 +663,30 @@ if TYPE_CHECKING:  # mypy checks that RemoteBackend keeps the Backend protocol
 
     def _conforms(backend: RemoteBackend) -> Backend:
         return backend
+
+
+def answer_cap(signature: Signature, rows: int) -> int | None:
+    """The most bytes an answer to a batch of ``rows`` rows may take, when the signature fixes how many
+    numbers its outputs hold (no text output, every dimension but the batch axis fixed); ``None`` otherwise
+    (the client's cap on any answer applies).
+
+    An answer is decoded after it is read, outside the call's deadline: without this, a server answering a
+    one-row call with 40 MB of JSON held its callers 9 s past a 0.5 s deadline and took a gigabyte of memory
+    to find that the answer had the wrong number of rows.
+    """
+    elements = 0
+    for spec in signature.outputs:
+        if spec.dtype is None or spec.dtype.kind == "O" or spec.shape is None:
+            return None
+        count = 1
+        for index, dim in enumerate(spec.shape):
+            if index == 0 and signature.batchable:
+                dim = rows  # (the batch axis, dynamic)
+            if not isinstance(dim, int) or dim < 0:
+                return None
+            count *= dim
+        elements += count
+    return elements * _ANSWER_BYTES_PER_ELEMENT + _ANSWER_SLACK_BYTES
 
 
 def _same_kind(answered: np.dtype[Any], declared: np.dtype[Any]) -> bool:

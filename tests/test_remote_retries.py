@@ -43,7 +43,8 @@ class Scripted(ThreadingHTTPServer):
     (headers that never finish), "hang" (no answer), "slow S" (y = 2x after S seconds), (status, headers),
     "deep 500" or "huge integer" (hostile bodies), "float64", "int64" or "narrow" (y of another type, or of 3
     columns), "thrice" (y = 2x repeated three times along a new first axis), "early hints" (a 103 interim
-    answer, then y = 2x 0.2 s later), "switch" (a 101 Switching Protocols, then y = 2x 0.2 s later).
+    answer, then y = 2x 0.2 s later), "switch" (a 101 Switching Protocols, then y = 2x 0.2 s later), "flood"
+    (y of three million values, whatever the rows).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown)."""
 
@@ -126,6 +127,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         if step == "deep 500":  # an error body no JSON parser can take: nested past Python's recursion limit
             self._send(500, b"[" * 200_000, {"Content-Type": "application/json"})
+            return
+        if step == "flood":  # 6 MB of JSON for an answer of a few numbers
+            answer = b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [3000000], "data": [' + b"1," * 2999999
+            self._send(200, answer + b"1]}]}", {"Content-Type": "application/json"})
             return
         if step == "huge integer":  # an answer holding an integer of more digits than Python converts
             answer = b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [' + b"9" * 5000 + b"]}]}"
@@ -409,6 +414,19 @@ def test_an_interim_answer_is_read_past_and_never_answers_the_next_call(
         server.predict("scale", {"x": np.full((1, 4), 1, np.float32)})
     time.sleep(0.3)  # the 101's late answer has come, on a connection no call takes again
     assert server.predict("scale", {"x": np.full((1, 4), 7, np.float32)})["y"].tolist() == [[14.0] * 4]
+
+
+def test_an_answer_longer_than_the_batchs_outputs_can_take_is_not_read_to_its_end(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    # An answer is decoded after it is read, outside the call's deadline: a one-row call answered with 40 MB
+    # of JSON held its callers 9 s past a 0.5 s deadline, and took a gigabyte, to find the rows were wrong.
+    backend = backend_for(backends, scripted, retries=0)
+    scripted.script = ["flood"]
+    with pytest.raises(inprocserve.RemoteUnavailableError, match=r"longer than .* outputs of a batch of 2 rows"):
+        backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+    (answer,) = backend.run(backend.runners()[0], FEEDS)  # an answer of the batch's size is taken, as before
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
 
 
 def test_a_batch_too_large_for_the_server_is_sent_in_halves(scripted: Scripted, backends: list[RemoteBackend]) -> None:
