@@ -76,6 +76,9 @@ _RESPONSE_LIMITS = Limits(max_elements=1 << 40, max_tensors=1 << 16)
 # and for outputs the metadata does not declare (a server answers every output of its model).
 _ANSWER_BYTES_PER_ELEMENT = 128
 _ANSWER_SLACK_BYTES = 4 << 20
+# A protocol document (server or model metadata, readiness) is a few kilobytes, a hundred for a model of
+# thousands of tensors; one past this is refused as it is read (a gigabyte of JSON held a load for a minute).
+_DOCUMENT_MAX_BYTES = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,20 +442,27 @@ class RemoteBackend:
 
     def _get_json(self, path: str, *, missing_ok: bool = False, body: bool = True) -> Any:
         """GET a protocol document (``body=False``: only its 200 matters); GETs are idempotent, so every
-        transport failure and 503 is retried."""
+        transport failure and 503 is retried, but for a document too long (it would be as long again)."""
         where = self.remote.url + path
         deadline = self._clock() + self.remote.timeout_s
         attempt = 0
         while True:
             try:
-                response = self._http().request("GET", path, timeout_s=max(0.001, deadline - self._clock()))
+                response = self._http().request(
+                    "GET", path, timeout_s=max(0.001, deadline - self._clock()), max_bytes=_DOCUMENT_MAX_BYTES
+                )
             except TransportError as exc:
                 if self._closed:
                     raise self._closed_error(in_flight=True) from None
-                if self._backoff(attempt, deadline):
+                if not exc.too_long and self._backoff(attempt, deadline):
                     attempt += 1
                     continue
-                raise ModelLoadError(f"{where}: {exc}", model=self.model, version=self.version) from None
+                hint = (
+                    " (a protocol document takes a few kilobytes: is the URL the model server's?)"
+                    if exc.too_long
+                    else ""
+                )
+                raise ModelLoadError(f"{where}: {exc}{hint}", model=self.model, version=self.version) from None
             retry_after = retry_after_seconds(response.headers.get("retry-after"))
             if response.status == 503 and self._backoff(attempt, deadline, at_least_s=retry_after):
                 attempt += 1

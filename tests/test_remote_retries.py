@@ -429,6 +429,17 @@ def test_an_answer_longer_than_the_batchs_outputs_can_take_is_not_read_to_its_en
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
 
 
+def test_a_metadata_document_too_long_is_refused_as_it_is_read(
+    scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Metadata is read at load, and parsed after it is read: a gigabyte of it held the load for a minute (and
+    # the memory for ten times its size) to find whether the model has inputs.
+    monkeypatch.setitem(METADATA, "platform", "x" * (17 << 20))
+    with pytest.raises(inprocserve.ModelLoadError, match="longer than 16777216 bytes"):
+        backend_for(backends, scripted)
+    assert scripted.gets == 2  # GET /v2, then the metadata once: as long again if asked again
+
+
 def test_a_batch_too_large_for_the_server_is_sent_in_halves(scripted: Scripted, backends: list[RemoteBackend]) -> None:
     backend = backend_for(backends, scripted, retries=0, failure_threshold=100)
     failed: list[BaseException] = []
