@@ -50,7 +50,7 @@ from ._errors import (
     RemoteUnavailableError,
     ServerClosedError,
 )
-from ._oip_client import HttpClient, HttpResponse, TransportError
+from ._oip_client import MAX_RESPONSE_BYTES, HttpClient, HttpResponse, TransportError
 from ._remote_model import RemoteModel
 from ._signature import Signature, TensorSpec
 from ._stop_signal import THIS_THREAD
@@ -301,7 +301,7 @@ class RemoteBackend:
         ordered = {spec.name: feeds[spec.name] for spec in signature.inputs}
         first = next(iter(ordered.values()), None)
         rows = 1 if first is None or first.ndim == 0 else first.shape[0]  # a scalar input is one row
-        max_bytes = answer_cap(signature, rows)
+        max_bytes = _answer_cap(signature, rows)
         trace_headers: dict[str, str] = {}
         # (no request span, INVALID_SPAN: the caller's own trace context, if this runs on its thread)
         propagate.inject(
@@ -340,14 +340,15 @@ class RemoteBackend:
                     body=body,
                     headers={**headers, **trace_headers},
                     timeout_s=remaining,
-                    **({} if max_bytes is None else {"max_bytes": max_bytes}),
+                    max_bytes=MAX_RESPONSE_BYTES if max_bytes is None else max_bytes,
                 )
             except TransportError as exc:
                 if self._closed or (stop is not None and stop.stopped):
                     # close() ended the call (or its pool), or the server's close its shadow call: that says
                     # nothing about the remote server
                     raise self._closed_error(in_flight=True) from None
-                if (not exc.sent or remote.retry_after_send) and self._backoff(attempt, deadline):
+                retry = not exc.sent or (remote.retry_after_send and not exc.too_long)  # (as long again)
+                if retry and self._backoff(attempt, deadline):
                     attempt += 1
                     continue
                 if exc.timed_out:
@@ -675,7 +676,7 @@ if TYPE_CHECKING:  # mypy checks that RemoteBackend keeps the Backend protocol
         return backend
 
 
-def answer_cap(signature: Signature, rows: int) -> int | None:
+def _answer_cap(signature: Signature, rows: int) -> int | None:
     """The most bytes an answer to a batch of ``rows`` rows may take, when the signature fixes how many
     numbers its outputs hold (no text output, every dimension but the batch axis fixed); ``None`` otherwise
     (the client's cap on any answer applies).
