@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 
-from ._errors import DeadlineExceededError, InferenceError, InvalidInputError, QueueFullError
+from ._errors import DeadlineExceededError, InferenceError, InvalidInputError, ModelNotFoundError, QueueFullError
 from ._ort_rules import usable_cores
 from ._prediction import Prediction
 
@@ -50,6 +50,7 @@ Progress = Callable[[int, "int | None"], None]
 # When other traffic fills the queue, a chunk is retried with growing pauses for at most this long.
 _QUEUE_FULL_PATIENCE_S = 60.0
 _RETRY_PAUSE_S = (0.001, 0.05)  # first and longest pause between retries
+_ROUTE_AGAIN_ATTEMPTS = 3  # a batch's last part routed again when the version its parts were to agree on is unloaded
 # Grace on top of a chunk's own deadline before a caller stops waiting for a run already started.
 _DEADLINE_GRACE_S = 1.0
 
@@ -612,22 +613,38 @@ def _on_one_version(
     would: each part is routed on its own, so a rollout (a canary's share, an A/B split), or a reload between
     parts, answered some rows with another version, and the batch's one answer, labelled with the first
     part's version, mixed two models' rows. A part answered by another version is scored again, pinned to
-    the last part's (the one most likely still loaded after a reload), and the answer takes its labels."""
+    the last part's (the one most likely still loaded after a reload), and the answer takes its labels.
+
+    That version may be unloaded meanwhile (a canary rolled back while the parts are scored again): the
+    job was not pinned, so it does not fail for it; the last part is routed again, as a part sent now would
+    be, and the parts are made to agree with its new answer."""
     answers = job.answers
-    last = answers[-1]
-    for index, answer in enumerate(answers[:-1]):
-        if answer.version != last.version:
-            again = _Job([job.parts[index]], job.part_rows[index])
-            again.futures.append(submit(again.parts[0], pin=last.version))
-            answer = _wait(again, 0, again.parts[0], submit, timeout_s, clock, sleep, pin=last.version)
-            answers[index] = Prediction(
-                dict(answer),
-                model=last.model,
-                version=last.version,
-                variant=last.variant,
-                reason=last.reason,
-                request_id=answer.request_id,
-            )
+    last = len(answers) - 1
+
+    def again(index: int, pin: int | None) -> Prediction:
+        rescored = _Job([job.parts[index]], job.part_rows[index])
+        rescored.futures.append(submit(rescored.parts[0]) if pin is None else submit(rescored.parts[0], pin=pin))
+        return _wait(rescored, 0, rescored.parts[0], submit, timeout_s, clock, sleep, pin=pin)
+
+    for attempt in range(_ROUTE_AGAIN_ATTEMPTS + 1):
+        target = answers[last]
+        try:
+            for index, answer in enumerate(answers[:last]):
+                if answer.version != target.version:
+                    answer = again(index, target.version)
+                    answers[index] = Prediction(
+                        dict(answer),
+                        model=target.model,
+                        version=target.version,
+                        variant=target.variant,
+                        reason=target.reason,
+                        request_id=answer.request_id,
+                    )
+            return
+        except ModelNotFoundError:
+            if attempt == _ROUTE_AGAIN_ATTEMPTS:
+                raise
+        answers[last] = again(last, None)  # (raises ModelNotFoundError itself if the model is gone)
 
 
 def _join(answers: list[Prediction], outputs: Mapping[str, Any]) -> Prediction:

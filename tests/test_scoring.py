@@ -548,3 +548,33 @@ def test_a_batch_sent_in_parts_is_answered_by_one_version_under_a_canary(
         np.testing.assert_array_equal(answer["y"], batch * answer.version)
         versions.add(answer.version)
     assert versions <= {1, 2}
+
+
+def test_a_batch_sent_in_parts_is_answered_when_the_last_parts_version_is_unloaded_meanwhile(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The job pins no version: a canary rolled back while a batch's parts are scored again on the last
+    # part's version (the canary) must not fail the job with "no servable version 2"; the parts agree on
+    # a version still served.
+    from inprocserve import CanaryConfig, RolloutConfig, VersionPolicy, _scoring
+    from inprocserve.testing import build_scale_model
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)  # y = version * x
+    canary = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50))
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=VersionPolicy.all(), rollout=canary))
+    wait, unloaded = _scoring._wait, []
+
+    def unload_before_the_rescore(*args: Any, pin: int | None = None) -> Any:
+        if pin == 2 and not unloaded:  # the rollback lands between the last part's answer and the re-score
+            server.unload("scale", 2)
+            unloaded.append(True)
+        return wait(*args, pin=pin)
+
+    monkeypatch.setattr(_scoring, "_wait", unload_before_the_rescore)
+    batch = np.ones((2000, 4), np.float32)  # more rows than one request takes: sent in parts
+    answers = list(server.predict_many("scale", [batch] * 40))
+    assert unloaded  # (a part on each version, the last on 2: 1 - 0.75 ** 40 of the time)
+    assert len(answers) == 40
+    for answer in answers:
+        np.testing.assert_array_equal(answer["y"], batch * answer.version)
