@@ -362,7 +362,9 @@ def test_bytes_that_are_not_text_go_binary_and_are_refused_as_json() -> None:
     image = np.array([b"\xff\xd8\xff\xe0"], dtype=object)
     body, _ = v2.encode_infer_request({"image": image}, binary=True)
     assert body.endswith(struct.pack("<I", 4) + b"\xff\xd8\xff\xe0")
-    with pytest.raises(inprocserve.InvalidInputError, match="input 'image': element #0 is bytes that are not UTF-8"):
+    with pytest.raises(
+        inprocserve.InvalidInputError, match="input 'image': BYTES element #0 is bytes that are not UTF-8"
+    ):
         v2.encode_infer_request({"image": image}, binary=False)
     body, _ = v2.encode_infer_request({"text": np.array(["x", "héllo".encode()], dtype=object)}, binary=False)
     assert json.loads(body)["inputs"][0]["data"] == ["x", "héllo"]
@@ -616,3 +618,20 @@ def test_errors_in_an_answer_s_binary_text_name_the_output(elements: bytes, prob
     headers = {"Inference-Header-Content-Length": str(len(header))}
     with pytest.raises(inprocserve.InvalidInputError, match=re.escape(problem)):
         v2.decode_infer_response(header + elements, headers)
+
+
+def test_bytes_that_json_cannot_carry_are_refused_not_replaced() -> None:
+    # As JSON, each byte that is not UTF-8 became U+FFFD: two different images were sent as the same text.
+    images = np.array([b"\xff\xd8\xff\xe0", b"\xfe\xd9\xfa\xe1"], dtype=object)
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"input .img.: BYTES element #0 is bytes that are not UTF-8"
+    ):
+        v2.encode_infer_request({"img": images}, binary=False)
+    body, _ = v2.encode_infer_request({"img": images}, binary=True)  # binary tensors carry any bytes
+    assert body.endswith(b"\x04\x00\x00\x00\xff\xd8\xff\xe0\x04\x00\x00\x00\xfe\xd9\xfa\xe1")
+    body, _ = v2.encode_infer_request({"t": np.array([b"t\xc3\xa9xt", "x"], dtype=object)}, binary=False)
+    assert json.loads(body)["inputs"][0]["data"] == ["t\u00e9xt", "x"]  # UTF-8 bytes: their text, as it is
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"output .y.: BYTES element #1 is bytes that are not UTF-8"
+    ):
+        v2.encode_infer_response({"y": np.array([b"ok", b"\xff"], dtype=object)}, binary=False, model_name="m")

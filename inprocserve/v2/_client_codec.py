@@ -44,8 +44,9 @@ def encode_infer_request(
         binary_output: Ask for the outputs as binary tensors.
 
     Raises:
-        InvalidInputError: with ``binary=False``, a ``BYTES`` element is bytes that are not UTF-8 text, which
-            JSON cannot carry.
+        InvalidInputError: a ``BYTES`` input sent as JSON (``binary=False``) holds ``bytes`` that are not UTF-8
+            text: a JSON string cannot carry them (each such byte became U+FFFD, so two different images were
+            sent as one input).
     """
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
@@ -57,8 +58,7 @@ def encode_infer_request(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            _check_json_text(name, array)
-            entry["data"] = _to_json(array)
+            entry["data"] = _to_json(array, name)
         tensors.append(entry)
     document: dict[str, Any] = {}
     if request_id is not None:
@@ -72,24 +72,6 @@ def encode_infer_request(
     if merged:
         document["parameters"] = merged
     return _assemble(document, chunks)
-
-
-def _check_json_text(name: str, array: np.ndarray) -> None:
-    """JSON ``data`` carries a ``BYTES`` element as text: bytes that are not UTF-8 (an encoded image) would
-    reach the server changed, each bad byte turned into U+FFFD, and the model would answer for other data as
-    if for these. Refused instead, naming the input and the ways to send them."""
-    if array.dtype.kind != "O":
-        return
-    for index, element in enumerate(array.reshape(-1)):
-        if isinstance(element, bytes):
-            try:
-                element.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInputError(
-                    f"input {name!r}: element #{index} is bytes that are not UTF-8 text, which JSON tensors "
-                    "cannot carry unchanged; send them as binary tensors, or encode them as text (base64, say) "
-                    "if the model takes that"
-                ) from None
 
 
 def decode_infer_response(body: bytes, headers: Mapping[str, str], *, limits: Limits | None = None) -> InferResponse:

@@ -282,7 +282,8 @@ def encode_infer_response(
         binary: Send outputs without their own choice as binary tensors.
 
     Raises:
-        InvalidInputError: a requested output is not an output of the model.
+        InvalidInputError: a requested output is not an output of the model, or a ``BYTES`` output to send
+            as JSON holds ``bytes`` that are not UTF-8 text.
         TypeError: an output has a numpy dtype the protocol cannot carry.
     """
     if isinstance(prediction, Prediction):
@@ -317,7 +318,7 @@ def encode_infer_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = _to_json(array)
+            entry["data"] = _to_json(array, output.name, "output")
         outputs.append(entry)
     document: dict[str, Any] = {"model_name": model_name}
     if model_version is not None:
@@ -659,11 +660,25 @@ def _to_binary(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def _to_json(array: np.ndarray) -> list[Any]:
+def _to_json(array: np.ndarray, name: str, role: str = "input") -> list[Any]:
     if array.dtype.kind in "OSU":
-        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in array.reshape(-1)]
+        return [_json_text(x, index, name, role) for index, x in enumerate(array.reshape(-1))]
     flat: list[Any] = array.reshape(-1).tolist()
     return flat
+
+
+def _json_text(element: Any, index: int, name: str, role: str) -> str:
+    """A ``BYTES`` element as a JSON string: ``bytes`` must be UTF-8 text (a JSON string cannot hold other bytes;
+    replaced by U+FFFD, two different images were sent as the same text)."""
+    if not isinstance(element, bytes):
+        return str(element)
+    try:
+        return element.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInputError(
+            f"{role} {name!r}: BYTES element #{index} is bytes that are not UTF-8 text, which JSON cannot carry; "
+            "send it as a binary tensor, or encode it as text (base64, say) if the model expects that"
+        ) from None
 
 
 def _assemble(document: dict[str, Any], chunks: list[bytes]) -> tuple[bytes, dict[str, str]]:
