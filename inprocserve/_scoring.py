@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ProgressBar",
+    "SameRoute",
     "ScoringPlan",
     "caller_may_run",
     "plan_for_version",
@@ -38,11 +39,25 @@ __all__ = [
 ]
 
 
+class SameRoute:
+    """The routing of a batch sent in parts: the first part is routed as any request is (a rollout's
+    decision, its shadows), and its decision is kept here for the later parts, which are queued by it
+    without being routed again. Routed one by one, a canary at 50 % split most batches between two versions,
+    and each such part had to be scored again on one of them (43 % more model runs in a review's job)."""
+
+    __slots__ = ("decision",)
+
+    def __init__(self) -> None:
+        self.decision: Any = None  # the first part's Decision, once it was routed
+
+
 class Submit(Protocol):
     """Sends one request of a scoring job and returns its future (see :func:`score`); ``pin``: to that version,
-    whatever the job's own routing."""
+    whatever the job's own routing; ``route``: the parts of one batch share it (:class:`SameRoute`)."""
 
-    def __call__(self, part: Any, *, beside: bool = False, pin: int | None = None) -> Future[Prediction]: ...
+    def __call__(
+        self, part: Any, *, beside: bool = False, pin: int | None = None, route: SameRoute | None = None
+    ) -> Future[Prediction]: ...
 
 
 Progress = Callable[[int, "int | None"], None]
@@ -258,7 +273,7 @@ class _Job:
     Each part is a request of its own in the window: a batch larger than the window is submitted part by
     part as room frees, never all at once."""
 
-    __slots__ = ("answers", "chunk_rows", "error", "futures", "own", "part_rows", "parts", "rows")
+    __slots__ = ("answers", "chunk_rows", "error", "futures", "own", "part_rows", "parts", "route", "rows")
 
     def __init__(
         self,
@@ -277,6 +292,7 @@ class _Job:
         self.answers: list[Prediction] = []  # the answers of the parts in so far
         self.error = error
         self.chunk_rows = chunk_rows  # rows per answer when the job holds several chunks (None: one answer)
+        self.route = SameRoute() if len(parts) > 1 else None  # a batch sent in parts is routed once
 
     def unsent(self) -> bool:
         """Whether parts are left to submit."""
@@ -473,7 +489,7 @@ def _run(
             window.append((job, index))
             pending, exhausted = None, True
             return None
-        future = submit(job.parts[index], beside=beside)
+        future = submit(job.parts[index], beside=beside, route=job.route)
         job.futures.append(future)
         job.own.append(beside)
         window.append((job, index))
@@ -610,9 +626,9 @@ def _on_one_version(
     sleep: Callable[[float], None],
 ) -> None:
     """Make the answers of a batch sent in parts all come from one version, the last part's, as one request's
-    would: each part is routed on its own, so a rollout (a canary's share, an A/B split), or a reload between
-    parts, answered some rows with another version, and the batch's one answer, labelled with the first
-    part's version, mixed two models' rows. A part answered by another version is scored again, pinned to
+    would: the parts follow the first part's routing (:class:`SameRoute`), but a version unloaded between
+    parts sends the later ones elsewhere, and the batch's one answer, labelled with the first part's
+    version, would mix two models' rows. A part answered by another version is scored again, pinned to
     the last part's (the one most likely still loaded after a reload), and the answer takes its labels.
 
     That version may be unloaded meanwhile (a canary rolled back while the parts are scored again): the
@@ -688,4 +704,4 @@ def _wait(
         # Turned away by a queue that others fill: our earlier chunks are done, so try again after a pause.
         sleep(pause)
         pause = min(longest, pause * 2)
-        job.futures[index] = submit(part) if pin is None else submit(part, pin=pin)
+        job.futures[index] = submit(part, route=job.route) if pin is None else submit(part, pin=pin)

@@ -48,7 +48,7 @@ from ._repository import ModelSource
 from ._request import BatchTiming, Request, Route
 from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
-from ._scoring import plan_for_version, score
+from ._scoring import SameRoute, plan_for_version, score
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import gauge_source, server_status
 from ._telemetry import METRICS, end_safely, start_request_span
@@ -510,7 +510,7 @@ class Server(RolloutMethods):
         requests; never more queued rows than ``max_queue_rows``) so the sessions stay busy without
         :class:`QueueFullError`; when other traffic fills the queue a request is retried. Each request is
         routed like a :meth:`predict` call: pin ``version`` to score a whole job on one version (the parts of
-        one batch are answered by one version: the last part's). The version's
+        one batch are routed once, by its first part, and answered by one version). The version's
         prediction cache is neither read nor filled (nor are identical requests in flight shared). Closing the
         iterator early (``break``, an exception) cancels the requests still queued.
 
@@ -539,10 +539,15 @@ class Server(RolloutMethods):
             raise self._not_found(model, version)
         plan = plan_for_version(target, batch_rows=batch_rows, max_in_flight=max_in_flight, timeout_s=timeout_s)
 
-        def submit(part: Any, *, beside: bool = False, pin: int | None = None) -> Future[Prediction]:
+        def submit(
+            part: Any, *, beside: bool = False, pin: int | None = None, route: SameRoute | None = None
+        ) -> Future[Prediction]:
             future: Future[Prediction] = Future()
-            try:
-                self._dispatch(
+            follows = route is not None and pin is None and version is None
+            decided = route.decision if follows and route is not None else None
+
+            def dispatch(decided: Decision | None) -> Request:
+                return self._dispatch(
                     model,
                     part,
                     version if pin is None else pin,
@@ -554,7 +559,20 @@ class Server(RolloutMethods):
                     beside=beside,
                     planned=target,
                     shared=False,  # an offline job would evict the online entries, and fill them with its own
-                )
+                    decided=decided,
+                )[0]
+
+            try:
+                try:
+                    request = dispatch(decided)
+                except ModelNotFoundError:
+                    if decided is None:
+                        raise
+                    # the batch's version was unloaded since its first part: this part is routed afresh (the
+                    # batch's parts are then made to agree on one version when they are all in, see score)
+                    request = dispatch(None)
+                if follows and route is not None and route.decision is None:
+                    route.decision = request.route.decision
             except InprocserveError as exc:
                 future.set_exception(exc)
             return future
@@ -577,6 +595,7 @@ class Server(RolloutMethods):
         opened: _Opened | None = None,
         readmit: bool = False,
         shared: bool = True,
+        decided: Decision | None = None,
     ) -> tuple[Request, ModelVersion]:
         """Route, validate, then answer from the cache, follow an identical request, or queue; every
         request that gets here is answered through :meth:`_answered`, or raises having been refused.
@@ -590,7 +609,9 @@ class Server(RolloutMethods):
         ``readmit``: with ``opened``, the request is part of a merged request still counted in flight on
         ``opened.target`` (see :meth:`Batcher.submit`), queued there again on its own. ``shared=False``
         (batch scoring): the request neither reads nor fills the version's cache, nor follows or leads
-        identical requests in flight."""
+        identical requests in flight. ``decided``: the request is routed as this decision says (the version
+        it names, its variant, reason and shadows) without asking the rollout again (the later parts of a
+        batch that batch scoring sends in parts); ``ModelNotFoundError`` if that version is not served."""
         lead = None
         if opened is None:
             if timeout_s is not None:
@@ -619,7 +640,10 @@ class Server(RolloutMethods):
                     )
                     opened = None
                 else:
-                    routes, target, decision = self._route(model, version, context)
+                    if decided is None:
+                        routes, target, decision = self._route(model, version, context)
+                    else:
+                        routes, target, decision = self._route_decided(model, decided)
                     arrays, rows = self._validated(target, inputs)
                     key = None
                 if span is None:
@@ -743,6 +767,15 @@ class Server(RolloutMethods):
         if target is None:
             raise self._not_found(model, version)
         return routes, target, _pinned(version)
+
+    def _route_decided(self, model: str, decision: Decision) -> tuple[Routes, ModelVersion, Decision]:
+        """The route of a request that follows ``decision``, made for an earlier request (see
+        :meth:`_dispatch`'s ``decided``)."""
+        routes = self._registry.routes.get(model)
+        target = None if routes is None else routes.versions.get(decision.version)
+        if routes is None or target is None:
+            raise self._not_found(model, decision.version)
+        return routes, target, decision
 
     @staticmethod
     def _validated(target: ModelVersion, inputs: Any) -> tuple[dict[str, Any], int]:

@@ -550,14 +550,40 @@ def test_a_batch_sent_in_parts_is_answered_by_one_version_under_a_canary(
     assert versions <= {1, 2}
 
 
+def test_a_batch_sent_in_parts_is_routed_once_and_run_once(repository: Path, make_server: ServerFactory) -> None:
+    # The parts of one batch follow its first part's routing: routed one by one, a canary at 50 % split
+    # most batches between the versions, and the parts on the other version were scored a second time.
+    from inprocserve import CanaryConfig, RolloutConfig, VersionPolicy
+    from inprocserve.testing import build_scale_model
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)  # y = version * x
+    canary = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50))
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=VersionPolicy.all(), rollout=canary))
+    batch = np.ones((2000, 4), np.float32)  # more rows than one request takes: sent in parts
+    versions = []
+    for answer in server.predict_many("scale", [batch] * 30):
+        np.testing.assert_array_equal(answer["y"], batch * answer.version)
+        versions.append(answer.version)
+    assert set(versions) == {1, 2}  # the canary still splits the job, batch by batch (all alike: 2 ** -29)
+    served = server.status()["models"]["scale"]["versions"]
+    assert served["1"]["rows_run"] + served["2"]["rows_run"] == 30 * 2000  # no row run twice
+
+
 def test_a_batch_sent_in_parts_is_answered_when_the_last_parts_version_is_unloaded_meanwhile(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The job pins no version: a canary rolled back while a batch's parts are scored again on the last
     # part's version (the canary) must not fail the job with "no servable version 2"; the parts agree on
-    # a version still served.
+    # a version still served. (Parts disagree when a reload lands between them; here each part is routed on
+    # its own, as if one did every time.)
     from inprocserve import CanaryConfig, RolloutConfig, VersionPolicy, _scoring
     from inprocserve.testing import build_scale_model
+
+    class RoutedEachTime(_scoring.SameRoute):
+        decision = property(lambda self: None, lambda self, value: None)  # type: ignore[assignment]
+
+    monkeypatch.setattr(_scoring, "SameRoute", RoutedEachTime)
 
     for version in (1, 2):
         save_model(build_scale_model(float(version)), repository, "scale", version)  # y = version * x
