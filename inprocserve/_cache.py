@@ -8,6 +8,7 @@ every hit returns the same arrays.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from cachetools import Cache, LRUCache, TTLCache
 
 from . import _fork
 from ._config import CacheConfig
+from ._held_bytes import held_bytes
 from ._inflight import inputs_key, shareable
 
 __all__ = ["PredictionCache"]
@@ -25,6 +27,10 @@ __all__ = ["PredictionCache"]
 
 class PredictionCache:
     """LRU (or TTL) cache of outputs, with hit / miss / shared counters for ``status()``. Thread-safe.
+
+    Bounded twice: ``max_entries`` answers, holding ``max_bytes`` in all (the least recently used go first
+    past either). A count alone bounds nothing a caller cannot raise: each answer may have
+    ``max_request_rows`` rows.
 
     A forked child (a ``--preload`` worker) starts with the parent's entries, unless a parent thread was
     inside the cache at the fork: its lock is then held in the child by a thread that does not exist there,
@@ -43,9 +49,10 @@ class PredictionCache:
 
     def _new_entries(self) -> Cache[bytes, Mapping[str, Any]]:
         config = self._config
+        # (sized in bytes: the count of entries is kept to max_entries by store)
         if config.ttl_s is not None:
-            return TTLCache(maxsize=config.max_entries, ttl=config.ttl_s, timer=self._clock)
-        return LRUCache(maxsize=config.max_entries)
+            return TTLCache(maxsize=config.max_bytes, ttl=config.ttl_s, timer=self._clock, getsizeof=_entry_bytes)
+        return LRUCache(maxsize=config.max_bytes, getsizeof=_entry_bytes)
 
     def _after_fork_in_child(self) -> None:
         if self._lock.acquire(blocking=False):  # no thread was inside at the fork: the entries are whole
@@ -85,9 +92,35 @@ class PredictionCache:
                 if isinstance(base, np.ndarray) and value.nbytes * 2 < base.nbytes:
                     value = kept[name] = value.copy()
                 value.flags.writeable = False
+        if _entry_bytes(kept) > self._config.max_bytes:
+            return  # larger than max_bytes alone: not kept (it would evict every other answer)
         with self._lock:
-            self._entries[key] = kept
+            entries = self._entries
+            if key not in entries and len(entries) >= self._config.max_entries:
+                entries.popitem()  # (the least recently used: as many entries as the count allows)
+            entries[key] = kept  # (and more go while the answers would hold more than max_bytes)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses, "shared": self.shared}
+
+
+_ENTRY_OVERHEAD = 512
+"""What an entry costs beyond its answer's data, in bytes (its key, dict, arrays' headers, the cache's links)."""
+
+
+def _entry_bytes(outputs: Mapping[str, Any]) -> int:
+    """What a kept answer holds: each array's buffer (the whole batch's, for a row kept as a view of it),
+    the strings of a text output, a ZipMap's maps, and a fixed cost per entry."""
+    total = _ENTRY_OVERHEAD
+    for value in outputs.values():
+        if isinstance(value, np.ndarray):
+            base = value
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            total += held_bytes([value]) + (base.nbytes - value.nbytes if base is not value else 0)
+        elif isinstance(value, list):  # a ZipMap's rows: a dict of Python floats each
+            total += sum(sys.getsizeof(row) + 56 * len(row) if isinstance(row, dict) else 64 for row in value)
+        else:
+            total += sys.getsizeof(value)
+    return total

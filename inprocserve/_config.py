@@ -370,6 +370,7 @@ class PoolConfig:
             )
 
 
+_MAX_CACHE_BYTES = 2**40  # a cache's byte bound past a TiB can only be a typo
 _MAX_THREADS = 1024  # sessions or threads per model version: more can only be a typo
 
 
@@ -421,6 +422,11 @@ class CacheConfig:
     enabled: bool = False
     max_entries: int = 10_000
     """Entries kept, least recently used evicted first."""
+    max_bytes: int = 64 * 2**20
+    """Bytes the kept answers may hold together (64 MiB), least recently used evicted first; an answer
+    larger than this alone is not kept. Entries alone bound nothing: one request may carry
+    ``max_request_rows`` rows (4,096), and 10,000 distinct such answers of a model with 16 outputs per
+    row held 2.5 GiB."""
     ttl_s: float | None = None
     """Entries expire this long after they were stored (``None``: never)."""
     share_in_flight: bool | None = None
@@ -431,6 +437,7 @@ class CacheConfig:
         plain_fields(self)
         check_bool("cache.enabled", self.enabled)
         check_int("cache.max_entries", self.max_entries, 1)
+        check_int("cache.max_bytes", self.max_bytes, 1, _MAX_CACHE_BYTES)
         if self.ttl_s is not None:
             check_number("cache.ttl_s", self.ttl_s, 0, above=True)
         check_bool("cache.share_in_flight", self.share_in_flight, optional=True)

@@ -1,17 +1,21 @@
 """The prediction cache and the sharing of identical requests after a review: an answer is only cached in,
 and only shared from, the copy of a version that computed it (a hot reload serves two copies side by side);
-answers that are not arrays are copied for each caller; a cached slice does not keep its whole batch alive."""
+answers that are not arrays are copied for each caller; a cached slice does not keep its whole batch alive;
+the answers kept are bounded in bytes, not only in entries."""
 
 from __future__ import annotations
 
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper
 
-from inprocserve import BatchingConfig, CacheConfig, ModelConfig
+import inprocserve
+from inprocserve import BatchingConfig, CacheConfig, ModelConfig, RolloutConfig
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import BUSY_WIDTH, ServerFactory, build_busy_model, busy_inputs, occupy, wait_until
@@ -117,3 +121,49 @@ def test_a_cached_row_of_a_batch_does_not_keep_the_batch_alive(repository: Path,
         hit = server.predict("wide", np.full((1, 256), i, np.float32))["y"]
         np.testing.assert_array_equal(hit, answer)
         assert not isinstance(hit.base, np.ndarray) or hit.base.nbytes <= 2 * hit.nbytes  # not the batch's output
+
+
+def test_distinct_large_requests_hold_at_most_max_bytes(repository: Path, make_server: ServerFactory) -> None:
+    # Each request may carry max_request_rows rows (4,096): 10,000 entries of such answers of a model with 16
+    # outputs a row held 2.5 GiB. With the default 64 MiB bound, 500 of them (125 MiB of answers) hold 64.
+    save_model(build_scale_model(2.0, features=16), repository, "wide", 1)
+    no_samples = RolloutConfig(capture_inputs=0)  # (promotion samples hold up to 32 MiB more of inputs)
+    server = make_server(repository, models={"wide": ModelConfig(cache=CacheConfig(enabled=True), rollout=no_samples)})
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((4096, 16), dtype=np.float32) for _ in range(500)]
+    server.predict("wide", batches[0])
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for x in batches[1:]:
+            server.predict("wide", x)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 70 * 2**20  # (125 MiB without the bound)
+    status = server.status()["models"]["wide"]["versions"]["1"]["cache"]
+    assert 200 <= status["entries"] <= 256  # 256 KiB each
+    np.testing.assert_array_equal(server.predict("wide", batches[-1])["y"], batches[-1] * 2)
+    assert server.status()["models"]["wide"]["versions"]["1"]["cache"]["hits"] == 1  # the latest is kept
+
+
+def test_an_answer_larger_than_max_bytes_is_not_kept_and_evicts_nothing(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0, features=16), repository, "wide", 1)
+    small_cache = ModelConfig(cache=CacheConfig(enabled=True, max_bytes=64 * 2**10))
+    server = make_server(repository, models={"wide": small_cache})
+    one_row = np.ones((1, 16), np.float32)
+    server.predict("wide", one_row)
+    server.predict("wide", np.ones((2048, 16), np.float32) * 3)  # a 128 KiB answer: over the bound
+    server.predict("wide", np.ones((2048, 16), np.float32) * 3)
+    server.predict("wide", one_row)
+    status = server.status()["models"]["wide"]["versions"]["1"]["cache"]
+    assert status == {"entries": 1, "hits": 1, "misses": 3, "shared": 0}
+
+
+def test_max_bytes_is_a_count_of_bytes_from_one() -> None:
+    assert CacheConfig().max_bytes == 64 * 2**20
+    for bad in (0, -1, 1.5, True, "64", 2**41):
+        with pytest.raises(inprocserve.ConfigurationError, match=r"cache\.max_bytes"):
+            CacheConfig(max_bytes=bad)  # type: ignore[arg-type]
