@@ -14,6 +14,7 @@ import inspect
 import signal
 import sys
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _request
+from inprocserve import BatchingConfig, CacheConfig, ModelConfig, RolloutConfig, _request
 from inprocserve._batch_queue import BatchQueue
 from inprocserve._batching import Batcher
 from inprocserve._request import Request, complete_batch
@@ -424,6 +425,38 @@ def test_a_given_up_request_leaves_the_queue_and_admits_a_large_one(
     wait_until(lambda: batcher.in_flight == 0)
     large = server.submit("busy", busy_inputs(50, seed=2))  # the queue is empty: one caller's may be large
     assert large.result(timeout=20)["picked"].shape == (50, 2)
+
+
+def test_given_up_requests_behind_a_queued_one_do_not_pile_up_while_the_runner_is_busy(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """Callers whose deadlines pass behind a request still queued (a long run holds the session) are
+    withdrawn; they must not stay in the queue until a worker takes a batch, each holding its inputs, beyond
+    what max_queue_rows allows (26,000 of them piled up in 8 s of a run, with a bound of 64 rows)."""
+    no_samples = RolloutConfig(capture_inputs=0)  # (promotion samples hold up to 32 MiB more of inputs)
+    config = ModelConfig(batching=BatchingConfig(max_queue_rows=64), rollout=no_samples)
+    server = make_server(busy_repository, models={"busy": config})
+    gate = GatedRuns(server, "busy", hold=(5,))
+    blocker = server.submit("busy", busy_inputs(5))
+    assert gate.started[5].wait(20)
+    head = server.submit("busy", busy_inputs(1))  # queued, waiting for the session
+    rng = np.random.default_rng(0)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(400):  # each caller's own 32 rows (64 KiB), given up after a millisecond
+            x = {"x": rng.standard_normal((32, BUSY_WIDTH), dtype=np.float32), "index": np.ones(32, np.int64)}
+            with pytest.raises(inprocserve.DeadlineExceededError):
+                server.predict("busy", x, timeout_s=0.001)
+            del x
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 8 * 2**20  # (400 of them, 25 MiB, held without the compaction)
+    assert len(list(batcher_of(server)._queue)) <= 2 * 65  # (queued or given up, about as many)
+    gate.open_all()
+    blocker.result(timeout=20)
+    assert head.result(timeout=20)["picked"].shape == (1, 2)  # the queued request is answered as ever
 
 
 def test_a_caller_interrupted_just_after_queueing_frees_the_identical_requests_that_follow_it(
