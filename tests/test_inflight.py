@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import tracemalloc
 from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,36 @@ def _waits_for_its_answer(thread: threading.Thread) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def test_followers_that_gave_up_are_not_kept_alive_by_a_long_leader(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """Callers of the hot request with short deadlines follow a leader whose run takes long, and give up:
+    the leader must not keep each one's inputs until it finishes (400 of them held 50 MiB)."""
+    from .test_interrupted_callers import GatedRuns
+
+    no_samples = inprocserve.RolloutConfig(capture_inputs=0)  # (promotion samples hold up to 32 MiB of inputs)
+    server = make_server(
+        busy_repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True), rollout=no_samples)
+    )
+    server.predict("busy", busy_inputs(1))
+    gate = GatedRuns(server, "busy", hold=(64,))
+    hot = busy_inputs(64, seed=7)  # 128 KiB
+    leader = server.submit("busy", hot)
+    assert gate.started[64].wait(WAIT_S)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(400):
+            with pytest.raises(inprocserve.DeadlineExceededError, match="identical request in flight"):
+                server.predict("busy", {name: array.copy() for name, array in hot.items()}, timeout_s=0.001)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 4 * 2**20  # (50 MiB while the leader ran)
+    gate.open_all()
+    np.testing.assert_array_equal(leader.result(timeout=WAIT_S)["y"], server.predict("busy", hot)["y"])
 
 
 def test_followers_of_a_leader_past_its_deadline_are_answered(
