@@ -182,7 +182,8 @@ class RolloutConfig:
     key_field: str = "user_id"
     """The request-context field that identifies a user for sticky bucketing (``targeting_key`` also works)."""
     capture_inputs: int = 256
-    """Recent requests kept to compare a version against the serving one before promotion (0: none)."""
+    """Recent requests kept to compare a version against the serving one before promotion (0: none), holding
+    at most 32 MiB per model (each model's own bound: 0 for a model never promoted frees it)."""
     # Deprecated flat fields: accepted with a DeprecationWarning, moved into their group, then None.
     candidate: int | None = None
     """Deprecated: ``canary.version``."""
