@@ -544,9 +544,10 @@ class Registry:
                 router.stable_alias = state.stable if state.stable is not None else router.stable_alias
             router.killed = state is not None and state.kill
             router.refusal = self.routing_refusal
+            # (in the same step: a request routes by the routes it read, which the server checks afterwards)
+            self.routes[name] = Routes(default=default, versions=dict(versions), router=router)
         if state is not None and state.stable is not None:  # an operator switched the fleet to it: accepted
             self.incompatible.get(name, {}).pop(state.stable, None)
-        self.routes[name] = Routes(default=default, versions=dict(versions), router=router)
         self.published.add(name)
         self.published_versions.update((name, number) for number in versions)
 

@@ -425,6 +425,9 @@ class Server(RolloutMethods):
                 target = routes.versions.get(version)
             elif router.trivial or lone:
                 decision = router.decide(routes.versions, routes.default.version, context)
+                while (current := self._registry.routes.get(model)) is not routes and current is not None:
+                    routes = current  # published meanwhile: see _route
+                    decision = routes.router.decide(routes.versions, routes.default.version, context)
                 target = routes.versions.get(decision.version) or routes.default  # (as the full way routes)
             else:
                 return None
@@ -760,6 +763,13 @@ class Server(RolloutMethods):
             raise self._not_found(model, version)
         if version is None:
             decision = routes.router.decide(routes.versions, routes.default.version, context)
+            # A publish between reading the routes and deciding (a revision that loaded the version it makes
+            # stable, say) decided by the new routing state with the old versions: the new stable version not
+            # among them, the request went to the latest of them, which neither state serves. Routes are
+            # replaced within the router's change (Router.changing): decided again with those published.
+            while (current := self._registry.routes.get(model)) is not routes and current is not None:
+                routes = current
+                decision = routes.router.decide(routes.versions, routes.default.version, context)
             return routes, routes.versions.get(decision.version) or routes.default, decision
         if type(version) is not int:
             version = version_number(version)

@@ -960,3 +960,46 @@ def test_a_revision_that_promotes_the_canary_never_sends_its_users_to_the_old_st
         for thread in threads:
             thread.join(timeout=60)
     assert old_version == []
+
+
+def test_a_revision_that_loads_the_version_it_makes_stable_never_sends_a_request_to_another(
+    fleet: Path, make_server: ServerFactory
+) -> None:
+    # The routes (the loaded versions) were replaced after the router's change: a request that read the routes
+    # before a revision loaded version k and made it stable, and decided after, took the new stable version
+    # k, found it not among the versions it read, and went to the latest of them (v2), which neither the
+    # revision before (v1) nor after (vk) serves. A short switch interval makes the window frequent.
+    write(fleet, fraud=ModelControl(stable=1))
+    server = make_server(fleet, config=ModelConfig(version_policy=VersionPolicy.all()), control_interval_s=3600)
+    assert answer(server, "fraud") == 1
+    served = {1}
+    stop = threading.Event()
+    other: list[tuple[int, list[int]]] = []
+
+    def predict() -> None:
+        while not stop.is_set():
+            before = set(served)
+            version = server.predict("fraud", X, context={"user_id": "u"}).version
+            if version not in before | served:
+                other.append((version, sorted(before | served)))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    threads = [threading.Thread(target=predict) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        for k in range(3, 153):
+            save_model(build_scale_model(float(k)), fleet, "fraud", k)  # named by the revision: loaded then
+            served.add(k)
+            write(fleet, fraud=ModelControl(stable=k, previous_stable=1))
+            server.sync_control()
+            write(fleet, fraud=ModelControl(stable=1, previous_stable=k))
+            server.sync_control()
+            served.discard(k)
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert other == []
