@@ -403,14 +403,19 @@ class Router:
 
     def _decide_settled(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
         """:meth:`decide` once no change is being applied (a change this thread applies: as it stands)."""
+        return self._settled(lambda: self._decide_now(ready, latest, context))
+
+    def _settled(self, read: Callable[[], T]) -> T:
+        """``read()`` of the routing state once no change is being applied (a change this thread applies: as
+        it stands), made again if a change overlapped it."""
         while True:
             if self._changer == threading.get_ident():
-                return self._decide_now(ready, latest, context)
+                return read()
             with self._changes:  # wait for a change being applied to be applied whole
                 generation = self._generation
-            decision = self._decide_now(ready, latest, context)
+            result = read()
             if generation == self._generation:
-                return decision
+                return result
 
     def _decide_now(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
         """:meth:`decide` from the routing state as it is now."""
@@ -881,7 +886,18 @@ class Router:
 
         The bandit's last draw for the key comes first: it served the key's last request, whatever the flags
         say now of a context this call does not have (a rule on another attribute) or cannot read (a failing
-        provider). A later request of the key routed by another strategy forgets it (:meth:`_forget_draw`)."""
+        provider). A later request of the key routed by another strategy forgets it (:meth:`_forget_draw`).
+
+        From one routing state, as :meth:`decide`: a promotion (canary removed, its version made stable)
+        read half applied credited a canary user's outcome to "stable", which neither state says."""
+        generation = self._generation
+        variant = self._variant_of_key_now(key, ready, latest)
+        if generation == self._generation and not generation & 1:
+            return variant
+        return self._settled(lambda: self._variant_of_key_now(key, ready, latest))
+
+    def _variant_of_key_now(self, key: str, ready: Mapping[int, Any], latest: int) -> str | None:
+        """:meth:`_variant_of_key` from the routing state as it is now."""
         if self.trivial:  # no rollout: nothing to attribute (a reload that ended the rollout forgot its draws)
             return None
         with self._lock:

@@ -1003,3 +1003,39 @@ def test_a_revision_that_loads_the_version_it_makes_stable_never_sends_a_request
         for thread in threads:
             thread.join(timeout=60)
     assert other == []
+
+
+def test_an_outcome_by_key_during_a_promotion_is_credited_by_one_state(fleet: Path, make_server: ServerFactory) -> None:
+    # record_outcome(key=...) found its variant from the router's state read attribute by attribute: during a
+    # promotion (canary removed, its version made stable) a canary user's outcome was credited to "stable",
+    # which neither the canary state ("canary") nor the promoted one (no rollout: nothing) says.
+    save_model(build_scale_model(3.0), fleet, "fraud", 3)
+    canary = ModelControl(stable=1, canary_version=3, canary_percent=50.0)
+    promoted = ModelControl(stable=3, previous_stable=1)
+    write(fleet, fraud=canary)
+    server = make_server(fleet, config=ModelConfig(version_policy=VersionPolicy.all()), control_interval_s=3600)
+    users = [f"user-{i}" for i in range(400)]
+    in_canary = [user for user in users if server.predict("fraud", X, context={"user_id": user}).version == 3]
+    stop = threading.Event()
+    credited: list[str | None] = []
+
+    def record(index: int) -> None:
+        while not stop.is_set():
+            for user in in_canary[index::8]:
+                variant = server.record_outcome(None, 1.0, model="fraud", key=user)
+                if variant not in ("canary", None):
+                    credited.append(variant)
+
+    threads = [threading.Thread(target=record, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(100):
+            for state in (promoted, canary):
+                write(fleet, fraud=state)
+                server.sync_control()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert credited == []
