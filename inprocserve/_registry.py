@@ -537,15 +537,30 @@ class Registry:
         router = self.routers.get(name)
         if router is None:
             router = self.routers[name] = Router(name, rollout, self._flags, shadow_gate=self._shadow_gate)
-        with router.changing():  # requests are routed by the state before or after, never by a mix
-            if router.config != rollout:
-                router.update(rollout)
-            if state is not None:  # the control file wins over in-process switches and config.toml
-                router.stable_alias = state.stable if state.stable is not None else router.stable_alias
-            router.killed = state is not None and state.kill
-            router.refusal = self.routing_refusal
-            # (in the same step: a request routes by the routes it read, which the server checks afterwards)
-            self.routes[name] = Routes(default=default, versions=dict(versions), router=router)
+        alias = state.stable if state is not None and state.stable is not None else router.stable_alias
+        killed = state is not None and state.kill
+        published = self.routes.get(name)
+        if not (  # (a hot-reload poll publishes every model: one that changes nothing is no change)
+            router.config == rollout
+            and router.stable_alias == alias
+            and router.killed == killed
+            and router.refusal == self.routing_refusal
+            and published is not None
+            and published.router is router
+            and published.default is default
+            and published.versions.keys() == versions.keys()
+            and all(published.versions[number] is version for number, version in versions.items())
+        ):
+            # A change makes every decision it overlaps be made again: a no-op one every poll interval
+            # had a decision slower than that (a slow flag provider) made again for ever.
+            with router.changing():  # requests are routed by the state before or after, never by a mix
+                if router.config != rollout:
+                    router.update(rollout)
+                router.stable_alias = alias  # (the control file wins over in-process switches and config.toml)
+                router.killed = killed
+                router.refusal = self.routing_refusal
+                # (in the same step: a request routes by the routes it read, which the server checks after)
+                self.routes[name] = Routes(default=default, versions=dict(versions), router=router)
         if state is not None and state.stable is not None:  # an operator switched the fleet to it: accepted
             self.incompatible.get(name, {}).pop(state.stable, None)
         self.published.add(name)
@@ -879,8 +894,12 @@ class Registry:
         with self.routing:
             router = self.routers.get(name)
             state = self.control.models.get(name)
-            with router.changing() if router is not None else contextlib.nullcontext():  # (one step with publish)
-                if router is not None and (state is None or state.stable is None):
+            unaliased = (
+                router is not None and router.stable_alias is not None and (state is None or state.stable is None)
+            )
+            with router.changing() if router is not None and unaliased else contextlib.nullcontext():  # (one step)
+                if unaliased:
+                    assert router is not None
                     router.stable_alias = None  # no stable version in the control file (any more): the config's
                 if name in self.loaded:
                     self.publish(name)

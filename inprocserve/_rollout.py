@@ -37,6 +37,7 @@ __all__ = ["Decision", "FlagReader", "Router"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_SETTLE_TRIES = 3  # reads of the routing state a change overlapped that are made again (Router._settled)
 
 _ASSIGNMENTS_KEPT = 100_000
 _CAPTURE_EVERY = 8  # once the promotion samples are full, one routed request in this many is sampled
@@ -407,8 +408,10 @@ class Router:
 
     def _settled(self, read: Callable[[], T]) -> T:
         """``read()`` of the routing state once no change is being applied (a change this thread applies: as
-        it stands), made again if a change overlapped it."""
-        while True:
+        it stands), made again if another change overlapped it, at most ``_SETTLE_TRIES`` times: made again
+        until none did, a read slower than the time between two changes (a slow flag provider) was made for
+        ever, and its request never answered."""
+        for _ in range(_SETTLE_TRIES):
             if self._changer == threading.get_ident():
                 return read()
             with self._changes:  # wait for a change being applied to be applied whole
@@ -416,6 +419,7 @@ class Router:
             result = read()
             if generation == self._generation:
                 return result
+        return result  # (made after a change was applied whole: changes that overlap it thrice are a storm)
 
     def _decide_now(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
         """:meth:`decide` from the routing state as it is now."""

@@ -425,9 +425,8 @@ class Server(RolloutMethods):
                 target = routes.versions.get(version)
             elif router.trivial or lone:
                 decision = router.decide(routes.versions, routes.default.version, context)
-                while (current := self._registry.routes.get(model)) is not routes and current is not None:
-                    routes = current  # published meanwhile: see _route
-                    decision = routes.router.decide(routes.versions, routes.default.version, context)
+                if (current := self._registry.routes.get(model)) is not routes and current is not None:
+                    routes, decision = self._decided_again(model, current, context)  # (see _route)
                 target = routes.versions.get(decision.version) or routes.default  # (as the full way routes)
             else:
                 return None
@@ -755,6 +754,12 @@ class Server(RolloutMethods):
             return None
         return version
 
+    def _decided_again(self, model: str, routes: Routes, context: Mapping[str, Any] | None) -> tuple[Routes, Decision]:
+        """The decision with ``routes``, published while a request decided with those before: made once (made
+        again while routes were replaced meanwhile, a decision slower than the time between two publishes
+        would be made for ever)."""
+        return routes, routes.router.decide(routes.versions, routes.default.version, context)
+
     def _route(
         self, model: str, version: int | None, context: Mapping[str, Any] | None
     ) -> tuple[Routes, ModelVersion, Decision]:
@@ -767,9 +772,8 @@ class Server(RolloutMethods):
             # stable, say) decided by the new routing state with the old versions: the new stable version not
             # among them, the request went to the latest of them, which neither state serves. Routes are
             # replaced within the router's change (Router.changing): decided again with those published.
-            while (current := self._registry.routes.get(model)) is not routes and current is not None:
-                routes = current
-                decision = routes.router.decide(routes.versions, routes.default.version, context)
+            if (current := self._registry.routes.get(model)) is not routes and current is not None:
+                routes, decision = self._decided_again(model, current, context)
             return routes, routes.versions.get(decision.version) or routes.default, decision
         if type(version) is not int:
             version = version_number(version)

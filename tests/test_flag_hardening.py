@@ -677,3 +677,35 @@ def test_an_emptied_flags_file_counts_one_failed_look_while_it_waits(tmp_path: P
     assert "being written" in (flags.last_error or "")
     assert flags.errors == 1
     flags.close()
+
+
+class SlowFlags(InMemoryFlags):
+    """A flag service that takes 0.3 s a flag."""
+
+    name = "slow"
+    blocking = True
+    calls = 0
+
+    def get_string(self, key: str, default: str, context: Any) -> str:
+        SlowFlags.calls += 1
+        time.sleep(0.3)
+        return super().get_string(key, default, context)
+
+
+def test_a_flag_decision_slower_than_the_hot_reload_interval_is_answered(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """Every hot-reload poll published every model, a change of routing state whether or not anything
+    changed, and a decision a change overlapped was made again until none did: a decision slower than the
+    poll interval (well within flag_timeout_s) was made again for ever, and the request never answered."""
+    flags = SlowFlags({"scale.strategy": "canary", "scale.canary.percent": 50, "scale.canary.version": 2})
+    server = make_server(versions, config=CANARY, flags=flags, flag_timeout_s=1.0, poll_interval_s=0.1)
+    SlowFlags.calls = 0
+    answers: list[inprocserve.Prediction] = []
+    asking = threading.Thread(
+        target=lambda: answers.append(server.predict("scale", X, context={"user_id": "u"})), daemon=True
+    )
+    asking.start()
+    asking.join(10)
+    assert answers, f"not answered in 10 s ({SlowFlags.calls} flag reads)"
+    assert SlowFlags.calls == 1
