@@ -32,6 +32,14 @@ __all__ = ["MAX_RESPONSE_BYTES", "HttpClient", "HttpResponse", "TransportError"]
 MAX_RESPONSE_BYTES = 1 << 30
 """A response body longer than this is refused (a broken server must not exhaust the process's memory)."""
 _CHUNK = 1 << 20
+_IDLE_S = 1.0
+"""A kept-alive connection idle longer than this is closed rather than used again. A server closes a
+connection idle past its own keep-alive timeout (gunicorn 2 s, uvicorn and so MLServer 5 s, Node 5 s), and a
+request sent just as it does is answered by the close: on a connection idle that long, one call in 30 failed
+so (``RemoteUnavailableError``, counted against the server). It cannot be sent again safely: the server may
+have read it (RFC 9112, 9.3.1, and urllib3 does not retry a POST either), so the connection is not used
+that close to the server's timeout. A new connection costs a connect (a TLS handshake for ``https://``),
+only after a second without calls."""
 _calls = threading.local()  # .watch: the call this thread is making, for the connection to arm with its socket
 
 
@@ -217,14 +225,31 @@ def _watched(connection_class: Any) -> Any:
 
     class WatchedConnection(connection_class):  # type: ignore[misc]
         response_class = _FinalResponse
+        idle_since: float | None = None  # when its last answer came (None: not used since it connected)
+
+        @property
+        def is_connected(self) -> bool:
+            # urllib3 asks this of a pooled connection before it hands it out, and closes it when False.
+            if self.idle_since is not None and time.monotonic() - self.idle_since > _IDLE_S:
+                return False  # near the server's keep-alive timeout: see _IDLE_S
+            return bool(super().is_connected)
 
         def connect(self) -> None:
+            self.idle_since = None
             super().connect()
             _arm(self.sock)
 
         def request(self, *args: Any, **kwargs: Any) -> None:
             _arm(self.sock)
             super().request(*args, **kwargs)
+
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            response = super().getresponse(*args, **kwargs)
+            # From the answer's headers: its body is read at once, so this is at most that read too early,
+            # and a connection is only ever closed sooner for it. (urllib3 puts the connection back in the
+            # pool as the last byte is read, before the caller could mark it.)
+            self.idle_since = time.monotonic()
+            return response
 
     WatchedConnection.__name__ = WatchedConnection.__qualname__ = f"Watched{connection_class.__name__}"
     return WatchedConnection
