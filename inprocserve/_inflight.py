@@ -14,6 +14,7 @@ its own instead of inheriting that error; any other error is the followers' too.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import threading
 from collections.abc import Callable, Mapping
@@ -169,28 +170,37 @@ class Coalescer:
 
 
 class _Following:
-    """What a leader's done-callback holds of one follower: the follower and its version, until a
-    synchronous caller gives up (past its deadline, or interrupted). A future keeps its callbacks until it is
-    done, so a leader running long kept every given-up follower, with its own copy of the inputs, alive: 400
-    callers of the hot request with a 1 ms deadline held 50 MiB while one run of 64 rows was held up. Cleared
-    under the Sharing lock; the callback reads it once, and the lock then decides (see Sharing._follow)."""
+    """What a leader's done-callback holds of one follower: the follower and its version, until its caller
+    gives up (a synchronous caller past its deadline or interrupted; a ``submit`` future cancelled; an
+    event loop's task cancelled or answered by its deadline). A future keeps its callbacks until it is done,
+    so a leader running long kept every given-up follower, with its own copy of the inputs, alive: 400
+    callers of the hot request with a 1 ms deadline held 50 MiB while one run of 64 rows was held up.
+    Whoever :meth:`take` s it first, under the Sharing lock, answers the follower: the leader's callback,
+    or the future of a caller that gave up (see Sharing._given_up); the other finds nothing."""
 
-    __slots__ = ("request", "target")
+    __slots__ = ("lock", "request", "target")
 
-    def __init__(self, request: Request, target: ModelVersion) -> None:
+    def __init__(self, request: Request, target: ModelVersion, lock: threading.Lock) -> None:
         self.request: Request | None = request
         self.target: ModelVersion | None = target
+        self.lock = lock
 
     def clear(self) -> None:
         self.request = self.target = None
+
+    def take(self) -> tuple[Request, ModelVersion] | None:
+        with self.lock:
+            request, target = self.request, self.target
+            self.request = self.target = None
+        return None if request is None or target is None else (request, target)
 
     def leader_done(
         self, follow: Callable[[Request, ModelVersion, Future[Mapping[str, Any]]], None]
     ) -> Callable[[Future[Mapping[str, Any]]], None]:
         def done(leader: Future[Mapping[str, Any]]) -> None:
-            request, target = self.request, self.target
-            if request is not None and target is not None:  # (else nobody waits for it any more)
-                follow(request, target, leader)
+            taken = self.take()
+            if taken is not None:  # (else nobody waits for it any more)
+                follow(taken[0], taken[1], leader)
 
         return done
 
@@ -274,11 +284,19 @@ class Sharing:
         self._telemetry.cache_result(telemetry, "miss" if leader is None else "shared")
         if leader is None:
             return False
-        following = _Following(request, target)
-        if request.future is None:
+        following = _Following(request, target, self._lock)
+        future = request.future
+        if future is None:
             with self._lock:
                 self._waiting[request] = following
                 request.follows = True
+        else:  # (a caller that gives up lets it go at once, as a synchronous one does)
+            gave_up = functools.partial(self._given_up, following)
+            watch = getattr(future, "when_given_up", None)  # an event loop's task: its own future tells
+            if watch is not None:
+                watch(gave_up)
+            else:  # (a submit future is done before its answer only if cancelled)
+                future.add_done_callback(lambda _future: gave_up(CancelledError()))
         leader.add_done_callback(following.leader_done(self._follow))
         return True
 
@@ -336,6 +354,15 @@ class Sharing:
             following.clear()
         if requeued_on is not None:  # re-run meanwhile: withdrawn, or it leaves the wake relay
             requeued_on.interrupted(request)
+
+    def _given_up(self, following: _Following, given: BaseException) -> None:
+        """The future of a follower's caller is done, ``given`` what it got if that was not its answer: a
+        cancellation, or an event loop's task's deadline (a future answered by its leader finds nothing to
+        take). Not answered yet, it is answered now with ``given``, as a queued request dropped for it is:
+        recorded once, and its inputs let go instead of kept until its leader finishes."""
+        taken = following.take()
+        if taken is not None:
+            finish_detached(taken[0], None, given, self._deliver)
 
     def _follow(self, request: Request, target: ModelVersion, leader: Future[Mapping[str, Any]]) -> None:
         """An identical request's leader is done: take its answer or error, or run this one by itself when

@@ -56,7 +56,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import CancelledError, InvalidStateError
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -793,6 +793,12 @@ class _LoopFuture:
 
     def cancelled(self) -> bool:
         return self._waiter.cancelled()
+
+    def when_given_up(self, callback: Callable[[BaseException], None]) -> None:
+        """Call ``callback`` on the loop once the task is done, with what it got if that is not its answer
+        (cancelled, or answered by its deadline): a follower of an identical request in flight is let go
+        then (``Sharing``)."""
+        self._waiter.add_done_callback(lambda waiter: callback(_given(waiter)))
 
     def given_error(self) -> BaseException | None:
         """What the task got already, if its own deadline or a cancellation answered it before its request

@@ -3,6 +3,8 @@ whatever happens to the leader, they get its answer, its error, or run by themse
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import sys
 import threading
 import time
@@ -197,6 +199,63 @@ def test_followers_that_gave_up_are_not_kept_alive_by_a_long_leader(
     assert after - before < 4 * 2**20  # (50 MiB while the leader ran)
     gate.open_all()
     np.testing.assert_array_equal(leader.result(timeout=WAIT_S)["y"], server.predict("busy", hot)["y"])
+
+
+@pytest.mark.parametrize("gives_up", ["submit cancelled", "apredict cancelled", "apredict past its deadline"])
+def test_async_followers_that_gave_up_are_let_go_and_recorded_once(
+    busy_repository: Path, make_server: ServerFactory, gives_up: str
+) -> None:
+    """As for synchronous callers above: a cancelled ``submit`` future, or an event loop's task cancelled or
+    past its deadline, lets its follower (and its inputs) go at once, not when the leader finishes (400 of
+    them held 51 MiB), and is recorded once, as what its caller got (a cancelled ``submit`` follower was
+    recorded as answered)."""
+    from .test_interrupted_callers import GatedRuns
+
+    no_samples = inprocserve.RolloutConfig(capture_inputs=0)
+    server = make_server(
+        busy_repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True), rollout=no_samples)
+    )
+    server.predict("busy", busy_inputs(1))
+    gate = GatedRuns(server, "busy", hold=(64,))
+    hot = busy_inputs(64, seed=7)  # 128 KiB
+    leader = server.submit("busy", hot)
+    assert gate.started[64].wait(WAIT_S)
+
+    def copy() -> dict[str, np.ndarray]:
+        return {name: array.copy() for name, array in hot.items()}
+
+    async def give_up() -> None:
+        for _ in range(400):
+            if gives_up == "apredict past its deadline":
+                with pytest.raises(inprocserve.DeadlineExceededError):
+                    await server.apredict("busy", copy(), timeout_s=0.001)
+                continue
+            task = asyncio.ensure_future(server.apredict("busy", copy()))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0)  # (the tasks' futures' callbacks run)
+
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        if gives_up == "submit cancelled":
+            for _ in range(400):
+                assert server.submit("busy", copy()).cancel()
+        else:
+            asyncio.run(give_up())
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 4 * 2**20  # (51 MiB while the leader ran)
+    latency = version_status(server, "busy")["latency_ms"]
+    assert (latency["count"], latency["errors"]) == (1, 400)  # recorded when they gave up
+    gate.open_all()
+    np.testing.assert_array_equal(leader.result(timeout=WAIT_S)["y"], server.predict("busy", hot)["y"])
+    latency = version_status(server, "busy")["latency_ms"]
+    assert (latency["count"], latency["errors"]) == (3, 400)  # and never again
 
 
 def test_followers_of_a_leader_past_its_deadline_are_answered(
