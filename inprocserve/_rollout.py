@@ -385,6 +385,12 @@ class Router:
                     self._changer = None
                     self._generation += 1
 
+    @property
+    def generation(self) -> int:
+        """Counts the changes of routing state (odd while one is being applied): a decision made at one
+        generation stands while it is unchanged."""
+        return self._generation
+
     # -- the decision ---------------------------------------------------------------------------------------
 
     def decide(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:

@@ -43,12 +43,23 @@ class SameRoute:
     """The routing of a batch sent in parts: the first part is routed as any request is (a rollout's
     decision, its shadows), and its decision is kept here for the later parts, which are queued by it
     without being routed again. Routed one by one, a canary at 50 % split most batches between two versions,
-    and each such part had to be scored again on one of them (43 % more model runs in a review's job)."""
+    and each such part had to be scored again on one of them (43 % more model runs in a review's job).
 
-    __slots__ = ("decision",)
+    Only while the routing it was made by stands (:meth:`holds`): a kill switch, a canary moved or a stable
+    version switched between parts (a change of the router's state, or a new router) routes the next part
+    afresh, and the parts after it follow that one; the parts then agree on the last part's version (see
+    ``_on_one_version``). Followed blindly, every later part of a batch went to the version just killed."""
+
+    __slots__ = ("decision", "generation", "router")
 
     def __init__(self) -> None:
         self.decision: Any = None  # the first part's Decision, once it was routed
+        self.router: Any = None  # the Router that made it, and its state's generation before it did
+        self.generation = -1
+
+    def holds(self, router: Any) -> bool:
+        """Whether the kept decision was made by ``router`` in its present state."""
+        return self.decision is not None and router is self.router and router.generation == self.generation
 
 
 class Submit(Protocol):

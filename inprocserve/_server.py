@@ -546,7 +546,14 @@ class Server(RolloutMethods):
         ) -> Future[Prediction]:
             future: Future[Prediction] = Future()
             follows = route is not None and pin is None and version is None
-            decided = route.decision if follows and route is not None else None
+            decided = None
+            router = generation = None
+            if follows and route is not None:
+                routes = self._routes.get(model)
+                if routes is not None:
+                    router, generation = routes.router, routes.router.generation  # (read before it decides)
+                    if route.holds(router):
+                        decided = route.decision
 
             def dispatch(decided: Decision | None) -> Request:
                 return self._dispatch(
@@ -572,9 +579,11 @@ class Server(RolloutMethods):
                         raise
                     # the batch's version was unloaded since its first part: this part is routed afresh (the
                     # batch's parts are then made to agree on one version when they are all in, see score)
+                    decided = None
                     request = dispatch(None)
-                if follows and route is not None and route.decision is None:
-                    route.decision = request.route.decision
+                if decided is None and route is not None and router is not None and generation is not None:
+                    # routed afresh (the first part, or the routing changed since): the next parts follow it
+                    route.decision, route.router, route.generation = request.route.decision, router, generation
             except InprocserveError as exc:
                 future.set_exception(exc)
             return future

@@ -570,6 +570,37 @@ def test_a_batch_sent_in_parts_is_routed_once_and_run_once(repository: Path, mak
     assert served["1"]["rows_run"] + served["2"]["rows_run"] == 30 * 2000  # no row run twice
 
 
+def test_the_parts_of_a_batch_do_not_follow_a_decision_the_kill_switch_overturned(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # The parts follow their first part's routing only while the routing stands: killed between parts, the
+    # canary answered the whole batch (every later part went to it), where the kill sends everyone to the
+    # stable version on the next request.
+    from inprocserve import CanaryConfig, RolloutConfig, VersionPolicy
+    from inprocserve.testing import build_scale_model
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)  # y = version * x
+    canary = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=100))
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=VersionPolicy.all(), rollout=canary))
+    dispatch = server._dispatch
+    parts = []
+
+    def kill_after_the_first_part(*args: Any, **kwargs: Any) -> Any:
+        parts.append(kwargs.get("decided"))
+        if len(parts) == 2:
+            server.kill("scale")
+        return dispatch(*args, **kwargs)
+
+    server._dispatch = kill_after_the_first_part  # type: ignore[method-assign]
+    batch = np.ones((20000, 4), np.float32)  # many parts
+    (answer,) = server.predict_many("scale", [batch])
+    assert answer.version == 1
+    np.testing.assert_array_equal(answer["y"], batch)
+    served = server.status()["models"]["scale"]["versions"]
+    assert served["2"]["rows_run"] <= 20000 // 10  # the parts dispatched before the kill took effect
+
+
 def test_a_batch_sent_in_parts_is_answered_when_the_last_parts_version_is_unloaded_meanwhile(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
