@@ -47,12 +47,14 @@ class PredictionCache:
         self.shared = 0
         _fork.register(self)
 
-    def _new_entries(self) -> Cache[bytes, Mapping[str, Any]]:
+    def _new_entries(self) -> Cache[bytes, tuple[int, Mapping[str, Any]]]:
         config = self._config
-        # (sized in bytes: the count of entries is kept to max_entries by store)
+        # (sized in bytes: the count of entries is kept to max_entries by store). Each entry is its size and
+        # its answer: weighed once, before the lock is taken (4,096 rows of a ZipMap's maps take a
+        # millisecond to weigh, which held every hit of the version waiting when the cache weighed it)
         if config.ttl_s is not None:
-            return TTLCache(maxsize=config.max_bytes, ttl=config.ttl_s, timer=self._clock, getsizeof=_entry_bytes)
-        return LRUCache(maxsize=config.max_bytes, getsizeof=_entry_bytes)
+            return TTLCache(maxsize=config.max_bytes, ttl=config.ttl_s, timer=self._clock, getsizeof=_size_of)
+        return LRUCache(maxsize=config.max_bytes, getsizeof=_size_of)
 
     def _after_fork_in_child(self) -> None:
         if self._lock.acquire(blocking=False):  # no thread was inside at the fork: the entries are whole
@@ -67,10 +69,10 @@ class PredictionCache:
         """The cached outputs for ``key`` (counted as a hit), or ``None``: arrays shared read-only, any other
         output (a list of maps, as a ZipMap gives) a copy of its own (see :func:`shareable`)."""
         with self._lock:
-            outputs = self._entries.get(key)
-            if outputs is not None:
+            entry = self._entries.get(key)
+            if entry is not None:
                 self.hits += 1
-        return None if outputs is None else shareable(outputs)
+        return None if entry is None else shareable(entry[1])
 
     def count(self, *, shared: bool) -> None:
         """Count a request that was not a hit: it ran (a miss) or followed an identical one (shared)."""
@@ -92,17 +94,22 @@ class PredictionCache:
                 if isinstance(base, np.ndarray) and value.nbytes * 2 < base.nbytes:
                     value = kept[name] = value.copy()
                 value.flags.writeable = False
-        if _entry_bytes(kept) > self._config.max_bytes:
+        size = _entry_bytes(kept)
+        if size > self._config.max_bytes:
             return  # larger than max_bytes alone: not kept (it would evict every other answer)
         with self._lock:
             entries = self._entries
             if key not in entries and len(entries) >= self._config.max_entries:
                 entries.popitem()  # (the least recently used: as many entries as the count allows)
-            entries[key] = kept  # (and more go while the answers would hold more than max_bytes)
+            entries[key] = (size, kept)  # (and more go while the answers would hold more than max_bytes)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses, "shared": self.shared}
+
+
+def _size_of(entry: tuple[int, Mapping[str, Any]]) -> int:
+    return entry[0]
 
 
 _ENTRY_OVERHEAD = 512

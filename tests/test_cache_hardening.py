@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -167,3 +168,26 @@ def test_max_bytes_is_a_count_of_bytes_from_one() -> None:
     for bad in (0, -1, 1.5, True, "64", 2**41):
         with pytest.raises(inprocserve.ConfigurationError, match=r"cache\.max_bytes"):
             CacheConfig(max_bytes=bad)  # type: ignore[arg-type]
+
+
+def test_an_answer_is_weighed_once_and_not_under_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Weighing 4,096 rows of a ZipMap's maps takes about a millisecond: the cache weighed each answer twice,
+    # the second time with its lock held, so every hit of the version waited for it.
+    from inprocserve import _cache
+
+    cache = None
+    weighed: list[bool] = []
+    entry_bytes = _cache._entry_bytes
+
+    def weigh(outputs: Any) -> int:
+        assert cache is not None
+        weighed.append(cache._lock.locked())
+        return entry_bytes(outputs)
+
+    monkeypatch.setattr(_cache, "_entry_bytes", weigh)
+    cache = _cache.PredictionCache(CacheConfig(enabled=True))
+    maps = [{0: 0.25, 1: 0.75} for _ in range(4096)]
+    cache.store(b"k", {"label": np.zeros(4096, np.int64), "probabilities": maps})
+    assert weighed == [False]
+    got = cache.get(b"k")
+    assert got is not None and got["probabilities"] == maps
