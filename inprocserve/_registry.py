@@ -541,7 +541,7 @@ class Registry:
         killed = state is not None and state.kill
         published = self.routes.get(name)
         if not (  # (a hot-reload poll publishes every model: one that changes nothing is no change)
-            router.config == rollout
+            router.config.routes_as(rollout)
             and router.stable_alias == alias
             and router.killed == killed
             and router.refusal == self.routing_refusal
@@ -554,7 +554,7 @@ class Registry:
             # A change makes every decision it overlaps be made again: a no-op one every poll interval
             # had a decision slower than that (a slow flag provider) made again for ever.
             with router.changing():  # requests are routed by the state before or after, never by a mix
-                if router.config != rollout:
+                if not router.config.routes_as(rollout):
                     router.update(rollout)
                 router.stable_alias = alias  # (the control file wins over in-process switches and config.toml)
                 router.killed = killed

@@ -273,6 +273,14 @@ class RolloutConfig:
         versions.update(self.interleaving.rankers or ())
         return versions
 
+    def routes_as(self, other: RolloutConfig) -> bool:
+        """Whether ``other`` routes every request as this does: equal, with the arms in the same order.
+        ``==`` alone takes two ``variants`` listed in another order for the same, but the first arm is the
+        control and an A/B test splits its buckets in listed order: a running server kept the old order of
+        an edited ``config.toml`` while a worker started after the edit took the new one, and the two sent
+        every user to another version."""
+        return self == other and list(self.variants) == list(other.variants)
+
 
 def _variant(name: str, value: object) -> VariantConfig:
     if isinstance(value, VariantConfig):

@@ -313,6 +313,28 @@ def test_a_reload_that_ends_the_rollout_forgets_the_bandit_s_draws(versions: Pat
     assert server.record_outcome(None, 1.0, model="scale", key="alice") is None
 
 
+def test_arms_listed_in_another_order_in_an_edited_config_toml_are_routed_so(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """The first arm is the control and an A/B test splits its buckets in listed order, but configurations
+    whose arms differ in order only compared equal: a running server kept the old order after the edit,
+    while a worker started after it took the new one (every user of the 40 went to another version)."""
+    config = versions / "scale" / "config.toml"
+    head = 'version_policy = "all"\n[rollout]\nstrategy = "ab"\n[rollout.variants]\n'
+    config.write_text(head + "a = { version = 1 }\nb = { version = 2 }\n")
+    running = make_server(versions)
+    users = [f"user{i}" for i in range(40)]
+    before = [predict(running, user).version for user in users]
+    config.write_text(head + "b = { version = 2 }\na = { version = 1 }\n")
+    assert running.refresh() == []
+    started_after = make_server(versions)
+    assert [predict(running, user).version for user in users] == [
+        predict(started_after, user).version for user in users
+    ]
+    assert [predict(running, user).version for user in users] != before
+    assert list(running.status()["models"]["scale"]["rollout"]["configured"]["arms"]) == ["b", "a"]  # (b: the control)
+
+
 def test_an_outcome_by_an_empty_key_is_credited_to_no_one(versions: Path, make_server: ServerFactory) -> None:
     """An empty key is no key: it was bucketed at random, one variant or the other at each call."""
     server = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
