@@ -408,6 +408,25 @@ class Router:
             return decision
         return self._decide_settled(ready, latest, context)
 
+    def decide_published(
+        self,
+        published: Callable[[], T],
+        versions_of: Callable[[T], tuple[Mapping[int, Any], int]],
+        context: Mapping[str, Any] | None,
+    ) -> tuple[T, Decision]:
+        """:meth:`decide` with the versions published with the routing state it decides by: ``published()``
+        (read again with the state each time a change overlapped the decision), and its ``(ready, latest)``.
+        For the caller whose versions were replaced while it decided: made again with the versions it had
+        read, an overlapped decision took the new state with the old versions (a new stable version not
+        among them: the latest of them, which no state serves)."""
+
+        def read() -> tuple[T, Decision]:
+            routes = published()
+            ready, latest = versions_of(routes)
+            return routes, self._decide_now(ready, latest, context)
+
+        return self._settled(read)
+
     def _decide_settled(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
         """:meth:`decide` once no change is being applied (a change this thread applies: as it stands)."""
         return self._settled(lambda: self._decide_now(ready, latest, context))

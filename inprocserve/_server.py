@@ -764,10 +764,14 @@ class Server(RolloutMethods):
         return version
 
     def _decided_again(self, model: str, routes: Routes, context: Mapping[str, Any] | None) -> tuple[Routes, Decision]:
-        """The decision with ``routes``, published while a request decided with those before: made once (made
-        again while routes were replaced meanwhile, a decision slower than the time between two publishes
-        would be made for ever)."""
-        return routes, routes.router.decide(routes.versions, routes.default.version, context)
+        """The decision, with the routes published since a request decided with others (``routes``, or any
+        published after them): routes and decision are read again together when a change overlaps it, as
+        routes are replaced within the router's change (a decision overlapped again, made again with
+        ``routes``, took the newer state with older versions: a request of a revision every 10 ms went to a
+        version no revision made stable). Made at most as often as Router.decide makes one: a decision
+        slower than the time between two changes would be made for ever."""
+        registry = self._registry
+        return routes.router.decide_published(lambda: registry.routes.get(model) or routes, _versions_of, context)
 
     def _route(
         self, model: str, version: int | None, context: Mapping[str, Any] | None
@@ -1050,6 +1054,10 @@ def version_number(version: object) -> int:
     if isinstance(version, bool) or not isinstance(version, numbers.Integral):
         raise TypeError(f"version must be an int or None, got {type(version).__name__}")
     return int(version)
+
+
+def _versions_of(routes: Routes) -> tuple[Mapping[int, ModelVersion], int]:
+    return routes.versions, routes.default.version
 
 
 def _pinned(version: int) -> Decision:

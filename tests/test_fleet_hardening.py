@@ -1039,3 +1039,60 @@ def test_an_outcome_by_key_during_a_promotion_is_credited_by_one_state(fleet: Pa
         for thread in threads:
             thread.join(timeout=60)
     assert credited == []
+
+
+class _SlowFlags(inprocserve.InMemoryFlags):
+    """A flag service that takes 50 ms to evaluate the strategy flag (on the flag reader's workers)."""
+
+    name = "slow"
+    blocking = True
+
+    def get_string(self, key: str, default: str, context: Any) -> str:
+        time.sleep(0.05)
+        return super().get_string(key, default, context)
+
+
+def test_a_decision_overlapped_by_two_revisions_that_load_their_stable_version_gets_one_of_them(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A request whose routes were replaced while it decided decides again with those routes; overlapped
+    # again by a revision that loaded another version and made it stable, it was made again (Router._settled)
+    # with those routes still: the new stable version not among them, the latest of them (v99) answered,
+    # which no revision made stable (6 of 8 requests here). Routes and state are now read again together.
+    for version in (1, 99):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    write(repository, fraud=ModelControl(stable=1))
+    config = ModelConfig(
+        version_policy=VersionPolicy.all(),
+        rollout=RolloutConfig(strategy="canary", canary=inprocserve.CanaryConfig(version=99, percent=0)),
+    )
+    server = make_server(repository, config=config, flags=_SlowFlags({}), flag_timeout_s=5, control_interval_s=3600)
+    named = {1}
+    stop = threading.Event()
+    other: list[int] = []
+    answered: list[int] = []
+
+    def predict() -> None:
+        while not stop.is_set():
+            before = set(named)
+            version = server.predict("fraud", X, context={"user_id": "u"}).version
+            answered.append(version)
+            if version not in before | named:
+                other.append(version)
+
+    threads = [threading.Thread(target=predict) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for k in range(2, 40):
+            save_model(build_scale_model(float(k)), repository, "fraud", k)  # named by the revision: loaded then
+            named.add(k)
+            write(repository, fraud=ModelControl(stable=k, previous_stable=k - 1))
+            server.sync_control()
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert answered
+    assert other == []
