@@ -380,6 +380,11 @@ class Sharing:
                         self._requeued[request] = queued_on
         elif rerun:
             refused, _ = self._queue(request, target)
+        elif type(request.future) is Future and not request.future.set_running_or_notify_cancel():
+            # its caller cancelled it just as its leader answered (after this took it): recorded as what
+            # the caller got, not as the answer it never sees; once running, it can no longer be cancelled
+            finish_detached(request, None, CancelledError(), self._deliver)
+            return
         if rerun:
             if refused is not None:  # finished outside the lock: a future's callbacks may call the server
                 finish_detached(request, None, refused, self._deliver)
