@@ -514,8 +514,10 @@ class Registry:
     def _changed(current: ModelVersion, path: Path, config: ModelConfig, *, stamp: _Stamp | None) -> bool:
         """Whether a loaded version no longer matches what would be loaded now: another file, another
         configuration, or files that changed since it loaded (a rewritten ``model.onnx`` or
-        ``remote.toml``, external weights, the model folder's ``config.toml`` or warm-up archive)."""
-        if current.path != path or current.config != config:
+        ``remote.toml``, external weights, the model folder's ``config.toml`` or warm-up archive). A
+        configuration whose rollout lists its arms in another order is another (``==`` takes it for the same:
+        see RolloutConfig.routes_as), so ``load(config=...)`` that reorders them is applied."""
+        if current.path != path or current.config != config or not current.config.rollout.routes_as(config.rollout):
             return True
         return current.source_stamp != stamp
 

@@ -335,6 +335,23 @@ def test_arms_listed_in_another_order_in_an_edited_config_toml_are_routed_so(
     assert list(running.status()["models"]["scale"]["rollout"]["configured"]["arms"]) == ["b", "a"]  # (b: the control)
 
 
+def test_arms_listed_in_another_order_by_load_config_are_routed_so(versions: Path, make_server: ServerFactory) -> None:
+    """As an edited config.toml: ``load(config=...)`` whose arms differ in order only compared equal to the
+    loaded version's configuration, so the version was kept with its old order (40 of 40 users routed
+    otherwise than by a server started with that configuration)."""
+    reordered = rollout(strategy="ab", variants={"b": ARMS["b"], "a": ARMS["a"]})
+    running = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
+    users = [f"user{i}" for i in range(40)]
+    before = [predict(running, user).version for user in users]
+    running.load("scale", config=reordered)
+    started_after = make_server(versions, config=reordered)
+    assert [predict(running, user).version for user in users] == [
+        predict(started_after, user).version for user in users
+    ]
+    assert [predict(running, user).version for user in users] != before
+    assert list(running.status()["models"]["scale"]["rollout"]["configured"]["arms"]) == ["b", "a"]
+
+
 def test_an_outcome_by_an_empty_key_is_credited_to_no_one(versions: Path, make_server: ServerFactory) -> None:
     """An empty key is no key: it was bucketed at random, one variant or the other at each call."""
     server = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
