@@ -62,12 +62,13 @@ def check_timeout(timeout_s: object) -> float | None:
 class _Alarm:
     """One armed deadline; ``fired`` tells the run that its stop came from the watchdog."""
 
-    __slots__ = ("action", "cancelled", "fired")
+    __slots__ = ("action", "cancelled", "fired", "unlocked")
 
-    def __init__(self, action: Callable[[], None]) -> None:
+    def __init__(self, action: Callable[[], None], *, unlocked: bool = False) -> None:
         self.action = action
         self.cancelled = False
         self.fired = False
+        self.unlocked = unlocked
 
 
 class Watchdog:
@@ -97,8 +98,10 @@ class Watchdog:
         self._reset_state()  # the parent's thread does not exist here
         self._closed = closed
 
-    def arm(self, delay_s: float, action: Callable[[], None]) -> _Alarm:
+    def arm(self, delay_s: float, action: Callable[[], None], *, unlocked: bool = False) -> _Alarm:
         """Call ``action`` (on the watchdog thread) ``delay_s`` from now unless :meth:`disarm` comes first.
+        ``unlocked``: call it without the watchdog's lock (an action that may run callers' code, which could
+        arm another alarm); else it runs under the lock, which only a cheap action may.
 
         A delay longer than a lock can wait (half of ``threading.TIMEOUT_MAX``: centuries) is cut to that.
 
@@ -110,7 +113,7 @@ class Watchdog:
                 f"a deadline's delay must be a finite number of seconds, got {delay_s!r} "
                 "(a clock that returned NaN or infinity? for no deadline, do not arm the watchdog)"
             )
-        alarm = _Alarm(action)
+        alarm = _Alarm(action, unlocked=unlocked)
         due = time.monotonic() + min(delay_s, _MAX_WAIT_S)
         with self._lock:
             if self._closed:  # a closing owner: nothing left to stop, the run proceeds unbounded
@@ -166,10 +169,17 @@ class Watchdog:
                         self._cancelled = max(0, self._cancelled - 1)
                     else:
                         alarm.fired = True
+                        if alarm.unlocked:
+                            self._lock.release()
                         try:
-                            alarm.action()  # sets a flag: cheap enough to run under the lock
+                            alarm.action()  # (a locked one sets a flag: cheap enough to run under the lock)
                         except Exception:
                             logger.exception("a deadline's action raised; the watchdog carries on")
+                        finally:
+                            if alarm.unlocked:
+                                self._lock.acquire()
+                        if alarm.unlocked:
+                            continue  # (arm() may have replaced the heap meanwhile)
                     while heap and heap[0][2].cancelled:
                         heap_pop(heap)
                         self._cancelled = max(0, self._cancelled - 1)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._batching import Batcher, VersionRetiredError
+from ._deadlines import Watchdog
 from ._errors import DeadlineExceededError, ModelNotFoundError, ServerClosedError
 from ._request import Finisher, Request, finish_detached
 from ._request_telemetry import RequestTelemetry
@@ -178,20 +179,24 @@ class _Following:
     Whoever :meth:`take` s it first, under the Sharing lock, answers the follower: the leader's callback,
     or the future of a caller that gave up (see Sharing._given_up); the other finds nothing."""
 
-    __slots__ = ("lock", "request", "target")
+    __slots__ = ("alarm", "deadlines", "lock", "request", "target")
 
     def __init__(self, request: Request, target: ModelVersion, lock: threading.Lock) -> None:
         self.request: Request | None = request
         self.target: ModelVersion | None = target
         self.lock = lock
+        self.alarm: Any = None  # a submit follower's deadline on ``deadlines``, disarmed once taken
+        self.deadlines: Watchdog | None = None
 
     def clear(self) -> None:
         self.request = self.target = None
 
     def take(self) -> tuple[Request, ModelVersion] | None:
         with self.lock:
-            request, target = self.request, self.target
-            self.request = self.target = None
+            request, target, alarm = self.request, self.target, self.alarm
+            self.request = self.target = self.alarm = None
+        if alarm is not None and self.deadlines is not None:
+            self.deadlines.disarm(alarm)
         return None if request is None or target is None else (request, target)
 
     def leader_done(
@@ -245,6 +250,13 @@ class Sharing:
         self._waiting: dict[Request, _Following] = {}
         # Synchronous followers queued to run by themselves, and the batcher that queued them.
         self._requeued: dict[Request, Batcher] = {}
+        # Gives up ``submit`` followers at their deadline (nothing else would until their leader finishes);
+        # its thread starts with the first such follower.
+        self._deadlines = Watchdog("inprocserve-follower-deadlines")
+
+    def close(self) -> None:
+        """Stop the deadline thread (the server closed: leaders are answered or refused, and so followers)."""
+        self._deadlines.close()
 
     def __len__(self) -> int:
         """Leaders in flight."""
@@ -297,6 +309,18 @@ class Sharing:
                 watch(gave_up)
             else:  # (a submit future is done before its answer only if cancelled)
                 future.add_done_callback(lambda _future: gave_up(CancelledError()))
+                if request.deadline is not None:  # nor is it let go at its deadline by anything else
+                    route = request.route
+                    late = DeadlineExceededError(
+                        f"model {route.model!r} version {route.version}: no answer within the request's "
+                        "deadline (it waited for an identical request in flight)",
+                        model=route.model,
+                        version=route.version,
+                    )
+                    following.deadlines = self._deadlines
+                    following.alarm = self._deadlines.arm(
+                        request.deadline - self._clock(), functools.partial(gave_up, late), unlocked=True
+                    )
         leader.add_done_callback(following.leader_done(self._follow))
         return True
 

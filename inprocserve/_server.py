@@ -969,6 +969,7 @@ class Server(RolloutMethods):
         self._registry.join_poller()
         self._operations.close()
         self._drift.close()
+        self._sharing.close()
         self._finalizer.detach()
         METRICS.remove_source(self._gauge_source)
 

@@ -108,3 +108,12 @@ def test_a_server_on_a_manual_clock_keeps_enforcing_deadlines(repository: Path, 
     for _ in range(3):
         assert server.predict("scale", x, timeout_s=1.0)["y"].tolist() == [[2.0] * 4] * 2
         clock.advance(0.1)
+
+
+def test_an_unlocked_action_may_arm_another_alarm(watchdog: Watchdog) -> None:
+    """An action armed ``unlocked`` runs without the watchdog's lock: it may run callers' code (a follower's
+    future's callbacks), which may arm another alarm, and the watchdog carries on."""
+    fired = threading.Event()
+    watchdog.arm(0.001, lambda: watchdog.arm(0.001, fired.set), unlocked=True)
+    assert fired.wait(timeout=GENEROUS_S)
+    assert _fires(watchdog)

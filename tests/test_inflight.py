@@ -258,6 +258,47 @@ def test_async_followers_that_gave_up_are_let_go_and_recorded_once(
     assert (latency["count"], latency["errors"]) == (3, 400)  # and never again
 
 
+def test_submit_followers_past_their_deadline_are_let_go_at_it(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """A ``submit`` follower with ``timeout_s`` fails at its deadline, as ``predict``'s does, and lets its
+    inputs go: nothing else let it go before its leader finished (400 of them with a 1 ms deadline held
+    51 MiB behind one held-up 64-row run, then were all answered 650 ms late, as successes)."""
+    from .test_interrupted_callers import GatedRuns
+
+    no_samples = inprocserve.RolloutConfig(capture_inputs=0)
+    server = make_server(
+        busy_repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True), rollout=no_samples)
+    )
+    server.predict("busy", busy_inputs(1))
+    gate = GatedRuns(server, "busy", hold=(64,))
+    hot = busy_inputs(64, seed=7)  # 128 KiB
+    leader = server.submit("busy", hot)
+    assert gate.started[64].wait(WAIT_S)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        futures = [
+            server.submit("busy", {name: array.copy() for name, array in hot.items()}, timeout_s=0.001)
+            for _ in range(400)
+        ]
+        for future in futures:
+            with pytest.raises(inprocserve.DeadlineExceededError, match="identical request in flight"):
+                future.result(timeout=WAIT_S)
+        futures.clear()
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 4 * 2**20  # (51 MiB while the leader ran)
+    latency = version_status(server, "busy")["latency_ms"]
+    assert (latency["count"], latency["errors"]) == (1, 400)  # recorded at their deadline
+    gate.open_all()
+    leader.result(timeout=WAIT_S)
+    latency = version_status(server, "busy")["latency_ms"]
+    assert (latency["count"], latency["errors"]) == (2, 400)  # and never again
+
+
 def test_a_submit_follower_cancelled_as_its_leader_answers_is_recorded_as_what_its_caller_got(
     busy_repository: Path, make_server: ServerFactory
 ) -> None:
