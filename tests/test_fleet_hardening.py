@@ -59,6 +59,31 @@ def fleet(repository: Path) -> Path:
     return repository
 
 
+def alternate_while(
+    work: Callable[[int], None],
+    server: inprocserve.Server,
+    fleet: Path,
+    states: tuple[ModelControl, ...],
+    *,
+    rounds: int,
+    stop: threading.Event,
+) -> None:
+    """Write the fleet's control file through ``states`` ``rounds`` times, each applied at once, while 8
+    threads run ``work(index)``; then set ``stop`` and join them."""
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(rounds):
+            for state in states:
+                write(fleet, fraud=state)
+                server.sync_control()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+
+
 # -- 1. a revision that cannot be applied in full ---------------------------------------------------------
 
 
@@ -947,18 +972,7 @@ def test_a_revision_that_promotes_the_canary_never_sends_its_users_to_the_old_st
                 if result.version != 3:
                     old_version.append((user, result.reason))
 
-    threads = [threading.Thread(target=predict, args=(index,)) for index in range(8)]
-    for thread in threads:
-        thread.start()
-    try:
-        for _ in range(150):
-            for state in (promoted, canary):
-                write(fleet, fraud=state)
-                server.sync_control()
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+    alternate_while(predict, server, fleet, (promoted, canary), rounds=150, stop=stop)
     assert old_version == []
 
 
@@ -1026,18 +1040,7 @@ def test_an_outcome_by_key_during_a_promotion_is_credited_by_one_state(fleet: Pa
                 if variant not in ("canary", None):
                     credited.append(variant)
 
-    threads = [threading.Thread(target=record, args=(index,)) for index in range(8)]
-    for thread in threads:
-        thread.start()
-    try:
-        for _ in range(100):
-            for state in (promoted, canary):
-                write(fleet, fraud=state)
-                server.sync_control()
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+    alternate_while(record, server, fleet, (promoted, canary), rounds=100, stop=stop)
     assert credited == []
 
 
