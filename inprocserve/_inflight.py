@@ -172,12 +172,13 @@ class Coalescer:
 
 class _Following:
     """What a leader's done-callback holds of one follower: the follower and its version, until its caller
-    gives up (a synchronous caller past its deadline or interrupted; a ``submit`` future cancelled; an
-    event loop's task cancelled or answered by its deadline). A future keeps its callbacks until it is done,
-    so a leader running long kept every given-up follower, with its own copy of the inputs, alive: 400
-    callers of the hot request with a 1 ms deadline held 50 MiB while one run of 64 rows was held up.
+    gives up (a synchronous caller past its deadline or interrupted; a ``submit`` future cancelled or past
+    its deadline; an event loop's task cancelled or answered by its deadline). A future keeps its callbacks
+    until it is done, so a leader running long kept every given-up follower, with its own copy of the inputs,
+    alive: 400 callers of the hot request with a 1 ms deadline held 50 MiB while one run of 64 rows was held up.
     Whoever :meth:`take` s it first, under the Sharing lock, answers the follower: the leader's callback,
-    or the future of a caller that gave up (see Sharing._given_up); the other finds nothing."""
+    or its caller giving up (its future done first, or a ``submit`` follower's deadline alarm: see
+    Sharing._given_up); the other finds nothing."""
 
     __slots__ = ("alarm", "deadlines", "lock", "request", "target")
 
@@ -212,7 +213,8 @@ class _Following:
 
 class Sharing:
     """How the server answers a request without a run of its own: from the version's cache, or by following
-    an identical request in flight (``CacheConfig.share_in_flight``). Thread-safe; holds no threads.
+    an identical request in flight (``CacheConfig.share_in_flight``). Thread-safe; holds one thread, a
+    watchdog started with the first ``submit`` follower that has a deadline (:meth:`close` stops it).
 
     Args:
         deliver: The server's per-request hook that resolves a ``submit`` future.
@@ -380,10 +382,11 @@ class Sharing:
             requeued_on.interrupted(request)
 
     def _given_up(self, following: _Following, given: BaseException) -> None:
-        """The future of a follower's caller is done, ``given`` what it got if that was not its answer: a
-        cancellation, or an event loop's task's deadline (a future answered by its leader finds nothing to
-        take). Not answered yet, it is answered now with ``given``, as a queued request dropped for it is:
-        recorded once, and its inputs let go instead of kept until its leader finishes."""
+        """A follower's caller gave up, ``given`` what it got instead of its answer: a cancellation, an event
+        loop's task's deadline, or a ``submit`` follower's deadline (its alarm on ``_deadlines``); a follower
+        answered by its leader already finds nothing to take. Not answered yet, it is answered now with
+        ``given``, as a queued request dropped for it is: recorded once, and its inputs let go instead of
+        kept until its leader finishes."""
         taken = following.take()
         if taken is not None:
             finish_detached(taken[0], None, given, self._deliver)

@@ -262,11 +262,11 @@ def _watched(connection_class: Any) -> Any:
 
 def _idle_limit(keep_alive: str | None) -> float | None:
     """How long a connection may be left idle and used again, by the timeout a server's ``Keep-Alive``
-    header announces (``timeout=5``, in seconds): a second less, or half of it if that is shorter. ``None``
-    when it announces none (gunicorn and uvicorn do not): :data:`_IDLE_S` then. Without it, calls one or two
-    seconds apart to a server that keeps connections 5 s or more (Node, nginx, Apache) each opened a new
-    connection: 4 ms more a call on loopback over ``https://``, a TLS handshake of one or two round trips
-    more across a network."""
+    header announces (``timeout=5``, in seconds): a second less, or half of it where that is longer (a
+    timeout under 2 s). ``None`` when it announces none (gunicorn and uvicorn do not): :data:`_IDLE_S` then.
+    Without it, calls one or two seconds apart to a server that keeps connections 5 s or more (Node, nginx,
+    Apache) each opened a new connection: 4 ms more a call on loopback over ``https://``, a TLS handshake of
+    one or two round trips more across a network."""
     if not keep_alive:
         return None
     for part in keep_alive.split(","):

@@ -86,13 +86,15 @@ class RemoteModel:
     """Retries of a call that certainly did not run (connection refused, 503), within the deadline."""
     retry_after_send: bool = False
     """Also retry after the request may have reached the server (reset connection, 502): only for models
-    whose inference has no side effects worth protecting, since the server may run it twice."""
+    whose inference has no side effects worth protecting, since the server may run it twice. An answer too
+    long for its batch is never sent again (it would be as long again)."""
     protocol: str = "http"
     """``"http"`` (REST with the binary tensor extension where the server offers it); gRPC is not supported."""
     concurrency: int = 4
     """Connection slots: the batcher runs this many batches on the remote server at once."""
     binary_tensors: bool | None = None
-    """Send and ask for tensors in the binary extension (``None``: when the server lists it in ``GET /v2``)."""
+    """Send and ask for tensors in the binary extension (``None``: when the server lists it in ``GET /v2``).
+    Sent as JSON, a ``BYTES`` input takes text only: ``bytes`` that are not UTF-8 are refused."""
     failure_threshold: int = 5
     """Consecutive failed calls that open the circuit breaker (calls then fail fast)."""
     cooloff_s: float = 5.0

@@ -399,8 +399,9 @@ class Router:
         Raises :class:`InvalidInputError` for a ``context`` that is not a mapping, and
         :class:`ControlStateUnknownError` while :attr:`refusal` is set.
 
-        Made from one routing state: a decision that a change (:meth:`changing`) overlapped is made again
-        (a rare event: changes are an operator's; a bandit's draw or a flag read is then made twice).
+        Made from one routing state: a decision that a change (:meth:`changing`) overlapped is made again,
+        up to ``_SETTLE_TRIES`` times more (a rare event: changes are an operator's; a bandit's draw or a flag
+        read is then made again with it).
         """
         generation = self._generation
         decision = self._decide_now(ready, latest, context)

@@ -512,7 +512,8 @@ class Server(RolloutMethods):
         requests; never more queued rows than ``max_queue_rows``) so the sessions stay busy without
         :class:`QueueFullError`; when other traffic fills the queue a request is retried. Each request is
         routed like a :meth:`predict` call: pin ``version`` to score a whole job on one version (the parts of
-        one batch are routed once, by its first part, and answered by one version). The version's
+        one batch follow its first part's routing while that routing stands, and are answered by one
+        version: docs/performance.md, "Batch scoring"). The version's
         prediction cache is neither read nor filled (nor are identical requests in flight shared). Closing the
         iterator early (``break``, an exception) cancels the requests still queued.
 
