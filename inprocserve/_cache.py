@@ -100,7 +100,10 @@ class PredictionCache:
         with self._lock:
             entries = self._entries
             if key not in entries and len(entries) >= self._config.max_entries:
-                entries.popitem()  # (the least recently used: as many entries as the count allows)
+                try:
+                    entries.popitem()  # (the least recently used: as many entries as the count allows)
+                except KeyError:  # every entry len() counted expired before this (a TTLCache expires both)
+                    pass
             entries[key] = (size, kept)  # (and more go while the answers would hold more than max_bytes)
 
     def status(self) -> dict[str, Any]:

@@ -191,3 +191,20 @@ def test_an_answer_is_weighed_once_and_not_under_the_lock(monkeypatch: pytest.Mo
     assert weighed == [False]
     got = cache.get(b"k")
     assert got is not None and got["probabilities"] == maps
+
+
+def test_a_store_when_every_entry_expires_as_it_is_made_is_kept() -> None:
+    # A full TTL cache expires entries when it counts them and again when it evicts one: every entry counted
+    # could expire in between, and the eviction raised KeyError('TTLCache is empty') out of predict.
+    from inprocserve._cache import PredictionCache
+
+    now = [0.0]
+
+    def clock() -> float:  # every read half a second later: the entry lives one read
+        now[0] += 0.5
+        return now[0]
+
+    cache = PredictionCache(CacheConfig(enabled=True, max_entries=1, ttl_s=1.0), clock=clock)
+    for index in range(5):
+        cache.store(bytes([index]), {"y": np.full((1, 2), index, np.float32)})
+    assert cache.status()["entries"] <= 1
