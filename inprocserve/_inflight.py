@@ -388,8 +388,16 @@ class Sharing:
         ``given``, as a queued request dropped for it is: recorded once, and its inputs let go instead of
         kept until its leader finishes."""
         taken = following.take()
-        if taken is not None:
-            finish_detached(taken[0], None, given, self._deliver)
+        if taken is None:
+            return
+        future = taken[0].future
+        if (
+            type(future) is Future
+            and not isinstance(given, CancelledError)
+            and not future.set_running_or_notify_cancel()
+        ):
+            given = CancelledError()  # cancelled by its caller as its deadline fired: recorded as what it got
+        finish_detached(taken[0], None, given, self._deliver)
 
     def _follow(self, request: Request, target: ModelVersion, leader: Future[Mapping[str, Any]]) -> None:
         """An identical request's leader is done: take its answer or error, or run this one by itself when

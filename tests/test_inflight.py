@@ -337,6 +337,37 @@ def test_a_submit_follower_cancelled_as_its_leader_answers_is_recorded_as_what_i
     assert (latency["count"], latency["errors"]) == (2 + answered, 3 - answered)  # (was (5, 0), 3 cancelled)
 
 
+def test_a_submit_follower_cancelled_as_its_deadline_fires_gets_what_is_recorded(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """A ``submit`` follower whose caller cancels it just as its deadline's alarm takes it: the alarm records
+    ``DeadlineExceededError``, so the caller gets that, not a ``CancelledError`` that nothing recorded."""
+    from .test_interrupted_callers import GatedRuns
+
+    server = make_server(busy_repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True)))
+    server.predict("busy", busy_inputs(1))
+    gate = GatedRuns(server, "busy", hold=(64,))
+    hot = busy_inputs(64, seed=7)
+    leader = server.submit("busy", hot)
+    assert gate.started[64].wait(WAIT_S)
+    sharing = server._sharing
+    deliver = sharing._deliver
+    followers: list[Any] = []
+
+    def cancelled_meanwhile(request: Any) -> None:  # (its caller cancels at this very moment)
+        if request.future in followers:
+            request.future.cancel()
+        deliver(request)
+
+    sharing._deliver = cancelled_meanwhile  # type: ignore[method-assign]
+    followers.extend(server.submit("busy", hot, timeout_s=0.01) for _ in range(3))
+    for follower in followers:
+        with pytest.raises(inprocserve.DeadlineExceededError):
+            follower.result(timeout=WAIT_S)
+    gate.open_all()
+    leader.result(timeout=WAIT_S)
+
+
 def test_followers_of_a_leader_past_its_deadline_are_answered(
     busy_repository: Path, make_server: ServerFactory
 ) -> None:
