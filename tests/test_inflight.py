@@ -31,6 +31,24 @@ def sharing(share: bool | None, *, cache: bool = False, **batching: int) -> Mode
     return ModelConfig(cache=CacheConfig(enabled=cache, share_in_flight=share), batching=BatchingConfig(**batching))
 
 
+def held_hot_leader(
+    make_server: ServerFactory, repository: Path, *, samples: bool = True
+) -> tuple[inprocserve.Server, Any, dict[str, np.ndarray], Any]:
+    """A server sharing identical requests in flight, and the leader of a hot 64-row request (128 KiB)
+    held in its run until ``gate.open_all()``: ``(server, gate, hot, leader)``. ``samples=False``: no
+    promotion samples (they hold up to 32 MiB of inputs, which a memory measurement would count)."""
+    from .test_interrupted_callers import GatedRuns
+
+    rollout = inprocserve.RolloutConfig() if samples else inprocserve.RolloutConfig(capture_inputs=0)
+    server = make_server(repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True), rollout=rollout))
+    server.predict("busy", busy_inputs(1))
+    gate = GatedRuns(server, "busy", hold=(64,))
+    hot = busy_inputs(64, seed=7)
+    leader = server.submit("busy", hot)
+    assert gate.started[64].wait(WAIT_S)
+    return server, gate, hot, leader
+
+
 def test_without_the_cache_identical_requests_share_a_run_when_switched_on(
     busy_repository: Path, make_server: ServerFactory
 ) -> None:
@@ -176,17 +194,7 @@ def test_followers_that_gave_up_are_not_kept_alive_by_a_long_leader(
 ) -> None:
     """Callers of the hot request with short deadlines follow a leader whose run takes long, and give up:
     the leader must not keep each one's inputs until it finishes (400 of them held 50 MiB)."""
-    from .test_interrupted_callers import GatedRuns
-
-    no_samples = inprocserve.RolloutConfig(capture_inputs=0)  # (promotion samples hold up to 32 MiB of inputs)
-    server = make_server(
-        busy_repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True), rollout=no_samples)
-    )
-    server.predict("busy", busy_inputs(1))
-    gate = GatedRuns(server, "busy", hold=(64,))
-    hot = busy_inputs(64, seed=7)  # 128 KiB
-    leader = server.submit("busy", hot)
-    assert gate.started[64].wait(WAIT_S)
+    server, gate, hot, leader = held_hot_leader(make_server, busy_repository, samples=False)
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
@@ -209,17 +217,7 @@ def test_async_followers_that_gave_up_are_let_go_and_recorded_once(
     past its deadline, lets its follower (and its inputs) go at once, not when the leader finishes (400 of
     them held 51 MiB), and is recorded once, as what its caller got (a cancelled ``submit`` follower was
     recorded as answered)."""
-    from .test_interrupted_callers import GatedRuns
-
-    no_samples = inprocserve.RolloutConfig(capture_inputs=0)
-    server = make_server(
-        busy_repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True), rollout=no_samples)
-    )
-    server.predict("busy", busy_inputs(1))
-    gate = GatedRuns(server, "busy", hold=(64,))
-    hot = busy_inputs(64, seed=7)  # 128 KiB
-    leader = server.submit("busy", hot)
-    assert gate.started[64].wait(WAIT_S)
+    server, gate, hot, leader = held_hot_leader(make_server, busy_repository, samples=False)
 
     def copy() -> dict[str, np.ndarray]:
         return {name: array.copy() for name, array in hot.items()}
@@ -264,17 +262,7 @@ def test_submit_followers_past_their_deadline_are_let_go_at_it(
     """A ``submit`` follower with ``timeout_s`` fails at its deadline, as ``predict``'s does, and lets its
     inputs go: nothing else let it go before its leader finished (400 of them with a 1 ms deadline held
     51 MiB behind one held-up 64-row run, then were all answered 650 ms late, as successes)."""
-    from .test_interrupted_callers import GatedRuns
-
-    no_samples = inprocserve.RolloutConfig(capture_inputs=0)
-    server = make_server(
-        busy_repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True), rollout=no_samples)
-    )
-    server.predict("busy", busy_inputs(1))
-    gate = GatedRuns(server, "busy", hold=(64,))
-    hot = busy_inputs(64, seed=7)  # 128 KiB
-    leader = server.submit("busy", hot)
-    assert gate.started[64].wait(WAIT_S)
+    server, gate, hot, leader = held_hot_leader(make_server, busy_repository, samples=False)
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
@@ -306,14 +294,7 @@ def test_a_submit_follower_cancelled_as_its_leader_answers_is_recorded_as_what_i
     answer not yet set): recorded as answered, its caller got ``CancelledError`` (up to 9 of 1,650 such
     cancellations under a thread switch every 20 us). Once handed over it runs: a cancel then fails, and
     the caller gets the answer that is recorded."""
-    from .test_interrupted_callers import GatedRuns
-
-    server = make_server(busy_repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True)))
-    server.predict("busy", busy_inputs(1))
-    gate = GatedRuns(server, "busy", hold=(64,))
-    hot = busy_inputs(64, seed=7)
-    leader = server.submit("busy", hot)
-    assert gate.started[64].wait(WAIT_S)
+    server, gate, hot, leader = held_hot_leader(make_server, busy_repository)
     followers = [server.submit("busy", hot) for _ in range(3)]
     sharing = server._sharing
     deliver = sharing._deliver
@@ -342,14 +323,7 @@ def test_a_submit_follower_cancelled_as_its_deadline_fires_gets_what_is_recorded
 ) -> None:
     """A ``submit`` follower whose caller cancels it just as its deadline's alarm takes it: the alarm records
     ``DeadlineExceededError``, so the caller gets that, not a ``CancelledError`` that nothing recorded."""
-    from .test_interrupted_callers import GatedRuns
-
-    server = make_server(busy_repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True)))
-    server.predict("busy", busy_inputs(1))
-    gate = GatedRuns(server, "busy", hold=(64,))
-    hot = busy_inputs(64, seed=7)
-    leader = server.submit("busy", hot)
-    assert gate.started[64].wait(WAIT_S)
+    server, gate, hot, leader = held_hot_leader(make_server, busy_repository)
     sharing = server._sharing
     deliver = sharing._deliver
     followers: list[Any] = []
