@@ -32,6 +32,10 @@ __all__ = ["MAX_RESPONSE_BYTES", "HttpClient", "HttpResponse", "TransportError"]
 MAX_RESPONSE_BYTES = 1 << 30
 """A response body longer than this is refused (a broken server must not exhaust the process's memory)."""
 _CHUNK = 1 << 20
+_ERROR_BODY_BYTES = 64 << 10
+"""How much of an error answer's body (a status of 300 or more) is read: enough for its message. An error is
+judged by its status, so a long one (a validation error that echoes the inputs back) is the same error as a
+short one, not an answer too long; the rest is left unread, and its connection closed rather than reused."""
 _IDLE_S = 1.0
 """A kept-alive connection idle longer than this is closed rather than used again. A server closes a
 connection idle past its own keep-alive timeout (gunicorn 2 s, uvicorn and so MLServer 5 s, Node 5 s), and a
@@ -46,8 +50,8 @@ _calls = threading.local()  # .watch: the call this thread is making, for the co
 
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
-    """A whole response: status, body (read to the end, so the connection goes back to the pool) and headers
-    (names lower-cased)."""
+    """A whole response: status, body (read to the end, so the connection goes back to the pool; of an error
+    answer, only its first 64 KiB) and headers (names lower-cased)."""
 
     status: int
     body: bytes
@@ -121,6 +125,8 @@ class HttpClient:
                 has no socket to shut yet: it is bounded by ``connect_timeout_s`` on its own, so the worst
                 case is ``timeout_s`` plus that, when the connection is opened at the very end.)
             max_bytes: The longest body taken (at most :data:`MAX_RESPONSE_BYTES`): reading stops past it.
+                An error answer (status 300 or more) is returned whatever its length, with only the first
+                64 KiB of its body (enough for its message).
 
         Raises:
             TransportError: no whole response (connection refused or reset, a timeout, the pool closed, a
@@ -177,6 +183,9 @@ class HttpClient:
         chunks: list[bytes] = []
         total = 0
         whole = False
+        # An error answer is its status: only the start of its body is read, for the message, however long it
+        # is (a 422 longer than a batch's outputs was refused as too long, a server failure, not the caller's).
+        prefix = _ERROR_BODY_BYTES if response.status >= 300 else None
         try:
             while True:  # bounded: by the deadline, and by the size cap
                 if time.monotonic() > deadline:
@@ -184,6 +193,9 @@ class HttpClient:
                 chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for all of it)
                 if not chunk:
                     whole = True
+                    break
+                if prefix is not None and total + len(chunk) > prefix:
+                    chunks.append(chunk[: prefix - total])  # the rest stays unread: the connection is dropped
                     break
                 total += len(chunk)
                 if total > max_bytes:

@@ -44,7 +44,7 @@ class Scripted(ThreadingHTTPServer):
     "deep 500" or "huge integer" (hostile bodies), "float64", "int64" or "narrow" (y of another type, or of 3
     columns), "thrice" (y = 2x repeated three times along a new first axis), "early hints" (a 103 interim
     answer, then y = 2x 0.2 s later), "switch" (a 101 Switching Protocols, then y = 2x 0.2 s later), "flood"
-    (y of three million values, whatever the rows).
+    (y of three million values, whatever the rows), "long 422" (a refusal whose message runs to 6 MB).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown); with ``keep_alive_s`` set,
     a POST on a connection idle longer is answered by closing it (a request that crossed the server's close of
@@ -147,6 +147,13 @@ class Handler(BaseHTTPRequestHandler):
         if step == "flood":  # 6 MB of JSON for an answer of a few numbers
             answer = b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [3000000], "data": [' + b"1," * 2999999
             self._send(200, answer + b"1]}]}", {"Content-Type": "application/json"})
+            return
+        if step == "long 422":  # a validation error that echoes the inputs back, longer than any answer cap
+            message = json.dumps({"error": "x must be >= 0; got " + "-1.0, " * 1_000_000}).encode()
+            try:
+                self._send(422, message, {"Content-Type": "application/json"})
+            except OSError:  # the client read the start, for the message, and closed the connection
+                self.close_connection = True
             return
         if step == "huge integer":  # an answer holding an integer of more digits than Python converts
             answer = b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [' + b"9" * 5000 + b"]}]}"
@@ -446,6 +453,24 @@ def test_an_answer_longer_than_the_batchs_outputs_can_take_is_not_read_to_its_en
         backend.run(backend.runners()[0], FEEDS, timeout_s=5)
     (answer,) = backend.run(backend.runners()[0], FEEDS)  # an answer of the batch's size is taken, as before
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+
+
+def test_a_refusal_longer_than_any_answer_is_still_the_callers_error(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    # A 422 is judged by its status, whatever its length: read to the batch's answer cap, a long one was an
+    # answer "too long", a RemoteUnavailableError counted against the server, and three opened the circuit.
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=3)
+    for _ in range(4):
+        scripted.script = ["long 422"]
+        with pytest.raises(inprocserve.InvalidInputError, match=r"answered 422: .*x must be >= 0"):
+            backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+    assert backend.status()["circuit"] == "closed"
+    assert backend.status()["failures"] == 0
+    connections = scripted.connections
+    (answer,) = backend.run(backend.runners()[0], FEEDS)  # the half-read connection was not used again
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+    assert scripted.connections == connections + 1
 
 
 def test_a_metadata_document_too_long_is_refused_as_it_is_read(
