@@ -13,7 +13,7 @@ import logging
 import numbers
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +50,7 @@ from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
 from ._scoring import SameRoute, plan_for_version, score
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
-from ._snapshot import gauge_source, server_status
+from ._snapshot import brief_status, gauge_source, server_status
 from ._telemetry import METRICS, end_safely, start_request_span
 from .web import Readiness, readiness, shadow_setting_problem
 
@@ -945,6 +945,12 @@ class Server(RolloutMethods):
                 paths quoted in error messages), for status shown to callers who are not administrators.
         """
         return server_status(self._registry, self._operations, self._shadow.status, include_paths=include_paths)
+
+    def _brief_status(self, models: Collection[str] | None = None, *, signatures: bool = False) -> dict[str, Any]:
+        """For readiness and the protocol's model endpoints (per call, unauthenticated): ``status(include_paths
+        =False)`` cut to ``closed``, ``control`` and the ``models`` named (all when ``None``), each version
+        with its state, error, health and (``signatures``) signature only (see ``_snapshot.brief_status``)."""
+        return brief_status(self._registry, self._operations, models, signatures=signatures)
 
     def readiness(self, required: Sequence[str] | None = None) -> Readiness:
         """Whether this server can answer: open, with at least one model, and every model in ``required``

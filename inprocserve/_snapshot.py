@@ -6,17 +6,18 @@ import functools
 import os
 import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from ._control import worker_identity
 from ._handoff import handoff_cost_s
+from ._model import ModelVersion
 from ._operations import Operations
 from ._ort_rules import onnxruntime_version
 from ._registry import Registry
 
-__all__ = ["gauge_source", "server_status"]
+__all__ = ["brief_status", "gauge_source", "server_status"]
 
 
 def server_status(
@@ -33,28 +34,65 @@ def server_status(
         "onnxruntime": onnxruntime_version(),
         "thread_handoff_us": round(handoff_cost_s() * 1e6, 1),
         "worker": worker_identity(),
-        "control": {
-            **{key: value for key, value in registry.control.to_dict().items() if key != "models"},
-            "file": operations.control_path,
-            "interval_s": operations.control_interval_s,
-            "error": operations.control_error,
-            # False: the file exists but this worker has followed no revision of it since it started
-            "read": operations.control_read,
-        },
+        "control": _control_status(registry, operations),
         "models": _models_status(registry, shadow_status),
     }
     return snapshot if include_paths else _without_paths(snapshot, _known_paths(registry, operations))
 
 
-def _known_paths(registry: Registry, operations: Operations) -> tuple[str, ...]:
+def brief_status(
+    registry: Registry, operations: Operations, models: Collection[str] | None, *, signatures: bool
+) -> dict[str, Any]:
+    """What readiness probes and the protocol's model endpoints read, per call, from anyone who asks: the
+    ``closed``, ``control`` and ``models`` parts of ``status(include_paths=False)``, for ``models`` only (all
+    when ``None``), each version's entry cut to its ``state``, ``error``, ``health`` and (with ``signatures``)
+    ``signature``.
+
+    The whole status took 1.5 ms a call with one model and 5 ms with fifty (every version's latency
+    histograms and backend facts, then every string searched for paths), on unauthenticated endpoints a load
+    balancer polls; the same facts, for one model, take a fraction of that whatever the number of models."""
+    snapshot = {
+        "closed": registry.closed,
+        "control": _control_status(registry, operations),
+        "models": _models_status(registry, None, only=models, signatures=signatures),
+    }
+    return _without_paths(snapshot, _known_paths(registry, operations, only=models))
+
+
+def _control_status(registry: Registry, operations: Operations) -> dict[str, Any]:
+    return {
+        **{key: value for key, value in registry.control.to_dict().items() if key != "models"},
+        "file": operations.control_path,
+        "interval_s": operations.control_interval_s,
+        "error": operations.control_error,
+        # False: the file exists but this worker has followed no revision of it since it started
+        "read": operations.control_read,
+    }
+
+
+def _brief_entry(model_version: ModelVersion, *, signatures: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "state": model_version.state,
+        "error": model_version.error,
+        "health": model_version.health(),
+    }
+    if signatures:
+        signature = model_version.signature
+        entry["signature"] = None if signature is None else signature.to_dict()
+    return entry
+
+
+def _known_paths(registry: Registry, operations: Operations, *, only: Collection[str] | None = None) -> tuple[str, ...]:
     """Every file-system path status may quote (the repository, the control file, each loaded version's
-    file and folder), as given and made absolute."""
+    file and folder, of the models in ``only`` when given), as given and made absolute."""
     paths: set[str | Path] = set()
     if registry.repository is not None:
         paths.update({registry.repository, registry.repository.resolve()})
     if operations.control_path is not None:
         paths.add(operations.control_path)
-    for versions in list(registry.loaded.values()):
+    for name, versions in list(registry.loaded.items()):
+        if only is not None and name not in only:
+            continue
         for model_version in list(versions.values()):
             paths.update({model_version.path, model_version.path.parent.parent})
     spellings = {str(path) for path in paths}
@@ -62,12 +100,23 @@ def _known_paths(registry: Registry, operations: Operations) -> tuple[str, ...]:
     return tuple(sorted(spellings))
 
 
-def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> dict[str, Any]:
-    """The ``models`` part of ``Server.status()``: every model, its versions, their state and errors (each
-    table copied in one step, so a lifecycle change on another thread never breaks the iteration)."""
+def _models_status(
+    registry: Registry,
+    shadow_status: Callable[[str], Any] | None,
+    *,
+    only: Collection[str] | None = None,
+    signatures: bool = True,
+) -> dict[str, Any]:
+    """The ``models`` part of ``Server.status()``: every model (or those in ``only``), its versions, their
+    state and errors (each table copied in one step, so a lifecycle change on another thread never breaks
+    the iteration). Without ``shadow_status``, brief: each loaded version's entry is :func:`_brief_entry`
+    (``signatures``: with its signature), and a model's ``rollout`` and ``shadow`` are ``None``."""
+    brief = shadow_status is None
     models: dict[str, Any] = {}
     loaded, failures, config_errors = dict(registry.loaded), dict(registry.failures), dict(registry.config_errors)
     names = set(loaded) | set(failures) | set(config_errors)
+    if only is not None:
+        names &= set(only)
     for name in sorted(names):
         routes = registry.routes.get(name)
         versions: dict[str, Any] = {}
@@ -76,15 +125,15 @@ def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> d
         held = dict(registry.incompatible.get(name, {}))
         unhealthy: dict[str, str] = {}
         for number, model_version in sorted(loaded.get(name, {}).items()):
-            entry = model_version.status()
-            if entry["health"] is not None and routes is not None and number in routes.versions:
-                unhealthy[str(number)] = entry["health"]
+            facts = _brief_entry(model_version, signatures=signatures) if brief else model_version.status()
+            if facts["health"] is not None and routes is not None and number in routes.versions:
+                unhealthy[str(number)] = facts["health"]
             reload_failure = failures.get(name, {}).get(number)  # its files changed and loading them failed
-            entry["reload_error"] = None if reload_failure is None else reload_failure.error
-            entry["serving"] = routes is not None and number in routes.versions
-            entry["compatible"] = number not in held
-            entry["incompatibilities"] = list(held.get(number, ()))
-            versions[str(number)] = entry
+            facts["reload_error"] = None if reload_failure is None else reload_failure.error
+            facts["serving"] = routes is not None and number in routes.versions
+            facts["compatible"] = number not in held
+            facts["incompatibilities"] = list(held.get(number, ()))
+            versions[str(number)] = facts
         router = registry.routers.get(name)
         state = registry.control.models.get(name)
         stable = None if router is None or routes is None else router.stable_alias
@@ -107,8 +156,8 @@ def _models_status(registry: Registry, shadow_status: Callable[[str], Any]) -> d
             "unhealthy": unhealthy,
             "config_error": config_errors.get(name),
             "versions": versions,
-            "rollout": None if router is None else router.status(),
-            "shadow": shadow_status(name),
+            "rollout": None if router is None or brief else router.status(),
+            "shadow": None if shadow_status is None else shadow_status(name),
         }
     return models
 

@@ -186,9 +186,10 @@ class Readiness:
 def readiness(server: Server, required: Sequence[str] | None = None) -> Readiness:
     """The readiness of ``server``: every model in ``required`` (default: every model found) servable.
 
-    Reasons never quote file-system paths (they come from ``status(include_paths=False)``).
+    Reasons never quote file-system paths (they come from ``status(include_paths=False)``, cut to what
+    readiness reads: probes call this often).
     """
-    status = server.status(include_paths=False)
+    status = server._brief_status(required or None)
     found: Mapping[str, Any] = status["models"]
     names = sorted(required) if required else sorted(found)
     reasons = {}

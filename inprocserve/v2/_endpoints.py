@@ -69,7 +69,7 @@ def model_metadata(server: Server, name: str, version: int | None = None) -> dic
         ModelNotFoundError: the model, or that version of it, is not servable.
     """
     servable = server.models.get(name)
-    model = server.status(include_paths=False)["models"].get(name)  # (an unauthenticated endpoint: no paths)
+    model = server._brief_status([name], signatures=True)["models"].get(name)  # (an unauthenticated endpoint: no paths)
     if not servable or model is None:
         known = ", ".join(sorted(server.models)) or "none"
         raise ModelNotFoundError(f"unknown model {name!r} (servable models: {known})", model=name)
@@ -234,7 +234,7 @@ class Endpoints:
         document: dict[str, Any] = {"name": name}
         if version is not None:
             document["version"] = str(version)
-        status = server.status(include_paths=False)  # load errors without file paths
+        status = server._brief_status([name])  # load errors without file paths
         model = status["models"].get(name)
         unhealthy = {} if model is None else model.get("unhealthy") or {}
         asked = str(version if version is not None else model["answering_version"] if model else None)
