@@ -107,8 +107,18 @@ class PredictionCache:
             entries[key] = (size, kept)  # (and more go while the answers would hold more than max_bytes)
 
     def status(self) -> dict[str, Any]:
+        """Counters, and how full the cache is: ``bytes`` held by its answers against ``max_bytes``, and
+        ``entries`` against ``max_entries`` (the least recently used go past either)."""
         with self._lock:
-            return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses, "shared": self.shared}
+            return {
+                "entries": len(self._entries),
+                "hits": self.hits,
+                "misses": self.misses,
+                "shared": self.shared,
+                "bytes": int(self._entries.currsize),
+                "max_bytes": self._config.max_bytes,
+                "max_entries": self._config.max_entries,
+            }
 
 
 def _size_of(entry: tuple[int, Mapping[str, Any]]) -> int:

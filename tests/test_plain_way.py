@@ -333,7 +333,9 @@ def cached(**batching: Any) -> inprocserve.ModelConfig:
 
 
 def cache_status(server: inprocserve.Server, model: str) -> dict[str, int]:
-    return version_status(server, model)["cache"]
+    """The cache's counters (without how full it is: ``bytes``, ``max_bytes``, ``max_entries``)."""
+    status = version_status(server, model)["cache"]
+    return {key: status[key] for key in ("entries", "hits", "misses", "shared")}
 
 
 def hold(owner: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
