@@ -106,6 +106,12 @@ class PredictionCache:
                     pass
             entries[key] = (size, kept)  # (and more go while the answers would hold more than max_bytes)
 
+    @property
+    def held_bytes(self) -> int:
+        """What the cached answers hold, as counted against ``max_bytes``."""
+        with self._lock:
+            return int(self._entries.currsize)
+
     def status(self) -> dict[str, Any]:
         """Counters, and how full the cache is: ``bytes`` held by its answers against ``max_bytes``, and
         ``entries`` against ``max_entries`` (the least recently used go past either)."""

@@ -262,6 +262,8 @@ def gauge_source(registry_ref: weakref.ref[Registry]) -> Callable[[], list[tuple
                 values.append(("in_flight", float(batcher.in_flight), attributes))
                 values.extend(model_version.drift_observations())
                 values.extend(model_version.memory_observations())
+                if model_version.cache is not None:
+                    values.append(("cache_bytes", float(model_version.cache.held_bytes), attributes))
         return values
 
     return observe

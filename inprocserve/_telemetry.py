@@ -683,6 +683,12 @@ class Metrics:
             description="Kolmogorov-Smirnov statistic of a feature over the last drift window",
         )
         meter.create_observable_gauge(
+            "inprocserve.cache.bytes",
+            callbacks=[self._observe("cache_bytes")],
+            unit="By",
+            description="Bytes the prediction cache's answers hold (bounded by cache.max_bytes)",
+        )
+        meter.create_observable_gauge(
             "inprocserve.model.memory",
             callbacks=[self._observe("memory")],
             unit="By",

@@ -640,6 +640,24 @@ def test_model_memory_is_the_resident_growth_while_a_version_loads(
     assert gauges == {"heavy": heavy, "light": light}
 
 
+def test_the_cache_bytes_gauge_says_what_the_cache_holds(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0, features=16), repository, "wide", 1)
+    cached = ModelConfig(cache=inprocserve.CacheConfig(enabled=True, max_bytes=64 * 2**10))
+    server = make_server(repository, models={"wide": cached})
+    for value in range(5):  # five answers of 16 KiB: three fit
+        server.predict("wide", np.full((256, 16), value, np.float32))
+    held = version_status(server, "wide")["cache"]["bytes"]
+    assert 48 * 2**10 < held <= 64 * 2**10
+    gauges = [
+        point.value
+        for point in otel.metric_points("inprocserve.cache.bytes")
+        if point.attributes["inprocserve.model.name"] == "wide"
+    ]
+    assert gauges == [held]
+
+
 def test_requests_for_unknown_models_share_one_metric_series(
     otel: Otel, repository: Path, make_server: ServerFactory
 ) -> None:
