@@ -483,7 +483,7 @@ class _LoopState:
         target = group.target
         model, version = target.name, target.version
         server = group.server
-        telemetry, ids, router = server._telemetry, server._ids, group.routes.router
+        telemetry, ids, router, routing = server._telemetry, server._ids, group.routes.router, group.routes.state
         recorder, latency = group.batcher.telemetry, target.latency
         metered = metering()  # (else an unsampled request has nothing to record)
         # each task's rows of each output: one output (the usual case) spelled out, a dict comprehension costs
@@ -502,7 +502,7 @@ class _LoopState:
                     member.span, decision, version, member.rows, timing, got, elapsed_s, recorder, queue_wait_s
                 )
             request_id = ids.next()
-            router.served(request_id, decision, member.arrays)
+            router.served(request_id, decision, member.arrays, routing)
             end = start + member.rows
             if waiter.done():  # cancelled, or its deadline answered it
                 pass
@@ -1114,7 +1114,7 @@ def _join_opened(
     target = opened.target
     if target.cache is not None or target.drift is not None or opened.decision.shadows:
         return False  # (a merged group's answers feed no cache, drift monitoring or shadows)
-    if not opened.routes.router.trivial and opened.decision.variant != "pinned":
+    if not opened.routes.state.trivial and opened.decision.variant != "pinned":
         return False  # (as _joined: only plain versions' requests are merged; a rollout's go the full way)
     if not batcher.adopted or target.config.cache.share_in_flight:
         return False  # (a process's first request adopts the runners; identical requests share runs)

@@ -205,7 +205,12 @@ class Operations:
         for name in names:
             routes = self._registry.routes_of(name)
             variant = routes.router.record_outcome(
-                request_id, reward, key if model is not None else None, routes.default.version, routes.versions
+                request_id,
+                reward,
+                key if model is not None else None,
+                routes.default.version,
+                routes.versions,
+                routes.state,
             )
             if variant is not None:
                 return variant
@@ -220,7 +225,7 @@ class Operations:
                 self._refuse_if_incompatible(routes, model, version)
             self._refuse_if_gone(model, version, self._registry.repository_versions(model))
             self._registry.incompatible.get(model, {}).pop(version, None)  # the operator accepted its signature
-            current = routes.router.stable_version(routes.versions, routes.default.version)
+            current = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
             self._change_control(model, lambda state: switched(state, version, current=current), actor)
             logger.info("model %r: stable version is now %s", model, version)
 
@@ -240,7 +245,7 @@ class Operations:
 
     @staticmethod
     def _refuse_if_incompatible(routes: Routes, model: str, version: int) -> None:
-        stable = routes.router.stable_version(routes.versions, routes.default.version)
+        stable = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
         if stable == version:
             return
         current, target = routes.versions[stable].signature, routes.versions[version].signature
@@ -476,7 +481,7 @@ class Operations:
             routes = self._registry.serving(model, version)
             self._refuse_if_gone(model, version, self._registry.repository_versions(model))
             self._refuse_if_incompatible(routes, model, version)  # its answers could not even be compared
-            stable = routes.router.stable_version(routes.versions, routes.default.version)
+            stable = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
             samples = list(routes.router.recent)
             report = PromotionReport(model=model, from_version=stable, to_version=version, samples=len(samples))
             if stable == version:  # comparing it with itself would always pass, and promote nothing
@@ -536,7 +541,7 @@ class Operations:
             raise InvalidInputError(f"interleave: length must be a whole number >= 1 (or None), got {shown(length)}")
         routes = self._registry.routes_of(model)
         router = routes.router
-        rankers = router.rankers(routes.versions, context)
+        rankers = router.rankers(routes.versions, context, routes.state)
         if not rankers or len(rankers) != 2:
             raise ConfigurationError(
                 f"model {model!r}: interleaving needs two rankers: [rollout.interleaving] rankers = [A, B]"

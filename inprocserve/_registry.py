@@ -1,13 +1,13 @@
 """Model lifecycle: load, warm up, gate, publish, retire and refresh model versions, and the hot-reload poller.
 
-The registry owns what the server serves: the loaded versions, the routing snapshot of each model (replaced
-whole, read without a lock by the request path), failures, the control state it follows, and the lifecycle
+The registry owns what the server serves: the loaded versions, the routing snapshot of each model (its
+versions and its immutable routing state, replaced whole on every change, read without a lock by the request
+path), failures, the control state it follows, and the lifecycle
 lock that serializes every change. The server's request path only reads :attr:`Registry.routes`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -34,7 +34,7 @@ from ._repository import (
     validate_model_name,
 )
 from ._request import Finisher
-from ._rollout import FlagReader, Router
+from ._rollout import FlagReader, Router, RoutingState
 from ._signature import incompatibilities
 from ._telemetry import METRICS, add_safely
 
@@ -45,11 +45,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Routes:
-    """An immutable snapshot of one model's servable versions; replaced whole, read without a lock."""
+    """An immutable snapshot of one model: its servable versions and the routing state that routes to them;
+    replaced whole, read without a lock. A request reads it once, and is routed by that state to those
+    versions (a version a new state makes stable, loaded by the same change, is among them)."""
 
     default: ModelVersion
     versions: Mapping[int, ModelVersion]
     router: Router
+    """Where decisions are made, and experiment statistics kept (the same object across publishes)."""
+    state: RoutingState
 
 
 _Stamp = tuple[tuple[str, int, int, int], ...]  # (path, mtime_ns, size, inode) of each file a load reads
@@ -344,7 +348,7 @@ class Registry:
             extra = (
                 config.rollout.referenced_versions
                 | self._control_versions(name)
-                | ({router.stable_alias} if router and router.stable_alias else set())
+                | ({router.state.alias} if router and router.state.alias else set())
             )
             wanted = sorted(set(selected) | {v for v in extra if v in usable})
             missing = [v for v in wanted if v not in self.loaded.get(name, {})]
@@ -426,8 +430,7 @@ class Registry:
         routes = self.routes.get(name)
         if routes is None:
             return candidate
-        router = routes.router
-        alias = router.stable_alias if router.stable_alias is not None else router.config.stable
+        alias = routes.state.pin
         baseline = routes.versions.get(alias) if alias is not None else None
         baseline = baseline or routes.default
         new = self.loaded.get(name, {}).get(candidate)
@@ -526,7 +529,9 @@ class Registry:
         with self.routing:
             self._publish(name, keep)
 
-    def _publish(self, name: str, keep: set[int] | None) -> None:
+    def _publish(self, name: str, keep: set[int] | None, *, unaliased: bool = False) -> None:
+        """Publish ``name``'s versions (those of ``keep``) with its routing state, as one snapshot.
+        ``unaliased``: the control file names no stable version (any more), so the configuration's answers."""
         loaded = self.loaded.get(name, {})
         versions = {v: mv for v, mv in loaded.items() if keep is None or v in keep}
         if not versions:
@@ -539,30 +544,27 @@ class Registry:
         router = self.routers.get(name)
         if router is None:
             router = self.routers[name] = Router(name, rollout, self._flags, shadow_gate=self._shadow_gate)
-        alias = state.stable if state is not None and state.stable is not None else router.stable_alias
+        routing = router.state
+        alias: int | None = routing.alias  # (the control file wins over config.toml)
+        if state is not None and state.stable is not None:
+            alias = state.stable
+        elif unaliased:
+            alias = None
         killed = state is not None and state.kill
+        if not routing.routes_as(rollout, alias=alias, killed=killed, refusal=self.routing_refusal):
+            routing = router.state_for(rollout, alias=alias, killed=killed, refusal=self.routing_refusal)
         published = self.routes.get(name)
         if not (  # (a hot-reload poll publishes every model: one that changes nothing is no change)
-            router.config.routes_as(rollout)
-            and router.stable_alias == alias
-            and router.killed == killed
-            and router.refusal == self.routing_refusal
-            and published is not None
+            published is not None
             and published.router is router
+            and published.state is routing
             and published.default is default
             and published.versions.keys() == versions.keys()
             and all(published.versions[number] is version for number, version in versions.items())
         ):
-            # A change makes every decision it overlaps be made again: a no-op one every poll interval
-            # had a decision slower than that (a slow flag provider) made again for ever.
-            with router.changing():  # requests are routed by the state before or after, never by a mix
-                if not router.config.routes_as(rollout):
-                    router.update(rollout)
-                router.stable_alias = alias  # (the control file wins over in-process switches and config.toml)
-                router.killed = killed
-                router.refusal = self.routing_refusal
-                # (in the same step: a request routes by the routes it read, which the server checks after)
-                self.routes[name] = Routes(default=default, versions=dict(versions), router=router)
+            router.adopt(routing)
+            # One assignment: a request reads the versions and the state that routes to them together.
+            self.routes[name] = Routes(default=default, versions=dict(versions), router=router, state=routing)
         if state is not None and state.stable is not None:  # an operator switched the fleet to it: accepted
             self.incompatible.get(name, {}).pop(state.stable, None)
         self.published.add(name)
@@ -573,8 +575,15 @@ class Registry:
         (``None``: route again). Requests that pin a version are served."""
         with self.routing:
             self.routing_refusal = reason
-            for router in list(self.routers.values()):
-                router.refusal = reason
+            for name, router in list(self.routers.items()):
+                current = router.state
+                if current.refusal == reason:
+                    continue
+                routing = router.state_for(current.config, alias=current.alias, killed=current.killed, refusal=reason)
+                router.adopt(routing)
+                routes = self.routes.get(name)
+                if routes is not None and routes.router is router:
+                    self.routes[name] = dataclasses.replace(routes, state=routing)
 
     def retire(
         self, name: str, numbers: list[int], *, timeout_s: float | None = None, spare_named: set[int] | None = None
@@ -897,14 +906,16 @@ class Registry:
             router = self.routers.get(name)
             state = self.control.models.get(name)
             unaliased = (
-                router is not None and router.stable_alias is not None and (state is None or state.stable is None)
+                router is not None and router.state.alias is not None and (state is None or state.stable is None)
             )
-            with router.changing() if router is not None and unaliased else contextlib.nullcontext():  # (one step)
-                if unaliased:
-                    assert router is not None
-                    router.stable_alias = None  # no stable version in the control file (any more): the config's
-                if name in self.loaded:
-                    self.publish(name)
+            if name in self.loaded:
+                self._publish(name, None, unaliased=unaliased)
+            elif unaliased:  # (nothing published: the state a later publish starts from)
+                assert router is not None
+                current = router.state
+                router.adopt(
+                    router.state_for(current.config, alias=None, killed=current.killed, refusal=current.refusal)
+                )
 
     def _failed_unchanged(self, name: str, number: int) -> bool:
         """Whether ``number`` failed to load and none of the files that load read changed since."""

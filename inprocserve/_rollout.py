@@ -4,6 +4,13 @@ A :class:`Router` per model reads its flags on every request (so a rollout chang
 buckets targeting keys with a stable hash (so a user keeps their variant across processes and restarts),
 and keeps the outcome statistics of A/B tests, bandits and interleaving. A failing or slow flag provider
 yields the stable decision and is counted; it never fails a request.
+
+Design: what routes (configuration, stable alias, kill switch, refusal, and what is derived from them) is
+one immutable :class:`RoutingState`, built once per change and published with the model's versions in the
+registry's ``Routes`` (one assignment). Every decision takes the state published with the versions it read,
+once, and reads nothing else of the routing: a change never waits for decisions, nor a decision for a
+change, and no decision is made twice. What changes per request (statistics, assignments, bandit draws,
+interleavings, input samples, the draws' generators) stays on the :class:`Router`, under its lock.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -32,12 +39,11 @@ from ._flag_reader import FlagReader, UnusableFlag
 from ._flags import FlagTypeError, MustAsk, targeting_key_of
 from ._held_bytes import held_bytes
 
-__all__ = ["Decision", "FlagReader", "Router"]
+__all__ = ["Decision", "FlagReader", "Router", "RoutingState"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_SETTLE_TRIES = 3  # reads of the routing state a change overlapped that are made again (Router._settled)
 
 _ASSIGNMENTS_KEPT = 100_000
 _CAPTURE_EVERY = 8  # once the promotion samples are full, one routed request in this many is sampled
@@ -274,11 +280,51 @@ class _Unflagged:
         )
 
 
-class Router:
-    """Routing state of one model: the stable alias, the rollout config, and experiment statistics.
+@dataclass(frozen=True, slots=True, eq=False)
+class RoutingState:
+    """One model's routing state, immutable: the rollout configuration, the stable alias, the kill switch, the
+    refusal, and what is derived from them once (the flag keys, the plan of a rollout with no flags).
 
-    Thread-safe: ``decide`` may run on any number of threads; changes (alias, config) replace values
-    atomically.
+    Built once per change (:meth:`Router.state_for`) and published whole, with the versions it routes to, on
+    the registry's ``Routes``: a decision reads it once, and routes by the state before a change or the one
+    after it, never by a mix (a revision that removed a canary and made its version stable, read attribute
+    by attribute, sent the canary's users to the old stable version, which neither revision serves them).
+    Nothing waits for a change, and no decision is made twice for one."""
+
+    config: RolloutConfig
+    alias: int | None
+    """The stable version the control file names (None: the configuration's, else the latest)."""
+    killed: bool
+    """The fleet's kill switch (control file): stable only, whatever flags say."""
+    refusal: str | None
+    """Why no request may be routed (a worker that has never read its damaged control file does not know the
+    fleet's switches and kill switches: it refuses rather than undo them); None: routed."""
+    keys: _FlagKeys
+    pin: int | None
+    """The stable version named (the alias, else the configuration's), if loaded; else the latest answers."""
+    trivial: bool
+    """No flags and nothing but a stable version: the decision needs no key, flag or draw."""
+    latest: bool
+    """Every request goes to the latest ready version (trivial, routed, no kill switch, no stable named)."""
+    unflagged: _Unflagged | None
+    """With no flags, the plan every decision is made from (None: with flags, or a configuration ``_decide``
+    refuses request by request)."""
+
+    def routes_as(self, config: RolloutConfig, *, alias: int | None, killed: bool, refusal: str | None) -> bool:
+        """Whether a state of these values would route every request as this one does (a publish that
+        changes nothing publishes nothing)."""
+        return (
+            self.config.routes_as(config) and self.alias == alias and self.killed == killed and self.refusal == refusal
+        )
+
+
+class Router:
+    """One model's routing: decisions from a :class:`RoutingState`, and the experiment statistics.
+
+    Thread-safe: ``decide`` may run on any number of threads. The routing state is immutable and replaced
+    whole (:meth:`adopt`), so a decision reads it once; what changes per request (variant statistics,
+    assignments, bandit draws, interleavings, input samples, the draws' generators) is changed under the
+    router's lock.
     """
 
     def __init__(
@@ -295,11 +341,6 @@ class Router:
         self._flags: FlagReader | _NoFlags = flags or _NoFlags()
         self._shadow_gate = shadow_gate
         self._lock = threading.Lock()
-        # A change of routing state (see changing): readers check the generation, odd while one is applied.
-        self._changes = threading.RLock()
-        self._change_depth = 0
-        self._changer: int | None = None  # the thread applying a change
-        self._generation = 0
         self._stats: dict[str, VariantStats] = {}
         self._assignments = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
@@ -312,36 +353,63 @@ class Router:
             maxsize=_INTERLEAVED_ITEMS_KEPT, ttl=_ASSIGNMENT_TTL_S, getsizeof=_Interleaved.size
         )
         self.interleaving_wins = {"A": 0, "B": 0, "ties": 0, "queries": 0}
-        self.stable_alias: int | None = None
-        self.killed = False  # the fleet's kill switch (control file): stable only, whatever flags say
-        # Why no request may be routed (a worker that has never read its damaged control file does not know
-        # the fleet's switches and kill switches: it refuses rather than undo them); None: routed.
-        self.refusal: str | None = None
         self._default_decisions: dict[int, Decision] = {}
+        # (values, configuration, plan) of the last plan made from a provider's values (see _flagged_plan)
+        self._flagged: tuple[Container[str], RolloutConfig, _Unflagged | None] | None = None
         self.recent: deque[Mapping[str, np.ndarray]] = deque(maxlen=max(1, config.capture_inputs))
         self._recent_bytes = 0  # what the samples in ``recent`` hold (changed under the lock)
         self._recent_sizes: deque[int] = deque()  # each sample's bytes, in the order of ``recent``
         self._too_large_said = False
-        self.update(config)
+        self.state = self.state_for(config)
+        """The routing state this router was last given (the registry publishes the same object with the
+        versions; a request decides by the one published with the versions it read)."""
+        self._configure(self.state)
         _fork.register(self)
 
     def _after_fork_in_child(self) -> None:
         """The parent's threads are not in a forked child: a lock one of them held at the fork (a request's
-        note, a change being applied by the control watcher) would stay held there, and the child's
-        requests would wait for it for ever. The state a change had reached stands, as the registry's does."""
+        note) would stay held there, and the child's requests would wait for it for ever. The routing state
+        is immutable: the child routes by the one published at the fork, as the registry's."""
         self._lock = threading.Lock()
-        self._changes = threading.RLock()
-        self._change_depth = 0
-        self._changer = None
-        self._generation += self._generation & 1  # (even: no change is being applied)
+
+    def state_for(
+        self, config: RolloutConfig, *, alias: int | None = None, killed: bool = False, refusal: str | None = None
+    ) -> RoutingState:
+        """The routing state of ``config`` with these values, everything derived from them made once here."""
+        pin = alias if alias is not None else config.stable
+        # With no flags and nothing but a stable version, decide() can skip straight to the answer.
+        trivial = isinstance(self._flags, _NoFlags) and config.strategy == "stable" and not config.shadow.versions
+        return RoutingState(
+            config,
+            alias,
+            killed,
+            refusal,
+            _FlagKeys.of(config.flag_prefix or self.model),
+            pin,
+            trivial,
+            trivial and refusal is None and not killed and pin is None,
+            # With no flags every flag reads its configured value: decide() reads the configuration directly.
+            _Unflagged.of(config) if type(self._flags) is _NoFlags else None,
+        )
+
+    def adopt(self, state: RoutingState) -> None:
+        """Make ``state`` this router's (the registry publishes the same object with the versions, in the
+        same step); a new configuration also resizes the input samples and reseeds the draws. Statistics
+        are kept. With the registry's routing lock held (one change at a time)."""
+        if not state.config.routes_as(self.state.config):
+            self._configure(state)
+        self.state = state
 
     def update(self, config: RolloutConfig) -> None:
-        """Apply a (re)loaded configuration; statistics are kept."""
-        self._unflagged: _Unflagged | None = None  # (the old plan must not meet the new configuration)
-        # (values, configuration, plan) of the last plan made from a provider's values (see _flagged_plan)
-        self._flagged: tuple[Container[str], RolloutConfig, _Unflagged | None] | None = None
-        self.config = config
-        self._keys = _FlagKeys.of(config.flag_prefix or self.model)
+        """Apply a (re)loaded configuration, keeping the alias, kill switch and refusal; statistics are kept."""
+        current = self.state
+        state = self.state_for(config, alias=current.alias, killed=current.killed, refusal=current.refusal)
+        self._configure(state)
+        self.state = state
+
+    def _configure(self, state: RoutingState) -> None:
+        """What a configuration sets beside the routing state: the input samples kept, the draws' seed."""
+        config = state.config
         self._capture = config.capture_inputs > 0
         self._capture_size = config.capture_inputs  # every request is sampled until there are this many
         self._until_capture = 0
@@ -351,129 +419,61 @@ class Router:
                 while len(self._recent_sizes) > len(self.recent):  # (the oldest went)
                     self._recent_sizes.popleft()
                 self._recent_bytes = sum(self._recent_sizes)
+        # A provider whose values hold for every context: decide() reads them once per change of values.
+        self._frozen_values = getattr(self._flags, "frozen_values", None)
         seed = config.seed
         self._rng = np.random.default_rng(seed)
         self._coin = random.Random(seed)
-        # With no flags and nothing but a stable version, decide() can skip straight to the answer.
-        self.trivial = isinstance(self._flags, _NoFlags) and config.strategy == "stable" and not config.shadow.versions
-        if self.trivial:  # (decide() returns before any key is looked at: no later request could forget them)
+        if state.trivial:  # (decide() returns before any key is looked at: no later request could forget them)
             with self._lock:
                 self._bandit_keys.clear()
                 self._drew_for_keys = False
-        # With no flags every flag reads its configured value: decide() reads the configuration directly.
-        self._unflagged = _Unflagged.of(config) if type(self._flags) is _NoFlags else None
-        # A provider whose values hold for every context: decide() reads them once per change of values.
-        self._frozen_values = getattr(self._flags, "frozen_values", None)
-
-    @contextlib.contextmanager
-    def changing(self) -> Iterator[None]:
-        """Apply a change of routing state (:meth:`update`, :attr:`stable_alias`, :attr:`killed`,
-        :attr:`refusal`) as one step: :meth:`decide` routes by the state before it or after it, never by a
-        mix. A control revision that both removed a canary and made its version stable, applied one attribute
-        at a time, sent the canary's users to the old stable version (the new strategy with the old alias),
-        which neither revision serves them. Changes may nest; a decision waits for one being applied."""
-        with self._changes:
-            self._change_depth += 1
-            if self._change_depth == 1:
-                self._changer = threading.get_ident()
-                self._generation += 1  # odd: a change is being applied
-            try:
-                yield
-            finally:
-                self._change_depth -= 1
-                if self._change_depth == 0:
-                    self._changer = None
-                    self._generation += 1
-
-    @property
-    def generation(self) -> int:
-        """Counts the changes of routing state (odd while one is being applied): a decision made at one
-        generation stands while it is unchanged."""
-        return self._generation
 
     # -- the decision ---------------------------------------------------------------------------------------
 
-    def decide(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
+    def decide(
+        self,
+        ready: Mapping[int, Any],
+        latest: int,
+        context: Mapping[str, Any] | None,
+        state: RoutingState | None = None,
+    ) -> Decision:
         """Which ready version answers, and which shadow it. Never raises for flag problems.
 
+        ``state``: the routing state published with ``ready`` (None: this router's, :attr:`state`), read
+        once: the decision is made from it alone, whatever changes meanwhile.
+
         Raises :class:`InvalidInputError` for a ``context`` that is not a mapping, and
-        :class:`ControlStateUnknownError` while :attr:`refusal` is set.
-
-        Made from one routing state: a decision that a change (:meth:`changing`) overlapped is made again,
-        up to ``_SETTLE_TRIES`` times more (a rare event: changes are an operator's; a bandit's draw or a flag
-        read is then made again with it).
+        :class:`ControlStateUnknownError` while the state's ``refusal`` is set.
         """
-        generation = self._generation
-        decision = self._decide_now(ready, latest, context)
-        if generation == self._generation and not generation & 1:  # (~70 ns a decision, this call included)
-            return decision
-        return self._decide_settled(ready, latest, context)
-
-    def decide_published(
-        self,
-        published: Callable[[], T],
-        versions_of: Callable[[T], tuple[Mapping[int, Any], int]],
-        context: Mapping[str, Any] | None,
-    ) -> tuple[T, Decision]:
-        """:meth:`decide` with the versions published with the routing state it decides by: ``published()``
-        (read again with the state each time a change overlapped the decision), and its ``(ready, latest)``.
-        For the caller whose versions were replaced while it decided: made again with the versions it had
-        read, an overlapped decision took the new state with the old versions (a new stable version not
-        among them: the latest of them, which no state serves)."""
-
-        def read() -> tuple[T, Decision]:
-            routes = published()
-            ready, latest = versions_of(routes)
-            return routes, self._decide_now(ready, latest, context)
-
-        return self._settled(read)
-
-    def _decide_settled(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
-        """:meth:`decide` once no change is being applied (a change this thread applies: as it stands)."""
-        return self._settled(lambda: self._decide_now(ready, latest, context))
-
-    def _settled(self, read: Callable[[], T]) -> T:
-        """``read()`` of the routing state once no change is being applied (a change this thread applies: as
-        it stands), made again if another change overlapped it, at most ``_SETTLE_TRIES`` times: made again
-        until none did, a read slower than the time between two changes (a slow flag provider) was made for
-        ever, and its request never answered."""
-        for _ in range(_SETTLE_TRIES):
-            if self._changer == threading.get_ident():
-                return read()
-            with self._changes:  # wait for a change being applied to be applied whole
-                generation = self._generation
-            result = read()
-            if generation == self._generation:
-                return result
-        return result  # (made after a change was applied whole: changes that overlap it thrice are a storm)
-
-    def _decide_now(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None) -> Decision:
-        """:meth:`decide` from the routing state as it is now."""
+        if state is None:
+            state = self.state
         if context is not None and type(context) is not dict and not isinstance(context, Mapping):
             raise _not_a_mapping(self.model, context)
-        if self.refusal is not None:
-            raise ControlStateUnknownError(f"model {self.model!r}: {self.refusal}", model=self.model)
-        stable = self._stable(ready, latest)
-        if self.killed:
+        if state.latest:
+            return self._default_decisions.get(latest) or self._remember_default(latest)
+        if state.refusal is not None:
+            raise ControlStateUnknownError(f"model {self.model!r}: {state.refusal}", model=self.model)
+        pin = state.pin
+        stable = pin if pin is not None and pin in ready else latest
+        if state.killed:
             if self._drew_for_keys and context:  # (served otherwise: see _forget_draw)
-                self._forget_draw_of(context, self.config.key_field)
+                self._forget_draw_of(context, state.config.key_field)
             if type(self._flags) is not _NoFlags:
                 # A set stable flag names the stable version here too (a failing provider or an unusable value
                 # gives the configured one): without it, the fleet's kill switch sent everyone back to the
                 # version the flags had moved them off (rollouts.md's last step sets the stable flag).
-                stable = self.stable_version(ready, latest, context)
+                stable = self._flagged_stable(ready, stable, context, state)
             return Decision(stable, "stable", "kill switch is on (control file)")
-        if self.trivial:
-            if stable == latest and self.stable_alias is None and self.config.stable is None:
-                return self._default_decisions.get(stable) or self._remember_default(stable)
+        if state.trivial:
             return Decision(stable, "stable", "stable alias")
         ctx = context if context is not None else _EMPTY
-        plan = self._unflagged  # (read once: a reload may clear it meanwhile)
+        plan = state.unflagged
         if plan is None and self._frozen_values is not None:
-            plan = self._flagged_plan(self._frozen_values())
+            plan = self._flagged_plan(self._frozen_values(), state.config)
         if plan is not None:
             try:
-                decision = self._decide_unflagged(plan, ready, stable, ctx)
+                decision = self._decide_unflagged(plan, ready, stable, ctx, state)
             except Exception:  # (a targeting key it cannot bucket, say: the flag-reading path answers as it does)
                 decision = None
             if decision is not None:
@@ -482,41 +482,58 @@ class Router:
         def fallback(reason: str) -> Decision:
             return Decision(stable, "stable", reason)
 
-        return self._flags.run(lambda: self._decide(ready, stable, ctx), fallback)
+        return self._flags.run(lambda: self._decide(ready, stable, ctx, state), fallback)
 
     def _remember_default(self, version: int) -> Decision:
         decision = Decision(version, "default", "latest ready version")
         self._default_decisions = {version: decision}  # replaced whole: readers never see a half-built dict
         return decision
 
-    def _stable(self, ready: Mapping[int, Any], latest: int) -> int:
-        alias = self.stable_alias if self.stable_alias is not None else self.config.stable
-        return alias if alias is not None and alias in ready else latest
-
-    def stable_version(self, ready: Mapping[int, Any], latest: int, context: Mapping[str, Any] | None = None) -> int:
-        """The stable version (alias, config, or the ``<prefix>.stable`` flag), with no canary or arm draw.
+    def stable_version(
+        self,
+        ready: Mapping[int, Any],
+        latest: int,
+        context: Mapping[str, Any] | None = None,
+        state: RoutingState | None = None,
+    ) -> int:
+        """The stable version (alias, config, or the ``<prefix>.stable`` flag), with no canary or arm draw,
+        of ``state`` (None: this router's).
 
         Guarded promotion compares a candidate with this version, never with a request's random variant.
         """
-        stable = self._stable(ready, latest)
+        if state is None:
+            state = self.state
+        pin = state.pin
+        stable = pin if pin is not None and pin in ready else latest
         if isinstance(self._flags, _NoFlags):
             return stable
-        ctx = context if context is not None else _EMPTY
-        return self._flags.run(lambda: self._read_stable(ready, stable, ctx, []), lambda reason: stable)
+        return self._flagged_stable(ready, stable, context, state)
 
-    def rankers(self, ready: Mapping[int, Any], context: Mapping[str, Any] | None) -> tuple[int, ...] | None:
-        """The two versions to interleave: the ``<prefix>.rankers`` flag, else ``rollout.interleaving.rankers``.
+    def _flagged_stable(
+        self, ready: Mapping[int, Any], stable: int, context: Mapping[str, Any] | None, state: RoutingState
+    ) -> int:
+        """The ``<prefix>.stable`` flag's version (``stable`` when it is not set, unusable, or failing)."""
+        ctx = context if context is not None else _EMPTY
+        return self._flags.run(lambda: self._read_stable(ready, stable, ctx, [], state.keys), lambda reason: stable)
+
+    def rankers(
+        self, ready: Mapping[int, Any], context: Mapping[str, Any] | None, state: RoutingState | None = None
+    ) -> tuple[int, ...] | None:
+        """The two versions to interleave: the ``<prefix>.rankers`` flag, else ``rollout.interleaving.rankers``
+        (of ``state``; None: this router's).
 
         Read through the flag reader like every other flag: a failing provider or an unusable value gives
         the configured rankers (and is counted), never an exception.
         """
-        configured = self.config.interleaving.rankers
+        if state is None:
+            state = self.state
+        configured = state.config.interleaving.rankers
         if context is not None and not isinstance(context, Mapping):
             raise _not_a_mapping(self.model, context)
         ctx = context if context is not None else _EMPTY
+        key = state.keys.rankers
 
         def read() -> tuple[int, ...] | None:
-            key = self._keys.rankers
             wanted = self._flags.obj(key, list(configured or ()), ctx, [])
             if not wanted:
                 return configured
@@ -527,19 +544,24 @@ class Router:
         return self._flags.run(read, lambda reason: configured)
 
     def _read_stable(
-        self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], used: list[tuple[str, Any]]
+        self,
+        ready: Mapping[int, Any],
+        stable: int,
+        ctx: Mapping[str, Any],
+        used: list[tuple[str, Any]],
+        keys: _FlagKeys,
     ) -> int:
-        key = self._keys.stable
+        key = keys.stable
         return _version(key, self._flags.number(key, float(stable), ctx, used), ready)
 
-    def _decide(self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any]) -> Decision:
+    def _decide(self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], state: RoutingState) -> Decision:
         used: list[tuple[str, Any]] = []
-        routed = self._route(ready, stable, ctx, used, draw=True)
+        routed = self._route(ready, stable, ctx, used, state, draw=True)
         assert routed is not None  # (only a decision without a draw has none)
         version, variant, reason, killed = routed
         shadows: tuple[int, ...] = ()
         if not killed:
-            shadows, problem = self._shadows(ready, version, ctx, used)
+            shadows, problem = self._shadows(ready, version, ctx, used, state)
             if problem is not None:
                 reason = f"{reason}; shadows off: {problem}"
         if not used:
@@ -548,7 +570,7 @@ class Router:
         return Decision(version, variant, reason, shadows, tuple(used), None if provider is None else provider.name)
 
     def _decide_unflagged(
-        self, plan: _Unflagged, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any]
+        self, plan: _Unflagged, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], state: RoutingState
     ) -> Decision | None:
         """``_decide`` with no flag provider, from the configuration alone: the same decision, reason and
         random draws, without a flag reader's call, key and checks per flag (a canary's decision took a
@@ -600,7 +622,7 @@ class Router:
                     version, variant, reason = stable, "stable", f"variant {variant!r} version {version} is not ready"
             else:
                 try:
-                    version, variant, reason = self._arms(strategy, ready, stable, position, ctx, [], text)
+                    version, variant, reason = self._arms(strategy, ready, stable, position, ctx, [], text, state)
                 except UnusableFlag:  # (its arms were removed by a reload meanwhile: _decide says so)
                     return None
         shadows: tuple[int, ...] = ()
@@ -615,12 +637,12 @@ class Router:
         used = ((plan.stable_key, float(stable)), *plan.reads)
         return Decision(version, variant, reason, shadows, used, plan.provider)
 
-    def _flagged_plan(self, values: Container[str] | None) -> _Unflagged | None:
-        """The plan for the provider's ``values`` (None: it has none to give now), made once per mapping and
-        configuration: the provider replaces the mapping whole when a value changes."""
+    def _flagged_plan(self, values: Container[str] | None, config: RolloutConfig) -> _Unflagged | None:
+        """The plan for the provider's ``values`` (None: it has none to give now) under ``config``, made once
+        per mapping and configuration: the provider replaces the mapping whole when a value changes."""
         if values is None:
             return None
-        config, cached = self.config, self._flagged
+        cached = self._flagged
         if cached is not None and cached[0] is values and cached[1] is config:
             return cached[2]
         plan = self._plan_from_flags(config, values)
@@ -692,12 +714,19 @@ class Router:
         )
 
     def _route(
-        self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], used: list[tuple[str, Any]], *, draw: bool
+        self,
+        ready: Mapping[int, Any],
+        stable: int,
+        ctx: Mapping[str, Any],
+        used: list[tuple[str, Any]],
+        state: RoutingState,
+        *,
+        draw: bool,
     ) -> tuple[int, str, str, bool] | None:
         """(version, variant, reason, killed) of a request, shadows aside. ``draw=False`` (attributing an
         outcome by key) makes no bandit draw: it returns None where a bandit would have to draw."""
-        flags, keys, config = self._flags, self._keys, self.config
-        stable = self._read_stable(ready, stable, ctx, used)
+        flags, keys, config = self._flags, state.keys, state.config
+        stable = self._read_stable(ready, stable, ctx, used, keys)
         if flags.boolean(keys.kill, False, ctx, used):
             if draw and self._drew_for_keys:
                 self._forget_draw_of(ctx, config.key_field)
@@ -718,20 +747,24 @@ class Router:
             self._forget_draw(text)
         position = bucket(self.model, config.salt, text) if text is not None else random.randrange(BUCKETS)
         if strategy == "canary":
-            version, variant, reason = self._canary(ready, stable, position, ctx, used)
+            version, variant, reason = self._canary(ready, stable, position, ctx, used, state)
         else:
-            version, variant, reason = self._arms(strategy, ready, stable, position, ctx, used, text)
+            version, variant, reason = self._arms(strategy, ready, stable, position, ctx, used, text, state)
         return version, variant, reason, False
 
     def _canary(
-        self, ready: Mapping[int, Any], stable: int, position: int, ctx: Mapping[str, Any], used: list[tuple[str, Any]]
+        self,
+        ready: Mapping[int, Any],
+        stable: int,
+        position: int,
+        ctx: Mapping[str, Any],
+        used: list[tuple[str, Any]],
+        state: RoutingState,
     ) -> tuple[int, str, str]:
-        flags, keys = self._flags, self._keys
-        percent = _percent(
-            keys.canary_percent, flags.number(keys.canary_percent, self.config.canary.percent, ctx, used)
-        )
+        flags, keys, canary = self._flags, state.keys, state.config.canary
+        percent = _percent(keys.canary_percent, flags.number(keys.canary_percent, canary.percent, ctx, used))
         key = keys.canary_version
-        candidate = flags.number(key, float(self.config.canary.version or 0), ctx, used)
+        candidate = flags.number(key, float(canary.version or 0), ctx, used)
         if percent == 0:
             return stable, "stable", "the canary is at 0%"
         version = _version(key, candidate, ready)  # a canary on a version not loaded would silently stay at 0 %
@@ -748,13 +781,15 @@ class Router:
         ctx: Mapping[str, Any],
         used: list[tuple[str, Any]],
         key: str | None,
+        state: RoutingState,
     ) -> tuple[int, str, str]:
-        variants = self.config.variants
+        config = state.config
+        variants = config.variants
         if not variants:
-            raise UnusableFlag(self._keys.strategy, f"strategy {strategy!r} needs rollout.variants, none are set")
+            raise UnusableFlag(state.keys.strategy, f"strategy {strategy!r} needs rollout.variants, none are set")
         if strategy == "ab":
             defaults = {name: v.weight for name, v in variants.items()}
-            key = self._keys.ab_weights
+            key = state.keys.ab_weights
             weights = _weights(key, self._flags.obj(key, defaults, ctx, used), variants)
             name = pick_weighted(position, [(n, weights.get(n, 0.0)) for n in variants])
             reason = f"A/B bucket {position / 100:.2f}%"
@@ -770,35 +805,40 @@ class Router:
             with self._lock:
                 stats = {n: self._stats.setdefault(n, VariantStats()) for n in variants}  # (status shows every arm)
                 arms = {n: stats[n] for n in serving}
-                if self.config.bandit.policy == "thompson":
+                if config.bandit.policy == "thompson":
                     name = thompson(arms, self._rng)
                 else:
-                    name = epsilon_greedy(arms, self._rng, self.config.bandit.epsilon)
+                    name = epsilon_greedy(arms, self._rng, config.bandit.epsilon)
                 if key is not None:
                     self._bandit_keys[key] = name
                     self._drew_for_keys = True
-            reason = f"bandit ({self.config.bandit.policy})"
+            reason = f"bandit ({config.bandit.policy})"
         version = variants[name].version
         if version not in ready:
             return stable, "stable", f"variant {name!r} version {version} is not ready"
         return version, name, reason
 
     def _shadows(
-        self, ready: Mapping[int, Any], answering: int, ctx: Mapping[str, Any], used: list[tuple[str, Any]]
+        self,
+        ready: Mapping[int, Any],
+        answering: int,
+        ctx: Mapping[str, Any],
+        used: list[tuple[str, Any]],
+        state: RoutingState,
     ) -> tuple[tuple[int, ...], str | None]:
         """Shadow versions for this request, and why shadows are off if a shadow flag is unusable (a bad
         shadow flag turns mirroring off; it never changes who answers)."""
-        flags, keys = self._flags, self._keys
+        flags, keys, shadow = self._flags, state.keys, state.config.shadow
         key = keys.shadow_versions
         try:
-            wanted = flags.obj(key, list(self.config.shadow.versions), ctx, used)
+            wanted = flags.obj(key, list(shadow.versions), ctx, used)
             if not wanted:
                 return (), None
             if not isinstance(wanted, list | tuple):
                 raise UnusableFlag(key, f"{key!r} must be a list of versions, got {wanted!r}")
             versions = tuple(_version(key, v, ready) for v in wanted)
             percent_key = keys.shadow_percent
-            percent = _percent(percent_key, flags.number(percent_key, self.config.shadow.percent, ctx, used))
+            percent = _percent(percent_key, flags.number(percent_key, shadow.percent, ctx, used))
         except (UnusableFlag, FlagTypeError) as exc:
             return (), flags.note_unusable(exc)
         except Exception as exc:  # the provider failed on a shadow flag: no shadows, the answer stands
@@ -812,8 +852,15 @@ class Router:
 
     # -- bookkeeping -----------------------------------------------------------------------------------------
 
-    def served(self, request_id: str, decision: Decision, arrays: Mapping[str, np.ndarray]) -> None:
-        """Note who served a request (for outcomes) and sample its inputs (for guarded promotion).
+    def served(
+        self,
+        request_id: str,
+        decision: Decision,
+        arrays: Mapping[str, np.ndarray],
+        state: RoutingState | None = None,
+    ) -> None:
+        """Note who served a request (for outcomes) and sample its inputs (for guarded promotion);
+        ``state``: the routing state that made ``decision`` (None: this router's).
 
         The samples are copies (a caller that reuses one buffer must not rewrite them) of every request
         until there are ``capture_inputs`` of them, or as many as ``_CAPTURED_BYTES`` holds, then of one
@@ -837,7 +884,8 @@ class Router:
             if stats is None:  # (a VariantStats made for every request, only to be thrown away, costs 0.4 µs)
                 stats = self._stats[variant] = VariantStats()
             stats.served += 1
-            if not self.trivial:  # flags may choose any strategy per request: remember every decision's variant
+            if not (self.state if state is None else state).trivial:  # flags may choose any strategy per request:
+                # remember every decision's variant
                 self._assignments[request_id] = decision.variant
 
     def _forget_draw_of(self, ctx: Mapping[str, Any], field: str) -> None:
@@ -884,9 +932,16 @@ class Router:
             self._recent_bytes += nbytes
 
     def record_outcome(
-        self, request_id: str | None, reward: float, key: str | None, latest: int, ready: Mapping[int, Any]
+        self,
+        request_id: str | None,
+        reward: float,
+        key: str | None,
+        latest: int,
+        ready: Mapping[int, Any],
+        state: RoutingState | None = None,
     ) -> str | None:
-        """Attribute ``reward`` to the variant that served ``request_id`` (or that ``key`` is bucketed to).
+        """Attribute ``reward`` to the variant that served ``request_id`` (or that ``key`` is bucketed to, by
+        ``state``, the routing state published with ``ready``; None: this router's).
 
         Raises ValueError for a reward that is not a finite number. By request id, an outcome counts once
         (a repeat credits nothing and returns None). By key, a canary or A/B test credits the
@@ -904,14 +959,14 @@ class Router:
         if variant is _COUNTED:  # this request's outcome was counted already
             return None
         if variant is None and key is not None and str(key) != "":  # (an empty key is no key: not bucketed)
-            variant = self._variant_of_key(str(key), ready, latest)
+            variant = self._variant_of_key(str(key), ready, latest, self.state if state is None else state)
         if variant is None:
             return None
         with self._lock:
             self._stats.setdefault(variant, VariantStats()).add(reward)
         return variant
 
-    def _variant_of_key(self, key: str, ready: Mapping[int, Any], latest: int) -> str | None:
+    def _variant_of_key(self, key: str, ready: Mapping[int, Any], latest: int, state: RoutingState) -> str | None:
         """The variant a targeting key gets, with no side effect: no bandit draw, no shadow, no count.
 
         The bandit's last draw for the key comes first: it served the key's last request, whatever the flags
@@ -919,28 +974,21 @@ class Router:
         provider). A later request of the key routed by another strategy forgets it (:meth:`_forget_draw`).
 
         From one routing state, as :meth:`decide`: a promotion (canary removed, its version made stable)
-        read half applied credited a canary user's outcome to "stable", which neither state says."""
-        generation = self._generation
-        variant = self._variant_of_key_now(key, ready, latest)
-        if generation == self._generation and not generation & 1:
-            return variant
-        return self._settled(lambda: self._variant_of_key_now(key, ready, latest))
-
-    def _variant_of_key_now(self, key: str, ready: Mapping[int, Any], latest: int) -> str | None:
-        """:meth:`_variant_of_key` from the routing state as it is now."""
-        if self.trivial:  # no rollout: nothing to attribute (a reload that ended the rollout forgot its draws)
+        read attribute by attribute credited a canary user's outcome to "stable", which neither state says."""
+        if state.trivial:  # no rollout: nothing to attribute (a reload that ended the rollout forgot its draws)
             return None
         with self._lock:
             drawn = self._bandit_keys.get(key)
         if drawn is not None:
             return drawn
-        stable = self._stable(ready, latest)
-        if self.killed:
+        if state.killed:
             return "stable"
-        ctx = {self.config.key_field: key}
+        pin = state.pin
+        stable = pin if pin is not None and pin in ready else latest
+        ctx = {state.config.key_field: key}
 
         def variant() -> str | None:
-            routed = self._route(ready, stable, ctx, [], draw=False)
+            routed = self._route(ready, stable, ctx, [], state, draw=False)
             return None if routed is None else routed[1]
 
         return self._flags.run(variant, lambda reason: None)
@@ -983,9 +1031,11 @@ class Router:
             return team_draft(ranking_a, ranking_b, self._coin, length)
 
     def status(self) -> dict[str, Any]:
+        state = self.state
+        config = state.config
         with self._lock:
             stats = {name: s.to_dict() for name, s in self._stats.items()}
-            arms = list(self.config.variants)
+            arms = list(config.variants)
             pairs = [("stable", "canary")] + [(arms[0], name) for name in arms[1:]]
             tests = {}
             for control_name, name in pairs:  # only with outcomes on both sides: no difference against nothing
@@ -994,13 +1044,13 @@ class Router:
                     tests[name] = compare(control, treatment)
             wins = dict(self.interleaving_wins)
         return {
-            "strategy": self.config.strategy,
-            "stable_alias": self.stable_alias if self.stable_alias is not None else self.config.stable,
+            "strategy": config.strategy,
+            "stable_alias": state.pin,
             "variants": stats,
             "tests": tests,
             "interleaving": wins if wins["queries"] else None,
             "flags": self._flags.status(),
-            "configured": _configured(self.config),
+            "configured": _configured(config),
         }
 
 

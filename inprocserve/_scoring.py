@@ -45,21 +45,21 @@ class SameRoute:
     without being routed again. Routed one by one, a canary at 50 % split most batches between two versions,
     and each such part had to be scored again on one of them (43 % more model runs in a review's job).
 
-    Only while the routing it was made by stands (:meth:`holds`): a kill switch, a canary moved or a stable
-    version switched between parts (a change of the router's state, or a new router) routes the next part
-    afresh, and the parts after it follow that one; the parts then agree on the last part's version (see
-    ``_on_one_version``). Followed blindly, every later part of a batch went to the version just killed."""
+    Only while the model's published snapshot (its versions and routing state, replaced whole on any
+    change) is the one read before that part was routed (:meth:`holds`): a kill switch, a canary moved or a
+    stable version switched between parts routes the next part afresh, and the parts after it follow that
+    one; the parts then agree on the last part's version (see ``_on_one_version``). Followed blindly, every
+    later part of a batch went to the version just killed."""
 
-    __slots__ = ("decision", "generation", "router")
+    __slots__ = ("decision", "routes")
 
     def __init__(self) -> None:
         self.decision: Any = None  # the first part's Decision, once it was routed
-        self.router: Any = None  # the Router that made it, and its state's generation before it did
-        self.generation = -1
+        self.routes: Any = None  # the model's published snapshot read before it was routed
 
-    def holds(self, router: Any) -> bool:
-        """Whether the kept decision was made by ``router`` in its present state."""
-        return self.decision is not None and router is self.router and router.generation == self.generation
+    def holds(self, routes: Any) -> bool:
+        """Whether the kept decision was made with ``routes`` (the same object) published."""
+        return self.decision is not None and routes is self.routes
 
 
 class Submit(Protocol):

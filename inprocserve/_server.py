@@ -349,7 +349,7 @@ class Server(RolloutMethods):
                 self._telemetry.plain_answered(
                     span, decision, target.version, rows, timing, exc, elapsed_s, recorder, lone=True
                 )
-                routes.router.served(self._ids.next(), decision, arrays)
+                routes.router.served(self._ids.next(), decision, arrays, routes.state)
                 raise
             except BaseException as exc:  # this thread was interrupted: refused, like the full way's
                 self._telemetry.refused(span, started, model, target.version, decision, exc)
@@ -387,7 +387,7 @@ class Server(RolloutMethods):
             span, decision, target.version, rows, timing, None, elapsed_s, batcher.telemetry, lone=True
         )
         request_id = self._ids.next()
-        routes.router.served(request_id, decision, arrays)  # keeps recent inputs for guarded promotion
+        routes.router.served(request_id, decision, arrays, routes.state)  # keeps recent inputs for promotion
         if target.drift is not None:
             target.drift.observe(arrays, outputs, rows, scorer=self._drift)
         if decision.shadows:
@@ -417,16 +417,14 @@ class Server(RolloutMethods):
             routes = self._registry.routes.get(model)
             if routes is None:
                 return None
-            router = routes.router
             if version is not None:
                 if type(version) is not int:  # (the full way takes a numpy integer, refuses True or 1.0)
                     return None
                 decision = _pinned(version)
                 target = routes.versions.get(version)
-            elif router.trivial or lone:
-                decision = router.decide(routes.versions, routes.default.version, context)
-                if (current := self._registry.routes.get(model)) is not routes and current is not None:
-                    routes, decision = self._decided_again(model, current, context)  # (see _route)
+            elif lone or routes.state.trivial:
+                # (by the routing state published with the versions: see _route)
+                decision = routes.router.decide(routes.versions, routes.default.version, context, routes.state)
                 target = routes.versions.get(decision.version) or routes.default  # (as the full way routes)
             else:
                 return None
@@ -548,13 +546,11 @@ class Server(RolloutMethods):
             future: Future[Prediction] = Future()
             follows = route is not None and pin is None and version is None
             decided = None
-            router = generation = None
+            published = None
             if follows and route is not None:
-                routes = self._routes.get(model)
-                if routes is not None:
-                    router, generation = routes.router, routes.router.generation  # (read before it decides)
-                    if route.holds(router):
-                        decided = route.decision
+                published = self._routes.get(model)  # (read before it decides: a later one routes the next afresh)
+                if published is not None and route.holds(published):
+                    decided = route.decision
 
             def dispatch(decided: Decision | None) -> Request:
                 return self._dispatch(
@@ -582,9 +578,9 @@ class Server(RolloutMethods):
                     # batch's parts are then made to agree on one version when they are all in, see score)
                     decided = None
                     request = dispatch(None)
-                if decided is None and route is not None and router is not None and generation is not None:
+                if decided is None and route is not None and published is not None:
                     # routed afresh (the first part, or the routing changed since): the next parts follow it
-                    route.decision, route.router, route.generation = request.route.decision, router, generation
+                    route.decision, route.routes = request.route.decision, published
             except InprocserveError as exc:
                 future.set_exception(exc)
             return future
@@ -685,7 +681,7 @@ class Server(RolloutMethods):
                             continue  # the version was replaced between routing and queueing: route again
                         raise
                 answering, request = request, None  # queued, or answered without a run: it is answered
-                routes.router.served(answering.route.request_id, decision, answering.arrays)
+                routes.router.served(answering.route.request_id, decision, answering.arrays, routes.state)
                 return answering, target
             raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
         except WaitOffLoop:  # an event loop's request whose flags must be waited for: apredict routes it again
@@ -764,16 +760,6 @@ class Server(RolloutMethods):
             return None
         return version
 
-    def _decided_again(self, model: str, routes: Routes, context: Mapping[str, Any] | None) -> tuple[Routes, Decision]:
-        """The decision, with the routes published since a request decided with others (``routes``, or any
-        published after them): routes and decision are read again together when a change overlaps it, as
-        routes are replaced within the router's change (a decision overlapped again, made again with
-        ``routes``, took the newer state with older versions: a request of a revision every 10 ms went to a
-        version no revision made stable). Made at most as often as Router.decide makes one: a decision
-        slower than the time between two changes would be made for ever."""
-        registry = self._registry
-        return routes.router.decide_published(lambda: registry.routes.get(model) or routes, _versions_of, context)
-
     def _route(
         self, model: str, version: int | None, context: Mapping[str, Any] | None
     ) -> tuple[Routes, ModelVersion, Decision]:
@@ -781,13 +767,9 @@ class Server(RolloutMethods):
         if routes is None:
             raise self._not_found(model, version)
         if version is None:
-            decision = routes.router.decide(routes.versions, routes.default.version, context)
-            # A publish between reading the routes and deciding (a revision that loaded the version it makes
-            # stable, say) decided by the new routing state with the old versions: the new stable version not
-            # among them, the request went to the latest of them, which neither state serves. Routes are
-            # replaced within the router's change (Router.changing): decided again with those published.
-            if (current := self._registry.routes.get(model)) is not routes and current is not None:
-                routes, decision = self._decided_again(model, current, context)
+            # Decided by the routing state published with these versions, read once with them: a change made
+            # meanwhile (a revision that loads a version and makes it stable) is the next request's.
+            decision = routes.router.decide(routes.versions, routes.default.version, context, routes.state)
             return routes, routes.versions.get(decision.version) or routes.default, decision
         if type(version) is not int:
             version = version_number(version)
@@ -1062,10 +1044,6 @@ def version_number(version: object) -> int:
     if isinstance(version, bool) or not isinstance(version, numbers.Integral):
         raise TypeError(f"version must be an int or None, got {type(version).__name__}")
     return int(version)
-
-
-def _versions_of(routes: Routes) -> tuple[Mapping[int, ModelVersion], int]:
-    return routes.versions, routes.default.version
 
 
 def _pinned(version: int) -> Decision:

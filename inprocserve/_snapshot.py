@@ -136,8 +136,8 @@ def _models_status(
             versions[str(number)] = facts
         router = registry.routers.get(name)
         state = registry.control.models.get(name)
-        stable = None if router is None or routes is None else router.stable_alias
-        configured = stable if stable is not None or router is None else router.config.stable
+        stable = None if routes is None else routes.state.alias
+        configured = stable if stable is not None or routes is None else routes.state.config.stable
         answering = (  # the version that answers default traffic
             configured
             if routes is not None and configured in routes.versions

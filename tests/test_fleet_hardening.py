@@ -1059,9 +1059,9 @@ def test_a_decision_overlapped_by_two_revisions_that_load_their_stable_version_g
     repository: Path, make_server: ServerFactory
 ) -> None:
     # A request whose routes were replaced while it decided decides again with those routes; overlapped
-    # again by a revision that loaded another version and made it stable, it was made again (Router._settled)
-    # with those routes still: the new stable version not among them, the latest of them (v99) answered,
-    # which no revision made stable (6 of 8 requests here). Routes and state are now read again together.
+    # again by a revision that loaded another version and made it stable, it was made again with those
+    # routes still: the new stable version not among them, the latest of them (v99) answered, which no
+    # revision made stable (6 of 8 requests here). Routes and routing state are now one snapshot, read once.
     for version in (1, 99):
         save_model(build_scale_model(float(version)), repository, "fraud", version)
     write(repository, fraud=ModelControl(stable=1))
@@ -1099,3 +1099,79 @@ def test_a_decision_overlapped_by_two_revisions_that_load_their_stable_version_g
             thread.join(timeout=60)
     assert answered
     assert other == []
+
+
+class _CountedSlowFlags(inprocserve.InMemoryFlags):
+    """A flag service whose strategy flag takes 50 ms to evaluate, counting its evaluations per request (each
+    request's context names it)."""
+
+    name = "slow"
+    blocking = True
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.reads: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def get_string(self, key: str, default: str, context: Any) -> str:
+        with self._lock:
+            self.reads[context["n"]] = self.reads.get(context["n"], 0) + 1
+        time.sleep(0.05)
+        return super().get_string(key, default, context)
+
+
+def test_a_storm_of_revisions_over_slow_flag_decisions_routes_every_request_by_one_state(
+    fleet: Path, make_server: ServerFactory
+) -> None:
+    # A decision read the routing state (alias, strategy, canary) attribute by attribute while its flags were
+    # evaluated: revisions every 20 ms flipping "stable 1, canary 3 at 50 %" and "stable 3" sent canary users
+    # to version 1 (the old alias with the new strategy), which neither revision serves them, and a decision
+    # a change overlapped was made again, up to 7 times (7 flag budgets). Now one state is read once.
+    save_model(build_scale_model(3.0), fleet, "fraud", 3)
+    canary = ModelControl(stable=1, canary_version=3, canary_percent=50.0)
+    promoted = ModelControl(stable=3, previous_stable=1)
+    write(fleet, fraud=canary)
+    flags = _CountedSlowFlags()
+    server = make_server(
+        fleet,
+        config=ModelConfig(version_policy=VersionPolicy.all()),
+        flags=flags,
+        flag_timeout_s=10,
+        control_interval_s=3600,
+    )
+    requests = iter(range(10**9))
+    in_canary = [
+        user
+        for user in (f"user-{i}" for i in range(16))
+        if server.predict("fraud", X, context={"user_id": user, "n": next(requests)}).version == 3
+    ]
+    assert in_canary
+    stop = threading.Event()
+    mixed: list[tuple[str, int, str]] = []
+    answered: list[int] = []
+
+    def predict(index: int) -> None:
+        while not stop.is_set():
+            user = in_canary[index % len(in_canary)]
+            result = server.predict("fraud", X, context={"user_id": user, "n": next(requests)})
+            answered.append(result.version)
+            if result.version != 3:  # canary (3) under the first revision, stable (3) under the second
+                mixed.append((user, result.version, result.reason))
+
+    threads = [threading.Thread(target=predict, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            for state in (promoted, canary):
+                write(fleet, fraud=state)
+                server.sync_control()
+                time.sleep(0.02)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert len(answered) >= 8
+    assert mixed == []
+    assert set(flags.reads.values()) == {1}  # each decision evaluated its flags once

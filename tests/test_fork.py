@@ -161,12 +161,13 @@ def test_a_worker_forked_while_a_thread_holds_the_rollouts_lock_routes_and_recor
     )
     x = np.ones((1, 4), np.float32)
     router = server._registry.routes["scale"].router
-    # a thread of the parent holds the router's lock (noting who served a request, or applying a control
-    # revision) at the instant of the fork: the child has no such thread to release it
+    # a thread of the parent holds the router's lock (noting who served a request) or the registry's routing
+    # lock (applying a control revision) at the instant of the fork: the child has no such thread to release
+    # it, and its requests (which read the published routing state, never that lock) are served
     inside, leave = threading.Event(), threading.Event()
 
     def holding() -> None:
-        with router._lock if held == "a request's note" else router.changing():
+        with router._lock if held == "a request's note" else server._registry.routing:
             inside.set()
             leave.wait(30)
 

@@ -602,8 +602,9 @@ def test_flags_dropped_or_closed_stop_listening_to_the_provider() -> None:
 
 
 def test_a_reload_that_renames_the_arms_never_meets_the_old_plan() -> None:
-    """A decision taken while ``update`` applies a configuration whose A/B arms have other names takes the
-    path that reads the configuration as it is (no KeyError from the old plan)."""
+    """A decision taken while ``update`` applies a configuration whose A/B arms have other names is made from
+    one routing state, the one before (no KeyError from the old plan meeting the new arms); the next is made
+    from the new one."""
     from inprocserve._rollout import Router, _Unflagged
 
     first = RolloutConfig(strategy="ab", stable=1, variants={"control": {"version": 1}, "treatment": {"version": 2}})
@@ -624,7 +625,8 @@ def test_a_reload_that_renames_the_arms_never_meets_the_old_plan() -> None:
         router.update(second)
     finally:
         _Unflagged.of = original  # type: ignore[method-assign]
-    assert seen and seen[0].variant in ("a", "b")
+    assert seen and seen[0].variant in ("control", "treatment")
+    assert router.decide(ready, 2, {"user_id": "u0"}).variant in ("a", "b")
 
 
 # -- what the second review found ------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def routers(config: RolloutConfig, flags: Callable[[], FlagProvider], alias: int
     direct = Router(MODEL, config, FlagReader(flags(), timeout_s=60.0), shadow_gate=gate)
     read = Router(MODEL, config, EveryFlagRead(flags(), timeout_s=60.0), shadow_gate=gate)
     for router in (direct, read):
-        router.stable_alias = alias
+        router.adopt(router.state_for(config, alias=alias))
     return direct, read
 
 

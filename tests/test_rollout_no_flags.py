@@ -36,10 +36,10 @@ def routers(config: RolloutConfig, alias: int | None) -> tuple[Router, Router]:
     read = Router(MODEL, config, None, shadow_gate=gate)
     read._flags = _EveryFlagRead()
     read.update(config)
-    assert direct._unflagged is not None or _unusable(config)
-    assert read._unflagged is None
+    assert direct.state.unflagged is not None or _unusable(config)
+    assert read.state.unflagged is None
     for router in (direct, read):
-        router.stable_alias = alias
+        router.adopt(router.state_for(config, alias=alias))
     return direct, read
 
 
@@ -123,15 +123,15 @@ def test_a_canary_without_flags_takes_the_direct_path_and_keeps_its_reasons() ->
         strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50.0), shadow=ShadowConfig(versions=(4,))
     )
     router = Router(MODEL, config, None, shadow_gate=gate)
-    plan = router._unflagged
+    plan = router.state.unflagged
     assert plan is not None
     ready = {1: object(), 2: object(), 4: object()}
-    decisions = [router._decide_unflagged(plan, ready, 1, {"user_id": f"user-{n}"}) for n in range(200)]
+    decisions = [router._decide_unflagged(plan, ready, 1, {"user_id": f"user-{n}"}, router.state) for n in range(200)]
     assert all(decision is not None for decision in decisions)
     variants = {decision.variant for decision in decisions if decision is not None}
     assert variants == {"canary", "stable"}
     assert all(decision.reason.startswith("bucket ") and decision.shadows == (4,) for decision in decisions if decision)
-    assert router._decide_unflagged(plan, ready, 1, {}) is not None  # no key: a random bucket
+    assert router._decide_unflagged(plan, ready, 1, {}, router.state) is not None  # no key: a random bucket
 
 
 @pytest.mark.parametrize("missing", [2, 3])
@@ -145,9 +145,10 @@ def test_a_configured_version_that_is_not_loaded_is_left_to_the_flag_reading_pat
     )
     router = Router(MODEL, config, None)
     ready = {v: object() for v in (1, 2, 3) if v != missing}
-    assert router._unflagged is not None
+    plan = router.state.unflagged
+    assert plan is not None
     state = random.getstate()
-    assert router._decide_unflagged(router._unflagged, ready, 1, {}) is None
+    assert router._decide_unflagged(plan, ready, 1, {}, router.state) is None
     assert random.getstate() == state  # nothing drawn
     decision = router.decide(ready, 1, {"user_id": "someone"})
     assert f"version {missing}, which is not loaded" in decision.reason
@@ -183,7 +184,7 @@ def test_ab_weights_given_as_fractions_split_alike_on_both_paths() -> None:
         strategy="ab", stable=1, variants={"a": {"version": 1, "weight": Fraction(1, 2)}, "b": {"version": 2}}
     )
     direct, read = routers(config, None)
-    assert direct._unflagged is not None
+    assert direct.state.unflagged is not None
     ready = {1: object(), 2: object()}
     for number in range(50):
         direct_outcome, read_outcome = decide_both(direct, read, ready, {"user_id": f"u{number}"}, number)
