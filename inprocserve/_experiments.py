@@ -29,6 +29,13 @@ BUCKETS = 10_000
 """Bucket granularity: 0.01 % of traffic."""
 
 
+AB_SALT_SUFFIX = "\x1fab"
+"""Added to ``rollout.salt`` when an A/B test buckets a key (canaries bucket by the salt alone): with one
+hash, the users of an earlier 10 % canary all landed in the first 10 % of the A/B split, its control arm, and
+the two experiments' results were correlated. A fixed suffix keeps the A/B split the same in every process,
+and monotone as weights ramp (a user in B stays in B while B's weight grows)."""
+
+
 def bucket(model: str, salt: str, key: str) -> int:
     """A stable bucket in ``0..BUCKETS-1`` for a targeting key: the same in every process and after restarts.
 

@@ -34,7 +34,17 @@ from . import _fork
 from ._config import RolloutConfig
 from ._config_checks import shown
 from ._errors import ControlStateUnknownError, InvalidInputError
-from ._experiments import BUCKETS, Interleaving, VariantStats, bucket, compare, epsilon_greedy, pick_weighted, thompson
+from ._experiments import (
+    AB_SALT_SUFFIX,
+    BUCKETS,
+    Interleaving,
+    VariantStats,
+    bucket,
+    compare,
+    epsilon_greedy,
+    pick_weighted,
+    thompson,
+)
 from ._flag_reader import FlagReader, UnusableFlag
 from ._flags import FlagTypeError, MustAsk, targeting_key_of
 from ._held_bytes import held_bytes
@@ -205,6 +215,7 @@ class _Unflagged:
     strategy: str
     key_field: str
     salt: str
+    """What keys are bucketed by: ``rollout.salt``, with ``AB_SALT_SUFFIX`` for an A/B test."""
     canary_version: int
     canary_percent: float
     canary_edge: int
@@ -267,7 +278,7 @@ class _Unflagged:
         return cls(
             strategy,
             config.key_field,
-            config.salt,
+            config.salt + AB_SALT_SUFFIX if strategy == "ab" else config.salt,
             canary_version,
             canary_percent,
             edge,
@@ -745,7 +756,8 @@ class Router:
         text = targeting_key_of(ctx, config.key_field)
         if strategy != "bandit" and draw and self._drew_for_keys:
             self._forget_draw(text)
-        position = bucket(self.model, config.salt, text) if text is not None else random.randrange(BUCKETS)
+        salt = config.salt + AB_SALT_SUFFIX if strategy == "ab" else config.salt  # (apart from a canary's buckets)
+        position = bucket(self.model, salt, text) if text is not None else random.randrange(BUCKETS)
         if strategy == "canary":
             version, variant, reason = self._canary(ready, stable, position, ctx, used, state)
         else:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from inprocserve._experiments import (
+    AB_SALT_SUFFIX,
     BUCKETS,
     VariantStats,
     bucket,
@@ -34,6 +35,7 @@ def test_canary_split_of_100k_keys_is_within_binomial_bounds(percent: float) -> 
 def test_buckets_are_stable_and_depend_on_model_and_salt() -> None:
     assert bucket("fraud", "s", "user-1") == bucket("fraud", "s", "user-1")
     assert bucket("fraud", "", "user-7") == 3514  # pinned: a change would reshuffle every rollout
+    assert bucket("fraud", AB_SALT_SUFFIX, "user-7") == 5839  # an A/B test's bucket (apart from a canary's)
     moved = sum(bucket("fraud", "a", k) != bucket("fraud", "b", k) for k in KEYS[:1000])
     assert moved > 950
     assert sum(bucket("fraud", "", k) != bucket("churn", "", k) for k in KEYS[:1000]) > 950
