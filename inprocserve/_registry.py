@@ -2,8 +2,8 @@
 
 The registry owns what the server serves: the loaded versions, the routing snapshot of each model (its
 versions and its immutable routing state, replaced whole on every change, read without a lock by the request
-path), failures, the control state it follows, and the lifecycle
-lock that serializes every change. The server's request path only reads :attr:`Registry.routes`.
+path), failures, the control state it follows, and the lifecycle lock that serializes every change. The
+server's request path only reads :attr:`Registry.routes`.
 """
 
 from __future__ import annotations

@@ -312,7 +312,8 @@ class RoutingState:
     fleet's switches and kill switches: it refuses rather than undo them); None: routed."""
     keys: _FlagKeys
     pin: int | None
-    """The stable version named (the alias, else the configuration's), if loaded; else the latest answers."""
+    """The stable version named: the alias, else the configuration's (None: the latest ready version; one
+    named but not loaded leaves the latest answering too)."""
     trivial: bool
     """No flags and nothing but a stable version: the decision needs no key, flag or draw."""
     latest: bool
