@@ -64,6 +64,7 @@ _WRITTEN_BY_LOADS = OPTIMIZED_GRAPH  # files a load itself writes (the optimized
 @dataclass(slots=True)
 class _Failure:
     error: str
+    path: Path  # the version's file (or remote.toml), which the error may quote: status hides it like a loaded one's
     # what the failed load read, to retry only when it changes (see _stamp); None: retry on every refresh
     stamp: _Stamp | None
 
@@ -494,7 +495,7 @@ class Registry:
             # they were before this load: a copy that finished while the load failed on its first half is
             # a change, and is tried again.
             server_failed = is_remote(path) and candidate.backend_built
-            self.failures.setdefault(name, {})[number] = _Failure(str(exc), None if server_failed else stamp)
+            self.failures.setdefault(name, {})[number] = _Failure(str(exc), path, None if server_failed else stamp)
             repeated = self._load_errors.get((name, number)) == (str(exc), stamp)
             self._load_errors[(name, number)] = (str(exc), stamp)
             level = logging.DEBUG if repeated else logging.ERROR

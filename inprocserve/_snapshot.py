@@ -84,7 +84,8 @@ def _brief_entry(model_version: ModelVersion, *, signatures: bool) -> dict[str, 
 
 def _known_paths(registry: Registry, operations: Operations, *, only: Collection[str] | None = None) -> tuple[str, ...]:
     """Every file-system path status may quote (the repository, the control file, each loaded version's
-    file and folder, of the models in ``only`` when given), as given and made absolute."""
+    file and folder, and a failed one's from outside the repository, of the models in ``only`` when given),
+    as given and made absolute."""
     paths: set[str | Path] = set()
     if registry.repository is not None:
         paths.update({registry.repository, registry.repository.resolve()})
@@ -95,6 +96,15 @@ def _known_paths(registry: Registry, operations: Operations, *, only: Collection
             continue
         for model_version in list(versions.values()):
             paths.update({model_version.path, model_version.path.parent.parent})
+    # A load error quotes the file it could not load: one loaded by path= from outside the repository, which
+    # no other known path covers, is known too (in the repository, the repository's path covers it).
+    repository = registry.repository
+    for name, failed in list(registry.failures.items()):
+        if only is not None and name not in only:
+            continue
+        for failure in list(failed.values()):
+            if repository is None or not failure.path.is_relative_to(repository):
+                paths.update({failure.path, failure.path.parent.parent})
     spellings = {str(path) for path in paths}
     spellings.update(os.path.abspath(path) for path in paths)
     return tuple(sorted(spellings))

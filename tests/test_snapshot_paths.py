@@ -110,3 +110,23 @@ def test_a_path_that_only_starts_like_the_repository_is_not_cut(tmp_path: Path, 
         server.load("ext", path=outside)
     public = json.dumps(server.status(include_paths=False))
     assert "<path>-old" not in public
+
+
+def test_a_failed_load_from_outside_the_repository_quotes_no_path(tmp_path: Path, make_server: ServerFactory) -> None:
+    # Only loaded versions' files were known paths: a version loaded by path= from outside the repository
+    # that failed kept its file's path in its error, in status(include_paths=False) and the probes built on it.
+    repository = tmp_path / "models"
+    save_model(build_scale_model(), repository, "fraud")
+    outside = tmp_path / "private" / "ext" / "1" / "model.onnx"
+    outside.parent.mkdir(parents=True)
+    outside.write_bytes(b"not a model")
+    server = make_server(repository, control_interval_s=None)
+    with pytest.raises(inprocserve.ModelLoadError):
+        server.load("ext", path=outside)
+    endpoints = inprocserve.v2.Endpoints(lambda: server)
+    answers = [json.dumps(server.status(include_paths=False)), str(server.readiness().reasons)]
+    for path in ("/v2/models/ext/ready", "/v2/models/ext/versions/1/ready", "/v2/health/ready"):
+        answers.append(endpoints.handle("GET", path, {}, lambda size: b"").body.decode())
+    for answer in answers:
+        assert "not a valid ONNX model" in answer and "cannot load <path>" in answer
+        assert str(tmp_path / "private") not in answer
