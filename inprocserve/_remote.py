@@ -28,6 +28,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -767,4 +768,23 @@ def _message(response: HttpResponse) -> str:
         for key in ("error", "detail"):
             if key in document:
                 return str(document[key])[:500]
+    if document is None:  # an error answer is read to 64 KiB only: a longer message is cut, so not JSON
+        start = _MESSAGE_START.match(response.body[:4096])
+        if start is not None:
+            return _json_string_start(start.group(1))[:500]
     return response.body[:200].decode("utf-8", "replace") or "(no body)"
+
+
+_MESSAGE_START = re.compile(rb'\s*\{\s*"(?:error|detail)"\s*:\s*"((?:[^"\\]|\\.)*)')
+"""The start of ``{"error": "...`` (or ``"detail"``), the string's characters as far as they were read."""
+
+
+def _json_string_start(raw: bytes) -> str:
+    """The characters of a JSON string cut anywhere, in a UTF-8 sequence or an escape included."""
+    text = raw.decode("utf-8", "ignore")
+    for cut in range(min(6, len(text)) + 1):  # an escape is at most 6 characters (\uXXXX)
+        try:
+            return str(json.loads('"' + text[: len(text) - cut] + '"', strict=False))
+        except ValueError:
+            continue
+    return text

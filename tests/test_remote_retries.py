@@ -473,6 +473,20 @@ def test_a_refusal_longer_than_any_answer_is_still_the_callers_error(
     assert scripted.connections == connections + 1
 
 
+def test_a_refusal_cut_at_the_error_read_still_gives_its_message(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    # Only the first 64 KiB of an error answer are read: a longer {"error": "..."} is no JSON document then,
+    # and the caller got 200 bytes of its JSON text ('answered 422: {"error": "x must...') for the message.
+    backend = backend_for(backends, scripted, retries=0)
+    scripted.script = ["long 422"]
+    with pytest.raises(inprocserve.InvalidInputError) as caught:
+        backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+    message = str(caught.value)
+    assert "answered 422: x must be >= 0; got -1.0, -1.0, " in message and '{"error"' not in message
+    assert len(message.split("answered 422: ")[1]) == 500  # as long as a whole message is cut to
+
+
 def test_a_metadata_document_too_long_is_refused_as_it_is_read(
     scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
