@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from inprocserve._control import CONTROL_FILENAME
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
 from .conftest import ServerFactory
+from .test_remote_retries import Scripted
 
 X = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
 
@@ -125,6 +127,50 @@ def test_probes_and_model_metadata_read_only_what_they_answer(
     assert served.readiness(["scale"]).ready and built == []
     served.status()
     assert sorted(built) == ["add", "scale"]  # (what is counted)
+
+
+def test_the_brief_status_is_the_public_status_cut(
+    served: inprocserve.Server, repository: Path, make_server: ServerFactory
+) -> None:
+    # The probes read a brief status built apart from status(): each of its facts must stay what
+    # status(include_paths=False) says, loaded, failed, reloaded-and-failed and unknown models alike.
+    (repository / "scale" / "1" / "model.onnx").write_bytes(b"not a model any more")  # a failed reload
+    scripted = Scripted()
+    threading.Thread(target=scripted.serve_forever, daemon=True).start()
+    (repository / "remote" / "1").mkdir(parents=True)
+    (repository / "remote" / "1" / "remote.toml").write_text(
+        f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\nretries = 0\nfailure_threshold = 1\n'
+    )
+    served.refresh()
+    scripted.script = [500]  # its circuit opens: loaded, serving and unhealthy
+    with pytest.raises(inprocserve.RemoteUnavailableError):
+        served.predict("remote", np.ones((1, 4), np.float32))
+    scripted.shutdown()
+    scripted.server_close()
+
+    def same(server: inprocserve.Server) -> None:
+        public = server.status(include_paths=False)
+        for models in (None, ["scale"], ["broken", "nosuch"]):
+            brief = server._brief_status(models, signatures=True)
+            assert brief["closed"] == public["closed"] and brief["control"] == public["control"]
+            assert set(brief["models"]) == set(public["models"]) & set(models or public["models"])
+            for name, model in brief["models"].items():
+                whole = public["models"][name]
+                for key, value in model.items():
+                    if key != "versions":
+                        assert value == (None if key in ("rollout", "shadow") else whole[key]), (name, key)
+                assert set(model["versions"]) == set(whole["versions"])
+                for number, entry in model["versions"].items():
+                    assert entry == {key: whole["versions"][number][key] for key in entry}, (name, number)
+
+    assert served.status()["models"]["scale"]["versions"]["1"]["reload_error"]
+    assert served.status()["models"]["remote"]["unhealthy"]
+    same(served)
+    (repository / CONTROL_FILENAME).write_text("{ damaged")
+    unread = make_server(repository, control_interval_s=60)
+    same(unread)
+    unread.close()
+    same(unread)
 
 
 # -- 3. tensor headers are checked against the model before any data is decoded -------------------------------------
