@@ -949,16 +949,21 @@ def test_the_not_found_message_of_a_model_that_failed_to_load_quotes_no_path(
     assert "cannot load" in server.status()["models"]["broken"]["versions"]["1"]["error"]  # status keeps it
 
 
+def _canary_and_its_promotion(fleet: Path) -> tuple[ModelControl, ModelControl]:
+    """The revisions of a promotion: "stable 1, canary 3 at 50 %" (written to the fleet) and "stable 3"."""
+    save_model(build_scale_model(3.0), fleet, "fraud", 3)
+    canary = ModelControl(stable=1, canary_version=3, canary_percent=50.0)
+    write(fleet, fraud=canary)
+    return canary, ModelControl(stable=3, previous_stable=1)
+
+
 def test_a_revision_that_promotes_the_canary_never_sends_its_users_to_the_old_stable_version(
     fleet: Path, make_server: ServerFactory
 ) -> None:
     # A worker that reads "canary removed" and "its version made stable" in one revision (both written within
     # one control interval, as a promotion does) applied them one after the other: for a moment the canary's
     # users were routed by the new strategy with the old stable version, which no revision serves them.
-    save_model(build_scale_model(3.0), fleet, "fraud", 3)
-    canary = ModelControl(stable=1, canary_version=3, canary_percent=50.0)
-    promoted = ModelControl(stable=3, previous_stable=1)
-    write(fleet, fraud=canary)
+    canary, promoted = _canary_and_its_promotion(fleet)
     server = make_server(fleet, config=ModelConfig(version_policy=VersionPolicy.all()), control_interval_s=3600)
     users = [f"user-{i}" for i in range(400)]
     in_canary = [user for user in users if server.predict("fraud", X, context={"user_id": user}).version == 3]
@@ -1023,10 +1028,7 @@ def test_an_outcome_by_key_during_a_promotion_is_credited_by_one_state(fleet: Pa
     # record_outcome(key=...) found its variant from the router's state read attribute by attribute: during a
     # promotion (canary removed, its version made stable) a canary user's outcome was credited to "stable",
     # which neither the canary state ("canary") nor the promoted one (no rollout: nothing) says.
-    save_model(build_scale_model(3.0), fleet, "fraud", 3)
-    canary = ModelControl(stable=1, canary_version=3, canary_percent=50.0)
-    promoted = ModelControl(stable=3, previous_stable=1)
-    write(fleet, fraud=canary)
+    canary, promoted = _canary_and_its_promotion(fleet)
     server = make_server(fleet, config=ModelConfig(version_policy=VersionPolicy.all()), control_interval_s=3600)
     users = [f"user-{i}" for i in range(400)]
     in_canary = [user for user in users if server.predict("fraud", X, context={"user_id": user}).version == 3]
@@ -1127,10 +1129,7 @@ def test_a_storm_of_revisions_over_slow_flag_decisions_routes_every_request_by_o
     # evaluated: revisions every 20 ms flipping "stable 1, canary 3 at 50 %" and "stable 3" sent canary users
     # to version 1 (the old alias with the new strategy), which neither revision serves them, and a decision
     # a change overlapped was made again, up to 7 times (7 flag budgets). Now one state is read once.
-    save_model(build_scale_model(3.0), fleet, "fraud", 3)
-    canary = ModelControl(stable=1, canary_version=3, canary_percent=50.0)
-    promoted = ModelControl(stable=3, previous_stable=1)
-    write(fleet, fraud=canary)
+    canary, promoted = _canary_and_its_promotion(fleet)
     flags = _CountedSlowFlags()
     server = make_server(
         fleet,
