@@ -16,12 +16,13 @@ docs/batching.md explains the policy with measurements. The lock, queue and thre
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from . import _fork
@@ -52,6 +53,12 @@ _WORKER_EXIT_S = 5.0
 
 class VersionRetiredError(ServerClosedError):
     """This version stopped taking requests (unloaded or replaced); the server routes the request again."""
+
+
+def _withdraw_if_cancelled(batcher: Batcher, request: Request, future: Future[Any]) -> None:
+    """A ``submit`` future's done-callback: a request cancelled while queued leaves the queue now."""
+    if request.state == QUEUED and future.cancelled():  # (answered: DONE already, the common case)
+        batcher.withdraw(request, CancelledError())
 
 
 class Batcher:
@@ -259,7 +266,10 @@ class Batcher:
                             filler.release()
                     elif self._idle and pool.has_free() and not getattr(request.future, "defer_wake", False):
                         self._wake_parked()
-                    return
+            if runner is None:  # queued
+                if request.future is not None:
+                    self._withdraw_when_given_up(request)
+                return
             self._run_inline(runner, request)
         except BaseException:  # interrupted as the lock was let go, or in _run_inline's own clean-up
             if request.runner is not None:
@@ -267,6 +277,34 @@ class Batcher:
             else:  # (a refusal, or queued and interrupted before a worker was started or woken for it)
                 self._nudge()
             raise
+
+    def _withdraw_when_given_up(self, request: Request) -> None:
+        """Have a queued request whose caller may give up without waiting (a cancelled ``submit`` future, an
+        ``apredict`` task cancelled or past its deadline) withdrawn from the queue the moment it does: left
+        there until a worker took it, it counted against ``max_queue_rows`` (a live caller got
+        ``QueueFullError`` from a queue holding nothing live) and held its inputs. Outside the lock: a future
+        cancelled already calls the hook at once."""
+        future = request.future
+        if type(future) is Future:
+            future.add_done_callback(functools.partial(_withdraw_if_cancelled, self, request))
+        else:  # an event loop's stand-in (``_loop_batching``), which tells its task's giving up
+            watch = getattr(future, "withdraw_when_given_up", None)
+            if watch is not None:
+                watch(self, request)
+
+    def withdraw(self, request: Request, error: BaseException) -> None:
+        """A queued request's caller gave up (``error``: what it got, a cancellation or its deadline): stop
+        counting it, drop it from the queue, and answer it with ``error`` (recorded once, as when a worker
+        finds it cancelled; its future is done already). Nothing if it left the queue meanwhile."""
+        with self._lock:
+            if request.state != QUEUED or request.queued_on is not self:
+                return
+            request.state = DONE  # (skipped by whoever takes a batch; counted once, here)
+            self._queue.withdraw(request)
+            self._in_flight -= request.callers
+            self._active_rows -= request.rows
+            self._notify_if_drained()
+        request.complete(None, error)
 
     def wake(self) -> None:
         """Wake a parked worker if requests are queued and a runner is free: the deferred wake of requests

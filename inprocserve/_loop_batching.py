@@ -740,7 +740,7 @@ class _Merged:
     to wake a worker (the loop does, at the end of the iteration); the worker that finishes it posts the
     request to the loop's inbox (:meth:`deliver`), where each task is answered from its rows."""
 
-    __slots__ = ("group", "members", "state")
+    __slots__ = ("_left", "group", "members", "state")
 
     defer_wake = True
 
@@ -753,6 +753,20 @@ class _Merged:
         # A plain read of each task's future from the worker's thread, as _LoopFuture does: a task that gives
         # up just after is answered with nothing on the loop. Not for a closed loop: nobody would get it.
         return any(not member.waiter.done() for member in self.members) and not self.state.closed()
+
+    def withdraw_when_given_up(self, batcher: Batcher, request: Request) -> None:
+        """Queued: withdraw ``request`` from ``batcher`` once every task has given up (see :class:`_Waiter`)."""
+        self._left = 0
+        hook = functools.partial(self._gave_up, batcher, request)
+        for member in self.members:
+            if type(member.waiter) is _Waiter and not member.waiter.done():
+                self._left += 1
+                member.waiter.on_given_up(hook)
+
+    def _gave_up(self, batcher: Batcher, request: Request, waiter: _Waiter) -> None:
+        self._left -= 1
+        if self._left == 0 and all(member.waiter.done() for member in self.members):
+            batcher.withdraw(request, CancelledError())  # (each task is recorded with what it got)
 
     def deliver(self, request: Request) -> None:
         """The request's deliver hook (``Request.complete``, on the thread that finished it). A failed run of
@@ -793,6 +807,12 @@ class _LoopFuture:
 
     def cancelled(self) -> bool:
         return self._waiter.cancelled()
+
+    def withdraw_when_given_up(self, batcher: Batcher, request: Request) -> None:
+        """Queued: withdraw ``request`` from ``batcher`` as soon as its task gives up (see :class:`_Waiter`)."""
+        waiter = self._waiter
+        if type(waiter) is _Waiter:
+            waiter.on_given_up(lambda waiter: batcher.withdraw(request, _given(waiter)))
 
     def when_given_up(self, callback: Callable[[BaseException], None]) -> None:
         """Call ``callback`` on the loop once the task is done, with what it got if that is not its answer
@@ -917,6 +937,40 @@ def _expire(waiter: asyncio.Future[Any], model: str, version: int | None, timeou
         waiter.set_exception(
             DeadlineExceededError(f"model {model!r}: no answer within {timeout_s:g}s", model=model, version=version)
         )
+        if type(waiter) is _Waiter:
+            waiter.gave_up()
+
+
+class _Waiter(asyncio.Future):  # type: ignore[type-arg]  # (asyncio.Future's own parameter, Prediction)
+    """The future an ``apredict`` task awaits, which tells the batcher when the task gives up before its
+    answer comes: cancelled (``Task.cancel`` cancels the future it awaits) or answered by its own deadline
+    (:func:`_expire`). Its queued request then leaves the queue at once, instead of counting against
+    ``max_queue_rows`` and holding its inputs until a worker takes it. Costs nothing when answered."""
+
+    __slots__ = ("_given_up",)
+    _given_up: Callable[[_Waiter], None] | None
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg=msg):
+            return False
+        self.gave_up()
+        return True
+
+    def on_given_up(self, hook: Callable[[_Waiter], None]) -> None:
+        """Call ``hook(self)`` when the task gives up (once, on the loop), or now if it did already (from
+        any thread: a request queued by a worker, ``_LoopState._hand_over``)."""
+        self._given_up = hook
+        if self.done():  # (gave up before the hook was set: a repeated call is harmless, see Batcher.withdraw)
+            self.gave_up()
+
+    def gave_up(self) -> None:
+        hook = getattr(self, "_given_up", None)  # (left unset until a request is queued: a cheaper future)
+        if hook is not None:
+            self._given_up = None
+            try:
+                hook(self)
+            except Exception:  # a bug: the request is still dropped when a worker takes it
+                logger.exception("inprocserve: withdrawing a given-up request failed")
 
 
 def apredict(
@@ -961,7 +1015,7 @@ def apredict(
             if answer is not None:
                 state.answered_alone(started)
                 return answer
-        waiter: asyncio.Future[Prediction] = loop.create_future()
+        waiter: asyncio.Future[Prediction] = _Waiter(loop=loop)
         if opened is not None:
             if _join_opened(server, state, loop, waiter, opened, version, context, timeout_s):
                 return waiter

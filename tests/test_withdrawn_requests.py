@@ -1,0 +1,116 @@
+"""A queued request whose caller gave up without waiting for it (a cancelled ``submit`` future, an
+``apredict`` task cancelled or answered by its own deadline) leaves the queue at once: its rows no longer
+count against ``max_queue_rows``, so a live caller is not refused by a queue that holds nothing live, and
+the request is recorded once, with what its caller got."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import inprocserve
+from inprocserve import BatchingConfig, ModelConfig
+
+from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .test_telemetry import Otel, _outcomes
+from .test_telemetry import otel as otel  # the fixture: one SDK per process
+from .test_telemetry_hardening import outcomes_since
+
+BOUNDED = ModelConfig(batching=BatchingConfig(max_queue_rows=64, max_request_rows=4096, max_delay_s=0.0))
+
+
+def test_cancelled_submits_give_their_rows_back_at_once(
+    otel: Otel, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    before = _outcomes(otel, "busy")
+    server = make_server(busy_repository, models={"busy": BOUNDED})
+    server.predict("busy", busy_inputs(1))
+    blocker = occupy(server)
+    head = server.submit("busy", busy_inputs(1))
+    cancelled = [server.submit("busy", busy_inputs(8)) for _ in range(7)]  # the queue is at 57 of 64 rows
+    assert all(future.cancel() for future in cancelled)
+    assert version_status(server, "busy")["queued_rows"] == 1
+    live = server.submit("busy", busy_inputs(8))  # refused with QueueFullError while the 56 rows stayed counted
+    blocker.result(timeout=60)
+    assert live.result(timeout=60)["picked"].shape == (8, 2)
+    assert head.result(timeout=60)["picked"].shape == (1, 2)
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 1 + 3000 + 1 + 8
+    assert outcomes_since(otel, "busy", before) == {("ok", None): 4, ("client_error", "CancelledError"): 7}
+
+
+@pytest.mark.parametrize("way", ["full", "merged"])
+@pytest.mark.parametrize("ending", ["cancelled", "deadline"])
+def test_apredict_tasks_that_gave_up_give_their_rows_back_at_once(
+    way: str,
+    ending: str,
+    otel: Otel,
+    busy_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Queued on their own (the full way, as for a version with a cache or a rollout), or merged by the loop
+    into one request (dropped once every task of it gave up)."""
+    before = _outcomes(otel, "busy")
+    server = make_server(busy_repository, models={"busy": BOUNDED})
+    if way == "full":
+        monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)
+    server.predict("busy", busy_inputs(1))
+    blocker = occupy(server)
+    timeout_s = 0.05 if ending == "deadline" else None
+
+    async def main() -> Any:
+        tasks = [
+            asyncio.ensure_future(server.apredict("busy", busy_inputs(8, index=i), timeout_s=timeout_s))
+            for i in range(7)
+        ]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # their iteration is over: they are queued
+        assert version_status(server, "busy")["queued_rows"] == 56
+        if ending == "cancelled":
+            for task in tasks:
+                task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert version_status(server, "busy")["queued_rows"] == 0  # (the blocker still runs)
+        return results, await server.apredict("busy", busy_inputs(16))  # refused with QueueFullError before
+
+    results, live = asyncio.run(main())
+    got = asyncio.CancelledError if ending == "cancelled" else inprocserve.DeadlineExceededError
+    assert all(isinstance(result, got) for result in results)
+    assert live["picked"].shape == (16, 2)
+    blocker.result(timeout=60)
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 1 + 3000 + 16
+    outcome = (
+        ("client_error", "CancelledError") if ending == "cancelled" else ("deadline_exceeded", "DeadlineExceededError")
+    )
+    wait_until(lambda: sum(outcomes_since(otel, "busy", before).values()) >= 10)
+    assert outcomes_since(otel, "busy", before) == {("ok", None): 3, outcome: 7}
+
+
+def test_a_merged_request_keeps_its_rows_while_one_of_its_tasks_waits(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(busy_repository, models={"busy": BOUNDED})
+    server.predict("busy", busy_inputs(1))
+    blocker = occupy(server)
+
+    async def main() -> Any:
+        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(8, index=i))) for i in range(4)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        for task in tasks[1:]:
+            task.cancel()
+        await asyncio.sleep(0)
+        assert version_status(server, "busy")["queued_rows"] == 32  # one request: it runs whole for the first
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert results[0]["picked"].shape == (8, 2)
+    assert all(isinstance(result, asyncio.CancelledError) for result in results[1:])
+    blocker.result(timeout=60)
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 1 + 3000 + 32
