@@ -18,9 +18,9 @@ import logging
 import os
 import sys
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["ForkAware", "register"]
+__all__ = ["ForkAware", "keep", "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,21 @@ _objects: weakref.WeakSet[ForkAware] = weakref.WeakSet()
 def register(obj: ForkAware) -> None:
     """Call ``obj._after_fork_in_child()`` in every child forked while ``obj`` is alive."""
     _objects.add(obj)
+
+
+# What fork hooks drop in a child (the parent's queued and answered requests) stays referenced here, never
+# freed there: see keep.
+_kept: list[Any] = []
+
+
+def keep(*objects: Any) -> None:
+    """In a forked child: keep ``objects``, inherited from the parent and dropped by a fork hook, referenced
+    for good. Freeing them could run destructors that take a lock some thread of the parent held at the
+    fork, held for good in the child: an answer's output array is onnxruntime's, freed through its
+    allocator, whose mutex a worker running a batch at that moment holds. The child then hung in its fork
+    hook, before it ran any code of its own (2 of about 2,000 forks of a process serving batches from 16
+    threads, in the wake relay's hook)."""
+    _kept.extend(objects)
 
 
 def _reset_all() -> None:

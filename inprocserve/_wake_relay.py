@@ -111,7 +111,9 @@ class WakeRelay:
 
     def _after_fork_in_child(self) -> None:
         # The parent's blocked callers and its watcher are not in the child, and the lock may have been held
-        # by one of its threads at the fork.
+        # by one of its threads at the fork. The answered requests they hold are kept, never freed here: their
+        # outputs are onnxruntime's arrays, freed under a lock a parent's worker may have held (_fork.keep).
+        _fork.keep(self._queue, self._holders, self._held_last_look)
         self._lock = threading.Lock()
         self._queue = deque()
         self._holders = set()

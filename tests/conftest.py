@@ -254,3 +254,33 @@ def run_python(
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
         check=False,
     )
+
+
+class FreedUnderALock:
+    """Stands for an array onnxruntime owns, freed through its allocator under a mutex: its destructor takes
+    ``lock``. A fork while a thread of the parent holds that lock (a worker inside a run) leaves it held in
+    the child for good, where freeing this object hangs."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+
+    def __del__(self) -> None:
+        with self.lock:
+            pass
+
+
+def child_exits(*, timeout_s: float = 20.0) -> bool:
+    """Fork a child that exits at once (``os._exit``, as multiprocessing's do) and say whether it did within
+    ``timeout_s``: one stuck in a fork hook is killed."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return True
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False

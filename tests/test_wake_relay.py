@@ -21,7 +21,15 @@ from inprocserve._request import DONE, Request, Route, complete_batch
 from inprocserve._rollout import Decision
 from inprocserve._wake_relay import DONE_WAKING, RELAY, WakeRelay
 
-from .conftest import ServerFactory, busy_inputs, run_in_forked_child, version_status, wait_until
+from .conftest import (
+    FreedUnderALock,
+    ServerFactory,
+    busy_inputs,
+    child_exits,
+    run_in_forked_child,
+    version_status,
+    wait_until,
+)
 
 
 def answered(count: int) -> list[Request]:
@@ -410,3 +418,22 @@ def test_the_process_relay_is_used_by_complete_batch(monkeypatch: pytest.MonkeyP
     assert woken(requests) == [0] and all(request.baton is RELAY for request in requests)
     assert requests[0].wait(None) and requests[1].wait(None)  # each hands its place on as it wakes
     assert RELAY.counts() == (0, 0)
+
+
+def test_a_child_forked_while_a_worker_holds_the_allocators_lock_frees_no_answer_of_the_parent() -> None:
+    """The relay's answered requests hold their outputs, arrays onnxruntime owns and frees under its
+    allocator's mutex, which a worker of the parent running a batch holds at the fork now and then: freeing
+    them in the child's fork hook hung it there for good (about once in a thousand forks of a process
+    serving batches from threads, with callers queued in the relay)."""
+    relay = WakeRelay(limit=1, heal_interval_s=60)
+    allocator = threading.Lock()
+    requests = answered(3)
+    for request in requests:
+        request.outputs = {"y": FreedUnderALock(allocator)}
+    relay.add(requests)  # one woken, two queued; their callers' threads hold them no more
+    del requests, request
+    with allocator:  # (as a worker of the parent's, inside a run, holds onnxruntime's)
+        assert child_exits(timeout_s=10), "the child hung in its fork hook, freeing an answer of the parent's"
+    while relay.counts() != (0, 0):  # the parent's relay goes on
+        (holder,) = relay._holders
+        wake_up(holder, relay)
