@@ -16,7 +16,6 @@ docs/batching.md explains the policy with measurements. The lock, queue and thre
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -55,10 +54,23 @@ class VersionRetiredError(ServerClosedError):
     """This version stopped taking requests (unloaded or replaced); the server routes the request again."""
 
 
-def _withdraw_if_cancelled(batcher: Batcher, request: Request, future: Future[Any]) -> None:
-    """A ``submit`` future's done-callback: a request cancelled while queued leaves the queue now."""
-    if request.state == QUEUED and future.cancelled():  # (answered: DONE already, the common case)
-        batcher.withdraw(request, CancelledError())
+class _WithdrawIfCancelled:
+    """A ``submit`` future's done-callback: a request cancelled while queued leaves the queue now. It lets
+    go of the request once called: a future keeps its callbacks, and a caller keeping its futures must not
+    keep their requests' inputs too."""
+
+    __slots__ = ("batcher", "request")
+
+    def __init__(self, batcher: Batcher, request: Request) -> None:
+        self.batcher: Batcher | None = batcher
+        self.request: Request | None = request
+
+    def __call__(self, future: Future[Any]) -> None:
+        batcher, request = self.batcher, self.request
+        self.batcher = self.request = None
+        # (answered: DONE already, the common case)
+        if batcher is not None and request is not None and request.state == QUEUED and future.cancelled():
+            batcher.withdraw(request, CancelledError())
 
 
 class Batcher:
@@ -286,7 +298,7 @@ class Batcher:
         cancelled already calls the hook at once."""
         future = request.future
         if type(future) is Future:
-            future.add_done_callback(functools.partial(_withdraw_if_cancelled, self, request))
+            future.add_done_callback(_WithdrawIfCancelled(self, request))
         else:  # an event loop's stand-in (``_loop_batching``), which tells its task's giving up
             watch = getattr(future, "withdraw_when_given_up", None)
             if watch is not None:

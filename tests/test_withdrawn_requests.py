@@ -6,6 +6,8 @@ the request is recorded once, with what its caller got."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,20 @@ def test_a_merged_request_keeps_its_rows_while_one_of_its_tasks_waits(
     blocker.result(timeout=60)
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     assert version_status(server, "busy")["rows_run"] == 1 + 3000 + 32
+
+
+def test_a_kept_future_does_not_keep_its_requests_inputs(busy_repository: Path, make_server: ServerFactory) -> None:
+    """The done-callback that withdraws a cancelled request lets go of it once the future is done: callers
+    that keep their futures (a list of them, answered one by one) must not keep every request's inputs."""
+    server = make_server(busy_repository, models={"busy": BOUNDED})
+    server.predict("busy", busy_inputs(1))
+    blocker = occupy(server)
+    inputs = busy_inputs(8)
+    kept = weakref.ref(inputs["x"])
+    future = server.submit("busy", inputs)  # queued behind the blocker
+    del inputs
+    blocker.result(timeout=60)
+    assert future.result(timeout=60)["picked"].shape == (8, 2)
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    gc.collect()
+    assert kept() is None
