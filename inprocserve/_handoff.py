@@ -7,6 +7,7 @@ come; status reports it.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -14,6 +15,17 @@ __all__ = ["handoff_cost_s"]
 
 _handoff_lock = threading.Lock()
 _handoff_s: float | None = None
+
+
+def _new_lock_in_child() -> None:
+    """In a forked child: a thread of the parent may have held the lock at the fork (measuring, or reading
+    the measure for ``status()``); held for good there, the child's first batcher or ``status()`` hung."""
+    global _handoff_lock
+    _handoff_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def handoff_cost_s() -> float:

@@ -184,3 +184,38 @@ def test_a_worker_forked_while_a_thread_holds_the_rollouts_lock_routes_and_recor
     finally:
         leave.set()
         holder.join()
+
+
+def test_a_worker_forked_while_a_thread_reads_the_handoff_cost_reports_status(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """The thread hand-off cost is measured once per process under a lock that every ``status()`` and every
+    new batcher takes: a fork while another thread held it (measuring, or reading it for ``status()``) left
+    it held for good in the child, whose ``status()`` hung."""
+    import threading
+
+    from inprocserve import _handoff
+
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    assert server.status()["thread_handoff_us"] > 0
+    inside, leave = threading.Event(), threading.Event()
+
+    def reading() -> None:
+        with _handoff._handoff_lock:  # (as a thread inside handoff_cost_s holds it)
+            inside.set()
+            leave.wait(30)
+
+    holder = threading.Thread(target=reading)
+    holder.start()
+    inside.wait(10)
+    try:
+
+        def in_the_child() -> str:
+            measured = server.status()["thread_handoff_us"] > 0
+            return f"{measured} {server.predict('scale', np.ones((1, 4), np.float32))['y'][0, 0]}"
+
+        assert run_in_forked_child(in_the_child, timeout_s=20) == "True 2.0"
+    finally:
+        leave.set()
+        holder.join()
