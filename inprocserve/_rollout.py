@@ -413,7 +413,9 @@ class Router:
         self.state = state
 
     def update(self, config: RolloutConfig) -> None:
-        """Apply a (re)loaded configuration, keeping the alias, kill switch and refusal; statistics are kept."""
+        """Apply a (re)loaded configuration, keeping the alias, kill switch and refusal; statistics are kept.
+        For a router used on its own: a registry's router changes only by :meth:`adopt` of a state it
+        publishes with the versions (a change made here would be read with versions published before it)."""
         current = self.state
         state = self.state_for(config, alias=current.alias, killed=current.killed, refusal=current.refusal)
         self._configure(state)
