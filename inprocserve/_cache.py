@@ -60,6 +60,9 @@ class PredictionCache:
         if self._lock.acquire(blocking=False):  # no thread was inside at the fork: the entries are whole
             self._lock.release()
             return
+        # The entries dropped are kept, never freed here: their arrays are onnxruntime's outputs, freed under
+        # a lock a parent's worker may have held at the fork (_fork.keep)
+        _fork.keep(self._entries)
         self._entries = self._new_entries()
         self._lock = threading.Lock()
 
