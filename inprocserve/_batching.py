@@ -70,7 +70,10 @@ class _WithdrawIfCancelled:
         self.batcher = self.request = None
         # (answered: DONE already, the common case)
         if batcher is not None and request is not None and request.state == QUEUED and future.cancelled():
-            batcher.withdraw(request, CancelledError())
+            if batcher.withdraw(request, CancelledError()):
+                # As a worker taking it would: concurrent.futures.wait and as_completed count a cancelled
+                # future done only once notified, and no worker takes a withdrawn request.
+                future.set_running_or_notify_cancel()
 
 
 class Batcher:
@@ -304,19 +307,20 @@ class Batcher:
             if watch is not None:
                 watch(self, request)
 
-    def withdraw(self, request: Request, error: BaseException) -> None:
+    def withdraw(self, request: Request, error: BaseException) -> bool:
         """A queued request's caller gave up (``error``: what it got, a cancellation or its deadline): stop
         counting it, drop it from the queue, and answer it with ``error`` (recorded once, as when a worker
-        finds it cancelled; its future is done already). Nothing if it left the queue meanwhile."""
+        finds it cancelled; its future is done already). Nothing if it left the queue meanwhile (False)."""
         with self._lock:
             if request.state != QUEUED or request.queued_on is not self:
-                return
+                return False
             request.state = DONE  # (skipped by whoever takes a batch; counted once, here)
             self._queue.withdraw(request)
             self._in_flight -= request.callers
             self._active_rows -= request.rows
             self._notify_if_drained()
         request.complete(None, error)
+        return True
 
     def wake(self) -> None:
         """Wake a parked worker if requests are queued and a runner is free: the deferred wake of requests

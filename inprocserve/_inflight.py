@@ -391,12 +391,10 @@ class Sharing:
         if taken is None:
             return
         future = taken[0].future
-        if (
-            type(future) is Future
-            and not isinstance(given, CancelledError)
-            and not future.set_running_or_notify_cancel()
-        ):
-            given = CancelledError()  # cancelled by its caller as its deadline fired: recorded as what it got
+        # Cancelled by its caller (as its deadline fired, too: recorded as what it got). Notified as a worker
+        # taking a cancelled future does: concurrent.futures.wait and as_completed count it done only then.
+        if type(future) is Future and not future.set_running_or_notify_cancel():
+            given = CancelledError()
         finish_detached(taken[0], None, given, self._deliver)
 
     def _follow(self, request: Request, target: ModelVersion, leader: Future[Mapping[str, Any]]) -> None:

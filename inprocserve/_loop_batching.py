@@ -948,7 +948,7 @@ class _Waiter(asyncio.Future):  # type: ignore[type-arg]  # (asyncio.Future's ow
     ``max_queue_rows`` and holding its inputs until a worker takes it. Costs nothing when answered."""
 
     __slots__ = ("_given_up",)
-    _given_up: Callable[[_Waiter], None] | None
+    _given_up: Callable[[_Waiter], object] | None
 
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg=msg):
@@ -956,7 +956,7 @@ class _Waiter(asyncio.Future):  # type: ignore[type-arg]  # (asyncio.Future's ow
         self.gave_up()
         return True
 
-    def on_given_up(self, hook: Callable[[_Waiter], None]) -> None:
+    def on_given_up(self, hook: Callable[[_Waiter], object]) -> None:
         """Call ``hook(self)`` when the task gives up (once, on the loop), or now if it did already (from
         any thread: a request queued by a worker, ``_LoopState._hand_over``)."""
         self._given_up = hook

@@ -6,6 +6,7 @@ the request is recorded once, with what its caller got."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import weakref
 from pathlib import Path
@@ -133,3 +134,25 @@ def test_a_kept_future_does_not_keep_its_requests_inputs(busy_repository: Path, 
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     gc.collect()
     assert kept() is None
+
+
+@pytest.mark.parametrize("queued", ["alone", "following an identical request"])
+def test_a_withdrawn_submit_counts_as_done_for_wait_and_as_completed(
+    queued: str, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """``concurrent.futures.wait`` and ``as_completed`` count a cancelled future done only once it is
+    notified (``set_running_or_notify_cancel``), which a worker taking it did; no worker takes a withdrawn
+    request, so they waited for it for good (until their timeout)."""
+    config = BOUNDED
+    if queued != "alone":
+        config = ModelConfig(batching=BOUNDED.batching, cache=inprocserve.CacheConfig(share_in_flight=True))
+    server = make_server(busy_repository, models={"busy": config})
+    server.predict("busy", busy_inputs(1))
+    blocker = occupy(server)
+    future = server.submit("busy", busy_inputs(3000 if queued != "alone" else 8))
+    assert future.cancel()
+    done, _ = concurrent.futures.wait([future], timeout=10)
+    assert done == {future}
+    assert not blocker.done()  # (not notified by a worker taking it: it was withdrawn)
+    assert list(concurrent.futures.as_completed([future], timeout=10)) == [future]
+    blocker.result(timeout=60)
