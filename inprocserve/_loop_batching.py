@@ -773,6 +773,9 @@ class _Merged:
         several tasks' rows sends each task the full way right here, on the worker's thread, before the batcher
         counts the merged request finished (``Batcher._complete``): a ``close()`` waiting meanwhile waits for
         them too."""
+        for member in self.members:  # answered: no longer withdrawn (see _LoopFuture._post)
+            if type(member.waiter) is _Waiter:
+                member.waiter._given_up = None
         error = request.error
         if error is not None and len(self.members) > 1 and _isolable(error):
             self.state._hand_over(self.group, self.members, on_loop=False)
@@ -837,6 +840,10 @@ class _LoopFuture:
             raise InvalidStateError("already answered")
         self._answered = True
         waiter = self._waiter
+        if type(waiter) is _Waiter:
+            # Answered: no longer withdrawn if its task gives up. Kept, the hook (it holds the request, whose
+            # future this is) made a cycle that kept the request's inputs and outputs until a collection.
+            waiter._given_up = None
         if waiter.done():  # cancelled by its task meanwhile: tell the server, as a cancelled Future does
             if self._group is not None:
                 self._state.post(self._group, None, None)

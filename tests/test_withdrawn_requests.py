@@ -156,3 +156,39 @@ def test_a_withdrawn_submit_counts_as_done_for_wait_and_as_completed(
     assert not blocker.done()  # (not notified by a worker taking it: it was withdrawn)
     assert list(concurrent.futures.as_completed([future], timeout=10)) == [future]
     blocker.result(timeout=60)
+
+
+@pytest.mark.parametrize("way", ["full", "merged"])
+def test_an_answered_apredict_request_is_freed_without_a_collection(
+    way: str, busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook that withdraws a queued ``apredict`` request when its task gives up holds the request, whose
+    future holds the task's future, which held the hook: a cycle, so every answered request kept its inputs
+    and its outputs until the garbage collector ran. Answered, the hook is let go."""
+    server = make_server(busy_repository, models={"busy": BOUNDED})
+    if way == "full":
+        monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)
+    server.predict("busy", busy_inputs(1))
+    kept: list[weakref.ref[Any]] = []
+
+    async def one(index: int) -> None:
+        inputs = busy_inputs(8, seed=index)
+        kept.append(weakref.ref(inputs["x"]))
+        answer = await server.apredict("busy", inputs)
+        kept.append(weakref.ref(answer["y"]))
+
+    async def main() -> None:
+        await asyncio.gather(*(one(index) for index in range(4)))
+
+    loop = asyncio.new_event_loop()  # (asyncio.run's shutdown leaves cycles of its own)
+    gc.collect()
+    gc.disable()
+    try:
+        blocker = occupy(server)  # (the requests are queued behind it)
+        loop.run_until_complete(main())
+        blocker.result(timeout=60)
+        # (a worker lets go of its batch a moment after answering it)
+        wait_until(lambda: all(ref() is None for ref in kept), timeout_s=5)
+    finally:
+        gc.enable()
+        loop.close()
