@@ -34,7 +34,8 @@ class PredictionCache:
 
     A forked child (a ``--preload`` worker) starts with the parent's entries, unless a parent thread was
     inside the cache at the fork: its lock is then held in the child by a thread that does not exist there,
-    and the entries may be half changed, so the child starts with an empty cache and a lock of its own.
+    and the entries may be half changed, so the child starts with an empty cache and a lock of its own. The
+    parent's answers are never freed in the child (see :meth:`_after_fork_in_child`).
     """
 
     def __init__(self, config: CacheConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -57,12 +58,16 @@ class PredictionCache:
         return LRUCache(maxsize=config.max_bytes, getsizeof=_size_of)
 
     def _after_fork_in_child(self) -> None:
+        # The parent's answers are never freed here: their arrays are onnxruntime's outputs, freed under a
+        # lock that a worker of the parent may have held at the fork, held for good here (_fork.keep). Evicted
+        # or expired in the child, they stay referenced (in memory shared with the parent until it frees its).
+        entries = self._entries
         if self._lock.acquire(blocking=False):  # no thread was inside at the fork: the entries are whole
             self._lock.release()
+            # (every entry held, expired ones too: Cache's own iteration skips none)
+            _fork.keep([Cache.__getitem__(entries, key) for key in list(Cache.__iter__(entries))])
             return
-        # The entries dropped are kept, never freed here: their arrays are onnxruntime's outputs, freed under
-        # a lock a parent's worker may have held at the fork (_fork.keep)
-        _fork.keep(self._entries)
+        _fork.keep(entries)
         self._entries = self._new_entries()
         self._lock = threading.Lock()
 
