@@ -17,9 +17,11 @@ import numpy as np
 __all__ = [
     "BUCKETS",
     "VariantStats",
+    "always_valid_p",
     "bucket",
     "compare",
     "epsilon_greedy",
+    "lower_always_valid_p",
     "pick_weighted",
     "team_draft",
     "thompson",
@@ -104,36 +106,92 @@ def _normal_two_sided_p(z: float) -> float:
     return math.erfc(abs(z) / math.sqrt(2))
 
 
-def compare(control: VariantStats, treatment: VariantStats) -> dict[str, Any]:
-    """Difference of mean rewards and its two-sided p-value.
+SIGNIFICANCE = 0.05
+"""The level below which an always-valid p-value makes a test ``significant``."""
+
+SEQUENTIAL_EFFECT_SD = 0.1
+"""The mixing spread of the always-valid test, in standard deviations of a reward: its prior puts the true
+difference of means at N(0, (0.1 sd)^2), half of what Cohen calls a small effect. The test is most sensitive
+for differences near it, and loses only logarithmically for others (a larger one shows early anyway)."""
+
+
+def always_valid_p(statistic: float, control_outcomes: int, treatment_outcomes: int) -> float:
+    """The p-value of a mixture sequential probability ratio test (Johari et al., 2017, "Always valid
+    inference"), at one point of an experiment: ``1 / Lambda``, capped at 1.
+
+    With the standardized difference ``statistic`` (normal under no difference) and a normal mixing
+    distribution of the true standardized difference of spread ``SEQUENTIAL_EFFECT_SD``, the mixture
+    likelihood ratio is ``(1 + r) ** -0.5 * exp(z**2 * r / (2 * (1 + r)))`` with
+    ``r = SEQUENTIAL_EFFECT_SD**2 / (1/n1 + 1/n2)``. Under no difference it is a martingale, so the chance
+    that it *ever* passes ``1 / alpha`` is at most ``alpha`` (Ville's inequality): unlike a fixed-horizon
+    p-value, this one may be read after every outcome and acted on the first time it is under ``alpha``.
+    """
+    ratio = SEQUENTIAL_EFFECT_SD**2 / (1 / control_outcomes + 1 / treatment_outcomes)
+    log_lambda = -0.5 * math.log1p(ratio) + statistic * statistic * ratio / (2 * (1 + ratio))
+    return 1.0 if log_lambda <= 0 else math.exp(-log_lambda)
+
+
+def compare(control: VariantStats, treatment: VariantStats, *, lowest_always_valid_p: float = 1.0) -> dict[str, Any]:
+    """Difference of mean rewards, its fixed-horizon two-sided p-value and its always-valid p-value.
 
     Binary rewards use the two-proportion z-test (pooled); other rewards use Welch's t statistic with a
     normal approximation of its distribution, which is accurate once each side has a few dozen outcomes
     (``reliable`` says whether both have at least 30).
+
+    ``p_value`` holds only for one look at a sample size fixed in advance: read after every few outcomes,
+    an A/A test (no difference at all) shows p < 0.05 at some point in a third to a half of experiments.
+    ``always_valid_p_value`` (:func:`always_valid_p`, from 30 outcomes a side, the lowest so far: pass the
+    lowest seen at earlier outcomes as ``lowest_always_valid_p``) may be watched continuously, and
+    ``significant`` (it is under ``SIGNIFICANCE``) is the verdict to act on.
     """
+    reliable = control.outcomes >= 30 and treatment.outcomes >= 30
     result: dict[str, Any] = {
         "difference": treatment.mean - control.mean,
         "test": None,
         "statistic": None,
         "p_value": None,
-        "reliable": control.outcomes >= 30 and treatment.outcomes >= 30,
+        "always_valid_p_value": lowest_always_valid_p if reliable and lowest_always_valid_p < 1 else None,
+        "significant": reliable and lowest_always_valid_p < SIGNIFICANCE,
+        "reliable": reliable,
     }
+    test, statistic = _statistic(control, treatment)
+    result["test"] = test
+    if statistic is None:
+        return result
+    result["statistic"] = statistic
+    result["p_value"] = _normal_two_sided_p(statistic)
+    if reliable:
+        lowest = min(lowest_always_valid_p, always_valid_p(statistic, control.outcomes, treatment.outcomes))
+        result["always_valid_p_value"] = lowest
+        result["significant"] = lowest < SIGNIFICANCE
+    return result
+
+
+def lower_always_valid_p(control: VariantStats, treatment: VariantStats, lowest: float) -> float:
+    """``lowest``, the lowest always-valid p-value of a test so far, after one more outcome: what
+    :func:`compare` would say, without the rest of its answer (this runs for every outcome recorded)."""
+    if control.outcomes < 30 or treatment.outcomes < 30:
+        return lowest
+    statistic = _statistic(control, treatment)[1]
+    return lowest if statistic is None else min(lowest, always_valid_p(statistic, control.outcomes, treatment.outcomes))
+
+
+def _statistic(control: VariantStats, treatment: VariantStats) -> tuple[str | None, float | None]:
+    """The test for these rewards, and the standardized difference of means (None: no spread to measure it
+    by, or under 2 outcomes a side)."""
     n1, n2 = control.outcomes, treatment.outcomes
     if n1 < 2 or n2 < 2:
-        return result
+        return None, None
     if control.binary and treatment.binary:
         pooled = (control.total + treatment.total) / (n1 + n2)
         spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-        result["test"] = "two-proportion z"
+        test = "two-proportion z"
     else:
         spread = math.sqrt(control.variance / n1 + treatment.variance / n2)
-        result["test"] = "welch t (normal approximation)"
+        test = "welch t (normal approximation)"
     if spread == 0:
-        return result
-    statistic = (treatment.mean - control.mean) / spread
-    result["statistic"] = statistic
-    result["p_value"] = _normal_two_sided_p(statistic)
-    return result
+        return test, None
+    return test, (treatment.mean - control.mean) / spread
 
 
 def thompson(arms: Mapping[str, VariantStats], rng: np.random.Generator) -> str:

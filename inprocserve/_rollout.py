@@ -42,6 +42,7 @@ from ._experiments import (
     bucket,
     compare,
     epsilon_greedy,
+    lower_always_valid_p,
     pick_weighted,
     thompson,
 )
@@ -354,6 +355,10 @@ class Router:
         self._shadow_gate = shadow_gate
         self._lock = threading.Lock()
         self._stats: dict[str, VariantStats] = {}
+        # The lowest always-valid p-value of each test (control, treatment) over every outcome so far: a
+        # sequential test's p-value is the running minimum, so that its verdict does not hang on when
+        # status() happens to be read (kept under the lock, with the statistics)
+        self._lowest_p: dict[tuple[str, str], float] = {}
         self._assignments = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
         # reported by key can only be credited to what was drawn (set under the lock the draw holds anyway).
@@ -977,9 +982,20 @@ class Router:
             variant = self._variant_of_key(str(key), ready, latest, self.state if state is None else state)
         if variant is None:
             return None
+        config = (self.state if state is None else state).config
         with self._lock:
             self._stats.setdefault(variant, VariantStats()).add(reward)
+            for pair in _test_pairs(config):
+                if variant in pair:
+                    self._follow_test(pair)
         return variant
+
+    def _follow_test(self, pair: tuple[str, str]) -> None:
+        """Lower the test's always-valid p-value to where this outcome puts it (under the lock): one
+        statistic, a few microseconds, and only once both sides have the outcomes a test needs."""
+        control, treatment = self._stats.get(pair[0]), self._stats.get(pair[1])
+        if control is not None and treatment is not None:
+            self._lowest_p[pair] = lower_always_valid_p(control, treatment, self._lowest_p.get(pair, 1.0))
 
     def _variant_of_key(self, key: str, ready: Mapping[int, Any], latest: int, state: RoutingState) -> str | None:
         """The variant a targeting key gets, with no side effect: no bandit draw, no shadow, no count.
@@ -1050,13 +1066,11 @@ class Router:
         config = state.config
         with self._lock:
             stats = {name: s.to_dict() for name, s in self._stats.items()}
-            arms = list(config.variants)
-            pairs = [("stable", "canary")] + [(arms[0], name) for name in arms[1:]]
             tests = {}
-            for control_name, name in pairs:  # only with outcomes on both sides: no difference against nothing
-                control, treatment = self._stats.get(control_name), self._stats.get(name)
+            for pair in _test_pairs(config):  # only with outcomes on both sides: no difference against nothing
+                control, treatment = self._stats.get(pair[0]), self._stats.get(pair[1])
                 if control is not None and treatment is not None and control.outcomes and treatment.outcomes:
-                    tests[name] = compare(control, treatment)
+                    tests[pair[1]] = compare(control, treatment, lowest_always_valid_p=self._lowest_p.get(pair, 1.0))
             wins = dict(self.interleaving_wins)
         return {
             "strategy": config.strategy,
@@ -1152,6 +1166,12 @@ def _percent(key: str, value: float) -> float:
     if not 0 <= value <= 100:  # NaN fails this too
         raise UnusableFlag(key, f"{key!r} must be a percentage from 0 to 100, got {value:g}")
     return value
+
+
+def _test_pairs(config: RolloutConfig) -> list[tuple[str, str]]:
+    """The (control, treatment) pairs that ``tests`` compares: the canary with stable, each arm with the first."""
+    arms = list(config.variants)
+    return [("stable", "canary")] + [(arms[0], name) for name in arms[1:]]
 
 
 def _weights(key: str, value: Any, variants: Mapping[str, Any]) -> dict[str, float]:

@@ -11,7 +11,9 @@ import pytest
 from inprocserve._experiments import (
     AB_SALT_SUFFIX,
     BUCKETS,
+    SEQUENTIAL_EFFECT_SD,
     VariantStats,
+    always_valid_p,
     bucket,
     compare,
     epsilon_greedy,
@@ -98,6 +100,35 @@ def test_compare_with_too_few_outcomes_reports_no_p_value() -> None:
     a, b = VariantStats(), VariantStats()
     a.add(1)
     assert compare(a, b)["p_value"] is None
+
+
+@pytest.mark.parametrize(("z", "n1", "n2"), [(0.0, 30, 30), (2.0, 100, 100), (3.0, 500, 2000), (4.5, 10_000, 9_000)])
+def test_the_always_valid_p_value_is_one_over_the_mixture_likelihood_ratio(z: float, n1: int, n2: int) -> None:
+    """Against the mixture integrated numerically: z ~ N(delta * sqrt(n), 1), delta ~ N(0, 0.1**2)."""
+    root_n = math.sqrt(1 / (1 / n1 + 1 / n2))
+    deltas = np.linspace(-1.5, 1.5, 600_001)
+    prior = np.exp(-0.5 * (deltas / SEQUENTIAL_EFFECT_SD) ** 2) / (SEQUENTIAL_EFFECT_SD * math.sqrt(2 * math.pi))
+    ratio = np.exp(z * deltas * root_n - 0.5 * (deltas * root_n) ** 2)
+    mixture = float(np.sum(prior * ratio) * (deltas[1] - deltas[0]))
+    assert always_valid_p(z, n1, n2) == pytest.approx(min(1.0, 1 / mixture), rel=1e-6)
+    assert always_valid_p(-z, n1, n2) == always_valid_p(z, n1, n2)
+
+
+def test_the_always_valid_p_value_keeps_its_lowest_and_needs_30_outcomes_a_side() -> None:
+    rng = np.random.default_rng(4)
+    control, treatment = VariantStats(), VariantStats()
+    for _ in range(29):
+        control.add(float(rng.random() < 0.1))
+        treatment.add(float(rng.random() < 0.6))
+    early = compare(control, treatment)
+    assert early["p_value"] < 0.05 and early["always_valid_p_value"] is None and early["significant"] is False
+    for _ in range(200):
+        control.add(float(rng.random() < 0.1))
+        treatment.add(float(rng.random() < 0.6))
+    result = compare(control, treatment)
+    assert result["significant"] is True and result["always_valid_p_value"] < 1e-6
+    assert result["always_valid_p_value"] > result["p_value"]  # the price of reading it at any time
+    assert compare(control, treatment, lowest_always_valid_p=1e-30)["always_valid_p_value"] == 1e-30
 
 
 @pytest.mark.parametrize("policy", ["thompson", "epsilon_greedy"])

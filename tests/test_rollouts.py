@@ -370,6 +370,41 @@ def test_ab_test_with_outcomes(versions: Path, make_server: ServerFactory) -> No
     assert server.record_outcome(None, 1.0, model="scale", key="user-3") in arms
 
 
+def test_an_ab_test_watched_on_the_status_page_seldom_shows_a_difference_that_is_not_there(versions: Path) -> None:
+    """60 A/A tests (both arms convert at 20 %), each read on the status page every 20 outcomes up to 1000,
+    as a team watching a test does. With the fixed-horizon p-value as the verdict, 18 of them (30 %) showed
+    "significant" at some point, though there was nothing to find; with the always-valid one, 2."""
+    arms = {"control": VariantConfig(version=1), "treatment": VariantConfig(version=2)}
+    config = rollout(strategy="ab", variants=arms)
+    rng = np.random.default_rng(7)
+    fooled = 0
+    for experiment in range(60):
+        with inprocserve.Server(versions, config=config) as server:
+            for i in range(1000):
+                server.record_outcome(None, float(rng.random() < 0.2), model="scale", key=f"{experiment}-{i}")
+                if i % 20 == 19 and "significant (" in inprocserve.render_status_page(server.status()):
+                    fooled += 1
+                    break
+    assert fooled <= 5
+
+
+def test_an_ab_test_with_a_real_difference_turns_significant_and_stays_so(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    arms = {"control": VariantConfig(version=1), "treatment": VariantConfig(version=2)}
+    server = make_server(versions, config=rollout(strategy="ab", variants=arms))
+    rng = np.random.default_rng(8)
+    verdicts = []
+    for i in range(3000):
+        result = answer(server, f"user-{i}")
+        server.record_outcome(result.request_id, float(rng.random() < (0.10 if result.variant == "control" else 0.18)))
+        if i % 100 == 99:
+            verdicts.append(server.status()["models"]["scale"]["rollout"]["tests"]["treatment"]["significant"])
+    assert verdicts[-1] is True and verdicts.index(True) < 25
+    assert all(verdicts[verdicts.index(True) :])  # the lowest p-value so far: a verdict once reached stays
+    assert "significant (always-valid p &lt; 0.05)" in inprocserve.render_status_page(server.status())
+
+
 def test_ab_weights_come_from_a_flag(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.ab.weights": {"a": 0, "b": 1}})
     arms = {"a": VariantConfig(version=1), "b": VariantConfig(version=3)}

@@ -316,7 +316,13 @@ def test_a_significant_result_needs_enough_outcomes() -> None:
         "strategy": "ab",
         "variants": {"a": {"served": 100}, "b": {"served": 100}, "c": {"served": 10}},
         "tests": {
-            "b": {"difference": 0.2, "test": "two-proportion z", "p_value": 0.001, "reliable": True},
+            "b": {
+                "difference": 0.2,
+                "test": "two-proportion z",
+                "p_value": 0.001,
+                "reliable": True,
+                "always_valid_p_value": 0.02,
+            },
             "c": {"difference": 0.3, "test": "two-proportion z", "p_value": 0.01, "reliable": False},
         },
         "configured": {"arms": {"a": {"version": 1, "weight": 1}, "b": {"version": 1, "weight": 1}}},
@@ -324,8 +330,29 @@ def test_a_significant_result_needs_enough_outcomes() -> None:
     status = _status_with(**{"1": {"state": "ready"}})
     status["models"]["m"]["rollout"] = rollout
     text = " ".join(parse(inprocserve.render_status_page(status)).text)
-    assert "significant (p < 0.05)" in text
+    assert "significant (always-valid p < 0.05)" in text
     assert "p < 0.05 but under 30 outcomes a side" in text
+
+
+def test_the_verdict_of_a_watched_test_reads_the_always_valid_p_value() -> None:
+    """A page is watched while a test runs: a fixed-horizon p < 0.05 alone is no verdict to act on."""
+    tests = {
+        "b": {
+            "difference": 0.01,
+            "test": "two-proportion z",
+            "p_value": 0.01,
+            "reliable": True,
+            "always_valid_p_value": 0.4,
+        },
+    }
+    rollout = {"strategy": "ab", "variants": {"a": {"served": 900}, "b": {"served": 900}}, "tests": tests}
+    status = _status_with(**{"1": {"state": "ready"}})
+    status["models"]["m"]["rollout"] = rollout
+    page = inprocserve.render_status_page(status)
+    row = page[page.index("<td>b</td>") :].split("</tr>")[0]
+    text = " ".join(parse(row).text)
+    assert "not yet: only the fixed-horizon p < 0.05" in text and "0.400" in text
+    assert "significant (" not in text
 
 
 def test_a_shadow_answering_nan_shows_an_infinite_difference(rollout_server: inprocserve.Server) -> None:
