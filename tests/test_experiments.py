@@ -96,6 +96,26 @@ def test_welch_for_continuous_rewards() -> None:
     assert result["reliable"] is True
 
 
+@pytest.mark.parametrize(
+    ("mean", "sd", "n"), [(1e6, 0.01, 20_000), (1e9, 1.0, 5_000), (1e7, 100.0, 5_000), (0.5, 1e-7, 5_000)]
+)
+def test_welch_is_exact_for_rewards_large_against_their_spread(mean: float, sd: float, n: int) -> None:
+    """Rewards such as revenue in micro-units: the variance by sum(x**2) - n * mean**2 cancelled, and a z of
+    12.5 read 2.8 (a variance 40 times too high)."""
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(mean, sd, n), rng.normal(mean + 0.05 * sd, sd, n)
+    control, treatment = VariantStats(), VariantStats()
+    for x, y in zip(a.tolist(), b.tolist(), strict=True):
+        control.add(x)
+        treatment.add(y)
+    assert control.variance == pytest.approx(float(np.var(a, ddof=1)), rel=1e-6)
+    assert treatment.mean == pytest.approx(float(np.mean(b)), rel=1e-12)
+    z = (np.mean(b) - np.mean(a)) / math.sqrt(np.var(a, ddof=1) / n + np.var(b, ddof=1) / n)
+    result = compare(control, treatment)
+    assert result["statistic"] == pytest.approx(z, rel=1e-4)
+    assert result["p_value"] == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), rel=1e-3)
+
+
 def test_compare_with_too_few_outcomes_reports_no_p_value() -> None:
     a, b = VariantStats(), VariantStats()
     a.add(1)

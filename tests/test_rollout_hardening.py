@@ -108,8 +108,8 @@ def test_a_numpy_reward_is_a_number_and_a_bool_is_not(versions: Path, make_serve
 
 
 def test_thompson_picks_a_known_arm_even_from_statistics_that_are_not_numbers() -> None:
-    poisoned = VariantStats(served=1, outcomes=1, total=float("nan"), total_sq=float("nan"))
-    arms = {"a": poisoned, "b": VariantStats(served=1, outcomes=1, total=float("nan"), total_sq=float("nan"))}
+    poisoned = VariantStats(served=1, outcomes=1, total=float("nan"), shifted_sq=float("nan"))
+    arms = {"a": poisoned, "b": VariantStats(served=1, outcomes=1, total=float("nan"), shifted_sq=float("nan"))}
     rng = np.random.default_rng(0)
     assert {thompson(arms, rng) for _ in range(20)} <= {"a", "b"}
     with pytest.raises(ValueError, match="finite"):
