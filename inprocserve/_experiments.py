@@ -87,10 +87,12 @@ class VariantStats:
     shift: float = 0.0
     shifted_total: float = 0.0
     shifted_sq: float = 0.0
+    low: float = math.inf
+    high: float = -math.inf
 
     def add(self, reward: float) -> None:
         if not math.isfinite(reward):  # one NaN would poison the mean, the tests and the bandit for good
-            raise ValueError(f"a reward must be a finite number (0 or 1, or a value in [0, 1]), got {reward!r}")
+            raise ValueError(f"a reward must be a finite number, got {reward!r}")
         if not self.outcomes:
             self.shift = reward
         self.outcomes += 1
@@ -100,6 +102,10 @@ class VariantStats:
         self.shifted_sq += deviation * deviation
         if reward not in (0, 1):
             self.binary = False
+        if reward < self.low:
+            self.low = reward
+        if reward > self.high:
+            self.high = reward
 
     @property
     def mean(self) -> float:
@@ -208,13 +214,24 @@ def _statistic(control: VariantStats, treatment: VariantStats) -> tuple[str | No
 
 
 def thompson(arms: Mapping[str, VariantStats], rng: np.random.Generator) -> str:
-    """Thompson sampling with Beta(1 + successes, 1 + failures) posteriors (rewards in [0, 1]).
+    """Thompson sampling with Beta(1 + successes, 1 + failures) posteriors.
+
+    Rewards in [0, 1] count as they are (a fractional reward as that share of a success). Other rewards are
+    first rescaled to [0, 1] by the range seen across the arms (lowest to highest reward): clamped to [0, 1]
+    instead, every arm that earned 20 per conversion looked perfect once its total passed its count (the
+    first arm to earn one kept nearly all traffic, the best or not), and arms of costs (negative rewards) all
+    looked like failures, drawn at random for good.
 
     Always returns one of ``arms`` (the first on ties or on a draw that is not a number).
     """
+    seen = [stats for stats in arms.values() if stats.outcomes]
+    low, high = min([0.0] + [stats.low for stats in seen]), max([1.0] + [stats.high for stats in seen])
+    if low < 0 or high > 1:  # not all in [0, 1]: the range seen, so that rewards of 5 or 6 are told apart
+        low, high = min(stats.low for stats in seen), max(stats.high for stats in seen)
+    width = high - low if high > low else 1.0
     best, best_draw = next(iter(arms)), -1.0
     for name, stats in arms.items():
-        successes = min(max(stats.total, 0.0), float(stats.outcomes))
+        successes = min(max((stats.total - stats.outcomes * low) / width, 0.0), float(stats.outcomes))
         if not math.isfinite(successes):
             successes = 0.0
         draw = rng.beta(1 + successes, 1 + stats.outcomes - successes)

@@ -584,7 +584,7 @@ class RolloutMethods:
     def record_outcome(
         self, request_id: str | None, reward: float, *, model: str | None = None, key: str | None = None
     ) -> str | None:
-        """Attribute an outcome (a click, a conversion, a reward in [0, 1] for bandits) to the variant
+        """Attribute an outcome (a click, a conversion, a reward: any finite number) to the variant
         that served ``request_id`` — or, with ``model`` and ``key``, to the variant that targeting key is
         bucketed to. Returns the variant credited, or ``None`` if the request is unknown (or too old) or its
         outcome was recorded already: by request id, an outcome counts once, so a retried report cannot

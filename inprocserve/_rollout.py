@@ -972,7 +972,7 @@ class Router:
         if not (math.isfinite(reward) and abs(reward) <= _LARGEST_REWARD):
             raise ValueError(
                 f"reward must be a finite number (1.0/0.0 for a conversion or none, any value within "
-                f"+-{_LARGEST_REWARD:g} for an A/B test, a value in [0, 1] for a bandit), got {reward!r}"
+                f"+-{_LARGEST_REWARD:g}), got {reward!r}"
             )
         with self._lock:
             variant = self._assignments.take(request_id) if request_id is not None else None

@@ -166,6 +166,23 @@ def test_bandits_converge_to_the_better_arm(policy: str) -> None:
     assert late > 0.6, pulls
 
 
+@pytest.mark.parametrize(("per_conversion", "base"), [(20.0, 0.0), (-1.0, 0.0), (1.0, 5.0), (0.5, 0.25)])
+def test_thompson_finds_the_best_arm_whatever_the_scale_of_the_rewards(per_conversion: float, base: float) -> None:
+    """Revenue of 20 per conversion, a cost of 1, a score of 5 or 6: clamped to [0, 1], the first arm to earn
+    20 looked perfect and kept the traffic (the best arm in only 28 of 40 runs), and costs taught nothing."""
+    rates = {"a": 0.05, "b": 0.20, "c": 0.08}
+    best = max(rates, key=lambda name: base + per_conversion * rates[name])
+    for run in range(10):
+        rng, reward_rng = np.random.default_rng(run), np.random.default_rng(1000 + run)
+        arms = {name: VariantStats() for name in rates}
+        picks = []
+        for _ in range(1500):
+            name = thompson(arms, rng)
+            picks.append(name)
+            arms[name].add(base + per_conversion * float(reward_rng.random() < rates[name]))
+        assert picks[-500:].count(best) > 250, (run, {name: picks[-500:].count(name) for name in rates})
+
+
 def test_bandits_are_deterministic_under_a_seed() -> None:
     def run(seed: int) -> list[str]:
         rng = np.random.default_rng(seed)
