@@ -202,6 +202,12 @@ class _Assignments:
             self._entries[request_id] = (entry[0], _COUNTED)  # (in place: the order of expiry is kept)
         return entry[1]
 
+    def forget(self, variants: Container[str]) -> None:
+        """Forget the requests served by these variants (a pass over every entry: for a reload, not a request)."""
+        self._entries = OrderedDict(
+            (request_id, entry) for request_id, entry in self._entries.items() if entry[1] not in variants
+        )
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -359,6 +365,7 @@ class Router:
         # sequential test's p-value is the running minimum, so that its verdict does not hang on when
         # status() happens to be read (kept under the lock, with the statistics)
         self._lowest_p: dict[tuple[str, str], float] = {}
+        self._arm_versions: dict[str, int] = {}  # the version each arm's statistics are of (see _configure)
         self._assignments = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
         # reported by key can only be credited to what was drawn (set under the lock the draw holds anyway).
@@ -447,6 +454,32 @@ class Router:
             with self._lock:
                 self._bandit_keys.clear()
                 self._drew_for_keys = False
+        self._restart_changed_arms(config)
+
+    def _restart_changed_arms(self, config: RolloutConfig) -> None:
+        """Start afresh the statistics of an arm that now names another version than they were recorded for.
+
+        They were kept by arm name alone: an arm pointed from version 2 to 3 by a reload went on adding
+        version 3's outcomes to version 2's, its test compared the mixture (a worse version 3 still showed
+        as significantly better for thousands of outcomes) and a bandit credited version 3 with version 2's
+        record. Requests served by the old version, and a bandit's draws of the arm, are forgotten with them:
+        an outcome reported for them now credits nothing."""
+        with self._lock:
+            changed = {
+                name
+                for name, arm in config.variants.items()
+                if self._arm_versions.get(name, arm.version) != arm.version
+            }
+            self._arm_versions.update((name, arm.version) for name, arm in config.variants.items())
+            if not changed:
+                return
+            for name in changed:
+                self._stats.pop(name, None)
+            for pair in [pair for pair in self._lowest_p if changed.intersection(pair)]:
+                del self._lowest_p[pair]
+            self._assignments.forget(changed)
+            for key in [key for key, arm in self._bandit_keys.items() if arm in changed]:
+                del self._bandit_keys[key]
 
     # -- the decision ---------------------------------------------------------------------------------------
 

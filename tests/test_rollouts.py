@@ -405,6 +405,45 @@ def test_an_ab_test_with_a_real_difference_turns_significant_and_stays_so(
     assert "significant (always-valid p &lt; 0.05)" in inprocserve.render_status_page(server.status())
 
 
+def test_an_arm_pointed_at_another_version_starts_its_statistics_afresh(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """Treatment ran version 2 (converts at 20 %), then a reload pointed it at version 3 (5 %, worse than
+    the control's 10 %): its statistics went on from version 2's, and status showed treatment at 12 %,
+    significantly better than the control, after 1000 outcomes of version 3."""
+
+    def ab(treatment: int, control_weight: float = 1.0) -> inprocserve.ModelConfig:
+        arms = {
+            "control": VariantConfig(version=1, weight=control_weight),
+            "treatment": VariantConfig(version=treatment),
+        }
+        return rollout(strategy="ab", variants=arms)
+
+    server = make_server(versions, config=ab(treatment=2))
+    rng = np.random.default_rng(0)
+    rates = {1: 0.10, 2: 0.20, 3: 0.05}
+
+    def run(users: range) -> list[inprocserve.Prediction]:
+        results = [answer(server, f"user-{i}") for i in users]
+        for result in results[: len(results) // 2]:
+            server.record_outcome(result.request_id, float(rng.random() < rates[result.version]))
+        return results
+
+    pending = run(range(4000))  # half of them report their outcome later
+    assert server.status()["models"]["scale"]["rollout"]["tests"]["treatment"]["significant"] is True
+    server.load("scale", config=ab(treatment=2, control_weight=1.000001))  # the same versions: kept
+    assert server.status()["models"]["scale"]["rollout"]["variants"]["treatment"]["outcomes"] > 900
+    server.load("scale", config=ab(treatment=3))
+    report = server.status()["models"]["scale"]["rollout"]
+    assert "treatment" not in report["variants"] and report["variants"]["control"]["outcomes"] > 900
+    late = [r for r in pending[2000:] if r.variant == "treatment"]
+    assert all(server.record_outcome(r.request_id, 1.0) is None for r in late)  # version 2's: not version 3's
+    run(range(4000, 6000))
+    report = server.status()["models"]["scale"]["rollout"]
+    assert report["variants"]["treatment"]["mean_reward"] < 0.08
+    assert report["tests"]["treatment"]["difference"] < 0
+
+
 def test_ab_weights_come_from_a_flag(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.ab.weights": {"a": 0, "b": 1}})
     arms = {"a": VariantConfig(version=1), "b": VariantConfig(version=3)}
