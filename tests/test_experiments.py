@@ -183,6 +183,18 @@ def test_thompson_finds_the_best_arm_whatever_the_scale_of_the_rewards(per_conve
         assert picks[-500:].count(best) > 250, (run, {name: picks[-500:].count(name) for name in rates})
 
 
+def test_epsilon_greedy_draws_among_arms_tied_for_the_best_mean() -> None:
+    """Rare conversions leave every arm at a mean of 0 for a while: the first listed took every greedy pick."""
+    arms = {name: VariantStats() for name in ("control", "b", "c")}
+    for stats in arms.values():
+        stats.add(0.0)
+    rng = np.random.default_rng(0)
+    picks = [epsilon_greedy(arms, rng, 0.0) for _ in range(3000)]
+    assert all(900 < picks.count(name) < 1100 for name in arms), {name: picks.count(name) for name in arms}
+    arms["c"].add(1.0)
+    assert {epsilon_greedy(arms, rng, 0.0) for _ in range(100)} == {"c"}
+
+
 def test_bandits_are_deterministic_under_a_seed() -> None:
     def run(seed: int) -> list[str]:
         rng = np.random.default_rng(seed)
