@@ -366,6 +366,7 @@ class Router:
         # status() happens to be read (kept under the lock, with the statistics)
         self._lowest_p: dict[tuple[str, str], float] = {}
         self._arm_versions: dict[str, int] = {}  # the version each arm's statistics are of (see _configure)
+        self._canary_version: int | None = None  # the configured canary's, whose statistics "canary" holds
         self._assignments = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
         # reported by key can only be credited to what was drawn (set under the lock the draw holds anyway).
@@ -463,7 +464,11 @@ class Router:
         version 3's outcomes to version 2's, its test compared the mixture (a worse version 3 still showed
         as significantly better for thousands of outcomes) and a bandit credited version 3 with version 2's
         record. Requests served by the old version, and a bandit's draws of the arm, are forgotten with them:
-        an outcome reported for them now credits nothing."""
+        an outcome reported for them now credits nothing.
+
+        So does a new configured canary (``canary.version``): "canary" and "stable" start afresh, a new
+        experiment against the stable version as it is now (a canary version chosen by a flag is not seen
+        here: the statistics are by variant, whatever version a flag chose)."""
         with self._lock:
             changed = {
                 name
@@ -471,6 +476,11 @@ class Router:
                 if self._arm_versions.get(name, arm.version) != arm.version
             }
             self._arm_versions.update((name, arm.version) for name, arm in config.variants.items())
+            canary = config.canary.version
+            if canary is not None:
+                if self._canary_version not in (None, canary):
+                    changed.update(("canary", "stable"))
+                self._canary_version = canary
             if not changed:
                 return
             for name in changed:

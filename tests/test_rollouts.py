@@ -21,7 +21,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
-from inprocserve import InMemoryFlags, ModelConfig, VariantConfig, VersionPolicy, WarmupConfig
+from inprocserve import CanaryConfig, InMemoryFlags, ModelConfig, VariantConfig, VersionPolicy, WarmupConfig
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, rollout, run_threads, wait_until
@@ -442,6 +442,26 @@ def test_an_arm_pointed_at_another_version_starts_its_statistics_afresh(
     report = server.status()["models"]["scale"]["rollout"]
     assert report["variants"]["treatment"]["mean_reward"] < 0.08
     assert report["tests"]["treatment"]["difference"] < 0
+
+
+def test_a_new_canary_version_starts_the_canary_test_afresh(versions: Path, make_server: ServerFactory) -> None:
+    """Canary 2 (20 %, against stable's 10 %), then config.toml's canary.version = 3 (5 %): the canary's
+    statistics went on from version 2's, and status showed the canary at 13 %, significantly better."""
+
+    def canary(version: int) -> inprocserve.ModelConfig:
+        return rollout(strategy="canary", stable=1, canary=CanaryConfig(version=version, percent=50))
+
+    server = make_server(versions, config=canary(2))
+    rng = np.random.default_rng(0)
+    rates = {1: 0.10, 2: 0.20, 3: 0.05}
+    for i in range(4000):
+        if i == 2000:
+            server.load("scale", config=canary(3))
+        result = answer(server, f"user-{i}")
+        server.record_outcome(result.request_id, float(rng.random() < rates[result.version]))
+    report = server.status()["models"]["scale"]["rollout"]
+    assert 800 < report["variants"]["canary"]["outcomes"] < 1200
+    assert report["variants"]["canary"]["mean_reward"] < 0.08 and report["tests"]["canary"]["difference"] < 0
 
 
 def test_ab_weights_come_from_a_flag(versions: Path, make_server: ServerFactory) -> None:
