@@ -203,10 +203,12 @@ class _Assignments:
         return entry[1]
 
     def forget(self, variants: Container[str]) -> None:
-        """Forget the requests served by these variants (a pass over every entry: for a reload, not a request)."""
-        self._entries = OrderedDict(
-            (request_id, entry) for request_id, entry in self._entries.items() if entry[1] not in variants
-        )
+        """Credit nothing more to these variants: their requests are marked counted, so that an outcome for
+        one credits neither the variant nor, by key, what the key gets now (a pass over every entry: for a
+        reload, not a request)."""
+        entries = self._entries
+        for request_id in [request_id for request_id, entry in entries.items() if entry[1] in variants]:
+            entries[request_id] = (entries[request_id][0], _COUNTED)  # (in place: the order of expiry is kept)
 
     def __len__(self) -> int:
         return len(self._entries)

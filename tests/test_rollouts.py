@@ -436,8 +436,9 @@ def test_an_arm_pointed_at_another_version_starts_its_statistics_afresh(
     server.load("scale", config=ab(treatment=3))
     report = server.status()["models"]["scale"]["rollout"]
     assert "treatment" not in report["variants"] and report["variants"]["control"]["outcomes"] > 900
-    late = [r for r in pending[2000:] if r.variant == "treatment"]
-    assert all(server.record_outcome(r.request_id, 1.0) is None for r in late)  # version 2's: not version 3's
+    late = {f"user-{i}": r for i, r in enumerate(pending) if i >= 2000 and r.variant == "treatment"}
+    for user, result in late.items():  # served by version 2: credited neither to version 3 nor by key
+        assert server.record_outcome(result.request_id, 1.0, model="scale", key=user) is None
     run(range(4000, 6000))
     report = server.status()["models"]["scale"]["rollout"]
     assert report["variants"]["treatment"]["mean_reward"] < 0.08
