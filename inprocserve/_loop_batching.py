@@ -68,7 +68,7 @@ from ._errors import DeadlineExceededError, RemoteUnavailableError, ServerClosed
 from ._flag_reader import forbid_waiting_when
 from ._flags import WaitOffLoop
 from ._prediction import Prediction
-from ._request import BatchTiming, Request, Route, wake_after_batch
+from ._request import QUEUED, BatchTiming, Request, Route, wake_after_batch
 from ._telemetry import metering, start_request_span, tracing
 
 if TYPE_CHECKING:
@@ -762,6 +762,10 @@ class _Merged:
             if type(member.waiter) is _Waiter and not member.waiter.done():
                 self._left += 1
                 member.waiter.on_given_up(hook)
+        if request.state != QUEUED:  # taken meanwhile (the lock was let go): see _LoopFuture's
+            for member in self.members:
+                if type(member.waiter) is _Waiter:
+                    member.waiter._given_up = None
 
     def _gave_up(self, batcher: Batcher, request: Request, waiter: _Waiter) -> None:
         self._left -= 1
@@ -816,6 +820,10 @@ class _LoopFuture:
         waiter = self._waiter
         if type(waiter) is _Waiter:
             waiter.on_given_up(lambda waiter: batcher.withdraw(request, _given(waiter)))
+            if request.state != QUEUED:
+                # Taken by a worker since the batcher let go of its lock, maybe answered already: _post cleared
+                # the hook before it was set, and kept it would make the cycle that _post breaks.
+                waiter._given_up = None
 
     def when_given_up(self, callback: Callable[[BaseException], None]) -> None:
         """Call ``callback`` on the loop once the task is done, with what it got if that is not its answer

@@ -16,6 +16,8 @@ import pytest
 
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig
+from inprocserve._batching import Batcher
+from inprocserve._request import DONE
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 from .test_telemetry import Otel, _outcomes
@@ -188,6 +190,45 @@ def test_an_answered_apredict_request_is_freed_without_a_collection(
         loop.run_until_complete(main())
         blocker.result(timeout=60)
         # (a worker lets go of its batch a moment after answering it)
+        wait_until(lambda: all(ref() is None for ref in kept), timeout_s=5)
+    finally:
+        gc.enable()
+        loop.close()
+
+
+def test_a_request_answered_before_its_hook_is_set_is_freed_without_a_collection(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batcher sets the withdrawing hook after it lets go of its lock: a worker may take and answer the
+    request in between (the loop's thread descheduled there), its answer clearing a hook not set yet; the
+    hook set after it kept the cycle that answering breaks. Forced here by waiting, in between, until a
+    worker has answered the request."""
+    server = make_server(busy_repository, models={"busy": BOUNDED})
+    monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)
+    server.predict("busy", busy_inputs(1))
+    set_hook = Batcher._withdraw_when_given_up
+
+    def descheduled(batcher: Batcher, request: Any) -> None:
+        batcher.wake()  # (as a worker finishing its batch takes the queue)
+        wait_until(lambda: request.state == DONE)
+        wait_until(lambda: request.future.done())
+        set_hook(batcher, request)
+
+    monkeypatch.setattr(Batcher, "_withdraw_when_given_up", descheduled)
+    kept: list[weakref.ref[Any]] = []
+
+    async def main() -> None:
+        for index in range(4):
+            inputs = busy_inputs(8, seed=index)
+            kept.append(weakref.ref(inputs["x"]))
+            answer = await server.apredict("busy", inputs)
+            kept.append(weakref.ref(answer["y"]))
+
+    loop = asyncio.new_event_loop()
+    gc.collect()
+    gc.disable()
+    try:
+        loop.run_until_complete(main())
         wait_until(lambda: all(ref() is None for ref in kept), timeout_s=5)
     finally:
         gc.enable()
