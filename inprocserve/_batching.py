@@ -30,6 +30,7 @@ from ._batch_execution import BatchExecution
 from ._batch_ops import group_key
 from ._batch_queue import BatchQueue
 from ._config import BatchingConfig
+from ._deadlines import Watchdog
 from ._errors import DeadlineExceededError, InferenceError, QueueFullError, ServerClosedError
 from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
 from ._handoff import handoff_cost_s
@@ -57,23 +58,35 @@ class VersionRetiredError(ServerClosedError):
 class _WithdrawIfCancelled:
     """A ``submit`` future's done-callback: a request cancelled while queued leaves the queue now. It lets
     go of the request once called: a future keeps its callbacks, and a caller keeping its futures must not
-    keep their requests' inputs too."""
+    keep their requests' inputs too. ``alarm``: the request's deadline on the batcher's watchdog (see
+    :meth:`Batcher._expire_queued`), disarmed once the future is done."""
 
-    __slots__ = ("batcher", "request")
+    __slots__ = ("alarm", "batcher", "request")
 
     def __init__(self, batcher: Batcher, request: Request) -> None:
         self.batcher: Batcher | None = batcher
         self.request: Request | None = request
+        self.alarm: Any = None
 
     def __call__(self, future: Future[Any]) -> None:
-        batcher, request = self.batcher, self.request
-        self.batcher = self.request = None
+        batcher, request, alarm = self.batcher, self.request, self.alarm
+        self.batcher = self.request = self.alarm = None
+        if alarm is not None and batcher is not None:
+            batcher._deadlines.disarm(alarm)
         # (answered: DONE already, the common case)
         if batcher is not None and request is not None and request.state == QUEUED and future.cancelled():
             if batcher.withdraw(request, CancelledError()):
                 # As a worker taking it would: concurrent.futures.wait and as_completed count a cancelled
                 # future done only once notified, and no worker takes a withdrawn request.
                 future.set_running_or_notify_cancel()
+
+    def expire(self) -> None:
+        """The deadline alarm (the watchdog's thread). It holds this, not the request: a disarmed alarm stays
+        in the watchdog's heap until it comes up, and must not keep an answered request's inputs and outputs
+        that long."""
+        batcher, request = self.batcher, self.request
+        if batcher is not None and request is not None:
+            batcher._expire_queued(request, self)
 
 
 class Batcher:
@@ -143,6 +156,9 @@ class Batcher:
             telemetry=self.telemetry,
         )
         self._pool = RunnerPool(backend)
+        # Answers a queued ``submit`` future at its deadline (see _expire_queued); its thread starts with the
+        # first such future, and close() stops it.
+        self._deadlines = Watchdog(f"inprocserve-queue-deadlines-{self.model}-v{self.version}")
         self._reset_state()
         _fork.register(self)
 
@@ -301,7 +317,12 @@ class Batcher:
         cancelled already calls the hook at once."""
         future = request.future
         if type(future) is Future:
-            future.add_done_callback(_WithdrawIfCancelled(self, request))
+            callback = _WithdrawIfCancelled(self, request)
+            deadline = request.deadline
+            if deadline is not None:
+                # (unlocked: it answers the future, whose caller's callbacks run)
+                callback.alarm = self._deadlines.arm(max(0.0, deadline - self._clock()), callback.expire, unlocked=True)
+            future.add_done_callback(callback)
         else:  # an event loop's stand-in (``_loop_batching``), which tells its task's giving up
             watch = getattr(future, "withdraw_when_given_up", None)
             if watch is not None:
@@ -314,13 +335,35 @@ class Batcher:
         with self._lock:
             if request.state != QUEUED or request.queued_on is not self:
                 return False
-            request.state = DONE  # (skipped by whoever takes a batch; counted once, here)
-            self._queue.withdraw(request)
-            self._in_flight -= request.callers
-            self._active_rows -= request.rows
-            self._notify_if_drained()
+            self._withdraw_locked(request)
         request.complete(None, error)
         return True
+
+    def _expire_queued(self, request: Request, callback: _WithdrawIfCancelled) -> None:
+        """A queued ``submit`` future's deadline passed (the watchdog's thread): withdraw its request and
+        answer it now, as :meth:`predict`'s caller and an ``apredict`` task are answered at theirs. Left
+        queued until a session would take it, it was answered that late and counted against
+        ``max_queue_rows`` meanwhile (a live caller got ``QueueFullError`` from a queue of expired requests)."""
+        future = request.future
+        with self._lock:
+            if request.state != QUEUED or request.queued_on is not self or future is None:
+                return
+            left = request.deadline - self._clock() if request.deadline is not None else 0.0
+            if left > 0:  # (an injected clock behind the watchdog's): look again then
+                callback.alarm = self._deadlines.arm(left, callback.expire, unlocked=True)
+                return
+            # Under the lock, as a worker taking it does: a future cancelled meanwhile is notified and
+            # recorded as cancelled; any other can no longer be cancelled.
+            error: BaseException = self._expired_error() if future.set_running_or_notify_cancel() else CancelledError()
+            self._withdraw_locked(request)
+        request.complete(None, error)
+
+    def _withdraw_locked(self, request: Request) -> None:
+        request.state = DONE  # (skipped by whoever takes a batch; counted once, by the caller)
+        self._queue.withdraw(request)
+        self._in_flight -= request.callers
+        self._active_rows -= request.rows
+        self._notify_if_drained()
 
     def wake(self) -> None:
         """Wake a parked worker if requests are queued and a runner is free: the deferred wake of requests
@@ -946,6 +989,7 @@ class Batcher:
                     version=self.version,
                 ),
             )
+        self._deadlines.close()  # (nothing is queued any more)
         current = threading.current_thread()
         for thread in workers:
             if thread is not current:

@@ -572,13 +572,16 @@ def test_followers_of_a_leader_cancelled_in_the_queue_at_close_are_answered(
         follower.exception(timeout=WAIT_S)  # answered or failed, never left waiting
 
 
-def reload_behind(server: inprocserve.Server, old: Any, blocker: Any) -> None:
+def reload_behind(server: inprocserve.Server, old: Any, blocker: Any, *, draining: Any = None) -> None:
     """Refresh the repository while ``blocker`` keeps the old copy busy: the old copy drains (what is
-    queued behind the blocker runs or expires there), then the reload completes."""
+    queued behind the blocker runs or expires there), then the reload completes. ``draining``: called
+    once the old copy drains, before the blocker finishes (a leader that gives up then)."""
     reload = threading.Thread(target=server.refresh)
     reload.start()
     wait_until(lambda: old.state == "draining", timeout_s=WAIT_S)
     assert not blocker.done(), "the blocker finished before the reload began: make it larger"
+    if draining is not None:
+        draining()
     blocker.result(timeout=WAIT_S)
     reload.join(timeout=WAIT_S)
 
@@ -586,7 +589,7 @@ def reload_behind(server: inprocserve.Server, old: Any, blocker: Any) -> None:
 def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_the_new_copy(
     busy_repository: Path, make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The leader expires in the queue of version 1's old copy while a reload swaps in a new copy of the same
+    # The leader gives up in the queue of version 1's old copy while a reload swaps in a new copy of the same
     # version (its file was rewritten). Its followers re-run by themselves; the old copy refuses them, as it
     # drains, and version 1 still serves: they must run on the new copy, not fail with "was unloaded".
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
@@ -596,7 +599,7 @@ def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_th
     monkeypatch.setattr(old.batcher, "wait", lambda request: (waits_on_the_old_copy.append(request), old_wait(request)))
     blocker = occupy(server, rows=20_000)
     inputs = busy_inputs(1, seed=21)
-    leader = server.submit("busy", inputs, timeout_s=0.001)  # expires while the blocker runs
+    leader = server.submit("busy", inputs)  # gives up (cancelled) as the old copy drains
     followers = [server.submit("busy", inputs) for _ in range(2)]
     answers: list[Any] = []
     joined, proceed = hold_following(server, monkeypatch)  # its caller asks only after the re-run below
@@ -605,9 +608,8 @@ def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_th
     assert joined.wait(WAIT_S)
     staged = save_model(build_busy_model(BUSY_WIDTH), tmp_path, "busy", 1)
     staged.replace(busy_repository / "busy" / "1" / "model.onnx")
-    reload_behind(server, old, blocker)
-    with pytest.raises(inprocserve.DeadlineExceededError):
-        leader.result(timeout=WAIT_S)
+    reload_behind(server, old, blocker, draining=leader.cancel)
+    assert leader.cancelled()
     for follower in followers:
         follower.result(timeout=WAIT_S)  # re-run on the new copy: the held caller's request too, by now
     proceed.set()
@@ -627,14 +629,14 @@ def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_th
 def test_followers_whose_leader_gave_up_while_a_new_version_replaced_theirs_run_on_the_new_version(
     caller: str, busy_repository: Path, make_server: ServerFactory
 ) -> None:
-    # A deploy drops version 2 in while version 1's leader expires in its queue: version 1 is unloaded (the
+    # A deploy drops version 2 in while version 1's leader gives up in its queue: version 1 is unloaded (the
     # policy serves the latest), and its followers, routed by default, re-run by themselves. They were
     # answered "version 1 was unloaded" while version 2 served: a hot reload must not drop a request.
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
     old = server._registry.loaded["busy"][1]
     blocker = occupy(server, rows=20_000)
     inputs = busy_inputs(1, seed=22)
-    leader = server.submit("busy", inputs, timeout_s=0.001)  # expires while the blocker runs
+    leader = server.submit("busy", inputs)  # gives up (cancelled) as version 1 drains
     answers: list[Any] = []
     if caller == "submit":
         followers = [server.submit("busy", inputs) for _ in range(2)]
@@ -644,10 +646,9 @@ def test_followers_whose_leader_gave_up_while_a_new_version_replaced_theirs_run_
         waiter.start()
         wait_until(lambda: len(server._sharing._waiting) == 1, timeout_s=WAIT_S)  # it follows the leader
     save_model(build_busy_model(BUSY_WIDTH), busy_repository, "busy", 2)
-    reload_behind(server, old, blocker)
+    reload_behind(server, old, blocker, draining=leader.cancel)
     assert server.models == {"busy": [2]}
-    with pytest.raises(inprocserve.DeadlineExceededError):
-        leader.result(timeout=WAIT_S)
+    assert leader.cancelled()
     if caller == "predict":
         waiter.join(timeout=WAIT_S)
         followers_answers = answers
@@ -675,7 +676,7 @@ def test_a_follower_moved_to_the_new_version_that_misses_its_deadline_is_recorde
     old = server._registry.loaded["busy"][1]
     blocker = occupy(server, rows=10_000)
     inputs = busy_inputs(1, seed=24)
-    leader = server.submit("busy", inputs, timeout_s=0.001)
+    leader = server.submit("busy", inputs)
     outcome: list[BaseException] = []
 
     def follow() -> None:
@@ -698,12 +699,13 @@ def test_a_follower_moved_to_the_new_version_that_misses_its_deadline_is_recorde
     monkeypatch.setattr(new.batcher._execution, "_run_batch", lambda *a, **k: (gate.wait(WAIT_S), run(*a, **k))[1])
     held = server.submit("busy", busy_inputs(1, seed=25), version=2)  # keeps version 2's session busy
     assert not blocker.done(), "the blocker finished before version 2 was held: make it larger"
-    blocker.result(timeout=WAIT_S)  # the leader expires; its follower is queued on version 2, behind `held`
+    leader.cancel()  # its follower is queued on version 2, behind `held`
+    blocker.result(timeout=WAIT_S)
     waiter.join(timeout=WAIT_S)
     gate.set()
     reload.join(timeout=WAIT_S)
     held.result(timeout=WAIT_S)
-    leader.exception(timeout=WAIT_S)
+    assert leader.cancelled()
     assert len(outcome) == 1 and "version 2" in str(outcome[0])
     assert server.status()["models"]["busy"]["versions"]["2"]["latency_ms"]["errors"] == 1
     assert old.state != "ready"
@@ -715,13 +717,16 @@ def test_a_follower_whose_leader_gave_up_as_the_server_closed_is_told_it_closed(
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
     blocker = occupy(server, rows=10_000)
     inputs = busy_inputs(1, seed=26)
-    leader = server.submit("busy", inputs, timeout_s=0.001)
+    leader = server.submit("busy", inputs)
     follower = server.submit("busy", inputs)
+    batcher = server._registry.loaded["busy"][1].batcher
     closing = threading.Thread(target=lambda: server.close(timeout_s=WAIT_S))
     closing.start()
+    wait_until(lambda: batcher._closing, timeout_s=WAIT_S)
+    assert not blocker.done(), "the blocker finished before the server began to close: make it larger"
+    assert leader.cancel()  # gives up as the server closes
     blocker.result(timeout=WAIT_S)
     closing.join(timeout=WAIT_S)
-    leader.exception(timeout=WAIT_S)
     with pytest.raises(inprocserve.ServerClosedError):  # (it was told "version 1 was unloaded")
         follower.result(timeout=WAIT_S)
 
@@ -734,15 +739,11 @@ def test_a_pinned_follower_whose_version_was_unloaded_is_told_so(
     old = server._registry.loaded["busy"][1]
     blocker = occupy(server, rows=20_000)
     inputs = busy_inputs(1, seed=23)
-    leader = server.submit("busy", inputs, version=1, timeout_s=0.001)
+    leader = server.submit("busy", inputs, version=1)
     follower = server.submit("busy", inputs, version=1)
     save_model(build_busy_model(BUSY_WIDTH), busy_repository, "busy", 2)
-    reload = threading.Thread(target=server.refresh)
-    reload.start()
-    wait_until(lambda: old.state == "draining", timeout_s=WAIT_S)
-    blocker.result(timeout=WAIT_S)
-    reload.join(timeout=WAIT_S)
-    leader.exception(timeout=WAIT_S)
+    reload_behind(server, old, blocker, draining=leader.cancel)
+    assert leader.cancelled()
     with pytest.raises(inprocserve.ModelNotFoundError, match="version 1 was unloaded"):
         follower.result(timeout=WAIT_S)
 

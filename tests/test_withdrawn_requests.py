@@ -121,21 +121,29 @@ def test_a_merged_request_keeps_its_rows_while_one_of_its_tasks_waits(
     assert version_status(server, "busy")["rows_run"] == 1 + 3000 + 32
 
 
-def test_a_kept_future_does_not_keep_its_requests_inputs(busy_repository: Path, make_server: ServerFactory) -> None:
+@pytest.mark.parametrize("timeout_s", [None, 600.0])
+def test_a_kept_future_does_not_keep_its_requests_inputs(
+    timeout_s: float | None, busy_repository: Path, make_server: ServerFactory
+) -> None:
     """The done-callback that withdraws a cancelled request lets go of it once the future is done: callers
-    that keep their futures (a list of them, answered one by one) must not keep every request's inputs."""
+    that keep their futures (a list of them, answered one by one) must not keep every request's inputs. Nor
+    does the deadline alarm of one answered long before its deadline (disarmed, it stays in the watchdog's
+    heap until then)."""
     server = make_server(busy_repository, models={"busy": BOUNDED})
     server.predict("busy", busy_inputs(1))
     blocker = occupy(server)
     inputs = busy_inputs(8)
     kept = weakref.ref(inputs["x"])
-    future = server.submit("busy", inputs)  # queued behind the blocker
+    future = server.submit("busy", inputs, timeout_s=timeout_s)  # queued behind the blocker
     del inputs
     blocker.result(timeout=60)
-    assert future.result(timeout=60)["picked"].shape == (8, 2)
+    answer = weakref.ref(future.result(timeout=60)["picked"])
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     gc.collect()
-    assert kept() is None
+    assert kept() is None  # (the future kept)
+    del future
+    gc.collect()
+    assert answer() is None
 
 
 @pytest.mark.parametrize("queued", ["alone", "following an identical request"])
@@ -233,3 +241,47 @@ def test_a_request_answered_before_its_hook_is_set_is_freed_without_a_collection
     finally:
         gc.enable()
         loop.close()
+
+
+def test_submits_past_their_deadline_are_answered_and_give_their_rows_back_then(
+    otel: Otel, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """A queued ``submit`` future with a deadline is answered at it, as ``predict`` and ``apredict`` callers
+    are at theirs: left queued until a session would take it, it was answered that late (behind a long run:
+    30 times its deadline) and its rows counted against ``max_queue_rows`` until then."""
+    before = _outcomes(otel, "busy")
+    server = make_server(busy_repository, models={"busy": BOUNDED})
+    server.predict("busy", busy_inputs(1))
+    blocker = occupy(server, rows=4000)
+    head = server.submit("busy", busy_inputs(1))
+    late = [server.submit("busy", busy_inputs(8), timeout_s=0.02) for _ in range(7)]
+    done, _ = concurrent.futures.wait(late, timeout=10)
+    assert not blocker.done()  # (answered at their deadline, not by a worker taking them)
+    assert done == set(late)
+    assert all(isinstance(future.exception(), inprocserve.DeadlineExceededError) for future in late)
+    assert version_status(server, "busy")["queued_rows"] == 1
+    live = server.submit("busy", busy_inputs(8))  # refused with QueueFullError while the 56 rows stayed counted
+    blocker.result(timeout=60)
+    assert live.result(timeout=60)["picked"].shape == (8, 2)
+    assert head.result(timeout=60)["picked"].shape == (1, 2)
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 1 + 4000 + 1 + 8
+    wait_until(lambda: sum(outcomes_since(otel, "busy", before).values()) >= 10)
+    assert outcomes_since(otel, "busy", before) == {("ok", None): 4, ("deadline_exceeded", "DeadlineExceededError"): 7}
+
+
+def test_a_submit_cancelled_as_its_deadline_passes_is_notified_once(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """Cancelled while its deadline alarm withdraws it: whichever comes first, the future counts as done for
+    ``concurrent.futures.wait`` (notified exactly once) and the request leaves the queue."""
+    server = make_server(busy_repository, models={"busy": BOUNDED})
+    server.predict("busy", busy_inputs(1))
+    blocker = occupy(server, rows=4000)
+    futures = [server.submit("busy", busy_inputs(1), timeout_s=0.001 * (index % 5 + 1)) for index in range(40)]
+    for future in futures:
+        future.cancel()
+    done, _ = concurrent.futures.wait(futures, timeout=10)
+    assert done == set(futures)
+    assert version_status(server, "busy")["queued_rows"] == 0
+    blocker.result(timeout=60)
