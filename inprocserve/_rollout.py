@@ -1019,21 +1019,42 @@ class Router:
                 f"reward must be a finite number (1.0/0.0 for a conversion or none, any value within "
                 f"+-{_LARGEST_REWARD:g}), got {reward!r}"
             )
+        state = self.state if state is None else state
         with self._lock:
             variant = self._assignments.take(request_id) if request_id is not None else None
+            if isinstance(variant, str):  # credited in the same step: a reload cannot restart the arm in between
+                self._credit(variant, reward, state.config)
+                return variant
         if variant is _COUNTED:  # this request's outcome was counted already
             return None
-        if variant is None and key is not None and str(key) != "":  # (an empty key is no key: not bucketed)
-            variant = self._variant_of_key(str(key), ready, latest, self.state if state is None else state)
+        if key is None or str(key) == "":  # (an empty key is no key: not bucketed)
+            return None
+        variant = self._variant_of_key(str(key), ready, latest, state)
         if variant is None:
             return None
-        config = (self.state if state is None else state).config
         with self._lock:
-            self._stats.setdefault(variant, VariantStats()).add(reward)
-            for pair in _test_pairs(config):
-                if variant in pair:
-                    self._follow_test(pair)
+            # Bucketed by ``state``, read before this lock: a reload since may have pointed the variant at
+            # another version and started its statistics afresh, which this outcome of the old one must not join.
+            if not self._of_current_version(variant, state.config):
+                return None
+            self._credit(variant, reward, state.config)
         return variant
+
+    def _credit(self, variant: str, reward: float, config: RolloutConfig) -> None:
+        """Add an outcome to ``variant``'s statistics and follow the tests it is in (under the lock)."""
+        self._stats.setdefault(variant, VariantStats()).add(reward)
+        for pair in _test_pairs(config):
+            if variant in pair:
+                self._follow_test(pair)
+
+    def _of_current_version(self, variant: str, config: RolloutConfig) -> bool:
+        """Whether ``config`` gives ``variant`` the version its statistics are of now (under the lock)."""
+        arm = config.variants.get(variant)
+        if arm is not None:
+            return self._arm_versions.get(variant, arm.version) == arm.version
+        if variant in ("canary", "stable"):
+            return config.canary.version in (None, self._canary_version)
+        return True
 
     def _follow_test(self, pair: tuple[str, str]) -> None:
         """Lower the test's always-valid p-value to where this outcome puts it (under the lock): one

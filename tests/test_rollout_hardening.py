@@ -696,3 +696,67 @@ def test_served_variants_are_kept_an_hour_and_a_bounded_number_and_credited_once
     for number in range(5, 1000):  # many notes, none expired: the size bound holds
         served[f"r{number}"] = "stable"
     assert len(served) == 3 and served.take("r999") == "stable" and served.take("r4") is None
+
+
+class _PausingLock:
+    """A router's lock that holds ``pause``'s thread right after it next releases the lock, until ``go``."""
+
+    def __init__(self) -> None:
+        self.inner = threading.Lock()
+        self.pause: threading.Thread | None = None
+        self.arrived, self.go = threading.Event(), threading.Event()
+
+    def __enter__(self) -> None:
+        self.inner.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.release()
+        if self.pause is threading.current_thread():
+            self.pause = None
+            self.arrived.set()
+            self.go.wait(10)
+
+
+@pytest.mark.parametrize("by", ["request id", "key", "key, routes read before the reload"])
+def test_an_outcome_of_an_arms_old_version_never_joins_its_new_statistics_whatever_the_timing(by: str) -> None:
+    """A reload pointing 'treatment' from version 2 to 3 came between the two steps of record_outcome (the
+    request's variant looked up, then credited), or after the server read the routes it passes: version 2's
+    outcome became the first of version 3's fresh statistics."""
+
+    def config(treatment: int) -> RolloutConfig:
+        return RolloutConfig(
+            strategy="ab",
+            variants={
+                "control": inprocserve.VariantConfig(version=1),
+                "treatment": inprocserve.VariantConfig(version=treatment),
+            },
+        )
+
+    router, ready = Router("m", config(2), None), {1: None, 2: None, 3: None}
+    key = next(
+        k
+        for k in (f"user-{i}" for i in range(1000))
+        if router._variant_of_key(k, ready, 3, router.state) == "treatment"
+    )
+    router._assignments["request-of-version-2"] = "treatment"
+    state = router.state  # as the server reads it, with the versions
+    if by == "key, routes read before the reload":
+        router.update(config(3))
+        router.record_outcome(None, 1.0, key, 3, ready, state)
+    else:
+        lock = router._lock = _PausingLock()  # type: ignore[assignment]
+
+        def record() -> None:
+            lock.pause = threading.current_thread()
+            if by == "key":
+                router.record_outcome(None, 1.0, key, 3, ready, state)
+            else:
+                router.record_outcome("request-of-version-2", 1.0, None, 3, ready, state)
+
+        thread = threading.Thread(target=record)
+        thread.start()
+        assert lock.arrived.wait(10)
+        router.update(config(3))
+        lock.go.set()
+        thread.join(10)
+    assert "treatment" not in router.status()["variants"]
