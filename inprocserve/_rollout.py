@@ -369,6 +369,7 @@ class Router:
         self._lowest_p: dict[tuple[str, str], float] = {}
         self._arm_versions: dict[str, int] = {}  # the version each arm's statistics are of (see _configure)
         self._canary_version: int | None = None  # the configured canary's, whose statistics "canary" holds
+        self._stable_version: int | None = None  # the stable version named (alias or configured) "stable" holds
         self._assignments = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
         # reported by key can only be credited to what was drawn (set under the lock the draw holds anyway).
@@ -425,6 +426,8 @@ class Router:
         are kept. With the registry's routing lock held (one change at a time)."""
         if not state.config.routes_as(self.state.config):
             self._configure(state)
+        elif state.pin != self.state.pin:  # (a switch or rollback by the control file: the same configuration)
+            self._restart_changed_arms(state)
         self.state = state
 
     def update(self, config: RolloutConfig) -> None:
@@ -457,9 +460,9 @@ class Router:
             with self._lock:
                 self._bandit_keys.clear()
                 self._drew_for_keys = False
-        self._restart_changed_arms(config)
+        self._restart_changed_arms(state)
 
-    def _restart_changed_arms(self, config: RolloutConfig) -> None:
+    def _restart_changed_arms(self, state: RoutingState) -> None:
         """Start afresh the statistics of an arm that now names another version than they were recorded for.
 
         They were kept by arm name alone: an arm pointed from version 2 to 3 by a reload went on adding
@@ -470,7 +473,10 @@ class Router:
 
         So does a new configured canary (``canary.version``): "canary" and "stable" start afresh, a new
         experiment against the stable version as it is now (a canary version chosen by a flag is not seen
-        here: the statistics are by variant, whatever version a flag chose)."""
+        here: the statistics are by variant, whatever version a flag chose). So does another stable version
+        named (a switch, a rollback, ``rollout.stable``): "stable" held the old one's outcomes, and the canary
+        was compared with the mixture."""
+        config = state.config
         with self._lock:
             changed = {
                 name
@@ -483,6 +489,11 @@ class Router:
                 if self._canary_version not in (None, canary):
                     changed.update(("canary", "stable"))
                 self._canary_version = canary
+            stable = state.pin
+            if stable is not None:
+                if self._stable_version not in (None, stable):
+                    changed.update(("canary", "stable"))
+                self._stable_version = stable
             if not changed:
                 return
             for name in changed:
@@ -1035,7 +1046,7 @@ class Router:
         with self._lock:
             # Bucketed by ``state``, read before this lock: a reload since may have pointed the variant at
             # another version and started its statistics afresh, which this outcome of the old one must not join.
-            if not self._of_current_version(variant, state.config):
+            if not self._of_current_version(variant, state):
                 return None
             self._credit(variant, reward, state.config)
         return variant
@@ -1047,13 +1058,16 @@ class Router:
             if variant in pair:
                 self._follow_test(pair)
 
-    def _of_current_version(self, variant: str, config: RolloutConfig) -> bool:
-        """Whether ``config`` gives ``variant`` the version its statistics are of now (under the lock)."""
-        arm = config.variants.get(variant)
+    def _of_current_version(self, variant: str, state: RoutingState) -> bool:
+        """Whether ``state`` gives ``variant`` the version its statistics are of now (under the lock)."""
+        arm = state.config.variants.get(variant)
         if arm is not None:
             return self._arm_versions.get(variant, arm.version) == arm.version
         if variant in ("canary", "stable"):
-            return config.canary.version in (None, self._canary_version)
+            return state.config.canary.version in (None, self._canary_version) and state.pin in (
+                None,
+                self._stable_version,
+            )
         return True
 
     def _follow_test(self, pair: tuple[str, str]) -> None:

@@ -465,6 +465,26 @@ def test_a_new_canary_version_starts_the_canary_test_afresh(versions: Path, make
     assert report["variants"]["canary"]["mean_reward"] < 0.08 and report["tests"]["canary"]["difference"] < 0
 
 
+def test_a_switch_of_the_stable_version_starts_the_canary_test_afresh(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """Canary 3 (15 %) against stable 1 (10 %), then a switch made version 2 (30 %) stable: "stable" went on
+    from version 1's outcomes, at 19 %, and the canary showed 3 points worse where it is 15 points worse."""
+    server = make_server(
+        versions, config=rollout(strategy="canary", stable=1, canary=CanaryConfig(version=3, percent=50))
+    )
+    rng = np.random.default_rng(0)
+    rates = {1: 0.10, 2: 0.30, 3: 0.15}
+    for i in range(4000):
+        if i == 2000:
+            server.switch("scale", 2)
+        result = answer(server, f"user-{i}")
+        server.record_outcome(result.request_id, float(rng.random() < rates[result.version]))
+    report = server.status()["models"]["scale"]["rollout"]
+    assert 800 < report["variants"]["stable"]["outcomes"] < 1200 and report["variants"]["stable"]["mean_reward"] > 0.25
+    assert report["tests"]["canary"]["difference"] < -0.1
+
+
 def test_ab_weights_come_from_a_flag(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.ab.weights": {"a": 0, "b": 1}})
     arms = {"a": VariantConfig(version=1), "b": VariantConfig(version=3)}
