@@ -267,8 +267,13 @@ def epsilon_greedy(arms: Mapping[str, VariantStats], rng: np.random.Generator, e
     untried = [name for name in names if arms[name].outcomes == 0]
     if untried:
         return untried[0]
-    best = max(arms[name].mean for name in names)
-    tied = [name for name in names if arms[name].mean == best]
+    means = [arms[name].mean for name in names]
+    best = max(means)
+    # Tied within rounding: a mean from shifted sums depends on the first reward (1 of 3 is 0.3333333333333333
+    # or 0.33333333333333337), so the same record in another order was no tie, and one arm took every pick.
+    # (None tied, only from means that are not numbers: the first arm, as thompson.)
+    close = best - 1e-12 * max(1.0, abs(best))
+    tied = [name for name, mean in zip(names, means, strict=True) if mean >= close] or names[:1]
     return tied[0] if len(tied) == 1 else tied[int(rng.integers(len(tied)))]
 
 

@@ -216,6 +216,19 @@ def test_epsilon_greedy_draws_among_arms_tied_for_the_best_mean() -> None:
     assert {epsilon_greedy(arms, rng, 0.0) for _ in range(100)} == {"c"}
 
 
+def test_epsilon_greedy_draws_among_arms_with_the_same_record_whatever_the_order_of_their_rewards() -> None:
+    """1 conversion in 3 each, the first reward 0 for one and 1 for the other: their means (from shifted
+    sums) came out 0.3333333333333333 and 0.33333333333333337, and the second arm took every greedy pick."""
+    arms = {"a": VariantStats(), "b": VariantStats()}
+    for reward in (0.0, 0.0, 1.0):
+        arms["a"].add(reward)
+    for reward in (1.0, 0.0, 0.0):
+        arms["b"].add(reward)
+    rng = np.random.default_rng(0)
+    picks = [epsilon_greedy(arms, rng, 0.0) for _ in range(1000)]
+    assert 400 < picks.count("a") < 600, picks.count("a")
+
+
 def test_bandits_are_deterministic_under_a_seed() -> None:
     def run(seed: int) -> list[str]:
         rng = np.random.default_rng(seed)
