@@ -176,7 +176,7 @@ class _Assignments:
         # back, expiring after all the others), so a note looks at the front only from this time on.
         self._front_expires = -math.inf
 
-    def __setitem__(self, request_id: str, variant: str) -> None:
+    def __setitem__(self, request_id: str, variant: str | _Counted) -> None:
         entries, now = self._entries, self._clock()
         if request_id in entries:  # (noted again: it expires from now, behind the others)
             del entries[request_id]
@@ -370,6 +370,7 @@ class Router:
         self._arm_versions: dict[str, int] = {}  # the version each arm's statistics are of (see _configure)
         self._canary_version: int | None = None  # the configured canary's, whose statistics "canary" holds
         self._stable_version: int | None = None  # the stable version named (alias or configured) "stable" holds
+        self._stats_state: RoutingState | None = None  # the state those versions were last checked against
         self._assignments = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
         # reported by key can only be credited to what was drawn (set under the lock the draw holds anyway).
@@ -426,7 +427,7 @@ class Router:
         are kept. With the registry's routing lock held (one change at a time)."""
         if not state.config.routes_as(self.state.config):
             self._configure(state)
-        elif state.pin != self.state.pin:  # (a switch or rollback by the control file: the same configuration)
+        else:  # (the same configuration: a switch or rollback by the control file may yet name another stable)
             self._restart_changed_arms(state)
         self.state = state
 
@@ -478,6 +479,7 @@ class Router:
         was compared with the mixture."""
         config = state.config
         with self._lock:
+            self._stats_state = state
             changed = {
                 name
                 for name, arm in config.variants.items()
@@ -955,12 +957,18 @@ class Router:
                 self._sample(arrays)
         if variant in ("default", "pinned"):
             return
+        state = self.state if state is None else state
         with self._lock:
+            if state is not self._stats_state and not self._of_current_version(variant, state):
+                # Decided before a reload that pointed the variant at another version (the request ran
+                # meanwhile): the old version's request counts nowhere, its outcome credits nothing by id or key.
+                self._assignments[request_id] = _COUNTED
+                return
             stats = self._stats.get(variant)
             if stats is None:  # (a VariantStats made for every request, only to be thrown away, costs 0.4 µs)
                 stats = self._stats[variant] = VariantStats()
             stats.served += 1
-            if not (self.state if state is None else state).trivial:  # flags may choose any strategy per request:
+            if not state.trivial:  # flags may choose any strategy per request:
                 # remember every decision's variant
                 self._assignments[request_id] = decision.variant
 

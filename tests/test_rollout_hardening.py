@@ -760,3 +760,22 @@ def test_an_outcome_of_an_arms_old_version_never_joins_its_new_statistics_whatev
         lock.go.set()
         thread.join(10)
     assert "treatment" not in router.status()["variants"]
+
+
+def test_a_request_decided_before_a_reload_that_moved_its_arm_credits_nothing() -> None:
+    """decide() routed a request to 'treatment' (version 2), a reload pointed the arm at version 3 while the
+    request ran, then served() noted it: its outcome became version 3's, by id and (id known) not by key."""
+    arms = {"control": inprocserve.VariantConfig(version=1), "treatment": inprocserve.VariantConfig(version=2)}
+    router, ready = Router("m", RolloutConfig(strategy="ab", variants=arms), None), {1: None, 2: None, 3: None}
+    key = next(
+        k
+        for k in (f"user-{i}" for i in range(1000))
+        if router._variant_of_key(k, ready, 3, router.state) == "treatment"
+    )
+    decided_by = router.state
+    decision = router.decide(ready, 3, {"user_id": key}, decided_by)
+    assert decision.variant == "treatment" and decision.version == 2
+    router.update(RolloutConfig(strategy="ab", variants={**arms, "treatment": inprocserve.VariantConfig(version=3)}))
+    router.served("request-1", decision, {}, decided_by)
+    assert router.record_outcome("request-1", 1.0, key, 3, ready, router.state) is None
+    assert "treatment" not in router.status()["variants"]
