@@ -172,6 +172,23 @@ def test_the_always_valid_p_value_of_revenue_with_a_small_treatment_seldom_shows
     assert fooled <= 3
 
 
+def test_the_always_valid_p_value_of_rare_conversions_with_a_small_treatment_seldom_shows_a_difference() -> None:
+    """A/A tests converting at 0.1 % with 5 % of traffic on the treatment, followed at every outcome: one
+    conversion of the treatment's 250 against none of the control's 4750 is z = 4.4, and 9 of 100 such
+    tests showed "significant" at some point."""
+    rng = np.random.default_rng(77)
+    fooled = 0
+    for _ in range(100):
+        control, treatment, lowest = VariantStats(), VariantStats(), 1.0
+        for is_treatment, reward in zip(rng.random(20_000) < 0.05, rng.random(20_000) < 0.001, strict=True):
+            (treatment if is_treatment else control).add(float(reward))
+            lowest = lower_always_valid_p(control, treatment, lowest)
+            if lowest < 0.05:
+                fooled += 1
+                break
+    assert fooled <= 2
+
+
 @pytest.mark.parametrize("policy", ["thompson", "epsilon_greedy"])
 def test_bandits_converge_to_the_better_arm(policy: str) -> None:
     rng = np.random.default_rng(42)
