@@ -566,6 +566,7 @@ class Server(RolloutMethods):
                     planned=target,
                     shared=False,  # an offline job would evict the online entries, and fill them with its own
                     decided=decided,
+                    decided_with=published,
                 )[0]
 
             try:
@@ -604,6 +605,7 @@ class Server(RolloutMethods):
         readmit: bool = False,
         shared: bool = True,
         decided: Decision | None = None,
+        decided_with: Routes | None = None,
     ) -> tuple[Request, ModelVersion]:
         """Route, validate, then answer from the cache, follow an identical request, or queue; every
         request that gets here is answered through :meth:`_answered`, or raises having been refused.
@@ -619,7 +621,8 @@ class Server(RolloutMethods):
         (batch scoring): the request neither reads nor fills the version's cache, nor follows or leads
         identical requests in flight. ``decided``: the request is routed as this decision says (the version
         it names, its variant, reason and shadows) without asking the rollout again (the later parts of a
-        batch that batch scoring sends in parts); ``ModelNotFoundError`` if that version is not served."""
+        batch that batch scoring sends in parts), with ``decided_with`` published (another snapshot published
+        since: routed afresh); ``ModelNotFoundError`` if that version is not served."""
         lead = None
         if opened is None:
             if timeout_s is not None:
@@ -648,10 +651,8 @@ class Server(RolloutMethods):
                     )
                     opened = None
                 else:
-                    if decided is None:
-                        routes, target, decision = self._route(model, version, context)
-                    else:
-                        routes, target, decision = self._route_decided(model, decided)
+                    routed = None if decided is None else self._route_decided(model, decided, decided_with)
+                    routes, target, decision = routed or self._route(model, version, context)
                     arrays, rows = self._validated(target, inputs)
                     key = None
                 if span is None:
@@ -778,10 +779,17 @@ class Server(RolloutMethods):
             raise self._not_found(model, version)
         return routes, target, _pinned(version)
 
-    def _route_decided(self, model: str, decision: Decision) -> tuple[Routes, ModelVersion, Decision]:
-        """The route of a request that follows ``decision``, made for an earlier request (see
-        :meth:`_dispatch`'s ``decided``)."""
+    def _route_decided(
+        self, model: str, decision: Decision, decided_with: Routes | None
+    ) -> tuple[Routes, ModelVersion, Decision] | None:
+        """The route of a request that follows ``decision``, made for an earlier request while ``decided_with``
+        was published (see :meth:`_dispatch`'s ``decided``); None if another snapshot is published now: the
+        request is routed afresh. Followed with a newer one, it was noted with a state that may have pointed
+        its variant at another version since (an A/B arm moved by a reload): its run of the old version
+        counted as the new one's."""
         routes = self._registry.routes.get(model)
+        if routes is not decided_with:
+            return None
         target = None if routes is None else routes.versions.get(decision.version)
         if routes is None or target is None:
             raise self._not_found(model, decision.version)

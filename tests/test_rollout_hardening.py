@@ -779,3 +779,50 @@ def test_a_request_decided_before_a_reload_that_moved_its_arm_credits_nothing() 
     router.served("request-1", decision, {}, decided_by)
     assert router.record_outcome("request-1", 1.0, key, 3, ready, router.state) is None
     assert "treatment" not in router.status()["variants"]
+
+
+def test_a_batch_part_following_a_decision_made_before_a_reload_is_routed_afresh(
+    versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch scoring sends a large batch in parts that follow the first part's decision while the snapshot it
+    was made with is published. A reload that pointed 'treatment' from version 2 to 3 between that check and
+    the part's routing had the part run on version 2 and noted with the new state: version 3's treatment
+    counted a run of version 2 (and, the last part, the whole batch answered by version 2 after the reload)."""
+    from inprocserve._server import Server
+
+    def ab(treatment: int) -> inprocserve.ModelConfig:
+        arms = {
+            "control": inprocserve.VariantConfig(version=1),
+            "treatment": inprocserve.VariantConfig(version=treatment),
+        }
+        return rollout(strategy="ab", variants=arms)
+
+    server = make_server(versions, config=ab(treatment=2))
+    x = np.ones((1, 4), np.float32)
+    user = next(
+        u
+        for u in (f"user-{i}" for i in range(1000))
+        if server.predict("scale", x, context={"user_id": u}).variant == "treatment"
+    )
+    router = server._registry.routers["scale"]
+    original_route, original_served = Server._route_decided, Router.served
+    reloaded: list[bool] = []
+    noted_after: list[tuple[int, bool]] = []  # (version, noted with the state adopted by the reload)
+
+    def route_decided(self: Server, *args: Any) -> Any:
+        if not reloaded:  # the reload lands just after the part found the first part's decision holding
+            reloaded.append(True)
+            self.load("scale", config=ab(treatment=3))
+        return original_route(self, *args)
+
+    def served(self: Router, request_id: str, decision: Any, arrays: Any, state: Any = None) -> None:
+        if reloaded and decision.variant == "treatment":
+            noted_after.append((decision.version, state is self.state))
+        original_served(self, request_id, decision, arrays, state)
+
+    monkeypatch.setattr(Server, "_route_decided", route_decided)
+    monkeypatch.setattr(Router, "served", served)
+    answers = list(server.predict_many("scale", [np.ones((2000, 4), np.float32)], context={"user_id": user}))
+    assert reloaded and answers and noted_after
+    assert (2, True) not in noted_after  # a run of version 2 never counts as the new treatment's
+    assert router.state.config.variants["treatment"].version == 3
