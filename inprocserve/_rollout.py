@@ -287,7 +287,7 @@ class _Unflagged:
         return cls(
             strategy,
             config.key_field,
-            config.salt + AB_SALT_SUFFIX if strategy == "ab" else config.salt,
+            _salt(config, strategy),
             canary_version,
             canary_percent,
             edge,
@@ -330,6 +330,11 @@ class RoutingState:
     unflagged: _Unflagged | None
     """With no flags, the plan every decision is made from (None: with flags, or a configuration ``_decide``
     refuses request by request)."""
+
+    def stable_of(self, ready: Mapping[int, Any], latest: int) -> int:
+        """The stable version among ``ready``: the one named if it is loaded, else the latest."""
+        pin = self.pin
+        return pin if pin is not None and pin in ready else latest
 
     def routes_as(self, config: RolloutConfig, *, alias: int | None, killed: bool, refusal: str | None) -> bool:
         """Whether a state of these values would route every request as this one does (a publish that
@@ -531,8 +536,7 @@ class Router:
             return self._default_decisions.get(latest) or self._remember_default(latest)
         if state.refusal is not None:
             raise ControlStateUnknownError(f"model {self.model!r}: {state.refusal}", model=self.model)
-        pin = state.pin
-        stable = pin if pin is not None and pin in ready else latest
+        stable = state.stable_of(ready, latest)
         if state.killed:
             if self._drew_for_keys and context:  # (served otherwise: see _forget_draw)
                 self._forget_draw_of(context, state.config.key_field)
@@ -580,8 +584,7 @@ class Router:
         """
         if state is None:
             state = self.state
-        pin = state.pin
-        stable = pin if pin is not None and pin in ready else latest
+        stable = state.stable_of(ready, latest)
         if isinstance(self._flags, _NoFlags):
             return stable
         return self._flagged_stable(ready, stable, context, state)
@@ -822,8 +825,7 @@ class Router:
         text = targeting_key_of(ctx, config.key_field)
         if strategy != "bandit" and draw and self._drew_for_keys:
             self._forget_draw(text)
-        salt = config.salt + AB_SALT_SUFFIX if strategy == "ab" else config.salt  # (apart from a canary's buckets)
-        position = bucket(self.model, salt, text) if text is not None else random.randrange(BUCKETS)
+        position = bucket(self.model, _salt(config, strategy), text) if text is not None else random.randrange(BUCKETS)
         if strategy == "canary":
             version, variant, reason = self._canary(ready, stable, position, ctx, used, state)
         else:
@@ -1102,8 +1104,7 @@ class Router:
             return drawn
         if state.killed:
             return "stable"
-        pin = state.pin
-        stable = pin if pin is not None and pin in ready else latest
+        stable = state.stable_of(ready, latest)
         ctx = {state.config.key_field: key}
 
         def variant() -> str | None:
@@ -1254,6 +1255,11 @@ def _percent(key: str, value: float) -> float:
     if not 0 <= value <= 100:  # NaN fails this too
         raise UnusableFlag(key, f"{key!r} must be a percentage from 0 to 100, got {value:g}")
     return value
+
+
+def _salt(config: RolloutConfig, strategy: str) -> str:
+    """What a strategy buckets keys by: ``rollout.salt``, apart from a canary's buckets for an A/B test."""
+    return config.salt + AB_SALT_SUFFIX if strategy == "ab" else config.salt
 
 
 def _test_pairs(config: RolloutConfig) -> list[tuple[str, str]]:
