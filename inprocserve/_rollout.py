@@ -372,6 +372,8 @@ class Router:
         # sequential test's p-value is the running minimum, so that its verdict does not hang on when
         # status() happens to be read (kept under the lock, with the statistics)
         self._lowest_p: dict[tuple[str, str], float] = {}
+        # The tests each variant is in, of a configuration (see _credit; changed under the lock)
+        self._pairs: tuple[RolloutConfig | None, Mapping[str, tuple[tuple[str, str], ...]]] = (None, {})
         self._arm_versions: dict[str, int] = {}  # the version each arm's statistics are of (see _configure)
         self._canary_version: int | None = None  # the configured canary's, whose statistics "canary" holds
         self._stable_version: int | None = None  # the stable version named (alias or configured) "stable" holds
@@ -1064,9 +1066,11 @@ class Router:
     def _credit(self, variant: str, reward: float, config: RolloutConfig) -> None:
         """Add an outcome to ``variant``'s statistics and follow the tests it is in (under the lock)."""
         self._stats.setdefault(variant, VariantStats()).add(reward)
-        for pair in _test_pairs(config):
-            if variant in pair:
-                self._follow_test(pair)
+        pairs = self._pairs
+        if pairs[0] is not config:  # (made once per configuration: every outcome looks its tests up)
+            pairs = self._pairs = (config, _tests_of_variants(config))
+        for pair in pairs[1].get(variant, ()):
+            self._follow_test(pair)
 
     def _of_current_version(self, variant: str, state: RoutingState) -> bool:
         """Whether ``state`` gives ``variant`` the version its statistics are of now (under the lock)."""
@@ -1255,6 +1259,15 @@ def _percent(key: str, value: float) -> float:
     if not 0 <= value <= 100:  # NaN fails this too
         raise UnusableFlag(key, f"{key!r} must be a percentage from 0 to 100, got {value:g}")
     return value
+
+
+def _tests_of_variants(config: RolloutConfig) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Variant name -> the (control, treatment) pairs of :func:`_test_pairs` it is in."""
+    tests: dict[str, tuple[tuple[str, str], ...]] = {}
+    for pair in _test_pairs(config):
+        for name in dict.fromkeys(pair):
+            tests[name] = (*tests.get(name, ()), pair)
+    return tests
 
 
 def _salt(config: RolloutConfig, strategy: str) -> str:
