@@ -124,4 +124,11 @@ class BatchQueue:
                 break
         if skipped:
             queue.extendleft(reversed(skipped))
+        # Given-up requests now at the head go with this batch, not with the next one taken: a batch that
+        # filled up stopped before them, and with nothing queued behind them no worker takes another batch
+        # (an idle version's callers run inline). Each held its inputs, its caller's task and the error it
+        # got with that error's traceback: under a Flask async view, the thread of the view's event loop.
+        while queue and queue[0].state != QUEUED:
+            queue.popleft()
+            self._lingering = max(0, self._lingering - 1)
         return batch, expired

@@ -285,3 +285,54 @@ def test_a_submit_cancelled_as_its_deadline_passes_is_notified_once(
     assert done == set(futures)
     assert version_status(server, "busy")["queued_rows"] == 0
     blocker.result(timeout=60)
+
+
+@pytest.mark.parametrize("caller", ["apredict", "predict", "submit"])
+def test_requests_given_up_behind_the_last_batch_are_let_go_with_it(
+    caller: str, busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """Callers that gave up on requests queued behind a full batch (their deadline, a cancellation) are let
+    go of when a worker takes that batch: the worker stopped at the full batch, and with nothing live queued
+    behind them no later batch was taken, so the queue held every such request, its inputs and its caller's
+    task and error (under a Flask async view, the thread of the view's event loop) until the next burst."""
+    config = ModelConfig(
+        batching=BatchingConfig(max_batch_size=8, max_queue_rows=64, max_request_rows=4096, max_delay_s=0.0)
+    )
+    server = make_server(busy_repository, models={"busy": config})
+    server.predict("busy", busy_inputs(1))
+    blocker = occupy(server)
+    head = server.submit("busy", busy_inputs(8))  # a full batch: the worker that takes it looks no further
+    kept: list[weakref.ref[Any]] = []
+
+    def inputs(index: int) -> dict[str, Any]:
+        given = busy_inputs(8, index=index)
+        kept.append(weakref.ref(given["x"]))
+        return given
+
+    if caller == "apredict":
+
+        async def one(index: int) -> None:
+            with pytest.raises(inprocserve.DeadlineExceededError):
+                await server.apredict("busy", inputs(index), timeout_s=0.05)
+
+        async def main() -> None:
+            await asyncio.gather(*(one(index) for index in range(4)))
+
+        asyncio.run(main())
+    elif caller == "predict":
+
+        def call(index: int) -> None:
+            with pytest.raises(inprocserve.DeadlineExceededError):
+                server.predict("busy", inputs(index), timeout_s=0.05)
+
+        with concurrent.futures.ThreadPoolExecutor(4) as callers:
+            list(callers.map(call, range(4)))
+    else:
+        for index in range(4):
+            assert server.submit("busy", inputs(index)).cancel()
+    assert version_status(server, "busy")["queued_rows"] == 8  # (the four gave up while the head waited)
+    blocker.result(timeout=60)
+    assert head.result(timeout=60)["picked"].shape == (8, 2)
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    gc.collect()
+    assert [ref() is None for ref in kept] == [True] * 4
