@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from flask import Flask, request
 from inprocserve_flask import Inprocserve, default_context, predict, server, timeout
 
 import inprocserve
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 
 @pytest.fixture
@@ -468,3 +469,59 @@ def test_the_flask_login_user_decides_the_canary(repository: Path) -> None:
         assert versions == {1, 2}
     finally:
         Inprocserve.close(app)
+
+
+def test_async_views_that_gave_up_behind_a_full_batch_leave_no_thread_behind(tmp_path: Path) -> None:
+    """Flask runs an async view on an event loop of its own, in a thread of its own (asgiref), and the
+    error of an ``apredict`` that timed out carries that thread's frames: the queue kept such requests
+    (and so their threads) when they gave up behind a full batch, until another batch was taken."""
+    folder = tmp_path / "models"
+    save_model(build_mlp_model((4, 1024, 1024, 1024, 4)), folder, "mlp", 1)
+    batching = inprocserve.BatchingConfig(max_batch_size=8, max_request_rows=4096, max_delay_s=0.0)
+    app = make_app(folder, INPROCSERVE_MODEL_CONFIG=inprocserve.ModelConfig(batching=batching))
+
+    @app.post("/ascore")
+    async def ascore() -> Any:
+        rows = np.asarray(request.get_json()["rows"], dtype=np.float32)
+        result = await server.apredict("mlp", {"x": rows}, timeout_s=0.05)
+        return {"y": result["y"].tolist()}
+
+    client = app.test_client()
+    context = app.app_context()
+    context.push()  # (the calls below reach the app's server through the ``server`` proxy)
+    server.predict("mlp", np.ones((1, 4), np.float32))
+
+    def queued() -> int:
+        return int(server.status()["models"]["mlp"]["versions"]["1"]["queued_rows"])
+
+    before = set(threading.enumerate())
+    blocker = server.submit("mlp", np.ones((3000, 4), np.float32))
+    deadline = time.monotonic() + 10
+    while queued():  # bounded: until a worker runs the blocker
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    head = server.submit("mlp", np.ones((8, 4), np.float32))  # a full batch, queued behind the blocker
+
+    statuses: list[int] = []
+
+    def call(index: int) -> None:
+        statuses.append(client.post("/ascore", json={"rows": [[index] * 4] * 8}).status_code)
+
+    callers = [threading.Thread(target=call, args=(index,)) for index in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=30)
+    assert statuses == [504] * 4
+    assert not blocker.done(), "the blocking request finished before the views gave up"
+    blocker.result(timeout=60)
+    head.result(timeout=60)
+    deadline = time.monotonic() + 10
+    while True:  # bounded: until the views' threads are gone (asgiref's own cycle needs a collection)
+        gc.collect()
+        left = [thread for thread in set(threading.enumerate()) - before if not thread.name.startswith("inprocserve")]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    context.pop()
+    assert left == []
