@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +18,27 @@ from inprocserve.testing import build_scale_model, save_model
 from .conftest import ServerFactory, run_in_forked_child
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+
+
+@contextlib.contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """``lock`` held by another thread of this process while the block runs (a fork in it: held in the child,
+    by a thread the child does not have)."""
+    inside, leave = threading.Event(), threading.Event()
+
+    def holding() -> None:
+        with lock:
+            inside.set()
+            leave.wait(30)
+
+    holder = threading.Thread(target=holding)
+    holder.start()
+    inside.wait(10)
+    try:
+        yield
+    finally:
+        leave.set()
+        holder.join()
 
 
 def test_fork_after_create(repository: Path, make_server: ServerFactory) -> None:
@@ -112,8 +137,6 @@ def test_a_forked_worker_checks_the_model_file_it_builds_its_sessions_from(
 def test_a_worker_forked_while_a_thread_is_inside_the_cache_answers(
     repository: Path, make_server: ServerFactory
 ) -> None:
-    import threading
-
     save_model(build_scale_model(2.0), repository, "scale", 1)
     server = make_server(
         repository, models={"scale": inprocserve.ModelConfig(cache=inprocserve.CacheConfig(enabled=True))}
@@ -123,25 +146,12 @@ def test_a_worker_forked_while_a_thread_is_inside_the_cache_answers(
     cache = server._registry.routes["scale"].versions[1].cache
     assert cache is not None
     # a request thread of the parent is inside the cache (its lock held) at the instant of the fork
-    inside, leave = threading.Event(), threading.Event()
-
-    def in_the_cache() -> None:
-        with cache._lock:
-            inside.set()
-            leave.wait(30)
-
-    holder = threading.Thread(target=in_the_cache)
-    holder.start()
-    inside.wait(10)
-    try:
+    with held_by_another_thread(cache._lock):
 
         def in_the_child() -> str:
             return str(server.predict("scale", x * 3, timeout_s=5)["y"][0, 0])
 
         assert run_in_forked_child(in_the_child, timeout_s=20) == "6.0"
-    finally:
-        leave.set()
-        holder.join()
     assert server.predict("scale", x)["y"][0, 0] == 2.0
 
 
@@ -149,8 +159,6 @@ def test_a_worker_forked_while_a_thread_is_inside_the_cache_answers(
 def test_a_worker_forked_while_a_thread_holds_the_rollouts_lock_routes_and_records(
     repository: Path, make_server: ServerFactory, held: str
 ) -> None:
-    import threading
-
     for version in (1, 2):
         save_model(build_scale_model(float(version)), repository, "scale", version)
     rollout = inprocserve.RolloutConfig(
@@ -164,26 +172,13 @@ def test_a_worker_forked_while_a_thread_holds_the_rollouts_lock_routes_and_recor
     # a thread of the parent holds the router's lock (noting who served a request) or the registry's routing
     # lock (applying a control revision) at the instant of the fork: the child has no such thread to release
     # it, and its requests (which read the published routing state, never that lock) are served
-    inside, leave = threading.Event(), threading.Event()
-
-    def holding() -> None:
-        with router._lock if held == "a request's note" else server._registry.routing:
-            inside.set()
-            leave.wait(30)
-
-    holder = threading.Thread(target=holding)
-    holder.start()
-    inside.wait(10)
-    try:
+    with held_by_another_thread(router._lock if held == "a request's note" else server._registry.routing):
 
         def in_the_child() -> str:
             result = server.predict("scale", x, context={"user_id": "u-1"}, timeout_s=5)
             return f"{result.variant} {server.record_outcome(result.request_id, 1.0)}"
 
         assert run_in_forked_child(in_the_child, timeout_s=20) in ("canary canary", "stable stable")
-    finally:
-        leave.set()
-        holder.join()
 
 
 def test_a_worker_forked_while_a_thread_reads_the_handoff_cost_reports_status(
@@ -192,33 +187,18 @@ def test_a_worker_forked_while_a_thread_reads_the_handoff_cost_reports_status(
     """The thread hand-off cost is measured once per process under a lock that every ``status()`` and every
     new batcher takes: a fork while another thread held it (measuring, or reading it for ``status()``) left
     it held for good in the child, whose ``status()`` hung."""
-    import threading
-
     from inprocserve import _handoff
 
     save_model(build_scale_model(2.0), repository, "scale", 1)
     server = make_server(repository)
     assert server.status()["thread_handoff_us"] > 0
-    inside, leave = threading.Event(), threading.Event()
-
-    def reading() -> None:
-        with _handoff._handoff_lock:  # (as a thread inside handoff_cost_s holds it)
-            inside.set()
-            leave.wait(30)
-
-    holder = threading.Thread(target=reading)
-    holder.start()
-    inside.wait(10)
-    try:
+    with held_by_another_thread(_handoff._handoff_lock):  # (as a thread inside handoff_cost_s holds it)
 
         def in_the_child() -> str:
             measured = server.status()["thread_handoff_us"] > 0
             return f"{measured} {server.predict('scale', np.ones((1, 4), np.float32))['y'][0, 0]}"
 
         assert run_in_forked_child(in_the_child, timeout_s=20) == "True 2.0"
-    finally:
-        leave.set()
-        holder.join()
 
 
 def test_a_child_forked_while_a_thread_is_inside_the_cache_frees_no_answer_of_the_parent() -> None:
@@ -226,8 +206,6 @@ def test_a_child_forked_while_a_thread_is_inside_the_cache_frees_no_answer_of_th
     hold answers, arrays onnxruntime owns and frees under its allocator's mutex, which a worker of the
     parent running a batch holds at the fork now and then. Freed in the child's fork hook, they hung it
     there for good (5 of 2,000 forks of a process serving from 16 threads, the cache's lock held at each)."""
-    import threading
-
     from inprocserve import _cache
 
     from .conftest import FreedUnderALock, child_exits
@@ -235,22 +213,9 @@ def test_a_child_forked_while_a_thread_is_inside_the_cache_frees_no_answer_of_th
     cache = _cache.PredictionCache(inprocserve.CacheConfig(enabled=True))
     allocator = threading.Lock()
     cache._entries[b"key"] = (1, {"y": FreedUnderALock(allocator)})
-    inside, leave = threading.Event(), threading.Event()
-
-    def in_the_cache() -> None:
-        with cache._lock:
-            inside.set()
-            leave.wait(30)
-
-    holder = threading.Thread(target=in_the_cache)
-    holder.start()
-    inside.wait(10)
-    try:
+    with held_by_another_thread(cache._lock):
         with allocator:  # (as a worker of the parent's, inside a run, holds onnxruntime's)
             assert child_exits(timeout_s=10), "the child hung in its fork hook, freeing a cached answer"
-    finally:
-        leave.set()
-        holder.join()
     assert len(cache._entries) == 1  # the parent's cache goes on
 
 
@@ -261,7 +226,6 @@ def test_a_child_that_evicts_an_answer_of_the_parent_does_not_free_it(expiry: st
     store that evicted one (or expired it) hung there for good (1 of 1,000 forked children of a process
     serving from 16 threads, each child predicting 40 new requests through a cache of 32 entries)."""
     import signal
-    import threading
     import time
 
     from inprocserve import _cache
