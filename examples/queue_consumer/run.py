@@ -87,15 +87,21 @@ class Drill:
             raise RuntimeError(f"consumer {name} exited with status {process.returncode}:\n{log.read_text()[-2000:]}")
 
     def kill_victim_mid_batch(self, name: str, more_rows: Callable[[], np.ndarray], *, attempts: int = 5) -> set[str]:
-        """Queue more rows, SIGKILL ``name`` once another 100 results are in; return the ids it held.
+        """Queue more rows, SIGKILL ``name`` once another 100 results are in and it is seen holding a batch;
+        return the ids it held.
 
-        The kill lands at an arbitrary point of the victim's loop; when that point held no batch (between
-        an acknowledgement and the next read), the victim is restarted and the drill repeated.
+        The kill still lands at an arbitrary point of the victim's loop: it may acknowledge its batch between
+        the look and the kill, or the rows may all be scored before it is seen holding one (a busy machine
+        left it idle at five kills in a row when it was killed at once). Then the victim is restarted and the
+        drill repeated.
         """
         for _ in range(attempts):
             target = self.client.xlen(RESULTS) + 100
             self.add(more_rows())
             wait_until(lambda goal=target: self.client.xlen(RESULTS) >= goal, "100 more results", timeout_s=120)
+            deadline = time.monotonic() + 5
+            while not pending_of(self.client, name) and time.monotonic() < deadline:
+                time.sleep(0.001)
             process = self.processes[name]
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
