@@ -37,13 +37,7 @@ def test_cancelled_submits_give_their_rows_back_at_once(
     head = server.submit("busy", busy_inputs(1))
     cancelled = [server.submit("busy", busy_inputs(8)) for _ in range(7)]  # the queue is at 57 of 64 rows
     assert all(future.cancel() for future in cancelled)
-    assert version_status(server, "busy")["queued_rows"] == 1
-    live = server.submit("busy", busy_inputs(8))  # refused with QueueFullError while the 56 rows stayed counted
-    blocker.result(timeout=60)
-    assert live.result(timeout=60)["picked"].shape == (8, 2)
-    assert head.result(timeout=60)["picked"].shape == (1, 2)
-    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
-    assert version_status(server, "busy")["rows_run"] == 1 + 3000 + 1 + 8
+    _only_the_live_rows_count(server, blocker, head, blocker_rows=3000)
     assert outcomes_since(otel, "busy", before) == {("ok", None): 4, ("client_error", "CancelledError"): 7}
 
 
@@ -259,13 +253,7 @@ def test_submits_past_their_deadline_are_answered_and_give_their_rows_back_then(
     assert not blocker.done()  # (answered at their deadline, not by a worker taking them)
     assert done == set(late)
     assert all(isinstance(future.exception(), inprocserve.DeadlineExceededError) for future in late)
-    assert version_status(server, "busy")["queued_rows"] == 1
-    live = server.submit("busy", busy_inputs(8))  # refused with QueueFullError while the 56 rows stayed counted
-    blocker.result(timeout=60)
-    assert live.result(timeout=60)["picked"].shape == (8, 2)
-    assert head.result(timeout=60)["picked"].shape == (1, 2)
-    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
-    assert version_status(server, "busy")["rows_run"] == 1 + 4000 + 1 + 8
+    _only_the_live_rows_count(server, blocker, head, blocker_rows=4000)
     wait_until(lambda: sum(outcomes_since(otel, "busy", before).values()) >= 10)
     assert outcomes_since(otel, "busy", before) == {("ok", None): 4, ("deadline_exceeded", "DeadlineExceededError"): 7}
 
@@ -336,3 +324,16 @@ def test_requests_given_up_behind_the_last_batch_are_let_go_with_it(
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     gc.collect()
     assert [ref() is None for ref in kept] == [True] * 4
+
+
+def _only_the_live_rows_count(server: inprocserve.Server, blocker: Any, head: Any, *, blocker_rows: int) -> None:
+    """After seven 8-row requests behind ``blocker`` and a 1-row ``head`` gave up: only ``head``'s row is
+    queued, a live 8-row request is taken (refused with QueueFullError while the 56 rows stayed counted), and
+    only the live rows run."""
+    assert version_status(server, "busy")["queued_rows"] == 1
+    live = server.submit("busy", busy_inputs(8))
+    blocker.result(timeout=60)
+    assert live.result(timeout=60)["picked"].shape == (8, 2)
+    assert head.result(timeout=60)["picked"].shape == (1, 2)
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    assert version_status(server, "busy")["rows_run"] == 1 + blocker_rows + 1 + 8
