@@ -8,7 +8,10 @@ until the earliest and shuts that call's socket down, which ends a blocked read 
 error the caller reports as its timeout.
 
 The cost per call is one heap push and two short lock holds; the thread wakes about once per deadline, not
-once per call, because calls that ended are dropped lazily when they reach the top of the heap.
+once per call, because calls that ended are dropped lazily: when they reach the top of the heap, or all at
+once when the heap has doubled since it last held only live calls (so calls that end long before their
+deadline, the usual case, hold no memory for the length of a timeout: 30 s of 2,000 calls/s kept 60,000
+ended entries, about 12 MB, before).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ __all__ = ["CallWatchdog", "Watch"]
 logger = logging.getLogger(__name__)
 
 _STOP_JOIN_S = 5.0
+_COMPACT_FROM = 64  # below this many entries the heap is never swept: ended ones cost nothing worth it
 
 
 class Watch:
@@ -105,6 +109,7 @@ class CallWatchdog:
         self._heap: list[tuple[float, int, Watch]] = []
         self._owners: dict[int, Watch] = {}  # the watch each socket in use serves (see Watch)
         self._order = itertools.count()  # ties on the deadline never compare two Watch objects
+        self._compact_at = _COMPACT_FROM  # the heap's size at which ended entries are dropped all at once
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -115,13 +120,24 @@ class CallWatchdog:
         with self._lock:
             if self._closed:
                 return watch  # never fires: the owner's calls fail on their own once it is closed
-            heapq.heappush(self._heap, (deadline, next(self._order), watch))
+            heap = self._heap
+            if len(heap) >= self._compact_at:
+                self._drop_ended()
+            heapq.heappush(heap, (deadline, next(self._order), watch))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             elif self._heap[0][2] is watch:
                 self._wake.notify()  # earlier than what the thread sleeps towards
         return watch
+
+    def _drop_ended(self) -> None:
+        """With the lock held: drop every ended call from the heap (in place: the thread holds the list), and
+        wait until the heap doubles again before the next sweep, so each push pays O(1) amortised."""
+        heap = self._heap
+        heap[:] = [entry for entry in heap if not entry[2]._ended]
+        heapq.heapify(heap)
+        self._compact_at = max(_COMPACT_FROM, 2 * len(heap))
 
     def close(self) -> None:
         """Stop the thread, and end the calls still running at once (their owner is closing: none may outlive
@@ -142,6 +158,7 @@ class CallWatchdog:
         self._wake = threading.Condition(self._lock)
         self._heap = []
         self._owners = {}
+        self._compact_at = _COMPACT_FROM
         self._thread = None
         self._closed = True
 

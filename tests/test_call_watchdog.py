@@ -121,3 +121,31 @@ def test_a_late_fire_leaves_a_connection_another_call_took_from_the_pool(
     third.fire()
     ours.settimeout(30)
     assert ours.recv(1) == b""  # the call that owns it is stopped: shut
+
+
+def test_calls_that_end_long_before_their_deadline_do_not_pile_up(watchdog: CallWatchdog) -> None:
+    """The usual call ends well within its timeout; its entry must not stay for the length of the timeout
+    (at thousands of calls a second over a 30 s timeout that was tens of thousands of entries)."""
+    waiting = watchdog.watch(3600)  # one call still running all along
+    for _ in range(10_000):
+        watchdog.watch(30).end()
+    assert watchdog.watched <= 2 * 64 + 1
+    assert not waiting.fired
+    waiting.end()
+
+
+def test_a_sweep_keeps_every_call_still_running(
+    watchdog: CallWatchdog, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, _ = pair
+    running = [watchdog.watch(3600) for _ in range(100)]
+    for _ in range(1_000):
+        watchdog.watch(30).end()
+    quick = watchdog.watch(0.05)  # after the sweeps: the thread still finds the earliest deadline
+    quick.arm(ours)
+    ours.settimeout(30)
+    assert ours.recv(1) == b""
+    assert watchdog.watched >= len(running)
+    assert not any(watch.fired for watch in running)
+    for watch in running:
+        watch.end()
