@@ -69,7 +69,7 @@ def pick_weighted(position: int, weights: Sequence[tuple[str, float]]) -> str:
     return weights[-1][0]
 
 
-@dataclass
+@dataclass(slots=True)
 class VariantStats:
     """Outcomes attributed to one variant (not thread-safe: the owner locks).
 
@@ -89,6 +89,12 @@ class VariantStats:
     shifted_sq: float = 0.0
     low: float = math.inf
     high: float = -math.inf
+    version: int | None = None
+    """The version whose outcomes these are (None: not known yet). A variant's statistics are of one version:
+    the router starts new ones when another version serves it (see ``Router._stats_of_version``)."""
+    serial: int = 0
+    """Which statistics of their variant these are: the router numbers each start afresh, and a request
+    remembers the statistics it was counted in by this number."""
 
     def add(self, reward: float) -> None:
         if not math.isfinite(reward):  # one NaN would poison the mean, the tests and the bandit for good
@@ -118,7 +124,7 @@ class VariantStats:
         return max(0.0, (self.shifted_sq - self.shifted_total**2 / self.outcomes) / (self.outcomes - 1))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"served": self.served, "outcomes": self.outcomes, "mean_reward": self.mean}
+        return {"served": self.served, "outcomes": self.outcomes, "mean_reward": self.mean, "version": self.version}
 
 
 def _normal_two_sided_p(z: float) -> float:

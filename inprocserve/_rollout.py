@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import logging
 import math
 import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Collection, Container, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -70,6 +71,10 @@ _INTERLEAVED_ITEMS_KEPT = 8_000_000
 _INTERLEAVING_OVERHEAD = 64
 """What one remembered interleaving costs beyond its items, counted in items (its objects: ~300 bytes)."""
 _STRATEGIES = ("stable", "canary", "ab", "bandit")
+_RETURN_AFTER_S = 10.0
+"""How long the version a variant's statistics are of must have served none of its requests before they go
+back to a version they left (see ``Router._stats_of_version``): longer than a request takes to run, so that
+requests still running on the old version when a flag moved the variant never restart it backwards."""
 
 
 class Decision(NamedTuple):
@@ -157,9 +162,15 @@ _COUNTED = _Counted.COUNTED
 
 
 class _Assignments:
-    """Request id -> the variant that served it, for outcomes reported by request id: each kept ``ttl_s``
-    after it was served, and at most ``size`` of them (the oldest go first). Not thread-safe: the router's
-    lock guards it.
+    """Request id -> the variant that served it and the statistics it was counted in, for outcomes reported
+    by request id: each kept ``ttl_s`` after it was served, and at most ``size`` of them (the oldest go
+    first). Not thread-safe: the router's lock guards it.
+
+    The serial number of the statistics a request was counted in is its proof of version: a variant's
+    statistics are of one version, and start afresh (another number) when another version serves it, so an
+    outcome credits only the statistics its request was counted in, if they are still the variant's (an old
+    version's late outcome credits nothing). A number, not the statistics object: a tuple of numbers and text
+    is not tracked by the garbage collector, and 100 000 tracked ones made every note ~90 ns slower.
 
     Every routed request of a rollout is noted here, so a note must cost little: a request id is noted once,
     so the order of insertion is the order of expiry, and an ordered dict pruned from its front does what a
@@ -168,7 +179,7 @@ class _Assignments:
     __slots__ = ("_clock", "_entries", "_front_expires", "_size", "_ttl_s")
 
     def __init__(self, size: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._entries: OrderedDict[str, tuple[float, str | _Counted]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, str | _Counted, int]] = OrderedDict()
         self._size = size
         self._ttl_s = ttl_s
         self._clock = clock
@@ -176,11 +187,13 @@ class _Assignments:
         # back, expiring after all the others), so a note looks at the front only from this time on.
         self._front_expires = -math.inf
 
-    def __setitem__(self, request_id: str, variant: str | _Counted) -> None:
+    def note(self, request_id: str, variant: str | _Counted, serial: int = 0) -> None:
+        """Remember that ``variant`` served ``request_id``, counted in its statistics of this ``serial``
+        number (``_COUNTED``: credit nothing for it)."""
         entries, now = self._entries, self._clock()
         if request_id in entries:  # (noted again: it expires from now, behind the others)
             del entries[request_id]
-        entries[request_id] = (now + self._ttl_s, variant)
+        entries[request_id] = (now + self._ttl_s, variant, serial)
         if len(entries) > self._size:
             entries.popitem(last=False)
         if now >= self._front_expires:
@@ -190,25 +203,19 @@ class _Assignments:
                 entries.popitem(last=False)
             self._front_expires = next(iter(entries.values()))[0]  # (this note's, at least, is there)
 
-    def take(self, request_id: str) -> str | _Counted | None:
-        """The variant that served ``request_id``, once: an outcome counts once per request, so a retried
-        report (or a second click on the page) cannot outweigh the requests that were reported once. The
-        entry stays, marked ``_COUNTED``, so that a repeat is known for one and is not credited by key
-        either."""
+    def take(self, request_id: str) -> tuple[str, int] | _Counted | None:
+        """The variant that served ``request_id`` and the serial number of the statistics it was counted in,
+        once: an outcome
+        counts once per request, so a retried report (or a second click on the page) cannot outweigh the
+        requests that were reported once. The entry stays, marked ``_COUNTED``, so that a repeat is known for
+        one and is not credited by key either."""
         entry = self._entries.get(request_id)
         if entry is None or entry[0] <= self._clock():
             return None
-        if entry[1] is not _COUNTED:
-            self._entries[request_id] = (entry[0], _COUNTED)  # (in place: the order of expiry is kept)
-        return entry[1]
-
-    def forget(self, variants: Container[str]) -> None:
-        """Credit nothing more to these variants: their requests are marked counted, so that an outcome for
-        one credits neither the variant nor, by key, what the key gets now (a pass over every entry: for a
-        reload, not a request)."""
-        entries = self._entries
-        for request_id in [request_id for request_id, entry in entries.items() if entry[1] in variants]:
-            entries[request_id] = (entries[request_id][0], _COUNTED)  # (in place: the order of expiry is kept)
+        if entry[1] is _COUNTED:
+            return _COUNTED
+        self._entries[request_id] = (entry[0], _COUNTED, 0)  # (in place: the order of expiry is kept)
+        return entry[1], entry[2]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -378,6 +385,12 @@ class Router:
         self._canary_version: int | None = None  # the configured canary's, whose statistics "canary" holds
         self._stable_version: int | None = None  # the stable version named (alias or configured) "stable" holds
         self._stats_state: RoutingState | None = None  # the state those versions were last checked against
+        # The versions each variant's statistics have left since the configuration last changed them, and
+        # (its statistics, their served count, when) of a request of such a version, for the hold of
+        # _RETURN_AFTER_S before going back to one (see _stats_of_version; both changed under the lock)
+        self._left: dict[str, set[int]] = {}
+        self._quiet: dict[str, tuple[VariantStats, int, float]] = {}
+        self._serials = itertools.count(1)  # numbers each VariantStats made (see _Assignments)
         self._assignments = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
         # reported by key can only be credited to what was drawn (set under the lock the draw holds anyway).
@@ -477,13 +490,14 @@ class Router:
         version 3's outcomes to version 2's, its test compared the mixture (a worse version 3 still showed
         as significantly better for thousands of outcomes) and a bandit credited version 3 with version 2's
         record. Requests served by the old version, and a bandit's draws of the arm, are forgotten with them:
-        an outcome reported for them now credits nothing.
+        an outcome reported for them now credits nothing (their statistics are no longer the arm's).
 
         So does a new configured canary (``canary.version``): "canary" and "stable" start afresh, a new
-        experiment against the stable version as it is now (a canary version chosen by a flag is not seen
-        here: the statistics are by variant, whatever version a flag chose). So does another stable version
-        named (a switch, a rollback, ``rollout.stable``): "stable" held the old one's outcomes, and the canary
-        was compared with the mixture."""
+        experiment against the stable version as it is now. So does another stable version named (a switch,
+        a rollback, ``rollout.stable``): "stable" held the old one's outcomes, and the canary was compared
+        with the mixture. A version that a flag, or the latest version loaded, gives a variant is followed
+        request by request instead (:meth:`_stats_of_version`); a configuration change is seen here at
+        once, before any request, and starts a new experiment: the versions left are forgotten."""
         config = state.config
         with self._lock:
             self._stats_state = state
@@ -506,12 +520,68 @@ class Router:
             if not changed:
                 return
             for name in changed:
-                self._stats.pop(name, None)
-            for pair in [pair for pair in self._lowest_p if changed.intersection(pair)]:
-                del self._lowest_p[pair]
-            self._assignments.forget(changed)
-            for key in [key for key, arm in self._bandit_keys.items() if arm in changed]:
+                self._left.pop(name, None)
+            self._restart(changed)
+
+    def _restart(self, names: Collection[str]) -> None:
+        """Start the statistics of ``names`` afresh, with the tests they are in and a bandit's draws of them
+        (under the lock). Requests counted in the old statistics credit nothing from now on: their outcomes
+        find another object (or none) under the variant's name."""
+        for name in names:
+            self._stats.pop(name, None)
+            self._quiet.pop(name, None)
+        for pair in [pair for pair in self._lowest_p if pair[0] in names or pair[1] in names]:
+            del self._lowest_p[pair]
+        if self._drew_for_keys:
+            for key in [key for key, arm in self._bandit_keys.items() if arm in names]:
                 del self._bandit_keys[key]
+
+    def _stats_of_version(self, variant: str, version: int) -> VariantStats | None:
+        """The statistics of ``variant`` for a request that ``version`` serves now (or an outcome by key that
+        it would): started afresh if they are of another version; None if the request is to count nowhere
+        (under the lock).
+
+        A variant's statistics are of one version at a time. A ``<prefix>.canary.version`` or
+        ``<prefix>.stable`` flag, or a stable version that follows the latest one loaded, changes a
+        variant's version without a configuration change: the first request that another version serves
+        starts "canary" and "stable" afresh (a new experiment, as a new configured canary does; an arm's
+        alone), and the requests counted before credit nothing (late outcomes of the old version).
+
+        Never straight back: requests decided before the change and still running on the old version, or a
+        targeting flag that gives one variant two versions at once, would restart the statistics at every
+        alternation and keep none. A request of a version the statistics left counts nowhere until the version
+        they are of has served none of the variant's requests for ``_RETURN_AFTER_S`` (a flag moved back,
+        the latest version unloaded): then it starts them afresh. Two versions served together under one
+        variant keep the statistics of the one that came later (the other's requests count nowhere): such a
+        flag is two experiments, and takes two arms (an A/B test) to measure."""
+        stats = self._stats.get(variant)
+        if stats is None:
+            return self._started(variant, version)
+        current = stats.version
+        if current == version:
+            return stats
+        if current is None:  # (made before any version was known: a bandit's arms shown in status)
+            stats.version = version
+            return stats
+        left = self._left.get(variant)
+        if left is not None and version in left:
+            now = time.monotonic()
+            quiet = self._quiet.get(variant)
+            if quiet is None or quiet[0] is not stats or quiet[1] != stats.served:  # (served since the last look)
+                self._quiet[variant] = (stats, stats.served, now)
+                return None
+            if now - quiet[2] < _RETURN_AFTER_S:
+                return None
+            left.discard(version)
+        self._left.setdefault(variant, set()).add(current)
+        self._restart(("canary", "stable") if variant in ("canary", "stable") else (variant,))
+        return self._started(variant, version)
+
+    def _started(self, variant: str, version: int | None) -> VariantStats:
+        """New statistics of ``variant``, of ``version``, numbered apart from every earlier ones (under the
+        lock)."""
+        stats = self._stats[variant] = VariantStats(version=version, serial=next(self._serials))
+        return stats
 
     # -- the decision ---------------------------------------------------------------------------------------
 
@@ -885,7 +955,9 @@ class Router:
                 return stable, "stable", f"no bandit arm is ready (versions {versions})"
             self._flags.before_draw()  # (a try that may yet be abandoned must not draw)
             with self._lock:
-                stats = {n: self._stats.setdefault(n, VariantStats()) for n in variants}  # (status shows every arm)
+                stats = {  # (status shows every arm)
+                    n: self._stats.get(n) or self._started(n, v.version) for n, v in variants.items()
+                }
                 arms = {n: stats[n] for n in serving}
                 if config.bandit.policy == "thompson":
                     name = thompson(arms, self._rng)
@@ -966,15 +1038,18 @@ class Router:
             if state is not self._stats_state and not self._of_current_version(variant, state):
                 # Decided before a reload that pointed the variant at another version (the request ran
                 # meanwhile): the old version's request counts nowhere, its outcome credits nothing by id or key.
-                self._assignments[request_id] = _COUNTED
+                self._assignments.note(request_id, _COUNTED)
                 return
             stats = self._stats.get(variant)
-            if stats is None:  # (a VariantStats made for every request, only to be thrown away, costs 0.4 µs)
-                stats = self._stats[variant] = VariantStats()
+            if stats is None or stats.version != decision.version:  # (another version: a flag, the latest one)
+                stats = self._stats_of_version(variant, decision.version)
+                if stats is None:  # a version the statistics left: counts nowhere
+                    self._assignments.note(request_id, _COUNTED)
+                    return
             stats.served += 1
             if not state.trivial:  # flags may choose any strategy per request:
-                # remember every decision's variant
-                self._assignments[request_id] = decision.variant
+                # remember every decision's variant, and the statistics it counts in
+                self._assignments.note(request_id, variant, stats.serial)
 
     def _forget_draw_of(self, ctx: Mapping[str, Any], field: str) -> None:
         """:meth:`_forget_draw` for a request routed without its key (the kill switch, the stable strategy):
@@ -1044,28 +1119,40 @@ class Router:
             )
         state = self.state if state is None else state
         with self._lock:
-            variant = self._assignments.take(request_id) if request_id is not None else None
-            if isinstance(variant, str):  # credited in the same step: a reload cannot restart the arm in between
-                self._credit(variant, reward, state.config)
+            taken = self._assignments.take(request_id) if request_id is not None else None
+            if isinstance(taken, tuple):  # credited in the same step: a reload cannot restart the arm in between
+                variant, serial = taken
+                stats = self._stats.get(variant)
+                if stats is None or stats.serial != serial:
+                    return None  # its statistics started afresh since (another version): it credits nothing
+                self._credit(variant, stats, reward, state.config)
                 return variant
-        if variant is _COUNTED:  # this request's outcome was counted already
+        if taken is _COUNTED:  # this request's outcome was counted already (or counts nowhere)
             return None
         if key is None or str(key) == "":  # (an empty key is no key: not bucketed)
             return None
-        variant = self._variant_of_key(str(key), ready, latest, state)
-        if variant is None:
+        routed = self._variant_of_key(str(key), ready, latest, state)
+        if routed is None:
             return None
+        variant, version = routed
         with self._lock:
             # Bucketed by ``state``, read before this lock: a reload since may have pointed the variant at
             # another version and started its statistics afresh, which this outcome of the old one must not join.
             if not self._of_current_version(variant, state):
                 return None
-            self._credit(variant, reward, state.config)
+            stats = self._stats.get(variant)
+            if version is not None and (stats is None or stats.version != version):
+                stats = self._stats_of_version(variant, version)  # (the version the key gets now)
+            elif stats is None:
+                stats = self._started(variant, None)
+            if stats is None:  # a version the variant's statistics left
+                return None
+            self._credit(variant, stats, reward, state.config)
         return variant
 
-    def _credit(self, variant: str, reward: float, config: RolloutConfig) -> None:
-        """Add an outcome to ``variant``'s statistics and follow the tests it is in (under the lock)."""
-        self._stats.setdefault(variant, VariantStats()).add(reward)
+    def _credit(self, variant: str, stats: VariantStats, reward: float, config: RolloutConfig) -> None:
+        """Add an outcome to ``variant``'s statistics, ``stats``, and follow the tests it is in (under the lock)."""
+        stats.add(reward)
         pairs = self._pairs
         if pairs[0] is not config:  # (made once per configuration: every outcome looks its tests up)
             pairs = self._pairs = (config, _tests_of_variants(config))
@@ -1091,8 +1178,11 @@ class Router:
         if control is not None and treatment is not None:
             self._lowest_p[pair] = lower_always_valid_p(control, treatment, self._lowest_p.get(pair, 1.0))
 
-    def _variant_of_key(self, key: str, ready: Mapping[int, Any], latest: int, state: RoutingState) -> str | None:
-        """The variant a targeting key gets, with no side effect: no bandit draw, no shadow, no count.
+    def _variant_of_key(
+        self, key: str, ready: Mapping[int, Any], latest: int, state: RoutingState
+    ) -> tuple[str, int | None] | None:
+        """The variant a targeting key gets and its version (None: a drawn arm no longer configured), with no
+        side effect: no bandit draw, no shadow, no count.
 
         The bandit's last draw for the key comes first: it served the key's last request, whatever the flags
         say now of a context this call does not have (a rule on another attribute) or cannot read (a failing
@@ -1105,15 +1195,16 @@ class Router:
         with self._lock:
             drawn = self._bandit_keys.get(key)
         if drawn is not None:
-            return drawn
-        if state.killed:
-            return "stable"
+            arm = state.config.variants.get(drawn)
+            return drawn, None if arm is None else arm.version
         stable = state.stable_of(ready, latest)
+        if state.killed:
+            return "stable", self._flagged_stable(ready, stable, {state.config.key_field: key}, state)
         ctx = {state.config.key_field: key}
 
-        def variant() -> str | None:
+        def variant() -> tuple[str, int | None] | None:
             routed = self._route(ready, stable, ctx, [], state, draw=False)
-            return None if routed is None else routed[1]
+            return None if routed is None else (routed[1], routed[0])
 
         return self._flags.run(variant, lambda reason: None)
 

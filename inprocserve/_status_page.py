@@ -251,14 +251,15 @@ def _rollout_block(rollout: Mapping[str, Any]) -> str:
             else _share_bar(served)
         )
         rows = "".join(
-            f"<tr><td>{_swatch(index)}{escape(name)}</td><td class='n'>{_text(stats.get('served'))}</td>"
+            f"<tr><td>{_swatch(index)}{escape(name)}</td><td class='n'>{_text(stats.get('version'))}</td>"
+            f"<td class='n'>{_text(stats.get('served'))}</td>"
             f"<td class='n'>{_percent((stats.get('served') or 0) / total)}</td>"
             f"<td class='n'>{_text(stats.get('outcomes'))}</td>"
             f"<td class='n'>{_number(stats.get('mean_reward'), 4)}</td></tr>"
             for index, (name, stats) in enumerate(variants.items())
         )
         parts.append(
-            f"<div><h3>{heading}</h3>{chart}<table><tr><th>variant</th><th>served</th>"
+            f"<div><h3>{heading}</h3>{chart}<table><tr><th>variant</th><th>version</th><th>served</th>"
             f"<th>share</th><th>outcomes</th><th>mean reward</th></tr>{rows}</table></div>"
         )
     tests = _entries(rollout.get("tests"))

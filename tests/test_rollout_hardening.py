@@ -682,20 +682,20 @@ def test_served_variants_are_kept_an_hour_and_a_bounded_number_and_credited_once
     now = [0.0]
     served = _Assignments(3, 60.0, clock=lambda: now[0])
     for number in range(4):
-        served[f"r{number}"] = "canary" if number % 2 else "stable"
+        served.note(f"r{number}", "canary" if number % 2 else "stable")
         now[0] += 10.0
-    assert [served.take(f"r{number}") for number in range(3)] == [None, "canary", "stable"]
+    assert [served.take(f"r{number}") for number in range(3)] == [None, ("canary", 0), ("stable", 0)]
     assert served.take("r1") is _COUNTED  # credited already: known, and credited no more
     assert len(served) == 3
     now[0] = 71.0  # r1 was served at 10 s: 61 s ago
-    assert served.take("r1") is None and served.take("r3") == "canary"
-    served["r1"] = "stable"  # noted again: kept from now
+    assert served.take("r1") is None and served.take("r3") == ("canary", 0)
+    served.note("r1", "stable")  # noted again: kept from now
     now[0] = 95.0  # r2 (20 s) and r3 (30 s) have expired; the note of r1 at 71 s has not
-    served["r4"] = "canary"  # each note drops up to two expired at the front
-    assert len(served) == 2 and (served.take("r1"), served.take("r4")) == ("stable", "canary")
+    served.note("r4", "canary")  # each note drops up to two expired at the front
+    assert len(served) == 2 and (served.take("r1"), served.take("r4")) == (("stable", 0), ("canary", 0))
     for number in range(5, 1000):  # many notes, none expired: the size bound holds
-        served[f"r{number}"] = "stable"
-    assert len(served) == 3 and served.take("r999") == "stable" and served.take("r4") is None
+        served.note(f"r{number}", "stable")
+    assert len(served) == 3 and served.take("r999") == ("stable", 0) and served.take("r4") is None
 
 
 class _PausingLock:
@@ -736,9 +736,9 @@ def test_an_outcome_of_an_arms_old_version_never_joins_its_new_statistics_whatev
     key = next(
         k
         for k in (f"user-{i}" for i in range(1000))
-        if router._variant_of_key(k, ready, 3, router.state) == "treatment"
+        if router._variant_of_key(k, ready, 3, router.state) == ("treatment", 2)
     )
-    router._assignments["request-of-version-2"] = "treatment"
+    router.served("request-of-version-2", router.decide(ready, 3, {"user_id": key}), {})
     state = router.state  # as the server reads it, with the versions
     if by == "key, routes read before the reload":
         router.update(config(3))
@@ -770,7 +770,7 @@ def test_a_request_decided_before_a_reload_that_moved_its_arm_credits_nothing() 
     key = next(
         k
         for k in (f"user-{i}" for i in range(1000))
-        if router._variant_of_key(k, ready, 3, router.state) == "treatment"
+        if router._variant_of_key(k, ready, 3, router.state) == ("treatment", 2)
     )
     decided_by = router.state
     decision = router.decide(ready, 3, {"user_id": key}, decided_by)

@@ -1,0 +1,205 @@
+"""A variant's experiment statistics are of the version that served it, however the version changed.
+
+Version N of the ``scale`` model answers ``y = x * N``; each version converts at its own simulated rate, so a
+variant's statistics that mix two versions show as a mean between their rates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import CanaryConfig, InMemoryFlags, OpenFeatureFlags
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory, rollout
+
+X = np.ones((1, 4), np.float32)
+RATES = {1: 0.10, 2: 0.20, 3: 0.05}
+
+
+class Traffic:
+    """Users of the ``scale`` model whose conversions follow the version that answered them."""
+
+    def __init__(self, server: inprocserve.Server) -> None:
+        self.server = server
+        self.rng = np.random.default_rng(0)
+        self.users = 0
+
+    def run(self, count: int, *, reported: float = 1.0, **context: Any) -> list[tuple[str, inprocserve.Prediction]]:
+        """``count`` new users, each answered once; ``reported`` of them report their outcome now, the rest
+        are returned to report later."""
+        later = []
+        for _ in range(count):
+            user, self.users = f"user-{self.users}", self.users + 1
+            result = self.server.predict("scale", X, context={"user_id": user, **context})
+            assert float(result["y"][0, 0]) == result.version
+            if self.rng.random() < reported:
+                self.server.record_outcome(result.request_id, float(self.rng.random() < RATES[result.version]))
+            else:
+                later.append((user, result))
+        return later
+
+    def report(self) -> dict[str, Any]:
+        rollout: dict[str, Any] = self.server.status()["models"]["scale"]["rollout"]
+        return rollout
+
+
+def canary_flags_of_openfeature() -> tuple[Any, Callable[[int], None]]:
+    """Flags from OpenFeature's in-memory provider whose canary version an operator changes."""
+    from openfeature import api
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.flag_evaluation import FlagResolutionDetails
+    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+    chosen = {"version": 2.0}
+
+    def canary_version(flag: InMemoryFlag[float], context: EvaluationContext) -> FlagResolutionDetails[float]:
+        return FlagResolutionDetails(value=chosen["version"])
+
+    provider = InMemoryProvider(
+        {
+            "scale.canary.percent": InMemoryFlag("half", {"half": 50.0}),
+            "scale.canary.version": InMemoryFlag("chosen", {"chosen": 2.0}, context_evaluator=canary_version),
+        }
+    )
+    api.set_provider(provider, domain="inprocserve-statistics-by-version")
+    return OpenFeatureFlags(domain="inprocserve-statistics-by-version"), lambda v: chosen.update(version=float(v))
+
+
+def canary_flags_in_memory() -> tuple[Any, Callable[[int], None]]:
+    flags = InMemoryFlags({"scale.canary.percent": 50, "scale.canary.version": 2})
+    return flags, lambda version: flags.set("scale.canary.version", version)
+
+
+@pytest.mark.parametrize("flags_of", [canary_flags_in_memory, canary_flags_of_openfeature])
+def test_a_flag_that_moves_the_canary_to_another_version_starts_its_statistics_afresh(
+    flags_of: Callable[[], tuple[Any, Callable[[int], None]]], versions: Path, make_server: ServerFactory
+) -> None:
+    """Canary version 2 (20 %, against stable's 10 %), then the ``scale.canary.version`` flag moved it to
+    version 3 (5 %): "canary" went on from version 2's outcomes, and status showed the canary at 12 %,
+    significantly better than stable, after 2000 users of version 3; late outcomes of version 2 joined it."""
+    flags, choose_canary = flags_of()
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
+    traffic = Traffic(server)
+    late = traffic.run(4000, reported=0.5)
+    assert traffic.report()["tests"]["canary"]["significant"] is True
+    assert traffic.report()["variants"]["canary"]["version"] == 2
+
+    choose_canary(3)
+    traffic.run(4000)
+    for user, result in late:  # outcomes of version 2's requests, reported after the move: they credit nothing
+        if result.variant == "canary":
+            assert server.record_outcome(result.request_id, 1.0, model="scale", key=user) is None
+    report = traffic.report()
+    canary, stable = report["variants"]["canary"], report["variants"]["stable"]
+    assert (canary["version"], stable["version"]) == (3, 1)
+    assert 1700 < canary["outcomes"] < 2300 and canary["outcomes"] == canary["served"]
+    assert canary["mean_reward"] < 0.08
+    assert report["tests"]["canary"]["difference"] < 0  # worse than stable, as version 3 is
+    assert "<th>version</th>" in inprocserve.render_status_page(server.status())
+
+
+def test_a_stable_version_that_follows_the_latest_one_loaded_starts_its_statistics_afresh(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """No stable version named: the latest loaded is stable. Version 1 was the challenger against version 2
+    (20 %); a hot reload loaded version 3 (5 %), which became stable: "stable" went on from version 2's
+    outcomes, and the challenger (10 %) showed as worse than a stable version it beats by half."""
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    server = make_server(repository, config=rollout(strategy="canary", canary=CanaryConfig(version=1, percent=50)))
+    traffic = Traffic(server)
+    late = traffic.run(4000, reported=0.5)
+    assert traffic.report()["variants"]["stable"]["version"] == 2
+
+    save_model(build_scale_model(3.0), repository, "scale", 3)
+    assert server.refresh() == []
+    traffic.run(4000)
+    for user, result in late:  # version 2's stable requests, reported after version 3 took over
+        if result.variant == "stable":
+            assert server.record_outcome(result.request_id, 1.0, model="scale", key=user) is None
+    report = traffic.report()
+    stable = report["variants"]["stable"]
+    assert (stable["version"], report["variants"]["canary"]["version"]) == (3, 1)
+    assert 1700 < stable["outcomes"] < 2300 and stable["mean_reward"] < 0.08
+    assert report["tests"]["canary"]["difference"] > 0  # the challenger beats the new stable version
+
+
+def test_outcomes_by_key_follow_the_version_the_key_gets_now(versions: Path, make_server: ServerFactory) -> None:
+    """Outcomes reported by key only: after the flag moved the canary from version 2 to 3, the first outcome
+    of a canary user starts "canary" afresh with version 3 (the version the key gets now)."""
+    flags = InMemoryFlags({"scale.canary.percent": 50, "scale.canary.version": 2})
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
+    users = [f"user-{i}" for i in range(400)]
+    variants = {user: server.predict("scale", X, context={"user_id": user}).variant for user in users}
+    canary_users = [user for user in users if variants[user] == "canary"]
+    for user in canary_users:
+        assert server.record_outcome(None, 1.0, model="scale", key=user) == "canary"
+    assert server.status()["models"]["scale"]["rollout"]["variants"]["canary"]["version"] == 2
+    flags.set("scale.canary.version", 3)
+    for user in canary_users[:10]:
+        assert server.record_outcome(None, 0.0, model="scale", key=user) == "canary"
+    canary = server.status()["models"]["scale"]["rollout"]["variants"]["canary"]
+    assert (canary["version"], canary["outcomes"], canary["mean_reward"]) == (3, 10, 0.0)
+
+
+def test_a_flag_giving_the_canary_two_versions_at_once_keeps_the_later_ones_statistics(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """A targeting rule gives staff version 3 as the canary, everyone else version 2: requests alternate
+    between the two versions under "canary", and restarting its statistics at every change would keep none.
+    They stay with version 3 (the later one); version 2's requests count nowhere."""
+    from openfeature import api
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.flag_evaluation import FlagResolutionDetails
+    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+    def by_plan(flag: InMemoryFlag[float], context: EvaluationContext) -> FlagResolutionDetails[float]:
+        return FlagResolutionDetails(value=3.0 if context.attributes.get("plan") == "staff" else 2.0)
+
+    provider = InMemoryProvider(
+        {
+            "scale.canary.percent": InMemoryFlag("all", {"all": 100.0}),
+            "scale.canary.version": InMemoryFlag("by-plan", {"by-plan": 2.0}, context_evaluator=by_plan),
+        }
+    )
+    api.set_provider(provider, domain="inprocserve-two-canaries")
+    flags = OpenFeatureFlags(domain="inprocserve-two-canaries")
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
+    traffic = Traffic(server)
+    traffic.run(50, plan="customer")
+    for _ in range(20):
+        traffic.run(10, plan="staff")
+        traffic.run(10, plan="customer")
+    canary = traffic.report()["variants"]["canary"]
+    assert (canary["version"], canary["served"], canary["outcomes"]) == (3, 200, 200)
+
+
+def test_statistics_go_back_to_a_version_the_flag_moves_back_to_once_the_other_stops_serving(
+    versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The canary flag moved from version 2 to 3, then back to 2 (version 3 did badly): requests still running
+    on version 2 right after the first move count nowhere, and once version 3 has served none of the
+    canary's requests for a while (10 s; 1 s here), version 2's start "canary" afresh."""
+    monkeypatch.setattr("inprocserve._rollout._RETURN_AFTER_S", 1.0)
+    flags = InMemoryFlags({"scale.canary.percent": 100, "scale.canary.version": 2})
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
+    traffic = Traffic(server)
+    traffic.run(20)
+    flags.set("scale.canary.version", 3)
+    traffic.run(20)
+    flags.set("scale.canary.version", 2)
+    traffic.run(20)  # within the hold: counted nowhere
+    canary = traffic.report()["variants"]["canary"]
+    assert (canary["version"], canary["served"]) == (3, 20)
+    time.sleep(1.1)
+    traffic.run(20)
+    canary = traffic.report()["variants"]["canary"]
+    assert (canary["version"], canary["served"], canary["outcomes"]) == (2, 20, 20)
