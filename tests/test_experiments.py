@@ -172,6 +172,39 @@ def test_the_always_valid_p_value_of_revenue_with_a_small_treatment_seldom_shows
     assert fooled <= 3
 
 
+def test_the_fixed_horizon_p_value_of_revenue_with_a_small_treatment_read_once_seldom_shows_a_difference() -> None:
+    """A/A tests of revenue per request (1 % buy, amounts lognormal) with 5 % of 2000 requests on the
+    treatment, ``p_value`` read once at that planned size: Welch's spread, from a treatment arm with no sale
+    (variance 0), put the difference at z of 4 or more on the control's sales alone, and 41 % of the tests
+    showed p < 0.05 where 5 % may."""
+    rng = np.random.default_rng(5)
+    fooled = 0
+    for _ in range(200):
+        control, treatment = VariantStats(), VariantStats()
+        arms = rng.random(2000) < 0.05
+        rewards = (rng.random(2000) < 0.01) * rng.lognormal(3, 1.0, 2000)
+        for is_treatment, reward in zip(arms, rewards, strict=True):
+            (treatment if is_treatment else control).add(float(reward))
+        p_value = compare(control, treatment)["p_value"]
+        fooled += p_value is not None and p_value < 0.05
+    assert fooled <= 10  # 5 %
+
+
+def test_the_fixed_horizon_p_value_still_finds_a_real_difference_of_revenue_with_a_small_treatment() -> None:
+    """The pooled spread only where it is the larger: a treatment (10 % of traffic) that sells three times
+    as often still shows p < 0.05 in most tests read once at 4000 requests."""
+    rng = np.random.default_rng(6)
+    found = 0
+    for _ in range(50):
+        control, treatment = VariantStats(), VariantStats()
+        for is_treatment in rng.random(4000) < 0.1:
+            sells = rng.random() < (0.15 if is_treatment else 0.05)
+            (treatment if is_treatment else control).add(float(sells * rng.lognormal(3, 0.5)))
+        p_value = compare(control, treatment)["p_value"]
+        found += p_value is not None and p_value < 0.05
+    assert found >= 40
+
+
 def test_the_always_valid_p_value_of_rare_conversions_with_a_small_treatment_seldom_shows_a_difference() -> None:
     """A/A tests converting at 0.1 % with 5 % of traffic on the treatment, followed at every outcome: one
     conversion of the treatment's 250 against none of the control's 4750 is z = 4.4, and 9 of 100 such
