@@ -549,11 +549,13 @@ class Router:
 
         Never straight back: requests decided before the change and still running on the old version, or a
         targeting flag that gives one variant two versions at once, would restart the statistics at every
-        alternation and keep none. A request of a version the statistics left counts nowhere until the version
-        they are of has served none of the variant's requests for ``_RETURN_AFTER_S`` (a flag moved back,
-        the latest version unloaded): then it starts them afresh. Two versions served together under one
-        variant keep the statistics of the one that came later (the other's requests count nowhere): such a
-        flag is two experiments, and takes two arms (an A/B test) to measure."""
+        alternation and keep none. A request of a version the statistics left counts nowhere until the
+        version they are of has served none of the variant's requests for ``_RETURN_AFTER_S`` since such a
+        request came (a flag moved back, the latest version unloaded): then it starts them afresh. (The
+        clock is read on this path alone: a request of the version the statistics are of costs a comparison.)
+        Two versions served together under one variant keep the statistics of the one that came later (the
+        other's requests count nowhere): such a flag is two experiments, and takes two arms (an A/B test) to
+        measure."""
         stats = self._stats.get(variant)
         if stats is None:
             return self._started(variant, version)
