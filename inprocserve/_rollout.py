@@ -205,10 +205,9 @@ class _Assignments:
 
     def take(self, request_id: str) -> tuple[str, int] | _Counted | None:
         """The variant that served ``request_id`` and the serial number of the statistics it was counted in,
-        once: an outcome
-        counts once per request, so a retried report (or a second click on the page) cannot outweigh the
-        requests that were reported once. The entry stays, marked ``_COUNTED``, so that a repeat is known for
-        one and is not credited by key either."""
+        once: an outcome counts once per request, so a retried report (or a second click on the page) cannot
+        outweigh the requests that were reported once. The entry stays, marked ``_COUNTED``, so that a repeat
+        is known for one and is not credited by key either."""
         entry = self._entries.get(request_id)
         if entry is None or entry[0] <= self._clock():
             return None
