@@ -180,7 +180,11 @@ class Request:
 
     def complete(self, outputs: dict[str, Any] | None, error: BaseException | None) -> None:
         """Store the answer (``outputs``, or the ``error``), then wake the synchronous caller or hand the
-        request to ``deliver`` (which resolves its future)."""
+        request to ``deliver`` (which resolves its future).
+
+        The error loses the tracebacks of the thread that caught it (see :func:`_drop_tracebacks`)."""
+        if error is not None:
+            _drop_tracebacks(error)
         self.outputs = outputs
         self.error = error
         self.state = DONE
@@ -195,6 +199,30 @@ class Request:
 
 
 Finisher = Callable[[Request], None]
+
+
+def _drop_tracebacks(error: BaseException) -> None:
+    """Drop the tracebacks of ``error`` and of the errors it chains (its cause, the error being handled
+    when it was raised), before it is stored on its request for a caller elsewhere to raise.
+
+    Those tracebacks hold the frames of the thread that ran the request (a worker's, most often) with their
+    locals: the batch, its requests, their inputs. A request holds its error, so every failed request's
+    inputs stayed in a reference cycle until the garbage collector's next pass over the generation the
+    cycle had reached: a full pass, for a request that waited in a busy queue, which in a large process
+    comes minutes apart, while a storm of failures (a bad deploy, an overload's deadlines) adds more.
+    Raised by its caller, the error gets that caller's own traceback instead of frames of another thread;
+    the messages of the chained errors stay, and a bug's traceback was logged where it was caught."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    pending: list[BaseException] = []
+    while link is not None:
+        if id(link) not in seen:
+            seen.add(id(link))
+            link.__traceback__ = None
+            for chained in (link.__cause__, link.__context__):
+                if chained is not None:
+                    pending.append(chained)
+        link = pending.pop() if pending else None
 
 
 def finish_detached(request: Request, outputs: Any, error: BaseException | None, deliver: Finisher) -> None:

@@ -261,9 +261,14 @@ class Server(RolloutMethods):
             self._answered(request, self._version_of(request, target), exc)
             raise
         self._answered(request, self._version_of(request, target), request.error)
-        if request.error is not None:
-            raise request.error
-        return request.prediction()
+        if request.error is None:
+            return request.prediction()
+        error = request.error
+        del request  # this frame joins the error's traceback: none of its locals may lead back to the error
+        try:
+            raise error
+        finally:
+            del error
 
     def _predict_plain(
         self,
@@ -483,7 +488,10 @@ class Server(RolloutMethods):
         answer = _loop_apredict(self, model, inputs, version=version, context=context, timeout_s=limit)
         if type(answer) is Prediction:  # a lone request, answered at once (no other task could join it)
             return answer
-        return await cast("Awaitable[Prediction]", answer)  # (type() is cheaper than an ABC's isinstance)
+        try:  # (type() above is cheaper than an ABC's isinstance)
+            return await cast("Awaitable[Prediction]", answer)
+        finally:  # this frame joins an error's traceback: it must not keep the future that holds the error
+            del answer
 
     def predict_many(
         self,

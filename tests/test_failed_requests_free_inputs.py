@@ -1,0 +1,122 @@
+"""A failed request lets go of its inputs as soon as its caller lets go of the error, without waiting for
+the garbage collector: the error no longer carries the frames of the thread that ran the request (which
+held the batch and its requests, each holding the error: a reference cycle). Under a storm of failures (a
+bad deploy, an overload's deadlines) those cycles kept every failed request's inputs until a full
+collection, minutes apart in a large process. The collector is off in these tests, so only a cycle can keep
+the inputs."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import InvalidInputError
+
+from .conftest import ServerFactory, busy_inputs, occupy, wait_until
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@pytest.fixture
+def server(busy_repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    server = make_server(busy_repository)
+    server.predict("busy", busy_inputs(1))
+    return server
+
+
+def bad_rows() -> dict[str, np.ndarray]:
+    return busy_inputs(2, index=99)  # an index outside the model's table: onnxruntime refuses the run
+
+
+def failed_and_freed(call: Callable[[dict[str, np.ndarray]], Any]) -> str:
+    """Make ``call`` with a bad request; return the error's class name once the caller has dropped the error
+    and the inputs and nothing else keeps the inputs."""
+    inputs = bad_rows()
+    kept = weakref.ref(inputs["x"])
+    try:
+        call(inputs)
+    except Exception as error:
+        name = type(error).__name__
+    else:
+        name = "no error"
+    del inputs
+    # (the worker that ran it may still be letting go of its batch when the caller has its answer)
+    wait_until(lambda: kept() is None, timeout_s=5.0)  # never, with the collector off, if a cycle keeps them
+    return name
+
+
+def test_predict_merged_with_other_requests(server: inprocserve.Server, no_collector: None) -> None:
+    def merged(inputs: dict[str, np.ndarray]) -> None:
+        blocker = occupy(server)  # the bad request queues behind it with a good one, and they run as one batch
+        good = server.submit("busy", busy_inputs(1))
+        try:
+            server.predict("busy", inputs)
+        finally:
+            blocker.result(timeout=60)
+            assert good.result(timeout=60)["y"].shape == (1, 512)
+
+    assert failed_and_freed(merged) == "InvalidInputError"
+
+
+def test_submit(server: inprocserve.Server, no_collector: None) -> None:
+    def submitted(inputs: dict[str, np.ndarray]) -> None:
+        blocker = occupy(server)
+        future = server.submit("busy", inputs)
+        blocker.result(timeout=60)
+        try:
+            future.result(timeout=60)
+        finally:
+            del future
+
+    assert failed_and_freed(submitted) == "InvalidInputError"
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["alone", "merged"])
+def test_apredict(server: inprocserve.Server, no_collector: None, queued: bool) -> None:
+    """A view that turns the error into a 4xx answer: the error never leaves the event loop."""
+
+    async def view(inputs: dict[str, np.ndarray]) -> str:
+        blocker = occupy(server) if queued else None
+        try:
+            await server.apredict("busy", inputs)
+        except InvalidInputError as error:
+            return type(error).__name__
+        finally:
+            if blocker is not None:
+                blocker.result(timeout=60)
+        return "no error"
+
+    loop = asyncio.new_event_loop()
+    try:
+        answers: list[str] = []
+        failed_and_freed(lambda inputs: answers.append(loop.run_until_complete(view(inputs))))
+        assert answers == ["InvalidInputError"]
+    finally:
+        loop.close()
+
+
+def test_the_error_raised_says_what_failed_and_chains_the_runtime_error(server: inprocserve.Server) -> None:
+    """Dropping the worker's frames keeps what a caller reads: the message and onnxruntime's own error."""
+    blocker = occupy(server)
+    future = server.submit("busy", bad_rows())
+    blocker.result(timeout=60)
+    with pytest.raises(InvalidInputError) as caught:
+        future.result(timeout=60)
+    assert "index" in str(caught.value).lower() or "out of" in str(caught.value).lower()
+    assert caught.value.__cause__ is not None
