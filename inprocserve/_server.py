@@ -9,6 +9,7 @@ methods from ``RolloutMethods``), status in ``_snapshot``; the public methods he
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import numbers
 import time
@@ -38,6 +39,7 @@ from ._errors import (
 from ._flags import FlagProvider, WaitOffLoop
 from ._inflight import Lead, Sharing, inputs_key
 from ._loop_batching import apredict as _loop_apredict
+from ._loop_batching import given_up as _loop_given_up
 from ._model import ModelVersion
 from ._operations import Operations, RolloutMethods
 from ._prediction import Prediction, RequestIds
@@ -490,6 +492,9 @@ class Server(RolloutMethods):
             return answer
         try:  # (type() above is cheaper than an ABC's isinstance)
             return await cast("Awaitable[Prediction]", answer)
+        except asyncio.CancelledError:  # the task was cancelled: its request leaves the queue if still there
+            _loop_given_up(answer)
+            raise
         finally:  # this frame joins an error's traceback: it must not keep the future that holds the error
             del answer
 
