@@ -170,7 +170,8 @@ class Signature:
                 non-numeric values, a wrong rank or fixed dimension, inconsistent batch sizes, too many
                 rows, or NaN/infinity when ``reject_nan`` is set.
         """
-        if type(inputs) is not dict and not isinstance(inputs, Mapping):  # a dict skips the ABC check
+        # a dict, or a bare array (never a mapping), skips the ABC check: it costs 0.5 µs for an array
+        if type(inputs) is not dict and (type(inputs) is np.ndarray or not isinstance(inputs, Mapping)):
             if self._single is None or isinstance(inputs, (str, bytes)):
                 names = ", ".join(sorted(self.input_names))
                 raise InvalidInputError(
