@@ -67,7 +67,7 @@ from ._backend import is_whole_batch
 from ._errors import DeadlineExceededError, RemoteUnavailableError, ServerClosedError
 from ._flag_reader import forbid_waiting_when
 from ._flags import WaitOffLoop
-from ._prediction import Prediction
+from ._prediction import Prediction, prediction_of
 from ._request import QUEUED, BatchTiming, Request, Route, wake_after_batch
 from ._telemetry import metering, start_request_span, tracing
 
@@ -521,16 +521,7 @@ class _LoopState:
                     part = outputs
                 else:
                     part = {name: array[start:end] for name, array in outputs.items()}
-                waiter.set_result(
-                    Prediction(
-                        part,
-                        model=model,
-                        version=version,
-                        variant=decision.variant,
-                        reason=decision.reason,
-                        request_id=request_id,
-                    )
-                )
+                waiter.set_result(prediction_of(part, model, version, decision.variant, decision.reason, request_id))
             start = end
         group.answered()
 

