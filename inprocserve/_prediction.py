@@ -101,9 +101,9 @@ class Prediction(Mapping[str, Any]):
 def prediction_of(
     outputs: Mapping[str, Any], model: str, version: int, variant: str, reason: str, request_id: str
 ) -> Prediction:
-    """``Prediction(outputs, model=model, version=version, ...)``, for an event loop's answers to merged
-    requests (one per task): CPython calls a class with keyword arguments the slow way, through a dict of
-    them (0.37 µs a call on the project's machine); this sets the same slots for 0.14 µs."""
+    """``Prediction(outputs, model=model, version=version, ...)``, for the request path (every answer of
+    ``predict`` and ``apredict``): CPython calls a class with keyword arguments the slow way, through a dict
+    of them (0.37 µs a call on the project's machine); this sets the same slots for 0.14 µs."""
     prediction = _new_object(Prediction)
     prediction._outputs = outputs
     prediction.model = model

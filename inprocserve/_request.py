@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ._prediction import Prediction
+from ._prediction import Prediction, prediction_of
 from ._wake_relay import DONE_WAKING, RELAY
 
 if TYPE_CHECKING:
@@ -169,14 +169,7 @@ class Request:
         """The caller's answer: the outputs, and the route that produced them."""
         route = self.route
         assert self.outputs is not None
-        return Prediction(
-            self.outputs,
-            model=route.model,
-            version=route.version,
-            variant=route.variant,
-            reason=route.reason,
-            request_id=route.request_id,
-        )
+        return prediction_of(self.outputs, route.model, route.version, route.variant, route.reason, route.request_id)
 
     def complete(self, outputs: dict[str, Any] | None, error: BaseException | None) -> None:
         """Store the answer (``outputs``, or the ``error``), then wake the synchronous caller or hand the

@@ -42,7 +42,7 @@ from ._loop_batching import apredict as _loop_apredict
 from ._loop_batching import given_up as _loop_given_up
 from ._model import ModelVersion
 from ._operations import Operations, RolloutMethods
-from ._prediction import Prediction, RequestIds
+from ._prediction import Prediction, RequestIds, prediction_of
 from ._prefork import shield_exit
 from ._registry import Registry, Routes, close_versions
 from ._remote_model import RemoteModel
@@ -401,14 +401,7 @@ class Server(RolloutMethods):
             shadows = [routes.versions[v] for v in decision.shadows if v in routes.versions]
             if shadows:
                 self._shadow.offer(target.name, request_id, arrays, rows, outputs, target, shadows, primary_span=span)
-        return Prediction(
-            outputs,
-            model=target.name,
-            version=target.version,
-            variant=decision.variant,
-            reason=decision.reason,
-            request_id=request_id,
-        )
+        return prediction_of(outputs, target.name, target.version, decision.variant, decision.reason, request_id)
 
     def _plain_route(
         self, model: str, version: int | None, context: Mapping[str, Any] | None, *, lone: bool = False
