@@ -536,9 +536,9 @@ class Router:
                 del self._bandit_keys[key]
 
     def _stats_of_version(self, variant: str, version: int) -> VariantStats | None:
-        """The statistics of ``variant`` for a request that ``version`` serves now (or an outcome by key that
-        it would): started afresh if they are of another version; None if the request is to count nowhere
-        (under the lock).
+        """The statistics of ``variant`` for a request that ``version`` serves now: started afresh if they are
+        of another version; None if the request is to count nowhere (under the lock). Only a request moves
+        them: an outcome by key credits them as they are (see :meth:`record_outcome`).
 
         A variant's statistics are of one version at a time. A ``<prefix>.canary.version`` or
         ``<prefix>.stable`` flag, or a stable version that follows the latest one loaded, changes a
@@ -1141,13 +1141,16 @@ class Router:
             # another version and started its statistics afresh, which this outcome of the old one must not join.
             if not self._of_current_version(variant, state):
                 return None
+            # An outcome by key cannot tell which version served it, and the version the key gets now is read
+            # from the key alone (a flag's rule on another attribute of the requests reads otherwise): it
+            # credits the statistics as they are, and never starts them afresh (a request does, see served).
+            # Restarting them here wiped "canary" and "stable" at every such outcome and labelled "canary" with
+            # a version that served none of it; then held off, every outcome by key credited nothing.
             stats = self._stats.get(variant)
-            if version is not None and (stats is None or stats.version != version):
-                stats = self._stats_of_version(variant, version)  # (the version the key gets now)
-            elif stats is None:
-                stats = self._started(variant, None)
-            if stats is None:  # a version the variant's statistics left
-                return None
+            if stats is None:
+                stats = self._started(variant, None)  # (of the version its first request brings)
+            elif version is not None and version in self._left.get(variant, ()):
+                return None  # the key gets a version the statistics left: which one served it is unknown
             self._credit(variant, stats, reward, state.config)
         return variant
 

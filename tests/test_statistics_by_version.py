@@ -134,9 +134,13 @@ def test_a_stable_version_that_follows_the_latest_one_loaded_starts_its_statisti
     assert report["tests"]["canary"]["difference"] > 0  # the challenger beats the new stable version
 
 
-def test_outcomes_by_key_follow_the_version_the_key_gets_now(versions: Path, make_server: ServerFactory) -> None:
-    """Outcomes reported by key only: after the flag moved the canary from version 2 to 3, the first outcome
-    of a canary user starts "canary" afresh with version 3 (the version the key gets now)."""
+def test_outcomes_by_key_credit_the_statistics_as_they_are_and_never_start_them_afresh(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """Outcomes reported by key only: after the flag moved the canary from version 2 to 3, and before
+    version 3 served anyone, an outcome by key can only be of a request version 2 served: it credits
+    version 2's statistics (it started version 3's afresh, and credited it there). Once version 3 serves,
+    its statistics start afresh and take the outcomes by key from then on."""
     flags = InMemoryFlags({"scale.canary.percent": 50, "scale.canary.version": 2})
     server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
     users = [f"user-{i}" for i in range(400)]
@@ -144,12 +148,59 @@ def test_outcomes_by_key_follow_the_version_the_key_gets_now(versions: Path, mak
     canary_users = [user for user in users if variants[user] == "canary"]
     for user in canary_users:
         assert server.record_outcome(None, 1.0, model="scale", key=user) == "canary"
-    assert server.status()["models"]["scale"]["rollout"]["variants"]["canary"]["version"] == 2
     flags.set("scale.canary.version", 3)
     for user in canary_users[:10]:
         assert server.record_outcome(None, 0.0, model="scale", key=user) == "canary"
     canary = server.status()["models"]["scale"]["rollout"]["variants"]["canary"]
-    assert (canary["version"], canary["outcomes"], canary["mean_reward"]) == (3, 10, 0.0)
+    assert (canary["version"], canary["outcomes"]) == (2, len(canary_users) + 10)
+    for user in canary_users[:10]:
+        assert server.predict("scale", X, context={"user_id": user}).version == 3
+        assert server.record_outcome(None, 0.0, model="scale", key=user) == "canary"
+    canary = server.status()["models"]["scale"]["rollout"]["variants"]["canary"]
+    assert (canary["version"], canary["served"], canary["outcomes"], canary["mean_reward"]) == (3, 10, 10, 0.0)
+
+
+def test_outcomes_by_key_under_a_flag_rule_on_another_attribute_keep_the_statistics(
+    versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The canary's version flag reads another attribute than the key (``app`` "web": version 3, else 2) and
+    every request has it, so version 3 alone serves the canary; outcomes come by key, read from the key
+    alone (version 2). The first outcome started "canary" and "stable" afresh as version 2's: after 200
+    users status showed the canary as version 2, served 0, outcomes 89 (version 3's requests counted
+    nowhere); past the hold (10 s, 0.2 s here) version 3's took them back, stable's 112 went, and every
+    outcome by key credited nothing: after 400, canary served 92, outcomes 0, and no test."""
+    from openfeature import api
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.flag_evaluation import FlagResolutionDetails
+    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+    def by_app(flag: InMemoryFlag[float], context: EvaluationContext) -> FlagResolutionDetails[float]:
+        return FlagResolutionDetails(value=3.0 if context.attributes.get("app") == "web" else 2.0)
+
+    provider = InMemoryProvider(
+        {
+            "scale.canary.percent": InMemoryFlag("half", {"half": 50.0}),
+            "scale.canary.version": InMemoryFlag("by-app", {"by-app": 2.0}, context_evaluator=by_app),
+        }
+    )
+    api.set_provider(provider, domain="inprocserve-canary-by-app")
+    monkeypatch.setattr("inprocserve._rollout._RETURN_AFTER_S", 0.2)
+    server = make_server(
+        versions,
+        flags=OpenFeatureFlags(domain="inprocserve-canary-by-app"),
+        config=rollout(strategy="canary", stable=1),
+    )
+    for i in range(400):
+        user = f"user-{i}"
+        result = server.predict("scale", X, context={"user_id": user, "app": "web"})
+        assert server.record_outcome(None, 1.0, model="scale", key=user) == result.variant
+        if i == 200:
+            time.sleep(0.3)  # (past the hold)
+    report = server.status()["models"]["scale"]["rollout"]
+    canary, stable = report["variants"]["canary"], report["variants"]["stable"]
+    assert canary["version"] == 3 and canary["served"] == canary["outcomes"] > 150
+    assert stable["served"] == stable["outcomes"] > 150
+    assert "canary" in report["tests"]
 
 
 def test_a_flag_giving_the_canary_two_versions_at_once_keeps_the_later_ones_statistics(
