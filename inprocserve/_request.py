@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -175,9 +175,9 @@ class Request:
         """Store the answer (``outputs``, or the ``error``), then wake the synchronous caller or hand the
         request to ``deliver`` (which resolves its future).
 
-        The error loses the tracebacks of the thread that caught it (see :func:`_drop_tracebacks`)."""
+        The error loses the tracebacks of the thread that caught it (see :func:`drop_tracebacks`)."""
         if error is not None:
-            _drop_tracebacks(error)
+            drop_tracebacks(error)
         self.outputs = outputs
         self.error = error
         self.state = DONE
@@ -192,9 +192,10 @@ class Request:
 
 
 Finisher = Callable[[Request], None]
+E = TypeVar("E", bound=BaseException)
 
 
-def _drop_tracebacks(error: BaseException) -> None:
+def drop_tracebacks(error: E) -> E:
     """Drop the tracebacks of ``error`` and of the errors it chains (its cause, the error being handled
     when it was raised), before it is stored on its request for a caller elsewhere to raise.
 
@@ -204,7 +205,9 @@ def _drop_tracebacks(error: BaseException) -> None:
     cycle had reached: a full pass, for a request that waited in a busy queue, which in a large process
     comes minutes apart, while a storm of failures (a bad deploy, an overload's deadlines) adds more.
     Raised by its caller, the error gets that caller's own traceback instead of frames of another thread;
-    the messages of the chained errors stay, and a bug's traceback was logged where it was caught."""
+    the messages of the chained errors stay, and a bug's traceback was logged where it was caught. So does
+    an error that ``submit`` catches before the request is queued (invalid inputs, a full queue): its frames
+    hold the future it is set on. Returns ``error``."""
     seen: set[int] = set()
     link: BaseException | None = error
     pending: list[BaseException] = []
@@ -216,6 +219,7 @@ def _drop_tracebacks(error: BaseException) -> None:
                 if chained is not None:
                     pending.append(chained)
         link = pending.pop() if pending else None
+    return error
 
 
 def finish_detached(request: Request, outputs: Any, error: BaseException | None, deliver: Finisher) -> None:

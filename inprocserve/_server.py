@@ -47,7 +47,7 @@ from ._prefork import shield_exit
 from ._registry import Registry, Routes, close_versions
 from ._remote_model import RemoteModel
 from ._repository import ModelSource
-from ._request import BatchTiming, Request, Route
+from ._request import BatchTiming, Request, Route, drop_tracebacks
 from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
 from ._scoring import SameRoute, plan_for_version, score
@@ -323,9 +323,15 @@ class Server(RolloutMethods):
             refusal = _naming(target, exc)
             span = start_request_span(model, since=started)
             self._telemetry.refused(span, started, model, target.version, decision, refusal)
+            # (this frame joins the error's traceback: its local must not lead back to the error, or the inputs
+            # it holds stay in a reference cycle until the collector's next full pass)
             if refusal is exc:
+                del refusal
                 raise
-            raise refusal from None
+            try:
+                raise refusal from None
+            finally:
+                del refusal
         recorder = batcher.telemetry
         span = start_request_span(model, recorder.span_attributes, since=started)
         if cache is not None and outputs is not None:  # a hit (which takes no runner)
@@ -459,8 +465,8 @@ class Server(RolloutMethods):
         future: Future[Prediction] = Future()
         try:
             self._dispatch(model, inputs, version, context, timeout_s, future, inline=False)
-        except InprocserveError as exc:
-            future.set_exception(exc)
+        except InprocserveError as exc:  # (refused before it queued: invalid inputs, a full queue)
+            future.set_exception(drop_tracebacks(exc))  # its frames (this one's future, the inputs): a cycle
         return future
 
     async def apredict(
@@ -589,7 +595,7 @@ class Server(RolloutMethods):
                     # routed afresh (the first part, or the routing changed since): the next parts follow it
                     route.decision, route.routes = request.route.decision, published
             except InprocserveError as exc:
-                future.set_exception(exc)
+                future.set_exception(drop_tracebacks(exc))  # its frames (this one's future, the part): a cycle
             return future
 
         return score(submit, inputs, plan, progress=progress, timeout_s=timeout_s)

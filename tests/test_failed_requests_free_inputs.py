@@ -44,10 +44,12 @@ def bad_rows() -> dict[str, np.ndarray]:
     return busy_inputs(2, index=99)  # an index outside the model's table: onnxruntime refuses the run
 
 
-def failed_and_freed(call: Callable[[dict[str, np.ndarray]], Any]) -> str:
-    """Make ``call`` with a bad request; return the error's class name once the caller has dropped the error
-    and the inputs and nothing else keeps the inputs."""
-    inputs = bad_rows()
+def failed_and_freed(
+    call: Callable[[dict[str, np.ndarray]], Any], make: Callable[[], dict[str, np.ndarray]] = bad_rows
+) -> str:
+    """Make ``call`` with a bad request (of ``make``); return the error's class name once the caller has
+    dropped the error and the inputs and nothing else keeps the inputs."""
+    inputs = make()
     kept = weakref.ref(inputs["x"])
     try:
         call(inputs)
@@ -120,3 +122,41 @@ def test_the_error_raised_says_what_failed_and_chains_the_runtime_error(server: 
         future.result(timeout=60)
     assert "index" in str(caught.value).lower() or "out of" in str(caught.value).lower()
     assert caught.value.__cause__ is not None
+
+
+def wrong_width() -> dict[str, np.ndarray]:
+    rows = busy_inputs(2)
+    return {"x": np.ones((2, rows["x"].shape[1] + 1), np.float32), "index": rows["index"]}
+
+
+def test_predict_refused_before_it_runs(server: inprocserve.Server, no_collector: None) -> None:
+    """Inputs of the wrong width, refused by predict's own thread: the refusal's traceback held the frame
+    that made it, whose local held the refusal (a cycle with the inputs in it)."""
+    assert failed_and_freed(lambda inputs: server.predict("busy", inputs), wrong_width) == "InvalidInputError"
+
+
+def test_submit_refused_before_it_queues(busy_repository: Path, make_server: ServerFactory, no_collector: None) -> None:
+    """An error ``submit`` catches before the request is queued (inputs of the wrong width, a full queue shed
+    under load) was set on the future with its traceback, whose frames held that future and the inputs:
+    every such request's inputs stayed until a full collection (20 of 20 shed requests)."""
+    server = make_server(
+        busy_repository,
+        config=inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_queue_rows=4, max_request_rows=4000)),
+    )
+    server.predict("busy", busy_inputs(1))
+
+    def submitted(inputs: dict[str, np.ndarray]) -> None:
+        future = server.submit("busy", inputs)
+        try:
+            future.result(timeout=60)
+        finally:
+            del future
+
+    assert failed_and_freed(submitted, wrong_width) == "InvalidInputError"
+    blocker = occupy(server, rows=3000)
+    filler = server.submit("busy", busy_inputs(4))  # the queue is full from here on
+    try:
+        assert failed_and_freed(submitted) == "QueueFullError"
+    finally:
+        blocker.result(timeout=60)
+        filler.result(timeout=60)
