@@ -23,6 +23,7 @@ import numpy as np
 from ._errors import DeadlineExceededError, InferenceError, InvalidInputError, ModelNotFoundError, QueueFullError
 from ._ort_rules import usable_cores
 from ._prediction import Prediction
+from ._request import drop_tracebacks
 
 if TYPE_CHECKING:
     from ._model import ModelVersion
@@ -573,6 +574,16 @@ def _run(
                 else:
                     note = f"predict_many: the batch after input row {done_rows} could not be read or checked"
                 exc.add_note(note)
+                # Raised with this frame's traceback, the error held the frames of this generator (its window
+                # of jobs, their futures, one holding the error) and of _wait: a cycle that kept the inputs
+                # of every part until the collector's next full pass. Raised with none of them, from here on.
+                drop_tracebacks(exc)
+                for queued, index in window:
+                    if queued.error is None:
+                        queued.futures[index].cancel()
+                window.clear()
+                pending = None
+                del job
                 raise
     finally:
         for queued, index in window:  # the caller stopped early, or a chunk failed: drop what has not run

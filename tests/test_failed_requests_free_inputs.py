@@ -160,3 +160,15 @@ def test_submit_refused_before_it_queues(busy_repository: Path, make_server: Ser
     finally:
         blocker.result(timeout=60)
         filler.result(timeout=60)
+
+
+@pytest.mark.parametrize("make", [bad_rows, wrong_width], ids=["run-failed", "refused"])
+def test_predict_many(server: inprocserve.Server, no_collector: None, make: Callable[[], Any]) -> None:
+    """predict_many raised a failed part's error with the frames of its generator, whose window of jobs held
+    the futures (one holding the error) and the parts: every failed scoring job's inputs stayed."""
+
+    def many(inputs: dict[str, np.ndarray]) -> None:
+        for _ in server.predict_many("busy", inputs, batch_rows=1):
+            pass
+
+    assert failed_and_freed(many, make) == "InvalidInputError"
