@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
+import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ import pytest
 import inprocserve
 from inprocserve import InvalidInputError
 
-from .conftest import ServerFactory, busy_inputs, occupy, wait_until
+from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 
 
 @pytest.fixture
@@ -172,3 +175,45 @@ def test_predict_many(server: inprocserve.Server, no_collector: None, make: Call
             pass
 
     assert failed_and_freed(many, make) == "InvalidInputError"
+
+
+def test_identical_requests_sharing_a_failed_run_each_raise_their_own_error(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """A follower of an identical request in flight got its leader's error object itself: each caller's
+    ``raise`` put its frames in front of the other's (30 of 30 pairs: the follower's traceback showed the
+    leader's caller, another thread's stack, and kept its frames), and dropping the worker's tracebacks for
+    one of them could wipe the other's while its caller was handling it. Each gets its own copy now."""
+    config = inprocserve.ModelConfig(cache=inprocserve.CacheConfig(share_in_flight=True))
+    server = make_server(busy_repository, config=config)
+    server.predict("busy", busy_inputs(1))
+    caught: dict[str, BaseException] = {}
+
+    def leader_caller() -> None:
+        try:
+            server.predict("busy", bad_rows())
+        except InvalidInputError as error:
+            caught["leader"] = error
+
+    def follower_caller() -> None:
+        try:
+            server.predict("busy", bad_rows())
+        except InvalidInputError as error:
+            caught["follower"] = error
+
+    blocker = occupy(server)
+    threads = [threading.Thread(target=leader_caller), threading.Thread(target=follower_caller)]
+    threads[0].start()
+    wait_until(lambda: version_status(server, "busy")["queued_rows"] == 2)
+    threads[1].start()
+    time.sleep(0.2)
+    assert version_status(server, "busy")["queued_rows"] == 2  # the follower waits on its leader, unqueued
+    blocker.result(timeout=60)
+    for thread in threads:
+        thread.join(timeout=60)
+    leader, follower = caught["leader"], caught["follower"]
+    assert leader is not follower and str(leader) == str(follower)
+    assert leader.__cause__ is not None and follower.__cause__ is leader.__cause__
+    shown = "".join(traceback.format_tb(follower.__traceback__))
+    assert "follower_caller" in shown and "leader_caller" not in shown
+    assert "leader_caller" in "".join(traceback.format_tb(leader.__traceback__))
