@@ -576,12 +576,9 @@ def _run(
                 exc.add_note(note)
                 # Raised with this frame's traceback, the error held the frames of this generator (its window
                 # of jobs, their futures, one holding the error) and of _wait: a cycle that kept the inputs
-                # of every part until the collector's next full pass. Raised with none of them, from here on.
+                # of every part until the collector's next full pass. Raised with none of them, from here on,
+                # and this frame lets go of its jobs (the window is emptied below).
                 drop_tracebacks(exc)
-                for queued, index in window:
-                    if queued.error is None:
-                        queued.futures[index].cancel()
-                window.clear()
                 pending = None
                 del job
                 raise
@@ -589,6 +586,7 @@ def _run(
         for queued, index in window:  # the caller stopped early, or a chunk failed: drop what has not run
             if queued.error is None:
                 queued.futures[index].cancel()
+        window.clear()
         if bar is not None:
             bar.close()
 
