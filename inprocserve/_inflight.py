@@ -422,8 +422,6 @@ class Sharing:
             if refused is not None:  # finished outside the lock: a future's callbacks may call the server
                 finish_detached(request, None, refused, self._deliver)
             return
-        if error is not None:
-            error = _own_error(error)
         finish_detached(request, None if error is not None else shareable(leader.result()), error, self._deliver)
 
     def _queue(self, request: Request, target: ModelVersion) -> tuple[BaseException | None, Batcher | None]:
@@ -559,27 +557,3 @@ class Sharing:
         finally:
             if shared_as is not None:  # (a leader that nobody could follow joined no key)
                 self._coalescer.release(shared_as, outputs, error)
-
-
-def _own_error(error: BaseException) -> BaseException:
-    """A follower's own copy of its leader's ``error`` (the same message, class, attributes and chained
-    errors), or ``error`` itself if it cannot be copied.
-
-    One exception object raised by several callers carries all their tracebacks: each ``raise`` puts its
-    caller's frames in front of the ones already there, so a follower's traceback showed its leader's
-    caller's frames (another thread's stack, and that caller's inputs, kept as long as the error), and
-    dropping the worker's tracebacks for one request (``Request.complete``) could wipe the traceback of a
-    caller already handling the same object."""
-    try:
-        own = copy.copy(error)
-    except Exception:
-        return error
-    if type(own) is not type(error) or own is error:
-        return error
-    own.__cause__, own.__context__ = error.__cause__, error.__context__
-    own.__suppress_context__ = error.__suppress_context__
-    notes = getattr(error, "__notes__", None)
-    if notes is not None:
-        own.__notes__ = list(notes)
-    own.__traceback__ = None
-    return own

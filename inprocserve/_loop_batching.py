@@ -68,7 +68,7 @@ from ._errors import DeadlineExceededError, RemoteUnavailableError, ServerClosed
 from ._flag_reader import forbid_waiting_when
 from ._flags import WaitOffLoop
 from ._prediction import Prediction, prediction_of
-from ._request import QUEUED, BatchTiming, Request, Route, wake_after_batch
+from ._request import QUEUED, BatchTiming, Request, Route, own_error, wake_after_batch
 from ._telemetry import metering, start_request_span, tracing
 
 if TYPE_CHECKING:
@@ -513,7 +513,7 @@ class _LoopState:
                 pass
             elif outputs is None:
                 assert error is not None
-                waiter.set_exception(error)
+                waiter.set_exception(own_error(error) if len(members) > 1 else error)  # (each task raises its own)
             else:
                 if only is not None:
                     part = {only[0]: only[1][start:end]}

@@ -13,6 +13,7 @@ and a tuple's construction costs a fraction of a dataclass's, with the same name
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -175,9 +176,10 @@ class Request:
         """Store the answer (``outputs``, or the ``error``), then wake the synchronous caller or hand the
         request to ``deliver`` (which resolves its future).
 
-        The error loses the tracebacks of the thread that caught it (see :func:`drop_tracebacks`)."""
+        The request gets its own copy of the error (:func:`own_error`), without the tracebacks of the thread
+        that caught it (:func:`drop_tracebacks`)."""
         if error is not None:
-            drop_tracebacks(error)
+            error = own_error(drop_tracebacks(error))
         self.outputs = outputs
         self.error = error
         self.state = DONE
@@ -220,6 +222,30 @@ def drop_tracebacks(error: E) -> E:
                     pending.append(chained)
         link = pending.pop() if pending else None
     return error
+
+
+def own_error(error: E) -> E:
+    """A copy of ``error`` (the same class, message, attributes, notes and chained errors) with no
+    traceback, for one caller to raise; ``error`` itself if it cannot be copied.
+
+    One exception object raised by several callers (the requests of a batch that failed as a whole: its
+    deadline, a remote server down, a close; followers of an identical request; an event loop's merged
+    tasks) carries all their tracebacks: each ``raise`` puts its caller's frames in front of the ones there,
+    so a caller's traceback showed other threads' stacks, and kept their frames (and inputs) as long as any
+    of them kept the error."""
+    try:
+        own = copy.copy(error)
+    except Exception:
+        return error
+    if type(own) is not type(error) or own is error:
+        return error
+    own.__cause__, own.__context__ = error.__cause__, error.__context__
+    own.__suppress_context__ = error.__suppress_context__
+    notes = getattr(error, "__notes__", None)
+    if notes is not None:
+        own.__notes__ = list(notes)
+    own.__traceback__ = None
+    return own
 
 
 def finish_detached(request: Request, outputs: Any, error: BaseException | None, deliver: Finisher) -> None:

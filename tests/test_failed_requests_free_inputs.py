@@ -14,6 +14,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 
 import inprocserve
 from inprocserve import InvalidInputError
+from inprocserve._request import Request, finish_detached
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 
@@ -217,3 +219,27 @@ def test_identical_requests_sharing_a_failed_run_each_raise_their_own_error(
     shown = "".join(traceback.format_tb(follower.__traceback__))
     assert "follower_caller" in shown and "leader_caller" not in shown
     assert "leader_caller" in "".join(traceback.format_tb(leader.__traceback__))
+
+
+def test_requests_failed_by_one_error_each_get_their_own_copy() -> None:
+    """A batch that fails as a whole (its deadline, a remote server down, a close) answers every request
+    with the one error its run raised. Raised by several callers, one object carried all their tracebacks
+    (each ``raise`` puts its caller's frames in front of those there): each caller's traceback showed the
+    other threads' stacks and kept their frames. Each request now gets its own copy, with the same class,
+    message, attributes and cause, and no traceback of the worker."""
+    try:
+        try:
+            raise RuntimeError("onnxruntime's own error")
+        except RuntimeError as cause:
+            raise inprocserve.DeadlineExceededError("no answer within 0.5s", model="busy", version=1) from cause
+    except inprocserve.DeadlineExceededError as caught:
+        error = caught
+    requests = [Request({}, 1, None, None, Future()) for _ in range(3)]  # type: ignore[arg-type]
+    for request in requests:
+        finish_detached(request, None, error, lambda request: None)
+    errors = [request.error for request in requests]
+    assert len({id(each) for each in errors}) == 3
+    for each in errors:
+        assert type(each) is inprocserve.DeadlineExceededError and str(each) == "no answer within 0.5s"
+        assert (each.model, each.version) == ("busy", 1)
+        assert each.__traceback__ is None and each.__cause__ is error.__cause__
