@@ -26,6 +26,7 @@ from inprocserve import InvalidInputError
 from inprocserve._request import Request, finish_detached
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .test_interrupted_callers import GatedRuns
 
 
 @pytest.fixture
@@ -203,13 +204,16 @@ def test_identical_requests_sharing_a_failed_run_each_raise_their_own_error(
         except InvalidInputError as error:
             caught["follower"] = error
 
-    blocker = occupy(server)
+    gate = GatedRuns(server, "busy", hold=(64,))  # the session stays busy until the test opens the gate
+    blocker = server.submit("busy", busy_inputs(64))
+    assert gate.started[64].wait(60)
     threads = [threading.Thread(target=leader_caller), threading.Thread(target=follower_caller)]
     threads[0].start()
     wait_until(lambda: version_status(server, "busy")["queued_rows"] == 2)
     threads[1].start()
     time.sleep(0.2)
     assert version_status(server, "busy")["queued_rows"] == 2  # the follower waits on its leader, unqueued
+    gate.open(64)
     blocker.result(timeout=60)
     for thread in threads:
         thread.join(timeout=60)

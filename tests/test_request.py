@@ -34,7 +34,8 @@ def test_complete_hands_a_future_to_its_deliver_hook_once() -> None:
     request.deliver = delivered.append
     error = ValueError("bad")
     request.complete(None, error)
-    assert delivered == [request] and request.error is error and request.state == DONE
+    assert delivered == [request] and request.state == DONE
+    assert type(request.error) is ValueError and str(request.error) == "bad"  # (its own copy: own_error)
 
 
 def test_a_future_without_a_deliver_hook_is_a_bug_said_plainly() -> None:
