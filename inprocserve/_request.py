@@ -177,9 +177,9 @@ class Request:
         request to ``deliver`` (which resolves its future).
 
         The request gets its own copy of the error (:func:`own_error`), without the tracebacks of the thread
-        that caught it (:func:`drop_tracebacks`)."""
+        that caught it. ``error`` itself is left as it is: its caller may be raising it meanwhile."""
         if error is not None:
-            error = own_error(drop_tracebacks(error))
+            error = own_error(error)
         self.outputs = outputs
         self.error = error
         self.state = DONE
@@ -225,21 +225,37 @@ def drop_tracebacks(error: E) -> E:
 
 
 def own_error(error: E) -> E:
-    """A copy of ``error`` (the same class, message, attributes, notes and chained errors) with no
-    traceback, for one caller to raise; ``error`` itself if it cannot be copied.
+    """A copy of ``error`` (the same class, message, attributes and notes) and of the errors it chains (its
+    cause, the error being handled when it was raised), none with a traceback, for one caller to raise.
+    ``error`` and its chained errors are left as they are; one that cannot be copied is kept, without its
+    tracebacks (:func:`drop_tracebacks`).
 
     One exception object raised by several callers (the requests of a batch that failed as a whole: its
     deadline, a remote server down, a close; followers of an identical request; an event loop's merged
     tasks) carries all their tracebacks: each ``raise`` puts its caller's frames in front of the ones there,
     so a caller's traceback showed other threads' stacks, and kept their frames (and inputs) as long as any
-    of them kept the error."""
+    of them kept the error. Nor may a copy drop the tracebacks of the errors it shares: a request that
+    followed one run on its caller's thread (``predict``'s shortest way, with a cache) is handed the error
+    that caller is raising, and dropping its tracebacks there left that caller's traceback without the
+    frames that raised it, and onnxruntime's error (its cause) without any."""
+    return _own_copy(error, {})  # type: ignore[return-value]
+
+
+def _own_copy(error: BaseException, copies: dict[int, BaseException]) -> BaseException:
+    own = copies.get(id(error))
+    if own is not None:
+        return own
     try:
         own = copy.copy(error)
     except Exception:
-        return error
-    if type(own) is not type(error) or own is error:
-        return error
-    own.__cause__, own.__context__ = error.__cause__, error.__context__
+        own = error
+    if type(own) is not type(error) or own is error:  # (it cannot be copied: the old way, in place)
+        copies[id(error)] = error
+        return drop_tracebacks(error)
+    copies[id(error)] = own  # (before its chain: a chain may lead back to it)
+    cause, context = error.__cause__, error.__context__
+    own.__cause__ = None if cause is None else _own_copy(cause, copies)
+    own.__context__ = None if context is None else _own_copy(context, copies)
     own.__suppress_context__ = error.__suppress_context__
     notes = getattr(error, "__notes__", None)
     if notes is not None:

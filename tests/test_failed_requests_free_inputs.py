@@ -219,10 +219,49 @@ def test_identical_requests_sharing_a_failed_run_each_raise_their_own_error(
         thread.join(timeout=60)
     leader, follower = caught["leader"], caught["follower"]
     assert leader is not follower and str(leader) == str(follower)
-    assert leader.__cause__ is not None and follower.__cause__ is leader.__cause__
+    assert leader.__cause__ is not None and follower.__cause__ is not None
+    assert type(follower.__cause__) is type(leader.__cause__) and str(follower.__cause__) == str(leader.__cause__)
     shown = "".join(traceback.format_tb(follower.__traceback__))
     assert "follower_caller" in shown and "leader_caller" not in shown
     assert "leader_caller" in "".join(traceback.format_tb(leader.__traceback__))
+
+
+def test_a_leader_run_on_its_callers_thread_keeps_its_traceback_when_a_request_follows_it(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """With a cache, ``predict``'s shortest way runs a request on its caller's thread and identical requests
+    follow it: they are handed the error that caller is raising. Their requests dropped the tracebacks of that
+    very object (and of its cause) as they stored it, while its caller raised it: the caller's traceback
+    lost every frame below ``predict`` (where the error came from: ``_predict_plain``, the run), and
+    onnxruntime's error, its cause, had none left. Each request copies the error and its chain now, leaving
+    the object itself alone."""
+    config = inprocserve.ModelConfig(cache=inprocserve.CacheConfig(enabled=True))
+    server = make_server(busy_repository, config=config)
+    server.predict("busy", busy_inputs(1))
+    caught: dict[str, BaseException] = {}
+
+    def call(name: str) -> None:
+        try:
+            server.predict("busy", bad_rows())
+        except InvalidInputError as error:
+            caught[name] = error
+
+    gate = GatedRuns(server, "busy", hold=(2,))  # the leader's run waits until the follower follows it
+    leader = threading.Thread(target=call, args=("leader",))
+    leader.start()
+    assert gate.started[2].wait(60)
+    follower = threading.Thread(target=call, args=("follower",))
+    follower.start()
+    time.sleep(0.2)  # the follower waits on its leader's future (checked below: one run for both)
+    gate.open(2)
+    for thread in (leader, follower):
+        thread.join(timeout=60)
+    assert gate.rows.count(2) == 1  # one run for both
+    error = caught["leader"]
+    frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+    assert "_predict_plain" in frames and "run_plain" in frames
+    assert error.__cause__ is not None and error.__cause__.__traceback__ is not None
+    assert type(caught["follower"]) is InvalidInputError and caught["follower"] is not error
 
 
 def test_requests_failed_by_one_error_each_get_their_own_copy() -> None:
@@ -246,4 +285,7 @@ def test_requests_failed_by_one_error_each_get_their_own_copy() -> None:
     for each in errors:
         assert type(each) is inprocserve.DeadlineExceededError and str(each) == "no answer within 0.5s"
         assert (each.model, each.version) == ("busy", 1)
-        assert each.__traceback__ is None and each.__cause__ is error.__cause__
+        assert each.__traceback__ is None and each.__cause__ is not error.__cause__
+        assert type(each.__cause__) is RuntimeError and str(each.__cause__) == "onnxruntime's own error"
+        assert each.__cause__.__traceback__ is None
+    assert error.__traceback__ is not None and error.__cause__.__traceback__ is not None  # (left as it was)
