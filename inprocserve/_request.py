@@ -249,8 +249,8 @@ def _own_copy(error: BaseException, copies: dict[int, BaseException]) -> BaseExc
         own = copy.copy(error)
     except Exception:
         own = error
-    if type(own) is not type(error) or own is error:  # (it cannot be copied: the old way, in place)
-        copies[id(error)] = error
+    if type(own) is not type(error) or own is error or not _same_args(own, error):
+        copies[id(error)] = error  # (it cannot be copied: kept, without its tracebacks)
         return drop_tracebacks(error)
     copies[id(error)] = own  # (before its chain: a chain may lead back to it)
     cause, context = error.__cause__, error.__context__
@@ -262,6 +262,17 @@ def _own_copy(error: BaseException, copies: dict[int, BaseException]) -> BaseExc
         own.__notes__ = list(notes)
     own.__traceback__ = None
     return own
+
+
+def _same_args(own: BaseException, error: BaseException) -> bool:
+    """Whether the copy ``own`` has the arguments of ``error``. A copy is made by calling the class with the
+    error's arguments: one whose ``__init__`` builds its message from others (``DeviceError(7)`` saying
+    ``device failed with code 7``) took that message for its first argument, and said ``device failed with
+    code device failed with code 7``."""
+    try:
+        return bool(own.args == error.args)
+    except Exception:  # (arguments that do not compare, arrays: the same objects are the same arguments)
+        return len(own.args) == len(error.args) and all(a is b for a, b in zip(own.args, error.args, strict=True))
 
 
 def finish_detached(request: Request, outputs: Any, error: BaseException | None, deliver: Finisher) -> None:

@@ -289,3 +289,26 @@ def test_requests_failed_by_one_error_each_get_their_own_copy() -> None:
         assert type(each.__cause__) is RuntimeError and str(each.__cause__) == "onnxruntime's own error"
         assert each.__cause__.__traceback__ is None
     assert error.__traceback__ is not None and error.__cause__.__traceback__ is not None  # (left as it was)
+
+
+class DeviceError(Exception):
+    """A backend's own error whose ``__init__`` builds its message (a common way to write one)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"device failed with code {code}")
+        self.code = code
+
+
+def test_an_error_whose_class_builds_its_message_keeps_it() -> None:
+    """A request's own copy is made by calling the error's class with its arguments: ``DeviceError(7)``'s
+    copy was ``DeviceError("device failed with code 7")``, which said ``device failed with code device
+    failed with code 7`` (a backend's batch that raised it, through a real batcher: the same). Such an error
+    is kept as it is, without its traceback."""
+    try:
+        raise DeviceError(7)
+    except DeviceError as caught:
+        error = caught
+    request = Request({}, 1, None, None, Future())  # type: ignore[arg-type]
+    finish_detached(request, None, error, lambda request: None)
+    assert request.error is not None and str(request.error) == "device failed with code 7"
+    assert request.error.code == 7 and request.error.__traceback__ is None  # type: ignore[attr-defined]
