@@ -169,27 +169,9 @@ def test_outcomes_by_key_under_a_flag_rule_on_another_attribute_keep_the_statist
     users status showed the canary as version 2, served 0, outcomes 89 (version 3's requests counted
     nowhere); past the hold (10 s, 0.2 s here) version 3's took them back, stable's 112 went, and every
     outcome by key credited nothing: after 400, canary served 92, outcomes 0, and no test."""
-    from openfeature import api
-    from openfeature.evaluation_context import EvaluationContext
-    from openfeature.flag_evaluation import FlagResolutionDetails
-    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
-
-    def by_app(flag: InMemoryFlag[float], context: EvaluationContext) -> FlagResolutionDetails[float]:
-        return FlagResolutionDetails(value=3.0 if context.attributes.get("app") == "web" else 2.0)
-
-    provider = InMemoryProvider(
-        {
-            "scale.canary.percent": InMemoryFlag("half", {"half": 50.0}),
-            "scale.canary.version": InMemoryFlag("by-app", {"by-app": 2.0}, context_evaluator=by_app),
-        }
-    )
-    api.set_provider(provider, domain="inprocserve-canary-by-app")
+    flags = canary_version_by("app", "web", percent=50.0, domain="inprocserve-canary-by-app")
     monkeypatch.setattr("inprocserve._rollout._RETURN_AFTER_S", 0.2)
-    server = make_server(
-        versions,
-        flags=OpenFeatureFlags(domain="inprocserve-canary-by-app"),
-        config=rollout(strategy="canary", stable=1),
-    )
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
     for i in range(400):
         user = f"user-{i}"
         result = server.predict("scale", X, context={"user_id": user, "app": "web"})
@@ -209,22 +191,7 @@ def test_a_flag_giving_the_canary_two_versions_at_once_keeps_the_later_ones_stat
     """A targeting rule gives staff version 3 as the canary, everyone else version 2: requests alternate
     between the two versions under "canary", and restarting its statistics at every change would keep none.
     They stay with version 3 (the later one); version 2's requests count nowhere."""
-    from openfeature import api
-    from openfeature.evaluation_context import EvaluationContext
-    from openfeature.flag_evaluation import FlagResolutionDetails
-    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
-
-    def by_plan(flag: InMemoryFlag[float], context: EvaluationContext) -> FlagResolutionDetails[float]:
-        return FlagResolutionDetails(value=3.0 if context.attributes.get("plan") == "staff" else 2.0)
-
-    provider = InMemoryProvider(
-        {
-            "scale.canary.percent": InMemoryFlag("all", {"all": 100.0}),
-            "scale.canary.version": InMemoryFlag("by-plan", {"by-plan": 2.0}, context_evaluator=by_plan),
-        }
-    )
-    api.set_provider(provider, domain="inprocserve-two-canaries")
-    flags = OpenFeatureFlags(domain="inprocserve-two-canaries")
+    flags = canary_version_by("plan", "staff", percent=100.0, domain="inprocserve-two-canaries")
     server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
     traffic = Traffic(server)
     traffic.run(50, plan="customer")
@@ -256,3 +223,24 @@ def test_statistics_go_back_to_a_version_the_flag_moves_back_to_once_the_other_s
     traffic.run(20)
     canary = traffic.report()["variants"]["canary"]
     assert (canary["version"], canary["served"], canary["outcomes"]) == (2, 20, 20)
+
+
+def canary_version_by(attribute: str, value: str, *, percent: float, domain: str) -> OpenFeatureFlags:
+    """OpenFeature flags (the in-memory provider) giving ``percent`` of users the canary, whose version is 3
+    for requests whose context has ``attribute`` = ``value`` and 2 for the others."""
+    from openfeature import api
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.flag_evaluation import FlagResolutionDetails
+    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+    def version(flag: InMemoryFlag[float], context: EvaluationContext) -> FlagResolutionDetails[float]:
+        return FlagResolutionDetails(value=3.0 if context.attributes.get(attribute) == value else 2.0)
+
+    provider = InMemoryProvider(
+        {
+            "scale.canary.percent": InMemoryFlag("set", {"set": percent}),
+            "scale.canary.version": InMemoryFlag("by-context", {"by-context": 2.0}, context_evaluator=version),
+        }
+    )
+    api.set_provider(provider, domain=domain)
+    return OpenFeatureFlags(domain=domain)
