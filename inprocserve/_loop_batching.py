@@ -810,9 +810,8 @@ class _Merged:
         counts the merged request finished (``Batcher._complete``): a ``close()`` waiting meanwhile waits for
         them too."""
         state = self.state
-        taken_back = state._withdrawals.pop  # answered: no longer withdrawn (see _LoopFuture._post)
-        for member in self.members:
-            taken_back(member.waiter, None)
+        for member in self.members:  # answered: no longer withdrawn (see _LoopFuture._post)
+            state.answered_first(member.waiter)
         error = request.error
         if error is not None and len(self.members) > 1 and _isolable(error):
             state._hand_over(self.group, self.members, on_loop=False)
