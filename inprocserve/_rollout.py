@@ -75,6 +75,8 @@ _RETURN_AFTER_S = 10.0
 """How long the version a variant's statistics are of must have served none of its requests before they go
 back to a version they left (see ``Router._stats_of_version``): longer than a request takes to run, so that
 requests still running on the old version when a flag moved the variant never restart it backwards."""
+_WARNED_SERIALS_KEPT = 1024
+"""Statistics remembered as warned about (see ``Router._warn_two_versions``)."""
 
 
 class Decision(NamedTuple):
@@ -388,7 +390,9 @@ class Router:
         # (its statistics, their served count, when) of a request of such a version, for the hold of
         # _RETURN_AFTER_S before going back to one (see _stats_of_version; both changed under the lock)
         self._left: dict[str, set[int]] = {}
-        self._quiet: dict[str, tuple[VariantStats, int, float]] = {}
+        # (its statistics, their served count, when, since when such requests come while it serves)
+        self._quiet: dict[str, tuple[VariantStats, int, float, float]] = {}
+        self._warned_serials: set[int] = set()  # statistics whose variant was seen served by two versions at once
         self._serials = itertools.count(1)  # numbers each VariantStats made (see _Assignments)
         self._assignments = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
@@ -554,7 +558,8 @@ class Router:
         clock is read on this path alone: a request of the version the statistics are of costs a comparison.)
         Two versions served together under one variant keep the statistics of the one that came later (the
         other's requests count nowhere): such a flag is two experiments, and takes two arms (an A/B test) to
-        measure."""
+        measure. Once both have served it for ``_RETURN_AFTER_S`` (each within ``_RETURN_AFTER_S`` of the
+        other's last request), a warning says so (:meth:`_warn_two_versions`)."""
         stats = self._stats.get(variant)
         if stats is None:
             return self._started(variant, version)
@@ -569,7 +574,14 @@ class Router:
             now = time.monotonic()
             quiet = self._quiet.get(variant)
             if quiet is None or quiet[0] is not stats or quiet[1] != stats.served:  # (served since the last look)
-                self._quiet[variant] = (stats, stats.served, now)
+                # both versions served within _RETURN_AFTER_S of each other since `since`
+                if quiet is None or quiet[0] is not stats or now - quiet[2] >= _RETURN_AFTER_S:
+                    since = now
+                else:
+                    since = quiet[3]
+                self._quiet[variant] = (stats, stats.served, now, since)
+                if now - since >= _RETURN_AFTER_S:
+                    self._warn_two_versions(variant, stats, version)
                 return None
             if now - quiet[2] < _RETURN_AFTER_S:
                 return None
@@ -577,6 +589,27 @@ class Router:
         self._left.setdefault(variant, set()).add(current)
         self._restart(("canary", "stable") if variant in ("canary", "stable") else (variant,))
         return self._started(variant, version)
+
+    def _warn_two_versions(self, variant: str, stats: VariantStats, other: int) -> None:
+        """Say once per statistics that ``variant`` has been served by their version and ``other`` at once for
+        longer than requests still running after a change would explain (under the lock): a targeting flag
+        that gives one variant two versions, whose statistics keep the later one's requests alone."""
+        if stats.serial in self._warned_serials:
+            return
+        if len(self._warned_serials) >= _WARNED_SERIALS_KEPT:  # (a flag flapping for days: bounded anyway)
+            self._warned_serials.clear()
+        self._warned_serials.add(stats.serial)
+        logger.warning(
+            "inprocserve: model %r: variant %r has been served by versions %s and %s at once for over %g s; "
+            "its statistics count version %s's requests only. A flag that gives one variant two versions runs "
+            "two experiments: give each version its own arm (an A/B test) to measure both (docs/rollouts.md)",
+            self.model,
+            variant,
+            stats.version,
+            other,
+            _RETURN_AFTER_S,
+            stats.version,
+        )
 
     def _started(self, variant: str, version: int | None) -> VariantStats:
         """New statistics of ``variant``, of ``version``, numbered apart from every earlier ones (under the

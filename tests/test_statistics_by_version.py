@@ -6,6 +6,7 @@ variant's statistics that mix two versions show as a mean between their rates.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -202,8 +203,37 @@ def test_a_flag_giving_the_canary_two_versions_at_once_keeps_the_later_ones_stat
     assert (canary["version"], canary["served"], canary["outcomes"]) == (3, 200, 200)
 
 
+def test_a_variant_served_by_two_versions_for_longer_than_the_hold_is_warned_about_once(
+    versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The staff rule above keeps sending customers version 2 under "canary" while staff get version 3: past
+    the hold (10 s; 0.3 s here) of both serving, a warning names the model, the variant and both versions,
+    once, and says what to do."""
+    monkeypatch.setattr("inprocserve._rollout._RETURN_AFTER_S", 0.3)
+    flags = canary_version_by("plan", "staff", percent=100.0, domain="inprocserve-two-canaries-warned")
+    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
+    traffic = Traffic(server)
+    with caplog.at_level(logging.WARNING, logger="inprocserve._rollout"):
+        traffic.run(5, plan="customer")
+        traffic.run(5, plan="staff")
+        traffic.run(5, plan="customer")
+        assert not two_versions_warnings(caplog)  # (within the hold: requests still running after a change)
+        until = time.monotonic() + 0.8
+        while time.monotonic() < until:
+            traffic.run(2, plan="staff")
+            traffic.run(2, plan="customer")
+            time.sleep(0.02)
+    (warning,) = two_versions_warnings(caplog)
+    assert "'scale'" in warning and "'canary'" in warning and "versions 3 and 2 at once" in warning
+    assert "own arm" in warning
+
+
+def two_versions_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "at once" in r.getMessage()]
+
+
 def test_statistics_go_back_to_a_version_the_flag_moves_back_to_once_the_other_stops_serving(
-    versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The canary flag moved from version 2 to 3, then back to 2 (version 3 did badly): requests still running
     on version 2 right after the first move count nowhere, and once version 3 has served none of the
@@ -223,6 +253,7 @@ def test_statistics_go_back_to_a_version_the_flag_moves_back_to_once_the_other_s
     traffic.run(20)
     canary = traffic.report()["variants"]["canary"]
     assert (canary["version"], canary["served"], canary["outcomes"]) == (2, 20, 20)
+    assert not two_versions_warnings(caplog)  # (a flag moved back is not two versions at once)
 
 
 def canary_version_by(attribute: str, value: str, *, percent: float, domain: str) -> OpenFeatureFlags:
