@@ -206,23 +206,29 @@ def test_a_flag_giving_the_canary_two_versions_at_once_keeps_the_later_ones_stat
 def test_a_variant_served_by_two_versions_for_longer_than_the_hold_is_warned_about_once(
     versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The staff rule above keeps sending customers version 2 under "canary" while staff get version 3: past
-    the hold (10 s; 0.3 s here) of both serving, a warning names the model, the variant and both versions,
-    once, and says what to do."""
-    monkeypatch.setattr("inprocserve._rollout._RETURN_AFTER_S", 0.3)
+    """The staff rule above keeps sending customers version 2 under "canary" while staff get version 3: once
+    both have served it for the hold (10 s; 1 s here), a warning names the model, the variant and both
+    versions, once, and says what to do."""
+    monkeypatch.setattr("inprocserve._rollout._RETURN_AFTER_S", 1.0)
     flags = canary_version_by("plan", "staff", percent=100.0, domain="inprocserve-two-canaries-warned")
     server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
     traffic = Traffic(server)
-    with caplog.at_level(logging.WARNING, logger="inprocserve._rollout"):
-        traffic.run(5, plan="customer")
-        traffic.run(5, plan="staff")
-        traffic.run(5, plan="customer")
-        assert not two_versions_warnings(caplog)  # (within the hold: requests still running after a change)
-        until = time.monotonic() + 0.8
-        while time.monotonic() < until:
+
+    def both_serve(until: Callable[[], bool]) -> None:
+        give_up = time.monotonic() + 10
+        while not until() and time.monotonic() < give_up:
             traffic.run(2, plan="staff")
             traffic.run(2, plan="customer")
             time.sleep(0.02)
+
+    with caplog.at_level(logging.WARNING, logger="inprocserve._rollout"):
+        traffic.run(5, plan="customer")
+        alternating_since = time.monotonic()
+        both_serve(until=lambda: bool(two_versions_warnings(caplog)))
+        warned_after = time.monotonic() - alternating_since
+        more = time.monotonic() + 0.5
+        both_serve(until=lambda: time.monotonic() > more)
+    assert warned_after >= 1.0  # (not within the hold: requests still running after a change)
     (warning,) = two_versions_warnings(caplog)
     assert "'scale'" in warning and "'canary'" in warning and "versions 3 and 2 at once" in warning
     assert "own arm" in warning
