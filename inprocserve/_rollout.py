@@ -292,6 +292,7 @@ class _Unflagged:
         the canary's edge and the arms' versions are derived here."""
         edge = round(canary_percent * (BUCKETS // 100))
         arm_versions = {name: v.version for name, v in config.variants.items()}
+        shadows = tuple(dict.fromkeys(shadows))  # (a version listed twice is mirrored once, as in _shadows)
         return cls(
             strategy,
             config.key_field,
@@ -1024,7 +1025,9 @@ class Router:
                 return (), None
             if not isinstance(wanted, list | tuple):
                 raise UnusableFlag(key, f"{key!r} must be a list of versions, got {wanted!r}")
-            versions = tuple(_version(key, v, ready) for v in wanted)
+            # (a version listed twice, [2, 2], gets one copy: two would double its load and count each request
+            # twice in its comparison)
+            versions = tuple(dict.fromkeys(_version(key, v, ready) for v in wanted))
             percent_key = keys.shadow_percent
             percent = _percent(percent_key, flags.number(percent_key, shadow.percent, ctx, used))
         except (UnusableFlag, FlagTypeError) as exc:

@@ -103,6 +103,32 @@ def test_an_unusable_shadow_flag_turns_shadows_off_but_keeps_the_answer(
     assert set(status["unusable_flags"]) == {"scale.shadow.versions", "scale.shadow.percent"}
 
 
+class TargetedFlags(InMemoryFlags):
+    """Flags a rollout reads per request, as a provider with targeting rules is read (not planned once)."""
+
+
+@pytest.mark.parametrize(
+    ("flags", "shadow"),
+    [
+        (None, (2, 2)),  # rollout.shadow.versions = [2, 2] in the configuration
+        (InMemoryFlags({"scale.shadow.versions": [2, 2]}), ()),  # the flag, planned once per value
+        (TargetedFlags({"scale.shadow.versions": [2, 2]}), ()),  # the flag, read for every request
+    ],
+)
+def test_a_shadow_version_listed_twice_gets_one_copy_of_each_request(
+    versions: Path, make_server: ServerFactory, flags: InMemoryFlags | None, shadow: tuple[int, ...]
+) -> None:
+    comparisons: list[inprocserve.ShadowComparison] = []
+    config = rollout(strategy="stable", stable=1, shadow=inprocserve.ShadowConfig(versions=shadow))
+    server = make_server(versions, flags=flags, config=config, on_shadow=comparisons.append, shadow_budget=1.0)
+    ids = [server.predict("scale", X, context={"user_id": f"u{i}"}).request_id for i in range(4)]
+    wait_until(lambda: len(comparisons) >= 4)
+    # each request was mirrored once (copies are run in order: a second copy of the first request would
+    # come before the copies of the last ones)
+    assert [c.request_id for c in comparisons[:4]] == ids
+    assert server.status()["models"]["scale"]["shadow"]["2"]["runs"] == 4
+
+
 def test_a_canary_on_a_version_that_failed_to_load_is_shown_without_flags(
     repository: Path, make_server: ServerFactory
 ) -> None:
