@@ -39,6 +39,7 @@ from ._flags import (
     WaitOffLoop,
     _described,
     _said,
+    _value_shown,
 )
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
 
@@ -363,7 +364,7 @@ class FlagReader:
             return value
         if isinstance(value, np.bool_):  # a provider backed by numpy data
             return bool(value)
-        raise UnusableFlag(key, f"flag {key!r} must be a boolean (true or false), got {_described(value)}")
+        raise UnusableFlag(key, f"flag {key!r} must be a boolean (true or false), got {_value_shown(value)}")
 
     def number(self, key: str, default: float, context: Mapping[str, Any], used: list[tuple[str, Any]]) -> float:
         value: object = self._read(self.provider.get_number, key, default, context, used)
@@ -374,13 +375,13 @@ class FlagReader:
                 return float(value)
             except OverflowError:  # (an int past any float: the flag's problem, not the provider's)
                 raise UnusableFlag(key, f"flag {key!r} must be a number a float can hold, got {shown(value)}") from None
-        raise UnusableFlag(key, f"flag {key!r} must be a number, got {_described(value)}")
+        raise UnusableFlag(key, f"flag {key!r} must be a number, got {_value_shown(value)}")
 
     def string(self, key: str, default: str, context: Mapping[str, Any], used: list[tuple[str, Any]]) -> str:
         value = self._read(self.provider.get_string, key, default, context, used)
         if isinstance(value, str):
             return value
-        raise UnusableFlag(key, f"flag {key!r} must be a string, got {_described(value)}")
+        raise UnusableFlag(key, f"flag {key!r} must be a string, got {_value_shown(value)}")
 
     def obj(self, key: str, default: Any, context: Mapping[str, Any], used: list[tuple[str, Any]]) -> Any:
         value = self._read(self.provider.get_object, key, default, context, used)

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import reprlib
 import sys
 import threading
 import time
@@ -115,7 +116,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if not isinstance(value, bool):
-            raise FlagTypeError(f"flag {key!r} must be a boolean, got {_described(value)}")
+            raise FlagTypeError(f"flag {key!r} must be a boolean, got {_value_shown(value)}")
         return value
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
@@ -123,7 +124,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise FlagTypeError(f"flag {key!r} must be a number, got {_described(value)}")
+            raise FlagTypeError(f"flag {key!r} must be a number, got {_value_shown(value)}")
         return _as_float(key, value)
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:
@@ -131,7 +132,7 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if not isinstance(value, str):
-            raise FlagTypeError(f"flag {key!r} must be a string, got {_described(value)}")
+            raise FlagTypeError(f"flag {key!r} must be a string, got {_value_shown(value)}")
         return value
 
     def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
@@ -635,6 +636,27 @@ def _described(value: object) -> str:
         return shown(value) if isinstance(value, int) else f"{type(value).__name__} (which cannot be shown)"
 
 
+def _make_value_shown() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxstring = shown.maxother = shown.maxlong = 80
+    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = shown.maxfrozenset = shown.maxdeque = 8
+    shown.maxlevel = 3
+    return shown
+
+
+_VALUE_SHOWN = _make_value_shown()
+
+
+def _value_shown(value: object) -> str:
+    """A flag's value for a message, cut short at a cost that does not grow with it: a value of megabytes
+    (a list pasted into the wrong flag) is refused on every request, and its full ``repr`` made each of
+    them slower by milliseconds and carried megabytes in ``Prediction.reason`` and ``status()``."""
+    try:
+        return _VALUE_SHOWN.repr(value)
+    except Exception:  # (an int of 5000 digits raises ValueError; a hand-written provider's value, anything)
+        return shown(value) if isinstance(value, int) else f"{type(value).__name__} (which cannot be shown)"
+
+
 def _said(exc: BaseException) -> str:
     """``str(exc)`` for a message, whatever the exception does: its ``__str__`` may raise too."""
     try:
@@ -932,7 +954,7 @@ class OpenFeatureFlags:
             return value  # type: ignore[no-any-return]
         value, details = self._value("get_boolean_details", key, default, context)
         if not isinstance(value, bool):  # bool("false") is True: never guess
-            raise FlagTypeError(f"flag {key!r} must be a boolean, got {_described(value)}")
+            raise FlagTypeError(f"flag {key!r} must be a boolean, got {_value_shown(value)}")
         return self._remember("boolean", key, value, details)  # type: ignore[no-any-return]
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
@@ -959,7 +981,7 @@ class OpenFeatureFlags:
                 return self._remember("number", key, *answer)  # type: ignore[no-any-return]
         value = self._checked(key, details)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise FlagTypeError(f"flag {key!r} must be a number, got {_described(value)}")
+            raise FlagTypeError(f"flag {key!r} must be a number, got {_value_shown(value)}")
         return self._remember("number", key, _as_float(key, value), details)  # type: ignore[no-any-return]
 
     def _integer(self, key: str, default: float, evaluation_context: Any) -> tuple[float, Any] | None:
@@ -976,7 +998,7 @@ class OpenFeatureFlags:
             return value  # type: ignore[no-any-return]
         value, details = self._value("get_string_details", key, default, context)
         if not isinstance(value, str):
-            raise FlagTypeError(f"flag {key!r} must be a string, got {_described(value)}")
+            raise FlagTypeError(f"flag {key!r} must be a string, got {_value_shown(value)}")
         return self._remember("string", key, value, details)  # type: ignore[no-any-return]
 
     def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:

@@ -48,7 +48,7 @@ from ._experiments import (
     thompson,
 )
 from ._flag_reader import FlagReader, UnusableFlag
-from ._flags import FlagTypeError, MustAsk, targeting_key_of
+from ._flags import FlagTypeError, MustAsk, _value_shown, targeting_key_of
 from ._held_bytes import held_bytes
 
 __all__ = ["Decision", "FlagReader", "Router", "RoutingState"]
@@ -725,7 +725,7 @@ class Router:
             if not wanted:
                 return configured
             if not isinstance(wanted, list | tuple) or len(wanted) != 2:
-                raise UnusableFlag(key, f"{key!r} must be a list of two versions, got {wanted!r}")
+                raise UnusableFlag(key, f"{key!r} must be a list of two versions, got {_value_shown(wanted)}")
             return tuple(_version(key, v, ready) for v in wanted)
 
         return self._flags.run(read, lambda reason: configured)
@@ -920,7 +920,9 @@ class Router:
             return stable, "stable", "kill switch is on", True
         strategy = flags.string(keys.strategy, config.strategy, ctx, used)
         if strategy not in _STRATEGIES:
-            raise UnusableFlag(keys.strategy, f"{keys.strategy!r} is {strategy!r}, not one of {', '.join(_STRATEGIES)}")
+            raise UnusableFlag(
+                keys.strategy, f"{keys.strategy!r} is {_value_shown(strategy)}, not one of {', '.join(_STRATEGIES)}"
+            )
         if strategy == "bandit" and not draw:
             return None
         if strategy == "stable":  # (no bucket: the user's key is hashed only for a strategy that splits traffic)
@@ -1024,7 +1026,7 @@ class Router:
             if not wanted:
                 return (), None
             if not isinstance(wanted, list | tuple):
-                raise UnusableFlag(key, f"{key!r} must be a list of versions, got {wanted!r}")
+                raise UnusableFlag(key, f"{key!r} must be a list of versions, got {_value_shown(wanted)}")
             # (a version listed twice, [2, 2], gets one copy: two would double its load and count each request
             # twice in its comparison)
             versions = tuple(dict.fromkeys(_version(key, v, ready) for v in wanted))
@@ -1373,7 +1375,7 @@ def _configured(config: RolloutConfig) -> dict[str, Any]:
 def _whole(key: str, value: Any) -> int:
     """A flag value that names a version (a whole number), or :class:`UnusableFlag` saying why it does not."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
-        raise UnusableFlag(key, f"{key!r} must name a version (a whole number), got {value!r}")
+        raise UnusableFlag(key, f"{key!r} must name a version (a whole number), got {_value_shown(value)}")
     return int(value)
 
 
@@ -1414,10 +1416,12 @@ def _test_pairs(config: RolloutConfig) -> list[tuple[str, str]]:
 
 def _weights(key: str, value: Any, variants: Mapping[str, Any]) -> dict[str, float]:
     if not isinstance(value, Mapping):
-        raise UnusableFlag(key, f"{key!r} must map variant names to weights, got {value!r}")
-    unknown = [name for name in value if name not in variants]
+        raise UnusableFlag(key, f"{key!r} must map variant names to weights, got {_value_shown(value)}")
+    unknown = list(itertools.islice((name for name in value if name not in variants), 9))  # (a few say enough)
     if unknown:
-        raise UnusableFlag(key, f"{key!r} names unknown variants {unknown} (variants: {', '.join(variants)})")
+        raise UnusableFlag(
+            key, f"{key!r} names unknown variants {_value_shown(unknown)} (variants: {', '.join(variants)})"
+        )
     weights: dict[str, float] = {}
     for name, weight in value.items():
         try:  # (an int past any float overflows both the test and float())

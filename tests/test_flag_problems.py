@@ -71,6 +71,29 @@ def test_an_unusable_flag_is_counted_logged_once_and_shown(
     assert len(logged) == 1 and why in logged[0].getMessage()
 
 
+@pytest.mark.parametrize(
+    ("config", "values", "why"),
+    [
+        (CANARY, {"scale.strategy": "x" * 1_000_000}, "'scale.strategy' is 'xxxxxx"),
+        (CANARY, {"scale.canary.percent": 5, "scale.canary.version": "9" * 1_000_000}, "must be a number, got '999"),
+        (CANARY, {"scale.canary.percent": "%" * 1_000_000}, "must be a number, got '%%%"),
+        (CANARY, {"scale.kill": ["on"] * 1_000_000}, "must be a boolean, got ['on', 'on',"),
+        (ARMS, {"scale.ab.weights": [1] * 1_000_000}, "must map variant names to weights, got [1, 1,"),
+        (ARMS, {"scale.ab.weights": {f"v{i}": 1 for i in range(100_000)}}, "unknown variants ['v0', 'v1',"),
+        (CANARY, {"scale.shadow.versions": "3" * 1_000_000}, "must be a list of versions, got '333"),
+    ],
+)
+def test_a_huge_unusable_value_is_shown_cut_short(
+    versions: Path, make_server: ServerFactory, config: dict[str, Any], values: dict[str, Any], why: str
+) -> None:
+    # (a list pasted into the wrong flag: its whole repr went into every request's reason, megabytes each)
+    server = make_server(versions, flags=InMemoryFlags(values), config=rollout(**config))
+    result = server.predict("scale", X, context={"user_id": "u"})
+    assert result.version == 1 and why in result.reason and len(result.reason) < 300, result.reason[:300]
+    problems = server.status()["models"]["scale"]["rollout"]["flags"]["unusable_flags"]
+    assert [len(problem) < 300 for problem in problems.values()] == [True]
+
+
 def test_usable_values_are_not_counted(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 100, "scale.canary.version": 3, "scale.stable": 1})
     server = make_server(versions, flags=flags, config=rollout(**CANARY))
