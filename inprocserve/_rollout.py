@@ -1374,7 +1374,9 @@ def _configured(config: RolloutConfig) -> dict[str, Any]:
 
 def _whole(key: str, value: Any) -> int:
     """A flag value that names a version (a whole number), or :class:`UnusableFlag` saying why it does not."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+    # (an int is whole as it is: float() of one past any float raised OverflowError, counted as the provider
+    # failing where a list flag, shadow.versions or rankers, held it)
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
         raise UnusableFlag(key, f"{key!r} must name a version (a whole number), got {_value_shown(value)}")
     return int(value)
 
@@ -1384,7 +1386,9 @@ def _version(key: str, value: Any, ready: Mapping[int, Any]) -> int:
     version = _whole(key, value)
     if version not in ready:
         loaded = ", ".join(map(str, sorted(ready))) or "none"
-        raise UnusableFlag(key, f"{key!r} names version {version}, which is not loaded (loaded: {loaded})")
+        raise UnusableFlag(
+            key, f"{key!r} names version {_value_shown(version)}, which is not loaded (loaded: {loaded})"
+        )
     return version
 
 

@@ -152,6 +152,19 @@ def test_a_shadow_version_listed_twice_gets_one_copy_of_each_request(
     assert server.status()["models"]["scale"]["shadow"]["2"]["runs"] == 4
 
 
+@pytest.mark.parametrize("versions_flag", [[10**400], [2, 10**5000]])
+def test_a_shadow_version_too_large_for_a_float_is_an_unusable_flag_not_a_provider_failure(
+    versions: Path, make_server: ServerFactory, versions_flag: list[int]
+) -> None:
+    flags = InMemoryFlags({"scale.shadow.versions": versions_flag})  # (a JSON flags file parses such ints)
+    server = make_server(versions, flags=flags, config=rollout(strategy="stable", stable=1))
+    result = server.predict("scale", X, context={"user_id": "u"})
+    assert result.version == 1
+    assert "shadows off: unusable flag: 'scale.shadow.versions' names version " in result.reason
+    status = server.status()["models"]["scale"]["rollout"]["flags"]
+    assert (status["unusable"], status["failures"]) == (1, 0)  # the provider answered: nothing to page about
+
+
 def test_a_canary_on_a_version_that_failed_to_load_is_shown_without_flags(
     repository: Path, make_server: ServerFactory
 ) -> None:
