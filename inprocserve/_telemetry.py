@@ -194,7 +194,13 @@ def resident_memory_bytes() -> int | None:
 
 
 def _short(value: object) -> str:
-    text = str(value)
+    """``str(value)`` cut to an attribute's length. A value with no text is named by its type: a flag value
+    of a list holding an int of 5000 digits (or an object whose ``__str__`` raises, from a hand-written
+    provider) raised here, and the request's span was never ended (lost from its trace)."""
+    try:
+        text = str(value)
+    except Exception:
+        return f"{type(value).__name__} (which cannot be shown)"
     return text if len(text) <= _MAX_ATTRIBUTE_CHARS else text[: _MAX_ATTRIBUTE_CHARS - 1] + "…"
 
 

@@ -218,6 +218,20 @@ def test_flag_evaluations_are_span_events(otel: Otel, scale: Path, make_server: 
     assert {event["feature_flag.provider.name"] for event in events} == {"in-memory"}
 
 
+def test_a_flag_value_with_no_text_still_ends_the_requests_span(
+    otel: Otel, scale: Path, make_server: ServerFactory
+) -> None:
+    # (a JSON flags file parses an int of 5000 digits; its str() raises, and the span was never ended)
+    flags = InMemoryFlags({"scale.shadow.versions": [10**5000]})
+    server = make_server(scale, flags=flags, config=ModelConfig(rollout=RolloutConfig(stable=1)))
+    result = server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"})
+    assert result.version == 1 and "shadows off: unusable flag" in result.reason
+    (span,) = otel.finished("inprocserve.predict")
+    events = [dict(event.attributes or {}) for event in span.events if event.name == "feature_flag.evaluation"]
+    shown = {event["feature_flag.key"]: event["feature_flag.result.variant"] for event in events}
+    assert shown["scale.shadow.versions"] == "list (which cannot be shown)"
+
+
 def test_shadow_runs_get_their_own_span_linked_to_the_request(
     otel: Otel, scale: Path, make_server: ServerFactory
 ) -> None:
