@@ -141,6 +141,10 @@ class Server(RolloutMethods):
                 raise ConfigurationError(f"{argument} {problem}")
         if poll_interval_s is not None and repository is None:
             raise ConfigurationError("poll_interval_s needs a repository to poll")
+        if isinstance(flags, type):  # (a provider's class passes the protocol's check: every read would fail)
+            raise TypeError(
+                f"flags must be a flag provider, got the class {flags.__name__}: pass {flags.__name__}(...)"
+            )
         if flags is not None and not isinstance(flags, FlagProvider):
             raise TypeError(f"flags must implement inprocserve.FlagProvider, got {type(flags).__name__}")
         folder = None if repository is None else Path(repository)

@@ -297,6 +297,14 @@ def test_an_integer_canary_in_the_openfeature_in_memory_provider_rolls_out(
     assert status["unusable"] == status["failures"] == 0
 
 
+@pytest.mark.parametrize("provider", [EnvFlags, InMemoryFlags, OpenFeatureFlags])
+def test_a_providers_class_given_for_flags_is_refused_at_once(repository: Path, provider: type) -> None:
+    # (Django's INPROCSERVE = {"FLAGS": inprocserve.EnvFlags}: the class passed the protocol's check, and every
+    # request of the rollout answered stable, "flag provider failed", logged once a minute)
+    with pytest.raises(TypeError, match=rf"got the class {provider.__name__}: pass {provider.__name__}\(\.\.\.\)"):
+        inprocserve.Server(scale_versions(repository), flags=provider, config=CANARY)
+
+
 FLAGD_FLAGS = {
     "flags": {
         "scale.canary.percent": {
