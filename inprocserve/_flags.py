@@ -723,6 +723,10 @@ class OpenFeatureFlags:
             wait on I/O: the budget is only enforced on the flag reader's workers.
         reuse_static_s: How long a static or absent flag is remembered (0: never).
         clock: The monotonic clock that times remembered flags.
+
+    Raises:
+        TypeError: ``client`` is a string (a domain: pass ``domain=``) or an OpenFeature provider (set it with
+            ``openfeature.api.set_provider``, then pass its client, or none).
     """
 
     def __init__(
@@ -743,6 +747,18 @@ class OpenFeatureFlags:
             raise ImportError(
                 'OpenFeatureFlags needs the OpenFeature SDK: pip install "inprocserve[openfeature]"'
             ) from exc
+        # (either was taken, and every flag read of every request failed: the rollout answered stable for good)
+        if isinstance(client, str):
+            raise TypeError(
+                f"client must be an OpenFeature client, got the string {_value_shown(client)}: "
+                f"pass domain={_value_shown(client)} for that domain's client"
+            )
+        if hasattr(client, "resolve_boolean_details") and not hasattr(client, "get_boolean_details"):
+            raise TypeError(
+                f"client must be an OpenFeature client, got the provider {type(client).__name__}: set it with "
+                "openfeature.api.set_provider(provider) (or set_provider_and_wait), then pass OpenFeatureFlags() "
+                "(or domain=...: the domain it was set for)"
+            )
         if blocking is not None and not isinstance(blocking, bool):
             raise ConfigurationError(f"blocking must be True, False or None (judged by the provider), got {blocking!r}")
         if isinstance(reuse_static_s, bool) or not isinstance(reuse_static_s, int | float) or not reuse_static_s >= 0:

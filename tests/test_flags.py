@@ -305,6 +305,16 @@ def test_a_providers_class_given_for_flags_is_refused_at_once(repository: Path, 
         inprocserve.Server(scale_versions(repository), flags=provider, config=CANARY)
 
 
+def test_a_provider_or_a_domain_given_as_the_openfeature_client_is_refused_at_once() -> None:
+    from openfeature.provider.in_memory_provider import InMemoryProvider
+
+    # (each was taken, and every request's flag reads failed: the rollout answered stable, logged once a minute)
+    with pytest.raises(TypeError, match=r"got the provider InMemoryProvider: set it with openfeature.api.set_provider"):
+        OpenFeatureFlags(InMemoryProvider({}))
+    with pytest.raises(TypeError, match=r"got the string 'fraud-flags': pass domain='fraud-flags'"):
+        OpenFeatureFlags("fraud-flags")
+
+
 FLAGD_FLAGS = {
     "flags": {
         "scale.canary.percent": {
