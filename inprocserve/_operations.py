@@ -542,9 +542,11 @@ class Operations:
         routes = self._registry.routes_of(model)
         router = routes.router
         rankers = router.rankers(routes.versions, context, routes.state)
-        if not rankers or len(rankers) != 2:
+        if not rankers or len(rankers) != 2:  # (a rankers flag that cannot be used gives the configured ones)
             raise ConfigurationError(
-                f"model {model!r}: interleaving needs two rankers: [rollout.interleaving] rankers = [A, B]"
+                f"model {model!r}: interleaving needs two rankers: [rollout.interleaving] rankers = [A, B], or the "
+                f"flag {routes.state.keys.rankers!r} set to two loaded versions (one it cannot use is shown in "
+                "status()['models'][model]['rollout']['flags']['unusable_flags'])"
             )
         first = self._submit(model, inputs, version=rankers[0], context=context, timeout_s=timeout_s)
         second = self._submit(model, inputs, version=rankers[1], context=context, timeout_s=timeout_s)

@@ -690,6 +690,22 @@ def test_interleave_rankers_from_a_flag_and_an_unusable_one(repository: Path, ma
     assert "names version 9" in problems["ranker.rankers"]
 
 
+def test_interleave_with_only_an_unusable_rankers_flag_names_the_flag(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    for version, factor in ((1, 1.0), (2, -1.0)):
+        save_model(build_scale_model(factor, features=1), repository, "ranker", version)
+    server = make_server(repository, flags=InMemoryFlags({"ranker.rankers": [1, 9]}), config=rollout())
+    items = np.arange(4, dtype=np.float32).reshape(4, 1)
+    # (it said only "[rollout.interleaving] rankers = [A, B]", to someone who had set the flag)
+    with pytest.raises(
+        inprocserve.ConfigurationError, match=r"or the flag 'ranker.rankers' set to two loaded versions"
+    ):
+        server.interleave("ranker", items)
+    problems = server.status()["models"]["ranker"]["rollout"]["flags"]["unusable_flags"]
+    assert "names version 9" in problems["ranker.rankers"]
+
+
 def flag_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "inprocserve-flags" and t.is_alive()]
 
