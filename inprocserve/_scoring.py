@@ -554,34 +554,42 @@ def _run(
                 continue
             job_start = done_rows
             released = False
-            try:
-                for rows, answer in _answers(job, index, submit, timeout_s, clock, sleep):
-                    if not released:  # this request is in: give its room to the next requests
+            answers = _answers(job, index, submit, timeout_s, clock, sleep)
+            while True:
+                # Only the scoring of this request is reported as a failure of its rows: the progress callback
+                # and the caller's code at the yield below run outside this try (a callback that raised was
+                # reported as "failed at input rows 1025..1024", a chunk that had not failed).
+                try:
+                    step = next(answers, None)
+                    if step is not None and not released:  # this request is in: give its room to the next ones
                         release(job, index)
                         released = True
                         fill()  # refill before handing the result over, so the sessions work while the caller does
-                    if answer is None:  # an earlier part of a batch: its answer waits for the other parts
-                        continue
-                    done_rows += rows
-                    if callback is not None:
-                        callback(done_rows, total)
-                    yield answer
-            except Exception as exc:
-                left = job_start + job.rows - done_rows
-                if job.rows:
-                    last = done_rows + (min(left, job.chunk_rows) if job.chunk_rows else left)
-                    note = f"predict_many: failed at input rows {done_rows + 1}..{last} (1-based)"
-                else:
-                    note = f"predict_many: the batch after input row {done_rows} could not be read or checked"
-                exc.add_note(note)
-                # Raised with this frame's traceback, the error held the frames of this generator (its window
-                # of jobs, their futures, one holding the error) and of _wait: a cycle that kept the inputs
-                # of every part until the collector's next full pass. Raised with none of them, from here on,
-                # and this frame lets go of its jobs (the window is emptied below).
-                drop_tracebacks(exc)
-                pending = None
-                del job
-                raise
+                except Exception as exc:
+                    left = job_start + job.rows - done_rows
+                    if job.rows:
+                        last = done_rows + (min(left, job.chunk_rows) if job.chunk_rows else left)
+                        note = f"predict_many: failed at input rows {done_rows + 1}..{last} (1-based)"
+                    else:
+                        note = f"predict_many: the batch after input row {done_rows} could not be read or checked"
+                    exc.add_note(note)
+                    # Raised with this frame's traceback, the error held the frames of this generator (its
+                    # window of jobs, their futures, one holding the error) and of _wait: a cycle that kept the
+                    # inputs of every part until the collector's next full pass. Raised with none of them, from
+                    # here on, and this frame lets go of its jobs (the window is emptied below).
+                    drop_tracebacks(exc)
+                    pending = None
+                    del job, answers
+                    raise
+                if step is None:
+                    break
+                rows, answer = step
+                if answer is None:  # an earlier part of a batch: its answer waits for the other parts
+                    continue
+                done_rows += rows
+                if callback is not None:
+                    callback(done_rows, total)
+                yield answer
     finally:
         for queued, index in window:  # the caller stopped early, or a chunk failed: drop what has not run
             if queued.error is None:

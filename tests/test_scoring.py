@@ -377,6 +377,25 @@ def test_progress_callback_values(scale_repository: Path, make_server: ServerFac
     assert seen == [(0, 8), (3, 8), (8, 8)]
 
 
+def test_a_progress_callback_that_raises_is_not_reported_as_failed_rows(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(scale_repository, config=_config(max_batch_size=8))
+
+    def progress(done: int, total: int | None) -> None:
+        if done >= 16:
+            raise RuntimeError("the dashboard is down")
+
+    answers = []
+    with pytest.raises(RuntimeError, match="the dashboard is down") as raised:
+        for answer in server.predict_many("scale", _rows(40), progress=progress):
+            answers.append(answer["y"])
+    # the caller's own error, raised as it is: no chunk failed, so no rows are named as failed
+    assert not getattr(raised.value, "__notes__", None)
+    np.testing.assert_array_equal(np.concatenate(answers), _rows(8) * 2)
+    assert len(list(server.predict_many("scale", _rows(40)))) == 5  # and the server scores on
+
+
 def test_progress_true_draws_nothing_when_stderr_is_not_a_terminal(
     scale_repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
