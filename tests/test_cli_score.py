@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from inprocserve.__main__ import main
-from inprocserve.testing import build_add_model, build_gather_model, build_scale_model, save_model
+from inprocserve.testing import build_add_model, build_gather_model, build_mlp_model, build_scale_model, save_model
 
 
 def _x(rows: int = 150) -> np.ndarray:
@@ -165,6 +167,38 @@ def test_the_module_entry_point(tmp_path: Path, scale_file: Path) -> None:
     assert "scored 300 rows" in result.stderr and "\r" not in result.stderr  # no bar when stderr is not a terminal
     with np.load(tmp_path / "y.npz") as out:
         np.testing.assert_array_equal(out["y"], x * 2)
+
+
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_run_stopped_by_a_signal_leaves_no_partial_file(tmp_path: Path, stop: signal.Signals, status: int) -> None:
+    # a cron line's `timeout`, `docker stop` or Ctrl-C while a large file is being scored into a CSV
+    model = save_model(build_mlp_model((16, 512, 512, 2)), tmp_path / "models", "mlp", 1)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((400_000, 16)).astype(np.float32))
+    command = [
+        sys.executable,
+        "-m",
+        "inprocserve",
+        "score",
+        str(model),
+        str(tmp_path / "x.npy"),
+        str(tmp_path / "y.csv"),
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("*.partial")):  # answers are being written
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
+            time.sleep(0.01)
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == status
+    assert err.strip().splitlines() == [
+        f"error: stopped by {stop.name} before every row was scored; {tmp_path / 'y.csv'} was not written"
+    ]
+    assert not (tmp_path / "y.csv").exists()
+    _no_leftovers(tmp_path)
 
 
 def test_a_broken_model_in_the_repository_only_matters_when_chosen(
