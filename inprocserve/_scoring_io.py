@@ -185,6 +185,30 @@ def _count_csv_rows(path: Path) -> int:
 
 
 def _csv_batches(path: Path, signature: Signature, chunk_rows: int) -> Iterator[np.ndarray]:
+    try:
+        yield from _csv_matrices(path, signature, chunk_rows)
+    except UnicodeDecodeError as exc:  # read ahead in blocks: its position says nothing of the line
+        raise _not_utf8(path) or InvalidInputError(f"input {path} is not UTF-8 text: {exc}") from exc
+
+
+def _not_utf8(path: Path) -> InvalidInputError | None:
+    """The error for a CSV file that is not UTF-8 (Excel's "CSV" in a Western locale is cp1252, "Unicode
+    text" UTF-16), naming the first line that is not, found line by line: only on this error path. Without
+    it the command printed Python's ``'utf-8' codec can't decode byte 0xe9 in position 1``, naming neither
+    the file nor the line."""
+    with path.open("rb") as file:
+        for number, line in enumerate(file, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return InvalidInputError(
+                    f"input {path}, line {number}: not UTF-8 text (byte 0x{line[exc.start]:02x} at byte "
+                    f"{exc.start + 1} of the line); save the file as UTF-8 (in Excel: CSV UTF-8)"
+                )
+    return None  # pragma: no cover - the file changed since it failed to decode
+
+
+def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator[np.ndarray]:
     name, dtype, rank = _single_input(signature, path)
     # utf-8-sig: a byte order mark (Excel writes one) is dropped, not taken as part of a header.
     with path.open(encoding="utf-8-sig", newline="") as file:

@@ -124,6 +124,20 @@ def test_a_line_with_another_number_of_columns_is_named(
     assert "line 42: 3 columns where the lines before have 4" in err
 
 
+def test_a_csv_that_is_not_utf8_is_an_error_naming_the_file_and_line(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Saved by Excel as "CSV" in a Western locale (cp1252): a no-break space in a number, on line 251
+    lines = ["a,b,c,d"] + [f"{i},{i},{i},{i}" for i in range(300)]
+    lines[250] = "1,2,3,4\xa0"
+    (tmp_path / "x.csv").write_bytes("\n".join(lines).encode("cp1252"))
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 1
+    err = capsys.readouterr().err
+    assert f"input {tmp_path / 'x.csv'}, line 251: not UTF-8 text (byte 0xa0" in err
+    assert "save the file as UTF-8" in err
+    assert not (tmp_path / "y.csv").exists()
+
+
 # -- 4. an empty input gives a valid empty output -------------------------------------------------------------
 
 
