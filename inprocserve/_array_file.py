@@ -15,11 +15,30 @@ import numpy as np
 
 from ._regular_file import open_regular_file
 
-__all__ = ["UnreadableArrayFileError", "load_arrays"]
+__all__ = ["UnreadableArrayFileError", "load_arrays", "not_numpy_file"]
 
 
 class UnreadableArrayFileError(Exception):
     """The file cannot be read as arrays; the message says why (the caller names the file)."""
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"  # (an empty archive starts PK\x05\x06)
+
+
+def not_numpy_file(head: bytes) -> str | None:
+    """Why a file starting with ``head`` (its first 8 bytes or more) is neither a .npy nor a .npz, or ``None``.
+
+    numpy takes any other file for a pickle, and with ``allow_pickle=False`` refuses a text file, a CSV
+    renamed .npy or a half-written header with "This file contains pickled (object) data. If you trust the
+    file you can load it unsafely using the `allow_pickle=` keyword argument": advice to unpickle a file that
+    is not even a pickle, and a code-execution risk where one is."""
+    if not head or head.startswith((_NPY_MAGIC, _ZIP_MAGIC, b"PK\x05\x06")):
+        return None  # (an empty file: numpy's EOFError says so)
+    what = (
+        "a Python pickle, never loaded: unpickling runs code" if head[:1] == b"\x80" else f"it starts with {head[:8]!r}"
+    )
+    return f"not a .npy or .npz file ({what}); write the arrays with np.save or np.savez"
 
 
 def load_arrays(path: Path) -> np.ndarray | dict[str, np.ndarray]:
@@ -31,10 +50,16 @@ def load_arrays(path: Path) -> np.ndarray | dict[str, np.ndarray]:
     try:
         # opened here, so that it is closed when numpy fails on it (a half-copied archive)
         with open_regular_file(path) as handle:
+            reason = not_numpy_file(handle.read(8))
+            if reason is not None:
+                raise UnreadableArrayFileError(reason)
+            handle.seek(0)
             loaded = np.load(handle, allow_pickle=False)  # never unpickle
             if isinstance(loaded, np.ndarray):  # a .npy (np.save)
                 return loaded
             with loaded:
                 return {key: loaded[key] for key in loaded.files}
+    except UnreadableArrayFileError:
+        raise
     except Exception as exc:  # (numpy's parsing of a damaged file raises many kinds: TokenError, zlib.error...)
         raise UnreadableArrayFileError(f"{type(exc).__name__}: {exc}") from exc

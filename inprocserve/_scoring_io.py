@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
+from ._array_file import not_numpy_file
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError, ModelNotFoundError
 from ._repository import MODEL_FILENAME
 from ._scoring import ProgressBar, plan_for_version
@@ -90,6 +91,10 @@ def read_inputs(
     try:
         if suffix == ".npy":
             _single_input(signature, path)
+            with path.open("rb") as file:
+                reason = not_numpy_file(file.read(8))
+            if reason is not None:
+                raise InvalidInputError(f"input {path}: {reason}")
             array = np.load(path, mmap_mode="r", allow_pickle=False)  # read chunk by chunk as they are scored
             return array, (len(array) if array.ndim else None)
         if suffix == ".npz":

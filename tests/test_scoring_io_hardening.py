@@ -211,6 +211,16 @@ def test_an_npz_member_claiming_a_huge_shape_is_refused_before_loading(
     assert err.startswith("error:") and "claims shape" in err and "truncated or corrupt" in err
 
 
+def test_a_file_that_is_not_numpy_is_refused_without_advice_to_unpickle_it(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "x.npy").write_text("1,2,3,4\n5,6,7,8\n")  # a CSV saved under the wrong name
+    assert _score(scale_file, tmp_path / "x.npy", tmp_path / "y.npy") == 1
+    err = capsys.readouterr().err
+    assert f"input {tmp_path / 'x.npy'}: not a .npy or .npz file (it starts with b'1,2,3,4\\n')" in err
+    assert "allow_pickle" not in err and "unsafely" not in err
+
+
 def test_a_valid_compressed_npz_still_scores(tmp_path: Path, scale_file: Path) -> None:
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.savez_compressed(tmp_path / "x.npz", x=x)  # the header check reads compressed members too

@@ -47,9 +47,18 @@ def damage_an_archive(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def save_a_csv_as_npy(path: Path) -> None:
+    path.write_text("x0,x1,x2,x3\n1,2,3,4\n")  # numpy took it for a pickle: "load it unsafely using allow_pickle"
+
+
 @pytest.mark.parametrize(
     ("make", "problem"),
-    [(make_a_pipe, "not a regular file"), (begin_a_copy, "EOFError"), (damage_an_archive, "Error")],
+    [
+        (make_a_pipe, "not a regular file"),
+        (begin_a_copy, "EOFError"),
+        (damage_an_archive, "Error"),
+        (save_a_csv_as_npy, "not a .npy or .npz file (it starts with b'x0,x1,x2'); write the arrays with np.save"),
+    ],
 )
 @pytest.mark.parametrize("setting", ["warmup.inputs_file", "drift.reference_file"])
 def test_a_data_file_that_cannot_be_read_fails_that_version_naming_it(
@@ -63,6 +72,7 @@ def test_a_data_file_that_cannot_be_read_fails_that_version_naming_it(
     server = make_server(repository)
     error = server.status()["models"]["scale"]["versions"]["1"]["error"]
     assert "data.npy cannot be read" in error and problem in error
+    assert "allow_pickle" not in error  # never advice to unpickle a file
     assert server.models == {"other": [1]}
 
 
