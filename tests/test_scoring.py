@@ -425,6 +425,24 @@ def test_progress_bar_redraws_at_most_every_interval() -> None:
     assert unknown.getvalue().startswith("\r7 rows, ")
 
 
+def test_progress_bar_fits_the_terminal_and_covers_a_shorter_line() -> None:
+    # a ten-million-row job at over a million rows/s on an 80-column terminal: the line wrapped, and every
+    # redraw left a row behind
+    stream, clock = io.StringIO(), ManualClock()
+    bar = ProgressBar(stream, interval_s=0.0, clock=clock, columns=80)
+    clock.advance(1.0)
+    bar(1_100_000, 10_000_000)  # 1,100,000 rows/s
+    clock.advance(9.0)
+    bar(2_300_000, 10_000_000)  # 230,000 rows/s: a shorter line
+    frames = stream.getvalue().split("\r")[1:]
+    assert all(len(frame) < 80 for frame in frames), frames
+    assert frames[0].startswith("[##-") and frames[0].endswith("10,000,000 rows, 1,100,000 rows/s")
+    assert frames[1].rstrip().endswith("230,000 rows/s") and len(frames[1]) == len(frames[0])  # blanks over the rest
+    narrow = io.StringIO()
+    ProgressBar(narrow, clock=clock, columns=40)(2_300_000, 10_000_000)
+    assert narrow.getvalue() == "\r23.0% 2,300,000/10,000,000 rows, - rows"  # no room for a bar: the numbers first
+
+
 def test_no_queue_full_error_with_a_tiny_queue(scale_repository: Path, make_server: ServerFactory) -> None:
     server = make_server(scale_repository, config=_config(max_batch_size=2, max_queue_rows=3))
     x = _rows(101)
