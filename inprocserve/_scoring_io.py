@@ -346,7 +346,11 @@ def _empty_answer(signature: Signature) -> dict[str, np.ndarray]:
 
 
 class _Writer:
-    """Writes answers in order into a temporary file; ``commit`` moves it over the output."""
+    """Writes answers in order into a temporary file, created at once; ``commit`` moves it over the output.
+
+    Raises:
+        InvalidInputError: OUTPUT's folder does not exist or cannot be written.
+    """
 
     def __init__(self, path: Path, signature: Signature) -> None:
         self.path = path
@@ -356,6 +360,13 @@ class _Writer:
             raise InvalidInputError(f"output folder {path.parent} does not exist")
         # Created on first write with the process's usual permissions; unique per process and writer.
         self._temp = path.parent / f".{path.name}.{os.getpid()}.{id(self):x}.partial"
+        try:
+            # Now, before the first row: a .npy/.npz is written only at the end, so a folder that cannot be
+            # written (permissions, a read-only mount) failed after every row had been scored, naming this
+            # hidden file rather than OUTPUT.
+            self._temp.touch(exist_ok=False)
+        except OSError as exc:
+            raise InvalidInputError(f"output {path} cannot be written in {path.parent}: {exc.strerror or exc}") from exc
         self._parts: dict[str, list[np.ndarray]] = {}
         self._text: TextIO | None = None
         self._csv: Any = None

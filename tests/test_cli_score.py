@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -199,6 +200,22 @@ def test_a_run_stopped_by_a_signal_leaves_no_partial_file(tmp_path: Path, stop: 
     ]
     assert not (tmp_path / "y.csv").exists()
     _no_leftovers(tmp_path)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a folder even root cannot write to: Linux's /sys")
+def test_an_output_folder_that_cannot_be_written_fails_before_any_row_is_scored(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if os.geteuid() == 0:
+        folder = Path("/sys")  # (sysfs takes no new files, from anyone)
+    else:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o500)
+    # the input's last line is bad: scoring every row first (a .npy is written at the end) reported it instead
+    (tmp_path / "x.csv").write_text("".join(f"{i},{i},{i},{i}\n" for i in range(2000)) + "1,2,3,four\n")
+    assert main(["score", "--quiet", str(scale_file), str(tmp_path / "x.csv"), str(folder / "y.npy")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: output {folder / 'y.npy'} cannot be written in {folder}: Permission denied\n"
 
 
 def test_a_broken_model_in_the_repository_only_matters_when_chosen(
