@@ -59,6 +59,22 @@ def _format(path: Path, role: str) -> str:
     return suffix
 
 
+def _check_paths(inputs: Path, output: Path) -> None:
+    """Both files' formats are known, and OUTPUT is not INPUT.
+
+    Raises:
+        InvalidInputError: an unknown extension, or OUTPUT naming the INPUT file (``score m rows.csv rows.csv``,
+            a slip of tab completion, replaced the rows with their answers and exited 0).
+    """
+    _format(inputs, "input")
+    _format(output, "output")
+    with contextlib.suppress(OSError):  # (no OUTPUT yet: not the same file)
+        if os.path.samefile(inputs, output):
+            raise InvalidInputError(
+                f"output {output} is the input file; write the answers to another file (the rows would be lost)"
+            )
+
+
 def _single_input(signature: Signature, path: Path) -> tuple[str, np.dtype[Any], int | None]:
     """Name, dtype and rank of the only input of the model (CSV, Parquet and .npy files hold one matrix)."""
     if len(signature.inputs) != 1:
@@ -511,8 +527,7 @@ def score_file(
         InprocserveError: the model, the files or a row could not be scored (``output`` is left untouched).
     """
     model_path, input_path, output_path = Path(model), Path(inputs), Path(output)
-    _format(input_path, "input")
-    _format(output_path, "output")
+    _check_paths(input_path, output_path)
     is_repository = model_path.is_dir() and not (model_path / MODEL_FILENAME).is_file()
     with Server(model_path if is_repository else None) as server:  # a broken sibling model does not matter
         served = _open_model(server, model_path, name, version)
@@ -606,16 +621,15 @@ def _unwind_on_sigterm() -> Iterator[None]:
 
 def run_score(args: argparse.Namespace) -> int:
     """The ``score`` subcommand: 0 when every row was scored and written; 1 when the model or a row could not
-    be scored; 2 when it could not run (MODEL or INPUT missing, a file format it does not know); 130 or 143
-    when stopped by SIGINT (Ctrl-C) or SIGTERM (OUTPUT untouched, no temporary file left)."""
+    be scored; 2 when it could not run (MODEL or INPUT missing, a file format it does not know, OUTPUT is
+    INPUT); 130 or 143 when stopped by SIGINT (Ctrl-C) or SIGTERM (OUTPUT untouched, no temporary file left)."""
     started = time.perf_counter()
     for path, what in ((Path(args.model), "MODEL"), (Path(args.input), "INPUT")):
         if not path.exists():
             print(f"error: {what} {path} does not exist", file=sys.stderr)
             return 2
     try:
-        _format(Path(args.input), "input")
-        _format(Path(args.output), "output")
+        _check_paths(Path(args.input), Path(args.output))
     except InvalidInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

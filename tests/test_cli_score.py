@@ -218,6 +218,25 @@ def test_an_output_folder_that_cannot_be_written_fails_before_any_row_is_scored(
     assert err == f"error: output {folder / 'y.npy'} cannot be written in {folder}: Permission denied\n"
 
 
+@pytest.mark.parametrize("name", ["x.csv", "x.npy"])
+def test_an_output_that_is_the_input_is_refused_and_the_rows_kept(
+    tmp_path: Path, scale_file: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = tmp_path / name
+    if name.endswith(".csv"):
+        rows.write_text("1,2,3,4\n5,6,7,8\n")
+    else:
+        np.save(rows, _x(3))
+    before = rows.read_bytes()
+    assert main(["score", "--quiet", str(scale_file), str(rows), str(tmp_path / "." / name)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: output {tmp_path / '.' / name} is the input file; write the answers to another file " + (
+        "(the rows would be lost)\n"
+    )
+    assert rows.read_bytes() == before
+    _no_leftovers(tmp_path)
+
+
 def test_a_broken_model_in_the_repository_only_matters_when_chosen(
     tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
