@@ -5,7 +5,7 @@ The file formats live in ``inprocserve._scoring_io``; this module only adds the 
 
 from __future__ import annotations
 
-from ._cli_common import Subparsers, add_command
+from ._cli_common import Subparsers, add_command, positive_int
 
 __all__ = ["add_score"]
 
@@ -27,6 +27,7 @@ def add_score(commands: Subparsers) -> None:
     score.add_argument("output", help="where to write the answers: .npy, .npz (one array per output), .csv, .parquet")
     score.add_argument("--name", help="the model to use when MODEL is a repository of several")
     score.add_argument("--version", type=int, help="the version to use (default: the latest servable)")
-    score.add_argument("--batch-rows", type=int, help="rows per chunk (default: the model's max_batch_size)")
+    # positive_int: 0 or -5 is a usage error (exit 2) naming the flag, not predict_many's "batch_rows must be..."
+    score.add_argument("--batch-rows", type=positive_int, help="rows per chunk (default: the model's max_batch_size)")
     score.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
     score.set_defaults(run=run_score)

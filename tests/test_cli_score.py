@@ -237,6 +237,17 @@ def test_an_output_that_is_the_input_is_refused_and_the_rows_kept(
     _no_leftovers(tmp_path)
 
 
+@pytest.mark.parametrize("rows", ["0", "-5", "ten"])
+def test_a_batch_rows_that_is_not_a_positive_number_is_a_usage_error(
+    tmp_path: Path, scale_file: Path, rows: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "x.npy", _x(3))
+    with pytest.raises(SystemExit) as stopped:
+        main(["score", "--batch-rows", rows, str(scale_file), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")])
+    assert stopped.value.code == 2  # could not run, as for any bad flag (it was 1: "a row could not be scored")
+    assert "argument --batch-rows:" in capsys.readouterr().err
+
+
 def test_a_broken_model_in_the_repository_only_matters_when_chosen(
     tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
