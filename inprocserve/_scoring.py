@@ -599,6 +599,8 @@ def _run(
                     if job.rows:
                         last = done_rows + (min(left, job.chunk_rows) if job.chunk_rows else left)
                         note = f"predict_many: failed at input rows {done_rows + 1}..{last} (1-based)"
+                    elif job.error is None:  # read and sent, and refused: a batch of no rows
+                        note = f"predict_many: failed at the batch after input row {done_rows}, which has 0 rows"
                     else:
                         note = f"predict_many: the batch after input row {done_rows} could not be read or checked"
                     exc.add_note(note)

@@ -338,6 +338,15 @@ def test_a_ragged_batch_raises_a_typed_error_at_its_position(
     assert server.predict("scale", _rows(1))["y"].tolist() == [[0.0, 2.0, 4.0, 6.0]]
 
 
+def test_a_batch_of_no_rows_is_named_as_such(scale_repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(scale_repository)
+    batches = iter([_rows(5), _rows(0), _rows(5)])  # a queue consumer's empty poll
+    with pytest.raises(inprocserve.InvalidInputError, match="0 rows") as caught:
+        list(server.predict_many("scale", batches))
+    # it was read and checked: the model refused it (the note said "could not be read or checked")
+    assert caught.value.__notes__ == ["predict_many: failed at the batch after input row 5, which has 0 rows"]
+
+
 def test_bad_arguments_fail_at_the_call(scale_repository: Path, make_server: ServerFactory) -> None:
     server = make_server(scale_repository)
     with pytest.raises(inprocserve.ModelNotFoundError):
