@@ -175,13 +175,18 @@ _MISSING_MARKERS = frozenset({"na", "n/a", "null", "none", "-", "?"})
 
 def _is_header(line: str) -> bool:
     """Whether the first line names the columns: one of its fields is a name, neither a number nor a
-    missing-value marker (``id,0,1,2`` and ``country,2019,2020`` are headers). A first line of numbers and
-    markers only (``1,NA``) is data, and a bad line if numpy cannot read it: taking it for a header would
-    drop a row without a word."""
+    missing-value marker or spreadsheet error (``id,0,1,2`` and ``country,2019,2020`` are headers). A first
+    line of numbers and markers only (``1,NA``, ``1,#N/A``) is data, and a bad line if numpy cannot read it:
+    taking it for a header would drop a row without a word."""
     if line.lstrip().startswith("#"):  # not a comment (no line is one): data, and an error naming the line
         return False
     fields = [field.strip().strip('"').lower() for field in line.split(",")]
-    return any(field and field not in _MISSING_MARKERS and not _is_number(field) for field in fields)
+    # "#": a spreadsheet's error value (#N/A, #DIV/0!, #VALUE!) is a marker too, not a name: taken for one, a
+    # first row holding Excel's #N/A was dropped without a word, while the same row on line 2 was an error
+    return any(
+        field and field not in _MISSING_MARKERS and not field.startswith("#") and not _is_number(field)
+        for field in fields
+    )
 
 
 def _is_number(field: str) -> bool:

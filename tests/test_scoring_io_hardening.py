@@ -257,7 +257,7 @@ def test_the_output_is_fsynced_before_it_replaces_output(
     assert synced[-1] == (tmp_path).stat().st_ino, "the output's folder was not fsynced after the rename"
 
 
-@pytest.mark.parametrize("first", ["1,NA,3,4", "NA,NA,NA,NA", "1,2,3,null"])
+@pytest.mark.parametrize("first", ["1,NA,3,4", "NA,NA,NA,NA", "1,2,3,null", "1,2,#N/A,4", "#DIV/0!,1,2,3"])
 def test_a_first_line_of_numbers_and_missing_markers_is_data_not_a_header(
     tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str], first: str
 ) -> None:
