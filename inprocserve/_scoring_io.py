@@ -299,6 +299,16 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
         table = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises its own error types
         raise InvalidInputError(f"input {path} cannot be read as Parquet: {exc}") from exc
+    pa, _ = _pyarrow()
+    for field in table.schema_arrow:
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+            # found here, by name: numpy's cast of the whole batch said only "Cannot cast array data from
+            # dtype('O') to dtype('float32')", naming neither the column nor its type
+            raise InvalidInputError(
+                f"input {path}: column {field.name!r} holds {field.type} values, not numbers; every column must be "
+                f"a number for input {name!r} (convert the column, or drop it)"
+            )
 
     def batches() -> Iterator[np.ndarray]:
         first_row = 1

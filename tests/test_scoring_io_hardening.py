@@ -309,6 +309,24 @@ def test_a_null_in_a_parquet_column_is_an_error_naming_it(
     assert not (tmp_path / "y.csv").exists()
 
 
+@pytest.mark.parametrize(("values", "kind"), [(["1.5", "2", "3"], "string"), ([[1.0], [2.0], [3.0]], "list<")])
+def test_a_parquet_column_that_is_not_numbers_is_an_error_naming_it(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str], values: list[object], kind: str
+) -> None:
+    # numpy's cast of the whole batch said "Cannot cast array data from dtype('O') to dtype('float32')"
+    pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, list[object]] = {name: [1.0, 2.0, 3.0] for name in "abc"}
+    columns["amount"] = values
+    pq.write_table(pa.table(columns), tmp_path / "x.parquet")
+    assert _score(scale_file, tmp_path / "x.parquet", tmp_path / "y.csv") == 1
+    err = capsys.readouterr().err
+    assert f"input {tmp_path / 'x.parquet'}: column 'amount' holds {kind}" in err and "not numbers" in err
+    assert not (tmp_path / "y.csv").exists()
+
+
 def test_a_model_without_a_batch_axis_in_its_answers_is_refused_with_a_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
