@@ -123,7 +123,17 @@ def read_inputs(
                     f"input {path}: array {scalars[0]!r} is a single value (0 dimensions); every array needs a "
                     "first axis of rows: save it with shape (rows, ...), e.g. np.savez(path, x=x.reshape(1, -1))"
                 )
-            return arrays, (len(next(iter(arrays.values()))) if arrays else None)
+            # checked here, naming the file: predict_many's words ("a batch is an empty mapping", "the inputs of
+            # a batch must have the same number of rows") named neither it nor its arrays' origin
+            if not arrays:
+                raise InvalidInputError(f"input {path} holds no arrays; save one per input, e.g. np.savez(path, x=x)")
+            rows = {name: len(array) for name, array in arrays.items()}
+            if len(set(rows.values())) > 1:
+                listing = ", ".join(f"{name!r} has {count}" for name, count in rows.items())
+                raise InvalidInputError(
+                    f"input {path}: its arrays must have the same number of rows (one per input row): {listing}"
+                )
+            return arrays, next(iter(rows.values()))
     except InvalidInputError:
         raise  # already says what is wrong with the file
     except (OSError, ValueError) as exc:

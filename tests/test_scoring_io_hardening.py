@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from inprocserve.__main__ import main
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_add_model, build_scale_model, save_model
 
 
 @pytest.fixture
@@ -196,6 +196,25 @@ def test_a_zero_dimensional_npz_array_is_a_clear_error(
     assert _score(scale_file, tmp_path / "x.npz", tmp_path / "y.npz") == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "'x' is a single value" in err and "reshape" in err
+
+
+@pytest.mark.parametrize(
+    ("arrays", "problem"),
+    [
+        ({}, "holds no arrays; save one per input, e.g. np.savez(path, x=x)"),
+        (
+            {"a": np.ones((3, 3), np.float32), "b": np.ones((4, 3), np.float32)},
+            "its arrays must have the same number of rows (one per input row): 'a' has 3, 'b' has 4",
+        ),
+    ],
+)
+def test_an_npz_without_arrays_or_with_arrays_of_different_rows_is_an_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arrays: dict[str, np.ndarray], problem: str
+) -> None:
+    model = save_model(build_add_model(), tmp_path / "models", "add", 1)
+    np.savez(tmp_path / "x.npz", **arrays)  # type: ignore[arg-type]
+    assert _score(model, tmp_path / "x.npz", tmp_path / "y.npz") == 1
+    assert capsys.readouterr().err == f"error: input {tmp_path / 'x.npz'}: {problem}\n".replace(": holds", " holds")
 
 
 def test_an_npz_member_claiming_a_huge_shape_is_refused_before_loading(
