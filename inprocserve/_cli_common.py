@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import TypeAlias
 
-__all__ = ["Subparsers", "add_command", "fail", "positive_float", "positive_int"]
+__all__ = ["Subparsers", "Terminated", "add_command", "fail", "positive_float", "positive_int", "unwind_on_sigterm"]
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -52,3 +57,33 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0, e.g. 1 or 0.5")
     return value
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while a command ran; raised on the main thread so the run unwinds as Ctrl-C does (a
+    ``BaseException``: no ``except Exception`` on the way swallows it)."""
+
+
+@contextlib.contextmanager
+def unwind_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM (``timeout`` in a cron line, ``docker stop``, a Kubernetes Job cancelled) end a command
+    like Ctrl-C: by default it killed the process on the spot, and ``score`` left its hidden
+    ``.OUTPUT.<pid>...partial`` file (already gigabytes for a CSV or Parquet output) in OUTPUT's folder, one
+    more per run that was stopped. Raised once; a second SIGTERM while cleaning up is ignored (SIGKILL still
+    ends it). Only on the main thread (where signal handlers run); the previous handler is put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

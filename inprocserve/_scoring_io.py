@@ -20,17 +20,16 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import FrameType
 from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
 from ._array_file import not_numpy_file
+from ._cli_common import Terminated, unwind_on_sigterm
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError, ModelNotFoundError
 from ._repository import MODEL_FILENAME
 from ._scoring import ProgressBar, plan_for_version
@@ -614,36 +613,6 @@ def _loaded(server: Server, model: str, version: int | None, batch_rows: int | N
     return target.signature, rows
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived while scoring; raised on the main thread so the run unwinds as Ctrl-C does (a
-    ``BaseException``: no ``except Exception`` on the way swallows it)."""
-
-
-@contextlib.contextmanager
-def _unwind_on_sigterm() -> Iterator[None]:
-    """Make SIGTERM (``timeout`` in a cron line, ``docker stop``, a Kubernetes Job cancelled) end the command
-    like Ctrl-C: by default it killed the process on the spot, and the hidden ``.OUTPUT.<pid>...partial``
-    file (already gigabytes for a CSV or Parquet output) stayed in OUTPUT's folder, one more per run that was
-    stopped. Raised once; a second SIGTERM while cleaning up is ignored (SIGKILL still ends it). Only on the
-    main thread (where signal handlers run); the previous handler is put back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    raised = False
-
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        nonlocal raised
-        if not raised:
-            raised = True
-            raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
 def run_score(args: argparse.Namespace) -> int:
     """The ``score`` subcommand: 0 when every row was scored and written; 1 when the model or a row could not
     be scored; 2 when it could not run (MODEL or INPUT missing, a file format it does not know, OUTPUT is
@@ -659,7 +628,7 @@ def run_score(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        with _unwind_on_sigterm():
+        with unwind_on_sigterm():
             rows = score_file(
                 args.model,
                 args.input,
@@ -669,7 +638,7 @@ def run_score(args: argparse.Namespace) -> int:
                 batch_rows=args.batch_rows,
                 progress=not args.quiet,
             )
-    except (KeyboardInterrupt, _Terminated) as exc:
+    except (KeyboardInterrupt, Terminated) as exc:
         # stopped from outside: the temporary file is gone and OUTPUT untouched; one line, not a traceback
         stop = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
         print(
