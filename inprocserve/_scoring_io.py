@@ -385,6 +385,26 @@ def _empty_answer(signature: Signature) -> dict[str, np.ndarray]:
     return answer
 
 
+def _storable(output: str, values: np.ndarray) -> np.ndarray:
+    """``values`` as an array .npy/.npz store without pickling: a string output (onnxruntime answers it as an
+    array of Python ``str`` objects) as numpy text. np.savez pickled object arrays, so a string model's .npz
+    could be read back only with ``allow_pickle=True`` (and not by this command), and np.save refused them
+    after every row had been scored.
+
+    Raises:
+        InvalidInputError: the output holds other Python objects (a sequence of maps, as ZipMap answers).
+    """
+    if not values.dtype.hasobject:
+        return values
+    odd = next((value for value in values.flat if not isinstance(value, str)), None)
+    if odd is not None:
+        raise InvalidInputError(
+            f"output {output!r} holds Python objects ({type(odd).__name__}), which a .npy or .npz file can hold "
+            "only as a pickle; write the answers to a .csv or .parquet file"
+        )
+    return values.astype(np.str_)
+
+
 class _Writer:
     """Writes answers in order into a temporary file, created at once; ``commit`` moves it over the output.
 
@@ -418,7 +438,7 @@ class _Writer:
         self._written = True
         if self.format in (".npy", ".npz"):
             for output, values in answer.items():
-                self._parts.setdefault(output, []).append(np.asarray(values))
+                self._parts.setdefault(output, []).append(_storable(output, np.asarray(values)))
             if self.format == ".npy" and len(self._parts) != 1:
                 raise InvalidInputError(f"the model has {len(self._parts)} outputs; write them to a .npz file")
             return

@@ -77,6 +77,19 @@ def test_csv_string_answers_with_commas_quotes_and_line_breaks_stay_one_field(tm
     assert rows == [["label_0"], *([label] for label in labels)]
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_string_answers_in_npy_and_npz_are_text_arrays_not_pickles(tmp_path: Path, suffix: str) -> None:
+    # onnxruntime answers strings as an object array: np.savez pickled it (readable only with allow_pickle=True)
+    # and np.save refused it, after every row had been scored
+    labels = ["fraud", "ok", "ok, but late"]
+    model = _label_model(tmp_path, labels)
+    np.save(tmp_path / "x.npy", np.array([0, 1, 2, 1], np.float32))
+    assert _score(model, tmp_path / "x.npy", tmp_path / f"y{suffix}") == 0
+    loaded = np.load(tmp_path / f"y{suffix}", allow_pickle=False)
+    answers = loaded if suffix == ".npy" else loaded["label"]
+    assert answers.dtype.kind == "U" and answers.tolist() == ["fraud", "ok", "ok, but late", "ok"]
+
+
 # -- 2. a byte order mark is not a header ---------------------------------------------------------------------
 
 
