@@ -179,6 +179,11 @@ def _check_npz_members(path: Path) -> None:
                 )
 
 
+# A field may be quoted, as CSV allows ("1.5"): Python's csv.QUOTE_ALL, pandas' to_csv(quoting=...) and
+# database exports quote every field, and such a file failed on its first data line ('could not convert
+# string '"1.5"' to float32'), though its header (whose quotes were stripped) was recognised.
+_QUOTE = '"'
+
 _MISSING_MARKERS = frozenset({"na", "n/a", "null", "none", "-", "?"})
 
 
@@ -265,7 +270,7 @@ def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator
                 return
             try:
                 # comments=None: numpy's default would drop a line that starts with '#' and cut one at a '#'
-                matrix = np.loadtxt(block, delimiter=",", dtype=dtype, ndmin=2, comments=None)
+                matrix = np.loadtxt(block, delimiter=",", dtype=dtype, ndmin=2, comments=None, quotechar=_QUOTE)
             except ValueError as exc:
                 raise _bad_csv_line(path, name, dtype, block, numbers, exc) from exc
             yield _shape_for(matrix, rank)
@@ -279,7 +284,7 @@ def _bad_csv_line(
     columns = None
     for line, number in zip(block, numbers, strict=True):
         try:
-            row = np.loadtxt([line], delimiter=",", dtype=dtype, ndmin=2, comments=None)
+            row = np.loadtxt([line], delimiter=",", dtype=dtype, ndmin=2, comments=None, quotechar=_QUOTE)
         except ValueError as exc:
             problem = str(exc)
         else:

@@ -90,6 +90,17 @@ def test_string_answers_in_npy_and_npz_are_text_arrays_not_pickles(tmp_path: Pat
     assert answers.dtype.kind == "U" and answers.tolist() == ["fraud", "ok", "ok, but late", "ok"]
 
 
+def test_a_csv_with_every_field_quoted_is_read(tmp_path: Path, scale_file: Path) -> None:
+    # csv.QUOTE_ALL, pandas' to_csv(quoting=csv.QUOTE_ALL) and database exports quote numbers too
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) / 4
+    with (tmp_path / "x.csv").open("w", newline="") as file:
+        writer = csv.writer(file, quoting=csv.QUOTE_ALL)
+        writer.writerow(["a", "b", "c", "d"])
+        writer.writerows(x.tolist())
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.npy") == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), x * 2)
+
+
 # -- 2. a byte order mark is not a header ---------------------------------------------------------------------
 
 
