@@ -101,8 +101,9 @@ def read_inputs(
         InvalidInputError: the file cannot be read or does not fit the model's inputs.
     """
     suffix = _format(path, "input")
-    if not path.is_file():
-        raise InvalidInputError(f"input {path} does not exist")
+    if not path.is_file():  # (a folder or a pipe exists: "does not exist" sent the user looking for a typo)
+        what = "does not exist" if not path.exists() else "is a folder" if path.is_dir() else "is not a regular file"
+        raise InvalidInputError(f"input {path} {what}; give a file of rows")
     try:
         if suffix == ".npy":
             _single_input(signature, path)

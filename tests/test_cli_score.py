@@ -248,6 +248,18 @@ def test_a_batch_rows_that_is_not_a_positive_number_is_a_usage_error(
     assert "argument --batch-rows:" in capsys.readouterr().err
 
 
+def test_an_input_that_exists_but_is_no_file_is_named_as_such(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "rows.csv").mkdir()  # (the error said "does not exist")
+    assert main(["score", "--quiet", str(scale_file), str(tmp_path / "rows.csv"), str(tmp_path / "y.csv")]) == 1
+    assert capsys.readouterr().err == f"error: input {tmp_path / 'rows.csv'} is a folder; give a file of rows\n"
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.csv")
+        assert main(["score", "--quiet", str(scale_file), str(tmp_path / "pipe.csv"), str(tmp_path / "y.csv")]) == 1
+        assert "pipe.csv is not a regular file; give a file of rows" in capsys.readouterr().err
+
+
 def test_a_broken_model_in_the_repository_only_matters_when_chosen(
     tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
