@@ -518,8 +518,9 @@ class Server(RolloutMethods):
         ``inputs`` is either a whole input (an array, or input name -> array), cut into chunks of
         ``batch_rows`` rows (default: the version's ``max_batch_size``) with one :class:`Prediction` per
         chunk; or an iterable of batches (arrays or mappings), read lazily, with one :class:`Prediction` per
-        batch (a batch larger than a request is sent in parts and joined back). For a model fast per row,
-        requests hold several chunks, up to 256 rows, each run as one onnxruntime run (not in
+        batch (a batch larger than a request is sent in parts and joined back; each batch's arrays are copied
+        as it is read, so a generator may reuse one buffer). For a model fast per row, requests hold several
+        chunks, up to 256 rows, each run as one onnxruntime run (not in
         ``max_batch_size`` slices); where the version's sessions leave a core idle, the iterating thread runs
         requests itself beside the workers (docs/performance.md, "Batch scoring"). A bounded window is kept
         submitted (default: two full requests of rows per session; ``max_in_flight``: at most that many

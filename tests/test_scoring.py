@@ -203,6 +203,23 @@ def test_equal_to_raw_onnxruntime(repository: Path, make_server: ServerFactory) 
     np.testing.assert_allclose(got, session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
 
 
+def test_a_generator_may_reuse_one_buffer_for_every_batch(scale_repository: Path, make_server: ServerFactory) -> None:
+    # a decoder filling one preallocated buffer per message: the batches still queued pointed at it
+    server = make_server(scale_repository, config=_config(max_batch_size=8))
+    buffer = np.empty((8, 4), np.float32)
+    large = {"x": np.empty((20, 4), np.float32)}  # sent in parts of 8 rows
+
+    def decoded(into: np.ndarray, batch: Any) -> Iterator[Any]:
+        for message in range(100):
+            into[:] = message
+            yield batch
+
+    for batches in (decoded(buffer, buffer), decoded(large["x"], large)):
+        answers = [answer["y"] for answer in server.predict_many("scale", batches)]
+        assert [float(answer.min()) for answer in answers] == [2.0 * message for message in range(100)]
+        assert [float(answer.max()) for answer in answers] == [2.0 * message for message in range(100)]
+
+
 def test_a_generator_is_read_lazily(scale_repository: Path, make_server: ServerFactory) -> None:
     server = make_server(scale_repository, config=_config(max_batch_size=4))
     pulled = 0
