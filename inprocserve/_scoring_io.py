@@ -204,6 +204,16 @@ def _is_header(line: str) -> bool:
     )
 
 
+def _header_columns(line: str) -> int:
+    """How many columns a header line names (as CSV reads it: a quoted name may hold a comma), not counting
+    empty fields at its end (a spreadsheet's trailing separators). A header naming more or fewer columns than
+    the rows hold was skipped without a word, though a column was missing or added on one side."""
+    fields = next(csv.reader([line]), [])
+    while fields and not fields[-1].strip():
+        fields.pop()
+    return len(fields)
+
+
 def _is_number(field: str) -> bool:
     try:
         float(field)
@@ -255,6 +265,7 @@ def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator
     with path.open(encoding="utf-8-sig", newline="") as file:
         first = file.readline()
         header = _is_header(first)
+        named = _header_columns(first) if header else None  # checked against the first data line's columns
         lines: Iterator[str] = file if header else itertools.chain([first], file)
         line_number = 1 if header else 0  # the file's line number of the last line read, blank lines included
         while True:
@@ -274,6 +285,14 @@ def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator
                 matrix = np.loadtxt(block, delimiter=",", dtype=dtype, ndmin=2, comments=None, quotechar=_QUOTE)
             except ValueError as exc:
                 raise _bad_csv_line(path, name, dtype, block, numbers, exc) from exc
+            if named is not None:
+                if matrix.shape[1] != named:
+                    raise InvalidInputError(
+                        f"input {path}: the header (line 1) names {named} columns, line {numbers[0]} holds "
+                        f"{matrix.shape[1]}: the columns would not be the ones their names say (a column missing "
+                        "or added on one side); fix the header or the rows"
+                    )
+                named = None
             yield _shape_for(matrix, rank)
 
 

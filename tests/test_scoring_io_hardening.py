@@ -321,6 +321,27 @@ def test_a_header_with_a_name_is_skipped(tmp_path: Path, scale_file: Path, heade
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "y.csv", delimiter=",", skiprows=1), [4, 6, 8, 10])
 
 
+@pytest.mark.parametrize("header", ["a,b,c", "a,b,c,d,e", '"a,b",c,d,e,f'])
+def test_a_header_naming_another_number_of_columns_than_the_rows_hold_is_an_error(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str], header: str
+) -> None:
+    # a column missing from the header (or the rows) was skipped without a word: every column was then
+    # read under its neighbour's name by whoever reads the file with its header
+    (tmp_path / "x.csv").write_text(f"{header}\n\n2,3,4,5\n")
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 1
+    err = capsys.readouterr().err
+    assert "the header (line 1) names" in err and "line 3 holds 4" in err
+    assert not (tmp_path / "y.csv").exists()
+
+
+@pytest.mark.parametrize("header", ['"a,b",c,d,e', "a,b,c,d,", "a,b,c,d,,"])
+def test_a_header_counts_its_columns_as_csv_reads_them(tmp_path: Path, scale_file: Path, header: str) -> None:
+    # a quoted name may hold a comma; a spreadsheet's trailing separators name no column
+    (tmp_path / "x.csv").write_text(f"{header}\n2,3,4,5\n")
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 0
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "y.csv", delimiter=",", skiprows=1), [4, 6, 8, 10])
+
+
 @pytest.mark.parametrize(("line", "number"), [("#5,6,7,8", 3), ("5,6,7,8 # checked", 3), ("#0,1,2,3", 1)])
 def test_a_csv_line_with_a_hash_is_an_error_not_a_comment(
     tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str], line: str, number: int
