@@ -43,7 +43,7 @@ from ._flags import (
 )
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
 
-__all__ = ["FlagReader", "UnusableFlag", "forbid_waiting_when"]
+__all__ = ["DECISION_FALLBACK", "FlagReader", "UnusableFlag", "forbid_waiting_when"]
 
 
 def _never() -> bool:
@@ -77,6 +77,7 @@ _UNUSABLE_KEPT = 64  # distinct flag keys whose last problem status() shows
 # must end the request as they would anywhere else (as must KeyboardInterrupt, SystemExit, GeneratorExit,
 # and the library's own MustAsk and WaitOffLoop). On a worker thread nothing but the provider raises.
 _PROVIDER_FAILURES = (Exception, asyncio.CancelledError)
+DECISION_FALLBACK = "the stable decision answers"  # what a routing decision falls back to, for the warning
 
 
 class UnusableFlag(Exception):
@@ -163,8 +164,9 @@ class FlagReader:
 
     # -- evaluation ----------------------------------------------------------------------------------------
 
-    def run(self, decide: Callable[[], T], fallback: Callable[[str], T]) -> T:
+    def run(self, decide: Callable[[], T], fallback: Callable[[str], T], *, effect: str = DECISION_FALLBACK) -> T:
         """Run ``decide`` (which reads flags) within the budget; on any problem return ``fallback(reason)``.
+        ``effect``: what the fallback does, for the warning logged ("the stable decision answers").
 
         A blocking provider's decision is first tried on this thread, from the flags the provider remembers,
         and taken again on a worker when a flag must be evaluated (or it must draw: see
@@ -188,19 +190,21 @@ class FlagReader:
                 on_worker = False
                 result = decide()
         except (UnusableFlag, FlagTypeError) as exc:
-            return fallback(self.note_unusable(exc))
+            return fallback(self.note_unusable(exc, effect))
         except InvalidInputError:  # the request's own mistake (a key that cannot be text), not the provider's
             raise
         except _PROVIDER_FAILURES as exc:  # any provider failure means: stable (other BaseExceptions: the caller's)
-            return fallback(self.note_failure(exc))
+            return fallback(self.note_failure(exc, effect))
         if on_worker:  # (outside the except above: what interrupts the wait is the caller's, never counted)
-            return self._run_on_worker(decide, fallback)
+            return self._run_on_worker(decide, fallback, effect)
         if self._clock() - started > self.timeout_s:
-            self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
+            self._count(
+                "timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s", effect
+            )
             return fallback("flag provider too slow")
         return result
 
-    def _run_on_worker(self, decide: Callable[[], T], fallback: Callable[[str], T]) -> T:
+    def _run_on_worker(self, decide: Callable[[], T], fallback: Callable[[str], T], effect: str) -> T:
         future: Future[T] = Future()
         with self._cond:
             if self._closed:
@@ -220,7 +224,7 @@ class FlagReader:
             why = (
                 f"all {self.max_workers} workers are stuck" if unstarted is None else f"no worker thread ({unstarted})"
             )
-            self._count("busy", f"flag provider {self.provider.name!r}: {why}")
+            self._count("busy", f"flag provider {self.provider.name!r}: {why}", effect)
             return fallback("flag provider busy")
         # The provider's exception is taken, never raised here: whatever is raised while this waits (gevent's
         # Timeout or GreenletExit, KeyboardInterrupt) is the caller's, and ends the request.
@@ -231,7 +235,9 @@ class FlagReader:
                 return fallback("flag reader closed")
             if not future.done():
                 future.cancel()  # still queued: dropped, the provider never sees it
-                self._count("timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s")
+                self._count(
+                    "timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s", effect
+                )
                 return fallback("flag provider timed out")
             exc = future.exception()  # it finished between the timeout and the check: in time after all
         except CancelledError:  # close() dropped it while it waited (the provider's own is returned, not raised)
@@ -242,10 +248,10 @@ class FlagReader:
         if exc is None:
             return future.result()
         if isinstance(exc, UnusableFlag | FlagTypeError):
-            return fallback(self.note_unusable(exc))
+            return fallback(self.note_unusable(exc, effect))
         if isinstance(exc, InvalidInputError):  # the request's own mistake, as in run()
             raise exc
-        return fallback(self.note_failure(exc))
+        return fallback(self.note_failure(exc, effect))
 
     def _frozen_unless_closed(self) -> Container[str] | None:
         """The provider's frozen values (see ``__init__``); None once closed, when decisions answer as
@@ -321,24 +327,25 @@ class FlagReader:
 
     # -- problems ------------------------------------------------------------------------------------------
 
-    def note_unusable(self, exc: Exception) -> str:
-        """Count a flag value that cannot be used, remember why for status(); returns the reason to show."""
+    def note_unusable(self, exc: Exception, effect: str = DECISION_FALLBACK) -> str:
+        """Count a flag value that cannot be used, remember why for status(); returns the reason to show.
+        ``effect``: what is done instead, for the warning."""
         key = exc.key if isinstance(exc, UnusableFlag) else "?"  # a FlagTypeError raised outside the typed reads
         said = _said(exc)
         reason = f"unusable flag: {said}"
         with self._lock:
             if key in self._problems or len(self._problems) < _UNUSABLE_KEPT:
                 self._problems[key] = said
-        self._count("unusable", f"{reason} (provider {self.provider.name!r})")
+        self._count("unusable", f"{reason} (provider {self.provider.name!r})", effect)
         return reason
 
-    def note_failure(self, exc: BaseException) -> str:
+    def note_failure(self, exc: BaseException, effect: str = DECISION_FALLBACK) -> str:
         """Count a provider failure (absorbed by ``run``, or where it happened: a shadow flag); returns the
         reason."""
-        self._count("failures", f"flag provider {self.provider.name!r} failed: {_described(exc)}")
+        self._count("failures", f"flag provider {self.provider.name!r} failed: {_described(exc)}", effect)
         return "flag provider failed"
 
-    def _count(self, counter: str, message: str) -> None:
+    def _count(self, counter: str, message: str, effect: str) -> None:
         add_safely(
             METRICS.flag_failures,
             1,
@@ -351,7 +358,7 @@ class FlagReader:
                 return
             self._last_log[counter] = now
             count = getattr(self, counter)
-        logger.warning("%s; the stable decision answers (%d %s so far)", message, count, counter)
+        logger.warning("%s; %s (%d %s so far)", message, effect, count, counter)
 
     # -- typed reads (called inside ``decide``) ------------------------------------------------------------
 

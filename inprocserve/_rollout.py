@@ -47,7 +47,7 @@ from ._experiments import (
     pick_weighted,
     thompson,
 )
-from ._flag_reader import FlagReader, UnusableFlag
+from ._flag_reader import DECISION_FALLBACK, FlagReader, UnusableFlag
 from ._flags import FlagTypeError, MustAsk, _value_shown, targeting_key_of
 from ._held_bytes import held_bytes
 
@@ -77,6 +77,7 @@ back to a version they left (see ``Router._stats_of_version``): longer than a re
 requests still running on the old version when a flag moved the variant never restart it backwards."""
 _WARNED_SERIALS_KEPT = 1024
 """Statistics remembered as warned about (see ``Router._warn_two_versions``)."""
+_NO_SHADOW = "the request is mirrored to no shadow"  # (a shadow flag's problem, for the warning)
 
 
 class Decision(NamedTuple):
@@ -119,19 +120,19 @@ class _NoFlags:
 
     provider = None
 
-    def run(self, decide: Callable[[], T], fallback: Callable[[str], T]) -> T:
+    def run(self, decide: Callable[[], T], fallback: Callable[[str], T], *, effect: str = DECISION_FALLBACK) -> T:
         try:
             return decide()
         except UnusableFlag as exc:  # the config names a version that failed to load, say
             return fallback(self.note_unusable(exc))
 
-    def note_unusable(self, exc: Exception) -> str:
+    def note_unusable(self, exc: Exception, effect: str = DECISION_FALLBACK) -> str:
         return f"unusable setting: {exc}"
 
     def before_draw(self) -> None:
         return None
 
-    def note_failure(self, exc: Exception) -> str:
+    def note_failure(self, exc: Exception, effect: str = DECISION_FALLBACK) -> str:
         return f"failed: {exc!r}"
 
     def boolean(self, key: str, default: bool, context: Any, used: Any) -> bool:
@@ -701,7 +702,11 @@ class Router:
     ) -> int:
         """The ``<prefix>.stable`` flag's version (``stable`` when it is not set, unusable, or failing)."""
         ctx = context if context is not None else _EMPTY
-        return self._flags.run(lambda: self._read_stable(ready, stable, ctx, [], state.keys), lambda reason: stable)
+        return self._flags.run(
+            lambda: self._read_stable(ready, stable, ctx, [], state.keys),
+            lambda reason: stable,
+            effect="the configured stable version answers",
+        )
 
     def rankers(
         self, ready: Mapping[int, Any], context: Mapping[str, Any] | None, state: RoutingState | None = None
@@ -728,7 +733,7 @@ class Router:
                 raise UnusableFlag(key, f"{key!r} must be a list of two versions, got {_value_shown(wanted)}")
             return tuple(_version(key, v, ready) for v in wanted)
 
-        return self._flags.run(read, lambda reason: configured)
+        return self._flags.run(read, lambda reason: configured, effect="the configured rankers interleave")
 
     def _read_stable(
         self,
@@ -1033,9 +1038,9 @@ class Router:
             percent_key = keys.shadow_percent
             percent = _percent(percent_key, flags.number(percent_key, shadow.percent, ctx, used))
         except (UnusableFlag, FlagTypeError) as exc:
-            return (), flags.note_unusable(exc)
+            return (), flags.note_unusable(exc, _NO_SHADOW)
         except Exception as exc:  # the provider failed on a shadow flag: no shadows, the answer stands
-            return (), flags.note_failure(exc)
+            return (), flags.note_failure(exc, _NO_SHADOW)
         if percent < 100 and random.random() * 100 >= percent:
             return (), None
         mirrored = tuple(v for v in versions if v != answering)
@@ -1248,7 +1253,7 @@ class Router:
             routed = self._route(ready, stable, ctx, [], state, draw=False)
             return None if routed is None else (routed[1], routed[0])
 
-        return self._flags.run(variant, lambda reason: None)
+        return self._flags.run(variant, lambda reason: None, effect="the outcome by key credits no variant")
 
     def remember_interleaving(self, request_id: str, interleaving: Interleaving) -> None:
         """Keep an interleaving for :meth:`record_click`: compactly (~5 bytes an item), for an hour, and at

@@ -69,6 +69,7 @@ def test_an_unusable_flag_is_counted_logged_once_and_shown(
     assert status["failures"] == status["timeouts"] == 0  # the provider answered; the value is wrong
     logged = [r for r in caplog.records if "unusable flag" in r.getMessage()]
     assert len(logged) == 1 and why in logged[0].getMessage()
+    assert "the stable decision answers" in logged[0].getMessage()
 
 
 @pytest.mark.parametrize(
@@ -107,12 +108,17 @@ def test_usable_values_are_not_counted(versions: Path, make_server: ServerFactor
 
 
 def test_an_unusable_shadow_flag_turns_shadows_off_but_keeps_the_answer(
-    versions: Path, make_server: ServerFactory
+    versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     comparisons: list[inprocserve.ShadowComparison] = []
     flags = InMemoryFlags({"scale.canary.percent": 100, "scale.shadow.versions": [3, 6]})
     server = make_server(versions, flags=flags, config=rollout(**CANARY), on_shadow=comparisons.append)
-    result = server.predict("scale", X, context={"user_id": "u"})
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        result = server.predict("scale", X, context={"user_id": "u"})
+    # the log says what the problem costs: the shadow copy, not the answer (it said "the stable decision
+    # answers", though the canary answered)
+    (logged,) = [r.getMessage() for r in caplog.records if "unusable flag" in r.getMessage()]
+    assert "the request is mirrored to no shadow" in logged and "stable decision" not in logged
     assert (result.version, result.variant) == (2, "canary")
     assert "shadows off: unusable flag: 'scale.shadow.versions' names version 6" in result.reason
     flags.set("scale.shadow.versions", [3])
