@@ -413,9 +413,9 @@ class CountingReader(FlagReader):
 
     handed_over = 0
 
-    def _run_on_worker(self, decide: Any, fallback: Any) -> Any:
+    def _run_on_worker(self, decide: Any, fallback: Any, effect: str) -> Any:
         CountingReader.handed_over += 1
-        return super()._run_on_worker(decide, fallback)
+        return super()._run_on_worker(decide, fallback, effect)
 
 
 @pytest.mark.parametrize("targeted", [False, True])
