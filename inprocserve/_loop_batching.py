@@ -68,7 +68,7 @@ from ._errors import DeadlineExceededError, RemoteUnavailableError, ServerClosed
 from ._flag_reader import forbid_waiting_when
 from ._flags import WaitOffLoop
 from ._prediction import Prediction, prediction_of
-from ._request import QUEUED, BatchTiming, Request, Route, own_error, wake_after_batch
+from ._request import QUEUED, BatchTiming, Request, Route, drop_tracebacks, own_error, wake_after_batch
 from ._telemetry import metering, start_request_span, tracing
 
 if TYPE_CHECKING:
@@ -371,7 +371,9 @@ class _LoopState:
             )
         except Exception as exc:  # the run failed: each task's own run says whose input it was
             self._ran_here(group, timing)
-            self._failed(group, members, exc, timing, 0.0)
+            # (its traceback holds this frame, whose members hold the tasks' futures: set on a lone task's
+            # future, it kept the task's inputs in a cycle until the collector's next full pass)
+            self._failed(group, members, drop_tracebacks(exc), timing, 0.0)
             return True
         finally:
             self._running_here = False
@@ -558,6 +560,9 @@ class _LoopState:
                     readmit=not on_loop,
                 )
             except Exception as exc:  # refused (and recorded so): the task gets the error
+                # (its traceback holds this frame and _dispatch's, which hold the task's future and inputs: a
+                # cycle that kept them until the collector's next full pass)
+                drop_tracebacks(exc)
                 if on_loop:
                     if not member.waiter.done():
                         member.waiter.set_exception(exc)
@@ -761,7 +766,10 @@ class _Group:
                 member.span, member.started, target.name, target.version, member.decision, ended
             )
             if not waiter.done():
-                waiter.set_exception(ended)
+                # each task its own copy, without the traceback of the frame that caught it: that frame holds
+                # the members, and so this future (a cycle that kept the task's inputs until the collector's
+                # next full pass: a lone task refused by a full queue, 1 of 1)
+                waiter.set_exception(ended if error is None else own_error(error))
         self.answered()
 
 

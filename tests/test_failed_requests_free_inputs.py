@@ -24,6 +24,7 @@ import pytest
 import inprocserve
 from inprocserve import InvalidInputError
 from inprocserve._request import Request, finish_detached
+from inprocserve.testing import build_gather_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 from .test_interrupted_callers import GatedRuns
@@ -56,7 +57,7 @@ def failed_and_freed(
     """Make ``call`` with a bad request (of ``make``); return the error's class name once the caller has
     dropped the error and the inputs and nothing else keeps the inputs."""
     inputs = make()
-    kept = weakref.ref(inputs["x"])
+    kept = weakref.ref(next(iter(inputs.values())))
     try:
         call(inputs)
     except Exception as error:
@@ -312,3 +313,77 @@ def test_an_error_whose_class_builds_its_message_keeps_it() -> None:
     finish_detached(request, None, error, lambda request: None)
     assert request.error is not None and str(request.error) == "device failed with code 7"
     assert request.error.code == 7 and request.error.__traceback__ is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("tasks", [1, 2], ids=["one-task", "two-tasks"])
+def test_apredict_refused_by_a_full_queue(
+    busy_repository: Path, make_server: ServerFactory, no_collector: None, tasks: int
+) -> None:
+    """Tasks of one loop iteration are queued together at its end, where a full queue refuses them (a lone
+    task at once; several tasks merged, each again on its own): the task got the error with the traceback
+    of the loop's frame that caught it, which held the tasks' futures, one holding the error: 1 of 1 and 2
+    of 2 such tasks kept their inputs until a full collection."""
+    config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_queue_rows=4, max_request_rows=4000))
+    server = make_server(busy_repository, config=config)
+    server.predict("busy", busy_inputs(1))
+    blocker = occupy(server)
+    filler = server.submit("busy", busy_inputs(4))  # the queue is full from here on
+
+    async def view(inputs: dict[str, np.ndarray]) -> str:
+        try:
+            await server.apredict("busy", inputs)
+        except inprocserve.QueueFullError as error:
+            return type(error).__name__
+        return "no error"
+
+    async def views(inputs: dict[str, np.ndarray]) -> list[str]:
+        others = [view(busy_inputs(1, seed=seed)) for seed in range(1, tasks)]
+        return await asyncio.gather(view(inputs), *others)
+
+    loop = asyncio.new_event_loop()
+    try:
+        answers: list[list[str]] = []
+        failed_and_freed(lambda inputs: answers.append(loop.run_until_complete(views(inputs))), lambda: busy_inputs(1))
+        assert answers == [["QueueFullError"] * tasks]
+    finally:
+        loop.close()
+        blocker.result(timeout=60)
+        filler.result(timeout=60)
+
+
+def outside_the_table() -> dict[str, np.ndarray]:
+    return {"index": np.array([99], np.int64)}  # onnxruntime refuses the run of build_gather_model's model
+
+
+def test_apredict_whose_run_on_the_loop_failed(
+    repository: Path, make_server: ServerFactory, no_collector: None
+) -> None:
+    """A task that is not the loop iteration's only one (another task called another model) is run at the
+    iteration's end on the loop's thread when its run is short. When that run failed, the task got the error
+    with the traceback of the loop's frame that ran it, which held the task's future: its inputs stayed
+    until a full collection (1 of 1)."""
+    save_model(build_gather_model(), repository, "lookup", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    server.predict("lookup", {"index": np.array([1], np.int64)})
+    server.predict("scale", np.ones((1, 4), np.float32))
+
+    async def view(inputs: dict[str, np.ndarray]) -> str:
+        try:
+            await server.apredict("lookup", inputs)
+        except InvalidInputError as error:
+            return type(error).__name__
+        return "no error"
+
+    async def two_views(inputs: dict[str, np.ndarray]) -> str:
+        scaled, looked_up = await asyncio.gather(server.apredict("scale", np.ones((1, 4), np.float32)), view(inputs))
+        assert scaled["y"].tolist() == [[2.0] * 4]
+        return looked_up
+
+    loop = asyncio.new_event_loop()
+    try:
+        answers: list[str] = []
+        failed_and_freed(lambda inputs: answers.append(loop.run_until_complete(two_views(inputs))), outside_the_table)
+        assert answers == ["InvalidInputError"]
+    finally:
+        loop.close()
