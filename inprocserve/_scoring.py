@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
+from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
@@ -619,7 +620,12 @@ def _run(
                     # window of jobs, their futures, one holding the error) and of _wait: a cycle that kept the
                     # inputs of every part until the collector's next full pass. Raised with none of them, from
                     # here on, and this frame lets go of its jobs (the window is emptied below).
-                    drop_tracebacks(exc)
+                    # The caller's own iterable that raised it keeps its frames below the read (they hold none
+                    # of those).
+                    if exc is job.error:
+                        exc.__traceback__ = _frames_below(exc.__traceback__, _batches.__code__)
+                    else:
+                        drop_tracebacks(exc)
                     pending = None
                     del job, answers
                     raise
@@ -639,6 +645,15 @@ def _run(
         window.clear()
         if bar is not None:
             bar.close()
+
+
+def _frames_below(traceback: TracebackType | None, code: CodeType) -> TracebackType | None:
+    """The part of ``traceback`` below the frame that runs ``code`` (``None`` if it has no such frame)."""
+    while traceback is not None:
+        if traceback.tb_frame.f_code is code:
+            return traceback.tb_next
+        traceback = traceback.tb_next
+    return None
 
 
 def _answers(

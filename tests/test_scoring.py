@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import math
 import pickle
 import threading
 import time
+import traceback
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -698,3 +701,55 @@ def test_a_batch_sent_in_parts_is_answered_when_the_last_parts_version_is_unload
     assert len(answers) == 40
     for answer in answers:
         np.testing.assert_array_equal(answer["y"], batch * answer.version)
+
+
+def test_an_error_of_the_callers_own_code_keeps_its_frames(scale_repository: Path, make_server: ServerFactory) -> None:
+    """A failing iterable (the caller's loader) or progress callback was raised without any traceback below
+    ``predict_many`` (dropped with the library's frames, which held the job's parts in a cycle): the line of
+    the caller's code that failed was shown nowhere, and a callback's error was noted as failed input rows
+    that had been answered ("failed at input rows 3..2")."""
+    server = make_server(scale_repository)
+
+    def load_batches() -> Iterator[np.ndarray]:
+        yield _rows(2)
+        columns: dict[str, float] = {}
+        yield np.full((2, 4), columns["price"], np.float32)  # the caller's bug
+
+    with pytest.raises(KeyError) as caught:
+        list(server.predict_many("scale", load_batches()))
+    frames = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
+    assert frames[-1] == "load_batches"
+    assert caught.value.__notes__ == ["predict_many: the batch after input row 2 could not be read or checked"]
+
+    def report(done: int, total: int | None) -> None:
+        if done:
+            print(f"{done / total:.0%}")  # type: ignore[operator]  # (total is None for an iterator)
+
+    with pytest.raises(TypeError) as caught_in_callback:
+        list(server.predict_many("scale", iter([_rows(2), _rows(2)]), progress=report))
+    frames = [frame.name for frame in traceback.extract_tb(caught_in_callback.value.__traceback__)]
+    assert frames[-1] == "report"
+    assert not getattr(caught_in_callback.value, "__notes__", None)  # (raised as it is: no rows failed)
+
+
+def test_a_failing_iterable_keeps_no_inputs_without_the_collector(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """The caller's frames kept with its error hold none of the job's parts: freed once the error is dropped."""
+    server = make_server(scale_repository)
+    first = _rows(3)
+    kept = weakref.ref(first)
+
+    def load_batches(first: np.ndarray) -> Iterator[np.ndarray]:
+        yield first
+        raise OSError("the queue went away")
+
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(OSError, match="the queue went away"):
+            list(server.predict_many("scale", load_batches(first)))
+        del first
+        wait_until(lambda: kept() is None, timeout_s=5.0)
+    finally:
+        gc.enable()
