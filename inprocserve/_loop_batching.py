@@ -372,8 +372,9 @@ class _LoopState:
         except Exception as exc:  # the run failed: each task's own run says whose input it was
             self._ran_here(group, timing)
             # (its traceback holds this frame, whose members hold the tasks' futures: set on a lone task's
-            # future, it kept the task's inputs in a cycle until the collector's next full pass)
-            self._failed(group, members, drop_tracebacks(exc), timing, 0.0)
+            # future, it kept the task's inputs in a cycle until the collector's next full pass; a copy, as an
+            # unexpected error was logged with its traceback, which a buffering log handler formats later)
+            self._failed(group, members, own_error(exc), timing, 0.0)
             return True
         finally:
             self._running_here = False
