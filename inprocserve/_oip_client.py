@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from ._call_watchdog import CallWatchdog, Watch
 from ._extras import require
+from ._request import drop_tracebacks
 from ._stop_signal import THIS_THREAD
 
 __all__ = ["MAX_RESPONSE_BYTES", "HttpClient", "HttpResponse", "TransportError"]
@@ -155,22 +156,13 @@ class HttpClient:
             data = self._read(response, deadline, timeout_s, watch, min(max_bytes, MAX_RESPONSE_BYTES))
         except TransportError:
             raise
-        except exceptions.NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
-            raise TransportError(f"cannot connect: {_reason(exc)}", sent=False) from None
-        except exceptions.ConnectTimeoutError:
-            raise TransportError(
-                f"no connection within {timeout.connect_timeout:.3g} s", sent=False, timed_out=True
-            ) from None
-        except exceptions.EmptyPoolError:
-            raise TransportError(f"no free connection within {timeout_s:.3g} s", sent=False, timed_out=True) from None
-        except exceptions.ClosedPoolError:
-            raise TransportError("the connection pool is closed", sent=False) from None
-        except exceptions.ReadTimeoutError:
-            raise TransportError(f"no answer within {timeout_s:.3g} s", sent=True, timed_out=True) from None
-        except (exceptions.HTTPError, OSError) as exc:  # reset or closed mid-exchange: it may have run
-            if watch.end():  # the watchdog shut the socket: the deadline passed mid-exchange
-                raise _late(timeout_s) from None
-            raise TransportError(f"the connection failed: {_reason(exc)}", sent=True) from None
+        except (exceptions.HTTPError, OSError) as exc:
+            # urllib3 keeps the error it raises in a local of the frame that raised it (connectionpool.urlopen's
+            # ``new_e``), whose traceback holds that frame: a reference cycle, which held the frames of this
+            # call's callers (that frame's ``f_back``: a predict on its caller's thread, its inputs) until the
+            # collector's next full pass. Its tracebacks go; what it says is in the message.
+            drop_tracebacks(exc)
+            raise _failed(exc, exceptions, timeout, timeout_s, watch) from None
         finally:
             _calls.watch = None
             watch.end()
@@ -226,6 +218,24 @@ class HttpClient:
         """Drop the pool without touching its sockets: in a forked child they are the parent's."""
         self._pid = -1
         self._watchdog.forget()
+
+
+def _failed(exc: BaseException, exceptions: Any, timeout: Any, timeout_s: float, watch: Watch) -> TransportError:
+    """The :class:`TransportError` of urllib3's error ``exc`` (``exceptions``: urllib3's module of them)."""
+    if isinstance(exc, exceptions.NewConnectionError):  # before ConnectTimeoutError: it subclasses it
+        return TransportError(f"cannot connect: {_reason(exc)}", sent=False)
+    if isinstance(exc, exceptions.ConnectTimeoutError):
+        return TransportError(f"no connection within {timeout.connect_timeout:.3g} s", sent=False, timed_out=True)
+    if isinstance(exc, exceptions.EmptyPoolError):
+        return TransportError(f"no free connection within {timeout_s:.3g} s", sent=False, timed_out=True)
+    if isinstance(exc, exceptions.ClosedPoolError):
+        return TransportError("the connection pool is closed", sent=False)
+    if isinstance(exc, exceptions.ReadTimeoutError):
+        return TransportError(f"no answer within {timeout_s:.3g} s", sent=True, timed_out=True)
+    # reset or closed mid-exchange: it may have run
+    if watch.end():  # the watchdog shut the socket: the deadline passed mid-exchange
+        return _late(timeout_s)
+    return TransportError(f"the connection failed: {_reason(exc)}", sent=True)
 
 
 def _late(timeout_s: float) -> TransportError:

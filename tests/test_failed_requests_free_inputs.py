@@ -26,8 +26,12 @@ from inprocserve import InvalidInputError
 from inprocserve._request import Request, finish_detached
 from inprocserve.testing import build_gather_model, build_scale_model, save_model
 
+from . import test_remote_retries
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 from .test_interrupted_callers import GatedRuns
+from .test_remote_retries import Scripted
+
+scripted = test_remote_retries.scripted  # (the scripted model server of test_remote_retries, as a fixture)
 
 
 @pytest.fixture
@@ -387,3 +391,25 @@ def test_apredict_whose_run_on_the_loop_failed(
         assert answers == ["InvalidInputError"]
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("answer", ["drop", "slow 1"], ids=["connection-dropped", "read-timed-out"])
+def test_predict_of_a_remote_model_whose_connection_failed(
+    scripted: Scripted, repository: Path, make_server: ServerFactory, no_collector: None, answer: str
+) -> None:
+    """A remote model whose server dropped the connection, or did not answer within the deadline: urllib3
+    keeps the error it raises in a local of its own frame, whose traceback holds that frame (a cycle), and
+    that frame's callers, this predict's frames on its caller's thread, with the inputs: 1 of 1 such
+    request kept its inputs until a full collection."""
+    remote = inprocserve.RemoteModel(url=f"http://127.0.0.1:{scripted.server_port}", model="scale")
+    server = make_server(repository)
+    server.load("scale", remote=remote, config=inprocserve.ModelConfig(warmup=inprocserve.WarmupConfig(enabled=False)))
+    server.predict("scale", np.ones((1, 4), np.float32))
+    scripted.script[:] = [answer]
+
+    def call(inputs: dict[str, np.ndarray]) -> None:
+        server.predict("scale", inputs, timeout_s=0.2)
+
+    assert failed_and_freed(call, lambda: {"x": np.ones((1, 4), np.float32)}) == (
+        "RemoteUnavailableError" if answer == "drop" else "DeadlineExceededError"
+    )
