@@ -41,6 +41,7 @@ from ._flags import (
     _said,
     _value_shown,
 )
+from ._request import drop_tracebacks
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
 
 __all__ = ["DECISION_FALLBACK", "FlagReader", "UnusableFlag", "forbid_waiting_when"]
@@ -250,7 +251,13 @@ class FlagReader:
         if isinstance(exc, UnusableFlag | FlagTypeError):
             return fallback(self.note_unusable(exc, effect))
         if isinstance(exc, InvalidInputError):  # the request's own mistake, as in run()
-            raise exc
+            # (this frame joins the error's traceback: none of its locals may lead back to the error, or the
+            # caller's frames, and the request's inputs in them, stay in a cycle until the collector's next pass)
+            del future
+            try:
+                raise exc
+            finally:
+                del exc
         return fallback(self.note_failure(exc, effect))
 
     def _frozen_unless_closed(self) -> Container[str] | None:
@@ -320,10 +327,15 @@ class FlagReader:
             try:
                 future.set_result(decide())
             except BaseException as exc:  # (only the provider raises here: SystemExit too is its failure)
-                future.set_exception(exc)  # delivered to the caller, who counts it; the worker lives on
+                # delivered to the caller, who counts it; the worker lives on (without this thread's frames:
+                # the caller raises a request's own mistake, and another thread's stack is not its traceback)
+                future.set_exception(drop_tracebacks(exc))
             finally:
                 with self._cond:
                     self._running.pop(me, None)
+            # Kept until the next job, the future held what the caller raised (and so the caller's frames, with
+            # its request's inputs), and ``decide`` the request's context and the versions it was routed among.
+            del future, decide
 
     # -- problems ------------------------------------------------------------------------------------------
 

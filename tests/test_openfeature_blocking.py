@@ -507,3 +507,38 @@ def test_a_request_waiting_for_a_thread_is_withdrawn_with_its_task_and_refused_o
             await server.apredict("scale", X, context=staff)
 
     asyncio.run(main())
+
+
+def test_a_context_refused_on_a_flag_worker_raises_with_the_callers_own_frames_and_keeps_nothing(
+    scale: Path, make_server: ServerFactory, domain: str
+) -> None:
+    """A targeting key that cannot be made text (a numpy array sent as the user id), found while a flag
+    worker evaluated the request's flags, is the request's own mistake, raised to its caller. It was raised
+    with the worker thread's frames in its traceback, and the worker's frame held it (its future) until the
+    worker's next job: the caller's frames, with the request's inputs, stayed that long, collector or not."""
+    import gc
+    import traceback
+    import weakref
+
+    from inprocserve import InvalidInputError
+
+    from .conftest import wait_until
+
+    provider = HeldUntilReleased()
+    provider.answer.set()
+    api.set_provider_and_wait(provider, domain=domain)
+    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY)
+    server.predict("scale", X, context={"user_id": "u1"})
+    inputs = np.ones((1, 4), np.float32)
+    kept = weakref.ref(inputs)
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(InvalidInputError, match="targeting key") as caught:
+            server.predict("scale", inputs, context={"user_id": np.array([7, 8])})
+        frames = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
+        assert "_work" not in frames and "_decide" not in frames  # (the flag worker's)
+        del caught, inputs
+        wait_until(lambda: kept() is None, timeout_s=5.0)
+    finally:
+        gc.enable()
