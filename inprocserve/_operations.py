@@ -496,9 +496,17 @@ class Operations:
                 report = dataclasses.replace(report, reason=reason)
                 raise PromotionRefusedError(reason, report=report.to_dict(), model=model, version=version)
             diffs, agreements, mismatch = [], [], None
+            compared = 0
             for arrays in samples:
-                expected = self._predict(model, arrays, version=stable)
+                try:
+                    expected = self._predict(model, arrays, version=stable)
+                except InvalidInputError:
+                    # A request the stable version refuses (a client's index past a table: its caller was refused
+                    # too) was sampled as it was routed; it says nothing of the candidate. Raised, that client's
+                    # error failed every promote() for as long as the input stayed among the samples.
+                    continue
                 got = self._predict(model, arrays, version=version)
+                compared += 1
                 diff, agreement, differs = compare_outputs(expected, got)
                 if diff is not None:
                     diffs.append(diff)
@@ -507,10 +515,18 @@ class Operations:
                 mismatch = mismatch or differs
             report = dataclasses.replace(
                 report,
+                samples=compared,
                 max_abs_diff=max(diffs) if diffs else None,
                 label_agreement=sum(agreements) / len(agreements) if agreements else None,
                 mismatch=mismatch,
             )
+            if compared < min_samples:
+                reason = (
+                    f"only {compared} recent input(s) the stable version answers to compare on, {min_samples} "
+                    f"required ({len(samples) - compared} of {len(samples)} it refuses)"
+                )
+                report = dataclasses.replace(report, reason=reason)
+                raise PromotionRefusedError(reason, report=report.to_dict(), model=model, version=version)
             problems = report.violations(max_abs_diff=max_abs_diff, min_label_agreement=min_label_agreement)
             if problems:
                 report = dataclasses.replace(report, reason="; ".join(problems))

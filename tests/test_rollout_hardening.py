@@ -21,7 +21,7 @@ import inprocserve
 from inprocserve import CanaryConfig, InMemoryFlags, RolloutConfig
 from inprocserve._experiments import BUCKETS, Interleaving, VariantStats, bucket, team_draft, thompson
 from inprocserve._rollout import Router
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_gather_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, rollout
 from .test_v2_codec import build_text_model
@@ -672,6 +672,26 @@ def test_promoting_the_stable_version_is_refused_not_compared_with_itself(
     assert refused.value.report["samples"] == 0
     report = server.promote("scale", 2, max_abs_diff=100.0, min_samples=8)  # another version: compared
     assert (report.from_version, report.to_version, report.samples) == (3, 2, 8)
+
+
+def test_a_clients_refused_request_among_the_samples_does_not_fail_the_promotion(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Inputs are sampled as a request is routed, before its answer: one client's request that the model
+    refused (an index past its table: that client got an InvalidInputError) stayed among the samples, and
+    every promote() raised that client's error, naming the stable version, until it aged out. Such a sample
+    is not compared: it says nothing of the candidate."""
+    for version in (1, 2):
+        save_model(build_gather_model(), repository, "lookup", version)
+    server = make_server(repository, config=rollout(stable=1, capture_inputs=16))
+    for i in range(8):
+        server.predict("lookup", {"index": np.array([i], np.int64)})
+    with pytest.raises(inprocserve.InvalidInputError, match="out of data bounds"):
+        server.predict("lookup", {"index": np.array([99], np.int64)})  # a client's mistake
+    report = server.promote("lookup", 2, max_abs_diff=0.0, min_samples=8)
+    assert (report.samples, report.max_abs_diff, report.reason) == (8, 0.0, "within bounds")
+    with pytest.raises(inprocserve.PromotionRefusedError, match=r"only 8 recent input.* \(1 of 9 it refuses\)"):
+        server.promote("lookup", 1, min_samples=9)  # (back again: compared with version 2, stable now)
 
 
 def test_served_variants_are_kept_an_hour_and_a_bounded_number_and_credited_once() -> None:
