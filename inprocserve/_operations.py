@@ -28,7 +28,13 @@ from ._control import (
     validate_percent,
     validate_version,
 )
-from ._errors import ConfigurationError, InvalidInputError, ModelNotFoundError, PromotionRefusedError
+from ._errors import (
+    ConfigurationError,
+    InferenceError,
+    InvalidInputError,
+    ModelNotFoundError,
+    PromotionRefusedError,
+)
 from ._prediction import Prediction, RequestIds
 from ._registry import Registry, Routes
 from ._reports import InterleavedRanking, PromotionReport
@@ -496,7 +502,8 @@ class Operations:
                 report = dataclasses.replace(report, reason=reason)
                 raise PromotionRefusedError(reason, report=report.to_dict(), model=model, version=version)
             diffs, agreements, mismatch = [], [], None
-            compared = 0
+            compared = failed = 0
+            failure = ""
             for arrays in samples:
                 try:
                     expected = self._predict(model, arrays, version=stable)
@@ -505,7 +512,12 @@ class Operations:
                     # too) was sampled as it was routed; it says nothing of the candidate. Raised, that client's
                     # error failed every promote() for as long as the input stayed among the samples.
                     continue
-                got = self._predict(model, arrays, version=version)
+                try:
+                    got = self._predict(model, arrays, version=version)
+                except InferenceError as exc:  # the candidate fails on a real input the stable version answers
+                    failed += 1
+                    failure = failure or str(exc)
+                    continue
                 compared += 1
                 diff, agreement, differs = compare_outputs(expected, got)
                 if diff is not None:
@@ -520,6 +532,15 @@ class Operations:
                 label_agreement=sum(agreements) / len(agreements) if agreements else None,
                 mismatch=mismatch,
             )
+            if failed:
+                # (raised as it was, the candidate's error read as the operator's own invalid input)
+                reason = (
+                    f"version {version} failed on {failed} of {compared + failed} recent input(s) the stable "
+                    f"version answers: {failure}"
+                )
+                report = dataclasses.replace(report, reason=reason)
+                logger.warning("model %r: promotion of version %s refused: %s", model, version, reason)
+                raise PromotionRefusedError(reason, report=report.to_dict(), model=model, version=version)
             if compared < min_samples:
                 reason = (
                     f"only {compared} recent input(s) the stable version answers to compare on, {min_samples} "

@@ -694,6 +694,23 @@ def test_a_clients_refused_request_among_the_samples_does_not_fail_the_promotion
         server.promote("lookup", 1, min_samples=9)  # (back again: compared with version 2, stable now)
 
 
+def test_a_candidate_that_fails_on_recent_inputs_is_refused_with_a_report(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A candidate whose table is shorter fails on half the real inputs the stable version answers: promote()
+    raised the candidate's InvalidInputError (the operator's input, by its type, though promote takes none),
+    which a deploy script catching PromotionRefusedError did not catch, and had no report."""
+    save_model(build_gather_model(table_rows=10), repository, "lookup", 1)
+    save_model(build_gather_model(table_rows=5), repository, "lookup", 2)
+    server = make_server(repository, config=rollout(stable=1, capture_inputs=16))
+    for i in range(10):
+        server.predict("lookup", {"index": np.array([i], np.int64)})
+    with pytest.raises(inprocserve.PromotionRefusedError, match="version 2 failed on 5 of 10 recent") as refused:
+        server.promote("lookup", 2)
+    assert "out of data bounds" in refused.value.report["reason"]
+    assert server.predict("lookup", {"index": np.array([7], np.int64)}).version == 1  # nothing changed
+
+
 def test_served_variants_are_kept_an_hour_and_a_bounded_number_and_credited_once() -> None:
     """Outcomes by request id are credited to the variant that served it for ``ttl_s`` after it was served,
     once, and at most ``size`` request ids are kept (the oldest go first), however many requests are routed."""
