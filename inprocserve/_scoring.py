@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 
-from ._errors import DeadlineExceededError, InferenceError, InvalidInputError, ModelNotFoundError, QueueFullError
+from ._backend import is_whole_batch
+from ._errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InvalidInputError,
+    ModelNotFoundError,
+    QueueFullError,
+    RemoteUnavailableError,
+)
 from ._ort_rules import usable_cores
 from ._prediction import Prediction
 from ._request import drop_tracebacks
@@ -647,6 +655,13 @@ def _run(
             bar.close()
 
 
+def _one_requests(error: InferenceError) -> bool:
+    """Whether ``error`` may come from one chunk's rows (a request scored again chunk by chunk finds which),
+    rather than from the remote server the request went to (:class:`RemoteUnavailableError`, or an error
+    about the whole run: ``is_whole_batch``)."""
+    return not isinstance(error, RemoteUnavailableError) and not is_whole_batch(error)
+
+
 def _frames_below(traceback: TracebackType | None, code: CodeType) -> TracebackType | None:
     """The part of ``traceback`` below the frame that runs ``code`` (``None`` if it has no such frame)."""
     while traceback is not None:
@@ -676,8 +691,11 @@ def _answers(
         raise job.error
     try:
         job.answers.append(_wait(job, index, job.parts[index], submit, timeout_s, clock, sleep))
-    except InferenceError:
-        if job.chunk_rows is None or job.rows <= job.chunk_rows:
+    except InferenceError as exc:
+        # A remote server that is down, or that ran the rows and answered unreadably, is not asked again
+        # (as the batcher never bisects such a batch): each chunk would send rows it may have run already,
+        # which a remote model's retry_after_send = false promises not to, to a server failing already.
+        if job.chunk_rows is None or job.rows <= job.chunk_rows or not _one_requests(exc):
             raise
         whole = job.parts[0]
         for start in range(0, job.rows, job.chunk_rows):

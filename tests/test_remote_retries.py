@@ -420,6 +420,35 @@ def test_an_event_loops_merged_request_the_server_fails_as_a_whole_is_sent_once(
         server.close()
 
 
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (500, inprocserve.RemoteUnavailableError),
+        ("drop", inprocserve.RemoteUnavailableError),  # may have run: retry_after_send is off
+        ("narrow", inprocserve.InferenceError),  # ran the rows
+    ],
+)
+def test_a_scoring_jobs_request_the_server_fails_as_a_whole_is_not_sent_again_chunk_by_chunk(
+    make_server: ServerFactory, repository: Path, scripted: Scripted, failure: int | str, error: type[Exception]
+) -> None:
+    """predict_many sends several chunks in one request; one that failed with an InferenceError was scored
+    again chunk by chunk (to find the chunk a model refuses), which for a remote server sent every row again:
+    64 rows failed with a 500 or a dropped connection were sent once more in 8 requests, and answered, though
+    the server may have run them (retry_after_send is off), and a server failing already got 9 calls."""
+    server = make_server(repository)
+    remote = RemoteModel(
+        url=f"http://127.0.0.1:{scripted.server_port}", model="scale", retries=0, failure_threshold=100
+    )
+    server.load("scale", remote=remote)
+    server.predict("scale", np.ones((1, 4), np.float32))
+    scripted.script = [failure]
+    sent = scripted.posts
+    with pytest.raises(error) as caught:
+        list(server.predict_many("scale", np.ones((64, 4), np.float32), batch_rows=8))
+    assert scripted.posts - sent == 1
+    assert type(caught.value) is error
+
+
 def test_an_interim_answer_is_read_past_and_never_answers_the_next_call(
     make_server: ServerFactory, repository: Path, scripted: Scripted
 ) -> None:
