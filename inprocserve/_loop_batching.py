@@ -1238,3 +1238,7 @@ async def _with_deadline(
         raise
     finally:
         timer.cancel()
+        # This frame joins the traceback of the error the waiter holds (its deadline's, its run's): kept, the
+        # waiter (and the timer, which holds it) made a cycle with it, which held the caller's frames and the
+        # request's inputs until the collector's next full pass.
+        del timer, waiter

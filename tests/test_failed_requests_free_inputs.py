@@ -124,6 +124,38 @@ def test_apredict(server: inprocserve.Server, no_collector: None, queued: bool) 
         loop.close()
 
 
+@pytest.mark.parametrize("failure", ["deadline", "run-failed"])
+def test_apredict_with_a_deadline_the_full_way(
+    busy_repository: Path, make_server: ServerFactory, no_collector: None, failure: str
+) -> None:
+    """A task with ``timeout_s`` whose request goes the full way (a version with a cache, drift monitoring,
+    shadows or a rollout) awaits its answer through a coroutine that keeps the deadline's timer: that
+    coroutine's frame joined the error's traceback and held the future holding the error (a cycle), with the
+    view's frames and the request's inputs: 1 of 1 task past its deadline behind a busy session, or whose
+    run failed, kept them until a full collection."""
+    server = make_server(busy_repository, config=inprocserve.ModelConfig(cache=inprocserve.CacheConfig(enabled=True)))
+    server.predict("busy", busy_inputs(1))
+
+    async def view(inputs: dict[str, np.ndarray]) -> str:
+        blocker = occupy(server)
+        try:
+            await server.apredict("busy", inputs, timeout_s=0.05 if failure == "deadline" else 60)
+        except inprocserve.InprocserveError as error:
+            return type(error).__name__
+        finally:
+            blocker.result(timeout=60)
+        return "no error"
+
+    loop = asyncio.new_event_loop()
+    try:
+        answers: list[str] = []
+        make = (lambda: busy_inputs(1, seed=7)) if failure == "deadline" else bad_rows  # (not cached)
+        failed_and_freed(lambda inputs: answers.append(loop.run_until_complete(view(inputs))), make)
+        assert answers == ["DeadlineExceededError" if failure == "deadline" else "InvalidInputError"]
+    finally:
+        loop.close()
+
+
 def test_the_error_raised_says_what_failed_and_chains_the_runtime_error(server: inprocserve.Server) -> None:
     """Dropping the worker's frames keeps what a caller reads: the message and onnxruntime's own error."""
     blocker = occupy(server)
