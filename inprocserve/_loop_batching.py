@@ -1097,7 +1097,10 @@ def _off_loop(
                 version=version,
             )
             server._refused_early(model, version, late, started)
-            raise late
+            try:  # (this frame joins its traceback: its local would hold it, and the inputs, in a cycle)
+                raise late
+            finally:
+                del late
         return server.predict(model, inputs, version=version, context=context, timeout_s=left)
 
     try:

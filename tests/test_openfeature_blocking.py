@@ -542,3 +542,47 @@ def test_a_context_refused_on_a_flag_worker_raises_with_the_callers_own_frames_a
         wait_until(lambda: kept() is None, timeout_s=5.0)
     finally:
         gc.enable()
+
+
+def test_a_request_no_thread_took_before_its_deadline_keeps_nothing(
+    scale: Path, make_server: ServerFactory, domain: str
+) -> None:
+    """A task routed off the loop whose call no executor thread took before its deadline: the call, run
+    later, raises the deadline's error from a frame whose local held it (a cycle), with the request's
+    inputs in the call's closure: 1 of 1 such request kept them until a full collection."""
+    import asyncio
+    import concurrent.futures
+    import gc
+    import weakref
+
+    from inprocserve import DeadlineExceededError
+
+    from .conftest import wait_until
+
+    provider = HeldUntilReleased()
+    provider.answer.set()
+    api.set_provider_and_wait(provider, domain=domain)
+    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY)
+    server.predict("scale", X, context={"user_id": "u1"})
+    inputs = np.ones((1, 4), np.float32)
+    kept = weakref.ref(inputs)
+    busy = threading.Event()
+
+    async def view(inputs: np.ndarray) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        blocker = loop.run_in_executor(None, busy.wait, 10)  # the executor's one thread is taken
+        with pytest.raises(DeadlineExceededError):
+            await server.apredict("scale", inputs, context={"user_id": "u1", "plan": "staff"}, timeout_s=0.1)
+        busy.set()
+        await blocker
+        await loop.shutdown_default_executor()  # the call ran meanwhile, and found its deadline passed
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(view(inputs))
+        del inputs
+        wait_until(lambda: kept() is None, timeout_s=5.0)
+    finally:
+        gc.enable()
