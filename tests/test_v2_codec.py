@@ -635,3 +635,26 @@ def test_bytes_that_json_cannot_carry_are_refused_not_replaced() -> None:
         inprocserve.InvalidInputError, match=r"output .y.: BYTES element #1 is bytes that are not UTF-8"
     ):
         v2.encode_infer_response({"y": np.array([b"ok", b"\xff"], dtype=object)}, binary=False, model_name="m")
+
+
+@pytest.mark.parametrize("refused", ["shape", "budget-spent"])
+def test_a_refused_infer_request_leaves_no_reference_cycle(served: inprocserve.Server, refused: str) -> None:
+    """An infer request refused for its tensors' shape (400), or whose time budget was spent (504), left its
+    error in a reference cycle with the frames that raised it (a local held it), which held the request's
+    body and decoded inputs until the collector's next full pass: under a stream of such requests, a
+    process's memory grew by every refused body between passes."""
+    import gc
+
+    endpoints = v2.Endpoints(lambda: served)
+    width = 5 if refused == "shape" else 4
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, width], "data": [1.0] * 2 * width}]})
+    budget = {"budget_s": lambda: 0.0} if refused == "budget-spent" else {}
+    expected = 400 if refused == "shape" else 504
+    assert call(endpoints, "POST", "/v2/models/scale/infer", body.encode(), **budget)[0] == expected
+    gc.collect()
+    gc.disable()
+    try:
+        assert call(endpoints, "POST", "/v2/models/scale/infer", body.encode(), **budget)[0] == expected
+        assert gc.collect() == 0  # (nothing left for the collector: freed as the answer was made)
+    finally:
+        gc.enable()

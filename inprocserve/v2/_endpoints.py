@@ -291,7 +291,11 @@ class Endpoints:
                 f"model {name!r}: the request's time budget was spent before inference", model=name, version=version
             )
             server._refused_early(name, version, spent, started)
-            raise spent
+            # (this frame joins its traceback: its local would hold it in a cycle with the decoded inputs)
+            try:
+                raise spent
+            finally:
+                del spent
         try:
             prediction = server.predict(name, request.inputs, version=version, context=routing, timeout_s=budget)
         except InvalidInputError as exc:
@@ -407,7 +411,12 @@ def _signature_check(server: Server, name: str, version: int | None) -> Callable
                     f"model {name!r} version {target.version}: {problem}", model=name, version=target.version
                 )
         assert first is not None
-        raise first
+        # (this frame joins its traceback: its local would hold it in a cycle with the frames that called this
+        # one, and the request's body they read, until the collector's next full pass)
+        try:
+            raise first
+        finally:
+            del first
 
     return check
 
