@@ -1113,7 +1113,10 @@ def _off_loop(
             version=version,
         )
         server._refused_early(model, version, closed, started)
-        raise closed from None
+        try:  # (this frame joins its traceback: its local would hold it, and the inputs, in a cycle)
+            raise closed from None
+        finally:
+            del closed
     if timeout_s is None:
         return answer
     # the deadline answers a future of its own: the executor's, answered later, must find nothing to undo

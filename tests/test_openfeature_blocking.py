@@ -586,3 +586,40 @@ def test_a_request_no_thread_took_before_its_deadline_keeps_nothing(
         wait_until(lambda: kept() is None, timeout_s=5.0)
     finally:
         gc.enable()
+
+
+def test_a_request_refused_for_a_shut_down_executor_keeps_nothing(
+    scale: Path, make_server: ServerFactory, domain: str
+) -> None:
+    """A task to route off the loop once the loop's default executor is shut down (the loop is ending) is
+    refused with ServerClosedError, raised from a frame whose local held it (a cycle), with the request's
+    inputs in the call's closure: 1 of 1 such request kept them until a full collection."""
+    import asyncio
+    import gc
+    import weakref
+
+    from inprocserve import ServerClosedError
+
+    from .conftest import wait_until
+
+    provider = HeldUntilReleased()
+    provider.answer.set()
+    api.set_provider_and_wait(provider, domain=domain)
+    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY)
+    server.predict("scale", X, context={"user_id": "u1"})
+    inputs = np.ones((1, 4), np.float32)
+    kept = weakref.ref(inputs)
+
+    async def view(inputs: np.ndarray) -> None:
+        await asyncio.get_running_loop().shutdown_default_executor()
+        with pytest.raises(ServerClosedError, match="default executor is shut down"):
+            await server.apredict("scale", inputs, context={"user_id": "u1", "plan": "staff"})
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(view(inputs))
+        del inputs
+        wait_until(lambda: kept() is None, timeout_s=5.0)
+    finally:
+        gc.enable()
