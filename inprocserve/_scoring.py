@@ -617,7 +617,12 @@ def _run(
                 except Exception as exc:
                     left = job_start + job.rows - done_rows
                     if job.rows:
-                        last = done_rows + (min(left, job.chunk_rows) if job.chunk_rows else left)
+                        # a chunk scored on its own failed: its rows; the request failed as a whole (its deadline, a
+                        # remote server's failure: nothing is scored again chunk by chunk): all it had left
+                        chunk = job.chunk_rows
+                        if chunk is not None and isinstance(exc, InferenceError) and _one_requests(exc):
+                            left = min(left, chunk)
+                        last = done_rows + left
                         note = f"predict_many: failed at input rows {done_rows + 1}..{last} (1-based)"
                     elif job.error is None:  # read and sent, and refused: a batch of no rows
                         note = f"predict_many: failed at the batch after input row {done_rows}, which has 0 rows"

@@ -447,6 +447,8 @@ def test_a_scoring_jobs_request_the_server_fails_as_a_whole_is_not_sent_again_ch
         list(server.predict_many("scale", np.ones((64, 4), np.float32), batch_rows=8))
     assert scripted.posts - sent == 1
     assert type(caught.value) is error
+    # every row of the request failed, not only its first chunk's (the note said "rows 1..8")
+    assert "predict_many: failed at input rows 1..64 (1-based)" in caught.value.__notes__
 
 
 def test_an_interim_answer_is_read_past_and_never_answers_the_next_call(
