@@ -217,7 +217,20 @@ def test_a_generator_may_reuse_one_buffer_for_every_batch(scale_repository: Path
             into[:] = message
             yield batch
 
-    for batches in (decoded(buffer, buffer), decoded(large["x"], large)):
+    class Tensor:  # a CPU tensor's shape: np.asarray of it is a view of its memory
+        def __init__(self, array: np.ndarray) -> None:
+            self.array, self.shape = array, array.shape
+
+        def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+            return self.array.copy() if copy else self.array
+
+    for batches in (
+        decoded(buffer, buffer),
+        decoded(large["x"], large),
+        decoded(buffer, memoryview(buffer)),  # an array-like over the buffer was not copied
+        decoded(buffer, {"x": memoryview(buffer)}),
+        decoded(buffer, Tensor(buffer)),
+    ):
         answers = [answer["y"] for answer in server.predict_many("scale", batches)]
         assert [float(answer.min()) for answer in answers] == [2.0 * message for message in range(100)]
         assert [float(answer.max()) for answer in answers] == [2.0 * message for message in range(100)]
