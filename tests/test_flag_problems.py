@@ -7,6 +7,7 @@ reason says which flag is wrong and why.
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,28 @@ def test_a_huge_unusable_value_is_shown_cut_short(
     assert result.version == 1 and why in result.reason and len(result.reason) < 300, result.reason[:300]
     problems = server.status()["models"]["scale"]["rollout"]["flags"]["unusable_flags"]
     assert [len(problem) < 300 for problem in problems.values()] == [True]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{f"k{i}": i for i in range(1_000_000)}, set(range(1_000_000)), b"x" * 5_000_000],
+    ids=["dict", "set", "bytes"],
+)
+def test_showing_a_huge_unusable_value_costs_nothing_that_grows_with_it(
+    versions: Path, make_server: ServerFactory, value: Any
+) -> None:
+    # reprlib sorted a whole dict or set to show its first keys (76 ms a request for a million keys) and
+    # made the whole repr of bytes before cutting it (15 ms for 5 MB)
+    server = make_server(versions, flags=InMemoryFlags({"scale.strategy": value}), config=rollout(**CANARY))
+    server.predict("scale", X, context={"user_id": "u"})
+    tracemalloc.start()
+    try:
+        result = server.predict("scale", X, context={"user_id": "u"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.version == 1 and "'scale.strategy' must be a string" in result.reason and len(result.reason) < 300
+    assert peak < 1_000_000, peak
 
 
 def test_usable_values_are_not_counted(versions: Path, make_server: ServerFactory) -> None:
