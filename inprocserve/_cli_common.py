@@ -64,6 +64,25 @@ class Terminated(BaseException):
     ``BaseException``: no ``except Exception`` on the way swallows it)."""
 
 
+def interrupted_by(error: BaseException) -> BaseException | None:
+    """The ``KeyboardInterrupt`` or :class:`Terminated` that ``error`` was raised from or while handling, if
+    any: a signal that arrives while a C extension's module initializes (onnxruntime's, imported as the
+    model loads) is turned into ``ImportError: initialization failed`` there, and so the command said the
+    model could not be loaded (exit 1) when it was stopped; an error raised while unwinding (a memory map
+    closed with a view left) hid it as well."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        link = pending.pop()
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        if isinstance(link, KeyboardInterrupt | Terminated):
+            return link
+        pending.extend(chained for chained in (link.__cause__, link.__context__) if chained is not None)
+    return None
+
+
 @contextlib.contextmanager
 def unwind_on_sigterm() -> Iterator[None]:
     """Make SIGTERM (``timeout`` in a cron line, ``docker stop``, a Kubernetes Job cancelled) end a command

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, TextIO
 import numpy as np
 
 from ._array_file import not_numpy_file
-from ._cli_common import Terminated, unwind_on_sigterm
+from ._cli_common import Terminated, interrupted_by, unwind_on_sigterm
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError, ModelNotFoundError
 from ._repository import MODEL_FILENAME
 from ._scoring import ProgressBar, plan_for_version
@@ -658,6 +658,13 @@ def _loaded(server: Server, model: str, version: int | None, batch_rows: int | N
     return target.signature, rows
 
 
+def _stopped(interruption: BaseException, output: str) -> int:
+    """Stopped from outside: the temporary file is gone and OUTPUT untouched; one line, not a traceback."""
+    stop = signal.SIGINT if isinstance(interruption, KeyboardInterrupt) else signal.SIGTERM
+    print(f"error: stopped by {stop.name} before every row was scored; {output} was not written", file=sys.stderr)
+    return 128 + stop.value  # what a shell reports for a command ended by that signal
+
+
 def run_score(args: argparse.Namespace) -> int:
     """The ``score`` subcommand: 0 when every row was scored and written; 1 when the model or a row could not
     be scored; 2 when it could not run (MODEL or INPUT missing, a file format it does not know, OUTPUT is
@@ -684,13 +691,13 @@ def run_score(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
             )
     except (KeyboardInterrupt, Terminated) as exc:
-        # stopped from outside: the temporary file is gone and OUTPUT untouched; one line, not a traceback
-        stop = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
-        print(
-            f"error: stopped by {stop.name} before every row was scored; {args.output} was not written", file=sys.stderr
-        )
-        return 128 + stop.value  # what a shell reports for a command ended by that signal
-    except (InprocserveError, ValueError, OSError) as exc:
+        return _stopped(exc, args.output)
+    except Exception as exc:
+        interruption = interrupted_by(exc)  # (the signal's exception made into another on its way out)
+        if interruption is not None:
+            return _stopped(interruption, args.output)
+        if not isinstance(exc, InprocserveError | ValueError | OSError):
+            raise
         notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))
         print(f"error: {exc}{notes}", file=sys.stderr)
         return 1

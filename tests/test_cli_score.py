@@ -202,6 +202,42 @@ def test_a_run_stopped_by_a_signal_leaves_no_partial_file(tmp_path: Path, stop: 
     _no_leftovers(tmp_path)
 
 
+# Runs the command, with the signal sent as soon as onnxruntime's compiled module begins to initialize.
+_STOPPED_WHILE_ONNXRUNTIME_LOADS = """
+import os, runpy, sys, threading, time
+signal_number = int(sys.argv.pop(1))
+def stop():
+    while "onnxruntime.capi.onnxruntime_pybind11_state" not in sys.modules:
+        time.sleep(0.0002)
+    os.kill(os.getpid(), signal_number)
+threading.Thread(target=stop, daemon=True).start()
+runpy.run_module("inprocserve", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_run_stopped_while_onnxruntime_loads_says_it_was_stopped(
+    tmp_path: Path, scale_file: Path, stop: signal.Signals, status: int
+) -> None:
+    # onnxruntime's module init turns the signal's exception into "ImportError: initialization failed": the
+    # command said "cannot load" the model, exit 1 (a cron job alerting on a model that is fine)
+    np.save(tmp_path / "x.npy", _x())
+    command = [sys.executable, "-c", _STOPPED_WHILE_ONNXRUNTIME_LOADS, str(int(stop)), "score", str(scale_file)]
+    result = subprocess.run(
+        [*command, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert (result.returncode, result.stderr.strip().splitlines()[-1:]) == (
+        status,
+        [f"error: stopped by {stop.name} before every row was scored; {tmp_path / 'y.npy'} was not written"],
+    )
+    assert not (tmp_path / "y.npy").exists()
+    _no_leftovers(tmp_path)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="needs a folder even root cannot write to: Linux's /sys")
 def test_an_output_folder_that_cannot_be_written_fails_before_any_row_is_scored(
     tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
