@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -230,6 +231,27 @@ def test_a_flag_value_with_no_text_still_ends_the_requests_span(
     events = [dict(event.attributes or {}) for event in span.events if event.name == "feature_flag.evaluation"]
     shown = {event["feature_flag.key"]: event["feature_flag.result.variant"] for event in events}
     assert shown["scale.shadow.versions"] == "list (which cannot be shown)"
+
+
+def test_a_huge_flag_value_is_shown_in_the_span_at_a_cost_that_does_not_grow_with_it(
+    otel: Otel, scale: Path, make_server: ServerFactory
+) -> None:
+    # (str() of the whole value was made before it was cut: 100 ms a traced request for a million keys)
+    flags = InMemoryFlags({"scale.shadow.versions": {str(i): 2 for i in range(1_000_000)}})
+    server = make_server(scale, flags=flags, config=ModelConfig(rollout=RolloutConfig(stable=1)))
+    server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"})
+    otel.spans.clear()
+    tracemalloc.start()
+    try:
+        server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    (span,) = otel.finished("inprocserve.predict")
+    events = [dict(event.attributes or {}) for event in span.events if event.name == "feature_flag.evaluation"]
+    shown = {event["feature_flag.key"]: event["feature_flag.result.variant"] for event in events}
+    assert str(shown["scale.shadow.versions"]).startswith("{'0': 2, '1': 2, ")
+    assert peak < 1_000_000, peak
 
 
 def test_shadow_runs_get_their_own_span_linked_to_the_request(
