@@ -658,3 +658,19 @@ def test_a_refused_infer_request_leaves_no_reference_cycle(served: inprocserve.S
         assert gc.collect() == 0  # (nothing left for the collector: freed as the answer was made)
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+def test_large_floats_as_javascript_and_go_write_them_are_numbers(datatype: str) -> None:
+    # JSON.stringify([1e20, 2.5]) is '[100000000000000000000,2.5]' (so is Go's encoding/json below 1e21): Python
+    # reads an int past uint64, which numpy cannot hold; it was refused as "values of mixed or unsupported types"
+    body = b'{"inputs":[{"name":"x","shape":[2],"datatype":"%s","data":[100000000000000000000,2.5]}]}'
+    x = v2.decode_infer_request(body % datatype.encode(), {}).inputs["x"]
+    assert x.dtype == v2.DATATYPES[datatype] and x.tolist() == [x.dtype.type(1e20), 2.5]
+
+
+@pytest.mark.parametrize(("datatype", "digits"), [("FP16", 21), ("FP32", 40), ("FP64", 400)])
+def test_an_integer_past_the_float_datatype_is_too_large_not_a_type_mistake(datatype: str, digits: int) -> None:
+    body = b'{"inputs":[{"name":"x","shape":[2],"datatype":"%s","data":[%s,1]}]}' % (datatype.encode(), b"9" * digits)
+    with pytest.raises(inprocserve.InvalidInputError, match=f"input 'x': values are too large for {datatype}"):
+        v2.decode_infer_request(body, {})

@@ -574,8 +574,8 @@ def _from_json(
     if array.size != count:
         raise InvalidInputError(f"{role} {name!r}: 'data' holds {array.size} values but shape {shape} needs {count}")
     dtype = DATATYPES[datatype]
-    if null_is_nan and dtype.kind == "f" and array.dtype.kind == "O" and array.size:
-        array = _floats_with_nulls(data, array)
+    if dtype.kind == "f" and array.dtype.kind == "O" and array.size:  # integers past uint64, or nulls
+        array = _floats(data, array, datatype, name, role, null_is_nan=null_is_nan)
     if dtype.kind in "iu" and array.dtype.kind in "fO" and array.size:  # past int64 and below 0: floats or objects
         array = _integers(data, array, datatype, name, role)
     kinds = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]  # never bools as numbers, or floats as ints
@@ -619,19 +619,26 @@ def _is_tensor(value: object) -> bool:
     return all(isinstance(element, str | bytes) for element in array.flat)
 
 
-def _floats_with_nulls(data: object, array: np.ndarray) -> np.ndarray:
-    """Floating-point JSON data holding ``null`` (NaN as MLServer writes it) as float64 with NaN there; data
-    holding anything but numbers and ``null`` is returned as it was, for the caller to refuse."""
+def _floats(data: object, array: np.ndarray, datatype: str, name: str, role: str, *, null_is_nan: bool) -> np.ndarray:
+    """Floating-point JSON data that numpy made an array of objects, as float64: integers past uint64's range
+    (JavaScript's ``JSON.stringify`` and Go's ``encoding/json`` write a float below 1e21 such as 1e20 as
+    ``100000000000000000000``, which Python reads as an int numpy cannot hold), and with ``null_is_nan`` a
+    ``null`` as NaN (MLServer writes NaN so in its answers: JSON has no number for it). Data holding anything
+    else (text, bools, ``null`` in a request) is returned as it was, for the caller to refuse.
+
+    Raises:
+        InvalidInputError: an integer too large for any float (hundreds of digits).
+    """
     try:
         flat = np.array(data, dtype=object).reshape(-1)
     except ValueError:  # ragged
         return array
-    if flat.size != array.size or not all(x is None or type(x) in (int, float) for x in flat):
+    if flat.size != array.size or not all((x is None and null_is_nan) or type(x) in (int, float) for x in flat):
         return array
     try:
-        return np.array([math.nan if x is None else x for x in flat], dtype=np.float64).reshape(array.shape)
-    except OverflowError:  # an integer no float holds: refused as before
-        return array
+        return np.array([math.nan if x is None else float(x) for x in flat], dtype=np.float64).reshape(array.shape)
+    except OverflowError:  # an integer past float64's range
+        raise InvalidInputError(f"{role} {name!r}: values are too large for {datatype}") from None
 
 
 def _integers(data: object, array: np.ndarray, datatype: str, name: str, role: str) -> np.ndarray:
