@@ -674,3 +674,22 @@ def test_an_integer_past_the_float_datatype_is_too_large_not_a_type_mistake(data
     body = b'{"inputs":[{"name":"x","shape":[2],"datatype":"%s","data":[%s,1]}]}' % (datatype.encode(), b"9" * digits)
     with pytest.raises(inprocserve.InvalidInputError, match=f"input 'x': values are too large for {datatype}"):
         v2.decode_infer_request(body, {})
+
+
+@pytest.mark.parametrize(("datatype", "literal"), [("FP32", "1e400"), ("FP64", "-1e400"), ("FP16", "2E999")])
+def test_a_literal_past_any_float_is_refused_not_read_as_infinity(datatype: str, literal: str) -> None:
+    # Python's json reads 1e400 as inf: it was served as Infinity, while 1e39 (past FP32 only) was refused
+    body = json.dumps({"inputs": [x_input(["LITERAL", 1, 2], shape=[3], datatype=datatype)]})
+    with pytest.raises(inprocserve.InvalidInputError, match="input 'x': 'data' holds a number too large for any"):
+        v2.decode_infer_request(body.replace('"LITERAL"', literal).encode(), {})
+
+
+def test_the_infinity_tokens_still_mean_infinity() -> None:
+    # (each token accounts for one infinite value, whichever tensor holds it)
+    body = b"""{"id": "Infinity", "inputs": [
+        {"name": "a", "shape": [2], "datatype": "FP32", "data": [Infinity, -Infinity]},
+        {"name": "b", "shape": [2], "datatype": "FP64", "data": [1e400, 1]}]}"""
+    request = v2.decode_infer_request(body.replace(b"1e400", b"-Infinity"), {})
+    assert request.inputs["a"].tolist() == [np.inf, -np.inf] and request.inputs["b"].tolist() == [-np.inf, 1]
+    with pytest.raises(inprocserve.InvalidInputError, match="input 'b': 'data' holds a number too large"):
+        v2.decode_infer_request(body.replace(b'"Infinity"', b'"x"'), {})

@@ -245,12 +245,25 @@ def decode_infer_request(
         bools_in_data = words > 0 and words > _bools_outside_data(document)
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
+    infinity_words: int | None = None  # Infinity tokens in the JSON text not yet matched to infinite values
     for header, raw, size, start in planned:
         name, datatype, shape = header.name, header.datatype, list(header.shape)
         if size is not None:
             inputs[name] = _from_binary(binary[start : start + size], datatype, shape, name)
         else:
-            inputs[name] = _from_json(raw["data"], datatype, shape, name, limits, bools_in_data=bools_in_data)
+            array = _from_json(raw["data"], datatype, shape, name, limits, bools_in_data=bools_in_data)
+            # Python's json reads a literal past float64 (1e400) as infinity, as it reads the token Infinity: an
+            # infinity that no token is left to account for was such a literal, refused as 1e39 is for FP32
+            infinite = int(np.isinf(array).sum()) if array.dtype.kind == "f" else 0
+            if infinite:
+                infinity_words = _infinity_words(json_text) if infinity_words is None else infinity_words
+                if infinite > infinity_words:
+                    raise InvalidInputError(
+                        f"input {name!r}: 'data' holds a number too large for any float (such as 1e400); send a "
+                        "value that fits, or the token Infinity (or -Infinity) if infinity is meant"
+                    )
+                infinity_words -= infinite
+            inputs[name] = array
         datatypes[name] = datatype
     return InferRequest(
         inputs=inputs,
@@ -494,6 +507,12 @@ def _split_bytes(raw: memoryview, count: int, name: str, role: str) -> list[str]
 def _bool_words(text: bytes) -> int:
     """How many ``true``/``false`` words the JSON text holds (bool literals, or words inside strings)."""
     return text.count(b"true") + text.count(b"false")
+
+
+def _infinity_words(text: bytes) -> int:
+    """How many ``Infinity`` words the JSON text holds (``Infinity`` and ``-Infinity`` tokens, or words inside
+    strings: those only make the count lenient)."""
+    return text.count(b"Infinity")
 
 
 def _bools_outside_data(document: dict[str, Any]) -> int:
