@@ -9,6 +9,8 @@ each turns the typed results below into its framework's responses.
   kill, resume) with their JSON bodies checked, since they come from the network.
 * :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
 * :func:`environ_key`: where a request header is in a WSGI environ (and Django's ``request.META``).
+* :func:`body_reader`: a request body's ``read`` whose failures (a client gone mid-upload, broken chunked
+  framing) are a 400 rather than a 500.
 * :class:`ProcessLocalServer`: one lazily built server per process, rebuilt in a forked child.
 * :data:`SHADOW_SETTINGS`, :func:`shadow_setting_problem`: the server's shadow arguments, their defaults
   and their checks, for settings read at start-up while the server is built later in each worker.
@@ -43,6 +45,7 @@ from ._errors import (
     ConfigurationError,
     ControlStateUnknownError,
     DeadlineExceededError,
+    InprocserveError,
     InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
@@ -67,6 +70,7 @@ __all__ = [
     "SECONDS_SETTINGS",
     "SHADOW_SETTINGS",
     "admin_answer",
+    "body_reader",
     "check_token",
     "environ_key",
     "error_answer",
@@ -515,6 +519,28 @@ def environ_key(header: str | None) -> str | None:
         raise ConfigurationError(f"a header setting must be a header name or None, not {header!r}")
     key = header.upper().replace("-", "_")
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+
+def body_reader(read: Callable[[int], bytes]) -> Callable[[int], bytes]:
+    """``read`` (a request body stream's, such as ``request.stream.read``) raising
+    :class:`~inprocserve.InvalidInputError` when the body cannot be read to its end: a client that went away
+    mid-upload, or chunked framing that is no chunked framing. The WSGI server raises those from the
+    application's ``read`` (gunicorn's ``NoMoreData``, ``InvalidChunkSize``; Django's ``UnreadablePostError``),
+    so they were a 500 and an error logged with its traceback for what a client did.
+    :class:`~inprocserve.InprocserveError` raised by ``read`` itself passes unchanged."""
+
+    def checked_read(size: int) -> bytes:
+        try:
+            return read(size)
+        except InprocserveError:
+            raise
+        except Exception as exc:  # anything the server's body stream raises: the request's body is broken
+            raise InvalidInputError(
+                f"the request body cannot be read to its end ({type(exc).__name__}: {str(exc)[:100]}): the client "
+                "went away mid-upload, or its chunked transfer encoding is malformed; send the request again"
+            ) from exc
+
+    return checked_read
 
 
 # -- one server per process ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ per-process server, on real servers over real models."""
 from __future__ import annotations
 
 import base64
+import io
 import os
 import signal
 import threading
@@ -345,3 +346,19 @@ def test_environ_key_finds_a_header_where_wsgi_and_django_keep_it() -> None:
     for wrong in (42, 0, []):  # only None and "" mean "not read"
         with pytest.raises(inprocserve.ConfigurationError, match="header name or None"):
             web.environ_key(wrong)  # type: ignore[arg-type]
+
+
+def test_a_body_that_cannot_be_read_is_invalid_input_naming_why() -> None:
+    # what a WSGI server raises from a broken chunked body (gunicorn's NoMoreData is an OSError too)
+    def broken(size: int) -> bytes:
+        raise OSError("Invalid chunk header")
+
+    with pytest.raises(inprocserve.InvalidInputError, match=r"cannot be read to its end \(OSError: Invalid chunk"):
+        web.body_reader(broken)(1024)
+    assert web.body_reader(io.BytesIO(b"body").read)(1024) == b"body"
+
+    def refused(size: int) -> bytes:  # the integration's own refusal passes as it is
+        raise inprocserve.InvalidInputError("Content-Length 'x' is not a number of bytes")
+
+    with pytest.raises(inprocserve.InvalidInputError, match=r"^Content-Length 'x'"):
+        web.body_reader(refused)(1024)

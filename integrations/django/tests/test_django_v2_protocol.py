@@ -4,8 +4,10 @@ Django's test client."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,3 +196,33 @@ def test_the_request_s_user_routes_the_rollout(repository: Path) -> None:
         decoded = v2.decode_infer_response(response.content, response.headers)
         assert decoded.parameters["inprocserve_variant"] == expected[user].variant
         assert decoded.model_version == str(expected[user].version)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        b"zz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is no number
+        b"40\r\n" + infer_json(X)[:20],  # the client goes away mid-chunk (it half-closes, to read the answer)
+    ],
+)
+def test_a_broken_chunked_body_is_a_json_400_not_a_500(served: Path, chunks: bytes) -> None:
+    # The WSGI server raises from the body's read (werkzeug's and gunicorn's alike): it was a 500 in HTML, and
+    # an error logged by django.request (mailed to ADMINS in production), for what a client sent.
+    server = make_server("127.0.0.1", 0, WSGIHandler(), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="v2-http", daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=30) as connection:
+            connection.sendall(
+                b"POST /v2/models/scale/infer HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+            )
+            connection.shutdown(socket.SHUT_WR)
+            response = http.client.HTTPResponse(connection)
+            response.begin()
+            status, body = response.status, response.read()
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+    assert status == 400, body
+    assert "the request body cannot be read to its end" in json.loads(body)["error"]

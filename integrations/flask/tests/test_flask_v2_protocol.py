@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,3 +248,33 @@ def test_the_predict_span_is_a_child_of_the_web_request_span(app: Flask) -> None
         exporter.shutdown()
     assert len(spans) == 1
     assert spans[0].parent is not None and spans[0].parent.span_id == web.get_span_context().span_id
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        b"zz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is no number
+        b"40\r\n" + infer_json(X)[:20],  # the client goes away mid-chunk (it half-closes, to read the answer)
+    ],
+)
+def test_a_broken_chunked_body_is_a_json_400_not_a_500(app: Flask, chunks: bytes) -> None:
+    # The server raises from the body's read (werkzeug's and gunicorn's alike): it was a 500 in HTML and an
+    # error logged with its traceback, for what a client sent.
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="v2-http", daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=30) as connection:
+            connection.sendall(
+                b"POST /v2/models/scale/infer HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+            )
+            connection.shutdown(socket.SHUT_WR)
+            response = http.client.HTTPResponse(connection)
+            response.begin()
+            status, body = response.status, response.read()
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+    assert status == 400, body
+    assert "the request body cannot be read to its end" in json.loads(body)["error"]

@@ -14,7 +14,7 @@ from functools import lru_cache
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from inprocserve import InvalidInputError, v2
+from inprocserve import InvalidInputError, v2, web
 
 from .conf import settings
 from .server import get_server, remaining_budget, request_context
@@ -40,7 +40,7 @@ def _body_reader(request: HttpRequest) -> Callable[[int], bytes]:
     it is read as it is."""
     environ = request.META
     stream = environ.get("wsgi.input")
-    read: Callable[[int], bytes] = request.read
+    read = web.body_reader(request.read)  # a client gone mid-upload, or broken chunked framing: a 400, not a 500
     if stream is None:  # ASGI
         return read
     declared = environ.get("CONTENT_LENGTH")
@@ -54,7 +54,7 @@ def _body_reader(request: HttpRequest) -> Callable[[int], bytes]:
 
         return refuse_length
     if environ.get("wsgi.input_terminated"):
-        return stream.read  # type: ignore[no-any-return]
+        return web.body_reader(stream.read)
 
     def length_required(size: int) -> bytes:
         raise _LengthRequired(

@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from inprocserve import v2
+from inprocserve import v2, web
 
 __all__ = ["blueprint"]
 
@@ -39,7 +39,7 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
             request.method,
             request.path,
             dict(request.headers),
-            request.stream.read,
+            web.body_reader(request.stream.read),  # a broken chunked body is a 400, not a 500
             context=make_context,
             budget_s=_remaining_budget,
         )
