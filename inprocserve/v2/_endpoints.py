@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ("binary_tensor_data", "parameters")
 _READ_CHUNK = 1 << 20
+_WARMING = "this worker is warming up (loading and warming its models after the fork)"
 # The errors another worker (or this one, later) may answer: 503 with Retry-After, as the plug-ins answer them
 _UNAVAILABLE = tuple(error for error, status in ERROR_STATUS.items() if status == 503)
 
@@ -115,6 +116,10 @@ class Endpoints:
         limits: Caps on request bodies (default :class:`Limits`).
         required_models: Models ``/v2/health/ready`` waits for (default: every model found).
         retry_after_s: The ``Retry-After`` of a 503.
+        warming: Whether this process is building its server right now (the plug-ins' eager warm-up after
+            a fork, which ``server()`` would wait for): the readiness endpoints then answer 503 at once, as
+            the plug-ins' own ``/ready`` does, instead of holding the probe (and a worker thread) until
+            the models are loaded and warm. Other requests still wait for the server.
     """
 
     def __init__(
@@ -124,6 +129,7 @@ class Endpoints:
         limits: Limits | None = None,
         required_models: Sequence[str] = (),
         retry_after_s: float = 1,
+        warming: Callable[[], bool] | None = None,
     ) -> None:
         if limits is not None and not isinstance(limits, Limits):
             raise TypeError(f"limits must be an inprocserve.v2.Limits, got {type(limits).__name__}")
@@ -131,6 +137,7 @@ class Endpoints:
         self._limits = limits or Limits()
         self._required = tuple(required_models)
         self._retry_after = retry_after(retry_after_s)
+        self._warming = warming
 
     def handle(
         self,
@@ -192,7 +199,7 @@ class Endpoints:
                 return Response.json(200, server_metadata())
             if rest[1] == "live":
                 return Response.json(200, {"live": True})  # the process answers; models are /ready's business
-            problems = server_readiness(self._server(), self._required)
+            problems = {"": _WARMING} if self._is_warming() else server_readiness(self._server(), self._required)
             if problems:
                 reasons = "; ".join(f"{name}: {why}" if name else why for name, why in problems.items())
                 return Response.json(
@@ -228,12 +235,21 @@ class Endpoints:
             return self._infer(name, version, headers, read, context, budget_s)
         return _not_found(path)
 
+    def _is_warming(self) -> bool:
+        return self._warming is not None and bool(self._warming())
+
     def _model_ready(self, name: str, version: int | None) -> Response:
-        server = self._server()
-        servable = server.models.get(name)
         document: dict[str, Any] = {"name": name}
         if version is not None:
             document["version"] = str(version)
+        if self._is_warming():  # (whether the model exists is known once the server is built)
+            return Response.json(
+                503,
+                {**document, "ready": False, "error": f"model {name!r} is not ready: {_WARMING}"},
+                {"Retry-After": self._retry_after},
+            )
+        server = self._server()
+        servable = server.models.get(name)
         status = server._brief_status([name])  # load errors without file paths
         model = status["models"].get(name)
         unhealthy = {} if model is None else model.get("unhealthy") or {}

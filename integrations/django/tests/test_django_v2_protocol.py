@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from django.core.checks import run_checks
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client, override_settings
 from inprocserve_django import get_server, reset_server
+from inprocserve_django.server import building, warm_after_fork
 from tritonclient.utils import InferenceServerException
 from werkzeug.serving import make_server
 
@@ -226,3 +228,28 @@ def test_a_broken_chunked_body_is_a_json_400_not_a_500(served: Path, chunks: byt
         server.server_close()
     assert status == 400, body
     assert "the request body cannot be read to its end" in json.loads(body)["error"]
+
+
+def test_readiness_probes_answer_503_at_once_while_the_worker_warms_up(tmp_path: Path) -> None:
+    # In eager mode each worker builds its server on a thread after the fork. /-/inprocserve/ready answered
+    # 503 "warming" then, but /v2/health/ready and the model's ready waited for the whole warm-up (a probe,
+    # and a worker thread, held for as long as the models take to load and warm), then answered 200.
+    folder = tmp_path / "models"
+    save_model(build_mlp_model((256, 1024, 1024, 2), seed=1), folder, "slow", 1)
+    slow_warmup = inprocserve.ModelConfig(warmup=inprocserve.WarmupConfig(rows=256, runs=200))
+    settings = {"REPOSITORY": str(folder), "CONFIG": slow_warmup, "V2_PROTOCOL": True, "EAGER": True}
+    with override_settings(INPROCSERVE=settings):
+        warm = threading.Thread(target=warm_after_fork)  # what each forked worker runs
+        warm.start()
+        try:
+            while not building() and warm.is_alive():  # bounded: the thread builds at once
+                time.sleep(0.001)
+            client = Client()
+            for path in ("/v2/health/ready", "/v2/models/slow/ready", "/v2/models/slow/versions/1/ready"):
+                response = client.get(path)
+                assert response.status_code == 503, (path, response.json())
+                assert "warming up" in response.json()["error"] and response["Retry-After"] == "1"
+        finally:
+            warm.join(timeout=120)
+        assert Client().get("/v2/health/ready").status_code == 200
+    reset_server()

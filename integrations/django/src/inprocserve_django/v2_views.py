@@ -17,14 +17,20 @@ from django.views.decorators.csrf import csrf_exempt
 from inprocserve import InvalidInputError, v2, web
 
 from .conf import settings
-from .server import get_server, remaining_budget, request_context
+from .server import building, get_server, remaining_budget, request_context
 
 __all__ = ["endpoint"]
 
 
 @lru_cache(maxsize=1)
 def _endpoints(limits: v2.Limits | None, required: tuple[str, ...], retry_after_s: float) -> v2.Endpoints:
-    return v2.Endpoints(get_server, limits=limits, required_models=required, retry_after_s=retry_after_s)
+    return v2.Endpoints(
+        get_server,
+        limits=limits,
+        required_models=required,
+        retry_after_s=retry_after_s,
+        warming=lambda: settings()["EAGER"] and building(),  # probes answer 503 during the warm-up, as /ready
+    )
 
 
 class _LengthRequired(Exception):

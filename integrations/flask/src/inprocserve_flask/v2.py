@@ -22,10 +22,12 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
     """The ``/v2`` routes, answering for the current app's server."""
     from . import _remaining_budget, _state, default_context
 
+    eager = config["INPROCSERVE_EAGER"]
     endpoints = v2.Endpoints(
         lambda: _state().server,
         limits=config["INPROCSERVE_V2_LIMITS"],
         retry_after_s=config["INPROCSERVE_RETRY_AFTER_S"],
+        warming=lambda: eager and _state().holder.building,  # probes answer 503 during the warm-up, as /ready
     )
     make_context = config["INPROCSERVE_CONTEXT"] or default_context
     routes = Blueprint("inprocserve_v2", __name__)
