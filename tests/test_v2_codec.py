@@ -693,3 +693,16 @@ def test_the_infinity_tokens_still_mean_infinity() -> None:
     assert request.inputs["a"].tolist() == [np.inf, -np.inf] and request.inputs["b"].tolist() == [-np.inf, 1]
     with pytest.raises(inprocserve.InvalidInputError, match="input 'b': 'data' holds a number too large"):
         v2.decode_infer_request(body.replace(b'"Infinity"', b'"x"'), {})
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"sequence_id": 7, "sequence_start": True, "sequence_end": False}, {"sequence_id": "abc"}, {"sequence_end": True}],
+)
+def test_a_request_of_a_sequence_is_refused_not_answered_without_its_state(parameters: dict[str, Any]) -> None:
+    # tritonclient's infer(sequence_id=7, sequence_start=True) sends these; they were ignored, so a client of a
+    # stateful model got answers computed without the sequence's state, while the docs promise a 400
+    with pytest.raises(inprocserve.InvalidInputError, match="the sequence extension is not supported"):
+        v2.decode_infer_request(request_json(x_input([1, 2, 3, 4]), parameters=parameters), {})
+    stateless = {"sequence_id": 0, "sequence_start": False, "sequence_end": False}  # (what "no sequence" looks like)
+    assert v2.decode_infer_request(request_json(x_input([1, 2, 3, 4]), parameters=stateless), {}).inputs["x"].size == 4

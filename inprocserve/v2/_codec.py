@@ -180,6 +180,7 @@ def decode_infer_request(
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInputError(f"'id' must be a string, got {type(request_id).__name__}")
     parameters = _parameters(document.get("parameters"), "the request")
+    _refuse_sequence(parameters)
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInputError("the request needs an 'inputs' list with at least one tensor")
@@ -386,6 +387,19 @@ def _parameters(raw: object, where: str) -> dict[str, Any]:
         if value is not None and not isinstance(value, _SCALAR):
             raise InvalidInputError(f"{where}: parameter {key!r} must be a string, number or boolean")
     return raw
+
+
+def _refuse_sequence(parameters: Mapping[str, Any]) -> None:
+    """Refuse a request of a sequence (``sequence_id`` other than 0 or "", or ``sequence_start`` or ``sequence_end``
+    true, as tritonclient sends them): the models here keep no state between requests, so answering it as a
+    lone request would drop the state the client relies on, silently."""
+    if parameters.get("sequence_id") not in (None, 0, "") or any(
+        parameters.get(flag) is True for flag in ("sequence_start", "sequence_end")
+    ):
+        raise InvalidInputError(
+            "the sequence extension is not supported (sequence_id, sequence_start, sequence_end): models served "
+            "here keep no state between requests; send each request without them"
+        )
 
 
 def _tensor_header(raw: object, index: int, limits: Limits) -> tuple[str, str, list[int], dict[str, Any]]:
