@@ -521,20 +521,27 @@ def environ_key(header: str | None) -> str | None:
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
 
 
-def body_reader(read: Callable[[int], bytes]) -> Callable[[int], bytes]:
+def body_reader(
+    read: Callable[[int], bytes], *, passing: tuple[type[BaseException], ...] = ()
+) -> Callable[[int], bytes]:
     """``read`` (a request body stream's, such as ``request.stream.read``) raising
     :class:`~inprocserve.InvalidInputError` when the body cannot be read to its end: a client that went away
     mid-upload, or chunked framing that is no chunked framing. The WSGI server raises those from the
     application's ``read`` (gunicorn's ``NoMoreData``, ``InvalidChunkSize``; Django's ``UnreadablePostError``),
     so they were a 500 and an error logged with its traceback for what a client did.
-    :class:`~inprocserve.InprocserveError` raised by ``read`` itself passes unchanged."""
+
+    :class:`~inprocserve.InprocserveError` raised by ``read`` itself passes unchanged, and so do the errors in
+    ``passing``: those the framework answers itself (werkzeug's ``HTTPException``, such as the 413 of a body
+    over Flask's ``MAX_CONTENT_LENGTH``)."""
+
+    passed: tuple[type[BaseException], ...] = (InprocserveError, *passing)
 
     def checked_read(size: int) -> bytes:
         try:
             return read(size)
-        except InprocserveError:
+        except passed:
             raise
-        except Exception as exc:  # anything the server's body stream raises: the request's body is broken
+        except Exception as exc:  # anything else the server's body stream raises: the request's body is broken
             raise InvalidInputError(
                 f"the request body cannot be read to its end ({type(exc).__name__}: {str(exc)[:100]}): the client "
                 "went away mid-upload, or its chunked transfer encoding is malformed; send the request again"

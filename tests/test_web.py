@@ -362,3 +362,16 @@ def test_a_body_that_cannot_be_read_is_invalid_input_naming_why() -> None:
 
     with pytest.raises(inprocserve.InvalidInputError, match=r"^Content-Length 'x'"):
         web.body_reader(refused)(1024)
+
+
+def test_a_body_reader_lets_the_framework_s_own_answers_pass() -> None:
+    class TooLarge(Exception):  # as werkzeug's RequestEntityTooLarge, which Flask answers 413
+        pass
+
+    def over_the_limit(size: int) -> bytes:
+        raise TooLarge("413 Request Entity Too Large")
+
+    with pytest.raises(TooLarge):
+        web.body_reader(over_the_limit, passing=(TooLarge,))(1024)
+    with pytest.raises(inprocserve.InvalidInputError, match=r"\(TooLarge: 413"):
+        web.body_reader(over_the_limit)(1024)

@@ -251,16 +251,9 @@ def test_the_predict_span_is_a_child_of_the_web_request_span(app: Flask) -> None
     assert spans[0].parent is not None and spans[0].parent.span_id == web.get_span_context().span_id
 
 
-@pytest.mark.parametrize(
-    "chunks",
-    [
-        b"zz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is no number
-        b"40\r\n" + infer_json(X)[:20],  # the client goes away mid-chunk (it half-closes, to read the answer)
-    ],
-)
-def test_a_broken_chunked_body_is_a_json_400_not_a_500(app: Flask, chunks: bytes) -> None:
-    # The server raises from the body's read (werkzeug's and gunicorn's alike): it was a 500 in HTML and an
-    # error logged with its traceback, for what a client sent.
+def post_chunked(app: Flask, chunks: bytes) -> tuple[int, bytes]:
+    """POST raw chunked-encoding bytes to /v2/models/scale/infer over a real HTTP server, then half-close (as a
+    client that stops sending does) and read the answer."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="v2-http", daemon=True)
     thread.start()
@@ -272,13 +265,34 @@ def test_a_broken_chunked_body_is_a_json_400_not_a_500(app: Flask, chunks: bytes
             connection.shutdown(socket.SHUT_WR)
             response = http.client.HTTPResponse(connection)
             response.begin()
-            status, body = response.status, response.read()
+            return response.status, response.read()
     finally:
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        b"zz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is no number
+        b"40\r\n" + infer_json(X)[:20],  # the client goes away mid-chunk (it half-closes, to read the answer)
+    ],
+)
+def test_a_broken_chunked_body_is_a_json_400_not_a_500(app: Flask, chunks: bytes) -> None:
+    # The server raises from the body's read (werkzeug's and gunicorn's alike): it was a 500 in HTML and an
+    # error logged with its traceback, for what a client sent.
+    status, body = post_chunked(app, chunks)
     assert status == 400, body
     assert "the request body cannot be read to its end" in json.loads(body)["error"]
+
+
+def test_a_chunked_body_over_flask_s_max_content_length_is_still_flask_s_413(repository: Path) -> None:
+    app = make_app(repository, MAX_CONTENT_LENGTH=16)
+    body = infer_json(X)
+    status, _ = post_chunked(app, b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    Inprocserve.close(app)
+    assert status == 413
 
 
 def test_readiness_probes_answer_503_at_once_while_the_worker_warms_up(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Response, request
+from werkzeug.exceptions import HTTPException
 
 from inprocserve import v2, web
 
@@ -41,7 +42,8 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
             request.method,
             request.path,
             dict(request.headers),
-            web.body_reader(request.stream.read),  # a broken chunked body is a 400, not a 500
+            # a broken chunked body is a 400, not a 500; Flask's own answers (413 over MAX_CONTENT_LENGTH) stay
+            web.body_reader(request.stream.read, passing=(HTTPException,)),
             context=make_context,
             budget_s=_remaining_budget,
         )
