@@ -354,10 +354,14 @@ class FlagReader:
     def note_failure(self, exc: BaseException, effect: str = DECISION_FALLBACK) -> str:
         """Count a provider failure (absorbed by ``run``, or where it happened: a shadow flag); returns the
         reason."""
-        self._count("failures", f"flag provider {self.provider.name!r} failed: {_described(exc)}", effect)
+        # (the message is made only when logged, once a minute: a provider's error may carry megabytes of text,
+        # and a failing provider fails every request)
+        self._count("failures", lambda: f"flag provider {self.provider.name!r} failed: {_described(exc)}", effect)
         return "flag provider failed"
 
-    def _count(self, counter: str, message: str, effect: str) -> None:
+    def _count(self, counter: str, message: str | Callable[[], str], effect: str) -> None:
+        """Count a problem, and log ``message`` (made here, if a callable) with ``effect`` at most every
+        ``_LOG_EVERY_S`` per counter."""
         add_safely(
             METRICS.flag_failures,
             1,
@@ -370,7 +374,7 @@ class FlagReader:
                 return
             self._last_log[counter] = now
             count = getattr(self, counter)
-        logger.warning("%s; %s (%d %s so far)", message, effect, count, counter)
+        logger.warning("%s; %s (%d %s so far)", message() if callable(message) else message, effect, count, counter)
 
     # -- typed reads (called inside ``decide``) ------------------------------------------------------------
 

@@ -118,6 +118,35 @@ def test_showing_a_huge_unusable_value_costs_nothing_that_grows_with_it(
     assert peak < 1_000_000, peak
 
 
+class FailingWithAHugeMessage(InMemoryFlags):
+    """A provider whose backend fails with an error carrying megabytes of text (a whole response body)."""
+
+    body = "x" * 5_000_000  # (made once: what the provider's own raise costs is not the library's)
+
+    def get_number(self, key: str, default: float, context: Any) -> float:
+        raise RuntimeError(self.body)
+
+
+def test_a_provider_error_with_a_huge_message_costs_nothing_that_grows_with_it(
+    versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # every failing request made the warning's text, the error's whole repr (20 ms a request for 5 MB), though
+    # the warning is logged once a minute
+    server = make_server(versions, flags=FailingWithAHugeMessage({}), config=rollout(**CANARY))
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        server.predict("scale", X, context={"user_id": "u"})
+    assert [r for r in caplog.records if "flag provider 'in-memory' failed: RuntimeError" in r.getMessage()]
+    tracemalloc.start()
+    try:
+        result = server.predict("scale", X, context={"user_id": "u"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (result.version, result.reason) == (1, "flag provider failed")
+    assert peak < 1_000_000, peak
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["failures"] == 2
+
+
 def test_usable_values_are_not_counted(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 100, "scale.canary.version": 3, "scale.stable": 1})
     server = make_server(versions, flags=flags, config=rollout(**CANARY))
