@@ -61,6 +61,16 @@ _CONTROL_RETRY_CAP_S = 60.0  # longest wait between two tries of a control revis
 _WRITTEN_BY_LOADS = OPTIMIZED_GRAPH  # files a load itself writes (the optimized-graph cache): not changes
 
 
+class _Removed(Exception):  # a signal inside the registry, never raised to a caller
+    """A version's file that a refresh's scan found was removed before (or while) it loaded.
+
+    A refresh scans the whole repository first, then syncs model after model, each possibly loading for
+    seconds: a version deleted or moved away meanwhile (``rm -r models/fraud/2`` while another model loads)
+    is no failed load and no change to reload. It was reported as both ("changed on disk ... reloading it",
+    then an error "model file ... does not exist", the ``failed`` counter, ``refresh()``'s problems, and
+    ``Server(strict=True)`` refused to start); it is skipped now, and the next scan drops it."""
+
+
 @dataclass(slots=True)
 class _Failure:
     error: str
@@ -325,17 +335,23 @@ class Registry:
                 del failures[number]
         router = self.routers.get(name)
         unloaded = self._unloaded_versions.get(name, set())
+        removed: set[int] = set()  # versions of the scan whose files are gone since (see _Removed)
         for number, current in list(self.loaded.get(name, {}).items()):
             if self._stop.is_set():  # the process is exiting (see stop_poller): load nothing more
                 return [*problems, _stopping(name)]
             path = source.versions.get(number)
             if path is None or number in failures or number in unloaded:
                 continue
-            if not self._changed(current, path, config, stamp=_stamp(path)):
+            stamp = _stamp(path)
+            if stamp is None:  # removed since the scan (see _Removed): no change to load, the next scan retires it
+                continue
+            if not self._changed(current, path, config, stamp=stamp):
                 continue
             logger.info("model %r version %s changed on disk or in its configuration; reloading it", name, number)
             try:
-                self._load_version(name, number, path, config)
+                self._load_version(name, number, path, config, scanned=True)
+            except _Removed:
+                continue
             except ModelLoadError as exc:
                 problems.append(
                     f"{_load_problem(name, number, path, exc)} (version {number} as loaded before keeps serving)"
@@ -343,7 +359,11 @@ class Registry:
         while True:
             # A failed reload of a loaded version leaves it usable: the loaded one keeps serving.
             current_versions = self.loaded.get(name, {})
-            usable = [v for v in source.versions if (v not in failures or v in current_versions) and v not in unloaded]
+            usable = [
+                v
+                for v in source.versions
+                if (v not in failures or v in current_versions) and v not in unloaded and v not in removed
+            ]
             selected = config.version_policy.select(usable)
             # Versions the rollout names (stable alias, canary, arms, shadows) are served whatever the policy.
             extra = (
@@ -359,7 +379,9 @@ class Registry:
                 if self._stop.is_set():  # the process is exiting (see stop_poller): load nothing more
                     return [*problems, _stopping(name)]
                 try:
-                    self._load_version(name, number, source.versions[number], config)
+                    self._load_version(name, number, source.versions[number], config, scanned=True)
+                except _Removed:
+                    removed.add(number)
                 except ModelLoadError as exc:
                     problems.append(_load_problem(name, number, source.versions[number], exc))
         if not failures:
@@ -463,10 +485,20 @@ class Registry:
         return max(self.loaded.get(name, {}), default=0) + 1
 
     def _load_version(
-        self, name: str, number: int, path: Path, config: ModelConfig, *, remote: RemoteModel | None = None
+        self,
+        name: str,
+        number: int,
+        path: Path,
+        config: ModelConfig,
+        *,
+        remote: RemoteModel | None = None,
+        scanned: bool = False,
     ) -> None:
         """Load one version (from ``path``, or from the model server ``remote`` names) and keep it in
-        :attr:`loaded`; a failure is recorded, logged and raised, and never replaces a loaded version."""
+        :attr:`loaded`; a failure is recorded, logged and raised, and never replaces a loaded version.
+
+        ``scanned``: ``path`` is what a refresh's scan found. If the load fails and the file is gone by then,
+        :class:`_Removed` is raised instead: nothing is recorded, logged as an error or counted."""
         loaded = self.loaded.get(name, {})
         stamp = None if remote is not None else _stamp(path)  # before loading: a write during it shows next time
         current = loaded.get(number)
@@ -490,6 +522,9 @@ class Registry:
         try:
             candidate.load()
         except ModelLoadError as exc:
+            if scanned and not path.exists():
+                logger.info("model %r version %s was removed from the repository while it was loaded", name, number)
+                raise _Removed from exc
             # A remote version whose file was read failed at its server, which may come back: no stamp,
             # so the next refresh tries again. Any other failure waits for its files to change from what
             # they were before this load: a copy that finished while the load failed on its first half is

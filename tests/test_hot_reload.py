@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -622,3 +623,47 @@ def test_a_stopping_server_refuses_a_load_by_name_and_says_why(repository: Path,
     server._registry.stop_poller()  # the process is exiting
     with pytest.raises(inprocserve.ModelLoadError, match="the server is stopping"):
         server.load("scale")  # (it answered 1 as if version 2 were not wanted)
+
+
+class _OnLog(logging.Handler):
+    """Runs ``action`` once, when a record starting with ``prefix`` is logged (a step at a known moment)."""
+
+    def __init__(self, prefix: str, action: Any) -> None:
+        super().__init__(logging.INFO)
+        self.prefix, self.action = prefix, action
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.action is not None and record.getMessage().startswith(self.prefix):
+            self.action, action = None, self.action
+            action()
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["a-loaded-version", "a-new-version"])
+def test_a_version_removed_while_a_refresh_loads_another_model_is_no_failed_load(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, loaded: bool
+) -> None:
+    save_model(build_scale_model(1.0), repository, "a", 1)
+    save_model(build_scale_model(1.0), repository, "b", 1)
+    if loaded:
+        save_model(build_scale_model(2.0), repository, "b", 2)
+    server = make_server(repository)
+    # A refresh scans every model, then loads model after model: while it loads a's new release, an operator
+    # removes b's version 2 (served, or just copied in), which the scan found.
+    save_model(build_scale_model(3.0), repository, "a", 2)
+    if not loaded:
+        save_model(build_scale_model(2.0), repository, "b", 2)
+    remove = _OnLog("model 'a' version 2 ready", lambda: shutil.rmtree(repository / "b" / "2"))
+    logging.getLogger("inprocserve._model").addHandler(remove)
+    caplog.set_level(logging.INFO, logger="inprocserve")
+    try:
+        problems = server.refresh()
+    finally:
+        logging.getLogger("inprocserve._model").removeHandler(remove)
+    assert remove.action is None  # (it ran)
+    assert problems == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    b = server.status()["models"]["b"]["versions"]
+    assert all(v["state"] == "ready" and v.get("reload_error") is None for v in b.values())
+    assert server.refresh() == []
+    assert server.models["b"] == [1]
+    assert server.predict("b", np.ones((1, 4), np.float32)).version == 1
