@@ -56,7 +56,8 @@ class Routes:
     state: RoutingState
 
 
-_Stamp = tuple[tuple[str, int, int, int], ...]  # (path, mtime_ns, size, inode) of each file a load reads
+# (path, mtime_ns, size, inode, ctime_ns or 0) of each file a load reads (see _stamp)
+_Stamp = tuple[tuple[str, int, int, int, int], ...]
 _CONTROL_RETRY_CAP_S = 60.0  # longest wait between two tries of a control revision that does not apply
 _WRITTEN_BY_LOADS = OPTIMIZED_GRAPH  # files a load itself writes (the optimized-graph cache): not changes
 
@@ -75,7 +76,8 @@ class _Removed(Exception):  # a signal inside the registry, never raised to a ca
 class _Failure:
     error: str
     path: Path  # the version's file (or remote.toml), which the error may quote: status hides it like a loaded one's
-    # what the failed load read, to retry only when it changes (see _stamp); None: retry on every refresh
+    # what the failed load read, with its change times (_stamp(access=True)), to retry only when it changes;
+    # None: retry on every refresh
     stamp: _Stamp | None
 
 
@@ -331,7 +333,7 @@ class Registry:
         failures = self.failures.setdefault(name, {})
         for number in list(failures):  # forget failures of files that changed or vanished
             path = source.versions.get(number)
-            if path is None or _stamp(path) != failures[number].stamp:
+            if path is None or _stamp(path, access=True) != failures[number].stamp:
                 del failures[number]
         router = self.routers.get(name)
         unloaded = self._unloaded_versions.get(name, set())
@@ -501,6 +503,7 @@ class Registry:
         :class:`_Removed` is raised instead: nothing is recorded, logged as an error or counted."""
         loaded = self.loaded.get(name, {})
         stamp = None if remote is not None else _stamp(path)  # before loading: a write during it shows next time
+        seen = None if remote is not None else _stamp(path, access=True)  # what a failure waits to see change
         current = loaded.get(number)
         if remote is None and current is not None and not self._changed(current, path, config, stamp=stamp):
             return
@@ -530,9 +533,9 @@ class Registry:
             # they were before this load: a copy that finished while the load failed on its first half is
             # a change, and is tried again.
             server_failed = is_remote(path) and candidate.backend_built
-            self.failures.setdefault(name, {})[number] = _Failure(str(exc), path, None if server_failed else stamp)
-            repeated = self._load_errors.get((name, number)) == (str(exc), stamp)
-            self._load_errors[(name, number)] = (str(exc), stamp)
+            self.failures.setdefault(name, {})[number] = _Failure(str(exc), path, None if server_failed else seen)
+            repeated = self._load_errors.get((name, number)) == (str(exc), seen)
+            self._load_errors[(name, number)] = (str(exc), seen)
             level = logging.DEBUG if repeated else logging.ERROR
             logger.log(level, "model %r version %s failed to load: %s", name, number, exc)
             add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
@@ -959,7 +962,7 @@ class Registry:
         if failure is None or failure.stamp is None or self.repository is None:
             return False
         folder = self.repository / name / str(number)  # where a repository scan finds the version's file
-        return any(failure.stamp == _stamp(folder / file) for file in (MODEL_FILENAME, REMOTE_FILENAME))
+        return any(failure.stamp == _stamp(folder / file, access=True) for file in (MODEL_FILENAME, REMOTE_FILENAME))
 
     def _control_versions(self, name: str) -> set[int]:
         state = self.control.models.get(name)
@@ -1080,7 +1083,7 @@ def _remote_path(name: str, version: int) -> Path:
     return Path("<remote>", name, str(version), REMOTE_FILENAME)
 
 
-def _stamp(path: Path) -> _Stamp | None:
+def _stamp(path: Path, *, access: bool = False) -> _Stamp | None:
     """What a version's load read: the name, mtime, size and inode of its file, of the other files in its
     folder (external weights still being copied), of the external-data files the model names in subfolders
     (``data/weights.bin``) and of the files of its model's folder (its ``config.toml``, a warm-up archive),
@@ -1093,14 +1096,18 @@ def _stamp(path: Path) -> _Stamp | None:
     :func:`~inprocserve._integrity.external_data_locations`), so a poll costs a stat per such file.
 
     A copy that keeps the mtime and size (``rsync -a``, a rename into place) is a new inode. The change time
-    is left out: a ``chmod`` or a hard-link backup moves it, and every version would reload. (A file deleted
+    is left out (0): a ``chmod`` or a hard-link backup moves it, and every version would reload. (A file deleted
     and created again with its old size and mtime, as ``tar -x`` over the old one does, may get its old inode
-    back: docs/repository.md says how to deploy so that it is seen.)"""
+    back: docs/repository.md says how to deploy so that it is seen.)
+
+    ``access=True`` puts the change time in: what a failed version waits for. A load that failed because a
+    file could not be read (copied with a umask that keeps the server out) is fixed by a ``chmod``, a
+    ``chown`` or an ACL, which change nothing else: without it, the version stayed failed until a restart."""
     try:
         info = path.stat()
     except OSError:
         return None
-    entries = [(str(path), info.st_mtime_ns, info.st_size, info.st_ino)]
+    entries = [(str(path), info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns if access else 0)]
     for folder in (path.parent, path.parent.parent):
         try:
             with os.scandir(folder) as listing:
@@ -1113,21 +1120,23 @@ def _stamp(path: Path) -> _Stamp | None:
                         except OSError:
                             stat = None
                         if stat is None or not stat_is_file(stat.st_mode):  # dangling, or a folder: one marker,
-                            entries.append((entry.path, -1, -1, -1))  # which changes once it is a regular file
+                            entries.append((entry.path, -1, -1, -1, -1))  # which changes once it is a regular file
                             continue
                     elif entry.is_file(follow_symlinks=False):
                         stat = entry.stat(follow_symlinks=False)
                     else:
                         continue
-                    entries.append((entry.path, stat.st_mtime_ns, stat.st_size, stat.st_ino))
+                    entries.append(
+                        (entry.path, stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns if access else 0)
+                    )
         except OSError:
             continue
     if path.suffix == ".onnx":
-        entries.extend(_nested_external_data(path))
+        entries.extend(_nested_external_data(path, access=access))
     return tuple(sorted(entries))
 
 
-def _nested_external_data(model_file: Path) -> list[tuple[str, int, int, int]]:
+def _nested_external_data(model_file: Path, *, access: bool) -> list[tuple[str, int, int, int, int]]:
     """The stamp entries of the external-data files ``model_file`` names below its folder (those beside it
     are in the folder's listing already): links followed, a missing one as a marker."""
     entries = []
@@ -1138,9 +1147,9 @@ def _nested_external_data(model_file: Path) -> list[tuple[str, int, int, int]]:
         try:
             stat = data.stat()
         except OSError:
-            entries.append((str(data), -1, -1, -1))
+            entries.append((str(data), -1, -1, -1, -1))
             continue
-        entries.append((str(data), stat.st_mtime_ns, stat.st_size, stat.st_ino))
+        entries.append((str(data), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns if access else 0))
     return entries
 
 

@@ -170,3 +170,52 @@ def test_a_model_folder_that_cannot_be_read_leaves_the_others_serving(tmp_path: 
     # unreadable at start: the server starts with the others
     assert report["start_while_locked"] == {"good": [1]}
     assert report["good_answer"] == 2.0
+
+
+_LOCKED_FILE_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    import numpy as np
+    import onnx
+    import inprocserve
+    from inprocserve.testing import build_scale_model
+
+    repository, locked = Path(sys.argv[1]), sys.argv[2]
+    x = np.ones((1, 4), np.float32)
+    report = {}
+    with inprocserve.Server(repository, control_interval_s=None) as server:
+        # a deploy copies version 2 in with a umask that keeps the server out of one of its files
+        folder = repository / "m" / "2"
+        folder.mkdir()
+        onnx.save_model(
+            build_scale_model(2.0), folder / "model.onnx", save_as_external_data=True, location="weights.bin",
+            size_threshold=0,
+        )
+        os.chmod(folder / locked, 0o200)
+        report["problems"] = server.refresh()
+        os.chmod(folder / locked, 0o644)  # the operator reads the error and fixes the permissions
+        report["after_chmod"] = server.refresh()
+        report["serving"] = server.models
+        report["answer"] = float(server.predict("m", x)["y"][0, 0])
+        report["unchanged"] = server.refresh()
+    print(json.dumps(report))
+    """
+)
+
+
+@pytest.mark.parametrize("locked", ["model.onnx", "weights.bin"])
+def test_a_version_that_failed_on_a_file_it_could_not_read_loads_once_its_permissions_are_fixed(
+    tmp_path: Path, locked: str
+) -> None:
+    repository = tmp_path / "models"
+    save_model(build_scale_model(1.0), repository, "m", 1)
+    result = run_python(_LOCKED_FILE_SCRIPT, str(repository), locked, prefix=_without_file_access_override())
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert len(report["problems"]) == 1, report["problems"]
+    # the chmod changes neither the contents, the size, the modification time nor the inode: it is the fix
+    assert report["after_chmod"] == []
+    assert report["serving"] == {"m": [2]}
+    assert report["answer"] == 2.0
+    assert report["unchanged"] == []
