@@ -343,6 +343,11 @@ def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, foll
         raise fail(f"{what} at {location!r} through a symbolic link, which is refused")
     if not resolved.is_file():
         raise fail(f"{what} at {location!r}, which is not a file in the version folder")
+    try:  # onnxruntime says only "SystemError : 13" of a file it may not read (a umask that keeps the server out)
+        with resolved.open("rb"):
+            pass
+    except OSError as exc:
+        raise fail(f"{what} at {location!r}, which cannot be read: {exc.strerror or exc}") from None
     numbers: dict[str, int] = {}
     for key in ("offset", "length"):
         text = reference.entries.get(key)
