@@ -79,6 +79,12 @@ class _Failure:
     # what the failed load read, with its change times (_stamp(access=True)), to retry only when it changes;
     # None: retry on every refresh
     stamp: _Stamp | None
+    # A retry after its files changed failed too: they may be still being written (a slow copy in place). It
+    # is tried again only once they stop changing, seen the same at two refreshes in a row (``seen``: what
+    # the last refresh saw), not at every poll of the copy (an error, a failed-load count and a read of the
+    # partial file each time).
+    changing: bool = False
+    seen: _Stamp | None = None
 
 
 class Registry:
@@ -331,10 +337,17 @@ class Registry:
         """
         problems: list[str] = []
         failures = self.failures.setdefault(name, {})
-        for number in list(failures):  # forget failures of files that changed or vanished
+        retried: set[int] = set()  # failed versions tried again because their files changed
+        for number, failure in list(failures.items()):  # forget failures of files that changed or vanished
             path = source.versions.get(number)
-            if path is None or _stamp(path, access=True) != failures[number].stamp:
-                del failures[number]
+            now = None if path is None else _stamp(path, access=True)
+            if path is not None and now == failure.stamp:
+                continue
+            if now is not None and failure.changing and now != failure.seen:  # still changing (see _Failure)
+                failure.seen = now
+                continue
+            del failures[number]
+            retried.add(number)
         router = self.routers.get(name)
         unloaded = self._unloaded_versions.get(name, set())
         removed: set[int] = set()  # versions of the scan whose files are gone since (see _Removed)
@@ -355,6 +368,7 @@ class Registry:
             except _Removed:
                 continue
             except ModelLoadError as exc:
+                self._mark_changing(name, number, retried)
                 problems.append(
                     f"{_load_problem(name, number, path, exc)} (version {number} as loaded before keeps serving)"
                 )
@@ -385,6 +399,7 @@ class Registry:
                 except _Removed:
                     removed.add(number)
                 except ModelLoadError as exc:
+                    self._mark_changing(name, number, retried)
                     problems.append(_load_problem(name, number, source.versions[number], exc))
         if not failures:
             self.failures.pop(name, None)
@@ -423,6 +438,13 @@ class Registry:
         if stale:  # (one the watcher makes served meanwhile, without the lifecycle lock, stays)
             self.retire(name, stale, timeout_s=timeout_s, spare_named=set(source.versions) - unloaded)
         return problems
+
+    def _mark_changing(self, name: str, number: int, retried: set[int]) -> None:
+        """After a failed load of ``number``: if it was a retry, its files changed since its last failure and
+        it failed again, so they may be being written still (see :class:`_Failure`)."""
+        failure = self.failures.get(name, {}).get(number)
+        if failure is not None and number in retried and failure.stamp is not None:
+            failure.changing, failure.seen = True, failure.stamp
 
     def _gone_but_served(self, name: str, source: ModelSource) -> set[int]:
         """The loaded versions the control state serves (its stable version, an active canary) that are gone

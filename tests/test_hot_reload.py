@@ -667,3 +667,28 @@ def test_a_version_removed_while_a_refresh_loads_another_model_is_no_failed_load
     assert server.refresh() == []
     assert server.models["b"] == [1]
     assert server.predict("b", np.ones((1, 4), np.float32)).version == 1
+
+
+def test_a_slow_copy_in_place_fails_twice_at_most_not_at_every_poll(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    whole = build_mlp_model((4, 64, 4), seed=3).SerializeToString()
+    target = repository / "scale" / "2" / "model.onnx"
+    target.parent.mkdir()
+    caplog.set_level(logging.ERROR, logger="inprocserve")
+    with target.open("wb") as copy:  # a copy over a slow link: the poller refreshes after every chunk
+        for start in range(0, len(whole), len(whole) // 10):
+            copy.write(whole[start : start + len(whole) // 10])
+            copy.flush()
+            server.refresh()
+    failures = [r.getMessage() for r in caplog.records if "failed to load" in r.getMessage()]
+    assert 1 <= len(failures) <= 2, failures
+    # once the files stop changing it loads: at the next refresh, or the one after (one poll later)
+    for _ in range(2):
+        if server.models == {"scale": [2]}:
+            break
+        assert server.refresh() == []
+    assert server.models == {"scale": [2]}
+    assert server.predict("scale", np.ones((1, 4), np.float32)).version == 2
