@@ -11,6 +11,7 @@ touching the repository. ``follow_symlinks=True`` (``Server(..., follow_symlinks
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,10 @@ def scan_repository(repository: Path, *, follow_symlinks: bool = False) -> Repos
                 result.problems.append(f"{folder}: the model folder is a symbolic link; {_LINK_HINT}")
                 continue
             if not folder.is_dir():
+                gone = _gone(folder)
+                if gone is not None:
+                    result.problems.extend(gone)
+                    continue
                 result.problems.append(f"{folder}: not a model folder (expected <model>/<version>/{MODEL_FILENAME})")
                 continue
             try:
@@ -122,6 +127,25 @@ def scan_repository(repository: Path, *, follow_symlinks: bool = False) -> Repos
     return result
 
 
+def _gone(path: Path, *, follow_symlinks: bool = True) -> list[str] | None:
+    """What to report of a listed entry that is no file or folder now, or ``None`` if it is one of those.
+
+    Removed since the listing (a version or model being deleted while the scan ran): nothing, the next scan
+    does not list it. A link whose target is gone (a release folder deleted while a version still points at
+    it): that, not "unexpected file" or "not a model folder", which sent people looking for a stray file."""
+    if path.exists():
+        return None
+    if not path.is_symlink():
+        return []
+    if not follow_symlinks:
+        return [f"{path}: a symbolic link; {_LINK_HINT}"]
+    try:
+        target = os.readlink(path)
+    except OSError:  # (removed since)
+        return []
+    return [f"{path}: a symbolic link to {target}, which does not exist (restore it, or remove the link)"]
+
+
 def _reason(error: OSError) -> str:
     return error.strerror or str(error)
 
@@ -132,6 +156,9 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
         if entry.name == CONFIG_FILENAME or entry.name.startswith("."):
             continue
         if entry.is_file() and entry.suffix in DATA_SUFFIXES:
+            continue
+        if not entry.is_dir() and (gone := _gone(entry, follow_symlinks=follow_symlinks)) is not None:
+            problems.extend(gone)
             continue
         if not entry.is_dir():
             hint = f"; move it into a version folder: {folder}/1/{MODEL_FILENAME}" if entry.suffix == ".onnx" else ""

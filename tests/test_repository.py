@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import inprocserve
 from inprocserve import ConfigurationError, ModelNotFoundError
 from inprocserve._repository import scan_repository, validate_model_name
 from inprocserve.testing import build_scale_model, save_model
@@ -76,3 +80,27 @@ def test_path_traversal_and_odd_names_are_refused(name: str) -> None:
 def test_a_non_string_name_is_api_misuse() -> None:
     with pytest.raises(TypeError):
         validate_model_name(3)
+
+
+@pytest.mark.parametrize("follow_symlinks", [True, False])
+def test_a_link_whose_release_was_deleted_is_reported_as_such(tmp_path: Path, follow_symlinks: bool) -> None:
+    repository, releases = tmp_path / "models", tmp_path / "releases"
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    save_model(build_scale_model(3.0), releases, "fraud", 3)
+    save_model(build_scale_model(1.0), releases, "churn", 1)
+    os.symlink(releases / "fraud" / "3", repository / "fraud" / "3")  # versions deployed as links to releases
+    os.symlink(releases / "churn", repository / "churn")
+    with inprocserve.Server(repository, follow_symlinks=follow_symlinks, control_interval_s=None) as server:
+        shutil.rmtree(releases)  # a clean-up deletes the releases the links point to
+        problems = server.refresh()
+        assert server.predict("fraud", np.ones((1, 4), np.float32)).version == 1
+    assert not any("unexpected file" in p or "not a model folder" in p for p in problems), problems
+    if follow_symlinks:
+        assert sorted(problems) == [
+            f"{repository / 'churn'}: a symbolic link to {releases / 'churn'}, which does not exist (restore it, "
+            "or remove the link)",
+            f"{repository / 'fraud' / '3'}: a symbolic link to {releases / 'fraud' / '3'}, which does not exist "
+            "(restore it, or remove the link)",
+        ]
+    else:
+        assert len(problems) == 2 and all("symbolic link" in p for p in problems), problems
