@@ -1,23 +1,23 @@
 """Shadow traffic: a copy of a request runs on other versions after the caller has its answer.
 
-Shadow work must not slow or fail the caller. An idle session is not spare CPU: on a small host one
-caller keeps every core busy, and a shadow running beside it takes their time. So shadows run on a CPU
-budget: the shadow thread may run for at most ``budget`` of each second of wall-clock time (a token bucket
-holding one second's allowance), measured as the wall time of its own runs. A copy is admitted only when
-the bucket holds what the last run of its shadow version cost for as many rows (at most the whole bucket;
+Shadow work must not slow or fail the caller. An idle session is not spare CPU: on a small host one caller
+keeps every core busy, and a shadow running beside it takes their time. So shadows run on a CPU budget: the
+shadow thread may run for at most ``budget`` of each second of wall-clock time (a token bucket holding one
+second's allowance), measured as the wall time of its own runs. A copy is admitted only when the bucket holds
+what the last answered (or stopped) run of its shadow version cost for as many rows (at most the whole bucket;
 ``MIN_RUN_S`` for a version not yet measured), and that cost is reserved at once, so the queue never fills
-with copies the budget would drop. A run longer than the allowance runs and is owed (later copies wait for
-the bucket to refill); only a runaway run, past ``RUNAWAY_FACTOR`` times its expected time or ``MAX_RUN_S``,
-is stopped and counted as dropped over budget. A copy too large to make cheaply on the caller's thread is
-not made (``dropped_too_large``). A copy that finds the budget spent, the serving version backlogged or no
-idle session on the shadow version is dropped at once and counted; nothing waits or polls. Jobs are
-queued (bounded by count and by bytes, drops counted) for one background thread that sleeps on a condition
-while there is nothing to do. A queued job holds its own copy of the inputs and of the primary answer: the
-caller may reuse its buffers once it has its answer. Shadow errors are logged and counted, never raised.
-Each shadow answer is compared with the primary one (largest absolute difference; argmax agreement for
-classifier-shaped outputs) and handed to an optional callback so applications can log it. A NaN or an
-infinity in one answer where the other has a different value is a difference of ``math.inf`` (and its
-row disagrees); equal non-finite values (NaN in both, the same infinity) are equal.
+with copies the budget would drop. A run longer than the allowance runs and is owed (later copies wait for the
+bucket to refill); only a runaway run, past ``RUNAWAY_FACTOR`` times its expected time or ``MAX_RUN_S``, is
+stopped and counted as dropped over budget. A copy too large to make cheaply on the caller's thread is not
+made (``dropped_too_large``). A copy that finds the budget spent, the serving version backlogged or no idle
+session on the shadow version is dropped at once and counted; nothing waits or polls. Jobs are queued (bounded
+by count and by bytes, drops counted) for one background thread that sleeps on a condition while there is
+nothing to do. A queued job holds its own copy of the inputs and of the primary answer: the caller may reuse
+its buffers once it has its answer. Shadow errors are logged and counted, never raised. Each shadow answer is
+compared with the primary one (largest absolute difference; argmax agreement for classifier-shaped outputs)
+and handed to an optional callback so applications can log it. A NaN or an infinity in one answer where the
+other has a different value is a difference of ``math.inf`` (and its row disagrees); equal non-finite values
+(NaN in both, the same infinity) are equal.
 """
 
 from __future__ import annotations
@@ -528,21 +528,24 @@ class ShadowRunner:
             runaway = FIRST_RUN_S if per_row is None else RUNAWAY_FACTOR * per_row * job.rows
             limit = None if self._unbounded else min(max(allowance, runaway, MIN_RUN_S), MAX_RUN_S)
             started = self._clock()
-            ran = False
+            measured = False
             try:
-                ran = self._run(job, limit)
+                measured = self._run(job, limit)
             except Exception:  # the shadow thread must outlive any bug in one job
                 logger.exception("shadow run of model %r failed unexpectedly", job.model)
             finally:
                 with self._cond:
                     spent = self._clock() - started
                     self._tokens += job.reserved - spent  # may go below zero: the next runs wait longer
-                    if ran:  # (a stopped run's time is what it took at least)
+                    if measured:  # (a stopped run's time is what it took at least)
                         self._costs[(job.model, job.shadow.version)] = spent / max(job.rows, 1)
                     self._running = None
 
     def _run(self, job: _Job, limit_s: float | None) -> bool:
-        """Run ``job`` within ``limit_s`` seconds and record its outcome; whether its shadow version ran it."""
+        """Run ``job`` within ``limit_s`` seconds and record its outcome; whether the run measured what its
+        shadow version's runs take: one that answered, or was stopped at its limit (it takes that at least).
+        A run that failed measures nothing: it may have failed at its first operator (a Gather given an index
+        out of range), and its time, taken for the version's, would stop its next ordinary run as a runaway."""
         from ._rollout import Decision
 
         shadow_batcher = job.shadow.batcher
@@ -603,8 +606,8 @@ class ShadowRunner:
             return True
         if request.error is not None:
             self._record(job, None, f"{type(request.error).__name__}: {request.error}", started, span)
-        else:
-            self._record(job, request.outputs, None, started, span)
+            return False
+        self._record(job, request.outputs, None, started, span)
         return True
 
     def _record(

@@ -260,6 +260,25 @@ def test_a_runaway_shadow_run_is_stopped_and_a_long_one_is_not(
     json.dumps(server.status(), allow_nan=False)
 
 
+def test_a_shadow_run_that_failed_does_not_get_the_next_one_stopped_as_a_runaway(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Version 2 fails at once for an index outside its table (its Gather runs first); its ordinary runs take
+    # 0.1 s or more. The failure's few milliseconds were taken for what its runs take, so the next ordinary
+    # copy was stopped at a small fraction of its time, counted over budget and logged as a runaway.
+    save_model(build_busy_model(layers=1, table_rows=100), repository, "busy", 1)
+    save_model(build_busy_model(layers=16, table_rows=10), repository, "busy", 2)
+    comparisons: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=0.05)
+    ended = ("runs", "stopped_over_budget")
+    for index, runs in ((1, 1), (50, 2), (1, 3)):
+        wait_until(lambda: _bucket_full(server), timeout_s=60)  # the time owed is repaid
+        assert server.predict("busy", busy_inputs(1000, index=index)).version == 1
+        wait_until(lambda n=runs: sum(stats(server, "busy").get(key, 0) for key in ended) == n, timeout_s=30)
+    assert [c.error is None for c in comparisons] == [True, False, True]
+    assert stats(server, "busy")["stopped_over_budget"] == 0
+
+
 def _bucket_full(server: inprocserve.Server) -> bool:
     """Whether the shadow budget holds its whole allowance again."""
     runner = server._shadow
