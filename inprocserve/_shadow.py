@@ -35,6 +35,7 @@ import numpy as np
 from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
+from ._batching import VersionRetiredError
 from ._config_checks import is_number
 from ._errors import ConfigurationError, DeadlineExceededError, InvalidInputError
 from ._held_bytes import held_bytes
@@ -568,7 +569,15 @@ class ShadowRunner:
         request = Request(arrays, rows, route, deadline, None)
         try:  # spare capacity only: no backlog on the serving version, an idle shadow session, right now
             ran = (primary_batcher is None or primary_batcher.queued_rows == 0) and shadow_batcher.run_if_idle(request)
-        except Exception as exc:  # retired meanwhile, or any other refusal: not the caller's problem
+        except VersionRetiredError:
+            # Unloaded (or replaced by a refresh) since the copy was queued: the copies still queued for it are
+            # no runs of it, so they are neither compared nor counted, as close() counts none. Counted as its
+            # errors, they made a version that answered every copy it ran read as failing most of them, and
+            # fired the shadow disagreement alert (which counts errors) for a version just retired.
+            span.set_attributes({"inprocserve.shadow.dropped": True})
+            end_safely(span, "closing an inprocserve.shadow span")
+            return False
+        except Exception as exc:  # any other refusal: an error of the shadow version, not the caller's problem
             self._record(job, None, f"{type(exc).__name__}: {exc}", started, span)
             return False
         if not ran:

@@ -18,6 +18,8 @@ from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, build_busy_model, busy_inputs, wait_until
 
+X = np.ones((1, 4), np.float32)
+
 
 def shadowed(**config: Any) -> ModelConfig:
     """Version 1 answers, version 2 gets a shadow copy of every request."""
@@ -154,6 +156,34 @@ def test_copies_made_during_a_shadow_run_are_dropped_at_once_when_the_budget_is_
         held.released.set()
     wait_until(lambda: stats(server, "scale")["runs"] + stats(server, "scale")["dropped_over_budget"] == 21)
     assert stats(server, "scale")["dropped_queue_full"] == 0
+
+
+@pytest.mark.parametrize("retire", ["unload", "delete and refresh"])
+def test_copies_queued_for_a_shadow_version_that_is_unloaded_are_not_counted_as_its_errors(
+    repository: Path, make_server: ServerFactory, retire: str
+) -> None:
+    import shutil
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    held = HeldShadowThread()
+    server = make_server(repository, config=shadowed(), on_shadow=held, shadow_budget=1.0)
+    try:
+        server.predict("scale", X)
+        assert held.stuck.wait(30)  # the shadow thread is busy: the next copies wait in the queue
+        for _ in range(5):
+            assert server.predict("scale", X).version == 1
+        if retire == "unload":
+            server.unload("scale", 2)
+        else:
+            shutil.rmtree(repository / "scale" / "2")
+            assert server.refresh() == []
+    finally:
+        held.released.set()
+    wait_until(lambda: server._shadow.pending() == 0 and server._shadow._running is None)
+    # The five copies never ran: version 2 answered the one copy it got, and failed none.
+    assert stats(server, "scale")["runs"] == 1 and stats(server, "scale")["errors"] == 0
+    assert [comparison.error for comparison in held.comparisons] == [None]
 
 
 def test_the_queue_is_bounded_by_the_bytes_its_copies_hold(repository: Path, make_server: ServerFactory) -> None:
