@@ -326,7 +326,7 @@ class ShadowRunner:
             than a quarter of it (8 MiB by default), whose copying would cost its caller milliseconds.
         on_result: Called with every comparison (errors it raises are logged).
         budget: Largest share of wall-clock time shadow runs may take, in (0, 1]; 1 runs every shadow
-            the idle-session check lets through (nothing is reserved, no run is cut short).
+            the idle-session check lets through (nothing is reserved or owed, no run is cut short).
         clock: Monotonic clock of the budget.
     """
 
@@ -537,7 +537,8 @@ class ShadowRunner:
             finally:
                 with self._cond:
                     spent = self._clock() - started
-                    self._tokens += job.reserved - spent  # may go below zero: the next runs wait longer
+                    if not self._unbounded:  # (a run longer than a second owed nothing: shadow_budget=1 drops none)
+                        self._tokens += job.reserved - spent  # may go below zero: the next runs wait longer
                     if measured:  # (a stopped run's time is what it took at least)
                         self._costs[(job.model, job.shadow.version)] = spent / max(job.rows, 1)
                     self._running = None

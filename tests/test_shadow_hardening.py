@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,35 @@ def test_copies_queued_for_a_shadow_version_that_is_unloaded_are_not_counted_as_
     # The five copies never ran: version 2 answered the one copy it got, and failed none.
     assert stats(server, "scale")["runs"] == 1 and stats(server, "scale")["errors"] == 0
     assert [comparison.error for comparison in held.comparisons] == [None]
+
+
+def test_a_full_budget_drops_no_copy_over_budget_after_a_run_longer_than_a_second(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # shadow_budget=1.0 runs every copy an idle session accepts. A run (here with its on_shadow callback,
+    # which writes to a slow sink) longer than one second was owed as under a budget: the copies queued
+    # meanwhile, and those offered until the time was repaid, were dropped over budget.
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    seen: list[ShadowComparison] = []
+    started = threading.Event()
+
+    def slow_sink(comparison: ShadowComparison) -> None:
+        seen.append(comparison)
+        if len(seen) == 1:
+            started.set()
+            time.sleep(1.5)
+
+    server = make_server(repository, config=shadowed(), on_shadow=slow_sink, shadow_budget=1.0)
+    server.predict("scale", X)
+    assert started.wait(30)
+    for _ in range(3):  # queued behind the long run, through it
+        time.sleep(0.4)
+        assert server.predict("scale", X).version == 1
+    wait_until(lambda: stats(server, "scale")["runs"] + stats(server, "scale")["dropped_over_budget"] == 4)
+    assert server.predict("scale", X).version == 1  # offered right after it
+    wait_until(lambda: stats(server, "scale")["runs"] + stats(server, "scale")["dropped_over_budget"] == 5)
+    assert stats(server, "scale")["dropped_over_budget"] == 0 and len(seen) == 5
 
 
 def test_the_queue_is_bounded_by_the_bytes_its_copies_hold(repository: Path, make_server: ServerFactory) -> None:
