@@ -85,6 +85,8 @@ class ShadowComparison:
     error: str | None
     """Why the shadow run failed, if it did (the caller was never affected)."""
     latency_s: float
+    """How long the shadow version took to check and run the copy (or to fail), as a request routed to it
+    would; the comparison is not part of it."""
     mismatch: str | None = None
     """The first output the two answers could not be compared on, and why (the shadow version answered it
     with another number of axes, as text against numbers, or not at all); such a comparison counts as
@@ -556,7 +558,7 @@ class ShadowRunner:
         span = start_shadow_span(job.model, version, job.primary_span)
         started = time.monotonic()
         if shadow_batcher is None:  # its load failed: an error of the shadow version, not a silent loss
-            self._record(job, None, f"shadow version {version} is not loaded", started, span)
+            self._record(job, None, f"shadow version {version} is not loaded", time.monotonic() - started, span)
             return False
         reason = f"shadow copy of request {job.request_id}"
         route = Route(job.model, version, "shadow", reason, job.request_id, [], Decision(version, "shadow", reason))
@@ -565,11 +567,15 @@ class ShadowRunner:
         try:
             arrays, rows = _as_shadow_inputs(job)
         except InvalidInputError as exc:  # a version whose inputs differ in a way no cast bridges
-            self._record(job, None, f"the request does not fit shadow version {version}'s inputs: {exc}", started, span)
+            why = f"the request does not fit shadow version {version}'s inputs: {exc}"
+            self._record(job, None, why, time.monotonic() - started, span)
             return False
         request = Request(arrays, rows, route, deadline, None)
         try:  # spare capacity only: no backlog on the serving version, an idle shadow session, right now
             ran = (primary_batcher is None or primary_batcher.queued_rows == 0) and shadow_batcher.run_if_idle(request)
+            # its latency, as a request routed to it would have (checked and run), without the comparison that
+            # follows: comparing a large answer takes longer than running a small model on it
+            latency_s = time.monotonic() - started
         except VersionRetiredError:
             # Unloaded (or replaced by a refresh) since the copy was queued: the copies still queued for it are
             # no runs of it, so they are neither compared nor counted, as close() counts none. Counted as its
@@ -579,7 +585,7 @@ class ShadowRunner:
             end_safely(span, "closing an inprocserve.shadow span")
             return False
         except Exception as exc:  # any other refusal: an error of the shadow version, not the caller's problem
-            self._record(job, None, f"{type(exc).__name__}: {exc}", started, span)
+            self._record(job, None, f"{type(exc).__name__}: {exc}", time.monotonic() - started, span)
             return False
         if not ran:
             with self._cond:
@@ -615,13 +621,13 @@ class ShadowRunner:
             )
             return True
         if request.error is not None:
-            self._record(job, None, f"{type(request.error).__name__}: {request.error}", started, span)
+            self._record(job, None, f"{type(request.error).__name__}: {request.error}", latency_s, span)
             return False
-        self._record(job, request.outputs, None, started, span)
+        self._record(job, request.outputs, None, latency_s, span)
         return True
 
     def _record(
-        self, job: _Job, outputs: Mapping[str, Any] | None, error: str | None, started: float, span: Any
+        self, job: _Job, outputs: Mapping[str, Any] | None, error: str | None, latency_s: float, span: Any
     ) -> None:
         diff, agreement, mismatch = compare_outputs(job.primary, outputs) if outputs is not None else NOTHING_COMPARED
         finite = diff is None or math.isfinite(diff)  # not: a NaN or infinity where the other answer differs
@@ -650,7 +656,7 @@ class ShadowRunner:
             max_abs_diff=diff,
             label_agreement=agreement,
             error=error,
-            latency_s=time.monotonic() - started,
+            latency_s=latency_s,
             mismatch=mismatch,
         )
         with self._cond:
