@@ -297,7 +297,8 @@ class _Job:
     shadow: Any
     primary_span: Any
     reserved: float  # seconds of budget reserved when it was admitted, settled against what its run took
-    nbytes: int  # bytes its copies hold, counted against max_queued_bytes while it waits
+    nbytes: int  # bytes its copies hold, counted against max_queued_bytes while it waits (0 but for the last
+    # of one request's jobs: they share one copy, which is held until the last of them leaves the queue)
 
 
 def _as_shadow_inputs(job: _Job) -> tuple[dict[str, np.ndarray], int]:
@@ -407,12 +408,14 @@ class ShadowRunner:
                     self._drop_too_large(model, shadow.version, nbytes)
                     continue
                 queued = len(self._jobs) + self._copying
-                if queued >= self.max_queued or self._queued_bytes + nbytes > self.max_queued_bytes:
+                # the request's shadow versions share one copy: its bytes count once, however many they are
+                more = 0 if admitted else nbytes
+                if queued >= self.max_queued or self._queued_bytes + more > self.max_queued_bytes:
                     self._drop_queue_full(model, shadow.version)
                     continue
                 self._tokens -= reserve  # reserved now: copies admitted meanwhile see what is left
                 self._copying += 1
-                self._queued_bytes += nbytes
+                self._queued_bytes += more
                 admitted.append((shadow, reserve))
         if not admitted:
             return
@@ -427,18 +430,18 @@ class ShadowRunner:
         with self._cond:
             self._copying -= len(admitted)
             if copies is None or self._closed:
-                self._queued_bytes -= nbytes * len(admitted)
+                self._queued_bytes -= nbytes
                 for shadow, reserve in admitted:
                     self._tokens += reserve
                     if copies is None:
                         self._drop_queue_full(model, shadow.version)
                 return
             inputs, answer = copies
-            for shadow, reserve in admitted:
+            last = len(admitted) - 1
+            for i, (shadow, reserve) in enumerate(admitted):  # (taken in this order: the last one frees the copy)
+                held = nbytes if i == last else 0
                 self._jobs.append(
-                    _Job(
-                        model, request_id, inputs, rows, answer, primary_version, shadow, primary_span, reserve, nbytes
-                    )
+                    _Job(model, request_id, inputs, rows, answer, primary_version, shadow, primary_span, reserve, held)
                 )
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="inprocserve-shadow", daemon=True)

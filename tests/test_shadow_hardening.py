@@ -258,6 +258,34 @@ def test_the_queue_is_bounded_by_the_bytes_its_copies_hold(repository: Path, mak
     wait_until(lambda: stats(server, "scale")["runs"] == 5)
 
 
+def test_a_requests_copy_counts_once_against_the_queues_bytes_however_many_versions_shadow_it(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Two shadow versions share one copy of each request. It was counted once per version, so the queue
+    # refused copies with half of its 32 MiB held (and gave a request's copy to one version, not the other).
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    held = HeldShadowThread()
+    rows = 2**18  # 4 MiB of inputs and 4 MiB of answer: 8 MiB a copy
+    config = ModelConfig(
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2, 3))),
+        version_policy=VersionPolicy.all(),
+        batching=BatchingConfig(max_request_rows=rows),
+    )
+    server = make_server(repository, config=config, on_shadow=held, shadow_budget=1.0)  # no budget: only bytes
+    try:
+        server.predict("scale", X)
+        assert held.stuck.wait(30)
+        for _ in range(10):
+            assert server.predict("scale", np.ones((rows, 4), np.float32)).version == 1
+        shadow = server.status()["models"]["scale"]["shadow"]
+        # three copies (24 MiB) and the first request's wait; a fourth would pass 32 MiB
+        assert {version: shadow[version]["dropped_queue_full"] for version in ("2", "3")} == {"2": 7, "3": 7}
+    finally:
+        held.released.set()
+    wait_until(lambda: [server.status()["models"]["scale"]["shadow"][v]["runs"] for v in ("2", "3")] == [4, 4])
+
+
 def test_a_request_too_large_to_copy_cheaply_is_not_shadowed_and_says_so(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
