@@ -501,7 +501,8 @@ class Operations:
                 reason = f"only {len(samples)} recent input(s) to compare on, {min_samples} required"
                 report = dataclasses.replace(report, reason=reason)
                 raise PromotionRefusedError(reason, report=report.to_dict(), model=model, version=version)
-            diffs, agreements, mismatch = [], [], None
+            diffs, mismatch = [], None
+            agreeing = compared_rows = 0.0  # rows that agree, of the rows of samples that measured an agreement
             compared = failed = 0
             failure = ""
             for arrays in samples:
@@ -522,14 +523,16 @@ class Operations:
                 diff, agreement, differs = compare_outputs(expected, got)
                 if diff is not None:
                     diffs.append(diff)
-                if agreement is not None:
-                    agreements.append(agreement)
+                if agreement is not None:  # over the rows: a 1-row sample weighs as one row, not as a batch
+                    rows = max(_rows(arrays), 1)
+                    agreeing += agreement * rows
+                    compared_rows += rows
                 mismatch = mismatch or differs
             report = dataclasses.replace(
                 report,
                 samples=compared,
                 max_abs_diff=max(diffs) if diffs else None,
-                label_agreement=sum(agreements) / len(agreements) if agreements else None,
+                label_agreement=agreeing / compared_rows if compared_rows else None,
                 mismatch=mismatch,
             )
             if failed:
@@ -773,3 +776,11 @@ class RolloutMethods:
         click, a client's retry) returns its ranker again and changes nothing. Returns ``"A"``, ``"B"``, or
         ``None`` if the result is unknown or ``item`` was not in it."""
         return self._operations.record_click(request_id, item, model=model)
+
+
+def _rows(arrays: Mapping[str, Any]) -> int:
+    """The rows of a sampled request (the first axis of its inputs; 1 for a scalar input)."""
+    for array in arrays.values():
+        shape = getattr(array, "shape", ())
+        return int(shape[0]) if shape else 1
+    return 1

@@ -551,6 +551,25 @@ def test_text_labels_are_compared_row_by_row_and_guard_promotion(repository: Pat
     assert server.predict("labels", rows).version == 1
 
 
+def test_agreement_is_the_share_of_rows_that_agree_whatever_the_size_of_each_request(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # One-row requests that disagree beside nine-row ones that agree: 45 of 50 rows agree. A mean of each
+    # request's share said 0.5, in status() and in promotion, whose bound is documented over the rows.
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(-1.0), repository, "scale", 2)  # the argmax of a row moves unless its values tie
+    comparisons: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=1.0)
+    disagreeing, agreeing = np.array([[1, 0, 0, 0]], np.float32), np.ones((9, 4), np.float32)
+    for request in range(10):
+        server.predict("scale", disagreeing if request % 2 else agreeing)
+        wait_until(lambda n=request + 1: len(comparisons) == n)
+    assert sorted({c.label_agreement for c in comparisons}) == [0.0, 1.0]  # each request's own share
+    assert stats(server, "scale")["label_agreement"] == pytest.approx(0.9)
+    report = server.promote("scale", 2, min_label_agreement=0.85, min_samples=10)
+    assert report.label_agreement == pytest.approx(0.9) and report.samples == 10
+
+
 def test_a_shadow_answering_in_another_form_disagrees_and_is_never_promoted(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
