@@ -114,9 +114,10 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
     per-row class scores is compared as the [rows, classes] array of its scores, classes in sorted order.
 
     An output of the first answer that the second lacks, or has with another number of axes, or as text
-    against numbers, cannot be compared: that is the ``mismatch`` (an answer of another form, which callers
-    would get on promotion, is never counted as agreeing). Outputs of one form whose sizes differ (a detector
-    that keeps one more box) are a difference of ``math.inf``, and their rows disagree.
+    against numbers, or as a ZipMap scoring other classes, cannot be compared: that is the ``mismatch`` (an
+    answer of another form, which callers would get on promotion, is never counted as agreeing). Outputs of
+    one form whose sizes differ (a detector that keeps one more box) are a difference of ``math.inf``, and
+    their rows disagree.
 
     A NaN or an infinity in one answer where the other holds a different value (a finite number, the other
     infinity, or a number where the other has NaN) is a difference of ``math.inf``, and a row holding one
@@ -133,6 +134,8 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
             scores = _class_scores(got)
             got = got if scores is None else scores
         problem = _mismatch(name, expected, got)
+        if problem is None:
+            problem = _other_classes(name, expected, got)
         if problem is not None:
             mismatch = mismatch or problem
             continue
@@ -180,18 +183,39 @@ def _comparable(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return kept
 
 
+class _ClassScores(np.ndarray):
+    """A ZipMap's class scores as a [rows, classes] array, with the classes of its columns (``classes``)."""
+
+    classes: tuple[Any, ...] = ()
+
+
 def _class_scores(value: Any) -> np.ndarray | None:
     """A ZipMap's answer (one ``{class: score}`` dict per row, every row with the same classes) as a
-    [rows, classes] array, classes in sorted order; None for anything else."""
+    [rows, classes] array, classes in sorted order (a :class:`_ClassScores`, which names them); None for
+    anything else."""
     if not isinstance(value, list) or not value or not all(isinstance(row, dict) for row in value):
         return None
     classes = sorted(value[0], key=str)
     if any(row.keys() != value[0].keys() for row in value):
         return None
     try:
-        return np.array([[row[label] for label in classes] for row in value], dtype=np.float64)
+        scores = np.array([[row[label] for label in classes] for row in value], dtype=np.float64)
     except (TypeError, ValueError):
         return None
+    named = scores.view(_ClassScores)
+    named.classes = tuple(classes)
+    return named
+
+
+def _other_classes(name: str, expected: np.ndarray, got: Any) -> str | None:
+    """Why two ZipMaps' scores cannot be compared: they score other classes (a candidate whose classes were
+    renamed, ``"ok"`` for ``"legit"``, scored column by column, read as a perfect match, while a caller that
+    reads its class's score by name would fail on promotion); None if they score the same ones, or if
+    either answer does not name its classes."""
+    first, second = getattr(expected, "classes", ()), getattr(got, "classes", ())
+    if first and second and first != second:
+        return f"output {name!r} scores the classes {list(second)} against {list(first)}"
+    return None
 
 
 def _mismatch(name: str, expected: np.ndarray, got: Any) -> str | None:

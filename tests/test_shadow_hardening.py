@@ -680,6 +680,50 @@ def test_a_shadow_compares_a_zipmaps_class_scores(repository: Path, make_server:
     assert comparisons[0].max_abs_diff > 0.05
 
 
+def build_named_zipmap(classes: list[str]) -> Any:
+    """Class scores (the softmax of two logits) as a ZipMap keyed by ``classes``, as a converted scikit-learn
+    classifier answers them."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["scores"], axis=1),
+        helper.make_node("ZipMap", ["scores"], ["probability"], domain="ai.onnx.ml", classlabels_strings=classes),
+    ]
+    scores = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    )
+    graph = helper.make_graph(
+        nodes,
+        "named_zipmap",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_value_info("probability", scores)],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)
+
+
+def test_a_zipmap_scoring_other_classes_is_another_form_not_a_match(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # The same scores under another class name ("ok" for "legit") were compared column by column: a perfect
+    # match, and promoted, while every caller reading answer["probability"][row]["legit"] would then fail.
+    save_model(build_named_zipmap(["fraud", "legit"]), repository, "clf", 1)
+    save_model(build_named_zipmap(["fraud", "ok"]), repository, "clf", 2)
+    comparisons: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=1.0)
+    rows = np.array([[3, 0], [0, 3]], np.float32)
+    for _ in range(3):
+        assert server.predict("clf", rows)["probability"][0]["legit"] < 0.5
+    wait_until(lambda: len(comparisons) == 3)
+    assert (
+        comparisons[0].mismatch == "output 'probability' scores the classes ['fraud', 'ok'] against ['fraud', 'legit']"
+    )
+    assert stats(server, "clf")["mismatched"] == 3
+    with pytest.raises(inprocserve.PromotionRefusedError, match="scores the classes"):
+        server.promote("clf", 2, max_abs_diff=0.01, min_samples=3)
+    assert server.predict("clf", rows).version == 1
+
+
 def test_a_zipmaps_class_scores_count_against_the_shadow_queues_bytes(
     repository: Path, make_server: ServerFactory
 ) -> None:
