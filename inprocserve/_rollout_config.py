@@ -114,11 +114,21 @@ class ShadowConfig:
     versions: tuple[int, ...] = ()
     percent: float = 100.0
     """Share of requests mirrored to the shadow versions."""
+    max_abs_diff: float | None = None
+    """A comparison whose largest absolute difference from the caller's answer is above this counts as
+    ``disagree`` (in ``inprocserve.shadow.comparisons``, the ShadowDisagrees alert, ``status()``'s
+    ``over_max_abs_diff``). ``None``: a finite difference never disagrees, so a regression model's shadow only
+    disagrees in form, NaN or labels."""
 
     def __post_init__(self) -> None:
         plain_fields(self)
         object.__setattr__(self, "versions", _versions("shadow.versions", self.versions))
         _percent("shadow.percent", self.percent)
+        limit = self.max_abs_diff
+        if limit is not None and (not is_number(limit) or not 0 <= limit < float("inf")):
+            raise ConfigurationError(
+                f"rollout.shadow.max_abs_diff must be a finite number >= 0 (or left out), got {limit!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -156,7 +156,11 @@ class Server(RolloutMethods):
         # The threads this server starts, each stopped and joined by close(): shadow runs, drift scoring,
         # the hot-reload poller (registry) and the control-file watcher (operations).
         self._shadow = ShadowRunner(
-            max_queued=shadow_queue, max_queued_bytes=shadow_queue_bytes, on_result=on_shadow, budget=shadow_budget
+            max_queued=shadow_queue,
+            max_queued_bytes=shadow_queue_bytes,
+            on_result=on_shadow,
+            budget=shadow_budget,
+            max_abs_diff_of=self._shadow_max_abs_diff,
         )
         self._drift = DriftScorer()
         self._registry = Registry(
@@ -412,6 +416,11 @@ class Server(RolloutMethods):
             if shadows:
                 self._shadow.offer(target.name, request_id, arrays, rows, outputs, target, shadows, primary_span=span)
         return prediction_of(outputs, target.name, target.version, decision.variant, decision.reason, request_id)
+
+    def _shadow_max_abs_diff(self, model: str) -> float | None:
+        """``model``'s ``rollout.shadow.max_abs_diff`` as routed now (for the shadow runner's comparisons)."""
+        routes = self._registry.routes.get(model)
+        return None if routes is None else routes.state.config.shadow.max_abs_diff
 
     def _plain_route(
         self, model: str, version: int | None, context: Mapping[str, Any] | None, *, lone: bool = False

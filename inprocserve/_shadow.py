@@ -266,6 +266,7 @@ class ShadowStats:
     compared: int = 0  # comparisons with a finite difference
     non_finite: int = 0  # comparisons where a NaN or infinity in one answer differed from the other
     mismatched: int = 0  # comparisons with an output the answers could not be compared on
+    over_limit: int = 0  # comparisons whose finite difference was past the model's rollout.shadow.max_abs_diff
     max_abs_diff: float = 0.0
     total_abs_diff: float = 0.0
     agreement_total: float = 0.0  # rows that agree (each comparison's share, times its rows)
@@ -282,6 +283,7 @@ class ShadowStats:
             "stopped_over_budget": self.stopped_budget,
             "non_finite_diffs": self.non_finite,
             "mismatched": self.mismatched,
+            "over_max_abs_diff": self.over_limit,
             "max_abs_diff": self.max_abs_diff if self.compared else None,
             "mean_max_abs_diff": self.total_abs_diff / self.compared if self.compared else None,
             # the share of rows that agree, as promotion's: a 1-row request counts as one row, not as much as
@@ -357,6 +359,8 @@ class ShadowRunner:
         budget: Largest share of wall-clock time shadow runs may take, in (0, 1]; 1 runs every shadow
             the idle-session check lets through (nothing is reserved or owed, no run is cut short).
         clock: Monotonic clock of the budget.
+        max_abs_diff_of: The largest absolute difference a model's comparisons may show and still agree
+            (its ``rollout.shadow.max_abs_diff``), read as each comparison is recorded; ``None``: no bound.
     """
 
     def __init__(
@@ -367,6 +371,7 @@ class ShadowRunner:
         on_result: Callable[[ShadowComparison], None] | None = None,
         budget: float = DEFAULT_BUDGET,
         clock: Callable[[], float] = time.monotonic,
+        max_abs_diff_of: Callable[[str], float | None] = lambda model: None,
     ) -> None:
         if not (is_number(budget) and 0 < budget <= 1):  # (a string or NaN: refused, not a TypeError later)
             raise ConfigurationError(f"shadow_budget must be a share of time in (0, 1], got {budget!r}")
@@ -374,6 +379,7 @@ class ShadowRunner:
         self.max_queued_bytes = max_queued_bytes
         self.on_result = on_result
         self.budget = budget
+        self.max_abs_diff_of = max_abs_diff_of
         self._unbounded = budget >= 1  # a second per second: the budget can never stop the one shadow thread
         self._clock = clock
         self._tokens = budget  # seconds of shadow running allowed now; holds at most one second's allowance
@@ -670,6 +676,13 @@ class ShadowRunner:
     ) -> None:
         diff, agreement, mismatch = compare_outputs(job.primary, outputs) if outputs is not None else NOTHING_COMPARED
         finite = diff is None or math.isfinite(diff)  # not: a NaN or infinity where the other answer differs
+        over = False  # past the model's rollout.shadow.max_abs_diff (without one, a regression never disagreed)
+        if diff is not None and finite:
+            try:
+                limit = self.max_abs_diff_of(job.model)
+            except Exception:  # (a model retired meanwhile, say: no bound, as before one was set)
+                limit = None
+            over = limit is not None and diff > limit
         if span.is_recording():
             if diff is not None:
                 span.set_attribute(ATTR_SHADOW_DIFF, diff)
@@ -680,7 +693,7 @@ class ShadowRunner:
         end_safely(span, "closing an inprocserve.shadow span")
         if error is not None:
             result = "error"
-        elif mismatch is not None or not finite or (agreement is not None and agreement < 1):
+        elif mismatch is not None or not finite or over or (agreement is not None and agreement < 1):
             result = "disagree"
         else:
             result = "agree"
@@ -712,6 +725,7 @@ class ShadowRunner:
                 stats.compared += 1
                 stats.max_abs_diff = max(stats.max_abs_diff, diff)
                 stats.total_abs_diff += diff
+                stats.over_limit += over
             if agreement is not None:
                 rows = max(job.rows, 1)
                 stats.agreement_total += agreement * rows

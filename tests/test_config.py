@@ -458,3 +458,16 @@ def test_rollout_groups_follow_the_one_precedence(repository: Path, make_server:
     assert rollout.canary == CanaryConfig(version=1, percent=10)  # version from config=, percent from the file
     assert rollout.shadow == ShadowConfig(versions=(1,), percent=40)  # versions from models=, percent the file's
     assert (rollout.strategy, rollout.seed, rollout.bandit.epsilon) == ("canary", 5, 0.3)
+
+
+def test_a_shadows_max_abs_diff_is_read_from_the_models_file(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text("[rollout.shadow]\nversions = [1]\nmax_abs_diff = 0.01\n")
+    server = make_server(repository)
+    assert server._config_for("scale", _source(repository, "scale"), None).rollout.shadow.max_abs_diff == 0.01
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), "0.01", True])
+def test_a_shadows_max_abs_diff_must_be_a_finite_number_at_least_zero(value: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"rollout\.shadow\.max_abs_diff must be a finite number >= 0"):
+        ShadowConfig(max_abs_diff=value)  # type: ignore[arg-type]

@@ -757,3 +757,33 @@ def test_v2_requests_refused_before_predict_are_recorded_like_its_refusals(
     assert endpoints.handle("POST", "/v2/models/v2-no-such-model/infer", {}, io.BytesIO(body).read).status == 404
     assert _outcomes(otel, "v2refused") == {("client_error", "InvalidInputError"): 1}
     assert _outcomes(otel, UNKNOWN_MODEL).get(unknown, 0) == unknown_before + 1
+
+
+def test_a_regression_shadow_past_its_max_abs_diff_disagrees(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    """A regression model's shadow differs by numbers, not labels: without a bound every finite difference
+    counted as ``agree``, so the ShadowDisagrees alert could never fire for one, however far off it was.
+    ``rollout.shadow.max_abs_diff`` sets the bound."""
+    for version, factor in ((1, 1.0), (2, 1.01), (3, 1.0)):  # version 2 is 1 % off, version 3 equal
+        save_model(build_scale_model(factor), repository, "regressor", version)
+    config = inprocserve.ModelConfig(
+        rollout=inprocserve.RolloutConfig(
+            stable=1, shadow=inprocserve.ShadowConfig(versions=(2, 3), max_abs_diff=0.001)
+        ),
+        version_policy=inprocserve.VersionPolicy.all(),
+    )
+    comparisons: list[inprocserve.ShadowComparison] = []
+    server = make_server(repository, config=config, on_shadow=comparisons.append, shadow_budget=1.0)
+    for _ in range(4):
+        server.predict("regressor", np.ones((1, 4), np.float32))
+    wait_until(lambda: len(comparisons) == 8)
+    counted = {
+        (point.attributes["inprocserve.shadow.version"], point.attributes["inprocserve.shadow.result"]): point.value
+        for point in otel.metric_points("inprocserve.shadow.comparisons")
+        if point.attributes["inprocserve.model.name"] == "regressor"
+    }
+    assert counted == {(2, "disagree"): 4, (3, "agree"): 4}
+    shadow = server.status()["models"]["regressor"]["shadow"]
+    assert (shadow["2"]["over_max_abs_diff"], shadow["3"]["over_max_abs_diff"]) == (4, 0)
+    assert shadow["2"]["max_abs_diff"] == pytest.approx(0.01, rel=1e-3)
