@@ -573,6 +573,9 @@ class Registry:
                 self.publish(name)
         if previous is not None:
             previous.retire()
+            # the replaced copy is unloaded like any other version: without this count every hot reload
+            # added a "loaded" event and no "unloaded" one, and loaded - unloaded kept growing
+            add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
 
     @staticmethod
     def _changed(current: ModelVersion, path: Path, config: ModelConfig, *, stamp: _Stamp | None) -> bool:

@@ -648,6 +648,30 @@ with inprocserve.Server(sys.argv[1]) as server:
 
 
 @pytest.mark.skipif(resident_memory_bytes() is None, reason="resident memory is read from /proc/self/statm (Linux)")
+def test_a_hot_reload_counts_the_replaced_copy_as_unloaded(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "reloaded", 1)
+    server = make_server(repository)
+    for factor in (2.0, 3.0):  # version 1's file rewritten: each refresh swaps in a new copy, the old one drains
+        save_model(build_scale_model(factor), repository, "reloaded", 1)
+        server.refresh()
+    assert server.predict("reloaded", np.ones((1, 4), np.float32))["y"][0, 0] == 3.0
+    events = {
+        p.attributes["inprocserve.model.event"]: p.value
+        for p in otel.metric_points("inprocserve.model.lifecycle")
+        if p.attributes["inprocserve.model.name"] == "reloaded"
+    }
+    assert events == {"loaded": 3, "unloaded": 2}  # one copy in memory: loaded - unloaded
+    server.close()
+    events = {
+        p.attributes["inprocserve.model.event"]: p.value
+        for p in otel.metric_points("inprocserve.model.lifecycle")
+        if p.attributes["inprocserve.model.name"] == "reloaded"
+    }
+    assert events == {"loaded": 3, "unloaded": 3}
+
+
 def test_model_memory_is_the_resident_growth_while_a_version_loads(
     otel: Otel, repository: Path, make_server: ServerFactory
 ) -> None:
