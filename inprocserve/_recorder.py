@@ -114,8 +114,9 @@ class Recorder:
         self._wake_sent = False  # the recording thread was woken for the records pending now
         self._metrics.add_recorder(self)
         _fork.register(self)
-        # a version unloaded between two collections still delivers what it holds
-        weakref.finalize(self, _record_all, self._pending)
+        # a version unloaded between two collections still delivers what it holds, at the next collection
+        # (never recorded in the finalizer: see Metrics.adopt_pending)
+        weakref.finalize(self, self._metrics.adopt_pending, self._pending)
 
     def _after_fork_in_child(self) -> None:
         # the metric reader's thread may have held the lock at the fork, and its durations are the parent's
@@ -252,10 +253,6 @@ def _record(pending: deque[_Record], count: int) -> None:
             histogram.record(value, attributes)
         except Exception:
             _telemetry_failed("recording a metric")
-
-
-def _record_all(pending: deque[_Record]) -> None:
-    _record(pending, len(pending))
 
 
 _MAX_CACHED_ATTRIBUTE_SETS = 1_000

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from typing import TYPE_CHECKING, Any
@@ -672,6 +673,9 @@ class Metrics:
         self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
         self._recording = RecordingThread(self.record_pending, name="inprocserve-metrics")
         self._held_for_fork = threading.local()  # recorders' locks a forking thread took (see hold_records)
+        # pending records of recorders the garbage collector took, for the next flush (see adopt_pending)
+        self._orphans: deque[deque[Any]] = deque()
+        self._orphans_draining = threading.Lock()  # held by the one thread that records them
         _fork.register(self)
         meter.create_observable_gauge(
             "inprocserve.queue.depth", callbacks=[self._observe("queue")], unit="{row}", description="Rows queued"
@@ -719,6 +723,8 @@ class Metrics:
         # one held for good; per forking thread
         held: list[threading.Lock] = []
         self._held_for_fork.locks = held
+        if self._orphans_draining.acquire(timeout=_FORK_WAIT_S):
+            held.append(self._orphans_draining)
         for recorder in list(self._recorders):
             lock = recorder._draining
             if lock.acquire(timeout=_FORK_WAIT_S):
@@ -733,17 +739,52 @@ class Metrics:
 
     def _after_fork_in_child(self) -> None:
         self._held_for_fork = threading.local()  # (each recorder makes itself a new lock in the child)
+        self._orphans = deque()  # (the parent's to record)
+        self._orphans_draining = threading.Lock()
+
+    def adopt_pending(self, pending: deque[Any]) -> None:
+        """Keep the records still pending in a recorder that was garbage-collected (a version unloaded or
+        replaced between two collections), for the next :meth:`flush` to record.
+
+        Called by the recorder's finalizer, which runs wherever the cyclic garbage collector happens to run:
+        on any thread, maybe inside the SDK's ``Histogram.record`` while it holds the lock of the very
+        instrument these records go to (it allocates an aggregation there for a new attribute set, on every
+        first record after a delta collection). Recording them there waited for that lock on the thread that
+        held it: the thread hung for good, and with it every thread that then recorded a request duration.
+        An append takes no lock."""
+        if pending:
+            self._orphans.append(pending)
+
+    def _record_orphans(self, timeout_s: float | None) -> None:
+        """Record the adopted records (:meth:`adopt_pending`), waiting up to ``timeout_s`` for a thread that
+        records them now (``None``: skip them then; that thread takes them)."""
+        if not self._orphans:
+            return
+        lock = self._orphans_draining
+        if not (lock.acquire(blocking=False) if timeout_s is None else lock.acquire(timeout=timeout_s)):
+            return
+        try:
+            orphans = self._orphans
+            while orphans:
+                pending = orphans.popleft()
+                for _ in range(len(pending)):
+                    histogram, value, attributes = pending.popleft()
+                    record_safely(histogram, value, attributes)
+        finally:
+            lock.release()
 
     def flush(self) -> None:
         """Record what every recorder holds: called by the SDK's collection, through the observable gauges'
         callback (the SDK runs those before it reads the synchronous instruments), so each export holds
         every request finished before it."""
+        self._record_orphans(timeout_s=_FORK_WAIT_S)
         for recorder in list(self._recorders):
             recorder.flush()
 
     def record_pending(self) -> None:
         """Record what every recorder holds, skipping one that another thread is recording now (the
         recording thread's turn)."""
+        self._record_orphans(timeout_s=None)
         for recorder in list(self._recorders):
             recorder.record_pending()
 

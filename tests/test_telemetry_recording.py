@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from inprocserve._recorder import Recorder
 from inprocserve._tally import Tally
 from inprocserve._telemetry import METRICS
 
-from .conftest import ServerFactory, run_in_forked_child
+from .conftest import ServerFactory, run_in_forked_child, run_python
 from .test_telemetry import Otel
 
 # The process-wide SDK (providers can be set once per process) and the scale repository, as fixtures:
@@ -420,3 +421,48 @@ def test_requests_the_loop_runs_itself_are_recorded_as_predict_records_them(
     count, rows = _count(otel, "inprocserve.batch.size", "scale")
     assert (count - before, rows - before_rows) == (1, 6)
     assert _count(otel, "inprocserve.request.duration", "scale")[0] - requests_before == 6
+
+
+_RETIRED_WHILE_RECORDING = """
+import gc
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from inprocserve._recorder import Recorder
+
+reader = InMemoryMetricReader(preferred_temporality={Histogram: AggregationTemporality.DELTA})
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+serving = Recorder("fraud", 2)
+recorded = 0
+for threshold in range(1, 200):
+    retired = Recorder("fraud", 1)  # a version unloaded with durations its queued requests left pending
+    for _ in range(5):
+        retired.request_finished(0.01, variant="stable", error=None)
+    held = [retired]
+    held.append(held)  # in a reference cycle, as a retired version is: freed by the cyclic collector
+    del retired, held
+    gc.set_threshold(threshold)  # the collector runs somewhere in the next requests' recording
+    for variant in ("stable", "canary", "shadow"):
+        serving.request_finished(0.01, variant=variant, error=None, now=True)
+    gc.set_threshold(700)
+    gc.collect()
+    data = reader.get_metrics_data()  # (deltas: the next records make their aggregations again)
+    for metric in data.resource_metrics[0].scope_metrics[0].metrics:
+        if metric.name == "inprocserve.request.duration":
+            points = metric.data.data_points
+            recorded += sum(p.count for p in points if p.attributes["inprocserve.model.version"] == 1)
+print(recorded)
+"""
+
+
+def test_a_retired_versions_durations_reach_the_next_collection_wherever_the_collector_frees_it() -> None:
+    # The garbage collector frees a retired version's recorder on whatever thread it runs on, at whatever
+    # allocation: here, at every point of a request's recording in turn, inside the SDK's Histogram.record
+    # too, where it holds the lock of the instrument the retired version's durations go to. Recording them
+    # there hung that thread for good (and every thread recording a duration after it).
+    try:
+        result = run_python(_RETIRED_WHILE_RECORDING, timeout_s=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("recording a request's duration hung while the collector freed a retired version's recorder")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(199 * 5)  # every pending duration of every retired recorder, once
