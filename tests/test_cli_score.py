@@ -184,7 +184,7 @@ def test_a_run_stopped_by_a_signal_leaves_no_partial_file(tmp_path: Path, stop: 
         str(tmp_path / "x.npy"),
         str(tmp_path / "y.csv"),
     ]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
     try:
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob("*.partial")):  # answers are being written
@@ -202,9 +202,17 @@ def test_a_run_stopped_by_a_signal_leaves_no_partial_file(tmp_path: Path, stop: 
     _no_leftovers(tmp_path)
 
 
+def _interruptible() -> None:
+    """In the child before it runs Python: Ctrl-C's signal as a terminal gives it. A shell ignores SIGINT in
+    the commands it starts in the background (a CI runner's job may be one), the child inherits that, and
+    Python then installs no KeyboardInterrupt handler: the test's SIGINT did nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # Runs the command, with the signal sent as soon as onnxruntime's compiled module begins to initialize.
 _STOPPED_WHILE_ONNXRUNTIME_LOADS = """
-import os, runpy, sys, threading, time
+import os, runpy, signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (see _interruptible)
 signal_number = int(sys.argv.pop(1))
 def stop():
     while "onnxruntime.capi.onnxruntime_pybind11_state" not in sys.modules:
