@@ -67,6 +67,7 @@ __all__ = [
     "PoolConfig",
     "VersionPolicy",
     "WarmupConfig",
+    "check_model_configs",
     "load_model_config",
 ]
 
@@ -562,6 +563,38 @@ def _changed(given: Any, default: Any, base: Any) -> dict[str, Any]:
             value = dataclasses.replace(getattr(base, inner.name), **nested)
         fields[inner.name] = value
     return fields
+
+
+def check_model_configs(config: object, models: object, *, names: tuple[str, str] = ("config", "models")) -> None:
+    """Refuse a ``config=`` that is not a :class:`ModelConfig` (or ``None``) and a ``models=`` that is not a
+    mapping of model name -> :class:`ModelConfig`, naming the setting (``names``: how the caller calls the two).
+
+    A ``config.toml``-shaped dict is the natural mistake, and it was accepted: every model then failed its
+    load ("AttributeError: 'dict' object has no attribute 'version_policy'"), so the server, or each worker
+    of an app, started and served nothing (404 on every request) instead of refusing the setting at start-up.
+
+    Raises:
+        TypeError: saying which setting, which entry, and how to build it.
+    """
+    hint = (
+        "build it with inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(...), ...), or lay a "
+        "config.toml-shaped dict over the defaults with inprocserve.ModelConfig().merged({...})"
+    )
+    if config is not None and not isinstance(config, ModelConfig):
+        raise TypeError(f"{names[0]} must be an inprocserve.ModelConfig or None, got {type(config).__name__}: {hint}")
+    if models is None:
+        return
+    if not isinstance(models, Mapping):
+        raise TypeError(
+            f"{names[1]} must be a dict of model name -> inprocserve.ModelConfig, got {type(models).__name__}"
+        )
+    for name, each in models.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{names[1]} must be keyed by model name (a string), got the key {shown(name)}")
+        if not isinstance(each, ModelConfig):
+            raise TypeError(
+                f"{names[1]}[{name!r}] must be an inprocserve.ModelConfig, got {type(each).__name__}: {hint}"
+            )
 
 
 def load_model_config(path: Path, base: ModelConfig | None = None) -> ModelConfig:

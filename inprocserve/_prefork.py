@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._config import ModelConfig, load_model_config
+from ._config import ModelConfig, check_model_configs, load_model_config
 from ._errors import ModelLoadError
 from ._remote_model import read_remote_toml
 from ._repository import ModelSource, is_remote, scan_repository
@@ -174,6 +174,7 @@ def check_repository(
         ModelLoadError: a model file that would be served is not a readable ONNX model, or a
             ``remote.toml`` is invalid.
     """
+    check_model_configs(config, models)
     scan = scan_repository(Path(repository))
     onnx: Any
     try:

@@ -24,7 +24,7 @@ from opentelemetry.trace import INVALID_SPAN
 
 from . import _fork
 from ._batching import VersionRetiredError
-from ._config import ModelConfig
+from ._config import ModelConfig, check_model_configs
 from ._config_checks import MAX_INTERVAL_S, is_number, shown
 from ._control import ControlFile
 from ._deadlines import check_timeout
@@ -103,6 +103,8 @@ class Server(RolloutMethods):
         ConfigurationError: the repository is not a folder, a ``config.toml`` is invalid, or an argument is
             out of its range or of the wrong kind (``shadow_queue=0``, a string for a number, NaN).
         ModelLoadError: a model could not be loaded at start-up (``strict=True`` only).
+        TypeError: ``config`` is not a ``ModelConfig``, or ``models`` not a dict of name -> ``ModelConfig``
+            (a ``config.toml``-shaped dict is refused: ``ModelConfig().merged({...})`` builds one from it).
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class Server(RolloutMethods):
         follow_symlinks: bool = False,
         shadow_queue_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
+        check_model_configs(config, models)  # (a config.toml-shaped dict would load nothing, at every refresh)
         for name, seconds in (("control_interval_s", control_interval_s), ("poll_interval_s", poll_interval_s)):
             # (NaN fails > too; more than a day is a typo, and a wait past a lock's limit ends the thread)
             if seconds is not None and not (is_number(seconds) and 0 < seconds <= MAX_INTERVAL_S):
@@ -927,7 +930,9 @@ class Server(RolloutMethods):
                 or has no such model, is one).
             ModelNotFoundError: no such model in the repository, or an invalid name.
             ValueError: both ``path`` and ``remote``.
+            TypeError: ``config`` is not a ``ModelConfig``.
         """
+        check_model_configs(config, None)
         return self._registry.load(name, path=path, version=version, config=config, remote=remote)
 
     def unload(self, name: str, version: int | None = None, *, timeout_s: float | None = None) -> None:

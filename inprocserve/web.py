@@ -14,6 +14,7 @@ each turns the typed results below into its framework's responses.
 * :class:`ProcessLocalServer`: one lazily built server per process, rebuilt in a forked child.
 * :data:`SHADOW_SETTINGS`, :func:`shadow_setting_problem`: the server's shadow arguments, their defaults
   and their checks, for settings read at start-up while the server is built later in each worker.
+* :func:`model_configs_problem`: the same for its ``config=`` and ``models=``.
 
 ::
 
@@ -39,6 +40,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _fork
+from ._config import check_model_configs
 from ._config_checks import MAX_INTERVAL_S, check_int, is_number, shown
 from ._control import validate_percent
 from ._errors import (
@@ -76,6 +78,7 @@ __all__ = [
     "error_answer",
     "error_code",
     "http_status",
+    "model_configs_problem",
     "readiness",
     "retry_after",
     "run_admin_action",
@@ -111,6 +114,17 @@ def shadow_setting_problem(argument: str, value: object) -> str | None:
         check[argument]()
     except ConfigurationError as exc:
         return str(exc).removeprefix(f"{argument} ")
+    return None
+
+
+def model_configs_problem(config: object, models: object, *, names: tuple[str, str]) -> str | None:
+    """What ``Server`` would refuse in ``config`` (a :class:`~inprocserve.ModelConfig` or ``None``) and
+    ``models`` (a dict of model name -> ``ModelConfig``), with the settings called ``names``; ``None`` if
+    they are fine. A ``config.toml``-shaped dict there let every worker start and serve nothing."""
+    try:
+        check_model_configs(config, models, names=names)
+    except TypeError as exc:
+        return str(exc)
     return None
 
 

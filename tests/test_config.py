@@ -26,6 +26,7 @@ from inprocserve import (
     ShadowConfig,
     VersionPolicy,
     WarmupConfig,
+    check_repository,
 )
 from inprocserve._config import load_model_config
 from inprocserve.testing import build_scale_model, save_model
@@ -471,3 +472,31 @@ def test_a_shadows_max_abs_diff_is_read_from_the_models_file(repository: Path, m
 def test_a_shadows_max_abs_diff_must_be_a_finite_number_at_least_zero(value: object) -> None:
     with pytest.raises(ConfigurationError, match=r"rollout\.shadow\.max_abs_diff must be a finite number >= 0"):
         ShadowConfig(max_abs_diff=value)  # type: ignore[arg-type]
+
+
+# -- config= and models= of the wrong type ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"config": {"batching": {"max_batch_size": 8}}}, r"config must be an inprocserve\.ModelConfig"),
+        ({"models": {"scale": {"batching": {"max_batch_size": 8}}}}, r"models\['scale'\] must be an inprocserve"),
+        ({"models": [("scale", ModelConfig())]}, "models must be a dict of model name"),
+        ({"models": {1: ModelConfig()}}, r"keyed by model name \(a string\), got the key 1"),
+    ],
+)
+def test_a_config_toml_shaped_dict_in_code_is_refused_when_the_server_is_built(
+    repository: Path, make_server: ServerFactory, arguments: dict[str, Any], message: str
+) -> None:
+    # A dict was accepted, and then every model failed its load with an AttributeError: the server started
+    # and served nothing (ModelNotFoundError on every request; a 404 from the plug-ins).
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    with pytest.raises(TypeError, match=message):
+        make_server(repository, **arguments)
+    with pytest.raises(TypeError, match=message):
+        check_repository(repository, **arguments)
+    server = make_server(repository, config=ModelConfig().merged({"batching": {"max_batch_size": 8}}))
+    assert server.status()["models"]["scale"]["versions"]["1"]["max_batch_size"] == 8  # what the hint says works
+    with pytest.raises(TypeError, match=r"config must be an inprocserve\.ModelConfig"):
+        server.load("scale", version=1, config={"batching": {}})  # type: ignore[arg-type]

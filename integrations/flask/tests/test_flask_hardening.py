@@ -135,3 +135,17 @@ def test_protocol_details_through_flask(app: Flask) -> None:
     packed = gzip.compress(json.dumps({"inputs": [X]}).encode()) + b"garbage"
     response = client.post("/v2/models/scale/infer", data=packed, headers={"Content-Encoding": "gzip"})
     assert response.status_code == 400 and "after the end of its compressed data" in response.json["error"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("INPROCSERVE_MODELS", {"scale": {"batching": {"max_batch_size": 8}}}),  # config.toml's shape
+        ("INPROCSERVE_MODEL_CONFIG", {"batching": {"max_batch_size": 8}}),
+    ],
+)
+def test_a_model_config_given_as_a_dict_fails_at_init_app(repository: Path, key: str, value: object) -> None:
+    # It was accepted, and each worker's server then loaded no model: 404 "servable models: none" on every
+    # request, the cause only in a logged AttributeError.
+    with pytest.raises(inprocserve.ConfigurationError, match=rf"{key}.* must be an inprocserve\.ModelConfig"):
+        make_app(repository, **{key: value})

@@ -213,6 +213,13 @@ def _check_settings(config: Mapping[str, Any]) -> None:
         problem = problem_of(setting, config[key])
         if problem is not None:
             raise inprocserve.ConfigurationError(f"{key} {problem}")
+    problem = web.model_configs_problem(  # (a config.toml-shaped dict: every worker served nothing, 404s)
+        config["INPROCSERVE_MODEL_CONFIG"],
+        config["INPROCSERVE_MODELS"],
+        names=("INPROCSERVE_MODEL_CONFIG", "INPROCSERVE_MODELS"),
+    )
+    if problem is not None:
+        raise inprocserve.ConfigurationError(problem)
 
 
 def _state() -> _State:
