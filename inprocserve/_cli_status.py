@@ -143,9 +143,15 @@ def summarize(document: dict[str, Any]) -> list[str]:
     """
     runtime = document.get("onnxruntime", "?")
     state = "closed" if document.get("closed") else "open"
-    lines = [f"server {state}, onnxruntime {runtime}, repository {document.get('repository') or '(none)'}"]
+    # The view without the admin token drops every path (the repository, the control file): that is not
+    # "no repository", and the control revision the worker follows is shown all the same.
+    repository = (document.get("repository") or "(none)") if "repository" in document else "(path hidden: --token)"
+    lines = [f"server {state}, onnxruntime {runtime}, repository {repository}"]
+    worker = document.get("worker")
+    if isinstance(worker, dict) and worker.get("pid") is not None:  # each request reaches one worker of the host
+        lines.append(f"answered by worker pid {worker['pid']} on {worker.get('hostname', '?')}")
     control = document.get("control")
-    if isinstance(control, dict) and control.get("file"):
+    if isinstance(control, dict) and (control.get("file") or ("file" not in control and "revision" in control)):
         lines.append(f"control revision {control.get('revision', '?')}")
     error = control_error(document)
     if error:
@@ -160,6 +166,7 @@ def summarize(document: dict[str, Any]) -> list[str]:
         lines.append(f"{name}: {ready}" + (f", v{answers} answers by default" if answers is not None else ""))
         if model.get("config_error"):
             lines.append(f"  config error: {model['config_error']}")
+        lines.extend(_control_lines(_object(model.get("control"), f"models.{name}.control", optional=True)))
         for number, version in _object(model.get("versions"), f"models.{name}.versions", optional=True).items():
             where = f"models.{name}.versions.{number}"
             lines.append("  " + _version_line(number, _object(version, where), where))
@@ -176,6 +183,23 @@ def summarize(document: dict[str, Any]) -> list[str]:
             agreement = shadow.get("label_agreement")
             agree = f", label agreement {agreement:.1%}" if isinstance(agreement, int | float) else ""
             lines.append(f"  shadow v{number}: {shadow.get('runs', 0)} runs, {shadow.get('errors', 0)} errors{agree}")
+    return lines
+
+
+def _control_lines(state: dict[str, Any]) -> list[str]:
+    """What the fleet's control file sets for one model, as the worker follows it: a kill switch turned on
+    with ``kill`` and a canary set with ``canary`` were not shown, so ``status`` right after them read the
+    same as before."""
+    lines = []
+    if state.get("kill"):
+        lines.append("  KILL SWITCH ON: the stable version answers every request (`resume` turns it off)")
+    if state.get("stable") is not None:
+        previous = state.get("previous_stable")
+        back = f" (rollback goes to v{previous})" if previous is not None else ""
+        lines.append(f"  control file: v{state['stable']} is stable{back}")
+    percent = state.get("canary_percent")
+    if state.get("canary_version") is not None and isinstance(percent, int | float) and percent > 0:
+        lines.append(f"  control file: canary v{state['canary_version']} for {percent:g}% of users")
     return lines
 
 

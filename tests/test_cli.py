@@ -274,6 +274,42 @@ def test_status_summarizes_a_running_app(flask_app_url: str) -> None:
     assert "  v1: ready, serving: 0 batches, 0 rows, 0 queued, 0 in flight" in lines
 
 
+def test_status_without_the_token_shows_the_worker_the_revision_and_the_kill_switch(repository: Path) -> None:
+    # An operator turns the kill switch on and a canary, then checks with `status` (no token: /models is
+    # open). The summary said "repository (none)", showed no control revision (its line needed the control
+    # file's path, which the view without the token drops), no worker, and nothing of the kill switch or
+    # the canary: it read the same before and after the commands.
+    flask = pytest.importorskip("flask")
+    pytest.importorskip("inprocserve_flask")
+    from inprocserve_flask import Inprocserve
+    from werkzeug.serving import make_server
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    assert run_cli("kill", str(repository), "scale").returncode == 0
+    assert run_cli("canary", str(repository), "scale", "1", "10").returncode == 0
+    app = flask.Flask("status_app")
+    app.config.update(INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_ADMIN_TOKEN="s3cret-" + "x" * 24)
+    extension = Inprocserve(app)
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        result = run_cli("status", f"http://127.0.0.1:{http.server_port}")
+    finally:
+        http.shutdown()
+        thread.join(timeout=10)
+        http.server_close()
+        extension.close(app)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].endswith("repository (path hidden: --token)")
+    assert lines[2].startswith("answered by worker pid ")
+    assert "control revision 2" in lines
+    assert "  KILL SWITCH ON: the stable version answers every request (`resume` turns it off)" in lines
+    assert "  control file: canary v1 for 10% of users" in lines
+
+
 def test_status_json_is_the_endpoint_document(flask_app_url: str) -> None:
     result = run_cli("status", "--json", "--token", "s3cret", flask_app_url + "/api/-/inprocserve/models")
     document = json.loads(result.stdout)
