@@ -189,6 +189,7 @@ class ControlFile:
             with open(self.path, "rb") as handle:
                 raw = handle.read(_MAX_BYTES + 1)
         except FileNotFoundError:
+            self._refuse_a_broken_link()
             return Control()
         except OSError as exc:
             raise ControlFileUnavailableError(f"control file {self.path} cannot be read: {exc}") from exc
@@ -201,6 +202,16 @@ class ControlFile:
         except RecursionError:  # (no revision nests: a damaged or hostile file)
             raise ConfigurationError(f"control file {self.path} is not valid JSON: nested too deeply") from None
         return Control.from_dict(data)
+
+    def _refuse_a_broken_link(self) -> None:
+        """A control file that is a symbolic link to nothing (a ConfigMap or a share that is not mounted, a
+        renamed key) cannot be read; it is not absent. Read as absent, it was revision 0 on every worker: the
+        fleet's kill switches, canaries and switches were silently dropped, logged only as a file that "went
+        back" (deleted, restored from a backup)."""
+        if os.path.islink(self.path):  # (its target is not named: the message reaches HTTP clients)
+            raise ControlFileUnavailableError(
+                f"control file {self.path} is a symbolic link to a file that does not exist (not mounted?)"
+            )
 
     def update(self, change: Callable[[Control], Control], *, actor: str | None = None) -> Control:
         """Apply ``change`` to the current revision and write the result as the next revision.

@@ -913,6 +913,31 @@ def test_a_linked_control_file_is_followed_and_never_written(fleet: Path, make_s
     assert answer(server, "fraud") == 1
 
 
+def test_a_linked_control_file_whose_target_is_gone_keeps_the_fleet_state(
+    fleet: Path, make_server: ServerFactory
+) -> None:
+    """The ConfigMap (or share) the link points into is not mounted: the file cannot be read, it is not absent.
+    Read as absent it was revision 0 on every worker: the kill switch and the canary were silently dropped."""
+    managed = fleet.parent / "configmap"
+    managed.mkdir()
+    document = {
+        "revision": 4,
+        "models": {"fraud": {"stable": 1, "kill": True, "canary_version": 2, "canary_percent": 100}},
+    }
+    (managed / CONTROL_FILENAME).write_text(json.dumps(document))
+    (fleet / CONTROL_FILENAME).symlink_to(managed / CONTROL_FILENAME)
+    server = make_server(fleet, control_interval_s=60)
+    assert answer(server, "fraud") == 1  # killed: the stable version, not the canary (nor the latest)
+    shutil.rmtree(managed)  # unmounted
+    assert server.sync_control() == 4
+    assert answer(server, "fraud") == 1
+    error = server.status()["control"]["error"]
+    assert error is not None and "is a symbolic link to a file that does not exist" in error
+    starting = make_server(fleet, control_interval_s=60)  # a worker started meanwhile fails closed
+    with pytest.raises(inprocserve.ControlStateUnknownError, match="symbolic link to a file that does not exist"):
+        answer(starting, "fraud")
+
+
 def test_canary_needs_a_percent(fleet: Path) -> None:
     result = _cli("canary", str(fleet), "fraud", "2")
     assert result.returncode == 2
