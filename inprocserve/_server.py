@@ -25,7 +25,7 @@ from opentelemetry.trace import INVALID_SPAN
 from . import _fork
 from ._batching import VersionRetiredError
 from ._config import ModelConfig, check_model_configs
-from ._config_checks import MAX_INTERVAL_S, is_number, shown
+from ._config_checks import MAX_INTERVAL_S, check_bool, is_number, shown
 from ._control import ControlFile
 from ._deadlines import check_timeout
 from ._drift import DriftScorer
@@ -126,6 +126,8 @@ class Server(RolloutMethods):
         shadow_queue_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         check_model_configs(config, models)  # (a config.toml-shaped dict would load nothing, at every refresh)
+        for name, flag in (("strict", strict), ("follow_symlinks", follow_symlinks)):
+            check_bool(name, flag)  # ("false" from an environment variable is true)
         for name, seconds in (("control_interval_s", control_interval_s), ("poll_interval_s", poll_interval_s)):
             # (NaN fails > too; more than a day is a typo, and a wait past a lock's limit ends the thread)
             if seconds is not None and not (is_number(seconds) and 0 < seconds <= MAX_INTERVAL_S):

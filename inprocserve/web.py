@@ -14,7 +14,8 @@ each turns the typed results below into its framework's responses.
 * :class:`ProcessLocalServer`: one lazily built server per process, rebuilt in a forked child.
 * :data:`SHADOW_SETTINGS`, :func:`shadow_setting_problem`: the server's shadow arguments, their defaults
   and their checks, for settings read at start-up while the server is built later in each worker.
-* :func:`model_configs_problem`: the same for its ``config=`` and ``models=``.
+* :func:`model_configs_problem`: the same for its ``config=`` and ``models=``; :func:`bool_setting_problem`
+  for an on/off setting.
 
 ::
 
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _fork
 from ._config import check_model_configs
-from ._config_checks import MAX_INTERVAL_S, check_int, is_number, shown
+from ._config_checks import MAX_INTERVAL_S, check_bool, check_int, is_number, shown
 from ._control import validate_percent
 from ._errors import (
     ConfigurationError,
@@ -73,6 +74,7 @@ __all__ = [
     "SHADOW_SETTINGS",
     "admin_answer",
     "body_reader",
+    "bool_setting_problem",
     "check_token",
     "environ_key",
     "error_answer",
@@ -125,6 +127,17 @@ def model_configs_problem(config: object, models: object, *, names: tuple[str, s
         check_model_configs(config, models, names=names)
     except TypeError as exc:
         return str(exc)
+    return None
+
+
+def bool_setting_problem(value: object) -> str | None:
+    """What is wrong with ``value`` for an on/off setting, as "must be ..., got ..."; ``None`` for a bool.
+    A string is true whatever it says: ``os.environ.get("FOLLOW_SYMLINKS", "false")`` turned the
+    integrity check's refusal of linked model folders off."""
+    try:
+        check_bool("", value)
+    except ConfigurationError:
+        return f"must be True or False, got {shown(value)} (a string is true whatever it says)"
     return None
 
 

@@ -500,3 +500,15 @@ def test_a_config_toml_shaped_dict_in_code_is_refused_when_the_server_is_built(
     assert server.status()["models"]["scale"]["versions"]["1"]["max_batch_size"] == 8  # what the hint says works
     with pytest.raises(TypeError, match=r"config must be an inprocserve\.ModelConfig"):
         server.load("scale", version=1, config={"batching": {}})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("argument", ["follow_symlinks", "strict"])
+def test_an_on_off_argument_given_as_a_string_is_refused(
+    repository: Path, make_server: ServerFactory, argument: str
+) -> None:
+    # Server("models/", follow_symlinks=os.environ.get("FOLLOW", "false")): "false" is true to Python, and a
+    # linked model folder, refused by default, was served.
+    save_model(build_scale_model(2.0), repository.parent / "elsewhere", "scale", 1)
+    (repository / "scale").symlink_to(repository.parent / "elsewhere" / "scale", target_is_directory=True)
+    with pytest.raises(ConfigurationError, match=f"{argument} must be true or false .*, got 'false'"):
+        make_server(repository, **{argument: "false"})

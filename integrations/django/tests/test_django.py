@@ -215,6 +215,9 @@ def test_system_checks(repository: Path, tmp_path: Path) -> None:
         pytest.param({"POLL_INTERVAL_S": 10**5000}, id="an int with no repr"),
         {"REQUIRED_MODELS": None},
         {"REQUIRED_MODELS": "scale"},
+        {"FOLLOW_SYMLINKS": "false"},  # os.environ.get(...): a string is true, and linked folders were served
+        {"EAGER": "0"},
+        {"V2_PROTOCOL": "False"},
     ],
     ids=repr,
 )

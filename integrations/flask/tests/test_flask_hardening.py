@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,24 @@ def test_a_model_config_given_as_a_dict_fails_at_init_app(repository: Path, key:
     # request, the cause only in a logged AttributeError.
     with pytest.raises(inprocserve.ConfigurationError, match=rf"{key}.* must be an inprocserve\.ModelConfig"):
         make_app(repository, **{key: value})
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "INPROCSERVE_FOLLOW_SYMLINKS",
+        "INPROCSERVE_EAGER",
+        "INPROCSERVE_ENDPOINTS",
+        "INPROCSERVE_STATUS_PAGE",
+        "INPROCSERVE_ERROR_HANDLERS",
+        "INPROCSERVE_V2_PROTOCOL",
+    ],
+)
+def test_an_on_off_setting_read_from_the_environment_as_a_string_fails_at_init_app(
+    repository: Path, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # app.config[key] = os.environ.get(key, "false"): "false" is a non-empty string, true to Python. With
+    # INPROCSERVE_FOLLOW_SYMLINKS it switched the refusal of linked model folders off.
+    monkeypatch.setenv(key, "false")
+    with pytest.raises(inprocserve.ConfigurationError, match=f"{key} must be True or False, got 'false'"):
+        make_app(repository, **{key: os.environ[key]})

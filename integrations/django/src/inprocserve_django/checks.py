@@ -158,6 +158,17 @@ def _value_errors(config: Mapping[str, Any]) -> list[Error]:
                     id="inprocserve.E012",
                 )
             )
+    for key in ("FOLLOW_SYMLINKS", "EAGER", "STATUS_PAGE", "V2_PROTOCOL"):
+        problem = web.bool_setting_problem(config[key])  # ("false" read from the environment is true)
+        if problem is not None:
+            errors.append(
+                Error(
+                    f"INPROCSERVE['{key}'] {problem}.",
+                    hint=f"The default is {DEFAULTS[key]!r}; read an environment variable as "
+                    "os.environ.get(...) == 'true' (see docs/django.md).",
+                    id="inprocserve.E012",
+                )
+            )
     if not _names(config["REQUIRED_MODELS"]):
         errors.append(
             Error(

@@ -213,6 +213,17 @@ def _check_settings(config: Mapping[str, Any]) -> None:
         problem = problem_of(setting, config[key])
         if problem is not None:
             raise inprocserve.ConfigurationError(f"{key} {problem}")
+    for key in (
+        "INPROCSERVE_FOLLOW_SYMLINKS",
+        "INPROCSERVE_EAGER",
+        "INPROCSERVE_ENDPOINTS",
+        "INPROCSERVE_STATUS_PAGE",
+        "INPROCSERVE_ERROR_HANDLERS",
+        "INPROCSERVE_V2_PROTOCOL",
+    ):
+        problem = web.bool_setting_problem(config[key])  # ("false" read from the environment is true)
+        if problem is not None:
+            raise inprocserve.ConfigurationError(f"{key} {problem}")
     problem = web.model_configs_problem(  # (a config.toml-shaped dict: every worker served nothing, 404s)
         config["INPROCSERVE_MODEL_CONFIG"],
         config["INPROCSERVE_MODELS"],
