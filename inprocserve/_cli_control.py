@@ -35,6 +35,13 @@ def _control(args: argparse.Namespace) -> int:
             f"10`); `canary {args.repository} {args.model} none` removes the canary",
             CANNOT_RUN,
         )
+    if args.command == "canary" and args.version is None and args.percent is not None:
+        # (it removed the canary and exited 0: `canary models/ fraud none 50` reads as "50 % of something")
+        return fail(
+            f"`canary ... none` removes the canary and takes no PERCENT (got {args.percent:g}); to send users "
+            f"to a version, name it: `canary {args.repository} {args.model} VERSION {args.percent:g}`",
+            CANNOT_RUN,
+        )
     if not repository.is_dir():
         return fail(f"the model repository {args.repository} is not a folder", CANNOT_RUN)
     try:

@@ -944,6 +944,9 @@ def test_canary_needs_a_percent(fleet: Path) -> None:
     assert "needs a PERCENT" in result.stderr
     assert not (fleet / CONTROL_FILENAME).exists()
     assert _cli("canary", str(fleet), "fraud", "2", "10").returncode == 0
+    refused = _cli("canary", str(fleet), "fraud", "none", "50")  # removed the canary, exit 0
+    assert refused.returncode == 2 and "takes no PERCENT (got 50)" in refused.stderr
+    assert ControlFile(fleet).read().models["fraud"].canary_version == 2  # nothing written
     assert _cli("canary", str(fleet), "fraud", "none").returncode == 0
     assert ControlFile(fleet).read().models["fraud"].canary_version is None
 
