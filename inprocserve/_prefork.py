@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ._config import ModelConfig, check_model_configs, load_model_config
+from ._config_checks import check_bool
 from ._errors import ModelLoadError
 from ._remote_model import read_remote_toml
 from ._repository import ModelSource, is_remote, scan_repository
@@ -155,6 +156,7 @@ def check_repository(
     *,
     config: ModelConfig | None = None,
     models: Mapping[str, ModelConfig] | None = None,
+    follow_symlinks: bool = False,
 ) -> dict[str, Any]:
     """Check a repository without onnxruntime: layout, every ``config.toml``, and each served version's
     signature (read with the ``onnx`` package, if installed). Safe to call in a process that will fork.
@@ -163,6 +165,8 @@ def check_repository(
     version policy selects and the ones its rollout names (stable, canary, arms, shadows).
     A remote version's ``remote.toml`` is read, but its server is not contacted: no connection may cross
     the fork, and each worker reads the remote model's metadata itself.
+    Pass the ``follow_symlinks`` the Server gets: without it linked model and version folders (a release
+    linked into the repository) are only listed in ``problems``, not checked, while the workers serve them.
 
     Returns:
         ``{"models": {name: {version: {"inputs": [...], "outputs": [...]}}}, "problems": [...],
@@ -175,7 +179,8 @@ def check_repository(
             ``remote.toml`` is invalid.
     """
     check_model_configs(config, models)
-    scan = scan_repository(Path(repository))
+    check_bool("follow_symlinks", follow_symlinks)
+    scan = scan_repository(Path(repository), follow_symlinks=follow_symlinks)
     onnx: Any
     try:
         import onnx

@@ -13,7 +13,7 @@ settings.configure(
         name: getattr(__import__("testproject_settings"), name)
         for name in ("SECRET_KEY", "INSTALLED_APPS", "MIDDLEWARE", "ROOT_URLCONF", "DATABASES", "USE_TZ")
     },
-    INPROCSERVE={"REPOSITORY": sys.argv[1], "EAGER": True},
+    INPROCSERVE={"REPOSITORY": sys.argv[1], "EAGER": True, "FOLLOW_SYMLINKS": sys.argv[2:] == ["follow"]},
 )
 try:
     django.setup()  # the eager check runs in AppConfig.ready()

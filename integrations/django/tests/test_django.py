@@ -367,14 +367,14 @@ def test_models_shows_paths_only_to_the_admin(repository: Path) -> None:
             reset_server()
 
 
-def _eager_setup(repository: Path) -> dict[str, Any]:
+def _eager_setup(repository: Path, *options: str) -> dict[str, Any]:
     import subprocess
     import sys
 
     here = Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, str(here / "eager_check.py"), str(repository)],
+        [sys.executable, str(here / "eager_check.py"), str(repository), *options],
         env=env,
         capture_output=True,
         text=True,
@@ -392,3 +392,15 @@ def test_eager_mode_checks_in_ready_and_builds_only_in_the_worker(repository: Pa
     (broken / "m" / "1").mkdir(parents=True)
     (broken / "m" / "1" / "model.onnx").write_bytes(b"nope")
     assert "not a readable ONNX model" in _eager_setup(broken)["error"]
+
+
+def test_eager_mode_checks_a_linked_release_the_workers_would_serve(tmp_path: Path) -> None:
+    # A release folder linked in as the next version, served with FOLLOW_SYMLINKS: the check skipped the
+    # link, passed, and every worker then failed to load the version it was deployed to serve.
+    folder = tmp_path / "models"
+    save_model(build_scale_model(1.0), folder, "scale", 1)
+    release = tmp_path / "releases" / "scale" / "2"
+    release.mkdir(parents=True)
+    (release / "model.onnx").write_bytes(b"a release cut short")
+    (folder / "scale" / "2").symlink_to(release, target_is_directory=True)
+    assert "'scale' version 2: not a readable ONNX model" in _eager_setup(folder, "follow")["error"]

@@ -351,6 +351,20 @@ def test_eager_mode_fails_the_start_up_on_a_broken_model(tmp_path: Path) -> None
         make_app(folder, INPROCSERVE_EAGER=True)
 
 
+def test_eager_mode_checks_a_linked_release_the_workers_would_serve(tmp_path: Path) -> None:
+    # docs/repository.md's deployment: a release folder linked in as the next version, served with
+    # INPROCSERVE_FOLLOW_SYMLINKS. The check skipped the link (it scanned without following links), passed,
+    # and every worker then failed to load the version it was deployed to serve.
+    folder = tmp_path / "models"
+    save_model(build_scale_model(1.0), folder, "scale", 1)
+    release = tmp_path / "releases" / "scale" / "2"
+    release.mkdir(parents=True)
+    (release / "model.onnx").write_bytes(b"a release cut short")
+    (folder / "scale" / "2").symlink_to(release, target_is_directory=True)
+    with pytest.raises(inprocserve.ModelLoadError, match=r"'scale' version 2: not a readable ONNX model"):
+        make_app(folder, INPROCSERVE_EAGER=True, INPROCSERVE_FOLLOW_SYMLINKS=True)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -36,5 +36,10 @@ class InprocserveConfig(AppConfig):
             from .server import warm_after_fork
 
             if config["REPOSITORY"] is not None:
-                inprocserve.check_repository(config["REPOSITORY"], config=config["CONFIG"], models=config["MODELS"])
+                inprocserve.check_repository(
+                    config["REPOSITORY"],
+                    config=config["CONFIG"],
+                    models=config["MODELS"],
+                    follow_symlinks=config["FOLLOW_SYMLINKS"],  # (linked releases: checked too)
+                )
             inprocserve.build_after_fork(warm_after_fork)

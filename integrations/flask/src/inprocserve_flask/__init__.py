@@ -179,6 +179,7 @@ class Inprocserve:
                     state.config["INPROCSERVE_REPOSITORY"],
                     config=state.config["INPROCSERVE_MODEL_CONFIG"],
                     models=state.config["INPROCSERVE_MODELS"],
+                    follow_symlinks=state.config["INPROCSERVE_FOLLOW_SYMLINKS"],  # (linked releases: checked too)
                 )
             inprocserve.build_after_fork(state.warm)
 
