@@ -11,7 +11,8 @@ from typing import Any
 
 from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail, positive_float, positive_int
 from ._config import ModelConfig, PoolConfig, WarmupConfig, load_model_config
-from ._errors import InprocserveError
+from ._control import CONTROL_FILENAME, ControlFile
+from ._errors import ConfigurationError, InprocserveError
 from ._model import ModelVersion
 from ._remote import RemoteBackend
 from ._remote_model import read_remote_toml
@@ -149,7 +150,9 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     """Load every version of every model in ``repository`` once; return a JSON-ready report.
 
     The report: ``repository``; ``ok`` (no problem at all); ``problems`` (every message, in order);
-    ``layout_problems`` (files and folders the server would skip, also in ``problems``); ``models``: name ->
+    ``layout_problems`` (files and folders the server would skip, also in ``problems``); ``control_problems``
+    (the fleet's control file cannot be read, or serves a version not in the repository; also in
+    ``problems``); ``models``: name ->
     ``config_error`` and ``versions``: number -> ``ok``, ``served`` (by the version policy), ``error`` and
     ``signature`` (and ``remote``, the endpoint, for a version served remotely: its server is asked).
     ``follow_symlinks`` scans as ``Server(repository, follow_symlinks=True)`` does: links are loaded, not
@@ -159,7 +162,27 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
         ConfigurationError: ``repository`` is not a directory.
     """
     scan = scan_repository(repository, follow_symlinks=follow_symlinks)
-    problems = list(scan.problems)
+    control_problems: list[str] = []
+    # The fleet's control file: a server that starts while it cannot be read refuses every request, and one
+    # whose revision serves a version that is not here serves another (both reported as control.error).
+    control_served: dict[str, set[int]] = {}
+    try:
+        control = ControlFile(repository).read()
+    except ConfigurationError as exc:
+        where = "" if CONTROL_FILENAME in str(exc) else f"{repository / CONTROL_FILENAME}: "  # (name the file)
+        control_problems.append(f"{where}{exc}; a server started now refuses every request until it is fixed")
+    else:
+        for name, state in sorted(control.models.items()):
+            source = scan.models.get(name)
+            served = {v for v in (state.stable, state.canary_version if state.canary_active else None) if v}
+            control_served[name] = served
+            missing = sorted(v for v in served if source is None or v not in source.versions)
+            if source is not None and missing:
+                control_problems.append(
+                    f"{name}: {CONTROL_FILENAME} (revision {control.revision}) serves version(s) "
+                    f"{', '.join(map(str, missing))}, not in the repository: a server started now serves another"
+                )
+    problems = [*scan.problems, *control_problems]
     models: dict[str, Any] = {}
     for name, source in scan.models.items():
         entry: dict[str, Any] = {"config_error": None, "versions": {}}
@@ -170,7 +193,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
             entry["config_error"] = str(exc)
             problems.append(f"{name}: {exc}")
             continue
-        selected = set(config.version_policy.select(list(source.versions)))
+        selected = set(config.version_policy.select(list(source.versions))) | control_served.get(name, set())
         # one small session per version: validation checks that it loads, not how fast it serves
         quiet = dataclasses.replace(
             config, pool=PoolConfig(size=1, intra_op_threads=1, providers=config.pool.providers)
@@ -201,6 +224,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
         "ok": not problems,
         "problems": problems,
         "layout_problems": list(scan.problems),
+        "control_problems": control_problems,
         "models": models,
     }
 
@@ -216,7 +240,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return OK if report["ok"] else PROBLEMS
-    for problem in report["layout_problems"]:
+    for problem in [*report["layout_problems"], *report["control_problems"]]:
         print(f"PROBLEM {problem}")
     for name, entry in report["models"].items():
         if entry["config_error"]:

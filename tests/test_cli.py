@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -79,6 +80,32 @@ def test_validate_reports_every_problem(repository: Path) -> None:
     assert "FAIL    scale: " in result.stdout and "max_batch_size must be >= 1" in result.stdout
     assert "FAIL    broken v1" in result.stdout
     assert "invalid model name 'bad name!'" in result.stdout
+
+
+def test_validate_reports_a_control_file_the_servers_could_not_follow(repository: Path) -> None:
+    # `validate` said "0 problem(s)" (exit 0) while a server started on the repository refused every request
+    # (a control file it cannot read), or served another version than the fleet's (one that is not there).
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    assert run_cli("switch", str(repository), "scale", "1").returncode == 0
+    good = run_cli("validate", str(repository))
+    assert good.returncode == 0, good.stdout
+    assert "OK      scale v1 (served): " in good.stdout  # the control file's stable version is served
+    control = repository / ".inprocserve-control.json"
+    document = control.read_text()
+    control.write_text(document[:30])  # a hand edit gone wrong, or a sync caught half-way
+    broken = run_cli("validate", str(repository))
+    assert broken.returncode == 1
+    assert f"PROBLEM control file {control} is not valid JSON" in broken.stdout
+    assert "a server started now refuses every request until it is fixed" in broken.stdout
+    control.write_text(document)
+    shutil.rmtree(repository / "scale" / "1")
+    missing = run_cli("validate", "--json", str(repository))
+    assert missing.returncode == 1
+    assert json.loads(missing.stdout)["control_problems"] == [
+        "scale: .inprocserve-control.json (revision 1) serves version(s) 1, not in the repository: a server "
+        "started now serves another"
+    ]
 
 
 def test_validate_a_missing_repository(tmp_path: Path) -> None:
