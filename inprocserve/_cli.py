@@ -8,7 +8,10 @@ function in ``COMMANDS``. The commands themselves live in ``_cli_models`` (files
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import signal
+import sys
 from collections.abc import Callable, Sequence
 
 from ._cli_common import Subparsers
@@ -37,7 +40,8 @@ examples:
 Run "python -m inprocserve COMMAND --help" for a command's options and examples.
 Exit status: 0 when all is well; 1 when the command ran and found a problem (a model that does not load,
 an app that is not healthy, a change refused); 2 when it could not run at all (a usage error, or a file,
-folder or URL named on the command line that is missing or cannot be read).
+folder or URL named on the command line that is missing or cannot be read); 141 when the reader of its
+output went away (`| head`), as for a program stopped by SIGPIPE.
 """
 
 AddCommand = Callable[[Subparsers], None]
@@ -72,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command and return its exit status (0 ok, 1 problems found, 2 could not run)."""
+    """Run one command and return its exit status (0 ok, 1 problems found, 2 could not run; 141 when the
+    reader of its output went away, as for a program stopped by SIGPIPE)."""
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        status = int(args.run(args))
+        sys.stdout.flush()  # (a reader gone shows here, not as "Exception ignored" at exit)
+    except BrokenPipeError:
+        # `status --json URL | head`, `validate --json models/ | head`: the reader went away. That printed a
+        # BrokenPipeError traceback and exited 1 ("found a problem"), after a control change was written.
+        # Python's advice (docs of the signal module, "Note on SIGPIPE"): point stdout at /dev/null, so the
+        # flush at exit fails no more, and exit as a program stopped by SIGPIPE does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return status

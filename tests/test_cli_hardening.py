@@ -341,3 +341,33 @@ def test_fleet_commands_on_a_missing_repository_could_not_run(
     assert main(["switch", str(tmp_path / "nowhere"), "fraud", "3"]) == 2
     assert "is not a folder" in capsys.readouterr().err
     assert main(["reload", str(tmp_path / "nowhere")]) == 2
+
+
+# -- a reader that goes away -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["validate --json", "switch", "status --json"])
+def test_a_reader_gone_from_the_pipe_is_no_traceback(
+    tmp_path: Path, command: str, status_endpoint: dict[str, Any]
+) -> None:
+    # `python -m inprocserve status --json URL | head`: head exits once it has its lines. The command printed
+    # a BrokenPipeError traceback and exited 1 ("found a problem"), a switch after it had written the change.
+    save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
+    status_endpoint["document"] = {"models": {"scale": {"ready": True}}}
+    arguments = {
+        "validate --json": ["validate", "--json", str(tmp_path / "models")],
+        "switch": ["switch", str(tmp_path / "models"), "scale", "1"],
+        "status --json": ["status", "--json", status_endpoint["url"]],
+    }[command]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "inprocserve", *arguments], stdout=write, stderr=subprocess.PIPE, timeout=60
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr  # as a program stopped by SIGPIPE
+    assert done.stderr == b""
+    if command == "switch":
+        assert ControlFile(tmp_path / "models").read().models["scale"].stable == 1  # written all the same
