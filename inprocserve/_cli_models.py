@@ -152,8 +152,8 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     The report: ``repository``; ``ok`` (no problem at all); ``problems`` (every message, in order);
     ``layout_problems`` (files and folders the server would skip, also in ``problems``); ``control_problems``
     (the fleet's control file cannot be read, or serves a version not in the repository; also in
-    ``problems``); ``models``: name ->
-    ``config_error`` and ``versions``: number -> ``ok``, ``served`` (by the version policy), ``error`` and
+    ``problems``); ``models``: name -> ``config_error``, ``policy_error`` (its version policy selects none
+    of its versions) and ``versions``: number -> ``ok``, ``served`` (by the version policy), ``error`` and
     ``signature`` (and ``remote``, the endpoint, for a version served remotely: its server is asked).
     ``follow_symlinks`` scans as ``Server(repository, follow_symlinks=True)`` does: links are loaded, not
     reported.
@@ -185,7 +185,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     problems = [*scan.problems, *control_problems]
     models: dict[str, Any] = {}
     for name, source in scan.models.items():
-        entry: dict[str, Any] = {"config_error": None, "versions": {}}
+        entry: dict[str, Any] = {"config_error": None, "policy_error": None, "versions": {}}
         models[name] = entry
         try:
             config = load_model_config(source.config_path) if source.config_path else ModelConfig()
@@ -194,6 +194,12 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
             problems.append(f"{name}: {exc}")
             continue
         selected = set(config.version_policy.select(list(source.versions))) | control_served.get(name, set())
+        if source.versions and not selected and not config.rollout.referenced_versions & set(source.versions):
+            entry["policy_error"] = (  # (a typo such as { specific = [12] }: a server serves the model nothing)
+                f"its version_policy selects none of the versions in the repository "
+                f"({', '.join(map(str, sorted(source.versions)))}); a server serves the model nothing"
+            )
+            problems.append(f"{name}: {entry['policy_error']}")
         # one small session per version: validation checks that it loads, not how fast it serves
         quiet = dataclasses.replace(
             config, pool=PoolConfig(size=1, intra_op_threads=1, providers=config.pool.providers)
@@ -245,6 +251,8 @@ def _validate(args: argparse.Namespace) -> int:
     for name, entry in report["models"].items():
         if entry["config_error"]:
             print(f"FAIL    {name}: {entry['config_error']}")
+        if entry["policy_error"]:
+            print(f"PROBLEM {name}: {entry['policy_error']}")
         for version, result in entry["versions"].items():
             if not result["ok"]:
                 print(f"FAIL    {name} v{version}: {result['error']}")

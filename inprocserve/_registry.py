@@ -200,9 +200,9 @@ class Registry:
                     self.publish(name)
                     return version
                 problems = self._sync_model(name, source, effective)
-                if problems:
-                    raise ModelLoadError("; ".join(problems), model=name)
                 routes = self.routes.get(name)
+                if problems and (routes is not None or name not in self._policy_problems):
+                    raise ModelLoadError("; ".join(problems), model=name)
                 if routes is None:
                     raise ModelNotFoundError(
                         f"model {name!r}: its version_policy selects none of the versions in the repository "
@@ -408,11 +408,17 @@ class Registry:
             if not source.versions and loaded_now:  # every version folder is gone: stop serving it
                 logger.info("model %r has no version folder left in the repository; unloading it", name)
                 self.retire(name, loaded_now, timeout_s=timeout_s)
-            elif loaded_now and usable:  # a policy that selects nothing (a typo?) never unloads what serves
+            elif usable:  # a policy that selects nothing (a typo?) never unloads what serves
+                # (and with nothing loaded yet, at start-up, the model serves nothing: that is said too, or
+                # it vanished without a word, strict=True passed and /ready answered 200)
+                keeps = (
+                    f"versions {', '.join(map(str, sorted(loaded_now)))} keep serving"
+                    if loaded_now
+                    else "the model serves nothing (ModelNotFoundError)"
+                )
                 problem = (
                     f"model {name!r}: its version_policy selects none of the versions in the repository "
-                    f"({', '.join(map(str, sorted(source.versions)))}); versions "
-                    f"{', '.join(map(str, sorted(loaded_now)))} keep serving"
+                    f"({', '.join(map(str, sorted(source.versions)))}); {keeps}"
                 )
                 if self._policy_problems.get(name) != problem:
                     logger.warning("%s", problem)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -499,6 +500,26 @@ def test_a_version_policy_that_selects_nothing_never_unloads_what_serves(
     (problem,) = server.refresh()
     assert "selects none of the versions in the repository (1, 2); versions 2 keep serving" in problem
     assert one(server).version == 2
+
+
+def test_a_version_policy_that_selects_nothing_at_start_up_is_a_problem_not_a_silent_absence(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The same typo in the config.toml a server starts on: the model vanished without a word (not in status,
+    # /ready 200, strict=True passed, the pre-fork check and `validate` passed), every request a 404.
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    (repository / "scale" / "config.toml").write_text("version_policy = { specific = [12] }\n")  # meant [1, 2]
+    expected = "'scale': its version_policy selects none of the versions in the repository (1, 2)"
+    with pytest.raises(inprocserve.ModelLoadError, match=re.escape(expected)):
+        make_server(repository, strict=True)
+    make_server(repository)
+    assert f"model {expected}; the model serves nothing (ModelNotFoundError)" in caplog.text
+    assert any(expected in problem for problem in inprocserve.check_repository(repository)["problems"])
+    from inprocserve._cli_models import validate_repository
+
+    report = validate_repository(repository)
+    assert not report["ok"] and report["models"]["scale"]["policy_error"].startswith(expected.split(": ", 1)[1])
 
 
 def test_the_optimized_graph_a_load_writes_does_not_reload_the_version(
