@@ -153,8 +153,9 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     ``layout_problems`` (files and folders the server would skip, also in ``problems``); ``control_problems``
     (the fleet's control file cannot be read, or serves a version not in the repository; also in
     ``problems``); ``models``: name -> ``config_error``, ``policy_error`` (its version policy selects none
-    of its versions) and ``versions``: number -> ``ok``, ``served`` (by the version policy), ``error`` and
-    ``signature`` (and ``remote``, the endpoint, for a version served remotely: its server is asked).
+    of its versions, or its rollout names a version that is not there) and ``versions``: number -> ``ok``,
+    ``served`` (by the version policy), ``error`` and ``signature`` (and ``remote``, the endpoint, for a
+    version served remotely: its server is asked).
     ``follow_symlinks`` scans as ``Server(repository, follow_symlinks=True)`` does: links are loaded, not
     reported.
 
@@ -200,6 +201,14 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
                 f"({', '.join(map(str, sorted(source.versions)))}); a server serves the model nothing"
             )
             problems.append(f"{name}: {entry['policy_error']}")
+        absent = sorted(config.rollout.referenced_versions - set(source.versions))
+        if absent:  # (a typo such as stable = 33 for 3: a server serves the latest version instead)
+            absence = (
+                f"its rollout names version(s) {', '.join(map(str, absent))}, not in the repository: requests "
+                "meant for them get another"
+            )
+            entry["policy_error"] = "; ".join(filter(None, (entry["policy_error"], absence)))
+            problems.append(f"{name}: {absence}")
         # one small session per version: validation checks that it loads, not how fast it serves
         quiet = dataclasses.replace(
             config, pool=PoolConfig(size=1, intra_op_threads=1, providers=config.pool.providers)

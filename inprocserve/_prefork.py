@@ -197,6 +197,11 @@ def check_repository(
         # What the Server loads: the versions its policy selects, and those the rollout names (stable,
         # canary, arms, shadows), which it loads whatever the policy.
         referenced = {v for v in effective.rollout.referenced_versions if v in source.versions}
+        absent = sorted(effective.rollout.referenced_versions - set(source.versions))
+        if absent:  # (a typo such as stable = 33 for 3: the workers serve the latest version instead)
+            report["problems"].append(
+                f"model {name!r}: its rollout names version(s) {', '.join(map(str, absent))}, not in the repository"
+            )
         if source.versions and not effective.version_policy.select(list(source.versions)) and not referenced:
             report["problems"].append(  # (a typo such as { specific = [12] }: the workers serve it nothing)
                 f"model {name!r}: its version_policy selects none of the versions in the repository "

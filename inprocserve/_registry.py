@@ -147,6 +147,7 @@ class Registry:
         # (set under the routing lock: a try in progress under the lifecycle lock cannot overwrite it)
         self._control_retry_soon = False
         self._policy_problems: dict[str, str] = {}  # models whose version policy selects nothing (logged once)
+        self._reference_problems: dict[str, str] = {}  # models whose rollout names absent versions (logged once)
         # The last load failure logged for each version (its error, and the files it read): a remote version
         # whose server is down is tried again at every refresh (every poll), and is logged once, not each time.
         self._load_errors: dict[tuple[str, int], tuple[str, _Stamp | None]] = {}
@@ -199,7 +200,10 @@ class Registry:
                     self._load_version(name, version, source.versions[version], effective)
                     self.publish(name)
                     return version
-                problems = self._sync_model(name, source, effective)
+                # (a rollout naming an absent version is logged: the model loads, and load() says so by returning)
+                problems = [
+                    p for p in self._sync_model(name, source, effective) if p != self._reference_problems.get(name)
+                ]
                 routes = self.routes.get(name)
                 if problems and (routes is not None or name not in self._policy_problems):
                     raise ModelLoadError("; ".join(problems), model=name)
@@ -348,6 +352,7 @@ class Registry:
                 continue
             del failures[number]
             retried.add(number)
+        problems.extend(self._absent_references(name, source, config))
         router = self.routers.get(name)
         unloaded = self._unloaded_versions.get(name, set())
         removed: set[int] = set()  # versions of the scan whose files are gone since (see _Removed)
@@ -994,6 +999,23 @@ class Registry:
             return False
         folder = self.repository / name / str(number)  # where a repository scan finds the version's file
         return any(failure.stamp == _stamp(folder / file, access=True) for file in (MODEL_FILENAME, REMOTE_FILENAME))
+
+    def _absent_references(self, name: str, source: ModelSource, config: ModelConfig) -> list[str]:
+        """The versions ``config.rollout`` names (stable, canary, arms, shadows) that are not in the
+        repository, as a problem logged once: a typo such as ``stable = 33`` for 3 made the server answer with
+        the latest version, the one the pin was there to hold back, without a word."""
+        absent = sorted(v for v in config.rollout.referenced_versions if v not in source.versions)
+        if not absent:
+            self._reference_problems.pop(name, None)
+            return []
+        problem = (
+            f"model {name!r}: its rollout names version(s) {', '.join(map(str, absent))}, not in the repository "
+            f"({', '.join(map(str, sorted(source.versions))) or 'none'}): requests meant for them get another"
+        )
+        if self._reference_problems.get(name) != problem:
+            logger.warning("%s", problem)
+        self._reference_problems[name] = problem
+        return [problem]
 
     def _control_versions(self, name: str) -> set[int]:
         state = self.control.models.get(name)

@@ -522,6 +522,33 @@ def test_a_version_policy_that_selects_nothing_at_start_up_is_a_problem_not_a_si
     assert not report["ok"] and report["models"]["scale"]["policy_error"].startswith(expected.split(": ", 1)[1])
 
 
+def test_a_rollout_that_names_a_version_not_in_the_repository_says_so(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `stable = 12` for 1 (to hold back version 2): the server answered with version 2, the one the pin was
+    # there to hold back, with nothing in the log; strict=True, the pre-fork check and `validate` passed.
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    (repository / "scale" / "config.toml").write_text("[rollout]\nstable = 12\n")  # meant 1
+    expected = "'scale': its rollout names version(s) 12, not in the repository"
+    with pytest.raises(inprocserve.ModelLoadError, match=re.escape(expected)):
+        make_server(repository, strict=True)
+    server = make_server(repository)
+    assert f"model {expected} (1, 2): requests meant for them get another" in caplog.text
+    assert one(server).version == 2
+    assert any(expected in problem for problem in inprocserve.check_repository(repository)["problems"])
+    from inprocserve._cli_models import validate_repository
+
+    report = validate_repository(repository)
+    assert not report["ok"] and report["models"]["scale"]["policy_error"].startswith(expected.split(": ", 1)[1])
+    caplog.clear()
+    assert server.refresh() == [f"model {expected} (1, 2): requests meant for them get another"]
+    assert caplog.text == ""  # logged once, not at every poll
+    (repository / "scale" / "config.toml").write_text("[rollout]\nstable = 1\n")
+    assert server.refresh() == []
+    assert one(server).version == 1
+
+
 def test_the_optimized_graph_a_load_writes_does_not_reload_the_version(
     repository: Path, make_server: ServerFactory
 ) -> None:
