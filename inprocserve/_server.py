@@ -153,6 +153,11 @@ class Server(RolloutMethods):
         if flags is not None and not isinstance(flags, FlagProvider):
             raise TypeError(f"flags must implement inprocserve.FlagProvider, got {type(flags).__name__}")
         folder = None if repository is None else Path(repository)
+        if folder is not None and not folder.is_dir():  # (a typo served nothing: 404s naming no cause)
+            raise ConfigurationError(
+                f"the model repository {str(folder)!r} is not a folder: create it, or point repository= at the "
+                "folder that holds <model>/<version>/model.onnx"
+            )
         self._clock = clock
         self._ids = RequestIds()
         self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s, clock=clock)

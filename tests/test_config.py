@@ -512,3 +512,15 @@ def test_an_on_off_argument_given_as_a_string_is_refused(
     (repository / "scale").symlink_to(repository.parent / "elsewhere" / "scale", target_is_directory=True)
     with pytest.raises(ConfigurationError, match=f"{argument} must be true or false .*, got 'false'"):
         make_server(repository, **{argument: "false"})
+
+
+def test_a_repository_that_is_not_a_folder_is_refused_when_the_server_is_built(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    # A typo in the path ("modles/"): the server started, logged one error and served nothing; every request
+    # got "unknown model 'scale' (servable models: none)" and /ready a 503 naming no cause.
+    save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
+    with pytest.raises(ConfigurationError, match=r"the model repository '.*modles' is not a folder"):
+        make_server(tmp_path / "modles")
+    with pytest.raises(ConfigurationError, match="is not a folder"):
+        make_server(tmp_path / "models" / "scale" / "1" / "model.onnx")

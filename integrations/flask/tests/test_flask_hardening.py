@@ -171,3 +171,10 @@ def test_an_on_off_setting_read_from_the_environment_as_a_string_fails_at_init_a
     monkeypatch.setenv(key, "false")
     with pytest.raises(inprocserve.ConfigurationError, match=f"{key} must be True or False, got 'false'"):
         make_app(repository, **{key: os.environ[key]})
+
+
+def test_a_repository_that_is_not_a_folder_fails_at_init_app(tmp_path: Path) -> None:
+    # Each worker's server is built at its first request: a typo'd path served nothing (404 "servable models:
+    # none" on every request) with the cause in one log line of each worker.
+    with pytest.raises(inprocserve.ConfigurationError, match=r"INPROCSERVE_REPOSITORY \('.*modles'\) is not a folder"):
+        make_app(tmp_path / "modles")

@@ -22,8 +22,10 @@ right after the fork, before it is ready (see docs/flask.md and ``inprocserve.gu
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
@@ -214,6 +216,13 @@ def _check_settings(config: Mapping[str, Any]) -> None:
         problem = problem_of(setting, config[key])
         if problem is not None:
             raise inprocserve.ConfigurationError(f"{key} {problem}")
+    repository = config["INPROCSERVE_REPOSITORY"]
+    if repository is not None and not (isinstance(repository, str | os.PathLike) and Path(repository).is_dir()):
+        # (a typo: each worker's server, built at its first request, served nothing, then refused every request)
+        raise inprocserve.ConfigurationError(
+            f"INPROCSERVE_REPOSITORY ({repository!r}) is not a folder: create it, or point it at the folder that "
+            "holds <model>/<version>/model.onnx"
+        )
     for key in (
         "INPROCSERVE_FOLLOW_SYMLINKS",
         "INPROCSERVE_EAGER",
