@@ -30,8 +30,8 @@ def add_status(commands: Subparsers) -> None:
         examples="  python -m inprocserve status http://127.0.0.1:8000\n"
         "  python -m inprocserve status http://127.0.0.1:8000/api/-/inprocserve/models\n"
         '  python -m inprocserve status --token "$INPROCSERVE_ADMIN_TOKEN" --json http://127.0.0.1:8000\n\n'
-        f"A URL without a path gets {ENDPOINT} appended. Exit status 1 when a model is not ready,\n"
-        "the server is closed, or its control file cannot be read or applied (control.error),\n"
+        f"A URL without a path gets {ENDPOINT} appended. Exit status 1 when a model is not ready or\n"
+        "there is none, the server is closed, or its control file cannot be read or applied (control.error),\n"
         "2 when the endpoint cannot be read or answers a malformed status document.\n",
     )
     parser.add_argument("url", help=f"the app's base URL, or the full URL of its {ENDPOINT} endpoint")
@@ -103,9 +103,10 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
 
 def healthy(document: dict[str, Any]) -> bool:
     """Whether the server is open, follows its control file without an error (it can read it and has
-    applied all of it), and every model it knows has a servable version."""
+    applied all of it), and serves at least one model, each with a servable version. (A server with no model
+    answers every request "unknown model": its /ready answers 503, and so this is no health either.)"""
     models = document["models"]
-    if document.get("closed") or control_error(document):
+    if document.get("closed") or control_error(document) or not models:
         return False
     return all(isinstance(m, dict) and m.get("ready") for m in models.values())
 

@@ -371,3 +371,13 @@ def test_a_reader_gone_from_the_pipe_is_no_traceback(
     assert done.stderr == b""
     if command == "switch":
         assert ControlFile(tmp_path / "models").read().models["scale"].stable == 1  # written all the same
+
+
+def test_status_of_a_server_with_no_model_is_not_healthy(
+    status_endpoint: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A server that found no model (an empty or wrong repository) answers every request "unknown model" and
+    # its /ready 503; `status` printed "no models" and exited 0, so a deploy check passed it.
+    status_endpoint["document"] = {"closed": False, "models": {}, "control": {"error": None, "revision": 0}}
+    assert main(["status", status_endpoint["url"]]) == 1
+    assert "no models" in capsys.readouterr().out
