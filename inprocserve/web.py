@@ -14,8 +14,8 @@ each turns the typed results below into its framework's responses.
 * :class:`ProcessLocalServer`: one lazily built server per process, rebuilt in a forked child.
 * :data:`SHADOW_SETTINGS`, :func:`shadow_setting_problem`: the server's shadow arguments, their defaults
   and their checks, for settings read at start-up while the server is built later in each worker.
-* :func:`model_configs_problem`: the same for its ``config=`` and ``models=``; :func:`bool_setting_problem`
-  for an on/off setting.
+* :func:`model_configs_problem`: the same for its ``config=`` and ``models=``, :func:`flags_setting_problem`
+  for its ``flags=``; :func:`bool_setting_problem` for an on/off setting.
 
 ::
 
@@ -58,6 +58,7 @@ from ._errors import (
     ServerClosedError,
 )
 from ._flag_reader import MAX_FLAG_TIMEOUT_S
+from ._flags import FlagProvider
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ __all__ = [
     "environ_key",
     "error_answer",
     "error_code",
+    "flags_setting_problem",
     "http_status",
     "model_configs_problem",
     "readiness",
@@ -128,6 +130,20 @@ def model_configs_problem(config: object, models: object, *, names: tuple[str, s
     except TypeError as exc:
         return str(exc)
     return None
+
+
+def flags_setting_problem(value: object) -> str | None:
+    """What ``Server`` would refuse in ``value`` for its ``flags=`` (``None`` or an
+    :class:`~inprocserve.FlagProvider`), as "must be ..., got ..."; ``None`` if it is fine. A lazily built
+    server refused it at each worker's first request, and then at every request (a 500 each time)."""
+    if value is None or (isinstance(value, FlagProvider) and not isinstance(value, type)):
+        return None
+    if isinstance(value, type):
+        return f"must be a flag provider, got the class {value.__name__}: give {value.__name__}(...)"
+    return (
+        "must be an inprocserve.FlagProvider (InMemoryFlags, EnvFlags, FileFlags, OpenFeatureFlags, ...) or None, "
+        f"got {shown(value)}"
+    )
 
 
 def bool_setting_problem(value: object) -> str | None:

@@ -178,3 +178,20 @@ def test_a_repository_that_is_not_a_folder_fails_at_init_app(tmp_path: Path) -> 
     # none" on every request) with the cause in one log line of each worker.
     with pytest.raises(inprocserve.ConfigurationError, match=r"INPROCSERVE_REPOSITORY \('.*modles'\) is not a folder"):
         make_app(tmp_path / "modles")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("INPROCSERVE_FLAGS", "env", r"INPROCSERVE_FLAGS must be an inprocserve\.FlagProvider .*got 'env'"),
+        ("INPROCSERVE_FLAGS", inprocserve.EnvFlags, r"got the class EnvFlags: give EnvFlags\(\.\.\.\)"),
+        ("INPROCSERVE_CONTEXT", "user_id", "INPROCSERVE_CONTEXT must be a callable"),
+    ],
+)
+def test_a_flag_provider_or_context_of_the_wrong_kind_fails_at_init_app(
+    repository: Path, key: str, value: object, message: str
+) -> None:
+    # init_app passed; the server (built at each worker's first request) refused the flags, or every predict
+    # called the context: every request was a 500.
+    with pytest.raises(inprocserve.ConfigurationError, match=message):
+        make_app(repository, **{key: value})

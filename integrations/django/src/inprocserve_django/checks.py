@@ -158,6 +158,15 @@ def _value_errors(config: Mapping[str, Any]) -> list[Error]:
                     id="inprocserve.E012",
                 )
             )
+    flags_problem = web.flags_setting_problem(config["FLAGS"])  # (the server refused it at each request)
+    if flags_problem is not None:
+        errors.append(
+            Error(
+                f"INPROCSERVE['FLAGS'] {flags_problem}.",
+                hint="For example inprocserve.EnvFlags() or inprocserve.InMemoryFlags({...}) (see docs/rollouts.md).",
+                id="inprocserve.E012",
+            )
+        )
     for key in ("FOLLOW_SYMLINKS", "EAGER", "STATUS_PAGE", "V2_PROTOCOL"):
         problem = web.bool_setting_problem(config[key])  # ("false" read from the environment is true)
         if problem is not None:

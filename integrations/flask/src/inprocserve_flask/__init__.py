@@ -216,6 +216,14 @@ def _check_settings(config: Mapping[str, Any]) -> None:
         problem = problem_of(setting, config[key])
         if problem is not None:
             raise inprocserve.ConfigurationError(f"{key} {problem}")
+    problem = web.flags_setting_problem(config["INPROCSERVE_FLAGS"])  # (each request was a 500)
+    if problem is not None:
+        raise inprocserve.ConfigurationError(f"INPROCSERVE_FLAGS {problem}")
+    if config["INPROCSERVE_CONTEXT"] is not None and not callable(config["INPROCSERVE_CONTEXT"]):
+        raise inprocserve.ConfigurationError(  # (called by every predict: each was a 500)
+            f"INPROCSERVE_CONTEXT must be a callable returning the rollout context (a dict), or None; got "
+            f"{config['INPROCSERVE_CONTEXT']!r}"
+        )
     repository = config["INPROCSERVE_REPOSITORY"]
     if repository is not None and not (isinstance(repository, str | os.PathLike) and Path(repository).is_dir()):
         # (a typo: each worker's server, built at its first request, served nothing, then refused every request)
