@@ -33,7 +33,7 @@ from ._errors import ModelLoadError
 from ._remote_model import read_remote_toml
 from ._repository import ModelSource, is_remote, scan_repository
 
-__all__ = ["build_after_fork", "check_repository", "shield_exit", "warm_worker"]
+__all__ = ["build_after_fork", "check_repository", "has_builders", "shield_exit", "warm_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,11 @@ def build_after_fork(build: Callable[[], object], *, background: bool = True) ->
 
 def _registered() -> list[_Builder]:
     return list(_builders.copy().values())  # a copy first: a weakref callback may remove one meanwhile
+
+
+def has_builders() -> bool:
+    """Whether any builder (of a live object) is registered for :func:`warm_worker` to run."""
+    return any(entry.get() is not None for entry in _registered())
 
 
 def warm_worker() -> list[str]:

@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any
 
-from ._prefork import warm_worker
+from ._prefork import has_builders, warm_worker
 
 __all__ = ["post_worker_init"]
 
@@ -28,6 +28,16 @@ logger = logging.getLogger(__name__)
 
 def post_worker_init(worker: Any) -> None:
     """Build and warm this worker's inprocserve servers now (a gunicorn ``post_worker_init`` hook)."""
+    if not has_builders():
+        # The hook alone builds nothing: it logged "servers warm in 0.00s", and each worker built its server
+        # at its first request after all (cold, and every request that came meanwhile waited for it).
+        logger.warning(
+            "worker %d: inprocserve's post_worker_init hook found no server to build: set INPROCSERVE_EAGER = "
+            "True (Flask) or INPROCSERVE['EAGER'] = True (Django), or register yours with "
+            "inprocserve.build_after_fork(...); each worker builds its server at its first request meanwhile",
+            os.getpid(),
+        )
+        return
     started = time.perf_counter()
     errors = warm_worker()
     if errors:

@@ -188,3 +188,44 @@ def test_check_repository_checks_the_versions_the_rollout_names(tmp_path: Path) 
         inprocserve.check_repository(repository)
     save_model(build_scale_model(2.0), repository, "fraud", 1)  # repaired: both are checked
     assert sorted(inprocserve.check_repository(repository)["models"]["fraud"]) == [1, 2]
+
+
+def test_the_gunicorn_hook_without_a_server_to_build_says_so(tmp_path: Path) -> None:
+    """gunicorn.conf.py imports the hook, but the app is not in eager mode: the hook built nothing, logged
+    "servers warm in 0.00s", and each worker built its server at its first request after all."""
+    save_model(build_scale_model(2.0), tmp_path, "scale", 1)
+    script = textwrap.dedent(
+        """
+        import logging, sys
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        from flask import Flask
+        from inprocserve_flask import Inprocserve
+        from inprocserve.gunicorn import post_worker_init
+
+        app = Flask("app")
+        app.config["INPROCSERVE_REPOSITORY"] = sys.argv[1]
+        app.config["INPROCSERVE_EAGER"] = sys.argv[2] == "eager"
+        Inprocserve(app)
+        post_worker_init(None)  # what gunicorn calls in each worker
+        print("built:", app.extensions["inprocserve"].started)
+        """
+    )
+    pytest.importorskip("inprocserve_flask")
+    plugin = Path(__file__).resolve().parent.parent / "integrations" / "flask" / "src"
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), str(plugin)]),
+    }
+    for mode, built in (("lazy", False), ("eager", True)):
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path), mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=environment,
+            check=True,
+        )
+        assert f"built: {built}" in done.stdout, done.stderr
+        warned = "post_worker_init hook found no server to build: set INPROCSERVE_EAGER = True" in done.stderr
+        assert warned is not built, done.stderr
+        assert ("servers warm in" in done.stderr) is built, done.stderr
