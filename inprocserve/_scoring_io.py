@@ -667,13 +667,17 @@ def _stopped(interruption: BaseException, output: str) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     """The ``score`` subcommand: 0 when every row was scored and written; 1 when the model or a row could not
-    be scored; 2 when it could not run (MODEL or INPUT missing, a file format it does not know, OUTPUT is
-    INPUT); 130 or 143 when stopped by SIGINT (Ctrl-C) or SIGTERM (OUTPUT untouched, no temporary file left)."""
+    be scored; 2 when it could not run (MODEL, INPUT or OUTPUT's folder missing, a file format it does not
+    know, OUTPUT is INPUT); 130 or 143 when stopped by SIGINT (Ctrl-C) or SIGTERM (OUTPUT untouched, no
+    temporary file left)."""
     started = time.perf_counter()
     for path, what in ((Path(args.model), "MODEL"), (Path(args.input), "INPUT")):
         if not path.exists():
             print(f"error: {what} {path} does not exist", file=sys.stderr)
             return 2
+    if not Path(args.output).parent.is_dir():  # (found only once the model had loaded: exit 1, after minutes)
+        print(f"error: OUTPUT's folder {Path(args.output).parent} does not exist; create it first", file=sys.stderr)
+        return 2
     try:
         _check_paths(Path(args.input), Path(args.output))
     except InvalidInputError as exc:

@@ -95,6 +95,9 @@ def test_clear_errors_for_what_cannot_be_scored(
     assert "missing.npy does not exist" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "nowhere"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]) == 2
     assert "MODEL" in capsys.readouterr().err
+    # OUTPUT's folder missing (a typo): found only after the model loaded, and reported as a failure to score (1)
+    assert main(["score", str(scale_file), str(tmp_path / "x.npy"), str(tmp_path / "typo" / "y.npy")]) == 2
+    assert f"OUTPUT's folder {tmp_path / 'typo'} does not exist; create it first" in capsys.readouterr().err
     np.save(tmp_path / "narrow.npy", _x()[:, :3])
     assert main(["score", str(scale_file), str(tmp_path / "narrow.npy"), str(tmp_path / "y.npy")]) == 1
     assert "expected size 4 on axis 1" in capsys.readouterr().err
