@@ -425,10 +425,7 @@ class Registry:
                     f"model {name!r}: its version_policy selects none of the versions in the repository "
                     f"({', '.join(map(str, sorted(source.versions)))}); {keeps}"
                 )
-                if self._policy_problems.get(name) != problem:
-                    logger.warning("%s", problem)
-                self._policy_problems[name] = problem
-                problems.append(problem)
+                problems.append(_said_once(self._policy_problems, name, problem))
             return problems
         self._policy_problems.pop(name, None)
         latest = max(selected) if selected else max(wanted)
@@ -1012,10 +1009,7 @@ class Registry:
             f"model {name!r}: its rollout names version(s) {', '.join(map(str, absent))}, not in the repository "
             f"({', '.join(map(str, sorted(source.versions))) or 'none'}): requests meant for them get another"
         )
-        if self._reference_problems.get(name) != problem:
-            logger.warning("%s", problem)
-        self._reference_problems[name] = problem
-        return [problem]
+        return [_said_once(self._reference_problems, name, problem)]
 
     def _control_versions(self, name: str) -> set[int]:
         state = self.control.models.get(name)
@@ -1128,6 +1122,15 @@ def _served(state: ModelControl | None) -> set[int]:
     if state is None:
         return set()
     return {v for v in (state.stable, state.canary_version if state.canary_active else None) if v is not None}
+
+
+def _said_once(said: dict[str, str], name: str, problem: str) -> str:
+    """``problem`` of model ``name``, logged as a warning unless it is what ``said`` holds for the model already
+    (a refresh at every poll would repeat it); kept in ``said`` (which a refresh without it empties)."""
+    if said.get(name) != problem:
+        logger.warning("%s", problem)
+    said[name] = problem
+    return problem
 
 
 def _remote_path(name: str, version: int) -> Path:
