@@ -59,6 +59,7 @@ class Routes:
 # (path, mtime_ns, size, inode, ctime_ns or 0) of each file a load reads (see _stamp)
 _Stamp = tuple[tuple[str, int, int, int, int], ...]
 _CONTROL_RETRY_CAP_S = 60.0  # longest wait between two tries of a control revision that does not apply
+_LOAD_ATTEMPTS = 3  # loads of a version whose files keep changing while it loads, before it waits for a refresh
 _WRITTEN_BY_LOADS = OPTIMIZED_GRAPH  # files a load itself writes (the optimized-graph cache): not changes
 
 
@@ -533,10 +534,71 @@ class Registry:
         :class:`_Removed` is raised instead: nothing is recorded, logged as an error or counted."""
         loaded = self.loaded.get(name, {})
         stamp = None if remote is not None else _stamp(path)  # before loading: a write during it shows next time
-        seen = None if remote is not None else _stamp(path, access=True)  # what a failure waits to see change
         current = loaded.get(number)
         if remote is None and current is not None and not self._changed(current, path, config, stamp=stamp):
             return
+        for attempt in range(1, _LOAD_ATTEMPTS + 1):
+            seen = None if remote is not None else _stamp(path, access=True)  # what a failure waits to see change
+            read = None if remote is not None else _model_files(path)
+            candidate, failed = self._build(name, number, path, config, remote=remote, scanned=scanned)
+            if remote is not None or _model_files(path) == read:
+                if failed is None:
+                    break
+                # A remote version whose file was read failed at its server, which may come back: no stamp,
+                # so the next refresh tries again. Any other failure waits for its files to change from what
+                # they were before this load: a copy that finished while the load failed on its first half is
+                # a change, and is tried again.
+                server_failed = is_remote(path) and candidate.backend_built
+                self._record_failure(name, number, path, failed, None if server_failed else seen)
+                raise failed
+            # Every session is built from the file by its path (and the signature from the first one): a file
+            # renamed over it while they were built (the atomic-write deploy: write .tmp, then os.replace) left a
+            # copy whose sessions came from two files, or whose signature was the old file's (a failed warm-up,
+            # or a version serving for a poll interval with the wrong signature). Such a copy is never served:
+            # it is built again from the files as they are now.
+            candidate.retire()
+            if scanned and not path.exists():
+                logger.info("model %r version %s was removed from the repository while it was loaded", name, number)
+                raise _Removed
+            logger.info(
+                "model %r version %s: its files changed while it loaded (attempt %d of %d); loading it again",
+                name,
+                number,
+                attempt,
+                _LOAD_ATTEMPTS,
+            )
+            stamp = _stamp(path)
+        else:
+            error = ModelLoadError(
+                f"model {name!r} version {number}: its files at {path.parent} kept changing while it loaded "
+                f"({_LOAD_ATTEMPTS} attempts); it is loaded once they stop changing (copy a release beside the "
+                "old one and rename it into place)",
+                model=name,
+                version=number,
+            )
+            # (the stamp from before the last attempt: the files differ from it now, so the next refresh retries)
+            self._record_failure(name, number, path, error, seen)
+            raise error
+        add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
+        self._load_errors.pop((name, number), None)
+        candidate.source_stamp = stamp
+        with self.routing:
+            previous = self.loaded.get(name, {}).get(number)
+            self.loaded.setdefault(name, {})[number] = candidate
+            self.failures.get(name, {}).pop(number, None)
+            if previous is not None:  # same version number, new file: swap, then drain the old one
+                self.publish(name)
+        if previous is not None:
+            previous.retire()
+            # the replaced copy is unloaded like any other version: without this count every hot reload
+            # added a "loaded" event and no "unloaded" one, and loaded - unloaded kept growing
+            add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
+
+    def _build(
+        self, name: str, number: int, path: Path, config: ModelConfig, *, remote: RemoteModel | None, scanned: bool
+    ) -> tuple[ModelVersion, ModelLoadError | None]:
+        """Build and load one copy of a version (see :meth:`_load_version`): the copy, and why it failed to
+        load if it did (nothing recorded yet)."""
         backend = None
         if remote is not None:
             from ._remote import RemoteBackend  # late: the remote backend's codec imports the server
@@ -558,32 +620,16 @@ class Registry:
             if scanned and not path.exists():
                 logger.info("model %r version %s was removed from the repository while it was loaded", name, number)
                 raise _Removed from exc
-            # A remote version whose file was read failed at its server, which may come back: no stamp,
-            # so the next refresh tries again. Any other failure waits for its files to change from what
-            # they were before this load: a copy that finished while the load failed on its first half is
-            # a change, and is tried again.
-            server_failed = is_remote(path) and candidate.backend_built
-            self.failures.setdefault(name, {})[number] = _Failure(str(exc), path, None if server_failed else seen)
-            repeated = self._load_errors.get((name, number)) == (str(exc), seen)
-            self._load_errors[(name, number)] = (str(exc), seen)
-            level = logging.DEBUG if repeated else logging.ERROR
-            logger.log(level, "model %r version %s failed to load: %s", name, number, exc)
-            add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
-            raise
-        add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
-        self._load_errors.pop((name, number), None)
-        candidate.source_stamp = stamp
-        with self.routing:
-            previous = self.loaded.get(name, {}).get(number)
-            self.loaded.setdefault(name, {})[number] = candidate
-            self.failures.get(name, {}).pop(number, None)
-            if previous is not None:  # same version number, new file: swap, then drain the old one
-                self.publish(name)
-        if previous is not None:
-            previous.retire()
-            # the replaced copy is unloaded like any other version: without this count every hot reload
-            # added a "loaded" event and no "unloaded" one, and loaded - unloaded kept growing
-            add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
+            return candidate, exc
+        return candidate, None
+
+    def _record_failure(self, name: str, number: int, path: Path, exc: ModelLoadError, seen: _Stamp | None) -> None:
+        self.failures.setdefault(name, {})[number] = _Failure(str(exc), path, seen)
+        repeated = self._load_errors.get((name, number)) == (str(exc), seen)
+        self._load_errors[(name, number)] = (str(exc), seen)
+        level = logging.DEBUG if repeated else logging.ERROR
+        logger.log(level, "model %r version %s failed to load: %s", name, number, exc)
+        add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
 
     @staticmethod
     def _changed(current: ModelVersion, path: Path, config: ModelConfig, *, stamp: _Stamp | None) -> bool:
@@ -1190,6 +1236,27 @@ def _stamp(path: Path, *, access: bool = False) -> _Stamp | None:
     if path.suffix == ".onnx":
         entries.extend(_nested_external_data(path, access=access))
     return tuple(sorted(entries))
+
+
+def _model_files(path: Path) -> tuple[tuple[str, int, int, int, int], ...] | None:
+    """The identity of what a version's sessions are built from, which a load compares before and after
+    building them: its file and the external-data files it names (name, mtime, size, inode and change time, so
+    a file renamed over it and back is a change too). Not the rest of its folders, as :func:`_stamp` does: a
+    file loaded by ``load(path=...)`` may sit in a busy folder. ``None`` if the file is gone."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    entries = [(str(path), info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns)]
+    if path.suffix == ".onnx":
+        for location in external_data_locations(path):
+            try:
+                stat = (path.parent / location).stat()
+            except OSError:
+                entries.append((location, -1, -1, -1, -1))
+                continue
+            entries.append((location, stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns))
+    return tuple(entries)
 
 
 def _nested_external_data(model_file: Path, *, access: bool) -> list[tuple[str, int, int, int, int]]:
