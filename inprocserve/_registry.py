@@ -579,6 +579,8 @@ class Registry:
             # (the stamp from before the last attempt: the files differ from it now, so the next refresh retries)
             self._record_failure(name, number, path, error, seen)
             raise error
+        if scanned and current is not None:
+            self._gate_rewrite(name, current, candidate, path, seen)
         add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
         self._load_errors.pop((name, number), None)
         candidate.source_stamp = stamp
@@ -622,6 +624,39 @@ class Registry:
                 raise _Removed from exc
             return candidate, exc
         return candidate, None
+
+    def _gate_rewrite(
+        self, name: str, current: ModelVersion, candidate: ModelVersion, path: Path, seen: _Stamp | None
+    ) -> None:
+        """The compatibility gate for a version rewritten in place (a new file under the same number), found by
+        a refresh: if the loaded copy answers default traffic (see :meth:`_gate`) and the new one's signature
+        would break its callers, the new copy is refused like a failed reload (the loaded one keeps serving,
+        tried again when the files change). Without it such a rewrite went live with no check, where the same
+        file as a new version was held back. ``load(name, version=N)`` by hand loads it on purpose."""
+        routes = self.routes.get(name)
+        if routes is None:
+            return
+        alias = routes.state.pin
+        baseline = (routes.versions.get(alias) if alias is not None else None) or routes.default
+        if baseline is not current or current.signature is None or candidate.signature is None:
+            return
+        problems = incompatibilities(current.signature, candidate.signature)
+        if not problems:
+            return
+        candidate.retire()
+        add_safely(
+            METRICS.incompatible, 1, {"inprocserve.model.name": name, "inprocserve.model.version": current.version}
+        )
+        error = ModelLoadError(
+            f"model {name!r} version {current.version}: the new {path} is not compatible with the loaded copy, "
+            f"which answers default traffic: {'; '.join(problems)}. Deploy it as a new "
+            f"version (callers can pin it first), or load it on purpose: server.load({name!r}, "
+            f"version={current.version})",
+            model=name,
+            version=current.version,
+        )
+        self._record_failure(name, current.version, path, error, seen)
+        raise error
 
     def _record_failure(self, name: str, number: int, path: Path, exc: ModelLoadError, seen: _Stamp | None) -> None:
         self.failures.setdefault(name, {})[number] = _Failure(str(exc), path, seen)

@@ -806,3 +806,47 @@ def test_a_file_that_keeps_changing_while_it_loads_is_loaded_once_it_stops(
     monkeypatch.undo()
     assert server.refresh() == []  # the deploys stopped: the file as it is now loads
     assert float(one(server)["y"][0, 0]) == written[-1]
+
+
+def renamed_input_model(factor: float) -> Any:
+    model = build_scale_model(factor)
+    model.graph.input[0].name = "features"
+    model.graph.node[0].input[0] = "features"
+    return model
+
+
+def test_an_incompatible_rewrite_of_the_serving_version_is_refused_like_a_new_version(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The compatibility gate holds an incompatible new version back; the same model renamed over the file of
+    # the version that serves (same number) must not go live unchecked either, breaking every caller.
+    target = save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    partial = target.with_name("model.onnx.tmp")
+    partial.write_bytes(renamed_input_model(2.0).SerializeToString())
+    os.replace(partial, target)
+    with caplog.at_level(logging.ERROR, logger="inprocserve"):
+        (problem,) = server.refresh()
+    assert "not compatible with the loaded copy" in problem
+    assert "input 'x' is gone" in problem
+    assert "server.load('scale', version=1)" in problem
+    assert "version 1 as loaded before keeps serving" in problem
+    assert float(one(server)["y"][0, 0]) == 1.0  # callers sending x keep working
+    assert "not compatible" in server.status()["models"]["scale"]["versions"]["1"]["reload_error"]
+    assert server.refresh() == []  # said once, tried again when the file changes
+    # on purpose, by hand: the new file serves
+    assert server.load("scale", version=1) == 1
+    assert float(server.predict("scale", {"features": np.ones((1, 4), np.float32)})["y"][0, 0]) == 2.0
+    assert server.status()["models"]["scale"]["versions"]["1"]["reload_error"] is None
+
+
+def test_a_compatible_rewrite_of_the_serving_version_still_reloads(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    target = save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    partial = target.with_name("model.onnx.tmp")
+    partial.write_bytes(build_scale_model(5.0).SerializeToString())
+    os.replace(partial, target)
+    assert server.refresh() == []
+    assert float(one(server)["y"][0, 0]) == 5.0
