@@ -44,11 +44,26 @@ __all__ = [
     "SameRoute",
     "ScoringPlan",
     "caller_may_run",
+    "note_copy",
     "plan_for_version",
     "plan_scoring",
     "score",
     "scoring_run_rows",
 ]
+
+
+_COPY = "_inprocserve_copy"  # the attribute of a part's future naming the loaded copy that answers it
+
+
+def note_copy(future: Future[Any], copy: object) -> None:
+    """Note on a part's future which loaded copy of its version answers it (the :class:`ModelVersion`): a
+    version rewritten in place keeps its number, and the parts of one batch must agree on the copy, not
+    just on the number (see ``_on_one_version``)."""
+    setattr(future, _COPY, copy)
+
+
+def _copy_of(future: Future[Any]) -> object:
+    return getattr(future, _COPY, None)
 
 
 class SameRoute:
@@ -323,7 +338,18 @@ class _Job:
     Each part is a request of its own in the window: a batch larger than the window is submitted part by
     part as room frees, never all at once."""
 
-    __slots__ = ("answers", "chunk_rows", "error", "futures", "own", "part_rows", "parts", "route", "rows")
+    __slots__ = (
+        "answers",
+        "chunk_rows",
+        "copies",
+        "error",
+        "futures",
+        "own",
+        "part_rows",
+        "parts",
+        "route",
+        "rows",
+    )
 
     def __init__(
         self,
@@ -340,6 +366,7 @@ class _Job:
         self.futures: list[Future[Prediction]] = []  # one per part submitted so far, in order
         self.own: list[bool] = []  # per submitted part: run by the iterating thread itself rather than queued
         self.answers: list[Prediction] = []  # the answers of the parts in so far
+        self.copies: list[object] = []  # per answer: the loaded copy of its version that answered (note_copy)
         self.error = error
         self.chunk_rows = chunk_rows  # rows per answer when the job holds several chunks (None: one answer)
         self.route = SameRoute() if len(parts) > 1 else None  # a batch sent in parts is routed once
@@ -705,6 +732,7 @@ def _answers(
         raise job.error
     try:
         job.answers.append(_wait(job, index, job.parts[index], submit, timeout_s, clock, sleep))
+        job.copies.append(_copy_of(job.futures[index]))
     except InferenceError as exc:
         # A remote server that is down, or that ran the rows and answered unreadably, is not asked again
         # (as the batcher never bisects such a batch): each chunk would send rows it may have run already,
@@ -751,20 +779,24 @@ def _on_one_version(
     That version may be unloaded meanwhile (a canary rolled back while the parts are scored again): the
     job was not pinned, so it does not fail for it; the last part is routed again, as a part sent now would
     be, and the parts are made to agree with its new answer."""
-    answers = job.answers
+    answers, copies = job.answers, job.copies
     last = len(answers) - 1
 
-    def again(index: int, pin: int | None) -> Prediction:
+    def again(index: int, pin: int | None) -> tuple[Prediction, object]:
         rescored = _Job([job.parts[index]], job.part_rows[index])
         rescored.futures.append(submit(rescored.parts[0]) if pin is None else submit(rescored.parts[0], pin=pin))
-        return _wait(rescored, 0, rescored.parts[0], submit, timeout_s, clock, sleep, pin=pin)
+        answer = _wait(rescored, 0, rescored.parts[0], submit, timeout_s, clock, sleep, pin=pin)
+        return answer, _copy_of(rescored.futures[0])
 
     for attempt in range(_ROUTE_AGAIN_ATTEMPTS + 1):
-        target = answers[last]
+        target, copy = answers[last], copies[last]
         try:
             for index, answer in enumerate(answers[:last]):
-                if answer.version != target.version:
-                    answer = again(index, target.version)
+                # (the same number from another copy: the version was rewritten in place between the parts)
+                if answer.version != target.version or copies[index] is not copy:
+                    answer, copies[index] = again(index, target.version)
+                    if copies[index] is not copy:  # the last part's copy is replaced too: route it again
+                        raise ModelNotFoundError(f"model {target.model!r} version {target.version} was reloaded")
                     answers[index] = Prediction(
                         dict(answer),
                         model=target.model,
@@ -777,7 +809,7 @@ def _on_one_version(
         except ModelNotFoundError:
             if attempt == _ROUTE_AGAIN_ATTEMPTS:
                 raise
-        answers[last] = again(last, None)  # (raises ModelNotFoundError itself if the model is gone)
+        answers[last], copies[last] = again(last, None)  # (raises ModelNotFoundError itself if the model is gone)
 
 
 def _join(answers: list[Prediction], outputs: Mapping[str, Any]) -> Prediction:

@@ -50,7 +50,7 @@ from ._repository import ModelSource
 from ._request import BatchTiming, Request, Route, drop_tracebacks
 from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
-from ._scoring import SameRoute, plan_for_version, score
+from ._scoring import SameRoute, note_copy, plan_for_version, score
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import brief_status, gauge_source, server_status
 from ._telemetry import METRICS, end_safely, start_request_span
@@ -589,7 +589,7 @@ class Server(RolloutMethods):
                     decided = route.decision
 
             def dispatch(decided: Decision | None) -> Request:
-                return self._dispatch(
+                request, copy = self._dispatch(
                     model,
                     part,
                     version if pin is None else pin,
@@ -603,7 +603,9 @@ class Server(RolloutMethods):
                     shared=False,  # an offline job would evict the online entries, and fill them with its own
                     decided=decided,
                     decided_with=published,
-                )[0]
+                )
+                note_copy(future, copy)  # (the parts of a batch agree on it: see _scoring._on_one_version)
+                return request
 
             try:
                 try:

@@ -850,3 +850,33 @@ def test_a_compatible_rewrite_of_the_serving_version_still_reloads(
     os.replace(partial, target)
     assert server.refresh() == []
     assert float(one(server)["y"][0, 0]) == 5.0
+
+
+def test_a_batch_scored_in_parts_is_answered_by_one_copy_when_its_version_is_rewritten(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # predict_many sends a batch larger than a request in parts, and makes them agree on one version; a
+    # release renamed over that version's file between two parts keeps its number: the one answer joined
+    # rows of the old model and of the new one, all labelled version 1.
+    from inprocserve import _scoring
+
+    target = save_model(build_scale_model(1.0), repository, "scale", 1)
+    batching = inprocserve.BatchingConfig(max_batch_size=4, max_request_rows=4)
+    server = make_server(repository, config=inprocserve.ModelConfig(batching=batching))
+    real_wait = _scoring._wait
+    answered: list[int] = []
+
+    def wait_then_deploy(*args: Any, **kwargs: Any) -> Any:
+        answer = real_wait(*args, **kwargs)
+        answered.append(1)
+        if len(answered) == 2:  # a new release lands after the second part is answered
+            partial = target.with_name("model.onnx.tmp")
+            partial.write_bytes(build_scale_model(2.0).SerializeToString())
+            os.replace(partial, target)
+            assert server.refresh() == []
+        return answer
+
+    monkeypatch.setattr(_scoring, "_wait", wait_then_deploy)
+    (answer,) = server.predict_many("scale", iter([np.ones((24, 4), np.float32)]), max_in_flight=1)
+    assert answer.version == 1
+    assert set(answer["y"][:, 0].tolist()) == {2.0}  # every row from the file that serves now
