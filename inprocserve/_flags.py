@@ -11,7 +11,6 @@ OpenFeature provider: flagd, Unleash, LaunchDarkly ...).
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import _fork
+from ._brief import CutShort
 from ._config_checks import MAX_INTERVAL_S, is_number, shown
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError
 
@@ -637,58 +637,8 @@ def _described(value: object) -> str:
         return shown(value) if isinstance(value, int) else f"{type(value).__name__} (which cannot be shown)"
 
 
-class _CutShort(reprlib.Repr):
-    """``reprlib.Repr`` without its costs that grow with the value: it sorts a whole dict or set to show its
-    first items (76 ms for a dict of a million keys in the wrong flag, on every request), and shows bytes or
-    a mapping of another type with their whole ``repr`` (15 ms for 5 MB of bytes) before cutting it."""
-
-    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
-        return self._mapping(x, level, "{", "}")
-
-    def repr_set(self, x: set[Any], level: int) -> str:
-        return self._items(x, level, "{", "}", self.maxset) if x else "set()"
-
-    def repr_frozenset(self, x: frozenset[Any], level: int) -> str:
-        return self._items(x, level, "frozenset({", "})", self.maxfrozenset) if x else "frozenset()"
-
-    def repr_bytes(self, x: bytes, level: int) -> str:
-        return self._cut(repr(x[: self.maxstring]), len(x) > self.maxstring)
-
-    def repr_bytearray(self, x: bytearray, level: int) -> str:
-        return self._cut(repr(x[: self.maxstring]), len(x) > self.maxstring)
-
-    def repr_instance(self, x: Any, level: int) -> str:
-        if isinstance(x, Mapping):
-            return self._mapping(x, level, f"{type(x).__name__}({{", "})")
-        return super().repr_instance(x, level)
-
-    def _mapping(self, x: Mapping[Any, Any], level: int, left: str, right: str) -> str:
-        if not x:
-            return left + right
-        if level <= 0:
-            return left + self.fillvalue + right
-        pieces = [
-            f"{self.repr1(key, level - 1)}: {self.repr1(x[key], level - 1)}"
-            for key in itertools.islice(x, self.maxdict)
-        ]
-        if len(x) > self.maxdict:
-            pieces.append(self.fillvalue)
-        return left + ", ".join(pieces) + right
-
-    def _items(self, x: set[Any] | frozenset[Any], level: int, left: str, right: str, limit: int) -> str:
-        if level <= 0:
-            return left + self.fillvalue + right
-        pieces = [self.repr1(item, level - 1) for item in itertools.islice(x, limit)]
-        if len(x) > limit:
-            pieces.append(self.fillvalue)
-        return left + ", ".join(pieces) + right
-
-    def _cut(self, text: str, longer: bool) -> str:
-        return text[:-1] + self.fillvalue + text[-1] if longer else text
-
-
 def _make_value_shown() -> reprlib.Repr:
-    shown = _CutShort()
+    shown = CutShort()
     shown.maxstring = shown.maxother = shown.maxlong = 80
     shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = shown.maxfrozenset = shown.maxdeque = 8
     shown.maxlevel = 3

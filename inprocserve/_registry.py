@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG as stat_is_file
 
+from ._brief import brief
 from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ModelControl
 from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError
@@ -1143,10 +1144,12 @@ class Registry:
             )
             # version=None here says "no such model" (a known model's missing version carries the version):
             # RequestTelemetry.refused records such refusals under one model name, not the caller's.
-            return ModelNotFoundError(f"unknown model {model!r} (servable models: {known}){hint}", model=model)
+            return ModelNotFoundError(f"unknown model {brief(model)} (servable models: {known}){hint}", model=model)
         versions = ", ".join(map(str, sorted(routes.versions)))
         return ModelNotFoundError(
-            f"model {model!r} has no servable version {version} (servable: {versions})", model=model, version=version
+            f"model {brief(model)} has no servable version {version} (servable: {versions})",
+            model=model,
+            version=version,
         )
 
     def close(self, *, timeout_s: float | None) -> bool:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ._brief import brief
 from ._errors import InvalidInputError
 
 __all__ = ["NodeInfo", "Signature", "TensorSpec", "convertible", "incompatibilities"]
@@ -228,14 +229,17 @@ class Signature:
     def _raise_for_names(self, inputs: Mapping[Any, Any]) -> None:
         bad_keys = [k for k in inputs if not isinstance(k, str)]
         if bad_keys:
-            raise InvalidInputError(f"input names must be strings, got {bad_keys[0]!r}")
+            raise InvalidInputError(f"input names must be strings, got {brief(bad_keys[0])}")
         missing = sorted(self.input_names - set(inputs))
-        unknown = sorted(set(inputs) - self.input_names)
+        # (the caller's names, maybe a client's: a few of them, each cut short, so the message stays small)
+        unknown = [name for name in inputs if name not in self.input_names]
         parts = []
         if missing:
             parts.append(f"missing input(s) {', '.join(map(repr, missing))}")
         if unknown:
-            parts.append(f"unknown input(s) {', '.join(map(repr, unknown))}")
+            shown = ", ".join(map(brief, sorted(unknown[:_UNKNOWN_SHOWN])))
+            more = f" and {len(unknown) - _UNKNOWN_SHOWN} more" if len(unknown) > _UNKNOWN_SHOWN else ""
+            parts.append(f"unknown input(s) {shown}{more}")
         expected = ", ".join(spec.describe() for spec in self.inputs)
         raise InvalidInputError(f"{'; '.join(parts)}; the model takes {expected}")
 
@@ -287,6 +291,7 @@ class Signature:
 # -- the batch axis -----------------------------------------------------------------------------------------
 
 _PROBE_SEED = 20240611
+_UNKNOWN_SHOWN = 8  # unknown input names a refusal names (a request may send thousands)
 PROBE_INNER_SIZES = (2, 16, 64)
 """Sizes of dynamic inner axes for the load's made-up rows, tried in turn until the model runs on them: 2, not
 1 (a row of one element hides what a reduction or a transpose does to it), and larger for a model that needs

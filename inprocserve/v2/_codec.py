@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .._brief import brief
 from .._errors import ConfigurationError, InvalidInputError
 from .._headers import MAX_USER_ID_LENGTH, checked_user_id
 from .._prediction import Prediction
@@ -195,13 +196,13 @@ def decode_infer_request(
     for index, raw in enumerate(raw_inputs):
         name, datatype, shape, tensor_parameters = _tensor_header(raw, index, limits)
         if name in names:
-            raise InvalidInputError(f"input {name!r} appears twice; send each input once")
+            raise InvalidInputError(f"input {brief(name)} appears twice; send each input once")
         names.add(name)
         count = math.prod(shape)
         elements += count
         if elements > limits.max_elements:
             raise InvalidInputError(
-                f"the request holds more than {limits.max_elements} tensor elements (input {name!r} has "
+                f"the request holds more than {limits.max_elements} tensor elements (input {brief(name)} has "
                 f"shape {shape}); send fewer rows per request"
             )
         if datatype == "BYTES":
@@ -209,21 +210,21 @@ def decode_infer_request(
             if text_elements > limits.max_bytes_elements:
                 raise InvalidInputError(
                     f"the request holds more than {limits.max_bytes_elements} BYTES (text) elements (input "
-                    f"{name!r} has shape {shape}); send fewer rows per request"
+                    f"{brief(name)} has shape {shape}); send fewer rows per request"
                 )
         size = tensor_parameters.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise InvalidInputError(f"input {name!r}: binary_data_size must be an int >= 0, got {size!r}")
+                raise InvalidInputError(f"input {brief(name)}: binary_data_size must be an int >= 0, got {brief(size)}")
             if "data" in raw:
-                raise InvalidInputError(f"input {name!r}: has both 'data' and binary_data_size; send one of them")
+                raise InvalidInputError(f"input {brief(name)}: has both 'data' and binary_data_size; send one of them")
             if offset + size > len(binary):
                 raise InvalidInputError(
-                    f"input {name!r}: binary_data_size {size} runs past the end of the binary section "
+                    f"input {brief(name)}: binary_data_size {size} runs past the end of the binary section "
                     f"({len(binary) - offset} bytes left); check {HEADER_LENGTH} and the sizes"
                 )
         elif "data" not in raw:
-            raise InvalidInputError(f"input {name!r}: has neither 'data' nor a binary_data_size parameter")
+            raise InvalidInputError(f"input {brief(name)}: has neither 'data' nor a binary_data_size parameter")
         planned.append((TensorHeader(name, datatype, tuple(shape)), raw, size, offset))
         offset += size or 0
     if offset != len(binary):
@@ -232,7 +233,7 @@ def decode_infer_request(
         )
     binary_output = parameters.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
-        raise InvalidInputError(f"parameter binary_data_output must be true or false, got {binary_output!r}")
+        raise InvalidInputError(f"parameter binary_data_output must be true or false, got {brief(binary_output)}")
     outputs = _requested_outputs(document.get("outputs"), limits)
     timeout_s = _timeout_s(parameters.get("timeout"))
     user_id = _user_id(parameters.get("user_id"))
@@ -260,7 +261,7 @@ def decode_infer_request(
                 infinity_words = _infinity_words(json_text) if infinity_words is None else infinity_words
                 if infinite > infinity_words:
                     raise InvalidInputError(
-                        f"input {name!r}: 'data' holds a number too large for any float (such as 1e400); send a "
+                        f"input {brief(name)}: 'data' holds a number too large for any float (such as 1e400); send a "
                         "value that fits, or the token Infinity (or -Infinity) if infinity is meant"
                     )
                 infinity_words -= infinite
@@ -317,13 +318,14 @@ def encode_infer_response(
     for output in wanted:
         if output.name not in prediction:
             raise InvalidInputError(
-                f"output {output.name!r} is not an output of model {model_name!r}; outputs: {', '.join(prediction)}"
+                f"output {brief(output.name)} is not an output of model {model_name!r}; "
+                f"outputs: {', '.join(prediction)}"
             )
         value = prediction[output.name]
         if not _is_tensor(value):
             raise InvalidInputError(
-                f"output {output.name!r} of model {model_name!r} is a sequence or map (an ONNX ZipMap, say), which "
-                "the protocol cannot carry; ask for the model's tensor outputs with 'outputs'"
+                f"output {brief(output.name)} of model {model_name!r} is a sequence or map (an ONNX ZipMap, say), "
+                "which the protocol cannot carry; ask for the model's tensor outputs with 'outputs'"
             )
         array = np.asarray(value)
         entry: dict[str, Any] = {"name": output.name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
@@ -385,7 +387,7 @@ def _parameters(raw: object, where: str) -> dict[str, Any]:
         raise InvalidInputError(f"{where}: 'parameters' must be a JSON object, got {type(raw).__name__}")
     for key, value in raw.items():
         if value is not None and not isinstance(value, _SCALAR):
-            raise InvalidInputError(f"{where}: parameter {key!r} must be a string, number or boolean")
+            raise InvalidInputError(f"{where}: parameter {brief(key)} must be a string, number or boolean")
     return raw
 
 
@@ -413,15 +415,19 @@ def _tensor_header(raw: object, index: int, limits: Limits) -> tuple[str, str, l
     assert isinstance(datatype, str)
     shape = raw.get("shape")
     if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
-        raise InvalidInputError(f"tensor {name!r}: 'shape' must be a list of ints >= 0, got {shape!r}")
+        raise InvalidInputError(f"tensor {brief(name)}: 'shape' must be a list of ints >= 0, got {brief(shape)}")
     if len(shape) > limits.max_rank:
-        raise InvalidInputError(f"tensor {name!r}: {len(shape)} dimensions, more than the {limits.max_rank} allowed")
+        raise InvalidInputError(
+            f"tensor {brief(name)}: {len(shape)} dimensions, more than the {limits.max_rank} allowed"
+        )
     if any(d > limits.max_elements for d in shape):  # also keeps math.prod small
-        raise InvalidInputError(f"tensor {name!r}: shape {shape} has more than {limits.max_elements} elements")
-    tensor_parameters = _parameters(raw.get("parameters"), f"tensor {name!r}")
+        raise InvalidInputError(f"tensor {brief(name)}: shape {shape} has more than {limits.max_elements} elements")
+    tensor_parameters = _parameters(raw.get("parameters"), f"tensor {brief(name)}")
     for unsupported in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"):
         if unsupported in tensor_parameters:
-            raise InvalidInputError(f"tensor {name!r}: the shared memory extension is not supported; send the data")
+            raise InvalidInputError(
+                f"tensor {brief(name)}: the shared memory extension is not supported; send the data"
+            )
     return name, datatype, shape, tensor_parameters
 
 
@@ -436,16 +442,16 @@ def _requested_outputs(raw: object, limits: Limits) -> tuple[RequestedOutput, ..
         if not isinstance(name, str) or not name:
             raise InvalidInputError(f"outputs #{index}: must be an object with a non-empty 'name'")
         assert isinstance(entry, dict)
-        parameters = _parameters(entry.get("parameters"), f"output {name!r}")
+        parameters = _parameters(entry.get("parameters"), f"output {brief(name)}")
         if parameters.get("classification"):
-            raise InvalidInputError(f"output {name!r}: the classification extension is not supported")
+            raise InvalidInputError(f"output {brief(name)}: the classification extension is not supported")
         if "shared_memory_region" in parameters:
-            raise InvalidInputError(f"output {name!r}: the shared memory extension is not supported")
+            raise InvalidInputError(f"output {brief(name)}: the shared memory extension is not supported")
         binary = parameters.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
-            raise InvalidInputError(f"output {name!r}: binary_data must be true or false, got {binary!r}")
+            raise InvalidInputError(f"output {brief(name)}: binary_data must be true or false, got {brief(binary)}")
         if any(r.name == name for r in requested):
-            raise InvalidInputError(f"output {name!r} is requested twice")
+            raise InvalidInputError(f"output {brief(name)} is requested twice")
         requested.append(RequestedOutput(name, binary))
     return tuple(requested)
 
@@ -454,7 +460,7 @@ def _timeout_s(raw: object) -> float | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise InvalidInputError(f"parameter timeout must be a number of microseconds >= 0, got {raw!r}")
+        raise InvalidInputError(f"parameter timeout must be a number of microseconds >= 0, got {brief(raw)}")
     try:
         microseconds = float(raw)  # (an integer too large for a float overflows here)
     except OverflowError:
@@ -468,7 +474,7 @@ def _user_id(raw: object) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, str | int):
-        raise InvalidInputError(f"parameter user_id must be a string or an integer, got {str(raw)[:40]!r}")
+        raise InvalidInputError(f"parameter user_id must be a string or an integer, got {brief(raw)}")
     if isinstance(raw, int) and raw.bit_length() > _MAX_USER_ID_BITS:  # (str() of a huge one costs, or fails)
         raise InvalidInputError(f"parameter user_id: an integer of {raw.bit_length()} bits is not a user id")
     return checked_user_id(str(raw), "parameter user_id")  # the rule of the X-User-Id header
@@ -484,7 +490,8 @@ def _from_binary(raw: memoryview, datatype: str, shape: list[int], name: str, *,
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInputError(
-            f"{role} {name!r}: shape {shape} of {datatype} needs {expected} bytes, but binary_data_size is {len(raw)}"
+            f"{role} {brief(name)}: shape {shape} of {datatype} needs {expected} bytes, "
+            f"but binary_data_size is {len(raw)}"
         )
     # Copied: the body's buffer may be unaligned and is read-only; the model gets an ordinary array.
     array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype.newbyteorder("="))
@@ -498,22 +505,22 @@ def _split_bytes(raw: memoryview, count: int, name: str, role: str) -> list[str]
     offset = 0
     for _ in range(count):
         if offset + 4 > len(raw):
-            raise InvalidInputError(f"{role} {name!r}: the BYTES data ends before its {count} elements")
+            raise InvalidInputError(f"{role} {brief(name)}: the BYTES data ends before its {count} elements")
         (length,) = _LENGTH.unpack_from(raw, offset)
         offset += 4
         if offset + length > len(raw):
-            raise InvalidInputError(f"{role} {name!r}: a BYTES element of {length} bytes runs past its data")
+            raise InvalidInputError(f"{role} {brief(name)}: a BYTES element of {length} bytes runs past its data")
         try:
             elements.append(str(raw[offset : offset + length], "utf-8"))
         except UnicodeDecodeError:
             raise InvalidInputError(
-                f"{role} {name!r}: BYTES element #{len(elements)} is not UTF-8 text "
+                f"{role} {brief(name)}: BYTES element #{len(elements)} is not UTF-8 text "
                 "(BYTES tensors here hold text, as ONNX string tensors do)"
             ) from None
         offset += length
     if offset != len(raw):
         raise InvalidInputError(
-            f"{role} {name!r}: {len(raw) - offset} bytes left over after its {count} BYTES elements"
+            f"{role} {brief(name)}: {len(raw) - offset} bytes left over after its {count} BYTES elements"
         )
     return elements
 
@@ -585,7 +592,7 @@ def _from_json(
         depth += 1
         if depth > limits.max_json_depth:
             raise InvalidInputError(
-                f"{role} {name!r}: 'data' is nested deeper than {limits.max_json_depth} levels; send a flat list"
+                f"{role} {brief(name)}: 'data' is nested deeper than {limits.max_json_depth} levels; send a flat list"
             )
         probe = probe[0] if probe else None
     if not isinstance(data, list):
@@ -596,16 +603,18 @@ def _from_json(
         except ValueError:  # ragged nesting
             flat = np.array([None], dtype=object)
         if flat.size != count or any(not isinstance(x, str) for x in flat):
-            raise InvalidInputError(f"{role} {name!r}: BYTES 'data' must be {count} strings for shape {shape}")
+            raise InvalidInputError(f"{role} {brief(name)}: BYTES 'data' must be {count} strings for shape {shape}")
         return flat.reshape(shape)
     try:
         array = np.array(data)
     except (ValueError, TypeError, OverflowError):
         raise InvalidInputError(
-            f"{role} {name!r}: 'data' must be a list of numbers (flat, row-major) or rectangular nested lists"
+            f"{role} {brief(name)}: 'data' must be a list of numbers (flat, row-major) or rectangular nested lists"
         ) from None
     if array.size != count:
-        raise InvalidInputError(f"{role} {name!r}: 'data' holds {array.size} values but shape {shape} needs {count}")
+        raise InvalidInputError(
+            f"{role} {brief(name)}: 'data' holds {array.size} values but shape {shape} needs {count}"
+        )
     dtype = DATATYPES[datatype]
     if dtype.kind == "f" and array.dtype.kind == "O" and array.size:  # integers past uint64, or nulls
         array = _floats(data, array, datatype, name, role, null_is_nan=null_is_nan)
@@ -614,21 +623,21 @@ def _from_json(
     kinds = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]  # never bools as numbers, or floats as ints
     if array.size and array.dtype.kind not in kinds:
         what = "text" if array.dtype.kind == "U" else "values of mixed or unsupported types"
-        raise InvalidInputError(f"{role} {name!r}: 'data' holds {what}, which is not {datatype}")
+        raise InvalidInputError(f"{role} {brief(name)}: 'data' holds {what}, which is not {datatype}")
     if bools_in_data and dtype.kind != "b" and array.dtype.kind != "b" and _holds_bool(data):
         raise InvalidInputError(
-            f"{role} {name!r}: 'data' mixes true/false with numbers, which is not {datatype}; send 1 and 0, "
+            f"{role} {brief(name)}: 'data' mixes true/false with numbers, which is not {datatype}; send 1 and 0, "
             "or the tensor as BOOL"
         )
     if dtype.kind in "iu" and array.size and array.dtype.kind in "iu":
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
-            raise InvalidInputError(f"{role} {name!r}: values do not fit in {datatype} ({info.min}..{info.max})")
+            raise InvalidInputError(f"{role} {brief(name)}: values do not fit in {datatype} ({info.min}..{info.max})")
     if dtype.kind == "f":
         with np.errstate(over="ignore"):
             cast = array.astype(dtype)
         if array.size and (np.isinf(cast) & ~np.isinf(array)).any():
-            raise InvalidInputError(f"{role} {name!r}: values are too large for {datatype}")
+            raise InvalidInputError(f"{role} {brief(name)}: values are too large for {datatype}")
         return cast.reshape(shape)
     return array.astype(dtype).reshape(shape)
 
@@ -671,7 +680,7 @@ def _floats(data: object, array: np.ndarray, datatype: str, name: str, role: str
     try:
         return np.array([math.nan if x is None else float(x) for x in flat], dtype=np.float64).reshape(array.shape)
     except OverflowError:  # an integer past float64's range
-        raise InvalidInputError(f"{role} {name!r}: values are too large for {datatype}") from None
+        raise InvalidInputError(f"{role} {brief(name)}: values are too large for {datatype}") from None
 
 
 def _integers(data: object, array: np.ndarray, datatype: str, name: str, role: str) -> np.ndarray:
@@ -683,7 +692,7 @@ def _integers(data: object, array: np.ndarray, datatype: str, name: str, role: s
         return array
     info = np.iinfo(DATATYPES[datatype])
     if min(exact.flat) < info.min or max(exact.flat) > info.max:
-        raise InvalidInputError(f"{role} {name!r}: values do not fit in {datatype} ({info.min}..{info.max})")
+        raise InvalidInputError(f"{role} {brief(name)}: values do not fit in {datatype} ({info.min}..{info.max})")
     return exact.astype(DATATYPES[datatype])
 
 
@@ -716,7 +725,7 @@ def _json_text(element: Any, index: int, name: str, role: str) -> str:
         return element.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInputError(
-            f"{role} {name!r}: BYTES element #{index} is bytes that are not UTF-8 text, which JSON cannot carry; "
+            f"{role} {brief(name)}: BYTES element #{index} is bytes that are not UTF-8 text, which JSON cannot carry; "
             "send it as a binary tensor, or encode it as text (base64, say) if the model expects that"
         ) from None
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._brief import brief
 from .._errors import InvalidInputError
 
 __all__ = [
@@ -64,7 +65,9 @@ def numpy_dtype(datatype: object, *, tensor: str) -> np.dtype[Any]:
     """
     dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
-        raise InvalidInputError(f"tensor {tensor!r}: unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
+        raise InvalidInputError(
+            f"tensor {brief(tensor)}: unknown datatype {brief(datatype)}; use one of {', '.join(DATATYPES)}"
+        )
     return dtype
 
 

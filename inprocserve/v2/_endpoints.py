@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._brief import brief
 from .._errors import (
     DeadlineExceededError,
     InprocserveError,
@@ -73,12 +74,12 @@ def model_metadata(server: Server, name: str, version: int | None = None) -> dic
     model = server._brief_status([name], signatures=True)["models"].get(name)  # (an unauthenticated endpoint: no paths)
     if not servable or model is None:
         known = ", ".join(sorted(server.models)) or "none"
-        raise ModelNotFoundError(f"unknown model {name!r} (servable models: {known})", model=name)
+        raise ModelNotFoundError(f"unknown model {brief(name)} (servable models: {known})", model=name)
     number = model["default_version"] if version is None else version
     entry = model["versions"].get(str(number))
     if number not in servable or entry is None or entry.get("signature") is None:
         raise ModelNotFoundError(
-            f"model {name!r} has no servable version {number} (servable: {', '.join(map(str, servable))})",
+            f"model {brief(name)} has no servable version {number} (servable: {', '.join(map(str, servable))})",
             model=name,
             version=version,
         )
@@ -176,7 +177,7 @@ class Endpoints:
         except DeadlineExceededError as exc:
             return _error(504, exc)
         except InprocserveError as exc:
-            logger.warning("Open Inference Protocol request %s %s failed: %s", method, path, exc)
+            logger.warning("Open Inference Protocol request %s %s failed: %s", method, brief(path), exc)
             return _error(500, exc)
 
     def _route(
@@ -245,7 +246,7 @@ class Endpoints:
         if self._is_warming():  # (whether the model exists is known once the server is built)
             return Response.json(
                 503,
-                {**document, "ready": False, "error": f"model {name!r} is not ready: {_WARMING}"},
+                {**document, "ready": False, "error": f"model {brief(name)} is not ready: {_WARMING}"},
                 {"Retry-After": self._retry_after},
             )
         server = self._server()
@@ -266,13 +267,13 @@ class Endpoints:
         elif version is not None:
             entry = model["versions"].get(str(version))
             if entry is None:  # not on disk, or left out by the version policy: nothing to wait for
-                raise ModelNotFoundError(f"model {name!r} has no version {version}", model=name, version=version)
+                raise ModelNotFoundError(f"model {brief(name)} has no version {version}", model=name, version=version)
             reason = str(entry.get("error") or f"version {version} is {entry.get('state', 'not servable')}")
         else:
             reason = _first_error(model)
         return Response.json(
             503,
-            {**document, "ready": False, "error": f"model {name!r} is not ready: {reason}"},
+            {**document, "ready": False, "error": f"model {brief(name)} is not ready: {reason}"},
             {"Retry-After": self._retry_after},
         )
 
@@ -304,7 +305,9 @@ class Endpoints:
             budget = request.timeout_s if budget is None else min(budget, request.timeout_s)
         if budget is not None and budget <= 0:
             spent = DeadlineExceededError(
-                f"model {name!r}: the request's time budget was spent before inference", model=name, version=version
+                f"model {brief(name)}: the request's time budget was spent before inference",
+                model=name,
+                version=version,
             )
             server._refused_early(name, version, spent, started)
             # (this frame joins its traceback: its local would hold it in a cycle with the decoded inputs)
@@ -346,7 +349,7 @@ class Endpoints:
         if encoding == "identity":
             return body
         if encoding not in ("gzip", "deflate"):
-            raise InvalidInputError(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+            raise InvalidInputError(f"Content-Encoding {brief(encoding)} is not supported; use gzip, deflate or none")
         inflater = zlib.decompressobj(47)  # 32 + 15: zlib or gzip framing, detected from the header
         try:
             inflated = inflater.decompress(body, limit + 1)
@@ -366,7 +369,7 @@ class Endpoints:
 
 def _unknown_model(server: Server, name: str) -> ModelNotFoundError:
     known = ", ".join(sorted(server.models)) or "none"
-    return ModelNotFoundError(f"unknown model {name!r} (servable models: {known})", model=name)
+    return ModelNotFoundError(f"unknown model {brief(name)} (servable models: {known})", model=name)
 
 
 def _version(raw: str) -> int:
@@ -424,7 +427,7 @@ def _signature_check(server: Server, name: str, version: int | None) -> Callable
                 return
             if first is None:
                 first = InvalidInputError(
-                    f"model {name!r} version {target.version}: {problem}", model=name, version=target.version
+                    f"model {brief(name)} version {target.version}: {problem}", model=name, version=target.version
                 )
         assert first is not None
         # (this frame joins its traceback: its local would hold it in a cycle with the frames that called this
@@ -461,14 +464,14 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
     for output in requested:
         if output.name not in names:
             raise InvalidInputError(
-                f"output {output.name!r} is not an output of model {name!r}; outputs: {', '.join(names)}",
+                f"output {brief(output.name)} is not an output of model {brief(name)}; outputs: {', '.join(names)}",
                 model=name,
                 version=version,
             )
         if output.name not in tensors:
             raise InvalidInputError(
-                f"output {output.name!r} of model {name!r} is a sequence or map (an ONNX ZipMap, say), which the "
-                "protocol cannot carry; ask for the model's tensor outputs with 'outputs'",
+                f"output {brief(output.name)} of model {brief(name)} is a sequence or map (an ONNX ZipMap, say), "
+                "which the protocol cannot carry; ask for the model's tensor outputs with 'outputs'",
                 model=name,
                 version=version,
             )
@@ -482,7 +485,7 @@ def _mismatch(signature: Signature, tensors: Sequence[TensorHeader], max_rows: i
         missing = sorted(signature.input_names - set(by_name))
         unknown = sorted(set(by_name) - signature.input_names)
         parts = [f"missing input(s) {', '.join(map(repr, missing))}"] if missing else []
-        parts += [f"unknown input(s) {', '.join(map(repr, unknown))}"] if unknown else []
+        parts += [f"unknown input(s) {', '.join(map(brief, unknown))}"] if unknown else []
         return f"{'; '.join(parts)}; the model takes {', '.join(spec.describe() for spec in signature.inputs)}"
     rows = -1
     for spec in signature.inputs:
@@ -547,7 +550,7 @@ def _explain_bytes(
     for spec in metadata["inputs"]:
         if spec["name"] in sent_text and spec["datatype"] != "BYTES":
             return InvalidInputError(
-                f"input {spec['name']!r} was sent as BYTES, but model {name!r} takes {spec['datatype']} "
+                f"input {spec['name']!r} was sent as BYTES, but model {brief(name)} takes {spec['datatype']} "
                 f"with shape {spec['shape']}; send numbers as {spec['datatype']}",
                 model=name,
                 version=version,

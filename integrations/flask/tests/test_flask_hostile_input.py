@@ -164,3 +164,71 @@ def test_a_symlinked_model_folder_is_served_only_when_the_app_follows_links(tmp_
         assert ("linked" in response.get_json()["models"]) is follow
     finally:
         Inprocserve.close(flask_app)
+
+
+# -- client text echoed in error messages -------------------------------------------------------------------
+
+HUGE = "n" * 5_000_000
+
+
+def _x(**changes: Any) -> dict[str, Any]:
+    return {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4], **changes}
+
+
+ECHOED = {
+    "tensor name": {"inputs": [_x(name=HUGE)]},
+    "datatype": {"inputs": [_x(datatype=HUGE)]},
+    "parameter key": {"parameters": {HUGE: [1]}, "inputs": [_x()]},
+    "timeout parameter": {"parameters": {"timeout": HUGE}, "inputs": [_x()]},
+    "binary_data_output": {"parameters": {"binary_data_output": HUGE}, "inputs": [_x()]},
+    "user_id parameter": {"parameters": {"user_id": HUGE}, "inputs": [_x()]},
+    "output name": {"inputs": [_x()], "outputs": [{"name": HUGE}]},
+    "shape": {"inputs": [_x(shape=[1] * 1_000_000 + [-1])]},
+    "binary_data_size": {"inputs": [{**_x(parameters={"binary_data_size": HUGE}), "data": None}]},
+}
+
+
+@pytest.mark.parametrize("where", list(ECHOED))
+def test_a_huge_name_in_a_protocol_request_is_not_echoed_whole(app: Flask, where: str) -> None:
+    flask_app = Flask(__name__)
+    flask_app.config.update(INPROCSERVE_REPOSITORY=app.config["INPROCSERVE_REPOSITORY"], INPROCSERVE_V2_PROTOCOL=True)
+    Inprocserve(flask_app)
+    try:
+        response = flask_app.test_client().post("/v2/models/scale/infer", json=ECHOED[where])
+    finally:
+        Inprocserve.close(flask_app)
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert len(error) < 400, error[:400]  # was the whole 5 MB, in the answer, the log and the span
+    assert "characters)" in error or "..." in error
+
+
+def test_a_huge_model_name_in_a_protocol_url_is_not_echoed_whole(app: Flask) -> None:
+    flask_app = Flask(__name__)
+    flask_app.config.update(INPROCSERVE_REPOSITORY=app.config["INPROCSERVE_REPOSITORY"], INPROCSERVE_V2_PROTOCOL=True)
+    Inprocserve(flask_app)
+    try:
+        response = flask_app.test_client().post(f"/v2/models/{'m' * 100_000}/infer", json={"inputs": [_x()]})
+    finally:
+        Inprocserve.close(flask_app)
+    assert response.status_code == 404
+    assert len(response.get_json()["error"]) < 400
+    assert "(100000 characters)" in response.get_json()["error"]
+
+
+def test_names_a_view_passes_on_from_a_client_are_not_echoed_whole(app: Flask) -> None:
+    @app.post("/any")
+    def any_model() -> Any:
+        sent = request.get_json()
+        return {"y": predict(sent["model"], sent["inputs"])["y"].tolist()}
+
+    client = app.test_client()
+    unknown_model = client.post("/any", json={"model": HUGE, "inputs": {"x": [[1, 2, 3, 4]]}})
+    assert unknown_model.status_code == 404
+    assert len(unknown_model.get_json()["message"]) < 400
+    many_names = {f"{index}{HUGE[:1000]}": [[1, 2, 3, 4]] for index in range(5000)}
+    unknown_inputs = client.post("/any", json={"model": "scale", "inputs": many_names})
+    assert unknown_inputs.status_code == 400
+    message = unknown_inputs.get_json()["message"]
+    assert len(message) < 2000 and "and 4992 more" in message
+
