@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from ._brief import brief
 from ._errors import InvalidInputError
 
 __all__ = ["MAX_TIMEOUT_MS", "MAX_USER_ID_LENGTH", "parse_timeout_ms", "parse_user_id"]
@@ -41,7 +42,7 @@ def parse_timeout_ms(value: str | None, *, header: str = "X-Request-Timeout-Ms")
     text = value.strip()
     if not _TIMEOUT.fullmatch(text):
         raise InvalidInputError(
-            f"header {header}: {_shown(value)} is not a deadline; send a plain number of milliseconds "
+            f"header {header}: {brief(value)} is not a deadline; send a plain number of milliseconds "
             f"from 0 to {MAX_TIMEOUT_MS:.0f}, such as 250 or 12.5"
         )
     milliseconds = float(text)
@@ -55,13 +56,22 @@ def parse_timeout_ms(value: str | None, *, header: str = "X-Request-Timeout-Ms")
 def parse_user_id(value: str | None, *, header: str = "X-User-Id") -> str | None:
     """The user id a client sent for sticky rollout assignment; ``None`` when the header is absent.
 
-    Accepted: 1 to :data:`MAX_USER_ID_LENGTH` printable ASCII characters; spaces at the ends are dropped.
+    Accepted: 1 to :data:`MAX_USER_ID_LENGTH` printable ASCII characters but the comma; spaces at the ends
+    are dropped. A comma is what WSGI servers (gunicorn, werkzeug, wsgiref) and proxies put between the values
+    of a header sent more than once: ``alice`` and ``bob`` arrive as ``alice,bob``, which became one made-up
+    user, sticky in its own canary and experiment buckets, when which user asked is unknown.
 
     Raises:
-        InvalidInputError: an empty, overlong or non-printable value; the message names ``header``.
+        InvalidInputError: an empty, overlong or non-printable value, or one with a comma (the header sent more
+            than once); the message names ``header``.
     """
     if value is None:
         return None
+    if "," in value:
+        raise InvalidInputError(
+            f"header {header}: {brief(value)} holds a comma: the header was sent more than once (its values are "
+            "joined with commas), so which user asked is unknown; send it once, with a user id without commas"
+        )
     return checked_user_id(value, f"header {header}")
 
 
@@ -71,11 +81,6 @@ def checked_user_id(value: str, where: str) -> str:
     text = value.strip()
     if len(text) > MAX_USER_ID_LENGTH or not _USER_ID.fullmatch(text):
         raise InvalidInputError(
-            f"{where}: {_shown(value)} is not a user id; send 1 to {MAX_USER_ID_LENGTH} printable ASCII characters"
+            f"{where}: {brief(value)} is not a user id; send 1 to {MAX_USER_ID_LENGTH} printable ASCII characters"
         )
     return text
-
-
-def _shown(value: str) -> str:
-    """The value quoted for an error message, cut short so a huge header does not make a huge response."""
-    return repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} characters)"

@@ -232,3 +232,27 @@ def test_names_a_view_passes_on_from_a_client_are_not_echoed_whole(app: Flask) -
     message = unknown_inputs.get_json()["message"]
     assert len(message) < 2000 and "and 4992 more" in message
 
+
+def test_a_user_id_header_sent_twice_is_a_400_not_a_made_up_user(app: Flask) -> None:
+    # A WSGI server joins a repeated header's values with commas: "alice" and "bob" became the user "alice,bob"
+    import http.client
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+        connection.putrequest("POST", "/score")
+        for name, value in [("X-User-Id", "alice"), ("X-User-Id", "bob"), ("Content-Type", "application/json")]:
+            connection.putheader(name, value)
+        body = b'{"rows": [[1, 2, 3, 4]]}'
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        answer = response.read().decode()
+    finally:
+        server.shutdown()
+    assert response.status == 400, answer
+    assert "X-User-Id" in answer and "more than once" in answer
