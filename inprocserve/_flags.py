@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import _fork
-from ._brief import CutShort
+from ._brief import CutShort, brief_text
 from ._config_checks import MAX_INTERVAL_S, is_number, shown
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError
 
@@ -630,7 +630,10 @@ class _FileSeen:
 
 
 def _described(value: object) -> str:
-    """``repr(value)`` for a message, whatever the value does: a hand-written provider's may raise in it."""
+    """``repr(value)`` for a message, whatever the value does: a hand-written provider's may raise in it. An
+    exception is its class and :func:`_said` text: a provider that failed with megabytes of text logged them."""
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {_said(value)}"
     try:
         return repr(value)
     except Exception:  # (an int of 5000 digits raises ValueError)
@@ -659,11 +662,16 @@ def _value_shown(value: object) -> str:
 
 
 def _said(exc: BaseException) -> str:
-    """``str(exc)`` for a message, whatever the exception does: its ``__str__`` may raise too."""
+    """``str(exc)`` for a message, whatever the exception does: its ``__str__`` may raise too. Cut short
+    (:data:`_SAID_CHARACTERS`): a provider's own error text may be megabytes, and it was kept in ``status()``,
+    logged, and given as every request's ``Prediction.reason`` while the flag failed."""
     try:
-        return str(exc)
+        return brief_text(str(exc), _SAID_CHARACTERS)
     except Exception:
         return f"{type(exc).__name__} (which cannot be shown)"
+
+
+_SAID_CHARACTERS = 1000
 
 
 def _as_float(key: str, value: int | float) -> float:
@@ -963,7 +971,8 @@ class OpenFeatureFlags:
         if code is None or code == "FLAG_NOT_FOUND":  # not found: the SDK hands back the default
             return details.value
         error = FlagTypeError if code == "TYPE_MISMATCH" else FlagError
-        raise error(f"OpenFeature could not evaluate {key!r}: {code} {details.error_message}")
+        # (the provider's own text, of any length: cut short, as every message that quotes a provider is)
+        raise error(f"OpenFeature could not evaluate {key!r}: {code} {brief_text(str(details.error_message))}")
 
     def get_boolean(self, key: str, default: bool, context: Mapping[str, Any]) -> bool:
         value = self._recall("boolean", key, default)

@@ -709,3 +709,34 @@ def test_a_flag_decision_slower_than_the_hot_reload_interval_is_answered(
     asking.join(10)
     assert answers, f"not answered in 10 s ({SlowFlags.calls} flag reads)"
     assert SlowFlags.calls == 1
+
+
+@pytest.mark.parametrize("failure", ["type_mismatch", "general"])
+def test_a_providers_megabytes_of_error_text_are_cut_short(
+    versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, failure: str
+) -> None:
+    from openfeature import api
+    from openfeature.exception import TypeMismatchError
+    from openfeature.provider import AbstractProvider, Metadata
+
+    text = "e" * 5_000_000
+
+    class Failing(AbstractProvider):
+        def get_metadata(self) -> Metadata:
+            return Metadata(name="failing")
+
+        def _fail(self, *args: Any, **kwargs: Any) -> Any:
+            raise TypeMismatchError(text) if failure == "type_mismatch" else RuntimeError(text)
+
+        resolve_boolean_details = resolve_string_details = resolve_integer_details = _fail
+        resolve_float_details = resolve_object_details = _fail
+
+    api.set_provider(Failing(), domain=f"inprocserve-megabytes-{failure}")
+    server = make_server(versions, config=CANARY, flags=OpenFeatureFlags(domain=f"inprocserve-megabytes-{failure}"))
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        answer = server.predict("scale", X, context={"user_id": "u"})
+    assert answer.variant == "stable"
+    assert len(answer.reason or "") < 2000  # was the whole 5 MB, in every request's answer
+    assert len(json.dumps(server.status(), default=str)) < 100_000  # and in status()
+    ours = [record.getMessage() for record in caplog.records if record.name.startswith("inprocserve")]
+    assert ours and all(len(message) < 3000 for message in ours)  # and in the log
