@@ -250,8 +250,11 @@ def _own_copy(error: BaseException, copies: dict[int, BaseException]) -> BaseExc
     except Exception:
         own = error
     if type(own) is not type(error) or own is error or not _same_args(own, error):
+        own = _rebuilt(error)
+    if own is None:
         copies[id(error)] = error  # (it cannot be copied: kept, without its tracebacks)
         return drop_tracebacks(error)
+    _copy_slots(error, own)
     copies[id(error)] = own  # (before its chain: a chain may lead back to it)
     cause, context = error.__cause__, error.__context__
     own.__cause__ = None if cause is None else _own_copy(cause, copies)
@@ -262,6 +265,42 @@ def _own_copy(error: BaseException, copies: dict[int, BaseException]) -> BaseExc
         own.__notes__ = list(notes)
     own.__traceback__ = None
     return own
+
+
+def _rebuilt(error: BaseException) -> BaseException | None:
+    """A copy of ``error`` made without calling its ``__init__``, or ``None``: for an error whose class cannot be
+    called again with its ``args``, such as our ``TransportError`` (its ``sent`` is keyword-only) and urllib3's
+    ``NewConnectionError`` (its message is built from the connection, which its ``__reduce__`` leaves out).
+    Those were kept as they were, shared by every caller of a failed batch, and their tracebacks dropped for
+    all of them. Not for a class built on a built-in error with fields of its own that only ``__init__`` sets
+    (``OSError``, ``UnicodeDecodeError``, ``StopIteration``, ...: a larger instance than ``BaseException``'s)."""
+    cls = type(error)
+    builtin = next(base for base in cls.__mro__ if base.__module__ == "builtins")
+    if builtin.__basicsize__ != BaseException.__basicsize__:
+        return None
+    try:
+        own: BaseException = BaseException.__new__(cls, *error.args)
+        own.args = error.args
+        own.__dict__.update(error.__dict__)
+    except Exception:
+        return None
+    return own
+
+
+def _copy_slots(error: BaseException, own: BaseException) -> None:
+    """Copy the ``__slots__`` attributes of ``error``'s classes onto its copy: ``copy.copy`` of an exception takes
+    its ``args`` and ``__dict__`` only, so a copy lost them (an ``AttributeError`` when its handler read one)."""
+    for cls in type(error).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot in ("__dict__", "__weakref__"):
+                continue
+            private = slot.startswith("__") and not slot.endswith("__")
+            name = f"_{cls.__name__.lstrip('_')}{slot}" if private else slot  # (as Python mangles it)
+            try:
+                setattr(own, name, getattr(error, name))
+            except AttributeError:  # (unset on the error: unset on the copy too)
+                pass
 
 
 def _same_args(own: BaseException, error: BaseException) -> bool:

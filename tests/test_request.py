@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+import inprocserve
 from inprocserve._pool import RunnerPool
-from inprocserve._request import DONE, Request, Route, complete_batch, finish_detached, wake_after_batch
+from inprocserve._request import DONE, Request, Route, complete_batch, finish_detached, own_error, wake_after_batch
 from inprocserve._rollout import Decision
 from inprocserve._wake_relay import RELAY
+from inprocserve.testing import build_scale_model, save_model
 
 
 def make(*, future: bool) -> Request:
@@ -107,3 +110,60 @@ def test_the_pool_lends_each_runner_once_and_adopts_lazily() -> None:
     assert pool.has_free() and pool.checkout() == "a" and pool.size == 2
     pool._after_fork_in_child()  # a forked child builds its own runners on first use
     assert not pool.adopted
+
+
+def test_every_caller_of_a_remote_model_whose_server_went_away_gets_its_own_errors(tmp_path: Path) -> None:
+    """Their chain holds our TransportError (keyword-only arguments) and urllib3's NewConnectionError (a message
+    built from its connection), which could not be copied: every caller of a batch shared them, and their
+    tracebacks were dropped for all."""
+    import concurrent.futures
+    import threading
+
+    from flask import Flask
+    from inprocserve_flask import Inprocserve
+    from werkzeug.serving import make_server
+
+    save_model(build_scale_model(), tmp_path / "backend", "scale")
+    backend = Flask(__name__)
+    backend.config.update(INPROCSERVE_REPOSITORY=str(tmp_path / "backend"), INPROCSERVE_V2_PROTOCOL=True)
+    Inprocserve(backend)
+    http = make_server("127.0.0.1", 0, backend, threaded=True)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    (tmp_path / "front" / "scale" / "1").mkdir(parents=True)
+    (tmp_path / "front" / "scale" / "1" / "remote.toml").write_text(
+        f'url = "http://127.0.0.1:{http.server_port}"\nmodel = "scale"\n'
+    )
+    try:
+        with inprocserve.Server(tmp_path / "front") as server:
+            server.predict("scale", np.ones((1, 4), np.float32))
+            http.shutdown()
+            http.server_close()
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                calls = [pool.submit(server.predict, "scale", np.ones((1, 4), np.float32)) for _ in range(16)]
+                errors = [call.exception() for call in calls]
+    finally:
+        Inprocserve.close(backend)
+    assert all(isinstance(error, inprocserve.RemoteUnavailableError) for error in errors)
+    seen: dict[int, int] = {}
+    for error in errors:
+        link: BaseException | None = error
+        while link is not None:
+            seen[id(link)] = seen.get(id(link), 0) + 1
+            link = link.__cause__ or link.__context__
+    assert max(seen.values()) == 1  # no error object of any chain is shared between two callers
+
+
+def test_an_errors_copy_keeps_its_slots_and_its_keyword_only_fields() -> None:
+    class Coded(Exception):
+        __slots__ = ("__private", "code")
+
+        def __init__(self, message: str, *, code: int) -> None:
+            super().__init__(message)
+            self.code = code
+            self.__private = code * 2
+            self.where = "here"
+
+    error = Coded("failed", code=7)
+    copied = own_error(error)
+    assert copied is not error and type(copied) is Coded and str(copied) == "failed"
+    assert copied.code == 7 and copied._Coded__private == 14 and copied.where == "here"  # type: ignore[attr-defined]
