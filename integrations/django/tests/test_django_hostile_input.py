@@ -97,6 +97,14 @@ def test_a_reasonable_user_id_is_accepted(served: Path) -> None:
     assert post("/score", **{"X-User-Id": "user-42@example.com"}).status_code == 200
 
 
+@pytest.mark.parametrize("url", ["/score", "/ascore"])
+def test_a_user_id_header_sent_twice_is_a_400_not_a_made_up_user(served: Path, url: str) -> None:
+    # what a WSGI or ASGI server hands Django for "X-User-Id: alice" and "X-User-Id: bob" in one request
+    response = post(url, **{"X-User-Id": "alice,bob"})
+    assert response.status_code == 400, response.content
+    assert "X-User-Id" in response.json()["message"] and "more than once" in response.json()["message"]
+
+
 FUZZ_EXAMPLES = 2_000 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 200
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40)
 
