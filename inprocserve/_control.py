@@ -279,12 +279,7 @@ class ControlFile:
         if not thread_lock.acquire(timeout=max(self.lock_timeout_s, 0.0)):
             raise self._lock_timeout("another thread of this process")
         try:
-            try:
-                descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise ControlFileUnavailableError(
-                    f"control-file lock {self._lock_path} cannot be opened: {exc}; nothing was changed"
-                ) from exc
+            descriptor = self._open_lock()
             try:
                 while True:
                     try:
@@ -304,6 +299,26 @@ class ControlFile:
         finally:
             thread_lock.release()
 
+    def _open_lock(self) -> int:
+        """The lock file, open for writing (an exclusive record lock needs a descriptor open for writing,
+        locally and over NFS), shared as the repository folder is (see :meth:`_share_like_folder`)."""
+        try:
+            descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError as exc:
+            raise ControlFileUnavailableError(
+                f"control-file lock {self._lock_path} cannot be opened for writing by this user (uid "
+                f"{os.geteuid()}): {exc.strerror}. It was probably created by another user (such as root running "
+                "the CLI); it holds no state: give it to the user the servers run as (`chown`), make it group-"
+                "writable, or remove it while no writer runs. Nothing was changed"
+            ) from exc
+        except OSError as exc:
+            raise ControlFileUnavailableError(
+                f"control-file lock {self._lock_path} cannot be opened: {exc}; nothing was changed"
+            ) from exc
+        with contextlib.suppress(OSError):  # (best effort: sharing it is not needed for this write)
+            _share_like_folder(descriptor, self.folder)
+        return descriptor
+
     def _lock_timeout(self, holder: str) -> ControlFileUnavailableError:
         return ControlFileUnavailableError(
             f"control-file lock {self._lock_path} is held by {holder} for more than {self.lock_timeout_s:g} s; "
@@ -316,6 +331,10 @@ class ControlFile:
         descriptor, temporary = tempfile.mkstemp(prefix=".inprocserve-control.", suffix=".tmp", dir=self.folder)
         try:
             with os.fdopen(descriptor, "wb") as handle:
+                if os.geteuid() == 0:  # root's CLI: the file stays the repository owner's (see _share_like_folder)
+                    with contextlib.suppress(OSError):
+                        owner = os.stat(self.folder)
+                        os.fchown(handle.fileno(), owner.st_uid, owner.st_gid)
                 handle.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -331,6 +350,24 @@ class ControlFile:
                 os.fsync(folder)
             finally:
                 os.close(folder)
+
+
+def _share_like_folder(descriptor: int, folder: Path) -> None:
+    """Give the lock file the repository folder's owner (when this is root) and its group and other write
+    bits, so that every user who may write the control file may take the lock.
+
+    Created 0644 by whoever wrote first, it locked the others out for good: after one ``sudo python -m
+    inprocserve canary ...`` the lock was root's, and every later write by the servers' user (the admin
+    endpoints, ``Server.switch``, the CLI without sudo) failed to open it (409); in a group-writable folder
+    shared by a team, the first operator's lock file likewise refused the others."""
+    owner = os.stat(folder)
+    lock = os.fstat(descriptor)
+    if os.geteuid() == 0 and (lock.st_uid, lock.st_gid) != (owner.st_uid, owner.st_gid):
+        with contextlib.suppress(OSError):  # (root squashed on NFS cannot)
+            os.fchown(descriptor, owner.st_uid, owner.st_gid)  # (also gives back a lock file root made before)
+    mode = lock.st_mode & 0o777
+    if mode | (owner.st_mode & 0o022) != mode:
+        os.fchmod(descriptor, mode | (owner.st_mode & 0o022))
 
 
 # One thread lock per lock file (record locks do not exclude the threads of one process), made anew in a

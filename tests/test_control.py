@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -506,3 +509,67 @@ def test_a_writer_also_applies_what_others_wrote_meanwhile(repository: Path, mak
     assert second.predict("b", X).version == 1
     first.sync_control()
     assert first.predict("b", X).version == 1
+
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() != 0, reason="needs root (to be another user)")
+
+
+@pytest.fixture
+def nobodys_repository() -> Any:
+    """A repository owned by the servers' user (nobody), reachable by it (pytest's tmp_path is root's, 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="inprocserve-nobody-"))
+    try:
+        for version in (1, 2):
+            save_model(build_scale_model(float(version)), folder, "scale", version)
+        for path in (folder, *folder.rglob("*")):
+            os.chown(path, NOBODY, NOBODY)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_user(uid: int, write: Any) -> int:
+    """Run ``write()`` in a child forked and dropped to ``uid``: 0 written, 3 refused naming the fix, 1 else."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 1
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            write()
+            status = 0
+        except inprocserve.ControlFileUnavailableError as exc:
+            status = 3 if "chown" in str(exc) and "holds no state" in str(exc) else 1
+        finally:
+            os._exit(status)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@needs_root
+def test_a_root_operators_write_leaves_the_control_file_writable_for_the_servers_user(
+    nobodys_repository: Path,
+) -> None:
+    """`sudo python -m inprocserve canary ...` once must not lock the app's user (the admin endpoints) out."""
+    control = ControlFile(nobodys_repository)
+    control.set_model("scale", lambda state: ModelControl(canary_version=2, canary_percent=10))  # as root
+    assert _as_user(NOBODY, lambda: control.set_model("scale", lambda state: ModelControl(kill=True))) == 0
+    assert control.read().models["scale"].kill
+    assert {path.stat().st_uid for path in nobodys_repository.glob(".inprocserve-control*")} == {NOBODY}
+
+
+@needs_root
+def test_a_lock_file_another_user_owns_is_refused_naming_the_fix(nobodys_repository: Path) -> None:
+    lock = nobodys_repository / ".inprocserve-control.lock"
+    lock.touch(mode=0o644)  # root's, as an older release's CLI left it
+    assert _as_user(NOBODY, lambda: ControlFile(nobodys_repository).bump_reload()) == 3
+    ControlFile(nobodys_repository).bump_reload()  # root's next write gives it to the folder's owner
+    assert lock.stat().st_uid == NOBODY
+    assert _as_user(NOBODY, lambda: ControlFile(nobodys_repository).bump_reload()) == 0
+
+
+def test_a_lock_file_in_a_group_writable_repository_is_group_writable(three_versions: Path) -> None:
+    """A team sharing the repository through its group: the first writer's lock file must not refuse the others."""
+    three_versions.chmod(0o2775)
+    ControlFile(three_versions).bump_reload()
+    assert (three_versions / ".inprocserve-control.lock").stat().st_mode & 0o020
