@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
@@ -137,6 +138,26 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         )
     messages.extend(_shadow_errors(config))
     return messages
+
+
+def refuse_invalid_settings() -> None:
+    """Run this plug-in's system checks where Django runs none: a WSGI or ASGI server (gunicorn, uWSGI,
+    uvicorn) loads the application without them, so a bad ``INPROCSERVE`` setting that ``manage.py check``
+    reports started every worker anyway, and failed each one's first request, or every request (a 500),
+    instead of the start-up. Called when Django builds the middleware (as the server loads the app).
+
+    Errors silenced in ``SILENCED_SYSTEM_CHECKS`` are left alone, as ``manage.py check`` leaves them.
+
+    Raises:
+        ImproperlyConfigured: listing every error, with its id and hint.
+    """
+    silenced = set(getattr(django_settings, "SILENCED_SYSTEM_CHECKS", ()))
+    errors = [message for message in check_inprocserve() if message.is_serious() and message.id not in silenced]
+    if errors:
+        lines = [f"{error.id}: {error.msg}" + (f" HINT: {error.hint}" if error.hint else "") for error in errors]
+        raise ImproperlyConfigured(
+            "INPROCSERVE is not valid (`manage.py check` reports the same):\n" + "\n".join(lines)
+        )
 
 
 def _names(value: object) -> bool:

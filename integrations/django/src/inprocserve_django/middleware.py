@@ -34,6 +34,10 @@ class InprocserveMiddleware:
     async_capable = True
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        from .checks import refuse_invalid_settings
+
+        # Django builds its middleware when a WSGI or ASGI server loads the application: the start-up
+        refuse_invalid_settings()
         self.get_response = get_response
         self._async = iscoroutinefunction(get_response)
         if self._async:
