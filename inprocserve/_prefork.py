@@ -29,7 +29,8 @@ from typing import Any
 
 from ._config import ModelConfig, check_model_configs, load_model_config
 from ._config_checks import check_bool
-from ._errors import ModelLoadError
+from ._control import CONTROL_FILENAME, Control, ControlFile
+from ._errors import ConfigurationError, ModelLoadError
 from ._remote_model import read_remote_toml
 from ._repository import ModelSource, is_remote, scan_repository
 
@@ -179,7 +180,9 @@ def check_repository(
         problems that a server would skip are listed, not raised.
 
     Raises:
-        ConfigurationError: the repository is not a folder, or a ``config.toml`` is invalid.
+        ConfigurationError: the repository is not a folder, a ``config.toml`` is invalid, or the control file
+            cannot be read (each worker would refuse its routed requests). A version the control file names
+            that is not in the repository is listed in ``problems``; those it names are checked.
         ModelLoadError: a model file that would be served is not a readable ONNX model, or a
             ``remote.toml`` is invalid.
     """
@@ -196,12 +199,22 @@ def check_repository(
             "fork, but not its model files (install onnx, or the plug-in's 'eager' extra, to check them)"
         )
     report: dict[str, Any] = {"models": {}, "problems": list(scan.problems), "signatures_checked": onnx is not None}
+    control = _read_control(Path(repository))
     failures: list[str] = []
     for name, source in scan.models.items():
         effective = _effective_config(name, source, config, models or {})
         # What the Server loads: the versions its policy selects, and those the rollout names (stable,
-        # canary, arms, shadows), which it loads whatever the policy.
+        # canary, arms, shadows), which it loads whatever the policy, and those the control file names.
         referenced = {v for v in effective.rollout.referenced_versions if v in source.versions}
+        state = control.model(name)
+        if state is not None:
+            referenced |= state.versions & set(source.versions)
+            if state.versions - set(source.versions):  # (every worker serves another version meanwhile)
+                report["problems"].append(
+                    f"model {name!r}: the control file {CONTROL_FILENAME} (revision {control.revision}) names "
+                    f"version(s) {', '.join(map(str, sorted(state.versions - set(source.versions))))}, not in "
+                    "the repository"
+                )
         absent = sorted(effective.rollout.referenced_versions - set(source.versions))
         if absent:  # (a typo such as stable = 33 for 3: the workers serve the latest version instead)
             report["problems"].append(
@@ -231,6 +244,19 @@ def check_repository(
     if failures:
         raise ModelLoadError("; ".join(failures))
     return report
+
+
+def _read_control(repository: Path) -> Control:
+    """The fleet's control file, read as each worker reads it at start-up.
+
+    A worker that cannot read it refuses every request that pins no version until it can
+    (``ControlStateUnknownError``): unchecked here, a control file cut short by a hand edit, or linked to a
+    ConfigMap that is not mounted, passed the master's check, and every worker it forked then refused
+    its traffic."""
+    try:
+        return ControlFile(repository).read()
+    except ConfigurationError as exc:
+        raise type(exc)(f"{exc}; every worker would refuse the requests it routes until it is fixed") from exc
 
 
 def _effective_config(

@@ -190,6 +190,30 @@ def test_check_repository_checks_the_versions_the_rollout_names(tmp_path: Path) 
     assert sorted(inprocserve.check_repository(repository)["models"]["fraud"]) == [1, 2]
 
 
+def test_check_repository_reads_the_control_file_as_the_workers_will(tmp_path: Path) -> None:
+    """A control file every worker would fail on (and refuse its traffic) must fail the master's check."""
+    repository = tmp_path / "models"
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    control = repository / ".inprocserve-control.json"
+    control.write_text('{"revision": 3, "models": {"fraud": {"stable": 1')  # cut short by a hand edit
+    with pytest.raises(inprocserve.ConfigurationError, match=r"not valid JSON.*every worker would refuse"):
+        inprocserve.check_repository(repository)
+    control.unlink()
+    control.symlink_to(tmp_path / "configmap" / "control.json")  # a ConfigMap that is not mounted
+    with pytest.raises(inprocserve.ControlFileUnavailableError, match="symbolic link to a file that does not"):
+        inprocserve.check_repository(repository)
+    control.unlink()
+    control.write_text('{"revision": 3, "models": {"fraud": {"stable": 7}}}')  # meant 1: workers serve 2
+    problems = inprocserve.check_repository(repository)["problems"]
+    assert any("names version(s) 7, not in the repository" in problem for problem in problems), problems
+    # the stable version the control file pins is loaded by every worker whatever the policy: checked too
+    control.write_text('{"revision": 4, "models": {"fraud": {"stable": 1}}}')
+    (repository / "fraud" / "1" / "model.onnx").write_bytes(b"corrupt")
+    with pytest.raises(inprocserve.ModelLoadError, match="version 1"):
+        inprocserve.check_repository(repository)
+
+
 def test_the_gunicorn_hook_without_a_server_to_build_says_so(tmp_path: Path) -> None:
     """gunicorn.conf.py imports the hook, but the app is not in eager mode: the hook built nothing, logged
     "servers warm in 0.00s", and each worker built its server at its first request after all."""
