@@ -183,6 +183,13 @@ def summarize(document: dict[str, Any]) -> list[str]:
             shadow = _object(value, f"models.{name}.shadow.{number}")
             agreement = shadow.get("label_agreement")
             agree = f", label agreement {agreement:.1%}" if isinstance(agreement, int | float) else ""
+            split = [  # (against each version that answered: during a canary the overall figure mixes them)
+                f"v{primary} {figures['label_agreement']:.1%}"
+                for primary, figures in (shadow.get("by_primary") or {}).items()
+                if isinstance(figures, dict) and isinstance(figures.get("label_agreement"), int | float)
+            ]
+            if agree and len(split) > 1:
+                agree += f" (against {', '.join(split)})"
             lines.append(f"  shadow v{number}: {shadow.get('runs', 0)} runs, {shadow.get('errors', 0)} errors{agree}")
     return lines
 

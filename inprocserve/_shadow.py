@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -271,6 +271,42 @@ class ShadowStats:
     total_abs_diff: float = 0.0
     agreement_total: float = 0.0  # rows that agree (each comparison's share, times its rows)
     agreement_rows: int = 0  # rows of the comparisons that measured an agreement
+    by_primary: dict[int, ShadowStats] = field(default_factory=dict)
+    """The same figures per version the copies were compared with (the one that answered the caller).
+
+    Mixed together, a shadow identical to the stable version showed a label agreement of 0.5 and the
+    canary's differences as its own while a 50 % canary ran: half its copies compared with the canary."""
+
+    def count(
+        self, diff: float | None, *, finite: bool, over: bool, agreement: float | None, rows: int, mismatch: str | None
+    ) -> None:
+        """Count one comparison (its run is counted by the caller)."""
+        if mismatch is not None:
+            self.mismatched += 1
+        if diff is not None and not finite:
+            self.non_finite += 1
+        elif diff is not None:
+            self.compared += 1
+            self.max_abs_diff = max(self.max_abs_diff, diff)
+            self.total_abs_diff += diff
+            self.over_limit += over
+        if agreement is not None:
+            self.agreement_total += agreement * max(rows, 1)
+            self.agreement_rows += max(rows, 1)
+
+    def comparisons(self) -> dict[str, Any]:
+        return {
+            "runs": self.runs,
+            "errors": self.errors,
+            "non_finite_diffs": self.non_finite,
+            "mismatched": self.mismatched,
+            "over_max_abs_diff": self.over_limit,
+            "max_abs_diff": self.max_abs_diff if self.compared else None,
+            "mean_max_abs_diff": self.total_abs_diff / self.compared if self.compared else None,
+            # the share of rows that agree, as promotion's: a 1-row request counts as one row, not as much as
+            # a batch of 256 (a mean of the comparisons' shares said 0.5 where 90 % of the rows agreed)
+            "label_agreement": self.agreement_total / self.agreement_rows if self.agreement_rows else None,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -281,14 +317,8 @@ class ShadowStats:
             "dropped_over_budget": self.dropped_budget,
             "dropped_too_large": self.dropped_large,
             "stopped_over_budget": self.stopped_budget,
-            "non_finite_diffs": self.non_finite,
-            "mismatched": self.mismatched,
-            "over_max_abs_diff": self.over_limit,
-            "max_abs_diff": self.max_abs_diff if self.compared else None,
-            "mean_max_abs_diff": self.total_abs_diff / self.compared if self.compared else None,
-            # the share of rows that agree, as promotion's: a 1-row request counts as one row, not as much as
-            # a batch of 256 (a mean of the comparisons' shares said 0.5 where 90 % of the rows agreed)
-            "label_agreement": self.agreement_total / self.agreement_rows if self.agreement_rows else None,
+            **{key: value for key, value in self.comparisons().items() if key not in ("runs", "errors")},
+            "by_primary": {str(version): counts.comparisons() for version, counts in sorted(self.by_primary.items())},
         }
 
 
@@ -717,19 +747,14 @@ class ShadowRunner:
             if error is not None:
                 stats.errors += 1
             first_mismatch = mismatch is not None and not stats.mismatched
-            if mismatch is not None:
-                stats.mismatched += 1
-            if diff is not None and not finite:
-                stats.non_finite += 1
-            elif diff is not None:
-                stats.compared += 1
-                stats.max_abs_diff = max(stats.max_abs_diff, diff)
-                stats.total_abs_diff += diff
-                stats.over_limit += over
-            if agreement is not None:
-                rows = max(job.rows, 1)
-                stats.agreement_total += agreement * rows
-                stats.agreement_rows += rows
+            # against whichever version answered: during a canary, half the copies compare with the canary
+            against = stats.by_primary.get(job.primary_version.version)
+            if against is None:
+                against = stats.by_primary[job.primary_version.version] = ShadowStats()
+            against.runs += 1
+            against.errors += error is not None
+            for counts in (stats, against):
+                counts.count(diff, finite=finite, over=over, agreement=agreement, rows=job.rows, mismatch=mismatch)
         if error is not None:
             logger.info(
                 "shadow version %s of model %r failed (caller unaffected): %s", job.shadow.version, job.model, error

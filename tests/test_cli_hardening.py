@@ -286,6 +286,11 @@ def test_status_summarizes_a_well_formed_document(
     out = capsys.readouterr().out
     assert "  rollout canary: served stable 5" in out
     assert "  shadow v3: 4 runs, 0 errors, label agreement 75.0%" in out
+    # during a canary the copies compare with the stable or the canary: the split is printed
+    shadow = status_endpoint["document"]["models"]["fraud"]["shadow"]["3"]
+    shadow["by_primary"] = {"2": {"label_agreement": 1.0}, "4": {"label_agreement": 0.5}}
+    assert main(["status", status_endpoint["url"]]) == 0
+    assert "label agreement 75.0% (against v2 100.0%, v4 50.0%)" in capsys.readouterr().out
 
 
 # -- symbolic links: fleet commands and validate ---------------------------------------------------------

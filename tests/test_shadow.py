@@ -78,3 +78,34 @@ def test_a_copy_for_a_busy_shadow_version_is_dropped_not_waited_for(
     assert not blocker.done()  # dropped while the session was still busy: it never waited for it
     blocker.result(timeout=60)
     assert server.status()["models"]["busy"]["shadow"]["2"]["runs"] == 0
+
+
+def test_a_shadows_status_keeps_its_comparisons_with_the_canary_apart_from_the_stables(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """During a 50 % canary half the copies compare with the canary: a shadow identical to the stable version
+    showed a label agreement of 0.5 and the canary's differences as its own."""
+    save_model(build_scale_model(1.0), repository, "scale", 1)  # stable
+    save_model(build_scale_model(-1.0), repository, "scale", 2)  # the canary: every argmax flipped
+    save_model(build_scale_model(1.0), repository, "scale", 3)  # the shadow: the stable version again
+    config = ModelConfig(
+        rollout=RolloutConfig(
+            strategy="canary",
+            stable=1,
+            canary=inprocserve.CanaryConfig(version=2, percent=50),
+            shadow=inprocserve.ShadowConfig(versions=(3,)),
+        ),
+        version_policy=VersionPolicy.all(),
+    )
+    comparisons: list[inprocserve.ShadowComparison] = []
+    server = make_server(repository, config=config, on_shadow=comparisons.append, shadow_budget=1.0)
+    rows = np.array([[1, 2, 3, 4]], np.float32)
+    served = [server.predict("scale", rows, context={"user_id": f"u{i}"}).version for i in range(60)]
+    wait_until(lambda: len(comparisons) == 60)
+    assert {1, 2} <= set(served)
+    shadow = server.status()["models"]["scale"]["shadow"]["3"]
+    against = shadow["by_primary"]
+    assert against["1"]["runs"] == served.count(1) and against["2"]["runs"] == served.count(2)
+    assert against["1"]["label_agreement"] == 1.0 and against["1"]["max_abs_diff"] == 0.0
+    assert against["2"]["label_agreement"] == 0.0 and against["2"]["max_abs_diff"] == 8.0
+    assert shadow["label_agreement"] == pytest.approx(served.count(1) / 60)  # all of them together, as before
