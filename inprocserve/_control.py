@@ -305,6 +305,12 @@ class ControlFile:
         try:
             descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except PermissionError as exc:
+            if not self._lock_path.exists():  # (the folder refuses the new file: no one else's lock to blame)
+                raise ControlFileUnavailableError(
+                    f"control-file lock {self._lock_path} cannot be created: {exc.strerror}; the repository folder "
+                    f"is not writable by this user (uid {os.geteuid()}), so the control file cannot be written "
+                    "either. Nothing was changed"
+                ) from exc
             raise ControlFileUnavailableError(
                 f"control-file lock {self._lock_path} cannot be opened for writing by this user (uid "
                 f"{os.geteuid()}): {exc.strerror}. It was probably created by another user (such as root running "

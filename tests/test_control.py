@@ -530,7 +530,8 @@ def nobodys_repository() -> Any:
 
 
 def _as_user(uid: int, write: Any) -> int:
-    """Run ``write()`` in a child forked and dropped to ``uid``: 0 written, 3 refused naming the fix, 1 else."""
+    """Run ``write()`` in a child forked and dropped to ``uid``: 0 written, 3 refused naming another user's lock
+    file and the fix, 4 refused naming the folder, 1 else."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         status = 1
@@ -540,7 +541,9 @@ def _as_user(uid: int, write: Any) -> int:
             write()
             status = 0
         except inprocserve.ControlFileUnavailableError as exc:
-            status = 3 if "chown" in str(exc) and "holds no state" in str(exc) else 1
+            message = str(exc)
+            status = 3 if "chown" in message and "holds no state" in message else 1
+            status = 4 if "repository folder is not writable" in message else status
         finally:
             os._exit(status)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
@@ -566,6 +569,13 @@ def test_a_lock_file_another_user_owns_is_refused_naming_the_fix(nobodys_reposit
     ControlFile(nobodys_repository).bump_reload()  # root's next write gives it to the folder's owner
     assert lock.stat().st_uid == NOBODY
     assert _as_user(NOBODY, lambda: ControlFile(nobodys_repository).bump_reload()) == 0
+
+
+@needs_root
+def test_a_repository_folder_the_user_cannot_write_is_named_as_the_cause(nobodys_repository: Path) -> None:
+    os.chown(nobodys_repository, 0, 0)
+    nobodys_repository.chmod(0o755)  # root's: nobody may read it, not add the lock file
+    assert _as_user(NOBODY, lambda: ControlFile(nobodys_repository).bump_reload()) == 4
 
 
 def test_a_lock_file_in_a_group_writable_repository_is_group_writable(three_versions: Path) -> None:
