@@ -209,11 +209,14 @@ def check_repository(
         state = control.model(name)
         if state is not None:
             referenced |= state.versions & set(source.versions)
-            if state.versions - set(source.versions):  # (every worker serves another version meanwhile)
+            # (every worker serves another version meanwhile; a previous stable version removed since only
+            # leaves nothing to roll back to, as validate and the workers see it)
+            served = {state.stable, state.canary_version if state.canary_active else None}
+            missing = sorted(v for v in served if v is not None and v not in source.versions)
+            if missing:
                 report["problems"].append(
-                    f"model {name!r}: the control file {CONTROL_FILENAME} (revision {control.revision}) names "
-                    f"version(s) {', '.join(map(str, sorted(state.versions - set(source.versions))))}, not in "
-                    "the repository"
+                    f"model {name!r}: the control file {CONTROL_FILENAME} (revision {control.revision}) serves "
+                    f"version(s) {', '.join(map(str, missing))}, not in the repository"
                 )
         absent = sorted(effective.rollout.referenced_versions - set(source.versions))
         if absent:  # (a typo such as stable = 33 for 3: the workers serve the latest version instead)

@@ -206,7 +206,9 @@ def test_check_repository_reads_the_control_file_as_the_workers_will(tmp_path: P
     control.unlink()
     control.write_text('{"revision": 3, "models": {"fraud": {"stable": 7}}}')  # meant 1: workers serve 2
     problems = inprocserve.check_repository(repository)["problems"]
-    assert any("names version(s) 7, not in the repository" in problem for problem in problems), problems
+    assert any("serves version(s) 7, not in the repository" in problem for problem in problems), problems
+    control.write_text('{"revision": 3, "models": {"fraud": {"stable": 2, "previous_stable": 9}}}')  # pruned
+    assert inprocserve.check_repository(repository)["problems"] == []  # (nothing to roll back to: no problem)
     # the stable version the control file pins is loaded by every worker whatever the policy: checked too
     control.write_text('{"revision": 4, "models": {"fraud": {"stable": 1}}}')
     (repository / "fraud" / "1" / "model.onnx").write_bytes(b"corrupt")
