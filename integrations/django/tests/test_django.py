@@ -382,7 +382,7 @@ def _eager_setup(repository: Path, *options: str) -> dict[str, Any]:
         timeout=120,
         check=True,
     )
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "stderr": done.stderr}
 
 
 def test_eager_mode_checks_in_ready_and_builds_only_in_the_worker(repository: Path, tmp_path: Path) -> None:
@@ -393,6 +393,15 @@ def test_eager_mode_checks_in_ready_and_builds_only_in_the_worker(repository: Pa
     (broken / "m" / "1").mkdir(parents=True)
     (broken / "m" / "1" / "model.onnx").write_bytes(b"nope")
     assert "not a readable ONNX model" in _eager_setup(broken)["error"]
+
+
+def test_eager_mode_says_at_start_up_what_the_workers_will_serve_around(repository: Path) -> None:
+    # The control file serves a version that is not there (meant 2): each worker serves another one and says
+    # so in its own log, long after start-up; the check before the fork found it and kept it to itself.
+    (repository / ".inprocserve-control.json").write_text('{"revision": 3, "models": {"scale": {"stable": 7}}}')
+    report = _eager_setup(repository)
+    assert "repository check before the workers start" in report["stderr"]
+    assert "serves version(s) 7, not in the repository" in report["stderr"]
 
 
 def test_eager_mode_checks_a_linked_release_the_workers_would_serve(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import signal
 import socket
@@ -349,6 +350,18 @@ def test_eager_mode_fails_the_start_up_on_a_broken_model(tmp_path: Path) -> None
     (folder / "broken" / "1" / "model.onnx").write_bytes(b"nope")
     with pytest.raises(inprocserve.ModelLoadError, match=r"broken.*not a readable ONNX model"):
         make_app(folder, INPROCSERVE_EAGER=True)
+
+
+def test_eager_mode_says_at_start_up_what_the_workers_will_serve_around(
+    repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The control file serves a version that is not there (meant 2): each worker serves another one and says
+    # so in its own log, long after start-up; the check before the fork found it and kept it to itself.
+    (repository / ".inprocserve-control.json").write_text('{"revision": 3, "models": {"scale": {"stable": 7}}}')
+    with caplog.at_level(logging.WARNING, logger="inprocserve_flask"):
+        make_app(repository, INPROCSERVE_EAGER=True)
+    said = [r.getMessage() for r in caplog.records if r.name == "inprocserve_flask"]
+    assert any("before the workers start" in m and "serves version(s) 7, not in the repository" in m for m in said)
 
 
 def test_eager_mode_checks_a_linked_release_the_workers_would_serve(tmp_path: Path) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.apps import AppConfig
 from django.core.signals import setting_changed
+
+logger = logging.getLogger(__name__)
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
@@ -36,10 +39,15 @@ class InprocserveConfig(AppConfig):
             from .server import warm_after_fork
 
             if config["REPOSITORY"] is not None:
-                inprocserve.check_repository(
+                report = inprocserve.check_repository(
                     config["REPOSITORY"],
                     config=config["CONFIG"],
                     models=config["MODELS"],
                     follow_symlinks=config["FOLLOW_SYMLINKS"],  # (linked releases: checked too)
                 )
+                # What the workers will serve around (a version the control file or a rollout names that is
+                # not there, a policy selecting nothing, stray files): said once here, at start-up, before
+                # each worker says it again.
+                for problem in report["problems"]:
+                    logger.warning("repository check before the workers start: %s", problem)
             inprocserve.build_after_fork(warm_after_fork)

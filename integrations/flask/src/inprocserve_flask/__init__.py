@@ -22,6 +22,7 @@ right after the fork, before it is ready (see docs/flask.md and ``inprocserve.gu
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +36,8 @@ import inprocserve
 from inprocserve import web
 
 from .status_page import add_status_page
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Inprocserve", "default_context", "predict", "server", "timeout"]
 
@@ -177,12 +180,13 @@ class Inprocserve:
             # never here: this may be a pre-forking master, which must not import onnxruntime (its forked
             # workers would hang or abort at exit).
             if state.config["INPROCSERVE_REPOSITORY"] is not None:
-                inprocserve.check_repository(
+                report = inprocserve.check_repository(
                     state.config["INPROCSERVE_REPOSITORY"],
                     config=state.config["INPROCSERVE_MODEL_CONFIG"],
                     models=state.config["INPROCSERVE_MODELS"],
                     follow_symlinks=state.config["INPROCSERVE_FOLLOW_SYMLINKS"],  # (linked releases: checked too)
                 )
+                _log_problems(report["problems"])
             inprocserve.build_after_fork(state.warm)
 
     @staticmethod
@@ -413,3 +417,11 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
         return admin(action, name)
 
     return blueprint
+
+
+def _log_problems(problems: list[str]) -> None:
+    """What the start-up check found that the workers will serve around (a version the control file or a
+    rollout names that is not there, a policy selecting nothing, stray files): said once here, at start-up,
+    before each worker says it again."""
+    for problem in problems:
+        logger.warning("repository check before the workers start: %s", problem)
