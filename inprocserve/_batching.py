@@ -249,6 +249,7 @@ class Batcher:
         if not self._adopted:
             self._adopt_runners()
         rows = request.rows
+        abandoned: list[tuple[Request, BaseException]] = []  # (given-up requests dropped to make room)
         try:
             with self._lock:
                 if self._closing and not readmit:
@@ -268,6 +269,10 @@ class Batcher:
                         queue.rows + rows > self._config.max_queue_rows
                         and (queue.rows or request.callers > 1)  # (rows: given-up requests may linger in it)
                         and not readmit
+                        and (
+                            not self._drop_abandoned_locked(abandoned)
+                            or queue.rows + rows > self._config.max_queue_rows
+                        )
                     ):
                         raise QueueFullError(
                             f"model {self.model!r} version {self.version}: the queue holds {queue.rows} rows "
@@ -297,17 +302,39 @@ class Batcher:
                             filler.release()
                     elif self._idle and pool.has_free() and not getattr(request.future, "defer_wake", False):
                         self._wake_parked()
+            _answer_dropped(abandoned)
             if runner is None:  # queued
                 if request.future is not None:
                     self._withdraw_when_given_up(request)
                 return
             self._run_inline(runner, request)
         except BaseException:  # interrupted as the lock was let go, or in _run_inline's own clean-up
+            _answer_dropped(abandoned)  # (a refusal: answered after the lock was let go)
             if request.runner is not None:
                 self._finish_inline(request, ran=False)
             else:  # (a refusal, or queued and interrupted before a worker was started or woken for it)
                 self._nudge()
             raise
+
+    def _drop_abandoned_locked(self, dropped: list[tuple[Request, BaseException]]) -> bool:
+        """With the lock held, as a request is about to be refused for a full queue that no worker is taking
+        (a parked worker and a free runner): withdraw the queued requests nobody is left to answer, appending
+        each with what it is answered to ``dropped``; whether any was. An event loop's task cancelled from
+        outside while its loop was stopped, or a loop closed, never withdraws its request (that runs on the
+        loop), and the loop never wakes a worker for what it queued in its last iteration (its flush never
+        ran): the rows stayed counted against ``max_queue_rows``, and a live caller got ``QueueFullError``
+        from a queue holding nothing live. Only while the queue is stuck: a busy worker takes them soon."""
+        if not (self._idle and self._pool.has_free() and self._filler is None):
+            return False
+        found = False
+        for queued in list(self._queue):
+            given_up = getattr(queued.future, "abandoned", None)
+            error = None if queued.state != QUEUED or given_up is None else given_up()
+            if error is not None:
+                self._withdraw_locked(queued)
+                dropped.append((queued, error))
+                found = True
+        return found
 
     def _withdraw_when_given_up(self, request: Request) -> None:
         """Have a queued request whose caller may give up without waiting (a cancelled ``submit`` future, an
@@ -365,13 +392,18 @@ class Batcher:
         self._active_rows -= request.rows
         self._notify_if_drained()
 
-    def wake(self) -> None:
+    def wake(self, *, wait: bool = True) -> None:
         """Wake a parked worker if requests are queued and a runner is free: the deferred wake of requests
         whose future has ``defer_wake`` set (an event loop queues a whole iteration's requests, then calls this).
+        ``wait=False``: nothing if the lock is held (called where this thread may hold it: a finalizer).
         """
-        with self._lock:
+        if not self._lock.acquire(wait):
+            return
+        try:
             if self._queue.rows and self._pool.has_free() and self._idle and self._filler is None:
                 self._wake_parked()
+        finally:
+            self._lock.release()
 
     def runs_within(self, rows: int, max_run_s: float, arrays: Mapping[str, Any] | None = None) -> bool:
         """Whether a run of ``rows`` rows (of ``arrays``) should take at most ``max_run_s`` by the version's
@@ -1006,3 +1038,10 @@ class Batcher:
                         thread.name,
                     )
         return drained
+
+
+def _answer_dropped(dropped: list[tuple[Request, BaseException]]) -> None:
+    """Answer the given-up requests ``Batcher._drop_abandoned_locked`` withdrew (emptying the list: once)."""
+    while dropped:
+        request, error = dropped.pop()
+        request.complete(None, error)

@@ -273,7 +273,7 @@ class _LoopState:
             self._flush_due = True
             loop = self._loop()
             assert loop is not None  # called on the loop's own thread
-            loop.call_soon(self._flush)
+            loop.call_soon(_FlushCall(self))
 
     def _flush(self) -> None:
         self._flush_due = False
@@ -307,6 +307,20 @@ class _LoopState:
         for batcher in queued:
             if batcher not in pending:
                 batcher.wake()
+
+    def _flush_lost(self) -> None:
+        """The loop dropped this iteration's flush unrun: closed (asyncio empties its queue of due callbacks)
+        after it stopped in the iteration that queued requests. Their batchers were never woken: a worker is
+        woken now (unless a batcher's lock is held: this may run inside a garbage collection), and drops them
+        as requests of a closed loop. Left unwoken, a version with no other traffic kept them queued, counted
+        against ``max_queue_rows`` and in flight, holding the loop and their inputs."""
+        pending = self._pending
+        self._pending = []
+        for batcher in pending:
+            try:
+                batcher.wake(wait=False)
+            except Exception:  # a bug: the next request queued wakes one anyway
+                logger.exception("inprocserve: waking a worker for %r failed", batcher.model)
 
     def _owns(self, future: Any) -> bool:
         """Whether ``future`` is the stand-in future of a request of this loop."""
@@ -645,7 +659,7 @@ class _LoopState:
         try:
             if loop is None:
                 raise RuntimeError("the event loop is gone")
-            loop.call_soon_threadsafe(self._drain)
+            loop.call_soon_threadsafe(_DrainCall(self))
         except RuntimeError:  # the loop is closed or gone: nobody is left to answer
             self._inbox.clear()
             self._wake_due = False
@@ -669,6 +683,48 @@ class _LoopState:
                 sink.set_result(value)
             else:
                 sink.set_exception(error)
+
+
+class _FlushCall:
+    """The end-of-iteration flush as the loop's callback, which notices if the loop drops it unrun (closed:
+    :meth:`_LoopState._flush_lost`). One per iteration that made requests, not one per request."""
+
+    __slots__ = ("ran", "state")
+
+    def __init__(self, state: _LoopState) -> None:
+        self.state = state
+        self.ran = False
+
+    def __call__(self) -> None:
+        self.ran = True
+        self.state._flush()
+
+    def __del__(self) -> None:
+        if not self.ran:
+            self.state._flush_lost()
+
+
+class _DrainCall:
+    """The drain of the inbox as the loop's callback (one per cross-thread wake), which empties the inbox if
+    the loop drops it unrun: a loop closed after a worker posted its last answers (its tasks gave up, and it
+    stopped) kept them, and with them the answers' arrays and the tasks' inputs, in the cycle of the loop and
+    its state until the garbage collector's next full pass."""
+
+    __slots__ = ("ran", "state")
+
+    def __init__(self, state: _LoopState) -> None:
+        self.state = state
+        self.ran = False
+
+    def __call__(self) -> None:
+        self.ran = True
+        self.state._drain()
+
+    def __del__(self) -> None:
+        if not self.ran:
+            state = self.state
+            state._inbox.clear()
+            state._wake_due = False
 
 
 class _Member(NamedTuple):
@@ -794,6 +850,14 @@ class _Merged:
         # up just after is answered with nothing on the loop. Not for a closed loop: nobody would get it.
         return any(not member.waiter.done() for member in self.members) and not self.state.closed()
 
+    def abandoned(self) -> BaseException | None:
+        """What the request is answered with if nobody is left to take its answer (every task gave up, or the
+        loop closed), else ``None``: read from another thread, under the batcher's lock, to drop it from a
+        queue no worker was woken for (``Batcher._drop_abandoned_locked``)."""
+        if self.state.closed() or all(member.waiter.done() for member in self.members):
+            return CancelledError()
+        return None
+
     def withdraw_when_given_up(self, batcher: Batcher, request: Request) -> None:
         """Queued: withdraw ``request`` from ``batcher`` once every task has given up (see
         :meth:`_LoopState.withdraw_when_given_up`)."""
@@ -855,6 +919,14 @@ class _LoopFuture:
 
     def cancelled(self) -> bool:
         return self._waiter.cancelled()
+
+    def abandoned(self) -> BaseException | None:
+        """What the request is answered with if nobody is left to take its answer (its task gave up, or the
+        loop closed), else ``None`` (see :meth:`_Merged.abandoned`)."""
+        waiter = self._waiter
+        if waiter.done():
+            return _given(waiter)
+        return CancelledError() if self._state.closed() else None
 
     def withdraw_when_given_up(self, batcher: Batcher, request: Request) -> None:
         """Queued: withdraw ``request`` from ``batcher`` as soon as its task gives up (see

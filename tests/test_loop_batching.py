@@ -1016,6 +1016,96 @@ def test_a_closed_loops_state_holding_answers_does_not_keep_the_loop() -> None:
     assert alive() is None
 
 
+def _stopped_with_requests_queued(server: inprocserve.Server, rows: int, count: int) -> tuple[Any, list[Any]]:
+    """A loop that stopped in the iteration its tasks queued their requests (a thread's loop stopped from
+    outside, ``run_until_complete`` of a coroutine that started tasks and returned): its end-of-iteration
+    wake of a worker never ran. ``rows`` over the batch size: each request is queued on its own."""
+    loop = asyncio.new_event_loop()
+    tasks: list[Any] = []
+
+    async def start() -> None:
+        for seed in range(count):
+            tasks.append(asyncio.ensure_future(server.apredict("busy", busy_inputs(rows, seed=seed))))
+
+    loop.run_until_complete(start())  # (the tasks run in the loop's last iteration)
+    return loop, tasks
+
+
+def test_requests_of_tasks_cancelled_while_their_loop_was_stopped_do_not_fill_the_queue(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """Tasks cancelled from outside their stopped loop never get to withdraw their requests (that runs on
+    the loop), and nothing woke a worker for them: the rows stayed counted against ``max_queue_rows``, and a
+    live caller was refused with ``QueueFullError`` by a queue holding nothing anyone waits for."""
+    server = make_server(busy_repository, config=ModelConfig(batching=BatchingConfig(max_queue_rows=450)))
+    batcher = server._routes["busy"].default.batcher
+    assert batcher is not None
+    asyncio.run(warm(server, "busy", busy_inputs(100)))
+    loop, tasks = _stopped_with_requests_queued(server, 100, 4)
+    assert batcher.queued_rows == 400
+    for task in tasks:
+        task.cancel()  # (the loop is stopped: the tasks themselves never run again)
+    answer = server.predict("busy", busy_inputs(64))  # 400 + 64 rows > 450: refused before
+    assert answer["y"].shape[0] == 64
+    assert batcher.queued_rows == 0
+    wait_until(lambda: batcher.in_flight == 0)
+    loop.close()
+
+
+def test_a_loop_closed_after_it_stopped_gives_its_queued_rows_back(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """A loop closed while requests it queued in its last iteration wait for a worker it never woke: a
+    worker is woken as it closes and drops them, instead of their rows staying counted (and the loop and
+    inputs held) until another request to the version came."""
+    server = make_server(busy_repository)
+    batcher = server._routes["busy"].default.batcher
+    assert batcher is not None
+    asyncio.run(warm(server, "busy", busy_inputs(100)))
+    loop, tasks = _stopped_with_requests_queued(server, 100, 4)
+    assert batcher.queued_rows == 400
+    loop.close()
+    wait_until(lambda: batcher.in_flight == 0)
+    assert batcher.queued_rows == 0
+    assert not any(task.done() for task in tasks)  # (they never ran again: nothing was answered to them)
+
+
+def test_a_loop_closed_after_its_tasks_gave_up_frees_the_answer_that_came_late(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """Tasks cancelled while their merged run went on; the loop stopped, the worker posted the run's answer
+    to it, and the loop was closed: the answer (and the tasks' inputs) are freed at once, not kept in the
+    loop's inbox until the garbage collector's next full pass."""
+    server = make_server(busy_repository, config=NO_WAIT)
+    batcher = server._routes["busy"].default.batcher
+    assert batcher is not None
+    asyncio.run(warm(server, "busy", busy_inputs(1)))
+    inputs: list[weakref.ref[np.ndarray]] = []
+
+    async def main() -> None:
+        made = [busy_inputs(16, seed=seed) for seed in range(4)]  # merged: one run of 64 rows
+        inputs.extend(weakref.ref(x["x"]) for x in made)
+        tasks = [asyncio.ensure_future(server.apredict("busy", x)) for x in made]
+        del made
+        while batcher.queued_rows or not batcher.in_flight:  # until a worker runs them
+            await asyncio.sleep(0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    loop = asyncio.new_event_loop()
+    gc.disable()
+    try:
+        loop.run_until_complete(main())
+        assert batcher.in_flight, "the run ended before the loop stopped: nothing is posted late"
+        wait_until(lambda: batcher.in_flight == 0)  # answered: posted to the stopped loop
+        loop.close()
+        del loop
+        assert [ref() for ref in inputs] == [None] * 4
+    finally:
+        gc.enable()
+
+
 def test_requests_of_a_closed_loop_are_not_run() -> None:
     """A queued request whose loop closed is dropped when a worker takes it, as a cancelled one is: its
     answer has nobody to go to, whether it went the full way or was merged."""
