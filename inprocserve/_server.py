@@ -35,6 +35,7 @@ from ._errors import (
     InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
+    ServerClosedError,
 )
 from ._flags import FlagProvider, WaitOffLoop
 from ._inflight import Lead, Sharing, inputs_key
@@ -722,6 +723,8 @@ class Server(RolloutMethods):
                 answering, request = request, None  # queued, or answered without a run: it is answered
                 routes.router.served(answering.route.request_id, decision, answering.arrays, routes.state)
                 return answering, target
+            if self._registry.closed:  # (closed at interpreter exit, see _close_unclosed: not a model unloading)
+                raise ServerClosedError("the server is closed", model=model, version=version)
             raise ModelNotFoundError(f"model {model!r} is being unloaded", model=model, version=version)
         except WaitOffLoop:  # an event loop's request whose flags must be waited for: apredict routes it again
             if span is not None:  # on a worker thread, as a new request (a span only when routed again, retried)
@@ -1058,6 +1061,10 @@ def _close_unclosed(
     a session after the wait, the sessions are left to the process's end rather than closed under it."""
     registry, operations = registry_ref(), operations_ref()
     if registry is not None:
+        # Closed from here on: a thread still serving at exit (a daemon thread's event loop, a threaded dev
+        # server's request) is refused with ServerClosedError (HTTP 503), not told that its model is being
+        # unloaded (ModelNotFoundError, a 404), once the versions below are closed under it.
+        registry.closed = True
         registry.stop_poller()
     if operations is not None:
         operations.stop_watcher()

@@ -1106,6 +1106,29 @@ def test_a_loop_closed_after_its_tasks_gave_up_frees_the_answer_that_came_late(
         gc.enable()
 
 
+def test_requests_made_as_the_process_exits_are_refused_as_closed_not_as_unknown_models(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """At interpreter exit the cleanup of a server nobody closed closes its versions while threads may
+    still serve (a daemon thread's event loop, a threaded dev server's request): they are refused with
+    ServerClosedError (503), not ModelNotFoundError("being unloaded"), a 404 to their clients."""
+    server = make_server(busy_repository)
+    server.predict("busy", busy_inputs(1))
+    server._finalizer()  # what interpreter exit runs for a server nobody closed
+
+    async def requests() -> list[Any]:
+        lone = [await asyncio.gather(server.apredict("busy", busy_inputs(1)), return_exceptions=True)]
+        merged = await asyncio.gather(
+            *(server.apredict("busy", busy_inputs(1)) for _ in range(4)), return_exceptions=True
+        )
+        return lone[0] + merged
+
+    answers = asyncio.run(requests())
+    assert [type(answer) for answer in answers] == [inprocserve.ServerClosedError] * 5
+    with pytest.raises(inprocserve.ServerClosedError):
+        server.predict("busy", busy_inputs(1))
+
+
 def test_requests_of_a_closed_loop_are_not_run() -> None:
     """A queued request whose loop closed is dropped when a worker takes it, as a cancelled one is: its
     answer has nobody to go to, whether it went the full way or was merged."""
