@@ -1049,6 +1049,7 @@ def test_requests_of_tasks_cancelled_while_their_loop_was_stopped_do_not_fill_th
     assert answer["y"].shape[0] == 64
     assert batcher.queued_rows == 0
     wait_until(lambda: batcher.in_flight == 0)
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))  # (the tasks end, cancelled)
     loop.close()
 
 
