@@ -99,6 +99,8 @@ class Submit(Protocol):
 
 
 Progress = Callable[[int, "int | None"], None]
+# Answers a batch of no rows of an iterable without running the model (its future, done): see :func:`score`.
+AnswerEmpty = Callable[[Any], "Future[Prediction]"]
 
 # When other traffic fills the queue, a chunk is retried with growing pauses for at most this long.
 _QUEUE_FULL_PATIENCE_S = 60.0
@@ -383,6 +385,7 @@ def score(
     *,
     progress: bool | Progress | None = None,
     timeout_s: float | None = None,
+    answer_empty: AnswerEmpty | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Prediction]:
@@ -390,6 +393,8 @@ def score(
 
     ``submit(part, beside=...)`` sends one request: queued for the workers, or (``beside=True``, only when
     ``plan.caller_runs``) run at once on the calling thread; either way it returns the request's future.
+    ``answer_empty(batch)``: the answer of a batch of no rows of an iterable (a queue consumer's empty poll, a
+    filter that dropped every row), in its place, with no model run (``None``: it is submitted like any other).
 
     Raises:
         TypeError: ``inputs`` is neither an array, a mapping of arrays, nor an iterable of batches.
@@ -410,7 +415,7 @@ def score(
     else:
         total = _count_rows(inputs) if isinstance(inputs, (list, tuple)) else None
         jobs = _batches(iter(inputs), request_rows)
-    return _run(submit, jobs, total, plan, callback, bar, timeout_s, clock, sleep)
+    return _run(submit, jobs, total, plan, callback, bar, timeout_s, answer_empty, clock, sleep)
 
 
 def _rows_of(item: Any, name: str | None = None) -> int:
@@ -548,6 +553,7 @@ def _run(
     callback: Progress | None,
     bar: ProgressBar | None,
     timeout_s: float | None,
+    answer_empty: AnswerEmpty | None,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> Iterator[Prediction]:
@@ -586,7 +592,10 @@ def _run(
             window.append((job, index))
             pending, exhausted = None, True
             return None
-        future = submit(job.parts[index], beside=beside, route=job.route)
+        if not job.rows and answer_empty is not None:
+            future = answer_empty(job.parts[index])  # answered already: it only keeps its place in the order
+        else:
+            future = submit(job.parts[index], beside=beside, route=job.route)
         job.futures.append(future)
         job.own.append(beside)
         window.append((job, index))

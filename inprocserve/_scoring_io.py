@@ -390,26 +390,6 @@ def _fmt(values: np.ndarray) -> str:
     return "%d" if kind in "iub" else "%s"
 
 
-def _empty_answer(signature: Signature) -> dict[str, np.ndarray]:
-    """Zero rows of each output, with the output's dtype and axes: what an empty input is answered with (an
-    axis the model leaves open, named or unknown, gets size 0: there is nothing to size it by).
-
-    Raises:
-        InvalidInputError: an output is not a tensor (a sequence or a map), so no empty answer can be shaped.
-    """
-    answer: dict[str, np.ndarray] = {}
-    for spec in signature.outputs:
-        if spec.dtype is None:
-            raise InvalidInputError(
-                f"the input has no rows, and output {spec.describe()} is not a tensor to write zero rows of; "
-                "give an input with at least one row"
-            )
-        dims = [d if isinstance(d, int) and d >= 0 else 0 for d in (spec.shape or (None,))[1:]]
-        dtype = np.dtype(np.str_) if spec.is_string else spec.dtype
-        answer[spec.name] = np.zeros((0, *dims), dtype=dtype)
-    return answer
-
-
 def _storable(output: str, values: np.ndarray) -> np.ndarray:
     """``values`` as an array .npy/.npz store without pickling: a string output (onnxruntime answers it as an
     array of Python ``str`` objects) as numpy text. np.savez pickled object arrays, so a string model's .npz
@@ -499,7 +479,7 @@ class _Writer:
 
     def commit(self) -> None:
         if not self._written:  # an empty input: zero rows, with the outputs' dtypes and columns
-            self.write(_empty_answer(self.signature))
+            self.write(self.signature.empty_answer())
         if self.format in (".npy", ".npz"):
             arrays = {name: np.concatenate(parts) for name, parts in self._parts.items()}
             with self._temp.open("wb") as file:

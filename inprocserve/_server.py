@@ -539,7 +539,8 @@ class Server(RolloutMethods):
         ``batch_rows`` rows (default: the version's ``max_batch_size``) with one :class:`Prediction` per
         chunk; or an iterable of batches (arrays or mappings), read lazily, with one :class:`Prediction` per
         batch (a batch larger than a request is sent in parts and joined back; each batch's arrays are copied
-        as it is read, so a generator may reuse one buffer). For a model fast per row, requests hold several
+        as it is read, so a generator may reuse one buffer; a batch of no rows is answered in its place with
+        zero rows of each output, without a model run). For a model fast per row, requests hold several
         chunks, up to 256 rows, each run as one onnxruntime run (not in
         ``max_batch_size`` slices); where the version's sessions leave a core idle, the iterating thread runs
         requests itself beside the workers (docs/performance.md, "Batch scoring"). A bounded window is kept
@@ -625,7 +626,32 @@ class Server(RolloutMethods):
                 future.set_exception(drop_tracebacks(exc))  # its frames (this one's future, the part): a cycle
             return future
 
-        return score(submit, inputs, plan, progress=progress, timeout_s=timeout_s)
+        def answer_empty(part: Any) -> Future[Prediction]:
+            # A batch of no rows (an empty poll, a filter that dropped every row) is routed and checked like any
+            # batch, and answered with zero rows of each output in its place, without a model run: refused as
+            # a request of 0 rows, it ended the whole job. (A model with no batch axis refuses it as before.)
+            future: Future[Prediction] = Future()
+            try:
+                _, target, decision = self._route(model, version, context)
+                signature = target.signature
+                assert signature is not None
+                if not signature.batchable:
+                    return submit(part)
+                try:
+                    signature.validate(part, max_rows=target.max_request_rows, no_rows_ok=True)
+                    outputs = signature.empty_answer()
+                except InvalidInputError as exc:
+                    raise _naming(target, exc) from None
+                future.set_result(
+                    prediction_of(
+                        outputs, target.name, target.version, decision.variant, decision.reason, self._ids.next()
+                    )
+                )
+            except InprocserveError as exc:
+                future.set_exception(drop_tracebacks(exc))
+            return future
+
+        return score(submit, inputs, plan, progress=progress, timeout_s=timeout_s, answer_empty=answer_empty)
 
     def _dispatch(
         self,

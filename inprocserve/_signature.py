@@ -148,6 +148,25 @@ class Signature:
     def from_nodes(cls, inputs: Sequence[NodeInfo], outputs: Sequence[NodeInfo]) -> Signature:
         return cls([TensorSpec.from_node(n) for n in inputs], [TensorSpec.from_node(n) for n in outputs])
 
+    def empty_answer(self) -> dict[str, np.ndarray]:
+        """Zero rows of each output, with the output's dtype and axes: what an input of no rows is answered with
+        (an axis the model leaves open, named or unknown, gets size 0: there is nothing to size it by).
+
+        Raises:
+            InvalidInputError: an output is not a tensor (a sequence or a map), so no empty answer can be shaped.
+        """
+        answer: dict[str, np.ndarray] = {}
+        for spec in self.outputs:
+            if spec.dtype is None:
+                raise InvalidInputError(
+                    f"the input has no rows, and output {spec.describe()} is not a tensor to give zero rows of; "
+                    "give an input with at least one row"
+                )
+            dims = [d if isinstance(d, int) and d >= 0 else 0 for d in (spec.shape or (None,))[1:]]
+            dtype = np.dtype(np.str_) if spec.is_string else spec.dtype
+            answer[spec.name] = np.zeros((0, *dims), dtype=dtype)
+        return answer
+
     def sharing_rows(self) -> Signature:
         """This signature for a version that merges requests although its inputs name axis 0 apart (the
         load's run of the model, or ``batching.rows_independent = "yes"``, took them for one batch axis):
@@ -163,8 +182,11 @@ class Signature:
 
     # -- validation -------------------------------------------------------------------------------------
 
-    def validate(self, inputs: object, *, max_rows: int, reject_nan: bool = False) -> tuple[dict[str, np.ndarray], int]:
-        """Check and coerce a request; return ``(arrays by input name, rows)``.
+    def validate(
+        self, inputs: object, *, max_rows: int, reject_nan: bool = False, no_rows_ok: bool = False
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """Check and coerce a request; return ``(arrays by input name, rows)``. ``no_rows_ok``: a request of 0
+        rows passes (batch scoring answers an iterable's empty batch without running it: :meth:`empty_answer`).
 
         Raises:
             InvalidInputError: on unknown, missing or extra names, a dtype that cannot be cast safely,
@@ -217,7 +239,7 @@ class Signature:
             self._check_shared_symbols(arrays)
         if rows < 0:
             rows = 1
-        if rows == 0:
+        if rows == 0 and not no_rows_ok:
             raise InvalidInputError("the request has 0 rows; send at least one row")
         if rows > max_rows:
             raise InvalidInputError(

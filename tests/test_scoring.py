@@ -371,12 +371,31 @@ def test_a_ragged_batch_raises_a_typed_error_at_its_position(
     assert server.predict("scale", _rows(1))["y"].tolist() == [[0.0, 2.0, 4.0, 6.0]]
 
 
-def test_a_batch_of_no_rows_is_named_as_such(scale_repository: Path, make_server: ServerFactory) -> None:
+def test_a_batch_of_no_rows_is_answered_with_no_rows_in_its_place(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
     server = make_server(scale_repository)
-    batches = iter([_rows(5), _rows(0), _rows(5)])  # a queue consumer's empty poll
-    with pytest.raises(inprocserve.InvalidInputError, match="0 rows") as caught:
-        list(server.predict_many("scale", batches))
-    # it was read and checked: the model refused it (the note said "could not be read or checked")
+    batches = [_rows(5), _rows(0), _rows(3)]  # a queue consumer's empty poll between two full ones
+    seen: list[tuple[int, int | None]] = []
+    answers = list(server.predict_many("scale", iter(batches), progress=lambda done, total: seen.append((done, total))))
+    # one answer per batch, in order, so the answers still line up with the batches (zip)
+    assert [answer["y"].shape for answer in answers] == [(5, 4), (0, 4), (3, 4)]
+    assert answers[1]["y"].dtype == np.float32 and answers[1].version == 1
+    assert seen[-1] == (8, None)
+    # a whole input of no rows has no chunks, so no answers; predict itself still refuses a request of 0 rows
+    assert list(server.predict_many("scale", _rows(0))) == []
+    with pytest.raises(inprocserve.InvalidInputError, match="0 rows"):
+        server.predict("scale", _rows(0))
+
+
+def test_a_malformed_batch_of_no_rows_is_still_refused_at_its_place(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(scale_repository)
+    answers = server.predict_many("scale", iter([_rows(5), np.zeros((0, 5), np.float32), _rows(5)]))
+    assert len(next(answers)["y"]) == 5
+    with pytest.raises(inprocserve.InvalidInputError, match="expected size 4 on axis 1") as caught:
+        next(answers)
     assert caught.value.__notes__ == ["predict_many: failed at the batch after input row 5, which has 0 rows"]
 
 
