@@ -99,15 +99,18 @@ class RequestTelemetry:
         version: int | None,
         decision: Decision | None,
         error: BaseException,
+        *,
+        counted: bool = True,
     ) -> None:
         """Close the span of a request refused before it was queued, and record it: under its model's name
         if this server has served that name, else under :data:`UNKNOWN_MODEL`, and with the version it asked
         for only if this server has served that version of that model (metric attributes stay bounded
-        whatever names and numbers callers send)."""
+        whatever names and numbers callers send). ``counted=False``: the span only, no metrics (a batch
+        scoring job's request turned away by a full queue, which the job sends again: nobody was refused)."""
         variant = None if decision is None else decision.variant
         sampled = _sampled(span)  # (asked before the span ends)
         _end_span(span, decision, version, 0, None, None, error)
-        if not isinstance(model, str) or not metering():
+        if not counted or not isinstance(model, str) or not metering():
             return
         if decision is None:  # refused before routing: the name and version are the caller's, unchecked
             if not self.served(model):

@@ -91,10 +91,21 @@ class SameRoute:
 
 class Submit(Protocol):
     """Sends one request of a scoring job and returns its future (see :func:`score`); ``pin``: to that version,
-    whatever the job's own routing; ``route``: the parts of one batch share it (:class:`SameRoute`)."""
+    whatever the job's own routing; ``route``: the parts of one batch share it (:class:`SameRoute`).
+
+    A request the queue turns away (``QueueFullError``) is not counted as shed: the job waits for room and
+    sends it again, and nobody is refused; only ``last_try=True``, the try after which the job gives up and
+    raises the error to its caller, is counted as the shed it then is. Counted at every try, a job that
+    waited for other traffic counted dozens of sheds a second and fired the operator's shedding alert."""
 
     def __call__(
-        self, part: Any, *, beside: bool = False, pin: int | None = None, route: SameRoute | None = None
+        self,
+        part: Any,
+        *,
+        beside: bool = False,
+        pin: int | None = None,
+        route: SameRoute | None = None,
+        last_try: bool = False,
     ) -> Future[Prediction]: ...
 
 
@@ -849,12 +860,13 @@ def _wait(
     pause, longest = _RETRY_PAUSE_S
     give_up_at = clock() + _QUEUE_FULL_PATIENCE_S
     limit = None if timeout_s is None else timeout_s + _DEADLINE_GRACE_S
+    last_try = False
     while True:
         future = job.futures[index]
         try:
             return future.result(timeout=limit)
         except QueueFullError:
-            if clock() >= give_up_at:
+            if last_try:  # (counted as shed by submit: the job gives up with it)
                 raise
         except FutureTimeoutError:
             future.cancel()
@@ -862,4 +874,9 @@ def _wait(
         # Turned away by a queue that others fill: our earlier chunks are done, so try again after a pause.
         sleep(pause)
         pause = min(longest, pause * 2)
-        job.futures[index] = submit(part, route=job.route) if pin is None else submit(part, pin=pin)
+        last_try = clock() >= give_up_at
+        job.futures[index] = (
+            submit(part, route=job.route, last_try=last_try)
+            if pin is None
+            else submit(part, pin=pin, last_try=last_try)
+        )

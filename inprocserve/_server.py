@@ -35,6 +35,7 @@ from ._errors import (
     InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
+    QueueFullError,
     ServerClosedError,
 )
 from ._flags import FlagProvider, WaitOffLoop
@@ -579,7 +580,12 @@ class Server(RolloutMethods):
         plan = plan_for_version(target, batch_rows=batch_rows, max_in_flight=max_in_flight, timeout_s=timeout_s)
 
         def submit(
-            part: Any, *, beside: bool = False, pin: int | None = None, route: SameRoute | None = None
+            part: Any,
+            *,
+            beside: bool = False,
+            pin: int | None = None,
+            route: SameRoute | None = None,
+            last_try: bool = False,
         ) -> Future[Prediction]:
             future: Future[Prediction] = Future()
             follows = route is not None and pin is None and version is None
@@ -605,6 +611,7 @@ class Server(RolloutMethods):
                     shared=False,  # an offline job would evict the online entries, and fill them with its own
                     decided=decided,
                     decided_with=published,
+                    retried=not last_try,  # a full queue is waited out (see Submit): no shed until the last try
                 )
                 note_copy(future, copy)  # (the parts of a batch agree on it: see _scoring._on_one_version)
                 return request
@@ -671,6 +678,7 @@ class Server(RolloutMethods):
         shared: bool = True,
         decided: Decision | None = None,
         decided_with: Routes | None = None,
+        retried: bool = False,
     ) -> tuple[Request, ModelVersion]:
         """Route, validate, then answer from the cache, follow an identical request, or queue; every
         request that gets here is answered through :meth:`_answered`, or raises having been refused.
@@ -687,7 +695,9 @@ class Server(RolloutMethods):
         identical requests in flight. ``decided``: the request is routed as this decision says (the version
         it names, its variant, reason and shadows) without asking the rollout again (the later parts of a
         batch that batch scoring sends in parts), with ``decided_with`` published (another snapshot published
-        since: routed afresh); ``ModelNotFoundError`` if that version is not served."""
+        since: routed afresh); ``ModelNotFoundError`` if that version is not served. ``retried``: its caller
+        sends it again if the queue turns it away (batch scoring), so that ``QueueFullError`` is not counted as a
+        shed, nor as a request: nobody was refused."""
         lead = None
         if opened is None:
             if timeout_s is not None:
@@ -768,7 +778,15 @@ class Server(RolloutMethods):
                 self._sharing.release(request, None, exc)
             if span is None:  # refused while routing or validating
                 span = start_request_span(model, since=started)
-            self._telemetry.refused(span, started, model, None if target is None else target.version, decision, exc)
+            self._telemetry.refused(
+                span,
+                started,
+                model,
+                None if target is None else target.version,
+                decision,
+                exc,
+                counted=not (retried and isinstance(exc, QueueFullError)),
+            )
             raise
 
     def _given_up_unwaited(self, request: Request, target: ModelVersion, error: BaseException) -> None:

@@ -811,3 +811,62 @@ def test_a_regression_shadow_past_its_max_abs_diff_disagrees(
     shadow = server.status()["models"]["regressor"]["shadow"]
     assert (shadow["2"]["over_max_abs_diff"], shadow["3"]["over_max_abs_diff"]) == (4, 0)
     assert shadow["2"]["max_abs_diff"] == pytest.approx(0.01, rel=1e-3)
+
+
+def _sheds_and_overloaded(otel: Otel, model: str) -> tuple[int, int]:
+    """The shed counter and the requests finished "overloaded", for ``model`` (cumulative over the process)."""
+    shed = sum(
+        p.value
+        for p in otel.metric_points("inprocserve.requests.shed")
+        if p.attributes["inprocserve.model.name"] == model
+    )
+    overloaded = sum(
+        p.count
+        for p in otel.metric_points("inprocserve.request.duration")
+        if p.attributes["inprocserve.model.name"] == model and p.attributes["inprocserve.outcome"] == "overloaded"
+    )
+    return shed, overloaded
+
+
+def test_a_batch_job_waiting_for_room_in_the_queue_sheds_nobody(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    from .conftest import BUSY_WIDTH, build_busy_model
+
+    save_model(build_busy_model(BUSY_WIDTH), repository, "nightly", 1)
+    config = ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=8, max_queue_rows=8, max_request_rows=3000))
+    server = make_server(repository, config=config)
+    before = _sheds_and_overloaded(otel, "nightly")
+    blocker = occupy(server, "nightly")
+    others = [server.submit("nightly", busy_inputs(4, seed=seed)) for seed in (1, 2)]  # the queue is now full
+    answers = list(server.predict_many("nightly", busy_inputs(20)))  # it waits for room, retrying its requests
+    assert [len(answer["y"]) for answer in answers] == [8, 8, 4]
+    assert blocker.done() and all(other.done() for other in others)
+    # the job refused nobody, however often the queue turned its requests away
+    assert _sheds_and_overloaded(otel, "nightly") == before
+    # a caller refused by the full queue is still counted
+    blocker = occupy(server, "nightly")
+    others = [server.submit("nightly", busy_inputs(4, seed=seed)) for seed in (1, 2)]
+    with pytest.raises(inprocserve.QueueFullError):
+        server.predict("nightly", busy_inputs(1))
+    assert _sheds_and_overloaded(otel, "nightly") == (before[0] + 1, before[1] + 1)
+
+
+def test_a_batch_job_that_gives_up_on_a_full_queue_counts_one_shed(
+    otel: Otel, repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .conftest import BUSY_WIDTH, build_busy_model
+
+    monkeypatch.setattr("inprocserve._scoring._QUEUE_FULL_PATIENCE_S", 0.0)  # gives up at the first retry
+    save_model(build_busy_model(BUSY_WIDTH), repository, "impatient", 1)
+    config = ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=8, max_queue_rows=8, max_request_rows=3000))
+    server = make_server(repository, config=config)
+    before = _sheds_and_overloaded(otel, "impatient")
+    blocker = occupy(server, "impatient")  # a quarter of a second: far longer than the job's one retry
+    others = [server.submit("impatient", busy_inputs(4, seed=seed)) for seed in (1, 2)]
+    with pytest.raises(inprocserve.QueueFullError):
+        list(server.predict_many("impatient", busy_inputs(20)))
+    assert _sheds_and_overloaded(otel, "impatient") == (before[0] + 1, before[1] + 1)  # the job's refusal, once
+    blocker.result(timeout=60)
+    for other in others:
+        other.result(timeout=60)
