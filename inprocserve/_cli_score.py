@@ -1,6 +1,7 @@
 """``score MODEL INPUT OUTPUT``: batch scoring of a file through ``Server.predict_many``.
 
-The file formats live in ``inprocserve._scoring_io``; this module only adds the subcommand.
+The command lives in ``inprocserve._scoring_io`` (its files are read by ``_scoring_readers`` and written by
+``_scoring_writer``); this module only adds the subcommand.
 """
 
 from __future__ import annotations

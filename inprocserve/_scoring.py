@@ -5,21 +5,20 @@ Offline jobs and queue consumers want the opposite of a web request: throughput,
 chunks queued behind the one running keeps every session busy; bounding the window (in chunks and rows, never
 more rows than the queue holds) keeps memory flat and never trips ``QueueFullError`` on the scorer's own
 traffic. Input iterables are pulled lazily, one batch at a time, only when the window has room.
+
+The plan of a job (:mod:`._scoring_plan`), its progress bar (:mod:`._scoring_progress`) and the checks and
+slicing of its inputs (:mod:`._scoring_inputs`) live in modules of their own; this one runs the window.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from dataclasses import dataclass
 from types import CodeType, TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,18 +26,17 @@ from ._backend import is_whole_batch
 from ._errors import (
     DeadlineExceededError,
     InferenceError,
-    InvalidInputError,
     ModelNotFoundError,
     QueueFullError,
     RemoteUnavailableError,
 )
-from ._ort_rules import usable_cores
 from ._prediction import Prediction
 from ._request import drop_tracebacks
+from ._scoring_inputs import as_arrays, count_rows, owned, part_of, rows_of
+from ._scoring_plan import ScoringPlan, caller_may_run, plan_for_version, plan_scoring, scoring_run_rows
+from ._scoring_progress import Progress, ProgressBar, resolve_progress
 
-if TYPE_CHECKING:
-    from ._model import ModelVersion
-
+# (the plan's and the bar's names are kept importable from here, where they were defined before)
 __all__ = [
     "ProgressBar",
     "SameRoute",
@@ -109,7 +107,6 @@ class Submit(Protocol):
     ) -> Future[Prediction]: ...
 
 
-Progress = Callable[[int, "int | None"], None]
 # Answers a batch of no rows of an iterable without running the model (its future, done): see :func:`score`.
 AnswerEmpty = Callable[[Any], "Future[Prediction]"]
 
@@ -119,229 +116,6 @@ _RETRY_PAUSE_S = (0.001, 0.05)  # first and longest pause between retries
 _ROUTE_AGAIN_ATTEMPTS = 3  # a batch's last part routed again when the version its parts were to agree on is unloaded
 # Grace on top of a chunk's own deadline before a caller stops waiting for a run already started.
 _DEADLINE_GRACE_S = 1.0
-
-
-# Rows per model run a scoring job may use when the model's max_batch_size is smaller: the largest batch of the
-# raw onnxruntime ceiling (benchmarks/batch_scoring.py). Larger runs gain little and hold more memory.
-SCORING_RUN_ROWS = 256
-# ... but only as far as a run stays this short (by the version's measured per-row cost): a model slow per row
-# (large inputs, large activations) keeps its max_batch_size, which then also bounds its memory.
-SCORING_RUN_BUDGET_S = 0.1
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScoringPlan:
-    """How a scoring job is cut and how much of it may be in flight at once."""
-
-    chunk_rows: int | None
-    """Rows per answer of a whole input; ``None`` for a model without a batch axis (inputs are sent whole)."""
-    max_in_flight: int
-    """Submitted requests not yet answered, at most (each part of a batch sent in parts counts)."""
-    window_rows: int
-    """Rows queued and not yet answered, at most (one request is always allowed when nothing is queued); the
-    caller's own runs may hold as many again."""
-    request_rows: int | None = None
-    """Rows per submitted request: a whole number of chunks (``None``: one chunk)."""
-    run_rows: int | None = None
-    """Rows per model run of a larger request (``None``: the version's ``max_batch_size``)."""
-    caller_runs: bool = False
-    """Whether the thread iterating the answers runs requests itself, beside the workers."""
-
-
-def scoring_run_rows(*, max_batch_size: int, per_row_s: float | None) -> int:
-    """Rows per model run for a scoring job: ``max_batch_size``, raised up to :data:`SCORING_RUN_ROWS` while a
-    run is predicted to stay under :data:`SCORING_RUN_BUDGET_S` (no estimate: ``max_batch_size``)."""
-    if per_row_s is None:
-        return max_batch_size
-    fits = SCORING_RUN_ROWS if per_row_s <= 0 else int(SCORING_RUN_BUDGET_S / per_row_s)
-    return max(max_batch_size, min(SCORING_RUN_ROWS, fits))
-
-
-def caller_may_run(facts: Mapping[str, Any], *, kind: str, sessions: int, cores: int) -> bool:
-    """Whether the iterating thread may run scoring requests too: only on one shared onnxruntime CPU session
-    (``session.run`` is thread-safe) whose runs leave a core idle. A small model gets one intra-op thread per
-    session (a parallel operator would cost more in wake-ups than it saves), so with the default single
-    session it keeps one core busy; the caller's run fills another. ``facts`` is the backend's status."""
-    threads = facts.get("intra_op_threads")
-    providers = facts.get("providers") or [None]
-    return (
-        kind == "onnxruntime"
-        and bool(facts.get("shared_session"))
-        and providers[0] == "CPUExecutionProvider"
-        and isinstance(threads, int)
-        and threads * (sessions + 1) <= cores
-    )
-
-
-def plan_for_version(
-    target: ModelVersion, *, batch_rows: int | None, max_in_flight: int | None, timeout_s: float | None
-) -> ScoringPlan:
-    """The plan for scoring on one loaded version (see :func:`plan_scoring`)."""
-    batching = target.config.batching
-    sessions = target.config.pool.size
-    backend = target.backend
-    batchable = target.signature is None or target.signature.batchable
-    per_row_s = None if target.run_cost is None else target.run_cost.per_row_s
-    return plan_scoring(
-        max_batch_size=batching.max_batch_size,
-        request_row_limit=batching.request_row_limit,
-        max_queue_rows=batching.max_queue_rows,
-        sessions=sessions,
-        batchable=batchable,
-        batch_rows=batch_rows,
-        max_in_flight=max_in_flight,
-        # with a deadline per chunk, a request of several chunks would stretch the deadline: one chunk each
-        run_rows=scoring_run_rows(max_batch_size=batching.max_batch_size, per_row_s=per_row_s)
-        if batchable and timeout_s is None
-        else None,
-        caller_runs=backend.kind == "onnxruntime"
-        and caller_may_run(backend.status(), kind=backend.kind, sessions=sessions, cores=usable_cores()),
-    )
-
-
-def plan_scoring(
-    *,
-    max_batch_size: int,
-    request_row_limit: int,
-    max_queue_rows: int,
-    sessions: int,
-    batchable: bool,
-    batch_rows: int | None,
-    max_in_flight: int | None,
-    run_rows: int | None = None,
-    caller_runs: bool = False,
-) -> ScoringPlan:
-    """Cut chunks to the model's limits, group them into requests of about ``run_rows`` rows, and size the
-    window so the queue never overflows.
-
-    Raises:
-        ValueError: ``batch_rows`` or ``max_in_flight`` is not a positive int, or ``batch_rows`` exceeds the
-            rows one request may carry.
-    """
-    for name, value in (("batch_rows", batch_rows), ("max_in_flight", max_in_flight)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    if batch_rows is not None and batch_rows > request_row_limit:
-        raise ValueError(
-            f"batch_rows={batch_rows} is more than the {request_row_limit} rows one request may carry "
-            "(batching.max_request_rows, else max_queue_rows)"
-        )
-    chunk = batch_rows if batch_rows is not None else min(max_batch_size, request_row_limit)
-    # A request holds as many whole chunks as fit in one run (and in a request, and in the queue).
-    per_request = max(1, min(run_rows or chunk, request_row_limit, max_queue_rows) // chunk)
-    request = chunk * per_request
-    if max_in_flight is None:
-        # Two full batches per session: one running, one queued behind it, so a session never waits for the
-        # scorer; chunks (or an iterable's batches) smaller than a batch are merged by the batcher.
-        window_rows = min(max_queue_rows, 2 * sessions * max(request, max_batch_size))
-        count = max(window_rows, 1)
-    else:
-        window_rows = min(max_queue_rows, max_in_flight * request)
-        count = max_in_flight
-    return ScoringPlan(
-        chunk_rows=chunk if batchable else None,
-        max_in_flight=count,
-        window_rows=max(window_rows, 1),
-        request_rows=request if batchable and per_request > 1 else None,
-        run_rows=run_rows if batchable else None,
-        caller_runs=caller_runs,
-    )
-
-
-class ProgressBar:
-    """A one-line progress bar redrawn in place on a terminal, at most every ``interval_s`` seconds.
-
-    The line is fitted to the terminal's width (``columns``: fixed; ``None``: the stream's terminal, asked at
-    each redraw), the bar shrinking first: a line wider than the terminal wraps, and ``\r`` then goes back
-    only to the start of its last row, so on an 80-column terminal every redraw of the 86-character line of
-    a million-row job left a new line behind. A line shorter than the one before it is padded over its
-    leftovers (``230,000 rows/s`` after ``1,100,000 rows/s`` showed ``230,000 rows/ss``).
-
-    Not thread-safe: it is driven by the thread that iterates the results.
-    """
-
-    def __init__(
-        self,
-        stream: TextIO | None = None,
-        *,
-        interval_s: float = 0.2,
-        width: int = 30,
-        clock: Callable[[], float] = time.monotonic,
-        columns: int | None = None,
-    ) -> None:
-        self._stream = stream if stream is not None else sys.stderr
-        self._columns = columns
-        self._shown = 0  # characters of the line on screen
-        self._interval_s = interval_s
-        self._width = width
-        self._clock = clock
-        self._started = clock()
-        self._drawn_at: float | None = None
-        self._last: tuple[int, int | None] = (0, None)
-        self._drawn_anything = False
-
-    def __call__(self, done_rows: int, total_rows: int | None) -> None:
-        self._last = (done_rows, total_rows)
-        now = self._clock()
-        if self._drawn_at is not None and now - self._drawn_at < self._interval_s and done_rows != total_rows:
-            return
-        self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        done, total = self._last
-        elapsed = now - self._started
-        rate = f"{done / elapsed:,.0f} rows/s" if elapsed > 0 else "- rows/s"
-        room = self._room()
-        if total:
-            fraction = min(1.0, done / total)
-            counts = f" {fraction:6.1%} {done:,}/{total:,} rows, {rate}"
-            width = min(self._width, room - len(counts) - 2)  # what the counts leave of the line (2: brackets)
-            if width >= 5:
-                filled = int(fraction * width)
-                text = "[" + "#" * filled + "-" * (width - filled) + "]" + counts
-            else:
-                text = counts.lstrip()
-        else:
-            text = f"{done:,} rows, {rate}"
-        text = text[:room]
-        self._stream.write(f"\r{text.ljust(self._shown)}")
-        self._shown = len(text)
-        self._stream.flush()
-        self._drawn_at = now
-        self._drawn_anything = True
-
-    def _room(self) -> int:
-        """Characters a line may hold: one less than the terminal's columns (a full row wraps on some)."""
-        columns = self._columns
-        if columns is None:
-            try:
-                columns = os.get_terminal_size(self._stream.fileno()).columns
-            except (AttributeError, OSError, ValueError):  # not a terminal, or no file behind the stream
-                columns = 0
-            columns = columns or shutil.get_terminal_size().columns  # (a terminal of unknown size says 0)
-        return max(columns - 1, 20)
-
-    def close(self) -> None:
-        """Draw the final state and end the line."""
-        self._draw(self._clock())
-        if self._drawn_anything:
-            self._stream.write("\n")
-            self._stream.flush()
-
-
-def resolve_progress(*, progress: bool | Progress | None) -> tuple[Progress | None, ProgressBar | None]:
-    """``True``: a bar on stderr if it is a terminal (nothing otherwise); a callable: itself."""
-    if progress is None or progress is False:
-        return None, None
-    if progress is True:
-        isatty = getattr(sys.stderr, "isatty", None)
-        if isatty is None or not isatty():
-            return None, None
-        bar = ProgressBar(sys.stderr)
-        return bar, bar
-    if callable(progress):
-        return progress, None
-    raise TypeError(f"progress must be True, False, None or a callable(done_rows, total_rows), got {progress!r}")
 
 
 class _Job:
@@ -419,97 +193,14 @@ def score(
     callback, bar = resolve_progress(progress=progress)
     request_rows = plan.request_rows or plan.chunk_rows
     if isinstance(inputs, (np.ndarray, Mapping)):
-        whole = _as_arrays(inputs)
-        rows = _rows_of(whole)
+        whole = as_arrays(inputs)
+        rows = rows_of(whole)
         total: int | None = rows
         jobs: Iterator[_Job] = _slices(whole, rows, request_rows, plan.chunk_rows)
     else:
-        total = _count_rows(inputs) if isinstance(inputs, (list, tuple)) else None
+        total = count_rows(inputs) if isinstance(inputs, (list, tuple)) else None
         jobs = _batches(iter(inputs), request_rows)
     return _run(submit, jobs, total, plan, callback, bar, timeout_s, answer_empty, clock, sleep)
-
-
-def _rows_of(item: Any, name: str | None = None) -> int:
-    """Rows (the length of axis 0) of an array or a mapping of arrays.
-
-    Raises:
-        InvalidInputError: no batch axis, a ragged nested list, or arrays that disagree on their number of rows.
-    """
-    if isinstance(item, Mapping):
-        counts = {key: _rows_of(value, str(key)) for key, value in item.items()}
-        if not counts:
-            raise InvalidInputError("a batch is an empty mapping; give it the model's inputs")
-        if len(set(counts.values())) > 1:
-            listing = ", ".join(f"{key!r} has {rows}" for key, rows in counts.items())
-            raise InvalidInputError(f"the inputs of a batch must have the same number of rows: {listing}")
-        return next(iter(counts.values()))
-    shape = getattr(item, "shape", None)
-    if shape is None:
-        try:
-            shape = np.shape(item)
-        except (ValueError, TypeError) as exc:  # numpy's own words, untyped: make it the caller's input error
-            raise _ragged(name, exc) from exc
-    if not shape:
-        raise InvalidInputError(f"a batch needs a leading row axis; got a scalar {type(item).__name__}")
-    return int(shape[0])
-
-
-def _ragged(name: str | None, exc: Exception) -> InvalidInputError:
-    what = "a batch" if name is None else f"input {name!r}"
-    if isinstance(exc, ValueError):
-        return InvalidInputError(f"{what} is ragged: its nested lists differ in length and make no array ({exc})")
-    return InvalidInputError(f"{what} cannot be made an array ({type(exc).__name__}: {exc})")
-
-
-def _count_rows(items: list[Any] | tuple[Any, ...]) -> int | None:
-    """Total rows of a list of batches, for progress; ``None`` if one is malformed (it fails in its turn)."""
-    try:
-        return sum(_rows_of(item) for item in items)
-    except Exception:  # whatever checking a batch raises is raised again at its position, after the answers before it
-        return None
-
-
-def _as_arrays(item: Any) -> Any:
-    """Convert once before slicing (a no-op for arrays), so a list is not converted again for every chunk.
-
-    Raises:
-        InvalidInputError: a ragged nested list.
-    """
-    if isinstance(item, Mapping):
-        return {name: _as_array(value, str(name)) for name, value in item.items()}
-    return _as_array(item, None)
-
-
-def _as_array(value: Any, name: str | None) -> np.ndarray:
-    try:
-        return np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise _ragged(name, exc) from exc
-
-
-def _owned(item: Any) -> Any:
-    """A batch of an iterable with its arrays copied: it stays queued after the iterable is resumed for the next
-    one, and a generator that fills one buffer for every batch (a decoder's, a queue client's) overwrote the
-    batches still queued, which were then scored on later rows without a word (159 of 200 answers wrong in
-    a review's run). Lists are converted when they are sent, before the next batch is read."""
-    if isinstance(item, Mapping):
-        return {name: _owned_array(value) for name, value in item.items()}
-    return _owned_array(item)
-
-
-def _owned_array(value: Any) -> Any:
-    """A copy of one array of a batch. Not only of an ndarray: any array-like whose ``np.asarray`` is a view of
-    the caller's memory (a memoryview, a CPU tensor, an object with ``__array__``) is as reused a buffer;
-    copied only if an ndarray, 98 of 100 such batches were scored on later rows."""
-    if isinstance(value, (list, tuple)):  # converted when sent, before the next batch is read
-        return value
-    return np.array(value, order="C")  # a copy, always (and a plain ndarray: a memmap's copy holds no file)
-
-
-def _part(item: Any, start: int, stop: int) -> Any:
-    if isinstance(item, Mapping):
-        return {name: value[start:stop] for name, value in item.items()}
-    return item[start:stop]
 
 
 def _slices(inputs: Any, total: int, request_rows: int | None, chunk_rows: int | None) -> Iterator[_Job]:
@@ -520,7 +211,7 @@ def _slices(inputs: Any, total: int, request_rows: int | None, chunk_rows: int |
         return
     for start in range(0, total, request_rows):
         stop = min(total, start + request_rows)
-        yield _Job([_part(inputs, start, stop)], stop - start, chunk_rows=chunk_rows)
+        yield _Job([part_of(inputs, start, stop)], stop - start, chunk_rows=chunk_rows)
 
 
 def _batches(items: Iterator[Any], part_rows: int | None) -> Iterator[_Job]:
@@ -537,10 +228,10 @@ def _batches(items: Iterator[Any], part_rows: int | None) -> Iterator[_Job]:
             yield _Job([], 0, error=exc)
             return
         try:
-            rows = _rows_of(item)
-            item = _owned(item)
+            rows = rows_of(item)
+            item = owned(item)
             if part_rows is not None and rows > part_rows:
-                item = _as_arrays(item)
+                item = as_arrays(item)
         except Exception as exc:  # a malformed batch: report it at its position, after the answers before it
             yield _Job([], 0, error=exc)
             return
@@ -550,7 +241,7 @@ def _batches(items: Iterator[Any], part_rows: int | None) -> Iterator[_Job]:
             starts = range(0, rows, part_rows)
             sizes = [min(rows, start + part_rows) - start for start in starts]
             yield _Job(
-                [_part(item, start, start + size) for start, size in zip(starts, sizes, strict=True)],
+                [part_of(item, start, start + size) for start, size in zip(starts, sizes, strict=True)],
                 rows,
                 part_rows=sizes,
             )
@@ -762,7 +453,7 @@ def _answers(
         whole = job.parts[0]
         for start in range(0, job.rows, job.chunk_rows):
             stop = min(job.rows, start + job.chunk_rows)
-            piece = _Job([_part(whole, start, stop)], stop - start)
+            piece = _Job([part_of(whole, start, stop)], stop - start)
             piece.futures.append(submit(piece.parts[0]))
             yield stop - start, _wait(piece, 0, piece.parts[0], submit, timeout_s, clock, sleep)
         return

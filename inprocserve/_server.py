@@ -52,7 +52,8 @@ from ._repository import ModelSource
 from ._request import BatchTiming, Request, Route, drop_tracebacks
 from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
-from ._scoring import SameRoute, note_copy, plan_for_version, score
+from ._scoring import SameRoute, note_copy, score
+from ._scoring_plan import plan_for_version
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import brief_status, gauge_source, server_status
 from ._telemetry import METRICS, end_safely, start_request_span

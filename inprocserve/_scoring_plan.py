@@ -1,0 +1,153 @@
+"""Planning a batch scoring job: how a whole input is cut into chunks and requests, how many rows a model run
+may take, and how much may be in flight at once so the sessions stay busy and the queue never overflows.
+
+Pure arithmetic over a version's limits (:func:`plan_scoring`), plus :func:`plan_for_version`, which reads them
+from a loaded version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._ort_rules import usable_cores
+
+if TYPE_CHECKING:
+    from ._model import ModelVersion
+
+__all__ = [
+    "SCORING_RUN_BUDGET_S",
+    "SCORING_RUN_ROWS",
+    "ScoringPlan",
+    "caller_may_run",
+    "plan_for_version",
+    "plan_scoring",
+    "scoring_run_rows",
+]
+
+# Rows per model run a scoring job may use when the model's max_batch_size is smaller: the largest batch of the
+# raw onnxruntime ceiling (benchmarks/batch_scoring.py). Larger runs gain little and hold more memory.
+SCORING_RUN_ROWS = 256
+# ... but only as far as a run stays this short (by the version's measured per-row cost): a model slow per row
+# (large inputs, large activations) keeps its max_batch_size, which then also bounds its memory.
+SCORING_RUN_BUDGET_S = 0.1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScoringPlan:
+    """How a scoring job is cut and how much of it may be in flight at once."""
+
+    chunk_rows: int | None
+    """Rows per answer of a whole input; ``None`` for a model without a batch axis (inputs are sent whole)."""
+    max_in_flight: int
+    """Submitted requests not yet answered, at most (each part of a batch sent in parts counts)."""
+    window_rows: int
+    """Rows queued and not yet answered, at most (one request is always allowed when nothing is queued); the
+    caller's own runs may hold as many again."""
+    request_rows: int | None = None
+    """Rows per submitted request: a whole number of chunks (``None``: one chunk)."""
+    run_rows: int | None = None
+    """Rows per model run of a larger request (``None``: the version's ``max_batch_size``)."""
+    caller_runs: bool = False
+    """Whether the thread iterating the answers runs requests itself, beside the workers."""
+
+
+def scoring_run_rows(*, max_batch_size: int, per_row_s: float | None) -> int:
+    """Rows per model run for a scoring job: ``max_batch_size``, raised up to :data:`SCORING_RUN_ROWS` while a
+    run is predicted to stay under :data:`SCORING_RUN_BUDGET_S` (no estimate: ``max_batch_size``)."""
+    if per_row_s is None:
+        return max_batch_size
+    fits = SCORING_RUN_ROWS if per_row_s <= 0 else int(SCORING_RUN_BUDGET_S / per_row_s)
+    return max(max_batch_size, min(SCORING_RUN_ROWS, fits))
+
+
+def caller_may_run(facts: Mapping[str, Any], *, kind: str, sessions: int, cores: int) -> bool:
+    """Whether the iterating thread may run scoring requests too: only on one shared onnxruntime CPU session
+    (``session.run`` is thread-safe) whose runs leave a core idle. A small model gets one intra-op thread per
+    session (a parallel operator would cost more in wake-ups than it saves), so with the default single
+    session it keeps one core busy; the caller's run fills another. ``facts`` is the backend's status."""
+    threads = facts.get("intra_op_threads")
+    providers = facts.get("providers") or [None]
+    return (
+        kind == "onnxruntime"
+        and bool(facts.get("shared_session"))
+        and providers[0] == "CPUExecutionProvider"
+        and isinstance(threads, int)
+        and threads * (sessions + 1) <= cores
+    )
+
+
+def plan_for_version(
+    target: ModelVersion, *, batch_rows: int | None, max_in_flight: int | None, timeout_s: float | None
+) -> ScoringPlan:
+    """The plan for scoring on one loaded version (see :func:`plan_scoring`)."""
+    batching = target.config.batching
+    sessions = target.config.pool.size
+    backend = target.backend
+    batchable = target.signature is None or target.signature.batchable
+    per_row_s = None if target.run_cost is None else target.run_cost.per_row_s
+    return plan_scoring(
+        max_batch_size=batching.max_batch_size,
+        request_row_limit=batching.request_row_limit,
+        max_queue_rows=batching.max_queue_rows,
+        sessions=sessions,
+        batchable=batchable,
+        batch_rows=batch_rows,
+        max_in_flight=max_in_flight,
+        # with a deadline per chunk, a request of several chunks would stretch the deadline: one chunk each
+        run_rows=scoring_run_rows(max_batch_size=batching.max_batch_size, per_row_s=per_row_s)
+        if batchable and timeout_s is None
+        else None,
+        caller_runs=backend.kind == "onnxruntime"
+        and caller_may_run(backend.status(), kind=backend.kind, sessions=sessions, cores=usable_cores()),
+    )
+
+
+def plan_scoring(
+    *,
+    max_batch_size: int,
+    request_row_limit: int,
+    max_queue_rows: int,
+    sessions: int,
+    batchable: bool,
+    batch_rows: int | None,
+    max_in_flight: int | None,
+    run_rows: int | None = None,
+    caller_runs: bool = False,
+) -> ScoringPlan:
+    """Cut chunks to the model's limits, group them into requests of about ``run_rows`` rows, and size the
+    window so the queue never overflows.
+
+    Raises:
+        ValueError: ``batch_rows`` or ``max_in_flight`` is not a positive int, or ``batch_rows`` exceeds the
+            rows one request may carry.
+    """
+    for name, value in (("batch_rows", batch_rows), ("max_in_flight", max_in_flight)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    if batch_rows is not None and batch_rows > request_row_limit:
+        raise ValueError(
+            f"batch_rows={batch_rows} is more than the {request_row_limit} rows one request may carry "
+            "(batching.max_request_rows, else max_queue_rows)"
+        )
+    chunk = batch_rows if batch_rows is not None else min(max_batch_size, request_row_limit)
+    # A request holds as many whole chunks as fit in one run (and in a request, and in the queue).
+    per_request = max(1, min(run_rows or chunk, request_row_limit, max_queue_rows) // chunk)
+    request = chunk * per_request
+    if max_in_flight is None:
+        # Two full batches per session: one running, one queued behind it, so a session never waits for the
+        # scorer; chunks (or an iterable's batches) smaller than a batch are merged by the batcher.
+        window_rows = min(max_queue_rows, 2 * sessions * max(request, max_batch_size))
+        count = max(window_rows, 1)
+    else:
+        window_rows = min(max_queue_rows, max_in_flight * request)
+        count = max_in_flight
+    return ScoringPlan(
+        chunk_rows=chunk if batchable else None,
+        max_in_flight=count,
+        window_rows=max(window_rows, 1),
+        request_rows=request if batchable and per_request > 1 else None,
+        run_rows=run_rows if batchable else None,
+        caller_runs=caller_runs,
+    )
