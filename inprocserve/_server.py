@@ -646,7 +646,8 @@ class Server(RolloutMethods):
                 if not signature.batchable:
                     return submit(part)
                 try:
-                    signature.validate(part, max_rows=target.max_request_rows, no_rows_ok=True)
+                    if not _no_values(part, signature.input_names):  # ([]: a list of no rows has no shape to check)
+                        signature.validate(part, max_rows=target.max_request_rows, no_rows_ok=True)
                     outputs = signature.empty_answer()
                 except InvalidInputError as exc:
                     raise _naming(target, exc) from None
@@ -1123,6 +1124,19 @@ def _close_unclosed(
     else:
         logger.error("a shadow run is still in flight after %gs; exiting without closing the sessions", STOP_WAIT_S)
     drift.close(timeout_s=1.0)
+
+
+def _no_values(batch: Any, names: Collection[str]) -> bool:
+    """Whether ``batch`` is an empty list (or a mapping of the model's input names to empty lists): a consumer
+    that decodes its messages into lists of rows polled nothing. It has no shape to check (``[]`` is taken for
+    a 1-D array, which a model of rows of features refused as the wrong rank)."""
+
+    def empty(value: Any) -> bool:
+        return isinstance(value, (list, tuple)) and not value
+
+    if isinstance(batch, Mapping):
+        return bool(batch) and set(batch) == set(names) and all(empty(value) for value in batch.values())
+    return empty(batch)
 
 
 def _naming(target: ModelVersion, error: BaseException) -> BaseException:

@@ -388,6 +388,17 @@ def test_a_batch_of_no_rows_is_answered_with_no_rows_in_its_place(
         server.predict("scale", _rows(0))
 
 
+def test_an_empty_list_from_a_consumer_that_polled_nothing_is_a_batch_of_no_rows(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(scale_repository)
+    polls = [[[1, 2, 3, 4]], [], [[5, 6, 7, 8], [1, 1, 1, 1]]]  # messages decoded into lists of rows
+    answers = list(server.predict_many("scale", iter(polls)))
+    assert [answer["y"].shape for answer in answers] == [(1, 4), (0, 4), (2, 4)]
+    (answer,) = server.predict_many("scale", iter([{"x": []}]))  # a mapping of the input names to empty lists
+    assert answer["y"].shape == (0, 4)
+
+
 def test_a_malformed_batch_of_no_rows_is_still_refused_at_its_place(
     scale_repository: Path, make_server: ServerFactory
 ) -> None:
