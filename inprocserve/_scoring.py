@@ -114,6 +114,9 @@ AnswerEmpty = Callable[[Any], "Future[Prediction]"]
 _QUEUE_FULL_PATIENCE_S = 60.0
 _RETRY_PAUSE_S = (0.001, 0.05)  # first and longest pause between retries
 _ROUTE_AGAIN_ATTEMPTS = 3  # a batch's last part routed again when the version its parts were to agree on is unloaded
+# A read of the input this slow is taken for one that waits (a queue consumer's poll): answers in are then handed
+# over before the next read, rather than held until it returns.
+_SLOW_READ_S = 0.005
 # Grace on top of a chunk's own deadline before a caller stops waiting for a run already started.
 _DEADLINE_GRACE_S = 1.0
 
@@ -200,7 +203,8 @@ def score(
     else:
         total = count_rows(inputs) if isinstance(inputs, (list, tuple)) else None
         jobs = _batches(iter(inputs), request_rows)
-    return _run(submit, jobs, total, plan, callback, bar, timeout_s, answer_empty, clock, sleep)
+    iterable = not isinstance(inputs, (np.ndarray, Mapping))
+    return _run(submit, jobs, total, plan, callback, bar, timeout_s, answer_empty, clock, sleep, iterable=iterable)
 
 
 def _slices(inputs: Any, total: int, request_rows: int | None, chunk_rows: int | None) -> Iterator[_Job]:
@@ -258,6 +262,8 @@ def _run(
     answer_empty: AnswerEmpty | None,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
+    *,
+    iterable: bool,
 ) -> Iterator[Prediction]:
     # The window holds requests (one part of a job each), submitted or run and not yet answered, in input
     # order; a failed read takes a place too (part 0 of a job with none). Room is counted per request, so a
@@ -269,14 +275,37 @@ def _run(
     own_rows = 0  # rows in the window run by this thread
     pending: _Job | None = None  # pulled from the input, with parts waiting for room in the window
     exhausted = False
+    last_read_s = 0.0  # how long the last read of the input took
     done_rows = 0
 
-    def pull() -> _Job | None:
-        nonlocal pending, exhausted
-        if pending is None and not exhausted:
+    def pull(rows_in_window: int, *, read: bool = True) -> _Job | None:
+        """The next job: the one read already and not yet sent whole, else (``read``) the next one read now."""
+        nonlocal pending, exhausted, last_read_s
+        if pending is None and not exhausted and read and may_read(rows_in_window):
+            started = time.perf_counter()
             pending = next(jobs, None)
+            last_read_s = time.perf_counter() - started
             exhausted = pending is None
         return pending
+
+    def reads_wait() -> bool:
+        """Whether reading the input takes long enough that an answer must not wait for a read: a queue
+        consumer waiting for messages (a whole input's next slice, a generator's decoded batch, is read at once)."""
+        return last_read_s >= _SLOW_READ_S
+
+    def may_read(rows_in_window: int) -> bool:
+        """Whether to read the next batch now: only while the window has room for a request, and, where reads
+        wait, while no answer is ready to hand over. A batch read ahead of room, or while an answer was ready,
+        held the answers already in until the read returned: a consumer sent one message every 2 s had its
+        first answer after 4 s with ``max_in_flight=1``, and by default only once hundreds of messages had
+        come to fill the window."""
+        if in_flight >= plan.max_in_flight or rows_in_window >= plan.window_rows:
+            return False
+        if window and reads_wait():
+            head, index = window[0]
+            if head.error is not None or head.futures[index].done():
+                return False
+        return True
 
     def room(job: _Job, rows_in_window: int) -> bool:
         """Whether the next part of ``job`` fits: one request is always allowed when none is in the window."""
@@ -322,9 +351,10 @@ def _run(
         else:
             queued_rows -= job.part_rows[index]
 
-    def fill() -> None:
-        """Queue requests for the workers while the window has room."""
-        while (job := pull()) is not None and room(job, queued_rows):
+    def fill(*, read: bool = True) -> None:
+        """Queue requests for the workers while the window has room (``read=False``: only the parts of a job
+        read already)."""
+        while (job := pull(queued_rows, read=read)) is not None and room(job, queued_rows):
             future = send(job, beside=False)
             if future is None:
                 return
@@ -333,7 +363,7 @@ def _run(
 
     def run_own() -> bool:
         """While the oldest request is still running elsewhere, run the next one on this thread."""
-        job = pull()
+        job = pull(own_rows)
         if job is None or not room(job, own_rows):
             return False
         send(job, beside=True)
@@ -342,11 +372,12 @@ def _run(
     if callback is not None:
         callback(0, total)
     try:
-        fill()
-        while window:
+        while True:
+            fill()  # (after an answer is handed over: an iterable is read only then, see may_read)
+            if not window:
+                break
             job, index = window[0]
             if plan.caller_runs and job.error is None and not job.futures[index].done() and run_own():
-                fill()
                 continue
             job_start = done_rows
             released = False
@@ -360,7 +391,9 @@ def _run(
                     if step is not None and not released:  # this request is in: give its room to the next ones
                         release(job, index)
                         released = True
-                        fill()  # refill before handing the result over, so the sessions work while the caller does
+                        # refill before handing the result over, so the sessions work while the caller does; an
+                        # iterable's next batch is read once it is handed over (a read may wait: see may_read)
+                        fill(read=not iterable)
                 except Exception as exc:
                     left = job_start + job.rows - done_rows
                     if job.rows:

@@ -410,6 +410,34 @@ def test_a_malformed_batch_of_no_rows_is_still_refused_at_its_place(
     assert caught.value.__notes__ == ["predict_many: failed at the batch after input row 5, which has 0 rows"]
 
 
+def test_a_consumer_that_waits_for_messages_gets_each_answer_without_waiting_for_later_messages(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    # A queue consumer's iterator blocks until the next message comes. The answers of messages already in
+    # must not wait for it: they were held until the window filled (hundreds of messages) or the input ended.
+    server = make_server(scale_repository)
+    events: list[str] = []
+
+    def consumer() -> Iterator[np.ndarray]:
+        for message in range(6):
+            if message:
+                time.sleep(0.2)  # the broker has nothing for a while
+            events.append(f"read {message}")
+            yield _rows(1) + message
+
+    for answer in server.predict_many("scale", consumer(), max_in_flight=1):
+        events.append(f"answer {int(answer['y'][0, 0] / 2)}")
+    # one in flight: each answer is handed over before the next message is waited for
+    assert events == [f"{what} {message}" for message in range(6) for what in ("read", "answer")]
+
+    events.clear()
+    for answer in server.predict_many("scale", consumer()):  # the default window
+        events.append(f"answer {int(answer['y'][0, 0] / 2)}")
+    # an answer in by the time the next message came is handed over before the one after it is waited for
+    for message in range(4):
+        assert events.index(f"answer {message}") < events.index(f"read {message + 2}")
+
+
 def test_bad_arguments_fail_at_the_call(scale_repository: Path, make_server: ServerFactory) -> None:
     server = make_server(scale_repository)
     with pytest.raises(inprocserve.ModelNotFoundError):
