@@ -548,7 +548,10 @@ class Server(RolloutMethods):
         requests itself beside the workers (docs/performance.md, "Batch scoring"). A bounded window is kept
         submitted (default: two full requests of rows per session; ``max_in_flight``: at most that many
         requests; never more queued rows than ``max_queue_rows``) so the sessions stay busy without
-        :class:`QueueFullError`; when other traffic fills the queue a request is retried. Each request is
+        :class:`QueueFullError`; when other traffic fills the queue a request is retried (not counted as shed).
+        A batch of an iterable is read only while the window has room, never between an answer coming in and
+        its hand-over; a queue consumer whose reads wait for messages and that must answer each one before
+        waiting for the next passes ``max_in_flight=1``. Each request is
         routed like a :meth:`predict` call: pin ``version`` to score a whole job on one version (the parts of
         one batch follow its first part's routing while that routing stands, and are answered by one
         version: docs/performance.md, "Batch scoring"). The version's
