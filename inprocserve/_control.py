@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from stat import S_ISREG as stat_is_file
 from typing import Any
 
 from ._errors import ConfigurationError, ControlFileUnavailableError
@@ -46,6 +48,7 @@ __all__ = [
 
 CONTROL_FILENAME = ".inprocserve-control.json"
 _LOCK_FILENAME = ".inprocserve-control.lock"
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)  # (not on Windows, which has no record locks here either)
 _MAX_BYTES = 1 << 20  # a control file is a few hundred bytes; refuse to parse anything absurd
 LOCK_TIMEOUT_S = 10.0
 """How long a writer waits for the control-file lock before giving up (another writer holds it)."""
@@ -303,7 +306,9 @@ class ControlFile:
         """The lock file, open for writing (an exclusive record lock needs a descriptor open for writing,
         locally and over NFS), shared as the repository folder is (see :meth:`_share_like_folder`)."""
         try:
-            descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Never through a link: root's write would chown the link's target to the folder's owner (any file
+            # of root's, for whoever may write the repository folder).
+            descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, 0o644)
         except PermissionError as exc:
             if not self._lock_path.exists():  # (the folder refuses the new file: no one else's lock to blame)
                 raise ControlFileUnavailableError(
@@ -318,6 +323,11 @@ class ControlFile:
                 "writable, or remove it while no writer runs. Nothing was changed"
             ) from exc
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ControlFileUnavailableError(
+                    f"control-file lock {self._lock_path} is a symbolic link, which is never followed (the lock "
+                    "file holds no state): remove it while no writer runs. Nothing was changed"
+                ) from exc
             raise ControlFileUnavailableError(
                 f"control-file lock {self._lock_path} cannot be opened: {exc}; nothing was changed"
             ) from exc
@@ -365,9 +375,13 @@ def _share_like_folder(descriptor: int, folder: Path) -> None:
     Created 0644 by whoever wrote first, it locked the others out for good: after one ``sudo python -m
     inprocserve canary ...`` the lock was root's, and every later write by the servers' user (the admin
     endpoints, ``Server.switch``, the CLI without sudo) failed to open it (409); in a group-writable folder
-    shared by a team, the first operator's lock file likewise refused the others."""
+    shared by a team, the first operator's lock file likewise refused the others. Only a regular file of one
+    link is changed: a hard link planted in the folder (where ``fs.protected_hardlinks`` is off) names another
+    file, which root would give away."""
     owner = os.stat(folder)
     lock = os.fstat(descriptor)
+    if not stat_is_file(lock.st_mode) or lock.st_nlink != 1:  # (a hard link to another file: leave it as it is)
+        return
     if os.geteuid() == 0 and (lock.st_uid, lock.st_gid) != (owner.st_uid, owner.st_gid):
         with contextlib.suppress(OSError):  # (root squashed on NFS cannot)
             os.fchown(descriptor, owner.st_uid, owner.st_gid)  # (also gives back a lock file root made before)

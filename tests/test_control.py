@@ -583,3 +583,25 @@ def test_a_lock_file_in_a_group_writable_repository_is_group_writable(three_vers
     three_versions.chmod(0o2775)
     ControlFile(three_versions).bump_reload()
     assert (three_versions / ".inprocserve-control.lock").stat().st_mode & 0o020
+
+
+@needs_root
+def test_a_root_write_never_gives_away_a_file_a_planted_lock_link_names(nobodys_repository: Path) -> None:
+    """Whoever may write the repository folder (the servers' user) could plant the lock file as a link to a file
+    of root's: root's next write (`sudo python -m inprocserve canary ...`) gave that file to the folder's owner,
+    writable by all."""
+    secret = Path(tempfile.mkdtemp(prefix="inprocserve-root-")) / "secret"
+    try:
+        secret.write_text("root only\n")
+        secret.chmod(0o600)
+        nobodys_repository.chmod(0o777)
+        lock = nobodys_repository / ".inprocserve-control.lock"
+        assert _as_user(NOBODY, lambda: lock.symlink_to(secret)) == 0
+        with pytest.raises(inprocserve.ControlFileUnavailableError, match="symbolic link"):
+            ControlFile(nobodys_repository).bump_reload()
+        lock.unlink()
+        os.link(secret, lock)  # (a hard link: where fs.protected_hardlinks is off, anyone may make one)
+        ControlFile(nobodys_repository).bump_reload()
+        assert (secret.stat().st_uid, secret.stat().st_mode & 0o777) == (0, 0o600)
+    finally:
+        shutil.rmtree(secret.parent, ignore_errors=True)
