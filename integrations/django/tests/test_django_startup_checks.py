@@ -44,3 +44,27 @@ def test_a_bad_setting_stops_gunicorn_at_start_up_with_the_checks_message(tmp_pa
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert "inprocserve.E011: INPROCSERVE['SHADOW_BUDGET'] must be a share of time in (0, 1], got 5" in result.stderr
+
+
+def test_a_model_not_yet_in_the_repository_does_not_stop_the_start_up(tmp_path: Path) -> None:
+    """E002 is the repository's state, which the server tolerates (it serves what it finds, /ready waits for
+    the required models): refused at start-up, a model deployed after the code, or a model folder removed
+    before its settings, stopped every worker (a recycled one too: the whole site down)."""
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.test import override_settings
+    from inprocserve_django import reset_server
+
+    import inprocserve
+
+    repository = tmp_path / "models"
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    setting = {
+        "REPOSITORY": str(repository),
+        "MODELS": {"ranker": inprocserve.ModelConfig()},
+        "REQUIRED_MODELS": ["ranker"],
+    }
+    with override_settings(INPROCSERVE=setting):
+        try:
+            WSGIHandler()  # builds the middleware, as gunicorn loading the application does
+        finally:
+            reset_server()

@@ -140,19 +140,29 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return messages
 
 
+_REPOSITORY_STATE = {"inprocserve.E002"}
+"""Errors about what the repository holds now, which the server tolerates: not refused at start-up."""
+
+
 def refuse_invalid_settings() -> None:
     """Run this plug-in's system checks where Django runs none: a WSGI or ASGI server (gunicorn, uWSGI,
     uvicorn) loads the application without them, so a bad ``INPROCSERVE`` setting that ``manage.py check``
     reports started every worker anyway, and failed each one's first request, or every request (a 500),
     instead of the start-up. Called when Django builds the middleware (as the server loads the app).
 
-    Errors silenced in ``SILENCED_SYSTEM_CHECKS`` are left alone, as ``manage.py check`` leaves them.
+    Errors silenced in ``SILENCED_SYSTEM_CHECKS`` are left alone, as ``manage.py check`` leaves them, and so
+    is ``E002`` (``MODELS`` or ``REQUIRED_MODELS`` name a model not in the repository): that is the
+    repository's state, not a setting the server refuses. The server serves the models it finds and ``/ready``
+    waits for the required ones; refused here, a model's files deployed after the code (or a model folder
+    removed before its settings) stopped every worker from starting, and a worker restarted later (gunicorn's
+    ``max_requests``) took the whole site down with it.
 
     Raises:
         ImproperlyConfigured: listing every error, with its id and hint.
     """
     silenced = set(getattr(django_settings, "SILENCED_SYSTEM_CHECKS", ()))
-    errors = [message for message in check_inprocserve() if message.is_serious() and message.id not in silenced]
+    left_alone = silenced | _REPOSITORY_STATE
+    errors = [message for message in check_inprocserve() if message.is_serious() and message.id not in left_alone]
     if errors:
         lines = [f"{error.id}: {error.msg}" + (f" HINT: {error.hint}" if error.hint else "") for error in errors]
         raise ImproperlyConfigured(
