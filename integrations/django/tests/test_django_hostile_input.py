@@ -144,3 +144,20 @@ def test_a_symlinked_model_folder_is_served_only_with_follow_symlinks(tmp_path: 
             assert ("linked" in response.json()["models"]) is follow
         finally:
             reset_server()
+
+
+def test_a_long_model_name_is_cut_short_when_the_budget_is_already_spent(served: Path) -> None:
+    """A view may take the model's name from the request: with a spent budget (X-Request-Timeout-Ms: 0) the
+    504 quoted all of it (5 MB in, 5 MB out, in the log too)."""
+    from django.test import RequestFactory
+    from inprocserve_django import predict
+
+    import inprocserve
+
+    request = RequestFactory().post("/score", HTTP_X_REQUEST_TIMEOUT_MS="0")
+    try:
+        with pytest.raises(inprocserve.DeadlineExceededError) as caught:
+            predict(request, "m" * 1_000_000, {"x": [[1.0, 2.0, 3.0, 4.0]]})
+        assert len(str(caught.value)) < 300
+    finally:
+        reset_server()

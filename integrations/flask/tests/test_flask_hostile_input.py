@@ -256,3 +256,19 @@ def test_a_user_id_header_sent_twice_is_a_400_not_a_made_up_user(app: Flask) -> 
         server.shutdown()
     assert response.status == 400, answer
     assert "X-User-Id" in answer and "more than once" in answer
+
+
+def test_a_long_model_name_is_cut_short_when_the_budget_is_already_spent(app: Flask) -> None:
+    """A route may take the model's name from the request: with a spent budget (X-Request-Timeout-Ms: 0) the
+    504 quoted all of it (5 MB in, 5 MB out, in the log too)."""
+
+    @app.post("/score-named")
+    def score_named() -> Any:
+        body = request.get_json()
+        return {"y": predict(body["model"], {"x": body["rows"]})["y"].tolist()}
+
+    response = app.test_client().post(
+        "/score-named", json={"model": "m" * 1_000_000, "rows": [[1, 2, 3, 4]]}, headers={"X-Request-Timeout-Ms": "0"}
+    )
+    assert response.status_code == 504
+    assert len(response.get_data()) < 500

@@ -14,6 +14,7 @@ from django.utils.module_loading import import_string
 
 import inprocserve
 from inprocserve import web
+from inprocserve._brief import brief
 
 from .conf import settings
 
@@ -159,7 +160,7 @@ def _with_budget(request: HttpRequest, model: str, kwargs: dict[str, Any]) -> di
         budget = remaining_budget(request)
         if budget is not None and budget <= 0:
             raise inprocserve.DeadlineExceededError(
-                f"model {model!r}: the request's time budget was spent before predict", model=model
+                f"model {brief(model)}: the request's time budget was spent before predict", model=model
             )
         kwargs["timeout_s"] = budget
     return kwargs

@@ -34,6 +34,7 @@ from werkzeug.local import LocalProxy
 
 import inprocserve
 from inprocserve import web
+from inprocserve._brief import brief
 
 from .status_page import add_status_page
 
@@ -349,7 +350,7 @@ def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
         budget = _budget(state, request.environ if environ is None else environ)
         if budget is not None and budget <= 0:
             raise inprocserve.DeadlineExceededError(
-                f"model {model!r}: the request's time budget was spent before predict", model=model
+                f"model {brief(model)}: the request's time budget was spent before predict", model=model
             )
         kwargs["timeout_s"] = budget
     return state.holder.get().predict(model, inputs, **kwargs)
