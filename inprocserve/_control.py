@@ -351,10 +351,12 @@ class ControlFile:
                     with contextlib.suppress(OSError):
                         owner = os.stat(self.folder)
                         os.fchown(handle.fileno(), owner.st_uid, owner.st_gid)
+                # (by its descriptor: by its name, the chmod followed whatever whoever may write the folder put
+                # there meanwhile, a link to a file of root's that root's write then made readable by all)
+                os.fchmod(handle.fileno(), 0o644)
                 handle.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(temporary, 0o644)
             os.replace(temporary, self.path)  # atomic: readers see the old or the new file, never a mix
         except BaseException:
             with contextlib.suppress(OSError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -605,3 +606,29 @@ def test_a_root_write_never_gives_away_a_file_a_planted_lock_link_names(nobodys_
         assert (secret.stat().st_uid, secret.stat().st_mode & 0o777) == (0, 0o600)
     finally:
         shutil.rmtree(secret.parent, ignore_errors=True)
+
+
+def test_a_write_never_changes_the_mode_of_a_file_swapped_in_for_its_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever may write the repository folder may rename a link over the write's temporary file while it is
+    written (its fsync takes milliseconds): the chmod by name that followed made the link's target 0644, a
+    file of root's readable by all when root wrote (reproduced with a real second user: won at the first try)."""
+    repository = tmp_path / "models"
+    repository.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    real_fsync = os.fsync
+
+    def swap_then_fsync(descriptor: int) -> None:
+        for temporary in repository.glob(".inprocserve-control.*.tmp"):
+            link = repository / "planted"
+            link.symlink_to(secret)
+            os.replace(link, temporary)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", swap_then_fsync)
+    with contextlib.suppress(OSError, inprocserve.ConfigurationError):
+        ControlFile(repository).bump_reload()
+    assert secret.stat().st_mode & 0o777 == 0o600
