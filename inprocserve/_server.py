@@ -646,12 +646,12 @@ class Server(RolloutMethods):
                 _, target, decision = self._route(model, version, context)
                 signature = target.signature
                 assert signature is not None
-                if not signature.batchable:
+                if not signature.batchable and not signature.rows_in_maps():  # (a ZipMap's maps are rows too)
                     return submit(part)
                 try:
                     if not _no_values(part, signature.input_names):  # ([]: a list of no rows has no shape to check)
                         signature.validate(part, max_rows=target.max_request_rows, no_rows_ok=True)
-                    outputs = signature.empty_answer()
+                    outputs = signature.empty_answer(as_run=True)  # (strings and maps as a run gives them)
                 except InvalidInputError as exc:
                     raise _naming(target, exc) from None
                 future.set_result(

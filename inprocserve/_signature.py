@@ -99,6 +99,7 @@ class Signature:
         self.inputs: tuple[TensorSpec, ...] = tuple(inputs)
         self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
         self.input_names: frozenset[str] = frozenset(spec.name for spec in self.inputs)
+        self.rows_shared = rows_shared
         self.output_names: tuple[str, ...] = tuple(spec.name for spec in self.outputs)
         unsupported = [spec.describe() for spec in self.inputs if spec.dtype is None]
         if unsupported:
@@ -148,24 +149,39 @@ class Signature:
     def from_nodes(cls, inputs: Sequence[NodeInfo], outputs: Sequence[NodeInfo]) -> Signature:
         return cls([TensorSpec.from_node(n) for n in inputs], [TensorSpec.from_node(n) for n in outputs])
 
-    def empty_answer(self) -> dict[str, np.ndarray]:
+    def empty_answer(self, *, as_run: bool = False) -> dict[str, Any]:
         """Zero rows of each output, with the output's dtype and axes: what an input of no rows is answered with
         (an axis the model leaves open, named or unknown, gets size 0: there is nothing to size it by).
+
+        ``as_run``: as a run of the model would answer (batch scoring's answer to an empty batch, handed out
+        beside the answers of runs): a string output as onnxruntime's object array, and a sequence of maps (a
+        ZipMap: a scikit-learn classifier's probabilities, one map per row) as an empty list. Otherwise (the
+        columns of an output file) a string output is a ``str`` array and a sequence is refused.
 
         Raises:
             InvalidInputError: an output is not a tensor (a sequence or a map), so no empty answer can be shaped.
         """
-        answer: dict[str, np.ndarray] = {}
+        answer: dict[str, Any] = {}
         for spec in self.outputs:
+            if as_run and _maps_per_row(spec):
+                answer[spec.name] = []
+                continue
             if spec.dtype is None:
                 raise InvalidInputError(
                     f"the input has no rows, and output {spec.describe()} is not a tensor to give zero rows of; "
                     "give an input with at least one row"
                 )
             dims = [d if isinstance(d, int) and d >= 0 else 0 for d in (spec.shape or (None,))[1:]]
-            dtype = np.dtype(np.str_) if spec.is_string else spec.dtype
+            dtype = np.dtype(np.str_) if spec.is_string and not as_run else spec.dtype
             answer[spec.name] = np.zeros((0, *dims), dtype=dtype)
         return answer
+
+    def rows_in_maps(self) -> bool:
+        """Whether the only outputs that keep axis 0 from being the rows are sequences of maps, one per row (a
+        ZipMap: such a model is run request by request, yet an input of no rows has an answer of no rows,
+        :meth:`empty_answer` with ``as_run``)."""
+        rest = [spec for spec in self.outputs if not _maps_per_row(spec)]
+        return len(rest) < len(self.outputs) and Signature(self.inputs, rest, rows_shared=self.rows_shared).batchable
 
     def sharing_rows(self) -> Signature:
         """This signature for a version that merges requests although its inputs name axis 0 apart (the
@@ -318,6 +334,12 @@ PROBE_INNER_SIZES = (2, 16, 64)
 """Sizes of dynamic inner axes for the load's made-up rows, tried in turn until the model runs on them: 2, not
 1 (a row of one element hides what a reduction or a transpose does to it), and larger for a model that needs
 a longer sequence (a convolution of kernel 5 over time)."""
+
+
+def _maps_per_row(spec: TensorSpec) -> bool:
+    """A sequence of maps: what ZipMap answers, one map per row of its input (scikit-learn classifiers'
+    probabilities as skl2onnx exports them by default)."""
+    return spec.onnx_type.startswith("seq(map(")
 
 
 def _batch_axis_problem(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 import inprocserve
 from inprocserve._ort_rules import usable_cores
@@ -30,6 +31,7 @@ from inprocserve.testing import (
     save_model,
 )
 from tests.conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from tests.test_cache_hardening import build_zipmap_classifier
 
 
 def _config(**batching: Any) -> inprocserve.ModelConfig:
@@ -397,6 +399,43 @@ def test_an_empty_list_from_a_consumer_that_polled_nothing_is_a_batch_of_no_rows
     assert [answer["y"].shape for answer in answers] == [(1, 4), (0, 4), (2, 4)]
     (answer,) = server.predict_many("scale", iter([{"x": []}]))  # a mapping of the input names to empty lists
     assert answer["y"].shape == (0, 4)
+
+
+def build_string_label_model() -> object:
+    """x [batch, 2] -> label [batch] (a string: "a" or "b", by the larger feature)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ArgMax", ["x"], ["index"], axis=1, keepdims=0),
+            helper.make_node(
+                "LabelEncoder", ["index"], ["label"], domain="ai.onnx.ml", keys_int64s=[0, 1], values_strings=["a", "b"]
+            ),
+        ],
+        "labels",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)
+
+
+def test_a_batch_of_no_rows_is_answered_as_a_run_would_be_for_strings_and_zipmaps(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A scikit-learn classifier as skl2onnx exports it (a ZipMap of probabilities: a list of maps, one per row)
+    # is run request by request, and its empty batch was refused as a request of 0 rows, ending the job; a
+    # string output's empty answer was a str array beside the object arrays of the runs.
+    save_model(build_zipmap_classifier(), repository, "classifier", 1)
+    save_model(build_string_label_model(), repository, "labels", 1)
+    server = make_server(repository)
+    row, none = np.array([[0.0, 1.0]], np.float32), np.zeros((0, 2), np.float32)
+    answers = list(server.predict_many("classifier", iter([row, none, [], row])))
+    assert [len(answer["output_probability"]) for answer in answers] == [1, 0, 0, 1]
+    assert answers[1]["output_probability"] == [] and answers[1]["probs"].shape == (0, 2)
+    with pytest.raises(inprocserve.InvalidInputError, match="expected 2 dimensions"):  # still checked at its place
+        list(server.predict_many("classifier", iter([np.zeros(0, np.float32)])))
+    answers = list(server.predict_many("labels", iter([row, none])))
+    assert [answer["label"].dtype for answer in answers] == [np.dtype(object)] * 2
+    assert answers[1]["label"].shape == (0,)
 
 
 def test_a_malformed_batch_of_no_rows_is_still_refused_at_its_place(
