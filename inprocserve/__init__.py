@@ -11,7 +11,10 @@ Request coalescing, hot reload and clear errors, with no extra service to run::
 
 from __future__ import annotations
 
+import importlib
 import logging
+import types
+import typing
 
 from ._config import (
     BanditConfig,
@@ -54,6 +57,10 @@ from ._reports import InterleavedRanking, PromotionReport
 from ._server import Server
 from ._shadow import ShadowComparison
 from ._status_page import STATUS_PAGE_CSP, render_status_page
+
+if typing.TYPE_CHECKING:
+    from . import testing as testing  # (for type checkers: see __getattr__ below)
+    from . import v2 as v2
 
 __version__ = "0.1.0"
 
@@ -118,3 +125,15 @@ for _name in __all__:
 del _name, _obj
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# Public subpackages that ``import inprocserve`` does not import (each costs tens of milliseconds, and most
+# processes never use them), reachable as attributes all the same: ``inprocserve.v2.Limits(...)`` in a
+# Django settings module or a Flask app factory (docs/protocol.md) raised AttributeError after a plain
+# ``import inprocserve``. (``inprocserve.web`` is imported by the package itself.)
+_LAZY_SUBMODULES = frozenset({"testing", "v2"})
+
+
+def __getattr__(name: str) -> types.ModuleType:
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

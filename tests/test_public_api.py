@@ -11,6 +11,8 @@ import pytest
 import inprocserve
 import inprocserve._errors
 
+from .conftest import run_python
+
 
 def test_all_is_sorted_and_every_name_exists() -> None:
     assert list(inprocserve.__all__) == sorted(inprocserve.__all__)
@@ -111,3 +113,24 @@ def test_library_logger_has_a_null_handler_and_no_configuration() -> None:
     logger = logging.getLogger("inprocserve")
     assert any(isinstance(h, logging.NullHandler) for h in logger.handlers)
     assert logger.level == logging.NOTSET
+
+
+def test_the_protocol_package_is_reachable_after_a_plain_import() -> None:
+    # docs/protocol.md and the plug-ins' V2_LIMITS settings write ``inprocserve.v2.Limits(...)`` in a settings
+    # module or app factory that has only run ``import inprocserve``: it raised AttributeError there.
+    script = (
+        "import sys, inprocserve\n"
+        "assert 'inprocserve.v2' not in sys.modules  # imported on first use, not by every process\n"
+        "limits = inprocserve.v2.Limits(max_body_bytes=16 * 2**20)\n"
+        "print(type(limits).__module__, limits.max_body_bytes, inprocserve.testing.build_scale_model.__name__)\n"
+        "try:\n"
+        "    inprocserve.no_such_name\n"
+        "except AttributeError as error:\n"
+        "    print(error)\n"
+    )
+    done = run_python(script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"inprocserve.v2._codec {16 * 2**20} build_scale_model",
+        "module 'inprocserve' has no attribute 'no_such_name'",
+    ]
