@@ -30,7 +30,7 @@ examples:
   python -m inprocserve inspect models/fraud/2/model.onnx
   python -m inprocserve validate models/
   python -m inprocserve validate --json models/ > report.json
-  python -m inprocserve quantize models/fraud/2/model.onnx models/fraud/3/model.onnx
+  python -m inprocserve quantize models/fraud/2/model.onnx fraud-int8.onnx
   python -m inprocserve score models/fraud/2/model.onnx rows.npy answers.npz
   python -m inprocserve status http://127.0.0.1:8000
   python -m inprocserve status --json --token "$ADMIN_TOKEN" http://127.0.0.1:8000

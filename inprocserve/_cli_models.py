@@ -286,10 +286,12 @@ def add_quantize(commands: Subparsers) -> None:
         commands,
         "quantize",
         summary="dynamic INT8 quantization, with a size/speed/accuracy report",
-        examples="  python -m inprocserve quantize models/fraud/2/model.onnx models/fraud/3/model.onnx\n"
+        examples="  python -m inprocserve quantize models/fraud/2/model.onnx fraud-int8.onnx\n"
         "  python -m inprocserve quantize --sample 1024 --json model.onnx model-int8.onnx\n\n"
         "TARGET is written to a temporary file beside it and renamed into place once the quantized model\n"
-        "has loaded, so a failure leaves it as it was; it must not be SOURCE itself.\n"
+        "has loaded, so a failure leaves it as it was; it must not be SOURCE itself, and its folder must\n"
+        "exist. Ship it as a new version like any release: into a new version folder made outside the\n"
+        'repository, then moved in whole (docs/repository.md, "Hot reload").\n'
         "Exit status 1 when the model cannot be quantized, 2 when it could not run (a usage error, a missing\n"
         "SOURCE or target folder, onnx not installed).\n\n"
         "Needs onnx: pip install 'inprocserve[quantize]'\n",

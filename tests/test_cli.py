@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -133,6 +134,29 @@ def test_quantize_reports_size_speed_and_accuracy(tmp_path: Path) -> None:
     with inprocserve.Server() as server:
         server.load("mlp", path=target)
         assert server.predict("mlp", np.ones((2, 64), np.float32))["y"].shape == (2, 4)
+
+
+def test_the_quantize_examples_of_the_help_run_as_written(tmp_path: Path) -> None:
+    # The first example wrote into models/fraud/3/, a folder a repository does not have yet: copied from
+    # --help, it failed with "the target's folder models/fraud/3 does not exist" (exit status 2).
+    from inprocserve.testing import build_mlp_model
+
+    save_model(build_mlp_model((16, 8, 2), seed=1), tmp_path / "models", "fraud", 2)
+    shutil.copy(tmp_path / "models" / "fraud" / "2" / "model.onnx", tmp_path / "model.onnx")
+    examples = set()
+    for args in (["--help"], ["quantize", "--help"]):
+        help_text = run_cli(*args).stdout
+        examples |= {
+            tuple(line.split("#")[0].split())
+            for line in help_text.splitlines()
+            if line.startswith("  python -m inprocserve quantize ")
+        }
+    assert len(examples) >= 2
+    for example in sorted(examples):
+        command = [sys.executable, *example[1:], "--seconds", "0.05"]  # (python -m inprocserve quantize ...)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # (this checkout, from another working directory)
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120)
+        assert done.returncode == 0, (example, done.stderr)
 
 
 def run_cli(*args: str, blocked: str | None = None) -> subprocess.CompletedProcess[str]:
