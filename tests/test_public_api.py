@@ -5,6 +5,8 @@ import __future__
 
 import inspect
 import pickle
+import re
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +136,23 @@ def test_the_protocol_package_is_reachable_after_a_plain_import() -> None:
         f"inprocserve.v2._codec {16 * 2**20} build_scale_model",
         "module 'inprocserve' has no attribute 'no_such_name'",
     ]
+
+
+def test_the_error_tree_of_docs_errors_md_draws_every_exported_error_under_its_base() -> None:
+    # FlagError (raised by every flag provider's getters) was exported but missing from the tree.
+    text = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    tree = text.split("```\n", 2)[1]
+    parents: dict[int, str] = {}
+    drawn: dict[str, str | None] = {}
+    for line in tree.splitlines():
+        match = re.match(r"^((?:│   |    |├── |└── )*)(\w+)", line)
+        if match is None or not match.group(2).endswith("Error"):
+            continue
+        depth = len(match.group(1)) // 4
+        parents[depth] = match.group(2)
+        drawn[match.group(2)] = parents.get(depth - 1) if depth else None
+    exported = {name for name in inprocserve.__all__ if name.endswith("Error")}
+    assert set(drawn) == exported
+    for name, parent in drawn.items():
+        if parent is not None:
+            assert getattr(inprocserve, name).__mro__[1] is getattr(inprocserve, parent), name
