@@ -9,7 +9,10 @@ first request arrives for a captured one; each request only copies those columns
 into tumbling windows of ``window`` rows; each full window is scored on a background thread, never on the
 request path (a :class:`DriftScorer`, which the server starts and closes), with the population stability
 index (PSI) and, for continuous features, the two-sample Kolmogorov-Smirnov statistic. A window whose PSI
-(or KS) crosses the threshold marks the version as drifting and is logged once. The scorer queues a
+(or KS) crosses the threshold marks the version as drifting; a version that starts drifting is logged
+at once, and then at most every ``DRIFT_REPEAT_S`` while it keeps drifting (a window of 1,000 rows fills
+several times a second under load: one warning per window flooded the logs), and once when it stops. The
+scorer queues a
 bounded number of windows: when it falls behind, further windows are dropped and counted.
 """
 
@@ -20,6 +23,7 @@ import logging
 import math
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +44,7 @@ logger = logging.getLogger(__name__)
 _EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
 _CONTINUOUS_ABOVE = 20  # features with more distinct reference values than this get a KS statistic
 _MAX_QUEUED_WINDOWS = 8  # windows waiting for the scoring thread, per server; more are dropped and counted
+DRIFT_REPEAT_S = 600.0  # while a version keeps drifting, its warning is repeated at most this often
 
 Shape = Sequence[Any] | None  # a signature's shape: ints for fixed axes, None or a symbol for dynamic ones
 
@@ -230,6 +235,8 @@ class DriftMonitor:
         self.dropped_windows = 0
         self.last: dict[str, dict[str, float]] = {}
         self.drifting = False
+        self._said_at: float | None = None  # when the drifting warning was last logged (None: not since it began)
+        self._unsaid = 0  # drifting windows scored since that warning
         if config.reference_file:
             path = resolve_model_file(
                 folder, config.reference_file, what="drift reference file", model=model, version=version
@@ -442,19 +449,35 @@ class DriftMonitor:
         with self._lock:
             self.last = scores
             self.windows += 1
-            self.drifting = bool(drifting)
-        if drifting:
-            worst = max(drifting, key=lambda name: scores[name]["psi"])
-            logger.warning(
-                "model %r version %s is drifting: %d feature(s) over the threshold in the last window of %d rows; "
-                "worst %s (PSI %.3f)",
-                self.model,
-                self.version,
-                len(drifting),
-                config.window,
-                worst,
-                scores[worst]["psi"],
-            )
+            was_drifting, self.drifting = self.drifting, bool(drifting)
+        self._say(drifting, scores, was_drifting=was_drifting)
+
+    def _say(self, drifting: list[str], scores: dict[str, dict[str, float]], *, was_drifting: bool) -> None:
+        """Log that the version drifts when it starts to, then at most every ``DRIFT_REPEAT_S`` while it keeps
+        drifting (naming the windows since), and once when it stops. (Called by the scoring thread only.)"""
+        if not drifting:
+            if was_drifting:
+                logger.info("model %r version %s is no longer drifting", self.model, self.version)
+            self._said_at, self._unsaid = None, 0
+            return
+        now = time.monotonic()
+        self._unsaid += 1
+        if self._said_at is not None and now - self._said_at < DRIFT_REPEAT_S:
+            return
+        worst = max(drifting, key=lambda name: scores[name]["psi"])
+        since = "" if self._unsaid == 1 else f" ({self._unsaid} drifting windows since the last warning)"
+        logger.warning(
+            "model %r version %s is drifting: %d feature(s) over the threshold in the last window of %d rows; "
+            "worst %s (PSI %.3f)%s",
+            self.model,
+            self.version,
+            len(drifting),
+            self.config.window,
+            worst,
+            scores[worst]["psi"],
+            since,
+        )
+        self._said_at, self._unsaid = now, 0
 
     def status(self) -> dict[str, Any]:
         with self._lock:

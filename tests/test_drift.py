@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import DriftConfig, ModelConfig
+from inprocserve import DriftConfig, ModelConfig, _drift
 from inprocserve._drift import drain, ks_statistic, psi
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
@@ -55,7 +55,7 @@ def test_same_distribution_does_not_drift(drift_server: inprocserve.Server) -> N
     assert status["features"]["x[0]"]["ks"] < 0.1
 
 
-def test_a_shifted_distribution_drifts_and_is_logged_once_per_window(
+def test_a_shifted_distribution_drifts_and_is_logged_when_it_starts(
     drift_server: inprocserve.Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="inprocserve"):
@@ -65,6 +65,29 @@ def test_a_shifted_distribution_drifts_and_is_logged_once_per_window(
     assert status["drifting"] is True and status["max_psi"] > 0.2
     assert status["features"]["x[2]"]["ks"] > 0.3
     assert len([r for r in caplog.records if "is drifting" in r.getMessage()]) == 1
+
+
+def test_a_version_that_keeps_drifting_is_not_logged_for_every_window(
+    drift_server: inprocserve.Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under load a window of 500 rows fills many times a second: a warning per window flooded the logs. It is
+    # said when the version starts drifting, repeated (with the windows since) after DRIFT_REPEAT_S, and the
+    # end of the drift is said once.
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        feed(drift_server, 1.5, 2500, seed=3)  # 5 drifting windows
+        assert drain()
+        assert drift_status(drift_server)["windows"] == 5
+        said = [r.getMessage() for r in caplog.records if "is drifting" in r.getMessage()]
+        assert len(said) == 1, said
+        monkeypatch.setattr(_drift, "DRIFT_REPEAT_S", 0.0)
+        feed(drift_server, 1.5, 500, seed=4)
+        assert drain()
+        said = [r.getMessage() for r in caplog.records if "is drifting" in r.getMessage()]
+        assert len(said) == 2 and "(5 drifting windows since the last warning)" in said[1], said
+        feed(drift_server, 0.0, 500, seed=5)
+        assert drain()
+    assert drift_status(drift_server)["drifting"] is False
+    assert [r.levelname for r in caplog.records if "no longer drifting" in r.getMessage()] == ["INFO"]
 
 
 def test_a_feature_that_is_mostly_one_value_drifts_when_its_rows_leave_that_value(
