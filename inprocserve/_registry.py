@@ -1165,6 +1165,11 @@ class Registry:
             self.routes.clear()
         return True
 
+    def shadow_max_abs_diff(self, model: str) -> float | None:
+        """``model``'s ``rollout.shadow.max_abs_diff`` as routed now (for the shadow runner's comparisons)."""
+        routes = self.routes.get(model)
+        return None if routes is None else routes.state.config.shadow.max_abs_diff
+
     def join_poller(self, *, timeout_s: float = 5.0) -> bool:
         """After :meth:`close` or :meth:`stop_poller`, without the lock (the poller may be waiting for it):
         wait up to ``timeout_s`` for the poller to end; False if it is still running."""

@@ -10,6 +10,7 @@ methods from ``RolloutMethods``), status in ``_snapshot``; the public methods he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import numbers
 import time
@@ -22,7 +23,7 @@ from typing import Any, cast
 
 from opentelemetry.trace import INVALID_SPAN
 
-from . import _fork
+from . import _fork, _reaper
 from ._batching import VersionRetiredError
 from ._config import ModelConfig, check_model_configs
 from ._config_checks import MAX_INTERVAL_S, check_bool, is_number, shown
@@ -168,19 +169,20 @@ class Server(RolloutMethods):
         self._sharing = self._new_sharing()
         # The threads this server starts, each stopped and joined by close(): shadow runs, drift scoring,
         # the hot-reload poller (registry) and the control-file watcher (operations).
+        # What the server's parts keep (its threads, and the clean-up of a server nobody closed) holds the server
+        # weakly: one they held strongly would keep a server nobody closed, its sessions and threads, for good.
         self._shadow = ShadowRunner(
             max_queued=shadow_queue,
             max_queued_bytes=shadow_queue_bytes,
             on_result=on_shadow,
             budget=shadow_budget,
-            max_abs_diff_of=self._shadow_max_abs_diff,
         )
         self._drift = DriftScorer()
         self._registry = Registry(
             folder,
             defaults=config or ModelConfig(),
             models=models or {},
-            deliver=self._deliver,
+            deliver=_weakly(self._deliver, _deliver_without_server),
             flags=self._flags,
             shadow_gate=self._shadow.admit,
             poll_interval_s=poll_interval_s,
@@ -196,20 +198,27 @@ class Server(RolloutMethods):
             control_file=None if folder is None else ControlFile(folder),
             control_interval_s=control_interval_s,
             ids=self._ids,
-            predict=self.predict,
-            submit=self.submit,
+            predict=_weakly(self.predict, _gone),
+            submit=_weakly(self.submit, _gone),
         )
+        self._shadow.max_abs_diff_of = self._registry.shadow_max_abs_diff
         self._gauge_source = gauge_source(weakref.ref(self._registry))
         METRICS.add_source(self._gauge_source)
         # At interpreter exit (or garbage collection) of a server nobody closed: stop its threads before
-        # the interpreter finalizes, while onnxruntime may still be running on them.
+        # the interpreter finalizes, while onnxruntime may still be running on them. The collector's call
+        # only hands the clean-up to a thread of its own (see _reaper): it may run on any thread, holding
+        # any lock, one of this server's threads too.
+        _reaper.start()
         self._finalizer = weakref.finalize(
             self,
+            _reaper.reap,
             _close_unclosed,
             self._registry.loaded,
             self._shadow,
             self._drift,
-            weakref.ref(self._registry),  # (both hold the server: strong references would keep it for good)
+            self._flags,
+            self._gauge_source,
+            weakref.ref(self._registry),  # (a poller or watcher that ended lets them go with the server)
             weakref.ref(self._operations),
         )
         shield_exit()  # an exiting worker finishes closing its sessions even if its master sends SIGTERM
@@ -429,11 +438,6 @@ class Server(RolloutMethods):
             if shadows:
                 self._shadow.offer(target.name, request_id, arrays, rows, outputs, target, shadows, primary_span=span)
         return prediction_of(outputs, target.name, target.version, decision.variant, decision.reason, request_id)
-
-    def _shadow_max_abs_diff(self, model: str) -> float | None:
-        """``model``'s ``rollout.shadow.max_abs_diff`` as routed now (for the shadow runner's comparisons)."""
-        routes = self._registry.routes.get(model)
-        return None if routes is None else routes.state.config.shadow.max_abs_diff
 
     def _plain_route(
         self, model: str, version: int | None, context: Mapping[str, Any] | None, *, lone: bool = False
@@ -1084,6 +1088,7 @@ class Server(RolloutMethods):
         return self._registry.config_for(name, source, override)
 
     def _after_fork_in_child(self) -> None:
+        _reaper.start()  # (the parent's clean-up thread is not in the child)
         self._registry.after_fork_in_child()
         self._operations.after_fork_in_child()
         # a leader in flight in the parent never answers here; its lock may have been held at the fork
@@ -1095,19 +1100,50 @@ class Server(RolloutMethods):
 _EXIT_WAIT_S = 20.0
 
 
+def _weakly(method: Callable[..., Any], orphaned: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of a server, held weakly: a call once the server is garbage goes to ``orphaned`` with the
+    same arguments (the server's parts outlive it: its threads end after it, in its clean-up)."""
+    held = weakref.WeakMethod(method)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        bound = held()
+        return orphaned(*args, **kwargs) if bound is None else bound(*args, **kwargs)
+
+    return call
+
+
+def _deliver_without_server(request: Request) -> None:
+    """Resolve a ``submit`` future that a server nobody holds any more answered (in its clean-up)."""
+    future = request.future
+    assert future is not None
+    with contextlib.suppress(InvalidStateError):  # cancelled by its caller meanwhile
+        if request.error is not None:
+            future.set_exception(request.error)
+        else:
+            future.set_result(request.prediction())
+
+
+def _gone(*args: Any, **kwargs: Any) -> Any:
+    raise ServerClosedError("the server was garbage-collected without close(); it serves nothing")
+
+
 def _close_unclosed(
     loaded: dict[str, dict[int, ModelVersion]],
     shadow: ShadowRunner,
     drift: DriftScorer,
+    flags: FlagReader | None,
+    gauge: Callable[[], Any],
     registry_ref: weakref.ref[Registry],
     operations_ref: weakref.ref[Operations],
 ) -> None:
     """Last-resort cleanup when a Server is garbage-collected or the interpreter exits unclosed (a web
-    worker's server, that nothing closes, at the worker's exit). The hot-reload poller and the control-file
-    watcher are stopped first, and waited for: either may be building a version's sessions, and onnxruntime
-    aborts the process at exit (``std::terminate``, SIGABRT) if a thread is still inside it then. The shadow
-    run in flight is stopped, not waited out (nobody waits for its answer); should its thread still be inside
-    a session after the wait, the sessions are left to the process's end rather than closed under it."""
+    worker's server, that nothing closes, at the worker's exit), on :mod:`._reaper`'s thread (at exit, on the
+    main thread): it takes the server's locks and joins its threads, which the thread the collector ran on
+    may hold or be. The hot-reload poller and the control-file watcher are stopped first, and waited for:
+    either may be building a version's sessions, and onnxruntime aborts the process at exit
+    (``std::terminate``, SIGABRT) if a thread is still inside it then. The shadow run in flight is stopped,
+    not waited out (nobody waits for its answer); should its thread still be inside a session after the
+    wait, the sessions are left to the process's end rather than closed under it."""
     registry, operations = registry_ref(), operations_ref()
     if registry is not None:
         # Closed from here on: a thread still serving at exit (a daemon thread's event loop, a threaded dev
@@ -1127,6 +1163,9 @@ def _close_unclosed(
     else:
         logger.error("a shadow run is still in flight after %gs; exiting without closing the sessions", STOP_WAIT_S)
     drift.close(timeout_s=1.0)
+    if flags is not None:
+        flags.close()
+    METRICS.remove_source(gauge)
 
 
 def _no_values(batch: Any, names: Collection[str]) -> bool:

@@ -1,0 +1,87 @@
+"""Runs the clean-up of a server nobody closed on a thread of its own, not where the collector freed it.
+
+The garbage collector runs a ``weakref.finalize`` callback on whatever thread allocates when it collects,
+at whatever point that thread is: inside a batcher worker holding its batcher's lock, inside the
+OpenTelemetry SDK holding an instrument's lock. A clean-up that takes those locks, or joins the thread it
+runs on or one waiting for it, hangs that thread for good (and the collector with it: no other thread
+collects while one is collecting). So a finalizer only hands its clean-up over here (``SimpleQueue.put`` is
+reentrant: safe from a finalizer, on any thread), and one thread runs it. At interpreter exit, when
+``weakref.finalize`` runs the finalizers of what is still alive from the main thread, the clean-up runs
+there and then, and the clean-ups handed over before it are waited for, so that no thread is left inside
+onnxruntime when the interpreter finalizes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["reap", "start"]
+
+logger = logging.getLogger(__name__)
+
+# How long interpreter exit waits for the clean-ups handed over before it (each bounds its own waits).
+_EXIT_WAIT_S = 30.0
+
+_jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
+_thread: threading.Thread | None = None
+_starting = threading.Lock()
+
+
+def start() -> None:
+    """Start the clean-up thread, if it is not running (from a server's constructor, and in a forked child
+    from its fork hook: never from a finalizer, as starting a thread takes locks)."""
+    global _thread
+    with _starting:
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="inprocserve-cleanup", daemon=True)
+            _thread.start()
+
+
+def reap(cleanup: Callable[..., None], *args: Any) -> None:
+    """The ``weakref.finalize`` callback: hand ``cleanup(*args)`` to the clean-up thread, or run it here at
+    interpreter exit (from ``weakref.finalize``'s exit hook, on the main thread)."""
+    if getattr(weakref.finalize, "_shutdown", False):  # (set by that hook; CPython's since 3.4)
+        cleanup(*args)
+    else:
+        _jobs.put((cleanup, args))
+
+
+def _run() -> None:
+    while True:
+        job = _jobs.get()
+        if isinstance(job, threading.Event):
+            job.set()
+            continue
+        cleanup, args = job
+        try:
+            cleanup(*args)
+        except Exception:  # a failed clean-up must not stop the ones after it
+            logger.exception("cleaning up a server nobody closed failed")
+        del job, cleanup, args  # (nothing of the server outlives its clean-up here)
+
+
+def _wait_at_exit() -> None:
+    thread = _thread
+    if thread is None or not thread.is_alive():
+        return
+    done = threading.Event()
+    _jobs.put(done)
+    if not done.wait(_EXIT_WAIT_S):
+        logger.error("the clean-up of a server nobody closed is still running after %gs; exiting anyway", _EXIT_WAIT_S)
+
+
+def _after_fork_in_child() -> None:
+    global _starting
+    _starting = threading.Lock()  # (a thread of the parent's may have held it at the fork)
+
+
+atexit.register(_wait_at_exit)
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(after_in_child=_after_fork_in_child)

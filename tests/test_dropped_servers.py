@@ -1,0 +1,117 @@
+"""A server dropped without ``close()`` is garbage-collected like any object: its sessions are freed and its
+threads end. Its clean-up runs on a thread of its own, wherever the collector freed it: on one of the
+server's own threads too, holding that thread's locks."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import threading
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+
+from .conftest import run_python, wait_until
+
+
+def _threads_of_servers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("inprocserve-") and t.name != "inprocserve-cleanup"}
+
+
+def test_a_server_dropped_without_close_is_collected_and_its_threads_end(scale_repository: Path) -> None:
+    before = _threads_of_servers()
+    x = np.ones((3, 4), np.float32)
+    dropped = []
+    for _ in range(5):
+        # a repository's server watches its control file, this one polls it too, and runs a batch on a worker
+        server = inprocserve.Server(scale_repository, poll_interval_s=0.05)
+        server.submit("scale", x).result(timeout=10)
+        dropped.append(weakref.ref(server))
+        del server
+    gc.collect()
+
+    assert [ref() for ref in dropped] == [None] * 5  # kept by its own threads for good, sessions and all
+    wait_until(lambda: _threads_of_servers() <= before)
+
+
+_DROPPED_WHILE_SERVING = """
+import gc, sys, tempfile, threading
+import numpy as np
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+repository = tempfile.mkdtemp()
+save_model(build_scale_model(), repository, "scale")
+x = np.ones((1, 4), np.float32)
+kept = inprocserve.Server(repository)
+serving = True
+
+def requests():
+    while serving:
+        kept.predict("scale", x)
+
+callers = [threading.Thread(target=requests) for _ in range(2)]
+for caller in callers:
+    caller.start()
+answered = 0
+try:
+    for _ in range(60):
+        server = inprocserve.Server(repository)
+        futures = [server.submit("scale", x) for _ in range(20)]
+        held = [server]
+        held.append(held)  # in a reference cycle: freed by the collector, on whichever thread it runs on
+        del server, held
+        gc.set_threshold(1)  # the collector runs at the next allocation: on a batcher worker in its lock too
+        answered += sum(future.result(timeout=30)["y"].shape[0] for future in futures)
+        gc.set_threshold(700)
+finally:
+    serving = False
+    for caller in callers:
+        caller.join()
+kept.close()
+gc.collect()
+names = [t.name for t in threading.enumerate() if t.name.startswith("inprocserve-") and t.name != "inprocserve-cleanup"]
+print(answered, len(names))
+"""
+
+
+def test_servers_the_collector_frees_on_their_own_threads_are_cleaned_up_without_hanging() -> None:
+    # The collector runs a dropped server's clean-up on the thread that allocated when it collected: here
+    # also one of the server's batcher workers, inside its batcher's lock, which the clean-up takes to
+    # close the batcher. Run there, the clean-up waited for that lock for good, and that thread with it.
+    try:
+        result = run_python(_DROPPED_WHILE_SERVING, timeout_s=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a server freed by the collector on its own batcher worker hung that worker")
+    assert result.returncode == 0, result.stderr
+    assert "Exception ignored" not in result.stderr
+    answered, threads_left = map(int, result.stdout.split())
+    assert answered == 60 * 20  # every request of every dropped server answered
+    assert threads_left <= 2  # (the last one's threads may still be ending), not 2 for each server dropped
+
+
+def test_a_process_exits_cleanly_with_a_server_nobody_closed_and_one_the_collector_freed(
+    scale_repository: Path,
+) -> None:
+    script = f"""
+import gc
+import numpy as np
+import inprocserve
+x = np.ones((1, 4), np.float32)
+dropped = inprocserve.Server({str(scale_repository)!r})
+dropped.predict("scale", x)
+held = [dropped]
+held.append(held)
+del dropped, held
+gc.collect()  # its clean-up is handed over, and may still run at exit
+kept = inprocserve.Server({str(scale_repository)!r}, poll_interval_s=0.05)  # never closed
+print(kept.predict("scale", x)["y"].tolist())
+"""
+    result = run_python(script, timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[[2.0, 2.0, 2.0, 2.0]]"
+    assert result.stderr == ""
