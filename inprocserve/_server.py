@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import numbers
 import time
@@ -166,11 +167,12 @@ class Server(RolloutMethods):
         self._ids = RequestIds()
         self._flags = None if flags is None else FlagReader(flags, timeout_s=flag_timeout_s, clock=clock)
         self._telemetry = RequestTelemetry()
-        self._sharing = self._new_sharing()
         # The threads this server starts, each stopped and joined by close(): shadow runs, drift scoring,
         # the hot-reload poller (registry) and the control-file watcher (operations).
         # What the server's parts keep (its threads, and the clean-up of a server nobody closed) holds the server
         # weakly: one they held strongly would keep a server nobody closed, its sessions and threads, for good.
+        self._sharings: list[Sharing] = []  # [self._sharing], for the clean-up (a forked child makes another)
+        self._weak_deliver = _weakly(self._deliver, functools.partial(_deliver_without_server, self._sharings))
         self._shadow = ShadowRunner(
             max_queued=shadow_queue,
             max_queued_bytes=shadow_queue_bytes,
@@ -182,7 +184,7 @@ class Server(RolloutMethods):
             folder,
             defaults=config or ModelConfig(),
             models=models or {},
-            deliver=_weakly(self._deliver, _deliver_without_server),
+            deliver=self._weak_deliver,
             flags=self._flags,
             shadow_gate=self._shadow.admit,
             poll_interval_s=poll_interval_s,
@@ -202,6 +204,7 @@ class Server(RolloutMethods):
             submit=_weakly(self.submit, _gone),
         )
         self._shadow.max_abs_diff_of = self._registry.shadow_max_abs_diff
+        self._sharing = self._new_sharing()
         self._gauge_source = gauge_source(weakref.ref(self._registry))
         METRICS.add_source(self._gauge_source)
         # At interpreter exit (or garbage collection) of a server nobody closed: stop its threads before
@@ -218,6 +221,7 @@ class Server(RolloutMethods):
             self._drift,
             self._flags,
             self._gauge_source,
+            self._sharings,
             weakref.ref(self._registry),  # (a poller or watcher that ended lets them go with the server)
             weakref.ref(self._operations),
         )
@@ -820,22 +824,17 @@ class Server(RolloutMethods):
     def _new_sharing(self) -> Sharing:
         """Identical requests in flight, none yet (a forked child makes its own: a leader in flight in the
         parent never answers there)."""
-        return Sharing(
-            self._deliver,
+        registry = self._registry  # (not the server: its deadline thread would keep the server, see _weakly)
+        sharing = Sharing(
+            self._weak_deliver,
             self._telemetry,
             clock=self._clock,
-            serving=self._serving_copy,
-            default=self._default_version,
-            closed=lambda: self._registry.closed,
+            serving=functools.partial(_serving_copy, registry),
+            default=functools.partial(_default_version, registry),
+            closed=lambda: registry.closed,
         )
-
-    def _serving_copy(self, model: str, version: int) -> ModelVersion | None:
-        routes = self._registry.routes.get(model)
-        return None if routes is None else routes.versions.get(version)
-
-    def _default_version(self, model: str) -> ModelVersion | None:
-        routes = self._registry.routes.get(model)
-        return None if routes is None else routes.default
+        self._sharings[:] = [sharing]
+        return sharing
 
     def _version_of(self, request: Request, target: ModelVersion) -> ModelVersion | None:
         """The version to record a synchronous request against: the one it was routed to, or, for a
@@ -1112,10 +1111,23 @@ def _weakly(method: Callable[..., Any], orphaned: Callable[..., Any]) -> Callabl
     return call
 
 
-def _deliver_without_server(request: Request) -> None:
-    """Resolve a ``submit`` future that a server nobody holds any more answered (in its clean-up)."""
+def _serving_copy(registry: Registry, model: str, version: int) -> ModelVersion | None:
+    routes = registry.routes.get(model)
+    return None if routes is None else routes.versions.get(version)
+
+
+def _default_version(registry: Registry, model: str) -> ModelVersion | None:
+    routes = registry.routes.get(model)
+    return None if routes is None else routes.default
+
+
+def _deliver_without_server(sharings: list[Sharing], request: Request) -> None:
+    """Resolve a ``submit`` future that a server nobody holds any more answered (in its clean-up), and wake
+    the identical requests that followed it."""
     future = request.future
     assert future is not None
+    for sharing in sharings:
+        sharing.release(request, None, request.error)
     with contextlib.suppress(InvalidStateError):  # cancelled by its caller meanwhile
         if request.error is not None:
             future.set_exception(request.error)
@@ -1133,6 +1145,7 @@ def _close_unclosed(
     drift: DriftScorer,
     flags: FlagReader | None,
     gauge: Callable[[], Any],
+    sharings: list[Sharing],
     registry_ref: weakref.ref[Registry],
     operations_ref: weakref.ref[Operations],
 ) -> None:
@@ -1166,6 +1179,8 @@ def _close_unclosed(
     if flags is not None:
         flags.close()
     METRICS.remove_source(gauge)
+    for sharing in sharings:
+        sharing.close()
 
 
 def _no_values(batch: Any, names: Collection[str]) -> bool:

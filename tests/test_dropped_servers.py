@@ -4,6 +4,8 @@ server's own threads too, holding that thread's locks."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import gc
 import subprocess
 import threading
@@ -14,6 +16,8 @@ import numpy as np
 import pytest
 
 import inprocserve
+from inprocserve import DriftConfig, InMemoryFlags, ModelConfig
+from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import run_python, wait_until
 
@@ -115,3 +119,30 @@ print(kept.predict("scale", x)["y"].tolist())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[[2.0, 2.0, 2.0, 2.0]]"
     assert result.stderr == ""
+
+
+def test_a_dropped_server_that_used_shadows_drift_flags_deadlines_and_apredict_is_collected(
+    repository: Path,
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    rng = np.random.default_rng(1)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (500, 4)).astype(np.float32))
+    config = ModelConfig().merged(
+        {"version_policy": "all", "rollout": {"shadow": {"versions": [2]}}, "cache": {"share_in_flight": True}}
+    )
+    config = dataclasses.replace(config, drift=DriftConfig(reference_file="reference.npz", window=50))
+    before = _threads_of_servers()
+    x = np.ones((60, 4), np.float32)
+    server = inprocserve.Server(repository, config=config, flags=InMemoryFlags({}), on_shadow=lambda c: None)
+    for _ in range(3):
+        server.predict("scale", x)
+    for future in [server.submit("scale", x, timeout_s=30) for _ in range(3)]:  # (a deadline's thread)
+        future.result(timeout=10)
+    asyncio.run(server.apredict("scale", x))
+    dropped = weakref.ref(server)
+    del server
+    gc.collect()
+
+    assert dropped() is None  # a follower's deadline, still armed, kept it (and so every thread below)
+    wait_until(lambda: _threads_of_servers() <= before)  # shadow, drift, deadlines, workers, control file
