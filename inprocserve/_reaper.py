@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from . import _fork
+
 __all__ = ["reap", "start"]
 
 logger = logging.getLogger(__name__)
@@ -78,8 +80,11 @@ def _wait_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _starting
+    global _starting, _jobs
     _starting = threading.Lock()  # (a thread of the parent's may have held it at the fork)
+    # The parent's queued clean-ups are the parent's servers: not run here, nor freed (see _fork.keep).
+    _fork.keep(_jobs)
+    _jobs = queue.SimpleQueue()
 
 
 atexit.register(_wait_at_exit)
