@@ -27,9 +27,12 @@ ServerFactory = Callable[..., inprocserve.Server]
 
 
 @pytest.fixture(autouse=True)
-def every_wake_handed_back() -> Iterator[None]:
+def every_wake_handed_back(request: pytest.FixtureRequest) -> Iterator[None]:
     """No test may leave a caller queued in the process's wake relay or a place of it held: a place never
-    handed back stalls every later queued caller of the process, far from the test that lost it."""
+    handed back stalls every later queued caller of the process, far from the test that lost it. A test
+    marked ``holds_a_woken_caller`` stops a woken caller on purpose until its other steps are done: on a
+    loaded machine that outlasts two looks of the relay's watcher, which then takes the place back, as it
+    must for any caller that slow (only that count is not checked for it)."""
     taken_back = RELAY.places_taken_back
     yield
     try:
@@ -44,7 +47,8 @@ def every_wake_handed_back() -> Iterator[None]:
             with contextlib.suppress(RuntimeError):
                 request.waiter.release()
         raise AssertionError(f"the wake relay was left with (queued, woken) = {left}") from None
-    assert RELAY.places_taken_back == taken_back, "the wake relay had to take back a place never handed on"
+    if request.node.get_closest_marker("holds_a_woken_caller") is None:
+        assert RELAY.places_taken_back == taken_back, "the wake relay had to take back a place never handed on"
 
 
 @pytest.fixture

@@ -586,6 +586,7 @@ def reload_behind(server: inprocserve.Server, old: Any, blocker: Any, *, drainin
     reload.join(timeout=WAIT_S)
 
 
+@pytest.mark.holds_a_woken_caller  # (the held caller's re-run is answered, and woken, before proceed is set)
 def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_the_new_copy(
     busy_repository: Path, make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
