@@ -179,6 +179,7 @@ versions, rollout arms, drift features, header names ...): a model named ``file`
 
 _SEPARATORS = "".join(sorted({"/", os.sep, os.altsep or "/"}))
 _NAME_CHARS = r"\w~\-"  # characters that continue a file name (with ".", handled apart)
+_has_separator = re.compile(f"[{re.escape(_SEPARATORS)}]").search
 
 
 def _without_paths(snapshot: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
@@ -219,14 +220,16 @@ def _drop_path_keys(record: dict[str, Any]) -> dict[str, Any]:
 
 def _replace_paths(value: Any, pattern: re.Pattern[str] | None) -> Any:
     """``value`` with every known path in its strings (not in its keys: those are names) replaced."""
-    if pattern is None:
+    if pattern is None or value is None or type(value) in (int, float, bool):  # (histograms: most values)
         return value
     if isinstance(value, dict):
         return {key: _replace_paths(item, pattern) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_replace_paths(item, pattern) for item in value]
     if isinstance(value, str):
-        return pattern.sub("<path>", value)
+        # every path the pattern matches holds a separator; most strings (states, provider and tensor names)
+        # hold none, and skipping them keeps a status of a thousand versions from costing a second a call
+        return pattern.sub("<path>", value) if _has_separator(value) else value
     return value
 
 
@@ -239,19 +242,37 @@ def _path_pattern(paths: tuple[str, ...]) -> re.Pattern[str] | None:
     A relative path of one component (``models``, ``model.onnx``) matches only as the start of a longer
     path (``models/fraud/1/model.onnx``), never as a word of a message. ``.``, ``..`` and a root are
     never replaced (``1.32.0`` must stay a version); their absolute forms are among ``paths`` anyway.
-    Longest first, so a folder never eats part of its file.
+    Longest first, so a folder never eats part of its file: the paths go into a trie, each branch point
+    tried longer-first, so the pattern costs about one step per character of a string. (One alternative
+    per path, tried in turn at every character, cost a second per status call with a thousand versions.)
     """
     separators = re.escape(_SEPARATORS)
     before = rf"(?<![{_NAME_CHARS}.{separators}])"
     ends = rf"(?![{_NAME_CHARS}]|\.[{_NAME_CHARS}])"
     prefix = rf"(?=[{separators}])"
-    alternatives = []
-    for path in sorted(set(paths), key=len, reverse=True):
+    trie: dict[str, Any] = {}
+    for path in set(paths):
         if not path.strip("." + _SEPARATORS):  # ".", "..", "/", "./": no path at all
             continue
         alone = os.path.isabs(path) or any(separator in path for separator in _SEPARATORS)
-        alternatives.append(before + re.escape(path) + (ends if alone else prefix))
-    return re.compile("|".join(alternatives)) if alternatives else None
+        node = trie
+        for char in path:
+            node = node.setdefault(char, {})
+        node[""] = ends if alone else prefix  # where a path ends, the assertion that it ends there
+    return re.compile(before + _trie_pattern(trie)) if trie else None
+
+
+def _trie_pattern(node: dict[str, Any]) -> str:
+    """A trie node as a pattern: its longer continuations first, then the end of a path ending here.
+    (Loops down chains of one continuation, so a long path does not recurse once per character.)"""
+    chain = ""
+    while len(node) == 1 and "" not in node:
+        ((char, node),) = node.items()
+        chain += re.escape(char)
+    branches = [re.escape(char) + _trie_pattern(child) for char, child in sorted(node.items()) if char]
+    if "" in node:
+        branches.append(node[""])
+    return chain + (branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")")
 
 
 def gauge_source(registry_ref: weakref.ref[Registry]) -> Callable[[], list[tuple[str, float, dict[str, Any]]]]:
