@@ -32,7 +32,8 @@ def add_status(commands: Subparsers) -> None:
         '  python -m inprocserve status --token "$INPROCSERVE_ADMIN_TOKEN" --json http://127.0.0.1:8000\n\n'
         f"A URL without a path gets {ENDPOINT} appended. Exit status 1 when a model is not ready or\n"
         "there is none, the server is closed, or its control file cannot be read or applied (control.error),\n"
-        "2 when the endpoint cannot be read or answers a malformed status document.\n",
+        "2 when the endpoint cannot be read or answers a malformed status document. Control characters in\n"
+        "names and messages are printed as escapes (\\x1b, \\n).\n",
     )
     parser.add_argument("url", help=f"the app's base URL, or the full URL of its {ENDPOINT} endpoint")
     parser.add_argument("--token", help="admin token, sent as 'Authorization: Bearer TOKEN'")
@@ -130,9 +131,16 @@ def _object(value: Any, where: str, *, optional: bool = False) -> dict[str, Any]
         return {}
     if not isinstance(value, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
-        printable = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in where)  # names come from afar
-        raise MalformedStatusError(f"{printable} is {kind}, expected an object")
+        raise MalformedStatusError(f"{_printable(where)} is {kind}, expected an object")
     return value
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable written as its escape (``\\x1b``, ``\\n``): the
+    names and error messages of a status document come from afar, and printed as they are, a terminal's
+    escape sequences in them would retitle, clear or recolour the terminal, and a newline would forge a
+    line of the summary (``fraud: ready``)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def summarize(document: dict[str, Any]) -> list[str]:
@@ -185,13 +193,15 @@ def summarize(document: dict[str, Any]) -> list[str]:
             agree = f", label agreement {agreement:.1%}" if isinstance(agreement, int | float) else ""
             split = [  # (against each version that answered: during a canary the overall figure mixes them)
                 f"v{primary} {figures['label_agreement']:.1%}"
-                for primary, figures in (shadow.get("by_primary") or {}).items()
+                for primary, figures in _object(
+                    shadow.get("by_primary"), f"models.{name}.shadow.{number}.by_primary", optional=True
+                ).items()
                 if isinstance(figures, dict) and isinstance(figures.get("label_agreement"), int | float)
             ]
             if agree and len(split) > 1:
                 agree += f" (against {', '.join(split)})"
             lines.append(f"  shadow v{number}: {shadow.get('runs', 0)} runs, {shadow.get('errors', 0)} errors{agree}")
-    return lines
+    return [_printable(line) for line in lines]
 
 
 def _control_lines(state: dict[str, Any]) -> list[str]:

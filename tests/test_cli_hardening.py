@@ -251,6 +251,7 @@ def status_endpoint() -> Iterator[dict[str, Any]]:
         ({"ready": True, "versions": ["1"]}, "models.fraud.versions is an array"),
         ({"ready": True, "versions": {"1": {"drift": [1]}}}, "models.fraud.versions.1.drift is an array"),
         ({"ready": True, "rollout": {"variants": {"stable": 3}}}, "models.fraud.rollout.variants.stable is a number"),
+        ({"ready": True, "shadow": {"2": {"by_primary": [1]}}}, "models.fraud.shadow.2.by_primary is an array"),
     ],
 )
 def test_status_refuses_a_malformed_document(
@@ -291,6 +292,28 @@ def test_status_summarizes_a_well_formed_document(
     shadow["by_primary"] = {"2": {"label_agreement": 1.0}, "4": {"label_agreement": 0.5}}
     assert main(["status", status_endpoint["url"]]) == 0
     assert "label agreement 75.0% (against v2 100.0%, v4 50.0%)" in capsys.readouterr().out
+
+
+def test_status_prints_control_characters_from_the_document_as_escapes(
+    status_endpoint: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Names and errors come from afar (a remote version's error quotes its server): printed as they came, an
+    # escape sequence retitled or cleared the terminal and a newline forged a line of the summary.
+    status_endpoint["document"] = {
+        "models": {
+            "fraud\x1b]0;owned\x07": {
+                "ready": False,
+                "config_error": "bad\nrisk: ready\x1b[2J",
+                "versions": {"1": {"state": "failed", "error": "remote said \x1b[31mno\r"}},
+            }
+        }
+    }
+    assert main(["status", status_endpoint["url"]]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\nrisk: ready" not in out
+    assert "fraud\\x1b]0;owned\\x07: NOT READY" in out
+    assert "  config error: bad\\nrisk: ready\\x1b[2J" in out
+    assert "  v1: failed: remote said \\x1b[31mno\\r" in out
 
 
 # -- symbolic links: fleet commands and validate ---------------------------------------------------------
