@@ -159,6 +159,21 @@ def test_the_quantize_examples_of_the_help_run_as_written(tmp_path: Path) -> Non
         assert done.returncode == 0, (example, done.stderr)
 
 
+def test_quantize_reports_the_rows_a_fixed_batch_model_took(tmp_path: Path) -> None:
+    # A model exported with a fixed batch axis of 3 takes 3 rows whatever is asked: the report said its
+    # answers were compared on 256 rows and its speed measured at batches of 1 and 64 (twice the same run).
+    from inprocserve.testing import build_sum_model
+
+    source = save_model(build_sum_model(fixed_batch=3), tmp_path, "sum", 1)
+    target = tmp_path / "sum-int8.onnx"
+    command = [sys.executable, "-m", "inprocserve", "quantize", str(source), str(target), "--seconds", "0.05"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "accuracy on 3 random rows, total: max abs diff 0" in result.stdout
+    assert "speed, batch 3: " in result.stdout and "batch 64" not in result.stdout
+    report = json.loads(subprocess.run([*command, "--json"], capture_output=True, text=True, check=True).stdout)
+    assert report["sample_rows"] == 3 and set(report["speed"]) == {"batch_3"}
+
+
 def run_cli(*args: str, blocked: str | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m inprocserve ARGS`` in a child process; ``blocked`` makes that module unimportable there."""
     code = "import sys, runpy\n"
