@@ -97,14 +97,16 @@ def _model_section(name: str, model: Mapping[str, Any]) -> str:
     versions = _entries(model.get("versions"))
     rollout = model.get("rollout") if isinstance(model.get("rollout"), Mapping) else None
     ready = bool(model.get("ready"))
+    killed = bool(_mapping(model.get("control")).get("kill"))  # the fleet's kill switch (control file)
     parts = [
         f'<section class="model" id="model-{escape(str(name))}">'
-        f"<h2>{escape(str(name))}{_badge('ready', 'ok') if ready else _badge('not ready', 'bad')}</h2>",
-        f'<p class="why">{_why(model, rollout)}</p>',
+        f"<h2>{escape(str(name))}{_badge('ready', 'ok') if ready else _badge('not ready', 'bad')}"
+        f"{_badge('kill switch on', 'bad') if killed else ''}</h2>",
+        f'<p class="why">{_why(model, rollout, killed=killed)}</p>',
     ]
     if model.get("config_error"):
         parts.append(f'<p class="error">Configuration error: {_text(model["config_error"])}</p>')
-    parts.append("<h3>Versions</h3>" + _versions_table(versions, _roles(model, rollout)))
+    parts.append("<h3>Versions</h3>" + _versions_table(versions, _roles(model, rollout, killed=killed)))
     if rollout is not None:
         parts.append(_rollout_block(rollout))
     shadow = model.get("shadow")
@@ -116,8 +118,11 @@ def _model_section(name: str, model: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None) -> str:
-    """Which version answers, and why, in one sentence (flags may override it per request)."""
+def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None, *, killed: bool) -> str:
+    """Which version answers, and why, in one sentence (flags may override it per request).
+
+    The control file's kill switch comes first: with it on, the stable version answers every request and no
+    canary, arm or shadow runs, whatever the configuration says (the page kept describing the canary)."""
     default = model.get("default_version")
     if default is None:
         return "No version is servable, so requests to this model fail with ModelNotFoundError."
@@ -126,12 +131,15 @@ def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None) -> str:
     configured = _mapping(rollout.get("configured"))
     strategy = rollout.get("strategy")
     stable = rollout.get("stable_alias")
-    stable_text = (
-        f"stable alias version {_text(stable)}"
-        if stable is not None
-        else f"the latest ready version ({_text(default)})"
+    stable_text = (  # (after "the")
+        f"stable alias version {_text(stable)}" if stable is not None else f"latest ready version ({_text(default)})"
     )
-    if strategy == "canary":
+    if killed:
+        sentence = (
+            f"Kill switch on (control file): the {stable_text} answers every request; no canary, arm or shadow "
+            "runs until it is resumed."
+        )
+    elif strategy == "canary":
         sentence = (
             f"Canary: {_number(configured.get('canary_percent'))} % of targeting keys go to version "
             f"{_text(configured.get('candidate'))}; the rest to the {stable_text}."
@@ -152,7 +160,9 @@ def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None) -> str:
     else:
         sentence = f"The {stable_text} answers every request."
     flags = rollout.get("flags")
-    if isinstance(flags, Mapping):
+    if isinstance(flags, Mapping) and killed:
+        sentence += f" A stable flag from {_text(flags.get('provider'))} may name another stable version per request."
+    elif isinstance(flags, Mapping):
         sentence += (
             f" Flags from {_text(flags.get('provider'))} may override this per request "
             f"({_text(flags.get('failures', 0))} provider failures, {_text(flags.get('timeouts', 0))} timeouts "
@@ -165,12 +175,15 @@ def _version_key(number: str) -> tuple[int, str]:
     return (int(number), "") if number.isdigit() else (1 << 62, number)
 
 
-def _roles(model: Mapping[str, Any], rollout: Mapping[str, Any] | None) -> dict[str, list[str]]:
-    """What each version does in the rollout as configured: stable, canary, an arm, a shadow."""
+def _roles(model: Mapping[str, Any], rollout: Mapping[str, Any] | None, *, killed: bool) -> dict[str, list[str]]:
+    """What each version does in the rollout as configured: stable, canary, an arm, a shadow (only the stable
+    one under the kill switch)."""
     roles: dict[str, list[str]] = {}
     if model.get("default_version") is None:
         return roles
     stable = model.get("default_version") if rollout is None else rollout.get("stable_alias")
+    if killed:
+        return {str(stable if stable is not None else model.get("default_version")): ["stable"]}
     configured = _mapping(_mapping(rollout).get("configured"))
     strategy = _mapping(rollout).get("strategy")
     if strategy in ("ab", "bandit"):

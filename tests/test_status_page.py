@@ -372,3 +372,37 @@ def test_a_shadow_answering_in_another_form_is_counted_on_the_page(rollout_serve
     assert "<th>answered in another form</th>" in page
     row = page[page.index("<td>v3</td>") :].split("</tr>")[0]
     assert row.endswith("<td class='n'>7</td>")
+
+
+def test_the_kill_switch_shows_the_stable_version_answering_everything(
+    rollout_server: inprocserve.Server,
+) -> None:
+    # The page kept saying "Canary: 30 % of targeting keys go to version 2" (and badged v2 "canary 30%")
+    # after the fleet's kill switch sent every request to the stable version: what an operator reads in an
+    # incident must say the kill switch is on.
+    before = " ".join(parse(inprocserve.render_status_page(rollout_server.status())).text)
+    assert "Canary: 30 % of targeting keys go to version 2" in before and "the the" not in before
+    rollout_server.kill("fraud")
+    answered = {
+        rollout_server.predict("fraud", np.ones((1, 4), np.float32), context={"user_id": str(u)}).version
+        for u in range(60)
+    }
+    page = inprocserve.render_status_page(rollout_server.status())
+    assert_inert(page)
+    text = " ".join(parse(page).text)
+    assert answered == {1}
+    assert "kill switch on" in text and "Canary: 30 %" not in text and "canary 30%" not in text
+    assert "Kill switch on (control file): the stable alias version 1 answers every request" in text
+    rollout_server.resume("fraud")
+    assert "Canary: 30 % of targeting keys go to version 2" in " ".join(
+        parse(inprocserve.render_status_page(rollout_server.status())).text
+    )
+
+
+def test_a_canary_without_a_stable_alias_reads_as_one_sentence(repository: Path, make_server: ServerFactory) -> None:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    canary = inprocserve.RolloutConfig(strategy="canary", canary=inprocserve.CanaryConfig(version=2, percent=10))
+    server = make_server(repository, models={"fraud": inprocserve.ModelConfig(rollout=canary)})
+    text = " ".join(parse(inprocserve.render_status_page(server.status())).text)
+    assert "the rest to the latest ready version (3)." in text, text  # was "to the the latest"
