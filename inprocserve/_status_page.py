@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any, TypeGuard
 
+from .web import _control_unknown
+
 __all__ = ["STATUS_PAGE_CSP", "render_status_page"]
 
 STATUS_PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
@@ -77,9 +79,24 @@ def render_status_page(
     ]
     if status.get("closed"):
         facts.insert(0, '<span class="badge bad">server closed</span>')
-    body = [_model_section(name, model) for name, model in models.items() if isinstance(model, Mapping)]
+    control = _mapping(status.get("control"))
+    if control.get("revision") is not None:
+        facts.append(f"control revision {_text(control.get('revision'))}")
+    # A worker that follows no revision of its control file refuses every request that pins no version (the
+    # readiness rule): the models' own state below would read as served. (It did: "ready", "answers every
+    # request", while each request failed with ControlStateUnknownError.)
+    refusing = _control_unknown({"control": control})
+    body = [
+        _model_section(name, model, refusing=refusing is not None)
+        for name, model in models.items()
+        if isinstance(model, Mapping)
+    ]
     if not body:
         body.append('<p class="empty">No model is loaded.</p>')
+    if refusing is not None:
+        body.insert(0, f'<p class="error">Refusing every request that does not pin a version: {escape(refusing)}</p>')
+    elif control.get("error"):
+        body.insert(0, f'<p class="error">Control file: {_text(control["error"])}</p>')
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -93,16 +110,20 @@ def render_status_page(
 # -- one model ---------------------------------------------------------------------------------------------
 
 
-def _model_section(name: str, model: Mapping[str, Any]) -> str:
+_REFUSED = "Refused (ControlStateUnknownError) unless a request pins a version, until the control file is read; then: "
+
+
+def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> str:
     versions = _entries(model.get("versions"))
     rollout = model.get("rollout") if isinstance(model.get("rollout"), Mapping) else None
-    ready = bool(model.get("ready"))
+    ready = bool(model.get("ready")) and not refusing
     killed = bool(_mapping(model.get("control")).get("kill"))  # the fleet's kill switch (control file)
     parts = [
         f'<section class="model" id="model-{escape(str(name))}">'
         f"<h2>{escape(str(name))}{_badge('ready', 'ok') if ready else _badge('not ready', 'bad')}"
+        f"{_badge('refusing requests (control file)', 'bad') if refusing else ''}"
         f"{_badge('kill switch on', 'bad') if killed else ''}</h2>",
-        f'<p class="why">{_why(model, rollout, killed=killed)}</p>',
+        f'<p class="why">{_REFUSED if refusing else ""}{_why(model, rollout, killed=killed)}</p>',
     ]
     if model.get("config_error"):
         parts.append(f'<p class="error">Configuration error: {_text(model["config_error"])}</p>')

@@ -406,3 +406,33 @@ def test_a_canary_without_a_stable_alias_reads_as_one_sentence(repository: Path,
     server = make_server(repository, models={"fraud": inprocserve.ModelConfig(rollout=canary)})
     text = " ".join(parse(inprocserve.render_status_page(server.status())).text)
     assert "the rest to the latest ready version (3)." in text, text  # was "to the the latest"
+
+
+def test_a_control_file_problem_shows_and_a_refusing_worker_is_not_shown_ready(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A worker started on an unreadable control file refuses every request that pins no version; its page
+    # said each model was "ready" and which version "answers every request", and never named the file.
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    control = repository / ".inprocserve-control.json"
+    control.write_text("{ not json")
+    server = make_server(repository, control_interval_s=0.05)
+    with pytest.raises(inprocserve.ControlStateUnknownError):
+        server.predict("fraud", np.ones((1, 4), np.float32))
+    page = inprocserve.render_status_page(server.status(include_paths=False))
+    assert_inert(page)
+    text = " ".join(parse(page).text)
+    assert "Refusing every request that does not pin a version" in text and "is not valid JSON" in text
+    assert "refusing requests (control file)" in text and "not ready" in text
+    assert str(repository) not in page
+
+    control.unlink()  # no file: no fleet state, the worker routes again
+    wait_until(lambda: server.status()["control"]["read"])
+    text = " ".join(parse(inprocserve.render_status_page(server.status())).text)
+    assert "Refusing" not in text and "refusing requests" not in text and "Control file:" not in text
+    server.kill("fraud")
+    control.write_text("{ not json")  # damaged later: the last revision stays in force, and the page says why
+    wait_until(lambda: server.status()["control"]["error"] is not None)
+    text = " ".join(parse(inprocserve.render_status_page(server.status(include_paths=False))).text)
+    assert "Control file: control file <path> is not valid JSON" in text and "Refusing" not in text
+    assert "kill switch on" in text
