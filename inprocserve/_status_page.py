@@ -238,6 +238,14 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]], roles: Mapping[st
         notes = [_badge(role, "role") for role in roles.get(number, [])]
         if entry.get("serving") is False and state != "failed":
             notes.append(_badge("not routable", "warn"))
+        # Why a loaded version cannot take work (a remote server that is down: the model shows "not ready"
+        # for it), and new files of it that failed to load (the version loaded before still serves): neither
+        # showed, so a model read "not ready" with every version "ready" and nothing said why.
+        health = entry.get("health") if state != "failed" else None
+        if health:
+            notes.append(_badge("cannot take work", "bad"))
+        if entry.get("reload_error"):
+            notes.append(_badge("new files failed", "warn"))
         latency = _mapping(entry.get("latency_ms"))
         batches, rows_run = entry.get("batches_run"), entry.get("rows_run")
         mean_rows = rows_run / batches if isinstance(batches, int) and batches and isinstance(rows_run, int) else None
@@ -260,8 +268,14 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]], roles: Mapping[st
             + f"<td>{drift_text}</td>"
             f"<td>{_text(', '.join(map(str, entry.get('providers') or [])) or '—')}</td></tr>"
         )
-        if entry.get("error"):
-            rows.append(f'<tr><td></td><td colspan="10" class="error">{_text(entry["error"])}</td></tr>')
+        problems = [_text(entry["error"])] if entry.get("error") else []
+        if health:
+            problems.append(f"Cannot take work: {_text(health)}")
+        if entry.get("reload_error"):
+            problems.append(
+                f"Its new files failed to load; the version loaded before serves: {_text(entry['reload_error'])}"
+            )
+        rows.extend(f'<tr><td></td><td colspan="10" class="error">{problem}</td></tr>' for problem in problems)
     return (
         "<table><tr><th>version</th><th>state</th><th>answered</th><th>errors</th><th>p50</th><th>p90</th>"
         "<th>p99</th><th>batches</th><th>rows/batch</th><th>drift</th><th>providers</th></tr>"

@@ -438,3 +438,24 @@ def test_an_event_loop_never_runs_a_remote_request_itself(
     answers, wakes = asyncio.run(main())
     assert [answer.version for answer in answers] == [3] * 6
     assert wakes >= 4  # each lone request, then the three together: a worker answered every one
+
+
+def test_the_status_page_says_why_a_remote_version_cannot_take_work(
+    make_server: ServerFactory, repository: Path, served: Path
+) -> None:
+    # With the remote server down the model is "not ready", but the page showed every version "ready" and
+    # nothing of why: the reason readiness gives was not on it.
+    save_model(build_mlp_model((FEATURES, 32, 3), seed=2), repository, "fraud", 2)
+    server = make_server(repository)
+    remote_app = RemoteApp(served)
+    try:
+        remote = RemoteModel(url=remote_app.url, model="fraud", version="3", retries=0, failure_threshold=2)
+        server.load("fraud", version=3, remote=remote)
+    finally:
+        remote_app.stop()
+    for _ in range(2):
+        with pytest.raises(inprocserve.RemoteUnavailableError):
+            server.predict("fraud", {"x": rows(1)})
+    page = inprocserve.render_status_page(server.status(include_paths=False))
+    assert "not ready" in page and "cannot take work" in page
+    assert "Cannot take work: the remote server http://127.0.0.1:" in page and "is failing (2 calls in a row" in page

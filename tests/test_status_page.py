@@ -436,3 +436,19 @@ def test_a_control_file_problem_shows_and_a_refusing_worker_is_not_shown_ready(
     text = " ".join(parse(inprocserve.render_status_page(server.status(include_paths=False))).text)
     assert "Control file: control file <path> is not valid JSON" in text and "Refusing" not in text
     assert "kill switch on" in text
+
+
+def test_new_files_that_fail_to_load_show_beside_the_version_still_serving(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A hot reload whose new model.onnx is broken keeps the version loaded before (reload_error in status);
+    # the page showed it "ready" and said nothing, so the broken deploy went unnoticed there.
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    server = make_server(repository, control_interval_s=None)
+    (repository / "fraud" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    server.refresh()
+    entry = server.status(include_paths=False)["models"]["fraud"]["versions"]["1"]
+    assert entry["state"] == "ready" and entry["reload_error"]
+    text = " ".join(parse(inprocserve.render_status_page(server.status(include_paths=False))).text)
+    assert "new files failed" in text
+    assert f"Its new files failed to load; the version loaded before serves: {entry['reload_error']}" in text
