@@ -80,7 +80,7 @@ def render_status_page(
     if status.get("closed"):
         facts.insert(0, '<span class="badge bad">server closed</span>')
     control = _mapping(status.get("control"))
-    if control.get("revision") is not None:
+    if control.get("revision") is not None and (control.get("file") or "file" not in control):  # (as the CLI)
         facts.append(f"control revision {_text(control.get('revision'))}")
     # A worker that follows no revision of its control file refuses every request that pins no version (the
     # readiness rule): the models' own state below would read as served. (It did: "ready", "answers every
