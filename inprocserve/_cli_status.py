@@ -232,7 +232,14 @@ def _version_line(number: str, version: dict[str, Any], where: str) -> str:
     )
     drift = _object(version.get("drift"), f"{where}.drift", optional=True)
     drifting = ", DRIFTING" if drift.get("drifting") else ""
-    return f"v{number}: {state}, {serving}: {figures}{drifting}"
+    line = f"v{number}: {state}, {serving}: {figures}{drifting}"
+    # why the model is NOT READY when every version reads "ready" (a remote server that is down), and a hot
+    # reload's new files that failed while the version loaded before serves: neither was printed
+    if version.get("health"):
+        line += f"; CANNOT TAKE WORK: {version['health']}"
+    if version.get("reload_error"):
+        line += f"; NEW FILES FAILED TO LOAD (the version loaded before serves): {version['reload_error']}"
+    return line
 
 
 def _status(args: argparse.Namespace) -> int:

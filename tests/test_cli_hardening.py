@@ -316,6 +316,30 @@ def test_status_prints_control_characters_from_the_document_as_escapes(
     assert "  v1: failed: remote said \\x1b[31mno\\r" in out
 
 
+def test_status_says_why_a_ready_version_cannot_take_work_and_which_new_files_failed(
+    status_endpoint: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model NOT READY because its remote server is down listed its version as "ready, serving" and no
+    # reason; new files that failed to load beside a serving version did not show at all.
+    down = "the remote server http://models:8000/v2/models/fraud/versions/3 is failing (2 calls in a row failed)"
+    status_endpoint["document"] = {
+        "models": {
+            "fraud": {
+                "ready": False,
+                "default_version": 3,
+                "versions": {
+                    "2": {"state": "ready", "serving": True, "health": None, "reload_error": "cannot load <path>"},
+                    "3": {"state": "ready", "serving": True, "health": down, "reload_error": None},
+                },
+            }
+        }
+    }
+    assert main(["status", status_endpoint["url"]]) == 1
+    out = capsys.readouterr().out
+    assert f"0 in flight; CANNOT TAKE WORK: {down}\n" in out
+    assert "; NEW FILES FAILED TO LOAD (the version loaded before serves): cannot load <path>\n" in out
+
+
 # -- symbolic links: fleet commands and validate ---------------------------------------------------------
 
 
