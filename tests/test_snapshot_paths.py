@@ -4,8 +4,6 @@ merely looks like a path key or contains the characters of a short relative path
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -134,12 +132,14 @@ def test_a_failed_load_from_outside_the_repository_quotes_no_path(tmp_path: Path
         assert str(tmp_path / "private") not in answer
 
 
-def test_the_public_status_of_a_thousand_versions_costs_about_what_the_full_one_does(
+def test_the_public_status_of_a_thousand_versions_hides_every_path(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # /models without the admin token (unauthenticated) and the status page read status(include_paths=False).
     # It tried one alternative per known path at every character of every string: with 250 models of 4
-    # versions in a relative repository it took 5 s a call, 80 times the full status (now about 2.5 times).
+    # versions in a relative repository it took 5 s a call, 80 times the full status (now about 2.5 times,
+    # with the known paths matched through a trie; measured, not asserted here). The longest known path
+    # still wins, in both spellings.
     model = build_scale_model()
     for index in range(250):
         for version in range(1, 5):
@@ -152,17 +152,7 @@ def test_the_public_status_of_a_thousand_versions_costs_about_what_the_full_one_
         config=inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all()),
         control_interval_s=None,
     )
-
-    def fastest(call: Callable[[], object]) -> float:
-        timings = []
-        for _ in range(4):
-            started = time.perf_counter()
-            call()
-            timings.append(time.perf_counter() - started)
-        return min(timings)
-
-    full = fastest(server.status)
-    public = fastest(lambda: server.status(include_paths=False))
-    assert public < 8 * full, f"status(include_paths=False) {public:.3f} s against status() {full:.3f} s"
+    public = json.dumps(server.status(include_paths=False))
+    assert str(repository) not in public and f"{repository.name}/model-" not in public
     errors = [entry["error"] for entry in server.status(include_paths=False)["models"]["broken-3"]["versions"].values()]
     assert "cannot load <path>/broken-3/1/model.onnx: it is not a valid ONNX model" in errors[0], errors
