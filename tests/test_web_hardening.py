@@ -401,7 +401,9 @@ def test_the_header_check_follows_a_reload_made_while_the_body_was_read(
     check = _signature_check(server, "scale", None)  # the request came in: its body is still arriving
     staged = save_model(build_scale_model(2.0, features=3), tmp_path, "scale", 1)
     staged.replace(repository / "scale" / "1" / "model.onnx")
-    assert server.refresh() == []
+    # (a rewrite in place with another signature is held back by the compatibility gate: loaded on purpose)
+    assert len(server.refresh()) == 1
+    server.load("scale", version=1)
     check([v2.TensorHeader("x", "FP32", (1, 3))])  # fits the version serving now
     with pytest.raises(inprocserve.InvalidInputError, match="expected size 3 on axis 1"):
         check([v2.TensorHeader("x", "FP32", (1, 4))])
