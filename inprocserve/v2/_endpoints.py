@@ -23,6 +23,7 @@ from .._errors import (
     InvalidInputError,
     ModelNotFoundError,
 )
+from .._log_limit import LogLimit, since
 from .._server import Server
 from .._signature import Signature, convertible
 from ..web import ERROR_STATUS, _control_unknown, retry_after
@@ -139,6 +140,8 @@ class Endpoints:
         self._required = tuple(required_models)
         self._retry_after = retry_after(retry_after_s)
         self._warming = warming
+        # a model that fails every run fails every request: its 500s are logged once a minute per model
+        self._failures = LogLimit()
 
     def handle(
         self,
@@ -177,7 +180,11 @@ class Endpoints:
         except DeadlineExceededError as exc:
             return _error(504, exc)
         except InprocserveError as exc:
-            logger.warning("Open Inference Protocol request %s %s failed: %s", method, brief(path), exc)
+            skipped = self._failures.due(getattr(exc, "model", None))
+            if skipped is not None:
+                logger.warning(
+                    "Open Inference Protocol request %s %s failed: %s%s", method, brief(path), exc, since(skipped)
+                )
             return _error(500, exc)
 
     def _route(

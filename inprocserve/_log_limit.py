@@ -1,0 +1,64 @@
+"""Rate limits for the log lines of steady problems.
+
+A problem that repeats for every request, batch or poll (a model that fails every run, a repository folder
+that is gone) must not log a line each time: under load that is thousands of lines a minute, which cost
+money in a log store, bury other lines, and can fill a disk; and a client can cause some of them at any
+rate. :class:`LogLimit` says when such a problem is due to be logged: the first time, then at most every
+``every_s`` while it keeps happening, with the count of the times not logged since; and whether a problem
+that ends was going on, so its end is logged once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+
+__all__ = ["LOG_EVERY_S", "LogLimit", "since"]
+
+LOG_EVERY_S = 60.0
+"""How often a steady problem is logged again while it lasts (once a minute, as the flag readers do)."""
+
+_MAX_KEYS = 1024  # problems followed at once: past it the oldest is forgotten (and logged again if it recurs)
+
+
+class LogLimit:
+    """When to log each of several steady problems, told apart by a key (a model, a kind of problem).
+
+    Thread-safe.
+
+    Args:
+        every_s: Least time between two lines of one problem.
+        clock: Monotonic clock (tests step a ``ManualClock``).
+    """
+
+    def __init__(self, every_s: float = LOG_EVERY_S, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: dict[Hashable, list[float | int]] = {}  # key -> [when last logged, times not logged since]
+
+    def due(self, key: Hashable = None) -> int | None:
+        """Count one occurrence of ``key``'s problem. Returns None when it should not be logged now, else
+        how many occurrences were not logged since its last line (0 the first time)."""
+        now = self._clock()
+        with self._lock:
+            state = self._state.get(key)
+            if state is not None and now - state[0] < self.every_s:
+                state[1] += 1
+                return None
+            skipped = 0 if state is None else int(state[1])
+            if state is None and len(self._state) >= _MAX_KEYS:
+                del self._state[next(iter(self._state))]
+            self._state[key] = [now, 0]
+            return skipped
+
+    def ended(self, key: Hashable = None) -> bool:
+        """Forget ``key``'s problem; True if it was going on (log its end then)."""
+        with self._lock:
+            return self._state.pop(key, None) is not None
+
+
+def since(skipped: int) -> str:
+    """The tail of a repeated line: `` (N more since the last line)``, or nothing."""
+    return f" ({skipped} more since the last such line)" if skipped else ""
