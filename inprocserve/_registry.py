@@ -22,6 +22,7 @@ from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ModelControl
 from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError
 from ._integrity import external_data_locations
+from ._log_limit import LogLimit, since
 from ._model import ModelVersion
 from ._ort_rules import OPTIMIZED_GRAPH
 from ._remote_model import RemoteModel
@@ -154,6 +155,9 @@ class Registry:
         # whose server is down is tried again at every refresh (every poll), and is logged once, not each time.
         self._load_errors: dict[tuple[str, int], tuple[str, _Stamp | None]] = {}
         self._scan_problems: set[str] = set()  # the last scan's problems (each logged once while it lasts)
+        # a repository folder that cannot be scanned (gone, unmounted) fails every poll: logged when it starts,
+        # then once a minute, and once when it can be scanned again
+        self._scan_failures = LogLimit()
         self._unmatched: set[str] = set()  # names of models= that matched no model (warned about once)
         self._load_configs: dict[str, ModelConfig] = {}  # load(name, config=...) of a repository model: kept
         self.lock = threading.RLock()
@@ -275,8 +279,14 @@ class Registry:
             try:
                 scan = scan_repository(self.repository, follow_symlinks=self._follow_symlinks)
             except ConfigurationError as exc:
-                logger.error("cannot scan the model repository: %s", exc)
+                skipped = self._scan_failures.due()
+                if skipped is not None:
+                    logger.error(
+                        "cannot scan the model repository: %s; the loaded models keep serving%s", exc, since(skipped)
+                    )
                 return [str(exc)]
+            if self._scan_failures.ended():
+                logger.info("the model repository %s can be scanned again", self.repository)
             problems = list(scan.problems)
             for name, source in scan.models.items():
                 if self._stop.is_set():  # the process is exiting (see stop_poller): load no more models
