@@ -39,6 +39,7 @@ from ._batching import VersionRetiredError
 from ._config_checks import is_number
 from ._errors import ConfigurationError, DeadlineExceededError, InvalidInputError
 from ._held_bytes import held_bytes
+from ._log_limit import LogLimit, since
 from ._request import Request, Route
 from ._signature import Signature
 from ._stop_signal import StopSignal, stop_with
@@ -416,6 +417,9 @@ class ShadowRunner:
         self._refilled_at = clock()
         self._costs: dict[tuple[str, int], float] = {}  # what the last run of each model version took per row
         self._stats: dict[tuple[str, int], ShadowStats] = {}
+        # a shadow version that fails every copy (or every copy of some clients' requests) would log a line per
+        # copy: its failures are logged once a minute per version, with the count since (all are in status())
+        self._failing = LogLimit()
         self._over_budget_attributes: dict[tuple[str, int], dict[str, Any]] = {}
         self._reset()
         _fork.register(self)
@@ -756,9 +760,15 @@ class ShadowRunner:
             for counts in (stats, against):
                 counts.count(diff, finite=finite, over=over, agreement=agreement, rows=job.rows, mismatch=mismatch)
         if error is not None:
-            logger.info(
-                "shadow version %s of model %r failed (caller unaffected): %s", job.shadow.version, job.model, error
-            )
+            skipped = self._failing.due((job.model, job.shadow.version))
+            if skipped is not None:
+                logger.info(
+                    "shadow version %s of model %r failed (caller unaffected): %s%s",
+                    job.shadow.version,
+                    job.model,
+                    error,
+                    since(skipped),
+                )
         if first_mismatch:  # (every one is counted in the status, and given to on_shadow)
             logger.warning(
                 "shadow version %s of model %r answers in another form than version %s (caller unaffected): %s",
