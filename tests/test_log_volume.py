@@ -1,0 +1,103 @@
+"""What is logged under a steady fault: the first occurrence, then at most once a minute with a count, never a
+line per request, batch, copy or poll (under load that floods a paid log store and buries other lines)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from inprocserve import ModelConfig, RolloutConfig, ShadowConfig, v2
+from inprocserve._log_limit import LOG_EVERY_S, LogLimit, since
+from inprocserve.testing import ManualClock, build_gather_model, save_model
+
+from .conftest import ServerFactory
+
+
+def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if text in record.getMessage()]
+
+
+def build_rows_of_three_model() -> onnx.ModelProto:
+    """``y = reshape(x, [-1, 3])`` for ``x`` of 4 features: a request whose rows times 4 is not a multiple of 3
+    passes validation and fails inside onnxruntime."""
+    shape = onnx.numpy_helper.from_array(np.array([-1, 3], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "rows_of_three",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+        [shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_an_oip_model_that_fails_every_request_is_logged_once_a_minute_not_per_request(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_rows_of_three_model(), repository, "reshape", 1)
+    (repository / "reshape" / "config.toml").write_text("[warmup]\nrows = 3\n")
+    server = make_server(repository)
+    endpoints = v2.Endpoints(lambda: server)
+    body, headers = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)}, binary=False)
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        for _ in range(200):
+            response = endpoints.handle("POST", "/v2/models/reshape/infer", dict(headers), io.BytesIO(body).read)
+            assert response.status == 500
+    failed = lines(caplog, "Open Inference Protocol request")
+    assert len(failed) == 1 and failed[0].levelno == logging.WARNING
+    assert "cannot be reshaped" in failed[0].getMessage()
+
+
+def test_a_repository_folder_that_is_gone_is_logged_when_it_goes_and_when_it_is_back(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_gather_model(), repository, "gather", 1)
+    server = make_server(repository)
+    shutil.move(repository, repository.with_name("away"))
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        for _ in range(100):  # a poll every second for 100 s: one line, not 100
+            assert "is not a directory" in server.refresh()[0]
+        assert server.predict("gather", {"index": np.array([1])})["rows"].shape == (1, 4)
+        assert len(lines(caplog, "cannot scan the model repository")) == 1
+        shutil.move(repository.with_name("away"), repository)
+        assert server.refresh() == [] and server.refresh() == []
+    assert len(lines(caplog, "can be scanned again")) == 1
+
+
+def test_a_shadow_version_that_fails_every_copy_is_logged_once_a_minute_not_per_copy(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_gather_model(table_rows=10), repository, "gather", 1)
+    save_model(build_gather_model(table_rows=2), repository, "gather", 2)  # row 5 is past its table
+    rollout = RolloutConfig(stable=1, shadow=ShadowConfig(versions=(2,)))
+    server = make_server(repository, shadow_budget=1.0, models={"gather": ModelConfig(rollout=rollout)})
+
+    def shadow_errors() -> int:
+        return int(server.status()["models"]["gather"]["shadow"].get("2", {}).get("errors", 0))
+
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        while shadow_errors() < 50:
+            assert server.predict("gather", {"index": np.array([5])})["rows"][0, 0] == 20.0
+    failed = lines(caplog, "shadow version 2 of model 'gather' failed")
+    assert len(failed) == 1 and "INVALID_ARGUMENT" in failed[0].getMessage()
+
+
+def test_a_steady_problem_is_logged_again_after_a_minute_with_the_count_since() -> None:
+    clock = ManualClock()
+    limit = LogLimit(clock=clock)
+    assert limit.due("fraud") == 0  # the first time: log it
+    assert [limit.due("fraud") for _ in range(500)] == [None] * 500
+    assert limit.due("scale") == 0  # another problem is its own
+    clock.advance(LOG_EVERY_S)
+    assert limit.due("fraud") == 500 and since(500) == " (500 more since the last such line)"
+    assert limit.ended("fraud") and not limit.ended("fraud")
+    assert limit.due("fraud") == 0  # it started again
