@@ -32,10 +32,19 @@ class CircuitBreaker:
         failure_threshold: Consecutive failures that open the circuit (>= 1).
         cooloff_s: How long an open circuit fails calls at once before it lets a probe through (> 0).
         clock: Monotonic seconds (``time.monotonic``; a ``ManualClock`` in tests).
+        on_open: Called (outside the lock) each time the circuit opens, with the consecutive failures: at the
+            threshold, and again after each failed probe.
+        on_close: Called (outside the lock) when a success closes an open circuit.
     """
 
     def __init__(
-        self, *, failure_threshold: int = 5, cooloff_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        failure_threshold: int = 5,
+        cooloff_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_open: Callable[[int], None] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or failure_threshold < 1:
             raise ValueError(f"failure_threshold must be an int >= 1, got {failure_threshold!r}")
@@ -50,6 +59,8 @@ class CircuitBreaker:
         self._probing = False
         self._probe_owner: int | None = None  # the thread holding the probe: only its report ends the probe
         self._opened_count = 0
+        self._on_open = on_open
+        self._on_close = on_close
 
     def acquire(self) -> Ticket:
         """Whether a call may go now: ``"call"`` (closed), ``"probe"`` or ``None`` (fail fast). In the half-open
@@ -79,20 +90,27 @@ class CircuitBreaker:
     def success(self) -> None:
         """The server answered: close the circuit and forget earlier failures."""
         with self._lock:
+            closed = self._opened_at is not None
             self._failures = 0
             self._opened_at = None
             self._probing = False
+        if closed and self._on_close is not None:
+            self._on_close()
 
     def failure(self) -> None:
         """The server could not answer. Opens the circuit at the threshold, or again after a failed probe."""
         with self._lock:
             self._failures += 1
+            failures = self._failures
             probe = self._holds_probe()
-            if probe or (self._opened_at is None and self._failures >= self._threshold):
+            opened = probe or (self._opened_at is None and self._failures >= self._threshold)
+            if opened:
                 self._opened_at = self._clock()
                 self._opened_count += 1
             if probe:
                 self._probing = False
+        if opened and self._on_open is not None:
+            self._on_open(failures)
 
     @property
     def state(self) -> CircuitState:

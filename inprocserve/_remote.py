@@ -51,6 +51,7 @@ from ._errors import (
     RemoteUnavailableError,
     ServerClosedError,
 )
+from ._log_limit import LogLimit
 from ._oip_client import MAX_RESPONSE_BYTES, HttpClient, HttpResponse, TransportError
 from ._remote_model import RemoteModel
 from ._signature import Signature, TensorSpec
@@ -174,6 +175,7 @@ class RemoteBackend:
         self._client: HttpClient | None = None
         self._signature: Signature | None = None
         self._binary = bool(remote.binary_tensors)
+        self._circuit_log = LogLimit(clock=clock)  # when the circuit opening was last logged
         self._breaker = self._new_breaker()
         self._closed = False
         self._calls = 0
@@ -412,8 +414,42 @@ class RemoteBackend:
 
     def _new_breaker(self) -> CircuitBreaker:
         return CircuitBreaker(
-            failure_threshold=self.remote.failure_threshold, cooloff_s=self.remote.cooloff_s, clock=self._clock
+            failure_threshold=self.remote.failure_threshold,
+            cooloff_s=self.remote.cooloff_s,
+            clock=self._clock,
+            on_open=self._circuit_opened,
+            on_close=self._circuit_closed,
         )
+
+    # A server that is down fails every call, and each fails at once while the circuit is open: nothing was
+    # logged at all, so the fault showed only in status and metrics. The circuit opening is logged (once a
+    # minute while failed probes keep opening it again), and its closing once.
+
+    def _circuit_opened(self, failures: int) -> None:
+        skipped = self._circuit_log.due()
+        if skipped is None:
+            return
+        reopened = f"; it opened {skipped} more times since the last such line" if skipped else ""
+        logger.warning(
+            "model %r version %s: the remote server %s failed %d calls in a row (last: %s); calls to it fail fast "
+            "for %g s at a time, then one probes it%s",
+            self.model,
+            self.version,
+            self.remote.endpoint,
+            failures,
+            self._last_error,
+            self.remote.cooloff_s,
+            reopened,
+        )
+
+    def _circuit_closed(self) -> None:
+        if self._circuit_log.ended():
+            logger.info(
+                "model %r version %s: the remote server %s answers again",
+                self.model,
+                self.version,
+                self.remote.endpoint,
+            )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -574,11 +610,12 @@ class RemoteBackend:
             self._breaker.success()  # the server is up; the request was wrong
             return self._error(InvalidInputError, f"the remote server refused the inputs: {detail}", count=False)
         if status == 504:  # the server ran out of the time it was sent: judged as a timeout here is
+            late = self._error(DeadlineExceededError, detail)  # (first: the circuit's line names it)
             if self._counts_against_server(caller_binds=caller_binds, sent_at=sent_at):
                 self._breaker.failure()
             else:
                 self._breaker.release()
-            return self._error(DeadlineExceededError, detail)
+            return late
         if status == 429:  # up, but shedding load: not a failure, and the next call may probe
             self._breaker.release()
             wait = retry_after_seconds(response.headers.get("retry-after"))
@@ -595,15 +632,17 @@ class RemoteBackend:
     def _timed_out(self, *, caller_binds: bool, limit_s: float, sent_at: float | None) -> DeadlineExceededError:
         endpoint = self.remote.endpoint
         if not caller_binds:
+            error = self._deadline(f"no answer from {endpoint} within its timeout_s of {limit_s:.3g} s")
             self._breaker.failure()  # the server is slower than its own timeout_s allows
-            return self._deadline(f"no answer from {endpoint} within its timeout_s of {limit_s:.3g} s")
+            return error
         if sent_at is not None and self._counts_against_server(caller_binds=True, sent_at=sent_at):
-            self._breaker.failure()
-            return self._deadline(
+            error = self._deadline(
                 f"no answer from {endpoint} within the request's {limit_s:.3g} s, and none to any call since it "
                 f"was sent, though its answers take {(self._typical_s or 0) * 1e3:.3g} ms: counted as a failure "
                 "of the server"
             )
+            self._breaker.failure()
+            return error
         self._breaker.release()  # the caller's budget ran out first: that says nothing about the server
         return self._deadline(f"no answer from {endpoint} within the request's {limit_s:.3g} s")
 
@@ -641,8 +680,9 @@ class RemoteBackend:
         return self._error(DeadlineExceededError, message)
 
     def _unavailable(self, message: str) -> RemoteUnavailableError:
+        error = self._error(RemoteUnavailableError, f"{self.remote.endpoint} is unavailable: {message}")
         self._breaker.failure()
-        return self._error(RemoteUnavailableError, f"{self.remote.endpoint} is unavailable: {message}")
+        return error
 
     def _error(self, kind: type[_E], message: str, *, count: bool = True) -> _E:
         with self._lock:
@@ -668,6 +708,7 @@ class RemoteBackend:
         if self._client is not None:
             self._client.forget()
         self._client = None
+        self._circuit_log = LogLimit(clock=self._clock)
         self._breaker = self._new_breaker()
 
 

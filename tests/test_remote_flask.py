@@ -5,6 +5,7 @@ breaker against a server that dies and comes back, trace context, and forks."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import subprocess
@@ -25,7 +26,7 @@ from inprocserve._remote import RemoteBackend
 from inprocserve._remote_model import RemoteModel
 from inprocserve.testing import ManualClock, build_gather_model, build_mlp_model, build_scale_model, save_model
 
-from .conftest import run_in_forked_child
+from .conftest import ServerFactory, run_in_forked_child
 
 APP = Path(__file__).with_name("remote_app.py")
 
@@ -245,3 +246,44 @@ def test_a_forked_child_opens_its_own_connections(app: RemoteApp, backends: list
     assert run_in_forked_child(in_the_child) == "2.0"
     (answer,) = backend.run(slot, feeds)  # the parent's connection still works
     assert float(answer[0, 0]) == 2.0
+
+
+def test_a_dead_server_is_logged_when_its_circuit_opens_and_when_it_answers_again_not_per_call(
+    remote_repository: Path, repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    app = RemoteApp(remote_repository)
+    port = app.port
+    (repository / "scale" / "1").mkdir(parents=True)
+    (repository / "scale" / "1" / "remote.toml").write_text(
+        f'url = "{app.url}"\nmodel = "scale"\nfailure_threshold = 2\ncooloff_s = 5.0\nretries = 0\n'
+    )
+    try:
+        server = make_server(repository, clock=clock)
+        x = np.ones((1, 4), np.float32)
+        server.predict("scale", x)
+    finally:
+        app.stop()
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        for _ in range(10):  # 50 s of a dead server: every call fails, a failed probe every 5 s
+            for _ in range(20):
+                with pytest.raises(inprocserve.RemoteUnavailableError):
+                    server.predict("scale", x)
+            clock.advance(5)
+        opened = [r for r in caplog.records if "failed 2 calls in a row" in r.getMessage()]
+        assert len(opened) == 1 and opened[0].levelno == logging.WARNING
+        assert "Connection refused" in opened[0].getMessage()
+        clock.advance(60)  # a minute on: said again, with how often it opened since
+        with pytest.raises(inprocserve.RemoteUnavailableError):
+            server.predict("scale", x)
+        again = [r for r in caplog.records if "more times since the last such line" in r.getMessage()]
+        assert len(again) == 1
+        app = RemoteApp(remote_repository, port)
+        try:
+            clock.advance(5)
+            for _ in range(20):
+                server.predict("scale", x)
+        finally:
+            app.stop()
+    assert len([r for r in caplog.records if "answers again" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if r.name == "inprocserve._remote"]) == 3
