@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from io import StringIO
@@ -43,6 +44,29 @@ def test_a_sync_view_predicts(served: Path) -> None:
     response = post(Client(), "/score", [[1, 2, 3, 4]])
     assert response.status_code == 200
     assert response.json() == {"y": [[2.0, 4.0, 6.0, 8.0]], "version": 2, "variant": "default"}
+
+
+def test_a_client_s_bad_requests_and_the_503s_of_a_closed_server_log_no_line_each(
+    repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Django logs every 4xx as a warning and every 5xx as an error (mailed to ADMINS by default): a client
+    # sending bad requests, or a server shedding load, made a line (or an e-mail) per request.
+    infer = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "V2_PROTOCOL": True}):
+        client = Client()
+        with caplog.at_level(logging.INFO):
+            for _ in range(50):
+                assert post(client, "/score", [[1, 2]]).status_code == 400
+                assert client.get("/unknown").status_code == 404
+                assert client.post("/v2/models/scale/infer", infer, content_type="application/json").status_code == 400
+                assert client.post("/v2/models/nope/infer", "{", content_type="application/json").status_code == 404
+                assert client.post("/v2/models/scale/infer", "{", content_type="application/json").status_code == 400
+            get_server().close()
+            for _ in range(50):
+                assert post(client, "/score", [[1, 2, 3, 4]]).status_code == 503
+                assert client.get("/-/inprocserve/ready").status_code == 503
+        reset_server()
+    assert [record.getMessage() for record in caplog.records if record.name == "django.request"] == []
 
 
 def test_an_async_view_uses_apredict(served: Path) -> None:

@@ -23,6 +23,20 @@ def error_response(error: Exception) -> HttpResponse | None:
     response = JsonResponse(answer.body, status=answer.status)
     for name, value in answer.headers.items():
         response[name] = value
+    return not_logged_per_request(response)
+
+
+def not_logged_per_request(response: HttpResponse) -> HttpResponse:
+    """Keep django.request from logging this answer of the library's.
+
+    Django logs every 4xx response as a warning and every 5xx as an error (mailed to ADMINS by its default
+    logging): a line, or an e-mail, per invalid input a client sends, at any rate it likes, and per request
+    shed while the server is overloaded. These answers are the library's: the steady faults behind them are
+    logged by the library, when they start and then at most once a minute (docs/observability.md), and every
+    answer is counted in its metrics. (``_has_been_logged`` is the mark Django's own ``log_response`` sets
+    and checks, so it never logs a response twice.)
+    """
+    response._has_been_logged = True  # type: ignore[attr-defined]
     return response
 
 

@@ -17,6 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from inprocserve import InvalidInputError, v2, web
 
 from .conf import settings
+from .middleware import not_logged_per_request
 from .server import building, get_server, remaining_budget, request_context
 
 __all__ = ["endpoint"]
@@ -90,8 +91,8 @@ def endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
             budget_s=lambda: remaining_budget(request),
         )
     except _LengthRequired as exc:
-        return JsonResponse({"error": str(exc)}, status=411)
+        return not_logged_per_request(JsonResponse({"error": str(exc)}, status=411))
     response = HttpResponse(answer.body, status=answer.status)
     for name, value in answer.headers.items():
         response[name] = value
-    return response
+    return not_logged_per_request(response)

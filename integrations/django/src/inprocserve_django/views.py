@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 from inprocserve import web
 
 from .conf import settings
+from .middleware import not_logged_per_request
 from .server import building, get_server
 
 
@@ -33,7 +34,7 @@ def ready(request: HttpRequest) -> JsonResponse:
     response = JsonResponse(readiness.body(), status=200 if readiness.ready else 503)
     if not readiness.ready:  # like every other 503 of the plug-in: when a probe or client may try again
         response["Retry-After"] = web.retry_after(settings()["RETRY_AFTER_S"])
-    return response
+    return not_logged_per_request(response)  # (a probe every few seconds: not an error line each time)
 
 
 def models(request: HttpRequest) -> JsonResponse:
