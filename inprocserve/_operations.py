@@ -462,6 +462,8 @@ class Operations:
                     )
             self._read_error = str(exc)
             return None
+        if self._read_error is not None:  # its error was logged: say that it is over, once
+            logger.info("control file %s can be read again (revision %d)", self.control_path, control.revision)
         self._read_error = None
         return control
 

@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from inprocserve import ModelConfig, RolloutConfig, ShadowConfig, v2
+from inprocserve._control import CONTROL_FILENAME
 from inprocserve._log_limit import LOG_EVERY_S, LogLimit, since
 from inprocserve.testing import ManualClock, build_gather_model, save_model
 
@@ -101,3 +102,22 @@ def test_a_steady_problem_is_logged_again_after_a_minute_with_the_count_since() 
     assert limit.due("fraud") == 500 and since(500) == " (500 more since the last such line)"
     assert limit.ended("fraud") and not limit.ended("fraud")
     assert limit.due("fraud") == 0  # it started again
+
+
+def test_a_damaged_control_file_is_logged_once_and_its_repair_once(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_gather_model(), repository, "gather", 1)
+    server = make_server(repository, control_interval_s=None)
+    server.kill("gather")
+    control_file = repository / CONTROL_FILENAME
+    good = control_file.read_bytes()
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        control_file.write_bytes(good[: len(good) // 2])  # a hand edit or a broken sync
+        for _ in range(100):  # its watcher's reads, a second apart
+            server.sync_control()
+        control_file.write_bytes(good)
+        for _ in range(100):
+            server.sync_control()
+    assert len(lines(caplog, "is not valid JSON")) == 1
+    assert len(lines(caplog, "can be read again")) == 1
