@@ -23,7 +23,6 @@ import logging
 import math
 import queue
 import threading
-import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from ._array_file import UnreadableArrayFileError, load_arrays
 from ._config import DriftConfig
 from ._errors import ModelLoadError
 from ._integrity import resolve_model_file
+from ._log_limit import LogLimit, since
 
 __all__ = ["DriftMonitor", "DriftScorer", "drain", "ks_statistic", "psi"]
 
@@ -235,8 +235,7 @@ class DriftMonitor:
         self.dropped_windows = 0
         self.last: dict[str, dict[str, float]] = {}
         self.drifting = False
-        self._said_at: float | None = None  # when the drifting warning was last logged (None: not since it began)
-        self._unsaid = 0  # drifting windows scored since that warning
+        self._said = LogLimit(DRIFT_REPEAT_S)  # when the drifting warning is due (see _say)
         if config.reference_file:
             path = resolve_model_file(
                 folder, config.reference_file, what="drift reference file", model=model, version=version
@@ -449,23 +448,20 @@ class DriftMonitor:
         with self._lock:
             self.last = scores
             self.windows += 1
-            was_drifting, self.drifting = self.drifting, bool(drifting)
-        self._say(drifting, scores, was_drifting=was_drifting)
+            self.drifting = bool(drifting)
+        self._say(drifting, scores)
 
-    def _say(self, drifting: list[str], scores: dict[str, dict[str, float]], *, was_drifting: bool) -> None:
+    def _say(self, drifting: list[str], scores: dict[str, dict[str, float]]) -> None:
         """Log that the version drifts when it starts to, then at most every ``DRIFT_REPEAT_S`` while it keeps
-        drifting (naming the windows since), and once when it stops. (Called by the scoring thread only.)"""
+        drifting (with the drifting windows not logged since), and once when it stops."""
         if not drifting:
-            if was_drifting:
+            if self._said.ended():
                 logger.info("model %r version %s is no longer drifting", self.model, self.version)
-            self._said_at, self._unsaid = None, 0
             return
-        now = time.monotonic()
-        self._unsaid += 1
-        if self._said_at is not None and now - self._said_at < DRIFT_REPEAT_S:
+        skipped = self._said.due()
+        if skipped is None:
             return
         worst = max(drifting, key=lambda name: scores[name]["psi"])
-        since = "" if self._unsaid == 1 else f" ({self._unsaid} drifting windows since the last warning)"
         logger.warning(
             "model %r version %s is drifting: %d feature(s) over the threshold in the last window of %d rows; "
             "worst %s (PSI %.3f)%s",
@@ -475,9 +471,8 @@ class DriftMonitor:
             self.config.window,
             worst,
             scores[worst]["psi"],
-            since,
+            since(skipped),
         )
-        self._said_at, self._unsaid = now, 0
 
     def status(self) -> dict[str, Any]:
         with self._lock:

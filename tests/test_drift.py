@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import DriftConfig, ModelConfig, _drift
+from inprocserve import DriftConfig, ModelConfig
 from inprocserve._drift import drain, ks_statistic, psi
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
@@ -79,11 +79,11 @@ def test_a_version_that_keeps_drifting_is_not_logged_for_every_window(
         assert drift_status(drift_server)["windows"] == 5
         said = [r.getMessage() for r in caplog.records if "is drifting" in r.getMessage()]
         assert len(said) == 1, said
-        monkeypatch.setattr(_drift, "DRIFT_REPEAT_S", 0.0)
+        monkeypatch.setattr(drift_server._registry.loaded["scale"][1].drift._said, "every_s", 0.0)
         feed(drift_server, 1.5, 500, seed=4)
         assert drain()
         said = [r.getMessage() for r in caplog.records if "is drifting" in r.getMessage()]
-        assert len(said) == 2 and "(5 drifting windows since the last warning)" in said[1], said
+        assert len(said) == 2 and "(4 more since the last such line)" in said[1], said
         feed(drift_server, 0.0, 500, seed=5)
         assert drain()
     assert drift_status(drift_server)["drifting"] is False
