@@ -5,10 +5,13 @@ at whatever point that thread is: inside a batcher worker holding its batcher's 
 OpenTelemetry SDK holding an instrument's lock. A clean-up that takes those locks, or joins the thread it
 runs on or one waiting for it, hangs that thread for good (and the collector with it: no other thread
 collects while one is collecting). So a finalizer only hands its clean-up over here (``SimpleQueue.put`` is
-reentrant: safe from a finalizer, on any thread), and one thread runs it. At interpreter exit, when
-``weakref.finalize`` runs the finalizers of what is still alive from the main thread, the clean-up runs
-there and then, and the clean-ups handed over before it are waited for, so that no thread is left inside
-onnxruntime when the interpreter finalizes.
+reentrant: safe from a finalizer, on any thread), and one thread runs it. At interpreter exit the clean-ups
+of what is still alive run on the main thread there and then, and the clean-ups handed over before are
+waited for, so that no thread is left inside onnxruntime when the interpreter finalizes. That is this
+module's own exit hook, not ``weakref.finalize``'s: that one runs before or after this one depending on
+whether any ``weakref.finalize`` was made before this module was imported (Django's request handler makes
+one), and a clean-up it handed over after this hook waited would be left to a daemon thread the
+interpreter stops mid-way (onnxruntime aborts the process then, SIGABRT).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 from . import _fork
 
-__all__ = ["reap", "start"]
+__all__ = ["start", "watch"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ _EXIT_WAIT_S = 30.0
 _jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
 _thread: threading.Thread | None = None
 _starting = threading.Lock()
+_watched: list[weakref.finalize[Any, Any]] = []  # each server's, for the exit hook (under _starting)
+_exiting = False
 
 
 def start() -> None:
@@ -46,10 +51,22 @@ def start() -> None:
             _thread.start()
 
 
-def reap(cleanup: Callable[..., None], *args: Any) -> None:
-    """The ``weakref.finalize`` callback: hand ``cleanup(*args)`` to the clean-up thread, or run it here at
-    interpreter exit (from ``weakref.finalize``'s exit hook, on the main thread)."""
-    if getattr(weakref.finalize, "_shutdown", False):  # (set by that hook; CPython's since 3.4)
+def watch(obj: object, cleanup: Callable[..., None], *args: Any) -> weakref.finalize[Any, Any]:
+    """``weakref.finalize(obj, ...)`` whose ``cleanup(*args)`` runs on the clean-up thread when ``obj`` is
+    collected, and at interpreter exit on the main thread if ``obj`` is still alive then (or, once,
+    when the finalizer is called; never after it is detached). Called from a constructor, not a finalizer."""
+    finalizer = weakref.finalize(obj, _reap, cleanup, *args)
+    start()
+    with _starting:
+        _watched[:] = [f for f in _watched if f.alive]  # (those run or detached: nothing to do at exit)
+        _watched.append(finalizer)
+    return finalizer
+
+
+def _reap(cleanup: Callable[..., None], *args: Any) -> None:
+    """The ``weakref.finalize`` callback: hand ``cleanup(*args)`` to the clean-up thread, or at interpreter
+    exit, on the main thread (the exit hook's call, or ``weakref.finalize``'s own), run it here."""
+    if _exiting and threading.current_thread() is threading.main_thread():
         cleanup(*args)
     else:
         _jobs.put((cleanup, args))
@@ -69,7 +86,14 @@ def _run() -> None:
         del job, cleanup, args  # (nothing of the server outlives its clean-up here)
 
 
-def _wait_at_exit() -> None:
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    for finalizer in reversed(_watched[:]):  # (newest first, as weakref.finalize's hook would)
+        try:
+            finalizer()
+        except Exception:
+            logger.exception("cleaning up a server nobody closed failed")
     thread = _thread
     if thread is None or not thread.is_alive():
         return
@@ -87,6 +111,6 @@ def _after_fork_in_child() -> None:
     _jobs = queue.SimpleQueue()
 
 
-atexit.register(_wait_at_exit)
+atexit.register(_at_exit)
 if hasattr(os, "register_at_fork"):  # POSIX only
     os.register_at_fork(after_in_child=_after_fork_in_child)

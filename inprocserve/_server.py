@@ -211,10 +211,8 @@ class Server(RolloutMethods):
         # the interpreter finalizes, while onnxruntime may still be running on them. The collector's call
         # only hands the clean-up to a thread of its own (see _reaper): it may run on any thread, holding
         # any lock, one of this server's threads too.
-        _reaper.start()
-        self._finalizer = weakref.finalize(
+        self._finalizer = _reaper.watch(
             self,
-            _reaper.reap,
             _close_unclosed,
             self._registry.loaded,
             self._shadow,

@@ -146,3 +146,50 @@ def test_a_dropped_server_that_used_shadows_drift_flags_deadlines_and_apredict_i
 
     assert dropped() is None  # a follower's deadline, still armed, kept it (and so every thread below)
     wait_until(lambda: _threads_of_servers() <= before)  # shadow, drift, deadlines, workers, control file
+
+
+_UNCLOSED_AT_EXIT_AFTER_ANOTHER_FINALIZE = """
+import atexit, os, tempfile, threading, weakref
+
+class Kept:
+    pass
+
+kept = Kept()
+weakref.finalize(kept, print)  # made before inprocserve is imported (Django's request handler makes one)
+
+def after_every_other_exit_hook():
+    try:
+        server.predict("scale", x)
+        os.write(1, b"still serving\\n")
+    except inprocserve.ServerClosedError:
+        os.write(1, b"closed\\n")
+
+atexit.register(after_every_other_exit_hook)  # (exit hooks run newest first: this one last)
+
+import numpy as np
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+repository = tempfile.mkdtemp()
+save_model(build_scale_model(), repository, "scale")
+x = np.ones((1, 4), np.float32)
+server = inprocserve.Server(repository, poll_interval_s=0.05)  # never closed
+
+def serve():
+    try:
+        while True:
+            server.predict("scale", x)
+    except inprocserve.ServerClosedError:
+        pass
+
+threading.Thread(target=serve, daemon=True).start()
+"""
+
+
+def test_a_server_nobody_closed_is_cleaned_up_at_exit_whatever_made_a_finalizer_first() -> None:
+    # weakref.finalize's exit hook runs after the clean-up thread's exit wait when any weakref.finalize was
+    # made before inprocserve was imported: its clean-up, handed to that daemon thread, was not waited for,
+    # and the interpreter finalized with a daemon thread inside onnxruntime (SIGABRT), or never cleaned up.
+    result = run_python(_UNCLOSED_AT_EXIT_AFTER_ANOTHER_FINALIZE, timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "closed"
