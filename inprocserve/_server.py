@@ -172,7 +172,9 @@ class Server(RolloutMethods):
         # What the server's parts keep (its threads, and the clean-up of a server nobody closed) holds the server
         # weakly: one they held strongly would keep a server nobody closed, its sessions and threads, for good.
         self._sharings: list[Sharing] = []  # [self._sharing], for the clean-up (a forked child makes another)
-        self._weak_deliver = _weakly(self._deliver, functools.partial(_deliver_without_server, self._sharings))
+        self._weak_deliver = _weakly(
+            self._deliver, functools.partial(_deliver_without_server, self._sharings, self._telemetry)
+        )
         self._shadow = ShadowRunner(
             max_queued=shadow_queue,
             max_queued_bytes=shadow_queue_bytes,
@@ -1119,18 +1121,21 @@ def _default_version(registry: Registry, model: str) -> ModelVersion | None:
     return None if routes is None else routes.default
 
 
-def _deliver_without_server(sharings: list[Sharing], request: Request) -> None:
-    """Resolve a ``submit`` future that a server nobody holds any more answered (in its clean-up), and wake
-    the identical requests that followed it."""
+def _deliver_without_server(sharings: list[Sharing], telemetry: RequestTelemetry, request: Request) -> None:
+    """Resolve a ``submit`` future that a server nobody holds any more answered (in its clean-up), wake the
+    identical requests that followed it, and close its span and record its metrics (as ``_answered``)."""
     future = request.future
     assert future is not None
-    for sharing in sharings:
-        sharing.release(request, None, request.error)
-    with contextlib.suppress(InvalidStateError):  # cancelled by its caller meanwhile
-        if request.error is not None:
-            future.set_exception(request.error)
-        else:
-            future.set_result(request.prediction())
+    try:
+        for sharing in sharings:
+            sharing.release(request, None, request.error)
+        telemetry.answered(request, request.error, time.perf_counter() - request.started, None)
+    finally:  # the future is resolved even if what comes before failed (its error goes on up)
+        with contextlib.suppress(InvalidStateError):  # cancelled by its caller meanwhile
+            if request.error is not None:
+                future.set_exception(request.error)
+            else:
+                future.set_result(request.prediction())
 
 
 def _gone(*args: Any, **kwargs: Any) -> Any:
