@@ -39,15 +39,17 @@ _thread: threading.Thread | None = None
 _starting = threading.Lock()
 _watched: list[weakref.finalize[Any, Any]] = []  # each server's, for the exit hook (under _starting)
 _exiting = False
+_pid = os.getpid()  # the process the above belong to (see _after_fork_in_child)
 
 
 def start() -> None:
     """Start the clean-up thread, if it is not running (from a server's constructor, and in a forked child
     from its fork hook: never from a finalizer, as starting a thread takes locks)."""
     global _thread
+    _after_fork_in_child()  # (a server's fork hook may call this before this module's own hook has run)
     with _starting:
         if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_run, name="inprocserve-cleanup", daemon=True)
+            _thread = threading.Thread(target=_run, args=(_jobs,), name="inprocserve-cleanup", daemon=True)
             _thread.start()
 
 
@@ -72,9 +74,9 @@ def _reap(cleanup: Callable[..., None], *args: Any) -> None:
         _jobs.put((cleanup, args))
 
 
-def _run() -> None:
+def _run(jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | threading.Event]) -> None:
     while True:
-        job = _jobs.get()
+        job = jobs.get()
         if isinstance(job, threading.Event):
             job.set()
             continue
@@ -104,7 +106,15 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _starting, _jobs
+    """In a forked child, once, before anything else here: a lock, a queue and no clean-up thread of its own.
+    Fork hooks run in the order registered, and _fork's (a server's, that calls start()) before this
+    module's: a thread started there on the parent's queue waited on it for good, and the child's clean-ups
+    never ran (a dropped server's threads lived on; the child's exit waited _EXIT_WAIT_S for nothing)."""
+    global _starting, _jobs, _pid, _thread
+    if _pid == os.getpid():
+        return
+    _pid = os.getpid()
+    _thread = None
     _starting = threading.Lock()  # (a thread of the parent's may have held it at the fork)
     # The parent's queued clean-ups are the parent's servers: not run here, nor freed (see _fork.keep).
     _fork.keep(_jobs)

@@ -227,3 +227,45 @@ def test_requests_answered_after_their_server_was_dropped_end_their_spans() -> N
     result = run_python(_ANSWERED_AFTER_THE_SERVER_WAS_DROPPED, timeout_s=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["600", "600"]
+
+
+_DROPPED_IN_A_FORKED_CHILD = """
+import gc, os, sys, tempfile, threading, time
+import numpy as np
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+def threads():
+    return [t for t in threading.enumerate() if t.name.startswith("inprocserve-") and t.name != "inprocserve-cleanup"]
+
+repository = tempfile.mkdtemp()
+save_model(build_scale_model(), repository, "scale")
+kept = inprocserve.Server()  # before the fork, no model yet (no onnxruntime)
+pid = os.fork()
+if pid == 0:
+    before = len(threads())
+    server = inprocserve.Server(repository, poll_interval_s=0.05)
+    server.submit("scale", np.ones((1, 4), np.float32)).result(timeout=10)
+    del server
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while len(threads()) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(len(threads()) - before, flush=True)
+    sys.exit(0)  # (an ordinary exit: exit hooks run)
+started = time.monotonic()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), round(time.monotonic() - started))
+kept.close()
+"""
+
+
+def test_a_server_dropped_in_a_forked_child_is_cleaned_up_there() -> None:
+    # A server alive at the fork called the clean-up thread's start() from its fork hook before the clean-up
+    # module's own hook had given the child a queue: that thread waited on the parent's queue for good. The
+    # child's dropped servers kept their threads (3 left), and its exit waited 30 s for clean-ups that never ran.
+    result = run_python(_DROPPED_IN_A_FORKED_CHILD, timeout_s=90)
+    assert result.returncode == 0, result.stderr
+    threads_left, (child_exit, child_s) = int(result.stdout.split()[0]), map(int, result.stdout.split()[1:])
+    assert (threads_left, child_exit) == (0, 0), result.stderr
+    assert child_s < 10
