@@ -36,27 +36,44 @@ class LogLimit:
         self.every_s = every_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._state: dict[Hashable, list[float | int]] = {}  # key -> [when last logged, times not logged since]
+        # key -> [when last logged, times not logged since, going on, its end not said since that line]
+        self._state: dict[Hashable, list[float | int | bool]] = {}
 
     def due(self, key: Hashable = None) -> int | None:
         """Count one occurrence of ``key``'s problem. Returns None when it should not be logged now, else
-        how many occurrences were not logged since its last line (0 the first time)."""
+        how many occurrences were not logged since its last line (0 the first time).
+
+        A problem that ended less than ``every_s`` after its last line and recurs is the same problem going on:
+        one that flaps (a mount that comes and goes between polls, a server up for a probe and down again, a
+        drift score around its threshold) is still logged at most every ``every_s``, not twice per flap."""
         now = self._clock()
         with self._lock:
             state = self._state.get(key)
             if state is not None and now - state[0] < self.every_s:
                 state[1] += 1
+                state[2] = True  # going on (again)
                 return None
             skipped = 0 if state is None else int(state[1])
             if state is None and len(self._state) >= _MAX_KEYS:
                 del self._state[next(iter(self._state))]
-            self._state[key] = [now, 0]
+            self._state[key] = [now, 0, True, True]
             return skipped
 
     def ended(self, key: Hashable = None) -> bool:
-        """Forget ``key``'s problem; True if it was going on (log its end then)."""
+        """``key``'s problem is over; True if a line about it was logged since its end was last said (log its
+        end then). After a flap whose start was not logged, its end is not either: each end line answers a
+        problem line."""
+        now = self._clock()
         with self._lock:
-            return self._state.pop(key, None) is not None
+            state = self._state.get(key)
+            if state is None or not state[2]:
+                return False
+            announced = bool(state[3])
+            if now - state[0] >= self.every_s:
+                del self._state[key]  # a recurrence is due to be logged anyway: nothing to remember
+            else:
+                state[2] = state[3] = False  # remembered until every_s after its last line (see due)
+            return announced
 
 
 def since(skipped: int) -> str:

@@ -90,6 +90,22 @@ def test_a_version_that_keeps_drifting_is_not_logged_for_every_window(
     assert [r.levelname for r in caplog.records if "no longer drifting" in r.getMessage()] == ["INFO"]
 
 
+def test_a_version_whose_drift_comes_and_goes_is_not_logged_for_every_window(
+    drift_server: inprocserve.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A score around its threshold drifts in one window and not the next: each end forgot the drift, so each
+    # window logged either "is drifting" or "no longer drifting" (a line per window, as before 9b8cdc0).
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        for seed in range(10):
+            feed(drift_server, 1.5, 500, seed=2 * seed + 10)  # a drifting window
+            assert drain()
+            feed(drift_server, 0.0, 500, seed=2 * seed + 11)  # and one that is not
+            assert drain()
+    assert drift_status(drift_server)["windows"] == 20
+    assert len([r for r in caplog.records if "is drifting" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "no longer drifting" in r.getMessage()]) == 1
+
+
 def test_a_feature_that_is_mostly_one_value_drifts_when_its_rows_leave_that_value(
     repository: Path, make_server: ServerFactory
 ) -> None:

@@ -101,6 +101,7 @@ def test_a_steady_problem_is_logged_again_after_a_minute_with_the_count_since() 
     clock.advance(LOG_EVERY_S)
     assert limit.due("fraud") == 500 and since(500) == " (500 more since the last such line)"
     assert limit.ended("fraud") and not limit.ended("fraud")
+    clock.advance(LOG_EVERY_S)  # (back within the minute it would be the same problem flapping: see below)
     assert limit.due("fraud") == 0  # it started again
 
 
@@ -121,3 +122,35 @@ def test_a_damaged_control_file_is_logged_once_and_its_repair_once(
             server.sync_control()
     assert len(lines(caplog, "is not valid JSON")) == 1
     assert len(lines(caplog, "can be read again")) == 1
+
+
+def test_a_repository_folder_that_flaps_is_logged_once_a_minute_not_twice_per_flap(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An unreliable mount, gone at one poll and back at the next: each time it came back the problem was
+    # forgotten, so every flap logged the error and the "scanned again" line (240 lines for 120 failed polls,
+    # twice as many as when every failed poll was logged).
+    save_model(build_gather_model(), repository, "gather", 1)
+    server = make_server(repository)
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        for _ in range(120):
+            shutil.move(repository, repository.with_name("away"))
+            assert "is not a directory" in server.refresh()[0]
+            shutil.move(repository.with_name("away"), repository)
+            assert server.refresh() == []
+    assert len(lines(caplog, "cannot scan the model repository")) == 1
+    assert len(lines(caplog, "can be scanned again")) == 1
+
+
+def test_a_problem_that_flaps_is_logged_at_most_once_a_minute_and_each_end_answers_a_logged_start() -> None:
+    clock = ManualClock()
+    limit = LogLimit(clock=clock)
+    assert limit.due() == 0 and limit.ended()  # it starts (logged) and ends (logged)
+    flaps = [(limit.due(), limit.ended()) for _ in range(100)]  # back and over again, within the minute
+    assert flaps == [(None, False)] * 100  # neither its start nor its end is logged again
+    assert limit.due() is None  # and it stays on
+    clock.advance(LOG_EVERY_S)
+    assert limit.due() == 101  # logged once the minute is up, with every start since
+    assert limit.ended() and not limit.ended()
+    clock.advance(LOG_EVERY_S)
+    assert limit.due() == 0 and limit.ended()  # a minute on, it is a new problem
