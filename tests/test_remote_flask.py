@@ -287,3 +287,36 @@ def test_a_dead_server_is_logged_when_its_circuit_opens_and_when_it_answers_agai
             app.stop()
     assert len([r for r in caplog.records if "answers again" in r.getMessage()]) == 1
     assert len([r for r in caplog.records if r.name == "inprocserve._remote"]) == 3
+
+
+def test_a_server_that_comes_and_goes_is_logged_once_a_minute_not_at_each_open_and_close(
+    remote_repository: Path, repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server up for one probe and down for the next calls: each close forgot the opening, so each flap (every
+    # cooloff_s) logged the warning and the "answers again" line.
+    clock = ManualClock()
+    app = RemoteApp(remote_repository)
+    port = app.port
+    (repository / "scale" / "1").mkdir(parents=True)
+    (repository / "scale" / "1" / "remote.toml").write_text(
+        f'url = "{app.url}"\nmodel = "scale"\nfailure_threshold = 2\ncooloff_s = 5.0\nretries = 0\n'
+    )
+    x = np.ones((1, 4), np.float32)
+    try:
+        server = make_server(repository, clock=clock)
+        server.predict("scale", x)
+    finally:
+        app.stop()
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        for _ in range(5):  # 25 s of flaps
+            for _ in range(3):  # down: the circuit opens
+                with pytest.raises(inprocserve.RemoteUnavailableError):
+                    server.predict("scale", x)
+            clock.advance(5)
+            app = RemoteApp(remote_repository, port)
+            try:
+                server.predict("scale", x)  # up for the probe: it closes
+            finally:
+                app.stop()
+    assert len([r for r in caplog.records if "failed 2 calls in a row" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "answers again" in r.getMessage()]) == 1
