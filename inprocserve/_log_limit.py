@@ -75,6 +75,11 @@ class LogLimit:
                 state[2] = state[3] = False  # remembered until every_s after its last line (see due)
             return announced
 
+    def forget(self, key: Hashable = None) -> None:
+        """Forget ``key``'s problem: its next occurrence is logged as the first (another problem took its place)."""
+        with self._lock:
+            self._state.pop(key, None)
+
 
 def since(skipped: int) -> str:
     """The tail of a repeated line: `` (N more since the last line)``, or nothing."""

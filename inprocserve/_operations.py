@@ -35,6 +35,7 @@ from ._errors import (
     ModelNotFoundError,
     PromotionRefusedError,
 )
+from ._log_limit import LogLimit, since
 from ._prediction import Prediction, RequestIds
 from ._registry import Registry, Routes
 from ._reports import InterleavedRanking, PromotionReport
@@ -70,6 +71,9 @@ class Operations:
         self._control_file = control_file
         self.control_interval_s = None if control_file is None else control_interval_s
         self._read_error: str | None = None  # why the control file cannot be read now, if it cannot
+        # each problem reading it is logged when it starts, and again only a minute after its last line: a file
+        # that flaps (rewritten in place by a sync, read half-written now and then) is not two lines per flap
+        self._read_log = LogLimit()
         # whether this server follows a revision read from the file (an absent file reads as revision 0):
         # until then a worker started while the file was unreadable reports not ready (see control_read)
         self._read_once = control_file is None
@@ -447,22 +451,32 @@ class Operations:
         try:
             control = self._control_file.read()
         except ConfigurationError as exc:
-            if str(exc) != self._read_error:
+            skipped = None
+            if str(exc) != self._read_error:  # a new problem: logged, unless it is the last one back within a minute
+                if self._read_error is not None:
+                    self._read_log.forget()  # another problem than the one logged: logged at once
+                skipped = self._read_log.due()
+            if skipped is not None:
                 if self._read_once:
-                    logger.error("%s; revision %d stays in force", exc, self._registry.control.revision)
+                    logger.error(
+                        "%s; revision %d stays in force%s", exc, self._registry.control.revision, since(skipped)
+                    )
                 elif self.control_interval_s is None:
                     logger.error(
-                        "%s; this server has read no revision of it: it serves every model by its own config", exc
+                        "%s; this server has read no revision of it: it serves every model by its own config%s",
+                        exc,
+                        since(skipped),
                     )
                 else:
                     logger.error(
                         "%s; this worker has read no revision of it: it routes no request (ControlStateUnknownError) "
-                        "and reports not ready until it reads and follows one",
+                        "and reports not ready until it reads and follows one%s",
                         exc,
+                        since(skipped),
                     )
             self._read_error = str(exc)
             return None
-        if self._read_error is not None:  # its error was logged: say that it is over, once
+        if self._read_error is not None and self._read_log.ended():  # its error was logged: say it is over, once
             logger.info("control file %s can be read again (revision %d)", self.control_path, control.revision)
         self._read_error = None
         return control

@@ -154,3 +154,30 @@ def test_a_problem_that_flaps_is_logged_at_most_once_a_minute_and_each_end_answe
     assert limit.ended() and not limit.ended()
     clock.advance(LOG_EVERY_S)
     assert limit.due() == 0 and limit.ended()  # a minute on, it is a new problem
+
+
+def test_a_control_file_that_flaps_is_logged_once_not_twice_per_flap(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A control file rewritten in place (a sync), read half-written at one read and whole at the next: each
+    # repair forgot the error, so every flap logged it again and its repair (50 flaps: 100 lines).
+    save_model(build_gather_model(), repository, "gather", 1)
+    server = make_server(repository, control_interval_s=None)
+    server.kill("gather")
+    control_file = repository / CONTROL_FILENAME
+    good = control_file.read_bytes()
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        for _ in range(50):
+            control_file.write_bytes(good[: len(good) // 2])
+            server.sync_control()
+            control_file.write_bytes(good)
+            server.sync_control()
+        control_file.write_bytes(good[: len(good) // 2])
+        server.sync_control()
+        control_file.write_bytes(b"[]")  # another problem in its place is logged at once
+        server.sync_control()
+        control_file.write_bytes(good)
+        server.sync_control()
+    assert len(lines(caplog, "is not valid JSON")) == 1
+    assert len(lines(caplog, "stays in force")) == 2
+    assert len(lines(caplog, "can be read again")) == 2
