@@ -78,9 +78,12 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(_SameOriginRedirects(url, carries_token=bool(token)))
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # the scheme is checked: http(s) only
+        with opener.open(request, timeout=timeout_s) as response:  # the scheme is checked: http(s) only
             body = response.read(_MAX_BYTES + 1)
+    except _RedirectRefusedError:
+        raise
     except urllib.error.HTTPError as exc:
         hint = {
             401: "pass the admin token with --token",
@@ -100,6 +103,40 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
     if not isinstance(document, dict) or not isinstance(document.get("models"), dict):
         raise ConnectionError(f"{url} answered JSON without a 'models' object: is it an inprocserve status endpoint?")
     return document
+
+
+class _RedirectRefusedError(ConnectionError):
+    """A redirect that ``status`` does not follow (the message says where it led, and why not)."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, but only to http(s), and, when a token is sent, only to the origin (scheme, host and
+    port) it was meant for. urllib copies every header of a request onto its redirect, ``Authorization`` too:
+    an endpoint (or anything on the path to it) answering ``302 Location: http://elsewhere/`` was sent the
+    admin token, in clear text even when the URL given was https, and urllib also follows redirects to ftp."""
+
+    def __init__(self, url: str, *, carries_token: bool) -> None:
+        self._origin = _origin(url)
+        self._carries_token = carries_token
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        target = _origin(newurl)
+        if target[0] not in ("http", "https"):
+            raise _RedirectRefusedError(
+                f"{req.full_url} redirects to {newurl[:200]!r}, which is not an http:// or https:// URL"
+            )
+        if self._carries_token and target != self._origin:
+            raise _RedirectRefusedError(
+                f"{req.full_url} redirects to {newurl[:200]!r}, another scheme, host or port: the admin token is "
+                "not sent there; if that is the app's endpoint, give its URL instead"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def healthy(document: dict[str, Any]) -> bool:

@@ -433,3 +433,86 @@ def test_status_of_a_server_with_no_model_is_not_healthy(
     status_endpoint["document"] = {"closed": False, "models": {}, "control": {"error": None, "revision": 0}}
     assert main(["status", status_endpoint["url"]]) == 1
     assert "no models" in capsys.readouterr().out
+
+
+@pytest.fixture
+def recording_endpoint() -> Iterator[dict[str, Any]]:
+    """A second host's status endpoint, recording the ``Authorization`` header of each request it gets."""
+    seen: dict[str, Any] = {"authorization": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen["authorization"].append(self.headers.get("Authorization"))
+            body = json.dumps({"closed": False, "models": {"fraud": {"ready": True}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.2", 0), Handler)  # another host: another loopback address
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    seen["url"] = f"http://127.0.0.2:{httpd.server_address[1]}/-/inprocserve/models"
+    try:
+        yield seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def redirecting_endpoint() -> Iterator[dict[str, Any]]:
+    """An app whose status endpoint answers ``302 Location: redirect["to"]`` (a path: its own origin)."""
+    redirect: dict[str, Any] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/moved/models":
+                body = json.dumps({"closed": False, "models": {"fraud": {"ready": True}}}).encode()
+                redirect["authorization"] = self.headers.get("Authorization")
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.send_response(302)
+            self.send_header("Location", redirect["to"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    redirect["url"] = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield redirect
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+def test_status_never_sends_the_admin_token_to_where_a_redirect_leads(
+    redirecting_endpoint: dict[str, Any], recording_endpoint: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # urllib copies every header onto a redirect: an endpoint (or a proxy on the way) answering 302 to another
+    # host was sent `Authorization: Bearer <admin token>`, in clear text even when the URL given was https.
+    redirecting_endpoint["to"] = recording_endpoint["url"]
+    assert main(["status", "--token", "s3cret-admin-token", redirecting_endpoint["url"]]) == 2
+    err = capsys.readouterr().err
+    assert f"redirects to '{recording_endpoint['url']}', another scheme, host or port" in err
+    assert recording_endpoint["authorization"] == []
+    # without a token there is nothing to leak: the redirect is followed
+    assert main(["status", redirecting_endpoint["url"]]) == 0
+    assert recording_endpoint["authorization"] == [None]
+    # and within the app's own origin the token goes along
+    redirecting_endpoint["to"] = "/moved/models"
+    assert main(["status", "--token", "s3cret-admin-token", redirecting_endpoint["url"]]) == 0
+    assert redirecting_endpoint["authorization"] == "Bearer s3cret-admin-token"
