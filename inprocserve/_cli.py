@@ -33,7 +33,7 @@ examples:
   python -m inprocserve quantize models/fraud/2/model.onnx fraud-int8.onnx
   python -m inprocserve score models/fraud/2/model.onnx rows.npy answers.npz
   python -m inprocserve status http://127.0.0.1:8000
-  python -m inprocserve status --json --token "$ADMIN_TOKEN" http://127.0.0.1:8000
+  python -m inprocserve status --json --token-file /run/secrets/admin_token http://127.0.0.1:8000
   python -m inprocserve switch models/ fraud 3       # every worker and host follows
   python -m inprocserve canary models/ fraud 4 10    # 10 % of users, sticky
 

@@ -1,7 +1,7 @@
 """``status URL``: read a running app's ``/-/inprocserve/models`` endpoint and summarize it.
 
-Plain ``urllib`` (no HTTP client dependency). The endpoint is the one both plug-ins serve; ``--token``
-sends the admin token as ``Authorization: Bearer ...`` for apps that guard it.
+Plain ``urllib`` (no HTTP client dependency). The endpoint is the one both plug-ins serve; ``--token-file``
+(or ``--token``) sends the admin token as ``Authorization: Bearer ...`` for apps that guard it.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,14 +30,25 @@ def add_status(commands: Subparsers) -> None:
         summary="read a running app's model status endpoint and print a summary",
         examples="  python -m inprocserve status http://127.0.0.1:8000\n"
         "  python -m inprocserve status http://127.0.0.1:8000/api/-/inprocserve/models\n"
-        '  python -m inprocserve status --token "$INPROCSERVE_ADMIN_TOKEN" --json http://127.0.0.1:8000\n\n'
+        "  python -m inprocserve status --token-file /run/secrets/admin_token --json http://127.0.0.1:8000\n"
+        "  printenv INPROCSERVE_ADMIN_TOKEN | python -m inprocserve status --token-file - http://127.0.0.1:8000\n\n"
         f"A URL without a path gets {ENDPOINT} appended. Exit status 1 when a model is not ready or\n"
         "there is none, the server is closed, or its control file cannot be read or applied (control.error),\n"
         "2 when the endpoint cannot be read or answers a malformed status document. Control characters in\n"
         "names and messages are printed as escapes (\\x1b, \\n).\n",
     )
     parser.add_argument("url", help=f"the app's base URL, or the full URL of its {ENDPOINT} endpoint")
-    parser.add_argument("--token", help="admin token, sent as 'Authorization: Bearer TOKEN'")
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="read the admin token from FILE ('-': standard input), sent as 'Authorization: Bearer TOKEN'",
+    )
+    token.add_argument(
+        "--token",
+        help="the admin token itself: every local user can read it in the process list while this runs; "
+        "prefer --token-file",
+    )
     parser.add_argument("--json", action="store_true", help="print the endpoint's JSON as it came")
     parser.add_argument(
         "--timeout", type=positive_float, default=10.0, help="seconds to wait for the answer (> 0, default 10)"
@@ -279,10 +291,33 @@ def _version_line(number: str, version: dict[str, Any], where: str) -> str:
     return line
 
 
+def _read_token(path: str) -> str:
+    """The admin token in file ``path`` (``-``: standard input), without surrounding whitespace. A token given
+    on the command line (``--token``) is in the process list, which every local user can read (``ps``,
+    ``/proc/<pid>/cmdline``) while the command waits for the endpoint: one that can switch and kill models.
+
+    Raises:
+        ValueError: the file cannot be read, or holds no token.
+    """
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read(64 * 1024)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--token-file {path}: cannot be read ({exc})") from None
+    token = text.strip()
+    if not token:
+        raise ValueError(f"--token-file {path}: holds no token")
+    return token
+
+
 def _status(args: argparse.Namespace) -> int:
     try:
         url = status_url(args.url)
-        document = fetch_status(url, token=args.token, timeout_s=args.timeout)
+        token = args.token if args.token_file is None else _read_token(args.token_file)
+        document = fetch_status(url, token=token, timeout_s=args.timeout)
     except (ValueError, ConnectionError) as exc:
         return fail(str(exc), CANNOT_RUN)
     if args.json:  # printed as it came, malformed or not: what to show whoever runs the app

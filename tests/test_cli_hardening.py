@@ -516,3 +516,32 @@ def test_status_never_sends_the_admin_token_to_where_a_redirect_leads(
     redirecting_endpoint["to"] = "/moved/models"
     assert main(["status", "--token", "s3cret-admin-token", redirecting_endpoint["url"]]) == 0
     assert redirecting_endpoint["authorization"] == "Bearer s3cret-admin-token"
+
+
+def test_status_reads_the_admin_token_from_a_file_or_stdin_rather_than_the_process_list(
+    redirecting_endpoint: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--token T` puts the token in the process's command line, which every local user can read (ps,
+    # /proc/<pid>/cmdline) while the command waits for the endpoint: a token that switches and kills models.
+    redirecting_endpoint["to"] = "/moved/models"
+    secret = tmp_path / "admin_token"
+    secret.write_text("s3cret-admin-token\n")  # (as a secrets mount or `echo` writes it)
+    assert main(["status", "--token-file", str(secret), redirecting_endpoint["url"]]) == 0
+    assert redirecting_endpoint["authorization"] == "Bearer s3cret-admin-token"
+    redirecting_endpoint["authorization"] = None
+    done = subprocess.run(
+        [sys.executable, "-m", "inprocserve", "status", "--token-file", "-", redirecting_endpoint["url"]],
+        input="s3cret-from-stdin\n",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert redirecting_endpoint["authorization"] == "Bearer s3cret-from-stdin"
+    capsys.readouterr()
+    secret.write_text("\n")
+    assert main(["status", "--token-file", str(secret), redirecting_endpoint["url"]]) == 2
+    assert f"--token-file {secret}: holds no token" in capsys.readouterr().err
+    assert main(["status", "--token-file", str(tmp_path / "missing"), redirecting_endpoint["url"]]) == 2
+    assert "cannot be read" in capsys.readouterr().err
