@@ -11,7 +11,8 @@ server (Triton, KServe, MLServer, or another inprocserve app) through the same `
     [headers]
     X-Tenant = "shop"
     [headers_from_env]
-    Authorization = "FRAUD_MODEL_TOKEN"   # the header's value is read from this environment variable
+    Authorization = "FRAUD_MODEL_TOKEN"   # the header's value is read from this environment variable,
+                                          # one the server's INPROCSERVE_REMOTE_ENV lists
 
 Pure configuration: no I/O besides reading the file, and no secret ever reaches a repr, a log or a status
 (header values are shown as ``"***"``; credentials in the URL are refused).
@@ -35,6 +36,11 @@ __all__ = ["REMOTE_FILENAME", "RemoteModel", "read_remote_toml"]
 
 REMOTE_FILENAME = "remote.toml"
 """The file a version folder holds instead of ``model.onnx`` when the version is served remotely."""
+
+REMOTE_ENV = "INPROCSERVE_REMOTE_ENV"
+"""The environment variable that lists (comma- or space-separated) the variables ``remote.toml``'s
+``[headers_from_env]`` may read. The list is the process's, set where its secrets are: a ``remote.toml`` comes
+from whoever may write the repository, and names the URL the values are sent to."""
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 # Headers the client writes itself; a configured value would corrupt the request or the trace.
@@ -192,8 +198,17 @@ def read_remote_toml(path: str | Path) -> RemoteModel:
     if not isinstance(headers, dict):
         raise ModelLoadError(f"{path}: key 'headers' must be a table of header = \"value\"")
     headers = dict(headers)
+    readable = _readable_variables()
     for name, variable in from_env.items():
-        if not isinstance(variable, str) or variable not in os.environ:
+        if not isinstance(variable, str) or variable not in readable:
+            # Any variable would do otherwise: a remote.toml dropped into the repository (which a hot reload
+            # loads) sent the process's DATABASE_URL or cloud keys to the URL it names. (Said the same way
+            # whether the variable is set or not, so the file's author learns nothing of the environment.)
+            raise ModelLoadError(
+                f"{path}: key 'headers_from_env.{name}': environment variable {str(variable)[:100]!r} is not one a "
+                f"remote.toml may read: list it in {REMOTE_ENV} (comma-separated) in the server's environment"
+            )
+        if variable not in os.environ:
             raise ModelLoadError(f"{path}: key 'headers_from_env.{name}': environment variable {variable!r} is not set")
         headers[name] = os.environ[variable]
     arguments["headers"] = headers
@@ -206,6 +221,12 @@ def read_remote_toml(path: str | Path) -> RemoteModel:
     except _Invalid as exc:
         raise ModelLoadError(f"{path}: key {exc.key!r} {exc.message}") from None
     return model
+
+
+def _readable_variables() -> frozenset[str]:
+    """The environment variables a ``remote.toml`` may read: those :data:`REMOTE_ENV` lists (itself never)."""
+    listed = os.environ.get(REMOTE_ENV, "").replace(",", " ").split()
+    return frozenset(listed) - {REMOTE_ENV}
 
 
 def _url(raw: object) -> str:

@@ -84,6 +84,7 @@ def test_a_header_value_http_cannot_carry_is_refused_without_showing_it(
     assert "s3c" not in str(caught.value) and "\u20ac" not in str(caught.value)
     assert caught.value.__cause__ is None and "s3c" not in str(caught.value.__context__)  # nothing chained holds it
     monkeypatch.setenv("FRAUD_TOKEN", value.replace("\udc80", "\u2603"))  # the environment holds valid text
+    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "FRAUD_TOKEN")
     path = tmp_path / "remote.toml"
     path.write_text('url = "http://h"\nmodel = "m"\n[headers_from_env]\nAuthorization = "FRAUD_TOKEN"\n')
     with pytest.raises(inprocserve.ModelLoadError, match=r"remote\.toml: key 'headers' the value of 'Authorization'"):
@@ -97,6 +98,7 @@ def test_header_values_of_visible_ascii_tabs_and_latin_1_are_taken() -> None:
 
 def test_remote_toml_reads_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRAUD_TOKEN", "Bearer t0ken")
+    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "OTHER_TOKEN, FRAUD_TOKEN")
     path = tmp_path / "remote.toml"
     path.write_text(
         'url = "http://127.0.0.1:8000"\nmodel = "fraud"\nversion = 3\ntimeout_s = 2\nconnect_timeout_s = 0.5\n'
@@ -140,6 +142,35 @@ def test_bad_remote_toml_names_the_file_and_key(tmp_path: Path, text: str, key: 
     with pytest.raises(inprocserve.ModelLoadError, match=f"remote.toml: .*'{key}") as caught:
         read_remote_toml(path)
     assert str(path) in str(caught.value)
+
+
+def test_remote_toml_reads_only_the_environment_variables_the_server_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # remote.toml comes from whoever may write the repository, and names the URL its headers go to: reading any
+    # variable, a file dropped there (loaded by a hot reload) sent the app's DATABASE_URL to a server of its own.
+    monkeypatch.setenv("DATABASE_URL", "postgres://app:db-password@db/prod")
+    monkeypatch.setenv("FRAUD_TOKEN", "Bearer t0ken")
+    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "FRAUD_TOKEN")
+    path = tmp_path / "remote.toml"
+
+    def refusal(variable: str) -> str:
+        path.write_text(f'url = "http://h"\nmodel = "m"\n[headers_from_env]\nX-Leak = "{variable}"\n')
+        with pytest.raises(inprocserve.ModelLoadError) as caught:
+            read_remote_toml(path)
+        assert "db-password" not in str(caught.value)
+        return str(caught.value).replace(variable, "<name>")
+
+    refused = refusal("DATABASE_URL")
+    assert refused.endswith(
+        "key 'headers_from_env.X-Leak': environment variable '<name>' is not one a remote.toml may read: list it "
+        "in INPROCSERVE_REMOTE_ENV (comma-separated) in the server's environment"
+    )
+    assert refusal("NO_SUCH_VARIABLE_SET") == refused  # set or not: the file's author learns nothing of it
+    path.write_text('url = "http://h"\nmodel = "m"\n[headers_from_env]\nAuthorization = "FRAUD_TOKEN"\n')
+    assert read_remote_toml(path).headers == {"Authorization": "Bearer t0ken"}
+    monkeypatch.delenv("INPROCSERVE_REMOTE_ENV")  # no list: no variable is read
+    assert refusal("FRAUD_TOKEN") == refused
 
 
 def test_remote_toml_that_is_not_toml(tmp_path: Path) -> None:
