@@ -31,7 +31,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,8 +56,8 @@ from ._oip_client import MAX_RESPONSE_BYTES, HttpClient, HttpResponse, Transport
 from ._remote_model import RemoteModel
 from ._signature import Signature, TensorSpec
 from ._stop_signal import THIS_THREAD
-from .v2._client_codec import decode_infer_response, encode_infer_request
-from .v2._codec import Limits
+from .v2._client_codec import decode_checked_response, encode_infer_request
+from .v2._codec import Limits, TensorHeader
 from .v2._datatypes import DATATYPES, onnx_of_datatype
 
 __all__ = ["RemoteBackend", "RemoteSlot", "signature_from_metadata"]
@@ -546,8 +546,19 @@ class RemoteBackend:
         return True
 
     def _outputs(self, signature: Signature, response: HttpResponse, rows: int) -> list[np.ndarray]:
+        def check(answered: Sequence[TensorHeader]) -> set[str]:
+            # Before any data is decoded (decoding BYTES costs about 1 us per element, holding the GIL, past the
+            # deadline): an answer whose declared shapes cannot fit this batch is refused on its header, and
+            # outputs the metadata does not declare are never decoded (they were dropped after decoding).
+            declared = {spec.name: spec for spec in signature.outputs}
+            for header in answered:
+                spec = declared.get(header.name)
+                if spec is not None:
+                    self._check_answered_shape(spec, header.shape, rows, batchable=signature.batchable)
+            return set(declared)
+
         try:
-            decoded = decode_infer_response(response.body, response.headers, limits=_RESPONSE_LIMITS)
+            decoded = decode_checked_response(response.body, response.headers, limits=_RESPONSE_LIMITS, check=check)
         except InvalidInputError as exc:  # the server's answer is broken, not the request: no bisecting
             raise self._error(InferenceError, f"the answer is not an inference response: {exc}") from None
         outputs: list[np.ndarray] = []
@@ -572,6 +583,21 @@ class RemoteBackend:
                 )
             outputs.append(array)
         return outputs
+
+    def _check_answered_shape(self, spec: TensorSpec, shape: tuple[int, ...], rows: int, *, batchable: bool) -> None:
+        """Refuse an output whose declared shape cannot be this batch's answer (the checks ``_outputs`` makes of
+        the decoded array, on the shape alone)."""
+        if batchable and (not shape or shape[0] != rows):
+            raise self._error(InferenceError, f"output {spec.name!r} has shape {shape} for a batch of {rows} rows")
+        if spec.shape is not None and (
+            len(shape) != len(spec.shape)
+            or any(isinstance(want, int) and want != got for want, got in zip(spec.shape, shape, strict=True))
+        ):
+            raise self._error(
+                InferenceError,
+                f"output {spec.name!r} is of shape {list(shape)}, but the server's metadata declares "
+                f"{spec.describe()}; fix the model's declared outputs on the server, or its answers",
+            )
 
     def _converted(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
         """An output of another width of the declared kind (FP64 declared as FP32: common with MLServer's

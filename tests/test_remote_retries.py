@@ -850,3 +850,95 @@ def test_a_call_that_hangs_while_others_are_answered_does_not_count(
     (error,) = errors
     assert "counted" not in str(error)
     assert backend.status()["circuit"] == "closed"
+
+
+class LabelServer(ThreadingHTTPServer):
+    """A model server whose model answers text labels (BYTES, shape [-1, 1], as scikit-learn classifiers on
+    MLServer do), each POST with ``answer(rows)``: a list of (name, element count) BYTES outputs of 2-byte
+    elements, sent as binary tensors."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), LabelHandler)
+        self.answer: Callable[[int], list[tuple[str, int]]] = lambda rows: [("label", rows)]
+
+
+class LabelHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: LabelServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(200)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        metadata = {
+            **METADATA,
+            "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1, 1]}],
+        }
+        document = {"extensions": ["binary_tensor_data"]} if self.path == "/v2" else metadata
+        self._send(json.dumps(document).encode(), {"Content-Type": "application/json"})
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        request = json.loads(body[: int(self.headers.get(v2.HEADER_LENGTH, len(body)))])
+        rows = request["inputs"][0]["shape"][0]
+        element = (2).to_bytes(4, "little") + b"ab"
+        outputs = [(name, count, element * count) for name, count in self.server.answer(rows)]
+        header = json.dumps(
+            {
+                "model_name": "scale",
+                "outputs": [
+                    {
+                        "name": name,
+                        "datatype": "BYTES",
+                        "shape": [count, 1],
+                        "parameters": {"binary_data_size": len(data)},
+                    }
+                    for name, count, data in outputs
+                ],
+            }
+        ).encode()
+        body = b"".join([header, *(data for _, _, data in outputs)])
+        self._send(body, {"Content-Type": "application/octet-stream", v2.HEADER_LENGTH: str(len(header))})
+
+
+@pytest.fixture
+def label_server() -> Iterator[LabelServer]:
+    server = LabelServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_an_answer_of_millions_of_text_elements_is_refused_on_its_shapes_before_it_is_decoded(
+    label_server: LabelServer, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # Text outputs have no byte cap of their batch (their elements have no fixed size), and decoding takes about
+    # 1 us per element, holding the GIL, after the deadline: a one-row call answered with 96 MB of 2-byte labels
+    # held its caller 17 s past a 0.5 s deadline to find the answer had 16 million rows.
+    server = make_server(tmp_path)
+    remote = RemoteModel(url=f"http://127.0.0.1:{label_server.server_port}", model="scale", retries=0)
+    server.load("scale", remote=remote)
+    x = np.ones((1, 4), np.float32)
+    assert server.predict("scale", {"x": x})["label"].tolist() == [["ab"]]
+    label_server.answer = lambda rows: [("label", 4_000_000)]
+    started = time.monotonic()
+    with pytest.raises(inprocserve.InferenceError, match=r"output 'label' has shape \(4000000, 1\) for a batch of 1"):
+        server.predict("scale", {"x": x}, timeout_s=0.5)
+    assert time.monotonic() - started < 1.5
+    # an output the metadata does not declare is not decoded either (it was, then dropped)
+    label_server.answer = lambda rows: [("label", rows), ("debug", 4_000_000)]
+    started = time.monotonic()
+    assert server.predict("scale", {"x": x}, timeout_s=0.5)["label"].tolist() == [["ab"]]
+    assert time.monotonic() - started < 1.5
