@@ -10,9 +10,11 @@ import argparse
 import json
 import math
 import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail, positive_float
@@ -92,14 +94,13 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
         request.add_header("Authorization", f"Bearer {token}")
     opener = urllib.request.build_opener(_SameOriginRedirects(url, carries_token=bool(token)))
     try:
-        with opener.open(request, timeout=timeout_s) as response:  # the scheme is checked: http(s) only
-            body = response.read(_MAX_BYTES + 1)
-    except _RedirectRefusedError:
+        body = _within(timeout_s, lambda: _read(opener, request, timeout_s), url)
+    except (_RedirectRefusedError, _NoAnswerError):
         raise
     except urllib.error.HTTPError as exc:
         hint = {
-            401: "pass the admin token with --token",
-            403: "pass the admin token with --token",
+            401: "pass the admin token with --token-file",
+            403: "pass the admin token with --token-file",
             404: f"is the endpoint enabled? If the app mounts it elsewhere than {ENDPOINT}, give the full URL",
         }.get(exc.code, "see the app's log")
         raise ConnectionError(f"{url} answered HTTP {exc.code} {exc.reason}: {hint}") from exc
@@ -115,6 +116,44 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
     if not isinstance(document, dict) or not isinstance(document.get("models"), dict):
         raise ConnectionError(f"{url} answered JSON without a 'models' object: is it an inprocserve status endpoint?")
     return document
+
+
+def _read(opener: urllib.request.OpenerDirector, request: urllib.request.Request, timeout_s: float) -> bytes:
+    with opener.open(request, timeout=timeout_s) as response:  # the scheme is checked: http(s) only
+        return response.read(_MAX_BYTES + 1)  # type: ignore[no-any-return]
+
+
+def _within(timeout_s: float, call: Callable[[], bytes], url: str) -> bytes:
+    """``call()``'s answer, or its error, if it comes within ``timeout_s``; else ``ConnectionError``.
+
+    urllib's ``timeout`` bounds each socket operation, not the call: an endpoint that sent its answer (or its
+    headers) a byte a second held ``status --timeout 2`` for as long as it liked, and a deploy check with it.
+    The call runs on a daemon thread, left behind when the time is up (it ends at its socket's next timeout,
+    or with the process)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((call(), None))
+        except BaseException as exc:  # handed to the caller, raised there
+            outcome.append((None, exc))
+
+    thread = threading.Thread(target=run, name="inprocserve-status-fetch", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        raise _NoAnswerError(f"{url} gave no whole answer within {timeout_s:g} s (--timeout)")
+    body, error = outcome[0]
+    if error is not None:
+        try:
+            raise error
+        finally:
+            del error, outcome
+    return body  # type: ignore[no-any-return]
+
+
+class _NoAnswerError(ConnectionError):
+    """No whole answer within the time allowed."""
 
 
 class _RedirectRefusedError(ConnectionError):

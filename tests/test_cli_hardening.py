@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -545,3 +547,38 @@ def test_status_reads_the_admin_token_from_a_file_or_stdin_rather_than_the_proce
     assert f"--token-file {secret}: holds no token" in capsys.readouterr().err
     assert main(["status", "--token-file", str(tmp_path / "missing"), redirecting_endpoint["url"]]) == 2
     assert "cannot be read" in capsys.readouterr().err
+
+
+def test_status_gives_up_at_its_timeout_on_an_endpoint_that_trickles_its_answer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # urllib's timeout bounds each read, not the call: an answer sent a byte every 0.2 s held `status --timeout 1`
+    # (a deploy check) for as long as the endpoint liked.
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            body = b'{"closed": false, "models": {}}' + b" " * 20  # (10 s to send)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            for byte in body:
+                if stop.wait(0.2):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        assert main(["status", "--timeout", "1", f"http://127.0.0.1:{listener.getsockname()[1]}"]) == 2
+        assert time.monotonic() - started < 3
+        assert "gave no whole answer within 1 s (--timeout)" in capsys.readouterr().err
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        listener.close()
