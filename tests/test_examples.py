@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,6 +150,54 @@ def test_flask_score_refuses_a_large_body_unread(fraud: Any) -> None:
     response = fraud.post("/score", data=body, content_type="application/json")
     assert response.status_code == 413
     assert "over 2097152 bytes" in response.get_json()["error"]
+
+
+def test_flask_score_refuses_a_large_chunked_body_with_a_413(
+    monkeypatch: pytest.MonkeyPatch, fraud_models: Path
+) -> None:
+    """Sent chunked (no Content-Length), as a streaming client or proxy does, over a real HTTP server."""
+    from inprocserve_flask import Inprocserve
+    from werkzeug.serving import make_server
+
+    module = load_flask_app(monkeypatch, fraud_models)
+    httpd = make_server("127.0.0.1", 0, module.app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+
+    def post_chunked(parts: list[bytes]) -> tuple[int, Any]:
+        connection = http.client.HTTPConnection("127.0.0.1", httpd.server_port, timeout=30)
+        try:
+            connection.request("POST", "/score", body=iter(parts), headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    try:
+        rows = b"[0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1]," * 1000  # 34 KB a chunk
+        status, answer = post_chunked([b'{"transactions": [', *[rows] * 100, b"[1,1,1,1,1,1,1,1]]}"])  # 3.4 MB
+        assert status == 413 and "over 2097152 bytes" in answer["error"]  # it was a 400 "not JSON"
+        status, answer = post_chunked([b'{"transactions": [', rows, b"[1,1,1,1,1,1,1,1]]}"])
+        assert status == 200 and len(answer["probability"]) == 1001
+    finally:
+        httpd.shutdown()
+        thread.join()
+        Inprocserve.close(module.app)
+
+
+def test_flask_answers_its_own_errors_as_json(fraud: Any) -> None:
+    @fraud.application.get("/broken")  # a route of yours that fails: a JSON 500 that tells nothing inside
+    def broken() -> None:
+        raise RuntimeError("password=hunter2")
+
+    response = fraud.get("/score")
+    assert response.status_code == 405 and response.headers["Allow"] == "OPTIONS, POST"
+    assert response.is_json and "not allowed" in response.get_json()["error"]
+    response = fraud.get("/wp-admin")
+    assert response.status_code == 404 and response.is_json and "not found" in response.get_json()["error"]
+
+    response = fraud.get("/broken")
+    assert response.status_code == 500 and response.is_json and "hunter2" not in response.get_data(as_text=True)
 
 
 def test_flask_score_takes_its_largest_request_indented(fraud: Any) -> None:

@@ -13,7 +13,8 @@ Traces go to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (Jaeger: see docs/obse
 console only with FRAUD_TRACE_CONSOLE=1 (some 80 lines a request: for a look during development).
 
 Bad requests get a 400 with a JSON ``error`` naming the expected shape; bodies over MAX_BODY_BYTES a 413,
-refused before they are read.
+refused unread when their Content-Length says so, and once MAX_BODY_BYTES of them are read when sent chunked.
+Flask's own answers (an unknown path, a wrong method, an uncaught error) are JSON too.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from typing import Any
 import numpy as np
 from flask import Flask, jsonify, request
 from inprocserve_flask import Inprocserve, predict, server
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 FEATURES = 8
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # a larger value would reach the model as infinity
 MAX_ROWS = 4096
 """Most transactions per request."""
 MAX_BODY_BYTES = 2 * 1024 * 1024
-"""4096 rows of 8 numbers take 0.8 MiB of compact JSON and 1.3 MiB indented; a larger body is refused unread
-(413), not parsed."""
+"""4096 rows of 8 numbers take 0.8 MiB of compact JSON and 1.3 MiB indented; a larger body is refused (413),
+not parsed."""
 MIN_TOKEN_CHARS = 32
 SHAPE = f'expected {{"transactions": [[{FEATURES} numbers], ...]}} with 1 to {MAX_ROWS} rows of finite numbers'
 
@@ -74,6 +75,20 @@ def admin_token() -> str | None:
     return token
 
 
+def read_body() -> bytes:
+    """The request body; RequestEntityTooLarge (413) past MAX_BODY_BYTES.
+
+    MAX_CONTENT_LENGTH is one byte more than the limit, and the body is measured here: Werkzeug refuses a
+    Content-Length over MAX_CONTENT_LENGTH unread, but a chunked body (no Content-Length) it only cuts
+    short, silently, at that length. Cut at the limit itself, an oversized chunked body was parsed as
+    truncated JSON: a 400 "not JSON" that hid the real problem.
+    """
+    body = request.get_data(cache=False)
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge()
+    return body
+
+
 def _refuse_constant(name: str) -> float:
     raise BadRequest(f"{name} is not a number")  # json.loads would take NaN and Infinity
 
@@ -109,7 +124,7 @@ def parse_transactions(body: bytes) -> np.ndarray:
 def create_app() -> Flask:
     configure_tracing()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1  # one more: read_body tells a chunked body over it
     app.config["INPROCSERVE_REPOSITORY"] = os.environ.get("FRAUD_MODELS", str(Path(__file__).parent / "models"))
     app.config["INPROCSERVE_TIMEOUT_S"] = 2.0  # a scoring call never waits longer than this
     app.config["INPROCSERVE_EAGER"] = True  # check here (the master), build and warm in each worker
@@ -124,11 +139,20 @@ def create_app() -> Flask:
     def too_large(error: RequestEntityTooLarge) -> Any:
         return jsonify(error=f"the body is over {MAX_BODY_BYTES} bytes; {SHAPE}"), 413
 
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Any:
+        """Flask's own answers (404 unknown path, 405 wrong method, 500 uncaught error) as JSON, like every
+        other answer of this API, not HTML pages; their headers (405's Allow) are kept."""
+        response = error.get_response()
+        response.set_data(json.dumps({"error": error.description}))
+        response.content_type = "application/json"
+        return response
+
     @app.post("/score")
     def score() -> Any:
         """Score a list of transactions: {"transactions": [[8 features], ...]}; the user comes from
         the X-User-Id header, so canary assignment is sticky per user."""
-        rows = parse_transactions(request.get_data(cache=False))  # 413 past MAX_CONTENT_LENGTH, unread
+        rows = parse_transactions(read_body())  # 413 past MAX_BODY_BYTES
         result = predict("fraud", {"transactions": rows})
         return jsonify(
             probability=result["probability"][:, 1].round(4).tolist(),
