@@ -206,6 +206,12 @@ def test_flask_score_takes_its_largest_request_indented(fraud: Any) -> None:
     assert response.status_code == 200, response.data[:300]
 
 
+def test_flask_stats_names_the_stable_version_that_answers(fraud: Any) -> None:
+    answer = fraud.post("/score", json={"transactions": [ROW]}, headers={"X-User-Id": "user-1"}).get_json()
+    assert (answer["variant"], answer["version"]) == ("stable", 1)  # config.toml: stable = 1
+    assert fraud.get("/stats").get_json()["stable"] == 1  # it said 3, the newest version: the shadow
+
+
 def test_flask_app_refuses_a_short_admin_token(monkeypatch: pytest.MonkeyPatch, fraud_models: Path) -> None:
     with pytest.raises(SystemExit, match="openssl rand -hex 32"):
         load_flask_app(monkeypatch, fraud_models, token="change-me")
