@@ -250,7 +250,7 @@ recommend.build_rankers(folder)
 recommend.configure(folder, secret_key="k" * 50)
 SIZES = json.loads(sys.argv[2])
 from django.test import Client
-c = Client(raise_request_exception=False)
+c = Client(raise_request_exception=False, HTTP_HOST="localhost")  # one of ALLOWED_HOSTS (not "testserver")
 out = {}
 def show(label, response):
     out[label] = [response.status_code, response.content.decode()[:300]]
@@ -271,6 +271,7 @@ show("off the page", post(good(99)))
 show("good", post(good(page["positions"][0])))
 out["stats"] = json.loads(c.get("/stats").content)
 show("unknown path", c.get("/wp-admin"))
+show("other host", c.get("/rank", {"user": "u1"}, HTTP_HOST="attacker.example"))
 print(json.dumps(out))
 """
 
@@ -294,6 +295,7 @@ def test_django_clicks_cannot_be_forged_and_bad_input_is_a_400() -> None:
     assert out["off the page"][0] == 404
     assert out["good"] == [200, '{"recorded": true}']
     assert out["unknown path"] == [404, '{"error": "not found"}']  # JSON like every answer, not Django's page
+    assert out["other host"] == [400, '{"error": "bad request"}']  # not in ALLOWED_HOSTS
     assert out["stats"]["queries"] == 1 and out["stats"]["A"] + out["stats"]["B"] == 1  # only the real click
     assert "Traceback" not in result.stderr and "Internal Server Error" not in result.stderr
 
@@ -488,6 +490,15 @@ def test_django_async_rank_and_click_keep_their_protections_under_uvicorn(recomm
     status, wins = server.call("GET", "/stats")
     assert status == 200 and wins["queries"] == 1 and wins["A"] + wins["B"] == 1  # only the real click
     assert "Traceback" not in server.log_since(logged)
+
+
+def test_django_answers_only_its_allowed_hosts_under_uvicorn(recommend_uvicorn: Uvicorn) -> None:
+    """A browser page on attacker.example whose name is rebound to the server's address sends Host:
+    attacker.example; ALLOWED_HOSTS (127.0.0.1, localhost here) must refuse it."""
+    server = recommend_uvicorn
+    assert server.call("GET", "/rank?user=u1&size=2", Host="attacker.example") == (400, {"error": "bad request"})
+    assert server.call("GET", "/-/inprocserve/ready", Host="attacker.example")[0] == 400
+    assert server.call("GET", "/rank?user=u1&size=2", Host=f"localhost:{server.port}")[0] == 200
 
 
 def answer_before_the_body(port: int, head: bytes, start: bytes) -> tuple[int, Any]:

@@ -10,6 +10,7 @@ yourself (DJANGO_RECOMMEND_REPOSITORY absolute: gunicorn's --chdir changes the w
     python examples/django_recommend/run.py --build-rankers models/
     export DJANGO_RECOMMEND_REPOSITORY=$PWD/models DJANGO_SECRET_KEY=$(openssl rand -hex 32)
     export DJANGO_RECOMMEND_SCORE_TOKEN=$(openssl rand -hex 32)   # optional: turns /score on (ASGI only)
+    export DJANGO_ALLOWED_HOSTS=api.example.com   # the Host names served (default: 127.0.0.1,localhost)
     uvicorn --factory --app-dir examples/django_recommend recommend:asgi_application --port 8000   # ASGI
     gunicorn --chdir examples/django_recommend --threads 8 'recommend:wsgi_application()'           # WSGI
 
@@ -91,6 +92,7 @@ def configure(
     debug: bool = False,
     asgi: bool = False,
     score_token: str | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> None:
     """Settings; the SECRET_KEY (it signs the click tokens) comes from ``secret_key`` or the environment
     variable DJANGO_SECRET_KEY. Only with ``debug`` does a missing key fall back to a random one per process
@@ -98,6 +100,8 @@ def configure(
 
     ``asgi`` routes to the async views (for an ASGI server; ``asgi_application()`` sets it). ``score_token``
     (default: DJANGO_RECOMMEND_SCORE_TOKEN) turns on ``/score`` for callers that send it as a bearer token.
+    ``allowed_hosts`` (default: DJANGO_ALLOWED_HOSTS, comma-separated, else 127.0.0.1 and localhost) are the
+    Host names answered; a request for any other gets a 400.
     """
     global urlpatterns  # Django reads it on the first request: each process serves one kind of server
     if asgi:
@@ -110,13 +114,24 @@ def configure(
     score_token = score_token or os.environ.get("DJANGO_RECOMMEND_SCORE_TOKEN")
     if (problem := web.token_problem(score_token)) is not None:
         raise RuntimeError(f"DJANGO_RECOMMEND_SCORE_TOKEN {problem} (e.g. $(openssl rand -hex 32))")
+    if allowed_hosts is None:
+        listed = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
+        allowed_hosts = [host.strip() for host in listed.split(",") if host.strip()]
     settings.configure(
         DEBUG=debug,
         SECRET_KEY=secret_key,
-        ALLOWED_HOSTS=["127.0.0.1", "localhost"],
+        ALLOWED_HOSTS=allowed_hosts,
         ROOT_URLCONF=__name__,
         INSTALLED_APPS=["inprocserve_django"],
-        MIDDLEWARE=["inprocserve_django.middleware.InprocserveMiddleware"],
+        MIDDLEWARE=[
+            "inprocserve_django.middleware.InprocserveMiddleware",
+            "django.middleware.security.SecurityMiddleware",  # nosniff and the other headers of settings.SECURE_*
+            # Django checks the Host header against ALLOWED_HOSTS only when something calls get_host(), which
+            # CommonMiddleware does for every request: without it ALLOWED_HOSTS was never enforced, and a
+            # page for Host: attacker.example (DNS rebinding from a browser) was answered 200.
+            "django.middleware.common.CommonMiddleware",
+        ],
+        APPEND_SLASH=False,  # an API: /rank/ is a 404, not a redirect (a redirected POST loses its body)
         INPROCSERVE={"REPOSITORY": str(repository)},
         RECOMMEND_SCORE_TOKEN=score_token,
         DATA_UPLOAD_MAX_MEMORY_SIZE=MAX_BODY,  # request.body refuses a larger Content-Length unread
