@@ -4,6 +4,12 @@
     FRAUD_MODELS=models FRAUD_ADMIN_TOKEN=$(openssl rand -hex 32) \
         gunicorn -c gunicorn.conf.py --preload -w 2 --threads 16 -b 127.0.0.1:8000 app:app
 
+Bound to loopback on purpose: serve it behind a reverse proxy that buffers whole requests (nginx does by
+default) with header and body timeouts. gunicorn gives a connection a thread from its first byte until its
+request is complete, with no time limit: 40 connections that send half a request and stop (a slow-client
+attack, or broken mobile networks) hold all 32 threads of the two workers, and every other request waits
+(measured: a normal /score still unanswered after 40 s).
+
 The master only checks the models (INPROCSERVE_EAGER); each worker builds and warms its own sessions in
 gunicorn's post_worker_init hook, before it takes traffic. With FRAUD_ADMIN_TOKEN set (32 characters or
 more: it guards model switches), the admin endpoints (switch, rollback, canary, kill, resume, reload) move
