@@ -272,6 +272,7 @@ show("good", post(good(page["positions"][0])))
 out["stats"] = json.loads(c.get("/stats").content)
 show("unknown path", c.get("/wp-admin"))
 show("other host", c.get("/rank", {"user": "u1"}, HTTP_HOST="attacker.example"))
+show("wrong method", c.post("/rank"))
 print(json.dumps(out))
 """
 
@@ -296,6 +297,7 @@ def test_django_clicks_cannot_be_forged_and_bad_input_is_a_400() -> None:
     assert out["good"] == [200, '{"recorded": true}']
     assert out["unknown path"] == [404, '{"error": "not found"}']  # JSON like every answer, not Django's page
     assert out["other host"] == [400, '{"error": "bad request"}']  # not in ALLOWED_HOSTS
+    assert out["wrong method"] == [405, '{"error": "method not allowed: use GET"}']  # not an empty HTML page
     assert out["stats"]["queries"] == 1 and out["stats"]["A"] + out["stats"]["B"] == 1  # only the real click
     assert "Traceback" not in result.stderr and "Internal Server Error" not in result.stderr
 
@@ -487,6 +489,7 @@ def test_django_async_rank_and_click_keep_their_protections_under_uvicorn(recomm
     assert click(good, user="bot") == (403, {"error": "this page was shown to another user"})
     assert click({**good, "position": 99})[0] == 404
     assert click(good) == (200, {"recorded": True})
+    assert server.call("GET", "/click?user=u1") == (405, {"error": "method not allowed: use POST"})  # async stack
     status, wins = server.call("GET", "/stats")
     assert status == 200 and wins["queries"] == 1 and wins["A"] + wins["B"] == 1  # only the real click
     assert "Traceback" not in server.log_since(logged)

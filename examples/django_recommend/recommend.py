@@ -130,6 +130,7 @@ def configure(
             # CommonMiddleware does for every request: without it ALLOWED_HOSTS was never enforced, and a
             # page for Host: attacker.example (DNS rebinding from a browser) was answered 200.
             "django.middleware.common.CommonMiddleware",
+            f"{__name__}.json_not_allowed",
         ],
         APPEND_SLASH=False,  # an API: /rank/ is a 404, not a redirect (a redirected POST loses its body)
         INPROCSERVE={"REPOSITORY": str(repository)},
@@ -201,10 +202,10 @@ def _configure_from_environment(*, asgi: bool) -> None:
 
 # -- views --------------------------------------------------------------------------------------------------
 
-from asgiref.sync import sync_to_async  # noqa: E402
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async  # noqa: E402
 from django.core import signing  # noqa: E402
 from django.core.exceptions import RequestDataTooBig  # noqa: E402
-from django.http import HttpRequest, JsonResponse  # noqa: E402
+from django.http import HttpRequest, HttpResponseBase, HttpResponseNotAllowed, JsonResponse  # noqa: E402
 from django.urls import URLPattern, URLResolver, include, path  # noqa: E402
 from django.views.decorators.csrf import csrf_exempt  # noqa: E402
 from django.views.decorators.http import require_GET, require_POST  # noqa: E402
@@ -495,8 +496,9 @@ urlpatterns = WSGI_URLPATTERNS
 """What Django routes: ``configure(..., asgi=True)`` replaces it with ASGI_URLPATTERNS."""
 
 
-# The answers Django makes itself (an unknown path, a request it refuses, an uncaught error) are JSON too, as
-# every other answer of this API (with DEBUG off; Django's debug pages otherwise).
+# The answers Django makes itself (an unknown path, a request it refuses, a method a view does not take, an
+# uncaught error) are JSON too, as every other answer of this API (with DEBUG off; Django's debug pages
+# otherwise).
 def json_bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse({"error": "bad request"}, status=400)
 
@@ -508,6 +510,33 @@ def json_not_found(request: HttpRequest, exception: Exception | None = None) -> 
 def json_server_error(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"error": "internal error (logged on the server)"}, status=500)
 
+
+def _json_if_not_allowed(response: HttpResponseBase) -> HttpResponseBase:
+    if not isinstance(response, HttpResponseNotAllowed):
+        return response
+    answer = JsonResponse({"error": f"method not allowed: use {response['Allow']}"}, status=405)
+    answer["Allow"] = response["Allow"]
+    return answer
+
+
+def json_not_allowed(get_response: Any) -> Any:
+    """Middleware: Django's 405 (require_GET, require_POST) is an empty HTML page, and Django has no
+    handler405; this answers it as JSON, keeping its Allow header. Sync and async, like the views."""
+    if iscoroutinefunction(get_response):
+
+        async def middleware(request: HttpRequest) -> HttpResponseBase:
+            return _json_if_not_allowed(await get_response(request))
+
+        return markcoroutinefunction(middleware)
+
+    def sync_middleware(request: HttpRequest) -> HttpResponseBase:
+        return _json_if_not_allowed(get_response(request))
+
+    return sync_middleware
+
+
+json_not_allowed.sync_capable = True  # type: ignore[attr-defined]
+json_not_allowed.async_capable = True  # type: ignore[attr-defined]
 
 handler400 = json_bad_request
 handler404 = json_not_found
