@@ -247,7 +247,7 @@ sys.path.insert(0, sys.argv[1])
 import recommend
 folder = Path(tempfile.mkdtemp())
 recommend.build_rankers(folder)
-recommend.configure(folder, secret_key="k" * 50)
+recommend.configure(folder, secret_key="abcdef" * 9)
 SIZES = json.loads(sys.argv[2])
 from django.test import Client
 c = Client(raise_request_exception=False, HTTP_HOST="localhost")  # one of ALLOWED_HOSTS (not "testserver")
@@ -305,7 +305,7 @@ def test_django_clicks_cannot_be_forged_and_bad_input_is_a_400() -> None:
 def test_django_logs_server_errors_to_the_console() -> None:
     script = (
         "import sys, logging; sys.path.insert(0, sys.argv[1]); import recommend, tempfile; from pathlib import Path;"
-        "from django.conf import settings; recommend.configure(Path(tempfile.mkdtemp()), secret_key='k' * 50);"
+        "from django.conf import settings; recommend.configure(Path(tempfile.mkdtemp()), secret_key='abcdef' * 9);"
         "logging.getLogger('django.request').error('probe 500')"
     )
     result = subprocess.run(
@@ -329,6 +329,20 @@ def test_django_needs_a_secret_key_unless_debug() -> None:
     assert result.returncode != 0 and "set DJANGO_SECRET_KEY" in result.stderr
 
 
+@pytest.mark.parametrize("key", ["changeme", "django-insecure-" + "x" * 40])
+def test_django_refuses_a_guessable_secret_key(key: str) -> None:
+    """The key signs the click tokens: one from /rank lets anyone test guesses offline, then forge them all."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import recommend, tempfile; from pathlib import Path;"
+        "recommend.configure(Path(tempfile.mkdtemp()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "examples" / "django_recommend")],
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "DJANGO_SECRET_KEY": key},
+    )  # fmt: skip
+    assert result.returncode != 0 and "openssl rand -hex 32" in result.stderr, result.stderr[-500:]
+
+
 def test_django_serving_refuses_an_old_django_and_a_missing_repository() -> None:
     script = """
 import os, sys, django
@@ -340,7 +354,7 @@ try:
 except RuntimeError as exc:
     print(exc)
 django.VERSION = version
-os.environ.update(DJANGO_RECOMMEND_REPOSITORY="models/", DJANGO_SECRET_KEY="k" * 50)  # relative, and not here
+os.environ.update(DJANGO_RECOMMEND_REPOSITORY="models/", DJANGO_SECRET_KEY="abcdef" * 9)  # relative, and not here
 try:
     recommend.wsgi_application()
 except RuntimeError as exc:
@@ -404,7 +418,7 @@ def recommend_uvicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Uvic
     environment = {
         **os.environ,
         "DJANGO_RECOMMEND_REPOSITORY": str(folder / "models"),
-        "DJANGO_SECRET_KEY": "k" * 50,
+        "DJANGO_SECRET_KEY": "abcdef" * 9,
         "DJANGO_RECOMMEND_SCORE_TOKEN": SCORE_TOKEN,
     }
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -85,6 +85,10 @@ def build_rankers(repository: Path) -> None:
     )
 
 
+MIN_SECRET_KEY_CHARS = 50
+"""Django's own check for a SECRET_KEY (``manage.py check --deploy``, security.W009), which no server runs."""
+
+
 def configure(
     repository: Path,
     *,
@@ -95,8 +99,9 @@ def configure(
     allowed_hosts: list[str] | None = None,
 ) -> None:
     """Settings; the SECRET_KEY (it signs the click tokens) comes from ``secret_key`` or the environment
-    variable DJANGO_SECRET_KEY. Only with ``debug`` does a missing key fall back to a random one per process
-    (click tokens then die with the process, and do not work across workers).
+    variable DJANGO_SECRET_KEY, and is refused if short or repetitive (``MIN_SECRET_KEY_CHARS``). Only with
+    ``debug`` does a missing key fall back to a random one per process (click tokens then die with the
+    process, and do not work across workers).
 
     ``asgi`` routes to the async views (for an ASGI server; ``asgi_application()`` sets it). ``score_token``
     (default: DJANGO_RECOMMEND_SCORE_TOKEN) turns on ``/score`` for callers that send it as a bearer token.
@@ -111,6 +116,18 @@ def configure(
         if not debug:
             raise RuntimeError("set DJANGO_SECRET_KEY (e.g. $(openssl rand -hex 32)): it signs the click tokens")
         secret_key = secrets.token_hex(32)
+    if (
+        len(secret_key) < MIN_SECRET_KEY_CHARS
+        or len(set(secret_key)) < 5
+        or secret_key.startswith("django-insecure-")  # startproject's development key, copied along
+    ):
+        # A guessable key is found offline from one click token (an HMAC the attacker can test words against),
+        # and then every token, Django's sessions and anything else it signs can be forged.
+        raise RuntimeError(
+            f"DJANGO_SECRET_KEY has {len(secret_key)} characters, {len(set(secret_key))} of them different: it "
+            f"needs {MIN_SECRET_KEY_CHARS} or more, 5 or more different, and no 'django-insecure-' prefix, as "
+            "Django's own check (security.W009) says; use DJANGO_SECRET_KEY=$(openssl rand -hex 32)"
+        )
     score_token = score_token or os.environ.get("DJANGO_RECOMMEND_SCORE_TOKEN")
     if (problem := web.token_problem(score_token)) is not None:
         raise RuntimeError(f"DJANGO_RECOMMEND_SCORE_TOKEN {problem} (e.g. $(openssl rand -hex 32))")
