@@ -40,6 +40,8 @@ def run(script: str, *args: str, **env: str) -> str:
 
 def test_flask_fraud_demo_under_gunicorn() -> None:
     out = run("examples/flask_fraud/run.py", FRAUD_DEMO_REQUESTS="20")
+    # accuracy beside what always answering "not fraud" scores (0.94: fraud is rare), and the AUC
+    assert "ROC AUC 0." in out and "(answering 'not fraud' every time: 0.94" in out
     assert "320 answered, 0 failed" in out
     assert "canary share" in out and "'canary'" in out
     assert "users who saw both versions: 0" in out  # sticky assignment

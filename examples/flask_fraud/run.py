@@ -60,10 +60,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         repository = Path(folder)
         print("1. Training three fraud models on 40 000 synthetic transactions ...")
-        accuracy = build(repository)
-        for version, value in accuracy.items():
+        quality = build(repository)
+        for version, value in quality.items():
             role = {1: "stable", 2: "canary, 10 % of users", 3: "shadow"}[version]
-            print(f"   fraud v{version} ({role}): test accuracy {value:.3f}")
+            print(
+                f"   fraud v{version} ({role}): ROC AUC {value['auc']:.3f}, test accuracy {value['accuracy']:.3f} "
+                f"(answering 'not fraud' every time: {value['baseline']:.3f})"
+            )
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
