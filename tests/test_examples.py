@@ -214,6 +214,30 @@ def test_flask_stats_names_the_stable_version_that_answers(fraud: Any) -> None:
     assert fraud.get("/stats").get_json()["stable"] == 1  # it said 3, the newest version: the shadow
 
 
+def test_the_flask_quickstart_answers_bad_bodies_with_a_json_400(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fraud_models: Path
+) -> None:
+    """docs/flask.md's first snippet, as a user copies it, serving the fraud example's models."""
+    from inprocserve_flask import Inprocserve
+
+    text = (ROOT / "docs" / "flask.md").read_text()
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "quickstart_app.py").write_text(snippet.replace('"models/"', repr(str(fraud_models))))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import quickstart_app
+
+    client = quickstart_app.app.test_client()
+    try:
+        for body in [b"{}", b"[1]", b"not json", b'{"rows": [[1]]}']:
+            response = client.post("/score", data=body, content_type="application/json")
+            assert response.status_code == 400 and response.is_json, (body, response.data[:200])  # were 500s
+        response = client.post("/score", json={"transactions": [ROW]})
+        assert response.status_code == 200 and len(response.get_json()["probability"]) == 1
+    finally:
+        Inprocserve.close(quickstart_app.app)
+        sys.modules.pop("quickstart_app", None)
+
+
 def test_flask_app_refuses_a_short_admin_token(monkeypatch: pytest.MonkeyPatch, fraud_models: Path) -> None:
     with pytest.raises(SystemExit, match="openssl rand -hex 32"):
         load_flask_app(monkeypatch, fraud_models, token="change-me")
