@@ -155,9 +155,10 @@ def _models_status(
         )
         models[name] = {
             "default_version": None if routes is None else routes.default.version,
-            "stable_version": stable
-            if routes is not None and stable in routes.versions
-            else (None if routes is None else routes.default.version),
+            # What it serves now (docs/operations.md): the switched-to version, else the configured stable
+            # one, else the latest. It was the latest until a switch set an alias, while config.toml's
+            # stable version answered: a switch to the latest then looked done before any worker followed.
+            "stable_version": answering,
             "control": None if state is None else state.to_dict(),
             # Servable, and the version answering default traffic can take work (a remote one whose
             # server is down cannot); ``unhealthy``: serving versions that cannot, and why.

@@ -61,6 +61,21 @@ def test_a_switch_on_one_server_moves_every_server_on_the_repository(
     assert status["models"]["scale"]["control"]["stable"] == 1
 
 
+def test_status_names_the_configured_stable_version_as_what_it_serves_before_any_switch(
+    three_versions: Path, make_server: ServerFactory
+) -> None:
+    # config.toml's stable = 1 answers; status said stable_version 3 (the latest) until a switch set one, so a
+    # fleet check waiting for "stable_version == 3" after a switch to 3 passed before any worker followed.
+    config = ModelConfig(rollout=RolloutConfig(stable=1), version_policy=VersionPolicy.all())
+    server = make_server(three_versions, config=config, control_interval_s=None)
+    assert served_version(server) == 1
+    model = server.status()["models"]["scale"]
+    assert model["stable_version"] == model["answering_version"] == 1 and model["default_version"] == 3
+    server.switch("scale", 2)
+    model = server.status()["models"]["scale"]
+    assert served_version(server) == model["stable_version"] == model["answering_version"] == 2
+
+
 def test_a_new_server_starts_on_the_recorded_state(three_versions: Path, make_server: ServerFactory) -> None:
     make_server(three_versions, control_interval_s=None).switch("scale", 2)
     late = make_server(three_versions, control_interval_s=None)  # a worker (re)started after the switch

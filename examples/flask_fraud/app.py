@@ -171,8 +171,7 @@ def create_app() -> Flask:
     def stats() -> Any:
         """This worker's view of the model (for the demo's summary across workers)."""
         status = server.status()["models"]["fraud"]
-        # answering_version: the stable version that config.toml or the last switch names. status's
-        # stable_version is the newest version until a switch sets one (3 here, while 1 answered).
+        # answering_version: the stable version that config.toml or the last switch names.
         return jsonify(
             pid=os.getpid(), shadow=status["shadow"], rollout=status["rollout"], stable=status["answering_version"]
         )
