@@ -94,12 +94,14 @@ def main() -> None:
         stop = threading.Event()
         seen: dict[int, int] = {}
         errors: list[BaseException] = []
+        counting = threading.Lock()  # (8 threads count into one dict: a read-then-write loses counts without it)
 
         def keep_calling() -> None:
             while not stop.is_set():
                 try:
                     version = server.predict("fraud", {"x": rows[1]}).version
-                    seen[version] = seen.get(version, 0) + 1
+                    with counting:
+                        seen[version] = seen.get(version, 0) + 1
                 except Exception as exc:  # the demo reports any failure
                     errors.append(exc)
 

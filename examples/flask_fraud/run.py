@@ -211,10 +211,16 @@ def main() -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=20)
+                code: int | None = process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        print("5. gunicorn stopped; each worker drained its queue and closed its sessions.")
+                code = None
+        if code == 0:
+            print("5. gunicorn stopped; each worker drained its queue and closed its sessions.")
+        else:
+            what = "did not stop within 20 s and was killed" if code is None else f"exited with status {code}"
+            print(f"5. gunicorn {what}: see its log above.")
+            sys.exit(1)
 
 
 if __name__ == "__main__":
