@@ -158,6 +158,9 @@ class Registry:
         # a repository folder that cannot be scanned (gone, unmounted) fails every poll: logged when it starts,
         # then once a minute, and once when it can be scanned again
         self._scan_failures = LogLimit()
+        # a bad config.toml is logged when it appears (again, if it flaps, at most once a minute), and once when
+        # it is repaired (key: the model)
+        self._config_log = LogLimit()
         self._unmatched: set[str] = set()  # names of models= that matched no model (warned about once)
         self._load_configs: dict[str, ModelConfig] = {}  # load(name, config=...) of a repository model: kept
         self.lock = threading.RLock()
@@ -297,12 +300,20 @@ class Registry:
                     config = self.config_for(name, source, None)
                 except Exception as exc:  # a bad config.toml (or a bug reading one) stops this model alone
                     error = str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
-                    if self.config_errors.get(name) != error:
-                        logger.error("model %r not (re)loaded: %s", name, error)
+                    previous = self.config_errors.get(name)
+                    if previous != error:  # a new problem: logged, unless it is the last one back within a minute
+                        if previous is not None:
+                            self._config_log.forget(name)  # another problem than the one logged: logged at once
+                        skipped = self._config_log.due(name)
+                        if skipped is not None:
+                            logger.error("model %r not (re)loaded: %s%s", name, error, since(skipped))
                     self.config_errors[name] = error
                     problems.append(error)
                     continue
-                self.config_errors.pop(name, None)
+                # A repaired config.toml is said once (its error was logged; without this line the log's last
+                # word on the model would stay "not (re)loaded" while it serves the new settings)
+                if self.config_errors.pop(name, None) is not None and self._config_log.ended(name):
+                    logger.info("model %r: its configuration is valid again; it is applied", name)
                 try:
                     problems.extend(self._sync_model(name, source, config))
                 except Exception as exc:  # an unexpected failure in one model must not keep the others stale

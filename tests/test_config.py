@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -231,6 +232,28 @@ def test_whatever_lies_where_config_toml_belongs_fails_that_model_alone_and_says
     error = server.status()["models"]["scale"]["config_error"]
     assert "config.toml: " in error and problem in error
     assert server.models == {"other": [1]}  # the other models serve
+
+
+def test_a_config_toml_with_a_syntax_error_keeps_the_model_serving_and_its_repair_is_logged(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error was logged but its repair was not: the log's last word stayed "not (re)loaded"."""
+    caplog.set_level(logging.INFO, logger="inprocserve")
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config = repository / "scale" / "config.toml"
+    config.write_text("[batching]\nmax_batch_size = 8\n")
+    server = make_server(repository)
+    config.write_text("[batching]\nmax_batch_size = \n")  # an editor's save cut short
+    for _ in range(3):  # the poller reads it again at every poll: logged once
+        assert "not valid TOML" in server.refresh()[0]
+    assert server.predict("scale", {"x": [[1.0, 2.0, 3.0, 4.0]]})["y"].tolist() == [[2.0, 4.0, 6.0, 8.0]]
+    config.write_text("[batching]\nmax_batch_size = 16\n")
+    assert server.refresh() == [] and server.refresh() == []
+    status = server.status()["models"]["scale"]
+    assert status["config_error"] is None and status["versions"]["1"]["max_batch_size"] == 16
+    logged = [record.getMessage() for record in caplog.records if "'scale'" in record.getMessage()]
+    assert len([line for line in logged if "not valid TOML" in line]) == 1, logged
+    assert len([line for line in logged if "configuration is valid again" in line]) == 1, logged
 
 
 # -- max_delay_s, and the deprecated max_delay_ms ---------------------------------------------------------
