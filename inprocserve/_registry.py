@@ -63,6 +63,8 @@ _Stamp = tuple[tuple[str, int, int, int, int], ...]
 _CONTROL_RETRY_CAP_S = 60.0  # longest wait between two tries of a control revision that does not apply
 _LOAD_ATTEMPTS = 3  # loads of a version whose files keep changing while it loads, before it waits for a refresh
 _WRITTEN_BY_LOADS = OPTIMIZED_GRAPH  # files a load itself writes (the optimized-graph cache): not changes
+_EMPTY_CONFIG_SETTLE_S = 2.0  # how long a serving model's config.toml stays empty before it is applied (see
+# Registry._config_being_written: an in-place write truncates it first)
 
 
 class _Removed(Exception):  # a signal inside the registry, never raised to a caller
@@ -161,6 +163,8 @@ class Registry:
         # a bad config.toml is logged when it appears (again, if it flaps, at most once a minute), and once when
         # it is repaired (key: the model)
         self._config_log = LogLimit()
+        # an empty config.toml (being written?): its inode, mtime and ctime, and when it was first seen so
+        self._empty_configs: dict[str, tuple[tuple[int, int, int], float]] = {}
         self._unmatched: set[str] = set()  # names of models= that matched no model (warned about once)
         self._load_configs: dict[str, ModelConfig] = {}  # load(name, config=...) of a repository model: kept
         self.lock = threading.RLock()
@@ -296,6 +300,8 @@ class Registry:
                     return problems
                 if name in self._explicit or name in self._unloaded:
                     continue
+                if self._config_being_written(name, source):
+                    continue  # (the settings in force keep serving until the next poll reads the file)
                 try:
                     config = self.config_for(name, source, None)
                 except Exception as exc:  # a bad config.toml (or a bug reading one) stops this model alone
@@ -337,6 +343,28 @@ class Registry:
             self._scan_problems = set(scan.problems)
             self._warn_unmatched_configs(scan)
             return problems
+
+    def _config_being_written(self, name: str, source: ModelSource) -> bool:
+        """Whether ``name``'s ``config.toml`` is empty, and not yet for long, while the model serves: written in
+        place (an editor's save, ``cat new > config.toml``), a file is empty between its truncation and the
+        write; read then, it meant the defaults (an unpinned stable version, the "latest" policy), and for a
+        poll the model reloaded every version on them, answered by the wrong version and unloaded the ones
+        the policy no longer selected. An empty file is applied once seen unchanged for
+        ``_EMPTY_CONFIG_SETTLE_S`` (by a later refresh): an empty file meant is rare."""
+        path = source.config_path
+        try:
+            info = None if path is None or name not in self.loaded else path.stat()
+        except OSError:
+            info = None
+        if info is None or info.st_size != 0:
+            self._empty_configs.pop(name, None)
+            return False
+        seen = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+        first = self._empty_configs.get(name)
+        if first is not None and first[0] == seen:
+            return self._clock() - first[1] < _EMPTY_CONFIG_SETTLE_S
+        self._empty_configs[name] = (seen, self._clock())
+        return True
 
     def _warn_unmatched_configs(self, scan: RepositoryScan) -> None:
         """Warn once about each name of ``models=`` that matches no model (a typo leaves the real one on its

@@ -30,7 +30,7 @@ from inprocserve import (
     check_repository,
 )
 from inprocserve._config import load_model_config
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import ManualClock, build_scale_model, save_model
 
 from .conftest import ServerFactory
 
@@ -254,6 +254,33 @@ def test_a_config_toml_with_a_syntax_error_keeps_the_model_serving_and_its_repai
     logged = [record.getMessage() for record in caplog.records if "'scale'" in record.getMessage()]
     assert len([line for line in logged if "not valid TOML" in line]) == 1, logged
     assert len([line for line in logged if "configuration is valid again" in line]) == 1, logged
+
+
+def test_a_config_toml_saved_in_place_is_not_applied_while_it_is_empty(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Written in place, the file is empty between its truncation and the write: a poll then applied the
+    defaults, so version 2 (held back by `stable = 1`) answered requests and version 1 was unloaded."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(3.0), repository, "scale", 2)
+    config = repository / "scale" / "config.toml"
+    config.write_text("[rollout]\nstable = 1\n")
+    clock = ManualClock()
+    server = make_server(repository, clock=clock)
+    x = {"x": [[1.0, 1.0, 1.0, 1.0]]}
+    with config.open("r+") as file:  # an editor's save: truncate, then write
+        file.truncate(0)
+        file.flush()
+        assert server.refresh() == []  # a poll between the two
+        assert server.predict("scale", x).version == 1 and server.models == {"scale": [1, 2]}
+        file.write("[rollout]\nstable = 1\n# reviewed\n")
+    assert server.refresh() == [] and server.predict("scale", x).version == 1
+    config.write_text("")  # an empty file meant: the defaults, once it has stayed empty a while
+    server.refresh()
+    assert server.predict("scale", x).version == 1
+    clock.advance(2.0)
+    server.refresh()
+    assert server.predict("scale", x).version == 2 and server.models == {"scale": [2]}
 
 
 # -- max_delay_s, and the deprecated max_delay_ms ---------------------------------------------------------
