@@ -332,6 +332,12 @@ class Registry:
             for name in list(self.failures):
                 if name not in scan.models and name not in self._explicit and name not in scan.unreadable:
                     del self.failures[name]
+            for name in list(self.config_errors):  # a model folder removed while its config.toml was bad: status
+                if name not in scan.models and name not in scan.unreadable:  # listed it, with that error, for good
+                    del self.config_errors[name]
+                    self._config_log.forget(name)
+            for name in [name for name in self._empty_configs if name not in scan.models]:
+                del self._empty_configs[name]
             for key in [key for key in self._load_errors if key[1] not in self.failures.get(key[0], {})]:
                 del self._load_errors[key]  # (a version gone from disk, or whose failure was forgotten)
             for name in list(self._unloaded_versions):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -281,6 +282,20 @@ def test_a_config_toml_saved_in_place_is_not_applied_while_it_is_empty(
     clock.advance(2.0)
     server.refresh()
     assert server.predict("scale", x).version == 2 and server.models == {"scale": [2]}
+
+
+def test_a_model_removed_while_its_config_toml_is_bad_leaves_the_status(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Its config_error stayed in status() for good, naming a file that no longer exists."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "retired", 1)
+    server = make_server(repository)
+    (repository / "retired" / "config.toml").write_text("[batching\n")
+    assert "not valid TOML" in server.refresh()[0]
+    shutil.rmtree(repository / "retired")
+    assert server.refresh() == []
+    assert list(server.status()["models"]) == ["scale"]
 
 
 # -- max_delay_s, and the deprecated max_delay_ms ---------------------------------------------------------
