@@ -27,6 +27,7 @@ import datetime
 import email.utils
 import json
 import logging
+import math
 import random
 import re
 import threading
@@ -53,7 +54,7 @@ from ._errors import (
 )
 from ._log_limit import LogLimit
 from ._oip_client import MAX_RESPONSE_BYTES, HttpClient, HttpResponse, TransportError
-from ._remote_model import RemoteModel
+from ._remote_model import DEFAULT_MAX_ROW_BYTES, RemoteModel
 from ._signature import Signature, TensorSpec
 from ._stop_signal import THIS_THREAD
 from .v2._client_codec import decode_checked_response, encode_infer_request
@@ -90,7 +91,9 @@ class RemoteSlot:
     index: int
 
 
-def signature_from_metadata(document: object, *, where: str, binary: bool = True) -> Signature:
+def signature_from_metadata(
+    document: object, *, where: str, binary: bool = True, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES
+) -> Signature:
     """Build a :class:`Signature` from a model metadata document (``GET /v2/models/<name>``).
 
     ``binary``: tensors are sent in the binary extension, where a ``BYTES`` element carries any bytes (an
@@ -99,9 +102,15 @@ def signature_from_metadata(document: object, *, where: str, binary: bool = True
     bytes are refused before they are queued (sent, each byte that is not UTF-8 became U+FFFD, so two
     different images reached the model server as the same input).
 
+    ``max_row_bytes``: the most one row of an input may take (its fixed dimensions; dynamic ones count as
+    1, as in the rows the load makes up). The load sends such rows, several at once, before it can serve: an
+    input declared ``[-1, 100000000]`` took the load 6.1 GiB and 24 s, and at ``1e9`` a row every worker
+    would be killed for its memory as it started.
+
     Raises:
         ModelLoadError: the document lists no inputs or outputs, or a tensor with an unknown datatype or a
-            malformed shape; ``where`` (the endpoint) starts the message.
+            malformed shape, or an input whose row takes more than ``max_row_bytes``; ``where`` (the
+            endpoint) starts the message.
     """
     if not isinstance(document, dict):
         raise ModelLoadError(f"{where}: the model metadata is not a JSON object")
@@ -128,11 +137,24 @@ def signature_from_metadata(document: object, *, where: str, binary: bool = True
                 raise ModelLoadError(f"{where}: tensor {name!r} has shape {shape}; dimensions must be ints >= -1")
             dims = tuple(None if d == -1 else d for d in shape)
             assert isinstance(datatype, str)
+            if kind == "inputs":
+                _check_row_bytes(name, datatype, shape, where=where, max_row_bytes=max_row_bytes)
             # a BYTES tensor carries any bytes to a model server (an image, say), not only UTF-8 text, when
             # tensors are sent as binary; as JSON, only text
             raw_bytes = binary and datatype == "BYTES"
             specs[kind].append(TensorSpec(name, onnx_type, DATATYPES[datatype], dims, raw_bytes=raw_bytes))
     return Signature(specs["inputs"], specs["outputs"])
+
+
+def _check_row_bytes(name: str, datatype: str, shape: list[int], *, where: str, max_row_bytes: int) -> None:
+    elements = math.prod(d for d in shape if d != -1)  # (a Python int: no overflow, whatever the document says)
+    row_bytes = elements * DATATYPES[datatype].itemsize  # (BYTES: numpy's object pointers, 8 bytes each)
+    if row_bytes > max_row_bytes:
+        raise ModelLoadError(
+            f"{where}: input {name!r} is declared of shape {shape} ({datatype}): one row of it takes {row_bytes} "
+            f"bytes, more than max_row_bytes = {max_row_bytes}; fix the shape in the server's metadata, or, if "
+            "rows that large are meant, raise max_row_bytes in remote.toml (the load sends several such rows)"
+        )
 
 
 class RemoteBackend:
@@ -222,7 +244,12 @@ class RemoteBackend:
             server = self._get_json("/v2", missing_ok=True)
             extensions = server.get("extensions") if isinstance(server, dict) else None
             self._binary = isinstance(extensions, list) and "binary_tensor_data" in extensions
-        signature = signature_from_metadata(self._get_json(remote.path), where=remote.endpoint, binary=self._binary)
+        signature = signature_from_metadata(
+            self._get_json(remote.path),
+            where=remote.endpoint,
+            binary=self._binary,
+            max_row_bytes=remote.max_row_bytes,
+        )
         self._get_json(remote.path + "/ready", body=False)  # 200 means ready (Triton's body is empty)
         with self._lock:
             self._signature = signature

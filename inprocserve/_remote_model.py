@@ -37,6 +37,9 @@ __all__ = ["REMOTE_FILENAME", "RemoteModel", "read_remote_toml"]
 REMOTE_FILENAME = "remote.toml"
 """The file a version folder holds instead of ``model.onnx`` when the version is served remotely."""
 
+DEFAULT_MAX_ROW_BYTES = 16 << 20
+"""16 MiB: an FP32 image of 3 x 1024 x 1024 takes 12 MiB, a clip of 16 frames of 3 x 224 x 224 takes 9.2 MiB."""
+
 REMOTE_ENV = "INPROCSERVE_REMOTE_ENV"
 """The environment variable that lists (comma- or space-separated) the variables ``remote.toml``'s
 ``[headers_from_env]`` may read. The list is the process's, set where its secrets are: a ``remote.toml`` comes
@@ -105,6 +108,10 @@ class RemoteModel:
     """Consecutive failed calls that open the circuit breaker (calls then fail fast)."""
     cooloff_s: float = 5.0
     """How long an open circuit fails calls fast before it lets one probe through."""
+    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES
+    """The most bytes one row of an input may take, as the server's metadata declares it (dynamic dimensions
+    counted as 1): a larger one fails the load. The load sends made-up rows of that size (warm-up, the batch
+    axis and run-cost checks), so a metadata typo such as ``[-1, 1000000000]`` took gigabytes per worker."""
 
     def __post_init__(self) -> None:
         try:
@@ -135,6 +142,9 @@ class RemoteModel:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low or value > 1024:
                 raise _Invalid(key, f"must be an int from {low} to 1024, got {value!r}")
+        row = self.max_row_bytes
+        if isinstance(row, bool) or not isinstance(row, int) or not 1 <= row <= 1 << 40:
+            raise _Invalid("max_row_bytes", f"must be an int of bytes from 1 to 2**40, got {row!r}")
         for key in ("retry_after_send",):
             if not isinstance(getattr(self, key), bool):
                 raise _Invalid(key, f"must be true or false, got {getattr(self, key)!r}")

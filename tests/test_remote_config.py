@@ -46,6 +46,8 @@ def test_defaults_and_endpoint() -> None:
         ({"retry_after_send": 1}, "retry_after_send"),
         ({"binary_tensors": "yes"}, "binary_tensors"),
         ({"protocol": "grpc"}, "protocol"),
+        ({"max_row_bytes": 0}, "max_row_bytes"),
+        ({"max_row_bytes": 1.5e9}, "max_row_bytes"),
         ({"headers": {"Bad Name": "x"}}, "headers"),
         ({"headers": {"Content-Type": "x"}}, "headers"),
         ({"headers": {"X-Token": 5}}, "headers"),

@@ -209,3 +209,24 @@ def test_closing_the_backend_ends_a_wait_before_a_retry_at_once(
     (error,) = errors
     assert isinstance(error, inprocserve.ServerClosedError) and "closed while this call was in flight" in str(error)
     assert scripted.posts == 1 and backend.status()["failures"] == 0
+
+
+def test_a_remote_whose_metadata_declares_huge_rows_fails_its_load_before_sending_any(
+    make_server: ServerFactory, scripted: Scripted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A typo in the server's metadata ([-1, 100000000] for [-1, 100]) made every worker's load send made-up
+    # rows of 400 MB each (warm-up, run cost): 6.1 GiB and 24 s per worker; at 1e9 each was killed for memory.
+    monkeypatch.setitem(METADATA, "inputs", [{"name": "x", "datatype": "FP32", "shape": [-1, 100_000_000]}])
+    server = make_server()
+    with pytest.raises(inprocserve.ModelLoadError) as caught:
+        load_remote(server, scripted, ModelConfig())
+    message = str(caught.value)
+    assert "input 'x'" in message and "400000000 bytes" in message and "max_row_bytes = 16777216" in message
+    assert scripted.posts == 0
+
+    # rows that large on purpose: the limit is the version's to raise
+    monkeypatch.setitem(METADATA, "inputs", [{"name": "x", "datatype": "FP32", "shape": [-1, 4_000_000]}])
+    with pytest.raises(inprocserve.ModelLoadError, match="16000000 bytes"):
+        load_remote(server, scripted, max_row_bytes=8_000_000)
+    load_remote(server, scripted, max_row_bytes=16_000_000)
+    assert "scale" in server.models and scripted.posts == 0
