@@ -44,7 +44,8 @@ class Scripted(ThreadingHTTPServer):
     "deep 500" or "huge integer" (hostile bodies), "float64", "int64" or "narrow" (y of another type, or of 3
     columns), "thrice" (y = 2x repeated three times along a new first axis), "early hints" (a 103 interim
     answer, then y = 2x 0.2 s later), "switch" (a 101 Switching Protocols, then y = 2x 0.2 s later), "flood"
-    (y of three million values, whatever the rows), "long 422" (a refusal whose message runs to 6 MB).
+    (y of three million values, whatever the rows), "long 422" (a refusal whose message runs to 6 MB), "error 200"
+    (a failure answered with status 200 and the protocol's error document).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown); with ``keep_alive_s`` set,
     a POST on a connection idle longer is answered by closing it (a request that crossed the server's close of
@@ -154,6 +155,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(422, message, {"Content-Type": "application/json"})
             except OSError:  # the client read the start, for the message, and closed the connection
                 self.close_connection = True
+            return
+        if step == "error 200":  # a failure said in the body only, as some servers and gateways do
+            self._send(200, json.dumps({"error": "CUDA out of memory"}).encode(), {"Content-Type": "application/json"})
             return
         if step == "huge integer":  # an answer holding an integer of more digits than Python converts
             answer = b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [' + b"9" * 5000 + b"]}]}"
@@ -311,6 +315,17 @@ def test_an_answer_without_the_models_outputs_is_an_inference_error(
     monkeypatch.setitem(METADATA, "outputs", [{"name": "z", "datatype": "FP32", "shape": [-1, 4]}])
     backend.prepare()
     with pytest.raises(inprocserve.InferenceError, match="no output 'z'") as caught:
+        backend.run(backend.runners()[0], FEEDS)
+    assert not isinstance(caught.value, inprocserve.InvalidInputError)  # not the request's fault: no bisecting
+
+
+def test_a_failure_answered_with_status_200_gives_the_servers_message(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    # The error document's message was dropped: the caller read only that the answer had no outputs.
+    backend = backend_for(backends, scripted)
+    scripted.script = ["error 200"]
+    with pytest.raises(inprocserve.InferenceError, match="it says: CUDA out of memory") as caught:
         backend.run(backend.runners()[0], FEEDS)
     assert not isinstance(caught.value, inprocserve.InvalidInputError)  # not the request's fault: no bisecting
 

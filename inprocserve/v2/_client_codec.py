@@ -103,7 +103,11 @@ def decode_checked_response(
     json_length = _header_length(headers, len(body))
     document = _parse_json(body if json_length is None else body[:json_length])
     if not isinstance(document, dict) or not isinstance(document.get("outputs"), list):
-        raise InvalidInputError("the response body is not an inference response (no 'outputs' list)")
+        # Some servers and gateways answer a failure with status 200 and the protocol's error document: its
+        # message is what says what went wrong ("CUDA out of memory"), and was dropped.
+        said = document.get("error") if isinstance(document, dict) else None
+        detail = "" if said is None else f"; it says: {str(said)[:500]}"
+        raise InvalidInputError(f"the response body is not an inference response (no 'outputs' list){detail}")
     binary = memoryview(body)[len(body) if json_length is None else json_length :]
     planned: list[tuple[TensorHeader, Any, int | None, int]] = []
     offset = 0
