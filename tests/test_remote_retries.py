@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,7 +46,8 @@ class Scripted(ThreadingHTTPServer):
     columns), "thrice" (y = 2x repeated three times along a new first axis), "early hints" (a 103 interim
     answer, then y = 2x 0.2 s later), "switch" (a 101 Switching Protocols, then y = 2x 0.2 s later), "flood"
     (y of three million values, whatever the rows), "long 422" (a refusal whose message runs to 6 MB), "error 200"
-    (a failure answered with status 200 and the protocol's error document).
+    (a failure answered with status 200 and the protocol's error document), "json rows" (20 MB of JSON that
+    declares y of five million rows, whatever the rows).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown); with ``keep_alive_s`` set,
     a POST on a connection idle longer is answered by closing it (a request that crossed the server's close of
@@ -155,6 +157,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(422, message, {"Content-Type": "application/json"})
             except OSError:  # the client read the start, for the message, and closed the connection
                 self.close_connection = True
+            return
+        if step == "json rows":
+            answer = b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [5000000, 1], "data": ['
+            self._send(200, answer + b"1.5," * 4999999 + b"1.5]}]}", {"Content-Type": "application/json"})
             return
         if step == "error 200":  # a failure said in the body only, as some servers and gateways do
             self._send(200, json.dumps({"error": "CUDA out of memory"}).encode(), {"Content-Type": "application/json"})
@@ -317,6 +323,26 @@ def test_an_answer_without_the_models_outputs_is_an_inference_error(
     with pytest.raises(inprocserve.InferenceError, match="no output 'z'") as caught:
         backend.run(backend.runners()[0], FEEDS)
     assert not isinstance(caught.value, inprocserve.InvalidInputError)  # not the request's fault: no bisecting
+
+
+def test_a_json_answer_of_the_wrong_rows_is_refused_before_it_is_parsed(
+    scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With a dynamic inner axis no answer length follows from the rows, so up to 1 GiB is read; parsed, JSON
+    # takes 11 to 25 times its length (a Python object per number): 20 MB of it took 200 MB and 2 s to be
+    # refused on its shape, 1 GiB would take more than 11 GiB.
+    monkeypatch.setitem(METADATA, "outputs", [{"name": "y", "datatype": "FP32", "shape": [-1, -1]}])
+    backend = backend_for(backends, scripted, binary_tensors=False)
+    scripted.script = ["json rows"]
+    tracemalloc.start()
+    try:
+        with pytest.raises(inprocserve.InferenceError, match=r"output 'y' has shape \(5000000, 1\) for a batch of 2"):
+            backend.run(backend.runners()[0], FEEDS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 60e6  # the 20 MB read, and joined: no parse
+    np.testing.assert_array_equal(backend.run(backend.runners()[0], FEEDS)[0], FEEDS["x"] * 2)  # a right one
 
 
 def test_a_failure_answered_with_status_200_gives_the_servers_message(
