@@ -7,6 +7,7 @@ Plain ``urllib`` (no HTTP client dependency). The endpoint is the one both plug-
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import math
 import sys
@@ -79,7 +80,8 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
     """GET the status document at ``url`` (already an endpoint URL, see ``status_url``).
 
     Raises:
-        ValueError: ``timeout_s`` is not a finite number > 0.
+        ValueError: ``timeout_s`` is not a finite number > 0, or ``token`` holds a character a header cannot
+            carry (a line break: the message does not show it).
         ConnectionError: the endpoint could not be read or did not answer a status document; the
             message says why and what to try.
     """
@@ -89,6 +91,13 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
         or not (math.isfinite(timeout_s) and timeout_s > 0)
     ):
         raise ValueError(f"timeout_s must be a finite number of seconds > 0, not {timeout_s!r}")
+    if token and any(not (" " <= char <= "~" or "\xa0" <= char <= "\xff" or char == "\t") for char in token):
+        # http.client refuses such a header with an error that quotes it: a token file of two lines (the token
+        # and a comment) printed the token on stderr, into a deploy log or a cron mail.
+        raise ValueError(
+            "the admin token holds a line break or another character an HTTP header cannot carry (not shown); "
+            "give the token alone, on one line"
+        )
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -107,6 +116,8 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConnectionError(f"cannot reach {url}: {reason}") from exc
+    except http.client.HTTPException as exc:  # not an HTTP answer (a bad status line, over-long headers)
+        raise ConnectionError(f"{url} did not answer HTTP ({type(exc).__name__}: {str(exc)[:200]!r})") from exc
     if len(body) > _MAX_BYTES:
         raise ConnectionError(f"{url} answered more than {_MAX_BYTES} bytes: not a status document")
     try:

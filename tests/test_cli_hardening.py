@@ -582,3 +582,51 @@ def test_status_gives_up_at_its_timeout_on_an_endpoint_that_trickles_its_answer(
         stop.set()
         thread.join(timeout=10)
         listener.close()
+
+
+def test_status_never_prints_a_token_a_header_cannot_carry(
+    redirecting_endpoint: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # http.client refuses a header value with a line break by an error that quotes it: a token file holding the
+    # token and a comment line printed the token on stderr (exit 2), into a deploy log or a cron mail.
+    secret = tmp_path / "admin_token"
+    secret.write_text("s3cret-admin-token\n# rotated 2026-12-01\n")
+    assert main(["status", "--token-file", str(secret), redirecting_endpoint["url"]]) == 2
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "rotated" not in err
+    assert "a line break or another character an HTTP header cannot carry (not shown)" in err
+    assert redirecting_endpoint.get("authorization") is None  # nothing was sent
+    assert main(["status", "--token", "s3cret\x00x", redirecting_endpoint["url"]]) == 2
+    assert "s3cret" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HELLO WORLD\r\n\r\n",  # not a status line
+        b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n",  # a header line over http.client's 64 KiB
+        b"HTTP/1.1 200 OK\r\n" + b"X: a\r\n" * 200 + b"\r\n{}",  # more headers than http.client takes
+    ],
+    ids=["bad status line", "long header", "many headers"],
+)
+def test_status_of_an_endpoint_that_does_not_answer_http_is_exit_status_2(
+    answer: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # http.client's own errors are not OSErrors: they were a traceback and exit status 1, which --help keeps for a
+    # server that is not healthy (a deploy check waits on it), not 2 (the endpoint cannot be read).
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_once() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(answer)
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    try:
+        assert main(["status", "--timeout", "5", f"http://127.0.0.1:{listener.getsockname()[1]}"]) == 2
+        assert "did not answer HTTP" in capsys.readouterr().err
+    finally:
+        thread.join(timeout=10)
+        listener.close()
