@@ -74,6 +74,10 @@ class Operations:
         # each problem reading it is logged when it starts, and again only a minute after its last line: a file
         # that flaps (rewritten in place by a sync, read half-written now and then) is not two lines per flap
         self._read_log = LogLimit()
+        # whether _read_error has been logged: one back within a minute of its last line is only counted, and
+        # must still be logged once that minute is up if it stays (else the log's last word, 'can be read
+        # again', stood for good while the file stayed damaged)
+        self._read_error_logged = False
         # whether this server follows a revision read from the file (an absent file reads as revision 0):
         # until then a worker started while the file was unreadable reports not ready (see control_read)
         self._read_once = control_file is None
@@ -452,10 +456,12 @@ class Operations:
             control = self._control_file.read()
         except ConfigurationError as exc:
             skipped = None
-            if str(exc) != self._read_error:  # a new problem: logged, unless it is the last one back within a minute
-                if self._read_error is not None:
+            if str(exc) != self._read_error or not self._read_error_logged:
+                # a new problem (logged, unless it is the last one back within a minute), or one not logged yet
+                if self._read_error is not None and str(exc) != self._read_error:
                     self._read_log.forget()  # another problem than the one logged: logged at once
                 skipped = self._read_log.due()
+                self._read_error_logged = skipped is not None
             if skipped is not None:
                 if self._read_once:
                     logger.error(

@@ -181,3 +181,33 @@ def test_a_control_file_that_flaps_is_logged_once_not_twice_per_flap(
     assert len(lines(caplog, "is not valid JSON")) == 1
     assert len(lines(caplog, "stays in force")) == 2
     assert len(lines(caplog, "can be read again")) == 2
+
+
+def test_a_control_file_damaged_again_for_good_after_a_repair_is_logged_again(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Damaged, repaired, then damaged again within the minute: the recurrence is counted, not logged, and each
+    # later read of the same problem was not even counted, so the log's last word stayed "can be read again"
+    # however long the file stayed damaged (200 reads, and any time, logged nothing more).
+    save_model(build_gather_model(), repository, "gather", 1)
+    server = make_server(repository, control_interval_s=None)
+    server.kill("gather")
+    clock = ManualClock()
+    server._operations._read_log = LogLimit(clock=clock)
+    control_file = repository / CONTROL_FILENAME
+    good = control_file.read_bytes()
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        control_file.write_bytes(good[: len(good) // 2])
+        server.sync_control()
+        control_file.write_bytes(good)
+        server.sync_control()
+        control_file.write_bytes(good[: len(good) // 2])  # damaged for good
+        for _ in range(10):
+            server.sync_control()
+        assert len(lines(caplog, "stays in force")) == 1  # back within the minute of its line: counted
+        clock.advance(LOG_EVERY_S)
+        for _ in range(10):
+            server.sync_control()
+    errors = lines(caplog, "stays in force")
+    assert len(errors) == 2  # a minute on, still damaged: logged again, once
+    assert "(10 more since the last such line)" in errors[1].getMessage()  # the reads while it was counted
