@@ -270,7 +270,9 @@ def summarize(document: dict[str, Any]) -> list[str]:
     for name, value in models.items():
         model = _object(value, f"models.{name}")
         ready = "ready" if model.get("ready") else "NOT READY"
-        answers = model.get("default_version")
+        # answering_version: the stable version config.toml or a switch names (default_version is the latest
+        # ready one, which answers only when neither names one); a server of before it has only the latter
+        answers = model["answering_version"] if "answering_version" in model else model.get("default_version")
         lines.append(f"{name}: {ready}" + (f", v{answers} answers by default" if answers is not None else ""))
         if model.get("config_error"):
             lines.append(f"  config error: {model['config_error']}")

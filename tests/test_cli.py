@@ -414,3 +414,26 @@ def test_a_required_gpu_that_is_missing_says_how_to_install_the_gpu_build() -> N
 
     with pytest.raises(inprocserve.ModelLoadError, match=r"install onnxruntime-gpu in place of onnxruntime"):
         resolve_providers(inprocserve.PoolConfig(require_gpu=True), device_id=0, cuda_usable=False)
+
+
+def test_status_names_the_version_that_answers_by_default_the_configured_stable_one(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # config.toml's stable = 1 answers default traffic; the summary named default_version, the latest ready
+    # version (3), until a switch: "v3 answers by default" while v1 answered every request.
+    from inprocserve._cli_status import summarize
+
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    (repository / "scale" / "config.toml").write_text('version_policy = "all"\n[rollout]\nstable = 1\n')
+    server = inprocserve.Server(repository, control_interval_s=None)
+    try:
+        assert server.predict("scale", np.ones((1, 4), np.float32)).version == 1
+        document = json.loads(json.dumps(server.status()))
+        assert "scale: ready, v1 answers by default" in summarize(document)
+        server.switch("scale", 2)
+        assert "scale: ready, v2 answers by default" in summarize(json.loads(json.dumps(server.status())))
+    finally:
+        server.close()
+    del document["models"]["scale"]["answering_version"]  # an app of before answering_version
+    assert "scale: ready, v3 answers by default" in summarize(document)
