@@ -163,6 +163,9 @@ class Registry:
         # a bad config.toml is logged when it appears (again, if it flaps, at most once a minute), and once when
         # it is repaired (key: the model)
         self._config_log = LogLimit()
+        # models whose config_errors entry has been logged: one back within a minute of its line is only
+        # counted, and is logged once that minute is up if it stays (the log's last word was 'valid again')
+        self._config_error_logged: set[str] = set()
         # an empty config.toml (being written?): its inode, mtime and ctime, and when it was first seen so
         self._empty_configs: dict[str, tuple[tuple[int, int, int], float]] = {}
         self._unmatched: set[str] = set()  # names of models= that matched no model (warned about once)
@@ -307,12 +310,16 @@ class Registry:
                 except Exception as exc:  # a bad config.toml (or a bug reading one) stops this model alone
                     error = str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
                     previous = self.config_errors.get(name)
-                    if previous != error:  # a new problem: logged, unless it is the last one back within a minute
-                        if previous is not None:
+                    if previous != error or name not in self._config_error_logged:
+                        # a new problem (logged, unless it is the last one back within a minute), or not logged yet
+                        if previous is not None and previous != error:
                             self._config_log.forget(name)  # another problem than the one logged: logged at once
                         skipped = self._config_log.due(name)
                         if skipped is not None:
                             logger.error("model %r not (re)loaded: %s%s", name, error, since(skipped))
+                            self._config_error_logged.add(name)
+                        else:
+                            self._config_error_logged.discard(name)
                     self.config_errors[name] = error
                     problems.append(error)
                     continue
@@ -336,6 +343,7 @@ class Registry:
                 if name not in scan.models and name not in scan.unreadable:  # listed it, with that error, for good
                     del self.config_errors[name]
                     self._config_log.forget(name)
+                    self._config_error_logged.discard(name)
             for name in [name for name in self._empty_configs if name not in scan.models]:
                 del self._empty_configs[name]
             for key in [key for key in self._load_errors if key[1] not in self.failures.get(key[0], {})]:

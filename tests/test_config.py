@@ -298,6 +298,35 @@ def test_a_model_removed_while_its_config_toml_is_bad_leaves_the_status(
     assert list(server.status()["models"]) == ["scale"]
 
 
+def test_a_config_toml_broken_again_for_good_after_a_repair_is_logged_again(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Broken, repaired, broken again within the minute: the recurrence was counted, not logged, and the polls
+    after it were not even counted, so the log's last word stayed "valid again" while the file stayed broken."""
+    from inprocserve._log_limit import LOG_EVERY_S, LogLimit
+
+    caplog.set_level(logging.INFO, logger="inprocserve")
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config = repository / "scale" / "config.toml"
+    config.write_text("[batching]\nmax_batch_size = 8\n")
+    server = make_server(repository)
+    clock = ManualClock()
+    server._registry._config_log = LogLimit(clock=clock)
+    config.write_text("[batching]\nmax_batch_size = \n")
+    server.refresh()
+    config.write_text("[batching]\nmax_batch_size = 16\n")
+    server.refresh()
+    config.write_text("[batching]\nmax_batch_size = \n")  # broken again, for good
+    for _ in range(10):
+        assert "not valid TOML" in server.refresh()[0]
+    clock.advance(LOG_EVERY_S)
+    for _ in range(10):
+        server.refresh()
+    errors = [record.getMessage() for record in caplog.records if "not (re)loaded" in record.getMessage()]
+    assert len(errors) == 2, errors  # a minute on, still broken: logged again, once
+    assert "(10 more since the last such line)" in errors[1]
+
+
 # -- max_delay_s, and the deprecated max_delay_ms ---------------------------------------------------------
 
 
