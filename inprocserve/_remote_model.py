@@ -208,7 +208,7 @@ def read_remote_toml(path: str | Path) -> RemoteModel:
     if not isinstance(headers, dict):
         raise ModelLoadError(f"{path}: key 'headers' must be a table of header = \"value\"")
     headers = dict(headers)
-    readable = _readable_variables()
+    readable = _readable_variables(arguments.get("url"))
     for name, variable in from_env.items():
         if not isinstance(variable, str) or variable not in readable:
             # Any variable would do otherwise: a remote.toml dropped into the repository (which a hot reload
@@ -233,10 +233,33 @@ def read_remote_toml(path: str | Path) -> RemoteModel:
     return model
 
 
-def _readable_variables() -> frozenset[str]:
-    """The environment variables a ``remote.toml`` may read: those :data:`REMOTE_ENV` lists (itself never)."""
-    listed = os.environ.get(REMOTE_ENV, "").replace(",", " ").split()
-    return frozenset(listed) - {REMOTE_ENV}
+def _readable_variables(url: object) -> frozenset[str]:
+    """The environment variables a ``remote.toml`` whose ``url`` is this may read: those :data:`REMOTE_ENV`
+    lists (itself never). An entry ``NAME@https://host:port`` is read only by a file whose URL has that
+    origin: a plain ``NAME`` limits which secret a file dropped into the repository can send, not where to;
+    bound, the token reaches only its model server."""
+    origin = _origin(url)
+    readable = set()
+    for entry in os.environ.get(REMOTE_ENV, "").replace(",", " ").split():
+        name, bound, to = entry.partition("@")
+        if not bound or (origin is not None and _origin(to) == origin):
+            readable.add(name)
+    return frozenset(readable) - {REMOTE_ENV, ""}
+
+
+def _origin(url: object) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an http(s) URL, the port made explicit; None if it is not one."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    scheme = parts.scheme.lower()
+    return scheme, parts.hostname.lower(), port if port is not None else (443 if scheme == "https" else 80)
 
 
 def _url(raw: object) -> str:

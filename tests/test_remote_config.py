@@ -175,6 +175,29 @@ def test_remote_toml_reads_only_the_environment_variables_the_server_lists(
     assert refusal("FRAUD_TOKEN") == refused
 
 
+def test_a_variable_bound_to_an_origin_is_read_only_by_a_remote_toml_naming_that_origin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plain listed name limits which secret a dropped-in remote.toml can send, not where: with the URL its
+    # own, the token went to its author's server. Bound (NAME@origin), it reaches only its model server.
+    monkeypatch.setenv("FRAUD_TOKEN", "Bearer t0ken")
+    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "FRAUD_TOKEN@https://models.internal:8443, OTHER")
+    path = tmp_path / "remote.toml"
+
+    def headers(url: str) -> dict[str, str]:
+        path.write_text(f'url = "{url}"\nmodel = "m"\n[headers_from_env]\nAuthorization = "FRAUD_TOKEN"\n')
+        return read_remote_toml(path).headers
+
+    assert headers("https://models.internal:8443") == {"Authorization": "Bearer t0ken"}
+    assert headers("HTTPS://Models.Internal:8443/base") == {"Authorization": "Bearer t0ken"}  # (same origin)
+    for elsewhere in ("http://attacker.example:8443", "http://models.internal:8443", "https://models.internal"):
+        with pytest.raises(inprocserve.ModelLoadError, match=r"is not one a remote\.toml may read") as caught:
+            headers(elsewhere)
+        assert "t0ken" not in str(caught.value) and "models.internal:8443" not in str(caught.value)
+    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "FRAUD_TOKEN@https://models.internal")  # default port 443
+    assert headers("https://models.internal:443") == {"Authorization": "Bearer t0ken"}
+
+
 def test_remote_toml_that_is_not_toml(tmp_path: Path) -> None:
     path = tmp_path / "remote.toml"
     path.write_text("url = \n")
