@@ -57,7 +57,7 @@ class Scripted(ThreadingHTTPServer):
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
-        self.script: list[int | str | tuple[int, dict[str, str]]] = []
+        self.script: list[int | str | bytes | tuple[int, dict[str, str]]] = []
         self.posts = 0
         self.gets = 0
         self.hang_gets = False
@@ -157,6 +157,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(422, message, {"Content-Type": "application/json"})
             except OSError:  # the client read the start, for the message, and closed the connection
                 self.close_connection = True
+            return
+        if isinstance(step, bytes):  # an answer written out by the test
+            self._send(200, step, {"Content-Type": "application/json"})
             return
         if step == "json rows":
             answer = b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [5000000, 1], "data": ['
@@ -343,6 +346,20 @@ def test_a_json_answer_of_the_wrong_rows_is_refused_before_it_is_parsed(
         tracemalloc.stop()
     assert peak < 60e6  # the 20 MB read, and joined: no parse
     np.testing.assert_array_equal(backend.run(backend.runners()[0], FEEDS)[0], FEEDS["x"] * 2)  # a right one
+
+
+def test_a_key_ending_in_an_escaped_shape_does_not_pass_for_an_outputs_shape(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    # A JSON answer over 1 MiB has its outputs' names and shapes scanned for before it is parsed: a key whose
+    # text ends in a quote and "shape" (written \"shape) was taken for the output's shape, and this valid answer
+    # refused as y of shape (9,) for a batch of 2.
+    output = {"name": "y", "datatype": "FP32", 'note"shape': [9], "shape": [2, 4], "data": [2] * 8}
+    answer = json.dumps({"model_name": "scale", "outputs": [output], "parameters": {"pad": "x" * (2 << 20)}})
+    assert '"note\\"shape": [9], "shape": [2, 4]' in answer
+    backend = backend_for(backends, scripted, binary_tensors=False)
+    scripted.script = [answer.encode()]
+    np.testing.assert_array_equal(backend.run(backend.runners()[0], FEEDS)[0], FEEDS["x"] * 2)
 
 
 def test_a_failure_answered_with_status_200_gives_the_servers_message(

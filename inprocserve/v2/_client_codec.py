@@ -80,11 +80,17 @@ def encode_infer_request(
 _SCAN_ABOVE_BYTES = 1 << 20
 """A JSON document longer than this has its outputs' names and shapes scanned for before it is parsed."""
 _OUTPUT_HEADER = re.compile(
-    rb'\{[^{}\[\]]*?"name"\s*:\s*"((?:[^"\\]|\\.){1,1024}?)"[^{}\[\]]*?"shape"\s*:\s*\[\s*([0-9][0-9,\s]{0,400}?)\s*\]'
+    rb'\{(?>[^{}\[\]]*?(?<=[{,\s])"name"\s*:)\s*"((?:[^"\\]|\\.){1,1024}?)"'
+    rb'(?>[^{}\[\]]*?(?<=[,\s])"shape"\s*:)\s*\[\s*([0-9][0-9,\s]{0,400}?)\s*\]'
 )
 """The start of a tensor's object, ``{"name": "y", ... "shape": [1, 3]``: its name, then its shape, with only
-scalar members between (``"datatype": "FP32"``), as Triton, MLServer and this package write them. Neither
-can be matched inside a JSON string, whose quotes are escaped."""
+scalar members between (``"datatype": "FP32"``), as Triton, MLServer and this package write them.
+
+A key is matched only where its quote follows ``{``, ``,`` or whitespace: inside a JSON string a quote follows
+a backslash, so neither a datum holding ``{\\"name\\": ...`` nor a key ending in ``\\"name`` or ``\\"shape``
+(``"note\\"shape": [9]``) passes for one. Each key is the first of its name after the one before (atomic groups): an
+object is never searched again for a later ``"name"``, which made the scan quadratic, a 200 KB answer of
+repeated ``"name": "a",`` holding its caller 22 s, the GIL all along, before any deadline could end it."""
 
 
 def _scan_headers(json_part: bytes) -> list[TensorHeader]:
