@@ -279,8 +279,13 @@ class Registry:
             if version in self.loaded.get(name, {}):  # no other version to fall back to
                 self.retire(name, [version], timeout_s=timeout_s)
 
-    def refresh(self) -> list[str]:
-        """See :meth:`Server.refresh` (the lifecycle lock serializes it with every other change)."""
+    def refresh(self, *, settle_empty_configs: bool = False) -> list[str]:
+        """See :meth:`Server.refresh` (the lifecycle lock serializes it with every other change).
+
+        ``settle_empty_configs`` (the poller's refreshes): a serving model's empty ``config.toml`` is applied
+        only once it has stayed empty a while (see :meth:`_config_being_written`). A refresh asked for
+        (:meth:`Server.refresh`, a fleet-wide ``reload``) applies the file as it is: its caller wrote it, and a
+        reload that only started the wait left every worker on the old settings for good."""
         if self.repository is None:
             return []
         with self.lock:
@@ -303,7 +308,9 @@ class Registry:
                     return problems
                 if name in self._explicit or name in self._unloaded:
                     continue
-                if self._config_being_written(name, source):
+                if not settle_empty_configs:
+                    self._empty_configs.pop(name, None)
+                elif self._config_being_written(name, source):
                     continue  # (the settings in force keep serving until the next poll reads the file)
                 try:
                     config = self.config_for(name, source, None)
@@ -364,7 +371,8 @@ class Registry:
         write; read then, it meant the defaults (an unpinned stable version, the "latest" policy), and for a
         poll the model reloaded every version on them, answered by the wrong version and unloaded the ones
         the policy no longer selected. An empty file is applied once seen unchanged for
-        ``_EMPTY_CONFIG_SETTLE_S`` (by a later refresh): an empty file meant is rare."""
+        ``_EMPTY_CONFIG_SETTLE_S`` (by a later poll): an empty file meant is rare. Only the poller's refreshes
+        wait so: a refresh asked for applies the file as it is (see :meth:`refresh`)."""
         path = source.config_path
         try:
             info = None if path is None or name not in self.loaded else path.stat()
@@ -874,7 +882,7 @@ class Registry:
         assert self._poll_interval_s is not None
         while not self._stop.wait(self._poll_interval_s):
             try:
-                self.refresh()
+                self.refresh(settle_empty_configs=True)
             except Exception:  # the poller must survive anything a repository throws at it
                 logger.exception("model repository refresh failed")
 

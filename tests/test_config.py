@@ -272,15 +272,34 @@ def test_a_config_toml_saved_in_place_is_not_applied_while_it_is_empty(
     with config.open("r+") as file:  # an editor's save: truncate, then write
         file.truncate(0)
         file.flush()
-        assert server.refresh() == []  # a poll between the two
+        assert server._registry.refresh(settle_empty_configs=True) == []  # a poll between the two
         assert server.predict("scale", x).version == 1 and server.models == {"scale": [1, 2]}
         file.write("[rollout]\nstable = 1\n# reviewed\n")
-    assert server.refresh() == [] and server.predict("scale", x).version == 1
+    assert server._registry.refresh(settle_empty_configs=True) == [] and server.predict("scale", x).version == 1
     config.write_text("")  # an empty file meant: the defaults, once it has stayed empty a while
-    server.refresh()
+    server._registry.refresh(settle_empty_configs=True)
     assert server.predict("scale", x).version == 1
     clock.advance(2.0)
-    server.refresh()
+    server._registry.refresh(settle_empty_configs=True)
+    assert server.predict("scale", x).version == 2 and server.models == {"scale": [2]}
+
+
+@pytest.mark.parametrize("asked", ["refresh", "reload"])
+def test_an_empty_config_toml_is_applied_by_a_refresh_asked_for(
+    repository: Path, make_server: ServerFactory, asked: str
+) -> None:
+    """The wait for an empty config.toml to stay so is the poller's: a reload asked for after the file was
+    emptied on purpose (back to the defaults) only started it, so no worker applied the file, and without a
+    poller none ever did (the reload's revision was done)."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(3.0), repository, "scale", 2)
+    config = repository / "scale" / "config.toml"
+    config.write_text("[rollout]\nstable = 1\n")
+    server = make_server(repository, clock=ManualClock())
+    x = {"x": [[1.0, 1.0, 1.0, 1.0]]}
+    assert server.predict("scale", x).version == 1
+    config.write_text("")
+    assert getattr(server, asked)() == []
     assert server.predict("scale", x).version == 2 and server.models == {"scale": [2]}
 
 
