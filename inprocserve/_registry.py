@@ -167,7 +167,8 @@ class Registry:
         # counted, and is logged once that minute is up if it stays (the log's last word was 'valid again')
         self._config_error_logged: set[str] = set()
         # an empty config.toml (being written?): its inode, mtime and ctime, and when it was first seen so
-        self._empty_configs: dict[str, tuple[tuple[int, int, int], float]] = {}
+        self._empty_configs: dict[str, tuple[tuple[int, int, int] | None, float]] = {}
+        self._config_files: set[str] = set()  # models whose settings in force were read from a config.toml
         self._unmatched: set[str] = set()  # names of models= that matched no model (warned about once)
         self._load_configs: dict[str, ModelConfig] = {}  # load(name, config=...) of a repository model: kept
         self.lock = threading.RLock()
@@ -334,6 +335,10 @@ class Registry:
                 # word on the model would stay "not (re)loaded" while it serves the new settings)
                 if self.config_errors.pop(name, None) is not None and self._config_log.ended(name):
                     logger.info("model %r: its configuration is valid again; it is applied", name)
+                if source.config_path is None:
+                    self._config_files.discard(name)
+                else:
+                    self._config_files.add(name)
                 try:
                     problems.extend(self._sync_model(name, source, config))
                 except Exception as exc:  # an unexpected failure in one model must not keep the others stale
@@ -370,18 +375,20 @@ class Registry:
         place (an editor's save, ``cat new > config.toml``), a file is empty between its truncation and the
         write; read then, it meant the defaults (an unpinned stable version, the "latest" policy), and for a
         poll the model reloaded every version on them, answered by the wrong version and unloaded the ones
-        the policy no longer selected. An empty file is applied once seen unchanged for
+        the policy no longer selected. So with a file gone that the settings in force were read from: an
+        editor's save that moves the file to its backup, then writes a new one (vim's), or ``rm`` then ``cp``,
+        left no config.toml for a moment, and a poll then did the same. Either is applied once seen unchanged for
         ``_EMPTY_CONFIG_SETTLE_S`` (by a later poll): an empty file meant is rare. Only the poller's refreshes
         wait so: a refresh asked for applies the file as it is (see :meth:`refresh`)."""
         path = source.config_path
         try:
-            info = None if path is None or name not in self.loaded else path.stat()
-        except OSError:
+            info = None if path is None else path.stat()
+        except OSError:  # (removed since the scan)
             info = None
-        if info is None or info.st_size != 0:
+        if name not in self.loaded or (info is None and name not in self._config_files) or (info and info.st_size):
             self._empty_configs.pop(name, None)
             return False
-        seen = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+        seen = None if info is None else (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
         first = self._empty_configs.get(name)
         if first is not None and first[0] == seen:
             return self._clock() - first[1] < _EMPTY_CONFIG_SETTLE_S

@@ -284,6 +284,36 @@ def test_a_config_toml_saved_in_place_is_not_applied_while_it_is_empty(
     assert server.predict("scale", x).version == 2 and server.models == {"scale": [2]}
 
 
+def test_a_config_toml_saved_by_a_new_file_is_not_applied_while_it_is_gone(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """An editor's save that moves the file to its backup and writes a new one (vim's), or rm then cp, leaves
+    no config.toml for a moment: a poll then applied the defaults, as for an empty one (v2, held back by
+    `stable = 1`, answered, v1 was unloaded)."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(3.0), repository, "scale", 2)
+    config = repository / "scale" / "config.toml"
+    config.write_text("[rollout]\nstable = 1\n")
+    clock = ManualClock()
+    server = make_server(repository, clock=clock)
+    x = {"x": [[1.0, 1.0, 1.0, 1.0]]}
+    config.rename(repository.parent / "config.toml~")  # (out of the repository: a scan would list it)
+    assert server._registry.refresh(settle_empty_configs=True) == []  # a poll between the two
+    assert server.predict("scale", x).version == 1 and server.models == {"scale": [1, 2]}
+    config.write_text("[rollout]\nstable = 1\n# reviewed\n")
+    server._registry.refresh(settle_empty_configs=True)
+    assert server.predict("scale", x).version == 1
+    config.unlink()  # removed for good: the defaults, once it has stayed gone a while
+    server._registry.refresh(settle_empty_configs=True)
+    assert server.predict("scale", x).version == 1
+    clock.advance(2.0)
+    server._registry.refresh(settle_empty_configs=True)
+    assert server.predict("scale", x).version == 2 and server.models == {"scale": [2]}
+    save_model(build_scale_model(4.0), repository, "scale", 3)  # a model without a file: nothing to wait for
+    server._registry.refresh(settle_empty_configs=True)
+    assert server.predict("scale", x).version == 3
+
+
 @pytest.mark.parametrize("asked", ["refresh", "reload"])
 def test_an_empty_config_toml_is_applied_by_a_refresh_asked_for(
     repository: Path, make_server: ServerFactory, asked: str
