@@ -208,7 +208,7 @@ def read_remote_toml(path: str | Path) -> RemoteModel:
     if not isinstance(headers, dict):
         raise ModelLoadError(f"{path}: key 'headers' must be a table of header = \"value\"")
     headers = dict(headers)
-    readable = _readable_variables(arguments.get("url"))
+    readable = _readable_variables(arguments.get("url")) if from_env else frozenset()
     for name, variable in from_env.items():
         if not isinstance(variable, str) or variable not in readable:
             # Any variable would do otherwise: a remote.toml dropped into the repository (which a hot reload
@@ -242,6 +242,11 @@ def _readable_variables(url: object) -> frozenset[str]:
     readable = set()
     for entry in os.environ.get(REMOTE_ENV, "").replace(",", " ").split():
         name, bound, to = entry.partition("@")
+        if bound and _origin(to) is None:  # (it would never match: say so rather than refuse the name unexplained)
+            raise ModelLoadError(
+                f"{REMOTE_ENV} entry {entry[:200]!r} binds {name[:100]!r} to what is not an http(s) URL: write "
+                "NAME@https://host:port"
+            )
         if not bound or (origin is not None and _origin(to) == origin):
             readable.add(name)
     return frozenset(readable) - {REMOTE_ENV, ""}

@@ -196,6 +196,9 @@ def test_a_variable_bound_to_an_origin_is_read_only_by_a_remote_toml_naming_that
         assert "t0ken" not in str(caught.value) and "models.internal:8443" not in str(caught.value)
     monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "FRAUD_TOKEN@https://models.internal")  # default port 443
     assert headers("https://models.internal:443") == {"Authorization": "Bearer t0ken"}
+    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "FRAUD_TOKEN@models.internal:8443")  # no scheme: never matched
+    with pytest.raises(inprocserve.ModelLoadError, match=r"binds 'FRAUD_TOKEN' to what is not an http\(s\) URL"):
+        headers("https://models.internal:8443")
 
 
 def test_remote_toml_that_is_not_toml(tmp_path: Path) -> None:
