@@ -392,7 +392,7 @@ class RemoteBackend:
                 self._answered_in(sent_at)
                 self._breaker.success()
                 try:
-                    return self._outputs(signature, response, rows)
+                    return self._outputs(signature, response, rows, deadline=deadline, limit_s=limit_s)
                 except InferenceError as exc:  # the server ran the rows: sending them again would run them again
                     raise whole_batch(exc) from exc.__cause__
             if response.status in (429, 503):
@@ -572,12 +572,31 @@ class RemoteBackend:
             raise self._closed_error(in_flight=True)
         return True
 
-    def _outputs(self, signature: Signature, response: HttpResponse, rows: int) -> list[np.ndarray]:
+    def _outputs(
+        self, signature: Signature, response: HttpResponse, rows: int, *, deadline: float, limit_s: float
+    ) -> list[np.ndarray]:
+        """The answer's outputs, decoded within the call's deadline: an answer whose shapes fit the batch (a
+        dynamic non-batch axis: ``BYTES`` declared ``[-1, -1]``) may still hold millions of elements, and a
+        one-row call answered with 4 million text elements took 1.9 s to decode past a 0.5 s deadline. The
+        decoding stops when the deadline passes (checked every 65,536 text elements): a
+        :class:`DeadlineExceededError`, the batch's every caller's."""
+        answered_shapes: list[str] = []
+
+        def checkpoint() -> None:
+            if self._clock() > deadline:
+                raise self._deadline(
+                    f"the answer of {self.remote.endpoint} came within the request's {limit_s:.3g} s, but its "
+                    f"outputs ({', '.join(answered_shapes) or 'not read yet'}) took longer than that to decode; "
+                    "decoding stopped (an output with a dynamic axis answered that large: give the request a "
+                    "longer deadline, or fix what the model answers)"
+                )
+
         def check(answered: Sequence[TensorHeader]) -> set[str]:
             # Before any data is decoded (decoding BYTES costs about 1 us per element, holding the GIL, past the
             # deadline): an answer whose declared shapes cannot fit this batch is refused on its header, and
             # outputs the metadata does not declare are never decoded (they were dropped after decoding).
             declared = {spec.name: spec for spec in signature.outputs}
+            answered_shapes[:] = [f"{h.name!r} of shape {list(h.shape)}" for h in answered if h.name in declared][:8]
             for header in answered:
                 spec = declared.get(header.name)
                 if spec is not None:
@@ -585,7 +604,9 @@ class RemoteBackend:
             return set(declared)
 
         try:
-            decoded = decode_checked_response(response.body, response.headers, limits=_RESPONSE_LIMITS, check=check)
+            decoded = decode_checked_response(
+                response.body, response.headers, limits=_RESPONSE_LIMITS, check=check, checkpoint=checkpoint
+            )
         except InvalidInputError as exc:  # the server's answer is broken, not the request: no bisecting
             raise self._error(InferenceError, f"the answer is not an inference response: {exc}") from None
         outputs: list[np.ndarray] = []

@@ -913,13 +913,15 @@ def test_a_call_that_hangs_while_others_are_answered_does_not_count(
 class LabelServer(ThreadingHTTPServer):
     """A model server whose model answers text labels (BYTES, shape [-1, 1], as scikit-learn classifiers on
     MLServer do), each POST with ``answer(rows)``: a list of (name, element count) BYTES outputs of 2-byte
-    elements, sent as binary tensors."""
+    elements, sent as binary tensors; each row of ``columns`` labels, the output declared of ``declared`` shape."""
 
     daemon_threads = True
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), LabelHandler)
         self.answer: Callable[[int], list[tuple[str, int]]] = lambda rows: [("label", rows)]
+        self.declared = [-1, 1]
+        self.columns = 1
 
 
 class LabelHandler(BaseHTTPRequestHandler):
@@ -939,7 +941,7 @@ class LabelHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         metadata = {
             **METADATA,
-            "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1, 1]}],
+            "outputs": [{"name": "label", "datatype": "BYTES", "shape": self.server.declared}],
         }
         document = {"extensions": ["binary_tensor_data"]} if self.path == "/v2" else metadata
         self._send(json.dumps(document).encode(), {"Content-Type": "application/json"})
@@ -949,7 +951,8 @@ class LabelHandler(BaseHTTPRequestHandler):
         request = json.loads(body[: int(self.headers.get(v2.HEADER_LENGTH, len(body)))])
         rows = request["inputs"][0]["shape"][0]
         element = (2).to_bytes(4, "little") + b"ab"
-        outputs = [(name, count, element * count) for name, count in self.server.answer(rows)]
+        columns = self.server.columns
+        outputs = [(name, count, element * (count * columns)) for name, count in self.server.answer(rows)]
         header = json.dumps(
             {
                 "model_name": "scale",
@@ -957,7 +960,7 @@ class LabelHandler(BaseHTTPRequestHandler):
                     {
                         "name": name,
                         "datatype": "BYTES",
-                        "shape": [count, 1],
+                        "shape": [count, columns],
                         "parameters": {"binary_data_size": len(data)},
                     }
                     for name, count, data in outputs
@@ -1000,3 +1003,23 @@ def test_an_answer_of_millions_of_text_elements_is_refused_on_its_shapes_before_
     started = time.monotonic()
     assert server.predict("scale", {"x": x}, timeout_s=0.5)["label"].tolist() == [["ab"]]
     assert time.monotonic() - started < 1.5
+
+
+def test_an_answer_that_fits_the_batch_but_takes_past_the_deadline_to_decode_is_a_deadline_error(
+    label_server: LabelServer, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # Declared [-1, -1], one row of 4 million labels fits a one-row batch (the other axis is dynamic): it was
+    # decoded in full, 1.9 s (more on a busy host) after a 0.5 s deadline, and the caller got it.
+    label_server.declared = [-1, -1]
+    server = make_server(tmp_path)
+    remote = RemoteModel(url=f"http://127.0.0.1:{label_server.server_port}", model="scale", retries=0)
+    server.load("scale", remote=remote)
+    x = np.ones((1, 4), np.float32)
+    assert server.predict("scale", {"x": x})["label"].tolist() == [["ab"]]
+    label_server.columns = 4_000_000
+    started = time.monotonic()
+    with pytest.raises(inprocserve.DeadlineExceededError, match=r"'label' of shape \[1, 4000000\].*to decode"):
+        server.predict("scale", {"x": x}, timeout_s=0.5)
+    assert time.monotonic() - started < 1.5
+    label_server.columns = 3
+    assert server.predict("scale", {"x": x}, timeout_s=0.5)["label"].tolist() == [["ab"] * 3]

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 import inprocserve
 from inprocserve import v2
 from inprocserve.testing import build_add_model, build_scale_model, save_model
+from inprocserve.v2._client_codec import decode_checked_response
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
 
@@ -706,3 +707,25 @@ def test_a_request_of_a_sequence_is_refused_not_answered_without_its_state(param
         v2.decode_infer_request(request_json(x_input([1, 2, 3, 4]), parameters=parameters), {})
     stateless = {"sequence_id": 0, "sequence_start": False, "sequence_end": False}  # (what "no sequence" looks like)
     assert v2.decode_infer_request(request_json(x_input([1, 2, 3, 4]), parameters=stateless), {}).inputs["x"].size == 4
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_decoding_a_long_text_answer_checks_in_with_its_caller_as_it_goes(binary: bool) -> None:
+    # The remote backend stops decoding at its caller's deadline through ``checkpoint``: one row of a BYTES
+    # output declared [-1, -1] fits any one-row batch, and 4 million such labels took 1.9 s to decode after a
+    # 0.5 s deadline, since nothing asked the clock between the first element and the last.
+    labels = np.array([["ab"] * 300_000], dtype=object)
+    body, headers = v2.encode_infer_response({"label": labels}, binary=binary, model_name="m")
+    calls: list[int] = []
+
+    def checkpoint() -> None:
+        calls.append(1)
+        if len(calls) > 3:
+            raise TimeoutError("the caller's deadline passed")
+
+    with pytest.raises(TimeoutError):
+        decode_checked_response(body, headers, checkpoint=checkpoint)
+    calls.clear()
+    decoded = decode_checked_response(body, headers, checkpoint=lambda: calls.append(1))
+    assert decoded.outputs["label"].shape == (1, 300_000)
+    assert len(calls) >= 300_000 // 65_536

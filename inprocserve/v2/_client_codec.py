@@ -127,6 +127,7 @@ def decode_checked_response(
     *,
     limits: Limits | None = None,
     check: Callable[[Sequence[TensorHeader]], Container[str] | None] | None = None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> InferResponse:
     """:func:`decode_infer_response`, with ``check`` called on every output's header (name, datatype, declared
     shape) before any output's data is decoded; for a JSON document over 1 MiB, first also on the names and
@@ -137,6 +138,11 @@ def decode_checked_response(
     Decoding costs far more than reading: a ``BYTES`` element becomes a Python ``str`` (about 1 us and 50 bytes
     each), so a server answering a one-row call with 96 MB of 2-byte elements held its caller 17 s past a 0.5 s
     deadline, the GIL all along, to find then that the answer had 16 million rows.
+
+    ``checkpoint`` (when given) is called before the JSON is parsed, before each output is decoded, and every
+    65,536 ``BYTES`` elements while one is; it raises to stop the decoding (the caller's deadline
+    passed). An answer whose shapes fit the batch can still take long to decode: a ``BYTES`` output declared
+    ``[-1, -1]`` answered with one row of 4 million elements took 1.9 s, after a 0.5 s deadline.
     """
     limits = limits or Limits()
     json_length = _header_length(headers, len(body))
@@ -145,6 +151,8 @@ def decode_checked_response(
         scanned = _scan_headers(json_part)
         if scanned:
             check(scanned)  # (raises to refuse the answer before its JSON is parsed)
+    if checkpoint is not None:
+        checkpoint()
     document = _parse_json(json_part)
     if not isinstance(document, dict) or not isinstance(document.get("outputs"), list):
         # Some servers and gateways answer a failure with status 200 and the protocol's error document: its
@@ -171,10 +179,16 @@ def decode_checked_response(
         name, datatype, shape = header.name, header.datatype, list(header.shape)
         if wanted is not None and name not in wanted:
             continue
+        if checkpoint is not None:
+            checkpoint()
         if size is not None:
-            outputs[name] = _from_binary(binary[start : start + size], datatype, shape, name, role="output")
+            outputs[name] = _from_binary(
+                binary[start : start + size], datatype, shape, name, role="output", checkpoint=checkpoint
+            )
         else:
-            outputs[name] = _from_json(raw["data"], datatype, shape, name, limits, role="output", null_is_nan=True)
+            outputs[name] = _from_json(
+                raw["data"], datatype, shape, name, limits, role="output", null_is_nan=True, checkpoint=checkpoint
+            )
     version = document.get("model_version")
     return InferResponse(
         model_name=str(document.get("model_name", "")),
