@@ -729,3 +729,23 @@ def test_decoding_a_long_text_answer_checks_in_with_its_caller_as_it_goes(binary
     decoded = decode_checked_response(body, headers, checkpoint=lambda: calls.append(1))
     assert decoded.outputs["label"].shape == (1, 300_000)
     assert len(calls) >= 300_000 // 65_536
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_parsing_a_long_json_answer_of_numbers_checks_in_with_its_caller_as_it_goes(dtype: type) -> None:
+    # json.loads is one call that holds the GIL: a one-row answer of 10 million FP32 as JSON (a dynamic
+    # non-batch axis) took 2 s to parse past a 0.5 s deadline, every other thread of the process stalled.
+    row = np.arange(300_000).astype(dtype).reshape(1, -1)  # about 2 MB of JSON
+    body, headers = v2.encode_infer_response({"y": row}, model_name="m")
+    calls: list[int] = []
+
+    def checkpoint() -> None:
+        calls.append(1)
+        if len(calls) > 3:  # (once before the parse, once before the output: the rest are the parse's)
+            raise TimeoutError("the caller's deadline passed")
+
+    with pytest.raises(TimeoutError):
+        decode_checked_response(body, headers, checkpoint=checkpoint)
+    decoded = decode_checked_response(body, headers, checkpoint=lambda: None)
+    np.testing.assert_array_equal(decoded.outputs["y"], row)
+    assert decoded.outputs["y"].dtype == dtype
