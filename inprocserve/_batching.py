@@ -302,7 +302,8 @@ class Batcher:
                             filler.release()
                     elif self._idle and pool.has_free() and not getattr(request.future, "defer_wake", False):
                         self._wake_parked()
-            _answer_dropped(abandoned)
+            if abandoned:  # (empty but for a refusal that found given-up requests: no call per request)
+                _answer_dropped(abandoned)
             if runner is None:  # queued
                 if request.future is not None:
                     self._withdraw_when_given_up(request)
