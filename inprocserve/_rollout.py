@@ -669,6 +669,10 @@ class Router:
                 return decision
 
         def fallback(reason: str) -> Decision:
+            # The stable version serves the key: an arm drawn for it before, or by this very decision when it
+            # ran past the budget and was abandoned, no longer says where its outcomes by key go.
+            if self._drew_for_keys and ctx:
+                self._forget_draw_of(ctx, state.config.key_field)
             return Decision(stable, "stable", reason)
 
         return self._flags.run(lambda: self._decide(ready, stable, ctx, state), fallback)

@@ -226,7 +226,9 @@ def test_an_outcome_by_key_goes_to_the_arm_drawn_even_where_the_key_alone_reads_
     versions: Path, make_server: ServerFactory
 ) -> None:
     """Reported by key, the outcome has no country: read afresh, the flags say stable, which never served."""
-    server = make_server(versions, flags=CountryRule({}), config=rollout(strategy="stable", variants=ARMS, seed=1))
+    server = make_server(
+        versions, flags=CountryRule({}), flag_timeout_s=10.0, config=rollout(strategy="stable", variants=ARMS, seed=1)
+    )
     drawn = server.predict("scale", X, context={"user_id": "alice", "country": "fr"}).variant
     assert drawn in ARMS
     assert server.record_outcome(None, 1.0, model="scale", key="alice") == drawn
@@ -236,10 +238,41 @@ def test_an_outcome_by_key_goes_to_the_arm_drawn_while_the_flag_provider_fails(
     versions: Path, make_server: ServerFactory
 ) -> None:
     provider = RawProvider({"scale.strategy": "bandit"})
-    server = make_server(versions, flags=provider, config=rollout(strategy="stable", variants=ARMS, seed=1))
+    server = make_server(
+        versions, flags=provider, flag_timeout_s=10.0, config=rollout(strategy="stable", variants=ARMS, seed=1)
+    )
     drawn = predict(server, "alice").variant
+    assert drawn in ARMS
     provider.failing = ("scale.strategy", "scale.kill")  # the flag service goes away after the request
     assert server.record_outcome(None, 1.0, model="scale", key="alice") == drawn
+
+
+class SlowProvider(RawProvider):
+    """Answers after ``delay_s``: longer than the flag budget, so every decision is abandoned for stable."""
+
+    delay_s = 0.3
+
+    def _get(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
+        threading.Event().wait(self.delay_s)
+        return super()._get(key, default, context)
+
+    get_boolean = get_number = get_string = get_object = _get
+
+
+def test_a_bandit_draw_abandoned_for_a_slow_provider_gets_no_outcome_by_key(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """The decision drew an arm, then ran past the budget: stable served alice, so no arm gets her outcome."""
+    provider = SlowProvider({"scale.strategy": "bandit"})
+    server = make_server(
+        versions, flags=provider, flag_timeout_s=0.05, config=rollout(strategy="stable", variants=ARMS, seed=1)
+    )
+    served = predict(server, "alice")
+    assert served.variant == "stable"
+    provider.failing = ("scale.strategy", "scale.kill")
+    assert server.record_outcome(None, 1.0, model="scale", key="alice") is None
+    arms = server.status()["models"]["scale"]["rollout"]["variants"]
+    assert all(arm["outcomes"] == 0 for arm in arms.values())
 
 
 @pytest.mark.parametrize("kill", ["flag", "control file"])
@@ -394,8 +427,11 @@ def test_a_canary_outcome_by_key_goes_to_the_variant_of_the_key(versions: Path, 
 
 
 def canary_server(make_server: ServerFactory, versions: Path, provider: Any) -> inprocserve.Server:
-    return make_server(
-        versions, flags=provider, config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 100})
+    return make_server(  # (a generous flag budget: these tests are about values, not a slow provider)
+        versions,
+        flags=provider,
+        flag_timeout_s=10.0,
+        config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 100}),
     )
 
 
