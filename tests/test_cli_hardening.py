@@ -204,7 +204,9 @@ def test_quantize_counts_rows_by_an_input_that_has_them_whatever_comes_first(tmp
         _rows_per_second(session, feeds, 0.05, tmp_path, quantized=False)
         for feeds in ({"t": t, "x": x}, {"x": x, "t": t})
     ]
-    assert 1 / 4 < rates[0] / rates[1] < 4, rates  # the same runs, the same rows counted
+    # The same runs, the same rows counted: counted by the scalar, one order's rate was 64 times the other's
+    # (a loaded machine moves two timings of 0.05 s by several times: the bound leaves room for that).
+    assert 1 / 16 < rates[0] / rates[1] < 16, rates
 
 
 # -- status --------------------------------------------------------------------------------------------
