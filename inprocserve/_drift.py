@@ -195,6 +195,27 @@ def _fits(found: tuple[int, ...], expected: Sequence[Any]) -> bool:
 
 
 _Record = tuple[np.ndarray | None, ...]  # one request: the monitored columns of each _Column, None if absent
+_Entry = tuple[_Record, int]  # a record and its rows
+
+
+def _cut(entries: list[_Entry], rows: int) -> tuple[list[_Entry], list[_Entry]]:
+    """The first ``rows`` rows of ``entries``, and the rest: a record across the cut is split in two (views of
+    its copy), so a window holds exactly its rows and a request's other rows go to the next one."""
+    head: list[_Entry] = []
+    filled = 0
+    for index, (record, size) in enumerate(entries):
+        if filled + size <= rows:
+            head.append((record, size))
+            filled += size
+            if filled == rows:
+                return head, entries[index + 1 :]
+            continue
+        at = rows - filled
+        first = tuple(None if block is None else block[:at] for block in record)
+        rest = tuple(None if block is None else block[at:] for block in record)
+        head.append((first, at))
+        return head, [(rest, size - at), *entries[index + 1 :]]
+    return head, []
 
 
 class DriftMonitor:
@@ -225,10 +246,10 @@ class DriftMonitor:
         self._output_shapes = dict(output_shapes or {})
         self._lock = threading.Lock()
         self._columns: list[_Column] | None = None  # chosen once: at load (file) or on the first request
-        self._pending: list[_Record] = []
+        self._pending: list[_Entry] = []
         self._pending_rows = 0
         self._features: dict[str, _Feature] | None = None
-        self._capture: list[_Record] = []
+        self._capture: list[_Entry] = []
         self._captured_rows = 0
         self._mismatched: set[str] = set()
         self.windows = 0
@@ -293,7 +314,8 @@ class DriftMonitor:
             )
         self._columns = columns
         record = tuple(column.take(arrays[column.name]) for column in columns)
-        return {name: _Feature(values, self.config.bins) for name, values in self._stack([record]).items()}
+        stacked = self._stack([(record, 0)])
+        return {name: _Feature(values, self.config.bins) for name, values in stacked.items()}
 
     def _log_refused(self, refused: list[str], where: str) -> None:
         if refused:
@@ -307,8 +329,11 @@ class DriftMonitor:
                 shown,
             )
 
-    def _record(self, columns: list[_Column], arrays: Mapping[str, Any], outputs: Mapping[str, Any]) -> _Record:
-        """Copies of the monitored columns of one request (the caller may reuse its buffers)."""
+    def _record(
+        self, columns: list[_Column], arrays: Mapping[str, Any], outputs: Mapping[str, Any], rows: int | None
+    ) -> _Record:
+        """Copies of the monitored columns of one request (the caller may reuse its buffers): of its first
+        ``rows`` rows only, when given."""
         record: list[np.ndarray | None] = []
         for column in columns:
             array = (outputs if column.output else arrays).get(column.name)
@@ -317,7 +342,7 @@ class DriftMonitor:
                 if array is not None and column.name not in self._mismatched:
                     self._mismatch(column, array)
                 continue
-            record.append(column.take(array))
+            record.append(column.take(array if rows is None else array[:rows]))
         return tuple(record)
 
     def _mismatch(self, column: _Column, array: Any) -> None:
@@ -333,7 +358,12 @@ class DriftMonitor:
         )
 
     def observe(self, arrays: Mapping[str, Any], outputs: Mapping[str, Any], rows: int, *, scorer: DriftScorer) -> None:
-        """Note one answered request (copies only the monitored columns); full windows are scored on ``scorer``."""
+        """Note one answered request (copies only the monitored columns); full windows are scored on ``scorer``.
+
+        Windows are exactly ``window`` rows: a request's rows fill the open window and the rest open the next
+        ones. One request adds at most the windows the scorer can queue (plus, while a reference is captured,
+        the rows the capture still needs): its further rows are not copied, and the windows they would fill
+        are counted as dropped, so a request of a million rows costs no more than a few windows."""
         columns = self._columns
         if columns is None:  # a captured reference: the first request decides which columns are monitored
             with self._lock:
@@ -341,36 +371,46 @@ class DriftMonitor:
                     sources = [(False, arrays, self._inputs), (True, outputs, self._outputs)]
                     self._columns = _choose_columns(sources, self.config.max_features)[0]
                 columns = self._columns
-        record = self._record(columns, arrays, outputs)
+        config = self.config
+        most = config.window * (_MAX_QUEUED_WINDOWS + 1)
+        if self._features is None:
+            most += config.capture_reference
+        taken = min(rows, most)
+        record = self._record(columns, arrays, outputs, taken if taken < rows else None)
         if record and all(column is None for column in record):  # shaped unlike the reference: nothing to count
             return
+        entries: list[_Entry] = [(record, taken)]
+        captured: list[_Entry] | None = None
+        windows: list[list[_Entry]] = []
         with self._lock:
             if self._features is None:
-                if self._captured_rows >= self.config.capture_reference:
-                    # The reference is being built on the background thread: never start another; these rows
-                    # open the first window, scored once the reference is ready (at most one window is kept).
-                    if self._pending_rows < self.config.window:
-                        self._pending.append(record)
-                        self._pending_rows += rows
-                    return
-                self._capture.append(record)
-                self._captured_rows += rows
-                if self._captured_rows < self.config.capture_reference:
-                    return
-                captured, self._capture = self._capture, []
+                need = config.capture_reference - self._captured_rows
+                if need > 0:  # the capture takes the rows it still needs, the rest open the first window
+                    head, entries = _cut(entries, need)
+                    self._capture.extend(head)
+                    self._captured_rows += min(need, taken)
+                    if self._captured_rows >= config.capture_reference:
+                        captured, self._capture = self._capture, []
+                # The reference is being built on the background thread: never start another; these rows open
+                # the first window, scored once the reference is ready (at most one window is kept).
+                room = config.window - self._pending_rows
+                if room > 0 and entries:
+                    kept = _cut(entries, room)[0]
+                    self._pending.extend(kept)
+                    self._pending_rows += sum(size for _, size in kept)
             else:
-                self._pending.append(record)
-                self._pending_rows += rows
-                if self._pending_rows < self.config.window:
-                    return
-                window, self._pending, self._pending_rows = self._pending, [], 0
-                captured = None
-        if captured is not None:
-            if not scorer.submit(self._finish_capture, captured, bounded=False):
-                self._reset_capture()  # the scorer is closed: start over rather than wait forever
-            return
-        if not scorer.submit(self._score, window):
-            self.window_dropped()
+                self._pending.append((record, taken))
+                self._pending_rows += taken
+                while self._pending_rows >= config.window:
+                    window, self._pending = _cut(self._pending, config.window)
+                    self._pending_rows -= config.window
+                    windows.append(window)
+                self.dropped_windows += (rows - taken) // config.window  # (rows left out of a huge request)
+        if captured is not None and not scorer.submit(self._finish_capture, captured, bounded=False):
+            self._reset_capture()  # the scorer is closed: start over rather than wait forever
+        for window in windows:
+            if not scorer.submit(self._score, window):
+                self.window_dropped()
 
     def window_dropped(self) -> None:
         """A window was not scored: the scorer was behind or closed."""
@@ -382,11 +422,11 @@ class DriftMonitor:
             self._capture, self._captured_rows = [], 0
             self._pending, self._pending_rows = [], 0
 
-    def _stack(self, window: Sequence[_Record]) -> dict[str, np.ndarray]:
+    def _stack(self, window: Sequence[_Entry]) -> dict[str, np.ndarray]:
         columns = self._columns
         assert columns is not None
         blocks: list[list[np.ndarray]] = [[] for _ in columns]
-        for record in window:
+        for record, _ in window:
             for index, block in enumerate(record):
                 if block is not None:
                     blocks[index].append(block)
@@ -398,7 +438,7 @@ class DriftMonitor:
                     stacked[name] = values[:, index]
         return stacked
 
-    def _finish_capture(self, captured: list[_Record]) -> None:
+    def _finish_capture(self, captured: list[_Entry]) -> None:
         try:
             columns = self._stack(captured)
             usable = {name: values for name, values in columns.items() if _has_finite(values)}
@@ -422,7 +462,7 @@ class DriftMonitor:
         if window is not None:
             self._score(window)  # this is the background thread already
 
-    def _score(self, window: list[_Record]) -> None:
+    def _score(self, window: list[_Entry]) -> None:
         features = self._features
         assert features is not None
         columns = self._stack(window)

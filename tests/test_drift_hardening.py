@@ -184,7 +184,7 @@ def test_a_wide_input_copies_only_the_monitored_columns(repository: Path) -> Non
         x = np.random.default_rng(14).normal(0, 1, (1, width)).astype(np.float32)
         (y,) = session.run(None, {"x": x})
         monitor.observe({"x": x}, {"y": y}, 1, scorer=scorer)
-        (record,) = monitor._capture
+        ((record, _),) = monitor._capture
         assert sum(block.shape[1] for block in record if block is not None) == 64
         assert all(block is None or block.shape == (1, 64) for block in record)
     finally:
@@ -401,3 +401,75 @@ def test_a_model_with_no_monitorable_column_still_completes_its_capture(
     assert server._drift.drain()
     drift = server.status()["models"]["names"]["versions"]["1"]["drift"]
     assert drift["reference_ready"] is True and drift["features"] == {}
+
+
+# -- 7. windows are exactly `window` rows, whatever the requests' sizes ----------------------------------
+
+
+def decile_psi(reference: np.ndarray, window: np.ndarray) -> float:
+    """PSI by hand: the reference's decile bins (no repeated values here), empty bins floored at 1e-4."""
+    edges = np.quantile(reference, np.linspace(0, 1, 11)[1:-1])
+    expected = np.bincount(np.digitize(reference, edges), minlength=10) / reference.size
+    actual = np.bincount(np.digitize(window, edges), minlength=10) / window.size
+    expected, actual = np.maximum(expected, 1e-4), np.maximum(actual, 1e-4)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def test_a_window_is_its_first_rows_when_requests_straddle_it(repository: Path, make_server: ServerFactory) -> None:
+    # Four requests of 300 rows and a window of 1000: the window is the first 1000 rows, and the last 200 open
+    # the next window. It used to take every row of the request that filled it (1200 here: a request of a
+    # million rows made a window of a million rows), so the 200 shifted rows below read as drift.
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(21)
+    reference = rng.normal(0, 1, (5000, 4))
+    np.savez(repository / "scale" / "reference.npz", x=reference)
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=1000)))
+    rows = np.concatenate([rng.normal(0, 1, (1000, 4)), rng.normal(3, 1, (200, 4))]).astype(np.float32)
+    for start in range(0, 1200, 300):
+        server.predict("scale", rows[start : start + 300])
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] == 1 and status["drifting"] is False
+    by_hand = decile_psi(reference[:, 0], rows[:1000, 0].astype(np.float64))
+    assert status["features"]["x[0]"]["psi"] == pytest.approx(by_hand)
+    for _ in range(8):  # 800 more shifted rows: the second window is the 1000 shifted ones
+        server.predict("scale", rng.normal(3, 1, (100, 4)).astype(np.float32))
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] == 2 and status["drifting"] is True and status["dropped_windows"] == 0
+
+
+def test_a_huge_request_fills_a_bounded_number_of_windows(repository: Path, make_server: ServerFactory) -> None:
+    # One request of 200,000 rows and a window of 100: it used to be copied whole on the request path and
+    # scored as one window of 200,000 rows (seconds of scoring; a million rows of 64 features took 7-15 s
+    # longer than the run). Now it fills the windows the scorer can queue; the rest are counted as dropped.
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(22)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (1000, 4)).astype(np.float32))
+    config = ModelConfig(
+        batching=inprocserve.BatchingConfig(max_request_rows=200_000),
+        drift=DriftConfig(reference_file="reference.npz", window=100),
+    )
+    server = make_server(repository, config=config)
+    server.predict("scale", rng.normal(0, 1, (200_000, 4)).astype(np.float32))
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] + status["dropped_windows"] == 2000
+    assert 1 <= status["windows"] <= _MAX_QUEUED_WINDOWS + 1 and status["drifting"] is False
+
+
+def test_a_captured_reference_is_its_first_rows(repository: Path) -> None:
+    # capture_reference=100 and requests of 60 rows: the reference is the first 100 rows, the next 20 open the
+    # first window (the capture used to take the whole second request: 120 rows).
+    monitor, _ = real_monitor(repository, DriftConfig(capture_reference=100, window=50))
+    scorer = DriftScorer()
+    rng = np.random.default_rng(23)
+    try:
+        for _ in range(2):
+            x = rng.normal(0, 1, (60, 4)).astype(np.float32)
+            monitor.observe({"x": x}, {"y": x * 2}, 60, scorer=scorer)
+        assert scorer.drain()
+        assert monitor._captured_rows == 100 and monitor._features is not None
+        assert monitor._features["x[0]"].reference.size == 100 and monitor._pending_rows == 20
+    finally:
+        scorer.close()
