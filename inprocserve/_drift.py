@@ -24,7 +24,7 @@ import math
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,8 @@ class DriftMonitor:
 
     ``input_shapes`` and ``output_shapes`` (the signature's shapes by name) let a reference file be checked
     against the model when it is loaded: a reference whose arrays do not have the inputs' shapes fails the load.
+    ``not_numeric`` names the inputs and outputs that are not numeric tensors (text, ZipMap's maps): a reference
+    array named after one is left out, since the requests' values could not be scored against it.
     """
 
     def __init__(
@@ -236,6 +238,7 @@ class DriftMonitor:
         folder: Path,
         input_shapes: Mapping[str, Shape] | None = None,
         output_shapes: Mapping[str, Shape] | None = None,
+        not_numeric: Collection[str] = (),
     ) -> None:
         self.config = config
         self.model = model
@@ -244,6 +247,7 @@ class DriftMonitor:
         self._outputs = outputs
         self._input_shapes = dict(input_shapes or {})
         self._output_shapes = dict(output_shapes or {})
+        self._not_numeric = frozenset(not_numeric)
         self._lock = threading.Lock()
         self._columns: list[_Column] | None = None  # chosen once: at load (file) or on the first request
         self._pending: list[_Entry] = []
@@ -282,6 +286,19 @@ class DriftMonitor:
             arrays = {self._inputs[0]: loaded}
         else:
             arrays = loaded
+        # A numeric reference for a text input (or a ZipMap output) cannot be compared with what requests carry:
+        # kept, the requests' text failed every window's scoring, for every feature.
+        unusable = sorted(name for name in arrays if name in self._not_numeric and _numeric(arrays[name]))
+        if unusable:
+            logger.warning(
+                "model %r version %s: drift leaves out %s of reference %s: the model takes or gives text or maps "
+                "there, not numbers (drift watches numeric inputs and outputs)",
+                self.model,
+                self.version,
+                ", ".join(unusable),
+                path.name,
+            )
+            arrays = {name: array for name, array in arrays.items() if name not in unusable}
         for kind, names, shapes in (
             ("input", self._inputs, self._input_shapes),
             ("output", self._outputs, self._output_shapes),

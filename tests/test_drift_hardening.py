@@ -473,3 +473,88 @@ def test_a_captured_reference_is_its_first_rows(repository: Path) -> None:
         assert monitor._features["x[0]"].reference.size == 100 and monitor._pending_rows == 20
     finally:
         scorer.close()
+
+
+# -- 8. a numeric reference for a text input or a ZipMap output is left out ------------------------------
+
+
+def test_a_numeric_reference_for_a_text_input_leaves_the_other_features_scored(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A pipeline saved the label-encoded city next to the age. Requests carry the city as text: kept, the
+    # text failed the scoring of every window ("could not convert string to float", a traceback per window)
+    # and no feature, not even the age, was ever scored.
+    from onnx import TensorProto, helper
+
+    from inprocserve.testing import _model
+
+    model = _model(
+        [helper.make_node("Identity", ["age"], ["y"]), helper.make_node("Identity", ["city"], ["city_out"])],
+        [
+            helper.make_tensor_value_info("city", TensorProto.STRING, ["N", 1]),
+            helper.make_tensor_value_info("age", TensorProto.FLOAT, ["N", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("city_out", TensorProto.STRING, ["N", 1]),
+        ],
+    )
+    save_model(model, repository, "people", 1)
+    rng = np.random.default_rng(24)
+    np.savez(
+        repository / "people" / "reference.npz",
+        city=rng.integers(0, 5, (2000, 1)).astype(np.float64),
+        age=rng.normal(40, 10, (2000, 1)),
+    )
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(
+            repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=500))
+        )
+        for _ in range(5):
+            server.predict(
+                "people",
+                {
+                    "city": np.array([["Lyon"], ["Oslo"]] * 50, dtype=object),
+                    "age": rng.normal(40, 10, (100, 1)).astype(np.float32),
+                },
+            )
+        assert drain()
+    status = server.status()["models"]["people"]["versions"]["1"]["drift"]
+    assert status["windows"] == 1 and set(status["features"]) == {"age[0]"} and status["drifting"] is False
+    assert "drift leaves out city of reference reference.npz" in caplog.text
+    assert "drift scoring failed" not in caplog.text
+
+
+def test_a_reference_for_a_zipmap_output_does_not_fail_the_load(repository: Path, make_server: ServerFactory) -> None:
+    # sklearn-onnx classifiers give their probabilities as ZipMap's list of maps: a reference of the
+    # probabilities named after that output failed the load ("has shape [2000, 2], expected []").
+    from onnx import TensorProto, helper
+
+    probabilities = helper.make_value_info(
+        "output_probability",
+        helper.make_sequence_type_proto(
+            helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+        ),
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["p"]),
+            helper.make_node("ZipMap", ["p"], ["output_probability"], domain="ai.onnx.ml", classlabels_int64s=[0, 1]),
+        ],
+        "zipmap",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 2]), probabilities],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)], ir_version=8
+    )
+    save_model(model, repository, "classifier", 1)
+    rng = np.random.default_rng(25)
+    reference = rng.dirichlet([1, 1], 2000).astype(np.float32)
+    np.savez(repository / "classifier" / "reference.npz", x=reference, output_probability=reference)
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=100)))
+    assert server.status()["models"]["classifier"]["versions"]["1"]["state"] == "ready"
+    server.predict("classifier", rng.dirichlet([1, 1], 100).astype(np.float32))
+    assert drain()
+    status = server.status()["models"]["classifier"]["versions"]["1"]["drift"]
+    assert status["windows"] == 1 and set(status["features"]) == {"x[0]", "x[1]"}
