@@ -203,11 +203,7 @@ class ModelVersion:
                 folder=self.path.parent.parent,
                 input_shapes={spec.name: spec.shape for spec in signature.inputs},
                 output_shapes={spec.name: spec.shape for spec in signature.outputs},
-                not_numeric=[
-                    spec.name
-                    for spec in (*signature.inputs, *signature.outputs)
-                    if spec.dtype is None or spec.dtype.kind not in "biuf"
-                ],
+                dtypes={spec.name: spec.dtype for spec in (*signature.inputs, *signature.outputs)},
             )
         self.run_cost = self._measure_run_cost(signature, batchable=batchable)
         self.batcher = Batcher(

@@ -558,3 +558,29 @@ def test_a_reference_for_a_zipmap_output_does_not_fail_the_load(repository: Path
     assert drain()
     status = server.status()["models"]["classifier"]["versions"]["1"]["drift"]
     assert status["windows"] == 1 and set(status["features"]) == {"x[0]", "x[1]"}
+
+
+def test_a_float64_reference_of_a_float32_input_with_an_imputed_mean_does_not_drift(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # pandas writes float64; the model takes float32. 15 % of the rows hold the imputed mean 37.3, which is a
+    # decile edge of the reference: in float64 it opened the bin above the edge, and in float32 (37.2999992)
+    # every request's imputed rows fell just below it, so each window of the same data read as drift (PSI
+    # 0.69), and the KS statistic was the value's share (0.16).
+    save_model(build_scale_model(2.0, features=1), repository, "scale", 1)
+    rng = np.random.default_rng(26)
+
+    def sample(rows: int) -> np.ndarray:
+        values = rng.normal(37.3, 5, (rows, 1))
+        values[rng.random(rows) < 0.15] = 37.3
+        return values
+
+    np.savez(repository / "scale" / "reference.npz", x=sample(20_000))
+    config = ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=1000, ks_threshold=0.1))
+    server = make_server(repository, config=config)
+    for _ in range(3):
+        server.predict("scale", sample(1000).astype(np.float32))
+    assert drain()
+    status = drift_status(server)
+    assert status["windows"] == 3 and status["drifting"] is False
+    assert status["features"]["x[0]"]["psi"] < 0.05 and status["features"]["x[0]"]["ks"] < 0.06
