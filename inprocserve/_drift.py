@@ -57,12 +57,21 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 
 def ks_statistic(reference_sorted: np.ndarray, sample: np.ndarray) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."""
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs.
+
+    Looked for at the sample's values only, at each value and just below it: between two of them the
+    sample's CDF is flat and the reference's only rises, so the gap is widest at an end. This costs the
+    window's rows times the log of the reference's, where evaluating both CDFs at every reference value cost
+    the reference's rows: 11 s a window for 64 features against a reference of a million rows."""
     sample = np.sort(sample)
-    points = np.concatenate([reference_sorted, sample])
-    cdf_reference = np.searchsorted(reference_sorted, points, side="right") / reference_sorted.size
-    cdf_sample = np.searchsorted(sample, points, side="right") / sample.size
-    return float(np.max(np.abs(cdf_reference - cdf_sample)))
+    size = reference_sorted.size
+    above = np.searchsorted(sample, sample, side="right") / sample.size - (
+        np.searchsorted(reference_sorted, sample, side="right") / size
+    )
+    below = np.searchsorted(reference_sorted, sample, side="left") / size - (
+        np.searchsorted(sample, sample, side="left") / sample.size
+    )
+    return float(max(np.max(above), np.max(below)))
 
 
 def _numeric(array: Any) -> bool:
