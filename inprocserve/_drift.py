@@ -546,16 +546,22 @@ class DriftMonitor:
         skipped = self._said.due()
         if skipped is None:
             return
-        worst = max(drifting, key=lambda name: scores[name]["psi"])
+        # The worst by the figure that crossed its threshold: a feature drifting by its KS statistic alone was
+        # named with its PSI (under the PSI threshold), which read as no reason to drift at all.
+        by_psi = [name for name in drifting if scores[name]["psi"] > self.config.psi_threshold]
+        figure = "psi" if by_psi else "ks"
+        worst = max(by_psi or drifting, key=lambda name: scores[name].get(figure, 0.0))
         logger.warning(
             "model %r version %s is drifting: %d feature(s) over the threshold in the last window of %d rows; "
-            "worst %s (PSI %.3f)%s",
+            "worst %s (%s %.3f, threshold %s)%s",
             self.model,
             self.version,
             len(drifting),
             self.config.window,
             worst,
-            scores[worst]["psi"],
+            figure.upper(),
+            scores[worst].get(figure, 0.0),
+            self.config.psi_threshold if by_psi else self.config.ks_threshold,
             since(skipped),
         )
 

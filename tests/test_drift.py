@@ -298,3 +298,23 @@ def test_a_window_against_a_reference_of_a_million_rows_is_scored_quickly(
     assert time.perf_counter() - started < 1.5  # (10 windows of 4 features: about 0.2 s; 4 s or more before)
     status = drift_status(server)
     assert status["windows"] == 10 and status["drifting"] is False and status["features"]["x[0]"]["ks"] < 0.06
+
+
+def test_a_version_drifting_by_ks_alone_is_logged_with_its_ks(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A shift of 0.35 standard deviations: PSI about 0.1 (under 0.2), KS about 0.14 (over 0.1). The warning
+    # named the worst feature with its PSI only ("worst x[0] (PSI 0.101)"), no reason to drift at all.
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(32)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (20_000, 4)).astype(np.float32))
+    config = ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=2000, ks_threshold=0.1))
+    server = make_server(repository, config=config)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server.predict("scale", rng.normal(0.35, 1, (2000, 4)).astype(np.float32))
+        assert drain()
+    status = drift_status(server)
+    assert status["drifting"] is True and status["max_psi"] < 0.2
+    (said,) = [r.getMessage() for r in caplog.records if "is drifting" in r.getMessage()]
+    worst = max(status["features"], key=lambda name: status["features"][name]["ks"])
+    assert f"worst {worst} (KS {status['features'][worst]['ks']:.3f}, threshold 0.1)" in said
