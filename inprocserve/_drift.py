@@ -343,7 +343,37 @@ class DriftMonitor:
         self._columns = columns
         record = tuple(self._as_served(column.name, column.take(arrays[column.name])) for column in columns)
         stacked = self._stack([(record, 0)])
-        return {name: _Feature(values, self.config.bins) for name, values in stacked.items()}
+        features = {name: _Feature(values, self.config.bins) for name, values in stacked.items()}
+        self._warn_if_noisy(features, f"reference {path.name}")
+        return features
+
+    def _warn_if_noisy(self, features: Mapping[str, _Feature], where: str) -> None:
+        """Warn when the reference or the window is too small for the PSI threshold: a window drawn from the
+        reference's own distribution reads a PSI of about ``(bins - 1) * (1 / reference + 1 / window)`` by
+        chance, and a version drifts when any one feature is over the threshold. A reference of 30 rows (or a
+        window of 100) made every window of unchanged data drift, with nothing saying why."""
+        rows = min((feature.reference.size for feature in features.values()), default=0)
+        if not rows:
+            return
+        config = self.config
+        chance = (config.bins - 1) * (1 / rows + 1 / config.window)
+        if chance <= config.psi_threshold / 4:
+            return
+        enough = math.ceil(8 * (config.bins - 1) / config.psi_threshold)
+        logger.warning(
+            "model %r version %s: drift windows of %d rows against the %s of %d rows read a PSI of about %.2f by "
+            "chance alone (%d bins; psi_threshold %s), so the version will read as drifting without any shift: "
+            "use a reference and a window of at least %d rows each, or fewer bins",
+            self.model,
+            self.version,
+            config.window,
+            where,
+            rows,
+            chance,
+            config.bins,
+            config.psi_threshold,
+            enough,
+        )
 
     def _not_numeric(self, name: str) -> bool:
         """``name`` is an input or output that is not a numeric tensor (text, ZipMap's maps)."""
@@ -489,6 +519,7 @@ class DriftMonitor:
             usable = {name: values for name, values in columns.items() if _has_finite(values)}
             self._log_refused([name for name in columns if name not in usable], "captured reference")
             features = {name: _Feature(values, self.config.bins) for name, values in usable.items()}
+            self._warn_if_noisy(features, "captured reference")
         except Exception:
             self._reset_capture()  # capture again from the next requests rather than keep rows forever
             raise

@@ -584,3 +584,40 @@ def test_a_float64_reference_of_a_float32_input_with_an_imputed_mean_does_not_dr
     status = drift_status(server)
     assert status["windows"] == 3 and status["drifting"] is False
     assert status["features"]["x[0]"]["psi"] < 0.05 and status["features"]["x[0]"]["ks"] < 0.06
+
+
+# -- 9. a reference or a window too small for the threshold is said at load -----------------------------
+
+
+def test_a_reference_too_small_for_the_threshold_is_warned_about(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 30 rows of reference, 10 bins: a window of the very same distribution reads a PSI of about 0.3 by chance,
+    # so the version drifted from its first window on, with nothing saying why.
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(27)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (30, 4)).astype(np.float32))
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=1000)))
+    assert "against the reference reference.npz of 30 rows read a PSI of about 0.31 by chance alone" in caplog.text
+    assert "at least 360 rows each" in caplog.text
+
+
+def test_a_captured_reference_and_window_large_enough_are_not_warned_about(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(28)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(repository, config=ModelConfig(drift=DriftConfig(capture_reference=2000, window=500)))
+        for _ in range(25):
+            server.predict("scale", rng.normal(0, 1, (100, 4)).astype(np.float32))
+        assert drain()
+    assert drift_status(server)["reference_ready"] is True and drift_status(server)["windows"] == 1
+    assert "by chance alone" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        small = make_server(repository, config=ModelConfig(drift=DriftConfig(capture_reference=2000, window=50)))
+        for _ in range(21):
+            small.predict("scale", rng.normal(0, 1, (100, 4)).astype(np.float32))
+        assert drain()
+    assert "drift windows of 50 rows against the captured reference of 2000 rows" in caplog.text
