@@ -19,12 +19,14 @@ bounded number of windows: when it falls behind, further windows are dropped and
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,21 @@ _EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
 _CONTINUOUS_ABOVE = 20  # features with more distinct reference values than this get a KS statistic
 _MAX_QUEUED_WINDOWS = 8  # windows waiting for the scoring thread, per server; more are dropped and counted
 DRIFT_REPEAT_S = 600.0  # while a version keeps drifting, its warning is repeated at most this often
+
+_REPLAYING: ContextVar[bool] = ContextVar("inprocserve_drift_replaying", default=False)
+
+
+@contextlib.contextmanager
+def replaying() -> Iterator[None]:
+    """Requests this thread makes inside are not traffic (guarded promotion re-running recent inputs on the
+    stable version and the candidate): drift monitoring leaves them out. A synchronous ``predict`` feeds drift
+    on its caller's thread, where this applies."""
+    token = _REPLAYING.set(True)
+    try:
+        yield
+    finally:
+        _REPLAYING.reset(token)
+
 
 Shape = Sequence[Any] | None  # a signature's shape: ints for fixed axes, None or a symbol for dynamic ones
 
@@ -438,7 +455,10 @@ class DriftMonitor:
         Windows are exactly ``window`` rows: a request's rows fill the open window and the rest open the next
         ones. One request adds at most the windows the scorer can queue (plus, while a reference is captured,
         the rows the capture still needs): its further rows are not copied, and the windows they would fill
-        are counted as dropped, so a request of a million rows costs no more than a few windows."""
+        are counted as dropped, so a request of a million rows costs no more than a few windows. Requests
+        made inside :func:`replaying` are left out."""
+        if _REPLAYING.get():
+            return
         columns = self._columns
         if columns is None:  # a captured reference: the first request decides which columns are monitored
             with self._lock:

@@ -28,6 +28,7 @@ from ._control import (
     validate_percent,
     validate_version,
 )
+from ._drift import replaying
 from ._errors import (
     ConfigurationError,
     InferenceError,
@@ -529,14 +530,18 @@ class Operations:
             failure = ""
             for arrays in samples:
                 try:
-                    expected = self._predict(model, arrays, version=stable)
+                    # (replays of inputs already served: drift counted them when they were served, and the
+                    # candidate's windows, or its captured reference, are for its own traffic)
+                    with replaying():
+                        expected = self._predict(model, arrays, version=stable)
                 except InvalidInputError:
                     # A request the stable version refuses (a client's index past a table: its caller was refused
                     # too) was sampled as it was routed; it says nothing of the candidate. Raised, that client's
                     # error failed every promote() for as long as the input stayed among the samples.
                     continue
                 try:
-                    got = self._predict(model, arrays, version=version)
+                    with replaying():
+                        got = self._predict(model, arrays, version=version)
                 except InferenceError as exc:  # the candidate fails on a real input the stable version answers
                     failed += 1
                     failure = failure or str(exc)

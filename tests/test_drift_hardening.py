@@ -621,3 +621,29 @@ def test_a_captured_reference_and_window_large_enough_are_not_warned_about(
             small.predict("scale", rng.normal(0, 1, (100, 4)).astype(np.float32))
         assert drain()
     assert "drift windows of 50 rows against the captured reference of 2000 rows" in caplog.text
+
+
+# -- 10. guarded promotion's replays are not traffic ----------------------------------------------------
+
+
+def test_a_guarded_promotion_does_not_feed_drift_monitoring(repository: Path, make_server: ServerFactory) -> None:
+    # promote() re-runs the recent inputs on the stable version and the candidate: those rows were counted by
+    # the stable version's drift when they were served, and counted again (640 more rows here: a window of
+    # replays), and the candidate's first window was made of replays rather than of its own traffic.
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(29)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (5000, 4)).astype(np.float32))
+    config = ModelConfig(
+        drift=DriftConfig(reference_file="reference.npz", window=500),
+        rollout=inprocserve.RolloutConfig(stable=1, capture_inputs=64),
+    )
+    server = make_server(repository, config=config)
+    for _ in range(100):
+        server.predict("scale", rng.normal(0, 1, (10, 4)).astype(np.float32))
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    report = server.promote("scale", 2, max_abs_diff=0.01, min_samples=10)
+    assert report.samples == 64
+    assert drain()
+    versions = server.status()["models"]["scale"]["versions"]
+    assert versions["1"]["drift"]["windows"] == 2  # the 1,000 rows served, not 1,640
+    assert versions["2"]["drift"]["windows"] == 0
