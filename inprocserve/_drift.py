@@ -362,7 +362,38 @@ class DriftMonitor:
         stacked = self._stack([(record, 0)])
         features = {name: _Feature(values, self.config.bins) for name, values in stacked.items()}
         self._warn_if_noisy(features, f"reference {path.name}")
+        self._warn_if_missing_cannot_be_served(columns, features, path.name)
         return features
+
+    def _warn_if_missing_cannot_be_served(
+        self, columns: list[_Column], features: Mapping[str, _Feature], file: str
+    ) -> None:
+        """Warn about NaN in a reference column of an integer or boolean input or output (pandas writes an
+        integer column with missing values as float64): requests cannot carry NaN there, so the reference's
+        non-finite share alone reads as drift in every window."""
+        found: list[tuple[str, float]] = []
+        for column in columns:
+            dtype = self._dtypes.get(column.name)
+            if dtype is None or dtype.kind not in "biu":
+                continue
+            found.extend((name, features[name].nonfinite) for name in column.features if features[name].nonfinite)
+        if not found:
+            return
+        name, share = max(found, key=lambda item: item[1])
+        floor = psi(np.array([share]), np.array([0.0]))
+        logger.warning(
+            "model %r version %s: drift reference %s holds NaN or infinity for %s, integers or booleans in the "
+            "model, which requests cannot carry: every window reads a PSI of at least %.2f from that alone (%s: "
+            "%.1f %% of rows); fill them in the reference as they are filled before the model",
+            self.model,
+            self.version,
+            file,
+            ", ".join(feature for feature, _ in found[:10])
+            + (f" and {len(found) - 10} more" if len(found) > 10 else ""),
+            floor,
+            name,
+            100 * share,
+        )
 
     def _warn_if_noisy(self, features: Mapping[str, _Feature], where: str) -> None:
         """Warn when the reference or the window is too small for the PSI threshold: a window drawn from the

@@ -647,3 +647,28 @@ def test_a_guarded_promotion_does_not_feed_drift_monitoring(repository: Path, ma
     versions = server.status()["models"]["scale"]["versions"]
     assert versions["1"]["drift"]["windows"] == 2  # the 1,000 rows served, not 1,640
     assert versions["2"]["drift"]["windows"] == 0
+
+
+def test_nan_in_the_reference_of_an_integer_input_is_warned_about(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pandas writes an integer column with missing values as float64 NaN; the model's int64 input never
+    # carries NaN, so every window read PSI 0.7 on unchanged data, with nothing saying why.
+    from onnx import TensorProto, helper
+
+    from inprocserve.testing import _model
+
+    model = _model(
+        [helper.make_node("Identity", ["count"], ["y"])],
+        [helper.make_tensor_value_info("count", TensorProto.INT64, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["N", 1])],
+    )
+    save_model(model, repository, "counts", 1)
+    rng = np.random.default_rng(33)
+    reference = rng.poisson(3, (5000, 1)).astype(np.float64)
+    reference[rng.random(5000) < 0.1] = np.nan
+    np.savez(repository / "counts" / "reference.npz", count=reference)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz")))
+    assert "drift reference reference.npz holds NaN or infinity for count[0], integers or booleans" in caplog.text
+    assert "a PSI of at least 0.6" in caplog.text
