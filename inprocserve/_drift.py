@@ -63,6 +63,11 @@ def replaying() -> Iterator[None]:
         _REPLAYING.reset(token)
 
 
+def is_replaying() -> bool:
+    """Whether this thread is inside :func:`replaying`."""
+    return _REPLAYING.get()
+
+
 Shape = Sequence[Any] | None  # a signature's shape: ints for fixed axes, None or a symbol for dynamic ones
 
 

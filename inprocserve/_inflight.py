@@ -25,6 +25,7 @@ import numpy as np
 
 from ._batching import Batcher, VersionRetiredError
 from ._deadlines import Watchdog
+from ._drift import is_replaying
 from ._errors import DeadlineExceededError, ModelNotFoundError, ServerClosedError
 from ._request import Finisher, Request, finish_detached
 from ._request_telemetry import RequestTelemetry
@@ -283,6 +284,8 @@ class Sharing:
                 self._telemetry.cache_result(telemetry, "hit")
                 finish_detached(request, outputs, None, self._deliver)
                 return True
+        if share is not False and is_replaying():
+            share = False  # (see lead())
         shared_as = _shared_key(target, key)
         # held by the request before it joins: from the moment a key is joined, whatever refuses the request
         # (an interruption included) releases it through the request (see Server._dispatch)
@@ -506,7 +509,10 @@ class Sharing:
         :meth:`finish` (its run is done, or it failed or was interrupted before it was queued) or hand it to
         the full way (:meth:`take_over`). ``None``: an identical request is in flight (the full way follows
         it)."""
-        if target.config.cache.share_in_flight is False:
+        if target.config.cache.share_in_flight is False or is_replaying():
+            # A replay (promote() re-running recent inputs) leads nobody: the requests that followed it were
+            # answered on its thread, inside drift.replaying(), so live requests identical to a replay (a
+            # ``submit`` or an event loop's task) were never fed to drift monitoring.
             return Lead(key, None)
         shared_as = _shared_key(target, key)
         return Lead(key, shared_as) if self._coalescer.lead(shared_as) else None
