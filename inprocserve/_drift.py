@@ -229,24 +229,13 @@ _Record = tuple[np.ndarray | None, ...]  # one request: the monitored columns of
 _Entry = tuple[_Record, int]  # a record and its rows
 
 
-def _cut(entries: list[_Entry], rows: int) -> tuple[list[_Entry], list[_Entry]]:
-    """The first ``rows`` rows of ``entries``, and the rest: a record across the cut is split in two (views of
-    its copy), so a window holds exactly its rows and a request's other rows go to the next one."""
-    head: list[_Entry] = []
-    filled = 0
-    for index, (record, size) in enumerate(entries):
-        if filled + size <= rows:
-            head.append((record, size))
-            filled += size
-            if filled == rows:
-                return head, entries[index + 1 :]
-            continue
-        at = rows - filled
-        first = tuple(None if block is None else block[:at] for block in record)
-        rest = tuple(None if block is None else block[at:] for block in record)
-        head.append((first, at))
-        return head, [(rest, size - at), *entries[index + 1 :]]
-    return head, []
+def _split(record: _Record, at: int) -> tuple[_Record, _Record]:
+    """The first ``at`` rows of ``record``, and the rest (views of its copy): a request across a window's end
+    is split in two, so a window holds exactly its rows and the request's other rows go to the next one."""
+    return (
+        tuple(None if block is None else block[:at] for block in record),
+        tuple(None if block is None else block[at:] for block in record),
+    )
 
 
 class DriftMonitor:
@@ -503,39 +492,53 @@ class DriftMonitor:
                     self._columns = _choose_columns(sources, self.config.max_features)[0]
                 columns = self._columns
         config = self.config
-        most = config.window * (_MAX_QUEUED_WINDOWS + 1)
-        if self._features is None:
-            most += config.capture_reference
-        taken = min(rows, most)
+        taken = rows
+        if rows > config.window:  # (a request of a window or less is never cut short)
+            most = config.window * (_MAX_QUEUED_WINDOWS + 1)
+            if self._features is None:
+                most += config.capture_reference
+            taken = min(rows, most)
         record = self._record(columns, arrays, outputs, taken if taken < rows else None)
         if record and all(column is None for column in record):  # shaped unlike the reference: nothing to count
             return
-        entries: list[_Entry] = [(record, taken)]
+        with self._lock:  # the common case: the open window takes the whole request, and stays open
+            if self._features is not None and self._pending_rows + taken < config.window:
+                self._pending.append((record, taken))
+                self._pending_rows += taken
+                return
+        left = taken  # this request's rows not placed yet
         captured: list[_Entry] | None = None
         windows: list[list[_Entry]] = []
         with self._lock:
             if self._features is None:
                 need = config.capture_reference - self._captured_rows
                 if need > 0:  # the capture takes the rows it still needs, the rest open the first window
-                    head, entries = _cut(entries, need)
-                    self._capture.extend(head)
-                    self._captured_rows += min(need, taken)
+                    took = min(need, left)
+                    head, record = _split(record, took) if took < left else (record, record)
+                    self._capture.append((head, took))
+                    self._captured_rows += took
+                    left -= took
                     if self._captured_rows >= config.capture_reference:
                         captured, self._capture = self._capture, []
                 # The reference is being built on the background thread: never start another; these rows open
                 # the first window, scored once the reference is ready (at most one window is kept).
-                room = config.window - self._pending_rows
-                if room > 0 and entries:
-                    kept = _cut(entries, room)[0]
-                    self._pending.extend(kept)
-                    self._pending_rows += sum(size for _, size in kept)
+                kept = min(config.window - self._pending_rows, left)
+                if kept > 0:
+                    self._pending.append((_split(record, kept)[0] if kept < left else record, kept))
+                    self._pending_rows += kept
             else:
-                self._pending.append((record, taken))
-                self._pending_rows += taken
-                while self._pending_rows >= config.window:
-                    window, self._pending = _cut(self._pending, config.window)
-                    self._pending_rows -= config.window
-                    windows.append(window)
+                # Only this request is split, never the open window's other requests: walked under the lock,
+                # a window of 100,000 one-row requests held up the request that closed it for 20-40 ms.
+                while self._pending_rows + left >= config.window:
+                    at = config.window - self._pending_rows
+                    head, record = _split(record, at) if at < left else (record, record)
+                    self._pending.append((head, at))
+                    windows.append(self._pending)
+                    self._pending, self._pending_rows = [], 0
+                    left -= at
+                if left:
+                    self._pending.append((record, left))
+                    self._pending_rows += left
                 self.dropped_windows += (rows - taken) // config.window  # (rows left out of a huge request)
         if captured is not None and not scorer.submit(self._finish_capture, captured, bounded=False):
             self._reset_capture()  # the scorer is closed: start over rather than wait forever
