@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -615,6 +616,45 @@ def test_a_float64_reference_of_a_float32_input_with_an_imputed_mean_does_not_dr
     status = drift_status(server)
     assert status["windows"] == 3 and status["drifting"] is False
     assert status["features"]["x[0]"]["psi"] < 0.05 and status["features"]["x[0]"]["ks"] < 0.06
+
+
+def test_an_integer_reference_of_a_float16_input_with_an_imputed_median_does_not_drift(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # The same as a float64 reference, for an integer one: requests' integers reach a float16 input rounded
+    # (2501, imputed for 15 % of rows, becomes 2500), the reference's were not, so every window of the same
+    # data read as drift (PSI 0.6). And a reference value past float16's range, rounded, became infinity
+    # (with a RuntimeWarning): requests holding one are refused, so 5 % of such rows read as drift (PSI 0.3).
+    from onnx import TensorProto, helper
+
+    from inprocserve.testing import _model
+
+    model = _model(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )
+    save_model(model, repository, "half", 1)
+    rng = np.random.default_rng(37)
+
+    def sample(rows: int) -> np.ndarray:
+        values = rng.integers(2000, 4000, (rows, 1))
+        values[rng.random(rows) < 0.15] = 2501
+        return values
+
+    reference = sample(20_000)
+    reference[rng.random(20_000) < 0.05] = 70_000  # (past float16's 65,504: refused in a request)
+    np.savez(repository / "half" / "reference.npz", x=reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        server = make_server(
+            repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=1000))
+        )
+    for _ in range(3):
+        server.predict("half", sample(1000))
+    assert drain()
+    status = server.status()["models"]["half"]["versions"]["1"]["drift"]
+    assert status["windows"] == 3 and status["drifting"] is False and status["max_psi"] < 0.1
 
 
 # -- 9. a reference or a window too small for the threshold is said at load -----------------------------
