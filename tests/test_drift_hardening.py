@@ -453,11 +453,14 @@ def test_a_huge_request_fills_a_bounded_number_of_windows(repository: Path, make
         drift=DriftConfig(reference_file="reference.npz", window=100),
     )
     server = make_server(repository, config=config)
+    gate = blocked(server)  # (the 9 windows are queued at once: 8 wait, 1 is dropped, however fast scoring is)
     server.predict("scale", rng.normal(0, 1, (200_000, 4)).astype(np.float32))
+    gate.set()
     assert drain()
     status = drift_status(server)
-    assert status["windows"] + status["dropped_windows"] == 2000
-    assert 1 <= status["windows"] <= _MAX_QUEUED_WINDOWS + 1 and status["drifting"] is False
+    # (whether a window of 100 rows drifts is chance: about 0.1 of PSI by chance alone, the threshold 0.2; the
+    # last window scored, 8th or 9th as the scoring thread kept up, decided it, and the test failed 2 in 12 runs)
+    assert status["windows"] == _MAX_QUEUED_WINDOWS and status["dropped_windows"] == 2000 - _MAX_QUEUED_WINDOWS
 
 
 def test_a_captured_reference_is_its_first_rows(repository: Path) -> None:
