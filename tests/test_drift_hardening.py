@@ -677,6 +677,21 @@ def test_a_reference_too_small_for_the_threshold_is_warned_about(
     assert "at least 360 rows each" in caplog.text
 
 
+def test_a_large_reference_with_a_mostly_missing_feature_is_not_warned_about(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 20,000 rows, one feature missing in 99 % of them: its 218 finite values were taken for the reference's
+    # size ("the reference reference.npz of 218 rows read a PSI of about 0.05 by chance alone ... will read
+    # as drifting"), though its windows of the same data read a PSI of 0.01 (0.02 at most in 40 windows).
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    x = np.random.default_rng(38).normal(0, 1, (20_000, 4))
+    x[np.random.default_rng(39).random(20_000) < 0.99, 3] = np.nan
+    np.savez(repository / "scale" / "reference.npz", x=x)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=1000)))
+    assert "by chance alone" not in caplog.text
+
+
 def test_a_captured_reference_and_window_large_enough_are_not_warned_about(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
