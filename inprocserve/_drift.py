@@ -341,6 +341,9 @@ class DriftMonitor:
         if not columns:
             if refused:
                 raise self._fail(f"drift reference {path} has no finite values for any feature")
+            if unusable:  # (said above) left out, not fatal: it loaded before, and drift watches nothing here
+                self._columns = []
+                return {}
             present = [name for name in [*self._inputs, *self._outputs] if isinstance(arrays.get(name), np.ndarray)]
             if present:  # named right, but text or without rows: nothing drift can watch
                 found = ", ".join(f"{name}: {arrays[name].dtype} {list(arrays[name].shape)}" for name in present)

@@ -560,6 +560,33 @@ def test_a_numeric_reference_for_a_text_input_leaves_the_other_features_scored(
     assert "drift scoring failed" not in caplog.text
 
 
+def test_a_numeric_reference_for_the_only_input_of_a_text_model_does_not_fail_the_load(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Left out, the label-encoded reference of a model's only (text) input left nothing: the load failed,
+    # saying the file "holds none of the model's inputs or outputs (city, out)", which it does. It loaded
+    # before; it still loads, and drift watches nothing there.
+    from onnx import TensorProto, helper
+
+    from inprocserve.testing import _model
+
+    model = _model(
+        [helper.make_node("Identity", ["city"], ["out"])],
+        [helper.make_tensor_value_info("city", TensorProto.STRING, ["N", 1])],
+        [helper.make_tensor_value_info("out", TensorProto.STRING, ["N", 1])],
+    )
+    save_model(model, repository, "cities", 1)
+    np.save(repository / "cities" / "reference.npy", np.random.default_rng(40).integers(0, 5, (2000, 1)) * 1.0)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npy")))
+    version = server.status()["models"]["cities"]["versions"]["1"]
+    assert version["state"] == "ready" and version["drift"]["reference_ready"] is True
+    assert "drift leaves out city of reference reference.npy" in caplog.text
+    server.predict("cities", np.array([["Lyon"]], dtype=object))
+    assert drain()
+    assert "drift scoring failed" not in caplog.text
+
+
 def test_a_reference_for_a_zipmap_output_does_not_fail_the_load(repository: Path, make_server: ServerFactory) -> None:
     # sklearn-onnx classifiers give their probabilities as ZipMap's list of maps: a reference of the
     # probabilities named after that output failed the load ("has shape [2000, 2], expected []").
