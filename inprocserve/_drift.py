@@ -411,7 +411,7 @@ class DriftMonitor:
         enough = math.ceil(8 * (config.bins - 1) / config.psi_threshold)
         logger.warning(
             "model %r version %s: drift windows of %d rows against the %s of %d rows read a PSI of about %.2f by "
-            "chance alone (%d bins; psi_threshold %s), so the version will read as drifting without any shift: "
+            "chance alone (%d bins; psi_threshold %s), so the version may read as drifting without any shift: "
             "use a reference and a window of at least %d rows each, or fewer bins",
             self.model,
             self.version,
