@@ -22,7 +22,7 @@ from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
 from inprocserve._control import CONTROL_FILENAME, Control, ControlFile, ModelControl
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, wait_until
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, wait_until
 
 X = np.ones((1, 4), np.float32)
 WAIT_S = 30
@@ -152,7 +152,9 @@ def test_the_kill_switch_sends_everyone_to_the_stable_version_the_stable_flag_na
         rollout=RolloutConfig(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=3, percent=0)),
     )
     flags = inprocserve.InMemoryFlags({"scale.stable": 2, "scale.canary.percent": 50})
-    server = make_server(three_versions, config=config, flags=flags, control_interval_s=None)
+    server = make_server(
+        three_versions, config=config, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, control_interval_s=None
+    )
     users = [f"user-{i}" for i in range(40)]
     assert {served_version(server, user) for user in users} == {2, 3}
     server.kill("scale")

@@ -29,7 +29,7 @@ import pytest
 import inprocserve
 from inprocserve import ConfigurationError, EnvFlags, FileFlags, InMemoryFlags, InvalidInputError, OpenFeatureFlags
 
-from .conftest import ServerFactory, rollout, run_in_forked_child, wait_until
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout, run_in_forked_child, wait_until
 
 # (the caller's own signal handler raises Interrupted in its thread, as gevent's Timeout or greenlet.kill()'s
 # GreenletExit is raised in the request's greenlet, in whatever call it waits in)
@@ -299,7 +299,9 @@ def test_whatever_a_provider_raises_gives_the_stable_decision_and_is_counted(
     error: BaseException,
     blocking: bool,
 ) -> None:
-    server = make_server(versions, config=CANARY, flags=FailingFlags(error, blocking=blocking))
+    server = make_server(
+        versions, config=CANARY, flags=FailingFlags(error, blocking=blocking), flag_timeout_s=VALUES_NOT_SPEED_S
+    )
     with caplog.at_level("WARNING", logger="inprocserve"):
         answer = server.predict("scale", X, context={"user_id": "u"})
     assert (answer.variant, answer.reason) == ("stable", "flag provider failed")
@@ -332,7 +334,7 @@ class ArrayFlags(InMemoryFlags):
 
 def test_a_numpy_array_for_a_list_flag_is_an_unusable_flag(versions: Path, make_server: ServerFactory) -> None:
     flags = ArrayFlags({"scale.canary.percent": 100, "scale.shadow.versions": [1, 3]})
-    server = make_server(versions, config=CANARY, flags=flags)
+    server = make_server(versions, config=CANARY, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S)
     answer = server.predict("scale", X, context={"user_id": "u"})
     assert answer.variant == "canary" and "shadows off: unusable flag" in answer.reason and "numpy" in answer.reason
     status = flags_status(server)

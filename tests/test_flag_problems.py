@@ -18,7 +18,7 @@ import inprocserve
 from inprocserve import InMemoryFlags, VariantConfig
 from inprocserve.testing import ManualClock, build_scale_model, save_model
 
-from .conftest import ServerFactory, rollout, wait_until
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout, wait_until
 
 X = np.ones((1, 4), np.float32)
 
@@ -58,7 +58,9 @@ def test_an_unusable_flag_is_counted_logged_once_and_shown(
     key: str,
     why: str,
 ) -> None:
-    server = make_server(versions, flags=InMemoryFlags(values), config=rollout(**config))
+    server = make_server(
+        versions, flag_timeout_s=VALUES_NOT_SPEED_S, flags=InMemoryFlags(values), config=rollout(**config)
+    )
     with caplog.at_level("WARNING", logger="inprocserve"):
         results = [server.predict("scale", X, context={"user_id": f"u{i}"}) for i in range(30)]
     assert {r.version for r in results} == {1}  # the stable version answers
@@ -89,7 +91,9 @@ def test_a_huge_unusable_value_is_shown_cut_short(
     versions: Path, make_server: ServerFactory, config: dict[str, Any], values: dict[str, Any], why: str
 ) -> None:
     # (a list pasted into the wrong flag: its whole repr went into every request's reason, megabytes each)
-    server = make_server(versions, flags=InMemoryFlags(values), config=rollout(**config))
+    server = make_server(
+        versions, flag_timeout_s=VALUES_NOT_SPEED_S, flags=InMemoryFlags(values), config=rollout(**config)
+    )
     result = server.predict("scale", X, context={"user_id": "u"})
     assert result.version == 1 and why in result.reason and len(result.reason) < 300, result.reason[:300]
     problems = server.status()["models"]["scale"]["rollout"]["flags"]["unusable_flags"]
@@ -106,7 +110,12 @@ def test_showing_a_huge_unusable_value_costs_nothing_that_grows_with_it(
 ) -> None:
     # reprlib sorted a whole dict or set to show its first keys (76 ms a request for a million keys) and
     # made the whole repr of bytes before cutting it (15 ms for 5 MB)
-    server = make_server(versions, flags=InMemoryFlags({"scale.strategy": value}), config=rollout(**CANARY))
+    server = make_server(
+        versions,
+        flag_timeout_s=VALUES_NOT_SPEED_S,
+        flags=InMemoryFlags({"scale.strategy": value}),
+        config=rollout(**CANARY),
+    )
     server.predict("scale", X, context={"user_id": "u"})
     tracemalloc.start()
     try:
@@ -132,7 +141,9 @@ def test_a_provider_error_with_a_huge_message_costs_nothing_that_grows_with_it(
 ) -> None:
     # every failing request made the warning's text, the error's whole repr (20 ms a request for 5 MB), though
     # the warning is logged once a minute
-    server = make_server(versions, flags=FailingWithAHugeMessage({}), config=rollout(**CANARY))
+    server = make_server(
+        versions, flag_timeout_s=VALUES_NOT_SPEED_S, flags=FailingWithAHugeMessage({}), config=rollout(**CANARY)
+    )
     with caplog.at_level("WARNING", logger="inprocserve"):
         server.predict("scale", X, context={"user_id": "u"})
     assert [r for r in caplog.records if "flag provider 'in-memory' failed: RuntimeError" in r.getMessage()]
@@ -149,7 +160,7 @@ def test_a_provider_error_with_a_huge_message_costs_nothing_that_grows_with_it(
 
 def test_usable_values_are_not_counted(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 100, "scale.canary.version": 3, "scale.stable": 1})
-    server = make_server(versions, flags=flags, config=rollout(**CANARY))
+    server = make_server(versions, flag_timeout_s=VALUES_NOT_SPEED_S, flags=flags, config=rollout(**CANARY))
     result = server.predict("scale", X, context={"user_id": "u"})
     assert (result.version, result.variant) == (3, "canary")
     assert server.status()["models"]["scale"]["rollout"]["flags"]["unusable"] == 0
@@ -164,7 +175,9 @@ def test_an_unusable_shadow_flag_turns_shadows_off_but_keeps_the_answer(
 ) -> None:
     comparisons: list[inprocserve.ShadowComparison] = []
     flags = InMemoryFlags({"scale.canary.percent": 100, "scale.shadow.versions": [3, 6]})
-    server = make_server(versions, flags=flags, config=rollout(**CANARY), on_shadow=comparisons.append)
+    server = make_server(
+        versions, flag_timeout_s=VALUES_NOT_SPEED_S, flags=flags, config=rollout(**CANARY), on_shadow=comparisons.append
+    )
     with caplog.at_level("WARNING", logger="inprocserve"):
         result = server.predict("scale", X, context={"user_id": "u"})
     # the log says what the problem costs: the shadow copy, not the answer (it said "the stable decision
@@ -201,7 +214,14 @@ def test_a_shadow_version_listed_twice_gets_one_copy_of_each_request(
 ) -> None:
     comparisons: list[inprocserve.ShadowComparison] = []
     config = rollout(strategy="stable", stable=1, shadow=inprocserve.ShadowConfig(versions=shadow))
-    server = make_server(versions, flags=flags, config=config, on_shadow=comparisons.append, shadow_budget=1.0)
+    server = make_server(
+        versions,
+        flag_timeout_s=VALUES_NOT_SPEED_S,
+        flags=flags,
+        config=config,
+        on_shadow=comparisons.append,
+        shadow_budget=1.0,
+    )
     ids = [server.predict("scale", X, context={"user_id": f"u{i}"}).request_id for i in range(4)]
     wait_until(lambda: len(comparisons) >= 4)
     # each request was mirrored once (copies are run in order: a second copy of the first request would
@@ -215,7 +235,9 @@ def test_a_shadow_version_too_large_for_a_float_is_an_unusable_flag_not_a_provid
     versions: Path, make_server: ServerFactory, versions_flag: list[int]
 ) -> None:
     flags = InMemoryFlags({"scale.shadow.versions": versions_flag})  # (a JSON flags file parses such ints)
-    server = make_server(versions, flags=flags, config=rollout(strategy="stable", stable=1))
+    server = make_server(
+        versions, flag_timeout_s=VALUES_NOT_SPEED_S, flags=flags, config=rollout(strategy="stable", stable=1)
+    )
     result = server.predict("scale", X, context={"user_id": "u"})
     assert result.version == 1
     assert "shadows off: unusable flag: 'scale.shadow.versions' names version " in result.reason

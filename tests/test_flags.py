@@ -29,7 +29,7 @@ from inprocserve import (
 from inprocserve._flags import FlagTypeError
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, run_in_forked_child, wait_until
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, run_in_forked_child, wait_until
 
 
 def test_in_memory_flags_change_at_run_time() -> None:
@@ -193,7 +193,12 @@ def test_an_openfeature_kill_switch_answers_a_request_whose_key_cannot_be_made_t
         save_model(build_scale_model(float(version)), repository, "scale", version)
     canary = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50))
     config = ModelConfig(rollout=canary, version_policy=VersionPolicy.all())
-    server = make_server(repository, config=config, flags=OpenFeatureFlags(domain="inprocserve-kill"))
+    server = make_server(
+        repository,
+        config=config,
+        flags=OpenFeatureFlags(domain="inprocserve-kill"),
+        flag_timeout_s=VALUES_NOT_SPEED_S,
+    )
     answer = server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": 10**5000})
     assert (answer.variant, answer.reason) == ("stable", "kill switch is on")
 

@@ -23,7 +23,7 @@ from inprocserve import CanaryConfig, ConfigurationError, ModelConfig, OpenFeatu
 from inprocserve._flag_reader import FlagReader
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, run_in_forked_child
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, run_in_forked_child
 from .test_telemetry import otel  # noqa: F401  (the process's one OpenTelemetry SDK, as a fixture)
 
 pytest.importorskip("openfeature.contrib.provider.flagd", reason="pip install openfeature-provider-flagd")
@@ -458,7 +458,9 @@ def test_a_request_routed_off_the_loop_stays_in_its_callers_trace(
     provider = HeldUntilReleased()
     provider.answer.set()  # it answers at once, but from a worker: the request is still routed off the loop
     api.set_provider_and_wait(provider, domain=domain)
-    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY)
+    server = make_server(
+        scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY, flag_timeout_s=VALUES_NOT_SPEED_S
+    )
 
     async def main() -> int:
         with otel.tracer.start_as_current_span("GET /score") as web:
@@ -482,7 +484,9 @@ def test_a_request_waiting_for_a_thread_is_withdrawn_with_its_task_and_refused_o
     provider = HeldUntilReleased()
     provider.answer.set()
     api.set_provider_and_wait(provider, domain=domain)
-    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY)
+    server = make_server(
+        scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY, flag_timeout_s=VALUES_NOT_SPEED_S
+    )
     staff = {"user_id": "u1", "plan": "staff"}
 
     def answered() -> int:
@@ -527,7 +531,9 @@ def test_a_context_refused_on_a_flag_worker_raises_with_the_callers_own_frames_a
     provider = HeldUntilReleased()
     provider.answer.set()
     api.set_provider_and_wait(provider, domain=domain)
-    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY)
+    server = make_server(
+        scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY, flag_timeout_s=VALUES_NOT_SPEED_S
+    )
     server.predict("scale", X, context={"user_id": "u1"})
     inputs = np.ones((1, 4), np.float32)
     kept = weakref.ref(inputs)
@@ -562,7 +568,9 @@ def test_a_request_no_thread_took_before_its_deadline_keeps_nothing(
     provider = HeldUntilReleased()
     provider.answer.set()
     api.set_provider_and_wait(provider, domain=domain)
-    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY)
+    server = make_server(
+        scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY, flag_timeout_s=VALUES_NOT_SPEED_S
+    )
     server.predict("scale", X, context={"user_id": "u1"})
     inputs = np.ones((1, 4), np.float32)
     kept = weakref.ref(inputs)
@@ -605,7 +613,9 @@ def test_a_request_refused_for_a_shut_down_executor_keeps_nothing(
     provider = HeldUntilReleased()
     provider.answer.set()
     api.set_provider_and_wait(provider, domain=domain)
-    server = make_server(scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY)
+    server = make_server(
+        scale, flags=OpenFeatureFlags(api.get_client(domain)), config=CANARY, flag_timeout_s=VALUES_NOT_SPEED_S
+    )
     server.predict("scale", X, context={"user_id": "u1"})
     inputs = np.ones((1, 4), np.float32)
     kept = weakref.ref(inputs)

@@ -24,7 +24,7 @@ from inprocserve import CanaryConfig, ConfigurationError, ModelConfig, OpenFeatu
 from inprocserve._flag_reader import FlagReader
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, wait_until
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, wait_until
 
 pytest.importorskip("openfeature.contrib.provider.flagd", reason="pip install openfeature-provider-flagd")
 
@@ -117,7 +117,9 @@ def test_static_and_absent_flags_are_evaluated_once_and_targeted_ones_every_requ
     )
     flagd.start()
     hook = Evaluations()
-    server = make_server(scale, flags=flagd.flags(hook, reuse_static_s=3600), config=CANARY)
+    server = make_server(
+        scale, flags=flagd.flags(hook, reuse_static_s=3600), flag_timeout_s=VALUES_NOT_SPEED_S, config=CANARY
+    )
     for number in range(20):
         plan = "staff" if number % 2 else "free"
         answer = server.predict("scale", X, context={"user_id": f"u{number}", "plan": plan})
@@ -135,7 +137,9 @@ def test_reuse_static_s_0_evaluates_every_flag_of_every_request(
     flagd.write({"scale.canary.percent": flag({"all": 100}, "all")})
     flagd.start()
     hook = Evaluations()
-    server = make_server(scale, flags=flagd.flags(hook, reuse_static_s=0), config=CANARY)
+    server = make_server(
+        scale, flags=flagd.flags(hook, reuse_static_s=0), flag_timeout_s=VALUES_NOT_SPEED_S, config=CANARY
+    )
     for number in range(5):
         assert server.predict("scale", X, context={"user_id": f"u{number}"}).version == 2
     assert hook.keys["scale.canary.percent"] == 5 and hook.keys["scale.kill"] == 5
@@ -149,7 +153,9 @@ def test_new_flags_take_effect_as_the_provider_reports_them_however_long_flags_a
     flagd.write({"scale.canary.percent": flag({"half": 50, "all": 100}, "all")})
     flagd.start()
     hook = Evaluations()
-    server = make_server(scale, flags=flagd.flags(hook, reuse_static_s=3600), config=CANARY)
+    server = make_server(
+        scale, flags=flagd.flags(hook, reuse_static_s=3600), flag_timeout_s=VALUES_NOT_SPEED_S, config=CANARY
+    )
     assert server.predict("scale", X, context={"user_id": "u1"}).version == 2
     assert server.predict("scale", X, context={"user_id": "u2"}).version == 2
     flagd.write(

@@ -35,7 +35,7 @@ from inprocserve._flag_reader import FlagReader
 from inprocserve._flags import FlagProvider
 from inprocserve._rollout import Decision, Router
 
-from .conftest import wait_until
+from .conftest import VALUES_NOT_SPEED_S, wait_until
 from .test_rollout_no_flags import configs, contexts, gate, versions
 
 MODEL = "ranker"
@@ -167,7 +167,7 @@ def test_the_values_are_read_once_per_change_and_a_change_is_obeyed_at_once(
 ) -> None:
     flags = InMemoryFlags({f"{MODEL}.canary.percent": 100})
     reads = number_reads(monkeypatch, InMemoryFlags)
-    router = Router(MODEL, CANARY, FlagReader(flags))
+    router = Router(MODEL, CANARY, FlagReader(flags, timeout_s=VALUES_NOT_SPEED_S))
     for number in range(20):
         decision = router.decide(READY, 3, {"user_id": f"u{number}"})
         assert (decision.version, decision.variant) == (2, "canary")
@@ -184,7 +184,7 @@ def test_the_values_are_read_once_per_change_and_a_change_is_obeyed_at_once(
 
 def test_a_reloaded_configuration_is_decided_from_though_the_values_did_not_change() -> None:
     flags = InMemoryFlags({f"{MODEL}.kill": False})  # (the percentage comes from the configuration)
-    router = Router(MODEL, CANARY, FlagReader(flags))
+    router = Router(MODEL, CANARY, FlagReader(flags, timeout_s=VALUES_NOT_SPEED_S))
     assert router.decide(READY, 3, {"user_id": "u1"}).reason == "the canary is at 0%"
     router.update(RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=3, percent=100.0)))
     decision = router.decide(READY, 3, {"user_id": "u1"})
@@ -195,7 +195,7 @@ def test_a_plan_made_from_the_old_configuration_is_not_used_with_the_new_one() -
     """A decision that made a plan while a reload replaced the configuration stores it keyed by the
     configuration it read: the next decision makes a new one."""
     flags = InMemoryFlags({})
-    router = Router(MODEL, CANARY, FlagReader(flags))
+    router = Router(MODEL, CANARY, FlagReader(flags, timeout_s=VALUES_NOT_SPEED_S))
     values = flags._frozen_values()
     old = router._plan_from_flags(CANARY, values)
     router.update(RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=3, percent=100.0)))
@@ -208,7 +208,7 @@ def full_canary_file(tmp_path: Path) -> tuple[Path, FileFlags, Router]:
     path = tmp_path / "flags.json"
     path.write_text(json.dumps({MODEL: {"canary": {"percent": 100}}}))
     flags = FileFlags(path, check_interval_s=0.0)
-    router = Router(MODEL, CANARY, FlagReader(flags))
+    router = Router(MODEL, CANARY, FlagReader(flags, timeout_s=VALUES_NOT_SPEED_S))
     assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
     return path, flags, router
 
@@ -227,7 +227,7 @@ def test_file_flags_are_read_once_per_reload(tmp_path: Path) -> None:
 
 def test_an_unusable_value_is_decided_flag_by_flag_and_counted_each_request() -> None:
     flags = InMemoryFlags({f"{MODEL}.shadow.versions": [9], f"{MODEL}.canary.percent": 100})
-    router = Router(MODEL, CANARY, FlagReader(flags))
+    router = Router(MODEL, CANARY, FlagReader(flags, timeout_s=VALUES_NOT_SPEED_S))
     for _ in range(3):
         decision = router.decide(READY, 3, {"user_id": "u1"})
         assert decision.variant == "canary" and "shadows off: unusable flag" in decision.reason
@@ -240,7 +240,7 @@ def test_a_subclass_of_a_provider_is_read_flag_by_flag() -> None:
         def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
             return 100.0 if context.get("plan") == "staff" and key.endswith(".percent") else default
 
-    router = Router(MODEL, CANARY, FlagReader(ByPlan()))
+    router = Router(MODEL, CANARY, FlagReader(ByPlan(), timeout_s=VALUES_NOT_SPEED_S))
     assert router.decide(READY, 3, {"user_id": "u1", "plan": "staff"}).variant == "canary"
     assert router.decide(READY, 3, {"user_id": "u1"}).variant == "stable"
 
@@ -248,7 +248,7 @@ def test_a_subclass_of_a_provider_is_read_flag_by_flag() -> None:
 def test_shadows_from_frozen_values_mirror_as_configured() -> None:
     config = RolloutConfig(stable=1, shadow=ShadowConfig(versions=(), percent=100.0))
     flags = InMemoryFlags({f"{MODEL}.shadow.versions": [2, 3]})
-    router = Router(MODEL, config, FlagReader(flags))
+    router = Router(MODEL, config, FlagReader(flags, timeout_s=VALUES_NOT_SPEED_S))
     decision = router.decide(READY, 3, {"user_id": "u1"})
     assert (decision.version, decision.shadows) == (1, (2, 3))
     assert router._flagged is not None and router._flagged[2] is not None
@@ -286,7 +286,7 @@ def test_a_targeting_key_with_a_lone_surrogate_is_bucketed(provider: str) -> Non
     from inprocserve._experiments import bucket
 
     config = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50.0))
-    reader = FlagReader(InMemoryFlags({})) if provider == "in-memory" else None
+    reader = FlagReader(InMemoryFlags({}), timeout_s=VALUES_NOT_SPEED_S) if provider == "in-memory" else None
     router = Router(MODEL, config, reader)
     decision = router.decide(READY, 3, {"user_id": "user-\ud800"})
     assert decision.reason.startswith("bucket ") and decision.version in (1, 2)
@@ -301,7 +301,10 @@ def test_a_targeting_key_with_a_lone_surrogate_is_bucketed(provider: str) -> Non
 def test_a_key_field_that_is_none_or_empty_leaves_the_targeting_key_to_bucket_by(missing: Any) -> None:
     """{"user_id": None, "targeting_key": "u-1"} was bucketed at random, not as u-1: not sticky at all."""
     config = RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=50.0))
-    for flags in (None, FlagReader(InMemoryFlags({}))):  # the rollout's own plan, and the flag-reading path
+    for flags in (
+        None,
+        FlagReader(InMemoryFlags({}), timeout_s=VALUES_NOT_SPEED_S),
+    ):  # the rollout's own plan, and the flag-reading path
         router = Router(MODEL, config, flags)
         for user in (f"u-{number}" for number in range(40)):
             alone = router.decide(READY, 3, {"targeting_key": user})
@@ -309,7 +312,9 @@ def test_a_key_field_that_is_none_or_empty_leaves_the_targeting_key_to_bucket_by
             assert (both.version, both.reason) == (alone.version, alone.reason)
 
 
-@pytest.mark.parametrize("flags", [None, FlagReader(InMemoryFlags({}))], ids=["no flags", "flags"])
+@pytest.mark.parametrize(
+    "flags", [None, FlagReader(InMemoryFlags({}), timeout_s=VALUES_NOT_SPEED_S)], ids=["no flags", "flags"]
+)
 def test_a_targeting_key_that_cannot_be_made_text_is_the_request_s_mistake_on_every_path(
     flags: FlagReader | None,
 ) -> None:
@@ -407,7 +412,7 @@ def test_env_flags_are_read_once_while_their_texts_stay_and_a_change_is_obeyed_a
     flags = EnvFlags(ENV_PREFIX)
     monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "100")
     reads = number_reads(monkeypatch, EnvFlags)
-    router = Router(MODEL, CANARY, FlagReader(flags))
+    router = Router(MODEL, CANARY, FlagReader(flags, timeout_s=VALUES_NOT_SPEED_S))
     for number in range(20):
         decision = router.decide(READY, 3, {"user_id": f"u{number}"})
         assert (decision.version, decision.variant) == (2, "canary") and decision.provider == "env"
@@ -426,7 +431,7 @@ def test_env_flags_are_read_once_while_their_texts_stay_and_a_change_is_obeyed_a
 def test_env_flags_with_a_new_prefix_are_read_from_the_new_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     flags = EnvFlags(ENV_PREFIX)
     monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "100")
-    router = Router(MODEL, CANARY, FlagReader(flags))
+    router = Router(MODEL, CANARY, FlagReader(flags, timeout_s=VALUES_NOT_SPEED_S))
     for _ in range(2):  # (the second decides from a plan kept for the variables the first one read)
         assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
     flags.prefix = ENV_PREFIX + "OTHER_"  # (no variable under it: the configuration's 0 %)
@@ -441,7 +446,7 @@ def test_env_flags_past_the_kept_keys_are_read_flag_by_flag(monkeypatch: pytest.
     monkeypatch.setattr(_flags, "_ENV_KEYS_KEPT", 2)
     flags = EnvFlags(ENV_PREFIX)
     monkeypatch.setenv(flags.variable(f"{MODEL}.canary.percent"), "100")
-    router = Router(MODEL, CANARY, FlagReader(flags))
+    router = Router(MODEL, CANARY, FlagReader(flags, timeout_s=VALUES_NOT_SPEED_S))
     for _ in range(2):
         assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
     assert flags._frozen_values() is None and router._flagged is not None and router._flagged[2] is not None
@@ -456,7 +461,7 @@ def test_an_env_plan_is_made_from_the_texts_it_is_kept_for(monkeypatch: pytest.M
     percent, kill = flags.variable(f"{MODEL}.canary.percent"), flags.variable(f"{MODEL}.kill")
     monkeypatch.setenv(percent, "100")
     monkeypatch.delenv(kill, raising=False)  # (put back as it was after the test, whatever sets it below)
-    router = Router(MODEL, CANARY, FlagReader(flags))
+    router = Router(MODEL, CANARY, FlagReader(flags, timeout_s=VALUES_NOT_SPEED_S))
     for _ in range(2):
         assert router.decide(READY, 3, {"user_id": "u1"}).variant == "canary"
     reading = EnvFlags._lookup

@@ -23,7 +23,7 @@ from inprocserve._experiments import BUCKETS, Interleaving, VariantStats, bucket
 from inprocserve._rollout import Router
 from inprocserve.testing import build_gather_model, build_scale_model, save_model
 
-from .conftest import ServerFactory, rollout
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout
 from .test_v2_codec import build_text_model
 
 X = np.ones((1, 4), np.float32)
@@ -153,7 +153,9 @@ def test_a_whole_version_number_is_accepted() -> None:
 
 def test_outcomes_are_credited_when_flags_choose_the_strategy(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.strategy": "ab"})  # the config says "stable"; the flag runs an A/B test
-    server = make_server(versions, flags=flags, flag_timeout_s=10.0, config=rollout(stable=1, variants=ARMS))
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(stable=1, variants=ARMS)
+    )
     for i in range(100):
         result = predict(server, f"u{i}")
         assert server.record_outcome(result.request_id, 1.0) == result.variant
@@ -171,7 +173,10 @@ def test_outcomes_are_credited_when_flags_choose_the_strategy(versions: Path, ma
 def test_no_test_is_reported_against_a_control_without_outcomes(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.canary.percent": 50})
     server = make_server(
-        versions, flags=flags, flag_timeout_s=10.0, config=rollout(strategy="canary", stable=1, canary={"version": 2})
+        versions,
+        flags=flags,
+        flag_timeout_s=VALUES_NOT_SPEED_S,
+        config=rollout(strategy="canary", stable=1, canary={"version": 2}),
     )
     for i in range(200):
         result = predict(server, f"u{i}")
@@ -202,7 +207,7 @@ def test_an_outcome_by_key_after_the_bandit_ended_goes_to_the_variant_the_key_ge
 ) -> None:
     flags = InMemoryFlags({"scale.strategy": "bandit"})
     config = rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}, variants=ARMS, seed=1)
-    server = make_server(versions, flags=flags, config=config)
+    server = make_server(versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=config)
     drawn = predict(server, "alice").variant
     assert drawn in ARMS
     flags.set("scale.strategy", "canary")  # the bandit is over: a canary at 0 %, everyone on stable
@@ -227,7 +232,10 @@ def test_an_outcome_by_key_goes_to_the_arm_drawn_even_where_the_key_alone_reads_
 ) -> None:
     """Reported by key, the outcome has no country: read afresh, the flags say stable, which never served."""
     server = make_server(
-        versions, flags=CountryRule({}), flag_timeout_s=10.0, config=rollout(strategy="stable", variants=ARMS, seed=1)
+        versions,
+        flags=CountryRule({}),
+        flag_timeout_s=VALUES_NOT_SPEED_S,
+        config=rollout(strategy="stable", variants=ARMS, seed=1),
     )
     drawn = server.predict("scale", X, context={"user_id": "alice", "country": "fr"}).variant
     assert drawn in ARMS
@@ -239,7 +247,10 @@ def test_an_outcome_by_key_goes_to_the_arm_drawn_while_the_flag_provider_fails(
 ) -> None:
     provider = RawProvider({"scale.strategy": "bandit"})
     server = make_server(
-        versions, flags=provider, flag_timeout_s=10.0, config=rollout(strategy="stable", variants=ARMS, seed=1)
+        versions,
+        flags=provider,
+        flag_timeout_s=VALUES_NOT_SPEED_S,
+        config=rollout(strategy="stable", variants=ARMS, seed=1),
     )
     drawn = predict(server, "alice").variant
     assert drawn in ARMS
@@ -280,7 +291,12 @@ def test_a_key_served_under_the_kill_switch_after_a_bandit_draw_is_credited_to_s
     versions: Path, make_server: ServerFactory, kill: str
 ) -> None:
     flags = InMemoryFlags({})
-    server = make_server(versions, flags=flags, config=rollout(strategy="bandit", stable=3, variants=ARMS, seed=1))
+    server = make_server(
+        versions,
+        flags=flags,
+        flag_timeout_s=VALUES_NOT_SPEED_S,
+        config=rollout(strategy="bandit", stable=3, variants=ARMS, seed=1),
+    )
     assert predict(server, "alice").variant in ARMS
     if kill == "flag":
         flags.set("scale.kill", True)
@@ -313,7 +329,12 @@ def test_a_targeting_key_that_cannot_be_text_never_fails_a_request_under_the_kil
     versions: Path, make_server: ServerFactory, kill: str
 ) -> None:
     flags = None if kill == "control file, no flags" else RawProvider({})  # (read per request: no plan)
-    server = make_server(versions, flags=flags, config=rollout(strategy="bandit", stable=3, variants=ARMS, seed=1))
+    server = make_server(
+        versions,
+        flags=flags,
+        flag_timeout_s=VALUES_NOT_SPEED_S,
+        config=rollout(strategy="bandit", stable=3, variants=ARMS, seed=1),
+    )
     predict(server, "alice")  # a draw remembered for a key: killed requests look for draws to forget
     if flags is not None and kill == "flag":
         flags.values["scale.kill"] = True
@@ -430,7 +451,7 @@ def canary_server(make_server: ServerFactory, versions: Path, provider: Any) -> 
     return make_server(  # (a generous flag budget: these tests are about values, not a slow provider)
         versions,
         flags=provider,
-        flag_timeout_s=10.0,
+        flag_timeout_s=VALUES_NOT_SPEED_S,
         config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 100}),
     )
 
@@ -496,7 +517,10 @@ def test_a_canary_percentage_admits_exactly_its_buckets(
 ) -> None:
     flags = InMemoryFlags({"scale.canary.percent": percent})
     server = make_server(
-        versions, flags=flags, flag_timeout_s=10.0, config=rollout(strategy="canary", stable=1, canary={"version": 2})
+        versions,
+        flags=flags,
+        flag_timeout_s=VALUES_NOT_SPEED_S,
+        config=rollout(strategy="canary", stable=1, canary={"version": 2}),
     )
     edge = round(percent * BUCKETS / 100)  # buckets 0 .. edge-1 are in
     assert predict(server, key_in_bucket(edge - 1)).variant == "canary"

@@ -24,7 +24,7 @@ import inprocserve
 from inprocserve import CanaryConfig, InMemoryFlags, ModelConfig, VariantConfig, VersionPolicy, WarmupConfig
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, rollout, run_threads, wait_until
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout, run_threads, wait_until
 
 X = np.ones((1, 4), np.float32)
 
@@ -649,7 +649,7 @@ def test_promotion_compares_with_the_stable_version_never_a_canary_draw(
 
 def test_promotion_baseline_follows_the_stable_flag(versions: Path, make_server: ServerFactory) -> None:
     flags = InMemoryFlags({"scale.stable": 3})
-    server = make_server(versions, flags=flags, config=rollout(stable=1))
+    server = make_server(versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(stable=1))
     server.predict("scale", X)
     assert server.promote("scale", 2, max_abs_diff=10.0)["from"] == 3  # against the flag's v3, not config's v1
 
@@ -680,7 +680,10 @@ def test_interleave_rankers_from_a_flag_and_an_unusable_one(repository: Path, ma
         save_model(build_scale_model(factor, features=1), repository, "ranker", version)
     flags = InMemoryFlags({"ranker.rankers": [3, 2]})
     server = make_server(
-        repository, flags=flags, config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)))
+        repository,
+        flags=flags,
+        flag_timeout_s=VALUES_NOT_SPEED_S,
+        config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2))),
     )
     items = np.arange(4, dtype=np.float32).reshape(4, 1)
     assert server.interleave("ranker", items).rankers == (3, 2)
@@ -722,6 +725,7 @@ def test_close_stops_the_flag_workers(versions: Path) -> None:
     server = inprocserve.Server(
         versions,
         flags=BlockingFlags({"scale.canary.percent": 100}),
+        flag_timeout_s=VALUES_NOT_SPEED_S,  # (a worker's first start on a loaded machine can take longer than 50 ms)
         config=rollout(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2)),
     )
     try:

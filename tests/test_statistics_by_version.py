@@ -19,7 +19,7 @@ import inprocserve
 from inprocserve import CanaryConfig, InMemoryFlags, OpenFeatureFlags
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, rollout
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout
 
 X = np.ones((1, 4), np.float32)
 RATES = {1: 0.10, 2: 0.20, 3: 0.05}
@@ -88,7 +88,9 @@ def test_a_flag_that_moves_the_canary_to_another_version_starts_its_statistics_a
     canary at 10 %, level with stable and still "significant" (the verdict reached on version 2's outcomes),
     where version 3 is 5 points worse; late outcomes of version 2 joined it."""
     flags, choose_canary = flags_of()
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(strategy="canary", stable=1)
+    )
     traffic = Traffic(server)
     late = traffic.run(4000, reported=0.5)
     assert traffic.report()["tests"]["canary"]["significant"] is True
@@ -143,7 +145,9 @@ def test_outcomes_by_key_credit_the_statistics_as_they_are_and_never_start_them_
     version 2's statistics (it started version 3's afresh, and credited it there). Once version 3 serves,
     its statistics start afresh and take the outcomes by key from then on."""
     flags = InMemoryFlags({"scale.canary.percent": 50, "scale.canary.version": 2})
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(strategy="canary", stable=1)
+    )
     users = [f"user-{i}" for i in range(400)]
     variants = {user: server.predict("scale", X, context={"user_id": user}).variant for user in users}
     canary_users = [user for user in users if variants[user] == "canary"]
@@ -172,7 +176,9 @@ def test_outcomes_by_key_under_a_flag_rule_on_another_attribute_keep_the_statist
     outcome by key credited nothing: after 400, canary served 92, outcomes 0, and no test."""
     flags = canary_version_by("app", "web", percent=50.0, domain="inprocserve-canary-by-app")
     monkeypatch.setattr("inprocserve._rollout._RETURN_AFTER_S", 0.2)
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(strategy="canary", stable=1)
+    )
     for i in range(400):
         user = f"user-{i}"
         result = server.predict("scale", X, context={"user_id": user, "app": "web"})
@@ -193,7 +199,9 @@ def test_a_flag_giving_the_canary_two_versions_at_once_keeps_the_later_ones_stat
     between the two versions under "canary", and restarting its statistics at every change would keep none.
     They stay with version 3 (the later one); version 2's requests count nowhere."""
     flags = canary_version_by("plan", "staff", percent=100.0, domain="inprocserve-two-canaries")
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(strategy="canary", stable=1)
+    )
     traffic = Traffic(server)
     traffic.run(50, plan="customer")
     for _ in range(20):
@@ -211,7 +219,9 @@ def test_a_variant_served_by_two_versions_for_longer_than_the_hold_is_warned_abo
     versions, once, and says what to do."""
     monkeypatch.setattr("inprocserve._rollout._RETURN_AFTER_S", 1.0)
     flags = canary_version_by("plan", "staff", percent=100.0, domain="inprocserve-two-canaries-warned")
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(strategy="canary", stable=1)
+    )
     traffic = Traffic(server)
 
     def both_serve(until: Callable[[], bool]) -> None:
@@ -246,7 +256,9 @@ def test_statistics_go_back_to_a_version_the_flag_moves_back_to_once_the_other_s
     canary's requests for a while (10 s; 1 s here), version 2's start "canary" afresh."""
     monkeypatch.setattr("inprocserve._rollout._RETURN_AFTER_S", 1.0)
     flags = InMemoryFlags({"scale.canary.percent": 100, "scale.canary.version": 2})
-    server = make_server(versions, flags=flags, config=rollout(strategy="canary", stable=1))
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(strategy="canary", stable=1)
+    )
     traffic = Traffic(server)
     traffic.run(20)
     flags.set("scale.canary.version", 3)

@@ -44,7 +44,7 @@ from inprocserve._telemetry import (
 )
 from inprocserve.testing import build_gather_model, build_scale_model, save_model
 
-from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, busy_inputs, occupy, version_status, wait_until
 
 
 class _Switchboard(SpanProcessor):
@@ -224,7 +224,9 @@ def test_a_flag_value_with_no_text_still_ends_the_requests_span(
 ) -> None:
     # (a JSON flags file parses an int of 5000 digits; its str() raises, and the span was never ended)
     flags = InMemoryFlags({"scale.shadow.versions": [10**5000]})
-    server = make_server(scale, flags=flags, config=ModelConfig(rollout=RolloutConfig(stable=1)))
+    server = make_server(
+        scale, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=ModelConfig(rollout=RolloutConfig(stable=1))
+    )
     result = server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"})
     assert result.version == 1 and "shadows off: unusable flag" in result.reason
     (span,) = otel.finished("inprocserve.predict")
@@ -238,7 +240,9 @@ def test_a_huge_flag_value_is_shown_in_the_span_at_a_cost_that_does_not_grow_wit
 ) -> None:
     # (str() of the whole value was made before it was cut: 100 ms a traced request for a million keys)
     flags = InMemoryFlags({"scale.shadow.versions": {str(i): 2 for i in range(1_000_000)}})
-    server = make_server(scale, flags=flags, config=ModelConfig(rollout=RolloutConfig(stable=1)))
+    server = make_server(
+        scale, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=ModelConfig(rollout=RolloutConfig(stable=1))
+    )
     server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"})
     otel.spans.clear()
     tracemalloc.start()
