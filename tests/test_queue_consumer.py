@@ -307,16 +307,18 @@ def test_a_failure_of_every_message_costs_no_delivery(
 ) -> None:
     client, server = scoring
     ids = consumer.produce(client, np.ones((4, FEATURES), np.float32))
-    worker = make(client, Flaky(server, failures=4, error=error), "w", claim_idle_ms=200, retry_initial_s=0.05)
+    # "w" claims the batch again every claim_idle_ms / 2: 0.4 s here, so a thread held 0.1 s by a loaded
+    # machine (as with claim_idle_ms=200) does not let the batch go idle long enough to be taken.
+    worker = make(client, Flaky(server, failures=4, error=error), "w", claim_idle_ms=800, retry_initial_s=0.08)
     taken: list[Any] = []
 
     def peer() -> None:  # another consumer tries to take the batch over while "w" backs off
-        time.sleep(0.5)
-        taken.append(client.xautoclaim(consumer.REQUESTS, consumer.GROUP, "peer", min_idle_time=200)[1])
+        time.sleep(1.0)  # (idle that long, had "w" not claimed it again)
+        taken.append(client.xautoclaim(consumer.REQUESTS, consumer.GROUP, "peer", min_idle_time=800)[1])
 
     thief = threading.Thread(target=peer)
     thief.start()
-    assert worker.step() == 4  # 0.05 + 0.1 + 0.2 + 0.4 s of back-off, then scored
+    assert worker.step() == 4  # 0.08 + 0.16 + 0.32 + 0.64 s of back-off, then scored
     thief.join()
     assert taken == [[]], "the batch is kept claimed while it waits"
     results = consumer.read_results(client)
