@@ -614,14 +614,15 @@ def test_a_connection_is_used_again_up_to_the_keep_alive_timeout_the_server_anno
     # that long: closed after the default second idle, calls 1 to 2 s apart each opened a new connection (a TLS
     # handshake over https). It is used up to a second before the timeout said (half of it, if shorter).
     monkeypatch.setattr(_oip_client, "_IDLE_S", 0.2)  # (1 s)
-    scripted.keep_alive_s = 1.0
-    scripted.keep_alive_header = "timeout=1, max=100"  # (used up to 0.5 s idle)
+    scripted.keep_alive_s = 2.0
+    # (used up to 1 s idle: not timeout=1's 0.5 s, which a loaded machine overslept from 0.35 s)
+    scripted.keep_alive_header = "timeout=2, max=100"
     backend = backend_for(backends, scripted, retries=0)
     backend.run(backend.runners()[0], FEEDS)
     time.sleep(0.35)  # past the default, within what the server said
     backend.run(backend.runners()[0], FEEDS)
     assert scripted.connections == 1  # (was 2)
-    time.sleep(0.6)  # past what the server said: a new connection, never one the server closes
+    time.sleep(1.1)  # past what the server said: a new connection, never one the server closes
     (answer,) = backend.run(backend.runners()[0], FEEDS)
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
     assert scripted.connections == 2
