@@ -148,6 +148,13 @@ def test_the_brief_status_is_the_public_status_cut(
     scripted.shutdown()
     scripted.server_close()
 
+    def steady(value: Any) -> Any:
+        """The value, its open circuit's countdown ("calls fail fast for 4.3 s more") left out: read again
+        for the brief status a moment later, it had moved past a tenth (4.4 s) on a loaded machine."""
+        if isinstance(value, dict):  # ("unhealthy": {version: why})
+            return {key: steady(item) for key, item in value.items()}
+        return re.sub(r"for \d+\.\d s more", "for ... s more", value) if isinstance(value, str) else value
+
     def same(server: inprocserve.Server) -> None:
         public = server.status(include_paths=False)
         for models in (None, ["scale"], ["broken", "nosuch"]):
@@ -158,10 +165,14 @@ def test_the_brief_status_is_the_public_status_cut(
                 whole = public["models"][name]
                 for key, value in model.items():
                     if key != "versions":
-                        assert value == (None if key in ("rollout", "shadow") else whole[key]), (name, key)
+                        expected = None if key in ("rollout", "shadow") else whole[key]
+                        assert steady(value) == steady(expected), (name, key)
                 assert set(model["versions"]) == set(whole["versions"])
                 for number, entry in model["versions"].items():
-                    assert entry == {key: whole["versions"][number][key] for key in entry}, (name, number)
+                    whole_entry = whole["versions"][number]
+                    assert {key: steady(v) for key, v in entry.items()} == {
+                        key: steady(whole_entry[key]) for key in entry
+                    }, (name, number)
 
     assert served.status()["models"]["scale"]["versions"]["1"]["reload_error"]
     assert served.status()["models"]["remote"]["unhealthy"]
