@@ -425,7 +425,8 @@ def test_redis_refusing_every_write_for_max_outage_s_ends_the_consumer_with_the_
     client.set(consumer.RESULTS, "not a stream")  # for good: a key of the wrong type, or no write rights
     ids = consumer.produce(client, np.ones((2, FEATURES), np.float32))
     started = time.monotonic()
-    with pytest.raises(consumer.OutageError, match="Redis failed for 2 s"):
+    # (2 s, the max_outage_s, or a few more: a loaded machine held the consumer's last retry; it said 3 s)
+    with pytest.raises(consumer.OutageError, match=r"Redis failed for [2-9] s \(max_outage_s\)"):
         make(client, server, "w", claim_idle_ms=500, max_outage_s=2.0).run(threading.Event())
     assert time.monotonic() - started < 10
     assert sorted(pending(client)) == sorted(ids)  # for the restarted consumer, or a peer
