@@ -152,8 +152,10 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     The report: ``repository``; ``ok`` (no problem at all); ``problems`` (every message, in order);
     ``layout_problems`` (files and folders the server would skip, also in ``problems``); ``control_problems``
     (the fleet's control file cannot be read, or serves a version not in the repository; also in
-    ``problems``); ``models``: name -> ``config_error``, ``policy_error`` (its version policy selects none
-    of its versions, or its rollout names a version that is not there) and ``versions``: number -> ``ok``,
+    ``problems``); ``control_warnings`` (keys of the control file this release ignores: a newer release's
+    during a rolling upgrade, which is no problem, or a typo; not in ``problems``); ``models``: name ->
+    ``config_error``, ``policy_error`` (its version policy selects none of its versions, or its rollout names
+    a version that is not there) and ``versions``: number -> ``ok``,
     ``served`` (by the version policy), ``error`` and ``signature`` (and ``remote``, the endpoint, for a
     version served remotely: its server is asked).
     ``follow_symlinks`` scans as ``Server(repository, follow_symlinks=True)`` does: links are loaded, not
@@ -164,6 +166,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     """
     scan = scan_repository(repository, follow_symlinks=follow_symlinks)
     control_problems: list[str] = []
+    control_warnings: list[str] = []
     # The fleet's control file: a server that starts while it cannot be read refuses every request, and one
     # whose revision serves a version that is not here serves another (both reported as control.error).
     control_served: dict[str, set[int]] = {}
@@ -173,6 +176,12 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
         where = "" if CONTROL_FILENAME in str(exc) else f"{repository / CONTROL_FILENAME}: "  # (name the file)
         control_problems.append(f"{where}{exc}; a server started now refuses every request until it is fixed")
     else:
+        if control.unknown_keys:  # (not a problem: a newer release's keys must not fail an older host's check)
+            control_warnings.append(
+                f"{CONTROL_FILENAME} (revision {control.revision}) has keys this release does not know: "
+                f"{', '.join(control.unknown_keys)}; servers of this release ignore them (a newer release's? "
+                "if not, a typo)"
+            )
         for name, state in sorted(control.models.items()):
             source = scan.models.get(name)
             served = {v for v in (state.stable, state.canary_version if state.canary_active else None) if v}
@@ -240,6 +249,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
         "problems": problems,
         "layout_problems": list(scan.problems),
         "control_problems": control_problems,
+        "control_warnings": control_warnings,
         "models": models,
     }
 
@@ -257,6 +267,8 @@ def _validate(args: argparse.Namespace) -> int:
         return OK if report["ok"] else PROBLEMS
     for problem in [*report["layout_problems"], *report["control_problems"]]:
         print(f"PROBLEM {problem}")
+    for warning in report["control_warnings"]:
+        print(f"WARNING {warning}")
     for name, entry in report["models"].items():
         if entry["config_error"]:
             print(f"FAIL    {name}: {entry['config_error']}")

@@ -261,6 +261,10 @@ def summarize(document: dict[str, Any]) -> list[str]:
     control = document.get("control")
     if isinstance(control, dict) and (control.get("file") or ("file" not in control and "revision" in control)):
         lines.append(f"control revision {control.get('revision', '?')}")
+        unknown = control.get("unknown_keys")
+        if isinstance(unknown, list) and unknown:  # (a newer release's keys during a rolling upgrade, or a typo)
+            keys = _printable(", ".join(map(str, unknown)))
+            lines.append(f"control file keys this worker's release ignores: {keys}")
     error = control_error(document)
     if error:
         lines.append(f"CONTROL ERROR: {error}")

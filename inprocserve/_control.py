@@ -69,6 +69,8 @@ class ModelControl:
     """Share of targeting keys (sticky buckets) sent to ``canary_version``, 0-100."""
     kill: bool = False
     """Kill switch: every request gets the stable version (no canary, A/B, bandit or shadow)."""
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """Keys of the file's entry for this model that this release does not know (see :attr:`Control.extra`)."""
 
     def __post_init__(self) -> None:
         for name in ("stable", "previous_stable", "canary_version"):
@@ -104,6 +106,10 @@ class ModelControl:
             "kill": self.kill,
         }
 
+    def to_document(self) -> dict[str, Any]:
+        """:meth:`to_dict` plus the keys this release does not know, as read: what a write puts back."""
+        return {**self.extra, **self.to_dict()}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Control:
@@ -115,6 +121,15 @@ class Control:
     updated_at: str | None = None
     updated_by: str | None = None
     models: Mapping[str, ModelControl] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """Top-level keys that this release does not know, as read, and written back by every update.
+
+    A rolling upgrade runs two releases on one control file: a key added by the newer one (top level or in a
+    model's entry) refused the whole file on every older worker, which then stopped following the fleet (a
+    kill switch written meanwhile was not applied), refused every request when it started
+    (``ControlStateUnknownError``), and refused every write. Such keys are now ignored by this release, kept
+    by its writes (so the newer release's state survives a switch made on an older host), and reported
+    (logged once, ``control.unknown_keys`` in status, a warning of ``validate``) so a typo is still seen."""
 
     def model(self, name: str) -> ModelControl | None:
         return self.models.get(name)
@@ -128,14 +143,28 @@ class Control:
             "models": {name: state.to_dict() for name, state in sorted(self.models.items())},
         }
 
+    def to_document(self) -> dict[str, Any]:
+        """The file's document: :meth:`to_dict` plus the keys this release does not know, as read."""
+        return {
+            **self.extra,
+            **self.to_dict(),
+            "models": {name: state.to_document() for name, state in sorted(self.models.items())},
+        }
+
+    @property
+    def unknown_keys(self) -> list[str]:
+        """The keys this release ignores, by their place: ``format``, ``models.fraud.pinned``."""
+        keys = sorted(self.extra)
+        for name, state in sorted(self.models.items()):
+            keys.extend(f"models.{name}.{key}" for key in sorted(state.extra))
+        return keys
+
     @classmethod
     def from_dict(cls, data: Any) -> Control:
         """Parse a control document; raises ``ConfigurationError`` saying what is wrong."""
         if not isinstance(data, dict):
             raise ConfigurationError("control: the document must be a JSON object")
-        unknown = set(data) - {"revision", "reload", "updated_at", "updated_by", "models"}
-        if unknown:
-            raise ConfigurationError(f"control: unknown keys {sorted(unknown)}")
+        extra = {key: value for key, value in data.items() if key not in _CONTROL_KEYS}  # (see extra)
         revision, reload = data.get("revision", 0), data.get("reload", 0)
         for name, value in (("revision", revision), ("reload", reload)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -147,17 +176,21 @@ class Control:
         for name, state in models.items():
             if not isinstance(state, dict):
                 raise ConfigurationError(f"control: models.{name} must be an object")
-            try:
-                parsed[name] = ModelControl(**state)
-            except TypeError as exc:
-                raise ConfigurationError(f"control: models.{name}: {exc}") from None
+            known = {key: value for key, value in state.items() if key in _MODEL_KEYS}
+            unknown = {key: value for key, value in state.items() if key not in _MODEL_KEYS}
+            parsed[name] = ModelControl(**known, extra=unknown)
         return cls(
             revision=revision,
             reload=reload,
             updated_at=_optional_str(data.get("updated_at")),
             updated_by=_optional_str(data.get("updated_by")),
             models=parsed,
+            extra=extra,
         )
+
+
+_CONTROL_KEYS = frozenset({"revision", "reload", "updated_at", "updated_by", "models"})
+_MODEL_KEYS = frozenset({"stable", "previous_stable", "canary_version", "canary_percent", "kill"})
 
 
 def _optional_str(value: Any) -> str | None:
@@ -343,7 +376,7 @@ class ControlFile:
         )
 
     def _write(self, control: Control) -> None:
-        payload = json.dumps(control.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
+        payload = json.dumps(control.to_document(), indent=2, sort_keys=True).encode() + b"\n"
         descriptor, temporary = tempfile.mkstemp(prefix=".inprocserve-control.", suffix=".tmp", dir=self.folder)
         try:
             with os.fdopen(descriptor, "wb") as handle:

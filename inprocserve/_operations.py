@@ -82,6 +82,9 @@ class Operations:
         # whether this server follows a revision read from the file (an absent file reads as revision 0):
         # until then a worker started while the file was unreadable reports not ready (see control_read)
         self._read_once = control_file is None
+        # the keys of the file this release ignores (a newer release's, or a typo), as last logged: each set
+        # is logged once, when it first appears, not at every read (see Control.extra)
+        self._unknown_keys: list[str] = []
         self._ids = ids
         self._predict = predict
         self._submit = submit
@@ -486,7 +489,28 @@ class Operations:
         if self._read_error is not None and self._read_log.ended():  # its error was logged: say it is over, once
             logger.info("control file %s can be read again (revision %d)", self.control_path, control.revision)
         self._read_error = None
+        self._note_unknown_keys(control)
         return control
+
+    def _note_unknown_keys(self, control: Control) -> None:
+        """Log once the keys of the control file this release does not know, and that they are gone."""
+        unknown = control.unknown_keys
+        if unknown == self._unknown_keys:
+            return
+        if unknown:
+            logger.warning(
+                "control file %s (revision %d) has keys this release of inprocserve does not know: %s. They are "
+                "ignored here and kept when this server writes the file (written by a newer release during a "
+                "rolling upgrade? if not, a typo: a key the servers do not follow)",
+                self.control_path,
+                control.revision,
+                ", ".join(unknown),
+            )
+        else:
+            logger.info(
+                "control file %s (revision %d) has no unknown keys any more", self.control_path, control.revision
+            )
+        self._unknown_keys = unknown
 
     def _watch(self) -> None:
         assert self.control_interval_s is not None

@@ -65,6 +65,8 @@ def _control_status(registry: Registry, operations: Operations) -> dict[str, Any
         "file": operations.control_path,
         "interval_s": operations.control_interval_s,
         "error": operations.control_error,
+        # keys of the file this release ignores (a newer release's during a rolling upgrade, or a typo)
+        "unknown_keys": registry.control.unknown_keys,
         # False: the file exists but this worker has followed no revision of it since it started
         "read": operations.control_read,
     }
