@@ -151,11 +151,22 @@ class Registry:
         # A revision followed at once left a part to apply: retry_control() tries it now, from a fresh back-off
         # (set under the routing lock: a try in progress under the lifecycle lock cannot overwrite it)
         self._control_retry_soon = False
+        # The files of the versions a pending part waits for, as the last try saw them (``tried``) and as the
+        # watcher's last interval saw them (``seen``): once they changed since the try and then stayed the same
+        # for an interval (the version arrived, and is not being copied any more), or a poll loaded it, the
+        # part is tried again at once, not after the back-off (up to 60 s). See _awaited_files.
+        self._control_awaited_tried: dict[tuple[str, int], tuple[_Stamp | None, ...]] = {}
+        self._control_awaited_seen: dict[tuple[str, int], tuple[_Stamp | None, ...]] | None = None
         self._policy_problems: dict[str, str] = {}  # models whose version policy selects nothing (logged once)
         self._reference_problems: dict[str, str] = {}  # models whose rollout names absent versions (logged once)
         # The last load failure logged for each version (its error, and the files it read): a remote version
         # whose server is down is tried again at every refresh (every poll), and is logged once, not each time.
         self._load_errors: dict[tuple[str, int], tuple[str, _Stamp | None]] = {}
+        # A version copied in place (cp, kubectl cp, tar) that stalls for longer than an interval is tried half-made
+        # again at each stall, by a poll or by the control watcher, and each failure has other files: it logged an
+        # ERROR per stall (one a second, for a slow copy). A version's failures are logged at most once a minute
+        # (key: model and version) until it loads; status shows the latest one.
+        self._load_log = LogLimit()
         self._scan_problems: set[str] = set()  # the last scan's problems (each logged once while it lasts)
         # a repository folder that cannot be scanned (gone, unmounted) fails every poll: logged when it starts,
         # then once a minute, and once when it can be scanned again
@@ -360,6 +371,7 @@ class Registry:
                 del self._empty_configs[name]
             for key in [key for key in self._load_errors if key[1] not in self.failures.get(key[0], {})]:
                 del self._load_errors[key]  # (a version gone from disk, or whose failure was forgotten)
+                self._load_log.forget(key)
             for name in list(self._unloaded_versions):
                 if name not in scan.models and name not in scan.unreadable:  # (unreadable: not gone)
                     del self._unloaded_versions[name]
@@ -662,6 +674,7 @@ class Registry:
             self._gate_rewrite(name, current, candidate, path, seen)
         add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
         self._load_errors.pop((name, number), None)
+        self._load_log.forget((name, number))  # (its next failure is another copy's: logged at once)
         candidate.source_stamp = stamp
         with self.routing:
             previous = self.loaded.get(name, {}).get(number)
@@ -741,8 +754,11 @@ class Registry:
         self.failures.setdefault(name, {})[number] = _Failure(str(exc), path, seen)
         repeated = self._load_errors.get((name, number)) == (str(exc), seen)
         self._load_errors[(name, number)] = (str(exc), seen)
-        level = logging.DEBUG if repeated else logging.ERROR
-        logger.log(level, "model %r version %s failed to load: %s", name, number, exc)
+        skipped = None if repeated else self._load_log.due((name, number))
+        if skipped is None:
+            logger.debug("model %r version %s failed to load: %s", name, number, exc)
+        else:
+            logger.error("model %r version %s failed to load: %s%s", name, number, exc, since(skipped))
         add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
 
     @staticmethod
@@ -1014,6 +1030,7 @@ class Registry:
             self._report_control_problems(problems)
             self._control_backoff_s = 1.0
             self._control_retry_at = self._clock() + self._control_backoff_s
+            self._control_awaited_tried = self._awaited_files()
         return [problems[key] for key in sorted(problems)]
 
     def retry_control(self, *, now: bool = True) -> list[str]:
@@ -1023,9 +1040,36 @@ class Registry:
         up to 60 s): each try may scan the repository or connect to a remote model server, under the
         lifecycle lock. An explicit ``sync_control()`` tries at once."""
         waiting = not now and not self._control_retry_soon and self._clock() < self._control_retry_at
-        if not self.control_pending or waiting:
+        if not self.control_pending:
             return []
+        if waiting:
+            files = self._awaited_files()
+            settled, self._control_awaited_seen = files == self._control_awaited_seen, files
+            if not settled or files == self._control_awaited_tried:  # (still being copied, or as tried)
+                return []
         return self._try_control()
+
+    def _awaited_files(self) -> dict[tuple[str, int], tuple[_Stamp | None, ...]]:
+        """The files of each version that a pending part of the control state serves and that is not loaded.
+
+        A host that lagged behind the fleet (its synced copy got the control file before the version) backed
+        off to a try a minute: the version served nothing for up to 60 s after it arrived, and once a poll
+        loaded it, status still said it was "not in the repository (yet)" until the next try. A stat of each
+        awaited file per interval (none once all is applied) finds the arrival instead; a version is tried
+        once its files stay the same for an interval, so one copied in place (``cp``, ``kubectl cp``) is not
+        loaded half-made and failed at every interval of its copy."""
+        if self.repository is None:
+            return {}
+        with self.routing:  # (a revision followed at once changes both under it)
+            wanted = {name: _served(self.control.models.get(name)) for name in self._control_pending}
+        return {
+            (name, number): tuple(
+                _stamp(self.repository / name / str(number) / file, access=True)
+                for file in (MODEL_FILENAME, REMOTE_FILENAME)
+            )
+            for name, numbers in sorted(wanted.items())
+            for number in sorted(numbers - set(self.loaded.get(name, {})))
+        }
 
     def _try_control(self) -> list[str]:
         with self.routing:  # (what a revision followed at once leaves from now on asks for a try of its own)
@@ -1036,6 +1080,7 @@ class Registry:
         if self.control_pending:  # the next try waits twice as long as the last (1 s first)
             self._control_backoff_s = min(_CONTROL_RETRY_CAP_S, 2 * self._control_backoff_s or 1.0)
             self._control_retry_at = self._clock() + self._control_backoff_s
+        self._control_awaited_tried = self._awaited_files()
         return problems
 
     def _apply_control(self) -> list[str]:

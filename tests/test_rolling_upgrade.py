@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from inprocserve._cli import main
-from inprocserve._control import CONTROL_FILENAME
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve._control import CONTROL_FILENAME, ControlFile, ModelControl
+from inprocserve.testing import ManualClock, build_scale_model, save_model
 
 from .conftest import ServerFactory
 
@@ -62,3 +63,82 @@ def test_a_control_file_written_by_a_newer_release_is_followed_and_kept(
     # The deploy check names them, as a warning (an older host's check must not fail the upgrade).
     assert main(["validate", str(fraud)]) == 0
     assert "WARNING" in capsys.readouterr().out
+
+
+def copy_in_pieces(model: bytes, target: Path, pieces: int, between: Callable[[], None]) -> None:
+    """Write ``model`` to ``target`` in place, piece by piece, as ``cp`` or ``kubectl cp`` does, calling
+    ``between`` after each piece but the last."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    step = len(model) // pieces + 1
+    with open(target, "wb") as handle:
+        for start in range(0, len(model), step):
+            handle.write(model[start : start + step])
+            handle.flush()
+            if start + step < len(model):
+                between()
+
+
+def test_a_lagging_host_serves_the_fleets_version_within_an_interval_of_its_arrival(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    elsewhere = save_model(build_scale_model(2.0), repository.parent / "upgraded", "fraud", 2)
+    # The synced copy brings the fleet's switch to v2 before v2 itself.
+    ControlFile(repository).set_model("fraud", lambda _: ModelControl(stable=2, previous_stable=1))
+    clock = ManualClock()
+    host = make_server(repository, control_interval_s=None, clock=clock)
+
+    def watcher_runs_for(seconds: float) -> None:  # (the watcher's calls, every 0.5 s)
+        for _ in range(int(seconds / 0.5)):
+            host._operations.sync_control(retry_now=False)
+            clock.advance(0.5)
+
+    watcher_runs_for(250)  # its tries back off to one a minute (the last at 243 s, the next at 303 s)
+    assert host.predict("fraud", X).version == 1
+    assert "not in the repository (yet)" in host.status()["control"]["error"]
+
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        target = repository / "fraud" / "2" / "model.onnx"
+        copy_in_pieces(elsewhere.read_bytes(), target, 4, lambda: watcher_runs_for(0.5))  # (a piece an interval)
+        watcher_runs_for(1)
+    assert host.predict("fraud", X).version == 2  # (a minute later, before)
+    assert host.status()["control"]["error"] is None
+    assert not [r for r in caplog.records if "failed to load" in r.getMessage()]  # (never tried half-made)
+
+
+def test_a_version_a_poll_loads_is_not_reported_missing_until_the_next_try(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    ControlFile(repository).set_model("fraud", lambda _: ModelControl(stable=2, previous_stable=1))
+    clock = ManualClock()
+    host = make_server(repository, control_interval_s=None, clock=clock)
+    host._operations.sync_control(retry_now=False)
+    assert "version 2 is not in the repository (yet)" in host.status()["control"]["error"]
+
+    save_model(build_scale_model(2.0), repository, "fraud", 2)
+    host.refresh()  # the poller's
+    assert host.predict("fraud", X).version == 2
+    for _ in range(2):  # the watcher's next intervals
+        host._operations.sync_control(retry_now=False)
+        clock.advance(0.5)
+    assert host.status()["control"]["error"] is None  # it said "not in the repository (yet)" for up to 60 s
+
+
+def test_a_version_copied_in_place_with_stalls_logs_one_failure_not_one_per_stall(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    elsewhere = save_model(build_scale_model(2.0), repository.parent / "source", "fraud", 2)
+    server = make_server(repository, control_interval_s=None)
+
+    def polls_during_a_stall() -> None:  # (the copy stands still for two polls: tried again, half-made)
+        server.refresh()
+        server.refresh()
+
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        copy_in_pieces(elsewhere.read_bytes(), repository / "fraud" / "2" / "model.onnx", 6, polls_during_a_stall)
+        polls_during_a_stall()
+    assert server.predict("fraud", X).version == 2  # loaded once whole
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR and "failed to load" in r.getMessage()]
+    assert len(failures) == 1  # one per stall (5)
