@@ -115,7 +115,7 @@ def _configured_default(source: ModelSource) -> int | None:
     highest version its version policy selects. The CLI sees neither a server's ``models=`` configuration
     nor its compatibility gate; ``None`` when ``config.toml`` cannot be read."""
     try:
-        config = ModelConfig() if source.config_path is None else load_model_config(source.config_path)
+        config = ModelConfig() if source.config_path is None else load_model_config(source.config_path, ignored=[])
     except ConfigurationError:
         return None
     stable = config.rollout.stable

@@ -154,7 +154,8 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     (the fleet's control file cannot be read, or serves a version not in the repository; also in
     ``problems``); ``control_warnings`` (keys of the control file this release ignores: a newer release's
     during a rolling upgrade, which is no problem, or a typo; not in ``problems``); ``models``: name ->
-    ``config_error``, ``policy_error`` (its version policy selects none of its versions, or its rollout names
+    ``config_error``, ``config_warning`` (keys of its ``config.toml`` this release ignores, also in
+    ``problems``), ``policy_error`` (its version policy selects none of its versions, or its rollout names
     a version that is not there) and ``versions``: number -> ``ok``,
     ``served`` (by the version policy), ``error`` and ``signature`` (and ``remote``, the endpoint, for a
     version served remotely: its server is asked).
@@ -195,14 +196,21 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     problems = [*scan.problems, *control_problems]
     models: dict[str, Any] = {}
     for name, source in scan.models.items():
-        entry: dict[str, Any] = {"config_error": None, "policy_error": None, "versions": {}}
+        entry: dict[str, Any] = {"config_error": None, "config_warning": None, "policy_error": None, "versions": {}}
         models[name] = entry
+        ignored: list[str] = []
         try:
-            config = load_model_config(source.config_path) if source.config_path else ModelConfig()
+            config = load_model_config(source.config_path, ignored=ignored) if source.config_path else ModelConfig()
         except InprocserveError as exc:
             entry["config_error"] = str(exc)
             problems.append(f"{name}: {exc}")
             continue
+        if ignored:  # (a problem: a server of this release serves the model, without them; a typo, most often)
+            entry["config_warning"] = (
+                f"{source.config_path}: this release does not know {', '.join(ignored)}; a server of this release "
+                "serves the model without them (a typo? or written for a newer release)"
+            )
+            problems.append(f"{name}: {entry['config_warning']}")
         selected = set(config.version_policy.select(list(source.versions))) | control_served.get(name, set())
         if source.versions and not selected and not config.rollout.referenced_versions & set(source.versions):
             entry["policy_error"] = (  # (a typo such as { specific = [12] }: a server serves the model nothing)
@@ -272,6 +280,8 @@ def _validate(args: argparse.Namespace) -> int:
     for name, entry in report["models"].items():
         if entry["config_error"]:
             print(f"FAIL    {name}: {entry['config_error']}")
+        if entry["config_warning"]:
+            print(f"PROBLEM {name}: {entry['config_warning']}")
         if entry["policy_error"]:
             print(f"PROBLEM {name}: {entry['policy_error']}")
         for version, result in entry["versions"].items():

@@ -280,6 +280,8 @@ def summarize(document: dict[str, Any]) -> list[str]:
         lines.append(f"{name}: {ready}" + (f", v{answers} answers by default" if answers is not None else ""))
         if model.get("config_error"):
             lines.append(f"  config error: {model['config_error']}")
+        if model.get("config_warning"):
+            lines.append(f"  config warning: {_printable(str(model['config_warning']))}")
         lines.extend(_control_lines(_object(model.get("control"), f"models.{name}.control", optional=True)))
         for number, version in _object(model.get("versions"), f"models.{name}.versions", optional=True).items():
             where = f"models.{name}.versions.{number}"

@@ -597,30 +597,40 @@ def check_model_configs(config: object, models: object, *, names: tuple[str, str
             )
 
 
-def load_model_config(path: Path, base: ModelConfig | None = None) -> ModelConfig:
-    """Read ``config.toml`` at ``path`` over ``base`` (the server's defaults)."""
+def load_model_config(path: Path, base: ModelConfig | None = None, *, ignored: list[str] | None = None) -> ModelConfig:
+    """Read ``config.toml`` at ``path`` over ``base`` (the server's defaults).
+
+    With ``ignored`` (what a server reads), a key this release does not know is appended to it (``[batching]
+    max_batch_bytes``) and left out, not refused: on a repository shared by hosts of two releases (a rolling
+    upgrade), a key the newer one reads refused the whole file on the older hosts, and every older worker that
+    started (a recycled gunicorn worker, a crash, a scale-up) served nothing of the model. Without it, such a
+    key is a ``ConfigurationError``. A value of the wrong type or out of range is refused either way."""
     base = base or ModelConfig()
     data = read_toml(path)
     try:
         with _DEPRECATIONS.reading(str(path)):
-            return base.merged(data, source=str(path))
+            return _merge(base, data, str(path), ignored=ignored)
     except ConfigurationError:
         raise
     except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type deeper in a section
         raise ConfigurationError(f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
-def _merge(config: ModelConfig, data: Mapping[str, Any], source: str) -> ModelConfig:
+def _merge(
+    config: ModelConfig, data: Mapping[str, Any], source: str, *, ignored: list[str] | None = None
+) -> ModelConfig:
     changes: dict[str, Any] = {}
     for key, value in data.items():
         if key in _SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigurationError(f"{source}: [{key}] must be a table, got {value!r}")
-            changes[key] = _replace_section(getattr(config, key), key, value, source)
+            changes[key] = _replace_section(getattr(config, key), key, value, source, ignored=ignored)
         elif key == "version_policy":
             changes[key] = parse_version_policy(value, source)
         elif key == "nan_policy":
             changes[key] = value
+        elif ignored is not None:  # (see load_model_config)
+            ignored.append(key)
         else:
             known = ", ".join(sorted([*_SECTIONS, "version_policy", "nan_policy"]))
             raise ConfigurationError(f"{source}: unknown key {key!r}; known keys are {known}")
@@ -630,10 +640,15 @@ def _merge(config: ModelConfig, data: Mapping[str, Any], source: str) -> ModelCo
         raise ConfigurationError(f"{source}: {exc}") from None
 
 
-def _replace_section(section: Any, name: str, values: Mapping[str, Any], source: str) -> Any:
+def _replace_section(
+    section: Any, name: str, values: Mapping[str, Any], source: str, *, ignored: list[str] | None = None
+) -> Any:
     known = {f.name for f in dataclasses.fields(section)}
     unknown = sorted(set(values) - known)
-    if unknown:
+    if unknown and ignored is not None:  # (see load_model_config)
+        ignored.extend(f"[{name}] {key}" for key in unknown)
+        values = {key: value for key, value in values.items() if key in known}
+    elif unknown:
         raise ConfigurationError(
             f"{source}: unknown key(s) {', '.join(unknown)} in [{name}]; known keys are {', '.join(sorted(known))}"
         )
@@ -653,6 +668,8 @@ def _replace_section(section: Any, name: str, values: Mapping[str, Any], source:
         _group_flat_rollout_keys(converted, source)
         for group in GROUPS:  # [rollout.canary] and the other groups are laid over the group, key by key
             table = converted.get(group)
+            if isinstance(table, Mapping) and ignored is not None:
+                table = converted[group] = _known_only(table, getattr(section, group), f"rollout.{group}", ignored)
             if isinstance(table, Mapping):
                 try:
                     converted[group] = dataclasses.replace(getattr(section, group), **_tuples(table))
@@ -661,6 +678,8 @@ def _replace_section(section: Any, name: str, values: Mapping[str, Any], source:
                 except ConfigurationError as exc:
                     raise ConfigurationError(f"{source}: {exc}") from None
     if name == "batching" and isinstance(converted.get("padding"), Mapping):
+        if ignored is not None:
+            converted["padding"] = _known_only(converted["padding"], PaddingConfig, "batching.padding", ignored)
         try:
             converted["padding"] = PaddingConfig(**converted["padding"])
         except TypeError as exc:
@@ -697,6 +716,13 @@ def _group_flat_rollout_keys(converted: dict[str, Any], source: str) -> None:
         table = dict(table or {})
         table.setdefault(inner, flat[key])  # a key written in the table wins over its flat form
         converted[group] = table
+
+
+def _known_only(table: Mapping[str, Any], kind: Any, name: str, ignored: list[str]) -> dict[str, Any]:
+    """``table`` without the keys the dataclass ``kind`` has no field for, each appended to ``ignored``."""
+    known = {f.name for f in dataclasses.fields(kind)}
+    ignored.extend(f"[{name}] {key}" for key in sorted(set(table) - known))
+    return {key: value for key, value in table.items() if key in known}
 
 
 def _tuples(table: Mapping[str, Any]) -> dict[str, Any]:

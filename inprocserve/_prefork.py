@@ -269,7 +269,7 @@ def _effective_config(
     ``config.toml`` < ``models=``, per field."""
     effective = config or ModelConfig()
     if source.config_path is not None:
-        effective = load_model_config(source.config_path, effective)
+        effective = load_model_config(source.config_path, effective, ignored=[])  # (as a server reads it)
     code = models.get(name)
     return effective if code is None else effective.overlaid(code, source=f"models[{name!r}]")
 

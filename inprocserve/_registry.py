@@ -127,6 +127,9 @@ class Registry:
         self.loaded: dict[str, dict[int, ModelVersion]] = {}
         self.failures: dict[str, dict[int, _Failure]] = {}
         self.config_errors: dict[str, str] = {}
+        # keys of a model's config.toml this release ignores (a newer release's, or a typo), as logged: status's
+        # config_warning; each set is logged once, when it first appears (see load_model_config)
+        self.config_warnings: dict[str, str] = {}
         self._explicit: set[str] = set()  # loaded with load(path=...): refresh() leaves them alone
         self._unloaded: set[str] = set()  # unloaded by hand: refresh() does not bring them back
         self._unloaded_versions: dict[str, set[int]] = {}  # versions unloaded by hand, likewise
@@ -362,6 +365,8 @@ class Registry:
             for name in list(self.failures):
                 if name not in scan.models and name not in self._explicit and name not in scan.unreadable:
                     del self.failures[name]
+            for name in [name for name in self.config_warnings if name not in scan.models]:
+                del self.config_warnings[name]
             for name in list(self.config_errors):  # a model folder removed while its config.toml was bad: status
                 if name not in scan.models and name not in scan.unreadable:  # listed it, with that error, for good
                     del self.config_errors[name]
@@ -884,9 +889,28 @@ class Registry:
             return kept
         config = self._defaults
         if source.config_path is not None:
-            config = load_model_config(source.config_path, config)
+            ignored: list[str] = []
+            config = load_model_config(source.config_path, config, ignored=ignored)
+            self._note_ignored_keys(name, source.config_path, ignored)
         code = self._code_configs.get(name)
         return config if code is None else config.overlaid(code, source=f"models[{name!r}]")
+
+    def _note_ignored_keys(self, name: str, path: Path, ignored: list[str]) -> None:
+        """Log once the keys of ``name``'s ``config.toml`` that this release ignores, and show them in status."""
+        warning = None
+        if ignored:
+            warning = (
+                f"{path}: this release of inprocserve does not know {', '.join(ignored)}, and serves the model "
+                "without them (written for a newer release? if not, a typo)"
+            )
+        if warning == self.config_warnings.get(name):
+            return
+        if warning is None:
+            del self.config_warnings[name]
+            logger.info("model %r: its config.toml has no unknown keys any more", name)
+            return
+        logger.warning("model %r: %s", name, warning)
+        self.config_warnings[name] = warning
 
     def check_open(self) -> None:
         if self.closed:

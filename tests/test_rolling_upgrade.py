@@ -142,3 +142,33 @@ def test_a_version_copied_in_place_with_stalls_logs_one_failure_not_one_per_stal
     assert server.predict("fraud", X).version == 2  # loaded once whole
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR and "failed to load" in r.getMessage()]
     assert len(failures) == 1  # one per stall (5)
+
+
+def test_a_config_toml_written_for_a_newer_release_is_served_without_its_new_keys(
+    fraud: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = fraud / "fraud" / "config.toml"
+    config.write_text("[batching]\nmax_batch_size = 8\n")
+    running = make_server(fraud, control_interval_s=None)
+    # The shared repository's config.toml gets keys that only the upgraded hosts read.
+    config.write_text(
+        "[batching]\nmax_batch_size = 16\nmax_batch_bytes = 1048576\n[rollout.canary]\nsticky_hours = 4\n"
+        "[tracing]\nsample = 0.1\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        running.refresh()  # (the poller's)
+        running.refresh()  # (logged once, not at every poll)
+        # A worker of the older release that starts now (recycled, restarted) serves the model.
+        starting = make_server(fraud, control_interval_s=None)
+        assert starting.predict("fraud", X).version == 2  # it served nothing (unknown model)
+    assert starting.models["fraud"] == [2]
+    status = running.status()["models"]["fraud"]
+    assert status["config_error"] is None
+    assert "[batching] max_batch_bytes, [rollout.canary] sticky_hours, tracing" in status["config_warning"]
+    assert status["versions"]["2"]["max_batch_size"] == 16  # (the keys it knows are applied)
+    said = [r for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(said) == 2  # once per server
+
+    # The deploy check of this release names them as a problem: a typo, most often.
+    assert main(["validate", str(fraud)]) == 1
+    assert "max_batch_bytes" in capsys.readouterr().out
