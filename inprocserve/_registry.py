@@ -1012,7 +1012,8 @@ class Registry:
         if self._control_problems:
             details = "; ".join(self._control_problems[key] for key in sorted(self._control_problems))
             texts.append(
-                f"control revision {revision} is applied only in part (retried every control interval): {details}"
+                f"control revision {revision} is applied only in part (retried until it applies: as soon as a version "
+                f"it waits for arrives, else after a back-off of up to {_CONTROL_RETRY_CAP_S:g} s): {details}"
             )
         gone: list[str] = []
         for name, numbers in sorted(self._gone.copy().items()):  # (still loaded and served: the state may move)

@@ -97,6 +97,10 @@ def render_status_page(
         body.insert(0, f'<p class="error">Refusing every request that does not pin a version: {escape(refusing)}</p>')
     elif control.get("error"):
         body.insert(0, f'<p class="error">Control file: {_text(control["error"])}</p>')
+    unknown = control.get("unknown_keys")
+    if isinstance(unknown, list) and unknown:  # (a newer release's keys during a rolling upgrade, or a typo)
+        keys = _text(", ".join(map(str, unknown)))
+        body.insert(0, f'<p class="error">Control file keys this release ignores: {keys}</p>')
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -127,6 +131,8 @@ def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> st
     ]
     if model.get("config_error"):
         parts.append(f'<p class="error">Configuration error: {_text(model["config_error"])}</p>')
+    if model.get("config_warning"):  # (keys of its config.toml this release ignores)
+        parts.append(f'<p class="error">Configuration warning: {_text(model["config_warning"])}</p>')
     parts.append("<h3>Versions</h3>" + _versions_table(versions, _roles(model, rollout, killed=killed)))
     if rollout is not None:
         parts.append(_rollout_block(rollout))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inprocserve import render_status_page
 from inprocserve._cli import main
 from inprocserve._control import CONTROL_FILENAME, ControlFile, ModelControl
 from inprocserve.testing import ManualClock, build_scale_model, save_model
@@ -50,6 +51,7 @@ def test_a_control_file_written_by_a_newer_release_is_followed_and_kept(
     assert running.status()["control"]["error"] is None
     warnings = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
     assert len(warnings) == 1 and "format, models.fraud.frozen_until" in warnings[0]
+    assert "Control file keys this release ignores: format" in render_status_page(running.status())
 
     # A worker of this release that starts now serves (it refused every request), and its writes keep the keys.
     starting = make_server(fraud, control_interval_s=60)
@@ -166,6 +168,7 @@ def test_a_config_toml_written_for_a_newer_release_is_served_without_its_new_key
     assert status["config_error"] is None
     assert "[batching] max_batch_bytes, [rollout.canary] sticky_hours, tracing" in status["config_warning"]
     assert status["versions"]["2"]["max_batch_size"] == 16  # (the keys it knows are applied)
+    assert "Configuration warning:" in render_status_page(running.status())
     said = [r for r in caplog.records if "does not know" in r.getMessage()]
     assert len(said) == 2  # once per server
 
