@@ -891,6 +891,17 @@ class Registry:
         if source.config_path is not None:
             ignored: list[str] = []
             config = load_model_config(source.config_path, config, ignored=ignored)
+            if ignored and self.loaded.get(name) and name not in self.config_warnings:
+                # Serving on settings read without such keys: a typo there (``stabel = 2`` for a pin) must not
+                # drop a setting in force, so the file is refused and those settings keep serving, as before.
+                # Without settings in force (a worker that starts), the model is served without the keys: a
+                # newer release's keys in a shared repository made every older worker that started serve
+                # nothing of it.
+                raise ConfigurationError(
+                    f"{source.config_path}: unknown key(s) {', '.join(ignored)} (a typo, or written for a newer "
+                    "release?): the settings in force keep serving; a worker that starts now serves the model "
+                    "without those keys"
+                )
             self._note_ignored_keys(name, source.config_path, ignored)
         code = self._code_configs.get(name)
         return config if code is None else config.overlaid(code, source=f"models[{name!r}]")

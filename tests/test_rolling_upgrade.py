@@ -15,6 +15,7 @@ import pytest
 
 from inprocserve import render_status_page
 from inprocserve._cli import main
+from inprocserve._cli_status import summarize
 from inprocserve._control import CONTROL_FILENAME, ControlFile, ModelControl
 from inprocserve.testing import ManualClock, build_scale_model, save_model
 
@@ -52,6 +53,9 @@ def test_a_control_file_written_by_a_newer_release_is_followed_and_kept(
     warnings = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
     assert len(warnings) == 1 and "format, models.fraud.frozen_until" in warnings[0]
     assert "Control file keys this release ignores: format" in render_status_page(running.status())
+    assert "control file keys this worker's release ignores: format, models.fraud.frozen_until" in summarize(
+        running.status()
+    )
 
     # A worker of this release that starts now serves (it refused every request), and its writes keep the keys.
     starting = make_server(fraud, control_interval_s=60)
@@ -146,7 +150,7 @@ def test_a_version_copied_in_place_with_stalls_logs_one_failure_not_one_per_stal
     assert len(failures) == 1  # one per stall (5)
 
 
-def test_a_config_toml_written_for_a_newer_release_is_served_without_its_new_keys(
+def test_a_config_toml_written_for_a_newer_release_does_not_stop_older_workers_from_serving(
     fraud: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = fraud / "fraud" / "config.toml"
@@ -159,19 +163,36 @@ def test_a_config_toml_written_for_a_newer_release_is_served_without_its_new_key
     )
     with caplog.at_level(logging.WARNING, logger="inprocserve"):
         running.refresh()  # (the poller's)
-        running.refresh()  # (logged once, not at every poll)
         # A worker of the older release that starts now (recycled, restarted) serves the model.
         starting = make_server(fraud, control_interval_s=None)
         assert starting.predict("fraud", X).version == 2  # it served nothing (unknown model)
+        starting.refresh()  # (logged once, not at every poll)
     assert starting.models["fraud"] == [2]
-    status = running.status()["models"]["fraud"]
+    status = starting.status()["models"]["fraud"]
     assert status["config_error"] is None
     assert "[batching] max_batch_bytes, [rollout.canary] sticky_hours, tracing" in status["config_warning"]
     assert status["versions"]["2"]["max_batch_size"] == 16  # (the keys it knows are applied)
-    assert "Configuration warning:" in render_status_page(running.status())
+    assert "Configuration warning:" in render_status_page(starting.status())
     said = [r for r in caplog.records if "does not know" in r.getMessage()]
-    assert len(said) == 2  # once per server
+    assert len(said) == 1
+
+    # A worker serving on the settings of a file without such keys keeps them (the new key may be a typo
+    # of one in force, such as stabel = 2 for a pin), and says why.
+    assert running.predict("fraud", X).version == 2
+    assert running.status()["models"]["fraud"]["versions"]["2"]["max_batch_size"] == 8
+    assert "max_batch_bytes" in running.status()["models"]["fraud"]["config_error"]
 
     # The deploy check of this release names them as a problem: a typo, most often.
     assert main(["validate", str(fraud)]) == 1
     assert "max_batch_bytes" in capsys.readouterr().out
+
+
+def test_a_typo_in_the_config_toml_of_a_serving_model_keeps_its_pin(fraud: Path, make_server: ServerFactory) -> None:
+    config = fraud / "fraud" / "config.toml"
+    config.write_text("[rollout]\nstable = 1\n")
+    server = make_server(fraud, control_interval_s=None)
+    assert server.predict("fraud", X).version == 1
+    config.write_text("[rollout]\nstabel = 1\n")  # (an edit with a typo)
+    server.refresh()
+    assert server.predict("fraud", X).version == 1  # not the latest
+    assert "stabel" in server.status()["models"]["fraud"]["config_error"]
