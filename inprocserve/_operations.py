@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import numbers
+import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -85,6 +86,8 @@ class Operations:
         # the keys of the file this release ignores (a newer release's, or a typo), as last logged: each set
         # is logged once, when it first appears, not at every read (see Control.extra)
         self._unknown_keys: list[str] = []
+        # where the repository folder led when the revision followed was read (see _warn_if_unusual)
+        self._followed_folder = self._real_folder()
         self._ids = ids
         self._predict = predict
         self._submit = submit
@@ -120,6 +123,15 @@ class Operations:
             self._read_once = True
         elif self.control_interval_s is not None:  # fail closed until the watcher reads it (see _unread)
             self._registry.refuse_routing(self._unread())
+
+    def _real_folder(self) -> str | None:
+        """Where the repository folder leads now (through symbolic links), if it has a control file at all."""
+        if self._control_file is None:
+            return None
+        try:
+            return os.path.realpath(self._control_file.folder, strict=True)
+        except OSError:  # (gone, unmounted: not a swap to tell apart)
+            return None
 
     def _unread(self) -> str:
         """Why requests are refused while the control file was never read: by its name, not its path (the
@@ -407,7 +419,26 @@ class Operations:
 
     def _warn_if_unusual(self, previous: Control, control: Control) -> None:
         """Log a revision that went down, or another document under the same revision."""
-        if control.revision < previous.revision:
+        folder = self._real_folder()
+        swapped = None not in (folder, self._followed_folder) and folder != self._followed_folder
+        was, self._followed_folder = self._followed_folder, folder
+        if control.revision < previous.revision and swapped:
+            # A deploy that swaps a symbolic link (models -> releases/43) to a new repository folder brings that
+            # folder's control file, usually none: every worker follows revision 0, and the fleet's switches,
+            # canaries and kill switches are dropped. Said as such, with the fix, not as a deleted file.
+            logger.warning(
+                "control file %s went back from revision %d to %d: the repository is another folder now (%s, "
+                "was %s: a deploy that swapped a symbolic link to a new folder?), with its own control file; "
+                "following it. Copy %s into the new folder before such a swap, or the fleet's switches, "
+                "canaries and kill switches are dropped",
+                self.control_path,
+                previous.revision,
+                control.revision,
+                folder,
+                was,
+                CONTROL_FILENAME,
+            )
+        elif control.revision < previous.revision:
             logger.warning(
                 "control file %s went back from revision %d to %d (deleted, restored from a backup, or "
                 "an older synced copy, or written to a synced copy: write to the source of the sync); "

@@ -196,3 +196,25 @@ def test_a_typo_in_the_config_toml_of_a_serving_model_keeps_its_pin(fraud: Path,
     server.refresh()
     assert server.predict("fraud", X).version == 1  # not the latest
     assert "stabel" in server.status()["models"]["fraud"]["config_error"]
+
+
+def test_a_repository_swapped_by_a_symbolic_link_says_that_the_fleet_state_was_left_behind(
+    tmp_path: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    releases = tmp_path / "releases"
+    for release in ("42", "43"):
+        for version in (1, 2):
+            save_model(build_scale_model(float(version)), releases / release, "fraud", version)
+    current = tmp_path / "models"
+    current.symlink_to(releases / "42")
+    server = make_server(current, control_interval_s=None)
+    server.switch("fraud", 1)
+    server.kill("fraud")
+
+    (tmp_path / "next").symlink_to(releases / "43")  # the deploy of release 43: an atomic swap of the link
+    (tmp_path / "next").replace(current)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server.sync_control()
+    assert server.predict("fraud", X).version == 2  # release 43 has no control file: revision 0 is followed
+    said = [r.getMessage() for r in caplog.records if "went back" in r.getMessage()]
+    assert len(said) == 1 and "another folder now" in said[0] and "before such a swap" in said[0]
