@@ -891,17 +891,12 @@ class Registry:
         if source.config_path is not None:
             ignored: list[str] = []
             config = load_model_config(source.config_path, config, ignored=ignored)
-            if ignored and self.loaded.get(name) and name not in self.config_warnings:
-                # Serving on settings read without such keys: a typo there (``stabel = 2`` for a pin) must not
-                # drop a setting in force, so the file is refused and those settings keep serving, as before.
-                # Without settings in force (a worker that starts), the model is served without the keys: a
-                # newer release's keys in a shared repository made every older worker that started serve
-                # nothing of it.
-                raise ConfigurationError(
-                    f"{source.config_path}: unknown key(s) {', '.join(ignored)} (a typo, or written for a newer "
-                    "release?): the settings in force keep serving; a worker that starts now serves the model "
-                    "without those keys"
-                )
+            # The keys it knows are applied by every worker alike, whether it serves the model already or starts
+            # (a worker's settings depend on the file, never on when it read it): a serving worker that refused
+            # such a file kept the settings it had while one that started (a recycled gunicorn worker) applied
+            # the file, and one host served two versions (``rollout.stable``) or two canaries, for as long as
+            # the older worker lived. The keys left out are logged and shown in status (config_warning), and
+            # ``validate`` fails on them: a typo there (``stabel = 2`` for ``stable``) is not followed.
             self._note_ignored_keys(name, source.config_path, ignored)
         code = self._code_configs.get(name)
         return config if code is None else config.overlaid(code, source=f"models[{name!r}]")

@@ -174,28 +174,44 @@ def test_a_config_toml_written_for_a_newer_release_does_not_stop_older_workers_f
     assert status["versions"]["2"]["max_batch_size"] == 16  # (the keys it knows are applied)
     assert "Configuration warning:" in render_status_page(starting.status())
     said = [r for r in caplog.records if "does not know" in r.getMessage()]
-    assert len(said) == 1
+    assert len(said) == 2  # (once by each worker, not at each poll)
 
-    # A worker serving on the settings of a file without such keys keeps them (the new key may be a typo
-    # of one in force, such as stabel = 2 for a pin), and says why.
-    assert running.predict("fraud", X).version == 2
-    assert running.status()["models"]["fraud"]["versions"]["2"]["max_batch_size"] == 8
-    assert "max_batch_bytes" in running.status()["models"]["fraud"]["config_error"]
+    # A worker already serving applies the file alike (the keys it knows): the workers of one host serve the
+    # same settings, whenever each started. (It kept its old ones, while a restarted worker took the new.)
+    assert running.status()["models"]["fraud"]["versions"]["2"]["max_batch_size"] == 16
+    assert running.status()["models"]["fraud"]["config_error"] is None
+    assert "max_batch_bytes" in running.status()["models"]["fraud"]["config_warning"]
 
     # The deploy check of this release names them as a problem: a typo, most often.
     assert main(["validate", str(fraud)]) == 1
     assert "max_batch_bytes" in capsys.readouterr().out
 
 
-def test_a_typo_in_the_config_toml_of_a_serving_model_keeps_its_pin(fraud: Path, make_server: ServerFactory) -> None:
+def test_workers_of_one_host_serve_the_same_settings_whenever_they_started(
+    fraud: Path, make_server: ServerFactory
+) -> None:
     config = fraud / "fraud" / "config.toml"
-    config.write_text("[rollout]\nstable = 1\n")
-    server = make_server(fraud, control_interval_s=None)
-    assert server.predict("fraud", X).version == 1
-    config.write_text("[rollout]\nstabel = 1\n")  # (an edit with a typo)
-    server.refresh()
-    assert server.predict("fraud", X).version == 1  # not the latest
-    assert "stabel" in server.status()["models"]["fraud"]["config_error"]
+    config.write_text("[rollout]\nstable = 1\n[rollout.canary]\nversion = 2\npercent = 10\n")
+    serving = make_server(fraud, control_interval_s=None)
+    assert serving.predict("fraud", X).version == 1
+    # The upgrade's config.toml moves the pin and the canary, and has a key only the newer release reads.
+    config.write_text("[rollout]\nstable = 2\nfrozen = true\n[rollout.canary]\nversion = 1\npercent = 50\n")
+    serving.refresh()  # (the poller's)
+    restarted = make_server(fraud, control_interval_s=None)  # a recycled worker of the same host
+    settings = []
+    for worker in (serving, restarted):
+        assert worker.predict("fraud", X).version == 2  # (the serving worker kept v1 for good)
+        settings.append({k: v for k, v in worker.status()["models"]["fraud"]["rollout"].items() if k != "variants"})
+        assert "[rollout] frozen" in worker.status()["models"]["fraud"]["config_warning"]
+    assert settings[0] == settings[1]  # (the canary too)
+
+    # A typo (stabel for stable) is read alike too: not followed by any worker, and said by each.
+    config.write_text("[rollout]\nstabel = 1\n")
+    serving.refresh()
+    restarted.refresh()
+    for worker in (serving, restarted, make_server(fraud, control_interval_s=None)):
+        assert worker.predict("fraud", X).version == 2  # (the latest: the pin is not there)
+        assert "[rollout] stabel" in worker.status()["models"]["fraud"]["config_warning"]
 
 
 def test_a_repository_swapped_by_a_symbolic_link_says_that_the_fleet_state_was_left_behind(
