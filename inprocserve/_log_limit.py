@@ -59,6 +59,12 @@ class LogLimit:
             self._state[key] = [now, 0, True, True]
             return skipped
 
+    def would_log(self, key: Hashable = None) -> bool:
+        """Whether :meth:`due` would log ``key``'s problem now; counts nothing."""
+        with self._lock:
+            state = self._state.get(key)
+            return state is None or self._clock() - state[0] >= self.every_s
+
     def ended(self, key: Hashable = None) -> bool:
         """``key``'s problem is over; True if a line about it was logged since its end was last said (log its
         end then). After a flap whose start was not logged, its end is not either: each end line answers a

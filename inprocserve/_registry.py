@@ -162,14 +162,17 @@ class Registry:
         self._control_awaited_seen: dict[tuple[str, int], tuple[_Stamp | None, ...]] | None = None
         self._policy_problems: dict[str, str] = {}  # models whose version policy selects nothing (logged once)
         self._reference_problems: dict[str, str] = {}  # models whose rollout names absent versions (logged once)
-        # The last load failure logged for each version (its error, and the files it read): a remote version
-        # whose server is down is tried again at every refresh (every poll), and is logged once, not each time.
-        self._load_errors: dict[tuple[str, int], tuple[str, _Stamp | None]] = {}
+        # The last load failure of each version (its error, the files it read, and whether it was logged): a
+        # remote version whose server is down is tried again at every refresh (every poll), and is logged once,
+        # not each time.
+        self._load_errors: dict[tuple[str, int], tuple[str, _Stamp | None, bool]] = {}
         # A version copied in place (cp, kubectl cp, tar) that stalls for longer than an interval is tried half-made
         # again at each stall, by a poll or by the control watcher, and each failure has other files: it logged an
         # ERROR per stall (one a second, for a slow copy). A version's failures are logged at most once a minute
-        # (key: model and version) until it loads; status shows the latest one.
-        self._load_log = LogLimit()
+        # (key: model and version) until it loads; status shows the latest one. A failure held back so is logged
+        # at the first refresh that finds it still there a minute after the last line (see _log_held_failure):
+        # the last failure of a copy is often the one that stays (a broken file, not a half-made one).
+        self._load_log = LogLimit(clock=clock)
         self._scan_problems: set[str] = set()  # the last scan's problems (each logged once while it lasts)
         # a repository folder that cannot be scanned (gone, unmounted) fails every poll: logged when it starts,
         # then once a minute, and once when it can be scanned again
@@ -443,6 +446,7 @@ class Registry:
             path = source.versions.get(number)
             now = None if path is None else _stamp(path, access=True)
             if path is not None and now == failure.stamp:
+                self._log_held_failure(name, number)
                 continue
             if now is not None and failure.changing and now != failure.seen:  # still changing (see _Failure)
                 failure.seen = now
@@ -757,14 +761,28 @@ class Registry:
 
     def _record_failure(self, name: str, number: int, path: Path, exc: ModelLoadError, seen: _Stamp | None) -> None:
         self.failures.setdefault(name, {})[number] = _Failure(str(exc), path, seen)
-        repeated = self._load_errors.get((name, number)) == (str(exc), seen)
-        self._load_errors[(name, number)] = (str(exc), seen)
+        last = self._load_errors.get((name, number))
+        repeated = last is not None and last == (str(exc), seen, True)  # (logged already)
         skipped = None if repeated else self._load_log.due((name, number))
+        self._load_errors[(name, number)] = (str(exc), seen, repeated or skipped is not None)
         if skipped is None:
             logger.debug("model %r version %s failed to load: %s", name, number, exc)
         else:
             logger.error("model %r version %s failed to load: %s%s", name, number, exc, since(skipped))
         add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
+
+    def _log_held_failure(self, name: str, number: int) -> None:
+        """Log the last failure of a version whose files did not change since, if the once-a-minute limit held
+        it back and allows it now: a version that stalled in a copy (logged) and then failed with another
+        error for good (a corrupt file, an opset this onnxruntime lacks) is not tried again while its files
+        stay the same, and that error was never logged (status alone showed it)."""
+        key = (name, number)
+        last = self._load_errors.get(key)
+        if last is None or last[2] or not self._load_log.would_log(key):
+            return
+        skipped = self._load_log.due(key)
+        logger.error("model %r version %s failed to load: %s%s", name, number, last[0], since(skipped or 0))
+        self._load_errors[key] = (last[0], last[1], True)
 
     @staticmethod
     def _changed(current: ModelVersion, path: Path, config: ModelConfig, *, stamp: _Stamp | None) -> bool:

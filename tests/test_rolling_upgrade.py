@@ -234,3 +234,34 @@ def test_a_repository_swapped_by_a_symbolic_link_says_that_the_fleet_state_was_l
     assert server.predict("fraud", X).version == 2  # release 43 has no control file: revision 0 is followed
     said = [r.getMessage() for r in caplog.records if "went back" in r.getMessage()]
     assert len(said) == 1 and "another folder now" in said[0] and "before such a swap" in said[0]
+
+
+def test_a_failure_held_back_by_the_log_limit_is_logged_once_it_stays(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    clock = ManualClock()
+    server = make_server(repository, control_interval_s=None, clock=clock)
+    target = repository / "fraud" / "2" / "model.onnx"
+    target.parent.mkdir()
+    whole = (repository / "fraud" / "1" / "model.onnx").read_bytes()
+
+    def failures() -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and "failed to load" in r.getMessage()
+        ]
+
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        target.write_bytes(whole[: len(whole) // 2])  # a copy in progress: logged
+        server.refresh()
+        clock.advance(5)
+        target.write_bytes(b"corrupt " * 64)  # then another error, which stays: held back by the limit
+        server.refresh()
+        server.refresh()
+        assert len(failures()) == 1
+        clock.advance(60)
+        server.refresh()  # (its files unchanged: not tried again)
+        server.refresh()
+    assert len(failures()) == 2  # (the second error was never logged: status alone said it)
+    first, second = failures()
+    assert second.endswith("(1 more since the last such line)") and second.split(" (1 more")[0] != first
