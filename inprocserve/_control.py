@@ -376,7 +376,20 @@ class ControlFile:
         )
 
     def _write(self, control: Control) -> None:
-        payload = json.dumps(control.to_document(), indent=2, sort_keys=True).encode() + b"\n"
+        document = control.to_document()
+        payload = json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
+        if len(payload) > _MAX_BYTES:
+            # Keys of another release (Control.extra) are written back: indented, a file that every server read
+            # (620 kB of a newer release's list) grew past what they read, and the write that did it (a kill
+            # switch) made the file unreadable to the whole fleet: the switch not followed, workers that start
+            # refusing every request, every later write refused. Written compact then, or not at all.
+            payload = json.dumps(document, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+        if len(payload) > _MAX_BYTES:
+            raise ConfigurationError(
+                f"control file {self.path}: this change would make it {len(payload)} bytes, more than the "
+                f"{_MAX_BYTES} bytes servers read; nothing was changed. Its keys this release does not know "
+                f"({', '.join(control.unknown_keys) or 'none'}) hold the bulk: remove them by hand"
+            )
         descriptor, temporary = tempfile.mkstemp(prefix=".inprocserve-control.", suffix=".tmp", dir=self.folder)
         try:
             with os.fdopen(descriptor, "wb") as handle:

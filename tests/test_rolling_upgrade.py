@@ -5,6 +5,7 @@ Real servers, real ONNX models and real files; the newer release's writes are wr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import inprocserve
 from inprocserve import render_status_page
 from inprocserve._cli import main
 from inprocserve._cli_status import summarize
@@ -265,3 +267,31 @@ def test_a_failure_held_back_by_the_log_limit_is_logged_once_it_stays(
     assert len(failures()) == 2  # (the second error was never logged: status alone said it)
     first, second = failures()
     assert second.endswith("(1 more since the last such line)") and second.split(" (1 more")[0] != first
+
+
+def test_a_write_keeping_a_newer_releases_keys_never_makes_the_file_too_large_to_read(
+    fraud: Path, make_server: ServerFactory
+) -> None:
+    path = fraud / CONTROL_FILENAME
+    # A newer release's entry with a long list (620 kB as written, compact): every server reads the file.
+    document = {"revision": 4, "models": {"fraud": {"stable": 1, "buckets": list(range(20000, 120000))}}}
+    path.write_text(json.dumps(document, separators=(",", ":")))
+    running = make_server(fraud, control_interval_s=None)
+    assert running.predict("fraud", X).version == 1
+
+    running.kill("fraud")  # written back indented, it was 1.5 MB: past what servers read (1 MiB)
+    starting = make_server(fraud, control_interval_s=None)
+    assert starting.status()["control"]["error"] is None  # (it refused every request)
+    assert starting.status()["models"]["fraud"]["control"]["kill"] is True
+    assert json.loads(path.read_text())["models"]["fraud"]["buckets"] == document["models"]["fraud"]["buckets"]
+
+    # A change that cannot be written within the limit at all is refused, and the file is left as it was.
+    document["models"]["fraud"]["buckets"] = "x"  # (padded so that the file is just readable)
+    size = len(json.dumps(document, separators=(",", ":")))
+    document["models"]["fraud"]["buckets"] = "x" * (1048576 - 10 - size)
+    path.write_text(json.dumps(document, separators=(",", ":")))
+    assert ControlFile(fraud).read().revision == 4
+    written = path.read_bytes()
+    with pytest.raises(inprocserve.ConfigurationError, match="more than the 1048576 bytes servers read"):
+        ControlFile(fraud).set_model("fraud", lambda state: dataclasses.replace(state, kill=True))
+    assert path.read_bytes() == written
