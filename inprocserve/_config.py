@@ -666,6 +666,14 @@ def _replace_section(
             converted[key] = tuple(converted[key])
     if name == "rollout":
         _group_flat_rollout_keys(converted, source)
+        variants = converted.get("variants")
+        if isinstance(variants, Mapping) and ignored is not None:  # (an arm's keys of a newer release too)
+            converted["variants"] = {
+                arm: _known_only(table, VariantConfig, f"rollout.variants.{arm}", ignored)
+                if isinstance(table, Mapping)
+                else table
+                for arm, table in variants.items()
+            }
         for group in GROUPS:  # [rollout.canary] and the other groups are laid over the group, key by key
             table = converted.get(group)
             if isinstance(table, Mapping) and ignored is not None:

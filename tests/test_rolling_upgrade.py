@@ -295,3 +295,15 @@ def test_a_write_keeping_a_newer_releases_keys_never_makes_the_file_too_large_to
     with pytest.raises(inprocserve.ConfigurationError, match="more than the 1048576 bytes servers read"):
         ControlFile(fraud).set_model("fraud", lambda state: dataclasses.replace(state, kill=True))
     assert path.read_bytes() == written
+
+
+def test_a_newer_releases_key_in_an_ab_arm_is_left_out_like_any_other(fraud: Path, make_server: ServerFactory) -> None:
+    (fraud / "fraud" / "config.toml").write_text(
+        '[rollout]\nstrategy = "ab"\n[rollout.variants.a]\nversion = 1\nweight = 50\nholdout = true\n'
+        "[rollout.variants.b]\nversion = 2\nweight = 50\n"
+    )
+    server = make_server(fraud, control_interval_s=None)
+    status = server.status()["models"]["fraud"]
+    assert status["config_error"] is None  # (the whole file was refused: the model served nothing)
+    assert "[rollout.variants.a] holdout" in status["config_warning"]
+    assert {server.predict("fraud", X, context={"user_id": f"u{i}"}).version for i in range(40)} == {1, 2}
