@@ -906,8 +906,8 @@ class Registry:
         if kept is not None:
             return kept
         config = self._defaults
+        ignored: list[str] = []
         if source.config_path is not None:
-            ignored: list[str] = []
             config = load_model_config(source.config_path, config, ignored=ignored)
             # The keys it knows are applied by every worker alike, whether it serves the model already or starts
             # (a worker's settings depend on the file, never on when it read it): a serving worker that refused
@@ -915,11 +915,11 @@ class Registry:
             # the file, and one host served two versions (``rollout.stable``) or two canaries, for as long as
             # the older worker lived. The keys left out are logged and shown in status (config_warning), and
             # ``validate`` fails on them: a typo there (``stabel = 2`` for ``stable``) is not followed.
-            self._note_ignored_keys(name, source.config_path, ignored)
+        self._note_ignored_keys(name, source.config_path, ignored)  # (none, once the file is gone)
         code = self._code_configs.get(name)
         return config if code is None else config.overlaid(code, source=f"models[{name!r}]")
 
-    def _note_ignored_keys(self, name: str, path: Path, ignored: list[str]) -> None:
+    def _note_ignored_keys(self, name: str, path: Path | None, ignored: list[str]) -> None:
         """Log once the keys of ``name``'s ``config.toml`` that this release ignores, and show them in status."""
         warning = None
         if ignored:
@@ -929,7 +929,7 @@ class Registry:
             )
         if warning == self.config_warnings.get(name):
             return
-        if warning is None:
+        if warning is None:  # (a config.toml removed said its warning for good, naming a file not there)
             del self.config_warnings[name]
             logger.info("model %r: its config.toml has no unknown keys any more", name)
             return

@@ -307,3 +307,13 @@ def test_a_newer_releases_key_in_an_ab_arm_is_left_out_like_any_other(fraud: Pat
     assert status["config_error"] is None  # (the whole file was refused: the model served nothing)
     assert "[rollout.variants.a] holdout" in status["config_warning"]
     assert {server.predict("fraud", X, context={"user_id": f"u{i}"}).version for i in range(40)} == {1, 2}
+
+
+def test_the_config_warning_goes_with_the_config_toml(fraud: Path, make_server: ServerFactory) -> None:
+    config = fraud / "fraud" / "config.toml"
+    config.write_text("[batching]\nmax_batch_bytes = 5\n")
+    server = make_server(fraud, control_interval_s=None)
+    assert "max_batch_bytes" in server.status()["models"]["fraud"]["config_warning"]
+    config.unlink()
+    server.refresh()
+    assert server.status()["models"]["fraud"]["config_warning"] is None  # (it named the removed file for good)
