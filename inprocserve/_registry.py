@@ -283,7 +283,8 @@ class Registry:
             config: ModelConfig | None = None
             if self.repository is not None and name not in self._explicit:
                 try:
-                    source = scan_repository(self.repository, follow_symlinks=self._follow_symlinks).models.get(name)
+                    scan = scan_repository(self.repository, follow_symlinks=self._follow_symlinks, only=name)
+                    source = scan.models.get(name)
                     config = self.config_for(name, source, None) if source is not None else None
                 except ConfigurationError as exc:
                     logger.error("model %r: no fallback for the unloaded version %s: %s", name, version, exc)
@@ -887,7 +888,7 @@ class Registry:
     def find_in_repository(self, name: str) -> ModelSource:
         if self.repository is None:
             raise ModelNotFoundError(f"no repository configured; pass path= to load model {name!r}", model=name)
-        scan = scan_repository(self.repository, follow_symlinks=self._follow_symlinks)
+        scan = scan_repository(self.repository, follow_symlinks=self._follow_symlinks, only=name)
         source = scan.models.get(name)
         if name in scan.unreadable:
             raise ModelNotFoundError(f"model {name!r}: its folder in {self.repository} cannot be read", model=name)
@@ -1193,7 +1194,8 @@ class Registry:
             needed = sorted(state.versions - set(self.loaded.get(name, {})))
             source = None
             if needed:
-                source = scan_repository(self.repository, follow_symlinks=self._follow_symlinks).models.get(name)
+                scan = scan_repository(self.repository, follow_symlinks=self._follow_symlinks, only=name)
+                source = scan.models.get(name)
             files = {} if source is None else source.versions
             for number in needed if files else []:  # a model not in this repository has nothing to serve
                 if self._stop.is_set():  # the process is exiting (see stop_poller): load nothing more

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import render_status_page
+from inprocserve import _repository, render_status_page
 from inprocserve._cli import main
 from inprocserve._cli_status import summarize
 from inprocserve._control import CONTROL_FILENAME, ControlFile, ModelControl
@@ -317,3 +318,25 @@ def test_the_config_warning_goes_with_the_config_toml(fraud: Path, make_server: 
     config.unlink()
     server.refresh()
     assert server.status()["models"]["fraud"]["config_warning"] is None  # (it named the removed file for good)
+
+
+def test_a_try_of_a_revision_scans_each_waiting_model_once_not_the_repository_each_time(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_model(build_scale_model(1.0), repository, "m00", 1)
+    names = [f"m{i:02d}" for i in range(30)]
+    for name in names[1:]:
+        shutil.copytree(repository / "m00", repository / name)
+    control = ControlFile(repository)
+    for name in names:  # the fleet's switch of every model to a version this host does not have yet
+        control.set_model(name, lambda _: ModelControl(stable=2, previous_stable=1))
+    clock = ManualClock()
+    host = make_server(repository, control_interval_s=None, clock=clock)
+    scanned: list[str] = []
+    scan_model = _repository._scan_model
+    monkeypatch.setattr(
+        _repository, "_scan_model", lambda name, *a, **k: scanned.append(name) or scan_model(name, *a, **k)
+    )
+    host.sync_control()  # (a try, as the watcher's when a version arrives)
+    assert "not in the repository (yet)" in host.status()["control"]["error"]
+    assert sorted(scanned) == names  # 900: each model's try scanned all 30 (with 200 models: 14 s, under the lock)
