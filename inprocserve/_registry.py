@@ -781,8 +781,8 @@ class Registry:
         last = self._load_errors.get(key)
         if last is None or last[2] or not self._load_log.would_log(key):
             return
-        skipped = self._load_log.due(key)
-        logger.error("model %r version %s failed to load: %s%s", name, number, last[0], since(skipped or 0))
+        skipped = (self._load_log.due(key) or 1) - 1  # (this failure was one of those not logged)
+        logger.error("model %r version %s failed to load: %s%s", name, number, last[0], since(skipped))
         self._load_errors[key] = (last[0], last[1], True)
 
     @staticmethod
