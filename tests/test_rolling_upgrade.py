@@ -214,7 +214,7 @@ def test_workers_of_one_host_serve_the_same_settings_whenever_they_started(
     restarted.refresh()
     for worker in (serving, restarted, make_server(fraud, control_interval_s=None)):
         assert worker.predict("fraud", X).version == 2  # (the latest: the pin is not there)
-        assert "[rollout] stabel" in worker.status()["models"]["fraud"]["config_warning"]
+        assert "[rollout] stabel (stable?)" in worker.status()["models"]["fraud"]["config_warning"]
 
 
 def test_a_repository_swapped_by_a_symbolic_link_says_that_the_fleet_state_was_left_behind(
