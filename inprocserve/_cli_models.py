@@ -11,7 +11,7 @@ from typing import Any
 
 from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail, positive_float, positive_int
 from ._config import ModelConfig, PoolConfig, WarmupConfig, load_model_config
-from ._control import CONTROL_FILENAME, ControlFile
+from ._control import CONTROL_FILENAME, ControlFile, describe_unknown_keys
 from ._errors import ConfigurationError, InprocserveError
 from ._model import ModelVersion
 from ._remote import RemoteBackend
@@ -180,8 +180,8 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
         if control.unknown_keys:  # (not a problem: a newer release's keys must not fail an older host's check)
             control_warnings.append(
                 f"{CONTROL_FILENAME} (revision {control.revision}) has keys this release does not know: "
-                f"{', '.join(control.unknown_keys)}; servers of this release ignore them (a newer release's? "
-                "if not, a typo)"
+                f"{describe_unknown_keys(control.unknown_keys)}; servers of this release ignore them (a newer "
+                "release's? if not, a typo)"
             )
         for name, state in sorted(control.models.items()):
             source = scan.models.get(name)

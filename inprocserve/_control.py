@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import difflib
 import errno
 import json
 import math
@@ -191,6 +192,18 @@ class Control:
 
 _CONTROL_KEYS = frozenset({"revision", "reload", "updated_at", "updated_by", "models"})
 _MODEL_KEYS = frozenset({"stable", "previous_stable", "canary_version", "canary_percent", "kill"})
+
+
+def describe_unknown_keys(keys: list[str]) -> str:
+    """:attr:`Control.unknown_keys` for a person: a key close to a known one is named with it
+    (``models.fraud.kil (kill?)``): a hand edit's typo, which no server follows (a kill switch not in force)."""
+    described = []
+    for key in keys:
+        last = key.rsplit(".", 1)[-1] if key.startswith("models.") else key
+        known = _MODEL_KEYS if key.startswith("models.") else _CONTROL_KEYS
+        close = difflib.get_close_matches(last, sorted(known), n=1, cutoff=0.75)
+        described.append(key + (f" ({close[0]}?)" if close else ""))
+    return ", ".join(described)
 
 
 def _optional_str(value: Any) -> str | None:

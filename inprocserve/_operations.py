@@ -25,6 +25,7 @@ from ._control import (
     Control,
     ControlFile,
     ModelControl,
+    describe_unknown_keys,
     switched,
     validate_percent,
     validate_version,
@@ -535,7 +536,7 @@ class Operations:
                 "rolling upgrade? if not, a typo: a key the servers do not follow)",
                 self.control_path,
                 control.revision,
-                ", ".join(unknown),
+                describe_unknown_keys(unknown),
             )
         else:
             logger.info(

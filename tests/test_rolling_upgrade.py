@@ -340,3 +340,21 @@ def test_a_try_of_a_revision_scans_each_waiting_model_once_not_the_repository_ea
     host.sync_control()  # (a try, as the watcher's when a version arrives)
     assert "not in the repository (yet)" in host.status()["control"]["error"]
     assert sorted(scanned) == names  # 900: each model's try scanned all 30 (with 200 models: 14 s, under the lock)
+
+
+def test_a_misspelt_control_key_is_named_with_the_key_it_is_close_to(
+    fraud: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = make_server(fraud, control_interval_s=None)
+    server.switch("fraud", 1)
+    path = fraud / CONTROL_FILENAME
+    document = json.loads(path.read_text())
+    document["revision"] += 1
+    document["models"]["fraud"]["kil"] = True  # a hand edit: the kill switch meant is not in force
+    path.write_text(json.dumps(document))
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server.sync_control()
+    assert server.status()["control"]["unknown_keys"] == ["models.fraud.kil"]
+    assert any("models.fraud.kil (kill?)" in r.getMessage() for r in caplog.records)
+    assert main(["validate", str(fraud)]) == 0
+    assert "models.fraud.kil (kill?)" in capsys.readouterr().out
