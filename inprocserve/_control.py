@@ -401,7 +401,8 @@ class ControlFile:
             raise ConfigurationError(
                 f"control file {self.path}: this change would make it {len(payload)} bytes, more than the "
                 f"{_MAX_BYTES} bytes servers read; nothing was changed. Its keys this release does not know "
-                f"({', '.join(control.unknown_keys) or 'none'}) hold the bulk: remove them by hand"
+                f"({', '.join(control.unknown_keys[:5]) or 'none'}{', ...' if len(control.unknown_keys) > 5 else ''}) "
+                "hold the bulk: remove them by hand"
             )
         descriptor, temporary = tempfile.mkstemp(prefix=".inprocserve-control.", suffix=".tmp", dir=self.folder)
         try:
