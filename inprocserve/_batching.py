@@ -47,6 +47,15 @@ logger = logging.getLogger(__name__)
 _allocate_lock = threading.Lock
 
 
+def _gevent_locks() -> None:
+    """gevent patched the process after this module was imported: use its locks (see _fork)."""
+    global _allocate_lock
+    _allocate_lock = threading.Lock
+
+
+_fork.on_monkey_patch(_gevent_locks)
+
+
 # How long closing a drained batcher waits for each worker to exit (see close).
 _WORKER_EXIT_S = 5.0
 

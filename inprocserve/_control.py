@@ -36,6 +36,7 @@ from pathlib import Path
 from stat import S_ISREG as stat_is_file
 from typing import Any
 
+from . import _fork
 from ._errors import ConfigurationError, ControlFileUnavailableError
 
 __all__ = [
@@ -513,6 +514,7 @@ def _reset_started_at() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_started_at)
     os.register_at_fork(after_in_child=_reset_thread_locks)
+_fork.on_monkey_patch(_reset_thread_locks)
 
 
 def worker_identity() -> dict[str, Any]:

@@ -10,17 +10,31 @@ forks later hangs or aborts (SIGABRT) at its normal exit, in onnxruntime's own e
 or not the child uses onnxruntime — only a child that ends with ``os._exit`` (as multiprocessing's do) is
 spared. So a process that forks workers must not import onnxruntime: servers are built in the workers.
 A fork from a process that has imported it logs an error, once per process.
+
+gevent's ``monkey.patch_all()`` after inprocserve was imported is the same problem in another guise. The
+locks and queues made before it (at import, in a fork hook) stay real OS ones, while the threads started
+after it are greenlets of one OS thread: a greenlet that waits on such a lock blocks every greenlet of the
+process, and the one that would release it never runs. gunicorn's gevent worker patches in each worker right
+after the fork, so its ``--preload``'ed app, or a ``gunicorn.conf.py`` that imports
+``inprocserve.gunicorn``, hung the worker at its first request (until ``--timeout`` killed it, again and
+again). So when gevent reports that it patched this process (its ``GeventDidPatchAllEvent``, through
+``zope.event``, which gevent depends on), the fork hooks run again (:func:`on_monkey_patch`): everything
+starts afresh with gevent's primitives, as in a forked child. Nothing may run yet then; a process whose
+inprocserve threads are already running is left alone, with an error saying to patch first.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
+import threading
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["ForkAware", "keep", "register"]
+__all__ = ["ForkAware", "keep", "on_monkey_patch", "patch_pending", "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +120,73 @@ def _handled(log: logging.Logger) -> bool:
 
 if hasattr(os, "register_at_fork"):  # POSIX only
     os.register_at_fork(before=_warn_if_onnxruntime_is_imported, after_in_child=_reset_all)
+
+
+# -- gevent's monkey-patching (see the module's docstring) ---------------------------------------------------
+
+_patch_hooks: list[Callable[[], None]] = []
+_patch_starts: list[Callable[[], None]] = []
+
+
+def on_monkey_patch(hook: Callable[[], None], *, start: bool = False) -> None:
+    """Call ``hook()`` (a module's fork hook, say) when gevent monkey-patches this process later: it makes
+    that module's locks, queues and thread-locals anew, with gevent's classes. A ``start`` hook starts a
+    thread: it is called after every other hook and every registered object's fork hook, since starting a
+    thread lets other greenlets run, which must find everything made anew already."""
+    (_patch_starts if start else _patch_hooks).append(hook)
+
+
+def patch_pending() -> bool:
+    """Whether gevent's ``monkey`` is imported here but has not patched ``threading`` (yet): a thread started
+    now would be a real OS thread in a process about to be patched (gunicorn's gevent worker patches right
+    after the fork)."""
+    monkey = sys.modules.get("gevent.monkey")
+    try:
+        return monkey is not None and not monkey.is_module_patched("threading")
+    except Exception:  # another gevent than the one this was written for: assume no patch is coming
+        return False
+
+
+def _on_gevent_event(event: object) -> None:
+    """A ``zope.event`` subscriber: gevent notifies its events to every subscriber (and an exception raised
+    here would stop its ``patch_all`` half-way, so none is)."""
+    if type(event).__name__ != "GeventDidPatchAllEvent":
+        return
+    try:
+        _after_monkey_patch()
+    except Exception:
+        logger.exception("inprocserve could not renew its locks after gevent's monkey.patch_all()")
+
+
+def _after_monkey_patch() -> None:
+    running = sorted(
+        thread.name
+        for thread in threading.enumerate()
+        if thread.name.startswith("inprocserve-") and thread.is_alive() and thread is not threading.current_thread()
+    )
+    if running:
+        # Their locks are in use by real threads: made anew under them, requests would be stranded.
+        logger.error(
+            "gevent's monkey.patch_all() ran after inprocserve had started threads (%s): their locks are real OS "
+            "locks, on which a waiting greenlet blocks every other, and the process may hang. Patch before "
+            "anything builds an inprocserve Server: first thing in the program (or, with gunicorn --preload, "
+            "at the top of gunicorn.conf.py)",
+            ", ".join(running),
+        )
+        return
+    for hook in _patch_hooks:
+        hook()
+    _reset_all()
+    for hook in _patch_starts:
+        hook()
+
+
+def _subscribe_to_gevent() -> None:
+    try:  # installed with gevent; cheap, and it imports no gevent
+        event = importlib.import_module("zope.event")
+    except ImportError:
+        return
+    event.subscribers.append(_on_gevent_event)
+
+
+_subscribe_to_gevent()

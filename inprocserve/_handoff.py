@@ -11,6 +11,8 @@ import os
 import threading
 import time
 
+from . import _fork
+
 __all__ = ["handoff_cost_s"]
 
 _handoff_lock = threading.Lock()
@@ -26,6 +28,7 @@ def _new_lock_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX only
     os.register_at_fork(after_in_child=_new_lock_in_child)
+_fork.on_monkey_patch(_new_lock_in_child)
 
 
 def handoff_cost_s() -> float:

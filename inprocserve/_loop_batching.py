@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from opentelemetry.trace import INVALID_SPAN
 
+from . import _fork
 from ._backend import is_whole_batch
 from ._errors import DeadlineExceededError, RemoteUnavailableError, ServerClosedError
 from ._flag_reader import forbid_waiting_when
@@ -123,6 +124,7 @@ def _forget_loops() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX only
     os.register_at_fork(after_in_child=_forget_loops)
+_fork.on_monkey_patch(_forget_loops)
 
 
 class _LoopState:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import _fork
 from ._call_watchdog import CallWatchdog, Watch
 from ._extras import require
 from ._request import drop_tracebacks
@@ -47,6 +48,16 @@ that close to the server's timeout. A new connection costs a connect (a TLS hand
 only after a second without calls. A server that says its timeout (``Keep-Alive: timeout=5``: Node, Apache,
 nginx when told to) has its connections used up to a second before it (see :func:`_idle_limit`)."""
 _calls = threading.local()  # .watch: the call this thread is making, for the connection to arm with its socket
+
+
+def _gevent_local() -> None:
+    """gevent patched the process after this module was imported: one ``_calls`` per greenlet, not one shared
+    by all the greenlets of the thread (a call's connection armed another call's watch, see _fork)."""
+    global _calls
+    _calls = threading.local()
+
+
+_fork.on_monkey_patch(_gevent_local)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import _fork
 from ._config import ModelConfig, check_model_configs, load_model_config
 from ._config_checks import check_bool
 from ._control import CONTROL_FILENAME, Control, ControlFile
@@ -142,19 +143,46 @@ def _ignore_termination() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+_warm_after_patch = False  # the warm-up of this forked child waits for gevent's patch (see _after_fork_in_child)
+
+
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _warm_after_patch
     _lock = threading.Lock()
+    _warm_after_patch = False
     parent = os.getppid()
     if any(entry.pid == parent and entry.get() is not None for entry in _registered()):
+        if _fork.patch_pending():
+            # gunicorn's gevent worker: it patches the process right after the fork. Started now, the thread
+            # was a real OS thread that built the server while gevent patched it, half with real locks and
+            # half with gevent's, and the server's own threads became greenlets of the warm thread's hub,
+            # which never ran them once it ended: the worker's requests hung. Started once the process is
+            # patched, it is a greenlet like the others. (A process that is never patched builds its
+            # server at its first request, or in the gunicorn hook.)
+            _warm_after_patch = True
+            return
         # Only in direct children of the process that registered. Not a daemon thread: a worker told to
         # stop (SIGTERM) while the thread is inside onnxruntime's session creation would abort at exit;
         # the interpreter's exit waits for it instead (gunicorn's graceful timeout still bounds that).
         threading.Thread(target=warm_worker, name="inprocserve-warm").start()
 
 
+def _gevent_lock() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+def _warm_once_patched() -> None:
+    global _warm_after_patch
+    if _warm_after_patch:
+        _warm_after_patch = False
+        threading.Thread(target=warm_worker, name="inprocserve-warm").start()
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.on_monkey_patch(_gevent_lock)
+_fork.on_monkey_patch(_warm_once_patched, start=True)
 
 
 def check_repository(

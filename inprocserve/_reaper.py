@@ -110,10 +110,18 @@ def _after_fork_in_child() -> None:
     Fork hooks run in the order registered, and _fork's (a server's, that calls start()) before this
     module's: a thread started there on the parent's queue waited on it for good, and the child's clean-ups
     never ran (a dropped server's threads lived on; the child's exit waited _EXIT_WAIT_S for nothing)."""
-    global _starting, _jobs, _pid, _thread
+    global _pid
     if _pid == os.getpid():
         return
     _pid = os.getpid()
+    _start_afresh()
+
+
+def _start_afresh() -> None:
+    """A lock, a queue and no clean-up thread of its own: in a forked child, and once gevent has patched the
+    process (made before it, the queue was a real one, on which the clean-up greenlet blocked every other
+    greenlet of the process for good: see _fork)."""
+    global _starting, _jobs, _thread
     _thread = None
     _starting = threading.Lock()  # (a thread of the parent's may have held it at the fork)
     # The parent's queued clean-ups are the parent's servers: not run here, nor freed (see _fork.keep).
@@ -124,3 +132,4 @@ def _after_fork_in_child() -> None:
 atexit.register(_at_exit)
 if hasattr(os, "register_at_fork"):  # POSIX only
     os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.on_monkey_patch(_start_afresh)

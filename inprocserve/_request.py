@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from . import _fork
 from ._prediction import Prediction, prediction_of
 from ._wake_relay import DONE_WAKING, RELAY
 
@@ -47,6 +48,16 @@ __all__ = [
 QUEUED, RUNNING, DONE, ABANDONED = range(4)
 _log = logging.getLogger(__name__)
 _allocate_lock = threading.Lock
+
+
+def _gevent_locks() -> None:
+    """gevent patched the process after this module was imported: the callers' waiters are its locks now (a
+    real one blocked every greenlet of the process while its caller waited, see _fork)."""
+    global _allocate_lock
+    _allocate_lock = threading.Lock
+
+
+_fork.on_monkey_patch(_gevent_locks)
 
 
 class Route(NamedTuple):

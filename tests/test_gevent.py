@@ -1,0 +1,79 @@
+"""inprocserve under gevent's monkey-patching, applied after inprocserve was imported.
+
+That is what gunicorn's gevent worker does with a ``--preload``'ed app, or with a ``gunicorn.conf.py`` that
+imports ``inprocserve.gunicorn``: the master imports the library, and each worker patches right after the
+fork. Each case runs in a child process of its own (the patch cannot be undone). The real gunicorn case is in
+``integrations/flask/tests/test_gunicorn_gevent.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_PATCHED_AFTER_IMPORT = """
+import json, sys, tempfile
+import numpy as np
+import inprocserve                       # imported first: gunicorn's master, with --preload
+from inprocserve.testing import build_scale_model, save_model
+from gevent import monkey
+monkey.patch_all()                       # then patched: gunicorn's gevent worker, after the fork
+import gevent
+
+repo = tempfile.mkdtemp()
+save_model(build_scale_model(3.0), repo, "scale", 1)
+with inprocserve.Server(repo) as server:
+    def score(i):
+        x = np.full((1, 4), float(i), dtype=np.float32)
+        return float(server.predict("scale", {"x": x})["y"][0, 0])
+
+    requests = [gevent.spawn(score, i) for i in range(50)]
+    gevent.joinall(requests, timeout=30)
+    answers = [request.value for request in requests]
+    version = server.status()["models"]["scale"]["versions"]["1"]
+    print(json.dumps({"answers": answers, "queued_rows": version["queued_rows"], "in_flight": version["in_flight"],
+                      "after": score(7)}))
+"""
+
+
+def test_a_server_built_after_a_late_monkey_patch_answers_concurrent_greenlets() -> None:
+    """50 greenlets predict at once on a server built after ``monkey.patch_all()``, which came after
+    ``import inprocserve``: every one gets its own answer. (Before, the locks and queues made at import were
+    real OS ones: the first greenlet that waited on one blocked the whole process, for good.)"""
+    pytest.importorskip("gevent")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    child = subprocess.run(
+        [sys.executable, "-c", _PATCHED_AFTER_IMPORT], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert child.returncode == 0, child.stderr
+    report = json.loads(child.stdout.splitlines()[-1])
+    assert report["answers"] == [3.0 * i for i in range(50)]
+    assert (report["queued_rows"], report["in_flight"]) == (0, 0)
+    assert report["after"] == 21.0
+
+
+def test_a_late_monkey_patch_with_inprocserve_threads_running_says_to_patch_first() -> None:
+    """A patch that comes once a server runs cannot be made safe (its threads are real ones, holding real
+    locks): the error says what to do instead."""
+    pytest.importorskip("gevent")
+    script = """
+import logging, tempfile
+logging.basicConfig(level=logging.ERROR)
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+repo = tempfile.mkdtemp()
+save_model(build_scale_model(3.0), repo, "scale", 1)
+server = inprocserve.Server(repo)
+from gevent import monkey
+monkey.patch_all()
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    child = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert "monkey.patch_all() ran after inprocserve had started threads" in child.stderr, child.stderr
+    assert "Patch before anything builds an inprocserve Server" in child.stderr
