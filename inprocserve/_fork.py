@@ -158,7 +158,16 @@ def _on_gevent_event(event: object) -> None:
         logger.exception("inprocserve could not renew its locks after gevent's monkey.patch_all()")
 
 
+# The lock class this module's locks were made with: a patch that leaves it as it was (gevent patched before
+# inprocserve was imported, or patches again) has nothing to renew.
+_lock_class = threading.Lock
+
+
 def _after_monkey_patch() -> None:
+    global _lock_class
+    if threading.Lock is _lock_class:
+        return
+    _lock_class = threading.Lock
     running = sorted(
         thread.name
         for thread in threading.enumerate()

@@ -70,6 +70,9 @@ save_model(build_scale_model(3.0), repo, "scale", 1)
 server = inprocserve.Server(repo)
 from gevent import monkey
 monkey.patch_all()
+import os, sys
+sys.stderr.flush()
+os._exit(0)  # (what follows such a patch is what the error warns of: not this test's business)
 """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     child = subprocess.run(
@@ -77,3 +80,31 @@ monkey.patch_all()
     )
     assert "monkey.patch_all() ran after inprocserve had started threads" in child.stderr, child.stderr
     assert "Patch before anything builds an inprocserve Server" in child.stderr
+
+
+def test_patching_again_while_a_server_runs_is_no_alarm_when_it_was_patched_before_import() -> None:
+    """Patched first (the supported order), then patched again by some other code while a server runs:
+    nothing to renew, and no error."""
+    pytest.importorskip("gevent")
+    script = """
+from gevent import monkey
+monkey.patch_all()
+import logging, tempfile
+logging.basicConfig(level=logging.ERROR)
+import numpy as np
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+repo = tempfile.mkdtemp()
+save_model(build_scale_model(3.0), repo, "scale", 1)
+with inprocserve.Server(repo) as server:
+    server.predict("scale", {"x": np.ones((1, 4), np.float32)})
+    monkey.patch_all(subprocess=False)
+    print(server.predict("scale", {"x": np.ones((1, 4), np.float32)})["y"].tolist())
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    child = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "[[3.0, 3.0, 3.0, 3.0]]"
+    assert "monkey.patch_all() ran after" not in child.stderr, child.stderr
