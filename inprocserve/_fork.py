@@ -137,12 +137,16 @@ def on_monkey_patch(hook: Callable[[], None], *, start: bool = False) -> None:
 
 
 def patch_pending() -> bool:
-    """Whether gevent's ``monkey`` is imported here but has not patched ``threading`` (yet): a thread started
-    now would be a real OS thread in a process about to be patched (gunicorn's gevent worker patches right
-    after the fork)."""
+    """Whether this process is about to be monkey-patched by gevent: gunicorn's gevent worker class is loaded
+    (in the master, which forks the workers that patch themselves right after the fork) and ``threading`` is
+    not patched yet. A thread started now would be a real OS thread in a process about to be patched.
+    (gevent's ``monkey`` module alone says nothing: importing ``gevent.pool`` or ``geventhttpclient`` loads it.)
+    """
     monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or "gunicorn.workers.ggevent" not in sys.modules:
+        return False
     try:
-        return monkey is not None and not monkey.is_module_patched("threading")
+        return not monkey.is_module_patched("threading")
     except Exception:  # another gevent than the one this was written for: assume no patch is coming
         return False
 

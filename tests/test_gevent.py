@@ -108,3 +108,45 @@ with inprocserve.Server(repo) as server:
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "[[3.0, 3.0, 3.0, 3.0]]"
     assert "monkey.patch_all() ran after" not in child.stderr, child.stderr
+
+
+_FORKED_WARM_UP = """
+import os, sys, tempfile, time
+{imports}
+import inprocserve
+
+built = tempfile.mktemp()
+inprocserve.build_after_fork(lambda: open(built, "w").write("built"))
+pid = os.fork()
+if pid == 0:
+    {in_child}
+    deadline = time.monotonic() + 10
+    while not os.path.exists(built) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os._exit(0 if os.path.exists(built) else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize(
+    ("imports", "in_child"),
+    [
+        ("import gevent.pool  # (loads gevent.monkey: an app's gevent client, say)", "pass"),
+        ("import gunicorn.workers.ggevent  # (gunicorn's gevent worker class)", "gevent.monkey.patch_all()"),
+    ],
+    ids=["gevent-imported-not-patching", "gunicorn-gevent-worker"],
+)
+def test_a_builder_registered_before_the_fork_runs_in_the_child(imports: str, in_child: str) -> None:
+    """``build_after_fork`` builds in a forked child by itself: at once in a process that only imports gevent,
+    and once the child is patched in gunicorn's gevent worker (started before, the warm-up thread was a real
+    OS thread, and the server's threads greenlets of a hub that never ran)."""
+    pytest.importorskip("gevent")
+    pytest.importorskip("gunicorn")
+    script = _FORKED_WARM_UP.format(imports=f"import gevent.monkey\n{imports}", in_child=in_child)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    child = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "0", child.stderr
