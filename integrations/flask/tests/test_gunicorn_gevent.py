@@ -88,7 +88,12 @@ def test_gevent_workers_of_a_preloaded_app_answer_concurrent_requests(tmp_path: 
             assert [answer["y"] for _, answer in answers] == [[[2.0 * i] * 4] for i in range(40)]
         finally:
             master.terminate()
-            master.wait(timeout=30)
+            try:
+                code = master.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                master.kill()
+                code = master.wait()
     text = log_path.read_text(errors="replace")
+    assert code == 0, text  # every worker exited within the graceful timeout
     assert "WORKER TIMEOUT" not in text, text
     assert "Traceback" not in text, text
