@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -176,7 +177,17 @@ def _warm_once_patched() -> None:
     global _warm_after_patch
     if _warm_after_patch:
         _warm_after_patch = False
-        threading.Thread(target=warm_worker, name="inprocserve-warm").start()
+        threading.Thread(target=_warm_after_a_yield, name="inprocserve-warm").start()
+
+
+def _warm_after_a_yield() -> None:
+    """The warm-up, once the code that patched gets on. The patch event comes inside gunicorn's
+    ``GeventWorker.patch()``, before the worker installs its signal handlers, and a greenlet runs at once
+    when started: building there kept the worker on the master's inherited handlers for the whole build,
+    and a SIGTERM then (a deploy right after a start) was swallowed: the worker served on until the graceful
+    timeout killed it. (gevent's ``time.sleep(0)`` lets every other ready greenlet run first.)"""
+    time.sleep(0)
+    warm_worker()
 
 
 if hasattr(os, "register_at_fork"):

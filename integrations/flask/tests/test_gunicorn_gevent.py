@@ -62,7 +62,7 @@ def test_gevent_workers_of_a_preloaded_app_answer_concurrent_requests(tmp_path: 
     }
     command = [
         sys.executable, "-m", "gunicorn", "--config", str(HERE / "gunicorn_fleet_conf.py"),
-        "--preload", "--worker-class", "gevent", "--workers", "2", "--timeout", "10",
+        "--preload", "--worker-class", "gevent", "--workers", "2", "--timeout", "10", "--graceful-timeout", "10",
         "--bind", base.removeprefix("http://"), "--log-level", "info", "gunicorn_fleet_app:app",
     ]  # fmt: skip
     log_path = tmp_path / "gunicorn.log"
@@ -87,13 +87,18 @@ def test_gevent_workers_of_a_preloaded_app_answer_concurrent_requests(tmp_path: 
             assert [status for status, _ in answers] == [200] * 40, answers
             assert [answer["y"] for _, answer in answers] == [[[2.0 * i] * 4] for i in range(40)]
         finally:
-            master.terminate()
+            master.terminate()  # (right after the answers: a deploy soon after a start)
+            stopping = time.monotonic()
             try:
                 code = master.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 master.kill()
                 code = master.wait()
+            stopped_in_s = time.monotonic() - stopping
     text = log_path.read_text(errors="replace")
-    assert code == 0, text  # every worker exited within the graceful timeout
+    assert code == 0, text
+    # Every worker heard the SIGTERM: none was left to the graceful timeout (10 s). (A worker that built its
+    # server before it installed its signal handlers swallowed it, in about 1 start of 5.)
+    assert stopped_in_s < 8, text
     assert "WORKER TIMEOUT" not in text, text
     assert "Traceback" not in text, text
