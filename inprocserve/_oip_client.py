@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import _fork
+from . import _fork, _stop_signal
 from ._call_watchdog import CallWatchdog, Watch
 from ._extras import require
 from ._request import drop_tracebacks
@@ -53,8 +53,9 @@ _calls = threading.local()  # .watch: the call this thread is making, for the co
 def _gevent_local() -> None:
     """gevent patched the process after this module was imported: one ``_calls`` per greenlet, not one shared
     by all the greenlets of the thread (a call's connection armed another call's watch, see _fork)."""
-    global _calls
+    global _calls, THIS_THREAD
     _calls = threading.local()
+    THIS_THREAD = _stop_signal.THIS_THREAD  # (renewed by its module's hook, which ran before this one)
 
 
 _fork.on_monkey_patch(_gevent_local)

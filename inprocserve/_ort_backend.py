@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _fork
+from . import _fork, _stop_signal
 from ._config import ModelConfig, PoolConfig
 from ._cpu_quota import CpuQuota, current_cpu_quota
 from ._deadlines import Watchdog
@@ -74,6 +74,16 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def _gevent_stop_signal() -> None:
+    """gevent patched the process after this module was imported: read its module's renewed ``THIS_THREAD``,
+    one per greenlet (its module's hook ran before this one: see _stop_signal)."""
+    global _stopping
+    _stopping = _stop_signal.THIS_THREAD
+
+
+_fork.on_monkey_patch(_gevent_stop_signal)
 
 _OPTIMIZATION = {
     "disable": "ORT_DISABLE_ALL",

@@ -40,7 +40,7 @@ import numpy as np
 from opentelemetry import propagate, trace
 from opentelemetry.trace import INVALID_SPAN, Span
 
-from . import _fork
+from . import _fork, _stop_signal
 from ._backend import Backend, whole_batch
 from ._circuit import CircuitBreaker
 from ._errors import (
@@ -64,6 +64,16 @@ from .v2._datatypes import DATATYPES, onnx_of_datatype
 __all__ = ["RemoteBackend", "RemoteSlot", "signature_from_metadata"]
 
 logger = logging.getLogger(__name__)
+
+
+def _gevent_stop_signal() -> None:
+    """gevent patched the process after this module was imported: read its module's renewed ``THIS_THREAD``,
+    one per greenlet (its module's hook ran before this one: see _stop_signal)."""
+    global THIS_THREAD
+    THIS_THREAD = _stop_signal.THIS_THREAD
+
+
+_fork.on_monkey_patch(_gevent_stop_signal)
 
 _E = TypeVar("_E", bound=InprocserveError)
 

@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 
@@ -337,6 +337,16 @@ class _HeldWakes(threading.local):
 
 
 _held = _HeldWakes()
+
+
+def _gevent_held() -> None:
+    """gevent patched the process after this module was imported: ``_held`` of gevent's ``local``, one per
+    greenlet (made before, one per OS thread: every greenlet of the process shared it, see _fork)."""
+    global _held
+    _held = cast(_HeldWakes, type("_HeldWakes", (threading.local,), {"wakes": None})())
+
+
+_fork.on_monkey_patch(_gevent_held)
 
 
 def wake_after_batch(wake: Callable[[], None]) -> bool:

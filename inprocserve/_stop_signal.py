@@ -19,6 +19,9 @@ import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
+
+from . import _fork
 
 __all__ = ["THIS_THREAD", "StopSignal", "stop_with"]
 
@@ -67,7 +70,20 @@ class _Local(threading.local):
 
 THIS_THREAD = _Local()
 """``THIS_THREAD.signal``: the signal that may stop runs on the reading thread (``None``: none may be stopped
-early). An attribute to read, not a function to call: every onnxruntime run reads it."""
+early). An attribute to read, not a function to call: every onnxruntime run reads it. Its readers import it
+by name, so each renews its own name when gevent patches the process (see :func:`_gevent_local`)."""
+
+
+def _gevent_local() -> None:
+    """gevent patched the process after this module was imported: ``THIS_THREAD`` of gevent's ``local``, one
+    per greenlet. Made before, it was one per OS thread, shared by every greenlet: the shadow thread's signal,
+    set for the whole of its life, was every request's, and once two shadowed servers had closed, a stopped
+    one was left there for good: every later run of the process failed at once as closed (see _fork)."""
+    global THIS_THREAD
+    THIS_THREAD = cast(_Local, type("_Local", (threading.local,), {"signal": None})())
+
+
+_fork.on_monkey_patch(_gevent_local)
 
 
 @contextmanager

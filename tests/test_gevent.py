@@ -150,3 +150,50 @@ def test_a_builder_registered_before_the_fork_runs_in_the_child(imports: str, in
     )
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "0", child.stderr
+
+
+_SHADOWS_CLOSED_IN_TURN = """
+import tempfile
+import numpy as np
+import inprocserve                       # imported first: gunicorn's master, with --preload
+from inprocserve.testing import build_scale_model, save_model
+from gevent import monkey
+monkey.patch_all()
+import gevent
+
+repo = tempfile.mkdtemp()
+save_model(build_scale_model(3.0), repo, "scale", 1)
+save_model(build_scale_model(3.0), repo, "scale", 2)
+config = inprocserve.ModelConfig(
+    rollout=inprocserve.RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
+    version_policy=inprocserve.VersionPolicy.all(),
+)
+x = np.ones((1, 4), np.float32)
+first, second = (inprocserve.Server(repo, config=config, shadow_budget=1.0) for _ in range(2))
+for server in (first, second):
+    server.predict("scale", {"x": x})
+    gevent.sleep(0.2)                    # its shadow greenlet starts, and waits for the next copy
+first.close()
+second.close()
+with inprocserve.Server(repo) as third:
+    print(third.predict("scale", {"x": x})["y"].tolist())
+"""
+
+
+def test_shadow_greenlets_leave_no_stop_signal_to_other_greenlets_after_a_late_monkey_patch() -> None:
+    """Two shadowed servers built after a late patch, closed in the order they were built, then a third
+    server answers. (Before, the stop-signal thread-local made at import was one per OS thread, shared by
+    every greenlet: each shadow greenlet's signal was every request's, and the first server's, stopped, was
+    left there for good: the third server's versions failed to load, every run stopped as closed.)"""
+    pytest.importorskip("gevent")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    child = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _SHADOWS_CLOSED_IN_TURN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "[[3.0, 3.0, 3.0, 3.0]]", child.stderr
