@@ -98,6 +98,12 @@ def _warn_if_onnxruntime_is_imported() -> None:
         "use, with EAGER, or with the gunicorn post_worker_init hook), and import nothing that imports "
         "onnxruntime in the process that forks them. (Logged once per process.)"
     )
+    _say_error(message)
+
+
+def _say_error(message: str) -> None:
+    """Log ``message`` as an error, or write it to stderr where nothing would show it: the package's
+    NullHandler keeps logging's last resort from doing so."""
     if _handled(logger):
         logger.error("%s", message)
     elif logger.isEnabledFor(logging.ERROR) and sys.stderr is not None:
@@ -179,12 +185,12 @@ def _after_monkey_patch() -> None:
     )
     if running:
         # Their locks are in use by real threads: made anew under them, requests would be stranded.
-        logger.error(
-            "gevent's monkey.patch_all() ran after inprocserve had started threads (%s): their locks are real OS "
-            "locks, on which a waiting greenlet blocks every other, and the process may hang. Patch before "
-            "anything builds an inprocserve Server: first thing in the program (or, with gunicorn --preload, "
-            "at the top of gunicorn.conf.py)",
-            ", ".join(running),
+        # (said on stderr where logging is not set up: a script or worker that patches late seldom set it up)
+        _say_error(
+            f"gevent's monkey.patch_all() ran after inprocserve had started threads ({', '.join(running)}): their "
+            "locks are real OS locks, on which a waiting greenlet blocks every other, and the process may hang. "
+            "Patch before anything builds an inprocserve Server: first thing in the program (or, with gunicorn "
+            "--preload, at the top of gunicorn.conf.py)"
         )
         return
     for hook in _patch_hooks:

@@ -56,13 +56,15 @@ def test_a_server_built_after_a_late_monkey_patch_answers_concurrent_greenlets()
     assert report["after"] == 21.0
 
 
-def test_a_late_monkey_patch_with_inprocserve_threads_running_says_to_patch_first() -> None:
+@pytest.mark.parametrize("logging_setup", ["logging.basicConfig(level=logging.ERROR)", "pass"], ids=["logging", "none"])
+def test_a_late_monkey_patch_with_inprocserve_threads_running_says_to_patch_first(logging_setup: str) -> None:
     """A patch that comes once a server runs cannot be made safe (its threads are real ones, holding real
-    locks): the error says what to do instead."""
+    locks): the error says what to do instead, on stderr too where logging is not set up (before, the
+    package's NullHandler kept it from showing anywhere)."""
     pytest.importorskip("gevent")
-    script = """
+    script = f"""
 import logging, tempfile
-logging.basicConfig(level=logging.ERROR)
+{logging_setup}
 import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 repo = tempfile.mkdtemp()
