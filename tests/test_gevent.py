@@ -135,14 +135,18 @@ print(os.waitstatus_to_exitcode(status))
     ("imports", "in_child"),
     [
         ("import gevent.pool  # (loads gevent.monkey: an app's gevent client, say)", "pass"),
-        ("import gunicorn.workers.ggevent  # (gunicorn's gevent worker class)", "gevent.monkey.patch_all()"),
+        (
+            "import gunicorn.workers.ggevent  # (gunicorn's gevent worker class)",
+            "gevent.monkey.patch_all(); os.path.exists(built) and os._exit(4)",
+        ),
     ],
     ids=["gevent-imported-not-patching", "gunicorn-gevent-worker"],
 )
 def test_a_builder_registered_before_the_fork_runs_in_the_child(imports: str, in_child: str) -> None:
     """``build_after_fork`` builds in a forked child by itself: at once in a process that only imports gevent,
     and once the child is patched in gunicorn's gevent worker (started before, the warm-up thread was a real
-    OS thread, and the server's threads greenlets of a hub that never ran)."""
+    OS thread, and the server's threads greenlets of a hub that never ran), not before ``patch_all()``
+    returns (built inside it, before gunicorn installed its signal handlers, a SIGTERM then was swallowed)."""
     pytest.importorskip("gevent")
     pytest.importorskip("gunicorn")
     script = _FORKED_WARM_UP.format(imports=f"import gevent.monkey\n{imports}", in_child=in_child)
