@@ -192,7 +192,17 @@ class Inprocserve:
 
     @staticmethod
     def warm(app: Flask) -> None:
-        """Build and warm the app's server in this process now (for a process that does not fork)."""
+        """Build and warm the app's server in this process now (for a process that does not fork).
+
+        Under ``flask run`` with its reloader (``--debug``, ``--reload``) the app is loaded by two processes:
+        the one that watches the files, which never serves, and the child it starts (again after each code
+        change), which serves. Only the child builds; in the watcher this does nothing.
+        """
+        if _is_reloader_watcher():
+            # (it loaded every model and held them, and the server's threads, for as long as the development
+            # server ran: twice the memory of the models, for a process that answers no request)
+            logger.info("inprocserve: not built in the reloader's file watcher; the process that serves builds it")
+            return
         app.extensions[_EXTENSION].server  # noqa: B018 - the property builds it
 
     @staticmethod
@@ -201,6 +211,26 @@ class Inprocserve:
         state = app.extensions.get(_EXTENSION)
         if state is not None:
             state.close()
+
+
+def _is_reloader_watcher() -> bool:
+    """Whether this process is the file watcher of ``flask run``'s reloader: it loads the app (as ``flask
+    run`` does before it starts the server), then only starts and restarts a child that loads it again and
+    serves. ``app.run(debug=True)`` from a script cannot be told apart when the app is loaded (the script
+    loads it before it calls ``run``): see docs/flask.md."""
+    from werkzeug.serving import is_running_from_reloader
+
+    if is_running_from_reloader():  # the child that serves
+        return False
+    import click
+    from flask.cli import run_command
+    from flask.helpers import get_debug_flag
+
+    context = click.get_current_context(silent=True)
+    if context is None or context.command is not run_command:
+        return False
+    reload = context.params.get("reload")
+    return bool(get_debug_flag() if reload is None else reload)  # (flask run's own default: on with --debug)
 
 
 def _check_settings(config: Mapping[str, Any]) -> None:
