@@ -20,10 +20,12 @@ import atexit
 import logging
 import os
 import queue
+import signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _fork
 
@@ -91,6 +93,37 @@ def _run(jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | t
 def _at_exit() -> None:
     global _exiting
     _exiting = True
+    try:
+        _clean_up_at_exit()
+    except (KeyboardInterrupt, SystemExit) as interruption:
+        _exit_now(interruption)
+
+
+def _exit_now(interruption: KeyboardInterrupt | SystemExit) -> NoReturn:
+    """Interrupted while the exit's clean-up waits for the servers' threads (Ctrl-C again, as the first one's
+    exit drained the queued requests; or gunicorn's quit signal, whose handler raises ``SystemExit``): leave
+    now, as asked, and do not finalize the interpreter. With those threads still inside onnxruntime, that
+    aborted the process: "terminate called without an active exception", SIGABRT, a core dump."""
+    if isinstance(interruption, SystemExit):
+        code = interruption.code
+        status = code if isinstance(code, int) else (0 if code is None else 1)
+    else:
+        status = 128 + signal.SIGINT  # 130: what a shell reports for a command ended by Ctrl-C
+    try:
+        logger.warning(
+            "interrupted while closing inprocserve's servers at exit: exiting now (status %d), without waiting "
+            "for the requests still running",
+            status,
+        )
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except BaseException:  # (interrupted again, or a closed stream: leave all the same)
+        pass
+    os._exit(status)
+
+
+def _clean_up_at_exit() -> None:
     for finalizer in reversed(_watched[:]):  # (newest first, as weakref.finalize's hook would)
         try:
             finalizer()

@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
+import signal
 import subprocess
+import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import pytest
 
 import inprocserve
 from inprocserve import DriftConfig, InMemoryFlags, ModelConfig
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .conftest import run_python, wait_until
 
@@ -269,3 +273,49 @@ def test_a_server_dropped_in_a_forked_child_is_cleaned_up_there() -> None:
     threads_left, (child_exit, child_s) = int(result.stdout.split()[0]), map(int, result.stdout.split()[1:])
     assert (threads_left, child_exit) == (0, 0), result.stderr
     assert child_s < 10
+
+
+_CTRL_C_WHILE_THE_EXIT_DRAINS = """
+import sys, threading, time
+import numpy as np
+import inprocserve
+server = inprocserve.Server(sys.argv[1])  # never closed: the exit closes it, and answers what is queued first
+rows = np.ones((512, 4), np.float32)
+
+def client():
+    while True:
+        try:
+            server.predict("mlp", {"x": rows})
+        except inprocserve.InprocserveError:  # (queue full; closed at exit)
+            time.sleep(0.01)
+
+for _ in range(8):
+    threading.Thread(target=client, daemon=True).start()  # a development server's request threads
+time.sleep(1.5)
+print("exiting", flush=True)
+"""
+
+
+def test_ctrl_c_while_the_exit_answers_the_queued_requests_exits_at_once_without_aborting(tmp_path: Path) -> None:
+    # Ctrl-C ends `flask run` (or a script); the exit then answers the requests still queued, which takes a while
+    # under load, and the user presses Ctrl-C again. That interrupted the exit's wait for the server's threads,
+    # and the interpreter finalized with them inside onnxruntime: "terminate called without an active
+    # exception", SIGABRT, a core dump. It now leaves at once with status 130, as a Ctrl-C'd command does.
+    save_model(build_mlp_model((4, 2048, 2048, 2048, 4), softmax=False), tmp_path / "models", "mlp")
+    process = subprocess.Popen(
+        [sys.executable, "-c", _CTRL_C_WHILE_THE_EXIT_DRAINS, str(tmp_path / "models")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # (as a terminal's foreground job has it)
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "exiting\n"
+        time.sleep(0.05)  # the main thread has ended: the exit is answering the queued requests
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert "terminate called" not in stderr and process.returncode == 130, (process.returncode, stderr)
