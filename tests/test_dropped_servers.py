@@ -276,7 +276,8 @@ def test_a_server_dropped_in_a_forked_child_is_cleaned_up_there() -> None:
 
 
 _CTRL_C_WHILE_THE_EXIT_DRAINS = """
-import sys, threading, time
+import signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (as a terminal's foreground job has it)
 import numpy as np
 import inprocserve
 server = inprocserve.Server(sys.argv[1])  # never closed: the exit closes it, and answers what is queued first
@@ -308,7 +309,6 @@ def test_ctrl_c_while_the_exit_answers_the_queued_requests_exits_at_once_without
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # (as a terminal's foreground job has it)
     )
     try:
         assert process.stdout is not None and process.stdout.readline() == "exiting\n"
