@@ -118,9 +118,15 @@ def _exit_now(interruption: KeyboardInterrupt | SystemExit) -> NoReturn:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
+        if isinstance(interruption, KeyboardInterrupt) and os.name == "posix":  # (Windows: os.kill terminates)
+            # Ended by SIGINT itself, as Python ends a process whose Ctrl-C nobody caught: a shell running it
+            # in a loop or a script stops there (it goes on after a command that exits 130 of its own accord),
+            # and a supervisor sees a process stopped by a signal (systemd: a clean stop), not one that failed.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
     except BaseException:  # (interrupted again, or a closed stream: leave all the same)
         pass
-    os._exit(status)
+    os._exit(status)  # (SIGINT blocked on this thread: the status a shell shows for a command ended by Ctrl-C)
 
 
 def _clean_up_at_exit() -> None:
