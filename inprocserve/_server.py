@@ -1155,9 +1155,10 @@ def _close_unclosed(
     """Last-resort cleanup when a Server is garbage-collected or the interpreter exits unclosed (a web
     worker's server, that nothing closes, at the worker's exit), on :mod:`._reaper`'s thread (at exit, on the
     main thread): it takes the server's locks and joins its threads, which the thread the collector ran on
-    may hold or be. The hot-reload poller and the control-file watcher are stopped first, and waited for:
-    either may be building a version's sessions, and onnxruntime aborts the process at exit
-    (``std::terminate``, SIGABRT) if a thread is still inside it then. The shadow run in flight is stopped,
+    may hold or be. The hot-reload poller and the control-file watcher are stopped first, and waited for, and
+    so is a load on another thread (see :func:`_loads_finished`): any may be building a version's sessions,
+    and onnxruntime aborts the process at exit (``std::terminate``, SIGABRT) if a thread is still inside it
+    then. The shadow run in flight is stopped,
     not waited out (nobody waits for its answer); should its thread still be inside a session after the
     wait, the sessions are left to the process's end rather than closed under it."""
     registry, operations = registry_ref(), operations_ref()
@@ -1174,6 +1175,8 @@ def _close_unclosed(
         logger.error("the hot-reload thread is still loading a version after %gs; exiting anyway", _EXIT_WAIT_S)
     if operations is not None and not operations.join_watcher(timeout_s=max(0.0, deadline - time.monotonic())):
         logger.error("the control-file thread is still applying a revision after %gs; exiting anyway", _EXIT_WAIT_S)
+    if registry is not None and not _loads_finished(registry, deadline):
+        logger.error("a model is still loading after %gs; exiting anyway", _EXIT_WAIT_S)
     if shadow.close():
         close_versions(loaded)
     else:
@@ -1184,6 +1187,18 @@ def _close_unclosed(
     METRICS.remove_source(gauge)
     for sharing in sharings:
         sharing.close()
+
+
+def _loads_finished(registry: Registry, deadline: float) -> bool:
+    """Wait until ``deadline`` for a load running on another thread than the poller's: the server's own
+    construction, on whatever thread built it (the plug-ins' lazy build: a request's thread, a daemon under
+    the development server), or :meth:`Server.load`. Every load holds the registry's lock, and none starts
+    once the poller is stopped; exiting while one was inside onnxruntime's session creation aborted the
+    process ("terminate called without an active exception", SIGABRT), a Ctrl-C during the first request."""
+    if not registry.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        return False
+    registry.lock.release()
+    return True
 
 
 def _no_values(batch: Any, names: Collection[str]) -> bool:

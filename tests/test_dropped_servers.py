@@ -320,3 +320,36 @@ def test_ctrl_c_while_the_exit_answers_the_queued_requests_exits_at_once_without
         process.kill()
         process.wait()
     assert "terminate called" not in stderr and process.returncode == -signal.SIGINT, (process.returncode, stderr)
+
+
+_EXIT_WHILE_A_REQUEST_THREAD_BUILDS_THE_SERVER = """
+import sys, threading
+import onnxruntime
+import inprocserve
+
+creating = threading.Event()
+
+class Session(onnxruntime.InferenceSession):  # (only to know when the load is inside onnxruntime)
+    def __init__(self, *args, **kwargs):
+        creating.set()
+        super().__init__(*args, **kwargs)
+
+onnxruntime.InferenceSession = Session
+# The first request builds the server (the Flask plug-in without warm): on a development server's request
+# thread, a daemon. Ctrl-C now: the main thread ends while that thread is loading the model.
+threading.Thread(target=inprocserve.Server, args=(sys.argv[1],), daemon=True).start()
+creating.wait(60)
+"""
+
+
+def test_exiting_while_a_request_thread_builds_the_server_waits_for_the_load_instead_of_aborting(
+    tmp_path: Path,
+) -> None:
+    # The exit's clean-up waited for the hot-reload poller's load, not for one on another thread (the server's
+    # construction on a request's thread, Server.load): the interpreter finalized with that thread inside
+    # onnxruntime's session creation, "terminate called without an active exception", SIGABRT (a single Ctrl-C
+    # during the first request of `flask run`, every other time). Every load holds the registry's lock: the
+    # clean-up now waits for it, as it waits for the poller.
+    save_model(build_mlp_model((4, 2048, 2048, 2048, 4), softmax=False), tmp_path / "models", "mlp")
+    result = run_python(_EXIT_WHILE_A_REQUEST_THREAD_BUILDS_THE_SERVER, str(tmp_path / "models"), timeout_s=60)
+    assert "terminate called" not in result.stderr and result.returncode == 0, (result.returncode, result.stderr)
