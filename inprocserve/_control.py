@@ -511,9 +511,8 @@ def _reset_started_at() -> None:
     _started_at = time.time()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_started_at)
-    os.register_at_fork(after_in_child=_reset_thread_locks)
+_fork.at_fork_in_child(_reset_started_at)
+_fork.at_fork_in_child(_reset_thread_locks)
 _fork.on_monkey_patch(_reset_thread_locks)
 
 

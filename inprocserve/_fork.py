@@ -21,6 +21,10 @@ again). So when gevent reports that it patched this process (its ``GeventDidPatc
 ``zope.event``, which gevent depends on), the fork hooks run again (:func:`on_monkey_patch`): everything
 starts afresh with gevent's primitives, as in a forked child. Nothing may run yet then; a process whose
 inprocserve threads are already running is left alone, with an error saying to patch first.
+
+uWSGI forks its workers from C and, unless given ``--py-call-osafterfork``, runs none of Python's fork
+hooks in them: every hook of the package is registered with :func:`at_fork_in_child`, which also runs it
+from uWSGI's post-fork hook (see :func:`_hook_uwsgi`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["ForkAware", "keep", "on_monkey_patch", "patch_pending", "register"]
+__all__ = ["ForkAware", "at_fork_in_child", "keep", "on_monkey_patch", "patch_pending", "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +128,74 @@ def _handled(log: logging.Logger) -> bool:
     return False
 
 
+# -- the hooks run in a forked child, by Python or by uWSGI --------------------------------------------------
+
+_imported_in = os.getpid()
+_hooks_ran_in: int | None = None  # the pid whose after-fork hooks ran (Python's or uWSGI's)
+_child_hooks: list[Callable[[], None]] = []
+
+
+def _note_hooks_ran() -> None:
+    global _hooks_ran_in
+    _hooks_ran_in = os.getpid()
+
+
+def at_fork_in_child(hook: Callable[[], None]) -> None:
+    """``os.register_at_fork(after_in_child=hook)``, and the same in a uWSGI worker, where Python's fork
+    hooks do not run; in the order registered, once per child, as Python runs them."""
+    _child_hooks.append(hook)
+    if hasattr(os, "register_at_fork"):  # POSIX only
+        os.register_at_fork(after_in_child=hook)
+
+
+def _after_uwsgi_fork() -> None:
+    """uWSGI's post-fork hook: run the package's after-fork hooks here unless Python ran them already
+    (``--py-call-osafterfork``), or this is the process that imported the package (a worker that was not
+    forked: uWSGI calls the hook in it too, without ``--master``)."""
+    if os.getpid() == _imported_in:
+        return
+    if "onnxruntime" in sys.modules:  # (imported by the master: the worker has run no code of its own yet)
+        _say_error(
+            f"uWSGI worker {os.getpid()} was forked from a master that had imported onnxruntime: it will hang "
+            "or abort (SIGABRT) when it exits (a reload, max-requests, a stop). onnxruntime was imported, or an "
+            "inprocserve Server built (for example Inprocserve.warm(app) at import time of the app), in the "
+            "master: build servers in the workers instead (lazily on first use, or with EAGER), or run uWSGI "
+            "with --lazy-apps."
+        )
+    if _hooks_ran_in == os.getpid():  # (Python ran them: --py-call-osafterfork)
+        return
+    _note_hooks_ran()
+    for hook in list(_child_hooks):
+        hook()
+
+
+def _hook_uwsgi() -> None:
+    """Under uWSGI, have it call :func:`_after_uwsgi_fork` in each worker it forks. Without it a worker
+    forked from a master that loaded the app (uWSGI's default, without ``--lazy-apps``) kept whatever
+    the master made as it was: ``EAGER`` never built the server there (the first request did, taking the
+    model's load and warm-up), and objects made in the master kept locks and threads of the master's."""
+    try:  # (by name: the stubs, types-uWSGI, may or may not be installed)
+        uwsgi: Any = importlib.import_module("uwsgi")  # (importable only inside a uWSGI process)
+    except ImportError:
+        return
+    try:
+        importlib.import_module("uwsgidecorators").postfork(_after_uwsgi_fork)  # (the chain all users share)
+    except ImportError:  # uWSGI without its Python module: chain any hook already set
+        previous = getattr(uwsgi, "post_fork_hook", None)
+
+        def chained() -> None:
+            if previous is not None:
+                previous()
+            _after_uwsgi_fork()
+
+        uwsgi.post_fork_hook = chained
+
+
 if hasattr(os, "register_at_fork"):  # POSIX only
-    os.register_at_fork(before=_warn_if_onnxruntime_is_imported, after_in_child=_reset_all)
+    # (the first of the package's hooks: the others are registered by modules that import this one)
+    os.register_at_fork(before=_warn_if_onnxruntime_is_imported, after_in_child=_note_hooks_ran)
+at_fork_in_child(_reset_all)
+_hook_uwsgi()
 
 
 # -- gevent's monkey-patching (see the module's docstring) ---------------------------------------------------

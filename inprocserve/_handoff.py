@@ -7,7 +7,6 @@ come; status reports it.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -26,8 +25,7 @@ def _new_lock_in_child() -> None:
     _handoff_lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):  # POSIX only
-    os.register_at_fork(after_in_child=_new_lock_in_child)
+_fork.at_fork_in_child(_new_lock_in_child)
 _fork.on_monkey_patch(_new_lock_in_child)
 
 

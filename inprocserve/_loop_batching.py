@@ -51,7 +51,6 @@ import asyncio
 import contextvars
 import functools
 import logging
-import os
 import threading
 import time
 import weakref
@@ -122,8 +121,7 @@ def _forget_loops() -> None:
     _generation += 1
 
 
-if hasattr(os, "register_at_fork"):  # POSIX only
-    os.register_at_fork(after_in_child=_forget_loops)
+_fork.at_fork_in_child(_forget_loops)
 _fork.on_monkey_patch(_forget_loops)
 
 

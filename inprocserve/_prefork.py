@@ -190,8 +190,7 @@ def _warm_after_a_yield() -> None:
     warm_worker()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.at_fork_in_child(_after_fork_in_child)
 _fork.on_monkey_patch(_gevent_lock)
 _fork.on_monkey_patch(_warm_once_patched, start=True)
 

@@ -169,6 +169,5 @@ def _start_afresh() -> None:
 
 
 atexit.register(_at_exit)
-if hasattr(os, "register_at_fork"):  # POSIX only
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.at_fork_in_child(_after_fork_in_child)
 _fork.on_monkey_patch(_start_afresh)

@@ -1,0 +1,126 @@
+"""The Flask plug-in under a real uWSGI (``pip install pyuwsgi``, in the dev extra), 2 workers on 127.0.0.1.
+
+uWSGI loads the app in its master and forks the workers from C: Python's fork hooks do not run there
+unless ``--py-call-osafterfork`` is given. The package runs them from uWSGI's post-fork hook instead, so
+``EAGER`` builds each worker's server right after the fork, as under gunicorn ``--preload``.
+``INPROCSERVE_TEST_UWSGI`` names a uwsgi program to use instead of the one installed next to Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inprocserve.testing import build_scale_model, save_model
+
+HERE = Path(__file__).parent
+UWSGI = os.environ.get("INPROCSERVE_TEST_UWSGI") or shutil.which("uwsgi", path=str(Path(sys.executable).parent))
+
+pytestmark = pytest.mark.skipif(
+    UWSGI is None, reason="uWSGI is not installed next to this Python (pip install pyuwsgi; it is in the dev extra)"
+)
+
+
+class Uwsgi:
+    """A uWSGI master with 2 workers; its log goes to a file (a pipe could fill and block it)."""
+
+    def __init__(self, tmp_path: Path, *extra: str, warm_in_master: bool = False) -> None:
+        repository = tmp_path / "models"
+        save_model(build_scale_model(2.0), repository, "scale", 1)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        env = {
+            **os.environ,
+            "INPROCSERVE_TEST_REPOSITORY": str(repository),
+            "INPROCSERVE_TEST_WARM_IN_MASTER": "1" if warm_in_master else "0",
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        }
+        command = [
+            str(UWSGI), "--http-socket", self.base.removeprefix("http://"), "--master", "--processes", "2",
+            "--module", "uwsgi_flask_app:app", "--need-app", "--die-on-term", "--disable-logging", *extra,
+        ]  # fmt: skip
+        self.log_path = tmp_path / "uwsgi.log"
+        self._log = open(self.log_path, "wb")  # closed in stop()
+        self.process = subprocess.Popen(
+            command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=HERE, start_new_session=True
+        )
+
+    def call(self, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        call = urllib.request.Request(f"{self.base}{path}", data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(call, timeout=30) as response:
+            return json.loads(response.read())
+
+    def workers(self, until: Any, timeout_s: float = 10.0) -> dict[int, dict[str, Any]]:
+        """Ask /worker (which builds nothing) until both workers answered and ``until(answers)`` holds."""
+        seen: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(seen) < 2 or not until(seen):
+            assert self.process.poll() is None, self.log()
+            if time.monotonic() > deadline:
+                return seen
+            try:
+                answer = self.call("/worker")
+                seen[answer["pid"]] = answer
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        return seen
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # (the whole group: the test is not about the stop)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)
+        self._log.close()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Any]:
+    started: list[Uwsgi] = []
+
+    def start(*extra: str, warm_in_master: bool = False) -> Uwsgi:
+        started.append(Uwsgi(tmp_path, *extra, warm_in_master=warm_in_master))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.mark.parametrize("extra", [[], ["--py-call-osafterfork"]], ids=["uwsgi-default", "py-call-osafterfork"])
+def test_eager_builds_every_uwsgi_worker_after_the_fork_before_any_request(start: Any, extra: list[str]) -> None:
+    server = start(*extra)
+    workers = server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
+    assert len(workers) == 2 and all(worker["built"] for worker in workers.values()), (workers, server.log())
+    assert all(worker["hooks_run"] == 1 for worker in workers.values()), workers  # once, whoever ran them
+    answers = [server.call("/score", {"rows": [[1.0, 2.0, 3.0, 4.0]]}) for _ in range(6)]
+    assert all(answer["y"] == [[2.0, 4.0, 6.0, 8.0]] for answer in answers)
+    assert "onnxruntime" not in server.log()  # (nothing said: the master never imported it)
+
+
+def test_a_uwsgi_master_that_imported_onnxruntime_is_named_in_each_worker(start: Any) -> None:
+    server = start(warm_in_master=True)
+    server.workers(until=lambda seen: True)
+    deadline = time.monotonic() + 10
+    while server.log().count("was forked from a master that had imported onnxruntime") < 2:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    assert "--lazy-apps" in server.log()
