@@ -38,7 +38,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["ForkAware", "at_fork_in_child", "keep", "on_monkey_patch", "patch_pending", "register"]
+__all__ = ["ForkAware", "at_fork_in_child", "keep", "on_monkey_patch", "patch_pending", "register", "uwsgi_without_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,34 @@ def _after_uwsgi_fork() -> None:
     _note_hooks_ran()
     for hook in list(_child_hooks):
         hook()
+
+
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def uwsgi_without_threads() -> str | None:
+    """Under a uWSGI that runs no Python thread while a worker waits for a request, what to change; else None.
+
+    uWSGI before 2.0.27 starts Python with threads off unless given ``--enable-threads`` or ``--threads``:
+    its workers then hold the GIL while they wait for a connection, so a thread of the app runs only while
+    a request is being served. A worker's ``EAGER`` warm-up thread never finished: /ready answered 503
+    ("warming") for good, each probe giving it a moment (uWSGI 2.0.23, 2 workers, 13 s after the start)."""
+    try:
+        uwsgi: Any = importlib.import_module("uwsgi")
+    except ImportError:
+        return None
+    if tuple(getattr(uwsgi, "version_info", (0,))[:3]) >= (2, 0, 27):  # (threads on by default since)
+        return None
+    options = getattr(uwsgi, "opt", {})
+    enabled = options.get("enable-threads", False)
+    if isinstance(enabled, bytes):
+        enabled = enabled.decode(errors="replace")
+    if "threads" in options or (enabled is True or (isinstance(enabled, str) and enabled.lower() not in _FALSE)):
+        return None
+    return (
+        "uWSGI runs with Python threads off, so inprocserve's background threads run only while a request is "
+        "served: start uWSGI with --enable-threads (or --threads N), or use uWSGI 2.0.27 or later"
+    )
 
 
 def _hook_uwsgi() -> None:

@@ -83,7 +83,14 @@ def build_after_fork(build: Callable[[], object], *, background: bool = True) ->
         build: Builds and warms this process's server(s).
         background: Start ``build`` on a thread in each forked child automatically. With ``False`` only
             :func:`warm_worker` (for example the gunicorn hook) runs it.
+
+    Raises:
+        ConfigurationError: ``background`` under a uWSGI that runs Python threads only during requests
+            (before 2.0.27, without ``--enable-threads`` or ``--threads``): the thread would never finish.
     """
+    problem = _fork.uwsgi_without_threads() if background else None
+    if problem is not None:  # (the build thread would never finish: fail the app's start instead)
+        raise ConfigurationError(f"EAGER builds each worker's server on a thread after the fork; {problem}")
     pid = os.getpid() if background else -1
     with _lock:
         for entry in _registered():

@@ -3,7 +3,9 @@
 uWSGI loads the app in its master and forks the workers from C: Python's fork hooks do not run there
 unless ``--py-call-osafterfork`` is given. The package runs them from uWSGI's post-fork hook instead, so
 ``EAGER`` builds each worker's server right after the fork, as under gunicorn ``--preload``.
-``INPROCSERVE_TEST_UWSGI`` names a uwsgi program to use instead of the one installed next to Python.
+``INPROCSERVE_TEST_UWSGI`` names a uwsgi program to use instead of the one installed next to Python;
+``INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27`` one older than 2.0.27, which runs Python threads off by default
+(soak only: it is compiled, ``pip install uwsgi==2.0.23`` in a virtual environment of its own).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from inprocserve.testing import build_scale_model, save_model
 
 HERE = Path(__file__).parent
 UWSGI = os.environ.get("INPROCSERVE_TEST_UWSGI") or shutil.which("uwsgi", path=str(Path(sys.executable).parent))
+OLD_UWSGI = os.environ.get("INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27")
 
 pytestmark = pytest.mark.skipif(
     UWSGI is None, reason="uWSGI is not installed next to this Python (pip install pyuwsgi; it is in the dev extra)"
@@ -37,7 +40,7 @@ pytestmark = pytest.mark.skipif(
 class Uwsgi:
     """A uWSGI master with 2 workers; its log goes to a file (a pipe could fill and block it)."""
 
-    def __init__(self, tmp_path: Path, *extra: str, warm_in_master: bool = False) -> None:
+    def __init__(self, tmp_path: Path, *extra: str, warm_in_master: bool = False, program: str | None = None) -> None:
         repository = tmp_path / "models"
         save_model(build_scale_model(2.0), repository, "scale", 1)
         with socket.socket() as sock:
@@ -50,7 +53,7 @@ class Uwsgi:
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         }
         command = [
-            str(UWSGI), "--http-socket", self.base.removeprefix("http://"), "--master", "--processes", "2",
+            program or str(UWSGI), "--http-socket", self.base.removeprefix("http://"), "--master", "--processes", "2",
             "--module", "uwsgi_flask_app:app", "--need-app", "--die-on-term", "--disable-logging", *extra,
         ]  # fmt: skip
         self.log_path = tmp_path / "uwsgi.log"
@@ -96,8 +99,8 @@ class Uwsgi:
 def start(tmp_path: Path) -> Iterator[Any]:
     started: list[Uwsgi] = []
 
-    def start(*extra: str, warm_in_master: bool = False) -> Uwsgi:
-        started.append(Uwsgi(tmp_path, *extra, warm_in_master=warm_in_master))
+    def start(*extra: str, warm_in_master: bool = False, program: str | None = None) -> Uwsgi:
+        started.append(Uwsgi(tmp_path, *extra, warm_in_master=warm_in_master, program=program))
         return started[-1]
 
     yield start
@@ -105,7 +108,11 @@ def start(tmp_path: Path) -> Iterator[Any]:
         server.stop()
 
 
-@pytest.mark.parametrize("extra", [[], ["--py-call-osafterfork"]], ids=["uwsgi-default", "py-call-osafterfork"])
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--py-call-osafterfork"], ["--py-call-uwsgi-fork-hooks"]],
+    ids=["uwsgi-default", "py-call-osafterfork", "py-call-uwsgi-fork-hooks"],
+)
 def test_eager_builds_every_uwsgi_worker_after_the_fork_before_any_request(start: Any, extra: list[str]) -> None:
     server = start(*extra)
     workers = server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
@@ -124,3 +131,19 @@ def test_a_uwsgi_master_that_imported_onnxruntime_is_named_in_each_worker(start:
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.1)
     assert "--lazy-apps" in server.log()
+
+
+@pytest.mark.skipif(OLD_UWSGI is None, reason="soak only: set INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27 to a uwsgi < 2.0.27")
+@pytest.mark.parametrize(
+    "extra", [[], ["--enable-threads"], ["--threads", "2"]], ids=["threads-off", "enable", "threads"]
+)
+def test_eager_under_a_uwsgi_without_python_threads_fails_the_start_naming_the_option(
+    start: Any, extra: list[str]
+) -> None:
+    server = start(*extra, program=OLD_UWSGI)
+    if extra:  # threads on: every worker is built after the fork, as with a newer uWSGI
+        workers = server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
+        assert len(workers) == 2 and all(worker["built"] for worker in workers.values()), (workers, server.log())
+        return
+    server.process.wait(timeout=30)  # (--need-app: the master exits when the app does not load)
+    assert "ConfigurationError" in server.log() and "--enable-threads" in server.log(), server.log()
