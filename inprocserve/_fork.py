@@ -38,7 +38,16 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["ForkAware", "at_fork_in_child", "keep", "on_monkey_patch", "patch_pending", "register", "uwsgi_without_threads"]
+__all__ = [
+    "ForkAware",
+    "at_fork_in_child",
+    "in_uwsgi_helper",
+    "keep",
+    "on_monkey_patch",
+    "patch_pending",
+    "register",
+    "uwsgi_without_threads",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +204,13 @@ def uwsgi_without_threads() -> str | None:
         "uWSGI runs with Python threads off, so inprocserve's background threads run only while a request is "
         "served: start uWSGI with --enable-threads (or --threads N), or use uWSGI 2.0.27 or later"
     )
+
+
+def in_uwsgi_helper() -> bool:
+    """Whether this process is a uWSGI mule or spooler: forked from the master as the workers are, but
+    serving no requests (its worker id is 0)."""
+    uwsgi = sys.modules.get("uwsgi")
+    return uwsgi is not None and hasattr(uwsgi, "worker_id") and uwsgi.worker_id() == 0
 
 
 def _hook_uwsgi() -> None:

@@ -159,7 +159,8 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()
     _warm_after_patch = False
     parent = os.getppid()
-    if any(entry.pid == parent and entry.get() is not None for entry in _registered()):
+    if any(entry.pid == parent and entry.get() is not None for entry in _registered()) and not _fork.in_uwsgi_helper():
+        # (a uWSGI mule or spooler serves no requests: built there, a server only held memory)
         if _fork.patch_pending():
             # gunicorn's gevent worker: it patches the process right after the fork. Started now, the thread
             # was a real OS thread that built the server while gevent patched it, half with real locks and

@@ -147,3 +147,27 @@ def test_eager_under_a_uwsgi_without_python_threads_fails_the_start_naming_the_o
         return
     server.process.wait(timeout=30)  # (--need-app: the master exits when the app does not load)
     assert "ConfigurationError" in server.log() and "--enable-threads" in server.log(), server.log()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the mule's memory map in /proc (Linux)")
+def test_eager_builds_no_server_in_a_uwsgi_mule_or_spooler(start: Any, tmp_path: Path) -> None:
+    (tmp_path / "spool").mkdir()
+    server = start("--mule", "--spooler", str(tmp_path / "spool"))
+    workers = server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
+    assert len(workers) == 2 and all(worker["built"] for worker in workers.values()), (workers, server.log())
+    time.sleep(1.0)  # (a build there starts with the workers': give it time to show)
+    children = [
+        int(stat.parent.name)
+        for stat in Path("/proc").glob("[0-9]*/stat")
+        if _parent_of(stat) == server.process.pid and int(stat.parent.name) not in workers
+    ]
+    assert len(children) == 2, (children, server.log())  # the mule and the spooler
+    for pid in children:
+        assert "onnxruntime" not in Path(f"/proc/{pid}/maps").read_text(), f"process {pid} built a server"
+
+
+def _parent_of(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):  # (a process that ended meanwhile)
+        return None
