@@ -41,6 +41,7 @@ from typing import Any, Protocol
 __all__ = [
     "ForkAware",
     "at_fork_in_child",
+    "at_uwsgi_postfork",
     "in_uwsgi_helper",
     "keep",
     "on_monkey_patch",
@@ -171,11 +172,22 @@ def _after_uwsgi_fork() -> None:
             "master: build servers in the workers instead (lazily on first use, or with EAGER), or run uWSGI "
             "with --lazy-apps."
         )
-    if _hooks_ran_in == os.getpid():  # (Python ran them: --py-call-osafterfork)
-        return
-    _note_hooks_ran()
-    for hook in list(_child_hooks):
+    if _hooks_ran_in != os.getpid():  # (else Python ran them: --py-call-osafterfork, --py-call-uwsgi-fork-hooks)
+        _note_hooks_ran()
+        for hook in list(_child_hooks):
+            hook()
+    for hook in list(_uwsgi_hooks):
         hook()
+
+
+_uwsgi_hooks: list[Callable[[], None]] = []
+
+
+def at_uwsgi_postfork(hook: Callable[[], None]) -> None:
+    """Call ``hook`` in each process a uWSGI master forks, once uWSGI has made it a worker, mule or spooler
+    (:func:`in_uwsgi_helper` tells them apart there; Python's fork hooks, when uWSGI runs them, come before
+    that is known)."""
+    _uwsgi_hooks.append(hook)
 
 
 _FALSE = frozenset({"", "0", "false", "no", "off"})

@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -158,6 +159,12 @@ def _after_fork_in_child() -> None:
     global _lock, _warm_after_patch
     _lock = threading.Lock()
     _warm_after_patch = False
+    if "uwsgi" not in sys.modules:  # (under uWSGI: from its post-fork hook, once the worker is told apart)
+        _start_builders()
+
+
+def _start_builders() -> None:
+    global _warm_after_patch
     parent = os.getppid()
     if any(entry.pid == parent and entry.get() is not None for entry in _registered()) and not _fork.in_uwsgi_helper():
         # (a uWSGI mule or spooler serves no requests: built there, a server only held memory)
@@ -199,6 +206,7 @@ def _warm_after_a_yield() -> None:
 
 
 _fork.at_fork_in_child(_after_fork_in_child)
+_fork.at_uwsgi_postfork(_start_builders)
 _fork.on_monkey_patch(_gevent_lock)
 _fork.on_monkey_patch(_warm_once_patched, start=True)
 
