@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := prometheus chromium fonts-dejavu-core redis-server
 
 DIST ?= dist
 
-.PHONY: install system-deps mlserver-venv demo demo-core test lint typecheck bench bench-quick docs-screenshot clean dist soak
+.PHONY: install system-deps mlserver-venv demo demo-core test lint typecheck bench bench-quick docs-screenshot clean dist soak oldest
 
 $(STAMP): pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,25 @@ soak: install $(OLD_ORT_STAMP)
 		integrations/flask/tests/test_flask_hostile_input.py integrations/django/tests/test_django_hostile_input.py \
 		$(PYTEST_ARGS)
 
+# The oldest versions the three packages claim to support (requirements/oldest.txt: numpy, onnxruntime,
+# opentelemetry, urllib3, onnx, Django 4.2, Flask 2.3 with Werkzeug 2.3 ...), in a venv of their own since
+# they would break the main one. `make oldest` runs the plug-ins' suites there (about 3 minutes; not in CI);
+# OLDEST_TESTS="tests integrations" runs the core suite too. pip installs the pins together with the three
+# packages, so a pin below a floor of pyproject.toml fails here; tests/test_oldest_pins.py keeps them equal.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
+OLDEST_TESTS ?= integrations/flask/tests integrations/django/tests
+
+$(OLDEST_STAMP): requirements/oldest.txt pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml
+	rm -rf $(OLDEST_VENV)
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -r requirements/oldest.txt \
+		-e . -e integrations/flask -e integrations/django
+	touch $(OLDEST_STAMP)
+
+oldest: $(OLDEST_STAMP)
+	$(OLDEST_VENV)/bin/python -m pytest $(OLDEST_TESTS) $(PYTEST_ARGS)
+
 # Every benchmark of docs/performance.md and docs/batching.md, each writing benchmarks/results/NAME.{json,md}
 # (and .png where a plot helps). The figures need a quiet machine: run nothing else meanwhile.
 # BENCH_QUICK=1 runs each one briefly, to prove that the harnesses work; its figures are noise, and it
@@ -164,4 +183,4 @@ dist: install
 	$(BIN)/python tests/dist_build.py $(DIST)
 
 clean:
-	rm -rf $(VENV) $(OLD_ORT_VENV) $(MLSERVER_VENV) .venv-bench-litserve $(DIST) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLD_ORT_VENV) $(OLDEST_VENV) $(MLSERVER_VENV) .venv-bench-litserve $(DIST) .pytest_cache .mypy_cache .ruff_cache
