@@ -149,6 +149,25 @@ def test_parquet_without_pyarrow_names_the_package(
     _no_leftovers(tmp_path)
 
 
+def test_parquet_with_a_pyarrow_that_cannot_load_says_why_not_to_install_it(
+    tmp_path: Path, scale_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What pip leaves beside numpy 1.x for pyarrow>=14: the newest pyarrow, whose import refuses that numpy.
+    # "pip install pyarrow" would only answer that it is already installed.
+    broken = tmp_path / "site" / "pyarrow"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("pyarrow requires NumPy 2.0 or newer, found 1.24.2")\n')
+    for name in [name for name in sys.modules if name == "pyarrow" or name.startswith("pyarrow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    np.save(tmp_path / "x.npy", _x())
+    assert main(["score", str(scale_file), str(tmp_path / "x.npy"), str(tmp_path / "y.parquet")]) == 1
+    error = capsys.readouterr().err
+    assert "installed but cannot be imported: pyarrow requires NumPy 2.0 or newer, found 1.24.2" in error
+    assert "pip install pyarrow" not in error
+    assert not (tmp_path / "y.parquet").exists()
+
+
 def test_the_module_entry_point(tmp_path: Path, scale_file: Path) -> None:
     x = _x(300)
     np.save(tmp_path / "x.npy", x)
