@@ -13,7 +13,7 @@ import pytest
 import yaml
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from inprocserve._telemetry import OUTCOMES, Metrics
 
@@ -66,7 +66,12 @@ def _exposition() -> str:
     """The text Prometheus scrapes when each of the library's instruments holds one value, with the
     attribute keys the library records (exported through a private registry, not the process's)."""
     registry = CollectorRegistry()
-    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    try:
+        reader = PrometheusMetricReader(registry=registry)
+    except TypeError:  # the oldest exporter the prometheus extra allows has no registry= (make oldest)
+        registry = REGISTRY  # its shutdown below takes its collector out again
+        reader = PrometheusMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
     try:
         instruments = Metrics(meter=provider.get_meter("inprocserve"))
         model = {"inprocserve.model.name": "m", "inprocserve.model.version": 1}
