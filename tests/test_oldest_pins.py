@@ -16,7 +16,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTS = [ROOT, ROOT / "integrations" / "flask", ROOT / "integrations" / "django"]
 # Extras whose floors the oldest venv installs (dev and bench hold tools, not claims to users).
-EXTRAS = {"otel", "prometheus", "openfeature", "remote", "testing", "quantize", "eager"}
+EXTRAS = {"otel", "prometheus", "openfeature", "parquet", "remote", "testing", "quantize", "eager"}
 # Pins above their floor, with why: the floor itself is met by them.
 ABOVE_FLOOR = {
     "numpy": "onnxruntime 1.17.3 (its floor) requires numpy>=1.24.2",
