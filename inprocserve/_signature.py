@@ -557,7 +557,9 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
         )
     if expected.kind in "iu" and given.kind in "iu" and array.size:
         info = np.iinfo(expected)
-        low, high = array.min(), array.max()
+        # As Python ints: numpy 1.x compares a uint64 with a Python int through float64, where 2**63 + 5 equals
+        # 2**63 - 1, and that value would wrap to a negative int64 unseen (numpy 2 compares exactly).
+        low, high = int(array.min()), int(array.max())
         if low < info.min or high > info.max:
             raise InvalidInputError(
                 f"input {spec.name!r}: values from {low} to {high} do not fit in {expected} ({info.min}..{info.max})"
