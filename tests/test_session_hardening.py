@@ -271,6 +271,8 @@ def test_plugin_providers_the_application_registered_pass_the_check() -> None:
 
 
 def test_every_provider_onnxruntime_has_a_device_for_loads(repository: Path, make_server: ServerFactory) -> None:
+    if not hasattr(ort, "get_ep_devices"):  # onnxruntime 1.17.3, the floor (make oldest)
+        pytest.skip("this onnxruntime lists no execution-provider devices (get_ep_devices)")
     names = tuple(dict.fromkeys(device.ep_name for device in ort.get_ep_devices()))
     assert names and set(names) <= set(registered_providers())
     save_model(build_scale_model(2.0), repository, "scale", 1)
