@@ -3,8 +3,8 @@ archives of named arrays, or a ``.npy`` of one array.
 
 Whatever lies there is read safely: only a regular file (a pipe would hold the load: see
 :mod:`._regular_file`), never unpickled, and a half-copied or damaged file (numpy's ``EOFError``, zlib's
-error, a broken header's TokenError, a header claiming terabytes) is an error naming the file, not the
-model.
+error, a broken header's TokenError, a header claiming terabytes, an empty file) is an error naming the file,
+not the model.
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ def not_numpy_file(head: bytes) -> str | None:
     renamed .npy or a half-written header with "This file contains pickled (object) data. If you trust the
     file you can load it unsafely using the `allow_pickle=` keyword argument": advice to unpickle a file that
     is not even a pickle, and a code-execution risk where one is."""
-    if not head or head.startswith((_NPY_MAGIC, _ZIP_MAGIC, b"PK\x05\x06")):
-        return None  # (an empty file: numpy's EOFError says so)
+    if not head:
+        # said here: numpy 2 raises EOFError, but numpy 1.x takes an empty file for a pickle too
+        # ("Cannot load file containing pickled data when allow_pickle=False")
+        return "the file is empty (a copy not yet finished?); write the arrays with np.save or np.savez"
+    if head.startswith((_NPY_MAGIC, _ZIP_MAGIC, b"PK\x05\x06")):
+        return None
     what = (
         "a Python pickle, never loaded: unpickling runs code" if head[:1] == b"\x80" else f"it starts with {head[:8]!r}"
     )

@@ -55,7 +55,7 @@ def save_a_csv_as_npy(path: Path) -> None:
     ("make", "problem"),
     [
         (make_a_pipe, "not a regular file"),
-        (begin_a_copy, "EOFError"),
+        (begin_a_copy, "the file is empty (a copy not yet finished?)"),
         (damage_an_archive, "Error"),
         (save_a_csv_as_npy, "not a .npy or .npz file (it starts with b'x0,x1,x2'); write the arrays with np.save"),
     ],
