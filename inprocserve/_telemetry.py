@@ -277,7 +277,9 @@ class _RootSampling:
         # then it makes an invalid span of its own, which it must be left to make
         self._enabled: Callable[[], bool] | None = getattr(tracer, "_is_enabled", None)
         random_ids = getattr(self._ids, "is_trace_id_random", None)
-        self._random = TraceFlags(TraceFlags.RANDOM_TRACE_ID if random_ids is not None and random_ids() else 0)
+        # an API before the random-trace-id flag (1.30, 1.31: the floors) has no such flag, and its SDK sets none
+        random_flag = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
+        self._random = TraceFlags(random_flag if random_ids is not None and random_ids() else 0)
 
     def start_span(
         self,

