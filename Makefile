@@ -84,13 +84,24 @@ $(OLD_ORT_STAMP):
 		cachetools opentelemetry-api
 	touch $(OLD_ORT_STAMP)
 
-soak: install $(OLD_ORT_STAMP)
+# A uWSGI older than 2.0.27 (Python threads off by default), compiled from source (a C compiler and Python's
+# headers), for the test that EAGER fails the start there naming --enable-threads.
+OLD_UWSGI_VENV ?= .venv-uwsgi-old
+OLD_UWSGI_STAMP := $(OLD_UWSGI_VENV)/.installed
+
+$(OLD_UWSGI_STAMP):
+	$(PYTHON) -m venv $(OLD_UWSGI_VENV)
+	$(OLD_UWSGI_VENV)/bin/python -m pip install --quiet "uwsgi==2.0.23"
+	touch $(OLD_UWSGI_STAMP)
+
+soak: install $(OLD_ORT_STAMP) $(OLD_UWSGI_STAMP)
 	rm -f $(SOAK_RESULTS)
 	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_RESULTS=$(SOAK_RESULTS) HYPOTHESIS_PROFILE=soak \
 	INPROCSERVE_OLD_ORT_PYTHON=$(OLD_ORT_VENV)/bin/python \
+	INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27=$(OLD_UWSGI_VENV)/bin/uwsgi \
 	$(BIN)/python -m pytest -s --timeout=3600 tests/soak tests/test_fuzz.py \
 		integrations/flask/tests/test_flask_hostile_input.py integrations/django/tests/test_django_hostile_input.py \
-		$(PYTEST_ARGS)
+		integrations/flask/tests/test_uwsgi.py $(PYTEST_ARGS)
 
 # The oldest versions the three packages claim to support (requirements/oldest.txt: numpy, onnxruntime,
 # opentelemetry, urllib3, onnx, Django 4.2, Flask 2.3 with Werkzeug 2.3 ...), in a venv of their own since

@@ -140,7 +140,8 @@ def test_a_uwsgi_master_that_imported_onnxruntime_is_named_in_each_worker(start:
 def test_eager_under_a_uwsgi_without_python_threads_fails_the_start_naming_the_option(
     start: Any, extra: list[str]
 ) -> None:
-    server = start(*extra, program=OLD_UWSGI)
+    # (--home: the old uWSGI is built in a virtual environment of its own; it runs this one's packages)
+    server = start(*extra, "--home", sys.prefix, program=OLD_UWSGI)
     if extra:  # threads on: every worker is built after the fork, as with a newer uWSGI
         workers = server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
         assert len(workers) == 2 and all(worker["built"] for worker in workers.values()), (workers, server.log())
