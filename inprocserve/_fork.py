@@ -270,17 +270,29 @@ def on_monkey_patch(hook: Callable[[], None], *, start: bool = False) -> None:
 
 def patch_pending() -> bool:
     """Whether this process is about to be monkey-patched by gevent: gunicorn's gevent worker class is loaded
-    (in the master, which forks the workers that patch themselves right after the fork) and ``threading`` is
-    not patched yet. A thread started now would be a real OS thread in a process about to be patched.
-    (gevent's ``monkey`` module alone says nothing: importing ``gevent.pool`` or ``geventhttpclient`` loads it.)
+    (in the master, which forks the workers that patch themselves right after the fork), or uWSGI was given
+    ``--gevent-monkey-patch`` (each worker patches itself when its gevent loop starts, after the post-fork
+    hook), and ``threading`` is not patched yet. A thread started now would be a real OS thread in a process
+    about to be patched. (gevent's ``monkey`` module alone says nothing: importing ``gevent.pool`` or
+    ``geventhttpclient`` loads it.)
     """
     monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or "gunicorn.workers.ggevent" not in sys.modules:
+    if _uwsgi_patches_later():
+        if monkey is None:  # (not imported yet: not patched yet)
+            return True
+    elif monkey is None or "gunicorn.workers.ggevent" not in sys.modules:
         return False
     try:
         return not monkey.is_module_patched("threading")
     except Exception:  # another gevent than the one this was written for: assume no patch is coming
         return False
+
+
+def _uwsgi_patches_later() -> bool:
+    """Whether this is a uWSGI whose gevent loop calls ``monkey.patch_all()`` as a worker starts it
+    (``--gevent-monkey-patch``; ``--gevent-early-monkey-patch`` patches the master before the app loads)."""
+    uwsgi = sys.modules.get("uwsgi")
+    return uwsgi is not None and bool(getattr(uwsgi, "opt", {}).get("gevent-monkey-patch"))
 
 
 def _on_gevent_event(event: object) -> None:

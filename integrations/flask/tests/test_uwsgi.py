@@ -133,6 +133,20 @@ def test_a_uwsgi_master_that_imported_onnxruntime_is_named_in_each_worker(start:
     assert "--lazy-apps" in server.log()
 
 
+@pytest.mark.parametrize("patch", ["--gevent-monkey-patch", "--gevent-early-monkey-patch"])
+def test_eager_in_a_uwsgi_gevent_worker_builds_once_the_worker_is_patched(start: Any, patch: str) -> None:
+    # --gevent-monkey-patch patches each worker when its gevent loop starts, after the post-fork hook: a build
+    # started there ran on a real OS thread, and the patch then found the server's threads running (an error
+    # in every worker, its locks left real ones). It must wait for the patch, as under gunicorn's gevent worker.
+    pytest.importorskip("gevent")
+    server = start("--gevent", "10", patch)
+    workers = server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
+    assert len(workers) == 2 and all(worker["built"] for worker in workers.values()), (workers, server.log())
+    answers = [server.call("/score", {"rows": [[1.0, 2.0, 3.0, 4.0]]}) for _ in range(6)]
+    assert all(answer["y"] == [[2.0, 4.0, 6.0, 8.0]] for answer in answers)
+    assert "monkey.patch_all() ran after" not in server.log(), server.log()
+
+
 @pytest.mark.skipif(OLD_UWSGI is None, reason="soak only: set INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27 to a uwsgi < 2.0.27")
 @pytest.mark.parametrize(
     "extra", [[], ["--enable-threads"], ["--threads", "2"]], ids=["threads-off", "enable", "threads"]
