@@ -47,6 +47,7 @@ __all__ = [
     "on_monkey_patch",
     "patch_pending",
     "register",
+    "uwsgi_module",
     "uwsgi_without_threads",
 ]
 
@@ -193,6 +194,17 @@ def at_uwsgi_postfork(hook: Callable[[], None]) -> None:
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
+def uwsgi_module() -> Any:
+    """uWSGI's own ``uwsgi`` module when this process runs under uWSGI, else None.
+
+    uWSGI puts it in ``sys.modules`` before any code of the app runs. Never imported by name: outside uWSGI
+    that imported whatever ``uwsgi.py`` lies on ``sys.path`` (a project's entry file for ``--wsgi-file``,
+    say), and ``import inprocserve`` then ran that file, or failed in ``uwsgidecorators`` with an
+    AttributeError where pyuwsgi or uwsgi is installed."""
+    module = sys.modules.get("uwsgi")
+    return module if module is not None and hasattr(module, "opt") and hasattr(module, "masterpid") else None
+
+
 def uwsgi_without_threads() -> str | None:
     """Under a uWSGI that runs no Python thread while a worker waits for a request, what to change; else None.
 
@@ -200,9 +212,8 @@ def uwsgi_without_threads() -> str | None:
     its workers then hold the GIL while they wait for a connection, so a thread of the app runs only while
     a request is being served. A worker's ``EAGER`` warm-up thread never finished: /ready answered 503
     ("warming") for good, each probe giving it a moment (uWSGI 2.0.23, 2 workers, 13 s after the start)."""
-    try:
-        uwsgi: Any = importlib.import_module("uwsgi")
-    except ImportError:
+    uwsgi = uwsgi_module()
+    if uwsgi is None:
         return None
     if tuple(getattr(uwsgi, "version_info", (0,))[:3]) >= (2, 0, 27):  # (threads on by default since)
         return None
@@ -221,7 +232,7 @@ def uwsgi_without_threads() -> str | None:
 def in_uwsgi_helper() -> bool:
     """Whether this process is a uWSGI mule or spooler: forked from the master as the workers are, but
     serving no requests (its worker id is 0)."""
-    uwsgi = sys.modules.get("uwsgi")
+    uwsgi = uwsgi_module()
     return uwsgi is not None and hasattr(uwsgi, "worker_id") and uwsgi.worker_id() == 0
 
 
@@ -230,9 +241,8 @@ def _hook_uwsgi() -> None:
     forked from a master that loaded the app (uWSGI's default, without ``--lazy-apps``) kept whatever
     the master made as it was: ``EAGER`` never built the server there (the first request did, taking the
     model's load and warm-up), and objects made in the master kept locks and threads of the master's."""
-    try:  # (by name: the stubs, types-uWSGI, may or may not be installed)
-        uwsgi: Any = importlib.import_module("uwsgi")  # (importable only inside a uWSGI process)
-    except ImportError:
+    uwsgi = uwsgi_module()
+    if uwsgi is None:
         return
     try:
         importlib.import_module("uwsgidecorators").postfork(_after_uwsgi_fork)  # (the chain all users share)
@@ -291,8 +301,8 @@ def patch_pending() -> bool:
 def _uwsgi_patches_later() -> bool:
     """Whether this is a uWSGI whose gevent loop calls ``monkey.patch_all()`` as a worker starts it
     (``--gevent-monkey-patch``; ``--gevent-early-monkey-patch`` patches the master before the app loads)."""
-    uwsgi = sys.modules.get("uwsgi")
-    return uwsgi is not None and bool(getattr(uwsgi, "opt", {}).get("gevent-monkey-patch"))
+    uwsgi = uwsgi_module()
+    return uwsgi is not None and bool(uwsgi.opt.get("gevent-monkey-patch"))
 
 
 def _on_gevent_event(event: object) -> None:

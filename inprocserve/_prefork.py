@@ -21,7 +21,6 @@ import itertools
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import weakref
@@ -159,7 +158,7 @@ def _after_fork_in_child() -> None:
     global _lock, _warm_after_patch
     _lock = threading.Lock()
     _warm_after_patch = False
-    if "uwsgi" not in sys.modules:  # (under uWSGI: from its post-fork hook, once the worker is told apart)
+    if _fork.uwsgi_module() is None:  # (under uWSGI: from its post-fork hook, once the worker is told apart)
         _start_builders()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,3 +255,16 @@ def test_a_child_that_evicts_an_answer_of_the_parent_does_not_free_it(expiry: st
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert status == 0, "the child hung freeing an answer of the parent's" if status is None else status
+
+
+def test_importing_inprocserve_outside_uwsgi_imports_no_uwsgi_py_of_the_project(tmp_path: Path) -> None:
+    # A project's own uwsgi.py (an entry file for uWSGI's --wsgi-file) on sys.path, outside uWSGI (pytest,
+    # manage.py, gunicorn): the package must not import it looking for uWSGI, which ran the file and, with
+    # uwsgidecorators installed (pyuwsgi, uwsgi), made `import inprocserve` fail with an AttributeError.
+    (tmp_path / "uwsgi.py").write_text("print('the project uwsgi.py ran')\n")
+    root = Path(inprocserve.__file__).resolve().parent.parent
+    code = "import sys, inprocserve; from inprocserve import _fork; print(_fork.uwsgi_module(), 'uwsgi' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "False"], done.stdout
