@@ -244,17 +244,25 @@ def _hook_uwsgi() -> None:
     uwsgi = uwsgi_module()
     if uwsgi is None:
         return
-    try:
-        importlib.import_module("uwsgidecorators").postfork(_after_uwsgi_fork)  # (the chain all users share)
-    except ImportError:  # uWSGI without its Python module: chain any hook already set
-        previous = getattr(uwsgi, "post_fork_hook", None)
+    decorators: Any = None
+    # (uwsgidecorators raises "you have to enable the uWSGI master process" at import without --master: the
+    # app then failed to load)
+    if uwsgi.masterpid() != 0:
+        try:
+            decorators = importlib.import_module("uwsgidecorators")
+        except ImportError:  # uWSGI without its Python module
+            pass
+    if decorators is not None:
+        decorators.postfork(_after_uwsgi_fork)  # (the chain all users share)
+        return
+    previous = getattr(uwsgi, "post_fork_hook", None)  # chain any hook already set
 
-        def chained() -> None:
-            if previous is not None:
-                previous()
-            _after_uwsgi_fork()
+    def chained() -> None:
+        if previous is not None:
+            previous()
+        _after_uwsgi_fork()
 
-        uwsgi.post_fork_hook = chained
+    uwsgi.post_fork_hook = chained
 
 
 if hasattr(os, "register_at_fork"):  # POSIX only

@@ -40,7 +40,9 @@ pytestmark = pytest.mark.skipif(
 class Uwsgi:
     """A uWSGI master with 2 workers; its log goes to a file (a pipe could fill and block it)."""
 
-    def __init__(self, tmp_path: Path, *extra: str, warm_in_master: bool = False, program: str | None = None) -> None:
+    def __init__(
+        self, tmp_path: Path, *extra: str, warm_in_master: bool = False, program: str | None = None, master: bool = True
+    ) -> None:
         repository = tmp_path / "models"
         save_model(build_scale_model(2.0), repository, "scale", 1)
         with socket.socket() as sock:
@@ -53,7 +55,8 @@ class Uwsgi:
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         }
         command = [
-            program or str(UWSGI), "--http-socket", self.base.removeprefix("http://"), "--master", "--processes", "2",
+            program or str(UWSGI), "--http-socket", self.base.removeprefix("http://"),
+            *(["--master"] if master else []), "--processes", "2",
             "--module", "uwsgi_flask_app:app", "--need-app", "--die-on-term", "--disable-logging", *extra,
         ]  # fmt: skip
         self.log_path = tmp_path / "uwsgi.log"
@@ -99,8 +102,8 @@ class Uwsgi:
 def start(tmp_path: Path) -> Iterator[Any]:
     started: list[Uwsgi] = []
 
-    def start(*extra: str, warm_in_master: bool = False, program: str | None = None) -> Uwsgi:
-        started.append(Uwsgi(tmp_path, *extra, warm_in_master=warm_in_master, program=program))
+    def start(*extra: str, warm_in_master: bool = False, program: str | None = None, master: bool = True) -> Uwsgi:
+        started.append(Uwsgi(tmp_path, *extra, warm_in_master=warm_in_master, program=program, master=master))
         return started[-1]
 
     yield start
@@ -121,6 +124,18 @@ def test_eager_builds_every_uwsgi_worker_after_the_fork_before_any_request(start
     answers = [server.call("/score", {"rows": [[1.0, 2.0, 3.0, 4.0]]}) for _ in range(6)]
     assert all(answer["y"] == [[2.0, 4.0, 6.0, 8.0]] for answer in answers)
     assert "onnxruntime" not in server.log()  # (nothing said: the master never imported it)
+
+
+def test_the_app_loads_under_a_uwsgi_without_its_master_process(start: Any) -> None:
+    # uwsgidecorators raises at its import without --master ("you have to enable the uWSGI master process"):
+    # imported to hook the post-fork, it made `import inprocserve` fail and uWSGI exit with no app.
+    server = start(master=False)
+    workers = server.workers(until=lambda seen: True)
+    assert len(workers) == 2, server.log()
+    answers = [server.call("/score", {"rows": [[1.0, 2.0, 3.0, 4.0]]}) for _ in range(6)]
+    assert all(answer["y"] == [[2.0, 4.0, 6.0, 8.0]] for answer in answers)
+    # the worker uWSGI forked from the one that loaded the app ran the fork hooks, once; that one ran none
+    assert sorted(worker["hooks_run"] for worker in workers.values()) == [0, 1], workers
 
 
 def test_a_uwsgi_master_that_imported_onnxruntime_is_named_in_each_worker(start: Any) -> None:
