@@ -108,13 +108,15 @@ soak: install $(OLD_ORT_STAMP) $(OLD_UWSGI_STAMP)
 # they would break the main one. `make oldest` runs the plug-ins' suites there (about 3 minutes; not in CI);
 # OLDEST_TESTS="tests integrations" runs the core suite too. pip installs the pins together with the three
 # packages, so a pin below a floor of pyproject.toml fails here; tests/test_oldest_pins.py keeps them equal.
+# The oldest Python too: numpy 1.24 has no wheel for Python 3.12 or later and cannot be built there (no distutils).
+OLDEST_PYTHON ?= python3.11
 OLDEST_VENV ?= .venv-oldest
 OLDEST_STAMP := $(OLDEST_VENV)/.installed
 OLDEST_TESTS ?= integrations/flask/tests integrations/django/tests
 
 $(OLDEST_STAMP): requirements/oldest.txt pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml
 	rm -rf $(OLDEST_VENV)
-	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install --quiet -r requirements/oldest.txt \
 		-e . -e integrations/flask -e integrations/django
 	touch $(OLDEST_STAMP)

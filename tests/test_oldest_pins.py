@@ -7,6 +7,7 @@ keep the pins and the floors of pyproject.toml equal, so raising one without the
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -65,3 +66,15 @@ def test_every_package_floor_is_pinned_at_that_floor_in_the_oldest_venv() -> Non
             assert pins[name] >= floor, (name, ABOVE_FLOOR[name])
         else:
             assert pins[name] == floor, f"{name}: pinned {pins[name]} but the floor is {floor}; change both"
+
+
+def test_the_oldest_venv_is_made_with_the_oldest_python_the_packages_claim() -> None:
+    # numpy 1.24 (the floor) has no wheel for Python 3.12 or later and does not build there (no distutils):
+    # made with a python3 that is 3.12 or newer, `make oldest` failed in pip before running any test.
+    floor = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert floor.startswith(">="), floor
+    made_with = re.search(r"^OLDEST_PYTHON \?= python(\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert made_with is not None, "the Makefile names no OLDEST_PYTHON for `make oldest`"
+    assert made_with.group(1) == floor.removeprefix(">="), (made_with.group(1), floor)
+    venv = re.search(r"^\t(\S+) -m venv \$\(OLDEST_VENV\)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert venv is not None and venv.group(1) == "$(OLDEST_PYTHON)", venv
