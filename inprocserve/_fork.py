@@ -217,16 +217,22 @@ def uwsgi_without_threads() -> str | None:
         return None
     if tuple(getattr(uwsgi, "version_info", (0,))[:3]) >= (2, 0, 27):  # (threads on by default since)
         return None
-    options = getattr(uwsgi, "opt", {})
+    has_threads = getattr(uwsgi, "has_threads", None)
+    if has_threads is not None:  # uWSGI's own answer: options such as --gevent N turn threads on too
+        return None if has_threads else _NO_THREADS
+    options = uwsgi.opt
     enabled = options.get("enable-threads", False)
     if isinstance(enabled, bytes):
         enabled = enabled.decode(errors="replace")
     if "threads" in options or (enabled is True or (isinstance(enabled, str) and enabled.lower() not in _FALSE)):
         return None
-    return (
-        "uWSGI runs with Python threads off, so inprocserve's background threads run only while a request is "
-        "served: start uWSGI with --enable-threads (or --threads N), or use uWSGI 2.0.27 or later"
-    )
+    return _NO_THREADS
+
+
+_NO_THREADS = (
+    "uWSGI runs with Python threads off, so inprocserve's background threads run only while a request is "
+    "served: start uWSGI with --enable-threads (or --threads N), or use uWSGI 2.0.27 or later"
+)
 
 
 def in_uwsgi_helper() -> bool:

@@ -164,7 +164,9 @@ def test_eager_in_a_uwsgi_gevent_worker_builds_once_the_worker_is_patched(start:
 
 @pytest.mark.skipif(OLD_UWSGI is None, reason="soak only: set INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27 to a uwsgi < 2.0.27")
 @pytest.mark.parametrize(
-    "extra", [[], ["--enable-threads"], ["--threads", "2"]], ids=["threads-off", "enable", "threads"]
+    "extra",
+    [[], ["--enable-threads"], ["--threads", "2"], ["--gevent", "10"]],
+    ids=["threads-off", "enable", "threads", "gevent"],  # (--gevent turns Python threads on too)
 )
 def test_eager_under_a_uwsgi_without_python_threads_fails_the_start_naming_the_option(
     start: Any, extra: list[str]
