@@ -532,33 +532,79 @@ def test_the_name_check_watches_a_recent_holder_until_it_reads_or_stays_silent(
 
 
 def test_the_name_check_sees_a_busy_consumer_whose_queue_emptied(scoring: tuple[Any, inprocserve.Server]) -> None:
-    # Each batch takes 0.85 s (under claim_idle_ms, as it must) and leaves the queue empty: the consumer's
-    # next reads claim nothing and read nothing, which reset no idle time before Redis 7.2. It must still be
-    # seen as live: it re-reads its own pending list after every batch.
+    # A batch that leaves the queue empty: the consumer's next reads claim nothing and read nothing, which reset
+    # no idle time before Redis 7.2. It must still be seen as live, before its next poll for new messages: it
+    # re-reads its own pending list after every batch. Events, not sleeps, order the steps (a CPU stall of
+    # the test process only makes a step later): the batch is held until the check watches, and the poll
+    # after it until the check is over, so only a read between the batch and that poll can refuse the name.
     client, server = scoring
+    scoring_now, release, check_over = threading.Event(), threading.Event(), threading.Event()
+    polls_to_hold: list[bool] = []
 
     class SlowServer:
         def predict(self, *args: Any, **kwargs: Any) -> Any:
-            time.sleep(0.85)
+            scoring_now.set()
+            assert release.wait(30)
+            polls_to_hold.append(True)  # the batch's next poll for new messages waits for the check
             return server.predict(*args, **kwargs)
 
-    live = make(client, SlowServer(), "w", claim_idle_ms=1000)  # type: ignore[arg-type]
+    class HeldPoll(redis.Redis):  # type: ignore[misc]
+        def xreadgroup(self, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("block") and polls_to_hold:
+                polls_to_hold.clear()
+                assert check_over.wait(30)
+            return super().xreadgroup(*args, **kwargs)
+
+    class Watching(threading.Event):  # check_name_free waits on it between looks: it is watching by then
+        def __init__(self) -> None:
+            super().__init__()
+            self.started = threading.Event()
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.started.set()
+            return super().wait(timeout)
+
+    held = HeldPoll(connection_pool=client.connection_pool)
+    live = make(held, SlowServer(), "w", claim_idle_ms=3000)  # type: ignore[arg-type]
     stop = threading.Event()
     thread = threading.Thread(target=live.run, args=(stop,))
     thread.start()
     try:
-        time.sleep(0.3)
-        for delay_s in [0.05, 0.15, 0.3]:  # the check starts this long into the batch
+        for _ in range(2):
+            for event in (scoring_now, release, check_over):
+                event.clear()
             consumer.produce(client, np.zeros((1, FEATURES), np.float32))
-            time.sleep(delay_s)
-            with pytest.raises(consumer.NameInUseError, match="consumer name 'w' is in use"):
-                consumer.check_name_free(client, "w", claim_idle_ms=1000)
+            assert scoring_now.wait(30)  # "w" read it and is scoring it: the queue is empty
+            watching = Watching()
+            outcome: list[BaseException | None] = []
+
+            def check(watching: Watching = watching, outcome: list[BaseException | None] = outcome) -> None:
+                try:
+                    consumer.check_name_free(client, "w", claim_idle_ms=3000, stop=watching)
+                    outcome.append(None)
+                except BaseException as exc:
+                    outcome.append(exc)
+                finally:
+                    check_over.set()
+
+            checker = threading.Thread(target=check)
+            checker.start()
+            assert watching.started.wait(30)
+            time.sleep(0.05)  # a batch longer than the check's tolerance (5 ms): a stall only makes it longer
+            release.set()  # the batch ends while the check watches
+            checker.join(timeout=30)
+            assert outcome, "the check did not end"
+            assert isinstance(outcome[0], consumer.NameInUseError), f"a live 'w' was not seen: {outcome[0]!r}"
+            assert "consumer name 'w' is in use" in str(outcome[0])
             runner.wait_until(
                 lambda: client.xpending(consumer.REQUESTS, consumer.GROUP)["pending"] == 0, "scored", timeout_s=10
             )
     finally:
         stop.set()
+        release.set()
+        check_over.set()
         thread.join(timeout=10)
+    assert len(consumer.read_results(client)) == 2
 
 
 def start_consumer(redis_url: str, repository: Path, log: Path, name: str, *options: str) -> subprocess.Popen[bytes]:
