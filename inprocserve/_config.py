@@ -453,7 +453,8 @@ class DriftConfig:
     reference_file: str | None = None
     """An ``.npz`` in the model folder with arrays named like the model's inputs (and outputs)."""
     capture_reference: int = 0
-    """Capture the reference from the first N rows served (when there is no reference file)."""
+    """Capture the reference from the first N rows served, instead of a reference file (one or the other: both
+    at once is refused; a layer of configuration that names one replaces the other of the layers below)."""
     window: int = 1000
     """Rows per scored window."""
     bins: int = 10
@@ -461,7 +462,8 @@ class DriftConfig:
     psi_threshold: float = 0.2
     """A feature whose PSI exceeds this marks the version as drifting (0.1: watch, 0.2: act, by convention)."""
     ks_threshold: float | None = None
-    """Optionally, a KS statistic above this also marks drift (continuous features only)."""
+    """Optionally, a KS statistic above this also marks drift (continuous features only); in (0, 1): a KS
+    statistic is at most 1, so 1 could never mark drift."""
     max_features: int = 64
     """Features tracked at most (the first columns of the first inputs, then outputs)."""
 
@@ -478,7 +480,35 @@ class DriftConfig:
         check_int("drift.max_features", self.max_features, 1)
         check_number("drift.psi_threshold", self.psi_threshold, 0, above=True)
         if self.ks_threshold is not None:
-            check_number("drift.ks_threshold", self.ks_threshold, 0, 1, above=True)
+            # (compared with >, as psi_threshold is: at 1 the alarm could never fire, and said nothing)
+            try:
+                check_number("drift.ks_threshold", self.ks_threshold, 0, 1, above=True, below=True)
+            except ConfigurationError as exc:
+                raise ConfigurationError(
+                    f"{exc} (a KS statistic is at most 1, and marks drift above the threshold)"
+                ) from None
+        if self.reference_file is not None and self.capture_reference > 0:
+            # the file won, and the capture was ignored without a word: the same settings name two references
+            raise ConfigurationError(
+                f"drift.reference_file ({self.reference_file!r}) and drift.capture_reference "
+                f"({self.capture_reference}) are both set: the reference comes from one of them; keep "
+                "reference_file to compare with that file, or capture_reference alone to capture the first rows"
+            )
+
+
+def _one_reference_source(base: DriftConfig, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` to the ``[drift]`` section ``base``, where naming one reference source (a file, or rows to
+    capture) replaces the other one of ``base``: a server-wide ``capture_reference`` with one model's
+    ``reference_file`` in its ``config.toml`` (or the other way round) means that model's choice. Both named
+    in one layer are left to ``DriftConfig`` to refuse."""
+    file_given = changes.get("reference_file") is not None
+    capture: Any = changes.get("capture_reference")
+    capture_given = is_int(capture) and capture > 0  # (a bad value is left for DriftConfig to refuse)
+    if file_given and "capture_reference" not in changes and base.capture_reference:
+        return {**changes, "capture_reference": 0}
+    if capture_given and "reference_file" not in changes and base.reference_file is not None:
+        return {**changes, "reference_file": None}
+    return changes
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -538,6 +568,8 @@ class ModelConfig:
             given, default = getattr(other, item.name), getattr(defaults, item.name)
             if item.name in _SECTIONS:
                 fields = _changed(given, default, getattr(self, item.name))
+                if item.name == "drift":
+                    fields = _one_reference_source(self.drift, fields)
                 if fields:
                     try:
                         changes[item.name] = dataclasses.replace(getattr(self, item.name), **fields)
@@ -686,6 +718,8 @@ def _replace_section(
                     raise ConfigurationError(f"{source}: [rollout.{group}]: {exc}") from None
                 except ConfigurationError as exc:
                     raise ConfigurationError(f"{source}: {exc}") from None
+    if name == "drift":
+        converted = _one_reference_source(section, converted)
     if name == "batching" and isinstance(converted.get("padding"), Mapping):
         if ignored is not None:
             converted["padding"] = _known_only(converted["padding"], PaddingConfig, "batching.padding", ignored)

@@ -278,6 +278,7 @@ class DriftMonitor:
         self._features: dict[str, _Feature] | None = None
         self._capture: list[_Entry] = []
         self._captured_rows = 0
+        self._unkept_rows = 0  # rows past the one window kept while a captured reference is built
         self._mismatched: set[str] = set()
         self.windows = 0
         self.dropped_windows = 0
@@ -539,6 +540,10 @@ class DriftMonitor:
                 if kept > 0:
                     self._pending.append((_split(record, kept)[0] if kept < left else record, kept))
                     self._pending_rows += kept
+                # The rest (and a huge request's rows past ``taken``) were dropped without a trace: counted as
+                # the windows they would have filled, here as they fill them, the last partial one when the
+                # reference is ready (see _finish_capture).
+                self._count_unkept(left - kept + rows - taken)
             else:
                 # Only this request is split, never the open window's other requests: walked under the lock,
                 # a window of 100,000 one-row requests held up the request that closed it for 20-40 ms.
@@ -559,6 +564,14 @@ class DriftMonitor:
             if not scorer.submit(self._score, window):
                 self.window_dropped()
 
+    def _count_unkept(self, rows: int) -> None:
+        """Count ``rows`` that came while the captured reference was built and were not kept: each window they
+        fill is a dropped window (under the lock)."""
+        window = self.config.window
+        before = self._unkept_rows
+        self._unkept_rows += rows
+        self.dropped_windows += self._unkept_rows // window - before // window
+
     def window_dropped(self) -> None:
         """A window was not scored: the scorer was behind or closed."""
         with self._lock:
@@ -566,7 +579,7 @@ class DriftMonitor:
 
     def _reset_capture(self) -> None:
         with self._lock:
-            self._capture, self._captured_rows = [], 0
+            self._capture, self._captured_rows, self._unkept_rows = [], 0, 0
             self._pending, self._pending_rows = [], 0
 
     def _stack(self, window: Sequence[_Entry]) -> dict[str, np.ndarray]:
@@ -597,6 +610,9 @@ class DriftMonitor:
             raise
         with self._lock:
             self._features = features
+            if self._unkept_rows % self.config.window:  # a window they began: the rows after this open a new one
+                self.dropped_windows += 1
+            self._unkept_rows = 0
             window = None
             if self._pending_rows >= self.config.window:  # rows that came while the reference was built
                 window, self._pending, self._pending_rows = self._pending, [], 0

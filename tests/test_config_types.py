@@ -203,7 +203,7 @@ def test_a_number_setting_takes_an_int_or_a_float_but_not_a_bool() -> None:
     assert CanaryConfig(version=2, percent=5).percent == 5
     assert BanditConfig(epsilon=1).epsilon == 1
     assert CacheConfig(ttl_s=30).ttl_s == 30
-    assert DriftConfig(psi_threshold=1, ks_threshold=1).ks_threshold == 1
+    assert DriftConfig(psi_threshold=1).psi_threshold == 1
     assert VariantConfig(version=1, weight=np.float64(0.5)).weight == 0.5
     assert PaddingConfig(inputs={"tokens": 1}, value=float("-inf")).value == float("-inf")  # an additive mask
     for build in (

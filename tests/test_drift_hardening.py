@@ -326,9 +326,98 @@ def test_ks_threshold_must_be_in_zero_one(value: float) -> None:
         DriftConfig(ks_threshold=value)
 
 
-def test_ks_threshold_accepts_one_and_none() -> None:
-    assert DriftConfig(ks_threshold=1.0).ks_threshold == 1.0
+def test_a_ks_threshold_of_one_is_refused_since_no_window_could_cross_it(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A window marks drift when its KS statistic is above ks_threshold, and a KS statistic is at most 1: with
+    # 1 accepted, the alarm never fired, even for a window that shares no value with the reference.
+    for build in (
+        lambda: DriftConfig(ks_threshold=1.0),
+        lambda: DriftConfig(ks_threshold=1),
+        lambda: ModelConfig().merged({"drift": {"reference_file": "reference.npz", "ks_threshold": 1.0}}),
+    ):
+        with pytest.raises(inprocserve.ConfigurationError, match=r"drift.ks_threshold must be .*> 0 and < 1"):
+            build()
     assert DriftConfig(ks_threshold=None).ks_threshold is None
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(30)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (1000, 4)).astype(np.float32))
+    config = DriftConfig(reference_file="reference.npz", window=500, psi_threshold=1e9, ks_threshold=0.99)
+    server = make_server(repository, config=ModelConfig(drift=config))
+    server.predict("scale", rng.normal(50, 1, (500, 4)).astype(np.float32))  # far from every reference value
+    assert drain()
+    status = drift_status(server)
+    assert status["features"]["x[0]"]["ks"] == 1.0 and status["drifting"] is True  # by its KS alone
+
+
+def test_a_reference_file_and_a_capture_in_one_config_are_refused() -> None:
+    # The file won and the capture was ignored without a word: one of them is a mistake, which one is not known.
+    for build in (
+        lambda: DriftConfig(reference_file="reference.npz", capture_reference=500),
+        lambda: ModelConfig().merged({"drift": {"reference_file": "reference.npz", "capture_reference": 500}}),
+    ):
+        with pytest.raises(
+            inprocserve.ConfigurationError,
+            match=r"drift.reference_file \('reference.npz'\) and drift.capture_reference \(500\) are both set",
+        ):
+            build()
+
+
+def test_a_model_names_its_own_reference_source_over_the_servers(repository: Path, make_server: ServerFactory) -> None:
+    # A server-wide default and one model's config.toml (or models=) each name a source: the model's wins, as
+    # every other setting of config.toml does, rather than the file winning whichever layer named it.
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(31)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (1000, 4)).astype(np.float32))
+    (repository / "scale" / "config.toml").write_text("[drift]\ncapture_reference = 500\n")
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz")))
+    assert drift_status(server)["reference"] == "captured" and drift_status(server)["reference_ready"] is False
+    server.close()
+    (repository / "scale" / "config.toml").write_text('[drift]\nreference_file = "reference.npz"\n')
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(capture_reference=500)))
+    assert drift_status(server)["reference"] == "file" and drift_status(server)["reference_ready"] is True
+    server.close()
+    captured = ModelConfig(drift=DriftConfig(capture_reference=500))
+    server = make_server(repository, models={"scale": captured})  # models= over the file of config.toml
+    assert drift_status(server)["reference"] == "captured"
+
+
+def test_rows_past_the_window_kept_while_the_reference_builds_count_as_dropped(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # While a captured reference is built, one window of rows is kept for it; the rest were dropped without a
+    # trace (a reference file's server scored the same request's 3 windows). They count in dropped_windows.
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(capture_reference=1000, window=1000)))
+    rng = np.random.default_rng(32)
+    server.predict("scale", rng.normal(0, 1, (4000, 4)).astype(np.float32))  # the reference, then 3 windows
+    assert drain()
+    status = drift_status(server)
+    assert status["reference_ready"] is True
+    assert (status["windows"], status["dropped_windows"]) == (1, 2)
+    server.predict("scale", rng.normal(0, 1, (1000, 4)).astype(np.float32))  # the next window is whole
+    assert drain()
+    assert (drift_status(server)["windows"], drift_status(server)["dropped_windows"]) == (2, 2)
+
+
+def test_rows_not_kept_while_the_reference_builds_count_as_the_windows_they_fill(repository: Path) -> None:
+    monitor, _ = real_monitor(repository, DriftConfig(capture_reference=100, window=100))
+    scorer = DriftScorer()
+    gate, running = threading.Event(), threading.Event()
+    scorer.submit(lambda _: (running.set(), gate.wait(30)), None, bounded=False)
+    assert running.wait(10)
+    rng = np.random.default_rng(33)
+    try:
+        for _ in range(45):  # 100 rows captured, 100 kept, 250 not kept while the thread is held
+            x = rng.normal(0, 1, (10, 4)).astype(np.float32)
+            monitor.observe({"x": x}, {"y": x * 2}, 10, scorer=scorer)
+        assert monitor.status()["dropped_windows"] == 2  # two whole windows' rows so far
+    finally:
+        gate.set()
+    assert scorer.drain()
+    status = monitor.status()
+    assert (status["windows"], status["dropped_windows"]) == (1, 3)  # and the window the last 50 rows began
+    scorer.close()
 
 
 def test_a_text_input_in_the_reference_is_not_shape_checked(repository: Path, make_server: ServerFactory) -> None:
