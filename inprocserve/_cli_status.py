@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail, positive_float
+from ._control import shown_unknown_keys
 
 __all__ = ["MalformedStatusError", "add_status", "fetch_status", "status_url", "summarize"]
 
@@ -261,10 +262,9 @@ def summarize(document: dict[str, Any]) -> list[str]:
     control = document.get("control")
     if isinstance(control, dict) and (control.get("file") or ("file" not in control and "revision" in control)):
         lines.append(f"control revision {control.get('revision', '?')}")
-        unknown = control.get("unknown_keys")
-        if isinstance(unknown, list) and unknown:  # (a newer release's keys during a rolling upgrade, or a typo)
-            keys = _printable(", ".join(map(str, unknown)))
-            lines.append(f"control file keys this worker's release ignores: {keys}")
+        unknown = shown_unknown_keys(control)
+        if unknown is not None:  # (a newer release's keys during a rolling upgrade, or a typo)
+            lines.append(f"control file keys this worker's release ignores: {_printable(unknown)}")
     error = control_error(document)
     if error:
         lines.append(f"CONTROL ERROR: {error}")

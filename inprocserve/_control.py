@@ -195,16 +195,43 @@ _CONTROL_KEYS = frozenset({"revision", "reload", "updated_at", "updated_by", "mo
 _MODEL_KEYS = frozenset({"stable", "previous_stable", "canary_version", "canary_percent", "kill"})
 
 
+SHOWN_UNKNOWN_KEYS = 20
+"""Unknown keys of the control file named in status, its log line and ``validate``; the rest are counted.
+
+A file of the 1 MiB servers read holds 80,000 short keys: all named, every ``status()`` carried 790 kB of
+them (and the status page and the CLI as much), the warning was one line of 630 kB, and naming each with a
+close known key took 1.7 s of the server's start."""
+
+
 def describe_unknown_keys(keys: list[str]) -> str:
     """:attr:`Control.unknown_keys` for a person: a key close to a known one is named with it
-    (``models.fraud.kil (kill?)``): a hand edit's typo, which no server follows (a kill switch not in force)."""
+    (``models.fraud.kil (kill?)``): a hand edit's typo, which no server follows (a kill switch not in force).
+    The first ``SHOWN_UNKNOWN_KEYS`` are named, the rest counted."""
     described = []
-    for key in keys:
+    for key in keys[:SHOWN_UNKNOWN_KEYS]:
         last = key.rsplit(".", 1)[-1] if key.startswith("models.") else key
         known = _MODEL_KEYS if key.startswith("models.") else _CONTROL_KEYS
         close = difflib.get_close_matches(last, sorted(known), n=1, cutoff=0.75)
         described.append(key + (f" ({close[0]}?)" if close else ""))
-    return ", ".join(described)
+    return ", ".join(described) + more_keys(len(keys), len(described))
+
+
+def more_keys(total: int, shown: int) -> str:
+    """``", and 79980 more"`` after the ``shown`` of ``total`` keys named; empty when all were."""
+    return f", and {total - shown} more" if total > shown else ""
+
+
+def shown_unknown_keys(control: Mapping[str, Any]) -> str | None:
+    """The unknown keys of a status document's ``control`` section as one line (the first
+    ``SHOWN_UNKNOWN_KEYS``, then a count), or ``None`` when there are none. A server of before the count sent
+    every key: the line is bounded all the same."""
+    unknown = control.get("unknown_keys")
+    if not isinstance(unknown, list) or not unknown:
+        return None
+    count = control.get("unknown_keys_count")
+    total = max(count if isinstance(count, int) and not isinstance(count, bool) else 0, len(unknown))
+    shown = [str(key) for key in unknown[:SHOWN_UNKNOWN_KEYS]]
+    return ", ".join(shown) + more_keys(total, len(shown))
 
 
 def _optional_str(value: Any) -> str | None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from ._control import worker_identity
+from ._control import SHOWN_UNKNOWN_KEYS, worker_identity
 from ._handoff import handoff_cost_s
 from ._model import ModelVersion
 from ._operations import Operations
@@ -60,13 +60,16 @@ def brief_status(
 
 
 def _control_status(registry: Registry, operations: Operations) -> dict[str, Any]:
+    unknown = registry.control.unknown_keys
     return {
         **{key: value for key, value in registry.control.to_dict().items() if key != "models"},
         "file": operations.control_path,
         "interval_s": operations.control_interval_s,
         "error": operations.control_error,
-        # keys of the file this release ignores (a newer release's during a rolling upgrade, or a typo)
-        "unknown_keys": registry.control.unknown_keys,
+        # keys of the file this release ignores (a newer release's during a rolling upgrade, or a typo): the
+        # first SHOWN_UNKNOWN_KEYS, sorted, and how many in all
+        "unknown_keys": unknown[:SHOWN_UNKNOWN_KEYS],
+        "unknown_keys_count": len(unknown),
         # False: the file exists but this worker has followed no revision of it since it started
         "read": operations.control_read,
     }

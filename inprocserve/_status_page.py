@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any, TypeGuard
 
+from ._control import shown_unknown_keys
 from .web import _control_unknown
 
 __all__ = ["STATUS_PAGE_CSP", "render_status_page"]
@@ -97,10 +98,9 @@ def render_status_page(
         body.insert(0, f'<p class="error">Refusing every request that does not pin a version: {escape(refusing)}</p>')
     elif control.get("error"):
         body.insert(0, f'<p class="error">Control file: {_text(control["error"])}</p>')
-    unknown = control.get("unknown_keys")
-    if isinstance(unknown, list) and unknown:  # (a newer release's keys during a rolling upgrade, or a typo)
-        keys = _text(", ".join(map(str, unknown)))
-        body.insert(0, f'<p class="error">Control file keys this release ignores: {keys}</p>')
+    unknown = shown_unknown_keys(control)
+    if unknown is not None:  # (a newer release's keys during a rolling upgrade, or a typo)
+        body.insert(0, f'<p class="error">Control file keys this release ignores: {_text(unknown)}</p>')
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
