@@ -158,6 +158,7 @@ class FlagReader:
         self._workers: set[threading.Thread] = set()
         self._running: dict[threading.Thread, float] = {}  # worker -> when it entered the provider
         self._idle = 0
+        self._given_up: set[Future[Any]] = set()  # running decisions whose caller answered without them
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
@@ -235,7 +236,8 @@ class FlagReader:
             if future.cancelled():  # (close() dropped it just as its budget ran out)
                 return fallback("flag reader closed")
             if not future.done():
-                future.cancel()  # still queued: dropped, the provider never sees it
+                if not future.cancel():  # still queued: dropped, the provider never sees it
+                    self._give_up(future)  # running: it must leave no trace (see abandoned)
                 self._count(
                     "timeouts", f"flag provider {self.provider.name!r} took longer than {self.timeout_s:g}s", effect
                 )
@@ -244,7 +246,8 @@ class FlagReader:
         except CancelledError:  # close() dropped it while it waited (the provider's own is returned, not raised)
             return fallback("flag reader closed")
         except BaseException:
-            future.cancel()  # (the caller gave up: still queued, it is dropped unrun)
+            if not future.cancel():  # (the caller gave up: still queued, it is dropped unrun)
+                self._give_up(future)
             raise
         if exc is None:
             return future.result()
@@ -259,6 +262,22 @@ class FlagReader:
             finally:
                 del exc
         return fallback(self.note_failure(exc, effect))
+
+    def _give_up(self, future: Future[Any]) -> None:
+        """Mark the running decision of ``future`` abandoned, before its caller's fallback answers (which
+        forgets whatever the decision left: see :meth:`abandoned`)."""
+        with self._cond:
+            if not future.done():  # (done: the worker has, or soon will have, taken it out; never kept)
+                self._given_up.add(future)
+
+    def abandoned(self) -> bool:
+        """Whether the decision running on this thread (a worker's) was given up by its caller: it ran past
+        the budget, and the caller answered with the fallback (the stable version). A draw that leaves a
+        trace (a bandit's arm remembered for the request's key) must check this under the same lock as the
+        fallback's forgetting of it: the fallback runs once this is true, so a draw made after it would be
+        remembered for good, and the key's outcomes credited to an arm that never served it."""
+        future = getattr(self._trying, "job", None)
+        return future is not None and future in self._given_up
 
     def _frozen_unless_closed(self) -> Container[str] | None:
         """The provider's frozen values (see ``__init__``); None once closed, when decisions answer as
@@ -324,6 +343,7 @@ class FlagReader:
                 if not future.set_running_or_notify_cancel():
                     continue  # its caller gave up waiting before a worker was free
                 self._running[me] = time.monotonic()
+            self._trying.job = future  # (see abandoned)
             try:
                 future.set_result(decide())
             except BaseException as exc:  # (only the provider raises here: SystemExit too is its failure)
@@ -331,8 +351,10 @@ class FlagReader:
                 # the caller raises a request's own mistake, and another thread's stack is not its traceback)
                 future.set_exception(drop_tracebacks(exc))
             finally:
+                self._trying.job = None
                 with self._cond:
                     self._running.pop(me, None)
+                    self._given_up.discard(future)
             # Kept until the next job, the future held what the caller raised (and so the caller's frames, with
             # its request's inputs), and ``decide`` the request's context and the versions it was routed among.
             del future, decide

@@ -132,6 +132,9 @@ class _NoFlags:
     def before_draw(self) -> None:
         return None
 
+    def abandoned(self) -> bool:
+        return False
+
     def note_failure(self, exc: Exception, effect: str = DECISION_FALLBACK) -> str:
         return f"failed: {exc!r}"
 
@@ -1009,7 +1012,9 @@ class Router:
                     name = thompson(arms, self._rng)
                 else:
                     name = epsilon_greedy(arms, self._rng, config.bandit.epsilon)
-                if key is not None:
+                # (a decision its caller gave up, which answered with the stable version, remembers no draw:
+                # checked under the lock the fallback's forgetting takes, which comes after the giving up)
+                if key is not None and not self._flags.abandoned():
                     self._bandit_keys[key] = name
                     self._drew_for_keys = True
             reason = f"bandit ({config.bandit.policy})"

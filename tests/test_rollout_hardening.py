@@ -286,6 +286,43 @@ def test_a_bandit_draw_abandoned_for_a_slow_provider_gets_no_outcome_by_key(
     assert all(arm["outcomes"] == 0 for arm in arms.values())
 
 
+class HeldBanditProvider:
+    """A blocking provider (its reads run on a flag worker) that turns the bandit on, and holds every read
+    until the test opens the gate; ``drawn`` is set when the decision reads its shadows, after the arm."""
+
+    name = "held"
+    blocking = True
+
+    def __init__(self) -> None:
+        self.gate, self.drawn = threading.Event(), threading.Event()
+
+    def _get(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
+        assert self.gate.wait(10), "the test never opened the gate"  # a hang detector, not a timing
+        if key == "scale.shadow.versions":
+            self.drawn.set()
+        return {"scale.strategy": "bandit"}.get(key, default)
+
+    get_boolean = get_number = get_string = get_object = _get
+
+
+def test_a_bandit_draw_of_a_decision_abandoned_on_a_flag_worker_gets_no_outcome_by_key(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """A blocking provider past the budget: stable served alice while her decision still ran on a flag
+    worker. It drew an arm after the fallback had forgotten her draw, and her outcome by key went to it."""
+    provider = HeldBanditProvider()
+    server = make_server(
+        versions, flags=provider, flag_timeout_s=0.05, config=rollout(strategy="stable", variants=ARMS, seed=1)
+    )
+    served = predict(server, "alice")  # the gate is shut: the budget runs out whatever the machine's load
+    assert (served.variant, served.reason) == ("stable", "flag provider timed out")
+    provider.gate.set()
+    assert provider.drawn.wait(10)  # the abandoned decision has drawn (or not) by now
+    assert server.record_outcome(None, 1.0, model="scale", key="alice") is None
+    arms = server.status()["models"]["scale"]["rollout"]["variants"]
+    assert all(arm["outcomes"] == 0 for arm in arms.values()), arms
+
+
 @pytest.mark.parametrize("kill", ["flag", "control file"])
 def test_a_key_served_under_the_kill_switch_after_a_bandit_draw_is_credited_to_stable(
     versions: Path, make_server: ServerFactory, kill: str
