@@ -154,9 +154,10 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     (the fleet's control file cannot be read, or serves a version not in the repository; also in
     ``problems``); ``control_warnings`` (keys of the control file this release ignores: a newer release's
     during a rolling upgrade, which is no problem, or a typo; not in ``problems``); ``models``: name ->
-    ``config_error``, ``config_warning`` (keys of its ``config.toml`` this release ignores, also in
-    ``problems``), ``policy_error`` (its version policy selects none of its versions, or its rollout names
-    a version that is not there) and ``versions``: number -> ``ok``,
+    ``config_error``, ``config_warning`` (keys of its ``config.toml`` this release ignores, and settings
+    that load but do nothing, such as ``[drift] ks_threshold = 1``; also in ``problems``), ``policy_error``
+    (its version policy selects none of its versions, or its rollout names a version that is not there) and
+    ``versions``: number -> ``ok``,
     ``served`` (by the version policy), ``error`` and ``signature`` (and ``remote``, the endpoint, for a
     version served remotely: its server is asked).
     ``follow_symlinks`` scans as ``Server(repository, follow_symlinks=True)`` does: links are loaded, not
@@ -205,11 +206,15 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
             entry["config_error"] = str(exc)
             problems.append(f"{name}: {exc}")
             continue
+        warnings = config.drift.warnings()  # (settings a server loads but that do nothing: a problem too)
         if ignored:  # (a problem: a server of this release serves the model, without them; a typo, most often)
-            entry["config_warning"] = (
+            warnings.insert(
+                0,
                 f"{source.config_path}: this release does not know {', '.join(ignored)}; a server of this release "
-                "serves the model without them (a typo? or written for a newer release)"
+                "serves the model without them (a typo? or written for a newer release)",
             )
+        if warnings:
+            entry["config_warning"] = "; ".join(warnings)
             problems.append(f"{name}: {entry['config_warning']}")
         selected = set(config.version_policy.select(list(source.versions))) | control_served.get(name, set())
         if source.versions and not selected and not config.rollout.referenced_versions & set(source.versions):

@@ -453,8 +453,9 @@ class DriftConfig:
     reference_file: str | None = None
     """An ``.npz`` in the model folder with arrays named like the model's inputs (and outputs)."""
     capture_reference: int = 0
-    """Capture the reference from the first N rows served, instead of a reference file (one or the other: both
-    at once is refused; a layer of configuration that names one replaces the other of the layers below)."""
+    """Capture the reference from the first N rows served, instead of a reference file (one or the other: with
+    both, the file is used and a warning says so; a layer of configuration that names one replaces the other
+    of the layers below)."""
     window: int = 1000
     """Rows per scored window."""
     bins: int = 10
@@ -462,8 +463,8 @@ class DriftConfig:
     psi_threshold: float = 0.2
     """A feature whose PSI exceeds this marks the version as drifting (0.1: watch, 0.2: act, by convention)."""
     ks_threshold: float | None = None
-    """Optionally, a KS statistic above this also marks drift (continuous features only); in (0, 1): a KS
-    statistic is at most 1, so 1 could never mark drift."""
+    """Optionally, a KS statistic above this also marks drift (continuous features only); in (0, 1]: a KS
+    statistic is at most 1, so 1 can never mark drift (it loads, with a warning)."""
     max_features: int = 64
     """Features tracked at most (the first columns of the first inputs, then outputs)."""
 
@@ -480,27 +481,31 @@ class DriftConfig:
         check_int("drift.max_features", self.max_features, 1)
         check_number("drift.psi_threshold", self.psi_threshold, 0, above=True)
         if self.ks_threshold is not None:
-            # (compared with >, as psi_threshold is: at 1 the alarm could never fire, and said nothing)
-            try:
-                check_number("drift.ks_threshold", self.ks_threshold, 0, 1, above=True, below=True)
-            except ConfigurationError as exc:
-                raise ConfigurationError(
-                    f"{exc} (a KS statistic is at most 1, and marks drift above the threshold)"
-                ) from None
-        if self.reference_file is not None and self.capture_reference > 0:
-            # the file won, and the capture was ignored without a word: the same settings name two references
-            raise ConfigurationError(
-                f"drift.reference_file ({self.reference_file!r}) and drift.capture_reference "
-                f"({self.capture_reference}) are both set: the reference comes from one of them; keep "
-                "reference_file to compare with that file, or capture_reference alone to capture the first rows"
+            check_number("drift.ks_threshold", self.ks_threshold, 0, 1, above=True)
+
+    def warnings(self) -> list[str]:
+        """Settings that load but do not do what they say: shown with the model's ``config_warning`` (status,
+        the status CLI and page, a logged warning), and a problem to ``validate``."""
+        found = []
+        if self.ks_threshold is not None and self.ks_threshold >= 1:
+            # (refusing it, as a release did, took the model down on every upgraded worker of a rolling deploy)
+            found.append(
+                f"[drift] ks_threshold = {self.ks_threshold} can never mark drift: a KS statistic is at most 1, "
+                "and a window drifts when it is above the threshold; use a value in (0, 1)"
             )
+        if self.reference_file is not None and self.capture_reference > 0:
+            found.append(
+                f"[drift] reference_file ({self.reference_file!r}) and capture_reference ({self.capture_reference}) "
+                "are both set: the reference file is used and capture_reference is ignored; keep one of them"
+            )
+        return found
 
 
 def _one_reference_source(base: DriftConfig, changes: dict[str, Any]) -> dict[str, Any]:
     """``changes`` to the ``[drift]`` section ``base``, where naming one reference source (a file, or rows to
     capture) replaces the other one of ``base``: a server-wide ``capture_reference`` with one model's
     ``reference_file`` in its ``config.toml`` (or the other way round) means that model's choice. Both named
-    in one layer are left to ``DriftConfig`` to refuse."""
+    in one layer are kept (the file is used, and ``DriftConfig.warnings`` says so)."""
     file_given = changes.get("reference_file") is not None
     capture: Any = changes.get("capture_reference")
     capture_given = is_int(capture) and capture > 0  # (a bad value is left for DriftConfig to refuse)

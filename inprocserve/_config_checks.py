@@ -55,17 +55,13 @@ def check_int(key: str, value: object, low: int, high: int | None = MAX_COUNT) -
         raise ConfigurationError(f"{key} must be {bounds} (an integer), got {value!r}")
 
 
-def check_number(
-    key: str, value: object, low: float, high: float | None = None, *, above: bool = False, below: bool = False
-) -> None:
-    """A finite int or float (not a bool) >= ``low`` (> with ``above``) and <= ``high`` (< with ``below``):
-    NaN fails every comparison, so a plain ``value < low`` test would let it through."""
+def check_number(key: str, value: object, low: float, high: float | None = None, *, above: bool = False) -> None:
+    """A finite int or float (not a bool) >= ``low`` (> with ``above``) and <= ``high``: NaN fails every
+    comparison, so a plain ``value < low`` test would let it through."""
     number = float(value) if is_number(value) and _finite(value) else math.nan  # type: ignore[arg-type]
-    valid = (number > low if above else number >= low) and (
-        high is None or (number < high if below else number <= high)
-    )
+    valid = (number > low if above else number >= low) and (high is None or number <= high)
     if not valid:
-        bounds = f"{'>' if above else '>='} {low}" + ("" if high is None else f" and {'<' if below else '<='} {high}")
+        bounds = f"{'>' if above else '>='} {low}" + ("" if high is None else f" and <= {high}")
         raise ConfigurationError(f"{key} must be a finite number {bounds}, got {value!r}")
 
 

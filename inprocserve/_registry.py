@@ -902,9 +902,9 @@ class Registry:
         refreshes and control revisions) until the model is unloaded or loaded with another ``config``."""
         if override is not None:
             self._load_configs[name] = override
-            return override
         kept = self._load_configs.get(name)
-        if kept is not None:
+        if kept is not None:  # (its config.toml is not read: only the settings of this config are told)
+            self._note_config_warnings(name, None, [], kept.drift.warnings())
             return kept
         config = self._defaults
         ignored: list[str] = []
@@ -916,23 +916,28 @@ class Registry:
             # the file, and one host served two versions (``rollout.stable``) or two canaries, for as long as
             # the older worker lived. The keys left out are logged and shown in status (config_warning), and
             # ``validate`` fails on them: a typo there (``stabel = 2`` for ``stable``) is not followed.
-        self._note_ignored_keys(name, source.config_path, ignored)  # (none, once the file is gone)
         code = self._code_configs.get(name)
-        return config if code is None else config.overlaid(code, source=f"models[{name!r}]")
+        config = config if code is None else config.overlaid(code, source=f"models[{name!r}]")
+        # (none, once the file is gone); settings that load but do nothing, of any layer, are told alike
+        self._note_config_warnings(name, source.config_path, ignored, config.drift.warnings())
+        return config
 
-    def _note_ignored_keys(self, name: str, path: Path | None, ignored: list[str]) -> None:
-        """Log once the keys of ``name``'s ``config.toml`` that this release ignores, and show them in status."""
-        warning = None
+    def _note_config_warnings(self, name: str, path: Path | None, ignored: list[str], settings: list[str]) -> None:
+        """Log once the keys of ``name``'s ``config.toml`` that this release ignores, and the ``settings`` that
+        load but do nothing (``DriftConfig.warnings``), and show them in status."""
+        parts = list(settings)
         if ignored:
-            warning = (
+            parts.insert(
+                0,
                 f"{path}: this release of inprocserve does not know {', '.join(ignored)}, and serves the model "
-                "without them (written for a newer release? if not, a typo)"
+                "without them (written for a newer release? if not, a typo)",
             )
+        warning = "; ".join(parts) or None
         if warning == self.config_warnings.get(name):
             return
         if warning is None:  # (a config.toml removed said its warning for good, naming a file not there)
             del self.config_warnings[name]
-            logger.info("model %r: its config.toml has no unknown keys any more", name)
+            logger.info("model %r: its configuration has no unknown keys or ineffective settings any more", name)
             return
         logger.warning("model %r: %s", name, warning)
         self.config_warnings[name] = warning

@@ -15,6 +15,7 @@ import pytest
 
 import inprocserve
 from inprocserve import DriftConfig, ModelConfig
+from inprocserve.__main__ import main as validate_main
 from inprocserve._drift import _MAX_QUEUED_WINDOWS, DriftMonitor, DriftScorer, drain, replaying
 from inprocserve._errors import ModelLoadError
 from inprocserve._inflight import inputs_key
@@ -326,41 +327,69 @@ def test_ks_threshold_must_be_in_zero_one(value: float) -> None:
         DriftConfig(ks_threshold=value)
 
 
-def test_a_ks_threshold_of_one_is_refused_since_no_window_could_cross_it(
-    repository: Path, make_server: ServerFactory
+def test_a_ks_threshold_of_one_loads_with_a_warning_since_no_window_could_cross_it(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A window marks drift when its KS statistic is above ks_threshold, and a KS statistic is at most 1: with
-    # 1 accepted, the alarm never fired, even for a window that shares no value with the reference.
-    for build in (
-        lambda: DriftConfig(ks_threshold=1.0),
-        lambda: DriftConfig(ks_threshold=1),
-        lambda: ModelConfig().merged({"drift": {"reference_file": "reference.npz", "ks_threshold": 1.0}}),
-    ):
-        with pytest.raises(inprocserve.ConfigurationError, match=r"drift.ks_threshold must be .*> 0 and < 1"):
-            build()
-    assert DriftConfig(ks_threshold=None).ks_threshold is None
+    # A window marks drift when its KS statistic is above ks_threshold, and a KS statistic is at most 1: 1 never
+    # fires. Refusing it took the model down on every upgraded worker of a rolling deploy: it loads, and says so.
     save_model(build_scale_model(2.0), repository, "scale", 1)
     rng = np.random.default_rng(30)
     np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (1000, 4)).astype(np.float32))
-    config = DriftConfig(reference_file="reference.npz", window=500, psi_threshold=1e9, ks_threshold=0.99)
-    server = make_server(repository, config=ModelConfig(drift=config))
+    (repository / "scale" / "config.toml").write_text(
+        '[drift]\nreference_file = "reference.npz"\nwindow = 500\npsi_threshold = 1e9\nks_threshold = 1.0\n'
+    )
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(repository)
+    warning = server.status()["models"]["scale"]["config_warning"]
+    assert "ks_threshold = 1.0 can never mark drift" in warning and "use a value in (0, 1)" in warning
+    assert sum("ks_threshold = 1.0 can never mark drift" in r.getMessage() for r in caplog.records) == 1
+    assert "can never mark drift" in inprocserve.render_status_page(server.status())
     server.predict("scale", rng.normal(50, 1, (500, 4)).astype(np.float32))  # far from every reference value
     assert drain()
-    status = drift_status(server)
-    assert status["features"]["x[0]"]["ks"] == 1.0 and status["drifting"] is True  # by its KS alone
+    assert (drift_status(server)["features"]["x[0]"]["ks"], drift_status(server)["drifting"]) == (1.0, False)
+    assert inprocserve_validate(repository) == 1
+    server.close()
+    (repository / "scale" / "config.toml").write_text(  # what the warning advises: it fires
+        '[drift]\nreference_file = "reference.npz"\nwindow = 500\npsi_threshold = 1e9\nks_threshold = 0.99\n'
+    )
+    server = make_server(repository)
+    assert server.status()["models"]["scale"]["config_warning"] is None
+    server.predict("scale", rng.normal(50, 1, (500, 4)).astype(np.float32))
+    assert drain()
+    assert drift_status(server)["drifting"] is True  # by its KS alone
+    assert inprocserve_validate(repository) == 0
+    assert DriftConfig(ks_threshold=1).warnings() and not DriftConfig(ks_threshold=0.5).warnings()
 
 
-def test_a_reference_file_and_a_capture_in_one_config_are_refused() -> None:
-    # The file won and the capture was ignored without a word: one of them is a mistake, which one is not known.
-    for build in (
-        lambda: DriftConfig(reference_file="reference.npz", capture_reference=500),
-        lambda: ModelConfig().merged({"drift": {"reference_file": "reference.npz", "capture_reference": 500}}),
-    ):
-        with pytest.raises(
-            inprocserve.ConfigurationError,
-            match=r"drift.reference_file \('reference.npz'\) and drift.capture_reference \(500\) are both set",
-        ):
-            build()
+def test_a_reference_file_and_a_capture_in_one_config_load_the_file_with_a_warning(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Both named in one layer: earlier releases used the file and ignored the capture without a word; a release
+    # that refused it took the model down on every upgraded worker. The file is used, and a warning says so.
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    np.savez(repository / "scale" / "reference.npz", x=np.zeros((100, 4), np.float32))
+    (repository / "scale" / "config.toml").write_text(
+        '[drift]\nreference_file = "reference.npz"\ncapture_reference = 500\n'
+    )
+    server = make_server(repository)
+    assert drift_status(server)["reference"] == "file" and drift_status(server)["reference_ready"] is True
+    warning = server.status()["models"]["scale"]["config_warning"]
+    assert "reference_file ('reference.npz') and capture_reference (500) are both set" in warning
+    assert "the reference file is used and capture_reference is ignored" in warning
+    assert inprocserve_validate(repository) == 1
+    server.close()
+    (repository / "scale" / "config.toml").unlink()  # the same in code (models=): loads, and says so
+    both = ModelConfig().merged({"drift": {"reference_file": "reference.npz", "capture_reference": 500}})
+    server = make_server(repository, models={"scale": both})
+    assert drift_status(server)["reference"] == "file"
+    assert "are both set" in server.status()["models"]["scale"]["config_warning"]
+    server.load("scale", config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", ks_threshold=1)))
+    warning = server.status()["models"]["scale"]["config_warning"]  # load(config=) replaces it, and is told
+    assert "ks_threshold = 1 can never mark drift" in warning and "are both set" not in warning
+
+
+def inprocserve_validate(repository: Path) -> int:
+    return validate_main(["validate", str(repository)])
 
 
 def test_a_model_names_its_own_reference_source_over_the_servers(repository: Path, make_server: ServerFactory) -> None:
