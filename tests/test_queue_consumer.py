@@ -490,6 +490,18 @@ def test_a_model_not_served_exits_2_before_reading(client: Any, redis_url: str, 
 # -- one live consumer per name --------------------------------------------------------------------------------
 
 
+class Watching(threading.Event):
+    """A ``stop`` for check_name_free, which waits on it between looks: ``started`` is set once it watches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.started.set()
+        return super().wait(timeout)
+
+
 def test_the_name_check_passes_without_a_group_or_a_holder(client: Any) -> None:
     client.flushall()  # the first consumer ever: no stream, no group yet
     consumer.check_name_free(client, "w", claim_idle_ms=1000)
@@ -507,9 +519,9 @@ def test_the_name_check_watches_a_recent_holder_until_it_reads_or_stays_silent(
     client.xreadgroup(consumer.GROUP, "w", {consumer.REQUESTS: "0"})  # "w" read just now, then died
     consumer.check_name_free(client, "w", claim_idle_ms=600)  # silent for 600 ms: gone
     assert 0.59 < time.monotonic() - started < 2
-    started = time.monotonic()
-    consumer.check_name_free(client, "w", claim_idle_ms=550)  # silent for longer already: at once
-    assert time.monotonic() - started < 0.2
+    looks = Watching()  # silent for longer already: it returns at once, without watching (a stall of this
+    consumer.check_name_free(client, "w", claim_idle_ms=550, stop=looks)  # process only makes it longer)
+    assert not looks.started.is_set()
 
     # a live consumer of an idle queue: it reads nothing, but it polls (every block_ms = 200 ms)
     live = make(client, server, "w", claim_idle_ms=consumer.MIN_CLAIM_IDLE_MS)
@@ -554,15 +566,6 @@ def test_the_name_check_sees_a_busy_consumer_whose_queue_emptied(scoring: tuple[
                 polls_to_hold.clear()
                 assert check_over.wait(30)
             return super().xreadgroup(*args, **kwargs)
-
-    class Watching(threading.Event):  # check_name_free waits on it between looks: it is watching by then
-        def __init__(self) -> None:
-            super().__init__()
-            self.started = threading.Event()
-
-        def wait(self, timeout: float | None = None) -> bool:
-            self.started.set()
-            return super().wait(timeout)
 
     held = HeldPoll(connection_pool=client.connection_pool)
     live = make(held, SlowServer(), "w", claim_idle_ms=3000)  # type: ignore[arg-type]
