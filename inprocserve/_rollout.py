@@ -48,7 +48,7 @@ from ._experiments import (
     thompson,
 )
 from ._flag_reader import DECISION_FALLBACK, FlagReader, UnusableFlag
-from ._flags import FlagTypeError, MustAsk, _value_shown, targeting_key_of
+from ._flags import FlagTypeError, MustAsk, WaitOffLoop, _value_shown, targeting_key_of
 from ._held_bytes import held_bytes
 
 __all__ = ["Decision", "FlagReader", "Router", "RoutingState"]
@@ -678,7 +678,17 @@ class Router:
                 self._forget_draw_of(ctx, state.config.key_field)
             return Decision(stable, "stable", reason)
 
-        return self._flags.run(lambda: self._decide(ready, stable, ctx, state), fallback)
+        try:
+            return self._flags.run(lambda: self._decide(ready, stable, ctx, state), fallback)
+        except WaitOffLoop:  # (nothing was decided: it is routed again off the event loop)
+            raise
+        except BaseException:
+            # The request ends without an answer (gevent's Timeout or a KeyboardInterrupt while a flag worker
+            # decided): nobody served the key, and no fallback forgets an arm the decision drew for it before it
+            # was given up (one drawn after is never remembered: see FlagReader.abandoned).
+            if self._drew_for_keys and ctx:
+                self._forget_draw_of(ctx, state.config.key_field)
+            raise
 
     def _remember_default(self, version: int) -> Decision:
         decision = Decision(version, "default", "latest ready version")

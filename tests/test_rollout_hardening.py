@@ -6,6 +6,7 @@ Version N of the ``scale`` model answers ``y = x * N``, so every answer says whi
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import tracemalloc
@@ -318,6 +319,58 @@ def test_a_bandit_draw_of_a_decision_abandoned_on_a_flag_worker_gets_no_outcome_
     assert (served.variant, served.reason) == ("stable", "flag provider timed out")
     provider.gate.set()
     assert provider.drawn.wait(10)  # the abandoned decision has drawn (or not) by now
+    assert server.record_outcome(None, 1.0, model="scale", key="alice") is None
+    arms = server.status()["models"]["scale"]["rollout"]["variants"]
+    assert all(arm["outcomes"] == 0 for arm in arms.values()), arms
+
+
+class Interrupted(BaseException):
+    """What a caller's own deadline raises into the thread of a request (gevent's Timeout, a signal handler)."""
+
+
+class ShadowHeldBanditProvider(HeldBanditProvider):
+    """Holds only the read of the shadows, which a decision makes after its arm is drawn: ``reading`` is set
+    when that read begins."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = threading.Event()
+
+    def _get(self, key: str, default: Any, context: Mapping[str, Any]) -> Any:
+        if key != "scale.shadow.versions":
+            return {"scale.strategy": "bandit"}.get(key, default)
+        self.reading.set()
+        return super()._get(key, default, context)
+
+    get_boolean = get_number = get_string = get_object = _get
+
+
+def test_a_bandit_draw_of_a_decision_whose_caller_was_interrupted_gets_no_outcome_by_key(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """A blocking provider: alice's decision had drawn an arm on a flag worker, and read its shadows, when her
+    request was interrupted while it waited for the decision: it raised, and nobody served her. No fallback ran
+    to forget the draw, and her outcome by key went to that arm (served 0, outcomes 1)."""
+    provider = ShadowHeldBanditProvider()
+    server = make_server(
+        versions, flags=provider, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(strategy="stable", variants=ARMS)
+    )
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted
+
+    main = threading.get_ident()
+    kicker = threading.Thread(target=lambda: provider.reading.wait(10) and signal.pthread_kill(main, signal.SIGUSR1))
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        kicker.start()
+        with pytest.raises(Interrupted):
+            predict(server, "alice")  # interrupted once the arm is drawn, while it waits for the decision
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        kicker.join(10)
+        provider.gate.set()
+    assert provider.drawn.wait(10)
     assert server.record_outcome(None, 1.0, model="scale", key="alice") is None
     arms = server.status()["models"]["scale"]["rollout"]["variants"]
     assert all(arm["outcomes"] == 0 for arm in arms.values()), arms
