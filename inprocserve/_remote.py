@@ -406,7 +406,7 @@ class RemoteBackend:
                 except InferenceError as exc:  # the server ran the rows: sending them again would run them again
                     raise whole_batch(exc) from exc.__cause__
             if response.status in (429, 503):
-                retry_after = retry_after_seconds(response.headers.get("retry-after"))
+                retry_after = _retry_after(response)
                 if self._backoff(attempt, deadline, at_least_s=retry_after):
                     attempt += 1
                     continue
@@ -538,7 +538,7 @@ class RemoteBackend:
                     else ""
                 )
                 raise ModelLoadError(f"{where}: {exc}{hint}", model=self.model, version=self.version) from None
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            retry_after = _retry_after(response)
             if response.status == 503 and self._backoff(attempt, deadline, at_least_s=retry_after):
                 attempt += 1
                 continue
@@ -702,7 +702,7 @@ class RemoteBackend:
             return late
         if status == 429:  # up, but shedding load: not a failure, and the next call may probe
             self._breaker.release()
-            wait = retry_after_seconds(response.headers.get("retry-after"))
+            wait = _retry_after(response)
             when = "" if wait is None else f" (it asks for {wait:.3g} s before the next call)"
             return self._error(RemoteUnavailableError, f"{self.remote.endpoint} is overloaded: {detail}{when}")
         if status >= 500:
@@ -866,21 +866,38 @@ def _unlike(spec: TensorSpec, array: np.ndarray) -> str | None:
     return None
 
 
-def retry_after_seconds(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None, *, date: str | None = None) -> float | None:
     """The seconds a ``Retry-After`` header asks for (RFC 9110: a count of seconds or an HTTP date);
-    ``None`` when absent or not understood (hostile values included: no exception, no huge number)."""
+    ``None`` when absent or not understood (hostile values included: no exception, no huge number).
+
+    An HTTP date is on the server's clock, so it is measured from the answer's ``Date`` header (``date``,
+    the same clock) when that is a valid date, and from this host's clock only without one: measured from
+    this host's, a server whose clock ran 3 s ahead turned "retry in 1 s" into 4 s (too long: the call
+    failed), and one running behind into no wait at all."""
     if value is None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
         return float(value) if len(value) <= 9 else 1e9
+    when = _http_date(value)
+    if when is None:
+        return None
+    now = None if date is None else _http_date(date)
+    return max(0.0, (when - (now or datetime.datetime.now(datetime.UTC))).total_seconds())
+
+
+def _http_date(value: str) -> datetime.datetime | None:
+    """An HTTP date with its zone, or ``None`` (not one, or without a zone)."""
     try:
-        when = email.utils.parsedate_to_datetime(value)
+        when = email.utils.parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+    return None if when.tzinfo is None else when
+
+
+def _retry_after(response: HttpResponse) -> float | None:
+    """The seconds ``response``'s ``Retry-After`` asks for (see :func:`retry_after_seconds`)."""
+    return retry_after_seconds(response.headers.get("retry-after"), date=response.headers.get("date"))
 
 
 def _message(response: HttpResponse) -> str:

@@ -10,6 +10,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,10 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, answer, headers)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
+        if "Date" in headers:  # a server on another clock: its Date, not one on this host's
+            self.send_response_only(status)
+        else:
+            self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
         if self.server.keep_alive_header is not None:
@@ -822,6 +826,24 @@ def test_retry_after_is_honoured_within_the_deadline(
     assert len(waits) == 1 and scripted.posts == 4
 
 
+@pytest.mark.parametrize("skew_s", [60.0, -60.0])
+def test_a_retry_after_date_is_read_on_the_servers_clock(
+    scripted: Scripted, backends: list[RemoteBackend], skew_s: float
+) -> None:
+    # The server's clock runs a minute ahead of this host's (or behind it) and it asks for one second, as an
+    # HTTP date on its own clock. Measured against this host's clock that was 61 s (not waited for: the call
+    # failed) or none at all (the overloaded server was called again at once).
+    waits: list[float] = []
+    backend = backend_for(backends, scripted, sleep=waits.append, retries=2, timeout_s=10)
+    servers_now = time.time() + skew_s
+    scripted.script = [
+        (503, {"Date": formatdate(servers_now, usegmt=True), "Retry-After": formatdate(servers_now + 1, usegmt=True)})
+    ]
+    (answer,) = backend.run(backend.runners()[0], FEEDS)
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+    assert waits == [1.0]
+
+
 @pytest.mark.parametrize(
     ("header", "seconds"),
     [
@@ -838,6 +860,19 @@ def test_retry_after_is_honoured_within_the_deadline(
 )
 def test_retry_after_values_are_read_safely(header: str | None, seconds: float | None) -> None:
     assert retry_after_seconds(header) == seconds
+
+
+@pytest.mark.parametrize(
+    ("date", "seconds"),
+    [
+        ("Wed, 21 Oct 2015 07:27:58 GMT", 2.0),  # the server's own clock: 2 s, whatever this host's says
+        ("Wed, 21 Oct 2015 07:28:05 GMT", 0.0),  # a date already past on the server's clock: no wait
+        ("yesterday", 0.0),  # no valid Date: measured on this host's clock (the date is long past)
+        ("Wed, 21 Oct 2015 07:27:58", 0.0),  # a Date without its zone: likewise
+    ],
+)
+def test_a_retry_after_date_is_measured_from_the_answers_date(date: str, seconds: float) -> None:
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", date=date) == seconds
 
 
 @pytest.mark.parametrize(("step", "said"), [("int64", "of numpy type int64"), ("narrow", r"of shape \[2, 3\]")])
