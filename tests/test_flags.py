@@ -156,6 +156,52 @@ def test_file_flags_reload_when_the_file_changes(tmp_path: Path) -> None:
     wait_until(lambda: flags.get_number("fraud.canary.percent", 0, {}) == 50)
 
 
+class _SharedFileStat:
+    """A file's stat as a network share whose server stamps files with whole seconds, from a clock 10 s
+    behind this host's, reports it (no such share can be mounted in a test: its times are played)."""
+
+    def __init__(self, info: os.stat_result) -> None:
+        self._info = info
+        self.st_mtime_ns = (info.st_mtime_ns - 10 * 10**9) // 10**9 * 10**9
+        self.st_ctime_ns = (info.st_ctime_ns - 10 * 10**9) // 10**9 * 10**9
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._info, name)
+
+
+def test_file_flags_see_an_edit_in_the_same_second_on_a_share_whose_clock_is_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "flags.json"
+    local_stat = Path.stat
+
+    def stat(self: Path, **kwargs: Any) -> Any:
+        info = local_stat(self, **kwargs)
+        return _SharedFileStat(info) if self == path else info
+
+    monkeypatch.setattr(Path, "stat", stat)
+
+    def edit(percent: int) -> tuple[int, int]:  # in place, as a config agent rewrites the bytes
+        with path.open("r+b" if path.exists() else "wb") as file:
+            file.write(json.dumps({"fraud.canary.percent": percent}).encode())
+        info = path.stat()
+        return info.st_mtime_ns, info.st_ctime_ns
+
+    for _ in range(5):  # (two edits a few ms apart: in one second, unless they straddle its end)
+        before = edit(10)
+        flags = FileFlags(path, check_interval_s=0)  # read between the two edits
+        assert flags.get_number("fraud.canary.percent", 0, {}) == 10
+        if edit(50) == before:  # the same size, inode, and times: only a reread can tell
+            break
+        flags.close()
+    else:
+        pytest.fail("no two edits within one second")
+    # Its times are 10 s older than this host's clock, which took them for an edit long past: the second
+    # edit was never read, and the canary stayed at 10 % until the next edit.
+    wait_until(lambda: flags.get_number("fraud.canary.percent", 0, {}) == 50)
+    flags.close()
+
+
 def test_file_flags_keep_the_last_good_values(tmp_path: Path) -> None:
     path = tmp_path / "flags.toml"
     path.write_text("[fraud.canary]\npercent = 5\n")
