@@ -117,14 +117,18 @@ def signature_from_metadata(
     input declared ``[-1, 100000000]`` took the load 6.1 GiB and 24 s, and at ``1e9`` a row every worker
     would be killed for its memory as it started.
 
+    An output listed with an ONNX sequence or map type (what an inprocserve server lists for a ZipMap's maps,
+    which the protocol cannot carry) is left out, with a warning: the version serves the other outputs.
+
     Raises:
-        ModelLoadError: the document lists no inputs or outputs, or a tensor with an unknown datatype or a
+        ModelLoadError: the document lists no inputs or no tensor outputs, or a tensor with an unknown datatype or a
             malformed shape, or an input whose row takes more than ``max_row_bytes``; ``where`` (the
             endpoint) starts the message.
     """
     if not isinstance(document, dict):
         raise ModelLoadError(f"{where}: the model metadata is not a JSON object")
     specs: dict[str, list[TensorSpec]] = {}
+    skipped: list[str] = []
     for kind in ("inputs", "outputs"):
         entries = document.get(kind)
         if not isinstance(entries, list) or not entries:
@@ -138,6 +142,11 @@ def signature_from_metadata(
             datatype = entry.get("datatype") if isinstance(entry, dict) else None
             shape = entry.get("shape") if isinstance(entry, dict) else None
             onnx_type = onnx_of_datatype(datatype) if isinstance(datatype, str) else None
+            if kind == "outputs" and isinstance(name, str) and name and _is_not_a_tensor(datatype):
+                # A ZipMap's maps (what skl2onnx's classifiers answer) are listed by an inprocserve server as
+                # their ONNX type, seq(map(...)), and never sent: leave the output out, serve the others.
+                skipped.append(f"{name} ({datatype})")
+                continue
             if not isinstance(name, str) or not name or onnx_type is None or not isinstance(shape, list):
                 raise ModelLoadError(
                     f"{where}: {kind} entry {str(entry)[:200]} needs a name, a datatype among "
@@ -153,7 +162,24 @@ def signature_from_metadata(
             # tensors are sent as binary; as JSON, only text
             raw_bytes = binary and datatype == "BYTES"
             specs[kind].append(TensorSpec(name, onnx_type, DATATYPES[datatype], dims, raw_bytes=raw_bytes))
+    if skipped:
+        if not specs["outputs"]:
+            raise ModelLoadError(
+                f"{where}: the model's outputs ({', '.join(skipped)}) are all values the protocol cannot carry "
+                "(no tensor); export the model with tensor outputs (skl2onnx: options={'zipmap': False})"
+            )
+        logger.warning(
+            "%s: outputs %s are not tensors, which the protocol cannot carry; this version answers without them",
+            where,
+            ", ".join(skipped),
+        )
     return Signature(specs["inputs"], specs["outputs"])
+
+
+def _is_not_a_tensor(datatype: object) -> bool:
+    """Whether a metadata datatype is an ONNX sequence or map type (``seq(map(int64,tensor(float)))``), which
+    an inprocserve server lists for a ZipMap output and no server sends."""
+    return isinstance(datatype, str) and datatype.startswith(("seq(", "map(", "opt("))
 
 
 def _check_row_bytes(name: str, datatype: str, shape: list[int], *, where: str, max_row_bytes: int) -> None:

@@ -27,6 +27,7 @@ from inprocserve._remote_model import RemoteModel
 from inprocserve.testing import ManualClock, build_gather_model, build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, run_in_forked_child
+from .toolkit_models import build_string_label_classifier
 
 APP = Path(__file__).with_name("remote_app.py")
 
@@ -70,6 +71,7 @@ def remote_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_model(build_scale_model(3.0), folder, "scale", 2)
     save_model(build_mlp_model((16, 32, 3), seed=7), folder, "mlp", 1)
     save_model(build_gather_model(table_rows=10), folder, "gather", 1)
+    save_model(build_string_label_classifier(), folder, "classifier", 1)
     return folder
 
 
@@ -145,6 +147,29 @@ def test_values_the_remote_model_refuses_raise_invalid_input(app: RemoteApp, bac
         backend.run(slot, {"index": np.array([1, 99], np.int64)})  # passes validation, fails in onnxruntime
     assert (caught.value.model, caught.value.version) == ("gather", 1)
     assert backend.status()["circuit"] == "closed"  # a bad request says nothing against the server
+
+
+def test_a_scikit_learn_classifier_served_by_inprocserve_is_served_remotely_without_its_zipmap(
+    app: RemoteApp,
+    remote_repository: Path,
+    make_server: ServerFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # skl2onnx's classifiers answer their scores as a ZipMap (a list of maps), which an inprocserve server's
+    # metadata lists as seq(map(string,tensor(float))): the remote backend refused every such model to load
+    # ("needs a name, a datatype among BOOL, ..."), so no scikit-learn classifier could be served remotely.
+    local = tmp_path / "models"
+    (local / "classifier" / "1").mkdir(parents=True)
+    (local / "classifier" / "1" / "remote.toml").write_text(f'url = "{app.url}"\nmodel = "classifier"\n')
+    with caplog.at_level(logging.WARNING, logger="inprocserve._remote"):
+        server = make_server(local)
+    assert "output_probability (seq(map(string,tensor(float))))" in caplog.text
+    rows = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
+    answer = server.predict("classifier", {"X": rows})
+    assert list(answer) == ["output_label"]  # the labels; the maps the protocol cannot carry are left out
+    (labels, _maps) = direct(remote_repository, "classifier", 1, {"X": rows})
+    assert answer["output_label"].tolist() == labels.tolist()
 
 
 def test_an_unknown_remote_model_fails_to_load(app: RemoteApp, backends: list[RemoteBackend]) -> None:
