@@ -106,6 +106,7 @@ def score_file(
             spec.describe()
             for spec in signature.outputs
             if spec.shape is not None
+            and not spec.is_maps_per_row  # a ZipMap's maps: one per row, written as a column per key
             and (not spec.shape or (not spec.has_dynamic_batch and spec.shape[0] not in firsts))
         ]
         if unbatched:  # its answers have no row per input row to write

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._errors import InvalidInputError
 from ._scoring_formats import file_format, pyarrow_modules
-from ._signature import Signature
+from ._signature import Signature, TensorSpec
 
 __all__ = ["AnswerWriter"]
 
@@ -46,7 +46,7 @@ def _storable(output: str, values: np.ndarray) -> np.ndarray:
     after every row had been scored.
 
     Raises:
-        InvalidInputError: the output holds other Python objects (a sequence of maps, as ZipMap answers).
+        InvalidInputError: the output holds other Python objects (a ZipMap's maps are made a matrix before).
     """
     if not values.dtype.hasobject:
         return values
@@ -57,6 +57,30 @@ def _storable(output: str, values: np.ndarray) -> np.ndarray:
             "only as a pickle; write the answers to a .csv or .parquet file"
         )
     return values.astype(np.str_)
+
+
+def _map_value_dtype(spec: TensorSpec) -> np.dtype[Any]:
+    """The numpy dtype of a sequence of maps' values: ZipMap's ``seq(map(string,tensor(float)))`` holds float32
+    (written as ``%.9g``, read back exactly); any other value type as float64."""
+    return np.dtype(np.float32 if spec.onnx_type.endswith(",tensor(float)))") else np.float64)
+
+
+def _map_matrix(output: str, maps: Any, keys: tuple[Any, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """A ZipMap's maps, one per row, as a ``(rows, len(keys))`` matrix in the order of ``keys``.
+
+    Raises:
+        InvalidInputError: a map's keys are not ``keys`` (the first map's), so no column could hold its values.
+    """
+    matrix = np.empty((len(maps), len(keys)), dtype=dtype)
+    for row, mapping in enumerate(maps):
+        if not isinstance(mapping, Mapping) or tuple(mapping) != keys:
+            found = tuple(mapping) if isinstance(mapping, Mapping) else type(mapping).__name__
+            raise InvalidInputError(
+                f"output {output!r} answered a map with keys {found!r}, unlike the first row's {keys!r}: "
+                "the columns are the first map's keys"
+            )
+        matrix[row] = tuple(mapping.values())
+    return matrix
 
 
 class AnswerWriter:
@@ -87,16 +111,43 @@ class AnswerWriter:
         self._parquet: Any = None
         self._fmts: list[str] = []
         self._written = False
+        self._maps = {spec.name: spec for spec in signature.outputs if spec.is_maps_per_row}
+        self._keys: dict[str, tuple[Any, ...]] = {}
+        """Each ZipMap output's keys (the classes), from its first map: its columns, in that order."""
+
+    def _tabular(self, answer: Mapping[str, Any]) -> dict[str, Any]:
+        """``answer`` with each ZipMap output (a list of maps, one per row) made a ``(rows, classes)`` matrix."""
+        if not self._maps:
+            return dict(answer)
+        tabular = dict(answer)
+        for output, spec in self._maps.items():
+            maps = answer.get(output)
+            if maps is None:
+                continue
+            if output not in self._keys:
+                if not maps:
+                    continue  # no row yet: the first map gives the columns
+                first = maps[0]
+                self._keys[output] = tuple(first) if isinstance(first, Mapping) else ()
+            tabular[output] = _map_matrix(output, maps, self._keys[output], _map_value_dtype(spec))
+        return tabular
 
     def write(self, answer: Mapping[str, Any]) -> None:
         self._written = True
         if self.format in (".npy", ".npz"):
-            for output, values in answer.items():
+            for output, values in self._tabular(answer).items():
+                if isinstance(values, list) and not values:
+                    continue  # a ZipMap's maps for no rows, before any map named its columns
                 self._parts.setdefault(output, []).append(_storable(output, np.asarray(values)))
             if self.format == ".npy" and len(self._parts) != 1:
                 raise InvalidInputError(f"the model has {len(self._parts)} outputs; write them to a .npz file")
             return
-        columns = _columns(answer)
+        tabular = self._tabular(answer)
+        columns = _columns({k: v for k, v in tabular.items() if k not in self._maps})
+        for output in self._maps:  # (after the tensors: the column order of every chunk is the first's)
+            if output in self._keys:
+                matrix = tabular[output]
+                columns.extend((f"{output}_{key}", matrix[:, i]) for i, key in enumerate(self._keys[output]))
         if self.format == ".csv":
             self._write_csv(columns)
             return
@@ -131,6 +182,8 @@ class AnswerWriter:
             self.write(self.signature.empty_answer())
         if self.format in (".npy", ".npz"):
             arrays = {name: np.concatenate(parts) for name, parts in self._parts.items()}
+            for output, keys in self._keys.items():  # the classes a ZipMap's columns stand for, in order
+                arrays.setdefault(f"{output}_keys", np.array(keys))
             with self._temp.open("wb") as file:
                 self._save(file, arrays)
         self._close_streams()

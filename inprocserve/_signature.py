@@ -75,6 +75,11 @@ class TensorSpec:
         return self.onnx_type == "tensor(string)"
 
     @property
+    def is_maps_per_row(self) -> bool:
+        """A sequence of maps, one per row of the input: what a ZipMap answers (skl2onnx's classifiers)."""
+        return _maps_per_row(self)
+
+    @property
     def has_dynamic_batch(self) -> bool:
         """True when axis 0 exists and is dynamic, so rows of several requests can be stacked on it."""
         return self.dtype is not None and bool(self.shape) and _is_dynamic(self.shape[0])  # type: ignore[index]

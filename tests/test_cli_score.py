@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 
 from inprocserve.__main__ import main
 from inprocserve.testing import build_add_model, build_gather_model, build_mlp_model, build_scale_model, save_model
+
+from .toolkit_models import CLASSES, build_string_label_classifier
 
 
 def _x(rows: int = 150) -> np.ndarray:
@@ -364,3 +367,29 @@ def test_version_scores_a_version_on_disk_that_the_policy_does_not_serve(tmp_pat
         main(["score", "--quiet", "--version", "3", str(repository), str(tmp_path / "x.npy"), str(tmp_path / "z.npy")])
         == 1
     )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz"])
+def test_a_scikit_learn_classifier_s_zipmap_is_written_as_a_column_per_class(tmp_path: Path, suffix: str) -> None:
+    # skl2onnx exports every classifier with its scores as a ZipMap (a list of maps, one per row): the
+    # command refused such models ("without a batch axis"), though each row has its map.
+    model = save_model(build_string_label_classifier(), tmp_path / "models", "classifier", 1)
+    x = _x(23)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / f"out{suffix}"
+    argv = ["score", "--quiet", "--batch-rows", "5", str(model), str(tmp_path / "x.npy"), str(out)]
+    assert main(argv) == 0
+    labels, maps = onnxruntime.InferenceSession(str(model)).run(None, {"X": x})
+    scores = np.array([[row[name] for name in CLASSES] for row in maps], np.float32)
+    if suffix == ".csv":
+        lines = out.read_text().splitlines()
+        assert lines[0].split(",") == ["output_label_0"] + [f"output_probability_{name}" for name in CLASSES]
+        assert [line.split(",")[0] for line in lines[1:]] == labels.tolist()
+        written = np.array([[float(v) for v in line.split(",")[1:]] for line in lines[1:]], np.float32)
+        np.testing.assert_array_equal(written, scores)  # %.9g: float32 read back exactly
+    else:
+        with np.load(out) as answers:  # (no pickle needed)
+            assert answers["output_label"].tolist() == labels.tolist()
+            assert answers["output_probability_keys"].tolist() == CLASSES
+            np.testing.assert_array_equal(answers["output_probability"], scores)
+    _no_leftovers(tmp_path)
