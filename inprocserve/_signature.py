@@ -496,8 +496,18 @@ def _text(name: str, value: Any, *, raw_bytes: bool = False) -> np.ndarray:
     Unicode (a lone surrogate, which JSON can carry). ``bytes`` holding UTF-8 text are decoded; with
     ``raw_bytes`` (a remote ``BYTES`` tensor), ``bytes`` are kept as they are, whatever they hold."""
     array = np.asarray(value, dtype=object) if not isinstance(value, np.ndarray) else value
-    if array.dtype.kind not in "OU":
-        raise InvalidInputError(f"input {name!r}: expected strings (tensor(string)), got {array.dtype}")
+    if array.dtype.kind == "S" and raw_bytes:
+        # numpy's fixed-width bytes drop trailing zero bytes (np.array([b"ab\0"])[0] is b"ab"): binary data
+        # sent that way would reach the model server changed, so only an array that keeps them is taken.
+        raise InvalidInputError(
+            f"input {name!r}: a numpy array of dtype {array.dtype} drops the trailing zero bytes of each element; "
+            "send the bytes as an array of dtype object (np.array(values, dtype=object)) or a list"
+        )
+    if array.dtype.kind not in "OUS":  # (S: numpy's bytes, e.g. np.array([b"paris"]), decoded as UTF-8 below)
+        raise InvalidInputError(
+            f"input {name!r}: expected strings (tensor(string)), got an array of {array.dtype}; send text: a list "
+            "of str, or a numpy array of dtype str or object"
+        )
     array = array.astype(object, copy=False)
     decoded: dict[int, str] = {}
     for index, element in enumerate(array.flat):

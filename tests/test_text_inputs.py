@@ -59,6 +59,14 @@ def test_numpy_text_and_its_elements_pass(served: inprocserve.Server) -> None:
     assert answer.tolist() == ["a", "é"]
 
 
+def test_a_numpy_array_of_bytes_is_text_like_a_list_of_bytes(served: inprocserve.Server) -> None:
+    # np.array([b"paris"]) is of dtype S5 (what h5py, np.loadtxt(dtype=bytes) and a pandas column of bytes give):
+    # a list of the same bytes was decoded, the array refused with "expected strings (tensor(string)), got |S5".
+    assert served.predict("text", {"text": np.array([b"h\xc3\xa9", b"paris"])})["echo"].tolist() == ["hé", "paris"]
+    with pytest.raises(inprocserve.InvalidInputError, match=r"got an array of float64; send text: a list of str"):
+        served.predict("text", {"text": np.array([1.5, 2.5])})
+
+
 def test_a_json_lone_surrogate_is_a_400_and_the_requests_beside_it_are_answered(served: inprocserve.Server) -> None:
     endpoints = v2.Endpoints(lambda: served)
 
@@ -97,6 +105,9 @@ def test_a_remote_bytes_input_takes_any_bytes_as_they_are() -> None:
     for bad, problem in ((None, "element #0 is NoneType"), ("\ud800", "element #0 is not valid Unicode text")):
         with pytest.raises(inprocserve.InvalidInputError, match=problem):
             signature.validate({"image": np.array([bad], dtype=object)}, max_rows=8)
+    # numpy's fixed-width bytes drop each element's trailing zero bytes: refused, saying what keeps them
+    with pytest.raises(inprocserve.InvalidInputError, match=r"drops the trailing zero bytes.*dtype object"):
+        signature.validate({"image": np.array([jpeg, b"GIF89a"])}, max_rows=8)
 
 
 class _JsonOnlyServer(ThreadingHTTPServer):
