@@ -128,6 +128,10 @@ class Signature:
         """Rows of several requests can be stacked on axis 0 of every input and split off every output, as far
         as the declared shapes tell (the load also runs the model to check it: ``ModelVersion``); then every
         input of a request must have the same rows."""
+        self._same_rows: bool = self.batchable or self.rows_in_maps()
+        """Every input of a request must have the same rows: axis 0 is the rows of every input, as the declared
+        shapes tell, or as they tell of every output but a ZipMap's maps (a scikit-learn classifier, whose
+        mismatched inputs failed inside onnxruntime's Concat as an InferenceError, not naming them)."""
         self.has_dynamic_inner_axes: bool = any(
             spec.shape is None or any(_is_dynamic(d) for d in spec.shape[1:]) for spec in self.inputs
         )
@@ -244,7 +248,7 @@ class Signature:
             if array.ndim:
                 if rows < 0:
                     rows = array.shape[0]
-                elif self.batchable and array.shape[0] != rows:
+                elif self._same_rows and array.shape[0] != rows:
                     raise InvalidInputError(
                         f"input {spec.name!r}: has {array.shape[0]} rows but the other inputs have {rows}; "
                         "all inputs need the same number of rows"

@@ -52,3 +52,54 @@ def build_string_label_classifier(*, features: int = 4) -> Any:
     )
     opsets = [helper.make_opsetid("", 15), helper.make_opsetid("ai.onnx.ml", 1)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+def build_column_transformer_pipeline() -> Any:
+    """What skl2onnx's ``convert_sklearn`` exports for a ``Pipeline(ColumnTransformer(...), LogisticRegression())``
+    with one input per column (``initial_types=[("age", FloatTensorType([None, 1])), ("city",
+    StringTensorType([None, 1])), ("n", Int64TensorType([None, 1]))]``): each column encoded on its own (the
+    city through a category table), concatenated on axis 1, then ``LinearClassifier`` with integer classes ->
+    ``output_label`` (``tensor(int64) [None]``) and ``ZipMap`` -> ``output_probability``."""
+    cities = ["oslo", "paris", "rome"]
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "CategoryMapper", ["city"], ["city_id"], domain="ai.onnx.ml", cats_strings=cities, cats_int64s=[0, 1, 2]
+            ),
+            helper.make_node("Cast", ["city_id"], ["city_f"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["n"], ["n_f"], to=TensorProto.FLOAT),
+            helper.make_node("Concat", ["age", "city_f", "n_f"], ["features"], axis=1),
+            helper.make_node(
+                "LinearClassifier",
+                ["features"],
+                ["label", "probability_tensor"],
+                domain="ai.onnx.ml",
+                classlabels_ints=[0, 1],
+                coefficients=[0.05, -0.5, 0.2, -0.05, 0.5, -0.2],
+                intercepts=[0.0, 0.1],
+                multi_class=1,
+                post_transform="SOFTMAX",
+            ),
+            helper.make_node("Identity", ["label"], ["output_label"]),
+            helper.make_node(
+                "ZipMap", ["probability_tensor"], ["output_probability"], domain="ai.onnx.ml", classlabels_int64s=[0, 1]
+            ),
+        ],
+        "pipeline",
+        [
+            helper.make_tensor_value_info("age", TensorProto.FLOAT, [None, 1]),
+            helper.make_tensor_value_info("city", TensorProto.STRING, [None, 1]),
+            helper.make_tensor_value_info("n", TensorProto.INT64, [None, 1]),
+        ],
+        [
+            helper.make_tensor_value_info("output_label", TensorProto.INT64, [None]),
+            helper.make_value_info(
+                "output_probability",
+                helper.make_sequence_type_proto(
+                    helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+                ),
+            ),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 15), helper.make_opsetid("ai.onnx.ml", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
