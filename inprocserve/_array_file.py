@@ -45,8 +45,11 @@ def not_numpy_file(head: bytes) -> str | None:
     return f"not a .npy or .npz file ({what}); write the arrays with np.save or np.savez"
 
 
-def load_arrays(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+def load_arrays(path: Path, *, pickled: list[str] | None = None) -> np.ndarray | dict[str, np.ndarray]:
     """A ``.npy``'s array, or a ``.npz``'s arrays by name.
+
+    ``pickled``: where to list, instead of refusing the file, the members of a ``.npz`` that hold Python objects
+    (an object array, as pandas' ``.values`` of a text column is), which would need unpickling; they are left out.
 
     Raises:
         UnreadableArrayFileError: not a regular file, unreadable, half-copied, damaged, or pickled objects.
@@ -62,7 +65,20 @@ def load_arrays(path: Path) -> np.ndarray | dict[str, np.ndarray]:
             if isinstance(loaded, np.ndarray):  # a .npy (np.save)
                 return loaded
             with loaded:
-                return {key: loaded[key] for key in loaded.files}
+                arrays: dict[str, np.ndarray] = {}
+                for key in loaded.files:
+                    try:
+                        arrays[key] = loaded[key]
+                    except ValueError as exc:
+                        if "allow_pickle" not in str(exc):  # numpy's refusal of an object array's pickle
+                            raise
+                        if pickled is None:
+                            raise UnreadableArrayFileError(
+                                f"array {key!r} holds Python objects (an object array), never unpickled; save it "
+                                "as text or numbers (array.astype(str), array.astype(np.float32))"
+                            ) from None
+                        pickled.append(key)
+                return arrays
     except UnreadableArrayFileError:
         raise
     except Exception as exc:  # (numpy's parsing of a damaged file raises many kinds: TokenError, zlib.error...)

@@ -297,10 +297,20 @@ class DriftMonitor:
         )
 
     def _reference_from_file(self, path: Path) -> dict[str, _Feature]:
+        pickled: list[str] = []
         try:
-            loaded = load_arrays(path)
+            loaded = load_arrays(path, pickled=pickled)
         except UnreadableArrayFileError as exc:
             raise self._fail(f"drift reference {path} cannot be read: {exc}") from exc
+        # An object array (pandas' .values of a text column: a LabelEncoder's string labels) is never unpickled;
+        # named after text or maps, which drift does not watch, it is left out as a numeric one is below: it
+        # failed the version's load, so the model did not serve at all.
+        wanted = [name for name in pickled if name in (*self._inputs, *self._outputs) and not self._not_numeric(name)]
+        if wanted:
+            raise self._fail(
+                f"drift reference {path}: array {wanted[0]!r} holds Python objects (an object array), never "
+                "unpickled; save it as numbers (array.astype(np.float32))"
+            )
         if isinstance(loaded, np.ndarray):  # a .npy (np.save): one array, for a model of one input
             if len(self._inputs) != 1:
                 raise self._fail(
@@ -312,7 +322,10 @@ class DriftMonitor:
             arrays = loaded
         # A numeric reference for a text input (or a ZipMap output) cannot be compared with what requests carry:
         # kept, the requests' text failed every window's scoring, for every feature.
-        unusable = sorted(name for name in arrays if self._not_numeric(name) and _numeric(arrays[name]))
+        unusable = sorted(
+            [name for name in arrays if self._not_numeric(name) and _numeric(arrays[name])]
+            + [name for name in pickled if self._not_numeric(name)]
+        )
         if unusable:
             logger.warning(
                 "model %r version %s: drift leaves out %s of reference %s: the model takes or gives text or maps "

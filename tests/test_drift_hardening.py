@@ -23,6 +23,7 @@ from inprocserve._signature import TensorSpec
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
+from .toolkit_models import CLASSES, build_string_label_classifier
 
 
 def drift_status(server: inprocserve.Server) -> dict[str, Any]:
@@ -738,6 +739,45 @@ def test_a_reference_for_a_zipmap_output_does_not_fail_the_load(repository: Path
     assert drain()
     status = server.status()["models"]["classifier"]["versions"]["1"]["drift"]
     assert status["windows"] == 1 and set(status["features"]) == {"x[0]", "x[1]"}
+
+
+def test_a_reference_with_the_string_labels_as_pandas_gives_them_does_not_fail_the_load(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A reference built from a pandas frame, np.savez(..., X=df[features].values, output_label=df["label"].values),
+    # holds the string labels as an object array, which is never unpickled: the version failed to load ("Object
+    # arrays cannot be loaded when allow_pickle=False"), so the classifier did not serve at all.
+    save_model(build_string_label_classifier(), repository, "species", 1)
+    rng = np.random.default_rng(26)
+    labels = np.array(CLASSES, dtype=object)[rng.integers(0, 3, 500)]
+    np.savez(
+        repository / "species" / "reference.npz",
+        X=rng.standard_normal((500, 4)).astype(np.float32),
+        output_label=labels,
+    )
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=100)))
+    assert server.status()["models"]["species"]["versions"]["1"]["state"] == "ready"
+    server.predict("species", rng.standard_normal((100, 4)).astype(np.float32))
+    assert drain()
+    status = server.status()["models"]["species"]["versions"]["1"]["drift"]
+    assert status["windows"] == 1 and set(status["features"]) == {"X[0]", "X[1]", "X[2]", "X[3]"}
+
+
+def test_a_reference_with_numbers_as_an_object_array_fails_the_load_saying_how_to_save_them(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    np.savez(repository / "scale" / "reference.npz", x=np.ones((500, 4), dtype=object))
+    with pytest.raises(ModelLoadError, match=r"array 'x' holds Python objects .*astype\(np.float32\)"):
+        DriftMonitor(
+            DriftConfig(reference_file="reference.npz"),
+            model="scale",
+            version=1,
+            inputs=["x"],
+            outputs=["y"],
+            folder=repository / "scale",
+            dtypes={"x": np.dtype(np.float32), "y": np.dtype(np.float32)},
+        )
 
 
 def test_a_float64_reference_of_a_float32_input_with_an_imputed_mean_does_not_drift(
