@@ -11,6 +11,7 @@ published for routing only once it is ``ready`` (sessions built and warmed up).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -153,6 +154,7 @@ class ModelVersion:
             signature = self.backend.prepare(
                 warmup=self._warm_up, probe_rows=batching.max_batch_size if batching.enabled else 1
             )
+            signature = self._rows_declared_as_one(signature)
             self._check_padding(signature)
             self._finish_load(signature)
         except ServerClosedError:  # closed while it loaded (the server is shutting down): not a failed load
@@ -184,6 +186,49 @@ class ModelVersion:
             ", ".join(self.backend.providers),
             self.backend.concurrency,
         )
+
+    def _rows_declared_as_one(self, signature: Signature) -> Signature:
+        """The signature with axis 0 made dynamic on each output that declares it of size 1 but answers one
+        value per row: onnxmltools declares a LightGBM classifier's ``label`` as ``[1]`` (onnxruntime warns
+        "Expected shape from model of {1} does not match actual shape of {3}" at each run of 3 rows). Taken at
+        its word, such a version was never batched, the ``score`` command refused it ("without a batch axis"),
+        and a remote backend calling it refused each answer of more than one row. A run of 3 made-up rows
+        shows which such outputs answer 3 rows; the others, and a model that does not run on made-up rows,
+        keep their declared shape.
+        """
+        suspects = {
+            spec.name
+            for spec in signature.outputs
+            if spec.dtype is not None and spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] == 1
+        }
+        if not suspects or self.backend.kind == "remote" or signature.inputs_without_dynamic_rows():
+            return signature
+        first, second = signature.distinct_rows(PROBE_INNER_SIZES[0])
+        feeds = stack_inputs([first, second, first], [spec.name for spec in signature.inputs])
+        try:
+            answers = self.backend.run(self.backend.runners()[0], feeds)
+        except ServerClosedError:
+            raise
+        except InprocserveError:
+            return signature  # (made-up rows are not valid input for every model: nothing shown)
+        outputs = []
+        for spec, answer in zip(signature.outputs, answers, strict=True):
+            assert spec.shape is not None or spec.name not in suspects
+            if spec.name in suspects and isinstance(answer, np.ndarray) and answer.ndim == len(spec.shape or ()):
+                if answer.shape[0] == 3:
+                    spec = dataclasses.replace(spec, shape=(None, *(spec.shape or ())[1:]))
+            outputs.append(spec)
+        fixed = [spec.name for spec in outputs if spec.name in suspects and spec.shape and spec.shape[0] is None]
+        if not fixed:
+            return signature
+        logger.info(
+            "model %r version %s declares axis 0 of size 1 on outputs that answer one row per input row (%s): "
+            "taken as rows",
+            self.name,
+            self.version,
+            ", ".join(fixed),
+        )
+        return Signature(signature.inputs, outputs, rows_shared=signature.rows_shared)
 
     def _finish_load(self, signature: Signature) -> None:
         """What a load builds on top of the backend's sessions: the drift monitor, the run cost and the

@@ -297,6 +297,10 @@ class Signature:
                 listing = ", ".join(f"{name!r} axis {axis} = {size}" for (name, axis), size in sizes.items())
                 raise InvalidInputError(f"dimension {symbol!r} must be the same in every input, got {listing}")
 
+    def inputs_without_dynamic_rows(self) -> list[str]:
+        """The inputs that are not a tensor with a dynamic axis 0 (no made-up rows can be stacked on them)."""
+        return [spec.name for spec in self.inputs if not spec.has_dynamic_batch]
+
     def distinct_rows(self, inner_size: int = 2) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Two one-row requests whose values differ, the same at every load: floats from a seeded normal, 0
         and 1 for integers (an index valid for any table of two rows or more), False and True, "" and "a";

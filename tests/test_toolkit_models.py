@@ -10,10 +10,11 @@ import onnxruntime
 import pytest
 
 import inprocserve
+from inprocserve.__main__ import main
 from inprocserve.testing import save_model
 
 from .conftest import ServerFactory
-from .toolkit_models import build_column_transformer_pipeline
+from .toolkit_models import build_column_transformer_pipeline, build_lightgbm_classifier
 
 
 @pytest.fixture
@@ -45,3 +46,24 @@ def test_columns_of_different_rows_are_invalid_input_naming_the_column(pipeline:
     with pytest.raises(inprocserve.InvalidInputError, match=r"input 'city': has 1 rows but the other inputs have 2"):
         pipeline.predict("churn", {"age": [[31.0], [58.0]], "city": [["paris"]], "n": [[2], [9]]})
     assert pipeline.predict("churn", {"age": [[31.0]], "city": [["paris"]], "n": [[2]]})["output_label"].shape == (1,)
+
+
+def test_a_lightgbm_classifier_whose_label_is_declared_of_one_row_is_batched_and_scored(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # onnxmltools declares a LightGBM classifier's label [1]: taken at its word, the version was never
+    # batched, `score` refused it ("without a batch axis") and a remote backend refused answers of several rows.
+    model = save_model(build_lightgbm_classifier(), repository, "lgbm", 1)
+    server = make_server(repository)
+    version = server.status()["models"]["lgbm"]["versions"]["1"]
+    assert version["batchable"] is True
+    assert version["signature"]["outputs"][0] == {"name": "label", "type": "tensor(int64)", "shape": [None]}
+    rows = np.random.default_rng(4).standard_normal((7, 4)).astype(np.float32)
+    labels, probabilities = onnxruntime.InferenceSession(str(model)).run(None, {"input": rows})
+    answers = [server.submit("lgbm", {"input": rows[i : i + 1]}) for i in range(7)]
+    assert [answer.result(30)["label"].tolist() for answer in answers] == [[label] for label in labels.tolist()]
+    np.save(tmp_path / "rows.npy", rows)
+    assert main(["score", "--quiet", str(model), str(tmp_path / "rows.npy"), str(tmp_path / "out.npz")]) == 0
+    with np.load(tmp_path / "out.npz") as out:
+        assert out["label"].tolist() == labels.tolist()
+        np.testing.assert_array_equal(out["probabilities"], probabilities)

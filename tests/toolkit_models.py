@@ -103,3 +103,40 @@ def build_column_transformer_pipeline() -> Any:
     )
     opsets = [helper.make_opsetid("", 15), helper.make_opsetid("ai.onnx.ml", 1)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+def build_lightgbm_classifier(*, features: int = 4) -> Any:
+    """What onnxmltools' ``convert_lightgbm(LGBMClassifier(), zipmap=False)`` exports: a
+    ``TreeEnsembleClassifier`` whose ``label`` output is declared ``tensor(int64) [1]`` although it answers one
+    label per row (onnxruntime warns of the mismatch at each run of several rows), and ``probabilities``
+    ``[None, 2]``. Here one tree of one split: class 1 where feature 0 is above 0."""
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "TreeEnsembleClassifier",
+                ["input"],
+                ["label", "probabilities"],
+                domain="ai.onnx.ml",
+                nodes_treeids=[0, 0, 0],
+                nodes_nodeids=[0, 1, 2],
+                nodes_featureids=[0, 0, 0],
+                nodes_values=[0.0, 0.0, 0.0],
+                nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"],
+                nodes_truenodeids=[1, 0, 0],
+                nodes_falsenodeids=[2, 0, 0],
+                class_treeids=[0, 0, 0, 0],
+                class_nodeids=[1, 1, 2, 2],
+                class_ids=[0, 1, 0, 1],
+                class_weights=[0.8, 0.2, 0.3, 0.7],
+                classlabels_int64s=[0, 1],
+            )
+        ],
+        "lightgbm",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, features])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2]),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 15), helper.make_opsetid("ai.onnx.ml", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
