@@ -553,6 +553,18 @@ def _text(name: str, value: Any, *, raw_bytes: bool = False) -> np.ndarray:
     return array
 
 
+def _objects(array: np.ndarray, expected: np.dtype[Any]) -> str:
+    """What an object array sent for numbers holds: the first element that is no number, or, when every one is
+    (``df.values`` of a pandas frame with a text column, sliced to its numbers), how to convert it."""
+    for index, element in enumerate(array.flat):
+        if isinstance(element, (bool, np.bool_)) or not isinstance(element, (int, float, np.integer, np.floating)):
+            return f"element #{index} is {type(element).__name__} (ragged or non-numeric values); send numbers"
+    return (
+        "got numbers held as Python objects (a numpy array of dtype object, as pandas' .values of a frame with a "
+        f"text column gives); convert it with .astype(np.{expected.name})"
+    )
+
+
 def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
     expected = spec.dtype
     assert expected is not None
@@ -571,8 +583,11 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
     if given == expected:
         return array
     if given.kind not in "biuf":
-        what = "ragged or non-numeric values" if given.kind == "O" else f"dtype {given}"
-        raise InvalidInputError(f"input {spec.name!r}: expected numbers of dtype {expected}, got {what}")
+        if given.kind == "O":
+            raise InvalidInputError(
+                f"input {spec.name!r}: expected numbers of dtype {expected}, {_objects(array, expected)}"
+            )
+        raise InvalidInputError(f"input {spec.name!r}: expected numbers of dtype {expected}, got dtype {given}")
     if not convertible(given, expected):
         raise InvalidInputError(
             f"input {spec.name!r}: expected dtype {expected}, got {given}, which cannot be converted without "

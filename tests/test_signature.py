@@ -59,6 +59,13 @@ def add_inputs(rows: int = 2) -> dict[str, np.ndarray]:
         ({**add_inputs(), "a": np.array([["x", "y", "z"]] * 2)}, ["input 'a'", "expected numbers", "<U1"]),
         ({**add_inputs(), "a": [[1.0, 2.0], [3.0]]}, ["input 'a'", "cannot be turned into an array"]),
         ({**add_inputs(), "a": np.array([{}, {}], dtype=object)}, ["input 'a'", "ragged or non-numeric"]),
+        # the numbers of a pandas frame with a text column (df.values[:, 1:]): an object array, though rectangular
+        # and all numbers, was refused as "ragged or non-numeric values", saying nothing of what to do
+        (
+            {**add_inputs(), "a": np.array([[1.0, 2, 3], [4, 5, 6]], dtype=object)},
+            ["input 'a'", "numbers held as Python objects", ".astype(np.float32)"],
+        ),
+        ({**add_inputs(), "a": np.array([[1.0, 2, None]] * 2, dtype=object)}, ["element #2 is NoneType"]),
         ({**add_inputs(), "b": np.ones((3, 3), np.float32)}, ["input 'b'", "has 3 rows", "have 2"]),
         ("not a mapping", ["inputs must be a mapping", "this model takes: a, b, n"]),
         ({1: np.ones(2)}, ["input names must be strings"]),
