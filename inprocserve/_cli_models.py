@@ -367,6 +367,9 @@ def _quantize(args: argparse.Namespace) -> int:
             f"{figures['after_rows_per_s']:,.0f} rows/s ({figures['ratio']:.2f}x)"
         )
     for output, figures in report["accuracy"].items():
+        if "max_abs_diff" not in figures:  # labels: the share that are the same
+            print(f"accuracy on {report['sample_rows']} random rows, {output}: agreement {figures['agreement']:.1%}")
+            continue
         agreement = figures.get("label_agreement")
         extra = f", label agreement {agreement:.1%}" if agreement is not None else ""
         diff = figures["max_abs_diff"]

@@ -11,6 +11,7 @@ import math
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,17 @@ def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: flo
     return {"source": str(source), "target": str(target), **report}
 
 
+def _scores(answer: Any) -> Any:
+    """A ZipMap's maps (skl2onnx's classifiers: one map of class scores per row) as a rows x classes matrix in
+    the first map's order, so they are compared as class scores are; any other answer as it is. Left out of
+    the comparison, a scikit-learn classifier's report had no accuracy line at all."""
+    if isinstance(answer, list) and answer and all(isinstance(row, Mapping) for row in answer):
+        keys = list(answer[0])
+        if all(list(row) == keys for row in answer):
+            return np.array([[row[key] for key in keys] for row in answer], dtype=np.float64)
+    return answer
+
+
 def _compare(source: Path, target: Path, *, sample_rows: int, seconds: float) -> dict[str, Any]:
     try:
         original, quantized = _session(source), _session(target)
@@ -170,7 +182,12 @@ def _compare(source: Path, target: Path, *, sample_rows: int, seconds: float) ->
     got = _run(quantized, sample, source, quantized=True)
     accuracy: dict[str, Any] = {}
     for spec, a, b in zip(original.get_outputs(), expected, got, strict=True):
-        if not (isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.shape == b.shape):
+        a, b = _scores(a), _scores(b)
+        if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype.kind != "f" and a.shape == b.shape:
+            # a classifier's labels (skl2onnx's output_label, integers or text): how many are the same
+            accuracy[spec.name] = {"agreement": float(np.mean(a == b)) if a.size else 1.0}
+            continue
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype.kind == "f" and a.shape == b.shape):
             continue
         entry: dict[str, Any] = {"max_abs_diff": float(np.max(np.abs(a - b))) if a.size else 0.0}
         if a.ndim == 2 and a.shape[1] >= 2:

@@ -21,6 +21,7 @@ from inprocserve._extras import require
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
 from .test_batch_independence import centered
+from .toolkit_models import build_string_label_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,6 +135,18 @@ def test_quantize_reports_size_speed_and_accuracy(tmp_path: Path) -> None:
     with inprocserve.Server() as server:
         server.load("mlp", path=target)
         assert server.predict("mlp", np.ones((2, 64), np.float32))["y"].shape == (2, 4)
+
+
+def test_quantize_reports_the_accuracy_of_a_scikit_learn_classifier(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # skl2onnx's classifiers answer text labels and a ZipMap of scores, neither a float array: the report had
+    # no accuracy line at all, so a quantized classifier looked as good as its original whatever it answered.
+    source = save_model(build_string_label_classifier(), tmp_path, "species", 1)
+    assert main(["quantize", "--seconds", "0.05", str(source), str(tmp_path / "species-int8.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy on 256 random rows, output_label: agreement 100.0%" in out
+    assert "accuracy on 256 random rows, output_probability: max abs diff 0, label agreement 100.0%" in out
 
 
 def test_the_quantize_examples_of_the_help_run_as_written(tmp_path: Path) -> None:
