@@ -307,7 +307,13 @@ def summarize(document: dict[str, Any]) -> list[str]:
             ]
             if agree and len(split) > 1:
                 agree += f" (against {', '.join(split)})"
-            lines.append(f"  shadow v{number}: {shadow.get('runs', 0)} runs, {shadow.get('errors', 0)} errors{agree}")
+            mismatched = shadow.get("mismatched")
+            # (answers that could not be compared at all, such as text labels against integer ones: without this,
+            # a shadow that never once agreed read "41 runs, 0 errors", as if it matched)
+            unlike = f", {mismatched} not comparable" if isinstance(mismatched, int) and mismatched else ""
+            lines.append(
+                f"  shadow v{number}: {shadow.get('runs', 0)} runs, {shadow.get('errors', 0)} errors{unlike}{agree}"
+            )
     return [_printable(line) for line in lines]
 
 

@@ -296,6 +296,11 @@ def test_status_summarizes_a_well_formed_document(
     shadow["by_primary"] = {"2": {"label_agreement": 1.0}, "4": {"label_agreement": 0.5}}
     assert main(["status", status_endpoint["url"]]) == 0
     assert "label agreement 75.0% (against v2 100.0%, v4 50.0%)" in capsys.readouterr().out
+    # a shadow whose answers could never be compared (text labels against integers: a classifier retrained
+    # with a LabelEncoder) read "4 runs, 0 errors", as if it agreed
+    status_endpoint["document"]["models"]["fraud"]["shadow"]["3"] = {"runs": 4, "errors": 0, "mismatched": 4}
+    assert main(["status", status_endpoint["url"]]) == 0
+    assert "  shadow v3: 4 runs, 0 errors, 4 not comparable\n" in capsys.readouterr().out
 
 
 def test_status_prints_control_characters_from_the_document_as_escapes(
