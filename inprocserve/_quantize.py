@@ -160,6 +160,19 @@ def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: flo
     return {"source": str(source), "target": str(target), **report}
 
 
+def _has_float16_weights(source: Path) -> bool:
+    """Whether the model holds float16 weights, which onnxruntime's dynamic quantization turns into a model
+    that does not load ("Type 'tensor(float16)' of input parameter ... of operator (DequantizeLinear) ... is
+    invalid"), an error that does not say why."""
+    try:
+        import onnx
+
+        model = onnx.load(str(source), load_external_data=False)
+    except Exception:  # (the load error itself is reported as it is)
+        return False
+    return any(tensor.data_type == onnx.TensorProto.FLOAT16 for tensor in model.graph.initializer)
+
+
 def _scores(answer: Any) -> Any:
     """A ZipMap's maps (skl2onnx's classifiers: one map of class scores per row) as a rows x classes matrix in
     the first map's order, so they are compared as class scores are; any other answer as it is. Left out of
@@ -175,7 +188,13 @@ def _compare(source: Path, target: Path, *, sample_rows: int, seconds: float) ->
     try:
         original, quantized = _session(source), _session(target)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the quantized model of {source}: {exc}") from exc
+        hint = (
+            "; dynamic INT8 quantization takes float32 weights and this model's are float16 (a half-precision "
+            "export): quantize its float32 export, or serve the float16 model as it is"
+            if _has_float16_weights(source)
+            else ""
+        )
+        raise ModelLoadError(f"cannot load the quantized model of {source}: {exc}{hint}") from exc
     rng = np.random.default_rng(0)
     sample = _inputs(original, sample_rows, rng)
     expected = _run(original, sample, source, quantized=False)

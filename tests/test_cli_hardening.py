@@ -143,6 +143,28 @@ def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], initializers
     return model
 
 
+def test_quantize_a_float16_model_says_it_needs_float32_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A half-precision transformer export (embedding table in float16): onnxruntime's dynamic quantization
+    # writes a model that does not load, and the error ("Type 'tensor(float16)' of input parameter ... of
+    # operator (DequantizeLinear) ... is invalid") did not say that the float32 export is what to quantize.
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((20, 8)).astype(np.float16), "table")
+    model = _model(
+        [helper.make_node("Gather", ["table", "input_ids"], ["hidden"])],
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT16, ["batch", "sequence", 8])],
+        [table],
+    )
+    source = save_model(model, tmp_path, "embed", 1)
+    assert main(["quantize", "--seconds", "0.01", str(source), str(tmp_path / "q.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "this model's are float16 (a half-precision export): quantize its float32 export" in err
+    assert not (tmp_path / "q.onnx").exists()
+
+
 def test_quantize_a_model_that_does_not_run_on_random_inputs_fails_with_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
