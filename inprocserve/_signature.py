@@ -237,7 +237,7 @@ class Signature:
                 if array.ndim != rank:
                     raise InvalidInputError(
                         f"input {spec.name!r}: expected {rank} dimensions {_shape_text(spec.shape)}, "
-                        f"got {array.ndim} (shape {list(array.shape)})"
+                        f"got {array.ndim} (shape {list(array.shape)}){_column_hint(spec, array)}"
                     )
                 for axis, size in fixed:
                     if array.shape[axis] != size:
@@ -475,6 +475,14 @@ def _compare(old: TensorSpec, new: TensorSpec, kind: str, *, fixed_from: TensorS
 
 def _dim_text(dim: Dim) -> str:
     return "dynamic" if _is_dynamic(dim) else str(dim)
+
+
+def _column_hint(spec: TensorSpec, array: np.ndarray) -> str:
+    """How to send a column where the model takes ``[rows, 1]``: skl2onnx declares each input of a
+    ``ColumnTransformer`` so, and ``df["age"].to_numpy()`` (or a JSON list of values) is one axis short."""
+    if array.ndim == 1 and spec.shape is not None and len(spec.shape) == 2 and spec.shape[1] == 1:
+        return "; send one value per row as a column: array.reshape(-1, 1), or [[v] for v in values]"
+    return ""
 
 
 def _shape_text(shape: tuple[Dim, ...] | None) -> str:

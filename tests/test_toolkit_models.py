@@ -67,3 +67,11 @@ def test_a_lightgbm_classifier_whose_label_is_declared_of_one_row_is_batched_and
     with np.load(tmp_path / "out.npz") as out:
         assert out["label"].tolist() == labels.tolist()
         np.testing.assert_array_equal(out["probabilities"], probabilities)
+
+
+def test_a_column_sent_as_a_flat_list_says_how_to_send_it(pipeline: inprocserve.Server) -> None:
+    # df["age"].to_numpy() for an input skl2onnx declares [None, 1]: the refusal named the shapes only
+    with pytest.raises(inprocserve.InvalidInputError, match=r"input 'age'.*array.reshape\(-1, 1\)"):
+        pipeline.predict(
+            "churn", {"age": np.array([31.0, 58.0], np.float32), "city": [["paris"], ["oslo"]], "n": [[2], [9]]}
+        )
