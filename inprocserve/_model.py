@@ -194,14 +194,17 @@ class ModelVersion:
         its word, such a version was never batched, the ``score`` command refused it ("without a batch axis"),
         and a remote backend calling it refused each answer of more than one row. A run of 3 made-up rows
         shows which such outputs answer 3 rows; the others, and a model that does not run on made-up rows,
-        keep their declared shape.
+        keep their declared shape. Not with ``batching.rows_independent = "yes"``, which skips every run of
+        made-up rows at load (the setting for a model that fails, or takes minutes, on them): the declared shape
+        then stands.
         """
         suspects = {
             spec.name
             for spec in signature.outputs
             if spec.dtype is not None and spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] == 1
         }
-        if not suspects or self.backend.kind == "remote" or signature.inputs_without_dynamic_rows():
+        trusted = self.config.batching.rows_independent == "yes"
+        if not suspects or trusted or self.backend.kind == "remote" or signature.inputs_without_dynamic_rows():
             return signature
         first, second = signature.distinct_rows(PROBE_INNER_SIZES[0])
         feeds = stack_inputs([first, second, first], [spec.name for spec in signature.inputs])

@@ -75,3 +75,19 @@ def test_a_column_sent_as_a_flat_list_says_how_to_send_it(pipeline: inprocserve.
         pipeline.predict(
             "churn", {"age": np.array([31.0, 58.0], np.float32), "city": [["paris"], ["oslo"]], "n": [[2], [9]]}
         )
+
+
+def test_rows_independent_yes_runs_no_made_up_rows_to_correct_a_label_declared_of_one_row(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # "yes" is the setting for a model that fails, or takes minutes, on made-up rows: it skips every run of
+    # them at load. The correction of a [1] label ran them all the same (a model looping max|x| * 3e6 times
+    # took its load from 0.07 s to 9.9 s), so the declared shape stands, and the version runs unbatched.
+    save_model(build_lightgbm_classifier(), repository, "lgbm", 1)
+    config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(rows_independent="yes"))
+    server = make_server(repository, config=config)
+    version = server.status()["models"]["lgbm"]["versions"]["1"]
+    assert version["signature"]["outputs"][0] == {"name": "label", "type": "tensor(int64)", "shape": [1]}
+    assert version["batchable"] is False
+    rows = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+    assert server.predict("lgbm", {"input": rows})["label"].shape == (3,)
