@@ -45,11 +45,18 @@ def not_numpy_file(head: bytes) -> str | None:
     return f"not a .npy or .npz file ({what}); write the arrays with np.save or np.savez"
 
 
+_OBJECTS = (
+    "{what} holds Python objects (an object array), never unpickled; save it as text or numbers "
+    "(array.astype(str), array.astype(np.float32))"
+)
+
+
 def load_arrays(path: Path, *, pickled: list[str] | None = None) -> np.ndarray | dict[str, np.ndarray]:
     """A ``.npy``'s array, or a ``.npz``'s arrays by name.
 
     ``pickled``: where to list, instead of refusing the file, the members of a ``.npz`` that hold Python objects
     (an object array, as pandas' ``.values`` of a text column is), which would need unpickling; they are left out.
+    A ``.npy`` of such an array is listed as ``""`` (its one array, which has no name) and read as no arrays.
 
     Raises:
         UnreadableArrayFileError: not a regular file, unreadable, half-copied, damaged, or pickled objects.
@@ -61,7 +68,15 @@ def load_arrays(path: Path, *, pickled: list[str] | None = None) -> np.ndarray |
             if reason is not None:
                 raise UnreadableArrayFileError(reason)
             handle.seek(0)
-            loaded = np.load(handle, allow_pickle=False)  # never unpickle
+            try:
+                loaded = np.load(handle, allow_pickle=False)  # never unpickle
+            except ValueError as exc:  # (a .npy is read here: its object array is refused at once)
+                if "allow_pickle" not in str(exc):
+                    raise
+                if pickled is None:
+                    raise UnreadableArrayFileError(_OBJECTS.format(what="the array")) from None
+                pickled.append("")
+                return {}
             if isinstance(loaded, np.ndarray):  # a .npy (np.save)
                 return loaded
             with loaded:
@@ -73,10 +88,7 @@ def load_arrays(path: Path, *, pickled: list[str] | None = None) -> np.ndarray |
                         if "allow_pickle" not in str(exc):  # numpy's refusal of an object array's pickle
                             raise
                         if pickled is None:
-                            raise UnreadableArrayFileError(
-                                f"array {key!r} holds Python objects (an object array), never unpickled; save it "
-                                "as text or numbers (array.astype(str), array.astype(np.float32))"
-                            ) from None
+                            raise UnreadableArrayFileError(_OBJECTS.format(what=f"array {key!r}")) from None
                         pickled.append(key)
                 return arrays
     except UnreadableArrayFileError:

@@ -296,12 +296,23 @@ class DriftMonitor:
             f"model {self.model!r} version {self.version}: {message}", model=self.model, version=self.version
         )
 
+    def _only_input(self, path: Path) -> str:
+        """The input a ``.npy`` reference (one array, no name) stands for: the model's only one."""
+        if len(self._inputs) != 1:
+            raise self._fail(
+                f"drift reference {path} holds one array, and the model has {len(self._inputs)} inputs: save "
+                "one array per input (and output) with np.savez(path, name=array, ...)"
+            )
+        return self._inputs[0]
+
     def _reference_from_file(self, path: Path) -> dict[str, _Feature]:
         pickled: list[str] = []
         try:
             loaded = load_arrays(path, pickled=pickled)
         except UnreadableArrayFileError as exc:
             raise self._fail(f"drift reference {path} cannot be read: {exc}") from exc
+        if "" in pickled:  # a .npy (np.save) of an object array: one array, for a model of one input
+            pickled = [self._only_input(path)]
         # An object array (pandas' .values of a text column: a LabelEncoder's string labels) is never unpickled;
         # named after text or maps, which drift does not watch, it is left out as a numeric one is below: it
         # failed the version's load, so the model did not serve at all.
@@ -312,12 +323,7 @@ class DriftMonitor:
                 "unpickled; save it as numbers (array.astype(np.float32))"
             )
         if isinstance(loaded, np.ndarray):  # a .npy (np.save): one array, for a model of one input
-            if len(self._inputs) != 1:
-                raise self._fail(
-                    f"drift reference {path} holds one array, and the model has {len(self._inputs)} inputs: save "
-                    "one array per input (and output) with np.savez(path, name=array, ...)"
-                )
-            arrays = {self._inputs[0]: loaded}
+            arrays = {self._only_input(path): loaded}
         else:
             arrays = loaded
         # A numeric reference for a text input (or a ZipMap output) cannot be compared with what requests carry:

@@ -124,3 +124,15 @@ def test_warmup_can_be_turned_off(repository: Path, make_server: ServerFactory) 
     config = inprocserve.ModelConfig(warmup=inprocserve.WarmupConfig(enabled=False))
     server = make_server(repository, config=config)
     assert server.predict("gather", {"index": np.array([2])})["rows"].shape == (1, 4)
+
+
+def test_a_npy_warmup_of_an_object_array_fails_the_load_saying_how_to_save_it(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # (a .npz member of that kind named the array and how to save it; a .npy gave numpy's advice to unpickle)
+    save_model(build_scale_model(), repository, "scale", 1)
+    np.save(repository / "scale" / "warmup.npy", np.ones((2, 4), dtype=object), allow_pickle=True)
+    (repository / "scale" / "config.toml").write_text('[warmup]\ninputs_file = "warmup.npy"\n')
+    error = make_server(repository).status()["models"]["scale"]["versions"]["1"]["error"]
+    assert "the array holds Python objects (an object array), never unpickled" in error
+    assert "allow_pickle" not in error
