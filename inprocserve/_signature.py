@@ -561,15 +561,30 @@ def _text(name: str, value: Any, *, raw_bytes: bool = False) -> np.ndarray:
     return array
 
 
+_INTEGERS = ("integers", "non-integer", (int, np.integer))
+_OBJECT_KINDS: dict[str, tuple[str, str, tuple[type, ...]]] = {
+    "b": ("booleans", "non-boolean", (bool, np.bool_)),
+    "i": _INTEGERS,
+    "u": _INTEGERS,
+}
+"""What an object array's elements must be for an input of each dtype kind; numbers (ints or floats) else."""
+_NUMBERS = ("numbers", "non-numeric", (int, float, np.integer, np.floating))
+
+
 def _objects(array: np.ndarray, expected: np.dtype[Any]) -> str:
-    """What an object array sent for numbers holds: the first element that is no number, or, when every one is
-    (``df.values`` of a pandas frame with a text column, sliced to its numbers), how to convert it."""
+    """What an object array sent for numbers holds: the first element that is not of the input's kind (bools for
+    a bool input, integers for an integer one, numbers for a float one), or, when every one is (``df.values``
+    of a pandas frame with a text column, sliced to its numbers), how to convert it. (A float for an integer
+    input is named, as a float64 array for it is refused: ``.astype`` would cut 2.7 to 2.)"""
+    what, odd, allowed = _OBJECT_KINDS.get(expected.kind, _NUMBERS)
+    boolean = expected.kind == "b"
     for index, element in enumerate(array.flat):
-        if isinstance(element, (bool, np.bool_)) or not isinstance(element, (int, float, np.integer, np.floating)):
-            return f"element #{index} is {type(element).__name__} (ragged or non-numeric values); send numbers"
+        if isinstance(element, (bool, np.bool_)) != boolean or not isinstance(element, allowed):
+            return f"element #{index} is {type(element).__name__} (ragged or {odd} values); send {what}"
+    dtype = "bool" if boolean else f"np.{expected.name}"
     return (
-        "got numbers held as Python objects (a numpy array of dtype object, as pandas' .values of a frame with a "
-        f"text column gives); convert it with .astype(np.{expected.name})"
+        f"got {what} held as Python objects (a numpy array of dtype object, as pandas' .values of a frame with a "
+        f"text column gives); convert it with .astype({dtype})"
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 
 import inprocserve
 from inprocserve import InvalidInputError
+from inprocserve._signature import Signature, TensorSpec
 from inprocserve.testing import build_add_model, build_scale_model, build_sum_model, save_model
 
 from .conftest import ServerFactory
@@ -66,6 +67,13 @@ def add_inputs(rows: int = 2) -> dict[str, np.ndarray]:
             ["input 'a'", "numbers held as Python objects", ".astype(np.float32)"],
         ),
         ({**add_inputs(), "a": np.array([[1.0, 2, None]] * 2, dtype=object)}, ["element #2 is NoneType"]),
+        # an integer input's floats as objects: the advice was .astype(np.int64), which cuts 2.7 to 2 (a float64
+        # array is refused for it); they are named as floats, as the float64 array's refusal does
+        (
+            {**add_inputs(), "n": np.array([[2.7], [1.0]], dtype=object)},
+            ["input 'n'", "element #0 is float (ragged or non-integer values); send integers"],
+        ),
+        ({**add_inputs(), "n": np.array([[2], [1]], dtype=object)}, ["integers held as Python objects", "np.int64"]),
         ({**add_inputs(), "b": np.ones((3, 3), np.float32)}, ["input 'b'", "has 3 rows", "have 2"]),
         ("not a mapping", ["inputs must be a mapping", "this model takes: a, b, n"]),
         ({1: np.ones(2)}, ["input names must be strings"]),
@@ -192,3 +200,15 @@ def test_invalid_input_never_reaches_the_queue(server: inprocserve.Server) -> No
     status = server.status()["models"]["scale"]["versions"]["1"]
     assert status["in_flight"] == 0
     assert status["rows_run"] == 0
+
+
+def test_a_bool_input_s_booleans_held_as_objects_are_named_as_booleans() -> None:
+    # (refused as "element #0 is bool (ragged or non-numeric values); send numbers", for an input of bools)
+    signature = Signature(
+        [TensorSpec("flag", "tensor(bool)", np.dtype(bool), (None, 1))],
+        [TensorSpec("y", "tensor(float)", np.dtype(np.float32), (None,))],
+    )
+    with pytest.raises(InvalidInputError, match=r"got booleans held as Python objects .*\.astype\(bool\)"):
+        signature.validate({"flag": np.array([[True], [False]], dtype=object)}, max_rows=8)
+    with pytest.raises(InvalidInputError, match=r"element #1 is float \(ragged or non-boolean values\); send booleans"):
+        signature.validate({"flag": np.array([[True], [0.5]], dtype=object)}, max_rows=8)
