@@ -116,14 +116,14 @@ def _warn_if_onnxruntime_is_imported() -> None:
     _say_error(message)
 
 
-def _say_error(message: str) -> None:
-    """Log ``message`` as an error, or write it to stderr where nothing would show it: the package's
-    NullHandler keeps logging's last resort from doing so."""
-    if _handled(logger):
-        logger.error("%s", message)
-    elif logger.isEnabledFor(logging.ERROR) and sys.stderr is not None:
+def _say_error(message: str, log: logging.Logger = logger) -> None:
+    """Log ``message`` as an error on ``log``, or write it to stderr where nothing would show it: the
+    package's NullHandler keeps logging's last resort from doing so."""
+    if _handled(log):
+        log.error("%s", message)
+    elif log.isEnabledFor(logging.ERROR) and sys.stderr is not None:
         try:  # logging is not set up (gunicorn's master, say): still say it, as logging's last resort would
-            sys.stderr.write(f"ERROR {logger.name}: {message}\n")
+            sys.stderr.write(f"ERROR {log.name}: {message}\n")
             sys.stderr.flush()
         except (OSError, ValueError):  # a closed or broken stderr: nowhere left to say it
             pass

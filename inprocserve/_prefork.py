@@ -21,11 +21,13 @@ import itertools
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from . import _fork
@@ -36,7 +38,15 @@ from ._errors import ConfigurationError, ModelLoadError
 from ._remote_model import read_remote_toml
 from ._repository import ModelSource, is_remote, scan_repository
 
-__all__ = ["build_after_fork", "check_repository", "has_builders", "shield_exit", "warm_worker"]
+__all__ = [
+    "build_after_fork",
+    "check_at_start",
+    "check_repository",
+    "has_builders",
+    "replacement_worker",
+    "shield_exit",
+    "warm_worker",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -300,6 +310,88 @@ def check_repository(
     if failures:
         raise ModelLoadError("; ".join(failures))
     return report
+
+
+def check_at_start(
+    repository: str | Path,
+    *,
+    config: ModelConfig | None = None,
+    models: Mapping[str, ModelConfig] | None = None,
+    follow_symlinks: bool = False,
+) -> list[str]:
+    """The plug-ins' start-up check in eager mode: :func:`check_repository`, whose errors fail the app's
+    load, except in a gunicorn worker that replaces an earlier one (see :func:`replacement_worker`).
+
+    Without ``--preload`` every gunicorn worker loads the app, and so runs this check, each time it is
+    started; a worker whose app fails to load makes gunicorn halt the whole server ("Worker failed to
+    boot"), the workers that serve included. A repository caught mid-change (a ``config.toml`` saved
+    with a typo, a model file still being copied) when a worker was recycled (``--max-requests``),
+    replaced after a crash, or added (``TTIN``) stopped the fleet for good, although every running server
+    served around it. Such a worker logs the failure once and starts: its server serves what loads,
+    ``/ready`` names the model it does not serve, and each refresh retries it, as in lazy mode. A first
+    start still fails on a broken repository: that is the check's purpose.
+
+    Returns:
+        The report's ``problems`` (to log), or ``[]`` when a replacement worker started past a failed check.
+
+    Raises:
+        ConfigurationError, ModelLoadError: what :func:`check_repository` raises, outside a replacement worker.
+    """
+    try:
+        report = check_repository(repository, config=config, models=models, follow_symlinks=follow_symlinks)
+    except (ConfigurationError, ModelLoadError) as exc:
+        replacing = replacement_worker()
+        if replacing is None:
+            raise
+        _fork._say_error(  # (on stderr where logging is not set up: a gunicorn worker seldom set it up)
+            f"{replacing}, and the repository check failed: {exc}. It starts anyway (a worker that fails to "
+            "load makes gunicorn stop the whole server): it serves the models that load, /ready names those it "
+            "does not serve, and each refresh (poll_interval_s, a reload) retries them",
+            logger,
+        )
+        return []
+    problems: list[str] = report["problems"]
+    return problems
+
+
+def replacement_worker() -> str | None:
+    """If this process is a gunicorn worker loading its app after the server's first workers were started
+    (one recycled by ``--max-requests``, replaced after a crash or a timeout, added by ``TTIN``, or started
+    by a ``HUP`` reload), a description of it; otherwise ``None``.
+
+    gunicorn numbers its workers by ``age``, 1 for the first it forks: the first start forks ages 1 to
+    ``workers``, and every later worker is older than that. The worker is found on the call stack: the
+    app is loaded inside its ``load_wsgi`` (or ``init_process``), with or without a ``gunicorn.conf.py``,
+    and a worker forked by a ``HUP`` reload has the arbiter's ``reload`` below it (a reload that raises
+    ``workers`` starts some whose age is not above it).
+    A ``--preload``ed app is loaded in the master, before any worker: ``None`` there.
+    """
+    base = sys.modules.get("gunicorn.workers.base")  # (never imported here: only a gunicorn process has it)
+    worker_type = getattr(base, "Worker", None)
+    if not isinstance(worker_type, type):
+        return None
+    worker: Any = None
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code.co_name
+        if worker is None and code in ("load_wsgi", "init_process"):
+            candidate = frame.f_locals.get("self")
+            worker = candidate if isinstance(candidate, worker_type) else None
+        elif worker is not None and code == "reload" and _is_arbiter(frame.f_locals.get("self")):
+            # (the arbiter's HUP reload forks the new workers; with a raised --workers, some are young)
+            return f"gunicorn worker {os.getpid()} was started by a reload (HUP) of a running server"
+        frame = frame.f_back
+    if worker is None:
+        return None
+    age, first = getattr(worker, "age", None), getattr(getattr(worker, "cfg", None), "workers", None)
+    if isinstance(age, int) and isinstance(first, int) and age > first:
+        return f"gunicorn worker {os.getpid()} (age {age}) was started after the server's first {first}"
+    return None
+
+
+def _is_arbiter(value: object) -> bool:
+    arbiter_type = getattr(sys.modules.get("gunicorn.arbiter"), "Arbiter", None)
+    return isinstance(arbiter_type, type) and isinstance(value, arbiter_type)
 
 
 def _read_control(repository: Path) -> Control:

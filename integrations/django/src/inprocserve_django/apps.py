@@ -33,13 +33,15 @@ class InprocserveConfig(AppConfig):
         config = settings()
         if config["EAGER"]:
             # Check now (no onnxruntime: this may be a pre-forking master) so a broken repository fails
-            # the start-up; each worker builds and warms its own server right after the fork.
+            # the start-up (not that of a gunicorn worker replacing an earlier one: see check_at_start);
+            # each worker builds and warms its own server right after the fork.
             import inprocserve
+            from inprocserve._prefork import check_at_start
 
             from .server import warm_after_fork
 
             if config["REPOSITORY"] is not None:
-                report = inprocserve.check_repository(
+                problems = check_at_start(
                     config["REPOSITORY"],
                     config=config["CONFIG"],
                     models=config["MODELS"],
@@ -48,6 +50,6 @@ class InprocserveConfig(AppConfig):
                 # What the workers will serve around (a version the control file or a rollout names that is
                 # not there, a policy selecting nothing, stray files): said once here, at start-up, before
                 # each worker says it again.
-                for problem in report["problems"]:
+                for problem in problems:
                     logger.warning("repository check before the workers start: %s", problem)
             inprocserve.build_after_fork(warm_after_fork)

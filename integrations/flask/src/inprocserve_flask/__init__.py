@@ -35,6 +35,7 @@ from werkzeug.local import LocalProxy
 import inprocserve
 from inprocserve import web
 from inprocserve._brief import brief
+from inprocserve._prefork import check_at_start
 
 from .status_page import add_status_page
 
@@ -177,17 +178,18 @@ class Inprocserve:
 
             app.register_blueprint(v2_blueprint(app.config))
         if app.config["INPROCSERVE_EAGER"]:
-            # Check now, so a broken repository fails the start-up; build in each worker after the fork,
-            # never here: this may be a pre-forking master, which must not import onnxruntime (its forked
-            # workers would hang or abort at exit).
+            # Check now, so a broken repository fails the start-up (not that of a gunicorn worker replacing
+            # an earlier one: see check_at_start); build in each worker after the fork, never here: this may
+            # be a pre-forking master, which must not import onnxruntime (its forked workers would hang or
+            # abort at exit).
             if state.config["INPROCSERVE_REPOSITORY"] is not None:
-                report = inprocserve.check_repository(
+                problems = check_at_start(
                     state.config["INPROCSERVE_REPOSITORY"],
                     config=state.config["INPROCSERVE_MODEL_CONFIG"],
                     models=state.config["INPROCSERVE_MODELS"],
                     follow_symlinks=state.config["INPROCSERVE_FOLLOW_SYMLINKS"],  # (linked releases: checked too)
                 )
-                _log_problems(report["problems"])
+                _log_problems(problems)
             inprocserve.build_after_fork(state.warm)
 
     @staticmethod

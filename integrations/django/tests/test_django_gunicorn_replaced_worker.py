@@ -1,0 +1,94 @@
+"""A real gunicorn (no --preload, EAGER) whose worker is replaced while a config.toml is mid-change.
+
+Without ``--preload`` every worker runs the app's start-up check when it loads Django. A worker replaced
+while a ``config.toml`` was saved with a typo failed it, and gunicorn halted the whole server ("Worker
+failed to boot"). A replaced worker now starts and serves the model once the file is valid again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inprocserve.testing import build_scale_model, save_model
+
+TESTS = Path(__file__).parent
+GOOD = "[batching]\nmax_batch_size = 8\n"
+TYPO = "[batching\nmax_batch_size = 8\n"
+
+
+def _call(base: str, path: str) -> tuple[int, Any]:
+    body = json.dumps({"rows": [[1.0, 2.0, 3.0, 4.0]]}).encode() if path == "/score" else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(base + path, data=body), timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _until(check: Any, what: str, log: Path, seconds: float = 15.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except OSError:  # (not listening yet)
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} within {seconds}s:\n{log.read_text()}")
+
+
+def test_a_worker_replaced_while_a_config_toml_is_broken_does_not_stop_gunicorn(tmp_path: Path) -> None:
+    pytest.importorskip("gunicorn")
+    repository = tmp_path / "models"
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config_toml = repository / "scale" / "config.toml"
+    config_toml.write_text(GOOD)
+    (tmp_path / "replaced_settings.py").write_text(
+        "from testproject_settings import *  # noqa: F403\n"
+        f"INPROCSERVE = {{'REPOSITORY': {str(repository)!r}, 'EAGER': True, 'POLL_INTERVAL_S': 0.2}}\n"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "replaced_settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS), *sys.path]),
+    }
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", f"127.0.0.1:{port}"]
+    command += ["--max-requests", "4", "django.core.wsgi:get_wsgi_application()"]  # recycled every 4 requests
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as out:
+        master = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        _until(lambda: _call(base, "/score")[0] == 200, "the first worker serves", log)
+        config_toml.write_text(TYPO)
+        # requests recycle the worker: its replacements load Django while the file is broken
+        _until(lambda: _call(base, "/score") and "repository check failed" in log.read_text(), "a replacement", log)
+        for _ in range(8):
+            assert _call(base, "/score")[0] in (200, 404), log.read_text()  # served, or the model not (yet)
+        assert master.poll() is None, log.read_text()
+        config_toml.write_text(GOOD)
+        _, body = _until(lambda: (r := _call(base, "/score"))[0] == 200 and r, "served again", log)
+        assert body["version"] == 1 and master.poll() is None, log.read_text()
+    finally:
+        master.send_signal(signal.SIGTERM)
+        try:
+            master.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait()

@@ -1,0 +1,127 @@
+"""A real gunicorn (no --preload, EAGER) whose worker is replaced while the repository is mid-change.
+
+Without ``--preload`` every worker runs the plug-in's start-up check when it loads the app. A worker
+replaced while a ``config.toml`` was saved with a typo failed that check, and gunicorn halted the whole
+server ("Worker failed to boot"): every later connection was refused. A replaced worker now starts,
+serves what loads, and serves the model once the file is valid again; a first start still fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inprocserve.testing import build_scale_model, save_model
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+
+ROOT = Path(__file__).resolve().parents[3]
+APP = """
+import os
+from flask import Flask
+from inprocserve_flask import Inprocserve, predict
+
+app = Flask(__name__)
+app.config["INPROCSERVE_REPOSITORY"] = os.environ["INPROCSERVE_TEST_REPOSITORY"]
+app.config["INPROCSERVE_EAGER"] = True
+app.config["INPROCSERVE_POLL_INTERVAL_S"] = 0.2
+Inprocserve(app)
+
+@app.post("/score")
+def score():
+    return {"version": predict("scale", {"x": [[1.0, 2.0, 3.0, 4.0]]}).version, "pid": os.getpid()}
+"""
+GOOD = "[batching]\nmax_batch_size = 8\n"
+TYPO = "[batching\nmax_batch_size = 8\n"  # the editor saved it half-way through a change
+
+
+def _call(base: str, path: str) -> tuple[int, Any]:
+    request = urllib.request.Request(base + path, data=b"" if path == "/score" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _until(check: Any, what: str, log: Path, seconds: float = 15.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except OSError:  # (not listening yet)
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} within {seconds}s:\n{log.read_text()}")
+
+
+@pytest.mark.parametrize("setup", ["sync, hook file", "gthread, no hook file"])
+def test_a_worker_replaced_while_a_config_toml_is_broken_does_not_stop_gunicorn(tmp_path: Path, setup: str) -> None:
+    repository = tmp_path / "models"
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config_toml = repository / "scale" / "config.toml"
+    (tmp_path / "eager_app.py").write_text(APP)
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("from inprocserve.gunicorn import post_worker_init  # noqa: F401\n" if "hook file" in setup else "")
+    plugin = ROOT / "integrations" / "flask" / "src"
+    env = {
+        **os.environ,
+        "INPROCSERVE_TEST_REPOSITORY": str(repository),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), str(plugin)]),
+    }
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    worker_class = setup.split(",")[0]
+    command = [sys.executable, "-m", "gunicorn", "--config", str(conf), "--workers", "1", "--bind", f"127.0.0.1:{port}"]
+    command += ["--worker-class", worker_class, "--chdir", str(tmp_path), "eager_app:app"]
+    log = tmp_path / "gunicorn.log"
+
+    # a first start on a broken repository still fails, fast and loudly
+    config_toml.write_text(TYPO)
+    with log.open("w") as out:
+        first = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=60)
+    assert first.returncode == 3 and "not valid TOML" in log.read_text(), log.read_text()
+
+    config_toml.write_text(GOOD)
+    with log.open("w") as out:
+        master = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        status, body = _until(lambda: _call(base, "/score"), "the first worker serves", log)
+        assert status == 200 and body["version"] == 1, body
+        first_worker = body["pid"]
+        config_toml.write_text(TYPO)
+        os.kill(first_worker, signal.SIGKILL)  # a crash: gunicorn replaces the worker, which loads the app now
+
+        def replaced_and_not_ready() -> Any:
+            status, body = _call(base, "/-/inprocserve/ready")
+            return status == 503 and "not valid TOML" in str(body) and (status, body)
+
+        _until(replaced_and_not_ready, "the replacement worker answers /ready 503 naming the broken file", log)
+        assert master.poll() is None, log.read_text()
+        assert _call(base, "/score")[0] == 404  # the model is not served meanwhile (as in lazy mode)
+        config_toml.write_text(GOOD)  # fixed: the next refresh (poll_interval_s) serves the model
+        status, body = _until(lambda: (r := _call(base, "/score"))[0] == 200 and r, "the model is served again", log)
+        assert body["pid"] != first_worker and master.poll() is None, log.read_text()
+        assert "was started after the server's first 1, and the repository check failed" in log.read_text()
+    finally:
+        master.send_signal(signal.SIGTERM)
+        try:
+            master.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait()
