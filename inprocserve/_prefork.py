@@ -345,8 +345,8 @@ def check_at_start(
             raise
         _fork._say_error(  # (on stderr where logging is not set up: a gunicorn worker seldom set it up)
             f"{replacing}, and the repository check failed: {exc}. It starts anyway (a worker that fails to "
-            "load makes gunicorn stop the whole server): it serves the models that load, /ready names those it "
-            "does not serve, and each refresh (poll_interval_s, a reload) retries them",
+            "load stops the whole server, or serves nothing for good): it serves the models that load, /ready "
+            "names those it does not serve, and each refresh (poll_interval_s, a reload) retries them",
             logger,
         )
         return []
@@ -357,7 +357,8 @@ def check_at_start(
 def replacement_worker() -> str | None:
     """If this process is a gunicorn worker loading its app after the server's first workers were started
     (one recycled by ``--max-requests``, replaced after a crash or a timeout, added by ``TTIN``, or started
-    by a ``HUP`` reload), a description of it; otherwise ``None``.
+    by a ``HUP`` reload), or a uWSGI ``--lazy-apps`` worker that was respawned, a description of it;
+    otherwise ``None``.
 
     gunicorn numbers its workers by ``age``, 1 for the first it forks: the first start forks ages 1 to
     ``workers``, and every later worker is older than that. The worker is found on the call stack: the
@@ -366,6 +367,9 @@ def replacement_worker() -> str | None:
     ``workers`` starts some whose age is not above it).
     A ``--preload``ed app is loaded in the master, before any worker: ``None`` there.
     """
+    uwsgi = _fork.uwsgi_module()
+    if uwsgi is not None:
+        return _respawned_uwsgi_worker(uwsgi)
     base = sys.modules.get("gunicorn.workers.base")  # (never imported here: only a gunicorn process has it)
     worker_type = getattr(base, "Worker", None)
     if not isinstance(worker_type, type):
@@ -386,6 +390,23 @@ def replacement_worker() -> str | None:
     age, first = getattr(worker, "age", None), getattr(getattr(worker, "cfg", None), "workers", None)
     if isinstance(age, int) and isinstance(first, int) and age > first:
         return f"gunicorn worker {os.getpid()} (age {age}) was started after the server's first {first}"
+    return None
+
+
+def _respawned_uwsgi_worker(uwsgi: Any) -> str | None:
+    """A uWSGI worker that loads the app itself (``--lazy-apps``) after a respawn (``--max-requests``,
+    ``--harakiri``, a crash, a reload of that worker): its app failing to load stopped the whole uWSGI
+    under ``--need-app``, and without it left the worker answering 500 to every request, for good."""
+    try:
+        worker_id = uwsgi.worker_id()
+        if not isinstance(worker_id, int) or worker_id <= 0:
+            return None  # the master: a preforking uWSGI loads the app there, once, before any worker
+        for entry in uwsgi.workers():
+            respawns = entry.get("respawn_count")
+            if entry.get("id") == worker_id and isinstance(respawns, int) and respawns > 0:
+                return f"uWSGI worker {worker_id} (pid {os.getpid()}) was respawned ({respawns} times)"
+    except Exception:  # (an embedded uWSGI without that API: no way to tell, so a first start)
+        logger.debug("could not read uWSGI's worker table", exc_info=True)
     return None
 
 

@@ -203,3 +203,29 @@ def _parent_of(stat: Path) -> int | None:
         return int(stat.read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):  # (a process that ended meanwhile)
         return None
+
+
+def test_a_lazy_apps_worker_respawned_while_a_config_toml_is_broken_does_not_stop_uwsgi(
+    start: Any, tmp_path: Path
+) -> None:
+    """With --lazy-apps each worker loads the app, so runs EAGER's start-up check, at each respawn. A
+    worker respawned while a config.toml was saved with a typo failed it: under --need-app uWSGI stopped
+    (every later connection refused), and without it the worker answered 500 to every request, for good."""
+    server = start("--lazy-apps")
+    workers = server.workers(until=lambda seen: True)  # both have loaded the app
+    config_toml = tmp_path / "models" / "scale" / "config.toml"
+    config_toml.write_text("[batching\nmax_batch_size = 8\n")
+    victim = next(iter(workers))
+    os.kill(victim, signal.SIGKILL)  # a crash: uWSGI respawns the worker, which loads the app now
+    deadline = time.monotonic() + 30
+    while "was respawned (1 times), and the repository check failed" not in server.log():
+        assert server.process.poll() is None and time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    config_toml.write_text("[batching]\nmax_batch_size = 8\n")  # fixed
+    served_by: set[int] = set()
+    while len(served_by) < 2:  # both workers serve the model, the respawned one included
+        assert server.process.poll() is None and time.monotonic() < deadline, server.log()
+        answer = server.call("/score", {"rows": [[1.0, 2.0, 3.0, 4.0]]})
+        assert answer["y"] == [[2.0, 4.0, 6.0, 8.0]]
+        served_by.add(answer["pid"])
+    assert victim not in served_by
