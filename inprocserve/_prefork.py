@@ -43,6 +43,7 @@ __all__ = [
     "check_at_start",
     "check_repository",
     "has_builders",
+    "refuse_at_start",
     "replacement_worker",
     "shield_exit",
     "warm_worker",
@@ -340,18 +341,47 @@ def check_at_start(
     try:
         report = check_repository(repository, config=config, models=models, follow_symlinks=follow_symlinks)
     except (ConfigurationError, ModelLoadError) as exc:
-        replacing = replacement_worker()
-        if replacing is None:
-            raise
-        _fork._say_error(  # (on stderr where logging is not set up: a gunicorn worker seldom set it up)
-            f"{replacing}, and the repository check failed: {exc}. It starts anyway (a worker that fails to "
-            "load stops the whole server, or serves nothing for good): it serves the models that load, /ready "
-            "names those it does not serve, and each refresh (poll_interval_s, a reload) retries them",
-            logger,
-        )
+        refuse_at_start(exc, repository=repository)
         return []
     problems: list[str] = report["problems"]
     return problems
+
+
+_tolerated: set[tuple[int, str]] = set()  # (pid, what) said by refuse_at_start in this process
+
+
+def refuse_at_start(error: ConfigurationError | ModelLoadError, *, repository: str | os.PathLike[str]) -> None:
+    """Raise ``error``, the repository's state found as the app loads, unless this process is a worker
+    that replaces an earlier one (:func:`replacement_worker`): there, log it and return, so the worker
+    starts (see :func:`check_at_start`). The plug-ins' settings checks call it for a repository that is
+    not a folder (a release swapped in by two renames, a network mount briefly gone); their other
+    settings are no repository state, and always raise.
+
+    Raises:
+        ConfigurationError, ModelLoadError: ``error``, outside a replacement worker.
+    """
+    replacing = replacement_worker()
+    if replacing is None:
+        raise error
+    # (said once per worker: a missing folder fails the settings check and the eager check alike)
+    what = "missing" if not _is_folder(repository) else str(error)
+    if (os.getpid(), what) in _tolerated:
+        return
+    _tolerated.add((os.getpid(), what))
+    _fork._say_error(  # (on stderr where logging is not set up: a gunicorn worker seldom set it up)
+        f"{replacing}, and the repository check failed: {error}. It starts anyway (a worker that fails to load "
+        "stops the whole server, or serves nothing for good): it serves the models that load, /ready names "
+        "those it does not serve, and each refresh (poll_interval_s, a reload) retries them; a server that "
+        "found no repository folder is built again at the next request",
+        logger,
+    )
+
+
+def _is_folder(path: str | os.PathLike[str]) -> bool:
+    try:
+        return Path(path).is_dir()
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def replacement_worker() -> str | None:

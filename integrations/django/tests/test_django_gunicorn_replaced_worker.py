@@ -1,8 +1,9 @@
-"""A real gunicorn (no --preload, EAGER) whose worker is replaced while a config.toml is mid-change.
+"""A real gunicorn (no --preload) whose worker is replaced while the repository is mid-change.
 
-Without ``--preload`` every worker runs the app's start-up check when it loads Django. A worker replaced
-while a ``config.toml`` was saved with a typo failed it, and gunicorn halted the whole server ("Worker
-failed to boot"). A replaced worker now starts and serves the model once the file is valid again.
+Without ``--preload`` every worker runs the app's start-up checks when it loads Django. A worker replaced
+while a ``config.toml`` was saved with a typo (EAGER), or while the repository folder was briefly gone (any
+mode), failed them, and gunicorn halted the whole server ("Worker failed to boot"). A replaced worker now
+starts and serves the model once the repository is valid again.
 """
 
 from __future__ import annotations
@@ -50,15 +51,21 @@ def _until(check: Any, what: str, log: Path, seconds: float = 15.0) -> Any:
     raise AssertionError(f"{what} within {seconds}s:\n{log.read_text()}")
 
 
-def test_a_worker_replaced_while_a_config_toml_is_broken_does_not_stop_gunicorn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("change", ["config.toml typo, EAGER", "folder gone, lazy"])
+def test_a_worker_replaced_while_the_repository_is_mid_change_does_not_stop_gunicorn(
+    tmp_path: Path, change: str
+) -> None:
+    """A config.toml saved with a typo fails EAGER's check in ready(); a folder briefly gone (a release
+    swapped in by two renames) fails the middleware's settings check (E001) in any mode."""
     pytest.importorskip("gunicorn")
     repository = tmp_path / "models"
     save_model(build_scale_model(2.0), repository, "scale", 1)
     config_toml = repository / "scale" / "config.toml"
     config_toml.write_text(GOOD)
+    eager = "EAGER" in change
     (tmp_path / "replaced_settings.py").write_text(
         "from testproject_settings import *  # noqa: F403\n"
-        f"INPROCSERVE = {{'REPOSITORY': {str(repository)!r}, 'EAGER': True, 'POLL_INTERVAL_S': 0.2}}\n"
+        f"INPROCSERVE = {{'REPOSITORY': {str(repository)!r}, 'EAGER': {eager}, 'POLL_INTERVAL_S': 0.2}}\n"
     )
     env = {
         **os.environ,
@@ -72,17 +79,24 @@ def test_a_worker_replaced_while_a_config_toml_is_broken_does_not_stop_gunicorn(
     command = [sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", f"127.0.0.1:{port}"]
     command += ["--max-requests", "4", "django.core.wsgi:get_wsgi_application()"]  # recycled every 4 requests
     log = tmp_path / "gunicorn.log"
+    aside = tmp_path / "models-previous"
     with log.open("w") as out:
         master = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
         _until(lambda: _call(base, "/score")[0] == 200, "the first worker serves", log)
-        config_toml.write_text(TYPO)
-        # requests recycle the worker: its replacements load Django while the file is broken
+        if eager:
+            config_toml.write_text(TYPO)
+        else:
+            repository.rename(aside)
+        # requests recycle the worker: its replacements load Django while the repository is mid-change
         _until(lambda: _call(base, "/score") and "repository check failed" in log.read_text(), "a replacement", log)
-        for _ in range(8):
-            assert _call(base, "/score")[0] in (200, 404), log.read_text()  # served, or the model not (yet)
+        for _ in range(8):  # served, or the model not (404), or no server yet (the folder is gone)
+            assert _call(base, "/score")[0] in (200, 404, 500), log.read_text()
         assert master.poll() is None, log.read_text()
-        config_toml.write_text(GOOD)
+        if eager:
+            config_toml.write_text(GOOD)
+        else:
+            aside.rename(repository)
         _, body = _until(lambda: (r := _call(base, "/score"))[0] == 200 and r, "served again", log)
         assert body["version"] == 1 and master.poll() is None, log.read_text()
     finally:

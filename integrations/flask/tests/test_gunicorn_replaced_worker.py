@@ -34,7 +34,7 @@ from inprocserve_flask import Inprocserve, predict
 
 app = Flask(__name__)
 app.config["INPROCSERVE_REPOSITORY"] = os.environ["INPROCSERVE_TEST_REPOSITORY"]
-app.config["INPROCSERVE_EAGER"] = True
+app.config["INPROCSERVE_EAGER"] = os.environ["INPROCSERVE_TEST_EAGER"] == "1"
 app.config["INPROCSERVE_POLL_INTERVAL_S"] = 0.2
 Inprocserve(app)
 
@@ -68,27 +68,43 @@ def _until(check: Any, what: str, log: Path, seconds: float = 15.0) -> Any:
     raise AssertionError(f"{what} within {seconds}s:\n{log.read_text()}")
 
 
-@pytest.mark.parametrize("setup", ["sync, hook file", "gthread, no hook file"])
-def test_a_worker_replaced_while_a_config_toml_is_broken_does_not_stop_gunicorn(tmp_path: Path, setup: str) -> None:
-    repository = tmp_path / "models"
-    save_model(build_scale_model(2.0), repository, "scale", 1)
-    config_toml = repository / "scale" / "config.toml"
+def _gunicorn(
+    tmp_path: Path, repository: Path, worker_class: str, *, hook: bool, eager: bool
+) -> tuple[list[str], dict[str, str], str]:
+    """The command, environment and base URL of a 1-worker gunicorn without --preload serving the app."""
     (tmp_path / "eager_app.py").write_text(APP)
     conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text("from inprocserve.gunicorn import post_worker_init  # noqa: F401\n" if "hook file" in setup else "")
+    conf.write_text("from inprocserve.gunicorn import post_worker_init  # noqa: F401\n" if hook else "")
     plugin = ROOT / "integrations" / "flask" / "src"
     env = {
         **os.environ,
         "INPROCSERVE_TEST_REPOSITORY": str(repository),
+        "INPROCSERVE_TEST_EAGER": "1" if eager else "0",
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), str(plugin)]),
     }
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    worker_class = setup.split(",")[0]
     command = [sys.executable, "-m", "gunicorn", "--config", str(conf), "--workers", "1", "--bind", f"127.0.0.1:{port}"]
     command += ["--worker-class", worker_class, "--chdir", str(tmp_path), "eager_app:app"]
+    return command, env, f"http://127.0.0.1:{port}"
+
+
+def _stop(master: subprocess.Popen[bytes]) -> None:
+    master.send_signal(signal.SIGTERM)
+    try:
+        master.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        master.kill()
+        master.wait()
+
+
+@pytest.mark.parametrize("setup", ["sync, hook file", "gthread, no hook file"])
+def test_a_worker_replaced_while_a_config_toml_is_broken_does_not_stop_gunicorn(tmp_path: Path, setup: str) -> None:
+    repository = tmp_path / "models"
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config_toml = repository / "scale" / "config.toml"
+    command, env, base = _gunicorn(tmp_path, repository, setup.split(",")[0], hook="hook file" in setup, eager=True)
     log = tmp_path / "gunicorn.log"
 
     # a first start on a broken repository still fails, fast and loudly
@@ -119,9 +135,33 @@ def test_a_worker_replaced_while_a_config_toml_is_broken_does_not_stop_gunicorn(
         assert body["pid"] != first_worker and master.poll() is None, log.read_text()
         assert "was started after the server's first 1, and the repository check failed" in log.read_text()
     finally:
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait()
+        _stop(master)
+
+
+def test_a_worker_replaced_while_the_repository_folder_is_gone_does_not_stop_gunicorn(tmp_path: Path) -> None:
+    """A release swapped in by two renames (or a network mount briefly gone): the folder is missing for a
+    moment. Lazy mode too: the plug-in refuses a repository that is not a folder at init_app."""
+    repository = tmp_path / "models"
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    aside = tmp_path / "models-previous"
+    command, env, base = _gunicorn(tmp_path, repository, "gthread", hook=False, eager=False)
+    log = tmp_path / "gunicorn.log"
+    repository.rename(aside)
+    with log.open("w") as out:  # a first start without the folder still fails
+        first = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=60)
+    assert first.returncode == 3 and "is not a folder" in log.read_text(), log.read_text()
+    aside.rename(repository)
+    with log.open("w") as out:
+        master = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        status, body = _until(lambda: _call(base, "/score"), "the first worker serves", log)
+        assert status == 200, body
+        repository.rename(aside)
+        os.kill(body["pid"], signal.SIGKILL)
+        _until(lambda: "is not a folder" in log.read_text(), "the replacement worker says what it found", log)
+        assert _call(base, "/score")[0] == 500 and master.poll() is None, log.read_text()  # no server meanwhile
+        aside.rename(repository)
+        _until(lambda: _call(base, "/score")[0] == 200, "the replacement worker builds its server", log)
+        assert master.poll() is None and log.read_text().count("repository check failed") == 1, log.read_text()
+    finally:
+        _stop(master)

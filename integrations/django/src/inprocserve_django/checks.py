@@ -14,6 +14,7 @@ from django.utils.module_loading import import_string
 
 import inprocserve
 from inprocserve import v2, web
+from inprocserve._prefork import refuse_at_start, replacement_worker
 from inprocserve._repository import scan_repository
 
 from .conf import DEFAULTS, settings, unknown_keys
@@ -163,6 +164,14 @@ def refuse_invalid_settings() -> None:
     silenced = set(getattr(django_settings, "SILENCED_SYSTEM_CHECKS", ()))
     left_alone = silenced | _REPOSITORY_STATE
     errors = [message for message in check_inprocserve() if message.is_serious() and message.id not in left_alone]
+    repository = settings()["REPOSITORY"]
+    missing = [error for error in errors if error.id == "inprocserve.E001"]
+    if missing and isinstance(repository, str | os.PathLike) and replacement_worker() is not None:
+        # A gunicorn worker replacing an earlier one while the folder is briefly gone (a release swapped in by
+        # two renames, a network mount) starts, and builds its server once the folder is back: refused, it
+        # made gunicorn stop the whole server ("Worker failed to boot"). A first start still refuses it.
+        refuse_at_start(inprocserve.ConfigurationError(missing[0].msg), repository=repository)  # (logs it)
+        errors = [error for error in errors if error.id != "inprocserve.E001"]
     if errors:
         lines = [f"{error.id}: {error.msg}" + (f" HINT: {error.hint}" if error.hint else "") for error in errors]
         raise ImproperlyConfigured(

@@ -35,7 +35,7 @@ from werkzeug.local import LocalProxy
 import inprocserve
 from inprocserve import web
 from inprocserve._brief import brief
-from inprocserve._prefork import check_at_start
+from inprocserve._prefork import check_at_start, refuse_at_start
 
 from .status_page import add_status_page
 
@@ -264,10 +264,15 @@ def _check_settings(config: Mapping[str, Any]) -> None:
     repository = config["INPROCSERVE_REPOSITORY"]
     if repository is not None and not (isinstance(repository, str | os.PathLike) and Path(repository).is_dir()):
         # (a typo: each worker's server, built at its first request, served nothing, then refused every request)
-        raise inprocserve.ConfigurationError(
+        error = inprocserve.ConfigurationError(
             f"INPROCSERVE_REPOSITORY ({repository!r}) is not a folder: create it, or point it at the folder that "
             "holds <model>/<version>/model.onnx"
         )
+        if not isinstance(repository, str | os.PathLike):
+            raise error
+        # A gunicorn worker replacing an earlier one while the folder is briefly gone (a release swapped in by
+        # two renames, a network mount) starts anyway: failing, it made gunicorn stop the whole server.
+        refuse_at_start(error, repository=repository)
     for key in (
         "INPROCSERVE_FOLLOW_SYMLINKS",
         "INPROCSERVE_EAGER",
