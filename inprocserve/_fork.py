@@ -118,10 +118,13 @@ def _warn_if_onnxruntime_is_imported() -> None:
 
 def _say_error(message: str, log: logging.Logger = logger) -> None:
     """Log ``message`` as an error on ``log``, or write it to stderr where nothing would show it: the
-    package's NullHandler keeps logging's last resort from doing so."""
-    if _handled(log):
+    package's NullHandler keeps logging's last resort from doing so, and so does a logger disabled by a
+    ``dictConfig`` that left ``disable_existing_loggers`` at its default: a Django ``LOGGING`` setting
+    read in a gunicorn worker whose master had imported inprocserve (``gunicorn.conf.py`` importing the
+    hook) disabled every inprocserve logger that existed, and a replaced worker said nothing at all."""
+    if _handled(log) and not log.disabled:
         log.error("%s", message)
-    elif log.isEnabledFor(logging.ERROR) and sys.stderr is not None:
+    elif (log.disabled or log.isEnabledFor(logging.ERROR)) and sys.stderr is not None:
         try:  # logging is not set up (gunicorn's master, say): still say it, as logging's last resort would
             sys.stderr.write(f"ERROR {log.name}: {message}\n")
             sys.stderr.flush()

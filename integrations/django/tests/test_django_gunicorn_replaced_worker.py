@@ -66,7 +66,13 @@ def test_a_worker_replaced_while_the_repository_is_mid_change_does_not_stop_guni
     (tmp_path / "replaced_settings.py").write_text(
         "from testproject_settings import *  # noqa: F403\n"
         f"INPROCSERVE = {{'REPOSITORY': {str(repository)!r}, 'EAGER': {eager}, 'POLL_INTERVAL_S': 0.2}}\n"
+        # (disable_existing_loggers left at its default: with the hook, the master had made inprocserve's
+        # loggers, and each worker's dictConfig disabled them: the replaced worker's error was lost)
+        "LOGGING = {'version': 1, 'handlers': {'err': {'class': 'logging.StreamHandler'}},"
+        " 'root': {'handlers': ['err'], 'level': 'WARNING'}}\n"
     )
+    conf = tmp_path / "gunicorn.conf.py"  # EAGER with the hook, lazy without
+    conf.write_text("from inprocserve.gunicorn import post_worker_init  # noqa: F401\n" if eager else "")
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "replaced_settings",
@@ -76,7 +82,7 @@ def test_a_worker_replaced_while_the_repository_is_mid_change_does_not_stop_guni
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", f"127.0.0.1:{port}"]
+    command = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--workers", "1", "--bind", f"127.0.0.1:{port}"]
     command += ["--max-requests", "4", "django.core.wsgi:get_wsgi_application()"]  # recycled every 4 requests
     log = tmp_path / "gunicorn.log"
     aside = tmp_path / "models-previous"
