@@ -434,7 +434,7 @@ def _respawned_uwsgi_worker(uwsgi: Any) -> str | None:
         for entry in uwsgi.workers():
             respawns = entry.get("respawn_count")
             if entry.get("id") == worker_id and isinstance(respawns, int) and respawns > 0:
-                return f"uWSGI worker {worker_id} (pid {os.getpid()}) was respawned ({respawns} times)"
+                return f"uWSGI worker {worker_id} (pid {os.getpid()}) was respawned (respawn_count {respawns})"
     except Exception:  # (an embedded uWSGI without that API: no way to tell, so a first start)
         logger.debug("could not read uWSGI's worker table", exc_info=True)
     return None

@@ -255,3 +255,30 @@ def test_the_gunicorn_hook_without_a_server_to_build_says_so(tmp_path: Path) -> 
         warned = "post_worker_init hook found no server to build: set INPROCSERVE_EAGER = True" in done.stderr
         assert warned is not built, done.stderr
         assert ("servers warm in" in done.stderr) is built, done.stderr
+
+
+def test_a_gunicorn_worker_started_after_the_first_ones_is_told_apart() -> None:
+    """The plug-ins' start-up check fails a first start, but not a worker gunicorn starts later (a failed
+    load there makes gunicorn stop the whole server): told apart by the worker's age, or the arbiter's HUP
+    reload below it on the stack (a reload that raises --workers forks new workers whose age is low)."""
+    pytest.importorskip("gunicorn")
+    from types import SimpleNamespace
+
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.sync import SyncWorker
+
+    def worker(age: int, workers: int) -> SyncWorker:
+        made = object.__new__(SyncWorker)  # (what gunicorn's spawn_worker builds, without its sockets)
+        made.age, made.cfg = age, SimpleNamespace(workers=workers)
+        return made
+
+    def load_wsgi(self: SyncWorker) -> str | None:  # where gunicorn loads the app in each worker
+        return _prefork.replacement_worker()
+
+    def reload(self: Arbiter, worker: SyncWorker) -> str | None:  # the arbiter's HUP reload forks new workers
+        return load_wsgi(worker)
+
+    assert _prefork.replacement_worker() is None  # not in a gunicorn worker (a --preload master, a script)
+    assert load_wsgi(worker(age=2, workers=2)) is None  # the first start's second worker
+    assert "(age 3) was started after the server's first 2" in str(load_wsgi(worker(age=3, workers=2)))
+    assert "reload (HUP)" in str(reload(object.__new__(Arbiter), worker(age=3, workers=4)))

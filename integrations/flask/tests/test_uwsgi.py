@@ -218,7 +218,7 @@ def test_a_lazy_apps_worker_respawned_while_a_config_toml_is_broken_does_not_sto
     victim = next(iter(workers))
     os.kill(victim, signal.SIGKILL)  # a crash: uWSGI respawns the worker, which loads the app now
     deadline = time.monotonic() + 30
-    while "was respawned (1 times), and the repository check failed" not in server.log():
+    while "was respawned (respawn_count 1), and the repository check failed" not in server.log():
         assert server.process.poll() is None and time.monotonic() < deadline, server.log()
         time.sleep(0.1)
     config_toml.write_text("[batching]\nmax_batch_size = 8\n")  # fixed
