@@ -387,8 +387,8 @@ def _is_folder(path: str | os.PathLike[str]) -> bool:
 def replacement_worker() -> str | None:
     """If this process is a gunicorn worker loading its app after the server's first workers were started
     (one recycled by ``--max-requests``, replaced after a crash or a timeout, added by ``TTIN``, or started
-    by a ``HUP`` reload), or a uWSGI ``--lazy-apps`` worker that was respawned, a description of it;
-    otherwise ``None``.
+    by a ``HUP`` reload), a uWSGI ``--lazy-apps`` worker that was respawned, or a uWSGI process after a
+    graceful reload, a description of it; otherwise ``None``.
 
     gunicorn numbers its workers by ``age``, 1 for the first it forks: the first start forks ages 1 to
     ``workers``, and every later worker is older than that. The worker is found on the call stack: the
@@ -426,7 +426,15 @@ def replacement_worker() -> str | None:
 def _respawned_uwsgi_worker(uwsgi: Any) -> str | None:
     """A uWSGI worker that loads the app itself (``--lazy-apps``) after a respawn (``--max-requests``,
     ``--harakiri``, a crash, a reload of that worker): its app failing to load stopped the whole uWSGI
-    under ``--need-app``, and without it left the worker answering 500 to every request, for good."""
+    under ``--need-app``, and without it left the worker answering 500 to every request, for good.
+
+    Or any uWSGI process after a graceful reload of the running server (``SIGHUP``, ``--touch-reload``,
+    ``uwsgi --reload``): uWSGI executes itself again, counting the reloads in ``UWSGI_RELOADS``, and loads
+    the app again (in the master, by default); failing there, a reload while the repository was
+    mid-change stopped uWSGI for good ("no app loaded. GAME OVER" under ``--need-app``)."""
+    reloads = os.environ.get("UWSGI_RELOADS", "")
+    if reloads.isdigit() and int(reloads) > 0:
+        return f"uWSGI process {os.getpid()} loads the app again after a reload (UWSGI_RELOADS {reloads})"
     try:
         worker_id = uwsgi.worker_id()
         if not isinstance(worker_id, int) or worker_id <= 0:

@@ -229,3 +229,33 @@ def test_a_lazy_apps_worker_respawned_while_a_config_toml_is_broken_does_not_sto
         assert answer["y"] == [[2.0, 4.0, 6.0, 8.0]]
         served_by.add(answer["pid"])
     assert victim not in served_by
+
+
+@pytest.mark.skipif(OLD_UWSGI is None, reason="soak only: set INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27 to a uwsgi < 2.0.27")
+def test_a_uwsgi_reload_while_a_config_toml_is_broken_does_not_stop_uwsgi(start: Any, tmp_path: Path) -> None:
+    """A graceful reload (SIGHUP to the master) executes uWSGI again, which loads the app again in the master:
+    a config.toml saved with a typo at that moment failed EAGER's check, and under --need-app uWSGI stopped
+    ("no app loaded. GAME OVER"). (The compiled uWSGI: pyuwsgi cannot execute itself again outside its venv.)"""
+    server = start("--enable-threads", "--home", sys.prefix, program=OLD_UWSGI)
+    server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
+    config_toml = tmp_path / "models" / "scale" / "config.toml"
+    config_toml.write_text("[batching\nmax_batch_size = 8\n")
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while "after a reload (UWSGI_RELOADS 1), and the repository check failed" not in server.log():
+        assert server.process.poll() is None and time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    # the reloaded workers start and build (the model not served): the server runs on
+    server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
+    config_toml.write_text("[batching]\nmax_batch_size = 8\n")
+    server.process.send_signal(signal.SIGHUP)  # the next reload reads the valid file
+    while "UWSGI_RELOADS" in server.log().rsplit("binary reloading", 1)[-1] or not _serves(server):
+        assert server.process.poll() is None and time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+
+
+def _serves(server: Any) -> bool:
+    try:
+        return bool(server.call("/score", {"rows": [[1.0, 2.0, 3.0, 4.0]]})["y"] == [[2.0, 4.0, 6.0, 8.0]])
+    except (urllib.error.URLError, ConnectionError):
+        return False
