@@ -348,6 +348,14 @@ def check_at_start(
 
 
 _tolerated: set[tuple[int, str]] = set()  # (pid, what) said by refuse_at_start in this process
+# refuse_at_start let this process, or the one it was forked from (a reloaded uWSGI master), start past a
+# failed check: its servers retry what failed without a poller (Registry.start_healer)
+_started_past_failure = False
+
+
+def started_past_failed_check() -> bool:
+    """Whether this process (or the process it was forked from) started past a failed repository check."""
+    return _started_past_failure
 
 
 def refuse_at_start(error: ConfigurationError | ModelLoadError, *, repository: str | os.PathLike[str]) -> None:
@@ -360,9 +368,11 @@ def refuse_at_start(error: ConfigurationError | ModelLoadError, *, repository: s
     Raises:
         ConfigurationError, ModelLoadError: ``error``, outside a replacement worker.
     """
+    global _started_past_failure
     replacing = replacement_worker()
     if replacing is None:
         raise error
+    _started_past_failure = True
     # (said once per worker: a missing folder fails the settings check and the eager check alike)
     what = "missing" if not _is_folder(repository) else str(error)
     if (os.getpid(), what) in _tolerated:
@@ -371,7 +381,8 @@ def refuse_at_start(error: ConfigurationError | ModelLoadError, *, repository: s
     _fork._say_error(  # (on stderr where logging is not set up: a gunicorn worker seldom set it up)
         f"{replacing}, and the repository check failed: {error}. It starts anyway (a worker that fails to load "
         "stops the whole server, or serves nothing for good): it serves the models that load, /ready names "
-        "those it does not serve, and each refresh (poll_interval_s, a reload) retries them; a server that "
+        "those it does not serve, and it retries them until they load (each refresh with poll_interval_s; without "
+        "it, after 1 s, then twice as long each time up to a minute); a server that "
         "found no repository folder is built again at the next request",
         logger,
     )

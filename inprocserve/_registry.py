@@ -63,6 +63,8 @@ _Stamp = tuple[tuple[str, int, int, int, int], ...]
 _CONTROL_RETRY_CAP_S = 60.0  # longest wait between two tries of a control revision that does not apply
 _LOAD_ATTEMPTS = 3  # loads of a version whose files keep changing while it loads, before it waits for a refresh
 _WRITTEN_BY_LOADS = OPTIMIZED_GRAPH  # files a load itself writes (the optimized-graph cache): not changes
+_HEAL_FIRST_S = 1.0  # a worker started past a failed repository check, without polling: first retry (see start_healer)
+_HEAL_CAP_S = 60.0  # ... and the longest wait between two of its retries
 _EMPTY_CONFIG_SETTLE_S = 2.0  # how long a serving model's config.toml stays empty before it is applied (see
 # Registry._config_being_written: an in-place write truncates it first)
 
@@ -954,6 +956,29 @@ class Registry:
             return
         self._poller = threading.Thread(target=self._poll, name="inprocserve-refresh", daemon=True)
         self._poller.start()
+
+    def start_healer(self) -> None:
+        """Without a poller: refresh, waiting 1 s and then twice as long each time up to a minute, until no
+        model has a failed load or an invalid ``config.toml``, then stop (the poller's thread, joined by
+        :meth:`close`). For a worker started past a failed repository check (``_prefork.check_at_start``):
+        without it, the models that failed were served by that worker only at its next recycle or reload,
+        which without ``--max-requests`` could be days (a 404 or 503 for every request it took)."""
+        if self._poll_interval_s is not None or self.closed or self._poller is not None:
+            return
+        self._poller = threading.Thread(target=self._heal, name="inprocserve-heal", daemon=True)
+        self._poller.start()
+
+    def _heal(self) -> None:
+        delay, retried = _HEAL_FIRST_S, False
+        while (self.config_errors or any(self.failures.values())) and not self._stop.wait(delay):
+            retried = True
+            try:
+                self.refresh(settle_empty_configs=True)
+            except Exception:  # (as the poller: survive anything a repository throws at it)
+                logger.exception("model repository refresh failed")
+            delay = min(delay * 2, _HEAL_CAP_S)
+        if retried and not self._stop.is_set():
+            logger.info("every model that failed to load as this worker started loads now; no more retries")
 
     def _poll(self) -> None:
         assert self._poll_interval_s is not None

@@ -282,3 +282,30 @@ def test_a_gunicorn_worker_started_after_the_first_ones_is_told_apart() -> None:
     assert load_wsgi(worker(age=2, workers=2)) is None  # the first start's second worker
     assert "(age 3) was started after the server's first 2" in str(load_wsgi(worker(age=3, workers=2)))
     assert "reload (HUP)" in str(reload(object.__new__(Arbiter), worker(age=3, workers=4)))
+
+
+def test_a_worker_started_past_a_failed_check_retries_what_failed_without_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Such a worker's server (poll_interval_s None, the default) loaded nothing of the broken model and, with
+    no refresh to come, answered 404 for it until the worker was replaced again; it now retries by itself
+    (1 s, then twice as long each time) until every model loads, then stops retrying."""
+    save_model(build_scale_model(2.0), tmp_path, "scale", 1)
+    config_toml = tmp_path / "scale" / "config.toml"
+    config_toml.write_text("[batching\n")
+    monkeypatch.setattr(_prefork, "_started_past_failure", True)
+    with inprocserve.Server(tmp_path) as server:
+        assert server.models == {}
+        config_toml.write_text("[batching]\nmax_batch_size = 8\n")
+        deadline = time.monotonic() + 10
+        while not server.models and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.models == {"scale": [1]}
+        healer = server._registry._poller
+        assert healer is not None and healer.name == "inprocserve-heal"
+        healer.join(timeout=5)
+        assert not healer.is_alive()  # every model loads: no more retries
+    monkeypatch.setattr(_prefork, "_started_past_failure", False)
+    config_toml.write_text("[batching\n")
+    with inprocserve.Server(tmp_path) as server:  # a first start: no retries (a refresh, a reload does it)
+        assert server.models == {} and server._registry._poller is None

@@ -35,7 +35,7 @@ from inprocserve_flask import Inprocserve, predict
 app = Flask(__name__)
 app.config["INPROCSERVE_REPOSITORY"] = os.environ["INPROCSERVE_TEST_REPOSITORY"]
 app.config["INPROCSERVE_EAGER"] = os.environ["INPROCSERVE_TEST_EAGER"] == "1"
-app.config["INPROCSERVE_POLL_INTERVAL_S"] = 0.2
+app.config["INPROCSERVE_POLL_INTERVAL_S"] = float(os.environ["INPROCSERVE_TEST_POLL"]) or None
 Inprocserve(app)
 
 @app.post("/score")
@@ -69,7 +69,7 @@ def _until(check: Any, what: str, log: Path, seconds: float = 15.0) -> Any:
 
 
 def _gunicorn(
-    tmp_path: Path, repository: Path, worker_class: str, *, hook: bool, eager: bool
+    tmp_path: Path, repository: Path, worker_class: str, *, hook: bool, eager: bool, poll: bool = True
 ) -> tuple[list[str], dict[str, str], str]:
     """The command, environment and base URL of a 1-worker gunicorn without --preload serving the app."""
     (tmp_path / "eager_app.py").write_text(APP)
@@ -80,6 +80,7 @@ def _gunicorn(
         **os.environ,
         "INPROCSERVE_TEST_REPOSITORY": str(repository),
         "INPROCSERVE_TEST_EAGER": "1" if eager else "0",
+        "INPROCSERVE_TEST_POLL": "0.2" if poll else "0",
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), str(plugin)]),
     }
     with socket.socket() as sock:
@@ -99,12 +100,13 @@ def _stop(master: subprocess.Popen[bytes]) -> None:
         master.wait()
 
 
-@pytest.mark.parametrize("setup", ["sync, hook file", "gthread, no hook file"])
+@pytest.mark.parametrize("setup", ["sync, hook file", "gthread, no hook file", "gthread, hook file, no polling"])
 def test_a_worker_replaced_while_a_config_toml_is_broken_does_not_stop_gunicorn(tmp_path: Path, setup: str) -> None:
     repository = tmp_path / "models"
     save_model(build_scale_model(2.0), repository, "scale", 1)
     config_toml = repository / "scale" / "config.toml"
-    command, env, base = _gunicorn(tmp_path, repository, setup.split(",")[0], hook="hook file" in setup, eager=True)
+    hook, poll = "no hook file" not in setup, "no polling" not in setup
+    command, env, base = _gunicorn(tmp_path, repository, setup.split(",")[0], hook=hook, eager=True, poll=poll)
     log = tmp_path / "gunicorn.log"
 
     # a first start on a broken repository still fails, fast and loudly
@@ -130,8 +132,12 @@ def test_a_worker_replaced_while_a_config_toml_is_broken_does_not_stop_gunicorn(
         _until(replaced_and_not_ready, "the replacement worker answers /ready 503 naming the broken file", log)
         assert master.poll() is None, log.read_text()
         assert _call(base, "/score")[0] == 404  # the model is not served meanwhile (as in lazy mode)
-        config_toml.write_text(GOOD)  # fixed: the next refresh (poll_interval_s) serves the model
-        status, body = _until(lambda: (r := _call(base, "/score"))[0] == 200 and r, "the model is served again", log)
+        # fixed: the next refresh (poll_interval_s) serves the model; without polling, the worker's own retries
+        # (1 s, then twice as long each time) do: it served the model nothing until it was replaced again
+        config_toml.write_text(GOOD)
+        status, body = _until(
+            lambda: (r := _call(base, "/score"))[0] == 200 and r, "the model is served again", log, 40
+        )
         assert body["pid"] != first_worker and master.poll() is None, log.read_text()
         assert "was started after the server's first 1, and the repository check failed" in log.read_text()
     finally:
