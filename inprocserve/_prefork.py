@@ -166,9 +166,10 @@ _warm_after_patch = False  # the warm-up of this forked child waits for gevent's
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _warm_after_patch
+    global _lock, _warm_after_patch, _forked_as_replacement
     _lock = threading.Lock()
     _warm_after_patch = False
+    _forked_as_replacement = _gunicorn_replacement_at_fork()
     if _fork.uwsgi_module() is None:  # (under uWSGI: from its post-fork hook, once the worker is told apart)
         _start_builders()
 
@@ -351,11 +352,41 @@ _tolerated: set[tuple[int, str]] = set()  # (pid, what) said by refuse_at_start 
 # refuse_at_start let this process, or the one it was forked from (a reloaded uWSGI master), start past a
 # failed check: its servers retry what failed without a poller (Registry.start_healer)
 _started_past_failure = False
+_forked_as_replacement = False  # a gunicorn worker forked after the first ones (see _gunicorn_replacement_at_fork)
 
 
-def started_past_failed_check() -> bool:
-    """Whether this process (or the process it was forked from) started past a failed repository check."""
-    return _started_past_failure
+def retries_failed_loads() -> bool:
+    """Whether a server built in this process without a poller retries its failed loads until they load
+    (``Registry.start_healer``): in a worker started after the server's first ones, which found the
+    repository mid-change, as one recycled or crash-replaced is apt to, and then served the models that
+    failed nothing until it was replaced in turn. A first start does not: a refresh or a reload does it.
+
+    Such a worker: one that started past a failed start-up check (:func:`refuse_at_start`), a gunicorn
+    worker forked after the first ones (a ``--preload`` master's: it loads no app, and so runs no check),
+    or a respawned uWSGI worker (:func:`replacement_worker`)."""
+    if _started_past_failure or _forked_as_replacement:
+        return True
+    return _fork.uwsgi_module() is not None and replacement_worker() is not None
+
+
+def _gunicorn_replacement_at_fork() -> bool:
+    """In a child just forked: whether gunicorn's arbiter forked it as a worker started after the server's
+    first ones (its ``age`` above ``workers``, or from a ``HUP`` reload), told by the arbiter's frames below."""
+    if "gunicorn.arbiter" not in sys.modules:
+        return False
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code.co_name
+        if code in ("spawn_worker", "reload") and _is_arbiter(frame.f_locals.get("self")):
+            if code == "reload":
+                return True
+            worker = frame.f_locals.get("worker")
+            age = getattr(worker, "age", None)
+            first = getattr(getattr(worker, "cfg", None), "workers", None)
+            if isinstance(age, int) and isinstance(first, int) and age > first:
+                return True
+        frame = frame.f_back
+    return False
 
 
 def refuse_at_start(error: ConfigurationError | ModelLoadError, *, repository: str | os.PathLike[str]) -> None:

@@ -47,7 +47,7 @@ from ._loop_batching import given_up as _loop_given_up
 from ._model import ModelVersion
 from ._operations import Operations, RolloutMethods
 from ._prediction import Prediction, RequestIds, prediction_of
-from ._prefork import shield_exit, started_past_failed_check
+from ._prefork import retries_failed_loads, shield_exit
 from ._registry import Registry, Routes, close_versions
 from ._remote_model import RemoteModel
 from ._repository import ModelSource
@@ -238,7 +238,8 @@ class Server(RolloutMethods):
                 self.close()
                 raise
         self._registry.start_poller()
-        if started_past_failed_check():  # (no poller: retry what failed until it loads)
+        if (self._registry.failures or self._registry.config_errors) and retries_failed_loads():
+            # (a worker started after the first ones, no poller: retry what failed until it loads)
             self._registry.start_healer()
         self._operations.start_watcher()
 

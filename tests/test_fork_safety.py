@@ -283,6 +283,14 @@ def test_a_gunicorn_worker_started_after_the_first_ones_is_told_apart() -> None:
     assert "(age 3) was started after the server's first 2" in str(load_wsgi(worker(age=3, workers=2)))
     assert "reload (HUP)" in str(reload(object.__new__(Arbiter), worker(age=3, workers=4)))
 
+    # the same rule in a child just forked (a --preload master's worker loads no app): its failed loads are retried
+    def spawn_worker(self: Arbiter, worker: SyncWorker) -> bool:  # where the arbiter forks each worker
+        return _prefork._gunicorn_replacement_at_fork()
+
+    assert not spawn_worker(object.__new__(Arbiter), worker(age=2, workers=2))
+    assert spawn_worker(object.__new__(Arbiter), worker(age=3, workers=2))
+    assert not _prefork._gunicorn_replacement_at_fork()  # (not forked by gunicorn at all)
+
 
 def test_a_worker_started_past_a_failed_check_retries_what_failed_without_polling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -171,3 +171,27 @@ def test_a_worker_replaced_while_the_repository_folder_is_gone_does_not_stop_gun
         assert master.poll() is None and log.read_text().count("repository check failed") == 1, log.read_text()
     finally:
         _stop(master)
+
+
+def test_a_preload_worker_replaced_while_a_config_toml_is_broken_serves_the_model_once_fixed(tmp_path: Path) -> None:
+    """With --preload the check runs once, in the master: a worker forked later (a crash, --max-requests)
+    builds from whatever is on disk. Built while a config.toml had a typo, without polling, it answered 404
+    for that model until it was replaced in turn; it now retries by itself until the model loads."""
+    repository = tmp_path / "models"
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config_toml = repository / "scale" / "config.toml"
+    config_toml.write_text(GOOD)
+    command, env, base = _gunicorn(tmp_path, repository, "gthread", hook=False, eager=True, poll=False)
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as out:
+        master = subprocess.Popen([*command, "--preload"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        _, body = _until(lambda: (r := _call(base, "/score"))[0] == 200 and r, "the first worker serves", log)
+        config_toml.write_text(TYPO)
+        os.kill(body["pid"], signal.SIGKILL)
+        _until(lambda: (r := _call(base, "/-/inprocserve/ready"))[0] == 503 and "TOML" in str(r[1]), "503", log)
+        config_toml.write_text(GOOD)
+        _until(lambda: _call(base, "/score")[0] == 200, "the model is served again", log, 40)
+        assert master.poll() is None, log.read_text()
+    finally:
+        _stop(master)
