@@ -259,3 +259,29 @@ def _serves(server: Any) -> bool:
         return bool(server.call("/score", {"rows": [[1.0, 2.0, 3.0, 4.0]]})["y"] == [[2.0, 4.0, 6.0, 8.0]])
     except (urllib.error.URLError, ConnectionError):
         return False
+
+
+def test_a_worker_respawned_while_a_config_toml_is_broken_serves_the_model_once_it_is_fixed(
+    start: Any, tmp_path: Path
+) -> None:
+    """The default uWSGI checks the repository once, in the master; a worker respawned later (a crash,
+    --max-requests) is forked from it and builds from what is on disk. Built while a config.toml had a typo,
+    without polling, it answered 404 for that model until it was respawned again; it now retries by itself."""
+    server = start()
+    workers = server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
+    config_toml = tmp_path / "models" / "scale" / "config.toml"
+    config_toml.write_text("[batching\nmax_batch_size = 8\n")
+    victim = next(iter(workers))
+    os.kill(victim, signal.SIGKILL)  # a crash: uWSGI forks a new worker, which builds its server now
+    server.workers(until=lambda seen: victim not in seen and all(worker["built"] for worker in seen.values()))
+    config_toml.write_text("[batching]\nmax_batch_size = 8\n")  # fixed
+    served_by: set[int] = set()
+    deadline = time.monotonic() + 40
+    while len(served_by) < 2:  # both workers serve the model, the respawned one included
+        assert server.process.poll() is None and time.monotonic() < deadline, server.log()
+        try:
+            served_by.add(server.call("/score", {"rows": [[1.0, 2.0, 3.0, 4.0]]})["pid"])
+        except urllib.error.HTTPError as exc:  # the respawned worker, until it loads the model
+            assert exc.code == 404, exc
+            time.sleep(0.1)
+    assert victim not in served_by
