@@ -352,7 +352,8 @@ _tolerated: set[tuple[int, str]] = set()  # (pid, what) said by refuse_at_start 
 # refuse_at_start let this process, or the one it was forked from (a reloaded uWSGI master), start past a
 # failed check: its servers retry what failed without a poller (Registry.start_healer)
 _started_past_failure = False
-_forked_as_replacement = False  # a gunicorn worker forked after the first ones (see _gunicorn_replacement_at_fork)
+# a gunicorn worker forked after the first ones (see _gunicorn_replacement_at_fork, and below replacement_worker)
+_forked_as_replacement = False
 
 
 def retries_failed_loads() -> bool:
@@ -488,6 +489,11 @@ def _respawned_uwsgi_worker(uwsgi: Any) -> str | None:
     except Exception:  # (an embedded uWSGI without that API: no way to tell, so a first start)
         logger.debug("could not read uWSGI's worker table", exc_info=True)
     return None
+
+
+# An app a gunicorn worker loads itself (no --preload, no hook file importing inprocserve in the master) imports
+# the package there, after the fork: a worker started after the first ones is told here instead.
+_forked_as_replacement = replacement_worker() is not None
 
 
 def _is_arbiter(value: object) -> bool:

@@ -173,18 +173,23 @@ def test_a_worker_replaced_while_the_repository_folder_is_gone_does_not_stop_gun
         _stop(master)
 
 
-def test_a_preload_worker_replaced_while_a_config_toml_is_broken_serves_the_model_once_fixed(tmp_path: Path) -> None:
-    """With --preload the check runs once, in the master: a worker forked later (a crash, --max-requests)
-    builds from whatever is on disk. Built while a config.toml had a typo, without polling, it answered 404
-    for that model until it was replaced in turn; it now retries by itself until the model loads."""
+@pytest.mark.parametrize("mode", ["EAGER, --preload", "lazy, no --preload"])
+def test_a_worker_replaced_without_a_check_while_a_config_toml_is_broken_serves_the_model_once_fixed(
+    tmp_path: Path, mode: str
+) -> None:
+    """With --preload the check runs once, in the master, and in lazy mode never: a worker started later (a
+    crash, --max-requests) builds from whatever is on disk. Built while a config.toml had a typo, without
+    polling, it answered 404 for that model until it was replaced in turn; it now retries until it loads."""
     repository = tmp_path / "models"
     save_model(build_scale_model(2.0), repository, "scale", 1)
     config_toml = repository / "scale" / "config.toml"
     config_toml.write_text(GOOD)
-    command, env, base = _gunicorn(tmp_path, repository, "gthread", hook=False, eager=True, poll=False)
+    eager = "EAGER" in mode
+    command, env, base = _gunicorn(tmp_path, repository, "gthread", hook=False, eager=eager, poll=False)
     log = tmp_path / "gunicorn.log"
     with log.open("w") as out:
-        master = subprocess.Popen([*command, "--preload"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        extra = ["--preload"] if eager else []
+        master = subprocess.Popen([*command, *extra], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         _, body = _until(lambda: (r := _call(base, "/score"))[0] == 200 and r, "the first worker serves", log)
         config_toml.write_text(TYPO)
