@@ -33,7 +33,7 @@ from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout, run_in_forked_
 
 # (the caller's own signal handler raises Interrupted in its thread, as gevent's Timeout or greenlet.kill()'s
 # GreenletExit is raised in the request's greenlet, in whatever call it waits in)
-from .test_interrupted_callers import Interrupted
+from .test_interrupted_callers import Interrupted, interrupt
 from .test_interrupted_callers import interruptible as interruptible  # (a fixture)
 
 X = np.ones((1, 4), np.float32)
@@ -394,19 +394,23 @@ def test_a_callers_own_base_exception_ends_the_request_and_is_no_provider_failur
     versions: Path, make_server: ServerFactory, interruptible: None, blocking: bool
 ) -> None:
     """Raised on the request's thread while the provider waits (on that thread, or on a worker), it is the
-    caller's: the request must end with it, not carry on past the caller's deadline as the stable decision."""
+    caller's: the request must end with it, at once, not carry on past the caller's deadline as the stable
+    decision, nor wait out the provider or the flag budget first."""
     flags = WaitingFlags(blocking=blocking)
-    server = make_server(versions, config=CANARY, flags=flags, flag_timeout_s=5.0)
+    budget_s = 5.0  # (the provider waits 10 s)
+    server = make_server(versions, config=CANARY, flags=flags, flag_timeout_s=budget_s)
 
-    def interrupt() -> None:
+    def interrupt_once_entered() -> None:
         flags.entered.wait(10)
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)  # type: ignore[arg-type]
+        interrupt(threading.main_thread().ident)
 
-    interrupter = threading.Thread(target=interrupt, daemon=True)
+    interrupter = threading.Thread(target=interrupt_once_entered, daemon=True)
     interrupter.start()
+    started = time.monotonic()
     try:
         with pytest.raises(Interrupted):
             server.predict("scale", X, context={"user_id": "u"})
+        assert time.monotonic() - started < budget_s
     finally:
         flags.released.set()
         interrupter.join()

@@ -41,11 +41,19 @@ class Interrupted(BaseException):
     """What the signal handler raises: a BaseException, like KeyboardInterrupt and SystemExit."""
 
 
+_taken = threading.Event()  # the handler of ``interruptible`` has run: its thread was interrupted
+
+
 @pytest.fixture
 def interruptible() -> Iterator[None]:
-    def raise_interrupted(signum: int, frame: Any) -> None:
-        raise Interrupted
+    """``SIGUSR1`` raises ``Interrupted`` in the thread it reaches, once per test (see :func:`interrupt`)."""
 
+    def raise_interrupted(signum: int, frame: Any) -> None:
+        if not _taken.is_set():  # (the signals sent after it are that one interruption, sent again)
+            _taken.set()
+            raise Interrupted
+
+    _taken.clear()
     previous = signal.signal(signal.SIGUSR1, raise_interrupted)
     try:
         yield
@@ -53,8 +61,24 @@ def interruptible() -> Iterator[None]:
         signal.signal(signal.SIGUSR1, previous)
 
 
+def interrupt(thread_id: int | None) -> None:
+    """Interrupt a thread (under ``interruptible``): send it ``SIGUSR1`` until its handler has run.
+
+    One signal may be handled only when the thread's wait ends by itself: CPython runs a Python handler
+    where it checks for pending signals, or where the signal interrupts a blocking call, and a signal that
+    arrives between the two (the thread has let go of the GIL to wait, and is not yet in the wait's system
+    call) finds neither. A thread woken by the one it interrupts (which sets an Event, then waits) gets the
+    GIL at just that moment: up to half such signals were lost, and a request meant to be interrupted at once
+    ran until the wait it was interrupted in ran out. The next signal interrupts the wait."""
+    for _ in range(200):  # (10 s)
+        signal.pthread_kill(thread_id, signal.SIGUSR1)  # type: ignore[arg-type]
+        if _taken.wait(0.05):
+            return
+    raise AssertionError("the thread never ran its SIGUSR1 handler")
+
+
 def interrupt_main_thread() -> None:
-    """Send the signal once the main thread waits for its answer in ``Batcher.wait`` (not a bytecode
+    """Interrupt the main thread once it waits for its answer in ``Batcher.wait`` (not a bytecode
     earlier, where the interruption would land before the wait)."""
     main = threading.main_thread().ident
 
@@ -67,7 +91,7 @@ def interrupt_main_thread() -> None:
         return False
 
     wait_until(waiting)
-    signal.pthread_kill(main, signal.SIGUSR1)  # type: ignore[arg-type]
+    interrupt(main)
 
 
 class GatedRuns:

@@ -6,7 +6,6 @@ Version N of the ``scale`` model answers ``y = x * N``, so every answer says whi
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
 import tracemalloc
@@ -25,6 +24,8 @@ from inprocserve._rollout import Router
 from inprocserve.testing import build_gather_model, build_scale_model, save_model
 
 from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout
+from .test_interrupted_callers import Interrupted, interrupt
+from .test_interrupted_callers import interruptible as interruptible  # (a fixture)
 from .test_v2_codec import build_text_model
 
 X = np.ones((1, 4), np.float32)
@@ -324,10 +325,6 @@ def test_a_bandit_draw_of_a_decision_abandoned_on_a_flag_worker_gets_no_outcome_
     assert all(arm["outcomes"] == 0 for arm in arms.values()), arms
 
 
-class Interrupted(BaseException):
-    """What a caller's own deadline raises into the thread of a request (gevent's Timeout, a signal handler)."""
-
-
 class ShadowHeldBanditProvider(HeldBanditProvider):
     """Holds only the read of the shadows, which a decision makes after its arm is drawn: ``reading`` is set
     when that read begins."""
@@ -346,7 +343,7 @@ class ShadowHeldBanditProvider(HeldBanditProvider):
 
 
 def test_a_bandit_draw_of_a_decision_whose_caller_was_interrupted_gets_no_outcome_by_key(
-    versions: Path, make_server: ServerFactory
+    versions: Path, make_server: ServerFactory, interruptible: None
 ) -> None:
     """A blocking provider: alice's decision had drawn an arm on a flag worker, and read its shadows, when her
     request was interrupted while it waited for the decision: it raised, and nobody served her. No fallback ran
@@ -356,18 +353,13 @@ def test_a_bandit_draw_of_a_decision_whose_caller_was_interrupted_gets_no_outcom
         versions, flags=provider, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(strategy="stable", variants=ARMS)
     )
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted
-
     main = threading.get_ident()
-    kicker = threading.Thread(target=lambda: provider.reading.wait(10) and signal.pthread_kill(main, signal.SIGUSR1))
-    previous = signal.signal(signal.SIGUSR1, interrupt)
+    kicker = threading.Thread(target=lambda: provider.reading.wait(10) and interrupt(main))
     try:
         kicker.start()
         with pytest.raises(Interrupted):
             predict(server, "alice")  # interrupted once the arm is drawn, while it waits for the decision
     finally:
-        signal.signal(signal.SIGUSR1, previous)
         kicker.join(10)
         provider.gate.set()
     assert provider.drawn.wait(10)
