@@ -208,20 +208,26 @@ class FlagReader:
 
     def _run_on_worker(self, decide: Callable[[], T], fallback: Callable[[str], T], effect: str) -> T:
         future: Future[T] = Future()
-        with self._cond:
-            if self._closed:
-                return fallback("flag reader closed")
-            accepted = len(self._jobs) < self.max_queued + self._idle and not self._all_stuck()
-            unstarted = None
-            if accepted:
-                self._jobs.append((future, decide))
-                if self._idle >= len(self._jobs):
-                    self._cond.notify()
-                elif len(self._workers) < self.max_workers:
-                    unstarted = self._start_worker()
-                    if unstarted is not None and not self._workers:  # (nobody would ever take the job)
-                        self._jobs.remove((future, decide))
-                        accepted = False
+        try:
+            with self._cond:
+                if self._closed:
+                    return fallback("flag reader closed")
+                accepted = len(self._jobs) < self.max_queued + self._idle and not self._all_stuck()
+                unstarted = None
+                if accepted:
+                    self._jobs.append((future, decide))
+                    if self._idle >= len(self._jobs):
+                        self._cond.notify()
+                    elif len(self._workers) < self.max_workers:
+                        unstarted = self._start_worker()
+                        if unstarted is not None and not self._workers:  # (nobody would ever take the job)
+                            self._jobs.remove((future, decide))
+                            accepted = False
+        except BaseException:
+            # The caller's (Ctrl-C landing in Thread.start()'s wait for a new worker to run): its decision,
+            # queued, must never run for nobody (a bandit's draw would be remembered for its key for good).
+            future.cancel()
+            raise
         if not accepted:
             why = (
                 f"all {self.max_workers} workers are stuck" if unstarted is None else f"no worker thread ({unstarted})"
@@ -327,6 +333,8 @@ class FlagReader:
 
     def _work(self) -> None:
         me = threading.current_thread()
+        with self._cond:  # (its starter counts it too, unless interrupted in start() once the thread ran)
+            self._workers.add(me)
         while True:
             with self._cond:
                 while not self._jobs and not self._closed:

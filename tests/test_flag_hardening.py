@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import inspect
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout, run_in_forked_
 
 # (the caller's own signal handler raises Interrupted in its thread, as gevent's Timeout or greenlet.kill()'s
 # GreenletExit is raised in the request's greenlet, in whatever call it waits in)
-from .test_interrupted_callers import Interrupted, interrupt
+from .test_interrupted_callers import Interrupted, interrupt, interrupted_at
 from .test_interrupted_callers import interruptible as interruptible  # (a fixture)
 
 X = np.ones((1, 4), np.float32)
@@ -417,6 +418,46 @@ def test_a_callers_own_base_exception_ends_the_request_and_is_no_provider_failur
     status = flags_status(server)
     assert (status["failures"], status["timeouts"]) == (0, 0)
     assert server.predict("scale", X, context={"user_id": "u"}).variant == "canary"  # (the worker lives on)
+
+
+class RecordingFlags(InMemoryFlags):
+    """A remote provider (blocking: read on a flag worker) that records whose decision it evaluated."""
+
+    name = "recording"
+    blocking = True
+
+    def __init__(self) -> None:
+        super().__init__(FULL_CANARY)
+        self.users: list[str] = []
+
+    def get_number(self, key: str, default: float, context: Any) -> Any:
+        self.users.append(context["user_id"])
+        return super().get_number(key, default, context)
+
+
+def _line_of(function: Any, text: str) -> int:
+    lines, first = inspect.getsourcelines(function)
+    return first + next(i for i, line in enumerate(lines) if text in line)
+
+
+def test_a_caller_interrupted_while_it_starts_a_flag_worker_leaves_no_decision_to_run_for_nobody(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """The first decision of a blocking provider starts a flag worker on the request's thread, which waits in
+    Thread.start() for the thread to run. Ctrl-C landing in that wait ended the request, but its decision,
+    queued, ran on the new worker for nobody (a bandit's draw then remembered for the key, and its outcome
+    credited to an arm that never served it), and the worker went uncounted: status showed no worker, and
+    one more than ``max_workers`` could start."""
+    flags = RecordingFlags()
+    server = make_server(versions, config=CANARY, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S)
+    started_wait = _line_of(threading.Thread.start, "self._started.wait()")
+    with interrupted_at(threading.Thread.start.__code__, after_line=started_wait - 1):
+        with pytest.raises(Interrupted):
+            server.predict("scale", X, context={"user_id": "alice"})
+    wait_until(lambda: flags_status(server)["workers"] == 1)  # the worker it started, counted
+    assert server.predict("scale", X, context={"user_id": "bob"}).variant == "canary"
+    assert "alice" not in flags.users
+    assert flags_status(server)["workers"] == 1
 
 
 _UNDER_GEVENT = """
