@@ -30,6 +30,7 @@ the request path.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -42,7 +43,7 @@ from ._signature import Signature
 if TYPE_CHECKING:
     from ._config import ModelConfig
 
-__all__ = ["Backend", "BackendFactory", "is_whole_batch", "whole_batch"]
+__all__ = ["Backend", "BackendFactory", "is_whole_batch", "raised_by_signal_handler", "whole_batch"]
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -131,3 +132,36 @@ def whole_batch(error: _E) -> _E:
 def is_whole_batch(error: BaseException) -> bool:
     """Whether ``error`` was marked with :func:`whole_batch`."""
     return getattr(error, "whole_batch", False) is True
+
+
+def raised_by_signal_handler(error: BaseException) -> bool:
+    """Whether ``error`` was raised by a signal handler that interrupted the caller's thread while it ran a
+    model, not by the run: its traceback passes through a handler installed with ``signal.signal``.
+
+    Task queues stop a task that overruns its time this way, with an ``Exception`` rather than a
+    ``BaseException``: Celery's ``soft_time_limit`` (``SoftTimeLimitExceeded``), RQ's job timeout
+    (``JobTimeoutException``, from ``SIGALRM``). onnxruntime computes without the GIL, so the handler runs the
+    moment the run returns, inside the backend's ``except Exception``: such an error must reach the task as
+    it is (its ``except SoftTimeLimitExceeded`` clean-up, the queue's own handling), not as the model's
+    ``InferenceError``, and is no bug to log. Called on failures only (it looks up every signal's handler).
+    """
+    traceback = error.__traceback__
+    if traceback is None or traceback.tb_next is None:  # raised where it was caught: by the run itself
+        return False
+    handlers = set()
+    for number in signal.valid_signals():
+        try:
+            handler = signal.getsignal(number)
+        except (OSError, ValueError):  # pragma: no cover - a number the platform lists but cannot look up
+            continue
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            handlers.add(code)
+    if not handlers:
+        return False
+    traceback = traceback.tb_next
+    while traceback is not None:
+        if traceback.tb_frame.f_code in handlers:
+            return True
+        traceback = traceback.tb_next
+    return False

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import Backend, is_whole_batch
+from ._backend import Backend, is_whole_batch, raised_by_signal_handler
 from ._batch_ops import BatchShapeError, check_rows, pad_and_stack, split_outputs, stack_inputs
 from ._config import PaddingConfig
 from ._errors import DeadlineExceededError, InprocserveError, RemoteUnavailableError
@@ -96,7 +96,8 @@ class BatchExecution:
             parent = span if span is not None else batch[0].span if inline or len(batch) == 1 else None
             self._run_isolating(runner, batch, parent)
         except Exception as exc:  # a bug, or the runner failed as a whole: fail the batch, keep the worker
-            logger.exception("model %r version %s: batch failed unexpectedly", self.model, self.version)
+            if not raised_by_signal_handler(exc):  # (an inline run's caller stopped by its task's time limit)
+                logger.exception("model %r version %s: batch failed unexpectedly", self.model, self.version)
             for request in batch:
                 if request.state != DONE:
                     self._failed(request, exc)
@@ -135,8 +136,9 @@ class BatchExecution:
             return dict(zip(self._output_names, outputs, strict=True)), None
         except InprocserveError as exc:  # the request's own failure (its input, its deadline)
             return None, exc
-        except Exception as exc:  # a bug, or the runner failed as a whole
-            logger.exception("model %r version %s: run failed unexpectedly", self.model, self.version)
+        except Exception as exc:  # a bug, or the runner failed as a whole (or the caller's task was stopped)
+            if not raised_by_signal_handler(exc):
+                logger.exception("model %r version %s: run failed unexpectedly", self.model, self.version)
             return None, exc
         finally:
             timing.compute_s = time.perf_counter() - started
@@ -162,8 +164,9 @@ class BatchExecution:
             return dict(zip(self._output_names, outputs, strict=True))
         except InprocserveError:  # the request's own failure
             raise
-        except Exception:  # a bug, or the runner failed as a whole: the caller gets it, the log says more
-            logger.exception("model %r version %s: run failed unexpectedly", self.model, self.version)
+        except Exception as exc:  # a bug, or the runner failed as a whole: the caller gets it, the log says more
+            if not raised_by_signal_handler(exc):  # (not its task's time limit: see raised_by_signal_handler)
+                logger.exception("model %r version %s: run failed unexpectedly", self.model, self.version)
             raise
         finally:
             if timing is not None:

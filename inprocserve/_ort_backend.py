@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import _fork, _stop_signal
+from ._backend import raised_by_signal_handler
 from ._config import ModelConfig, PoolConfig
 from ._cpu_quota import CpuQuota, current_cpu_quota
 from ._deadlines import Watchdog
@@ -752,6 +753,8 @@ class OnnxruntimeBackend:
                     return self._run_bound(runner, feeds, self._run_options)
                 return runner._sess.run(self._output_names, feeds, self._run_options)  # type: ignore[no-any-return]
             except Exception as exc:
+                if raised_by_signal_handler(exc):  # the task's time limit, not the model's failure
+                    raise
                 raise translate_run_error(exc, model=self.model, version=self.version) from exc
         if timeout_s is not None and timeout_s <= 0:
             raise self._stopped_error()
@@ -765,6 +768,8 @@ class OnnxruntimeBackend:
                 return self._run_bound(runner, feeds, options)
             return runner._sess.run(self._output_names, feeds, options)  # type: ignore[no-any-return]
         except Exception as exc:
+            if raised_by_signal_handler(exc):  # (see above)
+                raise
             if alarm is not None and alarm.fired:
                 raise self._stopped_error() from exc
             if stop is not None and stop.stopped:

@@ -1,0 +1,112 @@
+"""A task queue's time limit raised inside ``predict``: Celery's ``soft_time_limit`` raises
+``SoftTimeLimitExceeded`` (an ``Exception``) from a ``SIGUSR1`` handler in the worker's main thread, RQ's job
+timeout ``JobTimeoutException`` from a ``SIGALRM`` handler. onnxruntime computes without the GIL, so the
+handler runs the moment the run returns: the task must see its own exception (its ``except
+SoftTimeLimitExceeded`` clean-up runs, Celery reports the time limit), not the model's ``InferenceError``, no
+error is logged as a bug, and the next task finds the server sound.
+
+Real signals, real onnxruntime; the queues themselves are run in tests/test_celery.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import pytest
+
+import inprocserve
+from inprocserve.testing import save_model
+
+from .conftest import build_busy_model, busy_inputs, version_status, wait_until
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals (pthread_kill)")
+
+
+class SoftTimeLimitExceeded(Exception):
+    """As Celery's (billiard.exceptions.SoftTimeLimitExceeded): an Exception, not a BaseException."""
+
+
+@pytest.fixture
+def soft_time_limit() -> Iterator[None]:
+    """The handler Celery's pool installs in each worker process for ``soft_time_limit``."""
+
+    def soft_timeout_sighandler(signum: int, frame: Any) -> None:
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGUSR1, soft_timeout_sighandler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def time_limit_during_the_run() -> threading.Thread:
+    """Send the signal once the main thread is inside onnxruntime's run (the backend's ``run``)."""
+    main = threading.main_thread().ident
+
+    def running() -> bool:
+        frame = sys._current_frames().get(main)  # type: ignore[arg-type]
+        return (
+            frame is not None and frame.f_code.co_name == "run" and frame.f_code.co_filename.endswith("_ort_backend.py")
+        )
+
+    def fire() -> None:
+        wait_until(running)
+        signal.pthread_kill(main, signal.SIGUSR1)  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=fire, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    ("rows", "config"),
+    [
+        pytest.param(40, inprocserve.ModelConfig(), id="a-request-run-at-once"),
+        pytest.param(3000, inprocserve.ModelConfig(), id="a-request-run-in-slices"),
+        pytest.param(
+            40, inprocserve.ModelConfig(cache=inprocserve.CacheConfig(enabled=True)), id="a-request-with-a-cache"
+        ),
+    ],
+)
+def test_a_task_stopped_by_its_soft_time_limit_in_predict_sees_its_own_exception(
+    soft_time_limit: None,
+    repository: Path,
+    rows: int,
+    config: inprocserve.ModelConfig,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = save_model(build_busy_model(), repository, "busy")
+    with inprocserve.Server(repository=repository, models={"busy": config}) as server:
+        server.predict("busy", busy_inputs(1))  # warm, as a worker_process_init handler would
+        caplog.set_level(logging.ERROR, logger="inprocserve")
+
+        firing = time_limit_during_the_run()
+        with pytest.raises(SoftTimeLimitExceeded):
+            for _ in range(1000):  # (until the signal comes: it is sent once a run is under way)
+                server.predict("busy", busy_inputs(rows, seed=1))
+        firing.join(10)
+
+        assert not caplog.records, [record.getMessage() for record in caplog.records]
+        # the next task: answered, right, and nothing left counted
+        inputs = busy_inputs(5, seed=2)
+        expected = onnxruntime.InferenceSession(str(path)).run(["y"], inputs)[0]
+        np.testing.assert_allclose(server.predict("busy", inputs)["y"], expected, rtol=1e-5, atol=1e-5)
+        assert version_status(server, "busy")["in_flight"] == 0
+        assert version_status(server, "busy")["queued_rows"] == 0
+
+
+def test_an_error_of_the_run_itself_is_still_the_models(soft_time_limit: None, repository: Path) -> None:
+    """A handler merely installed (every Celery worker has one) changes nothing for onnxruntime's own errors."""
+    save_model(build_busy_model(), repository, "busy")
+    with inprocserve.Server(repository=repository) as server:
+        with pytest.raises(inprocserve.InferenceError, match="failed to run"):
+            server.predict("busy", busy_inputs(2, index=99))  # an index outside the table: Gather fails
