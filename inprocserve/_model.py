@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._array_file import UnreadableArrayFileError, load_arrays
-from ._backend import Backend, BackendFactory
+from ._backend import Backend, BackendFactory, raised_by_signal_handler
 from ._batch_ops import rows_problem, stack_inputs
 from ._batching import Batcher
 from ._cache import PredictionCache
@@ -160,6 +160,15 @@ class ModelVersion:
         except ServerClosedError:  # closed while it loaded (the server is shutting down): not a failed load
             raise
         except Exception as exc:
+            if raised_by_signal_handler(exc):
+                # The caller's task was stopped by its time limit (Celery's SoftTimeLimitExceeded, RQ's
+                # JobTimeoutException) while this version loaded, e.g. in a Server built by a worker's first
+                # task: not a bad file. Recorded as a failed load it stayed unservable (ModelNotFoundError for
+                # every later task of the worker) until its files changed; the task's exception was lost.
+                self.drift = self.batcher = None
+                if self._backend is not None:
+                    self._backend.close()
+                raise
             # anything else is a bad file or setting that surfaced in another form (a half-copied warm-up
             # archive, a link loop in external data, a setting of the wrong type): a failed load all the same
             error = exc if isinstance(exc, ModelLoadError) else self._load_error(exc)

@@ -531,7 +531,7 @@ class OnnxruntimeBackend:
                 written = partial is not None and _graph_written(partial)
                 if partial is not None:
                     _remove(partial)
-                if source == self.path and not written:
+                if raised_by_signal_handler(exc) or (source == self.path and not written):
                     raise  # (the model's own failure, before any graph was written: building again is no use)
                 # Build from the model file alone, without the cache: if that works, the cache was at fault,
                 # a cached graph that does not load (written by another onnxruntime build, damaged), which
@@ -543,6 +543,8 @@ class OnnxruntimeBackend:
             if partial is not None and cached is not None:
                 self._keep_optimized(session, providers, cached, partial)
         except Exception as exc:
+            if raised_by_signal_handler(exc):  # the task's time limit came during the load: not the model's fault
+                raise
             raise ModelLoadError(
                 f"model {self.model!r} version {self.version}: onnxruntime cannot load {self.path}: {exc}",
                 model=self.model,

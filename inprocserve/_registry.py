@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG as stat_is_file
 
+from ._backend import raised_by_signal_handler
 from ._brief import brief
 from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ModelControl
@@ -362,6 +363,8 @@ class Registry:
                 try:
                     problems.extend(self._sync_model(name, source, config))
                 except Exception as exc:  # an unexpected failure in one model must not keep the others stale
+                    if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit: its own error
+                        raise
                     logger.exception("model %r: refresh failed", name)
                     problems.append(f"model {name!r}: refresh failed: {type(exc).__name__}: {exc}")
             for name in list(self.loaded):

@@ -48,15 +48,18 @@ def soft_time_limit() -> Iterator[None]:
         signal.signal(signal.SIGUSR1, previous)
 
 
-def time_limit_during_the_run() -> threading.Thread:
-    """Send the signal once the main thread is inside onnxruntime's run (the backend's ``run``)."""
+def time_limit_during(function: str) -> threading.Thread:
+    """Send the signal once the main thread is inside the backend's ``function`` (``run``: onnxruntime's run;
+    ``_create``: building a session)."""
     main = threading.main_thread().ident
 
     def running() -> bool:
         frame = sys._current_frames().get(main)  # type: ignore[arg-type]
-        return (
-            frame is not None and frame.f_code.co_name == "run" and frame.f_code.co_filename.endswith("_ort_backend.py")
-        )
+        while frame is not None:
+            if frame.f_code.co_name == function and frame.f_code.co_filename.endswith("_ort_backend.py"):
+                return True
+            frame = frame.f_back
+        return False
 
     def fire() -> None:
         wait_until(running)
@@ -89,7 +92,7 @@ def test_a_task_stopped_by_its_soft_time_limit_in_predict_sees_its_own_exception
         server.predict("busy", busy_inputs(1))  # warm, as a worker_process_init handler would
         caplog.set_level(logging.ERROR, logger="inprocserve")
 
-        firing = time_limit_during_the_run()
+        firing = time_limit_during("run")
         with pytest.raises(SoftTimeLimitExceeded):
             for _ in range(1000):  # (until the signal comes: it is sent once a run is under way)
                 server.predict("busy", busy_inputs(rows, seed=1))
@@ -110,3 +113,22 @@ def test_an_error_of_the_run_itself_is_still_the_models(soft_time_limit: None, r
     with inprocserve.Server(repository=repository) as server:
         with pytest.raises(inprocserve.InferenceError, match="failed to run"):
             server.predict("busy", busy_inputs(2, index=99))  # an index outside the table: Gather fails
+
+
+def test_a_time_limit_while_the_first_task_builds_the_server_leaves_the_next_task_a_working_one(
+    soft_time_limit: None, repository: Path
+) -> None:
+    """A worker that builds its server in its first task (lazily, as RQ's ``SimpleWorker`` or a Celery task
+    would) can be stopped while the models load: that task must see its time limit, and the next one build a
+    server that serves the model (it was recorded as a failed load: ``ModelNotFoundError`` for good)."""
+    path = save_model(build_busy_model(), repository, "busy")
+
+    firing = time_limit_during("_create")
+    with pytest.raises(SoftTimeLimitExceeded):
+        inprocserve.Server(repository=repository)
+    firing.join(10)
+
+    inputs = busy_inputs(5, seed=2)
+    expected = onnxruntime.InferenceSession(str(path)).run(["y"], inputs)[0]
+    with inprocserve.Server(repository=repository) as server:
+        np.testing.assert_allclose(server.predict("busy", inputs)["y"], expected, rtol=1e-5, atol=1e-5)
