@@ -1,7 +1,7 @@
 """docs/deployment.md's Celery ``tasks.py`` and RQ ``worker.py``/``jobs.py``, as a user copies them, run for
-real: a redis-server on a loopback port, a ``celery worker`` under the prefork (children recycled every 5
-tasks), threads and solo pools, an RQ ``SimpleWorker``; every answer checked against onnxruntime's own, and
-the worker stopped with SIGTERM (a warm shutdown) exits cleanly.
+real: a redis-server on a loopback port, a ``celery worker`` under the prefork pool (children recycled every
+5 tasks; autoscaled), and the threads, solo and gevent pools, an RQ ``SimpleWorker``; every answer checked
+against onnxruntime's own, and the worker stopped with SIGTERM (a warm shutdown) exits cleanly.
 
 Celery and RQ are in the dev extra (about 10 MB of pure Python with what they add, 5 s to install from a
 local index); without them (``pip install celery rq``) or redis-server this module is skipped.
@@ -123,6 +123,8 @@ def stop(worker: subprocess.Popen[bytes]) -> int:
         pytest.param(["--pool", "prefork", "--concurrency", "2", "--max-tasks-per-child", "5"], id="prefork"),
         pytest.param(["--pool", "threads", "--concurrency", "4"], id="threads"),
         pytest.param(["--pool", "solo"], id="solo"),
+        pytest.param(["--pool", "gevent", "--concurrency", "20"], id="gevent"),
+        pytest.param(["--pool", "prefork", "--autoscale", "3,1"], id="autoscale"),
     ],
 )
 def test_the_celery_tasks_module_of_the_docs_answers_every_task(
