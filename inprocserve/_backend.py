@@ -144,7 +144,24 @@ def raised_by_signal_handler(error: BaseException) -> bool:
     moment the run returns, inside the backend's ``except Exception``: such an error must reach the task as
     it is (its ``except SoftTimeLimitExceeded`` clean-up, the queue's own handling), not as the model's
     ``InferenceError``, and is no bug to log. Called on failures only (it looks up every signal's handler).
+    The answer is kept on ``error`` (a request drops the tracebacks of the error it keeps: the followers of an
+    identical request ask again later).
     """
+    known = getattr(error, _SIGNALLED, None)
+    if known is not None:  # (judged before: a request keeps its error without the traceback)
+        return known is True
+    found = _through_a_signal_handler(error)
+    try:
+        setattr(error, _SIGNALLED, found)
+    except Exception:  # pragma: no cover - (an exception class with __slots__: judged again next time)
+        pass
+    return found
+
+
+_SIGNALLED = "_inprocserve_raised_by_signal_handler"
+
+
+def _through_a_signal_handler(error: BaseException) -> bool:
     traceback = error.__traceback__
     if traceback is None or traceback.tb_next is None:  # raised where it was caught: by the run itself
         return False

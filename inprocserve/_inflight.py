@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._backend import raised_by_signal_handler
 from ._batching import Batcher, VersionRetiredError
 from ._deadlines import Watchdog
 from ._drift import is_replaying
@@ -94,9 +95,13 @@ def _shared_key(target: ModelVersion, key: bytes) -> Key:
 def _leader_only(error: BaseException) -> bool:
     """Whether ``error`` concerns the leader alone (its caller, deadline or routing), not the inputs. So
     does anything that is not an ``Exception``: the leader's thread was interrupted (``KeyboardInterrupt``,
-    ``SystemExit``), which followers on other threads must never receive."""
-    return isinstance(error, CancelledError | DeadlineExceededError | VersionRetiredError) or not isinstance(
-        error, Exception
+    ``SystemExit``), which followers on other threads must never receive; and so does an ``Exception`` that
+    a signal handler raised in the leader's thread (its task's time limit: Celery's
+    ``SoftTimeLimitExceeded``, RQ's ``JobTimeoutException``), which followers received as their own error."""
+    return (
+        isinstance(error, CancelledError | DeadlineExceededError | VersionRetiredError)
+        or not isinstance(error, Exception)
+        or raised_by_signal_handler(error)
     )
 
 

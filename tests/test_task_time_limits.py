@@ -132,3 +132,53 @@ def test_a_time_limit_while_the_first_task_builds_the_server_leaves_the_next_tas
     expected = onnxruntime.InferenceSession(str(path)).run(["y"], inputs)[0]
     with inprocserve.Server(repository=repository) as server:
         np.testing.assert_allclose(server.predict("busy", inputs)["y"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_time_limit_of_the_task_that_leads_identical_requests_never_reaches_the_others(
+    soft_time_limit: None, repository: Path
+) -> None:
+    """With a cache, identical requests in flight follow the first one's run. The leader's task stopped by its
+    time limit must not hand that exception to the tasks of other threads that followed it: they are run on
+    their own and answered."""
+    path = save_model(build_busy_model(), repository, "busy")
+    config = inprocserve.ModelConfig(cache=inprocserve.CacheConfig(enabled=True))
+    inputs = busy_inputs(4000, seed=4)
+    expected = onnxruntime.InferenceSession(str(path)).run(["y"], inputs)[0]
+    with inprocserve.Server(repository=repository, models={"busy": config}) as server:
+        server.predict("busy", busy_inputs(1))
+        answers: list[Any] = []
+        follower = threading.Thread(target=lambda: answers.append(_predict_or_error(server, inputs)))
+        main = threading.main_thread().ident
+
+        def fire() -> None:
+            wait_until(lambda: _inside(main, "run", "_ort_backend.py"))
+            follower.start()
+            wait_until(lambda: follower.ident is not None and _inside(follower.ident, "wait", "_inflight.py"))
+            signal.pthread_kill(main, signal.SIGUSR1)  # type: ignore[arg-type]
+
+        firing = threading.Thread(target=fire, daemon=True)
+        firing.start()
+        with pytest.raises(SoftTimeLimitExceeded):
+            server.predict("busy", inputs)  # the leader: this task's time limit comes during its run
+        firing.join(10)
+        follower.join(30)
+
+        (answer,) = answers
+        assert not isinstance(answer, BaseException), repr(answer)
+        np.testing.assert_allclose(answer["y"], expected, rtol=1e-5, atol=1e-5)
+
+
+def _predict_or_error(server: inprocserve.Server, inputs: dict[str, np.ndarray]) -> Any:
+    try:
+        return server.predict("busy", inputs)
+    except BaseException as error:  # (what the follower's task would see)
+        return error
+
+
+def _inside(thread: int | None, function: str, filename: str) -> bool:
+    frame = sys._current_frames().get(thread)  # type: ignore[arg-type]
+    while frame is not None:
+        if frame.f_code.co_name == function and frame.f_code.co_filename.endswith(filename):
+            return True
+        frame = frame.f_back
+    return False
