@@ -182,3 +182,31 @@ def _inside(thread: int | None, function: str, filename: str) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+class JobTimeoutException(Exception):
+    """As RQ's (rq.timeouts.JobTimeoutException), raised by a bound method installed for SIGALRM."""
+
+
+class DeathPenalty:
+    """As RQ's UnixSignalDeathPenalty: the job's timeout is a SIGALRM whose handler is a bound method."""
+
+    def handle_death_penalty(self, signum: int, frame: Any) -> None:
+        raise JobTimeoutException("Task exceeded maximum timeout value (1 seconds)")
+
+
+def test_an_rq_job_timeout_in_predict_fails_the_job_with_it(repository: Path) -> None:
+    save_model(build_busy_model(), repository, "busy")
+    penalty = DeathPenalty()
+    previous = signal.signal(signal.SIGUSR1, penalty.handle_death_penalty)
+    try:
+        with inprocserve.Server(repository=repository) as server:
+            server.predict("busy", busy_inputs(1))
+            firing = time_limit_during("run")
+            with pytest.raises(JobTimeoutException):
+                for _ in range(1000):
+                    server.predict("busy", busy_inputs(40, seed=1))
+            firing.join(10)
+            assert server.predict("busy", busy_inputs(3))["y"].shape == (3, 512)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
