@@ -163,8 +163,10 @@ _SIGNALLED = "_inprocserve_raised_by_signal_handler"
 
 def _through_a_signal_handler(error: BaseException) -> bool:
     traceback = error.__traceback__
-    if traceback is None or traceback.tb_next is None:  # raised where it was caught: by the run itself
+    if traceback is None:
         return False
+    if traceback.tb_next is None and traceback.tb_frame.f_globals.get("__name__", "").startswith("inprocserve."):
+        return False  # raised where it was caught, in this package: by the run itself (onnxruntime's errors)
     handlers = set()
     for number in signal.valid_signals():
         try:
@@ -176,7 +178,7 @@ def _through_a_signal_handler(error: BaseException) -> bool:
             handlers.add(code)
     if not handlers:
         return False
-    traceback = traceback.tb_next
+    # (from the top: a handler that C code ran, as an import's does, is the first frame of the traceback)
     while traceback is not None:
         if traceback.tb_frame.f_code in handlers:
             return True

@@ -96,7 +96,20 @@ _OPTIMIZATION = {
 
 def _ort() -> Any:
     """onnxruntime, imported on first use (see the module docstring for why not at import time)."""
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        # A task's time limit (a signal handler's exception) that lands in onnxruntime's first import comes
+        # out as "ImportError: initialization failed", caused by it: raised as it is, the task sees its time
+        # limit and the next task imports again, where the ImportError was recorded as a failed load.
+        cause = exc.__cause__ or exc.__context__
+        for _ in range(8):  # (through the imports nested in it: each ImportError caused by the one inside)
+            if cause is None:
+                break
+            if raised_by_signal_handler(cause):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        raise
 
     return onnxruntime
 

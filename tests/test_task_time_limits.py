@@ -94,8 +94,8 @@ def test_a_task_stopped_by_its_soft_time_limit_in_predict_sees_its_own_exception
 
         firing = time_limit_during("run")
         with pytest.raises(SoftTimeLimitExceeded):
-            for _ in range(1000):  # (until the signal comes: it is sent once a run is under way)
-                server.predict("busy", busy_inputs(rows, seed=1))
+            for attempt in range(1000):  # (until the signal comes: it is sent once a run is under way)
+                server.predict("busy", busy_inputs(rows, seed=attempt))  # (new inputs: no cached answer)
         firing.join(10)
 
         assert not caplog.records, [record.getMessage() for record in caplog.records]
@@ -204,9 +204,45 @@ def test_an_rq_job_timeout_in_predict_fails_the_job_with_it(repository: Path) ->
             server.predict("busy", busy_inputs(1))
             firing = time_limit_during("run")
             with pytest.raises(JobTimeoutException):
-                for _ in range(1000):
-                    server.predict("busy", busy_inputs(40, seed=1))
+                for attempt in range(1000):
+                    server.predict("busy", busy_inputs(40, seed=attempt))
             firing.join(10)
             assert server.predict("busy", busy_inputs(3))["y"].shape == (3, 512)
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_time_limit_during_the_first_import_of_onnxruntime_fails_that_task_alone(
+    soft_time_limit: None, repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit that lands while onnxruntime's extension module initialises comes out of the import as
+    ``ImportError: initialization failed`` caused by the handler's exception (seen with real SIGALRMs at
+    20-60 ms into a worker's first ``Server``): the task sees its time limit, not a model recorded as failed
+    to load (``ModelNotFoundError`` for every later task). This process imported onnxruntime long ago, so the
+    import is made to fail that way once, with the handler really raising."""
+    import builtins
+
+    path = save_model(build_busy_model(), repository, "busy")
+    real_import = builtins.__import__
+    handler = signal.getsignal(signal.SIGUSR1)
+    assert callable(handler)
+    failed = []
+
+    def first_import_interrupted(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "onnxruntime" and not failed:
+            failed.append(name)
+            try:
+                handler(signal.SIGUSR1, None)  # as the interpreter runs it, in the extension's initialisation
+            except SoftTimeLimitExceeded as exc:
+                raise ImportError("initialization failed") from exc
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", first_import_interrupted)
+    with pytest.raises(SoftTimeLimitExceeded):
+        inprocserve.Server(repository=repository)
+    assert failed
+
+    inputs = busy_inputs(5, seed=2)
+    expected = onnxruntime.InferenceSession(str(path)).run(["y"], inputs)[0]
+    with inprocserve.Server(repository=repository) as server:
+        np.testing.assert_allclose(server.predict("busy", inputs)["y"], expected, rtol=1e-5, atol=1e-5)
