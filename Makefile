@@ -99,7 +99,8 @@ soak: install $(OLD_ORT_STAMP) $(OLD_UWSGI_STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_RESULTS=$(SOAK_RESULTS) HYPOTHESIS_PROFILE=soak \
 	INPROCSERVE_OLD_ORT_PYTHON=$(OLD_ORT_VENV)/bin/python \
 	INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27=$(abspath $(OLD_UWSGI_VENV))/bin/uwsgi \
-	$(BIN)/python -m pytest -s --timeout=3600 tests/soak tests/test_fuzz.py \
+	INPROCSERVE_TEST_TASK_QUEUES_SOAK=1 \
+	$(BIN)/python -m pytest -s --timeout=3600 tests/soak tests/test_fuzz.py tests/test_celery.py \
 		integrations/flask/tests/test_flask_hostile_input.py integrations/django/tests/test_django_hostile_input.py \
 		integrations/flask/tests/test_uwsgi.py $(PYTEST_ARGS)
 
