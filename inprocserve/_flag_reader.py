@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import _fork
+from ._backend import raised_by_signal_handler
 from ._config_checks import is_number, shown
 from ._errors import ConfigurationError, InvalidInputError
 from ._flags import (
@@ -196,6 +197,8 @@ class FlagReader:
         except InvalidInputError:  # the request's own mistake (a key that cannot be text), not the provider's
             raise
         except _PROVIDER_FAILURES as exc:  # any provider failure means: stable (other BaseExceptions: the caller's)
+            if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit as the provider ran:
+                raise  # the task's own exception, no provider failure (answered stable, the task ran on past it)
             return fallback(self.note_failure(exc, effect))
         if on_worker:  # (outside the except above: what interrupts the wait is the caller's, never counted)
             return self._run_on_worker(decide, fallback, effect)

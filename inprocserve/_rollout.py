@@ -32,6 +32,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from . import _fork
+from ._backend import raised_by_signal_handler
 from ._config import RolloutConfig
 from ._config_checks import shown
 from ._errors import ControlStateUnknownError, InvalidInputError
@@ -1059,6 +1060,8 @@ class Router:
         except (UnusableFlag, FlagTypeError) as exc:
             return (), flags.note_unusable(exc, _NO_SHADOW)
         except Exception as exc:  # the provider failed on a shadow flag: no shadows, the answer stands
+            if raised_by_signal_handler(exc):  # (the caller's task stopped by its time limit: its own exception)
+                raise
             return (), flags.note_failure(exc, _NO_SHADOW)
         if percent < 100 and random.random() * 100 >= percent:
             return (), None

@@ -25,6 +25,7 @@ from typing import Any, cast
 from opentelemetry.trace import INVALID_SPAN
 
 from . import _fork, _reaper
+from ._backend import raised_by_signal_handler
 from ._batching import VersionRetiredError
 from ._config import ModelConfig, check_model_configs
 from ._config_checks import MAX_INTERVAL_S, check_bool, is_number, shown
@@ -471,7 +472,9 @@ class Server(RolloutMethods):
                 target = routes.versions.get(decision.version) or routes.default  # (as the full way routes)
             else:
                 return None
-        except Exception:  # e.g. an unhashable name: the full way raises it again and records the refusal
+        except Exception as exc:  # e.g. an unhashable name: the full way raises it again and records the refusal
+            if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit as it was routed (a
+                raise  # flag provider's read): its own exception, not a reason to route it again the full way
             return None
         if target is None or target.batcher is None or target.signature is None:
             return None

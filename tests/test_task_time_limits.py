@@ -246,3 +246,72 @@ def test_a_time_limit_during_the_first_import_of_onnxruntime_fails_that_task_alo
     expected = onnxruntime.InferenceSession(str(path)).run(["y"], inputs)[0]
     with inprocserve.Server(repository=repository) as server:
         np.testing.assert_allclose(server.predict("busy", inputs)["y"], expected, rtol=1e-5, atol=1e-5)
+
+
+class _SlowFlagService(inprocserve.InMemoryFlags):
+    """A flag provider read on the request's thread whose read of ``stopped_at`` is where the task's soft time
+    limit comes (a flag service's network round trip is the slow part of routing)."""
+
+    stopped_at = ""
+
+    def _read(self, key: str) -> None:
+        if self.stopped_at and key.endswith(self.stopped_at):
+            self.stopped_at = ""
+            signal.raise_signal(signal.SIGUSR1)
+
+    def get_boolean(self, key: str, default: bool, context: Any) -> bool:
+        self._read(key)
+        return super().get_boolean(key, default, context)
+
+    def get_number(self, key: str, default: float, context: Any) -> float:
+        self._read(key)
+        return super().get_number(key, default, context)
+
+    def get_string(self, key: str, default: str, context: Any) -> str:
+        self._read(key)
+        return super().get_string(key, default, context)
+
+    def get_object(self, key: str, default: Any, context: Any) -> Any:
+        self._read(key)
+        return super().get_object(key, default, context)
+
+
+@pytest.mark.parametrize("flag", ["canary.percent", "shadow.versions"])
+@pytest.mark.parametrize("way", ["predict", "submit"])
+def test_a_time_limit_while_a_flag_provider_is_read_stops_the_task(
+    soft_time_limit: None, repository: Path, flag: str, way: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Taken for the provider's failure, the time limit was swallowed: the stable version answered (or the
+    request was routed again the full way, and answered), the task ran on past its soft limit until
+    ``time_limit`` killed the child, and a provider failure was counted and logged."""
+    from inprocserve.testing import build_scale_model
+
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    rollout = inprocserve.RolloutConfig(
+        strategy="canary",
+        stable=1,
+        canary=inprocserve.CanaryConfig(version=2, percent=50),
+        shadow=inprocserve.ShadowConfig(versions=[3]),
+    )
+    config = inprocserve.ModelConfig(rollout=rollout, version_policy=inprocserve.VersionPolicy.all())
+    flags = _SlowFlagService({})
+    x = np.ones((1, 4), np.float32)
+    with inprocserve.Server(repository=repository, models={"scale": config}, flags=flags) as server:
+
+        def call(user: str) -> inprocserve.Prediction:
+            context = {"user_id": user}
+            if way == "predict":
+                return server.predict("scale", x, context=context)
+            return server.submit("scale", x, context=context).result(timeout=10)
+
+        call("warm")
+        caplog.set_level(logging.WARNING, logger="inprocserve")
+        flags.stopped_at = flag
+        with pytest.raises(SoftTimeLimitExceeded):
+            call("stopped")
+        assert not flags.stopped_at  # (the signal was sent)
+        assert not caplog.records, [record.getMessage() for record in caplog.records]
+        assert server.status()["models"]["scale"]["rollout"]["flags"]["failures"] == 0
+        answer = call("next")  # the next task is served
+        np.testing.assert_allclose(answer["y"], x * answer.version)
