@@ -35,6 +35,7 @@ import numpy as np
 from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
+from ._backend import raised_by_signal_handler
 from ._batching import VersionRetiredError
 from ._config_checks import is_number
 from ._errors import ConfigurationError, DeadlineExceededError, InvalidInputError
@@ -487,21 +488,27 @@ class ShadowRunner:
         if not admitted:
             return
         copies: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        stopped: Exception | None = None
         try:  # the caller may reuse its input buffers, and edit its answer, once it has it
             copies = (
                 {name: np.array(array, copy=True) for name, array in arrays.items()},
                 _comparable(primary),
             )
-        except Exception:  # out of memory, say: the copies are dropped, never the caller's answer
-            logger.exception("copying a request of model %r for its shadows failed", model)
+        except Exception as exc:  # out of memory, say: the copies are dropped, never the caller's answer
+            if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit: raised once the
+                stopped = exc  # reservations are given back (its own exception, no failure to log or count)
+            else:
+                logger.exception("copying a request of model %r for its shadows failed", model)
         with self._cond:
             self._copying -= len(admitted)
             if copies is None or self._closed:
                 self._queued_bytes -= nbytes
                 for shadow, reserve in admitted:
                     self._tokens += reserve
-                    if copies is None:
+                    if copies is None and stopped is None:
                         self._drop_queue_full(model, shadow.version)
+                if stopped is not None:
+                    raise stopped
                 return
             inputs, answer = copies
             last = len(admitted) - 1

@@ -315,3 +315,38 @@ def test_a_time_limit_while_a_flag_provider_is_read_stops_the_task(
         assert server.status()["models"]["scale"]["rollout"]["flags"]["failures"] == 0
         answer = call("next")  # the next task is served
         np.testing.assert_allclose(answer["y"], x * answer.version)
+
+
+def test_a_time_limit_while_a_request_is_copied_for_its_shadows_stops_the_task(
+    soft_time_limit: None, repository: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The copy is made on the caller's thread after its answer: a time limit there was logged as a failed copy
+    (with a traceback) and swallowed, and the task ran on past its soft limit."""
+    from inprocserve import _shadow
+    from inprocserve.testing import build_scale_model
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    rollout = inprocserve.RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=[2]))
+    config = inprocserve.ModelConfig(rollout=rollout, version_policy=inprocserve.VersionPolicy.all())
+    comparable = _shadow._comparable
+    stopped = []
+
+    def copied_until_stopped(outputs: Any) -> Any:
+        if not stopped:
+            stopped.append(True)
+            signal.raise_signal(signal.SIGUSR1)
+        return comparable(outputs)
+
+    x = np.ones((1, 4), np.float32)
+    with inprocserve.Server(repository=repository, models={"scale": config}) as server:
+        server.predict("scale", x)
+        wait_until(lambda: server._shadow._queued_bytes == 0)  # (the warm request's shadow run done)
+        monkeypatch.setattr(_shadow, "_comparable", copied_until_stopped)
+        caplog.set_level(logging.WARNING, logger="inprocserve")
+        with pytest.raises(SoftTimeLimitExceeded):
+            server.predict("scale", x)
+        assert stopped
+        assert not caplog.records, [record.getMessage() for record in caplog.records]
+        assert (server._shadow._copying, server._shadow._queued_bytes) == (0, 0)  # its reservation given back
+        np.testing.assert_allclose(server.predict("scale", x)["y"], x)
