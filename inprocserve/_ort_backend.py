@@ -715,17 +715,22 @@ class OnnxruntimeBackend:
         when the model's files changed while it was built (the graph may be the old model's), or when
         onnxruntime wrote none."""
         asked = [spec if isinstance(spec, str) else spec[0] for spec in providers]
-        if (
-            list(session.get_providers()) != asked
-            or self.optimized_path(providers) != cached
-            or not _graph_written(partial)  # (a session built, but no graph saved: never cache the marker)
-        ):
-            _remove(partial)
-            return
-        try:
-            os.replace(partial, cached)
-        except OSError:
-            _remove(partial)
+        keep = False
+        try:  # (a finally: the caller's task stopped by its time limit as this looked at the model's files left a
+            keep = (  # whole copy of the model on disk until a later load swept it as stale, an hour on)
+                list(session.get_providers()) == asked
+                and self.optimized_path(providers) == cached
+                and _graph_written(partial)  # (a session built, but no graph saved: never cache the marker)
+            )
+            if keep:
+                try:
+                    os.replace(partial, cached)
+                except OSError:
+                    keep = False
+        finally:
+            if not keep:
+                _remove(partial)
+        if not keep:
             return
         for old in _earlier_graphs(cached, model=self.path):
             _remove(old)

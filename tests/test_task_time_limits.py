@@ -350,3 +350,32 @@ def test_a_time_limit_while_a_request_is_copied_for_its_shadows_stops_the_task(
         assert not caplog.records, [record.getMessage() for record in caplog.records]
         assert (server._shadow._copying, server._shadow._queued_bytes) == (0, 0)  # its reservation given back
         np.testing.assert_allclose(server.predict("scale", x)["y"], x)
+
+
+def test_a_time_limit_while_an_optimized_graph_is_put_in_place_leaves_no_partial_graph(
+    soft_time_limit: None, repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``optimized_model_cache`` the graph is written into a ``.partial`` file and renamed once the session
+    is built; a time limit in between (the cache key's look at the model's files) left that whole copy of the
+    model on disk for an hour (until a load swept it as stale)."""
+    from inprocserve import _ort_backend
+
+    path = save_model(build_busy_model(), repository, "busy")
+    config = inprocserve.ModelConfig(pool=inprocserve.PoolConfig(optimized_model_cache=True))
+    written = _ort_backend._graph_written
+    stopped = []
+
+    def checked_until_stopped(partial: Path) -> bool:
+        if not stopped:
+            stopped.append(partial)
+            signal.raise_signal(signal.SIGUSR1)
+        return written(partial)
+
+    monkeypatch.setattr(_ort_backend, "_graph_written", checked_until_stopped)
+    with pytest.raises(SoftTimeLimitExceeded):
+        inprocserve.Server(repository=repository, models={"busy": config})
+    assert stopped
+    assert not list(path.parent.glob("*.partial"))
+    with inprocserve.Server(repository=repository, models={"busy": config}) as server:
+        server.predict("busy", busy_inputs(2))
+    assert not list(path.parent.glob("*.partial"))
