@@ -63,7 +63,7 @@ import numpy as np
 from opentelemetry.trace import INVALID_SPAN
 
 from . import _fork
-from ._backend import is_whole_batch
+from ._backend import is_whole_batch, raised_by_signal_handler
 from ._errors import DeadlineExceededError, RemoteUnavailableError, ServerClosedError
 from ._flag_reader import forbid_waiting_when
 from ._flags import WaitOffLoop
@@ -987,7 +987,9 @@ def _isolable(error: BaseException) -> bool:
     (a connection dropped after the request was sent), which ``retry_after_send = false`` promises not to."""
     if isinstance(error, (DeadlineExceededError, ServerClosedError, CancelledError, RemoteUnavailableError)):
         return False
-    return not is_whole_batch(error)
+    # (nor the loop's thread stopped by its task's time limit as it ran the group: Celery's soft_time_limit
+    # under asyncio.run; handed over, the group was answered on the workers and the time limit swallowed)
+    return not is_whole_batch(error) and not raised_by_signal_handler(error)
 
 
 def _latest_deadline(members: list[_Member]) -> float | None:

@@ -379,3 +379,45 @@ def test_a_time_limit_while_an_optimized_graph_is_put_in_place_leaves_no_partial
     with inprocserve.Server(repository=repository, models={"busy": config}) as server:
         server.predict("busy", busy_inputs(2))
     assert not list(path.parent.glob("*.partial"))
+
+
+def test_a_time_limit_during_a_merged_run_on_an_event_loops_thread_reaches_its_tasks(
+    soft_time_limit: None, repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task that runs ``asyncio.run`` (``apredict`` calls merged and run on the loop's thread, its main one):
+    a time limit as the merged run returned was taken for one task's input, the group handed to the workers
+    and every call answered: the task ran on past its soft limit."""
+    import asyncio
+
+    from inprocserve import _ort_backend
+    from inprocserve.testing import build_scale_model
+
+    save_model(build_scale_model(2.0), repository, "scale")
+    run = _ort_backend.OnnxruntimeBackend.run
+    armed: list[int] = []
+
+    def stopped_as_it_returns(self: Any, runner: Any, feeds: Any, **options: Any) -> Any:
+        outputs = run(self, runner, feeds, **options)
+        merged = next(iter(feeds.values())).shape[0] > 1
+        if armed and merged and threading.current_thread() is threading.main_thread():
+            armed.clear()
+            signal.raise_signal(signal.SIGUSR1)
+        return outputs
+
+    monkeypatch.setattr(_ort_backend.OnnxruntimeBackend, "run", stopped_as_it_returns)
+    x = np.ones((1, 4), np.float32)
+
+    async def task(server: inprocserve.Server) -> list[Any]:
+        await server.apredict("scale", x)
+        for _ in range(200):  # (until the loop merges the four calls and runs them itself)
+            armed[:] = [1]
+            calls = (server.apredict("scale", x * (i + 1)) for i in range(4))
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            if not armed:
+                return results
+        raise AssertionError("the loop never ran a merged group on its thread")
+
+    with inprocserve.Server(repository=repository) as server:
+        results = asyncio.run(task(server))
+        assert [type(result) for result in results] == [SoftTimeLimitExceeded] * 4
+        np.testing.assert_allclose(server.predict("scale", x)["y"], x * 2)
