@@ -337,6 +337,8 @@ class Registry:
                 try:
                     config = self.config_for(name, source, None)
                 except Exception as exc:  # a bad config.toml (or a bug reading one) stops this model alone
+                    if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit as it read
+                        raise  # the file: its own exception, not the model's bad config (unservable until fixed)
                     error = str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
                     previous = self.config_errors.get(name)
                     if previous != error or name not in self._config_error_logged:

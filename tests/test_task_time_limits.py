@@ -421,3 +421,29 @@ def test_a_time_limit_during_a_merged_run_on_an_event_loops_thread_reaches_its_t
         results = asyncio.run(task(server))
         assert [type(result) for result in results] == [SoftTimeLimitExceeded] * 4
         np.testing.assert_allclose(server.predict("scale", x)["y"], x * 2)
+
+
+def test_a_time_limit_while_a_models_config_is_read_stops_the_task_not_the_model(
+    soft_time_limit: None, repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken for a bad config.toml, it was swallowed: Server() returned without the model (config error
+    'SoftTimeLimitExceeded: '), and every later task got ModelNotFoundError."""
+    from inprocserve import _registry
+
+    save_model(build_busy_model(), repository, "busy")
+    (repository / "busy" / "config.toml").write_text("[batching]\nmax_batch_size = 8\n")
+    load = _registry.load_model_config
+    stopped: list[bool] = []
+
+    def read_until_stopped(*args: Any, **kwargs: Any) -> Any:
+        if not stopped:
+            stopped.append(True)
+            signal.raise_signal(signal.SIGUSR1)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(_registry, "load_model_config", read_until_stopped)
+    with pytest.raises(SoftTimeLimitExceeded):
+        inprocserve.Server(repository=repository)
+    assert stopped
+    with inprocserve.Server(repository=repository) as server:
+        server.predict("busy", busy_inputs(2))
