@@ -12,7 +12,16 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import TypeAlias
 
-__all__ = ["Subparsers", "Terminated", "add_command", "fail", "positive_float", "positive_int", "unwind_on_sigterm"]
+__all__ = [
+    "Subparsers",
+    "Terminated",
+    "add_command",
+    "fail",
+    "positive_float",
+    "positive_int",
+    "raise_if_stopped",
+    "unwind_on_sigterm",
+]
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -83,26 +92,56 @@ def interrupted_by(error: BaseException) -> BaseException | None:
     return None
 
 
+_stopped_by: type[BaseException] | None = None
+"""The exception a stop signal raised in the command running under :func:`unwind_on_sigterm`, once one came."""
+
+
+def raise_if_stopped() -> None:
+    """Raise again the exception of a stop signal that came but did not unwind the command: Python code run
+    from C may have its exception discarded there. On Python 3.13 the import of onnxruntime's compiled module
+    (as the model loads) looks up a module attribute that is missing, and Python reads a property to word
+    that AttributeError; a signal handler run there has its exception dropped with it. Ctrl-C was then
+    ignored and ``score`` ran on to the end and exited 0; a SIGTERM too, and every later one with it (raised
+    once), so only SIGKILL ended the run, leaving its temporary file. Call it where a command goes on with
+    its work (never while it unwinds); a no-op outside :func:`unwind_on_sigterm` or when no signal came."""
+    if _stopped_by is not None:
+        raise _stopped_by
+
+
 @contextlib.contextmanager
 def unwind_on_sigterm() -> Iterator[None]:
     """Make SIGTERM (``timeout`` in a cron line, ``docker stop``, a Kubernetes Job cancelled) end a command
     like Ctrl-C: by default it killed the process on the spot, and ``score`` left its hidden
     ``.OUTPUT.<pid>...partial`` file (already gigabytes for a CSV or Parquet output) in OUTPUT's folder, one
     more per run that was stopped. Raised once; a second SIGTERM while cleaning up is ignored (SIGKILL still
-    ends it). Only on the main thread (where signal handlers run); the previous handler is put back after."""
+    ends it). Ctrl-C (SIGINT, while Python's own handler is in place) raises ``KeyboardInterrupt`` as it
+    would; both are noted for :func:`raise_if_stopped`. Only on the main thread (where signal handlers run);
+    the previous handlers are put back after."""
+    global _stopped_by
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    raised = False
 
     def terminate(signum: int, frame: FrameType | None) -> None:
-        nonlocal raised
-        if not raised:
-            raised = True
+        global _stopped_by
+        if _stopped_by is None:
+            _stopped_by = Terminated
             raise Terminated
 
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        global _stopped_by
+        _stopped_by = _stopped_by or KeyboardInterrupt
+        raise KeyboardInterrupt
+
+    _stopped_by = None
     previous = signal.signal(signal.SIGTERM, terminate)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:  # (not one of the program's own, nor SIGINT ignored)
+        signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
+        _stopped_by = None

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import Terminated, interrupted_by, unwind_on_sigterm
+from ._cli_common import Terminated, interrupted_by, raise_if_stopped, unwind_on_sigterm
 from ._errors import InprocserveError, InvalidInputError, ModelNotFoundError
 from ._repository import MODEL_FILENAME
 from ._scoring_formats import FORMATS, file_format
@@ -100,6 +100,7 @@ def score_file(
     with Server(model_path if is_repository else None) as server:  # a broken sibling model does not matter
         served = _open_model(server, model_path, name, version)
         signature, limit = _loaded(server, served, version, batch_rows)
+        raise_if_stopped()  # (a signal that came as onnxruntime loaded may have been lost: see raise_if_stopped)
         # an output with no first axis (a total), or a fixed one unlike the inputs' (which give the rows)
         firsts = {spec.shape[0] for spec in signature.inputs if spec.shape}
         unbatched = [
@@ -130,6 +131,8 @@ def score_file(
             ):
                 writer.write(answer)
                 rows += len(next(iter(answer.values()))) if len(answer) else 0
+                raise_if_stopped()
+            raise_if_stopped()  # never commit OUTPUT for a run that was stopped
             writer.commit()
         except BaseException:
             writer.discard()
