@@ -140,7 +140,6 @@ def infer_json(*inputs: dict[str, Any]) -> bytes:
         ("/v2/models/scale/infer", infer_json({**X, "datatype": "FLOAT"}), {}, 400, "unknown datatype 'FLOAT'"),
         ("/v2/models/scale/infer", infer_json({**X, "shape": [2, 4]}), {}, 400, "shape \\[2, 4\\] needs 8"),
         ("/v2/models/scale/infer", infer_json({**X, "shape": [1, 2], "data": [1, 2]}), {}, 400, "expected size 4"),
-        ("/v2/models/scale/infer", b"[" * 2000 + b"]" * 2000, {}, 400, "nested too deeply"),
         ("/v2/models/scale/infer", infer_json({**X, "data": [[[[[[1, 2, 3, 4]]]]]]}), {}, 400, "nested deeper than 4"),
         ("/v2/models/scale/infer", b" " * 5000, {}, 400, "over the 4096 allowed"),
         ("/v2/models/scale/infer", infer_json(X), {"X-Request-Timeout-Ms": "0"}, 504, "time budget was spent"),
@@ -157,6 +156,17 @@ def test_error_paths_answer_json_with_the_right_status(
     assert response.status_code == status
     assert list(response.json()) == ["error"]
     assert re.search(message, response.json()["error"]), response.json()
+
+
+def test_a_body_nested_too_deeply_for_the_json_parser_is_a_400(repository: Path) -> None:
+    # 100,000 levels: past the parser's limit on every Python (3.13's parses several thousand, and how many
+    # depends on how deep the stack already is; 3.11's and 3.12's under 1,000)
+    body = b"[" * 100_000 + b"]" * 100_000
+    limits = v2.Limits(max_body_bytes=len(body))
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "V2_PROTOCOL": True, "V2_LIMITS": limits}):
+        response = Client().post("/v2/models/scale/infer", data=body, content_type="application/json")
+    reset_server()
+    assert (response.status_code, response.json()) == (400, {"error": "the request JSON is nested too deeply to parse"})
 
 
 def test_not_ready_is_503(tmp_path: Path) -> None:

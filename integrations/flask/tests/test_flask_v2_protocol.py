@@ -169,7 +169,6 @@ X = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
         ("/v2/models/scale/infer", infer_json({**X, "shape": [2, 4]}), {}, 400, "shape \\[2, 4\\] needs 8"),
         ("/v2/models/scale/infer", infer_json({**X, "shape": [1, 2], "data": [1, 2]}), {}, 400, "expected size 4"),
         ("/v2/models/scale/infer", infer_json({**X, "shape": [1, -4]}), {}, 400, "ints >= 0"),
-        ("/v2/models/scale/infer", b"[" * 2000 + b"]" * 2000, {}, 400, "nested too deeply"),
         (
             "/v2/models/scale/infer",
             infer_json({**X, "data": [[[[[[[1, 2, 3, 4]]]]]]]}),
@@ -191,6 +190,16 @@ def test_error_paths_answer_json_with_the_right_status(
     assert response.status_code == status
     assert list(response.json) == ["error"]
     assert re.search(message, response.json["error"]), response.json
+
+
+def test_a_body_nested_too_deeply_for_the_json_parser_is_a_400(repository: Path) -> None:
+    # 100,000 levels: past the parser's limit on every Python (3.13's parses several thousand, and how many
+    # depends on how deep the stack already is; 3.11's and 3.12's under 1,000)
+    body = b"[" * 100_000 + b"]" * 100_000
+    app = make_app(repository, INPROCSERVE_V2_LIMITS=v2.Limits(max_body_bytes=len(body)))
+    response = app.test_client().post("/v2/models/scale/infer", data=body)
+    Inprocserve.close(app)
+    assert (response.status_code, response.json) == (400, {"error": "the request JSON is nested too deeply to parse"})
 
 
 def test_not_ready_is_503(tmp_path: Path) -> None:
