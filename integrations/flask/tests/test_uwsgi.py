@@ -113,7 +113,18 @@ def start(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--py-call-osafterfork"], ["--py-call-uwsgi-fork-hooks"]],
+    [
+        [],
+        pytest.param(
+            ["--py-call-osafterfork"],
+            marks=pytest.mark.skipif(
+                sys.version_info >= (3, 13),
+                reason="uWSGI itself aborts every worker at the fork with --py-call-osafterfork on Python 3.13, "
+                "a bare WSGI app too (Fatal Python error: _PyRecursiveMutex_Unlock; unbit/uwsgi#2692, #2710)",
+            ),
+        ),
+        ["--py-call-uwsgi-fork-hooks"],
+    ],
     ids=["uwsgi-default", "py-call-osafterfork", "py-call-uwsgi-fork-hooks"],
 )
 def test_eager_builds_every_uwsgi_worker_after_the_fork_before_any_request(start: Any, extra: list[str]) -> None:
