@@ -8,6 +8,7 @@ import csv
 import itertools
 import math
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,11 +82,17 @@ def read_inputs(
             return arrays, next(iter(rows.values()))
     except InvalidInputError:
         raise  # already says what is wrong with the file
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"input {path} cannot be read: {exc}") from exc
+    except (OSError, ValueError, *_DAMAGED_ARCHIVE) as exc:
+        raise InvalidInputError(f"input {path} cannot be read: {exc or type(exc).__name__}") from exc
     if suffix == ".csv":
         return _csv_batches(path, signature, chunk_rows), (_count_csv_rows(path) if count_rows else None)
     return _parquet_batches(path, signature, chunk_rows)
+
+
+# What zipfile and zlib raise for a damaged .npz, beside OSError and ValueError: a header byte naming a zip
+# version or compression it does not know (NotImplementedError), a member cut short (EOFError), a corrupt
+# deflate stream (zlib.error). The score command let them out as a traceback instead of its one error line.
+_DAMAGED_ARCHIVE = (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error)
 
 
 def _check_npz_members(path: Path) -> None:
@@ -98,7 +105,7 @@ def _check_npz_members(path: Path) -> None:
     """
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (OSError, *_DAMAGED_ARCHIVE) as exc:
         raise InvalidInputError(f"input {path} cannot be read as .npz (a zip of .npy arrays): {exc}") from exc
     with archive:
         for member in archive.infolist():
@@ -112,8 +119,11 @@ def _check_npz_members(path: Path) -> None:
                     else:
                         shape, _, dtype = np.lib.format.read_array_header_2_0(file)
                     header_bytes = file.tell()
-            except (ValueError, OSError, zipfile.BadZipFile) as exc:
-                raise InvalidInputError(f"input {path}: member {member.filename!r} is not a .npy array: {exc}") from exc
+            except (ValueError, OSError, *_DAMAGED_ARCHIVE) as exc:
+                reason = str(exc) or f"{type(exc).__name__} (damaged or cut short)"
+                raise InvalidInputError(
+                    f"input {path}: member {member.filename!r} is not a .npy array: {reason}"
+                ) from exc
             if dtype.hasobject:
                 continue  # np.load refuses it with its own message (allow_pickle=False)
             claimed = math.prod(shape) * dtype.itemsize

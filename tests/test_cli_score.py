@@ -41,6 +41,22 @@ def test_npy_in_npy_out(tmp_path: Path, scale_file: Path, capsys: pytest.Capture
     _no_leftovers(tmp_path)
 
 
+def test_an_npz_zipped_by_an_unknown_zip_version_is_one_error_line(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a damaged archive: zipfile's NotImplementedError (and EOFError, for a member cut short) went out as a
+    # traceback instead of the command's error line
+    np.savez(tmp_path / "x.npz", x=_x())
+    data = bytearray((tmp_path / "x.npz").read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the member's central directory entry
+    data[entry + 6] = 210  # "version needed to extract": 21.0
+    (tmp_path / "x.npz").write_bytes(bytes(data))
+    assert main(["score", "--quiet", str(scale_file), str(tmp_path / "x.npz"), str(tmp_path / "y.npy")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: input {tmp_path / 'x.npz'} cannot be read as .npz") and "zip file version" in err
+    assert not (tmp_path / "y.npy").exists()
+
+
 def test_npz_maps_inputs_and_outputs_by_name(tmp_path: Path) -> None:
     save_model(build_add_model(), tmp_path / "models", "add", 1)
     a = _x(70)[:, :3]
