@@ -62,7 +62,13 @@ class _Builder:
         self.key = key = next(_keys)
         self._build: Callable[[], Callable[[], object] | None]
         if inspect.ismethod(build):
-            self._build = weakref.WeakMethod(build, lambda _: _builders.pop(key, None))
+            # (a weak reference to the object, not weakref.WeakMethod: at the exit of a process whose app is in
+            # a module, Python 3.13 calls a WeakMethod's own callback after the WeakMethod is gone, and it
+            # printed "Exception ignored in: <function WeakMethod.__new__.<locals>._cb ...> AttributeError" at
+            # every exit of every EAGER worker and of the master)
+            owner = weakref.ref(build.__self__, lambda _: _builders.pop(key, None))
+            function = build.__func__
+            self._build = lambda: None if (obj := owner()) is None else function.__get__(obj)
         else:
             self._build = lambda: build
 

@@ -151,6 +151,31 @@ def test_a_registered_builder_does_not_keep_its_app_alive() -> None:
     assert not [entry for entry in _prefork._builders.values() if entry.get() is None]  # dead ones are gone
 
 
+def test_a_process_with_an_app_s_builder_in_a_module_exits_without_a_traceback(tmp_path: Path) -> None:
+    # an app registered in a module (as the plug-ins do with EAGER, in app.py): on Python 3.13 every exit of
+    # such a process (each gunicorn worker, the master) printed "Exception ignored in: <function
+    # WeakMethod.__new__.<locals>._cb ...>" and an AttributeError traceback (fails on 3.13 only)
+    (tmp_path / "app_with_a_builder.py").write_text(
+        textwrap.dedent(
+            """
+            import inprocserve
+
+            class App:
+                def warm(self) -> None:
+                    pass
+
+            app = App()
+            inprocserve.build_after_fork(app.warm)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", "import app_with_a_builder"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 def test_check_repository_layers_models_over_config_toml_like_the_server(tmp_path: Path) -> None:
     # config.toml serves version 1 only; version 2 is half-copied. models= changes batching alone, so the
     # Server still follows config.toml's policy (and is ready): the check must not fail on version 2.
