@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := prometheus chromium fonts-dejavu-core redis-server
 
 DIST ?= dist
 
-.PHONY: install system-deps mlserver-venv demo demo-core test lint typecheck bench bench-quick docs-screenshot clean dist soak oldest
+.PHONY: install system-deps mlserver-venv demo demo-core test lint typecheck bench bench-quick docs-screenshot clean dist soak oldest pythons pythons-found
 
 $(STAMP): pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -125,6 +125,39 @@ $(OLDEST_STAMP): requirements/oldest.txt pyproject.toml integrations/flask/pypro
 oldest: $(OLDEST_STAMP)
 	$(OLDEST_VENV)/bin/python -m pytest $(OLDEST_TESTS) $(PYTEST_ARGS)
 
+# The newer Pythons the packages claim (requires-python >= 3.11; `make test` runs the one of $(PYTHON)): the
+# whole suite again on 3.12 and 3.13, each in a venv of its own (.venv-py312, .venv-py313) with the newest
+# packages pip finds for it (Django 6 needs 3.12, say). Not in CI and not part of `make test` (the suite twice
+# more: 40 minutes or so on a 2-core machine). A Python absent from PATH is skipped, saying so; point
+# PYTHON312 / PYTHON313 at an interpreter elsewhere (pyenv: PYTHON313=~/.pyenv/versions/3.13.0/bin/python3.13).
+PYTHON312 ?= python3.12
+PYTHON313 ?= python3.13
+PYTHONS_TESTS ?=
+# (found when `make pythons` runs, with the shell's `command -v`: a name on PATH or a path)
+PYTHONS_FOUND = $(strip $(foreach v,313 312,$(if $(shell command -v "$(PYTHON$(v))" 2>/dev/null),$(v))))
+PYTHONS_MISSING = $(filter-out $(PYTHONS_FOUND),313 312)
+
+.PRECIOUS: .venv-py%/.installed  # (made by a pattern rule: kept, not removed as an intermediate file)
+.venv-py%/.installed: pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml
+	rm -rf .venv-py$*
+	$(PYTHON$*) -m venv .venv-py$*
+	.venv-py$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-py$*/bin/python -m pip install --quiet -e '.[dev]' -e integrations/flask -e integrations/django
+	touch $@
+
+# 3.13 first (the further from 3.11); the first suite that fails stops make, as any target's failure does:
+# `make -k pythons` runs the other one too.
+pythons: pythons-found
+	@$(if $(PYTHONS_FOUND),,echo "pythons: neither $(PYTHON313) nor $(PYTHON312) found: nothing ran")
+
+pythons-found:
+	@$(foreach v,$(PYTHONS_MISSING),echo "pythons: $(PYTHON$(v)) not found, so Python $(v:3%=3.%) is skipped (set PYTHON$(v)=/path/to/python$(v:3%=3.%))";)
+	@$(if $(PYTHONS_FOUND),$(MAKE) --no-print-directory $(foreach v,$(PYTHONS_FOUND),pythons-$(v)),true)
+
+pythons-%: .venv-py%/.installed
+	.venv-py$*/bin/python -V
+	.venv-py$*/bin/python -m pytest $(PYTHONS_TESTS) $(PYTEST_ARGS)
+
 # Every benchmark of docs/performance.md and docs/batching.md, each writing benchmarks/results/NAME.{json,md}
 # (and .png where a plot helps). The figures need a quiet machine: run nothing else meanwhile.
 # BENCH_QUICK=1 runs each one briefly, to prove that the harnesses work; its figures are noise, and it
@@ -197,4 +230,4 @@ dist: install
 	$(BIN)/python tests/dist_build.py $(DIST)
 
 clean:
-	rm -rf $(VENV) $(OLD_ORT_VENV) $(OLDEST_VENV) $(MLSERVER_VENV) .venv-bench-litserve $(DIST) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLD_ORT_VENV) $(OLDEST_VENV) .venv-py312 .venv-py313 $(MLSERVER_VENV) .venv-bench-litserve $(DIST) .pytest_cache .mypy_cache .ruff_cache

@@ -28,6 +28,22 @@ def test_integrations_are_versioned_in_lockstep_with_the_core(name: str) -> None
     assert core == [f"inprocserve>={inprocserve.__version__}"], "an integration requires its own core version"
 
 
+def test_the_three_distributions_claim_the_pythons_make_pythons_runs() -> None:
+    # `make test` runs the suite on one Python (3.11 here), `make pythons` on 3.12 and 3.13: the classifiers
+    # say those, from requires-python's floor up, in all three distributions alike
+    makefile = (dist_build.ROOT / "Makefile").read_text()
+    assert "PYTHON312 ?=" in makefile and "PYTHON313 ?=" in makefile
+    for name, folder in dist_build.PROJECTS.items():
+        project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+        assert project["requires-python"] == ">=3.11", name
+        versions = [
+            c.rpartition(" :: ")[2]
+            for c in project["classifiers"]
+            if c.startswith("Programming Language :: Python :: 3.")
+        ]
+        assert versions == ["3.11", "3.12", "3.13"], name
+
+
 def test_core_extras_are_named_for_what_they_enable() -> None:
     from inprocserve._extras import EXTRAS
 
