@@ -131,7 +131,9 @@ def stop(worker: subprocess.Popen[bytes]) -> int:
         pytest.param(["--pool", "prefork", "--concurrency", "2", "--max-tasks-per-child", "5"], id="prefork"),
         pytest.param(["--pool", "threads", "--concurrency", "4"], id="threads"),
         pytest.param(["--pool", "solo"], id="solo", marks=soak_only),
-        pytest.param(["--pool", "gevent", "--concurrency", "20"], id="gevent", marks=soak_only),
+        # (within kombu's default broker_pool_limit of 10: with 20 greenlets, acknowledgements failed with
+        # redis-py's MaxConnectionsError, a Celery setting the docs now name)
+        pytest.param(["--pool", "gevent", "--concurrency", "8"], id="gevent", marks=soak_only),
         pytest.param(["--pool", "prefork", "--autoscale", "3,1"], id="autoscale", marks=soak_only),
     ],
 )
