@@ -74,6 +74,13 @@ test: system-deps lint typecheck $(MLSERVER_STAMP)
 # examples per property, and an old onnxruntime (in its own venv: its numpy pin would break the main one)
 # shows that the external-data checks do not depend on onnxruntime. Figures: stdout and $(SOAK_RESULTS).
 SOAK_SECONDS ?= 30
+# Tests that provoke a rare race repeat it a few dozen times in `make test` and several times more here
+# (tests/conftest.py: race_rounds).
+LONG_RACE_TESTS := \
+	tests/test_fleet_hardening.py::test_a_revision_that_loads_the_version_it_makes_stable_never_sends_a_request_to_another \
+	tests/test_fleet_hardening.py::test_a_revision_that_promotes_the_canary_never_sends_its_users_to_the_old_stable_version \
+	tests/test_fleet_hardening.py::test_an_outcome_by_key_during_a_promotion_is_credited_by_one_state \
+	tests/test_telemetry_recording.py::test_a_child_forked_while_the_recording_thread_records_can_record
 SOAK_RESULTS ?= soak-results.jsonl
 OLD_ORT_VENV ?= .venv-ort-old
 OLD_ORT_STAMP := $(OLD_ORT_VENV)/.installed
@@ -99,10 +106,10 @@ soak: install $(OLD_ORT_STAMP) $(OLD_UWSGI_STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_RESULTS=$(SOAK_RESULTS) HYPOTHESIS_PROFILE=soak \
 	INPROCSERVE_OLD_ORT_PYTHON=$(OLD_ORT_VENV)/bin/python \
 	INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27=$(abspath $(OLD_UWSGI_VENV))/bin/uwsgi \
-	INPROCSERVE_TEST_TASK_QUEUES_SOAK=1 \
+	INPROCSERVE_TEST_TASK_QUEUES_SOAK=1 INPROCSERVE_TEST_LONG_RACES=1 \
 	$(BIN)/python -m pytest -s --timeout=3600 tests/soak tests/test_fuzz.py tests/test_celery.py \
 		integrations/flask/tests/test_flask_hostile_input.py integrations/django/tests/test_django_hostile_input.py \
-		integrations/flask/tests/test_uwsgi.py $(PYTEST_ARGS)
+		integrations/flask/tests/test_uwsgi.py $(LONG_RACE_TESTS) $(PYTEST_ARGS)
 
 # The oldest versions the three packages claim to support (requirements/oldest.txt: numpy, onnxruntime,
 # opentelemetry, urllib3, onnx, Django 4.2, Flask 2.3 with Werkzeug 2.3 ...), in a venv of their own since

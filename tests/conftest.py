@@ -177,6 +177,13 @@ def version_status(server: inprocserve.Server, model: str) -> dict[str, Any]:
     return _version_status(server, model)
 
 
+def race_rounds(short: int, long: int) -> int:
+    """How many rounds a test that provokes a race repeats: ``short`` in ``make test``, ``long`` under
+    ``make soak`` (``INPROCSERVE_TEST_LONG_RACES=1``), which runs these tests again with more chances to hit
+    a window that opens rarely."""
+    return long if os.environ.get("INPROCSERVE_TEST_LONG_RACES") == "1" else short
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     """Poll a condition that another thread makes true (bounded, never a blind sleep)."""
     deadline = time.monotonic() + timeout_s

@@ -31,7 +31,7 @@ from inprocserve._cli_status import healthy
 from inprocserve._control import CONTROL_FILENAME, Control, ControlFile, ControlFileUnavailableError, ModelControl
 from inprocserve.testing import ManualClock, build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, race_rounds
 
 X = np.ones((1, 4), np.float32)
 
@@ -1005,7 +1005,7 @@ def test_a_revision_that_promotes_the_canary_never_sends_its_users_to_the_old_st
                 if result.version != 3:
                     old_version.append((user, result.reason))
 
-    alternate_while(predict, server, fleet, (promoted, canary), rounds=150, stop=stop)
+    alternate_while(predict, server, fleet, (promoted, canary), rounds=race_rounds(50, 150), stop=stop)
     assert old_version == []
 
 
@@ -1036,7 +1036,7 @@ def test_a_revision_that_loads_the_version_it_makes_stable_never_sends_a_request
     for thread in threads:
         thread.start()
     try:
-        for k in range(3, 153):
+        for k in range(3, 3 + race_rounds(40, 150)):
             save_model(build_scale_model(float(k)), fleet, "fraud", k)  # named by the revision: loaded then
             served.add(k)
             write(fleet, fraud=ModelControl(stable=k, previous_stable=1))
@@ -1070,7 +1070,7 @@ def test_an_outcome_by_key_during_a_promotion_is_credited_by_one_state(fleet: Pa
                 if variant not in ("canary", None):
                     credited.append(variant)
 
-    alternate_while(record, server, fleet, (promoted, canary), rounds=100, stop=stop)
+    alternate_while(record, server, fleet, (promoted, canary), rounds=race_rounds(40, 100), stop=stop)
     assert credited == []
 
 

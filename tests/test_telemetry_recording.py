@@ -28,7 +28,7 @@ from inprocserve._tally import Tally
 from inprocserve._telemetry import METRICS
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, run_in_forked_child, run_python
+from .conftest import ServerFactory, race_rounds, run_in_forked_child, run_python
 from .test_telemetry import Otel
 
 # The process-wide SDK (providers can be set once per process) and the scale repository, as fixtures:
@@ -307,7 +307,7 @@ def test_a_child_forked_while_the_recording_thread_records_can_record(
         otel.reader.get_metrics_data()  # records what is pending, and collects
         return "recorded"
 
-    for turn in range(60):
+    for turn in range(race_rounds(20, 60)):
         for _ in range(2000):  # a backlog: every 64th record wakes the recording thread, which records it
             recorder.request_finished(0.001, variant=None, error=None)
         time.sleep(0.001 * (turn % 5))  # (forks land at different points of its recording)
