@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 import inprocserve
 from inprocserve import DriftConfig, ModelConfig
-from inprocserve._drift import drain, ks_statistic, psi
+from inprocserve._drift import _bin_edges, _Feature, drain, ks_statistic, psi
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -317,3 +318,56 @@ def test_a_version_drifting_by_ks_alone_is_logged_with_its_ks(
     (said,) = [r.getMessage() for r in caplog.records if "is drifting" in r.getMessage()]
     worst = max(status["features"], key=lambda name: status["features"][name]["ks"])
     assert f"worst {worst} (KS {status['features'][worst]['ks']:.3f}, threshold 0.1)" in said
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(1).normal(0, 1, 5001),
+        np.random.default_rng(2).integers(0, 4, 3000).astype(np.float64),  # atoms: every quantile repeats
+        np.concatenate([np.zeros(900), np.random.default_rng(3).exponential(1, 100)]),  # mostly 0
+        np.array([2.5]),
+        np.array([1.0, np.nan, 3.0, np.inf, 2.0]),
+    ],
+    ids=["normal", "four-values", "mostly-zero", "one-row", "non-finite"],
+)
+def test_a_reference_is_binned_as_numpy_quantiles_and_counts_bin_it(values: np.ndarray) -> None:
+    """The reference's bins and shares, read from its one sorted copy, are those of np.quantile and a count
+    of every value (what they were computed with before)."""
+    feature = _Feature(values, bins=10)
+    finite = values[np.isfinite(values)]
+    quantiles = np.quantile(finite, np.linspace(0, 1, 11)[1:-1])
+    np.testing.assert_array_equal(feature.edges, _bin_edges(quantiles, np.sort(finite)))
+    np.testing.assert_allclose(feature.expected, feature.proportions(finite, feature.nonfinite), rtol=0, atol=1e-15)
+    assert feature.continuous == (np.unique(finite).size > 20)
+
+
+def test_a_large_reference_is_held_in_bounded_memory_and_scores_as_the_whole_of_it(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A reference of a million rows of 64 features held 512 MiB in every worker for each version (and took
+    half a minute to load): past 2**15 rows a feature keeps evenly spaced order statistics, whose KS statistic
+    reads as the whole reference's."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(7)
+    reference = rng.normal(0, 1, (800_000, 4)).astype(np.float32)
+    np.save(repository / "scale" / "reference.npy", reference)
+    whole = np.sort(reference[:, 2].astype(np.float64))
+    window = rng.normal(0.05, 1, (1000, 4)).astype(np.float32)
+    config = ModelConfig(drift=DriftConfig(reference_file="reference.npy", window=1000))
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        server = make_server(repository, config=config)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # sorted float64 copies of every feature: 25.6 MB; 2**15 order statistics of each: 1 MiB
+    assert held < reference.nbytes / 4, f"the version holds {held / 2**20:.1f} MiB after loading its reference"
+
+    for start in range(0, 1000, 100):
+        server.predict("scale", window[start : start + 100])
+    assert drain()
+    ks = server.status()["models"]["scale"]["versions"]["1"]["drift"]["features"]["x[2]"]["ks"]
+    assert ks == pytest.approx(ks_statistic(whole, window[:, 2].astype(np.float64)), abs=1e-4)
