@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from ._control import CONTROL_FILENAME, ControlFile, describe_unknown_keys
 from ._errors import ConfigurationError, InprocserveError
 from ._model import ModelVersion
 from ._remote import RemoteBackend
-from ._remote_model import read_remote_toml
+from ._remote_model import read_remote_toml, unknown_keys_warning
 from ._repository import MODEL_FILENAME, REMOTE_FILENAME, is_remote, scan_repository
 from ._signature import Signature
 
@@ -32,13 +33,14 @@ def _load(name: str, version: int, path: Path, config: ModelConfig, *, follow_sy
     return model
 
 
-def _remote_signature(name: str, version: int, path: Path) -> tuple[Signature, str]:
-    """A remote version's signature, read from its server's metadata, and its endpoint.
+def _remote_signature(name: str, version: int, path: Path, ignored: list[str]) -> tuple[Signature, str]:
+    """A remote version's signature, read from its server's metadata, and its endpoint. The keys of its
+    ``remote.toml`` that this release does not know are appended to ``ignored`` (and left out, as a server does).
 
     Raises:
         ModelLoadError: the ``remote.toml`` is invalid, or the server cannot be reached or has no such model.
     """
-    backend = RemoteBackend(name, version, read_remote_toml(path))
+    backend = RemoteBackend(name, version, read_remote_toml(path, ignored=ignored))
     try:
         return backend.prepare(), backend.remote.endpoint
     finally:
@@ -105,10 +107,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _inspect_remote(path: Path, *, as_json: bool) -> int:
+    ignored: list[str] = []
     try:
-        signature, endpoint = _remote_signature(path.parent.parent.name or "model", 1, path)
+        signature, endpoint = _remote_signature(path.parent.parent.name or "model", 1, path, ignored)
     except InprocserveError as exc:
         return fail(str(exc), PROBLEMS)
+    if ignored:  # (on stderr: --json's output stays one document)
+        print(f"warning: {unknown_keys_warning(path, ignored)}", file=sys.stderr)
     if as_json:
         print(json.dumps({"path": str(path), "remote": endpoint, **signature.to_dict()}, indent=2))
         return OK
@@ -239,12 +244,18 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
             result: dict[str, Any] = {"ok": False, "served": version in selected, "error": None, "signature": None}
             entry["versions"][str(version)] = result
             if is_remote(path):  # reached, not loaded: its signature comes from the server's metadata
+                unknown: list[str] = []
                 try:
-                    signature, endpoint = _remote_signature(name, version, path)
+                    signature, endpoint = _remote_signature(name, version, path, unknown)
                 except InprocserveError as exc:
                     result["error"] = str(exc)
                     problems.append(f"{name} v{version}: {exc}")
                     continue
+                finally:  # (a problem, as config.toml's: a server serves the version without them)
+                    if unknown:
+                        warning = unknown_keys_warning(path, unknown)
+                        entry["config_warning"] = "; ".join(filter(None, (entry["config_warning"], warning)))
+                        problems.append(f"{name} v{version}: {warning}")
                 result.update(ok=True, signature=signature.to_dict(), remote=endpoint)
                 continue
             try:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import logging
 import math
 import numbers
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +46,7 @@ from ._rollout_config import (
     Strategy,
     VariantConfig,
 )
-from ._toml_file import read_toml
+from ._toml_file import name_unknown_key, read_toml
 from ._version_policy import VersionPolicy, parse_version_policy
 
 logger = logging.getLogger(__name__)
@@ -668,7 +667,7 @@ def _merge(
         elif key == "nan_policy":
             changes[key] = value
         elif ignored is not None:  # (see load_model_config)
-            ignored.append(_unknown_key("", key, [*_SECTIONS, "version_policy", "nan_policy"]))
+            ignored.append(name_unknown_key("", key, [*_SECTIONS, "version_policy", "nan_policy"]))
         else:
             known = ", ".join(sorted([*_SECTIONS, "version_policy", "nan_policy"]))
             raise ConfigurationError(f"{source}: unknown key {key!r}; known keys are {known}")
@@ -684,7 +683,7 @@ def _replace_section(
     known = {f.name for f in dataclasses.fields(section)}
     unknown = sorted(set(values) - known)
     if unknown and ignored is not None:  # (see load_model_config)
-        ignored.extend(_unknown_key(f"[{name}] ", key, known) for key in unknown)
+        ignored.extend(name_unknown_key(f"[{name}] ", key, known) for key in unknown)
         values = {key: value for key, value in values.items() if key in known}
     elif unknown:
         raise ConfigurationError(
@@ -769,15 +768,8 @@ def _group_flat_rollout_keys(converted: dict[str, Any], source: str) -> None:
 def _known_only(table: Mapping[str, Any], kind: Any, name: str, ignored: list[str]) -> dict[str, Any]:
     """``table`` without the keys the dataclass ``kind`` has no field for, each appended to ``ignored``."""
     known = {f.name for f in dataclasses.fields(kind)}
-    ignored.extend(_unknown_key(f"[{name}] ", key, known) for key in sorted(set(table) - known))
+    ignored.extend(name_unknown_key(f"[{name}] ", key, known) for key in sorted(set(table) - known))
     return {key: value for key, value in table.items() if key in known}
-
-
-def _unknown_key(where: str, key: str, known: Iterable[str]) -> str:
-    """How a key left out is named: ``[rollout] stabel (stable?)`` when it is one letter or two off a known key
-    (a typo there, the setting it meant is not in force on any worker), else ``[batching] max_batch_bytes``."""
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.8)
-    return f"{where}{key}" + (f" ({close[0]}?)" if close else "")
 
 
 def _tuples(table: Mapping[str, Any]) -> dict[str, Any]:

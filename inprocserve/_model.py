@@ -42,7 +42,7 @@ from ._errors import (
 from ._flush_policy import RunCost
 from ._integrity import resolve_model_file
 from ._ort_backend import build_onnxruntime_backend
-from ._remote_model import read_remote_toml
+from ._remote_model import read_remote_toml, unknown_keys_warning
 from ._repository import is_remote
 from ._request import Finisher
 from ._signature import PROBE_INNER_SIZES, Signature
@@ -65,7 +65,8 @@ def build_backend(
 ) -> Backend:
     """The default :data:`~inprocserve._backend.BackendFactory`, chosen by the version's file: a
     ``remote.toml`` is served by the Open Inference Protocol server it names (its deadlines and circuit
-    breaker on ``clock``), anything else by onnxruntime.
+    breaker on ``clock``), anything else by onnxruntime. Keys of the ``remote.toml`` this release does not
+    know are left out and logged, and the backend's ``config_warning`` names them.
 
     Raises:
         ModelLoadError: the ``remote.toml`` is unreadable or invalid (the message names the file and key).
@@ -73,11 +74,16 @@ def build_backend(
     if is_remote(path):
         from ._remote import RemoteBackend  # late: the remote backend's codec imports the server
 
+        ignored: list[str] = []
         try:
-            remote = read_remote_toml(path)
+            remote = read_remote_toml(path, ignored=ignored)
         except ModelLoadError as exc:
             raise ModelLoadError(f"model {model!r} version {version}: {exc}", model=model, version=version) from None
-        return RemoteBackend(model, version, remote, clock=clock)
+        backend = RemoteBackend(model, version, remote, clock=clock)
+        if ignored:  # (served without them: logged at each load, shown as the model's config_warning meanwhile)
+            backend.config_warning = unknown_keys_warning(path, ignored)
+            logger.warning("model %r version %s: %s", model, version, backend.config_warning)
+        return backend
     return build_onnxruntime_backend(path, config, model=model, version=version, follow_symlinks=follow_symlinks)
 
 
@@ -517,6 +523,12 @@ class ModelVersion:
     def backend_built(self) -> bool:
         """Whether the backend exists: given, or built by :meth:`load` (the version's file was read)."""
         return self._backend is not None
+
+    @property
+    def config_warning(self) -> str | None:
+        """The keys of its ``remote.toml`` this release left out (see :func:`build_backend`), or None."""
+        warning = getattr(self._backend, "config_warning", None)  # (any other backend has none)
+        return warning if isinstance(warning, str) else None
 
     @property
     def providers(self) -> list[str]:

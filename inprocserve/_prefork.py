@@ -303,7 +303,8 @@ def check_repository(
         for number in sorted(set(effective.version_policy.select(list(source.versions))) | referenced):
             if is_remote(source.versions[number]):
                 try:
-                    versions[number] = {"remote": read_remote_toml(source.versions[number]).endpoint}
+                    remote = read_remote_toml(source.versions[number], ignored=[])  # (as a server reads it)
+                    versions[number] = {"remote": remote.endpoint}
                 except ModelLoadError as exc:
                     failures.append(f"model {name!r} version {number}: {exc}")
                 continue

@@ -949,6 +949,17 @@ class Registry:
         logger.warning("model %r: %s", name, warning)
         self.config_warnings[name] = warning
 
+    def config_warning(self, name: str) -> str | None:
+        """What status shows as ``name``'s ``config_warning``: its ``config.toml``'s (see
+        :meth:`_note_config_warnings`), then each loaded version's ``remote.toml``'s, for as long as it is
+        loaded. Read without the lifecycle lock, from a copy of the table, as status reads."""
+        parts = [self.config_warnings[name]] if name in self.config_warnings else []
+        versions = self.loaded.get(name, {})
+        parts.extend(
+            warning for _number, version in sorted(versions.copy().items()) if (warning := version.config_warning)
+        )
+        return "; ".join(parts) or None
+
     def check_open(self) -> None:
         if self.closed:
             raise ServerClosedError("the server is closed")

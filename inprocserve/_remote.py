@@ -244,6 +244,9 @@ class RemoteBackend:
         self._answered_at = float("-inf")  # when the last call was answered (clock time)
         self._converted_outputs: set[str] = set()  # outputs answered in another width (logged once each)
         self._hang_counted_at = float("-inf")  # when a caller-bound timeout last counted as a hang
+        # Keys of the remote.toml it was read from that this release left out (set by the factory that read
+        # it): shown as the model's config_warning for as long as this version is loaded.
+        self.config_warning: str | None = None
         _fork.register(self)
 
     # -- Backend ---------------------------------------------------------------------------------------

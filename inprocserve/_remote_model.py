@@ -30,9 +30,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ._errors import ConfigurationError, ModelLoadError
-from ._toml_file import read_toml
+from ._toml_file import name_unknown_key, read_toml
 
-__all__ = ["REMOTE_FILENAME", "RemoteModel", "read_remote_toml"]
+__all__ = ["REMOTE_FILENAME", "RemoteModel", "read_remote_toml", "unknown_keys_warning"]
 
 REMOTE_FILENAME = "remote.toml"
 """The file a version folder holds instead of ``model.onnx`` when the version is served remotely."""
@@ -177,26 +177,47 @@ class RemoteModel:
         return described
 
 
-def read_remote_toml(path: str | Path) -> RemoteModel:
+_KEYS = frozenset({f.name for f in fields(RemoteModel)} | {"headers_from_env"})
+"""The keys of a ``remote.toml``: :class:`RemoteModel`'s fields and ``[headers_from_env]``."""
+
+SHOWN_UNKNOWN_KEYS = 20
+"""Unknown keys of a ``remote.toml`` named in its warning; the rest are counted. A file of the 1 MiB read
+holds tens of thousands of short keys: each named (and matched against the known ones) made a warning of
+hundreds of kB in every status and took seconds of the load."""
+
+
+def read_remote_toml(path: str | Path, *, ignored: list[str] | None = None) -> RemoteModel:
     """Read a version's ``remote.toml``.
 
     Keys are :class:`RemoteModel`'s fields (``url`` and ``model`` required); ``[headers]`` holds header
     values, ``[headers_from_env]`` names the environment variable each header's value is read from (so
     tokens stay out of the repository).
 
+    With ``ignored`` (what a server reads), a key this release does not know is appended to it, named with
+    the key it is close to (``retires (retries?)``), and left out, not refused, as ``config.toml``'s are: on a
+    repository shared by hosts of two releases (a rolling upgrade), a key the newer one reads failed the
+    version on every worker of the older one that loaded it (a recycled worker, a restart, a hot reload). The
+    first :data:`SHOWN_UNKNOWN_KEYS` are named, then how many more (``"79980 more"``). Without ``ignored``,
+    such a key is a ``ModelLoadError``.
+
     Raises:
-        ModelLoadError: the file is unreadable or not TOML, a key is unknown or missing, a value is invalid,
-            or a named environment variable is unset; the message names the file and the key.
+        ModelLoadError: the file is unreadable or not TOML, a key is missing (or unknown, without
+            ``ignored``), a value is invalid, or a named environment variable is unset; the message names the
+            file and the key.
     """
     path = Path(path)
     try:
         document = read_toml(path)
     except ConfigurationError as exc:
         raise ModelLoadError(str(exc)) from None
-    known = {f.name for f in fields(RemoteModel)}
-    unknown = sorted(set(document) - known - {"headers_from_env"})
+    unknown = sorted(set(document) - _KEYS)
     if unknown:
-        raise ModelLoadError(f"{path}: unknown key {unknown[0]!r}; the keys are {', '.join(sorted(known))}")
+        if ignored is None:
+            raise ModelLoadError(f"{path}: unknown key {unknown[0]!r}; the keys are {', '.join(sorted(_KEYS))}")
+        ignored.extend(name_unknown_key("", key, _KEYS) for key in unknown[:SHOWN_UNKNOWN_KEYS])
+        if len(unknown) > SHOWN_UNKNOWN_KEYS:
+            ignored.append(f"{len(unknown) - SHOWN_UNKNOWN_KEYS} more")
+        document = {key: value for key, value in document.items() if key in _KEYS}
     for required in ("url", "model"):
         if required not in document:
             raise ModelLoadError(f'{path}: key {required!r} is missing (for example {required} = "...")')
@@ -231,6 +252,16 @@ def read_remote_toml(path: str | Path) -> RemoteModel:
     except _Invalid as exc:
         raise ModelLoadError(f"{path}: key {exc.key!r} {exc.message}") from None
     return model
+
+
+def unknown_keys_warning(path: Path, ignored: list[str]) -> str:
+    """The warning for the keys of the ``remote.toml`` at ``path`` that :func:`read_remote_toml` left out
+    (its ``ignored``): shown as the model's ``config_warning`` in status, the status page and ``validate``."""
+    return (
+        f"{path}: this release of inprocserve does not know {', '.join(ignored)}, and serves the version "
+        f"without them (written for a newer release? if not, a typo); the keys it knows are "
+        f"{', '.join(sorted(_KEYS))}"
+    )
 
 
 def _readable_variables(url: object) -> frozenset[str]:

@@ -171,8 +171,9 @@ def _models_status(
             "ready": routes is not None and str(answering) not in unhealthy,
             "unhealthy": unhealthy,
             "config_error": config_errors.get(name),
-            # keys of its config.toml this release ignores (a newer release's during a rolling upgrade, or a typo)
-            "config_warning": registry.config_warnings.get(name),
+            # keys of its config.toml, or of a loaded version's remote.toml, this release ignores (a newer
+            # release's during a rolling upgrade, or a typo)
+            "config_warning": registry.config_warning(name),
             "versions": versions,
             "rollout": None if router is None or brief else router.status(),
             "shadow": None if shadow_status is None else shadow_status(name),

@@ -5,14 +5,16 @@ recursion limit, a byte-order mark. Each is an error naming the file, or read as
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ._errors import ConfigurationError
 from ._regular_file import NotARegularFileError, read_regular_file
 
-__all__ = ["MAX_TOML_BYTES", "read_toml"]
+__all__ = ["MAX_TOML_BYTES", "name_unknown_key", "read_toml"]
 
 MAX_TOML_BYTES = 1 << 20
 """Largest config file read: a model's settings take a few hundred bytes."""
@@ -43,3 +45,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
     except RecursionError:
         raise ConfigurationError(f"{path}: not valid TOML: nested too deeply") from None
+
+
+def name_unknown_key(where: str, key: str, known: Iterable[str]) -> str:
+    """How a key left out is named: ``[rollout] stabel (stable?)`` when it is one letter or two off a known key
+    (a typo there, the setting it meant is not in force on any worker), else ``[batching] max_batch_bytes``."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.8)
+    return f"{where}{key}" + (f" ({close[0]}?)" if close else "")

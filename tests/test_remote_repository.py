@@ -17,6 +17,7 @@ import inprocserve
 from inprocserve.__main__ import main
 from inprocserve._cli_models import validate_repository
 from inprocserve._integrity import check_version
+from inprocserve._remote_model import read_remote_toml
 from inprocserve._repository import is_remote, scan_repository
 from inprocserve.testing import build_scale_model, save_model
 
@@ -142,3 +143,60 @@ def test_a_remote_version_whose_server_is_down_is_retried_at_each_refresh_but_lo
     assert len(logged) == 1  # not one error line per poll for as long as the model server is down
     assert server.models["scale"] == [1]
     assert "cannot connect" in server.status()["models"]["scale"]["versions"]["2"]["error"]
+
+
+def test_a_remote_toml_key_this_release_does_not_know_is_served_without_it_and_warned_of(
+    repository: Path, scripted: Scripted, make_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rolling upgrade: the newer release reads a key (compression) that this one does not, and a typo of a
+    # key it does (retires for retries). The version is served with the keys it knows, as a config.toml's
+    # unknown keys are; it failed to load on every worker of the older release before.
+    url = f"http://127.0.0.1:{scripted.server_port}"
+    path = write_remote(repository, "scale", 1, f'url = "{url}"\nmodel = "scale"\nretires = 3\ncompression = "gzip"\n')
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(repository=repository)
+    answer = server.predict("scale", {"x": np.ones((2, 4), np.float32)})
+    np.testing.assert_array_equal(answer["y"], 2.0)
+    warning = server.status(include_paths=True)["models"]["scale"]["config_warning"]
+    assert warning.startswith(f"{path}: this release of inprocserve does not know compression, retires (retries?),")
+    assert warning.endswith("the keys it knows are binary_tensors, concurrency, connect_timeout_s, cooloff_s, "
+                            "failure_threshold, headers, headers_from_env, max_row_bytes, model, protocol, "
+                            "retries, retry_after_send, timeout_s, url, version")  # fmt: skip
+    assert [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()] == [
+        f"model 'scale' version 1: {warning}"
+    ]
+    assert server.status()["models"]["scale"]["versions"]["1"]["state"] == "ready"
+    # fixed (or the newer release reads it): the next refresh loads the file again, and the warning is gone
+    path.write_text(f'url = "{url}"\nmodel = "scale"\nretries = 3\n')
+    assert server.refresh() == []
+    assert server.status()["models"]["scale"]["config_warning"] is None
+
+
+def test_cli_validate_fails_on_a_remote_toml_key_this_release_does_not_know(
+    repository: Path, scripted: Scripted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_remote(
+        repository, "scale", 1, f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\nretires = 3\n'
+    )
+    report = validate_repository(repository)
+    assert report["models"]["scale"]["versions"]["1"]["ok"]  # a server serves it...
+    assert not report["ok"]  # ...without the key: a deploy check catches the typo before the servers do
+    assert "does not know retires (retries?)" in report["models"]["scale"]["config_warning"]
+    assert main(["validate", str(repository)]) == 1
+    assert f"PROBLEM scale: {path}: this release of inprocserve does not know retires (retries?)" in (
+        capsys.readouterr().out
+    )
+    # the pre-fork check reads it as a server does, and inspect says it on stderr
+    assert inprocserve.check_repository(repository)["models"]["scale"][1]["remote"].endswith("/v2/models/scale")
+    assert main(["inspect", str(path)]) == 0
+    assert "does not know retires (retries?)" in capsys.readouterr().err
+
+
+def test_a_remote_toml_of_many_unknown_keys_names_a_few_and_counts_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "remote.toml"
+    path.write_text('url = "http://127.0.0.1:9"\nmodel = "m"\n' + "".join(f"k{i:05} = 1\n" for i in range(30000)))
+    ignored: list[str] = []
+    assert read_remote_toml(path, ignored=ignored).model == "m"
+    assert ignored == [f"k{i:05}" for i in range(20)] + ["29980 more"]
+    with pytest.raises(inprocserve.ModelLoadError, match=r"remote\.toml: unknown key 'k00000'; the keys are binary_"):
+        read_remote_toml(path)  # (without ignored: refused, naming the key)
