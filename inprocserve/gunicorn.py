@@ -10,12 +10,17 @@ Flask and Django plug-ins register in eager mode (and any registered with
 :func:`inprocserve.build_after_fork`), in the worker, never in the master: the master process, which
 forks the workers, must not import onnxruntime (a worker forked after it was imported hangs or aborts at
 exit; inprocserve logs an error at such a fork).
+
+Under gunicorn's ``asgi`` worker on uvloop (what ``--asgi-loop auto`` picks where uvloop is installed), the hook
+also makes sure that a stop signal which reached the worker while it booted is heard: see
+:func:`_hear_signals_held_by_uvloop`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from typing import Any
 
@@ -28,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 def post_worker_init(worker: Any) -> None:
     """Build and warm this worker's inprocserve servers now (a gunicorn ``post_worker_init`` hook)."""
+    _hear_signals_held_by_uvloop(worker)
     if not has_builders():
         # The hook alone builds nothing: it logged "servers warm in 0.00s", and each worker built its server
         # at its first request after all (cold, and every request that came meanwhile waited for it).
@@ -44,3 +50,27 @@ def post_worker_init(worker: Any) -> None:
         logger.error("worker %d: inprocserve warm-up failed: %s", os.getpid(), "; ".join(errors))
     else:
         logger.info("worker %d: inprocserve servers warm in %.2fs", os.getpid(), time.perf_counter() - started)
+
+
+def _hear_signals_held_by_uvloop(worker: Any) -> None:
+    """Have the worker's uvloop hear, once it runs, a signal that came before it ran.
+
+    gunicorn's ``asgi`` worker adds its signal handlers to its event loop before it imports the app and runs
+    this hook, and runs the loop only afterwards. uvloop records a signal that comes meanwhile (a SIGTERM from
+    a master told to stop while the worker imports a large app or warms its models), but acts on what it
+    recorded only when a later signal wakes it, and gunicorn sends no other before its graceful timeout: the
+    worker served on, and the master killed it with SIGKILL at ``--graceful-timeout`` (measured: 4 of 4 stops
+    right after a start, and 3 of 3 stops after a load with ``--max-requests``, took the full timeout).
+    A SIGWINCH, which gunicorn's asgi worker takes and ignores, sent to the worker once its loop runs, wakes
+    it: uvloop then acts on every signal it recorded, SIGTERM included. Nothing is sent on asyncio's own loops
+    (they hear such a signal when they start) or under any other worker class.
+    """
+    loop: Any = getattr(worker, "loop", None)
+    winch = getattr(signal, "SIGWINCH", None)
+    if loop is None or winch is None or not type(loop).__module__.startswith("uvloop") or loop.is_running():
+        return
+    # Only where the loop itself takes SIGWINCH (gunicorn's worker handed it to the loop, whose handler ignores
+    # it): anywhere else the signal could reach a handler of the app's, or none.
+    taken_by_loop = getattr(signal.getsignal(winch), "__self__", None) is loop
+    if taken_by_loop:
+        loop.call_soon(os.kill, os.getpid(), winch)
