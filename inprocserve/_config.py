@@ -46,7 +46,7 @@ from ._rollout_config import (
     Strategy,
     VariantConfig,
 )
-from ._toml_file import name_unknown_key, read_toml
+from ._toml_file import name_unknown_keys, read_toml, shown_unknown_keys
 from ._version_policy import VersionPolicy, parse_version_policy
 
 logger = logging.getLogger(__name__)
@@ -641,16 +641,21 @@ def load_model_config(path: Path, base: ModelConfig | None = None, *, ignored: l
     max_batch_bytes``) and left out, not refused: on a repository shared by hosts of two releases (a rolling
     upgrade), a key the newer one reads refused the whole file on the older hosts, and every older worker that
     started (a recycled gunicorn worker, a crash, a scale-up) served nothing of the model. Without it, such a
-    key is a ``ConfigurationError``. A value of the wrong type or out of range is refused either way."""
+    key is a ``ConfigurationError``. A value of the wrong type or out of range is refused either way. The first
+    ``SHOWN_UNKNOWN_KEYS`` keys left out are named, then how many more (``"79980 more"``)."""
     base = base or ModelConfig()
     data = read_toml(path)
+    found: list[str] | None = None if ignored is None else []
     try:
         with _DEPRECATIONS.reading(str(path)):
-            return _merge(base, data, str(path), ignored=ignored)
+            config = _merge(base, data, str(path), ignored=found)
     except ConfigurationError:
         raise
     except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type deeper in a section
         raise ConfigurationError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    if ignored is not None and found:
+        ignored.extend(shown_unknown_keys(found))
+    return config
 
 
 def _merge(
@@ -667,7 +672,7 @@ def _merge(
         elif key == "nan_policy":
             changes[key] = value
         elif ignored is not None:  # (see load_model_config)
-            ignored.append(name_unknown_key("", key, [*_SECTIONS, "version_policy", "nan_policy"]))
+            name_unknown_keys(ignored, "", [key], [*_SECTIONS, "version_policy", "nan_policy"])
         else:
             known = ", ".join(sorted([*_SECTIONS, "version_policy", "nan_policy"]))
             raise ConfigurationError(f"{source}: unknown key {key!r}; known keys are {known}")
@@ -683,7 +688,7 @@ def _replace_section(
     known = {f.name for f in dataclasses.fields(section)}
     unknown = sorted(set(values) - known)
     if unknown and ignored is not None:  # (see load_model_config)
-        ignored.extend(name_unknown_key(f"[{name}] ", key, known) for key in unknown)
+        name_unknown_keys(ignored, f"[{name}] ", unknown, known)
         values = {key: value for key, value in values.items() if key in known}
     elif unknown:
         raise ConfigurationError(
@@ -768,7 +773,7 @@ def _group_flat_rollout_keys(converted: dict[str, Any], source: str) -> None:
 def _known_only(table: Mapping[str, Any], kind: Any, name: str, ignored: list[str]) -> dict[str, Any]:
     """``table`` without the keys the dataclass ``kind`` has no field for, each appended to ``ignored``."""
     known = {f.name for f in dataclasses.fields(kind)}
-    ignored.extend(name_unknown_key(f"[{name}] ", key, known) for key in sorted(set(table) - known))
+    name_unknown_keys(ignored, f"[{name}] ", sorted(set(table) - known), known)
     return {key: value for key, value in table.items() if key in known}
 
 

@@ -14,10 +14,22 @@ from typing import Any
 from ._errors import ConfigurationError
 from ._regular_file import NotARegularFileError, read_regular_file
 
-__all__ = ["MAX_TOML_BYTES", "name_unknown_key", "read_toml"]
+__all__ = [
+    "MAX_TOML_BYTES",
+    "SHOWN_UNKNOWN_KEYS",
+    "name_unknown_key",
+    "name_unknown_keys",
+    "read_toml",
+    "shown_unknown_keys",
+]
 
 MAX_TOML_BYTES = 1 << 20
 """Largest config file read: a model's settings take a few hundred bytes."""
+
+SHOWN_UNKNOWN_KEYS = 20
+"""Unknown keys of a ``config.toml`` named in its warning; the rest are counted. A file of the most that is read
+(1 MiB) holds 80,000 short keys: naming each (matching it against the known keys) took 2.6 s of every read of
+the file, at each poll of the repository, and made a warning of 1.5 MB in every ``status()``."""
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -52,3 +64,18 @@ def name_unknown_key(where: str, key: str, known: Iterable[str]) -> str:
     (a typo there, the setting it meant is not in force on any worker), else ``[batching] max_batch_bytes``."""
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.8)
     return f"{where}{key}" + (f" ({close[0]}?)" if close else "")
+
+
+def name_unknown_keys(ignored: list[str], where: str, keys: Iterable[str], known: Iterable[str]) -> None:
+    """Append ``keys`` to ``ignored``, named as :func:`name_unknown_key` names them while ``ignored`` holds fewer
+    than :data:`SHOWN_UNKNOWN_KEYS`, bare after that (only counted: see :func:`shown_unknown_keys`)."""
+    known = list(known)
+    for key in keys:
+        ignored.append(name_unknown_key(where, key, known) if len(ignored) < SHOWN_UNKNOWN_KEYS else key)
+
+
+def shown_unknown_keys(ignored: list[str]) -> list[str]:
+    """The keys of ``ignored`` a warning names: the first :data:`SHOWN_UNKNOWN_KEYS`, then how many more."""
+    if len(ignored) <= SHOWN_UNKNOWN_KEYS:
+        return list(ignored)
+    return [*ignored[:SHOWN_UNKNOWN_KEYS], f"{len(ignored) - SHOWN_UNKNOWN_KEYS} more"]

@@ -320,6 +320,26 @@ def test_the_config_warning_goes_with_the_config_toml(fraud: Path, make_server: 
     assert server.status()["models"]["fraud"]["config_warning"] is None  # (it named the removed file for good)
 
 
+def test_a_config_toml_with_thousands_of_unknown_keys_is_warned_of_bounded(
+    fraud: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 30,000 short keys (80,000 fit the 1 MiB a server reads): each was named with the known key it is close to,
+    # which took seconds at every poll of the repository, and every status() carried all of them. The first 20 are
+    # named, and the rest counted, as a remote.toml's and the control file's are.
+    (fraud / "fraud" / "config.toml").write_text(
+        "".join(f"k{i:05} = 1\n" for i in range(30_000)) + "[batching]\nmax_batch_size = 16\nmax_batch_sise = 16\n"
+    )
+    server = make_server(fraud, control_interval_s=None)
+    status = server.status()["models"]["fraud"]
+    assert status["versions"]["2"]["max_batch_size"] == 16  # (the keys it knows are applied)
+    warning = status["config_warning"]
+    assert "does not know k00000, k00001," in warning and "k00019, 29981 more, and serves" in warning
+    assert "k00020" not in warning and len(warning) < 1000
+    assert main(["validate", str(fraud)]) == 1
+    out = capsys.readouterr().out
+    assert "k00019, 29981 more" in out and len(out) < 2000
+
+
 def test_a_try_of_a_revision_scans_each_waiting_model_once_not_the_repository_each_time(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
