@@ -66,7 +66,7 @@ def build_backend(
     """The default :data:`~inprocserve._backend.BackendFactory`, chosen by the version's file: a
     ``remote.toml`` is served by the Open Inference Protocol server it names (its deadlines and circuit
     breaker on ``clock``), anything else by onnxruntime. Keys of the ``remote.toml`` this release does not
-    know are left out and logged, and the backend's ``config_warning`` names them.
+    know are left out, and the backend's ``config_warning`` names them (logged by :meth:`ModelVersion.load`).
 
     Raises:
         ModelLoadError: the ``remote.toml`` is unreadable or invalid (the message names the file and key).
@@ -80,9 +80,8 @@ def build_backend(
         except ModelLoadError as exc:
             raise ModelLoadError(f"model {model!r} version {version}: {exc}", model=model, version=version) from None
         backend = RemoteBackend(model, version, remote, clock=clock)
-        if ignored:  # (served without them: logged at each load, shown as the model's config_warning meanwhile)
+        if ignored:  # (served without them: logged as the version loads, shown as its config_warning meanwhile)
             backend.config_warning = unknown_keys_warning(path, ignored)
-            logger.warning("model %r version %s: %s", model, version, backend.config_warning)
         return backend
     return build_onnxruntime_backend(path, config, model=model, version=version, follow_symlinks=follow_symlinks)
 
@@ -178,6 +177,8 @@ class ModelVersion:
             # anything else is a bad file or setting that surfaced in another form (a half-copied warm-up
             # archive, a link loop in external data, a setting of the wrong type): a failed load all the same
             error = exc if isinstance(exc, ModelLoadError) else self._load_error(exc)
+            if self.config_warning is not None:  # (a key left out may be why: [header] for [headers] sends no token)
+                error = ModelLoadError(f"{error}; {self.config_warning}", model=self.name, version=self.version)
             self.state = "failed"
             self.error = str(error)
             self.drift = self.batcher = None
@@ -201,6 +202,10 @@ class ModelVersion:
             ", ".join(self.backend.providers),
             self.backend.concurrency,
         )
+        if self.config_warning is not None:
+            # Said once the version serves, not as its file is read: a version whose model server is down is
+            # read again at every poll, and said its remote.toml's unknown keys at each (its failure, once).
+            logger.warning("model %r version %s: %s", self.name, self.version, self.config_warning)
 
     def _rows_declared_as_one(self, signature: Signature) -> Signature:
         """The signature with axis 0 made dynamic on each output that declares it of size 1 but answers one

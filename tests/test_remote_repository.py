@@ -200,3 +200,21 @@ def test_a_remote_toml_of_many_unknown_keys_names_a_few_and_counts_the_rest(tmp_
     assert ignored == [f"k{i:05}" for i in range(20)] + ["29980 more"]
     with pytest.raises(inprocserve.ModelLoadError, match=r"remote\.toml: unknown key 'k00000'; the keys are binary_"):
         read_remote_toml(path)  # (without ignored: refused, naming the key)
+
+
+def test_a_remote_toml_key_left_out_is_said_once_while_its_server_is_down(
+    repository: Path, make_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A version whose model server is down is read again at each poll: its unknown key was logged at each one
+    # (the failure itself once). It is said with the failure, which it may explain ([header] sends no token).
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    text = 'url = "http://127.0.0.1:9"\nmodel = "scale"\nconnect_timeout_s = 0.2\nretires = 3\n'
+    write_remote(repository, "scale", 2, text)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(repository=repository)
+        for _ in range(3):  # a poller refreshes every poll_interval_s
+            (problem,) = server.refresh()
+            assert "cannot connect" in problem and "does not know retires (retries?)" in problem
+    said = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("model 'scale' version 2 failed to load: http://127.0.0.1:9")
+    assert "does not know retires (retries?)" in server.status()["models"]["scale"]["versions"]["2"]["error"]
