@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ._errors import ConfigurationError, ModelLoadError
-from ._toml_file import name_unknown_key, read_toml
+from ._toml_file import SHOWN_UNKNOWN_KEYS, name_unknown_key, read_toml
 
 __all__ = ["REMOTE_FILENAME", "RemoteModel", "read_remote_toml", "unknown_keys_warning"]
 
@@ -179,11 +179,6 @@ class RemoteModel:
 
 _KEYS = frozenset({f.name for f in fields(RemoteModel)} | {"headers_from_env"})
 """The keys of a ``remote.toml``: :class:`RemoteModel`'s fields and ``[headers_from_env]``."""
-
-SHOWN_UNKNOWN_KEYS = 20
-"""Unknown keys of a ``remote.toml`` named in its warning; the rest are counted. A file of the most that is
-read (1 MiB) holds tens of thousands of short keys: naming each (and matching it against the known ones) made
-a warning of hundreds of kB in every status and took 2 s of the load (80,000 keys)."""
 
 
 def read_remote_toml(path: str | Path, *, ignored: list[str] | None = None) -> RemoteModel:

@@ -27,9 +27,10 @@ MAX_TOML_BYTES = 1 << 20
 """Largest config file read: a model's settings take a few hundred bytes."""
 
 SHOWN_UNKNOWN_KEYS = 20
-"""Unknown keys of a ``config.toml`` named in its warning; the rest are counted. A file of the most that is read
-(1 MiB) holds 80,000 short keys: naming each (matching it against the known keys) took 2.6 s of every read of
-the file, at each poll of the repository, and made a warning of 1.5 MB in every ``status()``."""
+"""Unknown keys of a ``config.toml`` or ``remote.toml`` named in its warning; the rest are counted. A file of the
+most that is read (1 MiB) holds 80,000 short keys: naming each (matching it against the known keys) took 2.6 s
+of every read of a ``config.toml``, at each poll of the repository, and made a warning of 1.5 MB in every
+``status()``."""
 
 
 def read_toml(path: Path) -> dict[str, Any]:
