@@ -159,8 +159,9 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     (the fleet's control file cannot be read, or serves a version not in the repository; also in
     ``problems``); ``control_warnings`` (keys of the control file this release ignores: a newer release's
     during a rolling upgrade, which is no problem, or a typo; not in ``problems``); ``models``: name ->
-    ``config_error``, ``config_warning`` (keys of its ``config.toml`` this release ignores, and settings
-    that load but do nothing, such as ``[drift] ks_threshold = 1``; also in ``problems``), ``policy_error``
+    ``config_error``, ``config_warning`` (keys of its ``config.toml`` or a ``remote.toml`` this release ignores,
+    and settings that load but do nothing, such as ``[drift] ks_threshold = 1``; also in ``problems``),
+    ``policy_error``
     (its version policy selects none of its versions, or its rollout names a version that is not there) and
     ``versions``: number -> ``ok``,
     ``served`` (by the version policy), ``error`` and ``signature`` (and ``remote``, the endpoint, for a

@@ -131,7 +131,7 @@ def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> st
     ]
     if model.get("config_error"):
         parts.append(f'<p class="error">Configuration error: {_text(model["config_error"])}</p>')
-    if model.get("config_warning"):  # (keys of its config.toml this release ignores)
+    if model.get("config_warning"):  # (keys of its config.toml or a remote.toml this release ignores)
         parts.append(f'<p class="error">Configuration warning: {_text(model["config_warning"])}</p>')
     parts.append("<h3>Versions</h3>" + _versions_table(versions, _roles(model, rollout, killed=killed)))
     if rollout is not None:
