@@ -30,6 +30,7 @@ from . import _fork
 from ._brief import CutShort, brief_text
 from ._config_checks import MAX_INTERVAL_S, is_number, shown
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError
+from ._racy import Sighting, sighting
 
 __all__ = [
     "EnvFlags",
@@ -47,7 +48,6 @@ _ABSENT = object()  # remembered: the provider does not have this flag (the call
 _INTEGER_KEYS_KEPT = 1024
 _ENV_KEYS_KEPT = 1024  # variable names and parsed values kept by EnvFlags
 _REMEMBERED_KEPT = 1024  # flags remembered by one OpenFeatureFlags (keys come from rollout configs: few)
-_RACY_S = 2.0  # a signature first seen this recently may hide an edit made within the same timestamp
 _LOG_EVERY_S = 60.0  # a FileFlags problem of one kind is logged at most this often
 _IDLE_REFRESHER_EXIT_S = 30.0  # a FileFlags refresher with no look asked for ends; the next request starts one
 _EMPTY_GRACE_S = 1.0  # an empty flags file replacing values is taken for one being written at least this long
@@ -321,7 +321,7 @@ class FileFlags(_LookupFlags):
     :meth:`close`) to look at it, so a file on a hung network mount cannot hold a request. A change is
     thus seen one check after it is made: by the first request at least ``check_interval_s`` after it, plus
     the time the read takes. The file is read again when any of its inode, device, size, modification or
-    change time differ from the last read, and also, whatever they say, until a read at least ``_RACY_S``
+    change time differ from the last read, and also, whatever they say, until a read at least ``RACY_S`` (2 s)
     after the first that saw them (git's "racy" rule: an edit within the file system's timestamp
     granularity keeps the same time; timed on this process's monotonic clock, not by comparing the
     modification time with this host's clock, which a file server's clock need not agree with). A file
@@ -458,21 +458,16 @@ class FileFlags(_LookupFlags):
         info = self.path.stat()
         now = time.monotonic()
         signature = (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        if seen is not None and seen.signature == signature:
-            if seen.settled:
-                self._usable()
-                return
-            first_seen = seen.first_seen
-        else:
-            first_seen = now
-        # An edit that kept this signature was made within one timestamp tick of the edit that set it, so
-        # before first_seen + _RACY_S: bytes read from then on are the last it can hide. Timed here, on the
-        # monotonic clock: the modification time is stamped by the file server's clock, and compared with
-        # this host's (a file server 10 s behind), an edit in the same second as the one read was never seen.
-        settled = now - first_seen >= _RACY_S
+        if seen is not None and seen.sight.signature == signature and seen.sight.settled:
+            self._usable()
+            return
+        # An edit that kept this signature was made within one timestamp tick of the edit that set it: bytes
+        # read RACY_S after it was first seen are the last it can hide (see _racy; timed on the monotonic
+        # clock: compared with this host's, a file server 10 s behind hid an edit in the second of the one read)
+        sight = sighting(signature, None if seen is None else seen.sight, now=now)
         raw = self.path.read_bytes()
         if seen is not None and raw == seen.raw and self._snapshot is not None:  # (the same values: kept whole)
-            self._seen = _FileSeen(signature, first_seen, settled, raw)
+            self._seen = _FileSeen(sight, raw)
             self._usable()
             return
         text = raw.decode("utf-8-sig")  # (UTF-8, and a byte order mark some editors write is no key)
@@ -484,7 +479,7 @@ class FileFlags(_LookupFlags):
             self._wait_if_being_written(empty_since)
             data = {}
         self._snapshot = _FileValues(_flatten(data), self._planning)
-        self._seen = _FileSeen(signature, first_seen, settled, raw)
+        self._seen = _FileSeen(sight, raw)
         self._usable()
 
     def _wait_if_being_written(self, empty_since: float | None) -> None:
@@ -628,15 +623,13 @@ class _FileValues:
 
 class _FileSeen:
     """What a good read of a :class:`FileFlags` file saw: the file's signature, when (monotonic) a read
-    first saw that signature, whether it is settled (read ``_RACY_S`` after that: it can hide no later edit),
-    and the bytes read."""
+    first saw it and whether the read is settled (see :mod:`._racy`: it can hide no later edit), and the bytes
+    read."""
 
-    __slots__ = ("first_seen", "raw", "settled", "signature")
+    __slots__ = ("raw", "sight")
 
-    def __init__(self, signature: tuple[int, ...], first_seen: float, settled: bool, raw: bytes) -> None:
-        self.signature = signature
-        self.first_seen = first_seen
-        self.settled = settled
+    def __init__(self, sight: Sighting, raw: bytes) -> None:
+        self.sight = sight
         self.raw = raw
 
 
