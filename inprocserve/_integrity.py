@@ -21,11 +21,13 @@ import mmap
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Generic, TypeVar
 
 from ._errors import ModelLoadError
+from ._racy import Sighting, changed_long_ago, sighting
 from ._regular_file import NotARegularFileError, read_regular_file
 from ._remote_model import REMOTE_FILENAME, read_remote_toml
 
@@ -377,23 +379,33 @@ class _PerFile(Generic[_T]):
     stamps every version at every poll), never their history; the bound only keeps the paths of files long
     gone from piling up. It is far above any repository's count of model files: a bound below that count
     evicts, in a poll that walks the files in a fixed order, each entry just before it is needed again.
+
+    An entry answers once it is settled (:mod:`._racy`): a file rewritten with its old size within the
+    timestamp tick of the read (a file system of whole-second times) keeps its stamp, and was trusted for
+    the bytes read before. Until then each lookup derives it again; a file changed long ago is settled at once.
     """
 
     def __init__(self, max_entries: int) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[_Stamp, _T]] = {}
+        self._entries: dict[str, tuple[Sighting, _T]] = {}
         self._max_entries = max_entries
 
-    def get(self, path: str, stamp: _Stamp) -> _T | None:
+    def get(self, path: str, stat: os.stat_result) -> tuple[_T | None, Sighting]:
+        """The value kept for the file as ``stat`` describes it (None if none is, or it is not settled), and
+        the sighting to :meth:`put` a value derived now with (call it before reading the file)."""
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         with self._lock:
             entry = self._entries.get(path)
-        return entry[1] if entry is not None and entry[0] == stamp else None
+        if entry is not None and entry[0].signature == stamp and entry[0].settled:
+            return entry[1], entry[0]
+        previous = None if entry is None else entry[0]
+        return None, sighting(stamp, previous, now=time.monotonic(), old=changed_long_ago(stat))
 
-    def put(self, path: str, stamp: _Stamp, value: _T) -> None:
+    def put(self, path: str, sight: Sighting, value: _T) -> None:
         with self._lock:
             if path not in self._entries and len(self._entries) >= self._max_entries:
                 self._entries.pop(next(iter(self._entries)))  # the oldest path
-            self._entries[path] = (stamp, value)
+            self._entries[path] = (sight, value)
 
 
 # About 0.4 KB an entry: 16,384 model files (versions x files) cost 7 MB at most.
@@ -401,10 +413,6 @@ _MAX_CACHED_FILES = 16_384
 _locations: _PerFile[tuple[str, ...]] = _PerFile(
     _MAX_CACHED_FILES
 )  # model file -> the external-data locations it names
-
-
-def _stamp_of(stat: os.stat_result) -> _Stamp:
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def external_data_locations(model_file: Path) -> tuple[str, ...]:
@@ -419,8 +427,8 @@ def external_data_locations(model_file: Path) -> tuple[str, ...]:
         stat = model_file.stat()
     except OSError:
         return ()
-    key, stamp = str(model_file), _stamp_of(stat)
-    cached = _locations.get(key, stamp)
+    key = str(model_file)
+    cached, sight = _locations.get(key, stat)
     if cached is not None:
         return cached
     try:
@@ -432,7 +440,7 @@ def external_data_locations(model_file: Path) -> tuple[str, ...]:
     except (OSError, ValueError):
         return ()
     found = tuple(sorted({ref.entries["location"] for ref in references if ref.entries.get("location")}))
-    _locations.put(key, stamp, found)
+    _locations.put(key, sight, found)
     return found
 
 
@@ -444,10 +452,12 @@ _hashes: _PerFile[str] = _PerFile(_MAX_CACHED_FILES)  # resolved path -> the fil
 
 def file_sha256(path: Path) -> str:
     """The file's sha256 hex digest, cached by (inode, size, mtime, ctime) so re-checks do not re-read the
-    file; a rewrite in place that puts the mtime back (``cp -p``) still moves the ctime, which no one sets."""
+    file; a rewrite in place that puts the mtime back (``cp -p``) still moves the ctime, which no one sets,
+    and one within the timestamp tick of the read moves nothing: a digest is kept once settled (see
+    :class:`_PerFile`)."""
     stat = path.stat()
-    key, stamp = str(path.resolve()), _stamp_of(stat)
-    cached = _hashes.get(key, stamp)
+    key = str(path.resolve())
+    cached, sight = _hashes.get(key, stat)
     if cached is not None:
         return cached
     digest = hashlib.sha256()
@@ -455,7 +465,7 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     result = digest.hexdigest()
-    _hashes.put(key, stamp, result)
+    _hashes.put(key, sight, result)
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,44 @@ def repository(tmp_path: Path) -> Path:
     folder = tmp_path / "models"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture
+def whole_second_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a real file system whose times tick in whole seconds (ext2 with 128-byte inodes, as ext3
+    volumes, some NFS and SMB shares and overlays on some hosts have), loop-mounted for the test; skipped
+    where this process may not mount one (not root, no loop device)."""
+    mkfs = shutil.which("mkfs.ext2") or shutil.which("mkfs.ext2", path="/usr/sbin:/sbin")
+    if os.geteuid() != 0 or mkfs is None or shutil.which("mount") is None:
+        pytest.skip("needs root and mkfs.ext2 to mount a file system of whole-second times")
+    image, folder = tmp_path / "whole-seconds.img", tmp_path / "whole-seconds"
+    folder.mkdir()
+    with image.open("wb") as handle:
+        handle.truncate(64 << 20)
+    made = subprocess.run([mkfs, "-q", "-F", "-I", "128", str(image)], capture_output=True, text=True, check=False)
+    mounted = made.returncode == 0 and (
+        subprocess.run(["mount", "-o", "loop", str(image), str(folder)], capture_output=True, check=False).returncode
+        == 0
+    )
+    if not mounted:
+        pytest.skip(f"cannot mount a loop file system here: {made.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
+
+
+def within_one_tick(scenario: Callable[[], tuple[os.stat_result, os.stat_result]]) -> None:
+    """Run ``scenario`` (which sets a file up, uses it and rewrites it in place with the same size, returning
+    its stat before and after) until the rewrite fell within the timestamp tick of the first write: the
+    stats are the same. On a file system of whole-second times most runs do; one across a tick is run again."""
+    for _ in range(20):
+        before, after = scenario()
+        stamp = (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+        if stamp == (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns):
+            return
+    raise AssertionError("every rewrite crossed a timestamp tick: is this file system's tick finer than a second?")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import inprocserve
 from inprocserve._integrity import check_version, external_data, file_sha256
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, within_one_tick
 
 WEIGHTS = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
 
@@ -312,6 +313,31 @@ def test_the_hash_is_cached_until_the_file_changes_even_with_its_mtime_put_back(
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_mtime_ns == stat.st_mtime_ns
     assert file_sha256(path) == hashlib.sha256(b"b" + b"a" * 99).hexdigest() != first  # the stale digest passed
+
+
+def test_a_model_file_copied_over_within_the_second_it_was_verified_is_verified_again(
+    whole_second_folder: Path, make_server: ServerFactory
+) -> None:
+    # On a file system whose times tick in whole seconds, a file of the same size copied over model.onnx in
+    # the second of the load that verified it keeps its inode, size and times: the digest kept for them
+    # passed the other file, and the next load (another server, a reload) served a model that the checksum
+    # file does not describe.
+    repository = whole_second_folder / "models"
+
+    def verify_then_copy_over() -> tuple[os.stat_result, os.stat_result]:
+        shutil.rmtree(repository, ignore_errors=True)
+        path = save_model(build_scale_model(2.0), repository, "m", 1)
+        path.with_name("model.onnx.sha256").write_text(sha256_of(path))
+        before = path.stat()
+        make_server(repository=repository).close()
+        path.write_bytes(build_scale_model(5.0).SerializeToString())  # (truncated and written: same inode)
+        return before, path.stat()
+
+    within_one_tick(verify_then_copy_over)
+    server = make_server(repository=repository)
+    version = server.status()["models"]["m"]["versions"]["1"]
+    assert version["state"] == "failed"
+    assert "but model.onnx.sha256 expects" in version["error"]
 
 
 # -- files named in config.toml ---------------------------------------------------------------------------

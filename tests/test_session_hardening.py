@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from inprocserve import ConfigurationError, ModelConfig, ModelLoadError, PoolConfig
+from inprocserve import ConfigurationError, ModelConfig, ModelLoadError, PoolConfig, _racy
 from inprocserve._integrity import external_data_locations, file_sha256
 from inprocserve._ort_backend import OnnxruntimeBackend, registered_providers
 from inprocserve._ort_rules import check_provider_names
@@ -315,10 +315,14 @@ def test_a_model_file_with_a_long_name_gets_its_graph_cached_on_the_first_start(
 # -- a repository of many versions --------------------------------------------------------------------------
 
 
-def test_a_poll_of_more_than_256_versions_walks_no_model_file_again(tmp_path: Path) -> None:
+def test_a_poll_of_more_than_256_versions_walks_no_model_file_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A refresh stamps every version at every poll, in the same order: a cache of the last 256 files walked
     # evicted each file just before the poll came back to it, and every poll walked every model file again
-    # (a cached answer is the very tuple the first walk built; a new walk builds a new one).
+    # (a cached answer is the very tuple the first walk built; a new walk builds a new one). The files are
+    # taken for a release copied long before (a file changed seconds ago is walked again until it settles).
+    monkeypatch.setattr(_racy, "CHANGED_LONG_AGO_S", -60.0)
     files = [save_with_weights_in(tmp_path / str(version), "weights.bin", seed=0) for version in range(1, 301)]
     walked = [external_data_locations(path) for path in files]
     assert walked[0] == ("weights.bin",)
