@@ -273,6 +273,23 @@ def _source_key(model: Path) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:12]
 
 
+def _settled_sources(model: Path, made_ns: int) -> bool:
+    """Whether the model file and every external-data file it names last changed in a timestamp tick of the
+    file system before ``made_ns`` (the modification time it gave a file created beside the model before the
+    model is read): git's racy rule, on the file system's one clock. Then the bytes onnxruntime reads are
+    the last that their stat (the graph's :func:`_source_key`) can stand for: a later write moves the change
+    time. A file changed in that tick may be rewritten within it keeping its size, inode and times (a file
+    system of whole-second times): a graph cached under its key then answered for the file it replaced, at
+    every later start."""
+    for name in (model.name, *external_data_locations(model)):
+        try:
+            if (model.parent / name).stat().st_ctime_ns >= made_ns:
+                return False
+        except OSError:  # (a missing file fails the load's checks)
+            return False
+    return True
+
+
 def _graph_stem(model: Path, rest: str) -> str:
     """The model file's stem, to name its cached graph ``<stem><rest>``; when the graph's partial file would
     pass the file-name limit (onnxruntime then fails to write it, ENAMETOOLONG, at every start), as much of the
@@ -693,6 +710,7 @@ class OnnxruntimeBackend:
             handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
             try:
                 os.write(handle, _UNWRITTEN)
+                made_ns = os.fstat(handle).st_mtime_ns  # (the file system's clock, before the model is read)
             finally:
                 os.close(handle)
         except OSError as exc:
@@ -703,6 +721,16 @@ class OnnxruntimeBackend:
                 self.version,
                 partial.name,
                 exc,
+            )
+            return self.path, None, None
+        if not _settled_sources(self.path, made_ns):
+            _remove(partial)
+            logger.info(
+                "model %r version %s: the optimized graph is not cached this time: %s changed within the "
+                "file system's last timestamp tick (a later load caches it)",
+                self.model,
+                self.version,
+                self.path.name,
             )
             return self.path, None, None
         options.optimized_model_filepath = str(partial)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import textwrap
 import threading
 from pathlib import Path
@@ -22,7 +23,7 @@ from inprocserve._ort_backend import OnnxruntimeBackend, registered_providers
 from inprocserve._ort_rules import check_provider_names
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, run_python, version_status
+from .conftest import ServerFactory, run_python, version_status, within_one_tick
 
 CACHE = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
 
@@ -128,6 +129,41 @@ def test_refresh_reloads_a_version_whose_weights_in_a_subfolder_changed(
     served = server.predict("mlp", x)["y"]
     assert not np.allclose(served, before)
     np.testing.assert_allclose(served, answer_of(path, x), rtol=1e-5)
+
+
+# -- a file system of whole-second times --------------------------------------------------------------------
+
+
+def test_a_model_copied_over_within_the_second_its_graph_was_cached_is_served_itself_after_a_restart(
+    whole_second_folder: Path, make_server: ServerFactory
+) -> None:
+    # On a file system whose times tick in whole seconds, a model.onnx of the same size copied over in the
+    # second its graph was cached keeps its inode, size and times, which key the graph: every later start
+    # (a restart, each new worker) loaded the graph of the model it replaced, and served its answers.
+    repository = whole_second_folder / "models"
+    x = np.ones((1, 4), np.float32)
+
+    def cache_then_copy_over() -> tuple[os.stat_result, os.stat_result]:
+        shutil.rmtree(repository, ignore_errors=True)
+        path = save_model(build_scale_model(2.0), repository, "m", 1)
+        before = path.stat()
+        make_server(repository, config=CACHE).close()
+        path.write_bytes(build_scale_model(5.0).SerializeToString())  # (truncated and written: same inode)
+        return before, path.stat()
+
+    within_one_tick(cache_then_copy_over)
+    with make_server(repository, config=CACHE) as restarted:
+        assert restarted.predict("m", x)["y"].tolist() == [[5.0] * 4]
+    # a start in a later tick than the copy caches the graph, which then answers for the copy
+    model = repository / "m" / "1" / "model.onnx"
+    probe = whole_second_folder / "probe"
+    while (probe.write_bytes(b""), probe.stat().st_mtime_ns)[1] <= model.stat().st_ctime_ns:
+        threading.Event().wait(0.05)  # (until the file system's clock is a tick past the copy)
+    with make_server(repository, config=CACHE) as later:
+        assert later.predict("m", x)["y"].tolist() == [[5.0] * 4]
+    assert [name for name in graphs(model.parent) if name.endswith(".onnx")]
+    with make_server(repository, config=CACHE) as cached:
+        assert cached.predict("m", x)["y"].tolist() == [[5.0] * 4]
 
 
 # -- a cache that cannot be written -------------------------------------------------------------------------
