@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import _fork, _stop_signal
+from . import _graph_partials as graph_partials
 from ._backend import raised_by_signal_handler
 from ._config import ModelConfig, PoolConfig
 from ._cpu_quota import CpuQuota, current_cpu_quota
@@ -245,12 +246,11 @@ _OPTIMIZED_INFIX = ".optimized-"  # <model file stem>.optimized-...: the registr
 _LEGACY_STEM = "model"  # earlier releases named every graph model.optimized-..., whatever the model file
 
 
-_PARTIAL_SUFFIX = ".partial"
+_PARTIAL_SUFFIX = graph_partials.PARTIAL_SUFFIX
 _UNWRITTEN = b"inprocserve: onnxruntime has not written the optimized graph here yet\n"  # (see _optimized_source)
 _NAME_MAX_BYTES = 255  # a file name's limit on Linux, macOS and Windows file systems (ENAMETOOLONG past it)
 # the longest ".<pid>-<thread id>.partial" tail: a thread id is a 64-bit pthread_t
 _PARTIAL_TAIL_MAX = len(f".{2**32 - 1}-{2**64 - 1}{_PARTIAL_SUFFIX}")
-_STALE_PARTIAL_S = 3600.0  # a partial graph older than this was left by a process that died writing it
 # The instruction sets an optimized graph may be laid out for (x86 and Arm flag names in /proc/cpuinfo):
 # other flags (bug mitigations, virtualization) change with kernels and microcode, not with the graph.
 _ISA_FLAGS = ("sse", "ssse", "avx", "fma", "f16c", "bmi", "amx", "vnni", "asimd", "sve", "fphp", "i8mm", "bf16")
@@ -317,24 +317,8 @@ def cpu_instruction_sets() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
-def _remove_stale_partials(folder: Path) -> None:
-    """Delete partial graphs left by processes that died while writing them (each is a whole model)."""
-    cutoff = time.time() - _STALE_PARTIAL_S
-    try:
-        with os.scandir(folder) as listing:
-            partials = [
-                Path(entry.path)
-                for entry in listing
-                if _OPTIMIZED_INFIX in entry.name and entry.name.endswith(_PARTIAL_SUFFIX)
-            ]
-    except OSError:
-        return
-    for partial in partials:
-        try:
-            if partial.stat().st_mtime < cutoff:
-                partial.unlink()
-        except OSError:
-            continue
+def _is_partial_graph(name: str) -> bool:
+    return _OPTIMIZED_INFIX in name and name.endswith((_PARTIAL_SUFFIX, graph_partials.OPENING_SUFFIX))
 
 
 def _earlier_graphs(cached: Path, *, model: Path) -> list[Path]:
@@ -555,23 +539,28 @@ class OnnxruntimeBackend:
         try:
             options = session_options(config, threads=threads or self._threads)
             source, cached, partial = self._optimized_source(options, providers)
+            held = partial
             try:
-                session = _ort().InferenceSession(str(source), options, providers=providers)
-            except Exception as exc:
-                written = partial is not None and _graph_written(partial)
-                if partial is not None:
-                    _remove(partial)
-                if raised_by_signal_handler(exc) or (source == self.path and not written):
-                    raise  # (the model's own failure, before any graph was written: building again is no use)
-                # Build from the model file alone, without the cache: if that works, the cache was at fault,
-                # a cached graph that does not load (written by another onnxruntime build, damaged), which
-                # is deleted, or a graph that could not be written (a full disk, a quota), which is skipped.
-                options = session_options(config, threads=threads or self._threads)
-                session = _ort().InferenceSession(str(self.path), options, providers=providers)
-                self._cache_failed(source, partial, exc)
-                partial = None
-            if partial is not None and cached is not None:
-                self._keep_optimized(session, providers, cached, partial)
+                try:
+                    session = _ort().InferenceSession(str(source), options, providers=providers)
+                except Exception as exc:
+                    written = partial is not None and _graph_written(partial)
+                    if partial is not None:
+                        _remove(partial)
+                    if raised_by_signal_handler(exc) or (source == self.path and not written):
+                        raise  # (the model's own failure, before any graph was written: building again is no use)
+                    # Build from the model file alone, without the cache: if that works, the cache was at
+                    # fault, a cached graph that does not load (written by another onnxruntime build, damaged),
+                    # which is deleted, or a graph that could not be written (a full disk, a quota), skipped.
+                    options = session_options(config, threads=threads or self._threads)
+                    session = _ort().InferenceSession(str(self.path), options, providers=providers)
+                    self._cache_failed(source, partial, exc)
+                    partial = None
+                if partial is not None and cached is not None:
+                    self._keep_optimized(session, providers, cached, partial)
+            finally:
+                if held is not None:
+                    graph_partials.let_go(held)
         except Exception as exc:
             if raised_by_signal_handler(exc):  # the task's time limit came during the load: not the model's fault
                 raise
@@ -663,7 +652,7 @@ class OnnxruntimeBackend:
         if not self.config.optimized_model_cache:
             return self.path, None, None
         cached = self.optimized_path(providers)
-        _remove_stale_partials(cached.parent)
+        graph_partials.remove_stale(cached.parent, _is_partial_graph)
         try:
             if cached.is_symlink() and not self.follow_symlinks:
                 raise ModelLoadError(
@@ -705,16 +694,12 @@ class OnnxruntimeBackend:
         # here, holding a marker that onnxruntime's write replaces: a file that cannot be created (a name
         # too long for this file system, a folder that refuses it) means no cache, and a failed build that
         # left the marker never got as far as writing the graph (see _graph_written).
+        # The load holds the file's lock until it is renamed or removed (_graph_partials: another worker's
+        # sweep then leaves it, however old it looks).
         partial = cached.with_name(f"{cached.name}.{os.getpid()}-{threading.get_ident()}{_PARTIAL_SUFFIX}")
         try:
-            handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
-            try:
-                os.write(handle, _UNWRITTEN)
-                made_ns = os.fstat(handle).st_mtime_ns  # (the file system's clock, before the model is read)
-            finally:
-                os.close(handle)
+            made_ns = graph_partials.create(partial, _UNWRITTEN)  # (the file system's clock, before the model is read)
         except OSError as exc:
-            _remove(partial)
             logger.warning(
                 "model %r version %s: the optimized graph is not cached: %s cannot be written (%s)",
                 self.model,
@@ -725,6 +710,7 @@ class OnnxruntimeBackend:
             return self.path, None, None
         if not _settled_sources(self.path, made_ns):
             _remove(partial)
+            graph_partials.let_go(partial)
             logger.info(
                 "model %r version %s: the optimized graph is not cached this time: %s changed within the "
                 "file system's last timestamp tick (a later load caches it)",

@@ -7,8 +7,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +25,12 @@ from inprocserve import ConfigurationError, ModelConfig, ModelLoadError, PoolCon
 from inprocserve._integrity import external_data_locations, file_sha256
 from inprocserve._ort_backend import OnnxruntimeBackend, registered_providers
 from inprocserve._ort_rules import check_provider_names
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, run_python, version_status, within_one_tick
 
 CACHE = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
+_THIS_CHECKOUT = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
 
 def save_with_weights_in(folder: Path, location: str, *, seed: int) -> Path:
@@ -164,6 +169,66 @@ def test_a_model_copied_over_within_the_second_its_graph_was_cached_is_served_it
     assert [name for name in graphs(model.parent) if name.endswith(".onnx")]
     with make_server(repository, config=CACHE) as cached:
         assert cached.predict("m", x)["y"].tolist() == [[5.0] * 4]
+
+
+# -- partial graphs -----------------------------------------------------------------------------------------
+
+_WORKER = """
+import sys, inprocserve
+from inprocserve import ModelConfig, PoolConfig
+inprocserve.Server(sys.argv[1], config=ModelConfig(pool=PoolConfig(optimized_model_cache=True))).close()
+"""
+
+
+def test_a_partial_graph_left_by_a_process_that_died_is_deleted_once_an_hour_old(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    folder = save_model(build_scale_model(2.0), repository, "m", 1).parent
+    left = folder / "model.optimized-1.0.0-0-0.onnx.4242-1.partial"
+    recent = folder / "model.optimized-1.0.0-0-1.onnx.4243-1.partial"
+    for partial in (left, recent):
+        partial.write_bytes(b"half a graph")
+    two_hours_ago = time.time() - 7200
+    os.utime(left, (two_hours_ago, two_hours_ago))
+    make_server(repository, config=CACHE).close()
+    assert not left.exists()
+    assert recent.exists()
+
+
+def test_a_graph_being_written_by_another_worker_is_kept_however_old_its_time_looks(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A wall clock stepped forward (a VM resumed, NTP correcting a wrong boot time), or a file server whose
+    # clock is behind, makes a partial graph being written look hours old: another worker's load deleted it
+    # as left by a dead process, and the graph its writer built was never cached.
+    model = save_model(build_mlp_model((256, 2048, 2048, 2048, 4)), repository, "m", 1)
+    caught = None
+    while caught is None:  # (a build that ended before the worker was stopped is tried again)
+        caught = _stopped_while_building(model.parent)
+    worker, partial = caught
+    try:
+        two_hours_ago = time.time() - 7200
+        os.utime(partial, (two_hours_ago, two_hours_ago))
+        make_server(repository, config=CACHE).close()  # another worker starts
+        assert partial.exists()
+    finally:
+        worker.send_signal(signal.SIGCONT)
+        assert worker.wait(timeout=60) == 0
+    assert [name for name in graphs(model.parent) if name.endswith(".onnx")]
+
+
+def _stopped_while_building(folder: Path) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """A worker process loading the repository, stopped (SIGSTOP) while its partial graph exists."""
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER, str(folder.parent.parent)], env=_THIS_CHECKOUT)
+    partials: list[Path] = []
+    while worker.poll() is None and not (partials := sorted(folder.glob("*.partial"))):
+        threading.Event().wait(0.001)
+    worker.send_signal(signal.SIGSTOP)
+    if worker.poll() is None and partials and partials[0].exists():
+        return worker, partials[0]
+    worker.send_signal(signal.SIGCONT)
+    worker.wait(timeout=60)
+    return None
 
 
 # -- a cache that cannot be written -------------------------------------------------------------------------
