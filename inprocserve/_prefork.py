@@ -427,6 +427,9 @@ def refuse_at_start(error: ConfigurationError | ModelLoadError, *, repository: s
     )
 
 
+_RELOAD_AFTER_S = 2.0  # a uWSGI master process that started this long before uWSGI did was executed again
+
+
 def _is_folder(path: str | os.PathLike[str]) -> bool:
     try:
         return Path(path).is_dir()
@@ -482,9 +485,9 @@ def _respawned_uwsgi_worker(uwsgi: Any) -> str | None:
     ``uwsgi --reload``): uWSGI executes itself again, counting the reloads in ``UWSGI_RELOADS``, and loads
     the app again (in the master, by default); failing there, a reload while the repository was
     mid-change stopped uWSGI for good ("no app loaded. GAME OVER" under ``--need-app``)."""
-    reloads = os.environ.get("UWSGI_RELOADS", "")
-    if reloads.isdigit() and int(reloads) > 0:
-        return f"uWSGI process {os.getpid()} loads the app again after a reload (UWSGI_RELOADS {reloads})"
+    reload = _uwsgi_reload(uwsgi)
+    if reload is not None:
+        return f"uWSGI process {os.getpid()} loads the app again after a reload ({reload})"
     try:
         worker_id = uwsgi.worker_id()
         if not isinstance(worker_id, int) or worker_id <= 0:
@@ -496,6 +499,43 @@ def _respawned_uwsgi_worker(uwsgi: Any) -> str | None:
     except Exception:  # (an embedded uWSGI without that API: no way to tell, so a first start)
         logger.debug("could not read uWSGI's worker table", exc_info=True)
     return None
+
+
+def _uwsgi_reload(uwsgi: Any) -> str | None:
+    """How uWSGI tells that it executed itself again (a graceful reload), or None for a first start.
+
+    uWSGI takes any ``UWSGI_RELOADS`` in its environment for a reload (``uwsgi.is_a_reload``): it counts
+    reloads there, and a reload executes the master again in the same process. So a fresh uWSGI started
+    from an environment that holds one (a uWSGI app that starts another uWSGI passes its own on) was taken
+    for a reload, and its first start let a failed repository check through. A reload is believed only if
+    the master process started at least ``_RELOAD_AFTER_S`` before this uWSGI did (``uwsgi.started_on``;
+    the process's start from ``/proc``, which an ``exec`` keeps): a fresh master started with it. (Where there
+    is no ``/proc``, uWSGI's word is taken.) The flag, not the variable: pyuwsgi's Python copies the
+    environment before uWSGI counts, so it reads ``UWSGI_RELOADS`` 0 after the first reload."""
+    reloads = os.environ.get("UWSGI_RELOADS", "")
+    said = getattr(uwsgi, "is_a_reload", None)
+    if not (said if isinstance(said, bool) else reloads.isdigit() and int(reloads) > 0):
+        return None
+    try:
+        master = uwsgi.masterpid() or os.getpid()  # (0 without --master: the process itself)
+        started_on = float(uwsgi.started_on)
+        with open(f"/proc/{int(master)}/stat", encoding="ascii", errors="replace") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # (field 22, starttime; comm may hold spaces)
+        with open("/proc/stat", encoding="ascii", errors="replace") as system:
+            booted = next(int(line.split()[1]) for line in system if line.startswith("btime "))
+        age = started_on - (booted + ticks / os.sysconf("SC_CLK_TCK"))
+    except Exception:  # (no /proc, an embedded uWSGI without that API: uWSGI's word)
+        logger.debug("could not tell a uWSGI reload from a first start", exc_info=True)
+        return f"UWSGI_RELOADS {reloads or 'set'}"
+    if age < _RELOAD_AFTER_S:
+        logger.info(
+            "uWSGI master %s started with UWSGI_RELOADS=%r in its environment (passed on by the process that "
+            "started it?): taken for a first start, not a reload",
+            master,
+            reloads,
+        )
+        return None
+    return f"master {master}, started {age:.0f} s before this reload"
 
 
 # An app a gunicorn worker loads itself (no --preload, no hook file importing inprocserve in the master) imports

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +32,7 @@ from inprocserve.testing import build_scale_model, save_model
 HERE = Path(__file__).parent
 UWSGI = os.environ.get("INPROCSERVE_TEST_UWSGI") or shutil.which("uwsgi", path=str(Path(sys.executable).parent))
 OLD_UWSGI = os.environ.get("INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27")
+_SITE_PACKAGES = sysconfig.get_paths()["purelib"]  # (where a pyuwsgi executing Python again finds itself)
 
 pytestmark = pytest.mark.skipif(
     UWSGI is None, reason="uWSGI is not installed next to this Python (pip install pyuwsgi; it is in the dev extra)"
@@ -41,7 +43,13 @@ class Uwsgi:
     """A uWSGI master with 2 workers; its log goes to a file (a pipe could fill and block it)."""
 
     def __init__(
-        self, tmp_path: Path, *extra: str, warm_in_master: bool = False, program: str | None = None, master: bool = True
+        self,
+        tmp_path: Path,
+        *extra: str,
+        warm_in_master: bool = False,
+        program: str | None = None,
+        master: bool = True,
+        pythonpath: str = "",
     ) -> None:
         repository = tmp_path / "models"
         save_model(build_scale_model(2.0), repository, "scale", 1)
@@ -52,7 +60,7 @@ class Uwsgi:
             **os.environ,
             "INPROCSERVE_TEST_REPOSITORY": str(repository),
             "INPROCSERVE_TEST_WARM_IN_MASTER": "1" if warm_in_master else "0",
-            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", ""), pythonpath]),
         }
         command = [
             program or str(UWSGI), "--http-socket", self.base.removeprefix("http://"),
@@ -102,8 +110,14 @@ class Uwsgi:
 def start(tmp_path: Path) -> Iterator[Any]:
     started: list[Uwsgi] = []
 
-    def start(*extra: str, warm_in_master: bool = False, program: str | None = None, master: bool = True) -> Uwsgi:
-        started.append(Uwsgi(tmp_path, *extra, warm_in_master=warm_in_master, program=program, master=master))
+    def start(
+        *extra: str, warm_in_master: bool = False, program: str | None = None, master: bool = True, pythonpath: str = ""
+    ) -> Uwsgi:
+        started.append(
+            Uwsgi(
+                tmp_path, *extra, warm_in_master=warm_in_master, program=program, master=master, pythonpath=pythonpath
+            )
+        )
         return started[-1]
 
     yield start
@@ -249,20 +263,68 @@ def test_a_uwsgi_reload_while_a_config_toml_is_broken_does_not_stop_uwsgi(start:
     ("no app loaded. GAME OVER"). (The compiled uWSGI: pyuwsgi cannot execute itself again outside its venv.)"""
     server = start("--enable-threads", "--home", sys.prefix, program=OLD_UWSGI)
     server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
+    while _age_s(server.process.pid) < 3.0:  # (a reload this early after the start is taken for a first start)
+        time.sleep(0.1)
     config_toml = tmp_path / "models" / "scale" / "config.toml"
     config_toml.write_text("[batching\nmax_batch_size = 8\n")
     server.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 30
-    while "after a reload (UWSGI_RELOADS 1), and the repository check failed" not in server.log():
+    while "after a reload (master" not in server.log() or "repository check failed" not in server.log():
         assert server.process.poll() is None and time.monotonic() < deadline, server.log()
         time.sleep(0.1)
     # the reloaded workers start and build (the model not served): the server runs on
     server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
     config_toml.write_text("[batching]\nmax_batch_size = 8\n")
     server.process.send_signal(signal.SIGHUP)  # the next reload reads the valid file
-    while "UWSGI_RELOADS" in server.log().rsplit("binary reloading", 1)[-1] or not _serves(server):
+    while "after a reload (master" in server.log().rsplit("binary reloading", 1)[-1] or not _serves(server):
         assert server.process.poll() is None and time.monotonic() < deadline, server.log()
         time.sleep(0.1)
+
+
+def test_a_uwsgi_started_with_uwsgi_reloads_in_its_environment_is_a_first_start(
+    start: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A uWSGI started by a process that has UWSGI_RELOADS (a uWSGI app that starts another uWSGI passes its
+    own on) takes itself for a reload: EAGER took its first start for one, and a repository check that failed
+    let it start, serving nothing, instead of failing the start."""
+    config_toml = tmp_path / "models" / "scale" / "config.toml"
+    config_toml.parent.mkdir(parents=True)
+    config_toml.write_text("[batching\nmax_batch_size = 8\n")
+    monkeypatch.setenv("UWSGI_RELOADS", "1")
+    server = start()
+    deadline = time.monotonic() + 30
+    while server.process.poll() is None:  # the first start fails: uWSGI stops
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    assert "no app loaded. GAME OVER" in server.log()
+    assert "after a reload" not in server.log()
+
+
+def test_a_pyuwsgi_reload_while_a_config_toml_is_broken_does_not_stop_uwsgi(start: Any, tmp_path: Path) -> None:
+    """The reload the test above keeps apart from a first start: uWSGI executes itself again in the master's
+    process. (pyuwsgi executes Python again, which finds pyuwsgi by PYTHONPATH; its Python reads the
+    environment before uWSGI counts the reload, so UWSGI_RELOADS read 0 there, and the reload was missed.)"""
+    server = start(pythonpath=_SITE_PACKAGES)
+    server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
+    while _age_s(server.process.pid) < 3.0:  # (a reload this early after the start is taken for a first start)
+        time.sleep(0.1)
+    config_toml = tmp_path / "models" / "scale" / "config.toml"
+    config_toml.write_text("[batching\nmax_batch_size = 8\n")
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while "loads the app again after a reload (master" not in server.log():
+        assert server.process.poll() is None and time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    assert "the repository check failed" in server.log().rsplit("binary reloading", 1)[-1]
+    # the reloaded workers start and build (the model not served): the server runs on
+    server.workers(until=lambda seen: all(worker["built"] for worker in seen.values()))
+    assert server.process.poll() is None, server.log()
+
+
+def _age_s(pid: int) -> float:
+    """How long ago the process started (its start from /proc, on the boot clock)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _serves(server: Any) -> bool:
