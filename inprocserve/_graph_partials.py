@@ -60,7 +60,10 @@ def create(partial: Path, content: bytes) -> int:
         finally:
             os.close(descriptor)
     opening = partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX) + OPENING_SUFFIX)
+    key = str(partial)
     descriptor = os.open(opening, flags, 0o644)
+    # The descriptor is put in _held inside the try: an exception a signal handler raised between the rename
+    # and that left it open, and the file locked, for the life of the process.
     try:
         os.write(descriptor, content)
         made_ns = os.fstat(descriptor).st_mtime_ns
@@ -69,13 +72,17 @@ def create(partial: Path, content: bytes) -> int:
         except OSError:
             pass
         os.replace(opening, partial)
+        with _lock:
+            earlier = _held.pop(key, None)
+            _held[key] = descriptor
     except BaseException:
+        with _lock:
+            if _held.get(key) == descriptor:
+                del _held[key]
         os.close(descriptor)
         _unlink(opening)
+        _unlink(partial)  # (renamed already, or no file: the name is this process's and thread's own)
         raise
-    with _lock:
-        earlier = _held.pop(str(partial), None)
-        _held[str(partial)] = descriptor
     if earlier is not None:
         os.close(earlier)
     return made_ns

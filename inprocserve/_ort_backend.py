@@ -538,9 +538,10 @@ class OnnxruntimeBackend:
         )
         try:
             options = session_options(config, threads=threads or self._threads)
-            source, cached, partial = self._optimized_source(options, providers)
-            held = partial
+            held = None  # (the partial file this load holds locked: let go in the finally, whatever happens)
             try:
+                source, cached, partial = self._optimized_source(options, providers)
+                held = partial
                 try:
                     session = _ort().InferenceSession(str(source), options, providers=providers)
                 except Exception as exc:
@@ -708,9 +709,18 @@ class OnnxruntimeBackend:
                 exc,
             )
             return self.path, None, None
-        if not _settled_sources(self.path, made_ns):
-            _remove(partial)
-            graph_partials.let_go(partial)
+        settled = False
+        try:  # (a finally: a task's time limit as this looks at the model's files left the file locked and its
+            settled = _settled_sources(self.path, made_ns)  # descriptor open for the life of the process)
+            if settled:
+                options.optimized_model_filepath = str(partial)
+        finally:
+            if not settled:
+                try:
+                    _remove(partial)
+                finally:
+                    graph_partials.let_go(partial)
+        if not settled:
             logger.info(
                 "model %r version %s: the optimized graph is not cached this time: %s changed within the "
                 "file system's last timestamp tick (a later load caches it)",
@@ -719,7 +729,6 @@ class OnnxruntimeBackend:
                 self.path.name,
             )
             return self.path, None, None
-        options.optimized_model_filepath = str(partial)
         return self.path, cached, partial
 
     def _keep_optimized(self, session: Any, providers: Sequence[ProviderSpec], cached: Path, partial: Path) -> None:

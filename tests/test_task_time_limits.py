@@ -11,6 +11,7 @@ Real signals, real onnxruntime; the queues themselves are run in tests/test_cele
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -379,6 +380,47 @@ def test_a_time_limit_while_an_optimized_graph_is_put_in_place_leaves_no_partial
     with inprocserve.Server(repository=repository, models={"busy": config}) as server:
         server.predict("busy", busy_inputs(2))
     assert not list(path.parent.glob("*.partial"))
+
+
+def test_a_time_limit_as_the_model_files_are_checked_for_the_graph_cache_leaves_no_partial_graph_open(
+    soft_time_limit: None, repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between creating the partial file (locked by this process) and building the session, the load checks
+    that the model's files did not change in the file system's current tick: a time limit there left the
+    partial file on disk and its descriptor open, the lock held for the life of the worker process (no sweep
+    could ever delete it), one more at each such load."""
+    from inprocserve import _ort_backend
+
+    path = save_model(build_busy_model(), repository, "busy")
+    config = inprocserve.ModelConfig(pool=inprocserve.PoolConfig(optimized_model_cache=True))
+    settled = _ort_backend._settled_sources
+    stopped: list[bool] = []
+
+    def checked_until_stopped(*args: Any) -> bool:
+        if not stopped:
+            stopped.append(True)
+            signal.raise_signal(signal.SIGUSR1)
+        return settled(*args)
+
+    monkeypatch.setattr(_ort_backend, "_settled_sources", checked_until_stopped)
+    with pytest.raises(SoftTimeLimitExceeded):
+        inprocserve.Server(repository=repository, models={"busy": config})
+    assert stopped
+    assert not list(path.parent.glob("*.partial"))
+    assert not [name for name in _open_files() if name.endswith(".partial")]
+    with inprocserve.Server(repository=repository, models={"busy": config}) as server:
+        server.predict("busy", busy_inputs(2))
+
+
+def _open_files() -> list[str]:
+    """The paths this process's descriptors are open on (Linux's /proc; none where there is no /proc)."""
+    names = []
+    for descriptor in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        try:
+            names.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        except OSError:  # (the listing's own descriptor, closed since)
+            continue
+    return names
 
 
 def test_a_time_limit_during_a_merged_run_on_an_event_loops_thread_reaches_its_tasks(
