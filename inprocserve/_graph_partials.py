@@ -97,7 +97,10 @@ def let_go(partial: Path) -> None:
 
 
 def _being_written(partial: Path) -> bool:
-    """Whether a live process holds ``partial``'s lock (tried without waiting)."""
+    """Whether a live process holds ``partial``'s lock (tried without waiting). A shared lock, which the
+    writer's exclusive one refuses: an NFS or SMB client emulates ``flock`` with byte-range locks, and an
+    exclusive one there needs a file opened for writing (on the read-only descriptor, EBADF: taken for a file
+    system that refuses locks, and the age alone decided, the very case of a file server's clock behind)."""
     if not _FLOCK:
         return False
     try:
@@ -105,7 +108,7 @@ def _being_written(partial: Path) -> bool:
     except OSError:
         return True  # (gone, or not ours to open: nothing to delete)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     except OSError:  # (a file system that refuses flock: age alone decides)
