@@ -91,6 +91,19 @@ def whole_second_folder(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
 
 
+def past_the_tick(path: Path) -> None:
+    """Wait until the file system's clock is past the timestamp tick in which ``path`` last changed. A load in
+    that tick caches no optimized graph of it (see docs/performance.md): where times tick coarsely (ext4 before
+    Linux 6.13: a jiffy, 4 ms at HZ=250; ext3: a second), a test's first start just after saving a model often
+    falls in it, and a test of the cache would find no graph."""
+    probe = path.parent / f".tick-probe-{os.getpid()}"
+    try:
+        while (probe.write_bytes(b""), probe.stat().st_mtime_ns)[1] <= path.stat().st_ctime_ns:
+            threading.Event().wait(0.001)
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def within_one_tick(scenario: Callable[[], tuple[os.stat_result, os.stat_result]]) -> None:
     """Run ``scenario`` (which sets a file up, uses it and rewrites it in place with the same size, returning
     its stat before and after) until the rewrite fell within the timestamp tick of the first write: the

@@ -21,7 +21,7 @@ from inprocserve._model import ModelVersion
 from inprocserve._registry import Registry
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
-from .conftest import ServerFactory, wait_until
+from .conftest import ServerFactory, past_the_tick, wait_until
 
 
 def one(server: inprocserve.Server) -> inprocserve.Prediction:
@@ -553,7 +553,7 @@ def test_a_rollout_that_names_a_version_not_in_the_repository_says_so(
 def test_the_optimized_graph_a_load_writes_does_not_reload_the_version(
     repository: Path, make_server: ServerFactory
 ) -> None:
-    save_model(build_scale_model(2.0), repository, "scale", 1)
+    past_the_tick(save_model(build_scale_model(2.0), repository, "scale", 1))
     config = inprocserve.ModelConfig(pool=inprocserve.PoolConfig(optimized_model_cache=True))
     server = make_server(repository, config=config)
     assert list((repository / "scale" / "1").glob("model.optimized-*.onnx"))  # written by the load

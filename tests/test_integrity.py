@@ -26,7 +26,7 @@ import inprocserve
 from inprocserve._integrity import check_version, external_data, file_sha256
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, within_one_tick
+from .conftest import ServerFactory, past_the_tick, within_one_tick
 
 WEIGHTS = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
 
@@ -400,6 +400,7 @@ def test_a_changed_graph_optimization_never_reuses_the_old_cached_graph(
     repository: Path, make_server: ServerFactory
 ) -> None:
     path = save_model(build_scale_model(2.0), repository, "m", 1)
+    past_the_tick(path)
     x = np.ones((1, 4), dtype=np.float32)
 
     def serve(level: str) -> list[list[float]]:
@@ -426,6 +427,7 @@ def test_a_cached_graph_with_hostile_external_data_is_never_loaded(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = save_model(build_scale_model(2.0), repository, "m", 1)
+    past_the_tick(path)
     config = inprocserve.ModelConfig(pool=inprocserve.PoolConfig(optimized_model_cache=True))
     make_server(repository, config=config).close()
     (cached,) = cached_graphs(path.parent)

@@ -15,7 +15,7 @@ from inprocserve import ModelConfig, PoolConfig
 from inprocserve._ort_rules import thread_budget, usable_cores
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
-from .conftest import ServerFactory, run_threads, version_status
+from .conftest import ServerFactory, past_the_tick, run_threads, version_status
 
 
 def test_a_shared_session_serves_concurrent_batches(repository: Path, make_server: ServerFactory) -> None:
@@ -50,6 +50,7 @@ def test_arena_settings_load_and_serve(repository: Path, make_server: ServerFact
 
 def test_the_optimized_graph_is_cached_and_reused(repository: Path, make_server: ServerFactory) -> None:
     path = save_model(build_mlp_model((16, 32, 4), seed=2), repository, "mlp", 1)
+    past_the_tick(path)
     config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
     first = make_server(repository, config=config)
     expected = first.predict("mlp", np.ones((2, 16), np.float32))["y"]
@@ -64,6 +65,7 @@ def test_the_optimized_graph_is_cached_and_reused(repository: Path, make_server:
     time.sleep(0.01)
     save_model(build_mlp_model((16, 32, 4), seed=3), repository, "mlp", 1)  # a newer model.onnx
     os.utime(path)
+    past_the_tick(path)
     third = make_server(repository, config=config)
     assert not np.allclose(third.predict("mlp", np.ones((2, 16), np.float32))["y"], expected)
     (rebuilt,) = [p for p in path.parent.iterdir() if p.name.startswith("model.optimized-")]
@@ -109,6 +111,7 @@ def test_a_cached_graph_that_does_not_load_is_rebuilt_not_a_failed_version(
     repository: Path, make_server: ServerFactory
 ) -> None:
     path = save_model(build_mlp_model((16, 32, 4), seed=2), repository, "mlp", 1)
+    past_the_tick(path)
     config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
     make_server(repository, config=config).close()
     (cached,) = [p for p in path.parent.iterdir() if p.name.startswith("model.optimized-")]
@@ -282,6 +285,7 @@ def test_hosts_with_other_cpus_sharing_a_folder_keep_their_own_graphs(
     from inprocserve import _ort_backend
 
     path = save_model(build_mlp_model((16, 32, 4)), repository, "mlp", 1)
+    past_the_tick(path)
     config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
     for cpu in ("x86_64 avx2 fma", "x86_64 avx512f avx2 fma", "x86_64 avx2 fma"):
         monkeypatch.setattr(_ort_backend, "cpu_instruction_sets", lambda cpu=cpu: cpu)

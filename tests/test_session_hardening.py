@@ -27,7 +27,7 @@ from inprocserve._ort_backend import OnnxruntimeBackend, registered_providers
 from inprocserve._ort_rules import check_provider_names
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
-from .conftest import ServerFactory, run_python, version_status, within_one_tick
+from .conftest import ServerFactory, past_the_tick, run_python, version_status, within_one_tick
 
 CACHE = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
 _THIS_CHECKOUT = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -69,6 +69,7 @@ def graphs(folder: Path) -> list[str]:
 def test_two_models_of_one_folder_each_get_their_own_cached_graph(tmp_path: Path, make_server: ServerFactory) -> None:
     onnx.save_model(build_scale_model(2.0), str(tmp_path / "double.onnx"))
     onnx.save_model(build_scale_model(3.0), str(tmp_path / "triple.onnx"))
+    past_the_tick(tmp_path / "triple.onnx")
     x = np.ones((1, 4), np.float32)
     for _ in range(2):  # the first start writes the graphs, the second loads them
         server = make_server()
@@ -87,6 +88,7 @@ def test_a_graph_named_as_earlier_releases_named_it_is_never_loaded_and_is_delet
     # the model file: in a folder of several models that name was shared, so such a file must never be loaded
     # now, nor stay there for ever.
     onnx.save_model(build_scale_model(2.0), str(tmp_path / "double.onnx"))
+    past_the_tick(tmp_path / "double.onnx")
 
     def serve() -> list[list[float]]:
         server = make_server()
@@ -238,7 +240,7 @@ def _stopped_while_building(folder: Path) -> tuple[subprocess.Popen[bytes], Path
 # -- a cache that cannot be written -------------------------------------------------------------------------
 
 _FULL_DISK = """
-import logging, resource, signal, sys
+import logging, resource, signal, sys, time
 from pathlib import Path
 import numpy as np, inprocserve
 from inprocserve import ModelConfig, PoolConfig
@@ -246,7 +248,11 @@ from inprocserve.testing import build_mlp_model, save_model
 
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 root = Path(sys.argv[1])
-save_model(build_mlp_model((64, 256, 4)), root, "mlp", 1)  # 70 KB
+model = save_model(build_mlp_model((64, 256, 4)), root, "mlp", 1)  # 70 KB
+probe = root / "probe"  # (a load in the timestamp tick the model was written in caches no graph: none to fail)
+while (probe.write_bytes(b""), probe.stat().st_mtime_ns)[1] <= model.stat().st_ctime_ns:
+    time.sleep(0.001)
+probe.unlink()
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))  # writes past 8 KB fail: a full disk
 with inprocserve.Server(root, config=ModelConfig(pool=PoolConfig(optimized_model_cache=True))) as server:
@@ -402,6 +408,7 @@ def test_a_model_file_with_a_long_name_gets_its_graph_cached_on_the_first_start(
     names = ["L" * 190 + ".onnx", "ü" * 95 + "a.onnx", "ü" * 95 + "b.onnx"]  # (2 bytes a character: 191)
     for factor, name in enumerate(names, start=2):
         onnx.save_model(build_scale_model(float(factor)), str(tmp_path / name))
+    past_the_tick(tmp_path / names[-1])
     x = np.ones((1, 4), np.float32)
     for _ in range(2):  # the first start writes the graphs, the second loads them
         server = make_server()
