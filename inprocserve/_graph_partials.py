@@ -6,7 +6,7 @@ size), so loads delete partial files older than :data:`STALE_S`. Age alone is me
 the file system's (the file's time) and this host's: a wall clock stepped forward (a VM resumed, NTP
 correcting a wrong boot time) or a file server whose clock is behind makes a partial file being written
 look old, and another worker's load deleted it (its graph was then never cached). So the writer holds an
-exclusive ``flock`` on the file until it is renamed or removed, taken before the file has its name, and a
+exclusive ``flock`` on the file until it is renamed or removed, taken before it has its ``.partial`` name, and a
 sweep deletes an old file only if it can take that lock: a live writer keeps its file whatever the clocks
 say, and a dead one's lock went with it. Where ``flock`` does not reach (no ``fcntl``, or a file system
 that refuses it) age alone decides.
@@ -40,9 +40,10 @@ _held: dict[str, int] = {}  # partial file -> the descriptor its writer's lock i
 
 def create(partial: Path, content: bytes) -> int:
     """Create ``partial`` holding ``content``, locked by this process until :func:`let_go`, and return its
-    modification time (the file system's clock, in ns). The file is created and locked under a name no sweep
-    deletes a live file by (``.opening`` for ``.partial``: no sweep finds a live file before its lock), then
-    renamed. Without ``fcntl`` (Windows, where a file held open can be neither renamed nor deleted) it is
+    modification time (the file system's clock, in ns). The file is created and locked as ``.opening``, then
+    renamed: a sweep finds a live file unlocked only in the few calls between its creation and its lock (and
+    deletes it only if its fresh time looks an hour old: the creation then fails, and no graph is cached that
+    once). Without ``fcntl`` (Windows, where a file held open can be neither renamed nor deleted) it is
     written in place and closed; a lock the file system refuses leaves age alone to decide.
 
     Raises:
