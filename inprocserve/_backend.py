@@ -30,15 +30,22 @@ the request path.
 
 from __future__ import annotations
 
+import functools
 import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import CodeType, FrameType, MethodType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from opentelemetry.trace import Span
 
 from ._signature import Signature
+
+try:  # (signal.getsignal wraps each answer in an enum lookup that costs ~3 µs a signal)
+    from _signal import getsignal as _getsignal  # type: ignore[import-not-found]  # (CPython has no stub for it)
+except ImportError:  # pragma: no cover - an interpreter without CPython's _signal module
+    _getsignal = signal.getsignal
 
 if TYPE_CHECKING:
     from ._config import ModelConfig
@@ -143,9 +150,12 @@ def raised_by_signal_handler(error: BaseException) -> bool:
     (``JobTimeoutException``, from ``SIGALRM``). onnxruntime computes without the GIL, so the handler runs the
     moment the run returns, inside the backend's ``except Exception``: such an error must reach the task as
     it is (its ``except SoftTimeLimitExceeded`` clean-up, the queue's own handling), not as the model's
-    ``InferenceError``, and is no bug to log. Called on failures only (it looks up every signal's handler).
-    The answer is kept on ``error`` (a request drops the tracebacks of the error it keeps: the followers of an
-    identical request ask again later).
+    ``InferenceError``, and is no bug to log. A handler may be a function, a bound method, a
+    ``functools.partial``, an object with ``__call__``, or any of these decorated: a frame counts as the
+    handler's when it runs the handler's code with the handler's own closure and ``self`` (a decorator's
+    wrapper runs the same code for every function it decorates). Called on failures only. The answer is kept
+    on ``error`` (a request drops the tracebacks of the error it keeps: the followers of an identical request
+    ask again later).
     """
     known = getattr(error, _SIGNALLED, None)
     if known is not None:  # (judged before: a request keeps its error without the traceback)
@@ -160,6 +170,110 @@ def raised_by_signal_handler(error: BaseException) -> bool:
 
 _SIGNALLED = "_inprocserve_raised_by_signal_handler"
 
+# What must hold in a frame running a handler's code for the frame to be the handler's: each of its free
+# variables in the handler's own cell, its first argument the handler's ``self`` (both by identity).
+_Cells = tuple[tuple[str, Any], ...]  # (name, cell): read when judged, as the frame's own variable is
+_Fixed = tuple[tuple[str, object], ...]  # (name, object)
+_Codes = dict[CodeType, list[tuple[_Cells, _Fixed]]]
+
+# The handlers seen last and their codes: ``(handlers, codes)``. Listing the installed handlers is cheap with
+# the interpreter's own getsignal (``signal.getsignal`` turns each into an enum member, ~200 times slower);
+# unwrapping them is done again only when one was installed or removed since.
+_seen: tuple[tuple[object, ...], _Codes] = ((), {})
+_numbers: tuple[int, ...] = ()
+
+
+def _installed_handlers() -> tuple[object, ...]:
+    global _numbers
+    if not _numbers:  # (the valid numbers never change in a process)
+        _numbers = tuple(sorted(int(number) for number in signal.valid_signals()))
+    handlers = []
+    for number in _numbers:
+        try:
+            handler = _getsignal(number)
+        except (OSError, ValueError):  # pragma: no cover - a number the platform lists but cannot look up
+            continue
+        if callable(handler):  # (not SIG_DFL, SIG_IGN or None: a handler not installed from Python)
+            handlers.append(handler)
+    return tuple(handlers)
+
+
+def _handler_codes() -> _Codes:
+    global _seen
+    handlers = _installed_handlers()
+    seen, codes = _seen
+    if len(seen) == len(handlers) and all(old is new for old, new in zip(seen, handlers, strict=True)):
+        return codes
+    codes = {}
+    for handler in handlers:
+        _add_codes(handler, codes)
+    _seen = (handlers, codes)  # (one tuple: a thread that reads it sees the handlers and their codes together)
+    return codes
+
+
+def _add_codes(handler: object, codes: _Codes) -> None:
+    """Add the code objects that run when ``handler`` is called: through partials, bound methods, callable
+    objects and ``__wrapped__`` (decorators), each with what tells a frame running it for this handler."""
+    receiver: tuple[object, ...] = ()  # (the ``self`` a bound method or a callable object was called with)
+    seen: set[int] = set()
+    target: Any = handler
+    while target is not None and id(target) not in seen and len(seen) < 100:  # (a cycle, or a chain gone wild)
+        seen.add(id(target))
+        wrapped = getattr(target, "__wrapped__", None) if not isinstance(target, MethodType) else None
+        if isinstance(target, functools.partial):
+            target = target.func
+            continue
+        if isinstance(target, MethodType):
+            receiver = (target.__self__,)
+            target = target.__func__
+            continue
+        code = getattr(target, "__code__", None)
+        if not isinstance(code, CodeType):
+            if isinstance(target, type) or not callable(target):
+                break  # (a class as a handler is instantiated, not run: nothing of it raises)
+            call = type(target).__call__  # a callable object (a class-based decorator too)
+            receiver = (target,)
+            if not isinstance(getattr(call, "__code__", None), CodeType):
+                target = wrapped  # (a builtin's __call__: only what it wraps runs Python code)
+                continue
+            code = call.__code__
+            cells: _Cells = tuple(zip(code.co_freevars, call.__closure__ or (), strict=True))
+            codes.setdefault(code, []).append((cells, _receiver_check(code, receiver)))
+            receiver = ()  # (what it wraps is called with the handler's arguments, not the object)
+            target = wrapped
+            continue
+        cells = tuple(zip(code.co_freevars, getattr(target, "__closure__", None) or (), strict=True))
+        codes.setdefault(code, []).append((cells, _receiver_check(code, receiver)))
+        target = wrapped
+
+
+def _receiver_check(code: CodeType, receiver: tuple[object, ...]) -> _Fixed:
+    if not receiver or code.co_argcount < 1:  # (a ``*args`` wrapper: its closure tells it apart)
+        return ()
+    return ((code.co_varnames[0], receiver[0]),)
+
+
+def _runs_for_the_handler(frame: FrameType, checks: list[tuple[_Cells, _Fixed]]) -> bool:
+    for cells, fixed in checks:
+        if not cells and not fixed:
+            return True
+        variables = frame.f_locals
+        if all(variables.get(name, _MISSING) is _cell_contents(cell) for name, cell in cells) and all(
+            variables.get(name, _MISSING) is value for name, value in fixed
+        ):
+            return True
+    return False
+
+
+_MISSING = object()
+
+
+def _cell_contents(cell: Any) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell: the frame has no value for it either
+        return _MISSING
+
 
 def _through_a_signal_handler(error: BaseException) -> bool:
     traceback = error.__traceback__
@@ -167,20 +281,13 @@ def _through_a_signal_handler(error: BaseException) -> bool:
         return False
     if traceback.tb_next is None and traceback.tb_frame.f_globals.get("__name__", "").startswith("inprocserve."):
         return False  # raised where it was caught, in this package: by the run itself (onnxruntime's errors)
-    handlers = set()
-    for number in signal.valid_signals():
-        try:
-            handler = signal.getsignal(number)
-        except (OSError, ValueError):  # pragma: no cover - a number the platform lists but cannot look up
-            continue
-        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
-        if code is not None:
-            handlers.add(code)
-    if not handlers:
+    codes = _handler_codes()
+    if not codes:
         return False
     # (from the top: a handler that C code ran, as an import's does, is the first frame of the traceback)
     while traceback is not None:
-        if traceback.tb_frame.f_code in handlers:
+        checks = codes.get(traceback.tb_frame.f_code)
+        if checks is not None and _runs_for_the_handler(traceback.tb_frame, checks):
             return True
         traceback = traceback.tb_next
     return False

@@ -10,6 +10,7 @@ Real signals, real onnxruntime; the queues themselves are run in tests/test_cele
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -489,3 +490,117 @@ def test_a_time_limit_while_a_models_config_is_read_stops_the_task_not_the_model
     assert stopped
     with inprocserve.Server(repository=repository) as server:
         server.predict("busy", busy_inputs(2))
+
+
+def _logged(function: Any) -> Any:
+    """A decorator a code base puts on many of its functions (its time-limit handler among them)."""
+
+    @functools.wraps(function)
+    def logged(*args: Any, **kwargs: Any) -> Any:
+        logging.getLogger("app").debug("calling %s", function.__name__)
+        return function(*args, **kwargs)
+
+    return logged
+
+
+class _Counted:
+    """A class-based decorator (``functools.update_wrapper`` on an object with ``__call__``)."""
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self.calls = 0
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.function(*args)
+
+
+def _stop_task(task_id: str, signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded(task_id)
+
+
+class _TaskTimeLimit:
+    """A handler object: the task whose time it limits, called by the interpreter."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        raise SoftTimeLimitExceeded(self.task_id)
+
+    @_logged
+    def logged_handler(self, signum: int, frame: Any) -> None:
+        raise SoftTimeLimitExceeded(self.task_id)
+
+
+@_logged
+def _logged_stop(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded("logged")
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        pytest.param(functools.partial(_stop_task, "task-1"), id="a-functools-partial"),
+        pytest.param(_TaskTimeLimit("task-1"), id="an-object-with-__call__"),
+        pytest.param(_logged_stop, id="a-decorated-function"),
+        pytest.param(_TaskTimeLimit("task-1").logged_handler, id="a-decorated-method"),
+        pytest.param(_Counted(functools.partial(_stop_task, "task-1")), id="a-class-based-decorator"),
+    ],
+)
+def test_a_time_limit_handler_of_any_callable_kind_stops_the_task(
+    repository: Path, handler: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``signal.signal`` takes any callable; one that is not a plain function or bound method was not
+    recognised: the task's exception reached it as ``InferenceError: ... failed to run``."""
+    save_model(build_busy_model(), repository, "busy")
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        with inprocserve.Server(repository=repository) as server:
+            server.predict("busy", busy_inputs(1))
+            caplog.set_level(logging.ERROR, logger="inprocserve")
+            firing = time_limit_during("run")
+            with pytest.raises(SoftTimeLimitExceeded):
+                for attempt in range(1000):
+                    server.predict("busy", busy_inputs(40, seed=attempt))
+            firing.join(10)
+            assert not caplog.records, [record.getMessage() for record in caplog.records]
+            assert server.predict("busy", busy_inputs(3))["y"].shape == (3, 512)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+class _FlagService(inprocserve.InMemoryFlags):
+    """A flag service client whose calls go through the code base's decorator, and whose service is down."""
+
+    @_logged
+    def get_number(self, key: str, default: float, context: Any) -> float:
+        raise ConnectionError("flag service unreachable")
+
+
+def test_a_failure_through_the_decorator_the_time_limit_handler_shares_is_not_the_time_limit(
+    repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler's decorator runs the same code for every function it decorates: a flag provider's failure
+    through that decorator was taken for the task's time limit, and the request failed with the provider's
+    ``ConnectionError`` instead of being answered by the stable version."""
+    from inprocserve.testing import build_scale_model
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    rollout = inprocserve.RolloutConfig(
+        strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50)
+    )
+    config = inprocserve.ModelConfig(rollout=rollout, version_policy=inprocserve.VersionPolicy.all())
+    x = np.ones((1, 4), np.float32)
+    previous = signal.signal(signal.SIGUSR1, _logged_stop)
+    try:
+        with inprocserve.Server(repository=repository, models={"scale": config}, flags=_FlagService({})) as server:
+            caplog.set_level(logging.ERROR, logger="inprocserve")
+            answer = server.predict("scale", x, context={"user_id": "u1"})
+            assert answer.version == 1
+            np.testing.assert_allclose(answer["y"], x)
+            assert server.status()["models"]["scale"]["rollout"]["flags"]["failures"] == 1
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
