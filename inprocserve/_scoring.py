@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._backend import is_whole_batch
+from ._backend import is_whole_batch, raised_by_signal_handler
 from ._errors import (
     DeadlineExceededError,
     InferenceError,
@@ -229,6 +229,8 @@ def _batches(items: Iterator[Any], part_rows: int | None) -> Iterator[_Job]:
         except StopIteration:
             return
         except Exception as exc:  # the caller's iterable failed: report it where it happened
+            if raised_by_signal_handler(exc):  # the task's time limit as it read: the task's now, after no answer
+                raise
             yield _Job([], 0, error=exc)
             return
         try:
@@ -237,6 +239,8 @@ def _batches(items: Iterator[Any], part_rows: int | None) -> Iterator[_Job]:
             if part_rows is not None and rows > part_rows:
                 item = as_arrays(item)
         except Exception as exc:  # a malformed batch: report it at its position, after the answers before it
+            if raised_by_signal_handler(exc):  # (the task's time limit as it was checked: as above)
+                raise
             yield _Job([], 0, error=exc)
             return
         if part_rows is None or rows <= part_rows:
@@ -395,6 +399,10 @@ def _run(
                         # iterable's next batch is read once it is handed over (a read may wait: see may_read)
                         fill(read=not iterable)
                 except Exception as exc:
+                    if raised_by_signal_handler(exc):  # the task's time limit as it waited: no rows of it failed,
+                        pending = None  # and it keeps the traceback that says so (the window is emptied below)
+                        del job, answers
+                        raise
                     left = job_start + job.rows - done_rows
                     if job.rows:
                         # a chunk scored on its own failed: its rows; the request failed as a whole (its deadline, a

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import raised_by_signal_handler
 from ._errors import InvalidInputError
 
 __all__ = ["as_arrays", "count_rows", "owned", "part_of", "rows_of"]
@@ -49,7 +50,11 @@ def count_rows(items: list[Any] | tuple[Any, ...]) -> int | None:
     """Total rows of a list of batches, for progress; ``None`` if one is malformed (it fails in its turn)."""
     try:
         return sum(rows_of(item) for item in items)
-    except Exception:  # whatever checking a batch raises is raised again at its position, after the answers before it
+    except (
+        Exception
+    ) as exc:  # whatever checking a batch raises is raised again at its position, after the answers before it
+        if raised_by_signal_handler(exc):  # (not the task's time limit: nothing would raise it again)
+            raise
         return None
 
 

@@ -604,3 +604,109 @@ def test_a_failure_through_the_decorator_the_time_limit_handler_shares_is_not_th
             assert server.status()["models"]["scale"]["rollout"]["flags"]["failures"] == 1
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.mark.parametrize("where", ["as-a-message-is-awaited", "as-a-batch-is-checked"])
+def test_a_time_limit_while_predict_many_reads_the_tasks_input_reaches_the_task_at_once(
+    soft_time_limit: None, repository: Path, where: str
+) -> None:
+    """A consumer's iterable waits for its next message; the time limit that lands there (or as the batch read
+    is checked) was taken for a batch that "could not be read or checked": the task was handed the answers
+    read before it first (waiting for them to run), then the time limit, with that note."""
+    from inprocserve.testing import build_scale_model
+
+    save_model(build_scale_model(2.0), repository, "scale")
+    answers: list[Any] = []
+    answered_when_stopped: list[int] = []
+
+    def messages() -> Iterator[Any]:
+        for number in range(6):
+            batch = np.full((2, 4), number, np.float32)
+            if number == 3:  # the time limit comes with the fourth message
+                answered_when_stopped.append(len(answers))
+                if where == "as-a-batch-is-checked":
+                    _LazyBatch.stop_at_shape = True
+                    yield _LazyBatch(batch)
+                    continue
+                signal.raise_signal(signal.SIGUSR1)
+            yield batch
+
+    with inprocserve.Server(repository=repository) as server:
+        with pytest.raises(SoftTimeLimitExceeded) as stopped:
+            for answer in server.predict_many("scale", messages()):
+                answers.append(answer)
+        assert answered_when_stopped and len(answers) == answered_when_stopped[0]  # none after the time limit
+        assert not getattr(stopped.value, "__notes__", None)  # no batch of the input failed
+        np.testing.assert_allclose(server.predict("scale", np.ones((1, 4), np.float32))["y"], 2.0)
+
+
+def test_a_time_limit_while_predict_many_waits_for_an_answer_is_no_failure_of_its_rows(
+    soft_time_limit: None, repository: Path
+) -> None:
+    """It was raised with a note that said the rows it waited for failed, and without its traceback (the frame
+    of the handler that raised it gone)."""
+    import traceback
+
+    save_model(build_busy_model(), repository, "busy")
+    main = threading.main_thread().ident
+
+    def fire() -> None:
+        wait_until(lambda: _inside(main, "_answers", "_scoring.py"))
+        signal.pthread_kill(main, signal.SIGUSR1)  # type: ignore[arg-type]
+
+    with inprocserve.Server(repository=repository) as server:
+        server.predict("busy", busy_inputs(1))
+        firing = threading.Thread(target=fire, daemon=True)
+        firing.start()
+        with pytest.raises(SoftTimeLimitExceeded) as stopped:
+            for _ in server.predict_many("busy", [busy_inputs(3000, seed=seed) for seed in range(4)]):
+                pass
+        firing.join(10)
+        assert not getattr(stopped.value, "__notes__", None)
+        frames = [frame.name for frame in traceback.extract_tb(stopped.value.__traceback__)]
+        assert "soft_timeout_sighandler" in frames
+        wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)  # (a part running still ends)
+        assert server.predict("busy", busy_inputs(3))["y"].shape == (3, 512)
+
+
+class _LazyBatch:
+    """An array-like whose shape is looked up (a lazy view of a dataset): the time limit lands there."""
+
+    stop_at_shape = False
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if _LazyBatch.stop_at_shape:
+            _LazyBatch.stop_at_shape = False
+            signal.raise_signal(signal.SIGUSR1)
+        return tuple(self.rows.shape)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.rows[index]
+
+
+def test_a_time_limit_while_predict_many_counts_a_lists_rows_stops_the_task(
+    soft_time_limit: None, repository: Path
+) -> None:
+    """Counting the rows of a list of batches (for progress) took the time limit for a malformed batch and
+    dropped it: every batch was scored and the task ran on past its soft limit."""
+    from inprocserve.testing import build_scale_model
+
+    save_model(build_scale_model(2.0), repository, "scale")
+    batches = [_LazyBatch(np.ones((2, 4), np.float32)) for _ in range(3)]
+    with inprocserve.Server(repository=repository) as server:
+        _LazyBatch.stop_at_shape = True
+        with pytest.raises(SoftTimeLimitExceeded):
+            list(server.predict_many("scale", batches))
+        assert not _LazyBatch.stop_at_shape  # (the signal was sent)
+        answers = list(server.predict_many("scale", batches))  # the next task's
+        np.testing.assert_allclose(np.concatenate([answer["y"] for answer in answers]), 2.0)
