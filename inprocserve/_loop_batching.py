@@ -287,7 +287,8 @@ class _LoopState:
                     if self._start(group) and group.batcher not in queued:
                         queued.append(group.batcher)
                 except Exception as exc:  # a bug, or no memory to stack: no task may wait forever
-                    logger.exception("inprocserve: merged requests to %r failed", group.target.name)
+                    if not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit: no bug)
+                        logger.exception("inprocserve: merged requests to %r failed", group.target.name)
                     group.refused([m for m in group.members if not m.waiter.done()], exc)
         pending = self._pending
         self._pending = []
@@ -445,8 +446,10 @@ class _LoopState:
 
     def _queue_failed(self, group: _Group, members: list[_Member], error: BaseException) -> None:
         """``members`` could not be queued as one request: several are sent the full way one by one, a lone
-        one is refused with ``error``."""
-        if len(members) > 1:
+        one is refused with ``error``. The loop's task stopped by its time limit as they were stacked or queued
+        (a signal handler's exception) is no refusal to go around: each gets it (sent the full way, they were
+        answered, and the task ran on past its soft limit)."""
+        if len(members) > 1 and not raised_by_signal_handler(error):
             self._hand_over(group, members)
         else:
             group.refused(members, error)
@@ -1245,7 +1248,9 @@ def _joined(
         return False
     try:
         arrays, rows = signature.validate(inputs, max_rows=target.max_request_rows, reject_nan=target.reject_nan)
-    except Exception:
+    except Exception as exc:
+        if raised_by_signal_handler(exc):  # the task's time limit as its inputs were converted: the full way,
+            raise  # which validates them again, answered the call and the task ran on past its soft limit
         return False
     if rows > batcher.max_rows:  # runs in slices: the full way
         return False

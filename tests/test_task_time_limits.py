@@ -710,3 +710,114 @@ def test_a_time_limit_while_predict_many_counts_a_lists_rows_stops_the_task(
         assert not _LazyBatch.stop_at_shape  # (the signal was sent)
         answers = list(server.predict_many("scale", batches))  # the next task's
         np.testing.assert_allclose(np.concatenate([answer["y"] for answer in answers]), 2.0)
+
+
+class _LazyRows:
+    """An array-like converted when the model's inputs are checked (a lazy view of a dataset): the time limit
+    lands in its conversion."""
+
+    stop_at_conversion = False
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self.shape = rows.shape
+        self.dtype = rows.dtype
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if _LazyRows.stop_at_conversion:
+            _LazyRows.stop_at_conversion = False
+            signal.raise_signal(signal.SIGUSR1)
+        return self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def test_a_time_limit_while_an_event_loops_call_is_checked_for_merging_stops_that_call(
+    soft_time_limit: None, repository: Path
+) -> None:
+    """A task that runs ``asyncio.run``: a call made while another is under way is checked to be merged with
+    the others of the loop's iteration; a time limit there was taken for inputs that do not merge, the call
+    went the full way, was answered, and the task ran on past its soft limit."""
+    import asyncio
+
+    from inprocserve.testing import build_scale_model
+
+    save_model(build_scale_model(2.0), repository, "scale")
+    x = np.ones((1, 4), np.float32)
+
+    async def task(server: inprocserve.Server) -> list[Any]:
+        await server.apredict("scale", x)
+        _LazyRows.stop_at_conversion = True
+        calls = [server.apredict("scale", x), server.apredict("scale", _LazyRows(x))]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    with inprocserve.Server(repository=repository) as server:
+        results = asyncio.run(task(server))
+        assert not _LazyRows.stop_at_conversion  # (the signal was sent)
+        assert isinstance(results[1], SoftTimeLimitExceeded), results
+        np.testing.assert_allclose(results[0]["y"], x * 2)
+        np.testing.assert_allclose(server.predict("scale", x)["y"], x * 2)
+
+
+@pytest.mark.parametrize("where", ["as-they-are-stacked", "as-the-group-is-started"])
+def test_a_time_limit_while_an_event_loop_starts_its_merged_calls_reaches_each_call(
+    soft_time_limit: None,
+    repository: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+) -> None:
+    """Calls merged on the loop's thread into more rows than one run takes are stacked and queued for the
+    workers. A time limit as they were stacked was taken for no memory to stack: each call went the full way
+    and was answered (the task ran on past its soft limit); one as the group was started was logged as a
+    bug, with its traceback."""
+    import asyncio
+
+    from inprocserve import _batching, _loop_batching
+    from inprocserve.testing import build_scale_model
+
+    save_model(build_scale_model(2.0), repository, "scale")
+    config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=2))
+    armed: list[bool] = []
+    if where == "as-they-are-stacked":
+        stacked = _loop_batching._stacked
+
+        def stacked_until_stopped(members: Any) -> Any:
+            if armed and len(members) > 1:
+                armed.clear()
+                signal.raise_signal(signal.SIGUSR1)
+            return stacked(members)
+
+        monkeypatch.setattr(_loop_batching, "_stacked", stacked_until_stopped)
+    else:
+        config = inprocserve.ModelConfig()
+        runs_within = _batching.Batcher.runs_within
+
+        def measured_until_stopped(self: Any, rows: int, *args: Any, **kwargs: Any) -> Any:
+            if armed and rows > 1:  # (a group's: a lone call's is 1 row)
+                armed.clear()
+                signal.raise_signal(signal.SIGUSR1)
+            return runs_within(self, rows, *args, **kwargs)
+
+        monkeypatch.setattr(_batching.Batcher, "runs_within", measured_until_stopped)
+    x = np.ones((1, 4), np.float32)
+
+    async def task(server: inprocserve.Server) -> list[Any]:
+        await server.apredict("scale", x)
+        for _ in range(200):  # (until the loop merges the calls: the first one of an iteration may run alone)
+            armed[:] = [True]
+            results = await asyncio.gather(*(server.apredict("scale", x) for _ in range(4)), return_exceptions=True)
+            if not armed:
+                return results
+        raise AssertionError("the loop never merged the calls")
+
+    with inprocserve.Server(repository=repository, models={"scale": config}) as server:
+        caplog.set_level(logging.ERROR, logger="inprocserve")
+        results = asyncio.run(task(server))
+        stopped = [result for result in results if isinstance(result, SoftTimeLimitExceeded)]
+        assert len(stopped) >= 2, results  # the calls merged when the time limit came
+        assert all(isinstance(result, (SoftTimeLimitExceeded, inprocserve.Prediction)) for result in results)
+        assert not caplog.records, [record.getMessage() for record in caplog.records]
+        wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
+        np.testing.assert_allclose(server.predict("scale", x)["y"], x * 2)
