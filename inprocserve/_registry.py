@@ -1187,6 +1187,8 @@ class Registry:
                 if self.repository is not None:  # refresh() logs a failed scan but does not raise it
                     scan_repository(self.repository, follow_symlinks=self._follow_symlinks)
             except Exception as exc:  # a file-system hiccup (NFS ESTALE, EIO): re-scan on the next retry
+                if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit: its own error
+                    raise  # (the reload stays pending: the next sync scans again)
                 problems[""] = f"reload (re-scan of the repository) failed: {exc}"
             else:  # pending until the refresh is done: a sync without the lock must not take it as applied
                 rescanned = self.refresh()
@@ -1198,6 +1200,8 @@ class Registry:
             try:
                 missing = self.follow(name)
             except Exception as exc:  # e.g. an invalid config.toml: the other models still apply
+                if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit as it loaded a
+                    raise  # version: no problem of the model's (it stays pending: the next sync follows it)
                 problems[name] = f"model {name!r}: {exc}"
                 continue
             if self._stop.is_set():  # stopped meanwhile: nothing is retried, nothing to report

@@ -821,3 +821,53 @@ def test_a_time_limit_while_an_event_loop_starts_its_merged_calls_reaches_each_c
         assert not caplog.records, [record.getMessage() for record in caplog.records]
         wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
         np.testing.assert_allclose(server.predict("scale", x)["y"], x * 2)
+
+
+@pytest.mark.parametrize("where", ["as-the-version-loads", "as-the-repository-is-scanned-again"])
+def test_a_time_limit_while_a_task_follows_the_fleets_control_file_stops_the_task(
+    soft_time_limit: None,
+    repository: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+) -> None:
+    """A task that makes its worker follow the control file now (``sync_control``): a time limit while the
+    version it switches to loads, or while a reload scans the repository again, was kept as a problem of
+    that model ('model 'scale': SoftTimeLimitExceeded()', or 'reload (re-scan of the repository) failed')
+    and the task ran on past its soft limit. The next sync applies the revision."""
+    from inprocserve import _registry
+    from inprocserve.testing import build_scale_model
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    x = np.ones((1, 4), np.float32)
+    with (
+        inprocserve.Server(repository=repository, control_interval_s=None) as writer,
+        inprocserve.Server(repository=repository, control_interval_s=None) as worker,
+    ):
+        assert worker.predict("scale", x).version == 2
+        if where == "as-the-version-loads":
+            writer.switch("scale", 1)  # the worker has only version 2 (the latest) loaded: it loads version 1
+            firing = time_limit_during("_create")
+        else:
+            save_model(build_scale_model(3.0), repository, "scale", 3)
+            writer.reload()
+            scan = _registry.scan_repository
+            stopped: list[bool] = []
+
+            def scanned_until_stopped(*args: Any, **kwargs: Any) -> Any:
+                if not stopped:
+                    stopped.append(True)
+                    signal.raise_signal(signal.SIGUSR1)
+                return scan(*args, **kwargs)
+
+            monkeypatch.setattr(_registry, "scan_repository", scanned_until_stopped)
+            firing = threading.Thread()
+            firing.start()
+        caplog.set_level(logging.ERROR, logger="inprocserve")
+        with pytest.raises(SoftTimeLimitExceeded):
+            worker.sync_control()
+        firing.join(10)
+        assert not caplog.records, [record.getMessage() for record in caplog.records]
+        worker.sync_control()  # the next task's
+        assert worker.predict("scale", x).version == (1 if where == "as-the-version-loads" else 3)
