@@ -835,12 +835,23 @@ def test_a_time_limit_while_a_task_follows_the_fleets_control_file_stops_the_tas
     version it switches to loads, or while a reload scans the repository again, was kept as a problem of
     that model ('model 'scale': SoftTimeLimitExceeded()', or 'reload (re-scan of the repository) failed')
     and the task ran on past its soft limit. The next sync applies the revision."""
-    from inprocserve import _registry
+    from inprocserve import _ort_backend, _registry
     from inprocserve.testing import build_scale_model
 
     for version in (1, 2):
         save_model(build_scale_model(float(version)), repository, "scale", version)
     x = np.ones((1, 4), np.float32)
+    armed: list[bool] = []
+
+    def until_stopped(function: Any) -> Any:
+        def stopped_once(*args: Any, **kwargs: Any) -> Any:
+            if armed:
+                armed.clear()
+                signal.raise_signal(signal.SIGUSR1)
+            return function(*args, **kwargs)
+
+        return stopped_once
+
     with (
         inprocserve.Server(repository=repository, control_interval_s=None) as writer,
         inprocserve.Server(repository=repository, control_interval_s=None) as worker,
@@ -848,26 +859,17 @@ def test_a_time_limit_while_a_task_follows_the_fleets_control_file_stops_the_tas
         assert worker.predict("scale", x).version == 2
         if where == "as-the-version-loads":
             writer.switch("scale", 1)  # the worker has only version 2 (the latest) loaded: it loads version 1
-            firing = time_limit_during("_create")
+            create = _ort_backend.OnnxruntimeBackend._create
+            monkeypatch.setattr(_ort_backend.OnnxruntimeBackend, "_create", until_stopped(create))
         else:
             save_model(build_scale_model(3.0), repository, "scale", 3)
             writer.reload()
-            scan = _registry.scan_repository
-            stopped: list[bool] = []
-
-            def scanned_until_stopped(*args: Any, **kwargs: Any) -> Any:
-                if not stopped:
-                    stopped.append(True)
-                    signal.raise_signal(signal.SIGUSR1)
-                return scan(*args, **kwargs)
-
-            monkeypatch.setattr(_registry, "scan_repository", scanned_until_stopped)
-            firing = threading.Thread()
-            firing.start()
+            monkeypatch.setattr(_registry, "scan_repository", until_stopped(_registry.scan_repository))
         caplog.set_level(logging.ERROR, logger="inprocserve")
+        armed.append(True)
         with pytest.raises(SoftTimeLimitExceeded):
             worker.sync_control()
-        firing.join(10)
+        assert not armed  # (the signal was sent)
         assert not caplog.records, [record.getMessage() for record in caplog.records]
         worker.sync_control()  # the next task's
         assert worker.predict("scale", x).version == (1 if where == "as-the-version-loads" else 3)
