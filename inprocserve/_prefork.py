@@ -31,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 from . import _fork
+from ._backend import raised_by_signal_handler
 from ._config import ModelConfig, check_model_configs, load_model_config
 from ._config_checks import check_bool
 from ._control import CONTROL_FILENAME, Control, ControlFile
@@ -136,6 +137,8 @@ def warm_worker() -> list[str]:
         try:
             build()
         except Exception as exc:  # one broken app must not keep the others from warming
+            if raised_by_signal_handler(exc):  # the process's own signal handler stopped the build (a start-up
+                raise  # time limit): its exception, not a broken app to log and go on past (built next time)
             logger.exception("building the inprocserve server in worker %d failed", os.getpid())
             errors.append(str(exc))
             continue
@@ -314,6 +317,8 @@ def check_repository(
             try:
                 versions[number] = _signature(onnx, source.versions[number])
             except Exception as exc:  # onnx raises DecodeError, ValueError, OSError... for a bad file
+                if raised_by_signal_handler(exc):  # the caller's time limit as the file was read: not the file's
+                    raise  # fault (it was reported as an unreadable model: ModelLoadError)
                 failures.append(f"model {name!r} version {number}: not a readable ONNX model ({exc})")
         report["models"][name] = versions
     if failures:

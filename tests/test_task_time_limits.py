@@ -873,3 +873,57 @@ def test_a_time_limit_while_a_task_follows_the_fleets_control_file_stops_the_tas
         assert not caplog.records, [record.getMessage() for record in caplog.records]
         worker.sync_control()  # the next task's
         assert worker.predict("scale", x).version == (1 if where == "as-the-version-loads" else 3)
+
+
+class _App:
+    """An app whose server is built in each worker by the gunicorn hook; its start-up time limit (a handler
+    the process installed) comes during the first build."""
+
+    def __init__(self) -> None:
+        self.stop_in_build = True
+        self.builds = 0
+
+    def warm(self) -> None:
+        if self.stop_in_build:
+            self.stop_in_build = False
+            signal.raise_signal(signal.SIGUSR1)
+        self.builds += 1
+
+
+def test_a_time_limit_while_the_gunicorn_hook_builds_the_server_leaves_the_hook(
+    soft_time_limit: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was logged as a broken app ('building the inprocserve server in worker N failed', with a traceback;
+    'warm-up failed: ') and the hook returned: the worker went on past its time limit."""
+    from inprocserve.gunicorn import post_worker_init
+
+    app = _App()
+    inprocserve.build_after_fork(app.warm, background=False)
+    caplog.set_level(logging.ERROR, logger="inprocserve")
+    with pytest.raises(SoftTimeLimitExceeded):
+        post_worker_init(None)
+    assert not caplog.records, [record.getMessage() for record in caplog.records]
+    post_worker_init(None)  # built the next time the hook runs
+    assert app.builds == 1
+
+
+def test_a_time_limit_while_check_repository_reads_a_model_is_not_the_models_fault(
+    soft_time_limit: None, repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was reported as 'not a readable ONNX model (SoftTimeLimitExceeded())': a ModelLoadError that fails
+    the app's start, the time limit gone."""
+    onnx = pytest.importorskip("onnx")
+    save_model(build_busy_model(), repository, "busy")
+    load = onnx.load
+    stopped: list[bool] = []
+
+    def read_until_stopped(*args: Any, **kwargs: Any) -> Any:
+        if not stopped:
+            stopped.append(True)
+            signal.raise_signal(signal.SIGUSR1)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", read_until_stopped)
+    with pytest.raises(SoftTimeLimitExceeded):
+        inprocserve.check_repository(repository)
+    assert inprocserve.check_repository(repository)["models"]["busy"][1]["inputs"]
