@@ -25,7 +25,7 @@ from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from . import _fork
-from ._backend import Backend
+from ._backend import Backend, raised_by_signal_handler
 from ._batch_execution import BatchExecution
 from ._batch_ops import group_key
 from ._batch_queue import BatchQueue
@@ -463,10 +463,12 @@ class Batcher:
             if runner is not None:
                 batch[0].queue_wait_s = max(0.0, self._clock() - batch[0].enqueued_at)
                 self._run_inline(runner, batch[0])
-        except BaseException:  # the loop's thread interrupted (a signal handler raised) before the run began
+        except BaseException as exc:  # the loop's thread interrupted (a signal handler raised) before the run began
             if runner is not None and batch[0].runner is not None:
                 self._finish_inline(batch[0], ran=False)
-                batch[0].complete(None, self._interrupted_error())
+                # (a task's time limit is its loop's tasks' answer: a task that runs asyncio.run is stopped)
+                stopped = isinstance(exc, Exception) and raised_by_signal_handler(exc)
+                batch[0].complete(None, exc if stopped else self._interrupted_error())
             raise
         if runner is not None:
             request = batch[0]

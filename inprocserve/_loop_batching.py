@@ -297,8 +297,9 @@ class _LoopState:
             self._running_here = True  # answers posted meanwhile (any batcher's) are drained below, unwoken
             try:
                 ran = batcher.run_lone_here(RUN_ON_LOOP_UNDER_S, accept=self._owns)
-            except Exception:  # a bug: its request stays queued for the worker woken below
-                logger.exception("inprocserve: running a request of %r on the loop failed", batcher.model)
+            except Exception as exc:  # a bug: its request stays queued for the worker woken below
+                if not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit: no bug)
+                    logger.exception("inprocserve: running a request of %r on the loop failed", batcher.model)
             finally:
                 self._running_here = False
                 if self._inbox:

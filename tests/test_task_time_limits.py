@@ -927,3 +927,46 @@ def test_a_time_limit_while_check_repository_reads_a_model_is_not_the_models_fau
     with pytest.raises(SoftTimeLimitExceeded):
         inprocserve.check_repository(repository)
     assert inprocserve.check_repository(repository)["models"]["busy"][1]["inputs"]
+
+
+def test_a_time_limit_as_an_event_loop_takes_a_queued_call_to_run_it_reaches_that_call(
+    soft_time_limit: None, repository: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task that runs ``asyncio.run``: a call queued the full way (a model with a cache) is run on the loop's
+    thread at the end of the iteration when its run is short. A time limit as the loop took it, before the
+    run, reached the call as ``InferenceError: ... interrupted (a signal handler raised) before the run;
+    retry``, and was logged as a bug ('running a request of 'scale' on the loop failed', with a traceback)."""
+    import asyncio
+
+    from inprocserve import _batch_execution
+    from inprocserve.testing import build_scale_model
+
+    save_model(build_scale_model(2.0), repository, "scale")
+    config = inprocserve.ModelConfig(cache=inprocserve.CacheConfig(enabled=True))
+    runs_alone = _batch_execution.BatchExecution.runs_alone
+    armed: list[bool] = []
+
+    def checked_until_stopped(self: Any, request: Any) -> bool:
+        if armed and threading.current_thread() is threading.main_thread():
+            armed.clear()
+            signal.raise_signal(signal.SIGUSR1)
+        return runs_alone(self, request)
+
+    monkeypatch.setattr(_batch_execution.BatchExecution, "runs_alone", checked_until_stopped)
+
+    async def task(server: inprocserve.Server) -> Any:
+        for attempt in range(200):  # (until the loop runs a call itself: once the run's cost is measured)
+            armed[:] = [True]
+            try:
+                await server.apredict("scale", np.full((1, 4), attempt, np.float32))  # (new inputs: no cached answer)
+            except BaseException as error:
+                return error
+        raise AssertionError("the loop never ran a queued call on its thread")
+
+    with inprocserve.Server(repository=repository, models={"scale": config}) as server:
+        caplog.set_level(logging.ERROR, logger="inprocserve")
+        assert isinstance(asyncio.run(task(server)), SoftTimeLimitExceeded)
+        assert not caplog.records, [record.getMessage() for record in caplog.records]
+        wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
+        x = np.ones((1, 4), np.float32)
+        np.testing.assert_allclose(server.predict("scale", x)["y"], x * 2)
