@@ -677,7 +677,8 @@ class _LoopState:
                 try:
                     self._answered(sink, value)
                 except Exception as exc:  # a bug: the answer is lost, but no task may wait forever
-                    logger.exception("inprocserve: answering merged requests to %r failed", sink.group.target.name)
+                    if not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit: no bug)
+                        logger.exception("inprocserve: answering merged requests to %r failed", sink.group.target.name)
                     sink.group.refused([m for m in sink.members if not m.waiter.done()], exc)
             elif type(sink) is _Group:  # a task of it that went the full way was answered (see _LoopFuture)
                 sink.answered()

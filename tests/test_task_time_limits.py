@@ -760,7 +760,7 @@ def test_a_time_limit_while_an_event_loops_call_is_checked_for_merging_stops_tha
         np.testing.assert_allclose(server.predict("scale", x)["y"], x * 2)
 
 
-@pytest.mark.parametrize("where", ["as-they-are-stacked", "as-the-group-is-started"])
+@pytest.mark.parametrize("where", ["as-they-are-stacked", "as-the-group-is-started", "as-their-answer-is-handed-out"])
 def test_a_time_limit_while_an_event_loop_starts_its_merged_calls_reaches_each_call(
     soft_time_limit: None,
     repository: Path,
@@ -770,8 +770,8 @@ def test_a_time_limit_while_an_event_loop_starts_its_merged_calls_reaches_each_c
 ) -> None:
     """Calls merged on the loop's thread into more rows than one run takes are stacked and queued for the
     workers. A time limit as they were stacked was taken for no memory to stack: each call went the full way
-    and was answered (the task ran on past its soft limit); one as the group was started was logged as a
-    bug, with its traceback."""
+    and was answered (the task ran on past its soft limit); one as the group was started, or as the workers'
+    answer to the merged calls was handed out to them, was logged as a bug, with its traceback."""
     import asyncio
 
     from inprocserve import _batching, _loop_batching
@@ -790,6 +790,16 @@ def test_a_time_limit_while_an_event_loop_starts_its_merged_calls_reaches_each_c
             return stacked(members)
 
         monkeypatch.setattr(_loop_batching, "_stacked", stacked_until_stopped)
+    elif where == "as-their-answer-is-handed-out":
+        answered = _loop_batching._LoopState._answered
+
+        def answered_until_stopped(self: Any, merged: Any, request: Any) -> None:
+            if armed and request.error is None:
+                armed.clear()
+                signal.raise_signal(signal.SIGUSR1)
+            answered(self, merged, request)
+
+        monkeypatch.setattr(_loop_batching._LoopState, "_answered", answered_until_stopped)
     else:
         config = inprocserve.ModelConfig()
         runs_within = _batching.Batcher.runs_within
