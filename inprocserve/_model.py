@@ -374,6 +374,8 @@ class ModelVersion:
             try:
                 return rows_problem(signature.output_names, alone, together)
             except Exception as exc:  # (answers of a kind the comparison does not foresee: nothing shown)
+                if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit as the load
+                    raise  # compared them: its own exception (it was a warning, and the load went on)
                 raise _Inconclusive(f"its answers to made-up rows could not be compared: {exc!r}") from exc
         raise _Inconclusive(f"the model would not run on made-up rows: {'; '.join(failures)}")
 

@@ -980,3 +980,31 @@ def test_a_time_limit_as_an_event_loop_takes_a_queued_call_to_run_it_reaches_tha
         wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
         x = np.ones((1, 4), np.float32)
         np.testing.assert_allclose(server.predict("scale", x)["y"], x * 2)
+
+
+def test_a_time_limit_while_a_load_checks_that_rows_answer_alone_stops_the_task(
+    soft_time_limit: None, repository: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A load runs made-up rows alone and together and compares the answers; a time limit during the
+    comparison was logged as a warning ('could not check that each row's answer is its own
+    (...SoftTimeLimitExceeded())') and the load, and the task, went on past the soft limit."""
+    from inprocserve import _model
+
+    save_model(build_busy_model(), repository, "busy")
+    compare = _model.rows_problem
+    stopped: list[bool] = []
+
+    def compared_until_stopped(*args: Any, **kwargs: Any) -> Any:
+        if not stopped:
+            stopped.append(True)
+            signal.raise_signal(signal.SIGUSR1)
+        return compare(*args, **kwargs)
+
+    monkeypatch.setattr(_model, "rows_problem", compared_until_stopped)
+    caplog.set_level(logging.WARNING, logger="inprocserve")
+    with pytest.raises(SoftTimeLimitExceeded):
+        inprocserve.Server(repository=repository)
+    assert stopped
+    assert not caplog.records, [record.getMessage() for record in caplog.records]
+    with inprocserve.Server(repository=repository) as server:  # the next task's
+        assert server.predict("busy", busy_inputs(3))["y"].shape == (3, 512)
