@@ -206,7 +206,10 @@ def _handler_codes() -> _Codes:
         return codes
     codes = {}
     for handler in handlers:
-        _add_codes(handler, codes)
+        try:
+            _add_codes(handler, codes)
+        except (AttributeError, TypeError, ValueError, LookupError):  # pragma: no cover - attributes that raise
+            continue  # (an odd callable: what of it was found is kept; this runs in callers' except blocks)
     _seen = (handlers, codes)  # (one tuple: a thread that reads it sees the handlers and their codes together)
     return codes
 

@@ -1008,3 +1008,27 @@ def test_a_time_limit_while_a_load_checks_that_rows_answer_alone_stops_the_task(
     assert not caplog.records, [record.getMessage() for record in caplog.records]
     with inprocserve.Server(repository=repository) as server:  # the next task's
         assert server.predict("busy", busy_inputs(3))["y"].shape == (3, 512)
+
+
+def test_a_handler_installed_after_a_failure_was_judged_is_recognised(soft_time_limit: None, repository: Path) -> None:
+    """The handlers are looked up again on each failure (their unwrapped code is kept until one changes): a
+    handler a task installs later (an RQ job's death penalty, set per job) is seen."""
+    save_model(build_busy_model(), repository, "busy")
+
+    def stopped_in_predict(server: inprocserve.Server) -> None:
+        firing = time_limit_during("run")
+        try:
+            for attempt in range(1000):
+                server.predict("busy", busy_inputs(40, seed=attempt))
+        finally:
+            firing.join(10)
+
+    with inprocserve.Server(repository=repository) as server:
+        with pytest.raises(SoftTimeLimitExceeded):  # judged with the handler installed first
+            stopped_in_predict(server)
+        previous = signal.signal(signal.SIGUSR1, functools.partial(_stop_task, "job-2"))
+        try:
+            with pytest.raises(SoftTimeLimitExceeded, match="job-2"):
+                stopped_in_predict(server)
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
