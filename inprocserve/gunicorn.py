@@ -45,7 +45,20 @@ def post_worker_init(worker: Any) -> None:
         )
         return
     started = time.perf_counter()
-    errors = warm_worker()
+    try:
+        errors = warm_worker()
+    except Exception:  # (warm_worker raises only a signal handler's exception: see there)
+        # An exception leaving this hook fails the worker's boot, and gunicorn then halts the whole server
+        # ("Worker failed to boot"), the workers that serve included: a handler's exception (a start-up time
+        # limit of the app's own, a hook that gunicorn's SIGINT or SIGABRT handler calls) stops the warm-up
+        # alone, and the worker starts and builds its servers at their first request. A handler that means
+        # to stop the worker raises SystemExit, as gunicorn's own do: that is not caught here.
+        logger.exception(
+            "worker %d: a signal handler's exception stopped the inprocserve warm-up; the worker starts, and "
+            "builds its servers at their first request",
+            os.getpid(),
+        )
+        return
     if errors:
         logger.error("worker %d: inprocserve warm-up failed: %s", os.getpid(), "; ".join(errors))
     else:
