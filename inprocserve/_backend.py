@@ -34,7 +34,7 @@ import functools
 import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import CodeType, FrameType, MethodType
+from types import CellType, CodeType, FrameType, MethodType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
@@ -205,12 +205,17 @@ def _handler_codes() -> _Codes:
     if len(seen) == len(handlers) and all(old is new for old, new in zip(seen, handlers, strict=True)):
         return codes
     codes = {}
+    failures = []
     for handler in handlers:
         try:
             _add_codes(handler, codes)
-        except (AttributeError, TypeError, ValueError, LookupError):  # pragma: no cover - attributes that raise
-            continue  # (an odd callable: what of it was found is kept; this runs in callers' except blocks)
-    _seen = (handlers, codes)  # (one tuple: a thread that reads it sees the handlers and their codes together)
+        except Exception as exc:  # an odd callable (a proxy whose attributes raise outside its context): what
+            failures.append(exc)  # of it was found is kept; this runs in callers' except blocks, never raise
+    for failure in failures:  # (unless a handler's exception landed meanwhile: the caller's time limit, as it is)
+        if _through_the_codes(failure, codes):
+            raise failure
+    if not failures:  # (else looked at again next time: a failure may have left a handler half unwrapped)
+        _seen = (handlers, codes)  # (one tuple: a thread that reads it sees the handlers and their codes together)
     return codes
 
 
@@ -240,14 +245,21 @@ def _add_codes(handler: object, codes: _Codes) -> None:
                 target = wrapped  # (a builtin's __call__: only what it wraps runs Python code)
                 continue
             code = call.__code__
-            cells: _Cells = tuple(zip(code.co_freevars, call.__closure__ or (), strict=True))
+            cells: _Cells = _closure_cells(code, call.__closure__)
             codes.setdefault(code, []).append((cells, _receiver_check(code, receiver)))
             receiver = ()  # (what it wraps is called with the handler's arguments, not the object)
             target = wrapped
             continue
-        cells = tuple(zip(code.co_freevars, getattr(target, "__closure__", None) or (), strict=True))
+        cells = _closure_cells(code, getattr(target, "__closure__", None))
         codes.setdefault(code, []).append((cells, _receiver_check(code, receiver)))
         target = wrapped
+
+
+def _closure_cells(code: CodeType, closure: object) -> _Cells:
+    cells = tuple(zip(code.co_freevars, closure or (), strict=True))  # type: ignore[call-overload]
+    if not all(isinstance(cell, CellType) for _, cell in cells):  # (read when judged: only a cell never raises)
+        raise TypeError(f"a closure of {code.co_name!r} holds something other than cells")
+    return cells
 
 
 def _receiver_check(code: CodeType, receiver: tuple[object, ...]) -> _Fixed:
@@ -285,8 +297,11 @@ def _through_a_signal_handler(error: BaseException) -> bool:
     if traceback.tb_next is None and traceback.tb_frame.f_globals.get("__name__", "").startswith("inprocserve."):
         return False  # raised where it was caught, in this package: by the run itself (onnxruntime's errors)
     codes = _handler_codes()
-    if not codes:
-        return False
+    return bool(codes) and _through_the_codes(error, codes)
+
+
+def _through_the_codes(error: BaseException, codes: _Codes) -> bool:
+    traceback = error.__traceback__
     # (from the top: a handler that C code ran, as an import's does, is the first frame of the traceback)
     while traceback is not None:
         checks = codes.get(traceback.tb_frame.f_code)

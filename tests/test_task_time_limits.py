@@ -1098,3 +1098,32 @@ def test_a_handler_installed_after_a_failure_was_judged_is_recognised(soft_time_
         finally:
             signal.signal(signal.SIGUSR1, previous)
 
+
+class _ProxiedHandler:
+    """A handler reached through a proxy whose attribute lookups raise outside its context (as werkzeug's
+    ``LocalProxy`` does)."""
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        raise SoftTimeLimitExceeded()
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("Working outside of application context.")
+
+
+def test_a_handler_whose_attributes_raise_leaves_the_callers_own_error_as_it_is(repository: Path) -> None:
+    """Judging the caller's error looks at each installed handler: one whose attribute lookups raised turned
+    the error of the caller's own iterable into that RuntimeError."""
+    save_model(build_scale_model(2.0), repository, "scale")
+
+    def messages() -> Iterator[Any]:
+        yield np.ones((2, 4), np.float32)
+        raise ValueError("message 2 is malformed")
+
+    previous = signal.signal(signal.SIGUSR2, _ProxiedHandler())
+    try:
+        with inprocserve.Server(repository=repository) as server:
+            with pytest.raises(ValueError, match="message 2 is malformed"):
+                for _ in server.predict_many("scale", messages()):
+                    pass
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
