@@ -356,6 +356,16 @@ def check_at_start(
     except (ConfigurationError, ModelLoadError) as exc:
         refuse_at_start(exc, repository=repository)
         return []
+    except Exception as exc:
+        # A signal handler's exception as the check read the repository (gunicorn's own handlers run the
+        # worker_int and worker_abort hooks; SIGUSR1 reopens its log files): raised as it is, it failed a
+        # replacement worker's load, and gunicorn halted the whole server. There, it is a failed check.
+        if not raised_by_signal_handler(exc) or replacement_worker() is None:
+            raise
+        stopped = ModelLoadError(f"a signal handler's exception stopped the check: {exc!r}")
+        stopped.__cause__ = exc
+        refuse_at_start(stopped, repository=repository)
+        return []
     problems: list[str] = report["problems"]
     return problems
 

@@ -200,3 +200,59 @@ def test_a_worker_replaced_without_a_check_while_a_config_toml_is_broken_serves_
         assert master.poll() is None, log.read_text()
     finally:
         _stop(master)
+
+
+STOPPED_CHECK_CONF = """
+import signal
+
+class StartUpTimeLimit(Exception):
+    pass
+
+def _start_up_time_limit(signum, frame):
+    raise StartUpTimeLimit("the worker took too long to start")
+
+def post_fork(server, worker):
+    if worker.age > 1:  # a replacement worker: its start-up time limit comes as its check reads a model
+        signal.signal(signal.SIGALRM, _start_up_time_limit)
+"""
+STOPPED_CHECK_APP = """
+import signal
+import onnx
+
+_read = onnx.load
+_stopped = []
+
+def _read_until_stopped(*args, **kwargs):
+    if callable(signal.getsignal(signal.SIGALRM)) and not _stopped:
+        _stopped.append(True)
+        signal.raise_signal(signal.SIGALRM)
+    return _read(*args, **kwargs)
+
+onnx.load = _read_until_stopped
+"""
+
+
+def test_a_signal_handlers_exception_in_a_replaced_workers_check_does_not_stop_gunicorn(tmp_path: Path) -> None:
+    """The check raised a signal handler's exception as it is (not as a failed check): the replaced worker
+    failed to load its app, and gunicorn halted the whole server ("Worker failed to boot")."""
+    pytest.importorskip("onnx")
+    repository = tmp_path / "models"
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    command, env, base = _gunicorn(tmp_path, repository, "gthread", hook=False, eager=True, poll=False)
+    (tmp_path / "eager_app.py").write_text(STOPPED_CHECK_APP + APP)
+    (tmp_path / "gunicorn.conf.py").write_text(STOPPED_CHECK_CONF)
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as out:
+        master = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        status, body = _until(lambda: _call(base, "/score"), "the first worker serves", log)
+        assert status == 200, body
+        os.kill(body["pid"], signal.SIGKILL)  # a crash: gunicorn replaces the worker, which loads the app now
+        _until(lambda: "StartUpTimeLimit" in log.read_text() or master.poll() is not None, "the check stopped", log)
+        status, replaced = _until(
+            lambda: master.poll() is None and (r := _call(base, "/score"))[0] == 200 and r, "the new worker serves", log
+        )
+        assert replaced["pid"] != body["pid"] and master.poll() is None, log.read_text()
+        assert "a signal handler's exception stopped the check" in log.read_text(), log.read_text()
+    finally:
+        _stop(master)
