@@ -25,14 +25,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import inprocserve_flask
 import pytest
 
+import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
 HERE = Path(__file__).parent
 UWSGI = os.environ.get("INPROCSERVE_TEST_UWSGI") or shutil.which("uwsgi", path=str(Path(sys.executable).parent))
 OLD_UWSGI = os.environ.get("INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27")
-_SITE_PACKAGES = sysconfig.get_paths()["purelib"]  # (where a pyuwsgi executing Python again finds itself)
+# Where a pyuwsgi executing Python again finds itself, and the packages under test: it runs the base
+# interpreter, whose path holds neither the venv's site-packages nor what its .pth files add (editable
+# installs of the library and this plug-in).
+_SITE_PACKAGES = os.pathsep.join(
+    [
+        sysconfig.get_paths()["purelib"],
+        str(Path(inprocserve.__file__).resolve().parents[1]),
+        str(Path(inprocserve_flask.__file__).resolve().parents[1]),
+    ]
+)
 
 pytestmark = pytest.mark.skipif(
     UWSGI is None, reason="uWSGI is not installed next to this Python (pip install pyuwsgi; it is in the dev extra)"
