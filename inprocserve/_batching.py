@@ -36,7 +36,17 @@ from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
 from ._handoff import handoff_cost_s
 from ._pool import RunnerPool, keep_inherited
 from ._recorder import Recorder
-from ._request import ABANDONED, DONE, QUEUED, RUNNING, BatchTiming, Finisher, Request, complete_batch
+from ._request import (
+    ABANDONED,
+    DONE,
+    QUEUED,
+    RUNNING,
+    BatchTiming,
+    Finisher,
+    Request,
+    complete_batch,
+    let_go_of_future,
+)
 from ._stats import BatchSizeHistogram
 from ._wake_relay import RELAY
 
@@ -319,6 +329,8 @@ class Batcher:
                 return
             self._run_inline(runner, request)
         except BaseException:  # interrupted as the lock was let go, or in _run_inline's own clean-up
+            # first: a worker taking the request would wait for its future's lock with the batcher's lock held
+            let_go_of_future(request.future)  # (interrupted as the future's done-callback was added)
             _answer_dropped(abandoned)  # (a refusal: answered after the lock was let go)
             if request.runner is not None:
                 self._finish_inline(request, ran=False)

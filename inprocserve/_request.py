@@ -40,6 +40,7 @@ __all__ = [
     "Route",
     "complete_batch",
     "finish_detached",
+    "let_go_of_future",
     "wake_after_batch",
 ]
 
@@ -206,6 +207,21 @@ class Request:
 
 Finisher = Callable[[Request], None]
 E = TypeVar("E", bound=BaseException)
+
+
+def let_go_of_future(future: object) -> None:
+    """Release the lock of a ``concurrent.futures.Future`` that this thread was left holding by an interruption.
+
+    For the caller's thread interrupted (a signal handler raised: a task's time limit, Ctrl-C), on its way out
+    only. A future's methods take its lock with ``with self._condition``, and ``Condition.__enter__`` is Python
+    code: CPython runs a pending signal handler as the lock's C ``acquire`` returns, inside ``__enter__``, and
+    the handler's exception leaves the ``with`` unentered, the lock held by this thread for good. The worker
+    that then took or answered the request blocked on it forever (with the batcher's lock held, as it takes a
+    queued request), and every later request of its version waited behind it. Nothing if this thread does
+    not hold it (nor for an event loop's stand-in, which has no such lock)."""
+    condition = getattr(future, "_condition", None)
+    if isinstance(condition, threading.Condition) and condition._is_owned():  # type: ignore[attr-defined]
+        condition._release_save()  # type: ignore[attr-defined]  # (every level of the RLock: it was never entered)
 
 
 def drop_tracebacks(error: E) -> E:

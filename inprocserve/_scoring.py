@@ -31,7 +31,7 @@ from ._errors import (
     RemoteUnavailableError,
 )
 from ._prediction import Prediction
-from ._request import drop_tracebacks
+from ._request import drop_tracebacks, let_go_of_future
 from ._scoring_inputs import as_arrays, count_rows, owned, part_of, rows_of
 from ._scoring_plan import ScoringPlan, caller_may_run, plan_for_version, plan_scoring, scoring_run_rows
 from ._scoring_progress import Progress, ProgressBar, resolve_progress
@@ -442,7 +442,9 @@ def _run(
     finally:
         for queued, index in window:  # the caller stopped early, or a chunk failed: drop what has not run
             if queued.error is None:
-                queued.futures[index].cancel()
+                future = queued.futures[index]
+                let_go_of_future(future)  # (the task's time limit as this thread took its lock: see there)
+                future.cancel()
         window.clear()
         if bar is not None:
             bar.close()
@@ -603,6 +605,9 @@ def _wait(
         except FutureTimeoutError:
             future.cancel()
             raise DeadlineExceededError(f"no answer within {timeout_s:g}s (timeout_s)") from None
+        except BaseException:  # (a part scored again is in no window: its future's lock is let go here)
+            let_go_of_future(future)
+            raise
         # Turned away by a queue that others fill: our earlier chunks are done, so try again after a pause.
         sleep(pause)
         pause = min(longest, pause * 2)

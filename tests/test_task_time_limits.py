@@ -674,6 +674,73 @@ def test_a_time_limit_while_predict_many_waits_for_an_answer_is_no_failure_of_it
         assert server.predict("busy", busy_inputs(3))["y"].shape == (3, 512)
 
 
+class _TimeLimitAsAFutureIsLocked:
+    """CPython runs a pending signal handler as a lock's C ``acquire`` returns: inside ``Condition.__enter__``
+    (Python code) of ``with future._condition``, which is then never entered, its lock held. This lands the
+    time limit there, once, on the main thread, in the future method named ``method`` (for ``result``: once its
+    request runs, so that a worker has it to answer). ``futures``: the future it landed on."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.futures: list[Any] = []
+        self.enter = threading.Condition.__enter__
+        self.main = threading.main_thread().ident
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(
+            threading.Condition, "__enter__", lambda condition: self.enter_as(condition, sys._getframe(1))
+        )
+
+    def enter_as(self, condition: Any, caller: Any) -> Any:
+        future = caller.f_locals.get("self")
+        aimed = (
+            not self.futures
+            and threading.get_ident() == self.main
+            and caller.f_code.co_name == self.method
+            and caller.f_code.co_filename.endswith(os.path.join("concurrent", "futures", "_base.py"))
+        )
+        if aimed and self.method == "result":
+            wait_until(lambda: future._state != "PENDING")
+        entered = self.enter(condition)
+        if aimed:
+            self.futures.append(future)
+            signal.raise_signal(signal.SIGUSR1)
+        return entered
+
+    def unstick(self) -> None:
+        """(Let go of a lock the library left held, so that a failure ends the test rather than hangs it.)"""
+        for future in self.futures:
+            while future._condition._is_owned():
+                future._condition.release()
+
+
+@pytest.mark.parametrize("method", ["add_done_callback", "result"])
+def test_a_time_limit_as_predict_many_takes_a_futures_lock_leaves_the_server_serving(
+    soft_time_limit: None, repository: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """Landing as predict_many queued a request (its future's done-callback added) or awaited one that ran,
+    just as the future's lock was taken, the time limit left that lock held by the task's thread: the worker
+    taking or answering the request waited for it forever (taking it, with the batcher's lock held), and
+    every later request of the version hung."""
+    save_model(build_busy_model(), repository, "busy")
+    stop = _TimeLimitAsAFutureIsLocked(method)
+    with inprocserve.Server(repository=repository) as server:
+        server.predict("busy", busy_inputs(1))
+        stop.install(monkeypatch)
+        try:
+            with pytest.raises(SoftTimeLimitExceeded):
+                for _ in server.predict_many("busy", [busy_inputs(300, seed=seed) for seed in range(4)]):
+                    pass
+            monkeypatch.undo()
+            assert stop.futures  # (it landed)
+            wait_until(stop.futures[0].done)  # its request is answered (run, or cancelled), and the next one
+            wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+            assert server.predict("busy", busy_inputs(3))["y"].shape == (3, 512)
+        finally:
+            monkeypatch.undo()
+            stop.unstick()
+
+
 class _LazyBatch:
     """An array-like whose shape is looked up (a lazy view of a dataset): the time limit lands there."""
 
