@@ -741,6 +741,28 @@ def test_a_time_limit_as_predict_many_takes_a_futures_lock_leaves_the_server_ser
             stop.unstick()
 
 
+def test_a_time_limit_as_submit_queues_a_request_leaves_the_server_serving(
+    soft_time_limit: None, repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, for a task's own ``submit``: its request stays queued and is answered through its future."""
+    save_model(build_busy_model(), repository, "busy")
+    stop = _TimeLimitAsAFutureIsLocked("add_done_callback")
+    with inprocserve.Server(repository=repository) as server:
+        server.predict("busy", busy_inputs(1))
+        stop.install(monkeypatch)
+        try:
+            with pytest.raises(SoftTimeLimitExceeded):
+                server.submit("busy", busy_inputs(300))
+            monkeypatch.undo()
+            assert stop.futures
+            wait_until(stop.futures[0].done)
+            assert stop.futures[0].result()["y"].shape == (300, 512)
+            assert server.predict("busy", busy_inputs(3))["y"].shape == (3, 512)
+        finally:
+            monkeypatch.undo()
+            stop.unstick()
+
+
 class _LazyBatch:
     """An array-like whose shape is looked up (a lazy view of a dataset): the time limit lands there."""
 
