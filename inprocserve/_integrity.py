@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import BinaryIO, Generic, TypeVar
 
 from ._errors import ModelLoadError
 from ._racy import Sighting, changed_long_ago, sighting
@@ -234,6 +234,15 @@ def _attribute(data: memoryview, found: list[ExternalData], depth: int) -> None:
             _nodes(_message(value), _GRAPH_NODE, found, depth + 1)
 
 
+def _read_whole(handle: BinaryIO) -> bytes:
+    """A model file's bytes, read, not memory-mapped: a mapped file that another process truncates (a release
+    copied over it in place, as the docs say not to) kills the process with SIGBUS at the first page read past
+    its new end, and the scan runs on the library's own threads (a refresh, the poller), not only at a load. A
+    file cut short reads as a short file, which the walk refuses as malformed. Reading costs what a load
+    costs anyway: onnxruntime reads the whole file when it builds a session."""
+    return handle.read()
+
+
 def external_data(model: bytes | memoryview | mmap.mmap) -> list[ExternalData]:
     """Every external-data reference in a serialized ModelProto: initializers, sparse initializers,
     tensor attributes, in the main graph, in subgraphs (If/Loop/Scan), functions and training graphs.
@@ -315,10 +324,7 @@ def check_external_data(model_file: Path, *, model: str, version: int, follow_sy
         with model_file.open("rb") as handle:
             if os.fstat(handle.fileno()).st_size == 0:
                 return  # nothing to refer to; onnxruntime says why an empty file is no model
-            # mapped, not read: a model of several GB with its weights inline costs no copy, only the
-            # pages of the fields walked are touched
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                references = external_data(mapped)
+            references = external_data(_read_whole(handle))
     except OSError as exc:
         raise fail(f"{model_file} cannot be read: {exc}") from exc
     except ValueError as exc:
@@ -435,8 +441,7 @@ def external_data_locations(model_file: Path) -> tuple[str, ...]:
         with model_file.open("rb") as handle:
             if os.fstat(handle.fileno()).st_size == 0:
                 return ()
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                references = external_data(mapped)
+            references = external_data(_read_whole(handle))
     except (OSError, ValueError):
         return ()
     found = tuple(sorted({ref.entries["location"] for ref in references if ref.entries.get("location")}))

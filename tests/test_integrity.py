@@ -10,6 +10,8 @@ import codecs
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -540,3 +542,31 @@ def test_a_checksum_file_that_is_no_file_fails_the_version_at_once(
         assert "model.onnx.sha256 cannot be read" in version["error"]
     else:
         assert "model.onnx.sha256 is not a regular file (a folder, a pipe or a device)" in version["error"]
+
+
+def test_a_model_file_cut_short_while_it_is_scanned_fails_the_scan_not_the_process(tmp_path: Path) -> None:
+    """The scan for external data read a memory map of model.onnx: a release copied over it in place (`cp`
+    truncates first) while a refresh scanned it killed the whole process with SIGBUS (the hostile-repository
+    soak, under load). Read, the scan sees the bytes it read, or a short file."""
+    model = tmp_path / "model.onnx"
+    script = f"""
+import sys
+from pathlib import Path
+
+import inprocserve._integrity as integrity
+from inprocserve.testing import build_scale_model
+
+model = Path({str(model)!r})
+model.write_bytes(build_scale_model(2.0).SerializeToString())
+walk = integrity.external_data
+
+def cut_short_meanwhile(data):
+    model.write_bytes(b"")  # (cp's first step: the file truncated, then written again)
+    return walk(data)
+
+integrity.external_data = cut_short_meanwhile
+print("locations", integrity.external_data_locations(model))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert "locations ()" in done.stdout
