@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,20 @@ def soft_time_limit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+class StoppedAtFirstCall:
+    """``call``, with the task's time limit (SIGUSR1) raised into its first call, before it runs."""
+
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self.call = call
+        self.stopped = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.stopped:
+            self.stopped = True
+            signal.raise_signal(signal.SIGUSR1)
+        return self.call(*args, **kwargs)
 
 
 def time_limit_during(function: str) -> threading.Thread:
@@ -337,13 +351,7 @@ def test_a_time_limit_while_a_request_is_copied_for_its_shadows_stops_the_task(
     rollout = inprocserve.RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=[2]))
     config = inprocserve.ModelConfig(rollout=rollout, version_policy=inprocserve.VersionPolicy.all())
     comparable = _shadow._comparable
-    stopped = []
-
-    def copied_until_stopped(outputs: Any) -> Any:
-        if not stopped:
-            stopped.append(True)
-            signal.raise_signal(signal.SIGUSR1)
-        return comparable(outputs)
+    copied_until_stopped = StoppedAtFirstCall(comparable)
 
     x = np.ones((1, 4), np.float32)
     with inprocserve.Server(repository=repository, models={"scale": config}) as server:
@@ -353,7 +361,7 @@ def test_a_time_limit_while_a_request_is_copied_for_its_shadows_stops_the_task(
         caplog.set_level(logging.WARNING, logger="inprocserve")
         with pytest.raises(SoftTimeLimitExceeded):
             server.predict("scale", x)
-        assert stopped
+        assert copied_until_stopped.stopped
         assert not caplog.records, [record.getMessage() for record in caplog.records]
         assert (server._shadow._copying, server._shadow._queued_bytes) == (0, 0)  # its reservation given back
         np.testing.assert_allclose(server.predict("scale", x)["y"], x)
@@ -400,18 +408,12 @@ def test_a_time_limit_as_the_model_files_are_checked_for_the_graph_cache_leaves_
     path = save_model(build_busy_model(), repository, "busy")
     config = inprocserve.ModelConfig(pool=inprocserve.PoolConfig(optimized_model_cache=True))
     settled = _ort_backend._settled_sources
-    stopped: list[bool] = []
-
-    def checked_until_stopped(*args: Any) -> bool:
-        if not stopped:
-            stopped.append(True)
-            signal.raise_signal(signal.SIGUSR1)
-        return settled(*args)
+    checked_until_stopped = StoppedAtFirstCall(settled)
 
     monkeypatch.setattr(_ort_backend, "_settled_sources", checked_until_stopped)
     with pytest.raises(SoftTimeLimitExceeded):
         inprocserve.Server(repository=repository, models={"busy": config})
-    assert stopped
+    assert checked_until_stopped.stopped
     assert not list(path.parent.glob("*.partial"))
     assert not [name for name in _open_files() if name.endswith(".partial")]
     with inprocserve.Server(repository=repository, models={"busy": config}) as server:
@@ -481,18 +483,12 @@ def test_a_time_limit_while_a_models_config_is_read_stops_the_task_not_the_model
     save_model(build_busy_model(), repository, "busy")
     (repository / "busy" / "config.toml").write_text("[batching]\nmax_batch_size = 8\n")
     load = _registry.load_model_config
-    stopped: list[bool] = []
-
-    def read_until_stopped(*args: Any, **kwargs: Any) -> Any:
-        if not stopped:
-            stopped.append(True)
-            signal.raise_signal(signal.SIGUSR1)
-        return load(*args, **kwargs)
+    read_until_stopped = StoppedAtFirstCall(load)
 
     monkeypatch.setattr(_registry, "load_model_config", read_until_stopped)
     with pytest.raises(SoftTimeLimitExceeded):
         inprocserve.Server(repository=repository)
-    assert stopped
+    assert read_until_stopped.stopped
     with inprocserve.Server(repository=repository) as server:
         server.predict("busy", busy_inputs(2))
 
@@ -1079,13 +1075,7 @@ def test_a_time_limit_while_check_repository_reads_a_model_is_not_the_models_fau
     onnx = pytest.importorskip("onnx")
     save_model(build_busy_model(), repository, "busy")
     load = onnx.load
-    stopped: list[bool] = []
-
-    def read_until_stopped(*args: Any, **kwargs: Any) -> Any:
-        if not stopped:
-            stopped.append(True)
-            signal.raise_signal(signal.SIGUSR1)
-        return load(*args, **kwargs)
+    read_until_stopped = StoppedAtFirstCall(load)
 
     monkeypatch.setattr(onnx, "load", read_until_stopped)
     with pytest.raises(SoftTimeLimitExceeded):
@@ -1146,19 +1136,13 @@ def test_a_time_limit_while_a_load_checks_that_rows_answer_alone_stops_the_task(
 
     save_model(build_busy_model(), repository, "busy")
     compare = _model.rows_problem
-    stopped: list[bool] = []
-
-    def compared_until_stopped(*args: Any, **kwargs: Any) -> Any:
-        if not stopped:
-            stopped.append(True)
-            signal.raise_signal(signal.SIGUSR1)
-        return compare(*args, **kwargs)
+    compared_until_stopped = StoppedAtFirstCall(compare)
 
     monkeypatch.setattr(_model, "rows_problem", compared_until_stopped)
     caplog.set_level(logging.WARNING, logger="inprocserve")
     with pytest.raises(SoftTimeLimitExceeded):
         inprocserve.Server(repository=repository)
-    assert stopped
+    assert compared_until_stopped.stopped
     assert not caplog.records, [record.getMessage() for record in caplog.records]
     with inprocserve.Server(repository=repository) as server:  # the next task's
         assert server.predict("busy", busy_inputs(3))["y"].shape == (3, 512)
