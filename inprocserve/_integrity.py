@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import mmap
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from ._errors import ModelLoadError
 from ._racy import Sighting, changed_long_ago, sighting
@@ -234,16 +233,24 @@ def _attribute(data: memoryview, found: list[ExternalData], depth: int) -> None:
             _nodes(_message(value), _GRAPH_NODE, found, depth + 1)
 
 
-def _read_whole(handle: BinaryIO) -> bytes:
-    """A model file's bytes, read, not memory-mapped: a mapped file that another process truncates (a release
-    copied over it in place, as the docs say not to) kills the process with SIGBUS at the first page read past
-    its new end, and the scan runs on the library's own threads (a refresh, the poller), not only at a load. A
-    file cut short reads as a short file, which the walk refuses as malformed. Reading costs what a load
-    costs anyway: onnxruntime reads the whole file when it builds a session."""
-    return handle.read()
+def _references_in(model_file: Path) -> list[ExternalData]:
+    """:func:`external_data` of a model file (none for an empty one), read, not memory-mapped: a mapped file
+    that another process truncates (a release copied over it in place, as the docs say not to) kills the
+    process with SIGBUS at the first page read past its new end, and the scan runs on the library's own
+    threads (a refresh, the poller), not only at a load. A file cut short reads as a short file, which the
+    walk refuses as malformed. Reading costs what a load costs anyway: onnxruntime reads the whole file when
+    it builds a session.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not a well-formed ModelProto.
+    """
+    with model_file.open("rb") as handle:
+        data = handle.read()
+    return external_data(data) if data else []
 
 
-def external_data(model: bytes | memoryview | mmap.mmap) -> list[ExternalData]:
+def external_data(model: bytes | memoryview) -> list[ExternalData]:
     """Every external-data reference in a serialized ModelProto: initializers, sparse initializers,
     tensor attributes, in the main graph, in subgraphs (If/Loop/Scan), functions and training graphs.
 
@@ -321,10 +328,7 @@ def check_external_data(model_file: Path, *, model: str, version: int, follow_sy
     if not model_file.is_file():
         raise fail(f"model file {model_file} does not exist")
     try:
-        with model_file.open("rb") as handle:
-            if os.fstat(handle.fileno()).st_size == 0:
-                return  # nothing to refer to; onnxruntime says why an empty file is no model
-            references = external_data(_read_whole(handle))
+        references = _references_in(model_file)  # (an empty file refers to nothing; onnxruntime says why)
     except OSError as exc:
         raise fail(f"{model_file} cannot be read: {exc}") from exc
     except ValueError as exc:
@@ -375,7 +379,6 @@ def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, foll
 
 
 _T = TypeVar("_T")
-_Stamp = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns): a version of a file's contents
 
 
 class _PerFile(Generic[_T]):
@@ -438,10 +441,7 @@ def external_data_locations(model_file: Path) -> tuple[str, ...]:
     if cached is not None:
         return cached
     try:
-        with model_file.open("rb") as handle:
-            if os.fstat(handle.fileno()).st_size == 0:
-                return ()
-            references = external_data(_read_whole(handle))
+        references = _references_in(model_file)
     except (OSError, ValueError):
         return ()
     found = tuple(sorted({ref.entries["location"] for ref in references if ref.entries.get("location")}))
