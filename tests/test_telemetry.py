@@ -67,10 +67,17 @@ class Otel:
         self.spans = InMemorySpanExporter()
         self.reader = InMemoryMetricReader()
         self.switchboard = _Switchboard()
-        provider = TracerProvider()
+        # The global providers can be set once per process: a test that ran first in this process (under
+        # pytest-xdist, any file) may have set an SDK tracer provider already; spans reach it as well.
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            provider = TracerProvider()
+            trace.set_tracer_provider(provider)
         provider.add_span_processor(SimpleSpanProcessor(self.spans))
         provider.add_span_processor(self.switchboard)
-        trace.set_tracer_provider(provider)
+        assert not isinstance(metrics.get_meter_provider(), MeterProvider), (
+            "a meter provider was set in this process before the otel fixture's: set it in a child process"
+        )
         metrics.set_meter_provider(MeterProvider(metric_readers=[self.reader]))
         self.tracer = trace.get_tracer("tests")
 
