@@ -438,3 +438,29 @@ def test_eager_mode_checks_a_linked_release_the_workers_would_serve(tmp_path: Pa
     (release / "model.onnx").write_bytes(b"a release cut short")
     (folder / "scale" / "2").symlink_to(release, target_is_directory=True)
     assert "'scale' version 2: not a readable ONNX model" in _eager_setup(folder, "follow")["error"]
+
+
+@pytest.mark.parametrize("eager", [True, "false"], ids=["EAGER True", "EAGER 'false' from the environment"])
+def test_eager_settings_with_a_config_dict_are_named_by_their_check_not_a_traceback(
+    repository: Path, tmp_path: Path, eager: object
+) -> None:
+    # A dict shaped like config.toml where a ModelConfig belongs (system check E003): with EAGER on, or a
+    # string taken for on, ready()'s start-up check raised a TypeError naming the core's `config` argument at
+    # every manage.py command, `manage.py check` included, which never got to list the problems.
+    import subprocess
+    import sys
+
+    inprocserve_setting = {"REPOSITORY": str(repository), "EAGER": eager, "CONFIG": {"batching": {"max_batch_size": 8}}}
+    (tmp_path / "eager_settings.py").write_text(
+        f"SECRET_KEY = {'k' * 50!r}\nINSTALLED_APPS = ['inprocserve_django']\nINPROCSERVE = {inprocserve_setting!r}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "check", "--settings", "eager_settings"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1 and "TypeError" not in done.stderr, done.stderr[-2000:]
+    assert "inprocserve.E003" in done.stderr  # the check's id and words: `manage.py check`'s, or the start-up's
+    assert "INPROCSERVE['CONFIG'] must be an inprocserve.ModelConfig, got dict" in done.stderr
+    if eager != True:  # noqa: E712 - the string is refused as itself (E012), never taken for on
+        assert "inprocserve.E012" in done.stderr and "EAGER" in done.stderr

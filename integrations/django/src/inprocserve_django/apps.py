@@ -25,17 +25,27 @@ class InprocserveConfig(AppConfig):
     verbose_name = "inprocserve"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
+        from . import checks  # (importing it registers the system checks)
 
         setting_changed.connect(_on_setting_changed, dispatch_uid="inprocserve_setting_changed")
         from .conf import settings
 
         config = settings()
-        if config["EAGER"]:
+        # (a value other than True or False, such as "false" read from the environment, is check error E012:
+        # reported by the checks, never taken for on)
+        if config["EAGER"] is True:
             # Check now (no onnxruntime: this may be a pre-forking master) so a broken repository fails
             # the start-up (not that of a gunicorn worker replacing an earlier one: see check_at_start);
             # each worker builds and warms its own server right after the fork.
+            from django.core.exceptions import ImproperlyConfigured
+
             import inprocserve
+
+            refused = checks.model_config_errors(config)
+            if refused:  # (the check raised a TypeError naming the core's argument, `config`, not the setting)
+                raise ImproperlyConfigured(
+                    "INPROCSERVE is not valid for EAGER's start-up check:\n" + checks.listed(refused)
+                )
             from inprocserve._prefork import check_at_start
 
             from .server import warm_after_fork

@@ -60,17 +60,7 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         found = set(scan.models)
         for problem in scan.problems:
             messages.append(Warning(problem, id="inprocserve.W002"))
-    for key in ("CONFIG",):
-        value = config[key]
-        if value is not None and not isinstance(value, inprocserve.ModelConfig):
-            messages.append(
-                Error(
-                    f"INPROCSERVE['{key}'] must be an inprocserve.ModelConfig, got {type(value).__name__}.",
-                    hint="Build it with inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(...)); "
-                    "bad values raise ConfigurationError with the reason.",
-                    id="inprocserve.E003",
-                )
-            )
+    messages.extend(model_config_errors(config))
     if config["V2_LIMITS"] is not None and not isinstance(config["V2_LIMITS"], v2.Limits):
         messages.append(
             Error(
@@ -79,20 +69,8 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="inprocserve.E008",
             )
         )
-    models = config["MODELS"]
-    if not isinstance(models, dict):
-        messages.append(Error("INPROCSERVE['MODELS'] must be a dict of name -> ModelConfig.", id="inprocserve.E005"))
-        models = {}
-    for name, model_config in models.items():
-        if not isinstance(model_config, inprocserve.ModelConfig):
-            messages.append(
-                Error(
-                    f"INPROCSERVE['MODELS'][{name!r}] must be an inprocserve.ModelConfig, "
-                    f"got {type(model_config).__name__}.",
-                    hint="Build it with inprocserve.ModelConfig(...).",
-                    id="inprocserve.E006",
-                )
-            )
+    models = config["MODELS"] if isinstance(config["MODELS"], dict) else {}
+    for name in models:
         if repository is not None and found and name not in found:
             messages.append(
                 Error(
@@ -173,10 +151,44 @@ def refuse_invalid_settings() -> None:
         refuse_at_start(inprocserve.ConfigurationError(missing[0].msg), repository=repository)  # (logs it)
         errors = [error for error in errors if error.id != "inprocserve.E001"]
     if errors:
-        lines = [f"{error.id}: {error.msg}" + (f" HINT: {error.hint}" if error.hint else "") for error in errors]
-        raise ImproperlyConfigured(
-            "INPROCSERVE is not valid (`manage.py check` reports the same):\n" + "\n".join(lines)
+        raise ImproperlyConfigured("INPROCSERVE is not valid (`manage.py check` reports the same):\n" + listed(errors))
+
+
+def listed(errors: list[Error]) -> str:
+    """Check errors one a line, each with its id and hint (what ``ImproperlyConfigured`` says)."""
+    return "\n".join(f"{error.id}: {error.msg}" + (f" HINT: {error.hint}" if error.hint else "") for error in errors)
+
+
+def model_config_errors(config: Mapping[str, Any]) -> list[Error]:
+    """inprocserve.E003, E005, E006: ``CONFIG`` or ``MODELS`` that are not ``inprocserve.ModelConfig`` objects
+    (a dict shaped like ``config.toml``, say), which every build of the server, and EAGER's start-up check,
+    refuse."""
+    errors: list[Error] = []
+    value = config["CONFIG"]
+    if value is not None and not isinstance(value, inprocserve.ModelConfig):
+        errors.append(
+            Error(
+                f"INPROCSERVE['CONFIG'] must be an inprocserve.ModelConfig, got {type(value).__name__}.",
+                hint="Build it with inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(...)); "
+                "bad values raise ConfigurationError with the reason.",
+                id="inprocserve.E003",
+            )
         )
+    models = config["MODELS"]
+    if not isinstance(models, dict):
+        errors.append(Error("INPROCSERVE['MODELS'] must be a dict of name -> ModelConfig.", id="inprocserve.E005"))
+        models = {}
+    for name, model_config in models.items():
+        if not isinstance(model_config, inprocserve.ModelConfig):
+            errors.append(
+                Error(
+                    f"INPROCSERVE['MODELS'][{name!r}] must be an inprocserve.ModelConfig, "
+                    f"got {type(model_config).__name__}.",
+                    hint="Build it with inprocserve.ModelConfig(...).",
+                    id="inprocserve.E006",
+                )
+            )
+    return errors
 
 
 def _names(value: object) -> bool:
