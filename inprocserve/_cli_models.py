@@ -164,7 +164,8 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     ``policy_error``
     (its version policy selects none of its versions, or its rollout names a version that is not there) and
     ``versions``: number -> ``ok``,
-    ``served`` (by the version policy), ``error`` and ``signature`` (and ``remote``, the endpoint, for a
+    ``served`` (a server started now serves it: the version policy over the versions that load, or the
+    rollout or control file names it), ``error`` and ``signature`` (and ``remote``, the endpoint, for a
     version served remotely: its server is asked).
     ``follow_symlinks`` scans as ``Server(repository, follow_symlinks=True)`` does: links are loaded, not
     reported.
@@ -242,7 +243,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
             config, pool=PoolConfig(size=1, intra_op_threads=1, providers=config.pool.providers)
         )
         for version, path in sorted(source.versions.items()):
-            result: dict[str, Any] = {"ok": False, "served": version in selected, "error": None, "signature": None}
+            result: dict[str, Any] = {"ok": False, "served": False, "error": None, "signature": None}
             entry["versions"][str(version)] = result
             if is_remote(path):  # reached, not loaded: its signature comes from the server's metadata
                 unknown: list[str] = []
@@ -268,6 +269,15 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
             assert model.signature is not None
             result.update(ok=True, signature=model.signature.to_dict())
             model.retire()
+        # What a server started now serves, as it chooses: the policy applied to the versions that load (a
+        # failed latest leaves the one before it serving), and the versions its rollout or the control file
+        # names (a stable pin, a canary, a shadow), whatever the policy. (Said of every version on disk by
+        # the policy alone, the demo's stable version 1 and canary 2 read "not served", its shadow "served".)
+        usable = sorted(int(number) for number, result in entry["versions"].items() if result["ok"])
+        named = config.rollout.referenced_versions | control_served.get(name, set())
+        served = set(config.version_policy.select(usable)) | (named & set(usable))
+        for number in served:
+            entry["versions"][str(number)]["served"] = True
     return {
         "repository": str(repository),
         "ok": not problems,

@@ -68,6 +68,28 @@ def test_validate_a_good_repository(repository: Path, capsys: object) -> None:
     assert "1 model(s), 0 problem(s)" in out
 
 
+def test_validate_says_served_of_the_versions_a_server_serves(repository: Path, capsys: object) -> None:
+    # The demo's layout: 1 stable, 2 a canary, 3 a shadow; the policy ("latest") alone selects 3. And a
+    # model whose latest version is broken: a server serves the one before it.
+    for version in (1, 2, 3, 4):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    (repository / "fraud" / "config.toml").write_text(
+        '[rollout]\nstrategy = "canary"\nstable = 1\n[rollout.canary]\nversion = 2\npercent = 10\n'
+        "[rollout.shadow]\nversions = [3]\n"
+    )
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    (repository / "scale" / "2").mkdir()
+    (repository / "scale" / "2" / "model.onnx").write_bytes(b"cut short")
+    assert main(["validate", str(repository)]) == 1
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    for version in (1, 2, 3, 4):  # they read "not served" but the latest, 4
+        assert f"OK      fraud v{version} (served)" in out, out
+    assert "OK      scale v1 (served)" in out  # it read "not served", the broken 2 "served"
+    with inprocserve.Server(repository, control_interval_s=None) as server:  # what a server serves indeed
+        assert server.predict("scale", {"x": [[1.0, 2.0, 3.0, 4.0]]}).version == 1
+        assert sorted(server.status()["models"]["fraud"]["versions"]) == ["1", "2", "3", "4"]
+
+
 def test_validate_reports_every_problem(repository: Path) -> None:
     save_model(build_scale_model(), repository, "scale", 1)
     (repository / "scale" / "config.toml").write_text("[batching]\nmax_batch_size = -1\n")
