@@ -136,6 +136,8 @@ class Registry:
         self._explicit: set[str] = set()  # loaded with load(path=...): refresh() leaves them alone
         self._unloaded: set[str] = set()  # unloaded by hand: refresh() does not bring them back
         self._unloaded_versions: dict[str, set[int]] = {}  # versions unloaded by hand, likewise
+        # versions loaded by hand (load(name, version=N)): served whatever the policy, until unloaded by hand
+        self._loaded_by_hand: dict[str, set[int]] = {}
         # Versions held back from the default by the compatibility gate, and why (per model).
         self.incompatible: dict[str, dict[int, list[str]]] = {}
         self.routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
@@ -210,8 +212,11 @@ class Registry:
         version: int | None = None,
         config: ModelConfig | None = None,
         remote: RemoteModel | None = None,
+        by_hand: bool = False,
     ) -> int:
-        """See :meth:`Server.load` (the lifecycle lock serializes it with every other change)."""
+        """See :meth:`Server.load` (the lifecycle lock serializes it with every other change). ``by_hand``:
+        called by :meth:`Server.load`, not for a control revision or a pinned request (which load a version
+        for as long as they name it, and leave the policy to the next refresh)."""
         validate_model_name(name)
         if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
             raise ValueError(f"version must be a positive int, got {version!r}")
@@ -235,7 +240,15 @@ class Registry:
                 effective = self.config_for(name, source, config)
                 if version is not None:
                     self._load_version(name, version, source.versions[version], effective)
-                    self.publish(name)
+                    if not by_hand:
+                        self.publish(name)
+                        return version
+                    # Kept whatever the policy (a later refresh unloaded one it does not select, and pinned
+                    # requests to it failed), and the policy applied at once, as unload(name, version) does:
+                    # version N loaded again after a hand unload takes the default now, not at the next poll.
+                    self._loaded_by_hand.setdefault(name, set()).add(version)
+                    for problem in self._sync_model(name, source, effective):
+                        logger.warning("model %r: after loading version %s: %s", name, version, problem)
                     return version
                 # (a rollout naming an absent version is logged: the model loads, and load() says so by returning)
                 problems = [
@@ -278,10 +291,12 @@ class Registry:
                 raise ModelNotFoundError(f"model {name!r} version {version} is not loaded", model=name, version=version)
             if version is None:
                 self._unloaded.add(name)
+                self._loaded_by_hand.pop(name, None)
                 self._load_configs.pop(name, None)  # a later load(name) reads the repository's configuration
                 self.retire(name, list(loaded), timeout_s=timeout_s)
                 return
             self._unloaded_versions.setdefault(name, set()).add(version)
+            self._loaded_by_hand.get(name, set()).discard(version)
             source: ModelSource | None = None
             config: ModelConfig | None = None
             if self.repository is not None and name not in self._explicit:
@@ -388,9 +403,10 @@ class Registry:
             for key in [key for key in self._load_errors if key[1] not in self.failures.get(key[0], {})]:
                 del self._load_errors[key]  # (a version gone from disk, or whose failure was forgotten)
                 self._load_log.forget(key)
-            for name in list(self._unloaded_versions):
-                if name not in scan.models and name not in scan.unreadable:  # (unreadable: not gone)
-                    del self._unloaded_versions[name]
+            for hand in (self._unloaded_versions, self._loaded_by_hand):
+                for name in list(hand):
+                    if name not in scan.models and name not in scan.unreadable:  # (unreadable: not gone)
+                        del hand[name]
             for problem in scan.problems:
                 if problem not in self._scan_problems:  # logged once: a poll every second would repeat it
                     logger.warning("model repository: %s", problem)
@@ -498,6 +514,7 @@ class Registry:
             # Versions the rollout names (stable alias, canary, arms, shadows) are served whatever the policy.
             extra = (
                 config.rollout.referenced_versions
+                | self._loaded_by_hand.get(name, set())
                 | self._control_versions(name)
                 | ({router.state.alias} if router and router.state.alias else set())
             )

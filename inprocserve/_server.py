@@ -992,8 +992,9 @@ class Server(RolloutMethods):
         highest loaded. With ``remote`` the version runs on the Open Inference Protocol server it names
         (its signature comes from the server's metadata), numbered like ``path``. Without either the model
         is (re)loaded from the repository per its version policy, or just ``version`` if given (a version
-        folder with ``remote.toml`` is served remotely). A version that fails to load never replaces a
-        working one.
+        folder with ``remote.toml`` is served remotely; the policy is then applied at once, and the version
+        stays loaded across refreshes, whatever the policy, until it is unloaded by hand). A version that
+        fails to load never replaces a working one.
 
         Raises:
             ModelLoadError: the model cannot be loaded or warmed up (a remote server that is unreachable,
@@ -1003,7 +1004,7 @@ class Server(RolloutMethods):
             TypeError: ``config`` is not a ``ModelConfig``.
         """
         check_model_configs(config, None)
-        return self._registry.load(name, path=path, version=version, config=config, remote=remote)
+        return self._registry.load(name, path=path, version=version, config=config, remote=remote, by_hand=True)
 
     def unload(self, name: str, version: int | None = None, *, timeout_s: float | None = None) -> None:
         """Stop serving a model (or one version) after its queued and running requests finish.

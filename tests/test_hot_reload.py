@@ -106,6 +106,37 @@ def test_an_unloaded_version_stays_unloaded_under_the_all_policy(repository: Pat
     assert server.models == {"scale": [1, 2]}
 
 
+def test_a_version_loaded_again_after_its_unload_takes_the_default_at_once(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    server = make_server(repository)
+    server.unload("scale", 2)  # (a bad release, say)
+    assert one(server).version == 1
+    assert server.load("scale", version=2) == 2  # fixed: back to the policy's choice, not at the next poll
+    assert one(server).version == 2
+    assert server.models == {"scale": [2]}
+
+
+def test_a_version_loaded_by_hand_serves_its_pinned_requests_across_refreshes(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    server = make_server(repository)
+    assert server.load("scale", version=1) == 1  # for a comparison against the old model, say
+    for _ in range(2):
+        assert one(server).version == 3  # the policy's choice keeps the default traffic
+        answer = server.predict("scale", np.ones((1, 4), np.float32), version=1)
+        assert answer.version == 1 and answer["y"][0, 0] == 1.0
+        server.refresh()  # (it unloaded version 1 again, and pinned requests to it failed)
+    assert server.models == {"scale": [1, 3]}
+    server.unload("scale", 1)
+    server.refresh()
+    assert server.models == {"scale": [3]}
+
+
 def test_unloading_the_latest_version_falls_back_to_the_previous_one(
     repository: Path, make_server: ServerFactory
 ) -> None:
