@@ -227,8 +227,9 @@ class Registry:
         with self.lock:
             self.check_open()
             self._unloaded.discard(name)
-            if version is None:
+            if version is None:  # the policy's choice again: versions unloaded or loaded by hand are forgotten
                 self._unloaded_versions.pop(name, None)
+                self._loaded_by_hand.pop(name, None)
             else:
                 self._unloaded_versions.get(name, set()).discard(version)
             if path is None and remote is None:
@@ -246,7 +247,13 @@ class Registry:
                     # Kept whatever the policy (a later refresh unloaded one it does not select, and pinned
                     # requests to it failed), and the policy applied at once, as unload(name, version) does:
                     # version N loaded again after a hand unload takes the default now, not at the next poll.
-                    self._loaded_by_hand.setdefault(name, set()).add(version)
+                    # One the policy selects is left to it: marked, a bad release loaded again once fixed
+                    # stayed loaded beside every later version, for the life of the process.
+                    unloaded = self._unloaded_versions.get(name, set())
+                    if version not in effective.version_policy.select(
+                        [v for v in source.versions if v not in unloaded]
+                    ):
+                        self._loaded_by_hand.setdefault(name, set()).add(version)
                     for problem in self._sync_model(name, source, effective):
                         logger.warning("model %r: after loading version %s: %s", name, version, problem)
                     return version

@@ -991,10 +991,11 @@ class Server(RolloutMethods):
         needed; ``version`` defaults to one more than the
         highest loaded. With ``remote`` the version runs on the Open Inference Protocol server it names
         (its signature comes from the server's metadata), numbered like ``path``. Without either the model
-        is (re)loaded from the repository per its version policy, or just ``version`` if given (a version
-        folder with ``remote.toml`` is served remotely; the policy is then applied at once, and the version
-        stays loaded across refreshes, whatever the policy, until it is unloaded by hand). A version that
-        fails to load never replaces a working one.
+        is (re)loaded from the repository per its version policy (versions loaded or unloaded by hand before
+        go back to it), or just ``version`` if given (a version folder with ``remote.toml`` is served remotely;
+        the policy is then applied at once, and a version it does not select stays loaded across refreshes
+        until it is unloaded by hand or the model loaded again by name). A version that fails to load never
+        replaces a working one.
 
         Raises:
             ModelLoadError: the model cannot be loaded or warmed up (a remote server that is unreachable,

@@ -137,6 +137,34 @@ def test_a_version_loaded_by_hand_serves_its_pinned_requests_across_refreshes(
     assert server.models == {"scale": [3]}
 
 
+def test_a_version_loaded_again_after_its_unload_gives_way_to_a_later_version(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    server = make_server(repository)
+    server.unload("scale", 2)  # a bad release, fixed in place, then loaded again
+    server.load("scale", version=2)
+    save_model(build_scale_model(3.0), repository, "scale", 3)
+    server.refresh()
+    assert one(server).version == 3
+    assert server.models == {"scale": [3]}  # (version 2 stayed loaded beside every later version)
+
+
+def test_loading_the_model_hands_versions_loaded_by_hand_back_to_the_policy(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    server = make_server(repository)
+    server.load("scale", version=1)  # compared against the current model for a while
+    assert server.models == {"scale": [1, 3]}
+    assert server.load("scale") == 3  # done: the policy's choice alone, as unloaded versions come back
+    assert server.models == {"scale": [3]}
+    server.refresh()
+    assert server.models == {"scale": [3]}
+
+
 def test_unloading_the_latest_version_falls_back_to_the_previous_one(
     repository: Path, make_server: ServerFactory
 ) -> None:
