@@ -241,7 +241,8 @@ class Registry:
                 effective = self.config_for(name, source, config)
                 if version is not None:
                     self._load_version(name, version, source.versions[version], effective)
-                    if not by_hand:
+                    # (a model loaded by path has no policy to apply: its other versions are no repository's)
+                    if not by_hand or name in self._explicit:
                         self.publish(name)
                         return version
                     # Kept whatever the policy (a later refresh unloaded one it does not select, and pinned

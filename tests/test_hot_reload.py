@@ -165,6 +165,20 @@ def test_loading_the_model_hands_versions_loaded_by_hand_back_to_the_policy(
     assert server.models == {"scale": [3]}
 
 
+def test_a_repository_version_loaded_beside_one_loaded_by_path_leaves_it_serving(
+    repository: Path, tmp_path: Path, make_server: ServerFactory
+) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    mine = save_model(build_scale_model(10.0), tmp_path / "builds", "scale", 1)  # a build of my own
+    server = make_server(repository)
+    server.unload("scale")
+    assert server.load("scale", path=mine) == 1
+    assert server.load("scale", version=2) == 2  # the repository's, to compare with
+    assert server.predict("scale", np.ones((1, 4), np.float32), version=1)["y"][0, 0] == 10.0  # (unloaded)
+    assert server.models == {"scale": [1, 2]}
+
+
 def test_unloading_the_latest_version_falls_back_to_the_previous_one(
     repository: Path, make_server: ServerFactory
 ) -> None:
