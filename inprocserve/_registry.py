@@ -256,7 +256,8 @@ class Registry:
                     ):
                         self._loaded_by_hand.setdefault(name, set()).add(version)
                     for problem in self._sync_model(name, source, effective):
-                        logger.warning("model %r: after loading version %s: %s", name, version, problem)
+                        if problem != self._reference_problems.get(name):  # (logged once, as load(name) leaves it)
+                            logger.warning("model %r: after loading version %s: %s", name, version, problem)
                     return version
                 # (a rollout naming an absent version is logged: the model loads, and load() says so by returning)
                 problems = [

@@ -179,6 +179,20 @@ def test_a_repository_version_loaded_beside_one_loaded_by_path_leaves_it_serving
     assert server.models == {"scale": [1, 2]}
 
 
+def test_loading_versions_by_hand_does_not_repeat_a_rollout_problem(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    (repository / "scale" / "config.toml").write_text("[rollout]\nstable = 9\n")  # (a typo for 3)
+    caplog.set_level(logging.WARNING, logger="inprocserve")
+    server = make_server(repository)
+    for version in (1, 2, 1):
+        server.load("scale", version=version)
+    said = [r for r in caplog.records if "its rollout names version(s) 9" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]  # (once per load by hand too)
+
+
 def test_unloading_the_latest_version_falls_back_to_the_previous_one(
     repository: Path, make_server: ServerFactory
 ) -> None:
