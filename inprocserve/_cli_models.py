@@ -179,6 +179,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
     # The fleet's control file: a server that starts while it cannot be read refuses every request, and one
     # whose revision serves a version that is not here serves another (both reported as control.error).
     control_served: dict[str, set[int]] = {}
+    control_kept: dict[str, set[int]] = {}  # and those it keeps loaded (its previous stable, for a rollback)
     try:
         control = ControlFile(repository).read()
     except ConfigurationError as exc:
@@ -195,6 +196,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
             source = scan.models.get(name)
             served = {v for v in (state.stable, state.canary_version if state.canary_active else None) if v}
             control_served[name] = served
+            control_kept[name] = state.versions
             missing = sorted(v for v in served if source is None or v not in source.versions)
             if source is not None and missing:
                 control_problems.append(
@@ -271,10 +273,11 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
             model.retire()
         # What a server started now serves, as it chooses: the policy applied to the versions that load (a
         # failed latest leaves the one before it serving), and the versions its rollout or the control file
-        # names (a stable pin, a canary, a shadow), whatever the policy. (Said of every version on disk by
+        # names (a stable pin, a canary, a shadow; the control file's previous stable, loaded for a rollback),
+        # whatever the policy. (Said of every version on disk by
         # the policy alone, the demo's stable version 1 and canary 2 read "not served", its shadow "served".)
         usable = sorted(int(number) for number, result in entry["versions"].items() if result["ok"])
-        named = config.rollout.referenced_versions | control_served.get(name, set())
+        named = config.rollout.referenced_versions | control_kept.get(name, set())
         served = set(config.version_policy.select(usable)) | (named & set(usable))
         for number in served:
             entry["versions"][str(number)]["served"] = True

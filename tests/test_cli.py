@@ -90,6 +90,18 @@ def test_validate_says_served_of_the_versions_a_server_serves(repository: Path, 
         assert sorted(server.status()["models"]["fraud"]["versions"]) == ["1", "2", "3", "4"]
 
 
+def test_validate_says_served_of_the_control_files_previous_stable_version(repository: Path) -> None:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    for version in ("1", "2"):  # the fleet on 2, with 1 kept loaded for an instant rollback
+        assert run_cli("switch", str(repository), "scale", version).returncode == 0
+    checked = run_cli("validate", str(repository))
+    for version in (1, 2, 3):  # (1 read "not served by the version policy")
+        assert f"OK      scale v{version} (served): " in checked.stdout, checked.stdout
+    with inprocserve.Server(repository, control_interval_s=None) as server:  # what a server serves indeed
+        assert server.predict("scale", {"x": [[1.0, 1.0, 1.0, 1.0]]}, version=1).version == 1
+
+
 def test_validate_reports_every_problem(repository: Path) -> None:
     save_model(build_scale_model(), repository, "scale", 1)
     (repository / "scale" / "config.toml").write_text("[batching]\nmax_batch_size = -1\n")
