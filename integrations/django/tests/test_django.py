@@ -464,3 +464,32 @@ def test_eager_settings_with_a_config_dict_are_named_by_their_check_not_a_traceb
     assert "INPROCSERVE['CONFIG'] must be an inprocserve.ModelConfig, got dict" in done.stderr
     if eager != True:  # noqa: E712 - the string is refused as itself (E012), never taken for on
         assert "inprocserve.E012" in done.stderr and "EAGER" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ({"FOLLOW_SYMLINKS": "false"}, "inprocserve.E012: INPROCSERVE['FOLLOW_SYMLINKS'] must be True or False"),
+        ({"REPOSITORY": 5}, "inprocserve.E001: INPROCSERVE['REPOSITORY'] (5) is not a directory"),
+    ],
+    ids=["FOLLOW_SYMLINKS 'false' from the environment", "REPOSITORY not a path"],
+)
+def test_eager_settings_the_start_up_check_is_given_are_named_by_their_check(
+    repository: Path, tmp_path: Path, setting: dict[str, object], said: str
+) -> None:
+    # EAGER's check in ready() refused them in the core's words: "follow_symlinks must be true or false", or
+    # "TypeError: expected str, bytes or os.PathLike object, not int", naming no setting.
+    import subprocess
+    import sys
+
+    inprocserve_setting = {"REPOSITORY": str(repository), "EAGER": True, **setting}
+    (tmp_path / "eager_args_settings.py").write_text(
+        f"SECRET_KEY = {'k' * 50!r}\nINSTALLED_APPS = ['inprocserve_django']\nINPROCSERVE = {inprocserve_setting!r}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "check", "--settings", "eager_args_settings"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert said in done.stderr, done.stderr[-2000:]

@@ -41,8 +41,8 @@ class InprocserveConfig(AppConfig):
 
             import inprocserve
 
-            refused = checks.model_config_errors(config)
-            if refused:  # (the check raised a TypeError naming the core's argument, `config`, not the setting)
+            refused = checks.start_check_errors(config)
+            if refused:  # (the check refused them naming the core's arguments, or none, not the settings)
                 raise ImproperlyConfigured(
                     "INPROCSERVE is not valid for EAGER's start-up check:\n" + checks.listed(refused)
                 )

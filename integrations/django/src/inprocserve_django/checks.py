@@ -48,13 +48,7 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 )
             )
     elif not isinstance(repository, str | os.PathLike) or not Path(repository).is_dir():
-        messages.append(
-            Error(
-                f"INPROCSERVE['REPOSITORY'] ({repository}) is not a directory.",
-                hint="Create it, or point REPOSITORY at the folder that holds your models.",
-                id="inprocserve.E001",
-            )
-        )
+        messages.append(_not_a_directory(repository))
     else:
         scan = scan_repository(Path(repository))
         found = set(scan.models)
@@ -154,6 +148,36 @@ def refuse_invalid_settings() -> None:
         raise ImproperlyConfigured("INPROCSERVE is not valid (`manage.py check` reports the same):\n" + listed(errors))
 
 
+def _not_a_directory(repository: object) -> Error:
+    return Error(
+        f"INPROCSERVE['REPOSITORY'] ({repository}) is not a directory.",
+        hint="Create it, or point REPOSITORY at the folder that holds your models.",
+        id="inprocserve.E001",
+    )
+
+
+def _bool_errors(config: Mapping[str, Any], key: str) -> list[Error]:
+    problem = web.bool_setting_problem(config[key])  # ("false" read from the environment is true)
+    if problem is None:
+        return []
+    hint = (
+        f"The default is {DEFAULTS[key]!r}; read an environment variable as os.environ.get(...) == 'true' "
+        "(see docs/django.md)."
+    )
+    return [Error(f"INPROCSERVE['{key}'] {problem}.", hint=hint, id="inprocserve.E012")]
+
+
+def start_check_errors(config: Mapping[str, Any]) -> list[Error]:
+    """The errors of the settings EAGER's start-up check is given (``REPOSITORY`` of another type than a path,
+    ``FOLLOW_SYMLINKS`` other than True or False, and those of :func:`model_config_errors`): it refused them
+    with the core's words (a ``TypeError`` naming no setting, a ``ConfigurationError`` naming ``follow_symlinks``),
+    and ``ready()`` names the setting, its check and hint instead. (A path that is not a directory is the
+    start-up check's own to judge: a replaced worker starts while a release is swapped in.)"""
+    repository = config["REPOSITORY"]
+    errors = [] if repository is None or isinstance(repository, str | os.PathLike) else [_not_a_directory(repository)]
+    return [*errors, *_bool_errors(config, "FOLLOW_SYMLINKS"), *model_config_errors(config)]
+
+
 def listed(errors: list[Error]) -> str:
     """Check errors one a line, each with its id and hint (what ``ImproperlyConfigured`` says)."""
     return "\n".join(f"{error.id}: {error.msg}" + (f" HINT: {error.hint}" if error.hint else "") for error in errors)
@@ -220,16 +244,7 @@ def _value_errors(config: Mapping[str, Any]) -> list[Error]:
             )
         )
     for key in ("FOLLOW_SYMLINKS", "EAGER", "STATUS_PAGE", "V2_PROTOCOL"):
-        problem = web.bool_setting_problem(config[key])  # ("false" read from the environment is true)
-        if problem is not None:
-            errors.append(
-                Error(
-                    f"INPROCSERVE['{key}'] {problem}.",
-                    hint=f"The default is {DEFAULTS[key]!r}; read an environment variable as "
-                    "os.environ.get(...) == 'true' (see docs/django.md).",
-                    id="inprocserve.E012",
-                )
-            )
+        errors.extend(_bool_errors(config, key))
     if not _names(config["REQUIRED_MODELS"]):
         errors.append(
             Error(
