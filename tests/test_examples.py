@@ -265,6 +265,9 @@ def test_flask_console_tracing_is_opt_in(monkeypatch: pytest.MonkeyPatch, fraud_
     monkeypatch.setenv("FRAUD_TRACE_CONSOLE", "1")
     module.configure_tracing()
     assert len(calls) == 1
+    # (its BatchSpanProcessor's thread would run on in this process, and start again in every child forked
+    # by a later test file)
+    calls[0].shutdown()
     Inprocserve.close(module.app)
 
 
