@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from hypothesis import HealthCheck, settings
 from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
@@ -30,6 +31,28 @@ loaded 2-core CI machine a decision (or a flag worker's start) can be held past 
 stable fallback then answers instead of what the test checks. A test about the budget sets its own."""
 
 ServerFactory = Callable[..., inprocserve.Server]
+
+# Every property test of this folder: derandomized, with no example database, so that `make test` is repeatable
+# and its two pytest-xdist processes share no .hypothesis folder; HYPOTHESIS_PROFILE=soak (make soak) draws at
+# random. Set here, before any test file is imported: a @settings(...) takes its unset values from the profile
+# loaded when its file is imported, so a profile loaded by one test file applied only to the files imported
+# after it, and not at all when that file was not collected.
+settings.register_profile(
+    "default",
+    max_examples=500,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "soak",
+    max_examples=10_000,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)

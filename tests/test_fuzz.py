@@ -26,22 +26,7 @@ from hypothesis.extra import numpy as hnp
 import inprocserve
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
-settings.register_profile(
-    "default",
-    max_examples=500,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "soak",
-    max_examples=10_000,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+# (the profiles, "default" and "soak", are set in conftest.py)
 
 MODELS = {"scale": build_scale_model(2.0), "add": build_add_model()}
 
