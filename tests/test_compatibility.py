@@ -13,19 +13,11 @@ import inprocserve
 from inprocserve import ModelConfig, VersionPolicy
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
-from . import test_telemetry
 from .conftest import ServerFactory, wait_until
 from .test_telemetry import Otel
+from .test_telemetry import otel as otel  # the fixture: one SDK per process
 
 DIMS = (4, 8, 2)
-
-
-@pytest.fixture
-def otel() -> Otel:
-    """The process-wide OpenTelemetry SDK of tests/test_telemetry.py (providers can be set only once)."""
-    if test_telemetry._OTEL is None:
-        test_telemetry._OTEL = Otel()
-    return test_telemetry._OTEL
 
 
 def renamed(name: str, seed: int = 0) -> object:

@@ -48,7 +48,8 @@ from .conftest import VALUES_NOT_SPEED_S, ServerFactory, busy_inputs, occupy, ve
 
 
 class _Switchboard(SpanProcessor):
-    """Lets one test plug in an extra span processor (the OTLP exporter) on the process-wide provider."""
+    """Lets one test plug in an extra span processor (the OTLP exporter) on the process-wide provider; the
+    otel fixture plugs its in-memory exporter in the same way, only while a test holds it."""
 
     def __init__(self) -> None:
         self.extra: SpanProcessor | None = None
@@ -73,7 +74,11 @@ class Otel:
         if not isinstance(provider, TracerProvider):
             provider = TracerProvider()
             trace.set_tracer_provider(provider)
-        provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        # The provider stays for the rest of the process, whatever test files run next in it (under
+        # pytest-xdist, any): the spans of theirs are not kept (thousands a file, never read).
+        self.keeper = SimpleSpanProcessor(self.spans)
+        self.keeping = _Switchboard()
+        provider.add_span_processor(self.keeping)
         provider.add_span_processor(self.switchboard)
         assert not isinstance(metrics.get_meter_provider(), MeterProvider), (
             "a meter provider was set in this process before the otel fixture's: set it in a child process"
@@ -104,8 +109,11 @@ def otel() -> Iterator[Otel]:
     if _OTEL is None:  # the global providers can be set once per process
         _OTEL = Otel()
     _OTEL.spans.clear()
+    _OTEL.keeping.extra = _OTEL.keeper
     yield _OTEL
+    _OTEL.keeping.extra = None
     _OTEL.switchboard.extra = None
+    _OTEL.spans.clear()
 
 
 @pytest.fixture
