@@ -11,6 +11,7 @@ runs 10,000 random ones per property (``make soak``).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +184,22 @@ def test_the_fuzz_budget_is_what_the_suite_promises() -> None:
     wanted = 10_000 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 500
     assert settings().max_examples >= wanted
     assert Path(__file__).name == "test_fuzz.py"
+
+
+def test_every_property_test_of_the_folder_is_repeatable_and_keeps_no_database() -> None:
+    """Whatever files pytest collects, and in whatever order pytest-xdist's processes import them: no property
+    test draws at random in ``make test`` or writes a .hypothesis example database both processes share."""
+    folder = Path(__file__).parent
+    soak = os.environ.get("HYPOTHESIS_PROFILE") == "soak"
+    checked = []
+    for path in sorted(folder.glob("test_*.py")):
+        if "@given" not in path.read_text():
+            continue
+        module = importlib.import_module(f"{__package__}.{path.stem}")
+        for name, test in vars(module).items():
+            chosen = getattr(test, "_hypothesis_internal_use_settings", None)
+            if name.startswith("test_") and chosen is not None:
+                assert chosen.database is None, f"{path.name}::{name} keeps an example database"
+                assert soak or chosen.derandomize, f"{path.name}::{name} draws its examples at random"
+                checked.append(name)
+    assert len(checked) >= 8, checked
