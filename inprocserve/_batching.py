@@ -1034,8 +1034,10 @@ class Batcher:
                 self._in_flight -= request.callers
                 self._active_rows -= request.rows
             workers = list(self._workers)
-            if drained:
-                self._pool.release()  # the backend owns the runners; a closed batcher keeps no reference
+            if drained:  # the backend owns the runners; a closed batcher keeps no reference (a runner kept
+                # here kept an unloaded version's weights in memory until the garbage collector's next full pass)
+                self._pool.release()
+                self._beside_runner = None
         for request in leftovers:
             self._fail(
                 request,
