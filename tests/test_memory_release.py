@@ -1,0 +1,92 @@
+"""A retired version's memory goes back at once: its sessions are freed when it is unloaded or replaced, not
+whenever the garbage collector next runs, and the C allocator's free pages are returned to the system."""
+
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import _heap
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """Only reference counts free anything while the test runs (a full collection may be far off in a
+    long-running worker: what waits for it stays resident meanwhile)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def sessions_of(server: inprocserve.Server, model: str, version: int) -> list[weakref.ref[Any]]:
+    backend = server._registry.loaded[model][version]._backend
+    return [weakref.ref(session) for session in backend._sessions]  # type: ignore[union-attr]
+
+
+@pytest.mark.usefixtures("no_collector")
+@pytest.mark.parametrize("way", ["plain", "batched", "async"])
+def test_an_unloaded_versions_sessions_are_freed_at_once(
+    repository: Path, make_server: ServerFactory, way: str
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    x = np.ones((1, 4), np.float32)
+    if way == "plain":  # a lone request: run on the caller's thread
+        server.predict("scale", x)
+    elif way == "batched":
+        server.submit("scale", x).result(timeout=30)
+    else:
+        import asyncio
+
+        asyncio.run(server.apredict("scale", x))
+    sessions = sessions_of(server, "scale", 1)
+    assert sessions and all(ref() is not None for ref in sessions)
+    server.unload("scale")
+    assert [ref() for ref in sessions] == [None] * len(sessions)  # (a runner kept by the batcher held it)
+
+
+@pytest.mark.usefixtures("no_collector")
+def test_a_version_replaced_by_a_hot_reload_frees_its_sessions_at_once(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    server.predict("scale", np.ones((1, 4), np.float32))
+    sessions = sessions_of(server, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    assert server.refresh() == []
+    assert server.predict("scale", np.ones((1, 4), np.float32)).version == 2
+    assert [ref() for ref in sessions] == [None] * len(sessions)
+
+
+def resident_bytes() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_freed_heap_memory_is_given_back_to_the_system() -> None:
+    if _heap._malloc_trim() is None:
+        pytest.skip("no malloc_trim here (not glibc): nothing to give back this way")
+    # 200 MB of 64 KiB blocks (below the allocator's mapping threshold: they come from its heap), every other
+    # one freed, and the rest kept: no free block reaches the heap's top, which free() alone would trim.
+    blocks = [bytearray(os.urandom(16)) * 4096 for _ in range(3200)]
+    del blocks[::2]
+    before = resident_bytes()
+    _heap.give_back_freed_memory()
+    after = resident_bytes()
+    assert before - after > 50 * 2**20, (before, after)
+    del blocks
