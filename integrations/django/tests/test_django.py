@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -440,6 +442,18 @@ def test_eager_mode_checks_a_linked_release_the_workers_would_serve(tmp_path: Pa
     assert "'scale' version 2: not a readable ONNX model" in _eager_setup(folder, "follow")["error"]
 
 
+def manage_py_check(tmp_path: Path, inprocserve_setting: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` in a fresh process, with a settings module holding ``INPROCSERVE = inprocserve_setting``."""
+    (tmp_path / "check_settings.py").write_text(
+        f"SECRET_KEY = {'k' * 50!r}\nINSTALLED_APPS = ['inprocserve_django']\nINPROCSERVE = {inprocserve_setting!r}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "django", "check", "--settings", "check_settings"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("eager", [True, "false"], ids=["EAGER True", "EAGER 'false' from the environment"])
 def test_eager_settings_with_a_config_dict_are_named_by_their_check_not_a_traceback(
     repository: Path, tmp_path: Path, eager: object
@@ -447,18 +461,9 @@ def test_eager_settings_with_a_config_dict_are_named_by_their_check_not_a_traceb
     # A dict shaped like config.toml where a ModelConfig belongs (system check E003): with EAGER on, or a
     # string taken for on, ready()'s start-up check raised a TypeError naming the core's `config` argument at
     # every manage.py command, `manage.py check` included, which never got to list the problems.
-    import subprocess
-    import sys
-
-    inprocserve_setting = {"REPOSITORY": str(repository), "EAGER": eager, "CONFIG": {"batching": {"max_batch_size": 8}}}
-    (tmp_path / "eager_settings.py").write_text(
-        f"SECRET_KEY = {'k' * 50!r}\nINSTALLED_APPS = ['inprocserve_django']\nINPROCSERVE = {inprocserve_setting!r}\n"
+    done = manage_py_check(
+        tmp_path, {"REPOSITORY": str(repository), "EAGER": eager, "CONFIG": {"batching": {"max_batch_size": 8}}}
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, "-m", "django", "check", "--settings", "eager_settings"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
     assert done.returncode == 1 and "TypeError" not in done.stderr, done.stderr[-2000:]
     assert "inprocserve.E003" in done.stderr  # the check's id and words: `manage.py check`'s, or the start-up's
     assert "INPROCSERVE['CONFIG'] must be an inprocserve.ModelConfig, got dict" in done.stderr
@@ -479,17 +484,6 @@ def test_eager_settings_the_start_up_check_is_given_are_named_by_their_check(
 ) -> None:
     # EAGER's check in ready() refused them in the core's words: "follow_symlinks must be true or false", or
     # "TypeError: expected str, bytes or os.PathLike object, not int", naming no setting.
-    import subprocess
-    import sys
-
-    inprocserve_setting = {"REPOSITORY": str(repository), "EAGER": True, **setting}
-    (tmp_path / "eager_args_settings.py").write_text(
-        f"SECRET_KEY = {'k' * 50!r}\nINSTALLED_APPS = ['inprocserve_django']\nINPROCSERVE = {inprocserve_setting!r}\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, "-m", "django", "check", "--settings", "eager_args_settings"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    done = manage_py_check(tmp_path, {"REPOSITORY": str(repository), "EAGER": True, **setting})
     assert done.returncode == 1, done.stderr[-2000:]
     assert said in done.stderr, done.stderr[-2000:]
