@@ -896,6 +896,9 @@ class OnnxruntimeBackend:
             self._closed = True
             self._sessions = []
             self._ready = False
+            # the warm-up is the version's bound method: kept, it held the retired ModelVersion (its batcher,
+            # cache, drift monitor) in a cycle until the garbage collector's next full pass
+            self._warmup = None
         self._watchdog.close()
 
 

@@ -90,3 +90,20 @@ def test_freed_heap_memory_is_given_back_to_the_system() -> None:
     after = resident_bytes()
     assert before - after > 50 * 2**20, (before, after)
     del blocks
+
+
+@pytest.mark.usefixtures("no_collector")
+def test_an_unloaded_version_and_its_prediction_cache_are_freed_at_once(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    (repository / "scale" / "config.toml").write_text("[cache]\nenabled = true\n")
+    server = make_server(repository)
+    x = np.ones((1, 4), np.float32)
+    server.predict("scale", x)
+    assert server.predict("scale", x).version == 1  # (answered from the cache)
+    version = weakref.ref(server._registry.loaded["scale"][1])
+    cache = weakref.ref(server._registry.loaded["scale"][1].cache)
+    server.unload("scale")
+    # (the backend kept the version's warm-up, a bound method: the version, its batcher and cache stayed)
+    assert (version(), cache()) == (None, None)
