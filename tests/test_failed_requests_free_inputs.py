@@ -8,12 +8,11 @@ the inputs."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -32,16 +31,6 @@ from .test_interrupted_callers import GatedRuns
 from .test_remote_retries import Scripted
 
 scripted = test_remote_retries.scripted  # (the scripted model server of test_remote_retries, as a fixture)
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@ whenever the garbage collector next runs, and the C allocator's free pages are r
 
 from __future__ import annotations
 
-import gc
 import os
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +16,6 @@ from inprocserve import _heap
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    """Only reference counts free anything while the test runs (a full collection may be far off in a
-    long-running worker: what waits for it stays resident meanwhile)."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def sessions_of(server: inprocserve.Server, model: str, version: int) -> list[weakref.ref[Any]]:
