@@ -22,7 +22,7 @@ __all__ = ["give_back_freed_memory"]
 def _malloc_trim() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes  # (only here: most processes never retire a version)
+    import ctypes  # (on the first load, not with the package)
 
     try:
         trim = ctypes.CDLL(None).malloc_trim  # glibc's; absent from musl
