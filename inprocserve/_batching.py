@@ -509,8 +509,13 @@ class Batcher:
             finished = True
         finally:  # also when the caller's thread is interrupted: the runner and the counts are given back
             abandoned = self._finish_inline(request, ran=finished and error is None)
-        if not abandoned:
-            request.complete(outputs, error)
+        try:
+            if not abandoned:
+                request.complete(outputs, error)  # (a copy of the error, without its traceback)
+        finally:
+            # The error's traceback leads back to this frame, which keeps its locals once it returns: a cycle
+            # holding the frames below too (the dispatch's version, its sessions) until the collector's pass.
+            error = None
 
     def run_plain(
         self,

@@ -13,7 +13,7 @@ import pytest
 
 import inprocserve
 from inprocserve import _heap
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_gather_model, build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory
 
@@ -93,3 +93,25 @@ def test_an_unloaded_version_and_its_prediction_cache_are_freed_at_once(
     server.unload("scale")
     # (the backend kept the version's warm-up, a bound method: the version, its batcher and cache stayed)
     assert (version(), cache()) == (None, None)
+
+
+@pytest.mark.usefixtures("no_collector")
+@pytest.mark.parametrize("failure", ["deadline", "inference"])
+def test_a_version_whose_request_failed_on_its_callers_thread_is_freed_at_once(
+    repository: Path, make_server: ServerFactory, failure: str
+) -> None:
+    # A process's first request takes the full way, which runs it on its caller's thread when a session is idle.
+    if failure == "deadline":  # a run of about 20 ms, stopped by onnxruntime at the deadline
+        save_model(build_mlp_model((256, 1024, 1024, 1024, 2), softmax=False), repository, "model", 1)
+        inputs, error = np.ones((64, 256), np.float32), inprocserve.DeadlineExceededError
+        call = {"timeout_s": 1e-4}
+    else:  # an index past the table's end: onnxruntime refuses the run
+        save_model(build_gather_model(table_rows=10), repository, "model", 1)
+        inputs, error, call = np.array([3, 12], np.int64), inprocserve.InferenceError, {}
+    server = make_server(repository)
+    with pytest.raises(error):
+        server.predict("model", inputs, **call)
+    version = weakref.ref(server._registry.loaded["model"][1])
+    server.unload("model")
+    # (the error's traceback held the frame that kept it as a local, and the frames below: the version's)
+    assert version() is None
