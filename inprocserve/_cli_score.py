@@ -24,7 +24,11 @@ def add_score(commands: Subparsers) -> None:
         "OUTPUT is replaced only when every row was scored; a failure leaves it untouched.\n",
     )
     score.add_argument("model", help="a model.onnx file, a version folder holding one, or a model repository")
-    score.add_argument("input", help="rows to score: .npy, .npz (one array per input), .csv or .parquet")
+    score.add_argument(
+        "input",
+        help="rows to score: .npy, .npz (one array per input), .csv or .parquet (a column per input by name, "
+        "for a model of several inputs or of text)",
+    )
     score.add_argument("output", help="where to write the answers: .npy, .npz (one array per output), .csv, .parquet")
     score.add_argument("--name", help="the model to use when MODEL is a repository of several")
     score.add_argument("--version", type=int, help="the version to use (default: the latest servable)")

@@ -17,6 +17,7 @@ import numpy as np
 
 from ._array_file import not_numpy_file
 from ._errors import InvalidInputError
+from ._scoring_columns import ColumnPlan, needs_named_columns, plan_columns
 from ._scoring_formats import file_format, pyarrow_modules
 from ._signature import Signature
 
@@ -24,10 +25,14 @@ __all__ = ["read_inputs"]
 
 
 def _single_input(signature: Signature, path: Path) -> tuple[str, np.dtype[Any], int | None]:
-    """Name, dtype and rank of the only input of the model (CSV, Parquet and .npy files hold one matrix)."""
+    """Name, dtype and rank of the only input of the model (a .npy file, or a CSV or Parquet file read as one
+    matrix, holds one)."""
     if len(signature.inputs) != 1:
         names = ", ".join(spec.describe() for spec in signature.inputs)
-        raise InvalidInputError(f"{path} holds one matrix, but the model takes several inputs ({names}); use .npz")
+        raise InvalidInputError(
+            f"{path} holds one matrix, but the model takes several inputs ({names}); use .npz (one array per "
+            "input), or a CSV or Parquet file with a column named after each input"
+        )
     spec = signature.inputs[0]
     dtype = np.dtype(spec.dtype) if spec.dtype is not None and not spec.is_string else np.dtype(np.float32)
     return spec.name, dtype, None if spec.shape is None else len(spec.shape)
@@ -85,7 +90,12 @@ def read_inputs(
     except (OSError, ValueError, *_DAMAGED_ARCHIVE) as exc:
         raise InvalidInputError(f"input {path} cannot be read: {exc or type(exc).__name__}") from exc
     if suffix == ".csv":
-        return _csv_batches(path, signature, chunk_rows), (_count_csv_rows(path) if count_rows else None)
+        try:
+            plan = _csv_plan(path, signature)  # (before the first row: a header that does not fit names it)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path) or InvalidInputError(f"input {path} is not UTF-8 text: {exc}") from exc
+        total = _count_csv_rows(path) if count_rows else None
+        return _csv_batches(path, signature, plan, chunk_rows), total
     return _parquet_batches(path, signature, chunk_rows)
 
 
@@ -190,9 +200,12 @@ def _count_csv_rows(path: Path) -> int:
     return rows
 
 
-def _csv_batches(path: Path, signature: Signature, chunk_rows: int) -> Iterator[np.ndarray]:
+def _csv_batches(path: Path, signature: Signature, plan: ColumnPlan | None, chunk_rows: int) -> Iterator[Any]:
     try:
-        yield from _csv_matrices(path, signature, chunk_rows)
+        if plan is None:
+            yield from _csv_matrices(path, signature, chunk_rows)
+        else:
+            yield from _csv_named(path, plan, chunk_rows)
     except UnicodeDecodeError as exc:  # read ahead in blocks: its position says nothing of the line
         raise _not_utf8(path) or InvalidInputError(f"input {path} is not UTF-8 text: {exc}") from exc
 
@@ -212,6 +225,44 @@ def _not_utf8(path: Path) -> InvalidInputError | None:
                     f"{exc.start + 1} of the line); save the file as UTF-8 (in Excel: CSV UTF-8)"
                 )
     return None  # pragma: no cover - the file changed since it failed to decode
+
+
+def _csv_plan(path: Path, signature: Signature) -> ColumnPlan | None:
+    """The inputs' columns named by the file's header (:mod:`._scoring_columns`), or ``None``: the file is
+    read as the matrix of a one-input numeric model.
+
+    Raises:
+        InvalidInputError: the model needs named columns (several inputs, or text) and the file's first line
+            does not name them.
+    """
+    with path.open(encoding="utf-8-sig", newline="") as file:
+        # A model of several inputs or of text reads its columns by name: its first line is the header, even
+        # when it looks like data (a row of text and numbers does): "no column for input 'age'" names it.
+        if not needs_named_columns(signature) and not _is_header(file.readline()):
+            return None
+        file.seek(0)
+        header = next(csv.reader(file), [])
+    return plan_columns(signature, header, str(path))
+
+
+def _csv_named(path: Path, plan: ColumnPlan, chunk_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """The file's rows in chunks, each input taken from its named columns; blank lines are skipped."""
+    with path.open(encoding="utf-8-sig", newline="") as file:
+        reader = csv.reader(file)
+        next(reader, None)  # the header
+        while True:
+            rows: list[list[str]] = []
+            lines: list[int] = []  # the file's line number of each row (its last line, for a quoted line break)
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                rows.append(row)
+                lines.append(reader.line_num)
+                if len(rows) == chunk_rows:
+                    break
+            if not rows:
+                return
+            yield plan.arrays(rows, lines, str(path))
 
 
 def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator[np.ndarray]:
@@ -281,14 +332,16 @@ def _bad_csv_line(
     )
 
 
-def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple[Iterator[np.ndarray], int]:
-    name, dtype, rank = _single_input(signature, path)
-    _, pq = pyarrow_modules()
+def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple[Iterator[Any], int]:
+    pa, pq = pyarrow_modules()
     try:
         table = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises its own error types
         raise InvalidInputError(f"input {path} cannot be read as Parquet: {exc}") from exc
-    pa, _ = pyarrow_modules()
+    plan = plan_columns(signature, table.schema_arrow.names, str(path))
+    if plan is not None:
+        return _parquet_named(path, table, plan, chunk_rows), int(table.metadata.num_rows)
+    name, dtype, rank = _single_input(signature, path)
     for field in table.schema_arrow:
         kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
@@ -322,3 +375,79 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
             yield _shape_for(matrix, rank)
 
     return batches(), int(table.metadata.num_rows)
+
+
+def _parquet_named(path: Path, table: Any, plan: ColumnPlan, chunk_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """The file's row groups in batches, each input taken from its named columns."""
+    pa, _ = pyarrow_modules()
+    fields = table.schema_arrow
+    for spec in plan.inputs:  # checked before the first row is read, by name
+        for position, label in zip(spec.positions, spec.labels, strict=True):
+            kind = fields.field(position).type
+            kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+            if spec.dtype == np.dtype(object):
+                fits = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                wanted = "text"
+            elif spec.dtype == np.dtype(np.bool_):
+                fits, wanted = pa.types.is_boolean(kind), "booleans"
+            elif spec.dtype.kind in "iu":
+                fits, wanted = pa.types.is_integer(kind) or pa.types.is_boolean(kind), "integers"
+            else:
+                fits = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+                wanted = "numbers"
+            if not fits:
+                raise InvalidInputError(
+                    f"input {path}: column {label!r} holds {kind} values; input {spec.name!r} takes {spec.dtype} "
+                    f"({wanted}): convert the column"
+                )
+    first_row = 1
+    for batch in table.iter_batches(batch_size=chunk_rows, columns=None):
+        if not batch.num_rows:
+            continue  # an empty row group: a request needs at least one row
+        arrays: dict[str, np.ndarray] = {}
+        for spec in plan.inputs:
+            columns = []
+            for position, label in zip(spec.positions, spec.labels, strict=True):
+                column = batch.column(position)
+                if column.null_count:  # to_numpy() would make them NaN or None, scored as if they were values
+                    row = first_row + column.is_null().to_numpy(zero_copy_only=False).argmax()
+                    raise InvalidInputError(
+                        f"input {path}: column {label!r} has a null (missing value) at row {row}; input "
+                        f"{spec.name!r} needs a value in every row (fill or drop missing values first)"
+                    )
+                if spec.dtype == np.dtype(object):
+                    columns.append(np.array(column.to_pylist(), dtype=object))
+                else:
+                    try:
+                        values = column.to_numpy(zero_copy_only=False)
+                        _check_integer_range(values, spec.dtype, path, label, first_row)
+                        columns.append(values.astype(spec.dtype, casting="same_kind"))
+                    except (TypeError, ValueError) as exc:
+                        raise InvalidInputError(
+                            f"input {path}: column {label!r} cannot be read as {spec.dtype} for input "
+                            f"{spec.name!r}: {exc}"
+                        ) from exc
+            if spec.rank == 1:
+                arrays[spec.name] = columns[0]
+            else:
+                arrays[spec.name] = np.stack(columns, axis=1) if len(columns) > 1 else columns[0].reshape(-1, 1)
+        first_row += batch.num_rows
+        yield arrays
+
+
+def _check_integer_range(values: np.ndarray, dtype: np.dtype[Any], path: Path, label: str, first_row: int) -> None:
+    """An integer column read into a narrower integer input must fit it (numpy's cast wraps around silently).
+
+    Raises:
+        InvalidInputError: a value does not fit, naming its column and row.
+    """
+    if values.dtype.kind not in "iu" or dtype.kind not in "iu" or not len(values) or np.can_cast(values.dtype, dtype):
+        return
+    info = np.iinfo(dtype)
+    outside = (values < info.min) | (values > info.max)
+    if outside.any():
+        index = int(outside.argmax())
+        raise InvalidInputError(
+            f"input {path}: column {label!r} holds {values[index]} at row {first_row + index}, which {dtype} "
+            f"does not hold ({info.min} to {info.max})"
+        )

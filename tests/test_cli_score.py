@@ -124,7 +124,7 @@ def test_clear_errors_for_what_cannot_be_scored(
     (tmp_path / "x.csv").write_text("1,2,3\n")
     add = tmp_path / "models" / "add" / "1"
     assert main(["score", str(add), str(tmp_path / "x.csv"), str(tmp_path / "y.csv")]) == 1
-    assert "several inputs" in capsys.readouterr().err
+    assert "no column for the model's input a: tensor(float) [batch, 3]" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "models"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]) == 1
     assert "pick one with --name" in capsys.readouterr().err
     assert (

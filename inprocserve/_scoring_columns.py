@@ -1,0 +1,185 @@
+"""The columns of a CSV or Parquet file read as a model's inputs by name, for the ``score`` command.
+
+A model of several inputs, or of text, cannot take a file's columns as one float matrix: what skl2onnx exports
+for a scikit-learn pipeline over a data frame takes one input per column (``age``, ``income``, ``city``, the
+last one text). Each input takes the column named after it, or, for an input of several features per row,
+the columns ``<input>_0``, ``<input>_1``, ... (the names the command gives an output's columns). Columns no
+input takes (an id, a label) are skipped. A one-input numeric model whose input no column names keeps the
+matrix reading (:mod:`._scoring_readers`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._errors import InvalidInputError
+from ._signature import Signature, TensorSpec
+
+__all__ = ["ColumnPlan", "InputColumns", "needs_named_columns", "plan_columns"]
+
+_TRUE = frozenset({"true", "1"})
+_FALSE = frozenset({"false", "0"})
+
+
+@dataclass(frozen=True)
+class InputColumns:
+    """Where one input's values are: the positions of its columns in the file, in feature order."""
+
+    name: str
+    dtype: np.dtype[Any]
+    """``object`` for a text input."""
+    positions: tuple[int, ...]
+    labels: tuple[str, ...]
+    """The columns' names, for messages."""
+    rank: int
+    """1: ``(rows,)``; 2: ``(rows, features)``."""
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """Every input of the model and the columns it takes; ``width``: the columns the file names."""
+
+    inputs: tuple[InputColumns, ...]
+    width: int
+
+    def arrays(self, rows: Sequence[Sequence[str]], lines: Sequence[int], source: str) -> dict[str, np.ndarray]:
+        """The inputs of a chunk of a CSV file's rows (their fields as text; ``lines``: each row's line number
+        in the file, for messages).
+
+        Raises:
+            InvalidInputError: a row holds another number of fields than the header names, or a field is no
+                value of its input's type (a number, ``true``/``false``), naming its line and column.
+        """
+        width = self.width
+        for row, line in zip(rows, lines, strict=True):
+            if len(row) != width and not (len(row) > width and not any(field.strip() for field in row[width:])):
+                raise InvalidInputError(
+                    f"input {source}, line {line}: {len(row)} fields where the header (line 1) names {width} "
+                    "columns; every line needs a field for each column"
+                )
+        arrays: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            columns = [_column(spec, position, label, rows, lines, source) for position, label in _places(spec)]
+            if spec.rank == 1:
+                arrays[spec.name] = columns[0]
+            else:
+                arrays[spec.name] = np.stack(columns, axis=1) if len(columns) > 1 else columns[0].reshape(-1, 1)
+        return arrays
+
+
+def _places(spec: InputColumns) -> zip[tuple[int, str]]:
+    return zip(spec.positions, spec.labels, strict=True)
+
+
+def _column(
+    spec: InputColumns, position: int, label: str, rows: Sequence[Sequence[str]], lines: Sequence[int], source: str
+) -> np.ndarray:
+    values = [row[position] for row in rows]
+    if spec.dtype == np.dtype(object):
+        return np.array(values, dtype=object)
+    if spec.dtype == np.dtype(np.bool_):
+        flags = []
+        for value, line in zip(values, lines, strict=True):
+            word = value.strip().lower()
+            if word not in _TRUE and word not in _FALSE:
+                raise _bad_field(source, line, label, value, spec, "true or false (or 1 or 0)")
+            flags.append(word in _TRUE)
+        return np.array(flags, dtype=np.bool_)
+    try:
+        return np.array(values, dtype=spec.dtype)  # Python's int() and float() read each text
+    except (ValueError, OverflowError):
+        pass
+    kind = "an integer" if spec.dtype.kind in "iu" else "a number"
+    for value, line in zip(values, lines, strict=True):  # the first field that fails: only on this error path
+        try:
+            np.array([value], dtype=spec.dtype)
+        except (ValueError, OverflowError) as exc:
+            wanted = f"{kind} that {spec.dtype} holds" if isinstance(exc, OverflowError) else kind
+            raise _bad_field(source, line, label, value, spec, wanted) from None
+    raise InvalidInputError(  # pragma: no cover - numpy refused the column but accepts each of its fields
+        f"input {source}: column {label!r} cannot be read as {spec.dtype} for input {spec.name!r}"
+    )
+
+
+def _bad_field(source: str, line: int, label: str, value: str, spec: InputColumns, wanted: str) -> InvalidInputError:
+    if not value.strip():
+        return InvalidInputError(
+            f"input {source}, line {line}: column {label!r} is empty (a missing value); input {spec.name!r} "
+            f"needs {wanted} in every row (fill or drop missing values first)"
+        )
+    return InvalidInputError(
+        f"input {source}, line {line}: column {label!r} holds {value[:80]!r}, not {wanted} (input {spec.name!r} "
+        f"takes {spec.dtype})"
+    )
+
+
+def needs_named_columns(signature: Signature) -> bool:
+    """Whether the model's inputs can only come from named columns: several inputs, or a text input."""
+    return len(signature.inputs) != 1 or signature.inputs[0].is_string
+
+
+def plan_columns(signature: Signature, header: Sequence[str], source: str) -> ColumnPlan | None:
+    """Map the file's columns (``header``: their names) to the model's inputs; ``None`` for a one-input
+    numeric model whose input no column names (the file is read as its matrix).
+
+    Raises:
+        InvalidInputError: an input with no column, an input columns cannot hold (more than two axes, not a
+            tensor), a column named twice, another number of columns than the input's features, or columns of
+            an input both by its name and numbered.
+    """
+    names = [name.strip() for name in header]
+    while names and not names[-1]:  # a spreadsheet's trailing separators name no column
+        names.pop()
+    named = len(signature.inputs) != 1 or signature.inputs[0].is_string
+    inputs = []
+    for spec in signature.inputs:
+        found = _input_columns(spec, names, source)
+        if found is None:
+            if not named:
+                return None
+            raise InvalidInputError(
+                f"input {source}: no column for the model's input {spec.describe()}; name a column {spec.name!r}"
+                f"{_numbered_hint(spec)} in the header, the file's first line (it names "
+                f"{', '.join(map(repr, names)) or 'nothing'})"
+            )
+        inputs.append(found)
+    return ColumnPlan(tuple(inputs), len(names))
+
+
+def _numbered_hint(spec: TensorSpec) -> str:
+    if spec.shape is not None and len(spec.shape) == 1:
+        return ""
+    return f", or {spec.name + '_0'!r}, {spec.name + '_1'!r}, ... for its features"
+
+
+def _input_columns(spec: TensorSpec, names: list[str], source: str) -> InputColumns | None:
+    rank = 2 if spec.shape is None else len(spec.shape)
+    features = spec.shape[1] if spec.shape is not None and rank == 2 else None
+    fixed = features if isinstance(features, int) else None
+    numbered: list[str] = []
+    while f"{spec.name}_{len(numbered)}" in names:
+        numbered.append(f"{spec.name}_{len(numbered)}")
+    if spec.name not in names and not numbered:
+        return None
+    what = f"input {source}: the model's input {spec.describe()}"
+    if spec.dtype is None:
+        raise InvalidInputError(f"{what} is not a tensor; a file's columns cannot hold it")
+    if rank not in (1, 2):
+        raise InvalidInputError(f"{what} has {rank} axes; columns hold one or more values per row: use .npz")
+    if spec.name in names and numbered:
+        raise InvalidInputError(
+            f"{what} has a column {spec.name!r} and columns {numbered[0]!r}...: keep one or the other"
+        )
+    if numbered and rank == 1:
+        raise InvalidInputError(f"{what} takes one value per row: name its column {spec.name!r}")
+    labels = numbered or [spec.name]
+    if fixed is not None and len(labels) != fixed:
+        hint = f"column {spec.name!r}" if fixed == 1 else f"columns {spec.name}_0 to {spec.name}_{fixed - 1}"
+        raise InvalidInputError(f"{what} takes {fixed} values per row; the file has {len(labels)}: name {hint}")
+    for label in labels:
+        if names.count(label) > 1:
+            raise InvalidInputError(f"input {source}: the header names column {label!r} twice")
+    return InputColumns(spec.name, spec.dtype, tuple(names.index(label) for label in labels), tuple(labels), rank)

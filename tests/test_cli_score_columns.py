@@ -1,0 +1,179 @@
+"""``score`` reads a CSV or Parquet file's columns as a model's inputs by name: a scikit-learn pipeline exported
+with one input per column (text among them), a model of several inputs, a file with columns no input takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from inprocserve.__main__ import main
+from inprocserve.testing import build_add_model, build_scale_model, save_model
+
+from .toolkit_models import build_column_transformer_pipeline
+
+CUSTOMERS = [  # id, city, age, n, churned: the columns in another order than the model's inputs, two unused
+    ("c-1", "oslo", 31.5, 2, "no"),
+    ("c-2", "rome", 58.0, 0, "yes"),
+    ("c-3", "paris, 15e", 44.25, 7, "no"),  # a city no category names, quoted (it holds a comma)
+    ("c-4", "paris", 19.0, 1, "yes"),
+]
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Path:
+    return save_model(build_column_transformer_pipeline(), tmp_path / "models", "churn", 1)
+
+
+def direct_run(model: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The pipeline's answers for CUSTOMERS from onnxruntime itself: labels, and each row's class scores."""
+    session = onnxruntime.InferenceSession(str(model))
+    labels, maps = session.run(
+        None,
+        {
+            "age": np.array([[row[2]] for row in CUSTOMERS], np.float32),
+            "city": np.array([[row[1]] for row in CUSTOMERS], object),
+            "n": np.array([[row[3]] for row in CUSTOMERS], np.int64),
+        },
+    )
+    return labels, np.array([[scores[0], scores[1]] for scores in maps], np.float32)
+
+
+def write_customers_csv(path: Path) -> None:
+    lines = ["id,city,age,n,churned"]
+    lines += [f'{id_},"{city}",{age},{n},{churned}' for id_, city, age, n, churned in CUSTOMERS]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_pipeline_with_an_input_per_column_scores_a_csv_by_its_header(tmp_path: Path, pipeline: Path) -> None:
+    write_customers_csv(tmp_path / "customers.csv")
+    argv = ["score", "--quiet", "--batch-rows", "3", str(pipeline), str(tmp_path / "customers.csv")]
+    assert main([*argv, str(tmp_path / "scores.csv")]) == 0
+    labels, scores = direct_run(pipeline)
+    lines = (tmp_path / "scores.csv").read_text().splitlines()
+    assert lines[0] == "output_label_0,output_probability_0,output_probability_1"
+    assert [int(line.split(",")[0]) for line in lines[1:]] == labels.tolist()
+    written = np.array([[float(value) for value in line.split(",")[1:]] for line in lines[1:]], np.float32)
+    np.testing.assert_array_equal(written, scores)
+
+
+def test_a_pipeline_with_an_input_per_column_scores_a_parquet_file_by_its_columns(
+    tmp_path: Path, pipeline: Path
+) -> None:
+    pa = pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    import pyarrow.parquet as pq
+
+    columns = list(zip(*CUSTOMERS, strict=True))
+    table = pa.table(
+        {
+            "id": list(columns[0]),
+            "city": pa.array(columns[1]).dictionary_encode(),  # (pandas' category dtype arrives this way)
+            "age": pa.array(columns[2], pa.float64()),
+            "n": pa.array(columns[3], pa.int32()),
+            "churned": list(columns[4]),
+        }
+    )
+    pq.write_table(table, tmp_path / "customers.parquet")
+    argv = ["score", "--quiet", str(pipeline), str(tmp_path / "customers.parquet"), str(tmp_path / "scores.npz")]
+    assert main(argv) == 0
+    labels, scores = direct_run(pipeline)
+    with np.load(tmp_path / "scores.npz") as answers:
+        assert answers["output_label"].tolist() == labels.tolist()
+        np.testing.assert_array_equal(answers["output_probability"], scores)
+
+
+def test_an_input_of_several_features_takes_its_numbered_columns(tmp_path: Path) -> None:
+    model = save_model(build_add_model(), tmp_path / "models", "add", 1)  # a, b: [batch, 3]; n: [batch, 1]
+    a = np.arange(12, dtype=np.float32).reshape(4, 3)
+    header = "a_0,a_1,a_2,n,b_0,b_1,b_2"
+    rows = [",".join(f"{v:g}" for v in [*a[i], i, *(a[i] * 10)]) for i in range(4)]
+    (tmp_path / "in.csv").write_text("\n".join([header, *rows]) + "\n")
+    assert main(["score", "--quiet", str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.npz")]) == 0
+    with np.load(tmp_path / "out.npz") as out:
+        np.testing.assert_array_equal(out["total"], a * 11)
+        np.testing.assert_array_equal(out["count"].ravel(), np.arange(4) * 2)
+
+
+def test_a_one_input_model_whose_input_the_header_names_skips_the_other_columns(tmp_path: Path) -> None:
+    model = save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)  # x: [batch, 4]
+    (tmp_path / "in.csv").write_text("row_id,x_0,x_1,x_2,x_3\n7,1,2,3,4\n8,5,6,7,8\n")
+    assert main(["score", "--quiet", str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[2, 4, 6, 8], [10, 12, 14, 16]])
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            "31,oslo,2\n",
+            "no column for the model's input age: tensor(float) [?, 1]; name a column 'age', or 'age_0', "
+            "'age_1', ... for its features in the header, the file's first line (it names '31', 'oslo', '2')",
+        ),
+        (
+            "age,town,n\n31,oslo,2\n",
+            "no column for the model's input city: tensor(string) [?, 1]; name a column 'city'",
+        ),
+        ("age,city,n\n31,oslo,2\nthirty,rome,1\n", "line 3: column 'age' holds 'thirty', not a number"),
+        ("age,city,n\n31,oslo,\n", "line 2: column 'n' is empty (a missing value); input 'n' needs an integer"),
+        ("age,city,n\n31,oslo,2.5\n", "line 2: column 'n' holds '2.5', not an integer (input 'n' takes int64)"),
+        ("age,city,n\n31,oslo,99999999999999999999\n", "not an integer that int64 holds"),
+        ("age,city,n\n31,oslo,2\n\n40,rome\n", "line 4: 2 fields where the header (line 1) names 3 columns"),
+        ("age,city,n,city\n31,oslo,2,rome\n", "the header names column 'city' twice"),
+        ("age,city,city_0,n\n31,oslo,rome,2\n", "has a column 'city' and columns 'city_0'...: keep one or the other"),
+    ],
+)
+def test_columns_that_do_not_fit_the_inputs_are_named_and_nothing_is_written(
+    tmp_path: Path, pipeline: Path, capsys: pytest.CaptureFixture[str], text: str, error: str
+) -> None:
+    (tmp_path / "in.csv").write_text(text)
+    assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.csv"), str(tmp_path / "out.csv")]) == 1
+    assert error in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_an_input_given_too_few_numbered_columns_says_how_many_it_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = save_model(build_add_model(), tmp_path / "models", "add", 1)
+    (tmp_path / "in.csv").write_text("a_0,a_1,b_0,b_1,b_2,n\n1,2,3,4,5,6\n")
+    assert main(["score", "--quiet", str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.npz")]) == 1
+    assert "takes 3 values per row; the file has 2: name columns a_0 to a_2" in capsys.readouterr().err
+
+
+def test_a_parquet_column_of_the_wrong_kind_is_named_before_any_row_is_scored(
+    tmp_path: Path, pipeline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pa = pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"age": [31.0], "city": [3], "n": [2]}), tmp_path / "in.parquet")
+    assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.parquet"), str(tmp_path / "out.npz")]) == 1
+    assert "column 'city' holds int64 values; input 'city' takes object (text)" in capsys.readouterr().err
+    pq.write_table(pa.table({"age": [31.0], "city": ["oslo"], "n": [2.5]}), tmp_path / "in.parquet")
+    assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.parquet"), str(tmp_path / "out.npz")]) == 1
+    assert "column 'n' holds double values; input 'n' takes int64 (integers)" in capsys.readouterr().err
+    pq.write_table(pa.table({"age": [31.0, None], "city": ["oslo", "rome"], "n": [2, 3]}), tmp_path / "in.parquet")
+    assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.parquet"), str(tmp_path / "out.npz")]) == 1
+    assert "column 'age' has a null (missing value) at row 2" in capsys.readouterr().err
+
+
+def test_a_parquet_integer_that_the_input_cannot_hold_is_refused_not_wrapped_around(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pa = pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    import pyarrow.parquet as pq
+
+    from inprocserve.testing import build_gather_model
+
+    model = build_gather_model(table_rows=4, width=1)
+    model.graph.input[0].type.tensor_type.elem_type = 6  # index: int32 (Gather takes either)
+    path = save_model(model, tmp_path / "models", "gather", 1)
+    argv = ["score", "--quiet", str(path), str(tmp_path / "in.parquet"), str(tmp_path / "out.npy")]
+    pq.write_table(pa.table({"index": pa.array([1, 2**32 + 3], pa.int64())}), tmp_path / "in.parquet")
+    assert main(argv) == 1  # (cast as numpy casts, 2**32 + 3 became 3: a row scored with another index)
+    assert "column 'index' holds 4294967299 at row 2, which int32 does not hold" in capsys.readouterr().err
+    pq.write_table(pa.table({"index": pa.array([1, 3], pa.int64())}), tmp_path / "in.parquet")
+    assert main(argv) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[1], [3]])
