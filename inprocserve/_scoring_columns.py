@@ -5,7 +5,7 @@ for a scikit-learn pipeline over a data frame takes one input per column (``age`
 last one text). Each input takes the column named after it, or, for an input of several features per row,
 the columns ``<input>_0``, ``<input>_1``, ... (the names the command gives an output's columns). Columns no
 input takes (an id, a label) are skipped. A one-input numeric model whose input no column names keeps the
-matrix reading (:mod:`._scoring_readers`)."""
+matrix reading (:mod:`._scoring_readers`). A data frame given to ``predict_many`` is read the same way."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 from ._errors import InvalidInputError
 from ._signature import Signature, TensorSpec
 
-__all__ = ["ColumnPlan", "InputColumns", "needs_named_columns", "plan_columns"]
+__all__ = ["ColumnPlan", "InputColumns", "frame_inputs", "is_data_frame", "needs_named_columns", "plan_columns"]
 
 _TRUE = frozenset({"true", "1"})
 _FALSE = frozenset({"false", "0"})
@@ -183,3 +183,84 @@ def _input_columns(spec: TensorSpec, names: list[str], source: str) -> InputColu
         if names.count(label) > 1:
             raise InvalidInputError(f"input {source}: the header names column {label!r} twice")
     return InputColumns(spec.name, spec.dtype, tuple(names.index(label) for label in labels), tuple(labels), rank)
+
+
+def is_data_frame(value: Any) -> bool:
+    """Whether ``value`` is a data frame (pandas', polars'): named columns, each read as ``value[name]``.
+
+    Iterated, a frame yields its column names, which ``predict_many`` took for batches ("a batch needs a leading
+    row axis; got a scalar str"). Recognised by its shape, not its class: neither library is a dependency."""
+    if isinstance(value, (np.ndarray, str, bytes)) or not hasattr(value, "__getitem__"):
+        return False
+    columns = getattr(value, "columns", None)
+    if columns is None or not hasattr(value, "shape") or callable(columns):
+        return False
+    try:
+        return all(isinstance(name, str) for name in columns)
+    except TypeError:
+        return False
+
+
+def frame_inputs(frame: Any, signature: Signature) -> Any:
+    """The inputs of ``predict_many`` from a data frame's columns, by name as a file's (:func:`plan_columns`): a
+    mapping of input name to array, or, for a one-input numeric model whose input no column names, the frame's
+    values as its matrix.
+
+    Raises:
+        InvalidInputError: columns that do not fit the inputs (see :func:`plan_columns`), a missing value (NaN,
+            None) in a column an input takes, or a column whose values its input's type cannot hold.
+    """
+    labels = [str(name) for name in frame.columns]
+    plan = plan_columns(signature, labels, "the data frame")
+    if plan is None:
+        return np.asarray(frame.to_numpy())
+    arrays: dict[str, np.ndarray] = {}
+    for spec in plan.inputs:
+        columns = [_frame_column(frame, spec, label) for label in spec.labels]
+        if spec.rank == 1:
+            arrays[spec.name] = columns[0]
+        else:
+            arrays[spec.name] = np.stack(columns, axis=1) if len(columns) > 1 else columns[0].reshape(-1, 1)
+    return arrays
+
+
+def _frame_column(frame: Any, spec: InputColumns, label: str) -> np.ndarray:
+    values = np.asarray(frame[label].to_numpy())
+    where = f"column {label!r} of the data frame"
+    if spec.dtype == np.dtype(object):
+        for position, value in enumerate(values):
+            if not isinstance(value, str):
+                # None, NaN, pandas' NA (a nullable "string" column's) and NaT
+                missing = value is None or (isinstance(value, float) and value != value) or _is_na(value)
+                what = "a missing value" if missing else f"a {type(value).__name__}, not text"
+                raise InvalidInputError(
+                    f"{where} holds {what} at position {position}; input {spec.name!r} takes text in every row"
+                    f"{' (fill or drop missing values first)' if missing else ''}"
+                )
+        return values.astype(object, copy=False)
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        position = int(np.isnan(values).argmax())
+        raise InvalidInputError(
+            f"{where} has a missing value (NaN) at position {position}; input {spec.name!r} needs a value in every "
+            "row (fill or drop missing values first)"
+        )
+    if values.dtype.kind not in "biuf" or (spec.dtype.kind in "iub" and values.dtype.kind == "f"):
+        kind = "integers" if spec.dtype.kind in "iu" else "booleans" if spec.dtype.kind == "b" else "numbers"
+        raise InvalidInputError(
+            f"{where} holds {values.dtype} values; input {spec.name!r} takes {spec.dtype} ({kind}): convert the "
+            "column (pandas: .astype(...))"
+        )
+    if values.dtype.kind in "iu" and spec.dtype.kind in "iu" and not np.can_cast(values.dtype, spec.dtype):
+        info = np.iinfo(spec.dtype)
+        outside = (values < info.min) | (values > info.max)
+        if outside.any():
+            position = int(outside.argmax())
+            raise InvalidInputError(
+                f"{where} holds {values[position]} at position {position}, which {spec.dtype} does not hold "
+                f"({info.min} to {info.max})"
+            )
+    return values.astype(spec.dtype, copy=False)
+
+
+def _is_na(value: object) -> bool:
+    return type(value).__name__ in ("NAType", "NaTType")

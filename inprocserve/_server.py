@@ -56,6 +56,7 @@ from ._request import BatchTiming, Request, Route, drop_tracebacks
 from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
 from ._scoring import SameRoute, note_copy, score
+from ._scoring_columns import frame_inputs, is_data_frame
 from ._scoring_plan import plan_for_version
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import brief_status, gauge_source, server_status
@@ -551,7 +552,9 @@ class Server(RolloutMethods):
     ) -> Iterator[Prediction]:
         """Score many rows for offline jobs and queue consumers; yield the answers in input order.
 
-        ``inputs`` is either a whole input (an array, or input name -> array), cut into chunks of
+        ``inputs`` is either a whole input (an array, input name -> array, or a data frame, pandas' or
+        polars', whose columns are the inputs by name as a CSV file's are for the ``score`` command:
+        docs/performance.md, "Batch scoring"), cut into chunks of
         ``batch_rows`` rows (default: the version's ``max_batch_size``) with one :class:`Prediction` per
         chunk; or an iterable of batches (arrays or mappings), read lazily, with one :class:`Prediction` per
         batch (a batch larger than a request is sent in parts and joined back; each batch's arrays are copied
@@ -583,7 +586,7 @@ class Server(RolloutMethods):
             ModelNotFoundError: unknown model or version (at once).
             ValueError, TypeError: bad arguments (at once).
             InvalidInputError: a whole input whose arrays disagree on their number of rows, or a ragged
-                one (at once).
+                one; a data frame whose columns do not fit the inputs, or hold a missing value (at once).
             InprocserveError: a chunk failed, or a batch of an iterable could not be read or checked (a
                 ragged one: ``InvalidInputError``); raised when iteration reaches it, after the answers before
                 it, with a note naming its rows. Nothing after it is submitted.
@@ -596,6 +599,8 @@ class Server(RolloutMethods):
         if target is None:
             raise self._not_found(model, version)
         plan = plan_for_version(target, batch_rows=batch_rows, max_in_flight=max_in_flight, timeout_s=timeout_s)
+        if target.signature is not None and is_data_frame(inputs):  # its columns by name, as a CSV file's
+            inputs = frame_inputs(inputs, target.signature)
 
         def submit(
             part: Any,

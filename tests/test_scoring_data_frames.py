@@ -1,0 +1,103 @@
+"""``predict_many`` over a pandas data frame: its columns are the model's inputs by name, as a CSV file's are for
+the ``score`` command (a frame used to be iterated, which yields its column names: "got a scalar str")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+
+import inprocserve
+from inprocserve.testing import build_add_model, build_scale_model, save_model
+
+from .conftest import ServerFactory
+from .toolkit_models import build_column_transformer_pipeline
+
+pd = pytest.importorskip("pandas", reason="pandas is a test dependency (pip install -e '.[dev]')")
+
+
+@pytest.fixture
+def churn(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    save_model(build_column_transformer_pipeline(), repository, "churn", 1)  # age: float, city: text, n: int64
+    return make_server(repository)
+
+
+def customers(rows: int = 150) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "customer_id": [f"c-{i}" for i in range(rows)],  # a column no input takes
+            "n": rng.integers(0, 9, rows),
+            "city": rng.choice(["oslo", "paris", "rome", "lima"], rows),
+            "age": rng.uniform(18, 80, rows),  # float64, for a float32 input
+        }
+    )
+
+
+def test_a_data_frame_is_scored_by_its_column_names(churn: inprocserve.Server, repository: Path) -> None:
+    frame = customers()
+    answers = list(churn.predict_many("churn", frame))
+    session = onnxruntime.InferenceSession(str(repository / "churn" / "1" / "model.onnx"))
+    _, maps = session.run(
+        None,
+        {
+            "age": frame[["age"]].to_numpy(np.float32),
+            "city": frame[["city"]].to_numpy(object),
+            "n": frame[["n"]].to_numpy(np.int64),
+        },
+    )
+    scored = [scores[1] for answer in answers for scores in answer["output_probability"]]
+    assert scored == [scores[1] for scores in maps]
+    assert len(set(scored)) > 100  # (every row its own score: a column read in the wrong place would show)
+
+
+@pytest.mark.parametrize("dtype", ["object", "string"])  # (a nullable "string" column's missing value is pd.NA)
+def test_a_text_column_with_a_missing_value_is_refused_before_any_row_is_scored(
+    churn: inprocserve.Server, dtype: str
+) -> None:
+    frame = customers()
+    frame["city"] = frame["city"].astype(dtype)
+    frame.loc[7, "city"] = None
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"column 'city' of the data frame holds a missing value at position 7"
+    ):
+        list(churn.predict_many("churn", frame))
+
+
+def test_a_number_column_with_a_missing_value_is_refused(churn: inprocserve.Server) -> None:
+    frame = customers()
+    frame.loc[3, "age"] = float("nan")
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"'age' of the data frame has a missing value \(NaN\) at position 3"
+    ):
+        list(churn.predict_many("churn", frame))
+
+
+def test_an_integer_input_given_a_column_of_floats_says_to_convert_it(churn: inprocserve.Server) -> None:
+    frame = customers()
+    frame["n"] = frame["n"] + 0.5
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"column 'n' of the data frame holds float64 values; input 'n' takes int64"
+    ):
+        list(churn.predict_many("churn", frame))
+
+
+def test_a_frame_without_a_column_for_an_input_names_it(churn: inprocserve.Server) -> None:
+    with pytest.raises(inprocserve.InvalidInputError, match=r"no column for the model's input city"):
+        list(churn.predict_many("churn", customers().drop(columns="city")))
+
+
+def test_numbered_columns_and_a_one_input_frame(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_add_model(), repository, "add", 1)  # a, b: [batch, 3]; n: [batch, 1]
+    save_model(build_scale_model(2.0), repository, "scale", 1)  # x: [batch, 4]
+    server = make_server(repository)
+    a = np.arange(15, dtype=np.float32).reshape(5, 3)
+    frame = pd.DataFrame({**{f"a_{i}": a[:, i] for i in range(3)}, **{f"b_{i}": a[:, i] for i in range(3)}})
+    frame["n"] = np.arange(5)
+    (answer,) = server.predict_many("add", frame)
+    np.testing.assert_array_equal(answer["total"], a * 2)
+    # a one-input model whose input no column names takes the whole frame as its matrix
+    (answer,) = server.predict_many("scale", pd.DataFrame(np.ones((3, 4), np.float32), columns=list("pqrs")))
+    np.testing.assert_array_equal(answer["y"], np.full((3, 4), 2.0))
