@@ -260,7 +260,8 @@ class Server(RolloutMethods):
 
         Args:
             model: The model name.
-            inputs: Input name -> array-like with a leading batch axis (a bare array for one-input models).
+            inputs: Input name -> array-like with a leading batch axis (a bare array for one-input models), or
+                a data frame whose columns are the inputs by name (as :meth:`predict_many` reads one).
             version: Pin a version (an int; a numpy integer too); ``None`` lets the server choose (the latest
                 ready version).
             context: Request attributes for routing decisions (for example ``{"user_id": ...}``).

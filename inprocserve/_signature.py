@@ -220,13 +220,16 @@ class Signature:
         """
         # a dict, or a bare array (never a mapping), skips the ABC check: it costs 0.5 µs for an array
         if type(inputs) is not dict and (type(inputs) is np.ndarray or not isinstance(inputs, Mapping)):
-            if self._single is None or isinstance(inputs, (str, bytes)):
+            if type(inputs) is not np.ndarray and type(inputs) is not list and _is_data_frame(inputs):
+                inputs = _frame_inputs(inputs, self)  # its columns by name, as predict_many reads a frame
+            elif self._single is None or isinstance(inputs, (str, bytes)):
                 names = ", ".join(sorted(self.input_names))
                 raise InvalidInputError(
                     f"inputs must be a mapping of input name to array (this model takes: {names}); "
                     f"got {type(inputs).__name__}"
                 )
-            inputs = {self._single: inputs}
+            else:
+                inputs = {self._single: inputs}
         if len(inputs) != len(self.inputs) or not self.input_names.issuperset(inputs):
             self._raise_for_names(inputs)
         arrays: dict[str, np.ndarray] = {}
@@ -636,3 +639,18 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
                 f"which would become infinity; scale or clip them (NaN and infinity themselves pass through)"
             ) from None
     return array.astype(expected)
+
+
+def _is_data_frame(value: object) -> bool:
+    from ._scoring_columns import is_data_frame  # (it imports this module)
+
+    return is_data_frame(value)
+
+
+def _frame_inputs(frame: object, signature: Signature) -> dict[str, Any]:
+    from ._scoring_columns import frame_inputs
+
+    arrays = frame_inputs(frame, signature)
+    if isinstance(arrays, dict):
+        return arrays
+    return {signature.inputs[0].name: arrays}  # (a one-input numeric model: the frame's values, its matrix)
