@@ -86,6 +86,9 @@ def plan_for_version(
     sessions = target.config.pool.size
     backend = target.backend
     batchable = target.signature is None or target.signature.batchable
+    # A scikit-learn classifier's ZipMap answers a map per row: its requests are never merged, but an input
+    # may still be cut into chunks (a whole input past max_request_rows was refused as one request)
+    chunkable = batchable or (target.signature is not None and target.signature.rows_in_maps())
     per_row_s = None if target.run_cost is None else target.run_cost.per_row_s
     return plan_scoring(
         max_batch_size=batching.max_batch_size,
@@ -93,6 +96,7 @@ def plan_for_version(
         max_queue_rows=batching.max_queue_rows,
         sessions=sessions,
         batchable=batchable,
+        chunkable=chunkable,
         batch_rows=batch_rows,
         max_in_flight=max_in_flight,
         # with a deadline per chunk, a request of several chunks would stretch the deadline: one chunk each
@@ -115,9 +119,11 @@ def plan_scoring(
     max_in_flight: int | None,
     run_rows: int | None = None,
     caller_runs: bool = False,
+    chunkable: bool | None = None,
 ) -> ScoringPlan:
     """Cut chunks to the model's limits, group them into requests of about ``run_rows`` rows, and size the
-    window so the queue never overflows.
+    window so the queue never overflows. ``chunkable`` (default: ``batchable``): every answer has a row per
+    input row, so an input may be cut into chunks, one request each, though requests are not merged.
 
     Raises:
         ValueError: ``batch_rows`` or ``max_in_flight`` is not a positive int, or ``batch_rows`` exceeds the
@@ -144,7 +150,7 @@ def plan_scoring(
         window_rows = min(max_queue_rows, max_in_flight * request)
         count = max_in_flight
     return ScoringPlan(
-        chunk_rows=chunk if batchable else None,
+        chunk_rows=chunk if (batchable if chunkable is None else chunkable) else None,
         max_in_flight=count,
         window_rows=max(window_rows, 1),
         request_rows=request if batchable and per_request > 1 else None,

@@ -863,3 +863,19 @@ def test_a_failing_iterable_keeps_no_inputs_without_the_collector(
         wait_until(lambda: kept() is None, timeout_s=5.0)
     finally:
         gc.enable()
+
+
+def test_a_zipmap_classifiers_whole_input_is_cut_into_chunks(repository: Path, make_server: ServerFactory) -> None:
+    # A scikit-learn classifier's scores come as a ZipMap (a map per row): its requests are never merged, and
+    # a whole input of more rows than one request may carry was sent as one request and refused.
+    from tests.toolkit_models import build_string_label_classifier
+
+    save_model(build_string_label_classifier(), repository, "classifier", 1)
+    server = make_server(repository)
+    x = np.random.default_rng(0).standard_normal((5000, 4)).astype(np.float32)  # > max_request_rows (4096)
+    answers = list(server.predict_many("classifier", x, batch_rows=1000))
+    assert [len(answer["output_label"]) for answer in answers] == [1000] * 5
+    session = ort.InferenceSession(str(repository / "classifier" / "1" / "model.onnx"))
+    labels, maps = session.run(None, {"X": x})
+    assert np.concatenate([answer["output_label"] for answer in answers]).tolist() == labels.tolist()
+    assert [row for answer in answers for row in answer["output_probability"]] == maps
