@@ -241,28 +241,55 @@ def _csv_plan(path: Path, signature: Signature) -> ColumnPlan | None:
         if not needs_named_columns(signature) and not _is_header(file.readline()):
             return None
         file.seek(0)
-        header = next(csv.reader(file), [])
+        reader = csv.reader(file, strict=True)
+        try:
+            header = next(reader, [])
+        except csv.Error as exc:
+            raise _bad_csv_syntax(path, 1, exc) from None
     return plan_columns(signature, header, str(path))
 
 
 def _csv_named(path: Path, plan: ColumnPlan, chunk_rows: int) -> Iterator[dict[str, np.ndarray]]:
-    """The file's rows in chunks, each input taken from its named columns; blank lines are skipped."""
+    """The file's rows in chunks, each input taken from its named columns; blank lines are skipped.
+
+    Raises:
+        InvalidInputError: a quote opened and never closed (the rest of the file would be one field, its rows
+            never scored), text after a closing quote, or a field over the csv module's limit, naming the line.
+    """
     with path.open(encoding="utf-8-sig", newline="") as file:
-        reader = csv.reader(file)
-        next(reader, None)  # the header
+        reader = csv.reader(file, strict=True)
+        next(reader, None)  # the header (read by _csv_plan)
         while True:
             rows: list[list[str]] = []
-            lines: list[int] = []  # the file's line number of each row (its last line, for a quoted line break)
-            for row in reader:
+            lines: list[int] = []  # the file's line number where each row starts (a quoted field may break lines)
+            while len(rows) < chunk_rows:
+                start = reader.line_num + 1
+                try:
+                    row = next(reader, None)
+                except csv.Error as exc:
+                    raise _bad_csv_syntax(path, start, exc) from None
+                if row is None:
+                    break
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue
                 rows.append(row)
-                lines.append(reader.line_num)
-                if len(rows) == chunk_rows:
-                    break
+                lines.append(start)
             if not rows:
                 return
             yield plan.arrays(rows, lines, str(path))
+
+
+def _bad_csv_syntax(path: Path, line: int, error: csv.Error) -> InvalidInputError:
+    if "field limit" in str(error):
+        problem = (
+            f"a field of over {csv.field_size_limit()} characters (a quote opened and never closed makes the rest "
+            "of the file one field; a text that long is read from a Parquet or .npz file)"
+        )
+    elif "end of data" in str(error):
+        problem = "a quote opened here is never closed (the rest of the file would be one field, its rows unscored)"
+    else:
+        problem = f"{error} (fix the quoting of that line)"
+    return InvalidInputError(f"input {path}, line {line}: {problem}")
 
 
 def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator[np.ndarray]:

@@ -177,3 +177,28 @@ def test_a_parquet_integer_that_the_input_cannot_hold_is_refused_not_wrapped_aro
     pq.write_table(pa.table({"index": pa.array([1, 3], pa.int64())}), tmp_path / "in.parquet")
     assert main(argv) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[1], [3]])
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [  # (an unclosed quote used to take the rest of the file as one field: 3 rows scored as 1)
+        ('id,age,city,n\n1,31,"oslo,2\n2,58,rome,0\n3,44,paris,7\n', "line 2: a quote opened here is never closed"),
+        ("id,age,city,n\n1,31,oslo,2\n2,58," + "r" * 200_000 + ",0\n", "line 3: a field of over 131072 characters"),
+        ('id,age,city,n\n1,31,"oslo"x,2\n', "line 2: ',' expected after '\"' (fix the quoting of that line)"),
+    ],
+)
+def test_a_csv_line_whose_quoting_is_broken_is_named_and_nothing_is_written(
+    tmp_path: Path, pipeline: Path, capsys: pytest.CaptureFixture[str], text: str, error: str
+) -> None:
+    (tmp_path / "in.csv").write_text(text)
+    assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.csv"), str(tmp_path / "out.csv")]) == 1
+    assert error in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_row_broken_over_lines_by_a_quoted_field_is_named_by_its_first_line(
+    tmp_path: Path, pipeline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in.csv").write_text('age,city,n\n31,oslo,2\n"5\n8",rome,0\n')
+    assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.csv"), str(tmp_path / "out.csv")]) == 1
+    assert "line 3: column 'age' holds '5\\n8', not a number" in capsys.readouterr().err
