@@ -9,7 +9,7 @@ matrix reading (:mod:`._scoring_readers`). A data frame given to ``predict_many`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +123,7 @@ def needs_named_columns(signature: Signature) -> bool:
 
 def plan_columns(signature: Signature, header: Sequence[str], source: str) -> ColumnPlan | None:
     """Map the file's columns (``header``: their names) to the model's inputs; ``None`` for a one-input
-    numeric model whose input no column names (the file is read as its matrix).
+    numeric model whose input no column names, or not as its columns (the file is read as its matrix).
 
     Raises:
         InvalidInputError: an input with no column, an input columns cannot hold (more than two axes, not a
@@ -133,13 +133,19 @@ def plan_columns(signature: Signature, header: Sequence[str], source: str) -> Co
     names = [name.strip() for name in header]
     while names and not names[-1]:  # a spreadsheet's trailing separators name no column
         names.pop()
-    named = len(signature.inputs) != 1 or signature.inputs[0].is_string
+    if not needs_named_columns(signature):
+        # A one-input numeric model's file was read as its matrix before columns were read by name: a header
+        # that names the input but not as its columns (`x,y` for x [N, 2]) keeps that reading.
+        try:
+            found = _input_columns(signature.inputs[0], names, source, frozenset())
+        except InvalidInputError:
+            return None
+        return None if found is None else ColumnPlan((found,), len(names))
     inputs = []
+    others = frozenset(spec.name for spec in signature.inputs)
     for spec in signature.inputs:
-        found = _input_columns(spec, names, source)
+        found = _input_columns(spec, names, source, others - {spec.name})
         if found is None:
-            if not named:
-                return None
             raise InvalidInputError(
                 f"input {source}: no column for the model's input {spec.describe()}; name a column {spec.name!r}"
                 f"{_numbered_hint(spec)} in the header, the file's first line (it names "
@@ -155,12 +161,13 @@ def _numbered_hint(spec: TensorSpec) -> str:
     return f", or {spec.name + '_0'!r}, {spec.name + '_1'!r}, ... for its features"
 
 
-def _input_columns(spec: TensorSpec, names: list[str], source: str) -> InputColumns | None:
+def _input_columns(spec: TensorSpec, names: list[str], source: str, others: frozenset[str]) -> InputColumns | None:
+    """``others``: the model's other inputs, whose columns are theirs (inputs `x` and `x_0`: `x_0` is not x's)."""
     rank = 2 if spec.shape is None else len(spec.shape)
     features = spec.shape[1] if spec.shape is not None and rank == 2 else None
     fixed = features if isinstance(features, int) else None
     numbered: list[str] = []
-    while f"{spec.name}_{len(numbered)}" in names:
+    while f"{spec.name}_{len(numbered)}" in names and f"{spec.name}_{len(numbered)}" not in others:
         numbered.append(f"{spec.name}_{len(numbered)}")
     if spec.name not in names and not numbered:
         return None
@@ -186,19 +193,24 @@ def _input_columns(spec: TensorSpec, names: list[str], source: str) -> InputColu
 
 
 def is_data_frame(value: Any) -> bool:
-    """Whether ``value`` is a data frame (pandas', polars'): named columns, each read as ``value[name]``.
+    """Whether ``value`` is a data frame (pandas', polars'): columns, each read as ``value[label]``, and
+    ``to_numpy()``.
 
-    Iterated, a frame yields its column names, which ``predict_many`` took for batches ("a batch needs a leading
-    row axis; got a scalar str"). Recognised by its shape, not its class: neither library is a dependency."""
-    if isinstance(value, (np.ndarray, str, bytes)) or not hasattr(value, "__getitem__"):
+    Iterated, a frame yields its column labels, which ``predict_many`` took for batches ("a batch needs a leading
+    row axis; got a scalar str", or "scalar int" for ``pd.DataFrame(matrix)``'s labels 0, 1, ...). Recognised by
+    its shape, not its class: neither library is a dependency."""
+    if isinstance(value, (np.ndarray, str, bytes, Mapping)) or not hasattr(value, "__getitem__"):
         return False
     columns = getattr(value, "columns", None)
     if columns is None or not hasattr(value, "shape") or callable(columns):
         return False
+    if not callable(getattr(value, "to_numpy", None)):
+        return False  # (a pyarrow Table's columns are its arrays; it has no to_numpy)
     try:
-        return all(isinstance(name, str) for name in columns)
+        iter(columns)
     except TypeError:
         return False
+    return True
 
 
 def frame_inputs(frame: Any, signature: Signature) -> Any:
@@ -210,13 +222,13 @@ def frame_inputs(frame: Any, signature: Signature) -> Any:
         InvalidInputError: columns that do not fit the inputs (see :func:`plan_columns`), a missing value (NaN,
             None) in a column an input takes, or a column whose values its input's type cannot hold.
     """
-    labels = [str(name) for name in frame.columns]
-    plan = plan_columns(signature, labels, "the data frame")
+    keys = list(frame.columns)  # pandas' may be numbers (pd.DataFrame(matrix)) or tuples: compared as text
+    plan = plan_columns(signature, [str(key) for key in keys], "the data frame")
     if plan is None:
         return np.asarray(frame.to_numpy())
     arrays: dict[str, np.ndarray] = {}
     for spec in plan.inputs:
-        columns = [_frame_column(frame, spec, label) for label in spec.labels]
+        columns = [_frame_column(frame, keys[position], spec, label) for position, label in _places(spec)]
         if spec.rank == 1:
             arrays[spec.name] = columns[0]
         else:
@@ -224,8 +236,8 @@ def frame_inputs(frame: Any, signature: Signature) -> Any:
     return arrays
 
 
-def _frame_column(frame: Any, spec: InputColumns, label: str) -> np.ndarray:
-    values = np.asarray(frame[label].to_numpy())
+def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str) -> np.ndarray:
+    values = np.asarray(frame[key].to_numpy())
     where = f"column {label!r} of the data frame"
     if spec.dtype == np.dtype(object):
         for position, value in enumerate(values):

@@ -445,9 +445,9 @@ def _parquet_named(path: Path, table: Any, plan: ColumnPlan, chunk_rows: int) ->
                 if spec.dtype == np.dtype(object):
                     columns.append(np.array(column.to_pylist(), dtype=object))
                 else:
+                    values = column.to_numpy(zero_copy_only=False)
+                    _check_integer_range(values, spec.dtype, path, label, first_row)  # (its own message)
                     try:
-                        values = column.to_numpy(zero_copy_only=False)
-                        _check_integer_range(values, spec.dtype, path, label, first_row)
                         columns.append(values.astype(spec.dtype, casting="same_kind"))
                     except (TypeError, ValueError) as exc:
                         raise InvalidInputError(

@@ -174,6 +174,24 @@ def scale_repository(repository: Path) -> Path:
     return repository
 
 
+def build_difference_model(first: str, second: str, *, dtype: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """``difference = float(first) - float(second)``, each input ``[batch, 1]`` of type ``dtype``."""
+    nodes = [
+        helper.make_node("Cast", [first], ["first_float"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", [second], ["second_float"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["first_float", "second_float"], ["difference"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "difference",
+        [helper.make_tensor_value_info(name, dtype, ["batch", 1]) for name in (first, second)],
+        [helper.make_tensor_value_info("difference", TensorProto.FLOAT, ["batch", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def build_busy_model(width: int = 512, layers: int = 16, table_rows: int = 10) -> onnx.ModelProto:
     """A model that takes a while per row, with a second input that can poison a request.
 

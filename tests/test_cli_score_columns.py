@@ -12,6 +12,7 @@ import pytest
 from inprocserve.__main__ import main
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
+from .conftest import build_difference_model
 from .toolkit_models import build_column_transformer_pipeline
 
 CUSTOMERS = [  # id, city, age, n, churned: the columns in another order than the model's inputs, two unused
@@ -173,10 +174,28 @@ def test_a_parquet_integer_that_the_input_cannot_hold_is_refused_not_wrapped_aro
     argv = ["score", "--quiet", str(path), str(tmp_path / "in.parquet"), str(tmp_path / "out.npy")]
     pq.write_table(pa.table({"index": pa.array([1, 2**32 + 3], pa.int64())}), tmp_path / "in.parquet")
     assert main(argv) == 1  # (cast as numpy casts, 2**32 + 3 became 3: a row scored with another index)
-    assert "column 'index' holds 4294967299 at row 2, which int32 does not hold" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(
+        f"error: input {tmp_path / 'in.parquet'}: column 'index' holds 4294967299 at row 2, which int32 does not hold"
+    )
     pq.write_table(pa.table({"index": pa.array([1, 3], pa.int64())}), tmp_path / "in.parquet")
     assert main(argv) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[1], [3]])
+
+
+def test_a_header_that_names_a_one_input_models_input_but_not_its_columns_keeps_the_matrix_reading(
+    tmp_path: Path,
+) -> None:
+    model = save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)  # x: [batch, 4]
+    (tmp_path / "in.csv").write_text("x,y,z,w\n1,2,3,4\n5,6,7,8\n")  # a header, not x's columns x_0 to x_3
+    assert main(["score", "--quiet", str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[2, 4, 6, 8], [10, 12, 14, 16]])
+
+
+def test_an_input_named_like_another_inputs_numbered_column_takes_its_own_column(tmp_path: Path) -> None:
+    model = save_model(build_difference_model("x", "x_0"), tmp_path / "models", "difference", 1)
+    (tmp_path / "in.csv").write_text("x_0,x\n1,10\n2,30\n")
+    assert main(["score", "--quiet", str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[9], [28]])
 
 
 @pytest.mark.parametrize(

@@ -101,3 +101,11 @@ def test_numbered_columns_and_a_one_input_frame(repository: Path, make_server: S
     # a one-input model whose input no column names takes the whole frame as its matrix
     (answer,) = server.predict_many("scale", pd.DataFrame(np.ones((3, 4), np.float32), columns=list("pqrs")))
     np.testing.assert_array_equal(answer["y"], np.full((3, 4), 2.0))
+
+
+def test_a_frame_built_from_a_matrix_is_a_one_input_models_matrix(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)  # x: [batch, 4]
+    server = make_server(repository)
+    frame = pd.DataFrame(np.arange(12, dtype=np.float32).reshape(3, 4))  # column labels 0, 1, 2, 3
+    (answer,) = server.predict_many("scale", frame)  # (it was iterated: "got a scalar int")
+    np.testing.assert_array_equal(answer["y"], np.arange(12).reshape(3, 4) * 2)
