@@ -18,7 +18,15 @@ import numpy as np
 from ._errors import InvalidInputError
 from ._signature import Signature, TensorSpec
 
-__all__ = ["ColumnPlan", "InputColumns", "frame_inputs", "is_data_frame", "needs_named_columns", "plan_columns"]
+__all__ = [
+    "ColumnPlan",
+    "InputColumns",
+    "frame_inputs",
+    "is_data_frame",
+    "needs_named_columns",
+    "plan_columns",
+    "to_float",
+]
 
 _TRUE = frozenset({"true", "1"})
 _FALSE = frozenset({"false", "0"})
@@ -89,9 +97,17 @@ def _column(
             flags.append(word in _TRUE)
         return np.array(flags, dtype=np.bool_)
     try:
-        return np.array(values, dtype=spec.dtype)  # Python's int() and float() read each text
+        with np.errstate(over="ignore"):  # (a float too large for its type: checked below)
+            column = np.array(values, dtype=spec.dtype)  # Python's int() and float() read each text
     except (ValueError, OverflowError):
         pass
+    else:
+        if spec.dtype.kind == "f" and np.isinf(column).any():  # a number its type cannot hold became infinity
+            for value, line, number in zip(values, lines, column, strict=True):
+                if np.isinf(number) and value.strip().lstrip("+-").lower() not in ("inf", "infinity"):
+                    wanted = f"a number that {spec.dtype} holds (±{np.finfo(spec.dtype).max})"
+                    raise _bad_field(source, line, label, value, spec, wanted)
+        return column
     kind = "an integer" if spec.dtype.kind in "iu" else "a number"
     for value, line in zip(values, lines, strict=True):  # the first field that fails: only on this error path
         try:
@@ -271,7 +287,28 @@ def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str) -> np.nd
                 f"{where} holds {values[position]} at position {position}, which {spec.dtype} does not hold "
                 f"({info.min} to {info.max})"
             )
+    if spec.dtype.kind == "f" and not np.can_cast(values.dtype, spec.dtype):
+        cast, beyond = to_float(values, spec.dtype)
+        if beyond is not None:
+            raise InvalidInputError(
+                f"{where} holds {values[beyond]} at position {beyond}, beyond what {spec.dtype} holds "
+                f"(±{np.finfo(spec.dtype).max}): it would be scored as infinity"
+            )
+        return cast
     return values.astype(spec.dtype, copy=False)
+
+
+def to_float(values: np.ndarray, dtype: np.dtype[Any]) -> tuple[np.ndarray, int | None]:
+    """``values`` (numbers) cast to the float type ``dtype``, and the position of the first one too large for it
+    (numpy's cast makes it infinity, silently, as 70000 in float16), or ``None``."""
+    with np.errstate(over="ignore"):
+        cast = values.astype(dtype, copy=False)
+    infinite = np.isinf(cast)
+    if infinite.any():
+        beyond = infinite & ~np.isinf(values) if values.dtype.kind == "f" else infinite
+        if beyond.any():
+            return cast, int(beyond.argmax())
+    return cast, None
 
 
 def _is_na(value: object) -> bool:

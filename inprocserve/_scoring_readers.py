@@ -17,7 +17,7 @@ import numpy as np
 
 from ._array_file import not_numpy_file
 from ._errors import InvalidInputError
-from ._scoring_columns import ColumnPlan, needs_named_columns, plan_columns
+from ._scoring_columns import ColumnPlan, needs_named_columns, plan_columns, to_float
 from ._scoring_formats import file_format, pyarrow_modules
 from ._signature import Signature
 
@@ -447,6 +447,8 @@ def _parquet_named(path: Path, table: Any, plan: ColumnPlan, chunk_rows: int) ->
                 else:
                     values = column.to_numpy(zero_copy_only=False)
                     _check_integer_range(values, spec.dtype, path, label, first_row)  # (its own message)
+                    if spec.dtype.kind == "f" and values.dtype.kind in "iuf":
+                        values = _checked_float(values, spec.dtype, path, label, first_row)
                     try:
                         columns.append(values.astype(spec.dtype, casting="same_kind"))
                     except (TypeError, ValueError) as exc:
@@ -460,6 +462,21 @@ def _parquet_named(path: Path, table: Any, plan: ColumnPlan, chunk_rows: int) ->
                 arrays[spec.name] = np.stack(columns, axis=1) if len(columns) > 1 else columns[0].reshape(-1, 1)
         first_row += batch.num_rows
         yield arrays
+
+
+def _checked_float(values: np.ndarray, dtype: np.dtype[Any], path: Path, label: str, first_row: int) -> np.ndarray:
+    """A number column read into a narrower float input (float64 into float16), each value checked to fit.
+
+    Raises:
+        InvalidInputError: a value its type cannot hold (numpy's cast makes it infinity), naming column and row.
+    """
+    cast, index = to_float(values, dtype)
+    if index is not None:
+        raise InvalidInputError(
+            f"input {path}: column {label!r} holds {values[index]} at row {first_row + index}, beyond what {dtype} "
+            f"holds (±{np.finfo(dtype).max}): it would be scored as infinity"
+        )
+    return cast
 
 
 def _check_integer_range(values: np.ndarray, dtype: np.dtype[Any], path: Path, label: str, first_row: int) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
+from onnx import TensorProto
 
 from inprocserve.__main__ import main
 from inprocserve.testing import build_add_model, build_scale_model, save_model
@@ -221,3 +222,28 @@ def test_a_row_broken_over_lines_by_a_quoted_field_is_named_by_its_first_line(
     (tmp_path / "in.csv").write_text('age,city,n\n31,oslo,2\n"5\n8",rome,0\n')
     assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.csv"), str(tmp_path / "out.csv")]) == 1
     assert "line 3: column 'age' holds '5\\n8', not a number" in capsys.readouterr().err
+
+
+def test_a_number_too_large_for_a_half_precision_input_is_refused_not_scored_as_infinity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = save_model(build_difference_model("h", "k", dtype=TensorProto.FLOAT16), tmp_path / "models", "half", 1)
+    argv = ["score", "--quiet", str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.npy")]
+    (tmp_path / "in.csv").write_text("h,k\n1.5,0.5\n70000,1\n")  # float16 holds up to 65504
+    assert main(argv) == 1
+    assert "line 3: column 'h' holds '70000', not a number that float16 holds (±65504.0)" in capsys.readouterr().err
+    (tmp_path / "in.csv").write_text("h,k\n1.5,0.5\ninf,1\n")  # infinity written as such is a value
+    assert main(argv) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[1.0], [np.inf]])
+
+
+def test_a_parquet_number_too_large_for_a_half_precision_input_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pa = pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    import pyarrow.parquet as pq
+
+    model = save_model(build_difference_model("h", "k", dtype=TensorProto.FLOAT16), tmp_path / "models", "half", 1)
+    pq.write_table(pa.table({"h": [1.5, 1e6], "k": [0.5, 1.0]}), tmp_path / "in.parquet")
+    assert main(["score", "--quiet", str(model), str(tmp_path / "in.parquet"), str(tmp_path / "out.npy")]) == 1
+    assert "column 'h' holds 1000000.0 at row 2, beyond what float16 holds" in capsys.readouterr().err

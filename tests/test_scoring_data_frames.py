@@ -12,7 +12,7 @@ import pytest
 import inprocserve
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, build_difference_model
 from .toolkit_models import build_column_transformer_pipeline
 
 pd = pytest.importorskip("pandas", reason="pandas is a test dependency (pip install -e '.[dev]')")
@@ -109,3 +109,15 @@ def test_a_frame_built_from_a_matrix_is_a_one_input_models_matrix(repository: Pa
     frame = pd.DataFrame(np.arange(12, dtype=np.float32).reshape(3, 4))  # column labels 0, 1, 2, 3
     (answer,) = server.predict_many("scale", frame)  # (it was iterated: "got a scalar int")
     np.testing.assert_array_equal(answer["y"], np.arange(12).reshape(3, 4) * 2)
+
+
+def test_a_number_too_large_for_a_half_precision_input_is_refused(repository: Path, make_server: ServerFactory) -> None:
+    from onnx import TensorProto
+
+    save_model(build_difference_model("h", "k", dtype=TensorProto.FLOAT16), repository, "half", 1)
+    server = make_server(repository)
+    frame = pd.DataFrame({"h": [1.5, 1e6], "k": [0.5, 1.0]})
+    with pytest.raises(inprocserve.InvalidInputError, match=r"column 'h' .* holds 1000000.0 at position 1, beyond"):
+        list(server.predict_many("half", frame))
+    (answer,) = server.predict_many("half", frame.iloc[:1])
+    np.testing.assert_array_equal(answer["difference"], [[1.0]])
