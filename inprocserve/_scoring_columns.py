@@ -244,11 +244,18 @@ def frame_inputs(frame: Any, signature: Signature) -> Any:
         return np.asarray(frame.to_numpy())
     arrays: dict[str, np.ndarray] = {}
     for spec in plan.inputs:
-        columns = [_frame_column(frame, keys[position], spec, label) for position, label in _places(spec)]
-        if spec.rank == 1:
-            arrays[spec.name] = columns[0]
-        else:
-            arrays[spec.name] = np.stack(columns, axis=1) if len(columns) > 1 else columns[0].reshape(-1, 1)
+        places = list(_places(spec))
+        first = _frame_column(frame, keys[places[0][0]], spec, places[0][1])
+        if spec.rank == 1 or len(places) == 1:
+            arrays[spec.name] = first if spec.rank == 1 else first.reshape(-1, 1)
+            continue
+        # Each column is put in place as it is read: cast columns gathered and then stacked were the input twice
+        matrix = np.empty((len(first), len(places)), first.dtype)
+        matrix[:, 0] = first
+        del first
+        for index, (position, label) in enumerate(places[1:], start=1):
+            matrix[:, index] = _frame_column(frame, keys[position], spec, label)
+        arrays[spec.name] = matrix
     return arrays
 
 
@@ -277,6 +284,12 @@ def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str) -> np.nd
         raise InvalidInputError(
             f"{where} holds {values.dtype} values; input {spec.name!r} takes {spec.dtype} ({kind}): convert the "
             "column (pandas: .astype(...))"
+        )
+    if spec.dtype.kind == "b" and values.dtype.kind in "iu" and ((values != 0) & (values != 1)).any():
+        position = int(((values != 0) & (values != 1)).argmax())
+        raise InvalidInputError(  # (numpy's cast makes any other integer True; a file's column takes 0 or 1 too)
+            f"{where} holds {values[position]} at position {position}; input {spec.name!r} takes booleans: "
+            "True/False, or 1/0"
         )
     if values.dtype.kind in "iu" and spec.dtype.kind in "iu" and not np.can_cast(values.dtype, spec.dtype):
         info = np.iinfo(spec.dtype)

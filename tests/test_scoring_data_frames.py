@@ -3,6 +3,7 @@ the ``score`` command (a frame used to be iterated, which yields its column name
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,37 @@ def test_a_number_too_large_for_a_half_precision_input_is_refused(repository: Pa
         list(server.predict_many("half", frame))
     (answer,) = server.predict_many("half", frame.iloc[:1])
     np.testing.assert_array_equal(answer["difference"], [[1.0]])
+
+
+def test_an_input_of_several_columns_is_built_in_one_copy_of_the_frame(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0, features=8), repository, "scale", 1)  # x: [batch, 8] float32
+    server = make_server(repository)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({f"x_{i}": rng.random(250_000) for i in range(8)})  # float64 columns: each is cast
+    x_bytes = 250_000 * 8 * 4
+    tracemalloc.start()
+    try:
+        answers = server.predict_many("scale", frame, batch_rows=1_000)
+        first = next(answers)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(first["y"], frame.iloc[:1_000].to_numpy(np.float32) * 2)
+    answers.close()
+    # (the cast columns were gathered and then stacked: twice x's size at the peak)
+    assert peak < 1.5 * x_bytes, (peak, x_bytes)
+
+
+def test_a_boolean_input_takes_ones_and_zeros_but_no_other_integer(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    from onnx import TensorProto
+
+    save_model(build_difference_model("flag", "other", dtype=TensorProto.BOOL), repository, "flags", 1)
+    server = make_server(repository)
+    (answer,) = server.predict_many("flags", pd.DataFrame({"flag": [1, 0], "other": [False, False]}))
+    np.testing.assert_array_equal(answer["difference"], [[1.0], [0.0]])
+    with pytest.raises(inprocserve.InvalidInputError, match=r"column 'flag' .* holds 5 at position 1; input 'flag'"):
+        list(server.predict_many("flags", pd.DataFrame({"flag": [1, 5], "other": [False, False]})))
