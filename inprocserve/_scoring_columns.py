@@ -9,6 +9,7 @@ matrix reading (:mod:`._scoring_readers`). A data frame given to ``predict_many`
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,19 +97,23 @@ def _column(
                 raise _bad_field(source, line, label, value, spec, "true or false (or 1 or 0)")
             flags.append(word in _TRUE)
         return np.array(flags, dtype=np.bool_)
+    kind = "an integer" if spec.dtype.kind in "iu" else "a number"
     try:
         with np.errstate(over="ignore"):  # (a float too large for its type: checked below)
             column = np.array(values, dtype=spec.dtype)  # Python's int() and float() read each text
     except (ValueError, OverflowError):
         pass
     else:
+        if any("_" in value for value in values):  # Python's int() and float() take 1_000; numpy's file readers do not
+            for value, line in zip(values, lines, strict=True):
+                if "_" in value:
+                    raise _bad_field(source, line, label, value, spec, f"{kind} (digits grouped with '_' are not)")
         if spec.dtype.kind == "f" and np.isinf(column).any():  # a number its type cannot hold became infinity
             for value, line, number in zip(values, lines, column, strict=True):
                 if np.isinf(number) and value.strip().lstrip("+-").lower() not in ("inf", "infinity"):
                     wanted = f"a number that {spec.dtype} holds (±{np.finfo(spec.dtype).max})"
                     raise _bad_field(source, line, label, value, spec, wanted)
         return column
-    kind = "an integer" if spec.dtype.kind in "iu" else "a number"
     for value, line in zip(values, lines, strict=True):  # the first field that fails: only on this error path
         try:
             np.array([value], dtype=spec.dtype)
@@ -156,7 +161,10 @@ def plan_columns(signature: Signature, header: Sequence[str], source: str) -> Co
             found = _input_columns(signature.inputs[0], names, source, frozenset())
         except InvalidInputError:
             return None
-        return None if found is None else ColumnPlan((found,), len(names))
+        if found is None or (found.rank == 2 and found.labels == (found.name,) and _features(signature.inputs[0]) != 1):
+            # (`x,y,z` for x [N, M]: the columns of a matrix whose first is called x, not one feature x)
+            return None
+        return ColumnPlan((found,), len(names))
     inputs = []
     others = frozenset(spec.name for spec in signature.inputs)
     for spec in signature.inputs:
@@ -180,13 +188,23 @@ def _numbered_hint(spec: TensorSpec) -> str:
 def _input_columns(spec: TensorSpec, names: list[str], source: str, others: frozenset[str]) -> InputColumns | None:
     """``others``: the model's other inputs, whose columns are theirs (inputs `x` and `x_0`: `x_0` is not x's)."""
     rank = 2 if spec.shape is None else len(spec.shape)
-    features = spec.shape[1] if spec.shape is not None and rank == 2 else None
-    fixed = features if isinstance(features, int) else None
+    fixed = _features(spec)
     numbered: list[str] = []
     while f"{spec.name}_{len(numbered)}" in names and f"{spec.name}_{len(numbered)}" not in others:
         numbered.append(f"{spec.name}_{len(numbered)}")
     if spec.name not in names and not numbered:
         return None
+    stray = {
+        name
+        for name in names
+        if name not in others and name.startswith(f"{spec.name}_") and name[len(spec.name) + 1 :].isdigit()
+    }
+    if numbered and len(stray) > len(numbered):  # (a_0, a_1, a_3: a_3 would be skipped as a column no input takes)
+        missing = next(f"{spec.name}_{k}" for k in itertools.count() if f"{spec.name}_{k}" not in names)
+        raise InvalidInputError(
+            f"input {source}: the model's input {spec.describe()} has columns up to {max(stray, key=_number)!r} "
+            f"but no {missing!r}: its numbered columns run from {spec.name}_0 with none left out"
+        )
     what = f"input {source}: the model's input {spec.describe()}"
     if spec.dtype is None:
         raise InvalidInputError(f"{what} is not a tensor; a file's columns cannot hold it")
@@ -206,6 +224,16 @@ def _input_columns(spec: TensorSpec, names: list[str], source: str, others: froz
         if names.count(label) > 1:
             raise InvalidInputError(f"input {source}: the header names column {label!r} twice")
     return InputColumns(spec.name, spec.dtype, tuple(names.index(label) for label in labels), tuple(labels), rank)
+
+
+def _features(spec: TensorSpec) -> int | None:
+    """The input's fixed number of values per row (its second axis), or ``None``: open, or another rank."""
+    features = spec.shape[1] if spec.shape is not None and len(spec.shape) == 2 else None
+    return features if isinstance(features, int) else None
+
+
+def _number(label: str) -> int:
+    return int(label.rpartition("_")[2])
 
 
 def is_data_frame(value: Any) -> bool:

@@ -121,6 +121,7 @@ def test_a_one_input_model_whose_input_the_header_names_skips_the_other_columns(
         ("age,city,n\n31,oslo,\n", "line 2: column 'n' is empty (a missing value); input 'n' needs an integer"),
         ("age,city,n\n31,oslo,2.5\n", "line 2: column 'n' holds '2.5', not an integer (input 'n' takes int64)"),
         ("age,city,n\n31,oslo,99999999999999999999\n", "not an integer that int64 holds"),
+        ("age,city,n\n1_031,oslo,2\n", "line 2: column 'age' holds '1_031', not a number (digits grouped with '_'"),
         ("age,city,n\n31,oslo,2\n\n40,rome\n", "line 4: 2 fields where the header (line 1) names 3 columns"),
         ("age,city,n,city\n31,oslo,2,rome\n", "the header names column 'city' twice"),
         ("age,city,city_0,n\n31,oslo,rome,2\n", "has a column 'city' and columns 'city_0'...: keep one or the other"),
@@ -247,3 +248,24 @@ def test_a_parquet_number_too_large_for_a_half_precision_input_is_refused(
     pq.write_table(pa.table({"h": [1.5, 1e6], "k": [0.5, 1.0]}), tmp_path / "in.parquet")
     assert main(["score", "--quiet", str(model), str(tmp_path / "in.parquet"), str(tmp_path / "out.npy")]) == 1
     assert "column 'h' holds 1000000.0 at row 2, beyond what float16 holds" in capsys.readouterr().err
+
+
+def test_a_one_input_model_of_open_width_reads_a_header_that_names_its_input_first_as_the_matrix(
+    tmp_path: Path,
+) -> None:
+    model = build_scale_model(2.0)
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[1].dim_param = "features"  # x: [batch, features]
+    path = save_model(model, tmp_path / "models", "scale", 1)
+    (tmp_path / "in.csv").write_text("x,y,z\n1,2,3\n")  # (read as the column x, the rows lost y and z)
+    assert main(["score", "--quiet", str(path), str(tmp_path / "in.csv"), str(tmp_path / "out.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[2, 4, 6]])
+
+
+def test_numbered_columns_with_one_left_out_are_refused_not_cut_short(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = save_model(build_add_model(sequence=True), tmp_path / "models", "add", 1)  # a, b: [batch, seq]
+    (tmp_path / "in.csv").write_text("a_0,a_1,a_3,b_0,b_1,n\n1,2,3,4,5,7\n")  # (a_2 left out: a_3 was skipped)
+    assert main(["score", "--quiet", str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.npz")]) == 1
+    assert "has columns up to 'a_3' but no 'a_2'" in capsys.readouterr().err
