@@ -142,15 +142,17 @@ def needs_named_columns(signature: Signature) -> bool:
     return len(signature.inputs) != 1 or signature.inputs[0].is_string
 
 
-def plan_columns(signature: Signature, header: Sequence[str], source: str) -> ColumnPlan | None:
+def plan_columns(signature: Signature, header: Sequence[str], source: str | None) -> ColumnPlan | None:
     """Map the file's columns (``header``: their names) to the model's inputs; ``None`` for a one-input
     numeric model whose input no column names, or not as its columns (the file is read as its matrix).
+    ``source``: the file's path, for messages; ``None`` for a data frame (``header``: its column labels).
 
     Raises:
         InvalidInputError: an input with no column, an input columns cannot hold (more than two axes, not a
             tensor), a column named twice, another number of columns than the input's features, or columns of
             an input both by its name and numbered.
     """
+    where = "the data frame" if source is None else f"input {source}"
     names = [name.strip() for name in header]
     while names and not names[-1]:  # a spreadsheet's trailing separators name no column
         names.pop()
@@ -158,7 +160,7 @@ def plan_columns(signature: Signature, header: Sequence[str], source: str) -> Co
         # A one-input numeric model's file was read as its matrix before columns were read by name: a header
         # that names the input but not as its columns (`x,y` for x [N, 2]) keeps that reading.
         try:
-            found = _input_columns(signature.inputs[0], names, source, frozenset())
+            found = _input_columns(signature.inputs[0], names, where, frozenset())
         except InvalidInputError:
             return None
         if found is None or (found.rank == 2 and found.labels == (found.name,) and _features(signature.inputs[0]) != 1):
@@ -168,12 +170,12 @@ def plan_columns(signature: Signature, header: Sequence[str], source: str) -> Co
     inputs = []
     others = frozenset(spec.name for spec in signature.inputs)
     for spec in signature.inputs:
-        found = _input_columns(spec, names, source, others - {spec.name})
+        found = _input_columns(spec, names, where, others - {spec.name})
         if found is None:
+            place = "in the header, the file's first line (it names" if source is not None else "(the frame has"
             raise InvalidInputError(
-                f"input {source}: no column for the model's input {spec.describe()}; name a column {spec.name!r}"
-                f"{_numbered_hint(spec)} in the header, the file's first line (it names "
-                f"{', '.join(map(repr, names)) or 'nothing'})"
+                f"{where}: no column for the model's input {spec.describe()}; name a column {spec.name!r}"
+                f"{_numbered_hint(spec)} {place} {', '.join(map(repr, names)) or 'nothing'})"
             )
         inputs.append(found)
     return ColumnPlan(tuple(inputs), len(names))
@@ -185,8 +187,9 @@ def _numbered_hint(spec: TensorSpec) -> str:
     return f", or {spec.name + '_0'!r}, {spec.name + '_1'!r}, ... for its features"
 
 
-def _input_columns(spec: TensorSpec, names: list[str], source: str, others: frozenset[str]) -> InputColumns | None:
-    """``others``: the model's other inputs, whose columns are theirs (inputs `x` and `x_0`: `x_0` is not x's)."""
+def _input_columns(spec: TensorSpec, names: list[str], where: str, others: frozenset[str]) -> InputColumns | None:
+    """``where``: the file or frame, for messages; ``others``: the model's other inputs, whose columns are theirs
+    (inputs `x` and `x_0`: `x_0` is not x's)."""
     rank = 2 if spec.shape is None else len(spec.shape)
     fixed = _features(spec)
     numbered: list[str] = []
@@ -202,10 +205,10 @@ def _input_columns(spec: TensorSpec, names: list[str], source: str, others: froz
     if numbered and len(stray) > len(numbered):  # (a_0, a_1, a_3: a_3 would be skipped as a column no input takes)
         missing = next(f"{spec.name}_{k}" for k in itertools.count() if f"{spec.name}_{k}" not in names)
         raise InvalidInputError(
-            f"input {source}: the model's input {spec.describe()} has columns up to {max(stray, key=_number)!r} "
+            f"{where}: the model's input {spec.describe()} has columns up to {max(stray, key=_number)!r} "
             f"but no {missing!r}: its numbered columns run from {spec.name}_0 with none left out"
         )
-    what = f"input {source}: the model's input {spec.describe()}"
+    what = f"{where}: the model's input {spec.describe()}"
     if spec.dtype is None:
         raise InvalidInputError(f"{what} is not a tensor; a file's columns cannot hold it")
     if rank not in (1, 2):
@@ -222,7 +225,7 @@ def _input_columns(spec: TensorSpec, names: list[str], source: str, others: froz
         raise InvalidInputError(f"{what} takes {fixed} values per row; the file has {len(labels)}: name {hint}")
     for label in labels:
         if names.count(label) > 1:
-            raise InvalidInputError(f"input {source}: the header names column {label!r} twice")
+            raise InvalidInputError(f"{where} has two columns named {label!r}: rename or drop one")
     return InputColumns(spec.name, spec.dtype, tuple(names.index(label) for label in labels), tuple(labels), rank)
 
 
@@ -267,7 +270,7 @@ def frame_inputs(frame: Any, signature: Signature) -> Any:
             None) in a column an input takes, or a column whose values its input's type cannot hold.
     """
     keys = list(frame.columns)  # pandas' may be numbers (pd.DataFrame(matrix)) or tuples: compared as text
-    plan = plan_columns(signature, [str(key) for key in keys], "the data frame")
+    plan = plan_columns(signature, [str(key) for key in keys], None)
     if plan is None:
         return np.asarray(frame.to_numpy())
     arrays: dict[str, np.ndarray] = {}

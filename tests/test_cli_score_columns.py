@@ -123,7 +123,7 @@ def test_a_one_input_model_whose_input_the_header_names_skips_the_other_columns(
         ("age,city,n\n31,oslo,99999999999999999999\n", "not an integer that int64 holds"),
         ("age,city,n\n1_031,oslo,2\n", "line 2: column 'age' holds '1_031', not a number (digits grouped with '_'"),
         ("age,city,n\n31,oslo,2\n\n40,rome\n", "line 4: 2 fields where the header (line 1) names 3 columns"),
-        ("age,city,n,city\n31,oslo,2,rome\n", "the header names column 'city' twice"),
+        ("age,city,n,city\n31,oslo,2,rome\n", "in.csv has two columns named 'city': rename or drop one"),
         ("age,city,city_0,n\n31,oslo,rome,2\n", "has a column 'city' and columns 'city_0'...: keep one or the other"),
     ],
 )

@@ -156,3 +156,16 @@ def test_a_boolean_input_takes_ones_and_zeros_but_no_other_integer(
     np.testing.assert_array_equal(answer["difference"], [[1.0], [0.0]])
     with pytest.raises(inprocserve.InvalidInputError, match=r"column 'flag' .* holds 5 at position 1; input 'flag'"):
         list(server.predict_many("flags", pd.DataFrame({"flag": [1, 5], "other": [False, False]})))
+
+
+def test_a_frame_whose_columns_do_not_fit_is_told_so_in_a_frames_terms(churn: inprocserve.Server) -> None:
+    frame = customers().rename(columns={"city": "town"})
+    with pytest.raises(inprocserve.InvalidInputError) as caught:
+        list(churn.predict_many("churn", frame))
+    assert str(caught.value) == (
+        "the data frame: no column for the model's input city: tensor(string) [?, 1]; name a column 'city', or "
+        "'city_0', 'city_1', ... for its features (the frame has 'customer_id', 'n', 'town', 'age')"
+    )  # (it spoke of "the header, the file's first line" and "input the data frame")
+    frame = pd.concat([customers(), customers()[["age"]]], axis=1)
+    with pytest.raises(inprocserve.InvalidInputError, match=r"^the data frame has two columns named 'age': rename"):
+        list(churn.predict_many("churn", frame))
