@@ -567,17 +567,25 @@ def _on_one_version(
 
 
 def _join(answers: list[Prediction], outputs: Mapping[str, Any]) -> Prediction:
-    """A Prediction of ``outputs`` (lists are concatenated; arrays are taken as they are), answered like the
+    """A Prediction of ``outputs`` (lists of parts are joined; arrays are taken as they are), answered like the
     first of ``answers``."""
     first = answers[0]
     return Prediction(
-        {name: np.concatenate(value) if isinstance(value, list) else value for name, value in outputs.items()},
+        {name: _joined(value) if isinstance(value, list) else value for name, value in outputs.items()},
         model=first.model,
         version=first.version,
         variant=first.variant,
         reason=first.reason,
         request_id=first.request_id,
     )
+
+
+def _joined(parts: list[Any]) -> Any:
+    """The parts of one output, joined as one request's answer would hold it: arrays concatenated, and a
+    ZipMap's lists of maps (one per row) made one list (``np.concatenate`` made them an object array)."""
+    if parts and all(isinstance(part, list) for part in parts):
+        return [row for part in parts for row in part]
+    return np.concatenate(parts)
 
 
 def _wait(

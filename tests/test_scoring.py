@@ -879,3 +879,20 @@ def test_a_zipmap_classifiers_whole_input_is_cut_into_chunks(repository: Path, m
     labels, maps = session.run(None, {"X": x})
     assert np.concatenate([answer["output_label"] for answer in answers]).tolist() == labels.tolist()
     assert [row for answer in answers for row in answer["output_probability"]] == maps
+
+
+def test_a_zipmap_classifiers_batch_sent_in_parts_answers_a_list_of_maps(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A batch of an iterable larger than a chunk is sent in parts and joined back: the ZipMap's maps, a list
+    # per request, were joined by np.concatenate into an object array, unlike any request's answer.
+    from tests.toolkit_models import build_string_label_classifier
+
+    save_model(build_string_label_classifier(), repository, "classifier", 1)
+    server = make_server(repository)
+    x = np.random.default_rng(0).standard_normal((25, 4)).astype(np.float32)
+    whole = server.predict("classifier", x)
+    (answer,) = server.predict_many("classifier", iter([x]), batch_rows=10)
+    assert isinstance(answer["output_probability"], list)
+    assert answer["output_probability"] == whole["output_probability"]
+    np.testing.assert_array_equal(answer["output_label"], whole["output_label"])
