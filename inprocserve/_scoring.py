@@ -174,6 +174,7 @@ def score(
     progress: bool | Progress | None = None,
     timeout_s: float | None = None,
     answer_empty: AnswerEmpty | None = None,
+    batch_of: Callable[[Any], Any] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Prediction]:
@@ -183,6 +184,8 @@ def score(
     ``plan.caller_runs``) run at once on the calling thread; either way it returns the request's future.
     ``answer_empty(batch)``: the answer of a batch of no rows of an iterable (a queue consumer's empty poll, a
     filter that dropped every row), in its place, with no model run (``None``: it is submitted like any other).
+    ``batch_of(batch)``: an iterable's batch as it is sent (a data frame's columns read as the inputs by name);
+    what it raises is that batch's error, at its position.
 
     Raises:
         TypeError: ``inputs`` is neither an array, a mapping of arrays, nor an iterable of batches.
@@ -202,7 +205,7 @@ def score(
         jobs: Iterator[_Job] = _slices(whole, rows, request_rows, plan.chunk_rows)
     else:
         total = count_rows(inputs) if isinstance(inputs, (list, tuple)) else None
-        jobs = _batches(iter(inputs), request_rows)
+        jobs = _batches(iter(inputs), request_rows, batch_of)
     iterable = not isinstance(inputs, (np.ndarray, Mapping))
     return _run(submit, jobs, total, plan, callback, bar, timeout_s, answer_empty, clock, sleep, iterable=iterable)
 
@@ -218,7 +221,9 @@ def _slices(inputs: Any, total: int, request_rows: int | None, chunk_rows: int |
         yield _Job([part_of(inputs, start, stop)], stop - start, chunk_rows=chunk_rows)
 
 
-def _batches(items: Iterator[Any], part_rows: int | None) -> Iterator[_Job]:
+def _batches(
+    items: Iterator[Any], part_rows: int | None, batch_of: Callable[[Any], Any] | None = None
+) -> Iterator[_Job]:
     """One job per item, pulled lazily; an item larger than a request is sent in parts and joined back.
 
     A failure to read or check an item becomes a failed job at that position, after which nothing more is read.
@@ -234,6 +239,8 @@ def _batches(items: Iterator[Any], part_rows: int | None) -> Iterator[_Job]:
             yield _Job([], 0, error=exc)
             return
         try:
+            if batch_of is not None:
+                item = batch_of(item)
             rows = rows_of(item)
             item = owned(item)
             if part_rows is not None and rows > part_rows:

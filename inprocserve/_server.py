@@ -557,11 +557,11 @@ class Server(RolloutMethods):
         polars', whose columns are the inputs by name as a CSV file's are for the ``score`` command:
         docs/performance.md, "Batch scoring"), cut into chunks of
         ``batch_rows`` rows (default: the version's ``max_batch_size``) with one :class:`Prediction` per
-        chunk; or an iterable of batches (arrays or mappings), read lazily, with one :class:`Prediction` per
-        batch (a batch larger than a request is sent in parts and joined back; each batch's arrays are copied
-        as it is read, so a generator may reuse one buffer; a batch of no rows is answered in its place with
-        zero rows of each output, without a model run). For a model fast per row, requests hold several
-        chunks, up to 256 rows, each run as one onnxruntime run (not in
+        chunk; or an iterable of batches (arrays, mappings or data frames, read as above), read lazily, with
+        one :class:`Prediction` per batch (a batch larger than a request is sent in parts and joined back;
+        each batch's arrays are copied as it is read, so a generator may reuse one buffer; a batch of no rows
+        is answered in its place with zero rows of each output, without a model run). For a model fast per
+        row, requests hold several chunks, up to 256 rows, each run as one onnxruntime run (not in
         ``max_batch_size`` slices); where the version's sessions leave a core idle, the iterating thread runs
         requests itself beside the workers (docs/performance.md, "Batch scoring"). A bounded window is kept
         submitted (default: two full requests of rows per session; ``max_in_flight``: at most that many
@@ -600,8 +600,14 @@ class Server(RolloutMethods):
         if target is None:
             raise self._not_found(model, version)
         plan = plan_for_version(target, batch_rows=batch_rows, max_in_flight=max_in_flight, timeout_s=timeout_s)
-        if target.signature is not None and is_data_frame(inputs):  # its columns by name, as a CSV file's
-            inputs = frame_inputs(inputs, target.signature)
+        signature = target.signature
+        if signature is not None and is_data_frame(inputs):  # its columns by name, as a CSV file's
+            inputs = frame_inputs(inputs, signature)
+
+        def batch_of(item: Any) -> Any:
+            # an iterable's batch that is a frame is read as predict reads one: made an array by owned() (its
+            # values in column order), it was refused, or scored on the wrong columns, without a word
+            return frame_inputs(item, signature) if signature is not None and is_data_frame(item) else item
 
         def submit(
             part: Any,
@@ -683,7 +689,9 @@ class Server(RolloutMethods):
                 future.set_exception(drop_tracebacks(exc))
             return future
 
-        return score(submit, inputs, plan, progress=progress, timeout_s=timeout_s, answer_empty=answer_empty)
+        return score(
+            submit, inputs, plan, progress=progress, timeout_s=timeout_s, answer_empty=answer_empty, batch_of=batch_of
+        )
 
     def _dispatch(
         self,

@@ -49,3 +49,28 @@ def test_a_one_input_models_frame_by_column_names_or_as_its_matrix(server: inpro
     np.testing.assert_array_equal(server.predict("scale", named)["y"], [[0, 2, 4, 6], [0, 4, 8, 12]])
     plain = pd.DataFrame(np.ones((2, 4)), columns=list("pqrs"))
     np.testing.assert_array_equal(server.predict("scale", plain)["y"], np.full((2, 4), 2.0))
+
+
+def test_predict_many_reads_each_frame_of_an_iterable_by_column_names(server: inprocserve.Server) -> None:
+    # A consumer that decodes each message into a frame: its batches were made arrays in column order, so a
+    # model of several inputs refused them and a one-input model was scored on its columns as they stood.
+    churn = [
+        pd.DataFrame({"customer_id": ["c-1", "c-2"], "age": [31.5, 40.0], "city": ["rome", "oslo"], "n": [3, 4]}),
+        pd.DataFrame({"n": [7], "city": ["rome"], "age": [22.0]}),
+    ]
+    answers = list(server.predict_many("churn", iter(churn)))
+    assert [a["output_label"].tolist() for a in answers] == [
+        server.predict("churn", f)["output_label"].tolist() for f in churn
+    ]
+    shuffled = pd.DataFrame({"x_1": [1.0, 5.0], "x_0": [0.0, 4.0], "x_3": [3.0, 7.0], "x_2": [2.0, 6.0]})
+    (answer,) = server.predict_many("scale", [shuffled])
+    np.testing.assert_array_equal(answer["y"], [[0, 2, 4, 6], [8, 10, 12, 14]])
+
+
+def test_a_missing_value_in_a_frame_of_an_iterable_fails_at_that_batch(server: inprocserve.Server) -> None:
+    good = pd.DataFrame({"age": [31.5], "city": ["rome"], "n": [3]})
+    bad = pd.DataFrame({"age": [float("nan")], "city": ["rome"], "n": [3]})
+    answers = server.predict_many("churn", iter([good, bad, good]))
+    assert len(next(answers)["output_label"]) == 1
+    with pytest.raises(inprocserve.InvalidInputError, match="column 'age' of the data frame has a missing value"):
+        next(answers)
