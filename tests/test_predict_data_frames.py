@@ -74,3 +74,26 @@ def test_a_missing_value_in_a_frame_of_an_iterable_fails_at_that_batch(server: i
     assert len(next(answers)["output_label"]) == 1
     with pytest.raises(inprocserve.InvalidInputError, match="column 'age' of the data frame has a missing value"):
         next(answers)
+
+
+class Proxy:
+    """A user's proxy for an array (a lazy or remote one): it forwards every attribute it lacks to the array."""
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        self.matrix, self.asked = matrix, []
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        return self.matrix
+
+    def __getattr__(self, name: str) -> object:
+        self.asked.append(name)
+        return getattr(self.matrix, name)
+
+
+def test_an_array_like_that_is_no_frame_is_not_asked_for_columns(server: inprocserve.Server) -> None:
+    # Every request of a one-input model that was neither an ndarray nor a list was asked whether it was a frame
+    # (its __getitem__, columns, shape: 1 to 4 µs, and a forwarded lookup each); a frame's class has `columns`.
+    proxy = Proxy(np.ones((2, 4), np.float32))
+    np.testing.assert_array_equal(server.predict("scale", proxy)["y"], np.full((2, 4), 2.0))
+    assert "columns" not in proxy.asked
+    assert server.predict("scale", memoryview(np.ones((1, 4), np.float32)))["y"].tolist() == [[2.0] * 4]
