@@ -304,7 +304,8 @@ def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str) -> np.nd
                     f"{' (fill or drop missing values first)' if missing else ''}"
                 )
         return values.astype(object, copy=False)
-    if values.dtype.kind == "f" and np.isnan(values).any():
+    # A float input takes NaN as an array's does (the version's nan_policy decides); any other cannot hold it
+    if spec.dtype.kind != "f" and values.dtype.kind == "f" and np.isnan(values).any():
         position = int(np.isnan(values).argmax())
         raise InvalidInputError(
             f"{where} has a missing value (NaN) at position {position}; input {spec.name!r} needs a value in every "

@@ -67,11 +67,22 @@ def test_a_text_column_with_a_missing_value_is_refused_before_any_row_is_scored(
         list(churn.predict_many("churn", frame))
 
 
-def test_a_number_column_with_a_missing_value_is_refused(churn: inprocserve.Server) -> None:
+def test_nan_in_a_float_column_follows_the_versions_nan_policy_and_an_integer_column_refuses_it(
+    churn: inprocserve.Server, repository: Path, make_server: ServerFactory
+) -> None:
     frame = customers()
-    frame.loc[3, "age"] = float("nan")
+    frame.loc[3, "age"] = float("nan")  # pandas' missing value in a float column: a float input's NaN, as in an array
+    scores = [row[0] for answer in churn.predict_many("churn", frame) for row in answer["output_probability"]]
+    assert [i for i, score in enumerate(scores) if np.isnan(score)] == [3]
+    (repository / "churn" / "config.toml").write_text('nan_policy = "reject"\n')
+    strict = make_server(repository)
+    with pytest.raises(inprocserve.InvalidInputError, match="NaN"):
+        list(strict.predict_many("churn", frame))
+    frame = customers()
+    frame["n"] = frame["n"].astype("Int64")  # a nullable integer column: its missing value is no int64
+    frame.loc[5, "n"] = None
     with pytest.raises(
-        inprocserve.InvalidInputError, match=r"'age' of the data frame has a missing value \(NaN\) at position 3"
+        inprocserve.InvalidInputError, match=r"'n' of the data frame has a missing value \(NaN\) at position 5"
     ):
         list(churn.predict_many("churn", frame))
 
