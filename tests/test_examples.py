@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from .ports import listening_socket
+
 ROOT = Path(__file__).resolve().parent.parent
 # The Django example's async views need Django 5.0 (docs/django.md); on 4.2 (make oldest) it says so and stops.
 OLD_DJANGO = tuple(int(part) for part in importlib.metadata.version("django").split(".")[:2]) < (5, 0)
@@ -502,9 +504,7 @@ def recommend_uvicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Uvic
         "DJANGO_SECRET_KEY": "abcdef" * 9,
         "DJANGO_RECOMMEND_SCORE_TOKEN": SCORE_TOKEN,
     }
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
+    listener = listening_socket()
     command = [sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(RECOMMEND), "recommend:asgi_application"]
     command += ["--fd", str(listener.fileno()), "--log-level", "warning", "--no-access-log"]
     log = folder / "uvicorn.log"

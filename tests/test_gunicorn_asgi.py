@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,15 +27,11 @@ import pytest
 
 from inprocserve.testing import build_scale_model, save_model
 
+from .ports import listening_socket
+
 HERE = Path(__file__).parent
 WORKERS = 3
 CLIENTS = 32
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _call(url: str, body: Any = None) -> tuple[int, Any]:
@@ -84,7 +79,8 @@ def start_gunicorn(tmp_path: Path) -> Iterator[Any]:
     started: list[Gunicorn] = []
 
     def start(*options: str, env: dict[str, str] | None = None, wait_for_workers: bool = True) -> Gunicorn:
-        base = f"http://127.0.0.1:{_free_port()}"
+        listener = listening_socket()  # handed to gunicorn: no other process can take its port first
+        base = f"http://127.0.0.1:{listener.getsockname()[1]}"
         environment = {
             **os.environ,
             **(env or {}),
@@ -97,11 +93,18 @@ def start_gunicorn(tmp_path: Path) -> Iterator[Any]:
         command = [
             sys.executable, "-m", "gunicorn", "--config", str(HERE / "gunicorn_asgi_conf.py"), "--worker-class",
             "asgi", "--workers", str(WORKERS), "--graceful-timeout", "20", "--timeout", "60", "--bind",
-            base.removeprefix("http://"), "--log-level", "info", *options, "gunicorn_asgi_app:app",
+            f"fd://{listener.fileno()}", "--log-level", "info", *options, "gunicorn_asgi_app:app",
         ]  # fmt: skip
         log = tmp_path / "gunicorn.log"
-        with open(log, "wb") as output:
-            master = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT, cwd=HERE)
+        with listener, open(log, "wb") as output:
+            master = subprocess.Popen(
+                command,
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=HERE,
+                pass_fds=[listener.fileno()],
+            )
         server = Gunicorn(master, base, log, tmp_path / "reaped")
         started.append(server)
         if wait_for_workers:

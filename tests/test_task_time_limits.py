@@ -14,7 +14,6 @@ import functools
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import build_busy_model, busy_inputs, version_status, wait_until
+from .ports import listening_socket
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals (pthread_kill)")
 
@@ -1032,14 +1032,14 @@ def test_a_time_limit_while_the_gunicorn_hook_builds_the_server_does_not_stop_gu
         "INPROCSERVE_TEST_REPOSITORY": str(repository),
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)]),
     }
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    listener = listening_socket()  # handed to gunicorn: no other process can take its port first
+    port = listener.getsockname()[1]
     command = [sys.executable, "-m", "gunicorn", "--config", str(tmp_path / "gunicorn.conf.py"), "--workers", "1"]
-    command += ["--bind", f"127.0.0.1:{port}", "--log-level", "info", "--chdir", str(tmp_path), "starting_app:app"]
+    command += ["--bind", f"fd://{listener.fileno()}", "--log-level", "info"]
+    command += ["--chdir", str(tmp_path), "starting_app:app"]
     log = tmp_path / "gunicorn.log"
-    with log.open("w") as out:
-        master = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    with listener, log.open("w") as out:
+        master = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, pass_fds=[listener.fileno()])
 
     try:
         deadline = time.monotonic() + 60  # (bounded: the worker's boot and its first build)

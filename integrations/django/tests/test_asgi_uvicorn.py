@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from inprocserve.testing import build_scale_model, save_model
+from tests.ports import listening_socket
 
 TESTS = Path(__file__).parent
 CLIENTS = 32
@@ -48,10 +48,7 @@ def uvicorn_port(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[int
     (tmp_path / "asgi_settings.py").write_text(
         f"from testproject_settings import *  # noqa: F403\nINPROCSERVE = {{'REPOSITORY': {str(repository)!r}}}\n"
     )
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
+    listener = listening_socket()
     port = listener.getsockname()[1]
     environment = {
         **os.environ,

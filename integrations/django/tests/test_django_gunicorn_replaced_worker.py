@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from inprocserve.testing import build_scale_model, save_model
+from tests.ports import listening_socket
 
 TESTS = Path(__file__).parent
 GOOD = "[batching]\nmax_batch_size = 8\n"
@@ -78,16 +78,17 @@ def test_a_worker_replaced_while_the_repository_is_mid_change_does_not_stop_guni
         "DJANGO_SETTINGS_MODULE": "replaced_settings",
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS), *sys.path]),
     }
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--workers", "1", "--bind", f"127.0.0.1:{port}"]
+    listener = listening_socket()  # handed to gunicorn: no other process can take its port first
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    command = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--workers", "1"]
+    command += ["--bind", f"fd://{listener.fileno()}"]
     command += ["--max-requests", "4", "django.core.wsgi:get_wsgi_application()"]  # recycled every 4 requests
     log = tmp_path / "gunicorn.log"
     aside = tmp_path / "models-previous"
-    with log.open("w") as out:
-        master = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    with listener, log.open("w") as out:
+        master = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, pass_fds=[listener.fileno()]
+        )
     try:
         _until(lambda: _call(base, "/score")[0] == 200, "the first worker serves", log)
         if eager:

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from inprocserve_flask import Inprocserve, default_context, predict, server, tim
 
 import inprocserve
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
+from tests.ports import listening_socket
 
 
 @pytest.fixture
@@ -378,14 +378,8 @@ def test_eager_mode_checks_a_linked_release_the_workers_would_serve(tmp_path: Pa
         make_app(folder, INPROCSERVE_EAGER=True, INPROCSERVE_FOLLOW_SYMLINKS=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_gunicorn_two_workers_preload_sixteen_clients(repository: Path) -> None:
-    port = _free_port()
+    listener = listening_socket()  # handed to gunicorn: no other process can take its port first
     env = {**os.environ, "INPROCSERVE_TEST_REPOSITORY": str(repository), "PYTHONPATH": str(Path(__file__).parent)}
     command = [
         sys.executable,
@@ -397,15 +391,18 @@ def test_gunicorn_two_workers_preload_sixteen_clients(repository: Path) -> None:
         "--threads",
         "8",
         "--bind",
-        f"127.0.0.1:{port}",
+        f"fd://{listener.fileno()}",
         "--graceful-timeout",
         "5",
         "--log-level",
         "warning",
         "gunicorn_app:app",
     ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    with listener:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=[listener.fileno()]
+        )
     try:
         deadline = time.monotonic() + 60
         while True:

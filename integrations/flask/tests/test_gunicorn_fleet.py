@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
+from tests.ports import listening_socket
 
 HERE = Path(__file__).parent
 CONTROL_INTERVAL_S = 0.2
@@ -42,12 +42,6 @@ MODES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Fleet:
     """One gunicorn master and its workers; the log goes to a file (a pipe could fill and block it)."""
 
@@ -57,7 +51,8 @@ class Fleet:
             save_model(build_scale_model(float(version)), self.repository, "scale", version)
         self.report = tmp_path / "master.jsonl"
         self.log_path = tmp_path / "gunicorn.log"
-        self.base = f"http://127.0.0.1:{_free_port()}"
+        listener = listening_socket()  # handed to gunicorn: no other process can take its port first
+        self.base = f"http://127.0.0.1:{listener.getsockname()[1]}"
         env = {
             **os.environ,
             **MODES[mode],
@@ -71,11 +66,14 @@ class Fleet:
             sys.executable, "-m", "gunicorn",
             "--config", str(HERE / "gunicorn_fleet_conf.py"),
             "--preload", "--worker-class", "gthread", "--workers", str(WORKERS), "--threads", "4",
-            "--bind", self.base.removeprefix("http://"), "--graceful-timeout", "20", "--timeout", "60",
+            "--bind", f"fd://{listener.fileno()}", "--graceful-timeout", "20", "--timeout", "60",
             "--log-level", "info", *extra, "gunicorn_fleet_app:app",
         ]  # fmt: skip
         self._log = open(self.log_path, "wb")  # closed in stop()
-        self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=HERE)
+        with listener:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=HERE, pass_fds=[listener.fileno()]
+            )
 
     def call(self, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,14 +22,9 @@ from typing import Any
 import pytest
 
 from inprocserve.testing import build_scale_model, save_model
+from tests.ports import listening_socket
 
 HERE = Path(__file__).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _call(url: str, body: Any = None) -> tuple[int, Any]:
@@ -50,7 +44,8 @@ def test_gevent_workers_of_a_preloaded_app_answer_concurrent_requests(tmp_path: 
     pytest.importorskip("gevent")
     repository = tmp_path / "models"
     save_model(build_scale_model(2.0), repository, "scale", 1)
-    base = f"http://127.0.0.1:{_free_port()}"
+    listener = listening_socket()  # handed to gunicorn: no other process can take its port first
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}"
     env = {
         **os.environ,
         "INPROCSERVE_TEST_REPOSITORY": str(repository),
@@ -63,11 +58,14 @@ def test_gevent_workers_of_a_preloaded_app_answer_concurrent_requests(tmp_path: 
     command = [
         sys.executable, "-m", "gunicorn", "--config", str(HERE / "gunicorn_fleet_conf.py"),
         "--preload", "--worker-class", "gevent", "--workers", "2", "--timeout", "10", "--graceful-timeout", "10",
-        "--bind", base.removeprefix("http://"), "--log-level", "info", "gunicorn_fleet_app:app",
+        "--bind", f"fd://{listener.fileno()}", "--log-level", "info", "gunicorn_fleet_app:app",
     ]  # fmt: skip
     log_path = tmp_path / "gunicorn.log"
     with open(log_path, "wb") as log:
-        master = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=HERE)
+        with listener:
+            master = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=HERE, pass_fds=[listener.fileno()]
+            )
         try:
             deadline = time.monotonic() + 30
             while True:

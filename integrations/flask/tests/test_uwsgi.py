@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -30,6 +29,7 @@ import pytest
 
 import inprocserve
 from inprocserve.testing import build_scale_model, save_model
+from tests.ports import listening_socket
 
 HERE = Path(__file__).parent
 UWSGI = os.environ.get("INPROCSERVE_TEST_UWSGI") or shutil.which("uwsgi", path=str(Path(sys.executable).parent))
@@ -64,9 +64,8 @@ class Uwsgi:
     ) -> None:
         repository = tmp_path / "models"
         save_model(build_scale_model(2.0), repository, "scale", 1)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        listener = listening_socket()  # handed to uWSGI: no other process can take its port first
+        self.base = f"http://127.0.0.1:{listener.getsockname()[1]}"
         env = {
             **os.environ,
             "INPROCSERVE_TEST_REPOSITORY": str(repository),
@@ -74,15 +73,17 @@ class Uwsgi:
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", ""), pythonpath]),
         }
         command = [
-            program or str(UWSGI), "--http-socket", self.base.removeprefix("http://"),
+            program or str(UWSGI), "--http-socket", f"fd://{listener.fileno()}",
             *(["--master"] if master else []), "--processes", "2",
             "--module", "uwsgi_flask_app:app", "--need-app", "--die-on-term", "--disable-logging", *extra,
         ]  # fmt: skip
         self.log_path = tmp_path / "uwsgi.log"
         self._log = open(self.log_path, "wb")  # closed in stop()
-        self.process = subprocess.Popen(
-            command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=HERE, start_new_session=True
-        )
+        with listener:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=HERE, start_new_session=True,
+                pass_fds=[listener.fileno()],
+            )  # fmt: skip
 
     def call(self, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
