@@ -20,6 +20,7 @@ from inprocserve._cli import COMMANDS
 from inprocserve._extras import require
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
+from .ports import reserved_port
 from .test_batch_independence import centered
 from .toolkit_models import build_string_label_classifier
 
@@ -440,11 +441,7 @@ def test_status_of_a_wrong_path_and_of_nothing_listening(flask_app_url: str) -> 
     wrong = run_cli("status", "--token", "s3cret", flask_app_url)  # the app mounts the endpoint elsewhere
     assert wrong.returncode == 2
     assert "HTTP 404" in wrong.stderr and "give the full URL" in wrong.stderr
-    import socket
-
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = reserved_port()  # nothing listens there
     refused = run_cli("status", f"http://127.0.0.1:{port}", "--timeout", "5")
     assert refused.returncode == 2
     assert refused.stderr.startswith(f"error: cannot reach http://127.0.0.1:{port}/-/inprocserve/models: ")

@@ -15,7 +15,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from inprocserve._telemetry import DURATION_BUCKETS_S
 from inprocserve.testing import save_model
 
 from .conftest import build_busy_model
+from .ports import reserved_port
 from .test_telemetry import build_multiple_of_3_model
 
 HERE = Path(__file__).resolve().parent
@@ -42,12 +42,6 @@ ALERTS = HERE.parent / "docs" / "observability" / "alerts.yml"
 WIDTH = 256
 LOAD_SECONDS = 4.0
 STARTUP_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class _Lines:
@@ -182,7 +176,7 @@ def prometheus(prometheus_binary: str, app: Any, tmp_path: Path) -> Iterator[Pro
     }
     config_file = tmp_path / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = reserved_port()  # Prometheus takes a port number only
     log_path = tmp_path / "prometheus.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(

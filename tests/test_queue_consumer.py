@@ -27,6 +27,8 @@ import pytest
 import inprocserve
 from inprocserve.testing import build_mlp_model, save_model
 
+from .ports import reserved_port
+
 redis = pytest.importorskip("redis", reason="the queue consumer needs the redis client (pip install redis; dev extra)")
 if shutil.which("redis-server") is None:
     pytest.skip(
@@ -751,9 +753,13 @@ def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
     probe = redis.Redis(port=port, retry=NO_RETRY)
     try:
-        runner.wait_until(lambda: _answers(probe), f"redis-server answers on {port}", timeout_s=10, interval_s=0.02)
+        runner.wait_until(
+            lambda: process.poll() is not None or _answers(probe),
+            f"redis-server answers on {port}", timeout_s=10, interval_s=0.02,
+        )  # fmt: skip
     finally:
         probe.close()
+    assert process.poll() is None, f"redis-server exited (status {process.returncode}) instead of serving on {port}"
     return process
 
 
@@ -772,7 +778,7 @@ NO_RETRY = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
 def test_start_up_outlives_redis_restarting_while_the_name_is_watched(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = redis_server._free_port()
+    port = reserved_port()  # (held until the end: redis-server starts on it again after its shutdown)
     server = start_redis(port, tmp_path)
     client = redis.Redis(port=port, decode_responses=True, retry=NO_RETRY)
     try:
@@ -799,7 +805,7 @@ def test_start_up_outlives_redis_restarting_while_the_name_is_watched(
 
 
 def test_redis_down_at_start_up_exits_3(model_repository: Path) -> None:
-    url = f"redis://127.0.0.1:{redis_server._free_port()}/0"  # nothing listens there
+    url = f"redis://127.0.0.1:{reserved_port()}/0"  # nothing listens there
     result = run_consumer(
         "--repository", str(model_repository), "--model", "scorer", "--max-outage-s", "0.5", REDIS_URL=url
     )  # fmt: skip
@@ -808,7 +814,7 @@ def test_redis_down_at_start_up_exits_3(model_repository: Path) -> None:
 
 
 def test_start_up_gives_up_after_max_outage_s() -> None:
-    client = redis.Redis(port=redis_server._free_port(), retry=NO_RETRY)  # nothing listens there
+    client = redis.Redis(port=reserved_port(), retry=NO_RETRY)  # nothing listens there
     config = consumer.ConsumerConfig(name="w", model="scorer", retry_initial_s=0.05, max_outage_s=0.3)
     started = time.monotonic()
     with pytest.raises(consumer.OutageError, match=r"Redis failed for 0\.\d s at start-up, last: ConnectionError"):

@@ -27,6 +27,7 @@ from inprocserve._remote_model import RemoteModel
 from inprocserve.testing import ManualClock, build_gather_model, build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, run_in_forked_child
+from .ports import reserved_port
 from .toolkit_models import build_string_label_classifier
 
 APP = Path(__file__).with_name("remote_app.py")
@@ -206,13 +207,13 @@ def test_a_dead_server_fails_fast_opens_the_circuit_and_recovers(
     remote_repository: Path, backends: list[RemoteBackend]
 ) -> None:
     clock = ManualClock()
-    server = RemoteApp(remote_repository)
+    port = reserved_port()  # (held: the app starts on it again below, and no other process takes it meanwhile)
+    server = RemoteApp(remote_repository, port)
     try:
         backend = make(backends, server.url, "scale", failure_threshold=2, cooloff_s=30, retries=1, clock=clock)
         slot = backend.runners()[0]
         feeds = {"x": np.ones((1, 4), np.float32)}
         backend.run(slot, feeds)
-        port = server.port
     finally:
         server.stop()
     for _ in range(2):  # refused (retried once: it cannot have run), then a typed error
@@ -277,8 +278,8 @@ def test_a_dead_server_is_logged_when_its_circuit_opens_and_when_it_answers_agai
     remote_repository: Path, repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = ManualClock()
-    app = RemoteApp(remote_repository)
-    port = app.port
+    port = reserved_port()  # (held: the app starts on it again below, and no other process takes it meanwhile)
+    app = RemoteApp(remote_repository, port)
     (repository / "scale" / "1").mkdir(parents=True)
     (repository / "scale" / "1" / "remote.toml").write_text(
         f'url = "{app.url}"\nmodel = "scale"\nfailure_threshold = 2\ncooloff_s = 5.0\nretries = 0\n'
@@ -320,8 +321,8 @@ def test_a_server_that_comes_and_goes_is_logged_once_a_minute_not_at_each_open_a
     # A server up for one probe and down for the next calls: each close forgot the opening, so each flap (every
     # cooloff_s) logged the warning and the "answers again" line.
     clock = ManualClock()
-    app = RemoteApp(remote_repository)
-    port = app.port
+    port = reserved_port()  # (held: the app starts on it again below, and no other process takes it meanwhile)
+    app = RemoteApp(remote_repository, port)
     (repository / "scale" / "1").mkdir(parents=True)
     (repository / "scale" / "1" / "remote.toml").write_text(
         f'url = "{app.url}"\nmodel = "scale"\nfailure_threshold = 2\ncooloff_s = 5.0\nretries = 0\n'

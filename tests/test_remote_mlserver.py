@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -26,6 +25,8 @@ import inprocserve
 from inprocserve._remote import RemoteBackend
 from inprocserve._remote_model import RemoteModel
 from inprocserve.testing import build_gather_model, build_mlp_model
+
+from .ports import reserved_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # absolute, not resolved: the venv's python is a link to the base interpreter, and MLServer runs in another cwd
@@ -65,13 +66,6 @@ class OnnxRuntime(MLModel):
             outputs=[NumpyCodec.encode_output(name, array) for name, array in zip(self._outputs, arrays)],
         )
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def write_model(
@@ -133,12 +127,12 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
         [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
         [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
     )
-    http_port = free_port()
+    http_port = reserved_port()  # MLServer takes port numbers only
     settings = {
         "host": "127.0.0.1",
         "http_port": http_port,
-        "grpc_port": free_port(),
-        "metrics_port": free_port(),
+        "grpc_port": reserved_port(),
+        "metrics_port": reserved_port(),
         "parallel_workers": 0,
         "load_models_at_startup": True,
     }

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from inprocserve import (
 from inprocserve.testing import ManualClock, build_mlp_model, save_model
 
 from .conftest import ServerFactory, wait_until
+from .ports import reserved_port
 from .test_remote_flask import RemoteApp
 from .test_telemetry import Otel, otel  # noqa: F401 (the fixture: an SDK TracerProvider, set once per process)
 from .test_v2_codec import call
@@ -258,8 +258,8 @@ def test_a_remote_that_dies_fails_fast_shows_in_readiness_and_recovers(
 ) -> None:
     save_model(build_mlp_model((FEATURES, 32, 3), seed=2), repository, "fraud", 2)
     server = make_server(repository)
-    remote_app = RemoteApp(served)
-    port = remote_app.port
+    port = reserved_port()  # (held: the app starts on it again below, and no other process takes it meanwhile)
+    remote_app = RemoteApp(served, port)
     try:
         remote = RemoteModel(
             url=remote_app.url, model="fraud", version="3", retries=0, failure_threshold=2, cooloff_s=1.0
@@ -340,7 +340,7 @@ def test_a_remote_version_whose_server_was_down_at_start_loads_on_a_later_refres
     make_server: ServerFactory, repository: Path, served: Path
 ) -> None:
     save_model(build_mlp_model((FEATURES, 32, 3), seed=2), repository, "fraud", 2)
-    port = free_port()
+    port = reserved_port()  # nothing listens there until the app starts on it
     remote_toml(repository / "fraud" / "3", f"http://127.0.0.1:{port}", retries="0")
     server = make_server(repository, config=every_version())
     assert server.models == {"fraud": [2]}
@@ -365,13 +365,6 @@ def test_a_bad_remote_toml_waits_for_its_file_to_change(make_server: ServerFacto
     assert "key 'retries' must be an int" in server.status()["models"]["fraud"]["versions"]["3"]["error"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_load_with_a_path_takes_a_remote_toml_or_its_folder(
     make_server: ServerFactory, tmp_path: Path, app: RemoteApp, served: Path
 ) -> None:
@@ -389,8 +382,8 @@ def test_a_repository_remote_version_runs_on_the_servers_clock(
     make_server: ServerFactory, repository: Path, served: Path
 ) -> None:
     clock = ManualClock()
-    remote_app = RemoteApp(served)
-    port = remote_app.port
+    port = reserved_port()  # (held: the app starts on it again below, and no other process takes it meanwhile)
+    remote_app = RemoteApp(served, port)
     try:
         remote_toml(repository / "fraud" / "3", remote_app.url, retries="0", failure_threshold="1", cooloff_s="60")
         server = make_server(repository, clock=clock)

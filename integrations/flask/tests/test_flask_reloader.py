@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from inprocserve.testing import build_scale_model, save_model
+from tests.ports import reserved_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/maps")
 
@@ -31,12 +31,6 @@ Inprocserve.warm(app)  # docs/flask.md: the development server builds at start-u
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -48,7 +42,7 @@ def _has_onnxruntime(pid: int) -> bool:
 def test_flask_run_debug_builds_the_server_only_in_the_process_that_serves(tmp_path: Path) -> None:
     save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
     (tmp_path / "devapp.py").write_text(DEVELOPMENT_APP)
-    port = _free_port()
+    port = reserved_port()  # `flask run` takes a port number only
     env = {**os.environ, "INPROCSERVE_TEST_REPOSITORY": str(tmp_path / "models")}
     command = [sys.executable, "-m", "flask", "--app", "devapp", "run", "--debug", "--port", str(port)]
     with open(tmp_path / "flask.log", "wb") as log:
@@ -67,7 +61,7 @@ def test_flask_run_debug_builds_the_server_only_in_the_process_that_serves(tmp_p
 def test_flask_run_without_the_reloader_builds_at_start_up(tmp_path: Path) -> None:
     save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
     (tmp_path / "devapp.py").write_text(DEVELOPMENT_APP)
-    port = _free_port()
+    port = reserved_port()  # `flask run` takes a port number only
     env = {**os.environ, "INPROCSERVE_TEST_REPOSITORY": str(tmp_path / "models")}
     command = [sys.executable, "-m", "flask", "--app", "devapp", "run", "--debug", "--no-reload", "--port", str(port)]
     with open(tmp_path / "flask.log", "wb") as log:

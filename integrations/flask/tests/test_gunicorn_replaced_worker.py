@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from inprocserve.testing import build_scale_model, save_model
+from tests.ports import reserved_port
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
@@ -83,9 +83,7 @@ def _gunicorn(
         "INPROCSERVE_TEST_POLL": "0.2" if poll else "0",
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), str(plugin)]),
     }
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = reserved_port()  # (a number, not a socket: some tests start gunicorn twice on it)
     command = [sys.executable, "-m", "gunicorn", "--config", str(conf), "--workers", "1", "--bind", f"127.0.0.1:{port}"]
     command += ["--worker-class", worker_class, "--chdir", str(tmp_path), "eager_app:app"]
     return command, env, f"http://127.0.0.1:{port}"
