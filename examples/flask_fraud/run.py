@@ -41,12 +41,6 @@ REQUESTS_PER_CLIENT = int(os.environ.get("FRAUD_DEMO_REQUESTS", "150"))  # per c
 USERS = 500
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
@@ -74,8 +68,12 @@ def main() -> None:
                 f"(answering 'not fraud' every time: {value['baseline']:.3f})"
             )
 
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
+        # The socket is bound here and handed to gunicorn (--bind fd://N): its port is known before gunicorn
+        # starts, and no other process can take it meanwhile.
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        base = f"http://127.0.0.1:{listener.getsockname()[1]}"
         token = secrets.token_hex(32)  # the app refuses a short token
         env = {
             **os.environ,
@@ -98,7 +96,7 @@ def main() -> None:
             "--threads",
             "16",
             "--bind",
-            f"127.0.0.1:{port}",
+            f"fd://{listener.fileno()}",
             "--graceful-timeout",
             "5",
             "--log-level",
@@ -106,7 +104,8 @@ def main() -> None:
             "app:app",
         ]
         print(f"2. Starting gunicorn: 2 workers x 16 threads, --preload, on {base}")
-        process = subprocess.Popen(command, env=env, cwd=HERE)
+        with listener:  # closed here once gunicorn holds its own copy
+            process = subprocess.Popen(command, env=env, cwd=HERE, pass_fds=[listener.fileno()])
         try:
             deadline = time.monotonic() + 60
             while True:

@@ -20,6 +20,9 @@ from types import TracebackType
 __all__ = ["RedisNotInstalledError", "RedisServer", "die_with_parent"]
 
 
+_ATTEMPTS = 3
+
+
 class RedisNotInstalledError(RuntimeError):
     """``redis-server`` is not on PATH."""
 
@@ -53,29 +56,45 @@ class RedisServer:
                 "redis-server is not installed: apt-get install redis-server (or make system-deps)"
             )
         self._folder = tempfile.TemporaryDirectory(prefix="inprocserve-redis-")
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         log = Path(self._folder.name) / "redis.log"
-        self._process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self._folder.name,
-             "--save", "", "--appendonly", "no", "--logfile", str(log), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
-        )  # fmt: skip
-        deadline = time.monotonic() + start_timeout_s
-        while not self._answers():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                output = log.read_text() if log.exists() else ""
+        for attempt in range(1, _ATTEMPTS + 1):
+            # Another process may bind the free port before redis-server does (it takes a number, not a
+            # socket): it then exits at once, "Address already in use", and starts again on another port.
+            self.port = _free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            self._process = subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self._folder.name,
+                 "--save", "", "--appendonly", "no", "--logfile", str(log), "--daemonize", "no"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
+            )  # fmt: skip
+            deadline = time.monotonic() + start_timeout_s
+            while not self._answers():
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            else:
+                return
+            output = log.read_text() if log.exists() else ""
+            if self._process.poll() is None or "Address already in use" not in output or attempt == _ATTEMPTS:
                 self.stop()
-                raise RuntimeError(f"redis-server did not start on 127.0.0.1:{self.port}:\n{output[-2000:]}")
-            time.sleep(0.05)
+                tries = f" (the last of {_ATTEMPTS} ports tried)" if attempt > 1 else ""
+                raise RuntimeError(f"redis-server did not start on 127.0.0.1:{self.port}{tries}:\n{output[-2000:]}")
+            log.unlink()
 
     def _answers(self) -> bool:
+        """Whether this redis-server answers on the port (not another process's, that took the port first)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                sock.sendall(b"INFO server\r\n")
+                reply = b""
+                while b"\r\n" not in reply.partition(b"process_id:")[2]:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return False
+                    reply += chunk
         except OSError:
             return False
+        return reply.partition(b"process_id:")[2].partition(b"\r\n")[0] == str(self._process.pid).encode()
 
     def stop(self) -> None:
         if self._process.poll() is None:
