@@ -22,6 +22,7 @@ from ._signature import Signature, TensorSpec
 __all__ = [
     "ColumnPlan",
     "InputColumns",
+    "first_integer_outside",
     "frame_inputs",
     "is_data_frame",
     "needs_named_columns",
@@ -323,15 +324,13 @@ def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str) -> np.nd
             f"{where} holds {values[position]} at position {position}; input {spec.name!r} takes booleans: "
             "True/False, or 1/0"
         )
-    if values.dtype.kind in "iu" and spec.dtype.kind in "iu" and not np.can_cast(values.dtype, spec.dtype):
+    outside = first_integer_outside(values, spec.dtype)
+    if outside is not None:
         info = np.iinfo(spec.dtype)
-        outside = (values < info.min) | (values > info.max)
-        if outside.any():
-            position = int(outside.argmax())
-            raise InvalidInputError(
-                f"{where} holds {values[position]} at position {position}, which {spec.dtype} does not hold "
-                f"({info.min} to {info.max})"
-            )
+        raise InvalidInputError(
+            f"{where} holds {values[outside]} at position {outside}, which {spec.dtype} does not hold "
+            f"({info.min} to {info.max})"
+        )
     if spec.dtype.kind == "f" and not np.can_cast(values.dtype, spec.dtype):
         cast, beyond = to_float(values, spec.dtype)
         if beyond is not None:
@@ -358,3 +357,13 @@ def to_float(values: np.ndarray, dtype: np.dtype[Any]) -> tuple[np.ndarray, int 
 
 def _is_na(value: object) -> bool:
     return type(value).__name__ in ("NAType", "NaTType")
+
+
+def first_integer_outside(values: np.ndarray, dtype: np.dtype[Any]) -> int | None:
+    """The position of the first integer of ``values`` that the integer ``dtype`` cannot hold (numpy's cast
+    would wrap it around silently), or ``None``."""
+    if values.dtype.kind not in "iu" or dtype.kind not in "iu" or not len(values) or np.can_cast(values.dtype, dtype):
+        return None
+    info = np.iinfo(dtype)
+    outside = (values < info.min) | (values > info.max)
+    return int(outside.argmax()) if outside.any() else None

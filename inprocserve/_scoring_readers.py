@@ -17,7 +17,7 @@ import numpy as np
 
 from ._array_file import not_numpy_file
 from ._errors import InvalidInputError
-from ._scoring_columns import ColumnPlan, needs_named_columns, plan_columns, to_float
+from ._scoring_columns import ColumnPlan, first_integer_outside, needs_named_columns, plan_columns, to_float
 from ._scoring_formats import file_format, pyarrow_modules
 from ._signature import Signature
 
@@ -486,12 +486,9 @@ def _check_integer_range(values: np.ndarray, dtype: np.dtype[Any], path: Path, l
     Raises:
         InvalidInputError: a value does not fit, naming its column and row.
     """
-    if values.dtype.kind not in "iu" or dtype.kind not in "iu" or not len(values) or np.can_cast(values.dtype, dtype):
-        return
-    info = np.iinfo(dtype)
-    outside = (values < info.min) | (values > info.max)
-    if outside.any():
-        index = int(outside.argmax())
+    index = first_integer_outside(values, dtype)
+    if index is not None:
+        info = np.iinfo(dtype)
         raise InvalidInputError(
             f"input {path}: column {label!r} holds {values[index]} at row {first_row + index}, which {dtype} "
             f"does not hold ({info.min} to {info.max})"
