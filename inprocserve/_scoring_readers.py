@@ -415,8 +415,8 @@ def _parquet_named(path: Path, table: Any, plan: ColumnPlan, chunk_rows: int) ->
             if spec.dtype == np.dtype(object):
                 fits = pa.types.is_string(kind) or pa.types.is_large_string(kind)
                 wanted = "text"
-            elif spec.dtype == np.dtype(np.bool_):
-                fits, wanted = pa.types.is_boolean(kind), "booleans"
+            elif spec.dtype == np.dtype(np.bool_):  # (or 1 and 0, as a CSV file's and a frame's column may be)
+                fits, wanted = pa.types.is_boolean(kind) or pa.types.is_integer(kind), "booleans, or 1 and 0"
             elif spec.dtype.kind in "iu":
                 fits, wanted = pa.types.is_integer(kind) or pa.types.is_boolean(kind), "integers"
             else:
@@ -424,8 +424,8 @@ def _parquet_named(path: Path, table: Any, plan: ColumnPlan, chunk_rows: int) ->
                 wanted = "numbers"
             if not fits:
                 raise InvalidInputError(
-                    f"input {path}: column {label!r} holds {kind} values; input {spec.name!r} takes {spec.dtype} "
-                    f"({wanted}): convert the column"
+                    f"input {path}: column {label!r} holds {kind} values; input {spec.name!r} takes "
+                    f"{'text' if spec.dtype == np.dtype(object) else f'{spec.dtype} ({wanted})'}: convert the column"
                 )
     first_row = 1
     for batch in table.iter_batches(batch_size=chunk_rows, columns=None):
@@ -447,6 +447,8 @@ def _parquet_named(path: Path, table: Any, plan: ColumnPlan, chunk_rows: int) ->
                     columns.append(column.to_numpy(zero_copy_only=False).astype(object, copy=False))
                 else:
                     values = column.to_numpy(zero_copy_only=False)
+                    if spec.dtype.kind == "b" and values.dtype.kind in "iu":
+                        values = _flags(values, path, label, first_row, spec.name)
                     _check_integer_range(values, spec.dtype, path, label, first_row)  # (its own message)
                     if spec.dtype.kind == "f" and values.dtype.kind in "iuf":
                         values = _checked_float(values, spec.dtype, path, label, first_row)
@@ -463,6 +465,22 @@ def _parquet_named(path: Path, table: Any, plan: ColumnPlan, chunk_rows: int) ->
                 arrays[spec.name] = np.stack(columns, axis=1) if len(columns) > 1 else columns[0].reshape(-1, 1)
         first_row += batch.num_rows
         yield arrays
+
+
+def _flags(values: np.ndarray, path: Path, label: str, first_row: int, name: str) -> np.ndarray:
+    """An integer column of 1 and 0 read into a boolean input (numpy's cast would make any other integer True).
+
+    Raises:
+        InvalidInputError: another integer, naming column and row.
+    """
+    other = (values != 0) & (values != 1)
+    if other.any():
+        index = int(other.argmax())
+        raise InvalidInputError(
+            f"input {path}: column {label!r} holds {values[index]} at row {first_row + index}; input {name!r} "
+            "takes booleans: true/false, or 1/0"
+        )
+    return np.asarray(values == 1)
 
 
 def _checked_float(values: np.ndarray, dtype: np.dtype[Any], path: Path, label: str, first_row: int) -> np.ndarray:

@@ -153,7 +153,7 @@ def test_a_parquet_column_of_the_wrong_kind_is_named_before_any_row_is_scored(
 
     pq.write_table(pa.table({"age": [31.0], "city": [3], "n": [2]}), tmp_path / "in.parquet")
     assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.parquet"), str(tmp_path / "out.npz")]) == 1
-    assert "column 'city' holds int64 values; input 'city' takes object (text)" in capsys.readouterr().err
+    assert "column 'city' holds int64 values; input 'city' takes text: convert the column" in capsys.readouterr().err
     pq.write_table(pa.table({"age": [31.0], "city": ["oslo"], "n": [2.5]}), tmp_path / "in.parquet")
     assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.parquet"), str(tmp_path / "out.npz")]) == 1
     assert "column 'n' holds double values; input 'n' takes int64 (integers)" in capsys.readouterr().err
@@ -269,3 +269,32 @@ def test_numbered_columns_with_one_left_out_are_refused_not_cut_short(
     (tmp_path / "in.csv").write_text("a_0,a_1,a_3,b_0,b_1,n\n1,2,3,4,5,7\n")  # (a_2 left out: a_3 was skipped)
     assert main(["score", "--quiet", str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.npz")]) == 1
     assert "has columns up to 'a_3' but no 'a_2'" in capsys.readouterr().err
+
+
+def test_a_parquet_column_of_ones_and_zeros_feeds_a_boolean_input_as_a_csv_column_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pa = pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    import pyarrow.parquet as pq
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(  # y = x + flag
+        [
+            helper.make_node("Cast", ["flag"], ["one"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["x", "one"], ["y"]),
+        ],
+        "flagged",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, [None, 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+    )
+    model = save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), tmp_path / "m", "f", 1)
+    argv = ["score", "--quiet", str(model), str(tmp_path / "in.parquet"), str(tmp_path / "out.npy")]
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0], "flag": [1, 0, 1]}), tmp_path / "in.parquet")
+    assert main(argv) == 0  # (refused before: "holds int64 values; input 'flag' takes bool (booleans)")
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[2.0], [2.0], [4.0]])
+    pq.write_table(pa.table({"x": [1.0, 2.0], "flag": [1, 5]}), tmp_path / "in.parquet")
+    assert main(argv) == 1  # (not 5 read as True, as numpy's cast would)
+    assert "column 'flag' holds 5 at row 2; input 'flag' takes booleans: true/false, or 1/0" in capsys.readouterr().err
