@@ -25,6 +25,7 @@ __all__ = [
     "first_integer_outside",
     "frame_inputs",
     "is_data_frame",
+    "whole_array_of",
     "needs_named_columns",
     "plan_columns",
     "to_float",
@@ -367,3 +368,16 @@ def first_integer_outside(values: np.ndarray, dtype: np.dtype[Any]) -> int | Non
     info = np.iinfo(dtype)
     outside = (values < info.min) | (values > info.max)
     return int(outside.argmax()) if outside.any() else None
+
+
+def whole_array_of(value: Any) -> Any:
+    """``value`` as a numpy array if it is an array of another library (a pandas ``Series``, a tensor): one
+    whole input for ``predict_many``, not an iterable of batches; else ``value`` itself. Iterated, a ``Series``
+    yields its values ("a batch needs a leading row axis; got a scalar float") and a 2-D tensor its rows, each
+    taken for a batch of its own. Arrays, mappings, lists, tuples and generators stay what they were."""
+    if isinstance(value, (np.ndarray, Mapping, list, tuple, str, bytes)) or not hasattr(type(value), "__array__"):
+        return value
+    shape = getattr(value, "shape", None)
+    if not isinstance(shape, tuple) or not shape:
+        return value
+    return np.asarray(value)

@@ -56,7 +56,7 @@ from ._request import BatchTiming, Request, Route, drop_tracebacks
 from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
 from ._scoring import SameRoute, note_copy, score
-from ._scoring_columns import frame_inputs, is_data_frame
+from ._scoring_columns import frame_inputs, is_data_frame, whole_array_of
 from ._scoring_plan import plan_for_version
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import brief_status, gauge_source, server_status
@@ -603,6 +603,8 @@ class Server(RolloutMethods):
         signature = target.signature
         if signature is not None and is_data_frame(inputs):  # its columns by name, as a CSV file's
             inputs = frame_inputs(inputs, signature)
+        else:  # a pandas Series, a tensor: one whole input (iterated, its items were taken for batches)
+            inputs = whole_array_of(inputs)
 
         def batch_of(item: Any) -> Any:
             # an iterable's batch that is a frame is read as predict reads one: made an array by owned() (its

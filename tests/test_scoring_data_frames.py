@@ -180,3 +180,13 @@ def test_a_frame_whose_columns_do_not_fit_is_told_so_in_a_frames_terms(churn: in
     frame = pd.concat([customers(), customers()[["age"]]], axis=1)
     with pytest.raises(inprocserve.InvalidInputError, match=r"^the data frame has two columns named 'age': rename"):
         list(churn.predict_many("churn", frame))
+
+
+def test_a_series_is_one_whole_input_not_an_iterable_of_batches(repository: Path, make_server: ServerFactory) -> None:
+    from inprocserve.testing import build_gather_model
+
+    save_model(build_gather_model(table_rows=10, width=2), repository, "gather", 1)  # index: int64 [batch]
+    server = make_server(repository)
+    # (iterated, a Series yields its values: "a batch needs a leading row axis; got a scalar int")
+    answers = list(server.predict_many("gather", pd.Series([3, 0, 9], name="index"), batch_rows=2))
+    assert [answer["rows"].tolist() for answer in answers] == [[[6, 7], [0, 1]], [[18, 19]]]
