@@ -268,8 +268,9 @@ def frame_inputs(frame: Any, signature: Signature) -> Any:
     values as its matrix.
 
     Raises:
-        InvalidInputError: columns that do not fit the inputs (see :func:`plan_columns`), a missing value (NaN,
-            None) in a column an input takes, or a column whose values its input's type cannot hold.
+        InvalidInputError: columns that do not fit the inputs (see :func:`plan_columns`), a missing value (None,
+            NaN, pandas' NA) in a column a text, integer or boolean input takes (a float input's NaN is scored
+            as an array's), or a column whose values its input's type cannot hold.
     """
     keys = list(frame.columns)  # pandas' may be numbers (pd.DataFrame(matrix)) or tuples: compared as text
     plan = plan_columns(signature, [str(key) for key in keys], None)
@@ -313,6 +314,15 @@ def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str) -> np.nd
             f"{where} has a missing value (NaN) at position {position}; input {spec.name!r} needs a value in every "
             "row (fill or drop missing values first)"
         )
+    if values.dtype.kind == "O" and spec.dtype.kind in "iub":
+        # pandas' nullable "boolean" column (and polars' booleans) holding a missing value comes as objects
+        nulls = [value is None or _is_na(value) or (isinstance(value, float) and value != value) for value in values]
+        if any(nulls):
+            position = nulls.index(True)
+            raise InvalidInputError(
+                f"{where} has a missing value ({values[position]}) at position {position}; input {spec.name!r} "
+                "needs a value in every row (fill or drop missing values first)"
+            )
     if values.dtype.kind not in "biuf" or (spec.dtype.kind in "iub" and values.dtype.kind == "f"):
         kind = "integers" if spec.dtype.kind in "iu" else "booleans" if spec.dtype.kind == "b" else "numbers"
         raise InvalidInputError(

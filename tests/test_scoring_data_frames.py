@@ -169,6 +169,24 @@ def test_a_boolean_input_takes_ones_and_zeros_but_no_other_integer(
         list(server.predict_many("flags", pd.DataFrame({"flag": [1, 5], "other": [False, False]})))
 
 
+def test_a_nullable_boolean_column_with_a_missing_value_is_refused_by_position(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    from onnx import TensorProto
+
+    save_model(build_difference_model("flag", "other", dtype=TensorProto.BOOL), repository, "flags", 1)
+    server = make_server(repository)
+    flags = pd.Series([True, False, True], dtype="boolean")  # pandas' nullable booleans
+    (answer,) = server.predict_many("flags", pd.DataFrame({"flag": flags, "other": [False, False, False]}))
+    np.testing.assert_array_equal(answer["difference"], [[1.0], [0.0], [1.0]])
+    flags[1] = pd.NA  # (read as objects, it was "holds object values ... convert the column", no position)
+    with pytest.raises(
+        inprocserve.InvalidInputError,
+        match=r"column 'flag' of the data frame has a missing value \(<NA>\) at position 1",
+    ):
+        list(server.predict_many("flags", pd.DataFrame({"flag": flags, "other": [False, False, False]})))
+
+
 def test_a_frame_whose_columns_do_not_fit_is_told_so_in_a_frames_terms(churn: inprocserve.Server) -> None:
     frame = customers().rename(columns={"city": "town"})
     with pytest.raises(inprocserve.InvalidInputError) as caught:
