@@ -384,7 +384,11 @@ def whole_array_of(value: Any) -> Any:
     """``value`` as a numpy array if it is an array of another library (a pandas ``Series``, a tensor): one
     whole input for ``predict_many``, not an iterable of batches; else ``value`` itself. Iterated, a ``Series``
     yields its values ("a batch needs a leading row axis; got a scalar float") and a 2-D tensor its rows, each
-    taken for a batch of its own. Arrays, mappings, lists, tuples and generators stay what they were."""
+    taken for a batch of its own. A memoryview (no ``__array__``, a buffer) is one too, as ``predict`` takes it:
+    iterated, it yields numbers ("got a scalar int"). Arrays, mappings, lists, tuples and generators stay what
+    they were."""
+    if isinstance(value, memoryview) and value.ndim:
+        return np.asarray(value)
     if isinstance(value, (np.ndarray, Mapping, list, tuple, str, bytes)) or not hasattr(type(value), "__array__"):
         return value
     shape = getattr(value, "shape", None)

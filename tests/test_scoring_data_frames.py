@@ -208,3 +208,15 @@ def test_a_series_is_one_whole_input_not_an_iterable_of_batches(repository: Path
     # (iterated, a Series yields its values: "a batch needs a leading row axis; got a scalar int")
     answers = list(server.predict_many("gather", pd.Series([3, 0, 9], name="index"), batch_rows=2))
     assert [answer["rows"].tolist() for answer in answers] == [[[6, 7], [0, 1]], [[18, 19]]]
+
+
+def test_a_memoryview_is_one_whole_input_as_predict_takes_it(repository: Path, make_server: ServerFactory) -> None:
+    from inprocserve.testing import build_gather_model
+
+    save_model(build_gather_model(table_rows=10, width=2), repository, "gather", 1)  # index: int64 [batch]
+    server = make_server(repository)
+    indexes = memoryview(np.array([3, 0, 9]))  # (a buffer from a decoder, a shared memory block)
+    assert server.predict("gather", indexes)["rows"].tolist() == [[6, 7], [0, 1], [18, 19]]
+    # (iterated, a memoryview yields its numbers: "a batch needs a leading row axis; got a scalar int")
+    answers = list(server.predict_many("gather", indexes, batch_rows=2))
+    assert [answer["rows"].tolist() for answer in answers] == [[[6, 7], [0, 1]], [[18, 19]]]
