@@ -553,7 +553,8 @@ class Server(RolloutMethods):
     ) -> Iterator[Prediction]:
         """Score many rows for offline jobs and queue consumers; yield the answers in input order.
 
-        ``inputs`` is either a whole input (an array, input name -> array, or a data frame, pandas' or
+        ``inputs`` is either a whole input (an array, or an array of another library with a shape, such as
+        a pandas ``Series`` or a tensor, or a memoryview; input name -> array; or a data frame, pandas' or
         polars', whose columns are the inputs by name as a CSV file's are for the ``score`` command:
         docs/performance.md, "Batch scoring"), cut into chunks of
         ``batch_rows`` rows (default: the version's ``max_batch_size``) with one :class:`Prediction` per
