@@ -618,6 +618,14 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
             )
         raise InvalidInputError(f"input {spec.name!r}: expected numbers of dtype {expected}, got dtype {given}")
     if not convertible(given, expected):
+        nan = np.isnan(array) if given.kind == "f" and expected.kind in "iub" else None
+        if nan is not None and nan.any():
+            # (the cast it would suggest makes NaN an arbitrary integer; pandas' Int64 with NA comes as NaN)
+            row = f" in row {int(nan.reshape(len(array), -1).any(axis=1).argmax())}" if array.ndim else ""
+            raise InvalidInputError(
+                f"input {spec.name!r}: expected dtype {expected}, got {given} holding NaN (a missing value){row}, "
+                f"which {expected} cannot hold; fill or drop missing values first"
+            )
         raise InvalidInputError(
             f"input {spec.name!r}: expected dtype {expected}, got {given}, which cannot be converted without "
             f"losing meaning; convert it yourself (for example array.astype('{expected}')) if that is intended"

@@ -220,3 +220,19 @@ def test_a_memoryview_is_one_whole_input_as_predict_takes_it(repository: Path, m
     # (iterated, a memoryview yields its numbers: "a batch needs a leading row axis; got a scalar int")
     answers = list(server.predict_many("gather", indexes, batch_rows=2))
     assert [answer["rows"].tolist() for answer in answers] == [[[6, 7], [0, 1]], [[18, 19]]]
+
+
+def test_a_nullable_integer_series_with_a_missing_value_is_told_so_not_to_cast_it(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    from inprocserve.testing import build_gather_model
+
+    save_model(build_gather_model(table_rows=10, width=2), repository, "gather", 1)  # index: int64 [batch]
+    server = make_server(repository)
+    indexes = pd.Series([3, None, 9], dtype="Int64")  # its NA comes out of numpy as NaN in float64
+    # (it was told to cast it with array.astype('int64'), which makes NaN an arbitrary integer, scored unseen)
+    missing = r"got float64 holding NaN \(a missing value\) in row 1, which int64 cannot hold; fill or drop"
+    with pytest.raises(inprocserve.InvalidInputError, match=missing):
+        server.predict("gather", indexes)
+    with pytest.raises(inprocserve.InvalidInputError, match=missing):
+        list(server.predict_many("gather", indexes))
