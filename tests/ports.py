@@ -10,10 +10,12 @@ a port meant to refuse connections. Both helpers leave no such moment:
   The port is the child's from the start; close this process's copy once the child runs.
 * ``reserved_port()``: a port number held here by a bound socket that never listens, for a child that only
   takes a number (redis-server, Prometheus, MLServer, ``flask run``) and for a port where nothing may listen.
-  Connections to it are refused until a child listens there; binding port 0 never hands it to anyone else.
-  Linux lets a socket that sets SO_REUSEADDR (each of those servers does) bind a port that only sockets with
-  SO_REUSEADDR hold and none listens on. The hold lasts until this process exits: a child may stop and start
-  again on the same port (a restarted server), and no one takes it in between.
+  Connections to it are refused until a child listens there. Linux never gives it to another socket's bind to
+  port 0 on 127.0.0.1 or the wildcard address, nor to a connect() as its local port (so a connection to it
+  cannot connect to itself either), and it lets a socket that sets SO_REUSEADDR (each of those servers does,
+  gunicorn and werkzeug too) bind a port that only sockets with SO_REUSEADDR hold and none listens on, even
+  past TIME_WAIT. The hold lasts until this process exits, one descriptor a call: a child may stop and start
+  again on the same port (a restarted server, in a fixture of any scope), and no one takes it in between.
 """
 
 from __future__ import annotations

@@ -57,8 +57,8 @@ def uvicorn_port(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[int
     }
     command = [sys.executable, "-m", "uvicorn", "--factory", "django.core.asgi:get_asgi_application"]
     command += ["--fd", str(listener.fileno()), "--loop", loop, "--log-level", "warning", "--no-access-log"]
-    process = subprocess.Popen(command, env=environment, pass_fds=[listener.fileno()], stderr=subprocess.PIPE)
-    listener.close()  # uvicorn holds its own copy
+    with listener:  # closed here once uvicorn holds its own copy (and if it could not be started)
+        process = subprocess.Popen(command, env=environment, pass_fds=[listener.fileno()], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while True:  # bounded: until uvicorn answers, it exits, or a minute passes
