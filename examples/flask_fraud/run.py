@@ -113,7 +113,7 @@ def main() -> None:
                     ready = get(f"{base}/-/inprocserve/ready")
                     if ready.get("ready"):
                         break
-                except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                except (OSError, json.JSONDecodeError):  # not yet: refused, or timed out while gunicorn loads the app
                     pass
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise SystemExit("gunicorn did not become ready")

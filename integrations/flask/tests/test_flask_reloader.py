@@ -79,7 +79,7 @@ def _wait_until_up(port: int, process: subprocess.Popen[bytes], log: Path) -> No
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/inprocserve/health", timeout=5):
                 return
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:  # (refused, reset, or timed out: the watcher listens before its child has the app)
             pass
         if time.monotonic() > deadline or process.poll() is not None:
             raise AssertionError(log.read_text())

@@ -98,7 +98,7 @@ class Fleet:
             try:
                 if self.call("/-/inprocserve/ready")[0] == 200:
                     return
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # (refused, reset, or timed out: the socket listens before gunicorn has the app)
                 pass
             assert self.process.poll() is None, self.log()
             assert time.monotonic() < deadline, "gunicorn did not become ready\n" + self.log()

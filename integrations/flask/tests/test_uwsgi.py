@@ -102,7 +102,7 @@ class Uwsgi:
             try:
                 answer = self.call("/worker")
                 seen[answer["pid"]] = answer
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # (refused, reset, or timed out: the socket listens before a worker accepts)
                 time.sleep(0.1)
         return seen
 
@@ -342,7 +342,7 @@ def _age_s(pid: int) -> float:
 def _serves(server: Any) -> bool:
     try:
         return bool(server.call("/score", {"rows": [[1.0, 2.0, 3.0, 4.0]]})["y"] == [[2.0, 4.0, 6.0, 8.0]])
-    except (urllib.error.URLError, ConnectionError):
+    except OSError:  # (refused, reset, or timed out: the socket listens before a worker accepts)
         return False
 
 
