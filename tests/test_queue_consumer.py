@@ -686,8 +686,10 @@ def test_a_consumer_restarted_after_a_kill_starts_under_its_name(
     restarted = start_consumer(redis_url, model_repository, tmp_path / "restart.log", "worker-1", *options)
     try:
         log = (tmp_path / "restart.log").read_text()
-        # the dead holder stays silent: the restart starts once it has been for --claim-idle-ms (2-3 s here)
-        assert "watching it for up to" in log or time.monotonic() - killed >= 3, log
+        # the dead holder stays silent: the restart starts once it has been for --claim-idle-ms (3 s), counted
+        # from the start of its last blocking read, which may have begun up to BLOCK_MS before the kill
+        silent_s = (3000 - consumer.BLOCK_MS) / 1000
+        assert "watching it for up to" in log or time.monotonic() - killed >= silent_s, log
         ids = consumer.produce(client, np.ones((2, FEATURES), np.float32))
         runner.wait_until(lambda: len(consumer.read_results(client)) == 2, "scored", timeout_s=30)
         assert [r["request"] for r in consumer.read_results(client)] == ids
