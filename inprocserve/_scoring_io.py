@@ -123,9 +123,10 @@ def score_file(
             assert bar is not None
             bar(done_rows, total)  # the file's own row count: CSV and Parquet are read as streams of batches
 
-        writer = AnswerWriter(output_path, signature)
+        writer: AnswerWriter | None = None
         rows = 0
-        try:
+        try:  # (the writer is made inside: a stop as it returns must still remove its file)
+            writer = AnswerWriter(output_path, signature)
             for answer in server.predict_many(
                 served, source, version=version, batch_rows=batch_rows, progress=report if bar else None
             ):
@@ -135,7 +136,8 @@ def score_file(
             raise_if_stopped()  # never commit OUTPUT for a run that was stopped
             writer.commit()
         except BaseException:
-            writer.discard()
+            if writer is not None:
+                writer.discard()
             raise
         finally:
             if bar is not None:

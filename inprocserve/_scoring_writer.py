@@ -98,13 +98,6 @@ class AnswerWriter:
             raise InvalidInputError(f"output folder {path.parent} does not exist")
         # Created on first write with the process's usual permissions; unique per process and writer.
         self._temp = path.parent / f".{path.name}.{os.getpid()}.{id(self):x}.partial"
-        try:
-            # Now, before the first row: a .npy/.npz is written only at the end, so a folder that cannot be
-            # written (permissions, a read-only mount) failed after every row had been scored, naming this
-            # hidden file rather than OUTPUT.
-            self._temp.touch(exist_ok=False)
-        except OSError as exc:
-            raise InvalidInputError(f"output {path} cannot be written in {path.parent}: {exc.strerror or exc}") from exc
         self._parts: dict[str, list[np.ndarray]] = {}
         self._text: TextIO | None = None
         self._csv: Any = None
@@ -114,6 +107,18 @@ class AnswerWriter:
         self._maps = {spec.name: spec for spec in signature.outputs if spec.is_maps_per_row}
         self._keys: dict[str, tuple[Any, ...]] = {}
         """Each ZipMap output's keys (the classes), from its first map: its columns, in that order."""
+        try:
+            # Now, before the first row: a .npy/.npz is written only at the end, so a folder that cannot be
+            # written (permissions, a read-only mount) failed after every row had been scored, naming this
+            # hidden file rather than OUTPUT. Last, so that nothing can interrupt this writer once it exists
+            # but before its caller holds it to discard it.
+            self._temp.touch(exist_ok=False)
+        except OSError as exc:
+            raise InvalidInputError(f"output {path} cannot be written in {path.parent}: {exc.strerror or exc}") from exc
+        except BaseException:  # stopped (Ctrl-C, SIGTERM) as the file was made: it is nobody's to remove
+            with contextlib.suppress(OSError):
+                self._temp.unlink()
+            raise
 
     def _tabular(self, answer: Mapping[str, Any]) -> dict[str, Any]:
         """``answer`` with each ZipMap output (a list of maps, one per row) made a ``(rows, classes)`` matrix."""

@@ -287,6 +287,44 @@ def test_a_run_stopped_while_onnxruntime_loads_says_it_was_stopped(
     _no_leftovers(tmp_path)
 
 
+# Runs the command with the signal sent the moment the temporary output file exists, as a busy machine's
+# scheduler may leave the process right after it makes the file (a stop then came before the command held the
+# writer that removes it: the file was left, in one CI run of the test above).
+_STOPPED_AS_THE_OUTPUT_FILE_IS_MADE = """
+import os, pathlib, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (see _interruptible)
+signal_number = int(sys.argv.pop(1))
+touch = pathlib.Path.touch
+def touch_then_stop(self, *args, **kwargs):
+    touch(self, *args, **kwargs)
+    if self.name.endswith(".partial"):
+        os.kill(os.getpid(), signal_number)
+pathlib.Path.touch = touch_then_stop
+runpy.run_module("inprocserve", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_run_stopped_as_its_output_file_is_made_leaves_no_partial_file(
+    tmp_path: Path, scale_file: Path, stop: signal.Signals, status: int
+) -> None:
+    np.save(tmp_path / "x.npy", _x())
+    command = [sys.executable, "-c", _STOPPED_AS_THE_OUTPUT_FILE_IS_MADE, str(int(stop)), "score", str(scale_file)]
+    result = subprocess.run(
+        [*command, str(tmp_path / "x.npy"), str(tmp_path / "y.csv")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert (result.returncode, result.stderr.strip().splitlines()[-1:]) == (
+        status,
+        [f"error: stopped by {stop.name} before every row was scored; {tmp_path / 'y.csv'} was not written"],
+    )
+    assert not (tmp_path / "y.csv").exists()
+    _no_leftovers(tmp_path)
+
+
 # Runs the command with the signal raised in a finalizer as the model loads: Python drops a finalizer's
 # exception ("Exception ignored in"), as Python 3.13 drops the one a handler raises while onnxruntime's compiled
 # module initializes (a module attribute look-up that words its AttributeError with a property).
