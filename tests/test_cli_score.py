@@ -250,6 +250,29 @@ def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _run_stopped(
+    script: str, stop: signal.Signals, status: int, model: Path, output: Path
+) -> subprocess.CompletedProcess[str]:
+    """Score x.npy (beside ``output``) into ``output`` with ``script`` (a program that runs the command and
+    stops it with ``stop`` somewhere); check that it said it was stopped, exited ``status`` and left nothing."""
+    np.save(output.parent / "x.npy", _x())
+    command = [sys.executable, "-c", script, str(int(stop)), "score", str(model)]
+    result = subprocess.run(
+        [*command, str(output.parent / "x.npy"), str(output)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert (result.returncode, result.stderr.strip().splitlines()[-1:]) == (
+        status,
+        [f"error: stopped by {stop.name} before every row was scored; {output} was not written"],
+    )
+    assert not output.exists()
+    _no_leftovers(output.parent)
+    return result
+
+
 # Runs the command, with the signal sent as soon as onnxruntime's compiled module begins to initialize.
 _STOPPED_WHILE_ONNXRUNTIME_LOADS = """
 import os, runpy, signal, sys, threading, time
@@ -270,21 +293,7 @@ def test_a_run_stopped_while_onnxruntime_loads_says_it_was_stopped(
 ) -> None:
     # onnxruntime's module init turns the signal's exception into "ImportError: initialization failed": the
     # command said "cannot load" the model, exit 1 (a cron job alerting on a model that is fine)
-    np.save(tmp_path / "x.npy", _x())
-    command = [sys.executable, "-c", _STOPPED_WHILE_ONNXRUNTIME_LOADS, str(int(stop)), "score", str(scale_file)]
-    result = subprocess.run(
-        [*command, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert (result.returncode, result.stderr.strip().splitlines()[-1:]) == (
-        status,
-        [f"error: stopped by {stop.name} before every row was scored; {tmp_path / 'y.npy'} was not written"],
-    )
-    assert not (tmp_path / "y.npy").exists()
-    _no_leftovers(tmp_path)
+    _run_stopped(_STOPPED_WHILE_ONNXRUNTIME_LOADS, stop, status, scale_file, tmp_path / "y.npy")
 
 
 # Runs the command with the signal sent the moment the temporary output file exists, as a busy machine's
@@ -308,21 +317,7 @@ runpy.run_module("inprocserve", run_name="__main__")
 def test_a_run_stopped_as_its_output_file_is_made_leaves_no_partial_file(
     tmp_path: Path, scale_file: Path, stop: signal.Signals, status: int
 ) -> None:
-    np.save(tmp_path / "x.npy", _x())
-    command = [sys.executable, "-c", _STOPPED_AS_THE_OUTPUT_FILE_IS_MADE, str(int(stop)), "score", str(scale_file)]
-    result = subprocess.run(
-        [*command, str(tmp_path / "x.npy"), str(tmp_path / "y.csv")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert (result.returncode, result.stderr.strip().splitlines()[-1:]) == (
-        status,
-        [f"error: stopped by {stop.name} before every row was scored; {tmp_path / 'y.csv'} was not written"],
-    )
-    assert not (tmp_path / "y.csv").exists()
-    _no_leftovers(tmp_path)
+    _run_stopped(_STOPPED_AS_THE_OUTPUT_FILE_IS_MADE, stop, status, scale_file, tmp_path / "y.csv")
 
 
 # Runs the command with the signal raised in a finalizer as the model loads: Python drops a finalizer's
@@ -351,22 +346,8 @@ def test_a_stop_whose_exception_python_dropped_still_stops_the_run(
 ) -> None:
     # the run went on to the end and exited 0, OUTPUT written; after a SIGTERM lost so, every later one was
     # ignored too (raised once), and only SIGKILL ended the run
-    np.save(tmp_path / "x.npy", _x())
-    command = [sys.executable, "-c", _SIGNAL_DROPPED_AS_THE_MODEL_LOADS, str(int(stop)), "score", str(scale_file)]
-    result = subprocess.run(
-        [*command, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert (result.returncode, result.stderr.strip().splitlines()[-1:]) == (
-        status,
-        [f"error: stopped by {stop.name} before every row was scored; {tmp_path / 'y.npy'} was not written"],
-    )
+    result = _run_stopped(_SIGNAL_DROPPED_AS_THE_MODEL_LOADS, stop, status, scale_file, tmp_path / "y.npy")
     assert "Exception ignored in" in result.stderr  # (the finalizer's exception was dropped indeed)
-    assert not (tmp_path / "y.npy").exists()
-    _no_leftovers(tmp_path)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs a folder even root cannot write to: Linux's /sys")
