@@ -105,6 +105,14 @@ def test_a_one_input_model_whose_input_the_header_names_skips_the_other_columns(
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), [[2, 4, 6, 8], [10, 12, 14, 16]])
 
 
+def assert_refused(pipeline: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, error: str) -> None:
+    """Scoring a CSV file of ``text`` fails with ``error`` in its message, and writes no output."""
+    (tmp_path / "in.csv").write_text(text)
+    assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.csv"), str(tmp_path / "out.csv")]) == 1
+    assert error in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [
@@ -130,10 +138,7 @@ def test_a_one_input_model_whose_input_the_header_names_skips_the_other_columns(
 def test_columns_that_do_not_fit_the_inputs_are_named_and_nothing_is_written(
     tmp_path: Path, pipeline: Path, capsys: pytest.CaptureFixture[str], text: str, error: str
 ) -> None:
-    (tmp_path / "in.csv").write_text(text)
-    assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.csv"), str(tmp_path / "out.csv")]) == 1
-    assert error in capsys.readouterr().err
-    assert not (tmp_path / "out.csv").exists()
+    assert_refused(pipeline, tmp_path, capsys, text, error)
 
 
 def test_an_input_given_too_few_numbered_columns_says_how_many_it_takes(
@@ -211,10 +216,7 @@ def test_an_input_named_like_another_inputs_numbered_column_takes_its_own_column
 def test_a_csv_line_whose_quoting_is_broken_is_named_and_nothing_is_written(
     tmp_path: Path, pipeline: Path, capsys: pytest.CaptureFixture[str], text: str, error: str
 ) -> None:
-    (tmp_path / "in.csv").write_text(text)
-    assert main(["score", "--quiet", str(pipeline), str(tmp_path / "in.csv"), str(tmp_path / "out.csv")]) == 1
-    assert error in capsys.readouterr().err
-    assert not (tmp_path / "out.csv").exists()
+    assert_refused(pipeline, tmp_path, capsys, text, error)
 
 
 def test_a_row_broken_over_lines_by_a_quoted_field_is_named_by_its_first_line(
