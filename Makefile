@@ -193,6 +193,7 @@ QUICK_shadow_overhead := --seconds 0.5 --rounds 1
 QUICK_protocol_overhead := --rounds 1 --requests 50
 QUICK_deadlines := --seconds 0.5 --rounds 1 --trials 5
 QUICK_batch_scoring := --quick --rounds 1
+QUICK_classifier_scoring := --rows 20000 --rounds 1
 QUICK_pruning := --seconds 0.5
 QUICK_cpu_quota := --seconds 0.5 --rounds 1 --clients 1
 QUICK_http_e2e := --quick
@@ -223,6 +224,7 @@ bench: install
 	$(BIN)/python benchmarks/protocol_overhead.py $(QUICK_protocol_overhead)
 	$(BIN)/python benchmarks/deadlines.py $(QUICK_deadlines)
 	$(BIN)/python benchmarks/batch_scoring.py $(QUICK_batch_scoring)
+	$(BIN)/python benchmarks/classifier_scoring.py $(QUICK_classifier_scoring)
 	$(BIN)/python benchmarks/pruning.py $(QUICK_pruning)
 	$(BIN)/python benchmarks/http_e2e.py $(QUICK_http_e2e)
 	$(BIN)/python benchmarks/http_e2e.py --otel $(QUICK_http_e2e)

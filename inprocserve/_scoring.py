@@ -521,7 +521,8 @@ def _answers(
         return
     for start in range(0, job.rows, job.chunk_rows):
         stop = min(job.rows, start + job.chunk_rows)
-        yield stop - start, _join([joined], {name: joined[name][start:stop] for name in joined})
+        # (slices taken as they are: a ZipMap's slice is a list of maps, not a list of parts to join)
+        yield stop - start, _answer_like(joined, {name: joined[name][start:stop] for name in joined})
 
 
 def _on_one_version(
@@ -576,9 +577,15 @@ def _on_one_version(
 def _join(answers: list[Prediction], outputs: Mapping[str, Any]) -> Prediction:
     """A Prediction of ``outputs`` (lists of parts are joined; arrays are taken as they are), answered like the
     first of ``answers``."""
-    first = answers[0]
+    return _answer_like(
+        answers[0], {name: _joined(value) if isinstance(value, list) else value for name, value in outputs.items()}
+    )
+
+
+def _answer_like(first: Prediction, outputs: dict[str, Any]) -> Prediction:
+    """A Prediction of ``outputs`` as they are, answered like ``first`` (its model, version, route, id)."""
     return Prediction(
-        {name: _joined(value) if isinstance(value, list) else value for name, value in outputs.items()},
+        outputs,
         model=first.model,
         version=first.version,
         variant=first.variant,

@@ -99,13 +99,31 @@ def plan_for_version(
         chunkable=chunkable,
         batch_rows=batch_rows,
         max_in_flight=max_in_flight,
-        # with a deadline per chunk, a request of several chunks would stretch the deadline: one chunk each
-        run_rows=scoring_run_rows(max_batch_size=batching.max_batch_size, per_row_s=per_row_s)
-        if batchable and timeout_s is None
-        else None,
+        run_rows=_run_rows(
+            batchable=batchable,
+            chunkable=chunkable,
+            max_batch_size=batching.max_batch_size,
+            per_row_s=per_row_s,
+            timeout_s=timeout_s,
+        ),
         caller_runs=backend.kind == "onnxruntime"
         and caller_may_run(backend.status(), kind=backend.kind, sessions=sessions, cores=usable_cores()),
     )
+
+
+def _run_rows(
+    *, batchable: bool, chunkable: bool, max_batch_size: int, per_row_s: float | None, timeout_s: float | None
+) -> int | None:
+    """Rows per model run of a scoring request. With a deadline per chunk, a request of several chunks would
+    stretch the deadline: one chunk each. A model whose requests are never merged but whose answers have a
+    row per input row (a ZipMap classifier) runs each request whole, so a request of one chunk was a run of
+    ``max_batch_size`` rows, a fixed cost per 64 rows: it gets :data:`SCORING_RUN_ROWS` (its run cost is not
+    measured at load; such models, scikit-learn's, are cheap per row)."""
+    if timeout_s is not None:
+        return None
+    if batchable:
+        return scoring_run_rows(max_batch_size=max_batch_size, per_row_s=per_row_s)
+    return max(max_batch_size, SCORING_RUN_ROWS) if chunkable else None
 
 
 def plan_scoring(
@@ -123,7 +141,8 @@ def plan_scoring(
 ) -> ScoringPlan:
     """Cut chunks to the model's limits, group them into requests of about ``run_rows`` rows, and size the
     window so the queue never overflows. ``chunkable`` (default: ``batchable``): every answer has a row per
-    input row, so an input may be cut into chunks, one request each, though requests are not merged.
+    input row, so an input may be cut into chunks, and chunks grouped into requests, though the batcher never
+    merges requests (``batchable`` false: each request is one run, so ``run_rows`` sizes its requests).
 
     Raises:
         ValueError: ``batch_rows`` or ``max_in_flight`` is not a positive int, or ``batch_rows`` exceeds the
@@ -149,11 +168,12 @@ def plan_scoring(
     else:
         window_rows = min(max_queue_rows, max_in_flight * request)
         count = max_in_flight
+    chunks = batchable if chunkable is None else chunkable
     return ScoringPlan(
-        chunk_rows=chunk if (batchable if chunkable is None else chunkable) else None,
+        chunk_rows=chunk if chunks else None,
         max_in_flight=count,
         window_rows=max(window_rows, 1),
-        request_rows=request if batchable and per_request > 1 else None,
+        request_rows=request if chunks and per_request > 1 else None,
         run_rows=run_rows if batchable else None,
         caller_runs=caller_runs,
     )
