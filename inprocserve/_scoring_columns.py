@@ -24,6 +24,7 @@ __all__ = [
     "InputColumns",
     "first_integer_outside",
     "frame_inputs",
+    "is_arrow_table",
     "is_data_frame",
     "whole_array_of",
     "needs_named_columns",
@@ -144,17 +145,20 @@ def needs_named_columns(signature: Signature) -> bool:
     return len(signature.inputs) != 1 or signature.inputs[0].is_string
 
 
-def plan_columns(signature: Signature, header: Sequence[str], source: str | None) -> ColumnPlan | None:
+def plan_columns(
+    signature: Signature, header: Sequence[str], source: str | None, *, noun: str = "data frame"
+) -> ColumnPlan | None:
     """Map the file's columns (``header``: their names) to the model's inputs; ``None`` for a one-input
     numeric model whose input no column names, or not as its columns (the file is read as its matrix).
-    ``source``: the file's path, for messages; ``None`` for a data frame (``header``: its column labels).
+    ``source``: the file's path, for messages; ``None`` for a data frame (``header``: its column labels), or
+    what ``noun`` names (an Arrow table).
 
     Raises:
         InvalidInputError: an input with no column, an input columns cannot hold (more than two axes, not a
             tensor), a column named twice, another number of columns than the input's features, or columns of
             an input both by its name and numbered.
     """
-    where = "the data frame" if source is None else f"input {source}"
+    where = f"the {noun}" if source is None else f"input {source}"
     names = [name.strip() for name in header]
     while names and not names[-1]:  # a spreadsheet's trailing separators name no column
         names.pop()
@@ -174,7 +178,11 @@ def plan_columns(signature: Signature, header: Sequence[str], source: str | None
     for spec in signature.inputs:
         found = _input_columns(spec, names, where, others - {spec.name})
         if found is None:
-            place = "in the header, the file's first line (it names" if source is not None else "(the frame has"
+            place = (
+                "in the header, the file's first line (it names"
+                if source is not None
+                else f"(the {noun.split()[-1]} has"
+            )
             raise InvalidInputError(
                 f"{where}: no column for the model's input {spec.describe()}; name a column {spec.name!r}"
                 f"{_numbered_hint(spec)} {place} {', '.join(map(repr, names)) or 'nothing'})"
@@ -243,13 +251,15 @@ def _number(label: str) -> int:
 
 def is_data_frame(value: Any) -> bool:
     """Whether ``value`` is a data frame (pandas', polars'): columns, each read as ``value[label]``, and
-    ``to_numpy()``.
+    ``to_numpy()``; or a pyarrow ``Table`` or ``RecordBatch`` (:func:`is_arrow_table`).
 
     Iterated, a frame yields its column labels, which ``predict_many`` took for batches ("a batch needs a leading
     row axis; got a scalar str", or "scalar int" for ``pd.DataFrame(matrix)``'s labels 0, 1, ...). Recognised by
     its shape, not its class: neither library is a dependency."""
     if isinstance(value, (np.ndarray, str, bytes, Mapping)) or not hasattr(value, "__getitem__"):
         return False
+    if is_arrow_table(value):
+        return True
     columns = getattr(value, "columns", None)
     if columns is None or not hasattr(value, "shape") or callable(columns):
         return False
@@ -262,6 +272,57 @@ def is_data_frame(value: Any) -> bool:
     return True
 
 
+def is_arrow_table(value: Any) -> bool:
+    """Whether ``value`` is a pyarrow ``Table`` or ``RecordBatch`` (what ``pq.read_table`` returns, and what
+    ``ParquetFile.iter_batches()`` and a dataset's ``to_batches()`` yield), by its class: pyarrow is not a
+    dependency. Its ``columns`` are its arrays, not their names, and it has no ``to_numpy``."""
+    kind = type(value)
+    return kind.__name__ in ("Table", "RecordBatch") and kind.__module__.partition(".")[0] == "pyarrow"
+
+
+class _ArrowColumn:
+    """One column of a pyarrow ``Table`` (a ``ChunkedArray``) or ``RecordBatch`` (an ``Array``), read as numpy."""
+
+    def __init__(self, column: Any) -> None:
+        self._column = column
+        self.type_name = str(column.type)
+
+    def to_numpy(self) -> np.ndarray:
+        # (a Table's chunks joined, a dictionary decoded; an Array copies only when told it may: its default
+        # refuses a column with nulls, text or booleans)
+        column = self._column
+        return np.asarray(column.to_numpy() if hasattr(column, "chunks") else column.to_numpy(zero_copy_only=False))
+
+
+class _ArrowColumns:
+    """A pyarrow ``Table`` or ``RecordBatch`` seen as :func:`frame_inputs` reads a data frame: its column names,
+    a column's values by name (a missing value as pandas has it: NaN in a number column, ``None`` in a text or
+    boolean one), and the whole table as a matrix."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self.columns = list(table.column_names)
+
+    def __getitem__(self, name: str) -> _ArrowColumn:
+        # by position: a name may be given twice (a column no input takes; inputs' columns are checked unique)
+        return _ArrowColumn(self._table.column(self.columns.index(name)))
+
+    def to_numpy(self) -> np.ndarray:
+        """The columns side by side, each a number or boolean column (else an error naming it)."""
+        values = []
+        for position, name in enumerate(self.columns):
+            arrow = self._table.column(position)
+            column = _ArrowColumn(arrow).to_numpy()
+            if column.dtype.kind not in "biuf":  # (text; a boolean column with a null comes as objects)
+                nulls = " with nulls" if arrow.null_count else ""
+                raise InvalidInputError(
+                    f"column {name!r} of the Arrow table holds {arrow.type} values{nulls}, not numbers; every "
+                    "column is a feature of the model's one input (convert the column, or drop it)"
+                )
+            values.append(column)
+        return np.column_stack(values) if values else np.empty((self._table.num_rows, 0), np.float32)
+
+
 def frame_inputs(frame: Any, signature: Signature) -> Any:
     """The inputs of ``predict_many`` from a data frame's columns, by name as a file's (:func:`plan_columns`): a
     mapping of input name to array, or, for a one-input numeric model whose input no column names, the frame's
@@ -272,14 +333,17 @@ def frame_inputs(frame: Any, signature: Signature) -> Any:
             NaN, pandas' NA) in a column a text, integer or boolean input takes (a float input's NaN is scored
             as an array's), or a column whose values its input's type cannot hold.
     """
+    noun = "data frame"
+    if is_arrow_table(frame):
+        frame, noun = _ArrowColumns(frame), "Arrow table"
     keys = list(frame.columns)  # pandas' may be numbers (pd.DataFrame(matrix)) or tuples: compared as text
-    plan = plan_columns(signature, [str(key) for key in keys], None)
+    plan = plan_columns(signature, [str(key) for key in keys], None, noun=noun)
     if plan is None:
         return np.asarray(frame.to_numpy())
     arrays: dict[str, np.ndarray] = {}
     for spec in plan.inputs:
         places = list(_places(spec))
-        first = _frame_column(frame, keys[places[0][0]], spec, places[0][1])
+        first = _frame_column(frame, keys[places[0][0]], spec, places[0][1], noun)
         if spec.rank == 1 or len(places) == 1:
             arrays[spec.name] = first if spec.rank == 1 else first.reshape(-1, 1)
             continue
@@ -288,14 +352,16 @@ def frame_inputs(frame: Any, signature: Signature) -> Any:
         matrix[:, 0] = first
         del first
         for index, (position, label) in enumerate(places[1:], start=1):
-            matrix[:, index] = _frame_column(frame, keys[position], spec, label)
+            matrix[:, index] = _frame_column(frame, keys[position], spec, label, noun)
         arrays[spec.name] = matrix
     return arrays
 
 
-def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str) -> np.ndarray:
-    values = np.asarray(frame[key].to_numpy())
-    where = f"column {label!r} of the data frame"
+def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str, noun: str) -> np.ndarray:
+    column = frame[key]
+    values = np.asarray(column.to_numpy())
+    arrow = isinstance(column, _ArrowColumn)  # (its nulls come as NaN in a number column, None in others)
+    where = f"column {label!r} of the {noun}"
     if spec.dtype == np.dtype(object):
         for position, value in enumerate(values):
             if not isinstance(value, str):
@@ -311,7 +377,8 @@ def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str) -> np.nd
     if spec.dtype.kind != "f" and values.dtype.kind == "f" and np.isnan(values).any():
         position = int(np.isnan(values).argmax())
         raise InvalidInputError(
-            f"{where} has a missing value (NaN) at position {position}; input {spec.name!r} needs a value in every "
+            f"{where} has a missing value ({'null' if arrow else 'NaN'}) at position {position}; input {spec.name!r} "
+            "needs a value in every "
             "row (fill or drop missing values first)"
         )
     if values.dtype.kind == "O" and spec.dtype.kind in "iub":
@@ -326,8 +393,8 @@ def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str) -> np.nd
     if values.dtype.kind not in "biuf" or (spec.dtype.kind in "iub" and values.dtype.kind == "f"):
         kind = "integers" if spec.dtype.kind in "iu" else "booleans" if spec.dtype.kind == "b" else "numbers"
         raise InvalidInputError(
-            f"{where} holds {values.dtype} values; input {spec.name!r} takes {spec.dtype} ({kind}): convert the "
-            "column (pandas: .astype(...))"
+            f"{where} holds {column.type_name if arrow else values.dtype} values; input {spec.name!r} takes "
+            f"{spec.dtype} ({kind}): convert the column ({'pyarrow: .cast(...)' if arrow else 'pandas: .astype(...)'})"
         )
     if spec.dtype.kind == "b" and values.dtype.kind in "iu" and ((values != 0) & (values != 1)).any():
         position = int(((values != 0) & (values != 1)).argmax())

@@ -553,29 +553,29 @@ class Server(RolloutMethods):
     ) -> Iterator[Prediction]:
         """Score many rows for offline jobs and queue consumers; yield the answers in input order.
 
-        ``inputs`` is either a whole input (an array, or an array of another library with a shape, such as
-        a pandas ``Series`` or a tensor, or a memoryview; input name -> array; or a data frame, pandas' or
-        polars', whose columns are the inputs by name as a CSV file's are for the ``score`` command:
-        docs/performance.md, "Batch scoring"), cut into chunks of
-        ``batch_rows`` rows (default: the version's ``max_batch_size``) with one :class:`Prediction` per
-        chunk; or an iterable of batches (arrays, mappings or data frames, read as above), read lazily, with
-        one :class:`Prediction` per batch (a batch larger than a request is sent in parts and joined back;
-        each batch's arrays are copied as it is read, so a generator may reuse one buffer; a batch of no rows
-        is answered in its place with zero rows of each output, without a model run). For a model fast per
-        row, requests hold several chunks, up to 256 rows, each run as one onnxruntime run (not in
-        ``max_batch_size`` slices); where the version's sessions leave a core idle, the iterating thread runs
-        requests itself beside the workers (docs/performance.md, "Batch scoring"). A bounded window is kept
-        submitted (default: two full requests of rows per session; ``max_in_flight``: at most that many
-        requests; never more queued rows than ``max_queue_rows``) so the sessions stay busy without
-        :class:`QueueFullError`; when other traffic fills the queue a request is retried (not counted as shed).
-        A batch of an iterable is read only while the window has room, never between an answer coming in and
-        its hand-over; a queue consumer whose reads wait for messages and that must answer each one before
-        waiting for the next passes ``max_in_flight=1``. Each request is
-        routed like a :meth:`predict` call: pin ``version`` to score a whole job on one version (the parts of
-        one batch follow its first part's routing while that routing stands, and are answered by one
-        version: docs/performance.md, "Batch scoring"). The version's
-        prediction cache is neither read nor filled (nor are identical requests in flight shared). Closing the
-        iterator early (``break``, an exception) cancels the requests still queued.
+        ``inputs`` is either a whole input (an array, or an array of another library with a shape, such as a
+        pandas ``Series`` or a tensor, or a memoryview; input name -> array; or a data frame, pandas' or polars',
+        or a pyarrow ``Table``, whose columns are the inputs by name as a CSV file's are for the ``score``
+        command: docs/performance.md, "Batch scoring"), cut into chunks of ``batch_rows`` rows (default: the
+        version's ``max_batch_size``) with one :class:`Prediction` per chunk; or an iterable of batches (arrays,
+        mappings, data frames or pyarrow ``RecordBatch``es, read as above), read lazily, with one
+        :class:`Prediction` per batch (a batch larger than a request is sent in parts and joined back; each
+        batch's arrays are copied as it is read, so a generator may reuse one buffer; a batch of no rows is
+        answered in its place with zero rows of each output, without a model run). For a model fast per row,
+        requests hold several chunks, up to 256 rows, each run as one onnxruntime run (not in ``max_batch_size``
+        slices), and so do a ZipMap classifier's, whose requests are never merged; where the version's sessions
+        leave a core idle, the iterating thread runs requests itself beside the workers (docs/performance.md,
+        "Batch scoring"). A bounded window is kept submitted (default: two full requests of rows per session;
+        ``max_in_flight``: at most that many requests; never more queued rows than ``max_queue_rows``) so the
+        sessions stay busy without :class:`QueueFullError`; when other traffic fills the queue a request is
+        retried (not counted as shed). A batch of an iterable is read only while the window has room, never
+        between an answer coming in and its hand-over; a queue consumer whose reads wait for messages and that
+        must answer each one before waiting for the next passes ``max_in_flight=1``. Each request is routed like
+        a :meth:`predict` call: pin ``version`` to score a whole job on one version (the parts of one batch
+        follow its first part's routing while that routing stands, and are answered by one version:
+        docs/performance.md, "Batch scoring"). The version's prediction cache is neither read nor filled (nor are
+        identical requests in flight shared). Closing the iterator early (``break``, an exception) cancels the
+        requests still queued.
 
         Thread-safe like :meth:`submit`; the returned iterator belongs to the thread that iterates it.
 

@@ -1,0 +1,144 @@
+"""``predict_many`` and ``predict`` over a pyarrow ``Table`` or ``RecordBatch``: its columns are the model's inputs
+by name, as a data frame's are (a Table used to be refused: "inputs must be an array, a mapping ... got
+Table"). What ``pq.read_table`` returns, and what ``ParquetFile.iter_batches()`` yields, is scored as it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+
+import inprocserve
+from inprocserve.testing import build_add_model, build_scale_model, save_model
+
+from .conftest import ServerFactory
+from .toolkit_models import build_column_transformer_pipeline
+
+pa = pytest.importorskip("pyarrow", reason="pyarrow is a test dependency (pip install -e '.[dev]')")
+pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is a test dependency (pip install -e '.[dev]')")
+
+
+@pytest.fixture
+def churn(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    save_model(build_column_transformer_pipeline(), repository, "churn", 1)  # age: float, city: text, n: int64
+    return make_server(repository)
+
+
+def customers(rows: int = 150) -> pa.Table:
+    rng = np.random.default_rng(0)
+    return pa.table(
+        {
+            "customer_id": [f"c-{i}" for i in range(rows)],  # a column no input takes
+            "n": rng.integers(0, 9, rows),
+            "city": pa.array(rng.choice(["oslo", "paris", "rome", "lima"], rows)).dictionary_encode(),
+            "age": rng.uniform(18, 80, rows),  # double, for a float input
+        }
+    )
+
+
+def scores_of(answers: list[inprocserve.Prediction]) -> list[float]:
+    return [scores[1] for answer in answers for scores in answer["output_probability"]]
+
+
+def raw_scores(repository: Path, table: pa.Table) -> list[float]:
+    session = onnxruntime.InferenceSession(str(repository / "churn" / "1" / "model.onnx"))
+    _, maps = session.run(
+        None,
+        {
+            "age": table.column("age").to_numpy().astype(np.float32).reshape(-1, 1),
+            "city": table.column("city").to_numpy().astype(object).reshape(-1, 1),
+            "n": table.column("n").to_numpy().reshape(-1, 1),
+        },
+    )
+    return [scores[1] for scores in maps]
+
+
+def test_a_table_is_scored_by_its_column_names(churn: inprocserve.Server, repository: Path) -> None:
+    table = pa.concat_tables([customers(), customers()])  # two chunks per column
+    answers = list(churn.predict_many("churn", table))
+    assert [len(answer["output_label"]) for answer in answers] == [64] * 4 + [44]
+    assert scores_of(answers) == raw_scores(repository, table)
+    assert len(set(scores_of(answers))) > 100  # (every row its own score: a column in the wrong place would show)
+
+
+def test_a_parquet_files_record_batches_are_scored_one_answer_each(
+    churn: inprocserve.Server, repository: Path, tmp_path: Path
+) -> None:
+    table = customers()
+    pq.write_table(table, tmp_path / "customers.parquet", row_group_size=100)
+    batches = list(pq.ParquetFile(tmp_path / "customers.parquet").iter_batches(batch_size=40))
+    answers = list(churn.predict_many("churn", iter(batches)))
+    assert [len(answer["output_label"]) for answer in answers] == [batch.num_rows for batch in batches]
+    assert len(batches) > 2 and all(type(batch).__name__ == "RecordBatch" for batch in batches)
+    assert scores_of(answers) == raw_scores(repository, table)
+
+
+def test_predict_takes_a_one_row_table_or_record_batch(churn: inprocserve.Server, repository: Path) -> None:
+    table = customers(3)
+    answer = churn.predict("churn", table.slice(1, 1))
+    assert [scores[1] for scores in answer["output_probability"]] == raw_scores(repository, table.slice(1, 1))
+    answer = churn.predict("churn", table.to_batches()[0])
+    assert [scores[1] for scores in answer["output_probability"]] == raw_scores(repository, table)
+
+
+def test_a_null_is_refused_by_column_and_position_unless_a_float_input_takes_it_as_nan(
+    churn: inprocserve.Server, repository: Path, make_server: ServerFactory
+) -> None:
+    table = customers()
+    ages = table.column("age").to_pylist()
+    ages[3] = None
+    with_null_age = table.set_column(3, "age", pa.array(ages))
+    scores = scores_of(list(churn.predict_many("churn", with_null_age)))
+    assert [i for i, score in enumerate(scores) if np.isnan(score)] == [3]  # as a data frame's NaN: nan_policy
+    (repository / "churn" / "config.toml").write_text('nan_policy = "reject"\n')
+    with pytest.raises(inprocserve.InvalidInputError, match="NaN"):
+        list(make_server(repository).predict_many("churn", with_null_age))
+    counts = table.column("n").to_pylist()
+    counts[5] = None
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"'n' of the Arrow table has a missing value \(null\) at position 5"
+    ):
+        list(churn.predict_many("churn", table.set_column(1, "n", pa.array(counts, pa.int64()))))
+    cities = table.column("city").to_pylist()
+    cities[7] = None
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"'city' of the Arrow table holds a missing value at position 7"
+    ):
+        list(churn.predict_many("churn", table.set_column(2, "city", pa.array(cities))))
+
+
+def test_a_column_of_the_wrong_type_is_told_to_be_cast(churn: inprocserve.Server) -> None:
+    table = customers()
+    halves = table.set_column(1, "n", pa.array(np.full(table.num_rows, 1.5)))
+    with pytest.raises(
+        inprocserve.InvalidInputError,
+        match=r"column 'n' of the Arrow table holds double values; input 'n' takes int64 \(integers\): convert the "
+        r"column \(pyarrow: \.cast",
+    ):
+        list(churn.predict_many("churn", halves))
+    with pytest.raises(
+        inprocserve.InvalidInputError,
+        match=r"the Arrow table: no column for the model's input age.*\(the table has 'customer_id', 'n', 'city'\)",
+    ):
+        list(churn.predict_many("churn", table.drop_columns(["age"])))
+
+
+def test_numbered_columns_and_a_one_input_table(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_add_model(), repository, "add", 1)  # a, b: [batch, 3]; n: [batch, 1]
+    save_model(build_scale_model(2.0), repository, "scale", 1)  # x: [batch, 4]
+    server = make_server(repository)
+    a = np.arange(15, dtype=np.float32).reshape(5, 3)
+    columns = {**{f"a_{i}": a[:, i] for i in range(3)}, **{f"b_{i}": a[:, i] for i in range(3)}}
+    (answer,) = server.predict_many("add", pa.table({**columns, "n": np.arange(5)}))
+    np.testing.assert_array_equal(answer["total"], a * 2)
+    # a one-input model whose input no column names takes the whole table as its matrix, column by column
+    matrix = np.arange(12, dtype=np.float32).reshape(3, 4)
+    (answer,) = server.predict_many("scale", pa.table({name: matrix[:, i] for i, name in enumerate("pqrs")}))
+    np.testing.assert_array_equal(answer["y"], matrix * 2)
+    text = pa.table({"p": ["a", "b", "c"], **{name: matrix[:, i] for i, name in enumerate("qrs", start=1)}})
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"column 'p' of the Arrow table holds string values, not numbers"
+    ):
+        list(server.predict_many("scale", text))
