@@ -10,6 +10,7 @@ import numpy as np
 
 from ._backend import raised_by_signal_handler
 from ._errors import InvalidInputError
+from ._signature import unmasked
 
 __all__ = ["as_arrays", "count_rows", "owned", "part_of", "rows_of"]
 
@@ -70,6 +71,8 @@ def as_arrays(item: Any) -> Any:
 
 
 def _as_array(value: Any, name: str | None) -> np.ndarray:
+    if isinstance(value, np.ma.MaskedArray):  # (np.asarray would take the values under its mask)
+        return unmasked(value, name)
     try:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:
@@ -82,16 +85,18 @@ def owned(item: Any) -> Any:
     batches still queued, which were then scored on later rows without a word (159 of 200 answers wrong in
     a review's run). Lists are converted when they are sent, before the next batch is read."""
     if isinstance(item, Mapping):
-        return {name: _owned_array(value) for name, value in item.items()}
-    return _owned_array(item)
+        return {name: _owned_array(value, str(name)) for name, value in item.items()}
+    return _owned_array(item, None)
 
 
-def _owned_array(value: Any) -> Any:
+def _owned_array(value: Any, name: str | None) -> Any:
     """A copy of one array of a batch. Not only of an ndarray: any array-like whose ``np.asarray`` is a view of
     the caller's memory (a memoryview, a CPU tensor, an object with ``__array__``) is as reused a buffer;
     copied only if an ndarray, 98 of 100 such batches were scored on later rows."""
     if isinstance(value, (list, tuple)):  # converted when sent, before the next batch is read
         return value
+    if isinstance(value, np.ma.MaskedArray):  # (np.array would take the values under its mask)
+        value = unmasked(value, name)
     return np.array(value, order="C")  # a copy, always (and a plain ndarray: a memmap's copy holds no file)
 
 

@@ -599,6 +599,8 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
     assert expected is not None
     if type(value) is np.ndarray and value.dtype == expected and expected is not _TEXT_DTYPE:
         return value  # the common case: no copy, no checks
+    if type(value) is not list and isinstance(value, np.ma.MaskedArray):
+        value = unmasked(value, spec.name)
     if spec.is_string:
         return _text(spec.name, value, raw_bytes=spec.raw_bytes)
     try:
@@ -650,6 +652,24 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
                 f"which would become infinity; scale or clip them (NaN and infinity themselves pass through)"
             ) from None
     return array.astype(expected)
+
+
+def unmasked(value: np.ma.MaskedArray[Any, Any], name: str | None) -> np.ndarray:
+    """A masked array's values, if none is masked. ``np.asarray`` (and ``np.array``) take the values under the mask
+    too, so a masked (missing) entry was scored as whatever number it hid, without a word. ``name``: the input's,
+    for the message (``None``: a one-input model's bare array).
+
+    Raises:
+        InvalidInputError: an entry is masked, naming the first row that holds one.
+    """
+    mask = np.ma.getmaskarray(value)
+    if mask.any():
+        row = f" (first in row {int(mask.reshape(len(mask), -1).any(axis=1).argmax())})" if mask.ndim else ""
+        raise InvalidInputError(
+            f"{'the input' if name is None else f'input {name!r}'}: a masked array with {int(mask.sum())} masked "
+            f"(missing) value(s){row}; fill them (array.filled(value)) or drop those rows first"
+        )
+    return np.asarray(value.data)
 
 
 def _is_data_frame(value: object) -> bool:

@@ -162,6 +162,29 @@ def test_a_one_input_model_takes_a_bare_array(server: inprocserve.Server) -> Non
     np.testing.assert_array_equal(result["y"], [[2, 4, 6, 8]])
 
 
+def test_a_masked_arrays_masked_values_are_refused_not_scored_as_the_numbers_they_hide(
+    server: inprocserve.Server,
+) -> None:
+    x = np.ma.masked_array(np.arange(12, dtype=np.float32).reshape(3, 4), mask=False)
+    np.testing.assert_array_equal(server.predict("scale", x)["y"], x.data * 2)  # nothing masked: its values
+    x[2, 1] = np.ma.masked  # a missing value (np.asarray took the 9.0 under the mask, and scored it)
+    for inputs in (x, {"x": x}):
+        with pytest.raises(InvalidInputError, match=r"masked array with 1 masked .* row 2\); fill them"):
+            server.predict("scale", inputs)
+    with pytest.raises(InvalidInputError, match=r"'a': a masked array with 2 masked"):
+        server.predict("add", {**add_inputs(), "a": np.ma.masked_invalid([[1, np.nan, 2], [np.nan, 3, 4]])})
+    # predict_many: a whole input at the call, a batch of an iterable at its place
+    rows = np.ma.masked_array(np.ones((200, 4), np.float32), mask=False)
+    rows[150, 0] = np.ma.masked
+    for whole in (rows, {"x": rows}):
+        with pytest.raises(InvalidInputError, match=r"masked array with 1 masked .* row 150\)"):
+            server.predict_many("scale", whole)
+    answers = server.predict_many("scale", iter([rows[:100], rows[100:]]))
+    assert len(next(answers)["y"]) == 100
+    with pytest.raises(InvalidInputError, match=r"masked array with 1 masked .* row 50\)"):
+        next(answers)
+
+
 def test_zero_rows_are_refused(server: inprocserve.Server) -> None:
     with pytest.raises(InvalidInputError, match="0 rows"):
         server.predict("scale", np.ones((0, 4), np.float32))
