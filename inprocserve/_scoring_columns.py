@@ -260,6 +260,8 @@ def is_data_frame(value: Any) -> bool:
         return False
     if is_arrow_table(value):
         return True
+    if not hasattr(type(value), "columns"):  # (a frame's class has them, as Signature.validate asks: the same answer)
+        return False
     columns = getattr(value, "columns", None)
     if columns is None or not hasattr(value, "shape") or callable(columns):
         return False

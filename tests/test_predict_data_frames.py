@@ -97,3 +97,28 @@ def test_an_array_like_that_is_no_frame_is_not_asked_for_columns(server: inprocs
     np.testing.assert_array_equal(server.predict("scale", proxy)["y"], np.full((2, 4), 2.0))
     assert "columns" not in proxy.asked
     assert server.predict("scale", memoryview(np.ones((1, 4), np.float32)))["y"].tolist() == [[2.0] * 4]
+
+
+class Table:
+    """A user's class holding a matrix, with its column names set on the instance, and no frame's class."""
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        self.matrix, self.columns, self.shape = matrix, ["x"], matrix.shape
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        return self.matrix[key]  # type: ignore[index]
+
+    def to_numpy(self) -> np.ndarray:
+        return self.matrix[:, :1]
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        return self.matrix
+
+
+def test_predict_and_predict_many_agree_on_what_is_a_frame(server: inprocserve.Server) -> None:
+    # A frame's class has `columns`: predict asked the class, predict_many the instance, and read such an
+    # object as a frame (its one column named like the input) where predict read it as the array it is.
+    table = Table(np.arange(8, dtype=np.float32).reshape(2, 4))
+    np.testing.assert_array_equal(server.predict("scale", table)["y"], table.matrix * 2)
+    (answer,) = server.predict_many("scale", table)
+    np.testing.assert_array_equal(answer["y"], table.matrix * 2)
