@@ -188,8 +188,11 @@ def _is_number(field: str) -> bool:
 
 
 def _count_csv_rows(path: Path) -> int:
-    """Data lines (non-blank, header excluded), counted in one fast pass for the progress bar."""
+    """Data rows (non-blank, header excluded), counted for the progress bar: lines, in one fast pass, unless the
+    file quotes a field, which may break a row over several lines (the total then exceeded the rows, and a
+    finished run's bar stopped short of 100 %); such a file's rows are counted by the csv module."""
     rows = 0
+    quoted = False
     with path.open("rb") as file:
         first = file.readline()
         header = _is_header(first.decode("utf-8-sig", errors="replace"))  # -sig: a byte order mark is no header
@@ -197,7 +200,17 @@ def _count_csv_rows(path: Path) -> int:
         for line in file:
             if line.strip():
                 rows += 1
-    return rows
+                quoted = quoted or b'"' in line
+    if not quoted:
+        return rows
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as text:
+        reader = csv.reader(text)
+        if header:
+            next(reader, None)
+        try:
+            return sum(1 for row in reader if row and (len(row) > 1 or row[0].strip()))
+        except csv.Error:  # (a broken quote: the reading names its line; the bar keeps the lines)
+            return rows
 
 
 def _csv_batches(path: Path, signature: Signature, plan: ColumnPlan | None, chunk_rows: int) -> Iterator[Any]:

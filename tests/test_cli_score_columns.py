@@ -3,6 +3,7 @@ with one input per column (text among them), a model of several inputs, a file w
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,18 @@ def test_a_parquet_column_of_ones_and_zeros_feeds_a_boolean_input_as_a_csv_colum
     pq.write_table(pa.table({"x": [1.0, 2.0], "flag": [1, 5]}), tmp_path / "in.parquet")
     assert main(argv) == 1  # (not 5 read as True, as numpy's cast would)
     assert "column 'flag' holds 5 at row 2; input 'flag' takes booleans: true/false, or 1/0" in capsys.readouterr().err
+
+
+def test_the_progress_total_counts_rows_not_lines_when_a_quoted_field_breaks_a_line(
+    tmp_path: Path, pipeline: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The total came from counting lines: 4 rows, one of them over 3 lines, showed "66.7% 4/6 rows" when done.
+    lines = ["id,city,age,n", 'c-1,"oslo",31.5,2', 'c-2,"a city\nover\nthree lines",58,0', "c-3,rome,44.25,7", ""]
+    lines += ['c-4,"paris",19,1']
+    (tmp_path / "customers.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    argv = ["score", str(pipeline), str(tmp_path / "customers.csv"), str(tmp_path / "scores.csv")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "100.0% 4/4 rows" in err
+    assert "scored 4 rows" in err
