@@ -11,7 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from ._errors import InvalidInputError
 from ._ort_rules import usable_cores
+from ._scoring_inputs import as_arrays, rows_of
 
 if TYPE_CHECKING:
     from ._model import ModelVersion
@@ -21,6 +25,7 @@ __all__ = [
     "SCORING_RUN_ROWS",
     "ScoringPlan",
     "caller_may_run",
+    "checked_whole_input",
     "plan_for_version",
     "plan_scoring",
     "scoring_run_rows",
@@ -124,6 +129,29 @@ def _run_rows(
     if batchable:
         return scoring_run_rows(max_batch_size=max_batch_size, per_row_s=per_row_s)
     return max(max_batch_size, SCORING_RUN_ROWS) if chunkable else None
+
+
+def checked_whole_input(target: ModelVersion, plan: ScoringPlan, inputs: Any) -> Any:
+    """``inputs`` (converted to arrays if a whole input) if the plan can send it: a whole input to a version whose
+    answers have no row per input row (an output without a batch axis) cannot be cut into chunks, so it goes as
+    one request, which the per-request limit refused with advice that does not hold for such a model ("split
+    it into smaller requests": each part would get an answer of its own, not a part of the answer).
+
+    Raises:
+        InvalidInputError: such a whole input has more rows than one request may carry, saying why and what to do.
+    """
+    if plan.chunk_rows is not None or not isinstance(inputs, (np.ndarray, Mapping)):
+        return inputs
+    inputs = as_arrays(inputs)
+    rows, limit = rows_of(inputs), target.config.batching.request_row_limit
+    if rows > limit:
+        why = target.unbatchable_reason or "its answers have no row per input row"
+        raise InvalidInputError(
+            f"model {target.name!r} version {target.version}: a whole input of {rows} rows is one request for this "
+            f"model ({why}: it cannot be cut into chunks), more than the {limit} rows one request may carry; raise "
+            "batching.max_request_rows for it, or pass an iterable of batches to score each batch on its own"
+        )
+    return inputs
 
 
 def plan_scoring(

@@ -57,7 +57,7 @@ from ._request_telemetry import RequestTelemetry
 from ._rollout import Decision, FlagReader
 from ._scoring import SameRoute, note_copy, score
 from ._scoring_columns import frame_inputs, is_data_frame, whole_array_of
-from ._scoring_plan import plan_for_version
+from ._scoring_plan import checked_whole_input, plan_for_version
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import brief_status, gauge_source, server_status
 from ._telemetry import METRICS, end_safely, start_request_span
@@ -606,6 +606,7 @@ class Server(RolloutMethods):
             inputs = frame_inputs(inputs, signature)
         else:  # a pandas Series, a tensor: one whole input (iterated, its items were taken for batches)
             inputs = whole_array_of(inputs)
+        inputs = checked_whole_input(target, plan, inputs)
 
         def batch_of(item: Any) -> Any:
             # an iterable's batch that is a frame is read as predict reads one: made an array by owned() (its

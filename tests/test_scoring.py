@@ -28,6 +28,7 @@ from inprocserve.testing import (
     build_add_model,
     build_gather_model,
     build_mlp_model,
+    build_sum_model,
     save_model,
 )
 from tests.conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
@@ -924,3 +925,26 @@ def test_a_zipmap_classifiers_batch_sent_in_parts_answers_a_list_of_maps(
     assert isinstance(answer["output_probability"], list)
     assert answer["output_probability"] == whole["output_probability"]
     np.testing.assert_array_equal(answer["output_label"], whole["output_label"])
+
+
+def test_a_whole_input_too_large_for_a_model_without_rows_in_its_answers_says_why_and_what_to_do(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Such a model's whole input cannot be cut into chunks (its answer is not a row per row): it goes as one
+    # request, and past the per-request limit it was told to "split it into smaller requests", which would
+    # answer each part on its own.
+    save_model(build_sum_model(), repository, "sum", 1)  # total = sum(x): no batch axis in its answer
+    server = make_server(
+        repository, config=inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_request_rows=100))
+    )
+    with pytest.raises(inprocserve.InvalidInputError) as refused:
+        server.predict_many("sum", np.ones((101, 4), np.float32))
+    message = str(refused.value)
+    assert "a whole input of 101 rows is one request for this model" in message
+    assert "no dynamic axis 0" in message  # why it cannot be cut
+    assert "raise batching.max_request_rows for it, or pass an iterable of batches" in message
+    (answer,) = server.predict_many("sum", {"x": np.ones((100, 4), np.float32).tolist()})
+    assert float(answer["total"]) == 400.0
+    assert [float(answer["total"]) for answer in server.predict_many("sum", iter([np.ones((100, 4))] * 2))] == [
+        400.0
+    ] * 2
