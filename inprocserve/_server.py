@@ -588,7 +588,8 @@ class Server(RolloutMethods):
             ModelNotFoundError: unknown model or version (at once).
             ValueError, TypeError: bad arguments (at once).
             InvalidInputError: a whole input whose arrays disagree on their number of rows, or a ragged
-                one; a data frame whose columns do not fit the inputs, or hold a missing value (at once).
+                one, or a masked array with a masked value (in any chunk); a data frame whose columns do not
+                fit the inputs, or hold a missing value (at once).
             InprocserveError: a chunk failed, or a batch of an iterable could not be read or checked (a
                 ragged one: ``InvalidInputError``); raised when iteration reaches it, after the answers before
                 it, with a note naming its rows. Nothing after it is submitted.

@@ -662,9 +662,14 @@ def unmasked(value: np.ma.MaskedArray[Any, Any], name: str | None) -> np.ndarray
     Raises:
         InvalidInputError: an entry is masked, naming the first row that holds one.
     """
-    mask = np.ma.getmaskarray(value)
+    mask: np.ndarray = np.ma.getmaskarray(value)
+    if mask.dtype.names is not None:  # a record array's mask has a field per field (.any() raised numpy's TypeError)
+        from numpy.lib import recfunctions
+
+        mask = recfunctions.structured_to_unstructured(mask, dtype=np.bool_)  # (a last axis: the fields)
     if mask.any():
-        row = f" (first in row {int(mask.reshape(len(mask), -1).any(axis=1).argmax())})" if mask.ndim else ""
+        rows = mask.reshape(value.shape[0], -1).any(axis=1) if value.ndim else None
+        row = "" if rows is None else f" (first in row {int(rows.argmax())})"
         raise InvalidInputError(
             f"{'the input' if name is None else f'input {name!r}'}: a masked array with {int(mask.sum())} masked "
             f"(missing) value(s){row}; fill them (array.filled(value)) or drop those rows first"

@@ -185,6 +185,19 @@ def test_a_masked_arrays_masked_values_are_refused_not_scored_as_the_numbers_the
         next(answers)
 
 
+def test_a_masked_record_array_is_an_input_error_like_any_record_array(server: inprocserve.Server) -> None:
+    # a record array's mask has a field per field: its check raised numpy's TypeError, not the typed error
+    records = np.ma.masked_array(np.zeros(2, dtype=[("a", "f4"), ("b", "f4")]), mask=[(False, True), (False, False)])
+    with pytest.raises(InvalidInputError, match=r"masked array with 1 masked .* row 0\)"):
+        server.predict("scale", records)
+    with pytest.raises(InvalidInputError, match=r"masked array with 1 masked .* row 0\)"):
+        list(server.predict_many("scale", records))
+    with pytest.raises(InvalidInputError, match=r"expected numbers of dtype float32, got dtype \[\('a'"):
+        server.predict("scale", records.filled(0.0))  # nothing masked: refused as a record array is
+    with pytest.raises(InvalidInputError, match=r"expected numbers of dtype float32, got dtype \[\('a'"):
+        server.predict("scale", np.ma.masked_array(records.filled(0.0)))
+
+
 def test_zero_rows_are_refused(server: inprocserve.Server) -> None:
     with pytest.raises(InvalidInputError, match="0 rows"):
         server.predict("scale", np.ones((0, 4), np.float32))
