@@ -142,6 +142,11 @@ def checked_whole_input(target: ModelVersion, plan: ScoringPlan, inputs: Any) ->
     """
     if plan.chunk_rows is not None or not isinstance(inputs, (np.ndarray, Mapping)):
         return inputs
+    signature = target.signature
+    if signature is not None and (
+        set(inputs) != signature.input_names if isinstance(inputs, Mapping) else len(signature.inputs) != 1
+    ):  # wrong names, or a bare array to a model of several inputs: the request's check says so (this hid it)
+        return inputs
     inputs = as_arrays(inputs)
     rows, limit = rows_of(inputs), target.config.batching.request_row_limit
     if rows > limit:

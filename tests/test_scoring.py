@@ -948,3 +948,18 @@ def test_a_whole_input_too_large_for_a_model_without_rows_in_its_answers_says_wh
     assert [float(answer["total"]) for answer in server.predict_many("sum", iter([np.ones((100, 4))] * 2))] == [
         400.0
     ] * 2
+
+
+def test_a_whole_input_under_wrong_names_is_told_of_its_names_first_whatever_its_rows(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # the refusal of a whole input too large for one request came before the names were checked: a caller
+    # who raised the limit as told was then told the input's name was wrong
+    save_model(build_sum_model(), repository, "sum", 1)
+    server = make_server(
+        repository, config=inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_request_rows=100))
+    )
+    with pytest.raises(inprocserve.InvalidInputError, match=r"missing input\(s\) 'x'; unknown input\(s\) 'features'"):
+        list(server.predict_many("sum", {"features": np.ones((101, 4), np.float32)}))
+    with pytest.raises(inprocserve.InvalidInputError, match="a whole input of 101 rows is one request"):
+        server.predict_many("sum", {"x": np.ones((101, 4), np.float32)})
