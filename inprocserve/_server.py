@@ -694,9 +694,18 @@ class Server(RolloutMethods):
                 future.set_exception(drop_tracebacks(exc))
             return future
 
-        return score(
-            submit, inputs, plan, progress=progress, timeout_s=timeout_s, answer_empty=answer_empty, batch_of=batch_of
-        )
+        try:
+            return score(
+                submit,
+                inputs,
+                plan,
+                progress=progress,
+                timeout_s=timeout_s,
+                answer_empty=answer_empty,
+                batch_of=batch_of,
+            )
+        except InvalidInputError as exc:  # a whole input refused at once (ragged, masked): named as predict names it
+            raise _naming(target, exc) from None
 
     def _dispatch(
         self,

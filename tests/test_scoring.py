@@ -963,3 +963,23 @@ def test_a_whole_input_under_wrong_names_is_told_of_its_names_first_whatever_its
         list(server.predict_many("sum", {"features": np.ones((101, 4), np.float32)}))
     with pytest.raises(inprocserve.InvalidInputError, match="a whole input of 101 rows is one request"):
         server.predict_many("sum", {"x": np.ones((101, 4), np.float32)})
+
+
+def test_a_whole_input_refused_at_the_call_names_the_model_and_version_as_predict_does(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # a ragged, masked or uneven whole input was refused without the model's name, and error.model was None
+    save_model(build_add_model(), repository, "add", 1)
+    server = make_server(repository)
+    masked = np.ma.masked_array(np.ones((200, 3), np.float32), mask=False)
+    masked[150, 0] = np.ma.masked
+    n = np.ones((200, 1), np.int64)
+    for inputs, words in (
+        ({"a": masked, "b": masked.data, "n": n}, "input 'a': a masked array with 1 masked"),
+        ({"a": [[1.0, 2.0, 3.0], [1.0]], "b": [[1.0] * 3] * 2, "n": [[1]] * 2}, "input 'a' is ragged"),
+        ({"a": masked.data, "b": masked.data[:199], "n": n}, "'b' has 199"),
+    ):
+        with pytest.raises(inprocserve.InvalidInputError) as refused:
+            server.predict_many("add", inputs)
+        assert str(refused.value).startswith("model 'add' version 1: ") and words in str(refused.value)
+        assert (refused.value.model, refused.value.version) == ("add", 1)
