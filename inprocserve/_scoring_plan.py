@@ -131,17 +131,26 @@ def _run_rows(
     return max(max_batch_size, SCORING_RUN_ROWS) if chunkable else None
 
 
-def checked_whole_input(target: ModelVersion, plan: ScoringPlan, inputs: Any) -> Any:
+def checked_whole_input(target: ModelVersion, plan: ScoringPlan, inputs: Any, *, batch_rows: int | None) -> Any:
     """``inputs`` (converted to arrays if a whole input) if the plan can send it: a whole input to a version whose
     answers have no row per input row (an output without a batch axis) cannot be cut into chunks, so it goes as
     one request, which the per-request limit refused with advice that does not hold for such a model ("split
     it into smaller requests": each part would get an answer of its own, not a part of the answer).
 
     Raises:
+        ValueError: ``batch_rows`` asks to cut such a whole input into chunks (it was ignored: one answer came
+            where the caller counted on one per chunk).
         InvalidInputError: such a whole input has more rows than one request may carry, saying why and what to do.
     """
     if plan.chunk_rows is not None or not isinstance(inputs, (np.ndarray, Mapping)):
         return inputs
+    why = target.unbatchable_reason or "its answers have no row per input row"
+    if batch_rows is not None:
+        raise ValueError(
+            f"batch_rows={batch_rows}: model {target.name!r} version {target.version} takes a whole input as one "
+            f"request ({why}: answers to chunks of it would not be parts of its answer), so it cannot be cut into "
+            "chunks; drop batch_rows, or pass an iterable of batches to score each batch on its own"
+        )
     signature = target.signature
     if signature is not None and (
         set(inputs) != signature.input_names if isinstance(inputs, Mapping) else len(signature.inputs) != 1
@@ -150,7 +159,6 @@ def checked_whole_input(target: ModelVersion, plan: ScoringPlan, inputs: Any) ->
     inputs = as_arrays(inputs)
     rows, limit = rows_of(inputs), target.config.batching.request_row_limit
     if rows > limit:
-        why = target.unbatchable_reason or "its answers have no row per input row"
         raise InvalidInputError(
             f"model {target.name!r} version {target.version}: a whole input of {rows} rows is one request for this "
             f"model ({why}: it cannot be cut into chunks), more than the {limit} rows one request may carry; raise "

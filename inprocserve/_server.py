@@ -586,7 +586,8 @@ class Server(RolloutMethods):
 
         Raises:
             ModelNotFoundError: unknown model or version (at once).
-            ValueError, TypeError: bad arguments (at once).
+            ValueError, TypeError: bad arguments (at once), among them ``batch_rows`` with a whole input to a
+                model whose answers have no row per input row (such an input cannot be cut into chunks).
             InvalidInputError: a whole input whose arrays disagree on their number of rows, or a ragged
                 one, or a masked array with a masked value (in any chunk); a data frame whose columns do not
                 fit the inputs, or hold a missing value (at once).
@@ -607,7 +608,7 @@ class Server(RolloutMethods):
             inputs = frame_inputs(inputs, signature)
         else:  # a pandas Series, a tensor: one whole input (iterated, its items were taken for batches)
             inputs = whole_array_of(inputs)
-        inputs = checked_whole_input(target, plan, inputs)
+        inputs = checked_whole_input(target, plan, inputs, batch_rows=batch_rows)
 
         def batch_of(item: Any) -> Any:
             # an iterable's batch that is a frame is read as predict reads one: made an array by owned() (its

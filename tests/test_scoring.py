@@ -950,6 +950,23 @@ def test_a_whole_input_too_large_for_a_model_without_rows_in_its_answers_says_wh
     ] * 2
 
 
+def test_batch_rows_for_a_model_whose_whole_input_cannot_be_cut_is_refused_not_ignored(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # batch_rows was ignored for such a model: one answer came for the whole input where the caller counted
+    # on one per chunk (zip(chunks, answers) silently paired the first chunk with the whole input's total)
+    save_model(build_sum_model(), repository, "sum", 1)
+    server = make_server(repository)
+    with pytest.raises(ValueError) as refused:
+        server.predict_many("sum", np.ones((50, 4), np.float32), batch_rows=10)
+    message = str(refused.value)
+    assert message.startswith("batch_rows=10: model 'sum' version 1 takes a whole input as one request")
+    assert "no dynamic axis 0" in message and "drop batch_rows, or pass an iterable of batches" in message
+    # an iterable's batches are each scored whole, as they always were: batch_rows changes nothing there
+    answers = server.predict_many("sum", iter([np.ones((20, 4), np.float32)] * 2), batch_rows=10)
+    assert [float(answer["total"]) for answer in answers] == [80.0, 80.0]
+
+
 def test_a_whole_input_under_wrong_names_is_told_of_its_names_first_whatever_its_rows(
     repository: Path, make_server: ServerFactory
 ) -> None:
