@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import InvalidInputError
+from ._scoring_inputs import readable
 from ._signature import Signature, TensorSpec
 
 __all__ = [
@@ -463,4 +464,4 @@ def whole_array_of(value: Any) -> Any:
     shape = getattr(value, "shape", None)
     if not isinstance(shape, tuple) or not shape:
         return value
-    return np.asarray(value)
+    return readable(value, None)  # (a tensor that requires grad: torch's RuntimeError made the caller's error)

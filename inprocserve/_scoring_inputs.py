@@ -12,7 +12,7 @@ from ._backend import raised_by_signal_handler
 from ._errors import InvalidInputError
 from ._signature import unmasked
 
-__all__ = ["as_arrays", "count_rows", "owned", "part_of", "rows_of"]
+__all__ = ["UNREADABLE", "as_arrays", "count_rows", "owned", "part_of", "readable", "rows_of"]
 
 
 def rows_of(item: Any, name: str | None = None) -> int:
@@ -33,11 +33,17 @@ def rows_of(item: Any, name: str | None = None) -> int:
     if shape is None:
         try:
             shape = np.shape(item)
-        except (ValueError, TypeError) as exc:  # numpy's own words, untyped: make it the caller's input error
+        except UNREADABLE as exc:  # numpy's own words, untyped: make it the caller's input error
             raise _ragged(name, exc) from exc
     if not shape:
         raise InvalidInputError(f"a batch needs a leading row axis; got a scalar {type(item).__name__}")
     return int(shape[0])
+
+
+UNREADABLE = (ValueError, TypeError, RuntimeError)
+"""What ``np.asarray`` raises for a value it cannot read: a ragged list (``ValueError``), and an array of another
+library that refuses to be one (torch: ``RuntimeError`` for a tensor that requires grad, ``TypeError`` for a
+bfloat16, sparse or non-CPU one), with that library's advice in its message."""
 
 
 def _ragged(name: str | None, exc: Exception) -> InvalidInputError:
@@ -45,6 +51,14 @@ def _ragged(name: str | None, exc: Exception) -> InvalidInputError:
     if isinstance(exc, ValueError):
         return InvalidInputError(f"{what} is ragged: its nested lists differ in length and make no array ({exc})")
     return InvalidInputError(f"{what} cannot be made an array ({type(exc).__name__}: {exc})")
+
+
+def readable(value: Any, name: str | None) -> np.ndarray:
+    """``np.asarray(value)``, its failure the caller's :class:`InvalidInputError` (see :data:`UNREADABLE`)."""
+    try:
+        return np.asarray(value)
+    except UNREADABLE as exc:
+        raise _ragged(name, exc) from exc
 
 
 def count_rows(items: list[Any] | tuple[Any, ...]) -> int | None:
@@ -73,10 +87,7 @@ def as_arrays(item: Any) -> Any:
 def _as_array(value: Any, name: str | None) -> np.ndarray:
     if isinstance(value, np.ma.MaskedArray):  # (np.asarray would take the values under its mask)
         return unmasked(value, name)
-    try:
-        return np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise _ragged(name, exc) from exc
+    return readable(value, name)
 
 
 def owned(item: Any) -> Any:
@@ -97,7 +108,9 @@ def _owned_array(value: Any, name: str | None) -> Any:
         return value
     if isinstance(value, np.ma.MaskedArray):  # (np.array would take the values under its mask)
         value = unmasked(value, name)
-    return np.array(value, order="C")  # a copy, always (and a plain ndarray: a memmap's copy holds no file)
+    # a copy, always (and a plain ndarray: a memmap's copy holds no file); read first, as np.asarray reads it:
+    # np.array asks __array__ for a copy, which torch's does not take (numpy 2's DeprecationWarning, then a retry)
+    return np.array(readable(value, name), order="C")
 
 
 def part_of(item: Any, start: int, stop: int) -> Any:

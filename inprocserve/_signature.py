@@ -606,7 +606,7 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
         return _text(spec.name, value, raw_bytes=spec.raw_bytes)
     try:
         array = np.asarray(value)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RuntimeError) as exc:  # (torch: a tensor that requires grad, a bfloat16 one)
         raise InvalidInputError(
             f"input {spec.name!r}: cannot be turned into an array of {expected} ({exc}); "
             "send a rectangular list of numbers or a numpy array"
