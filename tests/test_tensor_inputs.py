@@ -86,3 +86,24 @@ def test_a_batch_of_good_tensors_is_answered_beside_a_refused_one(server: inproc
         server.submit("scale", requires_grad()).result(timeout=30)
     for index, future in enumerate(good):
         np.testing.assert_array_equal(future.result(timeout=30)["y"], [[2.0 * index] * 4])
+
+
+class Numbered(torch.utils.data.Dataset):
+    """Row ``i`` is four times ``i``: an offline job's data set, read by a DataLoader."""
+
+    def __len__(self) -> int:
+        return 103
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"x": torch.full((4,), float(index)), "row_id": index}
+
+
+@pytest.mark.parametrize("workers", [0, 2])  # 2: the loader forks its workers while the server's threads run
+def test_predict_many_scores_a_data_loaders_batches_in_order(server: inprocserve.Server, workers: int) -> None:
+    loader = torch.utils.data.DataLoader(Numbered(), batch_size=10, num_workers=workers)
+    answers = list(server.predict_many("scale", ({"x": batch["x"]} for batch in loader)))
+    assert [len(answer["y"]) for answer in answers] == [10] * 10 + [3]
+    np.testing.assert_array_equal(np.concatenate([answer["y"][:, 0] for answer in answers]), 2.0 * np.arange(103))
+    # the loader's own dicts carry the row ids too: refused by name, not scored on the wrong columns
+    with pytest.raises(inprocserve.InvalidInputError, match=r"unknown input\(s\) 'row_id'"):
+        list(server.predict_many("scale", loader))
