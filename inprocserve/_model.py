@@ -32,6 +32,7 @@ from ._config import ModelConfig
 from ._drift import DriftMonitor
 from ._errors import (
     DeadlineExceededError,
+    InferenceError,
     InprocserveError,
     InvalidInputError,
     ModelLoadError,
@@ -489,10 +490,25 @@ class ModelVersion:
         assert signature is not None
         if warmup.inputs_file:
             feeds = self._load_warmup_file(warmup.inputs_file, signature)
-        else:
-            feeds = signature.synthesize(warmup.rows if signature.batchable else 1)
-        for _ in range(warmup.runs):
-            self.backend.run(runner, feeds)
+            for _ in range(warmup.runs):
+                self.backend.run(runner, feeds)
+            return
+        feeds = signature.synthesize(warmup.rows if signature.batchable else 1)
+        try:
+            for _ in range(warmup.runs):
+                self.backend.run(runner, feeds)
+        except InferenceError as exc:
+            # A model that runs only on some sizes of an axis it declares dynamic (torch.onnx.export's exporter
+            # can fix a sequence length inside the graph) failed here with onnxruntime's words alone ("cannot
+            # be reshaped"), and the version never loaded, with no word of what was run or how to load it.
+            shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in feeds.items())
+            raise type(exc)(
+                f"{exc.message.rstrip()} (on the warm-up's made-up request of zeros, {shapes}; a model that runs "
+                "only on some sizes of the axes it declares dynamic takes real inputs from warmup.inputs_file in its "
+                "config.toml: docs/repository.md)",
+                model=self.name,
+                version=self.version,
+            ) from exc
 
     def _load_warmup_file(self, name: str, signature: Signature) -> dict[str, np.ndarray]:
         path = resolve_model_file(
