@@ -294,7 +294,13 @@ class _ArrowColumn:
         # (a Table's chunks joined, a dictionary decoded; an Array copies only when told it may: its default
         # refuses a column with nulls, text or booleans)
         column = self._column
-        return np.asarray(column.to_numpy() if hasattr(column, "chunks") else column.to_numpy(zero_copy_only=False))
+        if not hasattr(column, "chunks"):
+            return np.asarray(column.to_numpy(zero_copy_only=False))
+        if hasattr(column.type, "index_type"):
+            # A ChunkedArray's to_numpy decodes a dictionary by its indices, the index under a null too: another
+            # row's category, or a number, in its place. Decoded first, a null stays one (None, or NaN).
+            column = column.cast(column.type.value_type)
+        return np.asarray(column.to_numpy())
 
 
 class _ArrowColumns:

@@ -142,3 +142,40 @@ def test_numbered_columns_and_a_one_input_table(repository: Path, make_server: S
         inprocserve.InvalidInputError, match=r"column 'p' of the Arrow table holds string values, not numbers"
     ):
         list(server.predict_many("scale", text))
+
+
+def test_a_null_in_a_dictionary_encoded_column_of_a_table_is_a_missing_value_not_another_category(
+    churn: inprocserve.Server, repository: Path
+) -> None:
+    # A Table's dictionary column with a null read the index under the null: another row's category, scored
+    table = customers(6)
+    cities = table.column("city").to_pylist()
+    cities[1] = None
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"'city' of the Arrow table holds a missing value at position 1"
+    ):
+        list(churn.predict_many("churn", table.set_column(2, "city", pa.array(cities).dictionary_encode())))
+    counts = pa.array([1, None, 2, 0, 1, 2], pa.int64()).dictionary_encode()
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"'n' of the Arrow table has a missing value \(null\) at position 1"
+    ):
+        list(churn.predict_many("churn", table.set_column(1, "n", counts)))
+    ages = pa.array([30.0, None, 30.0, 40.0, 40.0, 50.0]).dictionary_encode()
+    scores = scores_of(list(churn.predict_many("churn", table.set_column(3, "age", ages))))
+    assert [i for i, score in enumerate(scores) if np.isnan(score)] == [1]  # a float input's NaN, as a null
+    # a Table of several chunks, each its own dictionary, reads each chunk's nulls in place
+    two = pa.concat_tables([table.slice(0, 3), table.slice(3, 3)])
+    two = two.set_column(
+        2,
+        "city",
+        pa.chunked_array(
+            [
+                pa.array(["oslo", "rome", "paris"]).dictionary_encode(),
+                pa.array(["lima", None, "oslo"]).dictionary_encode(),
+            ]
+        ),
+    )
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"'city' of the Arrow table holds a missing value at position 4"
+    ):
+        list(churn.predict_many("churn", two))
