@@ -303,6 +303,11 @@ class _ArrowColumn:
         return np.asarray(column.to_numpy())
 
 
+def _is_list(arrow_type: Any) -> bool:
+    # list, large_list, list_view, fixed_size_list (and map) types have a value field; a dictionary has none
+    return hasattr(arrow_type, "value_field")
+
+
 class _ArrowColumns:
     """A pyarrow ``Table`` or ``RecordBatch`` seen as :func:`frame_inputs` reads a data frame: its column names,
     a column's values by name (a missing value as pandas has it: NaN in a number column, ``None`` in a text or
@@ -316,6 +321,32 @@ class _ArrowColumns:
         # by position: a name may be given twice (a column no input takes; inputs' columns are checked unique)
         return _ArrowColumn(self._table.column(self.columns.index(name)))
 
+    def refuse_lists(self, signature: Signature) -> None:
+        """Refuse a column of lists (a vector per row, as embeddings are stored) named after an input: read as
+        one column, it was "the file has 1" column of several features, or no number, without saying why.
+
+        Raises:
+            InvalidInputError: naming the column and how the input's values are given.
+        """
+        names = [name.strip() for name in self.columns]
+        for spec in signature.inputs:
+            if spec.name not in names:
+                continue
+            arrow_type = self._table.column(names.index(spec.name)).type
+            if not _is_list(arrow_type):
+                continue
+            rank = 2 if spec.shape is None else len(spec.shape)
+            how = (
+                f"takes one column per feature: {spec.name}_0, {spec.name}_1, ...; or pass the inputs as a mapping "
+                "of input name to array of shape (rows, features)"
+                if rank == 2 and _features(spec) != 1
+                else "takes one value per row: convert the column"
+            )
+            raise InvalidInputError(
+                f"column {spec.name!r} of the Arrow table holds {arrow_type} values, a list per row; input "
+                f"{spec.describe()} {how}"
+            )
+
     def to_numpy(self) -> np.ndarray:
         """The columns side by side, each a number or boolean column (else an error naming it)."""
         values = []
@@ -323,9 +354,13 @@ class _ArrowColumns:
             arrow = self._table.column(position)
             column = _ArrowColumn(arrow).to_numpy()
             if column.dtype.kind not in "biuf":  # (text; a boolean column with a null comes as objects)
-                nulls = " with nulls" if arrow.null_count else ""
+                held = f"{arrow.type} values{' with nulls' if arrow.null_count else ''},"
+                if _is_list(arrow.type):
+                    held = f"{arrow.type} values, a list per row,"
+                elif str(arrow.type) == "null":
+                    held = "only nulls,"
                 raise InvalidInputError(
-                    f"column {name!r} of the Arrow table holds {arrow.type} values{nulls}, not numbers; every "
+                    f"column {name!r} of the Arrow table holds {held} not numbers; every "
                     "column is a feature of the model's one input (convert the column, or drop it)"
                 )
             values.append(column)
@@ -345,6 +380,7 @@ def frame_inputs(frame: Any, signature: Signature) -> Any:
     noun = "data frame"
     if is_arrow_table(frame):
         frame, noun = _ArrowColumns(frame), "Arrow table"
+        frame.refuse_lists(signature)
     keys = list(frame.columns)  # pandas' may be numbers (pd.DataFrame(matrix)) or tuples: compared as text
     plan = plan_columns(signature, [str(key) for key in keys], None, noun=noun)
     if plan is None:

@@ -179,3 +179,32 @@ def test_a_null_in_a_dictionary_encoded_column_of_a_table_is_a_missing_value_not
         inprocserve.InvalidInputError, match=r"'city' of the Arrow table holds a missing value at position 4"
     ):
         list(churn.predict_many("churn", two))
+
+
+def test_a_column_of_lists_is_refused_with_how_to_give_its_values(repository: Path, make_server: ServerFactory) -> None:
+    # One column holding a vector per row, as embeddings are stored: refused as a pandas column of arrays is,
+    # but told how to give them (it was "not numbers; every column is a feature", or "the file has 1")
+    save_model(build_add_model(), repository, "add", 1)  # a, b: [batch, 3]; n: [batch, 1]
+    save_model(build_scale_model(2.0), repository, "scale", 1)  # x: [batch, 4]
+    server = make_server(repository)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(12, dtype=np.float32)), 4)
+    with pytest.raises(
+        inprocserve.InvalidInputError,
+        match=r"column 'x' of the Arrow table holds fixed_size_list<item: float>\[4\] values, a list per row; "
+        r"input x: tensor\(float\) \[batch, 4\] takes one column per feature: x_0, x_1, \.\.\.; or pass the "
+        r"inputs as a mapping of input name to array of shape \(rows, features\)",
+    ):
+        list(server.predict_many("scale", pa.table({"x": vectors})))
+    with pytest.raises(inprocserve.InvalidInputError, match=r"column 'x' of the Arrow table holds list<item: float>"):
+        server.predict("scale", pa.table({"x": pa.array([[1.0, 2.0, 3.0, 4.0]], pa.list_(pa.float32()))}))
+    triples = pa.array([[1.0, 2.0, 3.0]] * 2, pa.list_(pa.float32(), 3))
+    with pytest.raises(inprocserve.InvalidInputError, match=r"column 'a' of the Arrow table holds fixed_size_list"):
+        list(server.predict_many("add", pa.table({"a": triples, "b": triples, "n": [1, 2]})))
+    with pytest.raises(inprocserve.InvalidInputError, match=r"input n: .* takes one value per row: convert the column"):
+        list(server.predict_many("add", pa.table({**{f"{x}_{i}": [1.0] for x in "ab" for i in range(3)}, "n": [[1]]})))
+    with pytest.raises(  # a column of lists not named after the input, in a one-input model's matrix
+        inprocserve.InvalidInputError,
+        match=r"column 'embedding' of the Arrow table holds fixed_size_list<item: float>\[4\] values, a list per "
+        r"row, not numbers; every column is a feature",
+    ):
+        list(server.predict_many("scale", pa.table({"embedding": vectors})))
