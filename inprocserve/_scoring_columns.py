@@ -259,10 +259,10 @@ def is_data_frame(value: Any) -> bool:
     its shape, not its class: neither library is a dependency."""
     if isinstance(value, (np.ndarray, str, bytes, Mapping)) or not hasattr(value, "__getitem__"):
         return False
+    if not hasattr(type(value), "columns"):  # (a frame's class has them, as Signature.validate asks: the same answer)
+        return False  # (asked first: a list, tuple or generator of batches pays this lookup alone)
     if is_arrow_table(value):
         return True
-    if not hasattr(type(value), "columns"):  # (a frame's class has them, as Signature.validate asks: the same answer)
-        return False
     columns = getattr(value, "columns", None)
     if columns is None or not hasattr(value, "shape") or callable(columns):
         return False
