@@ -294,6 +294,8 @@ class _ArrowColumn:
         # (a Table's chunks joined, a dictionary decoded; an Array copies only when told it may: its default
         # refuses a column with nulls, text or booleans)
         column = self._column
+        if self.type_name == "null":  # (pa.table({"age": [None, None]}): no values, read as a float column's nulls)
+            return np.full(len(column), np.nan)
         if not hasattr(column, "chunks"):
             return np.asarray(column.to_numpy(zero_copy_only=False))
         if hasattr(column.type, "index_type"):
@@ -357,8 +359,6 @@ class _ArrowColumns:
                 held = f"{arrow.type} values{' with nulls' if arrow.null_count else ''},"
                 if _is_list(arrow.type):
                     held = f"{arrow.type} values, a list per row,"
-                elif str(arrow.type) == "null":
-                    held = "only nulls,"
                 raise InvalidInputError(
                     f"column {name!r} of the Arrow table holds {held} not numbers; every "
                     "column is a feature of the model's one input (convert the column, or drop it)"

@@ -208,3 +208,17 @@ def test_a_column_of_lists_is_refused_with_how_to_give_its_values(repository: Pa
         r"row, not numbers; every column is a feature",
     ):
         list(server.predict_many("scale", pa.table({"embedding": vectors})))
+
+
+def test_a_column_of_nulls_alone_is_missing_values_as_a_typed_columns_nulls(churn: inprocserve.Server) -> None:
+    # pa.table({"age": [None, ...]}) infers the type null: it was "holds null values; ... convert the column"
+    table = customers(4)
+    assert all(np.isnan(scores_of(list(churn.predict_many("churn", table.set_column(3, "age", pa.nulls(4)))))))
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"'n' of the Arrow table has a missing value \(null\) at position 0"
+    ):
+        list(churn.predict_many("churn", table.set_column(1, "n", pa.nulls(4))))
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"'city' of the Arrow table holds a missing value at position 0"
+    ):
+        list(churn.predict_many("churn", table.set_column(2, "city", pa.nulls(4))))
