@@ -412,6 +412,11 @@ def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str, noun: st
             if not isinstance(value, str):
                 # None, NaN, pandas' NA (a nullable "string" column's) and NaT
                 missing = value is None or (isinstance(value, float) and value != value) or _is_na(value)
+                if arrow and not missing:  # (its type, not a numpy scalar's: "a int64")
+                    raise InvalidInputError(
+                        f"{where} holds {column.type_name} values; input {spec.name!r} takes text: convert the "
+                        "column (pyarrow: .cast(pa.string()))"
+                    )
                 what = "a missing value" if missing else f"a {type(value).__name__}, not text"
                 raise InvalidInputError(
                     f"{where} holds {what} at position {position}; input {spec.name!r} takes text in every row"

@@ -210,6 +210,19 @@ def test_a_column_of_lists_is_refused_with_how_to_give_its_values(repository: Pa
         list(server.predict_many("scale", pa.table({"embedding": vectors})))
 
 
+def test_a_column_of_another_type_for_a_text_input_is_told_to_be_cast(churn: inprocserve.Server) -> None:
+    # (it was "holds a int64, not text at position 0", a numpy type's name, or "a bytes")
+    table = customers(4)
+    with pytest.raises(
+        inprocserve.InvalidInputError,
+        match=r"column 'city' of the Arrow table holds int64 values; input 'city' takes text: convert the column "
+        r"\(pyarrow: \.cast\(pa\.string\(\)\)\)",
+    ):
+        list(churn.predict_many("churn", table.set_column(2, "city", pa.array(np.arange(4)))))
+    with pytest.raises(inprocserve.InvalidInputError, match=r"column 'city' of the Arrow table holds binary values"):
+        list(churn.predict_many("churn", table.set_column(2, "city", pa.array([b"oslo"] * 4))))
+
+
 def test_a_column_of_nulls_alone_is_missing_values_as_a_typed_columns_nulls(churn: inprocserve.Server) -> None:
     # pa.table({"age": [None, ...]}) infers the type null: it was "holds null values; ... convert the column"
     table = customers(4)
