@@ -233,7 +233,8 @@ def _input_columns(spec: TensorSpec, names: list[str], where: str, others: froze
     labels = numbered or [spec.name]
     if fixed is not None and len(labels) != fixed:
         hint = f"column {spec.name!r}" if fixed == 1 else f"columns {spec.name}_0 to {spec.name}_{fixed - 1}"
-        raise InvalidInputError(f"{what} takes {fixed} values per row; the file has {len(labels)}: name {hint}")
+        holder = "the file" if where.startswith("input ") else f"the {where.split()[-1]}"  # (a frame, a table)
+        raise InvalidInputError(f"{what} takes {fixed} values per row; {holder} has {len(labels)}: name {hint}")
     for label in labels:
         if names.count(label) > 1:
             raise InvalidInputError(f"{where} has two columns named {label!r}: rename or drop one")

@@ -235,3 +235,12 @@ def test_a_column_of_nulls_alone_is_missing_values_as_a_typed_columns_nulls(chur
         inprocserve.InvalidInputError, match=r"'city' of the Arrow table holds a missing value at position 0"
     ):
         list(churn.predict_many("churn", table.set_column(2, "city", pa.nulls(4))))
+
+
+def test_numbered_columns_too_few_name_the_table_not_a_file(repository: Path, make_server: ServerFactory) -> None:
+    save_model(build_add_model(), repository, "add", 1)  # a, b: [batch, 3]; n: [batch, 1]
+    columns = {name: [1.0] for name in ("a_0", "a_1", "b_0", "b_1", "b_2")}
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"takes 3 values per row; the table has 2: name columns a_0"
+    ):
+        list(make_server(repository).predict_many("add", pa.table({**columns, "n": [1]})))
