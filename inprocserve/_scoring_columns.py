@@ -297,13 +297,15 @@ class _ArrowColumn:
         column = self._column
         if self.type_name == "null":  # (pa.table({"age": [None, None]}): no values, read as a float column's nulls)
             return np.full(len(column), np.nan)
-        if not hasattr(column, "chunks"):
-            return np.asarray(column.to_numpy(zero_copy_only=False))
         if hasattr(column.type, "index_type"):
             # A ChunkedArray's to_numpy decodes a dictionary by its indices, the index under a null too: another
             # row's category, or a number, in its place. Decoded first, a null stays one (None, or NaN).
             column = column.cast(column.type.value_type)
-        return np.asarray(column.to_numpy())
+        if column.null_count and str(column.type) == "bool":
+            # (its to_numpy gives objects, True and None, refused as no numbers; as floats, a null is NaN as in an
+            # integer column: a float input's NaN, a missing value by position for any other input)
+            column = column.cast("float64")
+        return np.asarray(column.to_numpy() if hasattr(column, "chunks") else column.to_numpy(zero_copy_only=False))
 
 
 def _is_list(arrow_type: Any) -> bool:

@@ -244,3 +244,18 @@ def test_numbered_columns_too_few_name_the_table_not_a_file(repository: Path, ma
         inprocserve.InvalidInputError, match=r"takes 3 values per row; the table has 2: name columns a_0"
     ):
         list(make_server(repository).predict_many("add", pa.table({**columns, "n": [1]})))
+
+
+def test_a_null_in_a_boolean_column_is_nan_for_a_float_input_as_in_an_integer_column(churn: inprocserve.Server) -> None:
+    # booleans are numbers to a float input, and a null is its NaN: it was "holds bool values ... convert the
+    # column" (booleans without a null are taken); for an integer input, "a missing value (None)", not "(null)"
+    table = customers(6)
+    flags = pa.array([True, None, False, True, False, True])
+    scores = scores_of(list(churn.predict_many("churn", table.set_column(3, "age", flags))))
+    assert [i for i, score in enumerate(scores) if np.isnan(score)] == [1]
+    answer = churn.predict("churn", table.set_column(3, "age", flags).to_batches()[0].slice(0, 1))
+    assert not np.isnan(answer["output_probability"][0][1])
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"'n' of the Arrow table has a missing value \(null\) at position 1"
+    ):
+        list(churn.predict_many("churn", table.set_column(1, "n", flags.dictionary_encode())))
