@@ -10,6 +10,7 @@ matrix reading (:mod:`._scoring_readers`). A data frame given to ``predict_many`
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -316,7 +317,9 @@ def _is_list(arrow_type: Any) -> bool:
 class _ArrowColumns:
     """A pyarrow ``Table`` or ``RecordBatch`` seen as :func:`frame_inputs` reads a data frame: its column names,
     a column's values by name (a missing value as pandas has it: NaN in a number column, ``None`` in a text or
-    boolean one), and the whole table as a matrix."""
+    boolean one), and the whole table as a matrix: without the columns that hold the index of the pandas frame
+    it was made from (``df.to_parquet()``'s of an index other than 0, 1, ...), which pandas reads back as the
+    frame's index: they were one more feature of the matrix. (An input named after one still takes it.)"""
 
     def __init__(self, table: Any) -> None:
         self._table = table
@@ -355,10 +358,13 @@ class _ArrowColumns:
     def to_numpy(self) -> np.ndarray:
         """The columns side by side, each a number or boolean column (else an error naming it)."""
         values = []
+        index = _pandas_index_columns(self._table.schema)
         for position, name in enumerate(self.columns):
+            if name in index:
+                continue
             arrow = self._table.column(position)
             column = _ArrowColumn(arrow).to_numpy()
-            if column.dtype.kind not in "biuf":  # (text; a boolean column with a null comes as objects)
+            if column.dtype.kind not in "biuf":  # (text, dates, lists)
                 held = f"{arrow.type} values{' with nulls' if arrow.null_count else ''},"
                 if _is_list(arrow.type):
                     held = f"{arrow.type} values, a list per row,"
@@ -368,6 +374,19 @@ class _ArrowColumns:
                 )
             values.append(column)
         return np.column_stack(values) if values else np.empty((self._table.num_rows, 0), np.float32)
+
+
+def _pandas_index_columns(schema: Any) -> frozenset[str]:
+    """The names of the columns that hold a pandas frame's index, from the schema's ``pandas`` metadata that
+    ``pa.Table.from_pandas`` (and ``df.to_parquet()``) write; an index 0, 1, ... is written as a range, no column."""
+    metadata = schema.metadata
+    if not metadata or b"pandas" not in metadata:
+        return frozenset()
+    try:
+        index = json.loads(metadata[b"pandas"]).get("index_columns", [])
+    except (ValueError, AttributeError):  # (metadata another writer left: no index to leave out)
+        return frozenset()
+    return frozenset(name for name in index if isinstance(name, str)) if isinstance(index, list) else frozenset()
 
 
 def frame_inputs(frame: Any, signature: Signature) -> Any:

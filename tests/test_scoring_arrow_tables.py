@@ -259,3 +259,22 @@ def test_a_null_in_a_boolean_column_is_nan_for_a_float_input_as_in_an_integer_co
         inprocserve.InvalidInputError, match=r"'n' of the Arrow table has a missing value \(null\) at position 1"
     ):
         list(churn.predict_many("churn", table.set_column(1, "n", flags.dictionary_encode())))
+
+
+def test_the_index_pandas_wrote_in_a_parquet_file_is_no_feature(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # df.to_parquet() keeps an index other than 0, 1, ... as a column that pandas reads back as the index: read as a
+    # table, it was one more feature of the matrix ("got shape [3, 5]"), or silently so where the width is open
+    pd = pytest.importorskip("pandas")
+    save_model(build_scale_model(2.0), repository, "scale", 1)  # x: [batch, 4]
+    server = make_server(repository)
+    matrix = np.arange(20, dtype=np.float32).reshape(5, 4)
+    frame = pd.DataFrame(matrix, columns=list("pqrs"))
+    frame.iloc[[0, 2, 3]].to_parquet(tmp_path / "rows.parquet")  # its index 0, 2, 3: __index_level_0__
+    frame.set_index(pd.Index(list("abcde"), name="id")).iloc[[0, 2, 3]].to_parquet(tmp_path / "ids.parquet")
+    for path in (tmp_path / "rows.parquet", tmp_path / "ids.parquet"):
+        (answer,) = server.predict_many("scale", pq.read_table(path))
+        np.testing.assert_array_equal(answer["y"], matrix[[0, 2, 3]] * 2)
+        answers = list(server.predict_many("scale", pq.ParquetFile(path).iter_batches(batch_size=2)))
+        np.testing.assert_array_equal(np.concatenate([answer["y"] for answer in answers]), matrix[[0, 2, 3]] * 2)
