@@ -288,11 +288,26 @@ def is_arrow_table(value: Any) -> bool:
 class _ArrowColumn:
     """One column of a pyarrow ``Table`` (a ``ChunkedArray``) or ``RecordBatch`` (an ``Array``), read as numpy."""
 
-    def __init__(self, column: Any) -> None:
+    def __init__(self, column: Any, name: str) -> None:
         self._column = column
         self.type_name = str(column.type)
+        self._name = name
 
     def to_numpy(self) -> np.ndarray:
+        """The column's values.
+
+        Raises:
+            InvalidInputError: a type numpy has no array of (a union), naming the column.
+        """
+        try:
+            return self._values()
+        except (NotImplementedError, TypeError, ValueError) as exc:  # (pyarrow's ArrowNotImplementedError, ...)
+            raise InvalidInputError(
+                f"column {self._name!r} of the Arrow table holds {self.type_name} values, which numpy cannot hold "
+                f"({exc}): convert the column (pyarrow: .cast(...))"
+            ) from exc
+
+    def _values(self) -> np.ndarray:
         # (a Table's chunks joined, a dictionary decoded; an Array copies only when told it may: its default
         # refuses a column with nulls, text or booleans)
         column = self._column
@@ -327,7 +342,7 @@ class _ArrowColumns:
 
     def __getitem__(self, name: str) -> _ArrowColumn:
         # by position: a name may be given twice (a column no input takes; inputs' columns are checked unique)
-        return _ArrowColumn(self._table.column(self.columns.index(name)))
+        return _ArrowColumn(self._table.column(self.columns.index(name)), name)
 
     def refuse_lists(self, signature: Signature) -> None:
         """Refuse a column of lists (a vector per row, as embeddings are stored) named after an input: read as
@@ -363,7 +378,7 @@ class _ArrowColumns:
             if name in index:
                 continue
             arrow = self._table.column(position)
-            column = _ArrowColumn(arrow).to_numpy()
+            column = _ArrowColumn(arrow, name).to_numpy()
             if column.dtype.kind not in "biuf":  # (text, dates, lists)
                 held = f"{arrow.type} values{' with nulls' if arrow.null_count else ''},"
                 if _is_list(arrow.type):

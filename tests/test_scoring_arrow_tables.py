@@ -278,3 +278,15 @@ def test_the_index_pandas_wrote_in_a_parquet_file_is_no_feature(
         np.testing.assert_array_equal(answer["y"], matrix[[0, 2, 3]] * 2)
         answers = list(server.predict_many("scale", pq.ParquetFile(path).iter_batches(batch_size=2)))
         np.testing.assert_array_equal(np.concatenate([answer["y"] for answer in answers]), matrix[[0, 2, 3]] * 2)
+
+
+def test_a_column_numpy_cannot_hold_is_an_invalid_input_naming_it(churn: inprocserve.Server) -> None:
+    # (a union column: pyarrow's ArrowNotImplementedError "No known equivalent Pandas block" came out as it was)
+    table = customers(3)
+    either = pa.UnionArray.from_sparse(pa.array([0, 1, 0], pa.int8()), [pa.array([1.0, 2.0, 3.0]), pa.array([1, 2, 3])])
+    with pytest.raises(
+        inprocserve.InvalidInputError,
+        match=r"column 'age' of the Arrow table holds sparse_union<0: double=0, 1: int64=1> values, which numpy "
+        r"cannot hold .*: convert the column \(pyarrow: \.cast",
+    ):
+        list(churn.predict_many("churn", table.set_column(3, "age", either)))
