@@ -22,6 +22,7 @@ from ._scoring_inputs import readable
 from ._signature import Signature, TensorSpec
 
 __all__ = [
+    "pandas_index_columns",
     "ColumnPlan",
     "InputColumns",
     "first_integer_outside",
@@ -373,7 +374,7 @@ class _ArrowColumns:
     def to_numpy(self) -> np.ndarray:
         """The columns side by side, each a number or boolean column (else an error naming it)."""
         values = []
-        index = _pandas_index_columns(self._table.schema)
+        index = pandas_index_columns(self._table.schema)
         for position, name in enumerate(self.columns):
             if name in index:
                 continue
@@ -391,7 +392,7 @@ class _ArrowColumns:
         return np.column_stack(values) if values else np.empty((self._table.num_rows, 0), np.float32)
 
 
-def _pandas_index_columns(schema: Any) -> frozenset[str]:
+def pandas_index_columns(schema: Any) -> frozenset[str]:
     """The names of the columns that hold a pandas frame's index, from the schema's ``pandas`` metadata that
     ``pa.Table.from_pandas`` (and ``df.to_parquet()``) write; an index 0, 1, ... is written as a range, no column."""
     metadata = schema.metadata

@@ -17,7 +17,14 @@ import numpy as np
 
 from ._array_file import not_numpy_file
 from ._errors import InvalidInputError
-from ._scoring_columns import ColumnPlan, first_integer_outside, needs_named_columns, plan_columns, to_float
+from ._scoring_columns import (
+    ColumnPlan,
+    first_integer_outside,
+    needs_named_columns,
+    pandas_index_columns,
+    plan_columns,
+    to_float,
+)
 from ._scoring_formats import file_format, pyarrow_modules
 from ._signature import Signature
 
@@ -384,7 +391,12 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
     if plan is not None:
         return _parquet_named(path, table, plan, chunk_rows), int(table.metadata.num_rows)
     name, dtype, rank = _single_input(signature, path)
+    # a frame's index that df.to_parquet() wrote as a column is no feature: pandas reads it back as the index
+    index = pandas_index_columns(table.schema_arrow)
+    features = [field.name for field in table.schema_arrow if field.name not in index]
     for field in table.schema_arrow:
+        if field.name in index:
+            continue
         kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
             # found here, by name: numpy's cast of the whole batch said only "Cannot cast array data from
@@ -396,7 +408,7 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
 
     def batches() -> Iterator[np.ndarray]:
         first_row = 1
-        for batch in table.iter_batches(batch_size=chunk_rows):
+        for batch in table.iter_batches(batch_size=chunk_rows, columns=features if index else None):
             if not batch.num_rows:
                 continue  # an empty row group: a request needs at least one row
             for column_name, column in zip(batch.schema.names, batch.columns, strict=True):
@@ -428,7 +440,8 @@ def _parquet_named(path: Path, table: Any, plan: ColumnPlan, chunk_rows: int) ->
             kind = fields.field(position).type
             kind = kind.value_type if pa.types.is_dictionary(kind) else kind
             if spec.dtype == np.dtype(object):
-                fits = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                view = getattr(pa.types, "is_string_view", None)  # (pyarrow 16 and later)
+                fits = pa.types.is_string(kind) or pa.types.is_large_string(kind) or bool(view and view(kind))
                 wanted = "text"
             elif spec.dtype == np.dtype(np.bool_):  # (or 1 and 0, as a CSV file's and a frame's column may be)
                 fits, wanted = pa.types.is_boolean(kind) or pa.types.is_integer(kind), "booleans, or 1 and 0"
