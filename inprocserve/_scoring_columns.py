@@ -326,8 +326,9 @@ class _ArrowColumn:
 
 
 def _is_list(arrow_type: Any) -> bool:
-    # list, large_list, list_view, fixed_size_list (and map) types have a value field; a dictionary has none
-    return hasattr(arrow_type, "value_field")
+    # list, large_list, list_view, fixed_size_list (and map) types have a value field; a dictionary has none. An
+    # extension type by its storage: fixed_shape_tensor, Arrow's type for a vector per row, is a fixed_size_list
+    return hasattr(getattr(arrow_type, "storage_type", arrow_type), "value_field")
 
 
 class _ArrowColumns:

@@ -290,3 +290,22 @@ def test_a_column_numpy_cannot_hold_is_an_invalid_input_naming_it(churn: inprocs
         r"cannot hold .*: convert the column \(pyarrow: \.cast",
     ):
         list(churn.predict_many("churn", table.set_column(3, "age", either)))
+
+
+def test_a_tensor_column_is_refused_as_a_column_of_lists(repository: Path, make_server: ServerFactory) -> None:
+    # Arrow's own type for a vector per row (FixedShapeTensorArray.from_numpy_ndarray(matrix)) is a list column
+    # under an extension type: it was "takes 3 values per row; the table has 1" for one of several inputs, and
+    # "not numbers; every column is a feature" for a one-input model, as a column of lists was
+    save_model(build_add_model(), repository, "add", 1)  # a, b: [batch, 3]; n: [batch, 1]
+    save_model(build_scale_model(2.0), repository, "scale", 1)  # x: [batch, 4]
+    server = make_server(repository)
+    triples = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ones((2, 3), np.float32))
+    with pytest.raises(
+        inprocserve.InvalidInputError,
+        match=r"column 'a' of the Arrow table holds extension<arrow\.fixed_shape_tensor.*> values, a list per row; "
+        r"input a: tensor\(float\) \[batch, 3\] takes one column per feature: a_0, a_1, \.\.\.",
+    ):
+        list(server.predict_many("add", pa.table({"a": triples, "b": triples, "n": [1, 2]})))
+    vectors = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ones((2, 4), np.float32))
+    with pytest.raises(inprocserve.InvalidInputError, match=r"column 'x' of the Arrow table holds extension<.*a list"):
+        server.predict("scale", pa.table({"x": vectors}))
