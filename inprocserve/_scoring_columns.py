@@ -317,7 +317,13 @@ class _ArrowColumn:
         if hasattr(column.type, "index_type"):
             # A ChunkedArray's to_numpy decodes a dictionary by its indices, the index under a null too: another
             # row's category, or a number, in its place. Decoded first, a null stays one (None, or NaN).
-            column = column.cast(column.type.value_type)
+            value_type = column.type.value_type
+            if str(value_type) == "string_view":  # (pyarrow has no kernel to decode it: its text as large_string)
+                import pyarrow as pa  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+                value_type = pa.large_string()
+                column = column.cast(pa.dictionary(column.type.index_type, value_type))
+            column = column.cast(value_type)
         if column.null_count and str(column.type) == "bool":
             # (its to_numpy gives objects, True and None, refused as no numbers; as floats, a null is NaN as in an
             # integer column: a float input's NaN, a missing value by position for any other input)
