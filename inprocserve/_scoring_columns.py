@@ -468,6 +468,8 @@ def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str, noun: st
                     f"{' (fill or drop missing values first)' if missing else ''}"
                 )
         return values.astype(object, copy=False)
+    if values.dtype.kind == "O" and spec.dtype.kind == "f":
+        values = _booleans_as_floats(values)
     # A float input takes NaN as an array's does (the version's nan_policy decides); any other cannot hold it
     if spec.dtype.kind != "f" and values.dtype.kind == "f" and np.isnan(values).any():
         position = int(np.isnan(values).argmax())
@@ -513,6 +515,22 @@ def _frame_column(frame: Any, key: Any, spec: InputColumns, label: str, noun: st
             )
         return cast
     return values.astype(spec.dtype, copy=False)
+
+
+def _booleans_as_floats(values: np.ndarray) -> np.ndarray:
+    """``values`` (objects) as floats if each is a boolean or a missing value (None, NA, NaN): a frame's boolean
+    column with a missing value (pandas' nullable ``boolean``, ``bool[pyarrow]``, ``to_pandas()`` of an Arrow
+    one) comes as objects, and a float input takes it as an Arrow table's, or an integer column's: NaN for the
+    missing value. Else ``values`` as they were (refused as objects)."""
+    floats = np.empty(len(values))
+    for position, value in enumerate(values):
+        if isinstance(value, (bool, np.bool_)):
+            floats[position] = value
+        elif value is None or (isinstance(value, float) and value != value) or type(value).__name__ == "NAType":
+            floats[position] = np.nan
+        else:
+            return values
+    return floats
 
 
 def to_float(values: np.ndarray, dtype: np.dtype[Any]) -> tuple[np.ndarray, int | None]:

@@ -327,3 +327,28 @@ def test_a_dictionary_encoded_column_of_string_views_is_text(churn: inprocserve.
         inprocserve.InvalidInputError, match=r"'city' of the Arrow table holds a missing value at position 1"
     ):
         list(churn.predict_many("churn", table.set_column(2, "city", cities)))
+
+
+def test_a_table_with_a_null_boolean_scores_the_same_read_through_pandas(churn: inprocserve.Server) -> None:
+    # A boolean column with a missing value comes out of a pandas frame as objects (True, None or <NA>): the
+    # table was scored (its null a float input's NaN) and the same rows as a frame refused, "holds object values
+    # ... convert the column"
+    pd = pytest.importorskip("pandas", reason="pandas is a test dependency (pip install -e '.[dev]')")
+    flags = [True, None, False, True, False, True]
+    table = customers(6).set_column(3, "age", pa.array(flags))
+    scores = scores_of(list(churn.predict_many("churn", table)))
+    assert [i for i, score in enumerate(scores) if np.isnan(score)] == [1]
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    # what table.to_pandas() makes of it, and pandas' nullable booleans, its own and Arrow's
+    for ages in (
+        pd.Series(flags, dtype=object),
+        pd.array(flags, "boolean"),
+        pd.array(flags, pd.ArrowDtype(pa.bool_())),
+    ):
+        frame = pd.DataFrame({**columns, "age": ages})
+        assert np.array_equal(scores_of(list(churn.predict_many("churn", frame))), scores, equal_nan=True)
+        assert np.array_equal(scores_of([churn.predict("churn", frame)]), scores, equal_nan=True)
+    with pytest.raises(  # (objects that are not all booleans or missing values are still refused)
+        inprocserve.InvalidInputError, match=r"column 'age' of the data frame holds object values"
+    ):
+        list(churn.predict_many("churn", pd.DataFrame({**columns, "age": [True, None, "no", 1, 0, 1]})))
