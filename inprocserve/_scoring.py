@@ -194,7 +194,7 @@ def score(
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, (np.ndarray, Mapping, Iterable)):
         raise TypeError(
             "inputs must be an array, a mapping of input name to array, or an iterable of such batches; "
-            f"got {type(inputs).__name__}"
+            f"got {type(inputs).__name__}{_stream_hint(inputs)}"
         )
     callback, bar = resolve_progress(progress=progress)
     request_rows = plan.request_rows or plan.chunk_rows
@@ -639,3 +639,13 @@ def _wait(
             if pin is None
             else submit(part, pin=pin, last_try=last_try)
         )
+
+
+def _stream_hint(value: object) -> str:
+    """How to pass a pyarrow dataset, which is not iterable itself (its batches are)."""
+    module = type(value).__module__.partition(".")[0]
+    return (
+        " (a pyarrow dataset: pass dataset.to_batches())"
+        if module == "pyarrow" and hasattr(value, "to_batches")
+        else ""
+    )

@@ -586,6 +586,10 @@ def _objects(array: np.ndarray, expected: np.dtype[Any]) -> str:
     boolean = expected.kind == "b"
     for index, element in enumerate(array.flat):
         if isinstance(element, (bool, np.bool_)) != boolean or not isinstance(element, allowed):
+            stream = hasattr(element, "to_batches") or hasattr(element, "read_next_batch")
+            if stream and type(element).__module__.partition(".")[0] == "pyarrow":
+                # (a RecordBatchReader or a dataset: a stream of batches, which predict_many scores)
+                return f"got a pyarrow {type(element).__name__}, a stream of batches: score it with predict_many"
             return f"element #{index} is {type(element).__name__} (ragged or {odd} values); send {what}"
     dtype = "bool" if boolean else f"np.{expected.name}"
     return (

@@ -352,3 +352,22 @@ def test_a_table_with_a_null_boolean_scores_the_same_read_through_pandas(churn: 
         inprocserve.InvalidInputError, match=r"column 'age' of the data frame holds object values"
     ):
         list(churn.predict_many("churn", pd.DataFrame({**columns, "age": [True, None, "no", 1, 0, 1]})))
+
+
+def test_a_stream_of_record_batches_given_to_the_wrong_call_is_told_which_call_scores_it(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # predict(model, reader) said "element #0 is RecordBatchReader (ragged or non-numeric values)", and
+    # predict_many(model, dataset) "got InMemoryDataset", neither saying what to do
+    import pyarrow.dataset as ds
+
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    table = pa.table({f"x_{i}": [1.0, 2.0] for i in range(4)})
+    for stream in (table.to_reader(), ds.dataset(table)):
+        with pytest.raises(inprocserve.InvalidInputError, match="a stream of batches: score it with predict_many"):
+            server.predict("scale", stream)
+    with pytest.raises(TypeError, match=r"got InMemoryDataset \(a pyarrow dataset: pass dataset.to_batches\(\)\)"):
+        server.predict_many("scale", ds.dataset(table))
+    answers = server.predict_many("scale", ds.dataset(table).to_batches())
+    assert [answer["y"].tolist() for answer in answers] == [[[2.0] * 4, [4.0] * 4]]
