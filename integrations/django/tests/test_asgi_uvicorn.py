@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import http.client
-import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from asgi_serving import call, serve
 
-from inprocserve.testing import build_scale_model, save_model
-from tests.ports import listening_socket
-
-TESTS = Path(__file__).parent
 CLIENTS = 32
 REQUESTS = 192
-
-
-def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        payload = None if body is None else json.dumps(body)
-        headers = {} if body is None else {"Content-Type": "application/json"}
-        connection.request(method, path, body=payload, headers=headers)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -43,45 +22,11 @@ def uvicorn_port(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[int
     loop = request.param
     if loop == "uvloop":
         pytest.importorskip("uvloop", reason="uvloop is not installed (it is in the dev extra)")
-    repository = tmp_path / "models"
-    save_model(build_scale_model(2.0), repository, "scale", 1)
-    (tmp_path / "asgi_settings.py").write_text(
-        f"from testproject_settings import *  # noqa: F403\nINPROCSERVE = {{'REPOSITORY': {str(repository)!r}}}\n"
-    )
-    listener = listening_socket()
-    port = listener.getsockname()[1]
-    environment = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "asgi_settings",
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS), *sys.path]),
-    }
-    command = [sys.executable, "-m", "uvicorn", "--factory", "django.core.asgi:get_asgi_application"]
-    command += ["--fd", str(listener.fileno()), "--loop", loop, "--log-level", "warning", "--no-access-log"]
-    with listener:  # closed here once uvicorn holds its own copy (and if it could not be started)
-        process = subprocess.Popen(command, env=environment, pass_fds=[listener.fileno()], stderr=subprocess.PIPE)
+    served = serve("uvicorn", tmp_path, loop=loop)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # bounded: until uvicorn answers, it exits, or a minute passes
-            if process.poll() is not None:
-                raise AssertionError(f"uvicorn exited: {process.stderr.read().decode() if process.stderr else ''}")
-            try:
-                if call(port, "GET", "/-/inprocserve/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("uvicorn did not answer within 60 s")
-            time.sleep(0.05)
-        yield port
+        yield served.port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
-        if process.stderr is not None:
-            process.stderr.close()
+        served.stop()
 
 
 def test_concurrent_requests_to_an_async_view_share_batches(uvicorn_port: int) -> None:

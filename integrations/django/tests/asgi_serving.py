@@ -1,0 +1,142 @@
+"""Real ASGI servers (uvicorn, daphne, hypercorn, granian) serving the Django test project, for the tests: started
+on a loopback port no other process can take, waited for, stopped by a signal, and timed as they stop."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inprocserve.testing import build_scale_model, save_model
+from tests.ports import listening_socket, reserved_port
+
+TESTS = Path(__file__).parent
+APPLICATION = "asgi_servers_app:application"
+
+
+def call(port: int, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, Any]:
+    """One request on a connection of its own; the status and the JSON body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        payload = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        headers = {} if payload is None else {"Content-Type": "application/json"}
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def _command(server: str, loop: str, fd: int | None, port: int | None, workers: int) -> list[str]:
+    python = [sys.executable, "-m"]
+    if server == "uvicorn":
+        return [
+            *python,
+            *("uvicorn", "--factory", "django.core.asgi:get_asgi_application", "--fd", str(fd), "--loop", loop),
+            *("--log-level", "warning", "--no-access-log"),
+        ]
+    if server == "daphne":  # (twisted's asyncio reactor, on a loop of asyncio's own: no choice of loop)
+        return [*python, "daphne", "--fd", str(fd), "-v", "0", APPLICATION]
+    if server == "hypercorn":
+        return [
+            *python,
+            *("hypercorn", "--bind", f"fd://{fd}", "-k", loop, "--workers", str(workers), "--log-level", "warning"),
+            APPLICATION,
+        ]
+    if server == "granian":  # (takes no socket: a port, bound with SO_REUSEADDR, which reserved_port allows)
+        return [
+            *python,
+            *("granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port), "--loop", loop),
+            *("--workers", str(workers), "--log-level", "warning", "--no-access-log", APPLICATION),
+        ]
+    raise ValueError(f"unknown server {server!r}")
+
+
+@dataclass
+class Served:
+    """A server process answering on ``port``; its stderr (and stdout) collected in ``log``."""
+
+    name: str
+    loop: str
+    workers: int
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    stopped_in_s: float | None = field(default=None)
+
+    def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, Any]:
+        return call(self.port, method, path, body, raw=raw)
+
+    def stop(self, signum: int = signal.SIGTERM, *, bound_s: float = 30.0) -> float:
+        """Send ``signum`` and wait (at most ``bound_s``, then SIGKILL) for the server to exit; the seconds it
+        took, which is ``bound_s`` or more for a server that had to be killed."""
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        try:
+            self.process.wait(timeout=bound_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.stopped_in_s = time.monotonic() - started
+        return self.stopped_in_s
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def serve(server: str, tmp_path: Path, *, loop: str = "asyncio", workers: int = 1) -> Served:
+    """Start ``server`` on the test project with a repository holding the ``scale`` model (y = 2 x, 4 columns),
+    and wait (at most a minute) until it answers."""
+    repository = tmp_path / "models"
+    if not repository.exists():
+        save_model(build_scale_model(2.0), repository, "scale", 1)
+    (tmp_path / "asgi_settings.py").write_text(
+        "from testproject_settings import *  # noqa: F403\n"
+        "ROOT_URLCONF = 'asgi_servers_urls'\n"
+        # errors of views (Django logs them only to mail_admins when DEBUG is off) to the log too
+        "LOGGING = {'version': 1, 'disable_existing_loggers': False, 'handlers': {'console': "
+        "{'class': 'logging.StreamHandler'}}, 'loggers': {'django.request': {'handlers': ['console']}}}\n"
+        f"INPROCSERVE = {{'REPOSITORY': {str(repository)!r}}}\n"
+    )
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "asgi_settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS), *sys.path]),
+    }
+    log = tmp_path / f"{server}-{loop}-{workers}.log"
+    if server == "granian":
+        port, fds = reserved_port(), ()
+        command = _command(server, loop, None, port, workers)
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, env=environment, stdout=out, stderr=subprocess.STDOUT)
+    else:
+        listener = listening_socket()
+        port, fds = listener.getsockname()[1], (listener.fileno(),)
+        command = _command(server, loop, listener.fileno(), None, workers)
+        with listener, log.open("wb") as out:  # this copy closed once the server holds its own
+            process = subprocess.Popen(command, env=environment, pass_fds=fds, stdout=out, stderr=subprocess.STDOUT)
+    served = Served(server, loop, workers, process, port, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # bounded: until it answers, it exits, or a minute passes
+            if process.poll() is not None:
+                raise AssertionError(f"{server} exited with {process.returncode}: {served.output()}")
+            try:
+                if call(port, "GET", "/-/inprocserve/health")[0] == 200:
+                    return served
+            except (OSError, http.client.HTTPException):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{server} did not answer within 60 s: {served.output()}")
+            time.sleep(0.05)
+    except BaseException:
+        served.stop(signal.SIGKILL)
+        raise
