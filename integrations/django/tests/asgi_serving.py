@@ -92,9 +92,10 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
-def serve(server: str, tmp_path: Path, *, loop: str = "asyncio", workers: int = 1) -> Served:
+def serve(server: str, tmp_path: Path, *, loop: str = "asyncio", workers: int = 1, inprocserve: str = "") -> Served:
     """Start ``server`` on the test project with a repository holding the ``scale`` model (y = 2 x, 4 columns),
-    and wait (at most a minute) until it answers."""
+    and wait (at most a minute) until it answers. ``inprocserve``: more entries of the ``INPROCSERVE`` setting,
+    as Python source (``"'EAGER': True"``)."""
     repository = tmp_path / "models"
     if not repository.exists():
         save_model(build_scale_model(2.0), repository, "scale", 1)
@@ -104,7 +105,7 @@ def serve(server: str, tmp_path: Path, *, loop: str = "asyncio", workers: int = 
         # errors of views (Django logs them only to mail_admins when DEBUG is off) to the log too
         "LOGGING = {'version': 1, 'disable_existing_loggers': False, 'handlers': {'console': "
         "{'class': 'logging.StreamHandler'}}, 'loggers': {'django.request': {'handlers': ['console']}}}\n"
-        f"INPROCSERVE = {{'REPOSITORY': {str(repository)!r}}}\n"
+        f"INPROCSERVE = {{'REPOSITORY': {str(repository)!r}, {inprocserve}}}\n"
     )
     environment = {
         **os.environ,

@@ -20,8 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from asgi_serving import Served, serve
+
+from inprocserve.testing import build_mlp_model, save_model
 
 CLIENTS = 32
 REQUESTS = 192
@@ -227,3 +230,51 @@ def test_granian_with_two_workers_answers_from_both_and_stops(tmp_path: Path) ->
     for pid in workers:  # the workers exited too, not only the process that started them
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+DRAINED = [("hypercorn", "asyncio"), ("granian", "uvloop"), ("daphne", "asyncio")]
+
+
+@pytest.mark.parametrize(("server", "loop"), DRAINED, ids=[server for server, _loop in DRAINED])
+def test_a_request_running_at_the_stop_is_answered_or_cut_and_the_server_exits(
+    server: str, loop: str, tmp_path: Path
+) -> None:
+    """SIGTERM while a long request (2,000 rows of an MLP: 0.2-1 s) is queued or running on a worker thread:
+    hypercorn and granian wait for it (hypercorn for up to its --graceful-timeout, 3 s by default), and its
+    answer reaches the client through the stopping loop; daphne cuts it at once (its own choice) and exits once
+    the run ends (the library's exit hook waits for runs inside onnxruntime). Either way the process exits by
+    itself, promptly."""
+    _needs(server, loop)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = save_model(build_mlp_model((4, 1024, 1024, 1024, 4), softmax=False), tmp_path / "models", "scale", 1)
+    rows = np.random.default_rng(0).standard_normal((2000, 4), dtype=np.float32)
+    expected = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": rows})[0]
+    served = serve(server, tmp_path, loop=loop)
+    answer: list[tuple[int, Any] | str] = []
+
+    def long_request() -> None:
+        try:
+            answer.append(served.call("POST", "/ascore", {"rows": rows.tolist()}))
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # (ValueError: a body cut short)
+            answer.append(type(exc).__name__)
+
+    client = threading.Thread(target=long_request)
+    try:
+        client.start()
+        deadline = time.monotonic() + 30
+        while scale_version(served)["in_flight"] == 0:  # until its run has started
+            assert time.monotonic() < deadline and client.is_alive(), answer
+            time.sleep(0.01)
+        stopped_in_s = served.stop(signal.SIGTERM, bound_s=STOP_BOUND_S)
+        client.join(timeout=30)
+    finally:
+        served.stop(signal.SIGKILL)
+    output = served.output()
+    assert stopped_in_s < STOP_BOUND_S and served.process.returncode == 0, output
+    assert not [text for text in tracebacks(output) if LIBRARY_FRAME.search(text)], output
+    if server == "daphne":  # (daphne kills the application instances still running when it stops)
+        assert answer in (["RemoteDisconnected"], ["ConnectionResetError"]) or answer[0][0] == 200, answer
+        return
+    [(status, body)] = answer
+    assert status == 200, body
+    np.testing.assert_allclose(np.asarray(body["y"], dtype=np.float32), expected, rtol=1e-4, atol=1e-4)
