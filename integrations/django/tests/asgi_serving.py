@@ -34,6 +34,20 @@ def call(port: int, method: str, path: str, body: Any = None, *, raw: bytes | No
         connection.close()
 
 
+def _processes() -> list[tuple[str, int]]:
+    """Each process's state letter and process group, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # (gone meanwhile)
+                continue
+            state, _parent, group = stat[stat.rindex(")") + 2 :].split()[:3]
+            found.append((state, int(group)))
+    return found
+
+
 def _command(server: str, loop: str, fd: int | None, port: int | None, workers: int) -> list[str]:
     python = [sys.executable, "-m"]
     if server == "uvicorn":
@@ -61,7 +75,9 @@ def _command(server: str, loop: str, fd: int | None, port: int | None, workers: 
 
 @dataclass
 class Served:
-    """A server process answering on ``port``; its stderr (and stdout) collected in ``log``."""
+    """A server process answering on ``port``; its stderr (and stdout) collected in ``log``. It leads a process
+    group of its own, with the workers it starts: signals go to it alone, as a deploy's would, and what is
+    left of the group once it exits was left behind."""
 
     name: str
     loop: str
@@ -70,6 +86,7 @@ class Served:
     port: int
     log: Path
     stopped_in_s: float | None = field(default=None)
+    left_behind: bool = field(default=False)  # a process it started (a worker) outlived it at its first stop
 
     def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, Any]:
         return call(self.port, method, path, body, raw=raw)
@@ -85,8 +102,24 @@ class Served:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=30)
-        self.stopped_in_s = time.monotonic() - started
-        return self.stopped_in_s
+        stopped_in_s = time.monotonic() - started
+        if self.stopped_in_s is None:  # (the first stop is the one measured)
+            self.stopped_in_s = stopped_in_s
+            self.left_behind = self._group_lives(grace_s=2.0)
+        if self._group_lives():  # workers it left: killed, once seen
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return stopped_in_s
+
+    def _group_lives(self, *, grace_s: float = 0.0) -> bool:
+        """Whether a process of its group is still running (not a zombie: this machine's init reaps slowly),
+        within ``grace_s`` (multiprocessing's resource tracker, which hypercorn starts, exits after it)."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            if not any(pgrp == self.process.pid and state != "Z" for state, pgrp in _processes()):
+                return False
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(0.02)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -117,13 +150,17 @@ def serve(server: str, tmp_path: Path, *, loop: str = "asyncio", workers: int = 
         port, fds = reserved_port(), ()
         command = _command(server, loop, None, port, workers)
         with log.open("wb") as out:
-            process = subprocess.Popen(command, env=environment, stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                command, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
     else:
         listener = listening_socket()
         port, fds = listener.getsockname()[1], (listener.fileno(),)
         command = _command(server, loop, listener.fileno(), None, workers)
         with listener, log.open("wb") as out:  # this copy closed once the server holds its own
-            process = subprocess.Popen(command, env=environment, pass_fds=fds, stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                command, env=environment, pass_fds=fds, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
     served = Served(server, loop, workers, process, port, log)
     try:
         deadline = time.monotonic() + 60
