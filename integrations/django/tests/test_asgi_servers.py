@@ -116,6 +116,26 @@ def test_an_invalid_body_is_a_400_and_the_server_keeps_serving(served: Served) -
     assert served.call("POST", "/ascore", {"rows": [[3, 3, 3, 3]]}) == (200, {"y": [[6.0] * 4], "version": 1})
 
 
+def test_invalid_requests_among_concurrent_ones_fail_alone(served: Served) -> None:
+    """Every fourth of 64 concurrent requests is invalid (text, a third axis): each of those is a 400 naming
+    what is wrong, and the valid ones that arrived with them are answered."""
+    invalid = {0: [["a", "b", "c", "d"]], 1: [[[1, 2, 3, 4]]]}
+
+    def score(index: int) -> tuple[int, Any]:
+        rows = invalid[index // 4 % 2] if index % 4 == 0 else [[index] * 4]
+        return served.call("POST", "/at-once", {"rows": rows})
+
+    with ThreadPoolExecutor(CLIENTS) as clients:
+        answers = list(clients.map(score, range(64)))
+    for index, (status, body) in enumerate(answers):
+        if index % 4 == 0:
+            assert status == 400 and body["error"] == "invalid_input", body
+            expected = "expected numbers of dtype float32" if index // 4 % 2 == 0 else "expected 2 dimensions"
+            assert expected in body["message"], body
+        else:
+            assert status == 200 and body["y"] == [[2.0 * index] * 4], body
+
+
 class Load:
     """Client threads sending requests to the async view, each on a new connection, until stopped; what each got:
     a status, or the name of the connection error."""
