@@ -6,7 +6,10 @@ sequence length it was traced with fails its load saying what was run and how to
 
 from __future__ import annotations
 
+import re
+import shutil
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +74,11 @@ class TimeMajor(torch.nn.Module):  # type: ignore[misc]
         return self.lstm(x)[0]
 
 
-def export(module: Any, args: tuple[Any, ...], path: Path, exporter: str, axes: dict[str, dict[int, str]]) -> None:
-    """``axes``: input or output name -> {axis: dimension name}, as each exporter is told them."""
+def export(
+    module: Any, args: tuple[Any, ...], path: Path, exporter: str, axes: dict[str, dict[int, str] | list[int]]
+) -> None:
+    """``axes``: input or output name -> {axis: dimension name}, as each exporter is told them; or a list of
+    axes, left for the exporter to name (the legacy one takes the list, the default one ``Dim.AUTO``)."""
     path.parent.mkdir(parents=True)
     inputs = list(axes)[: len(args)]
     outputs = list(axes)[len(args) :]
@@ -85,8 +91,12 @@ def export(module: Any, args: tuple[Any, ...], path: Path, exporter: str, axes: 
         else:
             dims: dict[str, Any] = {}
             shapes = {
-                name: {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in axes[name].items()}
-                for name in inputs
+                name: (
+                    dict.fromkeys(given, torch.export.Dim.AUTO)
+                    if isinstance(given, list)
+                    else {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in given.items()}
+                )
+                for name, given in ((name, axes[name]) for name in inputs)
             }
             torch.onnx.export(
                 module, args, str(path), input_names=inputs, output_names=outputs, dynamic_shapes=shapes, dynamo=True
@@ -109,6 +119,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
                {"input_ids": text, "attention_mask": text, "logits": batch})  # fmt: skip
         export(modules["centred"], (torch.randn(3, 4),), folder / f"centred-{exporter}" / "1" / "model.onnx",
                exporter, {"x": batch, "y": batch})  # fmt: skip
+        # the axes left for the exporter to name: Dim.AUTO's s0, s1 / the legacy one's input_ids_dynamic_axes_1
+        export(modules["encoder"], (ids, mask), folder / f"encoder-unnamed-{exporter}" / "1" / "model.onnx",
+               exporter, {"input_ids": [0, 1], "attention_mask": [0, 1], "logits": [0]})  # fmt: skip
+    # the same export, its requests of lengths within a power of two padded to share runs (a tokenizer's pad id 0)
+    shutil.copytree(folder / "encoder-dynamo", folder / "encoder-padded")  # (model.onnx and its model.onnx.data)
+    (folder / "encoder-padded" / "config.toml").write_text(
+        "[batching]\nmax_delay_s = 0.05\n[batching.padding]\ninputs = { input_ids = 1, attention_mask = 1 }\n"
+    )
     return folder, modules
 
 
@@ -134,15 +152,41 @@ def test_an_exported_classifier_answers_as_torch_does_with_its_requests_merged(s
     server, modules = served
     model = f"classifier-{exporter}"
     assert version_status(server, model)["batchable"] is True
+    assert version_status(server, model)["signature"]["batchable"] is True
     before = version_status(server, model)
-    rows = np.random.default_rng(1).standard_normal((200, 1, 4)).astype(np.float32)
-    futures = [server.submit(model, row) for row in rows]  # one-row requests, all at once
-    for row, future in zip(rows, futures, strict=True):
-        np.testing.assert_allclose(future.result(timeout=30)["probs"], torch_answer(modules["classifier"], row),
-                                   atol=1e-6)  # fmt: skip
+    rows = np.random.default_rng(1).standard_normal((8, 25, 1, 4)).astype(np.float32)
+
+    def client(requests: np.ndarray) -> list[np.ndarray]:  # one-row requests, 25 at once from each of 8 threads
+        futures = [server.submit(model, row) for row in requests]
+        return [future.result(timeout=30)["probs"] for future in futures]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(client, rows))
+    for requests, probs in zip(rows, answers, strict=True):
+        for row, answer in zip(requests, probs, strict=True):
+            np.testing.assert_allclose(answer, torch_answer(modules["classifier"], row), atol=1e-6)
     after = version_status(server, model)
     assert after["rows_run"] - before["rows_run"] == 200
     assert after["batches_run"] - before["batches_run"] < 200  # merged into shared runs
+
+
+def encoder_requests(seed: int, count: int, lengths: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One-row requests of token ids and a mask, of lengths from ``lengths[0]`` to ``lengths[1]``, each with
+    padding at its end, as a tokenizer pads."""
+    rng = np.random.default_rng(seed)
+    requests = []
+    for _ in range(count):
+        length = int(rng.integers(lengths[0], lengths[1] + 1))
+        mask = np.ones((1, length), np.int64)
+        mask[0, length // 2 + 1 :] = 0
+        requests.append((rng.integers(0, 100, (1, length)).astype(np.int64), mask))
+    return requests
+
+
+def assert_encoder_answers(server: inprocserve.Server, model: str, encoder: Any, requests: list[Any]) -> None:
+    futures = [server.submit(model, {"input_ids": ids, "attention_mask": mask}) for ids, mask in requests]
+    for (ids, mask), future in zip(requests, futures, strict=True):
+        np.testing.assert_allclose(future.result(timeout=30)["logits"], torch_answer(encoder, ids, mask), atol=1e-5)
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
@@ -150,17 +194,56 @@ def test_an_exported_encoder_answers_each_sequence_length_as_torch_does(served: 
     server, modules = served
     model = f"encoder-{exporter}"
     assert version_status(server, model)["batchable"] is True
-    rng = np.random.default_rng(2)
-    requests = []
-    for _ in range(60):
-        length = int(rng.integers(1, 12))
-        mask = np.ones((1, length), np.int64)
-        mask[0, length // 2 + 1 :] = 0  # padding at the end, as a tokenizer pads
-        requests.append((rng.integers(0, 100, (1, length)).astype(np.int64), mask))
-    futures = [server.submit(model, {"input_ids": ids, "attention_mask": mask}) for ids, mask in requests]
-    for (ids, mask), future in zip(requests, futures, strict=True):
-        np.testing.assert_allclose(future.result(timeout=30)["logits"], torch_answer(modules["encoder"], ids, mask),
-                                   atol=1e-5)  # fmt: skip
+    before = version_status(server, model)
+    assert_encoder_answers(server, model, modules["encoder"], encoder_requests(2, 60, (1, 11)))
+    after = version_status(server, model)
+    assert after["rows_run"] - before["rows_run"] == 60
+    assert after["batches_run"] - before["batches_run"] < 60  # those of one length share runs
+    # the sequence axis both inputs are named after is one length: inputs that disagree are refused by name
+    with pytest.raises(inprocserve.InvalidInputError, match="dimension 'sequence' must be the same in every input"):
+        server.predict(model, {"input_ids": np.zeros((1, 5), np.int64), "attention_mask": np.ones((1, 4), np.int64)})
+
+
+def test_an_exported_encoders_requests_of_different_lengths_share_runs_when_padded(served: Any) -> None:
+    # padded with 0, which the attention mask leaves out of the pooling: the answers are torch's unpadded ones
+    server, modules = served
+    before = version_status(server, "encoder-padded")
+    assert_encoder_answers(server, "encoder-padded", modules["encoder"], encoder_requests(5, 40, (4, 7)))
+    after = version_status(server, "encoder-padded")
+    assert after["rows_run"] - before["rows_run"] == 40
+    assert after["batches_run"] - before["batches_run"] < 4  # unpadded, each of the 4 lengths needs a run
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_the_axis_names_an_exporter_makes_up_are_read_as_one_batch_axis(served: Any, exporter: str) -> None:
+    server, modules = served
+    model = f"encoder-unnamed-{exporter}"
+    status = version_status(server, model)
+    shapes = {spec["name"]: spec["shape"] for spec in status["signature"]["inputs"] + status["signature"]["outputs"]}
+    if exporter == "dynamo":  # torch.export's symbols, one per dimension, shared by the inputs and the output
+        rows, sequence = shapes["input_ids"]
+        assert re.fullmatch(r"s\d+", rows) and re.fullmatch(r"s\d+", sequence) and rows != sequence
+        assert shapes == {"input_ids": [rows, sequence], "attention_mask": [rows, sequence], "logits": [rows, 2]}
+    else:  # one name per axis of each tensor: named apart, left to the load's run of the model
+        assert shapes == {
+            "input_ids": ["input_ids_dynamic_axes_1", "input_ids_dynamic_axes_2"],
+            "attention_mask": ["attention_mask_dynamic_axes_1", "attention_mask_dynamic_axes_2"],
+            "logits": ["logits_dynamic_axes_1", 2],
+        }
+    assert status["batchable"] is True, status["unbatchable_reason"]
+    before = version_status(server, model)
+    assert_encoder_answers(server, model, modules["encoder"], encoder_requests(6, 30, (6, 6)))
+    assert version_status(server, model)["batches_run"] - before["batches_run"] < 30
+    mismatched = {"input_ids": np.zeros((1, 5), np.int64), "attention_mask": np.ones((1, 4), np.int64)}
+    if exporter == "dynamo":
+        with pytest.raises(inprocserve.InvalidInputError, match=f"dimension '{sequence}' must be the same"):
+            server.predict(model, mismatched)
+    else:  # nothing names the two lengths alike: onnxruntime finds them apart, and it is that request's error alone
+        with pytest.raises(inprocserve.InferenceError, match="Attempting to broadcast an axis"):
+            server.predict(model, mismatched)
+        ids, mask = encoder_requests(7, 1, (3, 3))[0]
+        answer = server.predict(model, {"input_ids": ids, "attention_mask": mask})["logits"]
+        np.testing.assert_allclose(answer, torch_answer(modules["encoder"], ids, mask), atol=1e-5)
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
