@@ -130,6 +130,7 @@ class ModelVersion:
         self._deliver = deliver
         self._clock = clock
         self._follow_symlinks = follow_symlinks
+        self._made_up_inner_size = 1  # dynamic inner axes of the warm-up's made-up request (_warm_up)
         self._backend = backend
         self._backend_factory: BackendFactory = (
             backend_factory if backend_factory is not None else functools.partial(build_backend, clock=clock)
@@ -393,7 +394,8 @@ class ModelVersion:
         if not (batchable and batching.enabled and rows > 1):
             return None
         runner = self.backend.runners()[0]
-        small, large = signature.synthesize(1), signature.synthesize(rows)
+        small = signature.synthesize(1, self._made_up_inner_size)
+        large = signature.synthesize(rows, self._made_up_inner_size)
 
         def timed(feeds: dict[str, np.ndarray]) -> float:
             start = time.perf_counter()
@@ -409,7 +411,8 @@ class ModelVersion:
             logger.info("model %r version %s: run cost not measured (%s)", self.name, self.version, exc)
             return None
         per_row = max(0.0, (many - one) / (rows - 1))
-        # (measured with each dynamic inner axis of size 1: a longer sequence weighs more, see RunCost)
+        # (measured with each dynamic inner axis of the warm-up's size, 1 unless the model needs more: a longer
+        # sequence weighs more, see RunCost)
         row_elements = {name: array.size for name, array in small.items()} if signature.has_dynamic_inner_axes else None
         return RunCost(fixed_s=max(0.0, one - per_row), per_row_s=per_row, row_elements=row_elements)
 
@@ -493,22 +496,42 @@ class ModelVersion:
             for _ in range(warmup.runs):
                 self.backend.run(runner, feeds)
             return
-        feeds = signature.synthesize(warmup.rows if signature.batchable else 1)
-        try:
-            for _ in range(warmup.runs):
-                self.backend.run(runner, feeds)
-        except InferenceError as exc:
-            # A model that runs only on some sizes of an axis it declares dynamic (torch.onnx.export's exporter
-            # can fix a sequence length inside the graph) failed here with onnxruntime's words alone ("cannot
-            # be reshaped"), and the version never loaded, with no word of what was run or how to load it.
-            shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in feeds.items())
-            raise type(exc)(
-                f"{exc.message.rstrip()} (on the warm-up's made-up request of zeros, {shapes}; a model that runs "
-                "only on some sizes of the axes it declares dynamic takes real inputs from warmup.inputs_file in its "
-                "config.toml: docs/repository.md)",
-                model=self.name,
-                version=self.version,
-            ) from exc
+        rows = warmup.rows if signature.batchable else 1
+        # A convolution over time (torch.nn.Conv1d of kernel 5) needs more steps than the made-up request's 1:
+        # it failed its warm-up ("Invalid input shape: {1}") and never loaded. Its dynamic inner axes are made
+        # longer, as the check of its rows makes them, and the first length that runs is kept for the next
+        # session's warm-up and for the run cost.
+        known = self._made_up_inner_size
+        tried = (1, *PROBE_INNER_SIZES) if signature.has_dynamic_inner_axes else (1,)
+        sizes = (known, *(size for size in tried if size != known))
+        first_failure: InferenceError | None = None
+        for size in sizes:
+            feeds = signature.synthesize(rows, size)
+            try:
+                for _ in range(warmup.runs):
+                    self.backend.run(runner, feeds)
+            except InferenceError as exc:
+                first_failure = first_failure or exc
+                continue
+            self._made_up_inner_size = size
+            return
+        assert first_failure is not None
+        # A model that runs only on some sizes of an axis it declares dynamic (torch.onnx.export's exporter can fix
+        # a sequence length inside the graph) failed here with onnxruntime's words alone ("cannot be reshaped"),
+        # and the version never loaded, with no word of what was run or how to load it.
+        shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in signature.synthesize(rows).items())
+        longer = (
+            f", and again with its dynamic inner axes {', '.join(map(str, PROBE_INNER_SIZES))} long"
+            if len(sizes) > 1
+            else ""
+        )
+        raise type(first_failure)(
+            f"{first_failure.message.rstrip()} (on the warm-up's made-up request of zeros, {shapes}{longer}; a model "
+            "that runs only on some sizes of the axes it declares dynamic takes real inputs from warmup.inputs_file "
+            "in its config.toml: docs/repository.md)",
+            model=self.name,
+            version=self.version,
+        ) from first_failure
 
     def _load_warmup_file(self, name: str, signature: Signature) -> dict[str, np.ndarray]:
         path = resolve_model_file(

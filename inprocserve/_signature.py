@@ -330,12 +330,12 @@ class Signature:
 
     # -- warm-up ----------------------------------------------------------------------------------------
 
-    def synthesize(self, rows: int) -> dict[str, np.ndarray]:
-        """Zero-filled inputs of ``rows`` rows (dynamic axes of size 1), for warm-up runs."""
+    def synthesize(self, rows: int, inner_size: int = 1) -> dict[str, np.ndarray]:
+        """Zero-filled inputs of ``rows`` rows (other dynamic axes of ``inner_size``), for warm-up runs."""
         arrays = {}
         for spec in self.inputs:
             assert spec.dtype is not None
-            shape = [d if isinstance(d, int) and d >= 0 else 1 for d in (spec.shape or ())]
+            shape = [d if isinstance(d, int) and d >= 0 else inner_size for d in (spec.shape or ())]
             if shape and _is_dynamic((spec.shape or (None,))[0]):
                 shape[0] = rows
             if spec.is_string:

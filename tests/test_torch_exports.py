@@ -58,6 +58,17 @@ class Centred(torch.nn.Module):  # type: ignore[misc]
         return x - x.mean(dim=0, keepdim=True)
 
 
+class Detector(torch.nn.Module):  # type: ignore[misc]
+    """A convolution over time, as in audio or sensor models: [batch, channels, time], max-pooled over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 8, kernel_size=5)
+
+    def forward(self, x: Any) -> Any:
+        return self.conv(x).amax(dim=-1)
+
+
 class Pair(torch.nn.Module):  # type: ignore[misc]
     def forward(self, a: Any, b: Any) -> tuple[Any, Any]:
         return a * 2, b + 1
@@ -108,7 +119,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     """The modules, each exported once per exporter into one repository (the exports take a few seconds)."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("torch-exports")
-    modules = {"classifier": Classifier().eval(), "encoder": Encoder().eval(), "centred": Centred().eval()}
+    modules = {"classifier": Classifier().eval(), "encoder": Encoder().eval(), "centred": Centred().eval(),
+               "detector": Detector().eval()}  # fmt: skip
     ids, mask = torch.randint(0, 100, (2, 5)), torch.ones(2, 5, dtype=torch.int64)
     for exporter in EXPORTERS:
         batch = {0: "batch"}
@@ -119,6 +131,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
                {"input_ids": text, "attention_mask": text, "logits": batch})  # fmt: skip
         export(modules["centred"], (torch.randn(3, 4),), folder / f"centred-{exporter}" / "1" / "model.onnx",
                exporter, {"x": batch, "y": batch})  # fmt: skip
+        export(modules["detector"], (torch.randn(2, 4, 10),), folder / f"detector-{exporter}" / "1" / "model.onnx",
+               exporter, {"x": {0: "batch", 2: "time"}, "scores": batch})  # fmt: skip
         # the axes left for the exporter to name: Dim.AUTO's s0, s1 / the legacy one's input_ids_dynamic_axes_1
         export(modules["encoder"], (ids, mask), folder / f"encoder-unnamed-{exporter}" / "1" / "model.onnx",
                exporter, {"input_ids": [0, 1], "attention_mask": [0, 1], "logits": [0]})  # fmt: skip
@@ -261,6 +275,27 @@ def test_an_export_whose_rows_depend_on_each_other_is_found_at_load_and_never_me
         np.testing.assert_allclose(future.result(timeout=30)["y"], torch_answer(modules["centred"], x), atol=1e-6)
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_an_exported_convolution_over_time_loads_and_answers_each_length_as_torch_does(
+    served: Any, exporter: str
+) -> None:
+    # its kernel of 5 needs 5 steps or more: the load's made-up request of 1 step failed its warm-up, and this
+    # model, served as exported, never loaded ("Invalid input shape: {1}")
+    server, modules = served
+    model = f"detector-{exporter}"
+    status = version_status(server, model)
+    assert status["error"] is None
+    assert status["batchable"] is True
+    assert status["run_cost_ms"] is not None  # measured on the warm-up's length that runs
+    rng = np.random.default_rng(8)
+    requests = [rng.standard_normal((1, 4, int(rng.integers(5, 9)))).astype(np.float32) for _ in range(40)]
+    futures = [server.submit(model, x) for x in requests]
+    for x, future in zip(requests, futures, strict=True):
+        np.testing.assert_allclose(future.result(timeout=30)["scores"], torch_answer(modules["detector"], x), atol=1e-5)
+    with pytest.raises(inprocserve.InferenceError, match="Invalid input shape"):  # shorter than the kernel
+        server.predict(model, np.zeros((1, 4, 3), np.float32))
+
+
 def test_inputs_whose_batch_axes_the_exporter_names_apart_still_share_their_rows(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:
@@ -310,7 +345,7 @@ def test_an_export_that_runs_only_at_its_traced_length_says_what_the_warm_up_ran
     server = make_server(tmp_path)
     error = server.status()["models"]["lstm"]["versions"]["1"]["error"]
     assert "failed its warm-up run" in error and "reshape" in error.lower()
-    assert "made-up request of zeros, x [1, 1, 4]" in error
+    assert "made-up request of zeros, x [1, 1, 4], and again with its dynamic inner axes 2, 16, 64 long" in error
     assert "takes real inputs from warmup.inputs_file" in error
     # as told: real inputs of the length it runs on, and it loads and answers as torch does
     x = np.random.default_rng(4).standard_normal((5, 2, 4)).astype(np.float32)
