@@ -316,6 +316,22 @@ def test_an_exported_convolution_over_time_loads_and_answers_each_length_as_torc
         server.predict(model, np.zeros((1, 4, 3), np.float32))
 
 
+def test_the_default_exporters_weights_file_beside_the_model_is_needed_and_named_when_left_behind(
+    exported: tuple[Path, dict[str, Any]], tmp_path: Path, make_server: ServerFactory
+) -> None:
+    # torch.onnx.export(dynamo=True) writes model.onnx.data beside model.onnx (the embedding's weights here)
+    source = exported[0] / "encoder-dynamo" / "1"
+    assert (source / "model.onnx.data").stat().st_size > 0
+    (tmp_path / "encoder" / "1").mkdir(parents=True)
+    shutil.copy(source / "model.onnx", tmp_path / "encoder" / "1")  # the model file alone, as one might copy it
+    error = make_server(tmp_path).status()["models"]["encoder"]["versions"]["1"]["error"]
+    assert "keeps its data outside the model at 'model.onnx.data', which is not a file in the version folder" in error
+    shutil.copy(source / "model.onnx.data", tmp_path / "encoder" / "1")
+    ids, mask = encoder_requests(9, 1, (5, 5))[0]
+    answer = make_server(tmp_path).predict("encoder", {"input_ids": ids, "attention_mask": mask})["logits"]
+    np.testing.assert_allclose(answer, torch_answer(exported[1]["encoder"], ids, mask), atol=1e-5)
+
+
 def test_inputs_whose_batch_axes_the_exporter_names_apart_still_share_their_rows(
     tmp_path: Path, make_server: ServerFactory
 ) -> None:
