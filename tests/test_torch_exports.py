@@ -51,6 +51,18 @@ class Encoder(torch.nn.Module):  # type: ignore[misc]
         return self.head(pooled)
 
 
+class Tagger(torch.nn.Module):  # type: ignore[misc]
+    """A token classifier's shape (named entities): a score per token, [batch, sequence, 3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(100, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        return self.head(self.embedding(input_ids)) * attention_mask.unsqueeze(-1).to(torch.float32)
+
+
 class Centred(torch.nn.Module):  # type: ignore[misc]
     """Each row minus the mean of its batch: a row's answer depends on the other rows of its run."""
 
@@ -138,8 +150,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     """The modules, each exported once per exporter into one repository (the exports take a few seconds)."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("torch-exports")
-    modules = {"classifier": Classifier().eval(), "encoder": Encoder().eval(), "centred": Centred().eval(),
-               "detector": Detector().eval(), "normalized": Normalized().train()}  # fmt: skip
+    modules = {
+        "classifier": Classifier().eval(),
+        "encoder": Encoder().eval(),
+        "tagger": Tagger().eval(),
+        "detector": Detector().eval(),
+        "centred": Centred().eval(),
+        "normalized": Normalized().train(),
+    }
     ids, mask = torch.randint(0, 100, (2, 5)), torch.ones(2, 5, dtype=torch.int64)
     for exporter in EXPORTERS:
         batch = {0: "batch"}
@@ -160,9 +178,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
            {"x": batch, "y": batch}, training=torch.onnx.TrainingMode.TRAINING)  # fmt: skip
     # the same export, its requests of lengths within a power of two padded to share runs (a tokenizer's pad id 0)
     shutil.copytree(folder / "encoder-dynamo", folder / "encoder-padded")  # (model.onnx and its model.onnx.data)
-    (folder / "encoder-padded" / "config.toml").write_text(
-        "[batching]\nmax_delay_s = 0.05\n[batching.padding]\ninputs = { input_ids = 1, attention_mask = 1 }\n"
-    )
+    padding = "[batching]\nmax_delay_s = 0.05\n[batching.padding]\ninputs = { input_ids = 1, attention_mask = 1 }\n"
+    (folder / "encoder-padded" / "config.toml").write_text(padding)
+    # and a score per token, cropped back to each request's length
+    text = {0: "batch", 1: "sequence"}
+    export(modules["tagger"], (ids, mask), folder / "tagger-padded" / "1" / "model.onnx", "legacy",
+           {"input_ids": text, "attention_mask": text, "tags": text})  # fmt: skip
+    (folder / "tagger-padded" / "config.toml").write_text(padding + "outputs = { tags = 1 }\n")
     return folder, modules
 
 
@@ -219,10 +241,12 @@ def encoder_requests(seed: int, count: int, lengths: tuple[int, int]) -> list[tu
     return requests
 
 
-def assert_encoder_answers(server: inprocserve.Server, model: str, encoder: Any, requests: list[Any]) -> None:
+def assert_encoder_answers(
+    server: inprocserve.Server, model: str, encoder: Any, requests: list[Any], output: str = "logits"
+) -> None:
     futures = [server.submit(model, {"input_ids": ids, "attention_mask": mask}) for ids, mask in requests]
     for (ids, mask), future in zip(requests, futures, strict=True):
-        np.testing.assert_allclose(future.result(timeout=30)["logits"], torch_answer(encoder, ids, mask), atol=1e-5)
+        np.testing.assert_allclose(future.result(timeout=30)[output], torch_answer(encoder, ids, mask), atol=1e-5)
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
@@ -240,12 +264,16 @@ def test_an_exported_encoder_answers_each_sequence_length_as_torch_does(served: 
         server.predict(model, {"input_ids": np.zeros((1, 5), np.int64), "attention_mask": np.ones((1, 4), np.int64)})
 
 
-def test_an_exported_encoders_requests_of_different_lengths_share_runs_when_padded(served: Any) -> None:
-    # padded with 0, which the attention mask leaves out of the pooling: the answers are torch's unpadded ones
+@pytest.mark.parametrize(("model", "output"), [("encoder", "logits"), ("tagger", "tags")])
+def test_an_exported_encoders_requests_of_different_lengths_share_runs_when_padded(
+    served: Any, model: str, output: str
+) -> None:
+    # padded with 0, which the attention mask leaves out of the pooling, and the tagger's scores per token
+    # cropped back to each request's length (a longer answer fails the comparison): the answers are torch's
     server, modules = served
-    before = version_status(server, "encoder-padded")
-    assert_encoder_answers(server, "encoder-padded", modules["encoder"], encoder_requests(5, 40, (4, 7)))
-    after = version_status(server, "encoder-padded")
+    before = version_status(server, f"{model}-padded")
+    assert_encoder_answers(server, f"{model}-padded", modules[model], encoder_requests(5, 40, (4, 7)), output)
+    after = version_status(server, f"{model}-padded")
     assert after["rows_run"] - before["rows_run"] == 40
     assert after["batches_run"] - before["batches_run"] < 4  # unpadded, each of the 4 lengths needs a run
 
