@@ -500,9 +500,11 @@ class ModelVersion:
         # A convolution over time (torch.nn.Conv1d of kernel 5) needs more steps than the made-up request's 1:
         # it failed its warm-up ("Invalid input shape: {1}") and never loaded. Its dynamic inner axes are made
         # longer, as the check of its rows makes them, and the first length that runs is kept for the next
-        # session's warm-up and for the run cost.
+        # session's warm-up and for the run cost. (Not for a remote model server, which the load calls no more
+        # than it must: a slow or metered model, or one that is down, would hold every worker's start.)
         known = self._made_up_inner_size
-        tried = (1, *PROBE_INNER_SIZES) if signature.has_dynamic_inner_axes else (1,)
+        longer = signature.has_dynamic_inner_axes and self.backend.kind != "remote"
+        tried = (1, *PROBE_INNER_SIZES) if longer else (1,)
         sizes = (known, *(size for size in tried if size != known))
         first_failure: InferenceError | None = None
         for size in sizes:
@@ -520,13 +522,13 @@ class ModelVersion:
         # a sequence length inside the graph) failed here with onnxruntime's words alone ("cannot be reshaped"),
         # and the version never loaded, with no word of what was run or how to load it.
         shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in signature.synthesize(rows).items())
-        longer = (
+        again = (
             f", and again with its dynamic inner axes {', '.join(map(str, PROBE_INNER_SIZES))} long"
             if len(sizes) > 1
             else ""
         )
         raise type(first_failure)(
-            f"{first_failure.message.rstrip()} (on the warm-up's made-up request of zeros, {shapes}{longer}; a model "
+            f"{first_failure.message.rstrip()} (on the warm-up's made-up request of zeros, {shapes}{again}; a model "
             "that runs only on some sizes of the axes it declares dynamic takes real inputs from warmup.inputs_file "
             "in its config.toml: docs/repository.md)",
             model=self.name,
