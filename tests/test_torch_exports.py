@@ -1,8 +1,10 @@
 """Models exported from PyTorch for real, by both of ``torch.onnx.export``'s exporters (the default one since
 torch 2.9, built on ``torch.export``, and the legacy TorchScript one), served as a team would serve them: answers
-equal torch's, merged or alone; a model whose rows depend on each other is found at load and never merged; two
-inputs whose batch axes the exporter names apart still share rows; and an export that runs only on the
-sequence length it was traced with fails its load saying what was run and how to load it."""
+equal torch's, merged or alone; an encoder's and a tagger's requests of different lengths merged by length, or
+padded; a convolution over time that needs more steps than the warm-up's made-up one; models whose rows depend
+on each other found at load and never merged; the axis names each exporter writes, or makes up, read as one
+batch axis; the default exporter's weights file; and an export that runs only on the sequence length it was
+traced with fails its load saying what was run and how to load it."""
 
 from __future__ import annotations
 
