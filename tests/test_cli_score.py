@@ -16,6 +16,7 @@ import pytest
 from inprocserve.__main__ import main
 from inprocserve.testing import build_add_model, build_gather_model, build_mlp_model, build_scale_model, save_model
 
+from .interruptible import interruptible
 from .toolkit_models import CLASSES, build_string_label_classifier
 
 
@@ -225,7 +226,7 @@ def test_a_run_stopped_by_a_signal_leaves_no_partial_file(tmp_path: Path, stop: 
         str(tmp_path / "x.npy"),
         str(tmp_path / "y.csv"),
     ]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob("*.partial")):  # answers are being written
@@ -241,13 +242,6 @@ def test_a_run_stopped_by_a_signal_leaves_no_partial_file(tmp_path: Path, stop: 
     ]
     assert not (tmp_path / "y.csv").exists()
     _no_leftovers(tmp_path)
-
-
-def _interruptible() -> None:
-    """In the child before it runs Python: Ctrl-C's signal as a terminal gives it. A shell ignores SIGINT in
-    the commands it starts in the background (a CI runner's job may be one), the child inherits that, and
-    Python then installs no KeyboardInterrupt handler: the test's SIGINT did nothing."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _run_stopped(
@@ -276,7 +270,7 @@ def _run_stopped(
 # Runs the command, with the signal sent as soon as onnxruntime's compiled module begins to initialize.
 _STOPPED_WHILE_ONNXRUNTIME_LOADS = """
 import os, runpy, signal, sys, threading, time
-signal.signal(signal.SIGINT, signal.default_int_handler)  # (see _interruptible)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (see tests/interruptible.py)
 signal_number = int(sys.argv.pop(1))
 def stop():
     while "onnxruntime.capi.onnxruntime_pybind11_state" not in sys.modules:
@@ -301,7 +295,7 @@ def test_a_run_stopped_while_onnxruntime_loads_says_it_was_stopped(
 # writer that removes it: the file was left, in one CI run of the test above).
 _STOPPED_AS_THE_OUTPUT_FILE_IS_MADE = """
 import os, pathlib, runpy, signal, sys
-signal.signal(signal.SIGINT, signal.default_int_handler)  # (see _interruptible)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (see tests/interruptible.py)
 signal_number = int(sys.argv.pop(1))
 touch = pathlib.Path.touch
 def touch_then_stop(self, *args, **kwargs):
@@ -326,7 +320,7 @@ def test_a_run_stopped_as_its_output_file_is_made_leaves_no_partial_file(
 _SIGNAL_DROPPED_AS_THE_MODEL_LOADS = """
 import runpy, signal, sys
 import inprocserve._scoring_io as scoring
-signal.signal(signal.SIGINT, signal.default_int_handler)  # (see _interruptible)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (see tests/interruptible.py)
 signal_number = int(sys.argv.pop(1))
 loaded = scoring._loaded
 class Finalized:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from inprocserve.testing import build_scale_model, save_model
+from tests.interruptible import interruptible
 from tests.ports import listening_socket, reserved_port
 
 TESTS = Path(__file__).parent
@@ -151,7 +152,12 @@ def serve(server: str, tmp_path: Path, *, loop: str = "asyncio", workers: int = 
         command = _command(server, loop, None, port, workers)
         with log.open("wb") as out:
             process = subprocess.Popen(
-                command, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                env=environment,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=interruptible,  # (the SIGINT tests' signal reaches it even where CI's shell ignores it)
             )
     else:
         listener = listening_socket()
@@ -159,7 +165,13 @@ def serve(server: str, tmp_path: Path, *, loop: str = "asyncio", workers: int = 
         command = _command(server, loop, listener.fileno(), None, workers)
         with listener, log.open("wb") as out:  # this copy closed once the server holds its own
             process = subprocess.Popen(
-                command, env=environment, pass_fds=fds, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                env=environment,
+                pass_fds=fds,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=interruptible,
             )
     served = Served(server, loop, workers, process, port, log)
     try:

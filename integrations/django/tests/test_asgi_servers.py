@@ -27,11 +27,7 @@ from inprocserve.testing import build_mlp_model, save_model
 
 CLIENTS = 32
 REQUESTS = 192
-# Each stopped in 0.1-0.9 s here (2 cores, under load), but once, in a CI run beside another test process, daphne
-# took 10 s on SIGINT under load with nothing on its output: daphne gives an application instance its
-# --application-close-timeout (10 s by default) to end after its client is gone. Not reproduced in 24 runs,
-# 12 with the cores kept busy; a server that hangs is far past 20 s all the same.
-STOP_BOUND_S = 20.0
+STOP_BOUND_S = 10.0  # each stopped in 0.1-0.9 s here (2 cores, under load): a server that hangs is far past it
 LOOPS = {"asyncio": "asyncio.unix_events._UnixSelectorEventLoop", "uvloop": "uvloop.Loop"}
 
 SERVED = [

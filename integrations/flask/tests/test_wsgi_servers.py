@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
+from tests.interruptible import interruptible
 from tests.ports import reserved_port
 
 HERE = Path(__file__).parent
@@ -84,7 +85,7 @@ class Served:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 _command(server, port, workers), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=HERE,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=interruptible,  # (SIGINT reaches it where CI's shell ignores it)
             )  # fmt: skip
         deadline = time.monotonic() + 60
         while True:
