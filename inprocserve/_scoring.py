@@ -35,6 +35,7 @@ from ._request import drop_tracebacks, let_go_of_future
 from ._scoring_inputs import as_arrays, count_rows, owned, part_of, rows_of
 from ._scoring_plan import ScoringPlan, caller_may_run, plan_for_version, plan_scoring, scoring_run_rows
 from ._scoring_progress import Progress, ProgressBar, resolve_progress
+from ._signature import is_arrow_stream
 
 # (the plan's and the bar's names are kept importable from here, where they were defined before)
 __all__ = [
@@ -192,9 +193,10 @@ def score(
         InvalidInputError: a whole input whose arrays disagree on their number of rows, or a ragged one.
     """
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, (np.ndarray, Mapping, Iterable)):
+        hint = " (a pyarrow dataset: pass dataset.to_batches())" if is_arrow_stream(inputs) else ""
         raise TypeError(
             "inputs must be an array, a mapping of input name to array, or an iterable of such batches; "
-            f"got {type(inputs).__name__}{_stream_hint(inputs)}"
+            f"got {type(inputs).__name__}{hint}"
         )
     callback, bar = resolve_progress(progress=progress)
     request_rows = plan.request_rows or plan.chunk_rows
@@ -639,13 +641,3 @@ def _wait(
             if pin is None
             else submit(part, pin=pin, last_try=last_try)
         )
-
-
-def _stream_hint(value: object) -> str:
-    """How to pass a pyarrow dataset, which is not iterable itself (its batches are)."""
-    module = type(value).__module__.partition(".")[0]
-    return (
-        " (a pyarrow dataset: pass dataset.to_batches())"
-        if module == "pyarrow" and hasattr(value, "to_batches")
-        else ""
-    )

@@ -10,9 +10,9 @@ import numpy as np
 
 from ._backend import raised_by_signal_handler
 from ._errors import InvalidInputError
-from ._signature import unmasked
+from ._signature import UNREADABLE, unmasked
 
-__all__ = ["UNREADABLE", "as_arrays", "count_rows", "owned", "part_of", "readable", "rows_of"]
+__all__ = ["as_arrays", "count_rows", "owned", "part_of", "readable", "rows_of"]
 
 
 def rows_of(item: Any, name: str | None = None) -> int:
@@ -38,12 +38,6 @@ def rows_of(item: Any, name: str | None = None) -> int:
     if not shape:
         raise InvalidInputError(f"a batch needs a leading row axis; got a scalar {type(item).__name__}")
     return int(shape[0])
-
-
-UNREADABLE = (ValueError, TypeError, RuntimeError)
-"""What ``np.asarray`` raises for a value it cannot read: a ragged list (``ValueError``), and an array of another
-library that refuses to be one (torch: ``RuntimeError`` for a tensor that requires grad, ``TypeError`` for a
-bfloat16, sparse or non-CPU one), with that library's advice in its message."""
 
 
 def _ragged(name: str | None, exc: Exception) -> InvalidInputError:

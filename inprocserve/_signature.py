@@ -15,7 +15,7 @@ import numpy as np
 from ._brief import brief
 from ._errors import InvalidInputError
 
-__all__ = ["NodeInfo", "Signature", "TensorSpec", "convertible", "incompatibilities"]
+__all__ = ["UNREADABLE", "NodeInfo", "Signature", "TensorSpec", "convertible", "incompatibilities", "is_arrow_stream"]
 
 Dim = int | str | None
 
@@ -586,9 +586,7 @@ def _objects(array: np.ndarray, expected: np.dtype[Any]) -> str:
     boolean = expected.kind == "b"
     for index, element in enumerate(array.flat):
         if isinstance(element, (bool, np.bool_)) != boolean or not isinstance(element, allowed):
-            stream = hasattr(element, "to_batches") or hasattr(element, "read_next_batch")
-            if stream and type(element).__module__.partition(".")[0] == "pyarrow":
-                # (a RecordBatchReader or a dataset: a stream of batches, which predict_many scores)
+            if is_arrow_stream(element):  # (a stream of batches, which predict_many scores)
                 return f"got a pyarrow {type(element).__name__}, a stream of batches: score it with predict_many"
             return f"element #{index} is {type(element).__name__} (ragged or {odd} values); send {what}"
     dtype = "bool" if boolean else f"np.{expected.name}"
@@ -596,6 +594,19 @@ def _objects(array: np.ndarray, expected: np.dtype[Any]) -> str:
         f"got {what} held as Python objects (a numpy array of dtype object, as pandas' .values of a frame with a "
         f"text column gives); convert it with .astype({dtype})"
     )
+
+
+UNREADABLE = (ValueError, TypeError, RuntimeError)
+"""What ``np.asarray`` raises for a value it cannot read: a ragged list (``ValueError``), and an array of another
+library that refuses to be one (torch: ``RuntimeError`` for a tensor that requires grad, ``TypeError`` for a
+bfloat16, sparse or non-CPU one), with that library's advice in its message."""
+
+
+def is_arrow_stream(value: object) -> bool:
+    """Whether ``value`` is a pyarrow ``RecordBatchReader`` or dataset: a stream of batches, for ``predict_many``
+    (a dataset itself is not iterable: its ``to_batches()`` is), by its class, without importing pyarrow."""
+    stream = hasattr(value, "to_batches") or hasattr(value, "read_next_batch")
+    return stream and type(value).__module__.partition(".")[0] == "pyarrow" and not hasattr(value, "num_columns")
 
 
 def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
@@ -610,7 +621,7 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
         return _text(spec.name, value, raw_bytes=spec.raw_bytes)
     try:
         array = np.asarray(value)
-    except (ValueError, TypeError, RuntimeError) as exc:  # (torch: a tensor that requires grad, a bfloat16 one)
+    except UNREADABLE as exc:
         raise InvalidInputError(
             f"input {spec.name!r}: cannot be turned into an array of {expected} ({exc}); "
             "send a rectangular list of numbers or a numpy array"
