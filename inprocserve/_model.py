@@ -504,7 +504,7 @@ class ModelVersion:
         # than it must: a slow or metered model, or one that is down, would hold every worker's start.)
         known = self._made_up_inner_size
         longer = signature.has_dynamic_inner_axes and self.backend.kind != "remote"
-        tried = (1, *PROBE_INNER_SIZES) if longer else (1,)
+        tried = signature.made_up_inner_sizes() if longer else (1,)
         sizes = (known, *(size for size in tried if size != known))
         first_failure: InferenceError | None = None
         for size in sizes:

@@ -34,6 +34,7 @@ from ._cpu_quota import CpuQuota, current_cpu_quota
 from ._deadlines import Watchdog
 from ._errors import (
     DeadlineExceededError,
+    InferenceError,
     InprocserveError,
     ModelLoadError,
     ServerClosedError,
@@ -492,8 +493,7 @@ class OnnxruntimeBackend:
         probe = self._create(0, threads=1, warm=False)
         assert self.signature is not None
         try:
-            feeds = self.signature.synthesize(probe_rows if self.signature.batchable else 1)
-            self.run(probe, feeds)  # first run allocates
+            feeds = self._runnable_probe(probe, probe_rows if self.signature.batchable else 1)
             clock = _probe_clock(self.config)
             elapsed = math.inf
             for attempt in range(PROBE_RUNS):  # the best of up to five; three when clearly off the line
@@ -515,6 +515,27 @@ class OnnxruntimeBackend:
             threads,
         )
         return threads
+
+    def _runnable_probe(self, probe: Any, rows: int) -> dict[str, Any]:
+        """Zeros of ``rows`` rows that ``probe`` runs (its first run, which allocates), with the model's dynamic
+        inner axes as long as the first of :meth:`Signature.made_up_inner_sizes` that runs: a convolution over
+        time failed its probe on one step and got every core, however short its run.
+
+        Raises:
+            InprocserveError: the model runs on none of them (the first failure).
+        """
+        assert self.signature is not None
+        first_failure: InferenceError | None = None
+        for size in self.signature.made_up_inner_sizes():
+            feeds = self.signature.synthesize(rows, size)
+            try:
+                self.run(probe, feeds)
+            except InferenceError as exc:
+                first_failure = first_failure or exc
+                continue
+            return feeds
+        assert first_failure is not None
+        raise first_failure
 
     def _create(self, index: int, *, threads: int | None = None, warm: bool = True) -> Any:
         if self.path.suffix != ".onnx":

@@ -330,6 +330,13 @@ class Signature:
 
     # -- warm-up ----------------------------------------------------------------------------------------
 
+    def made_up_inner_sizes(self) -> tuple[int, ...]:
+        """The lengths to try, in turn, for the dynamic inner axes of made-up requests of zeros (the warm-up's,
+        the thread probe's, the quantize comparison's) until the model runs on one: 1, then
+        :data:`PROBE_INNER_SIZES` where the model has such axes (a convolution of kernel 5 over time fails on
+        fewer than 5 steps)."""
+        return (1, *PROBE_INNER_SIZES) if self.has_dynamic_inner_axes else (1,)
+
     def synthesize(self, rows: int, inner_size: int = 1) -> dict[str, np.ndarray]:
         """Zero-filled inputs of ``rows`` rows (other dynamic axes of ``inner_size``), for warm-up runs."""
         arrays = {}

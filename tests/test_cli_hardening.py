@@ -171,9 +171,10 @@ def test_quantize_a_model_that_does_not_run_on_random_inputs_fails_with_a_messag
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    # x[batch, seq] reshaped to rows of 4 values: a run of one row of length 1 (the speed test's) fails
-    weights = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
-    shape = numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")
+    # x[batch, seq] reshaped to rows of 5 values: no sample of 8 rows runs whatever the length of seq tried
+    # (1, 2, 16, 64: none a multiple of 5)
+    weights = numpy_helper.from_array(np.ones((5, 4), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 5], np.int64), "shape")
     model = _model(
         [helper.make_node("Reshape", ["x", "shape"], ["rows"]), helper.make_node("MatMul", ["rows", "w"], ["y"])],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
@@ -185,7 +186,8 @@ def test_quantize_a_model_that_does_not_run_on_random_inputs_fails_with_a_messag
     assert main(["quantize", "--seconds", "0.01", "--sample", "8", str(source), str(target)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot compare ") and "does not run on the synthesized inputs" in err
-    assert "x [1, 1]" in err and err.count("\n") == 1  # the shapes it was given, no traceback
+    assert "x [8, 1]" in err and err.count("\n") == 1  # the shapes it was given, no traceback
+    assert "as long as the first of 1, 2, 16, 64 that runs, else 1" in err
     assert not target.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reshape"]  # no temporary file left
 
