@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := prometheus chromium fonts-dejavu-core redis-server
 
 DIST ?= dist
 
-.PHONY: install system-deps mlserver-venv demo demo-core test lint typecheck bench bench-quick docs-screenshot clean dist soak oldest pythons pythons-found
+.PHONY: install system-deps mlserver-venv kserve-venv demo demo-core test lint typecheck bench bench-quick docs-screenshot clean dist soak oldest pythons pythons-found
 
 $(STAMP): pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -67,13 +67,29 @@ $(MLSERVER_STAMP):
 
 mlserver-venv: $(MLSERVER_STAMP)
 
+# KServe's own Python model server (kserve.ModelServer) and client (InferenceRESTClient), the second Open Inference
+# Protocol implementation the remote backend and the plug-ins' v2 endpoints are tested against, in a venv of its
+# own for the same reason (its protobuf, grpcio and fastapi pins); tests/test_remote_kserve*.py use it
+# (INPROCSERVE_KSERVE_PYTHON) and skip, naming this target, when it is absent or PyPI could not be reached.
+KSERVE_VENV ?= .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
+
+$(KSERVE_STAMP):
+	@{ $(PYTHON) -m venv $(KSERVE_VENV) \
+		&& $(KSERVE_VENV)/bin/python -m pip install --quiet "kserve==0.21.0" "onnxruntime>=1.17.3" "numpy>=1.24" \
+		&& touch $(KSERVE_STAMP); } \
+		|| { rm -rf $(KSERVE_VENV); echo "kserve-venv: could not install KServe; tests/test_remote_kserve*.py skip"; }
+
+kserve-venv: $(KSERVE_STAMP)
+
 # Two pytest processes (pytest-xdist), each given whole files: most tests wait on a child process, a socket or
 # a timer, so two of them share 2 cores well (pytest 7.9 min against 12.5 in one process, on the project's
 # 2-core machine). TEST_WORKERS=0 runs the suite in one process; more than the cores only loads the timing
 # tests' machine.
 TEST_WORKERS ?= 2
-test: system-deps lint typecheck $(MLSERVER_STAMP)
-	INPROCSERVE_MLSERVER_PYTHON=$(MLSERVER_VENV)/bin/python $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+test: system-deps lint typecheck $(MLSERVER_STAMP) $(KSERVE_STAMP)
+	INPROCSERVE_MLSERVER_PYTHON=$(MLSERVER_VENV)/bin/python INPROCSERVE_KSERVE_PYTHON=$(KSERVE_VENV)/bin/python \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The fault and abuse suite, long (not in CI): each soak test runs SOAK_SECONDS, hypothesis fuzzes 10,000
 # examples per property, and an old onnxruntime (in its own venv: its numpy pin would break the main one)
@@ -244,4 +260,4 @@ dist: install
 	$(BIN)/python tests/dist_build.py $(DIST)
 
 clean:
-	rm -rf $(VENV) $(OLD_ORT_VENV) $(OLDEST_VENV) .venv-py312 .venv-py313 $(MLSERVER_VENV) .venv-bench-litserve $(DIST) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLD_ORT_VENV) $(OLDEST_VENV) .venv-py312 .venv-py313 $(MLSERVER_VENV) $(KSERVE_VENV) .venv-bench-litserve $(DIST) .pytest_cache .mypy_cache .ruff_cache
