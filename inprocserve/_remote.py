@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import itertools
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ import random
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -244,6 +246,7 @@ class RemoteBackend:
         self._answered_at = float("-inf")  # when the last call was answered (clock time)
         self._converted_outputs: set[str] = set()  # outputs answered in another width (logged once each)
         self._hang_counted_at = float("-inf")  # when a caller-bound timeout last counted as a hang
+        self._new_request_ids()
         # Keys of the remote.toml it was read from that this release left out (set by the factory that read
         # it): shown as the model's config_warning for as long as this version is loaded.
         self.config_warning: str | None = None
@@ -379,6 +382,7 @@ class RemoteBackend:
         )
         with self._lock:
             self._calls += 1
+        request_id = f"{self._id_prefix}-{next(self._ids)}"  # (the same for each attempt: one request)
         stop = THIS_THREAD.signal  # (the shadow thread's: see _stop_signal)
         attempt = 0
         while True:
@@ -392,6 +396,7 @@ class RemoteBackend:
                     ordered,
                     binary=self._binary,
                     binary_output=self._binary,
+                    request_id=request_id,
                     parameters={"timeout": max(1, int(remaining * 1e6))},
                 )
             except InvalidInputError as exc:  # bytes JSON cannot carry: the batcher bisects to the request
@@ -477,6 +482,15 @@ class RemoteBackend:
             client.close()
 
     # -- pieces ----------------------------------------------------------------------------------------
+
+    def _new_request_ids(self) -> None:
+        """Each inference call is sent with an ``id`` (``<prefix>-<n>``, the prefix drawn per backend and per
+        process): the protocol's ``id`` is optional, but a server may echo it where its response requires one.
+        A KServe model that answers with ``InferResponse(response_id=payload.id, ...)`` (as its examples do)
+        answered every request without an ``id`` 500, a pydantic error (``id: Input should be a valid
+        string``), when the answer was JSON: with JSON tensors, every call failed and opened the circuit."""
+        self._id_prefix = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
 
     def _new_breaker(self) -> CircuitBreaker:
         return CircuitBreaker(
@@ -585,6 +599,10 @@ class RemoteBackend:
             if missing_ok and response.status in (400, 404):
                 return None
             hint = " (is the model loaded there, under this name and version?)" if response.status == 404 else ""
+            if response.status == 501 and self.remote.version is not None:
+                # KServe's Python model server (0.21) answers 501 "Model versioning not supported yet." to every
+                # path under /versions/: it serves one version of a model, reached without one.
+                hint = " (the server serves no model versions, as KServe's Python model server: leave version out)"
             raise ModelLoadError(
                 f"{where} answered {response.status}: {_message(response)}{hint}",
                 model=self.model,
@@ -812,6 +830,7 @@ class RemoteBackend:
         # and the read would run on a caller's thread, outside its deadline. A remote that changed since
         # shows as the server refusing the requests, as it would in the parent.
         self._lock = threading.Lock()
+        self._new_request_ids()  # (the parent's prefix would repeat its ids here)
         closing = threading.Event()
         if self._closed:
             closing.set()
