@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ from ._telemetry import resident_memory_bytes
 __all__ = ["ModelVersion", "build_backend"]
 
 logger = logging.getLogger(__name__)
+_MOST_LENGTHS_TIED = 6
+"""Inputs' lengths (sequence axes named apart) among which a load looks for ties: each costs two one-row runs,
+and the search for a length's group at most two runs per combination of the others (31 for 6)."""
 
 
 def build_backend(
@@ -163,6 +167,7 @@ class ModelVersion:
                 warmup=self._warm_up, probe_rows=batching.max_batch_size if batching.enabled else 1
             )
             signature = self._rows_declared_as_one(signature)
+            signature = self._axes_of_one_length(signature)
             self._check_padding(signature)
             self._finish_load(signature)
         except ServerClosedError:  # closed while it loaded (the server is shutting down): not a failed load
@@ -256,6 +261,68 @@ class ModelVersion:
             ", ".join(fixed),
         )
         return Signature(signature.inputs, outputs, rows_shared=signature.rows_shared)
+
+    def _axes_of_one_length(self, signature: Signature) -> Signature:
+        """The signature with the inputs' inner axes that the model needs of one length tied (checked as a
+        shared name is: ``Signature.tied_axes``), where the file names them apart.
+
+        A legacy ``torch.onnx.export`` given ``dynamic_axes`` as lists names ``input_ids``' and
+        ``attention_mask``'s sequence axes apart; a request whose two lengths differed failed inside
+        onnxruntime ("Attempting to broadcast an axis"), an ``InferenceError`` (a web view's 500) for the
+        caller's mistake. A few one-row runs of zeros tell: each length changed alone (one step shorter and
+        one longer than the others) fails, and changed with the others of its group runs both ways (a
+        length that only must not exceed another's is not tied). Only where two or more such lengths exist,
+        and not with ``batching.rows_independent = "yes"`` (which skips the load's runs of made-up inputs)
+        nor for a remote model server."""
+        units = signature.dynamic_inner_axes()
+        trusted = self.config.batching.rows_independent == "yes"
+        if not 2 <= len(units) <= _MOST_LENGTHS_TIED or trusted or self.backend.kind == "remote":
+            return signature
+        runner = self.backend.runners()[0]
+        # (one step shorter runs, by the warm-up; never 1 long, which broadcasts against any length)
+        base = max(self._made_up_inner_size, 2) + 1
+
+        def runs_at(size: int, changed: Sequence[tuple[tuple[str, int], ...]]) -> bool:
+            sizes = {place: size for unit in changed for place in unit}
+            try:
+                self.backend.run(runner, signature.synthesize(1, base, sizes))
+            except ServerClosedError:
+                raise
+            except InprocserveError:
+                return False
+            return True
+
+        def runs(changed: Sequence[tuple[tuple[str, int], ...]]) -> bool:
+            return runs_at(base - 1, changed) and runs_at(base + 1, changed)
+
+        if not runs_at(base, []):
+            return signature
+        lone = [unit for unit in units if not runs_at(base - 1, [unit]) and not runs_at(base + 1, [unit])]
+        groups: list[tuple[tuple[str, int], ...]] = []
+        while len(lone) >= 2:
+            first, others = lone[0], lone[1:]
+            found = next(
+                (
+                    (first, *chosen)
+                    for size in range(1, len(others) + 1)
+                    for chosen in itertools.combinations(others, size)
+                    if runs([first, *chosen])
+                ),
+                None,
+            )
+            lone = [unit for unit in others if found is None or unit not in found]
+            if found is not None:
+                groups.append(tuple(place for unit in found for place in unit))
+        if not groups:
+            return signature
+        for group in groups:
+            logger.info(
+                "model %r version %s runs only when %s are of one length: requests whose lengths differ are refused",
+                self.name,
+                self.version,
+                " and ".join(f"{name!r} axis {axis}" for name, axis in group),
+            )
+        return signature.tying(groups)
 
     def _finish_load(self, signature: Signature) -> None:
         """What a load builds on top of the backend's sessions: the drift monitor, the run cost and the

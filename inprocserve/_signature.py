@@ -99,12 +99,21 @@ class Signature:
     """
 
     def __init__(
-        self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, rows_shared: bool = False
+        self,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        *,
+        rows_shared: bool = False,
+        tied_axes: Sequence[Sequence[tuple[str, int]]] = (),
     ) -> None:
         self.inputs: tuple[TensorSpec, ...] = tuple(inputs)
         self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
         self.input_names: frozenset[str] = frozenset(spec.name for spec in self.inputs)
         self.rows_shared = rows_shared
+        self.tied_axes: tuple[tuple[tuple[str, int], ...], ...] = tuple(tuple(group) for group in tied_axes)
+        """Inner axes of inputs, named apart, that the load found the model needs of one length (a legacy
+        ``torch.onnx.export`` given ``dynamic_axes`` as lists names ``input_ids`` and ``attention_mask``'s
+        sequence axes apart): each group ``((input, axis), ...)`` is checked as a shared name is."""
         self.output_names: tuple[str, ...] = tuple(spec.name for spec in self.outputs)
         unsupported = [spec.describe() for spec in self.inputs if spec.dtype is None]
         if unsupported:
@@ -152,6 +161,8 @@ class Signature:
                 if isinstance(dim, str) and dim:
                     places.setdefault(dim, []).append((spec.name, axis))
         self._shared_symbols = {symbol: where for symbol, where in places.items() if len(where) > 1}
+        for index, group in enumerate(self.tied_axes):
+            self._shared_symbols[f"{_TIED}{index}"] = list(group)
         self._single = self.inputs[0].name if len(self.inputs) == 1 else None
 
     @classmethod
@@ -196,7 +207,30 @@ class Signature:
         """This signature for a version that merges requests although its inputs name axis 0 apart (the
         load's run of the model, or ``batching.rows_independent = "yes"``, took them for one batch axis):
         every input of a request must then have the same rows, or stacked requests would be split wrongly."""
-        return Signature(self.inputs, self.outputs, rows_shared=True)
+        return Signature(self.inputs, self.outputs, rows_shared=True, tied_axes=self.tied_axes)
+
+    def tying(self, groups: Sequence[Sequence[tuple[str, int]]]) -> Signature:
+        """This signature with ``groups`` of inputs' inner axes that must be of one length (:attr:`tied_axes`)."""
+        return Signature(self.inputs, self.outputs, rows_shared=self.rows_shared, tied_axes=(*self.tied_axes, *groups))
+
+    def dynamic_inner_axes(self) -> list[tuple[tuple[str, int], ...]]:
+        """The inputs' dynamic axes other than axis 0, one entry per length a request chooses: a name's every
+        place (``seq`` of two inputs is one length), or one unnamed axis alone."""
+        named: dict[str, list[tuple[str, int]]] = {}
+        units: list[tuple[tuple[str, int], ...]] = []
+        for spec in self.inputs:
+            for axis, dim in enumerate(spec.shape or ()):
+                if axis == 0 or not _is_dynamic(dim):
+                    continue
+                if isinstance(dim, str) and dim:
+                    if dim not in named:
+                        named[dim] = []
+                        units.append(())  # (its place, filled below in order of first appearance)
+                    named[dim].append((spec.name, axis))
+                else:
+                    units.append(((spec.name, axis),))
+        names = iter(named.values())
+        return [unit if unit else tuple(next(names)) for unit in units]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -301,6 +335,10 @@ class Signature:
             sizes = {(name, axis): arrays[name].shape[axis] for name, axis in where}
             if len(set(sizes.values())) > 1:
                 listing = ", ".join(f"{name!r} axis {axis} = {size}" for (name, axis), size in sizes.items())
+                if symbol.startswith(_TIED):  # (named apart in the file; the load found the model needs them alike)
+                    raise InvalidInputError(
+                        f"these axes must be of one length (the model runs on no other request), got {listing}"
+                    )
                 raise InvalidInputError(f"dimension {symbol!r} must be the same in every input, got {listing}")
 
     def inputs_without_dynamic_rows(self) -> list[str]:
@@ -337,12 +375,18 @@ class Signature:
         fewer than 5 steps)."""
         return (1, *PROBE_INNER_SIZES) if self.has_dynamic_inner_axes else (1,)
 
-    def synthesize(self, rows: int, inner_size: int = 1) -> dict[str, np.ndarray]:
-        """Zero-filled inputs of ``rows`` rows (other dynamic axes of ``inner_size``), for warm-up runs."""
+    def synthesize(
+        self, rows: int, inner_size: int = 1, sizes: Mapping[tuple[str, int], int] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Zero-filled inputs of ``rows`` rows (other dynamic axes of ``inner_size``, or of ``sizes[(input,
+        axis)]``), for warm-up runs."""
         arrays = {}
         for spec in self.inputs:
             assert spec.dtype is not None
             shape = [d if isinstance(d, int) and d >= 0 else inner_size for d in (spec.shape or ())]
+            if sizes:
+                for axis in range(1, len(shape)):
+                    shape[axis] = sizes.get((spec.name, axis), shape[axis])
             if shape and _is_dynamic((spec.shape or (None,))[0]):
                 shape[0] = rows
             if spec.is_string:
@@ -355,6 +399,7 @@ class Signature:
 # -- the batch axis -----------------------------------------------------------------------------------------
 
 _PROBE_SEED = 20240611
+_TIED = "\x00tied "  # (the key of a group of tied axes among the names of shared dimensions: no name starts so)
 _UNKNOWN_SHOWN = 8  # unknown input names a refusal names (a request may send thousands)
 PROBE_INNER_SIZES = (2, 16, 64)
 """Sizes of dynamic inner axes for the load's made-up rows, tried in turn until the model runs on them: 2, not
