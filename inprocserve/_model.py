@@ -56,8 +56,17 @@ __all__ = ["ModelVersion", "build_backend"]
 
 logger = logging.getLogger(__name__)
 _MOST_LENGTHS_TIED = 6
-"""Inputs' lengths (sequence axes named apart) among which a load looks for ties: each costs two one-row runs,
-and the search for a length's group at most two runs per combination of the others (31 for 6)."""
+"""Inputs' lengths (sequence axes named apart) among which a load looks for ties, at most."""
+_MOST_TIE_RUNS = 40
+"""One-row runs the search for tied lengths may make at a load, at most: a length changed alone takes one to
+three, each candidate group one to three (a wrong one, mostly one), each tied length one more. Two lengths of
+one group take 12; two groups of two, 23; four lengths of one group (ids, mask, token types, positions), 26;
+five, 38. A search that would need more (six lengths of one group: 58) is given up, and the lengths stay free,
+as the file names them."""
+
+
+class _OutOfRuns(Exception):
+    """The search for tied lengths used its :data:`_MOST_TIE_RUNS`."""
 
 
 def build_backend(
@@ -269,11 +278,13 @@ class ModelVersion:
         A legacy ``torch.onnx.export`` given ``dynamic_axes`` as lists names ``input_ids``' and
         ``attention_mask``'s sequence axes apart; a request whose two lengths differed failed inside
         onnxruntime ("Attempting to broadcast an axis"), an ``InferenceError`` (a web view's 500) for the
-        caller's mistake. A few one-row runs of zeros tell: each length changed alone (one step shorter and
-        one longer than the others) fails, and changed with the others of its group runs both ways (a
-        length that only must not exceed another's is not tied). Only where two or more such lengths exist,
-        and not with ``batching.rows_independent = "yes"`` (which skips the load's runs of made-up inputs)
-        nor for a remote model server."""
+        caller's mistake. A few one-row runs of zeros tell: each length changed alone fails one step longer,
+        one shorter and two longer than the others (a length that only must not exceed another's runs on one
+        of them, one that only must keep a sum even on the last), and changed with the others of its group
+        runs at all three. A tied length that runs 1 long against the others (the model broadcasts it) may
+        still be sent so (``Signature.broadcast_axes``). Only where two to :data:`_MOST_LENGTHS_TIED` such
+        lengths exist, within :data:`_MOST_TIE_RUNS` runs, and not with ``batching.rows_independent = "yes"``
+        (which skips the load's runs of made-up inputs) nor for a remote model server."""
         units = signature.dynamic_inner_axes()
         trusted = self.config.batching.rows_independent == "yes"
         if not 2 <= len(units) <= _MOST_LENGTHS_TIED or trusted or self.backend.kind == "remote":
@@ -281,8 +292,13 @@ class ModelVersion:
         runner = self.backend.runners()[0]
         # (one step shorter runs, by the warm-up; never 1 long, which broadcasts against any length)
         base = max(self._made_up_inner_size, 2) + 1
+        made = 0
 
         def runs_at(size: int, changed: Sequence[tuple[tuple[str, int], ...]]) -> bool:
+            nonlocal made
+            if made == _MOST_TIE_RUNS:
+                raise _OutOfRuns
+            made += 1
             sizes = {place: size for unit in changed for place in unit}
             try:
                 self.backend.run(runner, signature.synthesize(1, base, sizes))
@@ -292,37 +308,47 @@ class ModelVersion:
                 return False
             return True
 
-        def runs(changed: Sequence[tuple[tuple[str, int], ...]]) -> bool:
-            return runs_at(base - 1, changed) and runs_at(base + 1, changed)
-
-        if not runs_at(base, []):
-            return signature
-        lone = [unit for unit in units if not runs_at(base - 1, [unit]) and not runs_at(base + 1, [unit])]
-        groups: list[tuple[tuple[str, int], ...]] = []
-        while len(lone) >= 2:
-            first, others = lone[0], lone[1:]
-            found = next(
-                (
-                    (first, *chosen)
-                    for size in range(1, len(others) + 1)
-                    for chosen in itertools.combinations(others, size)
-                    if runs([first, *chosen])
-                ),
-                None,
+        others = (base + 1, base - 1, base + 2)  # (in turn: the second and third only where the first fails)
+        try:
+            if not runs_at(base, []):
+                return signature
+            lone = [unit for unit in units if not any(runs_at(size, [unit]) for size in others)]
+            groups: list[tuple[tuple[tuple[str, int], ...], ...]] = []  # (each a group of lengths: units)
+            while len(lone) >= 2:
+                first, rest = lone[0], lone[1:]
+                found = next(
+                    (
+                        (first, *chosen)
+                        for count in range(1, len(rest) + 1)
+                        for chosen in itertools.combinations(rest, count)
+                        if all(runs_at(size, [first, *chosen]) for size in others)
+                    ),
+                    None,
+                )
+                lone = [unit for unit in rest if found is None or unit not in found]
+                if found is not None:
+                    groups.append(found)
+            broadcast = [place for group in groups for unit in group if runs_at(1, [unit]) for place in unit]
+        except _OutOfRuns:
+            logger.info(
+                "model %r version %s: %d one-row runs did not tell which of its inputs' lengths must be alike; "
+                "they are left free (a request whose lengths the model cannot take fails in the model)",
+                self.name,
+                self.version,
+                _MOST_TIE_RUNS,
             )
-            lone = [unit for unit in others if found is None or unit not in found]
-            if found is not None:
-                groups.append(tuple(place for unit in found for place in unit))
+            return signature
         if not groups:
             return signature
-        for group in groups:
+        tied = [tuple(place for unit in group for place in unit) for group in groups]
+        for group in tied:
             logger.info(
                 "model %r version %s runs only when %s are of one length: requests whose lengths differ are refused",
                 self.name,
                 self.version,
                 " and ".join(f"{name!r} axis {axis}" for name, axis in group),
             )
-        return signature.tying(groups)
+        return signature.tying(tied, broadcast)
 
     def _finish_load(self, signature: Signature) -> None:
         """What a load builds on top of the backend's sessions: the drift monitor, the run cost and the

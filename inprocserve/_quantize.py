@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import raised_by_signal_handler
 from ._errors import ModelLoadError
 from ._extras import require
 from ._signature import PROBE_INNER_SIZES, Signature
@@ -44,7 +45,9 @@ def _inner_size(session: Any) -> int:
     for size in signature.made_up_inner_sizes():
         try:
             session.run(None, signature.synthesize(1, size))
-        except Exception:
+        except Exception as exc:
+            if raised_by_signal_handler(exc):  # (a task's time limit, not this length's failure)
+                raise
             continue
         return size
     return 1
@@ -68,6 +71,8 @@ def _run(session: Any, feeds: dict[str, np.ndarray], source: Path, *, quantized:
     try:
         return session.run(None, feeds)  # type: ignore[no-any-return]
     except Exception as exc:
+        if raised_by_signal_handler(exc):  # (a task's time limit stopped the run: not the model's failure)
+            raise
         shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in feeds.items())
         if quantized:
             problem = f"the quantized model of {source} fails to run where the original runs"

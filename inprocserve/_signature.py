@@ -6,7 +6,7 @@ once, with a message that names the input, what the model expects and what was g
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -105,6 +105,7 @@ class Signature:
         *,
         rows_shared: bool = False,
         tied_axes: Sequence[Sequence[tuple[str, int]]] = (),
+        broadcast_axes: Collection[tuple[str, int]] = (),
     ) -> None:
         self.inputs: tuple[TensorSpec, ...] = tuple(inputs)
         self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
@@ -114,6 +115,9 @@ class Signature:
         """Inner axes of inputs, named apart, that the load found the model needs of one length (a legacy
         ``torch.onnx.export`` given ``dynamic_axes`` as lists names ``input_ids`` and ``attention_mask``'s
         sequence axes apart): each group ``((input, axis), ...)`` is checked as a shared name is."""
+        self.broadcast_axes: frozenset[tuple[str, int]] = frozenset(broadcast_axes)
+        """The places among :attr:`tied_axes` where the load found the model takes a length of 1 against any
+        other (it broadcasts: an attention mask of one step over every token); a 1 there is not checked."""
         self.output_names: tuple[str, ...] = tuple(spec.name for spec in self.outputs)
         unsupported = [spec.describe() for spec in self.inputs if spec.dtype is None]
         if unsupported:
@@ -207,11 +211,22 @@ class Signature:
         """This signature for a version that merges requests although its inputs name axis 0 apart (the
         load's run of the model, or ``batching.rows_independent = "yes"``, took them for one batch axis):
         every input of a request must then have the same rows, or stacked requests would be split wrongly."""
-        return Signature(self.inputs, self.outputs, rows_shared=True, tied_axes=self.tied_axes)
+        return Signature(
+            self.inputs, self.outputs, rows_shared=True, tied_axes=self.tied_axes, broadcast_axes=self.broadcast_axes
+        )
 
-    def tying(self, groups: Sequence[Sequence[tuple[str, int]]]) -> Signature:
-        """This signature with ``groups`` of inputs' inner axes that must be of one length (:attr:`tied_axes`)."""
-        return Signature(self.inputs, self.outputs, rows_shared=self.rows_shared, tied_axes=(*self.tied_axes, *groups))
+    def tying(
+        self, groups: Sequence[Sequence[tuple[str, int]]], broadcast: Collection[tuple[str, int]] = ()
+    ) -> Signature:
+        """This signature with ``groups`` of inputs' inner axes that must be of one length (:attr:`tied_axes`),
+        but where ``broadcast`` places may be 1 long (:attr:`broadcast_axes`)."""
+        return Signature(
+            self.inputs,
+            self.outputs,
+            rows_shared=self.rows_shared,
+            tied_axes=(*self.tied_axes, *groups),
+            broadcast_axes=self.broadcast_axes | set(broadcast),
+        )
 
     def dynamic_inner_axes(self) -> list[tuple[tuple[str, int], ...]]:
         """The inputs' dynamic axes other than axis 0, one entry per length a request chooses: a name's every
@@ -334,10 +349,18 @@ class Signature:
         for symbol, where in self._shared_symbols.items():
             sizes = {(name, axis): arrays[name].shape[axis] for name, axis in where}
             if len(set(sizes.values())) > 1:
+                tied = symbol.startswith(_TIED)  # (named apart in the file; the load found the model needs them alike)
+                if tied:  # (but a length of 1 that the model broadcasts against the others is no mismatch)
+                    lengths = {size for place, size in sizes.items() if size != 1 or place not in self.broadcast_axes}
+                    if len(lengths) <= 1:
+                        continue
                 listing = ", ".join(f"{name!r} axis {axis} = {size}" for (name, axis), size in sizes.items())
-                if symbol.startswith(_TIED):  # (named apart in the file; the load found the model needs them alike)
+                if tied:
+                    ones = [f"{name!r} axis {axis}" for name, axis in where if (name, axis) in self.broadcast_axes]
+                    but = f" ({' and '.join(ones)} may also be 1)" if ones else ""
                     raise InvalidInputError(
-                        f"these axes must be of one length (the model runs on no other request), got {listing}"
+                        f"these axes must be of one length{but} (at load the model failed whenever they differed), "
+                        f"got {listing}"
                     )
                 raise InvalidInputError(f"dimension {symbol!r} must be the same in every input, got {listing}")
 

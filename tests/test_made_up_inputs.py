@@ -9,16 +9,22 @@ already tried longer axes; the thread probe did not (the model got every core, h
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 import pytest
 
-from inprocserve import InvalidInputError, ModelConfig, PoolConfig
+from inprocserve import InferenceError, InvalidInputError, ModelConfig, PoolConfig
 from inprocserve.__main__ import main
 from inprocserve._ort_rules import usable_cores
+from inprocserve._quantize import quantize
+from inprocserve._signature import Signature
 from inprocserve.testing import save_model
 
 from .conftest import ServerFactory
@@ -90,6 +96,38 @@ def test_quantize_compares_a_convolution_over_time_on_steps_it_runs_on(
     assert "compared on made-up inputs (random floats, zeros elsewhere): x [8, 4, 16]" in capfd.readouterr().out
 
 
+class SoftTimeLimitExceeded(Exception):
+    """As Celery's: an Exception, raised by the signal handler of a task's soft time limit."""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs POSIX signals")
+@pytest.mark.parametrize("stopped_run", [1, 4], ids=["a-try-of-a-length", "the-comparison-run"])
+def test_a_task_time_limit_during_quantize_s_runs_stops_the_task(
+    convolution: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopped_run: int
+) -> None:
+    # The first run tries 1 step (that try failing is no error: 2, then 16 follow, which runs), the fourth is
+    # the compared original's. Taken for the model's failure, the time limit was no error at all (the next
+    # length was tried), or a ModelLoadError.
+    run, runs = onnxruntime.InferenceSession.run, itertools.count(1)
+
+    def stopped_once(session: Any, *args: Any, **kwargs: Any) -> Any:
+        if next(runs) == stopped_run:
+            signal.raise_signal(signal.SIGUSR1)
+        return run(session, *args, **kwargs)
+
+    def soft_timeout_sighandler(signum: int, frame: Any) -> None:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", stopped_once)
+    previous = signal.signal(signal.SIGUSR1, soft_timeout_sighandler)
+    try:
+        with pytest.raises(SoftTimeLimitExceeded):
+            quantize(convolution, tmp_path / "int8.onnx", sample_rows=4, seconds=0.01)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert not (tmp_path / "int8.onnx").exists()
+
+
 # -- inputs' lengths that the model needs alike, named apart in the file -----------------------------------
 
 
@@ -158,6 +196,40 @@ def sequences(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [_floats("y", "batch", 3)],
         [onnx.numpy_helper.from_array(np.array([2, 3], np.int64), "spatial")],
     )
+    # ids and mask side by side, [batch, 2, length]: one length, and a mask of 1 step does not broadcast
+    unsqueeze = onnx.numpy_helper.from_array(np.array([1], np.int64), "new_axis")
+    _save(
+        repository,
+        "stacked",
+        [
+            make("Unsqueeze", ["ids", "new_axis"], ["ids_row"]),
+            make("Unsqueeze", ["mask", "new_axis"], ["mask_row"]),
+            make("Concat", ["ids_row", "mask_row"], ["y"], axis=1),
+        ],
+        [_floats("ids", "ids_dynamic_axes_1", "ids_dynamic_axes_2"), _floats("mask", "mask_batch", "mask_length")],
+        [_floats("y", "batch", 2, "length")],
+        [unsqueeze],
+    )
+    # a and b joined, read as pairs: their lengths need only an even sum (2 and 4, 3 and 5), not to be alike
+    pairs = onnx.numpy_helper.from_array(np.array([0, 2, -1], np.int64), "pairs")
+    _save(
+        repository,
+        "pairs",
+        [make("Concat", ["a", "b"], ["joined"], axis=1), make("Reshape", ["joined", "pairs"], ["y"])],
+        [_floats("a", "batch", "la"), _floats("b", "batch", "lb")],
+        [_floats("y", "batch", 2, "half")],
+        [pairs],
+    )
+    # n inputs summed, each its length named apart: n lengths of one group
+    for count in (4, 5, 6):
+        names = [f"x{index}" for index in range(count)]
+        _save(
+            repository,
+            f"sum{count}",
+            [make("Sum", names, ["y"])],
+            [_floats(name, f"{name}_batch", f"{name}_length") for name in names],
+            [_floats("y", "batch", "length")],
+        )
     return repository
 
 
@@ -205,3 +277,80 @@ def test_lengths_that_need_not_be_alike_are_not_tied(sequences: Path, make_serve
     answer = server.predict("prefix", {"a": np.arange(5, dtype=np.float32)[None], "b": np.ones((1, 3), np.float32)})
     assert answer["y"].tolist() == [[1.0, 2.0, 3.0]]
     assert server.predict("image", np.ones((2, 3, 4, 9), np.float32))["y"].tolist() == [[36.0] * 3] * 2
+
+
+def test_a_mask_of_one_step_is_answered_where_the_model_broadcasts_it(
+    sequences: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(sequences)
+    ids = np.arange(10, dtype=np.float32).reshape(2, 5)
+    # one step of mask over every token: onnxruntime broadcasts it, as it did before the lengths were tied
+    answer = server.predict("masked", {"ids": ids, "mask": np.full((2, 1), 2, np.float32)})
+    np.testing.assert_array_equal(answer["y"], 2 * ids)
+    with pytest.raises(InvalidInputError, match=r"'ids' axis 1 and 'mask' axis 1 may also be 1\) .*= 5, .*= 4"):
+        server.predict("masked", {"ids": ids, "mask": np.ones((2, 4), np.float32)})
+    # where the model cannot broadcast it, a mask of 1 step is refused like any other length, and no 1 is offered
+    with pytest.raises(InvalidInputError, match=r"of one length \(at load .*'ids' axis 1 = 5, 'mask' axis 1 = 1$"):
+        server.predict("stacked", {"ids": ids, "mask": np.ones((2, 1), np.float32)})
+    assert server.predict("stacked", {"ids": ids, "mask": ids})["y"].shape == (2, 2, 5)
+
+
+def test_lengths_that_need_only_an_even_sum_are_not_tied(sequences: Path, make_server: ServerFactory) -> None:
+    # one step longer or shorter alone makes the sum odd and fails, as a tie would; two steps longer runs
+    server = make_server(sequences)
+    answer = server.predict("pairs", {"a": np.ones((1, 3), np.float32), "b": np.zeros((1, 5), np.float32)})
+    assert answer["y"].tolist() == [[[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]
+
+
+def _tie_runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[tuple[str, int], int]]:
+    """The lengths of each made-up input the search for tied lengths builds (each is one run of the model)."""
+    built: list[dict[tuple[str, int], int]] = []
+    synthesize = Signature.synthesize
+
+    def counted(self: Signature, rows: int, inner_size: int = 1, sizes: Any = None) -> Any:
+        if sizes is not None:
+            built.append(dict(sizes))
+        return synthesize(self, rows, inner_size, sizes)
+
+    monkeypatch.setattr(Signature, "synthesize", counted)
+    return built
+
+
+@pytest.mark.parametrize(
+    ("model", "runs"), [("masked", 12), ("query_document", 23), ("sum4", 26), ("sum5", 38), ("sum6", 40)]
+)
+def test_the_search_for_tied_lengths_makes_at_most_40_runs(
+    sequences: Path,
+    tmp_path: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    model: str,
+    runs: int,
+) -> None:
+    shutil.copytree(sequences / model, tmp_path / model)  # (a repository of this model alone)
+    built = _tie_runs(monkeypatch)
+    server = make_server(tmp_path)
+    server.predict(model, {spec["name"]: np.ones((1, 3), np.float32) for spec in _inputs(server, model)})
+    assert len(built) == runs  # (the figures _MOST_TIE_RUNS's docstring gives)
+
+
+def test_lengths_past_the_search_s_runs_are_left_free(
+    sequences: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="inprocserve")
+    server = make_server(sequences)
+    ones = {f"x{index}": np.ones((1, 3), np.float32) for index in range(5)}
+    with pytest.raises(InvalidInputError, match="must be of one length"):
+        server.predict("sum5", {**ones, "x4": np.ones((1, 4), np.float32)})
+    # six lengths of one group take more runs than a load may make: free, as the file names them (the
+    # mismatch fails in the model), and the log says so
+    with pytest.raises(InferenceError):
+        server.predict("sum6", {**ones, "x5": np.ones((1, 4), np.float32)})
+    assert any(
+        "40 one-row runs did not tell" in record.getMessage() and "'sum6'" in record.getMessage()
+        for record in caplog.records
+    )
+
+
+def _inputs(server: Any, model: str) -> list[dict[str, Any]]:
+    return server.status()["models"][model]["versions"]["1"]["signature"]["inputs"]  # type: ignore[no-any-return]
