@@ -161,8 +161,9 @@ oldest: $(OLDEST_STAMP)
 PYTHON312 ?= python3.12
 PYTHON313 ?= python3.13
 PYTHONS_TESTS ?=
-# (found when `make pythons` runs, with the shell's `command -v`: a name on PATH or a path)
-PYTHONS_FOUND = $(strip $(foreach v,313 312,$(if $(shell command -v "$(PYTHON$(v))" 2>/dev/null),$(v))))
+# (found when `make pythons` runs: a name on PATH or a path that starts a Python; a pyenv shim on PATH for
+# a version that pyenv has but has not selected is on PATH and fails when run, so it counts as absent)
+PYTHONS_FOUND = $(strip $(foreach v,313 312,$(if $(shell "$(PYTHON$(v))" -c pass >/dev/null 2>&1 && echo yes),$(v))))
 PYTHONS_MISSING = $(filter-out $(PYTHONS_FOUND),313 312)
 
 .PRECIOUS: .venv-py%/.installed  # (made by a pattern rule: kept, not removed as an intermediate file)
@@ -176,10 +177,10 @@ PYTHONS_MISSING = $(filter-out $(PYTHONS_FOUND),313 312)
 # 3.13 first (the further from 3.11); the first suite that fails stops make, as any target's failure does:
 # `make -k pythons` runs the other one too.
 pythons: pythons-found
-	@$(if $(PYTHONS_FOUND),,echo "pythons: neither $(PYTHON313) nor $(PYTHON312) found: nothing ran")
+	@$(if $(PYTHONS_FOUND),,echo "pythons: neither $(PYTHON313) nor $(PYTHON312) found (or starts): nothing ran")
 
 pythons-found:
-	@$(foreach v,$(PYTHONS_MISSING),echo "pythons: $(PYTHON$(v)) not found, so Python $(v:3%=3.%) is skipped (set PYTHON$(v)=/path/to/python$(v:3%=3.%))";)
+	@$(foreach v,$(PYTHONS_MISSING),echo "pythons: $(PYTHON$(v)) not found (or it does not start), so Python $(v:3%=3.%) is skipped (set PYTHON$(v)=/path/to/python$(v:3%=3.%))";)
 	@$(if $(PYTHONS_FOUND),$(MAKE) --no-print-directory $(foreach v,$(PYTHONS_FOUND),pythons-$(v)),true)
 
 pythons-%: .venv-py%/.installed
