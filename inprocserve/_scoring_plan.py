@@ -90,10 +90,15 @@ def plan_for_version(
     batching = target.config.batching
     sessions = target.config.pool.size
     backend = target.backend
-    batchable = target.signature is None or target.signature.batchable
+    # The version's verdict, not the declared shapes': a model whose rows the load found to depend on each
+    # other (a mean over axis 0, batch normalization in training mode), or set rows_independent = "no", runs
+    # each request alone and whole; cut into chunks that shared runs, its input got answers that were neither
+    # the whole input's nor each chunk's own.
+    signature = target.signature
+    batchable = signature is None or (signature.batchable and target.unbatchable_reason is None)
     # A scikit-learn classifier's ZipMap answers a map per row: its requests are never merged, but an input
     # may still be cut into chunks (a whole input past max_request_rows was refused as one request)
-    chunkable = batchable or (target.signature is not None and target.signature.rows_in_maps())
+    chunkable = batchable or (signature is not None and signature.rows_in_maps() and batching.rows_independent != "no")
     per_row_s = None if target.run_cost is None else target.run_cost.per_row_s
     return plan_scoring(
         max_batch_size=batching.max_batch_size,

@@ -1,0 +1,84 @@
+"""Batch scoring follows what the load found about a version's rows, not only what its file declares.
+
+A model whose rows depend on each other (a mean over axis 0, batch normalization exported in training mode)
+declares a dynamic batch axis like any other; the load runs it and serves each request alone and whole. Batch
+scoring cut its input into chunks from the declared shapes all the same, and the chunks shared runs: the
+answers were neither the whole input's nor each chunk's own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from inprocserve import BatchingConfig, ModelConfig
+from inprocserve.__main__ import main
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+
+def build_centring_model() -> onnx.ModelProto:
+    """``y = x - mean(x over the rows)``, x[batch, 2]: each row's answer depends on the others."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+            helper.make_node("Sub", ["x", "mean"], ["y"]),
+        ],
+        "centring",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    save_model(build_centring_model(), tmp_path / "models", "centring", 1)
+    save_model(build_scale_model(2.0), tmp_path / "models", "never_sliced", 1)
+    return tmp_path / "models"
+
+
+ROWS = np.arange(200, dtype=np.float32).reshape(100, 2)
+
+
+def test_a_model_whose_rows_depend_on_each_other_is_scored_whole(repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(repository)
+    assert server.status()["models"]["centring"]["versions"]["1"]["unbatchable_reason"]
+    answers = list(server.predict_many("centring", ROWS))
+    # one answer, the whole input's (before: chunks of 64 and 36 rows, answered from one shared run)
+    assert len(answers) == 1
+    np.testing.assert_allclose(answers[0]["y"], ROWS - ROWS.mean(axis=0))
+    with pytest.raises(ValueError, match=r"batch_rows=10: model 'centring' version 1 takes a whole input as one"):
+        list(server.predict_many("centring", ROWS, batch_rows=10))
+    # batches of an iterable are each scored as a request of their own, as predict answers them
+    batches = [ROWS[:30], ROWS[30:]]
+    for answer, batch in zip(server.predict_many("centring", iter(batches)), batches, strict=True):
+        np.testing.assert_allclose(answer["y"], batch - batch.mean(axis=0))
+
+
+def test_rows_independent_no_keeps_a_whole_input_whole(repository: Path, make_server: ServerFactory) -> None:
+    never = ModelConfig(batching=BatchingConfig(rows_independent="no"))
+    server = make_server(repository, models={"never_sliced": never})
+    rows = np.ones((100, 4), np.float32)
+    answers = list(server.predict_many("never_sliced", rows))
+    assert len(answers) == 1
+    np.testing.assert_array_equal(answers[0]["y"], 2 * rows)
+
+
+def test_score_writes_the_whole_inputs_answer_and_refuses_batch_rows(
+    repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = repository / "centring" / "1" / "model.onnx"
+    np.save(tmp_path / "rows.npy", ROWS)
+    assert main(["score", str(model), str(tmp_path / "rows.npy"), str(tmp_path / "out.npz")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "out.npz")["y"], ROWS - ROWS.mean(axis=0))
+    assert main(["score", "--batch-rows", "4", str(model), str(tmp_path / "rows.npy"), str(tmp_path / "o.npz")]) != 0
+    assert "takes a whole input as one request" in capsys.readouterr().err
+    assert not (tmp_path / "o.npz").exists()
