@@ -26,7 +26,7 @@ from ._cli_common import Terminated, interrupted_by, raise_if_stopped, unwind_on
 from ._errors import InprocserveError, InvalidInputError, ModelNotFoundError
 from ._repository import MODEL_FILENAME
 from ._scoring_formats import FORMATS, file_format
-from ._scoring_plan import plan_for_version
+from ._scoring_plan import SCORING_RUN_ROWS, plan_for_version
 from ._scoring_progress import ProgressBar
 from ._scoring_readers import read_inputs
 from ._scoring_writer import AnswerWriter
@@ -160,6 +160,8 @@ def _loaded(server: Server, model: str, version: int | None, batch_rows: int | N
     assert target.signature is not None
     plan = plan_for_version(target, batch_rows=batch_rows, max_in_flight=None, timeout_s=None)
     rows = plan.request_rows or plan.chunk_rows or target.config.batching.max_batch_size
+    if plan.exact_rows is not None:  # (a block is cut into requests of those rows, and its answers joined back)
+        rows = plan.exact_rows * max(1, SCORING_RUN_ROWS // plan.exact_rows)
     return target.signature, rows
 
 

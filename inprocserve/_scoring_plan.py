@@ -7,6 +7,7 @@ from a loaded version.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,9 @@ class ScoringPlan:
     """Rows per model run of a larger request (``None``: the version's ``max_batch_size``)."""
     caller_runs: bool = False
     """Whether the thread iterating the answers runs requests itself, beside the workers."""
+    exact_rows: int | None = None
+    """Rows every request must hold, exactly: the model fixes axis 0 at that size (``Signature.fixed_rows``),
+    so an input is cut into requests of that many rows (``None``: any number up to the limits)."""
 
 
 def scoring_run_rows(*, max_batch_size: int, per_row_s: float | None) -> int:
@@ -100,6 +104,32 @@ def plan_for_version(
     # may still be cut into chunks (a whole input past max_request_rows was refused as one request)
     chunkable = batchable or (signature is not None and signature.rows_in_maps() and batching.rows_independent != "no")
     per_row_s = None if target.run_cost is None else target.run_cost.per_row_s
+    caller_runs = backend.kind == "onnxruntime" and caller_may_run(
+        backend.status(), kind=backend.kind, sessions=sessions, cores=usable_cores()
+    )
+    exact = None if signature is None or batchable else signature.fixed_rows
+    if exact is not None:
+        # A model exported with its batch axis fixed (at the example's 1, say): an input could not be scored
+        # at all (each whole input was one request, refused past that many rows). Requests of exactly that many
+        # rows, each one run, as predict takes them.
+        if batch_rows is not None and batch_rows != exact:
+            raise ValueError(
+                f"batch_rows={batch_rows}: model {target.name!r} version {target.version} takes exactly {exact} "
+                f"row{'s' if exact > 1 else ''} per run (its file fixes axis 0 of every input and output), so its "
+                f"inputs are cut into requests of {exact}; drop batch_rows"
+            )
+        plan = plan_scoring(
+            max_batch_size=exact,
+            request_row_limit=exact,
+            max_queue_rows=max(batching.max_queue_rows, exact),
+            sessions=sessions,
+            batchable=False,
+            chunkable=True,
+            batch_rows=exact,
+            max_in_flight=max_in_flight,
+            caller_runs=caller_runs,
+        )
+        return dataclasses.replace(plan, exact_rows=exact)
     return plan_scoring(
         max_batch_size=batching.max_batch_size,
         request_row_limit=batching.request_row_limit,
@@ -116,8 +146,7 @@ def plan_for_version(
             per_row_s=per_row_s,
             timeout_s=timeout_s,
         ),
-        caller_runs=backend.kind == "onnxruntime"
-        and caller_may_run(backend.status(), kind=backend.kind, sessions=sessions, cores=usable_cores()),
+        caller_runs=caller_runs,
     )
 
 
@@ -147,6 +176,18 @@ def checked_whole_input(target: ModelVersion, plan: ScoringPlan, inputs: Any, *,
             where the caller counted on one per chunk).
         InvalidInputError: such a whole input has more rows than one request may carry, saying why and what to do.
     """
+    if plan.exact_rows is not None and isinstance(inputs, (np.ndarray, Mapping)):
+        inputs = as_arrays(inputs)
+        rows = rows_of(inputs)
+        if rows % plan.exact_rows:
+            # (refused before any run: the last request would fail after every other was answered)
+            raise InvalidInputError(
+                f"model {target.name!r} version {target.version} takes exactly {plan.exact_rows} rows per run (its "
+                f"file fixes axis 0 of every input and output), and {rows} rows are not a multiple of "
+                f"{plan.exact_rows}: pad the input to {rows + plan.exact_rows - rows % plan.exact_rows} rows and "
+                "drop the padded rows' answers, or export the model with a dynamic batch axis"
+            )
+        return inputs
     if plan.chunk_rows is not None or not isinstance(inputs, (np.ndarray, Mapping)):
         return inputs
     why = target.unbatchable_reason or "its answers have no row per input row"

@@ -168,6 +168,18 @@ class Signature:
         for index, group in enumerate(self.tied_axes):
             self._shared_symbols[f"{_TIED}{index}"] = list(group)
         self._single = self.inputs[0].name if len(self.inputs) == 1 else None
+        self.fixed_rows: int | None = _fixed_rows(self.inputs, self.outputs)
+        """The rows of every run where the model fixes axis 0 at one size on every input and output (``None``:
+        it does not): a model exported without a dynamic batch axis (``torch.onnx.export`` without
+        ``dynamic_axes`` fixes it at the example's 1) takes exactly that many rows per request, and batch
+        scoring cuts an input into requests of that many rows."""
+        self._fixed_rows_hint = (
+            ""
+            if self.fixed_rows is None
+            else f" (the model takes exactly {self.fixed_rows} row{'s' if self.fixed_rows > 1 else ''} per request: "
+            f"its file fixes axis 0 of every input and output; predict_many and score cut a multiple of "
+            f"{self.fixed_rows} rows into such requests)"
+        )
 
     @classmethod
     def from_nodes(cls, inputs: Sequence[NodeInfo], outputs: Sequence[NodeInfo]) -> Signature:
@@ -298,7 +310,7 @@ class Signature:
                     if array.shape[axis] != size:
                         raise InvalidInputError(
                             f"input {spec.name!r}: expected size {size} on axis {axis} {_shape_text(spec.shape)}, "
-                            f"got shape {list(array.shape)}"
+                            f"got shape {list(array.shape)}{self._fixed_rows_hint if axis == 0 else ''}"
                         )
             if array.ndim:
                 if rows < 0:
@@ -420,6 +432,19 @@ class Signature:
 
 
 # -- the batch axis -----------------------------------------------------------------------------------------
+
+
+def _fixed_rows(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> int | None:
+    """The one size at which every input and output tensor fixes axis 0 (see ``Signature.fixed_rows``)."""
+    sizes = {
+        spec.shape[0] if spec.dtype is not None and spec.shape and isinstance(spec.shape[0], int) else -1
+        for spec in (*inputs, *outputs)
+    }
+    if len(sizes) != 1:
+        return None
+    (size,) = sizes
+    return size if size >= 1 else None
+
 
 _PROBE_SEED = 20240611
 _TIED = "\x00tied "  # (the key of a group of tied axes among the names of shared dimensions: no name starts so)

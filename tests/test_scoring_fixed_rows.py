@@ -1,0 +1,94 @@
+"""Batch scoring of a model whose file fixes the batch axis (``torch.onnx.export`` without ``dynamic_axes``
+fixes axis 0 at the example's size, most often 1): an input is cut into requests of exactly that many rows.
+
+Before, each whole input was one request, refused past that many rows, so such a model could not be scored
+at all, by ``predict_many`` or the ``score`` command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from inprocserve import InvalidInputError
+from inprocserve.__main__ import main
+from inprocserve.testing import save_model
+
+from .conftest import ServerFactory
+
+
+def build_fixed_rows_model(rows: int) -> onnx.ModelProto:
+    """``y = x * x`` on ``x[rows, 4]``, and ``total[rows]``, the sum of each row: axis 0 fixed at ``rows``."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "x"], ["y"]),
+            helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=0),
+        ],
+        "fixed_rows",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 4])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, 4]),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, [rows]),
+        ],
+        [onnx.numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    save_model(build_fixed_rows_model(1), tmp_path / "models", "one_row", 1)
+    save_model(build_fixed_rows_model(4), tmp_path / "models", "four_rows", 1)
+    return tmp_path / "models"
+
+
+X = np.arange(40, dtype=np.float32).reshape(10, 4)
+
+
+def test_an_input_is_scored_in_requests_of_the_rows_the_model_fixes(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(repository)
+    answers = list(server.predict_many("one_row", X))
+    assert [answer["y"].shape for answer in answers] == [(1, 4)] * 10  # (one answer per request of one row)
+    np.testing.assert_array_equal(np.concatenate([answer["y"] for answer in answers]), X * X)
+    np.testing.assert_array_equal(np.concatenate([answer["total"] for answer in answers]), X.sum(axis=1))
+    # an iterable's batches are each answered whole, cut into such requests and joined back
+    four = list(server.predict_many("four_rows", iter([X[:8], X[:4]])))
+    assert [answer["y"].shape for answer in four] == [(8, 4), (4, 4)]
+    np.testing.assert_array_equal(four[0]["total"], X[:8].sum(axis=1))
+
+
+def test_rows_that_are_no_multiple_are_refused_before_any_run(repository: Path, make_server: ServerFactory) -> None:
+    server = make_server(repository)
+    with pytest.raises(InvalidInputError, match=r"exactly 4 rows per run .* 10 rows are not a multiple of 4: pad"):
+        server.predict_many("four_rows", X)
+    with pytest.raises(ValueError, match=r"batch_rows=2: .* takes exactly 4 rows per run"):
+        server.predict_many("four_rows", X[:8], batch_rows=2)
+    # predict itself says why a request of another size is refused
+    with pytest.raises(InvalidInputError, match=r"takes exactly 1 row per request: its file fixes axis 0"):
+        server.predict("one_row", X[:2])
+
+
+def test_score_writes_every_row_of_a_model_exported_with_one_row(
+    repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = np.random.default_rng(0).standard_normal((600, 4)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", rows)
+    model = repository / "one_row" / "1" / "model.onnx"
+    assert main(["score", str(model), str(tmp_path / "rows.npy"), str(tmp_path / "out.npz")]) == 0
+    written = np.load(tmp_path / "out.npz")
+    np.testing.assert_array_equal(written["y"], rows * rows)
+    np.testing.assert_allclose(written["total"], rows.sum(axis=1), atol=1e-6)
+    # a file whose rows the model cannot take in whole requests fails naming the rows, and writes nothing
+    np.save(tmp_path / "ten.npy", X)
+    model = repository / "four_rows" / "1" / "model.onnx"
+    assert main(["score", str(model), str(tmp_path / "ten.npy"), str(tmp_path / "ten.npz")]) == 1
+    assert "10 rows are not a multiple of 4: pad the input to 12 rows" in capsys.readouterr().err
+    assert not (tmp_path / "ten.npz").exists()
