@@ -20,12 +20,17 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ._cli_common import Terminated, interrupted_by, raise_if_stopped, unwind_on_sigterm
 from ._errors import InprocserveError, InvalidInputError, ModelNotFoundError
 from ._repository import MODEL_FILENAME
 from ._scoring_formats import FORMATS, file_format
+from ._scoring_inputs import rows_of
 from ._scoring_plan import SCORING_RUN_ROWS, plan_for_version
 from ._scoring_progress import ProgressBar
 from ._scoring_readers import read_inputs
@@ -125,15 +130,18 @@ def score_file(
 
         writer: AnswerWriter | None = None
         rows = 0
+        counted = _RowsRead(source)
         try:  # (the writer is made inside: a stop as it returns must still remove its file)
             writer = AnswerWriter(output_path, signature)
             for answer in server.predict_many(
-                served, source, version=version, batch_rows=batch_rows, progress=report if bar else None
+                served, counted.source, version=version, batch_rows=batch_rows, progress=report if bar else None
             ):
+                rows += _answered_rows(answer, served, server, version)
                 writer.write(answer)
-                rows += len(next(iter(answer.values()))) if len(answer) else 0
                 raise_if_stopped()
             raise_if_stopped()  # never commit OUTPUT for a run that was stopped
+            if rows != counted.rows:
+                raise _not_row_per_row(served, server, version, f"{rows} rows answered for {counted.rows} input rows")
             writer.commit()
         except BaseException:
             if writer is not None:
@@ -143,6 +151,53 @@ def score_file(
             if bar is not None:
                 bar.close()
     return rows
+
+
+class _RowsRead:
+    """The input of a ``score`` run, counting the rows ``predict_many`` reads from it (a whole array at once,
+    a stream of batches as it is read)."""
+
+    def __init__(self, source: Any) -> None:
+        self.rows = 0
+        self.source: Any
+        if isinstance(source, (np.ndarray, Mapping)):
+            self.rows = rows_of(source)
+            self.source = source
+        else:
+            self.source = self._counted(source)
+
+    def _counted(self, batches: Iterable[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self.rows += rows_of(batch)
+            yield batch
+
+
+def _answered_rows(answer: Mapping[str, Any], model: str, server: Server, version: int | None) -> int:
+    """The rows of one answer, which every output must agree on: ``score`` writes one output row per input row.
+
+    Raises:
+        InvalidInputError: the outputs answer different rows (the model's axis 0 is not the rows of each).
+    """
+    counts = {name: len(value) for name, value in answer.items() if not isinstance(value, np.ndarray) or value.ndim}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{count} of {name!r}" for name, count in counts.items())
+        raise _not_row_per_row(model, server, version, f"an answer of {listed} rows")
+    return next(iter(counts.values()), 0)
+
+
+def _not_row_per_row(model: str, server: Server, version: int | None, what: str) -> InvalidInputError:
+    """The error for a model whose answers have no row per input row, which its declared shapes did not show
+    (an output named after the batch axis that a model cuts or fills: a written file's rows would no longer
+    line up with the input's). It names what the load found, where it found something."""
+    routes = server._routes[model]
+    target = routes.default if version is None else routes.versions.get(version)
+    why = None if target is None else target.why_unbatchable()
+    found = f" (the load found: {why})" if why else ""
+    return InvalidInputError(
+        f"model {model!r} does not answer one row per input row: {what}{found}; the score command writes one "
+        "output row per input row, so nothing was written: call server.predict_many (or predict) from Python "
+        "for such a model"
+    )
 
 
 def _loaded(server: Server, model: str, version: int | None, batch_rows: int | None) -> tuple[Signature, int]:

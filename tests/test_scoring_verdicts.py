@@ -82,3 +82,53 @@ def test_score_writes_the_whole_inputs_answer_and_refuses_batch_rows(
     assert main(["score", "--batch-rows", "4", str(model), str(tmp_path / "rows.npy"), str(tmp_path / "o.npz")]) != 0
     assert "takes a whole input as one request" in capsys.readouterr().err
     assert not (tmp_path / "o.npz").exists()
+
+
+def build_last_row_dropping_model(*, with_copy: bool = False) -> onnx.ModelProto:
+    """``y = x[:-1]``, declared ``[batch, 2]`` as its input: an answer one row short of its input (and with
+    ``with_copy``, ``copy = x`` beside it)."""
+    bounds = [
+        onnx.numpy_helper.from_array(np.array([value], np.int64), name)
+        for name, value in (("start", 0), ("end", -1), ("axis", 0))
+    ]
+    copies = [helper.make_node("Identity", ["x"], ["copy"])] if with_copy else []
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 2]) for name in ("copy", "y")]
+    graph = helper.make_graph(
+        [*copies, helper.make_node("Slice", ["x", "start", "end", "axis"], ["y"])],
+        "dropping",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        outputs[0 if with_copy else 1 :],
+        bounds,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv"])
+def test_score_writes_nothing_for_a_model_that_answers_fewer_rows_than_it_was_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    # its file declares the rows on axis 0 of input and output alike; the load finds otherwise, but score wrote
+    # 9 answers for 10 rows, which no longer lined up with the input's rows
+    model = save_model(build_last_row_dropping_model(), tmp_path / "models", "dropping", 1)
+    source = tmp_path / f"rows{suffix}"
+    if suffix == ".npy":
+        np.save(source, ROWS[:10])
+    else:
+        np.savetxt(source, ROWS[:10], delimiter=",", fmt="%g")
+    target = tmp_path / ("answers.npz" if suffix == ".npy" else "answers.csv")
+    assert main(["score", str(model), str(source), str(target)]) == 1
+    err = capsys.readouterr().err
+    assert "does not answer one row per input row: 9 rows answered for 10 input rows (the load found:" in err
+    assert "nothing was written" in err and not target.exists()
+
+
+def test_score_writes_nothing_where_outputs_answer_different_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = save_model(build_last_row_dropping_model(with_copy=True), tmp_path / "models", "dropping", 1)
+    np.save(tmp_path / "rows.npy", ROWS[:10])
+    assert main(["score", str(model), str(tmp_path / "rows.npy"), str(tmp_path / "answers.npz")]) == 1
+    assert "does not answer one row per input row: an answer of 10 of 'copy', 9 of 'y' rows" in capsys.readouterr().err
+    assert not (tmp_path / "answers.npz").exists()
