@@ -16,28 +16,40 @@ __all__ = ["as_arrays", "count_rows", "owned", "part_of", "readable", "rows_of"]
 
 
 def rows_of(item: Any, name: str | None = None) -> int:
-    """Rows (the length of axis 0) of an array or a mapping of arrays.
+    """Rows (the length of axis 0) of an array or a mapping of arrays. In a mapping, a value of rank 0 (a
+    model's scalar parameter, a threshold, which ``predict`` takes beside inputs of rows) has no rows of its
+    own: the others' count, and a mapping of such values alone is one row (one request's parameters).
 
     Raises:
         InvalidInputError: no batch axis, a ragged nested list, or arrays that disagree on their number of rows.
     """
     if isinstance(item, Mapping):
-        counts = {key: rows_of(value, str(key)) for key, value in item.items()}
-        if not counts:
+        if not item:
             raise InvalidInputError("a batch is an empty mapping; give it the model's inputs")
-        if len(set(counts.values())) > 1:
-            listing = ", ".join(f"{key!r} has {rows}" for key, rows in counts.items())
+        counts = {key: _axis0(value, str(key)) for key, value in item.items()}
+        ranked = {key: rows for key, rows in counts.items() if rows is not None}
+        if len(set(ranked.values())) > 1:
+            listing = ", ".join(f"{key!r} has {rows}" for key, rows in ranked.items())
             raise InvalidInputError(f"the inputs of a batch must have the same number of rows: {listing}")
-        return next(iter(counts.values()))
+        return next(iter(ranked.values()), 1)
+    rows = _axis0(item, name)
+    if rows is None:
+        raise InvalidInputError(
+            f"a batch needs a leading row axis; got a scalar {type(item).__name__} (for a model that takes a "
+            "scalar, give each batch as a mapping of input name to value)"
+        )
+    return rows
+
+
+def _axis0(item: Any, name: str | None) -> int | None:
+    """The length of ``item``'s axis 0; ``None`` for a value of rank 0."""
     shape = getattr(item, "shape", None)
     if shape is None:
         try:
             shape = np.shape(item)
         except UNREADABLE as exc:  # numpy's own words, untyped: make it the caller's input error
             raise _ragged(name, exc) from exc
-    if not shape:
-        raise InvalidInputError(f"a batch needs a leading row axis; got a scalar {type(item).__name__}")
-    return int(shape[0])
+    return int(shape[0]) if shape else None
 
 
 def _ragged(name: str | None, exc: Exception) -> InvalidInputError:

@@ -1,4 +1,5 @@
-"""Batch scoring follows what the load found about a version's rows, not only what its file declares.
+"""Batch scoring follows what the load found about a version's rows, not only what its file declares, and takes
+what predict takes (a scalar input beside inputs of rows).
 
 A model whose rows depend on each other (a mean over axis 0, batch normalization exported in training mode)
 declares a dynamic batch axis like any other; the load runs it and serves each request alone and whole. Batch
@@ -15,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from inprocserve import BatchingConfig, ModelConfig
+from inprocserve import BatchingConfig, InvalidInputError, ModelConfig
 from inprocserve.__main__ import main
 from inprocserve.testing import build_scale_model, save_model
 
@@ -132,3 +133,34 @@ def test_score_writes_nothing_where_outputs_answer_different_rows(
     assert main(["score", str(model), str(tmp_path / "rows.npy"), str(tmp_path / "answers.npz")]) == 1
     assert "does not answer one row per input row: an answer of 10 of 'copy', 9 of 'y' rows" in capsys.readouterr().err
     assert not (tmp_path / "answers.npz").exists()
+
+
+def build_threshold_model() -> onnx.ModelProto:
+    """``y = x * scale``: ``x[batch, 4]`` and ``scale``, a scalar (rank 0) given with each request."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"])],
+        "scaled",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_scalar_input_beside_rows_is_scored_as_predict_takes_it(tmp_path: Path, make_server: ServerFactory) -> None:
+    save_model(build_threshold_model(), tmp_path, "scaled", 1)
+    server = make_server(tmp_path)
+    x = np.ones((100, 4), np.float32)
+    assert server.predict("scaled", {"x": x[:2], "scale": np.float32(3)})["y"].tolist() == [[3.0] * 4] * 2
+    # (was "a batch needs a leading row axis; got a scalar float32", naming neither input nor model)
+    [whole] = server.predict_many("scaled", {"x": x, "scale": np.array(3, np.float32)})
+    np.testing.assert_array_equal(whole["y"], 3 * x)
+    batches = [{"x": x[:5], "scale": np.float32(2)}, {"x": x[:3], "scale": np.float32(4)}]
+    answers = [answer["y"] for answer in server.predict_many("scaled", iter(batches))]
+    assert [answer.tolist() for answer in answers] == [[[2.0] * 4] * 5, [[4.0] * 4] * 3]
+    with pytest.raises(InvalidInputError, match=r"same number of rows: 'x' has 100, 'scale' has 3"):
+        server.predict_many("scaled", {"x": x, "scale": np.ones(3, np.float32)})
