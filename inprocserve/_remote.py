@@ -136,7 +136,8 @@ def signature_from_metadata(
         if not isinstance(entries, list) or not entries:
             raise ModelLoadError(
                 f"{where}: the model metadata lists no {kind}; declare them on the server (MLServer: "
-                f"'{kind}' in model-settings.json; Triton: config.pbtxt)"
+                f"'{kind}' in model-settings.json; Triton: config.pbtxt; KServe's Python server: the model's "
+                f"get_{kind[:-1]}_types())"
             )
         specs[kind] = []
         for entry in entries:
@@ -734,12 +735,29 @@ class RemoteBackend:
             )
         return converted
 
+    def _half_hint(self) -> str:
+        """Advice for a refusal of FP16 tensors sent as JSON numbers, which KServe's server refuses ("Sending
+        FP16 data via JSON is not supported"): without it, the only hint for a refused warm-up was a warm-up
+        file, and the version never loaded. The binary extension carries them (KServe takes it, unlisted)."""
+        signature = self._signature
+        if self._binary or signature is None:
+            return ""
+        halves = [spec.name for spec in signature.inputs if spec.onnx_type == "tensor(float16)"]
+        if not halves:
+            return ""
+        return (
+            f"; FP16 tensors ({', '.join(map(repr, halves))}) went as JSON numbers, which some servers refuse "
+            "(KServe's): set binary_tensors = true in this version's remote.toml"
+        )
+
     def _refused(self, response: HttpResponse, *, caller_binds: bool, sent_at: float) -> Exception:
         status = response.status
         detail = f"{self.remote.endpoint}/infer answered {status}: {_message(response)}"
         if status in (400, 422):
             self._breaker.success()  # the server is up; the request was wrong
-            return self._error(InvalidInputError, f"the remote server refused the inputs: {detail}", count=False)
+            return self._error(
+                InvalidInputError, f"the remote server refused the inputs: {detail}{self._half_hint()}", count=False
+            )
         if status == 504:  # the server ran out of the time it was sent: judged as a timeout here is
             late = self._error(DeadlineExceededError, detail)  # (first: the circuit's line names it)
             if self._counts_against_server(caller_binds=caller_binds, sent_at=sent_at):

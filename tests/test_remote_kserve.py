@@ -58,7 +58,10 @@ import uvicorn
 from kserve.errors import InvalidInput
 from kserve.utils.numpy_codec import from_np_dtype
 
-DATATYPES = {{"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(bool)": "BOOL", "tensor(string)": "BYTES"}}
+DATATYPES = {{
+    "tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(int64)": "INT64", "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}}
 
 
 class OnnxModel(kserve.Model):
@@ -77,9 +80,13 @@ class OnnxModel(kserve.Model):
         return [{{"name": a.name, "datatype": DATATYPES[a.type], "shape": dims(a.shape)}} for a in args]
 
     def get_input_types(self):
+        if self.name == "undeclared":  # (as a kserve.Model that leaves them out: KServe's default, none)
+            return super().get_input_types()
         return self._tensors(self.session.get_inputs())
 
     def get_output_types(self):
+        if self.name == "undeclared":
+            return super().get_output_types()
         return self._tensors(self.session.get_outputs())
 
     async def predict(self, payload, headers=None, response_headers=None):
@@ -153,8 +160,25 @@ def build_upper_model() -> Any:
     return model
 
 
+def build_half_model() -> Any:
+    """doubled = x + x, in float16 (a half-precision export): an FP16 input and output."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["doubled"])],
+        "half",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 3])],
+        [helper.make_tensor_value_info("doubled", TensorProto.FLOAT16, ["batch", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
 MODELS = {
     "mlp": lambda: build_mlp_model((16, 32, 3), seed=7),
+    "half": build_half_model,
+    "undeclared": lambda: build_mlp_model((16, 32, 3), seed=7),
     "slow": lambda: build_mlp_model((16, 32, 3), seed=7),
     "gather": lambda: build_gather_model(table_rows=10),
     "logic": build_logic_model,
@@ -347,9 +371,36 @@ def test_unknown_models_and_versions_fail_the_load_saying_why(
     url, _ = kserve
     with pytest.raises(inprocserve.ModelLoadError, match="answered 404: Model with name nosuch does not exist"):
         make(backends, url, "nosuch").prepare()
+    # a kserve.Model that declares no tensors lists none: the message says where to declare them
+    with pytest.raises(
+        inprocserve.ModelLoadError, match=r"lists no inputs; .*KServe's Python server: the model's get_input_types\(\)"
+    ):
+        make(backends, url, "undeclared").prepare()
     # KServe's Python server answers 501 to every /versions/ path: the message says to leave version out
     with pytest.raises(inprocserve.ModelLoadError, match=r"answered 501: .*leave version out"):
         make(backends, url, "mlp", version="1").prepare()
+
+
+def test_fp16_needs_binary_tensors_and_the_refusal_says_so(kserve: tuple[str, Path], tmp_path: Path) -> None:
+    # KServe's server refuses FP16 as JSON numbers ("Sending FP16 data via JSON is not supported"), which the
+    # backend sends unless told: the version's warm-up failed with only a warm-up file for advice
+    url, folder = kserve
+    server = inprocserve.Server(remote_repository(tmp_path / "json", url, "half"))
+    try:
+        error = server.status()["models"]["half"]["versions"]["1"]["error"]
+        assert (
+            "FP16 tensors ('x') went as JSON numbers, which some servers refuse (KServe's): set binary_tensors" in error
+        )
+    finally:
+        server.close()
+    server = inprocserve.Server(remote_repository(tmp_path / "binary", url, "half", "binary_tensors = true\n"))
+    try:
+        x = np.array([[0.5, -1.25, 3.0], [65504.0, 0.0, 1e-3]], np.float16)
+        answer = server.predict("half", x)["doubled"]
+        assert answer.dtype == np.float16
+        np.testing.assert_array_equal(answer, direct(folder, "half", {"x": x})[0])  # (65504 * 2: inf in both)
+    finally:
+        server.close()
 
 
 def test_a_slow_model_is_cut_at_the_callers_deadline(kserve: tuple[str, Path], tmp_path: Path) -> None:
