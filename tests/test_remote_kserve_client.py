@@ -24,6 +24,7 @@ from werkzeug.serving import make_server
 from inprocserve.testing import build_gather_model, build_mlp_model, save_model
 
 from .test_remote_kserve import PYTHON, build_logic_model, build_upper_model
+from .test_remote_mlserver import build_sqrt_model
 
 pytestmark = pytest.mark.skipif(
     not PYTHON.is_file(),
@@ -97,21 +98,6 @@ def binary_output_names(model):
 
 asyncio.run(main(sys.argv[1], Path(sys.argv[2])))
 '''
-
-
-def build_sqrt_model() -> Any:
-    """y = sqrt(x): a negative input answers NaN."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Sqrt", ["x"], ["y"])],
-        "sqrt",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
 
 
 FEEDS: dict[str, tuple[str, dict[str, np.ndarray]]] = {
