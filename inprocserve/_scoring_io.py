@@ -213,6 +213,23 @@ def _loaded(server: Server, model: str, version: int | None, batch_rows: int | N
     if target is None:
         raise server._not_found(model, version)
     assert target.signature is not None
+    if batch_rows is not None:  # (said here in the command's words: predict_many's speak of its batch_rows)
+        natural = plan_for_version(target, batch_rows=None, max_in_flight=None, timeout_s=None)
+        if natural.exact_rows is not None and batch_rows != natural.exact_rows:
+            exact = natural.exact_rows
+            refusal = (
+                f"takes exactly {exact} row{'s' if exact > 1 else ''} per run (its file fixes axis 0 of every "
+                f"input and output), so rows are sent {exact} at a time"
+            )
+        elif natural.chunk_rows is None:
+            why = target.why_unbatchable() or "its answers have no row per input row"
+            refusal = f"takes a whole input as one request ({why}), so it cannot be cut into chunks"
+        else:
+            refusal = None
+        if refusal is not None:
+            raise ValueError(
+                f"--batch-rows {batch_rows}: model {model!r} version {target.version} {refusal}; drop --batch-rows"
+            )
     plan = plan_for_version(target, batch_rows=batch_rows, max_in_flight=None, timeout_s=None)
     rows = plan.request_rows or plan.chunk_rows or target.config.batching.max_batch_size
     if plan.exact_rows is not None:  # (a block is cut into requests of those rows, and its answers joined back)

@@ -92,3 +92,11 @@ def test_score_writes_every_row_of_a_model_exported_with_one_row(
     assert main(["score", str(model), str(tmp_path / "ten.npy"), str(tmp_path / "ten.npz")]) == 1
     assert "10 rows are not a multiple of 4: pad the input to 12 rows" in capsys.readouterr().err
     assert not (tmp_path / "ten.npz").exists()
+    np.save(tmp_path / "eight.npy", X[:8])
+    assert main(["score", "--batch-rows", "2", str(model), str(tmp_path / "eight.npy"), str(tmp_path / "8.npz")]) == 1
+    assert capsys.readouterr().err == (
+        "error: --batch-rows 2: model 'model' version 1 takes exactly 4 rows per run (its file fixes axis 0 of "
+        "every input and output), so rows are sent 4 at a time; drop --batch-rows\n"
+    )
+    assert main(["score", "--batch-rows", "4", str(model), str(tmp_path / "eight.npy"), str(tmp_path / "8.npz")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "8.npz")["y"], X[:8] * X[:8])

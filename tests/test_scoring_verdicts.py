@@ -81,7 +81,9 @@ def test_score_writes_the_whole_inputs_answer_and_refuses_batch_rows(
     assert main(["score", str(model), str(tmp_path / "rows.npy"), str(tmp_path / "out.npz")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "out.npz")["y"], ROWS - ROWS.mean(axis=0))
     assert main(["score", "--batch-rows", "4", str(model), str(tmp_path / "rows.npy"), str(tmp_path / "o.npz")]) != 0
-    assert "takes a whole input as one request" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: --batch-rows 4: model 'model' version 1 takes a whole input as one request (output 'y'" in err
+    assert err.rstrip().endswith("so it cannot be cut into chunks; drop --batch-rows")  # (not "batch_rows")
     assert not (tmp_path / "o.npz").exists()
 
 
