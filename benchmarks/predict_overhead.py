@@ -7,7 +7,10 @@ server's for this model (one intra-op thread, no spinning), ``predict`` of this 
 tar -x -C DIR``), ``predict`` of that code, imported side by side under another name. The overhead is the
 median block's µs per call less the raw run's.
 
-    python benchmarks/predict_overhead.py [--model mlp-small] [--blocks 60] [--baseline DIR]
+    python benchmarks/predict_overhead.py [--model mlp-small] [--blocks 60] [--baseline DIR] [--list]
+
+``--list`` sends ``predict`` the row as a Python list (what a web view passes on from a JSON body) instead of
+an array; the raw run still gets the array.
 
 Writes benchmarks/results/predict_overhead.{json,md} (``--out`` elsewhere).
 """
@@ -53,6 +56,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=500, help="calls per block")
     parser.add_argument("--baseline", type=Path, help="a folder holding the inprocserve package to compare with")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--list", action="store_true", help="send predict the row as a Python list, not an array")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import inprocserve
@@ -69,16 +73,17 @@ def main() -> None:
             str(repository / args.model / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]
         )
         feeds = {"x": input_rows(args.model, 1)[0]}
+        given = {"x": feeds["x"].tolist()} if args.list else feeds
         now = inprocserve.Server(repository)
         servers.append(now)
         calls: dict[str, Callable[[], Any]] = {
             "raw run": lambda: session.run(None, feeds),
-            "predict": lambda: now.predict(args.model, feeds),
+            "predict": lambda: now.predict(args.model, given),
         }
         if args.baseline is not None:
             before = import_baseline(args.baseline, scratch).Server(repository)
             servers.append(before)
-            calls["predict, baseline"] = lambda: before.predict(args.model, feeds)
+            calls["predict, baseline"] = lambda: before.predict(args.model, given)
         times = timed_blocks(calls, args.blocks, args.block)
     finally:
         for server in servers:
@@ -106,7 +111,8 @@ def main() -> None:
         "# What predict adds to a raw run (one thread, no SDK)",
         "",
         machine_line(m),
-        f"Model {args.model}; {args.blocks} alternating blocks of {args.block} calls; the calling thread's CPU "
+        f"Model {args.model}{', predict given a one-row list' if args.list else ''}; {args.blocks} alternating "
+        f"blocks of {args.block} calls; the calling thread's CPU "
         "time per call, median block (p10 block in brackets).",
         "",
         "| call | µs per call | over the raw run |",
