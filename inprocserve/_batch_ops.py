@@ -41,6 +41,12 @@ def group_key(arrays: Arrays, padding: PaddingConfig | None) -> tuple[Any, ...]:
     if padding is None:
         return tuple([array.shape[1:] for array in arrays.values()])
     pads = padding.inputs
+    lengths = {array.shape[pads[name]] for name, array in arrays.items() if name in pads and array.ndim > pads[name]}
+    if 1 in lengths and len(lengths) > 1:
+        # A padded input one step long beside longer ones (a mask the model broadcasts): padded, it would stay
+        # one step while the others grow, and the padded steps would go unmasked (the answer would follow the
+        # batch's longest request). Such a request shares a batch only with requests of its exact shapes.
+        return ("exact", *[array.shape[1:] for array in arrays.values()])
     return tuple(
         [_bucketed_axis(array.shape, pads[name]) if name in pads else array.shape[1:] for name, array in arrays.items()]
     )

@@ -20,8 +20,9 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from inprocserve import InferenceError, InvalidInputError, ModelConfig, PoolConfig
+from inprocserve import InferenceError, InvalidInputError, ModelConfig, PaddingConfig, PoolConfig
 from inprocserve.__main__ import main
+from inprocserve._batch_ops import group_key
 from inprocserve._ort_rules import usable_cores
 from inprocserve._quantize import quantize
 from inprocserve._signature import Signature
@@ -354,3 +355,47 @@ def test_lengths_past_the_search_s_runs_are_left_free(
 
 def _inputs(server: Any, model: str) -> list[dict[str, Any]]:
     return server.status()["models"][model]["versions"]["1"]["signature"]["inputs"]  # type: ignore[no-any-return]
+
+
+def test_a_padded_batch_never_leaves_a_one_step_mask_unpadded(tmp_path: Path, make_server: ServerFactory) -> None:
+    # Attention-style masking, padded: a request whose mask is one step (broadcast over its ids) was padded
+    # beside a longer request as the ids grew and the mask did not, so the padded steps went unmasked and
+    # its answer followed its companion's length (0.2289 for each token instead of 0.25)
+    make = onnx.helper.make_node
+    constants = [
+        onnx.numpy_helper.from_array(np.array(1, np.float32), "one"),
+        onnx.numpy_helper.from_array(np.array(1e9, np.float32), "big"),
+    ]
+    _save(
+        tmp_path,
+        "attention",
+        [
+            make("Sub", ["mask", "one"], ["masked_off"]),
+            make("Mul", ["masked_off", "big"], ["penalty"]),
+            make("Add", ["ids", "penalty"], ["scores"]),
+            make("Softmax", ["scores"], ["y"], axis=1),
+        ],
+        [_floats("ids", "batch", "ids_length"), _floats("mask", "batch", "mask_length")],
+        [_floats("y", "batch", "ids_length")],
+        constants,
+    )
+    (tmp_path / "attention" / "config.toml").write_text(
+        "[batching]\nmax_delay_s = 0.2\n"
+        "[batching.padding]\ninputs = { ids = 1, mask = 1 }\noutputs = { y = 1 }\nvalue = 0\n"
+    )
+    server = make_server(tmp_path)
+    short = {"ids": np.ones((1, 4), np.float32), "mask": np.ones((1, 1), np.float32)}
+    longer = {"ids": np.ones((1, 5), np.float32), "mask": np.ones((1, 1), np.float32)}
+    assert server.predict("attention", short)["y"].tolist() == [[0.25] * 4]
+    for _ in range(10):
+        beside, alone = server.submit("attention", longer), server.submit("attention", short)
+        np.testing.assert_allclose(alone.result(timeout=30)["y"], [[0.25] * 4])
+        np.testing.assert_allclose(beside.result(timeout=30)["y"], [[0.2] * 5])
+    # full-length masks still share padded batches; a one-step mask only requests of its exact shapes
+    padding = PaddingConfig(inputs={"ids": 1, "mask": 1})
+    ones = functools.partial(np.ones, dtype=np.float32)
+    assert group_key({"ids": ones((1, 4)), "mask": ones((1, 4))}, padding) == group_key(
+        {"ids": ones((1, 5)), "mask": ones((1, 5))}, padding
+    )
+    assert group_key(short, padding) != group_key(longer, padding)
+    assert group_key(short, padding) == group_key({"ids": ones((2, 4)), "mask": ones((2, 1))}, padding)
