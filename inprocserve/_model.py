@@ -58,6 +58,10 @@ logger = logging.getLogger(__name__)
 _MOST_LENGTHS_TIED = 6
 """Inputs' lengths (sequence axes named apart) among which a load looks for ties, at most."""
 _MOST_TIE_RUNS = 40
+
+_NOT_CHECKED = "(not checked: batching is off and nothing is sliced)"
+"""Ends the verdict of a version whose axis 0 is named apart and whose rows the load did not check, since no
+run of it ever holds rows of two requests: a doubt, not a finding that its rows depend on each other."""
 """One-row runs the search for tied lengths may make at a load, at most: a length changed alone takes one to
 three, each candidate group one to three (a wrong one, mostly one), each tied length one more. Two lengths of
 one group take 12; two groups of two, 23; four lengths of one group (ids, mask, token types, positions), 26;
@@ -401,7 +405,7 @@ class ModelVersion:
             # (no run ever holds rows of two requests nor two slices of one: nothing to check; inputs or outputs
             # named apart are then not taken for one batch axis, so a request's inputs need not share rows)
             named = signature.rows_named_apart
-            return None if named is None else f"{named} (not checked: batching is off and nothing is sliced)"
+            return None if named is None else f"{named} {_NOT_CHECKED}"
         named = signature.rows_named_apart
         remote = self.backend.kind == "remote"
         try:
@@ -676,6 +680,12 @@ class ModelVersion:
     @property
     def providers(self) -> list[str]:
         return [] if self._backend is None else list(self._backend.providers)
+
+    def rows_stay_whole(self) -> bool:
+        """Whether the load found, or was told, that this version's rows must never be cut apart: a whole input
+        is then one request (a doubt left unchecked because batching is off is no such finding)."""
+        reason = self.unbatchable_reason
+        return reason is not None and not reason.endswith(_NOT_CHECKED)
 
     def why_unbatchable(self) -> str | None:
         """Why requests of this version run one per run and whole (found at load, or while serving);

@@ -99,7 +99,7 @@ def plan_for_version(
     # each request alone and whole; cut into chunks that shared runs, its input got answers that were neither
     # the whole input's nor each chunk's own.
     signature = target.signature
-    batchable = signature is None or (signature.batchable and target.unbatchable_reason is None)
+    batchable = signature is None or (signature.batchable and not target.rows_stay_whole())
     # A scikit-learn classifier's ZipMap answers a map per row: its requests are never merged, but an input
     # may still be cut into chunks (a whole input past max_request_rows was refused as one request)
     chunkable = batchable or (signature is not None and signature.rows_in_maps() and batching.rows_independent != "no")

@@ -73,6 +73,30 @@ def test_rows_independent_no_keeps_a_whole_input_whole(repository: Path, make_se
     np.testing.assert_array_equal(answers[0]["y"], 2 * rows)
 
 
+def test_a_doubt_left_unchecked_with_batching_off_still_cuts_an_input_into_requests(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    # tf2onnx names axis 0 apart on the input and the output; with batching off and nothing sliced the load does
+    # not check the rows, and says so: that doubt is no finding, and a whole input past max_request_rows was
+    # refused as one request ("not checked ... it cannot be cut into chunks") where it had been cut before
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "exported",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["unk__6", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["unk__7", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save_model(model, tmp_path / "models", "exported", 1)
+    off = ModelConfig(batching=BatchingConfig(enabled=False, max_request_rows=64))
+    server = make_server(tmp_path / "models", models={"exported": off})
+    assert "not checked" in server.status()["models"]["exported"]["versions"]["1"]["unbatchable_reason"]
+    rows = np.ones((200, 4), np.float32)
+    answers = list(server.predict_many("exported", rows))
+    assert [answer["y"].shape[0] for answer in answers] == [64, 64, 64, 8]
+    np.testing.assert_array_equal(np.concatenate([answer["y"] for answer in answers]), 2 * rows)
+
+
 def test_score_writes_the_whole_inputs_answer_and_refuses_batch_rows(
     repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
