@@ -33,7 +33,14 @@ from ._errors import (
 from ._prediction import Prediction
 from ._request import drop_tracebacks, let_go_of_future
 from ._scoring_inputs import as_arrays, count_rows, owned, part_of, rows_of
-from ._scoring_plan import ScoringPlan, caller_may_run, plan_for_version, plan_scoring, scoring_run_rows
+from ._scoring_plan import (
+    ScoringPlan,
+    caller_may_run,
+    not_a_multiple,
+    plan_for_version,
+    plan_scoring,
+    scoring_run_rows,
+)
 from ._scoring_progress import Progress, ProgressBar, resolve_progress
 from ._signature import is_arrow_stream
 
@@ -207,7 +214,7 @@ def score(
         jobs: Iterator[_Job] = _slices(whole, rows, request_rows, plan.chunk_rows)
     else:
         total = count_rows(inputs) if isinstance(inputs, (list, tuple)) else None
-        jobs = _batches(iter(inputs), request_rows, batch_of)
+        jobs = _batches(iter(inputs), request_rows, batch_of, exact_rows=plan.exact_rows)
     iterable = not isinstance(inputs, (np.ndarray, Mapping))
     return _run(submit, jobs, total, plan, callback, bar, timeout_s, answer_empty, clock, sleep, iterable=iterable)
 
@@ -224,11 +231,17 @@ def _slices(inputs: Any, total: int, request_rows: int | None, chunk_rows: int |
 
 
 def _batches(
-    items: Iterator[Any], part_rows: int | None, batch_of: Callable[[Any], Any] | None = None
+    items: Iterator[Any],
+    part_rows: int | None,
+    batch_of: Callable[[Any], Any] | None = None,
+    *,
+    exact_rows: int | None = None,
 ) -> Iterator[_Job]:
     """One job per item, pulled lazily; an item larger than a request is sent in parts and joined back.
 
     A failure to read or check an item becomes a failed job at that position, after which nothing more is read.
+    ``exact_rows``: the model takes exactly that many rows per run; an item of rows that are no multiple of it
+    is such a failure, before any of its parts runs (the last part would fail after the others ran).
     """
     while True:
         try:
@@ -244,6 +257,8 @@ def _batches(
             if batch_of is not None:
                 item = batch_of(item)
             rows = rows_of(item)
+            if exact_rows is not None and rows % exact_rows:
+                raise not_a_multiple("the model", exact_rows, rows, "batch")
             item = owned(item)
             if part_rows is not None and rows > part_rows:
                 item = as_arrays(item)

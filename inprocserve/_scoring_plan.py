@@ -165,6 +165,16 @@ def _run_rows(
     return max(max_batch_size, SCORING_RUN_ROWS) if chunkable else None
 
 
+def not_a_multiple(model: str, exact_rows: int, rows: int, what: str) -> InvalidInputError:
+    """The refusal of ``rows`` rows (a whole input, or a batch of an iterable) for a model that takes exactly
+    ``exact_rows`` per run, saying how to pad them."""
+    return InvalidInputError(
+        f"{model} takes exactly {exact_rows} rows per run (its file fixes axis 0 of every input and output), and "
+        f"{rows} rows are not a multiple of {exact_rows}: pad the {what} to {rows + exact_rows - rows % exact_rows} "
+        "rows and drop the padded rows' answers, or export the model with a dynamic batch axis"
+    )
+
+
 def checked_whole_input(target: ModelVersion, plan: ScoringPlan, inputs: Any, *, batch_rows: int | None) -> Any:
     """``inputs`` (converted to arrays if a whole input) if the plan can send it: a whole input to a version whose
     answers have no row per input row (an output without a batch axis) cannot be cut into chunks, so it goes as
@@ -181,12 +191,7 @@ def checked_whole_input(target: ModelVersion, plan: ScoringPlan, inputs: Any, *,
         rows = rows_of(inputs)
         if rows % plan.exact_rows:
             # (refused before any run: the last request would fail after every other was answered)
-            raise InvalidInputError(
-                f"model {target.name!r} version {target.version} takes exactly {plan.exact_rows} rows per run (its "
-                f"file fixes axis 0 of every input and output), and {rows} rows are not a multiple of "
-                f"{plan.exact_rows}: pad the input to {rows + plan.exact_rows - rows % plan.exact_rows} rows and "
-                "drop the padded rows' answers, or export the model with a dynamic batch axis"
-            )
+            raise not_a_multiple(f"model {target.name!r} version {target.version}", plan.exact_rows, rows, "input")
         return inputs
     if plan.chunk_rows is not None or not isinstance(inputs, (np.ndarray, Mapping)):
         return inputs

@@ -678,10 +678,12 @@ class Server(RolloutMethods):
                 _, target, decision = self._route(model, version, context)
                 signature = target.signature
                 assert signature is not None
-                if not signature.batchable and not signature.rows_in_maps():  # (a ZipMap's maps are rows too)
+                fixed = signature.fixed_rows is not None  # (exactly N rows per run: its outputs have rows too)
+                if not signature.batchable and not signature.rows_in_maps() and not fixed:  # (a ZipMap's maps too)
                     return submit(part)
                 try:
-                    if not _no_values(part, signature.input_names):  # ([]: a list of no rows has no shape to check)
+                    # ([]: a list of no rows has no shape to check; nor has a fixed size N of axis 0 with 0 rows)
+                    if not fixed and not _no_values(part, signature.input_names):
                         signature.validate(part, max_rows=target.max_request_rows, no_rows_ok=True)
                     outputs = signature.empty_answer(as_run=True)  # (strings and maps as a run gives them)
                 except InvalidInputError as exc:

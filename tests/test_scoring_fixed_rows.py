@@ -76,6 +76,28 @@ def test_rows_that_are_no_multiple_are_refused_before_any_run(repository: Path, 
         server.predict("one_row", X[:2])
 
 
+def test_a_batch_of_an_iterable_that_is_no_multiple_is_refused_before_its_parts_run(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(repository)
+    runs = server.status()["models"]["four_rows"]["versions"]["1"]["batches_run"]
+    # before, its first two parts of 4 rows ran and the third, of 2, failed with predict's own refusal
+    answers = server.predict_many("four_rows", iter([X[:8], X]))
+    assert next(answers)["y"].shape == (8, 4)
+    with pytest.raises(InvalidInputError, match=r"10 rows are not a multiple of 4: pad the batch to 12 rows"):
+        next(answers)
+    assert server.status()["models"]["four_rows"]["versions"]["1"]["batches_run"] == runs + 2  # (the first batch's)
+
+
+def test_an_empty_batch_of_an_iterable_is_answered_with_no_rows(repository: Path, make_server: ServerFactory) -> None:
+    # before, predict refused its 0 rows against the fixed 4 ("got shape [0, 4]") and the job ended there
+    server = make_server(repository)
+    answers = list(server.predict_many("four_rows", iter([X[:4], X[:0], X[:8]])))
+    assert [answer["y"].shape for answer in answers] == [(4, 4), (0, 4), (8, 4)]
+    assert answers[1]["total"].shape == (0,)
+    np.testing.assert_array_equal(answers[2]["y"], X[:8] * X[:8])
+
+
 def test_score_writes_every_row_of_a_model_exported_with_one_row(
     repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
