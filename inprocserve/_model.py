@@ -312,10 +312,22 @@ class ModelVersion:
                 return False
             return True
 
-        others = (base + 1, base - 1, base + 2)  # (in turn: the second and third only where the first fails)
         try:
             if not runs_at(base, []):
-                return signature
+                # the warm-up made up no request (switched off, or read from inputs_file): the lengths it would
+                # have tried, until one runs (a convolution of kernel 5 over time needs 5 steps or more)
+                for base in [size + 1 for size in signature.made_up_inner_sizes() if size + 1 > base]:
+                    if runs_at(base, []):  # (base is every length of the runs: runs_at reads it)
+                        break
+                else:
+                    logger.info(
+                        "model %r version %s: no made-up request of one length ran, so which of its inputs' lengths "
+                        "must be alike is not known; they are left free",
+                        self.name,
+                        self.version,
+                    )
+                    return signature
+            others = (base + 1, base - 1, base + 2)  # (in turn: the second and third only where the first fails)
             lone = [unit for unit in units if not any(runs_at(size, [unit]) for size in others)]
             groups: list[tuple[tuple[tuple[str, int], ...], ...]] = []  # (each a group of lengths: units)
             while len(lone) >= 2:

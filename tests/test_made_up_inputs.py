@@ -399,3 +399,32 @@ def test_a_padded_batch_never_leaves_a_one_step_mask_unpadded(tmp_path: Path, ma
     )
     assert group_key(short, padding) != group_key(longer, padding)
     assert group_key(short, padding) == group_key({"ids": ones((2, 4)), "mask": ones((2, 1))}, padding)
+
+
+@pytest.mark.parametrize("warmup", ["enabled = false", 'inputs_file = "warmup.npz"'])
+def test_lengths_are_tied_when_the_warm_up_made_up_no_request(
+    warmup: str, tmp_path: Path, make_server: ServerFactory
+) -> None:
+    # the search began at 3 steps, one past the warm-up's made-up length; with no warm-up (or one read from a
+    # file) a convolution of kernel 5 failed there, the search stopped without a word, and lengths 8 and 9 failed
+    # inside onnxruntime (an InferenceError: a web view's 500)
+    make = onnx.helper.make_node
+    _save(
+        tmp_path,
+        "detector",
+        [
+            make("Mul", ["x", "mask"], ["masked"]),
+            make("Conv", ["masked", "filters"], ["responses"]),
+            make("ReduceMax", ["responses"], ["y"], axes=[2], keepdims=0),
+        ],
+        [_floats("x", "batch", 1, "x_length"), _floats("mask", "mask_batch", 1, "mask_length")],
+        [_floats("y", "batch", 2)],
+        [onnx.numpy_helper.from_array(np.ones((2, 1, 5), np.float32), "filters")],
+    )
+    (tmp_path / "detector" / "config.toml").write_text(f"[warmup]\n{warmup}\n")
+    steps = np.ones((1, 1, 8), np.float32)
+    np.savez(tmp_path / "detector" / "warmup.npz", x=steps, mask=steps)
+    server = make_server(tmp_path)
+    assert server.predict("detector", {"x": steps, "mask": steps})["y"].tolist() == [[5.0, 5.0]]
+    with pytest.raises(InvalidInputError, match=r"must be of one length .*'x' axis 2 = 8, 'mask' axis 2 = 9"):
+        server.predict("detector", {"x": steps, "mask": np.ones((1, 1, 9), np.float32)})
