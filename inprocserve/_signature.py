@@ -728,7 +728,7 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
             "send a rectangular list of numbers or a numpy array"
         ) from None
     given = array.dtype
-    if type(value) is list and given.kind in "iuf" and _holds_bool(value, array.ndim):
+    if type(value) in (list, tuple) and given.kind in "iuf" and _holds_bool(value, array.ndim):
         # (numpy reads True as 1 beside numbers, and a list of flags alone is refused below: a caller's mix-up,
         # a checkbox's value in a row of numbers, was scored as 1.0 without a word)
         raise InvalidInputError(
@@ -786,7 +786,7 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
 _FLAGS = frozenset((bool, np.bool_))
 
 
-def _holds_bool(items: list[Any], ndim: int) -> bool:
+def _holds_bool(items: list[Any] | tuple[Any, ...], ndim: int) -> bool:
     """Whether a rectangular list of ``ndim`` levels holds a ``bool`` or ``numpy.bool_``: the element types
     looked at in C (about 22 ns an element, about what ``np.asarray`` takes to read it: 1.1 µs for a row of 30
     numbers, 5 ms for a 224 x 224 x 3 image)."""

@@ -43,6 +43,7 @@ def repository(tmp_path: Path) -> Path:
         ("scale", [[1.0, 2.0, 3.0, 4.0], [0.5, 0.5, np.bool_(False), 0.5]]),
         ("ids", [[7, False]]),
         ("ids", [(7, 8), (True, 9)]),
+        ("scale", ((1.0, True, 3.0, 4.0),)),  # (a tuple at the top was not looked at)
     ],
 )
 def test_a_flag_among_numbers_is_refused(
