@@ -178,8 +178,8 @@ class Signature:
             ""
             if self.fixed_rows is None
             else f" (the model takes exactly {self.fixed_rows} row{'s' if self.fixed_rows > 1 else ''} per request: "
-            f"its file fixes axis 0 of every input and output; predict_many and score cut a multiple of "
-            f"{self.fixed_rows} rows into such requests)"
+            f"its file fixes axis 0 of every input and output; predict_many and score cut "
+            f"{'any rows' if self.fixed_rows == 1 else f'a multiple of {self.fixed_rows} rows'} into such requests)"
         )
 
     @classmethod
