@@ -75,7 +75,10 @@ def read_inputs(
             _check_npz_members(path)
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
-            scalars = [name for name, array in arrays.items() if array.ndim == 0]
+            # (a single value is taken for an input the model takes as one, rank 0: a scale beside rows, as
+            # predict_many takes it)
+            single = {spec.name for spec in signature.inputs if spec.shape is not None and len(spec.shape) == 0}
+            scalars = [name for name, array in arrays.items() if array.ndim == 0 and name not in single]
             if scalars:
                 raise InvalidInputError(
                     f"input {path}: array {scalars[0]!r} is a single value (0 dimensions); every array needs a "
@@ -85,13 +88,13 @@ def read_inputs(
             # a batch must have the same number of rows") named neither it nor its arrays' origin
             if not arrays:
                 raise InvalidInputError(f"input {path} holds no arrays; save one per input, e.g. np.savez(path, x=x)")
-            rows = {name: len(array) for name, array in arrays.items()}
+            rows = {name: len(array) for name, array in arrays.items() if array.ndim}
             if len(set(rows.values())) > 1:
                 listing = ", ".join(f"{name!r} has {count}" for name, count in rows.items())
                 raise InvalidInputError(
                     f"input {path}: its arrays must have the same number of rows (one per input row): {listing}"
                 )
-            return arrays, next(iter(rows.values()))
+            return arrays, next(iter(rows.values()), 1)  # (single values alone: one row, as predict_many reads them)
     except InvalidInputError:
         raise  # already says what is wrong with the file
     except (OSError, ValueError, *_DAMAGED_ARCHIVE) as exc:

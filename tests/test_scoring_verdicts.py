@@ -190,3 +190,18 @@ def test_a_scalar_input_beside_rows_is_scored_as_predict_takes_it(tmp_path: Path
     assert [answer.tolist() for answer in answers] == [[[2.0] * 4] * 5, [[4.0] * 4] * 3]
     with pytest.raises(InvalidInputError, match=r"same number of rows: 'x' has 100, 'scale' has 3"):
         server.predict_many("scaled", {"x": x, "scale": np.ones(3, np.float32)})
+
+
+def test_score_reads_a_single_value_for_an_input_the_model_takes_as_one(tmp_path: Path) -> None:
+    # an .npz with scale as a 0-d array was refused ("save it with shape (rows, ...)"), advice that could not
+    # work: the model's scale has no rows
+    path = save_model(build_threshold_model(), tmp_path / "models", "scaled", 1)
+    x = np.arange(2400, dtype=np.float32).reshape(600, 4)  # (more rows than one block)
+    np.savez(tmp_path / "in.npz", x=x, scale=np.float32(3))
+    assert main(["score", "--quiet", str(path), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")]) == 0
+    with np.load(tmp_path / "out.npz") as written:
+        np.testing.assert_array_equal(written["y"], 3 * x)
+    # an array of one value per row is still refused where an input has rows, and a single value where it has
+    np.savez(tmp_path / "flat.npz", x=np.float32(1), scale=np.float32(3))
+    assert main(["score", "--quiet", str(path), str(tmp_path / "flat.npz"), str(tmp_path / "bad.npz")]) != 0
+    assert not (tmp_path / "bad.npz").exists()
