@@ -707,7 +707,7 @@ for index in range(5):  # built aside, then moved in at once: one scan of the po
 for index in range(5):
     os.rename(staging / f"new{index}", repository / f"new{index}")
 time.sleep(0.7)
-print("exiting", flush=True)
+logging.getLogger("test").info("exiting")  # (in the log's own stream: what was loaded before it is known)
 """
 
 
@@ -718,9 +718,13 @@ def test_a_process_that_exits_during_a_hot_reload_loads_no_model_after_the_one_i
     (tmp_path / "staging").mkdir()
     result = run_python(_EXIT_DURING_MANY_LOADS, str(tmp_path / "models"), str(tmp_path / "staging"), timeout_s=180)
     assert result.returncode == 0 and "terminate called" not in result.stderr, result.stderr[-2000:]
-    loaded = [line for line in result.stderr.splitlines() if line.startswith("model 'new")]
-    ready = [line for line in loaded if " ready in " in line]
-    assert 1 <= len(ready) <= 2, loaded  # the one loading at the exit (and one that finished just before)
+    lines = result.stderr.splitlines()
+    exit_at = lines.index("exiting")
+    ready = [index for index, line in enumerate(lines) if line.startswith("model 'new") and " ready in " in line]
+    after = [index for index in ready if index > exit_at]
+    # at most the one loading at the exit finishes after it, and the loads queued behind it never start (how
+    # many finished before the exit is the machine's speed: two or three on the 2-core machines here)
+    assert len(after) <= 1 and 1 <= len(ready) < 5, lines
 
 
 def test_a_stopping_server_loads_no_version_after_the_one_in_progress(
