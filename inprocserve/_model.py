@@ -58,15 +58,15 @@ logger = logging.getLogger(__name__)
 _MOST_LENGTHS_TIED = 6
 """Inputs' lengths (sequence axes named apart) among which a load looks for ties, at most."""
 _MOST_TIE_RUNS = 40
-
-_NOT_CHECKED = "(not checked: batching is off and nothing is sliced)"
-"""Ends the verdict of a version whose axis 0 is named apart and whose rows the load did not check, since no
-run of it ever holds rows of two requests: a doubt, not a finding that its rows depend on each other."""
 """One-row runs the search for tied lengths may make at a load, at most: a length changed alone takes one to
 three, each candidate group one to three (a wrong one, mostly one), each tied length one more. Two lengths of
 one group take 12; two groups of two, 23; four lengths of one group (ids, mask, token types, positions), 26;
 five, 38. A search that would need more (six lengths of one group: 58) is given up, and the lengths stay free,
 as the file names them."""
+
+_NOT_CHECKED = "(not checked: batching is off and nothing is sliced)"
+"""Ends the verdict of a version whose axis 0 is named apart and whose rows the load did not check, since no
+run of it ever holds rows of two requests: a doubt, not a finding that its rows depend on each other."""
 
 
 class _OutOfRuns(Exception):
