@@ -1077,14 +1077,18 @@ def test_a_loop_closed_after_its_tasks_gave_up_frees_the_answer_that_came_late(
     """Tasks cancelled while their merged run went on; the loop stopped, the worker posted the run's answer
     to it, and the loop was closed: the answer (and the tasks' inputs) are freed at once, not kept in the
     loop's inbox until the garbage collector's next full pass."""
-    server = make_server(busy_repository, config=NO_WAIT)
+    # One merged run of 2048 rows, a tenth of a second or more here: long enough that the loop cancels its
+    # tasks and stops while it goes on, even when this machine is busy (a run of 64 rows, a few ms, ended
+    # first on a loaded CI machine).
+    long_run = ModelConfig(batching=BatchingConfig(max_delay_s=0.0, max_batch_size=2048))
+    server = make_server(busy_repository, config=long_run)
     batcher = server._routes["busy"].default.batcher
     assert batcher is not None
     asyncio.run(warm(server, "busy", busy_inputs(1)))
     inputs: list[weakref.ref[np.ndarray]] = []
 
     async def main() -> None:
-        made = [busy_inputs(16, seed=seed) for seed in range(4)]  # merged: one run of 64 rows
+        made = [busy_inputs(512, seed=seed) for seed in range(4)]  # merged: one run of 2048 rows
         inputs.extend(weakref.ref(x["x"]) for x in made)
         tasks = [asyncio.ensure_future(server.apredict("busy", x)) for x in made]
         del made
@@ -1097,12 +1101,14 @@ def test_a_loop_closed_after_its_tasks_gave_up_frees_the_answer_that_came_late(
     loop = asyncio.new_event_loop()
     gc.disable()
     try:
-        loop.run_until_complete(main())
-        assert batcher.in_flight, "the run ended before the loop stopped: nothing is posted late"
-        wait_until(lambda: batcher.in_flight == 0)  # answered: being posted to the stopped loop
-        # (the count drops before the answer is posted: wait until the worker is parked, done with the batch)
-        wait_until(lambda: len(batcher._idle) == batcher._pool.size)
-        loop.close()
+        try:
+            loop.run_until_complete(main())
+            assert batcher.in_flight, "the run ended before the loop stopped: nothing is posted late"
+            wait_until(lambda: batcher.in_flight == 0)  # answered: being posted to the stopped loop
+            # (the count drops before the answer is posted: wait until the worker is parked, done with the batch)
+            wait_until(lambda: len(batcher._idle) == batcher._pool.size)
+        finally:
+            loop.close()  # (also when a check failed: an open loop's sockets would warn in a later test's gc)
         del loop
         assert [ref() is None for ref in inputs] == [True] * 4
     finally:
