@@ -679,7 +679,8 @@ class Server(RolloutMethods):
                 signature = target.signature
                 assert signature is not None
                 fixed = signature.fixed_rows is not None  # (exactly N rows per run: its outputs have rows too)
-                if not signature.batchable and not signature.rows_in_maps() and not fixed:  # (a ZipMap's maps too)
+                # (a ZipMap's maps, and a scale of rank 0 beside the rows, keep requests apart but not the rows)
+                if not (signature.batchable or signature.rows_in_maps() or fixed or signature.rows_beside_values()):
                     return submit(part)
                 try:
                     # ([]: a list of no rows has no shape to check; nor has a fixed size N of axis 0 with 0 rows)

@@ -220,6 +220,18 @@ class Signature:
         rest = [spec for spec in self.outputs if not _maps_per_row(spec)]
         return len(rest) < len(self.outputs) and Signature(self.inputs, rest, rows_shared=self.rows_shared).batchable
 
+    def rows_beside_values(self) -> bool:
+        """Whether the only inputs that keep axis 0 from being the rows are single values (rank 0: a scale or a
+        threshold given with each request, beside inputs of rows), with every other input and output naming
+        axis 0 alike or leaving it unnamed (a ZipMap's maps aside): such a model's requests are never merged
+        (two may give different values), yet an input of no rows has an answer of no rows
+        (:meth:`empty_answer`, as batch scoring answers an empty batch)."""
+        rows = [spec for spec in self.inputs if spec.shape != ()]
+        if not rows or len(rows) == len(self.inputs):
+            return False
+        beside = Signature(rows, [spec for spec in self.outputs if not _maps_per_row(spec)])
+        return beside.batchable and beside.rows_named_apart is None
+
     def sharing_rows(self) -> Signature:
         """This signature for a version that merges requests although its inputs name axis 0 apart (the
         load's run of the model, or ``batching.rows_independent = "yes"``, took them for one batch axis):

@@ -205,3 +205,50 @@ def test_score_reads_a_single_value_for_an_input_the_model_takes_as_one(tmp_path
     np.savez(tmp_path / "flat.npz", x=np.float32(1), scale=np.float32(3))
     assert main(["score", "--quiet", str(path), str(tmp_path / "flat.npz"), str(tmp_path / "bad.npz")]) != 0
     assert not (tmp_path / "bad.npz").exists()
+
+
+def build_summing_model() -> onnx.ModelProto:
+    """``total = sum(x * scale)``: ``x[batch, 4]`` and a scalar ``scale``, answered with one value (no rows)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "scale"], ["scaled"]),
+            helper.make_node("ReduceSum", ["scaled"], ["total"], keepdims=0),
+        ],
+        "summing",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_an_empty_batch_beside_a_scalar_input_is_answered_with_no_rows(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    # a queue consumer's empty poll for a model that takes a scale beside its rows ended the whole job ("the
+    # request has 0 rows"), where it answers zero rows for a model whose inputs all have rows
+    save_model(build_threshold_model(), tmp_path, "scaled", 1)
+    save_model(build_summing_model(), tmp_path, "summing", 1)
+    server = make_server(tmp_path)
+    x = np.ones((3, 4), np.float32)
+    batches = [
+        {"x": x[:2], "scale": np.float32(2)},
+        {"x": x[:0], "scale": np.float32(4)},
+        {"x": x[:1], "scale": np.float32(5)},
+    ]
+    answers = [answer["y"] for answer in server.predict_many("scaled", iter(batches))]
+    assert [answer.tolist() for answer in answers] == [[[2.0] * 4] * 2, [], [[5.0] * 4]]
+    assert answers[1].shape == (0, 4) and answers[1].dtype == np.float32
+    # its inputs are still checked: a scale given as rows is refused, at its place, after the answer before it
+    wrong = iter([batches[0], {"x": x[:0], "scale": np.ones(0, np.float32)}])
+    answered = server.predict_many("scaled", wrong)
+    assert next(answered)["y"].shape == (2, 4)
+    with pytest.raises(InvalidInputError, match="scale"):
+        next(answered)
+    # a model whose answer has no rows (a sum over them) has no empty answer to give: refused as before
+    with pytest.raises(InvalidInputError, match="0 rows"):
+        list(server.predict_many("summing", iter([{"x": x[:0], "scale": np.float32(1)}])))
