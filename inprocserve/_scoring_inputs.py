@@ -120,6 +120,8 @@ def _owned_array(value: Any, name: str | None) -> Any:
 
 
 def part_of(item: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a batch; a value of rank 0 in a mapping (a scale beside the rows) goes whole with
+    each part, as every part's request needs it."""
     if isinstance(item, Mapping):
-        return {name: value[start:stop] for name, value in item.items()}
+        return {name: value if getattr(value, "ndim", None) == 0 else value[start:stop] for name, value in item.items()}
     return item[start:stop]

@@ -31,7 +31,7 @@ from ._errors import InprocserveError, InvalidInputError, ModelNotFoundError
 from ._repository import MODEL_FILENAME
 from ._scoring_formats import FORMATS, file_format
 from ._scoring_inputs import rows_of
-from ._scoring_plan import SCORING_RUN_ROWS, plan_for_version
+from ._scoring_plan import BESIDE_VALUES_HINT, SCORING_RUN_ROWS, plan_for_version
 from ._scoring_progress import ProgressBar
 from ._scoring_readers import read_inputs
 from ._scoring_writer import AnswerWriter
@@ -227,8 +227,10 @@ def _loaded(server: Server, model: str, version: int | None, batch_rows: int | N
         else:
             refusal = None
         if refusal is not None:
+            hint = BESIDE_VALUES_HINT if natural.exact_rows is None and target.signature.rows_beside_values() else ""
             raise ValueError(
                 f"--batch-rows {batch_rows}: model {model!r} version {target.version} {refusal}; drop --batch-rows"
+                f"{hint}"
             )
     plan = plan_for_version(target, batch_rows=batch_rows, max_in_flight=None, timeout_s=None)
     rows = plan.request_rows or plan.chunk_rows or target.config.batching.max_batch_size

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._model import ModelVersion
 
 __all__ = [
+    "BESIDE_VALUES_HINT",
     "SCORING_RUN_BUDGET_S",
     "SCORING_RUN_ROWS",
     "ScoringPlan",
@@ -101,8 +102,16 @@ def plan_for_version(
     signature = target.signature
     batchable = signature is None or (signature.batchable and not target.rows_stay_whole())
     # A scikit-learn classifier's ZipMap answers a map per row: its requests are never merged, but an input
-    # may still be cut into chunks (a whole input past max_request_rows was refused as one request)
-    chunkable = batchable or (signature is not None and signature.rows_in_maps() and batching.rows_independent != "no")
+    # may still be cut into chunks (a whole input past max_request_rows was refused as one request). So may
+    # the rows beside a single value (a scale, rank 0, given with each request; each chunk gets it whole) once
+    # the config says each row's answer is its own: the load cannot run such a model on made-up rows to check.
+    chunkable = batchable or (
+        signature is not None
+        and (
+            (signature.rows_in_maps() and batching.rows_independent != "no")
+            or (signature.rows_beside_values() and batching.rows_independent == "yes")
+        )
+    )
     per_row_s = None if target.run_cost is None else target.run_cost.per_row_s
     caller_runs = backend.kind == "onnxruntime" and caller_may_run(
         backend.status(), kind=backend.kind, sessions=sessions, cores=usable_cores()
@@ -196,13 +205,15 @@ def checked_whole_input(target: ModelVersion, plan: ScoringPlan, inputs: Any, *,
     if plan.chunk_rows is not None or not isinstance(inputs, (np.ndarray, Mapping)):
         return inputs
     why = target.unbatchable_reason or "its answers have no row per input row"
+    signature = target.signature
+    beside = signature is not None and signature.rows_beside_values()
     if batch_rows is not None:
         raise ValueError(
             f"batch_rows={batch_rows}: model {target.name!r} version {target.version} takes a whole input as one "
             f"request ({why}: answers to chunks of it would not be parts of its answer), so it cannot be cut into "
-            "chunks; drop batch_rows, or pass an iterable of batches to score each batch on its own"
+            f"chunks; drop batch_rows, or pass an iterable of batches to score each batch on its own"
+            f"{BESIDE_VALUES_HINT if beside else ''}"
         )
-    signature = target.signature
     if signature is not None and (
         set(inputs) != signature.input_names if isinstance(inputs, Mapping) else len(signature.inputs) != 1
     ):  # wrong names, or a bare array to a model of several inputs: the request's check says so (this hid it)
@@ -214,8 +225,18 @@ def checked_whole_input(target: ModelVersion, plan: ScoringPlan, inputs: Any, *,
             f"model {target.name!r} version {target.version}: a whole input of {rows} rows is one request for this "
             f"model ({why}: it cannot be cut into chunks), more than the {limit} rows one request may carry; raise "
             "batching.max_request_rows for it, or pass an iterable of batches to score each batch on its own"
+            f"{BESIDE_VALUES_HINT if beside else ''}"
         )
     return inputs
+
+
+BESIDE_VALUES_HINT = (
+    "; or, if each row's answer is its own (no row's answer depends on the others), set "
+    "batching.rows_independent = 'yes' in the model's config.toml: an input is then cut into chunks, each "
+    "sent with the same single values (the load cannot check this on a model that takes a value of rank 0)"
+)
+"""Advice for a model that takes a single value beside its rows (``Signature.rows_beside_values``), added to a
+refusal to cut its input into chunks."""
 
 
 def plan_scoring(

@@ -252,3 +252,47 @@ def test_an_empty_batch_beside_a_scalar_input_is_answered_with_no_rows(
     # a model whose answer has no rows (a sum over them) has no empty answer to give: refused as before
     with pytest.raises(InvalidInputError, match="0 rows"):
         list(server.predict_many("summing", iter([{"x": x[:0], "scale": np.float32(1)}])))
+
+
+def test_rows_beside_a_scalar_input_are_cut_into_chunks_once_the_config_says_they_are_independent(
+    tmp_path: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a whole input past one request's rows could not be scored at all for a model that takes a scale beside
+    # its rows; the refusal now says how, and with rows_independent = "yes" each chunk is sent with the scale
+    save_model(build_threshold_model(), tmp_path / "refused", "scaled", 1)
+    save_model(build_threshold_model(), tmp_path / "trusted", "scaled", 1)
+    x = np.arange(40000, dtype=np.float32).reshape(10000, 4)
+    refusing = make_server(tmp_path / "refused")
+    with pytest.raises(InvalidInputError, match=r"10000 rows is one request.*set batching.rows_independent = 'yes'"):
+        refusing.predict_many("scaled", {"x": x, "scale": np.float32(3)})
+    with pytest.raises(ValueError, match=r"batch_rows=100: .*set batching.rows_independent = 'yes'"):
+        refusing.predict_many("scaled", {"x": x, "scale": np.float32(3)}, batch_rows=100)
+    (tmp_path / "trusted" / "scaled" / "config.toml").write_text('[batching]\nrows_independent = "yes"\n')
+    trusting = make_server(tmp_path / "trusted")
+    answers = list(trusting.predict_many("scaled", {"x": x, "scale": np.float32(3)}, batch_rows=1000))
+    assert [len(answer["y"]) for answer in answers] == [1000] * 10
+    np.testing.assert_array_equal(np.concatenate([answer["y"] for answer in answers]), 3 * x)
+    # an iterable's batch larger than a request is sent in parts, each with the scale, and joined back
+    [joined] = trusting.predict_many("scaled", iter([{"x": x, "scale": np.float32(2)}]))
+    np.testing.assert_array_equal(joined["y"], 2 * x)
+    # and score says so, and cuts the file's rows once told
+    np.savez(tmp_path / "in.npz", x=x, scale=np.float32(5))
+    refused = ["score", "--quiet", "--batch-rows", "100", str(tmp_path / "refused"), str(tmp_path / "in.npz")]
+    assert main([*refused, str(tmp_path / "out.npz")]) != 0
+    assert "set batching.rows_independent = 'yes' in the model's config.toml" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "score",
+                "--quiet",
+                "--batch-rows",
+                "100",
+                str(tmp_path / "trusted"),
+                str(tmp_path / "in.npz"),
+                str(tmp_path / "out.npz"),
+            ]
+        )
+        == 0
+    )
+    with np.load(tmp_path / "out.npz") as written:
+        np.testing.assert_array_equal(written["y"], 5 * x)
