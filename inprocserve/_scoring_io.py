@@ -31,7 +31,7 @@ from ._errors import InprocserveError, InvalidInputError, ModelNotFoundError
 from ._repository import MODEL_FILENAME
 from ._scoring_formats import FORMATS, file_format
 from ._scoring_inputs import rows_of
-from ._scoring_plan import BESIDE_VALUES_HINT, SCORING_RUN_ROWS, plan_for_version
+from ._scoring_plan import BESIDE_VALUES_HINT, SCORING_RUN_ROWS, not_a_multiple, plan_for_version
 from ._scoring_progress import ProgressBar
 from ._scoring_readers import read_inputs
 from ._scoring_writer import AnswerWriter
@@ -122,7 +122,11 @@ def score_file(
             )
         isatty = getattr(sys.stderr, "isatty", None)
         bar = ProgressBar(sys.stderr) if progress and isatty is not None and isatty() else None
-        source, total = read_inputs(input_path, signature, limit, count_rows=bar is not None)
+        exact = signature.fixed_rows
+        source, total = read_inputs(input_path, signature, limit, count_rows=bar is not None or exact is not None)
+        if exact is not None and total is not None and total % exact:
+            # (a CSV or Parquet file is read in blocks: its last one was refused after the others ran)
+            raise not_a_multiple(f"model {served!r}", exact, total, "file")
 
         def report(done_rows: int, _total_rows: int | None) -> None:
             assert bar is not None

@@ -112,7 +112,7 @@ def test_score_writes_every_row_of_a_model_exported_with_one_row(
     np.save(tmp_path / "ten.npy", X)
     model = repository / "four_rows" / "1" / "model.onnx"
     assert main(["score", str(model), str(tmp_path / "ten.npy"), str(tmp_path / "ten.npz")]) == 1
-    assert "10 rows are not a multiple of 4: pad the input to 12 rows" in capsys.readouterr().err
+    assert "10 rows are not a multiple of 4: pad the file to 12 rows" in capsys.readouterr().err
     assert not (tmp_path / "ten.npz").exists()
     np.save(tmp_path / "eight.npy", X[:8])
     assert main(["score", "--batch-rows", "2", str(model), str(tmp_path / "eight.npy"), str(tmp_path / "8.npz")]) == 1
@@ -122,3 +122,26 @@ def test_score_writes_every_row_of_a_model_exported_with_one_row(
     )
     assert main(["score", "--batch-rows", "4", str(model), str(tmp_path / "eight.npy"), str(tmp_path / "8.npz")]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "8.npz")["y"], X[:8] * X[:8])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_score_refuses_a_streamed_file_of_no_multiple_before_reading_its_blocks(
+    repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    # a CSV or Parquet file is read in blocks, and was refused only at its last one, after every block before it
+    # ran, with advice to pad "the batch" (that block) to 4 rows; its rows are counted first now
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow", reason="Parquet is read with pyarrow (make install installs it)")
+    rows = np.arange(2051 * 4, dtype=np.float32).reshape(2051, 4)  # several blocks, and one row over 2048
+    path = tmp_path / f"rows{suffix}"
+    if suffix == ".csv":
+        np.savetxt(path, rows, delimiter=",", header="x0,x1,x2,x3", comments="")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({f"x{column}": rows[:, column] for column in range(4)}), path)
+    model = repository / "four_rows" / "1" / "model.onnx"
+    assert main(["score", "--quiet", str(model), str(path), str(tmp_path / "out.npz")]) == 1
+    assert "2051 rows are not a multiple of 4: pad the file to 2052 rows" in capsys.readouterr().err
+    assert not (tmp_path / "out.npz").exists()
