@@ -183,6 +183,7 @@ def score(
     timeout_s: float | None = None,
     answer_empty: AnswerEmpty | None = None,
     batch_of: Callable[[Any], Any] | None = None,
+    named: Callable[[BaseException], BaseException] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Prediction]:
@@ -194,6 +195,8 @@ def score(
     filter that dropped every row), in its place, with no model run (``None``: it is submitted like any other).
     ``batch_of(batch)``: an iterable's batch as it is sent (a data frame's columns read as the inputs by name);
     what it raises is that batch's error, at its position.
+    ``named(error)``: a batch's refusal as the caller names it (the model it was sent to: a refusal of a rows
+    count, say, is checked before any request of the batch is made, which the server names).
 
     Raises:
         TypeError: ``inputs`` is neither an array, a mapping of arrays, nor an iterable of batches.
@@ -214,7 +217,7 @@ def score(
         jobs: Iterator[_Job] = _slices(whole, rows, request_rows, plan.chunk_rows)
     else:
         total = count_rows(inputs) if isinstance(inputs, (list, tuple)) else None
-        jobs = _batches(iter(inputs), request_rows, batch_of, exact_rows=plan.exact_rows)
+        jobs = _batches(iter(inputs), request_rows, batch_of, exact_rows=plan.exact_rows, named=named)
     iterable = not isinstance(inputs, (np.ndarray, Mapping))
     return _run(submit, jobs, total, plan, callback, bar, timeout_s, answer_empty, clock, sleep, iterable=iterable)
 
@@ -236,12 +239,14 @@ def _batches(
     batch_of: Callable[[Any], Any] | None = None,
     *,
     exact_rows: int | None = None,
+    named: Callable[[BaseException], BaseException] | None = None,
 ) -> Iterator[_Job]:
     """One job per item, pulled lazily; an item larger than a request is sent in parts and joined back.
 
     A failure to read or check an item becomes a failed job at that position, after which nothing more is read.
     ``exact_rows``: the model takes exactly that many rows per run; an item of rows that are no multiple of it
     is such a failure, before any of its parts runs (the last part would fail after the others ran).
+    ``named``: what such a failure (a malformed batch, not the iterable's own exception) is reported as.
     """
     while True:
         try:
@@ -258,14 +263,14 @@ def _batches(
                 item = batch_of(item)
             rows = rows_of(item)
             if exact_rows is not None and rows % exact_rows:
-                raise not_a_multiple("the model", exact_rows, rows, "batch")
+                raise not_a_multiple("it", exact_rows, rows, "batch")  # (named by the caller: see score)
             item = owned(item)
             if part_rows is not None and rows > part_rows:
                 item = as_arrays(item)
         except Exception as exc:  # a malformed batch: report it at its position, after the answers before it
             if raised_by_signal_handler(exc):  # (the task's time limit as it was checked: as above)
                 raise
-            yield _Job([], 0, error=exc)
+            yield _Job([], 0, error=exc if named is None else named(exc))
             return
         if part_rows is None or rows <= part_rows:
             yield _Job([item], rows)

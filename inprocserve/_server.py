@@ -707,6 +707,7 @@ class Server(RolloutMethods):
                 timeout_s=timeout_s,
                 answer_empty=answer_empty,
                 batch_of=batch_of,
+                named=functools.partial(_naming_model, model),
             )
         except InvalidInputError as exc:  # a whole input refused at once (ragged, masked): named as predict names it
             raise _naming(target, exc) from None
@@ -1262,6 +1263,19 @@ def _naming(target: ModelVersion, error: BaseException) -> BaseException:
     return InvalidInputError(
         f"model {target.name!r} version {target.version}: {error.message}", model=target.name, version=target.version
     )
+
+
+def _naming_model(model: str, error: BaseException) -> BaseException:
+    """An :class:`InvalidInputError` that names no model, named after ``model`` (a batch of ``predict_many``
+    refused as it was read, before it was routed to a version); any other error as it is."""
+    if not isinstance(error, InvalidInputError) or error.model is not None:
+        return error
+    named = InvalidInputError(f"model {model!r}: {error.message}", model=model)
+    named.__cause__ = error.__cause__
+    named.__suppress_context__ = True
+    if hasattr(error, "__notes__"):
+        named.__notes__ = list(error.__notes__)
+    return named
 
 
 def version_number(version: object) -> int:

@@ -84,9 +84,22 @@ def test_a_batch_of_an_iterable_that_is_no_multiple_is_refused_before_its_parts_
     # before, its first two parts of 4 rows ran and the third, of 2, failed with predict's own refusal
     answers = server.predict_many("four_rows", iter([X[:8], X]))
     assert next(answers)["y"].shape == (8, 4)
-    with pytest.raises(InvalidInputError, match=r"10 rows are not a multiple of 4: pad the batch to 12 rows"):
+    with pytest.raises(
+        InvalidInputError, match=r"10 rows are not a multiple of 4: pad the batch to 12 rows"
+    ) as refused:
         next(answers)
     assert server.status()["models"]["four_rows"]["versions"]["1"]["batches_run"] == runs + 2  # (the first batch's)
+    # named as any refusal of a request is (it said "the model", and error.model was None)
+    assert str(refused.value).startswith("model 'four_rows': it takes exactly 4 rows per run")
+    assert refused.value.model == "four_rows"
+    # so is a batch that could not be read as the model's inputs, whatever the model
+    mixed = server.predict_many("four_rows", iter([{"x": X[:4]}, {"x": X[:4], "y": X[:3]}]))
+    assert next(mixed)["y"].shape == (4, 4)
+    with pytest.raises(InvalidInputError, match=r"^model 'four_rows': the inputs of a batch must have the same") as odd:
+        next(mixed)
+    assert odd.value.model == "four_rows" and odd.value.__notes__ == [
+        "predict_many: the batch after input row 4 could not be read or checked"
+    ]
 
 
 def test_an_empty_batch_of_an_iterable_is_answered_with_no_rows(repository: Path, make_server: ServerFactory) -> None:
