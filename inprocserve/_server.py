@@ -683,8 +683,8 @@ class Server(RolloutMethods):
                 if not (signature.batchable or signature.rows_in_maps() or fixed or signature.rows_beside_values()):
                     return submit(part)
                 try:
-                    # ([]: a list of no rows has no shape to check; nor has a fixed size N of axis 0 with 0 rows)
-                    if not fixed and not _no_values(part, signature.input_names):
+                    # ([]: a list of no rows has no shape to check)
+                    if not _no_values(part, signature.input_names):
                         signature.validate(part, max_rows=target.max_request_rows, no_rows_ok=True)
                     outputs = signature.empty_answer(as_run=True)  # (strings and maps as a run gives them)
                 except InvalidInputError as exc:

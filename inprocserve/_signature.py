@@ -285,7 +285,8 @@ class Signature:
         self, inputs: object, *, max_rows: int, reject_nan: bool = False, no_rows_ok: bool = False
     ) -> tuple[dict[str, np.ndarray], int]:
         """Check and coerce a request; return ``(arrays by input name, rows)``. ``no_rows_ok``: a request of 0
-        rows passes (batch scoring answers an iterable's empty batch without running it: :meth:`empty_answer`).
+        rows passes (batch scoring answers an iterable's empty batch without running it: :meth:`empty_answer`),
+        also where the model fixes axis 0 at a size (its other axes are checked all the same).
 
         Raises:
             InvalidInputError: on unknown, missing or extra names, a dtype that cannot be cast safely,
@@ -320,7 +321,7 @@ class Signature:
                         f"got {array.ndim} (shape {list(array.shape)}){_column_hint(spec, array)}"
                     )
                 for axis, size in fixed:
-                    if array.shape[axis] != size:
+                    if array.shape[axis] != size and not (no_rows_ok and axis == 0 and not array.shape[0]):
                         raise InvalidInputError(
                             f"input {spec.name!r}: expected size {size} on axis {axis} {_shape_text(spec.shape)}, "
                             f"got shape {list(array.shape)}{self._fixed_rows_hint if axis == 0 else ''}"

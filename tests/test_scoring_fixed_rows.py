@@ -109,6 +109,10 @@ def test_an_empty_batch_of_an_iterable_is_answered_with_no_rows(repository: Path
     assert [answer["y"].shape for answer in answers] == [(4, 4), (0, 4), (8, 4)]
     assert answers[1]["total"].shape == (0,)
     np.testing.assert_array_equal(answers[2]["y"], X[:8] * X[:8])
+    # its other axes are still checked: an empty batch of 3 columns, or of 3 dimensions, was answered as if right
+    for wrong, refusal in ((X[:0, :3], r"expected size 4 on axis 1"), (X[:0, :, None], r"expected 2 dimensions")):
+        with pytest.raises(InvalidInputError, match=rf"^model 'four_rows' version 1: input 'x': {refusal}"):
+            list(server.predict_many("four_rows", iter([wrong])))
 
 
 def test_score_writes_every_row_of_a_model_exported_with_one_row(
