@@ -211,7 +211,7 @@ def checked_whole_input(target: ModelVersion, plan: ScoringPlan, inputs: Any, *,
         raise ValueError(
             f"batch_rows={batch_rows}: model {target.name!r} version {target.version} takes a whole input as one "
             f"request ({why}: answers to chunks of it would not be parts of its answer), so it cannot be cut into "
-            f"chunks; drop batch_rows, or pass an iterable of batches to score each batch on its own"
+            "chunks; drop batch_rows, or pass an iterable of batches to score each batch on its own"
             f"{BESIDE_VALUES_HINT if beside else ''}"
         )
     if signature is not None and (
