@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._config_checks import is_int, shown
+from ._config_checks import check_int, check_number, is_int, shown
 from ._control import (
     CONTROL_FILENAME,
     Control,
@@ -562,6 +562,12 @@ class Operations:
         min_samples: int = 1,
     ) -> PromotionReport:
         """See :meth:`Server.promote`."""
+        # (at once, before any comparison runs: a NaN bound failed no comparison, so it promoted any candidate)
+        if max_abs_diff is not None:
+            check_number("promote(): max_abs_diff", max_abs_diff, 0.0)
+        if min_label_agreement is not None:
+            check_number("promote(): min_label_agreement", min_label_agreement, 0.0, 1.0)
+        check_int("promote(): min_samples", min_samples, 0)
         with self._registry.lock:
             routes = self._registry.serving(model, version)
             self._refuse_if_gone(model, version, self._registry.repository_versions(model))
@@ -825,7 +831,9 @@ class RolloutMethods:
         ``report["reason"]``; ``report.to_dict()`` gives it).
 
         Raises:
-            ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
+            ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`; ConfigurationError
+                also for a bound that is not a finite number in its range (NaN, a string, ``True``: a NaN
+                bound passed every comparison), before anything runs.
             PromotionRefusedError: the candidate's signature is incompatible with the stable version's
                 (use :meth:`switch` with ``force=True``), its answers differ in form, the comparison failed a
                 bound (or had nothing to measure it on), or there were fewer than ``min_samples`` recent

@@ -1005,3 +1005,33 @@ def test_a_batch_part_following_a_decision_made_before_a_reload_is_routed_afresh
     assert reloaded and answers and noted_after
     assert (2, True) not in noted_after  # a run of version 2 never counts as the new treatment's
     assert router.state.config.variants["treatment"].version == 3
+
+
+# -- 11. arguments and settings that were taken, and then did something else ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bounds", "named"),
+    [
+        ({"max_abs_diff": float("nan")}, "max_abs_diff"),
+        ({"min_label_agreement": float("nan")}, "min_label_agreement"),
+        ({"max_abs_diff": True}, "max_abs_diff"),
+        ({"max_abs_diff": "0.5"}, "max_abs_diff"),
+        ({"max_abs_diff": -1.0}, "max_abs_diff"),
+        ({"min_label_agreement": 1.5}, "min_label_agreement"),
+        ({"min_samples": 2.5}, "min_samples"),
+    ],
+)
+def test_a_promotion_bound_that_is_not_a_number_in_its_range_is_refused_before_anything_runs(
+    versions: Path, make_server: ServerFactory, bounds: dict[str, Any], named: str
+) -> None:
+    # a NaN bound fails no comparison: it promoted a candidate that differed by 1.0 (True was taken as 1; a
+    # string raised a bare TypeError after every comparison had run)
+    server = make_server(versions, config=rollout(stable=1))
+    for i in range(4):
+        server.predict("scale", np.full((1, 4), i, np.float32))
+    with pytest.raises(inprocserve.ConfigurationError, match=rf"promote\(\): {named} must be"):
+        server.promote("scale", 2, **bounds)
+    assert server.predict("scale", np.ones((1, 4), np.float32)).version == 1  # nothing was switched
+    with pytest.raises(inprocserve.PromotionRefusedError):
+        server.promote("scale", 2, max_abs_diff=0.5)  # (and a bound in range still refuses a difference of 3)
