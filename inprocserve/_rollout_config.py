@@ -220,6 +220,12 @@ class RolloutConfig:
         object.__setattr__(self, "variants", variants)
         if self.strategy in ("ab", "bandit") and len(variants) < 2:
             raise ConfigurationError(f"rollout.strategy {self.strategy!r} needs at least two rollout.variants")
+        if self.strategy == "ab" and not any(variant.weight > 0 for variant in variants.values()):
+            # (it loaded, and every request was then sent to the latest version, an arm or not, as unusable)
+            raise ConfigurationError(
+                "rollout.strategy 'ab' needs a rollout.variants weight above 0 (all are 0: no arm gets traffic); "
+                "to pause the test, set rollout.strategy = 'stable'"
+            )
         check_int("rollout.capture_inputs", self.capture_inputs, 0)
         if self.seed is not None:
             check_int("rollout.seed", self.seed, 0, None)  # numpy takes no negative seed

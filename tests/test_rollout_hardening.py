@@ -1035,3 +1035,12 @@ def test_a_promotion_bound_that_is_not_a_number_in_its_range_is_refused_before_a
     assert server.predict("scale", np.ones((1, 4), np.float32)).version == 1  # nothing was switched
     with pytest.raises(inprocserve.PromotionRefusedError):
         server.promote("scale", 2, max_abs_diff=0.5)  # (and a bound in range still refuses a difference of 3)
+
+
+def test_an_ab_test_whose_weights_are_all_0_is_a_configuration_error() -> None:
+    # it loaded (and passed validate), then every request went to the latest version, neither arm's
+    arms = {"control": {"version": 1, "weight": 0}, "treatment": {"version": 2, "weight": 0.0}}
+    with pytest.raises(inprocserve.ConfigurationError, match=r"'ab' needs a rollout.variants weight above 0"):
+        RolloutConfig(strategy="ab", variants=arms)
+    RolloutConfig(strategy="ab", variants={**arms, "treatment": {"version": 2, "weight": 1e-9}})  # (one will do)
+    RolloutConfig(strategy="bandit", variants=arms)  # (a bandit's traffic follows its outcomes, not the weights)
