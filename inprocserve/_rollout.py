@@ -745,7 +745,7 @@ class Router:
 
         def read() -> tuple[int, ...] | None:
             wanted = self._flags.obj(key, list(configured or ()), ctx, [])
-            if not wanted:
+            if _no_versions(wanted):
                 return configured
             if not isinstance(wanted, list | tuple) or len(wanted) != 2:
                 raise UnusableFlag(key, f"{key!r} must be a list of two versions, got {_value_shown(wanted)}")
@@ -897,7 +897,7 @@ class Router:
                         given = _weights(keys.ab_weights, flags.obj(keys.ab_weights, defaults, _EMPTY, reads), variants)
                         weights = tuple((name, given.get(name, 0.0)) for name in variants)
                     wanted = flags.obj(keys.shadow_versions, list(config.shadow.versions), _EMPTY, reads)
-                    if wanted:
+                    if not _no_versions(wanted):
                         if not isinstance(wanted, list | tuple):
                             return None
                         shadows = tuple(_whole(keys.shadow_versions, v) for v in wanted)
@@ -1048,7 +1048,7 @@ class Router:
         key = keys.shadow_versions
         try:
             wanted = flags.obj(key, list(shadow.versions), ctx, used)
-            if not wanted:
+            if _no_versions(wanted):
                 return (), None
             if not isinstance(wanted, list | tuple):
                 raise UnusableFlag(key, f"{key!r} must be a list of versions, got {_value_shown(wanted)}")
@@ -1377,6 +1377,13 @@ class _Interleaved:
 def _sample_bytes(arrays: Mapping[str, Any]) -> int:
     """Bytes a promotion sample's arrays hold (a text input's strings too)."""
     return held_bytes(arrays.values())
+
+
+def _no_versions(value: object) -> bool:
+    """Whether a flag that lists versions (shadows, rankers) lists none: an empty list, or null. Any other
+    value that is no list is unusable, and says so: ``false``, ``0``, ``""`` or ``{}`` turned shadows off
+    without a word (a value the rollout cannot use never makes it silently do nothing)."""
+    return value is None or (type(value) in (list, tuple) and not value)
 
 
 def _not_a_mapping(model: str, context: Any) -> InvalidInputError:

@@ -1044,3 +1044,19 @@ def test_an_ab_test_whose_weights_are_all_0_is_a_configuration_error() -> None:
         RolloutConfig(strategy="ab", variants=arms)
     RolloutConfig(strategy="ab", variants={**arms, "treatment": {"version": 2, "weight": 1e-9}})  # (one will do)
     RolloutConfig(strategy="bandit", variants=arms)  # (a bandit's traffic follows its outcomes, not the weights)
+
+
+@pytest.mark.parametrize("value", [False, 0, "", {}, True, "[3]"])
+def test_a_shadow_flag_that_is_no_list_says_shadows_are_off_whatever_its_truth(
+    versions: Path, make_server: ServerFactory, value: Any
+) -> None:
+    # false, 0, "" and {} turned the configured shadows off without a word (true and "[3]" said so)
+    flags = InMemoryFlags({"scale.shadow.versions": value})
+    config = rollout(stable=1, shadow={"versions": [3]})
+    server = make_server(versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=config)
+    answer = predict(server, "u1")
+    assert answer.version == 1
+    assert "shadows off: unusable flag: 'scale.shadow.versions' must be a list of versions" in answer.reason
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["unusable"] >= 1
+    flags.set("scale.shadow.versions", [])  # an empty list (or null) is no shadows, and no complaint
+    assert predict(server, "u1").reason == "stable version"
