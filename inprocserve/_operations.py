@@ -232,6 +232,10 @@ class Operations:
         given: object = reward  # typed float, but any real number works (numpy's float32 included)
         if isinstance(given, bool | np.bool_) or not isinstance(given, numbers.Real):
             raise TypeError(f"reward must be a number, got {type(given).__name__}")
+        if key is not None and model is None:  # (it credited nothing and returned None, as an unknown id does)
+            raise TypeError("record_outcome(key=...) needs model=...: a targeting key is bucketed per model")
+        if request_id is None and key is None:
+            raise TypeError("record_outcome() needs a request_id, or model= and key=")
         names = [model] if model is not None else list(self._registry.routes)
         for name in names:
             routes = self._registry.routes_of(name)
@@ -722,6 +726,11 @@ class RolloutMethods:
         count twice (report one reward per request: 1.0 for a conversion, 0.0 for none).
 
         Outcomes feed the per-variant statistics in :meth:`status` and the bandit policies.
+
+        Raises:
+            TypeError: ``reward`` is not a number (``True`` is not one), or neither a ``request_id`` nor
+                ``model`` and ``key`` were given (``key`` without ``model`` credited nothing, silently).
+            ValueError: ``reward`` is not finite, or past the largest reward taken (``10**400`` too).
         """
         return self._operations.record_outcome(request_id, reward, model=model, key=key)
 

@@ -1177,11 +1177,15 @@ class Router:
         variant the key is bucketed to now; a bandit credits the arm it last drew for that key in this
         process (within an hour), and nothing (None) if it drew none.
         """
-        reward = float(reward)
+        given = reward
+        try:
+            reward = float(reward)
+        except OverflowError:  # an int past any float (10**400): too large, as 1e101 is
+            reward = math.inf
         if not (math.isfinite(reward) and abs(reward) <= _LARGEST_REWARD):
             raise ValueError(
                 f"reward must be a finite number (1.0/0.0 for a conversion or none, any value within "
-                f"+-{_LARGEST_REWARD:g}), got {reward!r}"
+                f"+-{_LARGEST_REWARD:g}), got {shown(given)}"
             )
         state = self.state if state is None else state
         with self._lock:

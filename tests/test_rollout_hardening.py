@@ -1060,3 +1060,15 @@ def test_a_shadow_flag_that_is_no_list_says_shadows_are_off_whatever_its_truth(
     assert server.status()["models"]["scale"]["rollout"]["flags"]["unusable"] >= 1
     flags.set("scale.shadow.versions", [])  # an empty list (or null) is no shadows, and no complaint
     assert predict(server, "u1").reason == "stable version"
+
+
+def test_an_outcome_that_can_credit_nothing_is_refused_saying_why(versions: Path, make_server: ServerFactory) -> None:
+    server = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
+    answer = predict(server, "u1")
+    with pytest.raises(ValueError, match=r"reward must be a finite number .* got 1000000000"):
+        server.record_outcome(answer.request_id, 10**400)  # (an OverflowError from float())
+    with pytest.raises(TypeError, match=r"key=\.\.\.\) needs model="):
+        server.record_outcome(None, 1.0, key="u1")  # (credited nothing, and returned None as for an unknown id)
+    with pytest.raises(TypeError, match=r"needs a request_id, or model= and key="):
+        server.record_outcome(None, 1.0, model="scale")
+    assert server.record_outcome(answer.request_id, 1.0) == answer.variant  # nothing above took its outcome
