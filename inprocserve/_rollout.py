@@ -979,6 +979,8 @@ class Router:
         candidate = flags.number(key, float(canary.version or 0), ctx, used)
         if percent == 0:
             return stable, "stable", "the canary is at 0%"
+        if candidate == 0 and canary.version is None:  # (it said the flag "names version 0, which is not loaded")
+            raise UnusableFlag(key, f"the canary has no version: set rollout.canary.version, or the {key!r} flag")
         version = _version(key, candidate, ready)  # a canary on a version not loaded would silently stay at 0 %
         if position < round(percent * (BUCKETS // 100)):  # whole buckets: 0.07 % is 7 of them, never 8
             return version, "canary", f"bucket {position / 100:.2f}% is under the canary's {percent:g}%"

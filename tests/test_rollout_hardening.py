@@ -1072,3 +1072,14 @@ def test_an_outcome_that_can_credit_nothing_is_refused_saying_why(versions: Path
     with pytest.raises(TypeError, match=r"needs a request_id, or model= and key="):
         server.record_outcome(None, 1.0, model="scale")
     assert server.record_outcome(answer.request_id, 1.0) == answer.variant  # nothing above took its outcome
+
+
+def test_a_canary_with_a_percent_but_no_version_says_so(versions: Path, make_server: ServerFactory) -> None:
+    # every request was answered by the stable version "because 'scale.canary.version' names version 0, which
+    # is not loaded": a flag and a version 0 that appear nowhere in the config
+    server = make_server(versions, config=rollout(strategy="canary", stable=1, canary={"percent": 50}))
+    answer = predict(server, "u1")
+    assert answer.version == 1
+    assert answer.reason == (
+        "unusable setting: the canary has no version: set rollout.canary.version, or the 'scale.canary.version' flag"
+    )
