@@ -37,6 +37,7 @@ from stat import S_ISREG as stat_is_file
 from typing import Any
 
 from . import _fork
+from ._config_checks import is_int, is_number, shown
 from ._errors import ConfigurationError, ControlFileUnavailableError
 
 __all__ = [
@@ -515,17 +516,31 @@ def switched(state: ModelControl, version: int, *, current: int | None = None) -
 
 
 def validate_percent(percent: object) -> float:
-    if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent):
-        raise ValueError(f"percent must be a number in 0..100, got {percent!r}")
-    if not 0 <= percent <= 100:
-        raise ValueError(f"percent must lie in 0..100, got {percent!r}")
-    return float(percent)
+    """``percent`` as a float in 0..100: any real number (numpy's too), not a bool, NaN or infinity.
+
+    Raises:
+        ValueError: anything else (an int past any float too: 10**400 raised OverflowError).
+    """
+    try:
+        number = float(percent) if is_number(percent) else math.nan  # type: ignore[arg-type]
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"percent must be a number in 0..100, got {shown(percent)}")
+    if not 0 <= number <= 100:
+        raise ValueError(f"percent must lie in 0..100, got {shown(percent)}")
+    return number
 
 
 def validate_version(version: object) -> int:
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be a positive int, got {version!r}")
-    return version
+    """``version`` as an int: any integer >= 1 (numpy's too, as ``predict(version=...)`` takes), not a bool.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if not is_int(version) or int(version) < 1:  # type: ignore[call-overload]
+        raise ValueError(f"version must be a positive int, got {shown(version)}")
+    return int(version)  # type: ignore[call-overload, no-any-return]
 
 
 # -- which worker answered ------------------------------------------------------------------------------

@@ -253,7 +253,7 @@ class Operations:
 
     def switch(self, model: str, version: int, *, actor: str | None = None, force: bool = False) -> None:
         """See :meth:`Server.switch`."""
-        validate_version(version)
+        version = validate_version(version)  # (a numpy integer as a plain int: it is written as JSON)
         with self._registry.lock:
             routes = self._registry.serving(model, version)
             if not force:
@@ -330,7 +330,7 @@ class Operations:
             if version is None:
                 self._registry.known(model)
             else:
-                validate_version(version)
+                version = validate_version(version)
                 self._registry.serving(model, version)
                 self._refuse_if_gone(model, version, self._registry.repository_versions(model))
 

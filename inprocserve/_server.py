@@ -54,7 +54,7 @@ from ._remote_model import RemoteModel
 from ._repository import ModelSource
 from ._request import BatchTiming, Request, Route, drop_tracebacks
 from ._request_telemetry import RequestTelemetry
-from ._rollout import Decision, FlagReader
+from ._rollout import Decision, FlagReader, _not_a_mapping
 from ._scoring import SameRoute, note_copy, score
 from ._scoring_columns import frame_inputs, is_data_frame, whole_array_of
 from ._scoring_plan import checked_whole_input, plan_for_version
@@ -464,8 +464,8 @@ class Server(RolloutMethods):
             if routes is None:
                 return None
             if version is not None:
-                if type(version) is not int:  # (the full way takes a numpy integer, refuses True or 1.0)
-                    return None
+                if type(version) is not int or (context is not None and type(context) is not dict):
+                    return None  # (the full way takes a numpy integer, refuses True or 1.0, and checks a context)
                 decision = _pinned(version)
                 target = routes.versions.get(version)
             elif lone or routes.state.trivial:
@@ -906,6 +906,8 @@ class Server(RolloutMethods):
             return routes, routes.versions.get(decision.version) or routes.default, decision
         if type(version) is not int:
             version = version_number(version)
+        if context is not None and not isinstance(context, Mapping):  # (as a routed request's is refused)
+            raise _not_a_mapping(model, context)
         target = routes.versions.get(version)
         if target is None:
             raise self._not_found(model, version)

@@ -1083,3 +1083,30 @@ def test_a_canary_with_a_percent_but_no_version_says_so(versions: Path, make_ser
     assert answer.reason == (
         "unusable setting: the canary has no version: set rollout.canary.version, or the 'scale.canary.version' flag"
     )
+
+
+def test_operations_take_numpy_numbers_and_refuse_what_is_no_version_or_percent(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    # predict(version=np.int64(2)) works, but switch and set_canary refused numpy's numbers ("must be a positive
+    # int, got np.int64(2)"), and a percent of 10**400 raised OverflowError
+    server = make_server(versions, config=rollout(stable=1))
+    server.switch("scale", np.int64(2))
+    assert predict(server, "u1").version == 2
+    server.set_canary("scale", np.int32(3), percent=np.float32(100))
+    assert predict(server, "u1").version == 3
+    status = server.status()["models"]["scale"]["control"]
+    assert type(status["canary_version"]) is int and type(status["stable"]) is int  # (written as JSON)
+    for version, percent in ((True, 10), (np.float64(2.0), 10), (2, 10**400), (2, np.nan), (2, True)):
+        with pytest.raises(ValueError, match=r"(version|percent) must"):
+            server.set_canary("scale", version, percent=percent)
+
+
+def test_a_context_that_is_no_mapping_is_refused_with_a_pinned_version_too(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(versions, config=rollout(stable=1))
+    for version in (None, 2):
+        with pytest.raises(inprocserve.InvalidInputError, match=r"context must be a mapping"):
+            server.predict("scale", np.ones((1, 4), np.float32), version=version, context="abc")  # type: ignore[arg-type]
+    assert server.predict("scale", np.ones((1, 4), np.float32), version=2, context={"user_id": "u1"}).version == 2
