@@ -628,8 +628,10 @@ class ShadowRunner:
             if result is not None and self.on_result is not None:
                 try:
                     self.on_result(result)
-                except Exception:
-                    logger.exception("the on_shadow callback raised")
+                except Exception as exc:  # (once a minute, with its traceback: a sink that is down raised for
+                    skipped = self._failing.due("on_shadow")  # every comparison, 300 tracebacks for 300 copies)
+                    if skipped is not None:
+                        logger.error("the on_shadow callback raised%s", since(skipped), exc_info=exc)
 
     def _run(self, job: _Job, limit_s: float | None) -> bool:
         """Run ``job`` within ``limit_s`` seconds and record its outcome; whether the run measured what its

@@ -6,6 +6,7 @@ Version N of the ``scale`` model answers ``y = x * N``, so every answer says whi
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import tracemalloc
@@ -23,7 +24,7 @@ from inprocserve._experiments import BUCKETS, Interleaving, VariantStats, bucket
 from inprocserve._rollout import Router
 from inprocserve.testing import build_gather_model, build_scale_model, save_model
 
-from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout, wait_until
 from .test_interrupted_callers import Interrupted, interrupt
 from .test_interrupted_callers import interruptible as interruptible  # (a fixture)
 from .test_v2_codec import build_text_model
@@ -1110,3 +1111,24 @@ def test_a_context_that_is_no_mapping_is_refused_with_a_pinned_version_too(
         with pytest.raises(inprocserve.InvalidInputError, match=r"context must be a mapping"):
             server.predict("scale", np.ones((1, 4), np.float32), version=version, context="abc")  # type: ignore[arg-type]
     assert server.predict("scale", np.ones((1, 4), np.float32), version=2, context={"user_id": "u1"}).version == 2
+
+
+def test_an_on_shadow_callback_that_keeps_raising_is_logged_once_a_minute(
+    versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a sink that is down logged a traceback for every comparison: 300 copies, 300 tracebacks
+    calls: list[Any] = []
+
+    def sink(comparison: Any) -> None:
+        calls.append(comparison)
+        raise ConnectionError("log sink down")
+
+    config = rollout(stable=1, shadow={"versions": [2]})
+    server = make_server(versions, config=config, on_shadow=sink, shadow_budget=1.0)
+    with caplog.at_level(logging.ERROR, logger="inprocserve"):
+        for _ in range(20):
+            predict(server, "u1")
+        wait_until(lambda: len(calls) == 20)
+        server.close()  # (its shadow thread joined: every callback has returned)
+    raised = [record for record in caplog.records if "on_shadow callback raised" in record.getMessage()]
+    assert len(raised) == 1 and raised[0].exc_info is not None  # the first, with its traceback
