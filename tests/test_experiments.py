@@ -266,6 +266,18 @@ def test_epsilon_greedy_draws_among_arms_tied_for_the_best_mean() -> None:
     assert {epsilon_greedy(arms, rng, 0.0) for _ in range(100)} == {"c"}
 
 
+def test_epsilon_greedy_draws_among_arms_with_no_outcome_yet() -> None:
+    """Outcomes come late (a conversion hours later): until the first listed arm's first one came, it took every
+    greedy pick (93 % of traffic at epsilon 0.1)."""
+    arms = {name: VariantStats() for name in ("new", "current", "other")}
+    rng = np.random.default_rng(0)
+    picks = [epsilon_greedy(arms, rng, 0.0) for _ in range(3000)]
+    assert all(900 < picks.count(name) < 1100 for name in arms), {name: picks.count(name) for name in arms}
+    arms["new"].add(0.0)
+    arms["current"].add(1.0)
+    assert {epsilon_greedy(arms, rng, 0.0) for _ in range(100)} == {"other"}  # (the one untried goes first)
+
+
 def test_epsilon_greedy_draws_among_arms_with_the_same_record_whatever_the_order_of_their_rewards() -> None:
     """1 conversion in 3 each, the first reward 0 for one and 1 for the other: their means (from shifted
     sums) came out 0.3333333333333333 and 0.33333333333333337, and the second arm took every greedy pick."""
