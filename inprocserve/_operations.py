@@ -263,6 +263,7 @@ class Operations:
             current = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
             self._change_control(model, lambda state: switched(state, version, current=current), actor)
             logger.info("model %r: stable version is now %s", model, version)
+        self._warn_if_a_flag_overrides(model, version)
 
     @staticmethod
     def _refuse_if_gone(model: str, version: int, versions: set[int] | None) -> None:
@@ -657,7 +658,27 @@ class Operations:
             self._change_control(model, lambda state: switched(state, version, current=stable), None)  # the fleet
             report = dataclasses.replace(report, reason="within bounds")
             logger.info("model %r: promoted version %s over %s (%s)", model, version, stable, report.to_dict())
-            return report
+        self._warn_if_a_flag_overrides(model, version)
+        return report
+
+    def _warn_if_a_flag_overrides(self, model: str, version: int) -> None:
+        """Say so when ``version``, just made stable, is not what default traffic gets: a ``<model>.stable``
+        flag that is set wins over the alias (docs/operations.md), and a switch or promotion was logged as done
+        while every request stayed on the flag's version."""
+        try:
+            routes = self._registry.routes_of(model)
+            serving = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
+        except Exception:  # (a version unloaded meanwhile, a provider that fails: nothing to say here)
+            return
+        if serving != version:
+            logger.warning(
+                "model %r: version %s is now the stable alias, but requests without a context get version %s: "
+                "the %r flag is set and wins over the alias; change or clear the flag to move traffic",
+                model,
+                version,
+                serving,
+                routes.state.keys.stable,
+            )
 
     def interleave(
         self,

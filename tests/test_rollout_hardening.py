@@ -1132,3 +1132,25 @@ def test_an_on_shadow_callback_that_keeps_raising_is_logged_once_a_minute(
         server.close()  # (its shadow thread joined: every callback has returned)
     raised = [record for record in caplog.records if "on_shadow callback raised" in record.getMessage()]
     assert len(raised) == 1 and raised[0].exc_info is not None  # the first, with its traceback
+
+
+def test_a_switch_that_a_stable_flag_overrides_says_traffic_did_not_move(
+    versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the 'scale.stable' flag wins over the alias (docs/operations.md): switch and promote were logged as done
+    # while every request stayed on the flag's version, and nothing said why
+    flags = InMemoryFlags({"scale.stable": 2})
+    server = make_server(versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(stable=1))
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server.switch("scale", 3)
+    assert predict(server, "u1").version == 2
+    warned = [record.getMessage() for record in caplog.records if "wins over the alias" in record.getMessage()]
+    assert warned == [
+        "model 'scale': version 3 is now the stable alias, but requests without a context get version 2: the "
+        "'scale.stable' flag is set and wins over the alias; change or clear the flag to move traffic"
+    ]
+    caplog.clear()
+    flags.set("scale.stable", 3)  # the flag agrees: nothing to say
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server.switch("scale", 3)
+    assert not [record for record in caplog.records if "wins over the alias" in record.getMessage()]
