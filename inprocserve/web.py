@@ -484,10 +484,9 @@ def _json_object(body: object, shape: str) -> dict[str, Any]:
 
 
 def _percent(percent: object) -> float:
-    try:
-        return validate_percent(percent)
-    except OverflowError:  # an int too large for a float (hundreds of digits): no percentage either
-        raise ValueError(f'"percent" must be a number in 0..100, got {percent!r:.40}') from None
+    if type(percent) is int and not -(2**1023) < percent < 2**1023:  # (hundreds of digits: no percentage either)
+        raise ValueError(f'"percent" must be a number in 0..100, got {percent!r:.40}')
+    return validate_percent(percent)
 
 
 def _version(version: object) -> int:
