@@ -464,8 +464,10 @@ class Server(RolloutMethods):
             if routes is None:
                 return None
             if version is not None:
-                if type(version) is not int or (context is not None and type(context) is not dict):
-                    return None  # (the full way takes a numpy integer, refuses True or 1.0, and checks a context)
+                if type(version) is not int or (
+                    context is not None and type(context) is not dict and not isinstance(context, Mapping)
+                ):
+                    return None  # (the full way takes a numpy integer, refuses True or 1.0, and refuses the context)
                 decision = _pinned(version)
                 target = routes.versions.get(version)
             elif lone or routes.state.trivial:
