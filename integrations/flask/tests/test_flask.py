@@ -501,7 +501,7 @@ def test_async_views_that_gave_up_behind_a_full_batch_leave_no_thread_behind(tmp
     (and so their threads) when they gave up behind a full batch, until another batch was taken."""
     folder = tmp_path / "models"
     save_model(build_mlp_model((4, 1024, 1024, 1024, 4)), folder, "mlp", 1)
-    batching = inprocserve.BatchingConfig(max_batch_size=8, max_request_rows=4096, max_delay_s=0.0)
+    batching = inprocserve.BatchingConfig(max_batch_size=8, max_request_rows=32768, max_delay_s=0.0)
     app = make_app(folder, INPROCSERVE_MODEL_CONFIG=inprocserve.ModelConfig(batching=batching))
 
     @app.post("/ascore")
@@ -519,7 +519,9 @@ def test_async_views_that_gave_up_behind_a_full_batch_leave_no_thread_behind(tmp
         return int(server.status()["models"]["mlp"]["versions"]["1"]["queued_rows"])
 
     before = set(threading.enumerate())
-    blocker = server.submit("mlp", np.ones((3000, 4), np.float32))
+    # (about 2 s here: the four views must each reach their 0.05 s timeout while it runs, and on a loaded
+    # machine a blocker of 0.2 s left too little room for four GIL-bound views and their event loops)
+    blocker = server.submit("mlp", np.ones((30000, 4), np.float32))
     deadline = time.monotonic() + 10
     while queued():  # bounded: until a worker runs the blocker
         assert time.monotonic() < deadline
