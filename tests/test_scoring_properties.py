@@ -12,7 +12,6 @@ its rows are independent), and one whose file fixes axis 0 at 4 rows (examples i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,4 +148,3 @@ def test_the_models_are_what_the_properties_assume(server: inprocserve.Server) -
     assert versions["double"]["unbatchable_reason"] is None
     assert "no dynamic axis 0" in versions["scaled"]["unbatchable_reason"]
     assert versions["four"]["unbatchable_reason"]
-    assert Path(__file__).name == "test_scoring_properties.py"
