@@ -236,6 +236,8 @@ class Operations:
             raise TypeError("record_outcome(key=...) needs model=...: a targeting key is bucketed per model")
         if request_id is None and key is None:
             raise TypeError("record_outcome() needs a request_id, or model= and key=")
+        if key is not None:
+            key = _key_text(key)
         names = [model] if model is not None else list(self._registry.routes)
         for name in names:
             routes = self._registry.routes_of(name)
@@ -750,7 +752,8 @@ class RolloutMethods:
 
         Raises:
             TypeError: ``reward`` is not a number (``True`` is not one), or neither a ``request_id`` nor
-                ``model`` and ``key`` were given (``key`` without ``model`` credited nothing, silently).
+                ``model`` and ``key`` were given (``key`` without ``model`` credited nothing, silently), or
+                ``key`` cannot be made text (its ``str()`` raises).
             ValueError: ``reward`` is not finite, or past the largest reward taken (``10**400`` too).
         """
         return self._operations.record_outcome(request_id, reward, model=model, key=key)
@@ -905,3 +908,16 @@ def _rows(arrays: Mapping[str, Any]) -> int:
         shape = getattr(array, "shape", ())
         return int(shape[0]) if shape else 1
     return 1
+
+
+def _key_text(key: object) -> str:
+    """``record_outcome``'s targeting key as the text it is bucketed by, as a request's key is made text; a key
+    that cannot be made text (an object whose ``str()`` raises, an int of 5000 digits) is the caller's mistake,
+    said as one, not whatever its ``str()`` raised."""
+    try:
+        return str(key)
+    except Exception as exc:  # (anything a caller's object raises)
+        raise TypeError(
+            f"record_outcome(key=...) must be a string or an int, as the requests' targeting keys are: its "
+            f"str() raised {type(exc).__name__}"
+        ) from None

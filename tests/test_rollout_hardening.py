@@ -110,6 +110,24 @@ def test_a_numpy_reward_is_a_number_and_a_bool_is_not(versions: Path, make_serve
         server.record_outcome(result.request_id, np.bool_(True))  # type: ignore[arg-type]
 
 
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this key")
+
+
+@pytest.mark.parametrize("key", [Unprintable(), 10**5000], ids=["str-raises", "5001-digits"])
+def test_an_outcome_key_that_cannot_be_made_text_is_the_callers_type_error(
+    versions: Path, make_server: ServerFactory, key: object
+) -> None:
+    """A key whose ``str()`` raised let that exception (a RuntimeError, or int's digit limit) out of
+    record_outcome, which promises a TypeError for arguments of the wrong kind."""
+    server = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
+    with pytest.raises(TypeError, match=r"record_outcome\(key=...\) must be a string or an int"):
+        server.record_outcome(None, 1.0, model="scale", key=key)  # type: ignore[arg-type]
+    result = predict(server, "7")
+    assert server.record_outcome(None, 1.0, model="scale", key=7) == result.variant  # an int key is its text's
+
+
 def test_thompson_picks_a_known_arm_even_from_statistics_that_are_not_numbers() -> None:
     poisoned = VariantStats(served=1, outcomes=1, total=float("nan"), shifted_sq=float("nan"))
     arms = {"a": poisoned, "b": VariantStats(served=1, outcomes=1, total=float("nan"), shifted_sq=float("nan"))}
