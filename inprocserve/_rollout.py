@@ -418,6 +418,7 @@ class Router:
         self._recent_bytes = 0  # what the samples in ``recent`` hold (changed under the lock)
         self._recent_sizes: deque[int] = deque()  # each sample's bytes, in the order of ``recent``
         self._too_large_said = False
+        self._keys_told: tuple[str, str] | None = None  # (the provider's field, key_field) last warned of
         self.state = self.state_for(config)
         """The routing state this router was last given (the registry publishes the same object with the
         versions; a request decides by the one published with the versions it read)."""
@@ -491,6 +492,27 @@ class Router:
                 self._bandit_keys.clear()
                 self._drew_for_keys = False
         self._restart_changed_arms(state)
+        self._warn_if_keys_differ(config)
+
+    def _warn_if_keys_differ(self, config: RolloutConfig) -> None:
+        """Say so, once per pair of fields, when the flag provider takes the targeting key from another context
+        field than this rollout's buckets (``OpenFeatureFlags(targeting_key_field=...)`` beside
+        ``rollout.key_field``): a flag's rule on the targeting key (a fractional split, a list of users) would
+        judge another user than the bucket the request is sticky to."""
+        field = getattr(getattr(self._flags, "provider", None), "targeting_key_field", None)
+        if not isinstance(field, str) or field == config.key_field or self._keys_told == (field, config.key_field):
+            return
+        self._keys_told = (field, config.key_field)
+        logger.warning(
+            "model %r: rollout.key_field is %r, but the flag provider takes the targeting key from the context's "
+            "%r: a flag's rule on the targeting key sees another user than the rollout's sticky buckets; pass "
+            "targeting_key_field=%r to OpenFeatureFlags, or set rollout.key_field = %r",
+            self.model,
+            config.key_field,
+            field,
+            config.key_field,
+            field,
+        )
 
     def _restart_changed_arms(self, state: RoutingState) -> None:
         """Start afresh the statistics of an arm that now names another version than they were recorded for.

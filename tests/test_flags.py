@@ -249,6 +249,41 @@ def test_an_openfeature_kill_switch_answers_a_request_whose_key_cannot_be_made_t
     assert (answer.variant, answer.reason) == ("stable", "kill switch is on")
 
 
+def test_a_provider_that_takes_the_targeting_key_from_another_field_than_the_buckets_is_warned_of(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenFeatureFlags took the targeting key from "user_id" while the rollout bucketed by "account_id": a
+    flag's rule on the targeting key judged another user than the request's sticky bucket, and nothing said so."""
+    from openfeature import api
+    from openfeature.provider.in_memory_provider import InMemoryProvider
+
+    api.set_provider(InMemoryProvider({}), domain="inprocserve-key-fields")
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    canary = CanaryConfig(version=2, percent=50)
+    by_account = RolloutConfig(strategy="canary", stable=1, canary=canary, key_field="account_id")
+    for field, warned in (("user_id", True), ("account_id", False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="inprocserve"):
+            server = make_server(
+                repository,
+                config=ModelConfig(rollout=by_account, version_policy=VersionPolicy.all()),
+                flags=OpenFeatureFlags(domain="inprocserve-key-fields", targeting_key_field=field),
+            )
+            server.predict("scale", np.ones((1, 4), np.float32), context={"account_id": "a-1"})
+        told = [r.getMessage() for r in caplog.records if "targeting key" in r.getMessage()]
+        if warned:
+            assert told == [
+                "model 'scale': rollout.key_field is 'account_id', but the flag provider takes the targeting key "
+                "from the context's 'user_id': a flag's rule on the targeting key sees another user than the "
+                "rollout's sticky buckets; pass targeting_key_field='account_id' to OpenFeatureFlags, or set "
+                "rollout.key_field = 'user_id'"
+            ]
+        else:
+            assert told == []
+        server.close()
+
+
 def test_openfeature_adapter_with_the_sdk_in_memory_provider() -> None:
     from openfeature import api
     from openfeature.evaluation_context import EvaluationContext
