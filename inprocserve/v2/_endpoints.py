@@ -19,6 +19,7 @@ from typing import Any
 from .._brief import brief
 from .._errors import (
     DeadlineExceededError,
+    InferenceError,
     InprocserveError,
     InvalidInputError,
     ModelNotFoundError,
@@ -166,11 +167,23 @@ class Endpoints:
 
         Errors become ``{"error": "..."}`` with 400 (bad request), 404 (unknown model, version or
         path), 405, 503 (overloaded, closed, not ready, a remote model's server unavailable, a worker that
-        has not read the fleet's control file) or 504 (deadline); an inference that fails inside onnxruntime
-        is a 500.
+        has not read the fleet's control file, a server that cannot be built in this process) or 504
+        (deadline); an inference that fails inside onnxruntime is a 500 with its message, any other failure
+        a 500 with a fixed one (it may name the server's files: the log has it).
         """
         try:
             return self._route(method.upper(), path, headers, read, context, budget_s)
+        except _NoServer as exc:  # (its cause names files and folders: the log's business, not the client's)
+            skipped = self._failures.due(_NoServer)
+            if skipped is not None:
+                logger.error(
+                    "Open Inference Protocol request %s %s: the model server cannot be built in this process: %s%s",
+                    method,
+                    brief(path),
+                    exc.__cause__,
+                    since(skipped),
+                )
+            return Response.json(503, {"error": _NO_SERVER}, {"Retry-After": self._retry_after})
         except InvalidInputError as exc:
             return _error(400, exc)
         except ModelNotFoundError as exc:
@@ -185,7 +198,10 @@ class Endpoints:
                 logger.warning(
                     "Open Inference Protocol request %s %s failed: %s%s", method, brief(path), exc, since(skipped)
                 )
-            return _error(500, exc)
+            if isinstance(exc, InferenceError):  # onnxruntime's own words on this request (docs/protocol.md)
+                return _error(500, exc)
+            # anything else (a version that cannot load, a configuration) may name the server's files
+            return Response.json(500, {"error": "the server failed on this request; its log says why"})
 
     def _route(
         self,
@@ -207,7 +223,7 @@ class Endpoints:
                 return Response.json(200, server_metadata())
             if rest[1] == "live":
                 return Response.json(200, {"live": True})  # the process answers; models are /ready's business
-            problems = {"": _WARMING} if self._is_warming() else server_readiness(self._server(), self._required)
+            problems = {"": _WARMING} if self._is_warming() else server_readiness(self._served(), self._required)
             if problems:
                 reasons = "; ".join(f"{name}: {why}" if name else why for name, why in problems.items())
                 return Response.json(
@@ -226,13 +242,13 @@ class Endpoints:
                 version = _version(tail[1])
             except InprocserveError as exc:
                 if tail[2:] == ["infer"]:  # an inference refused: recorded as predict records its refusals
-                    self._server()._refused_early(name, None, exc, time.perf_counter())
+                    self._served()._refused_early(name, None, exc, time.perf_counter())
                 raise
             tail = tail[2:]
         if tail == []:
             if method not in ("GET", "HEAD"):
                 return _not_allowed("GET")
-            return Response.json(200, model_metadata(self._server(), name, version))
+            return Response.json(200, model_metadata(self._served(), name, version))
         if tail == ["ready"]:
             if method not in ("GET", "HEAD"):
                 return _not_allowed("GET")
@@ -242,6 +258,13 @@ class Endpoints:
                 return _not_allowed("POST")
             return self._infer(name, version, headers, read, context, budget_s)
         return _not_found(path)
+
+    def _served(self) -> Server:
+        """The app's server, or :class:`_NoServer` if it cannot be built in this process."""
+        try:
+            return self._server()
+        except Exception as exc:  # (its repository gone at the first request, an invalid config.toml, ...)
+            raise _NoServer from exc
 
     def _is_warming(self) -> bool:
         return self._warming is not None and bool(self._warming())
@@ -256,7 +279,7 @@ class Endpoints:
                 {**document, "ready": False, "error": f"model {brief(name)} is not ready: {_WARMING}"},
                 {"Retry-After": self._retry_after},
             )
-        server = self._server()
+        server = self._served()
         servable = server.models.get(name)
         status = server._brief_status([name])  # load errors without file paths
         model = status["models"].get(name)
@@ -293,7 +316,7 @@ class Endpoints:
         context: Callable[[], Mapping[str, Any]],
         budget_s: Callable[[], float | None],
     ) -> Response:
-        server = self._server()
+        server = self._served()
         started = time.perf_counter()
         try:
             check = _signature_check(server, name, version)  # an unknown model or version: before the body
@@ -582,6 +605,14 @@ def _too_large(size: int, limit: int) -> InvalidInputError:
     return InvalidInputError(
         f"the request body is {size} bytes or more, over the {limit} allowed; send fewer rows per request"
     )
+
+
+class _NoServer(Exception):
+    """The app's server could not be built in this process (its repository gone at a worker's first request,
+    a ``config.toml`` that does not load): answered 503, since a later request may find it built."""
+
+
+_NO_SERVER = "the model server could not start in this worker (its log says why); retry later"
 
 
 def _error(status: int, error: Exception, headers: Mapping[str, str] | None = None) -> Response:

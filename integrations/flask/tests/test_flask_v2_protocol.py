@@ -327,3 +327,39 @@ def test_readiness_probes_answer_503_at_once_while_the_worker_warms_up(tmp_path:
         warm.join(timeout=120)
     assert app.test_client().get("/v2/health/ready").status_code == 200
     Inprocserve.close(app)
+
+
+def test_a_worker_whose_server_cannot_be_built_answers_503_without_naming_its_files(
+    repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The repository gone at a worker's first request (a release swapping folders): every /v2 URL answered
+    500 with the error's text, which names the repository's absolute path, to any client; the readiness
+    probe got a 500 with no Retry-After. Now a 503 saying only that, with Retry-After, and the log says why."""
+    app = make_app(repository)
+    moved = repository.with_name("elsewhere")
+    repository.rename(moved)
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    try:
+        client = app.test_client()
+        with caplog.at_level("ERROR", logger="inprocserve"):
+            for method, path in (
+                ("GET", "/v2/health/ready"),
+                ("GET", "/v2/models/scale"),
+                ("POST", "/v2/models/scale/infer"),
+            ):
+                answer = client.open(path, method=method, json=body)
+                assert answer.status_code == 503, answer.get_data(as_text=True)
+                assert answer.headers["Retry-After"] == "1"
+                assert answer.get_json() == {
+                    "error": "the model server could not start in this worker (its log says why); retry later"
+                }
+                assert str(tmp_root := repository.parent) not in answer.get_data(as_text=True), tmp_root
+        told = [r.getMessage() for r in caplog.records if "cannot be built" in r.getMessage()]
+        assert len(told) == 1 and str(repository) in told[0]  # the operator's log names it, once a minute
+        moved.rename(repository)
+        answer = client.post("/v2/models/scale/infer", json=body)  # built at the next request once it is back
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+    finally:
+        if moved.exists():
+            moved.rename(repository)
+        Inprocserve.close(app)
