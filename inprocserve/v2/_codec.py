@@ -258,7 +258,7 @@ def decode_infer_request(
             # infinity that no token is left to account for was such a literal, refused as 1e39 is for FP32
             infinite = int(np.isinf(array).sum()) if array.dtype.kind == "f" else 0
             if infinite:
-                infinity_words = _infinity_words(json_text) if infinity_words is None else infinity_words
+                infinity_words = _infinity_tokens(json_text) if infinity_words is None else infinity_words
                 if infinite > infinity_words:
                     raise InvalidInputError(
                         f"input {brief(name)}: 'data' holds a number too large for any float (such as 1e400); send a "
@@ -577,10 +577,21 @@ def _bool_words(text: bytes) -> int:
     return text.count(b"true") + text.count(b"false")
 
 
-def _infinity_words(text: bytes) -> int:
-    """How many ``Infinity`` words the JSON text holds (``Infinity`` and ``-Infinity`` tokens, or words inside
-    strings: those only make the count lenient)."""
-    return text.count(b"Infinity")
+def _infinity_tokens(text: bytes) -> int:
+    """How many ``Infinity`` and ``-Infinity`` tokens the JSON text holds, not counting the word inside a string
+    (an ``"id"`` or a parameter of ``"Infinity"`` let a 1e400 in the data pass as infinity). The text is parsed
+    again to count them, which only a request whose data holds an infinity pays; it parsed once already."""
+    if b"Infinity" not in text:
+        return 0
+    tokens = 0
+
+    def constant(token: str) -> float:
+        nonlocal tokens
+        tokens += token != "NaN"
+        return float(token)
+
+    json.loads(text, parse_constant=constant)
+    return tokens
 
 
 def _bools_outside_data(document: dict[str, Any]) -> int:
