@@ -755,6 +755,11 @@ def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
         exact = _exact_integers(spec.name, value, expected)
         if exact is not None:
             return exact
+    if expected.kind == "f" and given.kind == "O" and type(value) is list:
+        # (an integer past uint64, which numpy reads as an object: what JavaScript's JSON.stringify writes for 1e20)
+        floats = _integers_as_floats(spec.name, value)
+        if floats is not None:
+            array, given = floats, floats.dtype
     if given.kind not in "biuf":
         if given.kind == "O":
             raise InvalidInputError(
@@ -832,6 +837,32 @@ def _exact_integers(name: str, value: list[Any], expected: np.dtype[Any]) -> np.
             f"input {name!r}: values from {low} to {high} do not fit in {expected} ({info.min}..{info.max})"
         )
     return objects.astype(expected)
+
+
+def _integers_as_floats(name: str, value: list[Any]) -> np.ndarray | None:
+    """A rectangular list of numbers that holds integers past uint64 (numpy reads them as objects) as float64,
+    for a float input, as the Open Inference Protocol's codec reads them. ``None`` when the list holds
+    anything but Python's or numpy's integers and floats (the caller's usual refusal follows).
+
+    Raises:
+        InvalidInputError: an integer is beyond any float (about 1.8e308).
+    """
+    try:
+        objects = np.array(value, dtype=object)
+    except UNREADABLE:
+        return None
+    flat = objects.ravel()
+    if not flat.size or not all(
+        t is int or t is float or (t is not np.bool_ and issubclass(t, np.integer | np.floating))
+        for t in set(map(type, flat))
+    ):
+        return None
+    try:
+        return np.array([float(number) for number in flat], dtype=np.float64).reshape(objects.shape)
+    except OverflowError:
+        raise InvalidInputError(
+            f"input {name!r}: holds an integer beyond the range of any float (about ±1.8e308); scale or clip it"
+        ) from None
 
 
 def unmasked(value: np.ma.MaskedArray[Any, Any], name: str | None) -> np.ndarray:

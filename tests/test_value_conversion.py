@@ -71,3 +71,19 @@ def test_integers_past_int64_reach_a_uint64_input_exactly(repository: Path, make
         server.predict("ids", [[2**63, 1]])
     with pytest.raises(InvalidInputError, match=r"expected dtype int64, got float64"):
         server.predict("ids", [[1.5, 2]])  # (floats are still refused as floats)
+
+
+def test_integers_past_uint64_reach_a_float_input_as_floats(repository: Path, make_server: ServerFactory) -> None:
+    """JavaScript's JSON.stringify writes 1e20 as 100000000000000000000, which numpy reads as an object: a float
+    input refused it as "numbers held as Python objects", though it is well within float32 (the Open Inference
+    Protocol's codec took the same value)."""
+    server = make_server(repository)
+    for row in ([10**20, 2, 3, 4], [2**64, 1.5, np.float32(3), np.int64(4)], [-(2**70), 0, 0, 0]):
+        answer = server.predict("scale", [row])["y"]
+        assert answer.dtype == np.float32 and answer.tolist() == [[2 * np.float32(float(v)) for v in row]]
+    with pytest.raises(InvalidInputError, match=r"input 'x': holds an integer beyond the range of any float"):
+        server.predict("scale", [[10**400, 1, 2, 3]])
+    with pytest.raises(InvalidInputError, match=r"beyond the range of float32"):  # a float64, past float32
+        server.predict("scale", [[10**39, 1, 2, 3]])
+    with pytest.raises(InvalidInputError, match=r"element #0 is bool"):  # (a flag is still no number)
+        server.predict("scale", [[True, 10**20, 1, 2]])
