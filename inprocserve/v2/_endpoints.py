@@ -362,6 +362,10 @@ class Endpoints:
         limit = self._limits.max_body_bytes
         declared = _header(headers, "Content-Length")
         declared_bytes = None if declared is None else _decimal(declared.strip())
+        if declared is not None and declared_bytes is None:  # ("-1", "abc", "+86": some servers pass them on)
+            raise InvalidInputError(
+                f"Content-Length {declared[:40]!r} is not a number of bytes; send the body's length"
+            )
         if declared_bytes is not None and declared_bytes > limit:
             raise _too_large(declared_bytes, limit)
         chunks: list[bytes] = []
@@ -404,17 +408,22 @@ def _unknown_model(server: Server, name: str) -> ModelNotFoundError:
 
 def _version(raw: str) -> int:
     number = _decimal(raw)
-    if number is None or number < 1:
-        raise InvalidInputError(f"model version must be a positive integer, got {raw[:40]!r}")
+    if number is None or number < 1 or number >= _PAST_18_DIGITS:
+        raise InvalidInputError(f"model version must be a positive integer of at most 18 digits, got {raw[:40]!r}")
     return number
 
 
+_PAST_18_DIGITS = 10**18
+
+
 def _decimal(text: str) -> int | None:
-    """``text`` as a non-negative integer if it is ASCII digits only (``str.isdigit`` also takes "²"), of at
-    most 18 (past that, a value no limit here allows, and Python refuses to convert thousands of digits)."""
+    """``text`` as a non-negative integer if it is ASCII digits only (``str.isdigit`` also takes "²"), leading
+    zeros aside; one of more than 18 digits is :data:`_PAST_18_DIGITS` (a value no limit here allows, and
+    Python refuses to convert thousands of digits)."""
     if not text.isascii() or not text.isdigit():
         return None
-    return int(text) if len(text) <= 18 else 10**18
+    digits = text.lstrip("0")
+    return int(digits or "0") if len(digits) <= 18 else _PAST_18_DIGITS
 
 
 def _signature_check(server: Server, name: str, version: int | None) -> Callable[[Sequence[TensorHeader]], None]:

@@ -165,6 +165,9 @@ X = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
     [
         ("/v2/models/nope/infer", infer_json(X), {}, 404, "unknown model 'nope'"),
         ("/v2/models/scale/versions/9/infer", infer_json(X), {}, 404, "no servable version 9"),
+        # (was clamped: "no servable version 1000000000000000000")
+        ("/v2/models/scale/versions/99999999999999999999/infer", infer_json(X), {}, 400, "'99999999999999999999'"),
+        ("/v2/models/scale/versions/0000000000000000009/infer", infer_json(X), {}, 404, "no servable version 9"),
         ("/v2/models/scale/infer", infer_json({**X, "datatype": "FLOAT"}), {}, 400, "unknown datatype 'FLOAT'"),
         ("/v2/models/scale/infer", infer_json({**X, "shape": [2, 4]}), {}, 400, "shape \\[2, 4\\] needs 8"),
         ("/v2/models/scale/infer", infer_json({**X, "shape": [1, 2], "data": [1, 2]}), {}, 400, "expected size 4"),
@@ -363,3 +366,37 @@ def test_a_worker_whose_server_cannot_be_built_answers_503_without_naming_its_fi
         if moved.exists():
             moved.rename(repository)
         Inprocserve.close(app)
+
+
+def test_a_content_length_that_is_no_number_of_bytes_is_named_as_the_fault(app: Flask) -> None:
+    """werkzeug passes on a Content-Length of "-1", "abc" or "+86" (gunicorn refuses them itself): the body was
+    read as empty and the client told its JSON was malformed. A length of leading zeros is a length."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="v2-http", daemon=True)
+    thread.start()
+    body = infer_json(X)
+
+    def post(length: str) -> tuple[bytes, Any]:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=30) as connection:
+            connection.sendall(
+                b"POST /v2/models/scale/infer HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+                + f"Content-Length: {length}\r\n\r\n".encode()
+                + body
+            )
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+        head, _, document = answer.partition(b"\r\n\r\n")
+        return head.split(b"\r\n")[0], json.loads(document)
+
+    try:
+        for length in ("-1", "abc", f"+{len(body)}"):
+            status, document = post(length)
+            assert status.endswith(b"400 BAD REQUEST"), (length, status)
+            assert document == {"error": f"Content-Length {length!r} is not a number of bytes; send the body's length"}
+        status, document = post(f"{len(body):020d}")  # 20 digits: was taken for 10**18 bytes, past the limit
+        assert status.endswith(b"200 OK") and document["outputs"][0]["data"] == [2, 4, 6, 8], document
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
