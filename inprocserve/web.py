@@ -32,6 +32,7 @@ import base64
 import binascii
 import hmac
 import json
+import logging
 import math
 import os
 import threading
@@ -59,16 +60,20 @@ from ._errors import (
 )
 from ._flag_reader import MAX_FLAG_TIMEOUT_S
 from ._flags import FlagProvider
+from ._log_limit import LogLimit, since
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES
 
 if TYPE_CHECKING:
     from ._server import Server
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ADMIN_ACTIONS",
     "AdminAnswer",
     "ERROR_STATUS",
     "ErrorAnswer",
+    "NO_SERVER",
     "ProcessLocalServer",
     "Readiness",
     "SECONDS_SETTINGS",
@@ -83,10 +88,12 @@ __all__ = [
     "flags_setting_problem",
     "http_status",
     "model_configs_problem",
+    "probe_readiness",
     "readiness",
     "retry_after",
     "run_admin_action",
     "seconds_setting_problem",
+    "server_or_none",
     "shadow_setting_problem",
     "token_problem",
 ]
@@ -214,6 +221,7 @@ class Readiness:
     closed: bool = False
     warming: bool = False
     degraded: Mapping[str, str] = field(default_factory=dict)
+    unbuilt: bool = False
 
     @classmethod
     def warming_up(cls) -> Readiness:
@@ -224,10 +232,40 @@ class Readiness:
         """The JSON body of a readiness probe (answer 200 when ``ready``, else 503)."""
         if self.warming:
             return {"ready": False, "warming": True, "worker": os.getpid()}
+        if self.unbuilt:
+            return {"ready": False, "error": NO_SERVER, "worker": os.getpid()}
         degraded = {"degraded": dict(self.degraded)} if self.degraded else {}
         if self.ready:
             return {"ready": True, "models": list(self.models), **degraded}
         return {"ready": False, "models": dict(self.reasons), "closed": self.closed, **degraded}
+
+
+NO_SERVER = "the model server could not start in this worker (its log says why); retry later"
+"""What a client is told when the app's server cannot be built in its process (its cause names files)."""
+
+_UNBUILT = LogLimit()  # a probe every few seconds at a worker whose server cannot be built: a line a minute
+
+
+def server_or_none(server: Callable[[], Server], asked: str) -> Server | None:
+    """The app's server, built by ``server()`` if it is not yet (the plug-ins' lazy mode); ``None`` if it cannot
+    be built in this process (its repository gone at a worker's first request, an invalid ``config.toml``),
+    logged at most once a minute with the cause, which a client must not see: it names the server's files.
+    ``asked``: what asked for it, for the log."""
+    try:
+        return server()
+    except Exception as exc:  # (a later call builds it again: the worker serves once the cause is gone)
+        skipped = _UNBUILT.due()
+        if skipped is not None:
+            logger.error("%s: the model server cannot be built in this process: %s%s", asked, exc, since(skipped))
+        return None
+
+
+def probe_readiness(server: Callable[[], Server], required: Sequence[str] | None = None) -> Readiness:
+    """The readiness of the app's server (see :func:`readiness`), built by ``server()`` if it is not yet: one
+    that cannot be built is not ready (:data:`NO_SERVER`, a 503 like any other), where the probe answered a
+    500 and logged a traceback each time."""
+    built = server_or_none(server, "readiness probe")
+    return Readiness(ready=False, unbuilt=True) if built is None else readiness(built, required)
 
 
 def readiness(server: Server, required: Sequence[str] | None = None) -> Readiness:

@@ -61,7 +61,13 @@ def test_the_web_glue_is_a_public_module() -> None:
         if not name.startswith("_") and callable(value) and value.__module__ == "inprocserve.web"
     }
     assert list(web.__all__) == sorted(web.__all__)
-    assert set(web.__all__) == defined | {"ADMIN_ACTIONS", "ERROR_STATUS", "SECONDS_SETTINGS", "SHADOW_SETTINGS"}
+    assert set(web.__all__) == defined | {
+        "ADMIN_ACTIONS",
+        "ERROR_STATUS",
+        "NO_SERVER",
+        "SECONDS_SETTINGS",
+        "SHADOW_SETTINGS",
+    }
 
 
 def test_the_status_page_is_public() -> None:

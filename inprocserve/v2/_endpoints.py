@@ -27,7 +27,7 @@ from .._errors import (
 from .._log_limit import LogLimit, since
 from .._server import Server
 from .._signature import Signature, convertible
-from ..web import ERROR_STATUS, _control_unknown, retry_after
+from ..web import ERROR_STATUS, NO_SERVER, _control_unknown, retry_after, server_or_none
 from ._codec import Limits, RequestedOutput, TensorHeader, _header, decode_infer_request, encode_infer_response
 from ._datatypes import DATATYPES, datatype_of_onnx
 
@@ -173,17 +173,8 @@ class Endpoints:
         """
         try:
             return self._route(method.upper(), path, headers, read, context, budget_s)
-        except _NoServer as exc:  # (its cause names files and folders: the log's business, not the client's)
-            skipped = self._failures.due(_NoServer)
-            if skipped is not None:
-                logger.error(
-                    "Open Inference Protocol request %s %s: the model server cannot be built in this process: %s%s",
-                    method,
-                    brief(path),
-                    exc.__cause__,
-                    since(skipped),
-                )
-            return Response.json(503, {"error": _NO_SERVER}, {"Retry-After": self._retry_after})
+        except _NoServer:  # (logged with its cause, which names files: the log's business, not the client's)
+            return Response.json(503, {"error": NO_SERVER}, {"Retry-After": self._retry_after})
         except InvalidInputError as exc:
             return _error(400, exc)
         except ModelNotFoundError as exc:
@@ -261,10 +252,10 @@ class Endpoints:
 
     def _served(self) -> Server:
         """The app's server, or :class:`_NoServer` if it cannot be built in this process."""
-        try:
-            return self._server()
-        except Exception as exc:  # (its repository gone at the first request, an invalid config.toml, ...)
-            raise _NoServer from exc
+        server = server_or_none(self._server, "Open Inference Protocol request")
+        if server is None:
+            raise _NoServer
+        return server
 
     def _is_warming(self) -> bool:
         return self._warming is not None and bool(self._warming())
@@ -619,9 +610,6 @@ def _too_large(size: int, limit: int) -> InvalidInputError:
 class _NoServer(Exception):
     """The app's server could not be built in this process (its repository gone at a worker's first request,
     a ``config.toml`` that does not load): answered 503, since a later request may find it built."""
-
-
-_NO_SERVER = "the model server could not start in this worker (its log says why); retry later"
 
 
 def _error(status: int, error: Exception, headers: Mapping[str, str] | None = None) -> Response:

@@ -195,6 +195,28 @@ def test_ready_is_503_for_a_broken_model(tmp_path: Path) -> None:
             reset_server()
 
 
+def test_ready_is_503_without_the_cause_while_the_server_cannot_be_built(repository: Path) -> None:
+    """The repository gone at a worker's first probe (a release swapping folders): the probe answered a 500 and
+    logged a traceback every time. It is a 503 with Retry-After, naming no file; once back, the probe builds."""
+    moved = repository.with_name("elsewhere")
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository)}):
+        reset_server()
+        client = Client()  # a worker that started while the folder was there (its middleware checked it)
+        assert client.get("/-/inprocserve/health").status_code == 200
+        repository.rename(moved)
+        try:
+            for _ in range(2):
+                response = client.get("/-/inprocserve/ready")
+                assert response.status_code == 503 and response["Retry-After"] == "1", response.content
+                assert response.json() == {"ready": False, "error": inprocserve.web.NO_SERVER, "worker": os.getpid()}
+            moved.rename(repository)
+            assert client.get("/-/inprocserve/ready").json() == {"ready": True, "models": ["scale"]}
+        finally:
+            if moved.exists():
+                moved.rename(repository)
+            reset_server()
+
+
 def test_changing_settings_rebuilds_the_server(repository: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     save_model(build_scale_model(5.0), other, "scale", 7)

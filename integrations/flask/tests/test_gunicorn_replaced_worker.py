@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from inprocserve import web
 from inprocserve.testing import build_scale_model, save_model
 from tests.ports import reserved_port
 
@@ -164,6 +165,9 @@ def test_a_worker_replaced_while_the_repository_folder_is_gone_does_not_stop_gun
         os.kill(body["pid"], signal.SIGKILL)
         _until(lambda: "is not a folder" in log.read_text(), "the replacement worker says what it found", log)
         assert _call(base, "/score")[0] == 500 and master.poll() is None, log.read_text()  # no server meanwhile
+        # not ready, said as a 503 that names no file (the probe answered a 500 and logged a traceback each time)
+        status, text = _call(base, "/-/inprocserve/ready")
+        assert status == 503 and json.loads(text)["error"] == web.NO_SERVER and str(tmp_path) not in text, text
         aside.rename(repository)
         _until(lambda: _call(base, "/score")[0] == 200, "the replacement worker builds its server", log)
         assert master.poll() is None and log.read_text().count("repository check failed") == 1, log.read_text()

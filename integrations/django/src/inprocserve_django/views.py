@@ -30,7 +30,7 @@ def ready(request: HttpRequest) -> JsonResponse:
     if settings()["EAGER"] and building():  # warming up after the fork: not ready, and do not wait for it
         readiness = web.Readiness.warming_up()
     else:  # lazy mode: builds the server on the first probe
-        readiness = get_server().readiness(settings()["REQUIRED_MODELS"] or None)
+        readiness = web.probe_readiness(get_server, settings()["REQUIRED_MODELS"] or None)
     response = JsonResponse(readiness.body(), status=200 if readiness.ready else 503)
     if not readiness.ready:  # like every other 503 of the plug-in: when a probe or client may try again
         response["Retry-After"] = web.retry_after(settings()["RETRY_AFTER_S"])

@@ -425,7 +425,7 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
         if eager and state.holder.building:  # warming up after the fork: not ready, and do not wait for it
             readiness = web.Readiness.warming_up()
         else:
-            readiness = state.server.readiness()  # lazy mode: builds it on the first probe
+            readiness = web.probe_readiness(lambda: state.server)  # lazy mode: builds it on the first probe
         if readiness.ready:
             return jsonify(readiness.body()), 200
         return jsonify(readiness.body()), 503, not_ready_headers
