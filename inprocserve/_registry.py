@@ -136,6 +136,9 @@ class Registry:
         self._explicit: set[str] = set()  # loaded with load(path=...): refresh() leaves them alone
         self._unloaded: set[str] = set()  # unloaded by hand: refresh() does not bring them back
         self._unloaded_versions: dict[str, set[int]] = {}  # versions unloaded by hand, likewise
+        # Versions unloaded by hand, then loaded again for a control revision or a pinned request that names
+        # them: served while they are named, never the policy's choice (a canary on one took the default).
+        self._kept_from_policy: dict[str, set[int]] = {}
         # versions loaded by hand (load(name, version=N)): served whatever the policy, until unloaded by hand
         self._loaded_by_hand: dict[str, set[int]] = {}
         # Versions held back from the default by the compatibility gate, and why (per model).
@@ -229,9 +232,15 @@ class Registry:
             self._unloaded.discard(name)
             if version is None:  # the policy's choice again: versions unloaded or loaded by hand are forgotten
                 self._unloaded_versions.pop(name, None)
+                self._kept_from_policy.pop(name, None)
                 self._loaded_by_hand.pop(name, None)
             else:
-                self._unloaded_versions.get(name, set()).discard(version)
+                unloaded_by_hand = self._unloaded_versions.get(name, set())
+                if version in unloaded_by_hand and not by_hand:  # (named, so served: not the policy's again)
+                    self._kept_from_policy.setdefault(name, set()).add(version)
+                unloaded_by_hand.discard(version)
+                if by_hand:
+                    self._kept_from_policy.get(name, set()).discard(version)
             if path is None and remote is None:
                 source = self.find_in_repository(name)
                 if version is not None and version not in source.versions:
@@ -305,6 +314,7 @@ class Registry:
                 self.retire(name, list(loaded), timeout_s=timeout_s)
                 return
             self._unloaded_versions.setdefault(name, set()).add(version)
+            self._kept_from_policy.get(name, set()).discard(version)
             self._loaded_by_hand.get(name, set()).discard(version)
             source: ModelSource | None = None
             config: ModelConfig | None = None
@@ -412,7 +422,7 @@ class Registry:
             for key in [key for key in self._load_errors if key[1] not in self.failures.get(key[0], {})]:
                 del self._load_errors[key]  # (a version gone from disk, or whose failure was forgotten)
                 self._load_log.forget(key)
-            for hand in (self._unloaded_versions, self._loaded_by_hand):
+            for hand in (self._unloaded_versions, self._kept_from_policy, self._loaded_by_hand):
                 for name in list(hand):
                     if name not in scan.models and name not in scan.unreadable:  # (unreadable: not gone)
                         del hand[name]
@@ -519,7 +529,9 @@ class Registry:
                 for v in source.versions
                 if (v not in failures or v in current_versions) and v not in unloaded and v not in removed
             ]
-            selected = config.version_policy.select(usable)
+            kept_out = self._kept_from_policy.get(name, set())
+            policys = [v for v in usable if v not in kept_out] if kept_out else usable
+            selected = config.version_policy.select(policys)
             # Versions the rollout names (stable alias, canary, arms, shadows) are served whatever the policy.
             extra = (
                 config.rollout.referenced_versions
@@ -564,7 +576,7 @@ class Registry:
             return problems
         self._policy_problems.pop(name, None)
         latest = max(selected) if selected else max(wanted)
-        default = self._gate(name, latest, usable)
+        default = self._gate(name, latest, policys)
         self._latest[name] = default
         # The control state is read again under the routing lock: the watcher may have just made a loaded
         # version stable (without the lifecycle lock), and it stays. A held-back default stays, whatever the

@@ -119,6 +119,33 @@ def test_a_version_loaded_again_after_its_unload_takes_the_default_at_once(
     assert server.models == {"scale": [2]}
 
 
+def test_a_canary_on_a_version_unloaded_by_hand_serves_it_as_the_canary_only(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """set_canary loaded the version for the fleet's control file, and so forgot its unload by hand: the next
+    refresh made it the policy's latest, taking the default traffic for every user, and the version it had
+    fallen back to was retired."""
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    server = make_server(repository)
+    server.unload("scale", 3)  # a bad release: back to 2
+    server.set_canary("scale", 3, percent=10)  # tried on a tenth of the users meanwhile
+    for _ in range(2):
+        server.refresh()
+        assert server.models == {"scale": [2, 3]}
+        assert server.status()["models"]["scale"]["answering_version"] == 2
+        served = {
+            server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": f"u{i}"}).version
+            for i in range(200)
+        }
+        assert served == {2, 3}
+    server.set_canary("scale", None, percent=0)
+    server.refresh()
+    assert server.models == {"scale": [2]} and one(server).version == 2  # still unloaded once no longer named
+    assert server.load("scale", version=3) == 3  # loaded by hand: the policy's again
+    assert server.models == {"scale": [3]} and one(server).version == 3
+
+
 def test_a_version_loaded_by_hand_serves_its_pinned_requests_across_refreshes(
     repository: Path, make_server: ServerFactory
 ) -> None:
