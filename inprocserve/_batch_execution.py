@@ -110,7 +110,8 @@ class BatchExecution:
                 compute_s=timing.compute_s,
                 error=batch[0].error if failed else None,
             )
-        self.batch_sizes.record(timing.rows)
+        if len(batch) > 1 or self._slice_rows(batch[0]) is None:  # (a sliced request's runs counted each slice)
+            self.batch_sizes.record(timing.rows)
         self._telemetry.batch_finished(timing.rows, timing.compute_s, inline=inline, queue_wait_s=longest_wait)
 
     def run_alone(self, runner: Any, request: Request) -> tuple[dict[str, Any] | None, BaseException | None]:
@@ -224,8 +225,8 @@ class BatchExecution:
         timeout_s = self._time_left(batch)
         if len(batch) == 1:  # the common case at low load: no stacking, no lists to split
             request = batch[0]
-            step = self.chunk_rows if self.chunk_rows is None or request.run_rows is None else request.run_rows
-            if step is not None and request.rows > step:
+            step = self._slice_rows(request)
+            if step is not None:
                 return [self._run_in_chunks(runner, request, parent, step)]
             started = time.perf_counter()
             try:
@@ -248,6 +249,11 @@ class BatchExecution:
                 batch[0].batch.compute_s += time.perf_counter() - started
         return split_outputs(outputs, self._output_names, [r.rows for r in batch], crop=crop)
 
+    def _slice_rows(self, request: Request) -> int | None:
+        """The rows of each slice a lone ``request`` is run in, or ``None`` when it is run whole."""
+        step = self.chunk_rows if self.chunk_rows is None or request.run_rows is None else request.run_rows
+        return step if step is not None and request.rows > step else None
+
     def _run_in_chunks(self, runner: Any, request: Request, parent: Any, step: int) -> dict[str, Any]:
         """A request larger than ``max_batch_size`` (or its own ``run_rows``) runs in slices that are stitched
         back together. The batch's compute time is the sum of the slices' runs.
@@ -268,7 +274,9 @@ class BatchExecution:
             finally:
                 if timing is not None:
                     timing.compute_s += time.perf_counter() - started
-            check_rows(outputs, self._output_names, min(step, request.rows - start), what="a slice of a large request")
+            rows = min(step, request.rows - start)
+            self.batch_sizes.record(rows)  # (each slice is a run: see execute)
+            check_rows(outputs, self._output_names, rows, what="a slice of a large request")
             parts.append(outputs)
         return {name: np.concatenate([part[index] for part in parts]) for index, name in enumerate(self._output_names)}
 

@@ -34,6 +34,18 @@ def test_queued_requests_are_merged_into_one_run(busy_repository: Path, make_ser
         assert result["y"].shape == (1 + i % 3, 512)
 
 
+def test_a_request_run_in_slices_counts_each_slice_as_a_run(scale_repository: Path, make_server: ServerFactory) -> None:
+    """status()'s batch_size counts session.run calls: a 16-row request run in slices of 4 was counted as one
+    run of 16 rows, in a bucket past max_batch_size."""
+    config = ModelConfig(batching=BatchingConfig(max_batch_size=4, max_request_rows=16))
+    server = make_server(scale_repository, config=config)
+    rows = np.arange(64, dtype=np.float32).reshape(16, 4)
+    np.testing.assert_array_equal(server.predict("scale", rows)["y"], rows * 2)
+    np.testing.assert_array_equal(server.submit("scale", rows).result()["y"], rows * 2)
+    sizes = version_status(server, "scale")["batch_size"]
+    assert sizes == {"batches": 8, "histogram": {"1": 0, "2": 0, "3-4": 8}}
+
+
 def test_merged_answers_equal_direct_runs_under_64_threads(repository: Path, make_server: ServerFactory) -> None:
     path = save_model(build_mlp_model((32, 64, 8), seed=9), repository, "mlp", 1)
     server = make_server(repository, config=ModelConfig(batching=BatchingConfig(max_batch_size=16)))
