@@ -209,6 +209,8 @@ def test_ready_is_503_without_the_cause_while_the_server_cannot_be_built(reposit
                 response = client.get("/-/inprocserve/ready")
                 assert response.status_code == 503 and response["Retry-After"] == "1", response.content
                 assert response.json() == {"ready": False, "error": inprocserve.web.NO_SERVER, "worker": os.getpid()}
+                response = client.get("/-/inprocserve/models")
+                assert (response.status_code, response.json()) == (503, {"error": inprocserve.web.NO_SERVER})
             moved.rename(repository)
             assert client.get("/-/inprocserve/ready").json() == {"ready": True, "models": ["scale"]}
         finally:

@@ -168,6 +168,8 @@ def test_a_worker_replaced_while_the_repository_folder_is_gone_does_not_stop_gun
         # not ready, said as a 503 that names no file (the probe answered a 500 and logged a traceback each time)
         status, text = _call(base, "/-/inprocserve/ready")
         assert status == 503 and json.loads(text)["error"] == web.NO_SERVER and str(tmp_path) not in text, text
+        status, text = _call(base, "/-/inprocserve/models")
+        assert (status, json.loads(text)) == (503, {"error": web.NO_SERVER}), text
         aside.rename(repository)
         _until(lambda: _call(base, "/score")[0] == 200, "the replacement worker builds its server", log)
         assert master.poll() is None and log.read_text().count("repository check failed") == 1, log.read_text()

@@ -38,7 +38,12 @@ def ready(request: HttpRequest) -> JsonResponse:
 
 
 def models(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(get_server().status(include_paths=_authorized(request)))
+    server = web.server_or_none(get_server, "GET /models")
+    if server is None:  # (its cause names files: logged, not answered)
+        response = JsonResponse({"error": web.NO_SERVER}, status=503)
+        response["Retry-After"] = web.retry_after(settings()["RETRY_AFTER_S"])
+        return response
+    return JsonResponse(server.status(include_paths=_authorized(request)))
 
 
 def _authorized(request: HttpRequest) -> bool:

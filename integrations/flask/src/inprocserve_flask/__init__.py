@@ -432,7 +432,10 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
 
     @blueprint.get("/models")
     def models() -> Any:
-        return jsonify(_state().server.status(include_paths=authorized()))
+        server = web.server_or_none(lambda: _state().server, "GET /models")
+        if server is None:  # (its cause names files: logged, not answered)
+            return jsonify({"error": web.NO_SERVER}), 503, not_ready_headers
+        return jsonify(server.status(include_paths=authorized()))
 
     add_status_page(blueprint, config, lambda: _state().server)
 
