@@ -821,15 +821,10 @@ def _exact_integers(name: str, value: list[Any], expected: np.dtype[Any]) -> np.
     Raises:
         InvalidInputError: an integer does not fit in ``expected``, naming the range.
     """
-    try:
-        objects = np.array(value, dtype=object)
-    except UNREADABLE:
+    objects = _numbers_as_objects(value, floats=False)
+    if objects is None:
         return None
     flat = objects.ravel()
-    if not flat.size or not all(
-        t is int or (t is not np.bool_ and issubclass(t, np.integer)) for t in set(map(type, flat))
-    ):
-        return None
     low, high = int(min(flat)), int(max(flat))
     info = np.iinfo(expected)
     if low < info.min or high > info.max:
@@ -837,6 +832,22 @@ def _exact_integers(name: str, value: list[Any], expected: np.dtype[Any]) -> np.
             f"input {name!r}: values from {low} to {high} do not fit in {expected} ({info.min}..{info.max})"
         )
     return objects.astype(expected)
+
+
+def _numbers_as_objects(value: list[Any], *, floats: bool) -> np.ndarray | None:
+    """A rectangular, non-empty list as an array of objects if it holds integers only (Python's or numpy's, no
+    bools), or with ``floats`` integers and floats; else ``None``."""
+    try:
+        objects = np.array(value, dtype=object)
+    except UNREADABLE:
+        return None
+    numbers = np.integer | np.floating if floats else np.integer
+    if not objects.size or not all(
+        t is int or (floats and t is float) or (t is not np.bool_ and issubclass(t, numbers))
+        for t in set(map(type, objects.ravel()))
+    ):
+        return None
+    return objects
 
 
 def _integers_as_floats(name: str, value: list[Any]) -> np.ndarray | None:
@@ -847,18 +858,11 @@ def _integers_as_floats(name: str, value: list[Any]) -> np.ndarray | None:
     Raises:
         InvalidInputError: an integer is beyond any float (about 1.8e308).
     """
-    try:
-        objects = np.array(value, dtype=object)
-    except UNREADABLE:
-        return None
-    flat = objects.ravel()
-    if not flat.size or not all(
-        t is int or t is float or (t is not np.bool_ and issubclass(t, np.integer | np.floating))
-        for t in set(map(type, flat))
-    ):
+    objects = _numbers_as_objects(value, floats=True)
+    if objects is None:
         return None
     try:
-        return np.array([float(number) for number in flat], dtype=np.float64).reshape(objects.shape)
+        return np.array([float(number) for number in objects.ravel()], dtype=np.float64).reshape(objects.shape)
     except OverflowError:
         raise InvalidInputError(
             f"input {name!r}: holds an integer beyond the range of any float (about ±1.8e308); scale or clip it"
