@@ -375,7 +375,8 @@ def test_bytes_that_are_not_text_go_binary_and_are_refused_as_json() -> None:
     ("path", "headers", "answer", "message"),
     [
         ("/v2/models/scale/versions/\u00b2/infer", {}, 400, "version must be a positive integer"),  # isdigit() is True
-        ("/v2/models/scale/versions/" + "9" * 5000 + "/infer", {}, 404, "scale"),  # more digits than int() takes
+        # more digits than int() takes: said so, not clamped to a version of 10**18 that is not served
+        ("/v2/models/scale/versions/" + "9" * 5000 + "/infer", {}, 400, "positive integer of at most 18 digits"),
         ("/v2/models/scale/infer", {"Content-Length": "9" * 5000}, 400, "over the .* allowed"),
     ],
 )
@@ -387,11 +388,17 @@ def test_hostile_paths_and_headers_get_a_4xx(
     assert status == answer and re.search(message, document["error"])
 
 
-def test_a_content_length_that_is_no_number_is_ignored(served: inprocserve.Server) -> None:
+def test_a_content_length_that_is_no_number_is_refused_by_name(served: inprocserve.Server) -> None:
+    """It was ignored (the body read up to the limit), so a server that passed "-1" on had the client told its
+    JSON was malformed; the Django plug-in already refused it, as HTTP does."""
     body, encoded = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)})
-    headers = {**encoded, "Content-Length": "\u00b2"}
-    status, _, _ = call(v2.Endpoints(lambda: served), "POST", "/v2/models/scale/infer", body, headers)
-    assert status == 200  # the body is read up to the limit either way
+    for length in ("\u00b2", "-1", "+12", "abc"):
+        headers = {**encoded, "Content-Length": length}
+        status, document, _ = call(v2.Endpoints(lambda: served), "POST", "/v2/models/scale/infer", body, headers)
+        assert (status, document) == (
+            400,
+            {"error": f"Content-Length {length!r} is not a number of bytes; send the body's length"},
+        )
 
 
 def test_a_version_in_the_path_pins_it(served: inprocserve.Server) -> None:
