@@ -776,6 +776,34 @@ def test_deadlines_too_short_to_tell_a_hang_never_count(scripted: Scripted, back
     assert backend.status()["circuit"] == "closed"
 
 
+def test_a_short_deadline_handled_late_is_judged_by_the_time_the_caller_allowed(
+    scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded machine a 0.05 s deadline was handled 0.1 s or more after the send, and that wait, not the
+    caller's 0.05 s, was compared with the hang floor: counted as the server's hang, it opened the circuit."""
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=1, timeout_s=30, concurrency=2)
+    backend.run(backend.runners()[0], FEEDS)
+    http = backend._http()
+
+    class LateToTell:
+        """The transport, telling of its timeout 0.2 s late (a thread that waited for the GIL, say)."""
+
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return http.request(*args, **kwargs)
+            except Exception:
+                time.sleep(0.2)
+                raise
+
+    monkeypatch.setattr(backend, "_http", LateToTell)
+    scripted.script = ["hang", "hang"]
+    for _ in range(2):
+        with pytest.raises(inprocserve.DeadlineExceededError) as caught:
+            backend.run(backend.runners()[0], FEEDS, timeout_s=0.05)
+        assert "counted" not in str(caught.value)
+    assert backend.status()["circuit"] == "closed"
+
+
 def test_callers_in_a_hurry_do_not_open_the_circuit_for_everyone(
     scripted: Scripted, backends: list[RemoteBackend]
 ) -> None:
