@@ -432,6 +432,7 @@ class ShadowRunner:
         self._queued_bytes = 0  # held by the queued jobs and by those being copied
         self._copying = 0  # jobs admitted whose copies are being made (outside the lock)
         self._running: _Job | None = None
+        self._run_started = 0.0  # when the run in flight began (see _owed_by_run)
         self._result: ShadowComparison | None = None  # the last run's, for on_result once its time is settled
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -469,7 +470,8 @@ class ShadowRunner:
             self._refill()  # checked before copying: a dropped copy costs the caller one lock
             for shadow in shadows:
                 reserve = self._reservation(model, shadow.version, rows)
-                if self._tokens <= 0 or self._tokens < reserve:
+                left = self._tokens - self._owed_by_run()
+                if left <= 0 or left < reserve:
                     self._drop_over_budget(model, shadow.version)
                     continue
                 if nbytes > self.max_queued_bytes // 4:  # copied on the caller's thread: kept cheap
@@ -525,7 +527,7 @@ class ShadowRunner:
     def admit(self, model: str, versions: tuple[int, ...]) -> bool:
         """Whether copies of a request may be made for ``versions`` now; if not, they are counted as dropped
         over budget. Asked while routing, so a request over budget never builds or queues a copy."""
-        if self._tokens + (self._clock() - self._refilled_at) * self.budget > 0:
+        if self._tokens + (self._clock() - self._refilled_at) * self.budget - self._owed_by_run() > 0:
             return True  # read without the lock: offer() checks again, under it, against the expected cost
         with self._mutex:  # the condition's own lock, entered without the Condition wrapper's cost
             for version in versions:
@@ -537,6 +539,15 @@ class ShadowRunner:
         if stats is None:  # not setdefault: that would build a ShadowStats on every call
             stats = self._stats[(model, version)] = ShadowStats()
         return stats
+
+    def _owed_by_run(self) -> float:
+        """What the run in flight has spent so far beyond its reservation: owed already, though settled only
+        when it ends (the bucket refilled meanwhile, and copies offered during a long run were queued, holding
+        their inputs, to be dropped after it). A read of two fields, with or without the lock."""
+        job, started = self._running, self._run_started
+        if job is None or self._unbounded:
+            return 0.0
+        return max(0.0, self._clock() - started - job.reserved)
 
     def _refill(self) -> None:
         """Refill the token bucket for the time gone by (lock held)."""
@@ -600,6 +611,7 @@ class ShadowRunner:
                     self._tokens = allowance
                     self._drop_over_budget(job.model, job.shadow.version)
                     continue
+                self._run_started = started = self._clock()
                 self._running = job
             # A run may take what is left of the budget and more (the excess is owed: the next copies wait for
             # the bucket to refill), but not RUNAWAY_FACTOR times what its version's last run took for as many
@@ -607,7 +619,6 @@ class ShadowRunner:
             per_row = self._costs.get((job.model, job.shadow.version))
             runaway = FIRST_RUN_S if per_row is None else RUNAWAY_FACTOR * per_row * job.rows
             limit = None if self._unbounded else min(max(allowance, runaway, MIN_RUN_S), MAX_RUN_S)
-            started = self._clock()
             measured = False
             try:
                 measured = self._run(job, limit)

@@ -156,6 +156,45 @@ def test_copies_made_during_a_shadow_run_are_dropped_at_once_when_the_budget_is_
     assert stats(server, "busy")["dropped_queue_full"] == 0
 
 
+def test_copies_offered_while_a_run_overspends_are_dropped_at_once_not_queued() -> None:
+    """The bucket refilled while a run was in flight, though the run had spent far more than it reserved (the
+    excess was settled only when it ended): copies offered meanwhile were queued, holding their inputs, to be
+    dropped after the run. The shadow version here runs until the test ends it, on a clock the test steps."""
+    from types import SimpleNamespace
+
+    from inprocserve._shadow import ShadowRunner
+    from inprocserve.testing import ManualClock
+
+    clock = ManualClock()
+    running, release = threading.Event(), threading.Event()
+
+    class Slow:
+        """A shadow version's batcher whose run lasts until the test ends it."""
+
+        _clock = clock
+
+        def run_if_idle(self, request: Any) -> bool:
+            running.set()
+            release.wait(30)
+            raise RuntimeError("ended by the test")
+
+    runner = ShadowRunner(budget=0.1, clock=clock)
+    primary = SimpleNamespace(version=1, batcher=None)
+    shadow = SimpleNamespace(version=2, batcher=Slow(), signature=None)
+    x = np.ones((1, 4), np.float32)
+    try:
+        runner.offer("scale", "r0", {"x": x}, 1, {"y": x}, primary, [shadow])
+        assert running.wait(30)
+        clock.advance(1.0)  # the run took a second so far, ten times the budget's whole allowance
+        for number in range(1, 6):
+            runner.offer("scale", f"r{number}", {"x": x}, 1, {"y": x}, primary, [shadow])
+        assert runner.pending() == 0  # none queued to be dropped later
+        assert runner.status("scale")["2"]["dropped_over_budget"] == 5
+    finally:
+        release.set()
+        runner.close()
+
+
 def test_a_slow_on_shadow_callback_spends_none_of_the_shadow_budget(
     repository: Path, make_server: ServerFactory
 ) -> None:
@@ -166,12 +205,13 @@ def test_a_slow_on_shadow_callback_spends_none_of_the_shadow_budget(
     logged: list[ShadowComparison] = []
 
     def slow_sink(comparison: ShadowComparison) -> None:
-        time.sleep(0.2)
+        time.sleep(0.6)
         logged.append(comparison)
 
-    # A tenth of the time (100 ms a second, five times the default) leaves room for shadow runs slowed by a
-    # busy machine, while the callback's 0.2 s, charged to it, would still pause shadows for two seconds
-    server = make_server(repository, config=shadowed(), on_shadow=slow_sink, shadow_budget=0.1)
+    # 40 % of the time leaves room for shadow runs slowed by a busy machine (a first run took up to 0.2 s under
+    # load, which overdrew a budget of 0.1), while the callback's 0.6 s, charged to it, would still leave the
+    # bucket owing 0.2 s when the next request comes, and drop its copy
+    server = make_server(repository, config=shadowed(), on_shadow=slow_sink, shadow_budget=0.4)
     for sent in (1, 2, 3):
         assert server.predict("scale", X).version == 1
         wait_until(lambda n=sent: len(logged) == n)
