@@ -552,21 +552,23 @@ def test_the_name_check_sees_a_busy_consumer_whose_queue_emptied(scoring: tuple[
     # the test process only makes a step later): the batch is held until the check watches, and the poll
     # after it until the check is over, so only a read between the batch and that poll can refuse the name.
     client, server = scoring
-    scoring_now, release, check_over = threading.Event(), threading.Event(), threading.Event()
-    polls_to_hold: list[bool] = []
+    # Each round has events of its own: round 1's consumer may reach its held poll only after round 2 began,
+    # and a shared event cleared by then held that poll (and round 2's batch) until both waits ran out.
+    steps: dict[str, threading.Event] = {}
+    polls_to_hold: list[threading.Event] = []  # the check_over event each held poll waits for
 
     class SlowServer:
         def predict(self, *args: Any, **kwargs: Any) -> Any:
-            scoring_now.set()
-            assert release.wait(30)
-            polls_to_hold.append(True)  # the batch's next poll for new messages waits for the check
+            now = dict(steps)  # (this round's)
+            now["scoring_now"].set()
+            assert now["release"].wait(30)
+            polls_to_hold.append(now["check_over"])  # the batch's next poll for new messages waits for the check
             return server.predict(*args, **kwargs)
 
     class HeldPoll(redis.Redis):  # type: ignore[misc]
         def xreadgroup(self, *args: Any, **kwargs: Any) -> Any:
             if kwargs.get("block") and polls_to_hold:
-                polls_to_hold.clear()
-                assert check_over.wait(30)
+                assert polls_to_hold.pop().wait(30)
             return super().xreadgroup(*args, **kwargs)
 
     held = HeldPoll(connection_pool=client.connection_pool)
@@ -576,14 +578,18 @@ def test_the_name_check_sees_a_busy_consumer_whose_queue_emptied(scoring: tuple[
     thread.start()
     try:
         for _ in range(2):
-            for event in (scoring_now, release, check_over):
-                event.clear()
+            steps.update(scoring_now=threading.Event(), release=threading.Event(), check_over=threading.Event())
+            scoring_now, release, check_over = steps["scoring_now"], steps["release"], steps["check_over"]
             consumer.produce(client, np.zeros((1, FEATURES), np.float32))
             assert scoring_now.wait(30)  # "w" read it and is scoring it: the queue is empty
             watching = Watching()
             outcome: list[BaseException | None] = []
 
-            def check(watching: Watching = watching, outcome: list[BaseException | None] = outcome) -> None:
+            def check(
+                watching: Watching = watching,
+                outcome: list[BaseException | None] = outcome,
+                check_over: threading.Event = check_over,
+            ) -> None:
                 try:
                     consumer.check_name_free(client, "w", claim_idle_ms=3000, stop=watching)
                     outcome.append(None)
@@ -606,8 +612,8 @@ def test_the_name_check_sees_a_busy_consumer_whose_queue_emptied(scoring: tuple[
             )
     finally:
         stop.set()
-        release.set()
-        check_over.set()
+        for event in steps.values():
+            event.set()
         thread.join(timeout=10)
     assert len(consumer.read_results(client)) == 2
 
