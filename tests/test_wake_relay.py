@@ -5,7 +5,6 @@ never handed back would leave every later caller of the process blocked for good
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,6 +49,43 @@ def wake_up(request: Request, relay: WakeRelay) -> None:
     """What the caller's thread does once woken: take the wake, then hand its place on."""
     assert request.waiter.acquire(blocking=False), "the caller was not woken"
     relay.passed(request)
+
+
+class Looks:
+    """The relay watcher's clock, in the test's hands: each of its sleeps lasts until :meth:`look` lets it take
+    one look, so a test says when the watcher looks, not a wall clock that a loaded machine stretches."""
+
+    def __init__(self) -> None:
+        self._asleep = threading.Semaphore(0)  # released each time the watcher sleeps (its last look is done)
+        self._go = threading.Semaphore(0)
+        self.free = False  # (at the end: sleeps return at once, so the watcher finds its way out)
+
+    def sleep(self, seconds: float) -> None:
+        if self.free:
+            return
+        self._asleep.release()
+        self._go.acquire()
+
+    def look(self, relay: WakeRelay) -> None:
+        """Let the watcher look once, and wait until it has (it sleeps again, or it has returned)."""
+        assert self._asleep.acquire(timeout=10), "the watcher is not waiting to look"
+        self._go.release()
+        while not self._asleep.acquire(timeout=0.01):
+            watcher = relay._watcher
+            if watcher is None or not watcher.is_alive():
+                return
+        self._asleep.release()  # (for the next look)
+
+
+@pytest.fixture
+def looks(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from inprocserve import _wake_relay
+
+    clock = Looks()
+    monkeypatch.setattr(_wake_relay, "time", clock)
+    yield clock
+    clock.free = True
+    clock._go.release()
 
 
 def test_callers_are_woken_in_the_order_they_were_answered_a_few_at_a_time() -> None:
@@ -232,13 +268,16 @@ def test_a_last_place_freed_then_cut_short_is_not_freed_twice() -> None:
 
 
 def test_places_never_handed_back_are_taken_back_once_callers_wait_a_whole_interval(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, looks: Looks
 ) -> None:
     # A caller interrupted where no clean-up runs (between queueing its request and waiting for it) holds
     # its place for good: the watcher takes it back, and the callers behind it are woken.
     relay = WakeRelay(limit=1, heal_interval_s=0.05)
     requests = answered(3)
     relay.add(requests)  # the first is woken, and its caller never comes
+    looks.look(relay)  # held at this look ...
+    assert woken(requests) == [0] and relay.places_taken_back == 0
+    looks.look(relay)  # ... and still at the next: taken back
     assert requests[1].waiter.acquire(timeout=10), "the queued caller was never woken"
     assert relay.places_taken_back == 1 and "did not hand their place on" in caplog.text
     wake_up(requests[0], relay)  # a caller that was only slow finds its place taken back: nothing changes
@@ -291,12 +330,12 @@ def test_a_hand_over_cut_short_with_no_clean_up_after_it_is_finished_by_the_watc
     assert relay.counts() == (0, 0)
 
 
-def test_callers_handing_places_on_slowly_keep_them() -> None:
+def test_callers_handing_places_on_slowly_keep_them(looks: Looks) -> None:
     relay = WakeRelay(limit=1, heal_interval_s=0.2)
     requests = answered(4)
     relay.add(requests)
-    for request in requests:  # a hand-over every 0.1 s: slow, but never a whole interval without one
-        time.sleep(0.1)
+    for request in requests:  # a hand-over between every two looks: slow, but never a whole interval without one
+        looks.look(relay)
         wake_up(request, relay)
     assert relay.places_taken_back == 0 and relay.counts() == (0, 0)
 
