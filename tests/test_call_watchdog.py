@@ -44,10 +44,10 @@ def test_a_call_that_ended_in_time_keeps_its_socket(
     watchdog: CallWatchdog, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     ours, theirs = pair
-    watch = watchdog.watch(0.05)
+    watch = watchdog.watch(1.0)  # (0.05 s: a stall of the test between arm and end let the deadline pass first)
     watch.arm(ours)
     assert watch.end() is False
-    later = watchdog.watch(0.1)  # the thread wakes for the first deadline and goes on to this one
+    later = watchdog.watch(1.1)  # the thread wakes for the first deadline and goes on to this one
     while not later.fired:
         time.sleep(0.01)
     theirs.sendall(b"x")  # the connection, back in a pool, still works for the next call

@@ -298,7 +298,8 @@ def test_a_shadow_comparisons_latency_is_the_shadow_versions_not_the_comparisons
     server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, shadow_budget=1.0)
     assert server.predict("scale", X).version == 1
     wait_until(lambda: len(comparisons) == 1)
-    assert comparisons[0].max_abs_diff == 1.0 and comparisons[0].latency_s < 0.25
+    # (under the comparison's 0.5 s with room for a run slowed by a loaded machine: a first run took 0.2 s)
+    assert comparisons[0].max_abs_diff == 1.0 and comparisons[0].latency_s < 0.45
 
 
 def test_the_queue_is_bounded_by_the_bytes_its_copies_hold(repository: Path, make_server: ServerFactory) -> None:
