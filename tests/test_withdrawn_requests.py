@@ -20,6 +20,7 @@ from inprocserve._batching import Batcher
 from inprocserve._request import DONE
 
 from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .test_interrupted_callers import GatedRuns
 from .test_telemetry import Otel, _outcomes
 from .test_telemetry import otel as otel  # the fixture: one SDK per process
 from .test_telemetry_hardening import outcomes_since
@@ -288,7 +289,9 @@ def test_requests_given_up_behind_the_last_batch_are_let_go_with_it(
     )
     server = make_server(busy_repository, models={"busy": config})
     server.predict("busy", busy_inputs(1))
-    blocker = occupy(server)
+    gates = GatedRuns(server, "busy", hold=(7,))  # (held until the callers gave up: no race with its run)
+    blocker = server.submit("busy", busy_inputs(7))
+    assert gates.started[7].wait(30)
     head = server.submit("busy", busy_inputs(8))  # a full batch: the worker that takes it looks no further
     kept: list[weakref.ref[Any]] = []
 
@@ -319,6 +322,7 @@ def test_requests_given_up_behind_the_last_batch_are_let_go_with_it(
         for index in range(4):
             assert server.submit("busy", inputs(index)).cancel()
     assert version_status(server, "busy")["queued_rows"] == 8  # (the four gave up while the head waited)
+    gates.open(7)
     blocker.result(timeout=60)
     assert head.result(timeout=60)["picked"].shape == (8, 2)
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
