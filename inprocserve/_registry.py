@@ -530,8 +530,8 @@ class Registry:
                 if (v not in failures or v in current_versions) and v not in unloaded and v not in removed
             ]
             kept_out = self._kept_from_policy.get(name, set())
-            policys = [v for v in usable if v not in kept_out] if kept_out else usable
-            selected = config.version_policy.select(policys)
+            selectable = [v for v in usable if v not in kept_out] if kept_out else usable
+            selected = config.version_policy.select(selectable)
             # Versions the rollout names (stable alias, canary, arms, shadows) are served whatever the policy.
             extra = (
                 config.rollout.referenced_versions
@@ -576,7 +576,7 @@ class Registry:
             return problems
         self._policy_problems.pop(name, None)
         latest = max(selected) if selected else max(wanted)
-        default = self._gate(name, latest, policys)
+        default = self._gate(name, latest, selectable)
         self._latest[name] = default
         # The control state is read again under the routing lock: the watcher may have just made a loaded
         # version stable (without the lifecycle lock), and it stays. A held-back default stays, whatever the
