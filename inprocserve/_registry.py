@@ -216,10 +216,13 @@ class Registry:
         config: ModelConfig | None = None,
         remote: RemoteModel | None = None,
         by_hand: bool = False,
+        with_the_rest: bool = False,
     ) -> int:
         """See :meth:`Server.load` (the lifecycle lock serializes it with every other change). ``by_hand``:
         called by :meth:`Server.load`, not for a control revision or a pinned request (which load a version
-        for as long as they name it, and leave the policy to the next refresh)."""
+        for as long as they name it, and leave the policy to the next refresh). ``with_the_rest``: ``version``
+        of a model served from the repository is loaded with what its policy and control state serve, and
+        published with them (see :meth:`serving`)."""
         validate_model_name(name)
         if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
             raise ValueError(f"version must be a positive int, got {version!r}")
@@ -234,13 +237,11 @@ class Registry:
                 self._unloaded_versions.pop(name, None)
                 self._kept_from_policy.pop(name, None)
                 self._loaded_by_hand.pop(name, None)
+            elif by_hand:
+                self._unloaded_versions.get(name, set()).discard(version)
+                self._kept_from_policy.get(name, set()).discard(version)
             else:
-                unloaded_by_hand = self._unloaded_versions.get(name, set())
-                if version in unloaded_by_hand and not by_hand:  # (named, so served: not the policy's again)
-                    self._kept_from_policy.setdefault(name, set()).add(version)
-                unloaded_by_hand.discard(version)
-                if by_hand:
-                    self._kept_from_policy.get(name, set()).discard(version)
+                self._named_again(name, version)
             if path is None and remote is None:
                 source = self.find_in_repository(name)
                 if version is not None and version not in source.versions:
@@ -250,6 +251,12 @@ class Registry:
                 effective = self.config_for(name, source, config)
                 if version is not None:
                     self._load_version(name, version, source.versions[version], effective)
+                    if with_the_rest and not by_hand and name not in self._explicit:
+                        for number in self._control_versions(name):  # (loaded by the sync, as follow() would)
+                            self._named_again(name, number)
+                        for problem in self._sync_model(name, source, effective, named={version}):
+                            logger.warning("model %r: loading it to serve version %s: %s", name, version, problem)
+                        return version
                     # (a model loaded by path has no policy to apply: its other versions are no repository's)
                     if not by_hand or name in self._explicit:
                         self.publish(name)
@@ -300,6 +307,14 @@ class Registry:
             self._latest[name] = self._gate(name, max(loaded), loaded)
             self.publish(name)
             return version
+
+    def _named_again(self, name: str, version: int) -> None:
+        """``version`` is loaded because a control revision, an operation or a pinned request names it: one
+        unloaded by hand serves as named, never as the policy's choice, until loaded by hand again."""
+        unloaded_by_hand = self._unloaded_versions.get(name, set())
+        if version in unloaded_by_hand:
+            unloaded_by_hand.discard(version)
+            self._kept_from_policy.setdefault(name, set()).add(version)
 
     def unload(self, name: str, version: int | None = None, *, timeout_s: float | None = None) -> None:
         """See :meth:`Server.unload` (the lifecycle lock serializes it with every other change)."""
@@ -473,10 +488,16 @@ class Registry:
             )
 
     def _sync_model(
-        self, name: str, source: ModelSource, config: ModelConfig, *, timeout_s: float | None = None
+        self,
+        name: str,
+        source: ModelSource,
+        config: ModelConfig,
+        *,
+        timeout_s: float | None = None,
+        named: frozenset[int] | set[int] = frozenset(),
     ) -> list[str]:
         """Make the loaded versions of ``name`` match its version policy and its files; the lifecycle lock is
-        held.
+        held. ``named``: versions kept loaded besides (an operation's, before its control revision names them).
 
         A version that fails to load is skipped (until its file changes): the policy is applied again to
         the rest, so a broken new version leaves the working ones serving. A loaded version whose files or
@@ -538,6 +559,7 @@ class Registry:
                 | self._loaded_by_hand.get(name, set())
                 | self._control_versions(name)
                 | ({router.state.alias} if router and router.state.alias else set())
+                | named
             )
             wanted = sorted(set(selected) | {v for v in extra if v in usable})
             missing = [v for v in wanted if v not in self.loaded.get(name, {})]
@@ -1366,11 +1388,16 @@ class Registry:
         return routes
 
     def serving(self, model: str, version: int) -> Routes:
-        """With the lifecycle lock held: make sure ``version`` is loaded, warmed up and routable."""
+        """With the lifecycle lock held: make sure ``version`` is loaded, warmed up and routable.
+
+        On a model that serves nothing here (unloaded by hand, or not loaded yet), what its policy and control
+        state serve is loaded with it, and published at once: published alone, ``version`` answered every
+        request until the operation's control revision loaded the rest, and for good where the revision named
+        nothing else (a canary beside the policy's latest)."""
         self.check_open()
         routes = self.routes.get(model)
         if routes is None or version not in routes.versions:
-            self.load(model, version=version)
+            self.load(model, version=version, with_the_rest=routes is None)
         return self.routes_of(model)
 
     def repository_versions(self, model: str) -> set[int] | None:

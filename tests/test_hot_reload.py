@@ -146,6 +146,29 @@ def test_a_canary_on_a_version_unloaded_by_hand_serves_it_as_the_canary_only(
     assert server.models == {"scale": [3]} and one(server).version == 3
 
 
+def test_a_fleet_operation_on_a_model_unloaded_by_hand_serves_it_whole(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """An operation on a model with nothing loaded published the version it named alone: a 10 % canary
+    answered every user until the next refresh, and a switch recorded no version to roll back to."""
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    server = make_server(repository)
+    server.unload("scale")
+    server.set_canary("scale", 2, percent=10)
+    assert server.models == {"scale": [2, 3]}
+    served = {
+        server.predict("scale", np.ones((1, 4), np.float32), context={"user_id": f"u{i}"}).version for i in range(200)
+    }
+    assert served == {2, 3} and one(server).version == 3
+    server.set_canary("scale", None, percent=0)
+    server.unload("scale")
+    server.switch("scale", 2)
+    assert one(server).version == 2
+    assert server.rollback("scale") == 3  # the policy's latest answered before the switch
+    assert one(server).version == 3
+
+
 def test_a_version_loaded_by_hand_serves_its_pinned_requests_across_refreshes(
     repository: Path, make_server: ServerFactory
 ) -> None:

@@ -62,8 +62,9 @@ from .conftest import report, soak_seconds
 
 SEEDS = (1, 105, 512)
 """Seed 1 meets the defect of a canary on a version unloaded by hand at step 14 (run against the
-registry as it was before the fix); 105 and 512 are seeds with which the hunt that wrote this driver met the
-known limit below (a rollback on a model with nothing loaded) and unloads racing the poller."""
+registry as it was before the fix); 105 and 512 are seeds with which the hunt that wrote this driver met
+operations on a model with nothing loaded (which published the version they named alone) and unloads racing the
+poller."""
 STEPS_PER_SECOND = 8
 """About as many steps as a 2-core machine runs in a second (a close under load takes longer, a write less):
 each seed runs for about ``SOAK_SECONDS``."""
@@ -605,7 +606,7 @@ class Driver:
         self.requests = 0
         self.operations: Counter[str] = Counter()
         self.before = Routes([], None, None, {}, [])
-        self.first_loaded_may_answer: int | None = None
+        self.state_before_may_answer: set[int] = set()
         self.refreshed_without_problems = False
         self.history_at_first_violation = 0
         self.step_written = True
@@ -647,7 +648,7 @@ class Driver:
         return f"{'reload' if reload else 'refresh'} -> {problems}"
 
     def switch(self, version: int) -> str:
-        self.known_limit_on_a_model_with_nothing_loaded(version)
+        self.served_as_before_its_revision()
         try:
             self.serving().switch(MODEL, version)
         except inprocserve.InprocserveError as exc:
@@ -658,13 +659,13 @@ class Driver:
         return f"switch v{version}"
 
     def rollback(self) -> str:
+        self.served_as_before_its_revision()
         try:
             back = self.serving().rollback(MODEL)
         except (ValueError, inprocserve.InprocserveError) as exc:
             return f"rollback refused: {type(exc).__name__}: {exc}"
         finally:
             self.world.may_have_loaded()
-        self.known_limit_on_a_model_with_nothing_loaded(back)
         self.stable_is(back)
         return f"rollback -> v{back}"
 
@@ -674,7 +675,7 @@ class Driver:
             self.world.may_have_loaded()  # (every control revision loads what the file names: a folder back)
             self.world.control.canary = None
             return "canary off"
-        self.known_limit_on_a_model_with_nothing_loaded(version)
+        self.served_as_before_its_revision()
         try:
             self.serving().set_canary(MODEL, version, percent=percent)
         except inprocserve.InprocserveError as exc:
@@ -704,7 +705,7 @@ class Driver:
         return "kill"
 
     def promote(self, version: int) -> str:
-        self.known_limit_on_a_model_with_nothing_loaded(version)
+        self.served_as_before_its_revision()
         try:
             self.serving().promote(MODEL, version, max_abs_diff=1e9)
         except inprocserve.InprocserveError as exc:
@@ -752,13 +753,16 @@ class Driver:
             control.previous = control.stable
         control.stable = version
 
-    def known_limit_on_a_model_with_nothing_loaded(self, version: int) -> None:
-        """Known limit (docs/operations.md routes a request by the state before or after a revision): on a model
-        with no loaded version, set_canary, switch, rollback and promote load the version they name first, and
-        it answers every default and keyed request (as "stable") until the revision's other versions (its stable
-        version, a canary) load. Only that version, only on a model that served nothing before the step."""
-        if not self.before.loaded:
-            self.first_loaded_may_answer = version
+    def served_as_before_its_revision(self) -> None:
+        """On a model that served nothing here before the step, set_canary, switch, rollback and promote serve it
+        again (docs/repository.md, "unload(name)"): until their revision applies, what the policy and the control
+        state before it serve answers, as in the rest of the fleet. Only those versions, only on such a step."""
+        if self.before.loaded:
+            return
+        control = self.world.control
+        policys = set(self.world.on_disk) - self.world.unloaded_by_hand
+        self.state_before_may_answer = {v for v in (control.stable, control.canary and control.canary[0]) if v}
+        self.state_before_may_answer |= {max(policys)} if policys else set()
 
     # -- steps
 
@@ -827,7 +831,7 @@ class Driver:
         loaded_may_hold_before = {v: set(sets) for v, sets in self.world.loaded_may_hold.items()}
         disk_changed_since_a_scan = not self.world.scanned
         self.refreshed_without_problems = False
-        self.first_loaded_may_answer = None
+        self.state_before_may_answer = set()
         requests: list[Request] = []
         operation_done = threading.Event()
         pinnable = sorted(set(self.world.on_disk) | set(before.loaded) | {1, 2, 3})
@@ -869,7 +873,7 @@ class Driver:
             f"before {brief(before)} after {brief(after)}"
         )
         self.step_written = True
-        also_allowed = set() if self.first_loaded_may_answer is None else {self.first_loaded_may_answer}
+        also_allowed = set(self.state_before_may_answer)
         # Not a defect but what the probes cannot bracket: the poller may adopt, between them, a disk changed since
         # the last refresh (one before the step, or the step's own change), and in a close, anything (the closed
         # server cannot be probed after it). Its routes then hold for a moment that neither probe saw: any
