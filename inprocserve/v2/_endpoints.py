@@ -214,7 +214,13 @@ class Endpoints:
                 return Response.json(200, server_metadata())
             if rest[1] == "live":
                 return Response.json(200, {"live": True})  # the process answers; models are /ready's business
-            problems = {"": _WARMING} if self._is_warming() else server_readiness(self._served(), self._required)
+            if self._is_warming():
+                problems = {"": _WARMING}
+            else:
+                try:
+                    problems = server_readiness(self._served(), self._required)
+                except _NoServer:  # (the readiness document still, "ready" included: docs/protocol.md)
+                    return Response.json(503, {"ready": False, "error": NO_SERVER}, {"Retry-After": self._retry_after})
             if problems:
                 reasons = "; ".join(f"{name}: {why}" if name else why for name, why in problems.items())
                 return Response.json(
@@ -270,7 +276,12 @@ class Endpoints:
                 {**document, "ready": False, "error": f"model {brief(name)} is not ready: {_WARMING}"},
                 {"Retry-After": self._retry_after},
             )
-        server = self._served()
+        try:
+            server = self._served()
+        except _NoServer:
+            return Response.json(
+                503, {**document, "ready": False, "error": NO_SERVER}, {"Retry-After": self._retry_after}
+            )
         servable = server.models.get(name)
         status = server._brief_status([name])  # load errors without file paths
         model = status["models"].get(name)
@@ -352,6 +363,8 @@ class Endpoints:
     def _read_body(self, headers: Mapping[str, str], read: Callable[[int], bytes]) -> bytes:
         limit = self._limits.max_body_bytes
         declared = _header(headers, "Content-Length")
+        if declared is not None and not declared.strip():  # (a WSGI server's empty CONTENT_LENGTH: no header)
+            declared = None
         declared_bytes = None if declared is None else _decimal(declared.strip())
         if declared is not None and declared_bytes is None:  # ("-1", "abc", "+86": some servers pass them on)
             raise InvalidInputError(

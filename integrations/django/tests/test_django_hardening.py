@@ -124,6 +124,19 @@ def test_a_chunked_body_that_the_server_ends_is_read(served: Path) -> None:
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("length", ["", " "])
+def test_a_chunked_body_with_an_empty_content_length_is_read(served: Path, length: str) -> None:
+    """A WSGI server may set CONTENT_LENGTH to "" for a chunked body: no length, as the plug-in's reader takes
+    it, not a Content-Length that is no number (a 400)."""
+    status, document = wsgi_post(
+        json.dumps({"inputs": [X]}).encode(),
+        **{"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": length},
+    )
+    assert status.startswith("200"), document
+    assert document["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
+
+
+@pytest.mark.django_db
 def test_a_chunked_body_is_still_capped(repository: Path) -> None:
     limits = v2.Limits(max_body_bytes=100)
     with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "V2_PROTOCOL": True, "V2_LIMITS": limits}):

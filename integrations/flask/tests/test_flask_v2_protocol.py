@@ -338,7 +338,8 @@ def test_a_worker_whose_server_cannot_be_built_answers_503_without_naming_its_fi
 ) -> None:
     """The repository gone at a worker's first request (a release swapping folders): every /v2 URL answered
     500 with the error's text, which names the repository's absolute path, to any client; the readiness
-    probe got a 500 with no Retry-After. Now a 503 saying only that, with Retry-After, and the log says why."""
+    probe got a 500 with no Retry-After. Now a 503 saying only that, with Retry-After, and the log says why; the
+    readiness URLs answer their documents ("ready": false), which a client reads."""
     monkeypatch.setattr(web, "_UNBUILT", LogLimit())  # (another test's line within the minute would hold this one)
     app = make_app(repository)
     moved = repository.with_name("elsewhere")
@@ -347,17 +348,22 @@ def test_a_worker_whose_server_cannot_be_built_answers_503_without_naming_its_fi
     try:
         client = app.test_client()
         with caplog.at_level("ERROR", logger="inprocserve"):
-            for method, path in (
-                ("GET", "/v2/health/ready"),
-                ("GET", "/v2/models/scale"),
-                ("POST", "/v2/models/scale/infer"),
+            said = "the model server could not start in this worker (its log says why); retry later"
+            for method, path, document in (
+                ("GET", "/v2/health/ready", {"ready": False, "error": said}),  # readiness keeps its "ready"
+                ("GET", "/v2/models/scale/ready", {"name": "scale", "ready": False, "error": said}),
+                (
+                    "GET",
+                    "/v2/models/scale/versions/1/ready",
+                    {"name": "scale", "version": "1", "ready": False, "error": said},
+                ),
+                ("GET", "/v2/models/scale", {"error": said}),
+                ("POST", "/v2/models/scale/infer", {"error": said}),
             ):
                 answer = client.open(path, method=method, json=body)
                 assert answer.status_code == 503, answer.get_data(as_text=True)
                 assert answer.headers["Retry-After"] == "1"
-                assert answer.get_json() == {
-                    "error": "the model server could not start in this worker (its log says why); retry later"
-                }
+                assert answer.get_json() == document
                 assert str(tmp_root := repository.parent) not in answer.get_data(as_text=True), tmp_root
         told = [r.getMessage() for r in caplog.records if "cannot be built" in r.getMessage()]
         assert len(told) == 1 and str(repository) in told[0]  # the operator's log names it, once a minute

@@ -51,8 +51,8 @@ def _body_reader(request: HttpRequest) -> Callable[[int], bytes]:
     if stream is None:  # ASGI
         return read
     declared = environ.get("CONTENT_LENGTH")
-    if declared not in (None, ""):
-        text = str(declared).strip()
+    text = "" if declared is None else str(declared).strip()
+    if text:  # (an empty or blank CONTENT_LENGTH is no header: some WSGI servers set "" for a chunked body)
         if text.isascii() and text.isdigit():
             return read
 
