@@ -706,6 +706,31 @@ def test_the_infinity_tokens_still_mean_infinity() -> None:
 
 
 @pytest.mark.parametrize(
+    "body",
+    [
+        # an Infinity token elsewhere (a parameter of the request or of a tensor, another input) let it pass
+        b'{"parameters": {"scale": Infinity}, '
+        b'"inputs": [{"name": "b", "datatype": "FP32", "shape": [1], "data": [1e400]}]}',
+        b'{"inputs": [{"name": "b", "datatype": "FP32", "shape": [1], "data": [1e400], '
+        b'"parameters": {"p": -Infinity}}]}',
+        b"""{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [Infinity]},
+            {"name": "b", "datatype": "FP32", "shape": [2], "data": [[1e400], [2]]}]}""",
+    ],
+)
+def test_a_literal_past_any_float_is_refused_whatever_infinity_tokens_the_request_holds(body: bytes) -> None:
+    with pytest.raises(inprocserve.InvalidInputError, match="input 'b': 'data' holds a number too large"):
+        v2.decode_infer_request(body, {})
+
+
+def test_the_input_whose_data_holds_a_literal_past_any_float_is_the_one_named() -> None:
+    # (an infinity was matched to any token in the document: the error named the input with the token)
+    body = b"""{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1e400]},
+        {"name": "b", "datatype": "FP32", "shape": [1], "data": [Infinity]}]}"""
+    with pytest.raises(inprocserve.InvalidInputError, match="input 'a': 'data' holds a number too large"):
+        v2.decode_infer_request(body, {})
+
+
+@pytest.mark.parametrize(
     "parameters",
     [{"sequence_id": 7, "sequence_start": True, "sequence_end": False}, {"sequence_id": "abc"}, {"sequence_end": True}],
 )

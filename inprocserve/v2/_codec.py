@@ -247,24 +247,22 @@ def decode_infer_request(
         bools_in_data = words > 0 and words > _bools_outside_data(document)
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
-    infinity_words: int | None = None  # Infinity tokens in the JSON text not yet matched to infinite values
-    for header, raw, size, start in planned:
+    overflowed: list[bool] | None = None  # per input: whether its data holds a literal past any float
+    for index, (header, raw, size, start) in enumerate(planned):
         name, datatype, shape = header.name, header.datatype, list(header.shape)
         if size is not None:
             inputs[name] = _from_binary(binary[start : start + size], datatype, shape, name)
         else:
             array = _from_json(raw["data"], datatype, shape, name, limits, bools_in_data=bools_in_data)
-            # Python's json reads a literal past float64 (1e400) as infinity, as it reads the token Infinity: an
-            # infinity that no token is left to account for was such a literal, refused as 1e39 is for FP32
-            infinite = int(np.isinf(array).sum()) if array.dtype.kind == "f" else 0
-            if infinite:
-                infinity_words = _infinity_tokens(json_text) if infinity_words is None else infinity_words
-                if infinite > infinity_words:
+            # Python's json reads a literal past float64 (1e400) as infinity, as it reads the token Infinity:
+            # such a literal is refused, as 1e39 is for FP32 (looked for only in data that holds an infinity)
+            if array.dtype.kind == "f" and np.isinf(array).any():
+                overflowed = _overflowed_data(json_text) if overflowed is None else overflowed
+                if index < len(overflowed) and overflowed[index]:
                     raise InvalidInputError(
                         f"input {brief(name)}: 'data' holds a number too large for any float (such as 1e400); send a "
                         "value that fits, or the token Infinity (or -Infinity) if infinity is meant"
                     )
-                infinity_words -= infinite
             inputs[name] = array
         datatypes[name] = datatype
     return InferRequest(
@@ -577,21 +575,34 @@ def _bool_words(text: bytes) -> int:
     return text.count(b"true") + text.count(b"false")
 
 
-def _infinity_tokens(text: bytes) -> int:
-    """How many ``Infinity`` and ``-Infinity`` tokens the JSON text holds, not counting the word inside a string
-    (an ``"id"`` or a parameter of ``"Infinity"`` let a 1e400 in the data pass as infinity). The text is parsed
-    again to count them, which only a request whose data holds an infinity pays; it parsed once already."""
-    if b"Infinity" not in text:
-        return 0
-    tokens = 0
+class _PastAnyFloat(float):
+    """A JSON number literal too large for any float (``1e400``), which json reads as infinity."""
 
-    def constant(token: str) -> float:
-        nonlocal tokens
-        tokens += token != "NaN"
-        return float(token)
 
-    json.loads(text, parse_constant=constant)
-    return tokens
+def _overflowed_data(text: bytes) -> list[bool]:
+    """For each tensor of the request's ``inputs``, whether its ``data`` holds a number literal too large for
+    any float, told from the token ``Infinity`` (anywhere else in the document, a parameter's or another
+    input's ``Infinity`` let such a literal pass as infinity). The text is parsed again with a hook on every
+    float, which only a request whose data holds an infinity pays; it parsed once already."""
+
+    def number(literal: str) -> float:
+        value = float(literal)
+        return _PastAnyFloat(value) if math.isinf(value) else value
+
+    document = json.loads(text, parse_float=number)
+    tensors = document.get("inputs") if isinstance(document, dict) else None
+    found: list[bool] = []
+    for tensor in tensors if isinstance(tensors, list) else []:
+        pending = [tensor.get("data")] if isinstance(tensor, dict) else []
+        overflowed = False
+        while pending and not overflowed:
+            value = pending.pop()
+            if isinstance(value, list):
+                pending += value
+            else:
+                overflowed = type(value) is _PastAnyFloat
+        found.append(overflowed)
+    return found
 
 
 def _bools_outside_data(document: dict[str, Any]) -> int:
