@@ -447,7 +447,7 @@ class RemoteBackend:
                 if self._backoff(attempt, deadline, at_least_s=retry_after):
                     attempt += 1
                     continue
-            raise self._refused(response, caller_binds=caller_binds, sent_at=sent_at)
+            raise self._refused(response, caller_binds=caller_binds, sent_at=sent_at, deadline=deadline)
 
     def health(self) -> str | None:
         if self._closed:
@@ -752,7 +752,9 @@ class RemoteBackend:
             "(KServe's): set binary_tensors = true in this version's remote.toml"
         )
 
-    def _refused(self, response: HttpResponse, *, caller_binds: bool, sent_at: float) -> Exception:
+    def _refused(
+        self, response: HttpResponse, *, caller_binds: bool, sent_at: float, deadline: float | None = None
+    ) -> Exception:
         status = response.status
         detail = f"{self.remote.endpoint}/infer answered {status}: {_message(response)}"
         if status in (400, 422):
@@ -762,7 +764,7 @@ class RemoteBackend:
             )
         if status == 504:  # the server ran out of the time it was sent: judged as a timeout here is
             late = self._error(DeadlineExceededError, detail)  # (first: the circuit's line names it)
-            if self._counts_against_server(caller_binds=caller_binds, sent_at=sent_at):
+            if self._counts_against_server(caller_binds=caller_binds, sent_at=sent_at, until=deadline):
                 self._breaker.failure()
             else:
                 self._breaker.release()
