@@ -598,7 +598,7 @@ class Registry:
             return problems
         self._policy_problems.pop(name, None)
         latest = max(selected) if selected else max(wanted)
-        default = self._gate(name, latest, selectable)
+        default = self._gate(name, latest, usable)  # (a version kept from the policy answers too)
         self._latest[name] = default
         # The control state is read again under the routing lock: the watcher may have just made a loaded
         # version stable (without the lifecycle lock), and it stays. A held-back default stays, whatever the

@@ -50,6 +50,24 @@ def test_an_incompatible_new_version_loads_but_the_old_one_stays_default(
     assert any("'x' is gone" in p for p in problems) and any("'features' is new" in p for p in problems)
 
 
+def test_a_version_unloaded_by_hand_then_made_stable_is_the_gate_s_baseline(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Switched to after its unload by hand, version 3 serves as the stable version only; the gate left it out
+    as no policy choice, and an incompatible version 4 took the default, called compatible, with no log."""
+    for version in (1, 2, 3):
+        save_model(renamed("x", seed=version), repository, "m", version)
+    server = make_server(repository, poll_interval_s=None)
+    server.unload("m", 3)
+    server.switch("m", 3)
+    save_model(renamed("features", seed=9), repository, "m", 4)  # would break every caller sending "x"
+    server.refresh()
+    status = server.status()["models"]["m"]
+    assert (status["answering_version"], status["default_version"]) == (3, 3)
+    assert status["versions"]["4"]["compatible"] is False
+    assert server.predict("m", {"x": rows()}).version == 3
+
+
 def test_the_gate_logs_and_counts_a_held_back_version_once(
     repository: Path, make_server: ServerFactory, otel: Otel, caplog: pytest.LogCaptureFixture
 ) -> None:
