@@ -269,13 +269,13 @@ class BatchExecution:
             chunk = {name: array[start : start + step] for name, array in request.arrays.items()}
             left = None if request.deadline is None else request.deadline - self._clock()
             started = time.perf_counter()
+            rows = min(step, request.rows - start)
             try:
                 outputs = self._run_batch(runner, chunk, timeout_s=left, parent=parent)
             finally:
                 if timing is not None:
                     timing.compute_s += time.perf_counter() - started
-            rows = min(step, request.rows - start)
-            self.batch_sizes.record(rows)  # (each slice is a run: see execute)
+                self.batch_sizes.record(rows)  # (each slice is a run, one that failed too: see execute)
             check_rows(outputs, self._output_names, rows, what="a slice of a large request")
             parts.append(outputs)
         return {name: np.concatenate([part[index] for part in parts]) for index, name in enumerate(self._output_names)}

@@ -46,6 +46,16 @@ def test_a_request_run_in_slices_counts_each_slice_as_a_run(scale_repository: Pa
     assert sizes == {"batches": 8, "histogram": {"1": 0, "2": 0, "3-4": 8}}
 
 
+def test_a_slice_whose_run_fails_counts_as_a_run(repository: Path, make_server: ServerFactory) -> None:
+    """A whole run that fails is counted; a slice whose run failed was not (4 rows in slices of 2, the second
+    holding an index past the table: one run counted of the two)."""
+    save_model(build_gather_model(table_rows=10), repository, "g", 1)
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(max_batch_size=2)))
+    with pytest.raises(inprocserve.InvalidInputError):
+        server.predict("g", {"index": np.array([0, 1, 2, 99], np.int64)})
+    assert version_status(server, "g")["batch_size"]["batches"] == 2
+
+
 def test_merged_answers_equal_direct_runs_under_64_threads(repository: Path, make_server: ServerFactory) -> None:
     path = save_model(build_mlp_model((32, 64, 8), seed=9), repository, "mlp", 1)
     server = make_server(repository, config=ModelConfig(batching=BatchingConfig(max_batch_size=16)))
