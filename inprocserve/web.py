@@ -7,6 +7,7 @@ each turns the typed results below into its framework's responses.
 * :func:`http_status`, :func:`error_code`, :func:`error_answer`: a library error as an HTTP answer.
 * :func:`run_admin_action`, :func:`admin_answer`: the admin endpoints (reload, switch, rollback, canary,
   kill, resume) with their JSON bodies checked, since they come from the network.
+* :func:`status_page`: the status page as an HTTP answer (a 503 page where the server cannot be built).
 * :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
 * :func:`environ_key`: where a request header is in a WSGI environ (and Django's ``request.META``).
 * :func:`body_reader`: a request body's ``read`` whose failures (a client gone mid-upload, broken chunked
@@ -95,6 +96,7 @@ __all__ = [
     "seconds_setting_problem",
     "server_or_none",
     "shadow_setting_problem",
+    "status_page",
     "token_problem",
 ]
 
@@ -258,6 +260,31 @@ def server_or_none(server: Callable[[], Server], asked: str) -> Server | None:
         if skipped is not None:
             logger.error("%s: the model server cannot be built in this process: %s%s", asked, exc, since(skipped))
         return None
+
+
+def status_page(server: Callable[[], Server], *, title: str | None = None) -> tuple[int, str, dict[str, str]]:
+    """The status page (see :func:`~inprocserve.render_status_page`, without file-system paths) as an HTTP
+    status, HTML and headers, the app's server built by ``server()`` if it is not yet. A worker whose server
+    cannot be built answers 503 with a page saying :data:`NO_SERVER`, where it answered a 500 and logged a
+    traceback at each load. The caller checks the page's token first."""
+    from ._status_page import STATUS_PAGE_CSP, render_status_page  # (it imports this module)
+
+    headers = {
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": STATUS_PAGE_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+    built = server_or_none(server, "status page")
+    if built is None:
+        page = (
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>inprocserve status</title></head>'
+            f"<body><p>{NO_SERVER}</p></body></html>"
+        )
+        return 503, page, {**headers, "Retry-After": "5"}
+    status = built.status(include_paths=False)
+    page = render_status_page(status) if title is None else render_status_page(status, title=title)
+    return 200, page, headers
 
 
 def probe_readiness(server: Callable[[], Server], required: Sequence[str] | None = None) -> Readiness:
@@ -473,6 +500,11 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
             raise ValueError(f"send a JSON object {_BODY_SHAPES['canary']}")
         canary = None if data["version"] is None else _version(data["version"])
         percent = _percent(data.get("percent", 0))
+        if canary is None and percent:  # (meant as "send 50 %", it removed the canary: the CLI refuses it too)
+            raise ValueError(
+                f'{{"version": null}} removes the canary and takes no percent (got {percent:g}); send '
+                f"{_BODY_SHAPES['canary']}"
+            )
         server.set_canary(model, canary, percent=percent, actor=actor)
         answer = {"model": model, "canary_version": canary, "canary_percent": 0 if canary is None else percent}
     elif action == "rollback":

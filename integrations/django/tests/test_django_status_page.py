@@ -48,6 +48,26 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
+def test_a_worker_whose_server_cannot_be_built_answers_a_503_page(page_on: Path) -> None:
+    """The repository gone at a worker's first request (a release swapping folders): the page answered a 500
+    and logged a traceback at each load. A 503 page that says so, naming no file; built once it is back."""
+    reset_server()
+    client = Client()  # a worker that started while the folder was there (its middleware checked it)
+    assert client.get("/-/inprocserve/health").status_code == 200
+    moved = page_on.with_name("elsewhere")
+    page_on.rename(moved)
+    try:
+        response = client.get(PAGE, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 503 and response["Retry-After"] == "5"
+        assert response["Content-Security-Policy"] == inprocserve.STATUS_PAGE_CSP
+        page = response.content.decode()
+        assert inprocserve.web.NO_SERVER in page and str(page_on.parent) not in page
+    finally:
+        moved.rename(page_on)
+    response = client.get(PAGE, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200 and 'id="model-scale"' in response.content.decode()
+
+
 def test_the_page_is_off_by_default(repository: Path) -> None:
     with override_settings(INPROCSERVE=settings_for(repository, STATUS_PAGE_TOKEN=TOKEN)):
         assert Client().get(PAGE, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404

@@ -57,6 +57,23 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
+def test_a_worker_whose_server_cannot_be_built_answers_a_503_page(app: Flask, repository: Path) -> None:
+    """The repository gone at a worker's first request (a release swapping folders): the page answered a 500
+    and logged a traceback at each load. A 503 page that says so, naming no file; built once it is back."""
+    moved = repository.with_name("elsewhere")
+    repository.rename(moved)
+    try:
+        response = app.test_client().get(PAGE, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert response.headers["Content-Security-Policy"] == inprocserve.STATUS_PAGE_CSP
+        page = response.get_data(as_text=True)
+        assert inprocserve.web.NO_SERVER in page and str(repository.parent) not in page
+    finally:
+        moved.rename(repository)
+    response = app.test_client().get(PAGE, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200 and 'id="model-scale"' in response.get_data(as_text=True)
+
+
 def test_the_page_is_off_by_default(repository: Path) -> None:
     app = make_app(repository, INPROCSERVE_ADMIN_TOKEN=TOKEN)
     assert app.test_client().get(PAGE, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404

@@ -13,7 +13,6 @@ from __future__ import annotations
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
-import inprocserve
 from inprocserve import web
 
 from .conf import settings
@@ -34,10 +33,8 @@ def status_page(request: HttpRequest) -> HttpResponse:
         response = HttpResponse("The status page needs its token.\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = _REALM
         return response
-    html = inprocserve.render_status_page(get_server().status(include_paths=False))
-    response = HttpResponse(html, content_type="text/html; charset=utf-8")
-    response["Cache-Control"] = "no-store"
-    response["Content-Security-Policy"] = inprocserve.STATUS_PAGE_CSP
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Referrer-Policy"] = "no-referrer"
+    status, html, headers = web.status_page(get_server)
+    response = HttpResponse(html, status=status, content_type="text/html; charset=utf-8")
+    for name, value in headers.items():
+        response[name] = value
     return response

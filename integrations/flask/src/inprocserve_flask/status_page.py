@@ -44,16 +44,7 @@ def add_status_page(blueprint: Blueprint, config: Mapping[str, Any], server: Cal
             response = Response("The status page needs its token.\n", 401, mimetype="text/plain")
             response.headers["WWW-Authenticate"] = _REALM
             return response
-        html = inprocserve.render_status_page(
-            server().status(include_paths=False), title=f"inprocserve status · {current_app.name}"
-        )
-        response = Response(html, 200, mimetype="text/html")
-        response.headers.update(
-            {
-                "Cache-Control": "no-store",
-                "Content-Security-Policy": inprocserve.STATUS_PAGE_CSP,
-                "X-Content-Type-Options": "nosniff",
-                "Referrer-Policy": "no-referrer",
-            }
-        )
+        status, html, headers = web.status_page(server, title=f"inprocserve status · {current_app.name}")
+        response = Response(html, status, mimetype="text/html")
+        response.headers.update(headers)
         return response
