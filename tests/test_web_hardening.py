@@ -369,6 +369,9 @@ def test_the_canary_answer_echoes_what_was_applied(served: inprocserve.Server) -
     answer = web.admin_answer(served, "canary", "scale", b'{"version": 1, "percent": 25}', actor="test")
     assert answer.status == 200 and answer.body["canary_percent"] == 25.0
     answer = web.admin_answer(served, "canary", "scale", b'{"version": null, "percent": 50}', actor="test")
+    assert answer.status == 400 and "removes the canary and takes no percent (got 50)" in answer.body["message"]
+    assert served.status()["models"]["scale"]["control"]["canary_version"] == 1  # nothing changed
+    answer = web.admin_answer(served, "canary", "scale", b'{"version": null}', actor="test")
     assert answer.status == 200
     assert (answer.body["canary_version"], answer.body["canary_percent"]) == (None, 0)
 

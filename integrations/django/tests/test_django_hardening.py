@@ -191,13 +191,15 @@ def test_a_canary_percent_of_hundreds_of_digits_is_a_400(served: Path) -> None:
 
 
 def test_removing_the_canary_answers_the_percent_applied(served: Path) -> None:
-    response = Client().post(
-        "/-/inprocserve/models/scale/canary",
-        data=b'{"version": null, "percent": 50}',
-        content_type="application/json",
-        headers=ADMIN,
-    )
+    def canary(body: bytes) -> Any:
+        return Client().post(
+            "/-/inprocserve/models/scale/canary", data=body, content_type="application/json", headers=ADMIN
+        )
+
+    response = canary(b'{"version": null}')
     assert response.status_code == 200 and response.json()["canary_percent"] == 0
+    response = canary(b'{"version": null, "percent": 50}')  # meant as "send 50 %", it removed the canary
+    assert response.status_code == 400 and "removes the canary and takes no percent" in response.json()["message"]
 
 
 def test_a_configured_token_with_a_trailing_newline_still_opens_the_admin_endpoints(repository: Path) -> None:

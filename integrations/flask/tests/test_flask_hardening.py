@@ -82,8 +82,11 @@ def test_a_canary_percent_of_hundreds_of_digits_is_a_400(app: Flask) -> None:
 
 def test_removing_the_canary_answers_the_percent_applied(app: Flask) -> None:
     client = app.test_client()
-    response = client.post("/-/inprocserve/models/scale/canary", json={"version": None, "percent": 50}, headers=ADMIN)
+    response = client.post("/-/inprocserve/models/scale/canary", json={"version": None, "percent": 0}, headers=ADMIN)
     assert response.status_code == 200 and response.json["canary_percent"] == 0
+    # meant as "send 50 %", it removed the canary; the CLI refuses the same request
+    response = client.post("/-/inprocserve/models/scale/canary", json={"version": None, "percent": 50}, headers=ADMIN)
+    assert response.status_code == 400 and "removes the canary and takes no percent" in response.json["message"]
 
 
 @pytest.mark.parametrize("configured", ["secret\n", " secret "])
