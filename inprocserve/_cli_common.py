@@ -19,6 +19,7 @@ __all__ = [
     "fail",
     "positive_float",
     "positive_int",
+    "printable",
     "raise_if_stopped",
     "unwind_on_sigterm",
 ]
@@ -66,6 +67,14 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0, e.g. 1 or 0.5")
     return value
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable written as its escape (``\\x1b``, ``\\n``): names
+    and messages from a status endpoint or a model file come from afar, and printed as they are, a terminal's
+    escape sequences in them would retitle, clear or recolour the terminal, and a newline would forge a line
+    of the output (``fraud: ready``, ``OK      fraud v9``)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class Terminated(BaseException):

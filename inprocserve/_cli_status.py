@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail, positive_float
+from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail, positive_float, printable
 from ._control import shown_unknown_keys
 
 __all__ = ["MalformedStatusError", "add_status", "fetch_status", "status_url", "summarize"]
@@ -113,10 +113,11 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
             403: "pass the admin token with --token-file",
             404: f"is the endpoint enabled? If the app mounts it elsewhere than {ENDPOINT}, give the full URL",
         }.get(exc.code, "see the app's log")
-        raise ConnectionError(f"{url} answered HTTP {exc.code} {exc.reason}: {hint}") from exc
+        # (the reason phrase is the endpoint's own text: a hostile one's escapes retitled or cleared the terminal)
+        raise ConnectionError(f"{url} answered HTTP {exc.code} {printable(str(exc.reason))}: {hint}") from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ConnectionError(f"cannot reach {url}: {reason}") from exc
+        raise ConnectionError(f"cannot reach {url}: {printable(str(reason))}") from exc
     except http.client.HTTPException as exc:  # not an HTTP answer (a bad status line, over-long headers)
         raise ConnectionError(f"{url} did not answer HTTP ({type(exc).__name__}: {str(exc)[:200]!r})") from exc
     if len(body) > _MAX_BYTES:
@@ -231,16 +232,8 @@ def _object(value: Any, where: str, *, optional: bool = False) -> dict[str, Any]
         return {}
     if not isinstance(value, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
-        raise MalformedStatusError(f"{_printable(where)} is {kind}, expected an object")
+        raise MalformedStatusError(f"{printable(where)} is {kind}, expected an object")
     return value
-
-
-def _printable(text: str) -> str:
-    """``text`` with every character that is not printable written as its escape (``\\x1b``, ``\\n``): the
-    names and error messages of a status document come from afar, and printed as they are, a terminal's
-    escape sequences in them would retitle, clear or recolour the terminal, and a newline would forge a
-    line of the summary (``fraud: ready``)."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def summarize(document: dict[str, Any]) -> list[str]:
@@ -264,7 +257,7 @@ def summarize(document: dict[str, Any]) -> list[str]:
         lines.append(f"control revision {control.get('revision', '?')}")
         unknown = shown_unknown_keys(control)
         if unknown is not None:  # (a newer release's keys during a rolling upgrade, or a typo)
-            lines.append(f"control file keys this worker's release ignores: {_printable(unknown)}")
+            lines.append(f"control file keys this worker's release ignores: {printable(unknown)}")
     error = control_error(document)
     if error:
         lines.append(f"CONTROL ERROR: {error}")
@@ -281,7 +274,7 @@ def summarize(document: dict[str, Any]) -> list[str]:
         if model.get("config_error"):
             lines.append(f"  config error: {model['config_error']}")
         if model.get("config_warning"):
-            lines.append(f"  config warning: {_printable(str(model['config_warning']))}")
+            lines.append(f"  config warning: {printable(str(model['config_warning']))}")
         lines.extend(_control_lines(_object(model.get("control"), f"models.{name}.control", optional=True)))
         for number, version in _object(model.get("versions"), f"models.{name}.versions", optional=True).items():
             where = f"models.{name}.versions.{number}"
@@ -314,7 +307,7 @@ def summarize(document: dict[str, Any]) -> list[str]:
             lines.append(
                 f"  shadow v{number}: {shadow.get('runs', 0)} runs, {shadow.get('errors', 0)} errors{unlike}{agree}"
             )
-    return [_printable(line) for line in lines]
+    return [printable(line) for line in lines]
 
 
 def _control_lines(state: dict[str, Any]) -> list[str]:

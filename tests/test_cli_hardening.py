@@ -661,3 +661,31 @@ def test_status_of_an_endpoint_that_does_not_answer_http_is_exit_status_2(
     finally:
         thread.join(timeout=10)
         listener.close()
+
+
+def test_status_prints_an_endpoints_reason_phrase_with_its_control_characters_as_escapes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The reason phrase of an error answer is the endpoint's own text: printed as it came, a hostile one
+    # retitled and cleared the terminal, and a carriage return overwrote the line with its own words.
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_once() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(
+                b"HTTP/1.1 401 \x1b]0;owned\x07\x1b[2J\rfraud: ready\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    try:
+        assert main(["status", "--timeout", "5", f"http://127.0.0.1:{listener.getsockname()[1]}"]) == 2
+        err = capsys.readouterr().err
+        assert "\x1b" not in err and "\x07" not in err and "\r" not in err
+        assert "answered HTTP 401 \\x1b]0;owned\\x07\\x1b[2J\\rfraud: ready: pass the admin token" in err
+        assert err.count("\n") == 1
+    finally:
+        thread.join(timeout=10)
+        listener.close()
