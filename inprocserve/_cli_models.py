@@ -10,7 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail, positive_float, positive_int
+from ._cli_common import (
+    CANNOT_RUN,
+    OK,
+    PROBLEMS,
+    Subparsers,
+    add_command,
+    fail,
+    positive_float,
+    positive_int,
+    printable,
+)
 from ._config import ModelConfig, PoolConfig, WarmupConfig, load_model_config
 from ._control import CONTROL_FILENAME, ControlFile, describe_unknown_keys
 from ._errors import ConfigurationError, InprocserveError
@@ -25,6 +35,13 @@ __all__ = ["add_inspect", "add_quantize", "add_validate", "validate_repository"]
 
 def _noop_deliver(request: object) -> None:  # the CLI never submits requests
     pass
+
+
+def _say(line: str) -> None:
+    """Print one line of a human-readable report with its control characters as escapes: the names in it
+    come from a model file, a ``config.toml`` or a remote server, and printed as they came, an input named
+    ``"x\\x1b]0;...\\nOK      fraud v9 (served)"`` retitled the terminal and forged a line of the report."""
+    print(printable(line))
 
 
 def _load(name: str, version: int, path: Path, config: ModelConfig, *, follow_symlinks: bool = False) -> ModelVersion:
@@ -57,7 +74,8 @@ def add_inspect(commands: Subparsers) -> None:
         summary="print a model's inputs and outputs",
         examples="  python -m inprocserve inspect models/fraud/2/model.onnx\n"
         "  python -m inprocserve inspect --json models/fraud/2\n\n"
-        "Exit status 1 when the model cannot be loaded (or its server asked), 2 when MODEL does not exist.\n",
+        "Exit status 1 when the model cannot be loaded (or its server asked), 2 when MODEL does not exist.\n"
+        "Control characters in names and messages are printed as escapes (\\x1b, \\n); --json keeps them.\n",
     )
     parser.add_argument(
         "model", help="a model.onnx file, a remote.toml (asks its server), or a version folder holding one"
@@ -82,7 +100,7 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         model = _load(path.parent.parent.name or "model", 1, path, config)
     except InprocserveError as exc:
-        return fail(str(exc), PROBLEMS)
+        return fail(printable(str(exc)), PROBLEMS)
     try:
         assert model.signature is not None
         info = {"path": str(path), "bytes": path.stat().st_size, "providers": model.providers}
@@ -92,15 +110,15 @@ def _inspect(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info, indent=2))
             return OK
-        print(f"{path} ({info['bytes']:,} bytes)")
-        print("inputs:")
+        _say(f"{path} ({info['bytes']:,} bytes)")
+        _say("inputs:")
         for spec in model.signature.inputs:
-            print(f"  {spec.describe()}")
-        print("outputs:")
+            _say(f"  {spec.describe()}")
+        _say("outputs:")
         for spec in model.signature.outputs:
-            print(f"  {spec.describe()}")
+            _say(f"  {spec.describe()}")
         batch = "yes (dynamic axis 0 on every input and output)" if why is None else f"no (runs unbatched: {why})"
-        print(f"batchable: {batch}")
+        _say(f"batchable: {batch}")
         return OK
     finally:
         model.retire()
@@ -111,18 +129,18 @@ def _inspect_remote(path: Path, *, as_json: bool) -> int:
     try:
         signature, endpoint = _remote_signature(path.parent.parent.name or "model", 1, path, ignored)
     except InprocserveError as exc:
-        return fail(str(exc), PROBLEMS)
+        return fail(printable(str(exc)), PROBLEMS)
     if ignored:  # (on stderr: --json's output stays one document)
-        print(f"warning: {unknown_keys_warning(path, ignored)}", file=sys.stderr)
+        print(f"warning: {printable(unknown_keys_warning(path, ignored))}", file=sys.stderr)
     if as_json:
         print(json.dumps({"path": str(path), "remote": endpoint, **signature.to_dict()}, indent=2))
         return OK
-    print(f"{path} (served by {endpoint})")
+    _say(f"{path} (served by {endpoint})")
     for title, specs in (("inputs", signature.inputs), ("outputs", signature.outputs)):
-        print(f"{title}:")
+        _say(f"{title}:")
         for spec in specs:
-            print(f"  {spec.describe()}")
-    print(f"batchable: {'yes' if signature.batchable else f'no ({signature.unbatchable_reason})'}")
+            _say(f"  {spec.describe()}")
+    _say(f"batchable: {'yes' if signature.batchable else f'no ({signature.unbatchable_reason})'}")
     return OK
 
 
@@ -139,7 +157,8 @@ def add_validate(commands: Subparsers) -> None:
         "Each version is loaded and warmed up with its config.toml (warm-up inputs file, drift reference\n"
         "file included). Exit status 1 when anything would fail to load or be skipped by the server, 2 when\n"
         "REPOSITORY is not a folder. Symbolic links are reported as problems, as a Server reports them;\n"
-        "--follow-symlinks validates the linked folders and files, as Server(..., follow_symlinks=True) serves them.\n",
+        "--follow-symlinks validates the linked folders and files, as Server(..., follow_symlinks=True) serves them.\n"
+        "Control characters in names and messages are printed as escapes (\\x1b, \\n); --json keeps them.\n",
     )
     parser.add_argument("repository", help="a folder laid out as <model>/<version>/model.onnx")
     parser.add_argument("--json", action="store_true", help="print one JSON report instead of lines")
@@ -299,28 +318,28 @@ def _validate(args: argparse.Namespace) -> int:
         if args.json:
             problems = [str(exc)]
             print(json.dumps({"repository": args.repository, "ok": False, "problems": problems, "models": {}}))
-        return fail(str(exc), CANNOT_RUN)
+        return fail(printable(str(exc)), CANNOT_RUN)
     if args.json:
         print(json.dumps(report, indent=2))
         return OK if report["ok"] else PROBLEMS
     for problem in [*report["layout_problems"], *report["control_problems"]]:
-        print(f"PROBLEM {problem}")
+        _say(f"PROBLEM {problem}")
     for warning in report["control_warnings"]:
-        print(f"WARNING {warning}")
+        _say(f"WARNING {warning}")
     for name, entry in report["models"].items():
         if entry["config_error"]:
-            print(f"FAIL    {name}: {entry['config_error']}")
+            _say(f"FAIL    {name}: {entry['config_error']}")
         if entry["config_warning"]:
-            print(f"PROBLEM {name}: {entry['config_warning']}")
+            _say(f"PROBLEM {name}: {entry['config_warning']}")
         if entry["policy_error"]:
-            print(f"PROBLEM {name}: {entry['policy_error']}")
+            _say(f"PROBLEM {name}: {entry['policy_error']}")
         for version, result in entry["versions"].items():
             if not result["ok"]:
-                print(f"FAIL    {name} v{version}: {result['error']}")
+                _say(f"FAIL    {name} v{version}: {result['error']}")
                 continue
             served = "served" if result["served"] else "not served by the version policy"
             inputs = ", ".join(_describe(spec) for spec in result["signature"]["inputs"])
-            print(f"OK      {name} v{version} ({served}): {inputs}")
+            _say(f"OK      {name} v{version} ({served}): {inputs}")
     print(f"{len(report['models'])} model(s), {len(report['problems'])} problem(s)")
     return OK if report["ok"] else PROBLEMS
 

@@ -410,6 +410,37 @@ def test_validate_follows_links_only_when_asked(linked_repository: Path) -> None
     assert "1 model(s), 0 problem(s)" in followed.stdout
 
 
+def test_inspect_and_validate_print_names_from_a_model_file_with_their_control_characters_as_escapes(
+    tmp_path: Path,
+) -> None:
+    # A model file's names are whatever its author wrote: printed as they came, an input named with a terminal's
+    # escapes retitled and cleared the terminal, and a newline in it forged a line of validate's report.
+    from onnx import TensorProto, helper, save
+
+    name = "x\x1b]0;owned\x07\x1b[2J\nOK      fraud v9 (served): all good"
+    model = _model(
+        [helper.make_node("Identity", [name], ["y"])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [],
+    )
+    (tmp_path / "models" / "evil" / "1").mkdir(parents=True)
+    save(model, tmp_path / "models" / "evil" / "1" / "model.onnx")
+    escaped = "x\\x1b]0;owned\\x07\\x1b[2J\\nOK      fraud v9 (served): all good"
+    inspected = run_cli("inspect", str(tmp_path / "models" / "evil" / "1"))
+    assert inspected.returncode == 0, inspected.stderr
+    assert "\x1b" not in inspected.stdout and "\x07" not in inspected.stdout
+    assert f"\n  {escaped}: tensor(float) [batch, 2]\n" in inspected.stdout
+    validated = run_cli("validate", str(tmp_path / "models"))
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    assert "\x1b" not in validated.stdout and "\nOK      fraud v9" not in validated.stdout
+    assert f"OK      evil v1 (served): {escaped}: tensor(float) [batch, 2]\n" in validated.stdout
+    # --json is for programs: the name as it is (json.dumps escapes it)
+    assert "\x1b" not in run_cli("inspect", "--json", str(tmp_path / "models" / "evil" / "1")).stdout
+    reported = json.loads(run_cli("inspect", "--json", str(tmp_path / "models" / "evil" / "1")).stdout)
+    assert reported["inputs"][0]["name"] == name
+
+
 # -- exit statuses: 2 when it could not run ------------------------------------------------------------
 
 
