@@ -319,6 +319,9 @@ def _bad_csv_syntax(path: Path, line: int, error: csv.Error) -> InvalidInputErro
 
 def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator[np.ndarray]:
     name, dtype, rank = _single_input(signature, path)
+    # A narrower float is read as float64, then checked to fit: numpy's parse into float32 made 1e39 infinity
+    # without a word (exit 0, "inf" answers), where the same value in a .npy file is refused.
+    parsed = np.dtype(np.float64) if dtype.kind == "f" and dtype.itemsize < 8 else dtype
     # utf-8-sig: a byte order mark (Excel writes one) is dropped, not taken as part of a header.
     with path.open(encoding="utf-8-sig", newline="") as file:
         first = file.readline()
@@ -340,9 +343,16 @@ def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator
                 return
             try:
                 # comments=None: numpy's default would drop a line that starts with '#' and cut one at a '#'
-                matrix = np.loadtxt(block, delimiter=",", dtype=dtype, ndmin=2, comments=None, quotechar=_QUOTE)
+                matrix = np.loadtxt(block, delimiter=",", dtype=parsed, ndmin=2, comments=None, quotechar=_QUOTE)
             except ValueError as exc:
-                raise _bad_csv_line(path, name, dtype, block, numbers, exc) from exc
+                raise _bad_csv_line(path, name, dtype, block, numbers, exc) from exc  # (in the input's type)
+            if parsed != dtype:
+                cast, index = to_float(matrix, dtype)
+                if index is not None:
+                    row, column = divmod(index, matrix.shape[1])
+                    where = f"input {path}, line {numbers[row]}, column {column + 1}"
+                    raise _beyond_float(where, matrix[row, column], dtype, name)
+                matrix = cast
             if named is not None:
                 if matrix.shape[1] != named:
                     raise InvalidInputError(
@@ -384,6 +394,14 @@ def _bad_csv_line(
     )
 
 
+def _beyond_float(where: str, value: object, dtype: np.dtype[Any], name: str) -> InvalidInputError:
+    """The error for a number too large for the input's float type, which numpy's cast makes infinity."""
+    return InvalidInputError(
+        f"{where}: {value} is beyond what {dtype} holds (about ±{np.finfo(dtype).max:.4g}), the type of input "
+        f"{name!r}: it would be scored as infinity; scale or clip it"
+    )
+
+
 def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple[Iterator[Any], int]:
     pa, pq = pyarrow_modules()
     try:
@@ -421,14 +439,23 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
                         f"input {path}: column {column_name!r} has a null (missing value) at row {row}; every "
                         f"value must be a number for input {name!r} (fill or drop missing values first)"
                     )
-            first_row += batch.num_rows
+            beyond = None
             try:
                 columns = [column.to_numpy(zero_copy_only=False) for column in batch.columns]
-                matrix = np.column_stack(columns).astype(dtype, casting="same_kind")
+                stacked = np.column_stack(columns)
+                if dtype.kind == "f" and stacked.dtype.kind in "iuf":  # (checked to fit: numpy's cast makes infinity)
+                    matrix, beyond = to_float(stacked, dtype)
+                else:
+                    matrix = stacked.astype(dtype, casting="same_kind")
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(
                     f"input {path}: columns cannot form the matrix of input {name!r}: {exc}"
                 ) from exc
+            if beyond is not None:
+                row, column = divmod(beyond, stacked.shape[1])
+                where = f"input {path}: column {batch.schema.names[column]!r}, row {first_row + row}"
+                raise _beyond_float(where, stacked[row, column], dtype, name)
+            first_row += batch.num_rows
             yield _shape_for(matrix, rank)
 
     return batches(), int(table.metadata.num_rows)

@@ -391,6 +391,57 @@ def test_a_parquet_column_that_is_not_numbers_is_an_error_naming_it(
     assert not (tmp_path / "y.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("text", "line"), [("1,2,3,4\n5,6,7,8\n1,2,3,-1e39\n", 3), ("a,b,c,d\n1,2,3,4\n1e39,2,3,4\n", 3)]
+)
+def test_a_csv_number_beyond_float32_is_an_error_naming_its_line_not_infinity(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str], text: str, line: int
+) -> None:
+    # numpy parsed it straight into float32, which made it infinity: "inf" answers and exit 0, where the same
+    # value in a .npy file is refused
+    (tmp_path / "x.csv").write_text(text)
+    assert (
+        main(
+            ["score", "--quiet", "--batch-rows", "2", str(scale_file), str(tmp_path / "x.csv"), str(tmp_path / "y.csv")]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert f"input {tmp_path / 'x.csv'}, line {line}, column " in err
+    assert "beyond what float32 holds" in err and "it would be scored as infinity" in err
+    assert not (tmp_path / "y.csv").exists()
+    # infinity and NaN written as such are values, as in a .npy file
+    (tmp_path / "x.csv").write_text("1,2,inf,nan\n3.4e38,-3.4e38,0,1\n")
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 0
+    answers = np.loadtxt(tmp_path / "y.csv", delimiter=",", skiprows=1)
+    assert np.isinf(answers[0, 2]) and np.isnan(answers[0, 3]) and np.isinf(answers[1, 0])  # (2 * 3.4e38)
+
+
+def test_a_parquet_number_beyond_float32_is_an_error_naming_its_column_and_row_not_infinity(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {name: [1.0, 2.0, 3.0] for name in "abc"}
+    columns["d"] = [1.0, 2.0, 1e39]
+    pq.write_table(pa.table(columns), tmp_path / "x.parquet")
+    args = [
+        "score",
+        "--quiet",
+        "--batch-rows",
+        "2",
+        str(scale_file),
+        str(tmp_path / "x.parquet"),
+        str(tmp_path / "y.csv"),
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "column 'd', row 3: 1e+39 is beyond what float32 holds" in err and "it would be scored as infinity" in err
+    assert not (tmp_path / "y.csv").exists()
+
+
 def test_a_model_without_a_batch_axis_in_its_answers_is_refused_with_a_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
