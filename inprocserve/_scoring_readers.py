@@ -171,12 +171,17 @@ def _is_header(line: str) -> bool:
     if line.lstrip().startswith("#"):  # not a comment (no line is one): data, and an error naming the line
         return False
     fields = [field.strip().strip('"').lower() for field in line.split(",")]
-    # "#": a spreadsheet's error value (#N/A, #DIV/0!, #VALUE!) is a marker too, not a name: taken for one, a
-    # first row holding Excel's #N/A was dropped without a word, while the same row on line 2 was an error
-    return any(
-        field and field not in _MISSING_MARKERS and not field.startswith("#") and not _is_number(field)
-        for field in fields
-    )
+    return any(field and field not in _MISSING_MARKERS and _is_name(field) for field in fields)
+
+
+def _is_name(field: str) -> bool:
+    """Whether a field of a first line is a column's name: not a number, and not starting like one (a digit, a
+    sign, a point) or with a character that is not printable. A first data line holding a malformed number
+    (``1.2.5``, ``4O`` for ``40``, ``4kg``, a NUL byte) was taken for a header and dropped without a word, every
+    answer then a row off, while the same line anywhere else is an error naming it. "#": a spreadsheet's error
+    value (#N/A, #DIV/0!) is a marker, not a name, for the same reason."""
+    first = field[0]
+    return not (first.isdigit() or first in "+-.#" or not first.isprintable()) and not _is_number(field)
 
 
 def _header_columns(line: str) -> int:
@@ -381,7 +386,8 @@ def _bad_csv_line(
                 continue
             problem = f"{row.shape[1]} columns where the lines before have {columns}"
         hint = (
-            " (a first line is a header only when a field of it is a name, neither a number nor a missing-value marker)"
+            " (a first line is a header only when a field of it is a name, neither a number nor a missing-value "
+            "marker, nor starting like a number: 4kg and 1.2.5 are bad numbers, not names)"
             if number == 1
             else ""
         )

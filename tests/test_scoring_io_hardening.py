@@ -314,7 +314,25 @@ def test_a_first_line_of_numbers_and_missing_markers_is_data_not_a_header(
     )
 
 
-@pytest.mark.parametrize("header", ['"amount", age ,x3,n', "id,0,1,2", "country,2019,2020,2021"])
+@pytest.mark.parametrize(
+    "first", ["0.5,1.2.5,3,4", "0.5,1.25,3,4O", "0.5,1.25,3,4kg", "0.5,1.25,3,4\x00", "-1,+2,.5,5-"]
+)
+def test_a_first_line_with_a_malformed_number_is_a_bad_line_not_a_header(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str], first: str
+) -> None:
+    # a field that was no number was taken for a column's name: the first row was dropped without a word
+    # (exit 0), every answer a row off, while the same line anywhere else was an error naming it
+    (tmp_path / "x.csv").write_text(f"{first}\n5,6,7,8\n9,10,11,12\n")
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 1
+    err = capsys.readouterr().err
+    assert f"input {tmp_path / 'x.csv'}, line 1:" in err and "not names" in err
+    assert not (tmp_path / "y.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "header",
+    ['"amount", age ,x3,n', "id,0,1,2", "country,2019,2020,2021", "x_0,x_1,x_2,x_3", "_id,1st,2nd,3rd", "é,b,c,d"],
+)
 def test_a_header_with_a_name_is_skipped(tmp_path: Path, scale_file: Path, header: str) -> None:
     (tmp_path / "x.csv").write_text(f"{header}\n2,3,4,5\n")
     assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 0
