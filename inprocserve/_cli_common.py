@@ -78,8 +78,12 @@ def printable(text: str) -> str:
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived while a command ran; raised on the main thread so the run unwinds as Ctrl-C does (a
-    ``BaseException``: no ``except Exception`` on the way swallows it)."""
+    """SIGTERM (or SIGHUP) arrived while a command ran; raised on the main thread so the run unwinds as Ctrl-C
+    does (a ``BaseException``: no ``except Exception`` on the way swallows it). ``signum`` is the signal's."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signal.Signals(signum)
 
 
 def interrupted_by(error: BaseException) -> BaseException | None:
@@ -101,7 +105,7 @@ def interrupted_by(error: BaseException) -> BaseException | None:
     return None
 
 
-_stopped_by: type[BaseException] | None = None
+_stopped_by: BaseException | type[BaseException] | None = None
 """The exception a stop signal raised in the command running under :func:`unwind_on_sigterm`, once one came."""
 
 
@@ -122,10 +126,11 @@ def unwind_on_sigterm() -> Iterator[None]:
     """Make SIGTERM (``timeout`` in a cron line, ``docker stop``, a Kubernetes Job cancelled) end a command
     like Ctrl-C: by default it killed the process on the spot, and ``score`` left its hidden
     ``.OUTPUT.<pid>...partial`` file (already gigabytes for a CSV or Parquet output) in OUTPUT's folder, one
-    more per run that was stopped. Raised once; a second SIGTERM while cleaning up is ignored (SIGKILL still
-    ends it). Ctrl-C (SIGINT, while Python's own handler is in place) raises ``KeyboardInterrupt`` as it
-    would; both are noted for :func:`raise_if_stopped`. Only on the main thread (where signal handlers run);
-    the previous handlers are put back after."""
+    more per run that was stopped. SIGHUP (an ssh session dropped, a terminal closed) likewise, where the
+    platform has it and it is not ignored (``nohup`` ignores it: the run goes on). Raised once; a second stop
+    while cleaning up is ignored (SIGKILL still ends it). Ctrl-C (SIGINT, while Python's own handler is in
+    place) raises ``KeyboardInterrupt`` as it would; all are noted for :func:`raise_if_stopped`. Only on the
+    main thread (where signal handlers run); the previous handlers are put back after."""
     global _stopped_by
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -134,8 +139,8 @@ def unwind_on_sigterm() -> Iterator[None]:
     def terminate(signum: int, frame: FrameType | None) -> None:
         global _stopped_by
         if _stopped_by is None:
-            _stopped_by = Terminated
-            raise Terminated
+            _stopped_by = Terminated(signum)
+            raise _stopped_by
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         global _stopped_by
@@ -147,10 +152,17 @@ def unwind_on_sigterm() -> Iterator[None]:
     previous_int = signal.getsignal(signal.SIGINT)
     if previous_int is signal.default_int_handler:  # (not one of the program's own, nor SIGINT ignored)
         signal.signal(signal.SIGINT, interrupt)
+    hangup = getattr(signal, "SIGHUP", None)  # (not on Windows)
+    if hangup is not None and signal.getsignal(hangup) != signal.SIG_DFL:
+        hangup = None  # nohup's SIG_IGN, or the program's own handler: left as it is
+    if hangup is not None:
+        signal.signal(hangup, terminate)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         if previous_int is signal.default_int_handler:
             signal.signal(signal.SIGINT, previous_int)
+        if hangup is not None:
+            signal.signal(hangup, signal.SIG_DFL)
         _stopped_by = None

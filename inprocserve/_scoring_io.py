@@ -245,16 +245,17 @@ def _loaded(server: Server, model: str, version: int | None, batch_rows: int | N
 
 def _stopped(interruption: BaseException, output: str) -> int:
     """Stopped from outside: the temporary file is gone and OUTPUT untouched; one line, not a traceback."""
-    stop = signal.SIGINT if isinstance(interruption, KeyboardInterrupt) else signal.SIGTERM
-    print(f"error: stopped by {stop.name} before every row was scored; {output} was not written", file=sys.stderr)
+    stop = interruption.signum if isinstance(interruption, Terminated) else signal.SIGINT
+    with contextlib.suppress(OSError):  # (a hangup closed the terminal: the line has nowhere to go)
+        print(f"error: stopped by {stop.name} before every row was scored; {output} was not written", file=sys.stderr)
     return 128 + stop.value  # what a shell reports for a command ended by that signal
 
 
 def run_score(args: argparse.Namespace) -> int:
     """The ``score`` subcommand: 0 when every row was scored and written; 1 when the model or a row could not
     be scored; 2 when it could not run (MODEL, INPUT or OUTPUT's folder missing, a file format it does not
-    know, OUTPUT is INPUT); 130 or 143 when stopped by SIGINT (Ctrl-C) or SIGTERM (OUTPUT untouched, no
-    temporary file left)."""
+    know, OUTPUT is INPUT); 130, 143 or 129 when stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP (a dropped ssh
+    session; OUTPUT untouched, no temporary file left)."""
     started = time.perf_counter()
     for path, what in ((Path(args.model), "MODEL"), (Path(args.input), "INPUT")):
         if not path.exists():

@@ -212,7 +212,19 @@ def test_the_module_entry_point(tmp_path: Path, scale_file: Path) -> None:
         np.testing.assert_array_equal(out["y"], x * 2)
 
 
-@pytest.mark.parametrize(("stop", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+# (SIGHUP: an ssh session dropped or a terminal closed; not on Windows)
+_STOPS = [(signal.SIGTERM, 143), (signal.SIGINT, 130), *([(signal.SIGHUP, 129)] if hasattr(signal, "SIGHUP") else [])]
+
+
+def _stoppable() -> None:
+    """``preexec_fn``: Ctrl-C's signal as a terminal gives it, and a hangup's default action (a test run under
+    ``nohup`` ignores SIGHUP, and its children with it)."""
+    interruptible()
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(("stop", "status"), _STOPS)
 def test_a_run_stopped_by_a_signal_leaves_no_partial_file(tmp_path: Path, stop: signal.Signals, status: int) -> None:
     # a cron line's `timeout`, `docker stop` or Ctrl-C while a large file is being scored into a CSV
     model = save_model(build_mlp_model((16, 512, 512, 2)), tmp_path / "models", "mlp", 1)
@@ -226,7 +238,7 @@ def test_a_run_stopped_by_a_signal_leaves_no_partial_file(tmp_path: Path, stop: 
         str(tmp_path / "x.npy"),
         str(tmp_path / "y.csv"),
     ]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=_stoppable)
     try:
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob("*.partial")):  # answers are being written
@@ -257,6 +269,7 @@ def _run_stopped(
         text=True,
         check=False,
         timeout=120,
+        preexec_fn=_stoppable,
     )
     assert (result.returncode, result.stderr.strip().splitlines()[-1:]) == (
         status,
@@ -307,11 +320,28 @@ runpy.run_module("inprocserve", run_name="__main__")
 """
 
 
-@pytest.mark.parametrize(("stop", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(("stop", "status"), _STOPS)
 def test_a_run_stopped_as_its_output_file_is_made_leaves_no_partial_file(
     tmp_path: Path, scale_file: Path, stop: signal.Signals, status: int
 ) -> None:
     _run_stopped(_STOPPED_AS_THE_OUTPUT_FILE_IS_MADE, stop, status, scale_file, tmp_path / "y.csv")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_a_hangup_under_nohup_leaves_the_run_going(tmp_path: Path, scale_file: Path) -> None:
+    # nohup ignores SIGHUP so that a run outlives the session: the command must not take it up again
+    np.save(tmp_path / "x.npy", _x())
+    command = [sys.executable, "-c", _STOPPED_AS_THE_OUTPUT_FILE_IS_MADE, str(int(signal.SIGHUP)), "score", "--quiet"]
+    result = subprocess.run(
+        [*command, str(scale_file), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), _x() * 2)
 
 
 # Runs the command with the signal raised in a finalizer as the model loads: Python drops a finalizer's
