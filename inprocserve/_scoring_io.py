@@ -44,12 +44,16 @@ _MODEL_NAME = "model"  # the name a model loaded from a file is served under
 
 
 def _check_paths(inputs: Path, output: Path) -> None:
-    """Both files' formats are known, and OUTPUT is not INPUT.
+    """Both files' formats are known, OUTPUT is not a folder, and OUTPUT is not INPUT.
 
     Raises:
-        InvalidInputError: an unknown extension, or OUTPUT naming the INPUT file (``score m rows.csv rows.csv``,
-            a slip of tab completion, replaced the rows with their answers and exited 0).
+        InvalidInputError: OUTPUT is a folder (every row was scored before the rename onto it failed, naming
+            the hidden temporary file), an unknown extension, or OUTPUT naming the INPUT file (``score m
+            rows.csv rows.csv``, a slip of tab completion, replaced the rows with their answers and exited 0).
     """
+    if output.is_dir():
+        example = output / f"answers{inputs.suffix.lower() if inputs.suffix.lower() in FORMATS else '.npy'}"
+        raise InvalidInputError(f"output {output} is a folder; name a file to write the answers to, e.g. {example}")
     file_format(inputs, "input")
     file_format(output, "output")
     with contextlib.suppress(OSError):  # (no OUTPUT yet: not the same file)
@@ -254,8 +258,8 @@ def _stopped(interruption: BaseException, output: str) -> int:
 def run_score(args: argparse.Namespace) -> int:
     """The ``score`` subcommand: 0 when every row was scored and written; 1 when the model or a row could not
     be scored; 2 when it could not run (MODEL, INPUT or OUTPUT's folder missing, a file format it does not
-    know, OUTPUT is INPUT); 130, 143 or 129 when stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP (a dropped ssh
-    session; OUTPUT untouched, no temporary file left)."""
+    know, OUTPUT is a folder or INPUT); 130, 143 or 129 when stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP (a
+    dropped ssh session; OUTPUT untouched, no temporary file left)."""
     started = time.perf_counter()
     for path, what in ((Path(args.model), "MODEL"), (Path(args.input), "INPUT")):
         if not path.exists():

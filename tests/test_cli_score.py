@@ -390,6 +390,23 @@ def test_an_output_folder_that_cannot_be_written_fails_before_any_row_is_scored(
     assert err == f"error: output {folder / 'y.npy'} cannot be written in {folder}: Permission denied\n"
 
 
+@pytest.mark.parametrize("output", ["answers.npy", "answers"])
+def test_an_output_that_is_a_folder_is_refused_before_any_row_is_scored(
+    tmp_path: Path, scale_file: Path, output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every row was scored, then the rename onto the folder failed naming the hidden temporary file (exit 1)
+    (tmp_path / output).mkdir()
+    (tmp_path / "x.csv").write_text("1,2,3,4\n1,2,3,four\n")  # (a bad row: a run that scored it would say so)
+    assert main(["score", "--quiet", str(scale_file), str(tmp_path / "x.csv"), str(tmp_path / output)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: output {tmp_path / output} is a folder; name a file to write the answers to, e.g. "
+        f"{tmp_path / output / 'answers.csv'}\n"
+    )
+    assert not any((tmp_path / output).iterdir())
+    _no_leftovers(tmp_path)
+
+
 @pytest.mark.parametrize("name", ["x.csv", "x.npy"])
 def test_an_output_that_is_the_input_is_refused_and_the_rows_kept(
     tmp_path: Path, scale_file: Path, name: str, capsys: pytest.CaptureFixture[str]
