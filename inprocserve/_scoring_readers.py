@@ -457,6 +457,10 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
                 raise InvalidInputError(
                     f"input {path}: columns cannot form the matrix of input {name!r}: {exc}"
                 ) from exc
+            outside = first_integer_outside(stacked.ravel(), dtype)  # (numpy's cast wraps it around)
+            if outside is not None:
+                column = outside % stacked.shape[1]
+                _check_integer_range(stacked[:, column], dtype, path, batch.schema.names[column], first_row)
             if beyond is not None:
                 row, column = divmod(beyond, stacked.shape[1])
                 where = f"input {path}: column {batch.schema.names[column]!r}, row {first_row + row}"

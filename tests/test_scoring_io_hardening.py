@@ -460,6 +460,23 @@ def test_a_parquet_number_beyond_float32_is_an_error_naming_its_column_and_row_n
     assert not (tmp_path / "y.csv").exists()
 
 
+def test_a_parquet_integer_beyond_an_int32_input_is_an_error_naming_its_column_and_row_not_wrapped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # numpy's cast of the matrix wrapped 5000000000 around to 705032704, scored with exit 0
+    pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model = _identity_model(tmp_path, TensorProto.INT32, ["batch", 2])
+    pq.write_table(pa.table({"a": [1, 2, 3], "b": [3, 4, 5_000_000_000]}), tmp_path / "x.parquet")
+    args = ["score", "--quiet", "--batch-rows", "2", str(model), str(tmp_path / "x.parquet"), str(tmp_path / "y.csv")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "column 'b' holds 5000000000 at row 3, which int32 does not hold" in err
+    assert not (tmp_path / "y.csv").exists()
+
+
 def test_a_model_without_a_batch_axis_in_its_answers_is_refused_with_a_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
