@@ -257,20 +257,16 @@ class ControlFile:
         self.lock_timeout_s = lock_timeout_s
 
     def read(self) -> Control:
-        """The current revision; an absent file is revision 0 (nothing overridden).
+        """The current revision; an absent file in a repository folder that is there is revision 0 (nothing
+        overridden).
 
         Raises:
             ConfigurationError: the file is not a valid control document, or (``ControlFileUnavailableError``)
-                it cannot be read.
+                it cannot be read, or the repository folder is not there.
         """
-        try:
-            with open(self.path, "rb") as handle:
-                raw = handle.read(_MAX_BYTES + 1)
-        except FileNotFoundError:
-            self._refuse_a_broken_link()
+        raw = self._read_bytes()
+        if raw is None:
             return Control()
-        except OSError as exc:
-            raise ControlFileUnavailableError(f"control file {self.path} cannot be read: {exc}") from exc
         if len(raw) > _MAX_BYTES:
             raise ConfigurationError(f"control file {self.path} is larger than {_MAX_BYTES} bytes")
         try:
@@ -281,6 +277,24 @@ class ControlFile:
             raise ConfigurationError(f"control file {self.path} is not valid JSON: nested too deeply") from None
         return Control.from_dict(data)
 
+    def _read_bytes(self) -> bytes | None:
+        """The file's first ``_MAX_BYTES + 1`` bytes, or ``None`` when it is absent from a folder that is there.
+
+        Not found, it is looked for again once the folder is found there: a folder swapped back in between the
+        open and that check may hold it."""
+        for attempt in range(2):
+            try:
+                with open(self.path, "rb") as handle:
+                    return handle.read(_MAX_BYTES + 1)
+            except FileNotFoundError:
+                self._refuse_a_broken_link()
+                self._refuse_a_missing_folder()
+                if attempt:
+                    return None
+            except OSError as exc:
+                raise ControlFileUnavailableError(f"control file {self.path} cannot be read: {exc}") from exc
+        return None  # (not reached)
+
     def _refuse_a_broken_link(self) -> None:
         """A control file that is a symbolic link to nothing (a ConfigMap or a share that is not mounted, a
         renamed key) cannot be read; it is not absent. Read as absent, it was revision 0 on every worker: the
@@ -289,6 +303,17 @@ class ControlFile:
         if os.path.islink(self.path):  # (its target is not named: the message reaches HTTP clients)
             raise ControlFileUnavailableError(
                 f"control file {self.path} is a symbolic link to a file that does not exist (not mounted?)"
+            )
+
+    def _refuse_a_missing_folder(self) -> None:
+        """A repository folder that is not there (a release swapped in by two renames, a network share's
+        hiccup) holds a control file that cannot be read now; it is not absent. Read as absent, it was revision
+        0 on every worker: the fleet's kill switches, canaries and switches were silently dropped until the
+        folder came back."""
+        if not self.folder.is_dir():
+            raise ControlFileUnavailableError(
+                f"control file {self.path} cannot be read: the repository folder is not there (being swapped? "
+                "a share not mounted?); if it was moved for good, point the servers at its new place"
             )
 
     def update(self, change: Callable[[Control], Control], *, actor: str | None = None) -> Control:

@@ -938,6 +938,30 @@ def test_a_linked_control_file_whose_target_is_gone_keeps_the_fleet_state(
         answer(starting, "fraud")
 
 
+def test_a_repository_folder_briefly_gone_keeps_the_fleet_state(fleet: Path, make_server: ServerFactory) -> None:
+    """A release swapped in by two renames (or a share's hiccup): while the folder is not there, its control
+    file cannot be read; it is not absent. Read as absent, it was revision 0 on every worker: the kill switch
+    and the switch were dropped (the latest version served) until the folder came back."""
+    write(fleet, fraud=ModelControl(stable=1, previous_stable=2, kill=True))
+    server = make_server(fleet, control_interval_s=60)
+    assert answer(server, "fraud") == 1
+    away = fleet.parent / "models.old"
+    fleet.rename(away)  # the old release out; the new one not in yet
+    try:
+        assert server.sync_control() == 1
+        assert answer(server, "fraud") == 1
+        assert server.status()["models"]["fraud"]["control"]["kill"] is True
+        error = server.status()["control"]["error"]
+        assert error is not None and "the repository folder is not there" in error
+        with pytest.raises(ControlFileUnavailableError, match="the repository folder is not there"):
+            ControlFile(fleet).read()  # as the CLI's status, validate and the plug-ins' check read it
+    finally:
+        away.rename(fleet)
+    assert server.sync_control() == 1
+    assert server.status()["control"]["error"] is None
+    assert answer(server, "fraud") == 1
+
+
 def test_canary_needs_a_percent(fleet: Path) -> None:
     result = _cli("canary", str(fleet), "fraud", "2")
     assert result.returncode == 2
