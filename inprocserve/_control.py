@@ -39,6 +39,7 @@ from typing import Any
 from . import _fork
 from ._config_checks import is_int, is_number, shown
 from ._errors import ConfigurationError, ControlFileUnavailableError
+from ._regular_file import NotARegularFileError, read_regular_file
 
 __all__ = [
     "CONTROL_FILENAME",
@@ -284,13 +285,20 @@ class ControlFile:
         open and that check may hold it."""
         for attempt in range(2):
             try:
-                with open(self.path, "rb") as handle:
-                    return handle.read(_MAX_BYTES + 1)
+                # (never a plain open(): a pipe there blocked every reader and writer for good, the watcher, an
+                # admin change holding the lifecycle lock and the file's lock, the CLI, a new worker's start)
+                return read_regular_file(self.path, _MAX_BYTES)
             except FileNotFoundError:
                 self._refuse_a_broken_link()
                 self._refuse_a_missing_folder()
                 if attempt:
                     return None
+            except NotARegularFileError as exc:
+                raise ControlFileUnavailableError(
+                    f"control file {self.path} is not a regular file (a pipe, a device or a folder): replace it "
+                    "with a copy of the fleet's control file (removed, it is absent: revision 0, every switch, "
+                    "canary and kill switch dropped); no change can be written until then"
+                ) from exc
             except OSError as exc:
                 raise ControlFileUnavailableError(f"control file {self.path} cannot be read: {exc}") from exc
         return None  # (not reached)

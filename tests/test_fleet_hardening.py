@@ -6,6 +6,7 @@ Real servers, real ONNX models, real files, a real fork and real CLI subprocesse
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -960,6 +961,45 @@ def test_a_repository_folder_briefly_gone_keeps_the_fleet_state(fleet: Path, mak
     assert server.sync_control() == 1
     assert server.status()["control"]["error"] is None
     assert answer(server, "fraud") == 1
+
+
+def test_a_pipe_at_the_control_files_place_blocks_no_reader_or_writer(fleet: Path, make_server: ServerFactory) -> None:
+    """A named pipe where the control file belongs (a deploy tool's, or a mistake): a plain open() waits for a
+    writer that never comes. The watcher stopped following, every admin change hung holding the lifecycle lock
+    and the control file's lock, and a new worker's Server() never returned."""
+    write(fleet, fraud=ModelControl(stable=1, previous_stable=2, kill=True))
+    server = make_server(fleet, control_interval_s=60)
+    (fleet / CONTROL_FILENAME).unlink()
+    os.mkfifo(fleet / CONTROL_FILENAME)
+    outcomes: queue.Queue[tuple[str, object]] = queue.Queue()
+
+    def attempt(name: str, call: Callable[[], object]) -> None:
+        try:
+            outcomes.put((name, call()))
+        except Exception as exc:  # (the outcome checked below)
+            outcomes.put((name, exc))
+
+    calls: dict[str, Callable[[], object]] = {
+        "sync": server.sync_control,
+        "kill": lambda: server.kill("alpha"),
+        "read": ControlFile(fleet).read,
+        "start": lambda: make_server(fleet, control_interval_s=60).status()["control"],
+    }
+    for name, call in calls.items():
+        threading.Thread(target=attempt, args=(name, call), daemon=True).start()
+    try:
+        got = dict(outcomes.get(timeout=30) for _ in calls)
+    finally:
+        with contextlib.suppress(OSError):  # let a reader that blocked (before the fix) go
+            os.close(os.open(fleet / CONTROL_FILENAME, os.O_WRONLY | os.O_NONBLOCK))
+    assert got["sync"] == 1
+    assert answer(server, "fraud") == 1  # killed: the revision read stays in force
+    fix = "is not a regular file (a pipe, a device or a folder): replace it with a copy"
+    for name in ("kill", "read"):
+        assert isinstance(got[name], ControlFileUnavailableError) and fix in str(got[name]), name
+    started = got["start"]
+    assert isinstance(started, dict) and started["read"] is False and fix in started["error"]
+    assert server.status()["control"]["error"] is not None and fix in server.status()["control"]["error"]
 
 
 def test_canary_needs_a_percent(fleet: Path) -> None:
