@@ -172,7 +172,12 @@ class Control:
         revision, reload = data.get("revision", 0), data.get("reload", 0)
         for name, value in (("revision", revision), ("reload", reload)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"control: {name} must be an int >= 0, got {value!r}")
+                raise ConfigurationError(f"control: {name} must be an int >= 0, got {shown(value)}")
+            if value > _MAX_COUNTER:  # (see _MAX_COUNTER)
+                raise ConfigurationError(
+                    f"control: {name} must be at most 2**63-1, got {shown(value)}: the file is damaged; set it back "
+                    f"to the control.{name} that the servers report in status"
+                )
         models = data.get("models", {})
         if not isinstance(models, dict):
             raise ConfigurationError("control: models must be an object of model name -> state")
@@ -192,6 +197,11 @@ class Control:
             extra=extra,
         )
 
+
+_MAX_COUNTER = 2**63 - 1
+"""The largest ``revision`` and ``reload`` read. One of 4,300 digits was read, and made every write fail: its
+successor has more digits than Python turns into text, a ``ValueError`` the admin endpoints blamed on the
+client (400) while ``validate`` passed the file."""
 
 _CONTROL_KEYS = frozenset({"revision", "reload", "updated_at", "updated_by", "models"})
 _MODEL_KEYS = frozenset({"stable", "previous_stable", "canary_version", "canary_percent", "kill"})
@@ -344,6 +354,12 @@ class ControlFile:
             result = replace(
                 changed, revision=current.revision + 1, updated_at=stamp, updated_by=actor or default_actor()
             )
+            for name, value in (("revision", result.revision), ("reload", result.reload)):
+                if value > _MAX_COUNTER:  # (written, every server would refuse the file)
+                    raise ConfigurationError(
+                        f"control file {self.path}: its {name} is 2**63-1 already; nothing was changed. Set it back "
+                        f"by hand to the control.{name} that the servers report in status"
+                    )
             try:
                 self._write(result)
             except OSError as exc:

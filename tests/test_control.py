@@ -409,6 +409,35 @@ def test_a_control_file_nested_too_deeply_is_damaged_not_a_crash(
     assert served_version(server) == 3
 
 
+def test_a_revision_past_2_63_is_a_damaged_control_file(three_versions: Path, make_server: ServerFactory) -> None:
+    """A revision of 4,300 digits was read, and every write then failed: its successor has more digits than
+    Python turns into text, a ValueError the admin endpoints answered 400 (the client's fault), while
+    ``validate`` passed the file."""
+    from inprocserve import web
+    from inprocserve.__main__ import main
+
+    server = make_server(three_versions, control_interval_s=None)
+    server.switch("scale", 2)
+    control = three_versions / CONTROL_FILENAME
+    control.write_text('{"revision": ' + "9" * 4300 + ', "models": {"scale": {"stable": 1}}}')
+    assert server.sync_control() == 1  # the revision read before stays in force
+    assert served_version(server) == 2
+    assert "revision must be at most 2**63-1" in server.status()["control"]["error"]
+    with pytest.raises(inprocserve.ConfigurationError, match=r"revision must be at most 2\*\*63-1"):
+        server.kill("scale")
+    answer = web.admin_answer(server, "kill", "scale", b"", actor="ops")
+    assert answer.status == 409 and "the file is damaged" in answer.body["message"]
+    assert main(["validate", str(three_versions)]) == 1
+    assert len(control.read_text()) > 4300  # nothing written
+    control.write_text(json.dumps({"revision": 2**63 - 1, "reload": 2**63 - 1, "models": {}}))
+    with pytest.raises(inprocserve.ConfigurationError, match=r"revision is 2\*\*63-1 already"):
+        server.kill("scale")  # written, every server would refuse the file
+    control.write_text(json.dumps({"revision": 5, "reload": 2**63 - 1, "models": {}}))
+    with pytest.raises(inprocserve.ConfigurationError, match=r"reload is 2\*\*63-1 already"):
+        server.reload()
+    assert ControlFile(three_versions).read().revision == 5
+
+
 def test_a_missing_control_file_is_revision_0_and_ready(three_versions: Path, make_server: ServerFactory) -> None:
     server = make_server(three_versions, control_interval_s=None)
     assert server.readiness().ready
