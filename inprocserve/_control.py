@@ -157,10 +157,11 @@ class Control:
 
     @property
     def unknown_keys(self) -> list[str]:
-        """The keys this release ignores, by their place: ``format``, ``models.fraud.pinned``."""
-        keys = sorted(self.extra)
+        """The keys this release ignores, by their place: ``format``, ``models.fraud.pinned``; each name of
+        more than ``SHOWN_KEY_CHARACTERS`` cut short (see :func:`shown_key`)."""
+        keys = [shown_key(key) for key in sorted(self.extra)]
         for name, state in sorted(self.models.items()):
-            keys.extend(f"models.{name}.{key}" for key in sorted(state.extra))
+            keys.extend(f"models.{shown_key(name)}.{shown_key(key)}" for key in sorted(state.extra))
         return keys
 
     @classmethod
@@ -215,6 +216,17 @@ them (and the status page and the CLI as much), the warning was one line of 630 
 close known key took 1.7 s of the server's start."""
 
 
+SHOWN_KEY_CHARACTERS = 100
+"""How much of each name of an unknown key (and of its model) status, its log line and ``validate`` show."""
+
+
+def shown_key(key: str, limit: int = SHOWN_KEY_CHARACTERS) -> str:
+    """``key`` cut to its first ``limit`` characters and ``...``. One key of 900 kB (the 1 MiB servers read
+    holds it) was named whole in every ``status()``, on the unauthenticated ``GET /models`` too. A key cut
+    once is cut the same again (a status read back from another server)."""
+    return key if len(key) <= limit else f"{key[:limit]}..."
+
+
 def describe_unknown_keys(keys: list[str]) -> str:
     """:attr:`Control.unknown_keys` for a person: a key close to a known one is named with it
     (``models.fraud.kil (kill?)``): a hand edit's typo, which no server follows (a kill switch not in force).
@@ -236,13 +248,14 @@ def more_keys(total: int, shown: int) -> str:
 def shown_unknown_keys(control: Mapping[str, Any]) -> str | None:
     """The unknown keys of a status document's ``control`` section as one line (the first
     ``SHOWN_UNKNOWN_KEYS``, then a count), or ``None`` when there are none. A server of before the count sent
-    every key: the line is bounded all the same."""
+    every key, each whole: the line is bounded all the same."""
     unknown = control.get("unknown_keys")
     if not isinstance(unknown, list) or not unknown:
         return None
     count = control.get("unknown_keys_count")
     total = max(count if isinstance(count, int) and not isinstance(count, bool) else 0, len(unknown))
-    shown = [str(key) for key in unknown[:SHOWN_UNKNOWN_KEYS]]
+    # (a model's key, its model's name and its own cut by unknown_keys, stays whole)
+    shown = [shown_key(str(key), 3 * SHOWN_KEY_CHARACTERS) for key in unknown[:SHOWN_UNKNOWN_KEYS]]
     return ", ".join(shown) + more_keys(total, len(shown))
 
 

@@ -380,6 +380,33 @@ def test_a_misspelt_control_key_is_named_with_the_key_it_is_close_to(
     assert "models.fraud.kil (kill?)" in capsys.readouterr().out
 
 
+def test_a_control_file_with_one_very_long_unknown_key_is_shown_cut_short(
+    fraud: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One key of 900 kB fits the 1 MiB a server reads: the count of keys was bounded, not their length, so
+    # every status() (the unauthenticated GET /models too) carried it whole, and the warning as much.
+    long_key, long_name = "k" * 900_000, "m" * 50_000
+    document = {"revision": 1, "models": {"fraud": {"stable": 1, "kil": True}, long_name: {"x" * 50_000: 1}}}
+    (fraud / CONTROL_FILENAME).write_text(json.dumps({**document, long_key: 1}))
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(fraud, control_interval_s=None)
+    said = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(said) == 1 and len(said[0]) < 2000 and "models.fraud.kil (kill?)" in said[0]
+    status = server.status()
+    assert len(json.dumps(status)) < 5_000
+    keys = status["control"]["unknown_keys"]
+    assert keys == ["k" * 100 + "...", "models.fraud.kil", f"models.{'m' * 100}....{'x' * 100}..."]
+    assert status["control"]["unknown_keys_count"] == 3
+    assert len(render_status_page(status)) < 10_000
+    older = {**status, "control": {**status["control"], "unknown_keys": [long_key]}}  # a server of before the cut
+    line = next(line for line in summarize(older) if "ignores" in line)
+    assert len(line) < 1000 and line.endswith("k" * 300 + "..., and 2 more")
+    assert len(render_status_page(older)) < 10_000
+    assert main(["validate", str(fraud)]) == 0
+    assert len(capsys.readouterr().out) < 5_000
+    assert server.predict("fraud", X)["y"][0, 0] == 1.0
+
+
 def test_a_control_file_with_thousands_of_unknown_keys_is_shown_bounded(
     fraud: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
