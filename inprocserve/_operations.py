@@ -33,6 +33,7 @@ from ._control import (
 from ._drift import replaying
 from ._errors import (
     ConfigurationError,
+    ControlFileUnavailableError,
     InferenceError,
     InvalidInputError,
     ModelNotFoundError,
@@ -48,6 +49,15 @@ from ._signature import incompatibilities
 __all__ = ["Operations", "RolloutMethods"]
 
 logger = logging.getLogger(__name__)
+
+# Tries of a rollback whose version to go back to another writer moves between its load and its write
+_ROLLBACK_TRIES = 3
+
+
+class _TargetMoved(Exception):
+    """Raised inside the control file's lock: the version a rollback goes back to is not the one it loaded (a
+    signal to try again, never raised to a caller)."""
+
 
 # Reads of the control file by one follower while other revisions keep being followed at once between its read
 # and the routing lock (each such revision is followed within an interval: more than one in a row is rare)
@@ -303,28 +313,44 @@ class Operations:
         """See :meth:`Server.rollback`."""
         with self._registry.lock:
             self._registry.known(model)
-            # Load and warm the version to go back to before writing (it is normally loaded: the control
-            # state keeps the previous stable version loaded). The target itself is read again inside the
-            # control file's lock: a switch written meanwhile by another process moves it.
-            hint = self._current_control().models.get(model, ModelControl()).previous_stable
-            if hint is not None:
-                self._registry.serving(model, hint)
-            versions = self._registry.repository_versions(model)
-            target: list[int] = []
+            for _ in range(_ROLLBACK_TRIES):
+                try:
+                    return self._roll_back(model, actor)
+                except _TargetMoved:  # another writer switched meanwhile: load what it leaves to go back to
+                    continue
+            raise ControlFileUnavailableError(
+                f"model {model!r}: its previous stable version moved {_ROLLBACK_TRIES} times during this rollback "
+                "(other writers are switching it); nothing was changed. Retry once they are done"
+            )
 
-            def back(state: ModelControl) -> ModelControl:
-                previous = state.previous_stable
-                if previous is None:
-                    raise ValueError(
-                        f"model {model!r} has no previous stable version to roll back to (no switch recorded)"
-                    )
-                self._refuse_if_gone(model, previous, versions)
-                target[:] = [previous]
-                return switched(state, previous)  # back to what served before: never refused
+    def _roll_back(self, model: str, actor: str | None) -> int:
+        """With the lifecycle lock held: one try of :meth:`rollback`. The version to go back to is loaded and
+        warmed before the control file's lock is taken (it is normally loaded: the control state keeps the
+        previous stable version loaded), and read again inside it: when another writer's switch moved it
+        meanwhile, nothing is written (written unloaded, a version that cannot load reached the whole fleet).
 
-            self._change_control(model, back, actor)
-            logger.info("model %r: rolled back; stable version is now %s", model, target[0])
-            return target[0]
+        Raises:
+            _TargetMoved: the version to go back to is not the one loaded; nothing was written.
+        """
+        hint = self._current_control().models.get(model, ModelControl()).previous_stable
+        if hint is not None:
+            self._registry.serving(model, hint)
+        versions = self._registry.repository_versions(model)
+        target: list[int] = []
+
+        def back(state: ModelControl) -> ModelControl:
+            previous = state.previous_stable
+            if previous is None:
+                raise ValueError(f"model {model!r} has no previous stable version to roll back to (no switch recorded)")
+            if previous != hint:  # (never loaded here while holding the file's lock: every writer would wait)
+                raise _TargetMoved
+            self._refuse_if_gone(model, previous, versions)
+            target[:] = [previous]
+            return switched(state, previous)  # back to what served before: never refused
+
+        self._change_control(model, back, actor)
+        logger.info("model %r: rolled back; stable version is now %s", model, target[0])
+        return target[0]
 
     def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
         """See :meth:`Server.set_canary`."""

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -102,6 +102,53 @@ def test_rollback_returns_to_the_previous_stable_version(three_versions: Path, m
     assert server.rollback("scale") == 2
     assert served_version(server) == 2
     assert server.rollback("scale") == 1  # twice: back where we were
+
+
+class _SwitchedMeanwhile(ControlFile):
+    """The server's control file, on which another operator's CLI switches ``scale`` to each of ``versions``
+    (a list per write) just before this server's next writes take the file's lock: after the rollback read the
+    version to go back to and loaded it, before it wrote."""
+
+    meanwhile: ClassVar[list[list[int]]] = []
+
+    def update(self, change: Any, *, actor: str | None = None) -> Control:
+        from inprocserve.__main__ import main
+
+        if self.meanwhile:
+            for version in self.meanwhile.pop(0):
+                assert main(["switch", str(self.folder), "scale", str(version), "--actor", "other"]) == 0
+        return super().update(change, actor=actor)
+
+
+def test_a_rollback_loads_what_another_writers_switch_leaves_to_go_back_to(
+    three_versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version to go back to was loaded before the control file's lock was taken, and read again inside
+    it: moved meanwhile by another writer's switch, the new one was written unloaded, so a version that cannot
+    load was written for the whole fleet (the docs promise it is refused and never written)."""
+    save_model(build_scale_model(4.0), three_versions, "scale", 4)
+    good = (three_versions / "scale" / "4" / "model.onnx").read_bytes()
+    (three_versions / "scale" / "4" / "model.onnx").write_bytes(b"not onnx")
+    monkeypatch.setattr("inprocserve._server.ControlFile", _SwitchedMeanwhile)
+    only_3 = ModelConfig(version_policy=VersionPolicy.specific(3))
+    server = make_server(three_versions, config=only_3, control_interval_s=None)
+    server.switch("scale", 2)
+    server.switch("scale", 3)  # previous stable: 2, loaded
+    _SwitchedMeanwhile.meanwhile[:] = [[4, 3]]  # then previous stable 4, which cannot load
+    with pytest.raises(inprocserve.ModelLoadError):
+        server.rollback("scale")
+    assert ControlFile(three_versions).read().models["scale"] == ModelControl(stable=3, previous_stable=4)
+    assert served_version(server) == 3
+    (three_versions / "scale" / "4" / "model.onnx").write_bytes(good)  # fixed: the next rollback goes to it
+    _SwitchedMeanwhile.meanwhile[:] = [[2, 3]]  # previous stable 2 again, meanwhile
+    assert server.rollback("scale") == 2
+    assert ControlFile(three_versions).read().models["scale"] == ModelControl(stable=2, previous_stable=3)
+    assert served_version(server) == 2
+    _SwitchedMeanwhile.meanwhile[:] = [[1], [3], [2]]  # moved before every try (to 2, 1, then 3): none written
+    with pytest.raises(inprocserve.ConfigurationError, match="moved 3 times during this rollback"):
+        server.rollback("scale")
+    written = ControlFile(three_versions).read()
+    assert written.models["scale"] == ModelControl(stable=2, previous_stable=3) and written.updated_by == "other"
 
 
 def test_canary_is_sticky_per_user_on_every_server(three_versions: Path, make_server: ServerFactory) -> None:
