@@ -7,6 +7,7 @@ each turns the typed results below into its framework's responses.
 * :func:`http_status`, :func:`error_code`, :func:`error_answer`: a library error as an HTTP answer.
 * :func:`run_admin_action`, :func:`admin_answer`: the admin endpoints (reload, switch, rollback, canary,
   kill, resume) with their JSON bodies checked, since they come from the network.
+* :func:`budget_spent`: the error, recorded, for a prediction whose request spent its time budget first.
 * :func:`status_page`: the status page as an HTTP answer (a 503 page where the server cannot be built).
 * :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
 * :func:`environ_key`: where a request header is in a WSGI environ (and Django's ``request.META``).
@@ -37,12 +38,14 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _fork
+from ._brief import brief
 from ._config import check_model_configs
 from ._config_checks import MAX_INTERVAL_S, check_bool, check_int, is_number, shown
 from ._control import validate_percent
@@ -82,6 +85,7 @@ __all__ = [
     "admin_answer",
     "body_reader",
     "bool_setting_problem",
+    "budget_spent",
     "check_token",
     "environ_key",
     "error_answer",
@@ -260,6 +264,18 @@ def server_or_none(server: Callable[[], Server], asked: str) -> Server | None:
         if skipped is not None:
             logger.error("%s: the model server cannot be built in this process: %s%s", asked, exc, since(skipped))
         return None
+
+
+def budget_spent(server: Server, model: str, version: object = None) -> DeadlineExceededError:
+    """The error for a prediction whose request spent its time budget before it (a view's own work, a deadline
+    header already past), recorded as ``predict`` records the requests it refuses: the plug-ins refuse such a
+    prediction themselves, and their 504s were in no metric (the deadline alert could not fire). Raise it."""
+    error = DeadlineExceededError(
+        f"model {brief(model)}: the request's time budget was spent before predict", model=model
+    )
+    pinned = version if isinstance(version, int) and not isinstance(version, bool) else None
+    server._refused_early(model, pinned, error, time.perf_counter())
+    return error
 
 
 def status_page(server: Callable[[], Server], *, title: str | None = None) -> tuple[int, str, dict[str, str]]:

@@ -418,6 +418,28 @@ def test_models_shows_paths_only_to_the_admin(repository: Path) -> None:
             reset_server()
 
 
+def test_a_prediction_refused_for_a_spent_budget_is_in_the_metrics(repository: Path) -> None:
+    """A view that spent its budget (X-Request-Timeout-Ms: 0, or its own work) got a 504 from the plug-in's
+    predict and apredict, which no metric recorded: the deadline counter and its alert never saw them."""
+    import subprocess
+    import sys
+
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(here / "spent_budget_metrics.py"), str(repository)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["answers"] == [200, 504, 200, 504], done.stderr
+    assert result["points"]["inprocserve.request.duration"] == {"ok": 2, "deadline_exceeded": 2}
+    assert result["points"]["inprocserve.requests.deadline_exceeded"] == {"": 2}
+
+
 def _eager_setup(repository: Path, *options: str) -> dict[str, Any]:
     import subprocess
     import sys

@@ -161,6 +161,57 @@ def test_a_spent_deadline_header_is_refused_before_anything_runs(app: Flask) -> 
     assert ok.status_code == 200
 
 
+SPENT_BUDGET_METRICS = """
+import json, sys
+from flask import Flask, request
+from inprocserve_flask import Inprocserve, predict
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+app = Flask("shop")
+app.config.update(INPROCSERVE_REPOSITORY=sys.argv[1])
+Inprocserve(app)
+
+@app.post("/score")
+def score():
+    return {"version": predict("scale", {"x": request.json["rows"]}).version}
+
+client = app.test_client()
+answers = [
+    client.post("/score", json={"rows": [[1, 2, 3, 4]]}, headers=headers).status_code
+    for headers in ({}, {"X-Request-Timeout-Ms": "0"}, {"X-Request-Timeout-Ms": "0"})
+]
+points = {}
+for resource in reader.get_metrics_data().resource_metrics:
+    for scope in resource.scope_metrics:
+        for metric in scope.metrics:
+            for point in metric.data.data_points:
+                outcome = str(point.attributes.get("inprocserve.outcome", ""))
+                value = getattr(point, "count", None) or getattr(point, "value", 0)
+                points.setdefault(metric.name, {})[outcome] = points.get(metric.name, {}).get(outcome, 0) + value
+print(json.dumps({"answers": answers, "points": points}))
+"""
+
+
+def test_a_prediction_refused_for_a_spent_budget_is_in_the_metrics(repository: Path) -> None:
+    """The plug-in's predict answers a spent budget with a 504 before the server runs anything; no metric
+    recorded it, so the deadline counter and its alert never saw a view that spent its budget first."""
+    done = subprocess.run(  # (a meter provider is set once per process)
+        [sys.executable, "-c", SPENT_BUDGET_METRICS, str(repository)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["answers"] == [200, 504, 504], done.stderr
+    assert result["points"]["inprocserve.request.duration"] == {"ok": 1, "deadline_exceeded": 2}
+    assert result["points"]["inprocserve.requests.deadline_exceeded"] == {"": 2}
+
+
 def test_renamed_headers_carry_the_user_and_the_budget(repository: Path) -> None:
     app = make_app(repository, INPROCSERVE_USER_HEADER="X-Customer", INPROCSERVE_DEADLINE_HEADER="X-Budget-Ms")
     row = {"rows": [[1, 1, 1, 1]]}

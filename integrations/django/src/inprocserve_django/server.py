@@ -14,7 +14,6 @@ from django.utils.module_loading import import_string
 
 import inprocserve
 from inprocserve import web
-from inprocserve._brief import brief
 
 from .conf import settings
 
@@ -149,26 +148,23 @@ def _meta_key(header: str) -> str | None:
     return web.environ_key(header)
 
 
-def _kwargs(request: HttpRequest, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    if "context" not in kwargs:
-        kwargs["context"] = request_context(request)
-    return _with_budget(request, model, kwargs)
-
-
-def _with_budget(request: HttpRequest, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _with_budget(
+    request: HttpRequest, server: inprocserve.Server, model: str, kwargs: dict[str, Any]
+) -> dict[str, Any]:
     if "timeout_s" not in kwargs:
         budget = remaining_budget(request)
         if budget is not None and budget <= 0:
-            raise inprocserve.DeadlineExceededError(
-                f"model {brief(model)}: the request's time budget was spent before predict", model=model
-            )
+            raise web.budget_spent(server, model, kwargs.get("version"))  # (recorded, as predict's refusals)
         kwargs["timeout_s"] = budget
     return kwargs
 
 
 def predict(request: HttpRequest, model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
     """``server.predict`` with the request's user and remaining time budget filled in (sync views)."""
-    return get_server().predict(model, inputs, **_kwargs(request, model, kwargs))
+    server = get_server()
+    if "context" not in kwargs:
+        kwargs["context"] = request_context(request)
+    return server.predict(model, inputs, **_with_budget(request, server, model, kwargs))
 
 
 async def apredict(request: HttpRequest, model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
@@ -177,4 +173,4 @@ async def apredict(request: HttpRequest, model: str, inputs: Any, **kwargs: Any)
     if "context" not in kwargs:
         kwargs["context"] = await arequest_context(request)
     server = await aget_server()
-    return await server.apredict(model, inputs, **_with_budget(request, model, kwargs))
+    return await server.apredict(model, inputs, **_with_budget(request, server, model, kwargs))

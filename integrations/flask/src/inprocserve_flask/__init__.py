@@ -34,7 +34,6 @@ from werkzeug.local import LocalProxy
 
 import inprocserve
 from inprocserve import web
-from inprocserve._brief import brief
 from inprocserve._prefork import check_at_start, refuse_at_start
 
 from .status_page import add_status_page
@@ -383,14 +382,13 @@ def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
         else:
             environ = request.environ
             kwargs["context"] = _default_context(state, environ)
+    server = state.holder.get()
     if "timeout_s" not in kwargs:
         budget = _budget(state, request.environ if environ is None else environ)
         if budget is not None and budget <= 0:
-            raise inprocserve.DeadlineExceededError(
-                f"model {brief(model)}: the request's time budget was spent before predict", model=model
-            )
+            raise web.budget_spent(server, model, kwargs.get("version"))
         kwargs["timeout_s"] = budget
-    return state.holder.get().predict(model, inputs, **kwargs)
+    return server.predict(model, inputs, **kwargs)
 
 
 def _error_handler(statuses: Mapping[type[Exception], int], retry_after_s: float) -> Callable[[Exception], Any]:
