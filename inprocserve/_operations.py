@@ -355,6 +355,10 @@ class Operations:
     def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
         """See :meth:`Server.set_canary`."""
         share = validate_percent(percent)
+        if version is None and share:  # (meant as "send 50 %", it removed the canary)
+            raise ValueError(
+                f"set_canary({model!r}, None, ...) removes the canary and takes no percent (got {share:g})"
+            )
         with self._registry.lock:
             if version is None:
                 self._registry.known(model)
@@ -830,10 +834,12 @@ class RolloutMethods:
         """Send ``percent`` % of targeting keys (sticky buckets) to ``version``, on every worker and host.
 
         It replaces the model's configured strategy while set; ``version=None`` removes it (the model's
-        configured rollout applies again). Raising the percentage keeps the keys already in the canary.
+        configured rollout applies again; pass ``percent=0`` with it). Raising the percentage keeps the keys
+        already in the canary.
 
         Raises:
-            ValueError: ``percent`` is not in 0..100, or ``version`` is not a positive int.
+            ValueError: ``percent`` is not in 0..100, or ``version`` is not a positive int, or it is ``None``
+                with a ``percent`` other than 0.
             ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
         """
         self._operations.set_canary(model, version, percent=percent, actor=actor)

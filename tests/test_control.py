@@ -163,6 +163,10 @@ def test_canary_is_sticky_per_user_on_every_server(three_versions: Path, make_se
     share = sum(versions == {3} for versions in seen.values()) / len(users)
     assert 0.15 < share < 0.45
     assert all(versions <= {1, 3} for versions in seen.values())
+    with pytest.raises(ValueError, match=r"removes the canary and takes no percent \(got 50\)"):
+        servers[0].set_canary("scale", None, percent=50)  # meant as "send 50 %", it removed the canary
+    servers[1].sync_control()
+    assert {served_version(servers[1], user) for user in users} == {1, 3}
     servers[0].set_canary("scale", None, percent=0)
     servers[1].sync_control()
     assert {served_version(servers[1], user) for user in users} == {1}
