@@ -1068,6 +1068,11 @@ def _given(waiter: asyncio.Future[Any]) -> BaseException:
 
 
 def _expire(state: _LoopState, waiter: asyncio.Future[Any], model: str, version: int | None, timeout_s: float) -> None:
+    if not waiter.done() and state._inbox:
+        # An answer a worker posted before the deadline fired, not yet drained (its wake was behind this timer
+        # in the loop's queue): it is the task's, and its request was recorded so on the worker's thread. The
+        # task was told its deadline passed while the metrics counted the request answered.
+        state._drain()
     if not waiter.done():
         waiter.set_exception(
             DeadlineExceededError(f"model {model!r}: no answer within {timeout_s:g}s", model=model, version=version)
