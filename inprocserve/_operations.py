@@ -744,7 +744,7 @@ class Operations:
         ranking_b = [int(i) for i in np.argsort(-scores[1], kind="stable")]
         mixed = router.interleave(ranking_a, ranking_b, length)
         request_id = self._ids.next()
-        router.remember_interleaving(request_id, mixed)
+        router.remember_interleaving(request_id, mixed, rankers)
         return InterleavedRanking(
             request_id=request_id, model=model, rankers=(rankers[0], rankers[1]), order=mixed.order, teams=mixed.teams
         )

@@ -71,6 +71,9 @@ _INTERLEAVED_ITEMS_KEPT = 8_000_000
 """Bound on the interleavings remembered for clicks, in items (each costs ~5 bytes: ~40 MB at most)."""
 _INTERLEAVING_OVERHEAD = 64
 """What one remembered interleaving costs beyond its items, counted in items (its objects: ~300 bytes)."""
+_RANKER_PAIRS_KEPT = 8
+"""Pairs of rankers whose interleaving wins are kept (see ``Router.remember_interleaving``): the least
+recently interleaved goes first past this many (a rankers flag that names many pairs over days)."""
 _STRATEGIES = ("stable", "canary", "ab", "bandit")
 _RETURN_AFTER_S = 10.0
 """How long the version a variant's statistics are of must have served none of its requests before they go
@@ -410,7 +413,9 @@ class Router:
         self._interleavings: TTLCache[str, _Interleaved] = TTLCache(
             maxsize=_INTERLEAVED_ITEMS_KEPT, ttl=_ASSIGNMENT_TTL_S, getsizeof=_Interleaved.size
         )
-        self.interleaving_wins = {"A": 0, "B": 0, "ties": 0, "queries": 0}
+        # The interleaving wins of each pair of rankers (A's version, B's version), the pair interleaved last
+        # at the end: wins are of one pair, as a variant's statistics are of one version (changed under the lock)
+        self._wins: OrderedDict[tuple[int, ...], dict[str, int]] = OrderedDict()
         self._default_decisions: dict[int, Decision] = {}
         # (values, configuration, plan) of the last plan made from a provider's values (see _flagged_plan)
         self._flagged: tuple[Container[str], RolloutConfig, _Unflagged | None] | None = None
@@ -1305,20 +1310,37 @@ class Router:
 
         return self._flags.run(variant, lambda reason: None, effect="the outcome by key credits no variant")
 
-    def remember_interleaving(self, request_id: str, interleaving: Interleaving) -> None:
-        """Keep an interleaving for :meth:`record_click`: compactly (~5 bytes an item), for an hour, and at
-        most ``_INTERLEAVED_ITEMS_KEPT`` items in all (the oldest are forgotten first)."""
+    def remember_interleaving(
+        self, request_id: str, interleaving: Interleaving, rankers: tuple[int, ...] | None = None
+    ) -> None:
+        """Keep an interleaving of ``rankers`` (A's version, B's; None: the configured ones) for
+        :meth:`record_click`: compactly (~5 bytes an item), for an hour, and at most
+        ``_INTERLEAVED_ITEMS_KEPT`` items in all (the oldest are forgotten first).
+
+        Wins are counted per pair of rankers: a rankers flag or a reload that names another pair starts its
+        own count, and a click on an interleaving of the old pair credits the old pair's. Added together,
+        "A" and "B" were other versions from one query to the next (version 2 was B, then A, and its losses
+        as A showed as wins of A)."""
+        pair = tuple(rankers if rankers is not None else self.state.config.interleaving.rankers or ())
         stored = _Interleaved(interleaving.order, interleaving.teams)
         with self._lock:
-            self.interleaving_wins["queries"] += 1
+            wins = self._wins.get(pair)
+            if wins is None:
+                wins = self._wins[pair] = {"A": 0, "B": 0, "ties": 0, "queries": 0}
+                if len(self._wins) > _RANKER_PAIRS_KEPT:
+                    self._wins.popitem(last=False)
+            else:
+                self._wins.move_to_end(pair)
+            wins["queries"] += 1
+            stored.wins = wins
             try:
                 self._interleavings[request_id] = stored
             except ValueError:  # larger than the whole bound: its clicks cannot be credited
                 pass
 
     def record_click(self, request_id: str, item: int) -> str | None:
-        """Credit the team whose ranker contributed ``item``, once per item of a page; returns "A", "B" or
-        None if unknown."""
+        """Credit the team whose ranker contributed ``item``, once per item of a page, in the wins of the pair
+        of rankers that made the page; returns "A", "B" or None if unknown."""
         with self._lock:
             interleaving = self._interleavings.get(request_id)
             position = None if interleaving is None else interleaving.position_of(item)
@@ -1331,9 +1353,9 @@ class Router:
             interleaving.clicks[team] += 1
             after = _winner(interleaving.clicks)
             if before is not None:
-                self.interleaving_wins[before] -= 1
+                interleaving.wins[before] -= 1
             if after is not None:
-                self.interleaving_wins[after] += 1
+                interleaving.wins[after] += 1
             return team
 
     def interleave(self, ranking_a: list[int], ranking_b: list[int], length: int | None) -> Interleaving:
@@ -1352,13 +1374,13 @@ class Router:
                 control, treatment = self._stats.get(pair[0]), self._stats.get(pair[1])
                 if control is not None and treatment is not None and control.outcomes and treatment.outcomes:
                     tests[pair[1]] = compare(control, treatment, lowest_always_valid_p=self._lowest_p.get(pair, 1.0))
-            wins = dict(self.interleaving_wins)
+            pairs = [{"rankers": list(pair), **wins} for pair, wins in reversed(self._wins.items())]
         return {
             "strategy": config.strategy,
             "stable_alias": state.pin,
             "variants": stats,
             "tests": tests,
-            "interleaving": wins if wins["queries"] else None,
+            "interleaving": {**pairs[0], "earlier": pairs[1:]} if pairs else None,
             "flags": self._flags.status(),
             "configured": _configured(config),
         }
@@ -1369,7 +1391,10 @@ class _Interleaved:
     as one byte each (a list of Python ints and strs took ~18 KiB for 1000 items; this takes ~5 KiB). A
     clicked position's team byte is stored in lower case: a click costs no memory of its own."""
 
-    __slots__ = ("clicks", "order", "teams")
+    __slots__ = ("clicks", "order", "teams", "wins")
+
+    wins: dict[str, int]
+    """The wins of the pair of rankers that made it, where its clicks count (set once it is remembered)."""
 
     def __init__(self, order: list[int], teams: list[str]) -> None:
         small = not order or (min(order) >= 0 and max(order) < 2**32)

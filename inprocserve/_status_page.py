@@ -327,10 +327,21 @@ def _rollout_block(rollout: Mapping[str, Any]) -> str:
         )
     interleaving = rollout.get("interleaving")
     if isinstance(interleaving, Mapping):
-        wins = [(team, float(interleaving.get(team) or 0)) for team in ("A", "B", "ties")]
+        pair = _pair(interleaving)  # (wins are of one pair of rankers: say which versions A and B are)
+        labels = {"A": f"A (v{pair[0]})", "B": f"B (v{pair[1]})"} if pair else {}
+        wins = [(labels.get(team, team), _count(interleaving.get(team))) for team in ("A", "B", "ties")]
+        versions = f": A is version {escape(pair[0])}, B version {escape(pair[1])}" if pair else ""
+        earlier = "".join(
+            f"<p>Earlier, version {escape(old[0])} (A) against version {escape(old[1])} (B): A won "
+            f"{_text(entry.get('A'))}, B {_text(entry.get('B'))}, ties {_text(entry.get('ties'))}, "
+            f"over {_text(entry.get('queries'))} queries</p>"
+            for entry in _listed(interleaving.get("earlier"))
+            if isinstance(entry, Mapping) and (old := _pair(entry))
+        )
         parts.append(
-            f"<div><h3>Interleaving wins over {_text(interleaving.get('queries'))} queries</h3>"
+            f"<div><h3>Interleaving wins over {_text(interleaving.get('queries'))} queries{versions}</h3>"
             + _bars(wins, maximum=max([1.0] + [v for _, v in wins]), value_text=lambda v: f"{v:.0f}")
+            + earlier
             + "</div>"
         )
     return f'<div class="grid">{"".join(parts)}</div>' if parts else ""
@@ -582,6 +593,22 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 def _entries(value: Any) -> dict[str, Mapping[str, Any]]:
     """The mapping-valued items of ``value`` (a status section such as versions or variants), keys as text."""
     return {str(key): entry for key, entry in _mapping(value).items() if isinstance(entry, Mapping)}
+
+
+def _pair(interleaving: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The versions of rankers A and B that interleaving wins are of, as text (None: not two of them)."""
+    pair = interleaving.get("rankers")
+    if not isinstance(pair, list | tuple) or len(pair) != 2:
+        return None
+    return str(pair[0])[:_LABEL_CHARS], str(pair[1])[:_LABEL_CHARS]
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _count(value: Any) -> float:
+    return float(value) if _finite(value) else 0.0
 
 
 def _text(value: Any) -> str:

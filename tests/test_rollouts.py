@@ -537,6 +537,38 @@ def test_interleaving_credits_clicks_to_rankers(repository: Path, make_server: S
     assert server.record_click("unknown", 1) is None
 
 
+def test_interleaving_wins_are_of_one_pair_of_rankers(repository: Path, make_server: ServerFactory) -> None:
+    for version, factor in ((1, 1.0), (2, -1.0), (3, 1.0)):  # versions 1 and 3 rank by the feature, 2 reverses it
+        save_model(build_scale_model(factor, features=1), repository, "ranker", version)
+    flags = InMemoryFlags()
+    server = make_server(
+        repository,
+        flags=flags,
+        config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)), seed=4),
+    )
+    items = np.arange(8, dtype=np.float32).reshape(8, 1)
+    for _ in range(20):  # users click the top item by the feature: version 1 (A) wins every page
+        assert server.record_click(server.interleave("ranker", items).request_id, 7) is not None
+    late = server.interleave("ranker", items)  # a page of versions 1 and 2, clicked after the flag moved
+    flags.set("ranker.rankers", [2, 3])
+    for _ in range(30):  # now version 3 (B) wins every page, and version 2 (A) none
+        ranked = server.interleave("ranker", items)
+        assert ranked.rankers == (2, 3)
+        assert server.record_click(ranked.request_id, 7) == "B"
+    assert server.record_click(late.request_id, 7) == "A"  # version 1's win, in its own pair's count
+    report = server.status()["models"]["ranker"]["rollout"]["interleaving"]
+    assert report == {
+        "rankers": [2, 3],
+        "A": 0,
+        "B": 30,
+        "ties": 0,
+        "queries": 30,
+        "earlier": [{"rankers": [1, 2], "A": 21, "B": 0, "ties": 0, "queries": 21}],
+    }
+    page = inprocserve.render_status_page(server.status())
+    assert "A is version 2, B version 3" in page and "Earlier, version 1 (A) against version 2 (B)" in page
+
+
 def ranker_server(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
     """Two rankers of one feature, in opposite orders, interleaved."""
     save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)
