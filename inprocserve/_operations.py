@@ -736,10 +736,38 @@ class Operations:
             )
         first = self._submit(model, inputs, version=rankers[0], context=context, timeout_s=timeout_s)
         second = self._submit(model, inputs, version=rankers[1], context=context, timeout_s=timeout_s)
+        # Items are the rows of the inputs (as every input has them), and a ranker gives one score per item: any
+        # other output is refused. A classifier's [P(class 0), P(class 1)] was ranked by its first column (the
+        # verdict pointed the wrong way) and a scalar output raised numpy's TypeError.
+        counts = set()
+        for value in inputs.values() if isinstance(inputs, Mapping) else (inputs,):
+            shape = getattr(value, "shape", None)
+            if shape is not None and len(shape):
+                counts.add(int(shape[0]))
+            elif shape is None and isinstance(value, list | tuple):
+                counts.add(len(value))
+        items = counts.pop() if len(counts) == 1 else None
         scores = []
-        for answer in (first.result(), second.result()):
+        for version, answer in zip(rankers, (first.result(), second.result()), strict=True):
             name = output or next(iter(answer))
-            scores.append(np.asarray(answer[name], dtype=np.float64).reshape(len(answer[name]), -1)[:, 0])
+            values = np.asarray(answer[name])
+            shape = values.shape
+            if (
+                values.dtype.kind not in "biuf"
+                or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
+                or (items is not None and shape[0] != items)
+            ):
+                chosen = "" if output else f" (the first; outputs: {', '.join(answer)})"
+                raise InvalidInputError(
+                    f"model {model!r}: interleave() ranks items by one score each, but output {name!r}{chosen} of "
+                    f"version {version} is {values.dtype} of shape {list(shape)}"
+                    + (f" for {items} items" if items is not None else "")
+                    + ": pass output= naming an output of one number per item (shape [n] or [n, 1]), or export "
+                    "the rankers with one (a classifier's probability of the relevant class alone)",
+                    model=model,
+                    version=version,
+                )
+            scores.append(values.astype(np.float64).reshape(-1))
         ranking_a = [int(i) for i in np.argsort(-scores[0], kind="stable")]
         ranking_b = [int(i) for i in np.argsort(-scores[1], kind="stable")]
         mixed = router.interleave(ranking_a, ranking_b, length)

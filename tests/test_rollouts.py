@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
 from inprocserve import CanaryConfig, InMemoryFlags, ModelConfig, VariantConfig, VersionPolicy, WarmupConfig
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_scale_model, build_sum_model, save_model
 
 from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout, run_threads, wait_until
 
@@ -567,6 +567,25 @@ def test_interleaving_wins_are_of_one_pair_of_rankers(repository: Path, make_ser
     }
     page = inprocserve.render_status_page(server.status())
     assert "A is version 2, B version 3" in page and "Earlier, version 1 (A) against version 2 (B)" in page
+
+
+def test_an_output_of_more_or_less_than_one_score_per_item_is_refused(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    for version in (1, 2):  # a classifier's [P(irrelevant), P(relevant)] per item, and the sum of a batch
+        save_model(build_scale_model(1.0, features=2), repository, "classifier", version)
+        save_model(build_sum_model(features=4), repository, "summer", version)
+    server = make_server(repository, config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2))))
+    with pytest.raises(inprocserve.InvalidInputError) as refused:  # (it ranked by column 0: P(irrelevant))
+        server.interleave("classifier", np.ones((10, 2), np.float32), output="y")
+    assert "output 'y' of version 1 is float32 of shape [10, 2] for 10 items" in str(refused.value)
+    assert "pass output= naming an output of one number per item" in str(refused.value)
+    assert (refused.value.model, refused.value.version) == ("classifier", 1)
+    with pytest.raises(inprocserve.InvalidInputError) as refused:  # (a bare TypeError from numpy)
+        server.interleave("summer", np.ones((10, 4), np.float32))
+    assert "output 'total' (the first; outputs: total) of version 1 is float32 of shape []" in str(refused.value)
+    for name in ("classifier", "summer"):  # nothing was counted
+        assert server.status()["models"][name]["rollout"]["interleaving"] is None
 
 
 def ranker_server(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
