@@ -124,7 +124,10 @@ class VariantStats:
         return max(0.0, (self.shifted_sq - self.shifted_total**2 / self.outcomes) / (self.outcomes - 1))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"served": self.served, "outcomes": self.outcomes, "mean_reward": self.mean, "version": self.version}
+        """As ``status()`` shows it: the mean reward is None until an outcome is recorded (0.0 read as a measured
+        mean of requests served but never reported on)."""
+        mean = self.mean if self.outcomes else None
+        return {"served": self.served, "outcomes": self.outcomes, "mean_reward": mean, "version": self.version}
 
 
 def _normal_two_sided_p(z: float) -> float:

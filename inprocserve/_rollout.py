@@ -1142,9 +1142,12 @@ class Router:
                     self._assignments.note(request_id, _COUNTED)
                     return
             stats.served += 1
-            if not state.trivial:  # flags may choose any strategy per request:
-                # remember every decision's variant, and the statistics it counts in
-                self._assignments.note(request_id, variant, stats.serial)
+            # Every routed request's variant, and the statistics it counts in, is remembered: the one thing that
+            # makes its id creditable, once and only for this model. A stable version alone with no flag provider
+            # (a switch, rollout.stable) skipped it, and the outcomes of the requests it served were dropped,
+            # while status showed them served with a mean reward of 0.0 (and a flag provider or a shadow credited
+            # them); a note costs under a microsecond, within a lone request's noise (docs/rollouts.md).
+            self._assignments.note(request_id, variant, stats.serial)
 
     def _forget_draw_of(self, ctx: Mapping[str, Any], field: str) -> None:
         """:meth:`_forget_draw` for a request routed without its key (the kill switch, the stable strategy):
@@ -1292,7 +1295,7 @@ class Router:
 
         From one routing state, as :meth:`decide`: a promotion (canary removed, its version made stable)
         read attribute by attribute credited a canary user's outcome to "stable", which neither state says."""
-        if state.trivial:  # no rollout: nothing to attribute (a reload that ended the rollout forgot its draws)
+        if state.latest:  # its requests are "default": counted in no variant, nothing to attribute
             return None
         with self._lock:
             drawn = self._bandit_keys.get(key)

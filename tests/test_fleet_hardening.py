@@ -1119,7 +1119,10 @@ def test_a_revision_that_loads_the_version_it_makes_stable_never_sends_a_request
 def test_an_outcome_by_key_during_a_promotion_is_credited_by_one_state(fleet: Path, make_server: ServerFactory) -> None:
     # record_outcome(key=...) found its variant from the router's state read attribute by attribute: during a
     # promotion (canary removed, its version made stable) a canary user's outcome was credited to "stable",
-    # which neither the canary state ("canary") nor the promoted one (no rollout: nothing) says.
+    # which neither the canary state ("canary") nor the promoted one said. The promoted one (a stable version
+    # alone, no flags) now credits every key to "stable" (version 3, which served them), as it does with flags:
+    # a mixed read names "stable" too, so the race checks that nothing else is credited, and each state at rest
+    # that it credits what it says.
     canary, promoted = _canary_and_its_promotion(fleet)
     server = make_server(fleet, config=ModelConfig(version_policy=VersionPolicy.all()), control_interval_s=3600)
     users = [f"user-{i}" for i in range(400)]
@@ -1131,11 +1134,15 @@ def test_an_outcome_by_key_during_a_promotion_is_credited_by_one_state(fleet: Pa
         while not stop.is_set():
             for user in in_canary[index::8]:
                 variant = server.record_outcome(None, 1.0, model="fraud", key=user)
-                if variant not in ("canary", None):
+                if variant not in ("canary", "stable", None):
                     credited.append(variant)
 
     alternate_while(record, server, fleet, (promoted, canary), rounds=race_rounds(40, 100), stop=stop)
     assert credited == []
+    for state, variant in ((canary, "canary"), (promoted, "stable")):
+        write(fleet, fraud=state)
+        server.sync_control()
+        assert {server.record_outcome(None, 1.0, model="fraud", key=user) for user in in_canary} == {variant}
 
 
 class _SlowFlags(inprocserve.InMemoryFlags):

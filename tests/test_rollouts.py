@@ -350,6 +350,28 @@ def test_switch_loads_a_version_first(repository: Path, make_server: ServerFacto
         server.switch("scale", 7)
 
 
+def test_outcomes_of_a_stable_version_alone_count_without_a_flag_provider(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(5.0), versions, "other", 1)
+    server = make_server(versions, config=rollout(strategy="stable", stable=1))  # no flags, no shadow
+    served = [server.predict("scale", X, context={"user_id": f"u{i}"}) for i in range(4)]
+    assert {result.variant for result in served} == {"stable"}
+    assert server.status()["models"]["scale"]["rollout"]["variants"]["stable"]["mean_reward"] is None  # none yet
+    assert [server.record_outcome(result.request_id, 1.0) for result in served[:2]] == ["stable", "stable"]
+    assert server.record_outcome(served[0].request_id, 1.0) is None  # counted once
+    assert server.record_outcome(None, 0.0, model="scale", key="u2") == "stable"
+    other = server.predict("other", X)
+    assert server.record_outcome(other.request_id, 0.0) == "stable"  # by id, without model=: the one that served it
+    stable = server.status()["models"]["scale"]["rollout"]["variants"]["stable"]
+    assert (stable["served"], stable["outcomes"], stable["version"]) == (4, 3, 1)
+    assert stable["mean_reward"] == pytest.approx(2 / 3)
+    assert server.status()["models"]["other"]["rollout"]["variants"]["stable"]["outcomes"] == 1
+    server.switch("other", 1)  # a stable alias, as a plain switch sets one: its requests count too
+    after = server.predict("other", X)
+    assert after.variant == "stable" and server.record_outcome(after.request_id, 1.0) == "stable"
+
+
 def test_ab_test_with_outcomes(versions: Path, make_server: ServerFactory) -> None:
     arms = {"control": VariantConfig(version=1), "treatment": VariantConfig(version=2)}
     server = make_server(versions, config=rollout(strategy="ab", variants=arms))
