@@ -1012,6 +1012,14 @@ class Batcher:
 
     # -- shutdown --------------------------------------------------------------------------------------------
 
+    def wait_until_idle(self, timeout_s: float) -> bool:
+        """Wait, at most ``timeout_s``, until no request is in flight: after :meth:`close` gave up waiting and
+        the backend stopped the runs still going (they end at onnxruntime's next operator). A process that
+        exits right after a close may otherwise finalize while a thread is still inside a run, which
+        onnxruntime answers by aborting it."""
+        with self._lock:
+            return self._drained.wait_for(lambda: self._in_flight == 0, timeout_s)
+
     def _notify_if_drained(self) -> None:
         if self._in_flight == 0:
             self._drained.notify_all()

@@ -55,6 +55,9 @@ from ._telemetry import resident_memory_bytes
 __all__ = ["ModelVersion", "build_backend"]
 
 logger = logging.getLogger(__name__)
+_STOPPED_RUNS_END_S = 2.0
+"""How long a retirement that gave up on its runs waits for them to end once the backend stopped them: at
+onnxruntime's next operator, so at once unless one operator runs for seconds."""
 _MOST_LENGTHS_TIED = 6
 """Inputs' lengths (sequence axes named apart) among which a load looks for ties, at most."""
 _MOST_TIE_RUNS = 40
@@ -733,7 +736,9 @@ class ModelVersion:
         self.state = "draining"
         drained = self.batcher.close(timeout_s=timeout_s) if self.batcher is not None else True
         if self._backend is not None:
-            self._backend.close()
+            self._backend.close()  # (stops the runs still in flight, if the wait above gave up on them)
+            if not drained and self.batcher is not None:
+                self.batcher.wait_until_idle(_STOPPED_RUNS_END_S)
             give_back_freed_memory()
         self.state = "unloaded"
         return drained

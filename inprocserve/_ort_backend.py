@@ -819,6 +819,8 @@ class OnnxruntimeBackend:
             except Exception as exc:
                 if raised_by_signal_handler(exc):  # the task's time limit, not the model's failure
                     raise
+                if self._closed:  # stopped by close() (see there)
+                    raise self._closed_error() from exc
                 raise translate_run_error(exc, model=self.model, version=self.version) from exc
         if timeout_s is not None and timeout_s <= 0:
             raise self._stopped_error()
@@ -827,6 +829,8 @@ class OnnxruntimeBackend:
         options = self._deadline_run_options()
         alarm = None if timeout_s is None else self._watchdog.arm(timeout_s, _terminator(options))
         unhook = None if stop is None else stop.hook(_terminator(options))
+        if self._closed:  # (after the arm: a close before it fired no alarm of this run's, see close())
+            options.terminate = True
         try:
             if self.io_binding:
                 return self._run_bound(runner, feeds, options)
@@ -834,6 +838,8 @@ class OnnxruntimeBackend:
         except Exception as exc:
             if raised_by_signal_handler(exc):  # (see above)
                 raise
+            if self._closed:  # stopped by close() (see there)
+                raise self._closed_error() from exc
             if alarm is not None and alarm.fired:
                 raise self._stopped_error() from exc
             if stop is not None and stop.stopped:
@@ -912,7 +918,11 @@ class OnnxruntimeBackend:
         }
 
     def close(self) -> None:
-        """Release every session and stop the watchdog. Callers must have drained their work. Idempotent."""
+        """Release every session and stop the watchdog. Callers have drained their work, or gave up waiting
+        for it (``Server.close(timeout_s=...)``, a version retired on hot reload): a run still in flight is
+        stopped at onnxruntime's next operator and raises ``ServerClosedError``. Left to run, one without a
+        deadline (a hostile trip count's loop) held its session for hours, and the process that exited
+        meanwhile was aborted by onnxruntime (SIGABRT). Idempotent."""
         with self._lock:
             self._closed = True
             self._sessions = []
@@ -920,7 +930,9 @@ class OnnxruntimeBackend:
             # the warm-up is the version's bound method: kept, it held the retired ModelVersion (its batcher,
             # cache, drift monitor) in a cycle until the garbage collector's next full pass
             self._warmup = None
-        self._watchdog.close()
+        if self._run_options is not None:
+            self._run_options.terminate = True  # the runs without a deadline share these options
+        self._watchdog.close(fire_pending=True)  # and those with one are stopped as at their deadline
 
 
 def build_onnxruntime_backend(

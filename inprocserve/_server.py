@@ -1094,7 +1094,10 @@ class Server(RolloutMethods):
 
     def close(self, *, timeout_s: float | None = 30.0) -> None:
         """Stop taking requests, let queued and running ones finish (up to ``timeout_s`` per version),
-        then release every session. Idempotent; later calls raise :class:`ServerClosedError`."""
+        then release every session. Requests still queued then get :class:`ServerClosedError`, and so do
+        runs still in flight: onnxruntime stops them at their next operator (a run that outlasts the wait,
+        such as a loop whose trip count a client chose, would hold its session and then abort the process
+        at exit). Idempotent; later calls raise :class:`ServerClosedError`."""
         with self._registry.lock:
             if self._registry.closed:
                 return

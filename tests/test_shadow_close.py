@@ -131,6 +131,71 @@ def test_a_process_that_exits_with_a_shadow_run_in_flight_exits_cleanly_and_prom
     assert exited - float(result.stdout.split()[-1]) < 4.0
 
 
+def plain_versions() -> ModelConfig:
+    return ModelConfig(
+        version_policy=VersionPolicy.all(), batching=inprocserve.BatchingConfig(max_request_rows=1 << 20)
+    )
+
+
+@pytest.mark.parametrize("timeout_s", [None, 600.0])
+def test_a_caller_s_run_still_in_flight_when_close_gives_up_waiting_is_stopped(
+    repository: Path, make_server: ServerFactory, timeout_s: float | None
+) -> None:
+    """close(timeout_s=...) stopped waiting for a long run (a hostile trip count's loop, a huge request), but
+    the run went on holding its session; at exit onnxruntime aborted the process, or a worker thread kept it
+    alive. The run is stopped at its next operator and its caller gets ServerClosedError."""
+    save_versions(repository)
+    server = make_server(repository, config=plain_versions())
+    rows = long_request(server, LONG_RUN_S)
+    got: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            server.predict("chain", rows, version=2, timeout_s=timeout_s)
+        except BaseException as exc:
+            got.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until(lambda: version_in_flight(server) > 0, timeout_s=5)
+    time.sleep(0.2)  # inside onnxruntime's run by now
+    started = time.monotonic()
+    server.close(timeout_s=0.5)
+    caller.join(timeout=LONG_RUN_S)
+    assert not caller.is_alive() and time.monotonic() - started < LONG_RUN_S / 2
+    assert len(got) == 1 and isinstance(got[0], inprocserve.ServerClosedError), got
+    assert "the server closed while the run was in flight" in str(got[0])
+
+
+def version_in_flight(server: inprocserve.Server) -> int:
+    status = server.status()["models"].get("chain")
+    return 0 if status is None else int(status["versions"]["2"]["in_flight"])
+
+
+_EXIT_AFTER_CLOSE_WITH_A_RUN_IN_FLIGHT = """
+import sys, threading, time
+from pathlib import Path
+import inprocserve
+from tests.test_shadow_close import LONG_RUN_S, long_request, plain_versions, save_versions
+
+repository = Path(sys.argv[1])
+save_versions(repository)
+server = inprocserve.Server(repository, config=plain_versions())
+rows = long_request(server, LONG_RUN_S)
+threading.Thread(target=lambda: server.predict("chain", rows, version=2), daemon=True).start()
+time.sleep(1.0)
+server.close(timeout_s=0.5)
+print("exiting after close at", time.time(), flush=True)
+"""
+
+
+def test_a_process_that_exits_after_close_gave_up_on_a_run_exits_cleanly(tmp_path: Path) -> None:
+    result = run_python(_EXIT_AFTER_CLOSE_WITH_A_RUN_IN_FLIGHT, str(tmp_path), timeout_s=120)
+    assert "terminate called" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 0, f"exit status {result.returncode}: {result.stderr[-2000:]}"
+    assert time.time() - float(result.stdout.split()[-1]) < 4.0
+
+
 def test_a_shadow_thread_that_does_not_end_leaves_the_sessions_to_the_process_end(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
