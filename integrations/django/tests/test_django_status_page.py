@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from django.conf import settings as django_settings
 from django.core.checks import run_checks
 from django.core.wsgi import get_wsgi_application
 from django.test import Client, override_settings
@@ -100,6 +101,11 @@ def test_the_token_is_required_and_a_browser_is_asked_for_it(page_on: Path) -> N
         assert b"scale" not in response.content
     assert client.get(f"{PAGE}?token={TOKEN}").status_code == 401
     assert client.post(PAGE, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 405
+    # with CsrfViewMiddleware (the README's settings have it) checking as for a real request: a 405 still, not
+    # CSRF's 403 (a token authorizes the page, never a cookie)
+    with override_settings(MIDDLEWARE=[*django_settings.MIDDLEWARE, "django.middleware.csrf.CsrfViewMiddleware"]):
+        checked = Client(enforce_csrf_checks=True)
+        assert checked.post(PAGE, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 405
 
 
 def test_a_bearer_token_or_basic_credentials_open_the_page(page_on: Path) -> None:

@@ -11,6 +11,7 @@ access logs and history. With the page off, or no token set (system check ``inpr
 from __future__ import annotations
 
 from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
 from inprocserve import web
@@ -23,6 +24,7 @@ __all__ = ["status_page"]
 _REALM = 'Basic realm="inprocserve status", charset="UTF-8"'
 
 
+@csrf_exempt  # (its token authorizes it, never a cookie: another method is a 405, not CSRF's 403)
 @require_GET
 def status_page(request: HttpRequest) -> HttpResponse:
     config = settings()
