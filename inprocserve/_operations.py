@@ -806,7 +806,9 @@ class RolloutMethods:
         outcome was recorded already: by request id, an outcome counts once, so a retried report cannot
         count twice (report one reward per request: 1.0 for a conversion, 0.0 for none).
 
-        Outcomes feed the per-variant statistics in :meth:`status` and the bandit policies.
+        Outcomes feed the per-variant statistics in :meth:`status` and the bandit policies. Every routed
+        request's variant is remembered (a stable version serving alone included), but not a ``default`` or
+        ``pinned`` one's: those credit nothing.
 
         Raises:
             TypeError: ``reward`` is not a number (``True`` is not one), or neither a ``request_id`` nor
@@ -948,7 +950,13 @@ class RolloutMethods:
     ) -> InterleavedRanking:
         """Team-draft interleaving of two rankers (``RolloutConfig.interleaving``, or the ``<model>.rankers``
         flag): both score the same items (one row per item), and the result list mixes their rankings with
-        per-item attribution. Report clicks with :meth:`record_click`; wins per ranker are in :meth:`status`.
+        per-item attribution. Report clicks with :meth:`record_click`; wins per pair of rankers are in
+        :meth:`status`.
+
+        Raises:
+            InvalidInputError: the inputs do not fit the model, or the scored ``output`` (the first one by
+                default) is not one number per item (``[n]`` or ``[n, 1]``: a classifier's two columns of
+                probabilities are refused, not ranked by the first).
         """
         return self._operations.interleave(
             model, inputs, output=output, length=length, context=context, timeout_s=timeout_s
