@@ -31,7 +31,7 @@ from ._batch_ops import group_key
 from ._batch_queue import BatchQueue
 from ._config import BatchingConfig
 from ._deadlines import Watchdog
-from ._errors import DeadlineExceededError, InferenceError, QueueFullError, ServerClosedError
+from ._errors import DeadlineExceededError, InferenceError, QueueFullError, ServerClosedError, VersionRetiredError
 from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
 from ._handoff import handoff_cost_s
 from ._pool import RunnerPool, keep_inherited
@@ -68,10 +68,6 @@ _fork.on_monkey_patch(_gevent_locks)
 
 # How long closing a drained batcher waits for each worker to exit (see close).
 _WORKER_EXIT_S = 5.0
-
-
-class VersionRetiredError(ServerClosedError):
-    """This version stopped taking requests (unloaded or replaced); the server routes the request again."""
 
 
 class _WithdrawIfCancelled:

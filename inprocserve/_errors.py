@@ -120,6 +120,12 @@ class ServerClosedError(InprocserveError):
     """The server is closed (or closing) and takes no new requests."""
 
 
+class VersionRetiredError(ServerClosedError):
+    """This version stopped taking requests (unloaded or replaced); the server routes the request again. A run
+    still in flight when the version's retirement gave up waiting for it is stopped with it. (Internal: a
+    caller sees it as the :class:`ServerClosedError` it is.)"""
+
+
 class ControlStateUnknownError(InprocserveError):
     """This worker has never read its repository's control file, which exists but cannot be read or parsed
     (a hand edit, a sync caught half-way): it does not know the fleet's switches, canaries and kill

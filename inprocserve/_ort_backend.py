@@ -38,6 +38,7 @@ from ._errors import (
     InprocserveError,
     ModelLoadError,
     ServerClosedError,
+    VersionRetiredError,
 )
 from ._integrity import check_external_data, check_version, external_data_locations
 from ._ort_rules import (
@@ -820,7 +821,7 @@ class OnnxruntimeBackend:
                 if raised_by_signal_handler(exc):  # the task's time limit, not the model's failure
                     raise
                 if self._closed:  # stopped by close() (see there)
-                    raise self._closed_error() from exc
+                    raise self._retired_error() from exc
                 raise translate_run_error(exc, model=self.model, version=self.version) from exc
         if timeout_s is not None and timeout_s <= 0:
             raise self._stopped_error()
@@ -839,7 +840,7 @@ class OnnxruntimeBackend:
             if raised_by_signal_handler(exc):  # (see above)
                 raise
             if self._closed:  # stopped by close() (see there)
-                raise self._closed_error() from exc
+                raise self._retired_error() from exc
             if alarm is not None and alarm.fired:
                 raise self._stopped_error() from exc
             if stop is not None and stop.stopped:
@@ -872,6 +873,14 @@ class OnnxruntimeBackend:
         return ServerClosedError(
             f"model {self.model!r} version {self.version}: the server closed while the run was in flight; "
             "onnxruntime stopped the run",
+            model=self.model,
+            version=self.version,
+        )
+
+    def _retired_error(self) -> VersionRetiredError:
+        return VersionRetiredError(
+            f"model {self.model!r} version {self.version} stopped serving (unloaded, replaced, or its server "
+            "closed) while the run was in flight; onnxruntime stopped the run",
             model=self.model,
             version=self.version,
         )

@@ -693,7 +693,9 @@ class ShadowRunner:
             span.set_attributes({"inprocserve.shadow.dropped": True})
             end_safely(span, "closing an inprocserve.shadow span")
             return False
-        if request.error is not None and self._stop.stopped:  # close() stopped it: nothing to compare or count
+        if (request.error is not None and self._stop.stopped) or isinstance(request.error, VersionRetiredError):
+            # close() stopped it, or its version's retirement did (an unload that gave up waiting for the run):
+            # nothing to compare or count, as above
             span.set_attributes({"inprocserve.shadow.dropped": True})
             end_safely(span, "closing an inprocserve.shadow span")
             return False

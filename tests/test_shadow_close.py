@@ -164,7 +164,25 @@ def test_a_caller_s_run_still_in_flight_when_close_gives_up_waiting_is_stopped(
     caller.join(timeout=LONG_RUN_S)
     assert not caller.is_alive() and time.monotonic() - started < LONG_RUN_S / 2
     assert len(got) == 1 and isinstance(got[0], inprocserve.ServerClosedError), got
-    assert "the server closed while the run was in flight" in str(got[0])
+    assert "stopped serving (unloaded, replaced, or its server closed) while the run was in flight" in str(got[0])
+
+
+def test_a_run_still_in_flight_when_an_unload_gives_up_waiting_is_stopped_and_no_shadow_error(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """An unload (or a hot reload's retirement) that gives up waiting stops the version's runs too: a caller's
+    run gets an error that says the version stopped serving (the server still serves), and a shadow copy
+    cut off so is neither compared nor counted as an error of the shadow version (which fed its alert)."""
+    save_versions(repository)
+    comparisons: list[inprocserve.ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=comparisons.append, **SERVER_ARGS)
+    start_long_shadow_run(server)
+    server.unload("chain", 2, timeout_s=0.5)
+    wait_until(lambda: server._shadow._running is None, timeout_s=LONG_RUN_S / 2)
+    assert comparisons == []
+    shadow = server._shadow.status("chain").get("2", {})
+    assert shadow.get("runs", 0) == 0 and shadow.get("errors", 0) == 0
+    assert server.predict("chain", np.ones((1, WIDTH), np.float32)).version == 1  # still serving
 
 
 def version_in_flight(server: inprocserve.Server) -> int:
