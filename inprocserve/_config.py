@@ -24,6 +24,7 @@ from ._config_checks import (
     MAX_BATCH_ROWS,
     MAX_DELAY_S,
     check_bool,
+    check_bound,
     check_int,
     check_list,
     check_number,
@@ -57,6 +58,7 @@ __all__ = [
     "CacheConfig",
     "CanaryConfig",
     "DriftConfig",
+    "InputBounds",
     "InterleavingConfig",
     "RolloutConfig",
     "ShadowConfig",
@@ -515,6 +517,53 @@ def _one_reference_source(base: DriftConfig, changes: dict[str, Any]) -> dict[st
     return changes
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputBounds:
+    """The values one input may hold, checked on every request before it is queued or run: a value below
+    ``min`` or above ``max`` fails that request alone with :class:`InvalidInputError`.
+
+    For an input whose value sets a size inside the model (the count of a ``ConstantOfShape``, ``Expand``,
+    ``Tile`` or ``Range``, ``Resize`` sizes, ``Pad`` widths, ``TopK``'s ``k``, ``OneHot``'s depth, a
+    ``Loop``'s trip count such as a generation length): a client's ``500000000`` there made onnxruntime
+    allocate and touch gigabytes (kept by the memory arena), and a ``Loop`` of ``10**10`` steps held a
+    session for hours. Integer and float inputs alike; NaN is left to ``nan_policy`` (it is no value below or
+    above a bound), infinity is above any ``max`` and below any ``min``. Written in ``config.toml`` as
+    ``[inputs.max_length]`` with ``min = 1`` and ``max = 4096``; each bound may be left unset.
+    """
+
+    min: int | float | None = None
+    """The smallest value allowed (``None``: no lower bound)."""
+    max: int | float | None = None
+    """The largest value allowed (``None``: no upper bound)."""
+
+    def __post_init__(self) -> None:
+        plain_fields(self)
+        check_bound("min", self.min)
+        check_bound("max", self.max)
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ConfigurationError(f"min ({self.min!r}) is above max ({self.max!r}): no value could pass")
+
+
+def _input_bounds(name: object, value: object) -> InputBounds:
+    """``value`` for the input ``name`` of ``ModelConfig.inputs``: an :class:`InputBounds`, or a table of its
+    keys (``[inputs.max_length]``)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"inputs must be keyed by input name (a non-empty string), got the key {shown(name)}")
+    if isinstance(value, InputBounds):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"inputs.{name} must be an InputBounds or a table of min and max ([inputs.{name}]), got {shown(value)}"
+        )
+    unknown = sorted(map(str, set(value) - {"min", "max"}))
+    if unknown:
+        raise ConfigurationError(f"inputs.{name}: unknown key(s) {', '.join(unknown)}; known keys are max, min")
+    try:
+        return InputBounds(**value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"inputs.{name}: {exc}") from None
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "batching": BatchingConfig,
     "pool": PoolConfig,
@@ -538,6 +587,9 @@ class ModelConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     nan_policy: NanPolicy = "allow"
     """``"reject"`` refuses float inputs holding NaN or infinity with :class:`InvalidInputError`."""
+    inputs: Mapping[str, InputBounds] = field(default_factory=dict)
+    """Input name -> the values it may hold (:class:`InputBounds`), checked on every request; each name must be
+    an input of the model (a load refuses one it lacks). For inputs whose value sets a size in the model."""
 
     def __post_init__(self) -> None:
         plain_fields(self)
@@ -546,6 +598,8 @@ class ModelConfig:
                 raise ConfigurationError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         if self.nan_policy not in ("allow", "reject"):
             raise ConfigurationError(f"nan_policy must be 'allow' or 'reject', got {self.nan_policy!r}")
+        inputs = check_table("inputs", self.inputs)
+        object.__setattr__(self, "inputs", {name: _input_bounds(name, value) for name, value in inputs.items()})
 
     def merged(self, overrides: Mapping[str, Any], *, source: str = "config") -> ModelConfig:
         """A copy with the values of a ``config.toml``-shaped mapping laid over this one."""
@@ -560,7 +614,8 @@ class ModelConfig:
         BatchingConfig(max_batch_size=8))`` changes ``max_batch_size`` alone and keeps every other value
         of the file. (A value equal to the library default therefore never overrides the file: change it in
         the file instead.) ``version_policy`` and ``nan_policy`` are single values; the other sections
-        (``batching``, ``pool``, ...) are compared field by field.
+        (``batching``, ``pool``, ...) are compared field by field, and ``inputs`` input by input (an input's
+        :class:`InputBounds` in ``other`` replaces that input's, the others are kept).
 
         Raises:
             ConfigurationError: the combination is invalid (say ``preferred_batch_sizes`` from one side
@@ -579,6 +634,9 @@ class ModelConfig:
                         changes[item.name] = dataclasses.replace(getattr(self, item.name), **fields)
                     except ConfigurationError as exc:
                         raise ConfigurationError(f"{source} laid over the model's config: {exc}") from None
+            elif item.name == "inputs":
+                if given:
+                    changes[item.name] = {**self.inputs, **given}
             elif given != default:
                 changes[item.name] = given
         return dataclasses.replace(self, **changes) if changes else self
@@ -671,15 +729,39 @@ def _merge(
             changes[key] = parse_version_policy(value, source)
         elif key == "nan_policy":
             changes[key] = value
+        elif key == "inputs":
+            changes[key] = _merge_inputs(config.inputs, value, source, ignored=ignored)
         elif ignored is not None:  # (see load_model_config)
-            name_unknown_keys(ignored, "", [key], [*_SECTIONS, "version_policy", "nan_policy"])
+            name_unknown_keys(ignored, "", [key], [*_SECTIONS, *_SINGLE_KEYS])
         else:
-            known = ", ".join(sorted([*_SECTIONS, "version_policy", "nan_policy"]))
+            known = ", ".join(sorted([*_SECTIONS, *_SINGLE_KEYS]))
             raise ConfigurationError(f"{source}: unknown key {key!r}; known keys are {known}")
     try:
         return dataclasses.replace(config, **changes)
     except ConfigurationError as exc:
         raise ConfigurationError(f"{source}: {exc}") from None
+
+
+_SINGLE_KEYS = ("version_policy", "nan_policy", "inputs")
+"""The top-level keys of ``config.toml`` besides the sections of :data:`_SECTIONS`."""
+
+
+def _merge_inputs(
+    inputs: Mapping[str, InputBounds], tables: object, source: str, *, ignored: list[str] | None = None
+) -> dict[str, InputBounds]:
+    """``[inputs.NAME]`` tables laid over ``inputs``: each replaces that input's bounds, the others are kept.
+    A key this release does not know is left out into ``ignored`` when given (see ``load_model_config``)."""
+    if not isinstance(tables, Mapping):
+        raise ConfigurationError(f"{source}: inputs must be tables of min and max ([inputs.NAME]), got {shown(tables)}")
+    merged = dict(inputs)
+    for name, table in tables.items():
+        if isinstance(table, Mapping) and ignored is not None:
+            table = _known_only(table, InputBounds, f"inputs.{name}", ignored)
+        try:
+            merged[name] = _input_bounds(name, table)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{source}: {exc}") from None
+    return merged
 
 
 def _replace_section(

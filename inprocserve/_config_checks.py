@@ -23,6 +23,7 @@ __all__ = [
     "MAX_DELAY_S",
     "MAX_INTERVAL_S",
     "check_bool",
+    "check_bound",
     "check_int",
     "check_list",
     "check_number",
@@ -63,6 +64,13 @@ def check_number(key: str, value: object, low: float, high: float | None = None,
     if not valid:
         bounds = f"{'>' if above else '>='} {low}" + ("" if high is None else f" and <= {high}")
         raise ConfigurationError(f"{key} must be a finite number {bounds}, got {value!r}")
+
+
+def check_bound(key: str, value: object) -> None:
+    """A bound on values (``InputBounds.min``/``max``): unset, or a finite int or float, not a bool (``True``
+    is 1 to Python) nor NaN (every comparison with it is false: it would bound nothing)."""
+    if value is not None and not (is_number(value) and _finite(value)):
+        raise ConfigurationError(f"{key} must be a finite number (an integer or a float), or unset, got {shown(value)}")
 
 
 def is_int(value: object) -> bool:

@@ -376,7 +376,7 @@ class ModelVersion:
         batchable = self.unbatchable_reason is None
         if batchable and not signature.batchable:  # (inputs named apart, taken for one batch axis)
             signature = signature.sharing_rows()  # (so every input of a request must have the same rows)
-        self.signature = signature
+        self.signature = signature = self._bounded(signature)
         if self.config.drift.enabled:
             self.drift = DriftMonitor(
                 self.config.drift,
@@ -401,6 +401,22 @@ class ModelVersion:
             deliver=self._deliver,
             clock=self._clock,
         )
+
+    def _bounded(self, signature: Signature) -> Signature:
+        """The signature that checks each request's values against the config's ``inputs`` bounds (every way
+        of a request validates with the version's signature, before anything is merged or run).
+
+        Raises:
+            ModelLoadError: a bound names an input the model lacks (a typo would leave the input it meant
+                unbounded), or one that holds no numbers.
+        """
+        bounds = {name: (each.min, each.max) for name, each in self.config.inputs.items()}
+        try:
+            return signature.bounded(bounds) if bounds else signature
+        except ValueError as exc:
+            raise ModelLoadError(
+                f"model {self.name!r} version {self.version}: {exc}", model=self.name, version=self.version
+            ) from None
 
     def _batching_problem(self, signature: Signature) -> str | None:
         """Why requests of this version must never share a run, nor a large one be run in slices (``None``:
@@ -780,6 +796,7 @@ class ModelVersion:
             "loaded_at": self.loaded_at,
             "memory_bytes": self.memory_bytes,
             "signature": None if self.signature is None else self.signature.to_dict(),
+            "input_bounds": {name: {"min": each.min, "max": each.max} for name, each in self.config.inputs.items()},
             "drift": None if self.drift is None else self.drift.status(),
             "cache": None if self.cache is None else self.cache.status(),
             "latency_ms": self.latency.snapshot(),

@@ -7,6 +7,7 @@ once, with a message that names the input, what the model expects and what was g
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,9 +17,20 @@ import numpy as np
 from ._brief import brief
 from ._errors import InvalidInputError
 
-__all__ = ["UNREADABLE", "NodeInfo", "Signature", "TensorSpec", "convertible", "incompatibilities", "is_arrow_stream"]
+__all__ = [
+    "UNREADABLE",
+    "Bounds",
+    "NodeInfo",
+    "Signature",
+    "TensorSpec",
+    "convertible",
+    "incompatibilities",
+    "is_arrow_stream",
+]
 
 Dim = int | str | None
+Bounds = tuple[float | None, float | None]
+"""An input's ``(min, max)``, as configured (``ModelConfig.inputs``); ``None``: unbounded on that side."""
 
 # onnxruntime's type strings for the tensor element types it can take from numpy.
 _ONNX_TO_NUMPY: dict[str, np.dtype[Any]] = {
@@ -119,6 +131,8 @@ class Signature:
         self.broadcast_axes: frozenset[tuple[str, int]] = frozenset(broadcast_axes)
         """The places among :attr:`tied_axes` where the load found the model takes a length of 1 against any
         other (it broadcasts: an attention mask of one step over every token); a 1 there is not checked."""
+        self.bounds: Mapping[str, Bounds] = {}
+        """Input name -> the values it may hold, checked by :meth:`validate` (see :meth:`bounded`)."""
         self.output_names: tuple[str, ...] = tuple(spec.name for spec in self.outputs)
         unsupported = [spec.describe() for spec in self.inputs if spec.dtype is None]
         if unsupported:
@@ -238,7 +252,7 @@ class Signature:
         every input of a request must then have the same rows, or stacked requests would be split wrongly."""
         return Signature(
             self.inputs, self.outputs, rows_shared=True, tied_axes=self.tied_axes, broadcast_axes=self.broadcast_axes
-        )
+        ).bounded(self.bounds)
 
     def tying(
         self, groups: Sequence[Sequence[tuple[str, int]]], broadcast: Collection[tuple[str, int]] = ()
@@ -251,6 +265,28 @@ class Signature:
             rows_shared=self.rows_shared,
             tied_axes=(*self.tied_axes, *groups),
             broadcast_axes=self.broadcast_axes | set(broadcast),
+        ).bounded(self.bounds)
+
+    def bounded(self, bounds: Mapping[str, Bounds]) -> Signature:
+        """This signature with the values of inputs bounded: ``bounds`` maps an input name to its ``(min,
+        max)``, and :meth:`validate` refuses a request holding a value outside them. Without any bound, this
+        signature itself: the validation of a model without bounds does nothing more per request.
+
+        Raises:
+            ValueError: a name the model has no input of, or an input of strings or booleans, or of an integer
+                type none of whose values lies within the bounds (``min = 300`` for a ``uint8``).
+        """
+        checks = _bound_checks(self.inputs, bounds)
+        if not checks:
+            return self
+        return _BoundedSignature(
+            self.inputs,
+            self.outputs,
+            rows_shared=self.rows_shared,
+            tied_axes=self.tied_axes,
+            broadcast_axes=self.broadcast_axes,
+            bounds=bounds,
+            checks=checks,
         )
 
     def dynamic_inner_axes(self) -> list[tuple[tuple[str, int], ...]]:
@@ -443,6 +479,135 @@ class Signature:
             else:
                 arrays[spec.name] = np.zeros(shape, dtype=spec.dtype)
         return arrays
+
+
+# -- bounds on values ---------------------------------------------------------------------------------------
+
+_BoundCheck = tuple[str, Any, Any, bool, Bounds]
+"""One bounded input: its name, the bounds to compare with (``None``: that side cannot be crossed), whether
+they are integers (compared as Python ints, exactly) or of the input's float type, and the bounds as set."""
+
+
+class _BoundedSignature(Signature):
+    """A signature whose :meth:`validate` also checks the values of bounded inputs (:meth:`Signature.bounded`):
+    a subclass, so that the validation of models without bounds stays as it was, not one test longer.
+
+    Thread-safe: immutable after construction.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        *,
+        rows_shared: bool,
+        tied_axes: Sequence[Sequence[tuple[str, int]]],
+        broadcast_axes: Collection[tuple[str, int]],
+        bounds: Mapping[str, Bounds],
+        checks: tuple[_BoundCheck, ...],
+    ) -> None:
+        super().__init__(inputs, outputs, rows_shared=rows_shared, tied_axes=tied_axes, broadcast_axes=broadcast_axes)
+        self.bounds = dict(bounds)
+        self._bound_checks = checks
+
+    def validate(
+        self, inputs: object, *, max_rows: int, reject_nan: bool = False, no_rows_ok: bool = False
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """:meth:`Signature.validate`, then each bounded input's values: one pass for its smallest and one for its
+        largest value, or a lone value read as it is (the converted array's: as the model gets them).
+
+        Raises:
+            InvalidInputError: as :meth:`Signature.validate`, or a value of a bounded input outside its bounds.
+        """
+        arrays, rows = super().validate(inputs, max_rows=max_rows, reject_nan=reject_nan, no_rows_ok=no_rows_ok)
+        for name, low, high, integers, given in self._bound_checks:
+            array = arrays[name]
+            if array.size == 1:  # (the common case, a length or a count: .item() costs a tenth of min and max)
+                smallest = largest = array.item()  # (a Python int or float; NaN passes, left to nan_policy)
+            elif not array.size:
+                continue
+            else:
+                smallest, largest = array.min(), array.max()
+                if integers:  # (as Python ints: numpy 1.x compares a uint64 with a Python int through float64)
+                    smallest, largest = int(smallest), int(largest)
+                elif smallest != smallest:  # NaN, which min and max spread: left to nan_policy, the rest bounded
+                    numbers = array[~np.isnan(array)]
+                    if not numbers.size:
+                        continue
+                    smallest, largest = numbers.min(), numbers.max()
+            if (low is not None and smallest < low) or (high is not None and largest > high):
+                raise _out_of_bounds(name, array, low, high, given, smallest, largest, integers=integers)
+        return arrays, rows
+
+
+def _bound_checks(inputs: Sequence[TensorSpec], bounds: Mapping[str, Bounds]) -> tuple[_BoundCheck, ...]:
+    """The checks of :meth:`Signature.bounded`, each bound as the input's type holds it: an integer input's
+    rounded inwards to an integer (``max = 4.5``: 4), and left out where no value of its type can cross it
+    (``min = 0`` for a ``uint8``); a float input's in its float type (``max = 0.1`` is float32's 0.1, which a
+    client's float32 0.1 does not exceed)."""
+    specs = {spec.name: spec for spec in inputs}
+    checks: list[_BoundCheck] = []
+    for name, given in bounds.items():
+        spec = specs.get(name)
+        if spec is None:
+            known = ", ".join(s.describe() for s in inputs)
+            raise ValueError(f"inputs.{name} bounds an input the model does not have (it takes {known})")
+        dtype = spec.dtype
+        if dtype is None or dtype.kind not in "iuf":
+            raise ValueError(
+                f"inputs.{name} bounds input {spec.describe()}, which holds no numbers to bound (only integer "
+                "and float inputs take bounds)"
+            )
+        low_given, high_given = given
+        if dtype.kind == "f":
+            finite = float(np.finfo(dtype).max)
+            # (a bound past the type's range is its largest finite value: infinity stays outside it)
+            low = None if low_given is None else dtype.type(max(low_given, -finite))
+            high = None if high_given is None else dtype.type(min(high_given, finite))
+            checks.append((name, low, high, False, given))
+            continue
+        info = np.iinfo(dtype)
+        low = None if low_given is None else math.ceil(low_given)
+        high = None if high_given is None else math.floor(high_given)
+        if (low is not None and low > info.max) or (high is not None and high < info.min):
+            raise ValueError(
+                f"inputs.{name} bounds input {spec.describe()} to {_range_text(given)}, where no value of "
+                f"{dtype} ({info.min}..{info.max}) lies"
+            )
+        low = None if low is None or low <= info.min else low
+        high = None if high is None or high >= info.max else high
+        if low is not None or high is not None:
+            checks.append((name, low, high, True, given))
+    return tuple(checks)
+
+
+def _out_of_bounds(
+    name: str, array: np.ndarray, low: Any, high: Any, given: Bounds, smallest: Any, largest: Any, *, integers: bool
+) -> InvalidInputError:
+    """The refusal of a request whose input ``name`` holds a value outside its bounds (the error path: the
+    values out of bounds are counted)."""
+    if low is not None and smallest < low:
+        count, worst, side = int(np.count_nonzero(array < low)), smallest, f"below its min {given[0]!r}"
+        extreme = "smallest"
+    else:
+        count, worst, side = int(np.count_nonzero(array > high)), largest, f"above its max {given[1]!r}"
+        extreme = "largest"
+    worst = int(worst) if integers else float(worst)
+    values = f"{brief(worst)} is" if count == 1 else f"{count} values are"
+    which = "" if count == 1 else f"the {extreme} {brief(worst)}; "
+    return InvalidInputError(
+        f"input {name!r}: {values} {side} ({which}bounded by the model's config, inputs.{name}); send values "
+        f"{_range_text(given)}"
+    )
+
+
+def _range_text(bounds: Bounds) -> str:
+    low, high = bounds
+    if low is None:
+        return f"of at most {high!r}"
+    if high is None:
+        return f"of at least {low!r}"
+    return f"from {low!r} to {high!r}"
 
 
 # -- the batch axis -----------------------------------------------------------------------------------------
