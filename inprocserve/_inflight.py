@@ -442,11 +442,7 @@ class Sharing:
                 break
             if serving is not target and serving.batcher is target.batcher:
                 break
-            if serving is not target and (
-                serving.signature is None
-                or target.signature is None
-                or serving.signature.inputs != target.signature.inputs
-            ):
+            if serving is not target and not _validated_alike(serving, target):
                 break  # its inputs were validated for the old copy's signature, which the new one changed
             try:
                 serving.batcher.submit(request, run_inline=False)
@@ -475,11 +471,8 @@ class Sharing:
             serving is None
             or serving.version == target.version
             or serving.batcher is None
-            or serving.signature is None
-            or target.signature is None
-            or serving.signature.inputs != target.signature.inputs
+            or not _validated_alike(serving, target)
             or request.rows > serving.max_request_rows
-            or (serving.reject_nan and not target.reject_nan)  # (its inputs were never checked for NaN)
         ):
             return None
         reason = f"{route.reason}; version {route.version} was unloaded while it waited"
@@ -568,3 +561,17 @@ class Sharing:
         finally:
             if shared_as is not None:  # (a leader that nobody could follow joined no key)
                 self._coalescer.release(shared_as, outputs, error)
+
+
+def _validated_alike(serving: ModelVersion, target: ModelVersion) -> bool:
+    """Whether a request validated for ``target`` is valid for ``serving`` without a check: the same inputs,
+    the same bounds on their values, and no NaN check of ``serving``'s that ``target`` skipped (a request
+    moved to a version that bounds a value, or rejects NaN, would reach its run unchecked)."""
+    ours, theirs = serving.signature, target.signature
+    return (
+        ours is not None
+        and theirs is not None
+        and ours.inputs == theirs.inputs
+        and ours.bounds == theirs.bounds
+        and not (serving.reject_nan and not target.reject_nan)
+    )

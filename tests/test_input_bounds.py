@@ -335,3 +335,23 @@ def test_a_model_without_bounds_validates_as_before(scale_repository: Path, make
     signature = server._routes["scale"].default.signature
     assert type(signature) is inprocserve._signature.Signature and not signature.bounds
     assert version_status(server, "scale")["input_bounds"] == {}
+
+
+def test_a_request_is_moved_only_to_a_version_that_validates_it_alike(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A waiting request whose version was unloaded (a hot reload) is moved to the version serving now only if
+    that version would have let it through unchecked: one that bounds a value (or rejects NaN) where the first
+    did not would run a request nobody checked against its bounds."""
+    from inprocserve._inflight import _validated_alike
+
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    plain = make_server(repository)._registry.loaded["scale"][1]
+    bounded_config = ModelConfig(inputs={"x": InputBounds(max=10)})
+    bounded = make_server(repository, config=bounded_config)._registry.loaded["scale"][1]
+    also_bounded = make_server(repository, config=bounded_config)._registry.loaded["scale"][1]
+    rejecting = make_server(repository, config=ModelConfig(nan_policy="reject"))._registry.loaded["scale"][1]
+    assert _validated_alike(plain, plain) and _validated_alike(bounded, also_bounded)
+    assert not _validated_alike(bounded, plain)  # plain's request never met bounded's bound
+    assert not _validated_alike(plain, bounded)  # (nor the other way: the bounds differ)
+    assert not _validated_alike(rejecting, plain) and _validated_alike(plain, rejecting)
