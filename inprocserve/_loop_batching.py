@@ -1067,7 +1067,18 @@ def _given(waiter: asyncio.Future[Any]) -> BaseException:
     return waiter.exception() or CancelledError()
 
 
-def _expire(state: _LoopState, waiter: asyncio.Future[Any], model: str, version: int | None, timeout_s: float) -> None:
+def _expire(
+    state: _LoopState,
+    waiter: asyncio.Future[Any],
+    model: str,
+    version: int | None,
+    timeout_s: float,
+    answered: list[bool] | None = None,
+) -> None:
+    if answered is not None and answered[0]:
+        # A thread answered the request by its deadline (it was recorded so there), and the answer is on its
+        # way to the loop (call_soon_threadsafe): it is the task's, not this deadline
+        return
     if not waiter.done() and state._inbox:
         # An answer a worker posted before the deadline fired, not yet drained (its wake was behind this timer
         # in the loop's queue): it is the task's, and its request was recorded so on the worker's thread. The
@@ -1175,7 +1186,15 @@ def _off_loop(
     started = time.perf_counter()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
+    answered = [False]  # set by the thread once predict returned or raised: see _expire
+
     def call() -> Prediction:
+        try:
+            return predict()
+        finally:
+            answered[0] = True
+
+    def predict() -> Prediction:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             late = DeadlineExceededError(
@@ -1210,7 +1229,7 @@ def _off_loop(
     waiter: asyncio.Future[Prediction] = loop.create_future()
     answer.add_done_callback(functools.partial(_pass_on, waiter))
     waiter.add_done_callback(functools.partial(_withdraw, answer))
-    return _with_deadline(state, loop, waiter, model, version, timeout_s)
+    return _with_deadline(state, loop, waiter, model, version, timeout_s, answered)
 
 
 def _withdraw(answer: asyncio.Future[Prediction], waiter: asyncio.Future[Prediction]) -> None:
@@ -1324,8 +1343,9 @@ async def _with_deadline(
     model: str,
     version: int | None,
     timeout_s: float,
+    answered: list[bool] | None = None,
 ) -> Prediction:
-    timer = loop.call_later(timeout_s, _expire, state, waiter, model, version, timeout_s)
+    timer = loop.call_later(timeout_s, _expire, state, waiter, model, version, timeout_s, answered)
     try:
         return await waiter
     except asyncio.CancelledError:  # its task was cancelled (Task.cancel cancelled the waiter): withdraw it

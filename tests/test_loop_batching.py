@@ -1182,6 +1182,59 @@ def test_an_answer_posted_before_the_deadline_fired_is_the_task_s() -> None:
     assert asyncio.run(main()) == "the answer"
 
 
+class HeldFlags(inprocserve.InMemoryFlags):
+    """A provider that may block (evaluated on the flag reader's workers: an event loop's request is routed on
+    the loop's executor), whose reads wait until the test lets them go."""
+
+    name = "held"
+    blocking = True
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self.go = threading.Event()
+
+    def get_number(self, key: str, default: float, context: Any) -> float:
+        self.go.wait(timeout=30)
+        return super().get_number(key, default, context)
+
+
+def test_an_answer_from_the_executor_by_the_deadline_is_the_task_s(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A request routed on the loop's executor (its flags may block) was answered there by its deadline and
+    recorded so, and the task's deadline timer ran before the answer reached the loop (the thread lost the GIL
+    between the two): the task got DeadlineExceededError. Here the hand-off to the loop is held 0.7 s."""
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    flags = HeldFlags({"scale.canary.percent": 50})
+    config = ModelConfig(
+        version_policy=inprocserve.VersionPolicy.all(),
+        rollout=inprocserve.RolloutConfig(
+            strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50)
+        ),
+    )
+    server = make_server(repository, config=config, flags=flags, flag_timeout_s=30)
+
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        hand_off = loop.call_soon_threadsafe
+        loop_thread = threading.current_thread()
+
+        def slow_hand_off(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is not loop_thread:
+                time.sleep(0.7)  # past the deadline: the loop runs its timer first
+            return hand_off(*args, **kwargs)
+
+        loop.call_soon_threadsafe = slow_hand_off  # type: ignore[method-assign]
+        threading.Timer(0.5, flags.go.set).start()  # the flags answer; predict runs, well within its 1 s
+        return await server.apredict("scale", np.ones((1, 4), np.float32), context={"user_id": "u1"}, timeout_s=1.0)
+
+    prediction = asyncio.run(main())
+    assert prediction.version in (1, 2)
+    counts = [v["latency_ms"] for v in server.status()["models"]["scale"]["versions"].values()]
+    assert sum(c["count"] for c in counts) == 1 and sum(c["errors"] for c in counts) == 0  # recorded as it got
+
+
 def test_a_long_sequence_is_not_run_by_the_loop_whatever_its_row_count(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
