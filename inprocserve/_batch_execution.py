@@ -18,7 +18,7 @@ import numpy as np
 from ._backend import Backend, is_whole_batch, raised_by_signal_handler
 from ._batch_ops import BatchShapeError, check_rows, pad_and_stack, split_outputs, stack_inputs
 from ._config import PaddingConfig
-from ._errors import DeadlineExceededError, InprocserveError, RemoteUnavailableError
+from ._errors import DeadlineExceededError, InprocserveError, RemoteUnavailableError, ServerClosedError
 from ._recorder import Recorder
 from ._request import DONE, BatchTiming, Request
 from ._stats import BatchSizeHistogram
@@ -182,10 +182,11 @@ class BatchExecution:
         """Run ``batch``; if it fails, bisect so only the failing request(s) get the error."""
         try:
             results = self._run(runner, batch, parent)
-        except (DeadlineExceededError, RemoteUnavailableError) as exc:
+        except (DeadlineExceededError, RemoteUnavailableError, ServerClosedError) as exc:
             # About the batch as a whole, not one request's input: every request in it is past its deadline,
-            # or the remote model server is down (a 5xx, a dropped connection, its circuit open). No
-            # bisection: it would send the rows again, which a failing server may have run already.
+            # or the remote model server is down (a 5xx, a dropped connection, its circuit open), or the
+            # version closed under the run (its retirement stopped it). No bisection: it would send the rows
+            # again, which a failing server may have run already, or to a closed backend, 2N-1 runs for nothing.
             for request in batch:
                 self._failed(request, exc)
             return

@@ -190,6 +190,81 @@ def version_in_flight(server: inprocserve.Server) -> int:
     return 0 if status is None else int(status["versions"]["2"]["in_flight"])
 
 
+def build_loop_model() -> onnx.ModelProto:
+    """``y = x`` after a Loop of ``max(n)`` steps (``x`` float[batch, 4], ``n`` int64[batch, 1]): a generation
+    length, a trip count a client chooses; the batch's run time grows with its largest value."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
+        ],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["n"], ["steps"], keepdims=0),
+        helper.make_node("Loop", ["steps", "true", "zero"], ["total"], body=body),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["x", "nothing"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "loop",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("n", TensorProto.INT64, ["batch", 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array(True), "true"), numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_a_merged_batch_stopped_by_a_retirement_is_not_bisected(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request of a merged batch that a retirement stopped gets its error at once: the batch was bisected
+    as if one request's input had failed it, 2N-1 runs sent to a closed backend for nothing."""
+    from inprocserve import _batch_execution
+
+    save_model(build_loop_model(), repository, "loop", 1)
+    server = make_server(repository, config=ModelConfig(warmup=inprocserve.WarmupConfig(enabled=False)))
+    runs: list[int] = []
+    run = _batch_execution.BatchExecution._run
+
+    def counted(self: Any, runner: Any, batch: list[Any], parent: Any) -> Any:
+        runs.append(len(batch))
+        return run(self, runner, batch, parent)
+
+    monkeypatch.setattr(_batch_execution.BatchExecution, "_run", counted)
+
+    def request(steps: int) -> dict[str, np.ndarray]:
+        return {"x": np.ones((1, 4), np.float32), "n": np.array([[steps]], np.int64)}
+
+    blocker = server.submit("loop", request(1_000_000))  # (the session busy while the batch below queues)
+    wait_until(lambda: runs == [1], timeout_s=5)
+    batch = [server.submit("loop", request(steps)) for steps in (1, 2, 10**10, 3)]
+    blocker.result(timeout=30)
+    wait_until(lambda: len(runs) == 2, timeout_s=5)  # the four merged, in flight for hours
+    assert runs == [1, 4]
+    server.close(timeout_s=0.3)
+    for future in batch:
+        with pytest.raises(inprocserve.ServerClosedError):
+            future.result(timeout=10)
+    assert runs == [1, 4]
+
+
 _EXIT_AFTER_CLOSE_WITH_A_RUN_IN_FLIGHT = """
 import sys, threading, time
 from pathlib import Path
