@@ -188,20 +188,13 @@ class Watchdog:
                 self._wake.wait(None if not heap else min(heap[0][0] - now, _MAX_WAIT_S))
                 self._sleeping_until = -math.inf  # awake: arm() need not notify
 
-    def close(self, *, fire_pending: bool = False) -> None:
-        """Stop the thread; pending alarms never fire, or with ``fire_pending`` fire now, on this thread (an
-        owner that closes with work still in flight stops it). Idempotent."""
+    def close(self) -> None:
+        """Stop the thread; pending alarms never fire. Idempotent."""
         with self._lock:
             self._closed = True
-            pending = [entry[2] for entry in self._heap if not entry[2].cancelled] if fire_pending else []
             self._heap.clear()
             self._cancelled = 0
             self._wake.notify()
             thread = self._thread
-        for alarm in pending:
-            try:
-                alarm.action()
-            except Exception:
-                logger.exception("a deadline's action raised as its watchdog closed")
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=1.0)

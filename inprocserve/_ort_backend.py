@@ -62,6 +62,7 @@ from ._ort_rules import (
 )
 from ._signature import Signature
 from ._stop_signal import THIS_THREAD as _stopping
+from ._stop_signal import StopSignal
 
 __all__ = [
     "RUN_ERROR_MAP",
@@ -413,6 +414,7 @@ class OnnxruntimeBackend:
         self._sessions: list[Any] = []
         self._ready = False
         self._closed = False
+        self._closing = StopSignal()  # stops the runs with options of their own when the backend closes
 
     def _after_fork_in_child(self) -> None:
         if self._sessions:
@@ -830,8 +832,7 @@ class OnnxruntimeBackend:
         options = self._deadline_run_options()
         alarm = None if timeout_s is None else self._watchdog.arm(timeout_s, _terminator(options))
         unhook = None if stop is None else stop.hook(_terminator(options))
-        if self._closed:  # (after the arm: a close before it fired no alarm of this run's, see close())
-            options.terminate = True
+        unclose = self._closing.hook(_terminator(options))  # (close() stops it too: see there)
         try:
             if self.io_binding:
                 return self._run_bound(runner, feeds, options)
@@ -851,6 +852,7 @@ class OnnxruntimeBackend:
                 self._watchdog.disarm(alarm)
             if unhook is not None:
                 unhook()
+            unclose()
 
     def _deadline_run_options(self) -> Any:
         """Fresh ``RunOptions``: the shared ones, and one per run with a deadline (a terminated run's options
@@ -940,8 +942,9 @@ class OnnxruntimeBackend:
             # cache, drift monitor) in a cycle until the garbage collector's next full pass
             self._warmup = None
         if self._run_options is not None:
-            self._run_options.terminate = True  # the runs without a deadline share these options
-        self._watchdog.close(fire_pending=True)  # and those with one are stopped as at their deadline
+            self._run_options.terminate = True  # the runs with neither a deadline nor a stop signal share these
+        self._closing.stop()  # and every other run has options of its own, hooked on this signal
+        self._watchdog.close()
 
 
 def build_onnxruntime_backend(
