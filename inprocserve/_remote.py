@@ -53,6 +53,7 @@ from ._errors import (
     ModelLoadError,
     RemoteUnavailableError,
     ServerClosedError,
+    VersionRetiredError,
 )
 from ._log_limit import LogLimit
 from ._oip_client import MAX_RESPONSE_BYTES, HttpClient, HttpResponse, TransportError
@@ -544,9 +545,10 @@ class RemoteBackend:
             if in_flight
             else "the remote backend is closed"
         )
-        return ServerClosedError(
-            f"model {self.model!r} version {self.version}: {what}", model=self.model, version=self.version
-        )
+        # (a call ended in flight: its version was retired, so a shadow copy of it is dropped, not counted as
+        # the shadow version's error, as onnxruntime's runs stopped by a retirement are)
+        kind = VersionRetiredError if in_flight else ServerClosedError
+        return kind(f"model {self.model!r} version {self.version}: {what}", model=self.model, version=self.version)
 
     def _http(self) -> HttpClient:
         with self._lock:

@@ -265,6 +265,56 @@ def test_a_merged_batch_stopped_by_a_retirement_is_not_bisected(
     assert runs == [1, 4]
 
 
+def build_loop_ignoring_model() -> onnx.ModelProto:
+    """The loop model's inputs and output, without the loop: ``y = x``, ``n`` read and ignored."""
+    nodes = [
+        helper.make_node("Cast", ["n"], ["n_float"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["n_float", "zero"], ["nothing"]),
+        helper.make_node("Add", ["x", "nothing"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "no-loop",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("n", TensorProto.INT64, ["batch", 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_a_single_long_shadow_run_is_stopped_when_an_unload_gives_up_waiting(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A shadow run without a time limit (shadow_budget=1.0) has run options of its own and no deadline alarm:
+    an unload that gave up waiting left it running (a loop whose trip count a client chose: hours), then
+    compared and counted it as a run of the version retired."""
+    save_model(build_loop_ignoring_model(), repository, "loop", 1)
+    save_model(build_loop_model(), repository, "loop", 2)
+    comparisons: list[inprocserve.ShadowComparison] = []
+    config = ModelConfig(
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
+        version_policy=VersionPolicy.all(),
+        warmup=inprocserve.WarmupConfig(enabled=False),
+    )
+    server = make_server(repository, config=config, on_shadow=comparisons.append, **SERVER_ARGS)
+    inputs = {"x": np.ones((1, 4), np.float32), "n": np.array([[10**10]], np.int64)}
+    assert server.predict("loop", inputs).version == 1
+    wait_until(lambda: server._shadow._running is not None, timeout_s=5)
+    time.sleep(0.2)  # inside onnxruntime's run by now
+    started = time.monotonic()
+    server.unload("loop", 2, timeout_s=0.5)
+    wait_until(lambda: server._shadow._running is None, timeout_s=3)
+    assert time.monotonic() - started < 3.0
+    assert comparisons == []
+    shadow = server._shadow.status("loop").get("2", {})
+    assert shadow.get("runs", 0) == 0 and shadow.get("errors", 0) == 0
+
+
 _EXIT_AFTER_CLOSE_WITH_A_RUN_IN_FLIGHT = """
 import sys, threading, time
 from pathlib import Path
@@ -350,3 +400,31 @@ def test_a_remote_shadow_call_ends_at_once_when_its_server_closes(
     assert isinstance(error, inprocserve.ServerClosedError), repr(error)
     status = backend.status()
     assert (status["circuit"], status["consecutive_failures"], status["failures"]) == ("closed", 0, 0)
+
+
+def test_a_remote_call_ended_by_its_version_s_retirement_says_so(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    """A remote version's call cut off by its backend's close (the version unloaded or replaced) said only
+    that the server closed: a shadow copy cut off so was counted as the shadow version's error, which
+    onnxruntime's runs stopped by a retirement no longer are."""
+    from inprocserve._errors import VersionRetiredError
+
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=1, timeout_s=30)
+    scripted.script = ["hang"]
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            backend.run(backend.runners()[0], FEEDS)
+        except BaseException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until(lambda: scripted.posts == 1)
+    backend.close()
+    caller.join(timeout=5)
+    assert not caller.is_alive(), "the close left the call in flight"
+    (error,) = errors
+    assert isinstance(error, VersionRetiredError), repr(error)
