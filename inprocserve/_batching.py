@@ -50,7 +50,7 @@ from ._request import (
 from ._stats import BatchSizeHistogram
 from ._wake_relay import RELAY
 
-__all__ = ["Batcher", "VersionRetiredError"]
+__all__ = ["Batcher"]
 
 logger = logging.getLogger(__name__)
 

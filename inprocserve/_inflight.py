@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._backend import raised_by_signal_handler
-from ._batching import Batcher, VersionRetiredError
+from ._batching import Batcher
 from ._deadlines import Watchdog
 from ._drift import is_replaying
-from ._errors import DeadlineExceededError, ModelNotFoundError, ServerClosedError
+from ._errors import DeadlineExceededError, ModelNotFoundError, ServerClosedError, VersionRetiredError
 from ._request import Finisher, Request, finish_detached
 from ._request_telemetry import RequestTelemetry
 

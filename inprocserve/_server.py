@@ -26,7 +26,6 @@ from opentelemetry.trace import INVALID_SPAN
 
 from . import _fork, _reaper
 from ._backend import raised_by_signal_handler
-from ._batching import VersionRetiredError
 from ._config import ModelConfig, check_model_configs
 from ._config_checks import MAX_INTERVAL_S, check_bool, is_number, shown
 from ._control import ControlFile
@@ -40,6 +39,7 @@ from ._errors import (
     ModelNotFoundError,
     QueueFullError,
     ServerClosedError,
+    VersionRetiredError,
 )
 from ._flags import FlagProvider, WaitOffLoop
 from ._inflight import Lead, Sharing, inputs_key

@@ -36,9 +36,8 @@ from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
 from ._backend import raised_by_signal_handler
-from ._batching import VersionRetiredError
 from ._config_checks import is_number
-from ._errors import ConfigurationError, DeadlineExceededError, InvalidInputError
+from ._errors import ConfigurationError, DeadlineExceededError, InvalidInputError, VersionRetiredError
 from ._held_bytes import held_bytes
 from ._log_limit import LogLimit, since
 from ._request import Request, Route

@@ -18,7 +18,7 @@ import pytest
 
 import inprocserve
 from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _inflight
-from inprocserve._batching import VersionRetiredError
+from inprocserve._errors import VersionRetiredError
 from inprocserve._inflight import Coalescer, LeaderGone, inputs_key
 from inprocserve.testing import save_model
 
