@@ -67,12 +67,31 @@ RUN_ERROR_MAP: dict[str, type[InprocserveError]] = {
 }
 
 
+# Where onnxruntime's checks failed, as its messages say it: a source file of its build and the line
+# (``/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:360``, ``D:\a\_work\1\s\...\tensor.cc:57``,
+# ``tensor.cc:57``), then the C++ function as the compiler spells it (``void* onnxruntime::BFCArena::
+# AllocateRawInternal(size_t, bool, onnxruntime::Stream*)``; a bare name after a short path stays). A build
+# machine's paths are no client's business, and a signature tells nobody what to fix.
+_SOURCE_PLACE = re.compile(
+    r"(?:(?<=\s)|^)(?:[A-Za-z]:)?[\w./\\-]*\.(?:cc|cpp|cxx|c|h|hpp|cu|cuh|mm):\d+ "
+    r"(?:(?:(?:virtual|static|inline|const)\s+)*(?:[\w:<>*&]+[*&]?\s+)?[\w:<>~]*::[\w~<>]+\([^()]*\)(?:\s*const)?\s+)?"
+)
+
+
+def client_message(text: str) -> str:
+    """onnxruntime's message without the build's source places and C++ signatures (see ``_SOURCE_PLACE``),
+    nor its trailing newline: what it says is wrong stays."""
+    return _SOURCE_PLACE.sub("", text).strip()
+
+
 def translate_run_error(exc: BaseException, *, model: str, version: int) -> InprocserveError:
-    """Map an exception raised by ``session.run`` to our hierarchy (the one place that does this)."""
+    """Map an exception raised by ``session.run`` to our hierarchy (the one place that does this), its message
+    rid of onnxruntime's source paths (:func:`client_message`)."""
     if isinstance(exc, InprocserveError):
         return exc
     kind = RUN_ERROR_MAP.get(type(exc).__name__, InferenceError)
-    return kind(f"model {model!r} version {version} failed to run: {exc}", model=model, version=version)
+    text = client_message(str(exc))
+    return kind(f"model {model!r} version {version} failed to run: {text}", model=model, version=version)
 
 
 def usable_cores() -> int:
