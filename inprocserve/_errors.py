@@ -9,6 +9,8 @@
     ├── ModelLoadError                            a model file that cannot become a session
     ├── InferenceError                            onnxruntime failed while running a request
     │   ├── InvalidInputError     (+ValueError)   the request does not match the model's signature
+    │   │   └── InputTooLargeError                its run needs more memory than this host has
+    │   ├── OutOfMemoryError                      a run's allocation failed on a host short of memory
     │   └── RemoteUnavailableError                a remote model server is down, refused, or failing (5xx)
     ├── OverloadedError                           shed instead of queueing without bound
     │   └── QueueFullError
@@ -32,9 +34,11 @@ __all__ = [
     "DeadlineExceededError",
     "InferenceError",
     "InprocserveError",
+    "InputTooLargeError",
     "InvalidInputError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "OutOfMemoryError",
     "OverloadedError",
     "PromotionRefusedError",
     "QueueFullError",
@@ -97,6 +101,17 @@ class InferenceError(InprocserveError):
 
 class InvalidInputError(InferenceError, ValueError):
     """The request's inputs do not match the model's signature; the message says what to fix."""
+
+
+class InputTooLargeError(InvalidInputError):
+    """The request's run asked onnxruntime for more memory than this host has at all (or for a size past any
+    number of bytes): no retry can succeed, the input must shrink. The message says how many bytes, and which
+    inputs to bound (``[inputs.NAME] max`` in the model's ``config.toml``)."""
+
+
+class OutOfMemoryError(InferenceError):
+    """onnxruntime could not allocate memory for a run, of a size this host could hold when its memory is
+    free (or of a size onnxruntime does not say): the host's fault as much as the request's, so a 5xx."""
 
 
 class RemoteUnavailableError(InferenceError):

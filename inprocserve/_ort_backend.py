@@ -399,6 +399,7 @@ class OnnxruntimeBackend:
         self.signature: Signature | None = None
         self._warmup: Any = None
         self._output_names: list[str] = []
+        self._sizing_inputs: tuple[str, ...] = ()  # integer inputs, which may set a size (named by allocation errors)
         self._threads: int | None = None  # intra-op threads per session, once chosen
         self._cpu_quota: CpuQuota | None = None  # the control group's CPU quota seen when they were chosen
         self._checked = False  # whether the file passed its integrity checks
@@ -614,6 +615,9 @@ class OnnxruntimeBackend:
             try:
                 self.signature = Signature.from_nodes(session.get_inputs(), session.get_outputs())
                 self._output_names = list(self.signature.output_names)
+                self._sizing_inputs = tuple(
+                    spec.name for spec in self.signature.inputs if spec.dtype is not None and spec.dtype.kind in "iu"
+                )
             except ValueError as exc:
                 raise ModelLoadError(
                     f"model {self.model!r} version {self.version}: {exc}", model=self.model, version=self.version
@@ -824,7 +828,9 @@ class OnnxruntimeBackend:
                     raise
                 if self._closed:  # stopped by close() (see there)
                     raise self._retired_error() from exc
-                raise translate_run_error(exc, model=self.model, version=self.version) from exc
+                raise translate_run_error(
+                    exc, model=self.model, version=self.version, sizing_inputs=self._sizing_inputs
+                ) from exc
         if timeout_s is not None and timeout_s <= 0:
             raise self._stopped_error()
         if stop is not None and stop.stopped:
@@ -846,7 +852,9 @@ class OnnxruntimeBackend:
                 raise self._stopped_error() from exc
             if stop is not None and stop.stopped:
                 raise self._closed_error() from exc
-            raise translate_run_error(exc, model=self.model, version=self.version) from exc
+            raise translate_run_error(
+                exc, model=self.model, version=self.version, sizing_inputs=self._sizing_inputs
+            ) from exc
         finally:
             if alarm is not None:
                 self._watchdog.disarm(alarm)

@@ -16,14 +16,25 @@ from typing import Any
 
 from ._config import PoolConfig
 from ._cpu_quota import CpuQuota, current_cpu_quota
-from ._errors import ConfigurationError, InferenceError, InprocserveError, InvalidInputError, ModelLoadError
+from ._errors import (
+    ConfigurationError,
+    InferenceError,
+    InprocserveError,
+    InputTooLargeError,
+    InvalidInputError,
+    ModelLoadError,
+    OutOfMemoryError,
+)
 
 __all__ = [
     "GPU_PROVIDERS",
     "OPTIMIZED_GRAPH",
     "RUN_ERROR_MAP",
     "ProviderSpec",
+    "allocation_error",
     "check_provider_names",
+    "client_message",
+    "host_memory",
     "onnxruntime_version",
     "resolve_providers",
     "thread_budget",
@@ -84,14 +95,118 @@ def client_message(text: str) -> str:
     return _SOURCE_PLACE.sub("", text).strip()
 
 
-def translate_run_error(exc: BaseException, *, model: str, version: int) -> InprocserveError:
+def translate_run_error(
+    exc: BaseException, *, model: str, version: int, sizing_inputs: Sequence[str] = ()
+) -> InprocserveError:
     """Map an exception raised by ``session.run`` to our hierarchy (the one place that does this), its message
-    rid of onnxruntime's source paths (:func:`client_message`)."""
+    rid of onnxruntime's source paths (:func:`client_message`); an allocation that failed is an
+    :class:`InputTooLargeError` or an :class:`OutOfMemoryError` (see :func:`allocation_error`), whose
+    message names ``sizing_inputs`` (the model's integer inputs: those that may set a size) to bound."""
     if isinstance(exc, InprocserveError):
         return exc
-    kind = RUN_ERROR_MAP.get(type(exc).__name__, InferenceError)
     text = client_message(str(exc))
+    failed = allocation_error(text, model=model, version=version, sizing_inputs=sizing_inputs)
+    if failed is not None:
+        return failed
+    kind = RUN_ERROR_MAP.get(type(exc).__name__, InferenceError)
     return kind(f"model {model!r} version {version} failed to run: {text}", model=model, version=version)
+
+
+# onnxruntime's words for an allocation it could not make: its arena's (with the size asked for), the
+# allocator's without an arena (the C++ exception's name alone), and a size past any number of bytes.
+_ARENA_FAILED = re.compile(r"Failed to allocate memory for requested buffer of size (\d+)")
+_BAD_ALLOC = "bad_alloc"
+_OVERFLOWED = ("Tensor storage size overflowed", "Integer overflow")
+_NODE = re.compile(r"while running (\w+) node")
+
+
+def allocation_error(
+    text: str, *, model: str, version: int, sizing_inputs: Sequence[str] = ()
+) -> InprocserveError | None:
+    """The error for a run whose allocation failed (``text``: onnxruntime's message), or ``None`` for another
+    failure. A size past any number of bytes, or more bytes than this host has at all (:func:`host_memory`),
+    is the request's alone: :class:`InputTooLargeError` (a 400), as no retry anywhere can run it. A size the
+    host could hold, or one onnxruntime does not say (no arena: ``std::bad_alloc``), may be the host's memory
+    pressure: :class:`OutOfMemoryError` (a 500), never the client's fault by default."""
+    arena = _ARENA_FAILED.search(text)
+    overflowed = any(words in text for words in _OVERFLOWED)
+    if arena is None and not overflowed and _BAD_ALLOC not in text:
+        return None
+    node = _NODE.search(text)
+    where = f" for its {node.group(1)} node" if node is not None else ""
+    names = ", ".join(f"[inputs.{name}] max" for name in sizing_inputs)
+    bound = (
+        f"bound the input that sets this size in the model's config.toml ({names})"
+        if names
+        else "bound the input that sets this size ([inputs.NAME] max in the model's config.toml)"
+    )
+    head = f"model {model!r} version {version}"
+    if overflowed:
+        return InputTooLargeError(
+            f"{head}: the request asks onnxruntime for a tensor{where} of more bytes than any memory holds (its "
+            f"size overflowed 64 bits); {bound}",
+            model=model,
+            version=version,
+        )
+    if arena is not None:
+        asked = int(arena.group(1))
+        memory = host_memory()
+        if memory is not None and asked > memory:
+            return InputTooLargeError(
+                f"{head}: the request asks onnxruntime for {asked} bytes ({_size(asked)}){where}, more than this "
+                f"host's {_size(memory)} of memory; {bound}",
+                model=model,
+                version=version,
+            )
+        return OutOfMemoryError(
+            f"{head}: onnxruntime could not allocate {asked} bytes ({_size(asked)}){where}: the host is short of "
+            f"memory now; retry later, or {bound} if such requests are not to be served",
+            model=model,
+            version=version,
+        )
+    return OutOfMemoryError(
+        f"{head}: onnxruntime could not allocate memory{where} (std::bad_alloc: the host is short of memory, or "
+        f"the request asks for more than it has); retry later, or {bound}",
+        model=model,
+        version=version,
+    )
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def host_memory() -> int | None:
+    """The most memory this process could ever hold, in bytes: the host's physical memory, cut to the
+    process's address-space limit (``ulimit -v``) and to its control group's memory limit (a container's),
+    whichever is least; ``None`` when none can be read. Read when an allocation failed, never per run."""
+    limits: list[int] = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limits.append(soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as file:
+                text = file.read().strip()
+        except (OSError, ValueError):
+            continue
+        if text.isdigit() and 0 < int(text) < 2**62:  # ("max", or v1's huge number for no limit)
+            limits.append(int(text))
+    return min(limits) if limits else None
 
 
 def usable_cores() -> int:

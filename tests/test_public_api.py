@@ -87,6 +87,8 @@ def test_private_modules_are_not_exported() -> None:
         (inprocserve.ModelLoadError, (inprocserve.InprocserveError,)),
         (inprocserve.InferenceError, (inprocserve.InprocserveError,)),
         (inprocserve.InvalidInputError, (inprocserve.InferenceError, ValueError)),
+        (inprocserve.InputTooLargeError, (inprocserve.InvalidInputError,)),
+        (inprocserve.OutOfMemoryError, (inprocserve.InferenceError,)),
         (inprocserve.RemoteUnavailableError, (inprocserve.InferenceError,)),
         (inprocserve.OverloadedError, (inprocserve.InprocserveError,)),
         (inprocserve.QueueFullError, (inprocserve.OverloadedError,)),

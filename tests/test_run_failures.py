@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
-from inprocserve import v2
+from inprocserve import ModelConfig, v2, web
 from inprocserve.testing import save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, run_python, wait_until
 
 
 def build_reshape_model() -> onnx.ModelProto:
@@ -75,3 +77,145 @@ def test_a_failed_run_tells_the_client_what_failed_without_onnxruntimes_source_p
         assert "onnxruntime_src" not in str(exc) and str(exc).endswith("requested shape:{1,7}"), str(exc)
     else:
         raise AssertionError("the run did not fail")
+
+
+def build_filled_loop_model() -> onnx.ModelProto:
+    """``y = x``, after a Loop of ``max(k)`` steps and a ``ConstantOfShape`` of ``max(n)`` float ones (``x``
+    float[batch, 4], ``n`` and ``k`` int64[batch, 1]): a batch's run allocates ``4 * max(n)`` bytes, sizes a
+    client chooses, and a large ``k`` keeps the session busy while other requests queue."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
+        ],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["k"], ["steps"], keepdims=0),
+        helper.make_node("Loop", ["steps", "true", "zero"], ["looped"], body=body),
+        helper.make_node("ReduceMax", ["n"], ["size"], keepdims=0),
+        helper.make_node("Unsqueeze", ["size", "axis"], ["shape"]),
+        helper.make_node(
+            "ConstantOfShape", ["shape"], ["filled"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+        ),
+        helper.make_node("ReduceSum", ["filled"], ["total"], keepdims=0),
+        helper.make_node("Add", ["total", "looped"], ["both"]),
+        helper.make_node("Mul", ["both", "zero"], ["nothing"]),
+        helper.make_node("Add", ["x", "nothing"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "filled_loop",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("n", TensorProto.INT64, ["batch", 1]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, ["batch", 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [
+            numpy_helper.from_array(np.array(True), "true"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array([0], np.int64), "axis"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def filled(size: int, *, steps: int = 1, value: float = 1.0) -> dict[str, np.ndarray]:
+    return {
+        "x": np.full((1, 4), value, np.float32),
+        "n": np.array([[size]], np.int64),
+        "k": np.array([[steps]], np.int64),
+    }
+
+
+def test_a_run_that_asks_for_more_memory_than_the_host_has_is_the_clients_error_naming_what_to_bound(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose input makes onnxruntime allocate 4 TiB was a 500 InferenceError quoting onnxruntime's
+    arena; it is an InputTooLargeError (a 400) that says how much it asked and which input to bound. Its
+    batch-mates are answered, and the process serves on."""
+    from inprocserve import _batch_execution
+
+    save_model(build_filled_loop_model(), repository, "filled", 1)
+    server = make_server(repository, config=ModelConfig(warmup=inprocserve.WarmupConfig(enabled=False)))
+    runs: list[int] = []
+    run = _batch_execution.BatchExecution._run
+
+    def counted(self: Any, runner: Any, batch: list[Any], parent: Any) -> Any:
+        runs.append(len(batch))
+        return run(self, runner, batch, parent)
+
+    monkeypatch.setattr(_batch_execution.BatchExecution, "_run", counted)
+    blocker = server.submit("filled", filled(1, steps=10**10), timeout_s=2.0)  # (busy while the batch queues)
+    wait_until(lambda: runs == [1], timeout_s=5)
+    batch = [server.submit("filled", filled(size, value=index)) for index, size in enumerate((10, 2**40, 20))]
+    with pytest.raises(inprocserve.DeadlineExceededError):
+        blocker.result(timeout=30)
+    wait_until(lambda: all(future.done() for future in batch), timeout_s=30)
+    assert runs[1] == 3  # the three were merged, and the run failed: bisected
+    with pytest.raises(inprocserve.InputTooLargeError) as caught:
+        batch[1].result()
+    message = str(caught.value)
+    assert message.startswith("model 'filled' version 1: the request asks onnxruntime for 4398046511104 bytes")
+    assert "ConstantOfShape" in message and "[inputs.n] max, [inputs.k] max" in message, message
+    assert isinstance(caught.value, inprocserve.InvalidInputError)
+    assert web.http_status(caught.value) == 400
+    for index in (0, 2):
+        np.testing.assert_array_equal(batch[index].result()["y"], np.full((1, 4), index, np.float32))
+    np.testing.assert_array_equal(server.predict("filled", filled(1000, value=7.0))["y"], np.full((1, 4), 7.0))
+    with pytest.raises(inprocserve.InputTooLargeError, match="more bytes than any memory holds"):
+        server.predict("filled", filled(2**62))  # (a size past 64 bits of bytes)
+
+
+SHORT_OF_MEMORY = """
+import json, resource, sys, tempfile
+from pathlib import Path
+import numpy as np
+import inprocserve
+from inprocserve.testing import save_model
+from tests.test_run_failures import build_filled_loop_model, filled
+
+repository = Path(tempfile.mkdtemp())
+save_model(build_filled_loop_model(), repository, "filled", 1)
+arena = sys.argv[1] == "arena"
+pool = inprocserve.PoolConfig(memory_arena=arena)
+server = inprocserve.Server(repository, config=inprocserve.ModelConfig(pool=pool))
+server.predict("filled", filled(10))
+in_use = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (in_use + 2**29, resource.RLIM_INFINITY))  # 512 MiB left to take
+answers = []
+try:
+    server.predict("filled", filled(5 * 2**25))  # 640 MiB: less than the process may hold, more than is left
+except inprocserve.InprocserveError as exc:
+    answers.append([type(exc).__name__, str(exc)])
+answers.append(server.predict("filled", filled(1000, value=5.0))["y"].tolist())
+server.close()
+print(json.dumps(answers))
+"""
+
+
+@pytest.mark.parametrize("arena", ["arena", "no arena"])
+def test_a_run_that_a_host_short_of_memory_cannot_allocate_is_an_out_of_memory_error(arena: str) -> None:
+    """A request for 640 MiB in a process that may hold more than that, but has only 512 MiB left to take:
+    the allocation fails for the host's want of memory, not for a size no host could give, so an
+    OutOfMemoryError (a 500) that says so; it was a generic InferenceError. The process serves on."""
+    done = run_python(SHORT_OF_MEMORY, arena)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (kind, message), after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert kind == "OutOfMemoryError", message
+    assert message.startswith("model 'filled' version 1: onnxruntime could not allocate"), message
+    assert "retry later" in message and "[inputs.n] max" in message, message
+    assert after == [[5.0] * 4]

@@ -81,9 +81,11 @@ EXPECTED: dict[str, tuple[int | None, str]] = {
     "DeadlineExceededError": (504, "deadline_exceeded"),
     "InferenceError": (None, "InferenceError"),
     "InprocserveError": (None, "InprocserveError"),
+    "InputTooLargeError": (400, "invalid_input"),  # no host could run it: the client's to shrink
     "InvalidInputError": (400, "invalid_input"),
     "ModelLoadError": (None, "model_load_failed"),
     "ModelNotFoundError": (404, "model_not_found"),
+    "OutOfMemoryError": (None, "OutOfMemoryError"),  # the host short of memory: a 500, no retry invited
     "OverloadedError": (503, "unavailable"),
     "PromotionRefusedError": (None, "incompatible"),
     "QueueFullError": (503, "unavailable"),
