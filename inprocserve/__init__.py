@@ -49,6 +49,7 @@ from ._errors import (
     PromotionRefusedError,
     QueueFullError,
     RemoteUnavailableError,
+    RunTimeLimitError,
     ServerClosedError,
 )
 from ._flags import EnvFlags, FileFlags, FlagError, FlagProvider, InMemoryFlags, OpenFeatureFlags
@@ -104,6 +105,7 @@ __all__ = [
     "RemoteModel",
     "RemoteUnavailableError",
     "RolloutConfig",
+    "RunTimeLimitError",
     "STATUS_PAGE_CSP",
     "Server",
     "ServerClosedError",

@@ -35,6 +35,7 @@ from ._config_checks import (
     plain_fields,
     shown,
 )
+from ._deadlines import MAX_TIMEOUT_S
 from ._errors import ConfigurationError
 from ._rollout_config import (
     FLAT_FIELDS,
@@ -338,6 +339,14 @@ class PoolConfig:
     arena_shrinkage: bool = False
     """Give arena memory back after each run (frees a burst of large requests, at some cost per run). Needs
     ``memory_arena``: the combination with ``memory_arena = False`` is refused."""
+    max_run_s: float | None = 60.0
+    """The longest one ``session.run`` of this version may take, in seconds: onnxruntime stops a run still
+    going then (at its next operator), which raises :class:`RunTimeLimitError`. A request's own deadline
+    (``timeout_s``) stops its run earlier, never later. It bounds what one request's values can make a run
+    cost (a loop's trip count, a size): without it such a request holds a session of the pool for as long as
+    it likes, and a few of them the whole pool. 60 s (default) is far above a merged batch of
+    ``max_batch_size`` rows of usual models on a slow host; raise it for models whose runs are long by design
+    (generation on a CPU). ``None``, ``0`` or ``inf`` (``max_run_s = 0`` in config.toml): no limit."""
     optimized_model_cache: bool = False
     """Save the optimized graph next to ``model.onnx`` (``model.optimized-<onnxruntime version>-<key>-<source>
     .onnx``, named after the model file, the key a digest of optimization level, providers, pre-packing and
@@ -357,6 +366,13 @@ class PoolConfig:
                 "pool.arena_shrinkage = true needs pool.memory_arena = true: shrinkage gives the arena's memory "
                 "back, and without an arena onnxruntime refuses every run; set one of them"
             )
+        if self.max_run_s is not None:
+            if not (isinstance(self.max_run_s, float) and self.max_run_s == math.inf):  # (inf: no limit too)
+                check_number("pool.max_run_s", self.max_run_s, 0.0)
+            if self.max_run_s == 0 or self.max_run_s >= MAX_TIMEOUT_S:  # (no limit, as check_timeout reads one)
+                object.__setattr__(self, "max_run_s", None)
+            else:
+                object.__setattr__(self, "max_run_s", float(self.max_run_s))
         check_bool("pool.share_session", self.share_session, optional=True)
         check_bool("pool.io_binding", self.io_binding, optional=True)
         if self.providers != "auto":

@@ -11,6 +11,7 @@
     │   ├── InvalidInputError     (+ValueError)   the request does not match the model's signature
     │   │   └── InputTooLargeError                its run needs more memory than this host has
     │   ├── OutOfMemoryError                      a run's allocation failed on a host short of memory
+    │   ├── RunTimeLimitError                     a run passed its model's time limit (pool.max_run_s)
     │   └── RemoteUnavailableError                a remote model server is down, refused, or failing (5xx)
     ├── OverloadedError                           shed instead of queueing without bound
     │   └── QueueFullError
@@ -43,6 +44,7 @@ __all__ = [
     "PromotionRefusedError",
     "QueueFullError",
     "RemoteUnavailableError",
+    "RunTimeLimitError",
     "ServerClosedError",
 ]
 
@@ -112,6 +114,13 @@ class InputTooLargeError(InvalidInputError):
 class OutOfMemoryError(InferenceError):
     """onnxruntime could not allocate memory for a run, of a size this host could hold when its memory is
     free (or of a size onnxruntime does not say): the host's fault as much as the request's, so a 5xx."""
+
+
+class RunTimeLimitError(InferenceError):
+    """onnxruntime stopped a run that passed its model's limit on one run (``pool.max_run_s``), which no
+    caller chose: not the request's deadline (that is :class:`DeadlineExceededError`), but the server's bound
+    on what one run may cost. A merged batch cut so is bisected, so its requests that run in time are
+    answered. The message names the limit and how to change it."""
 
 
 class RemoteUnavailableError(InferenceError):

@@ -37,6 +37,7 @@ from ._errors import (
     InferenceError,
     InprocserveError,
     ModelLoadError,
+    RunTimeLimitError,
     ServerClosedError,
     VersionRetiredError,
 )
@@ -60,6 +61,7 @@ from ._ort_rules import (
     translate_run_error,
     usable_cores,
 )
+from ._run_limit import RunLimit, RunSlot
 from ._signature import Signature
 from ._stop_signal import THIS_THREAD as _stopping
 from ._stop_signal import StopSignal
@@ -220,6 +222,15 @@ def session_options(config: PoolConfig, *, threads: int | None = None) -> Any:
     spin = "1" if config.allow_spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return options
+
+
+def _fresh_run_options(*, arena_shrinkage: bool) -> Any:
+    """New ``RunOptions`` for this library's runs."""
+    options = _ort().RunOptions()
+    options.log_severity_level = 4  # run failures reach the caller as our exceptions; no printing
+    if arena_shrinkage:
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     return options
 
 
@@ -416,6 +427,11 @@ class OnnxruntimeBackend:
         self._ready = False
         self._closed = False
         self._closing = StopSignal()  # stops the runs with options of their own when the backend closes
+        # Stops plain runs past pool.max_run_s (those with a deadline or a stop signal: their own alarm). Its
+        # options are made by a function, not a method: the sweep's pending alarm never holds the backend.
+        limit_s = self.config.max_run_s
+        fresh = functools.partial(_fresh_run_options, arena_shrinkage=self.config.arena_shrinkage)
+        self._limit = None if limit_s is None else RunLimit(limit_s, self._watchdog, fresh)
 
     def _after_fork_in_child(self) -> None:
         if self._sessions:
@@ -423,6 +439,8 @@ class OnnxruntimeBackend:
         closed = self._closed
         self._reset_state()
         self._closed = closed
+        if closed and self._limit is not None:
+            self._limit.close()
         # The child builds its sessions from the file as it is now: check it again (checksum, external data),
         # as the parent did before its own sessions (the digest cache makes an unchanged file cost a stat).
         self._checked = False
@@ -809,16 +827,34 @@ class OnnxruntimeBackend:
         With ``timeout_s`` the run gets its own ``RunOptions``, whose ``terminate`` flag this backend's
         watchdog sets when the time is up: onnxruntime then stops between two operators. So does a run on a
         thread with a stop signal (``_stop_signal``: the shadow thread's), whose ``terminate`` flag the signal
-        sets when the server closes. Without either the shared ``RunOptions`` are used and nothing else
-        happens. ``parent`` is not needed in process.
+        sets when the server closes. Without either, the shared ``RunOptions`` are used and nothing else
+        happens; or, under ``pool.max_run_s``, the thread's own, which the limit's sweep stops (``_run_limit``).
+        The limit brings a later deadline's alarm forward. ``parent`` is not needed in process.
 
         Raises:
             DeadlineExceededError: the run was stopped at ``timeout_s``.
+            RunTimeLimitError: the run was stopped at ``pool.max_run_s``.
             ServerClosedError: the run was stopped by its thread's stop signal.
             InferenceError: (or a subclass) translated from onnxruntime's exception.
         """
         stop = _stopping.signal
-        if timeout_s is None and stop is None:  # the common case, spelled out: no alarm, no hook, no finally
+        limit = self._limit
+        if timeout_s is None and stop is None:  # the common case, spelled out: no alarm, no hook
+            if limit is not None:  # (inlined: a method call would cost as much again; see _run_limited)
+                slot = limit.local.slot or limit.slot()
+                started = slot.started = time.monotonic()
+                if not limit.sweeping:  # (read after the start is noted: see RunLimit._sweep)
+                    limit.start()
+                try:
+                    if self.io_binding:
+                        return self._run_bound(runner, feeds, slot.options)
+                    return runner._sess.run(self._output_names, feeds, slot.options)  # type: ignore[no-any-return]
+                except Exception as exc:
+                    if raised_by_signal_handler(exc):  # the task's time limit, not the model's failure
+                        raise
+                    return self._limited_failure(runner, feeds, limit, slot, started, exc)
+                finally:
+                    slot.started = None
             try:
                 if self.io_binding:
                     return self._run_bound(runner, feeds, self._run_options)
@@ -826,17 +862,16 @@ class OnnxruntimeBackend:
             except Exception as exc:
                 if raised_by_signal_handler(exc):  # the task's time limit, not the model's failure
                     raise
-                if self._closed:  # stopped by close() (see there)
-                    raise self._retired_error() from exc
-                raise translate_run_error(
-                    exc, model=self.model, version=self.version, sizing_inputs=self._sizing_inputs
-                ) from exc
+                raise self._run_error(exc) from exc
         if timeout_s is not None and timeout_s <= 0:
             raise self._stopped_error()
         if stop is not None and stop.stopped:
             raise self._closed_error()
         options = self._deadline_run_options()
-        alarm = None if timeout_s is None else self._watchdog.arm(timeout_s, _terminator(options))
+        # the limit brings the alarm forward when it comes first: then the cut is the limit's, not the deadline's
+        limited = limit is not None and (timeout_s is None or limit.limit_s < timeout_s)
+        delay = limit.limit_s if limited and limit is not None else timeout_s
+        alarm = None if delay is None else self._watchdog.arm(delay, _terminator(options))
         unhook = None if stop is None else stop.hook(_terminator(options))
         unclose = self._closing.hook(_terminator(options))  # (close() stops it too: see there)
         try:
@@ -849,12 +884,10 @@ class OnnxruntimeBackend:
             if self._closed:  # stopped by close() (see there)
                 raise self._retired_error() from exc
             if alarm is not None and alarm.fired:
-                raise self._stopped_error() from exc
+                raise (self._limit_error() if limited else self._stopped_error()) from exc
             if stop is not None and stop.stopped:
                 raise self._closed_error() from exc
-            raise translate_run_error(
-                exc, model=self.model, version=self.version, sizing_inputs=self._sizing_inputs
-            ) from exc
+            raise self._run_error(exc) from exc
         finally:
             if alarm is not None:
                 self._watchdog.disarm(alarm)
@@ -862,14 +895,49 @@ class OnnxruntimeBackend:
                 unhook()
             unclose()
 
+    def _limited_failure(
+        self,
+        runner: Any,
+        feeds: Mapping[str, np.ndarray],
+        limit: RunLimit,
+        slot: RunSlot,
+        started: float,
+        exc: Exception,
+    ) -> list[np.ndarray]:
+        """A plain run under the version's time limit failed, on the thread's own run options (``slot``),
+        started at ``started``: the limit's error if its sweep stopped it; run again on new options if the
+        sweep meant the thread's run before (see ``_run_limit``); else onnxruntime's error, translated."""
+        cut = slot.cut
+        if cut is None or self._closed:
+            raise self._run_error(exc) from exc
+        limit.renew(slot)  # (its options are spent)
+        if cut == started:
+            raise self._limit_error() from exc
+        slot.started = None
+        return self.run(runner, feeds)  # stopped for the run before it: run it again
+
+    def _run_error(self, exc: Exception) -> InprocserveError:
+        """What a failed run raises: the retired version's error once closed (see close()), else onnxruntime's
+        error translated."""
+        if self._closed:
+            return self._retired_error()
+        return translate_run_error(exc, model=self.model, version=self.version, sizing_inputs=self._sizing_inputs)
+
+    def _limit_error(self) -> RunTimeLimitError:
+        names = ", ".join(f"[inputs.{name}] max" for name in self._sizing_inputs) or "[inputs.NAME] max"
+        return RunTimeLimitError(
+            f"model {self.model!r} version {self.version}: the run passed the model's limit of "
+            f"{self.config.max_run_s or 0:g} s on one run and onnxruntime stopped it; bound the inputs that set a "
+            f"loop's length or a size in the model's config.toml ({names}), or raise the limit (max_run_s under "
+            "[pool] in config.toml, PoolConfig(max_run_s=...); 0 for none)",
+            model=self.model,
+            version=self.version,
+        )
+
     def _deadline_run_options(self) -> Any:
         """Fresh ``RunOptions``: the shared ones, and one per run with a deadline (a terminated run's options
         cannot be reused safely while other runs share them)."""
-        options = _ort().RunOptions()
-        options.log_severity_level = 4  # run failures reach the caller as our exceptions; no printing
-        if self.config.arena_shrinkage:
-            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        return options
+        return _fresh_run_options(arena_shrinkage=self.config.arena_shrinkage)
 
     def _stopped_error(self) -> DeadlineExceededError:
         return DeadlineExceededError(
@@ -952,6 +1020,8 @@ class OnnxruntimeBackend:
         if self._run_options is not None:
             self._run_options.terminate = True  # the runs with neither a deadline nor a stop signal share these
         self._closing.stop()  # and every other run has options of its own, hooked on this signal
+        if self._limit is not None:
+            self._limit.close()  # (the plain runs under a time limit: each thread's options)
         self._watchdog.close()
 
 

@@ -90,6 +90,7 @@ def test_private_modules_are_not_exported() -> None:
         (inprocserve.InputTooLargeError, (inprocserve.InvalidInputError,)),
         (inprocserve.OutOfMemoryError, (inprocserve.InferenceError,)),
         (inprocserve.RemoteUnavailableError, (inprocserve.InferenceError,)),
+        (inprocserve.RunTimeLimitError, (inprocserve.InferenceError,)),
         (inprocserve.OverloadedError, (inprocserve.InprocserveError,)),
         (inprocserve.QueueFullError, (inprocserve.OverloadedError,)),
         (inprocserve.DeadlineExceededError, (inprocserve.InprocserveError, TimeoutError)),

@@ -90,6 +90,7 @@ EXPECTED: dict[str, tuple[int | None, str]] = {
     "PromotionRefusedError": (None, "incompatible"),
     "QueueFullError": (503, "unavailable"),
     "RemoteUnavailableError": (503, "unavailable"),
+    "RunTimeLimitError": (None, "RunTimeLimitError"),  # the server's bound on a run, not the caller's deadline
     "ServerClosedError": (503, "unavailable"),
 }
 

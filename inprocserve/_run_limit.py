@@ -1,0 +1,132 @@
+"""The limit on one run of a model version (``pool.max_run_s``), kept at no measurable cost to a plain run.
+
+A run with a deadline already has run options of its own and an alarm on the backend's watchdog, which the
+limit only brings forward. A plain run (no deadline, no stop signal: nearly every run) shares one
+``RunOptions`` and touches no lock; an alarm of its own would cost it a fresh ``RunOptions``, a heap push and
+a hook on the closing signal, about 2 µs a run. Here each thread keeps a ``RunOptions`` of its own across its
+runs instead (a thread runs one at a time), and a run only notes when it started. One sweep on the watchdog
+thread, due when the oldest run noted would pass the limit (and at least once per limit while the version
+lives), sets ``terminate`` on the options of each run past it: onnxruntime stops that run at its next
+operator, and the thread builds new options for its next run. A sweep that finds no run in flight comes no
+more, until the next run starts (``sweeping`` tells that run whether to start one: a read per run).
+
+A sweep may read a run just as it ends: it then stops the thread's next run on those options instead. That
+run fails at its first operator, finds that the stop was meant for the one before (``RunSlot.cut`` holds the
+start of the run stopped) and runs again on new options (:meth:`OnnxruntimeBackend.run`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from ._deadlines import Watchdog
+
+__all__ = ["RunLimit", "RunSlot"]
+
+
+class RunSlot:
+    """One thread's run options and the run it has in flight (``started``: its ``time.monotonic()``, ``None``
+    between runs); ``cut``: the start of the run a sweep stopped on these options (then spent)."""
+
+    __slots__ = ("__weakref__", "cut", "options", "started")
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+        self.started: float | None = None
+        self.cut: float | None = None
+
+
+class _Local(threading.local):
+    """Per thread, ``slot``: that thread's :class:`RunSlot` once it ran (``None`` before)."""
+
+    slot: RunSlot | None = None
+
+
+class RunLimit:
+    """Stops any plain run of one backend that passes ``limit_s``, through its ``watchdog``. Thread-safe.
+
+    Args:
+        limit_s: The limit on one run, in seconds.
+        watchdog: The backend's watchdog (its thread runs the sweeps; closing it ends them).
+        make_options: Builds fresh ``RunOptions``.
+    """
+
+    def __init__(self, limit_s: float, watchdog: Watchdog, make_options: Callable[[], Any]) -> None:
+        self.limit_s = limit_s
+        self._watchdog = watchdog
+        self._make_options = make_options
+        self._lock = threading.Lock()
+        self.local = _Local()
+        """``local.slot``: the calling thread's :class:`RunSlot`, ``None`` until :meth:`slot` made it."""
+        self._slots: weakref.WeakSet[RunSlot] = weakref.WeakSet()  # (a thread's slot goes with the thread)
+        self.sweeping = False  # whether a sweep is due (read by every run, set under the lock)
+        self._closed = False
+
+    def slot(self) -> RunSlot:
+        """The calling thread's slot, made on its first run and watched by the sweeps from then on."""
+        slot = self.local.slot
+        if slot is not None:
+            return slot
+        slot = RunSlot(self._make_options())
+        with self._lock:
+            if self._closed:
+                slot.options.terminate = True  # (the backend's run raises its closed error)
+            self._slots.add(slot)
+        self.local.slot = slot
+        return slot
+
+    def start(self) -> None:
+        """Have a sweep come within the limit, unless one is due: a run started (noted in its slot first)
+        and read that none was."""
+        with self._lock:
+            if self.sweeping or self._closed:
+                return
+            self.sweeping = True
+        self._watchdog.arm(self.limit_s, self._sweep, unlocked=True)
+
+    def renew(self, slot: RunSlot) -> None:
+        """New options for ``slot``, whose options a sweep stopped."""
+        slot.options = self._make_options()
+        slot.cut = None
+        if self._closed:
+            slot.options.terminate = True
+
+    def _sweep(self) -> None:
+        """Stop every run past the limit; come again when the oldest other run would pass it, or not at all
+        when none is in flight (``sweeping`` is cleared before the slots are read: a run that starts meanwhile
+        is read here, or reads it cleared and starts the next sweep itself)."""
+        with self._lock:
+            self.sweeping = False
+            if self._closed:
+                return
+            slots = list(self._slots)
+        now = time.monotonic()
+        due = None
+        for slot in slots:
+            started = slot.started
+            if started is None or slot.cut == started:
+                continue
+            if now - started >= self.limit_s:
+                slot.cut = started
+                slot.options.terminate = True
+            else:
+                due = started + self.limit_s if due is None else min(due, started + self.limit_s)
+        if due is None:
+            return
+        with self._lock:
+            if self.sweeping or self._closed:  # (a run started one meanwhile)
+                return
+            self.sweeping = True
+        self._watchdog.arm(max(due - time.monotonic(), 0.001), self._sweep, unlocked=True)
+
+    def close(self) -> None:
+        """Stop every run in flight now, and any later one at once. Idempotent."""
+        with self._lock:
+            self._closed = True
+            slots = list(self._slots)
+        for slot in slots:
+            slot.options.terminate = True

@@ -1,0 +1,127 @@
+"""The limit on one run of a model version (``pool.max_run_s``, ``[pool] max_run_s`` in config.toml).
+
+A request without a deadline whose values make the graph work for hours (a loop's trip count) held a
+session of the pool for as long as it ran: a few such requests took the whole pool. onnxruntime now stops
+a run at the limit, which raises a ``RunTimeLimitError`` naming the limit and how to change it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import ConfigurationError, ModelConfig, PoolConfig, RunTimeLimitError, web
+from inprocserve._config import load_model_config
+from inprocserve._ort_backend import build_onnxruntime_backend
+from inprocserve.testing import save_model
+
+from .conftest import ServerFactory, wait_until
+from .test_shadow_close import build_loop_model
+
+LIMITED = "[pool]\nmax_run_s = 1.0\n\n[warmup]\nenabled = false\n"
+
+
+def steps(count: int, value: float = 1.0) -> dict[str, np.ndarray]:
+    return {"x": np.full((1, 4), value, np.float32), "n": np.array([[count]], np.int64)}
+
+
+@pytest.fixture
+def loop_repository(repository: Path) -> Path:
+    """``loop`` version 1 (``y = x`` after ``max(n)`` steps), its runs limited to 1 s by its config.toml."""
+    save_model(build_loop_model(), repository, "loop", 1)
+    (repository / "loop" / "config.toml").write_text(LIMITED)
+    return repository
+
+
+def test_max_run_s_is_60_seconds_unless_set_and_0_or_inf_means_no_limit(tmp_path: Path) -> None:
+    assert PoolConfig().max_run_s == 60.0
+    path = tmp_path / "config.toml"
+    for text, limit in (("2.5", 2.5), ("0", None), ("inf", None), ("1e9", None), ("120", 120.0)):
+        path.write_text(f"[pool]\nmax_run_s = {text}\n")
+        assert load_model_config(path).pool.max_run_s == limit
+    assert PoolConfig(max_run_s=None).max_run_s is None
+    for bad in (-1, "60", True, float("nan")):
+        with pytest.raises(ConfigurationError, match=r"pool\.max_run_s must be a finite number"):
+            PoolConfig(max_run_s=bad)  # type: ignore[arg-type]
+
+
+def test_a_run_without_a_deadline_is_stopped_at_the_models_limit_and_the_session_serves_on(
+    loop_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(loop_repository)
+    with pytest.raises(RunTimeLimitError) as caught:
+        server.predict("loop", steps(10**12))  # (hours of steps)
+    message = str(caught.value)
+    assert message.startswith("model 'loop' version 1: the run passed the model's limit of 1 s on one run"), message
+    assert "[inputs.n] max" in message and "max_run_s under [pool] in config.toml" in message, message
+    assert not isinstance(caught.value, inprocserve.DeadlineExceededError)  # (no caller's deadline passed)
+    assert web.http_status(caught.value) is None  # a 500: the server's bound, not the client's deadline (504)
+    np.testing.assert_array_equal(server.predict("loop", steps(3, value=2.0))["y"], np.full((1, 4), 2.0))
+    latency = server.status()["models"]["loop"]["versions"]["1"]["latency_ms"]
+    assert latency["errors"] == 1 and latency["count"] == 1  # counted as a failed request, as other failures
+
+
+def test_a_deadline_later_than_the_limit_is_cut_at_the_limit_and_an_earlier_one_at_the_deadline(
+    loop_repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(loop_repository)
+    with pytest.raises(RunTimeLimitError):
+        server.predict("loop", steps(10**12), timeout_s=3600)
+    with pytest.raises(inprocserve.DeadlineExceededError):
+        server.predict("loop", steps(10**12), timeout_s=0.2)
+    with pytest.raises(RunTimeLimitError):  # (and by a worker thread of the batcher, not the caller's)
+        server.submit("loop", steps(10**12)).result(timeout=60)
+
+
+def test_a_merged_batch_cut_at_the_limit_answers_its_requests_that_run_in_time(
+    loop_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch is bisected, as a batch that one request's input failed: the requests whose runs end within
+    the limit are answered, the one that does not gets the RunTimeLimitError."""
+    from inprocserve import _batch_execution
+
+    server = make_server(loop_repository)
+    runs: list[int] = []
+    run = _batch_execution.BatchExecution._run
+
+    def counted(self: Any, runner: Any, batch: list[Any], parent: Any) -> Any:
+        runs.append(len(batch))
+        return run(self, runner, batch, parent)
+
+    monkeypatch.setattr(_batch_execution.BatchExecution, "_run", counted)
+    blocker = server.submit("loop", steps(10**12))  # (the session busy, up to the limit, while the batch queues)
+    wait_until(lambda: runs == [1], timeout_s=5)
+    batch = [server.submit("loop", steps(count, value=index)) for index, count in enumerate((1, 10**12, 3))]
+    with pytest.raises(RunTimeLimitError):
+        blocker.result(timeout=30)
+    wait_until(lambda: all(future.done() for future in batch), timeout_s=30)
+    assert runs[1] == 3  # merged, cut, then bisected
+    with pytest.raises(RunTimeLimitError):
+        batch[1].result()
+    for index in (0, 2):
+        np.testing.assert_array_equal(batch[index].result()["y"], np.full((1, 4), index, np.float32))
+
+
+def test_a_stop_meant_for_a_threads_last_run_that_ended_meanwhile_does_not_fail_its_next_run(
+    loop_repository: Path,
+) -> None:
+    """The limit's sweep reads a run as it ends and stops its thread's options: the thread's next run, on
+    those options, is stopped at its first operator; it runs again, and answers."""
+    path = loop_repository / "loop" / "1" / "model.onnx"
+    backend = build_onnxruntime_backend(path, ModelConfig(pool=PoolConfig(max_run_s=30.0)), model="loop", version=1)
+    try:
+        backend.prepare()
+        runner = backend.runners()[0]
+        backend.run(runner, steps(1))
+        assert backend._limit is not None
+        slot = backend._limit.slot()
+        slot.cut = 1.0  # (the start of a run long gone, as a late sweep leaves it)
+        slot.options.terminate = True
+        np.testing.assert_array_equal(backend.run(runner, steps(2, value=4.0))[0], np.full((1, 4), 4.0))
+        assert slot.cut is None and not slot.options.terminate
+    finally:
+        backend.close()
