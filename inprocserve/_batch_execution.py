@@ -18,7 +18,13 @@ import numpy as np
 from ._backend import Backend, is_whole_batch, raised_by_signal_handler
 from ._batch_ops import BatchShapeError, check_rows, pad_and_stack, split_outputs, stack_inputs
 from ._config import PaddingConfig
-from ._errors import DeadlineExceededError, InprocserveError, RemoteUnavailableError, ServerClosedError
+from ._errors import (
+    DeadlineExceededError,
+    InprocserveError,
+    RemoteUnavailableError,
+    RunTimeLimitError,
+    ServerClosedError,
+)
 from ._recorder import Recorder
 from ._request import DONE, BatchTiming, Request
 from ._stats import BatchSizeHistogram
@@ -189,6 +195,15 @@ class BatchExecution:
             # again, which a failing server may have run already, or to a closed backend, 2N-1 runs for nothing.
             for request in batch:
                 self._failed(request, exc)
+            return
+        except RunTimeLimitError as exc:
+            # A run past pool.max_run_s: bisecting would spend a limit per level on the halves that hold the
+            # slow request (log2(N)+1 limits of a session); each request alone spends one more limit in all.
+            if len(batch) == 1:
+                self._failed(batch[0], exc)
+                return
+            for request in batch:
+                self._run_isolating(runner, [request], parent)
             return
         except InprocserveError as exc:
             # one request, or an error about the batch as a whole (Backend.run: the remote server ran its
