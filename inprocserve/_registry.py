@@ -143,7 +143,7 @@ class Registry:
         self._loaded_by_hand: dict[str, set[int]] = {}
         # Versions held back from the default by the compatibility gate, and why (per model).
         self.incompatible: dict[str, dict[int, list[str]]] = {}
-        self.routers: dict[str, Router] = {}  # kept across reloads: experiment statistics survive them
+        self.routers: dict[str, Router] = {}  # kept while a version is loaded: statistics survive reloads
         self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
         self.control = Control()  # the fleet-wide rollout state this process follows
         # Bumped (under the routing lock) each time adopt() or adopt_at_once() replaces it: a follower that read
@@ -875,6 +875,8 @@ class Registry:
         versions = {v: mv for v, mv in loaded.items() if keep is None or v in keep}
         if not versions:
             self.routes.pop(name, None)
+            if name not in self.loaded:  # gone (removed or unloaded): its router's request ids and samples too
+                self.routers.pop(name, None)
             return
         latest = self._latest.get(name)
         default = versions[latest] if latest in versions else versions[max(versions)]

@@ -4,6 +4,7 @@ whenever the garbage collector next runs, and the C allocator's free pages are r
 from __future__ import annotations
 
 import os
+import shutil
 import weakref
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,27 @@ def test_a_version_whose_request_failed_on_its_callers_thread_is_freed_at_once(
     server.unload("model")
     # (the error's traceback held the frame that kept it as a local, and the frames below: the version's)
     assert version() is None
+
+
+def test_a_model_removed_from_the_repository_keeps_nothing_of_its_requests(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Models that come and go under new names (a folder per release, say) kept, each, the request ids of its
+    last hour (up to 100 000) and its sampled inputs (up to 32 MiB) for the life of the process."""
+    save_model(build_scale_model(1.0), repository, "kept", 1)
+    server = make_server(repository)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    for release in range(5):
+        name = f"release-{release}"
+        save_model(build_scale_model(2.0), repository, name, 1)
+        (repository / name / "config.toml").write_text("[rollout]\nstable = 1\n")
+        assert server.refresh() == []
+        requests = [server.predict(name, x * row, context={"user_id": str(row)}) for row in range(20)]
+        server.record_outcome(requests[0].request_id, 1.0)
+        shutil.rmtree(repository / name)
+        assert server.refresh() == []
+        assert name not in server.models
+    assert list(server._registry.routers) == ["kept"]  # (each router holds its last hour of request ids)
+    save_model(build_scale_model(2.0), repository, "release-0", 1)  # a name that comes back starts afresh
+    assert server.refresh() == []
+    assert server.predict("release-0", x, context={"user_id": "a"}).version == 1
