@@ -6,6 +6,7 @@ checks."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import json
 import logging
@@ -21,7 +22,9 @@ from django.core.checks import run_checks
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client, RequestFactory, override_settings
 from inprocserve_django import apredict, reset_server
+from werkzeug.serving import make_server
 
+import inprocserve
 from inprocserve import v2
 from inprocserve.testing import build_scale_model, save_model
 
@@ -200,6 +203,69 @@ def test_removing_the_canary_answers_the_percent_applied(served: Path) -> None:
     assert response.status_code == 200 and response.json()["canary_percent"] == 0
     response = canary(b'{"version": null, "percent": 50}')  # meant as "send 50 %", it removed the canary
     assert response.status_code == 400 and "removes the canary and takes no percent" in response.json()["message"]
+
+
+def admin_post_chunked(path: str, pieces: list[bytes]) -> tuple[int, dict[str, Any]]:
+    """POST to an admin endpoint with a chunked body (a body streamed from a generator, as requests and Go's
+    client send one of unknown length), over HTTP to a real WSGI server that ends chunked input (werkzeug's,
+    as gunicorn does)."""
+    server = make_server("127.0.0.1", 0, WSGIHandler(), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="admin-http", daemon=True)
+    thread.start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+        connection.request("POST", path, body=iter(pieces), headers=ADMIN, encode_chunked=True)
+        response = connection.getresponse()
+        status, document = response.status, json.loads(response.read())
+        connection.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+    return status, document
+
+
+@pytest.mark.django_db
+def test_a_chunked_admin_body_is_read_not_taken_for_an_empty_one(repository: Path) -> None:
+    # Django reads Content-Length bytes of a body: a chunked one read as b"", so {"version": 1} was refused as
+    # "got None", and a canary could never be set by a client that streams its body.
+    save_model(build_scale_model(3.0), repository, "scale", 2)
+    models = {"scale": inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())}
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "MODELS": models, "ADMIN_TOKEN": "secret"}):
+        switched = admin_post_chunked("/-/inprocserve/models/scale/switch", [b'{"vers', b'ion": 1}'])
+        canary = admin_post_chunked("/-/inprocserve/models/scale/canary", [b'{"version": 2, "percent": 30}'])
+        garbage = admin_post_chunked("/-/inprocserve/models/scale/switch", [b"not JSON"])
+    reset_server()
+    assert switched == (200, {**switched[1], "model": "scale", "stable": 1}), switched
+    assert canary[0] == 200 and canary[1]["canary_version"] == 2 and canary[1]["canary_percent"] == 30, canary
+    assert garbage[0] == 400 and "the body is not JSON" in garbage[1]["message"], garbage
+
+
+@pytest.mark.django_db
+def test_a_chunked_admin_body_is_capped_as_django_caps_bodies(served: Path) -> None:
+    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
+        status, document = admin_post_chunked("/-/inprocserve/reload", [b" " * 600, b" " * 600])
+    assert status == 413 and "DATA_UPLOAD_MAX_MEMORY_SIZE" in document["message"], document
+
+
+@pytest.mark.django_db
+def test_an_admin_body_of_unknown_end_is_a_411_that_says_why(served: Path) -> None:
+    # (a WSGI server that does not end chunked input: the body cannot be read, and is not taken for "no body")
+    answer: dict[str, Any] = {}
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/-/inprocserve/models/scale/switch",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "wsgi.input": io.BytesIO(b'{"version": 1}'),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "HTTP_AUTHORIZATION": "Bearer secret",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+    }
+    chunks = WSGIHandler()(environ, lambda status, headers: answer.update(status=status))
+    assert answer["status"].startswith("411")
+    assert "send a Content-Length header" in json.loads(b"".join(chunks))["message"]
 
 
 def test_a_configured_token_with_a_trailing_newline_still_opens_the_admin_endpoints(repository: Path) -> None:

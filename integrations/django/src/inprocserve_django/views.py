@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from inprocserve import web
+from inprocserve import InvalidInputError, web
 
+from .body import LengthRequired, whole_body
 from .conf import settings
 from .middleware import not_logged_per_request
 from .server import building, get_server
@@ -60,8 +62,13 @@ def _admin(action: str) -> Callable[..., JsonResponse]:
             raise Http404("admin endpoints are off (INPROCSERVE['ADMIN_TOKEN'] is not set)")
         if not _authorized(request):
             return JsonResponse({"error": "unauthorized"}, status=401)
+        try:  # (request.body of a chunked request is empty: the action ran as if no body was sent)
+            body = whole_body(request)
+        except (LengthRequired, InvalidInputError, RequestDataTooBig) as exc:  # (broken chunked framing, ...)
+            status = 411 if isinstance(exc, LengthRequired) else 413 if isinstance(exc, RequestDataTooBig) else 400
+            return JsonResponse({"error": type(exc).__name__, "message": str(exc)}, status=status)
         actor = f"admin endpoint from {request.META.get('REMOTE_ADDR')}"
-        answer = web.admin_answer(get_server(), action, name, request.body, actor=actor)
+        answer = web.admin_answer(get_server(), action, name, body, actor=actor)
         return JsonResponse(answer.body, status=answer.status)
 
     view.__name__ = action
