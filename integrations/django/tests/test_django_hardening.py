@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from django.conf import settings as django_settings
 from django.core.checks import run_checks
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client, RequestFactory, override_settings
@@ -180,6 +181,36 @@ def test_the_app_s_ready_503_says_when_to_retry(with_broken: Path) -> None:
 def test_a_ready_server_answers_without_retry_after(served: Path) -> None:
     response = Client().get("/-/inprocserve/ready")
     assert response.status_code == 200 and not response.has_header("Retry-After")
+
+
+# -- methods ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/-/inprocserve/health", "/-/inprocserve/ready", "/-/inprocserve/models"])
+def test_the_read_only_endpoints_answer_other_methods_405(served: Path, path: str) -> None:
+    # Any method answered: OPTIONS, TRACE and (without CsrfViewMiddleware) PUT or DELETE got the whole status,
+    # and with it POST got an HTML 403 about CSRF cookies; the Flask plug-in answers them 405
+    with override_settings(MIDDLEWARE=[*django_settings.MIDDLEWARE, "django.middleware.csrf.CsrfViewMiddleware"]):
+        for client in (Client(), Client(enforce_csrf_checks=True)):
+            for method in ("post", "put", "patch", "delete", "options", "trace"):
+                response = getattr(client, method)(path)
+                assert (response.status_code, response["Allow"]) == (405, "GET, HEAD"), (method, response.content)
+                assert b"scale" not in response.content
+            assert client.get(path).status_code == 200
+            head = client.head(path)
+            assert head.status_code == 200 and head.content == b""
+
+
+def test_the_status_page_answers_head_as_get(served: Path) -> None:
+    settings = {"REPOSITORY": str(served), "STATUS_PAGE": True, "STATUS_PAGE_TOKEN": "page-secret"}
+    with override_settings(INPROCSERVE=settings):
+        client = Client()
+        token = {"Authorization": "Bearer page-secret"}
+        assert client.head("/-/inprocserve/status", headers=token).status_code == 200
+        assert client.head("/-/inprocserve/status").status_code == 401
+        assert client.get("/-/inprocserve/status", headers=token).status_code == 200
+    reset_server()
 
 
 # -- admin -----------------------------------------------------------------------------------------------------------

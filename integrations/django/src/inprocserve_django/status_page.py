@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from inprocserve import web
 
@@ -25,7 +25,7 @@ _REALM = 'Basic realm="inprocserve status", charset="UTF-8"'
 
 
 @csrf_exempt  # (its token authorizes it, never a cookie: another method is a 405, not CSRF's 403)
-@require_GET
+@require_safe  # GET and HEAD, as the Flask plug-in's page
 def status_page(request: HttpRequest) -> HttpResponse:
     config = settings()
     token = config["STATUS_PAGE_TOKEN"]

@@ -14,7 +14,7 @@ from typing import cast
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from inprocserve import InvalidInputError, web
 
@@ -23,11 +23,18 @@ from .conf import settings
 from .middleware import not_logged_per_request
 from .server import building, get_server
 
+# The read-only endpoints answer GET and HEAD, and any other method 405 (as the Flask plug-in's do), exempt from
+# CSRF checks, which would answer a POST with an HTML 403 about cookies: any method answered the whole status.
 
+
+@csrf_exempt
+@require_safe
 def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+@csrf_exempt
+@require_safe
 def ready(request: HttpRequest) -> JsonResponse:
     if settings()["EAGER"] and building():  # warming up after the fork: not ready, and do not wait for it
         readiness = web.Readiness.warming_up()
@@ -39,6 +46,8 @@ def ready(request: HttpRequest) -> JsonResponse:
     return not_logged_per_request(response)  # (a probe every few seconds: not an error line each time)
 
 
+@csrf_exempt
+@require_safe
 def models(request: HttpRequest) -> JsonResponse:
     server = web.server_or_none(get_server, "GET /models")
     if server is None:  # (its cause names files: logged, not answered)
