@@ -783,3 +783,14 @@ def test_parsing_a_long_json_answer_of_numbers_checks_in_with_its_caller_as_it_g
     decoded = decode_checked_response(body, headers, checkpoint=lambda: None)
     np.testing.assert_array_equal(decoded.outputs["y"], row)
     assert decoded.outputs["y"].dtype == dtype
+
+
+def test_an_answer_of_an_empty_tensor_past_numpy_s_reach_is_an_invalid_answer() -> None:
+    # a remote server's answer (the remote backend reads it with this codec): numpy cannot shape even an empty
+    # array of [1, 0, 2**24, 2**24, 2**24], and its ValueError escaped as no error of the library's
+    answer = {
+        "model_name": "m",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 0] + [2**24] * 3, "data": []}],
+    }
+    with pytest.raises(inprocserve.InvalidInputError, match="is empty, but its other sizes make more than 16777216"):
+        v2.decode_infer_response(json.dumps(answer).encode(), {})

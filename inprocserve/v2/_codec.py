@@ -445,6 +445,13 @@ def _tensor_header(raw: object, index: int, limits: Limits) -> tuple[str, str, l
         )
     if any(d > limits.max_elements for d in shape):  # also keeps math.prod small
         raise InvalidInputError(f"tensor {brief(name)}: shape {shape} has more than {limits.max_elements} elements")
+    # An empty tensor's other sizes count too: numpy refuses to shape even an empty array past its address space
+    # ([1, 0, 2**24, 2**24, 2**24] of FP32), and its ValueError was a 500
+    if 0 in shape and math.prod(d for d in shape if d) > limits.max_elements:
+        raise InvalidInputError(
+            f"tensor {brief(name)}: shape {shape} is empty, but its other sizes make more than {limits.max_elements} "
+            "elements; send the sizes the model takes"
+        )
     tensor_parameters = _parameters(raw.get("parameters"), f"tensor {brief(name)}")
     for unsupported in ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"):
         if unsupported in tensor_parameters:

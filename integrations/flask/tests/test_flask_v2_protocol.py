@@ -196,6 +196,44 @@ def test_error_paths_answer_json_with_the_right_status(
     assert re.search(message, response.json["error"]), response.json
 
 
+def build_video_model() -> Any:
+    """A model over [batch, channels, frames, height, width], every size dynamic (a video or 3-D model's input)."""
+    from onnx import TensorProto, helper
+
+    dims = ["batch", "channels", "frames", "height", "width"]
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "video",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_an_empty_tensor_of_sizes_past_numpy_s_reach_is_a_400(tmp_path: Path, *, binary: bool) -> None:
+    # 0 elements, so under max_elements, but numpy cannot shape even an empty array of [1, 0, 2**24, 2**24, 2**24]
+    # FP32 (its other sizes pass the address space): a ValueError, answered 500 with a traceback logged each time
+    save_model(build_video_model(), tmp_path / "models", "video", 1)
+    app = make_app(tmp_path / "models")
+    shape = [1, 0, 2**24, 2**24, 2**24]
+    tensor = {"name": "x", "shape": shape, "datatype": "FP32"}
+    if binary:
+        body = infer_json({**tensor, "parameters": {"binary_data_size": 0}})
+        headers = {v2.HEADER_LENGTH: str(len(body))}
+    else:
+        body, headers = infer_json({**tensor, "data": []}), {}
+    client = app.test_client()
+    response = client.post("/v2/models/video/infer", data=body, headers=headers)
+    empty = client.post("/v2/models/video/infer", data=infer_json({**tensor, "shape": [1, 0, 64, 64, 64], "data": []}))
+    Inprocserve.close(app)
+    assert response.status_code == 400, response.data
+    assert "is empty, but its other sizes make more than 16777216" in response.json["error"]
+    assert empty.status_code == 200 and empty.json["outputs"][0]["shape"] == [1, 0, 64, 64, 64]
+
+
 def test_a_body_nested_too_deeply_for_the_json_parser_is_a_400(repository: Path) -> None:
     # 100,000 levels: past the parser's limit on every Python (3.13's parses several thousand, and how many
     # depends on how deep the stack already is; 3.11's and 3.12's under 1,000)
