@@ -12,7 +12,7 @@ each turns the typed results below into its framework's responses.
 * :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
 * :func:`environ_key`: where a request header is in a WSGI environ (and Django's ``request.META``).
 * :func:`body_reader`: a request body's ``read`` whose failures (a client gone mid-upload, broken chunked
-  framing) are a 400 rather than a 500.
+  framing) are a 400 rather than a 500; :func:`body_end_unknown`: a chunked body the WSGI server cannot end.
 * :class:`ProcessLocalServer`: one lazily built server per process, rebuilt in a forked child.
 * :data:`SHADOW_SETTINGS`, :func:`shadow_setting_problem`: the server's shadow arguments, their defaults
   and their checks, for settings read at start-up while the server is built later in each worker.
@@ -76,6 +76,7 @@ __all__ = [
     "ADMIN_ACTIONS",
     "AdminAnswer",
     "ERROR_STATUS",
+    "LENGTH_REQUIRED",
     "ErrorAnswer",
     "NO_SERVER",
     "ProcessLocalServer",
@@ -83,6 +84,7 @@ __all__ = [
     "SECONDS_SETTINGS",
     "SHADOW_SETTINGS",
     "admin_answer",
+    "body_end_unknown",
     "body_reader",
     "bool_setting_problem",
     "budget_spent",
@@ -647,6 +649,28 @@ def environ_key(header: str | None) -> str | None:
         raise ConfigurationError(f"a header setting must be a header name or None, not {header!r}")
     key = header.upper().replace("-", "_")
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+
+LENGTH_REQUIRED = (
+    "send a Content-Length header: this WSGI server does not mark where a chunked request body ends "
+    "(wsgi.input_terminated), so the body cannot be read; run it behind a proxy that buffers requests, or under a "
+    "server that ends chunked input (gunicorn does)"
+)
+"""What a client is told (with a 411) when its body's end cannot be found: see :func:`body_end_unknown`."""
+
+
+def body_end_unknown(environ: Mapping[str, Any]) -> bool:
+    """Whether a WSGI request carries a body whose end the application cannot find: sent without a
+    ``Content-Length`` (chunked), to a server that does not end the input itself (``wsgi.input_terminated``;
+    uWSGI does not, gunicorn and werkzeug do). werkzeug and Django read such a body as empty, so it was taken
+    for none: an admin action's ``{"version": 2}`` refused as having no version, a protocol request as
+    malformed JSON. Answer it 411 with :data:`LENGTH_REQUIRED`."""
+    length = environ.get("CONTENT_LENGTH")
+    return (
+        not (length is not None and str(length).strip())
+        and "HTTP_TRANSFER_ENCODING" in environ
+        and not environ.get("wsgi.input_terminated")
+    )
 
 
 def body_reader(

@@ -12,7 +12,12 @@ from inprocserve_flask import Inprocserve, predict
 from inprocserve import _fork
 
 app = Flask(__name__)
-app.config.update(INPROCSERVE_REPOSITORY=os.environ["INPROCSERVE_TEST_REPOSITORY"], INPROCSERVE_EAGER=True)
+app.config.update(
+    INPROCSERVE_REPOSITORY=os.environ["INPROCSERVE_TEST_REPOSITORY"],
+    INPROCSERVE_EAGER=True,
+    INPROCSERVE_ADMIN_TOKEN="uwsgi-admin-token",
+    INPROCSERVE_V2_PROTOCOL=True,
+)
 Inprocserve(app)
 if os.environ.get("INPROCSERVE_TEST_WARM_IN_MASTER") == "1":
     Inprocserve.warm(app)  # the mistake: the master imports onnxruntime before forking its workers

@@ -50,11 +50,7 @@ def body_reader(request: HttpRequest) -> Callable[[int], bytes]:
         return web.body_reader(stream.read)
 
     def length_required(size: int) -> bytes:
-        raise LengthRequired(
-            "send a Content-Length header: this WSGI server does not mark where a chunked request body ends "
-            "(wsgi.input_terminated), so the body cannot be read; run it behind a proxy that buffers requests, "
-            "or under a server that ends chunked input (gunicorn does)"
-        )
+        raise LengthRequired(web.LENGTH_REQUIRED)
 
     return length_required
 

@@ -8,6 +8,7 @@ request's time budget (the ``timeout`` view decorator, the deadline header, ``IN
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,8 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
     @routes.route("/v2", methods=methods, strict_slashes=False)
     @routes.route("/v2/<path:rest>", methods=methods)
     def protocol(rest: str = "") -> Response:
+        if web.body_end_unknown(request.environ):  # (read as empty, it was refused as malformed JSON)
+            return Response(json.dumps({"error": web.LENGTH_REQUIRED}), status=411, content_type="application/json")
         answer = endpoints.handle(
             request.method,
             request.path,
