@@ -204,7 +204,7 @@ def binary_body(raw: bytes, size: int, *, shape: Any = (1, 4), datatype: str = "
             "ends before its 2 elements",
         ),
         (lambda: binary_body(struct.pack("<I", 1) + b"ab", 6, shape=[1], datatype="BYTES"), "1 bytes left over"),
-        (lambda: (request_json(x_input([1, 2, 3, 4])), {v2.HEADER_LENGTH: "x"}), "must be an integer"),
+        (lambda: (request_json(x_input([1, 2, 3, 4])), {v2.HEADER_LENGTH: "x"}), "must be a number of bytes"),
         (lambda: (request_json(x_input([1, 2, 3, 4])), {v2.HEADER_LENGTH: "99999"}), "outside the body"),
         (lambda: (b" " * (64 * 2**20 + 1), {}), "more than the 67108864 allowed"),
     ],

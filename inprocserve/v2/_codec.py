@@ -360,13 +360,15 @@ def _header_length(headers: Mapping[str, str], body_length: int) -> int | None:
     raw = _header(headers, HEADER_LENGTH)
     if raw is None:
         return None
-    try:
-        length = int(raw)
-    except ValueError:
-        raise InvalidInputError(f"{HEADER_LENGTH} must be an integer, got {raw[:40]!r}") from None
-    if not 0 <= length <= body_length:
-        raise InvalidInputError(f"{HEADER_LENGTH} is {length}, outside the body's {body_length} bytes")
-    return length
+    # ASCII digits only: int() also takes "1_04", "+104" and other scripts' digits, and a length read so was
+    # blamed on the JSON it cut short ("the request JSON is malformed")
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit():
+        raise InvalidInputError(f"{HEADER_LENGTH} must be a number of bytes, got {raw[:40]!r}")
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 18 or int(digits) > body_length:  # (thousands of digits: never given to int())
+        raise InvalidInputError(f"{HEADER_LENGTH} is {digits[:40]}, outside the body's {body_length} bytes")
+    return int(digits)
 
 
 _HOOKED_PARSE_ABOVE_BYTES = 1 << 20

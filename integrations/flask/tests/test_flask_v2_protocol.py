@@ -414,6 +414,22 @@ def test_a_worker_whose_server_cannot_be_built_answers_503_without_naming_its_fi
         Inprocserve.close(app)
 
 
+def test_an_inference_header_length_that_is_no_number_of_bytes_is_named_as_the_fault(app: Flask) -> None:
+    # int() read "1_04" as 104 and "+104" too, and a JSON part cut short by such a length was blamed on the JSON
+    # ("the request JSON is malformed"), where the same lengths in Content-Length are named as the fault
+    head = json.dumps({"inputs": [{**X, "data": None, "parameters": {"binary_data_size": 16}}]}).encode()
+    head = head.replace(b'"data": null, ', b"")
+    body = head + np.array([1, 2, 3, 4], "<f4").tobytes()
+    text = str(len(head))
+    client = app.test_client()
+    for length in (f"{text[0]}_{text[1:]}", f"+{text}", f"{text[:-1]}_{text[-1]}", "1_0"):
+        response = client.post("/v2/models/scale/infer", data=body, headers={v2.HEADER_LENGTH: length})
+        assert response.status_code == 400, (length, response.json)
+        assert response.json == {"error": f"{v2.HEADER_LENGTH} must be a number of bytes, got {length!r}"}
+    answered = client.post("/v2/models/scale/infer", data=body, headers={v2.HEADER_LENGTH: f" {text} "})
+    assert answered.status_code == 200 and answered.json["outputs"][0]["data"] == [2, 4, 6, 8], answered.json
+
+
 def test_a_content_length_that_is_no_number_of_bytes_is_named_as_the_fault(app: Flask) -> None:
     """werkzeug passes on a Content-Length of "-1", "abc" or "+86" (gunicorn refuses them itself): the body was
     read as empty and the client told its JSON was malformed. A length of leading zeros is a length."""
