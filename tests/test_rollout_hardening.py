@@ -767,6 +767,27 @@ def test_promotion_samples_are_copies_of_what_callers_sent(versions: Path, make_
     assert refused.value.report["max_abs_diff"] == pytest.approx(7.0)
 
 
+def test_once_the_promotion_samples_are_full_one_request_in_64_is_sampled(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """A copy taken aside costs a lone predict several microseconds (cold code and memory between two runs),
+    so once full the samples take one routed request in 64 (docs/rollouts.md)."""
+    server = make_server(versions, config=rollout(stable=1, capture_inputs=8))
+    for _ in range(8):
+        server.predict("scale", np.full((1, 4), 1.0, np.float32))
+    for _ in range(63):
+        server.predict("scale", np.full((1, 4), 50.0, np.float32))
+    # v1 is stable; v2 answers 2x: the largest difference is the largest input among the samples
+    with pytest.raises(inprocserve.PromotionRefusedError) as refused:
+        server.promote("scale", 2, max_abs_diff=0.5, min_samples=8)
+    assert refused.value.report["max_abs_diff"] == pytest.approx(1.0)  # none of the 63 taken
+    server.predict("scale", np.full((1, 4), 50.0, np.float32))
+    with pytest.raises(inprocserve.PromotionRefusedError) as refused:
+        server.promote("scale", 2, max_abs_diff=0.5, min_samples=8)
+    assert refused.value.report["max_abs_diff"] == pytest.approx(50.0)  # the 64th replaced the oldest
+    assert refused.value.report["samples"] == 8
+
+
 def test_a_refused_promotion_leaves_the_samples_as_they_were(versions: Path, make_server: ServerFactory) -> None:
     server = make_server(versions, config=rollout(stable=1, capture_inputs=16))
     for i in range(16):
