@@ -140,7 +140,10 @@ class BatchExecution:
                 timeout_s=None if deadline is None else deadline - self._clock(),
                 parent=request.span,
             )
-            return dict(zip(self._output_names, outputs, strict=True)), None
+            names = self._output_names
+            if len(names) == 1 == len(outputs):  # (see run_plain)
+                return {names[0]: outputs[0]}, None
+            return dict(zip(names, outputs, strict=True)), None
         except InprocserveError as exc:  # the request's own failure (its input, its deadline)
             return None, exc
         except Exception as exc:  # a bug, or the runner failed as a whole (or the caller's task was stopped)
@@ -168,7 +171,10 @@ class BatchExecution:
         started = 0.0 if timing is None else time.perf_counter()
         try:
             outputs = self._run_batch(runner, arrays, timeout_s=timeout_s, parent=parent)
-            return dict(zip(self._output_names, outputs, strict=True))
+            names = self._output_names
+            if len(names) == 1 == len(outputs):  # (most models': a dict display, not zip's, cold after a run)
+                return {names[0]: outputs[0]}
+            return dict(zip(names, outputs, strict=True))
         except InprocserveError:  # the request's own failure
             raise
         except Exception as exc:  # a bug, or the runner failed as a whole: the caller gets it, the log says more
