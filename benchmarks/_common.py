@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# This checkout's package, before the one the environment has installed (an editable install of another
+# checkout: a benchmark run from a clone measured that one), unless PYTHONPATH names the code to run (a
+# benchmark's child process running a --baseline's package does).
+if not os.environ.get("PYTHONPATH"):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inprocserve.testing import build_mlp_model, save_model
 
