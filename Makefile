@@ -130,7 +130,8 @@ soak: install $(OLD_ORT_STAMP) $(OLD_UWSGI_STAMP)
 	INPROCSERVE_TEST_TASK_QUEUES_SOAK=1 INPROCSERVE_TEST_LONG_RACES=1 \
 	$(BIN)/python -m pytest -s --timeout=3600 tests/soak tests/test_fuzz.py tests/test_celery.py \
 		integrations/flask/tests/test_flask_hostile_input.py integrations/django/tests/test_django_hostile_input.py \
-		integrations/flask/tests/test_uwsgi.py $(LONG_RACE_TESTS) $(PYTEST_ARGS)
+		integrations/flask/tests/test_uwsgi.py integrations/flask/tests/test_gunicorn_restarts_under_load.py \
+		$(LONG_RACE_TESTS) $(PYTEST_ARGS)
 
 # The oldest versions the three packages claim to support (requirements/oldest.txt: numpy, onnxruntime,
 # opentelemetry, urllib3, onnx, Django 4.2, Flask 2.3 with Werkzeug 2.3 ...), in a venv of their own since

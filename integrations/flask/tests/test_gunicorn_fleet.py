@@ -45,10 +45,14 @@ MODES = {
 class Fleet:
     """One gunicorn master and its workers; the log goes to a file (a pipe could fill and block it)."""
 
-    def __init__(self, tmp_path: Path, mode: str, *extra: str, poll_interval_s: float = 0.0) -> None:
+    def __init__(
+        self, tmp_path: Path, mode: str, *extra: str, poll_interval_s: float = 0.0, config_toml: str = ""
+    ) -> None:
         self.repository = tmp_path / "models"
         for version in (1, 2):
             save_model(build_scale_model(float(version)), self.repository, "scale", version)
+        if config_toml:
+            (self.repository / "scale" / "config.toml").write_text(config_toml)
         self.report = tmp_path / "master.jsonl"
         self.log_path = tmp_path / "gunicorn.log"
         listener = listening_socket()  # handed to gunicorn: no other process can take its port first
@@ -140,8 +144,8 @@ class Fleet:
 def fleet_factory(tmp_path: Path) -> Iterator[Any]:
     fleets: list[Fleet] = []
 
-    def start(mode: str, *extra: str, poll_interval_s: float = 0.0) -> Fleet:
-        fleet = Fleet(tmp_path, mode, *extra, poll_interval_s=poll_interval_s)
+    def start(mode: str, *extra: str, poll_interval_s: float = 0.0, config_toml: str = "") -> Fleet:
+        fleet = Fleet(tmp_path, mode, *extra, poll_interval_s=poll_interval_s, config_toml=config_toml)
         fleets.append(fleet)
         fleet.wait_ready()
         return fleet
