@@ -28,7 +28,7 @@ from ._model import ModelVersion
 from ._remote import RemoteBackend
 from ._remote_model import read_remote_toml, unknown_keys_warning
 from ._repository import MODEL_FILENAME, REMOTE_FILENAME, is_remote, scan_repository
-from ._signature import Signature
+from ._signature import ANY_RANK, Signature
 
 __all__ = ["add_inspect", "add_quantize", "add_validate", "validate_repository"]
 
@@ -345,7 +345,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _describe(spec: dict[str, Any]) -> str:  # TensorSpec.describe(), from the JSON form
-    shape = "?" if spec["shape"] is None else ", ".join("?" if axis is None else str(axis) for axis in spec["shape"])
+    dims = spec["shape"]
+    shape = ANY_RANK if dims is None else ", ".join("?" if axis is None else str(axis) for axis in dims)
     return f"{spec['name']}: {spec['type']} [{shape}]"
 
 

@@ -32,6 +32,7 @@ from ._backend import raised_by_signal_handler
 from ._config import ModelConfig, PoolConfig
 from ._cpu_quota import CpuQuota, current_cpu_quota
 from ._deadlines import Watchdog
+from ._declared_shapes import session_signature
 from ._errors import (
     DeadlineExceededError,
     InferenceError,
@@ -631,7 +632,7 @@ class OnnxruntimeBackend:
             raise ModelLoadError(f"onnxruntime {_ort().__version__} is not supported: sessions lack a binding")
         if self.signature is None:
             try:
-                self.signature = Signature.from_nodes(session.get_inputs(), session.get_outputs())
+                self.signature = session_signature(session.get_inputs(), session.get_outputs(), self.path)
                 self._output_names = list(self.signature.output_names)
                 self._sizing_inputs = tuple(
                     spec.name for spec in self.signature.inputs if spec.dtype is not None and spec.dtype.kind in "iu"

@@ -18,6 +18,7 @@ from ._brief import brief
 from ._errors import InvalidInputError
 
 __all__ = [
+    "ANY_RANK",
     "UNREADABLE",
     "Bounds",
     "NodeInfo",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 Dim = int | str | None
+ANY_RANK = "any rank"
+"""How a tensor of unknown rank (no shape declared) is described: ``x: tensor(float) [any rank]``."""
 Bounds = tuple[float | None, float | None]
 """An input's ``(min, max)``, as configured (``ModelConfig.inputs``); ``None``: unbounded on that side."""
 
@@ -79,8 +82,10 @@ class TensorSpec:
     carries any bytes), not decoded as the UTF-8 text an ONNX string tensor holds."""
 
     @classmethod
-    def from_node(cls, node: NodeInfo) -> TensorSpec:
-        shape = None if node.shape is None else tuple(node.shape)
+    def from_node(cls, node: NodeInfo, *, any_rank: bool = False) -> TensorSpec:
+        """``any_rank``: the model file declares no shape for it, which onnxruntime reports as ``[]``, as it
+        reports a scalar; such a tensor's shape is ``None`` (see :mod:`._declared_shapes`)."""
+        shape = None if node.shape is None or (any_rank and not node.shape) else tuple(node.shape)
         return cls(node.name, node.type, _ONNX_TO_NUMPY.get(node.type), shape)
 
     @property
@@ -98,7 +103,7 @@ class TensorSpec:
         return self.dtype is not None and bool(self.shape) and _is_dynamic(self.shape[0])  # type: ignore[index]
 
     def describe(self) -> str:
-        dims = "?" if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
+        dims = ANY_RANK if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.name}: {self.onnx_type} [{dims}]"
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,8 +202,20 @@ class Signature:
         )
 
     @classmethod
-    def from_nodes(cls, inputs: Sequence[NodeInfo], outputs: Sequence[NodeInfo]) -> Signature:
-        return cls([TensorSpec.from_node(n) for n in inputs], [TensorSpec.from_node(n) for n in outputs])
+    def from_nodes(
+        cls,
+        inputs: Sequence[NodeInfo],
+        outputs: Sequence[NodeInfo],
+        *,
+        any_rank: tuple[Collection[str], Collection[str]] = ((), ()),
+    ) -> Signature:
+        """``any_rank``: the names of the inputs, and of the outputs, that the model file declares with no
+        shape (:func:`._declared_shapes.shapeless_tensors`), which onnxruntime's nodes cannot tell from scalars."""
+        unranked_inputs, unranked_outputs = any_rank
+        return cls(
+            [TensorSpec.from_node(n, any_rank=n.name in unranked_inputs) for n in inputs],
+            [TensorSpec.from_node(n, any_rank=n.name in unranked_outputs) for n in outputs],
+        )
 
     def empty_answer(self, *, as_run: bool = False) -> dict[str, Any]:
         """Zero rows of each output, with the output's dtype and axes: what an input of no rows is answered with
@@ -656,6 +673,8 @@ def _batch_axis_problem(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSp
         for spec in specs:
             if spec.dtype is None:
                 return f"{kind} {spec.describe()} is not a tensor, so it has no rows to split"
+            if spec.shape is None:
+                return f"{kind} {spec.describe()} declares no shape, so nothing tells that its axis 0 is the rows"
             if not spec.has_dynamic_batch:
                 return f"{kind} {spec.describe()} has no dynamic axis 0 to stack rows on"
             dim = spec.shape[0] if spec.shape else None

@@ -1,0 +1,160 @@
+"""Inputs and outputs that the model file declares with no shape (any rank), which onnxruntime reports as
+``[]`` as it reports a scalar: served at any rank, told apart from true scalars, on real onnxruntime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from inprocserve import InvalidInputError
+from inprocserve.__main__ import main
+from inprocserve._declared_shapes import Shapeless, shapeless_tensors
+from inprocserve.testing import save_model
+
+from .conftest import ServerFactory
+
+_Shape = list[int | str] | None
+
+
+def relu(shape: _Shape) -> onnx.ModelProto:
+    """``y = relu(x)``, with ``x`` and ``y`` declared of ``shape`` (``None``: no shape at all)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def projection() -> onnx.ModelProto:
+    """``y = x @ w`` with ``w[3, 2]`` a 1 KiB-padded initializer ahead of the inputs, ``x`` declared with no
+    shape: it runs on ``[..., 3]`` arrays only, and fails on a scalar."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(3, 2), "w")
+    pad = numpy_helper.from_array(np.zeros(256, dtype=np.float32), "unused")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "projection", [x], [y], [w, pad])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+@pytest.fixture
+def relus(repository: Path) -> Path:
+    save_model(relu(None), repository, "anyrank")
+    save_model(relu([]), repository, "scalar")
+    return repository
+
+
+def test_the_file_tells_a_tensor_of_no_shape_from_a_scalar(tmp_path: Path) -> None:
+    inputs = [
+        helper.make_tensor_value_info("free", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("one", TensorProto.FLOAT, []),
+        helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", 3]),
+        helper.make_tensor_value_info("texts", TensorProto.STRING, None),
+    ]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+    weights = [numpy_helper.from_array(np.ones((64, 64), np.float32), "big")]
+    graph = helper.make_graph([], "g", inputs, outputs, weights)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    assert shapeless_tensors(path) == Shapeless(frozenset({"free", "texts"}), frozenset({"out"}))
+    path.write_bytes(b"\x3a\xff\xff")  # (a graph field that runs past the end: nothing is claimed)
+    assert shapeless_tensors(path) == Shapeless()
+
+
+def test_an_input_declared_with_no_shape_takes_arrays_of_any_rank(relus: Path, make_server: ServerFactory) -> None:
+    server = make_server(relus)
+    grid = np.array([[1, -2, 3], [-4, 5, -6]], np.float32)
+    assert server.predict("anyrank", grid)["y"].tolist() == [[1, 0, 3], [0, 5, 0]]
+    assert server.predict("anyrank", {"x": [-1.0, 2.0, -3.0, 4.0, 5.0]})["y"].tolist() == [0, 2, 0, 4, 5]
+    assert server.predict("anyrank", np.float32(-7))["y"].tolist() == 0.0
+    with pytest.raises(InvalidInputError, match=r"input 'x': expected numbers of dtype float32"):
+        server.predict("anyrank", np.array([["a", "b"]], dtype=object))  # its dtype is still checked
+    with pytest.raises(InvalidInputError, match=r"the model takes x: tensor\(float\) \[any rank\]"):
+        server.predict("anyrank", {"z": grid})
+
+
+def test_a_scalar_input_still_refuses_an_array(relus: Path, make_server: ServerFactory) -> None:
+    server = make_server(relus)
+    assert server.predict("scalar", np.float32(-7))["y"].tolist() == 0.0
+    with pytest.raises(InvalidInputError, match=r"input 'x': expected 0 dimensions \[\], got 2 \(shape \[2, 3\]\)"):
+        server.predict("scalar", np.ones((2, 3), np.float32))
+
+
+def test_requests_of_any_rank_run_unbatched_each_with_its_own_answer(relus: Path, make_server: ServerFactory) -> None:
+    server = make_server(relus)
+    status = server.status()["models"]["anyrank"]["versions"]["1"]
+    assert status["signature"]["inputs"] == [{"name": "x", "type": "tensor(float)", "shape": None}]
+    assert status["signature"]["outputs"] == [{"name": "y", "type": "tensor(float)", "shape": None}]
+    assert status["signature"]["batchable"] is False
+    shapes = [(2, 3), (5,), (2, 3), (1, 4, 2)]
+    arrays = [np.arange(np.prod(shape), dtype=np.float32).reshape(shape) - 3 * i for i, shape in enumerate(shapes)]
+    futures = [server.submit("anyrank", array) for array in arrays]
+    for array, future in zip(arrays, futures, strict=True):
+        np.testing.assert_array_equal(future.result(timeout=10)["y"], np.maximum(array, 0))
+
+
+def test_a_model_that_needs_a_rank_warms_up_on_its_warmup_file(repository: Path, make_server: ServerFactory) -> None:
+    path = save_model(projection(), repository, "projection")
+    np.save(path.parent.parent / "warmup.npy", np.ones((2, 3), np.float32))
+    (path.parent.parent / "config.toml").write_text('[warmup]\ninputs_file = "warmup.npy"\n')
+    server = make_server(repository)
+    assert server.predict("projection", [[1.0, 1.0, 1.0]])["y"].tolist() == [[6.0, 9.0]]
+    assert server.predict("projection", np.ones((2, 4, 3), np.float32))["y"].shape == (2, 4, 2)
+
+
+def test_inspect_shows_an_input_of_any_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = save_model(relu(None), tmp_path, "anyrank")
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "x: tensor(float) [any rank]" in out
+    assert "batchable: no (runs unbatched: input x: tensor(float) [any rank] declares no shape" in out
+    assert main(["inspect", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs"] == [{"name": "x", "type": "tensor(float)", "shape": None}]
+
+
+def test_the_flask_plug_in_and_v2_serve_an_input_of_any_rank(relus: Path) -> None:
+    from flask import Flask, request
+    from inprocserve_flask import Inprocserve, predict
+
+    app = Flask(__name__)
+    app.config.update(INPROCSERVE_REPOSITORY=str(relus), INPROCSERVE_V2_PROTOCOL=True)
+    Inprocserve(app)
+
+    @app.post("/relu/<name>")
+    def score(name: str) -> object:
+        return {"y": predict(name, {"x": request.get_json()["x"]})["y"].tolist()}
+
+    try:
+        web = app.test_client()
+        grid = web.post("/relu/anyrank", json={"x": [[1, -2, 3], [-4, 5, -6]]})
+        refused = web.post("/relu/scalar", json={"x": [[1, -2, 3], [-4, 5, -6]]})
+        metadata = web.get("/v2/models/anyrank").json
+        infers = {
+            tuple(shape): web.post(
+                "/v2/models/anyrank/infer",
+                json={"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}]},
+            )
+            for shape, data in (([2, 3], [1, -2, 3, -4, 5, -6]), ([5], [-1, 2, -3, 4, 5]))
+        }
+        scalar = web.post(
+            "/v2/models/scalar/infer",
+            json={"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, -2, 3, -4, 5, -6]}]},
+        )
+    finally:
+        Inprocserve.close(app)
+    assert grid.status_code == 200 and grid.json == {"y": [[1, 0, 3], [0, 5, 0]]}
+    assert refused.status_code == 400 and "expected 0 dimensions" in refused.json["message"], refused.json
+    assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1]}]  # (the protocol has no "any rank")
+    assert infers[(2, 3)].status_code == 200, infers[(2, 3)].json
+    assert infers[(2, 3)].json["outputs"][0]["shape"] == [2, 3]
+    assert infers[(2, 3)].json["outputs"][0]["data"] == [1, 0, 3, 0, 5, 0]
+    assert infers[(5,)].status_code == 200, infers[(5,)].json
+    assert infers[(5,)].json["outputs"][0]["data"] == [0, 2, 0, 4, 5]
+    assert scalar.status_code == 400 and "expected 0 dimensions" in scalar.json["error"]
