@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
-# This checkout's package, before the one the environment has installed (an editable install of another
-# checkout: a benchmark run from a clone measured that one), unless PYTHONPATH names the code to run (a
+# This checkout's package and plug-ins, before those the environment has installed (editable installs of
+# another checkout: a benchmark run from a clone measured those), unless PYTHONPATH names the code to run (a
 # benchmark's child process running a --baseline's package does).
 if not os.environ.get("PYTHONPATH"):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    _CHECKOUT = Path(__file__).resolve().parent.parent
+    for _folder in ("integrations/django/src", "integrations/flask/src", ""):
+        sys.path.insert(0, str(_CHECKOUT / _folder))
 
 from inprocserve.testing import build_mlp_model, save_model
 
