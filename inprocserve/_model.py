@@ -452,16 +452,18 @@ class ModelVersion:
                     "model, or set batching.rows_independent = 'yes'"
                 )
             else:
-                logger.log(
-                    logging.INFO if remote else logging.WARNING,
-                    "model %r version %s: could not check that each row's answer is its own (%s); requests are "
-                    "merged as the declared shapes allow (set batching.rows_independent = 'yes' to merge them, "
-                    "or 'no' to never merge nor slice them)",
-                    self.name,
-                    self.version,
-                    exc,
-                )
-                return None
+                dependence = None if remote else self._rows_dependence_at_index_zero(signature)
+                if dependence is None:
+                    logger.log(
+                        logging.INFO if remote else logging.WARNING,
+                        "model %r version %s: could not check that each row's answer is its own (%s); requests "
+                        "are merged as the declared shapes allow (set batching.rows_independent = 'yes' to merge "
+                        "them, or 'no' to never merge nor slice them)",
+                        self.name,
+                        self.version,
+                        exc,
+                    )
+                    return None
         if dependence is not None:
             logger.warning(
                 "model %r version %s runs unbatched: %s; each request runs alone and whole (set "
@@ -510,6 +512,41 @@ class ModelVersion:
                     raise  # compared them: its own exception (it was a warning, and the load went on)
                 raise _Inconclusive(f"its answers to made-up rows could not be compared: {exc!r}") from exc
         raise _Inconclusive(f"the model would not run on made-up rows: {'; '.join(failures)}")
+
+    def _rows_dependence_at_index_zero(self, signature: Signature) -> str | None:
+        """The check of :meth:`_rows_dependence` again, for a model that would not run on its made-up rows, with
+        every integer input 0 in both rows (the others still differ): how the answers differ, or ``None`` when
+        that shows nothing either (no other input tells the rows apart, the model fails on these too, or they
+        agree).
+
+        An integer input that indexes the rows of the run itself (a ``Gather`` along axis 0, a beam search's
+        reordering of the batch) fails on the made-up index 1 in a run of one row, so the check was
+        inconclusive and such a version merged requests: stacked, a caller's index 0 picked the first
+        caller's row, and every caller of a merged run got that caller's answer. Index 0 is valid alone."""
+        integers = {spec.name for spec in signature.inputs if spec.dtype is not None and spec.dtype.kind in "iu"}
+        if not integers or len(integers) == len(signature.inputs):
+            return None
+        runner = self.backend.runners()[0]
+        sizes = PROBE_INNER_SIZES if signature.has_dynamic_inner_axes else PROBE_INNER_SIZES[:1]
+        for size in sizes:
+            first, second = signature.distinct_rows(size)
+            second = {name: first[name] if name in integers else array for name, array in second.items()}
+            try:
+                alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
+                together = self.backend.run(runner, stack_inputs([first, second], list(first)))
+            except ServerClosedError:
+                raise
+            except InprocserveError:
+                continue
+            try:
+                problem = rows_problem(signature.output_names, alone, together)
+            except Exception as exc:  # (answers of a kind the comparison does not foresee: nothing shown)
+                if raised_by_signal_handler(exc):
+                    raise
+                return None
+            names = ", ".join(sorted(integers))
+            return None if problem is None else f"{problem} (shown with integer inputs {names} 0 in both rows)"
+        return None
 
     def _measure_run_cost(self, signature: Signature, *, batchable: bool) -> RunCost | None:
         """Time runs of 1 and of a few rows to split a run's cost into a fixed part and a per-row part.

@@ -523,6 +523,30 @@ def test_a_model_that_cannot_run_made_up_rows_keeps_merging_with_a_warning(
     assert version_status(server, "m")["batchable"] is True
 
 
+def test_an_index_into_the_callers_own_rows_is_never_merged(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``y = x[row]``, ``row[batch]`` indexing the caller's own rows (a beam search's reordering of the batch):
+    the made-up index 1 is beyond a run of one row, so the check was inconclusive and requests were merged;
+    stacked, every caller's ``row = 0`` picked the first caller's row, and each got that caller's answer. The
+    check runs again with the index 0 in both rows, which shows the rows mixing: not merged."""
+    model = _model(
+        [helper.make_node("Gather", ["x", "row"], ["y"], axis=0)],
+        [_float("x", ["batch", 4]), helper.make_tensor_value_info("row", TensorProto.INT64, ["batch"])],
+        [_float("y", ["batch", 4])],
+    )
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server, reference = serve(repository, make_server, model)
+    requests = [{"x": np.full((1, 4), caller, np.float32), "row": np.array([0], np.int64)} for caller in range(4)]
+    assert_each_answer_is_its_own(server, reference, requests)
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert "differs from the same rows run alone" in status["unbatchable_reason"]
+    assert status["unbatchable_reason"].endswith("(shown with integer inputs row 0 in both rows)")
+    [warning] = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert "runs unbatched" in warning
+
+
 def test_a_model_that_needs_longer_made_up_rows_is_checked_on_them(
     repository: Path, make_server: ServerFactory
 ) -> None:
