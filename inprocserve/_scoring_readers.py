@@ -221,13 +221,38 @@ def _count_csv_rows(path: Path) -> int:
     if not quoted:
         return rows
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as text:
-        reader = csv.reader(text)
+        source = _Lines(text)
+        reader = csv.reader(source)
         if header:
             next(reader, None)
         try:
-            return sum(1 for row in reader if row and (len(row) > 1 or row[0].strip()))
+            return sum(1 for row in reader if not _blank(row, source.last))
         except csv.Error:  # (a broken quote: the reading names its line; the bar keeps the lines)
             return rows
+
+
+class _Lines:
+    """A CSV file's lines for ``csv.reader``, keeping the last one read: the line a one-line row came from."""
+
+    def __init__(self, file: Iterator[str]) -> None:
+        self._file = file
+        self.last = ""
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        self.last = next(self._file)
+        return self.last
+
+
+def _blank(row: list[str], line: str) -> bool:
+    """Whether ``row``, read from ``line`` (its last line), is a blank line to skip: no field, or one field
+    from a line of nothing but spaces. A quoted empty or blank text (``""``, ``" "``, as pandas and the csv
+    module write an empty text in a file of one column) is a row: its field is empty but its line is not, and
+    skipped, its row was left out of the answers, which then had fewer rows than the input without a word
+    (or, in a column of numbers, were scored without the row where it was to be refused as a missing value)."""
+    return not row or (len(row) == 1 and not line.strip())
 
 
 def _csv_batches(path: Path, signature: Signature, plan: ColumnPlan | None, chunk_rows: int) -> Iterator[Any]:
@@ -287,7 +312,8 @@ def _csv_named(path: Path, plan: ColumnPlan, chunk_rows: int) -> Iterator[dict[s
             never scored), text after a closing quote, or a field over the csv module's limit, naming the line.
     """
     with path.open(encoding="utf-8-sig", newline="") as file:
-        reader = csv.reader(file, strict=True)
+        source = _Lines(file)
+        reader = csv.reader(source, strict=True)
         next(reader, None)  # the header (read by _csv_plan)
         while True:
             rows: list[list[str]] = []
@@ -300,7 +326,7 @@ def _csv_named(path: Path, plan: ColumnPlan, chunk_rows: int) -> Iterator[dict[s
                     raise _bad_csv_syntax(path, start, exc) from None
                 if row is None:
                     break
-                if not row or (len(row) == 1 and not row[0].strip()):
+                if _blank(row, source.last):
                     continue
                 rows.append(row)
                 lines.append(start)

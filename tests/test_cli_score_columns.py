@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
 import pytest
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from inprocserve.__main__ import main
 from inprocserve.testing import build_add_model, build_scale_model, save_model
@@ -338,3 +339,39 @@ def test_a_parquet_file_a_data_frame_wrote_with_its_index_scores_its_columns_not
         frame.to_parquet(tmp_path / "rows.parquet")
         assert main(["score", "--quiet", str(model), str(tmp_path / "rows.parquet"), str(tmp_path / "out.npy")]) == 0
         np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), 2 * rows)
+
+
+def test_a_quoted_empty_text_in_a_csv_of_one_column_is_a_row_not_a_blank_line(tmp_path: Path) -> None:
+    # pandas and the csv module write an empty text alone on its line as "": read as a blank line, the row was
+    # skipped, and the answers had fewer rows than the input without a word. A line of spaces is blank still.
+    model = save_model(_text_echo_model(), tmp_path / "models", "echo", 1)
+    pandas = pytest.importorskip("pandas")
+    pandas.DataFrame({"text": ["a", "", "b"]}).to_csv(tmp_path / "in.csv", index=False)
+    assert (tmp_path / "in.csv").read_text() == 'text\na\n""\nb\n'
+    with (tmp_path / "in.csv").open("a") as file:
+        file.write('" "\n   \n\nc\n')
+    assert main(["score", "--quiet", str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.npy")]) == 0
+    assert np.load(tmp_path / "out.npy").tolist() == [["a"], [""], ["b"], [" "], ["c"]]
+
+
+def test_a_quoted_empty_field_in_a_column_of_numbers_is_a_missing_value_not_a_blank_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = save_model(build_scale_model(2.0, features=1), tmp_path / "models", "scale", 1)
+    (tmp_path / "in.csv").write_text('x\n1\n""\n3\n\n')
+    assert main(["score", "--quiet", str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.npy")]) == 1
+    assert "line 3: column 'x' is empty (a missing value)" in capsys.readouterr().err
+    assert not (tmp_path / "out.npy").exists()
+
+
+def _text_echo_model() -> Any:
+    """``answer = text``, one text per row."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["answer"])],
+        "echo",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info("answer", TensorProto.STRING, ["batch", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
