@@ -178,9 +178,12 @@ class AnswerWriter:
             [fmt % value for value in values.tolist()] for fmt, (_, values) in zip(self._fmts, columns, strict=True)
         ]
         quote_all = csv.writer(self._text, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        alone = len(columns) == 1
         for row in zip(*cells, strict=True):
-            # Python 3.11's csv quotes a "\r" only when it is in the line terminator: quote such a row whole.
-            (quote_all if any("\r" in cell for cell in row) else self._csv).writerow(row)
+            # Python 3.11's csv quotes a "\r" only when it is in the line terminator: quote such a row whole. So
+            # is a lone column's answer of spaces alone, which would be a line that readers skip as blank.
+            quoted = any("\r" in cell for cell in row) or (alone and not row[0].strip())
+            (quote_all if quoted else self._csv).writerow(row)
 
     def commit(self) -> None:
         if not self._written:  # an empty input: zero rows, with the outputs' dtypes and columns

@@ -375,3 +375,15 @@ def _text_echo_model() -> Any:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     return model
+
+
+def test_an_answer_of_spaces_alone_in_a_csv_of_one_column_is_quoted_so_it_reads_back_as_a_row(tmp_path: Path) -> None:
+    # Written bare, a line of spaces is a blank line to every reader (this one, pandas): the file read back
+    # had fewer rows than it was written with.
+    model = save_model(_text_echo_model(), tmp_path / "models", "echo", 1)
+    np.save(tmp_path / "in.npy", np.array([["a"], [" "], ["\t"], [""], ["b"]]))
+    assert main(["score", "--quiet", str(model), str(tmp_path / "in.npy"), str(tmp_path / "out.csv")]) == 0
+    assert (tmp_path / "out.csv").read_text() == 'answer_0\na\n" "\n"\t"\n""\nb\n'
+    (tmp_path / "again.csv").write_text((tmp_path / "out.csv").read_text().replace("answer_0", "text", 1))
+    assert main(["score", "--quiet", str(model), str(tmp_path / "again.csv"), str(tmp_path / "back.npy")]) == 0
+    assert np.load(tmp_path / "back.npy").tolist() == [["a"], [" "], ["\t"], [""], ["b"]]
