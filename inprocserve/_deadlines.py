@@ -8,10 +8,17 @@ moment (plus a thread wake-up).
 
 The watchdog is one thread with a heap of deadlines, not a ``threading.Timer`` per request: arming and
 disarming it costs a heap push and a flag under a lock, and a request without a deadline never touches it.
+
+Under gevent's ``monkey.patch_all()`` that thread is a real OS thread all the same (see ``_native``): a greenlet
+would not run while the worker's one OS thread is inside onnxruntime, and no run was ever stopped. It calls
+there only what is safe on any OS thread: a locked action (a flag set) and one armed ``anywhere``; any other
+action is handed to the hub of the greenlet that armed it, and runs on a greenlet of its own (it may take
+gevent's locks, which a foreign OS thread must not block on).
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -20,8 +27,9 @@ import numbers
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from . import _fork
+from . import _fork, _native
 
 __all__ = ["MAX_TIMEOUT_S", "Watchdog", "check_timeout"]
 
@@ -71,6 +79,14 @@ class _Alarm:
         self.unlocked = unlocked
 
 
+def _call_logged(action: Callable[[], None]) -> None:
+    """An action handed to a hub, on its greenlet: logged as the watchdog's thread logs what it calls."""
+    try:
+        action()
+    except Exception:
+        logger.exception("a deadline's action raised")
+
+
 class Watchdog:
     """Calls an action when its deadline passes, from one lazily started daemon thread.
 
@@ -84,11 +100,15 @@ class Watchdog:
         _fork.register(self)
 
     def _reset_state(self) -> None:
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
+        native = _native.patched()  # gevent's patch: an OS thread of its own all the same (module's docstring)
+        self._lock: Any = _native.allocate_lock() if native else threading.Lock()
+        self._wake: Any = _native.Condition(self._lock) if native else threading.Condition(self._lock)
+        self._thread_class: Any = _native.Thread if native else functools.partial(threading.Thread, daemon=True)
+        self._current_thread: Callable[[], object] = _native.current_thread if native else threading.current_thread
+        self._via_hub = native  # unlocked actions not safe anywhere go to a hub
         self._heap: list[tuple[float, int, _Alarm]] = []
         self._counter = itertools.count()
-        self._thread: threading.Thread | None = None
+        self._thread: Any = None
         self._closed = False
         self._cancelled = 0  # cancelled entries possibly still in the heap
         self._sleeping_until = math.inf  # when the thread will wake by itself (inf: only when notified)
@@ -98,10 +118,15 @@ class Watchdog:
         self._reset_state()  # the parent's thread does not exist here
         self._closed = closed
 
-    def arm(self, delay_s: float, action: Callable[[], None], *, unlocked: bool = False) -> _Alarm:
+    def arm(
+        self, delay_s: float, action: Callable[[], None], *, unlocked: bool = False, anywhere: bool = False
+    ) -> _Alarm:
         """Call ``action`` (on the watchdog thread) ``delay_s`` from now unless :meth:`disarm` comes first.
         ``unlocked``: call it without the watchdog's lock (an action that may run callers' code, which could
-        arm another alarm); else it runs under the lock, which only a cheap action may.
+        arm another alarm); else it runs under the lock, which only a cheap action may (a flag set).
+        ``anywhere``: an unlocked action that is safe on any OS thread (it takes no lock but ``_native``'s and
+        touches nothing of gevent's): under gevent's patch it too runs on the watchdog's thread, while a
+        greenlet may be inside onnxruntime, instead of on a greenlet (see the module's docstring).
 
         A delay longer than a lock can wait (half of ``threading.TIMEOUT_MAX``: centuries) is cut to that.
 
@@ -114,6 +139,8 @@ class Watchdog:
                 "(a clock that returned NaN or infinity? for no deadline, do not arm the watchdog)"
             )
         alarm = _Alarm(action, unlocked=unlocked)
+        if unlocked and self._via_hub and not anywhere:
+            alarm.action = _native.via_hub(functools.partial(_call_logged, action))
         due = time.monotonic() + min(delay_s, _MAX_WAIT_S)
         with self._lock:
             if self._closed:  # a closing owner: nothing left to stop, the run proceeds unbounded
@@ -124,7 +151,7 @@ class Watchdog:
                 self._cancelled = 0
             heapq.heappush(self._heap, (due, next(self._counter), alarm))
             if self._thread is None:
-                thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                thread = self._thread_class(target=self._loop, name=self._name)
                 thread.start()  # then kept: an interruption as start() begins (a signal handler) keeps none
                 self._thread = thread
             elif due < self._sleeping_until:  # wake the thread only if it would sleep past this alarm
@@ -153,7 +180,7 @@ class Watchdog:
             logger.exception("the deadline watchdog %r failed; the next deadline starts it again", self._name)
         finally:  # should anything escape, the next arm() starts a new thread rather than none ever again
             with self._lock:
-                if self._thread is threading.current_thread() and not self._closed:
+                if self._thread is self._current_thread() and not self._closed:
                     self._thread = None
                     self._sleeping_until = math.inf
 
@@ -196,5 +223,5 @@ class Watchdog:
             self._cancelled = 0
             self._wake.notify()
             thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread is not self._current_thread():
             thread.join(timeout=1.0)

@@ -13,6 +13,10 @@ more, until the next run starts (``sweeping`` tells that run whether to start on
 A sweep may read a run just as it ends: it then stops the thread's next run on those options instead. That
 run fails at its first operator, finds that the stop was meant for the one before (``RunSlot.cut`` holds the
 start of the run stopped) and runs again on new options (:meth:`OnnxruntimeBackend.run`).
+
+The sweep is safe on any OS thread (armed ``anywhere``): under gevent's patch the watchdog runs it on an OS
+thread of its own while a greenlet is inside onnxruntime, so the lock it takes is one of the OS's
+(``_native.allocate_lock``), held for a few instructions by either side.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from . import _native
 from ._deadlines import Watchdog
 
 __all__ = ["RunLimit", "RunSlot"]
@@ -59,7 +64,7 @@ class RunLimit:
         self.limit_s = limit_s
         self._watchdog = watchdog
         self._make_options = make_options
-        self._lock = threading.Lock()
+        self._lock = _native.allocate_lock()  # (taken by the sweep on the watchdog's OS thread under gevent too)
         self.local = _Local()
         """``local.slot``: the calling thread's :class:`RunSlot`, ``None`` until :meth:`slot` made it."""
         self._slots: weakref.WeakSet[RunSlot] = weakref.WeakSet()  # (a thread's slot goes with the thread)
@@ -86,7 +91,7 @@ class RunLimit:
             if self.sweeping or self._closed:
                 return
             self.sweeping = True
-        self._watchdog.arm(self.limit_s, self._sweep, unlocked=True)
+        self._watchdog.arm(self.limit_s, self._sweep, unlocked=True, anywhere=True)
 
     def renew(self, slot: RunSlot) -> None:
         """New options for ``slot``, whose options a sweep stopped."""
@@ -121,7 +126,7 @@ class RunLimit:
             if self.sweeping or self._closed:  # (a run started one meanwhile)
                 return
             self.sweeping = True
-        self._watchdog.arm(max(due - time.monotonic(), 0.001), self._sweep, unlocked=True)
+        self._watchdog.arm(max(due - time.monotonic(), 0.001), self._sweep, unlocked=True, anywhere=True)
 
     def close(self) -> None:
         """Stop every run in flight now, and any later one at once. Idempotent."""

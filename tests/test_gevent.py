@@ -12,8 +12,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from inprocserve.testing import save_model
+from tests.test_shadow_close import build_loop_model
 
 _PATCHED_AFTER_IMPORT = """
 import json, sys, tempfile
@@ -203,3 +207,63 @@ def test_shadow_greenlets_leave_no_stop_signal_to_other_greenlets_after_a_late_m
     )
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "[[3.0, 3.0, 3.0, 3.0]]", child.stderr
+
+
+_RUNAWAY_RUNS = """
+import json, sys
+{patch_first}
+import numpy as np
+import inprocserve
+{patch_after_import}
+from inprocserve import DeadlineExceededError, RunTimeLimitError, _native
+
+# "loop": a Loop whose trip count the client sets; "limited": the same model under [pool] max_run_s = 1
+hostile = {{"x": np.ones((1, 4), np.float32), "n": np.array([[10**11]], np.int64)}}
+outcomes = []
+with inprocserve.Server(sys.argv[1]) as server:
+    for model, timeout_s in (("loop", 1.0), ("limited", None)):
+        try:
+            server.predict(model, hostile, timeout_s=timeout_s)
+            outcomes.append("answered")
+        except (DeadlineExceededError, RunTimeLimitError) as exc:
+            outcomes.append(type(exc).__name__)
+    after = server.predict("loop", {{"x": np.ones((1, 4), np.float32), "n": np.array([[3]], np.int64)}})
+print(json.dumps({{"outcomes": outcomes, "after": after["y"].tolist(), "watchdogs_left": len(_native._running)}}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("patch_first", "patch_after_import"),
+    [
+        ("from gevent import monkey; monkey.patch_all()", ""),
+        ("", "from gevent import monkey; monkey.patch_all()  # (gunicorn's gevent worker with --preload)"),
+    ],
+    ids=["patched-first", "patched-after-import"],
+)
+def test_deadlines_and_max_run_s_stop_a_runaway_run_under_gevent(
+    tmp_path: Path, patch_first: str, patch_after_import: str
+) -> None:
+    """Under gevent's patch a request whose Loop would run for hours is stopped at its ``timeout_s`` and at
+    ``max_run_s``, and the process exits once its server is closed, with no watchdog thread left. (Before,
+    the watchdog was a greenlet, which never ran while the one OS thread was inside onnxruntime: neither run
+    was stopped, the first ran on past 20 s and this test's subprocess timed out.)"""
+    pytest.importorskip("gevent")
+    repo = tmp_path / "models"
+    save_model(build_loop_model(), repo, "loop", 1)
+    save_model(build_loop_model(), repo, "limited", 1)
+    (repo / "limited" / "config.toml").write_text("[pool]\nmax_run_s = 1\n")
+    script = _RUNAWAY_RUNS.format(patch_first=patch_first, patch_after_import=patch_after_import)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    child = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script, str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    report = json.loads(child.stdout.splitlines()[-1])
+    assert report["outcomes"] == ["DeadlineExceededError", "RunTimeLimitError"]
+    assert report["after"] == [[1.0, 1.0, 1.0, 1.0]]
+    assert report["watchdogs_left"] == 0
