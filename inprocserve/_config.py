@@ -339,6 +339,13 @@ class PoolConfig:
     arena_shrinkage: bool = False
     """Give arena memory back after each run (frees a burst of large requests, at some cost per run). Needs
     ``memory_arena``: the combination with ``memory_arena = False`` is refused."""
+    memory_pattern: bool | Literal["auto"] = "auto"
+    """onnxruntime's memory pattern (``enable_mem_pattern``): a session plans a run's allocations once per
+    distinct set of input shapes and keeps every plan for its life, without bound. ``"auto"`` (default): off
+    for a model with a dynamic axis past an input's first, whose sizes clients choose (a text's length, an
+    image's size), so each new size would grow the worker for good; on otherwise, where the batch axis alone
+    gives at most ``max_batch_size`` plans. Measured on the CPU, off costs no time a run could show
+    (docs/performance.md, "Memory pattern")."""
     max_run_s: float | None = 60.0
     """The longest one ``session.run`` of this version may take, in seconds: onnxruntime stops a run still
     going then (at its next operator), which raises :class:`RunTimeLimitError`. A request's own deadline
@@ -375,6 +382,14 @@ class PoolConfig:
                 object.__setattr__(self, "max_run_s", float(self.max_run_s))
         check_bool("pool.share_session", self.share_session, optional=True)
         check_bool("pool.io_binding", self.io_binding, optional=True)
+        if self.memory_pattern != "auto":
+            try:
+                check_bool("pool.memory_pattern", self.memory_pattern)
+            except ConfigurationError:
+                raise ConfigurationError(
+                    f'pool.memory_pattern must be true, false or "auto", got {self.memory_pattern!r}'
+                ) from None
+            object.__setattr__(self, "memory_pattern", bool(self.memory_pattern))
         if self.providers != "auto":
             providers = _providers(self.providers)  # config.toml may hand us anything
             object.__setattr__(self, "providers", providers)

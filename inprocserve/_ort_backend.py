@@ -42,6 +42,7 @@ from ._errors import (
     ServerClosedError,
     VersionRetiredError,
 )
+from ._graph_inputs import Shape, input_shapes
 from ._integrity import check_external_data, check_version, external_data_locations
 from ._ort_rules import (
     CPU as _CPU,
@@ -55,6 +56,7 @@ from ._ort_rules import (
     RUN_ERROR_MAP,
     ProviderSpec,
     check_provider_names,
+    memory_pattern,
     onnxruntime_builds,
     onnxruntime_version,
     resolve_providers,
@@ -206,8 +208,9 @@ AUTO_THREADS_SERIAL_BELOW_S = 0.001
 PROBE_RUNS = 5  # timed probe runs at most (see OnnxruntimeBackend._choose_threads)
 
 
-def session_options(config: PoolConfig, *, threads: int | None = None) -> Any:
-    """onnxruntime ``SessionOptions``: thread count (``threads`` or the budget), spinning, optimization."""
+def session_options(config: PoolConfig, *, threads: int | None = None, memory_pattern: bool = True) -> Any:
+    """onnxruntime ``SessionOptions``: thread count (``threads`` or the budget), spinning, optimization, and
+    the memory pattern (:func:`~inprocserve._ort_rules.memory_pattern` decides it from the model's inputs)."""
     ort = _ort()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or thread_budget(config)
@@ -218,6 +221,7 @@ def session_options(config: PoolConfig, *, threads: int | None = None) -> Any:
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION[config.graph_optimization])
     options.log_severity_level = 3  # errors only: warnings about unused initializers etc. are noise here
     options.enable_cpu_mem_arena = config.memory_arena
+    options.enable_mem_pattern = memory_pattern
     if config.shared_weights:  # use memory-mapped external weights in place, shared between processes
         options.add_session_config_entry("session.disable_prepacking", "1")
     spin = "1" if config.allow_spinning else "0"
@@ -413,6 +417,7 @@ class OnnxruntimeBackend:
         self._output_names: list[str] = []
         self._sizing_inputs: tuple[str, ...] = ()  # integer inputs, which may set a size (named by allocation errors)
         self._threads: int | None = None  # intra-op threads per session, once chosen
+        self._memory_pattern: bool | None = None  # whether sessions plan allocations per input shape, once read
         self._cpu_quota: CpuQuota | None = None  # the control group's CPU quota seen when they were chosen
         self._checked = False  # whether the file passed its integrity checks
         self._run_options: Any = None  # built with the first session (onnxruntime is imported lazily)
@@ -580,8 +585,10 @@ class OnnxruntimeBackend:
         providers = resolve_providers(
             config, device_id=device_id, cuda_usable=cuda, available=_ort().get_available_providers()
         )
+        if self._memory_pattern is None:
+            self._memory_pattern = memory_pattern(config, self._declared_shapes())
         try:
-            options = session_options(config, threads=threads or self._threads)
+            options = session_options(config, threads=threads or self._threads, memory_pattern=self._memory_pattern)
             held = None  # (the partial file this load holds locked: let go in the finally, whatever happens)
             try:
                 source, cached, partial = self._optimized_source(options, providers)
@@ -597,7 +604,9 @@ class OnnxruntimeBackend:
                     # Build from the model file alone, without the cache: if that works, the cache was at
                     # fault, a cached graph that does not load (written by another onnxruntime build, damaged),
                     # which is deleted, or a graph that could not be written (a full disk, a quota), skipped.
-                    options = session_options(config, threads=threads or self._threads)
+                    options = session_options(
+                        config, threads=threads or self._threads, memory_pattern=self._memory_pattern
+                    )
                     session = _ort().InferenceSession(str(self.path), options, providers=providers)
                     self._cache_failed(source, partial, exc)
                     partial = None
@@ -651,6 +660,17 @@ class OnnxruntimeBackend:
                     version=self.version,
                 ) from exc
         return session
+
+    def _declared_shapes(self) -> list[Shape | None] | None:
+        """The model file's declared input shapes, or ``None`` (logged) where they cannot be read: the
+        session's load then reports what is wrong with the file."""
+        if self.config.memory_pattern != "auto":
+            return None  # (not needed)
+        try:
+            return input_shapes(self.path)
+        except (OSError, ValueError) as exc:
+            logger.debug("model %r version %s: input shapes not read (%s)", self.model, self.version, exc)
+            return None
 
     def _cache_failed(self, source: Path, partial: Path | None, exc: Exception) -> None:
         """Log, and clean up after, a session that failed to build with the cache but built without it."""

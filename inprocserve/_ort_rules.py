@@ -1,4 +1,5 @@
-"""Rules about onnxruntime that need no onnxruntime: error translation, providers, the thread budget.
+"""Rules about onnxruntime that need no onnxruntime: error translation, providers, the thread budget, the
+memory pattern.
 
 Kept apart from the backend so the error map and thread arithmetic import (and test) without the runtime;
 the backend in ``_ort_backend.py`` is still the only module that imports onnxruntime.
@@ -25,6 +26,7 @@ from ._errors import (
     ModelLoadError,
     OutOfMemoryError,
 )
+from ._graph_inputs import Shape
 
 __all__ = [
     "GPU_PROVIDERS",
@@ -35,6 +37,7 @@ __all__ = [
     "check_provider_names",
     "client_message",
     "host_memory",
+    "memory_pattern",
     "onnxruntime_version",
     "resolve_providers",
     "thread_budget",
@@ -232,6 +235,21 @@ def usable_cores() -> int:
 
 
 _quotas_logged: set[CpuQuota] = set()
+
+
+def memory_pattern(config: PoolConfig, input_shapes: Sequence[Shape | None] | None) -> bool:
+    """Whether sessions plan allocations per input shape (``enable_mem_pattern``), from ``pool.memory_pattern``
+    and the model's declared ``input_shapes`` (``None``: not read). ``"auto"`` turns it off for a model with a
+    dynamic axis past an input's first: onnxruntime keeps one plan per distinct input shape for the session's
+    life (``SessionState::mem_patterns_``, with no bound), so sizes a client picks grow the worker for good,
+    while the batch axis alone gives at most ``max_batch_size`` plans. Off measured no slower on the CPU with
+    the arena (docs/performance.md, "Memory pattern"). Inputs without a tensor shape need no rule:
+    onnxruntime turns the pattern off for them itself."""
+    if config.memory_pattern != "auto":
+        return bool(config.memory_pattern)
+    if input_shapes is None:  # (unreadable: onnxruntime's own default; its load says what is wrong)
+        return True
+    return not any(shape is not None and None in shape[1:] for shape in input_shapes)
 
 
 def thread_budget(config: PoolConfig) -> int:
