@@ -64,6 +64,7 @@ def test_the_web_glue_is_a_public_module() -> None:
     assert set(web.__all__) == defined | {
         "ADMIN_ACTIONS",
         "ERROR_STATUS",
+        "LENGTH_REQUIRED",
         "NO_SERVER",
         "SECONDS_SETTINGS",
         "SHADOW_SETTINGS",
