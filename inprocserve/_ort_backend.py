@@ -32,7 +32,7 @@ from ._backend import raised_by_signal_handler
 from ._config import ModelConfig, PoolConfig
 from ._cpu_quota import CpuQuota, current_cpu_quota
 from ._deadlines import Watchdog
-from ._declared_shapes import session_signature
+from ._declared_shapes import Shape, input_shapes, session_signature
 from ._errors import (
     DeadlineExceededError,
     InferenceError,
@@ -42,7 +42,6 @@ from ._errors import (
     ServerClosedError,
     VersionRetiredError,
 )
-from ._graph_inputs import Shape, input_shapes
 from ._integrity import check_external_data, check_version, external_data_locations
 from ._ort_rules import (
     CPU as _CPU,

@@ -17,6 +17,7 @@ from typing import Any
 
 from ._config import PoolConfig
 from ._cpu_quota import CpuQuota, current_cpu_quota
+from ._declared_shapes import Shape
 from ._errors import (
     ConfigurationError,
     InferenceError,
@@ -26,7 +27,6 @@ from ._errors import (
     ModelLoadError,
     OutOfMemoryError,
 )
-from ._graph_inputs import Shape
 
 __all__ = [
     "GPU_PROVIDERS",

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from inprocserve._graph_inputs import input_shapes
+from inprocserve._declared_shapes import input_shapes
 from inprocserve.testing import build_add_model, build_gather_model, build_mlp_model, build_sum_model, save_model
 
 
