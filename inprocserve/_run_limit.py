@@ -68,7 +68,9 @@ class RunLimit:
         self.local = _Local()
         """``local.slot``: the calling thread's :class:`RunSlot`, ``None`` until :meth:`slot` made it."""
         self._slots: weakref.WeakSet[RunSlot] = weakref.WeakSet()  # (a thread's slot goes with the thread)
-        self.sweeping = False  # whether a sweep is due (read by every run, set under the lock)
+        self.sweeping = False  # whether a sweep is armed (read by every run, set under the lock)
+        self._alarm: Any = None  # the sweep armed, and when it is due (under the lock)
+        self._due = 0.0
         self._closed = False
 
     def slot(self) -> RunSlot:
@@ -86,12 +88,18 @@ class RunLimit:
 
     def start(self) -> None:
         """Have a sweep come within the limit, unless one is due: a run started (noted in its slot first)
-        and read that none was."""
+        and read that none was. ``sweeping`` is set only once the sweep is armed, under the lock (the
+        watchdog's is taken inside it, never the other way round): an arm that raised (a signal handler's
+        exception, a thread that could not start) leaves it clear, and the next run arms one."""
         with self._lock:
-            if self.sweeping or self._closed:
-                return
-            self.sweeping = True
-        self._watchdog.arm(self.limit_s, self._sweep, unlocked=True, anywhere=True)
+            if self._alarm is None and not self._closed:
+                self._arm(time.monotonic() + self.limit_s)
+
+    def _arm(self, due: float) -> None:
+        """Arm the sweep for ``due`` (a ``time.monotonic()``); the caller holds the lock, and no sweep is armed."""
+        self._alarm = self._watchdog.arm(max(due - time.monotonic(), 0.001), self._sweep, unlocked=True, anywhere=True)
+        self._due = due
+        self.sweeping = True
 
     def renew(self, slot: RunSlot) -> None:
         """New options for ``slot``, whose options a sweep stopped."""
@@ -102,9 +110,11 @@ class RunLimit:
 
     def _sweep(self) -> None:
         """Stop every run past the limit; come again when the oldest other run would pass it, or not at all
-        when none is in flight (``sweeping`` is cleared before the slots are read: a run that starts meanwhile
-        is read here, or reads it cleared and starts the next sweep itself)."""
+        when none is in flight. ``sweeping`` is cleared before the slots are read: a run that starts meanwhile
+        is read here, or reads it cleared and arms a sweep itself, a whole limit from its start; the sweep
+        that comes sooner is kept (else a run read here was cut up to a limit late)."""
         with self._lock:
+            self._alarm = None
             self.sweeping = False
             if self._closed:
                 return
@@ -123,10 +133,17 @@ class RunLimit:
         if due is None:
             return
         with self._lock:
-            if self.sweeping or self._closed:  # (a run started one meanwhile)
+            armed = self._armed()  # (a run armed one meanwhile: the sooner is kept)
+            if self._closed or (armed is not None and self._due <= due):
                 return
-            self.sweeping = True
-        self._watchdog.arm(max(due - time.monotonic(), 0.001), self._sweep, unlocked=True, anywhere=True)
+            if armed is not None:
+                self._watchdog.disarm(armed)
+                self._alarm = None
+            self._arm(due)
+
+    def _armed(self) -> Any:
+        """The sweep armed now, if any (the caller holds the lock)."""
+        return self._alarm
 
     def close(self) -> None:
         """Stop every run in flight now, and any later one at once. Idempotent."""

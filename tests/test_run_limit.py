@@ -7,6 +7,7 @@ a run at the limit, which raises a ``RunTimeLimitError`` naming the limit and ho
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import inprocserve
 from inprocserve import ConfigurationError, ModelConfig, PoolConfig, RunTimeLimitError, web
 from inprocserve._config import load_model_config
 from inprocserve._ort_backend import build_onnxruntime_backend
+from inprocserve._run_limit import RunSlot
 from inprocserve.testing import save_model
 
 from .conftest import ServerFactory, wait_until
@@ -124,5 +126,77 @@ def test_a_stop_meant_for_a_threads_last_run_that_ended_meanwhile_does_not_fail_
         slot.options.terminate = True
         np.testing.assert_array_equal(backend.run(runner, steps(2, value=4.0))[0], np.full((1, 4), 4.0))
         assert slot.cut is None and not slot.options.terminate
+    finally:
+        backend.close()
+
+
+class _TaskTimeLimit(Exception):
+    """A signal handler's exception (a task queue's soft time limit), landing wherever the thread is."""
+
+
+def test_an_exception_while_a_run_arms_the_sweep_leaves_the_limit_working(loop_repository: Path) -> None:
+    """The sweep's flag was set before its alarm was in the watchdog's heap: an exception in between left it
+    set for good, so no later run armed a sweep and no run of the version was ever limited again."""
+    path = loop_repository / "loop" / "1" / "model.onnx"
+    backend = build_onnxruntime_backend(path, ModelConfig(pool=PoolConfig(max_run_s=0.5)), model="loop", version=1)
+    try:
+        backend.prepare()
+        runner = backend.runners()[0]
+        arm = backend._watchdog.arm
+
+        def arm_raising_once(*args: Any, **kwargs: Any) -> Any:
+            backend._watchdog.arm = arm  # type: ignore[method-assign]
+            raise _TaskTimeLimit
+
+        assert backend._limit is not None
+        wait_until(lambda: backend._limit is not None and not backend._limit.sweeping, timeout_s=5)  # (warm-up's)
+        backend._watchdog.arm = arm_raising_once  # type: ignore[method-assign]
+        with pytest.raises(_TaskTimeLimit):
+            backend.run(runner, steps(1))
+        with pytest.raises(RunTimeLimitError):
+            backend.run(runner, steps(10**7))  # (seconds here: it ends, unlimited, rather than hang the test)
+    finally:
+        backend.close()
+
+
+def test_a_run_that_starts_during_a_sweep_does_not_put_off_the_cut_of_another(loop_repository: Path) -> None:
+    """A run starting on another thread while a sweep read the slots armed a sweep a whole limit from its
+    start, and the sweep then dropped its own, sooner one: the long run was cut up to a limit late."""
+    path = loop_repository / "loop" / "1" / "model.onnx"
+    config = ModelConfig(pool=PoolConfig(size=2, max_run_s=2.0))
+    backend = build_onnxruntime_backend(path, config, model="loop", version=1)
+    try:
+        backend.prepare()
+        runners = backend.runners()
+        limit = backend._limit
+        assert limit is not None
+        started_at: list[float] = []
+
+        class StartingDuringTheSweep(RunSlot):
+            """Another thread's slot, whose run starts (reading no sweep armed) as the second sweep reads it."""
+
+            @property  # type: ignore[override]
+            def started(self) -> float | None:
+                if not started_at and limit.sweeping is False and time.monotonic() > first_sweep_due - 0.05:
+                    started_at.append(time.monotonic())
+                    limit.start()
+                return None
+
+            @started.setter
+            def started(self, value: float | None) -> None:
+                pass
+
+        wait_until(lambda: not limit.sweeping, timeout_s=5)  # (the warm-up's sweep came and went)
+        other = StartingDuringTheSweep(limit._make_options())
+        limit._slots.add(other)
+        backend.run(runners[1], steps(1))  # arms the first sweep, a limit from now
+        first_sweep_due = time.monotonic() + 2.0
+        time.sleep(0.5)
+        begun = time.monotonic()
+        with pytest.raises(RunTimeLimitError):
+            backend.run(runners[0], steps(10**12))  # due 0.5 s after the first sweep, 2 s from now
+        took = time.monotonic() - begun
+        assert started_at, "the other thread's run never started during a sweep"
+        assert took < 2.7, f"cut after {took:.2f} s under a 2 s limit"  # (put off: 3.45 s)
     finally:
         backend.close()
