@@ -17,6 +17,7 @@ from inprocserve import ModelConfig, v2, web
 from inprocserve.testing import save_model
 
 from .conftest import ServerFactory, run_python, wait_until
+from .test_shadow_close import counting_loop_body
 
 
 def build_reshape_model() -> onnx.ModelProto:
@@ -83,23 +84,7 @@ def build_filled_loop_model() -> onnx.ModelProto:
     """``y = x``, after a Loop of ``max(k)`` steps and a ``ConstantOfShape`` of ``max(n)`` float ones (``x``
     float[batch, 4], ``n`` and ``k`` int64[batch, 1]): a batch's run allocates ``4 * max(n)`` bytes, sizes a
     client chooses, and a large ``k`` keeps the session busy while other requests queue."""
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, []),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
-        ],
-        [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
-    )
+    body = counting_loop_body()
     nodes = [
         helper.make_node("ReduceMax", ["k"], ["steps"], keepdims=0),
         helper.make_node("Loop", ["steps", "true", "zero"], ["looped"], body=body),

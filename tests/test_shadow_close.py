@@ -190,10 +190,9 @@ def version_in_flight(server: inprocserve.Server) -> int:
     return 0 if status is None else int(status["versions"]["2"]["in_flight"])
 
 
-def build_loop_model() -> onnx.ModelProto:
-    """``y = x`` after a Loop of ``max(n)`` steps (``x`` float[batch, 4], ``n`` int64[batch, 1]): a generation
-    length, a trip count a client chooses; the batch's run time grows with its largest value."""
-    body = helper.make_graph(
+def counting_loop_body() -> onnx.GraphProto:
+    """A Loop's body that adds one to a float per step: work a step at a time, whose count a client picks."""
+    return helper.make_graph(
         [
             helper.make_node("Identity", ["cond_in"], ["cond_out"]),
             helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
@@ -210,6 +209,12 @@ def build_loop_model() -> onnx.ModelProto:
         ],
         [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
     )
+
+
+def build_loop_model() -> onnx.ModelProto:
+    """``y = x`` after a Loop of ``max(n)`` steps (``x`` float[batch, 4], ``n`` int64[batch, 1]): a generation
+    length, a trip count a client chooses; the batch's run time grows with its largest value."""
+    body = counting_loop_body()
     nodes = [
         helper.make_node("ReduceMax", ["n"], ["steps"], keepdims=0),
         helper.make_node("Loop", ["steps", "true", "zero"], ["total"], body=body),
