@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import BatchingConfig, CacheConfig, ModelConfig, RolloutConfig, _request
+from inprocserve import BatchingConfig, CacheConfig, ModelConfig, PoolConfig, RolloutConfig, _request
 from inprocserve._batch_queue import BatchQueue
 from inprocserve._batching import Batcher
 from inprocserve._request import Request, complete_batch
@@ -655,8 +655,10 @@ def test_a_deadline_watchdog_interrupted_as_it_starts_is_started_again(
 ) -> None:
     from inprocserve._deadlines import Watchdog
 
-    server, batcher = scale_server(repository, make_server, ModelConfig())
+    # (no run time limit: its sweep, armed by the warm-up's run, would have started the watchdog already)
+    server, batcher = scale_server(repository, make_server, ModelConfig(pool=PoolConfig(max_run_s=0)))
     watchdog = batcher._execution._backend._watchdog
+    assert watchdog._thread is None
     with pytest.raises(Interrupted), raised_as_it_begins(threading.Thread.start, Watchdog.arm) as fired:
         server.predict("scale", np.ones((1, 4), np.float32), timeout_s=30)
     assert fired
