@@ -515,37 +515,44 @@ class ModelVersion:
 
     def _rows_dependence_at_index_zero(self, signature: Signature) -> str | None:
         """The check of :meth:`_rows_dependence` again, for a model that would not run on its made-up rows, with
-        every integer input 0 in both rows (the others still differ): how the answers differ, or ``None`` when
-        that shows nothing either (no other input tells the rows apart, the model fails on these too, or they
-        agree).
+        integer inputs 0 in both rows (the other inputs still differ): every integer input at once, then each
+        alone where there are several. How the answers differ, or ``None`` when that shows nothing either (no
+        other input tells the rows apart, the model fails on these too, or they agree).
 
         An integer input that indexes the rows of the run itself (a ``Gather`` along axis 0, a beam search's
         reordering of the batch) fails on the made-up index 1 in a run of one row, so the check was
         inconclusive and such a version merged requests: stacked, a caller's index 0 picked the first
-        caller's row, and every caller of a merged run got that caller's answer. Index 0 is valid alone."""
-        integers = {spec.name for spec in signature.inputs if spec.dtype is not None and spec.dtype.kind in "iu"}
-        if not integers or len(integers) == len(signature.inputs):
+        caller's row, and every caller of a merged run got that caller's answer. Index 0 is valid alone. The
+        rows it indexes may be integers too (token ids): with every integer 0 nothing told the rows apart, so
+        each integer input is also set to 0 alone, the others differing."""
+        integers = [spec.name for spec in signature.inputs if spec.dtype is not None and spec.dtype.kind in "iu"]
+        zeroed = [] if len(integers) == len(signature.inputs) else [integers]
+        if len(integers) > 1:
+            zeroed += [[name] for name in integers]
+        if not zeroed:
             return None
         runner = self.backend.runners()[0]
         sizes = PROBE_INNER_SIZES if signature.has_dynamic_inner_axes else PROBE_INNER_SIZES[:1]
-        for size in sizes:
-            first, second = signature.distinct_rows(size)
-            second = {name: first[name] if name in integers else array for name, array in second.items()}
-            try:
-                alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
-                together = self.backend.run(runner, stack_inputs([first, second], list(first)))
-            except ServerClosedError:
-                raise
-            except InprocserveError:
-                continue
-            try:
-                problem = rows_problem(signature.output_names, alone, together)
-            except Exception as exc:  # (answers of a kind the comparison does not foresee: nothing shown)
-                if raised_by_signal_handler(exc):
+        for names in zeroed:
+            for size in sizes:
+                first, second = signature.distinct_rows(size)
+                second = {name: first[name] if name in names else array for name, array in second.items()}
+                try:
+                    alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
+                    together = self.backend.run(runner, stack_inputs([first, second], list(first)))
+                except ServerClosedError:
                     raise
-                return None
-            names = ", ".join(sorted(integers))
-            return None if problem is None else f"{problem} (shown with integer inputs {names} 0 in both rows)"
+                except InprocserveError:
+                    continue
+                try:
+                    problem = rows_problem(signature.output_names, alone, together)
+                except Exception as exc:  # (answers of a kind the comparison does not foresee: nothing shown)
+                    if raised_by_signal_handler(exc):
+                        raise
+                    break
+                if problem is not None:
+                    return f"{problem} (shown with integer inputs {', '.join(sorted(names))} 0 in both rows)"
+                break  # (these ran and agree: the next integer inputs to set to 0)
         return None
 
     def _measure_run_cost(self, signature: Signature, *, batchable: bool) -> RunCost | None:

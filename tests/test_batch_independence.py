@@ -717,3 +717,22 @@ def test_check_rows_raises_batch_shape_error_for_a_scalar() -> None:
         check_rows([np.array(1.0)], ["t"], 2)
     with pytest.raises(BatchShapeError, match="output 't' has 3 rows for a batch of 2"):
         check_rows([np.zeros(3)], ["t"], 2)
+
+
+def test_an_index_into_the_callers_own_token_rows_is_never_merged(repository: Path, make_server: ServerFactory) -> None:
+    """``y = tokens[row]``: a model whose inputs are all integers (token ids and a row of the batch to take,
+    as a beam search reorders its hypotheses) indexes the caller's own rows too. Every input an integer, the
+    check with all of them 0 tells no rows apart; the index 0 alone, the tokens still differing, shows it."""
+    model = _model(
+        [helper.make_node("Gather", ["tokens", "row"], ["y"], axis=0)],
+        [
+            helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", 4]),
+            helper.make_tensor_value_info("row", TensorProto.INT64, ["batch"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["batch", 4])],
+    )
+    server, reference = serve(repository, make_server, model)
+    requests = [{"tokens": np.full((1, 4), caller, np.int64), "row": np.array([0], np.int64)} for caller in range(4)]
+    assert_each_answer_is_its_own(server, reference, requests)
+    status = version_status(server, "m")
+    assert status["batchable"] is False
