@@ -342,9 +342,9 @@ class PoolConfig:
     memory_pattern: bool | Literal["auto"] = "auto"
     """onnxruntime's memory pattern (``enable_mem_pattern``): a session plans a run's allocations once per
     distinct set of input shapes and keeps every plan for its life, without bound. ``"auto"`` (default): off
-    for a model with a dynamic axis past an input's first, whose sizes clients choose (a text's length, an
-    image's size), so each new size would grow the worker for good; on otherwise, where the batch axis alone
-    gives at most ``max_batch_size`` plans. Measured on the CPU, off costs no time a run could show
+    for a model with a dynamic axis past an input's first, or an input of any rank, whose sizes clients choose
+    (a text's length, an image's size), so each new size would grow the worker for good; on otherwise, where
+    the batch axis alone gives at most ``max_batch_size`` plans. Measured on the CPU, off costs no time a run could show
     (docs/performance.md, "Memory pattern")."""
     max_run_s: float | None = 60.0
     """The longest one ``session.run`` of this version may take, in seconds: onnxruntime stops a run still

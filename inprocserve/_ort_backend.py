@@ -32,7 +32,7 @@ from ._backend import raised_by_signal_handler
 from ._config import ModelConfig, PoolConfig
 from ._cpu_quota import CpuQuota, current_cpu_quota
 from ._deadlines import Watchdog
-from ._declared_shapes import Shape, input_shapes, session_signature
+from ._declared_shapes import Declared, declared_tensors, session_signature
 from ._errors import (
     DeadlineExceededError,
     InferenceError,
@@ -585,7 +585,7 @@ class OnnxruntimeBackend:
             config, device_id=device_id, cuda_usable=cuda, available=_ort().get_available_providers()
         )
         if self._memory_pattern is None:
-            self._memory_pattern = memory_pattern(config, self._declared_shapes())
+            self._memory_pattern = memory_pattern(config, self._declared_inputs())
         try:
             options = session_options(config, threads=threads or self._threads, memory_pattern=self._memory_pattern)
             held = None  # (the partial file this load holds locked: let go in the finally, whatever happens)
@@ -660,13 +660,13 @@ class OnnxruntimeBackend:
                 ) from exc
         return session
 
-    def _declared_shapes(self) -> list[Shape | None] | None:
-        """The model file's declared input shapes, or ``None`` (logged) where they cannot be read: the
-        session's load then reports what is wrong with the file."""
+    def _declared_inputs(self) -> list[Declared] | None:
+        """The model file's graph inputs as it declares them, or ``None`` (logged) where they cannot be read:
+        the session's load then reports what is wrong with the file."""
         if self.config.memory_pattern != "auto":
             return None  # (not needed)
         try:
-            return input_shapes(self.path)
+            return declared_tensors(self.path)[0]
         except (OSError, ValueError) as exc:
             logger.debug("model %r version %s: input shapes not read (%s)", self.model, self.version, exc)
             return None

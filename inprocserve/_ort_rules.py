@@ -17,7 +17,7 @@ from typing import Any
 
 from ._config import PoolConfig
 from ._cpu_quota import CpuQuota, current_cpu_quota
-from ._declared_shapes import Shape
+from ._declared_shapes import Declared
 from ._errors import (
     ConfigurationError,
     InferenceError,
@@ -237,19 +237,19 @@ def usable_cores() -> int:
 _quotas_logged: set[CpuQuota] = set()
 
 
-def memory_pattern(config: PoolConfig, input_shapes: Sequence[Shape | None] | None) -> bool:
+def memory_pattern(config: PoolConfig, inputs: Sequence[Declared] | None) -> bool:
     """Whether sessions plan allocations per input shape (``enable_mem_pattern``), from ``pool.memory_pattern``
-    and the model's declared ``input_shapes`` (``None``: not read). ``"auto"`` turns it off for a model with a
-    dynamic axis past an input's first: onnxruntime keeps one plan per distinct input shape for the session's
-    life (``SessionState::mem_patterns_``, with no bound), so sizes a client picks grow the worker for good,
-    while the batch axis alone gives at most ``max_batch_size`` plans. Off measured no slower on the CPU with
-    the arena (docs/performance.md, "Memory pattern"). Inputs without a tensor shape need no rule:
-    onnxruntime turns the pattern off for them itself."""
+    and the model's graph inputs as its file declares them (``None``: not read). ``"auto"`` turns it off for a
+    model with a dynamic axis past an input's first, or a tensor input of any rank (no shape declared):
+    onnxruntime keeps one plan per distinct input shape for the session's life (``SessionState::mem_patterns_``,
+    with no bound), so sizes a client picks grow the worker for good, while the batch axis alone gives at most
+    ``max_batch_size`` plans. Off measured no slower on the CPU with the arena (docs/performance.md, "Memory
+    pattern"). A sequence or map input needs no rule: onnxruntime plans no run fed one."""
     if config.memory_pattern != "auto":
         return bool(config.memory_pattern)
-    if input_shapes is None:  # (unreadable: onnxruntime's own default; its load says what is wrong)
+    if inputs is None:  # (unreadable: onnxruntime's own default; its load says what is wrong)
         return True
-    return not any(shape is not None and None in shape[1:] for shape in input_shapes)
+    return not any(declared.tensor and (declared.shape is None or None in declared.shape[1:]) for declared in inputs)
 
 
 def thread_budget(config: PoolConfig) -> int:
