@@ -27,7 +27,6 @@ __all__ = [
     "Shape",
     "Shapeless",
     "declared_tensors",
-    "input_shapes",
     "session_signature",
     "shapeless_tensors",
 ]
@@ -65,17 +64,6 @@ class Declared:
     name: str
     tensor: bool
     shape: Shape | None
-
-
-def input_shapes(model_file: Path) -> list[Shape | None]:
-    """The declared shape of each graph input, in order; ``None`` for an input without a tensor shape (a
-    sequence, a map, or a tensor of any rank).
-
-    Raises:
-        OSError: the file cannot be read.
-        ValueError: it is not a well-formed ModelProto.
-    """
-    return [declared.shape for declared in declared_tensors(model_file)[0]]
 
 
 def declared_tensors(model_file: Path) -> tuple[list[Declared], list[Declared]]:

@@ -10,8 +10,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from inprocserve._declared_shapes import input_shapes
+from inprocserve._declared_shapes import Shape, declared_tensors
 from inprocserve.testing import build_add_model, build_gather_model, build_mlp_model, build_sum_model, save_model
+
+
+def input_shapes(path: Path) -> list[Shape | None]:
+    return [declared.shape for declared in declared_tensors(path)[0]]
 
 
 def as_onnxruntime_reports(path: Path) -> list[tuple[int | None, ...]]:
