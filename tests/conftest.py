@@ -290,6 +290,21 @@ def race_rounds(short: int, long: int) -> int:
     return long if os.environ.get("INPROCSERVE_TEST_LONG_RACES") == "1" else short
 
 
+def count_batch_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The requests in each batch run from now on, in order (``BatchExecution._run``: merged, bisected, alone)."""
+    from inprocserve import _batch_execution
+
+    runs: list[int] = []
+    run = _batch_execution.BatchExecution._run
+
+    def counted(self: Any, runner: Any, batch: list[Any], parent: Any) -> Any:
+        runs.append(len(batch))
+        return run(self, runner, batch, parent)
+
+    monkeypatch.setattr(_batch_execution.BatchExecution, "_run", counted)
+    return runs
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     """Poll a condition that another thread makes true (bounded, never a blind sleep)."""
     deadline = time.monotonic() + timeout_s

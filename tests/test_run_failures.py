@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -16,7 +15,7 @@ import inprocserve
 from inprocserve import ModelConfig, v2, web
 from inprocserve.testing import save_model
 
-from .conftest import ServerFactory, run_python, wait_until
+from .conftest import ServerFactory, count_batch_runs, run_python, wait_until
 from .test_shadow_close import counting_loop_body
 
 
@@ -132,18 +131,9 @@ def test_a_run_that_asks_for_more_memory_than_the_host_has_is_the_clients_error_
     """A request whose input makes onnxruntime allocate 4 TiB was a 500 InferenceError quoting onnxruntime's
     arena; it is an InputTooLargeError (a 400) that says how much it asked and which input to bound. Its
     batch-mates are answered, and the process serves on."""
-    from inprocserve import _batch_execution
-
     save_model(build_filled_loop_model(), repository, "filled", 1)
     server = make_server(repository, config=ModelConfig(warmup=inprocserve.WarmupConfig(enabled=False)))
-    runs: list[int] = []
-    run = _batch_execution.BatchExecution._run
-
-    def counted(self: Any, runner: Any, batch: list[Any], parent: Any) -> Any:
-        runs.append(len(batch))
-        return run(self, runner, batch, parent)
-
-    monkeypatch.setattr(_batch_execution.BatchExecution, "_run", counted)
+    runs = count_batch_runs(monkeypatch)
     blocker = server.submit("filled", filled(1, steps=10**10), timeout_s=2.0)  # (busy while the batch queues)
     wait_until(lambda: runs == [1], timeout_s=5)
     batch = [server.submit("filled", filled(size, value=index)) for index, size in enumerate((10, 2**40, 20))]

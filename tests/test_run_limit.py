@@ -21,7 +21,7 @@ from inprocserve._ort_backend import build_onnxruntime_backend
 from inprocserve._run_limit import RunSlot
 from inprocserve.testing import save_model
 
-from .conftest import ServerFactory, wait_until
+from .conftest import ServerFactory, count_batch_runs, wait_until
 from .test_shadow_close import build_loop_model
 
 LIMITED = "[pool]\nmax_run_s = 1.0\n\n[warmup]\nenabled = false\n"
@@ -85,17 +85,8 @@ def test_a_merged_batch_cut_at_the_limit_answers_its_requests_that_run_in_time(
     """Each of its requests is run alone: those whose runs end within the limit are answered, the one that
     does not gets the RunTimeLimitError. (Bisected, as a batch that one request's input failed, it would spend
     a limit on every half that holds the slow request: log2(N)+1 limits of a session.)"""
-    from inprocserve import _batch_execution
-
     server = make_server(loop_repository)
-    runs: list[int] = []
-    run = _batch_execution.BatchExecution._run
-
-    def counted(self: Any, runner: Any, batch: list[Any], parent: Any) -> Any:
-        runs.append(len(batch))
-        return run(self, runner, batch, parent)
-
-    monkeypatch.setattr(_batch_execution.BatchExecution, "_run", counted)
+    runs = count_batch_runs(monkeypatch)
     blocker = server.submit("loop", steps(10**12))  # (the session busy, up to the limit, while the batch queues)
     wait_until(lambda: runs == [1], timeout_s=5)
     batch = [server.submit("loop", steps(count, value=index)) for index, count in enumerate((1, 10**12, 3))]

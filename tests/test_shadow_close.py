@@ -22,7 +22,7 @@ from inprocserve._stop_signal import StopSignal, stop_with
 from inprocserve.testing import build_scale_model, save_model
 
 from . import test_remote_retries
-from .conftest import ServerFactory, run_python, wait_until
+from .conftest import ServerFactory, count_batch_runs, run_python, wait_until
 from .test_remote_retries import FEEDS, Scripted, backend_for
 
 # The scripted model server and the backends closed after each test, as test_remote_retries.py has them.
@@ -241,18 +241,9 @@ def test_a_merged_batch_stopped_by_a_retirement_is_not_bisected(
 ) -> None:
     """Every request of a merged batch that a retirement stopped gets its error at once: the batch was bisected
     as if one request's input had failed it, 2N-1 runs sent to a closed backend for nothing."""
-    from inprocserve import _batch_execution
-
     save_model(build_loop_model(), repository, "loop", 1)
     server = make_server(repository, config=ModelConfig(warmup=inprocserve.WarmupConfig(enabled=False)))
-    runs: list[int] = []
-    run = _batch_execution.BatchExecution._run
-
-    def counted(self: Any, runner: Any, batch: list[Any], parent: Any) -> Any:
-        runs.append(len(batch))
-        return run(self, runner, batch, parent)
-
-    monkeypatch.setattr(_batch_execution.BatchExecution, "_run", counted)
+    runs = count_batch_runs(monkeypatch)
 
     def request(steps: int) -> dict[str, np.ndarray]:
         return {"x": np.ones((1, 4), np.float32), "n": np.array([[steps]], np.int64)}
