@@ -47,7 +47,7 @@ def test_a_server_dropped_without_close_is_collected_and_its_threads_end(scale_r
 
 
 _DROPPED_WHILE_SERVING = """
-import gc, sys, tempfile, threading
+import gc, sys, tempfile, threading, time
 import numpy as np
 import inprocserve
 from inprocserve.testing import build_scale_model, save_model
@@ -82,8 +82,16 @@ finally:
         caller.join()
 kept.close()
 gc.collect()
-names = [t.name for t in threading.enumerate() if t.name.startswith("inprocserve-") and t.name != "inprocserve-cleanup"]
-print(answered, len(names))
+
+def left():
+    names = [t.name for t in threading.enumerate() if t.name.startswith("inprocserve-")]
+    return [name for name in names if name != "inprocserve-cleanup"]
+
+for _ in range(400):  # (the last servers' clean-up may still be closing their threads on a busy machine)
+    if len(left()) <= 2:
+        break
+    time.sleep(0.05)
+print(answered, len(left()))
 """
 
 
@@ -99,7 +107,7 @@ def test_servers_the_collector_frees_on_their_own_threads_are_cleaned_up_without
     assert "Exception ignored" not in result.stderr
     answered, threads_left = map(int, result.stdout.split())
     assert answered == 60 * 20  # every request of every dropped server answered
-    assert threads_left <= 2  # (the last one's threads may still be ending), not 2 for each server dropped
+    assert threads_left <= 2  # (the wake relay, and one ending), not 2 or 3 for each server dropped
 
 
 def test_a_process_exits_cleanly_with_a_server_nobody_closed_and_one_the_collector_freed(
