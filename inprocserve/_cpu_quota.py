@@ -11,6 +11,10 @@ So the thread budget counts the quota as cores (:attr:`CpuQuota.whole_cores`): c
 v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, of the process's group and every group above it up to the
 root of the hierarchy that the process can see (a parent's limit binds its children too), the tightest one.
 Reads a few small files; no process is started, nothing is written.
+
+The memory limit on the same groups (:func:`memory_limit`: cgroup v2's ``memory.max``, v1's
+``memory.limit_in_bytes``) is read the same way, for telling a request larger than the process could ever
+hold from the host's memory pressure (``_ort_rules.host_memory``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuQuota", "cpu_quota", "current_cpu_quota"]
+__all__ = ["CpuQuota", "cpu_quota", "current_cpu_quota", "memory_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +69,8 @@ def cpu_quota(proc: Path = Path("/proc/self")) -> CpuQuota | None:
         memberships = _read(proc / "cgroup")
         mounts = _read(proc / "mountinfo")
         tightest: CpuQuota | None = None
-        for hierarchy in _hierarchies(mounts):
-            group = _group_of(memberships, hierarchy.version)
+        for hierarchy in _hierarchies(mounts, "cpu"):
+            group = _group_of(memberships, hierarchy.version, "cpu")
             if group is None:
                 continue
             for folder in _folders_up(hierarchy, group):
@@ -77,6 +81,32 @@ def cpu_quota(proc: Path = Path("/proc/self")) -> CpuQuota | None:
         logger.debug("no CPU quota read from %s: %s", proc, exc)
         return None
     return tightest
+
+
+def memory_limit(proc: Path = Path("/proc/self")) -> int | None:
+    """The tightest memory limit on this process's control groups, in bytes, or ``None`` when there is none
+    (or it cannot be read), as :func:`cpu_quota` finds the groups: a container's, a systemd unit's
+    ``MemoryMax=``, and any group above them."""
+    try:
+        memberships = _read(proc / "cgroup")
+        mounts = _read(proc / "mountinfo")
+        limits: list[int] = []
+        for hierarchy in _hierarchies(mounts, "memory"):
+            group = _group_of(memberships, hierarchy.version, "memory")
+            if group is None:
+                continue
+            name = "memory.max" if hierarchy.version == 2 else "memory.limit_in_bytes"
+            for folder in _folders_up(hierarchy, group):
+                try:
+                    text = (folder / name).read_text().strip()
+                except OSError:
+                    continue
+                if text.isdigit() and 0 < int(text) < 2**62:  # ("max", or v1's huge number for no limit)
+                    limits.append(int(text))
+    except (OSError, ValueError) as exc:
+        logger.debug("no memory limit read from %s: %s", proc, exc)
+        return None
+    return min(limits, default=None)
 
 
 def current_cpu_quota() -> CpuQuota | None:
@@ -101,8 +131,9 @@ def _read(path: Path) -> str:
     return path.read_bytes().decode("utf-8", "surrogateescape")
 
 
-def _hierarchies(mountinfo: str) -> list[_Hierarchy]:
-    """The cgroup v1 hierarchy holding the ``cpu`` controller and the cgroup v2 hierarchy, as mounted.
+def _hierarchies(mountinfo: str, controller: str) -> list[_Hierarchy]:
+    """The cgroup v1 hierarchy holding ``controller`` (``cpu``, ``memory``) and the cgroup v2 hierarchy, as
+    mounted.
 
     A ``mountinfo`` line: ``id parent major:minor root mount_point options [optional...] - fstype source
     super_options``; a v1 hierarchy names its controllers in the super options (``rw,cpu,cpuacct``)."""
@@ -117,7 +148,7 @@ def _hierarchies(mountinfo: str) -> list[_Hierarchy]:
             continue
         if fstype == "cgroup2":
             version = 2
-        elif fstype == "cgroup" and "cpu" in super_options.split(","):
+        elif fstype == "cgroup" and controller in super_options.split(","):
             version = 1
         else:
             continue
@@ -126,8 +157,8 @@ def _hierarchies(mountinfo: str) -> list[_Hierarchy]:
     return list(found.values())
 
 
-def _group_of(memberships: str, version: int) -> str | None:
-    """The process's group in the v1 ``cpu`` hierarchy or in the v2 one, from ``/proc/<pid>/cgroup``
+def _group_of(memberships: str, version: int, controller: str) -> str | None:
+    """The process's group in the v1 hierarchy of ``controller`` or in the v2 one, from ``/proc/<pid>/cgroup``
     (lines ``id:controllers:path``; v2's is ``0::path``)."""
     for line in memberships.splitlines():
         parts = line.split(":", 2)
@@ -136,7 +167,7 @@ def _group_of(memberships: str, version: int) -> str | None:
         _id, controllers, path = parts
         if version == 2 and _id == "0" and controllers == "":
             return path
-        if version == 1 and "cpu" in controllers.split(","):
+        if version == 1 and controller in controllers.split(","):
             return path
     return None
 

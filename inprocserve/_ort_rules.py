@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._config import PoolConfig
-from ._cpu_quota import CpuQuota, current_cpu_quota
+from ._cpu_quota import CpuQuota, current_cpu_quota, memory_limit
 from ._declared_shapes import Declared
 from ._errors import (
     ConfigurationError,
@@ -186,8 +186,9 @@ def _size(count: int) -> str:
 
 def host_memory() -> int | None:
     """The most memory this process could ever hold, in bytes: the host's physical memory, cut to the
-    process's address-space limit (``ulimit -v``) and to its control group's memory limit (a container's),
-    whichever is least; ``None`` when none can be read. Read when an allocation failed, never per run."""
+    process's address-space limit (``ulimit -v``) and to the memory limits of its control groups and those
+    above them (a container's, a systemd unit's ``MemoryMax=``: :func:`._cpu_quota.memory_limit`), whichever is
+    least; ``None`` when none can be read. Read when an allocation failed, never per run."""
     limits: list[int] = []
     try:
         limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -201,14 +202,9 @@ def host_memory() -> int | None:
             limits.append(soft)
     except (ImportError, OSError, ValueError):
         pass
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path, encoding="ascii") as file:
-                text = file.read().strip()
-        except (OSError, ValueError):
-            continue
-        if text.isdigit() and 0 < int(text) < 2**62:  # ("max", or v1's huge number for no limit)
-            limits.append(int(text))
+    group = memory_limit()  # (the process's own groups and those above them, as the CPU quota is read)
+    if group is not None:
+        limits.append(group)
     return min(limits) if limits else None
 
 

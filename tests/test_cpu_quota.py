@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from inprocserve._cpu_quota import CpuQuota, cpu_quota
+from inprocserve._cpu_quota import CpuQuota, cpu_quota, memory_limit
 
 
 def _proc(tmp_path: Path, *, cgroup: str, mounts: list[str]) -> Path:
@@ -290,3 +290,32 @@ def test_a_mount_path_that_is_not_utf8_is_read_as_bytes(tmp_path: Path) -> None:
         mountinfo.write(b"99 25 0:99 / /media/caf\xe9 rw - ext4 /dev/sdb1 rw\n")
     quota = cpu_quota(proc)
     assert quota is not None and quota.cores == 3.0
+
+
+def test_the_memory_limit_is_the_tightest_on_the_process_group_and_those_above_it(tmp_path: Path) -> None:
+    # A systemd unit's MemoryMax= (or a pod's limit) sits on the process's own group or a parent, not on the
+    # hierarchy's root: the root file alone said there was no limit.
+    for place in "abc":
+        (tmp_path / place).mkdir()
+    v2 = tmp_path / "v2"
+    _group(v2, "/", memory_max="max")
+    _group(v2, "/system.slice", memory_max="max")
+    _group(v2, "/system.slice/app.service", memory_max="2147483648")
+    _group(v2, "/system.slice/app.service/worker", memory_max="8589934592")
+    proc = _proc(tmp_path / "a", cgroup="0::/system.slice/app.service/worker\n", mounts=[_v2_mount("/", v2)])
+    assert memory_limit(proc) == 2 * 1024**3
+
+    v1 = tmp_path / "v1"
+    _group(v1, "/", memory_limit_in_bytes=str(2**63 - 4096))  # (v1's "no limit")
+    _group(v1, "/docker/abc", memory_limit_in_bytes="536870912")
+    cpu = tmp_path / "cpu"
+    _group(cpu, "/docker/abc", memory_limit_in_bytes="1")  # not the memory hierarchy
+    proc = _proc(
+        tmp_path / "b",
+        cgroup="4:cpu,cpuacct:/docker/abc\n5:memory:/docker/abc\n",
+        mounts=[_v1_mount("/", cpu), _v1_mount("/", v1, "memory")],
+    )
+    assert memory_limit(proc) == 512 * 1024**2
+
+    proc = _proc(tmp_path / "c", cgroup="0::/\n", mounts=[_v2_mount("/", v2)])
+    assert memory_limit(proc) is None  # ("max" up to the root)
