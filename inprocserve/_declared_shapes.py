@@ -80,27 +80,36 @@ def declared_tensors(model_file: Path) -> tuple[list[Declared], list[Declared]]:
             raise ValueError(f"{model_file} is not a well-formed ONNX model: {exc}") from None
 
 
-def session_signature(inputs: Sequence[NodeInfo], outputs: Sequence[NodeInfo], model_file: Path) -> Signature:
+def session_signature(
+    inputs: Sequence[NodeInfo],
+    outputs: Sequence[NodeInfo],
+    model_file: Path,
+    declared: tuple[list[Declared], list[Declared]] | None = None,
+) -> Signature:
     """The signature of a session of ``model_file``, from onnxruntime's ``get_inputs()``/``get_outputs()``,
     with the tensors that it reports as ``[]`` but the file declares with no shape taken as of any rank.
-    The file is walked only when some tensor is reported as ``[]``.
+    The file is walked only when some tensor is reported as ``[]``, and not at all when ``declared`` holds
+    what :func:`declared_tensors` read of it already.
 
     Raises:
         ValueError: an input of a type numpy cannot feed (as :class:`Signature` raises).
     """
     shapeless = Shapeless()
     if any(not node.shape for node in (*inputs, *outputs)):
-        shapeless = shapeless_tensors(model_file)
+        shapeless = shapeless_tensors(model_file, declared)
     return Signature.from_nodes(inputs, outputs, any_rank=(shapeless.inputs, shapeless.outputs))
 
 
-def shapeless_tensors(model_file: Path) -> Shapeless:
-    """The graph inputs and outputs of ``model_file`` declared as tensors without a shape. Empty for a file
-    that cannot be read or walked (onnxruntime's view then stands; the load's own checks say what is wrong)."""
-    try:
-        inputs, outputs = declared_tensors(model_file)
-    except (OSError, ValueError):
-        return Shapeless()
+def shapeless_tensors(model_file: Path, declared: tuple[list[Declared], list[Declared]] | None = None) -> Shapeless:
+    """The graph inputs and outputs of ``model_file`` declared as tensors without a shape (from ``declared``,
+    the file's :func:`declared_tensors`, when given). Empty for a file that cannot be read or walked
+    (onnxruntime's view then stands; the load's own checks say what is wrong)."""
+    if declared is None:
+        try:
+            declared = declared_tensors(model_file)
+        except (OSError, ValueError):
+            return Shapeless()
+    inputs, outputs = declared
 
     def any_rank(tensors: list[Declared]) -> frozenset[str]:
         # (a name declared twice, once with a shape, keeps onnxruntime's view)

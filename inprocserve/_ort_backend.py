@@ -417,6 +417,7 @@ class OnnxruntimeBackend:
         self._sizing_inputs: tuple[str, ...] = ()  # integer inputs, which may set a size (named by allocation errors)
         self._threads: int | None = None  # intra-op threads per session, once chosen
         self._memory_pattern: bool | None = None  # whether sessions plan allocations per input shape, once read
+        self._declared: tuple[list[Declared], list[Declared]] | None = None  # the file's inputs and outputs, once read
         self._cpu_quota: CpuQuota | None = None  # the control group's CPU quota seen when they were chosen
         self._checked = False  # whether the file passed its integrity checks
         self._run_options: Any = None  # built with the first session (onnxruntime is imported lazily)
@@ -640,7 +641,9 @@ class OnnxruntimeBackend:
             raise ModelLoadError(f"onnxruntime {_ort().__version__} is not supported: sessions lack a binding")
         if self.signature is None:
             try:
-                self.signature = session_signature(session.get_inputs(), session.get_outputs(), self.path)
+                self.signature = session_signature(
+                    session.get_inputs(), session.get_outputs(), self.path, declared=self._declared
+                )
                 self._output_names = list(self.signature.output_names)
                 self._sizing_inputs = tuple(
                     spec.name for spec in self.signature.inputs if spec.dtype is not None and spec.dtype.kind in "iu"
@@ -662,14 +665,16 @@ class OnnxruntimeBackend:
 
     def _declared_inputs(self) -> list[Declared] | None:
         """The model file's graph inputs as it declares them, or ``None`` (logged) where they cannot be read:
-        the session's load then reports what is wrong with the file."""
+        the session's load then reports what is wrong with the file. What was read is kept for the signature
+        (``_declared``), which needs the file's words only for tensors onnxruntime reports as ``[]``."""
         if self.config.memory_pattern != "auto":
             return None  # (not needed)
         try:
-            return declared_tensors(self.path)[0]
+            self._declared = declared_tensors(self.path)
         except (OSError, ValueError) as exc:
             logger.debug("model %r version %s: input shapes not read (%s)", self.model, self.version, exc)
             return None
+        return self._declared[0]
 
     def _cache_failed(self, source: Path, partial: Path | None, exc: Exception) -> None:
         """Log, and clean up after, a session that failed to build with the cache but built without it."""
