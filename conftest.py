@@ -1,0 +1,91 @@
+"""A guard for every test in the repository: a test still running well past pytest-timeout's limit is stuck
+where that limit's signal cannot reach it (the main thread inside onnxruntime, a gRPC wait, any C call that
+does not return to Python), and would hold the whole run until CI's own limit ends it with no word of where.
+The guard prints every thread's stack and ends the test process: pytest-xdist reports the test that was
+running as crashed, starts a fresh worker, and the run goes on.
+
+One daemon thread, started before the first test and alive until the process ends (tests that count threads
+compare counts taken inside the test, so a thread older than the test is never theirs).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import sys
+import threading
+import time
+from collections.abc import Generator
+
+import pytest
+
+STUCK_AFTER_S = 300.0
+"""Seconds a test may take before the guard ends its process: pytest-timeout's ``timeout`` (120 s) is the
+limit a test should meet; this is the last resort, for a test whose timeout could not fire."""
+
+
+class _StuckTestGuard:
+    """Ends the process when one test has run for ``after_s`` (reset by every test that starts)."""
+
+    def __init__(self, config: pytest.Config, after_s: float) -> None:
+        self._config = config
+        self._after_s = after_s
+        self._changed = threading.Condition()
+        self._test: str | None = None
+        self._started = 0.0
+        self._thread = threading.Thread(target=self._watch, name="stuck-test-guard", daemon=True)
+        self._thread.start()
+
+    def running(self, test: str | None) -> None:
+        with self._changed:
+            self._test = test
+            self._started = time.monotonic()
+            self._changed.notify()
+
+    def _watch(self) -> None:
+        with self._changed:
+            while True:
+                if self._test is None:
+                    self._changed.wait()
+                    continue
+                left = self._started + self._after_s - time.monotonic()
+                if left > 0:
+                    self._changed.wait(left)
+                    continue
+                self._end(self._test)
+
+    def _end(self, test: str) -> None:
+        capture = self._config.pluginmanager.getplugin("capturemanager")
+        if capture is not None:
+            try:
+                capture.suspend_global_capture(in_=True)
+            except Exception:  # (the report matters more than the capture's state)
+                pass
+        err = sys.__stderr__
+        assert err is not None
+        err.write(f"\n{'+' * 30} {test} still running after {self._after_s:g} s: every thread's stack {'+' * 30}\n")
+        err.flush()
+        faulthandler.dump_traceback(file=err, all_threads=True)
+        err.write(f"{'+' * 30} ending this test process {'+' * 30}\n")
+        err.flush()
+        os._exit(1)
+
+
+_guard: _StuckTestGuard | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _guard
+    if _guard is None:
+        _guard = _StuckTestGuard(config, STUCK_AFTER_S)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    if _guard is not None:
+        _guard.running(item.nodeid)
+    try:
+        yield
+    finally:
+        if _guard is not None:
+            _guard.running(None)
