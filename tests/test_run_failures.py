@@ -4,6 +4,8 @@ allocation it could not make as a typed error that says what to bound (``_ort_ru
 from __future__ import annotations
 
 import json
+import resource
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -125,8 +127,29 @@ def filled(size: int, *, steps: int = 1, value: float = 1.0) -> dict[str, np.nda
     }
 
 
+@pytest.fixture
+def address_space_capped() -> Iterator[int]:
+    """While the test runs, its process may map only 8 GiB more than it has (``ulimit -v``; the cap is yielded).
+
+    A host that overcommits memory (``vm.overcommit_memory=1``, some sandboxes) grants an allocation of 4 TiB,
+    and onnxruntime then fills it: the test process takes the machine's memory, stuck inside onnxruntime where
+    no test timeout reaches it (a CI run sat there until its own limit). Under the cap the allocation fails on
+    every host, as it does where the kernel refuses it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as status:
+        in_use = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize"))
+    cap = in_use + 8 * 2**30
+    if soft != resource.RLIM_INFINITY:
+        cap = min(cap, soft)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield cap
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def test_a_run_that_asks_for_more_memory_than_the_host_has_is_the_clients_error_naming_what_to_bound(
-    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, address_space_capped: int
 ) -> None:
     """A request whose input makes onnxruntime allocate 4 TiB was a 500 InferenceError quoting onnxruntime's
     arena; it is an InputTooLargeError (a 400) that says how much it asked and which input to bound. Its
