@@ -437,7 +437,7 @@ class OnnxruntimeBackend:
         # options are made by a function, not a method: the sweep's pending alarm never holds the backend.
         limit_s = self.config.max_run_s
         fresh = functools.partial(_fresh_run_options, arena_shrinkage=self.config.arena_shrinkage)
-        self._limit = None if limit_s is None else RunLimit(limit_s, self._watchdog, fresh)
+        self._limit = None if limit_s is None else RunLimit(limit_s, fresh)  # (swept by the process's sweeper)
 
     def _after_fork_in_child(self) -> None:
         if self._sessions:

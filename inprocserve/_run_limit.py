@@ -17,10 +17,16 @@ start of the run stopped) and runs again on new options (:meth:`OnnxruntimeBacke
 The sweep is safe on any OS thread (armed ``anywhere``): under gevent's patch the watchdog runs it on an OS
 thread of its own while a greenlet is inside onnxruntime, so the lock it takes is one of the OS's
 (``_native.allocate_lock``), held for a few instructions by either side.
+
+Every version's sweeps share one watchdog, the process's (:func:`sweeper`): a sweep comes at most once per
+limit while a version runs, so one thread serves them all. With a watchdog of its own, each loaded version
+kept a thread from its warm-up on (a fleet of 16 workers serving 100 versions: 1,600 idle threads, against
+a container's process limit).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import weakref
@@ -30,7 +36,27 @@ from typing import Any
 from . import _native
 from ._deadlines import Watchdog
 
-__all__ = ["RunLimit", "RunSlot"]
+__all__ = ["RunLimit", "RunSlot", "sweeper"]
+
+
+SWEEPER_THREAD = "inprocserve-run-limits"
+
+_sweeper_lock = _native.allocate_lock()
+_sweeper: tuple[bool, Watchdog] | None = None  # (whether gevent's patch was applied when made, the watchdog)
+
+
+def sweeper() -> Watchdog:
+    """The process's watchdog for every version's sweeps, made at first use; its daemon thread starts with
+    the first sweep armed and lives as long as the process (as the clean-up's thread), idle between
+    sweeps. A fork's child starts it afresh (the watchdog's own fork hook), as each backend there makes a
+    new ``RunLimit``. Made again once gevent's patch is applied (a watchdog picks its thread and lock kinds
+    when made; the earlier one still serves the sweeps armed on it)."""
+    global _sweeper
+    patched = _native.patched()
+    with _sweeper_lock:
+        if _sweeper is None or _sweeper[0] != patched:
+            _sweeper = (patched, Watchdog(SWEEPER_THREAD))
+        return _sweeper[1]
 
 
 class RunSlot:
@@ -56,13 +82,13 @@ class RunLimit:
 
     Args:
         limit_s: The limit on one run, in seconds.
-        watchdog: The backend's watchdog (its thread runs the sweeps; closing it ends them).
         make_options: Builds fresh ``RunOptions``.
+        watchdog: What runs the sweeps (the process's :func:`sweeper` if omitted).
     """
 
-    def __init__(self, limit_s: float, watchdog: Watchdog, make_options: Callable[[], Any]) -> None:
+    def __init__(self, limit_s: float, make_options: Callable[[], Any], *, watchdog: Watchdog | None = None) -> None:
         self.limit_s = limit_s
-        self._watchdog = watchdog
+        self._watchdog = watchdog if watchdog is not None else sweeper()
         self._make_options = make_options
         self._lock = _native.allocate_lock()  # (taken by the sweep on the watchdog's OS thread under gevent too)
         self.local = _Local()
@@ -97,7 +123,8 @@ class RunLimit:
 
     def _arm(self, due: float) -> None:
         """Arm the sweep for ``due`` (a ``time.monotonic()``); the caller holds the lock, and no sweep is armed."""
-        self._alarm = self._watchdog.arm(max(due - time.monotonic(), 0.001), self._sweep, unlocked=True, anywhere=True)
+        sweep = functools.partial(_sweep_if_alive, weakref.ref(self))  # (a pending sweep never holds a closed limit)
+        self._alarm = self._watchdog.arm(max(due - time.monotonic(), 0.001), sweep, unlocked=True, anywhere=True)
         self._due = due
         self.sweeping = True
 
@@ -146,9 +173,20 @@ class RunLimit:
         return self._alarm
 
     def close(self) -> None:
-        """Stop every run in flight now, and any later one at once. Idempotent."""
+        """Stop every run in flight now, and any later one at once; disarm the sweep. Idempotent."""
         with self._lock:
             self._closed = True
             slots = list(self._slots)
+            if self._alarm is not None:
+                self._watchdog.disarm(self._alarm)
+                self._alarm = None
+                self.sweeping = False
         for slot in slots:
             slot.options.terminate = True
+
+
+def _sweep_if_alive(limit: weakref.ref[RunLimit]) -> None:
+    """A sweep armed on the shared watchdog: that of ``limit``, unless it was collected meanwhile."""
+    alive = limit()
+    if alive is not None:
+        alive._sweep()

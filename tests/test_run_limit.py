@@ -7,7 +7,10 @@ a run at the limit, which raises a ``RunTimeLimitError`` naming the limit and ho
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,8 @@ import inprocserve
 from inprocserve import ConfigurationError, ModelConfig, PoolConfig, RunTimeLimitError, web
 from inprocserve._config import load_model_config
 from inprocserve._ort_backend import build_onnxruntime_backend
-from inprocserve._run_limit import RunSlot
-from inprocserve.testing import save_model
+from inprocserve._run_limit import SWEEPER_THREAD, RunSlot
+from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, count_batch_runs, wait_until
 from .test_shadow_close import build_loop_model
@@ -133,17 +136,21 @@ def test_an_exception_while_a_run_arms_the_sweep_leaves_the_limit_working(loop_r
     try:
         backend.prepare()
         runner = backend.runners()[0]
-        arm = backend._watchdog.arm
+        limit = backend._limit
+        assert limit is not None
+        watchdog = limit._watchdog  # (the process's: every version's sweeps)
 
         def arm_raising_once(*args: Any, **kwargs: Any) -> Any:
-            backend._watchdog.arm = arm  # type: ignore[method-assign]
+            del watchdog.arm  # (the class's again)
             raise _TaskTimeLimit
 
-        assert backend._limit is not None
-        wait_until(lambda: backend._limit is not None and not backend._limit.sweeping, timeout_s=5)  # (warm-up's)
-        backend._watchdog.arm = arm_raising_once  # type: ignore[method-assign]
-        with pytest.raises(_TaskTimeLimit):
-            backend.run(runner, steps(1))
+        wait_until(lambda: not limit.sweeping, timeout_s=5)  # (the warm-up's sweep came and went)
+        watchdog.arm = arm_raising_once  # type: ignore[method-assign]
+        try:
+            with pytest.raises(_TaskTimeLimit):
+                backend.run(runner, steps(1))
+        finally:
+            vars(watchdog).pop("arm", None)
         with pytest.raises(RunTimeLimitError):
             backend.run(runner, steps(10**7))  # (seconds here: it ends, unlimited, rather than hang the test)
     finally:
@@ -191,3 +198,46 @@ def test_a_run_that_starts_during_a_sweep_does_not_put_off_the_cut_of_another(lo
         assert took < 2.7, f"cut after {took:.2f} s under a 2 s limit"  # (put off: 3.45 s)
     finally:
         backend.close()
+
+
+def test_every_versions_runs_are_limited_from_one_thread_of_the_process(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Each loaded version kept a watchdog thread of its own from its warm-up on, for its sweeps: a worker
+    serving 100 versions held 100 idle threads (16 such workers: 1,600, against a container's process
+    limit). One thread of the process sweeps every version; two runaway runs of two versions are each cut."""
+    for name in ("loop", "other"):
+        save_model(build_loop_model(), repository, name, 1)
+        (repository / name / "config.toml").write_text("[pool]\nmax_run_s = 1.0\n")
+    for index in range(4):
+        save_model(build_scale_model(), repository, f"scale{index}", 1)
+    server = make_server(repository)
+    for index in range(4):
+        server.predict(f"scale{index}", np.ones((1, 4), np.float32))
+    names = [thread.name for thread in threading.enumerate()]
+    ours = ("inprocserve-deadlines-loop-", "inprocserve-deadlines-other-", "inprocserve-deadlines-scale")
+    assert not [name for name in names if name.startswith(ours)], names
+    assert names.count(SWEEPER_THREAD) == 1, names
+    begun = time.monotonic()
+    runaways = [server.submit(name, steps(10**12)) for name in ("loop", "other")]
+    for runaway in runaways:
+        with pytest.raises(RunTimeLimitError):
+            runaway.result(timeout=30)
+    assert time.monotonic() - begun < 10
+    np.testing.assert_array_equal(server.predict("other", steps(3, value=2.0))["y"], np.full((1, 4), 2.0))
+
+
+def test_a_closed_versions_pending_sweep_does_not_keep_its_limit(loop_repository: Path) -> None:
+    """The process's sweeper holds a version's pending sweep for up to a limit (60 s by default): it must not
+    keep the closed version's limit (its threads' run options) alive until then."""
+    path = loop_repository / "loop" / "1" / "model.onnx"
+    backend = build_onnxruntime_backend(path, ModelConfig(pool=PoolConfig(max_run_s=600)), model="loop", version=1)
+    backend.prepare()
+    backend.run(backend.runners()[0], steps(1))
+    limit = backend._limit
+    assert limit is not None and limit.sweeping  # (a sweep armed, due in 10 minutes)
+    kept = weakref.ref(limit)
+    backend.close()
+    del limit, backend
+    gc.collect()
+    assert kept() is None
