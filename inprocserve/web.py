@@ -66,6 +66,7 @@ from ._flag_reader import MAX_FLAG_TIMEOUT_S
 from ._flags import FlagProvider
 from ._log_limit import LogLimit, since
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES
+from ._unique_json import DuplicateKeyError, unique_keys
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -563,7 +564,9 @@ def _json_object(body: object, shape: str) -> dict[str, Any]:
         return {}
     if isinstance(body, bytes | str):
         try:
-            body = json.loads(body)
+            body = json.loads(body, object_pairs_hook=unique_keys)
+        except DuplicateKeyError as exc:  # (json keeps the last; a proxy in front may have read the first)
+            raise ValueError(f"the body is ambiguous JSON: {exc}") from None
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
             raise ValueError(f"the body is not JSON: send a JSON object {shape}") from None
     if not isinstance(body, dict):

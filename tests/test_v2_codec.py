@@ -178,6 +178,12 @@ def binary_body(raw: bytes, size: int, *, shape: Any = (1, 4), datatype: str = "
         (lambda: (request_json(x_input([1, 2, 3, 4]), parameters={"timeout": -1}), {}), "timeout must be"),
         (lambda: (request_json(x_input([1, 2, 3, 4]), parameters={"timeout": 10**400}), {}), "timeout must be"),
         (lambda: (b'{"inputs": [{"data": [' + b"1" * 5000 + b"]}]}", {}), "malformed"),  # too many digits
+        # a repeated key: json keeps the last, Triton's rapidjson (and many proxies) the first
+        (lambda: (b'{"inputs": [], "inputs": []}', {}), "ambiguous: an object names the key 'inputs' twice"),
+        (
+            lambda: (request_json(x_input([1, 2, 3, 4])).replace(b'"name": "x"', b'"name": "x", "name": "z"'), {}),
+            "names the key 'name' twice; send each key once",
+        ),
         (lambda: (request_json(x_input([1, 2, 3, 4]), parameters={"user_id": 1.5}), {}), "user_id must be"),
         (
             lambda: (request_json(x_input([1, 2, 3, 4], parameters={"shared_memory_region": "r"})), {}),

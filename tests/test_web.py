@@ -165,6 +165,18 @@ def test_a_hostile_switch_body_is_a_400_that_changes_nothing(
     assert server.status()["models"]["scale"]["stable_version"] == 2
 
 
+def test_a_body_that_names_a_key_twice_is_a_400_that_changes_nothing(
+    two_versions: Path, make_server: ServerFactory
+) -> None:
+    """json keeps a repeated key's last value; a proxy in front that checked the first (a gateway allowing
+    only version 2) would have passed a switch to version 1."""
+    server = make_server(two_versions)
+    answer = web.admin_answer(server, "switch", "scale", b'{"version": 2, "version": 1}', actor="test")
+    assert answer.status == 400, answer.body
+    assert "names the key 'version' twice; send each key once" in answer.body["message"], answer.body
+    assert server.status()["models"]["scale"]["stable_version"] == 2
+
+
 HOSTILE_CANARY_BODIES: list[Any] = [
     b'{"version": 1, "percent": NaN}',
     b'{"version": 1, "percent": Infinity}',

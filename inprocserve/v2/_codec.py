@@ -25,6 +25,7 @@ from .._brief import brief
 from .._errors import ConfigurationError, InvalidInputError
 from .._headers import MAX_USER_ID_LENGTH, checked_user_id
 from .._prediction import Prediction
+from .._unique_json import DuplicateKeyError, unique_keys
 from ._datatypes import DATATYPES, datatype_of, numpy_dtype
 
 # An integer user id longer than a user id may be (in decimal digits) is refused before it is turned into text.
@@ -416,9 +417,11 @@ def _parse_json(raw: bytes | memoryview, checkpoint: Callable[[], None] | None =
     else:
         hooks = {}
     try:
-        return json.loads(bytes(raw), **hooks)
+        return json.loads(bytes(raw), object_pairs_hook=unique_keys, **hooks)
     except RecursionError:
         raise InvalidInputError("the request JSON is nested too deeply to parse") from None
+    except DuplicateKeyError as exc:
+        raise InvalidInputError(f"the request JSON is ambiguous: {exc}") from None
     except ValueError as exc:  # malformed, not UTF-8, or an integer of more digits than Python converts
         raise InvalidInputError(f"the request JSON is malformed: {exc}") from None
 

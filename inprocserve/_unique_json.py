@@ -1,0 +1,30 @@
+"""JSON objects that name a key once: what the server parses from clients (``/v2`` requests, admin bodies).
+
+``json`` keeps the last value of a repeated key; other parsers keep the first (Triton's rapidjson, many
+gateways and web application firewalls). A proxy that checked ``{"inputs": <allowed>, "inputs": <other>}``
+would pass one request and this server run another, so such an object is refused, naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._brief import brief
+
+__all__ = ["DuplicateKeyError", "unique_keys"]
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object named one key twice (see :func:`unique_keys`)."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook``: the object, unless it names a key twice
+    (:class:`DuplicateKeyError`, a ``ValueError``). A tensor's data is an array, never an object: the hook
+    runs a few times per request."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise DuplicateKeyError(f"an object names the key {brief(repeated)} twice; send each key once")
+    return document
