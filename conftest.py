@@ -20,25 +20,45 @@ from collections.abc import Generator
 import pytest
 
 STUCK_AFTER_S = 300.0
-"""Seconds a test may take before the guard ends its process: pytest-timeout's ``timeout`` (120 s) is the
-limit a test should meet; this is the last resort, for a test whose timeout could not fire."""
+"""Seconds a test may take before the guard ends its process, or twice the test's pytest-timeout if that is
+longer (``make soak`` gives an hour); none where the timeout is off (``--timeout=0``, a debugging session).
+pytest-timeout's limit (120 s in ``make test``) is the one a test should meet; this is the last resort, for
+a test whose timeout could not fire."""
+
+
+def _stuck_after_s(item: pytest.Item) -> float | None:
+    """How long ``item`` may run before the guard ends it, ``None`` for never (see :data:`STUCK_AFTER_S`)."""
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        timeout = marker.args[0]
+    else:
+        timeout = item.config.getoption("timeout", None)
+        if timeout is None:
+            timeout = item.config.getini("timeout")
+    try:
+        seconds = float(timeout or 0)
+    except (TypeError, ValueError):
+        return STUCK_AFTER_S
+    return max(STUCK_AFTER_S, 2 * seconds) if seconds > 0 else None
 
 
 class _StuckTestGuard:
-    """Ends the process when one test has run for ``after_s`` (reset by every test that starts)."""
+    """Ends the process when one test has run for longer than it may (reset by every test that starts)."""
 
-    def __init__(self, config: pytest.Config, after_s: float) -> None:
+    def __init__(self, config: pytest.Config) -> None:
         self._config = config
-        self._after_s = after_s
         self._changed = threading.Condition()
         self._test: str | None = None
+        self._after_s = STUCK_AFTER_S
         self._started = 0.0
         self._thread = threading.Thread(target=self._watch, name="stuck-test-guard", daemon=True)
         self._thread.start()
 
-    def running(self, test: str | None) -> None:
+    def running(self, test: str | None, after_s: float | None = None) -> None:
+        """``test`` started and may run ``after_s`` (``None``: watch nothing)."""
         with self._changed:
-            self._test = test
+            self._test = test if after_s is not None else None
+            self._after_s = after_s or STUCK_AFTER_S
             self._started = time.monotonic()
             self._changed.notify()
 
@@ -77,13 +97,13 @@ _guard: _StuckTestGuard | None = None
 def pytest_configure(config: pytest.Config) -> None:
     global _guard
     if _guard is None:
-        _guard = _StuckTestGuard(config, STUCK_AFTER_S)
+        _guard = _StuckTestGuard(config)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
     if _guard is not None:
-        _guard.running(item.nodeid)
+        _guard.running(item.nodeid, _stuck_after_s(item))
     try:
         yield
     finally:
