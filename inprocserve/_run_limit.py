@@ -27,6 +27,7 @@ a container's process limit).
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 import weakref
@@ -43,6 +44,14 @@ SWEEPER_THREAD = "inprocserve-run-limits"
 
 _sweeper_lock = _native.allocate_lock()
 _sweeper: tuple[bool, Watchdog] | None = None  # (whether gevent's patch was applied when made, the watchdog)
+
+
+def _after_fork_in_child() -> None:
+    global _sweeper_lock
+    _sweeper_lock = _native.allocate_lock()  # (another thread of the parent may have held it at the fork)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def sweeper() -> Watchdog:
