@@ -80,6 +80,19 @@ def _rebuild(
     return error
 
 
+def failure_text(error: BaseException, model: str, version: int) -> str:
+    """``error``'s message for a sentence that already names ``model`` and ``version``: without the lead
+    that names them again ("model 'm' version 1: ", "model 'm' version 1 failed to run: "), which a message
+    nested in another (a warm-up's failed run in a load failure) repeated up to three times."""
+    text = str(error)
+    lead = f"model {model!r} version {version}"
+    if text.startswith(lead):
+        for rest in (": ", " failed to run: "):
+            if text.startswith(rest, len(lead)):
+                return text[len(lead) + len(rest) :]
+    return text
+
+
 class ConfigurationError(InprocserveError, ValueError):
     """A configuration value (in code or in ``config.toml``) is invalid."""
 

@@ -40,6 +40,7 @@ from ._errors import (
     OverloadedError,
     RemoteUnavailableError,
     ServerClosedError,
+    failure_text,
 )
 from ._flush_policy import RunCost
 from ._heap import give_back_freed_memory
@@ -151,6 +152,7 @@ class ModelVersion:
         self._clock = clock
         self._follow_symlinks = follow_symlinks
         self._made_up_inner_size = 1  # dynamic inner axes of the warm-up's made-up request (_warm_up)
+        self._warm_up_skip_logged = False  # whether a warm-up left out for an input of any rank was logged
         self._backend = backend
         self._backend_factory: BackendFactory = (
             backend_factory if backend_factory is not None else functools.partial(build_backend, clock=clock)
@@ -690,6 +692,23 @@ class ModelVersion:
             self._made_up_inner_size = size
             return
         assert first_failure is not None
+        shapeless = [spec.name for spec in signature.inputs if spec.shape is None]
+        if shapeless:
+            # An input the file declares with no shape (any rank) is made up as a scalar: a model that needs a
+            # rank (a MatMul) failed it, and a version that serves real requests never loaded for the guess.
+            if not self._warm_up_skip_logged:
+                self._warm_up_skip_logged = True
+                logger.warning(
+                    "model %r version %s: the warm-up's made-up request does not run (%s): %s declared with no "
+                    "shape (any rank), made up as a scalar; loaded without a warm-up, so its first requests pay "
+                    "for onnxruntime's first allocations. Give real inputs in warmup.inputs_file in its "
+                    "config.toml to warm it up (docs/repository.md)",
+                    self.name,
+                    self.version,
+                    failure_text(first_failure, self.name, self.version),
+                    ", ".join(repr(name) for name in shapeless) + (" is" if len(shapeless) == 1 else " are"),
+                )
+            return
         # A model that runs only on some sizes of an axis it declares dynamic (torch.onnx.export's exporter can fix
         # a sequence length inside the graph) failed here with onnxruntime's words alone ("cannot be reshaped"),
         # and the version never loaded, with no word of what was run or how to load it.

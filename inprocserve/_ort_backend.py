@@ -41,6 +41,7 @@ from ._errors import (
     RunTimeLimitError,
     ServerClosedError,
     VersionRetiredError,
+    failure_text,
 )
 from ._integrity import check_external_data, check_version, external_data_locations
 from ._ort_rules import (
@@ -657,7 +658,8 @@ class OnnxruntimeBackend:
                 self._warmup(session)
             except InprocserveError as exc:
                 raise ModelLoadError(
-                    f"model {self.model!r} version {self.version} failed its warm-up run: {exc}",
+                    f"model {self.model!r} version {self.version} failed its warm-up run: "
+                    f"{failure_text(exc, self.model, self.version)}",
                     model=self.model,
                     version=self.version,
                 ) from exc

@@ -1614,7 +1614,9 @@ def _load_problem(name: str, number: int, path: Path, exc: ModelLoadError) -> st
     """A load failure as refresh() reports it: named by its version's folder, which a remote model server's
     error ("http://host/v2/models/x: cannot connect") would not name."""
     message = str(exc)
-    return message if str(path.parent) in message else f"model {name!r} version {number}: {message}"
+    if str(path.parent) in message or message.startswith(f"model {name!r} version {number}"):
+        return message  # (named already)
+    return f"model {name!r} version {number}: {message}"
 
 
 def _stopping(name: str) -> str:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from inprocserve import InvalidInputError
+from inprocserve import InvalidInputError, ModelConfig, PoolConfig
 from inprocserve.__main__ import main
 from inprocserve._declared_shapes import Shapeless, shapeless_tensors
 from inprocserve.testing import save_model
@@ -107,6 +108,22 @@ def test_a_model_that_needs_a_rank_warms_up_on_its_warmup_file(repository: Path,
     server = make_server(repository)
     assert server.predict("projection", [[1.0, 1.0, 1.0]])["y"].tolist() == [[6.0, 9.0]]
     assert server.predict("projection", np.ones((2, 4, 3), np.float32))["y"].shape == (2, 4, 2)
+
+
+def test_a_model_that_needs_a_rank_loads_without_a_warmup_file_and_says_what_would_warm_it(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warm-up makes an input of any rank up as a scalar, which a MatMul refuses: the version failed its
+    load, though every real request of rank 1 or more runs. It loads, unwarmed, with one warning per version
+    (not per session) that says why and how to warm it."""
+    save_model(projection(), repository, "projection")
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(repository, config=ModelConfig(pool=PoolConfig(size=2)))
+    assert server.predict("projection", [[1.0, 1.0, 1.0]])["y"].tolist() == [[6.0, 9.0]]
+    warnings = [r.getMessage() for r in caplog.records if "warm-up's made-up request does not run" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("model 'projection' version 1: the warm-up's made-up request does not run ([ONNX")
+    assert "'x' is declared with no shape (any rank)" in warnings[0] and "warmup.inputs_file" in warnings[0]
 
 
 def test_inspect_shows_an_input_of_any_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -114,9 +114,13 @@ def test_a_model_that_fails_its_warmup_never_serves(repository: Path, make_serve
     server = make_server(repository)
     status = server.status()["models"]["gather"]["versions"]["1"]
     assert status["state"] == "failed"
-    assert "failed its warm-up run" in status["error"]
+    assert status["error"].startswith("model 'gather' version 1 failed its warm-up run: [ONNXRuntimeError]")
+    assert status["error"].count("model 'gather' version 1") == 1, status["error"]  # (named once, not three times)
     with pytest.raises(inprocserve.ModelNotFoundError):
         server.predict("gather", {"index": np.array([1])})
+    with pytest.raises(inprocserve.ModelLoadError) as caught:
+        make_server(repository, strict=True)
+    assert str(caught.value).count("model 'gather' version 1") == 1, caught.value
 
 
 def test_warmup_can_be_turned_off(repository: Path, make_server: ServerFactory) -> None:
