@@ -111,6 +111,8 @@ def translate_run_error(
     failed = allocation_error(text, model=model, version=version, sizing_inputs=sizing_inputs)
     if failed is not None:
         return failed
+    if _NEGATIVE_SIZE in text:
+        return _negative_size_error(text, model=model, version=version, sizing_inputs=sizing_inputs)
     kind = RUN_ERROR_MAP.get(type(exc).__name__, InferenceError)
     return kind(f"model {model!r} version {version} failed to run: {text}", model=model, version=version)
 
@@ -170,6 +172,26 @@ def allocation_error(
     return OutOfMemoryError(
         f"{head}: onnxruntime could not allocate memory{where} (std::bad_alloc: the host is short of memory, or "
         f"the request asks for more than it has); retry later, or {bound}",
+        model=model,
+        version=version,
+    )
+
+
+# onnxruntime's words, where every kernel's output tensor is made (``CalculateTensorStorageSize``), for a shape
+# with a negative dimension: a size the request's values set (a ConstantOfShape count, a Range's bounds). The
+# model's own constants cannot: its warm-up ran.
+_NEGATIVE_SIZE = "shape.Size() must be >= 0"
+
+
+def _negative_size_error(text: str, *, model: str, version: int, sizing_inputs: Sequence[str]) -> InvalidInputError:
+    """A run that failed for a tensor of negative size: the client's values, so a 400 (it was a 500, counted
+    against the server and logged, for any client that sends a -1)."""
+    node = _NODE.search(text)
+    where = f" for its {node.group(1)} node" if node is not None else ""
+    names = ", ".join(f"[inputs.{name}] min = 0" for name in sizing_inputs) or "[inputs.NAME] min = 0"
+    return InvalidInputError(
+        f"model {model!r} version {version}: the request's values make a tensor of negative size{where}; send "
+        f"sizes of 0 or more, or bound the input that sets this size in the model's config.toml ({names})",
         model=model,
         version=version,
     )

@@ -178,6 +178,27 @@ def test_a_run_that_asks_for_more_memory_than_the_host_has_is_the_clients_error_
         server.predict("filled", filled(2**62))  # (a size past 64 bits of bytes)
 
 
+def test_a_request_whose_values_make_a_negative_size_is_the_clients_error_naming_what_to_bound(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A count of -1 for a ConstantOfShape failed inside onnxruntime ("Tensor shape.Size() must be >= 0"): a
+    500 InferenceError, counted against the server and logged, for the client's value. A 400 that says to send
+    sizes of 0 or more and which inputs to bound; the next request is answered."""
+    save_model(build_filled_loop_model(), repository, "filled", 1)
+    server = make_server(repository, config=ModelConfig(warmup=inprocserve.WarmupConfig(enabled=False)))
+    for size in (-1, -(2**40)):
+        with pytest.raises(inprocserve.InvalidInputError) as caught:
+            server.predict("filled", filled(size))
+        message = str(caught.value)
+        assert message.startswith(
+            "model 'filled' version 1: the request's values make a tensor of negative size for its "
+            "ConstantOfShape node; send sizes of 0 or more"
+        ), message
+        assert "[inputs.n] min = 0, [inputs.k] min = 0" in message, message
+        assert web.http_status(caught.value) == 400
+    np.testing.assert_array_equal(server.predict("filled", filled(10, value=3.0))["y"], np.full((1, 4), 3.0))
+
+
 SHORT_OF_MEMORY = """
 import json, resource, sys, tempfile
 from pathlib import Path
