@@ -32,7 +32,20 @@ Inprocserve.warm(app)  # docs/flask.md: the development server builds at start-u
 
 
 def _children(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    """The processes whose parent is ``pid``, from every process's ``/proc/<pid>/stat``: the kernel's own list
+    (``/proc/<pid>/task/<pid>/children``) exists only where it was built with CONFIG_PROC_CHILDREN, which
+    some kernels (minimal and micro-VM builds, sandboxes) are not."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # (it exited meanwhile)
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # (after the name, which may hold anything: state, ppid)
+            children.append(int(entry.name))
+    return sorted(children)
 
 
 def _has_onnxruntime(pid: int) -> bool:
