@@ -214,7 +214,9 @@ pool = inprocserve.PoolConfig(memory_arena=arena)
 server = inprocserve.Server(repository, config=inprocserve.ModelConfig(pool=pool))
 server.predict("filled", filled(10))
 in_use = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
-resource.setrlimit(resource.RLIMIT_AS, (in_use + 2**29, resource.RLIM_INFINITY))  # 512 MiB left to take
+cap, hard = in_use + 2**29, resource.getrlimit(resource.RLIMIT_AS)[1]  # 512 MiB left to take
+# (the hard limit kept: where the host set one, ulimit -v, only root may raise it again)
+resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
 answers = []
 try:
     server.predict("filled", filled(5 * 2**25))  # 640 MiB: less than the process may hold, more than is left
