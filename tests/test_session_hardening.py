@@ -254,7 +254,8 @@ while (probe.write_bytes(b""), probe.stat().st_mtime_ns)[1] <= model.stat().st_c
     time.sleep(0.001)
 probe.unlink()
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))  # writes past 8 KB fail: a full disk
+# writes past 8 KB fail: a full disk (the hard limit kept: where the host set one, only root may raise it again)
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 with inprocserve.Server(root, config=ModelConfig(pool=PoolConfig(optimized_model_cache=True))) as server:
     print(server.predict("mlp", np.ones((1, 64), np.float32))["y"].shape)
     print(sorted(p.name for p in (root / "mlp" / "1").iterdir()))
