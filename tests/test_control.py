@@ -618,9 +618,17 @@ needs_root = pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() != 0, reaso
 
 @pytest.fixture
 def nobodys_repository() -> Any:
-    """A repository owned by the servers' user (nobody), reachable by it (pytest's tmp_path is root's, 0700)."""
+    """A repository owned by the servers' user (nobody), reachable by it (pytest's tmp_path is root's, 0700).
+    Skips where root cannot be nobody: a user namespace that maps no uid 65534 (``unshare -r``, some sandboxes),
+    or a root without CAP_CHOWN, CAP_SETUID or CAP_SETGID."""
     folder = Path(tempfile.mkdtemp(prefix="inprocserve-nobody-"))
     try:
+        try:
+            os.chown(folder, NOBODY, NOBODY)
+        except OSError as exc:
+            pytest.skip(f"root cannot give a file to uid {NOBODY} here (no such user in its namespace?): {exc}")
+        if _as_user(NOBODY, lambda: None) != 0:
+            pytest.skip(f"root cannot become uid {NOBODY} here (no CAP_SETUID or CAP_SETGID, or no such user)")
         for version in (1, 2):
             save_model(build_scale_model(float(version)), folder, "scale", version)
         for path in (folder, *folder.rglob("*")):
