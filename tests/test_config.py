@@ -168,7 +168,11 @@ def test_a_config_toml_under_another_process_s_lease_is_read_once_the_lease_is_g
 import fcntl, os, signal, time
 F_SETLEASE = 1024
 descriptor = os.open({str(path)!r}, os.O_RDONLY)
-fcntl.fcntl(descriptor, F_SETLEASE, fcntl.F_WRLCK)
+try:
+    fcntl.fcntl(descriptor, F_SETLEASE, fcntl.F_WRLCK)
+except OSError as exc:
+    print(f"no lease: {{exc}}", flush=True)
+    raise SystemExit(0) from None
 signal.signal(signal.SIGIO, lambda *_: (time.sleep(0.3), fcntl.fcntl(descriptor, F_SETLEASE, fcntl.F_UNLCK)))
 print("leased", flush=True)
 time.sleep(60)
@@ -178,7 +182,11 @@ time.sleep(60)
     )  # fmt: skip
     with holder:
         try:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "leased"
+            assert holder.stdout is not None
+            leased = holder.stdout.readline().strip()
+            if leased.startswith("no lease"):  # (fs.leases-enable = 0; NFS, 9p and some sandboxes grant none)
+                pytest.skip(f"this kernel or file system grants no file lease: {leased}")
+            assert leased == "leased"
             assert load_model_config(path).batching.max_batch_size == 8
         finally:
             holder.kill()
