@@ -27,14 +27,13 @@ a container's process limit).
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _native
+from . import _fork, _native
 from ._deadlines import Watchdog
 
 __all__ = ["RunLimit", "RunSlot", "sweeper"]
@@ -51,7 +50,7 @@ def _after_fork_in_child() -> None:
     _sweeper_lock = _native.allocate_lock()  # (another thread of the parent may have held it at the fork)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.at_fork_in_child(_after_fork_in_child)  # (uWSGI's workers too)
 
 
 def sweeper() -> Watchdog:
@@ -59,7 +58,9 @@ def sweeper() -> Watchdog:
     the first sweep armed and lives as long as the process (as the clean-up's thread), idle between
     sweeps. A fork's child starts it afresh (the watchdog's own fork hook), as each backend there makes a
     new ``RunLimit``. Made again once gevent's patch is applied (a watchdog picks its thread and lock kinds
-    when made; the earlier one still serves the sweeps armed on it)."""
+    when made; the earlier one still serves the sweeps armed on it). Called as a sweep is armed, never by a
+    fork hook: the package's hooks (a backend's, which makes its ``RunLimit`` anew) run before this module's
+    renews the lock, and a child forked while another thread of the parent held it hung in them."""
     global _sweeper
     patched = _native.patched()
     with _sweeper_lock:
@@ -92,19 +93,20 @@ class RunLimit:
     Args:
         limit_s: The limit on one run, in seconds.
         make_options: Builds fresh ``RunOptions``.
-        watchdog: What runs the sweeps (the process's :func:`sweeper` if omitted).
+        watchdog: What runs the sweeps (the process's :func:`sweeper`, as each is armed, if omitted).
     """
 
     def __init__(self, limit_s: float, make_options: Callable[[], Any], *, watchdog: Watchdog | None = None) -> None:
         self.limit_s = limit_s
-        self._watchdog = watchdog if watchdog is not None else sweeper()
+        self._given = watchdog
         self._make_options = make_options
         self._lock = _native.allocate_lock()  # (taken by the sweep on the watchdog's OS thread under gevent too)
         self.local = _Local()
         """``local.slot``: the calling thread's :class:`RunSlot`, ``None`` until :meth:`slot` made it."""
         self._slots: weakref.WeakSet[RunSlot] = weakref.WeakSet()  # (a thread's slot goes with the thread)
         self.sweeping = False  # whether a sweep is armed (read by every run, set under the lock)
-        self._alarm: Any = None  # the sweep armed, and when it is due (under the lock)
+        self._alarm: Any = None  # the sweep armed, the watchdog it is armed on and when it is due (under the lock)
+        self._watchdog: Watchdog | None = None
         self._due = 0.0
         self._closed = False
 
@@ -133,6 +135,7 @@ class RunLimit:
     def _arm(self, due: float) -> None:
         """Arm the sweep for ``due`` (a ``time.monotonic()``); the caller holds the lock, and no sweep is armed."""
         sweep = functools.partial(_sweep_if_alive, weakref.ref(self))  # (a pending sweep never holds a closed limit)
+        self._watchdog = self._given if self._given is not None else sweeper()
         self._alarm = self._watchdog.arm(max(due - time.monotonic(), 0.001), sweep, unlocked=True, anywhere=True)
         self._due = due
         self.sweeping = True
@@ -172,7 +175,7 @@ class RunLimit:
             armed = self._armed()  # (a run armed one meanwhile: the sooner is kept)
             if self._closed or (armed is not None and self._due <= due):
                 return
-            if armed is not None:
+            if armed is not None and self._watchdog is not None:
                 self._watchdog.disarm(armed)
                 self._alarm = None
             self._arm(due)
@@ -186,7 +189,7 @@ class RunLimit:
         with self._lock:
             self._closed = True
             slots = list(self._slots)
-            if self._alarm is not None:
+            if self._alarm is not None and self._watchdog is not None:
                 self._watchdog.disarm(self._alarm)
                 self._alarm = None
                 self.sweeping = False

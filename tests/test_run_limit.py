@@ -24,7 +24,7 @@ from inprocserve._ort_backend import build_onnxruntime_backend
 from inprocserve._run_limit import SWEEPER_THREAD, RunSlot
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, count_batch_runs, wait_until
+from .conftest import ServerFactory, count_batch_runs, run_python, wait_until
 from .test_shadow_close import build_loop_model
 
 LIMITED = "[pool]\nmax_run_s = 1.0\n\n[warmup]\nenabled = false\n"
@@ -241,3 +241,41 @@ def test_a_closed_versions_pending_sweep_does_not_keep_its_limit(loop_repository
     del limit, backend
     gc.collect()
     assert kept() is None
+
+
+FORK_WHILE_A_SWEEPER_IS_MADE = """
+import os, select, signal, sys, threading
+import inprocserve
+from inprocserve import _run_limit
+
+with inprocserve.Server(sys.argv[1]) as server:  # (pool.max_run_s: 60 s, its default)
+    held, release = threading.Event(), threading.Event()
+
+    def make_sweeper():  # another thread of the process makes the sweeper at the fork (a version loading)
+        with _run_limit._sweeper_lock:
+            held.set()
+            release.wait()
+
+    threading.Thread(target=make_sweeper, daemon=True).start()
+    held.wait()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, b"ran")
+        os._exit(0)  # (onnxruntime is imported: a child must not run its exit-time clean-up)
+    release.set()
+    ready, _, _ = select.select([read], [], [], 60)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    print("child ran" if ready else "child hung in its fork hooks")
+"""
+
+
+def test_a_child_forked_while_another_thread_makes_the_sweeper_runs(repository: Path) -> None:
+    """A fork hook made each backend's limit anew, and with it looked up the process's sweeper, under a lock
+    that the module renews in the child only after the package's hooks: a child forked while another thread
+    held it (a version loading) hung before it ran any code of its own."""
+    save_model(build_scale_model(), repository, "scale", 1)
+    result = run_python(FORK_WHILE_A_SWEEPER_IS_MADE, str(repository))
+    assert result.stdout.strip().splitlines()[-1:] == ["child ran"], result.stdout + result.stderr
