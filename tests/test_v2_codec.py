@@ -104,6 +104,16 @@ def test_every_datatype_survives_a_response_round_trip(datatype: str, binary: bo
     assert response.outputs["out"].tolist() == array.tolist()
 
 
+def test_a_client_reads_a_servers_answer_that_names_a_key_twice() -> None:
+    """Only a client's request may not repeat a key (a proxy in front of this server may have read the other
+    value); an answer from a model server was refused as "the request JSON is ambiguous ... send each key
+    once", blaming a request the caller never wrote, where it was read before."""
+    output = b'{"name": "out", "datatype": "FP32", "shape": [1], "data": [1.0]}'
+    body = b'{"model_name": "m", "model_name": "m", "outputs": [%s]}' % output
+    response = v2.decode_infer_response(body, {"Content-Type": "application/json"})
+    assert response.model_name == "m" and response.outputs["out"].tolist() == [1.0]
+
+
 def test_the_binary_layout_is_the_extension_s() -> None:
     """Little-endian numbers, BOOL as one byte, BYTES as a 4-byte length then the bytes, in input order."""
     body, headers = v2.encode_infer_request(

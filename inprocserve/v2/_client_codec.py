@@ -153,7 +153,7 @@ def decode_checked_response(
             check(scanned)  # (raises to refuse the answer before its JSON is parsed)
     if checkpoint is not None:
         checkpoint()
-    document = _parse_json(json_part, checkpoint)
+    document = _parse_json(json_part, checkpoint, from_client=False)  # (an answer: see there)
     if not isinstance(document, dict) or not isinstance(document.get("outputs"), list):
         # Some servers and gateways answer a failure with status 200 and the protocol's error document: its
         # message is what says what went wrong ("CUDA out of memory"), and was dropped.

@@ -394,12 +394,15 @@ _HOOKED_PARSE_ABOVE_BYTES = 1 << 20
 """A JSON document longer than this, parsed with a ``checkpoint``, has its numbers parsed through it."""
 
 
-def _parse_json(raw: bytes | memoryview, checkpoint: Callable[[], None] | None = None) -> Any:
+def _parse_json(
+    raw: bytes | memoryview, checkpoint: Callable[[], None] | None = None, *, from_client: bool = True
+) -> Any:
     """``raw`` parsed. With ``checkpoint``, a document over 1 MiB calls it every :data:`CHECK_EVERY` numbers:
     ``json.loads`` is one call that holds the GIL throughout, and a one-row answer of 10 million FP32 (a
     dynamic non-batch axis) took 2 s to parse, past a 0.5 s deadline, every other thread of the process
     stalled. Numbers parsed through a Python function cost about 30% more, and let other threads run between
-    them. (Text has no such hook: a document of strings is parsed in one go.)"""
+    them. (Text has no such hook: a document of strings is parsed in one go.) A client's request may name a key
+    once (``_unique_json``); an answer read from a model server (``from_client=False``) is read as json reads it."""
     if checkpoint is not None and len(raw) > _HOOKED_PARSE_ABOVE_BYTES:
         seen = 0
 
@@ -416,8 +419,10 @@ def _parse_json(raw: bytes | memoryview, checkpoint: Callable[[], None] | None =
         hooks: dict[str, Any] = {"parse_float": counted(float), "parse_int": counted(int)}
     else:
         hooks = {}
+    if from_client:
+        hooks["object_pairs_hook"] = unique_keys
     try:
-        return json.loads(bytes(raw), object_pairs_hook=unique_keys, **hooks)
+        return json.loads(bytes(raw), **hooks)
     except RecursionError:
         raise InvalidInputError("the request JSON is nested too deeply to parse") from None
     except DuplicateKeyError as exc:
