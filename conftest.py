@@ -21,7 +21,8 @@ import pytest
 
 STUCK_AFTER_S = 300.0
 """Seconds a test may take before the guard ends its process, or twice the test's pytest-timeout if that is
-longer (``make soak`` gives an hour); none where the timeout is off (``--timeout=0``, a debugging session).
+longer (``make soak`` gives an hour); none where the timeout is off (``--timeout=0``, a debugging session),
+nor once pdb is entered (as pytest-timeout's).
 pytest-timeout's limit (120 s in ``make test``) is the one a test should meet; this is the last resort, for
 a test whose timeout could not fire."""
 
@@ -51,15 +52,23 @@ class _StuckTestGuard:
         self._test: str | None = None
         self._after_s = STUCK_AFTER_S
         self._started = 0.0
+        self._debugging = False  # pdb was entered: the process is a debugger's, never ended from then on
         self._thread = threading.Thread(target=self._watch, name="stuck-test-guard", daemon=True)
         self._thread.start()
 
     def running(self, test: str | None, after_s: float | None = None) -> None:
         """``test`` started and may run ``after_s`` (``None``: watch nothing)."""
         with self._changed:
-            self._test = test if after_s is not None else None
+            self._test = test if after_s is not None and not self._debugging else None
             self._after_s = after_s or STUCK_AFTER_S
             self._started = time.monotonic()
+            self._changed.notify()
+
+    def stand_down(self) -> None:
+        """A debugger holds the process: watch no test from now on, as pytest-timeout stops its own then."""
+        with self._changed:
+            self._debugging = True
+            self._test = None
             self._changed.notify()
 
     def _watch(self) -> None:
@@ -109,3 +118,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         if _guard is not None:
             _guard.running(None)
+
+
+def pytest_enter_pdb(config: pytest.Config, pdb: object) -> None:
+    """pdb was entered (``breakpoint()``, ``--pdb``, ``--trace``): a developer at its prompt is no stuck test,
+    and pytest-timeout's limit stood down for it, but the guard ended the process after 300 s at the prompt."""
+    if _guard is not None:
+        _guard.stand_down()
