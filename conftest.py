@@ -28,12 +28,15 @@ a test whose timeout could not fire."""
 
 
 def _stuck_after_s(item: pytest.Item) -> float | None:
-    """How long ``item`` may run before the guard ends it, ``None`` for never (see :data:`STUCK_AFTER_S`)."""
+    """How long ``item`` may run before the guard ends it, ``None`` for never (see :data:`STUCK_AFTER_S`).
+    The test's timeout is read as pytest-timeout reads it: its marker, ``--timeout``, ``PYTEST_TIMEOUT``, the ini."""
     marker = item.get_closest_marker("timeout")
     if marker is not None and marker.args:
         timeout = marker.args[0]
     else:
         timeout = item.config.getoption("timeout", None)
+        if timeout is None:
+            timeout = os.environ.get("PYTEST_TIMEOUT")
         if timeout is None:
             timeout = item.config.getini("timeout")
     try:

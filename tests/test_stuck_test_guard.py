@@ -65,3 +65,23 @@ def test_a_test_stopped_at_a_breakpoint_is_not_ended_while_pdb_waits(tmp_path: P
     output = (shown + rest).decode(errors="replace")
     assert child.returncode == 0, output
     assert "1 passed" in output and "ending this test process" not in output, output
+
+
+SLOWER_THAN_THE_GUARD = f"""
+import time
+
+def test_slow_but_allowed():
+    time.sleep({3 * GUARD_S})
+"""
+
+
+def test_a_test_the_timeout_of_the_environment_allows_is_not_ended(tmp_path: Path) -> None:
+    """pytest-timeout takes ``PYTEST_TIMEOUT`` over the ini's value (0: off, a debugging session); the guard
+    read the ini alone and ended a test that the timeout allowed."""
+    folder = guarded_folder(tmp_path, SLOWER_THAN_THE_GUARD)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:django", "test_it.py"]
+    for allowed in ("0", "60"):
+        environment = {**os.environ, "PYTEST_TIMEOUT": allowed}
+        run = subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, (allowed, run.stdout + run.stderr)
+        assert "1 passed" in run.stdout and "ending this test process" not in run.stderr, (allowed, run.stdout)
