@@ -40,7 +40,6 @@ from ._errors import (
     OverloadedError,
     RemoteUnavailableError,
     ServerClosedError,
-    failure_text,
 )
 from ._flush_policy import RunCost
 from ._heap import give_back_freed_memory
@@ -109,6 +108,10 @@ def build_backend(
     return build_onnxruntime_backend(path, config, model=model, version=version, follow_symlinks=follow_symlinks)
 
 
+_MOST_MADE_UP_RANK = 4
+"""The most axes the warm-up makes up for an input declared with no shape (any rank), after a scalar."""
+
+
 class ModelVersion:
     """Owns the backend and batcher of one version. Thread-safe; lifecycle calls come from the server.
 
@@ -152,7 +155,6 @@ class ModelVersion:
         self._clock = clock
         self._follow_symlinks = follow_symlinks
         self._made_up_inner_size = 1  # dynamic inner axes of the warm-up's made-up request (_warm_up)
-        self._warm_up_skip_logged = False  # whether a warm-up left out for an input of any rank was logged
         self._backend = backend
         self._backend_factory: BackendFactory = (
             backend_factory if backend_factory is not None else functools.partial(build_backend, clock=clock)
@@ -680,35 +682,23 @@ class ModelVersion:
         longer = signature.has_dynamic_inner_axes and self.backend.kind != "remote"
         tried = signature.made_up_inner_sizes() if longer else (1,)
         sizes = (known, *(size for size in tried if size != known))
-        first_failure: InferenceError | None = None
-        for size in sizes:
-            feeds = signature.synthesize(rows, size)
-            try:
-                for _ in range(warmup.runs):
-                    self.backend.run(runner, feeds)
-            except InferenceError as exc:
-                first_failure = first_failure or exc
-                continue
-            self._made_up_inner_size = size
-            return
-        assert first_failure is not None
+        # An input the file declares with no shape (any rank) is made up as a scalar, then of more axes: a model
+        # that needs a rank (a MatMul) failed the scalar, and a version that serves real requests never loaded.
         shapeless = [spec.name for spec in signature.inputs if spec.shape is None]
-        if shapeless:
-            # An input the file declares with no shape (any rank) is made up as a scalar: a model that needs a
-            # rank (a MatMul) failed it, and a version that serves real requests never loaded for the guess.
-            if not self._warm_up_skip_logged:
-                self._warm_up_skip_logged = True
-                logger.warning(
-                    "model %r version %s: the warm-up's made-up request does not run (%s): %s declared with no "
-                    "shape (any rank), made up as a scalar; loaded without a warm-up, so its first requests pay "
-                    "for onnxruntime's first allocations. Give real inputs in warmup.inputs_file in its "
-                    "config.toml to warm it up (docs/repository.md)",
-                    self.name,
-                    self.version,
-                    failure_text(first_failure, self.name, self.version),
-                    ", ".join(repr(name) for name in shapeless) + (" is" if len(shapeless) == 1 else " are"),
-                )
-            return
+        ranks = range(_MOST_MADE_UP_RANK + 1) if shapeless and self.backend.kind != "remote" else (0,)
+        first_failure: InferenceError | None = None
+        for rank in ranks:
+            for size in sizes:
+                feeds = signature.synthesize(rows, size, any_rank=rank) if rank else signature.synthesize(rows, size)
+                try:
+                    for _ in range(warmup.runs):
+                        self.backend.run(runner, feeds)
+                except InferenceError as exc:
+                    first_failure = first_failure or exc
+                    continue
+                self._made_up_inner_size = size
+                return
+        assert first_failure is not None
         # A model that runs only on some sizes of an axis it declares dynamic (torch.onnx.export's exporter can fix
         # a sequence length inside the graph) failed here with onnxruntime's words alone ("cannot be reshaped"),
         # and the version never loaded, with no word of what was run or how to load it.
@@ -718,10 +708,13 @@ class ModelVersion:
             if len(sizes) > 1
             else ""
         )
+        if len(ranks) > 1:
+            names = ", ".join(repr(name) for name in shapeless)
+            again += f", and with {names} of 1 to {_MOST_MADE_UP_RANK} axes (declared with no shape: any rank)"
         raise type(first_failure)(
             f"{first_failure.message.rstrip()} (on the warm-up's made-up request of zeros, {shapes}{again}; a model "
-            "that runs only on some sizes of the axes it declares dynamic takes real inputs from warmup.inputs_file "
-            "in its config.toml: docs/repository.md)",
+            "that runs only on some shapes of the inputs it declares dynamic or of any rank takes real inputs from "
+            "warmup.inputs_file in its config.toml: docs/repository.md)",
             model=self.name,
             version=self.version,
         ) from first_failure

@@ -478,14 +478,21 @@ class Signature:
         return (1, *PROBE_INNER_SIZES) if self.has_dynamic_inner_axes else (1,)
 
     def synthesize(
-        self, rows: int, inner_size: int = 1, sizes: Mapping[tuple[str, int], int] | None = None
+        self,
+        rows: int,
+        inner_size: int = 1,
+        sizes: Mapping[tuple[str, int], int] | None = None,
+        *,
+        any_rank: int = 0,
     ) -> dict[str, np.ndarray]:
         """Zero-filled inputs of ``rows`` rows (other dynamic axes of ``inner_size``, or of ``sizes[(input,
-        axis)]``), for warm-up runs."""
+        axis)]``), for warm-up runs; an input of any rank (no shape declared) gets ``any_rank`` axes of
+        ``inner_size`` (a scalar by default)."""
         arrays = {}
         for spec in self.inputs:
             assert spec.dtype is not None
-            shape = [d if isinstance(d, int) and d >= 0 else inner_size for d in (spec.shape or ())]
+            declared = spec.shape if spec.shape is not None else (None,) * any_rank
+            shape = [d if isinstance(d, int) and d >= 0 else inner_size for d in declared]
             if sizes:
                 for axis in range(1, len(shape)):
                     shape[axis] = sizes.get((spec.name, axis), shape[axis])

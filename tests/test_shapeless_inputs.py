@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from inprocserve import InvalidInputError, ModelConfig, PoolConfig
+from inprocserve import InvalidInputError
 from inprocserve.__main__ import main
 from inprocserve._declared_shapes import Shapeless, shapeless_tensors
 from inprocserve.testing import save_model
@@ -110,20 +109,42 @@ def test_a_model_that_needs_a_rank_warms_up_on_its_warmup_file(repository: Path,
     assert server.predict("projection", np.ones((2, 4, 3), np.float32))["y"].shape == (2, 4, 2)
 
 
-def test_a_model_that_needs_a_rank_loads_without_a_warmup_file_and_says_what_would_warm_it(
-    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+def self_product() -> onnx.ModelProto:
+    """``y = x @ transpose(x)``, ``x`` declared with no shape: runs on any array of one axis or more, and
+    fails on a scalar (a MatMul needs a rank)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"]), helper.make_node("MatMul", ["x", "xt"], ["y"])]
+    graph = helper.make_graph(nodes, "self_product", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_a_model_that_needs_a_rank_warms_up_on_a_made_up_request_of_more_axes(
+    repository: Path, make_server: ServerFactory
 ) -> None:
-    """The warm-up makes an input of any rank up as a scalar, which a MatMul refuses: the version failed its
-    load, though every real request of rank 1 or more runs. It loads, unwarmed, with one warning per version
-    (not per session) that says why and how to warm it."""
-    save_model(projection(), repository, "projection")
-    with caplog.at_level(logging.WARNING, logger="inprocserve"):
-        server = make_server(repository, config=ModelConfig(pool=PoolConfig(size=2)))
-    assert server.predict("projection", [[1.0, 1.0, 1.0]])["y"].tolist() == [[6.0, 9.0]]
-    warnings = [r.getMessage() for r in caplog.records if "warm-up's made-up request does not run" in r.getMessage()]
-    assert len(warnings) == 1, warnings
-    assert warnings[0].startswith("model 'projection' version 1: the warm-up's made-up request does not run ([ONNX")
-    assert "'x' is declared with no shape (any rank)" in warnings[0] and "warmup.inputs_file" in warnings[0]
+    """The warm-up made an input of any rank up as a scalar only, which a MatMul refuses: the version never
+    loaded, though every real request of one axis or more runs. It tries made-up arrays of more axes."""
+    save_model(self_product(), repository, "product")
+    server = make_server(repository)
+    assert server.predict("product", [[1.0, 2.0]])["y"].tolist() == [[5.0]]
+
+
+def test_a_model_no_made_up_request_runs_fails_its_load_naming_the_input_and_the_warmup_file(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A model that needs a last axis of 3 runs on no made-up request; its version fails to load (a version
+    that fails every made-up request may as well be broken: it must never replace one that serves), and
+    the error says which input has no shape and how to load it."""
+    save_model(relu(None), repository, "projection", 1)
+    save_model(projection(), repository, "projection", 2)
+    server = make_server(repository)
+    assert server.predict("projection", [[-1.0, 2.0]]).version == 1  # version 1 serves on
+    error = server.status()["models"]["projection"]["versions"]["2"]["error"]
+    assert error.startswith("model 'projection' version 2 failed its warm-up run: [ONNXRuntimeError]"), error
+    assert "and with 'x' of 1 to 4 axes (declared with no shape: any rank)" in error, error
+    assert "warmup.inputs_file" in error, error
 
 
 def test_inspect_shows_an_input_of_any_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
