@@ -498,7 +498,7 @@ class OnnxruntimeBackend:
                 shared = first.get_providers()[0] == _CPU
             self.shared = shared
             binding = self.config.io_binding
-            self.io_binding = binding if binding is not None else first.get_providers()[0] != _CPU
+            self.io_binding = bool(binding)  # (off unless asked: slower than a plain run on the GPU, measured)
             assert self.signature is not None
             if self.io_binding and any(
                 spec.is_string or spec.dtype is None for spec in (*self.signature.inputs, *self.signature.outputs)
