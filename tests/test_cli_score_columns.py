@@ -300,7 +300,9 @@ def test_a_parquet_column_of_ones_and_zeros_feeds_a_boolean_input_as_a_csv_colum
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
     )
-    model = save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), tmp_path / "m", "f", 1)
+    model = save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=9), tmp_path / "m", "f", 1
+    )
     argv = ["score", "--quiet", str(model), str(tmp_path / "in.parquet"), str(tmp_path / "out.npy")]
     pq.write_table(pa.table({"x": [1.0, 2.0, 3.0], "flag": [1, 0, 1]}), tmp_path / "in.parquet")
     assert main(argv) == 0  # (refused before: "holds int64 values; input 'flag' takes bool (booleans)")
@@ -372,8 +374,7 @@ def _text_echo_model() -> Any:
         [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 1])],
         [helper.make_tensor_value_info("answer", TensorProto.STRING, ["batch", 1])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     return model
 
 

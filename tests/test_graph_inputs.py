@@ -49,7 +49,9 @@ def test_inputs_declared_after_large_weights_are_read(repository: Path) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 2048])],
         [weights],
     )
-    path = save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), repository, "m", 1)
+    path = save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), repository, "m", 1
+    )
     assert input_shapes(path) == [(None, None, 2048)]
 
 
@@ -66,7 +68,7 @@ def test_inputs_without_a_tensor_shape_and_scalars(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)],
     )
     path = tmp_path / "model.onnx"
-    onnx.save(helper.make_model(graph), path)
+    onnx.save(helper.make_model(graph, ir_version=9), path)
     assert input_shapes(path) == [None, None, (), (None, 3, None)]
 
 

@@ -771,7 +771,9 @@ def test_a_model_without_a_batch_axis_stops_merged_requests(
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
         [ints("one", [1]), ints("two", [2])],
     )
-    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), repository, "total", 1)
+    save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), repository, "total", 1
+    )
     monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # runs on the loop, which must notice it too
     # the load's check of rows run alone and together would find it first: skipped, the run's check is under test
     trusted = BatchingConfig(max_delay_s=0.0, rows_independent="yes")

@@ -46,7 +46,9 @@ def _label_model(tmp_path: Path, labels: list[str]) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])],
         [helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)], ir_version=9
+    )
     return _save(model, tmp_path, "labels")
 
 
@@ -57,7 +59,9 @@ def _identity_model(tmp_path: Path, element: int, shape: list[str | int]) -> Pat
         [helper.make_tensor_value_info("x", element, shape)],
         [helper.make_tensor_value_info("y", element, shape)],
     )
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path, "identity")
+    return _save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), tmp_path, "identity"
+    )
 
 
 def _score(*args: Path | str) -> int:

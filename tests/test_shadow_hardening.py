@@ -542,7 +542,7 @@ def build_labeller(labels: list[str]) -> Any:
         [helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"])],
         [table],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
 def build_columns_but(dropped: int, *, output: str = "y") -> Any:
@@ -561,7 +561,7 @@ def build_columns_but(dropped: int, *, output: str = "y") -> Any:
         [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", "m"])],
         bounds,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
 def build_zipmap_classifier(*, label_offset: int = 0, sharpness: float = 1.0) -> Any:
@@ -702,7 +702,7 @@ def build_doubler(*, input_name: str = "x", dtype: int = 1) -> Any:
         [helper.make_tensor_value_info("y", dtype, ["batch", 4])],
         [two],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
 def test_a_shadow_version_gets_the_request_as_its_own_inputs_take_it(

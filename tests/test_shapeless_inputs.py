@@ -26,8 +26,7 @@ def relu(shape: _Shape) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     return model
 
 
@@ -39,8 +38,7 @@ def projection() -> onnx.ModelProto:
     w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(3, 2), "w")
     pad = numpy_helper.from_array(np.zeros(256, dtype=np.float32), "unused")
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "projection", [x], [y], [w, pad])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     return model
 
 
@@ -62,7 +60,7 @@ def test_the_file_tells_a_tensor_of_no_shape_from_a_scalar(tmp_path: Path) -> No
     weights = [numpy_helper.from_array(np.ones((64, 64), np.float32), "big")]
     graph = helper.make_graph([], "g", inputs, outputs, weights)
     path = tmp_path / "model.onnx"
-    path.write_bytes(helper.make_model(graph).SerializeToString())
+    path.write_bytes(helper.make_model(graph, ir_version=9).SerializeToString())
     assert shapeless_tensors(path) == Shapeless(frozenset({"free", "texts"}), frozenset({"out"}))
     path.write_bytes(b"\x3a\xff\xff")  # (a graph field that runs past the end: nothing is claimed)
     assert shapeless_tensors(path) == Shapeless()
@@ -116,8 +114,7 @@ def self_product() -> onnx.ModelProto:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     nodes = [helper.make_node("Transpose", ["x"], ["xt"]), helper.make_node("MatMul", ["x", "xt"], ["y"])]
     graph = helper.make_graph(nodes, "self_product", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     return model
 
 
