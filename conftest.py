@@ -6,6 +6,13 @@ running as crashed, starts a fresh worker, and the run goes on.
 
 One daemon thread, started before the first test and alive until the process ends (tests that count threads
 compare counts taken inside the test, so a thread older than the test is never theirs).
+
+That thread needs the GIL, and a process can be stuck holding it: a thread in ``sys._current_frames()``
+whose allocation ran the collector, which freed a ``threading.local`` and waited for the runtime's lock the
+thread itself held (CPython gh-106883, not fixed in 3.11; a fresh-clone run of ``make test`` sat so for 40
+minutes, every thread waiting). So each test also arms faulthandler's watchdog, a C thread that needs no GIL,
+a minute later: it writes every thread's stack to the worker's own stderr (not pytest's capture) and ends
+the process.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Generator
+from typing import TextIO
 
 import pytest
 
@@ -38,7 +46,10 @@ def _stuck_after_s(item: pytest.Item) -> float | None:
         if timeout is None:
             timeout = os.environ.get("PYTEST_TIMEOUT")
         if timeout is None:
-            timeout = item.config.getini("timeout")
+            try:
+                timeout = item.config.getini("timeout")
+            except ValueError:  # (pytest-timeout not loaded: -p no:timeout)
+                timeout = STUCK_AFTER_S / 2
     try:
         seconds = float(timeout or 0)
     except (TypeError, ValueError):
@@ -103,22 +114,42 @@ class _StuckTestGuard:
         os._exit(1)
 
 
+GIL_STUCK_GRACE_S = 60.0
+"""How long after the guard's own limit faulthandler's C thread ends a process the guard could not end."""
+
 _guard: _StuckTestGuard | None = None
+_fault_file: TextIO | None = None  # the worker's own stderr, not pytest's capture of it
+
+
+def _own_stderr(config: pytest.Config) -> TextIO:
+    """A file on the process's stderr as it was before pytest captured it (its file descriptor 2 is the
+    capture's file while a test runs, which a process that ends never shows)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    fd = getattr(getattr(getattr(capture, "_global_capturing", None), "err", None), "targetfd_save", None)
+    if not isinstance(fd, int):
+        fd = sys.__stderr__.fileno() if sys.__stderr__ is not None else 2
+    return open(os.dup(fd), "w", closefd=True)  # (held for the whole session)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _guard
+    global _guard, _fault_file
     if _guard is None:
         _guard = _StuckTestGuard(config)
+    if _fault_file is None:
+        _fault_file = _own_stderr(config)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    after_s = _stuck_after_s(item)
     if _guard is not None:
-        _guard.running(item.nodeid, _stuck_after_s(item))
+        _guard.running(item.nodeid, after_s)
+        if after_s is not None and not _guard._debugging and _fault_file is not None:
+            faulthandler.dump_traceback_later(after_s + GIL_STUCK_GRACE_S, exit=True, file=_fault_file)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         if _guard is not None:
             _guard.running(None)
 
@@ -126,5 +157,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def pytest_enter_pdb(config: pytest.Config, pdb: object) -> None:
     """pdb was entered (``breakpoint()``, ``--pdb``, ``--trace``): a developer at its prompt is no stuck test,
     and pytest-timeout's limit stood down for it, but the guard ended the process after 300 s at the prompt."""
+    faulthandler.cancel_dump_traceback_later()
     if _guard is not None:
         _guard.stand_down()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import sys
 import threading
 import time
 import tracemalloc
@@ -22,7 +21,16 @@ from inprocserve._errors import VersionRetiredError
 from inprocserve._inflight import Coalescer, LeaderGone, inputs_key
 from inprocserve.testing import save_model
 
-from .conftest import BUSY_WIDTH, ServerFactory, build_busy_model, busy_inputs, occupy, version_status, wait_until
+from .conftest import (
+    BUSY_WIDTH,
+    ServerFactory,
+    build_busy_model,
+    busy_inputs,
+    occupy,
+    version_status,
+    wait_until,
+)
+from .frames import frame_of
 
 WAIT_S = 30  # every wait is bounded: a follower left behind fails the test instead of hanging it
 
@@ -181,7 +189,7 @@ def test_a_follower_past_its_deadline_while_its_answer_is_handed_over_is_never_w
 
 def _waits_for_its_answer(thread: threading.Thread) -> bool:
     """Whether ``thread`` is blocked in ``Sharing.wait`` (or anything called from it)."""
-    frame = sys._current_frames().get(thread.ident or 0)
+    frame = frame_of(thread.ident or 0)
     while frame is not None:
         if frame.f_code.co_name == "wait" and "_inflight" in frame.f_code.co_filename:
             return True

@@ -33,6 +33,7 @@ from inprocserve._wake_relay import RELAY
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import BUSY_WIDTH, ServerFactory, busy_inputs, version_status, wait_until
+from .frames import frame_of
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals (pthread_kill)")
 
@@ -83,7 +84,7 @@ def interrupt_main_thread() -> None:
     main = threading.main_thread().ident
 
     def waiting() -> bool:
-        frame = sys._current_frames().get(main)  # type: ignore[arg-type]
+        frame = frame_of(main)
         while frame is not None:
             if frame.f_code.co_name == "wait" and frame.f_code.co_filename.endswith("_batching.py"):
                 return True

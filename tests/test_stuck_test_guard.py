@@ -1,5 +1,6 @@
 """The stuck-test guard of the repository's root conftest.py, run by a pytest of its own on a folder whose
-conftest is the guard with a limit of 2 s instead of 300 s (pytest-timeout's 1 s doubled is less)."""
+conftest is the guard with a limit of 2 s instead of 300 s (pytest-timeout's 1 s doubled is less), and
+faulthandler's a second after it instead of a minute."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ def test_looked_at_in_pdb():
 
 def guarded_folder(folder: Path, tests: str) -> Path:
     guard = (ROOT / "conftest.py").read_text()
-    assert "\nSTUCK_AFTER_S = 300.0\n" in guard
-    (folder / "conftest.py").write_text(guard.replace("\nSTUCK_AFTER_S = 300.0\n", f"\nSTUCK_AFTER_S = {GUARD_S}.0\n"))
+    assert "\nSTUCK_AFTER_S = 300.0\n" in guard and "\nGIL_STUCK_GRACE_S = 60.0\n" in guard
+    guard = guard.replace("\nSTUCK_AFTER_S = 300.0\n", f"\nSTUCK_AFTER_S = {GUARD_S}.0\n")
+    (folder / "conftest.py").write_text(guard.replace("\nGIL_STUCK_GRACE_S = 60.0\n", "\nGIL_STUCK_GRACE_S = 1.0\n"))
     (folder / "pytest.ini").write_text("[pytest]\ntimeout = 1\n")
     (folder / "test_it.py").write_text(tests)
     return folder
@@ -85,3 +87,40 @@ def test_a_test_the_timeout_of_the_environment_allows_is_not_ended(tmp_path: Pat
         run = subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, (allowed, run.stdout + run.stderr)
         assert "1 passed" in run.stdout and "ending this test process" not in run.stderr, (allowed, run.stdout)
+
+
+FRAMES_READ_WHILE_LOCALS_ARE_COLLECTED = """
+import gc, sys, threading
+sys.path.insert(0, sys.argv[1])
+from tests.frames import frame_of
+
+others = [threading.Thread(target=threading.Event().wait, daemon=True) for _ in range(4)]
+for thread in others:
+    thread.start()
+
+class Holder:
+    pass
+
+gc.set_threshold(1, 1, 1)  # a collection at almost every allocation
+main = threading.main_thread().ident
+for _ in range(20_000):
+    holder = Holder()
+    holder.local, holder.itself = threading.local(), holder  # a cycle: freed by the collector
+    del holder
+    assert frame_of(main) is not None
+print("read")
+"""
+
+
+def test_frame_of_reads_a_threads_frame_where_sys_current_frames_deadlocks() -> None:
+    """Tests that wait for a thread to reach a function poll its frame from another thread. Read with
+    sys._current_frames() alone, a collection inside it that frees a threading.local deadlocks Python 3.11
+    with the GIL held (CPython gh-106883): a fresh-clone run of the suite sat 40 minutes so, the stuck-test
+    guard's thread waiting with the rest. This loop deadlocks at once through sys._current_frames()."""
+    run = subprocess.run(
+        [sys.executable, "-c", FRAMES_READ_WHILE_LOCALS_ARE_COLLECTED, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "read", run.stdout + run.stderr

@@ -32,6 +32,7 @@ import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import build_busy_model, busy_inputs, version_status, wait_until
+from .frames import frame_of
 from .ports import listening_socket
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals (pthread_kill)")
@@ -75,7 +76,7 @@ def time_limit_during(function: str) -> threading.Thread:
     main = threading.main_thread().ident
 
     def running() -> bool:
-        frame = sys._current_frames().get(main)  # type: ignore[arg-type]
+        frame = frame_of(main)
         while frame is not None:
             if frame.f_code.co_name == function and frame.f_code.co_filename.endswith("_ort_backend.py"):
                 return True
@@ -197,7 +198,7 @@ def _predict_or_error(server: inprocserve.Server, inputs: dict[str, np.ndarray])
 
 
 def _inside(thread: int | None, function: str, filename: str) -> bool:
-    frame = sys._current_frames().get(thread)  # type: ignore[arg-type]
+    frame = frame_of(thread)
     while frame is not None:
         if frame.f_code.co_name == function and frame.f_code.co_filename.endswith(filename):
             return True
