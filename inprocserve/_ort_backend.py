@@ -889,7 +889,7 @@ class OnnxruntimeBackend:
             except Exception as exc:
                 if raised_by_signal_handler(exc):  # the task's time limit, not the model's failure
                     raise
-                raise self._run_error(exc) from exc
+                raise self._run_error(exc, feeds) from exc
         if timeout_s is not None and timeout_s <= 0:
             raise self._stopped_error()
         if stop is not None and stop.stopped:
@@ -914,7 +914,7 @@ class OnnxruntimeBackend:
                 raise (self._limit_error() if limited else self._stopped_error()) from exc
             if stop is not None and stop.stopped:
                 raise self._closed_error() from exc
-            raise self._run_error(exc) from exc
+            raise self._run_error(exc, feeds) from exc
         finally:
             if alarm is not None:
                 self._watchdog.disarm(alarm)
@@ -936,19 +936,26 @@ class OnnxruntimeBackend:
         sweep meant the thread's run before (see ``_run_limit``); else onnxruntime's error, translated."""
         cut = slot.cut
         if cut is None or self._closed:
-            raise self._run_error(exc) from exc
+            raise self._run_error(exc, feeds) from exc
         limit.renew(slot)  # (its options are spent)
         if cut == started:
             raise self._limit_error() from exc
         slot.started = None
         return self.run(runner, feeds)  # stopped for the run before it: run it again
 
-    def _run_error(self, exc: Exception) -> InprocserveError:
-        """What a failed run raises: the retired version's error once closed (see close()), else onnxruntime's
-        error translated."""
+    def _run_error(self, exc: Exception, feeds: Mapping[str, np.ndarray]) -> InprocserveError:
+        """What a failed run of ``feeds`` raises: the retired version's error once closed (see close()), else
+        onnxruntime's error translated."""
         if self._closed:
             return self._retired_error()
-        return translate_run_error(exc, model=self.model, version=self.version, sizing_inputs=self._sizing_inputs)
+        negative = [
+            name
+            for name in self._sizing_inputs
+            if (array := feeds.get(name)) is not None and array.size and array.min() < 0
+        ]
+        return translate_run_error(
+            exc, model=self.model, version=self.version, sizing_inputs=self._sizing_inputs, negative_inputs=negative
+        )
 
     def _limit_error(self) -> RunTimeLimitError:
         names = ", ".join(f"[inputs.{name}] max" for name in self._sizing_inputs) or "[inputs.NAME] max"

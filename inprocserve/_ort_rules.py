@@ -99,20 +99,27 @@ def client_message(text: str) -> str:
 
 
 def translate_run_error(
-    exc: BaseException, *, model: str, version: int, sizing_inputs: Sequence[str] = ()
+    exc: BaseException,
+    *,
+    model: str,
+    version: int,
+    sizing_inputs: Sequence[str] = (),
+    negative_inputs: Sequence[str] = (),
 ) -> InprocserveError:
     """Map an exception raised by ``session.run`` to our hierarchy (the one place that does this), its message
     rid of onnxruntime's source paths (:func:`client_message`); an allocation that failed is an
     :class:`InputTooLargeError` or an :class:`OutOfMemoryError` (see :func:`allocation_error`), whose
-    message names ``sizing_inputs`` (the model's integer inputs: those that may set a size) to bound."""
+    message names ``sizing_inputs`` (the model's integer inputs: those that may set a size) to bound; a tensor
+    of negative size is an :class:`InvalidInputError` where the request sent a negative value in
+    ``negative_inputs`` (those of ``sizing_inputs`` that hold one), which it names."""
     if isinstance(exc, InprocserveError):
         return exc
     text = client_message(str(exc))
     failed = allocation_error(text, model=model, version=version, sizing_inputs=sizing_inputs)
     if failed is not None:
         return failed
-    if _NEGATIVE_SIZE in text:
-        return _negative_size_error(text, model=model, version=version, sizing_inputs=sizing_inputs)
+    if _NEGATIVE_SIZE in text and negative_inputs:
+        return _negative_size_error(text, model=model, version=version, negative_inputs=negative_inputs)
     kind = RUN_ERROR_MAP.get(type(exc).__name__, InferenceError)
     return kind(f"model {model!r} version {version} failed to run: {text}", model=model, version=version)
 
@@ -178,17 +185,18 @@ def allocation_error(
 
 
 # onnxruntime's words, where every kernel's output tensor is made (``CalculateTensorStorageSize``), for a shape
-# with a negative dimension: a size the request's values set (a ConstantOfShape count, a Range's bounds). The
-# model's own constants cannot: its warm-up ran.
+# with a negative dimension: a size the request's values set (a ConstantOfShape count of -1), but also one the
+# model computes wrong from a request's shape or values (a sequence shorter than it needs, a branch the warm-up's
+# zeros never took), so the client's only where it sent a negative integer.
 _NEGATIVE_SIZE = "shape.Size() must be >= 0"
 
 
-def _negative_size_error(text: str, *, model: str, version: int, sizing_inputs: Sequence[str]) -> InvalidInputError:
-    """A run that failed for a tensor of negative size: the client's values, so a 400 (it was a 500, counted
-    against the server and logged, for any client that sends a -1)."""
+def _negative_size_error(text: str, *, model: str, version: int, negative_inputs: Sequence[str]) -> InvalidInputError:
+    """A run that failed for a tensor of negative size on a request that sent a negative integer: the client's
+    values, so a 400 (it was a 500, counted against the server and logged, for any client that sends a -1)."""
     node = _NODE.search(text)
     where = f" for its {node.group(1)} node" if node is not None else ""
-    names = ", ".join(f"[inputs.{name}] min = 0" for name in sizing_inputs) or "[inputs.NAME] min = 0"
+    names = ", ".join(f"[inputs.{name}] min = 0" for name in negative_inputs)
     return InvalidInputError(
         f"model {model!r} version {version}: the request's values make a tensor of negative size{where}; send "
         f"sizes of 0 or more, or bound the input that sets this size in the model's config.toml ({names})",
