@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -119,12 +120,15 @@ def self_product() -> onnx.ModelProto:
 
 
 def test_a_model_that_needs_a_rank_warms_up_on_a_made_up_request_of_more_axes(
-    repository: Path, make_server: ServerFactory
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The warm-up made an input of any rank up as a scalar only, which a MatMul refuses: the version never
-    loaded, though every real request of one axis or more runs. It tries made-up arrays of more axes."""
+    loaded, though every real request of one axis or more runs; then it loaded unwarmed, with a warning. It
+    tries made-up arrays of more axes, and loads warmed, with nothing to warn of."""
     save_model(self_product(), repository, "product")
-    server = make_server(repository)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(repository)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert server.predict("product", [[1.0, 2.0]])["y"].tolist() == [[5.0]]
 
 
