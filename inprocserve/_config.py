@@ -333,8 +333,8 @@ class PoolConfig:
     io_binding: bool | None = None
     """Run through onnxruntime's I/O binding: each input bound as an ``OrtValue`` on the session's device and
     each output produced there, then copied back. ``None`` (default) or ``False``: off, for GPU sessions too,
-    where it was measured slower than a plain run at every size (an H200: 232 against 126 µs for one row of
-    a 4096-wide MLP, 4.4 against 2.3 ms for 1,024 rows: docs/performance.md, "GPUs"); ``True``: on."""
+    where it was measured slower than a plain run at every size (an H200: 162 against 91 µs for one row of
+    a 4096-wide MLP, 10.0 against 6.9 ms for 1,024 rows: docs/performance.md, "GPUs"); ``True``: on."""
     memory_arena: bool = True
     """onnxruntime's CPU memory arena: fast, but it keeps the peak of what any batch needed."""
     arena_shrinkage: bool = False

@@ -185,10 +185,10 @@ def test_io_binding_is_off_by_default_on_a_gpu_too(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """It was on by default for GPU sessions. Measured on an H200 (onnxruntime-gpu 1.31.1), it was slower at
-    every size: one row of mlp-large 232 µs a request against 126 µs for a plain run, 1,024 rows 4.4 against
-    2.3 ms, 1,024 rows of 16 KiB in and out 11.4 against 9.7 ms; a lone caller's predict of mlp-small 4,539
-    against 8,880 req/s (each input and output an OrtValue allocated on the device for each run). Off unless
-    asked for. The GPU is mocked (the sessions report CUDA first): this machine has none."""
+    every size: one row of mlp-large 162 µs a request against 92 µs for a plain run, 1,024 rows 3.3 against
+    2.1 ms, 1,024 rows of 16 KiB in and out 10.0 against 6.9 ms (benchmarks/results/gpu_check.md; each input
+    and output an OrtValue allocated on the device for each run). Off unless asked for. The GPU is mocked
+    (the sessions report CUDA first): this machine has none."""
     monkeypatch.setattr(ort.InferenceSession, "get_providers", lambda self: ["CUDAExecutionProvider", CPU])
     save_model(build_mlp_model(), repository, "mlp", 1)
     status = version_status(make_server(repository), "mlp")
