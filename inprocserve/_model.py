@@ -155,6 +155,7 @@ class ModelVersion:
         self._clock = clock
         self._follow_symlinks = follow_symlinks
         self._made_up_inner_size = 1  # dynamic inner axes of the warm-up's made-up request (_warm_up)
+        self._made_up_rank = 0  # axes the warm-up gave its inputs of any rank (_warm_up), for the tie check
         self._backend = backend
         self._backend_factory: BackendFactory = (
             backend_factory if backend_factory is not None else functools.partial(build_backend, clock=clock)
@@ -312,7 +313,7 @@ class ModelVersion:
             made += 1
             sizes = {place: size for unit in changed for place in unit}
             try:
-                self.backend.run(runner, signature.synthesize(1, base, sizes))
+                self.backend.run(runner, signature.synthesize(1, base, sizes, any_rank=self._made_up_rank))
             except ServerClosedError:
                 raise
             except InprocserveError:
@@ -696,7 +697,7 @@ class ModelVersion:
                 except InferenceError as exc:
                     first_failure = first_failure or exc
                     continue
-                self._made_up_inner_size = size
+                self._made_up_inner_size, self._made_up_rank = size, rank
                 return
         assert first_failure is not None
         # A model that runs only on some sizes of an axis it declares dynamic (torch.onnx.export's exporter can fix

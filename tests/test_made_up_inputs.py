@@ -308,10 +308,10 @@ def _tie_runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[tuple[str, int], int
     built: list[dict[tuple[str, int], int]] = []
     synthesize = Signature.synthesize
 
-    def counted(self: Signature, rows: int, inner_size: int = 1, sizes: Any = None) -> Any:
+    def counted(self: Signature, rows: int, inner_size: int = 1, sizes: Any = None, **options: Any) -> Any:
         if sizes is not None:
             built.append(dict(sizes))
-        return synthesize(self, rows, inner_size, sizes)
+        return synthesize(self, rows, inner_size, sizes, **options)
 
     monkeypatch.setattr(Signature, "synthesize", counted)
     return built

@@ -132,6 +132,47 @@ def test_a_model_that_needs_a_rank_warms_up_on_a_made_up_request_of_more_axes(
     assert server.predict("product", [[1.0, 2.0]])["y"].tolist() == [[5.0]]
 
 
+def summed_with_a_product() -> onnx.ModelProto:
+    """``y = a + b`` (float[batch, seq] and float[batch, width]: lengths named apart that must agree) and ``z = s @
+    transpose(s)``, ``s`` declared with no shape: it needs one axis or more."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["a", "b"], ["y"]),
+            helper.make_node("Transpose", ["s"], ["st"]),
+            helper.make_node("MatMul", ["s", "st"], ["z"]),
+        ],
+        "summed_with_a_product",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", "seq"]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", "width"]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_lengths_that_must_agree_are_found_beside_an_input_that_needs_a_rank(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """The load's runs that find which lengths must agree made the input of any rank up as a scalar, which
+    its MatMul refuses: every one failed, the lengths were left free, and a request whose two lengths
+    differed failed inside onnxruntime, a 500 for the client's mistake. They run it with the axes the
+    warm-up found, and the request is refused saying which lengths must agree."""
+    save_model(summed_with_a_product(), repository, "summed")
+    server = make_server(repository)
+    s = np.ones((1, 2), np.float32)
+    answer = server.predict("summed", {"a": np.ones((1, 3), np.float32), "b": np.ones((1, 3), np.float32), "s": s})
+    assert answer["y"].tolist() == [[2.0, 2.0, 2.0]]
+    with pytest.raises(InvalidInputError, match="these axes must be of one length"):
+        server.predict("summed", {"a": np.ones((1, 3), np.float32), "b": np.ones((1, 4), np.float32), "s": s})
+
+
 def test_a_model_no_made_up_request_runs_fails_its_load_naming_the_input_and_the_warmup_file(
     repository: Path, make_server: ServerFactory
 ) -> None:
