@@ -137,6 +137,14 @@ def test_an_error_of_the_run_itself_is_still_the_models(soft_time_limit: None, r
             server.predict("busy", busy_inputs(2, index=99))  # an index outside the table: Gather fails
 
 
+# The time limit lands anywhere in the load, also as the model file's integrity check opens it: the exception
+# the handler raises as open() returns drops the file object before `with` holds it, and its clean-up closes
+# it with a ResourceWarning ("unclosed file", as an unraisable exception): no descriptor is lost, and no
+# statement order closes that window (the handler runs as the call returns). Seen once in a fresh-clone run.
+@pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <_io\.FileIO name='[^']*model\.onnx' mode='rb'"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
 def test_a_time_limit_while_the_first_task_builds_the_server_leaves_the_next_task_a_working_one(
     soft_time_limit: None, repository: Path
 ) -> None:
