@@ -9,10 +9,10 @@ compare counts taken inside the test, so a thread older than the test is never t
 
 That thread needs the GIL, and a process can be stuck holding it: a thread in ``sys._current_frames()``
 whose allocation ran the collector, which freed a ``threading.local`` and waited for the runtime's lock the
-thread itself held (CPython gh-106883, not fixed in 3.11; a fresh-clone run of ``make test`` sat so for 40
-minutes, every thread waiting). So each test also arms faulthandler's watchdog, a C thread that needs no GIL,
-a minute later: it writes every thread's stack to the worker's own stderr (not pytest's capture) and ends
-the process.
+thread itself held (CPython gh-106883, in the 3.11.7 this project runs; 3.12 collects only between
+bytecodes). A fresh-clone run of ``make test`` sat so for 40 minutes, every thread waiting. So each test also
+arms faulthandler's watchdog, a C thread that needs no GIL, a minute later: it writes every thread's stack
+to the worker's own stderr (not pytest's capture) and ends the process.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ def frame_of(thread: int | None) -> FrameType | None:
     """The frame ``thread`` (an ident) runs now, as ``sys._current_frames()`` gives it, read with the garbage
     collector off. In Python 3.11 a collection that runs inside ``sys._current_frames()`` (its frame objects
     are allocations) and frees a ``threading.local`` waits for a lock the call itself holds, with the GIL:
-    every thread of the process waits for good (CPython gh-106883, fixed in 3.12; a fresh-clone run of the
-    suite sat so for 40 minutes in a test that polled the main thread's frame)."""
+    every thread of the process waits for good (CPython gh-106883, in 3.11.7; 3.12 collects only between
+    bytecodes). A fresh-clone run of the suite sat so for 40 minutes in a test polling the main thread."""
     enabled = gc.isenabled()
     gc.disable()
     try:
