@@ -7,11 +7,12 @@ would pass one request and this server run another, so such an object is refused
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ._brief import brief
 
-__all__ = ["DuplicateKeyError", "unique_keys"]
+__all__ = ["DuplicateKeyError", "loads", "unique_keys"]
 
 
 class DuplicateKeyError(ValueError):
@@ -28,3 +29,21 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
         raise DuplicateKeyError(f"an object names the key {brief(repeated)} twice; send each key once")
     return document
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=unique_keys)
+
+
+def loads(document: bytes | str) -> Any:
+    """``json.loads(document)`` with :func:`unique_keys`, on a decoder made once: ``json.loads`` given any
+    keyword builds a new decoder per call, which cost a ``/v2`` request 5.5-7.8 µs where the hook itself costs
+    about 1 µs. Bytes are decoded as ``json.loads`` decodes them (UTF-8, -16 or -32 by their first bytes).
+
+    Raises:
+        DuplicateKeyError: an object names a key twice.
+        ValueError: the document is not JSON (``UnicodeDecodeError`` and ``json.JSONDecodeError`` included).
+        RecursionError: it is nested too deeply to parse.
+    """
+    if not isinstance(document, str):
+        document = document.decode(json.detect_encoding(document), "surrogatepass")
+    return _DECODER.decode(document)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import logging
 import math
 import os
@@ -45,6 +44,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _fork
+from . import _unique_json as unique_json
 from ._brief import brief
 from ._config import check_model_configs
 from ._config_checks import MAX_INTERVAL_S, check_bool, check_int, is_number, shown
@@ -66,7 +66,7 @@ from ._flag_reader import MAX_FLAG_TIMEOUT_S
 from ._flags import FlagProvider
 from ._log_limit import LogLimit, since
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES
-from ._unique_json import DuplicateKeyError, unique_keys
+from ._unique_json import DuplicateKeyError
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -564,7 +564,7 @@ def _json_object(body: object, shape: str) -> dict[str, Any]:
         return {}
     if isinstance(body, bytes | str):
         try:
-            body = json.loads(body, object_pairs_hook=unique_keys)
+            body = unique_json.loads(body)
         except DuplicateKeyError as exc:  # (json keeps the last; a proxy in front may have read the first)
             raise ValueError(f"the body is ambiguous JSON: {exc}") from None
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
