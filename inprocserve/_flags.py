@@ -31,6 +31,7 @@ from ._brief import CutShort, brief_text
 from ._config_checks import MAX_INTERVAL_S, is_number, shown
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError
 from ._racy import Sighting, sighting
+from ._thread_values import ThreadValue
 
 __all__ = [
     "EnvFlags",
@@ -207,7 +208,8 @@ class EnvFlags(_LookupFlags):
         self._unkept = False  # a key's variable was read but not kept (past _ENV_KEYS_KEPT keys)
         self._parsed: dict[str, tuple[str, Any]] = {}  # variable -> (the text last read, its value)
         self._snapshot: _EnvTexts | None = None
-        self._planning = threading.local()  # .texts: this thread makes a plan from these (_EnvTexts.reads)
+        # the texts this thread makes a plan from (_EnvTexts.reads); not a threading.local: see _thread_values
+        self._planning: ThreadValue[_EnvTexts | None] = ThreadValue(None)
         _fork.register(self)
 
     def _after_fork_in_child(self) -> None:
@@ -246,7 +248,7 @@ class EnvFlags(_LookupFlags):
 
     def _lookup(self, key: str) -> Any:
         name = self._variable_of(key)
-        texts = getattr(self._planning, "texts", None)
+        texts = self._planning.get()
         raw = os.environ.get(name) if texts is None else texts.text(name)
         if raw is None:
             return _MISSING
@@ -306,11 +308,11 @@ class _EnvTexts:
     def reads(self) -> Iterator[None]:
         """Within this (on this thread), the flags' reads answer from this snapshot."""
         planning = self._flags._planning
-        planning.texts = self
+        planning.set(self)
         try:
             yield
         finally:
-            planning.texts = None
+            planning.set(None)
 
 
 class FileFlags(_LookupFlags):
@@ -354,7 +356,8 @@ class FileFlags(_LookupFlags):
         self.check_interval_s = float(check_interval_s)
         # the values last read, replaced whole, never changed: a rollout's plan is kept by it
         self._snapshot: _FileValues | None = None
-        self._planning = threading.local()  # .values: this thread makes a plan from these (_FileValues.reads)
+        # the values this thread makes a plan from (_FileValues.reads); not a threading.local: see _thread_values
+        self._planning: ThreadValue[_FileValues | None] = ThreadValue(None)
         self._seen: _FileSeen | None = None  # what the last good read saw (only the reading thread sets it)
         self._empty_since: float | None = None  # when looks began to find the file empty, values answering
         self.last_error: str | None = None
@@ -395,7 +398,7 @@ class FileFlags(_LookupFlags):
         self.close()
 
     def _lookup(self, key: str) -> Any:
-        snapshot: _FileValues | None = getattr(self._planning, "values", None)  # (a plan's: see _FileValues)
+        snapshot = self._planning.get()  # (a plan's: see _FileValues)
         if snapshot is None:
             snapshot = self._checked_values()
         if snapshot is None:
@@ -604,7 +607,7 @@ class _FileValues:
 
     __slots__ = ("_planning", "values")
 
-    def __init__(self, values: dict[str, Any], planning: threading.local) -> None:
+    def __init__(self, values: dict[str, Any], planning: ThreadValue[_FileValues | None]) -> None:
         self.values = values
         self._planning = planning
 
@@ -614,11 +617,11 @@ class _FileValues:
     @contextmanager
     def reads(self) -> Iterator[None]:
         """Within this (on this thread), the flags' reads answer from these values."""
-        self._planning.values = self
+        self._planning.set(self)
         try:
             yield
         finally:
-            self._planning.values = None
+            self._planning.set(None)
 
 
 class _FileSeen:
@@ -794,7 +797,10 @@ class OpenFeatureFlags:
         self._now: _RememberedNow | None = None  # what is remembered, as a rollout's plan was last made from
         self._changing = threading.Lock()  # a forget, and the check-and-store of a remembered value
         self._ready_heard = False  # the SDK reports a ready provider to a handler added: that first one is no news
-        self._here = threading.local()  # .only: reads on this thread answer from memory or raise MustAsk
+        # (per thread; not threading.locals: see _thread_values) whether reads answer from memory or raise
+        # MustAsk, and the generation the evaluation under way began in
+        self._only: ThreadValue[bool] = ThreadValue(default=False)
+        self._evaluated_in: ThreadValue[int | None] = ThreadValue(None)
         self._handlers: list[tuple[Any, Any]] = []
         self._provider = _provider_of(self._client)  # the provider whose flags are remembered
         _fork.register(self)
@@ -877,7 +883,7 @@ class OpenFeatureFlags:
 
     def remembered_only(self) -> _RememberedOnly:
         """Within this (on this thread), a read that must evaluate raises :class:`MustAsk` instead."""
-        return _RememberedOnly(self._here)
+        return _RememberedOnly(self._only)
 
     def _recall(self, kind: str, key: str, default: Any) -> Any:
         """The remembered value of a flag (``default`` for one the provider does not have), or ``_MISSING``
@@ -885,9 +891,9 @@ class OpenFeatureFlags:
         entry = self._remembered.get((kind, key))
         if entry is not None and entry[0] > self._clock():
             return default if entry[1] is _ABSENT else entry[1]
-        if getattr(self._here, "only", False):
+        if self._only.get():
             raise MustAsk
-        self._here.generation = self._generation
+        self._evaluated_in.set(self._generation)
         return _MISSING
 
     def _remember(self, kind: str, key: str, value: Any, details: Any) -> Any:
@@ -907,7 +913,7 @@ class OpenFeatureFlags:
             cached = reason == "CACHED"
         until = self._clock() + self.reuse_static_s
         with self._changing:
-            if self._here.generation != self._generation:  # flags changed while it was evaluated
+            if self._evaluated_in.get() != self._generation:  # flags changed while it was evaluated
                 return value
             remembered = self._remembered
             if not static and not (cached and (kind, key) in remembered):
@@ -1141,16 +1147,16 @@ def _provider_of(client: Any) -> Any:
 class _RememberedOnly:
     """``OpenFeatureFlags.remembered_only()``: marks the thread for the duration of a ``with`` block."""
 
-    __slots__ = ("_here",)
+    __slots__ = ("_only",)
 
-    def __init__(self, here: threading.local) -> None:
-        self._here = here
+    def __init__(self, only: ThreadValue[bool]) -> None:
+        self._only = only
 
     def __enter__(self) -> None:
-        self._here.only = True
+        self._only.set(True)
 
     def __exit__(self, *exc_info: object) -> None:
-        self._here.only = False
+        self._only.set(False)
 
 
 def _error_code(details: Any) -> str | None:

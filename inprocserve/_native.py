@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Condition", "Thread", "allocate_lock", "current_thread", "patched", "via_hub"]
+__all__ = ["Condition", "Thread", "allocate_lock", "current_thread", "original_local", "patched", "via_hub"]
 
 
 def patched() -> bool:
@@ -56,6 +56,13 @@ def allocate_lock() -> Any:
     greenlet of its OS thread until released, so it may only be held for a few instructions, never across a
     switch (no I/O, no gevent lock, no thread start of gevent's under it)."""
     return _original("allocate_lock")()
+
+
+def original_local() -> type:
+    """``_thread._local``, whose values are one OS thread's, whether or not gevent patched ``_thread`` (its
+    greenlets then share their thread's)."""
+    local_class: type = _original("_local")
+    return local_class
 
 
 _running: dict[int, Thread] = {}  # the OS thread id of each running Thread

@@ -868,7 +868,7 @@ class OnnxruntimeBackend:
         limit = self._limit
         if timeout_s is None and stop is None:  # the common case, spelled out: no alarm, no hook
             if limit is not None:  # (inlined: a method call would cost as much again; see _run_limit)
-                slot = limit.local.slot or limit.slot()
+                slot = limit.current.get() or limit.slot()
                 started = slot.started = time.monotonic()
                 if not limit.sweeping:  # (read after the start is noted: see RunLimit._sweep)
                     limit.start()

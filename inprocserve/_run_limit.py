@@ -27,7 +27,6 @@ a container's process limit).
 from __future__ import annotations
 
 import functools
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from typing import Any
 
 from . import _fork, _native
 from ._deadlines import Watchdog
+from ._thread_values import ThreadValue
 
 __all__ = ["RunLimit", "RunSlot", "sweeper"]
 
@@ -81,12 +81,6 @@ class RunSlot:
         self.cut: float | None = None
 
 
-class _Local(threading.local):
-    """Per thread, ``slot``: that thread's :class:`RunSlot` once it ran (``None`` before)."""
-
-    slot: RunSlot | None = None
-
-
 class RunLimit:
     """Stops any plain run of one backend that passes ``limit_s``, through its ``watchdog``. Thread-safe.
 
@@ -101,8 +95,10 @@ class RunLimit:
         self._given = watchdog
         self._make_options = make_options
         self._lock = _native.allocate_lock()  # (taken by the sweep on the watchdog's OS thread under gevent too)
-        self.local = _Local()
-        """``local.slot``: the calling thread's :class:`RunSlot`, ``None`` until :meth:`slot` made it."""
+        # (not a threading.local: a version unloaded leaves its limit to the garbage collector, which must not
+        # free a threading.local: see _thread_values)
+        self.current: ThreadValue[RunSlot | None] = ThreadValue(None, os_threads=True)
+        """``current.get()``: the calling OS thread's :class:`RunSlot`, ``None`` until :meth:`slot` made it."""
         self._slots: weakref.WeakSet[RunSlot] = weakref.WeakSet()  # (a thread's slot goes with the thread)
         self.sweeping = False  # whether a sweep is armed (read by every run, set under the lock)
         self._alarm: Any = None  # the sweep armed, the watchdog it is armed on and when it is due (under the lock)
@@ -112,7 +108,7 @@ class RunLimit:
 
     def slot(self) -> RunSlot:
         """The calling thread's slot, made on its first run and watched by the sweeps from then on."""
-        slot = self.local.slot
+        slot = self.current.get()
         if slot is not None:
             return slot
         slot = RunSlot(self._make_options())
@@ -120,7 +116,7 @@ class RunLimit:
             if self._closed:
                 slot.options.terminate = True  # (the backend's run raises its closed error)
             self._slots.add(slot)
-        self.local.slot = slot
+        self.current.set(slot)
         return slot
 
     def start(self) -> None:

@@ -55,6 +55,7 @@ from ._errors import (
 from ._flags import _value_shown
 from ._record_thread import RecordingThread
 from ._tally import Tally
+from ._thread_values import ThreadValue
 
 _log = logging.getLogger(__name__)
 
@@ -303,8 +304,8 @@ class _RootSampling:
             span_id = ids.generate_span_id()
             return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False, trace_flags=self._random))
         listed = None if links is None else links()  # (before the id is preset: listing may start spans too)
-        preset = self._preset.local
-        preset.trace_id = trace_id
+        preset = self._preset.preset
+        preset.set(trace_id)
         try:
             span = self._tracer.start_span(
                 name,
@@ -315,7 +316,7 @@ class _RootSampling:
                 start_time=None if since is None else _wall_ns(since),
             )
         finally:
-            preset.trace_id = None
+            preset.set(None)
         return span
 
 
@@ -325,13 +326,14 @@ class _PresetTraceIds:
 
     def __init__(self, ids: Any) -> None:
         self.ids = ids
-        self.local = threading.local()
+        # the trace id drawn in advance on this thread (not a threading.local: see _thread_values)
+        self.preset: ThreadValue[int | None] = ThreadValue(None)
 
     def generate_trace_id(self) -> int:
-        trace_id: int | None = getattr(self.local, "trace_id", None)
+        trace_id = self.preset.get()
         if trace_id is None:
             return int(self.ids.generate_trace_id())
-        self.local.trace_id = None
+        self.preset.set(None)
         return trace_id
 
     def generate_span_id(self) -> int:
@@ -674,7 +676,8 @@ class Metrics:
         self._gauges: list[Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]] = []
         self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
         self._recording = RecordingThread(self.record_pending, name="inprocserve-metrics")
-        self._held_for_fork = threading.local()  # recorders' locks a forking thread took (see hold_records)
+        # recorders' locks a forking thread took (see hold_records; not a threading.local: see _thread_values)
+        self._held_for_fork: ThreadValue[Sequence[threading.Lock]] = ThreadValue(())
         # pending records of recorders the garbage collector took, for the next flush (see adopt_pending)
         self._orphans: deque[deque[Any]] = deque()
         self._orphans_draining = threading.Lock()  # held by the one thread that records them
@@ -724,7 +727,7 @@ class Metrics:
         # kept as each is taken: an exception here (a signal handler's), which the fork ignores, must not leave
         # one held for good; per forking thread
         held: list[threading.Lock] = []
-        self._held_for_fork.locks = held
+        self._held_for_fork.set(held)
         if self._orphans_draining.acquire(timeout=_FORK_WAIT_S):
             held.append(self._orphans_draining)
         for recorder in list(self._recorders):
@@ -734,13 +737,13 @@ class Metrics:
 
     def release_records(self) -> None:
         """After a fork, in the parent: let recording go on (see :meth:`hold_records`)."""
-        held: list[threading.Lock] = getattr(self._held_for_fork, "locks", [])
-        self._held_for_fork.locks = []
+        held = self._held_for_fork.get()
+        self._held_for_fork.set(())
         for lock in held:
             lock.release()
 
     def _after_fork_in_child(self) -> None:
-        self._held_for_fork = threading.local()  # (each recorder makes itself a new lock in the child)
+        self._held_for_fork = ThreadValue(())  # (each recorder makes itself a new lock in the child)
         self._orphans = deque()  # (the parent's to record)
         self._orphans_draining = threading.Lock()
 

@@ -1,0 +1,107 @@
+"""Per-thread values of objects that come and go, kept without a ``threading.local`` of their own.
+
+In CPython 3.11 a ``threading.local`` freed by a garbage collection that runs inside ``sys._current_frames()``
+deadlocks the whole process: the local's clean-up waits for the runtime lock that call holds, with the GIL
+(CPython gh-106883; 3.12 collects only between bytecodes). Sampling profilers and APM agents call it from a
+thread of their own many times a second. And the objects that kept per-thread state here (a loaded version's
+run limit, a flag provider, a telemetry's tracer) are freed by the collector, not by reference counts: a
+version unloaded by a hot reload, or a closed server, left its ``threading.local`` for whichever collection
+came next, so a reload under such a profiler could stop a worker for good.
+
+So this module holds the process's only such locals, never freed: one for OS threads, one for callers
+(greenlets under gevent's patch), each with a dict per thread of every :class:`ThreadValue`'s value, by the
+value's key. A value goes with its thread (the thread's dict with the thread's local state), or with its
+:class:`ThreadValue` (a finalizer pops it from every thread's dict: dict operations, no runtime lock).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from typing import Any, Generic, TypeVar
+
+from . import _fork, _native
+
+__all__ = ["ThreadValue"]
+
+T = TypeVar("T")
+
+_keys = itertools.count()
+
+
+class _Values(dict):  # type: ignore[type-arg]
+    """One thread's values, by :class:`ThreadValue` key (weakly listed by its store: known by identity)."""
+
+    __slots__ = ("__weakref__",)
+    __hash__ = object.__hash__  # type: ignore[assignment]
+    __eq__ = object.__eq__
+
+
+class _Store:
+    """A never-freed ``threading.local`` whose ``values`` is a :class:`_Values` per thread, and every
+    thread's dict (so that a :class:`ThreadValue` freed takes its values out of them all)."""
+
+    def __init__(self, local_class: type) -> None:
+        self.dicts: weakref.WeakSet[_Values] = weakref.WeakSet()
+        self.renew(local_class)
+
+    def renew(self, local_class: type) -> None:
+        """Start over with a local of ``local_class`` (gevent's, once it patched ``threading``)."""
+        self.local: Any = type("_PerThread", (local_class,), {"values": None})()
+
+    def values(self) -> _Values:
+        """The calling thread's dict, made on first use."""
+        values: _Values | None = self.local.values
+        if values is None:
+            values = self.local.values = _Values()
+            self.dicts.add(values)
+        return values
+
+    def forget(self, key: int) -> None:
+        for values in list(self.dicts):
+            values.pop(key, None)
+
+
+_OS_THREADS = _Store(_native.original_local())
+_CALLERS = _Store(threading.local)
+
+
+def _callers_patched() -> None:
+    """gevent patched the process after this module was imported: callers are greenlets from now on."""
+    _CALLERS.renew(threading.local)
+
+
+_fork.on_monkey_patch(_callers_patched)
+
+
+class ThreadValue(Generic[T]):
+    """One value per thread, ``default`` until the thread sets one: an attribute of a ``threading.local``
+    without one (see the module's docstring). Thread-safe.
+
+    Args:
+        default: What :meth:`get` answers on a thread that set nothing.
+        os_threads: Keep one value per OS thread, also under gevent's patch (where greenlets share their
+            thread's); by default one per caller, a greenlet under the patch.
+    """
+
+    __slots__ = ("__weakref__", "_default", "_key", "_store")
+
+    def __init__(self, default: T, *, os_threads: bool = False) -> None:
+        self._default = default
+        self._key = next(_keys)
+        self._store = _OS_THREADS if os_threads else _CALLERS
+        forget = weakref.finalize(self, self._store.forget, self._key)
+        forget.atexit = False
+
+    def get(self) -> T:
+        """The calling thread's value."""
+        values: _Values | None = self._store.local.values
+        if values is None:
+            return self._default
+        value: T = values.get(self._key, self._default)
+        return value
+
+    def set(self, value: T) -> None:
+        """Make ``value`` the calling thread's."""
+        self._store.values()[self._key] = value

@@ -1,0 +1,157 @@
+"""Per-thread state without a ``threading.local`` per object (``inprocserve._thread_values``).
+
+In Python 3.11 a ``threading.local`` freed by a collection that runs inside ``sys._current_frames()``
+deadlocks the process (CPython gh-106883), and sampling profilers and APM agents call it many times a second.
+A loaded version's run limit, and every flag provider, kept a ``threading.local`` of its own, freed by the
+collector when the version was unloaded or the server closed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import weakref
+from pathlib import Path
+
+from inprocserve._thread_values import ThreadValue
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Held:
+    """A value whose end a test can see (a weak reference to it)."""
+
+
+def test_each_thread_sees_the_value_it_set_and_the_default_before() -> None:
+    value: ThreadValue[str | None] = ThreadValue(None)
+    value.set("main")
+    seen: list[str | None] = []
+
+    def other() -> None:
+        seen.append(value.get())
+        value.set("other")
+        seen.append(value.get())
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert seen == [None, "other"]
+    assert value.get() == "main"
+
+
+def test_a_value_goes_with_its_thread() -> None:
+    value: ThreadValue[Held | None] = ThreadValue(None)
+    refs: list[weakref.ref[Held]] = []
+
+    def other() -> None:
+        held = Held()
+        refs.append(weakref.ref(held))
+        value.set(held)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert refs[0]() is None
+
+
+def test_a_value_goes_with_its_owner_while_its_thread_lives_on() -> None:
+    """A version unloaded while the request threads that ran it live on: their run slots go with it."""
+    value: ThreadValue[Held | None] = ThreadValue(None)
+    held = Held()
+    kept = weakref.ref(held)
+    value.set(held)
+    del held
+    assert kept() is not None
+    del value
+    assert kept() is None
+
+
+OWNERS_DROPPED_UNDER_A_PROFILER = """
+import gc, sys, threading, _thread
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import inprocserve
+from inprocserve import EnvFlags, FileFlags, OpenFeatureFlags
+from inprocserve.testing import build_scale_model, save_model
+from openfeature import api
+from openfeature.provider.in_memory_provider import InMemoryProvider
+
+folder = Path(sys.argv[2])
+save_model(build_scale_model(2.0), folder, "scale", 1)  # (pool.max_run_s: 60 s by default, a run limit)
+flag_file = folder.parent / "flags.json"
+flag_file.write_text('{"scale": {"kill": false}}')
+api.set_provider(InMemoryProvider({}), domain="profiled")
+rows = np.ones((1, 4), np.float32)
+
+
+def served():
+    server = inprocserve.Server(folder)
+    server.predict("scale", rows)
+    server.close()
+    return server
+
+
+def file_flags():
+    flags = FileFlags(flag_file)
+    flags.get_boolean("scale.kill", False, {})
+    flags.close()
+    return flags
+
+
+def env_flags():
+    flags = EnvFlags()
+    flags.get_boolean("scale.kill", False, {})
+    return flags
+
+
+builds = {
+    "a closed server's loaded version": served,
+    "FileFlags": file_flags,
+    "EnvFlags": env_flags,
+    "OpenFeatureFlags": lambda: OpenFeatureFlags(domain="profiled"),
+}
+
+
+def locals_alive():
+    return sum(isinstance(thing, _thread._local) for thing in gc.get_objects())
+
+
+for name, build in builds.items():
+    before = locals_alive()
+    owner = build()
+    assert locals_alive() == before, f"{name} made a threading.local of its own"
+    for _ in range(3):
+        gc.disable()  # (what it leaves stays for the next collection, as it may in any process)
+        try:
+            owner = build()
+            cycle = [owner]
+            cycle.append(cycle)
+            del owner, cycle
+        finally:
+            gc.enable()
+        sys._current_frames()  # a sampling profiler's call, in which the next collection comes
+    print(name, "dropped", flush=True)
+print("done")
+"""
+
+
+def test_servers_and_flag_providers_dropped_under_a_sampling_profiler_do_not_deadlock_the_process(
+    tmp_path: Path,
+) -> None:
+    """Each owner of per-thread state is made and dropped in a cycle, and the collection that frees it comes
+    inside ``sys._current_frames()``, as it may under a profiler's thread: with a ``threading.local`` of its
+    own, the first such collection deadlocked the process for good (run until the timeout here)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", OWNERS_DROPPED_UNDER_A_PROFILER, str(ROOT), str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired as exc:
+        said = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout
+        raise AssertionError(f"deadlocked after: {said!r}") from None
+    assert run.returncode == 0 and run.stdout.strip().endswith("done"), run.stdout + run.stderr
