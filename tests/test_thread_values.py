@@ -155,3 +155,36 @@ def test_servers_and_flag_providers_dropped_under_a_sampling_profiler_do_not_dea
         said = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout
         raise AssertionError(f"deadlocked after: {said!r}") from None
     assert run.returncode == 0 and run.stdout.strip().endswith("done"), run.stdout + run.stderr
+
+
+GREENLETS_AFTER_A_LATE_PATCH = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from inprocserve._thread_values import ThreadValue
+from gevent import monkey
+monkey.patch_all()
+import gevent
+
+callers, threads = ThreadValue(None), ThreadValue(None, os_threads=True)
+seen = []
+
+def greenlet(name):
+    callers.set(name)
+    threads.set(name)
+    gevent.sleep(0.01)  # the other greenlet sets its values meanwhile
+    seen.append((name, callers.get(), threads.get()))
+
+gevent.joinall([gevent.spawn(greenlet, "a"), gevent.spawn(greenlet, "b")])
+print(sorted(seen))
+"""
+
+
+def test_under_a_late_gevent_patch_each_greenlet_has_its_own_value_and_an_os_threads_value_is_shared() -> None:
+    """A flag provider's per-caller state must be a greenlet's own under gevent (a greenlet may switch while
+    it makes a plan), even when inprocserve was imported before the patch (gunicorn's ``--preload``); a run
+    limit's slot stays one per OS thread (a run blocks its thread: no greenlet switches during it)."""
+    run = subprocess.run(
+        [sys.executable, "-c", GREENLETS_AFTER_A_LATE_PATCH, str(ROOT)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[('a', 'a', 'b'), ('b', 'b', 'b')]", run.stdout + run.stderr
