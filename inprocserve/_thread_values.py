@@ -31,19 +31,22 @@ _keys = itertools.count()
 
 
 class _Values(dict):  # type: ignore[type-arg]
-    """One thread's values, by :class:`ThreadValue` key (weakly listed by its store: known by identity)."""
+    """One thread's values, by :class:`ThreadValue` key."""
 
     __slots__ = ("__weakref__",)
-    __hash__ = object.__hash__  # type: ignore[assignment]
-    __eq__ = object.__eq__
 
 
 class _Store:
     """A never-freed ``threading.local`` whose ``values`` is a :class:`_Values` per thread, and every
-    thread's dict (so that a :class:`ThreadValue` freed takes its values out of them all)."""
+    thread's dict, weakly (so that a :class:`ThreadValue` freed takes its values out of them all).
+
+    The dicts are listed in a plain dict by ``id``, copied in one C call to be walked: a ``WeakSet`` walked
+    in Python while another thread adds its first value raises "changed size during iteration" (inside a
+    finalizer: logged, and the values kept). No lock: a finalizer runs wherever the collector does, maybe on
+    a thread that holds it."""
 
     def __init__(self, local_class: type) -> None:
-        self.dicts: weakref.WeakSet[_Values] = weakref.WeakSet()
+        self.dicts: dict[int, weakref.ref[_Values]] = {}
         self.renew(local_class)
 
     def renew(self, local_class: type) -> None:
@@ -55,12 +58,16 @@ class _Store:
         values: _Values | None = self.local.values
         if values is None:
             values = self.local.values = _Values()
-            self.dicts.add(values)
+            key, dicts = id(values), self.dicts
+            # (the callback runs as the dict is freed, before its id can be another's)
+            dicts[key] = weakref.ref(values, lambda _: dicts.pop(key, None))
         return values
 
     def forget(self, key: int) -> None:
-        for values in list(self.dicts):
-            values.pop(key, None)
+        for held in list(self.dicts.values()):
+            values = held()
+            if values is not None:
+                values.pop(key, None)
 
 
 _OS_THREADS = _Store(_native.original_local())

@@ -10,8 +10,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
+
+import pytest
 
 from inprocserve._thread_values import ThreadValue
 
@@ -64,6 +67,57 @@ def test_a_value_goes_with_its_owner_while_its_thread_lives_on() -> None:
     assert kept() is not None
     del value
     assert kept() is None
+
+
+def test_values_go_with_their_owner_while_other_threads_start_and_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Owners dropped (versions unloaded) while request threads come and go (a thread pool growing): the
+    walk of every thread's values that a dropped owner makes raced a thread adding its first value ("Set
+    changed size during iteration", in a finalizer: printed, and the owner's values kept for good)."""
+    failures: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: failures.append(unraisable.exc_value))
+    shared: ThreadValue[int | None] = ThreadValue(None)
+    stop = threading.Event()
+    parked: list[tuple[threading.Thread, threading.Event]] = []
+
+    def start_and_end_threads() -> None:
+        while not stop.is_set():
+            release = threading.Event()
+
+            def request(release: threading.Event) -> None:
+                shared.set(1)  # (its first value: its dict of values is listed)
+                release.wait()
+
+            thread = threading.Thread(target=request, args=(release,))
+            thread.start()
+            parked.append((thread, release))
+            if len(parked) > 200:
+                oldest, its_release = parked.pop(0)
+                its_release.set()
+                oldest.join()
+
+    churners = [threading.Thread(target=start_and_end_threads) for _ in range(2)]
+    for churner in churners:
+        churner.start()
+    kept = 0
+    try:
+        until = time.monotonic() + 3.0
+        while time.monotonic() < until:
+            owner: ThreadValue[Held | None] = ThreadValue(None)
+            held = Held()
+            still = weakref.ref(held)
+            owner.set(held)
+            del held, owner
+            kept += still() is not None
+    finally:
+        stop.set()
+        for churner in churners:
+            churner.join()
+        for thread, release in parked:
+            release.set()
+            thread.join()
+    assert (kept, failures) == (0, [])
 
 
 OWNERS_DROPPED_UNDER_A_PROFILER = """
