@@ -24,7 +24,6 @@ import logging
 import math
 import queue
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
@@ -38,6 +37,7 @@ from ._config import DriftConfig
 from ._errors import ModelLoadError
 from ._integrity import resolve_model_file
 from ._log_limit import LogLimit, since
+from ._weak_members import WeakMembers
 
 __all__ = ["DriftMonitor", "DriftScorer", "drain", "ks_statistic", "psi"]
 
@@ -804,7 +804,7 @@ def _release_unscored(function: Any, argument: Any) -> None:
         function.__self__.window_dropped()
 
 
-_scorers: weakref.WeakSet[DriftScorer] = weakref.WeakSet()
+_scorers: WeakMembers[DriftScorer] = WeakMembers()  # (walked while versions load: see _weak_members)
 
 
 class DriftScorer:

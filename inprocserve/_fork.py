@@ -34,9 +34,10 @@ import logging
 import os
 import sys
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from ._weak_members import WeakMembers
 
 __all__ = [
     "ForkAware",
@@ -58,7 +59,7 @@ class ForkAware(Protocol):
     def _after_fork_in_child(self) -> None: ...
 
 
-_objects: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+_objects: WeakMembers[ForkAware] = WeakMembers()  # (not a WeakSet: see _weak_members)
 
 
 def register(obj: ForkAware) -> None:

@@ -16,7 +16,6 @@ import os
 import sys
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
@@ -56,6 +55,7 @@ from ._flags import _value_shown
 from ._record_thread import RecordingThread
 from ._tally import Tally
 from ._thread_values import ThreadValue
+from ._weak_members import WeakMembers
 
 _log = logging.getLogger(__name__)
 
@@ -674,7 +674,8 @@ class Metrics:
             description="New versions held back from the default because their signature breaks callers",
         )
         self._gauges: list[Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]] = []
-        self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+        # (not a WeakSet: walked before a fork and at each collection while versions load: see _weak_members)
+        self._recorders: WeakMembers[Recorder] = WeakMembers()
         self._recording = RecordingThread(self.record_pending, name="inprocserve-metrics")
         # recorders' locks a forking thread took (see hold_records; not a threading.local: see _thread_values)
         self._held_for_fork: ThreadValue[Sequence[threading.Lock]] = ThreadValue(())

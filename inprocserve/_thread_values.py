@@ -22,6 +22,7 @@ import weakref
 from typing import Any, Generic, TypeVar
 
 from . import _fork, _native
+from ._weak_members import WeakMembers
 
 __all__ = ["ThreadValue"]
 
@@ -40,13 +41,12 @@ class _Store:
     """A never-freed ``threading.local`` whose ``values`` is a :class:`_Values` per thread, and every
     thread's dict, weakly (so that a :class:`ThreadValue` freed takes its values out of them all).
 
-    The dicts are listed in a plain dict by ``id``, copied in one C call to be walked: a ``WeakSet`` walked
-    in Python while another thread adds its first value raises "changed size during iteration" (inside a
-    finalizer: logged, and the values kept). No lock: a finalizer runs wherever the collector does, maybe on
-    a thread that holds it."""
+    The dicts are :class:`WeakMembers`, walked on a copy: a ``WeakSet`` walked while another thread added its
+    first value raised "changed size during iteration" (inside a finalizer: logged, and the values kept).
+    No lock: a finalizer runs wherever the collector does, maybe on a thread that holds it."""
 
     def __init__(self, local_class: type) -> None:
-        self.dicts: dict[int, weakref.ref[_Values]] = {}
+        self.dicts: WeakMembers[_Values] = WeakMembers()
         self.renew(local_class)
 
     def renew(self, local_class: type) -> None:
@@ -58,16 +58,12 @@ class _Store:
         values: _Values | None = self.local.values
         if values is None:
             values = self.local.values = _Values()
-            key, dicts = id(values), self.dicts
-            # (the callback runs as the dict is freed, before its id can be another's)
-            dicts[key] = weakref.ref(values, lambda _: dicts.pop(key, None))
+            self.dicts.add(values)
         return values
 
     def forget(self, key: int) -> None:
-        for held in list(self.dicts.values()):
-            values = held()
-            if values is not None:
-                values.pop(key, None)
+        for values in self.dicts:
+            values.pop(key, None)
 
 
 _OS_THREADS = _Store(_native.original_local())

@@ -1,0 +1,43 @@
+"""A set of objects held weakly, walked while other threads add to it.
+
+``weakref.WeakSet`` is walked by a Python generator: a thread that adds a member (a version loading, a thread
+making its first per-thread value) between two steps of another thread's walk makes that walk raise
+"RuntimeError: Set changed size during iteration". The walks here run before a fork (holding the metric
+recorders' locks), at each metric collection and in finalizers, where a lock of their own could be held by
+the very thread the collector interrupts; so instead of a lock, the members are copied in one C call, which
+no other thread can interleave with.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+__all__ = ["WeakMembers"]
+
+T = TypeVar("T")
+
+
+class WeakMembers(Generic[T]):
+    """Objects held weakly (each leaves when it is freed), known by identity. Thread-safe without a lock:
+    iterating walks a copy taken at once."""
+
+    __slots__ = ("_refs",)
+
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref[T]] = {}
+
+    def add(self, member: T) -> None:
+        key, refs = id(member), self._refs
+        # (the callback runs as the member is freed, before its id can be another object's)
+        refs[key] = weakref.ref(member, lambda _: refs.pop(key, None))
+
+    def __iter__(self) -> Iterator[T]:
+        for held in list(self._refs.values()):
+            member = held()
+            if member is not None:
+                yield member
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
