@@ -48,7 +48,7 @@ from ._ort_backend import build_onnxruntime_backend
 from ._remote_model import read_remote_toml, unknown_keys_warning
 from ._repository import is_remote
 from ._request import Finisher
-from ._signature import PROBE_INNER_SIZES, Signature
+from ._signature import MOST_MADE_UP_RANK, PROBE_INNER_SIZES, Signature
 from ._stats import LatencyHistogram
 from ._telemetry import resident_memory_bytes
 
@@ -106,10 +106,6 @@ def build_backend(
             backend.config_warning = unknown_keys_warning(path, ignored)
         return backend
     return build_onnxruntime_backend(path, config, model=model, version=version, follow_symlinks=follow_symlinks)
-
-
-_MOST_MADE_UP_RANK = 4
-"""The most axes the warm-up makes up for an input declared with no shape (any rank), after a scalar."""
 
 
 class ModelVersion:
@@ -686,7 +682,7 @@ class ModelVersion:
         # An input the file declares with no shape (any rank) is made up as a scalar, then of more axes: a model
         # that needs a rank (a MatMul) failed the scalar, and a version that serves real requests never loaded.
         shapeless = [spec.name for spec in signature.inputs if spec.shape is None]
-        ranks = range(_MOST_MADE_UP_RANK + 1) if shapeless and self.backend.kind != "remote" else (0,)
+        ranks = signature.made_up_ranks() if self.backend.kind != "remote" else (0,)
         first_failure: InferenceError | None = None
         for rank in ranks:
             for size in sizes:
@@ -711,7 +707,7 @@ class ModelVersion:
         )
         if len(ranks) > 1:
             names = ", ".join(repr(name) for name in shapeless)
-            again += f", and with {names} of 1 to {_MOST_MADE_UP_RANK} axes (declared with no shape: any rank)"
+            again += f", and with {names} of 1 to {MOST_MADE_UP_RANK} axes (declared with no shape: any rank)"
         raise type(first_failure)(
             f"{first_failure.message.rstrip()} (on the warm-up's made-up request of zeros, {shapes}{again}; a model "
             "that runs only on some shapes of the inputs it declares dynamic or of any rank takes real inputs from "

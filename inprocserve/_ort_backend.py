@@ -547,22 +547,26 @@ class OnnxruntimeBackend:
 
     def _runnable_probe(self, probe: Any, rows: int) -> dict[str, Any]:
         """Zeros of ``rows`` rows that ``probe`` runs (its first run, which allocates), with the model's dynamic
-        inner axes as long as the first of :meth:`Signature.made_up_inner_sizes` that runs: a convolution over
-        time failed its probe on one step and got every core, however short its run.
+        inner axes as long as the first of :meth:`Signature.made_up_inner_sizes` that runs (a convolution over
+        time failed its probe on one step and got every core, however short its run), and its inputs of any
+        rank of the first of :meth:`Signature.made_up_ranks` that runs, as the warm-up tries them: the probe
+        runs before any session, so before the warm-up, and made such an input a scalar, which a MatMul
+        refused (the model got every core).
 
         Raises:
             InprocserveError: the model runs on none of them (the first failure).
         """
         assert self.signature is not None
         first_failure: InferenceError | None = None
-        for size in self.signature.made_up_inner_sizes():
-            feeds = self.signature.synthesize(rows, size)
-            try:
-                self.run(probe, feeds)
-            except InferenceError as exc:
-                first_failure = first_failure or exc
-                continue
-            return feeds
+        for rank in self.signature.made_up_ranks():
+            for size in self.signature.made_up_inner_sizes():
+                feeds = self.signature.synthesize(rows, size, any_rank=rank)
+                try:
+                    self.run(probe, feeds)
+                except InferenceError as exc:
+                    first_failure = first_failure or exc
+                    continue
+                return feeds
         assert first_failure is not None
         raise first_failure
 

@@ -477,21 +477,30 @@ class Signature:
         fewer than 5 steps)."""
         return (1, *PROBE_INNER_SIZES) if self.has_dynamic_inner_axes else (1,)
 
+    def made_up_ranks(self) -> Sequence[int]:
+        """The ranks to try, in turn, for the inputs of any rank (declared with no shape) of made-up requests
+        (the warm-up's, the thread probe's, the search for tied lengths'), each with every one of
+        :meth:`made_up_inner_sizes`: a scalar, then arrays of 1 to :data:`MOST_MADE_UP_RANK` axes (a MatMul
+        refuses a scalar). Only a scalar where no input is of any rank (``any_rank`` is then of no use)."""
+        shapeless = any(spec.shape is None for spec in self.inputs)
+        return range(MOST_MADE_UP_RANK + 1) if shapeless else (0,)
+
     def synthesize(
         self,
         rows: int,
         inner_size: int = 1,
         sizes: Mapping[tuple[str, int], int] | None = None,
         *,
-        any_rank: int = 0,
+        any_rank: int | Mapping[str, int] = 0,
     ) -> dict[str, np.ndarray]:
         """Zero-filled inputs of ``rows`` rows (other dynamic axes of ``inner_size``, or of ``sizes[(input,
         axis)]``), for warm-up runs; an input of any rank (no shape declared) gets ``any_rank`` axes of
-        ``inner_size`` (a scalar by default)."""
+        ``inner_size`` (a scalar by default), or ``any_rank[name]`` (each its own, as a warm-up file has them)."""
         arrays = {}
         for spec in self.inputs:
             assert spec.dtype is not None
-            declared = spec.shape if spec.shape is not None else (None,) * any_rank
+            rank = any_rank if isinstance(any_rank, int) else any_rank.get(spec.name, 0)
+            declared = spec.shape if spec.shape is not None else (None,) * rank
             shape = [d if isinstance(d, int) and d >= 0 else inner_size for d in declared]
             if sizes:
                 for axis in range(1, len(shape)):
@@ -652,6 +661,8 @@ def _fixed_rows(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> 
 _PROBE_SEED = 20240611
 _TIED = "\x00tied "  # (the key of a group of tied axes among the names of shared dimensions: no name starts so)
 _UNKNOWN_SHOWN = 8  # unknown input names a refusal names (a request may send thousands)
+MOST_MADE_UP_RANK = 4
+"""The most axes a made-up request gives an input declared with no shape (any rank), after a scalar."""
 PROBE_INNER_SIZES = (2, 16, 64)
 """Sizes of dynamic inner axes for the load's made-up rows, tried in turn until the model runs on them: 2, not
 1 (a row of one element hides what a reduction or a transpose does to it), and larger for a model that needs

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from inprocserve import InvalidInputError
 from inprocserve.__main__ import main
 from inprocserve._declared_shapes import Shapeless, shapeless_tensors
+from inprocserve._ort_rules import usable_cores
 from inprocserve.testing import save_model
 
 from .conftest import ServerFactory
@@ -171,6 +172,27 @@ def test_lengths_that_must_agree_are_found_beside_an_input_that_needs_a_rank(
     assert answer["y"].tolist() == [[2.0, 2.0, 2.0]]
     with pytest.raises(InvalidInputError, match="these axes must be of one length"):
         server.predict("summed", {"a": np.ones((1, 3), np.float32), "b": np.ones((1, 4), np.float32), "s": s})
+
+
+@pytest.mark.parametrize("warmup", ["", "[warmup]\nenabled = false\n"])
+def test_a_fast_model_that_needs_a_rank_gets_one_thread_like_any_fast_model(
+    warmup: str, repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The thread probe, which times a made-up run before any session is built (so before the warm-up),
+    made an input of any rank up as a scalar: a MatMul refused it, the probe failed, and a model whose run
+    takes microseconds got the whole thread budget (a wake-up per operator on each run). It tries the ranks
+    the warm-up tries."""
+    if usable_cores() == 1:
+        pytest.skip("this process may use one core: every model gets one thread, probed or not")
+    save_model(self_product(), repository, "product")
+    (repository / "product" / "config.toml").write_text(f"{warmup}[pool]\nsize = 1\n")
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        server = make_server(repository)
+    status = server.status()["models"]["product"]["versions"]["1"]
+    assert status["error"] is None
+    assert status["intra_op_threads"] == 1
+    assert any("using 1 intra-op thread" in record.getMessage() for record in caplog.records)
+    assert server.predict("product", [[1.0, 2.0]])["y"].tolist() == [[5.0]]
 
 
 def test_a_model_no_made_up_request_runs_fails_its_load_naming_the_input_and_the_warmup_file(
