@@ -65,7 +65,8 @@ _MOST_TIE_RUNS = 40
 three, each candidate group one to three (a wrong one, mostly one), each tied length one more. Two lengths of
 one group take 12; two groups of two, 23; four lengths of one group (ids, mask, token types, positions), 26;
 five, 38. A search that would need more (six lengths of one group: 58) is given up, and the lengths stay free,
-as the file names them."""
+as the file names them. The runs that find a request that runs at all count too: one after a warm-up, at most
+15 with it off and an input of any rank (3 lengths at each of 5 ranks)."""
 
 _NOT_CHECKED = "(not checked: batching is off and nothing is sliced)"
 """Ends the verdict of a version whose axis 0 is named apart and whose rows the load did not check, since no
@@ -151,7 +152,9 @@ class ModelVersion:
         self._clock = clock
         self._follow_symlinks = follow_symlinks
         self._made_up_inner_size = 1  # dynamic inner axes of the warm-up's made-up request (_warm_up)
-        self._made_up_rank = 0  # axes the warm-up gave its inputs of any rank (_warm_up), for the tie check
+        # Axes the warm-up gave its inputs of any rank (_warm_up), or each had in its inputs_file, for the tie
+        # check; None while no warm-up ran (switched off): that check then tries the ranks the warm-up would have.
+        self._made_up_rank: int | dict[str, int] | None = None
         self._backend = backend
         self._backend_factory: BackendFactory = (
             backend_factory if backend_factory is not None else functools.partial(build_backend, clock=clock)
@@ -292,7 +295,12 @@ class ModelVersion:
         runs at all three. A tied length that runs 1 long against the others (the model broadcasts it) may
         still be sent so (``Signature.broadcast_axes``). Only where two to :data:`_MOST_LENGTHS_TIED` such
         lengths exist, within :data:`_MOST_TIE_RUNS` runs, and not with ``batching.rows_independent = "yes"``
-        (which skips the load's runs of made-up inputs) nor for a remote model server."""
+        (which skips the load's runs of made-up inputs) nor for a remote model server.
+
+        An input of any rank (declared with no shape) is made up with the axes the warm-up found it runs on, or
+        that it has in ``warmup.inputs_file``; with the warm-up off, with the first of the ranks the warm-up
+        would have tried that runs (as a scalar alone, a MatMul refused every run, and the lengths were left
+        free: a request whose lengths differed failed inside onnxruntime)."""
         units = signature.dynamic_inner_axes()
         trusted = self.config.batching.rows_independent == "yes"
         if not 2 <= len(units) <= _MOST_LENGTHS_TIED or trusted or self.backend.kind == "remote":
@@ -302,35 +310,42 @@ class ModelVersion:
         base = max(self._made_up_inner_size, 2) + 1
         made = 0
 
-        def runs_at(size: int, changed: Sequence[tuple[tuple[str, int], ...]]) -> bool:
+        def runs(rank: int | dict[str, int], length: int, sizes: dict[tuple[str, int], int]) -> bool:
+            """Whether one row runs, its dynamic inner axes ``length`` long (or of ``sizes``), its inputs of any
+            rank of ``rank`` axes."""
             nonlocal made
             if made == _MOST_TIE_RUNS:
                 raise _OutOfRuns
             made += 1
-            sizes = {place: size for unit in changed for place in unit}
             try:
-                self.backend.run(runner, signature.synthesize(1, base, sizes, any_rank=self._made_up_rank))
+                self.backend.run(runner, signature.synthesize(1, length, sizes, any_rank=rank))
             except ServerClosedError:
                 raise
             except InprocserveError:
                 return False
             return True
 
+        # Where the warm-up made up no request (switched off, or read from inputs_file), the lengths it would
+        # have tried, until one runs (a convolution of kernel 5 over time needs 5 steps or more); where it was
+        # switched off, at each of the ranks it would have tried, too (a MatMul refuses a scalar).
+        starts = [base, *(size + 1 for size in signature.made_up_inner_sizes() if size + 1 > base)]
+        known = self._made_up_rank
+        ranks: Sequence[int | dict[str, int]] = signature.made_up_ranks() if known is None else (known,)
         try:
-            if not runs_at(base, []):
-                # the warm-up made up no request (switched off, or read from inputs_file): the lengths it would
-                # have tried, until one runs (a convolution of kernel 5 over time needs 5 steps or more)
-                for base in [size + 1 for size in signature.made_up_inner_sizes() if size + 1 > base]:
-                    if runs_at(base, []):  # (base is every length of the runs: runs_at reads it)
-                        break
-                else:
-                    logger.info(
-                        "model %r version %s: no made-up request of one length ran, so which of its inputs' lengths "
-                        "must be alike is not known; they are left free",
-                        self.name,
-                        self.version,
-                    )
-                    return signature
+            start = next(((r, length) for r, length in itertools.product(ranks, starts) if runs(r, length, {})), None)
+            if start is None:
+                logger.info(
+                    "model %r version %s: no made-up request of one length ran, so which of its inputs' lengths "
+                    "must be alike is not known; they are left free",
+                    self.name,
+                    self.version,
+                )
+                return signature
+            rank, base = start
+
+            def runs_at(size: int, changed: Sequence[tuple[tuple[str, int], ...]]) -> bool:
+                return runs(rank, base, {place: size for unit in changed for place in unit})
+
             others = (base + 1, base - 1, base + 2)  # (in turn: the second and third only where the first fails)
             lone = [unit for unit in units if not any(runs_at(size, [unit]) for size in others)]
             groups: list[tuple[tuple[tuple[str, int], ...], ...]] = []  # (each a group of lengths: units)
@@ -668,6 +683,10 @@ class ModelVersion:
             feeds = self._load_warmup_file(warmup.inputs_file, signature)
             for _ in range(warmup.runs):
                 self.backend.run(runner, feeds)
+            # (runs on these ranks, as the file's real inputs have them: the tie check makes up its inputs so)
+            self._made_up_rank = {
+                spec.name: np.ndim(feeds[spec.name]) for spec in signature.inputs if spec.shape is None
+            }
             return
         rows = warmup.rows if signature.batchable else 1
         # A convolution over time (torch.nn.Conv1d of kernel 5) needs more steps than the made-up request's 1:

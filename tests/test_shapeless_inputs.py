@@ -174,6 +174,28 @@ def test_lengths_that_must_agree_are_found_beside_an_input_that_needs_a_rank(
         server.predict("summed", {"a": np.ones((1, 3), np.float32), "b": np.ones((1, 4), np.float32), "s": s})
 
 
+@pytest.mark.parametrize("warmup", ["enabled = false", 'inputs_file = "warmup.npz"'])
+def test_lengths_that_must_agree_are_found_beside_an_input_that_needs_a_rank_with_no_made_up_warm_up(
+    warmup: str, repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the warm-up switched off, or read from ``warmup.inputs_file``, no made-up warm-up found the rank
+    that the input of any rank needs: the runs that find which lengths must agree made it up as a scalar,
+    which its MatMul refuses, every one failed, and the lengths were left free (a request whose lengths
+    differ failed inside onnxruntime: a 500 for the client's mistake). They take its rank from the file's
+    array, or search the ranks as the warm-up does."""
+    save_model(summed_with_a_product(), repository, "summed")
+    (repository / "summed" / "config.toml").write_text(f"[warmup]\n{warmup}\n")
+    s = np.ones((1, 2), np.float32)
+    a = np.ones((1, 3), np.float32)
+    np.savez(repository / "summed" / "warmup.npz", a=a, b=a, s=s)
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        server = make_server(repository)
+    assert not [r.getMessage() for r in caplog.records if "no made-up request of one length ran" in r.getMessage()]
+    assert server.predict("summed", {"a": a, "b": a, "s": s})["y"].tolist() == [[2.0, 2.0, 2.0]]
+    with pytest.raises(InvalidInputError, match=r"must be of one length .*'a' axis 1 = 3, 'b' axis 1 = 4"):
+        server.predict("summed", {"a": a, "b": np.ones((1, 4), np.float32), "s": s})
+
+
 @pytest.mark.parametrize("warmup", ["", "[warmup]\nenabled = false\n"])
 def test_a_fast_model_that_needs_a_rank_gets_one_thread_like_any_fast_model(
     warmup: str, repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
