@@ -700,40 +700,63 @@ class ModelVersion:
         sizes = (known, *(size for size in tried if size != known))
         # An input the file declares with no shape (any rank) is made up as a scalar, then of more axes: a model
         # that needs a rank (a MatMul) failed the scalar, and a version that serves real requests never loaded.
-        shapeless = [spec.name for spec in signature.inputs if spec.shape is None]
         ranks = signature.made_up_ranks() if self.backend.kind != "remote" else (0,)
-        first_failure: InferenceError | None = None
+        quoted: tuple[int, InferenceError] | None = None
         for rank in ranks:
             for size in sizes:
-                feeds = signature.synthesize(rows, size, any_rank=rank) if rank else signature.synthesize(rows, size)
+                feeds = signature.synthesize(rows, size, any_rank=rank)
                 try:
                     for _ in range(warmup.runs):
                         self.backend.run(runner, feeds)
                 except InferenceError as exc:
-                    first_failure = first_failure or exc
+                    if size == known:  # (each rank's failure at its first length: the last rank's is quoted)
+                        quoted = (rank, exc)
                     continue
                 self._made_up_inner_size, self._made_up_rank = size, rank
                 return
-        assert first_failure is not None
-        # A model that runs only on some sizes of an axis it declares dynamic (torch.onnx.export's exporter can fix
-        # a sequence length inside the graph) failed here with onnxruntime's words alone ("cannot be reshaped"),
-        # and the version never loaded, with no word of what was run or how to load it.
-        shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in signature.synthesize(rows).items())
+        assert quoted is not None
+        raise self._warm_up_failure(signature, rows=rows, sizes=sizes, ranks=ranks, quoted=quoted) from quoted[1]
+
+    def _warm_up_failure(
+        self,
+        signature: Signature,
+        *,
+        rows: int,
+        sizes: Sequence[int],
+        ranks: Sequence[int],
+        quoted: tuple[int, InferenceError],
+    ) -> InferenceError:
+        """The error of a warm-up that ran on none of its made-up requests: the model's failure on the first
+        length of the last rank tried (``quoted``), what else was tried, and how to load such a model.
+
+        A model that runs only on some sizes of an axis it declares dynamic (torch.onnx.export's exporter can fix
+        a sequence length inside the graph) failed with onnxruntime's words alone ("cannot be reshaped"), and
+        the version never loaded, with no word of what was run or how to load it. Of an input of any rank it
+        quoted the scalar's failure, the first, which says only that the model needs a rank (a MatMul's "left_num_dims
+        and right_num_dims must be >= 1"); each axis more gets past more of what the model needs of its input,
+        so the failure with the most axes says the most of what it needs (a MatMul's "dimension mismatch")."""
+        rank, failure = quoted
+
+        def listed(rank: int) -> str:
+            arrays = signature.synthesize(rows, sizes[0], any_rank=rank)
+            return ", ".join(f"{name} {list(array.shape)}" for name, array in arrays.items())
+
+        shapes = f"{listed(rank)}, of the last rank it tried, after {listed(0)}" if rank else listed(0)
         again = (
             f", and again with its dynamic inner axes {', '.join(map(str, PROBE_INNER_SIZES))} long"
             if len(sizes) > 1
             else ""
         )
         if len(ranks) > 1:
-            names = ", ".join(repr(name) for name in shapeless)
+            names = ", ".join(repr(spec.name) for spec in signature.inputs if spec.shape is None)
             again += f", and with {names} of 1 to {MOST_MADE_UP_RANK} axes (declared with no shape: any rank)"
-        raise type(first_failure)(
-            f"{first_failure.message.rstrip()} (on the warm-up's made-up request of zeros, {shapes}{again}; a model "
+        return type(failure)(
+            f"{failure.message.rstrip()} (on the warm-up's made-up request of zeros, {shapes}{again}; a model "
             "that runs only on some shapes of the inputs it declares dynamic or of any rank takes real inputs from "
             "warmup.inputs_file in its config.toml: docs/repository.md)",
             model=self.name,
             version=self.version,
-        ) from first_failure
+        )
 
     def _load_warmup_file(self, name: str, signature: Signature) -> dict[str, np.ndarray]:
         path = resolve_model_file(

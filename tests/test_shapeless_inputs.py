@@ -222,7 +222,9 @@ def test_a_model_no_made_up_request_runs_fails_its_load_naming_the_input_and_the
 ) -> None:
     """A model that needs a last axis of 3 runs on no made-up request; its version fails to load (a version
     that fails every made-up request may as well be broken: it must never replace one that serves), and
-    the error says which input has no shape and how to load it."""
+    the error says which input has no shape and how to load it. It quotes the failure of the last rank tried,
+    which got past the model's need of a rank: it quoted the scalar's, which said only that a MatMul needs
+    one ("left_num_dims and right_num_dims must be >= 1"), though every array of 1 to 4 axes had more."""
     save_model(relu(None), repository, "projection", 1)
     save_model(projection(), repository, "projection", 2)
     server = make_server(repository)
@@ -231,6 +233,12 @@ def test_a_model_no_made_up_request_runs_fails_its_load_naming_the_input_and_the
     assert error.startswith("model 'projection' version 2 failed its warm-up run: [ONNXRuntimeError]"), error
     assert "and with 'x' of 1 to 4 axes (declared with no shape: any rank)" in error, error
     assert "warmup.inputs_file" in error, error
+    assert "must be >= 1" not in error, error
+    quoted = (
+        "MatMul dimension mismatch (on the warm-up's made-up request of zeros, x [1, 1, 1, 1], of the last rank it "
+        "tried, after x [], and again with its dynamic inner axes 2, 16, 64 long, and with 'x' of 1 to 4 axes"
+    )
+    assert quoted in error, error
 
 
 def test_inspect_shows_an_input_of_any_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
