@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from ._backend import raised_by_signal_handler
+from ._declared_shapes import session_signature
 from ._errors import ModelLoadError
 from ._extras import require
-from ._signature import PROBE_INNER_SIZES, Signature
+from ._signature import MOST_MADE_UP_RANK, PROBE_INNER_SIZES, Signature
 
 __all__ = ["quantize"]
 
@@ -33,28 +34,34 @@ def _session(path: Path) -> Any:
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _signature(session: Any) -> Signature:
-    return Signature.from_nodes(session.get_inputs(), session.get_outputs())
+def _signature(session: Any, source: Path) -> Signature:
+    """The signature of ``session``, a session of ``source``, its inputs that the file declares with no shape
+    taken as of any rank (onnxruntime reports them as ``[]``, as a scalar)."""
+    return session_signature(session.get_inputs(), session.get_outputs(), source)
 
 
-def _inner_size(session: Any) -> int:
-    """The length of the model's dynamic inner axes in the compared inputs: the first of
-    :meth:`Signature.made_up_inner_sizes` that one row of zeros runs on (a convolution over time fails on one
-    step, and such a model could not be compared at all), else 1 (the comparison then reports the failure)."""
-    signature = _signature(session)
-    for size in signature.made_up_inner_sizes():
-        try:
-            session.run(None, signature.synthesize(1, size))
-        except Exception as exc:
-            if raised_by_signal_handler(exc):  # (a task's time limit, not this length's failure)
-                raise
-            continue
-        return size
-    return 1
+def _made_up_shape(signature: Signature, session: Any) -> tuple[int, int]:
+    """The length of the model's dynamic inner axes in the compared inputs, and the axes of its inputs of any
+    rank: the first of :meth:`Signature.made_up_inner_sizes`, at the first of :meth:`Signature.made_up_ranks`,
+    that one row of zeros runs on (a convolution over time fails on one step, a MatMul on a scalar, and such
+    a model could not be compared at all), else 1 and 0 (the comparison then reports the failure)."""
+    for rank in signature.made_up_ranks():
+        for size in signature.made_up_inner_sizes():
+            try:
+                session.run(None, signature.synthesize(1, size, any_rank=rank))
+            except Exception as exc:
+                if raised_by_signal_handler(exc):  # (a task's time limit, not this length's failure)
+                    raise
+                continue
+            return size, rank
+    return 1, 0
 
 
-def _inputs(session: Any, rows: int, rng: np.random.Generator, inner_size: int) -> dict[str, np.ndarray]:
-    feeds = _signature(session).synthesize(rows, inner_size)
+def _inputs(
+    signature: Signature, rows: int, rng: np.random.Generator, made_up: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    inner_size, rank = made_up
+    feeds = signature.synthesize(rows, inner_size, any_rank=rank)
     for name, array in feeds.items():  # random numbers where the model takes floats, zeros elsewhere
         if array.dtype.kind == "f":
             feeds[name] = rng.standard_normal(array.shape).astype(array.dtype)
@@ -80,7 +87,8 @@ def _run(session: Any, feeds: dict[str, np.ndarray], source: Path, *, quantized:
             problem = (
                 f"cannot compare {source} with its quantized model: it does not run on the synthesized inputs "
                 "(random floats, zeros elsewhere; other dynamic axes than the batch axis as long as the first of "
-                f"{', '.join(map(str, (1, *PROBE_INNER_SIZES)))} that runs, else 1)"
+                f"{', '.join(map(str, (1, *PROBE_INNER_SIZES)))} that runs, else 1; an input of any rank a "
+                f"scalar, or of the first of 1 to {MOST_MADE_UP_RANK} axes that runs)"
             )
         raise ModelLoadError(f"{problem}: {shapes}: {str(exc).strip()}") from exc
 
@@ -220,8 +228,9 @@ def _compare(source: Path, target: Path, *, sample_rows: int, seconds: float) ->
         )
         raise ModelLoadError(f"cannot load the quantized model of {source}: {exc}{hint}") from exc
     rng = np.random.default_rng(0)
-    inner_size = _inner_size(original)
-    sample = _inputs(original, sample_rows, rng, inner_size)
+    signature = _signature(original, source)
+    made_up = _made_up_shape(signature, original)
+    sample = _inputs(signature, sample_rows, rng, made_up)
     expected = _run(original, sample, source, quantized=False)
     got = _run(quantized, sample, source, quantized=True)
     accuracy: dict[str, Any] = {}
@@ -241,7 +250,7 @@ def _compare(source: Path, target: Path, *, sample_rows: int, seconds: float) ->
     # takes 3 rows whatever is asked, and was said to be compared on 256 rows and timed at batches of 1 and 64.
     speed = {}
     for rows in (1, 64):
-        feeds = _inputs(original, rows, rng, inner_size)
+        feeds = _inputs(signature, rows, rng, made_up)
         if f"batch_{_rows(feeds)}" in speed:
             continue
         before = _rows_per_second(original, feeds, seconds, source, quantized=False)  # side by side, in this run

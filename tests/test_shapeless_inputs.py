@@ -241,6 +241,21 @@ def test_a_model_no_made_up_request_runs_fails_its_load_naming_the_input_and_the
     assert quoted in error, error
 
 
+def test_quantize_compares_a_model_that_needs_a_rank_on_arrays_it_runs_on(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``quantize`` made an input of any rank up as a scalar (onnxruntime reports it as ``[]``, as a scalar),
+    which a MatMul refuses, and refused to compare the model at all ("it does not run on the synthesized
+    inputs ... x []"). It tries the ranks the warm-up tries."""
+    pytest.importorskip("onnx")
+    path = save_model(self_product(), tmp_path / "models", "product")
+    target = tmp_path / "product-int8.onnx"
+    assert main(["quantize", "--json", "--seconds", "0.02", "--sample", "32", str(path), str(target)]) == 0
+    report = json.loads(capfd.readouterr().out)
+    assert report["sample_shapes"] == {"x": [32]}  # (rank 1, the first after a scalar: x @ x.T is then a dot)
+    assert target.is_file()
+
+
 def test_inspect_shows_an_input_of_any_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = save_model(relu(None), tmp_path, "anyrank")
     assert main(["inspect", str(path)]) == 0
