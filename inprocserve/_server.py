@@ -1089,8 +1089,11 @@ class Server(RolloutMethods):
 
     @property
     def models(self) -> dict[str, list[int]]:
-        """Servable model names and their servable versions."""
-        return {name: sorted(routes.versions) for name, routes in self._registry.routes.items()}
+        """Servable model names and their servable versions (thread-safe: read while models load)."""
+        # The table copied in one C call first: walked in Python, a model published or unloaded by another
+        # thread meanwhile raised "dictionary changed size during iteration" (each model's versions are a
+        # snapshot, never changed)
+        return {name: sorted(routes.versions) for name, routes in list(self._registry.routes.items())}
 
     def close(self, *, timeout_s: float | None = 30.0) -> None:
         """Stop taking requests, let queued and running ones finish (up to ``timeout_s`` per version),
