@@ -1142,8 +1142,9 @@ class Registry:
         memory (a version it serves that is gone from the repository: see :meth:`_gone_but_served`)."""
         revision = self.control.revision
         texts = []
-        if self._control_problems:
-            details = "; ".join(self._control_problems[key] for key in sorted(self._control_problems))
+        problems = self._control_problems  # (read once: a retry replaces it whole while status reads it)
+        if problems:
+            details = "; ".join(problem for _key, problem in sorted(problems.items()))
             texts.append(
                 f"control revision {revision} is applied only in part (retried until it applies: as soon as a version "
                 f"it waits for arrives, else after a back-off of up to {_CONTROL_RETRY_CAP_S:g} s): {details}"
