@@ -81,6 +81,11 @@ back to a version they left (see ``Router._stats_of_version``): longer than a re
 requests still running on the old version when a flag moved the variant never restart it backwards."""
 _WARNED_SERIALS_KEPT = 1024
 """Statistics remembered as warned about (see ``Router._warn_two_versions``)."""
+_LEFT_KEPT = 64
+"""Versions remembered as left per variant (see ``Router._stats_of_version``), the earliest left forgotten
+first: a stable version that follows the latest one loaded leaves one at every release, for as long as the
+configuration stays, and a worker living through months of hourly releases kept every number. A request of a
+version left this many versions ago is no request still running from before the change."""
 _NO_SHADOW = "the request is mirrored to no shadow"  # (a shadow flag's problem, for the warning)
 
 
@@ -398,7 +403,7 @@ class Router:
         # The versions each variant's statistics have left since the configuration last changed them, and
         # (its statistics, their served count, when) of a request of such a version, for the hold of
         # _RETURN_AFTER_S before going back to one (see _stats_of_version; both changed under the lock)
-        self._left: dict[str, set[int]] = {}
+        self._left: dict[str, dict[int, None]] = {}  # (in the order left: an ordered set, at most _LEFT_KEPT)
         # (its statistics, their served count, when, since when such requests come while it serves)
         self._quiet: dict[str, tuple[VariantStats, int, float, float]] = {}
         self._warned_serials: set[int] = set()  # statistics whose variant was seen served by two versions at once
@@ -618,10 +623,19 @@ class Router:
                 return None
             if now - quiet[2] < _RETURN_AFTER_S:
                 return None
-            left.discard(version)
-        self._left.setdefault(variant, set()).add(current)
+            del left[version]
+        self._note_left(variant, current)
         self._restart(("canary", "stable") if variant in ("canary", "stable") else (variant,))
         return self._started(variant, version)
+
+    def _note_left(self, variant: str, version: int) -> None:
+        """Remember that ``variant``'s statistics left ``version``, forgetting the version it left earliest past
+        :data:`_LEFT_KEPT` (under the lock)."""
+        left = self._left.setdefault(variant, {})
+        left.pop(version, None)  # (left again: now the latest left)
+        left[version] = None
+        if len(left) > _LEFT_KEPT:
+            del left[next(iter(left))]
 
     def _warn_two_versions(self, variant: str, stats: VariantStats, other: int) -> None:
         """Say once per statistics that ``variant`` has been served by their version and ``other`` at once for
