@@ -343,6 +343,13 @@ for the operator running then, or a backend that cannot stop a run early."""
 MAX_RUN_S = 5.0
 """No shadow run takes longer than this, however long its version's last runs took: what a runaway owes
 pauses every shadow for at most this / budget (250 s with the default budget)."""
+VERSIONS_KEPT = 256
+"""Shadow versions (of every model) whose statistics, cost and metric attributes the runner keeps, the one first
+counted forgotten first past it: a release process that shadows each candidate (``<model>.shadow.versions``)
+adds one per release, and every one was kept, and listed in ``status()``, for the worker's life."""
+PRIMARIES_KEPT = 64
+"""Versions compared with (``by_primary``) kept per shadow version, the one first compared forgotten first: a
+shadow kept while the stable version follows each release compares with a new one every time."""
 
 
 @dataclass(slots=True)
@@ -536,8 +543,16 @@ class ShadowRunner:
     def _stat(self, model: str, version: int) -> ShadowStats:
         stats = self._stats.get((model, version))
         if stats is None:  # not setdefault: that would build a ShadowStats on every call
+            if len(self._stats) >= VERSIONS_KEPT:
+                self._forget(next(iter(self._stats)))
             stats = self._stats[(model, version)] = ShadowStats()
         return stats
+
+    def _forget(self, key: tuple[str, int]) -> None:
+        """Forget what is kept of one shadow version (its statistics, cost and attributes) (lock held)."""
+        del self._stats[key]
+        self._costs.pop(key, None)
+        self._over_budget_attributes.pop(key, None)
 
     def _owed_by_run(self) -> float:
         """What the run in flight has spent so far beyond its reservation: owed already, though settled only
@@ -628,7 +643,8 @@ class ShadowRunner:
                     spent = self._clock() - started
                     if not self._unbounded:  # (a run longer than a second owed nothing: shadow_budget=1 drops none)
                         self._tokens += job.reserved - spent  # may go below zero: the next runs wait longer
-                    if measured:  # (a stopped run's time is what it took at least)
+                    if measured and (job.model, job.shadow.version) in self._stats:  # (not one forgotten meanwhile)
+                        # (a stopped run's time is what it took at least)
                         self._costs[(job.model, job.shadow.version)] = spent / max(job.rows, 1)
                     self._running = None
             # Handed over once the run's time is settled: the application's callback (a log write to a slow
@@ -775,6 +791,8 @@ class ShadowRunner:
             # against whichever version answered: during a canary, half the copies compare with the canary
             against = stats.by_primary.get(job.primary_version.version)
             if against is None:
+                if len(stats.by_primary) >= PRIMARIES_KEPT:
+                    del stats.by_primary[next(iter(stats.by_primary))]
                 against = stats.by_primary[job.primary_version.version] = ShadowStats()
             against.runs += 1
             against.errors += error is not None

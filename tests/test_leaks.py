@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import _rollout
+from inprocserve import _rollout, _shadow
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, wait_until
 
 X = np.ones((1, 4), np.float32)
 
@@ -42,3 +42,49 @@ def test_statistics_that_follow_the_latest_version_forget_old_releases(
         assert (answer.variant, answer.version) == ("stable", version)
     left = server._registry.routers["scale"]._left["stable"]
     assert sorted(left) == [7, 8, 9, 10]  # the last four left, no more
+
+
+def test_shadow_statistics_of_past_candidates_are_forgotten(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The release process of docs/rollouts.md: each candidate is first shadowed by a flag, while version 1
+    # answers. The statistics of every version ever shadowed were kept, and listed in status(), for good.
+    monkeypatch.setattr(_shadow, "VERSIONS_KEPT", 3, raising=False)
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    flags = inprocserve.InMemoryFlags()
+    config = inprocserve.ModelConfig(
+        rollout=inprocserve.RolloutConfig(stable=1), version_policy=inprocserve.VersionPolicy.all()
+    )
+    server = make_server(
+        repository, models={"scale": config}, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, shadow_budget=1.0
+    )
+    for version in range(2, 10):
+        release(server, repository, version)
+        flags.set("scale.shadow.versions", [version])
+        assert server.predict("scale", X, context={"user_id": "u-1"}).version == 1
+        wait_until(lambda v=version: server.status()["models"]["scale"]["shadow"].get(str(v), {}).get("runs") == 1)
+    assert sorted(server.status()["models"]["scale"]["shadow"], key=int) == ["7", "8", "9"]
+
+
+def test_a_shadow_kept_through_releases_keeps_its_latest_comparisons(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One shadow version kept while the stable version follows each release: it is compared with a new one
+    # every time, and every version it was ever compared with was kept.
+    monkeypatch.setattr(_shadow, "PRIMARIES_KEPT", 3, raising=False)
+    for version in (1, 100):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    flags = inprocserve.InMemoryFlags({"scale.shadow.versions": [100]})
+    config = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+    server = make_server(
+        repository, models={"scale": config}, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, shadow_budget=1.0
+    )
+    for version in range(2, 10):
+        flags.set("scale.stable", version)
+        release(server, repository, version)
+        assert server.predict("scale", X, context={"user_id": "u-1"}).version == version
+        wait_until(
+            lambda runs=version - 1: server.status()["models"]["scale"]["shadow"].get("100", {}).get("runs") == runs
+        )
+    compared = server.status()["models"]["scale"]["shadow"]["100"]["by_primary"]
+    assert sorted(compared, key=int) == ["7", "8", "9"]
