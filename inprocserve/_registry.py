@@ -62,6 +62,9 @@ class Routes:
 # (path, mtime_ns, size, inode, ctime_ns or 0) of each file a load reads (see _stamp)
 _Stamp = tuple[tuple[str, int, int, int, int], ...]
 _CONTROL_RETRY_CAP_S = 60.0  # longest wait between two tries of a control revision that does not apply
+_PUBLISHED_KEPT = 4096
+"""Names and (name, version) pairs ever published that are kept for the metrics of refusals (see
+``Registry.published``): past it, only those published now are (a version per release, for weeks)."""
 _LOAD_ATTEMPTS = 3  # loads of a version whose files keep changing while it loads, before it waits for a refresh
 _WRITTEN_BY_LOADS = OPTIMIZED_GRAPH  # files a load itself writes (the optimized-graph cache): not changes
 _HEAL_FIRST_S = 1.0  # a worker started past a failed repository check, without polling: first retry (see start_healer)
@@ -125,8 +128,11 @@ class Registry:
         self._clock = clock
         self._follow_symlinks = follow_symlinks
         self.routes: dict[str, Routes] = {}
-        self.published: set[str] = set()  # every name ever routed here (metrics keep them after an unload)
-        self.published_versions: set[tuple[str, int]] = set()  # and every (name, version) routed here
+        # every name routed here (metrics keep them after an unload), and every (name, version): the oldest of
+        # them forgotten past _PUBLISHED_KEPT (see _forget_published)
+        self.published: set[str] = set()
+        self.published_versions: set[tuple[str, int]] = set()
+        self._published_limit = _PUBLISHED_KEPT  # (see _forget_published)
         self.loaded: dict[str, dict[int, ModelVersion]] = {}
         self.failures: dict[str, dict[int, _Failure]] = {}
         self.config_errors: dict[str, str] = {}
@@ -441,6 +447,7 @@ class Registry:
                 for name in list(hand):
                     if name not in scan.models and name not in scan.unreadable:  # (unreadable: not gone)
                         del hand[name]
+            self._forget_gone_models(scan)
             for problem in scan.problems:
                 if problem not in self._scan_problems:  # logged once: a poll every second would repeat it
                     logger.warning("model repository: %s", problem)
@@ -615,6 +622,36 @@ class Registry:
         if stale:  # (one the watcher makes served meanwhile, without the lifecycle lock, stays)
             self.retire(name, stale, timeout_s=timeout_s, spare_named=set(source.versions) - unloaded)
         return problems
+
+    def _forget_gone_models(self, scan: RepositoryScan) -> None:
+        """Forget what is kept per model name of the models gone from the repository and no longer loaded (a
+        repository that gains and loses a model folder per experiment added an entry to each of these per
+        name, for the worker's life)."""
+        for kept in (self.incompatible, self._latest, self._policy_problems, self._reference_problems):
+            for name in [name for name in kept if self._gone_for_good(name, scan)]:
+                del kept[name]
+        for name in [name for name in self._config_files if self._gone_for_good(name, scan)]:
+            self._config_files.discard(name)
+
+    def _gone_for_good(self, name: str, scan: RepositoryScan) -> bool:
+        """Whether ``name`` is gone from the repository, and nothing of it is loaded or loaded by path."""
+        return (
+            name not in scan.models
+            and name not in scan.unreadable
+            and name not in self._explicit
+            and name not in self.loaded
+        )
+
+    def _forget_published(self) -> None:
+        """Keep only the names and versions published now (under the routing lock; changed in place: the
+        server's telemetry holds the sets' ``__contains__``). Refusals of an older one are recorded as of a name
+        or version never served."""
+        self.published.intersection_update(self.routes)
+        self.published_versions.intersection_update(
+            (name, number) for name, routes in self.routes.items() for number in routes.versions
+        )
+        # (twice what is published now, at least: thousands of models loaded do not make every publish forget)
+        self._published_limit = max(_PUBLISHED_KEPT, 2 * (len(self.published) + len(self.published_versions)))
 
     def _mark_changing(self, name: str, number: int, retried: set[int]) -> None:
         """After a failed load of ``number``: if it was a retry, its files changed since its last failure and
@@ -910,6 +947,8 @@ class Registry:
             self.incompatible.get(name, {}).pop(state.stable, None)
         self.published.add(name)
         self.published_versions.update((name, number) for number in versions)
+        if len(self.published) + len(self.published_versions) > self._published_limit:
+            self._forget_published()
 
     def refuse_routing(self, reason: str | None) -> None:
         """Refuse to route any request of any model, now and after every publish, saying ``reason``

@@ -7,13 +7,14 @@ bound made small, and counts what is kept.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import _rollout, _shadow
+from inprocserve import _registry, _rollout, _shadow
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import VALUES_NOT_SPEED_S, ServerFactory, wait_until
@@ -88,3 +89,32 @@ def test_a_shadow_kept_through_releases_keeps_its_latest_comparisons(
         )
     compared = server.status()["models"]["scale"]["shadow"]["100"]["by_primary"]
     assert sorted(compared, key=int) == ["7", "8", "9"]
+
+
+def test_model_folders_that_come_and_go_leave_nothing_behind(repository: Path, make_server: ServerFactory) -> None:
+    # An experiment per model folder, added and removed: each name stayed in the registry's tables for good.
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    for experiment in range(8):
+        save_model(build_scale_model(2.0), repository, f"exp-{experiment}", 1)
+        server.refresh()
+        assert server.predict(f"exp-{experiment}", X).version == 1
+        shutil.rmtree(repository / f"exp-{experiment}")
+        server.refresh()
+    registry = server._registry
+    for kept in (registry.incompatible, registry._latest, registry._policy_problems, registry._config_files):
+        assert set(kept) <= {"scale"}
+
+
+def test_names_and_versions_kept_for_refusal_metrics_are_bounded(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_registry, "_PUBLISHED_KEPT", 4, raising=False)
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    for version in range(2, 12):
+        release(server, repository, version)
+        assert server.predict("scale", X).version == version
+        with pytest.raises(inprocserve.ModelNotFoundError):
+            server.predict("scale", X, version=version - 1)  # (a pinned old release: refused, recorded)
+    assert len(server._registry.published) + len(server._registry.published_versions) <= 5
