@@ -44,6 +44,7 @@ from ._flags import (
 )
 from ._request import drop_tracebacks
 from ._telemetry import ATTR_FLAG_PROVIDER, METRICS, add_safely
+from ._thread_values import ThreadValue
 
 __all__ = ["DECISION_FALLBACK", "FlagReader", "UnusableFlag", "forbid_waiting_when"]
 
@@ -126,7 +127,11 @@ class FlagReader:
         self._remembered_only: Callable[[], AbstractContextManager[None]] | None = getattr(
             provider, "remembered_only", None
         )
-        self._trying = threading.local()  # .here: this thread tries a decision from remembered flags
+        # Per thread (not threading.locals: a closed server leaves its reader to the garbage collector, which
+        # must not free one, see _thread_values): whether this thread tries a decision from remembered flags,
+        # and the decision a worker runs (see abandoned)
+        self._trying_here: ThreadValue[bool] = ThreadValue(default=False)
+        self._job: ThreadValue[Future[Any] | None] = ThreadValue(None)
         # A built-in provider whose values are the same for every context, in an object it replaces whole on
         # a change (OpenFeatureFlags: what it remembers; EnvFlags: the texts of its variables): a router
         # decides from them, read once per object
@@ -178,14 +183,14 @@ class FlagReader:
         try:
             if self.provider.blocking:
                 if self._remembered_only is not None and not self._closed:  # every flag remembered?
-                    self._trying.here = True
+                    self._trying_here.set(True)
                     try:
                         with self._remembered_only():
                             return decide()
                     except MustAsk:
                         pass
                     finally:
-                        self._trying.here = False
+                        self._trying_here.set(False)
                 if _waiting_forbidden():  # an event loop's routing: it must not wait; a worker routes it
                     raise WaitOffLoop
                 on_worker = True
@@ -285,7 +290,7 @@ class FlagReader:
         trace (a bandit's arm remembered for the request's key) must check this under the same lock as the
         fallback's forgetting of it: the fallback runs once this is true, so a draw made after it would be
         remembered for good, and the key's outcomes credited to an arm that never served it."""
-        future = getattr(self._trying, "job", None)
+        future = self._job.get()
         return future is not None and future in self._given_up
 
     def _frozen_unless_closed(self) -> Container[str] | None:
@@ -312,7 +317,7 @@ class FlagReader:
         """Called by a decision before a draw that leaves a trace (a bandit's arm, kept for outcomes by key):
         a try on the request's thread stops here (``MustAsk``), since it may yet be abandoned for a flag
         that must be evaluated, and the draw would then be made twice. The worker's decision draws."""
-        if getattr(self._trying, "here", False):
+        if self._trying_here.get():
             raise MustAsk
 
     def _all_stuck(self) -> bool:
@@ -354,7 +359,7 @@ class FlagReader:
                 if not future.set_running_or_notify_cancel():
                     continue  # its caller gave up waiting before a worker was free
                 self._running[me] = time.monotonic()
-            self._trying.job = future  # (see abandoned)
+            self._job.set(future)  # (see abandoned)
             try:
                 future.set_result(decide())
             except BaseException as exc:  # (only the provider raises here: SystemExit too is its failure)
@@ -362,7 +367,7 @@ class FlagReader:
                 # the caller raises a request's own mistake, and another thread's stack is not its traceback)
                 future.set_exception(drop_tracebacks(exc))
             finally:
-                self._trying.job = None
+                self._job.set(None)
                 with self._cond:
                     self._running.pop(me, None)
                     self._given_up.discard(future)

@@ -159,8 +159,16 @@ def env_flags():
     return flags
 
 
+def served_with_flags():
+    server = inprocserve.Server(folder, flags=OpenFeatureFlags(domain="profiled"))  # (blocking: tried here first)
+    server.predict("scale", rows)
+    server.close()
+    return server
+
+
 builds = {
     "a closed server's loaded version": served,
+    "a closed server's flag reader": served_with_flags,
     "FileFlags": file_flags,
     "EnvFlags": env_flags,
     "OpenFeatureFlags": lambda: OpenFeatureFlags(domain="profiled"),
