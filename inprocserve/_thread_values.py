@@ -12,6 +12,12 @@ So this module holds the process's only such locals, never freed: one for OS thr
 (greenlets under gevent's patch), each with a dict per thread of every :class:`ThreadValue`'s value, by the
 value's key. A value goes with its thread (the thread's dict with the thread's local state), or with its
 :class:`ThreadValue` (a finalizer pops it from every thread's dict: dict operations, no runtime lock).
+
+That finalizer is still Python code, and so is every other clean-up a collection runs (``weakref.finalize``,
+weak sets' callbacks): run by a collection inside ``sys._current_frames()``, it may hand the GIL to another
+thread while the runtime lock is held, and a thread that starts or ends then waits for that lock with the
+GIL: the same deadlock, by chance rather than for certain (the case gh-106883 reported). Dropping the owners
+that were certain to deadlock is what this module does; only 3.12 removes the rest.
 """
 
 from __future__ import annotations
