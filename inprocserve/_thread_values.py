@@ -113,4 +113,7 @@ class ThreadValue(Generic[T]):
 
     def set(self, value: T) -> None:
         """Make ``value`` the calling thread's."""
-        self._store.values()[self._key] = value
+        values: _Values | None = self._store.local.values
+        if values is None:
+            values = self._store.values()
+        values[self._key] = value
