@@ -889,3 +889,65 @@ def test_a_batch_job_that_gives_up_on_a_full_queue_counts_one_shed(
     blocker.result(timeout=60)
     for other in others:
         other.result(timeout=60)
+
+
+SERIES_OF_RELEASES = """
+import shutil, sys
+from pathlib import Path
+import numpy as np
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import View
+
+BY_MODEL = {"inprocserve.model.name", "inprocserve.rollout.variant", "inprocserve.outcome", "error.type"}
+HISTOGRAMS = ("inprocserve.request.duration", "inprocserve.batch.size", "inprocserve.batch.duration",
+              "inprocserve.batch.queue_wait")
+views = [View(instrument_name=name, attribute_keys=BY_MODEL) for name in HISTOGRAMS] if sys.argv[2] == "view" else []
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader], views=views))
+
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+repository = Path(sys.argv[1])
+save_model(build_scale_model(1.0), repository, "scale", 1)
+server = inprocserve.Server(repository, poll_interval_s=None)
+for version in range(1, 11):  # ten releases, each hot-reloaded
+    if version > 1:
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+        shutil.rmtree(repository / "scale" / str(version - 1))
+        server.refresh()
+    for _ in range(3):
+        server.predict("scale", np.ones((1, 4), np.float32))
+durations = [
+    metric
+    for resource in reader.get_metrics_data().resource_metrics
+    for scope in resource.scope_metrics
+    for metric in scope.metrics
+    if metric.name == "inprocserve.request.duration"
+]
+print(len(durations[0].data.data_points))
+server.close()
+"""
+
+
+def test_each_released_version_keeps_its_series_and_the_view_the_docs_give_keeps_one_per_model(
+    tmp_path: Path,
+) -> None:
+    """A worker that hot-reloads at every release exports one more set of series per version for its life
+    (the SDK keeps every attribute set); docs/observability.md gives a View that drops the version from the
+    histograms. Both halves as the docs say, each in a process of its own (a meter provider is set once)."""
+    series = {}
+    for views in ("none", "view"):
+        repository = tmp_path / views
+        repository.mkdir()
+        run = subprocess.run(
+            [sys.executable, "-c", SERIES_OF_RELEASES, str(repository), views],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        series[views] = int(run.stdout.strip())
+    assert series == {"none": 10, "view": 1}
