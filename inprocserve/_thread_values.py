@@ -11,17 +11,20 @@ came next, so a reload under such a profiler could stop a worker for good.
 So this module holds the process's only such locals, never freed: one for OS threads, one for callers
 (greenlets under gevent's patch), each with a dict per thread of every :class:`ThreadValue`'s value, by the
 value's key. A value goes with its thread (the thread's dict with the thread's local state), or with its
-:class:`ThreadValue` (a finalizer pops it from every thread's dict: dict operations, no runtime lock).
+:class:`ThreadValue`: a freed one's end is noted in C alone, and its values are taken out of every thread's
+dict when the next one is made (dict operations, no runtime lock).
 
-That finalizer is still Python code, and so is every other clean-up a collection runs (``weakref.finalize``,
-weak sets' callbacks): run by a collection inside ``sys._current_frames()``, it may hand the GIL to another
-thread while the runtime lock is held, and a thread that starts or ends then waits for that lock with the
-GIL: the same deadlock, by chance rather than for certain (the case gh-106883 reported). Dropping the owners
-that were certain to deadlock is what this module does; only 3.12 removes the rest.
+No Python code of this module runs in a collection: any that a collection inside ``sys._current_frames()``
+runs (a ``weakref.finalize``, a weak set's callback) may hand the GIL to another thread while the runtime
+lock is held, and a thread that starts or ends then waits for that lock with the GIL: the same deadlock, by
+chance rather than for certain (the case gh-106883 first reported; reproduced within seconds with owners
+dropped in cycles while two threads started and ended threads). Other clean-ups of the library and of other
+libraries still run Python code there; only 3.12 removes the rest.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import weakref
@@ -75,6 +78,21 @@ class _Store:
 _OS_THREADS = _Store(_native.original_local())
 _CALLERS = _Store(threading.local)
 
+# The keys of the ThreadValues freed, whose values are still to be taken out of the threads' dicts, and the
+# weak reference that notes each live one's end (see ThreadValue.__init__; both plain dicts, changed in C).
+_freed: dict[int, Any] = {}
+_notices: dict[int, weakref.ref[Any]] = {}
+
+
+def _forget_freed() -> None:
+    """Take the values of the ThreadValues freed since the last call out of every thread's dict (normal code:
+    never a finalizer)."""
+    for key in list(_freed):
+        _freed.pop(key, None)
+        _notices.pop(key, None)
+        _OS_THREADS.forget(key)
+        _CALLERS.forget(key)
+
 
 def _callers_patched() -> None:
     """gevent patched the process after this module was imported: callers are greenlets from now on."""
@@ -97,11 +115,17 @@ class ThreadValue(Generic[T]):
     __slots__ = ("__weakref__", "_default", "_key", "_store")
 
     def __init__(self, default: T, *, os_threads: bool = False) -> None:
+        if _freed:
+            _forget_freed()
         self._default = default
-        self._key = next(_keys)
+        self._key = key = next(_keys)
         self._store = _OS_THREADS if os_threads else _CALLERS
-        forget = weakref.finalize(self, self._store.forget, self._key)
-        forget.atexit = False
+        # Its end is noted by C alone (``_freed[key] = the weakref``: a partial of a builtin, no Python frame),
+        # and its values taken out when the next one is made. A collection may free it inside
+        # ``sys._current_frames()``, holding the runtime's lock: Python code there (a ``weakref.finalize``)
+        # may hand the GIL to a thread that then starts or ends, and waits for that lock with the GIL, and the
+        # process deadlocked (CPython gh-106883), within seconds of owners dropped in cycles.
+        _notices[key] = weakref.ref(self, functools.partial(_freed.__setitem__, key))
 
     def get(self) -> T:
         """The calling thread's value."""

@@ -10,6 +10,7 @@ no other thread can interleave with.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Iterator
 from typing import Generic, TypeVar
@@ -30,8 +31,12 @@ class WeakMembers(Generic[T]):
 
     def add(self, member: T) -> None:
         key, refs = id(member), self._refs
-        # (the callback runs as the member is freed, before its id can be another object's)
-        refs[key] = weakref.ref(member, lambda _: refs.pop(key, None))
+        # The callback runs as the member is freed, before its id can be another object's: ``refs.pop(key,
+        # the weakref)``, C alone (a partial of a builtin), no Python frame. A collection may run it inside
+        # ``sys._current_frames()``, holding the runtime's lock; Python code there may hand the GIL to a thread
+        # that then starts or ends, and waits for that lock with the GIL: the process deadlocked (CPython
+        # gh-106883), within seconds of objects registered for fork hooks dropped in cycles, as a lambda did.
+        refs[key] = weakref.ref(member, functools.partial(refs.pop, key))
 
     def __iter__(self) -> Iterator[T]:
         for held in list(self._refs.values()):

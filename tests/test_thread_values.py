@@ -58,7 +58,8 @@ def test_a_value_goes_with_its_thread() -> None:
 
 
 def test_a_value_goes_with_its_owner_while_its_thread_lives_on() -> None:
-    """A version unloaded while the request threads that ran it live on: their run slots go with it."""
+    """A version unloaded while the request threads that ran it live on: their run slots go with it, when
+    the next version is loaded (as its own per-thread state is made: never inside a collection)."""
     value: ThreadValue[Held | None] = ThreadValue(None)
     held = Held()
     kept = weakref.ref(held)
@@ -66,6 +67,7 @@ def test_a_value_goes_with_its_owner_while_its_thread_lives_on() -> None:
     del held
     assert kept() is not None
     del value
+    ThreadValue(None)
     assert kept() is None
 
 
@@ -101,15 +103,16 @@ def test_values_go_with_their_owner_while_other_threads_start_and_end(
     for churner in churners:
         churner.start()
     kept = 0
+    before: weakref.ref[Held] | None = None
     try:
         until = time.monotonic() + 3.0
         while time.monotonic() < until:
-            owner: ThreadValue[Held | None] = ThreadValue(None)
+            owner: ThreadValue[Held | None] = ThreadValue(None)  # (takes out the values of the one before)
+            kept += before is not None and before() is not None
             held = Held()
-            still = weakref.ref(held)
+            before = weakref.ref(held)
             owner.set(held)
             del held, owner
-            kept += still() is not None
     finally:
         stop.set()
         for churner in churners:
@@ -250,3 +253,69 @@ def test_under_a_late_gevent_patch_each_greenlet_has_its_own_value_and_an_os_thr
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[('a', 'a', 'b'), ('b', 'b', 'b')]", run.stdout + run.stderr
+
+
+OWNERS_DROPPED_WHILE_THREADS_START_AND_END = """
+import gc, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from inprocserve import _fork
+from inprocserve._thread_values import ThreadValue
+
+stopping = False
+
+
+def start_and_end_threads():
+    while not stopping:
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        thread.join()
+
+
+for _ in range(2):
+    threading.Thread(target=start_and_end_threads, daemon=True).start()
+
+
+class Owner:
+    # what a run limit or a flag provider is to this: per-thread state, fork hooks, a cycle
+
+    def __init__(self):
+        self.itself = self
+        if sys.argv[2] == "per-thread state":
+            self.state = ThreadValue(None)
+            self.state.set(1)
+        else:
+            _fork.register(self)
+
+    def _after_fork_in_child(self):
+        pass
+
+
+until = time.monotonic() + 4.0
+while time.monotonic() < until:
+    gc.disable()  # (what it leaves stays for the next collection, as it may in any process)
+    owners = [Owner() for _ in range(50)]
+    del owners
+    gc.enable()
+    sys._current_frames()  # a sampling profiler's call, in which the next collection comes
+stopping = True
+print("done")
+"""
+
+
+@pytest.mark.parametrize("kind", ["per-thread state", "fork hooks"])
+def test_owners_collected_under_a_sampling_profiler_while_threads_start_and_end_do_not_deadlock(kind: str) -> None:
+    """Python code that a collection inside sys._current_frames() runs (a weakref.finalize, a lambda callback)
+    may hand the GIL to a thread that then starts or ends and waits, with the GIL, for the runtime lock the
+    collection holds (the case CPython gh-106883 first reported): every run here hung within 4 s when a
+    dropped ThreadValue's values were taken out by a finalizer, or a registered object left the fork hooks'
+    set by a lambda. Their clean-up in a collection is C alone now."""
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", OWNERS_DROPPED_WHILE_THREADS_START_AND_END, str(ROOT), kind],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"deadlocked ({kind})") from None
+    assert run.returncode == 0 and run.stdout.strip() == "done", run.stdout + run.stderr
