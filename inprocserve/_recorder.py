@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import threading
-import weakref
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -115,8 +114,8 @@ class Recorder:
         self._metrics.add_recorder(self)
         _fork.register(self)
         # a version unloaded between two collections still delivers what it holds, at the next collection
-        # (never recorded in the finalizer: see Metrics.adopt_pending)
-        weakref.finalize(self, self._metrics.adopt_pending, self._pending)
+        # (nothing recorded, nor any Python code run, in the garbage collection: see Metrics.watch_pending)
+        self._metrics.watch_pending(self, self._pending)
 
     def _after_fork_in_child(self) -> None:
         # the metric reader's thread may have held the lock at the fork, and its durations are the parent's

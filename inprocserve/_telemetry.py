@@ -11,11 +11,14 @@ user or request ids. Histograms carry bucket boundaries made for their units, as
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import os
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
@@ -679,8 +682,12 @@ class Metrics:
         self._recording = RecordingThread(self.record_pending, name="inprocserve-metrics")
         # recorders' locks a forking thread took (see hold_records; not a threading.local: see _thread_values)
         self._held_for_fork: ThreadValue[Sequence[threading.Lock]] = ThreadValue(())
-        # pending records of recorders the garbage collector took, for the next flush (see adopt_pending)
+        # pending records of recorders the garbage collector took, for the next flush (see watch_pending)
         self._orphans: deque[deque[Any]] = deque()
+        self._pending_of: dict[int, deque[Any]] = {}  # each recorder's pending records, by its key
+        self._notices: dict[int, weakref.ref[Any]] = {}  # what notes each recorder's end, by its key
+        self._collected: dict[int, Any] = {}  # the keys of the recorders the collector took (changed in C)
+        self._recorder_keys = itertools.count()
         self._orphans_draining = threading.Lock()  # held by the one thread that records them
         _fork.register(self)
         meter.create_observable_gauge(
@@ -745,25 +752,42 @@ class Metrics:
 
     def _after_fork_in_child(self) -> None:
         self._held_for_fork = ThreadValue(())  # (each recorder makes itself a new lock in the child)
+        self._adopt_collected()
         self._orphans = deque()  # (the parent's to record)
         self._orphans_draining = threading.Lock()
 
-    def adopt_pending(self, pending: deque[Any]) -> None:
-        """Keep the records still pending in a recorder that was garbage-collected (a version unloaded or
+    def watch_pending(self, recorder: Recorder, pending: deque[Any]) -> None:
+        """Keep the records still pending in ``recorder`` once it is garbage-collected (a version unloaded or
         replaced between two collections), for the next :meth:`flush` to record.
 
-        Called by the recorder's finalizer, which runs wherever the cyclic garbage collector happens to run:
-        on any thread, maybe inside the SDK's ``Histogram.record`` while it holds the lock of the very
-        instrument these records go to (it allocates an aggregation there for a new attribute set, on every
-        first record after a delta collection). Recording them there waited for that lock on the thread that
-        held it: the thread hung for good, and with it every thread that then recorded a request duration.
-        An append takes no lock."""
-        if pending:
-            self._orphans.append(pending)
+        Nothing of it runs in the collection but C: the recorder's end is noted (``_collected[key] = the
+        weakref``, a partial of a builtin), and its records are adopted by the next flush, or the next
+        recorder made. The collector runs wherever it happens to: on any thread, maybe inside the SDK's
+        ``Histogram.record`` while it holds the lock of the very instrument these records go to (recording
+        them there waited for that lock on the thread that held it: the thread hung for good, and with it
+        every thread that then recorded a request duration); or inside ``sys._current_frames()``, where
+        Python code (a finalizer) may hand the GIL to a thread that then starts or ends and waits, with the
+        GIL, for the runtime lock that call holds (CPython gh-106883: the process deadlocked)."""
+        if self._collected:
+            self._adopt_collected()
+        key = next(self._recorder_keys)
+        self._pending_of[key] = pending
+        self._notices[key] = weakref.ref(recorder, functools.partial(self._collected.__setitem__, key))
+
+    def _adopt_collected(self) -> None:
+        """Move the pending records of the recorders the collector took to the orphans (normal code)."""
+        for key in list(self._collected):
+            self._collected.pop(key, None)
+            self._notices.pop(key, None)
+            pending = self._pending_of.pop(key, None)
+            if pending:
+                self._orphans.append(pending)
 
     def _record_orphans(self, timeout_s: float | None) -> None:
-        """Record the adopted records (:meth:`adopt_pending`), waiting up to ``timeout_s`` for a thread that
+        """Record the adopted records (:meth:`watch_pending`), waiting up to ``timeout_s`` for a thread that
         records them now (``None``: skip them then; that thread takes them)."""
+        if self._collected:
+            self._adopt_collected()
         if not self._orphans:
             return
         lock = self._orphans_draining

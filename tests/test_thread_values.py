@@ -259,6 +259,7 @@ OWNERS_DROPPED_WHILE_THREADS_START_AND_END = """
 import gc, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 from inprocserve import _fork
+from inprocserve._recorder import Recorder
 from inprocserve._thread_values import ThreadValue
 
 stopping = False
@@ -283,6 +284,8 @@ class Owner:
         if sys.argv[2] == "per-thread state":
             self.state = ThreadValue(None)
             self.state.set(1)
+        elif sys.argv[2] == "a version's metric recorder":
+            self.recorder = Recorder("m", 1)
         else:
             _fork.register(self)
 
@@ -302,13 +305,14 @@ print("done")
 """
 
 
-@pytest.mark.parametrize("kind", ["per-thread state", "fork hooks"])
+@pytest.mark.parametrize("kind", ["per-thread state", "fork hooks", "a version's metric recorder"])
 def test_owners_collected_under_a_sampling_profiler_while_threads_start_and_end_do_not_deadlock(kind: str) -> None:
     """Python code that a collection inside sys._current_frames() runs (a weakref.finalize, a lambda callback)
     may hand the GIL to a thread that then starts or ends and waits, with the GIL, for the runtime lock the
     collection holds (the case CPython gh-106883 first reported): every run here hung within 4 s when a
-    dropped ThreadValue's values were taken out by a finalizer, or a registered object left the fork hooks'
-    set by a lambda. Their clean-up in a collection is C alone now."""
+    dropped ThreadValue's values were taken out by a finalizer, a registered object left the fork hooks' set
+    by a lambda, or a version's metric recorder handed its pending records on in a finalizer. Their clean-up
+    in a collection is C alone now."""
     try:
         run = subprocess.run(
             [sys.executable, "-c", OWNERS_DROPPED_WHILE_THREADS_START_AND_END, str(ROOT), kind],
