@@ -48,11 +48,11 @@ class _Values(dict):  # type: ignore[type-arg]
 
 class _Store:
     """A never-freed ``threading.local`` whose ``values`` is a :class:`_Values` per thread, and every
-    thread's dict, weakly (so that a :class:`ThreadValue` freed takes its values out of them all).
+    thread's dict, weakly (so that the values of a :class:`ThreadValue` freed are taken out of them all).
 
     The dicts are :class:`WeakMembers`, walked on a copy: a ``WeakSet`` walked while another thread added its
-    first value raised "changed size during iteration" (inside a finalizer: logged, and the values kept).
-    No lock: a finalizer runs wherever the collector does, maybe on a thread that holds it."""
+    first value raised "changed size during iteration" (and its callback, run by a collection, was Python
+    code: see the module's docstring)."""
 
     def __init__(self, local_class: type) -> None:
         self.dicts: WeakMembers[_Values] = WeakMembers()
