@@ -11,14 +11,11 @@ user or request ids. Histograms carry bucket boundaries made for their units, as
 from __future__ import annotations
 
 import asyncio
-import functools
-import itertools
 import logging
 import os
 import sys
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
@@ -58,7 +55,7 @@ from ._flags import _value_shown
 from ._record_thread import RecordingThread
 from ._tally import Tally
 from ._thread_values import ThreadValue
-from ._weak_members import WeakMembers
+from ._weak_members import EndNotes, WeakMembers
 
 _log = logging.getLogger(__name__)
 
@@ -685,9 +682,7 @@ class Metrics:
         # pending records of recorders the garbage collector took, for the next flush (see watch_pending)
         self._orphans: deque[deque[Any]] = deque()
         self._pending_of: dict[int, deque[Any]] = {}  # each recorder's pending records, by its key
-        self._notices: dict[int, weakref.ref[Any]] = {}  # what notes each recorder's end, by its key
-        self._collected: dict[int, Any] = {}  # the keys of the recorders the collector took (changed in C)
-        self._recorder_keys = itertools.count()
+        self._collected = EndNotes()  # the recorders the collector took
         self._orphans_draining = threading.Lock()  # held by the one thread that records them
         _fork.register(self)
         meter.create_observable_gauge(
@@ -760,8 +755,8 @@ class Metrics:
         """Keep the records still pending in ``recorder`` once it is garbage-collected (a version unloaded or
         replaced between two collections), for the next :meth:`flush` to record.
 
-        Nothing of it runs in the collection but C: the recorder's end is noted (``_collected[key] = the
-        weakref``, a partial of a builtin), and its records are adopted by the next flush, or the next
+        Nothing of it runs in the collection but C: the recorder's end is noted (:class:`EndNotes`), and its
+        records are adopted by the next flush, or the next
         recorder made. The collector runs wherever it happens to: on any thread, maybe inside the SDK's
         ``Histogram.record`` while it holds the lock of the very instrument these records go to (recording
         them there waited for that lock on the thread that held it: the thread hung for good, and with it
@@ -770,15 +765,11 @@ class Metrics:
         GIL, for the runtime lock that call holds (CPython gh-106883: the process deadlocked)."""
         if self._collected:
             self._adopt_collected()
-        key = next(self._recorder_keys)
-        self._pending_of[key] = pending
-        self._notices[key] = weakref.ref(recorder, functools.partial(self._collected.__setitem__, key))
+        self._pending_of[self._collected.watch(recorder)] = pending
 
     def _adopt_collected(self) -> None:
         """Move the pending records of the recorders the collector took to the orphans (normal code)."""
-        for key in list(self._collected):
-            self._collected.pop(key, None)
-            self._notices.pop(key, None)
+        for key in self._collected.take():
             pending = self._pending_of.pop(key, None)
             if pending:
                 self._orphans.append(pending)

@@ -24,20 +24,15 @@ libraries still run Python code there; only 3.12 removes the rest.
 
 from __future__ import annotations
 
-import functools
-import itertools
 import threading
-import weakref
 from typing import Any, Generic, TypeVar
 
 from . import _fork, _native
-from ._weak_members import WeakMembers
+from ._weak_members import EndNotes, WeakMembers
 
 __all__ = ["ThreadValue"]
 
 T = TypeVar("T")
-
-_keys = itertools.count()
 
 
 class _Values(dict):  # type: ignore[type-arg]
@@ -78,18 +73,13 @@ class _Store:
 _OS_THREADS = _Store(_native.original_local())
 _CALLERS = _Store(threading.local)
 
-# The keys of the ThreadValues freed, whose values are still to be taken out of the threads' dicts, and the
-# weak reference that notes each live one's end (see ThreadValue.__init__; both plain dicts, changed in C).
-_freed: dict[int, Any] = {}
-_notices: dict[int, weakref.ref[Any]] = {}
+_freed = EndNotes()  # the ThreadValues freed, whose values are still to be taken out of the threads' dicts
 
 
 def _forget_freed() -> None:
     """Take the values of the ThreadValues freed since the last call out of every thread's dict (normal code:
     never a finalizer)."""
-    for key in list(_freed):
-        _freed.pop(key, None)
-        _notices.pop(key, None)
+    for key in _freed.take():
         _OS_THREADS.forget(key)
         _CALLERS.forget(key)
 
@@ -118,14 +108,13 @@ class ThreadValue(Generic[T]):
         if _freed:
             _forget_freed()
         self._default = default
-        self._key = key = next(_keys)
         self._store = _OS_THREADS if os_threads else _CALLERS
-        # Its end is noted by C alone (``_freed[key] = the weakref``: a partial of a builtin, no Python frame),
-        # and its values taken out when the next one is made. A collection may free it inside
-        # ``sys._current_frames()``, holding the runtime's lock: Python code there (a ``weakref.finalize``)
-        # may hand the GIL to a thread that then starts or ends, and waits for that lock with the GIL, and the
-        # process deadlocked (CPython gh-106883), within seconds of owners dropped in cycles.
-        _notices[key] = weakref.ref(self, functools.partial(_freed.__setitem__, key))
+        # Its end is noted by C alone (EndNotes), and its values taken out when the next one is made. A
+        # collection may free it inside ``sys._current_frames()``, holding the runtime's lock: Python code
+        # there (a ``weakref.finalize``) may hand the GIL to a thread that then starts or ends, and waits for
+        # that lock with the GIL, and the process deadlocked (CPython gh-106883), within seconds of owners
+        # dropped in cycles.
+        self._key = _freed.watch(self)
 
     def get(self) -> T:
         """The calling thread's value."""

@@ -11,11 +11,12 @@ no other thread can interleave with.
 from __future__ import annotations
 
 import functools
+import itertools
 import weakref
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["WeakMembers"]
+__all__ = ["EndNotes", "WeakMembers"]
 
 T = TypeVar("T")
 
@@ -46,3 +47,35 @@ class WeakMembers(Generic[T]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+class EndNotes:
+    """Which of the objects watched were freed, noted in C alone (a partial of ``dict.__setitem__`` as each
+    weak reference's callback: no Python frame runs in a collection, see :meth:`WeakMembers.add`), and read
+    in normal code by :meth:`take`, which acts on them there."""
+
+    __slots__ = ("_ended", "_keys", "_watching")
+
+    def __init__(self) -> None:
+        self._ended: dict[int, object] = {}  # key -> the dead weak reference (changed in C)
+        self._watching: dict[int, weakref.ref[object]] = {}  # key -> the weak reference that notes its end
+        self._keys = itertools.count()
+
+    def watch(self, thing: object) -> int:
+        """Note ``thing``'s end when it is freed; returns the key :meth:`take` will give for it."""
+        key = next(self._keys)
+        self._watching[key] = weakref.ref(thing, functools.partial(self._ended.__setitem__, key))
+        return key
+
+    def __bool__(self) -> bool:
+        """Whether a watched object was freed since the last :meth:`take` (a read per call: cheap)."""
+        return bool(self._ended)
+
+    def take(self) -> list[int]:
+        """The keys of the objects freed since the last call, each given to one caller only."""
+        taken = []
+        for key in list(self._ended):
+            if self._ended.pop(key, None) is not None:
+                self._watching.pop(key, None)
+                taken.append(key)
+        return taken
