@@ -11,10 +11,13 @@ OpenFeature provider: flagd, Unleash, LaunchDarkly ...).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import math
 import os
+import queue
 import reprlib
 import sys
 import threading
@@ -368,12 +371,15 @@ class FileFlags(_LookupFlags):
         self._checked_at = -math.inf
         self._looks = _Looks()
         # (the refresher holds the instance weakly: one dropped without close() is collected, and this ends it)
-        self._finalizer = weakref.finalize(self, self._looks.close)
+        self._unclosed = next(_UNCLOSED_KEYS)
+        _watch_unclosed(self)
         self._refresh()
         _fork.register(self)
 
     def _after_fork_in_child(self) -> None:
         self._looks.reset()  # (the parent's thread did not come through the fork; its lock may be held)
+        if self._unclosed in _UNCLOSED:  # (its end rang the parent's doorbell: ring the child's)
+            _watch_unclosed(self)
         # a look the parent asked for, or its recheck of an empty file, was the parent's thread's to make: the
         # child's first request looks at once (a file found empty keeps its first sighting)
         self._checked_at = -math.inf
@@ -383,7 +389,8 @@ class FileFlags(_LookupFlags):
         :attr:`last_error` (``status()``'s ``source_error``) says the instance is closed, for any server still
         reading it. A read stuck in a hung mount is not waited for (a daemon thread, it ends when the read
         returns). Idempotent. An instance dropped without it is collected and its thread ends."""
-        refresher = self._finalizer()
+        _UNCLOSED.pop(self._unclosed, None)  # (its end rings no doorbell now)
+        refresher = self._looks.close()
         with self._looks.lock:
             self.last_error = (
                 f"closed: {self.path} is no longer looked at (FileFlags.close()); the values last read answer"
@@ -436,7 +443,7 @@ class FileFlags(_LookupFlags):
                 return
             looks.due = True
             if refresher is not None:
-                looks.wake.notify()
+                looks.doorbell.put(None)
                 return
             refresher = threading.Thread(
                 target=_refreshing, args=(weakref.ref(self), looks), name="inprocserve-flag-file", daemon=True
@@ -537,10 +544,10 @@ class _BeingWritten(ValueError):
 
 class _Looks:
     """The state of a :class:`FileFlags`' refresher, apart from the instance: its thread holds the instance
-    weakly, and only during a look, so an instance dropped without ``close()`` is collected (its finalizer
-    closes this, which ends the thread at once)."""
+    weakly, and only during a look, so an instance dropped without ``close()`` is collected (its end rings
+    the doorbell, and the thread, finding it gone, ends at once: see :func:`_watch_unclosed`)."""
 
-    __slots__ = ("closed", "due", "lock", "recheck_at", "thread", "wake")
+    __slots__ = ("closed", "doorbell", "due", "lock", "recheck_at", "thread")
 
     def __init__(self) -> None:
         self.closed = False
@@ -548,7 +555,9 @@ class _Looks:
 
     def reset(self) -> None:
         self.lock = threading.Lock()  # guards this state (and FileFlags.last_error): never held across I/O
-        self.wake = threading.Condition(self.lock)
+        # Rung (a put) after the state changed, to wake the thread, which waits on it out of the lock; a ring
+        # before its wait is kept for it, and spare rings only make it check the state again.
+        self.doorbell: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.due = False  # a look at the file was asked for and has not begun
         self.recheck_at: float | None = None  # when the thread looks again by itself (an empty file)
         self.thread: threading.Thread | None = None
@@ -557,8 +566,27 @@ class _Looks:
         """Have the thread end; returns it (None if none runs)."""
         with self.lock:
             self.closed = True
-            self.wake.notify_all()
+            self.doorbell.put(None)
             return self.thread
+
+
+_UNCLOSED: dict[int, weakref.ref[FileFlags]] = {}
+"""Every open :class:`FileFlags`' weak reference, whose callback rings its refresher's doorbell when the
+instance is collected (held here: a weak reference collected with its object calls nothing)."""
+_UNCLOSED_KEYS = itertools.count()
+
+
+def _watch_unclosed(flags: FileFlags) -> None:
+    """Ring the refresher's doorbell when ``flags`` is collected without ``close()``. The callback is a
+    partial of ``SimpleQueue.put``, C alone (the dead reference is taken for ``put``'s ``block``, which it
+    ignores): on Python 3.11 a collection inside ``sys._current_frames()`` (a sampling profiler's call) that
+    runs Python code may hand the GIL to a thread that then starts or ends and waits, with the GIL, for the
+    runtime's lock that collection holds: the process deadlocked (CPython gh-106883; a ``weakref.finalize``
+    runs Python code). The references of instances gone are swept here, each time one is made."""
+    for key, ref in list(_UNCLOSED.items()):
+        if ref() is None:
+            _UNCLOSED.pop(key, None)
+    _UNCLOSED[flags._unclosed] = weakref.ref(flags, functools.partial(flags._looks.doorbell.put, None))
 
 
 def _refreshing(flags_of: weakref.ref[FileFlags], looks: _Looks) -> None:
@@ -567,23 +595,32 @@ def _refreshing(flags_of: weakref.ref[FileFlags], looks: _Looks) -> None:
     the state says it runs no more, so the next request that asks for a look starts another."""
     me = threading.current_thread()
     try:
+        idle_until = time.monotonic() + _IDLE_REFRESHER_EXIT_S
         while True:
             with looks.lock:
-                idle_until = time.monotonic() + _IDLE_REFRESHER_EXIT_S
-                while not looks.due and not looks.closed:
+                wait_s = None
+                if not looks.due and not looks.closed:
                     now, recheck_at = time.monotonic(), looks.recheck_at
                     if recheck_at is not None and now >= recheck_at:
                         looks.recheck_at = None
                         looks.due = True
-                        break
-                    until = idle_until if recheck_at is None else min(idle_until, recheck_at)
-                    if now >= until:
-                        break
-                    looks.wake.wait(until - now)
-                if looks.closed or not looks.due:
-                    looks.thread = None  # (in the same hold as the check: a request asking now starts one)
+                    else:
+                        until = idle_until if recheck_at is None else min(idle_until, recheck_at)
+                        if now < until:
+                            wait_s = until - now
+                if wait_s is None:
+                    if looks.closed or not looks.due:
+                        looks.thread = None  # (in the same hold as the check: a request asking now starts one)
+                        return
+                    looks.due = False
+            if wait_s is not None:
+                try:
+                    looks.doorbell.get(timeout=wait_s)
+                except queue.Empty:
+                    pass
+                if flags_of() is None:  # (collected without close(): its end rang)
                     return
-                looks.due = False
+                continue
             flags = flags_of()
             if flags is None:
                 return
@@ -592,6 +629,7 @@ def _refreshing(flags_of: weakref.ref[FileFlags], looks: _Looks) -> None:
             except Exception:  # (a logging filter or handler that raised: what went wrong is kept already)
                 pass
             del flags  # (held weakly while it waits)
+            idle_until = time.monotonic() + _IDLE_REFRESHER_EXIT_S
     finally:
         with looks.lock:
             if looks.thread is me:  # (ended by what escaped a look: a request starts another)

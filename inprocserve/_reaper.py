@@ -12,11 +12,19 @@ module's own exit hook, not ``weakref.finalize``'s: that one runs before or afte
 whether any ``weakref.finalize`` was made before this module was imported (Django's request handler makes
 one), and a clean-up it handed over after this hook waited would be left to a daemon thread the
 interpreter stops mid-way (onnxruntime aborts the process then, SIGABRT).
+
+The hand-over runs in C alone: the weak reference's callback is ``functools.partial(SimpleQueue.put, job)``,
+no Python frame (a ``weakref.finalize`` runs its own ``__call__`` in Python). On Python 3.11 a collection may
+run inside ``sys._current_frames()`` (a sampling profiler's call), holding the runtime's lock; Python code
+there may hand the GIL to a thread that then starts or ends and waits for that lock with the GIL, and the
+process deadlocks (CPython gh-106883; docs/operations.md, "Python 3.11 and sampling profilers").
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
+import itertools
 import logging
 import os
 import queue
@@ -36,11 +44,12 @@ logger = logging.getLogger(__name__)
 # How long interpreter exit waits for the clean-ups handed over before it (each bounds its own waits).
 _EXIT_WAIT_S = 30.0
 
-_jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
+_Job = tuple[Callable[..., None], tuple[Any, ...], int]  # (clean-up, its arguments, its Watch's key)
+_jobs: queue.SimpleQueue[_Job | threading.Event] = queue.SimpleQueue()
 _thread: threading.Thread | None = None
 _starting = threading.Lock()
-_watched: list[weakref.finalize[Any, Any]] = []  # each server's, for the exit hook (under _starting)
-_exiting = False
+_watched: dict[int, Watch] = {}  # key -> every armed Watch, for the exit hook (each holds its weak reference)
+_keys = itertools.count()
 _pid = os.getpid()  # the process the above belong to (see _after_fork_in_child)
 
 
@@ -55,34 +64,70 @@ def start() -> None:
             _thread.start()
 
 
-def watch(obj: object, cleanup: Callable[..., None], *args: Any) -> weakref.finalize[Any, Any]:
-    """``weakref.finalize(obj, ...)`` whose ``cleanup(*args)`` runs on the clean-up thread when ``obj`` is
-    collected, and at interpreter exit on the main thread if ``obj`` is still alive then (or, once,
-    when the finalizer is called; never after it is detached). Called from a constructor, not a finalizer."""
-    finalizer = weakref.finalize(obj, _reap, cleanup, *args)
+class Watch:
+    """``cleanup(*args)`` armed to run on the clean-up thread when the watched object is collected, and at
+    interpreter exit on the main thread if the object is still alive then; once, never after :meth:`detach`.
+    The arguments must not lead back to the object (or it is never collected)."""
+
+    __slots__ = ("_job", "_key", "_ref")
+
+    def __init__(self, obj: object, cleanup: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self._key = next(_keys)
+        self._job: _Job | None = (cleanup, args, self._key)
+        self._ref: weakref.ref[Any] | None = None
+        self._arm(obj)
+
+    def _arm(self, obj: object) -> None:
+        """Hand the job to the current queue when ``obj`` is freed: ``_jobs.put(job, the dead reference)``
+        (taken for ``put``'s ``block``, which a ``SimpleQueue`` ignores), C alone (see the module's
+        docstring)."""
+        assert self._job is not None
+        self._ref = weakref.ref(obj, functools.partial(_jobs.put, self._job))
+        _watched[self._key] = self
+
+    def detach(self) -> None:
+        """Never run the clean-up (the object was closed by its owner)."""
+        self._job = self._ref = None  # (a weak reference freed before its object calls nothing)
+        _watched.pop(self._key, None)
+
+    def __call__(self) -> None:
+        """Run the clean-up now, on this thread, if its object is still alive and it has not run or been
+        detached (the exit hook's call); else nothing (a collected object's clean-up is the thread's)."""
+        job, ref = self._job, self._ref
+        obj = None if ref is None else ref()  # (held meanwhile: it cannot be collected and handed over too)
+        self.detach()
+        if job is not None and obj is not None:
+            del obj
+            cleanup, args, _ = job
+            cleanup(*args)
+
+    def _rearm(self) -> None:
+        """In a forked child (or once gevent patched the process): hand the job to the new queue; one whose
+        object is gone already was handed to the old queue (the parent's: not run here), and is dropped."""
+        obj = None if self._ref is None else self._ref()
+        if obj is None or self._job is None:
+            self.detach()
+        else:
+            self._arm(obj)
+
+
+def watch(obj: object, cleanup: Callable[..., None], *args: Any) -> Watch:
+    """A :class:`Watch` of ``obj``: ``cleanup(*args)`` runs on the clean-up thread when ``obj`` is collected,
+    and at interpreter exit on the main thread if ``obj`` is still alive then (or, once, when the watch is
+    called; never after it is detached). Called from a constructor, not a finalizer."""
+    watched = Watch(obj, cleanup, args)
     start()
-    with _starting:
-        _watched[:] = [f for f in _watched if f.alive]  # (those run or detached: nothing to do at exit)
-        _watched.append(finalizer)
-    return finalizer
+    return watched
 
 
-def _reap(cleanup: Callable[..., None], *args: Any) -> None:
-    """The ``weakref.finalize`` callback: hand ``cleanup(*args)`` to the clean-up thread, or at interpreter
-    exit, on the main thread (the exit hook's call, or ``weakref.finalize``'s own), run it here."""
-    if _exiting and threading.current_thread() is threading.main_thread():
-        cleanup(*args)
-    else:
-        _jobs.put((cleanup, args))
-
-
-def _run(jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | threading.Event]) -> None:
+def _run(jobs: queue.SimpleQueue[_Job | threading.Event]) -> None:
     while True:
         job = jobs.get()
         if isinstance(job, threading.Event):
             job.set()
             continue
-        cleanup, args = job
+        cleanup, args, key = job
+        _watched.pop(key, None)
         try:
             cleanup(*args)
         except Exception:  # a failed clean-up must not stop the ones after it
@@ -91,8 +136,6 @@ def _run(jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | t
 
 
 def _at_exit() -> None:
-    global _exiting
-    _exiting = True
     try:
         _clean_up_at_exit()
     except (KeyboardInterrupt, SystemExit) as interruption:
@@ -130,9 +173,9 @@ def _exit_now(interruption: KeyboardInterrupt | SystemExit) -> NoReturn:
 
 
 def _clean_up_at_exit() -> None:
-    for finalizer in reversed(_watched[:]):  # (newest first, as weakref.finalize's hook would)
+    for watched in reversed(list(_watched.values())):  # (newest first, as weakref.finalize's hook would)
         try:
-            finalizer()
+            watched()
         except Exception:
             logger.exception("cleaning up a server nobody closed failed")
     thread = _thread
@@ -166,6 +209,8 @@ def _start_afresh() -> None:
     # The parent's queued clean-ups are the parent's servers: not run here, nor freed (see _fork.keep).
     _fork.keep(_jobs)
     _jobs = queue.SimpleQueue()
+    for watched in list(_watched.values()):  # (their weak references' callbacks put on the old queue)
+        watched._rearm()
 
 
 atexit.register(_at_exit)

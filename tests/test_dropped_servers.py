@@ -286,6 +286,41 @@ def test_a_server_dropped_in_a_forked_child_is_cleaned_up_there() -> None:
     assert child_s < 10
 
 
+_WATCHED_BEFORE_THE_FORK = """
+import gc, os, threading
+from inprocserve import _reaper
+
+class Server:  # what is watched for a server nobody closed
+    pass
+
+parent, done = os.getpid(), threading.Event()
+
+def clean_up():
+    print("cleaned up in", "the parent" if os.getpid() == parent else "the child", flush=True)
+    done.set()
+
+server = Server()
+_reaper.watch(server, clean_up)
+pid = os.fork()
+if pid == 0:
+    _reaper.start()  # (what a server's fork hook does in the child)
+    del server
+    gc.collect()
+    print("ran" if done.wait(10) else "never ran", flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_server_made_before_the_fork_and_dropped_in_the_child_is_cleaned_up_there() -> None:
+    """A server built in gunicorn's master (``--preload``) and dropped in a worker: its collection hands its
+    clean-up to the worker's own clean-up thread, not to the master's queue, which nothing in the worker
+    reads (the weak reference's callback is bound to a queue: the fork hook binds it to the child's)."""
+    result = run_python(_WATCHED_BEFORE_THE_FORK, timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["cleaned up in the child", "ran"], result.stdout + result.stderr
+
+
 _CTRL_C_WHILE_THE_EXIT_DRAINS = """
 import signal, sys, threading, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # (as a terminal's foreground job has it)

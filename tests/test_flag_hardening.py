@@ -603,11 +603,36 @@ def test_file_flags_dropped_without_close_are_collected_and_their_thread_ends(fl
     flags = FileFlags(flags_file, check_interval_s=0)
     assert flags.get_number("scale.canary.percent", 0, {}) == 100
     wait_until(lambda: len(refreshers(but=others)) == 1)
+    looks = flags._looks
+    wait_until(lambda: not looks.due)  # (its look began: it waits next, for a request or its instance's end)
     dropped = weakref.ref(flags)
     del flags
     gc.collect()
     assert dropped() is None
     wait_until(lambda: not refreshers(but=others), 2)
+
+
+def test_file_flags_made_before_the_fork_and_dropped_in_the_child_end_the_childs_thread(flags_file: Path) -> None:
+    """Made in gunicorn's master (``--preload``), dropped in a worker: its end wakes the worker's refresher,
+    not the master's (the weak reference's callback rings one doorbell: the fork hook gives the child its own)."""
+    held = [FileFlags(flags_file, check_interval_s=0)]
+
+    def in_the_child() -> str:
+        others = refreshers()
+        flags = held.pop()
+        assert flags.get_number("scale.canary.percent", 0, {}) == 100  # (starts the child's refresher)
+        wait_until(lambda: len(refreshers(but=others)) == 1)
+        looks = flags._looks
+        wait_until(lambda: not looks.due)  # (its look began: it waits next, for a request or its instance's end)
+        del flags
+        gc.collect()
+        wait_until(lambda: not refreshers(but=others), 2)
+        return "ended"
+
+    try:
+        assert run_in_forked_child(in_the_child) == "ended"
+    finally:
+        held[0].close()
 
 
 def test_closed_file_flags_say_so_in_the_status_of_a_server_still_reading_them(

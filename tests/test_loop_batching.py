@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 import inprocserve
-from inprocserve import BatchingConfig, ModelConfig, _loop_batching, _reaper, _server
+from inprocserve import BatchingConfig, ModelConfig, _loop_batching, _server
 from inprocserve._loop_batching import loop_wakes
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
@@ -1130,9 +1130,7 @@ def test_requests_made_as_the_process_exits_are_refused_as_closed_not_as_unknown
     ServerClosedError (503), not ModelNotFoundError("being unloaded"), a 404 to their clients."""
     server = make_server(busy_repository)
     server.predict("busy", busy_inputs(1))
-    with pytest.MonkeyPatch.context() as exiting:  # what interpreter exit runs for a server nobody closed:
-        exiting.setattr(_reaper, "_exiting", True)  # its clean-up, at once on the main thread (see _reaper)
-        server._finalizer()
+    server._finalizer()  # what interpreter exit runs for a server nobody closed (see _reaper)
 
     async def requests() -> list[Any]:
         lone = [await asyncio.gather(server.apredict("busy", busy_inputs(1)), return_exceptions=True)]

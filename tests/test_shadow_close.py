@@ -341,7 +341,7 @@ def test_a_shadow_thread_that_does_not_end_leaves_the_sessions_to_the_process_en
     # The at-exit cleanup closes no session while the shadow thread may still be inside one (onnxruntime
     # aborts the process then). An on_shadow callback that does not return stands in for a run that does not
     # stop (a backend that cannot stop one early).
-    from inprocserve import _reaper, _shadow
+    from inprocserve import _shadow
 
     monkeypatch.setattr(_shadow, "STOP_WAIT_S", 0.1)
     save_model(build_scale_model(1.0), repository, "scale", 1)
@@ -360,9 +360,7 @@ def test_a_shadow_thread_that_does_not_end_leaves_the_sessions_to_the_process_en
     server.predict("scale", np.ones((1, 4), np.float32))
     assert held.wait(10)
     try:
-        with pytest.MonkeyPatch.context() as exiting:  # what interpreter exit runs for a server nobody closed:
-            exiting.setattr(_reaper, "_exiting", True)  # its clean-up, at once on the main thread (see _reaper)
-            server._finalizer()
+        server._finalizer()  # what interpreter exit runs for a server nobody closed (see _reaper)
         versions = server._registry.loaded["scale"]
         assert [versions[1].state, versions[2].state] == ["ready", "ready"]
     finally:

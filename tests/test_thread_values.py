@@ -258,7 +258,8 @@ def test_under_a_late_gevent_patch_each_greenlet_has_its_own_value_and_an_os_thr
 OWNERS_DROPPED_WHILE_THREADS_START_AND_END = """
 import gc, sys, threading, time
 sys.path.insert(0, sys.argv[1])
-from inprocserve import _fork
+from inprocserve import _fork, _reaper
+from inprocserve._flags import FileFlags
 from inprocserve._recorder import Recorder
 from inprocserve._thread_values import ThreadValue
 
@@ -274,6 +275,7 @@ def start_and_end_threads():
 
 for _ in range(2):
     threading.Thread(target=start_and_end_threads, daemon=True).start()
+sys.setswitchinterval(1e-5)  # (the GIL asked for often: its hand-over inside a collection comes sooner)
 
 
 class Owner:
@@ -286,6 +288,10 @@ class Owner:
             self.state.set(1)
         elif sys.argv[2] == "a version's metric recorder":
             self.recorder = Recorder("m", 1)
+        elif sys.argv[2] == "a server's clean-up":
+            _reaper.watch(self, len, ())  # (what a server nobody closed hands to the clean-up thread)
+        elif sys.argv[2] == "a flag file's refresher":
+            self.flags = FileFlags(sys.argv[3])
         else:
             _fork.register(self)
 
@@ -305,17 +311,31 @@ print("done")
 """
 
 
-@pytest.mark.parametrize("kind", ["per-thread state", "fork hooks", "a version's metric recorder"])
-def test_owners_collected_under_a_sampling_profiler_while_threads_start_and_end_do_not_deadlock(kind: str) -> None:
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "per-thread state",
+        "fork hooks",
+        "a version's metric recorder",
+        "a server's clean-up",
+        "a flag file's refresher",
+    ],
+)
+def test_owners_collected_under_a_sampling_profiler_while_threads_start_and_end_do_not_deadlock(
+    kind: str, tmp_path: Path
+) -> None:
     """Python code that a collection inside sys._current_frames() runs (a weakref.finalize, a lambda callback)
     may hand the GIL to a thread that then starts or ends and waits, with the GIL, for the runtime lock the
     collection holds (the case CPython gh-106883 first reported): every run here hung within 4 s when a
     dropped ThreadValue's values were taken out by a finalizer, a registered object left the fork hooks' set
-    by a lambda, or a version's metric recorder handed its pending records on in a finalizer. Their clean-up
-    in a collection is C alone now."""
+    by a lambda, a version's metric recorder handed its pending records on in a finalizer, a server nobody
+    closed handed its clean-up to the clean-up thread in a finalizer, or a FileFlags nobody closed ended its
+    refresher in one. Their clean-up in a collection is C alone now."""
+    flags_file = tmp_path / "flags.json"
+    flags_file.write_text("{}")
     try:
         run = subprocess.run(
-            [sys.executable, "-c", OWNERS_DROPPED_WHILE_THREADS_START_AND_END, str(ROOT), kind],
+            [sys.executable, "-c", OWNERS_DROPPED_WHILE_THREADS_START_AND_END, *(str(ROOT), kind, str(flags_file))],
             capture_output=True,
             text=True,
             timeout=60,
