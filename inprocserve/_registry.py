@@ -1054,7 +1054,8 @@ class Registry:
         """What status shows as ``name``'s ``config_warning``: its ``config.toml``'s (see
         :meth:`_note_config_warnings`), then each loaded version's ``remote.toml``'s, for as long as it is
         loaded. Read without the lifecycle lock, from a copy of the table, as status reads."""
-        parts = [self.config_warnings[name]] if name in self.config_warnings else []
+        warning = self.config_warnings.get(name)  # (one look: a reload may drop the name between two)
+        parts = [] if warning is None else [warning]
         versions = self.loaded.get(name, {})
         parts.extend(
             warning for _number, version in sorted(versions.copy().items()) if (warning := version.config_warning)
