@@ -1,0 +1,284 @@
+"""Snippets and tables of docs/observability.md, operations.md, performance.md, deployment.md and scaling.md,
+as a user copies them, run against real models (tests/test_doc_snippets.py does README.md and quickstart.md).
+
+These documents were checked by hand only, and drifted from the code: a call that raised ``TypeError`` as the
+fleet table wrote it, an HTTP status the outcomes table did not name. Each test takes its snippet from the
+document by its section's heading, so an edit of either side that breaks the other fails here.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import web
+from inprocserve._telemetry import outcome
+from inprocserve.testing import build_mlp_model, save_model
+
+from .ports import listening_socket, reserved_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def section(document: str, heading: str) -> str:
+    """The text of ``document``'s section that starts at the line ``heading`` and ends at the next heading of
+    the same level or above."""
+    lines = (ROOT / document).read_text().splitlines()
+    assert heading in lines, f"{document} has no heading {heading!r}"
+    level = len(heading.split(" ", 1)[0])
+    kept: list[str] = []
+    fenced = False  # (a "# comment" line inside a code block is no heading)
+    for line in lines[lines.index(heading) + 1 :]:
+        fenced ^= line.lstrip().startswith("```")
+        if not fenced and re.match(f"#{{1,{level}}} ", line):
+            break
+        kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def blocks(document: str, heading: str, language: str = "python") -> list[str]:
+    """The ``language`` code blocks of a section (see :func:`section`), without their indentation."""
+    fence = re.compile(r"^( *)```" + re.escape(language) + r"\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+    found = fence.findall(section(document, heading))
+    assert found, f"{document}, {heading!r}: no {language} block"
+    return ["\n".join(line[len(indent) :] for line in code.splitlines()) + "\n" for indent, code in found]
+
+
+def save_fraud(repository: Path, version: int = 1, *, input_name: str = "x") -> None:
+    """The docs' "fraud" model: ``input_name`` [batch, 4] -> ``probability`` [batch, 2]."""
+    model = build_mlp_model((4, 8, 2), input_name=input_name)
+    model.graph.node[-1].output[0] = "probability"
+    model.graph.output[0].name = "probability"
+    save_model(model, repository, "fraud", version)
+
+
+# -- docs/observability.md -------------------------------------------------------------------------------
+
+PROMETHEUS_CHILD = r"""
+import json, os, sys, urllib.request
+import numpy as np
+setup, prometheus, buckets, by_model = sys.argv[2:6]
+namespace = {}
+exec(setup, namespace)  # the tracer provider (its OTLP exporter never gets to send: os._exit below)
+exec(prometheus.replace("start_http_server(9464)", f"start_http_server({sys.argv[1]})"), namespace)
+exec(buckets, namespace)
+exec(by_model, namespace)
+import inprocserve
+from inprocserve.testing import build_mlp_model, save_model
+save_model(build_mlp_model((4, 8, 2)), sys.argv[6], "fraud")
+with inprocserve.Server(repository=sys.argv[6]) as server:
+    for _ in range(3):
+        server.predict("fraud", {"x": np.ones((1, 4), np.float32)})
+    page = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+print(json.dumps(sorted({line.split(" ")[0] for line in page.splitlines() if not line.startswith("#")})))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_the_observability_setup_serves_the_libraries_and_the_process_metrics(tmp_path: Path) -> None:
+    setup, prometheus, _gunicorn = blocks("docs/observability.md", "## Setup")
+    (buckets,) = blocks("docs/observability.md", "### Histogram buckets")
+    (by_model,) = blocks("docs/observability.md", "### Series of released versions")
+    port = reserved_port()
+    result = subprocess.run(
+        [sys.executable, "-c", PROMETHEUS_CHILD, str(port), setup, prometheus, buckets, by_model, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    series = json.loads(result.stdout.strip().splitlines()[-1])
+    names = {line.split("{")[0] for line in series}
+    # "In Prometheus the names become ..." and "Process and model memory"
+    assert {"inprocserve_request_duration_seconds_bucket", "inprocserve_model_memory_bytes"} <= names
+    assert "process_memory_usage_bytes" in names
+    assert any(line.startswith("process_cpu_time_seconds_total{") and 'type="user"' in line for line in series)
+
+
+GUNICORN_CHILD = r"""
+import json, socket, sys
+from types import SimpleNamespace
+taken, free = int(sys.argv[1]), int(sys.argv[2])
+conf = sys.argv[3].replace("range(9464, 9464 + 8)", f"[{taken}, {free}]")
+namespace = {}
+exec(conf, namespace)
+errors = []
+namespace["post_fork"](None, SimpleNamespace(log=SimpleNamespace(error=lambda *a: errors.append(a))))
+from opentelemetry import metrics
+provider = metrics.get_meter_provider()
+resource = dict(provider._sdk_config.resource.attributes)
+import urllib.request
+urllib.request.urlopen(f"http://127.0.0.1:{free}/metrics", timeout=10).read()
+print(json.dumps({"instance": resource.get("service.instance.id"), "errors": len(errors),
+                  "expected": f"{socket.gethostname()}:{free}"}))
+"""
+
+
+def test_the_gunicorn_post_fork_hook_takes_the_first_free_metrics_port() -> None:
+    (conf,) = [block for block in blocks("docs/observability.md", "## Setup") if "def post_fork" in block]
+    with listening_socket() as taken:  # "the first port no other worker of this host holds"
+        result = subprocess.run(
+            [sys.executable, "-c", GUNICORN_CHILD, str(taken.getsockname()[1]), str(reserved_port()), conf],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["errors"] == 0 and answer["instance"] == answer["expected"]
+
+
+def outcome_rows() -> Iterator[tuple[str, list[type[BaseException]], set[int]]]:
+    """Each row of the outcomes table: the outcome, the exception classes it names, the HTTP statuses."""
+    for line in section("docs/observability.md", "### Outcomes").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith("`"):
+            continue
+        names = re.findall(r"`(\w+)`", cells[1])
+        found = [getattr(inprocserve, name, None) or getattr(builtins, name, None) for name in names]
+        classes = [cls for cls in found if isinstance(cls, type) and issubclass(cls, BaseException)]
+        statuses = {int(number) for number in re.findall(r"\b[2-5]\d\d\b", cells[3])}
+        yield cells[0].strip("`"), classes, statuses
+
+
+def test_every_library_error_has_the_outcome_and_http_status_the_outcomes_table_gives() -> None:
+    rows = list(outcome_rows())
+    outcomes = {"ok", "client_error", "overloaded", "unavailable", "deadline_exceeded", "server_error"}
+    assert {row[0] for row in rows} == outcomes
+    errors = [
+        cls for name in inprocserve.__all__ if isinstance(cls := getattr(inprocserve, name), type)
+        and issubclass(cls, inprocserve.InprocserveError)
+    ]  # fmt: skip
+    for cls in errors:
+        # the row naming the class or its nearest base; "any unexpected exception" is server_error's
+        nearest = min(
+            ((cls.__mro__.index(named), row) for row in rows for named in row[1] if issubclass(cls, named)),
+            default=(0, next(row for row in rows if row[0] == "server_error")),
+            key=lambda found: found[0],
+        )[1]
+        error = cls("a message")
+        assert outcome(error) == nearest[0], cls.__name__
+        assert (web.http_status(error) or 500) in nearest[2], (cls.__name__, web.http_status(error), nearest)
+
+
+# -- docs/operations.md -----------------------------------------------------------------------------------
+
+
+def test_the_fleet_tables_python_calls_change_the_control_file(tmp_path: Path) -> None:
+    table = section("docs/operations.md", "## Running a fleet").splitlines()
+    row = next(line for line in table if line.startswith("| Python |"))
+    calls = [call for call in re.findall(r"`([^`]+)`", row) if call.startswith("server.")]
+    for version in (1, 2, 3, 4):
+        save_fraud(tmp_path, version)
+    with inprocserve.Server(repository=tmp_path) as server:
+        states = []
+        for call in calls:
+            eval(call, {"server": server})  # each as the table writes it
+            states.append(json.loads((tmp_path / ".inprocserve-control.json").read_text())["models"].get("fraud", {}))
+    made = dict(zip(calls, states, strict=True))
+    assert made['server.switch("fraud", 3)']["stable"] == 3
+    assert made['server.rollback("fraud")']["stable"] == 4  # (the latest version answered before the switch)
+    assert made['server.set_canary("fraud", 4, percent=10)']["canary_percent"] == 10
+    removals = [state for call, state in made.items() if call.startswith('server.set_canary("fraud", None')]
+    assert removals, f"no call of the table removes the canary: {calls}"
+    assert removals[0]["canary_version"] is None
+    assert made['server.kill("fraud")']["kill"] is True and made['server.resume("fraud")']["kill"] is False
+
+
+# -- docs/performance.md, docs/deployment.md ----------------------------------------------------------------
+
+
+def test_the_batch_scoring_snippet_scores_arrays_and_batches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    save_fraud(tmp_path / "models")
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((300, 4), dtype=np.float32))
+    (snippet,) = blocks("docs/performance.md", "## Batch scoring")
+    published: list[np.ndarray] = []
+    with inprocserve.Server(repository="models/") as server:
+        namespace: dict[str, Any] = {
+            "np": np, "server": server, "decode": np.asarray, "publish": published.append,
+            "consumer": [np.ones((3, 4), np.float32), np.ones((5, 4), np.float32)],
+        }  # fmt: skip
+        exec(snippet, namespace)
+    assert namespace["scores"].shape == (300, 2)
+    assert [answer.shape for answer in published] == [(3, 2), (5, 2)]  # "one answer per batch, in order"
+
+
+def test_the_offline_scoring_job_writes_one_score_per_row(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    save_fraud(tmp_path / "models")
+    monkeypatch.chdir(tmp_path)
+    rows = np.random.default_rng(1).random((5000, 4), dtype=np.float32)
+    np.save(tmp_path / "transactions.npy", rows)
+    (snippet,) = blocks("docs/deployment.md", "## Offline batch scoring")
+    exec(snippet, {})
+    with inprocserve.Server(repository=tmp_path / "models") as server:
+        expected = np.concatenate([answer["probability"] for answer in server.predict_many("fraud", rows)])
+    np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), expected, rtol=1e-6)
+
+
+# -- configuration files of these documents -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "heading"),
+    [
+        ("docs/performance.md", "## Prediction cache"),
+        ("docs/observability.md", "## Drift"),
+        ("docs/scaling.md", "## Rollouts across local and remote versions"),
+    ],
+)
+def test_the_config_toml_loads_without_a_warning(document: str, heading: str, tmp_path: Path) -> None:
+    (config,) = blocks(document, heading, "toml")
+    for version in (1, 2, 3):
+        save_fraud(tmp_path, version)
+    (tmp_path / "fraud" / "config.toml").write_text(config)
+    np.savez(tmp_path / "fraud" / "reference.npz", x=np.random.default_rng(2).random((2000, 4), dtype=np.float32))
+    assert inprocserve.check_repository(tmp_path)["problems"] == []
+    with inprocserve.Server(repository=tmp_path) as server:
+        model = server.status()["models"]["fraud"]
+    assert model["config_error"] is None and model["config_warning"] is None
+    assert all(version["state"] == "ready" for version in model["versions"].values())
+
+
+def test_the_remote_toml_is_read_as_written(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (remote,) = blocks("docs/scaling.md", "## A remote version in the repository", "toml")
+    (tmp_path / "fraud" / "3").mkdir(parents=True)
+    (tmp_path / "fraud" / "3" / "remote.toml").write_text(remote)
+    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "FRAUD_MODEL_TOKEN")  # "(one that INPROCSERVE_REMOTE_ENV lists)"
+    monkeypatch.setenv("FRAUD_MODEL_TOKEN", "Bearer t")
+    checked = inprocserve.check_repository(tmp_path)  # (reads remote.toml, opens no connection)
+    assert checked["problems"] == []
+    assert checked["models"]["fraud"][3]["remote"] == "http://triton.internal:8000/v2/models/fraud/versions/3"
+
+
+def test_a_remote_version_loaded_in_code_answers(tmp_path: Path) -> None:
+    from flask import Flask
+    from inprocserve_flask import Inprocserve
+    from werkzeug.serving import make_server
+
+    save_fraud(tmp_path / "remote", 3)  # what the model server serves
+    app = Flask("model_server")
+    app.config.update(INPROCSERVE_REPOSITORY=str(tmp_path / "remote"), INPROCSERVE_V2_PROTOCOL=True)
+    Inprocserve(app)
+    model_server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=model_server.serve_forever, daemon=True).start()
+    (snippet,) = blocks("docs/scaling.md", "## A remote version in the repository")
+    save_fraud(tmp_path / "local", 2)
+    try:
+        with inprocserve.Server(repository=tmp_path / "local") as server:
+            url = f"http://127.0.0.1:{model_server.server_port}"
+            exec(snippet.replace("http://triton.internal:8000", url), {"server": server, "inprocserve": inprocserve})
+            answer = server.predict("fraud", {"x": np.ones((2, 4), np.float32)}, version=3)
+            assert answer.version == 3 and answer["probability"].shape == (2, 2)
+            assert server.status()["models"]["fraud"]["versions"]["3"]["backend"] == "remote"
+    finally:
+        model_server.shutdown()
+        Inprocserve.close(app)
