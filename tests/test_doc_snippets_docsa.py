@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -282,3 +283,24 @@ def test_a_remote_version_loaded_in_code_answers(tmp_path: Path) -> None:
     finally:
         model_server.shutdown()
         Inprocserve.close(app)
+
+
+def test_the_nonfinite_share_said_to_reach_the_psi_threshold_reaches_it(tmp_path: Path) -> None:
+    text = section("docs/observability.md", "## Drift")
+    found = re.search(r"about ([\d.]+) % non-finite reaches the usual\s+0\.2", text)
+    assert found, "the Drift section no longer names the share of NaN that reaches a PSI of 0.2"
+    share = float(found.group(1)) / 100
+    save_model(build_mlp_model((4, 8, 2)), tmp_path, "fraud")
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "fraud" / "reference.npz", x=rng.normal(size=(5000, 4)).astype(np.float32))
+    (tmp_path / "fraud" / "config.toml").write_text('[drift]\nreference_file = "reference.npz"\nwindow = 1000\n')
+    rows = rng.normal(size=(1000, 4)).astype(np.float32)  # the reference's distribution, but for the NaN
+    rows[: round(share * 1000), 0] = np.nan
+    with inprocserve.Server(repository=tmp_path) as server:
+        server.predict("fraud", {"x": rows})
+        deadline = time.monotonic() + 10
+        while not (drift := server.status()["models"]["fraud"]["versions"]["1"]["drift"])["windows"]:
+            assert time.monotonic() < deadline, "the window was never scored"
+            time.sleep(0.02)
+    assert drift["features"]["x[0]"]["nonfinite"] == pytest.approx(share)
+    assert drift["features"]["x[0]"]["psi"] == pytest.approx(0.2, abs=0.03)  # "reaches the usual 0.2"
