@@ -304,3 +304,27 @@ def test_the_nonfinite_share_said_to_reach_the_psi_threshold_reaches_it(tmp_path
             time.sleep(0.02)
     assert drift["features"]["x[0]"]["nonfinite"] == pytest.approx(share)
     assert drift["features"]["x[0]"]["psi"] == pytest.approx(0.2, abs=0.03)  # "reaches the usual 0.2"
+
+
+def test_a_million_row_request_fills_the_windows_the_drift_section_says(tmp_path: Path) -> None:
+    text = " ".join(section("docs/observability.md", "## Drift").split())
+    found = re.search(r"a request of a million rows with a window of 1,000 copies [\d,]+ rows, scores (\d+) windows "
+                      r"and counts (\d+) dropped", text)  # fmt: skip
+    assert found, "the Drift section no longer says what a request of a million rows fills"
+    scored, dropped = int(found.group(1)), int(found.group(2))
+    save_model(build_mlp_model((4, 8, 2)), tmp_path, "fraud")
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "fraud" / "reference.npz", x=rng.normal(size=(5000, 4)).astype(np.float32))
+    (tmp_path / "fraud" / "config.toml").write_text(
+        '[drift]\nreference_file = "reference.npz"\nwindow = 1000\n[batching]\nmax_request_rows = 1000000\n'
+    )
+    with inprocserve.Server(repository=tmp_path) as server:
+        server.predict("fraud", {"x": rng.normal(size=(1_000_000, 4)).astype(np.float32)})
+        deadline = time.monotonic() + 10
+        while True:
+            drift = server.status()["models"]["fraud"]["versions"]["1"]["drift"]
+            if drift["windows"] + drift["dropped_windows"] == 1000 or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+    # (the ninth window is scored instead of dropped when the scoring thread took one of the 8 meanwhile)
+    assert (drift["windows"], drift["dropped_windows"]) in {(scored, dropped), (scored + 1, dropped - 1)}
