@@ -167,10 +167,14 @@ def plan_columns(
         names.pop()
     if not needs_named_columns(signature):
         # A one-input numeric model's file was read as its matrix before columns were read by name: a header
-        # that names the input but not as its columns (`x,y` for x [N, 2]) keeps that reading.
+        # that names the input but not as its columns (`x,y` for x [N, 2]) keeps that reading. One that
+        # numbers them (`x_0`) names them, if wrongly: read as the matrix, `row_id,x_0,x_1,x_3` for x [N, 4]
+        # scored the ids as the first feature and never said that x_2 was missing.
         try:
             found = _input_columns(signature.inputs[0], names, where, frozenset())
         except InvalidInputError:
+            if f"{signature.inputs[0].name}_0" in names:
+                raise
             return None
         if found is None or (found.rank == 2 and found.labels == (found.name,) and _features(signature.inputs[0]) != 1):
             # (`x,y,z` for x [N, M]: the columns of a matrix whose first is called x, not one feature x)

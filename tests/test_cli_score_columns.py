@@ -388,3 +388,21 @@ def test_an_answer_of_spaces_alone_in_a_csv_of_one_column_is_quoted_so_it_reads_
     (tmp_path / "again.csv").write_text((tmp_path / "out.csv").read_text().replace("answer_0", "text", 1))
     assert main(["score", "--quiet", str(model), str(tmp_path / "again.csv"), str(tmp_path / "back.npy")]) == 0
     assert np.load(tmp_path / "back.npy").tolist() == [["a"], [" "], ["\t"], [""], ["b"]]
+
+
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        ("row_id,x_0,x_1,x_3", "has columns up to 'x_3' but no 'x_2'"),  # (docs/performance.md: a_0,a_1,a_3)
+        ("row_id,x_0,x_1,x_2", "takes 4 values per row; the file has 3: name columns x_0 to x_3"),
+    ],
+)
+def test_a_one_input_models_numbered_columns_with_one_missing_are_refused_not_read_as_its_matrix(
+    header: str, error: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Read as the matrix, the four columns were four features: the row ids scored as x's first, no error.
+    model = save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)  # x: [batch, 4]
+    (tmp_path / "in.csv").write_text(f"{header}\n7,1,2,3\n")
+    assert main(["score", "--quiet", str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.npy")]) == 1
+    assert error in capsys.readouterr().err
+    assert not (tmp_path / "out.npy").exists()

@@ -49,6 +49,9 @@ def test_a_one_input_models_frame_by_column_names_or_as_its_matrix(server: inpro
     np.testing.assert_array_equal(server.predict("scale", named)["y"], [[0, 2, 4, 6], [0, 4, 8, 12]])
     plain = pd.DataFrame(np.ones((2, 4)), columns=list("pqrs"))
     np.testing.assert_array_equal(server.predict("scale", plain)["y"], np.full((2, 4), 2.0))
+    gap = pd.DataFrame({"row": [7], "x_0": [1.0], "x_1": [2.0], "x_3": [3.0]})  # (x_2 left out: was a matrix)
+    with pytest.raises(inprocserve.InvalidInputError, match="has columns up to 'x_3' but no 'x_2'"):
+        server.predict("scale", gap)
 
 
 def test_predict_many_reads_each_frame_of_an_iterable_by_column_names(server: inprocserve.Server) -> None:
