@@ -11,10 +11,10 @@ Request coalescing, hot reload and clear errors, with no extra service to run::
 
 from __future__ import annotations
 
-import importlib
-import logging
-import types
-import typing
+import importlib as _importlib
+import logging as _logging
+import types as _types
+import typing as _typing
 
 from ._config import (
     BanditConfig,
@@ -62,7 +62,7 @@ from ._server import Server
 from ._shadow import ShadowComparison
 from ._status_page import STATUS_PAGE_CSP, render_status_page
 
-if typing.TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from . import testing as testing  # (for type checkers: see __getattr__ below)
     from . import v2 as v2
 
@@ -132,7 +132,7 @@ for _name in __all__:
             _obj.__module__ = __name__
 del _name, _obj
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 # Public subpackages that ``import inprocserve`` does not import (each costs tens of milliseconds, and most
 # processes never use them), reachable as attributes all the same: ``inprocserve.v2.Limits(...)`` in a
@@ -141,7 +141,15 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 _LAZY_SUBMODULES = frozenset({"testing", "v2"})
 
 
-def __getattr__(name: str) -> types.ModuleType:
+def __getattr__(name: str) -> _types.ModuleType:
     if name in _LAZY_SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+        return _importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names (what tab completion offers): the exports, the subpackages and the version."""
+    return sorted({*__all__, *_LAZY_SUBMODULES, "web", "__version__"})
+
+
+del annotations  # (the ``__future__`` import's name: nothing of the package's public face)

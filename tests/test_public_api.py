@@ -33,6 +33,14 @@ def test_all_is_exactly_the_public_names() -> None:
     assert set(inprocserve.__all__) == public | {"__version__"}
 
 
+def test_what_dir_and_tab_completion_offer_is_the_public_api() -> None:
+    """Not the modules the package itself imports (``importlib``, ``logging``, ``types``, ``typing``) nor
+    ``__future__``'s ``annotations``, which an editor's completion offered as if they were the library's."""
+    offered = {name for name in dir(inprocserve) if not name.startswith("_")}
+    assert offered == {*inprocserve.__all__, "testing", "v2", "web"} - {"__version__"}
+    assert "__version__" in dir(inprocserve)
+
+
 @pytest.mark.parametrize("name", [n for n in inprocserve.__all__ if callable(getattr(inprocserve, n))])
 def test_exports_say_where_users_import_them_from(name: str) -> None:
     value = getattr(inprocserve, name)
