@@ -893,6 +893,30 @@ def test_a_candidate_that_fails_on_recent_inputs_is_refused_with_a_report(
     assert server.predict("lookup", {"index": np.array([7], np.int64)}).version == 1  # nothing changed
 
 
+def test_served_variants_are_kept_an_hour_and_a_bounded_number_and_credited_once() -> None:
+    """Outcomes by request id are credited to the variant that served it for ``ttl_s`` after it was served,
+    once, and at most ``size`` request ids are kept (the oldest go first), however many requests are routed."""
+    from inprocserve._rollout import _COUNTED, _Assignments
+
+    now = [0.0]
+    served = _Assignments(3, 60.0, clock=lambda: now[0])
+    for number in range(4):
+        served.note(f"r{number}", "canary" if number % 2 else "stable")
+        now[0] += 10.0
+    assert [served.take(f"r{number}") for number in range(3)] == [None, ("canary", 0), ("stable", 0)]
+    assert served.take("r1") is _COUNTED  # credited already: known, and credited no more
+    assert len(served) == 3
+    now[0] = 71.0  # r1 was served at 10 s: 61 s ago
+    assert served.take("r1") is None and served.take("r3") == ("canary", 0)
+    served.note("r1", "stable")  # noted again: kept from now
+    now[0] = 95.0  # r2 (20 s) and r3 (30 s) have expired; the note of r1 at 71 s has not
+    served.note("r4", "canary")  # each note drops up to two expired at the front
+    assert len(served) == 2 and (served.take("r1"), served.take("r4")) == (("stable", 0), ("canary", 0))
+    for number in range(5, 1000):  # many notes, none expired: the size bound holds
+        served.note(f"r{number}", "stable")
+    assert len(served) == 3 and served.take("r999") == ("stable", 0) and served.take("r4") is None
+
+
 class _PausingLock:
     """A router's lock that holds ``pause``'s thread right after it next releases the lock, until ``go``."""
 
