@@ -96,6 +96,10 @@ class Watch:
         job, ref = self._job, self._ref
         obj = None if ref is None else ref()  # (held meanwhile: it cannot be collected and handed over too)
         self.detach()
+        # The weak reference freed before its object calls nothing: one kept alive here while the clean-up
+        # ran still had its callback, and a collection during the clean-up that freed an object dropped in a
+        # cycle handed the same clean-up to the clean-up thread too (it ran twice, at once).
+        del ref
         if job is not None and obj is not None:
             del obj
             cleanup, args, _ = job

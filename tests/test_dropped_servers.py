@@ -399,3 +399,34 @@ def test_exiting_while_a_request_thread_builds_the_server_waits_for_the_load_ins
     save_model(build_mlp_model((4, 2048, 2048, 2048, 4), softmax=False), tmp_path / "models", "mlp")
     result = run_python(_EXIT_WHILE_A_REQUEST_THREAD_BUILDS_THE_SERVER, str(tmp_path / "models"), timeout_s=60)
     assert "terminate called" not in result.stderr and result.returncode == 0, (result.returncode, result.stderr)
+
+
+def test_a_clean_up_run_at_exit_is_not_handed_to_the_clean_up_thread_by_a_collection_meanwhile() -> None:
+    """The exit hook runs the clean-up of a server still there: one dropped in a reference cycle that no
+    collection has freed yet is one. Its weak reference, kept alive while the clean-up ran, still had its
+    callback: a collection during the clean-up (which allocates) freed the server and handed the same
+    clean-up to the clean-up thread, which ran it a second time, alongside the first."""
+    from inprocserve import _reaper
+
+    class Watched:  # what is watched for a server nobody closed
+        cycle: object = None
+
+    ran: list[str] = []
+
+    def clean_up() -> None:
+        ran.append(threading.current_thread().name)
+        gc.collect()  # (a collection while the clean-up runs)
+
+    dropped = Watched()
+    dropped.cycle = dropped  # (freed by a collection, not when dropped)
+    gc.disable()
+    try:
+        watch = _reaper.watch(dropped, clean_up)
+        del dropped
+        watch()  # what the exit hook does
+    finally:
+        gc.enable()
+    done = threading.Event()
+    _reaper._jobs.put(done)  # (run after anything handed to the clean-up thread before it)
+    assert done.wait(10)
+    assert ran == [threading.current_thread().name]
