@@ -618,20 +618,34 @@ def _out_of_bounds(
     name: str, array: np.ndarray, low: Any, high: Any, given: Bounds, smallest: Any, largest: Any, *, integers: bool
 ) -> InvalidInputError:
     """The refusal of a request whose input ``name`` holds a value outside its bounds (the error path: the
-    values out of bounds are counted)."""
+    values out of bounds are counted). Values past both bounds are named on both sides: naming one side
+    alone made a client that fixed those values resend, only to be refused for the others."""
+    sides: list[str] = []
+    extremes: list[str] = []
     if low is not None and smallest < low:
-        count, worst, side = int(np.count_nonzero(array < low)), smallest, f"below its min {given[0]!r}"
-        extreme = "smallest"
-    else:
-        count, worst, side = int(np.count_nonzero(array > high)), largest, f"above its max {given[1]!r}"
-        extreme = "largest"
-    worst = int(worst) if integers else float(worst)
-    values = f"{brief(worst)} is" if count == 1 else f"{count} values are"
-    which = "" if count == 1 else f"the {extreme} {brief(worst)}; "
+        count = int(np.count_nonzero(array < low))
+        sides.append(_side_text(count, smallest, f"below its min {given[0]!r}", integers=integers))
+        extremes += [] if count == 1 else [f"the smallest {_number_text(smallest, integers=integers)}"]
+    if high is not None and largest > high:
+        count = int(np.count_nonzero(array > high))
+        sides.append(_side_text(count, largest, f"above its max {given[1]!r}", integers=integers))
+        extremes += [] if count == 1 else [f"the largest {_number_text(largest, integers=integers)}"]
+    which = f"{', '.join(extremes)}; " if extremes else ""
     return InvalidInputError(
-        f"input {name!r}: {values} {side} ({which}bounded by the model's config, inputs.{name}); send values "
-        f"{_range_text(given)}"
+        f"input {name!r}: {' and '.join(sides)} ({which}bounded by the model's config, inputs.{name}); send "
+        f"values {_range_text(given)}"
     )
+
+
+def _number_text(value: Any, *, integers: bool) -> str:
+    """A value out of bounds as a message quotes it (cut short, as every quoted value is)."""
+    return brief(int(value) if integers else float(value))
+
+
+def _side_text(count: int, worst: Any, side: str, *, integers: bool) -> str:
+    """``7 is above its max 4``, or ``2 values are above its max 4`` for several."""
+    values = f"{_number_text(worst, integers=integers)} is" if count == 1 else f"{count} values are"
+    return f"{values} {side}"
 
 
 def _range_text(bounds: Bounds) -> str:

@@ -309,6 +309,24 @@ def test_a_lone_value_is_bounded_as_an_array_of_them_is(repository: Path, make_s
         server.predict("filled", n(5))
 
 
+def test_values_past_both_bounds_are_all_named(repository: Path, make_server: ServerFactory) -> None:
+    """A request with values below the min and above the max names both sides (it named the values below the
+    min alone, so a client that fixed those was refused again for the others)."""
+    save_model(build_scale_model(2.0, features=1), repository, "one", 1)
+    server = make_server(repository, models={"one": ModelConfig(inputs={"x": InputBounds(min=0, max=10)})})
+    with pytest.raises(InvalidInputError) as raised:
+        server.predict("one", [[-1.0], [5.0], [11.0], [12.0]])
+    assert str(raised.value) == (
+        "model 'one' version 1: input 'x': -1.0 is below its min 0 and 2 values are above its max 10 (the largest "
+        "12.0; bounded by the model's config, inputs.x); send values from 0 to 10"
+    )
+    with pytest.raises(InvalidInputError) as raised:
+        server.predict("one", [[-1.0], [-3.0], [11.0]])
+    assert "input 'x': 2 values are below its min 0 and 11.0 is above its max 10 (the smallest -3.0; " in str(
+        raised.value
+    )
+
+
 def test_an_out_of_bounds_v2_request_is_a_400_naming_the_input(filled_repository: Path) -> None:
     from flask import Flask
     from inprocserve_flask import Inprocserve
