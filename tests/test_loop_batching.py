@@ -867,6 +867,43 @@ def test_requests_with_different_deadlines_share_a_run_and_each_keeps_its_own(
     assert counters(server, "busy") == (batches + 2, rows + 3000 + 2)  # the blocker, then both rows together
 
 
+class _LoopWithNoRoom(asyncio.SelectorEventLoop):
+    """An event loop class that takes no attribute of others' (as one written in C may not)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_inprocserve_loop_state":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        super().__setattr__(name, value)
+
+
+def test_a_loop_that_takes_no_attributes_merges_requests_and_its_state_goes_with_it(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its state is kept apart, in a dictionary weakly keyed by the loop (a path no other test took): requests
+    merge on it as on any loop, the worker's answer finds the state again, and once the application lets the
+    loop go, its state goes too."""
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # a worker answers, and wakes the loop
+    server = make_server(scale_repository)
+    server.predict("scale", np.ones((1, 4), np.float32))  # adopts the runners: the merged way applies
+    kept_before = len(_loop_batching._states)
+
+    async def main() -> tuple[list[float], int]:
+        answers = await asyncio.gather(*(server.apredict("scale", np.full((1, 4), i, np.float32)) for i in range(4)))
+        return [answer["y"][0, 0] for answer in answers], loop_wakes(asyncio.get_running_loop())
+
+    loop = _LoopWithNoRoom()
+    try:
+        answers, wakes = loop.run_until_complete(asyncio.wait_for(main(), 60))
+    finally:
+        loop.close()
+    assert answers == [0.0, 2.0, 4.0, 6.0]
+    assert wakes >= 1  # (its state, found again by the worker's answer: kept apart, not on the loop)
+    assert len(_loop_batching._states) == kept_before + 1
+    del loop
+    gc.collect()
+    assert len(_loop_batching._states) == kept_before
+
+
 def test_answered_tasks_leave_nothing_behind_on_the_loop(scale_repository: Path, make_server: ServerFactory) -> None:
     """Once a group's tasks are answered its deadline timer is cancelled: nothing on the loop keeps their
     inputs alive until the deadline (60 s here) would have come."""
