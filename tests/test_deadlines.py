@@ -68,16 +68,24 @@ def test_a_run_on_a_worker_is_stopped_at_its_deadline(
     # The budget must outlast the idle worker's wake-up (else the request expires queued, which another test
     # covers) but not the run: a quarter of what the whole run takes on this machine, whatever its speed.
     # (the median of three: one timed run slowed by the other test process made the budget outlast the run)
-    timings = []
-    for _ in range(3):
-        started = time.perf_counter()
-        server.predict("busy", busy_inputs(MAX_ROWS))
-        timings.append(time.perf_counter() - started)
-    took = statistics.median(timings)
-    run_before = version_status(server, "busy")["rows_run"]
-    future = server.submit("busy", busy_inputs(MAX_ROWS), timeout_s=took / 4)
-    with pytest.raises(inprocserve.DeadlineExceededError, match=STOPPED):
-        future.result(timeout=120)
+    # A run answered within it ran more than four times faster than its timing, on a machine whose load fell
+    # meanwhile (CI beside other test processes): timed again, up to three times.
+    for _attempt in range(3):
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            server.predict("busy", busy_inputs(MAX_ROWS))
+            timings.append(time.perf_counter() - started)
+        took = statistics.median(timings)
+        run_before = version_status(server, "busy")["rows_run"]
+        future = server.submit("busy", busy_inputs(MAX_ROWS), timeout_s=took / 4)
+        try:
+            future.result(timeout=120)
+        except inprocserve.DeadlineExceededError as exc:
+            assert STOPPED in str(exc), str(exc)
+            break
+    else:
+        pytest.fail("three runs each answered within a quarter of their timed length: never past a deadline")
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     assert version_status(server, "busy")["rows_run"] == run_before  # the stopped run is not counted
 
