@@ -61,7 +61,7 @@ from ._scoring_plan import checked_whole_input, plan_for_version
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import brief_status, gauge_source, server_status
 from ._telemetry import METRICS, end_safely, start_request_span
-from .web import Readiness, readiness, shadow_setting_problem
+from .web import Readiness, flags_setting_problem, readiness, shadow_setting_problem
 
 __all__ = ["Server"]
 
@@ -111,7 +111,8 @@ class Server(RolloutMethods):
             out of its range or of the wrong kind (``shadow_queue=0``, a string for a number, NaN).
         ModelLoadError: a model could not be loaded at start-up (``strict=True`` only).
         TypeError: ``config`` is not a ``ModelConfig``, or ``models`` not a dict of name -> ``ModelConfig``
-            (a ``config.toml``-shaped dict is refused: ``ModelConfig().merged({...})`` builds one from it).
+            (a ``config.toml``-shaped dict is refused: ``ModelConfig().merged({...})`` builds one from it), or
+            ``flags`` not a flag provider (a dict of flag values: ``InMemoryFlags({...})`` serves one).
     """
 
     def __init__(
@@ -157,8 +158,9 @@ class Server(RolloutMethods):
             raise TypeError(
                 f"flags must be a flag provider, got the class {flags.__name__}: pass {flags.__name__}(...)"
             )
-        if flags is not None and not isinstance(flags, FlagProvider):
-            raise TypeError(f"flags must implement inprocserve.FlagProvider, got {type(flags).__name__}")
+        problem = flags_setting_problem(flags)
+        if problem is not None:  # (a dict of flag values is the usual slip: its message names InMemoryFlags)
+            raise TypeError(f"flags {problem}")
         folder = None if repository is None else Path(repository)
         if folder is not None and not folder.is_dir():  # (a typo served nothing: 404s naming no cause)
             raise ConfigurationError(

@@ -312,3 +312,14 @@ def test_bad_api_use_raises_plain_python_errors(scale_repository: Path, make_ser
         server.predict(3, [[1, 2, 3, 4]])  # type: ignore[arg-type]
     with pytest.raises(inprocserve.ConfigurationError, match="poll_interval_s"):
         inprocserve.Server(poll_interval_s=1)
+
+
+def test_a_dict_of_flag_values_is_refused_naming_the_provider_that_serves_one(scale_repository: Path) -> None:
+    # (the usual slip: flags={"key": value} where InMemoryFlags({"key": value}) was meant; the message named
+    # only the protocol, FlagProvider, and not the providers that implement it)
+    with pytest.raises(
+        TypeError, match=r"flags must be an inprocserve\.FlagProvider \(InMemoryFlags, .*got \{'scale\.canary': 0\.1\}"
+    ):
+        inprocserve.Server(scale_repository, flags={"scale.canary": 0.1})  # type: ignore[arg-type]
+    with inprocserve.Server(scale_repository, flags=inprocserve.InMemoryFlags({"scale.canary": 0.1})) as server:
+        assert server.predict("scale", [[1, 2, 3, 4]]).version == 1
