@@ -57,6 +57,24 @@ def test_a_broken_model_is_not_ready_and_its_reason_quotes_no_path(
     assert server.readiness(["scale"]).ready  # only the required models count
 
 
+def test_a_model_with_a_bad_config_toml_is_not_ready_until_the_file_is_fixed(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    # (the probe's reason is the file's error, which an operator fixes in the file; a path would tell a
+    # client the server's layout: it is shown as <path>)
+    save_model(build_scale_model(3.0), scale_repository, "fraud", 1)
+    config = scale_repository / "fraud" / "config.toml"
+    config.write_text("[batching]\nmax_batch_size = 1.5\n")
+    server = make_server(scale_repository)
+    state = server.readiness()
+    assert not state.ready and set(state.reasons) == {"fraud"}
+    assert "config.toml: batching.max_batch_size must be >= 1" in state.reasons["fraud"]
+    assert str(scale_repository) not in str(state.body())
+    config.write_text("[batching]\nmax_batch_size = 8\n")
+    assert server.refresh() == []
+    assert server.readiness().ready
+
+
 def test_an_empty_repository_and_a_closed_server_are_not_ready(repository: Path, make_server: ServerFactory) -> None:
     empty = make_server(repository)
     assert empty.readiness() == web.Readiness(ready=False, models=(), reasons={}, closed=False)
