@@ -362,11 +362,12 @@ def interrupted_at(code: Any, *, after_line: int | None = None) -> Iterator[None
             return None
         return local(frame, kind, arg) if after_line is None else local
 
+    previous = sys.gettrace()  # (a coverage run's tracer: left off, nothing after this test was measured)
     sys.settrace(tracer)
     try:
         yield
     finally:
-        sys.settrace(None)
+        sys.settrace(previous)
 
 
 def line_of(function: Any, text: str) -> int:
@@ -581,11 +582,12 @@ def raised_as_it_begins(function: Any, caller: Any) -> Iterator[list[bool]]:
             raise Interrupted
         return None
 
+    previous = sys.gettrace()  # (see interrupted_at)
     sys.settrace(tracer)
     try:
         yield fired
     finally:
-        sys.settrace(None)
+        sys.settrace(previous)
 
 
 def assert_clean(server: inprocserve.Server, batcher: Any) -> None:
