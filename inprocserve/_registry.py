@@ -1062,6 +1062,14 @@ class Registry:
         )
         return "; ".join(parts) or None
 
+    def unselected(self) -> dict[str, str]:
+        """Models that serve nothing because their ``version_policy`` selects none of the versions on disk
+        (a typo such as ``{ specific = [12] }`` at start-up), by name, with the problem: status lists each as
+        not ready with it as its ``config_error``, where the model was missing from status and ``/ready``
+        answered 200 while another model served. Read without the lifecycle lock, from copies of the tables."""
+        loaded = dict(self.loaded)
+        return {name: problem for name, problem in dict(self._policy_problems).items() if not loaded.get(name)}
+
     def check_open(self) -> None:
         if self.closed:
             raise ServerClosedError("the server is closed")

@@ -129,6 +129,7 @@ def _models_status(
     brief = shadow_status is None
     models: dict[str, Any] = {}
     loaded, failures, config_errors = dict(registry.loaded), dict(registry.failures), dict(registry.config_errors)
+    config_errors = {**registry.unselected(), **config_errors}  # (a model serving nothing by its policy too)
     names = set(loaded) | set(failures) | set(config_errors)
     if only is not None:
         names &= set(only)

@@ -75,6 +75,23 @@ def test_a_model_with_a_bad_config_toml_is_not_ready_until_the_file_is_fixed(
     assert server.readiness().ready
 
 
+def test_a_model_whose_version_policy_selects_none_of_its_versions_is_not_ready(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    # (a typo, [12] for [1, 2]: the model served nothing, was missing from status, and /ready answered 200
+    # while another model served; the reason now says which setting to fix)
+    save_model(build_scale_model(3.0), scale_repository, "fraud", 1)
+    (scale_repository / "fraud" / "config.toml").write_text("version_policy = { specific = [12] }\n")
+    server = make_server(scale_repository)
+    state = server.readiness()
+    assert not state.ready and set(state.reasons) == {"fraud"}
+    assert "its version_policy selects none of the versions in the repository (1)" in state.reasons["fraud"]
+    assert server.status()["models"]["fraud"]["ready"] is False
+    (scale_repository / "fraud" / "config.toml").write_text("version_policy = { specific = [1] }\n")
+    assert server.refresh() == []
+    assert server.readiness().ready and server.predict("fraud", [[1, 2, 3, 4]]).version == 1
+
+
 def test_an_empty_repository_and_a_closed_server_are_not_ready(repository: Path, make_server: ServerFactory) -> None:
     empty = make_server(repository)
     assert empty.readiness() == web.Readiness(ready=False, models=(), reasons={}, closed=False)
