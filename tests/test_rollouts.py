@@ -973,3 +973,25 @@ print(json.dumps({f"u{i}": router.decide({1: 0, 2: 0}, 2, {"user_id": f"u{i}"}).
         treated.append({user for user, arm in assigned.items() if arm == "treatment"})
     assert treated[0] < treated[1] < treated[2] < treated[3]
     assert 0.07 < len(treated[0]) / len(users) < 0.13
+
+
+def test_an_ab_arm_whose_version_failed_to_load_answers_with_the_stable_version_saying_why(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # (the treatment's file is damaged: its share of users gets the stable version, each answer's reason
+    # naming the arm and version, rather than an error or a silent switch of arm)
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    (repository / "scale" / "2").mkdir()
+    (repository / "scale" / "2" / "model.onnx").write_bytes(b"not onnx")
+    (repository / "scale" / "config.toml").write_text(
+        'version_policy = "all"\n[rollout]\nstrategy = "ab"\nstable = 1\n'
+        "[rollout.variants.control]\nversion = 1\nweight = 50\n"
+        "[rollout.variants.treatment]\nversion = 2\nweight = 50\n"
+    )
+    server = make_server(repository)
+    answers = [answer(server, f"user-{i}") for i in range(40)]
+    assert {a.version for a in answers} == {1}
+    fallen_back = [a for a in answers if a.variant == "stable"]
+    assert fallen_back and len(fallen_back) < len(answers)  # (the control arm's users are served as usual)
+    assert {a.reason for a in fallen_back} == {"variant 'treatment' version 2 is not ready"}
+    assert {a.variant for a in answers} == {"control", "stable"}
