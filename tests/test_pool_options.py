@@ -386,3 +386,29 @@ def test_a_model_with_an_input_of_any_rank_keeps_no_plan_per_shape(repository: P
     model.ir_version = 9
     path = save_model(model, repository, "any_rank", 1)
     assert memory_pattern_of(path, PoolConfig()) is False
+
+
+def test_a_damaged_cached_graph_is_deleted_and_the_model_file_served(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # (a graph another build wrote, or overwritten on disk: the version must still load, from model.onnx, and
+    # the bad graph go, or every start would try it first)
+    path = save_model(build_mlp_model((16, 32, 4), seed=2), repository, "mlp", 1)
+    past_the_tick(path)
+    config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
+    first = make_server(repository, config=config)
+    expected = first.predict("mlp", np.ones((2, 16), np.float32))["y"]
+    first.close()
+    (cached,) = [p for p in path.parent.iterdir() if p.name.startswith("model.optimized-")]
+    stat = cached.stat()
+    # (a whole ONNX file that onnxruntime refuses: a file that does not parse is deleted before any build)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])
+    graph = helper.make_graph([helper.make_node("NoSuchOperator", ["x"], ["y"])], "bad", [x], [y])
+    bad = helper.make_model(graph).SerializeToString()
+    cached.write_bytes(bad)
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # (as it was: only its content is bad)
+    second = make_server(repository, config=config)
+    np.testing.assert_allclose(second.predict("mlp", np.ones((2, 16), np.float32))["y"], expected, rtol=1e-6)
+    assert f"the cached graph {cached.name} does not load, but model.onnx does; deleting the graph" in caplog.text
+    assert not cached.exists() or cached.read_bytes() != bad  # (deleted; the next session may cache a good one)
