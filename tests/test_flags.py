@@ -220,6 +220,18 @@ def test_file_flags_without_any_good_file_raise(tmp_path: Path) -> None:
         flags.get_number("x", 0, {})
 
 
+def test_a_flag_file_whose_top_level_is_not_a_table_is_refused_saying_so(tmp_path: Path) -> None:
+    # (a JSON list, or a bare value, where an object of flags belongs: every lookup falls back, and the error
+    # an operator reads in status() must say what is wrong with the file)
+    path = tmp_path / "flags.json"
+    path.write_text('[{"fraud.canary.percent": 5}]')
+    flags = FileFlags(path, check_interval_s=0)
+    with pytest.raises(FlagError, match="flag file unusable"):
+        flags.get_number("fraud.canary.percent", 0, {})
+    assert flags.last_error is not None and "the top level must be a table/object" in flags.last_error
+    flags.close()
+
+
 def test_an_openfeature_kill_switch_answers_a_request_whose_key_cannot_be_made_text(
     repository: Path, make_server: ServerFactory
 ) -> None:
