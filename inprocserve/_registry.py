@@ -1482,6 +1482,8 @@ class Registry:
                 if failure
                 else ""
             )
+            if not hint and model in self._policy_problems:  # (in the repository, and none of it selected)
+                hint = "; its version_policy (config.toml) selects none of its versions: see the server's status"
             # version=None here says "no such model" (a known model's missing version carries the version):
             # RequestTelemetry.refused records such refusals under one model name, not the caller's.
             return ModelNotFoundError(f"unknown model {brief(model)} (servable models: {known}){hint}", model=model)

@@ -87,6 +87,8 @@ def test_a_model_whose_version_policy_selects_none_of_its_versions_is_not_ready(
     assert not state.ready and set(state.reasons) == {"fraud"}
     assert "its version_policy selects none of the versions in the repository (1)" in state.reasons["fraud"]
     assert server.status()["models"]["fraud"]["ready"] is False
+    with pytest.raises(inprocserve.ModelNotFoundError, match=r"its version_policy \(config.toml\) selects none"):
+        server.predict("fraud", [[1, 2, 3, 4]])  # (said to the caller too: "unknown model" gave no cause)
     (scale_repository / "fraud" / "config.toml").write_text("version_policy = { specific = [1] }\n")
     assert server.refresh() == []
     assert server.readiness().ready and server.predict("fraud", [[1, 2, 3, 4]]).version == 1
