@@ -53,14 +53,22 @@ def test_arena_settings_load_and_serve(repository: Path, make_server: ServerFact
         server.close()
 
 
-def test_the_optimized_graph_is_cached_and_reused(repository: Path, make_server: ServerFactory) -> None:
+def cached_graph_served(
+    repository: Path, make_server: ServerFactory
+) -> tuple[Path, ModelConfig, np.ndarray, list[Path]]:
+    """A model served once with the optimized-graph cache on, then closed: its path, that config, its answer
+    to two rows of ones, and the cached graphs written beside it."""
     path = save_model(build_mlp_model((16, 32, 4), seed=2), repository, "mlp", 1)
     past_the_tick(path)
     config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
     first = make_server(repository, config=config)
     expected = first.predict("mlp", np.ones((2, 16), np.float32))["y"]
     first.close()
-    cached = [p for p in path.parent.iterdir() if p.name.startswith("model.optimized-")]
+    return path, config, expected, [p for p in path.parent.iterdir() if p.name.startswith("model.optimized-")]
+
+
+def test_the_optimized_graph_is_cached_and_reused(repository: Path, make_server: ServerFactory) -> None:
+    path, config, expected, cached = cached_graph_served(repository, make_server)
     assert len(cached) == 1
     written = cached[0].stat().st_mtime_ns
     second = make_server(repository, config=config)  # loads the cached graph, does not rewrite it
@@ -393,13 +401,7 @@ def test_a_damaged_cached_graph_is_deleted_and_the_model_file_served(
 ) -> None:
     # (a graph another build wrote, or overwritten on disk: the version must still load, from model.onnx, and
     # the bad graph go, or every start would try it first)
-    path = save_model(build_mlp_model((16, 32, 4), seed=2), repository, "mlp", 1)
-    past_the_tick(path)
-    config = ModelConfig(pool=PoolConfig(optimized_model_cache=True))
-    first = make_server(repository, config=config)
-    expected = first.predict("mlp", np.ones((2, 16), np.float32))["y"]
-    first.close()
-    (cached,) = [p for p in path.parent.iterdir() if p.name.startswith("model.optimized-")]
+    _path, config, expected, (cached,) = cached_graph_served(repository, make_server)
     stat = cached.stat()
     # (a whole ONNX file that onnxruntime refuses: a file that does not parse is deleted before any build)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])
