@@ -16,7 +16,6 @@ interleavings, input samples, the draws' generators) stays on the :class:`Router
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import logging
 import math
@@ -32,6 +31,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from . import _fork
+from ._assignments import _COUNTED, _Assignments
 from ._backend import raised_by_signal_handler
 from ._config import RolloutConfig
 from ._config_checks import shown
@@ -164,75 +164,6 @@ class _NoFlags:
 
 
 _EMPTY: Mapping[str, Any] = {}
-
-
-class _Counted(enum.Enum):
-    """What :meth:`_Assignments.take` gives for a request whose outcome was counted already (any string may
-    name a variant, the empty one too)."""
-
-    COUNTED = "counted"
-
-
-_COUNTED = _Counted.COUNTED
-
-
-class _Assignments:
-    """Request id -> the variant that served it and the statistics it was counted in, for outcomes reported
-    by request id: each kept ``ttl_s`` after it was served, and at most ``size`` of them (the oldest go
-    first). Not thread-safe: the router's lock guards it.
-
-    The serial number of the statistics a request was counted in is its proof of version: a variant's
-    statistics are of one version, and start afresh (another number) when another version serves it, so an
-    outcome credits only the statistics its request was counted in, if they are still the variant's (an old
-    version's late outcome credits nothing). A number, not the statistics object: a tuple of numbers and text
-    is not tracked by the garbage collector, and 100 000 tracked ones made every note ~90 ns slower.
-
-    Every routed request of a rollout is noted here, so a note must cost little: a request id is noted once,
-    so the order of insertion is the order of expiry, and an ordered dict pruned from its front does what a
-    TTL cache does for a fraction of its bookkeeping (cachetools' ``TTLCache``: about 4.6 µs a note here)."""
-
-    __slots__ = ("_clock", "_entries", "_front_expires", "_size", "_ttl_s")
-
-    def __init__(self, size: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._entries: OrderedDict[str, tuple[float, str | _Counted, int]] = OrderedDict()
-        self._size = size
-        self._ttl_s = ttl_s
-        self._clock = clock
-        # When the front entry expires, or earlier: the front only ever gets a later one (notes join at the
-        # back, expiring after all the others), so a note looks at the front only from this time on.
-        self._front_expires = -math.inf
-
-    def note(self, request_id: str, variant: str | _Counted, serial: int = 0) -> None:
-        """Remember that ``variant`` served ``request_id``, counted in its statistics of this ``serial``
-        number (``_COUNTED``: credit nothing for it)."""
-        entries, now = self._entries, self._clock()
-        if request_id in entries:  # (noted again: it expires from now, behind the others)
-            del entries[request_id]
-        entries[request_id] = (now + self._ttl_s, variant, serial)
-        if len(entries) > self._size:
-            entries.popitem(last=False)
-        if now >= self._front_expires:
-            for _ in range(2):  # those expired at the front, two per note: a note never does unbounded work
-                if next(iter(entries.values()))[0] > now:
-                    break
-                entries.popitem(last=False)
-            self._front_expires = next(iter(entries.values()))[0]  # (this note's, at least, is there)
-
-    def take(self, request_id: str) -> tuple[str, int] | _Counted | None:
-        """The variant that served ``request_id`` and the serial number of the statistics it was counted in,
-        once: an outcome counts once per request, so a retried report (or a second click on the page) cannot
-        outweigh the requests that were reported once. The entry stays, marked ``_COUNTED``, so that a repeat
-        is known for one and is not credited by key either."""
-        entry = self._entries.get(request_id)
-        if entry is None or entry[0] <= self._clock():
-            return None
-        if entry[1] is _COUNTED:
-            return _COUNTED
-        self._entries[request_id] = (entry[0], _COUNTED, 0)  # (in place: the order of expiry is kept)
-        return entry[1], entry[2]
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,8 +369,10 @@ class Router:
     def _after_fork_in_child(self) -> None:
         """The parent's threads are not in a forked child: a lock one of them held at the fork (a request's
         note) would stay held there, and the child's requests would wait for it for ever. The routing state
-        is immutable: the child routes by the one published at the fork, as the registry's."""
+        is immutable: the child routes by the one published at the fork, as the registry's. The child's request
+        ids have another prefix (see _Assignments.after_fork_in_child)."""
         self._lock = threading.Lock()
+        self._assignments.after_fork_in_child()
 
     def state_for(
         self, config: RolloutConfig, *, alias: int | None = None, killed: bool = False, refusal: str | None = None

@@ -1,0 +1,211 @@
+"""A rollout's notes of which variant served each request (for outcomes reported by request id): exact for
+every request of the rollout among the process's others, kept an hour, bounded with the oldest going first,
+credited once, compact, and never fooled by an id of another form."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve._assignments import _COUNTED, _Assignments
+from inprocserve._prediction import RequestIds
+from inprocserve._rollout import _ASSIGNMENT_TTL_S, _ASSIGNMENTS_KEPT
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory, rollout
+
+
+def test_a_rollouts_notes_among_the_processs_other_requests_all_credit_exactly() -> None:
+    """The request numbers are the whole process's (every model's requests take one): a rollout notes a
+    scattered share of them, numbers that are multiples of its bound apart among them. Arrays indexed by the
+    number modulo the bound lost such notes (an earlier attempt, reverted); every one must stay, and the
+    numbers of other models' requests credit nothing here."""
+    ids, draw = RequestIds(), random.Random(7)
+    served = _Assignments(1_000, 3600.0)
+    mine: list[tuple[str, str, int]] = []
+    theirs: list[str] = []
+    while len(mine) < 1_000:
+        request_id = ids.next()
+        if draw.random() < 0.05:  # (one request in twenty: ~20 000 numbers for the bound's 1 000 notes)
+            mine.append((request_id, draw.choice(["control", "treatment", ""]), draw.randrange(1, 2**40)))
+            served.note(*mine[-1])
+        else:
+            theirs.append(request_id)
+    assert len(served) == 1_000
+    assert all(served.take(request_id) == (variant, serial) for request_id, variant, serial in mine)
+    assert all(served.take(request_id) is None for request_id in theirs)
+    assert all(served.take(request_id) is _COUNTED for request_id, _, _ in mine)  # and credited once
+
+
+def test_every_request_of_a_rollout_served_among_another_models_is_credited_once(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the server, a bound of 64 (the 100 000's behaviour, in fewer requests): 60 requests of an A/B
+    test, each among a few of another model's, are each credited to the arm that served them, once."""
+    monkeypatch.setattr(inprocserve._rollout, "_ASSIGNMENTS_KEPT", 64)
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    save_model(build_scale_model(5.0), repository, "other", 1)
+    arms = {"control": inprocserve.VariantConfig(version=1), "treatment": inprocserve.VariantConfig(version=2)}
+    server = make_server(
+        repository, models={"scale": rollout(strategy="ab", variants=arms), "other": inprocserve.ModelConfig()}
+    )
+    x, draw = np.ones((1, 4), np.float32), random.Random(3)
+    served, others = [], []
+    for user in range(60):
+        others += [server.predict("other", x).request_id for _ in range(draw.randrange(1, 6))]
+        served.append(server.predict("scale", x, context={"user_id": f"user-{user}"}))
+    assert {result.variant for result in served} == {"control", "treatment"}
+    assert [server.record_outcome(result.request_id, 1.0) for result in served] == [r.variant for r in served]
+    assert [server.record_outcome(result.request_id, 1.0) for result in served] == [None] * 60  # once
+    assert {server.record_outcome(request_id, 1.0) for request_id in others} == {None}  # (served by default)
+    arm_stats = server.status()["models"]["scale"]["rollout"]["variants"]
+    assert {arm: arm_stats[arm]["outcomes"] for arm in arms} == {
+        arm: sum(result.variant == arm for result in served) for arm in arms
+    }
+
+
+@pytest.mark.parametrize(
+    "reported",
+    ["07", "007", "+7", "-7", " 7", "7 ", "7\n", "0_7", "\u0667", "7.0", "", "70"],
+)
+def test_an_id_that_is_not_the_number_as_written_credits_nothing(reported: str) -> None:
+    """``p-07`` is not request 7 of ``p-`` (``int`` reads it, and a sign, spaces, underscores and other
+    scripts' digits, as 7): an earlier attempt credited request 7's variant to such ids."""
+    ids = RequestIds()
+    served = _Assignments(100, 60.0)
+    for _ in range(6):
+        ids.next()
+    seventh = ids.next()
+    served.note(seventh, "canary", 3)
+    assert served.take(ids.prefix + reported) is None
+    assert served.take(seventh) == ("canary", 3)
+
+
+def test_an_id_of_another_prefix_or_form_is_noted_apart_and_aliases_no_request() -> None:
+    """Ids a server never hands out (another server's, one made up) are remembered as they are, each for its
+    own id: ``q-7`` is not ``p-7``, and ``p-07`` noted is not ``p-7``."""
+    served = _Assignments(100, 60.0)
+    served.note("p-7", "canary", 1)
+    served.note("q-7", "stable", 2)
+    served.note("p-07", "treatment", 3)
+    served.note("request-of-version-2", "control", 4)
+    assert len(served) == 4
+    assert served.take("q-7") == ("stable", 2) and served.take("p-07") == ("treatment", 3)
+    assert served.take("request-of-version-2") == ("control", 4) and served.take("p-7") == ("canary", 1)
+    assert {served.take(request_id) for request_id in ("q-7", "p-07", "request-of-version-2", "p-7")} == {_COUNTED}
+
+
+def test_notes_taken_out_of_order_by_racing_threads_are_all_found() -> None:
+    """A request takes its number before the router's lock: two threads can note 11 before 10."""
+    served = _Assignments(100, 60.0)
+    for number in (12, 10, 14, 11, 13, 20, 16, 15, 19):
+        served.note(f"p-{number}", f"arm-{number}", number)
+    assert len(served) == 9
+    assert [served.take(f"p-{number}") for number in range(10, 21)] == [
+        (f"arm-{n}", n) if n not in (17, 18) else None for n in range(10, 21)
+    ]
+
+
+def test_a_note_expires_its_ttl_after_it_was_noted() -> None:
+    now = [0.0]
+    served = _Assignments(100, 60.0, clock=lambda: now[0])
+    for number in range(1, 4):  # noted at 0, 10 and 20 s
+        served.note(f"p-{number}", "canary", number)
+        now[0] += 10.0
+    now[0] = 60.0
+    assert served.take("p-1") is None  # (60 s old: expired)
+    now[0] = 69.9
+    assert served.take("p-2") == ("canary", 2)
+    now[0] = 80.0
+    assert served.take("p-3") is None
+    served.note("p-4", "canary", 4)  # (each note drops up to two of the expired ones)
+    assert len(served) == 2
+    served.note("p-5", "canary", 5)
+    assert len(served) == 2 and served.take("p-4") == ("canary", 4)
+
+
+def test_at_the_bound_the_oldest_note_goes_first_whichever_way_it_was_kept() -> None:
+    """Ids of the server's prefix and others (kept apart) count against one bound, the oldest going first."""
+    served = _Assignments(3, 60.0, clock=itertools.count().__next__)  # (each note a tick later)
+    for request_id in ("p-1", "made-up-a", "p-2", "made-up-b", "p-3", "p-4"):
+        served.note(request_id, request_id, 0)
+    assert len(served) == 3
+    assert [served.take(request_id) for request_id in ("p-1", "made-up-a", "p-2")] == [None] * 3
+    assert [served.take(request_id) for request_id in ("made-up-b", "p-3", "p-4")] == [
+        (request_id, 0) for request_id in ("made-up-b", "p-3", "p-4")
+    ]
+
+
+def test_a_request_noted_again_is_kept_from_then_and_counted_once() -> None:
+    now = [0.0]
+    served = _Assignments(3, 60.0, clock=lambda: now[0])
+    served.note("p-1", "canary", 1)
+    served.note("p-2", _COUNTED)  # (a request that counts nowhere: known, credited nothing)
+    assert served.take("p-2") is _COUNTED
+    now[0] = 50.0
+    served.note("p-3", "canary", 3)
+    now[0] = 55.0
+    served.note("p-1", "stable", 9)  # noted again: it expires 60 s from now, after p-3
+    served.note("p-4", "canary", 4)  # past the bound: p-2 goes, the oldest note
+    served.note("p-5", "canary", 5)  # then p-3, noted before p-1's second note
+    now[0] = 65.0  # (p-1's first note would have expired)
+    assert len(served) == 3 and served.take("p-3") is None
+    assert served.take("p-1") == ("stable", 9) and served.take("p-1") is _COUNTED
+    now[0] = 115.0
+    assert served.take("p-1") is None and served.take("p-5") is None
+
+
+def test_a_forked_childs_notes_take_the_columns_and_its_parents_stay_credited() -> None:
+    """After a fork the child's ids have a prefix of their own: the parent's notes (those of requests served
+    before the fork) are kept apart and still credited once, the child's are numbered by its prefix."""
+    served = _Assignments(100, 60.0)
+    for number in range(1, 6):
+        served.note(f"parent-{number}", "canary", number)
+    assert served.take("parent-1") == ("canary", 1)
+    served.after_fork_in_child()
+    for number in range(1, 6):
+        served.note(f"child-{number}", "stable", number)
+    assert len(served) == 10
+    assert [served.take(f"parent-{number}") for number in range(1, 6)] == [_COUNTED] + [
+        ("canary", number) for number in range(2, 6)
+    ]
+    assert [served.take(f"child-{number}") for number in range(1, 6)] == [("stable", n) for n in range(1, 6)]
+
+
+def test_notes_a_fork_caught_half_written_are_dropped_not_misread() -> None:
+    """A thread of the parent noting a request at the instant of the fork leaves the columns of unequal
+    lengths in the child: their rows no longer line up, and they credit nothing rather than another
+    request's variant."""
+    served = _Assignments(100, 60.0)
+    for number in range(1, 6):
+        served.note(f"p-{number}", f"arm-{number}", number)
+    served._numbers.append(6)  # (the number written, the other columns not yet)
+    served.after_fork_in_child()
+    assert len(served) == 0 and {served.take(f"p-{number}") for number in range(1, 7)} == {None}
+
+
+def test_as_many_notes_as_are_kept_take_a_few_bytes_each() -> None:
+    """At the bound a rollout reaches within the hour at 28 requests a second, an ordered dict of id strings
+    and tuples held about 247 bytes a note, 24.7 MB in every worker process for every rolled-out model."""
+    ids = RequestIds()
+    served = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
+    request_ids = [ids.next() for _ in range(_ASSIGNMENTS_KEPT * 3 // 2)]  # (the caller's, not the notes')
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for request_id in request_ids:  # (past the bound: the oldest dropped, and their room given back)
+            served.note(request_id, "canary", 12_345_678)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(served) == _ASSIGNMENTS_KEPT
+    assert held / _ASSIGNMENTS_KEPT < 30, f"{held / _ASSIGNMENTS_KEPT:.0f} bytes a note"
+    dropped = len(request_ids) - _ASSIGNMENTS_KEPT
+    assert served.take(request_ids[dropped]) == ("canary", 12_345_678) and served.take(request_ids[dropped - 1]) is None
