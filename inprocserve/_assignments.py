@@ -125,7 +125,12 @@ class _Assignments:
         number = _number_in(request_id, self._prefix)
         index = self._name_index.get(variant)
         last = numbers[-1] if numbers else -1
-        if index is not None and number > last and not others and 0 <= serial <= _LARGEST_SERIAL:
+        if (
+            index is not None
+            and number > last
+            and 0 <= serial <= _LARGEST_SERIAL
+            and (not others or request_id not in others)  # (in _others: noted before, see _note_otherwise)
+        ):
             numbers.append(number)  # (nearly every note: the next number, of a variant named before)
             self._expires.append(expires)
             self._served.append(serial << _NAME_BITS | index)
@@ -202,7 +207,7 @@ class _Assignments:
         self, request_id: str, number: int, expires: float, variant: str | _Counted, serial: int
     ) -> None:
         """:meth:`note` of an id of no number (-1) or a number below the last one, noted before, of a variant
-        not named before or a serial past the column's, or while ``_others`` holds any."""
+        not named before or a serial past the column's."""
         if number < 0 and self._head == len(self._numbers):
             number = self._adopt_prefix_of(request_id)
         index = self._name_index.get(variant)

@@ -162,6 +162,15 @@ def test_a_request_noted_again_is_kept_from_then_and_counted_once() -> None:
     assert served.take("p-1") is None and served.take("p-5") is None
 
 
+def test_the_last_request_noted_again_and_again_is_one_note() -> None:
+    served = _Assignments(10, 60.0)
+    for variant in ("canary", "stable", "control"):  # (p-2 is the highest number each time)
+        served.note("p-1", "canary", 1)
+        served.note("p-2", variant, 2)
+    assert len(served) == 2
+    assert served.take("p-2") == ("control", 2) and served.take("p-2") is _COUNTED
+
+
 def test_a_forked_childs_notes_take_the_columns_and_its_parents_stay_credited() -> None:
     """After a fork the child's ids have a prefix of their own: the parent's notes (those of requests served
     before the fork) are kept apart and still credited once, the child's are numbered by its prefix."""
