@@ -73,7 +73,7 @@ def test_every_request_of_a_rollout_served_among_another_models_is_credited_once
 
 @pytest.mark.parametrize(
     "reported",
-    ["07", "007", "+7", "-7", " 7", "7 ", "7\n", "0_7", "\u0667", "7.0", "", "70"],
+    ["07", "007", "+7", "-7", " 7", "7 ", "7\n", "0_7", "\u0667", "7.0", "", "70", "7" + "0" * 18, "7" * 5000],
 )
 def test_an_id_that_is_not_the_number_as_written_credits_nothing(reported: str) -> None:
     """``p-07`` is not request 7 of ``p-`` (``int`` reads it, and a sign, spaces, underscores and other
@@ -96,10 +96,20 @@ def test_an_id_of_another_prefix_or_form_is_noted_apart_and_aliases_no_request()
     served.note("q-7", "stable", 2)
     served.note("p-07", "treatment", 3)
     served.note("request-of-version-2", "control", 4)
-    assert len(served) == 4
-    assert served.take("q-7") == ("stable", 2) and served.take("p-07") == ("treatment", 3)
-    assert served.take("request-of-version-2") == ("control", 4) and served.take("p-7") == ("canary", 1)
-    assert {served.take(request_id) for request_id in ("q-7", "p-07", "request-of-version-2", "p-7")} == {_COUNTED}
+    past_64_bits, past_int = "p-" + "9" * 19, "p-" + "9" * 5000  # (int() refuses over 4300 digits)
+    served.note(past_64_bits, "canary", 5)
+    served.note(past_int, "canary", 6)
+    made_up = ("q-7", "p-07", "request-of-version-2", past_64_bits, past_int, "p-7")
+    assert len(served) == 6
+    assert [served.take(request_id) for request_id in made_up] == [
+        ("stable", 2),
+        ("treatment", 3),
+        ("control", 4),
+        ("canary", 5),
+        ("canary", 6),
+        ("canary", 1),
+    ]
+    assert {served.take(request_id) for request_id in made_up} == {_COUNTED}
 
 
 def test_notes_taken_out_of_order_by_racing_threads_are_all_found() -> None:
