@@ -32,8 +32,7 @@ from ._batch_queue import BatchQueue
 from ._config import BatchingConfig
 from ._deadlines import Watchdog
 from ._errors import DeadlineExceededError, InferenceError, QueueFullError, ServerClosedError, VersionRetiredError
-from ._flush_policy import FlushPolicy, RunCost, automatic_delay_s
-from ._handoff import handoff_cost_s
+from ._flush_policy import OVERLAP_BELOW_S, FlushPolicy, RunCost, automatic_delay_s
 from ._pool import RunnerPool, keep_inherited
 from ._recorder import Recorder
 from ._request import (
@@ -152,8 +151,10 @@ class Batcher:
         self.telemetry = Recorder(self.model, self.version)  # this version's metric attributes, built once
         self._policy = FlushPolicy(
             max_rows=config.max_batch_size if self._merge else 1,
-            delay_s=automatic_delay_s(config, merge=self._merge, run_cost=run_cost, handoff_s=handoff_cost_s),
+            delay_s=automatic_delay_s(config, merge=self._merge, run_cost=run_cost),
             preferred_batch_sizes=config.preferred_batch_sizes or (),
+            runners=backend.concurrency,
+            overlap=run_cost is not None and run_cost.fixed_s < OVERLAP_BELOW_S,
             clock=clock,
         )
         self._execution = BatchExecution(
@@ -270,7 +271,7 @@ class Batcher:
                 if self._closing and not readmit:
                     raise self._retired()
                 active = self._active_rows + rows
-                runs_now = self._policy.arrive(active, rows)
+                runs_now = self._policy.arrive(active, rows, self._in_flight + request.callers)
                 runner = pool.checkout() if run_inline and runs_now and not self._queue.rows else None
                 if runner is not None:
                     self._in_flight += request.callers
@@ -546,8 +547,8 @@ class Batcher:
                 if self._closing or self._queue.rows:
                     return None
                 active = self._active_rows + rows
-                # a peak, not a count: when the full way follows, its own arrival changes nothing
-                if not self._policy.arrive(active, rows):
+                if not self._policy.arrive(active, rows, self._in_flight + callers):
+                    self._policy.withdraw(callers)  # (the full way follows: its arrival is the one counted)
                     return None
                 taken = self._pool.checkout()
                 if taken is None:

@@ -2,14 +2,24 @@
 
 * **Idle: run now.** A request that finds a runner free and nothing queued runs at once — unless recent
   traffic showed more concurrent rows than it brings and waiting for them is worth it.
+* **Callers of a quick model that overlap are not merged.** For a model whose fixed cost per run is under
+  ``OVERLAP_BELOW_S`` (what a caller's own work between two requests costs, its Python and a thread
+  hand-off, on the machines measured), while the requests arriving recently found, on average, at most one
+  caller's request more in flight than the version has runners (their own included): each caller's own
+  work then overlaps another caller's run, so a runner is seldom idle for long, and waiting to merge their
+  requests would make each wait for the others' work instead, to save a fixed cost smaller than that work
+  (``benchmarks/batch_delay.py``). Their requests run as they come. An average, not a peak: requests of
+  light traffic from many threads meet now and then, and waiting for a companion each time made them
+  slower for nothing. A model that computes longer is merged as before: a second caller's run saves a
+  fixed cost far larger than any overlap.
 * **Wait only for companions that are coming.** Right after a batch returns, its callers come back one by
   one (each needs the GIL). Running the first alone would pay the model's fixed cost per run for one row,
   and the rest would form a second, ragged batch. So while recent traffic showed more concurrent rows than
   are queued, a free worker waits for them — at most ``max_delay_s`` (by default the model's fixed cost per
   run, measured at load) — and stops waiting the moment they are there. A lone caller never waits: the
   recent concurrency it sees is its own request.
-* **Recent concurrency** is the peak of rows queued or running over the last one or two windows of
-  ``CONCURRENCY_WINDOW_S``.
+* **Recent concurrency** is the peak of rows queued or running, and the mean of callers' requests in flight
+  that arriving requests found, over the last one or two windows of ``CONCURRENCY_WINDOW_S``.
 
 No threads, locks or I/O here: the batcher calls it with its own lock held, and tests step a manual clock
 through its decisions.
@@ -25,13 +35,11 @@ from typing import Any
 
 from ._config import BatchingConfig
 
-__all__ = ["CONCURRENCY_WINDOW_S", "FlushPolicy", "RunCost", "automatic_delay_s"]
+__all__ = ["CONCURRENCY_WINDOW_S", "OVERLAP_BELOW_S", "FlushPolicy", "RunCost", "automatic_delay_s"]
 
 CONCURRENCY_WINDOW_S = 0.25  # recent concurrency = the peak over the last one or two such windows
 AUTO_DELAY_CAP_S = 0.005  # the automatic wait for companions never exceeds this
-# Merging through the queue costs a thread hand-off or two; it pays only when the fixed cost it saves is
-# clearly larger than that.
-WAIT_WHEN_FIXED_COST_OVER_HANDOFFS = 4
+OVERLAP_BELOW_S = 0.0002  # a fixed cost per run under this: callers that overlap run as they come
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +65,20 @@ class RunCost:
         )
 
 
-def automatic_delay_s(
-    config: BatchingConfig, *, merge: bool, run_cost: RunCost | None, handoff_s: Callable[[], float]
-) -> float:
+def automatic_delay_s(config: BatchingConfig, *, merge: bool, run_cost: RunCost | None) -> float:
     """The longest wait for companions: ``max_delay_s`` if configured, else the model's fixed cost per run
-    (capped) when that clearly exceeds a thread hand-off (``handoff_s()``, asked only then), else none.
-    Never any without merging."""
+    (capped): waiting longer than a second run would cost cannot pay. Never any without merging.
+
+    Not weighed against a thread hand-off measured at start-up, as it was: that probe read 2.7-3.1 µs in
+    four processes of six and 25 µs in the other two on one machine, so mlp-small (a fixed cost of 24-74 µs,
+    against four hand-offs) waited in some processes and never in others, and a process's throughput at 64
+    callers depended on which it drew. Whether waiting pays at all is the concurrency's question
+    (:meth:`FlushPolicy.overlapping`), asked anew every window."""
     if not merge:
         return 0.0
     if config.max_delay_s is not None:
         return config.max_delay_s
-    if run_cost is not None and run_cost.fixed_s > WAIT_WHEN_FIXED_COST_OVER_HANDOFFS * handoff_s():
+    if run_cost is not None:
         return min(run_cost.fixed_s, AUTO_DELAY_CAP_S)
     return 0.0
 
@@ -81,10 +92,26 @@ class FlushPolicy:
         max_rows: The most rows one run takes (1 when requests are not merged).
         delay_s: The longest wait for companions (0: never wait).
         preferred_batch_sizes: Batch sizes worth waiting for, smallest first (empty: the recent peak).
+        runners: How many runs the version makes at once (its backend's concurrency).
+        overlap: Whether callers that overlap run as they come (a quick model's: see the module's docstring).
         clock: A monotonic clock.
     """
 
-    __slots__ = ("_clock", "_previous_peak", "_window_peak", "_window_start", "delay_s", "max_rows", "preferred")
+    __slots__ = (
+        "_arrivals",
+        "_callers_seen",
+        "_clock",
+        "_previous_arrivals",
+        "_previous_callers_seen",
+        "_previous_peak",
+        "_window_peak",
+        "_window_start",
+        "delay_s",
+        "max_rows",
+        "overlap",
+        "preferred",
+        "runners",
+    )
 
     def __init__(
         self,
@@ -92,21 +119,25 @@ class FlushPolicy:
         max_rows: int,
         delay_s: float,
         preferred_batch_sizes: Sequence[int] = (),
+        runners: int = 1,
+        overlap: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_rows = max_rows
         self.delay_s = delay_s
         self.preferred = tuple(sorted(preferred_batch_sizes))
+        self.runners = runners
+        self.overlap = overlap
         self._clock = clock
         self._window_start = clock()
-        self._window_peak = 0
-        self._previous_peak = 0
+        self._window_peak = self._previous_peak = 0
+        self._callers_seen = self._arrivals = self._previous_callers_seen = self._previous_arrivals = 0
 
     def reset(self) -> None:
         """Forget recent traffic (a forked child starts afresh)."""
         self._window_start = self._clock()
-        self._window_peak = 0
-        self._previous_peak = 0
+        self._window_peak = self._previous_peak = 0
+        self._callers_seen = self._arrivals = self._previous_callers_seen = self._previous_arrivals = 0
 
     def disable_merging(self) -> None:
         """One request per run from now on: nothing to wait for."""
@@ -116,25 +147,46 @@ class FlushPolicy:
     def now(self) -> float:
         return self._clock()
 
-    def arrive(self, active_rows: int, rows: int) -> bool:
-        """A request of ``rows`` rows arrived, making ``active_rows`` queued or running. Returns whether it
-        may run at once on an idle runner (nothing recent suggests companions worth waiting for)."""
+    def arrive(self, active_rows: int, rows: int, callers: int) -> bool:
+        """A request of ``rows`` rows arrived, making ``active_rows`` queued or running and ``callers`` callers'
+        requests in flight (its own included). Returns whether it may run at once on an idle runner (nothing
+        recent suggests companions worth waiting for)."""
         now = self._clock()
         if now - self._window_start > CONCURRENCY_WINDOW_S:
-            self._previous_peak = self._window_peak
-            self._window_peak = active_rows
-            self._window_start = now
+            self._roll(now, active_rows)
         elif active_rows > self._window_peak:
             self._window_peak = active_rows
-        return not self.delay_s or rows >= self.target_rows()
+        self._callers_seen += callers
+        self._arrivals += 1
+        return not self.delay_s or rows >= self.target_rows() or self.overlapping()
+
+    def withdraw(self, callers: int) -> None:
+        """Uncount the arrival just counted (``callers`` in flight), which arrives again another way (the owner
+        calls this under the lock it held for :meth:`arrive`)."""
+        self._callers_seen -= callers
+        self._arrivals -= 1
+
+    def overlapping(self) -> bool:
+        """Whether callers overlap (see ``overlap``): the requests that arrived recently found, on average, at
+        most one caller's request more in flight than runners. They run as they come."""
+        if not self.overlap:
+            return False
+        seen = self._callers_seen + self._previous_callers_seen
+        return seen <= (self.runners + 1) * (self._arrivals + self._previous_arrivals)
+
+    def _roll(self, now: float, active_rows: int) -> None:
+        """Open a new window at ``now`` (``active_rows`` queued or running), the current one becoming the
+        previous."""
+        self._previous_peak, self._window_peak = self._window_peak, active_rows
+        self._previous_callers_seen, self._callers_seen = self._callers_seen, 0
+        self._previous_arrivals, self._arrivals = self._arrivals, 0
+        self._window_start = now
 
     def roll(self, active_rows: int) -> float:
         """Start a new window if the current one is over (``active_rows`` opens it). Returns the time."""
         now = self._clock()
         if now - self._window_start > CONCURRENCY_WINDOW_S:
-            self._previous_peak = self._window_peak
-            self._window_peak = active_rows
-            self._window_start = now
+            self._roll(now, active_rows)
         return now
 
     def target_rows(self) -> int:
@@ -155,6 +207,8 @@ class FlushPolicy:
         if not self.delay_s:
             return 0.0, queued_rows
         now = self.roll(active_rows)
+        if self.overlapping():
+            return 0.0, queued_rows
         target = self.target_rows()
         if self.preferred:
             target = min([size for size in self.preferred if size >= queued_rows] or [target])

@@ -19,16 +19,29 @@ DELAY_S = 0.002
 
 
 def policy(
-    clock: ManualClock, *, max_rows: int = 16, delay_s: float = DELAY_S, preferred: tuple[int, ...] = ()
+    clock: ManualClock,
+    *,
+    max_rows: int = 16,
+    delay_s: float = DELAY_S,
+    preferred: tuple[int, ...] = (),
+    runners: int = 1,
+    overlap: bool = True,
 ) -> FlushPolicy:
-    return FlushPolicy(max_rows=max_rows, delay_s=delay_s, preferred_batch_sizes=preferred, clock=clock)
+    return FlushPolicy(
+        max_rows=max_rows,
+        delay_s=delay_s,
+        preferred_batch_sizes=preferred,
+        runners=runners,
+        overlap=overlap,
+        clock=clock,
+    )
 
 
 def test_a_lone_caller_never_waits() -> None:
     clock = ManualClock()
     flush = policy(clock)
     for _ in range(5):
-        assert flush.arrive(1, 1)  # the only concurrency it has seen is its own request
+        assert flush.arrive(1, 1, 1)  # the only concurrency it has seen is its own request
         clock.advance(0.01)
     assert flush.target_rows() == 1
     wait, _ = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
@@ -39,16 +52,16 @@ def test_after_concurrent_traffic_a_request_waits_for_its_companions() -> None:
     clock = ManualClock()
     flush = policy(clock)
     for active in range(1, 9):  # eight callers in flight at once
-        flush.arrive(active, 1)
+        flush.arrive(active, 1, active)
     assert flush.target_rows() == 8
-    assert not flush.arrive(1, 1)  # one row when eight are expected: queue it, do not run it alone
-    assert flush.arrive(8, 8)  # a request that fills the target alone runs at once
+    assert not flush.arrive(1, 1, 1)  # one row when eight are expected: queue it, do not run it alone
+    assert flush.arrive(8, 8, 1)  # a request that fills the target alone runs at once
 
 
 def test_the_wait_ends_at_the_delay_or_when_the_target_is_queued() -> None:
     clock = ManualClock()
     flush = policy(clock)
-    flush.arrive(8, 8)
+    flush.arrive(8, 8, 8)
     enqueued = clock()
     wait, target = flush.wait_s(queued_rows=3, oldest_enqueued_at=enqueued, ready_at=enqueued, active_rows=8)
     assert (wait, target) == (pytest.approx(DELAY_S), 8)
@@ -65,7 +78,7 @@ def test_the_wait_ends_at_the_delay_or_when_the_target_is_queued() -> None:
 def test_time_queued_behind_a_busy_runner_is_not_time_spent_waiting() -> None:
     clock = ManualClock()
     flush = policy(clock)
-    flush.arrive(8, 8)
+    flush.arrive(8, 8, 8)
     enqueued = clock()
     clock.advance(0.010)  # the request waited 10 ms for a runner to come free
     wait, _ = flush.wait_s(queued_rows=2, oldest_enqueued_at=enqueued, ready_at=clock(), active_rows=8)
@@ -75,22 +88,22 @@ def test_time_queued_behind_a_busy_runner_is_not_time_spent_waiting() -> None:
 def test_recent_concurrency_is_remembered_for_one_more_window_then_forgotten() -> None:
     clock = ManualClock()
     flush = policy(clock)
-    flush.arrive(12, 12)
+    flush.arrive(12, 12, 12)
     clock.advance(CONCURRENCY_WINDOW_S * 1.1)
-    assert not flush.arrive(1, 1)  # a new window, but the last one's peak still counts
+    assert not flush.arrive(1, 1, 1)  # a new window, but the last one's peak still counts
     assert flush.target_rows() == 12
     clock.advance(CONCURRENCY_WINDOW_S * 1.1)
-    assert flush.arrive(1, 1)  # two quiet windows: back to a lone caller, who never waits
+    assert flush.arrive(1, 1, 1)  # two quiet windows: back to a lone caller, who never waits
     assert flush.target_rows() == 1
 
 
 def test_the_target_is_capped_by_the_batch_size_and_rounded_up_to_a_preferred_size() -> None:
     clock = ManualClock()
     capped = policy(clock, max_rows=4)
-    capped.arrive(50, 1)
+    capped.arrive(50, 1, 50)
     assert capped.target_rows() == 4
     preferred = policy(clock, preferred=(4, 8))
-    preferred.arrive(16, 1)
+    preferred.arrive(16, 1, 16)
     wait, target = preferred.wait_s(queued_rows=3, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=16)
     assert target == 4 and wait > 0  # 3 queued: wait for the next preferred size, not the peak of 16
     wait, target = preferred.wait_s(queued_rows=4, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=16)
@@ -100,40 +113,119 @@ def test_the_target_is_capped_by_the_batch_size_and_rounded_up_to_a_preferred_si
 def test_without_a_delay_or_after_merging_is_disabled_nothing_waits() -> None:
     clock = ManualClock()
     eager = policy(clock, delay_s=0.0)
-    eager.arrive(16, 1)
-    assert eager.arrive(16, 1)
+    eager.arrive(16, 1, 16)
+    assert eager.arrive(16, 1, 16)
     assert eager.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=16)[0] <= 0
     merging = policy(clock)
-    merging.arrive(16, 1)
+    merging.arrive(16, 1, 16)
     merging.disable_merging()
-    assert merging.max_rows == 1 and merging.arrive(16, 1)
+    assert merging.max_rows == 1 and merging.arrive(16, 1, 16)
 
 
 def test_reset_forgets_recent_traffic() -> None:
     clock = ManualClock()
     flush = policy(clock)
-    flush.arrive(16, 16)
+    flush.arrive(16, 16, 16)
     flush.reset()
-    assert flush.target_rows() == 0 and flush.arrive(1, 1)
+    assert flush.target_rows() == 0 and flush.arrive(1, 1, 1)
 
 
-def never_asked() -> float:
-    raise AssertionError("the hand-off cost must not be measured when it cannot change the answer")
+def test_callers_no_more_than_one_past_the_runners_run_as_they_come() -> None:
+    """Two callers of a quick model on one runner: each one's own work overlaps the other's run, so neither
+    waits to be merged; a third caller, or two more than two runners, do."""
+    clock = ManualClock()
+    two_callers = policy(clock)
+    for _ in range(10):
+        assert two_callers.arrive(2, 1, 2)  # the other caller's request is running: run (or queue) at once
+    assert two_callers.target_rows() == 2
+    wait, _ = two_callers.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=2)
+    assert wait <= 0  # a free worker runs the one queued request: its companion is busy with its own work
+    three_callers = policy(clock)
+    for _ in range(3):
+        three_callers.arrive(3, 1, 3)
+    assert not three_callers.arrive(3, 1, 3)
+    wait, target = three_callers.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=3)
+    assert (wait, target) == (pytest.approx(DELAY_S), 3)
+    two_runners = policy(clock, runners=2)
+    for _ in range(3):
+        assert two_runners.arrive(3, 1, 3)
+    for _ in range(6):
+        two_runners.arrive(5, 1, 5)
+    assert not two_runners.arrive(5, 1, 5)
 
 
-def test_automatic_delay_follows_the_run_cost_against_a_thread_handoff() -> None:
+def test_a_model_that_computes_longer_merges_even_two_callers() -> None:
+    """Without ``overlap`` (a fixed cost per run of OVERLAP_BELOW_S or more) a second caller's request is
+    worth waiting for: merged, it saves a fixed cost larger than any overlap of the callers' own work."""
+    clock = ManualClock()
+    flush = policy(clock, overlap=False)
+    for _ in range(10):
+        flush.arrive(2, 1, 2)
+    assert not flush.overlapping() and not flush.arrive(1, 1, 2)
+    wait, target = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=2)
+    assert (wait, target) == (pytest.approx(DELAY_S), 2)
+
+
+def test_light_traffic_from_many_threads_runs_as_it_comes() -> None:
+    """Requests that mostly find nothing else in flight, now and then meeting two or three others: the mean,
+    not the peak, says whether companions come. By the peak, each such request waited for one in vain."""
+    clock = ManualClock()
+    flush = policy(clock)
+    for index in range(40):
+        met = 4 if index % 10 == 0 else 1
+        flush.arrive(met, 1, met)
+    assert flush.target_rows() == 4 and flush.overlapping()  # (by the peak, each would wait for four rows)
+    assert flush.arrive(1, 1, 1)
+    wait, _ = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
+    assert wait <= 0
+
+
+def test_callers_are_counted_apart_from_their_rows() -> None:
+    """One caller's large request is no crowd: its rows make the target, its caller the overlap."""
+    clock = ManualClock()
+    one_caller = policy(clock)
+    one_caller.arrive(12, 12, 1)
+    assert one_caller.target_rows() == 12 and one_caller.arrive(3, 3, 1)
+    wait, _ = one_caller.wait_s(queued_rows=3, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=3)
+    assert wait <= 0
+
+
+def test_an_arrival_withdrawn_is_not_counted() -> None:
+    """A request refused the shortest way arrives again the full way: counted once."""
+    clock = ManualClock()
+    flush = policy(clock)
+    flush.arrive(3, 1, 3)
+    flush.withdraw(3)
+    flush.arrive(2, 1, 2)
+    assert flush.overlapping()  # (counted twice, the 3 made the mean 2.5: more than one past the runner)
+
+
+def test_the_overlap_of_callers_is_forgotten_with_the_windows() -> None:
+    clock = ManualClock()
+    flush = policy(clock)
+    flush.arrive(8, 1, 8)
+    clock.advance(CONCURRENCY_WINDOW_S * 1.1)
+    flush.roll(0)  # a window opened by a worker, before any arrival: the last one's callers still count
+    assert not flush.overlapping()
+    clock.advance(CONCURRENCY_WINDOW_S * 1.1)
+    flush.arrive(2, 1, 2)  # eight callers, two windows ago: two now
+    assert flush.overlapping()
+
+
+def test_the_automatic_delay_is_the_run_cost_capped() -> None:
+    """Not weighed against a thread hand-off measured at start-up: that probe drew 3 or 25 µs on one
+    machine from one process to the next, and the same model waited in some processes and never in others."""
     config = BatchingConfig()
     cheap = RunCost(fixed_s=0.000_05, per_row_s=0.000_01)
     costly = RunCost(fixed_s=0.001, per_row_s=0.000_01)
     huge = RunCost(fixed_s=1.0, per_row_s=0.0)
-    handoff = lambda: 0.000_02  # noqa: E731
-    assert automatic_delay_s(config, merge=True, run_cost=cheap, handoff_s=handoff) == 0.0  # < 4 hand-offs
-    assert automatic_delay_s(config, merge=True, run_cost=costly, handoff_s=handoff) == 0.001
-    assert automatic_delay_s(config, merge=True, run_cost=huge, handoff_s=handoff) == AUTO_DELAY_CAP_S
-    assert automatic_delay_s(config, merge=True, run_cost=None, handoff_s=never_asked) == 0.0
-    assert automatic_delay_s(config, merge=False, run_cost=huge, handoff_s=never_asked) == 0.0
+    assert automatic_delay_s(config, merge=True, run_cost=cheap) == 0.000_05
+    assert automatic_delay_s(config, merge=True, run_cost=costly) == 0.001
+    assert automatic_delay_s(config, merge=True, run_cost=huge) == AUTO_DELAY_CAP_S
+    assert automatic_delay_s(config, merge=True, run_cost=None) == 0.0
+    assert automatic_delay_s(config, merge=False, run_cost=huge) == 0.0
 
 
 def test_a_configured_delay_wins_over_the_measured_one() -> None:
     config = BatchingConfig(max_delay_s=0.003)
-    assert automatic_delay_s(config, merge=True, run_cost=RunCost(1.0, 0.0), handoff_s=never_asked) == 0.003
+    assert automatic_delay_s(config, merge=True, run_cost=RunCost(1.0, 0.0)) == 0.003
