@@ -1,17 +1,22 @@
 """How long a free worker should wait for companions: the flush policy's ``max_delay_s``, swept.
 
-The automatic delay is 0 for a model whose fixed cost per run is under four thread hand-offs (mlp-small on
-the 2-core machines: docs/batching.md, "The flush policy"): a free worker runs whatever is queued at once.
+The automatic delay is the model's fixed cost per run (capped at 5 ms), and whether a free worker waits at
+all is the recent concurrency's question: callers of a quick model that overlap (on average at most one
+more in flight than runners) run as they come (docs/batching.md, "The flush policy"). Until 2026-12-04 the
+delay was 0 unless the fixed cost exceeded four thread hand-offs measured by a probe at start-up, which read
+3 or 25 µs from one process to the next: mlp-small waited in some processes and never in others.
+
 On a 16-core host the queued path of mlp-small stayed near 8,000-10,000 req/s at 8 and 64 callers, with
-batches of 1.9-3.2 rows at 64 callers, where the same code pinned to 2 cores made 24,784 req/s with
-batches of about 32 (docs/performance.md). One reading, not yet checked: with a core of its own the worker
-is free the moment a request arrives, so it runs batches of one or two rows, each paying the hand-offs and
-the Python work of a batch. If so, a worker that waits a little for the callers it just answered gets
-fuller batches there, and this benchmark shows it.
+batches of 1.9-3.2 rows at 64 callers, where the same code pinned to 2 cores made 24,784 req/s with batches
+of about 32 (docs/performance.md). One reading, not yet checked: with a core of its own the worker is free
+the moment a request arrives, so it runs batches of one or two rows, each paying the hand-offs and the
+Python work of a batch. If so, a worker that waits a little for the callers it just answered gets fuller
+batches there, and this benchmark shows it.
 
 For each ``max_delay_s`` (``auto``: the library's choice, then the given values; with ``--baseline DIR``,
-a folder holding another ``inprocserve`` package, that code's own choice too), side by side in one
-process, rounds interleaved:
+a folder holding another ``inprocserve`` package, that code's own choice too, and with
+``--baseline-delays-us`` the delays given there set on it), side by side in one process, rounds
+interleaved:
 
 * **closed loop**: N caller threads, each sending its next one-row request as soon as it has its answer;
 * **open loop**: one-row requests sent at a fixed mean rate (Poisson arrivals over 64 threads), so that
@@ -23,7 +28,7 @@ process's CPU time per request, which other processes on a shared machine distur
 
     python benchmarks/batch_delay.py [--model mlp-small] [--delays-us 0,50,100,300,1000] [--clients 8,64]
                                      [--rates 2000,8000] [--seconds 2] [--rounds 3] [--baseline DIR]
-                                     [--out DIR]
+                                     [--baseline-delays-us 0,60] [--out DIR]
 
 Pin it to some cores to compare (``taskset -c 0,1 python benchmarks/batch_delay.py ...``). Writes
 batch_delay.{json,md} into ``--out`` (benchmarks/results by default).
@@ -141,9 +146,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             for name, delay in delays.items()
         }
-        if args.baseline is not None:  # the other code's own choice, beside this checkout's
+        if args.baseline is not None:  # the other code's own choice (and the delays asked), beside this checkout's
             baseline = import_baseline(args.baseline, Path(folder))
             servers["auto, baseline"] = baseline.Server(repository, models={args.model: baseline.ModelConfig()})
+            for us in args.baseline_delays_us:
+                batching = baseline.BatchingConfig(max_delay_s=us / 1e6)
+                servers[f"{us:g} µs, baseline"] = baseline.Server(
+                    repository, models={args.model: baseline.ModelConfig(batching=batching)}
+                )
         try:
             rows = input_rows(args.model, 64)
             for server in servers.values():  # built, warmed, and the hand-off measured before any timing
@@ -169,9 +179,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _automatic(version: dict[str, Any]) -> dict[str, Any]:
-    """What the library chose for the ``auto`` server, as its status shows it."""
-    keys = ("run_cost_ms", "max_delay_ms", "thread_handoff_us", "max_delay_s")
-    return {key: version[key] for key in keys if key in version}
+    """What the library measured and chose for the ``auto`` server, as its status shows it."""
+    return {"run_cost_ms": version.get("run_cost_ms"), "max_delay_ms": version.get("max_delay_ms")}
 
 
 def _medians(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -184,18 +193,23 @@ def _medians(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 def write_markdown(payload: dict[str, Any], path: Path) -> None:
     args = payload["settings"]
-    automatic = ", ".join(f"{key} {value}" for key, value in payload["automatic"].items()) or "not shown"
+    cost, delay = payload["automatic"].get("run_cost_ms") or {}, payload["automatic"].get("max_delay_ms")
+    automatic = (
+        f"a run costs {cost.get('fixed', float('nan')):.3f} ms + {cost.get('per_row', float('nan')):.4f} ms a row; "
+        f"max_delay_ms {delay}"
+    )
     lines = [
         "# Waiting for companions: max_delay_s swept",
         "",
         machine_line(payload["machine"]),
         f"Model {args['model']}, one-row requests; {args['seconds']} s per point, {args['rounds']} rounds, "
         "the delays interleaved; medians (the slowest request: the worst round; spread: (max-min)/median of "
-        "the throughput over the rounds). `auto`: the library's own choice (its status: "
-        f"{automatic}). Closed: N callers, each sending again as soon as it is answered. Open: Poisson "
+        f"the throughput over the rounds). `auto`: the library's own choice ({automatic}). Closed: N callers, "
+        "each sending again as soon as it is answered. Open: Poisson "
         f"arrivals at that mean rate over {OPEN_LOOP_THREADS} threads, latency counted from when a request "
         "was due. CPU: the process's CPU time per request.",
         "",
+        *([f"Baseline: the package in `{args['baseline']}`.", ""] if args.get("baseline") else []),
         "| load | max_delay | req/s | x auto | p50 ms | p99 ms | slowest ms | rows/batch | CPU µs/req | spread |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -221,15 +235,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="a folder holding another inprocserve package: its auto too")
+    parser.add_argument("--baseline-delays-us", default="", help="max_delay_s values to set on the baseline too, µs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     try:
         args.delays_us = [float(us) for us in args.delays_us.split(",") if us]
+        args.baseline_delays_us = [float(us) for us in args.baseline_delays_us.split(",") if us]
         args.clients = [int(n) for n in args.clients.split(",") if n]
         args.rates = [float(rate) for rate in args.rates.split(",") if rate]
     except ValueError as exc:
         parser.error(f"--delays-us, --clients and --rates take comma-separated numbers: {exc}")
-    if min(args.delays_us, default=0) < 0 or min(args.clients, default=1) < 1 or min(args.rates, default=1) <= 0:
+    if (
+        min(args.delays_us + args.baseline_delays_us, default=0) < 0
+        or min(args.clients, default=1) < 1
+        or min(args.rates, default=1) <= 0
+    ):
         parser.error("delays must be >= 0, clients at least 1, rates positive")
     if args.rounds < 1 or args.seconds <= 0:
         parser.error("--rounds must be at least 1 and --seconds positive")
