@@ -118,17 +118,20 @@ def translate_run_error(
     failed = allocation_error(text, model=model, version=version, sizing_inputs=sizing_inputs)
     if failed is not None:
         return failed
-    if _NEGATIVE_SIZE in text and negative_inputs:
+    if any(words in text for words in _NEGATIVE_SIZE) and negative_inputs:
         return _negative_size_error(text, model=model, version=version, negative_inputs=negative_inputs)
     kind = RUN_ERROR_MAP.get(type(exc).__name__, InferenceError)
     return kind(f"model {model!r} version {version} failed to run: {text}", model=model, version=version)
 
 
 # onnxruntime's words for an allocation it could not make: its arena's (with the size asked for), the
-# allocator's without an arena (the C++ exception's name alone), and a size past any number of bytes.
+# allocator's without an arena (the C++ exception's name alone), and a size past any number of bytes, which
+# onnxruntime 1.17.3 (the floor) says as "status.IsOK() was false. size overflow" where newer releases say
+# "Calculation for Tensor storage size overflowed": matched by the newer words alone, a request for 2**62
+# floats was a 500 InferenceError on the floor, counted against the server, not the client's 400.
 _ARENA_FAILED = re.compile(r"Failed to allocate memory for requested buffer of size (\d+)")
 _BAD_ALLOC = "bad_alloc"
-_OVERFLOWED = ("Tensor storage size overflowed", "Integer overflow")
+_OVERFLOWED = ("Tensor storage size overflowed", "Integer overflow", "was false. size overflow")
 _NODE = re.compile(r"while running (\w+) node")
 
 
@@ -187,8 +190,9 @@ def allocation_error(
 # onnxruntime's words, where every kernel's output tensor is made (``CalculateTensorStorageSize``), for a shape
 # with a negative dimension: a size the request's values set (a ConstantOfShape count of -1), but also one the
 # model computes wrong from a request's shape or values (a sequence shorter than it needs, a branch the warm-up's
-# zeros never took), so the client's only where it sent a negative integer.
-_NEGATIVE_SIZE = "shape.Size() must be >= 0"
+# zeros never took), so the client's only where it sent a negative integer. onnxruntime 1.17.3 (the floor) says
+# it in other words, "Tensor shape cannot contain any negative value": a -1 sent there was a 500.
+_NEGATIVE_SIZE = ("shape.Size() must be >= 0", "Tensor shape cannot contain any negative value")
 
 
 def _negative_size_error(text: str, *, model: str, version: int, negative_inputs: Sequence[str]) -> InvalidInputError:
