@@ -406,6 +406,8 @@ def _quantize(args: argparse.Namespace) -> int:
         return OK
     print(f"{report['source']} -> {report['target']}")
     print(f"size: {report['bytes_before']:,} -> {report['bytes_after']:,} bytes ({report['size_ratio']:.2f}x)")
+    for op_type, reason in report["left_in_float32"].items():
+        print(f"not quantized: {op_type} ({reason})")
     shapes = ", ".join(f"{name} {shape}" for name, shape in report["sample_shapes"].items())
     print(f"compared on made-up inputs (random floats, zeros elsewhere): {shapes}")
     for batch, figures in report["speed"].items():

@@ -20,7 +20,15 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from inprocserve import InferenceError, InvalidInputError, ModelConfig, PaddingConfig, PoolConfig
+from inprocserve import (
+    InferenceError,
+    InvalidInputError,
+    ModelConfig,
+    ModelLoadError,
+    PaddingConfig,
+    PoolConfig,
+    _quantize,
+)
 from inprocserve.__main__ import main
 from inprocserve._batch_ops import group_key
 from inprocserve._ort_rules import usable_cores
@@ -95,6 +103,39 @@ def test_quantize_compares_a_convolution_over_time_on_steps_it_runs_on(
 
     assert main(["quantize", "--seconds", "0.02", "--sample", "8", str(convolution), str(target)]) == 0
     assert "compared on made-up inputs (random floats, zeros elsewhere): x [8, 4, 16]" in capfd.readouterr().out
+
+
+def test_quantize_leaves_convolutions_float32_where_onnxruntime_has_no_int8_convolution(
+    convolution: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """onnxruntime before int8 ConvInteger kernels (1.17.3, the floor) could not load what its quantizer makes of
+    a Conv: quantize failed for any convolutional network (the tests above failed on the oldest pins). There
+    the convolutions stay float32, and the report and the command's output say so."""
+    monkeypatch.setattr(_quantize, "int8_convolutions_load", lambda: False)
+    target = tmp_path / "detector-int8.onnx"
+    report = quantize(convolution, target, sample_rows=8, seconds=0.01)
+    assert report["left_in_float32"] == {"Conv": _quantize.LEFT_IN_FLOAT32_REASON}
+    op_types = {node.op_type for node in onnx.load(str(target)).graph.node}
+    assert "Conv" in op_types and "ConvInteger" not in op_types, op_types
+    assert report["accuracy"]["y"]["max_abs_diff"] < 1e-5  # (nothing else in it to quantize)
+    assert main(["quantize", "--seconds", "0.01", "--sample", "8", str(convolution), str(target)]) == 0
+    assert "not quantized: Conv (this onnxruntime has no ConvInteger kernel for int8" in capfd.readouterr().out
+
+
+def test_the_int8_convolution_probe_says_what_this_onnxruntime_loads(
+    convolution: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whichever onnxruntime is installed: where the probe says yes, a quantized Conv is a ConvInteger that loads
+    # and the report leaves nothing float32; where it says no, quantizing the Conv anyway fails as it did.
+    target = tmp_path / "detector-int8.onnx"
+    if _quantize.int8_convolutions_load():
+        assert quantize(convolution, target, sample_rows=8, seconds=0.01)["left_in_float32"] == {}
+        assert "ConvInteger" in {node.op_type for node in onnx.load(str(target)).graph.node}
+    else:
+        monkeypatch.setattr(_quantize, "int8_convolutions_load", lambda: True)
+        with pytest.raises(ModelLoadError, match=r"Could not find an implementation for ConvInteger"):
+            quantize(convolution, target, sample_rows=8, seconds=0.01)
+        assert not target.exists()
 
 
 class SoftTimeLimitExceeded(Exception):
