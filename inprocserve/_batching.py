@@ -853,11 +853,16 @@ class Batcher:
 
         Returns True when woken early (the queue reached the target, or close) so the caller decides
         again, and False when there is nothing to wait for or the wait ran out: then it runs what is queued.
+
+        Never for an event loop's group (a request of several callers: what one loop iteration gathered):
+        its loop's next group comes only after the loop runs again, so the companions the recent peak
+        promised were not coming. Held for them, 8 tasks after a 64-row request waited the whole
+        ``max_delay_s``, and 64 tasks on one loop made 36,000-38,000 req/s against 52,000 run at once.
         """
         if self._filler is not None or self._closing:
             return False
         oldest = self._queue.oldest()
-        if oldest is None:
+        if oldest is None or oldest.callers > 1:  # (an event loop's group: see above)
             return False
         remaining, target = self._policy.wait_s(
             queued_rows=self._queue.rows,

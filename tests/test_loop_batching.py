@@ -70,6 +70,26 @@ def test_answers_equal_onnxruntime_under_64_tasks_with_a_wake_per_batch(
     assert 1 <= wakes <= ran
 
 
+def test_an_event_loops_group_is_run_at_once_not_held_for_companions(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """What one loop iteration gathered is all its loop has: the next group comes only once the loop runs
+    again. A recent peak of 64 rows (one large request) made a free worker hold 8 tasks' group for the whole
+    max_delay_s (5 s here), waiting for companions that could not come."""
+    save_model(build_mlp_model((16, 64, 4)), repository, "mlp", 1)
+    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(max_delay_s=5.0)))
+    x = np.ones((1, 16), np.float32)
+    server.predict("mlp", x)
+    server.predict("mlp", np.ones((64, 16), np.float32))  # the recent peak: 64 rows
+
+    async def eight_tasks() -> float:
+        started = time.monotonic()
+        await asyncio.gather(*(server.apredict("mlp", x) for _ in range(8)))
+        return time.monotonic() - started
+
+    assert asyncio.run(eight_tasks()) < 2.5  # (held, 5 s or more)
+
+
 def test_a_lone_short_request_is_run_by_the_loop_itself(
     scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
