@@ -523,10 +523,14 @@ class Batcher:
         timing: BatchTiming | None,
         deadline: float | None = None,
         callers: int = 1,
+        from_loop: bool = False,
     ) -> dict[str, Any] | None:
         """Run a lone request's rows now, on this thread, if a runner is idle, nothing is queued and recent
         traffic suggests no companions to wait for (what :meth:`submit` runs inline); else return ``None``
-        having changed nothing, and the caller takes the full way (:meth:`submit`).
+        having changed nothing, and the caller takes the full way (:meth:`submit`). ``from_loop``: an event
+        loop's request (one task's alone in its iteration, or a group), which is all its loop has until the
+        loop runs again: no companion from there can join it, so recent traffic never holds it back (see
+        :meth:`_wait_for_companions`).
 
         This is :meth:`Server.predict`'s shortest way for a plain request (no cache, drift or shadows): no
         :class:`Request`, one lock round trip to take a runner and one to give it back with the counts. The
@@ -547,7 +551,7 @@ class Batcher:
                 if self._closing or self._queue.rows:
                     return None
                 active = self._active_rows + rows
-                if not self._policy.arrive(active, rows, self._in_flight + callers):
+                if not self._policy.arrive(active, rows, self._in_flight + callers) and not from_loop:
                     self._policy.withdraw(callers)  # (the full way follows: its arrival is the one counted)
                     return None
                 taken = self._pool.checkout()

@@ -387,6 +387,7 @@ class _LoopState:
                 timing=timing,
                 deadline=_latest_deadline(members),
                 callers=len(members),
+                from_loop=True,
             )
         except Exception as exc:  # the run failed: each task's own run says whose input it was
             self._ran_here(group, timing)

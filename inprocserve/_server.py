@@ -395,7 +395,9 @@ class Server(RolloutMethods):
         try:  # whatever happens, a lead ends: identical requests that follow it would wait forever
             timing = None if span is INVALID_SPAN or not span.is_recording() else BatchTiming(rows)
             try:
-                outputs = batcher.run_plain(arrays, rows, parent=span, timing=timing, deadline=deadline)
+                outputs = batcher.run_plain(
+                    arrays, rows, parent=span, timing=timing, deadline=deadline, from_loop=max_run_s is not None
+                )
             except Exception as exc:  # its run failed: answered with the error, like an inline run of the full way
                 if lead is not None:
                     self._sharing.finish(target, lead, None, exc)

@@ -186,6 +186,26 @@ def test_a_lone_request_is_answered_without_waiting_for_the_loop(
     _run_on(loop_kind, main)
 
 
+def test_a_lone_request_right_after_a_burst_is_still_answered_at_once(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of 64 tasks leaves a recent peak that would hold a thread's request for companions; a task's
+    request alone in its loop iteration is all its loop has, so it runs at once all the same (it was queued,
+    and its task suspended, for as long as the burst was remembered)."""
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # the bound is not under test
+    server = make_server(scale_repository)  # (the default: waits for companions up to the fixed cost)
+
+    async def main() -> None:
+        await warm(server, "scale", np.ones((1, 4), np.float32))
+        await asyncio.gather(*(server.apredict("scale", np.full((1, 4), i, np.float32)) for i in range(64)))
+        await _next_iteration()
+        finished, answer = _send_once(server.apredict("scale", np.full((1, 4), 3.0, np.float32)))
+        assert finished, "a lone request after a burst suspended its task"
+        assert answer["y"].tolist() == [[6.0] * 4]
+
+    _run_on("asyncio", main)
+
+
 def test_on_uvloop_concurrent_tasks_still_merge_and_a_lone_one_runs_at_once_again(
     scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
