@@ -556,6 +556,7 @@ class Batcher:
                     return None
                 taken = self._pool.checkout()
                 if taken is None:
+                    self._policy.withdraw(callers)  # (as above)
                     return None
                 self._in_flight += callers
                 self._active_rows = active

@@ -15,7 +15,7 @@ import pytest
 
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, PaddingConfig
-from inprocserve._flush_policy import OVERLAP_BELOW_S
+from inprocserve._flush_policy import OVERLAP_BELOW_S, FlushPolicy
 from inprocserve.testing import ManualClock, build_add_model, build_gather_model, build_mlp_model, save_model
 
 from .conftest import ServerFactory, busy_inputs, occupy, run_threads, version_status, wait_until
@@ -479,24 +479,26 @@ def test_max_delay_defaults_to_the_measured_fixed_cost(scale_repository: Path, m
     assert status["max_delay_ms"] == pytest.approx(min(fixed_ms, 5.0), abs=1e-3)
 
 
-def test_two_callers_of_one_runner_are_not_merged(repository: Path, make_server: ServerFactory) -> None:
-    """Two callers of a one-runner version each run their requests as they come (the other's work between
-    its requests overlaps the run), never waiting for the other to be merged with it: however long
-    max_delay_s, at most a few of their 400 requests share a run."""
-    save_model(build_mlp_model((8, 8, 2)), repository, "mlp", 1)
-    server = make_server(repository, config=ModelConfig(batching=BatchingConfig(max_delay_s=0.5)))
+def test_the_flush_policy_hears_how_many_callers_are_in_flight(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether callers overlap is judged by the callers in flight each arriving request finds, its own
+    included: three requests queued behind a running one find two, three and four."""
+    server = make_server(busy_repository)
+    seen: list[int] = []
+    arrive = FlushPolicy.arrive
 
-    def call(index: int) -> None:
-        x = np.full((1, 8), index, np.float32)
-        for _ in range(200):
-            assert server.predict("mlp", x)["y"].shape == (1, 2)
+    def noting(policy: FlushPolicy, active_rows: int, rows: int, callers: int) -> bool:
+        seen.append(callers)
+        return arrive(policy, active_rows, rows, callers)
 
-    started = time.monotonic()
-    assert run_threads(2, call) == []
-    status = version_status(server, "mlp")
-    assert status["rows_run"] == 400
-    assert status["batches_run"] >= 390, status["batch_size"]  # (merged in pairs, they were 200 or so)
-    assert time.monotonic() - started < 60
+    monkeypatch.setattr(FlushPolicy, "arrive", noting)
+    blocker = occupy(server)
+    futures = [server.submit("busy", busy_inputs(1, seed=i)) for i in range(3)]
+    assert seen[-3:] == [2, 3, 4]
+    blocker.result(timeout=60)
+    for future in futures:
+        future.result(timeout=60)
 
 
 def test_two_callers_of_a_model_that_computes_longer_are_merged(repository: Path, make_server: ServerFactory) -> None:
