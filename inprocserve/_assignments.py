@@ -155,7 +155,9 @@ class _Assignments:
         once: an outcome counts once per request, so a retried report (or a second click on the page) cannot
         outweigh the requests that were reported once. The note stays, marked ``_COUNTED``, so that a repeat
         is known for one and is not credited by key either."""
-        number = _number_in(request_id, self._prefix) if len(self._numbers) > self._head else -1
+        # (a caller's number or bytes is no request's id: as the ordered dict before the columns, nothing)
+        kept = len(self._numbers) > self._head and isinstance(request_id, str)
+        number = _number_in(request_id, self._prefix) if kept else -1
         row = self._row_of(number) if number >= 0 else -1
         if row >= 0:
             if self._expires[row] <= self._clock():

@@ -88,6 +88,22 @@ def test_an_id_that_is_not_the_number_as_written_credits_nothing(reported: str) 
     assert served.take(seventh) == ("canary", 3)
 
 
+@pytest.mark.parametrize("reported", [7, 7.0, b"p-7", None, ("p-7",)], ids=repr)
+def test_a_request_id_that_is_not_text_credits_nothing_and_raises_nothing(reported: object) -> None:
+    """``record_outcome``'s request id is typed ``str``, but a caller's code may pass the number it parsed or
+    the header's bytes: the ordered dict the columns replaced found no such id and credited nothing; the
+    columns' number parsing raised AttributeError or TypeError from the outcome's caller (``removeprefix``)."""
+    ids = RequestIds()
+    served = _Assignments(100, 60.0)
+    for _ in range(6):
+        ids.next()
+    seventh = ids.next()
+    served.note(seventh, "canary", 3)
+    served.note("made-up", "canary", 4)
+    assert served.take(reported) is None  # type: ignore[arg-type]
+    assert served.take(seventh) == ("canary", 3)
+
+
 def test_an_id_of_another_prefix_or_form_is_noted_apart_and_aliases_no_request() -> None:
     """Ids a server never hands out (another server's, one made up) are remembered as they are, each for its
     own id: ``q-7`` is not ``p-7``, and ``p-07`` noted is not ``p-7``."""
