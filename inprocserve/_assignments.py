@@ -220,6 +220,8 @@ class _Assignments:
             del others[request_id]
             number = -1
         if number < 0 or index is None or not 0 <= serial <= _LARGEST_SERIAL:
+            if number >= 0:  # (noted before as a row, perhaps: that row would answer for it, stale)
+                self._drop_row(number)
             others[request_id] = (expires, variant, serial)
         elif not self._add_row(number, expires, serial << _NAME_BITS | index):
             others[request_id] = (expires, variant, serial)
@@ -262,6 +264,13 @@ class _Assignments:
         self._expires.insert(row, expires)
         self._served.insert(row, served)
         return True
+
+    def _drop_row(self, number: int) -> None:
+        """Drop the row of ``number``, if there is one (its id is noted again, in ``_others``)."""
+        row = self._row_of(number)
+        if row >= 0:
+            for column in (self._numbers, self._expires, self._served):
+                del column[row]
 
     def _row_of(self, number: int) -> int:
         """The row of ``number``, or -1.

@@ -188,6 +188,20 @@ def test_a_request_noted_again_is_kept_from_then_and_counted_once() -> None:
     assert served.take("p-1") is None and served.take("p-5") is None
 
 
+def test_a_request_noted_again_for_a_serial_past_the_columns_is_one_note_of_the_last_variant() -> None:
+    """A note the columns cannot hold (a serial past their bits) of an id they hold already replaces its row,
+    as a note again does: the row stayed beside the new note in ``_others``, answered for the id with the
+    first variant and serial, and counted twice towards the bound."""
+    served = _Assignments(100, 60.0)
+    served.note("p-1", "canary", 3)
+    served.note("p-2", "stable", 4)
+    served.note("p-1", "treatment", 2**60)
+    assert len(served) == 2
+    assert served.take("p-1") == ("treatment", 2**60)
+    assert served.take("p-1") is _COUNTED
+    assert served.take("p-2") == ("stable", 4)
+
+
 def test_the_last_request_noted_again_and_again_is_one_note() -> None:
     served = _Assignments(10, 60.0)
     for variant in ("canary", "stable", "control"):  # (p-2 is the highest number each time)
