@@ -219,7 +219,10 @@ class _Assignments:
         if others and request_id in others:  # (noted again: it expires from now, behind the others)
             del others[request_id]
             number = -1
-        if number < 0 or index is None or not 0 <= serial <= _LARGEST_SERIAL:
+        numbers, head = self._numbers, self._head
+        # (a number below every row kept, the newest note, would be the first row dropped at the bound)
+        below_every_row = head < len(numbers) and number < numbers[head]
+        if number < 0 or index is None or not 0 <= serial <= _LARGEST_SERIAL or below_every_row:
             if number >= 0:  # (noted before as a row, perhaps: that row would answer for it, stale)
                 self._drop_row(number)
             others[request_id] = (expires, variant, serial)

@@ -202,6 +202,23 @@ def test_a_request_noted_again_for_a_serial_past_the_columns_is_one_note_of_the_
     assert served.take("p-2") == ("stable", 4)
 
 
+def test_at_the_bound_a_request_noted_after_every_row_kept_stays_and_the_oldest_goes() -> None:
+    """An id whose number is below every row kept (noted again after its first note was dropped, or noted
+    late) is the newest note: at the bound the oldest goes, as in the ordered dict the columns replaced. Put
+    at the head of the rows, it was the first dropped, and its outcome credited nothing."""
+    served = _Assignments(3, 60.0)
+    for number in range(1, 5):  # (p-1 is dropped at the bound)
+        served.note(f"p-{number}", "canary", number)
+    served.note("p-1", "treatment", 9)  # (p-2 goes now: the oldest)
+    assert len(served) == 3
+    assert [served.take(f"p-{number}") for number in (1, 2, 3, 4)] == [
+        ("treatment", 9),
+        None,
+        ("canary", 3),
+        ("canary", 4),
+    ]
+
+
 def test_the_last_request_noted_again_and_again_is_one_note() -> None:
     served = _Assignments(10, 60.0)
     for variant in ("canary", "stable", "control"):  # (p-2 is the highest number each time)
