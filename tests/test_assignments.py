@@ -71,6 +71,17 @@ def test_every_request_of_a_rollout_served_among_another_models_is_credited_once
     }
 
 
+def _seventh_noted() -> tuple[RequestIds, _Assignments, str]:
+    """A server's request ids, notes, and the seventh id, noted for variant "canary" of serial 3."""
+    ids = RequestIds()
+    served = _Assignments(100, 60.0)
+    for _ in range(6):
+        ids.next()
+    seventh = ids.next()
+    served.note(seventh, "canary", 3)
+    return ids, served, seventh
+
+
 @pytest.mark.parametrize(
     "reported",
     ["07", "007", "+7", "-7", " 7", "7 ", "7\n", "0_7", "\u0667", "7.0", "", "70", "7" + "0" * 18, "7" * 5000],
@@ -78,12 +89,7 @@ def test_every_request_of_a_rollout_served_among_another_models_is_credited_once
 def test_an_id_that_is_not_the_number_as_written_credits_nothing(reported: str) -> None:
     """``p-07`` is not request 7 of ``p-`` (``int`` reads it, and a sign, spaces, underscores and other
     scripts' digits, as 7): an earlier attempt credited request 7's variant to such ids."""
-    ids = RequestIds()
-    served = _Assignments(100, 60.0)
-    for _ in range(6):
-        ids.next()
-    seventh = ids.next()
-    served.note(seventh, "canary", 3)
+    ids, served, seventh = _seventh_noted()
     assert served.take(ids.prefix + reported) is None
     assert served.take(seventh) == ("canary", 3)
 
@@ -93,12 +99,7 @@ def test_a_request_id_that_is_not_text_credits_nothing_and_raises_nothing(report
     """``record_outcome``'s request id is typed ``str``, but a caller's code may pass the number it parsed or
     the header's bytes: the ordered dict the columns replaced found no such id and credited nothing; the
     columns' number parsing raised AttributeError or TypeError from the outcome's caller (``removeprefix``)."""
-    ids = RequestIds()
-    served = _Assignments(100, 60.0)
-    for _ in range(6):
-        ids.next()
-    seventh = ids.next()
-    served.note(seventh, "canary", 3)
+    _, served, seventh = _seventh_noted()
     served.note("made-up", "canary", 4)
     assert served.take(reported) is None  # type: ignore[arg-type]
     assert served.take(seventh) == ("canary", 3)
