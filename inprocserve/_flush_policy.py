@@ -176,10 +176,17 @@ class FlushPolicy:
 
     def _roll(self, now: float, active_rows: int) -> None:
         """Open a new window at ``now`` (``active_rows`` queued or running), the current one becoming the
-        previous."""
-        self._previous_peak, self._window_peak = self._window_peak, active_rows
-        self._previous_callers_seen, self._callers_seen = self._callers_seen, 0
-        self._previous_arrivals, self._arrivals = self._arrivals, 0
+        previous; or, a whole quiet window or more after the current one ended, forgetting it too: a burst
+        long past is not recent traffic. (Kept as the previous window whatever the gap, a burst seconds or
+        hours ago held the next lone request for companions for up to ``delay_s``.)"""
+        if now - self._window_start > 2 * CONCURRENCY_WINDOW_S:
+            self._previous_peak = self._previous_callers_seen = self._previous_arrivals = 0
+        else:
+            self._previous_peak = self._window_peak
+            self._previous_callers_seen = self._callers_seen
+            self._previous_arrivals = self._arrivals
+        self._window_peak = active_rows
+        self._callers_seen = self._arrivals = 0
         self._window_start = now
 
     def roll(self, active_rows: int) -> float:

@@ -501,6 +501,25 @@ def test_the_flush_policy_hears_how_many_callers_are_in_flight(
         future.result(timeout=60)
 
 
+def test_a_lone_request_long_after_a_burst_does_not_wait_for_companions(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """Nine callers in flight at once, then quiet for seconds: the next lone request runs at once. (The burst
+    was kept as the previous window of recent traffic whatever the gap, and held it for the eight companions
+    it promised, here for the whole minute of ``max_delay_s``.)"""
+    clock = ManualClock()
+    config = ModelConfig(batching=BatchingConfig(max_delay_s=60.0, max_batch_size=8))
+    server = make_server(busy_repository, config=config, clock=clock)
+    blocker = occupy(server)
+    burst = [server.submit("busy", busy_inputs(1, seed=i)) for i in range(8)]  # (a batch of 8: none waits)
+    blocker.result(timeout=60)
+    for future in burst:
+        future.result(timeout=60)
+    clock.advance(10.0)
+    # (its deadline is on the server's manual clock: a wait for companions would end 10 s later in real time)
+    assert server.predict("busy", busy_inputs(1), timeout_s=10)["y"].shape == (1, 512)
+
+
 def test_two_callers_of_a_model_that_computes_longer_are_merged(repository: Path, make_server: ServerFactory) -> None:
     """A fixed cost per run far above a caller's own work (here about 0.5 ms): merging two callers' requests
     saves one per pair, which no overlap of their own work makes up for."""

@@ -97,6 +97,30 @@ def test_recent_concurrency_is_remembered_for_one_more_window_then_forgotten() -
     assert flush.target_rows() == 1
 
 
+def test_a_burst_long_past_is_forgotten_at_the_next_arrival() -> None:
+    """A quiet window or more since the last one: the burst before it is not recent traffic, and the next
+    lone caller runs at once (kept as the previous window whatever the gap, it waited for companions)."""
+    clock = ManualClock()
+    flush = policy(clock)
+    for active in range(1, 13):
+        flush.arrive(active, 1, active)
+    clock.advance(CONCURRENCY_WINDOW_S * 10)
+    assert flush.arrive(1, 1, 1)
+    assert flush.target_rows() == 1
+    assert flush.overlapping()  # (the twelve callers of the burst no longer weigh on the mean)
+    wait, _ = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
+    assert wait <= 0
+
+
+def test_a_worker_opening_a_window_long_after_a_burst_forgets_it() -> None:
+    clock = ManualClock()
+    flush = policy(clock)
+    flush.arrive(12, 1, 12)
+    clock.advance(CONCURRENCY_WINDOW_S * 2.5)
+    flush.roll(0)
+    assert flush.target_rows() == 0 and flush.overlapping()
+
+
 def test_the_target_is_capped_by_the_batch_size_and_rounded_up_to_a_preferred_size() -> None:
     clock = ManualClock()
     capped = policy(clock, max_rows=4)
