@@ -271,7 +271,9 @@ class Batcher:
                 if self._closing and not readmit:
                     raise self._retired()
                 active = self._active_rows + rows
-                runs_now = self._policy.arrive(active, rows, self._in_flight + request.callers)
+                # (a request readmitted is no arrival: its callers arrived with the merged request, which is
+                # still counted in flight, and counted again they made the callers seem to overlap less)
+                runs_now = not readmit and self._policy.arrive(active, rows, self._in_flight + request.callers)
                 runner = pool.checkout() if run_inline and runs_now and not self._queue.rows else None
                 if runner is not None:
                     self._in_flight += request.callers
@@ -313,7 +315,9 @@ class Batcher:
                     if not self._workers:
                         self._start_workers()
                     if self._filler is not None:
-                        if queue.rows >= self._fill_target:
+                        # the worker waiting for companions decides again once they are queued, or once an
+                        # arrival finds no reason to wait (the callers overlap now, or enough rows came at once)
+                        if queue.rows >= self._fill_target or runs_now:
                             filler, self._filler = self._filler, None  # (cleared first: see _wait_for_companions)
                             filler.release()
                     elif self._idle and pool.has_free() and not getattr(request.future, "defer_wake", False):

@@ -15,7 +15,7 @@ import pytest
 
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, PaddingConfig
-from inprocserve._flush_policy import OVERLAP_BELOW_S, FlushPolicy
+from inprocserve._flush_policy import CONCURRENCY_WINDOW_S, OVERLAP_BELOW_S, FlushPolicy
 from inprocserve.testing import ManualClock, build_add_model, build_gather_model, build_mlp_model, save_model
 
 from .conftest import ServerFactory, busy_inputs, occupy, run_threads, version_status, wait_until
@@ -518,6 +518,30 @@ def test_a_lone_request_long_after_a_burst_does_not_wait_for_companions(
     clock.advance(10.0)
     # (its deadline is on the server's manual clock: a wait for companions would end 10 s later in real time)
     assert server.predict("busy", busy_inputs(1), timeout_s=10)["y"].shape == (1, 512)
+
+
+def test_a_worker_waiting_for_companions_stops_once_the_callers_overlap(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """A worker waiting for the companions a burst promised decides again when a later arrival finds the
+    callers overlapping (they run as they come): it does not hold what is queued for the rest of
+    ``max_delay_s``, here a minute."""
+    clock = ManualClock()
+    config = ModelConfig(batching=BatchingConfig(max_delay_s=60.0))
+    server = make_server(scale_repository, config=config, clock=clock)
+    x = np.ones((1, 4), np.float32)
+    server.predict("scale", x)  # adopts the runners
+    batcher = server._registry.routes["scale"].versions[1].batcher
+    assert batcher is not None and batcher._policy.overlap  # a quick model: its overlapping callers are not merged
+    with batcher._lock:  # eight callers in flight at once a moment ago, far more than overlap
+        for active in range(1, 9):
+            batcher._policy.arrive(active, 1, active)
+    first = server.submit("scale", x)
+    wait_until(lambda: batcher._filler is not None)  # a worker waits for the seven companions promised
+    clock.advance(3 * CONCURRENCY_WINDOW_S)  # the burst is past: the next arrival finds two callers in flight
+    second = server.submit("scale", x)
+    for future in (first, second):
+        assert future.result(timeout=10)["y"].tolist() == [[2.0] * 4]
 
 
 def test_two_callers_of_a_model_that_computes_longer_are_merged(repository: Path, make_server: ServerFactory) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, _loop_batching, _server
+from inprocserve._flush_policy import FlushPolicy
 from inprocserve._loop_batching import loop_wakes
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
@@ -875,6 +876,38 @@ def test_a_merged_run_failing_while_the_server_closes_still_answers_the_others(
         [[2.0, 3.0]],
         [[4.0, 5.0]],
     ]
+
+
+def test_the_tasks_of_a_failed_merged_run_queued_again_are_not_counted_as_arrivals(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued again one by one, the tasks of a failed merged run are not new arrivals for the flush policy:
+    their callers arrived with the merged request, still counted in flight meanwhile. (Counted again, each
+    found its own caller twice, and the callers seemed to overlap less than they did.)"""
+    server = make_server(busy_repository)
+    blocker = occupy(server)
+    seen: list[int] = []
+    arrive = FlushPolicy.arrive
+
+    def noting(policy: FlushPolicy, active_rows: int, rows: int, callers: int) -> bool:
+        seen.append(callers)
+        return arrive(policy, active_rows, rows, callers)
+
+    monkeypatch.setattr(FlushPolicy, "arrive", noting)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in (0, 1, 99, 2)]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    blocker.result(timeout=60)
+    assert isinstance(results[2], inprocserve.InvalidInputError)  # index 99: the merged run failed
+    assert [r["picked"].tolist() for r in (results[0], results[1], results[3])] == [
+        [[0.0, 1.0]],
+        [[2.0, 3.0]],
+        [[4.0, 5.0]],
+    ]
+    assert seen == [5]  # the merged request of four callers, behind the blocker: nothing more
 
 
 @pytest.mark.parametrize("hurried_first", [True, False])
