@@ -218,7 +218,10 @@ class FlushPolicy:
             return 0.0, queued_rows
         target = self.target_rows()
         if self.preferred:
-            target = min([size for size in self.preferred if size >= queued_rows] or [target])
+            # a preferred size ends a wait early; it never makes one that recent traffic does not promise (a
+            # lone request queued while idle waited the whole delay_s for the first preferred size)
+            ends_at = min([size for size in self.preferred if size >= queued_rows] or [target])
+            target = ends_at if ends_at < target else target
         if queued_rows >= target:
             return 0.0, target
         start = oldest_enqueued_at if oldest_enqueued_at > ready_at else ready_at

@@ -592,6 +592,17 @@ def test_preferred_batch_size_ends_the_wait_for_companions(busy_repository: Path
     assert version_status(server, "busy")["batches_run"] == 2  # the blocker, then the three together
 
 
+def test_a_lone_request_queued_while_idle_does_not_wait_for_a_preferred_size(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """``preferred_batch_sizes`` end a wait for companions early; with nobody else in flight there is none
+    to wait for. (A lone ``submit`` waited the whole ``max_delay_s`` for the first preferred size.)"""
+    config = ModelConfig(batching=BatchingConfig(max_delay_s=60.0, preferred_batch_sizes=(4,)))
+    server = make_server(busy_repository, config=config)
+    server.predict("busy", busy_inputs(1))  # adopts the runners
+    assert server.submit("busy", busy_inputs(1)).result(timeout=10)["y"].shape == (1, 512)
+
+
 def test_several_sessions_waiting_for_companions_under_load(repository: Path, make_server: ServerFactory) -> None:
     """Workers that wait for companions release the lock; when the wait ends another worker may have taken
     the work or the last free session. Many short waits with two sessions exercise that path."""

@@ -134,6 +134,22 @@ def test_the_target_is_capped_by_the_batch_size_and_rounded_up_to_a_preferred_si
     assert target == 4 and wait <= 0
 
 
+def test_a_preferred_size_never_makes_a_wait_that_recent_traffic_does_not_promise() -> None:
+    """Preferred sizes end a wait early: a lone request queued while idle runs at once, and a queue short
+    of the peak waits for the next preferred size only as far as the peak."""
+    clock = ManualClock()
+    lone = policy(clock, preferred=(4, 8), overlap=False)
+    lone.arrive(1, 1, 1)
+    wait, _ = lone.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
+    assert wait <= 0  # (it waited the whole delay for 4 rows that nothing promised)
+    six = policy(clock, preferred=(4, 8), overlap=False)
+    six.arrive(6, 1, 6)
+    wait, target = six.wait_s(queued_rows=5, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=6)
+    assert target == 6 and wait > 0  # the peak, not the 8 it cannot reach
+    wait, target = six.wait_s(queued_rows=6, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=6)
+    assert wait <= 0
+
+
 def test_without_a_delay_or_after_merging_is_disabled_nothing_waits() -> None:
     clock = ManualClock()
     eager = policy(clock, delay_s=0.0)
