@@ -474,6 +474,16 @@ _ADMIN_STATUS: Mapping[type[Exception], int] = {
     OverflowError: 400,  # a number too large to convert (say a 400-digit percent): the client's mistake
 }
 
+_ADMIN_CODES: Mapping[type[Exception], str] = {
+    **_CODES,
+    # A body or field the client must fix: the code a prediction's bad input gets, not Python's class name.
+    ValueError: "invalid_input",
+    TypeError: "invalid_input",
+    OverflowError: "invalid_input",
+}
+"""The ``error`` code of each admin error in :data:`_ADMIN_STATUS`: the codes of :func:`error_code`, so a
+client reads one set of codes from every endpoint (the admin endpoints answered class names)."""
+
 
 @dataclass(frozen=True)
 class AdminAnswer:
@@ -540,16 +550,19 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
 def admin_answer(server: Server, action: str, model: str | None, body: object, *, actor: str) -> AdminAnswer:
     """:func:`run_admin_action` as an answer: 200, or the status and body of an error the operator can
     act on (400 bad body, 404 unknown model, 409 refused or control file problem, 422 version that cannot
-    load, 503 closed). Other errors propagate (the framework's error handling answers them)."""
+    load, 503 closed). The body is ``{"error": <code>, "message": <what to fix>}`` with the codes of
+    :func:`error_code` (``invalid_input``, ``model_not_found``, ``incompatible`` plus the ``report``,
+    ``configuration``, ``model_load_failed``, ``unavailable``). Other errors propagate (the framework's error
+    handling answers them)."""
     try:
         return AdminAnswer(200, run_admin_action(server, action, model, body, actor=actor))
     except Exception as exc:
         status: int | None = _lookup(exc, _ADMIN_STATUS)
         if status is None:
             raise
-        answer: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        answer: dict[str, Any] = {"error": _lookup(exc, _ADMIN_CODES), "message": str(exc)}
         if isinstance(exc, PromotionRefusedError):  # what differs, for the operator
-            answer.update(error="incompatible", report=exc.report)
+            answer["report"] = exc.report
         return AdminAnswer(status, answer)
 
 

@@ -477,7 +477,8 @@ def test_a_revision_past_2_63_is_a_damaged_control_file(three_versions: Path, ma
     with pytest.raises(inprocserve.ConfigurationError, match=r"revision must be at most 2\*\*63-1"):
         server.kill("scale")
     answer = web.admin_answer(server, "kill", "scale", b"", actor="ops")
-    assert answer.status == 409 and "the file is damaged" in answer.body["message"]
+    assert (answer.status, answer.body["error"]) == (409, "configuration")
+    assert "the file is damaged" in answer.body["message"]
     assert main(["validate", str(three_versions)]) == 1
     assert len(control.read_text()) > 4300  # nothing written
     control.write_text(json.dumps({"revision": 2**63 - 1, "reload": 2**63 - 1, "models": {}}))

@@ -198,7 +198,7 @@ def test_a_hostile_switch_body_is_a_400_that_changes_nothing(
         web.run_admin_action(server, "switch", "scale", body, actor="test")
     assert len(str(caught.value)) < 300  # says what to send without echoing a huge body
     answer = web.admin_answer(server, "switch", "scale", body, actor="test")
-    assert answer.status == 400 and answer.body["error"] == "ValueError"
+    assert answer.status == 400 and answer.body["error"] == "invalid_input"
     assert server.status()["models"]["scale"]["stable_version"] == 2
 
 
@@ -258,9 +258,24 @@ def test_admin_actions_change_the_fleet_and_say_what_changed(two_versions: Path,
 
 
 def test_admin_errors_map_to_what_the_operator_must_do(two_versions: Path, make_server: ServerFactory) -> None:
-    server = make_server(two_versions)
+    """Each admin error answers its status and the snake_case ``error`` code that every other endpoint gives
+    the same error (``web.error_code``), with a message that says what to fix. They answered class names
+    (``"ModelNotFoundError"``, ``"ValueError"``): a second set of codes for a client to know."""
+    broken = two_versions / "scale" / "3" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not onnx")
+    every_version = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+    server = make_server(two_versions, models={"scale": every_version})
     missing = web.admin_answer(server, "switch", "scale", {"version": 9}, actor="t")
-    assert missing.status == 404 and missing.body["error"] == "ModelNotFoundError"
+    assert (missing.status, missing.body["error"]) == (404, web.error_code(inprocserve.ModelNotFoundError("x")))
+    assert missing.body == {"error": "model_not_found", "message": "model 'scale' has no version 9 in the repository"}
+    unloadable = web.admin_answer(server, "switch", "scale", {"version": 3}, actor="t")
+    assert (unloadable.status, unloadable.body["error"]) == (422, "model_load_failed"), unloadable.body
+    assert "not a valid ONNX model" in unloadable.body["message"]
+    too_long = b'{"version": 1, "percent": ' + b"9" * 400 + b"}"  # (an OverflowError or a ValueError inside)
+    for action, body in (("switch", b"[1]"), ("switch", {"version": 1, "force": "yes"}), ("canary", too_long)):
+        refused = web.admin_answer(server, action, "scale", body, actor="t")
+        assert (refused.status, refused.body["error"]) == (400, "invalid_input"), refused.body
     assert web.admin_answer(server, "kill", "fraud", None, actor="t").status == 404
     with pytest.raises(ValueError, match="unknown admin action 'delete'"):
         web.run_admin_action(server, "delete", "scale", None, actor="t")
@@ -268,7 +283,7 @@ def test_admin_errors_map_to_what_the_operator_must_do(two_versions: Path, make_
         web.run_admin_action(server, "kill", None, None, actor="t")
     server.close()
     closed = web.admin_answer(server, "kill", "scale", None, actor="t")
-    assert closed.status == 503 and closed.body["error"] == "ServerClosedError"
+    assert (closed.status, closed.body) == (503, {"error": "unavailable", "message": "the server is closed"})
 
 
 # -- tokens ----------------------------------------------------------------------------------------------

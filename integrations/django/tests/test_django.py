@@ -398,7 +398,9 @@ def test_admin_endpoints_need_the_token_and_act_on_the_fleet(repository: Path) -
             assert admin_post(client, "/-/inprocserve/reload", **ADMIN).json()["problems"] == []
             bad = admin_post(client, url, {"version": "x"}, **ADMIN)
             assert bad.status_code == 400 and "version" in bad.json()["message"]
-            assert admin_post(client, url, {"version": 9}, **ADMIN).status_code == 404
+            assert bad.json()["error"] == "invalid_input"  # the code a prediction's bad input gets
+            missing = admin_post(client, url, {"version": 9}, **ADMIN)
+            assert (missing.status_code, missing.json()["error"]) == (404, "model_not_found")
             assert admin_post(client, "/-/inprocserve/models/nope/kill", **ADMIN).status_code == 404
             percent = admin_post(client, "/-/inprocserve/models/scale/canary", {"version": 2, "percent": 400}, **ADMIN)
             assert percent.status_code == 400 and "percent" in percent.json()["message"]

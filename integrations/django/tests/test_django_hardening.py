@@ -269,14 +269,15 @@ def test_a_chunked_admin_body_is_read_not_taken_for_an_empty_one(repository: Pat
     reset_server()
     assert switched == (200, {**switched[1], "model": "scale", "stable": 1}), switched
     assert canary[0] == 200 and canary[1]["canary_version"] == 2 and canary[1]["canary_percent"] == 30, canary
-    assert garbage[0] == 400 and "the body is not JSON" in garbage[1]["message"], garbage
+    assert garbage[0] == 400 and garbage[1]["error"] == "invalid_input", garbage
+    assert "the body is not JSON" in garbage[1]["message"], garbage
 
 
 @pytest.mark.django_db
 def test_a_chunked_admin_body_is_capped_as_django_caps_bodies(served: Path) -> None:
     with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
         status, document = admin_post_chunked("/-/inprocserve/reload", [b" " * 600, b" " * 600])
-    assert status == 413 and "DATA_UPLOAD_MAX_MEMORY_SIZE" in document["message"], document
+    assert (status, document["error"]) == (413, "too_large") and "DATA_UPLOAD_MAX_MEMORY_SIZE" in document["message"]
 
 
 @pytest.mark.django_db
@@ -296,7 +297,8 @@ def test_an_admin_body_of_unknown_end_is_a_411_that_says_why(served: Path) -> No
     }
     chunks = WSGIHandler()(environ, lambda status, headers: answer.update(status=status))
     assert answer["status"].startswith("411")
-    assert "send a Content-Length header" in json.loads(b"".join(chunks))["message"]
+    document = json.loads(b"".join(chunks))
+    assert document["error"] == "length_required" and "send a Content-Length header" in document["message"]
 
 
 def test_a_configured_token_with_a_trailing_newline_still_opens_the_admin_endpoints(repository: Path) -> None:

@@ -363,7 +363,8 @@ def test_admin_rollout_endpoints(repository: Path) -> None:
     try:
         assert client.post(f"{prefix}/kill").status_code == 401
         rollback = client.post(f"{prefix}/rollback", headers=good)
-        assert rollback.status_code == 400 and "no previous stable version" in rollback.json["message"]
+        assert (rollback.status_code, rollback.json["error"]) == (400, "invalid_input")  # (codes as /score's)
+        assert "no previous stable version" in rollback.json["message"]
         assert client.post(f"{prefix}/switch", json={"version": 1}, headers=good).status_code == 200
         assert version() == 1
         assert client.post(f"{prefix}/canary", json={"version": 2, "percent": 100}, headers=good).json["revision"] == 2
@@ -377,7 +378,8 @@ def test_admin_rollout_endpoints(repository: Path) -> None:
         assert client.post(f"{prefix}/rollback", headers=good).json["stable"] == 1
         assert version() == 1
         missing = client.post(f"{prefix}/switch", json={"version": 9}, headers=good)
-        assert missing.status_code == 404 and "no version 9" in missing.json["message"]
+        assert (missing.status_code, missing.json["error"]) == (404, "model_not_found")
+        assert "no version 9" in missing.json["message"]
         assert client.post("/-/inprocserve/models/nope/kill", headers=good).status_code == 404
         assert client.post(f"{prefix}/canary", json={"version": 2, "percent": 101}, headers=good).status_code == 400
         assert client.post(f"{prefix}/canary", json={"version": 2}, headers=good).status_code == 400

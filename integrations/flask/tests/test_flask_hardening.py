@@ -4,6 +4,7 @@ callers, Retry-After on every 503, admin bodies that never cause a 500, and toke
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -13,8 +14,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from inprocserve_flask import Inprocserve
+from werkzeug.test import EnvironBuilder
 
 import inprocserve
+import inprocserve.web
 from inprocserve.testing import build_scale_model, save_model
 
 X = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
@@ -78,6 +81,19 @@ def test_a_canary_percent_of_hundreds_of_digits_is_a_400(app: Flask) -> None:
     body = b'{"version": 1, "percent": ' + b"9" * 400 + b"}"
     response = app.test_client().post("/-/inprocserve/models/scale/canary", data=body, headers=ADMIN)
     assert response.status_code == 400 and '"percent" must be a number in 0..100' in response.json["message"]
+
+
+def test_an_admin_body_of_unknown_end_is_a_411_with_a_snake_case_code(app: Flask) -> None:
+    # (a WSGI server that does not end chunked input, as uWSGI: the body cannot be read, and is not taken for none)
+    headers = {**ADMIN, "Transfer-Encoding": "chunked"}
+    environ = EnvironBuilder("/-/inprocserve/models/scale/switch", method="POST", headers=headers).get_environ()
+    environ.update({"wsgi.input": io.BytesIO(b'{"version": 1}'), "wsgi.input_terminated": False})
+    environ.pop("CONTENT_LENGTH", None)
+    answer: dict[str, Any] = {}
+    chunks = app(environ, lambda status, headers: answer.update(status=status))
+    assert answer["status"].startswith("411"), answer
+    document = json.loads(b"".join(chunks))
+    assert document == {"error": "length_required", "message": inprocserve.web.LENGTH_REQUIRED}
 
 
 def test_removing_the_canary_answers_the_percent_applied(app: Flask) -> None:

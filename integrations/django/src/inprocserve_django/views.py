@@ -61,6 +61,14 @@ def _authorized(request: HttpRequest) -> bool:
     return web.check_token(request.headers.get("Authorization"), settings()["ADMIN_TOKEN"])
 
 
+_BODY_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    LengthRequired: (411, "length_required"),
+    RequestDataTooBig: (413, "too_large"),
+}
+"""The status and ``error`` code of an admin body that cannot be read; any other is a 400 ``invalid_input``
+(snake_case codes, as every other error the plug-in answers, where these answered class names)."""
+
+
 def _admin(action: str) -> Callable[..., JsonResponse]:
     """An admin view: POST only, off without a token (404), 401 without the right one."""
 
@@ -74,8 +82,8 @@ def _admin(action: str) -> Callable[..., JsonResponse]:
         try:  # (request.body of a chunked request is empty: the action ran as if no body was sent)
             body = whole_body(request)
         except (LengthRequired, InvalidInputError, RequestDataTooBig) as exc:  # (broken chunked framing, ...)
-            status = 411 if isinstance(exc, LengthRequired) else 413 if isinstance(exc, RequestDataTooBig) else 400
-            return JsonResponse({"error": type(exc).__name__, "message": str(exc)}, status=status)
+            status, code = _BODY_ERRORS.get(type(exc), (400, "invalid_input"))
+            return JsonResponse({"error": code, "message": str(exc)}, status=status)
         actor = f"admin endpoint from {request.META.get('REMOTE_ADDR')}"
         answer = web.admin_answer(get_server(), action, name, body, actor=actor)
         return JsonResponse(answer.body, status=answer.status)

@@ -444,7 +444,7 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
         if not authorized():
             return jsonify({"error": "unauthorized"}), 401
         if web.body_end_unknown(request.environ):  # (read as empty: the action ran as if no body was sent)
-            return jsonify({"error": "LengthRequired", "message": web.LENGTH_REQUIRED}), 411
+            return jsonify({"error": "length_required", "message": web.LENGTH_REQUIRED}), 411
         actor = f"admin endpoint from {request.remote_addr}"
         answer = web.admin_answer(_state().server, action, model, request.get_data(), actor=actor)
         return jsonify(answer.body), answer.status
