@@ -551,8 +551,8 @@ class DriftMonitor:
         """Note one answered request (copies only the monitored columns); full windows are scored on ``scorer``.
 
         Windows are exactly ``window`` rows: a request's rows fill the open window and the rest open the next
-        ones. One request adds at most the windows the scorer can queue (plus, while a reference is captured,
-        the rows the capture still needs): its further rows are not copied, and the windows they would fill
+        ones. One request copies at most the windows the scorer can queue (while a reference is captured: the
+        rows the capture still needs and one window): its further rows are not copied, and the windows they would fill
         are counted as dropped, so a request of a million rows costs no more than a few windows. Requests
         made inside :func:`replaying` are left out."""
         if _REPLAYING.get():
@@ -567,10 +567,7 @@ class DriftMonitor:
         config = self.config
         taken = rows
         if rows > config.window:  # (a request of a window or less is never cut short)
-            most = config.window * (_MAX_QUEUED_WINDOWS + 1)
-            if self._features is None:
-                most += config.capture_reference
-            taken = min(rows, most)
+            taken = min(rows, self._most_rows())
         record = self._record(columns, arrays, outputs, taken if taken < rows else None)
         if record and all(column is None for column in record):  # shaped unlike the reference: nothing to count
             return
@@ -622,6 +619,18 @@ class DriftMonitor:
         for window in windows:
             if not scorer.submit(self._score, window):
                 self.window_dropped()
+
+    def _most_rows(self) -> int:
+        """The most rows of one request worth copying: those that can be kept. The scorer queues at most
+        :data:`_MAX_QUEUED_WINDOWS` windows, so one request fills at most that many (a ninth was copied, split
+        and refused by the scorer: 12 % more copying for nothing on every huge request). While a reference is
+        captured, no window is queued: the rows the capture takes and one open window are all that is kept
+        (eight more windows were copied and dropped). Rows past this are counted as dropped windows as before.
+        """
+        config = self.config
+        if self._features is None:
+            return config.capture_reference + config.window
+        return config.window * _MAX_QUEUED_WINDOWS
 
     def _count_unkept(self, rows: int) -> None:
         """Count ``rows`` that came while the captured reference was built and were not kept: each window they
