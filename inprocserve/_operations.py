@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._assignments import RequestNumber
 from ._config_checks import check_int, check_number, is_int, shown
 from ._control import (
     CONTROL_FILENAME,
@@ -249,10 +250,12 @@ class Operations:
         if key is not None:
             key = _key_text(key)
         names = [model] if model is not None else list(self._registry.routes)
+        # (parsed once, not once per model asked: see RequestNumber; one model asked parses it once anyway)
+        found = RequestNumber(request_id) if len(names) > 1 and isinstance(request_id, str) else request_id
         for name in names:
             routes = self._registry.routes_of(name)
             variant = routes.router.record_outcome(
-                request_id,
+                found,
                 reward,
                 key if model is not None else None,
                 routes.default.version,

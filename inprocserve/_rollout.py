@@ -31,7 +31,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from . import _fork
-from ._assignments import _COUNTED, _Assignments
+from ._assignments import _COUNTED, RequestNumber, _Assignments
 from ._backend import raised_by_signal_handler
 from ._config import RolloutConfig
 from ._config_checks import shown
@@ -1142,7 +1142,7 @@ class Router:
 
     def record_outcome(
         self,
-        request_id: str | None,
+        request_id: str | RequestNumber | None,
         reward: float,
         key: str | None,
         latest: int,
@@ -1150,7 +1150,8 @@ class Router:
         state: RoutingState | None = None,
     ) -> str | None:
         """Attribute ``reward`` to the variant that served ``request_id`` (or that ``key`` is bucketed to, by
-        ``state``, the routing state published with ``ready``; None: this router's).
+        ``state``, the routing state published with ``ready``; None: this router's). A caller asking several
+        routers passes a :class:`RequestNumber`, so the id is parsed once for all of them.
 
         Raises ValueError for a reward that is not a finite number. By request id, an outcome counts once
         (a repeat credits nothing and returns None). By key, a canary or A/B test credits the
