@@ -273,7 +273,9 @@ class Batcher:
                 active = self._active_rows + rows
                 # (a request readmitted is no arrival: its callers arrived with the merged request, which is
                 # still counted in flight, and counted again they made the callers seem to overlap less)
-                runs_now = not readmit and self._policy.arrive(active, rows, self._in_flight + request.callers)
+                runs_now = not readmit and self._policy.arrive(
+                    active, rows, self._in_flight + request.callers, idle=not self._queue.rows and pool.has_free()
+                )
                 runner = pool.checkout() if run_inline and runs_now and not self._queue.rows else None
                 if runner is not None:
                     self._in_flight += request.callers

@@ -488,9 +488,9 @@ def test_the_flush_policy_hears_how_many_callers_are_in_flight(
     seen: list[int] = []
     arrive = FlushPolicy.arrive
 
-    def noting(policy: FlushPolicy, active_rows: int, rows: int, callers: int) -> bool:
+    def noting(policy: FlushPolicy, active_rows: int, rows: int, callers: int, *, idle: bool = True) -> bool:
         seen.append(callers)
-        return arrive(policy, active_rows, rows, callers)
+        return arrive(policy, active_rows, rows, callers, idle=idle)
 
     monkeypatch.setattr(FlushPolicy, "arrive", noting)
     blocker = occupy(server)
@@ -544,6 +544,32 @@ def test_a_worker_waiting_for_companions_stops_once_the_callers_overlap(
         assert future.result(timeout=10)["y"].tolist() == [[2.0] * 4]
 
 
+def test_light_traffic_to_a_model_that_computes_longer_stops_waiting_for_companions(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests that meet now and then make a peak of two, but the next one comes long after the delay: once
+    a companion was seen not to come, each runs as it comes instead of waiting the delay in vain."""
+    clock = ManualClock()
+    server = make_server(busy_repository, config=ModelConfig(batching=BatchingConfig(max_delay_s=0.05)), clock=clock)
+    server.predict("busy", busy_inputs(1))  # adopts the runners
+    batcher = server._registry.routes["busy"].versions[1].batcher
+    assert batcher is not None and not batcher._policy.overlap  # (about 0.9 ms a run: not the quick models' rule)
+    ran_at_once: list[bool] = []
+    arrive = FlushPolicy.arrive
+
+    def noting(policy: FlushPolicy, active_rows: int, rows: int, callers: int, *, idle: bool = True) -> bool:
+        ran_at_once.append(arrive(policy, active_rows, rows, callers, idle=idle))
+        return ran_at_once[-1]
+
+    with batcher._lock:
+        batcher._policy.arrive(2, 1, 2)  # two requests met a moment ago
+    monkeypatch.setattr(FlushPolicy, "arrive", noting)
+    for _ in range(4):
+        clock.advance(0.1)  # the next request, twice the delay later (the peak is still recent)
+        assert server.predict("busy", busy_inputs(1))["y"].shape == (1, 512)
+    assert ran_at_once == [True] * 4  # (each was queued and waited the whole delay for a companion)
+
+
 def test_two_callers_of_a_model_that_computes_longer_are_merged(repository: Path, make_server: ServerFactory) -> None:
     """A fixed cost per run far above a caller's own work (here about 0.5 ms): merging two callers' requests
     saves one per pair, which no overlap of their own work makes up for."""
@@ -580,7 +606,8 @@ def test_close_during_load_answers_or_refuses_everyone(busy_repository: Path, ma
 
 def test_preferred_batch_size_ends_the_wait_for_companions(busy_repository: Path, make_server: ServerFactory) -> None:
     config = ModelConfig(batching=BatchingConfig(max_delay_s=20.0, preferred_batch_sizes=(3,)))
-    server = make_server(busy_repository, config=config)
+    # (a manual clock: the blocker's run, half a second or more under load, would make its peak old news)
+    server = make_server(busy_repository, config=config, clock=ManualClock())
     blocker = occupy(server)  # recent concurrency is now high, so a free session will wait for companions
     queued = [server.submit("busy", busy_inputs(1)) for _ in range(2)]  # (three callers: more than overlap)
     blocker.result(timeout=60)

@@ -8,6 +8,7 @@ import pytest
 from inprocserve import BatchingConfig
 from inprocserve._flush_policy import (
     AUTO_DELAY_CAP_S,
+    CHECKED_WAIT_S,
     CONCURRENCY_WINDOW_S,
     FlushPolicy,
     RunCost,
@@ -119,6 +120,76 @@ def test_a_worker_opening_a_window_long_after_a_burst_forgets_it() -> None:
     clock.advance(CONCURRENCY_WINDOW_S * 2.5)
     flush.roll(0)
     assert flush.target_rows() == 0 and flush.overlapping()
+
+
+def test_a_wait_for_companions_that_do_not_come_is_not_made_again() -> None:
+    """Independent arrivals (light traffic from many clients) make a peak of two now and then, but the next
+    request comes long after the delay: once companions were seen not to come, requests run as they come."""
+    clock = ManualClock()
+    flush = policy(clock, overlap=False)
+    assert not flush.arrive(2, 1, 2)  # two in flight at once: the peak promises a companion (nothing known yet)
+    ran_at_once = []
+    for _ in range(5):
+        clock.advance(DELAY_S * 5)  # the next request, long after the delay (the peak is still recent)
+        ran_at_once.append(flush.arrive(1, 1, 1))
+    assert flush.target_rows() == 2
+    assert ran_at_once == [True] * 5  # (each waited the whole delay for the companion the peak promised)
+    wait, _ = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
+    assert wait <= 0
+
+
+def test_companions_that_come_within_the_delay_keep_the_wait() -> None:
+    """Callers answered together come back together (a closed loop): the companions come within the delay,
+    whether the policy waited for them or, having seen them not come before, did not."""
+    clock = ManualClock()
+    flush = policy(clock, overlap=False)
+    flush.arrive(2, 1, 2)
+    clock.advance(DELAY_S * 5)
+    assert flush.arrive(1, 1, 1)  # missed once: runs at once
+    for _ in range(3):  # now they come, a tenth of the delay after each moment the policy wanted one
+        clock.advance(DELAY_S / 10)
+        flush.arrive(1, 1, 1)
+    clock.advance(DELAY_S / 10)
+    assert not flush.arrive(1, 1, 1)  # came 3 times, missed once: worth waiting again
+    wait, target = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
+    assert wait > 0 and target == 2
+
+
+def test_a_request_queued_behind_a_busy_runner_says_nothing_about_companions() -> None:
+    """It waits for the runner, not for companions: whether one came after it tells nothing about waiting.
+    (Counted, two callers of a model that computes for longer than the delay, each queued behind the other's
+    run, looked like companions that did not come, and stopped being merged.)"""
+    clock = ManualClock()
+    flush = policy(clock, overlap=False)
+    flush.arrive(2, 2, 2)  # a peak of two
+    for _ in range(3):
+        flush.arrive(2, 1, 2, idle=False)  # queued behind the other caller's run
+        clock.advance(DELAY_S * 5)  # the run
+    assert flush.companions_come()
+    assert not flush.arrive(1, 1, 1)  # a runner free: it waits for the companion the peak promises
+
+
+def test_a_short_wait_is_made_whether_companions_came_or_not() -> None:
+    """Under ``CHECKED_WAIT_S`` (a quick model's automatic delay) a wait in vain costs little: not checked."""
+    clock = ManualClock()
+    flush = policy(clock, delay_s=CHECKED_WAIT_S / 2, overlap=False)
+    flush.arrive(2, 1, 2)
+    for _ in range(5):
+        clock.advance(0.01)
+        assert not flush.arrive(1, 1, 1)
+
+
+def test_whether_companions_came_is_forgotten_with_the_windows() -> None:
+    clock = ManualClock()
+    flush = policy(clock, overlap=False)
+    flush.arrive(2, 1, 2)
+    for _ in range(2):
+        clock.advance(DELAY_S * 5)
+        assert flush.arrive(1, 1, 1)  # missed, twice
+    clock.advance(CONCURRENCY_WINDOW_S * 3)
+    flush.arrive(2, 1, 2)  # a new peak, long after: nothing known about companions any more
+    clock.advance(DELAY_S / 10)
+    assert not flush.arrive(1, 1, 1)
 
 
 def test_the_target_is_capped_by_the_batch_size_and_rounded_up_to_a_preferred_size() -> None:

@@ -889,9 +889,9 @@ def test_the_tasks_of_a_failed_merged_run_queued_again_are_not_counted_as_arriva
     seen: list[int] = []
     arrive = FlushPolicy.arrive
 
-    def noting(policy: FlushPolicy, active_rows: int, rows: int, callers: int) -> bool:
+    def noting(policy: FlushPolicy, active_rows: int, rows: int, callers: int, *, idle: bool = True) -> bool:
         seen.append(callers)
-        return arrive(policy, active_rows, rows, callers)
+        return arrive(policy, active_rows, rows, callers, idle=idle)
 
     monkeypatch.setattr(FlushPolicy, "arrive", noting)
 
