@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, settings
 from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
+from inprocserve._flush_policy import FlushPolicy
 from inprocserve._wake_relay import RELAY
 from inprocserve.testing import build_scale_model, save_model
 
@@ -272,6 +273,21 @@ def occupy(server: inprocserve.Server, model: str = "busy", rows: int = 3000) ->
     wait_until(lambda: _version_status(server, model)["queued_rows"] == 0)
     assert not future.done(), "the blocking request finished before the test could use it"
     return future
+
+
+def note_arrivals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """From now on, each request's arrival at any flush policy: the callers in flight it was told of (its own
+    included) and whether the policy let it run at once."""
+    noted: list[tuple[int, bool]] = []
+    arrive = FlushPolicy.arrive
+
+    def noting(policy: FlushPolicy, active_rows: int, rows: int, callers: int, *, idle: bool = True) -> bool:
+        runs_now = arrive(policy, active_rows, rows, callers, idle=idle)
+        noted.append((callers, runs_now))
+        return runs_now
+
+    monkeypatch.setattr(FlushPolicy, "arrive", noting)
+    return noted
 
 
 def _version_status(server: inprocserve.Server, model: str) -> dict[str, Any]:

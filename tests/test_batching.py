@@ -15,10 +15,10 @@ import pytest
 
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, PaddingConfig
-from inprocserve._flush_policy import CONCURRENCY_WINDOW_S, OVERLAP_BELOW_S, FlushPolicy
+from inprocserve._flush_policy import CONCURRENCY_WINDOW_S, OVERLAP_BELOW_S
 from inprocserve.testing import ManualClock, build_add_model, build_gather_model, build_mlp_model, save_model
 
-from .conftest import ServerFactory, busy_inputs, occupy, run_threads, version_status, wait_until
+from .conftest import ServerFactory, busy_inputs, note_arrivals, occupy, run_threads, version_status, wait_until
 
 
 def test_queued_requests_are_merged_into_one_run(busy_repository: Path, make_server: ServerFactory) -> None:
@@ -485,17 +485,10 @@ def test_the_flush_policy_hears_how_many_callers_are_in_flight(
     """Whether callers overlap is judged by the callers in flight each arriving request finds, its own
     included: three requests queued behind a running one find two, three and four."""
     server = make_server(busy_repository)
-    seen: list[int] = []
-    arrive = FlushPolicy.arrive
-
-    def noting(policy: FlushPolicy, active_rows: int, rows: int, callers: int, *, idle: bool = True) -> bool:
-        seen.append(callers)
-        return arrive(policy, active_rows, rows, callers, idle=idle)
-
-    monkeypatch.setattr(FlushPolicy, "arrive", noting)
+    arrivals = note_arrivals(monkeypatch)
     blocker = occupy(server)
     futures = [server.submit("busy", busy_inputs(1, seed=i)) for i in range(3)]
-    assert seen[-3:] == [2, 3, 4]
+    assert [callers for callers, _ in arrivals[-3:]] == [2, 3, 4]
     blocker.result(timeout=60)
     for future in futures:
         future.result(timeout=60)
@@ -554,20 +547,13 @@ def test_light_traffic_to_a_model_that_computes_longer_stops_waiting_for_compani
     server.predict("busy", busy_inputs(1))  # adopts the runners
     batcher = server._registry.routes["busy"].versions[1].batcher
     assert batcher is not None and not batcher._policy.overlap  # (about 0.9 ms a run: not the quick models' rule)
-    ran_at_once: list[bool] = []
-    arrive = FlushPolicy.arrive
-
-    def noting(policy: FlushPolicy, active_rows: int, rows: int, callers: int, *, idle: bool = True) -> bool:
-        ran_at_once.append(arrive(policy, active_rows, rows, callers, idle=idle))
-        return ran_at_once[-1]
-
     with batcher._lock:
         batcher._policy.arrive(2, 1, 2)  # two requests met a moment ago
-    monkeypatch.setattr(FlushPolicy, "arrive", noting)
+    arrivals = note_arrivals(monkeypatch)
     for _ in range(4):
         clock.advance(0.1)  # the next request, twice the delay later (the peak is still recent)
         assert server.predict("busy", busy_inputs(1))["y"].shape == (1, 512)
-    assert ran_at_once == [True] * 4  # (each was queued and waited the whole delay for a companion)
+    assert [runs_now for _, runs_now in arrivals] == [True] * 4  # (each was queued and waited the whole delay)
 
 
 def test_two_callers_of_a_model_that_computes_longer_are_merged(repository: Path, make_server: ServerFactory) -> None:

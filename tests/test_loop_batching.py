@@ -17,11 +17,19 @@ import pytest
 
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, _loop_batching, _server
-from inprocserve._flush_policy import FlushPolicy
 from inprocserve._loop_batching import loop_wakes
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
-from .conftest import BUSY_WIDTH, ServerFactory, build_busy_model, busy_inputs, occupy, version_status, wait_until
+from .conftest import (
+    BUSY_WIDTH,
+    ServerFactory,
+    build_busy_model,
+    busy_inputs,
+    note_arrivals,
+    occupy,
+    version_status,
+    wait_until,
+)
 
 NO_WAIT = ModelConfig(batching=BatchingConfig(max_delay_s=0.0))  # the wait for companions is not under test
 
@@ -886,14 +894,7 @@ def test_the_tasks_of_a_failed_merged_run_queued_again_are_not_counted_as_arriva
     found its own caller twice, and the callers seemed to overlap less than they did.)"""
     server = make_server(busy_repository)
     blocker = occupy(server)
-    seen: list[int] = []
-    arrive = FlushPolicy.arrive
-
-    def noting(policy: FlushPolicy, active_rows: int, rows: int, callers: int, *, idle: bool = True) -> bool:
-        seen.append(callers)
-        return arrive(policy, active_rows, rows, callers, idle=idle)
-
-    monkeypatch.setattr(FlushPolicy, "arrive", noting)
+    arrivals = note_arrivals(monkeypatch)
 
     async def main() -> list[Any]:
         tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in (0, 1, 99, 2)]
@@ -907,7 +908,7 @@ def test_the_tasks_of_a_failed_merged_run_queued_again_are_not_counted_as_arriva
         [[2.0, 3.0]],
         [[4.0, 5.0]],
     ]
-    assert seen == [5]  # the merged request of four callers, behind the blocker: nothing more
+    assert [callers for callers, _ in arrivals] == [5]  # the merged request of four, behind the blocker: no more
 
 
 @pytest.mark.parametrize("hurried_first", [True, False])
