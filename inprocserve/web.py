@@ -487,10 +487,12 @@ client reads one set of codes from every endpoint (the admin endpoints answered 
 
 @dataclass(frozen=True)
 class AdminAnswer:
-    """An admin endpoint's answer: ``status`` and JSON ``body``."""
+    """An admin endpoint's answer: ``status``, JSON ``body`` and ``headers`` (``Retry-After`` on a 503, as
+    every other 503 of the plug-ins)."""
 
     status: int
     body: dict[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def run_admin_action(server: Server, action: str, model: str | None, body: object, *, actor: str) -> dict[str, Any]:
@@ -547,13 +549,15 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
     return {**answer, "revision": server.sync_control(), "worker": os.getpid()}
 
 
-def admin_answer(server: Server, action: str, model: str | None, body: object, *, actor: str) -> AdminAnswer:
+def admin_answer(
+    server: Server, action: str, model: str | None, body: object, *, actor: str, retry_after_s: float = 1
+) -> AdminAnswer:
     """:func:`run_admin_action` as an answer: 200, or the status and body of an error the operator can
     act on (400 bad body, 404 unknown model, 409 refused or control file problem, 422 version that cannot
     load, 503 closed). The body is ``{"error": <code>, "message": <what to fix>}`` with the codes of
     :func:`error_code` (``invalid_input``, ``model_not_found``, ``incompatible`` plus the ``report``,
-    ``configuration``, ``model_load_failed``, ``unavailable``). Other errors propagate (the framework's error
-    handling answers them)."""
+    ``configuration``, ``model_load_failed``, ``unavailable``), and a 503 says ``Retry-After``
+    ``retry_after_s``. Other errors propagate (the framework's error handling answers them)."""
     try:
         return AdminAnswer(200, run_admin_action(server, action, model, body, actor=actor))
     except Exception as exc:
@@ -563,7 +567,7 @@ def admin_answer(server: Server, action: str, model: str | None, body: object, *
         answer: dict[str, Any] = {"error": _lookup(exc, _ADMIN_CODES), "message": str(exc)}
         if isinstance(exc, PromotionRefusedError):  # what differs, for the operator
             answer["report"] = exc.report
-        return AdminAnswer(status, answer)
+        return AdminAnswer(status, answer, {"Retry-After": retry_after(retry_after_s)} if status == 503 else {})
 
 
 _BODY_SHAPES = {

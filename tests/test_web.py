@@ -284,6 +284,7 @@ def test_admin_errors_map_to_what_the_operator_must_do(two_versions: Path, make_
     server.close()
     closed = web.admin_answer(server, "kill", "scale", None, actor="t")
     assert (closed.status, closed.body) == (503, {"error": "unavailable", "message": "the server is closed"})
+    assert closed.headers == {"Retry-After": "1"}  # (as every other 503: a client knows when to try again)
 
 
 # -- tokens ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from django.conf import settings as django_settings
 from django.core.checks import run_checks
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client, RequestFactory, override_settings
-from inprocserve_django import apredict, reset_server
+from inprocserve_django import apredict, get_server, reset_server
 from werkzeug.serving import make_server
 
 import inprocserve
@@ -176,6 +176,21 @@ def test_model_readiness_quotes_no_path(with_broken: Path) -> None:
 def test_the_app_s_ready_503_says_when_to_retry(with_broken: Path) -> None:
     response = Client().get("/-/inprocserve/ready")
     assert response.status_code == 503 and response["Retry-After"] == "7"
+
+
+def test_an_admin_503_says_when_to_retry(repository: Path) -> None:
+    """Every 503 of the app says when to try again: the admin endpoints' too (a closed server)."""
+    settings = {"REPOSITORY": str(repository), "ADMIN_TOKEN": "secret", "RETRY_AFTER_S": 7}
+    with override_settings(INPROCSERVE=settings):
+        try:
+            get_server().close()  # (closed under the app, as at shutdown)
+            response = Client().post(
+                "/-/inprocserve/models/scale/kill", data=b"", content_type="application/json", headers=ADMIN
+            )
+        finally:
+            reset_server()
+    assert response.status_code == 503 and response.json()["error"] == "unavailable"
+    assert response["Retry-After"] == "7"
 
 
 def test_a_ready_server_answers_without_retry_after(served: Path) -> None:

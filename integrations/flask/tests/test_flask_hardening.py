@@ -77,6 +77,18 @@ def test_a_ready_server_answers_without_retry_after(tmp_path: Path) -> None:
     assert response.status_code == 200 and "Retry-After" not in response.headers
 
 
+def test_an_admin_503_says_when_to_retry(repository: Path) -> None:
+    """Every 503 of the plug-in says when to try again: the admin endpoints' too (a closed server)."""
+    app = make_app(repository, INPROCSERVE_RETRY_AFTER_S=7)
+    try:
+        app.extensions["inprocserve"].server.close()  # (closed under the app, as at shutdown)
+        response = app.test_client().post("/-/inprocserve/models/scale/kill", headers=ADMIN)
+    finally:
+        Inprocserve.close(app)
+    assert response.status_code == 503 and response.json["error"] == "unavailable"
+    assert response.headers["Retry-After"] == "7"
+
+
 def test_a_canary_percent_of_hundreds_of_digits_is_a_400(app: Flask) -> None:
     body = b'{"version": 1, "percent": ' + b"9" * 400 + b"}"
     response = app.test_client().post("/-/inprocserve/models/scale/canary", data=body, headers=ADMIN)

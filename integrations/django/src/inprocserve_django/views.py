@@ -85,8 +85,10 @@ def _admin(action: str) -> Callable[..., JsonResponse]:
             status, code = _BODY_ERRORS.get(type(exc), (400, "invalid_input"))
             return JsonResponse({"error": code, "message": str(exc)}, status=status)
         actor = f"admin endpoint from {request.META.get('REMOTE_ADDR')}"
-        answer = web.admin_answer(get_server(), action, name, body, actor=actor)
-        return JsonResponse(answer.body, status=answer.status)
+        answer = web.admin_answer(
+            get_server(), action, name, body, actor=actor, retry_after_s=settings()["RETRY_AFTER_S"]
+        )
+        return JsonResponse(answer.body, status=answer.status, headers=dict(answer.headers))
 
     view.__name__ = action
     return cast(Callable[..., JsonResponse], view)

@@ -408,7 +408,8 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     blueprint = Blueprint("inprocserve", __name__)
     token = config["INPROCSERVE_ADMIN_TOKEN"]
     eager = config["INPROCSERVE_EAGER"]
-    not_ready_headers = {"Retry-After": web.retry_after(config["INPROCSERVE_RETRY_AFTER_S"])}
+    retry_after_s = config["INPROCSERVE_RETRY_AFTER_S"]
+    not_ready_headers = {"Retry-After": web.retry_after(retry_after_s)}
 
     def authorized() -> bool:
         return web.check_token(request.headers.get("Authorization"), token)
@@ -446,8 +447,10 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
         if web.body_end_unknown(request.environ):  # (read as empty: the action ran as if no body was sent)
             return jsonify({"error": "length_required", "message": web.LENGTH_REQUIRED}), 411
         actor = f"admin endpoint from {request.remote_addr}"
-        answer = web.admin_answer(_state().server, action, model, request.get_data(), actor=actor)
-        return jsonify(answer.body), answer.status
+        answer = web.admin_answer(
+            _state().server, action, model, request.get_data(), actor=actor, retry_after_s=retry_after_s
+        )
+        return jsonify(answer.body), answer.status, dict(answer.headers)
 
     @blueprint.post("/reload")
     def reload() -> Any:
