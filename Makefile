@@ -207,6 +207,7 @@ ifneq ($(BENCH_QUICK),)
 QUICK_coalescing := --seconds 0.5 --rounds 1 --clients 1,8
 QUICK_direct_lanes := --seconds 0.5 --rounds 1 --clients 8
 QUICK_batch_delay := --seconds 0.3 --rounds 1 --clients 8 --rates 1000 --delays-us 0,300
+QUICK_pinned_workers := --seconds 0.3 --rounds 1 --threads 8
 QUICK_padding := --seconds 0.3 --rounds 1 --clients 4
 QUICK_predict_overhead := --blocks 4
 QUICK_feature_overhead := --blocks 2 --block 200
@@ -235,6 +236,8 @@ bench: install
 	$(BIN)/python benchmarks/coalescing.py --spinning $(QUICK_coalescing) $(BENCH_ARGS)
 	$(BIN)/python benchmarks/direct_lanes.py $(QUICK_direct_lanes)
 	$(BIN)/python benchmarks/batch_delay.py $(QUICK_batch_delay)
+	$(BIN)/python benchmarks/pinned_workers.py $(QUICK_pinned_workers)
+	$(BIN)/python benchmarks/pinned_workers.py --model mlp-large $(QUICK_pinned_workers)
 	$(BIN)/python benchmarks/padding.py $(QUICK_padding)
 	$(BIN)/python benchmarks/predict_overhead.py $(QUICK_predict_overhead)
 	$(BIN)/python benchmarks/feature_overhead.py $(QUICK_feature_overhead)

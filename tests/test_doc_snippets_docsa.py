@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -223,6 +227,71 @@ def test_the_offline_scoring_job_writes_one_score_per_row(monkeypatch: pytest.Mo
     with inprocserve.Server(repository=tmp_path / "models") as server:
         expected = np.concatenate([answer["probability"] for answer in server.predict_many("fraud", rows)])
     np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), expected, rtol=1e-6)
+
+
+AFFINITY_APP = """
+import os, threading
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    # (a request thread of gthread's pool: started after post_fork)
+    return [f"{os.getpid()} {sorted(os.sched_getaffinity(0))} {threading.current_thread().name}".encode()]
+"""
+
+
+def _workers_cores(base: str, wanted: int, master: subprocess.Popen[bytes], log: Path) -> dict[int, list[int]]:
+    """Ask until ``wanted`` workers answered: each worker's pid and the cores its request thread may use."""
+    seen: dict[int, list[int]] = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < wanted:
+        assert master.poll() is None and time.monotonic() < deadline, log.read_text()
+        try:
+            with urllib.request.urlopen(f"{base}/", timeout=5) as answer:
+                pid, cores, _thread = answer.read().decode().split(" ", 2)
+            seen[int(pid)] = json.loads(cores)
+        except OSError:
+            time.sleep(0.05)
+    return seen
+
+
+def test_the_one_core_per_worker_hook_gives_each_gunicorn_worker_a_core_of_its_own(tmp_path: Path) -> None:
+    """Under a real gunicorn: two gthread workers on two cores, each worker's request threads on one core, not
+    the other's; a worker killed and replaced takes the core it left."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs a machine with two cores or more")
+    if shutil.which("taskset") is None:
+        pytest.skip("needs taskset (util-linux) to give gunicorn exactly two cores")
+    cores = sorted(os.sched_getaffinity(0))[:2]  # (two workers: on a larger host they take two of its cores)
+    (conf,) = blocks("docs/deployment.md", "### One core per worker")
+    (tmp_path / "gunicorn.conf.py").write_text(conf)
+    (tmp_path / "affinity_app.py").write_text(AFFINITY_APP)
+    listener = listening_socket()
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    command = [
+        "taskset", "-c", ",".join(map(str, cores)), sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
+        "--worker-class", "gthread", "--threads", "4", "--workers", "2", "--bind", f"fd://{listener.fileno()}",
+        "affinity_app:app",
+    ]  # fmt: skip
+    log = tmp_path / "gunicorn.log"
+    with listener, open(log, "wb") as output:
+        master = subprocess.Popen(
+            command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT, pass_fds=[listener.fileno()]
+        )
+    try:
+        workers = _workers_cores(base, 2, master, log)
+        assert sorted(core for kept in workers.values() for core in kept) == cores, workers
+        # (the worker on the first core: with workers placed by their age instead, its replacement took the
+        # other worker's core)
+        first = next(pid for pid, kept in workers.items() if kept == cores[:1])
+        (second,) = set(workers) - {first}
+        os.kill(first, signal.SIGKILL)
+        replaced = _workers_cores(base, 2, master, log)  # (the killed one answers no more: its replacement does)
+        assert first not in replaced and replaced[second] == workers[second]
+        (replacement,) = set(replaced) - {second}
+        assert replaced[replacement] == workers[first], (workers, replaced)  # the core the killed one left
+    finally:
+        master.terminate()
+        master.wait(timeout=30)
 
 
 # -- configuration files of these documents -----------------------------------------------------------------
