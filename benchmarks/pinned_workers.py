@@ -5,11 +5,13 @@ with one-row requests, as a gunicorn ``gthread`` worker's request threads would 
 such processes run side by side for ``--seconds``: once all free to run on every core of this process's
 affinity, once each kept on a core of its own (``os.sched_setaffinity`` before it starts, as the
 ``post_fork`` hook of docs/deployment.md, "One core per worker", does), the two arrangements taking turns
-over ``--rounds``. Reported per arrangement: the requests a second of all workers together, the rows per
+over ``--rounds``; with ``--naive``, the same two arrangements of naive workers too (no server: the threads
+call one ``InferenceSession`` built with onnxruntime's defaults, what a view that calls the model itself
+does). Reported per arrangement: the requests a second of all workers together, the rows per
 batch and the CPU cores the workers used.
 
     python benchmarks/pinned_workers.py [--model mlp-small] [--threads 8,64] [--workers N] [--seconds 4]
-                                        [--rounds 2] [--out DIR]
+                                        [--rounds 2] [--naive] [--out DIR]
 
 ``--workers`` defaults to the cores this process may use. Writes pinned_workers.{json,md} (``--model``
 other than mlp-small: pinned_workers-MODEL.{json,md}) into ``--out`` (benchmarks/results by default).
@@ -32,12 +34,20 @@ from typing import Any
 from _common import RESULTS, build_reference, input_rows, machine, machine_line, with_run, write_json
 
 
-def child(model: str, threads: int, seconds: float, repository: Path) -> None:
-    """One worker: print its requests a second, rows per batch and CPU cores used, as JSON."""
+def child(model: str, threads: int, seconds: float, repository: Path, naive: bool) -> None:
+    """One worker: print its requests a second, rows per batch and CPU cores used, as JSON. ``naive``: no
+    server, every thread calls one ``InferenceSession`` built with onnxruntime's defaults."""
     import inprocserve
 
-    server = inprocserve.Server(repository)
     rows = input_rows(model, threads)
+    server: Any
+    if naive:
+        import onnxruntime as ort
+
+        path = str(repository / model / "1" / "model.onnx")
+        server = _Naive(ort.InferenceSession(path, providers=["CPUExecutionProvider"]))
+    else:
+        server = inprocserve.Server(repository)
     server.predict(model, rows[0])  # (adopts the runners: builds this process's sessions)
     counts = [0] * threads
     stop = threading.Event()
@@ -55,7 +65,7 @@ def child(model: str, threads: int, seconds: float, repository: Path) -> None:
     workers = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
     for worker in workers:
         worker.start()
-    version = next(iter(server.status()["models"][model]["versions"].values()))
+    version = next(iter(next(iter(server.status()["models"].values()))["versions"].values()))
     batches, rows_run = version["batches_run"], version["rows_run"]
     cpu = time.process_time()
     started = time.perf_counter()
@@ -66,7 +76,7 @@ def child(model: str, threads: int, seconds: float, repository: Path) -> None:
         worker.join()
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu
-    version = next(iter(server.status()["models"][model]["versions"].values()))
+    version = next(iter(next(iter(server.status()["models"].values()))["versions"].values()))
     batches, rows_run = version["batches_run"] - batches, version["rows_run"] - rows_run
     server.close()
     print(
@@ -81,11 +91,31 @@ def child(model: str, threads: int, seconds: float, repository: Path) -> None:
     )
 
 
+class _Naive:
+    """The naive worker's calls, shaped as the server's for :func:`child`."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.name = session.get_inputs()[0].name
+        self.runs = 0
+
+    def predict(self, model: str, x: Any) -> Any:
+        self.runs += 1  # (a count lost between threads is harmless: one row a run by design)
+        return self.session.run(None, {self.name: x})
+
+    def status(self) -> dict[str, Any]:
+        return {"models": {"naive": {"versions": {"1": {"batches_run": self.runs, "rows_run": self.runs}}}}}
+
+    def close(self) -> None:
+        pass
+
+
 def run_workers(
-    args: argparse.Namespace, threads: int, repository: Path, cores: list[int] | None
+    args: argparse.Namespace, threads: int, repository: Path, cores: list[int] | None, *, naive: bool = False
 ) -> list[dict[str, Any]]:
     """``args.workers`` children side by side; ``cores``: each kept on ``cores[i]`` (None: all free)."""
     command = [sys.executable, __file__, "--child", args.model, str(threads), str(args.seconds), str(repository)]
+    command += ["naive"] if naive else []
     children = []
     for index in range(args.workers):
         core = None if cores is None else {cores[index % len(cores)]}
@@ -108,7 +138,7 @@ def run_workers(
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5]))
+        child(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5]), naive=sys.argv[6:] == ["naive"])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mlp-small", choices=["mlp-small", "mlp-large"])
@@ -116,6 +146,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--naive", action="store_true", help="also naive workers: threads sharing one default InferenceSession"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
@@ -124,10 +157,13 @@ def main() -> None:
     build_reference(args.model, repository)
     points: list[dict[str, Any]] = []
     for threads in [int(value) for value in args.threads.split(",")]:
-        rounds: dict[str, list[list[dict[str, Any]]]] = {"free": [], "one core each": []}
+        arrangements = [("free", None, False), ("one core each", cores, False)]
+        if args.naive:
+            arrangements += [("naive, free", None, True), ("naive, one core each", cores, True)]
+        rounds: dict[str, list[list[dict[str, Any]]]] = {name: [] for name, _, _ in arrangements}
         for round_index in range(args.rounds):
-            for arrangement, kept in (("free", None), ("one core each", cores)):
-                answers = run_workers(args, threads, repository, kept)
+            for arrangement, kept, naive in arrangements:
+                answers = run_workers(args, threads, repository, kept, naive=naive)
                 rounds[arrangement].append(answers)
                 total = sum(answer["req_s"] for answer in answers)
                 print(
