@@ -38,6 +38,13 @@ def policy(
     )
 
 
+def wait_if_free_now(
+    flush: FlushPolicy, clock: ManualClock, *, queued_rows: int, active_rows: int
+) -> tuple[float, int]:
+    """``flush.wait_s`` for a worker free now, whose oldest queued request arrived now."""
+    return flush.wait_s(queued_rows=queued_rows, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=active_rows)
+
+
 def test_a_lone_caller_never_waits() -> None:
     clock = ManualClock()
     flush = policy(clock)
@@ -45,7 +52,7 @@ def test_a_lone_caller_never_waits() -> None:
         assert flush.arrive(1, 1, 1)  # the only concurrency it has seen is its own request
         clock.advance(0.01)
     assert flush.target_rows() == 1
-    wait, _ = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
+    wait, _ = wait_if_free_now(flush, clock, queued_rows=1, active_rows=1)
     assert wait <= 0
 
 
@@ -72,7 +79,7 @@ def test_the_wait_ends_at_the_delay_or_when_the_target_is_queued() -> None:
     clock.advance(DELAY_S / 2)
     wait, _ = flush.wait_s(queued_rows=5, oldest_enqueued_at=enqueued, ready_at=enqueued, active_rows=8)
     assert wait <= 0  # the delay is spent: run what is queued
-    wait, _ = flush.wait_s(queued_rows=8, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=8)
+    wait, _ = wait_if_free_now(flush, clock, queued_rows=8, active_rows=8)
     assert wait <= 0  # everyone expected is there: no reason to wait
 
 
@@ -109,7 +116,7 @@ def test_a_burst_long_past_is_forgotten_at_the_next_arrival() -> None:
     assert flush.arrive(1, 1, 1)
     assert flush.target_rows() == 1
     assert flush.overlapping()  # (the twelve callers of the burst no longer weigh on the mean)
-    wait, _ = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
+    wait, _ = wait_if_free_now(flush, clock, queued_rows=1, active_rows=1)
     assert wait <= 0
 
 
@@ -134,7 +141,7 @@ def test_a_wait_for_companions_that_do_not_come_is_not_made_again() -> None:
         ran_at_once.append(flush.arrive(1, 1, 1))
     assert flush.target_rows() == 2
     assert ran_at_once == [True] * 5  # (each waited the whole delay for the companion the peak promised)
-    wait, _ = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
+    wait, _ = wait_if_free_now(flush, clock, queued_rows=1, active_rows=1)
     assert wait <= 0
 
 
@@ -151,7 +158,7 @@ def test_companions_that_come_within_the_delay_keep_the_wait() -> None:
         flush.arrive(1, 1, 1)
     clock.advance(DELAY_S / 10)
     assert not flush.arrive(1, 1, 1)  # came 3 times, missed once: worth waiting again
-    wait, target = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
+    wait, target = wait_if_free_now(flush, clock, queued_rows=1, active_rows=1)
     assert wait > 0 and target == 2
 
 
@@ -199,9 +206,9 @@ def test_the_target_is_capped_by_the_batch_size_and_rounded_up_to_a_preferred_si
     assert capped.target_rows() == 4
     preferred = policy(clock, preferred=(4, 8))
     preferred.arrive(16, 1, 16)
-    wait, target = preferred.wait_s(queued_rows=3, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=16)
+    wait, target = wait_if_free_now(preferred, clock, queued_rows=3, active_rows=16)
     assert target == 4 and wait > 0  # 3 queued: wait for the next preferred size, not the peak of 16
-    wait, target = preferred.wait_s(queued_rows=4, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=16)
+    wait, target = wait_if_free_now(preferred, clock, queued_rows=4, active_rows=16)
     assert target == 4 and wait <= 0
 
 
@@ -211,13 +218,13 @@ def test_a_preferred_size_never_makes_a_wait_that_recent_traffic_does_not_promis
     clock = ManualClock()
     lone = policy(clock, preferred=(4, 8), overlap=False)
     lone.arrive(1, 1, 1)
-    wait, _ = lone.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
+    wait, _ = wait_if_free_now(lone, clock, queued_rows=1, active_rows=1)
     assert wait <= 0  # (it waited the whole delay for 4 rows that nothing promised)
     six = policy(clock, preferred=(4, 8), overlap=False)
     six.arrive(6, 1, 6)
-    wait, target = six.wait_s(queued_rows=5, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=6)
+    wait, target = wait_if_free_now(six, clock, queued_rows=5, active_rows=6)
     assert target == 6 and wait > 0  # the peak, not the 8 it cannot reach
-    wait, target = six.wait_s(queued_rows=6, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=6)
+    wait, target = wait_if_free_now(six, clock, queued_rows=6, active_rows=6)
     assert wait <= 0
 
 
@@ -226,7 +233,7 @@ def test_without_a_delay_or_after_merging_is_disabled_nothing_waits() -> None:
     eager = policy(clock, delay_s=0.0)
     eager.arrive(16, 1, 16)
     assert eager.arrive(16, 1, 16)
-    assert eager.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=16)[0] <= 0
+    assert wait_if_free_now(eager, clock, queued_rows=1, active_rows=16)[0] <= 0
     merging = policy(clock)
     merging.arrive(16, 1, 16)
     merging.disable_merging()
@@ -249,13 +256,13 @@ def test_callers_no_more_than_one_past_the_runners_run_as_they_come() -> None:
     for _ in range(10):
         assert two_callers.arrive(2, 1, 2)  # the other caller's request is running: run (or queue) at once
     assert two_callers.target_rows() == 2
-    wait, _ = two_callers.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=2)
+    wait, _ = wait_if_free_now(two_callers, clock, queued_rows=1, active_rows=2)
     assert wait <= 0  # a free worker runs the one queued request: its companion is busy with its own work
     three_callers = policy(clock)
     for _ in range(3):
         three_callers.arrive(3, 1, 3)
     assert not three_callers.arrive(3, 1, 3)
-    wait, target = three_callers.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=3)
+    wait, target = wait_if_free_now(three_callers, clock, queued_rows=1, active_rows=3)
     assert (wait, target) == (pytest.approx(DELAY_S), 3)
     two_runners = policy(clock, runners=2)
     for _ in range(3):
@@ -273,7 +280,7 @@ def test_a_model_that_computes_longer_merges_even_two_callers() -> None:
     for _ in range(10):
         flush.arrive(2, 1, 2)
     assert not flush.overlapping() and not flush.arrive(1, 1, 2)
-    wait, target = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=2)
+    wait, target = wait_if_free_now(flush, clock, queued_rows=1, active_rows=2)
     assert (wait, target) == (pytest.approx(DELAY_S), 2)
 
 
@@ -287,7 +294,7 @@ def test_light_traffic_from_many_threads_runs_as_it_comes() -> None:
         flush.arrive(met, 1, met)
     assert flush.target_rows() == 4 and flush.overlapping()  # (by the peak, each would wait for four rows)
     assert flush.arrive(1, 1, 1)
-    wait, _ = flush.wait_s(queued_rows=1, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=1)
+    wait, _ = wait_if_free_now(flush, clock, queued_rows=1, active_rows=1)
     assert wait <= 0
 
 
@@ -297,7 +304,7 @@ def test_callers_are_counted_apart_from_their_rows() -> None:
     one_caller = policy(clock)
     one_caller.arrive(12, 12, 1)
     assert one_caller.target_rows() == 12 and one_caller.arrive(3, 3, 1)
-    wait, _ = one_caller.wait_s(queued_rows=3, oldest_enqueued_at=clock(), ready_at=clock(), active_rows=3)
+    wait, _ = wait_if_free_now(one_caller, clock, queued_rows=3, active_rows=3)
     assert wait <= 0
 
 
