@@ -318,7 +318,8 @@ class Batcher:
                         self._start_workers()
                     if self._filler is not None:
                         # the worker waiting for companions decides again once they are queued, or once an
-                        # arrival finds no reason to wait (the callers overlap now, or enough rows came at once)
+                        # arrival finds no reason to wait (the callers overlap now, enough rows came at once, or
+                        # companions were seen not to come: FlushPolicy.companions_come)
                         if queue.rows >= self._fill_target or runs_now:
                             filler, self._filler = self._filler, None  # (cleared first: see _wait_for_companions)
                             filler.release()

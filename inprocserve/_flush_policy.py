@@ -221,6 +221,7 @@ class FlushPolicy:
         if now - self._window_start > 2 * CONCURRENCY_WINDOW_S:
             self._previous_peak = self._previous_callers_seen = self._previous_arrivals = 0
             self._previous_came = self._previous_missed = 0
+            self._wanted_at = -1.0  # (a wish for companions before the quiet is no miss of the new traffic)
         else:
             self._previous_peak = self._window_peak
             self._previous_callers_seen = self._callers_seen

@@ -176,6 +176,18 @@ def test_a_request_queued_behind_a_busy_runner_says_nothing_about_companions() -
     assert not flush.arrive(1, 1, 1)  # a runner free: it waits for the companion the peak promises
 
 
+def test_a_wish_for_companions_before_a_quiet_spell_is_no_miss_after_it() -> None:
+    """The policy wanted a companion, then nothing came for seconds: the new traffic starts with nothing
+    known, and the first wait it promises is made (counted a miss, it was skipped)."""
+    clock = ManualClock()
+    flush = policy(clock, overlap=False)
+    assert not flush.arrive(2, 1, 2)  # wants a companion
+    clock.advance(CONCURRENCY_WINDOW_S * 40)
+    flush.arrive(2, 1, 2)  # a new peak of two, long after
+    assert flush.companions_come()
+    assert not flush.arrive(1, 1, 1)
+
+
 def test_a_short_wait_is_made_whether_companions_came_or_not() -> None:
     """Under ``CHECKED_WAIT_S`` (a quick model's automatic delay) a wait in vain costs little: not checked."""
     clock = ManualClock()
