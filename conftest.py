@@ -154,6 +154,16 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             _guard.running(None)
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session ends: no watchdog is left armed on the stderr copy, which is closed (not left to the
+    interpreter's exit, which warned of an unclosed file)."""
+    global _fault_file
+    faulthandler.cancel_dump_traceback_later()
+    if _fault_file is not None:
+        _fault_file.close()
+        _fault_file = None
+
+
 def pytest_enter_pdb(config: pytest.Config, pdb: object) -> None:
     """pdb was entered (``breakpoint()``, ``--pdb``, ``--trace``): a developer at its prompt is no stuck test,
     and pytest-timeout's limit stood down for it, but the guard ended the process after 300 s at the prompt."""

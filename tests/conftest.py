@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import gc
 import os
 import shutil
@@ -355,7 +356,10 @@ def run_in_forked_child(work: Callable[[], str], *, timeout_s: int = 60) -> str:
 
     The child never returns into pytest: it reports through a pipe and its exit code, and an alarm ends it
     after ``timeout_s`` so a hang in the child cannot hang the test run. A child that raised reports its
-    traceback in the failure message.
+    traceback in the failure message; a child that hangs, every thread's stack when the alarm ends it
+    (written by faulthandler's signal handler, which needs neither the GIL nor a lock the child may be stuck
+    on; not its watchdog thread: the repository's conftest arms that for each test, and a child that asks
+    for it waits for the parent's watchdog to stop, which never runs in the child).
     """
     read, write = os.pipe()
     pid = os.fork()
@@ -366,6 +370,7 @@ def run_in_forked_child(work: Callable[[], str], *, timeout_s: int = 60) -> str:
             # The default action (the end of the process), not pytest-timeout's handler, which would run only
             # once the child is back in Python: a child stuck on a lock held at the fork never is.
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            faulthandler.register(signal.SIGALRM, file=write, all_threads=True, chain=True)  # (then the default)
             signal.alarm(timeout_s)
             report = work()
             code = 0
@@ -389,8 +394,14 @@ def run_in_forked_child(work: Callable[[], str], *, timeout_s: int = 60) -> str:
         if not reaped:  # (the test was stopped meanwhile: no child is left behind)
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-    text = b"".join(chunks).decode()
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed ({status}): {text}"
+    text = b"".join(chunks).decode(errors="replace")
+    if os.WIFSIGNALED(status):
+        hung = os.WTERMSIG(status) == signal.SIGALRM
+        how = f"killed by signal {os.WTERMSIG(status)}"
+        how += f" after {timeout_s} s (a hang: its stack follows)" if hung else ""
+    else:
+        how = f"exit status {os.WEXITSTATUS(status)}"
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed ({how}): {text}"
     return text
 
 

@@ -8,8 +8,13 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import pytest
+
+from .conftest import run_in_forked_child
 
 ROOT = Path(__file__).resolve().parents[1]
 GUARD_S = 2
@@ -124,3 +129,20 @@ def test_frame_of_reads_a_threads_frame_where_sys_current_frames_deadlocks() -> 
         timeout=30,
     )
     assert run.returncode == 0 and run.stdout.strip() == "read", run.stdout + run.stderr
+
+
+def test_a_forked_child_that_hangs_reports_where() -> None:
+    """``run_in_forked_child`` ends a hung child with its alarm and shows the stack it hung in (the guard's
+    watchdog, armed for this test, cannot be asked for in the child: it would wait for the parent's)."""
+    held = threading.Lock()
+    held.acquire()  # held at the fork by this thread: never released in the child
+
+    def waits_for_the_held_lock() -> str:
+        held.acquire()
+        return "acquired"
+
+    with pytest.raises(AssertionError) as failure:
+        run_in_forked_child(waits_for_the_held_lock, timeout_s=1)
+    message = str(failure.value)
+    assert "killed by signal 14 after 1 s (a hang: its stack follows)" in message
+    assert "in waits_for_the_held_lock" in message and "Current thread" in message
