@@ -11,6 +11,12 @@ Flask and Django plug-ins register in eager mode (and any registered with
 forks the workers, must not import onnxruntime (a worker forked after it was imported hangs or aborts at
 exit; inprocserve logs an error at such a fork).
 
+With as many workers as cores, ``pre_fork`` and ``post_fork`` keep each worker, and every thread it starts, on
+a share of the cores of its own (one core each; docs/deployment.md, "One core per worker", says when that
+pays)::
+
+    from inprocserve.gunicorn import post_fork, post_worker_init, pre_fork  # noqa: F401
+
 Under gunicorn's ``asgi`` worker on uvloop (what ``--asgi-loop auto`` picks where uvloop is installed), the hook
 also makes sure that a stop signal which reached the worker while it booted is heard: see
 :func:`_hear_signals_held_by_uvloop`.
@@ -22,13 +28,74 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ._prefork import has_builders, warm_worker
 
-__all__ = ["post_worker_init"]
+__all__ = ["cores_for_next_worker", "post_fork", "post_worker_init", "pre_fork"]
 
 logger = logging.getLogger(__name__)
+
+_CORES = "_inprocserve_cores"  # the attribute of a gunicorn worker object holding the cores it keeps to
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """A gunicorn ``pre_fork`` hook, in the master: choose the cores the worker about to be forked keeps to.
+
+    Chosen here, not in the worker, because the master knows which cores it gave each live worker (the
+    worker objects of ``server.WORKERS``) the moment it forks the next one; a worker that looked at its
+    siblings' affinity instead could look before a sibling forked just before it had set its own, and take
+    the same core. :func:`post_fork` applies the choice in the worker."""
+    if not hasattr(os, "sched_setaffinity"):  # (Linux only)
+        return
+    siblings = [getattr(sibling, _CORES, None) for sibling in list(server.WORKERS.values())]
+    cores = cores_for_next_worker(
+        sorted(os.sched_getaffinity(0)), server.num_workers, [kept for kept in siblings if kept]
+    )
+    setattr(worker, _CORES, cores)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """A gunicorn ``post_fork`` hook, in the new worker: keep it, and every thread it starts from now on
+    (gthread's pool, inprocserve's workers, onnxruntime's), to the cores :func:`pre_fork` chose. The
+    sessions the worker then builds count those cores for their threads (docs/repository.md, "Thread
+    budget"). Without ``pre_fork`` in the same configuration it logs an error and keeps to every core."""
+    if not hasattr(os, "sched_setaffinity"):
+        logger.warning("worker %d: keeping a worker to cores of its own needs Linux; it uses every core", os.getpid())
+        return
+    cores = getattr(worker, _CORES, None)
+    if cores is None:
+        logger.error(
+            "worker %d: inprocserve's post_fork hook found no cores chosen for it: import pre_fork from "
+            "inprocserve.gunicorn too (or call it from your own pre_fork); the worker uses every core",
+            os.getpid(),
+        )
+        return
+    if cores != frozenset(os.sched_getaffinity(0)):
+        os.sched_setaffinity(0, cores)
+    logger.info("worker %d keeps to core(s) %s", os.getpid(), ",".join(map(str, sorted(cores))))
+
+
+def cores_for_next_worker(cores: Sequence[int], workers: int, siblings: Iterable[frozenset[int]]) -> frozenset[int]:
+    """The cores a new worker should keep to: ``cores`` (those the server may use) split into
+    ``min(workers, len(cores))`` shares of consecutive cores, as even as possible (one core each once there
+    are as many workers as cores, so no core is left to none), and of those the share that the live
+    ``siblings`` (the cores each keeps to) use least: the share a replaced worker left, or, with more
+    workers than cores, a core fewest workers share. Ties go to the lowest cores."""
+    cores = sorted(cores)
+    count = max(1, min(workers, len(cores)))
+    size, larger = divmod(len(cores), count)
+    shares, start = [], 0
+    for index in range(count):
+        end = start + size + (1 if index < larger else 0)
+        shares.append(frozenset(cores[start:end]))
+        start = end
+    taken: Counter[int] = Counter()
+    for kept in siblings:
+        taken.update(kept)
+    return min(shares, key=lambda share: (max(taken[core] for core in share), sum(taken[core] for core in share)))
 
 
 def post_worker_init(worker: Any) -> None:
