@@ -34,7 +34,13 @@ instrumentation is installed: the releases of ``opentelemetry-instrumentation-fl
 the package index lag the instrumentation core that the project's environment holds, and the library's
 request spans are then root spans, 1 % of them sampled. LitServe runs without an SDK either way.
 
-Writes benchmarks/results/http_e2e.{json,md,png}; with ``--otel``, http_e2e-otel.{json,md,png}.
+One core per worker (docs/deployment.md): ``--variants inprocserve,inprocserve-pinned,naive,naive-pinned
+--stacks flask`` adds the Flask variants again with gunicorn's ``post_fork`` hook of docs/deployment.md,
+which keeps each worker's threads on the core its siblings use least (uvicorn has no such hook: pinned
+variants run in the flask stack only). They are measured in the same rounds as the others.
+
+Writes benchmarks/results/http_e2e.{json,md,png}; with ``--otel``, http_e2e-otel.{json,md,png}; with pinned
+variants, http_e2e-pinned(-otel).{json,md,png}.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ HERE = Path(__file__).parent
 E2E = HERE / "e2e"
 ROOT = HERE.parent
 VARIANTS = ("inprocserve", "naive", "remote")
+PINNED = "-pinned"  # a Flask variant under the one-core-per-worker hook (benchmarks/e2e/gunicorn_conf.py)
+PINNED_VARIANTS = tuple(f"{variant}{PINNED}" for variant in ("inprocserve", "naive"))
 STACKS = ("flask", "django")
 LITSERVE_REQUIREMENTS = ("litserve>=0.2.19", "onnxruntime>=1.17.3", "numpy>=1.24")
 SETTLE_S = 0.3  # onnxruntime's default sessions spin after a run; let them park before the next variant
@@ -99,7 +107,8 @@ def start_app(
     port = free_port()
     env = {
         **os.environ,
-        "E2E_VARIANT": variant,
+        "E2E_VARIANT": variant.removesuffix(PINNED),
+        "E2E_PIN_WORKERS": "1" if variant.endswith(PINNED) else "",
         "E2E_MODEL": model,
         "E2E_REPOSITORY": str(repository),
         "E2E_REMOTE_URL": remote_url,
@@ -122,13 +131,15 @@ def start_app(
         f"{stack}-{variant}", command, port=port, env=env, cwd=E2E, log=folder / f"{stack}-{variant}-{model}.log"
     )
     server.wait_ready("/ping")
-    check_sdk(server, args.flask_workers if stack == "flask" else args.uvicorn_workers, installed=args.otel)
+    workers = args.flask_workers if stack == "flask" else args.uvicorn_workers
+    check_workers(server, workers, installed=args.otel, pinned=variant.endswith(PINNED))
     return server
 
 
-def check_sdk(server: ServerProcess, workers: int, *, installed: bool) -> None:
+def check_workers(server: ServerProcess, workers: int, *, installed: bool, pinned: bool) -> None:
     """Ask ``GET /sdk`` (new connections, so the workers take turns) until every worker answered, and raise
-    unless each runs with the OpenTelemetry SDK's providers exactly when ``--otel`` asked for them."""
+    unless each runs with the OpenTelemetry SDK's providers exactly when ``--otel`` asked for them, and its
+    request threads keep to one core of their own exactly when the variant is pinned."""
     seen: dict[int, dict[str, str]] = {}
     for _ in range(200):  # the kernel spreads new connections over the workers: bounded, not guaranteed
         with urllib.request.urlopen(server.url + "/sdk", timeout=5) as response:
@@ -140,6 +151,12 @@ def check_sdk(server: ServerProcess, workers: int, *, installed: bool) -> None:
         sdk = all(answer[kind].startswith("opentelemetry.sdk.") for kind in ("tracer", "meter"))
         if sdk != installed:
             raise RuntimeError(f"{server.name}: worker {answer['pid']} runs {answer}, expected the SDK: {installed}")
+        cores = answer.get("cores")
+        if cores is not None and (len(cores) == 1) != (pinned or len(os.sched_getaffinity(0)) == 1):
+            raise RuntimeError(f"{server.name}: worker {answer['pid']} runs on cores {cores}; pinned: {pinned}")
+    kept = [tuple(answer["cores"]) for answer in seen.values() if answer.get("cores") is not None]
+    if pinned and len(set(kept)) < min(len(kept), len(os.sched_getaffinity(0))):
+        raise RuntimeError(f"{server.name}: workers share a core where each could have one: {kept}")
     if len(seen) < workers:
         print(f"   {server.name}: {len(seen)} of {workers} workers answered /sdk; those were checked", flush=True)
 
@@ -198,7 +215,8 @@ def measure_stack(
             for round_index in range(args.rounds):
                 order = variants[round_index % len(variants) :] + variants[: round_index % len(variants)]
                 for variant in [*order, "ping"]:
-                    target = servers["naive" if variant == "ping" else variant]
+                    # (/ping on the naive server where there is one: its view is the same on every variant)
+                    target = servers[variant if variant != "ping" else "naive" if "naive" in servers else "inprocserve"]
                     activate(variant, litserve)
                     time.sleep(SETTLE_S)
                     result = pinned_load(
@@ -287,7 +305,8 @@ def print_point(point: dict[str, Any], variants: list[str]) -> None:
 
 
 def result_name(settings: dict[str, Any]) -> str:
-    return "http_e2e-otel" if settings.get("otel") else "http_e2e"
+    pinned = any(variant.endswith(PINNED) for variant in settings["variants"])
+    return "http_e2e" + ("-pinned" if pinned else "") + ("-otel" if settings.get("otel") else "")
 
 
 def write_markdown(results: dict[str, Any]) -> Path:
@@ -320,6 +339,15 @@ def write_markdown(results: dict[str, Any]) -> Path:
         "- `x inprocserve`: the variant's req/s divided by inprocserve's (below 1: slower than inprocserve). "
         "`/ping`: a view that touches no model, on the same server: what the HTTP stack alone allows. "
         "`client`: the load client's CPU seconds per wall second (1.0 = one full core: the client was the limit).",
+        *(
+            [
+                '- `-pinned`: the same Flask variant with the `post_fork` hook of docs/deployment.md ("One core '
+                'per worker"): each worker and the threads it starts keep to one core, the one its siblings use '
+                "least. The load client keeps to its own core, which one of the workers then shares."
+            ]
+            if any(v.endswith(PINNED) for v in variants)
+            else []
+        ),
         *(
             [
                 "- OpenTelemetry SDK in every web worker of every variant: `ParentBased(TraceIdRatioBased(0.01))` "
@@ -385,7 +413,14 @@ def write_plot(results: dict[str, Any]) -> Path | None:
     variants = [v for v in settings["variants"] if v != "remote" or results["litserve"]]
     panels = [(stack, model) for stack in settings["stacks"] for model in settings["models"]]
     figure, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7), squeeze=False)
-    colours = {"inprocserve": "tab:blue", "naive": "tab:orange", "remote": "tab:green", "ping": "grey"}
+    colours = {
+        "inprocserve": "tab:blue",
+        "naive": "tab:orange",
+        "remote": "tab:green",
+        "inprocserve-pinned": "tab:purple",
+        "naive-pinned": "tab:red",
+        "ping": "grey",
+    }
     for column, (stack, model) in enumerate(panels):
         points = [p for p in results["points"] if p["stack"] == stack and p["model"] == model]
         if not points:
@@ -458,9 +493,12 @@ def main() -> None:
         for name, value in quick.items():
             if getattr(args, name) == parser.get_default(name):
                 setattr(args, name, value)
-    unknown = (set(args.models) - set(MODELS)) | (set(args.stacks) - set(STACKS)) | (set(args.variants) - set(VARIANTS))
+    unknown = (set(args.models) - set(MODELS)) | (set(args.stacks) - set(STACKS))
+    unknown |= set(args.variants) - set(VARIANTS) - set(PINNED_VARIANTS)
     if unknown or "inprocserve" not in args.variants:
         parser.error(f"unknown names {sorted(unknown)}; the variants must include inprocserve")
+    if any(v.endswith(PINNED) for v in args.variants) and args.stacks != ["flask"]:
+        parser.error("pinned variants need gunicorn's post_fork hook, which uvicorn lacks: give --stacks flask")
 
     python, skipped = None, None
     if "remote" in args.variants:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from inprocserve.gunicorn import post_fork as inprocserve_post_fork
 from inprocserve.gunicorn import post_worker_init as warm_inprocserve
+from inprocserve.gunicorn import pre_fork as inprocserve_pre_fork
 
 worker_class = "gthread"
 accesslog = None
@@ -17,3 +20,14 @@ def post_worker_init(worker: Any) -> None:
     import flask_app
 
     flask_app.warm()
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """The pinned variants (``E2E_PIN_WORKERS=1``): docs/deployment.md's "One core per worker" hooks."""
+    if os.environ.get("E2E_PIN_WORKERS") == "1":
+        inprocserve_pre_fork(server, worker)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    if os.environ.get("E2E_PIN_WORKERS") == "1":
+        inprocserve_post_fork(server, worker)
