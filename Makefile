@@ -213,6 +213,7 @@ QUICK_predict_overhead := --blocks 4
 QUICK_feature_overhead := --blocks 2 --block 200
 QUICK_flag_overhead := --blocks 2 --block 100
 QUICK_plugin_overhead := --blocks 4
+QUICK_in_request := --blocks 2 --block 100
 QUICK_telemetry_overhead := --seconds 0.5 --rounds 1
 QUICK_telemetry_profile := --calls 2000
 QUICK_async_callers := --seconds 0.5 --rounds 1 --modes off
@@ -244,6 +245,7 @@ bench: install
 	$(BIN)/python benchmarks/flag_overhead.py $(QUICK_flag_overhead)
 	$(BIN)/python benchmarks/plugin_overhead.py $(QUICK_plugin_overhead)
 	$(BIN)/python benchmarks/plugin_overhead.py --headers $(QUICK_plugin_overhead)
+	$(BIN)/python benchmarks/in_request.py $(QUICK_in_request)
 	$(BIN)/python benchmarks/telemetry_overhead.py $(QUICK_telemetry_overhead)
 	$(BIN)/python benchmarks/telemetry_profile.py $(QUICK_telemetry_profile)
 	$(BIN)/python benchmarks/async_callers.py $(QUICK_async_callers)
