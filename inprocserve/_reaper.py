@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 from . import _fork
 
-__all__ = ["start", "watch"]
+__all__ = ["Closing", "start", "watch"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,40 @@ class Watch:
             self.detach()
         else:
             self._arm(obj)
+
+
+class Closing:
+    """Who closes one server: its owner's ``close()`` or the clean-up of a server nobody closed (at interpreter
+    exit, on the main thread, while a ``close()`` may be running on another: a daemon thread's, a signal
+    handler's). The first to :meth:`begin` closes it; the other :meth:`wait` s for that to end instead of
+    running the clean-up a second time alongside it (it retired the versions ``close()`` had not reached
+    yet, under it). Thread-safe; the claim is one non-blocking acquire, in C (no lock is waited for: a
+    signal handler's ``close()`` may run on a thread inside :meth:`begin`)."""
+
+    __slots__ = ("_claimed", "_done", "_owner")
+
+    def __init__(self) -> None:
+        self._claimed = threading.Lock()  # (acquired once, for good: held in a forked child too)
+        self._done = threading.Event()
+        self._owner: int | None = None
+
+    def begin(self) -> bool:
+        """Claim the closing: True for the first caller, who must call :meth:`end` when done."""
+        if not self._claimed.acquire(blocking=False):
+            return False
+        self._owner = threading.get_ident()
+        return True
+
+    def end(self) -> None:
+        self._done.set()
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """Wait up to ``timeout_s`` (``None``: until it ends) for the closing begun by the other caller; False
+        if it is still running. True at once on the thread that is closing (a ``close()`` from a signal
+        handler run inside that thread's clean-up would otherwise wait for itself)."""
+        if self._owner == threading.get_ident():
+            return True
+        return self._done.wait(timeout_s)
 
 
 def watch(obj: object, cleanup: Callable[..., None], *args: Any) -> Watch:

@@ -217,9 +217,11 @@ class Server(RolloutMethods):
         # the interpreter finalizes, while onnxruntime may still be running on them. The collector's call
         # only hands the clean-up to a thread of its own (see _reaper): it may run on any thread, holding
         # any lock, one of this server's threads too.
+        self._closing = _reaper.Closing()  # (close() and that clean-up: whichever begins first closes it)
         self._finalizer = _reaper.watch(
             self,
             _close_unclosed,
+            self._closing,
             self._registry.loaded,
             self._shadow,
             self._drift,
@@ -1104,7 +1106,18 @@ class Server(RolloutMethods):
         then release every session. Requests still queued then get :class:`ServerClosedError`, and so do
         runs still in flight: onnxruntime stops them at their next operator (a run that outlasts the wait,
         such as a loop whose trip count a client chose, would hold its session and then abort the process
-        at exit). Idempotent; later calls raise :class:`ServerClosedError`."""
+        at exit). Idempotent; later calls raise :class:`ServerClosedError`. A call made while the server is
+        being closed on another thread (another ``close()``, or the clean-up at interpreter exit of servers
+        nobody closed) waits up to ``timeout_s`` (``None``: until it ends) for that closing to end."""
+        if not self._closing.begin():
+            self._closing.wait(timeout_s)
+            return
+        try:
+            self._close(timeout_s)
+        finally:
+            self._closing.end()
+
+    def _close(self, timeout_s: float | None) -> None:
         with self._registry.lock:
             if self._registry.closed:
                 return
@@ -1197,7 +1210,22 @@ def _gone(*args: Any, **kwargs: Any) -> Any:
     raise ServerClosedError("the server was garbage-collected without close(); it serves nothing")
 
 
-def _close_unclosed(
+def _close_unclosed(closing: _reaper.Closing, *parts: Any) -> None:
+    """The clean-up of a server nobody closed (see :func:`_clean_up_unclosed`), unless a ``close()`` on another
+    thread began first (at interpreter exit): then wait for that one (bounded), not run it a second time."""
+    if not closing.begin():
+        if not closing.wait(_EXIT_WAIT_S):
+            logger.error(
+                "a close() of the server on another thread is still running after %gs; exiting anyway", _EXIT_WAIT_S
+            )
+        return
+    try:
+        _clean_up_unclosed(*parts)
+    finally:
+        closing.end()
+
+
+def _clean_up_unclosed(
     loaded: dict[str, dict[int, ModelVersion]],
     shadow: ShadowRunner,
     drift: DriftScorer,

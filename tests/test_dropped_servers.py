@@ -14,7 +14,9 @@ import sys
 import threading
 import time
 import weakref
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +25,8 @@ import inprocserve
 from inprocserve import DriftConfig, InMemoryFlags, ModelConfig
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
-from .conftest import run_python, wait_until
+from .conftest import ServerFactory, count_batch_runs, run_python, wait_until
+from .test_shadow_close import build_loop_model
 
 PROCESS_THREADS = ("inprocserve-cleanup", "inprocserve-run-limits")  # (the process's, shared by every server)
 
@@ -430,3 +433,59 @@ def test_a_clean_up_run_at_exit_is_not_handed_to_the_clean_up_thread_by_a_collec
     _reaper._jobs.put(done)  # (run after anything handed to the clean-up thread before it)
     assert done.wait(10)
     assert ran == [threading.current_thread().name]
+
+
+def _endless_request(server: inprocserve.Server, runs: list[int]) -> Future[Any]:
+    """A request of the loop model that runs until it is stopped (10**10 steps), once it is inside its run."""
+    endless = server.submit("loop", {"x": np.ones((1, 4), np.float32), "n": np.array([[10**10]], np.int64)})
+    wait_until(lambda: runs == [1], timeout_s=10)
+    return endless
+
+
+def test_close_while_the_exit_cleans_the_server_up_waits_for_that_clean_up(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exit's clean-up of a server nobody closed (on the main thread) marks it closed first; a close() on
+    another thread meanwhile (a daemon thread's, a signal handler's) returned at once, with the request in
+    flight still running and the sessions not closed yet. It now waits for that clean-up to end."""
+    save_model(build_loop_model(), repository, "loop")
+    server = make_server(repository, config=ModelConfig(warmup=inprocserve.WarmupConfig(enabled=False)))
+    runs = count_batch_runs(monkeypatch)
+    endless = _endless_request(server, runs)
+    exiting = threading.Thread(target=server._finalizer)  # what the exit hook does for a server nobody closed
+    exiting.start()
+    wait_until(lambda: server.status()["closed"])
+    server.close()
+    assert endless.done()  # the clean-up stopped it after its wait (a second), and close() waited for that
+    with pytest.raises(inprocserve.ServerClosedError):
+        endless.result(timeout=0)
+    exiting.join(timeout=10)
+    assert not exiting.is_alive()
+
+
+def test_the_exit_leaves_a_server_that_close_is_closing_on_another_thread_to_that_close(
+    repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A close() on another thread (retiring one model after the other, its lock held) when the exit's clean-up
+    reached the server: the clean-up waited for that lock, said "a model is still loading" when the close took
+    longer than its wait, and closed the versions close() had not reached yet, alongside it (the clean-up run
+    twice, side by side). It now waits for that close() and, should it give up, says so and touches nothing."""
+    monkeypatch.setattr(inprocserve._server, "_EXIT_WAIT_S", 0.5)  # (20 s: the exit's whole wait)
+    save_model(build_loop_model(), repository, "loop")
+    save_model(build_scale_model(), repository, "scale")
+    server = make_server(repository, config=ModelConfig(warmup=inprocserve.WarmupConfig(enabled=False)))
+    runs = count_batch_runs(monkeypatch)
+    endless = _endless_request(server, runs)
+    closing = threading.Thread(target=server.close, kwargs={"timeout_s": 3.0})  # (waits 3 s for the request)
+    closing.start()
+    wait_until(lambda: server.status()["closed"])
+    server._finalizer()  # what the exit hook does for a server nobody closed
+    assert not endless.done() and closing.is_alive()  # close() is still waiting for the loop model's request
+    assert server.status()["models"]["scale"]["versions"]["1"]["state"] == "ready"  # close() has it next
+    messages = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert messages == ["a close() of the server on another thread is still running after 0.5s; exiting anyway"]
+    closing.join(timeout=10)
+    assert not closing.is_alive() and endless.done()
