@@ -1066,9 +1066,15 @@ class Registry:
         """Models that serve nothing because their ``version_policy`` selects none of the versions on disk
         (a typo such as ``{ specific = [12] }`` at start-up), by name, with the problem: status lists each as
         not ready with it as its ``config_error``, where the model was missing from status and ``/ready``
-        answered 200 while another model served. Read without the lifecycle lock, from copies of the tables."""
+        answered 200 while another model served. Read without the lifecycle lock, from copies of the tables.
+        Each problem without the "model 'NAME': " that the log and ``refresh()`` need: status shows it under
+        the model's own key, where the name said again read as a second model's."""
         loaded = dict(self.loaded)
-        return {name: problem for name, problem in dict(self._policy_problems).items() if not loaded.get(name)}
+        return {
+            name: problem.removeprefix(f"model {name!r}: ")
+            for name, problem in dict(self._policy_problems).items()
+            if not loaded.get(name)
+        }
 
     def check_open(self) -> None:
         if self.closed:

@@ -76,7 +76,7 @@ def test_a_model_with_a_bad_config_toml_is_not_ready_until_the_file_is_fixed(
 
 
 def test_a_model_whose_version_policy_selects_none_of_its_versions_is_not_ready(
-    scale_repository: Path, make_server: ServerFactory
+    scale_repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     # (a typo, [12] for [1, 2]: the model served nothing, was missing from status, and /ready answered 200
     # while another model served; the reason now says which setting to fix)
@@ -85,8 +85,11 @@ def test_a_model_whose_version_policy_selects_none_of_its_versions_is_not_ready(
     server = make_server(scale_repository)
     state = server.readiness()
     assert not state.ready and set(state.reasons) == {"fraud"}
-    assert "its version_policy selects none of the versions in the repository (1)" in state.reasons["fraud"]
-    assert server.status()["models"]["fraud"]["ready"] is False
+    problem = "its version_policy selects none of the versions in the repository (1); the model serves nothing"
+    assert state.reasons["fraud"] == f"{problem} (ModelNotFoundError)"  # (not "model 'fraud': " under its name)
+    fraud = server.status()["models"]["fraud"]
+    assert fraud["ready"] is False and fraud["config_error"] == state.reasons["fraud"]
+    assert f"model 'fraud': {problem}" in caplog.text  # (the log names the model)
     with pytest.raises(inprocserve.ModelNotFoundError, match=r"its version_policy \(config.toml\) selects none"):
         server.predict("fraud", [[1, 2, 3, 4]])  # (said to the caller too: "unknown model" gave no cause)
     (scale_repository / "fraud" / "config.toml").write_text("version_policy = { specific = [1] }\n")
