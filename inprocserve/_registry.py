@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG as stat_is_file
@@ -592,11 +592,7 @@ class Registry:
             elif usable:  # a policy that selects nothing (a typo?) never unloads what serves
                 # (and with nothing loaded yet, at start-up, the model serves nothing: that is said too, or
                 # it vanished without a word, strict=True passed and /ready answered 200)
-                keeps = (
-                    f"versions {', '.join(map(str, sorted(loaded_now)))} keep serving"
-                    if loaded_now
-                    else "the model serves nothing (ModelNotFoundError)"
-                )
+                keeps = _keep_serving(loaded_now) if loaded_now else "the model serves nothing (ModelNotFoundError)"
                 problem = (
                     f"model {name!r}: its version_policy selects none of the versions in the repository "
                     f"({', '.join(map(str, sorted(source.versions)))}); {keeps}"
@@ -1559,6 +1555,13 @@ def _served(state: ModelControl | None) -> set[int]:
     if state is None:
         return set()
     return {v for v in (state.stable, state.canary_version if state.canary_active else None) if v is not None}
+
+
+def _keep_serving(versions: Collection[int]) -> str:
+    """ "version 3 keeps serving", "versions 2, 3 keep serving": a problem's message, read by people."""
+    if len(versions) == 1:
+        return f"version {next(iter(versions))} keeps serving"
+    return f"versions {', '.join(map(str, sorted(versions)))} keep serving"
 
 
 def _said_once(said: dict[str, str], name: str, problem: str) -> str:

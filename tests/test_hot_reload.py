@@ -628,15 +628,22 @@ def test_load_with_a_new_config_reloads_a_loaded_version(repository: Path, make_
     assert server.status()["models"]["other"]["versions"]["1"]["max_batch_size"] == 64
 
 
+@pytest.mark.parametrize(
+    ("policy", "keeps"),
+    [
+        (inprocserve.VersionPolicy.latest(), "version 2 keeps serving"),  # (it said "versions 2 keep serving")
+        (inprocserve.VersionPolicy.all(), "versions 1, 2 keep serving"),
+    ],
+)
 def test_a_version_policy_that_selects_nothing_never_unloads_what_serves(
-    repository: Path, make_server: ServerFactory
+    repository: Path, make_server: ServerFactory, policy: inprocserve.VersionPolicy, keeps: str
 ) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
     save_model(build_scale_model(2.0), repository, "scale", 2)
-    server = make_server(repository)
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=policy))
     (repository / "scale" / "config.toml").write_text("version_policy = { specific = [12] }\n")  # meant [1, 2]
     (problem,) = server.refresh()
-    assert "selects none of the versions in the repository (1, 2); versions 2 keep serving" in problem
+    assert problem.endswith(f"selects none of the versions in the repository (1, 2); {keeps}")
     assert one(server).version == 2
 
 
