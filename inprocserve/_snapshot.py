@@ -17,7 +17,7 @@ from ._operations import Operations
 from ._ort_rules import onnxruntime_version
 from ._registry import Registry
 
-__all__ = ["brief_status", "gauge_source", "server_status"]
+__all__ = ["brief_status", "gauge_source", "relative_to_repository", "server_status"]
 
 
 def server_status(
@@ -283,6 +283,22 @@ def _trie_pattern(node: dict[str, Any]) -> str:
     if "" in node:
         branches.append(node[""])
     return chain + (branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")")
+
+
+def relative_to_repository(text: str, repository: Path | None) -> str:
+    """``text`` with ``repository``'s path (as given, absolute, resolved) cut from the start of each path it
+    quotes under it: ``/srv/app/models/fraud/3/model.onnx`` reads ``fraud/3/model.onnx``. For answers to
+    the admin endpoints' clients, who need to know which file of the repository, not the host's folders
+    (the log quotes the whole path)."""
+    if repository is None or not _has_separator(text):
+        return text
+    spellings = {str(repository), os.path.abspath(repository), str(repository.resolve())}
+    stems = sorted({s.rstrip(_SEPARATORS) for s in spellings if s.strip("." + _SEPARATORS)}, key=len, reverse=True)
+    if not stems:
+        return text
+    separators = re.escape(_SEPARATORS)
+    starts = rf"(?<![{_NAME_CHARS}.{separators}])"  # (where a path starts: not inside a longer one)
+    return re.sub(rf"{starts}(?:{'|'.join(map(re.escape, stems))})[{separators}]+", "", text)
 
 
 def gauge_source(registry_ref: weakref.ref[Registry]) -> Callable[[], list[tuple[str, float, dict[str, Any]]]]:

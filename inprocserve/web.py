@@ -557,14 +557,19 @@ def admin_answer(
     load, 503 closed). The body is ``{"error": <code>, "message": <what to fix>}`` with the codes of
     :func:`error_code` (``invalid_input``, ``model_not_found``, ``incompatible`` plus the ``report``,
     ``configuration``, ``model_load_failed``, ``unavailable``), and a 503 says ``Retry-After``
-    ``retry_after_s``. Other errors propagate (the framework's error handling answers them)."""
+    ``retry_after_s``. Other errors propagate (the framework's error handling answers them). A message
+    quotes a file of the model repository relative to it (``fraud/3/model.onnx``); the log line of the
+    refusal quotes the whole path."""
     try:
         return AdminAnswer(200, run_admin_action(server, action, model, body, actor=actor))
     except Exception as exc:
         status: int | None = _lookup(exc, _ADMIN_STATUS)
         if status is None:
             raise
-        answer: dict[str, Any] = {"error": _lookup(exc, _ADMIN_CODES), "message": str(exc)}
+        code = _lookup(exc, _ADMIN_CODES)
+        named = "" if model is None else f" of model {brief(model)}"
+        logger.warning("admin action %s%s by %s refused (%d %s): %s", action, named, brief(actor), status, code, exc)
+        answer: dict[str, Any] = {"error": code, "message": server._relative_to_repository(str(exc))}
         if isinstance(exc, PromotionRefusedError):  # what differs, for the operator
             answer["report"] = exc.report
         return AdminAnswer(status, answer, {"Retry-After": retry_after(retry_after_s)} if status == 503 else {})

@@ -290,6 +290,39 @@ def test_admin_errors_map_to_what_the_operator_must_do(two_versions: Path, make_
     assert closed.headers == {"Retry-After": "1"}  # (as every other 503: a client knows when to try again)
 
 
+@pytest.mark.parametrize("given", ["absolute", "relative", "through a symlink"])
+def test_a_version_that_cannot_load_is_quoted_relative_to_the_repository_and_in_full_in_the_log(
+    two_versions: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    given: str,
+) -> None:
+    """The 422 of a switch to a version that cannot load quoted the model file's full path
+    (/srv/app/models/scale/3/model.onnx): the host's folders, to an HTTP client. It quotes the file within
+    the repository now, however the server was given the repository; the log line quotes the whole path."""
+    broken = two_versions / "scale" / "3" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not onnx")
+    repository = two_versions
+    if given == "relative":
+        monkeypatch.chdir(two_versions.parent)
+        repository = Path(two_versions.name)
+    elif given == "through a symlink":
+        repository = two_versions.parent / "linked"
+        repository.symlink_to(two_versions)
+    every_version = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+    server = make_server(repository, models={"scale": every_version})
+    caplog.clear()
+    unloadable = web.admin_answer(server, "switch", "scale", {"version": 3}, actor="alice")
+    assert (unloadable.status, unloadable.body["error"]) == (422, "model_load_failed"), unloadable.body
+    message = unloadable.body["message"]
+    assert message.startswith("model 'scale' version 3: cannot load scale/3/model.onnx: it is not a valid ONNX")
+    (line,) = [record.getMessage() for record in caplog.records if "refused" in record.getMessage()]
+    assert line.startswith("admin action switch of model 'scale' by 'alice' refused (422 model_load_failed): ")
+    assert f"cannot load {repository / 'scale' / '3' / 'model.onnx'}: " in line
+
+
 # -- tokens ----------------------------------------------------------------------------------------------
 
 
