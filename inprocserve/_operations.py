@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._assignments import RequestNumber
+from ._assignments import _COUNTED, RequestNumber
 from ._config_checks import check_int, check_number, is_int, shown
 from ._control import (
     CONTROL_FILENAME,
@@ -249,21 +249,25 @@ class Operations:
             raise TypeError("record_outcome() needs a request_id, or model= and key=")
         if key is not None:
             key = _key_text(key)
-        names = [model] if model is not None else list(self._registry.routes)
+        if model is None:
+            assert request_id is not None  # (checked above: key= needs model=)
+            return self._outcome_of_request(request_id, reward)
+        routes = self._registry.routes_of(model)
+        return routes.router.record_outcome(
+            request_id, reward, key, routes.default.version, routes.versions, routes.state
+        )
+
+    def _outcome_of_request(self, request_id: str, reward: float) -> str | None:
+        """An outcome by request id alone: ask each model until one knows the id. An id is one request's, of
+        one model, so none after it does: a repeated report (counted already) asked every other model too."""
+        names = list(self._registry.routes)
         # (parsed once, not once per model asked: see RequestNumber; one model asked parses it once anyway)
         found = RequestNumber(request_id) if len(names) > 1 and isinstance(request_id, str) else request_id
         for name in names:
             routes = self._registry.routes_of(name)
-            variant = routes.router.record_outcome(
-                found,
-                reward,
-                key if model is not None else None,
-                routes.default.version,
-                routes.versions,
-                routes.state,
-            )
-            if variant is not None:
-                return variant
+            credited = routes.router.outcome_of_request(found, reward, routes.state)
+            if credited is not None:
+                return None if credited is _COUNTED else credited
         return None
 
     def switch(self, model: str, version: int, *, actor: str | None = None, force: bool = False) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from . import _fork
-from ._assignments import _COUNTED, RequestNumber, _Assignments
+from ._assignments import _COUNTED, RequestNumber, _Assignments, _Counted
 from ._backend import raised_by_signal_handler
 from ._config import RolloutConfig
 from ._config_checks import shown
@@ -295,6 +295,21 @@ class RoutingState:
         return (
             self.config.routes_as(config) and self.alias == alias and self.killed == killed and self.refusal == refusal
         )
+
+
+def _checked_reward(reward: float) -> float:
+    """``reward`` as a float; ValueError for one that is not finite or past ``_LARGEST_REWARD``."""
+    given = reward
+    try:
+        reward = float(reward)
+    except OverflowError:  # an int past any float (10**400): too large, as 1e101 is
+        reward = math.inf
+    if not (math.isfinite(reward) and abs(reward) <= _LARGEST_REWARD):
+        raise ValueError(
+            f"reward must be a finite number (1.0/0.0 for a conversion or none, any value within "
+            f"+-{_LARGEST_REWARD:g}), got {shown(given)}"
+        )
+    return reward
 
 
 class Router:
@@ -1158,28 +1173,13 @@ class Router:
         variant the key is bucketed to now; a bandit credits the arm it last drew for that key in this
         process (within an hour), and nothing (None) if it drew none.
         """
-        given = reward
-        try:
-            reward = float(reward)
-        except OverflowError:  # an int past any float (10**400): too large, as 1e101 is
-            reward = math.inf
-        if not (math.isfinite(reward) and abs(reward) <= _LARGEST_REWARD):
-            raise ValueError(
-                f"reward must be a finite number (1.0/0.0 for a conversion or none, any value within "
-                f"+-{_LARGEST_REWARD:g}), got {shown(given)}"
-            )
+        reward = _checked_reward(reward)
         state = self.state if state is None else state
-        with self._lock:
-            taken = self._assignments.take(request_id) if request_id is not None else None
-            if isinstance(taken, tuple):  # credited in the same step: a reload cannot restart the arm in between
-                variant, serial = taken
-                stats = self._stats.get(variant)
-                if stats is None or stats.serial != serial:
-                    return None  # its statistics started afresh since (another version): it credits nothing
-                self._credit(variant, stats, reward, state.config)
-                return variant
-        if taken is _COUNTED:  # this request's outcome was counted already (or counts nowhere)
+        credited = self._credit_request(request_id, reward, state) if request_id is not None else None
+        if credited is _COUNTED:  # this request's outcome was counted already (or counts nowhere)
             return None
+        if credited is not None:
+            return credited
         if key is None or str(key) == "":  # (an empty key is no key: not bucketed)
             return None
         routed = self._variant_of_key(str(key), ready, latest, state)
@@ -1203,6 +1203,31 @@ class Router:
                 return None  # the key gets a version the statistics left: which one served it is unknown
             self._credit(variant, stats, reward, state.config)
         return variant
+
+    def outcome_of_request(
+        self, request_id: str | RequestNumber, reward: float, state: RoutingState | None = None
+    ) -> str | _Counted | None:
+        """:meth:`record_outcome` by request id alone, saying whether the id is this router's: the variant
+        credited; ``_COUNTED`` for an id of its requests that credits nothing (counted already, or its
+        statistics started afresh since); None for an id it does not know (another model's request, or one
+        too old). A request id is one request's, of one model: a caller asking every model stops at the
+        first that knows it. Raises ValueError as :meth:`record_outcome` does."""
+        return self._credit_request(request_id, _checked_reward(reward), self.state if state is None else state)
+
+    def _credit_request(
+        self, request_id: str | RequestNumber, reward: float, state: RoutingState
+    ) -> str | _Counted | None:
+        """See :meth:`outcome_of_request` (``reward`` checked)."""
+        with self._lock:
+            taken = self._assignments.take(request_id)
+            if isinstance(taken, tuple):  # credited in the same step: a reload cannot restart the arm in between
+                variant, serial = taken
+                stats = self._stats.get(variant)
+                if stats is None or stats.serial != serial:
+                    return _COUNTED  # its statistics started afresh since (another version): it credits nothing
+                self._credit(variant, stats, reward, state.config)
+                return variant
+        return taken
 
     def _credit(self, variant: str, stats: VariantStats, reward: float, config: RolloutConfig) -> None:
         """Add an outcome to ``variant``'s statistics, ``stats``, and follow the tests it is in (under the lock)."""

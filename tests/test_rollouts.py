@@ -372,6 +372,34 @@ def test_outcomes_of_a_stable_version_alone_count_without_a_flag_provider(
     assert after.variant == "stable" and server.record_outcome(after.request_id, 1.0) == "stable"
 
 
+def test_an_outcome_by_request_id_alone_asks_no_model_after_the_one_whose_request_it_was(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without model=, an outcome by request id asks each rolled-out model's notes in turn. A repeated report
+    (counted already, the model's answer None) went on to ask every other model, which cannot know the id
+    (an id is one request's, of one model): it now stops at the model whose request it was, with the same
+    answers."""
+    from inprocserve import _assignments
+
+    for name in ("a", "b", "c", "d"):
+        save_model(build_scale_model(), repository, name, 1)
+    server = make_server(repository, config=rollout(strategy="stable", stable=1))
+    served = server.predict(next(iter(server.models)), X)  # the model asked first
+    asked: list[object] = []
+    take = _assignments._Assignments.take
+
+    def counted(self: _assignments._Assignments, given: object) -> Any:
+        asked.append(self)
+        return take(self, given)
+
+    monkeypatch.setattr(_assignments._Assignments, "take", counted)
+    assert server.record_outcome(served.request_id, 1.0) == "stable"
+    assert server.record_outcome(served.request_id, 1.0) is None  # counted once
+    assert len(asked) == 2  # its model's notes, once a report; not the three other models' after it
+    assert server.record_outcome(served.request_id + "0", 1.0) is None  # an id no model knows: each is asked
+    assert len(asked) == 6
+
+
 def test_ab_test_with_outcomes(versions: Path, make_server: ServerFactory) -> None:
     arms = {"control": VariantConfig(version=1), "treatment": VariantConfig(version=2)}
     server = make_server(versions, config=rollout(strategy="ab", variants=arms))
