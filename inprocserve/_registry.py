@@ -21,7 +21,7 @@ from ._backend import raised_by_signal_handler
 from ._brief import brief
 from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ModelControl
-from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError
+from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError, failure_text
 from ._integrity import external_data_locations
 from ._log_limit import LogLimit, since
 from ._model import ModelVersion
@@ -866,10 +866,11 @@ class Registry:
         repeated = last is not None and last == (str(exc), seen, True)  # (logged already)
         skipped = None if repeated else self._load_log.due((name, number))
         self._load_errors[(name, number)] = (str(exc), seen, repeated or skipped is not None)
+        text = failure_text(exc, name, number)  # (the line names the model and version already)
         if skipped is None:
-            logger.debug("model %r version %s failed to load: %s", name, number, exc)
+            logger.debug("model %r version %s failed to load: %s", name, number, text)
         else:
-            logger.error("model %r version %s failed to load: %s%s", name, number, exc, since(skipped))
+            logger.error("model %r version %s failed to load: %s%s", name, number, text, since(skipped))
         add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
 
     def _log_held_failure(self, name: str, number: int) -> None:
@@ -882,7 +883,8 @@ class Registry:
         if last is None or last[2] or not self._load_log.would_log(key):
             return
         skipped = (self._load_log.due(key) or 1) - 1  # (this failure was one of those not logged)
-        logger.error("model %r version %s failed to load: %s%s", name, number, last[0], since(skipped))
+        text = failure_text(ModelLoadError(last[0]), name, number)
+        logger.error("model %r version %s failed to load: %s%s", name, number, text, since(skipped))
         self._load_errors[key] = (last[0], last[1], True)
 
     @staticmethod

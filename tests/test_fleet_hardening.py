@@ -188,6 +188,7 @@ def test_a_named_version_that_fails_to_load_is_retried_only_once_its_files_chang
             server.sync_control()
     attempts = [r for r in caplog.records if r.getMessage().startswith("model 'fraud' version 3 failed to load")]
     assert len(attempts) == 1  # not loaded again on every sync while its files stay the same
+    assert "version 3 failed to load: model 'fraud'" not in attempts[0].getMessage()  # (named once)
     assert len([r for r in caplog.records if "not applied here" in r.getMessage()]) == 1  # nor logged again
     assert answer(server, "fraud") == 2
     assert "version 3 failed to load" in server.status()["control"]["error"]
