@@ -826,9 +826,13 @@ class Metrics:
         self._recording.open()
 
     def remove_source(self, source: Callable[[], Iterable[tuple[str, float, dict[str, Any]]]]) -> None:
-        if source in self._gauges:
-            self._gauges.remove(source)
-            self._recording.close()
+        """Undo :meth:`add_source` (idempotent: of two threads removing one source, one closes its use of
+        the recording thread; the check and the removal were two steps, and the second caller's raised)."""
+        try:
+            self._gauges.remove(source)  # (one step, atomic under the GIL)
+        except ValueError:  # removed already
+            return
+        self._recording.close()
 
     def _observe(self, kind: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:

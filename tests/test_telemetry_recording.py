@@ -271,6 +271,32 @@ def test_a_failing_record_is_logged_and_the_thread_goes_on(caplog: pytest.LogCap
     assert "exporter broke" in caplog.text
 
 
+def test_a_source_removed_by_two_threads_at_once_is_removed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two closes of one server's telemetry (its close() and the exit's clean-up) may remove its source
+    together: the one that finds it gone returns, and the recording thread is closed once for it."""
+
+    def source() -> list[tuple[str, float, dict[str, Any]]]:
+        return []
+
+    class RemovedMeanwhile(list):  # type: ignore[type-arg]
+        """A look for the source lets the other thread remove it first (where the race opened)."""
+
+        def __contains__(self, item: object) -> bool:
+            found = list.__contains__(self, item)
+            if found:
+                list.remove(self, item)  # (the other thread's removal)
+            return found
+
+    recording = RecordingThread(lambda: None, name="test-two-removals")
+    recording.open()
+    recording.open()  # (another server's use: must stay open)
+    monkeypatch.setattr(METRICS, "_recording", recording)
+    monkeypatch.setattr(METRICS, "_gauges", RemovedMeanwhile([source]))
+    METRICS.remove_source(source)  # raised ValueError when checked and removed in two steps
+    METRICS.remove_source(source)  # (the other thread's call, after: nothing left to do)
+    assert list(METRICS._gauges) == [] and recording._open == 1
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_records_on_a_thread_of_its_own(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
     server = make_server(scale)
