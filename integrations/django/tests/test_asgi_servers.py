@@ -97,15 +97,17 @@ def test_a_lone_request_is_answered_without_suspending_its_task(served: Served) 
     for _ in range(2):  # (a request right after a burst may still join a group: uvloop's guess goes by traffic)
         assert served.call("POST", "/at-once", {"rows": [[1, 1, 1, 1]]})[0] == 200
     suspended = 0
-    for index in range(10):
+    for index in range(20):
         status, body = served.call("POST", "/at-once", {"rows": [[index] * 4]})
         assert status == 200, body
         assert body["y"] == [[2.0 * index] * 4]
         suspended += body["suspended"]
     # On asyncio's loop a request is taken as alone when no other callback is due in the loop's iteration; the
     # server's own (the last connection's close, say) sometimes is: 2-3 of 300 lone requests joined a group
-    # under uvicorn and hypercorn, none under daphne, granian, or uvloop (whose guess goes by recent traffic).
-    assert suspended <= 2
+    # under uvicorn and hypercorn on a quiet machine, none under daphne, granian, or uvloop (whose guess goes
+    # by recent traffic); 3 of 10 once under hypercorn with a test run and a benchmark sharing the machine. A
+    # path that suspended every lone request would suspend all 20.
+    assert suspended <= 5
 
 
 def test_an_invalid_body_is_a_400_and_the_server_keeps_serving(served: Served) -> None:
