@@ -173,9 +173,43 @@ def _ignore_termination() -> None:
 
 _warm_after_patch = False  # the warm-up of this forked child waits for gevent's patch (see _after_fork_in_child)
 
+_cores_for_next_child: frozenset[int] | None = None
+"""The cores the next process forked here keeps to: set in a gunicorn master by ``inprocserve.gunicorn.pre_fork``
+just before it forks a worker, applied first thing in that worker (see :func:`keep_next_child_on`), and
+forgotten in the master right after the fork."""
+
+
+def keep_next_child_on(cores: frozenset[int] | None) -> None:
+    """Have the next process forked from this one keep to ``cores`` from its first moment: before this
+    module's fork hook starts the warm-up thread, so that thread, and every thread it starts (the server's,
+    onnxruntime's), keeps to them, and the sessions it builds count those cores for their threads. gunicorn
+    calls its ``post_fork`` hook only after Python's fork hooks ran: setting the worker's affinity there
+    left the warm-up thread, started in between, on every core (with everything it started)."""
+    global _cores_for_next_child
+    _cores_for_next_child = cores
+
+
+def _forget_next_child_cores() -> None:
+    """After a fork, in the parent: the choice was for that child only (a later fork of the master, such as
+    gunicorn's re-exec on SIGUSR2, is not a worker)."""
+    global _cores_for_next_child
+    _cores_for_next_child = None
+
+
+def _keep_to_chosen_cores() -> None:
+    global _cores_for_next_child
+    cores, _cores_for_next_child = _cores_for_next_child, None
+    if cores is None:
+        return
+    try:
+        os.sched_setaffinity(0, cores)
+    except OSError as exc:  # (a core taken away from the process meanwhile)
+        logger.warning("worker %d could not keep to core(s) %s (%s); it uses every core", os.getpid(), cores, exc)
+
 
 def _after_fork_in_child() -> None:
     global _lock, _warm_after_patch, _forked_as_replacement
+    _keep_to_chosen_cores()  # (first: the warm-up thread started below keeps to them)
     _lock = threading.Lock()
     _warm_after_patch = False
     _forked_as_replacement = _gunicorn_replacement_at_fork()
@@ -226,6 +260,8 @@ def _warm_after_a_yield() -> None:
 
 
 _fork.at_fork_in_child(_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(after_in_parent=_forget_next_child_cores)
 _fork.at_uwsgi_postfork(_start_builders)
 _fork.on_monkey_patch(_gevent_lock)
 _fork.on_monkey_patch(_warm_once_patched, start=True)

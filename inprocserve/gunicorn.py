@@ -32,6 +32,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from . import _prefork
+from ._cpu_quota import current_cpu_quota
 from ._prefork import has_builders, warm_worker
 
 __all__ = ["cores_for_next_worker", "post_fork", "post_worker_init", "pre_fork"]
@@ -39,6 +41,7 @@ __all__ = ["cores_for_next_worker", "post_fork", "post_worker_init", "pre_fork"]
 logger = logging.getLogger(__name__)
 
 _CORES = "_inprocserve_cores"  # the attribute of a gunicorn worker object holding the cores it keeps to
+_quota_logged = False  # (the master says once that a CPU quota left the workers free)
 
 
 def pre_fork(server: Any, worker: Any) -> None:
@@ -47,35 +50,100 @@ def pre_fork(server: Any, worker: Any) -> None:
     Chosen here, not in the worker, because the master knows which cores it gave each live worker (the
     worker objects of ``server.WORKERS``) the moment it forks the next one; a worker that looked at its
     siblings' affinity instead could look before a sibling forked just before it had set its own, and take
-    the same core. :func:`post_fork` applies the choice in the worker."""
+    the same core. The worker keeps to them from its first moment, before any thread of inprocserve's starts
+    there (``_prefork.keep_next_child_on``); :func:`post_fork` checks that every thread does.
+
+    A process under a CPU quota smaller than the cores it may run on (a container's CPU limit without a
+    cpuset of its own) is left free: its cores are shared with other containers, and keeping a worker to one
+    of them could keep it on the busiest. That is said once in gunicorn's log."""
+    global _quota_logged
     if not hasattr(os, "sched_setaffinity"):  # (Linux only)
         return
-    siblings = [getattr(sibling, _CORES, None) for sibling in list(server.WORKERS.values())]
-    cores = cores_for_next_worker(
-        sorted(os.sched_getaffinity(0)), server.num_workers, [kept for kept in siblings if kept]
-    )
-    setattr(worker, _CORES, cores)
+    cores = sorted(os.sched_getaffinity(0))
+    quota = current_cpu_quota()
+    if quota is not None and quota.whole_cores < len(cores):
+        chosen = frozenset(cores)
+        if not _quota_logged:
+            _quota_logged = True
+            _log_of(server).info(
+                "inprocserve: a CPU quota of %.2f cores (%s) on %d cores: workers are not kept to cores of their own",
+                quota.cores,
+                quota.source,
+                len(cores),
+            )
+    else:
+        chosen = cores_for_next_worker(cores, server.num_workers, _staying(server))
+    setattr(worker, _CORES, chosen)
+    _prefork.keep_next_child_on(chosen if len(chosen) < len(cores) else None)
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """A gunicorn ``post_fork`` hook, in the new worker: keep it, and every thread it starts from now on
-    (gthread's pool, inprocserve's workers, onnxruntime's), to the cores :func:`pre_fork` chose. The
-    sessions the worker then builds count those cores for their threads (docs/repository.md, "Thread
-    budget"). Without ``pre_fork`` in the same configuration it logs an error and keeps to every core."""
+    """A gunicorn ``post_fork`` hook, in the new worker: make sure that it, and every thread it runs (the
+    warm-up's, any a fork hook started), keeps to the cores :func:`pre_fork` chose; threads started from now
+    on (gthread's pool, inprocserve's workers, onnxruntime's) inherit them. Logs the cores to gunicorn's log;
+    without ``pre_fork`` in the same configuration, an error there saying to import it (the worker then uses
+    every core)."""
+    log = _log_of(worker)
     if not hasattr(os, "sched_setaffinity"):
-        logger.warning("worker %d: keeping a worker to cores of its own needs Linux; it uses every core", os.getpid())
+        log.warning("inprocserve: keeping workers to cores of their own needs Linux; %d uses every core", os.getpid())
         return
     cores = getattr(worker, _CORES, None)
     if cores is None:
-        logger.error(
-            "worker %d: inprocserve's post_fork hook found no cores chosen for it: import pre_fork from "
+        log.error(
+            "inprocserve's post_fork hook found no cores chosen for worker %d: import pre_fork from "
             "inprocserve.gunicorn too (or call it from your own pre_fork); the worker uses every core",
             os.getpid(),
         )
         return
-    if cores != frozenset(os.sched_getaffinity(0)):
-        os.sched_setaffinity(0, cores)
-    logger.info("worker %d keeps to core(s) %s", os.getpid(), ",".join(map(str, sorted(cores))))
+    if not _threads_keep_to(cores):  # (the worker itself keeps to them already: see pre_fork)
+        _keep_every_thread_to(cores)
+    log.info("inprocserve: worker %d keeps to core(s) %s", os.getpid(), ",".join(map(str, sorted(cores))))
+
+
+def _staying(server: Any) -> list[frozenset[int]]:
+    """The cores kept by the live workers that will stay beside the one about to be forked: the youngest
+    ``num_workers - 1`` of them. Past that count (a ``HUP`` forks every new worker before the old ones are
+    told to stop; a scale-down leaves more than it wants until it kills some), gunicorn stops the oldest, so
+    the old workers' layout, however lopsided, does not shape the new one."""
+    live = sorted(server.WORKERS.values(), key=lambda sibling: getattr(sibling, "age", 0))
+    staying = live[max(0, len(live) - (server.num_workers - 1)) :] if server.num_workers > 1 else []
+    return [kept for kept in (getattr(sibling, _CORES, None) for sibling in staying) if kept]
+
+
+def _log_of(owner: Any) -> Any:
+    """gunicorn's logger of the arbiter or worker (its error log), else this module's."""
+    log = getattr(owner, "log", None)
+    return log if log is not None and hasattr(log, "info") else logger
+
+
+def _thread_ids() -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # (no /proc: this thread alone)
+        return [0]
+
+
+def _threads_keep_to(cores: frozenset[int]) -> bool:
+    for tid in _thread_ids():
+        try:
+            if frozenset(os.sched_getaffinity(tid)) != cores:
+                return False
+        except OSError:  # exited meanwhile
+            continue
+    return True
+
+
+def _keep_every_thread_to(cores: frozenset[int]) -> None:
+    """Set every thread's affinity (Linux keeps one per thread), again until none is left out: a thread
+    started while the first pass ran inherited its starter's, maybe before that one was set."""
+    for _ in range(5):
+        for tid in _thread_ids():
+            try:
+                os.sched_setaffinity(tid, cores)
+            except OSError:  # exited meanwhile
+                continue
+        if _threads_keep_to(cores):
+            return
 
 
 def cores_for_next_worker(cores: Sequence[int], workers: int, siblings: Iterable[frozenset[int]]) -> frozenset[int]:
