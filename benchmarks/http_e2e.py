@@ -35,9 +35,11 @@ the package index lag the instrumentation core that the project's environment ho
 request spans are then root spans, 1 % of them sampled. LitServe runs without an SDK either way.
 
 One core per worker (docs/deployment.md): ``--variants inprocserve,inprocserve-pinned,naive,naive-pinned
---stacks flask`` adds the Flask variants again with gunicorn's ``post_fork`` hook of docs/deployment.md,
-which keeps each worker's threads on the core its siblings use least (uvicorn has no such hook: pinned
-variants run in the flask stack only). They are measured in the same rounds as the others.
+--stacks flask`` adds the Flask variants again under ``inprocserve.gunicorn``'s ``pre_fork``/``post_fork``
+hooks (docs/deployment.md), which keep each worker's threads on a share of the cores of its own (uvicorn has
+no such hook: pinned variants run in the flask stack only), checked from ``/proc`` for every worker before
+the first point. onnxruntime's default session places its own pool threads whatever the process's mask, so
+a ``naive-pinned`` worker's request threads alone keep to its share. They are measured in the same rounds.
 
 Writes benchmarks/results/http_e2e.{json,md,png}; with ``--otel``, http_e2e-otel.{json,md,png}; with pinned
 variants, http_e2e-pinned(-otel).{json,md,png}.
@@ -130,16 +132,55 @@ def start_app(
     server = ServerProcess(
         f"{stack}-{variant}", command, port=port, env=env, cwd=E2E, log=folder / f"{stack}-{variant}-{model}.log"
     )
-    server.wait_ready("/ping")
-    workers = args.flask_workers if stack == "flask" else args.uvicorn_workers
-    check_workers(server, workers, installed=args.otel, pinned=variant.endswith(PINNED))
+    try:
+        server.wait_ready("/ping")
+        workers = args.flask_workers if stack == "flask" else args.uvicorn_workers
+        check_workers(server, workers, installed=args.otel)
+        if stack == "flask":
+            check_cores(server, variant)
+    except BaseException:
+        server.stop()  # (not left serving after the harness gave up)
+        raise
     return server
 
 
-def check_workers(server: ServerProcess, workers: int, *, installed: bool, pinned: bool) -> None:
+def threads_cores(pid: int) -> dict[int, frozenset[int]]:
+    """The cores each thread of process ``pid`` may use, by thread id."""
+    found: dict[int, frozenset[int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            found[int(tid)] = frozenset(os.sched_getaffinity(int(tid)))
+        except OSError:  # exited meanwhile
+            continue
+    return found
+
+
+def check_cores(server: ServerProcess, variant: str) -> None:
+    """Raise unless every worker of the gunicorn master ``server`` keeps to the cores its variant says: a
+    pinned worker's main thread to a share of its own (every thread of inprocserve's; onnxruntime's default
+    session places its own pool threads, so a naive worker's are not checked), a free one's to every core."""
+    every = frozenset(os.sched_getaffinity(0))
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    shares = []
+    for pid in map(int, children):
+        threads = threads_cores(pid)
+        main = threads[pid]
+        if not variant.endswith(PINNED):
+            if main != every:
+                raise RuntimeError(f"{server.name}: free worker {pid} keeps to cores {sorted(main)}")
+            continue
+        if len(every) > 1 and len(children) > 1 and main == every:  # (a lone worker's share is every core)
+            raise RuntimeError(f"{server.name}: pinned worker {pid} keeps to every core")
+        if variant.startswith("inprocserve") and set(threads.values()) != {main}:
+            raise RuntimeError(f"{server.name}: worker {pid}'s threads keep to {sorted(map(sorted, threads.values()))}")
+        shares.append(main)
+    if len(shares) <= len(every) and any(a & b for i, a in enumerate(shares) for b in shares[i + 1 :]):
+        raise RuntimeError(f"{server.name}: pinned workers share cores: {[sorted(share) for share in shares]}")
+
+
+def check_workers(server: ServerProcess, workers: int, *, installed: bool) -> None:
     """Ask ``GET /sdk`` (new connections, so the workers take turns) until every worker answered, and raise
-    unless each runs with the OpenTelemetry SDK's providers exactly when ``--otel`` asked for them, and its
-    request threads keep to one core of their own exactly when the variant is pinned."""
+    unless each runs with the OpenTelemetry SDK's providers exactly when ``--otel`` asked for them."""
     seen: dict[int, dict[str, str]] = {}
     for _ in range(200):  # the kernel spreads new connections over the workers: bounded, not guaranteed
         with urllib.request.urlopen(server.url + "/sdk", timeout=5) as response:
@@ -151,12 +192,6 @@ def check_workers(server: ServerProcess, workers: int, *, installed: bool, pinne
         sdk = all(answer[kind].startswith("opentelemetry.sdk.") for kind in ("tracer", "meter"))
         if sdk != installed:
             raise RuntimeError(f"{server.name}: worker {answer['pid']} runs {answer}, expected the SDK: {installed}")
-        cores = answer.get("cores")
-        if cores is not None and (len(cores) == 1) != (pinned or len(os.sched_getaffinity(0)) == 1):
-            raise RuntimeError(f"{server.name}: worker {answer['pid']} runs on cores {cores}; pinned: {pinned}")
-    kept = [tuple(answer["cores"]) for answer in seen.values() if answer.get("cores") is not None]
-    if pinned and len(set(kept)) < min(len(kept), len(os.sched_getaffinity(0))):
-        raise RuntimeError(f"{server.name}: workers share a core where each could have one: {kept}")
     if len(seen) < workers:
         print(f"   {server.name}: {len(seen)} of {workers} workers answered /sdk; those were checked", flush=True)
 
@@ -341,9 +376,11 @@ def write_markdown(results: dict[str, Any]) -> Path:
         "`client`: the load client's CPU seconds per wall second (1.0 = one full core: the client was the limit).",
         *(
             [
-                '- `-pinned`: the same Flask variant with the `post_fork` hook of docs/deployment.md ("One core '
-                'per worker"): each worker and the threads it starts keep to one core, the one its siblings use '
-                "least. The load client keeps to its own core, which one of the workers then shares."
+                "- `-pinned`: the same Flask variant with `inprocserve.gunicorn`'s `pre_fork` and `post_fork` hooks "
+                '(docs/deployment.md, "One core per worker"): each worker and the threads it starts keep to a '
+                "share of the cores of its own (checked for every thread of inprocserve's workers; onnxruntime's "
+                "default session places its own pool threads, so a naive worker's request threads alone keep to "
+                "it). The load client keeps to its own core, which one of the workers then shares."
             ]
             if any(v.endswith(PINNED) for v in variants)
             else []

@@ -40,6 +40,11 @@ class ServerProcess:
         self._paused = False
 
     @property
+    def pid(self) -> int:
+        """The server's own process (gunicorn's master, uvicorn's supervisor)."""
+        return self._process.pid
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 

@@ -25,8 +25,6 @@ def providers() -> str:
     return json.dumps(
         {
             "pid": os.getpid(),
-            # the cores the answering thread may run on (one, under http_e2e.py's pinned variants)
-            "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "tracer": f"{type(tracer).__module__}.{type(tracer).__qualname__}",
             "meter": f"{type(meter).__module__}.{type(meter).__qualname__}",
         }
