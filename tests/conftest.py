@@ -373,6 +373,7 @@ def run_in_forked_child(work: Callable[[], str], *, timeout_s: int = 60) -> str:
             faulthandler.register(signal.SIGALRM, file=write, all_threads=True, chain=True)  # (then the default)
             signal.alarm(timeout_s)
             report = work()
+            signal.alarm(0)  # (done: an alarm due in the next instant must not report a finished child as hung)
             code = 0
         except BaseException:
             report = traceback.format_exc()
