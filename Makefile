@@ -262,7 +262,7 @@ bench: install
 	$(BIN)/python benchmarks/pruning.py $(QUICK_pruning)
 	$(BIN)/python benchmarks/http_e2e.py $(QUICK_http_e2e)
 	$(BIN)/python benchmarks/http_e2e.py --otel $(QUICK_http_e2e)
-	$(BIN)/python benchmarks/http_e2e.py --stacks flask --variants inprocserve,inprocserve-pinned,naive,naive-pinned $(QUICK_http_e2e)
+	$(BIN)/python benchmarks/http_e2e.py --stacks flask --variants inprocserve,inprocserve-pinned,naive,naive-pinned --client-cpu -1 $(QUICK_http_e2e)
 	$(BIN)/python benchmarks/remote_client.py $(QUICK_remote_client)
 	$(BIN)/python benchmarks/remote.py $(QUICK_remote)
 
