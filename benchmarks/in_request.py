@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from _common import RESULTS, build_reference, input_rows, machine, machine_line
+from _common import RESULTS, build_reference, input_rows, machine, machine_line, write_json
 
 MODEL = "mlp-small"
 SESSIONS = {
@@ -171,8 +171,7 @@ def main() -> None:
         for state in states
     }
     results = {"machine": machine(), "settings": {k: str(v) for k, v in vars(args).items()}, "summary": summary}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "in_request.json").write_text(json.dumps(results, indent=2))
+    write_json("in_request", results, args.out)
     lines = [
         "# A one-row run back to back and inside a Flask request",
         "",
