@@ -272,12 +272,19 @@ def test_an_exported_encoders_requests_of_different_lengths_share_runs_when_padd
 ) -> None:
     # padded with 0, which the attention mask leaves out of the pooling, and the tagger's scores per token
     # cropped back to each request's length (a longer answer fails the comparison): the answers are torch's
+    # Runs are merged by chance of timing (a submitting thread descheduled under load lets each request run
+    # alone): up to 5 rounds, one of which must take fewer runs than its 4 lengths. Unpadded, none ever can.
     server, modules = served
-    before = version_status(server, f"{model}-padded")
-    assert_encoder_answers(server, f"{model}-padded", modules[model], encoder_requests(5, 40, (4, 7)), output)
-    after = version_status(server, f"{model}-padded")
-    assert after["rows_run"] - before["rows_run"] == 40
-    assert after["batches_run"] - before["batches_run"] < 4  # unpadded, each of the 4 lengths needs a run
+    runs_per_round = []
+    for seed in range(5, 10):
+        before = version_status(server, f"{model}-padded")
+        assert_encoder_answers(server, f"{model}-padded", modules[model], encoder_requests(seed, 40, (4, 7)), output)
+        after = version_status(server, f"{model}-padded")
+        assert after["rows_run"] - before["rows_run"] == 40
+        runs_per_round.append(after["batches_run"] - before["batches_run"])
+        if runs_per_round[-1] < 4:
+            break
+    assert min(runs_per_round) < 4, f"runs per round of 40 requests of 4 lengths: {runs_per_round}"
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
