@@ -206,6 +206,7 @@ BENCH_QUICK ?=
 ifneq ($(BENCH_QUICK),)
 QUICK_coalescing := --seconds 0.5 --rounds 1 --clients 1,8
 QUICK_direct_lanes := --seconds 0.5 --rounds 1 --clients 8
+QUICK_batch_cycle := --seconds 0.5 --rounds 1
 QUICK_batch_delay := --seconds 0.3 --rounds 1 --clients 8 --rates 1000 --delays-us 0,300
 QUICK_pinned_workers := --seconds 0.3 --rounds 1 --threads 8
 QUICK_padding := --seconds 0.3 --rounds 1 --clients 4
@@ -236,6 +237,7 @@ bench: install
 	$(BIN)/python benchmarks/coalescing.py --otel $(QUICK_coalescing) $(BENCH_ARGS)
 	$(BIN)/python benchmarks/coalescing.py --spinning $(QUICK_coalescing) $(BENCH_ARGS)
 	$(BIN)/python benchmarks/direct_lanes.py $(QUICK_direct_lanes)
+	$(BIN)/python benchmarks/batch_cycle.py $(QUICK_batch_cycle)
 	$(BIN)/python benchmarks/batch_delay.py $(QUICK_batch_delay)
 	$(BIN)/python benchmarks/pinned_workers.py --threads 1,8,64 --rounds 3 --naive $(QUICK_pinned_workers)
 	$(BIN)/python benchmarks/pinned_workers.py --model mlp-large --threads 1,8,64 --rounds 2 --naive $(QUICK_pinned_workers)
