@@ -293,7 +293,10 @@ def test_a_request_running_at_the_stop_is_answered_or_cut_and_the_server_exits(
     assert not served.left_behind, output
     assert not [text for text in tracebacks(output) if LIBRARY_FRAME.search(text)], output
     if server == "daphne":  # (daphne kills the application instances still running when it stops)
-        assert answer in (["RemoteDisconnected"], ["ConnectionResetError"]) or answer[0][0] == 200, answer
+        # cut before its answer began, or between the answer's head and its body (Django sends them apart:
+        # a run that ends as the stop comes), or answered whole
+        cut = (["RemoteDisconnected"], ["ConnectionResetError"], ["IncompleteRead"])
+        assert answer in cut or answer[0][0] == 200, answer
         return
     [(status, body)] = answer
     assert status == 200, body
