@@ -30,7 +30,7 @@ from inprocserve._batching import Batcher
 from inprocserve._request import Request, complete_batch
 from inprocserve._rollout import Decision, Router
 from inprocserve._wake_relay import RELAY
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import ManualClock, build_scale_model, save_model
 
 from .conftest import BUSY_WIDTH, ServerFactory, busy_inputs, version_status, wait_until
 from .frames import frame_of
@@ -411,8 +411,13 @@ def test_an_interruption_just_after_waking_the_waiting_worker_loses_no_wake(
     """A worker waits for companions (max_delay_s); the request that fills its batch wakes it, and the
     caller is interrupted right after: a wake left marked as pending kept every parked worker asleep (the
     next requests waited forever) and made close() release a lock twice."""
-    config = ModelConfig(batching=BatchingConfig(max_delay_s=1.0))
-    server = make_server(busy_repository, models={"busy": config})
+    # A manual clock and a long delay: on the real clock, the blocker's run (over half a second under load)
+    # made its peak old news, or the worker's 1 s wait for companions ended before this thread looked, and
+    # the queued request ran without a wait to interrupt. (Each wait lasts max_delay_s of real time.)
+    clock = ManualClock()
+    server = make_server(
+        busy_repository, models={"busy": ModelConfig(batching=BatchingConfig(max_delay_s=30.0))}, clock=clock
+    )
     batcher = batcher_of(server)
     blocker = server.submit("busy", busy_inputs(2000))
     wait_until(lambda: batcher.queued_rows == 0)
@@ -424,6 +429,8 @@ def test_an_interruption_just_after_waking_the_waiting_worker_loses_no_wake(
         server.predict("busy", busy_inputs(batcher._fill_target, seed=2))
     assert batcher._filler is None
     queued.result(timeout=20)
+    wait_until(lambda: batcher.in_flight == 0)  # (its batch's rows are counted as running until then)
+    clock.advance(10.0)  # the blocker's peak is past: the next requests run as they come
     later = server.submit("busy", busy_inputs(1, seed=3))
     assert later.result(timeout=10)["picked"].shape == (1, 2)
     assert server.predict("busy", busy_inputs(1, seed=4), timeout_s=10)["picked"].shape == (1, 2)
