@@ -126,7 +126,7 @@ class Closing:
     __slots__ = ("_claimed", "_done", "_owner")
 
     def __init__(self) -> None:
-        self._claimed = threading.Lock()  # (acquired once, for good: held in a forked child too)
+        self._claimed = threading.Lock()  # (acquired once, for good; in a forked child, see after_fork_in_child)
         self._done = threading.Event()
         self._owner: int | None = None
 
@@ -139,6 +139,23 @@ class Closing:
 
     def end(self) -> None:
         self._done.set()
+
+    def after_fork_in_child(self) -> bool:
+        """In a forked child (from its server's fork hook): True if a closing begun in the parent had not ended
+        at the fork, on a thread the child does not have. Nothing here would ever end it: the child's
+        ``close()`` waited its whole ``timeout_s`` for it, and its exit's clean-up ``_EXIT_WAIT_S``, then gave
+        up. So the claim is free again, for whichever of those comes first in the child. A closing begun by
+        the thread that forked is kept: that thread goes on closing in the child too."""
+        ended = self._done.is_set()
+        self._done = threading.Event()  # (a thread of the parent's may have held its lock at the fork)
+        if ended:
+            self._done.set()
+            return False
+        if not self._claimed.locked() or self._owner == threading.get_ident():
+            return False
+        self._claimed = threading.Lock()
+        self._owner = None
+        return True
 
     def wait(self, timeout_s: float | None) -> bool:
         """Wait up to ``timeout_s`` (``None``: until it ends) for the closing begun by the other caller; False

@@ -1500,16 +1500,17 @@ class Registry:
 
     def close(self, *, timeout_s: float | None) -> bool:
         """Signal the poller to stop, then drain and retire every version; returns ``False`` if already
-        closed. Join the poller with :meth:`join_poller` once the lock is released."""
+        closed. Join the poller with :meth:`join_poller` once the lock is released. Closed already, it still
+        retires what is loaded: a forked child's copy of a server its parent was closing (see
+        :meth:`after_fork_in_child`) holds the versions the parent's close had not reached at the fork."""
         with self.lock:
-            if self.closed:
-                return False
+            opened = not self.closed
             self.closed = True
             self._stop.set()
             for name in list(self.loaded):
                 self.retire(name, list(self.loaded[name]), timeout_s=timeout_s)
             self.routes.clear()
-        return True
+        return opened
 
     def shadow_max_abs_diff(self, model: str) -> float | None:
         """``model``'s ``rollout.shadow.max_abs_diff`` as routed now (for the shadow runner's comparisons)."""
@@ -1530,11 +1531,18 @@ class Registry:
         applied to load no model after the one it is loading now (the process is exiting)."""
         self._stop.set()
 
-    def after_fork_in_child(self) -> None:
-        """In a forked child: fresh lock and event (the parent's may be held), and a new poller."""
+    def after_fork_in_child(self, *, closing: bool = False) -> None:
+        """In a forked child: fresh lock and event (the parent's may be held), and a new poller. ``closing``:
+        the parent was closing the server at the fork. Closed here too, and routing nothing from now on (a
+        half-closed server served on: its flags and shadows perhaps closed already, with nothing in the child
+        to finish the closing); its versions are left for the child's close() or exit clean-up to retire."""
         self.lock = threading.RLock()
         self.routing = threading.RLock()
         self._stop = threading.Event()
+        if closing:
+            self.closed = True
+            self._stop.set()
+            self.routes.clear()
         self.start_poller()
 
 

@@ -1123,9 +1123,8 @@ class Server(RolloutMethods):
             self._closing.end()
 
     def _close(self, timeout_s: float | None) -> None:
+        # (each part's close is idempotent: in a forked child, this finishes a closing the parent had begun)
         with self._registry.lock:
-            if self._registry.closed:
-                return
             self._shadow.close()
             if self._flags is not None:
                 self._flags.close()
@@ -1160,8 +1159,11 @@ class Server(RolloutMethods):
         return self._registry.config_for(name, source, override)
 
     def _after_fork_in_child(self) -> None:
+        # A close() (or the exit's clean-up) under way in the parent: closed here too, and closed for good by
+        # the child's own close() or exit clean-up, at once (no thread here would end the parent's).
+        closing = self._closing.after_fork_in_child()
         _reaper.start()  # (the parent's clean-up thread is not in the child)
-        self._registry.after_fork_in_child()
+        self._registry.after_fork_in_child(closing=closing)
         self._operations.after_fork_in_child()
         # a leader in flight in the parent never answers here; its lock may have been held at the fork
         self._sharing = self._new_sharing()
