@@ -59,7 +59,7 @@ from ._scoring import SameRoute, note_copy, score
 from ._scoring_columns import frame_inputs, is_data_frame, whole_array_of
 from ._scoring_plan import checked_whole_input, plan_for_version
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
-from ._snapshot import brief_status, gauge_source, relative_to_repository, server_status
+from ._snapshot import brief_status, gauge_source, server_status
 from ._telemetry import METRICS, end_safely, start_request_span
 from .web import Readiness, flags_setting_problem, readiness, shadow_setting_problem
 
@@ -1088,11 +1088,6 @@ class Server(RolloutMethods):
         with its state, error, health and (``signatures``) signature only (see ``_snapshot.brief_status``)."""
         return brief_status(self._registry, self._operations, models, signatures=signatures)
 
-    def _relative_to_repository(self, text: str) -> str:
-        """``text`` with this server's repository cut from the paths it quotes, for an admin endpoint's answer
-        (see ``_snapshot.relative_to_repository``)."""
-        return relative_to_repository(text, self._registry.repository)
-
     def readiness(self, required: Sequence[str] | None = None) -> Readiness:
         """Whether this server can answer: open, with at least one model, and every model in ``required``
         (default: every model found) servable; ``reasons`` says why not, per model, without paths."""
@@ -1105,6 +1100,12 @@ class Server(RolloutMethods):
         # thread meanwhile raised "dictionary changed size during iteration" (each model's versions are a
         # snapshot, never changed)
         return {name: sorted(routes.versions) for name, routes in list(self._registry.routes.items())}
+
+    @property
+    def repository(self) -> Path | None:
+        """The model repository folder this server reads, as it was given (a relative path stays relative);
+        ``None`` when it has none (models loaded in code, by path). Error messages quote its files under it."""
+        return self._registry.repository
 
     def close(self, *, timeout_s: float | None = 30.0) -> None:
         """Stop taking requests, let queued and running ones finish (up to ``timeout_s`` per version),

@@ -66,6 +66,7 @@ from ._flag_reader import MAX_FLAG_TIMEOUT_S
 from ._flags import FlagProvider
 from ._log_limit import LogLimit, since
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES
+from ._snapshot import relative_to_repository
 from ._unique_json import DuplicateKeyError
 
 if TYPE_CHECKING:
@@ -569,7 +570,7 @@ def admin_answer(
         code = _lookup(exc, _ADMIN_CODES)
         named = "" if model is None else f" of model {brief(model)}"
         logger.warning("admin action %s%s by %s refused (%d %s): %s", action, named, brief(actor), status, code, exc)
-        answer: dict[str, Any] = {"error": code, "message": server._relative_to_repository(str(exc))}
+        answer: dict[str, Any] = {"error": code, "message": relative_to_repository(str(exc), server.repository)}
         if isinstance(exc, PromotionRefusedError):  # what differs, for the operator
             answer["report"] = exc.report
         return AdminAnswer(status, answer, {"Retry-After": retry_after(retry_after_s)} if status == 503 else {})

@@ -323,6 +323,18 @@ def test_a_version_that_cannot_load_is_quoted_relative_to_the_repository_and_in_
     assert f"cannot load {repository / 'scale' / '3' / 'model.onnx'}: " in line
 
 
+def test_a_server_names_the_repository_it_reads_as_it_was_given(
+    two_versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What admin_answer needs to quote a model file relative to the repository. It read it through a private
+    method of Server (``_relative_to_repository``): the public module the Flask and Django plug-ins build on
+    reached into Server's internals."""
+    monkeypatch.chdir(two_versions.parent)
+    assert make_server(two_versions.name).repository == Path(two_versions.name)
+    assert make_server(str(two_versions)).repository == two_versions
+    assert make_server().repository is None  # (models loaded in code, by path, only)
+
+
 # -- tokens ----------------------------------------------------------------------------------------------
 
 
