@@ -123,12 +123,13 @@ class Closing:
     yet, under it). Thread-safe; the claim is one non-blocking acquire, in C (no lock is waited for: a
     signal handler's ``close()`` may run on a thread inside :meth:`begin`)."""
 
-    __slots__ = ("_claimed", "_done", "_owner")
+    __slots__ = ("_claimed", "_done", "_owner", "_pid")
 
     def __init__(self) -> None:
         self._claimed = threading.Lock()  # (acquired once, for good; in a forked child, see after_fork_in_child)
         self._done = threading.Event()
         self._owner: int | None = None
+        self._pid = os.getpid()  # the process the above belong to
 
     def begin(self) -> bool:
         """Claim the closing: True for the first caller, who must call :meth:`end` when done."""
@@ -145,7 +146,12 @@ class Closing:
         at the fork, on a thread the child does not have. Nothing here would ever end it: the child's
         ``close()`` waited its whole ``timeout_s`` for it, and its exit's clean-up ``_EXIT_WAIT_S``, then gave
         up. So the claim is free again, for whichever of those comes first in the child. A closing begun by
-        the thread that forked is kept: that thread goes on closing in the child too."""
+        the thread that forked is kept: that thread goes on closing in the child too. Not in a forked child
+        (gevent's monkey-patching runs the fork hooks again in the same process: see _fork): nothing changes,
+        as the thread that is closing is there."""
+        if self._pid == os.getpid():
+            return False
+        self._pid = os.getpid()
         ended = self._done.is_set()
         self._done = threading.Event()  # (a thread of the parent's may have held its lock at the fork)
         if ended:

@@ -113,3 +113,22 @@ def test_a_child_forked_as_close_begins_sees_the_server_closed(
         assert not server.status()["closed"]  # the parent's close() still waits for the lock
     closing.join(timeout=10)
     assert not closing.is_alive() and server.status()["closed"]
+
+
+def test_a_closing_under_way_is_left_to_its_thread_when_gevent_runs_the_fork_hooks_again(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """gevent's monkey-patching runs every fork hook again in the same process (see _fork; only while none of
+    the library's threads runs, but a close() on a thread of the application's may be under way): there the
+    thread that is closing the server is alive, and the closing stays its own (freed, a second close() would
+    run beside it, and the server was marked closed under it)."""
+    server = make_server(scale_repository)
+    with held_by_another_thread(server._registry.lock):
+        closing = threading.Thread(target=server.close)
+        closing.start()
+        wait_until(lambda: server._closing._owner == closing.ident)
+        server._after_fork_in_child()  # what gevent's patch runs
+        assert not server._closing.begin()  # still claimed by the closing thread
+        assert not server.status()["closed"] and server.models == {"scale": [1]}
+    closing.join(timeout=10)
+    assert not closing.is_alive() and server.status()["closed"]
