@@ -518,7 +518,9 @@ def test_concurrent_protocol_requests_are_coalesced_and_their_timeouts_kept(
 ) -> None:
     server = make_server(busy_repository)
     endpoints = v2.Endpoints(lambda: server)
-    blocker = occupy(server)  # the only session is busy: what follows queues behind it
+    # the only session is busy, as long as one request may (4096 rows: the blocker ending before five threads
+    # queued is the likeliest way this failed once under load)
+    blocker = occupy(server, rows=4096)
     before = version_status(server, "busy")["batches_run"]
     answers: dict[int, tuple[int, Any, v2.Response]] = {}
 
