@@ -77,6 +77,8 @@ def measure(model: str, clients: int, seconds: float, config: str, clock: RunClo
             result = closed_loop("served", model, clients, call, rows, seconds)
             clock.recording = False
     runs = clock.runs
+    if len(runs) < 2:  # (a lone caller's requests run on its own thread, never as a batch)
+        raise SystemExit(f"{clients} client(s) made {len(runs)} batch run(s): nothing to time; use more clients")
     span = runs[-1][1] - runs[0][0]
     busy = sum(end - start for start, end, _ in runs)
     gaps = [runs[i + 1][0] - runs[i][1] for i in range(len(runs) - 1)]
