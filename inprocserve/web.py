@@ -31,7 +31,6 @@ each turns the typed results below into its framework's responses.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import logging
 import math
@@ -652,7 +651,8 @@ def _supplied_token(authorization: str, *, basic: bool) -> bytes:
     if basic and scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, and text that is not ASCII: no credentials
+            # (a WSGI server hands a header's bytes on as Latin-1 text: "Basic \xff" failed in b64decode, a 500)
             return b""
         return decoded.partition(":")[2].encode()
     return b""

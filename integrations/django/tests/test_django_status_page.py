@@ -108,6 +108,17 @@ def test_the_token_is_required_and_a_browser_is_asked_for_it(page_on: Path) -> N
         assert checked.post(PAGE, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 405
 
 
+def test_basic_credentials_that_are_not_ascii_are_a_401_not_a_500(page_on: Path) -> None:
+    # A WSGI server hands a header's bytes on as Latin-1 text: base64.b64decode refused "Basic \xff\xfe" with a
+    # ValueError no one caught (a 500, and a traceback logged for each such request).
+    client = Client(raise_request_exception=False)
+    for value in ("Basic \xff\xfe", f"Basic caf\xe9:{TOKEN}"):
+        response = client.get(PAGE, HTTP_AUTHORIZATION=value)
+        assert response.status_code == 401, value
+        assert response["WWW-Authenticate"].startswith('Basic realm="inprocserve status"')
+    assert client.get(PAGE, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
 def test_a_bearer_token_or_basic_credentials_open_the_page(page_on: Path) -> None:
     get_server().predict("scale", np.ones((3, 4), dtype=np.float32))
     client = Client()

@@ -1,0 +1,148 @@
+"""Hostile clients against a real gunicorn (``--preload``, two gthread workers) serving the Flask plug-in's
+endpoints, admin token, status page and Open Inference Protocol (``gunicorn_hostile_app.py``) over loopback.
+
+Requests are written byte by byte on a socket: a header's bytes reach the app as the WSGI server decodes them
+(Latin-1), which neither urllib nor Flask's test client lets a test send. Each hostile request gets a 4xx that
+says what to fix, the log gets no traceback, and the next ordinary request is answered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from inprocserve.testing import build_scale_model, save_model
+from tests.ports import listening_socket
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[2]
+TOKEN = "hostile-clients-token"  # (gunicorn_hostile_app.TOKEN)
+INFER = "/v2/models/scale/infer"
+GOOD = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}).encode()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, object]:
+        document = json.loads(self.body)
+        assert isinstance(document, dict)
+        return document
+
+
+@dataclass
+class Served:
+    port: int
+    log: Path
+
+    def send(self, method: str, path: str, headers: dict[str, bytes | str] | None = None, body: bytes = b"") -> Answer:
+        """One request on a fresh connection, its header values written as the bytes given."""
+        lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
+        lines.append(b"Content-Length: %d" % len(body))
+        for name, value in (headers or {}).items():
+            lines.append(name.encode() + b": " + (value if isinstance(value, bytes) else value.encode("latin-1")))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as connection:
+            connection.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+            received = b""
+            while chunk := connection.recv(1 << 16):
+                received += chunk
+        head, _, content = received.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        fields = dict(line.split(": ", 1) for line in header_lines)
+        if fields.get("Transfer-Encoding") == "chunked":
+            content = _unchunked(content)
+        return Answer(int(status_line.split()[1]), fields, content)
+
+    def log_since(self, offset: int) -> str:
+        """What gunicorn and the workers logged past ``offset`` (the log's size before a test's requests)."""
+        return self.log.read_bytes()[offset:].decode(errors="replace")
+
+    def infers(self) -> None:
+        """An ordinary inference is answered (the server serves on)."""
+        answer = self.send("POST", INFER, {"Content-Type": "application/json"}, GOOD)
+        assert answer.status == 200, answer
+        assert answer.json()["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [1, 4], "data": [2, 4, 6, 8]}]
+
+
+def _unchunked(content: bytes) -> bytes:
+    body = b""
+    while True:
+        size_line, _, content = content.partition(b"\r\n")
+        size = int(size_line, 16)
+        if not size:
+            return body
+        body, content = body + content[:size], content[size + 2 :]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("hostile")
+    repository = folder / "models"
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    listener = listening_socket()  # handed to gunicorn: no other process can take its port first
+    env = {
+        **os.environ,
+        "INPROCSERVE_TEST_REPOSITORY": str(repository),
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), str(ROOT / "integrations" / "flask" / "src")]),
+    }
+    command = [
+        sys.executable, "-m", "gunicorn", "--preload", "--workers", "2", "--threads", "4", "--bind",
+        f"fd://{listener.fileno()}", "--graceful-timeout", "5", "--chdir", str(HERE), "gunicorn_hostile_app:app",
+    ]  # fmt: skip
+    log = folder / "gunicorn.log"
+    with listener, open(log, "wb") as output:
+        master = subprocess.Popen(
+            command, env=env, stdout=output, stderr=subprocess.STDOUT, pass_fds=[listener.fileno()]
+        )
+        served = Served(listener.getsockname()[1], log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if served.send("GET", "/v2/health/ready").status == 200:
+                    break
+            except OSError:  # (refused or reset: the socket listens before gunicorn has the app)
+                pass
+            assert master.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield served
+    finally:
+        master.send_signal(signal.SIGTERM)
+        try:
+            master.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait()
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [b"Basic \xff\xfe", b"Basic " + "caf\u00e9:".encode("latin-1") + TOKEN.encode(), b"Bearer \xe9" + TOKEN.encode()],
+    ids=["basic-latin1", "basic-latin1-with-token", "bearer-latin1"],
+)
+def test_credentials_that_are_not_ascii_are_a_401_on_the_status_page_not_a_500(
+    served: Served, authorization: bytes
+) -> None:
+    # A WSGI server decodes a header's bytes as Latin-1: base64.b64decode refused the text of "Basic \xff\xfe"
+    # with a ValueError no one caught, a 500 and a traceback in the log for each such request.
+    logged = served.log.stat().st_size
+    answer = served.send("GET", "/-/inprocserve/status", {"Authorization": authorization})
+    assert answer.status == 401, answer
+    assert answer.headers["WWW-Authenticate"].startswith("Basic")
+    assert b"needs its token" in answer.body
+    assert served.send("GET", "/-/inprocserve/status", {"Authorization": f"Bearer {TOKEN}"}).status == 200
+    assert "Traceback" not in served.log_since(logged)
+    served.infers()
