@@ -382,6 +382,13 @@ class Endpoints:
             total += len(chunk)
             if total > limit:
                 raise _too_large(total, limit)
+        if declared_bytes is not None and total < declared_bytes:
+            # (gunicorn's body ends early, without an error, when the client stops sending: the part read was
+            # refused as malformed JSON, or a binary section that does not add up, blaming what was sent)
+            raise InvalidInputError(
+                f"the request body ended after {total} bytes, before the {declared_bytes} its Content-Length "
+                "declares: the client stopped sending mid-upload; send the whole body, with its length"
+            )
         body = b"".join(chunks)
         encoding = (_header(headers, "Content-Encoding") or "identity").strip().lower()
         if encoding == "identity":

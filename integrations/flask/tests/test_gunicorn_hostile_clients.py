@@ -48,14 +48,26 @@ class Served:
     port: int
     log: Path
 
-    def send(self, method: str, path: str, headers: dict[str, bytes | str] | None = None, body: bytes = b"") -> Answer:
-        """One request on a fresh connection, its header values written as the bytes given."""
+    def send(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, bytes | str] | None = None,
+        body: bytes = b"",
+        *,
+        length: int | None = None,
+    ) -> Answer:
+        """One request on a fresh connection, its header values written as the bytes given. With ``length``, the
+        ``Content-Length`` says so whatever the body's size, and the client stops sending after the body (it
+        shuts its side of the connection down, and reads the answer)."""
         lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
-        lines.append(b"Content-Length: %d" % len(body))
+        lines.append(b"Content-Length: %d" % (len(body) if length is None else length))
         for name, value in (headers or {}).items():
             lines.append(name.encode() + b": " + (value if isinstance(value, bytes) else value.encode("latin-1")))
         with socket.create_connection(("127.0.0.1", self.port), timeout=30) as connection:
             connection.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+            if length is not None:
+                connection.shutdown(socket.SHUT_WR)
             received = b""
             while chunk := connection.recv(1 << 16):
                 received += chunk
@@ -145,4 +157,17 @@ def test_credentials_that_are_not_ascii_are_a_401_on_the_status_page_not_a_500(
     assert b"needs its token" in answer.body
     assert served.send("GET", "/-/inprocserve/status", {"Authorization": f"Bearer {TOKEN}"}).status == 200
     assert "Traceback" not in served.log_since(logged)
+    served.infers()
+
+
+@pytest.mark.parametrize("sent", [60, len(GOOD) - 1], ids=["part-of-the-json", "all-but-one-byte"])
+def test_a_body_that_ends_before_its_content_length_is_a_400_naming_the_length(served: Served, sent: int) -> None:
+    # gunicorn ends a body early, without an error, when the client stops sending: the part read was refused as
+    # "the request JSON is malformed: Unterminated string ...", blaming JSON the client had right.
+    answer = served.send("POST", INFER, {"Content-Type": "application/json"}, GOOD[:sent], length=len(GOOD))
+    assert answer.status == 400, answer
+    message = answer.json()["error"]
+    assert isinstance(message, str)
+    assert f"ended after {sent} bytes, before the {len(GOOD)} its Content-Length declares" in message, message
+    assert "JSON" not in message
     served.infers()
