@@ -35,6 +35,7 @@ import hmac
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -589,7 +590,14 @@ def _json_object(body: object, shape: str) -> dict[str, Any]:
             body = unique_json.loads(body)
         except DuplicateKeyError as exc:  # (json keeps the last; a proxy in front may have read the first)
             raise ValueError(f"the body is ambiguous JSON: {exc}") from None
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
+        except ValueError as exc:  # UnicodeDecodeError is a ValueError, and so is an integer of too many digits
+            if "integer string conversion" in str(exc):  # (Python's advice in it is for the server's code)
+                raise ValueError(
+                    f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits, which no field "
+                    f"takes: send a JSON object {shape}"
+                ) from None
+            raise ValueError(f"the body is not JSON: send a JSON object {shape}") from None
+        except RecursionError:  # deep nesting recurses
             raise ValueError(f"the body is not JSON: send a JSON object {shape}") from None
     if not isinstance(body, dict):
         raise ValueError(f"the body is JSON {type(body).__name__}: send a JSON object {shape}")

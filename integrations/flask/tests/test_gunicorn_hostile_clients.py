@@ -171,3 +171,30 @@ def test_a_body_that_ends_before_its_content_length_is_a_400_naming_the_length(s
     assert f"ended after {sent} bytes, before the {len(GOOD)} its Content-Length declares" in message, message
     assert "JSON" not in message
     served.infers()
+
+
+HUGE_INTEGER = b"1" * 5_000  # past Python's 4300 digits for int(): json refuses to read it
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        (INFER, GOOD.replace(b"[1, 2", b"[" + HUGE_INTEGER + b", 2"), "no datatype, shape or parameter takes"),
+        (INFER, GOOD.replace(b'"shape": [1', b'"shape": [' + HUGE_INTEGER), "no datatype, shape or parameter takes"),
+        ("/-/inprocserve/models/scale/canary", b'{"version": 1, "percent": ' + HUGE_INTEGER + b"}", "no field takes"),
+    ],
+    ids=["v2-data", "v2-shape", "admin-percent"],
+)
+def test_an_integer_of_thousands_of_digits_is_a_400_the_client_can_act_on(
+    served: Served, path: str, body: bytes, words: str
+) -> None:
+    # json raises Python's own ValueError for it, whose words were answered: "the request JSON is malformed:
+    # Exceeds the limit (4300 digits) ...; use sys.set_int_max_str_digits() to increase the limit" (advice for
+    # the server's code), and an admin body "is not JSON", though it is.
+    answer = served.send("POST", path, {"Authorization": f"Bearer {TOKEN}"}, body)
+    assert answer.status == 400, answer
+    document = answer.json()
+    message = str(document.get("message", document["error"]))
+    assert "more than 4300 digits" in message and words in message, message
+    assert "sys." not in message and "malformed" not in message and "not JSON" not in message
+    served.infers()
