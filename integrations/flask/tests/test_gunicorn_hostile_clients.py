@@ -56,17 +56,20 @@ class Served:
         body: bytes = b"",
         *,
         length: int | None = None,
+        chunked: bool = False,
     ) -> Answer:
         """One request on a fresh connection, its header values written as the bytes given. With ``length``, the
         ``Content-Length`` says so whatever the body's size, and the client stops sending after the body (it
-        shuts its side of the connection down, and reads the answer)."""
+        shuts its side of the connection down, and reads the answer); ``chunked``: no ``Content-Length``, the body
+        is sent as it is given (its chunked framing), then the client stops sending."""
         lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
-        lines.append(b"Content-Length: %d" % (len(body) if length is None else length))
+        if not chunked:
+            lines.append(b"Content-Length: %d" % (len(body) if length is None else length))
         for name, value in (headers or {}).items():
             lines.append(name.encode() + b": " + (value if isinstance(value, bytes) else value.encode("latin-1")))
         with socket.create_connection(("127.0.0.1", self.port), timeout=30) as connection:
             connection.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-            if length is not None:
+            if length is not None or chunked:
                 connection.shutdown(socket.SHUT_WR)
             received = b""
             while chunk := connection.recv(1 << 16):
@@ -198,3 +201,24 @@ def test_an_integer_of_thousands_of_digits_is_a_400_the_client_can_act_on(
     assert "more than 4300 digits" in message and words in message, message
     assert "sys." not in message and "malformed" not in message and "not JSON" not in message
     served.infers()
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [b'100\r\n{"version": 1}', b'ffffffffffffffff\r\n{"version": 1}', b"-5\r\n{}"],
+    ids=["chunk-cut-short", "chunk-past-any-body", "negative-size"],
+)
+def test_a_broken_chunked_admin_body_is_a_json_400_not_a_500(served: Served, chunks: bytes) -> None:
+    # request.get_data() raised gunicorn's NoMoreData (InvalidChunkSize) from the admin view: a 500 page and a
+    # traceback logged, where the protocol's endpoints and the Django plug-in's admin views answered a 400.
+    logged = served.log.stat().st_size
+    headers = {"Authorization": f"Bearer {TOKEN}", "Transfer-Encoding": "chunked"}
+    answer = served.send("POST", "/-/inprocserve/models/scale/switch", headers, chunks, chunked=True)
+    assert answer.status == 400, answer
+    document = answer.json()
+    assert document["error"] == "invalid_input"
+    assert "cannot be read to its end" in str(document["message"]), document
+    assert "Traceback" not in served.log_since(logged)
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    switched = served.send("POST", "/-/inprocserve/models/scale/switch", token, b'{"version": 1}')
+    assert switched.status == 200 and switched.json()["stable"] == 1, switched
