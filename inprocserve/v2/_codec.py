@@ -507,7 +507,9 @@ def _tensor_header(raw: object, index: int, limits: Limits) -> tuple[str, str, l
 
 
 def _requested_outputs(raw: object, limits: Limits) -> tuple[RequestedOutput, ...] | None:
-    if raw is None:
+    """The outputs a request names, ``None`` for every output: no ``outputs``, or an empty list, which KServe's
+    and MLServer's servers answer with every output too (answered with none, the model ran for an empty answer)."""
+    if raw is None or raw == []:
         return None
     if not isinstance(raw, list) or len(raw) > limits.max_tensors:
         raise InvalidInputError(f"'outputs' must be a list of at most {limits.max_tensors} {{'name': ...}} objects")

@@ -222,3 +222,12 @@ def test_a_broken_chunked_admin_body_is_a_json_400_not_a_500(served: Served, chu
     token = {"Authorization": f"Bearer {TOKEN}"}
     switched = served.send("POST", "/-/inprocserve/models/scale/switch", token, b'{"version": 1}')
     assert switched.status == 200 and switched.json()["stable"] == 1, switched
+
+
+def test_an_empty_outputs_list_is_answered_with_every_output(served: Served) -> None:
+    # "outputs": [] was taken as "send none": the model ran and the answer held no output, where KServe's and
+    # MLServer's servers answer every output for it (as for no "outputs" at all).
+    body = json.dumps({**json.loads(GOOD), "outputs": []}).encode()
+    answer = served.send("POST", INFER, {"Content-Type": "application/json"}, body)
+    assert answer.status == 200, answer
+    assert answer.json()["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [1, 4], "data": [2, 4, 6, 8]}]
