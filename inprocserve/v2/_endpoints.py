@@ -393,6 +393,8 @@ class Endpoints:
         encoding = (_header(headers, "Content-Encoding") or "identity").strip().lower()
         if encoding == "identity":
             return body
+        if encoding == "x-gzip":  # (gzip's older name: RFC 9110 asks recipients to take it as gzip)
+            encoding = "gzip"
         if encoding not in ("gzip", "deflate"):
             raise InvalidInputError(f"Content-Encoding {brief(encoding)} is not supported; use gzip, deflate or none")
         inflater = zlib.decompressobj(47)  # 32 + 15: zlib or gzip framing, detected from the header
