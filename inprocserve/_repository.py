@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._brief import brief
 from ._errors import ConfigurationError, ModelNotFoundError
 from ._remote_model import REMOTE_FILENAME
 
@@ -50,7 +51,7 @@ def validate_model_name(name: object) -> str:
         raise TypeError(f"model name must be a str, got {type(name).__name__}")
     if not _NAME.fullmatch(name) or ".." in name:
         raise ModelNotFoundError(
-            f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
+            f"invalid model name {brief(name)}: use 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
             "and without path separators or '..'",
             model=name,
         )

@@ -77,6 +77,13 @@ def test_path_traversal_and_odd_names_are_refused(name: str) -> None:
         validate_model_name(name)
 
 
+def test_a_huge_name_is_quoted_cut_short() -> None:
+    # (an admin URL or a v2 path carries the name: up to the web server's request-line limit, into logs)
+    with pytest.raises(ModelNotFoundError, match="invalid model name") as raised:
+        validate_model_name("x/" * 50_000)
+    assert len(str(raised.value)) < 400 and "(100000 characters)" in str(raised.value)
+
+
 def test_a_non_string_name_is_api_misuse() -> None:
     with pytest.raises(TypeError):
         validate_model_name(3)
