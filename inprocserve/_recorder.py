@@ -68,11 +68,14 @@ class Recorder:
     with the span's trace and span ids); the records left to the thread carry none.
 
     A lone request, run at once on its caller's thread while the version was idle, never queued
-    (``request_finished`` with ``now``), records its duration there too. Nobody else waits in
-    ``session.run`` then, for the thread's backlog to use the GIL meanwhile: the caller would wait for the
-    whole backlog when its run ends, and one lone request in ``_WAKE_EVERY`` would pay for all of them.
-    Measured with the SDK (1 % of traces sampled) and one caller on mlp-small: the p99 went from 1.2-1.8 ms
-    to 0.26-0.33 ms, at the same throughput or within the spread (docs/observability.md, "Cost").
+    (``request_finished`` with ``lone``), records its duration on that thread too, never through the
+    recording thread: nobody else waits in ``session.run`` then, for the thread's backlog to use the GIL
+    meanwhile, and the caller would wait for the whole backlog when its run ends (with the SDK, 1 % of
+    traces sampled and one caller on mlp-small, a p99 of 1.2-1.8 ms against 0.26-0.33 ms). It does not
+    record it at once either: its record joins the pending ones, and every ``_LONE_RECORDS``-th lone request
+    records all of them, in a row. The SDK's record costs about three times as much alone between two runs
+    as in a row (its code and data are cold again after each run): one caller of mlp-small spent 57 µs of
+    CPU per request recording each at once, 48 recording them 32 at a time (docs/observability.md, "Cost").
     The counters (deadline misses, sheds, cache lookups) are plain integers the SDK reads at collection
     (see :class:`~inprocserve._tally.Tally`).
 
@@ -153,14 +156,14 @@ class Recorder:
         error: BaseException | None,
         queue_wait_s: float | None = None,
         span: Span | None = None,
-        now: bool = False,
+        lone: bool = False,
     ) -> None:
         """Record one finished request: its duration (from the call to the answer) and a deadline miss;
         ``queue_wait_s``: also record it in the per-request ``inprocserve.request.queue_wait`` (see the class
         docstring). ``span``: the request's span, if it was sampled: its duration is recorded on this
-        thread, in that span's context, which the SDK's exemplars read. ``now``: record it on this thread
-        anyway, not through the recording thread (a lone request run on its caller's thread). No-op until
-        the application installs a meter provider."""
+        thread, in that span's context, which the SDK's exemplars read. ``lone``: a lone request run on its
+        caller's thread, which records the pending records itself, never through the recording thread (see
+        the class docstring). No-op until the application installs a meter provider."""
         if _metrics_state._METER_PROVIDER is None:
             return
         metrics = self._metrics
@@ -170,11 +173,14 @@ class Recorder:
             if span is not None and _RECORD_TAKES_CONTEXT:
                 attributes = self.finished_attributes(variant, error)
                 metrics.request_duration.record(duration_s, attributes, context=set_span_in_context(span))
-            elif now or span is not None:
+            elif span is not None:
                 metrics.request_duration.record(duration_s, self.finished_attributes(variant, error))
             else:
                 self._pending.append((metrics.request_duration, duration_s, self.finished_attributes(variant, error)))
-                self._pended()
+                if lone:
+                    self._lone_pended()
+                else:
+                    self._pended()
             if queue_wait_s is not None:
                 metrics.queue_wait.record(queue_wait_s, self.attributes)
         except Exception:
@@ -208,6 +214,12 @@ class Recorder:
                 if not self._metrics.wake_recording():  # no thread (no server open): record them here
                     self._wake_sent = False
                     self.record_pending()
+
+    def _lone_pended(self) -> None:
+        """A lone request's duration was queued: ``_LONE_RECORDS`` pending records are recorded here, on this
+        thread, in one go (see the class docstring); nothing wakes the recording thread."""
+        if len(self._pending) >= _LONE_RECORDS:
+            self.record_pending()
 
     def record_pending(self) -> None:
         """Record everything pending now, unless another thread is recording it (that one takes these too)."""
@@ -264,3 +276,7 @@ _WAKE_EVERY = 64
 # A thread that finds more than this many records pending waits for whoever records them and records them
 # itself: memory stays bounded even when the recording thread seldom gets the GIL.
 _MAX_PENDING = 4_096
+# A lone request's thread records the pending records itself once this many are queued: the SDK's record of
+# one duration cost about 18 µs between two runs of a small model (its code and data cold again after each
+# run), and about 6 µs each for the ones after it in a row (benchmarks/results/telemetry_overhead.md).
+_LONE_RECORDS = 16

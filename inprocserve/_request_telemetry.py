@@ -56,7 +56,7 @@ class RequestTelemetry:
             # records it now (see Recorder)
             lone = request.future is None and not request.enqueued_at
             recorder.request_finished(
-                elapsed_s, variant=variant, error=error, span=request.span if sampled else None, now=lone
+                elapsed_s, variant=variant, error=error, span=request.span if sampled else None, lone=lone
             )
             return
         if not metering():
@@ -89,12 +89,12 @@ class RequestTelemetry:
             # exemplar; and without a meter provider nothing to record either (two calls saved of a lone
             # predict's every answer: 0.4-0.5 µs between two runs of a small model)
             if _metrics_state._METER_PROVIDER is not None:
-                recorder.request_finished(elapsed_s, variant=decision.variant, error=error, now=lone)
+                recorder.request_finished(elapsed_s, variant=decision.variant, error=error, lone=lone)
             return
         sampled = _sampled(span)  # (asked before the span ends: an ended span records nothing)
         _end_span(span, decision, version, rows, None if timing is None else queue_wait_s, timing, error)
         recorder.request_finished(
-            elapsed_s, variant=decision.variant, error=error, span=span if sampled else None, now=lone
+            elapsed_s, variant=decision.variant, error=error, span=span if sampled else None, lone=lone
         )
 
     def refused(

@@ -125,6 +125,39 @@ def test_a_lone_request_records_its_own_duration_at_once(otel: Otel, scale: Path
     assert count - before == 2 * _recorder._WAKE_EVERY + 3
 
 
+def test_a_lone_callers_unsampled_durations_are_recorded_by_its_own_thread_in_a_row(
+    otel: Otel, scale: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most requests are not sampled. A lone caller's duration then waits with the pending records, and
+    every ``_LONE_RECORDS``-th lone request records them all, on its own thread (the SDK's records cost a
+    third as much in a row as one alone between two runs); the recording thread is never woken for them,
+    and a collection in between still counts every request."""
+    server = make_server(scale)
+    version = server._registry.routes["scale"].default
+    assert version.batcher is not None
+    recorder = version.batcher.telemetry
+    pending = recorder._pending
+    before, _ = _count(otel, "inprocserve.request.duration", "scale")
+    recorded_by: set[str] = set()
+    record_pending = Recorder.record_pending
+
+    def noting_thread(self: Recorder) -> None:
+        if self is recorder:
+            recorded_by.add(threading.current_thread().name)
+        record_pending(self)
+
+    monkeypatch.setattr(Recorder, "record_pending", noting_thread)
+    with _unsampled():
+        for sent in range(1, 2 * _recorder._LONE_RECORDS + 4):
+            server.predict("scale", np.ones((1, 4), np.float32))
+            assert len(pending) == sent % _recorder._LONE_RECORDS, sent
+            assert not recorder._wake_sent
+    assert recorded_by == {threading.current_thread().name}
+    count, _ = _count(otel, "inprocserve.request.duration", "scale")  # (the last 3 recorded by the collection)
+    assert count - before == 2 * _recorder._LONE_RECORDS + 3
+    assert not pending
+
+
 def test_a_sampled_request_duration_carries_its_span_as_exemplar(
     otel: Otel, scale: Path, make_server: ServerFactory
 ) -> None:
@@ -478,7 +511,8 @@ for threshold in range(1, 200):
     del retired, held
     gc.set_threshold(threshold)  # the collector runs somewhere in the next requests' recording
     for variant in ("stable", "canary", "shadow"):
-        serving.request_finished(0.01, variant=variant, error=None, now=True)
+        serving.request_finished(0.01, variant=variant, error=None, lone=True)
+        serving.record_pending()  # (recorded here, in the SDK's Histogram.record, where the collector runs)
     gc.set_threshold(700)
     gc.collect()
     data = reader.get_metrics_data()  # (deltas: the next records make their aggregations again)
