@@ -34,6 +34,7 @@ from inprocserve.testing import build_scale_model, save_model
 from .conftest import build_busy_model, busy_inputs, version_status, wait_until
 from .frames import frame_of
 from .ports import listening_socket
+from .processes import stop_process
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals (pthread_kill)")
 
@@ -1068,12 +1069,7 @@ def test_a_time_limit_while_the_gunicorn_hook_builds_the_server_does_not_stop_gu
         assert "a signal handler's exception stopped the inprocserve warm-up" in said, said
         assert "StartUpTimeLimit: the worker took too long to start" in said, said
     finally:
-        master.terminate()
-        try:
-            master.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait()
+        stop_process(master)
 
 
 def test_a_time_limit_while_check_repository_reads_a_model_is_not_the_models_fault(

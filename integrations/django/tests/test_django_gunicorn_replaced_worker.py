@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 
 from inprocserve.testing import build_scale_model, save_model
 from tests.ports import listening_socket
+from tests.processes import stop_process
 
 TESTS = Path(__file__).parent
 GOOD = "[batching]\nmax_batch_size = 8\n"
@@ -107,9 +107,4 @@ def test_a_worker_replaced_while_the_repository_is_mid_change_does_not_stop_guni
         _, body = _until(lambda: (r := _call(base, "/score"))[0] == 200 and r, "served again", log)
         assert body["version"] == 1 and master.poll() is None, log.read_text()
     finally:
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait()
+        stop_process(master)

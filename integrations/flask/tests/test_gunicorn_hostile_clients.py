@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 
 from inprocserve.testing import build_scale_model, save_model
 from tests.ports import listening_socket
+from tests.processes import stop_process
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[2]
@@ -135,12 +135,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             time.sleep(0.1)
         yield served
     finally:
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait()
+        stop_process(master)
 
 
 @pytest.mark.parametrize(

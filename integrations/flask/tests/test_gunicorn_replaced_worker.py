@@ -24,6 +24,7 @@ import pytest
 from inprocserve import web
 from inprocserve.testing import build_scale_model, save_model
 from tests.ports import reserved_port
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
@@ -90,15 +91,6 @@ def _gunicorn(
     return command, env, f"http://127.0.0.1:{port}"
 
 
-def _stop(master: subprocess.Popen[bytes]) -> None:
-    master.send_signal(signal.SIGTERM)
-    try:
-        master.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        master.kill()
-        master.wait()
-
-
 @pytest.mark.parametrize("setup", ["sync, hook file", "gthread, no hook file", "gthread, hook file, no polling"])
 def test_a_worker_replaced_while_a_config_toml_is_broken_does_not_stop_gunicorn(tmp_path: Path, setup: str) -> None:
     repository = tmp_path / "models"
@@ -140,7 +132,7 @@ def test_a_worker_replaced_while_a_config_toml_is_broken_does_not_stop_gunicorn(
         assert body["pid"] != first_worker and master.poll() is None, log.read_text()
         assert "was started after the server's first 1, and the repository check failed" in log.read_text()
     finally:
-        _stop(master)
+        stop_process(master)
 
 
 def test_a_worker_replaced_while_the_repository_folder_is_gone_does_not_stop_gunicorn(tmp_path: Path) -> None:
@@ -174,7 +166,7 @@ def test_a_worker_replaced_while_the_repository_folder_is_gone_does_not_stop_gun
         _until(lambda: _call(base, "/score")[0] == 200, "the replacement worker builds its server", log)
         assert master.poll() is None and log.read_text().count("repository check failed") == 1, log.read_text()
     finally:
-        _stop(master)
+        stop_process(master)
 
 
 @pytest.mark.parametrize("mode", ["EAGER, --preload", "lazy, no --preload"])
@@ -203,7 +195,7 @@ def test_a_worker_replaced_without_a_check_while_a_config_toml_is_broken_serves_
         _until(lambda: _call(base, "/score")[0] == 200, "the model is served again", log, 40)
         assert master.poll() is None, log.read_text()
     finally:
-        _stop(master)
+        stop_process(master)
 
 
 STOPPED_CHECK_CONF = """
@@ -259,4 +251,4 @@ def test_a_signal_handlers_exception_in_a_replaced_workers_check_does_not_stop_g
         assert replaced["pid"] != body["pid"] and master.poll() is None, log.read_text()
         assert "a signal handler's exception stopped the check" in log.read_text(), log.read_text()
     finally:
-        _stop(master)
+        stop_process(master)
