@@ -109,9 +109,10 @@ def test_a_collection_records_what_no_thread_has_recorded_yet(
 
 
 def test_a_lone_request_records_its_own_duration_at_once(otel: Otel, scale: Path, make_server: ServerFactory) -> None:
-    """A lone caller's request, run on its own thread while the version is idle, records its duration there:
-    none is left for the recording thread, whose backlog the caller would otherwise wait for once in
-    ``_WAKE_EVERY`` requests."""
+    """A lone caller's sampled request (this SDK samples every trace), run on its own thread while the version
+    is idle, records its duration there at once, in its span's context: none is left for the recording
+    thread, whose backlog the caller would otherwise wait for once in ``_WAKE_EVERY`` requests. (Unsampled,
+    it waits to be recorded in a row: see the next test.)"""
     server = make_server(scale)
     version = server._registry.routes["scale"].default
     assert version.batcher is not None
