@@ -148,7 +148,8 @@ class Batcher:
         # Whether a run computes in this process. A remote backend's run waits on the network, where a stalled
         # server could hold it until its deadline: an event loop never runs such a request itself.
         self.runs_in_process = backend.kind == "onnxruntime"
-        self.telemetry = Recorder(self.model, self.version)  # this version's metric attributes, built once
+        # this version's metric attributes, built once (and its dropped root spans not made, when local)
+        self.telemetry = Recorder(self.model, self.version, local=self.runs_in_process)
         self._policy = FlushPolicy(
             max_rows=config.max_batch_size if self._merge else 1,
             delay_s=automatic_delay_s(config, merge=self._merge, run_cost=run_cost),

@@ -69,7 +69,7 @@ from ._flag_reader import forbid_waiting_when
 from ._flags import WaitOffLoop
 from ._prediction import Prediction, prediction_of
 from ._request import QUEUED, BatchTiming, Request, Route, drop_tracebacks, own_error, wake_after_batch
-from ._telemetry import metering, start_request_span, tracing
+from ._telemetry import metering, tracing
 
 if TYPE_CHECKING:
     from ._batching import Batcher
@@ -1284,7 +1284,7 @@ def _joined(
         return False
     if rows > batcher.max_rows:  # runs in slices: the full way
         return False
-    span = start_request_span(model, batcher.telemetry.span_attributes, since=started)
+    span = batcher.telemetry.start_request_span(since=started)
     if timeout_s is None:
         deadline, expires_at = None, _NEVER
     else:

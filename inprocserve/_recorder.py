@@ -85,6 +85,8 @@ class Recorder:
         model: The model name.
         version: The version number.
         metrics: The instruments (the process's ``METRICS`` if omitted).
+        local: The version computes in this process: a dropped root request span is not made (see
+            :func:`~inprocserve._telemetry.start_request_span`).
     """
 
     __slots__ = (
@@ -96,14 +98,16 @@ class Recorder:
         "_pending",
         "_wake_sent",
         "attributes",
+        "local",
         "model",
         "span_attributes",
         "version",
     )
 
-    def __init__(self, model: str, version: int, *, metrics: Metrics | None = None) -> None:
+    def __init__(self, model: str, version: int, *, metrics: Metrics | None = None, local: bool = False) -> None:
         self.model = model
         self.version = version
+        self.local = local
         self._metrics = metrics if metrics is not None else METRICS
         self.attributes: Mapping[str, Any] = {ATTR_MODEL: model, ATTR_VERSION: version}
         self.span_attributes: Mapping[str, Any] = {ATTR_MODEL: model}
@@ -126,10 +130,10 @@ class Recorder:
         self._pending.clear()
         self._wake_sent = False
 
-    def start_request_span(self) -> Span:
-        """The span of one request to this model (``INVALID_SPAN`` without an SDK, or when it would not be
-        recorded for certain: see :func:`unsampled_child_dropped`)."""
-        return start_request_span(self.model, self.span_attributes)
+    def start_request_span(self, since: float | None = None) -> Span:
+        """The span of one request to this version (``INVALID_SPAN`` without an SDK, or when it would not be
+        recorded for certain: see :func:`start_request_span`, which this calls with ``local``)."""
+        return start_request_span(self.model, self.span_attributes, since, local=self.local)
 
     def finished_attributes(self, variant: str | None, error: BaseException | None) -> Mapping[str, Any]:
         """The attributes of ``inprocserve.request.duration``: model, version, variant, outcome and, for a

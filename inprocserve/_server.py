@@ -377,7 +377,7 @@ class Server(RolloutMethods):
             finally:
                 del refusal
         recorder = batcher.telemetry
-        span = start_request_span(model, recorder.span_attributes, since=started)
+        span = recorder.start_request_span(since=started)
         if cache is not None and outputs is not None:  # a hit (which takes no runner)
             self._telemetry.cache_result(recorder, "hit")
             return self._plain_answer(started, span, routes, target, decision, arrays, rows, None, outputs), None
@@ -791,7 +791,12 @@ class Server(RolloutMethods):
                     arrays, rows = self._validated(target, inputs)
                     key = None
                 if span is None:
-                    span = start_request_span(model, since=started)
+                    batcher = target.batcher
+                    span = (
+                        start_request_span(model, since=started)
+                        if batcher is None
+                        else batcher.telemetry.start_request_span(since=started)
+                    )
                 request = Request(arrays, rows, self._route_of(routes, target, decision), deadline, future)
                 request.span = span
                 request.started = started

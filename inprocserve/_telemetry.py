@@ -207,7 +207,9 @@ def _short(value: object) -> str:
     return text if len(text) <= _MAX_ATTRIBUTE_CHARS else text[: _MAX_ATTRIBUTE_CHARS - 1] + "…"
 
 
-def start_request_span(model: str, attributes: Mapping[str, Any] | None = None, since: float | None = None) -> Span:
+def start_request_span(
+    model: str, attributes: Mapping[str, Any] | None = None, since: float | None = None, *, local: bool = False
+) -> Span:
     """The span of one predict/submit/apredict call: a child of whatever span is current.
 
     No span is made (``INVALID_SPAN`` is returned) when the SDK would make a non-recording one for certain
@@ -215,8 +217,12 @@ def start_request_span(model: str, attributes: Mapping[str, Any] | None = None, 
     sampler drops is made without the SDK (see :class:`_RootSampling`). ``attributes`` (``{ATTR_MODEL:
     model}`` if omitted) lets a caller pass a dict it built once per model. ``since``: when the call began
     (``time.perf_counter()``), if it routed and validated the request before it asked for its span: the span
-    starts then (the clock is read only for a span the SDK makes). A span processor or sampler that raises
-    costs the request its span (``INVALID_SPAN``, the failure logged), never its answer."""
+    starts then (the clock is read only for a span the SDK makes). ``local``: the request's version computes
+    in this process, so its span is never sent on (no ``traceparent`` to a remote model server): a root span
+    the trace-id ratio sampler drops is not made either (``INVALID_SPAN``, as under an unsampled parent;
+    a dropped span's ids and objects cost a lone predict of a small model 7 µs of its CPU). A span
+    processor or sampler that raises costs the request its span (``INVALID_SPAN``, the failure logged),
+    never its answer."""
     if trace._TRACER_PROVIDER is None:
         return INVALID_SPAN
     try:
@@ -228,7 +234,10 @@ def start_request_span(model: str, attributes: Mapping[str, Any] | None = None, 
             roots = _root_sampling()
             if roots is not None:
                 return roots.start_span(
-                    SPAN_PREDICT, attributes if attributes is not None else {ATTR_MODEL: _short(model)}, since
+                    SPAN_PREDICT,
+                    attributes if attributes is not None else {ATTR_MODEL: _short(model)},
+                    since,
+                    local=local,
                 )
         # (a name not yet resolved is the caller's string, of any length: cut like every other attribute value)
         return _TRACER.start_span(
@@ -290,10 +299,12 @@ class _RootSampling:
         *,
         context: Context | None = None,
         links: Callable[[], Sequence[Link]] | None = None,
+        local: bool = False,
     ) -> Span:
         """A root span named ``name``: the SDK's if its sampler samples it, else a non-recording one made
-        here. ``context``: passed to the SDK's tracer (``Context()`` for a span that must not take the
-        current span as its parent); ``links``: called for a sampled span only."""
+        here (``INVALID_SPAN`` if ``local``: nothing would read its ids, see :func:`start_request_span`).
+        ``context``: passed to the SDK's tracer (``Context()`` for a span that must not take the current span
+        as its parent); ``links``: called for a sampled span only."""
         enabled = self._enabled
         if enabled is not None and not enabled():
             span: Span = self._tracer.start_span(name, context=context, kind=SpanKind.INTERNAL)
@@ -301,6 +312,8 @@ class _RootSampling:
         ids = self._ids
         trace_id = ids.generate_trace_id()
         if trace_id & _TRACE_ID_LIMIT >= self._bound:
+            if local:
+                return INVALID_SPAN
             span_id = ids.generate_span_id()
             return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False, trace_flags=self._random))
         listed = None if links is None else links()  # (before the id is preset: listing may start spans too)

@@ -316,6 +316,19 @@ def test_the_traceparent_of_a_predict_reaches_the_remote(
     assert int(span_id, 16) in ours  # the parent is a span this process recorded (the request's or batch's)
 
 
+def test_only_a_version_that_computes_here_leaves_its_dropped_root_spans_unmade(
+    make_server: ServerFactory, mixed: Path, app: RemoteApp
+) -> None:
+    """A remote version's request span, sampled or not, is sent on as its run's ``traceparent`` (a dropped
+    one says "not sampled", so the remote server does not sample on its own); a local version's is never
+    sent anywhere, so a dropped one is not made (``Recorder.local``, see ``start_request_span``)."""
+    server = make_server(mixed, config=every_version())
+    versions = server._registry.routes["fraud"].versions
+    local, remote = versions[2].batcher, versions[3].batcher
+    assert local is not None and remote is not None
+    assert local.telemetry.local and not remote.telemetry.local
+
+
 def test_a_remote_call_under_an_unsampled_trace_tells_the_remote_so(
     otel: Otel,  # noqa: F811
     make_server: ServerFactory,

@@ -183,6 +183,33 @@ def test_a_root_request_span_is_made_exactly_when_the_sdk_would_sample_it(sample
     provider.shutdown()
 
 
+def test_a_local_versions_dropped_root_request_span_is_not_made() -> None:
+    """A version that computes in this process sends no span on (no ``traceparent`` to a remote server), so a
+    root request span the sampler drops is not made at all (``INVALID_SPAN``: no span id, no objects). The
+    sampled ones are the same: the SDK's, with the trace ids drawn, at the sampler's ratio."""
+    ids = _SequenceIds()
+    exporter = InMemorySpanExporter()
+    sampler = ParentBased(TraceIdRatioBased(0.25))
+    provider = TracerProvider(sampler=sampler, id_generator=ids)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    roots = _telemetry._sampling_of(provider)
+    assert roots is not None
+    made = [roots.start_span("inprocserve.predict", {"inprocserve.model.name": "m"}, local=True) for _ in range(400)]
+    for span in made:
+        span.end()
+    sampled = [
+        sampler.should_sample(None, trace_id, "inprocserve.predict").decision.is_sampled() for trace_id in ids.drawn
+    ]
+    assert len(ids.drawn) == 400 and 50 < sum(sampled) < 150
+    for span, kept in zip(made, sampled, strict=True):
+        assert (span is INVALID_SPAN) != kept
+    assert [span.context.trace_id for span in exporter.get_finished_spans()] == [
+        t for t, kept in zip(ids.drawn, sampled, strict=True) if kept
+    ]
+    assert ids._spans == sum(sampled)  # span ids drawn for the sampled spans only
+    provider.shutdown()
+
+
 # The library's root spans other than a request's: (name, its own attributes, how the library makes one
 # linked to ``spans``), for a model "m" of version 3.
 _LINKED_ROOTS = {
