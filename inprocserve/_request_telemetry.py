@@ -53,7 +53,7 @@ class RequestTelemetry:
         _end_span(request.span, route.decision, version, request.rows, queue_wait_s, request.batch, error)
         if recorder is not None:  # each request's queue wait is on its span; the metric is per batch
             # a synchronous caller's request never queued ran (or was answered) on the caller's thread, which
-            # records it now (see Recorder)
+            # records it there, in a row with others (see Recorder)
             lone = request.future is None and not request.enqueued_at
             recorder.request_finished(
                 elapsed_s, variant=variant, error=error, span=request.span if sampled else None, lone=lone
