@@ -360,8 +360,17 @@ def test_flagd_forked_while_taking_new_flags_answers_stable_within_the_budget(
                 taking.set()
                 forked.wait(30)
 
-        watcher = threading.Thread(target=watcher_taking_new_flags, daemon=True)
-        watcher.start()
+        # The watcher gets a stack that no thread of the child can be given. glibc hands a forked child the
+        # stacks of the threads that did not come along, for its next threads: one that got the watcher's had
+        # its thread id too, and owned the engine's RLock (it took it, where the test means every thread of the
+        # child to wait). CI failed this way once, when the child's flag worker got it; a stack more than four
+        # times the default one is never given to a thread that asks for the default.
+        threading.stack_size(64 * 1024 * 1024)
+        try:
+            watcher = threading.Thread(target=watcher_taking_new_flags, daemon=True)
+            watcher.start()
+        finally:
+            threading.stack_size(0)
         taking.wait(30)
 
         def in_the_worker() -> str:
