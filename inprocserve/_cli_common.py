@@ -147,7 +147,16 @@ def unwind_on_sigterm() -> Iterator[None]:
         _stopped_by = _stopped_by or KeyboardInterrupt
         raise KeyboardInterrupt
 
+    def quiet_when_stopped(unraisable: sys.UnraisableHookArgs) -> None:
+        # A stop raised where Python cannot raise it (a weakref callback of the import system, a __del__) is
+        # discarded with "Exception ignored in ..." and a traceback on stderr: the command still stops (see
+        # raise_if_stopped), and says so in one line; the traceback read as a crash. Others are shown.
+        if not (_stopped_by is not None and isinstance(unraisable.exc_value, Terminated | KeyboardInterrupt)):
+            previous_unraisable(unraisable)
+
     _stopped_by = None
+    previous_unraisable = sys.unraisablehook
+    sys.unraisablehook = quiet_when_stopped
     previous = signal.signal(signal.SIGTERM, terminate)
     previous_int = signal.getsignal(signal.SIGINT)
     if previous_int is signal.default_int_handler:  # (not one of the program's own, nor SIGINT ignored)
@@ -165,4 +174,5 @@ def unwind_on_sigterm() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous_int)
         if hangup is not None:
             signal.signal(hangup, signal.SIG_DFL)
+        sys.unraisablehook = previous_unraisable
         _stopped_by = None
