@@ -12,7 +12,7 @@ from typing import Any
 
 from ._brief import brief
 
-__all__ = ["DuplicateKeyError", "loads", "unique_keys"]
+__all__ = ["DuplicateKeyError", "loads", "too_many_digits", "unique_keys"]
 
 
 class DuplicateKeyError(ValueError):
@@ -47,3 +47,11 @@ def loads(document: bytes | str) -> Any:
     if not isinstance(document, str):
         document = document.decode(json.detect_encoding(document), "surrogatepass")
     return _DECODER.decode(document)
+
+
+def too_many_digits(error: ValueError) -> bool:
+    """Whether ``error`` is Python's refusal to convert an integer literal of more digits than
+    ``sys.get_int_max_str_digits()`` allows, which ``json`` raises as a plain ``ValueError``. Its own words
+    ("use sys.set_int_max_str_digits() to increase the limit") are advice to the server's code: a client told
+    so cannot act on them, and the JSON it sent is well-formed."""
+    return "integer string conversion" in str(error)

@@ -591,7 +591,7 @@ def _json_object(body: object, shape: str) -> dict[str, Any]:
         except DuplicateKeyError as exc:  # (json keeps the last; a proxy in front may have read the first)
             raise ValueError(f"the body is ambiguous JSON: {exc}") from None
         except ValueError as exc:  # UnicodeDecodeError is a ValueError, and so is an integer of too many digits
-            if "integer string conversion" in str(exc):  # (Python's advice in it is for the server's code)
+            if unique_json.too_many_digits(exc):  # (Python's advice in it is for the server's code)
                 raise ValueError(
                     f"the body holds an integer of more than {sys.get_int_max_str_digits()} digits, which no field "
                     f"takes: send a JSON object {shape}"

@@ -26,7 +26,7 @@ from .._brief import brief
 from .._errors import ConfigurationError, InvalidInputError
 from .._headers import MAX_USER_ID_LENGTH, checked_user_id
 from .._prediction import Prediction
-from .._unique_json import DuplicateKeyError, unique_keys
+from .._unique_json import DuplicateKeyError, too_many_digits, unique_keys
 from .._unique_json import loads as unique_loads
 from ._datatypes import DATATYPES, datatype_of, numpy_dtype
 
@@ -432,20 +432,12 @@ def _parse_json(
     except DuplicateKeyError as exc:
         raise InvalidInputError(f"the request JSON is ambiguous: {exc}") from None
     except ValueError as exc:  # malformed, not UTF-8, or an integer of more digits than Python converts
-        if from_client and _too_many_digits(exc):
+        if from_client and too_many_digits(exc):
             raise InvalidInputError(
                 f"the request JSON holds an integer of more than {sys.get_int_max_str_digits()} digits, which no "
                 "datatype, shape or parameter takes; send numbers that fit the tensor's datatype"
             ) from None
         raise InvalidInputError(f"the request JSON is malformed: {exc}") from None
-
-
-def _too_many_digits(error: ValueError) -> bool:
-    """Whether ``error`` is Python's refusal to convert an integer literal of more digits than
-    ``sys.get_int_max_str_digits()`` allows, which ``json`` raises as a plain ``ValueError``. Its own words
-    ("use sys.set_int_max_str_digits() to increase the limit") are advice to the server's code: a client told
-    so cannot act on them, and the JSON it sent is well-formed."""
-    return "integer string conversion" in str(error)
 
 
 def _parameters(raw: object, where: str) -> dict[str, Any]:
