@@ -1042,7 +1042,7 @@ def test_a_group_deadline_is_answered_once_on_uvloop(
 
     monkeypatch.setattr(_loop_batching._Group, "_expire", counted)
     server = make_server(busy_repository)
-    blocker = occupy(server)
+    blocker = occupy(server, rows=4096)  # the longest request allowed
 
     async def main() -> None:
         # deadlines between clock ticks, and short beside the blocker's run so that no host ends it first
