@@ -446,7 +446,15 @@ def test_compressed_bodies_are_inflated_within_the_cap(served: inprocserve.Serve
     endpoints = v2.Endpoints(lambda: served, limits=v2.Limits(max_body_bytes=10_000))
     body, headers = v2.encode_infer_request({"x": np.ones((2, 4), np.float32)})
     # (x-gzip: the older name, which RFC 9110 section 8.4.1.3 asks recipients to take as gzip)
-    packings = (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body)), ("x-gzip", gzip.compress(body)))
+    raw = zlib.compressobj(wbits=-15)  # deflate without zlib's header: some clients send it for "deflate"
+    raw_deflate = raw.compress(body) + raw.flush()
+    packings = (
+        ("gzip", gzip.compress(body)),
+        ("deflate", zlib.compress(body)),
+        ("deflate", raw_deflate),
+        ("deflate", gzip.compress(body)),  # gzip under the wrong name: taken, as before
+        ("x-gzip", gzip.compress(body)),
+    )
     for encoding, packed in packings:
         status, _, response = call(
             endpoints, "POST", "/v2/models/scale/infer", packed, {**headers, "Content-Encoding": encoding}
@@ -457,6 +465,9 @@ def test_compressed_bodies_are_inflated_within_the_cap(served: inprocserve.Serve
     assert status == 400 and "over the 10000 allowed" in document["error"]
     status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", b"xx", {"Content-Encoding": "gzip"})
     assert status == 400 and "cannot be decompressed" in document["error"]
+    cut = raw_deflate[: len(raw_deflate) // 2]
+    status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", cut, {"Content-Encoding": "deflate"})
+    assert status == 400 and "the deflate request body is truncated" in document["error"]
     status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", body, {"Content-Encoding": "br"})
     assert status == 400 and "'br' is not supported" in document["error"]
 

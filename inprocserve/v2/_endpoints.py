@@ -397,7 +397,7 @@ class Endpoints:
             encoding = "gzip"
         if encoding not in ("gzip", "deflate"):
             raise InvalidInputError(f"Content-Encoding {brief(encoding)} is not supported; use gzip, deflate or none")
-        inflater = zlib.decompressobj(47)  # 32 + 15: zlib or gzip framing, detected from the header
+        inflater = zlib.decompressobj(_RAW_DEFLATE if encoding == "deflate" and _raw(body) else _ZLIB_OR_GZIP)
         try:
             inflated = inflater.decompress(body, limit + 1)
         except zlib.error as exc:
@@ -412,6 +412,20 @@ class Endpoints:
                 "data; send exactly one compressed stream (one gzip member)"
             )
         return inflated
+
+
+_ZLIB_OR_GZIP = 47  # 32 + 15: zlib or gzip framing, told apart by the header
+_RAW_DEFLATE = -15  # a deflate stream without zlib's header and checksum
+
+
+def _raw(body: bytes) -> bool:
+    """A ``deflate`` body that opens with neither a zlib header nor gzip's magic bytes: raw deflate, which
+    some clients send for ``deflate`` (RFC 9110 means the zlib format; browsers have taken both since the
+    confusion began). A zlib header is a deflate method byte and a check that makes the two bytes a multiple
+    of 31; gzip under the wrong name was taken before and still is."""
+    if len(body) < 2 or body[:2] == b"\x1f\x8b":
+        return False
+    return body[0] & 0x0F != 8 or (body[0] << 8 | body[1]) % 31 != 0
 
 
 def _unknown_model(server: Server, name: str) -> ModelNotFoundError:
