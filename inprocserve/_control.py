@@ -591,7 +591,7 @@ def validate_percent(percent: object) -> float:
         raise ValueError(f"percent must be a number in 0..100, got {shown(percent)}")
     if not 0 <= number <= 100:
         raise ValueError(f"percent must lie in 0..100, got {shown(percent)}")
-    return number
+    return number + 0.0  # (-0.0 lies in 0..100 too: stored, logged and echoed as 0)
 
 
 def validate_version(version: object) -> int:

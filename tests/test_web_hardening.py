@@ -376,6 +376,13 @@ def test_the_canary_answer_echoes_what_was_applied(served: inprocserve.Server) -
     assert (answer.body["canary_version"], answer.body["canary_percent"]) == (None, 0)
 
 
+def test_a_negative_zero_percent_is_applied_and_echoed_as_zero(served: inprocserve.Server) -> None:
+    """``-0.0`` lies in 0..100: taken, and shown as 0 wherever it is echoed (never a "-0.0 %" canary)."""
+    answer = web.admin_answer(served, "canary", "scale", b'{"version": 1, "percent": -0.0}', actor="test")
+    assert answer.status == 200 and json.dumps(answer.body["canary_percent"]) == "0.0"
+    assert json.dumps(served.status()["models"]["scale"]["control"]["canary_percent"]) == "0.0"
+
+
 # -- 8. tokens ------------------------------------------------------------------------------------------------------
 
 
