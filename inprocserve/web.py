@@ -86,6 +86,7 @@ __all__ = [
     "SECONDS_SETTINGS",
     "SHADOW_SETTINGS",
     "admin_answer",
+    "body_cut_short",
     "body_end_unknown",
     "body_reader",
     "bool_setting_problem",
@@ -704,6 +705,19 @@ def body_end_unknown(environ: Mapping[str, Any]) -> bool:
         not (length is not None and str(length).strip())
         and "HTTP_TRANSFER_ENCODING" in environ
         and not environ.get("wsgi.input_terminated")
+    )
+
+
+def body_cut_short(received: int, declared: int | None) -> InvalidInputError | None:
+    """The error for a body that ended after ``received`` bytes, before the ``declared`` its
+    ``Content-Length`` gave, or ``None`` if it did not. A WSGI server (gunicorn) ends the body early, without
+    an error, when the client stops sending: the part read was refused as malformed JSON, blaming what was
+    sent, or (a complete JSON object in the part) acted on as if whole."""
+    if declared is None or received >= declared:
+        return None
+    return InvalidInputError(
+        f"the request body ended after {received} bytes, before the {declared} its Content-Length declares: the "
+        "client stopped sending mid-upload; send the whole body, with its length"
     )
 
 

@@ -27,7 +27,7 @@ from .._errors import (
 from .._log_limit import LogLimit, since
 from .._server import Server
 from .._signature import Signature, convertible
-from ..web import ERROR_STATUS, NO_SERVER, _control_unknown, retry_after, server_or_none
+from ..web import ERROR_STATUS, NO_SERVER, _control_unknown, body_cut_short, retry_after, server_or_none
 from ._codec import Limits, RequestedOutput, TensorHeader, _header, decode_infer_request, encode_infer_response
 from ._datatypes import DATATYPES, datatype_of_onnx
 
@@ -382,13 +382,9 @@ class Endpoints:
             total += len(chunk)
             if total > limit:
                 raise _too_large(total, limit)
-        if declared_bytes is not None and total < declared_bytes:
-            # (gunicorn's body ends early, without an error, when the client stops sending: the part read was
-            # refused as malformed JSON, or a binary section that does not add up, blaming what was sent)
-            raise InvalidInputError(
-                f"the request body ended after {total} bytes, before the {declared_bytes} its Content-Length "
-                "declares: the client stopped sending mid-upload; send the whole body, with its length"
-            )
+        cut_short = body_cut_short(total, declared_bytes)  # (else a binary section that does not add up, say)
+        if cut_short is not None:
+            raise cut_short
         body = b"".join(chunks)
         encoding = (_header(headers, "Content-Encoding") or "identity").strip().lower()
         if encoding == "identity":

@@ -316,6 +316,32 @@ def test_an_admin_body_of_unknown_end_is_a_411_that_says_why(served: Path) -> No
     assert document["error"] == "length_required" and "send a Content-Length header" in document["message"]
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("body", [b'{"version": 1', b'{"version": 1, "percent": 5}'], ids=["cut-json", "whole-json"])
+def test_an_admin_body_that_ends_before_its_content_length_is_a_400_and_not_acted_on(served: Path, body: bytes) -> None:
+    # (a WSGI server such as gunicorn ends the body early, without an error, when the client stops sending: the
+    # part was refused as "not JSON", or, a whole JSON object in it, acted on as if it were the body meant)
+    answer: dict[str, Any] = {}
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/-/inprocserve/models/scale/canary",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "HTTP_AUTHORIZATION": "Bearer secret",
+        "CONTENT_LENGTH": str(len(body) + 20),
+    }
+    chunks = WSGIHandler()(environ, lambda status, headers: answer.update(status=status))
+    assert answer["status"].startswith("400"), answer
+    document = json.loads(b"".join(chunks))
+    expected = f"ended after {len(body)} bytes, before the {len(body) + 20} its Content-Length declares"
+    assert document["error"] == "invalid_input" and expected in document["message"], document
+    control = get_server().status()["models"]["scale"]["control"] or {}
+    assert control.get("canary_version") is None, control
+
+
 def test_a_configured_token_with_a_trailing_newline_still_opens_the_admin_endpoints(repository: Path) -> None:
     with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "ADMIN_TOKEN": "secret\n"}):
         response = Client().post(

@@ -171,6 +171,30 @@ def test_a_body_that_ends_before_its_content_length_is_a_400_naming_the_length(s
     served.infers()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'{"version": 1', b'{"version": 1, "percent": 5}'],
+    ids=["cut-inside-the-json", "whole-json-but-short-of-its-length"],
+)
+def test_an_admin_body_that_ends_before_its_content_length_is_a_400_and_not_acted_on(
+    served: Served, body: bytes
+) -> None:
+    # The part read was refused as "not JSON", blaming JSON the client had right, or, a whole JSON object in it,
+    # acted on as if it were the body the client meant to send.
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    path = "/-/inprocserve/models/scale/canary"
+    answer = served.send("POST", path, token, body, length=len(body) + 20)
+    assert answer.status == 400, answer
+    document = answer.json()
+    assert document["error"] == "invalid_input"
+    expected = f"ended after {len(body)} bytes, before the {len(body) + 20} its Content-Length declares"
+    assert expected in str(document["message"]), document
+    status = served.send("GET", "/-/inprocserve/models", token)
+    control = status.json()["models"]["scale"]["control"] or {}  # (None until a first action)
+    assert status.status == 200 and control.get("canary_version") is None, control
+    served.infers()
+
+
 HUGE_INTEGER = b"1" * 5_000  # past Python's 4300 digits for int(): json refuses to read it
 
 

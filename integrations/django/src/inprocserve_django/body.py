@@ -63,12 +63,17 @@ def whole_body(request: HttpRequest) -> bytes:
 
     Raises:
         RequestDataTooBig: the body is over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (Django answers 400).
-        InvalidInputError, LengthRequired: as :func:`body_reader` reads.
+        InvalidInputError, LengthRequired: as :func:`body_reader` reads; or the body ended before its
+            ``Content-Length`` (see :func:`inprocserve.web.body_cut_short`).
     """
     text = _declared_length(request)
     no_body = not text and "HTTP_TRANSFER_ENCODING" not in request.META  # (HTTP's empty body)
-    if request.META.get("wsgi.input") is None or no_body or (text.isascii() and text.isdigit()):
+    declared = text.isascii() and text.isdigit()
+    if request.META.get("wsgi.input") is None or no_body or declared:
         whole: bytes = request.body
+        cut_short = web.body_cut_short(len(whole), int(text)) if declared else None
+        if cut_short is not None:
+            raise cut_short
         return whole
     read = body_reader(request)
     limit: int | None = django_settings.DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -472,10 +472,15 @@ def _admin_body() -> bytes:
         inprocserve.InvalidInputError: it cannot be read to its end: the WSGI server's own error (gunicorn's
             ``NoMoreData`` for chunked framing cut short) was a 500 and a traceback logged, where the protocol's
             endpoints and the Django plug-in's admin views answer 400. Flask's own answers (413) pass unchanged.
+            Or it ended before its ``Content-Length`` (see :func:`inprocserve.web.body_cut_short`).
     """
     from werkzeug.exceptions import HTTPException
 
-    return web.body_reader(lambda _size: request.get_data(), passing=(HTTPException,))(-1)
+    body = web.body_reader(lambda _size: request.get_data(), passing=(HTTPException,))(-1)
+    cut_short = web.body_cut_short(len(body), request.content_length)
+    if cut_short is not None:
+        raise cut_short
+    return body
 
 
 def _log_problems(problems: list[str]) -> None:
