@@ -768,6 +768,9 @@ class Server(RolloutMethods):
         else:
             started, span, deadline = opened.started, opened.span, opened.deadline
             lead, led = opened.lead, opened.target
+        # its span was asked for a version that computes here, which leaves a dropped root span unmade (see
+        # start_request_span): routed again to a remote version, it is asked for anew, for its traceparent
+        span_local = opened is not None and _computes_here(opened.target)
         decision: Decision | None = None
         target: ModelVersion | None = None
         request: Request | None = None
@@ -790,13 +793,14 @@ class Server(RolloutMethods):
                     routes, target, decision = routed or self._route(model, version, context)
                     arrays, rows = self._validated(target, inputs)
                     key = None
-                if span is None:
+                if span is None or (span is INVALID_SPAN and span_local and not _computes_here(target)):
                     batcher = target.batcher
                     span = (
                         start_request_span(model, since=started)
                         if batcher is None
                         else batcher.telemetry.start_request_span(since=started)
                     )
+                    span_local = _computes_here(target)
                 request = Request(arrays, rows, self._route_of(routes, target, decision), deadline, future)
                 request.span = span
                 request.started = started
@@ -1347,6 +1351,11 @@ def version_number(version: object) -> int:
 def _pinned(version: int) -> Decision:
     """The routing decision of a request that pinned ``version``."""
     return Decision(version, "pinned", "version requested by caller")
+
+
+def _computes_here(target: ModelVersion) -> bool:
+    """Whether ``target`` computes in this process (its request spans are never sent on)."""
+    return target.batcher is not None and target.batcher.telemetry.local
 
 
 @dataclass(slots=True)

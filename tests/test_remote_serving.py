@@ -17,6 +17,8 @@ import onnxruntime
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 import inprocserve
@@ -27,8 +29,10 @@ from inprocserve import (
     RolloutConfig,
     ShadowConfig,
     WarmupConfig,
+    _telemetry,
     v2,
 )
+from inprocserve._errors import VersionRetiredError
 from inprocserve.testing import ManualClock, build_mlp_model, save_model
 
 from .conftest import ServerFactory, wait_until
@@ -327,6 +331,40 @@ def test_only_a_version_that_computes_here_leaves_its_dropped_root_spans_unmade(
     local, remote = versions[2].batcher, versions[3].batcher
     assert local is not None and remote is not None
     assert local.telemetry.local and not remote.telemetry.local
+
+
+def test_a_request_routed_again_from_a_local_version_to_a_remote_one_sends_its_dropped_trace_on(
+    otel: Otel,  # noqa: F811
+    make_server: ServerFactory,
+    mixed: Path,
+    app: RemoteApp,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request routed to a local version leaves a root span the sampler drops unmade. When that version is
+    replaced between routing and queueing and the request is routed again, to a remote version, its span is
+    asked for anew: the remote server gets a "not sampled" ``traceparent``, not none (it would sample the
+    request by its own rule)."""
+    dropping = _telemetry._sampling_of(TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0))))
+    assert dropping is not None
+    monkeypatch.setattr(_telemetry, "_root_sampling", lambda: dropping)  # every root dropped, by the SDK's rule
+    server = make_server(mixed, config=every_version())
+    server.switch("fraud", 2)
+    local = server._registry.routes["fraud"].versions[2].batcher
+    assert local is not None and local.telemetry.local
+    submit = local.submit
+
+    def replaced_first(request: Any, **kwargs: Any) -> None:
+        # (as a hot reload replaces the version between routing and queueing: the next route is version 3)
+        monkeypatch.setattr(local, "submit", submit)
+        server.switch("fraud", 3)
+        raise VersionRetiredError("version 2 was replaced", model="fraud", version=2)
+
+    monkeypatch.setattr(local, "submit", replaced_first)
+    answer = server.predict("fraud", {"x": rows(1)})  # (alone: it runs on this thread, its span the run's parent)
+    assert answer.version == 3
+    sent = [seen for seen in app.recorded() if seen["path"] == "/v2/models/fraud/versions/3/infer"][-1]
+    assert sent["traceparent"] is not None, sent
+    assert not int(sent["traceparent"].split("-")[3], 16) & 1, sent  # its "sampled" flag is off
 
 
 def test_a_remote_call_under_an_unsampled_trace_tells_the_remote_so(
