@@ -96,7 +96,11 @@ class BatchExecution:
             request.batch = timing
             if request.queue_wait_s > longest_wait:
                 longest_wait = request.queue_wait_s
-        span = None if inline or not tracing() else start_batch_span(self.model, self.version, _request_spans(batch))
+        span = (
+            None
+            if inline or not tracing()
+            else start_batch_span(self.model, self.version, _request_spans(batch), local=self._telemetry.local)
+        )
         try:
             # the span the backend's run belongs to: the batch's, or a lone request's own
             parent = span if span is not None else batch[0].span if inline or len(batch) == 1 else None

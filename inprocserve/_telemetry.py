@@ -548,20 +548,24 @@ def _telemetry_failed(action: str) -> None:
     )
 
 
-def start_batch_span(model: str, version: int, request_spans: Iterable[Span | None]) -> Span:
+def start_batch_span(model: str, version: int, request_spans: Iterable[Span | None], *, local: bool = False) -> Span:
     """The span of one executed batch: a root span with a link to every request span it served (one batch
     serves many traces, so it cannot have one parent). Under a trace-id ratio root sampler a batch it drops
-    costs no SDK call and no link (see :class:`_RootSampling`)."""
-    return _start_root_span(SPAN_BATCH, {ATTR_MODEL: model, ATTR_VERSION: version}, request_spans)
+    costs no SDK call and no link (see :class:`_RootSampling`); ``local``: the version computes in this
+    process, where nothing reads a dropped batch span's ids (they go to a remote server as its run's
+    ``traceparent`` otherwise): ``INVALID_SPAN`` is returned for it, as :func:`start_request_span` does."""
+    return _start_root_span(SPAN_BATCH, {ATTR_MODEL: model, ATTR_VERSION: version}, request_spans, local=local)
 
 
-def _start_root_span(name: str, attributes: Mapping[str, Any], linked: Iterable[Span | None]) -> Span:
+def _start_root_span(
+    name: str, attributes: Mapping[str, Any], linked: Iterable[Span | None], *, local: bool = False
+) -> Span:
     """A root span (never a child of the current span) linked to the sampled spans among ``linked`` (read
     once, and only for a span that may be recorded: pass a generator to defer the work of listing them)."""
     try:
         roots = _root_sampling()
         if roots is not None:
-            return roots.start_span(name, attributes, context=Context(), links=lambda: _links(linked))
+            return roots.start_span(name, attributes, context=Context(), links=lambda: _links(linked), local=local)
         return _TRACER.start_span(
             name, context=Context(), kind=SpanKind.INTERNAL, links=_links(linked), attributes=attributes
         )

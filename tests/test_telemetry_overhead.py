@@ -210,6 +210,26 @@ def test_a_local_versions_dropped_root_request_span_is_not_made() -> None:
     provider.shutdown()
 
 
+def test_a_local_versions_dropped_batch_spans_are_not_made(
+    monkeypatch: pytest.MonkeyPatch, scale: Path, make_server: ServerFactory
+) -> None:
+    """A batch of a version that computes in this process is never a remote run's parent, so a batch span the
+    trace-id ratio sampler drops is not made (no span id drawn for it). The sampled ones are recorded as
+    before, one trace id drawn for each batch's decision."""
+    ids = _SequenceIds()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.25)), id_generator=ids)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    server = make_server(scale)
+    for _ in range(100):  # (submitted one at a time: a batch of one each, run by a worker, with its own span)
+        server.submit("scale", np.ones((1, 4), np.float32)).result(timeout=30)
+    batches = [span for span in exporter.get_finished_spans() if span.name == "inprocserve.batch"]
+    assert 5 < len(batches) < 60  # a quarter of about 100 batches
+    assert ids._spans == len(exporter.get_finished_spans())  # span ids were drawn for recorded spans only
+    provider.shutdown()
+
+
 # The library's root spans other than a request's: (name, its own attributes, how the library makes one
 # linked to ``spans``), for a model "m" of version 3.
 _LINKED_ROOTS = {
