@@ -295,24 +295,29 @@ def test_a_chunked_admin_body_is_capped_as_django_caps_bodies(served: Path) -> N
     assert (status, document["error"]) == (413, "too_large") and "DATA_UPLOAD_MAX_MEMORY_SIZE" in document["message"]
 
 
-@pytest.mark.django_db
-def test_an_admin_body_of_unknown_end_is_a_411_that_says_why(served: Path) -> None:
-    # (a WSGI server that does not end chunked input: the body cannot be read, and is not taken for "no body")
-    answer: dict[str, Any] = {}
-    environ = {
+def admin_wsgi_post(action: str, body: bytes, **environ: str) -> tuple[str, dict[str, Any]]:
+    """POST ``body`` to model scale's admin ``action`` through Django's real WSGI handler, as a WSGI server
+    would call it, with the admin token and ``environ`` (the tests that call it are marked django_db)."""
+    base = {
         "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/-/inprocserve/models/scale/switch",
+        "PATH_INFO": f"/-/inprocserve/models/scale/{action}",
         "SERVER_NAME": "testserver",
         "SERVER_PORT": "80",
-        "wsgi.input": io.BytesIO(b'{"version": 1}'),
+        "wsgi.input": io.BytesIO(body),
         "wsgi.url_scheme": "http",
         "wsgi.errors": sys.stderr,
         "HTTP_AUTHORIZATION": "Bearer secret",
-        "HTTP_TRANSFER_ENCODING": "chunked",
     }
-    chunks = WSGIHandler()(environ, lambda status, headers: answer.update(status=status))
-    assert answer["status"].startswith("411")
-    document = json.loads(b"".join(chunks))
+    answer: dict[str, Any] = {}
+    chunks = WSGIHandler()({**base, **environ}, lambda status, headers: answer.update(status=status))
+    return answer["status"], json.loads(b"".join(chunks))
+
+
+@pytest.mark.django_db
+def test_an_admin_body_of_unknown_end_is_a_411_that_says_why(served: Path) -> None:
+    # (a WSGI server that does not end chunked input: the body cannot be read, and is not taken for "no body")
+    status, document = admin_wsgi_post("switch", b'{"version": 1}', HTTP_TRANSFER_ENCODING="chunked")
+    assert status.startswith("411")
     assert document["error"] == "length_required" and "send a Content-Length header" in document["message"]
 
 
@@ -321,21 +326,8 @@ def test_an_admin_body_of_unknown_end_is_a_411_that_says_why(served: Path) -> No
 def test_an_admin_body_that_ends_before_its_content_length_is_a_400_and_not_acted_on(served: Path, body: bytes) -> None:
     # (a WSGI server such as gunicorn ends the body early, without an error, when the client stops sending: the
     # part was refused as "not JSON", or, a whole JSON object in it, acted on as if it were the body meant)
-    answer: dict[str, Any] = {}
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/-/inprocserve/models/scale/canary",
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": sys.stderr,
-        "HTTP_AUTHORIZATION": "Bearer secret",
-        "CONTENT_LENGTH": str(len(body) + 20),
-    }
-    chunks = WSGIHandler()(environ, lambda status, headers: answer.update(status=status))
-    assert answer["status"].startswith("400"), answer
-    document = json.loads(b"".join(chunks))
+    status, document = admin_wsgi_post("canary", body, CONTENT_LENGTH=str(len(body) + 20))
+    assert status.startswith("400"), document
     expected = f"ended after {len(body)} bytes, before the {len(body) + 20} its Content-Length declares"
     assert document["error"] == "invalid_input" and expected in document["message"], document
     control = get_server().status()["models"]["scale"]["control"] or {}
