@@ -276,6 +276,78 @@ def occupy(server: inprocserve.Server, model: str = "busy", rows: int = 3000) ->
     return future
 
 
+HELD_MARK = 12345.0
+"""The first value of a held request's ``x`` (see ``hold_session``)."""
+
+
+class HeldSession:
+    """A request that holds its model's only session until the test releases it (see ``hold_session``)."""
+
+    def __init__(self, future: Any, gate: threading.Event) -> None:
+        self.future = future
+        self._gate = gate
+
+    def done(self) -> bool:
+        return bool(self.future.done())
+
+    def release(self) -> Any:
+        """Let the held run go on (a real onnxruntime run), and return its answer."""
+        self._gate.set()
+        return self.future.result(timeout=60)
+
+
+@pytest.fixture
+def hold_session(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., HeldSession]]:
+    """Hold a model's only session with one request until the test releases it: ``hold(server)``.
+
+    ``occupy`` holds it for as long as its run computes, a quarter of a second here, less on a faster host
+    and, seen from a test whose thread a loaded machine stalls, sometimes nothing at all: a test that needs
+    requests still queued after a deadline or a sleep then saw the blocker end first and failed by chance.
+    Here the blocking request's run (its first part, for a request run in chunks: the first run after the
+    call whose ``x`` starts with ``HELD_MARK``, a value no other request of the busy model has) waits for the
+    test's ``release()``, or ``at_most_s`` (so that a test whose caller blocks, such as a ``predict`` the
+    library fails to answer at its deadline, fails in seconds rather than hangs), before it starts
+    onnxruntime; whatever the test leaves held is released at its end, before its servers close. Patched
+    before the test builds its servers, since a batcher keeps the backend's bound ``run``.
+    """
+    from inprocserve._ort_backend import OnnxruntimeBackend
+
+    run = OnnxruntimeBackend.run
+    armed: list[tuple[threading.Event, float]] = []
+    gates: list[threading.Event] = []
+    lock = threading.Lock()
+
+    def gated(self: OnnxruntimeBackend, runner: Any, feeds: Any, **kwargs: Any) -> list[np.ndarray]:
+        x = feeds.get("x")
+        held = None
+        if armed and x is not None and x.ndim == 2 and len(x) and x[0, 0] == HELD_MARK:
+            with lock:
+                held = armed.pop(0) if armed else None
+        if held is not None:
+            held[0].wait(held[1])
+        return run(self, runner, feeds, **kwargs)
+
+    monkeypatch.setattr(OnnxruntimeBackend, "run", gated)
+
+    def hold(
+        server: inprocserve.Server, model: str = "busy", rows: int = 3000, *, at_most_s: float = 30.0
+    ) -> HeldSession:
+        gate = threading.Event()
+        with lock:
+            armed.append((gate, at_most_s))
+            gates.append(gate)
+        inputs = busy_inputs(rows)
+        inputs["x"][0, 0] = HELD_MARK
+        future = server.submit(model, inputs)
+        wait_until(lambda: _version_status(server, model)["queued_rows"] == 0)
+        assert not future.done(), "the held request was answered before it ran"
+        return HeldSession(future, gate)
+
+    yield hold
+    for gate in gates:
+        gate.set()
+
+
 def note_arrivals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
     """From now on, each request's arrival at any flush policy: the callers in flight it was told of (its own
     included) and whether the policy let it run at once."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,16 @@ from inprocserve import BatchingConfig, ModelConfig, PaddingConfig
 from inprocserve._flush_policy import CONCURRENCY_WINDOW_S, OVERLAP_BELOW_S
 from inprocserve.testing import ManualClock, build_add_model, build_gather_model, build_mlp_model, save_model
 
-from .conftest import ServerFactory, busy_inputs, note_arrivals, occupy, run_threads, version_status, wait_until
+from .conftest import (
+    HeldSession,
+    ServerFactory,
+    busy_inputs,
+    note_arrivals,
+    occupy,
+    run_threads,
+    version_status,
+    wait_until,
+)
 
 
 def test_queued_requests_are_merged_into_one_run(busy_repository: Path, make_server: ServerFactory) -> None:
@@ -364,16 +374,16 @@ def test_deadline_passing_in_the_queue_means_the_request_never_runs(
 
 
 def test_a_synchronous_caller_gets_control_back_at_its_deadline(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     server = make_server(busy_repository)
-    blocker = occupy(server, rows=4000)
+    blocker = hold_session(server, rows=4000, at_most_s=5.0)  # held past the deadline, whatever the host's speed
     started = time.monotonic()
     with pytest.raises(inprocserve.DeadlineExceededError):
         server.predict("busy", busy_inputs(3), timeout_s=0.05)
     assert time.monotonic() - started < 5.0
     assert version_status(server, "busy")["queued_rows"] == 0  # withdrawn
-    blocker.result(timeout=60)
+    blocker.release()
     assert version_status(server, "busy")["rows_run"] == 4000
 
 
@@ -434,16 +444,18 @@ def test_cancelled_asyncio_tasks_are_dropped(
     assert version_status(server, "busy")["rows_run"] == 3000 + 2
 
 
-def test_apredict_timeout(busy_repository: Path, make_server: ServerFactory) -> None:
+def test_apredict_timeout(
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
     server = make_server(busy_repository)
-    blocker = occupy(server)
+    blocker = hold_session(server, at_most_s=5.0)  # held past the deadline, whatever the host's speed
 
     async def main() -> None:
         with pytest.raises(inprocserve.DeadlineExceededError):
             await server.apredict("busy", busy_inputs(1), timeout_s=0.02)
 
     asyncio.run(main())
-    blocker.result(timeout=60)
+    blocker.release()
 
 
 def test_oversized_requests_are_run_in_chunks(repository: Path, make_server: ServerFactory) -> None:
