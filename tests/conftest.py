@@ -330,7 +330,7 @@ def hold_session(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(OnnxruntimeBackend, "run", gated)
 
     def hold(
-        server: inprocserve.Server, model: str = "busy", rows: int = 3000, *, at_most_s: float = 30.0
+        server: inprocserve.Server, model: str = "busy", rows: int = 3000, *, at_most_s: float = 10.0
     ) -> HeldSession:
         gate = threading.Event()
         with lock:

@@ -8,6 +8,7 @@ import gc
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .conftest import (
     BUSY_WIDTH,
+    HeldSession,
     ServerFactory,
     build_busy_model,
     busy_inputs,
@@ -373,17 +375,20 @@ def test_result_fields_match_predict(scale_repository: Path, make_server: Server
     assert len({answer.request_id for answer in [*answers, expected]}) == 4
 
 
-def test_each_task_keeps_its_own_deadline(busy_repository: Path, make_server: ServerFactory) -> None:
+def test_each_task_keeps_its_own_deadline(
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
     server = make_server(busy_repository)
-    blocker = occupy(server)
+    blocker = hold_session(server)  # held until the hurried task is answered, however fast the host
 
     async def main() -> list[Any]:
-        hurried = server.apredict("busy", busy_inputs(1, index=2), timeout_s=0.02)
-        patient = [server.apredict("busy", busy_inputs(1, index=i)) for i in range(3)]
+        hurried = asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=2), timeout_s=0.02))
+        patient = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(3)]
+        await asyncio.wait([hurried])
+        blocker.release()
         return await asyncio.gather(hurried, *patient, return_exceptions=True)
 
     results = asyncio.run(main())
-    blocker.result(timeout=60)
     assert isinstance(results[0], inprocserve.DeadlineExceededError)
     assert [r["picked"].tolist() for r in results[1:]] == [[[0.0, 1.0]], [[2.0, 3.0]], [[4.0, 5.0]]]
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
@@ -913,13 +918,16 @@ def test_the_tasks_of_a_failed_merged_run_queued_again_are_not_counted_as_arriva
 
 @pytest.mark.parametrize("hurried_first", [True, False])
 def test_requests_with_different_deadlines_share_a_run_and_each_keeps_its_own(
-    hurried_first: bool, busy_repository: Path, make_server: ServerFactory
+    hurried_first: bool,
+    busy_repository: Path,
+    make_server: ServerFactory,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     """Deadlines propagated from web requests differ for every request: such requests are still merged, and
     each task is answered at its own deadline (whichever joined its group first), while the run it shares
     has not even started; the merged request runs while one of its tasks still waits."""
     server = make_server(busy_repository)
-    blocker = occupy(server)
+    blocker = hold_session(server)  # held until the hurried task is answered, however fast the host
 
     async def main() -> list[Any]:
         calls = {
@@ -931,11 +939,11 @@ def test_requests_with_different_deadlines_share_a_run_and_each_keeps_its_own(
         with pytest.raises(inprocserve.DeadlineExceededError, match=r"no answer within 0\.02s"):
             await tasks["hurried"]
         assert not blocker.done()  # answered at its deadline, not when the batch ahead of it was done
+        blocker.release()
         return [await tasks["patient"]]
 
     batches, rows = counters(server, "busy")
     (patient,) = asyncio.run(main())
-    blocker.result(timeout=60)
     assert patient["picked"].tolist() == [[2.0, 3.0]]
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     assert counters(server, "busy") == (batches + 2, rows + 3000 + 2)  # the blocker, then both rows together
@@ -1028,7 +1036,10 @@ def test_tasks_sent_the_full_way_leave_nothing_behind_on_the_loop(
 
 
 def test_a_group_deadline_is_answered_once_on_uvloop(
-    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    busy_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     """uvloop fires timers up to a millisecond early and its clock moves in whole milliseconds: the group's
     timer still answers the task when it fires, instead of re-arming itself until the clock catches up."""
@@ -1042,7 +1053,7 @@ def test_a_group_deadline_is_answered_once_on_uvloop(
 
     monkeypatch.setattr(_loop_batching._Group, "_expire", counted)
     server = make_server(busy_repository)
-    blocker = occupy(server, rows=4096)  # the longest request allowed
+    blocker = hold_session(server)  # held until the test is done with it, however fast the host
 
     async def main() -> None:
         # deadlines between clock ticks, and short beside the blocker's run so that no host ends it first
@@ -1056,7 +1067,7 @@ def test_a_group_deadline_is_answered_once_on_uvloop(
         loop.run_until_complete(main())
     finally:
         loop.close()
-    blocker.result(timeout=60)
+    blocker.release()
     assert len(fired) == 3
 
 
