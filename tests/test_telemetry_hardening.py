@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 from inprocserve.v2 import Endpoints
 
-from .conftest import ServerFactory, build_busy_model, busy_inputs, occupy, run_python, wait_until
+from .conftest import HeldSession, ServerFactory, build_busy_model, busy_inputs, run_python, wait_until
 from .test_telemetry import Otel, _outcomes
 from .test_telemetry import otel as otel  # the fixture: one SDK per process
 
@@ -35,7 +36,7 @@ def outcomes_since(
 
 
 def test_a_task_answered_by_its_own_deadline_is_recorded_as_a_deadline(
-    otel: Otel, repository: Path, make_server: ServerFactory
+    otel: Otel, repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     # Tasks with deadlines are merged; the merged request waits for the latest of them, so the short one's
     # own timer answers it while the run still succeeds for the others.
@@ -43,7 +44,7 @@ def test_a_task_answered_by_its_own_deadline_is_recorded_as_a_deadline(
     before = _outcomes(otel, "busy")
     server = make_server(repository)
     server.predict("busy", busy_inputs(1))
-    blocker = occupy(server, "busy", rows=3000)
+    blocker = hold_session(server, "busy", rows=3000)  # held until the short deadline answered, however fast the host
 
     async def call(timeout_s: float) -> str:
         try:
@@ -53,10 +54,12 @@ def test_a_task_answered_by_its_own_deadline_is_recorded_as_a_deadline(
         return "ok"
 
     async def main() -> list[str]:
-        return await asyncio.gather(call(30), call(0.02), call(30))
+        calls = [asyncio.ensure_future(call(timeout_s)) for timeout_s in (30, 0.02, 30)]
+        await asyncio.wait([calls[1]])
+        blocker.release()
+        return await asyncio.gather(*calls)
 
     assert asyncio.run(main()) == ["ok", "deadline", "ok"]
-    blocker.result(30)
     assert outcomes_since(otel, "busy", before) == {
         ("deadline_exceeded", "DeadlineExceededError"): 1,
         ("ok", None): 4,  # the first call, the blocker and the two answered tasks
