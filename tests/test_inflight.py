@@ -8,6 +8,7 @@ import gc
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from inprocserve.testing import save_model
 
 from .conftest import (
     BUSY_WIDTH,
+    HeldSession,
     ServerFactory,
     build_busy_model,
     busy_inputs,
@@ -58,12 +60,12 @@ def held_hot_leader(
 
 
 def test_without_the_cache_identical_requests_share_a_run_when_switched_on(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     server = make_server(busy_repository, config=sharing(True))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     futures = [server.submit("busy", busy_inputs(1, seed=7)) for _ in range(6)]
-    blocker.result(timeout=WAIT_S)
+    blocker.release()
     answers = [future.result(timeout=WAIT_S)["y"] for future in futures]
     assert all(answer is answers[0] for answer in answers)
     assert version_status(server, "busy")["rows_run"] == 3000 + 1  # one leader ran; five followed
@@ -72,25 +74,31 @@ def test_without_the_cache_identical_requests_share_a_run_when_switched_on(
 
 @pytest.mark.parametrize(("share", "cache"), [(None, False), (False, True)])
 def test_identical_requests_each_run_when_sharing_is_off(
-    busy_repository: Path, make_server: ServerFactory, share: bool | None, cache: bool
+    busy_repository: Path,
+    make_server: ServerFactory,
+    share: bool | None,
+    cache: bool,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     server = make_server(busy_repository, config=sharing(share, cache=cache))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     futures = [server.submit("busy", busy_inputs(1, seed=7)) for _ in range(4)]
-    blocker.result(timeout=WAIT_S)
+    blocker.release()
     for future in futures:
         future.result(timeout=WAIT_S)
     assert version_status(server, "busy")["rows_run"] == 3000 + 4
 
 
-def test_followers_of_a_cancelled_leader_run_by_themselves(busy_repository: Path, make_server: ServerFactory) -> None:
+def test_followers_of_a_cancelled_leader_run_by_themselves(
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
     server = make_server(busy_repository, config=sharing(None, cache=True))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=11)
     leader = server.submit("busy", inputs)
     followers = [server.submit("busy", inputs) for _ in range(3)]
     assert leader.cancel()  # still queued behind the blocker
-    blocker.result(timeout=WAIT_S)
+    blocker.release()
     expected = server.predict("busy", inputs, version=1)["y"]
     for follower in followers:
         np.testing.assert_allclose(follower.result(timeout=WAIT_S)["y"], expected, rtol=1e-5)
@@ -116,14 +124,17 @@ def hold_following(
 
 
 def test_a_follower_requeued_before_its_caller_waits_leaves_no_trace(
-    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    busy_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     # The leader gives up (cancelled) after the follower joined it and before the follower's caller asked
     # whether it still follows: the follower was queued to run by itself, and its caller waits for it in
     # the batcher. Nothing of it may stay in the sharing's bookkeeping: a later request could be taken for
     # it there, withdrawn from a queue it never joined, and drive the batcher's counts below zero.
     server = make_server(busy_repository, config=sharing(True))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=12)
     leader = server.submit("busy", inputs)
     joined, proceed = hold_following(server, monkeypatch)
@@ -132,7 +143,7 @@ def test_a_follower_requeued_before_its_caller_waits_leaves_no_trace(
     follower.start()
     assert joined.wait(WAIT_S)
     assert leader.cancel()
-    blocker.result(timeout=WAIT_S)  # the worker drops the cancelled leader: the follower runs by itself
+    blocker.release()  # the worker drops the cancelled leader: the follower runs by itself
     wait_until(lambda: version_status(server, "busy")["batches_run"] >= 2)
     proceed.set()
     follower.join(timeout=WAIT_S)
@@ -143,13 +154,16 @@ def test_a_follower_requeued_before_its_caller_waits_leaves_no_trace(
 
 
 def test_a_follower_past_its_deadline_while_its_answer_is_handed_over_is_never_withdrawn(
-    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    busy_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     # The leader's answer has been taken for the follower and is being handed to it when its caller, past
     # its deadline, starts waiting. The caller takes that answer: the request was never queued, so giving
     # it up in the batcher would take it off a queue it is not in, and drive the counts below zero.
     server = make_server(busy_repository, config=sharing(True))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=14)
     leader = server.submit("busy", inputs)
     joined, proceed = hold_following(server, monkeypatch)
@@ -174,7 +188,7 @@ def test_a_follower_past_its_deadline_while_its_answer_is_handed_over_is_never_w
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
     assert joined.wait(WAIT_S)
-    blocker.result(timeout=WAIT_S)
+    blocker.release()
     assert handing.wait(WAIT_S)  # (the leader's own future resolves once its followers are handed theirs)
     time.sleep(0.6)  # the follower's deadline passes while its answer is being handed over
     proceed.set()
@@ -351,40 +365,45 @@ def test_a_submit_follower_cancelled_as_its_deadline_fires_gets_what_is_recorded
 
 
 def test_followers_of_a_leader_past_its_deadline_are_answered(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     server = make_server(busy_repository, config=sharing(True))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=12)
-    leader = server.submit("busy", inputs, timeout_s=0.001)  # expires while the blocker runs
+    leader = server.submit("busy", inputs, timeout_s=0.001)  # expires while the blocker is held
     followers = [server.submit("busy", inputs) for _ in range(3)]
-    blocker.result(timeout=WAIT_S)
+    wait_until(leader.done)  # answered at its deadline, still queued
+    blocker.release()
     with pytest.raises(inprocserve.DeadlineExceededError):
         leader.result(timeout=WAIT_S)
     for follower in followers:
         assert follower.result(timeout=WAIT_S)["y"].shape == (1, 512)
 
 
-def test_followers_of_a_failing_leader_get_its_error(busy_repository: Path, make_server: ServerFactory) -> None:
+def test_followers_of_a_failing_leader_get_its_error(
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
     server = make_server(busy_repository, config=sharing(True))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     poisoned = busy_inputs(1, index=99, seed=13)  # passes validation, fails inside onnxruntime
     futures = [server.submit("busy", poisoned) for _ in range(4)]
-    blocker.result(timeout=WAIT_S)
+    blocker.release()
     errors = [future.exception(timeout=WAIT_S) for future in futures]
     assert all(isinstance(error, inprocserve.InferenceError) for error in errors)
     assert len({str(error) for error in errors}) == 1
     assert server.predict("busy", busy_inputs(1, seed=13))["y"].shape == (1, 512)  # the key was freed
 
 
-def test_a_leader_refused_for_overload_frees_its_key(busy_repository: Path, make_server: ServerFactory) -> None:
+def test_a_leader_refused_for_overload_frees_its_key(
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=2, max_request_rows=3000))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     filler = server.submit("busy", busy_inputs(2, seed=1))  # the queue is full now
     inputs = busy_inputs(1, seed=14)
     refused = server.submit("busy", inputs)
     assert isinstance(refused.exception(timeout=WAIT_S), inprocserve.QueueFullError)
-    blocker.result(timeout=WAIT_S)
+    blocker.release()
     filler.result(timeout=WAIT_S)
     # Had the refused leader kept its key, this identical request would follow it and never be answered.
     assert server.submit("busy", inputs).result(timeout=WAIT_S)["y"].shape == (1, 512)
@@ -477,10 +496,10 @@ def test_a_leader_without_answer_or_error_still_wakes_followers() -> None:
 
 
 def test_synchronous_followers_of_a_leader_past_its_deadline_are_answered(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     server = make_server(busy_repository, config=sharing(True))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=15)
     outcomes: dict[int, object] = {}
 
@@ -496,7 +515,8 @@ def test_synchronous_followers_of_a_leader_past_its_deadline_are_answered(
     followers = [threading.Thread(target=call, args=(i,)) for i in range(1, 4)]
     for thread in followers:
         thread.start()
-    blocker.result(timeout=WAIT_S)
+    leader.join(timeout=WAIT_S)  # answered at its deadline, still queued
+    blocker.release()
     for thread in [leader, *followers]:
         thread.join(timeout=WAIT_S)
         assert not thread.is_alive(), "a caller was left waiting"
@@ -504,15 +524,15 @@ def test_synchronous_followers_of_a_leader_past_its_deadline_are_answered(
 
 
 def test_a_follower_past_its_deadline_leaves_its_leader_and_the_queue_intact(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     server = make_server(busy_repository, config=sharing(None, cache=True))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=16)
     leader = server.submit("busy", inputs)
     with pytest.raises(inprocserve.DeadlineExceededError, match="identical request in flight"):
         server.predict("busy", inputs, timeout_s=0.01)  # follows the queued leader, gives up first
-    blocker.result(timeout=WAIT_S)
+    blocker.release()
     # The follower was never queued: giving up must not take its rows off the queue's count, or the
     # batcher would think the queue empty and never run the leader.
     assert leader.result(timeout=WAIT_S)["y"].shape == (1, 512)
@@ -580,23 +600,27 @@ def test_followers_of_a_leader_cancelled_in_the_queue_at_close_are_answered(
         follower.exception(timeout=WAIT_S)  # answered or failed, never left waiting
 
 
-def reload_behind(server: inprocserve.Server, old: Any, blocker: Any, *, draining: Any = None) -> None:
+def reload_behind(server: inprocserve.Server, old: Any, blocker: HeldSession, *, draining: Any = None) -> None:
     """Refresh the repository while ``blocker`` keeps the old copy busy: the old copy drains (what is
     queued behind the blocker runs or expires there), then the reload completes. ``draining``: called
-    once the old copy drains, before the blocker finishes (a leader that gives up then)."""
+    once the old copy drains, before the blocker is released (a leader that gives up then)."""
     reload = threading.Thread(target=server.refresh)
     reload.start()
     wait_until(lambda: old.state == "draining", timeout_s=WAIT_S)
-    assert not blocker.done(), "the blocker finished before the reload began: make it larger"
+    assert not blocker.done(), "the held blocker finished before the reload began"
     if draining is not None:
         draining()
-    blocker.result(timeout=WAIT_S)
+    blocker.release()
     reload.join(timeout=WAIT_S)
 
 
 @pytest.mark.holds_a_woken_caller  # (the held caller's re-run is answered, and woken, before proceed is set)
 def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_the_new_copy(
-    busy_repository: Path, make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    busy_repository: Path,
+    make_server: ServerFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     # The leader gives up in the queue of version 1's old copy while a reload swaps in a new copy of the same
     # version (its file was rewritten). Its followers re-run by themselves; the old copy refuses them, as it
@@ -606,7 +630,7 @@ def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_th
     waits_on_the_old_copy: list[Any] = []
     old_wait = old.batcher.wait
     monkeypatch.setattr(old.batcher, "wait", lambda request: (waits_on_the_old_copy.append(request), old_wait(request)))
-    blocker = occupy(server, rows=20_000)
+    blocker = hold_session(server, rows=20_000)
     inputs = busy_inputs(1, seed=21)
     leader = server.submit("busy", inputs)  # gives up (cancelled) as the old copy drains
     followers = [server.submit("busy", inputs) for _ in range(2)]
@@ -636,14 +660,14 @@ def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_th
 
 @pytest.mark.parametrize("caller", ["submit", "predict"])
 def test_followers_whose_leader_gave_up_while_a_new_version_replaced_theirs_run_on_the_new_version(
-    caller: str, busy_repository: Path, make_server: ServerFactory
+    caller: str, busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     # A deploy drops version 2 in while version 1's leader gives up in its queue: version 1 is unloaded (the
     # policy serves the latest), and its followers, routed by default, re-run by themselves. They were
     # answered "version 1 was unloaded" while version 2 served: a hot reload must not drop a request.
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
     old = server._registry.loaded["busy"][1]
-    blocker = occupy(server, rows=20_000)
+    blocker = hold_session(server, rows=20_000)
     inputs = busy_inputs(1, seed=22)
     leader = server.submit("busy", inputs)  # gives up (cancelled) as version 1 drains
     answers: list[Any] = []
@@ -677,13 +701,16 @@ def test_followers_whose_leader_gave_up_while_a_new_version_replaced_theirs_run_
 
 
 def test_a_follower_moved_to_the_new_version_that_misses_its_deadline_is_recorded_there(
-    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    busy_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     """Its error, like its answer, belongs to the version it was queued on (it was recorded on the
     unloaded one)."""
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
     old = server._registry.loaded["busy"][1]
-    blocker = occupy(server, rows=10_000)
+    blocker = hold_session(server, rows=10_000)
     inputs = busy_inputs(1, seed=24)
     leader = server.submit("busy", inputs)
     outcome: list[BaseException] = []
@@ -707,9 +734,9 @@ def test_a_follower_moved_to_the_new_version_that_misses_its_deadline_is_recorde
     run = new.batcher._execution._run_batch
     monkeypatch.setattr(new.batcher._execution, "_run_batch", lambda *a, **k: (gate.wait(WAIT_S), run(*a, **k))[1])
     held = server.submit("busy", busy_inputs(1, seed=25), version=2)  # keeps version 2's session busy
-    assert not blocker.done(), "the blocker finished before version 2 was held: make it larger"
+    assert not blocker.done(), "the held blocker finished before version 2 was held"
     leader.cancel()  # its follower is queued on version 2, behind `held`
-    blocker.result(timeout=WAIT_S)
+    blocker.release()
     waiter.join(timeout=WAIT_S)
     gate.set()
     reload.join(timeout=WAIT_S)
@@ -721,10 +748,10 @@ def test_a_follower_moved_to_the_new_version_that_misses_its_deadline_is_recorde
 
 
 def test_a_follower_whose_leader_gave_up_as_the_server_closed_is_told_it_closed(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
-    blocker = occupy(server, rows=10_000)
+    blocker = hold_session(server, rows=10_000)
     inputs = busy_inputs(1, seed=26)
     leader = server.submit("busy", inputs)
     follower = server.submit("busy", inputs)
@@ -732,21 +759,21 @@ def test_a_follower_whose_leader_gave_up_as_the_server_closed_is_told_it_closed(
     closing = threading.Thread(target=lambda: server.close(timeout_s=WAIT_S))
     closing.start()
     wait_until(lambda: batcher._closing, timeout_s=WAIT_S)
-    assert not blocker.done(), "the blocker finished before the server began to close: make it larger"
+    assert not blocker.done(), "the held blocker finished before the server began to close"
     assert leader.cancel()  # gives up as the server closes
-    blocker.result(timeout=WAIT_S)
+    blocker.release()
     closing.join(timeout=WAIT_S)
     with pytest.raises(inprocserve.ServerClosedError):  # (it was told "version 1 was unloaded")
         follower.result(timeout=WAIT_S)
 
 
 def test_a_pinned_follower_whose_version_was_unloaded_is_told_so(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     """One that asked for version 1 by number is never answered by another version."""
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
     old = server._registry.loaded["busy"][1]
-    blocker = occupy(server, rows=20_000)
+    blocker = hold_session(server, rows=20_000)
     inputs = busy_inputs(1, seed=23)
     leader = server.submit("busy", inputs, version=1)
     follower = server.submit("busy", inputs, version=1)
