@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import gc
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from inprocserve import BatchingConfig, ModelConfig
 from inprocserve._batching import Batcher
 from inprocserve._request import DONE
 
-from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .conftest import HeldSession, ServerFactory, busy_inputs, occupy, version_status, wait_until
 from .test_interrupted_callers import GatedRuns
 from .test_telemetry import Otel, _outcomes
 from .test_telemetry import otel as otel  # the fixture: one SDK per process
@@ -29,12 +30,12 @@ BOUNDED = ModelConfig(batching=BatchingConfig(max_queue_rows=64, max_request_row
 
 
 def test_cancelled_submits_give_their_rows_back_at_once(
-    otel: Otel, busy_repository: Path, make_server: ServerFactory
+    otel: Otel, busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     before = _outcomes(otel, "busy")
     server = make_server(busy_repository, models={"busy": BOUNDED})
     server.predict("busy", busy_inputs(1))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     head = server.submit("busy", busy_inputs(1))
     cancelled = [server.submit("busy", busy_inputs(8)) for _ in range(7)]  # the queue is at 57 of 64 rows
     assert all(future.cancel() for future in cancelled)
@@ -51,6 +52,7 @@ def test_apredict_tasks_that_gave_up_give_their_rows_back_at_once(
     busy_repository: Path,
     make_server: ServerFactory,
     monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     """Queued on their own (the full way, as for a version with a cache or a rollout), or merged by the loop
     into one request (dropped once every task of it gave up)."""
@@ -59,7 +61,7 @@ def test_apredict_tasks_that_gave_up_give_their_rows_back_at_once(
     if way == "full":
         monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)
     server.predict("busy", busy_inputs(1))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     timeout_s = {"cancelled": None, "cancelled before its deadline": 60.0, "deadline": 0.05}[ending]
 
     async def main() -> Any:
@@ -74,14 +76,18 @@ def test_apredict_tasks_that_gave_up_give_their_rows_back_at_once(
             for task in tasks:
                 task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        assert version_status(server, "busy")["queued_rows"] == 0  # (the blocker still runs)
-        return results, await server.apredict("busy", busy_inputs(16))  # refused with QueueFullError before
+        assert not blocker.done()
+        assert version_status(server, "busy")["queued_rows"] == 0
+        live = asyncio.ensure_future(server.apredict("busy", busy_inputs(16)))  # refused with QueueFullError before
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # queued behind the held blocker (or refused)
+        blocker.release()
+        return results, await live
 
     results, live = asyncio.run(main())
     got = inprocserve.DeadlineExceededError if ending == "deadline" else asyncio.CancelledError
     assert all(isinstance(result, got) for result in results)
     assert live["picked"].shape == (16, 2)
-    blocker.result(timeout=60)
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     assert version_status(server, "busy")["rows_run"] == 1 + 3000 + 16
     outcome = (
@@ -92,11 +98,11 @@ def test_apredict_tasks_that_gave_up_give_their_rows_back_at_once(
 
 
 def test_a_merged_request_keeps_its_rows_while_one_of_its_tasks_waits(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     server = make_server(busy_repository, models={"busy": BOUNDED})
     server.predict("busy", busy_inputs(1))
-    blocker = occupy(server)
+    blocker = hold_session(server)
 
     async def main() -> Any:
         tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(8, index=i))) for i in range(4)]
@@ -106,19 +112,19 @@ def test_a_merged_request_keeps_its_rows_while_one_of_its_tasks_waits(
             task.cancel()
         await asyncio.sleep(0)
         assert version_status(server, "busy")["queued_rows"] == 32  # one request: it runs whole for the first
+        blocker.release()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(main())
     assert results[0]["picked"].shape == (8, 2)
     assert all(isinstance(result, asyncio.CancelledError) for result in results[1:])
-    blocker.result(timeout=60)
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     assert version_status(server, "busy")["rows_run"] == 1 + 3000 + 32
 
 
 @pytest.mark.parametrize("timeout_s", [None, 600.0])
 def test_a_kept_future_does_not_keep_its_requests_inputs(
-    timeout_s: float | None, busy_repository: Path, make_server: ServerFactory
+    timeout_s: float | None, busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     """The done-callback that withdraws a cancelled request lets go of it once the future is done: callers
     that keep their futures (a list of them, answered one by one) must not keep every request's inputs. Nor
@@ -126,12 +132,12 @@ def test_a_kept_future_does_not_keep_its_requests_inputs(
     heap until then)."""
     server = make_server(busy_repository, models={"busy": BOUNDED})
     server.predict("busy", busy_inputs(1))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     inputs = busy_inputs(8)
     kept = weakref.ref(inputs["x"])
     future = server.submit("busy", inputs, timeout_s=timeout_s)  # queued behind the blocker
     del inputs
-    blocker.result(timeout=60)
+    blocker.release()
     answer = weakref.ref(future.result(timeout=60)["picked"])
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     gc.collect()
@@ -143,7 +149,7 @@ def test_a_kept_future_does_not_keep_its_requests_inputs(
 
 @pytest.mark.parametrize("queued", ["alone", "following an identical request"])
 def test_a_withdrawn_submit_counts_as_done_for_wait_and_as_completed(
-    queued: str, busy_repository: Path, make_server: ServerFactory
+    queued: str, busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     """``concurrent.futures.wait`` and ``as_completed`` count a cancelled future done only once it is
     notified (``set_running_or_notify_cancel``), which a worker taking it did; no worker takes a withdrawn
@@ -153,14 +159,14 @@ def test_a_withdrawn_submit_counts_as_done_for_wait_and_as_completed(
         config = ModelConfig(batching=BOUNDED.batching, cache=inprocserve.CacheConfig(share_in_flight=True))
     server = make_server(busy_repository, models={"busy": config})
     server.predict("busy", busy_inputs(1))
-    blocker = occupy(server)
+    blocker = hold_session(server)
     future = server.submit("busy", busy_inputs(3000 if queued != "alone" else 8))
     assert future.cancel()
     done, _ = concurrent.futures.wait([future], timeout=10)
     assert done == {future}
     assert not blocker.done()  # (not notified by a worker taking it: it was withdrawn)
     assert list(concurrent.futures.as_completed([future], timeout=10)) == [future]
-    blocker.result(timeout=60)
+    blocker.release()
 
 
 @pytest.mark.parametrize("way", ["full", "merged"])
@@ -239,7 +245,7 @@ def test_a_request_answered_before_its_hook_is_set_is_freed_without_a_collection
 
 
 def test_submits_past_their_deadline_are_answered_and_give_their_rows_back_then(
-    otel: Otel, busy_repository: Path, make_server: ServerFactory
+    otel: Otel, busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     """A queued ``submit`` future with a deadline is answered at it, as ``predict`` and ``apredict`` callers
     are at theirs: left queued until a session would take it, it was answered that late (behind a long run:
@@ -247,7 +253,7 @@ def test_submits_past_their_deadline_are_answered_and_give_their_rows_back_then(
     before = _outcomes(otel, "busy")
     server = make_server(busy_repository, models={"busy": BOUNDED})
     server.predict("busy", busy_inputs(1))
-    blocker = occupy(server, rows=4000)
+    blocker = hold_session(server, rows=4000)
     head = server.submit("busy", busy_inputs(1))
     late = [server.submit("busy", busy_inputs(8), timeout_s=0.02) for _ in range(7)]
     done, _ = concurrent.futures.wait(late, timeout=10)
@@ -260,20 +266,20 @@ def test_submits_past_their_deadline_are_answered_and_give_their_rows_back_then(
 
 
 def test_a_submit_cancelled_as_its_deadline_passes_is_notified_once(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     """Cancelled while its deadline alarm withdraws it: whichever comes first, the future counts as done for
     ``concurrent.futures.wait`` (notified exactly once) and the request leaves the queue."""
     server = make_server(busy_repository, models={"busy": BOUNDED})
     server.predict("busy", busy_inputs(1))
-    blocker = occupy(server, rows=4000)
+    blocker = hold_session(server, rows=4000)
     futures = [server.submit("busy", busy_inputs(1), timeout_s=0.001 * (index % 5 + 1)) for index in range(40)]
     for future in futures:
         future.cancel()
     done, _ = concurrent.futures.wait(futures, timeout=10)
     assert done == set(futures)
     assert version_status(server, "busy")["queued_rows"] == 0
-    blocker.result(timeout=60)
+    blocker.release()
 
 
 @pytest.mark.parametrize("caller", ["apredict", "predict", "submit"])
@@ -330,13 +336,15 @@ def test_requests_given_up_behind_the_last_batch_are_let_go_with_it(
     assert [ref() is None for ref in kept] == [True] * 4
 
 
-def _only_the_live_rows_count(server: inprocserve.Server, blocker: Any, head: Any, *, blocker_rows: int) -> None:
+def _only_the_live_rows_count(
+    server: inprocserve.Server, blocker: HeldSession, head: Any, *, blocker_rows: int
+) -> None:
     """After seven 8-row requests behind ``blocker`` and a 1-row ``head`` gave up: only ``head``'s row is
     queued, a live 8-row request is taken (refused with QueueFullError while the 56 rows stayed counted), and
     only the live rows run."""
     assert version_status(server, "busy")["queued_rows"] == 1
     live = server.submit("busy", busy_inputs(8))
-    blocker.result(timeout=60)
+    blocker.release()
     assert live.result(timeout=60)["picked"].shape == (8, 2)
     assert head.result(timeout=60)["picked"].shape == (1, 2)
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
