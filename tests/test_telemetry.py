@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,7 +44,7 @@ from inprocserve._telemetry import (
 )
 from inprocserve.testing import build_gather_model, build_scale_model, save_model
 
-from .conftest import VALUES_NOT_SPEED_S, ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .conftest import VALUES_NOT_SPEED_S, HeldSession, ServerFactory, busy_inputs, occupy, version_status, wait_until
 
 
 class _Switchboard(SpanProcessor):
@@ -289,10 +289,12 @@ def test_shadow_runs_get_their_own_span_linked_to_the_request(
     assert dict(shadow.attributes or {})["inprocserve.shadow.max_abs_diff"] == pytest.approx(1.0)
 
 
-def test_every_instrument_records(otel: Otel, busy_repository: Path, make_server: ServerFactory) -> None:
+def test_every_instrument_records(
+    otel: Otel, busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
     config = ModelConfig(batching=inprocserve.BatchingConfig(max_queue_rows=4, max_request_rows=3000))
     server = make_server(busy_repository, config=config)
-    blocker = occupy(server)
+    blocker = hold_session(server)
     with pytest.raises(inprocserve.DeadlineExceededError):
         server.predict("busy", busy_inputs(1), timeout_s=0.001)
     queued = [server.submit("busy", busy_inputs(1)) for _ in range(4)]
@@ -300,7 +302,7 @@ def test_every_instrument_records(otel: Otel, busy_repository: Path, make_server
         server.predict("busy", busy_inputs(1))
     gauges = {p.attributes["inprocserve.model.version"]: p.value for p in otel.metric_points("inprocserve.queue.depth")}
     assert gauges[1] > 0  # observed while requests were queued
-    blocker.result(timeout=60)
+    blocker.release()
     for future in queued:
         future.result(timeout=60)
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)

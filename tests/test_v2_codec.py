@@ -26,7 +26,7 @@ from inprocserve import v2
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 from inprocserve.v2._client_codec import decode_checked_response
 
-from .conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from .conftest import HeldSession, ServerFactory, busy_inputs, version_status, wait_until
 
 NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
 
@@ -527,13 +527,12 @@ def test_a_closed_server_answers_503(served: inprocserve.Server) -> None:
 
 
 def test_concurrent_protocol_requests_are_coalesced_and_their_timeouts_kept(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     server = make_server(busy_repository)
     endpoints = v2.Endpoints(lambda: server)
-    # the only session is busy, as long as one request may (4096 rows: the blocker ending before five threads
-    # queued is the likeliest way this failed once under load)
-    blocker = occupy(server, rows=4096)
+    # the only session is held until five threads queued (a busy run ending before them failed this under load)
+    blocker = hold_session(server, rows=4096)
     before = version_status(server, "busy")["batches_run"]
     answers: dict[int, tuple[int, Any, v2.Response]] = {}
 
@@ -546,8 +545,8 @@ def test_concurrent_protocol_requests_are_coalesced_and_their_timeouts_kept(
         thread.start()
     wait_until(lambda: version_status(server, "busy")["queued_rows"] >= 4)
     send(4, {"timeout": 1000})  # 1 ms, spent while it waits behind the busy session
-    assert not blocker.done(), "the blocking request finished before the test could use it"
-    blocker.result(timeout=60)
+    assert not blocker.done(), "the held blocker was let go (at_most_s) before the 1 ms request was answered"
+    blocker.release()
     for thread in threads:
         thread.join(timeout=60)
     batches = version_status(server, "busy")["batches_run"] - before
