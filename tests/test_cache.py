@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import inprocserve
 from inprocserve import CacheConfig, ModelConfig, VersionPolicy
 from inprocserve.testing import ManualClock, build_gather_model, build_scale_model, save_model
 
-from .conftest import ServerFactory, busy_inputs, occupy, run_threads, version_status
+from .conftest import HeldSession, ServerFactory, busy_inputs, run_threads, version_status
 
 
 def cached(**kwargs: object) -> ModelConfig:
@@ -64,12 +65,14 @@ def test_a_cached_answer_never_comes_from_another_version(repository: Path, make
     assert server.predict("scale", x, version=1)["y"][0, 0] == 1.0
 
 
-def test_identical_requests_in_flight_share_one_run(busy_repository: Path, make_server: ServerFactory) -> None:
+def test_identical_requests_in_flight_share_one_run(
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
     server = make_server(busy_repository, config=cached())
-    blocker = occupy(server)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=42)
     futures = [server.submit("busy", inputs) for _ in range(10)]
-    blocker.result(timeout=60)
+    blocker.release()
     answers = [future.result(timeout=60)["y"] for future in futures]
     assert all(answer is answers[0] for answer in answers)
     status = cache_status(server, "busy", 1)
@@ -133,15 +136,17 @@ def test_batch_scoring_neither_reads_nor_fills_the_cache(scale_repository: Path,
     assert cache_status(server, "scale", 1)["hits"] == 1  # the online entry survived the job
 
 
-def test_followers_whose_leader_gave_up_keep_their_answer(busy_repository: Path, make_server: ServerFactory) -> None:
+def test_followers_whose_leader_gave_up_keep_their_answer(
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
     server = make_server(busy_repository, config=cached())
     x = busy_inputs(1)
-    blocker = occupy(server)
+    blocker = hold_session(server)
     leader = server.submit("busy", x)  # queued behind the blocker
     followers = [server.submit("busy", x) for _ in range(3)]  # identical: they follow it
     assert cache_status(server, "busy", 1) == {"entries": 0, "hits": 0, "misses": 2, "shared": 3}
     leader.cancel()  # its caller gives up: the followers run by themselves
-    blocker.result(timeout=30)
+    blocker.release()
     answers = [follower.result(timeout=30)["y"] for follower in followers]
     assert all(np.array_equal(answer, answers[0]) for answer in answers)
     server.predict("busy", x)
@@ -149,7 +154,7 @@ def test_followers_whose_leader_gave_up_keep_their_answer(busy_repository: Path,
 
 
 def test_a_synchronous_follower_run_on_the_new_copy_keeps_its_answer_there(
-    busy_repository: Path, make_server: ServerFactory, tmp_path: Path
+    busy_repository: Path, make_server: ServerFactory, tmp_path: Path, hold_session: Callable[..., HeldSession]
 ) -> None:
     import threading
 
@@ -163,7 +168,7 @@ def test_a_synchronous_follower_run_on_the_new_copy_keeps_its_answer_there(
     )
     server = make_server(busy_repository, config=config)
     old = server._registry.loaded["busy"][1]
-    blocker = occupy(server, rows=20_000)
+    blocker = hold_session(server, rows=20_000)
     inputs = busy_inputs(1, seed=21)
     leader = server.submit("busy", inputs)  # gives up queued (cancelled): its follower runs by itself
     answers: list[object] = []
