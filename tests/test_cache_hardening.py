@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +20,27 @@ import inprocserve
 from inprocserve import BatchingConfig, CacheConfig, ModelConfig, RolloutConfig
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import BUSY_WIDTH, ServerFactory, build_busy_model, busy_inputs, occupy, wait_until
+from .conftest import BUSY_WIDTH, HeldSession, ServerFactory, build_busy_model, busy_inputs, wait_until
 
 CACHED = ModelConfig(cache=CacheConfig(enabled=True))
 
 
 def test_an_answer_of_the_copy_replaced_by_a_reload_is_not_cached_in_the_new_copy(
-    repository: Path, make_server: ServerFactory
+    repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     save_model(build_busy_model(BUSY_WIDTH, layers=16), repository, "busy", 1)
     server = make_server(repository, models={"busy": CACHED})
     old_copy = server._registry.routes["busy"].versions[1]
-    blocker = occupy(server, "busy")
+    blocker = hold_session(server, "busy")  # held until the reload swapped the copies, however long it takes
     x = busy_inputs(2, seed=42)
     queued = server.submit("busy", x)  # queued on the old copy, behind the blocker
     save_model(build_busy_model(BUSY_WIDTH, layers=15), repository, "busy", 1)  # version 1 rewritten
     reload = threading.Thread(target=server.refresh)
     reload.start()
     wait_until(lambda: server._registry.routes["busy"].versions[1] is not old_copy, timeout_s=60)
-    old_answer = queued.result(60)["y"]
-    blocker.result(60)
+    assert not queued.done(), "the old copy answered before the reload swapped the copies"
+    blocker.release()
+    old_answer = queued.result(60)["y"]  # answered by the old copy after the swap
     reload.join(60)
     truth = ort.InferenceSession(str(repository / "busy" / "1" / "model.onnx")).run(["y"], x)[0]
     new_answer = server.predict("busy", x)["y"]
@@ -47,13 +49,13 @@ def test_an_answer_of_the_copy_replaced_by_a_reload_is_not_cached_in_the_new_cop
 
 
 def test_a_request_to_the_new_copy_never_follows_the_old_copy_s_identical_request(
-    repository: Path, make_server: ServerFactory
+    repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     save_model(build_busy_model(BUSY_WIDTH, layers=16), repository, "busy", 1)
     big_queue = ModelConfig(cache=CacheConfig(enabled=True), batching=BatchingConfig(max_queue_rows=40_000))
     server = make_server(repository, models={"busy": big_queue})
     old_copy = server._registry.routes["busy"].versions[1]
-    blocker = occupy(server, "busy", rows=40_000)  # seconds: the reload finishes while it runs
+    blocker = hold_session(server, "busy")  # held until the reload finished and the new copy answered
     x = busy_inputs(2, seed=42)
     on_old_copy = server.submit("busy", x)  # queued behind the blocker: in flight on the old copy
     save_model(build_busy_model(BUSY_WIDTH, layers=15), repository, "busy", 1)  # version 1 rewritten
@@ -64,8 +66,8 @@ def test_a_request_to_the_new_copy_never_follows_the_old_copy_s_identical_reques
     on_new_copy = server.submit("busy", x)  # identical inputs, same version number, the new copy
     truth = ort.InferenceSession(str(repository / "busy" / "1" / "model.onnx")).run(["y"], x)[0]
     np.testing.assert_allclose(on_new_copy.result(60)["y"], truth, rtol=1e-5, atol=1e-6)
+    blocker.release()
     assert not np.allclose(on_old_copy.result(60)["y"], truth)  # (the two models do differ on these inputs)
-    blocker.result(60)
     reload.join(60)
 
 
