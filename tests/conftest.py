@@ -290,8 +290,12 @@ class HeldSession:
     def done(self) -> bool:
         return bool(self.future.done())
 
+    def let_go(self) -> None:
+        """Let the held run go on (a real onnxruntime run), without waiting for it."""
+        self._gate.set()
+
     def release(self) -> Any:
-        """Let the held run go on (a real onnxruntime run), and return its answer."""
+        """Let the held run go on, and return its answer."""
         self._gate.set()
         return self.future.result(timeout=60)
 

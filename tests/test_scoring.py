@@ -11,7 +11,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from inprocserve.testing import (
     build_sum_model,
     save_model,
 )
-from tests.conftest import ServerFactory, busy_inputs, occupy, version_status, wait_until
+from tests.conftest import HeldSession, ServerFactory, busy_inputs, occupy, version_status, wait_until
 from tests.test_cache_hardening import build_zipmap_classifier
 
 
@@ -126,23 +126,25 @@ def server_leaving_a_core_idle(repository: Path, make_server: ServerFactory, **b
 
 
 def test_the_iterating_thread_runs_requests_beside_a_busy_worker(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     # One session with one intra-op thread leaves a core idle: the scoring thread runs requests on it too.
     server = server_leaving_a_core_idle(busy_repository, make_server, max_queue_rows=8)
-    blocker = occupy(server)  # the only worker is busy for a long while
+    blocker = hold_session(server)  # the only worker is held until this thread has run rows itself
     items = [busy_inputs(4, index=i % 10, seed=i) for i in range(12)]
     seen: list[tuple[bool, int]] = []
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         for item in items:
             seen.append((blocker.done(), version_status(server, "busy")["rows_run"]))
+            if seen[-1][1] >= 4:
+                blocker.let_go()
             yield item
 
     answers = list(server.predict_many("busy", batches()))
     # Rows were answered while the worker was still busy with the blocker: this thread ran them.
     assert any(not done and rows_run >= 4 for done, rows_run in seen), seen
-    assert blocker.result(timeout=30)
+    assert blocker.release()
     expected = [server.predict("busy", item) for item in items]
     for got, want in zip(answers, expected, strict=True):
         np.testing.assert_array_equal(got["picked"], want["picked"])
@@ -151,7 +153,11 @@ def test_the_iterating_thread_runs_requests_beside_a_busy_worker(
 
 @pytest.mark.parametrize(("max_in_flight", "most_queued"), [(None, 512), (1, 256)])
 def test_a_batch_larger_than_the_window_is_sent_as_room_frees(
-    busy_repository: Path, make_server: ServerFactory, max_in_flight: int | None, most_queued: int
+    busy_repository: Path,
+    make_server: ServerFactory,
+    max_in_flight: int | None,
+    most_queued: int,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     # One batch of many requests' worth of rows (a queue consumer's big message) was queued in all its parts at
     # once, past the window and max_in_flight, up to max_queue_rows, so other callers got QueueFullError. Each
@@ -165,10 +171,12 @@ def test_a_batch_larger_than_the_window_is_sent_as_room_frees(
     def watch() -> None:
         while not stop.is_set():
             peak[0] = max(peak[0], version_status(server, "busy")["queued_rows"])
+            if peak[0]:
+                blocker.let_go()  # (once seen queued behind it: then room frees part by part)
             time.sleep(0.001)
 
     watcher = threading.Thread(target=watch)
-    blocker = occupy(server)  # the parts queue behind it, for a quarter of a second or more
+    blocker = hold_session(server)  # the parts queue behind it until the watcher saw them queued
     watcher.start()
     try:
         (answer,) = server.predict_many("busy", iter([big]), max_in_flight=max_in_flight)
@@ -257,14 +265,16 @@ def test_a_generator_is_read_lazily(scale_repository: Path, make_server: ServerF
     answers.close()
 
 
-def test_closing_early_cancels_the_queued_chunks(busy_repository: Path, make_server: ServerFactory) -> None:
+def test_closing_early_cancels_the_queued_chunks(
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
     server = make_server(busy_repository, config=_config(max_batch_size=64))
-    blocker: list[Any] = []
+    blocker: list[HeldSession] = []
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         yield busy_inputs(10)
-        # Before the next batch is read, keep the only session busy: what follows can only queue.
-        blocker.append(occupy(server))
+        # Before the next batch is read, hold the only session: what follows can only queue.
+        blocker.append(hold_session(server))
         for seed in range(1, 10):
             yield busy_inputs(10, seed=seed)
 
@@ -273,7 +283,7 @@ def test_closing_early_cancels_the_queued_chunks(busy_repository: Path, make_ser
     assert len(next(answers)["y"]) == 10
     assert not blocker[0].done()
     answers.close()
-    blocker[0].result(timeout=30)
+    blocker[0].release()
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     # The first batch and the blocker ran; the batches queued behind the blocker were dropped.
     assert version_status(server, "busy")["rows_run"] - before == 10 + 3000
