@@ -294,6 +294,18 @@ class HeldSession:
         """Let the held run go on (a real onnxruntime run), without waiting for it."""
         self._gate.set()
 
+    def let_go_once(self, condition: Callable[[], bool]) -> None:
+        """Let the held run go on once ``condition`` holds (polled on a thread of its own), for a test whose
+        own thread then waits behind the held run: a ``predict`` queued behind it, say. The run is let go
+        anyway after ``at_most_s``."""
+
+        def watch() -> None:
+            while not (self._gate.is_set() or condition()):
+                time.sleep(0.001)
+            self._gate.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+
     def release(self) -> Any:
         """Let the held run go on, and return its answer."""
         self._gate.set()

@@ -22,9 +22,9 @@ from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import (
     BUSY_WIDTH,
+    HeldSession,
     ServerFactory,
     busy_inputs,
-    occupy,
     run_in_forked_child,
     version_status,
     wait_until,
@@ -130,10 +130,15 @@ def test_an_interrupted_caller_gives_the_runner_back(
 
 
 def test_a_busy_version_queues_the_request_with_the_span_it_opened(
-    otel: Otel, busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    otel: Otel,
+    busy_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     server = make_server(busy_repository)
-    blocker = occupy(server)
+    blocker = hold_session(server)
+    blocker.let_go_once(lambda: version_status(server, "busy")["queued_rows"] == 1)  # the predict below queued
     signature = server._registry.routes["busy"].default.signature
     assert signature is not None
     validate = signature.validate
@@ -146,7 +151,7 @@ def test_a_busy_version_queues_the_request_with_the_span_it_opened(
     monkeypatch.setattr(signature, "validate", counted)
     with otel.tracer.start_as_current_span("GET /score", kind=SpanKind.SERVER) as web:
         answer = server.predict("busy", busy_inputs(1))  # the only runner is busy: it waits in the queue
-    blocker.result(timeout=60)
+    blocker.release()
     assert answer["picked"].shape == (1, 2)
     assert len(validated) == 1  # the full way continues from the short way's validated inputs
     mine = [
@@ -470,23 +475,26 @@ def test_followers_of_a_miss_interrupted_on_the_short_way_run_by_themselves(
 
 
 def test_a_miss_that_finds_the_version_busy_goes_the_full_way_counted_once(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     server = make_server(busy_repository, config=cached(max_batch_size=4096))
     first_request(server, "busy", busy_inputs(1, seed=1))
-    blocker = occupy(server)  # the only runner is taken: the short way leads, then hands over to the queue
+    blocker = hold_session(server)  # the only runner is taken: the short way leads, then hands over to the queue
     inputs = busy_inputs(1, seed=5)
     with ThreadPoolExecutor(1) as caller:
         answer = caller.submit(server.predict, "busy", inputs)
         wait_until(lambda: version_status(server, "busy")["queued_rows"] == 1)
         follower = server.submit("busy", inputs)  # follows the queued request: the short way let go of its key
-        blocker.result(timeout=WAIT_S)
+        blocker.release()
         assert answer.result(timeout=WAIT_S)["y"] is follower.result(timeout=WAIT_S)["y"]
     assert cache_status(server, "busy") == {"entries": 3, "hits": 0, "misses": 3, "shared": 1}
 
 
 def test_requests_that_follow_a_miss_whose_session_was_taken_meanwhile_still_share_its_run(
-    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    busy_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     """A miss leads identical requests before it takes the session; if the session was taken meanwhile (the
     caller's thread paused between the two, as under load), the full way takes its lead over: what followed
@@ -500,9 +508,10 @@ def test_requests_that_follow_a_miss_whose_session_was_taken_meanwhile_still_sha
         wait_until(lambda: len(server._sharing) == 1)
         followers = [server.submit("busy", inputs) for _ in range(3)]
         wait_until(lambda: cache_status(server, "busy")["shared"] == 3)
-        blocker = occupy(server)  # the session is taken before the leader comes back
+        blocker = hold_session(server)  # the session is taken before the leader comes back
         go.set()
-        blocker.result(timeout=WAIT_S)
+        wait_until(lambda: version_status(server, "busy")["queued_rows"] == 1)  # the leader went the full way
+        blocker.release()
         answers = [leader.result(timeout=WAIT_S), *(follower.result(timeout=WAIT_S) for follower in followers)]
     assert all(answer["y"] is answers[0]["y"] for answer in answers)
     assert version_status(server, "busy")["rows_run"] == 1 + 3000 + 1  # one run for the four
@@ -510,11 +519,14 @@ def test_requests_that_follow_a_miss_whose_session_was_taken_meanwhile_still_sha
 
 
 def test_a_miss_interrupted_on_its_way_to_the_queue_leaves_no_lead_behind(
-    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    busy_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     server = make_server(busy_repository, config=cached(max_batch_size=4096))
     first_request(server, "busy", busy_inputs(1, seed=1))
-    blocker = occupy(server)  # the session is taken: the miss leads, then goes the full way
+    blocker = hold_session(server)  # the session is taken: the miss leads, then goes the full way
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:  # Ctrl-C arriving as the full way builds its request
         monkeypatch.undo()
@@ -525,7 +537,7 @@ def test_a_miss_interrupted_on_its_way_to_the_queue_leaves_no_lead_behind(
     with pytest.raises(KeyboardInterrupt):
         server.predict("busy", inputs)
     assert len(server._sharing) == 1  # the blocker's lead only: the interrupted one was ended
-    blocker.result(timeout=WAIT_S)
+    blocker.release()
     assert server.submit("busy", inputs).result(timeout=WAIT_S)["y"].shape == (1, BUSY_WIDTH)
 
 
