@@ -255,7 +255,10 @@ def test_on_uvloop_concurrent_tasks_still_merge_and_a_lone_one_runs_at_once_agai
 
 
 def test_a_lone_request_waits_for_the_loop_while_its_version_runs_another(
-    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    busy_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     """A second session is free, but a request is in flight: the loop's tasks are in step, and the request
     joins a group (merged with whatever the iteration brings) instead of running alone at once."""
@@ -265,7 +268,7 @@ def test_a_lone_request_waits_for_the_loop_while_its_version_runs_another(
         config=ModelConfig(pool=inprocserve.PoolConfig(size=2), batching=BatchingConfig(max_delay_s=0.0)),
     )
     server.predict("busy", busy_inputs(1))
-    blocker = occupy(server)
+    blocker = hold_session(server)
 
     async def main() -> None:
         call = server.apredict("busy", busy_inputs(1, index=4))
@@ -278,7 +281,7 @@ def test_a_lone_request_waits_for_the_loop_while_its_version_runs_another(
         call.close()
 
     asyncio.run(main())
-    blocker.result(timeout=60)
+    blocker.release()
 
 
 def test_a_lone_request_failing_in_onnxruntime_fails_alone(
@@ -428,33 +431,40 @@ def full_way_only(server: inprocserve.Server, monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.parametrize("way", ["full", "merged"])
 def test_a_task_cancelled_while_queued_is_never_run(
-    way: str, busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    way: str,
+    busy_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     """Queued on its own (the full way), or still in its iteration's group (merged at the iteration's end)."""
     server = make_server(busy_repository)
     if way == "full":
         full_way_only(server, monkeypatch)
-    blocker = occupy(server)
+    blocker = hold_session(server)
 
     async def main() -> list[Any]:
         tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(4)]
         await asyncio.sleep(0)  # each task made its request; the iteration's end has not come
         tasks[0].cancel()
         tasks[3].cancel()
+        blocker.let_go()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(main())
-    blocker.result(timeout=60)
+    blocker.release()
     assert [type(r).__name__ for r in results] == ["CancelledError", "Prediction", "Prediction", "CancelledError"]
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     assert version_status(server, "busy")["rows_run"] == 3000 + 2
 
 
-def test_a_merged_request_runs_unless_all_its_tasks_gave_up(busy_repository: Path, make_server: ServerFactory) -> None:
+def test_a_merged_request_runs_unless_all_its_tasks_gave_up(
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
     """Tasks of one iteration share one queued request: cancelling some of them drops their answers (the
     others get theirs), and cancelling all of them drops the request before it runs."""
     server = make_server(busy_repository)
-    blocker = occupy(server)
+    blocker = hold_session(server)
 
     async def main() -> tuple[list[Any], list[Any]]:
         some = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(4)]
@@ -471,13 +481,14 @@ def test_a_merged_request_runs_unless_all_its_tasks_gave_up(busy_repository: Pat
         some[3].cancel()
         for task in everyone:
             task.cancel()
+        blocker.let_go()
         return (
             await asyncio.gather(*some, return_exceptions=True),
             await asyncio.gather(*everyone, return_exceptions=True),
         )
 
     some, everyone = asyncio.run(main())
-    blocker.result(timeout=60)
+    blocker.release()
     assert [type(r).__name__ for r in some] == ["CancelledError", "Prediction", "Prediction", "CancelledError"]
     assert [r["picked"].tolist() for r in some[1:3]] == [[[2.0, 3.0]], [[4.0, 5.0]]]
     assert [type(r).__name__ for r in everyone] == ["CancelledError"] * 3
@@ -560,22 +571,25 @@ def test_two_event_loops_in_two_threads_do_not_mix(
 
 
 def test_a_closed_server_refuses_and_a_closing_one_answers_everyone(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     server = make_server(busy_repository)
-    blocker = occupy(server, rows=1000)
+    blocker = hold_session(server, rows=1000)
+    batcher = server._registry.loaded["busy"][1].batcher
+    assert batcher is not None
 
     async def main() -> list[Any]:
         tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(5)]
         # Queued at the end of the iteration that made them (close() answers what it finds queued).
         while version_status(server, "busy")["queued_rows"] < 5:
             await asyncio.sleep(0)
+        blocker.let_go_once(lambda: batcher._closing)  # close() finds them queued
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: server.close(timeout_s=30))
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(main())
-    blocker.result(timeout=60)
+    blocker.release()
     assert [r["picked"].tolist() for r in results] == [[[2.0 * i, 2.0 * i + 1]] for i in range(5)]
 
     async def after_close() -> None:
@@ -586,11 +600,12 @@ def test_a_closed_server_refuses_and_a_closing_one_answers_everyone(
 
 
 def test_a_full_queue_sheds_the_tasks_beyond_it_and_answers_the_rest(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     config = ModelConfig(batching=BatchingConfig(max_queue_rows=4, max_request_rows=3000))
     server = make_server(busy_repository, config=config)
-    blocker = occupy(server)
+    blocker = hold_session(server)
+    blocker.let_go_once(lambda: version_status(server, "busy")["queued_rows"] == 4)  # the rest were shed
 
     async def main() -> list[Any]:
         return await asyncio.gather(
@@ -598,7 +613,7 @@ def test_a_full_queue_sheds_the_tasks_beyond_it_and_answers_the_rest(
         )
 
     results = asyncio.run(main())
-    blocker.result(timeout=60)
+    blocker.release()
     assert [r["picked"].tolist() for r in results[:4]] == [[[2.0 * i, 2.0 * i + 1]] for i in range(4)]
     for shed in results[4:]:
         assert isinstance(shed, inprocserve.QueueFullError)
@@ -749,12 +764,12 @@ def test_an_answer_posted_while_the_loop_tries_a_lone_run_is_delivered() -> None
 
 
 def test_one_iterations_requests_to_a_plain_version_are_queued_as_one(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     """Requests of one loop iteration to a version with no cache, drift or rollout are stacked on the loop and
     queued as one request, counted per task, answered per task."""
     server = make_server(busy_repository)
-    blocker = occupy(server)
+    blocker = hold_session(server)
     batches, rows = counters(server, "busy")
 
     async def main() -> list[inprocserve.Prediction]:
@@ -762,10 +777,11 @@ def test_one_iterations_requests_to_a_plain_version_are_queued_as_one(
         while version_status(server, "busy")["queued_rows"] < 7:
             await asyncio.sleep(0)
         assert version_status(server, "busy")["in_flight"] == 1 + 5
+        blocker.let_go()
         return await asyncio.gather(*tasks)
 
     answers = asyncio.run(main())
-    blocker.result(timeout=60)
+    blocker.release()
     for i, answer in enumerate(answers):
         assert answer["picked"].tolist() == [[2.0 * i, 2.0 * i + 1]] * (1 + i % 2)
         assert answer["y"].shape == (1 + i % 2, 512)
@@ -867,22 +883,25 @@ def test_requests_whose_version_retires_before_the_iteration_ends_are_routed_aga
 
 
 def test_a_merged_run_failing_while_the_server_closes_still_answers_the_others(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     """The tasks of a failed merged run are queued again one by one before the batcher counts it finished,
     so a close() waiting for the queue to drain answers them too."""
     server = make_server(busy_repository)
-    blocker = occupy(server, rows=1000)
+    blocker = hold_session(server, rows=1000)
+    batcher = server._registry.loaded["busy"][1].batcher
+    assert batcher is not None
 
     async def main() -> list[Any]:
         tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in (0, 1, 99, 2)]
         while version_status(server, "busy")["queued_rows"] < 4:
             await asyncio.sleep(0)
+        blocker.let_go_once(lambda: batcher._closing)  # close() finds them queued
         await asyncio.get_running_loop().run_in_executor(None, lambda: server.close(timeout_s=30))
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(main())
-    blocker.result(timeout=60)
+    blocker.release()
     assert isinstance(results[2], inprocserve.InvalidInputError)  # index 99: fails inside onnxruntime
     assert [r["picked"].tolist() for r in (results[0], results[1], results[3])] == [
         [[0.0, 1.0]],
@@ -892,13 +911,17 @@ def test_a_merged_run_failing_while_the_server_closes_still_answers_the_others(
 
 
 def test_the_tasks_of_a_failed_merged_run_queued_again_are_not_counted_as_arrivals(
-    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    busy_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    hold_session: Callable[..., HeldSession],
 ) -> None:
     """Queued again one by one, the tasks of a failed merged run are not new arrivals for the flush policy:
     their callers arrived with the merged request, still counted in flight meanwhile. (Counted again, each
     found its own caller twice, and the callers seemed to overlap less than they did.)"""
     server = make_server(busy_repository)
-    blocker = occupy(server)
+    blocker = hold_session(server)
+    blocker.let_go_once(lambda: version_status(server, "busy")["queued_rows"] == 4)  # merged, behind it
     arrivals = note_arrivals(monkeypatch)
 
     async def main() -> list[Any]:
@@ -906,7 +929,7 @@ def test_the_tasks_of_a_failed_merged_run_queued_again_are_not_counted_as_arriva
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(main())
-    blocker.result(timeout=60)
+    blocker.release()
     assert isinstance(results[2], inprocserve.InvalidInputError)  # index 99: the merged run failed
     assert [r["picked"].tolist() for r in (results[0], results[1], results[3])] == [
         [[0.0, 1.0]],
