@@ -602,13 +602,16 @@ def test_close_during_load_answers_or_refuses_everyone(busy_repository: Path, ma
         assert future.result(timeout=30)["y"].shape == (1, 512)
 
 
-def test_preferred_batch_size_ends_the_wait_for_companions(busy_repository: Path, make_server: ServerFactory) -> None:
+def test_preferred_batch_size_ends_the_wait_for_companions(
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
     config = ModelConfig(batching=BatchingConfig(max_delay_s=20.0, preferred_batch_sizes=(3,)))
     # (a manual clock: the blocker's run, half a second or more under load, would make its peak old news)
     server = make_server(busy_repository, config=config, clock=ManualClock())
-    blocker = occupy(server)  # recent concurrency is now high, so a free session will wait for companions
+    blocker = hold_session(server)  # held until both are queued: recent concurrency is then high, so a free
+    # session will wait for companions
     queued = [server.submit("busy", busy_inputs(1)) for _ in range(2)]  # (three callers: more than overlap)
-    blocker.result(timeout=60)
+    blocker.release()
     started = time.monotonic()
     third = server.submit("busy", busy_inputs(1))  # the queue now holds a preferred batch size: run
     for future in [*queued, third]:
