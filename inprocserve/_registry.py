@@ -175,6 +175,10 @@ class Registry:
         self._control_awaited_tried: dict[tuple[str, int], tuple[_Stamp | None, ...]] = {}
         self._control_awaited_seen: dict[tuple[str, int], tuple[_Stamp | None, ...]] | None = None
         self._policy_problems: dict[str, str] = {}  # models whose version policy selects nothing (logged once)
+        # Each model folder's version numbers as its last sync found them: what not_found() says of a name or
+        # version that is not served but is on disk (a model folder with no valid version folder, a version
+        # its policy does not select), where "unknown model" sent people looking for a typo.
+        self._on_disk: dict[str, frozenset[int]] = {}
         self._reference_problems: dict[str, str] = {}  # models whose rollout names absent versions (logged once)
         # The last load failure of each version (its error, the files it read, and whether it was logged): a
         # remote version whose server is down is tried again at every refresh (every poll), and is logged once,
@@ -511,6 +515,7 @@ class Registry:
         configuration changed is loaded again and swapped in; if that fails, the loaded one keeps serving.
         """
         problems: list[str] = []
+        self._on_disk[name] = frozenset(source.versions)
         failures = self.failures.setdefault(name, {})
         retried: set[int] = set()  # failed versions tried again because their files changed
         for number, failure in list(failures.items()):  # forget failures of files that changed or vanished
@@ -623,7 +628,7 @@ class Registry:
         """Forget what is kept per model name of the models gone from the repository and no longer loaded (a
         repository that gains and loses a model folder per experiment added an entry to each of these per
         name, for the worker's life)."""
-        for kept in (self.incompatible, self._latest, self._policy_problems, self._reference_problems):
+        for kept in (self.incompatible, self._latest, self._policy_problems, self._reference_problems, self._on_disk):
             for name in [name for name in kept if self._gone_for_good(name, scan)]:
                 del kept[name]
         for name in [name for name in self._config_files if self._gone_for_good(name, scan)]:
@@ -1488,14 +1493,34 @@ class Registry:
             )
             if not hint and model in self._policy_problems:  # (in the repository, and none of it selected)
                 hint = "; its version_policy (config.toml) selects none of its versions: see the server's status"
+            if not hint and self._on_disk.get(model) == frozenset():  # (its folder is there, laid out wrong)
+                hint = (
+                    f"; its folder in the repository has no version folder with a {MODEL_FILENAME} "
+                    f"(<model>/<version>/{MODEL_FILENAME}, the version a whole number such as 1): see the "
+                    "server's log, or run python -m inprocserve validate on the repository"
+                )
             # version=None here says "no such model" (a known model's missing version carries the version):
             # RequestTelemetry.refused records such refusals under one model name, not the caller's.
             return ModelNotFoundError(f"unknown model {brief(model)} (servable models: {known}){hint}", model=model)
         versions = ", ".join(map(str, sorted(routes.versions)))
+        hint = self._why_not(model, version)
         return ModelNotFoundError(
-            f"model {brief(model)} has no servable version {version} (servable: {versions})",
+            f"model {brief(model)} has no servable version {version} (servable: {versions}){hint}",
             model=model,
             version=version,
+        )
+
+    def _why_not(self, model: str, version: object) -> str:
+        """Why ``version`` of a served ``model`` is not served though it is in the repository, as a hint for
+        :meth:`not_found` ("" when it is not there). (One unloaded by hand is loaded again by a pinned
+        request, so it is not refused here.)"""
+        if not isinstance(version, int) or version not in self._on_disk.get(model, frozenset()):
+            return ""
+        if version in self.failures.get(model, {}):
+            return f"; version {version} is in the repository but failed to load: see the server's status or log"
+        return (
+            f"; version {version} is in the repository, but the model's version_policy does not select it: "
+            'serve it with version_policy = "all" (or { specific = [...] }) in its config.toml'
         )
 
     def close(self, *, timeout_s: float | None) -> bool:

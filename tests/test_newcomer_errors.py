@@ -1,0 +1,77 @@
+"""The mistakes a team makes in its first hour, followed as docs/quickstart.md and docs/repository.md lay
+the repository out: each error says what to fix, not only what was not found.
+
+(A model folder whose file sits one level too high, or a version folder named ``v1``, was answered "unknown
+model 'fraud' (servable models: none)", the same words as a typo in the name; a version on disk that the
+version policy does not serve was "no servable version 1", as if it were absent.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+ROW = {"x": np.ones((1, 4), np.float32)}
+
+
+def place(repository: Path, relative: str) -> None:
+    """A scale model's file at ``repository/relative`` (a path a newcomer might choose)."""
+    target = repository / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(build_scale_model(2.0), target)
+
+
+@pytest.mark.parametrize("relative", ["fraud/model.onnx", "fraud/v1/model.onnx", "fraud/1/fraud.onnx"])
+def test_a_model_folder_without_a_version_says_so_not_only_unknown_model(
+    make_server: ServerFactory, repository: Path, relative: str
+) -> None:
+    place(repository, relative)
+    server = make_server(repository)
+    with pytest.raises(inprocserve.ModelNotFoundError) as caught:
+        server.predict("fraud", ROW)
+    message = str(caught.value)
+    assert "unknown model 'fraud'" in message  # (the start that the plug-ins' 404 and older callers read)
+    assert "no version folder" in message and "validate" in message, message
+    assert str(repository) not in message  # (it reaches HTTP clients: no host paths)
+
+
+def test_a_typo_in_the_name_gets_no_layout_hint(make_server: ServerFactory, repository: Path) -> None:
+    place(repository, "fraud/1/model.onnx")
+    server = make_server(repository)
+    with pytest.raises(inprocserve.ModelNotFoundError) as caught:
+        server.predict("frad", ROW)
+    assert str(caught.value) == "unknown model 'frad' (servable models: fraud)"
+
+
+def test_a_version_on_disk_that_the_policy_does_not_serve_names_the_policy(
+    make_server: ServerFactory, repository: Path
+) -> None:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    server = make_server(repository)  # version_policy "latest": 2 alone
+    with pytest.raises(inprocserve.ModelNotFoundError) as caught:
+        server.predict("fraud", ROW, version=1)
+    message = str(caught.value)
+    assert message.startswith("model 'fraud' has no servable version 1 (servable: 2)"), message
+    assert "version_policy" in message and "in the repository" in message, message
+    with pytest.raises(inprocserve.ModelNotFoundError) as absent:  # a number that is nowhere: no such hint
+        server.predict("fraud", ROW, version=7)
+    assert str(absent.value) == "model 'fraud' has no servable version 7 (servable: 2)"
+
+
+def test_a_layout_fixed_on_disk_serves_and_drops_the_hint(make_server: ServerFactory, repository: Path) -> None:
+    place(repository, "fraud/model.onnx")
+    server = make_server(repository)
+    (repository / "fraud" / "model.onnx").rename(repository / "fraud" / "model.tmp")
+    (repository / "fraud" / "1").mkdir()
+    (repository / "fraud" / "model.tmp").rename(repository / "fraud" / "1" / "model.onnx")
+    server.refresh()
+    assert server.predict("fraud", ROW).version == 1
