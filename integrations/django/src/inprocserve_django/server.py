@@ -159,17 +159,46 @@ def _with_budget(
     return kwargs
 
 
-def predict(request: HttpRequest, model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
-    """``server.predict`` with the request's user and remaining time budget filled in (sync views)."""
+_NO_INPUTS: Any = object()
+"""``inputs``' default, only so that a call without the request (``predict("fraud", inputs)``) reaches
+:func:`_check_call` instead of Python's "missing 1 required positional argument: 'inputs'"."""
+
+_OUTSIDE_A_VIEW = {"predict": "get_server().predict", "apredict": "(await aget_server()).apredict"}
+
+
+def _check_call(function: str, request: object, model: object, inputs: object) -> None:
+    """Refuse a call written as the core's or the Flask plug-in's, ``predict("fraud", inputs)`` (or with the
+    request last), saying that the request comes first: it raised Python's "missing 1 required positional
+    argument: 'inputs'" though the inputs were given, or "'str' object has no attribute 'META'"."""
+    if isinstance(request, str):
+        raise TypeError(
+            f"inprocserve_django.{function} takes the request first: {function}(request, {request!r}, inputs); "
+            f"outside a view (a command, a task), call {_OUTSIDE_A_VIEW[function]}({request!r}, inputs)"
+        )
+    if inputs is _NO_INPUTS:
+        raise TypeError(f"inprocserve_django.{function} needs the inputs: {function}(request, {model!r}, inputs)")
+
+
+def predict(request: HttpRequest, model: str, inputs: Any = _NO_INPUTS, **kwargs: Any) -> inprocserve.Prediction:
+    """``server.predict`` with the request's user and remaining time budget filled in (sync views).
+
+    Raises:
+        TypeError: called without the request first (``predict("fraud", inputs)``, as the core's is), or
+            without inputs.
+        Anything ``Server.predict`` raises; the middleware turns them into JSON answers.
+    """
+    _check_call("predict", request, model, inputs)
     server = get_server()
     if "context" not in kwargs:
         kwargs["context"] = request_context(request)
     return server.predict(model, inputs, **_with_budget(request, server, model, kwargs))
 
 
-async def apredict(request: HttpRequest, model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
+async def apredict(request: HttpRequest, model: str, inputs: Any = _NO_INPUTS, **kwargs: Any) -> inprocserve.Prediction:
     """``server.apredict`` for async views: awaits on the view's event loop, never blocks it (a server not
-    built yet in this process is built on a worker thread: loading models takes seconds)."""
+    built yet in this process is built on a worker thread: loading models takes seconds). Raises as
+    :func:`predict` does."""
+    _check_call("apredict", request, model, inputs)
     if "context" not in kwargs:
         kwargs["context"] = await arequest_context(request)
     server = await aget_server()

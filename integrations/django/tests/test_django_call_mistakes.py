@@ -1,0 +1,58 @@
+"""``inprocserve_django.predict`` called the way the core and Flask plug-in are (``predict("fraud", inputs)``,
+no request first): the error says to pass the request, not what Python or ``request.META`` say.
+
+(The README shows the Flask view's ``predict("fraud", {...})`` next to the Django view's
+``predict(request, "fraud", {...})``: a view written from the first raised "predict() missing 1 required
+positional argument: 'inputs'" though the inputs were there, and with the request last "'str' object has no
+attribute 'META'".)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.test import RequestFactory, override_settings
+from inprocserve_django import apredict, get_server, predict, reset_server
+
+from inprocserve.testing import build_scale_model, save_model
+
+ROWS = {"x": [[1.0, 2.0, 3.0, 4.0]]}
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[None]:
+    save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
+    with override_settings(INPROCSERVE={"REPOSITORY": str(tmp_path / "models")}):
+        yield
+    reset_server()
+
+
+def test_predict_without_the_request_says_to_pass_it_first(served: None) -> None:
+    with pytest.raises(TypeError) as caught:
+        predict("scale", ROWS)
+    message = str(caught.value)
+    assert "predict(request, 'scale', inputs)" in message and "get_server().predict" in message, message
+
+
+def test_predict_with_the_request_last_says_to_pass_it_first(served: None) -> None:
+    request = RequestFactory().post("/score")
+    with pytest.raises(TypeError) as caught:
+        predict("scale", ROWS, request)
+    assert "predict(request, 'scale', inputs)" in str(caught.value), caught.value
+
+
+def test_apredict_without_the_request_says_to_pass_it_first(served: None) -> None:
+    import asyncio
+
+    with pytest.raises(TypeError) as caught:
+        asyncio.run(apredict("scale", ROWS))
+    assert "apredict(request, 'scale', inputs)" in str(caught.value), caught.value
+
+
+def test_the_documented_call_still_answers(served: None) -> None:
+    request = RequestFactory().post("/score")
+    assert predict(request, "scale", ROWS).version == 1
+    assert predict(request, "scale", inputs=ROWS).version == 1  # (inputs by name, as before)
+    assert get_server().predict("scale", ROWS).version == 1
