@@ -49,7 +49,7 @@ from ._rollout_config import (
     VariantConfig,
 )
 from ._toml_file import name_unknown_keys, read_toml, shown_unknown_keys
-from ._version_policy import VersionPolicy, parse_version_policy
+from ._version_policy import VersionPolicy, parse_version_policy, policy_in_code
 
 logger = logging.getLogger(__name__)
 
@@ -606,6 +606,17 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 
 
+def _how_to_make(name: str, value: object) -> str:
+    """What to pass as ``ModelConfig``'s ``name`` instead of ``value`` (config.toml's words, as a dict or a
+    string, are what a reader of repository.md writes first)."""
+    if name == "version_policy":
+        return f"use {policy_in_code(value)}"
+    return (
+        f"build it with inprocserve.{_SECTIONS[name].__name__}(...), or lay a config.toml-shaped dict over the "
+        f"defaults with ModelConfig().merged({{{name!r}: {{...}}}})"
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     """Everything that shapes how one model is served. Defaults suit a CPU web host."""
@@ -626,8 +637,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         plain_fields(self)
         for name, kind in {**_SECTIONS, "version_policy": VersionPolicy}.items():
-            if not isinstance(getattr(self, name), kind):
-                raise ConfigurationError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                raise ConfigurationError(
+                    f"{name} must be a {kind.__name__}, got {value!r}: {_how_to_make(name, value)}"
+                )
         if self.nan_policy not in ("allow", "reject"):
             raise ConfigurationError(f"nan_policy must be 'allow' or 'reject', got {self.nan_policy!r}")
         inputs = check_table("inputs", self.inputs)

@@ -73,3 +73,21 @@ def parse_version_policy(value: Any, source: str) -> VersionPolicy:
     raise ConfigurationError(
         f'{source}: version_policy must be "latest", "all", {{ latest = N }} or {{ specific = [1, 2] }}, got {value!r}'
     )
+
+
+def policy_in_code(value: object) -> str:
+    """How to write ``value``, a config.toml ``version_policy`` given to ``ModelConfig`` in code, as the
+    :class:`VersionPolicy` it means (or the three ways to make one): for the message that refuses it, which
+    named the type alone ("version_policy must be a VersionPolicy, got 'all'")."""
+    if isinstance(value, str | Mapping):
+        try:
+            policy = parse_version_policy(value, "version_policy")
+        except ConfigurationError:
+            pass
+        else:
+            if policy.kind == "latest":
+                return f"inprocserve.VersionPolicy.latest({policy.count})"
+            if policy.kind == "specific":
+                return f"inprocserve.VersionPolicy.specific({', '.join(map(str, policy.versions))})"
+            return "inprocserve.VersionPolicy.all()"
+    return "inprocserve.VersionPolicy.latest(N), .all() or .specific(1, 3)"

@@ -9,6 +9,7 @@ version policy does not serve was "no servable version 1", as if it were absent.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -75,3 +76,20 @@ def test_a_layout_fixed_on_disk_serves_and_drops_the_hint(make_server: ServerFac
     (repository / "fraud" / "model.tmp").rename(repository / "fraud" / "1" / "model.onnx")
     server.refresh()
     assert server.predict("fraud", ROW).version == 1
+
+
+@pytest.mark.parametrize(
+    ("build", "fix"),
+    [
+        (lambda: inprocserve.ModelConfig(version_policy="all"), "inprocserve.VersionPolicy.all()"),
+        (lambda: inprocserve.ModelConfig(version_policy={"latest": 2}), "inprocserve.VersionPolicy.latest(2)"),
+        (lambda: inprocserve.ModelConfig(batching={"max_batch_size": 8}), "inprocserve.BatchingConfig("),
+        (lambda: inprocserve.ModelConfig(pool={"size": 2}), "ModelConfig().merged({'pool': {...}})"),
+    ],
+)
+def test_a_config_toml_value_given_to_model_config_in_code_says_how_to_build_it(build: Any, fix: str) -> None:
+    """repository.md's table gives version_policy as "all" and { latest = 2 } (config.toml's words): the same
+    in code was "version_policy must be a VersionPolicy, got 'all'", naming no way to make one."""
+    with pytest.raises(inprocserve.ConfigurationError) as caught:
+        build()
+    assert fix in str(caught.value), caught.value
