@@ -169,6 +169,12 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
             continue
         if not entry.is_dir():
             hint = f"; move it into a version folder: {folder}/1/{MODEL_FILENAME}" if entry.suffix == ".onnx" else ""
+            if entry.name == MODEL_FILENAME and name.isdecimal():  # (models/fraud given as the repository)
+                hint = (
+                    f"; {folder.parent} looks like a model folder, not a repository: pass the folder that holds "
+                    f"it ({folder.parent.parent}) as the repository, or move {name} into a model folder "
+                    f"({folder.parent}/<model>/{name}/{MODEL_FILENAME})"
+                )
             problems.append(
                 f"{entry}: unexpected file in a model folder (only version folders, {CONFIG_FILENAME} "
                 f"and {'/'.join(DATA_SUFFIXES)} data files){hint}"

@@ -93,3 +93,15 @@ def test_a_config_toml_value_given_to_model_config_in_code_says_how_to_build_it(
     with pytest.raises(inprocserve.ConfigurationError) as caught:
         build()
     assert fix in str(caught.value), caught.value
+
+
+def test_validate_pointed_at_a_model_folder_says_to_pass_the_repository(repository: Path) -> None:
+    """``validate models/fraud`` (the model folder, not the repository) advised moving each version's file
+    into a version folder of its own ("move it into a version folder: models/fraud/1/1/model.onnx")."""
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    model_folder = repository / "fraud"
+    report = inprocserve.check_repository(model_folder)
+    text = "\n".join(report["problems"])
+    assert "1/1/model.onnx" not in text, text
+    assert f"pass the folder that holds it ({repository})" in text, text
