@@ -815,9 +815,12 @@ def _dim_text(dim: Dim) -> str:
 
 def _column_hint(spec: TensorSpec, array: np.ndarray) -> str:
     """How to send a column where the model takes ``[rows, 1]``: skl2onnx declares each input of a
-    ``ColumnTransformer`` so, and ``df["age"].to_numpy()`` (or a JSON list of values) is one axis short."""
+    ``ColumnTransformer`` so, and ``df["age"].to_numpy()`` (or a JSON list of values) is one axis short. An
+    empty list is one axis short too, of every input of rows: it holds no row (numpy makes it shape [0])."""
     if array.ndim == 1 and spec.shape is not None and len(spec.shape) == 2 and spec.shape[1] == 1:
         return "; send one value per row as a column: array.reshape(-1, 1), or [[v] for v in values]"
+    if array.shape == (0,) and spec.shape is not None and len(spec.shape) > 1:  # (a JSON [] holds no row)
+        return "; an empty list holds no row: send at least one row"
     return ""
 
 

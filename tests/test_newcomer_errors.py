@@ -105,3 +105,16 @@ def test_validate_pointed_at_a_model_folder_says_to_pass_the_repository(reposito
     text = "\n".join(report["problems"])
     assert "1/1/model.onnx" not in text, text
     assert f"pass the folder that holds it ({repository})" in text, text
+
+
+def test_an_empty_list_of_rows_is_said_to_hold_no_rows(make_server: ServerFactory, repository: Path) -> None:
+    """A client's ``{"transactions": []}`` was "expected 2 dimensions [batch, 4], got 1 (shape [0])": true
+    of the array numpy makes of ``[]``, but the request's fault is that it holds no row."""
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    server = make_server(repository)
+    with pytest.raises(inprocserve.InvalidInputError) as caught:
+        server.predict("fraud", {"x": []})
+    assert "send at least one row" in str(caught.value), caught.value
+    with pytest.raises(inprocserve.InvalidInputError) as one_axis_short:  # a row without its list: no such hint
+        server.predict("fraud", {"x": [1.0, 2.0, 3.0, 4.0]})
+    assert "send at least one row" not in str(one_axis_short.value)
