@@ -78,6 +78,7 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             messages.append(
                 Error(
                     f"INPROCSERVE['REQUIRED_MODELS'] names {name!r}, which is not in the repository.",
+                    hint=f"Models found: {', '.join(sorted(found))}. Check the name or add the model.",
                     id="inprocserve.E002",
                 )
             )
@@ -183,6 +184,13 @@ def listed(errors: list[Error]) -> str:
     return "\n".join(f"{error.id}: {error.msg}" + (f" HINT: {error.hint}" if error.hint else "") for error in errors)
 
 
+_FROM_A_DICT = (
+    " A dict shaped like config.toml becomes one with inprocserve.ModelConfig().merged({...})"
+    ' (for example {"batching": {"max_batch_size": 8}}).'
+)
+"""(A dict shaped like ``config.toml``, as docs/repository.md shows one, is what such a setting most often is.)"""
+
+
 def model_config_errors(config: Mapping[str, Any]) -> list[Error]:
     """inprocserve.E003, E005, E006: ``CONFIG`` or ``MODELS`` that are not ``inprocserve.ModelConfig`` objects
     (a dict shaped like ``config.toml``, say), which every build of the server, and EAGER's start-up check,
@@ -194,7 +202,7 @@ def model_config_errors(config: Mapping[str, Any]) -> list[Error]:
             Error(
                 f"INPROCSERVE['CONFIG'] must be an inprocserve.ModelConfig, got {type(value).__name__}.",
                 hint="Build it with inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(...)); "
-                "bad values raise ConfigurationError with the reason.",
+                "bad values raise ConfigurationError with the reason." + _FROM_A_DICT,
                 id="inprocserve.E003",
             )
         )
@@ -208,7 +216,7 @@ def model_config_errors(config: Mapping[str, Any]) -> list[Error]:
                 Error(
                     f"INPROCSERVE['MODELS'][{name!r}] must be an inprocserve.ModelConfig, "
                     f"got {type(model_config).__name__}.",
-                    hint="Build it with inprocserve.ModelConfig(...).",
+                    hint="Build it with inprocserve.ModelConfig(...)." + _FROM_A_DICT,
                     id="inprocserve.E006",
                 )
             )

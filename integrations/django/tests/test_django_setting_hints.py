@@ -1,0 +1,41 @@
+"""System checks on the settings a newcomer writes from docs/repository.md and django.md: each hint says how
+to fix the setting (a config.toml-shaped dict in ``MODELS`` or ``CONFIG``, a required model's name typed wrong).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.checks import run_checks
+from django.test import override_settings
+
+from inprocserve.testing import build_scale_model, save_model
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    save_model(build_scale_model(2.0), tmp_path / "models", "fraud", 1)
+    return tmp_path / "models"
+
+
+def hints(settings: dict[str, Any], check: str) -> list[str]:
+    with override_settings(INPROCSERVE=settings):
+        return [message.hint or "" for message in run_checks() if message.id == check]
+
+
+@pytest.mark.parametrize(("key", "check"), [("MODELS", "inprocserve.E006"), ("CONFIG", "inprocserve.E003")])
+def test_a_config_toml_shaped_dict_is_pointed_at_model_config_merged(repository: Path, key: str, check: str) -> None:
+    """A dict shaped like config.toml (what repository.md shows) got "Build it with
+    inprocserve.ModelConfig(...)": the Flask plug-in's message names ModelConfig().merged({...}), which takes
+    that dict as it is."""
+    table = {"batching": {"max_batch_size": 8}}
+    value = {"fraud": table} if key == "MODELS" else table
+    (hint,) = hints({"REPOSITORY": str(repository), key: value}, check)
+    assert "inprocserve.ModelConfig().merged(" in hint, hint
+
+
+def test_a_required_model_not_in_the_repository_names_the_models_found(repository: Path) -> None:
+    (hint,) = hints({"REPOSITORY": str(repository), "REQUIRED_MODELS": ["frad"]}, "inprocserve.E002")
+    assert "Models found: fraud" in hint, hint
