@@ -22,6 +22,14 @@ __all__ = ["STATUS_PAGE_CSP", "render_status_page"]
 STATUS_PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
 """A Content-Security-Policy the page works under: no script, no fetch, no frame; only its inline styles."""
 
+TOKEN_NEEDED = (
+    "The status page needs its token: send it as Authorization: Bearer <token>, or as the password of HTTP Basic "
+    "credentials (any user name; a browser asks for them). A token in the query string is refused (access logs "
+    "and browser history would keep it).\n"
+)
+"""The body of both plug-ins' 401 for the page: it said only that the page needs its token, which read as a
+wrong token to whoever sent a right one the wrong way (``?token=...``)."""
+
 _SIGNIFICANT_P = 0.05
 _PALETTE = ("#2f6fd6", "#e08a1e", "#3c9a5f", "#8e5cc4", "#c94c4c", "#2aa1a8", "#b5a019", "#6b7280")
 _LABEL_CHARS = 28  # longer labels in charts are cut (the tables show them whole)

@@ -39,3 +39,19 @@ def test_a_config_toml_shaped_dict_is_pointed_at_model_config_merged(repository:
 def test_a_required_model_not_in_the_repository_names_the_models_found(repository: Path) -> None:
     (hint,) = hints({"REPOSITORY": str(repository), "REQUIRED_MODELS": ["frad"]}, "inprocserve.E002")
     assert "Models found: fraud" in hint, hint
+
+
+def test_the_status_pages_401_says_how_to_send_the_token(repository: Path) -> None:
+    """A token in the query string is refused, as django.md says: the 401 said only that the page needs
+    its token, which reads as a wrong token, not as one sent the wrong way."""
+    from django.test import Client
+    from inprocserve_django import reset_server
+
+    token = "a-long-random-status-token"
+    settings = {"REPOSITORY": str(repository), "STATUS_PAGE": True, "STATUS_PAGE_TOKEN": token}
+    with override_settings(INPROCSERVE=settings):
+        answer = Client().get(f"/-/inprocserve/status?token={token}")
+    reset_server()
+    assert answer.status_code == 401
+    body = answer.content.decode()
+    assert "needs its token" in body and "Authorization: Bearer" in body and "query string" in body, body

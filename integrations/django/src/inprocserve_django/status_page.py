@@ -15,6 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
 from inprocserve import web
+from inprocserve._status_page import TOKEN_NEEDED
 
 from .conf import settings
 from .server import get_server
@@ -32,7 +33,7 @@ def status_page(request: HttpRequest) -> HttpResponse:
     if not config["STATUS_PAGE"] or not isinstance(token, str) or not token:
         raise Http404("the inprocserve status page is off")
     if not web.check_token(request.headers.get("Authorization"), token, basic=True):
-        response = HttpResponse("The status page needs its token.\n", status=401, content_type="text/plain")
+        response = HttpResponse(TOKEN_NEEDED, status=401, content_type="text/plain")
         response["WWW-Authenticate"] = _REALM
         return response
     status, html, headers = web.status_page(get_server)

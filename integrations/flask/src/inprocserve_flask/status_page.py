@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, request
 
 import inprocserve
 from inprocserve import web
+from inprocserve._status_page import TOKEN_NEEDED
 
 __all__ = ["add_status_page"]
 
@@ -41,7 +42,7 @@ def add_status_page(blueprint: Blueprint, config: Mapping[str, Any], server: Cal
     @blueprint.get("/status")
     def status_page() -> Response:
         if not web.check_token(request.headers.get("Authorization"), token, basic=True):
-            response = Response("The status page needs its token.\n", 401, mimetype="text/plain")
+            response = Response(TOKEN_NEEDED, 401, mimetype="text/plain")
             response.headers["WWW-Authenticate"] = _REALM
             return response
         status, html, headers = web.status_page(server, title=f"inprocserve status · {current_app.name}")
