@@ -107,6 +107,24 @@ class FlagProvider(Protocol):
     def get_object(self, key: str, default: Any, context: Mapping[str, Any]) -> Any: ...
 
 
+def _spelling_hint(value: object, kind: str) -> str:
+    """How to write a flag that arrived as text of the right kind: ``True`` in an environment variable (EnvFlags
+    reads JSON, whose word is ``true``), ``"true"`` or ``"10"`` quoted in a file or a mapping. Said after the
+    refusal, which named the type alone ("must be a boolean, got 'True'")."""
+    if not isinstance(value, str) or len(value) > 64:
+        return ""
+    text = value.strip()
+    if kind == "boolean" and text.lower() in ("true", "false"):
+        return "; write true or false, unquoted and in lower case (this was read as text)"
+    if kind == "number":
+        try:
+            float(text)
+        except ValueError:
+            return ""
+        return "; write the number unquoted (this was read as text)"
+    return ""
+
+
 class _LookupFlags:
     """Typed getters over a plain ``key -> value`` lookup, with type checks that raise :class:`FlagError`."""
 
@@ -121,7 +139,9 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if not isinstance(value, bool):
-            raise FlagTypeError(f"flag {key!r} must be a boolean, got {_value_shown(value)}")
+            raise FlagTypeError(
+                f"flag {key!r} must be a boolean, got {_value_shown(value)}{_spelling_hint(value, 'boolean')}"
+            )
         return value
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
@@ -129,7 +149,9 @@ class _LookupFlags:
         if value is _MISSING:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise FlagTypeError(f"flag {key!r} must be a number, got {_value_shown(value)}")
+            raise FlagTypeError(
+                f"flag {key!r} must be a number, got {_value_shown(value)}{_spelling_hint(value, 'number')}"
+            )
         return _as_float(key, value)
 
     def get_string(self, key: str, default: str, context: Mapping[str, Any]) -> str:

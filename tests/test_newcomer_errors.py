@@ -118,3 +118,37 @@ def test_an_empty_list_of_rows_is_said_to_hold_no_rows(make_server: ServerFactor
     with pytest.raises(inprocserve.InvalidInputError) as one_axis_short:  # a row without its list: no such hint
         server.predict("fraud", {"x": [1.0, 2.0, 3.0, 4.0]})
     assert "send at least one row" not in str(one_axis_short.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "fix"),
+    [
+        ("INPROCSERVE_FLAG_FRAUD_KILL", "True", "true or false, unquoted and in lower case"),
+        ("INPROCSERVE_FLAG_FRAUD_KILL", '"true"', "true or false, unquoted and in lower case"),
+        ("INPROCSERVE_FLAG_FRAUD_CANARY_PERCENT", '"10"', "write the number unquoted"),
+    ],
+)
+def test_a_flag_written_as_text_says_how_to_write_it(
+    make_server: ServerFactory, repository: Path, monkeypatch: pytest.MonkeyPatch, variable: str, text: str, fix: str
+) -> None:
+    """rollouts.md's env column (INPROCSERVE_FLAG_FRAUD_KILL=true): written True, as Python spells it, the
+    kill switch was "unusable flag: flag 'fraud.kill' must be a boolean, got 'True'", which does not say
+    that EnvFlags reads JSON, where the word is true."""
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    canary = inprocserve.RolloutConfig(strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2))
+    monkeypatch.setenv(variable, text)
+    server = make_server(
+        repository, flags=inprocserve.EnvFlags(), models={"fraud": inprocserve.ModelConfig(rollout=canary)}
+    )
+    answer = server.predict("fraud", ROW, context={"user_id": "u-1"})
+    assert answer.variant == "stable" and "unusable flag" in answer.reason
+    assert fix in answer.reason, answer.reason
+
+
+def test_a_flag_of_the_wrong_kind_gets_no_spelling_hint(make_server: ServerFactory, repository: Path) -> None:
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    flags = inprocserve.InMemoryFlags({"fraud.kill": "yes"})
+    server = make_server(repository, flags=flags)
+    answer = server.predict("fraud", ROW)
+    assert answer.reason.endswith("must be a boolean, got 'yes'"), answer.reason
