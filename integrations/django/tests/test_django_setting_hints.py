@@ -55,3 +55,39 @@ def test_the_status_pages_401_says_how_to_send_the_token(repository: Path) -> No
     assert answer.status_code == 401
     body = answer.content.decode()
     assert "needs its token" in body and "Authorization: Bearer" in body and "query string" in body, body
+
+
+def test_a_project_without_the_middleware_is_warned_that_client_errors_become_500s(repository: Path) -> None:
+    """django.md's settings put InprocserveMiddleware first; left out (an easy line to miss), a client's bad
+    input reached Django uncaught, a 500 HTML page instead of a JSON 400, and no check said so."""
+    from django.conf import settings as django_settings
+
+    others = [name for name in django_settings.MIDDLEWARE if "Inprocserve" not in name]
+    with override_settings(MIDDLEWARE=others):
+        warned = hints({"REPOSITORY": str(repository)}, "inprocserve.W003")
+    assert len(warned) == 1 and "inprocserve_django.middleware.InprocserveMiddleware" in warned[0], warned
+    assert hints({"REPOSITORY": str(repository)}, "inprocserve.W003") == []  # (the test project has it)
+
+
+def test_a_subclass_of_the_middleware_counts_as_the_middleware(repository: Path) -> None:
+    others = [name for name in django_settings_middleware() if "Inprocserve" not in name]
+    with override_settings(MIDDLEWARE=[*others, f"{__name__}.OwnMiddleware"]):
+        assert hints({"REPOSITORY": str(repository)}, "inprocserve.W003") == []
+
+
+def django_settings_middleware() -> list[str]:
+    from django.conf import settings as django_settings
+
+    return list(django_settings.MIDDLEWARE)
+
+
+def _own_middleware() -> type:
+    from inprocserve_django.middleware import InprocserveMiddleware
+
+    class OwnMiddleware(InprocserveMiddleware):  # type: ignore[misc]
+        """A project's own subclass (say, to log what it maps)."""
+
+    return OwnMiddleware
+
+
+OwnMiddleware = _own_middleware()

@@ -111,7 +111,44 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     messages.extend(_shadow_errors(config))
+    messages.extend(_middleware_warnings())
     return messages
+
+
+_MIDDLEWARE = "inprocserve_django.middleware.InprocserveMiddleware"
+
+
+def _middleware_warnings() -> list[Warning]:
+    """inprocserve.W003: no ``InprocserveMiddleware`` (nor a subclass) in ``MIDDLEWARE``. It is one line of
+    django.md's settings, easy to miss, and without it the library's errors reach Django uncaught: a client's
+    invalid input, an unknown model or a full queue answered a 500 page, not a JSON 400, 404 or 503."""
+    names = getattr(django_settings, "MIDDLEWARE", None) or []
+    if _MIDDLEWARE in names or any(_is_ours(name) for name in names):
+        return []
+    return [
+        Warning(
+            "InprocserveMiddleware is not in MIDDLEWARE: the library's errors reach Django uncaught, so a "
+            "client's invalid input, an unknown model or an overloaded server is a 500, not a JSON 400, 404 "
+            "or 503.",
+            hint=f'Add "{_MIDDLEWARE}" at the start of MIDDLEWARE (docs/django.md), or silence '
+            "inprocserve.W003 if your views catch inprocserve.InprocserveError themselves.",
+            id="inprocserve.W003",
+        )
+    ]
+
+
+def _is_ours(name: object) -> bool:
+    """Whether the middleware ``name`` is a subclass of ``InprocserveMiddleware`` (one that does not import
+    is left to Django, which reports it)."""
+    from .middleware import InprocserveMiddleware
+
+    if not isinstance(name, str) or "." not in name:
+        return False
+    try:
+        found = import_string(name)
+    except Exception:
+        return False
+    return isinstance(found, type) and issubclass(found, InprocserveMiddleware)
 
 
 _REPOSITORY_STATE = {"inprocserve.E002"}
