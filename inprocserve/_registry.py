@@ -1493,6 +1493,12 @@ class Registry:
             )
             if not hint and model in self._policy_problems:  # (in the repository, and none of it selected)
                 hint = "; its version_policy (config.toml) selects none of its versions: see the server's status"
+            if not hint and self.repository is None and not self.routes:  # (the plug-ins' setting read too early)
+                hint = (
+                    "; this server has no model repository and serves nothing loaded by hand: pass "
+                    "Server(repository=...), or set INPROCSERVE_REPOSITORY (Flask: before Inprocserve(app) reads "
+                    "it) or INPROCSERVE['REPOSITORY'] (Django)"
+                )
             if not hint and self._on_disk.get(model) == frozenset():  # (its folder is there, laid out wrong)
                 hint = (
                     f"; its folder in the repository has no version folder with a {MODEL_FILENAME} "

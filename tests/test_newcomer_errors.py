@@ -152,3 +152,26 @@ def test_a_flag_of_the_wrong_kind_gets_no_spelling_hint(make_server: ServerFacto
     server = make_server(repository, flags=flags)
     answer = server.predict("fraud", ROW)
     assert answer.reason.endswith("must be a boolean, got 'yes'"), answer.reason
+
+
+def test_a_server_without_a_repository_says_so_when_a_model_is_asked_for(make_server: ServerFactory) -> None:
+    """Flask's Inprocserve(app) called before app.config["INPROCSERVE_REPOSITORY"] is set (the keys are read
+    once, in init_app) builds a server with no repository: every request was "unknown model 'fraud'
+    (servable models: none)", the words of a typo."""
+    server = make_server()
+    with pytest.raises(inprocserve.ModelNotFoundError) as caught:
+        server.predict("fraud", ROW)
+    message = str(caught.value)
+    assert message.startswith("unknown model 'fraud' (servable models: none)"), message
+    assert "no model repository" in message and "INPROCSERVE_REPOSITORY" in message, message
+
+
+def test_a_server_without_a_repository_that_serves_models_loaded_by_hand_lists_them(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    path = save_model(build_scale_model(2.0), tmp_path / "elsewhere", "scale", 1)
+    server = make_server()
+    server.load("scale", path=path)
+    with pytest.raises(inprocserve.ModelNotFoundError) as caught:
+        server.predict("fraud", ROW)
+    assert str(caught.value) == "unknown model 'fraud' (servable models: scale)"
