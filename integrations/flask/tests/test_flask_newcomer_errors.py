@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from inprocserve_flask import Inprocserve
 
@@ -32,3 +34,31 @@ def test_the_status_pages_401_says_how_to_send_the_token(tmp_path: Path) -> None
         assert TOKEN not in body
     finally:
         Inprocserve.close(app)
+
+
+def test_an_unknown_inprocserve_key_is_warned_of_with_the_key_it_is_close_to(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """app.config["INPROCSERVE_REPOSITROY"] (a typo) was taken silently: the server served nothing, and every
+    request was a 404 for an unknown model. Django's app reports such a key (E004); the extension now logs
+    it at init_app, naming the key it is close to (a warning, not an error: a key of a newer release, during
+    a rolling upgrade, must not stop the app)."""
+    app = Flask("typo")
+    app.config["INPROCSERVE_REPOSITROY"] = str(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="inprocserve_flask"):
+        Inprocserve(app)
+    try:
+        (line,) = [record.getMessage() for record in caplog.records if "INPROCSERVE_REPOSITROY" in record.getMessage()]
+        assert "INPROCSERVE_REPOSITORY?" in line, line
+    finally:
+        Inprocserve.close(app)
+
+
+def test_known_keys_log_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
+    app = Flask("known")
+    app.config.update(INPROCSERVE_REPOSITORY=str(tmp_path / "models"), INPROCSERVE_TIMEOUT_S=1.0)
+    with caplog.at_level(logging.WARNING, logger="inprocserve_flask"):
+        Inprocserve(app)
+    Inprocserve.close(app)
+    assert not [record for record in caplog.records if "does not know" in record.getMessage()]

@@ -151,6 +151,7 @@ class Inprocserve:
     def init_app(self, app: Flask) -> None:
         if _EXTENSION in app.extensions:
             raise RuntimeError("inprocserve is already registered on this app; call init_app once")
+        _warn_of_unknown_keys(app.config)
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         for key in ("INPROCSERVE_ADMIN_TOKEN", "INPROCSERVE_STATUS_PAGE_TOKEN"):
@@ -481,6 +482,23 @@ def _admin_body() -> bytes:
     if cut_short is not None:
         raise cut_short
     return body
+
+
+def _warn_of_unknown_keys(config: Mapping[str, Any]) -> None:
+    """Log the ``INPROCSERVE_*`` keys of ``config`` the extension does not know, each with the key it is
+    close to: a typo (``INPROCSERVE_REPOSITROY``) was taken silently, and the app served nothing. A warning,
+    not an error, as for ``config.toml``: a key of a newer release must not stop an older one's start."""
+    import difflib
+
+    for key in sorted(k for k in config if isinstance(k, str) and k.startswith("INPROCSERVE_") and k not in DEFAULTS):
+        close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
+        meant = f" ({close[0]}?)" if close else ""
+        logger.warning(
+            "app.config has %s%s, which this release of inprocserve-flask does not know; it is ignored "
+            "(see docs/flask.md for the keys)",
+            key,
+            meant,
+        )
 
 
 def _log_problems(problems: list[str]) -> None:
