@@ -91,3 +91,10 @@ def _own_middleware() -> type:
 
 
 OwnMiddleware = _own_middleware()
+
+
+def test_an_unknown_key_names_the_key_it_is_close_to(repository: Path) -> None:
+    """E004 listed all twenty-odd known keys; a typo's own fix (REPOSITROY: REPOSITORY) had to be found there."""
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "TIMEOUT": 1.0}):
+        (message,) = [message for message in run_checks() if message.id == "inprocserve.E004"]
+    assert "'TIMEOUT' (TIMEOUT_S?)" in message.msg, message.msg

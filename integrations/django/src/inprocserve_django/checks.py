@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,9 +30,10 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         return [Error(str(exc), id="inprocserve.E012")]
     messages.extend(_value_errors(config))
     for key in unknown_keys():
+        close = difflib.get_close_matches(str(key), list(DEFAULTS), n=1)  # (a typo's own fix, before the list)
         messages.append(
             Error(
-                f"INPROCSERVE has an unknown key {key!r}.",
+                f"INPROCSERVE has an unknown key {key!r}{f' ({close[0]}?)' if close else ''}.",
                 hint=f"Known keys: {', '.join(sorted(DEFAULTS))} (see docs/django.md).",
                 id="inprocserve.E004",
             )
