@@ -75,10 +75,10 @@ def _open_model(server: Server, model: Path, name: str | None, version: int | No
         raise ModelNotFoundError(f"model {model} does not exist (give a .onnx file, a version folder or a repository)")
     served = server.models
     if name is None:
+        if not served:
+            raise ModelNotFoundError(_nothing_served(model))
         if len(served) != 1:
-            raise ModelNotFoundError(
-                f"the repository {model} serves {sorted(served) or 'no models'}; pick one with --name"
-            )
+            raise ModelNotFoundError(f"the repository {model} serves {sorted(served)}; pick one with --name")
         name = next(iter(served))
     if version is not None and version not in served.get(name, []):
         server.load(name, version=version)  # ModelNotFoundError if it is not on disk, ModelLoadError if broken
@@ -86,6 +86,20 @@ def _open_model(server: Server, model: Path, name: str | None, version: int | No
     if name not in served:
         raise server._not_found(name, None)  # names the servable models, and why this one failed to load
     return name
+
+
+def _nothing_served(folder: Path) -> str:
+    """Why a folder given as the model serves nothing, and what to give instead: a model folder (its version
+    folders hold model.onnx) was taken for a repository, and told to pick a model with --name, which it has
+    none of."""
+    versions = [entry for entry in folder.iterdir() if entry.name.isdecimal() and (entry / MODEL_FILENAME).is_file()]
+    if versions:
+        latest = max(versions, key=lambda entry: int(entry.name))
+        return (
+            f"{folder} is a model folder, not a repository: give one of its version folders ({latest}), "
+            f"or the repository with the model's name: {folder.parent} --name {folder.name}"
+        )
+    return f"the repository {folder} serves no models; python -m inprocserve validate {folder} says why"
 
 
 def score_file(

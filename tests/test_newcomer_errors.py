@@ -175,3 +175,21 @@ def test_a_server_without_a_repository_that_serves_models_loaded_by_hand_lists_t
     with pytest.raises(inprocserve.ModelNotFoundError) as caught:
         server.predict("fraud", ROW)
     assert str(caught.value) == "unknown model 'fraud' (servable models: scale)"
+
+
+def test_score_given_a_model_folder_says_to_give_a_version_folder(
+    repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m inprocserve score models/fraud rows.npy out.npy`` (the model folder, between the version
+    folder and the repository it takes) said "the repository models/fraud serves no models; pick one with
+    --name": no model to pick, and --name could not help."""
+    from inprocserve._cli import main
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    np.save(tmp_path / "rows.npy", np.ones((3, 4), np.float32))
+    code = main(["score", "--quiet", str(repository / "fraud"), str(tmp_path / "rows.npy"), str(tmp_path / "y.npy")])
+    error = capsys.readouterr().err
+    assert code == 1 and "pick one with --name" not in error, error
+    assert f"{repository / 'fraud'} is a model folder" in error and str(repository / "fraud" / "2") in error, error
+    assert f"{repository} --name fraud" in error, error
