@@ -84,6 +84,27 @@ def add_inspect(commands: Subparsers) -> None:
     parser.set_defaults(run=_inspect)
 
 
+def _version_folder_hint(folder: Path) -> str:
+    """For ``inspect`` given a model folder or a repository (one or two levels above a version's file): the
+    version folder to give instead, the highest of the first model (it said only "no such model file")."""
+    try:
+        if not folder.is_dir():
+            return ""
+        for model_folder in [folder, *sorted(entry for entry in folder.iterdir() if entry.is_dir())]:
+            versions = [entry for entry in model_folder.iterdir() if _holds_a_version(entry)]
+            if versions:
+                what = "a model folder" if model_folder == folder else f"a repository ({model_folder}: a model folder)"
+                latest = max(versions, key=lambda entry: int(entry.name))
+                return f"; {folder} is {what}: give one of its version folders, such as {latest}"
+    except OSError:  # (a folder it may not read: the message stands without the hint)
+        return ""
+    return ""
+
+
+def _holds_a_version(entry: Path) -> bool:
+    return entry.name.isdecimal() and (entry / MODEL_FILENAME).is_file()
+
+
 def _inspect(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if path.is_dir():
@@ -91,7 +112,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if not path.is_file():
         return fail(
             f"{args.model}: no such model file (give a {MODEL_FILENAME}, a {REMOTE_FILENAME} or a version folder "
-            "holding one)",
+            f"holding one){_version_folder_hint(Path(args.model))}",
             CANNOT_RUN,
         )
     if is_remote(path):

@@ -193,3 +193,19 @@ def test_score_given_a_model_folder_says_to_give_a_version_folder(
     assert code == 1 and "pick one with --name" not in error, error
     assert f"{repository / 'fraud'} is a model folder" in error and str(repository / "fraud" / "2") in error, error
     assert f"{repository} --name fraud" in error, error
+
+
+@pytest.mark.parametrize("given", ["fraud", "."])
+def test_inspect_given_a_model_folder_or_the_repository_names_a_version_folder_to_give(
+    repository: Path, capsys: pytest.CaptureFixture[str], given: str
+) -> None:
+    """``inspect models/fraud`` said "no such model file" of a folder that holds two versions of one."""
+    from inprocserve._cli import main
+
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    folder = repository / given
+    assert main(["inspect", str(folder)]) == 2
+    error = capsys.readouterr().err
+    assert "give one of its version folders" in error and str(folder / "fraud" if given == "." else folder) in error
+    assert str((folder / "fraud" / "2") if given == "." else (folder / "2")) in error, error
