@@ -93,7 +93,7 @@ def scan_repository(repository: Path, *, follow_symlinks: bool = False, only: st
     """
     try:
         if not repository.is_dir():
-            raise ConfigurationError(f"model repository {str(repository)!r} is not a directory")
+            raise ConfigurationError(f"model repository {str(repository)!r} is not a directory{_file_hint(repository)}")
         if only is None:
             folders = sorted(repository.iterdir())
         else:
@@ -132,6 +132,17 @@ def scan_repository(repository: Path, *, follow_symlinks: bool = False, only: st
         result.problems.extend(problems)
         result.models[name] = source
     return result
+
+
+def _file_hint(repository: Path) -> str:
+    """For a model file given as the repository (``validate models/fraud/2/model.onnx``): the repository that
+    holds it, and the command that checks one file."""
+    if repository.name != MODEL_FILENAME or not repository.is_file():
+        return ""
+    return (
+        f": it is a model file; python -m inprocserve validate {repository.parent.parent.parent} checks the "
+        f"repository that holds it, and python -m inprocserve inspect {repository} the file alone"
+    )
 
 
 def _gone(path: Path, *, follow_symlinks: bool = True) -> list[str] | None:

@@ -209,3 +209,15 @@ def test_inspect_given_a_model_folder_or_the_repository_names_a_version_folder_t
     error = capsys.readouterr().err
     assert "give one of its version folders" in error and str(folder / "fraud" if given == "." else folder) in error
     assert str((folder / "fraud" / "2") if given == "." else (folder / "2")) in error, error
+
+
+def test_validate_given_a_model_file_says_to_give_the_repository_or_inspect_the_file(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``validate models/fraud/2/model.onnx`` said only "model repository '...model.onnx' is not a directory"."""
+    from inprocserve._cli import main
+
+    file = save_model(build_scale_model(2.0), repository, "fraud", 2)
+    assert main(["validate", str(file)]) == 2
+    error = capsys.readouterr().err
+    assert "is not a directory" in error and f"validate {repository}" in error and f"inspect {file}" in error, error
