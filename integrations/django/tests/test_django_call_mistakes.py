@@ -56,3 +56,11 @@ def test_the_documented_call_still_answers(served: None) -> None:
     assert predict(request, "scale", ROWS).version == 1
     assert predict(request, "scale", inputs=ROWS).version == 1  # (inputs by name, as before)
     assert get_server().predict("scale", ROWS).version == 1
+
+
+def test_predict_with_no_request_outside_a_view_says_what_to_call(served: None) -> None:
+    """A task or a command has no request: predict(None, ...) raised "'NoneType' object has no attribute
+    'META'"."""
+    with pytest.raises(TypeError) as caught:
+        predict(None, "scale", ROWS)  # type: ignore[arg-type]
+    assert "get_server().predict('scale', inputs)" in str(caught.value), caught.value

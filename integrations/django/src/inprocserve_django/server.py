@@ -168,12 +168,18 @@ _OUTSIDE_A_VIEW = {"predict": "get_server().predict", "apredict": "(await aget_s
 
 def _check_call(function: str, request: object, model: object, inputs: object) -> None:
     """Refuse a call written as the core's or the Flask plug-in's, ``predict("fraud", inputs)`` (or with the
-    request last), saying that the request comes first: it raised Python's "missing 1 required positional
-    argument: 'inputs'" though the inputs were given, or "'str' object has no attribute 'META'"."""
+    request last, or ``None`` for it outside a view), saying that the request comes first, or what to call
+    without one: it raised Python's "missing 1 required positional argument: 'inputs'" though the inputs were
+    given, or "'str' (or 'NoneType') object has no attribute 'META'"."""
     if isinstance(request, str):
         raise TypeError(
             f"inprocserve_django.{function} takes the request first: {function}(request, {request!r}, inputs); "
             f"outside a view (a command, a task), call {_OUTSIDE_A_VIEW[function]}({request!r}, inputs)"
+        )
+    if request is None:  # (a task or a command, which has no request)
+        raise TypeError(
+            f"inprocserve_django.{function} takes the view's request; outside a view (a command, a task), call "
+            f"{_OUTSIDE_A_VIEW[function]}({model!r}, inputs)"
         )
     if inputs is _NO_INPUTS:
         raise TypeError(f"inprocserve_django.{function} needs the inputs: {function}(request, {model!r}, inputs)")
