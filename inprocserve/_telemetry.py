@@ -600,9 +600,14 @@ def end_batch_span(span: Span, *, rows: int, requests: int, compute_s: float, er
 
 
 def start_shadow_span(model: str, version: int, primary: Span | None) -> Span:
-    """The span of one shadow run: a root span linked to the request span it mirrors, if that is sampled."""
+    """The span of one shadow run: a root span linked to the request span it mirrors, if that is sampled.
+    Nothing reads its ids (a remote shadow version's call takes its batch span's ``traceparent``), so one that
+    the trace-id ratio sampler drops is not made: ``INVALID_SPAN``, as for a local version's batch."""
     return _start_root_span(
-        SPAN_SHADOW, {ATTR_MODEL: model, ATTR_SHADOW_VERSION: version}, () if primary is None else (primary,)
+        SPAN_SHADOW,
+        {ATTR_MODEL: model, ATTR_SHADOW_VERSION: version},
+        () if primary is None else (primary,),
+        local=True,
     )
 
 

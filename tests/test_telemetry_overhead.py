@@ -37,7 +37,7 @@ from inprocserve import _recorder, _telemetry
 from inprocserve._recorder import Recorder
 from inprocserve._telemetry import start_batch_span, start_request_span, start_shadow_span, unsampled_child_dropped
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, wait_until
 from .test_telemetry import Otel
 
 # The process-wide SDK (providers can be set once per process) and the scale repository, as fixtures:
@@ -230,6 +230,35 @@ def test_a_local_versions_dropped_batch_spans_are_not_made(
     provider.shutdown()
 
 
+def test_dropped_shadow_spans_are_not_made(
+    monkeypatch: pytest.MonkeyPatch, scale: Path, make_server: ServerFactory
+) -> None:
+    """A shadow run's span is never a parent nor read for its ids, so one the trace-id ratio sampler drops is
+    not made (no span id drawn for it); the sampled ones are recorded, linked to the request they mirror."""
+    ids = _SequenceIds()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.25)), id_generator=ids)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    config = inprocserve.ModelConfig(
+        version_policy=inprocserve.VersionPolicy.all(),
+        rollout=inprocserve.RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
+    )
+    server = make_server(scale, config=config)
+
+    def copies_handled() -> int:  # run, or dropped (the shadow's share of compute time is bounded)
+        stats = server.status()["models"]["scale"]["shadow"].get("2", {})
+        return int(stats.get("runs", 0) + sum(n for key, n in stats.items() if key.startswith("dropped_")))
+
+    for sent in range(1, 101):  # one at a time: each copy is handled before the next request
+        server.predict("scale", np.ones((1, 4), np.float32))
+        wait_until(lambda: copies_handled() == sent)  # noqa: B023 (called at once, in the loop)
+    shadows = [span for span in exporter.get_finished_spans() if span.name == "inprocserve.shadow"]
+    assert 5 < len(shadows) < 60  # a quarter of 100 shadow runs
+    assert ids._spans == len(exporter.get_finished_spans())  # span ids were drawn for recorded spans only
+    provider.shutdown()
+
+
 # The library's root spans other than a request's: (name, its own attributes, how the library makes one
 # linked to ``spans``), for a model "m" of version 3.
 _LINKED_ROOTS = {
@@ -282,6 +311,9 @@ def test_a_batch_or_shadow_span_is_made_by_the_sdk_exactly_when_its_ratio_sample
     assert 20 < sum(kept) < 80
     assert len(listed) == sum(kept)  # links gathered for the sampled spans only
     for span, trace_id, sampled in zip(made, ids.drawn, kept, strict=True):
+        if not sampled and kind == "shadow":  # nothing reads a shadow span's ids: a dropped one is not made
+            assert span is INVALID_SPAN
+            continue
         assert span.get_span_context().trace_id == trace_id and span.get_span_context().trace_flags.sampled == sampled
         assert isinstance(span, NonRecordingSpan) != sampled
     exported = exporter.get_finished_spans()
@@ -337,13 +369,14 @@ def test_root_spans_decided_first_are_those_the_sdk_alone_makes(
 ) -> None:
     """Side by side with the SDK asked for every span (same sampler, same seeded ids): the same span and
     trace ids, flags and ``traceparent`` a remote backend would receive, and the same spans exported, for
-    root request, batch and shadow spans; also when the SDK's tracer is switched off, where it makes
-    invalid spans (no ``traceparent`` at all)."""
+    root request and batch spans; also when the SDK's tracer is switched off, where it makes invalid spans
+    (no ``traceparent`` at all). (A dropped shadow span draws no span id, so later ids would differ: the
+    test above compares shadow spans with the sampler's decisions.)"""
     if not tracer_on and _tracer_off is None:
         pytest.skip("this OpenTelemetry SDK has no tracer configurator to switch a tracer off")
     options: dict[str, Any] = {} if tracer_on else {"_tracer_configurator": _tracer_off}
     web = TracerProvider().get_tracer("web").start_span("a sampled web request")
-    kinds = ["request", *sorted(_LINKED_ROOTS)] * 100
+    kinds = ["request", "batch"] * 150
 
     def provider() -> tuple[TracerProvider, InMemorySpanExporter]:
         exporter = InMemorySpanExporter()
