@@ -20,6 +20,7 @@ from inprocserve._telemetry import OUTCOMES, Metrics
 RULES_DIR = Path(__file__).resolve().parent.parent / "docs" / "observability"
 RULES = RULES_DIR / "alerts.yml"
 RULE_TESTS = RULES_DIR / "alerts.test.yml"
+SCRAPE_CONFIG = RULES_DIR / "prometheus.yml"
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,13 @@ def test_promtool_checks_the_rules(promtool: str) -> None:
     result = _run(promtool, "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_promtool_checks_the_scrape_config_and_the_rules_it_names(promtool: str) -> None:
+    """An operator checks the shipped prometheus.yml where it is, outside the container it is mounted in."""
+    result = _run(promtool, "check", "config", str(SCRAPE_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout
 
 
 def test_promtool_unit_tests_of_the_rules_pass(promtool: str) -> None:
