@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 import inprocserve
 from inprocserve import web
@@ -139,6 +140,17 @@ def test_the_gunicorn_post_fork_hook_takes_the_first_free_metrics_port() -> None
     assert result.returncode == 0, result.stderr[-2000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["errors"] == 0 and answer["instance"] == answer["expected"]
+
+
+def test_the_shipped_scrape_config_lists_every_port_of_the_post_fork_hooks_range() -> None:
+    """A SIGHUP forks the new workers while the old ones hold their ports: the range is twice --workers, and a
+    port Prometheus is not told of is a worker whose requests no dashboard counts."""
+    (conf,) = [block for block in blocks("docs/observability.md", "## Setup") if "def post_fork" in block]
+    (ports,) = re.findall(r"^METRICS_PORTS = (.+?)  #", conf, re.MULTILINE)
+    scrape = yaml.safe_load((ROOT / "docs" / "observability" / "prometheus.yml").read_text())
+    (targets,) = [group["targets"] for job in scrape["scrape_configs"] for group in job["static_configs"]]
+    documented = list(eval(ports, {"__builtins__": {}, "range": range}))  # (the snippet's own expression)
+    assert sorted(int(target.rsplit(":", 1)[1]) for target in targets) == documented
 
 
 def outcome_rows() -> Iterator[tuple[str, list[type[BaseException]], set[int]]]:
