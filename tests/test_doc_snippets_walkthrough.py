@@ -1,15 +1,22 @@
 """Snippets a new team copies in its first hour that the other doc-snippet tests did not run: the quickstart's
-toy models, the imports of django.md's project files and repository.md's two ``Server(...)`` calls. Each
-failed as written once (a name not imported, a model to find first), so each runs here as a user copies it.
+toy models, the imports of django.md's project files, repository.md's two ``Server(...)`` calls and
+protocol.md's tritonclient and curl session. Each failed as written once (a name not imported, a model to
+find first, an app that was three lines of one), so each runs here as a user copies it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,8 @@ import pytest
 import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
+from .ports import listening_socket
+from .processes import stop_process
 from .test_doc_snippets import python_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,3 +98,55 @@ def test_repository_mds_server_snippets_run_as_written(monkeypatch: pytest.Monke
             assert server.models == {"fraud": [1]}
         finally:
             server.close()
+
+
+def _without_request_ids(text: str) -> str:
+    return re.sub(r"'inprocserve_request_id': '[^']*'|\"inprocserve_request_id\":\"[^\"]*\"", "<request id>", text)
+
+
+def test_protocol_mds_tritonclient_and_curl_session_runs_as_written(tmp_path: Path) -> None:
+    """Its app was the three lines that turn the protocol on, "saved as app.py": gunicorn could not boot it."""
+    pytest.importorskip("tritonclient.http")
+    section = (ROOT / "docs" / "protocol.md").read_text().split("## Trying it with tritonclient\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
+    (model_command,) = [line for line in commands[0].splitlines() if line.startswith("python -c ")]
+    subprocess.run([sys.executable, *shlex.split(model_command)[1:]], cwd=tmp_path, check=True, timeout=120)
+    app, client = python_blocks("docs/protocol.md", "## Trying it with tritonclient")
+    (tmp_path / "app.py").write_text(app)
+    (gunicorn_command,) = [line for line in commands[1].splitlines() if line.startswith("gunicorn ")]
+    listener = listening_socket()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    arguments = shlex.split(gunicorn_command.replace("127.0.0.1:8000", f"fd://{listener.fileno()}"))
+    log = tmp_path / "gunicorn.log"
+    with listener, open(log, "wb") as output:
+        master = subprocess.Popen(
+            [sys.executable, "-m", *arguments], cwd=tmp_path, pass_fds=[listener.fileno()], stdout=output,
+            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the first probe builds the worker's server
+            try:
+                with urllib.request.urlopen(f"http://{address}/v2/health/ready", timeout=10) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                assert master.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "gunicorn did not get ready"
+                time.sleep(0.2)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(client.replace("127.0.0.1:8000", address), {})
+        shown = section.split("\nprints\n\n```\n", 1)[1].split("```", 1)[0]
+        assert _without_request_ids(printed.getvalue()) == _without_request_ids(shown)
+        curl = shutil.which("curl")
+        if curl is not None:  # ("and with curl:", each command and the answer the document shows under it)
+            exchanges = re.findall(r"^\$ (.*?\n(?:    .*\n)*)(.*)\n", commands[2], re.MULTILINE)
+            assert len(exchanges) == 2, commands[2]
+            for command, shown_answer in exchanges:
+                words = shlex.split(command.replace("\\\n", " ").replace("127.0.0.1:8000", address))
+                answer = subprocess.run([curl, *words[1:]], capture_output=True, text=True, timeout=30, check=True)
+                assert _without_request_ids(answer.stdout) == _without_request_ids(shown_answer), command
+    finally:
+        stop_process(master)
