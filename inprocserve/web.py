@@ -76,6 +76,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ADMIN_ACTIONS",
+    "ADMIN_UNAUTHORIZED",
     "AdminAnswer",
     "ERROR_STATUS",
     "ErrorAnswer",
@@ -685,6 +686,14 @@ def environ_key(header: str | None) -> str | None:
     key = header.upper().replace("-", "_")
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
 
+
+ADMIN_UNAUTHORIZED = (
+    "the admin endpoints need the app's admin token (Flask: INPROCSERVE_ADMIN_TOKEN; Django: "
+    'INPROCSERVE["ADMIN_TOKEN"]) as the header Authorization: Bearer <token>; this request sent none, or another'
+)
+"""What an admin request without the app's token is told, with a 401 and ``WWW-Authenticate: Bearer``: the
+bare ``{"error": "unauthorized"}`` left a caller who sent a token to guess whether it was wrong or sent the
+wrong way (another scheme, the token alone, a query string)."""
 
 LENGTH_REQUIRED = (
     "send a Content-Length header: this WSGI server does not mark where a chunked request body ends "

@@ -71,6 +71,7 @@ def test_the_web_glue_is_a_public_module() -> None:
     assert list(web.__all__) == sorted(web.__all__)
     assert set(web.__all__) == defined | {
         "ADMIN_ACTIONS",
+        "ADMIN_UNAUTHORIZED",
         "ERROR_STATUS",
         "LENGTH_REQUIRED",
         "NO_SERVER",

@@ -20,6 +20,7 @@ from django.test import Client, override_settings
 from inprocserve_django import get_server, reset_server
 
 import inprocserve
+from inprocserve import web
 from inprocserve.testing import build_scale_model, save_model
 
 
@@ -369,6 +370,12 @@ def test_admin_endpoints_need_the_token_and_act_on_the_fleet(repository: Path) -
             assert admin_post(client, url, {"version": 1}).status_code == 401
             wrong = {"HTTP_AUTHORIZATION": "Bearer s3cre"}
             assert admin_post(client, url, {"version": 1}, **wrong).status_code == 401
+            for headers in [{}, wrong, {"HTTP_AUTHORIZATION": "s3cret"}]:  # (the token alone, without "Bearer ")
+                refused = admin_post(client, "/-/inprocserve/models/scale/kill", **headers)
+                assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer", headers
+                # says what to send, and how, where the bare {"error": "unauthorized"} left it to be guessed
+                assert refused.json() == {"error": "unauthorized", "message": web.ADMIN_UNAUTHORIZED}
+                assert 'INPROCSERVE["ADMIN_TOKEN"]' in refused.json()["message"]
             assert client.get(url, **ADMIN).status_code == 405  # POST only
             switched = admin_post(client, url, {"version": 1}, **ADMIN)
             assert switched.status_code == 200

@@ -23,6 +23,7 @@ from flask import Flask, request
 from inprocserve_flask import Inprocserve, default_context, predict, server, timeout
 
 import inprocserve
+from inprocserve import web
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 from tests.ports import listening_socket
 
@@ -324,6 +325,15 @@ def test_admin_endpoints_require_the_token(repository: Path) -> None:
         assert client.post("/-/inprocserve/reload").status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert client.post("/-/inprocserve/models/scale/switch", json={"version": 1}, headers=wrong).status_code == 401
+        for headers in [{}, wrong, {"Authorization": "s3cret"}]:  # (the token alone, without "Bearer ")
+            refused = client.post("/-/inprocserve/models/scale/kill", headers=headers)
+            assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer", headers
+            # says what to send, and how, where the bare {"error": "unauthorized"} left it to be guessed
+            assert refused.json == {"error": "unauthorized", "message": web.ADMIN_UNAUTHORIZED}
+            assert (
+                "INPROCSERVE_ADMIN_TOKEN" in refused.json["message"]
+                and "Authorization: Bearer" in refused.json["message"]
+            )
         good = {"Authorization": "Bearer s3cret"}
         reloaded = client.post("/-/inprocserve/reload", headers=good).json
         assert reloaded["problems"] == [] and reloaded["revision"] == 1 and reloaded["worker"] == os.getpid()

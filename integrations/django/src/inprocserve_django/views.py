@@ -78,7 +78,8 @@ def _admin(action: str) -> Callable[..., JsonResponse]:
         if not settings()["ADMIN_TOKEN"]:
             raise Http404("admin endpoints are off (INPROCSERVE['ADMIN_TOKEN'] is not set)")
         if not _authorized(request):
-            return JsonResponse({"error": "unauthorized"}, status=401)
+            unauthorized = {"error": "unauthorized", "message": web.ADMIN_UNAUTHORIZED}
+            return JsonResponse(unauthorized, status=401, headers={"WWW-Authenticate": "Bearer"})
         try:  # (request.body of a chunked request is empty: the action ran as if no body was sent)
             body = whole_body(request)
         except (LengthRequired, InvalidInputError, RequestDataTooBig) as exc:  # (broken chunked framing, ...)

@@ -444,7 +444,8 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
 
     def admin(action: str, model: str | None = None) -> Any:
         if not authorized():
-            return jsonify({"error": "unauthorized"}), 401
+            unauthorized = {"error": "unauthorized", "message": web.ADMIN_UNAUTHORIZED}
+            return jsonify(unauthorized), 401, {"WWW-Authenticate": "Bearer"}
         if web.body_end_unknown(request.environ):  # (read as empty: the action ran as if no body was sent)
             return jsonify({"error": "length_required", "message": web.LENGTH_REQUIRED}), 411
         try:
