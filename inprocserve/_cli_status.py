@@ -108,9 +108,12 @@ def fetch_status(url: str, *, token: str | None = None, timeout_s: float = 10.0)
     except (_RedirectRefusedError, _NoAnswerError):
         raise
     except urllib.error.HTTPError as exc:
+        refused = (
+            "the token given is not the one it takes" if token is not None else "pass the admin token with --token-file"
+        )
         hint = {
-            401: "pass the admin token with --token-file",
-            403: "pass the admin token with --token-file",
+            401: refused,
+            403: refused,
             404: f"is the endpoint enabled? If the app mounts it elsewhere than {ENDPOINT}, give the full URL",
         }.get(exc.code, "see the app's log")
         # (the reason phrase is the endpoint's own text: a hostile one's escapes retitled or cleared the terminal)
@@ -236,8 +239,13 @@ def _object(value: Any, where: str, *, optional: bool = False) -> dict[str, Any]
     return value
 
 
-def summarize(document: dict[str, Any]) -> list[str]:
+_NO_TOKEN = "--token-file gives the admin token"
+_TOKEN_NOT_TAKEN = "the app did not take the token given as its admin token"
+
+
+def summarize(document: dict[str, Any], *, token_sent: bool = False) -> list[str]:
     """Readable lines for a status document: one per model, one per version, rollout and shadow figures.
+    ``token_sent``: whether the request carried a token, so that a view without paths says why.
 
     Raises:
         MalformedStatusError: a part the summary reads is not the JSON type a status document has there
@@ -246,8 +254,10 @@ def summarize(document: dict[str, Any]) -> list[str]:
     runtime = document.get("onnxruntime", "?")
     state = "closed" if document.get("closed") else "open"
     # The view without the admin token drops every path (the repository, the control file): that is not
-    # "no repository", and the control revision the worker follows is shown all the same.
-    repository = (document.get("repository") or "(none)") if "repository" in document else "(path hidden: --token)"
+    # "no repository", and the control revision the worker follows is shown all the same. A token the app does
+    # not take gets that view too (/models answers without one): "--token" alone sent such a caller round.
+    hidden = _TOKEN_NOT_TAKEN if token_sent else _NO_TOKEN
+    repository = (document.get("repository") or "(none)") if "repository" in document else f"(path hidden: {hidden})"
     lines = [f"server {state}, onnxruntime {runtime}, repository {repository}"]
     worker = document.get("worker")
     if isinstance(worker, dict) and worker.get("pid") is not None:  # each request reaches one worker of the host
@@ -381,7 +391,7 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
     else:
         try:
-            lines = summarize(document)
+            lines = summarize(document, token_sent=token is not None)
         except MalformedStatusError as exc:
             return fail(f"{url} answered a malformed status document: {exc}", CANNOT_RUN)
         print(url)

@@ -410,6 +410,7 @@ def test_status_without_the_token_shows_the_worker_the_revision_and_the_kill_swi
     thread.start()
     try:
         result = run_cli("status", f"http://127.0.0.1:{http.server_port}")
+        wrong = run_cli("status", "--token", "s3cret", f"http://127.0.0.1:{http.server_port}")
     finally:
         http.shutdown()
         thread.join(timeout=10)
@@ -417,7 +418,13 @@ def test_status_without_the_token_shows_the_worker_the_revision_and_the_kill_swi
         extension.close(app)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[1].endswith("repository (path hidden: --token)")
+    assert lines[1].endswith("repository (path hidden: --token-file gives the admin token)")
+    # /models answers a token the app does not take as it answers none: the summary said "--token" to an
+    # operator who had given one
+    assert wrong.returncode == 0, wrong.stderr
+    assert wrong.stdout.splitlines()[1].endswith(
+        "(path hidden: the app did not take the token given as its admin token)"
+    )
     assert lines[2].startswith("answered by worker pid ")
     assert "control revision 2" in lines
     assert "  KILL SWITCH ON: the stable version answers every request (`resume` turns it off)" in lines
@@ -435,6 +442,9 @@ def test_status_without_the_token_says_to_pass_it(flask_app_url: str) -> None:
     result = run_cli("status", flask_app_url + "/api/-/inprocserve/models")
     assert result.returncode == 2
     assert "answered HTTP 401 UNAUTHORIZED: pass the admin token with --token" in result.stderr
+    wrong = run_cli("status", "--token", "s3cre", flask_app_url + "/api/-/inprocserve/models")
+    assert wrong.returncode == 2  # (not "pass the admin token": it was passed, and refused)
+    assert "answered HTTP 401 UNAUTHORIZED: the token given is not the one it takes" in wrong.stderr
 
 
 def test_status_of_a_wrong_path_and_of_nothing_listening(flask_app_url: str) -> None:
