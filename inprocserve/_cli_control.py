@@ -16,7 +16,7 @@ from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail
 from ._config import ModelConfig, load_model_config
 from ._control import ControlFile, ControlFileUnavailableError, ModelControl, switched, validate_percent
 from ._errors import ConfigurationError, InprocserveError
-from ._repository import ModelSource, scan_repository
+from ._repository import MODEL_FILENAME, REMOTE_FILENAME, ModelSource, scan_repository
 
 __all__ = ["CONTROL_COMMANDS"]
 
@@ -44,6 +44,14 @@ def _control(args: argparse.Namespace) -> int:
         )
     if not repository.is_dir():
         return fail(f"the model repository {args.repository} is not a folder", CANNOT_RUN)
+    versions = _version_folders(repository)
+    if versions:  # (`reload models/fraud` wrote a control file there that no server reads, and exited 0)
+        return fail(
+            f"{args.repository} looks like a model folder, not a repository (it holds version folders: "
+            f"{', '.join(versions)}): give the folder that holds it ({repository.resolve().parent}); nothing was "
+            "written",
+            CANNOT_RUN,
+        )
     try:
         scan = scan_repository(repository, follow_symlinks=args.follow_symlinks)
         control = ControlFile(repository)
@@ -100,6 +108,20 @@ def _control(args: argparse.Namespace) -> int:
         return fail(str(exc), PROBLEMS)
     print(json.dumps(written.to_dict(), indent=2))
     return OK
+
+
+def _version_folders(folder: Path) -> list[str]:
+    """The names of ``folder``'s version folders (a number holding a model.onnx or remote.toml), in order: a
+    model's folder given where the repository goes, where the servers never read a control file."""
+    try:
+        found = [entry for entry in folder.iterdir() if entry.name.isdecimal() and entry.is_dir()]
+        return [
+            entry.name
+            for entry in sorted(found, key=lambda entry: int(entry.name))
+            if (entry / MODEL_FILENAME).is_file() or (entry / REMOTE_FILENAME).is_file()
+        ]
+    except OSError:  # (a folder it may not read: the write that follows says so)
+        return []
 
 
 def _link_hint(args: argparse.Namespace, problems: list[str]) -> str:

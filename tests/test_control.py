@@ -598,6 +598,23 @@ def test_the_command_line_drives_the_fleet(three_versions: Path, make_server: Se
     assert ControlFile(three_versions).read().revision == 8
 
 
+def test_the_command_line_refuses_a_models_folder_given_as_the_repository(
+    three_versions: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`reload models/fraud` wrote a control file into the model's folder, which no server reads, and exited 0:
+    the operator believed the fleet reloaded. `switch models/fraud fraud 2` said the model was not there."""
+    from inprocserve.__main__ import main
+
+    model_folder = three_versions / "scale"
+    for command in (["reload"], ["switch", "scale", "2"], ["kill", "scale"], ["canary", "scale", "2", "10"]):
+        assert main([command[0], str(model_folder), *command[1:]]) == 2, command
+        error = capsys.readouterr().err
+        assert "looks like a model folder, not a repository (it holds version folders: 1, 2, 3)" in error, error
+        assert f"give the folder that holds it ({three_versions.resolve()})" in error
+    assert sorted(entry.name for entry in model_folder.iterdir()) == ["1", "2", "3"]  # nothing written there
+    assert not (three_versions / CONTROL_FILENAME).exists()
+
+
 def test_a_writer_also_applies_what_others_wrote_meanwhile(repository: Path, make_server: ServerFactory) -> None:
     for name in ("a", "b"):
         for version in (1, 2):
