@@ -14,7 +14,14 @@ from pathlib import Path
 
 from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail
 from ._config import ModelConfig, load_model_config
-from ._control import ControlFile, ControlFileUnavailableError, ModelControl, switched, validate_percent
+from ._control import (
+    ControlFile,
+    ControlFileUnavailableError,
+    ModelControl,
+    nothing_to_roll_back,
+    switched,
+    validate_percent,
+)
 from ._errors import ConfigurationError, InprocserveError
 from ._repository import MODEL_FILENAME, REMOTE_FILENAME, ModelSource, scan_repository
 
@@ -81,7 +88,9 @@ def _control(args: argparse.Namespace) -> int:
                 def back(state: ModelControl) -> ModelControl:
                     previous = state.previous_stable
                     if previous is None:
-                        raise InprocserveError(f"model {args.model!r} has no previous stable version to roll back to")
+                        raise nothing_to_roll_back(
+                            args.model, state.stable if state.stable is not None else _configured_default(source)
+                        )
                     if previous not in source.versions:  # (removed since): every worker would fall back to latest
                         known = ", ".join(map(str, sorted(source.versions))) or "none"
                         raise InprocserveError(

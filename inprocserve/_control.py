@@ -38,7 +38,7 @@ from typing import Any
 
 from . import _fork
 from ._config_checks import is_int, is_number, shown
-from ._errors import ConfigurationError, ControlFileUnavailableError
+from ._errors import ConfigurationError, ControlFileUnavailableError, NothingToRollBackError
 from ._regular_file import NotARegularFileError, read_regular_file
 
 __all__ = [
@@ -575,6 +575,20 @@ def switched(state: ModelControl, version: int, *, current: int | None = None) -
     if previous == version:
         previous = None
     return replace(state, stable=version, previous_stable=previous)
+
+
+def nothing_to_roll_back(model: str, stable: int | None) -> NothingToRollBackError:
+    """The refusal of a rollback of ``model``, whose state records no previous stable version; ``stable`` is
+    the version it serves as stable (``None``: not known), named so the operator sees where it stands. The
+    server and the CLI raise it with the same words."""
+    serving = "" if stable is None else f" (its stable version is {stable})"
+    return NothingToRollBackError(
+        f"model {model!r} has no previous stable version to roll back to: no switch of it from one version to "
+        f"another was recorded{serving}; nothing was changed. A rollback undoes a switch: to serve another "
+        "version, switch to it",
+        model=model,
+        version=stable,
+    )
 
 
 def validate_percent(percent: object) -> float:

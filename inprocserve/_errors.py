@@ -18,6 +18,7 @@
     ├── DeadlineExceededError     (+TimeoutError) the request's deadline passed before it ran
     ├── ServerClosedError                         the server (or version) no longer takes requests
     ├── ControlStateUnknownError                  a worker that has never read its damaged control file
+    ├── NothingToRollBackError    (+ValueError)   rollback() of a model with no switch recorded to undo
     └── PromotionRefusedError                     a guarded promotion found the candidate out of bounds
 
 Every error carries the ``model`` and ``version`` it concerns (``None`` where it does not apply) and
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidInputError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "NothingToRollBackError",
     "OutOfMemoryError",
     "OverloadedError",
     "PromotionRefusedError",
@@ -168,6 +170,12 @@ class ControlStateUnknownError(InprocserveError):
     (a hand edit, a sync caught half-way): it does not know the fleet's switches, canaries and kill
     switches, and refuses to route requests rather than undo them. It serves once its watcher reads the
     file (every ``control_interval_s``); retry later, or fix the file."""
+
+
+class NothingToRollBackError(InprocserveError, ValueError):
+    """:meth:`Server.rollback` of a model whose control state records no previous stable version: no switch
+    from one version to another was made, so there is no version to go back to. Nothing was changed; to serve
+    another version, switch to it. (A ``ValueError`` too, as it was before it had a class of its own.)"""
 
 
 class PromotionRefusedError(InprocserveError):

@@ -27,6 +27,7 @@ from ._control import (
     ControlFile,
     ModelControl,
     describe_unknown_keys,
+    nothing_to_roll_back,
     switched,
     validate_percent,
     validate_version,
@@ -337,6 +338,7 @@ class Operations:
         meanwhile, nothing is written (written unloaded, a version that cannot load reached the whole fleet).
 
         Raises:
+            NothingToRollBackError: the state read inside the lock records no version to go back to.
             _TargetMoved: the version to go back to is not the one loaded; nothing was written.
         """
         hint = self._current_control().models.get(model, ModelControl()).previous_stable
@@ -348,7 +350,7 @@ class Operations:
         def back(state: ModelControl) -> ModelControl:
             previous = state.previous_stable
             if previous is None:
-                raise ValueError(f"model {model!r} has no previous stable version to roll back to (no switch recorded)")
+                raise nothing_to_roll_back(model, state.stable if state.stable is not None else self._stable(model))
             if previous != hint:  # (never loaded here while holding the file's lock: every writer would wait)
                 raise _TargetMoved
             self._refuse_if_gone(model, previous, versions)
@@ -358,6 +360,13 @@ class Operations:
         self._change_control(model, back, actor)
         logger.info("model %r: rolled back; stable version is now %s", model, target[0])
         return target[0]
+
+    def _stable(self, model: str) -> int | None:
+        """The version ``model`` serves as stable here, by its config (``None`` where nothing of it is loaded)."""
+        routes = self._registry.routes.get(model)
+        if routes is None:
+            return None
+        return routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
 
     def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
         """See :meth:`Server.set_canary`."""
@@ -862,7 +871,8 @@ class RolloutMethods:
         incompatible signature: it returns to a version that served before.
 
         Raises:
-            ValueError: no switch of this model was recorded, so there is nothing to roll back to.
+            NothingToRollBackError: no switch of this model was recorded, so there is nothing to roll back to
+                (a ``ValueError`` too); nothing was changed.
             ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
         """
         return self._operations.rollback(model, actor=actor)

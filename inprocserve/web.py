@@ -57,6 +57,7 @@ from ._errors import (
     InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
+    NothingToRollBackError,
     OverloadedError,
     PromotionRefusedError,
     RemoteUnavailableError,
@@ -402,6 +403,7 @@ _CODES: Mapping[type[Exception], str] = {
     ControlStateUnknownError: "unavailable",
     DeadlineExceededError: "deadline_exceeded",
     PromotionRefusedError: "incompatible",
+    NothingToRollBackError: "nothing_to_roll_back",
     ModelLoadError: "model_load_failed",
     ConfigurationError: "configuration",
 }
@@ -469,6 +471,7 @@ _MAX_VERSION = 2**31  # a larger int is no version: the client's mistake, not an
 _ADMIN_STATUS: Mapping[type[Exception], int] = {
     ModelNotFoundError: 404,
     PromotionRefusedError: 409,  # e.g. an incompatible signature: send "force": true to switch anyway
+    NothingToRollBackError: 409,  # a well-formed request the model's state refuses: switch first
     ModelLoadError: 422,  # the version exists but cannot be loaded: nothing was switched
     ServerClosedError: 503,
     ConfigurationError: 409,  # the control file is invalid or cannot be written: fix it, then retry
@@ -556,13 +559,13 @@ def admin_answer(
     server: Server, action: str, model: str | None, body: object, *, actor: str, retry_after_s: float = 1
 ) -> AdminAnswer:
     """:func:`run_admin_action` as an answer: 200, or the status and body of an error the operator can
-    act on (400 bad body, 404 unknown model, 409 refused or control file problem, 422 version that cannot
-    load, 503 closed). The body is ``{"error": <code>, "message": <what to fix>}`` with the codes of
-    :func:`error_code` (``invalid_input``, ``model_not_found``, ``incompatible`` plus the ``report``,
-    ``configuration``, ``model_load_failed``, ``unavailable``), and a 503 says ``Retry-After``
-    ``retry_after_s``. Other errors propagate (the framework's error handling answers them). A message
-    quotes a file of the model repository relative to it (``fraud/3/model.onnx``); the log line of the
-    refusal quotes the whole path."""
+    act on (400 bad body, 404 unknown model, 409 refused, nothing to roll back to or control file problem,
+    422 version that cannot load, 503 closed). The body is ``{"error": <code>, "message": <what to fix>}``
+    with the codes of :func:`error_code` (``invalid_input``, ``model_not_found``, ``incompatible`` plus the
+    ``report``, ``nothing_to_roll_back``, ``configuration``, ``model_load_failed``, ``unavailable``), and a
+    503 says ``Retry-After`` ``retry_after_s``. Other errors propagate (the framework's error handling answers
+    them). A message quotes a file of the model repository relative to it (``fraud/3/model.onnx``); the log
+    line of the refusal quotes the whole path."""
     try:
         return AdminAnswer(200, run_admin_action(server, action, model, body, actor=actor))
     except Exception as exc:

@@ -104,6 +104,34 @@ def test_rollback_returns_to_the_previous_stable_version(three_versions: Path, m
     assert server.rollback("scale") == 1  # twice: back where we were
 
 
+def test_a_rollback_with_nothing_to_go_back_to_is_refused_naming_the_stable_version(
+    three_versions: Path, make_server: ServerFactory
+) -> None:
+    config = ModelConfig(rollout=RolloutConfig(stable=1), version_policy=VersionPolicy.all())
+    server = make_server(three_versions, config=config, control_interval_s=None)
+    with pytest.raises(inprocserve.NothingToRollBackError) as refused:
+        server.rollback("scale")
+    assert isinstance(refused.value, inprocserve.InprocserveError) and isinstance(refused.value, ValueError)
+    assert (refused.value.model, refused.value.version) == ("scale", 1)
+    assert "its stable version is 1" in str(refused.value) and "switch to it" in str(refused.value)
+    assert not (three_versions / CONTROL_FILENAME).exists()  # nothing was written
+    server.switch("scale", 1)  # to the version that serves: still nothing to go back to
+    with pytest.raises(inprocserve.NothingToRollBackError, match="its stable version is 1"):
+        server.rollback("scale")
+    assert ControlFile(three_versions).read().revision == 1 and served_version(server) == 1
+
+
+def test_the_command_line_refuses_a_rollback_with_nothing_to_go_back_to(
+    three_versions: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inprocserve.__main__ import main
+
+    assert main(["rollback", str(three_versions), "scale"]) == 1
+    error = capsys.readouterr().err
+    assert "no previous stable version to roll back to" in error and "its stable version is 3" in error
+    assert not (three_versions / CONTROL_FILENAME).exists()
+
+
 class _SwitchedMeanwhile(ControlFile):
     """The server's control file, on which another operator's CLI switches ``scale`` to each of ``versions``
     (a list per write) just before this server's next writes take the file's lock: after the rollback read the

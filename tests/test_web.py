@@ -125,6 +125,7 @@ EXPECTED: dict[str, tuple[int | None, str]] = {
     "InvalidInputError": (400, "invalid_input"),
     "ModelLoadError": (None, "model_load_failed"),
     "ModelNotFoundError": (404, "model_not_found"),
+    "NothingToRollBackError": (None, "nothing_to_roll_back"),  # raised by rollback alone: a 409 there (admin)
     "OutOfMemoryError": (None, "OutOfMemoryError"),  # the host short of memory: a 500, no retry invited
     "OverloadedError": (503, "unavailable"),
     "PromotionRefusedError": (None, "incompatible"),

@@ -377,6 +377,11 @@ def test_admin_endpoints_need_the_token_and_act_on_the_fleet(repository: Path) -
                 assert refused.json() == {"error": "unauthorized", "message": web.ADMIN_UNAUTHORIZED}
                 assert 'INPROCSERVE["ADMIN_TOKEN"]' in refused.json()["message"]
             assert client.get(url, **ADMIN).status_code == 405  # POST only
+            nothing = admin_post(client, "/-/inprocserve/models/scale/rollback", **ADMIN)  # no switch to undo
+            assert (nothing.status_code, nothing.json()["error"]) == (409, "nothing_to_roll_back")
+            assert (
+                "its stable version is 2" in nothing.json()["message"] and "switch to it" in nothing.json()["message"]
+            )
             switched = admin_post(client, url, {"version": 1}, **ADMIN)
             assert switched.status_code == 200
             assert switched.json()["stable"] == 1 and switched.json()["revision"] == 1

@@ -373,8 +373,10 @@ def test_admin_rollout_endpoints(repository: Path) -> None:
     try:
         assert client.post(f"{prefix}/kill").status_code == 401
         rollback = client.post(f"{prefix}/rollback", headers=good)
-        assert (rollback.status_code, rollback.json["error"]) == (400, "invalid_input")  # (codes as /score's)
+        # a well-formed request the model's state refuses (no switch to undo): a 409 saying what to do
+        assert (rollback.status_code, rollback.json["error"]) == (409, "nothing_to_roll_back")
         assert "no previous stable version" in rollback.json["message"]
+        assert "its stable version is 2); nothing was changed" in rollback.json["message"]
         assert client.post(f"{prefix}/switch", json={"version": 1}, headers=good).status_code == 200
         assert version() == 1
         assert client.post(f"{prefix}/canary", json={"version": 2, "percent": 100}, headers=good).json["revision"] == 2
