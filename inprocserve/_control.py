@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import difflib
 import errno
 import json
 import math
@@ -37,6 +36,7 @@ from stat import S_ISREG as stat_is_file
 from typing import Any
 
 from . import _fork
+from ._close_match import close_match
 from ._config_checks import is_int, is_number, shown
 from ._errors import ConfigurationError, ControlFileUnavailableError, NothingToRollBackError
 from ._regular_file import NotARegularFileError, read_regular_file
@@ -235,8 +235,8 @@ def describe_unknown_keys(keys: list[str]) -> str:
     for key in keys[:SHOWN_UNKNOWN_KEYS]:
         last = key.rsplit(".", 1)[-1] if key.startswith("models.") else key
         known = _MODEL_KEYS if key.startswith("models.") else _CONTROL_KEYS
-        close = difflib.get_close_matches(last, sorted(known), n=1, cutoff=0.75)
-        described.append(key + (f" ({close[0]}?)" if close else ""))
+        close = close_match(last, sorted(known), cutoff=0.75)
+        described.append(key + (f" ({close}?)" if close else ""))
     return ", ".join(described) + more_keys(len(keys), len(described))
 
 

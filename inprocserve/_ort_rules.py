@@ -7,7 +7,6 @@ the backend in ``_ort_backend.py`` is still the only module that imports onnxrun
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import os
@@ -15,6 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from ._close_match import close_match
 from ._config import PoolConfig
 from ._cpu_quota import CpuQuota, current_cpu_quota, memory_limit
 from ._declared_shapes import Declared
@@ -343,8 +343,8 @@ def check_provider_names(
                 continue
             every = list(dict.fromkeys([*known, *registered]))
             by_case = {known_name.lower(): known_name for known_name in every}  # ("Cuda..." means "CUDA...")
-            close = difflib.get_close_matches(name.lower(), by_case, n=1)
-            hint = f"did you mean {by_case[close[0]]!r}?" if close else f"it knows {', '.join(every)}"
+            close = close_match(name.lower(), by_case)
+            hint = f"did you mean {by_case[close]!r}?" if close else f"it knows {', '.join(every)}"
             offered = list(dict.fromkeys([*available, *registered]))
             raise ConfigurationError(
                 f"{key} names {name!r}, which onnxruntime {onnxruntime_version()} does not know ({hint}); this "

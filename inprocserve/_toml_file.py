@@ -5,12 +5,12 @@ recursion limit, a byte-order mark. Each is an error naming the file, or read as
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ._close_match import TYPO_CUTOFF, close_match
 from ._errors import ConfigurationError
 from ._regular_file import NotARegularFileError, read_regular_file
 
@@ -63,8 +63,8 @@ def read_toml(path: Path) -> dict[str, Any]:
 def name_unknown_key(where: str, key: str, known: Iterable[str]) -> str:
     """How a key left out is named: ``[rollout] stabel (stable?)`` when it is one letter or two off a known key
     (a typo there, the setting it meant is not in force on any worker), else ``[batching] max_batch_bytes``."""
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.8)
-    return f"{where}{key}" + (f" ({close[0]}?)" if close else "")
+    close = close_match(key, known, cutoff=TYPO_CUTOFF)
+    return f"{where}{key}" + (f" ({close}?)" if close else "")
 
 
 def name_unknown_keys(ignored: list[str], where: str, keys: Iterable[str], known: Iterable[str]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ from django.utils.module_loading import import_string
 
 import inprocserve
 from inprocserve import v2, web
+from inprocserve._close_match import close_match
 from inprocserve._prefork import refuse_at_start, replacement_worker
 from inprocserve._repository import scan_repository
 
@@ -30,10 +30,10 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         return [Error(str(exc), id="inprocserve.E012")]
     messages.extend(_value_errors(config))
     for key in unknown_keys():
-        close = difflib.get_close_matches(str(key), list(DEFAULTS), n=1)  # (a typo's own fix, before the list)
+        close = close_match(str(key), DEFAULTS)  # (a typo's own fix, before the list)
         messages.append(
             Error(
-                f"INPROCSERVE has an unknown key {key!r}{f' ({close[0]}?)' if close else ''}.",
+                f"INPROCSERVE has an unknown key {key!r}{f' ({close}?)' if close else ''}.",
                 hint=f"Known keys: {', '.join(sorted(DEFAULTS))} (see docs/django.md).",
                 id="inprocserve.E004",
             )

@@ -489,11 +489,11 @@ def _warn_of_unknown_keys(config: Mapping[str, Any]) -> None:
     """Log the ``INPROCSERVE_*`` keys of ``config`` the extension does not know, each with the key it is
     close to: a typo (``INPROCSERVE_REPOSITROY``) was taken silently, and the app served nothing. A warning,
     not an error, as for ``config.toml``: a key of a newer release must not stop an older one's start."""
-    import difflib
+    from inprocserve._close_match import close_match
 
     for key in sorted(k for k in config if isinstance(k, str) and k.startswith("INPROCSERVE_") and k not in DEFAULTS):
-        close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
-        meant = f" ({close[0]}?)" if close else ""
+        close = close_match(key, DEFAULTS)
+        meant = f" ({close}?)" if close else ""
         logger.warning(
             "app.config has %s%s, which this release of inprocserve-flask does not know; it is ignored "
             "(see docs/flask.md for the keys)",
