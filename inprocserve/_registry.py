@@ -19,6 +19,7 @@ from stat import S_ISREG as stat_is_file
 
 from ._backend import raised_by_signal_handler
 from ._brief import brief
+from ._close_match import close_match
 from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import Control, ModelControl
 from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError, failure_text
@@ -1482,7 +1483,8 @@ class Registry:
             return ServerClosedError("the server is closed", model=model, version=version)
         routes = self.routes.get(model)
         if routes is None:
-            known = ", ".join(sorted(self.routes)) or "none"
+            served = sorted(self.routes)
+            known = ", ".join(served) or "none"
             failure = self.failures.get(model)
             # Not the load error itself: it quotes file-system paths, and this message reaches HTTP clients
             # (the 404 of a prediction). status() and the log keep the detail.
@@ -1505,6 +1507,8 @@ class Registry:
                     f"(<model>/<version>/{MODEL_FILENAME}, the version a whole number such as 1): see the "
                     "server's log, or run python -m inprocserve validate on the repository"
                 )
+            if not hint:
+                hint = _did_you_mean(model, served)
             # version=None here says "no such model" (a known model's missing version carries the version):
             # RequestTelemetry.refused records such refusals under one model name, not the caller's.
             return ModelNotFoundError(f"unknown model {brief(model)} (servable models: {known}){hint}", model=model)
@@ -1583,6 +1587,14 @@ def controlled(rollout: RolloutConfig, state: ModelControl) -> RolloutConfig:
         return rollout
     canary = CanaryConfig(version=state.canary_version, percent=state.canary_percent)
     return dataclasses.replace(rollout, strategy="canary", canary=canary)
+
+
+def _did_you_mean(model: str, served: list[str]) -> str:
+    """The served model name closest to ``model`` (a typo: ``fruad`` for ``fraud``), as a hint for
+    :meth:`Registry.not_found`; "" when none is close. Its cost is bounded by the served names, however long
+    the name a client sent (see :func:`close_match`)."""
+    meant = close_match(model, served)
+    return "" if meant is None else f"; did you mean {brief(meant)}?"
 
 
 def _changed_models(previous: Control, control: Control) -> set[str]:

@@ -49,7 +49,34 @@ def test_a_typo_in_the_name_gets_no_layout_hint(make_server: ServerFactory, repo
     server = make_server(repository)
     with pytest.raises(inprocserve.ModelNotFoundError) as caught:
         server.predict("frad", ROW)
-    assert str(caught.value) == "unknown model 'frad' (servable models: fraud)"
+    assert str(caught.value) == "unknown model 'frad' (servable models: fraud); did you mean 'fraud'?"
+
+
+@pytest.mark.parametrize(("sent", "meant"), [("fruad", "fraud"), ("Scale", "scale"), ("fraud-v2", "fraud")])
+def test_an_unknown_model_names_the_served_model_it_is_close_to(
+    make_server: ServerFactory, repository: Path, sent: str, meant: str
+) -> None:
+    """A typo was answered with the list of every served model, in which the caller had to spot its own."""
+    place(repository, "fraud/1/model.onnx")
+    place(repository, "scale/1/model.onnx")
+    server = make_server(repository)
+    with pytest.raises(inprocserve.ModelNotFoundError) as caught:
+        server.predict(sent, ROW)
+    assert str(caught.value).endswith(f"(servable models: fraud, scale); did you mean {meant!r}?"), caught.value
+    assert caught.value.model == sent and caught.value.version is None
+
+
+@pytest.mark.parametrize("sent", ["churn", "fraud" * 200_000])
+def test_an_unknown_model_close_to_none_gets_no_guess_and_a_long_one_is_not_echoed(
+    make_server: ServerFactory, repository: Path, sent: str
+) -> None:
+    place(repository, "fraud/1/model.onnx")
+    server = make_server(repository)
+    with pytest.raises(inprocserve.ModelNotFoundError) as caught:
+        server.predict(sent, ROW)
+    message = str(caught.value)
+    assert "did you mean" not in message and message.endswith("(servable models: fraud)"), message[:300]
+    assert len(message) < 200, message[:300]
 
 
 def test_a_version_on_disk_that_the_policy_does_not_serve_names_the_policy(

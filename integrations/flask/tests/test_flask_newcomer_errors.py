@@ -62,3 +62,20 @@ def test_known_keys_log_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixt
         Inprocserve(app)
     Inprocserve.close(app)
     assert not [record for record in caplog.records if "does not know" in record.getMessage()]
+
+
+@pytest.mark.parametrize(("sent", "hint"), [("scael", "; did you mean 'scale'?"), ("scale" * 20_000, "")])
+def test_an_unknown_model_s_404_names_the_served_model_it_is_close_to(tmp_path: Path, sent: str, hint: str) -> None:
+    """A typo in the URL's model name: the 404 names the model meant, and never echoes a long name whole."""
+    save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
+    app = Flask("did_you_mean")
+    app.config.update(INPROCSERVE_REPOSITORY=str(tmp_path / "models"), INPROCSERVE_V2_PROTOCOL=True)
+    Inprocserve(app)
+    try:
+        body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+        answer = app.test_client().post(f"/v2/models/{sent}/infer", json=body)
+        assert answer.status_code == 404
+        assert answer.json["error"].endswith(f"(servable models: scale){hint}"), answer.json["error"][:300]
+        assert len(answer.get_data()) < 300
+    finally:
+        Inprocserve.close(app)
