@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flask import Flask, request
-from inprocserve_flask import Inprocserve, default_context, predict, server, timeout
+from inprocserve_flask import Inprocserve, OutsideRequestError, default_context, predict, server, timeout
 
 import inprocserve
 from inprocserve import web
@@ -259,6 +259,40 @@ def test_predict_needs_no_request_when_context_and_budget_are_given(repository: 
             assert predict("scale", {"x": [[1, 1, 1, 1]]}, timeout_s=5.0).version == 2
             with pytest.raises(RuntimeError, match="request context"):
                 predict("scale", {"x": [[1, 1, 1, 1]]})  # the budget needs the request's deadline header
+    finally:
+        Inprocserve.close(app)
+
+
+def test_predict_outside_a_request_says_to_call_the_server_instead(repository: Path) -> None:
+    """A job or a CLI command calling predict got Flask's "Working outside of request context", which says
+    neither what predict wanted from the request nor what to call there."""
+    app = make_app(repository)
+    try:
+        with app.app_context():
+            with pytest.raises(OutsideRequestError) as caught:
+                predict("scale", {"x": [[1, 1, 1, 1]]})
+            message = str(caught.value)
+            assert isinstance(caught.value, inprocserve.InprocserveError) and isinstance(caught.value, RuntimeError)
+            assert "inprocserve_flask.server.predict('scale', inputs)" in message, message
+            assert "pass context= and timeout_s= to predict" in message, message
+            assert caught.value.model == "scale"
+            with pytest.raises(OutsideRequestError, match="pass timeout_s= to predict"):
+                predict("scale", {"x": [[1, 1, 1, 1]]}, context={"user_id": "job"})
+            assert server.predict("scale", {"x": [[1, 1, 1, 1]]}).version == 2  # what it says to call
+    finally:
+        Inprocserve.close(app)
+
+
+def test_an_error_the_apps_context_callable_raises_in_a_request_is_its_own(repository: Path) -> None:
+    def broken() -> dict[str, str]:
+        raise RuntimeError("the app's own mistake")
+
+    app = make_app(repository, INPROCSERVE_CONTEXT=broken)
+    try:
+        with app.test_request_context("/score"):
+            with pytest.raises(RuntimeError, match="the app's own mistake") as caught:
+                predict("scale", {"x": [[1, 1, 1, 1]]})
+            assert not isinstance(caught.value, OutsideRequestError)
     finally:
         Inprocserve.close(app)
 

@@ -29,18 +29,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, has_request_context, jsonify, request
 from werkzeug.local import LocalProxy
 
 import inprocserve
 from inprocserve import web
+from inprocserve._brief import brief
 from inprocserve._prefork import check_at_start, refuse_at_start
 
 from .status_page import add_status_page
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Inprocserve", "default_context", "predict", "server", "timeout"]
+__all__ = ["Inprocserve", "OutsideRequestError", "default_context", "predict", "server", "timeout"]
 
 _EXTENSION = "inprocserve"
 
@@ -367,29 +368,52 @@ def _budget(state: _State, environ: Mapping[str, Any]) -> float | None:
     return budget
 
 
+class OutsideRequestError(inprocserve.InprocserveError, RuntimeError):
+    """:func:`predict` was called where there is no request to read its user and deadline from (a CLI command,
+    a job, a thread of your own): call ``server.predict`` there. A ``RuntimeError`` too, as Flask's own
+    "Working outside of request context" that it replaces."""
+
+
 def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
     """``server.predict`` with the request's context (user) and remaining time budget filled in.
 
     Raises:
+        OutsideRequestError: there is no request, and ``context`` or ``timeout_s`` was left to be read from it.
         inprocserve.DeadlineExceededError: the request's budget is already spent (then nothing runs).
         Anything ``Server.predict`` raises; with the default error handlers they become HTTP responses.
     """
     state = _state()
-    environ = None  # the request's, read only for what is not given: an app context may be enough
-    if "context" not in kwargs:
-        make_context = state.make_context
-        if make_context is not None:
-            kwargs["context"] = make_context()
-        else:
-            environ = request.environ
-            kwargs["context"] = _default_context(state, environ)
     server = state.holder.get()
-    if "timeout_s" not in kwargs:
-        budget = _budget(state, request.environ if environ is None else environ)
-        if budget is not None and budget <= 0:
-            raise web.budget_spent(server, model, kwargs.get("version"))
-        kwargs["timeout_s"] = budget
+    try:  # (free where it does not raise: outside a request, Flask's RuntimeError is replaced below)
+        environ = None  # the request's, read only for what is not given: an app context may be enough
+        if "context" not in kwargs:
+            make_context = state.make_context
+            if make_context is not None:
+                kwargs["context"] = make_context()
+            else:
+                environ = request.environ
+                kwargs["context"] = _default_context(state, environ)
+        if "timeout_s" not in kwargs:
+            budget = _budget(state, request.environ if environ is None else environ)
+            if budget is not None and budget <= 0:
+                raise web.budget_spent(server, model, kwargs.get("version"))
+            kwargs["timeout_s"] = budget
+    except RuntimeError as exc:
+        if has_request_context():
+            raise
+        raise _outside_a_request(model, kwargs) from exc
     return server.predict(model, inputs, **kwargs)
+
+
+def _outside_a_request(model: object, kwargs: Mapping[str, Any]) -> OutsideRequestError:
+    """What to call instead of :func:`predict` where there is no request, naming what it wanted to read."""
+    wanted = " and ".join(f"{name}=" for name in ("context", "timeout_s") if name not in kwargs)
+    return OutsideRequestError(
+        f"inprocserve_flask.predict reads the request's user and deadline, and there is no request context "
+        f"here; outside a view (a CLI command, a job, a thread), call inprocserve_flask.server.predict("
+        f"{brief(model)}, inputs) in the app's context (with app.app_context():), or pass {wanted} to predict",
+        model=model if isinstance(model, str) else None,
+    )
 
 
 def _error_handler(statuses: Mapping[type[Exception], int], retry_after_s: float) -> Callable[[Exception], Any]:
