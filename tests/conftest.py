@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, settings
 from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
-from inprocserve._flush_policy import FlushPolicy
+from inprocserve._flush_policy import FlushPolicy, RunCost
+from inprocserve._model import ModelVersion
 from inprocserve._wake_relay import RELAY
 from inprocserve.testing import build_scale_model, save_model
 
@@ -377,6 +378,20 @@ def note_arrivals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
 
     monkeypatch.setattr(FlushPolicy, "arrive", noting)
     return noted
+
+
+def pin_run_cost(monkeypatch: pytest.MonkeyPatch, *, fixed_s: float, per_row_s: float) -> None:
+    """From now on, every version loaded takes ``fixed_s + per_row_s * rows`` as its measured run cost (a
+    version whose cost is not measured keeps none). The cost picks flush rules (``FlushPolicy.overlap``, the
+    automatic delay), and measured on a loaded host it is noise: beside two busy loops, the busy model's fixed
+    cost per run, about 1 ms, was measured as 0 in two loads of six (a quick model's)."""
+    measure = ModelVersion._measure_run_cost
+
+    def pinned(self: ModelVersion, signature: Any, *, batchable: bool) -> RunCost | None:
+        measured = measure(self, signature, batchable=batchable)
+        return None if measured is None else RunCost(fixed_s, per_row_s, measured.row_elements)
+
+    monkeypatch.setattr(ModelVersion, "_measure_run_cost", pinned)
 
 
 def _version_status(server: inprocserve.Server, model: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from .conftest import (
     busy_inputs,
     note_arrivals,
     occupy,
+    pin_run_cost,
     run_threads,
     version_status,
     wait_until,
@@ -555,10 +556,11 @@ def test_light_traffic_to_a_model_that_computes_longer_stops_waiting_for_compani
     """Requests that meet now and then make a peak of two, but the next one comes long after the delay: once
     a companion was seen not to come, each runs as it comes instead of waiting the delay in vain."""
     clock = ManualClock()
+    pin_run_cost(monkeypatch, fixed_s=0.001, per_row_s=0.0002)  # the busy model's here, whatever the load
     server = make_server(busy_repository, config=ModelConfig(batching=BatchingConfig(max_delay_s=0.05)), clock=clock)
     server.predict("busy", busy_inputs(1))  # adopts the runners
     batcher = server._registry.routes["busy"].versions[1].batcher
-    assert batcher is not None and not batcher._policy.overlap  # (about 0.9 ms a run: not the quick models' rule)
+    assert batcher is not None and not batcher._policy.overlap  # (1 ms a run: not the quick models' rule)
     with batcher._lock:
         batcher._policy.arrive(2, 1, 2)  # two requests met a moment ago
     arrivals = note_arrivals(monkeypatch)
