@@ -282,14 +282,19 @@ HELD_MARK = 12345.0
 
 
 class HeldSession:
-    """A request that holds its model's only session until the test releases it (see ``hold_session``)."""
+    """A run held at its gate until the test lets it go (see ``hold_session``): that of a request the fixture
+    sent to hold the model's only session (``future``), or of a batch led by a request the test marked and
+    sent itself (``SessionHolder.mark``; no future)."""
 
-    def __init__(self, future: Any, gate: threading.Event) -> None:
-        self.future = future
-        self._gate = gate
+    def __init__(self, *, at_most_s: float) -> None:
+        self.future: Any = None
+        self.at_most_s = at_most_s
+        self.started = threading.Event()
+        """Set once the held run waits at its gate."""
+        self._gate = threading.Event()
 
     def done(self) -> bool:
-        return bool(self.future.done())
+        return bool(self.future is not None and self.future.done())
 
     def let_go(self) -> None:
         """Let the held run go on (a real onnxruntime run), without waiting for it."""
@@ -308,14 +313,70 @@ class HeldSession:
         threading.Thread(target=watch, daemon=True).start()
 
     def release(self) -> Any:
-        """Let the held run go on, and return its answer."""
+        """Let the held run go on, and return its answer (the fixture's request's)."""
         self._gate.set()
         return self.future.result(timeout=60)
 
+    def hold(self) -> None:
+        """Wait at the gate (the held run's thread), at most ``at_most_s``."""
+        self.started.set()
+        self._gate.wait(self.at_most_s)
+
+
+class SessionHolder:
+    """What ``hold_session`` gives a test: call it to hold a model's only session with a request of its own,
+    or ``mark`` a request the test sends itself. Runs are held in the order their requests were marked."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        """The rows of every onnxruntime run since the test began, held or not (a version's probes at load
+        included), in the order they started."""
+        self._armed: list[HeldSession] = []
+        self._made: list[HeldSession] = []
+        self._lock = threading.Lock()
+
+    def __call__(
+        self, server: inprocserve.Server, model: str = "busy", rows: int = 3000, *, at_most_s: float = 10.0
+    ) -> HeldSession:
+        """Send a request of ``rows`` rows, held once it runs, and return when it holds the session."""
+        inputs = busy_inputs(rows)
+        held = self.mark(inputs, at_most_s=at_most_s)
+        held.future = server.submit(model, inputs)
+        wait_until(lambda: _version_status(server, model)["queued_rows"] == 0)
+        assert not held.done(), "the held request was answered before it ran"
+        return held
+
+    def mark(self, inputs: dict[str, np.ndarray], *, at_most_s: float = 10.0) -> HeldSession:
+        """Mark the busy model's ``inputs`` so that the run whose first row is theirs is held: a request
+        the test's own thread sends and then waits in (a ``predict`` whose merged batch must be running when
+        something happens to its caller; ``started`` tells when it is)."""
+        inputs["x"][0, 0] = HELD_MARK
+        held = HeldSession(at_most_s=at_most_s)
+        with self._lock:
+            self._armed.append(held)
+            self._made.append(held)
+        return held
+
+    def ran(self, feeds: dict[str, Any]) -> HeldSession | None:
+        """A run of ``feeds`` starts: note its rows; return the held run it is, if their first row is marked."""
+        first = next(iter(feeds.values()), None)
+        self.rows.append(len(first) if getattr(first, "ndim", 0) else 0)
+        x = feeds.get("x")
+        if not (self._armed and x is not None and x.ndim == 2 and len(x) and x[0, 0] == HELD_MARK):
+            return None
+        with self._lock:
+            return self._armed.pop(0) if self._armed else None
+
+    def let_all_go(self) -> None:
+        for held in self._made:
+            held.let_go()
+
 
 @pytest.fixture
-def hold_session(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., HeldSession]]:
-    """Hold a model's only session with one request until the test releases it: ``hold(server)``.
+def hold_session(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionHolder]:
+    """Hold a model's only session with one request until the test releases it: ``hold(server)``; or hold
+    the batch led by a request the test marks and sends itself: ``hold.mark(inputs)``. ``hold.rows`` notes
+    the rows of every run.
 
     ``occupy`` holds it for as long as its run computes, a quarter of a second here, less on a faster host
     and, seen from a test whose thread a loaded machine stalls, sometimes nothing at all: a test that needs
@@ -330,39 +391,17 @@ def hold_session(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) ->
     from inprocserve._ort_backend import OnnxruntimeBackend
 
     run = OnnxruntimeBackend.run
-    armed: list[tuple[threading.Event, float]] = []
-    gates: list[threading.Event] = []
-    lock = threading.Lock()
+    holder = SessionHolder()
 
     def gated(self: OnnxruntimeBackend, runner: Any, feeds: Any, **kwargs: Any) -> list[np.ndarray]:
-        x = feeds.get("x")
-        held = None
-        if armed and x is not None and x.ndim == 2 and len(x) and x[0, 0] == HELD_MARK:
-            with lock:
-                held = armed.pop(0) if armed else None
+        held = holder.ran(feeds)
         if held is not None:
-            held[0].wait(held[1])
+            held.hold()
         return run(self, runner, feeds, **kwargs)
 
     monkeypatch.setattr(OnnxruntimeBackend, "run", gated)
-
-    def hold(
-        server: inprocserve.Server, model: str = "busy", rows: int = 3000, *, at_most_s: float = 10.0
-    ) -> HeldSession:
-        gate = threading.Event()
-        with lock:
-            armed.append((gate, at_most_s))
-            gates.append(gate)
-        inputs = busy_inputs(rows)
-        inputs["x"][0, 0] = HELD_MARK
-        future = server.submit(model, inputs)
-        wait_until(lambda: _version_status(server, model)["queued_rows"] == 0)
-        assert not future.done(), "the held request was answered before it ran"
-        return HeldSession(future, gate)
-
-    yield hold
-    for gate in gates:
-        gate.set()
+    yield holder
+    holder.let_all_go()
 
 
 def note_arrivals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:

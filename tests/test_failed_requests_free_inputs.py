@@ -26,8 +26,7 @@ from inprocserve._request import Request, finish_detached
 from inprocserve.testing import build_gather_model, build_scale_model, save_model
 
 from . import test_remote_retries
-from .conftest import HeldSession, ServerFactory, busy_inputs, occupy, version_status, wait_until
-from .test_interrupted_callers import GatedRuns
+from .conftest import HeldSession, ServerFactory, SessionHolder, busy_inputs, occupy, version_status, wait_until
 from .test_remote_retries import Scripted
 
 scripted = test_remote_retries.scripted  # (the scripted model server of test_remote_retries, as a fixture)
@@ -212,7 +211,7 @@ def test_predict_many(server: inprocserve.Server, no_collector: None, make: Call
 
 
 def test_identical_requests_sharing_a_failed_run_each_raise_their_own_error(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     """A follower of an identical request in flight got its leader's error object itself: each caller's
     ``raise`` put its frames in front of the other's (30 of 30 pairs: the follower's traceback showed the
@@ -235,17 +234,14 @@ def test_identical_requests_sharing_a_failed_run_each_raise_their_own_error(
         except InvalidInputError as error:
             caught["follower"] = error
 
-    gate = GatedRuns(server, "busy", hold=(64,))  # the session stays busy until the test opens the gate
-    blocker = server.submit("busy", busy_inputs(64))
-    assert gate.started[64].wait(60)
+    blocker = hold_session(server, rows=64, at_most_s=60.0)  # the session stays busy until it is let go
     threads = [threading.Thread(target=leader_caller), threading.Thread(target=follower_caller)]
     threads[0].start()
     wait_until(lambda: version_status(server, "busy")["queued_rows"] == 2)
     threads[1].start()
     time.sleep(0.2)
     assert version_status(server, "busy")["queued_rows"] == 2  # the follower waits on its leader, unqueued
-    gate.open(64)
-    blocker.result(timeout=60)
+    blocker.release()
     for thread in threads:
         thread.join(timeout=60)
     leader, follower = caught["leader"], caught["follower"]
@@ -258,7 +254,7 @@ def test_identical_requests_sharing_a_failed_run_each_raise_their_own_error(
 
 
 def test_a_leader_run_on_its_callers_thread_keeps_its_traceback_when_a_request_follows_it(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     """With a cache, ``predict``'s shortest way runs a request on its caller's thread and identical requests
     follow it: they are handed the error that caller is raising. Their requests dropped the tracebacks of that
@@ -270,24 +266,26 @@ def test_a_leader_run_on_its_callers_thread_keeps_its_traceback_when_a_request_f
     server = make_server(busy_repository, config=config)
     server.predict("busy", busy_inputs(1))
     caught: dict[str, BaseException] = {}
+    rows = bad_rows()
+    held = hold_session.mark(rows, at_most_s=60.0)  # the leader's run waits until the follower follows it
 
     def call(name: str) -> None:
         try:
-            server.predict("busy", bad_rows())
+            server.predict("busy", {key: array.copy() for key, array in rows.items()})  # (identical)
         except InvalidInputError as error:
             caught[name] = error
 
-    gate = GatedRuns(server, "busy", hold=(2,))  # the leader's run waits until the follower follows it
+    ran_before = len(hold_session.rows)
     leader = threading.Thread(target=call, args=("leader",))
     leader.start()
-    assert gate.started[2].wait(60)
+    assert held.started.wait(60)
     follower = threading.Thread(target=call, args=("follower",))
     follower.start()
     time.sleep(0.2)  # the follower waits on its leader's future (checked below: one run for both)
-    gate.open(2)
+    held.let_go()
     for thread in (leader, follower):
         thread.join(timeout=60)
-    assert gate.rows.count(2) == 1  # one run for both
+    assert hold_session.rows[ran_before:] == [2]  # one run for both
     error = caught["leader"]
     frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
     assert "_predict_plain" in frames and "run_plain" in frames

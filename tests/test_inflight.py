@@ -26,6 +26,7 @@ from .conftest import (
     BUSY_WIDTH,
     HeldSession,
     ServerFactory,
+    SessionHolder,
     build_busy_model,
     busy_inputs,
     occupy,
@@ -42,21 +43,19 @@ def sharing(share: bool | None, *, cache: bool = False, **batching: int) -> Mode
 
 
 def held_hot_leader(
-    make_server: ServerFactory, repository: Path, *, samples: bool = True
-) -> tuple[inprocserve.Server, Any, dict[str, np.ndarray], Any]:
+    make_server: ServerFactory, repository: Path, hold: SessionHolder, *, samples: bool = True
+) -> tuple[inprocserve.Server, HeldSession, dict[str, np.ndarray], Any]:
     """A server sharing identical requests in flight, and the leader of a hot 64-row request (128 KiB)
-    held in its run until ``gate.open_all()``: ``(server, gate, hot, leader)``. ``samples=False``: no
+    held in its run until ``held.let_go()``: ``(server, held, hot, leader)``. ``samples=False``: no
     promotion samples (they hold up to 32 MiB of inputs, which a memory measurement would count)."""
-    from .test_interrupted_callers import GatedRuns
-
     rollout = inprocserve.RolloutConfig() if samples else inprocserve.RolloutConfig(capture_inputs=0)
     server = make_server(repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True), rollout=rollout))
     server.predict("busy", busy_inputs(1))
-    gate = GatedRuns(server, "busy", hold=(64,))
     hot = busy_inputs(64, seed=7)
+    held = hold.mark(hot, at_most_s=WAIT_S)  # (its copies, identical, carry the mark too)
     leader = server.submit("busy", hot)
-    assert gate.started[64].wait(WAIT_S)
-    return server, gate, hot, leader
+    assert held.started.wait(WAIT_S)
+    return server, held, hot, leader
 
 
 def test_without_the_cache_identical_requests_share_a_run_when_switched_on(
@@ -212,11 +211,11 @@ def _waits_for_its_answer(thread: threading.Thread) -> bool:
 
 
 def test_followers_that_gave_up_are_not_kept_alive_by_a_long_leader(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     """Callers of the hot request with short deadlines follow a leader whose run takes long, and give up:
     the leader must not keep each one's inputs until it finishes (400 of them held 50 MiB)."""
-    server, gate, hot, leader = held_hot_leader(make_server, busy_repository, samples=False)
+    server, held, hot, leader = held_hot_leader(make_server, busy_repository, hold_session, samples=False)
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
@@ -227,19 +226,19 @@ def test_followers_that_gave_up_are_not_kept_alive_by_a_long_leader(
     finally:
         tracemalloc.stop()
     assert after - before < 4 * 2**20  # (50 MiB while the leader ran)
-    gate.open_all()
+    held.let_go()
     np.testing.assert_array_equal(leader.result(timeout=WAIT_S)["y"], server.predict("busy", hot)["y"])
 
 
 @pytest.mark.parametrize("gives_up", ["submit cancelled", "apredict cancelled", "apredict past its deadline"])
 def test_async_followers_that_gave_up_are_let_go_and_recorded_once(
-    busy_repository: Path, make_server: ServerFactory, gives_up: str
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder, gives_up: str
 ) -> None:
     """As for synchronous callers above: a cancelled ``submit`` future, or an event loop's task cancelled or
     past its deadline, lets its follower (and its inputs) go at once, not when the leader finishes (400 of
     them held 51 MiB), and is recorded once, as what its caller got (a cancelled ``submit`` follower was
     recorded as answered)."""
-    server, gate, hot, leader = held_hot_leader(make_server, busy_repository, samples=False)
+    server, held, hot, leader = held_hot_leader(make_server, busy_repository, hold_session, samples=False)
 
     def copy() -> dict[str, np.ndarray]:
         return {name: array.copy() for name, array in hot.items()}
@@ -272,19 +271,19 @@ def test_async_followers_that_gave_up_are_let_go_and_recorded_once(
     assert after - before < 4 * 2**20  # (51 MiB while the leader ran)
     latency = version_status(server, "busy")["latency_ms"]
     assert (latency["count"], latency["errors"]) == (1, 400)  # recorded when they gave up
-    gate.open_all()
+    held.let_go()
     np.testing.assert_array_equal(leader.result(timeout=WAIT_S)["y"], server.predict("busy", hot)["y"])
     latency = version_status(server, "busy")["latency_ms"]
     assert (latency["count"], latency["errors"]) == (3, 400)  # and never again
 
 
 def test_submit_followers_past_their_deadline_are_let_go_at_it(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     """A ``submit`` follower with ``timeout_s`` fails at its deadline, as ``predict``'s does, and lets its
     inputs go: nothing else let it go before its leader finished (400 of them with a 1 ms deadline held
     51 MiB behind one held-up 64-row run, then were all answered 650 ms late, as successes)."""
-    server, gate, hot, leader = held_hot_leader(make_server, busy_repository, samples=False)
+    server, held, hot, leader = held_hot_leader(make_server, busy_repository, hold_session, samples=False)
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
@@ -303,20 +302,20 @@ def test_submit_followers_past_their_deadline_are_let_go_at_it(
     assert after - before < 4 * 2**20  # (51 MiB while the leader ran)
     latency = version_status(server, "busy")["latency_ms"]
     assert (latency["count"], latency["errors"]) == (1, 400)  # recorded at their deadline
-    gate.open_all()
+    held.let_go()
     leader.result(timeout=WAIT_S)
     latency = version_status(server, "busy")["latency_ms"]
     assert (latency["count"], latency["errors"]) == (2, 400)  # and never again
 
 
 def test_a_submit_follower_cancelled_as_its_leader_answers_is_recorded_as_what_its_caller_got(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     """A ``submit`` follower cancelled just as its leader's answer is handed to it (its holder taken, the
     answer not yet set): recorded as answered, its caller got ``CancelledError`` (up to 9 of 1,650 such
     cancellations under a thread switch every 20 us). Once handed over it runs: a cancel then fails, and
     the caller gets the answer that is recorded."""
-    server, gate, hot, leader = held_hot_leader(make_server, busy_repository)
+    server, held, hot, leader = held_hot_leader(make_server, busy_repository, hold_session)
     followers = [server.submit("busy", hot) for _ in range(3)]
     sharing = server._sharing
     deliver = sharing._deliver
@@ -327,7 +326,7 @@ def test_a_submit_follower_cancelled_as_its_leader_answers_is_recorded_as_what_i
         deliver(request)
 
     sharing._deliver = cancelled_meanwhile  # type: ignore[method-assign]
-    gate.open_all()
+    held.let_go()
     leader.result(timeout=WAIT_S)
     answered = 0
     for follower in followers:
@@ -341,11 +340,11 @@ def test_a_submit_follower_cancelled_as_its_leader_answers_is_recorded_as_what_i
 
 
 def test_a_submit_follower_cancelled_as_its_deadline_fires_gets_what_is_recorded(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     """A ``submit`` follower whose caller cancels it just as its deadline's alarm takes it: the alarm records
     ``DeadlineExceededError``, so the caller gets that, not a ``CancelledError`` that nothing recorded."""
-    server, gate, hot, leader = held_hot_leader(make_server, busy_repository)
+    server, held, hot, leader = held_hot_leader(make_server, busy_repository, hold_session)
     sharing = server._sharing
     deliver = sharing._deliver
     followers: list[Any] = []
@@ -360,7 +359,7 @@ def test_a_submit_follower_cancelled_as_its_deadline_fires_gets_what_is_recorded
     for follower in followers:
         with pytest.raises(inprocserve.DeadlineExceededError):
             follower.result(timeout=WAIT_S)
-    gate.open_all()
+    held.let_go()
     leader.result(timeout=WAIT_S)
 
 

@@ -32,7 +32,14 @@ from inprocserve._rollout import Decision, Router
 from inprocserve._wake_relay import RELAY
 from inprocserve.testing import ManualClock, build_scale_model, save_model
 
-from .conftest import BUSY_WIDTH, ServerFactory, busy_inputs, version_status, wait_until
+from .conftest import (
+    BUSY_WIDTH,
+    ServerFactory,
+    SessionHolder,
+    busy_inputs,
+    version_status,
+    wait_until,
+)
 from .frames import frame_of
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals (pthread_kill)")
@@ -95,37 +102,6 @@ def interrupt_main_thread() -> None:
     interrupt(main)
 
 
-class GatedRuns:
-    """Holds each run of the version whose row count is in ``hold`` until :meth:`open` is called for that
-    count (so a test decides when the runner is busy and what runs together); records every run's rows."""
-
-    def __init__(self, server: inprocserve.Server, model: str, hold: tuple[int, ...]) -> None:
-        batcher = server._registry.routes[model].default.batcher
-        assert batcher is not None
-        execution = batcher._execution
-        run = execution._run_batch
-        self.rows: list[int] = []
-        self.started = {rows: threading.Event() for rows in hold}
-        self._gates = {rows: threading.Event() for rows in hold}
-
-        def gated(runner: Any, arrays: dict[str, Any], **kwargs: Any) -> Any:
-            rows = len(next(iter(arrays.values())))
-            self.rows.append(rows)
-            if rows in self._gates:
-                self.started[rows].set()
-                assert self._gates[rows].wait(30), "the test never opened the gate"
-            return run(runner, arrays, **kwargs)
-
-        execution._run_batch = gated
-
-    def open(self, rows: int) -> None:
-        self._gates[rows].set()
-
-    def open_all(self) -> None:
-        for gate in self._gates.values():
-            gate.set()
-
-
 def predict_in_threads(
     server: inprocserve.Server, count: int, *, index: int | None = None
 ) -> tuple[list[threading.Thread], list[Any]]:
@@ -152,15 +128,17 @@ def assert_answered(threads: list[threading.Thread], answers: list[Any]) -> None
 
 
 def test_a_caller_interrupted_while_queued_is_withdrawn_and_its_companions_are_answered(
-    interruptible: None, busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    interruptible: None,
+    busy_repository: Path,
+    make_server: ServerFactory,
+    hold_session: SessionHolder,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(RELAY, "limit", 1)  # its companions are woken one by one: none may be stranded
     server = make_server(busy_repository)
     server.predict("busy", busy_inputs(1))  # adopt the runner
-    runs = GatedRuns(server, "busy", hold=(50,))
+    blocker = hold_session(server, rows=50, at_most_s=30.0)  # the only runner is busy until it is let go
     try:
-        blocker = server.submit("busy", busy_inputs(50))  # the only runner is busy until the gate opens
-        assert runs.started[50].wait(30)
         companions: list[Any] = []
 
         def orchestrate() -> None:  # once this thread's request is queued, two more join it, then Ctrl-C
@@ -176,59 +154,62 @@ def test_a_caller_interrupted_while_queued_is_withdrawn_and_its_companions_are_a
         orchestrator.join(timeout=20)
         assert version_status(server, "busy")["queued_rows"] == 2  # withdrawn, not run for nobody
     finally:
-        runs.open_all()
-    assert blocker.result(timeout=30)["y"].shape == (50, BUSY_WIDTH)
+        blocker.let_go()
+    assert blocker.release()["y"].shape == (50, BUSY_WIDTH)
     assert_answered(*companions)
-    assert runs.rows[-1] == 2  # the companions ran together, without the interrupted caller's row
+    assert hold_session.rows[-1] == 2  # the companions ran together, without the interrupted caller's row
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     wait_until(lambda: RELAY.counts() == (0, 0))
 
 
 def test_a_caller_interrupted_while_its_batch_runs_is_never_woken(
-    interruptible: None, busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    interruptible: None,
+    busy_repository: Path,
+    make_server: ServerFactory,
+    hold_session: SessionHolder,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(RELAY, "limit", 1)  # its companions are woken one by one: none may be stranded
     server = make_server(busy_repository)
     server.predict("busy", busy_inputs(1))
-    runs = GatedRuns(server, "busy", hold=(50, 3))
+    blocker = hold_session(server, rows=50, at_most_s=30.0)
+    mine = busy_inputs(1)
+    batch = hold_session.mark(mine, at_most_s=30.0)  # the batch this thread's request leads is held too
     try:
-        blocker = server.submit("busy", busy_inputs(50))
-        assert runs.started[50].wait(30)
         companions: list[Any] = []
 
         def orchestrate() -> None:  # three requests queue, the blocker ends, their batch starts: Ctrl-C
             wait_until(lambda: version_status(server, "busy")["queued_rows"] == 1)
             companions.extend(predict_in_threads(server, 2))
             wait_until(lambda: version_status(server, "busy")["queued_rows"] == 3)
-            runs.open(50)
-            assert runs.started[3].wait(30)
+            blocker.let_go()
+            assert batch.started.wait(30)
             interrupt_main_thread()
 
         orchestrator = threading.Thread(target=orchestrate, daemon=True)
         orchestrator.start()
         with pytest.raises(Interrupted):
-            server.predict("busy", busy_inputs(1))  # first of the batch of three
+            server.predict("busy", mine)  # first of the batch of three
         orchestrator.join(timeout=20)
     finally:
-        runs.open_all()
-    assert blocker.result(timeout=30)["y"].shape == (50, BUSY_WIDTH)
+        blocker.let_go()
+        batch.let_go()
+    assert blocker.release()["y"].shape == (50, BUSY_WIDTH)
     assert_answered(*companions)
-    assert runs.rows[-1] == 3  # it ran with its batch; its answer is dropped
+    assert hold_session.rows[-1] == 3  # it ran with its batch; its answer is dropped
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     wait_until(lambda: RELAY.counts() == (0, 0))  # its dropped answer took no place in the relay
 
 
 def test_the_followers_of_an_interrupted_leader_run_on_their_own(
-    interruptible: None, busy_repository: Path, make_server: ServerFactory
+    interruptible: None, busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     # Identical requests in flight share one run. The leader's interruption is its thread's own: the
     # followers, on other threads, must not receive its KeyboardInterrupt; they run by themselves.
     server = make_server(busy_repository, config=ModelConfig(cache=CacheConfig(share_in_flight=True)))
     server.predict("busy", busy_inputs(1, index=0))
-    runs = GatedRuns(server, "busy", hold=(50,))
+    blocker = hold_session(server, rows=50, at_most_s=30.0)
     try:
-        blocker = server.submit("busy", busy_inputs(50))
-        assert runs.started[50].wait(30)
         followers: list[Any] = []
 
         def orchestrate() -> None:
@@ -243,8 +224,8 @@ def test_the_followers_of_an_interrupted_leader_run_on_their_own(
             server.predict("busy", busy_inputs(1, index=0))
         orchestrator.join(timeout=20)
     finally:
-        runs.open_all()
-    assert blocker.result(timeout=30)["y"].shape == (50, BUSY_WIDTH)
+        blocker.let_go()
+    assert blocker.release()["y"].shape == (50, BUSY_WIDTH)
     assert_answered(*followers)  # an answer each, not the leader's interruption
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
 
@@ -384,21 +365,18 @@ def batcher_of(server: inprocserve.Server) -> Any:
 
 @pytest.mark.parametrize("where", ["as it begins", "after it queues"])
 def test_an_interruption_as_a_request_is_queued_leaves_the_counts_right(
-    where: str, busy_repository: Path, make_server: ServerFactory
+    where: str, busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     """As the queue's append begins (nothing queued) or just after its call into the deque (queued, and
     run): either way the batcher's counts come back to zero, and close() drains at once (counts below zero
     kept it waiting)."""
     server = make_server(busy_repository)
     batcher = batcher_of(server)
-    gate = GatedRuns(server, "busy", hold=(60,))
-    blocker = server.submit("busy", busy_inputs(60))
-    assert gate.started[60].wait(20)
+    blocker = hold_session(server, rows=60, at_most_s=30.0)
     after = None if where == "as it begins" else line_of(BatchQueue.append, "self._requests.append(")
     with pytest.raises(Interrupted), interrupted_at(BatchQueue.append.__code__, after_line=after):
         server.submit("busy", busy_inputs(2, seed=1))
-    gate.open_all()
-    blocker.result(timeout=20)
+    blocker.release()
     assert server.predict("busy", busy_inputs(1))["picked"].shape == (1, 2)
     wait_until(lambda: batcher.in_flight == 0 and batcher.queued_rows == 0)
     assert batcher._active_rows == 0
@@ -439,7 +417,7 @@ def test_an_interruption_just_after_waking_the_waiting_worker_loses_no_wake(
 
 
 def test_a_given_up_request_leaves_the_queue_and_admits_a_large_one(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     """A queued request whose deadline passes is withdrawn; it must not linger as a queued request (holding
     its inputs, and making an empty queue look busy: a request larger than max_queue_rows, which an empty
@@ -447,21 +425,18 @@ def test_a_given_up_request_leaves_the_queue_and_admits_a_large_one(
     config = ModelConfig(batching=BatchingConfig(max_queue_rows=10, max_request_rows=100))
     server = make_server(busy_repository, models={"busy": config})
     batcher = batcher_of(server)
-    gate = GatedRuns(server, "busy", hold=(5,))
-    blocker = server.submit("busy", busy_inputs(5))
-    assert gate.started[5].wait(20)
+    blocker = hold_session(server, rows=5, at_most_s=30.0)
     with pytest.raises(inprocserve.DeadlineExceededError):
         server.predict("busy", busy_inputs(1, seed=1), timeout_s=0.05)
     assert not list(batcher._queue)  # dropped, not left for a worker to skip
-    gate.open_all()
-    blocker.result(timeout=20)
+    blocker.release()
     wait_until(lambda: batcher.in_flight == 0)
     large = server.submit("busy", busy_inputs(50, seed=2))  # the queue is empty: one caller's may be large
     assert large.result(timeout=20)["picked"].shape == (50, 2)
 
 
 def test_given_up_requests_behind_a_queued_one_do_not_pile_up_while_the_runner_is_busy(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     """Callers whose deadlines pass behind a request still queued (a long run holds the session) are
     withdrawn; they must not stay in the queue until a worker takes a batch, each holding its inputs, beyond
@@ -469,9 +444,7 @@ def test_given_up_requests_behind_a_queued_one_do_not_pile_up_while_the_runner_i
     no_samples = RolloutConfig(capture_inputs=0)  # (promotion samples hold up to 32 MiB more of inputs)
     config = ModelConfig(batching=BatchingConfig(max_queue_rows=64), rollout=no_samples)
     server = make_server(busy_repository, models={"busy": config})
-    gate = GatedRuns(server, "busy", hold=(5,))
-    blocker = server.submit("busy", busy_inputs(5))
-    assert gate.started[5].wait(20)
+    blocker = hold_session(server, rows=5, at_most_s=30.0)
     head = server.submit("busy", busy_inputs(1))  # queued, waiting for the session
     rng = np.random.default_rng(0)
     tracemalloc.start()
@@ -487,13 +460,12 @@ def test_given_up_requests_behind_a_queued_one_do_not_pile_up_while_the_runner_i
         tracemalloc.stop()
     assert after - before < 8 * 2**20  # (400 of them, 25 MiB, held without the compaction)
     assert len(list(batcher_of(server)._queue)) <= 2 * 65  # (queued or given up, about as many)
-    gate.open_all()
-    blocker.result(timeout=20)
+    blocker.release()
     assert head.result(timeout=20)["picked"].shape == (1, 2)  # the queued request is answered as ever
 
 
 def test_a_caller_interrupted_just_after_queueing_frees_the_identical_requests_that_follow_it(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     """Interrupted as the router notes its queued request (the last step before the caller waits): the
     request is given up like an interrupted wait, and an identical request that came to follow it runs (it
@@ -501,14 +473,11 @@ def test_a_caller_interrupted_just_after_queueing_frees_the_identical_requests_t
     config = ModelConfig(cache=CacheConfig(share_in_flight=True))
     server = make_server(busy_repository, models={"busy": config})
     batcher = batcher_of(server)
-    gate = GatedRuns(server, "busy", hold=(60,))
-    blocker = server.submit("busy", busy_inputs(60))
-    assert gate.started[60].wait(20)
+    blocker = hold_session(server, rows=60, at_most_s=30.0)
     with pytest.raises(Interrupted), interrupted_at(Router.served.__code__):
         server.predict("busy", busy_inputs(1, seed=1))
     identical = server.submit("busy", busy_inputs(1, seed=1))
-    gate.open_all()
-    blocker.result(timeout=20)
+    blocker.release()
     assert identical.result(timeout=20)["picked"].shape == (1, 2)
     assert server.predict("busy", busy_inputs(1, seed=1), timeout_s=10)["picked"].shape == (1, 2)
     wait_until(lambda: len(server._sharing) == 0 and batcher.in_flight == 0 and batcher.queued_rows == 0)

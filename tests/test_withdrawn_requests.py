@@ -20,8 +20,7 @@ from inprocserve import BatchingConfig, ModelConfig
 from inprocserve._batching import Batcher
 from inprocserve._request import DONE
 
-from .conftest import HeldSession, ServerFactory, busy_inputs, occupy, version_status, wait_until
-from .test_interrupted_callers import GatedRuns
+from .conftest import HeldSession, ServerFactory, SessionHolder, busy_inputs, occupy, version_status, wait_until
 from .test_telemetry import Otel, _outcomes
 from .test_telemetry import otel as otel  # the fixture: one SDK per process
 from .test_telemetry_hardening import outcomes_since
@@ -284,7 +283,7 @@ def test_a_submit_cancelled_as_its_deadline_passes_is_notified_once(
 
 @pytest.mark.parametrize("caller", ["apredict", "predict", "submit"])
 def test_requests_given_up_behind_the_last_batch_are_let_go_with_it(
-    caller: str, busy_repository: Path, make_server: ServerFactory
+    caller: str, busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
 ) -> None:
     """Callers that gave up on requests queued behind a full batch (their deadline, a cancellation) are let
     go of when a worker takes that batch: the worker stopped at the full batch, and with nothing live queued
@@ -295,9 +294,7 @@ def test_requests_given_up_behind_the_last_batch_are_let_go_with_it(
     )
     server = make_server(busy_repository, models={"busy": config})
     server.predict("busy", busy_inputs(1))
-    gates = GatedRuns(server, "busy", hold=(7,))  # (held until the callers gave up: no race with its run)
-    blocker = server.submit("busy", busy_inputs(7))
-    assert gates.started[7].wait(30)
+    blocker = hold_session(server, rows=7, at_most_s=30.0)  # (held until the callers gave up: no race with its run)
     head = server.submit("busy", busy_inputs(8))  # a full batch: the worker that takes it looks no further
     kept: list[weakref.ref[Any]] = []
 
@@ -328,8 +325,7 @@ def test_requests_given_up_behind_the_last_batch_are_let_go_with_it(
         for index in range(4):
             assert server.submit("busy", inputs(index)).cancel()
     assert version_status(server, "busy")["queued_rows"] == 8  # (the four gave up while the head waited)
-    gates.open(7)
-    blocker.result(timeout=60)
+    blocker.release()
     assert head.result(timeout=60)["picked"].shape == (8, 2)
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     gc.collect()
