@@ -84,10 +84,13 @@ class BatchExecution:
         self.batch_sizes = BatchSizeHistogram()
         self._telemetry = telemetry
 
-    def execute(self, runner: Any, batch: list[Request], *, inline: bool = False) -> None:
+    def execute(self, runner: Any, batch: list[Request], *, inline: bool = False) -> BatchTiming | None:
         """Run a batch and record its telemetry. A request run ``inline`` (alone, on its caller's thread)
         gets no separate batch span: its request span already carries the compute time and rows, and with
-        an SDK installed each span costs tens of microseconds."""
+        an SDK installed each span costs tens of microseconds.
+
+        Returns the batch's timing when it was one run that succeeded (a measure of the run's cost), else
+        ``None`` (a request run in slices, a batch that failed or was bisected)."""
         started = self._clock()
         timing = BatchTiming(batch[0].rows if len(batch) == 1 else sum(request.rows for request in batch))
         longest_wait = 0.0
@@ -101,10 +104,11 @@ class BatchExecution:
             if inline or not tracing()
             else start_batch_span(self.model, self.version, _request_spans(batch), local=self._telemetry.local)
         )
+        one_run = False
         try:
             # the span the backend's run belongs to: the batch's, or a lone request's own
             parent = span if span is not None else batch[0].span if inline or len(batch) == 1 else None
-            self._run_isolating(runner, batch, parent)
+            one_run = self._run_isolating(runner, batch, parent)
         except Exception as exc:  # a bug, or the runner failed as a whole: fail the batch, keep the worker
             if not raised_by_signal_handler(exc):  # (an inline run's caller stopped by its task's time limit)
                 logger.exception("model %r version %s: batch failed unexpectedly", self.model, self.version)
@@ -120,9 +124,11 @@ class BatchExecution:
                 compute_s=timing.compute_s,
                 error=batch[0].error if failed else None,
             )
-        if len(batch) > 1 or self._slice_rows(batch[0]) is None:  # (a sliced request's runs counted each slice)
+        whole = len(batch) > 1 or self._slice_rows(batch[0]) is None
+        if whole:  # (a sliced request's runs counted each slice)
             self.batch_sizes.record(timing.rows)
         self._telemetry.batch_finished(timing.rows, timing.compute_s, inline=inline, queue_wait_s=longest_wait)
+        return timing if one_run and whole else None
 
     def run_alone(self, runner: Any, request: Request) -> tuple[dict[str, Any] | None, BaseException | None]:
         """Run one request on its own, on its caller's thread: ``(outputs, None)``, or ``(None, error)``.
@@ -194,8 +200,9 @@ class BatchExecution:
         """Whether :meth:`run_alone` takes ``request`` (it is not cut into slices)."""
         return self.chunk_rows is None or request.rows <= self.chunk_rows
 
-    def _run_isolating(self, runner: Any, batch: list[Request], parent: Any) -> None:
-        """Run ``batch``; if it fails, bisect so only the failing request(s) get the error."""
+    def _run_isolating(self, runner: Any, batch: list[Request], parent: Any) -> bool:
+        """Run ``batch``; if it fails, bisect so only the failing request(s) get the error. Returns whether
+        the batch succeeded as it was given (not bisected, no error)."""
         try:
             results = self._run(runner, batch, parent)
         except (DeadlineExceededError, RemoteUnavailableError, ServerClosedError) as exc:
@@ -205,34 +212,35 @@ class BatchExecution:
             # again, which a failing server may have run already, or to a closed backend, 2N-1 runs for nothing.
             for request in batch:
                 self._failed(request, exc)
-            return
+            return False
         except RunTimeLimitError as exc:
             # A run past pool.max_run_s: bisecting would spend a limit per level on the halves that hold the
             # slow request (log2(N)+1 limits of a session); each request alone spends one more limit in all.
             if len(batch) == 1:
                 self._failed(batch[0], exc)
-                return
+                return False
             for request in batch:
                 self._run_isolating(runner, [request], parent)
-            return
+            return False
         except InprocserveError as exc:
             # one request, or an error about the batch as a whole (Backend.run: the remote server ran its
             # rows, or refused whoever sent them): every request gets it, nothing is sent again
             if len(batch) == 1 or is_whole_batch(exc):
                 for request in batch:
                     self._failed(request, exc)
-                return
+                return False
             middle = len(batch) // 2
             self._run_isolating(runner, batch[:middle], parent)
             self._run_isolating(runner, batch[middle:], parent)
-            return
+            return False
         except BatchShapeError as exc:
             self.chunk_rows = None
             self._unbatchable(str(exc))
             for request in batch:
                 self._run_isolating(runner, [request], parent)
-            return
+            return False
         self._succeeded(batch, results)
+        return True
 
     def _time_left(self, batch: list[Request]) -> float | None:
         """Seconds until the run of ``batch`` must stop: until the latest deadline in it, so a merged batch

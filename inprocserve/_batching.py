@@ -46,6 +46,7 @@ from ._request import (
     complete_batch,
     let_go_of_future,
 )
+from ._run_cost import RunCostLearner
 from ._stats import BatchSizeHistogram
 from ._wake_relay import RELAY
 
@@ -116,7 +117,8 @@ class Batcher:
             run in slices: each row's answer is its own, whatever rows share its run.
         has_dynamic_inner_axes: Whether any input has a dynamic axis besides axis 0 (requests must then be
             grouped by shape).
-        run_cost: The model's measured cost per run; sets the automatic ``max_delay_s``.
+        run_cost: The model's cost per run measured at load; sets the automatic ``max_delay_s``. Corrected from the
+            batches run (``RunCostLearner``).
         deliver: Called on the thread that completed a request, to resolve its future (if any).
         clock: A monotonic clock.
     """
@@ -145,6 +147,16 @@ class Batcher:
         # Group keys are needed only when requests can differ in a non-batch axis (or are padded on one).
         self._keyed = self._merge and (config.padding is not None or has_dynamic_inner_axes)
         self.run_cost = run_cost
+        # Corrects run_cost from the batches the workers run (a model whose rows weigh alike, run here): the
+        # load's probe is a few runs, noise on a busy host, and the cost picks the flush rules below.
+        self._learner = (
+            RunCostLearner()
+            if run_cost is not None
+            and run_cost.row_elements is None
+            and self._padding is None
+            and backend.kind == "onnxruntime"
+            else None
+        )
         # Whether a run computes in this process. A remote backend's run waits on the network, where a stalled
         # server could hold it until its deadline: an event loop never runs such a request itself.
         self.runs_in_process = backend.kind == "onnxruntime"
@@ -836,6 +848,7 @@ class Batcher:
             if queue.rows and pool.has_free() and self._idle and self._filler is None:
                 self._wake_parked()  # more than one batch waits: another runner can help
             lock.release()
+            timing = None
             try:
                 for request in expired:
                     if isinstance(request.error, CancelledError):
@@ -843,12 +856,15 @@ class Batcher:
                     else:
                         self._fail(request, self._expired_error())
                 if batch:
-                    self._execution.execute(runner, batch)
+                    timing = self._execution.execute(runner, batch)
             except BaseException:  # never let a worker die silently
                 logger.exception("inprocserve worker for %r v%s failed", self.model, self.version)
             finally:
                 lock.acquire()
                 pool.checkin(runner)
+            learner = self._learner
+            if timing is not None and learner is not None and learner.observe(timing.rows, timing.compute_s):
+                self._learn_run_cost(learner)
             return self._clock()
         if self._closing and not queue.rows:
             for other in self._idle:  # let parked workers see the close too
@@ -860,6 +876,23 @@ class Batcher:
         wake.acquire()
         lock.acquire()
         return self._clock()
+
+    def _learn_run_cost(self, learner: RunCostLearner) -> None:
+        """With the lock held: take the run cost that the recent runs show, and the flush rules it picks."""
+        cost = learner.refit(self.run_cost) if self.run_cost is not None else None
+        if cost is None:
+            return
+        self.run_cost = cost
+        policy = self._policy
+        policy.overlap = cost.fixed_s < OVERLAP_BELOW_S
+        if self._merge:  # (a version that stopped merging waits for no companion, whatever its cost)
+            policy.delay_s = automatic_delay_s(self._config, merge=True, run_cost=cost)
+
+    @property
+    def run_cost_learned(self) -> bool:
+        """Whether :attr:`run_cost` was learned from this version's runs (else it is the load's probe)."""
+        learner = self._learner
+        return learner is not None and learner.refits > 0
 
     def _wait_for_companions(self, wake: Any, ready_at: float) -> bool:
         """With the lock held: if the flush policy expects more rows soon, wait for them (releasing the lock).

@@ -16,7 +16,6 @@ import functools
 import itertools
 import logging
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +47,7 @@ from ._ort_backend import build_onnxruntime_backend
 from ._remote_model import read_remote_toml, unknown_keys_warning
 from ._repository import is_remote
 from ._request import Finisher
+from ._run_cost import probe_run_cost
 from ._signature import MOST_MADE_UP_RANK, PROBE_INNER_SIZES, Signature
 from ._stats import LatencyHistogram
 from ._telemetry import resident_memory_bytes
@@ -141,7 +141,7 @@ class ModelVersion:
         self.signature: Signature | None = None
         self.unbatchable_reason: str | None = None  # why requests never share a run, found at load
         self.batcher: Batcher | None = None
-        self.run_cost: RunCost | None = None
+        self._measured_run_cost: RunCost | None = None  # the load's probe (the batcher then learns it)
         self.memory_bytes: int | None = None  # RSS growth while this version loaded; None where unmeasured
         # What its files were when it loaded (set by the registry): a refresh reloads it when they change.
         self.source_stamp: object = None
@@ -405,7 +405,7 @@ class ModelVersion:
                 output_shapes={spec.name: spec.shape for spec in signature.outputs},
                 dtypes={spec.name: spec.dtype for spec in (*signature.inputs, *signature.outputs)},
             )
-        self.run_cost = self._measure_run_cost(signature, batchable=batchable)
+        self._measured_run_cost = self._measure_run_cost(signature, batchable=batchable)
         self.batcher = Batcher(
             self.backend,
             self.config.batching,
@@ -413,7 +413,7 @@ class ModelVersion:
             output_names=signature.output_names,
             batchable=batchable,
             has_dynamic_inner_axes=signature.has_dynamic_inner_axes,
-            run_cost=self.run_cost,
+            run_cost=self._measured_run_cost,
             deliver=self._deliver,
             clock=self._clock,
         )
@@ -571,11 +571,30 @@ class ModelVersion:
                 break  # (these ran and agree: the next integer inputs to set to 0)
         return None
 
+    @property
+    def run_cost(self) -> RunCost | None:
+        """What a run of this version costs: measured at load, then learned from its runs (``RunCostLearner``)."""
+        batcher = self.batcher
+        return self._measured_run_cost if batcher is None else batcher.run_cost
+
+    def _run_cost_status(self) -> dict[str, Any] | None:
+        cost = self.run_cost
+        if cost is None:
+            return None
+        batcher = self.batcher
+        learned = batcher is not None and batcher.run_cost_learned
+        return {
+            "fixed": round(cost.fixed_s * 1000, 4),
+            "per_row": round(cost.per_row_s * 1000, 4),
+            "from": "runs" if learned else "load",
+        }
+
     def _measure_run_cost(self, signature: Signature, *, batchable: bool) -> RunCost | None:
         """Time runs of 1 and of a few rows to split a run's cost into a fixed part and a per-row part.
 
         The fixed part is what batching saves per merged request, and it bounds how long a free session
-        may usefully wait for companions (see ``BatchingConfig.max_delay_s``).
+        may usefully wait for companions (see ``BatchingConfig.max_delay_s``). A first estimate: the batcher
+        corrects it from the runs it makes (``RunCostLearner``).
         """
         batching = self.config.batching
         rows = min(8, batching.max_batch_size)
@@ -584,25 +603,16 @@ class ModelVersion:
         runner = self.backend.runners()[0]
         small = signature.synthesize(1, self._made_up_inner_size)
         large = signature.synthesize(rows, self._made_up_inner_size)
-
-        def timed(feeds: dict[str, np.ndarray]) -> float:
-            start = time.perf_counter()
-            self.backend.run(runner, feeds)
-            return time.perf_counter() - start
-
-        try:
-            first = timed(small) + timed(large)  # also sizes the arena for both shapes
-            repeats = 5 if first < 0.05 else 1  # keep the load of a slow model short
-            one = statistics.median(timed(small) for _ in range(repeats))
-            many = statistics.median(timed(large) for _ in range(repeats))
+        backend = self.backend
+        try:  # (the first pair also sizes the arena for both shapes)
+            cost = probe_run_cost(lambda: backend.run(runner, small), lambda: backend.run(runner, large), rows)
         except InprocserveError as exc:  # zeros are not valid input for every model
             logger.info("model %r version %s: run cost not measured (%s)", self.name, self.version, exc)
             return None
-        per_row = max(0.0, (many - one) / (rows - 1))
         # (measured with each dynamic inner axis of the warm-up's size, 1 unless the model needs more: a longer
         # sequence weighs more, see RunCost)
         row_elements = {name: array.size for name, array in small.items()} if signature.has_dynamic_inner_axes else None
-        return RunCost(fixed_s=max(0.0, one - per_row), per_row_s=per_row, row_elements=row_elements)
+        return RunCost(fixed_s=cost.fixed_s, per_row_s=cost.per_row_s, row_elements=row_elements)
 
     def _check_padding(self, signature: Signature) -> None:
         padding = self.config.batching.padding
@@ -878,12 +888,7 @@ class ModelVersion:
             "max_batch_size": self.config.batching.max_batch_size,
             "max_delay_s": None if batcher is None else batcher.max_delay_s,
             "max_delay_ms": None if batcher is None else round(batcher.max_delay_s * 1000, 3),
-            "run_cost_ms": None
-            if self.run_cost is None
-            else {
-                "fixed": round(self.run_cost.fixed_s * 1000, 4),
-                "per_row": round(self.run_cost.per_row_s * 1000, 4),
-            },
+            "run_cost_ms": self._run_cost_status(),
             "batches_run": 0 if batcher is None else batcher.batches_run,
             "rows_run": 0 if batcher is None else batcher.rows_run,
             "queued_rows": 0 if batcher is None else batcher.queued_rows,

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
+from inprocserve._batching import Batcher
 from inprocserve._flush_policy import FlushPolicy, RunCost
 from inprocserve._model import ModelVersion
 from inprocserve._wake_relay import RELAY
@@ -423,7 +424,8 @@ def pin_run_cost(monkeypatch: pytest.MonkeyPatch, *, fixed_s: float, per_row_s: 
     """From now on, every version loaded takes ``fixed_s + per_row_s * rows`` as its measured run cost (a
     version whose cost is not measured keeps none). The cost picks flush rules (``FlushPolicy.overlap``, the
     automatic delay), and measured on a loaded host it is noise: beside two busy loops, the busy model's fixed
-    cost per run, about 1 ms, was measured as 0 in two loads of six (a quick model's)."""
+    cost per run, about 1 ms, was measured as 0 in two loads of six (a quick model's). Nor is it learned from
+    the runs the versions make (``RunCostLearner``): the test's own runs are as noisy."""
     measure = ModelVersion._measure_run_cost
 
     def pinned(self: ModelVersion, signature: Any, *, batchable: bool) -> RunCost | None:
@@ -431,6 +433,7 @@ def pin_run_cost(monkeypatch: pytest.MonkeyPatch, *, fixed_s: float, per_row_s: 
         return None if measured is None else RunCost(fixed_s, per_row_s, measured.row_elements)
 
     monkeypatch.setattr(ModelVersion, "_measure_run_cost", pinned)
+    monkeypatch.setattr(Batcher, "_learn_run_cost", lambda self, learner: None)
 
 
 def _version_status(server: inprocserve.Server, model: str) -> dict[str, Any]:

@@ -1,0 +1,139 @@
+"""What a version's run costs, measured at load and corrected from the runs it makes.
+
+The cost per run, ``fixed_s + per_row_s * rows``, picks the batcher's rules: its fixed part is the automatic
+wait for companions and decides whether overlapping callers of a quick model run as they come
+(``OVERLAP_BELOW_S``); the whole cost says which runs an event loop may make itself. A load times a few runs
+of made-up rows, once, and on a busy host those few timings are noise: beside two busy loops, a test model
+whose fixed cost is about 1.3 ms read 0.08-1.41 ms over eight loads, three of them under the quick models'
+line. The cost was then kept for the version's life, and a hot reload under traffic, when the host is busiest,
+was the likeliest moment to draw a wrong one.
+
+So the load's probe takes the quickest of alternated runs (load only ever slows a run), and every batch the
+version's workers run is a measurement too: :class:`RunCostLearner` keeps the quickest run seen of each row
+count over the recent runs, and refits the cost from them every ``REFIT_EVERY_RUNS`` runs. Hundreds of runs
+of many sizes say more than ten at load.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+from ._flush_policy import RunCost
+
+__all__ = [
+    "GENERATION_RUNS",
+    "REFIT_EVERY_RUNS",
+    "SEEN_AT_LEAST",
+    "RunCostLearner",
+    "fit_run_cost",
+    "probe_run_cost",
+]
+
+PROBE_PAIRS = 5  # alternated runs of 1 and of a few rows, timed at load (one pair for a slow model)
+REFIT_EVERY_RUNS = 64  # the learner refits the cost this often
+GENERATION_RUNS = 1024  # the quickest runs are kept over the last one to two generations of this many runs
+SEEN_AT_LEAST = 3  # runs of a row count before its quickest counts
+
+
+def probe_run_cost(run_one: Callable[[], object], run_many: Callable[[], object], rows: int) -> RunCost:
+    """Split a run's cost into a fixed and a per-row part from alternated runs of 1 row (``run_one``) and of
+    ``rows`` rows (``run_many``): the quickest of each. Alternated, a stall of the host slows one pair, not
+    every run of one size; and the quickest, not the median, is what the run costs where nothing else runs.
+    The first pair (also the one that sizes the session's memory for both shapes) is not counted. Errors of
+    the runs propagate."""
+
+    def timed(run: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+
+    first = timed(run_one) + timed(run_many)
+    pairs = PROBE_PAIRS if first < 0.05 else 1  # keep the load of a slow model short
+    one = many = math.inf
+    for _ in range(pairs):
+        one = min(one, timed(run_one))
+        many = min(many, timed(run_many))
+    return fit_run_cost({1: one, rows: many}) or RunCost(fixed_s=one, per_row_s=0.0)
+
+
+def fit_run_cost(quickest: dict[int, float]) -> RunCost | None:
+    """The cost line under the quickest runs by row count: its slope is the median of the slopes from the
+    smallest row count to each larger one, so one row count whose quickest run was slowed (all its runs made
+    while the host was busy) does not tilt it. ``None`` with fewer than two row counts."""
+    if len(quickest) < 2:
+        return None
+    low = min(quickest)
+    base = quickest[low]
+    slopes = [(seconds - base) / (rows - low) for rows, seconds in quickest.items() if rows != low]
+    per_row = max(0.0, statistics.median(slopes))
+    return RunCost(fixed_s=max(0.0, base - per_row * low), per_row_s=per_row)
+
+
+class RunCostLearner:
+    """Learns a version's run cost from the batches it runs.
+
+    Keeps the quickest run of each row count, and how many were seen, over the last one to two generations
+    of ``GENERATION_RUNS`` runs (recent: a host that became busier for good, or inputs that cost more than the
+    probe's zeros, show in the cost within two generations). Every ``REFIT_EVERY_RUNS`` runs it refits the
+    cost from the row counts seen ``SEEN_AT_LEAST`` times or more (the quickest of one or two runs is hardly
+    quicker than any). Until runs of two such row counts are seen, the probe's cost stands, lowered where the
+    runs seen were quicker than it says.
+
+    Not thread-safe: its owner (the batcher) calls it with its lock held. :meth:`observe` is on a worker's
+    path after every batch: a counter, a dictionary read and a list update.
+    """
+
+    __slots__ = ("_current", "_previous", "_runs", "refits")
+
+    def __init__(self) -> None:
+        # rows -> [the quickest run's seconds, runs seen], this generation and the one before
+        self._current: dict[int, list[float]] = {}
+        self._previous: dict[int, list[float]] = {}
+        self._runs = 0
+        self.refits = 0  # how many refits gave a cost
+
+    def observe(self, rows: int, seconds: float) -> bool:
+        """A run of ``rows`` rows took ``seconds`` (a whole batch in one run, and it succeeded). Returns
+        whether the cost is due a refit (:meth:`refit`)."""
+        seen = self._current.get(rows)
+        if seen is None:
+            self._current[rows] = [seconds, 1.0]
+        else:
+            seen[1] += 1.0
+            if seconds < seen[0]:
+                seen[0] = seconds
+        self._runs += 1
+        return self._runs % REFIT_EVERY_RUNS == 0
+
+    def refit(self, cost: RunCost) -> RunCost | None:
+        """The cost the recent runs show, from ``cost`` (the one in use): a new line when they show runs of
+        two row counts or more; with runs of one row count (a steady loop of callers makes batches of one
+        size), ``cost`` lowered under them if it is above (the quickest run of ``rows`` rows bounds what such
+        a run costs, its fixed part included), or ``None`` when they show nothing new."""
+        current, previous = self._current, self._previous
+        quickest: dict[int, float] = {}
+        for rows in current.keys() | previous.keys():
+            now, before = current.get(rows), previous.get(rows)
+            seen = (now[1] if now else 0.0) + (before[1] if before else 0.0)
+            if seen >= SEEN_AT_LEAST:
+                quickest[rows] = min(now[0] if now else math.inf, before[0] if before else math.inf)
+        if self._runs % GENERATION_RUNS == 0:
+            self._previous, self._current = current, {}
+        learned = fit_run_cost(quickest) if len(quickest) > 1 else _bounded(cost, quickest)
+        if learned is not None:
+            self.refits += 1
+        return learned
+
+
+def _bounded(cost: RunCost, quickest: dict[int, float]) -> RunCost | None:
+    """``cost`` scaled down to pass under the one quickest run of ``quickest``, or ``None`` when it does
+    already (or there is none). Which part of it was too high the one row count cannot tell: both shrink."""
+    for rows, seconds in quickest.items():
+        estimate = cost.fixed_s + cost.per_row_s * rows
+        if estimate > seconds:
+            scale = seconds / estimate
+            return RunCost(fixed_s=cost.fixed_s * scale, per_row_s=cost.per_row_s * scale)
+    return None

@@ -1,0 +1,207 @@
+"""A version's run cost: the load's probe, and the cost learned from the batches its workers run.
+
+The cost picks the batcher's rules (the quick models' no-merge rule below 200 µs of fixed cost, the automatic
+wait for companions), so a cost measured wrong at load, on a busy host, must not be kept for the version's
+life.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inprocserve import BatchingConfig, ModelConfig
+from inprocserve._flush_policy import AUTO_DELAY_CAP_S, OVERLAP_BELOW_S, RunCost
+from inprocserve._model import ModelVersion
+from inprocserve._run_cost import (
+    GENERATION_RUNS,
+    REFIT_EVERY_RUNS,
+    SEEN_AT_LEAST,
+    RunCostLearner,
+    fit_run_cost,
+    probe_run_cost,
+)
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory, busy_inputs, run_threads, version_status
+
+
+def line(fixed_s: float, per_row_s: float, rows: range) -> dict[int, float]:
+    return {count: fixed_s + per_row_s * count for count in rows}
+
+
+def test_the_cost_line_is_fitted_under_the_quickest_runs() -> None:
+    cost = fit_run_cost(line(0.001, 0.0002, range(1, 9)))
+    assert cost is not None
+    assert cost.fixed_s == pytest.approx(0.001)
+    assert cost.per_row_s == pytest.approx(0.0002)
+
+
+def test_one_row_count_whose_runs_were_all_slowed_does_not_tilt_the_line() -> None:
+    """Eight rows run only while the host was busy: with two row counts the line would pass through them
+    (a fixed cost of 0, a quick model's); the median slope over the others does not."""
+    quickest = line(0.001, 0.0002, range(1, 9))
+    quickest[8] += 0.010
+    cost = fit_run_cost(quickest)
+    assert cost is not None
+    assert cost.fixed_s == pytest.approx(0.001)
+    two = fit_run_cost({1: quickest[1], 8: quickest[8]})
+    assert two is not None and two.fixed_s == 0.0
+
+
+def test_a_line_needs_two_row_counts_and_never_goes_below_zero() -> None:
+    assert fit_run_cost({4: 0.002}) is None
+    cost = fit_run_cost({1: 0.003, 2: 0.001})  # quicker with more rows: noise, not a negative cost
+    assert cost == RunCost(fixed_s=0.003, per_row_s=0.0)
+
+
+PROBED = RunCost(fixed_s=0.001, per_row_s=0.0001)  # what the load's probe read, in the tests below
+
+
+def observe(learner: RunCostLearner, costs: dict[int, float], runs: int) -> list[RunCost | None]:
+    """Feed ``runs`` runs cycling through ``costs``' row counts; return each refit's answer."""
+    counts = list(costs)
+    fitted = []
+    for index in range(runs):
+        rows = counts[index % len(counts)]
+        if learner.observe(rows, costs[rows]):
+            fitted.append(learner.refit(PROBED))
+    return fitted
+
+
+def test_the_learner_refits_every_so_many_runs_once_two_row_counts_were_seen_often_enough() -> None:
+    learner = RunCostLearner()
+    assert observe(learner, {1: 0.0012}, REFIT_EVERY_RUNS) == [None]  # one row count, as slow as probed
+    # a second row count, seen fewer than SEEN_AT_LEAST times: not yet
+    for _ in range(SEEN_AT_LEAST - 1):
+        learner.observe(4, 0.0018)
+    assert learner.refit(PROBED) is None and learner.refits == 0
+    fitted = observe(learner, line(0.001, 0.0002, range(1, 5)), REFIT_EVERY_RUNS)
+    assert len(fitted) == 1 and fitted[0] is not None
+    assert fitted[0].fixed_s == pytest.approx(0.001) and fitted[0].per_row_s == pytest.approx(0.0002)
+    assert learner.refits == 1
+
+
+def test_runs_of_one_row_count_lower_a_cost_probed_too_high() -> None:
+    """Eight callers in a steady loop make batches of eight rows, every one: no line can be drawn, but a
+    quick model's 36 µs runs of eight rows bound its fixed cost, read as 2 ms at load."""
+    learner = RunCostLearner()
+    for _ in range(REFIT_EVERY_RUNS - 1):
+        assert not learner.observe(8, 0.000036)
+    assert learner.observe(8, 0.000036)
+    cost = learner.refit(RunCost(fixed_s=0.002, per_row_s=0.0))
+    assert cost == RunCost(fixed_s=pytest.approx(0.000036), per_row_s=0.0)
+    assert learner.refit(RunCost(fixed_s=0.00002, per_row_s=0.000001)) is None  # under the runs already
+
+
+def test_the_quickest_runs_are_recent_ones() -> None:
+    """Inputs that cost more than the probe's zeros, or a host busier for good: within two generations of
+    runs the cost is the one runs have now, not the quickest the version ever made."""
+    learner = RunCostLearner()
+    observe(learner, line(0.0005, 0.0001, range(1, 9)), REFIT_EVERY_RUNS)
+    fitted = observe(learner, line(0.002, 0.0001, range(1, 9)), 2 * GENERATION_RUNS)
+    assert fitted[0] is not None and fitted[0].fixed_s == pytest.approx(0.0005)  # (the quicker runs, still recent)
+    assert fitted[-1] is not None and fitted[-1].fixed_s == pytest.approx(0.002)
+
+
+def test_the_probe_takes_the_quickest_of_alternated_runs() -> None:
+    """Stalls of the host (here a 20 ms sleep in three of the five timed runs of many rows) are not the cost:
+    the quickest run is what a run costs where nothing else runs."""
+    calls = {"many": 0}
+
+    def run_many() -> None:
+        calls["many"] += 1
+        if calls["many"] in (3, 4, 5):
+            time.sleep(0.02)
+
+    cost = probe_run_cost(lambda: None, run_many, 8)
+    assert calls["many"] == 6  # the first (it sizes the memory), then five alternated with runs of one row
+    assert cost.fixed_s + 8 * cost.per_row_s < 0.01
+
+
+def until_learned(batcher: Any, call: Callable[[int], object], most: int = 3000) -> Callable[[int], None]:
+    """A caller's loop (``call(index)`` each request) until the version learned its run cost from its batches,
+    at most ``most`` requests."""
+
+    def caller(index: int) -> None:
+        for _ in range(most):
+            if batcher.run_cost_learned:
+                return
+            call(index)
+        seen = batcher._learner._current  # rows -> [quickest, runs]
+        raise AssertionError(f"not learned after {most} requests a caller: {batcher.batches_run} batches, {seen}")
+
+    return caller
+
+
+def mislead_the_probe(monkeypatch: pytest.MonkeyPatch, *, fixed_s: float, per_row_s: float) -> None:
+    """The load's probe reads ``fixed_s + per_row_s * rows``, as a busy host can make it read."""
+
+    def misread(self: ModelVersion, signature: Any, *, batchable: bool) -> RunCost | None:
+        return RunCost(fixed_s, per_row_s) if batchable else None
+
+    monkeypatch.setattr(ModelVersion, "_measure_run_cost", misread)
+
+
+def test_a_model_that_computes_longer_misread_as_quick_at_load_gets_its_rules_from_its_runs(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hot reload under traffic probes the cost when the host is busiest: the busy model (about 1 ms a
+    run) read as a quick one took the quick models' rule, no merging of overlapping callers. Its own
+    batches correct it."""
+    mislead_the_probe(monkeypatch, fixed_s=0.00001, per_row_s=0.0002)
+    server = make_server(busy_repository)
+    server.predict("busy", busy_inputs(1))  # adopts the runners
+    batcher = server._registry.routes["busy"].versions[1].batcher
+    assert batcher is not None and batcher._policy.overlap  # (the probe's rule)
+    assert version_status(server, "busy")["run_cost_ms"]["from"] == "load"
+
+    def call(index: int) -> None:
+        assert server.predict("busy", busy_inputs(1 + index % 3, index=index))["y"].shape[1] == 512
+
+    assert run_threads(8, until_learned(batcher, call)) == []
+    status = version_status(server, "busy")
+    assert status["run_cost_ms"]["from"] == "runs"
+    assert status["run_cost_ms"]["fixed"] >= OVERLAP_BELOW_S * 1000, status["run_cost_ms"]
+    assert not batcher._policy.overlap
+    assert status["max_delay_ms"] == pytest.approx(min(status["run_cost_ms"]["fixed"], AUTO_DELAY_CAP_S * 1000), 1e-3)
+
+
+def test_a_quick_model_misread_as_one_that_computes_longer_gets_the_quick_rule_from_its_runs(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    mislead_the_probe(monkeypatch, fixed_s=0.002, per_row_s=0.0)
+    server = make_server(repository)
+    x = np.ones((1, 4), np.float32)
+    server.predict("scale", x)
+    batcher = server._registry.routes["scale"].versions[1].batcher
+    assert batcher is not None and not batcher._policy.overlap
+
+    def call(index: int) -> None:
+        assert server.predict("scale", x)["y"].tolist() == [[2.0] * 4]
+
+    assert run_threads(8, until_learned(batcher, call)) == []
+    assert batcher._policy.overlap, version_status(server, "scale")["run_cost_ms"]
+
+
+def test_a_configured_delay_stays_whatever_the_runs_show(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the cost decides is only what the configuration left to it: a configured ``max_delay_s`` stays."""
+    mislead_the_probe(monkeypatch, fixed_s=0.00001, per_row_s=0.0002)
+    server = make_server(busy_repository, config=ModelConfig(batching=BatchingConfig(max_delay_s=0.0003)))
+    server.predict("busy", busy_inputs(1))
+    batcher = server._registry.routes["busy"].versions[1].batcher
+    assert batcher is not None
+
+    assert (
+        run_threads(8, until_learned(batcher, lambda index: server.predict("busy", busy_inputs(1 + index % 3)))) == []
+    )
+    assert batcher.run_cost_learned
+    assert version_status(server, "busy")["max_delay_ms"] == pytest.approx(0.3)
