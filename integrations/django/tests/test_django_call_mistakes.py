@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import inprocserve_django
 import pytest
 from django.test import RequestFactory, override_settings
-from inprocserve_django import apredict, get_server, predict, reset_server
+from inprocserve_django import OutsideRequestError, apredict, get_server, predict, reset_server
 
+import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
 ROWS = {"x": [[1.0, 2.0, 3.0, 4.0]]}
@@ -60,7 +62,30 @@ def test_the_documented_call_still_answers(served: None) -> None:
 
 def test_predict_with_no_request_outside_a_view_says_what_to_call(served: None) -> None:
     """A task or a command has no request: predict(None, ...) raised "'NoneType' object has no attribute
-    'META'"."""
-    with pytest.raises(TypeError) as caught:
+    'META'", then a plain TypeError; it is the plug-in's own error, still a TypeError for the handlers that
+    caught one, and says both ways out."""
+    with pytest.raises(OutsideRequestError) as caught:
         predict(None, "scale", ROWS)  # type: ignore[arg-type]
-    assert "get_server().predict('scale', inputs)" in str(caught.value), caught.value
+    error = caught.value
+    assert isinstance(error, TypeError) and isinstance(error, inprocserve.InprocserveError)
+    message = str(error)
+    assert "pass its request, predict(request, 'scale', inputs)" in message, message
+    assert "get_server().predict('scale', inputs), with context=" in message and "timeout_s=" in message, message
+    assert error.model == "scale"
+
+
+def test_apredict_with_no_request_says_what_to_await(served: None) -> None:
+    import asyncio
+
+    with pytest.raises(OutsideRequestError) as caught:
+        asyncio.run(apredict(None, "scale", ROWS))  # type: ignore[arg-type]
+    assert "(await aget_server()).apredict('scale', inputs)" in str(caught.value), caught.value
+    assert isinstance(caught.value, TypeError)
+
+
+def test_outside_request_error_is_exported_and_survives_pickling() -> None:
+    import pickle
+
+    assert "OutsideRequestError" in inprocserve_django.__all__
+    error = pickle.loads(pickle.dumps(OutsideRequestError("no request", model="scale")))
+    assert type(error) is OutsideRequestError and error.model == "scale" and str(error) == "no request"

@@ -177,18 +177,34 @@ def _check_call(function: str, request: object, model: object, inputs: object) -
             f"outside a view (a command, a task), call {_OUTSIDE_A_VIEW[function]}({request!r}, inputs)"
         )
     if request is None:  # (a task or a command, which has no request)
-        raise TypeError(
-            f"inprocserve_django.{function} takes the view's request; outside a view (a command, a task), call "
-            f"{_OUTSIDE_A_VIEW[function]}({model!r}, inputs)"
-        )
+        raise _outside_a_request(function, model)
     if inputs is _NO_INPUTS:
         raise TypeError(f"inprocserve_django.{function} needs the inputs: {function}(request, {model!r}, inputs)")
+
+
+class OutsideRequestError(inprocserve.InprocserveError, TypeError):
+    """:func:`predict` or :func:`apredict` was given ``None`` for the request (a task, a command, a thread of
+    your own has none to read the user and deadline from): call the server's own ``predict`` there. A
+    ``TypeError`` too, as it was before it had a class of its own (the Flask plug-in's error of the same name
+    is a ``RuntimeError``, as Flask's own "Working outside of request context" it replaces)."""
+
+
+def _outside_a_request(function: str, model: object) -> OutsideRequestError:
+    """What to pass, or to call instead of ``function``, where there is no request."""
+    return OutsideRequestError(
+        f"inprocserve_django.{function} reads the user and deadline from the view's request, and was given None: "
+        f"in a view, pass its request, {function}(request, {model!r}, inputs); outside a view (a command, a "
+        f"task), call {_OUTSIDE_A_VIEW[function]}({model!r}, inputs), with context={{'user_id': ...}} and "
+        "timeout_s=... where you want them (it reads no request)",
+        model=model if isinstance(model, str) else None,
+    )
 
 
 def predict(request: HttpRequest, model: str, inputs: Any = _NO_INPUTS, **kwargs: Any) -> inprocserve.Prediction:
     """``server.predict`` with the request's user and remaining time budget filled in (sync views).
 
     Raises:
+        OutsideRequestError: given ``None`` for the request (a task, a command); a ``TypeError`` too.
         TypeError: called without the request first (``predict("fraud", inputs)``, as the core's is), or
             without inputs.
         Anything ``Server.predict`` raises; the middleware turns them into JSON answers.
