@@ -390,9 +390,15 @@ ERROR_STATUS: Mapping[type[Exception], int] = MappingProxyType(
         RemoteUnavailableError: 503,
         ControlStateUnknownError: 503,  # a worker started on a damaged control file: another worker can answer
         DeadlineExceededError: 504,
+        # Raised by a view of the application's own that switches, promotes or rolls back: a well-formed call the
+        # model's state refuses, answered as the admin endpoints answer it (a 500 read as a bug of the server).
+        PromotionRefusedError: 409,
+        NothingToRollBackError: 409,
     }
 )
-"""The HTTP status of each library error a prediction raises (subclasses included); others are a 500."""
+"""The HTTP status of each library error a prediction, or a view's own rollout call, raises (subclasses
+included); others are a 500: a server's fault its operator must see (a model that cannot load, a control file
+that cannot be written, a configuration error), which the framework logs."""
 
 _CODES: Mapping[type[Exception], str] = {
     InvalidInputError: "invalid_input",

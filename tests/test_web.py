@@ -116,19 +116,19 @@ def test_warming_up_is_not_ready_and_names_the_worker() -> None:
 
 EXPECTED: dict[str, tuple[int | None, str]] = {
     "ConfigurationError": (None, "configuration"),
-    "ControlFileUnavailableError": (None, "configuration"),
+    "ControlFileUnavailableError": (None, "configuration"),  # a file-system fault the operator must see: 500
     "ControlStateUnknownError": (503, "unavailable"),
     "DeadlineExceededError": (504, "deadline_exceeded"),
     "InferenceError": (None, "InferenceError"),
     "InprocserveError": (None, "InprocserveError"),
     "InputTooLargeError": (400, "invalid_input"),  # no host could run it: the client's to shrink
     "InvalidInputError": (400, "invalid_input"),
-    "ModelLoadError": (None, "model_load_failed"),
+    "ModelLoadError": (None, "model_load_failed"),  # a broken model file: the operator's to fix, a 500
     "ModelNotFoundError": (404, "model_not_found"),
-    "NothingToRollBackError": (None, "nothing_to_roll_back"),  # raised by rollback alone: a 409 there (admin)
+    "NothingToRollBackError": (409, "nothing_to_roll_back"),  # a view's own rollback() as the admin endpoint
     "OutOfMemoryError": (None, "OutOfMemoryError"),  # the host short of memory: a 500, no retry invited
     "OverloadedError": (503, "unavailable"),
-    "PromotionRefusedError": (None, "incompatible"),
+    "PromotionRefusedError": (409, "incompatible"),  # a view's own switch() or promote(), as the admin's
     "QueueFullError": (503, "unavailable"),
     "RemoteUnavailableError": (503, "unavailable"),
     "RunTimeLimitError": (None, "RunTimeLimitError"),  # the server's bound on a run, not the caller's deadline
