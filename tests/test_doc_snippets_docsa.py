@@ -77,7 +77,7 @@ import numpy as np
 setup, prometheus, buckets, by_model = sys.argv[2:6]
 namespace = {}
 exec(setup, namespace)  # the tracer provider (its OTLP exporter never gets to send: os._exit below)
-exec(prometheus.replace("start_http_server(9464)", f"start_http_server({sys.argv[1]})"), namespace)
+exec(prometheus.replace("start_http_server(9464,", f"start_http_server({sys.argv[1]},"), namespace)
 exec(buckets, namespace)
 exec(by_model, namespace)
 import inprocserve
@@ -151,6 +151,20 @@ def test_the_shipped_scrape_config_lists_every_port_of_the_post_fork_hooks_range
     (targets,) = [group["targets"] for job in scrape["scrape_configs"] for group in job["static_configs"]]
     documented = list(eval(ports, {"__builtins__": {}, "range": range}))  # (the snippet's own expression)
     assert sorted(int(target.rsplit(":", 1)[1]) for target in targets) == documented
+
+
+def test_no_shipped_metrics_server_listens_on_every_interface() -> None:
+    """``start_http_server(port)`` binds 0.0.0.0 and serves /metrics to anyone: every call the docs' code blocks
+    and the examples show names the address Prometheus scrapes."""
+    code = [
+        (path.relative_to(ROOT), block)
+        for path in (ROOT / "docs").rglob("*.md")
+        for block in re.findall(r"^ *```\w*\n(.*?)^ *```", path.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
+    ]
+    code += [(path.relative_to(ROOT), path.read_text(encoding="utf-8")) for path in (ROOT / "examples").rglob("*.py")]
+    calls = [(path, call) for path, text in code for call in re.findall(r"start_http_server\([^)]*\)", text)]
+    assert len(calls) >= 2, f"the docs' two metrics servers were not found: the pattern is stale ({calls})"
+    assert [(path, call) for path, call in calls if "addr=" not in call] == []
 
 
 def outcome_rows() -> Iterator[tuple[str, list[type[BaseException]], set[int]]]:
