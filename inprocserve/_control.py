@@ -640,9 +640,32 @@ def worker_identity() -> dict[str, Any]:
 
 
 def default_actor() -> str:
-    """Who wrote a revision when the caller does not say: user@host:pid."""
+    """Who wrote a revision when the caller does not say: user@host:pid (never raises)."""
+    return f"{_user_name()}@{socket.gethostname()}:{os.getpid()}"
+
+
+_USER_VARIABLES = ("LOGNAME", "USER", "LNAME", "USERNAME")  # getpass.getuser()'s, in its order
+
+
+def _user_name() -> str:
+    """The user for the audit trail: the terminal's login name, else the environment's (as
+    ``getpass.getuser()`` reads it), else the account of the process's uid, else ``uid<N>``. A cron job or a
+    container often has no terminal and no ``USER``, and its uid may have no account: read as "unknown",
+    its writes named nobody."""
     try:
-        user = os.getlogin()
-    except OSError:
-        user = os.environ.get("USER", "unknown")
-    return f"{user}@{socket.gethostname()}:{os.getpid()}"
+        return os.getlogin()
+    except OSError:  # (no controlling terminal: cron, systemd, containers)
+        pass
+    for variable in _USER_VARIABLES:
+        if user := os.environ.get(variable):
+            return user
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:  # (no uids on this platform)
+        return "unknown"
+    uid = getuid()
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):  # (an arbitrary uid, as containers and OpenShift run, has no account)
+        return f"uid{uid}"
