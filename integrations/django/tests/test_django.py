@@ -502,7 +502,7 @@ def test_eager_mode_checks_a_linked_release_the_workers_would_serve(tmp_path: Pa
     assert "'scale' version 2: not a readable ONNX model" in _eager_setup(folder, "follow")["error"]
 
 
-def manage_py_check(tmp_path: Path, inprocserve_setting: dict[str, object]) -> subprocess.CompletedProcess[str]:
+def manage_py_check(tmp_path: Path, inprocserve_setting: object) -> subprocess.CompletedProcess[str]:
     """``manage.py check`` in a fresh process, with a settings module holding ``INPROCSERVE = inprocserve_setting``."""
     (tmp_path / "check_settings.py").write_text(
         f"SECRET_KEY = {'k' * 50!r}\nINSTALLED_APPS = ['inprocserve_django']\nINPROCSERVE = {inprocserve_setting!r}\n"
@@ -512,6 +512,16 @@ def manage_py_check(tmp_path: Path, inprocserve_setting: dict[str, object]) -> s
         [sys.executable, "-m", "django", "check", "--settings", "check_settings"],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
+
+
+def test_an_inprocserve_setting_that_is_no_dict_is_check_error_e012_in_manage_py_check(
+    repository: Path, tmp_path: Path
+) -> None:
+    # ready() read the setting for EAGER and raised, so every manage.py command, `check` included, ended in a
+    # traceback and the check that names the setting never ran.
+    done = manage_py_check(tmp_path, ["REPOSITORY", str(repository)])
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "(inprocserve.E012) INPROCSERVE must be a dict of settings" in done.stderr, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("eager", [True, "false"], ids=["EAGER True", "EAGER 'false' from the environment"])

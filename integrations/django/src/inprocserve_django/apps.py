@@ -28,17 +28,20 @@ class InprocserveConfig(AppConfig):
         from . import checks  # (importing it registers the system checks)
 
         setting_changed.connect(_on_setting_changed, dispatch_uid="inprocserve_setting_changed")
+        from django.core.exceptions import ImproperlyConfigured
+
         from .conf import settings
 
-        config = settings()
+        try:
+            config = settings()
+        except ImproperlyConfigured:  # INPROCSERVE is not a dict: system check E012 says so
+            return
         # (a value other than True or False, such as "false" read from the environment, is check error E012:
         # reported by the checks, never taken for on)
         if config["EAGER"] is True:
             # Check now (no onnxruntime: this may be a pre-forking master) so a broken repository fails
             # the start-up (not that of a gunicorn worker replacing an earlier one: see check_at_start);
             # each worker builds and warms its own server right after the fork.
-            from django.core.exceptions import ImproperlyConfigured
-
             import inprocserve
 
             refused = checks.start_check_errors(config)
