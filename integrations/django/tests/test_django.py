@@ -349,6 +349,24 @@ def test_warmup_command_fails_for_a_broken_model(tmp_path: Path) -> None:
             reset_server()
 
 
+def test_warmup_command_fails_for_a_version_that_does_not_load_beside_one_that_does(tmp_path: Path) -> None:
+    # Version 1 answered, so the model was ready and the command said "1 model(s) warmed up", exit 0: a deploy
+    # pipeline passed a new version cut short.
+    folder = tmp_path / "models"
+    save_model(build_scale_model(2.0), folder, "scale", 1)
+    (folder / "scale" / "2").mkdir()
+    (folder / "scale" / "2" / "model.onnx").write_bytes(b"a version cut short")
+    out = StringIO()
+    with override_settings(INPROCSERVE={"REPOSITORY": str(folder)}):
+        try:
+            with pytest.raises(CommandError, match="scale v2"):
+                call_command("inprocserve_warmup", stdout=out)
+        finally:
+            reset_server()
+    assert "ready   scale (versions 1)" in out.getvalue()
+    assert "FAILED  scale v2: " in out.getvalue() and "not a valid ONNX model" in out.getvalue()
+
+
 ADMIN = {"HTTP_AUTHORIZATION": "Bearer s3cret"}
 
 
