@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -540,6 +541,32 @@ def test_an_inprocserve_setting_that_is_no_dict_is_check_error_e012_in_manage_py
     done = manage_py_check(tmp_path, ["REPOSITORY", str(repository)])
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "(inprocserve.E012) INPROCSERVE must be a dict of settings" in done.stderr, done.stderr[-2000:]
+
+
+def django_mds_logging_setting() -> str:
+    """The ``LOGGING`` block of docs/django.md, "How it is wired", as a settings module holds it."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "django.md").read_text()
+    block = text.split("  ```python\n  # settings.py\n  LOGGING = {", 1)[1].split("  ```", 1)[0]
+    return textwrap.dedent("  LOGGING = {" + block)
+
+
+def test_django_mds_logging_setting_shows_a_version_that_fails_to_load(tmp_path: Path) -> None:
+    # A project as startproject makes it (no LOGGING) shows none of the library's records: under gunicorn a
+    # version that failed to load left no line in the log, and the guide offered no LOGGING that would.
+    folder = tmp_path / "models"
+    save_model(build_scale_model(2.0), folder, "scale", 1)
+    (folder / "scale" / "2").mkdir()
+    (folder / "scale" / "2" / "model.onnx").write_bytes(b"a version cut short")
+    settings = f"SECRET_KEY = {'k' * 50!r}\nINSTALLED_APPS = ['inprocserve_django']\n"
+    settings += f"INPROCSERVE = {{'REPOSITORY': {str(folder)!r}}}\n"
+    (tmp_path / "logging_settings.py").write_text(settings + django_mds_logging_setting())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "inprocserve_warmup", "--settings", "logging_settings"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "FAILED  scale v2" in done.stdout, done.stderr[-2000:]
+    assert "model 'scale' version 2 failed to load" in done.stderr, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("eager", [True, "false"], ids=["EAGER True", "EAGER 'false' from the environment"])
