@@ -54,8 +54,11 @@ def test_one_row_count_whose_runs_were_all_slowed_does_not_tilt_the_line() -> No
     assert two is not None and two.fixed_s == 0.0
 
 
-def test_a_line_needs_two_row_counts_and_never_goes_below_zero() -> None:
+def test_a_line_needs_row_counts_that_span_a_factor_of_two_and_never_goes_below_zero() -> None:
     assert fit_run_cost({4: 0.002}) is None
+    # a steady loop of 8 callers: batches of 14 and 15 rows; 0.2 ms of noise between them would read as a
+    # fixed cost of 0 or of 3 ms
+    assert fit_run_cost({14: 0.0036, 15: 0.0025}) is None
     cost = fit_run_cost({1: 0.003, 2: 0.001})  # quicker with more rows: noise, not a negative cost
     assert cost == RunCost(fixed_s=0.003, per_row_s=0.0)
 
@@ -85,6 +88,20 @@ def test_the_learner_refits_every_so_many_runs_once_two_row_counts_were_seen_oft
     assert len(fitted) == 1 and fitted[0] is not None
     assert fitted[0].fixed_s == pytest.approx(0.001) and fitted[0].per_row_s == pytest.approx(0.0002)
     assert learner.refits == 1
+
+
+def test_a_steady_loop_of_callers_lowers_the_cost_under_its_batches_and_keeps_its_split() -> None:
+    """Batches of 15 rows, nearly all, and a few of other sizes, each seen too seldom to fit a line from:
+    the cost in use, above them, is scaled down under the quickest; a line is never drawn from the few."""
+    learner = RunCostLearner()
+    for index in range(REFIT_EVERY_RUNS):
+        rows = (5, 10, 13)[index] if index < 3 else 15
+        seconds = {5: 0.0028, 10: 0.0033, 13: 0.0068, 15: 0.0030}[rows]
+        if learner.observe(rows, seconds):
+            cost = learner.refit(RunCost(fixed_s=0.0024, per_row_s=0.0002))  # 5.4 ms for 15 rows
+    assert cost is not None
+    assert cost.fixed_s + 15 * cost.per_row_s == pytest.approx(0.0030)  # (under the quickest of 15 rows)
+    assert cost.fixed_s / cost.per_row_s == pytest.approx(0.0024 / 0.0002)
 
 
 def test_runs_of_one_row_count_lower_a_cost_probed_too_high() -> None:
