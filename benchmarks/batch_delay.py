@@ -22,13 +22,19 @@ interleaved:
 * **open loop**: one-row requests sent at a fixed mean rate (Poisson arrivals over 64 threads), so that
   waiting for companions that are not coming shows as latency ("no extra latency when traffic is light").
 
+With ``--misread-cost FIXED_US,PER_ROW_US``, two more servers whose load-time probe is made to read that
+cost, as a busy host can make it read (a test model of about 1.3 ms fixed per run read 0.08-1.41 ms over
+eight loads beside two busy loops): ``misread, learned`` corrects it from its batches, as the library does;
+``misread, kept`` keeps it for the version's life, as the library did before 2026-12-05. Their cost at the
+end is reported beside the ``auto`` server's.
+
 Reported per point: req/s, p50, p99, the slowest request, rows per batch (the version's ``rows_run`` over
 ``batches_run``: lone requests run on their callers' threads count as batches of their rows) and the
 process's CPU time per request, which other processes on a shared machine disturb less than throughput.
 
     python benchmarks/batch_delay.py [--model mlp-small] [--delays-us 0,50,100,300,1000] [--clients 8,64]
                                      [--rates 2000,8000] [--seconds 2] [--rounds 3] [--baseline DIR]
-                                     [--baseline-delays-us 0,60] [--out DIR]
+                                     [--baseline-delays-us 0,60] [--misread-cost 1500,0] [--out DIR]
 
 Pin it to some cores to compare (``taskset -c 0,1 python benchmarks/batch_delay.py ...``). Writes
 batch_delay.{json,md} into ``--out`` (benchmarks/results by default).
@@ -154,6 +160,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 servers[f"{us:g} µs, baseline"] = baseline.Server(
                     repository, models={args.model: baseline.ModelConfig(batching=batching)}
                 )
+        if args.misread_cost is not None:
+            servers.update(misread_servers(repository, args.model, *args.misread_cost))
         try:
             rows = input_rows(args.model, 64)
             for server in servers.values():  # built, warmed, and the hand-off measured before any timing
@@ -171,11 +179,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             f"{figures['cpu_us_per_request']:.0f} µs CPU/req",
                             flush=True,
                         )
+            costs = {
+                name: server.status()["models"][args.model]["versions"]["1"]["run_cost_ms"]
+                for name, server in servers.items()
+                if name == "auto" or name.startswith("misread")
+            }
         finally:
             for server in servers.values():
                 server.close()
     summary = {key: {name: _medians(rounds) for name, rounds in by_delay.items()} for key, by_delay in raw.items()}
-    return with_run(args, automatic=_automatic(automatic), raw=raw, summary=summary)
+    return with_run(args, automatic=_automatic(automatic), costs_at_end=costs, raw=raw, summary=summary)
+
+
+def misread_servers(repository: Path, model: str, fixed_us: float, per_row_us: float) -> dict[str, Any]:
+    """Two servers of this checkout whose load-time probe read ``fixed_us + per_row_us * rows``: one learns
+    the cost from its batches, the other keeps the reading (its learner taken away)."""
+    from inprocserve._flush_policy import RunCost
+    from inprocserve._model import ModelVersion
+
+    measure = ModelVersion._measure_run_cost
+
+    def misread(self: Any, signature: Any, *, batchable: bool) -> Any:
+        measured = measure(self, signature, batchable=batchable)
+        return None if measured is None else RunCost(fixed_us / 1e6, per_row_us / 1e6, measured.row_elements)
+
+    ModelVersion._measure_run_cost = misread  # type: ignore[method-assign]
+    try:
+        learned = inprocserve.Server(repository)
+        kept = inprocserve.Server(repository)
+        kept.predict(model, {"x": input_rows(model, 1)[0]})  # loaded
+    finally:
+        ModelVersion._measure_run_cost = measure  # type: ignore[method-assign]
+    batcher = kept._registry.routes[model].versions[1].batcher
+    batcher._learner = None
+    return {"misread, learned": learned, "misread, kept": kept}
 
 
 def _automatic(version: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +247,17 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         "was due. CPU: the process's CPU time per request.",
         "",
         *([f"Baseline: the package in `{args['baseline']}`.", ""] if args.get("baseline") else []),
+        *(
+            [
+                f"Misread: the load-time probe made to read {args['misread_cost'][0]:g} µs + "
+                f"{args['misread_cost'][1]:g} µs a row. The cost each server used at the end (ms): "
+                + "; ".join(f"{name}: {_cost_text(cost)}" for name, cost in payload.get("costs_at_end", {}).items())
+                + ".",
+                "",
+            ]
+            if args.get("misread_cost")
+            else []
+        ),
         "| load | max_delay | req/s | x auto | p50 ms | p99 ms | slowest ms | rows/batch | CPU µs/req | spread |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -226,6 +274,12 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _cost_text(cost: dict[str, Any] | None) -> str:
+    if not cost:
+        return "none"
+    return f"{cost['fixed']:.3f} + {cost['per_row']:.4f} a row (from {cost.get('from', 'load')})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mlp-small", choices=sorted(MODELS))
@@ -236,15 +290,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="a folder holding another inprocserve package: its auto too")
     parser.add_argument("--baseline-delays-us", default="", help="max_delay_s values to set on the baseline too, µs")
+    parser.add_argument("--misread-cost", help="FIXED_US,PER_ROW_US: add servers whose load-time probe read that")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     try:
+        if args.misread_cost is not None:
+            args.misread_cost = tuple(float(us) for us in args.misread_cost.split(","))
+            if len(args.misread_cost) != 2 or min(args.misread_cost) < 0:
+                raise ValueError("two numbers >= 0 expected")
         args.delays_us = [float(us) for us in args.delays_us.split(",") if us]
         args.baseline_delays_us = [float(us) for us in args.baseline_delays_us.split(",") if us]
         args.clients = [int(n) for n in args.clients.split(",") if n]
         args.rates = [float(rate) for rate in args.rates.split(",") if rate]
     except ValueError as exc:
-        parser.error(f"--delays-us, --clients and --rates take comma-separated numbers: {exc}")
+        parser.error(f"--delays-us, --clients, --rates and --misread-cost take comma-separated numbers: {exc}")
     if (
         min(args.delays_us + args.baseline_delays_us, default=0) < 0
         or min(args.clients, default=1) < 1
