@@ -147,8 +147,8 @@ class Batcher:
         # Group keys are needed only when requests can differ in a non-batch axis (or are padded on one).
         self._keyed = self._merge and (config.padding is not None or has_dynamic_inner_axes)
         self.run_cost = run_cost
-        # Corrects run_cost from the batches the workers run (a model whose rows weigh alike, run here): the
-        # load's probe is a few runs, noise on a busy host, and the cost picks the flush rules below.
+        # Corrects run_cost from the batches the workers and event loops run (a model whose rows weigh alike, run
+        # here): the load's probe is a few runs, noise on a busy host, and the cost picks the flush rules below.
         self._learner = (
             RunCostLearner()
             if run_cost is not None
@@ -566,6 +566,7 @@ class Batcher:
             return None
         runner = None
         ran = False
+        run_s = None  # how long an event loop's own run took: its runs teach the run cost (see _observe_run)
         try:
             with self._lock:
                 if self._closing or self._queue.rows:
@@ -582,7 +583,12 @@ class Batcher:
                 self._active_rows = active
                 runner = taken  # (no call since the checkout: no signal handler can run in between)
             timeout_s = None if deadline is None else deadline - self._clock()
-            outputs = execution.run_plain(runner, arrays, rows, parent=parent, timing=timing, timeout_s=timeout_s)
+            if from_loop and self._learner is not None:
+                started = time.perf_counter()
+                outputs = execution.run_plain(runner, arrays, rows, parent=parent, timing=timing, timeout_s=timeout_s)
+                run_s = time.perf_counter() - started
+            else:
+                outputs = execution.run_plain(runner, arrays, rows, parent=parent, timing=timing, timeout_s=timeout_s)
             ran = True
         finally:  # also when the run failed or the caller's thread is interrupted (as the lock was let go too)
             if runner is not None:
@@ -600,6 +606,8 @@ class Batcher:
                     if self._closing:
                         self._notify_if_drained()
                     self._wake_for_queued()
+                    if run_s is not None:  # (last: a call, where a signal handler may raise)
+                        self._observe_run(rows, run_s)
         return outputs
 
     def _finish_inline(self, request: Request, *, ran: bool) -> bool:
@@ -876,6 +884,17 @@ class Batcher:
         wake.acquire()
         lock.acquire()
         return self._clock()
+
+    def _observe_run(self, rows: int, seconds: float) -> None:
+        """With the lock held: an event loop's own run of ``rows`` rows succeeded in ``seconds``.
+
+        A worker's batches teach the run cost (:meth:`_step`); so must the runs a loop makes itself. A version
+        read at load as quick enough for the loop to run (``RUN_ON_LOOP_UNDER_S``) has every request of a loop
+        run there, and none by a worker: without these, a misread was kept for the version's life, and each run
+        blocked the loop for as long as it really took."""
+        learner = self._learner
+        if learner is not None and learner.observe(rows, seconds):
+            self._learn_run_cost(learner)
 
     def _learn_run_cost(self, learner: RunCostLearner) -> None:
         """With the lock held: take the run cost that the recent runs show, and the flush rules it picks."""

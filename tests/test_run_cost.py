@@ -7,6 +7,7 @@ life.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from inprocserve import BatchingConfig, ModelConfig
 from inprocserve._flush_policy import AUTO_DELAY_CAP_S, OVERLAP_BELOW_S, RunCost
+from inprocserve._loop_batching import RUN_ON_LOOP_UNDER_S
 from inprocserve._model import ModelVersion
 from inprocserve._run_cost import (
     GENERATION_RUNS,
@@ -222,3 +224,31 @@ def test_a_configured_delay_stays_whatever_the_runs_show(
     )
     assert batcher.run_cost_learned
     assert version_status(server, "busy")["max_delay_ms"] == pytest.approx(0.3)
+
+
+def test_a_version_its_event_loop_runs_itself_learns_its_run_cost_from_those_runs(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The busy model (about 1 ms a run) read at load as quick enough for an event loop's thread to run: the
+    loop then runs every request of its tasks itself, lone ones and its iterations' groups, and no worker runs
+    any. Those runs must teach the cost, or every run blocks the loop for the version's life."""
+    mislead_the_probe(monkeypatch, fixed_s=0.00001, per_row_s=0.000001)
+    server = make_server(busy_repository)
+    server.predict("busy", busy_inputs(1))
+    batcher = server._registry.routes["busy"].versions[1].batcher
+    assert batcher is not None and batcher.runs_within(4, RUN_ON_LOOP_UNDER_S)  # (the probe's rule)
+
+    async def rounds(most: int) -> int:
+        """Rounds of 1 to 4 tasks' requests at once (a lone one, or a group) until the loop no longer runs one
+        row itself; how many rounds that took."""
+        for done in range(most):
+            if not batcher.runs_within(1, RUN_ON_LOOP_UNDER_S):
+                return done
+            tasks = 1 + done % 4
+            await asyncio.gather(*(server.apredict("busy", busy_inputs(1, seed=task)) for task in range(tasks)))
+        raise AssertionError(f"not learned after {most} rounds: {batcher.batches_run} runs, {batcher.run_cost}")
+
+    rounds_run = asyncio.run(rounds(1000))
+    status = version_status(server, "busy")
+    assert status["run_cost_ms"]["from"] == "runs"
+    assert status["run_cost_ms"]["fixed"] >= OVERLAP_BELOW_S * 1000, (rounds_run, status["run_cost_ms"])
