@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inprocserve import BatchingConfig, ModelConfig
+from inprocserve import BatchingConfig, InferenceError, ModelConfig
 from inprocserve._flush_policy import AUTO_DELAY_CAP_S, OVERLAP_BELOW_S, RunCost
 from inprocserve._loop_batching import RUN_ON_LOOP_UNDER_S
 from inprocserve._model import ModelVersion
@@ -258,3 +258,25 @@ def test_a_version_its_event_loop_runs_itself_learns_its_run_cost_from_those_run
     status = version_status(server, "busy")
     assert status["run_cost_ms"]["from"] == "runs"
     assert status["run_cost_ms"]["fixed"] >= OVERLAP_BELOW_S * 1000, (rounds_run, status["run_cost_ms"])
+
+
+def test_only_a_batch_run_whole_that_succeeded_teaches_the_cost(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """A batch that failed (and the runs that bisect it), or a request run in slices, does not say what a run
+    of its rows costs (a failed or stopped run ends early; slices are several runs): the learner sees none."""
+    server = make_server(busy_repository, config=ModelConfig(batching=BatchingConfig(max_batch_size=8)))
+    server.predict("busy", busy_inputs(1))
+    batcher = server._registry.routes["busy"].versions[1].batcher
+    assert batcher is not None and batcher._learner is not None
+    seen = batcher._learner._current  # rows -> [quickest, runs]
+    # (an index outside the busy model's table passes validation and fails in the run)
+    failing = [server.submit("busy", busy_inputs(2, index=99)) for _ in range(4)]
+    sliced = server.submit("busy", busy_inputs(20))  # three runs of at most 8 rows
+    for future in failing:
+        with pytest.raises(InferenceError):
+            future.result(timeout=30)
+    assert sliced.result(timeout=30)["y"].shape == (20, 512)
+    assert seen == {}
+    server.submit("busy", busy_inputs(3)).result(timeout=30)  # one whole run, by a worker
+    assert list(seen) == [3] and seen[3][1] == 1
