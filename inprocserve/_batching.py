@@ -17,6 +17,7 @@ docs/batching.md explains the policy with measurements. The lock, queue and thre
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -46,7 +47,7 @@ from ._request import (
     complete_batch,
     let_go_of_future,
 )
-from ._run_cost import RunCostLearner
+from ._run_cost import REFIT_INTERVAL_S, RunCostLearner
 from ._stats import BatchSizeHistogram
 from ._wake_relay import RELAY
 
@@ -194,6 +195,7 @@ class Batcher:
     def _reset_state(self) -> None:
         self._lock = threading.Lock()
         self._queue = BatchQueue()
+        self._refit_at = -math.inf  # when the run cost may next be refitted (see _observe_run)
         self._idle: list[Any] = []  # wake locks of parked workers
         self._filler: Any = None  # wake lock of the worker waiting for companions
         self._fill_target = 0
@@ -870,9 +872,8 @@ class Batcher:
             finally:
                 lock.acquire()
                 pool.checkin(runner)
-            learner = self._learner
-            if timing is not None and learner is not None and learner.observe(timing.rows, timing.compute_s):
-                self._learn_run_cost(learner)
+            if timing is not None:
+                self._observe_run(timing.rows, timing.compute_s)
             return self._clock()
         if self._closing and not queue.rows:
             for other in self._idle:  # let parked workers see the close too
@@ -894,7 +895,10 @@ class Batcher:
         blocked the loop for as long as it really took."""
         learner = self._learner
         if learner is not None and learner.observe(rows, seconds):
-            self._learn_run_cost(learner)
+            now = self._clock()
+            if now >= self._refit_at:
+                self._refit_at = now + REFIT_INTERVAL_S
+                self._learn_run_cost(learner)
 
     def _learn_run_cost(self, learner: RunCostLearner) -> None:
         """With the lock held: take the run cost that the recent runs show, and the flush rules it picks."""
@@ -904,8 +908,19 @@ class Batcher:
         self.run_cost = cost
         policy = self._policy
         policy.overlap = cost.fixed_s < OVERLAP_BELOW_S
-        if self._merge:  # (a version that stopped merging waits for no companion, whatever its cost)
+        if policy.max_rows > 1:  # (a version that stopped merging waits for no companion, whatever its cost)
             policy.delay_s = automatic_delay_s(self._config, merge=True, run_cost=cost)
+            if policy.max_rows == 1:  # (it stopped just now, without this lock: its own 0 stands)
+                policy.delay_s = 0.0
+
+    @property
+    def run_cost_source(self) -> str:
+        """Where :attr:`run_cost` comes from: ``"load"`` (the load's probe), ``"runs"`` (a line fitted to this
+        version's runs) or ``"load, lowered by runs"`` (the probe's, scaled down under runs quicker than it)."""
+        learner = self._learner
+        if learner is None or not learner.refits:
+            return "load"
+        return "runs" if learner.lines else "load, lowered by runs"
 
     @property
     def run_cost_learned(self) -> bool:

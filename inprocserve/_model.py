@@ -582,11 +582,10 @@ class ModelVersion:
         if cost is None:
             return None
         batcher = self.batcher
-        learned = batcher is not None and batcher.run_cost_learned
         return {
             "fixed": round(cost.fixed_s * 1000, 4),
             "per_row": round(cost.per_row_s * 1000, 4),
-            "from": "runs" if learned else "load",
+            "from": "load" if batcher is None else batcher.run_cost_source,
         }
 
     def _measure_run_cost(self, signature: Signature, *, batchable: bool) -> RunCost | None:

@@ -26,6 +26,7 @@ from ._flush_policy import RunCost
 __all__ = [
     "GENERATION_RUNS",
     "REFIT_EVERY_RUNS",
+    "REFIT_INTERVAL_S",
     "SEEN_AT_LEAST",
     "RunCostLearner",
     "fit_run_cost",
@@ -34,6 +35,7 @@ __all__ = [
 
 PROBE_PAIRS = 5  # alternated runs of 1 and of a few rows, timed at load (one pair for a slow model)
 REFIT_EVERY_RUNS = 64  # the learner refits the cost this often
+REFIT_INTERVAL_S = 1.0  # ... and at most this often: a refit's work grows with the batch sizes seen
 GENERATION_RUNS = 1024  # the quickest runs are kept over the last one to two generations of this many runs
 SEEN_AT_LEAST = 16  # runs of a row count before its quickest is taken as its cost
 
@@ -91,7 +93,7 @@ class RunCostLearner:
     path after every batch: a counter, a dictionary read and a list update.
     """
 
-    __slots__ = ("_current", "_previous", "_runs", "refits")
+    __slots__ = ("_current", "_previous", "_runs", "lines", "refits")
 
     def __init__(self) -> None:
         # rows -> [the quickest run's seconds, runs seen], this generation and the one before
@@ -99,6 +101,7 @@ class RunCostLearner:
         self._previous: dict[int, list[float]] = {}
         self._runs = 0
         self.refits = 0  # how many refits gave a cost
+        self.lines = 0  # how many of them fitted a line (the others lowered the cost in use under the runs)
 
     def observe(self, rows: int, seconds: float) -> bool:
         """A run of ``rows`` rows took ``seconds`` (a whole batch in one run, and it succeeded). Returns
@@ -110,8 +113,12 @@ class RunCostLearner:
             seen[1] += 1.0
             if seconds < seen[0]:
                 seen[0] = seconds
-        self._runs += 1
-        return self._runs % REFIT_EVERY_RUNS == 0
+        runs = self._runs = self._runs + 1
+        if runs % REFIT_EVERY_RUNS:
+            return False
+        if runs % GENERATION_RUNS == 0:
+            self._previous, self._current = self._current, {}
+        return True
 
     def refit(self, cost: RunCost) -> RunCost | None:
         """The cost the recent runs show, from ``cost`` (the one in use), or ``None`` when they show nothing
@@ -127,12 +134,11 @@ class RunCostLearner:
             seconds = quickest[rows] = min(now[0] if now else math.inf, before[0] if before else math.inf)
             if (now[1] if now else 0.0) + (before[1] if before else 0.0) >= SEEN_AT_LEAST:
                 often[rows] = seconds
-        if self._runs % GENERATION_RUNS == 0:
-            self._previous, self._current = current, {}
         fitted = fit_run_cost(often)
         learned = _under(fitted or cost, quickest) or fitted
         if learned is not None:
             self.refits += 1
+            self.lines += fitted is not None
         return learned
 
 

@@ -16,21 +16,29 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inprocserve import BatchingConfig, InferenceError, ModelConfig
+from inprocserve import BatchingConfig, InferenceError, ModelConfig, _batching
 from inprocserve._flush_policy import AUTO_DELAY_CAP_S, OVERLAP_BELOW_S, RunCost
 from inprocserve._loop_batching import RUN_ON_LOOP_UNDER_S
 from inprocserve._model import ModelVersion
 from inprocserve._run_cost import (
     GENERATION_RUNS,
     REFIT_EVERY_RUNS,
+    REFIT_INTERVAL_S,
     SEEN_AT_LEAST,
     RunCostLearner,
     fit_run_cost,
     probe_run_cost,
 )
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import ManualClock, build_scale_model, save_model
 
 from .conftest import ServerFactory, busy_inputs, run_threads, version_status
+
+
+@pytest.fixture(autouse=True)
+def refit_at_every_chance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version refits its cost at most once a second (``REFIT_INTERVAL_S``); these tests' traffic would
+    wait seconds for the refits it needs. The interval itself is tested with a manual clock below."""
+    monkeypatch.setattr(_batching, "REFIT_INTERVAL_S", 0.0)
 
 
 def line(fixed_s: float, per_row_s: float, rows: range) -> dict[int, float]:
@@ -89,7 +97,7 @@ def test_the_learner_refits_every_so_many_runs_once_two_row_counts_were_seen_oft
     fitted = observe(learner, line(0.001, 0.0002, range(1, 5)), REFIT_EVERY_RUNS)
     assert len(fitted) == 1 and fitted[0] is not None
     assert fitted[0].fixed_s == pytest.approx(0.001) and fitted[0].per_row_s == pytest.approx(0.0002)
-    assert learner.refits == 1
+    assert (learner.refits, learner.lines) == (1, 1)
 
 
 def test_a_steady_loop_of_callers_lowers_the_cost_under_its_batches_and_keeps_its_split() -> None:
@@ -115,6 +123,7 @@ def test_runs_of_one_row_count_lower_a_cost_probed_too_high() -> None:
     assert learner.observe(8, 0.000036)
     cost = learner.refit(RunCost(fixed_s=0.002, per_row_s=0.0))
     assert cost == RunCost(fixed_s=pytest.approx(0.000036), per_row_s=0.0)
+    assert (learner.refits, learner.lines) == (1, 0)  # (status: "load, lowered by runs")
     assert learner.refit(RunCost(fixed_s=0.00002, per_row_s=0.000001)) is None  # under the runs already
 
 
@@ -280,3 +289,38 @@ def test_only_a_batch_run_whole_that_succeeded_teaches_the_cost(
     assert seen == {}
     server.submit("busy", busy_inputs(3)).result(timeout=30)  # one whole run, by a worker
     assert list(seen) == [3] and seen[3][1] == 1
+
+
+def test_a_version_refits_its_cost_at_most_once_a_second(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refit's work grows with the batch sizes seen, under the batcher's lock: every 64 runs, but not more
+    often than ``REFIT_INTERVAL_S``, whatever the rate of runs."""
+    monkeypatch.setattr(_batching, "REFIT_INTERVAL_S", REFIT_INTERVAL_S)
+    clock = ManualClock()
+    mislead_the_probe(monkeypatch, fixed_s=0.00001, per_row_s=0.0002)
+    server = make_server(busy_repository, clock=clock)
+    server.predict("busy", busy_inputs(1))
+    batcher = server._registry.routes["busy"].versions[1].batcher
+    assert batcher is not None and batcher._learner is not None
+
+    def runs(count: int) -> None:
+        with batcher._lock:
+            for index in range(count):
+                rows = 1 + index % 8
+                batcher._observe_run(rows, 0.001 + 0.0001 * rows)
+
+    runs(4 * REFIT_EVERY_RUNS)  # (the refit due at 64 runs found each size seen 8 times: nothing to fit)
+    assert batcher._learner.refits == 0
+    clock.advance(REFIT_INTERVAL_S)
+    runs(REFIT_EVERY_RUNS)
+    assert batcher._learner.refits == 1
+    assert version_status(server, "busy")["run_cost_ms"] == {"fixed": 1.0, "per_row": 0.1, "from": "runs"}
+    runs(4 * REFIT_EVERY_RUNS)
+    assert batcher._learner.refits == 1
+    clock.advance(REFIT_INTERVAL_S * 0.9)
+    runs(4 * REFIT_EVERY_RUNS)
+    assert batcher._learner.refits == 1
+    clock.advance(REFIT_INTERVAL_S * 0.1)
+    runs(REFIT_EVERY_RUNS)
+    assert batcher._learner.refits == 2
