@@ -96,13 +96,28 @@ def load_flask_app(monkeypatch: pytest.MonkeyPatch, models: Path, token: str | N
     return module
 
 
+BRIEFLY_TRAINED = """
+import functools, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import build_models
+build_models.train_logistic = functools.partial(build_models.train_logistic, epochs=3)
+build_models.train_mlp = functools.partial(build_models.train_mlp, epochs=3)
+build_models.build(Path(sys.argv[2]))
+"""
+
+
 @pytest.fixture(scope="module")
 def fraud_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example's three fraud versions, config.toml and drift reference, written by its own build(), but
+    trained for a few epochs: the tests that serve them check the app's handling of requests, never what
+    the models learnt, and the full training (``test_flask_fraud_demo_under_gunicorn`` runs it) took 22 s
+    of a loaded 2-core machine's time, most of this file's."""
     folder = tmp_path_factory.mktemp("fraud-models")
-    # trained in a process of its own with one BLAS thread, as run.py trains (its full-batch products of small
+    # in a process of its own with one BLAS thread, as run.py trains (its full-batch products of small
     # matrices took 16 s instead of 6 on a loaded 2-core machine with the BLAS threads this process has)
     subprocess.run(
-        [sys.executable, str(FLASK / "build_models.py"), str(folder)],
+        [sys.executable, "-c", BRIEFLY_TRAINED, str(FLASK), str(folder)],
         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
         capture_output=True,
         check=True,
