@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import functools
 import gc
 import os
 import shutil
@@ -202,7 +203,15 @@ def build_busy_model(width: int = 512, layers: int = 16, table_rows: int = 10) -
     ``y = relu(x @ W)`` repeated ``layers`` times (real compute, so a request with many rows keeps a
     session busy for a predictable while), and ``picked = table[index]``: an index outside the table
     passes validation but fails inside onnxruntime.
+
+    A fresh copy each call (a test may change its own), parsed from the bytes of the first build: drawing
+    and packing the 4 M weights again cost 0.15 s, in each of a few hundred tests.
     """
+    return onnx.ModelProto.FromString(_busy_model_bytes(width, layers, table_rows))
+
+
+@functools.cache
+def _busy_model_bytes(width: int, layers: int, table_rows: int) -> bytes:
     rng = np.random.default_rng(3)
     nodes, inits = [], []
     previous = "x"
@@ -231,7 +240,7 @@ def build_busy_model(width: int = 512, layers: int = 16, table_rows: int = 10) -
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    return model
+    return model.SerializeToString()
 
 
 BUSY_WIDTH = 512
