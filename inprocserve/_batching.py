@@ -887,12 +887,13 @@ class Batcher:
         return self._clock()
 
     def _observe_run(self, rows: int, seconds: float) -> None:
-        """With the lock held: an event loop's own run of ``rows`` rows succeeded in ``seconds``.
+        """With the lock held: a run of ``rows`` rows, whole, succeeded in ``seconds``; refit the run cost when
+        the learner says it is due, at most once every ``REFIT_INTERVAL_S``.
 
-        A worker's batches teach the run cost (:meth:`_step`); so must the runs a loop makes itself. A version
-        read at load as quick enough for the loop to run (``RUN_ON_LOOP_UNDER_S``) has every request of a loop
-        run there, and none by a worker: without these, a misread was kept for the version's life, and each run
-        blocked the loop for as long as it really took."""
+        A worker's batches teach the run cost (:meth:`_step`), and so do the runs an event loop makes itself
+        (:meth:`run_plain`): a version read at load as quick enough for the loop to run
+        (``RUN_ON_LOOP_UNDER_S``) has every request of a loop run there, and none by a worker; without these, a
+        misread was kept for the version's life, and each run blocked the loop for as long as it really took."""
         learner = self._learner
         if learner is not None and learner.observe(rows, seconds):
             now = self._clock()
