@@ -10,7 +10,8 @@ each turns the typed results below into its framework's responses.
 * :func:`budget_spent`: the error, recorded, for a prediction whose request spent its time budget first.
 * :func:`status_page`: the status page as an HTTP answer (a 503 page where the server cannot be built).
 * :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
-* :func:`environ_key`: where a request header is in a WSGI environ (and Django's ``request.META``).
+* :func:`environ_key`: where a request header is in a WSGI environ (and Django's ``request.META``);
+  :func:`header_setting_problem`: a setting naming a header that no request can send.
 * :func:`body_reader`: a request body's ``read`` whose failures (a client gone mid-upload, broken chunked
   framing) are a 400 rather than a 500; :func:`body_end_unknown`: a chunked body the WSGI server cannot end.
 * :class:`ProcessLocalServer`: one lazily built server per process, rebuilt in a forked child.
@@ -35,6 +36,7 @@ import hmac
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -98,6 +100,7 @@ __all__ = [
     "error_answer",
     "error_code",
     "flags_setting_problem",
+    "header_setting_problem",
     "http_status",
     "model_configs_problem",
     "probe_readiness",
@@ -686,14 +689,46 @@ def environ_key(header: str | None) -> str | None:
     (a header setting of ``None`` or ``""``: that header is not read).
 
     Raises:
-        ConfigurationError: ``header`` is neither a string nor ``None``.
+        ConfigurationError: ``header`` is neither a header's name nor ``None`` (see
+            :func:`header_setting_problem`).
     """
+    problem = header_setting_problem(header)
+    if problem is not None:
+        raise ConfigurationError(f"a header setting {problem}")
     if header is None or header == "":
         return None
-    if not isinstance(header, str):  # (0, [] and the like too: only None and "" mean "not read")
-        raise ConfigurationError(f"a header setting must be a header name or None, not {header!r}")
     key = header.upper().replace("-", "_")
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An HTTP field name (RFC 9110's token): no request header has any other name."""
+
+
+def header_setting_problem(value: object) -> str | None:
+    """What is wrong with a setting that names the request header to read (the user id, the deadline), as
+    "must be ..." or "is ...: ..."; ``None`` for a header's name, or for ``None`` and ``""`` (not read).
+
+    A name no request header has is never read, and says nothing: the user id setting written as the header's
+    key in a WSGI environ (``"HTTP_X_USER_ID"``, the form Django's own ``CSRF_HEADER_NAME`` takes) left every
+    request without a user, so canary and A/B assignment stopped being sticky per user. The plug-ins refuse
+    such a setting at start-up (Flask's ``init_app``, Django's system check ``inprocserve.E009``)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):  # (0, [] and the like too: only None and "" mean "not read")
+        return f"must be a header name or None, got {shown(value)}"
+    if value.upper().startswith("HTTP_"):
+        header = value[len("HTTP_") :].replace("_", "-").title()
+        return (
+            f"is {shown(value)}, the header's key in a WSGI environ (Django's request.META), not its name "
+            f"({shown(header)}?): it is never read"
+        )
+    if not _HEADER_NAME.fullmatch(value):
+        return (
+            f"is {shown(value)}, which no request header is named (letters, digits and !#$%&'*+-.^_`|~ only): "
+            "it is never read"
+        )
+    return None
 
 
 ADMIN_UNAUTHORIZED = (

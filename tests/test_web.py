@@ -463,6 +463,12 @@ def test_environ_key_finds_a_header_where_wsgi_and_django_keep_it() -> None:
     for wrong in (42, 0, []):  # only None and "" mean "not read"
         with pytest.raises(inprocserve.ConfigurationError, match="header name or None"):
             web.environ_key(wrong)  # type: ignore[arg-type]
+    # a name no request header has would be read at a key no request fills: refused, naming the header meant
+    with pytest.raises(inprocserve.ConfigurationError, match=r"'HTTP_X_USER_ID', the header's key .*\('X-User-Id'\?\)"):
+        web.environ_key("HTTP_X_USER_ID")
+    with pytest.raises(inprocserve.ConfigurationError, match="which no request header is named"):
+        web.environ_key("X-User-Id ")
+    assert web.environ_key("X_User_Id") == "HTTP_X_USER_ID"  # (where the server keeps X-User-Id too)
 
 
 def test_a_body_that_cannot_be_read_is_invalid_input_naming_why() -> None:

@@ -309,6 +309,9 @@ def test_the_middleware_may_come_first_and_header_settings_are_checked(repositor
     assert check_ids({"REPOSITORY": str(repository), "DEADLINE_HEADER": ["X-Deadline"]}) == ["inprocserve.E009"]
     # request.META's key, as Django's own CSRF_HEADER_NAME takes it, and a name no header has: never read
     assert check_ids({"REPOSITORY": str(repository), "USER_HEADER": "HTTP_X_USER_ID"}) == ["inprocserve.E009"]
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "USER_HEADER": "HTTP_X_USER_ID"}):
+        (error,) = [message for message in run_checks() if message.id == "inprocserve.E009"]
+    assert "not its name ('X-User-Id'?)" in error.msg  # (the one rule of inprocserve.web, as Flask's init_app)
     assert check_ids({"REPOSITORY": str(repository), "DEADLINE_HEADER": "X Deadline"}) == ["inprocserve.E009"]
     assert check_ids({"REPOSITORY": str(repository), "USER_HEADER": "X_User_Id", "DEADLINE_HEADER": ""}) == []
     assert check_ids({"REPOSITORY": str(repository), "USER_HEADER": None, "DEADLINE_HEADER": None}) == []

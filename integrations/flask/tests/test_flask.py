@@ -310,6 +310,41 @@ def test_a_header_setting_of_none_turns_that_header_off(repository: Path) -> Non
         make_app(repository, INPROCSERVE_USER_HEADER=42)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        # request.META's form, as Django's CSRF_HEADER_NAME takes it: a header named HTTP-X-User-Id was read
+        (
+            "INPROCSERVE_USER_HEADER",
+            "HTTP_X_USER_ID",
+            r"^INPROCSERVE_USER_HEADER is 'HTTP_X_USER_ID', the header's key in a WSGI environ .*\('X-User-Id'\?\)",
+        ),
+        ("INPROCSERVE_DEADLINE_HEADER", "http_x_request_timeout_ms", r"not its name \('X-Request-Timeout-Ms'\?\)"),
+        ("INPROCSERVE_USER_HEADER", "X User Id", r"is 'X User Id', which no request header is named"),
+        ("INPROCSERVE_DEADLINE_HEADER", "X-Request-Timeout-Ms:", r"which no request header is named"),
+    ],
+)
+def test_a_header_setting_no_request_can_send_fails_at_init_app(
+    repository: Path, key: str, value: str, message: str
+) -> None:
+    # init_app passed and the header was never read: no request had a user (assignments not sticky per user)
+    with pytest.raises(inprocserve.ConfigurationError, match=message) as refused:
+        make_app(repository, **{key: value})
+    assert "name the request header as clients send it, such as 'X-User-Id'" in str(refused.value)
+
+
+def test_a_header_setting_with_underscores_reads_the_header_as_werkzeug_does(repository: Path) -> None:
+    # (a WSGI environ keeps X-User-Id and X_User_Id at one key, HTTP_X_USER_ID: werkzeug reads them alike)
+    app = make_app(repository, INPROCSERVE_USER_HEADER="X_User_Id", INPROCSERVE_DEADLINE_HEADER="x_request_timeout_ms")
+    try:
+        with app.test_request_context("/score", headers={"X-User-Id": "alice"}):
+            assert default_context() == {"user_id": "alice"} and request.headers["X_User_Id"] == "alice"
+        spent = {"X-Request-Timeout-Ms": "0"}
+        assert app.test_client().post("/score", json={"rows": [[1, 1, 1, 1]]}, headers=spent).status_code == 504
+    finally:
+        Inprocserve.close(app)
+
+
 def test_the_deadline_header_counts_from_the_start_of_the_request_without_the_endpoints(repository: Path) -> None:
     app = make_app(repository, INPROCSERVE_ENDPOINTS=False)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -201,26 +200,14 @@ def _bool_errors(config: Mapping[str, Any], key: str) -> list[Error]:
     return [Error(f"INPROCSERVE['{key}'] {problem}.", hint=hint, id="inprocserve.E012")]
 
 
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-"""An HTTP field name (RFC 9110's token): anything else is never a request header's name."""
-
-
 def _header_setting_errors(name: str, value: object) -> list[Error]:
     """inprocserve.E009: a header setting that no request header can match, so it is silently never read."""
-    if value is None or value == "":
-        return []
-    if not isinstance(value, str):
-        problem = "a header name (a string) or None is expected"
-    elif value.upper().startswith("HTTP_"):  # Django's own header settings (CSRF_HEADER_NAME) take that form
-        header = value[5:].replace("_", "-").title()
-        problem = f"that is the header's key in request.META, not its name ({header!r}?), so it is never read"
-    elif not _HEADER_NAME.fullmatch(value):
-        problem = "no request header has that name (letters, digits and !#$%&'*+-.^_`|~ only), so it is never read"
-    else:
+    problem = web.header_setting_problem(value)
+    if problem is None:
         return []
     return [
         Error(
-            f"INPROCSERVE['{name}'] is {value!r}: {problem}.",
+            f"INPROCSERVE['{name}'] {problem}.",
             hint="Name the request header as clients send it, such as 'X-User-Id', or None to read none.",
             id="inprocserve.E009",
         )

@@ -138,8 +138,8 @@ def remaining_budget(request: HttpRequest) -> float | None:
 
 def meta_key(header: str | None) -> str | None:
     """Where Django keeps request header ``header`` in ``request.META`` (:func:`inprocserve.web.environ_key`;
-    a non-string setting raises ``ConfigurationError``, which system check inprocserve.E009 reports at
-    start-up)."""
+    a setting that is no header's name raises ``ConfigurationError``, which system check inprocserve.E009
+    reports at start-up)."""
     return web.environ_key(header) if not isinstance(header, str) else _meta_key(header)
 
 

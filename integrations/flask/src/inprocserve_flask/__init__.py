@@ -257,6 +257,13 @@ def _check_settings(config: Mapping[str, Any]) -> None:
     problem = web.flags_setting_problem(config["INPROCSERVE_FLAGS"])  # (each request was a 500)
     if problem is not None:
         raise inprocserve.ConfigurationError(f"INPROCSERVE_FLAGS {problem}")
+    for key in ("INPROCSERVE_USER_HEADER", "INPROCSERVE_DEADLINE_HEADER"):
+        problem = web.header_setting_problem(config[key])  # (never read: no user, so no sticky assignment)
+        if problem is not None:
+            raise inprocserve.ConfigurationError(
+                f"{key} {problem}; name the request header as clients send it, such as 'X-User-Id', or None to "
+                "read none"
+            )
     if config["INPROCSERVE_CONTEXT"] is not None and not callable(config["INPROCSERVE_CONTEXT"]):
         raise inprocserve.ConfigurationError(  # (called by every predict: each was a 500)
             f"INPROCSERVE_CONTEXT must be a callable returning the rollout context (a dict), or None; got "
