@@ -35,6 +35,7 @@ from ._config import (
 )
 from ._errors import (
     ConfigurationError,
+    ConfigurationTypeError,
     ControlFileUnavailableError,
     ControlStateUnknownError,
     DeadlineExceededError,
@@ -75,6 +76,7 @@ __all__ = [
     "CacheConfig",
     "CanaryConfig",
     "ConfigurationError",
+    "ConfigurationTypeError",
     "ControlFileUnavailableError",
     "ControlStateUnknownError",
     "DeadlineExceededError",

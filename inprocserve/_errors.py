@@ -4,6 +4,7 @@
 
     InprocserveError
     ├── ConfigurationError        (+ValueError)   bad config values or config.toml
+    │   ├── ConfigurationTypeError (+TypeError)   a setting of the wrong kind (a dict for a flag provider)
     │   └── ControlFileUnavailableError           the control file or its lock cannot be used
     ├── ModelNotFoundError        (+LookupError)  unknown model or version
     ├── ModelLoadError                            a model file that cannot become a session
@@ -31,6 +32,7 @@ from typing import Any
 
 __all__ = [
     "ConfigurationError",
+    "ConfigurationTypeError",
     "ControlFileUnavailableError",
     "ControlStateUnknownError",
     "DeadlineExceededError",
@@ -97,6 +99,11 @@ def failure_text(error: BaseException, model: str, version: int) -> str:
 
 class ConfigurationError(InprocserveError, ValueError):
     """A configuration value (in code or in ``config.toml``) is invalid."""
+
+
+class ConfigurationTypeError(ConfigurationError, TypeError):
+    """A setting of the wrong kind: a dict of flag values for ``flags=``, a provider's class for an instance.
+    A ``TypeError`` too, as such a setting was before it had a class of its own."""
 
 
 class ControlFileUnavailableError(ConfigurationError):

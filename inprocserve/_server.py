@@ -33,6 +33,7 @@ from ._deadlines import check_timeout
 from ._drift import DriftScorer
 from ._errors import (
     ConfigurationError,
+    ConfigurationTypeError,
     InprocserveError,
     InvalidInputError,
     ModelLoadError,
@@ -109,10 +110,13 @@ class Server(RolloutMethods):
     Raises:
         ConfigurationError: the repository is not a folder, a ``config.toml`` is invalid, or an argument is
             out of its range or of the wrong kind (``shadow_queue=0``, a string for a number, NaN).
+        ConfigurationTypeError: ``flags`` is not a flag provider (``None``, or an instance of
+            ``InMemoryFlags``, ``EnvFlags``, ``FileFlags``, ``OpenFeatureFlags`` or another ``FlagProvider``;
+            a dict of flag values is refused: ``InMemoryFlags({...})`` serves one). A ``ConfigurationError``
+            and a ``TypeError``.
         ModelLoadError: a model could not be loaded at start-up (``strict=True`` only).
         TypeError: ``config`` is not a ``ModelConfig``, or ``models`` not a dict of name -> ``ModelConfig``
-            (a ``config.toml``-shaped dict is refused: ``ModelConfig().merged({...})`` builds one from it), or
-            ``flags`` not a flag provider (a dict of flag values: ``InMemoryFlags({...})`` serves one).
+            (a ``config.toml``-shaped dict is refused: ``ModelConfig().merged({...})`` builds one from it).
     """
 
     def __init__(
@@ -155,12 +159,12 @@ class Server(RolloutMethods):
         if poll_interval_s is not None and repository is None:
             raise ConfigurationError("poll_interval_s needs a repository to poll")
         if isinstance(flags, type):  # (a provider's class passes the protocol's check: every read would fail)
-            raise TypeError(
+            raise ConfigurationTypeError(
                 f"flags must be a flag provider, got the class {flags.__name__}: pass {flags.__name__}(...)"
             )
         problem = flags_setting_problem(flags)
         if problem is not None:  # (a dict of flag values is the usual slip: its message names InMemoryFlags)
-            raise TypeError(f"flags {problem}")
+            raise ConfigurationTypeError(f"flags {problem}")
         folder = None if repository is None else Path(repository)
         if folder is not None and not folder.is_dir():  # (a typo served nothing: 404s naming no cause)
             raise ConfigurationError(

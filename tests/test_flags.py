@@ -399,8 +399,10 @@ def test_an_integer_canary_in_the_openfeature_in_memory_provider_rolls_out(
 def test_a_providers_class_given_for_flags_is_refused_at_once(repository: Path, provider: type) -> None:
     # (Django's INPROCSERVE = {"FLAGS": inprocserve.EnvFlags}: the class passed the protocol's check, and every
     # request of the rollout answered stable, "flag provider failed", logged once a minute)
-    with pytest.raises(TypeError, match=rf"got the class {provider.__name__}: pass {provider.__name__}\(\.\.\.\)"):
+    refused = rf"got the class {provider.__name__}: pass {provider.__name__}\(\.\.\.\)"
+    with pytest.raises(inprocserve.ConfigurationTypeError, match=refused) as caught:
         inprocserve.Server(scale_versions(repository), flags=provider, config=CANARY)
+    assert isinstance(caught.value, inprocserve.ConfigurationError) and isinstance(caught.value, TypeError)
 
 
 def test_a_provider_or_a_domain_given_as_the_openfeature_client_is_refused_at_once() -> None:

@@ -93,6 +93,7 @@ def test_private_modules_are_not_exported() -> None:
     ("error", "parents"),
     [
         (inprocserve.ConfigurationError, (inprocserve.InprocserveError, ValueError)),
+        (inprocserve.ConfigurationTypeError, (inprocserve.ConfigurationError, TypeError)),
         (inprocserve.ModelNotFoundError, (inprocserve.InprocserveError, LookupError)),
         (inprocserve.ModelLoadError, (inprocserve.InprocserveError,)),
         (inprocserve.InferenceError, (inprocserve.InprocserveError,)),

@@ -318,8 +318,11 @@ def test_a_dict_of_flag_values_is_refused_naming_the_provider_that_serves_one(sc
     # (the usual slip: flags={"key": value} where InMemoryFlags({"key": value}) was meant; the message named
     # only the protocol, FlagProvider, and not the providers that implement it)
     with pytest.raises(
-        TypeError, match=r"flags must be an inprocserve\.FlagProvider \(InMemoryFlags, .*got \{'scale\.canary': 0\.1\}"
-    ):
+        inprocserve.ConfigurationError,
+        match=r"flags must be an inprocserve\.FlagProvider \(InMemoryFlags, .*got \{'scale\.canary': 0\.1\}",
+    ) as refused:
         inprocserve.Server(scale_repository, flags={"scale.canary": 0.1})  # type: ignore[arg-type]
+    # (as the other settings Server() refuses; a TypeError too, as it was before)
+    assert type(refused.value) is inprocserve.ConfigurationTypeError and isinstance(refused.value, TypeError)
     with inprocserve.Server(scale_repository, flags=inprocserve.InMemoryFlags({"scale.canary": 0.1})) as server:
         assert server.predict("scale", [[1, 2, 3, 4]]).version == 1
