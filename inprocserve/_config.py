@@ -36,7 +36,7 @@ from ._config_checks import (
     shown,
 )
 from ._deadlines import MAX_TIMEOUT_S
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, ConfigurationTypeError
 from ._rollout_config import (
     FLAT_FIELDS,
     GROUPS,
@@ -715,25 +715,29 @@ def check_model_configs(config: object, models: object, *, names: tuple[str, str
     of an app, started and served nothing (404 on every request) instead of refusing the setting at start-up.
 
     Raises:
-        TypeError: saying which setting, which entry, and how to build it.
+        ConfigurationTypeError: saying which setting, which entry, and how to build it (a ``TypeError`` too).
     """
     hint = (
         "build it with inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(...), ...), or lay a "
         "config.toml-shaped dict over the defaults with inprocserve.ModelConfig().merged({...})"
     )
     if config is not None and not isinstance(config, ModelConfig):
-        raise TypeError(f"{names[0]} must be an inprocserve.ModelConfig or None, got {type(config).__name__}: {hint}")
+        raise ConfigurationTypeError(
+            f"{names[0]} must be an inprocserve.ModelConfig or None, got {type(config).__name__}: {hint}"
+        )
     if models is None:
         return
     if not isinstance(models, Mapping):
-        raise TypeError(
+        raise ConfigurationTypeError(
             f"{names[1]} must be a dict of model name -> inprocserve.ModelConfig, got {type(models).__name__}"
         )
     for name, each in models.items():
         if not isinstance(name, str):
-            raise TypeError(f"{names[1]} must be keyed by model name (a string), got the key {shown(name)}")
+            raise ConfigurationTypeError(
+                f"{names[1]} must be keyed by model name (a string), got the key {shown(name)}"
+            )
         if not isinstance(each, ModelConfig):
-            raise TypeError(
+            raise ConfigurationTypeError(
                 f"{names[1]}[{name!r}] must be an inprocserve.ModelConfig, got {type(each).__name__}: {hint}"
             )
 

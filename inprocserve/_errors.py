@@ -4,7 +4,7 @@
 
     InprocserveError
     ├── ConfigurationError        (+ValueError)   bad config values or config.toml
-    │   ├── ConfigurationTypeError (+TypeError)   a setting of the wrong kind (a dict for a flag provider)
+    │   ├── ConfigurationTypeError (+TypeError)   a setting of the wrong kind (a dict for a ModelConfig)
     │   └── ControlFileUnavailableError           the control file or its lock cannot be used
     ├── ModelNotFoundError        (+LookupError)  unknown model or version
     ├── ModelLoadError                            a model file that cannot become a session
@@ -102,8 +102,8 @@ class ConfigurationError(InprocserveError, ValueError):
 
 
 class ConfigurationTypeError(ConfigurationError, TypeError):
-    """A setting of the wrong kind: a dict of flag values for ``flags=``, a provider's class for an instance.
-    A ``TypeError`` too, as such a setting was before it had a class of its own."""
+    """A setting of the wrong kind: a dict of flag values for ``flags=``, a provider's class for an instance, a
+    ``config.toml``-shaped dict for ``config=``. A ``TypeError`` too, as it was before it had a class of its own."""
 
 
 class ControlFileUnavailableError(ConfigurationError):

@@ -110,13 +110,12 @@ class Server(RolloutMethods):
     Raises:
         ConfigurationError: the repository is not a folder, a ``config.toml`` is invalid, or an argument is
             out of its range or of the wrong kind (``shadow_queue=0``, a string for a number, NaN).
-        ConfigurationTypeError: ``flags`` is not a flag provider (``None``, or an instance of
-            ``InMemoryFlags``, ``EnvFlags``, ``FileFlags``, ``OpenFeatureFlags`` or another ``FlagProvider``;
-            a dict of flag values is refused: ``InMemoryFlags({...})`` serves one). A ``ConfigurationError``
-            and a ``TypeError``.
+        ConfigurationTypeError: ``config`` is not a ``ModelConfig``, or ``models`` not a dict of name ->
+            ``ModelConfig`` (a ``config.toml``-shaped dict is refused: ``ModelConfig().merged({...})`` builds
+            one from it), or ``flags`` not a flag provider (``None``, or an instance of ``InMemoryFlags``,
+            ``EnvFlags``, ``FileFlags``, ``OpenFeatureFlags`` or another ``FlagProvider``; a dict of flag values
+            is refused: ``InMemoryFlags({...})`` serves one). A ``ConfigurationError`` and a ``TypeError``.
         ModelLoadError: a model could not be loaded at start-up (``strict=True`` only).
-        TypeError: ``config`` is not a ``ModelConfig``, or ``models`` not a dict of name -> ``ModelConfig``
-            (a ``config.toml``-shaped dict is refused: ``ModelConfig().merged({...})`` builds one from it).
     """
 
     def __init__(
@@ -1058,7 +1057,7 @@ class Server(RolloutMethods):
                 or has no such model, is one).
             ModelNotFoundError: no such model in the repository, or an invalid name.
             ValueError: both ``path`` and ``remote``.
-            TypeError: ``config`` is not a ``ModelConfig``.
+            ConfigurationTypeError: ``config`` is not a ``ModelConfig`` (a ``TypeError`` too).
         """
         check_model_configs(config, None)
         return self._registry.load(name, path=path, version=version, config=config, remote=remote, by_hand=True)

@@ -19,6 +19,7 @@ from inprocserve import (
     BatchingConfig,
     CanaryConfig,
     ConfigurationError,
+    ConfigurationTypeError,
     InterleavingConfig,
     InvalidInputError,
     ModelConfig,
@@ -643,13 +644,14 @@ def test_a_config_toml_shaped_dict_in_code_is_refused_when_the_server_is_built(
     # A dict was accepted, and then every model failed its load with an AttributeError: the server started
     # and served nothing (ModelNotFoundError on every request; a 404 from the plug-ins).
     save_model(build_scale_model(2.0), repository, "scale", 1)
-    with pytest.raises(TypeError, match=message):
+    # (a ConfigurationError, as the other settings the server refuses, and still a TypeError)
+    with pytest.raises(ConfigurationTypeError, match=message):
         make_server(repository, **arguments)
-    with pytest.raises(TypeError, match=message):
+    with pytest.raises(ConfigurationTypeError, match=message):
         check_repository(repository, **arguments)
     server = make_server(repository, config=ModelConfig().merged({"batching": {"max_batch_size": 8}}))
     assert server.status()["models"]["scale"]["versions"]["1"]["max_batch_size"] == 8  # what the hint says works
-    with pytest.raises(TypeError, match=r"config must be an inprocserve\.ModelConfig"):
+    with pytest.raises(ConfigurationTypeError, match=r"config must be an inprocserve\.ModelConfig"):
         server.load("scale", version=1, config={"batching": {}})  # type: ignore[arg-type]
 
 
