@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -94,7 +95,7 @@ os._exit(0)
 
 
 def test_the_observability_setup_serves_the_libraries_and_the_process_metrics(tmp_path: Path) -> None:
-    setup, prometheus, _gunicorn = blocks("docs/observability.md", "## Setup")
+    setup, prometheus, _gunicorn, _uvicorn = blocks("docs/observability.md", "## Setup")
     (buckets,) = blocks("docs/observability.md", "### Histogram buckets")
     (by_model,) = blocks("docs/observability.md", "### Series of released versions")
     port = reserved_port()
@@ -140,6 +141,57 @@ def test_the_gunicorn_post_fork_hook_takes_the_first_free_metrics_port() -> None
     assert result.returncode == 0, result.stderr[-2000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["errors"] == 0 and answer["instance"] == answer["expected"]
+
+
+UVICORN_APP = """
+import os
+import metrics  # the docs' module, first
+from opentelemetry import metrics as otel_metrics
+otel_metrics.get_meter("check").create_counter("worker_started").add(1, {"pid": str(os.getpid())})
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+"""
+
+
+def metrics_page(port: int) -> str | None:
+    """``/metrics`` of 127.0.0.1:``port``; ``None`` while nothing answers there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()  # type: ignore[no-any-return]
+    except OSError:
+        return None
+
+
+def test_under_uvicorn_workers_each_worker_exports_its_own_metrics_on_a_port_of_its_own(tmp_path: Path) -> None:
+    """uvicorn --workers has no post_fork: each spawned worker imports the module, which takes a free port."""
+    setup = blocks("docs/observability.md", "## Setup")
+    (module,) = [block for block in setup if "def start_metrics_exporter" in block]
+    ports = [reserved_port() for _ in range(3)]
+    (tmp_path / "metrics.py").write_text(module.replace("range(9464, 9464 + 8)", repr(ports)))
+    (tmp_path / "app.py").write_text(UVICORN_APP)
+    listener = listening_socket()
+    command = [sys.executable, "-m", "uvicorn", "--workers", "2", "--lifespan", "off", "--app-dir", str(tmp_path)]
+    server = subprocess.Popen(
+        [*command, "--fd", str(listener.fileno()), "app:app"], pass_fds=[listener.fileno()],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    listener.close()
+    try:
+        deadline = time.monotonic() + 60
+        pages = [metrics_page(port) for port in ports]
+        while not all(page and "worker_started" in page for page in pages[:2]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pages = [metrics_page(port) for port in ports]
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    exported = [page for page in pages if page is not None]
+    assert len(exported) == 2 and pages[2] is None, output[-2000:]  # the first free ports, one a worker
+    pids = [re.findall(r'^worker_started_total\{.*pid="(\d+)"', page, re.MULTILINE) for page in exported]
+    assert len(pids[0]) == len(pids[1]) == 1 and pids[0] != pids[1]  # each worker's own series, not a sum
+    for port, page in zip(ports, exported, strict=False):
+        assert f'service_instance_id="{socket.gethostname()}:{port}"' in page  # target_info: the worker's port
 
 
 def test_the_shipped_scrape_config_lists_every_port_of_the_post_fork_hooks_range() -> None:
