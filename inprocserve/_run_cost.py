@@ -11,7 +11,8 @@ was the likeliest moment to draw a wrong one.
 So the load's probe takes the quickest of alternated runs (load only ever slows a run), and every batch the
 version's workers (or an event loop's thread) run is a measurement too: :class:`RunCostLearner` keeps the
 quickest run seen of each row count over the recent runs, and refits the cost from them every
-``REFIT_EVERY_RUNS`` runs. Hundreds of runs of many sizes say more than ten at load.
+``REFIT_EVERY_RUNS`` runs, at most once every ``REFIT_INTERVAL_S``. Hundreds of runs of many sizes say
+more than ten at load.
 """
 
 from __future__ import annotations
