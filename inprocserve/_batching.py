@@ -917,11 +917,12 @@ class Batcher:
     @property
     def run_cost_source(self) -> str:
         """Where :attr:`run_cost` comes from: ``"load"`` (the load's probe), ``"runs"`` (a line fitted to this
-        version's runs) or ``"load, lowered by runs"`` (the probe's, scaled down under runs quicker than it)."""
+        version's runs) or ``"load, scaled to runs"`` (the probe's, its split kept, scaled down under runs
+        quicker than it or up to runs well slower)."""
         learner = self._learner
         if learner is None or not learner.refits:
             return "load"
-        return "runs" if learner.lines else "load, lowered by runs"
+        return "runs" if learner.lines else "load, scaled to runs"
 
     @property
     def run_cost_learned(self) -> bool:

@@ -26,6 +26,7 @@ from ._flush_policy import RunCost
 
 __all__ = [
     "GENERATION_RUNS",
+    "RAISE_ABOVE",
     "REFIT_EVERY_RUNS",
     "REFIT_INTERVAL_S",
     "SEEN_AT_LEAST",
@@ -39,6 +40,7 @@ REFIT_EVERY_RUNS = 64  # the learner refits the cost this often
 REFIT_INTERVAL_S = 1.0  # ... and at most this often: a refit's work grows with the batch sizes seen
 GENERATION_RUNS = 1024  # the quickest runs are kept over the last one to two generations of this many runs
 SEEN_AT_LEAST = 16  # runs of a row count before its quickest is taken as its cost
+RAISE_ABOVE = 1.5  # a cost is raised to the runs only once every row count seen often ran this much slower
 
 
 def probe_run_cost(run_one: Callable[[], object], run_many: Callable[[], object], rows: int) -> RunCost:
@@ -88,7 +90,8 @@ class RunCostLearner:
     cost from the row counts seen ``SEEN_AT_LEAST`` times or more: the quickest of a few runs is hardly quicker
     than any (in a steady loop of 8 callers, batches of 14 rows, seen 3 times, read 3.6 ms at their quickest
     and batches of 15, seen 1,018 times, 2.5 ms). Until such runs span enough row counts, the cost in use
-    stands, lowered where a run was quicker than it says.
+    stands, scaled to the runs (:func:`_scaled_to_runs`): lowered where a run was quicker than it says, raised
+    where every row count seen often ran well slower.
 
     Not thread-safe: its owner (the batcher) calls it with its lock held. :meth:`observe` is on a worker's
     path after every batch: a counter, a dictionary read and a list update.
@@ -124,9 +127,9 @@ class RunCostLearner:
     def refit(self, cost: RunCost) -> RunCost | None:
         """The cost the recent runs show, from ``cost`` (the one in use), or ``None`` when they show nothing
         new: a line fitted to the row counts seen ``SEEN_AT_LEAST`` times if they span enough
-        (:func:`fit_run_cost`), else ``cost``; either lowered under every quickest run seen, if it is above
-        one (a run of ``rows`` rows costs at most its quickest, the fixed part included, however few were
-        seen)."""
+        (:func:`fit_run_cost`), lowered under every quickest run seen if it is above one (a run of ``rows``
+        rows costs at most its quickest, the fixed part included, however few were seen); else ``cost``
+        scaled to the runs (:func:`_scaled_to_runs`)."""
         current, previous = self._current, self._previous
         quickest: dict[int, float] = {}
         often: dict[int, float] = {}
@@ -136,11 +139,32 @@ class RunCostLearner:
             if (now[1] if now else 0.0) + (before[1] if before else 0.0) >= SEEN_AT_LEAST:
                 often[rows] = seconds
         fitted = fit_run_cost(often)
-        learned = _under(fitted or cost, quickest) or fitted
+        learned = (_under(fitted, quickest) or fitted) if fitted is not None else _scaled_to_runs(cost, quickest, often)
         if learned is not None:
             self.refits += 1
             self.lines += fitted is not None
         return learned
+
+
+def _scaled_to_runs(cost: RunCost, quickest: dict[int, float], often: dict[int, float]) -> RunCost | None:
+    """``cost`` scaled to the runs when no line can be drawn, its split kept (which part was wrong, runs of
+    one row count cannot tell), or ``None`` when it fits them: lowered under every quickest run (:func:`_under`);
+    or, when every row count seen ``often`` ran at least ``RAISE_ABOVE`` times slower than it says, raised as
+    far as the quickest runs allow. The quickest of many runs is what a run costs: a cost below it was misread
+    (a model read at load as quicker than it is, whose event loop then runs every request itself, one row
+    each, blocking for as long as each really takes) or the host got busier for good."""
+    lowered = _under(cost, quickest)
+    if lowered is not None or not often:
+        return lowered
+    if min(seconds / _estimate(cost, rows) for rows, seconds in often.items()) < RAISE_ABOVE:
+        return None
+    scale = min(seconds / _estimate(cost, rows) for rows, seconds in quickest.items())
+    return RunCost(fixed_s=cost.fixed_s * scale, per_row_s=cost.per_row_s * scale)
+
+
+def _estimate(cost: RunCost, rows: int) -> float:
+    """What ``cost`` says a run of ``rows`` rows takes; never 0, so that runs can scale it."""
+    return max(cost.fixed_s + cost.per_row_s * rows, 1e-9)
 
 
 def _under(cost: RunCost, quickest: dict[int, float]) -> RunCost | None:

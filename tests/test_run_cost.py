@@ -22,6 +22,7 @@ from inprocserve._loop_batching import RUN_ON_LOOP_UNDER_S
 from inprocserve._model import ModelVersion
 from inprocserve._run_cost import (
     GENERATION_RUNS,
+    RAISE_ABOVE,
     REFIT_EVERY_RUNS,
     REFIT_INTERVAL_S,
     SEEN_AT_LEAST,
@@ -123,8 +124,41 @@ def test_runs_of_one_row_count_lower_a_cost_probed_too_high() -> None:
     assert learner.observe(8, 0.000036)
     cost = learner.refit(RunCost(fixed_s=0.002, per_row_s=0.0))
     assert cost == RunCost(fixed_s=pytest.approx(0.000036), per_row_s=0.0)
-    assert (learner.refits, learner.lines) == (1, 0)  # (status: "load, lowered by runs")
+    assert (learner.refits, learner.lines) == (1, 0)  # (status: "load, scaled to runs")
     assert learner.refit(RunCost(fixed_s=0.00002, per_row_s=0.000001)) is None  # under the runs already
+
+
+def test_runs_of_one_row_count_well_slower_than_the_cost_raise_it_as_far_as_the_quickest_runs_allow() -> None:
+    """A model read at load as quicker than it is, under traffic of one row count (an event loop's lone
+    requests, one row each): no line can be drawn, but the quickest of many runs is what a run costs. The
+    cost is raised to it, its split kept, never above a run seen (of any row count, however seldom)."""
+    learner = RunCostLearner()
+    probed = RunCost(fixed_s=0.00001, per_row_s=0.000001)  # 11 µs for one row
+    for _ in range(REFIT_EVERY_RUNS - 2):
+        learner.observe(1, 0.0011)
+    learner.observe(3, 0.0012)  # seen once: too seldom to be a cost, still a bound
+    assert learner.observe(1, 0.0011)
+    cost = learner.refit(probed)
+    assert cost is not None
+    assert cost.fixed_s + cost.per_row_s * 3 == pytest.approx(0.0012)  # (the bound; one row alone: 1.1 ms)
+    assert cost.fixed_s / cost.per_row_s == pytest.approx(10)
+    assert (learner.refits, learner.lines) == (1, 0)
+    assert learner.refit(cost) is None  # fits the runs now: no refit moves it again
+
+
+def test_a_cost_close_under_the_runs_or_bounded_only_by_seldom_runs_is_not_raised() -> None:
+    learner = RunCostLearner()
+    for _ in range(REFIT_EVERY_RUNS):
+        learner.observe(1, PROBED.fixed_s * 1.1 + PROBED.per_row_s)  # runs as slow as probed, give or take
+    assert learner.refit(PROBED) is None
+    seldom = RunCostLearner()
+    for rows in range(1, SEEN_AT_LEAST):
+        seldom.observe(rows, 0.1)  # each row count seen once: a bound, not a cost
+    assert seldom.refit(PROBED) is None
+    under = RunCostLearner()
+    for _ in range(REFIT_EVERY_RUNS):
+        under.observe(2, (PROBED.fixed_s + 2 * PROBED.per_row_s) * RAISE_ABOVE * 0.99)
+    assert under.refit(PROBED) is None
 
 
 def test_the_quickest_runs_are_recent_ones() -> None:
@@ -267,6 +301,31 @@ def test_a_version_its_event_loop_runs_itself_learns_its_run_cost_from_those_run
     status = version_status(server, "busy")
     assert status["run_cost_ms"]["from"] == "runs"
     assert status["run_cost_ms"]["fixed"] >= OVERLAP_BELOW_S * 1000, (rounds_run, status["run_cost_ms"])
+
+
+def test_an_event_loops_lone_requests_raise_a_cost_misread_as_quick_and_take_them_off_the_loop(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One task's requests, one row each, on a version read at load as quick enough for its event loop to run:
+    every run has one row, so no line can ever be drawn, and a bound only lowers. The quickest of those runs
+    (the busy model: about 1 ms) raises the cost, and the loop hands the version's requests to its workers."""
+    mislead_the_probe(monkeypatch, fixed_s=0.00001, per_row_s=0.000001)
+    server = make_server(busy_repository)
+    server.predict("busy", busy_inputs(1))
+    batcher = server._registry.routes["busy"].versions[1].batcher
+    assert batcher is not None and batcher.runs_within(1, RUN_ON_LOOP_UNDER_S)  # (the probe's rule)
+
+    async def lone_requests(most: int) -> int:
+        for done in range(most):
+            if not batcher.runs_within(1, RUN_ON_LOOP_UNDER_S):
+                return done
+            assert (await server.apredict("busy", busy_inputs(1, seed=done)))["y"].shape == (1, 512)
+        raise AssertionError(f"not raised after {most} requests: {batcher.run_cost}, {batcher._learner._current}")
+
+    requests = asyncio.run(lone_requests(10 * REFIT_EVERY_RUNS))
+    status = version_status(server, "busy")
+    assert status["run_cost_ms"]["from"] == "load, scaled to runs", (requests, status["run_cost_ms"])
+    assert status["run_cost_ms"]["fixed"] >= OVERLAP_BELOW_S * 1000, status["run_cost_ms"]
 
 
 def test_only_a_batch_run_whole_that_succeeded_teaches_the_cost(
