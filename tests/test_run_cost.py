@@ -328,6 +328,31 @@ def test_an_event_loops_lone_requests_raise_a_cost_misread_as_quick_and_take_the
     assert status["run_cost_ms"]["fixed"] >= OVERLAP_BELOW_S * 1000, status["run_cost_ms"]
 
 
+def test_a_refit_leaves_a_version_that_stopped_merging_meanwhile_waiting_for_no_companion(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version stops merging (a request its model cannot merge) without the batcher's lock, so a refit may
+    run beside it: the wait the refit sets must not outlive the stop."""
+    mislead_the_probe(monkeypatch, fixed_s=0.00001, per_row_s=0.0002)
+    server = make_server(busy_repository)
+    server.predict("busy", busy_inputs(1))
+    batcher = server._registry.routes["busy"].versions[1].batcher
+    assert batcher is not None and batcher._policy.max_rows > 1
+    automatic = _batching.automatic_delay_s
+
+    def stopped_meanwhile(*args: Any, **kwargs: Any) -> float:
+        batcher._disable_merging("its rows cannot be merged")  # (lands between the refit's check and its write)
+        return automatic(*args, **kwargs)
+
+    monkeypatch.setattr(_batching, "automatic_delay_s", stopped_meanwhile)
+    with batcher._lock:
+        for index in range(REFIT_EVERY_RUNS):
+            rows = 1 + index % 4
+            batcher._observe_run(rows, 0.001 + 0.0001 * rows)
+    assert batcher.run_cost_learned and batcher._policy.max_rows == 1
+    assert batcher._policy.delay_s == 0.0
+
+
 def test_only_a_batch_run_whole_that_succeeded_teaches_the_cost(
     busy_repository: Path, make_server: ServerFactory
 ) -> None:
