@@ -206,6 +206,20 @@ def registered_providers() -> list[str]:
 # each parallel operator pays a thread wake-up that costs about as much as the work it would split.
 AUTO_THREADS_SERIAL_BELOW_S = 0.001
 PROBE_RUNS = 5  # timed probe runs at most (see OnnxruntimeBackend._choose_threads)
+# A version given more than one thread keeps a one-thread session for its short runs only while its folder
+# holds at most this much (the session is a second copy of the weights in memory).
+ONE_THREAD_SESSION_MAX_BYTES = 64 * 1024 * 1024
+
+
+def one_thread_rows(one_s: float, many_s: float, rows: int) -> int:
+    """The most rows (under ``rows``) whose run takes under ``AUTO_THREADS_SERIAL_BELOW_S`` on one thread, by the
+    line through a one-thread run of 1 row (``one_s``) and of ``rows`` rows (``many_s``); 0 when none does."""
+    if one_s >= AUTO_THREADS_SERIAL_BELOW_S or rows <= 1:
+        return 0
+    per_row = (many_s - one_s) / (rows - 1)
+    if per_row <= 0:
+        return rows - 1
+    return min(rows - 1, 1 + int((AUTO_THREADS_SERIAL_BELOW_S - one_s) / per_row))
 
 
 def session_options(config: PoolConfig, *, threads: int | None = None, memory_pattern: bool = True) -> Any:
@@ -417,6 +431,7 @@ class OnnxruntimeBackend:
         self._output_names: list[str] = []
         self._sizing_inputs: tuple[str, ...] = ()  # integer inputs, which may set a size (named by allocation errors)
         self._threads: int | None = None  # intra-op threads per session, once chosen
+        self._one_thread_rows = 0  # runs of at most this many rows take the one-thread session, once chosen
         self._memory_pattern: bool | None = None  # whether sessions plan allocations per input shape, once read
         self._declared: tuple[list[Declared], list[Declared]] | None = None  # the file's inputs and outputs, once read
         self._cpu_quota: CpuQuota | None = None  # the control group's CPU quota seen when they were chosen
@@ -431,6 +446,7 @@ class OnnxruntimeBackend:
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._sessions: list[Any] = []
+        self._one_thread: Any = None  # the one-thread session for short runs (see _choose_threads), once built
         self._ready = False
         self._closed = False
         self._closing = StopSignal()  # stops the runs with options of their own when the backend closes
@@ -443,6 +459,8 @@ class OnnxruntimeBackend:
     def _after_fork_in_child(self) -> None:
         if self._sessions:
             _inherited.extend(self._sessions)
+        if self._one_thread is not None:
+            _inherited.append(self._one_thread)
         closed = self._closed
         self._reset_state()
         self._closed = closed
@@ -470,7 +488,8 @@ class OnnxruntimeBackend:
         With ``intra_op_threads`` unset the thread count is chosen by measurement on the first build: one
         thread if a ``probe_rows``-row run takes under 1 ms on one thread (its CPU time where that measures it,
         the best of three to five runs), else
-        the thread budget (always the budget with ``allow_spinning``).
+        the thread budget (always the budget with ``allow_spinning``); and then, for the runs of fewer rows
+        that one thread runs in under 1 ms, a one-thread session too (:meth:`_choose_threads`).
 
         Raises:
             ModelLoadError: the file is missing, not ONNX, corrupt, or a session or warm-up failed.
@@ -508,29 +527,35 @@ class OnnxruntimeBackend:
                 sessions = [first] * self.config.size
             else:
                 sessions = [first] + [self._create(index) for index in range(1, self.config.size)]
+            one_thread = None
+            if self._one_thread_rows and first.get_providers()[0] == _CPU:
+                one_thread = self._create(0, threads=1)
             with self._lock:
                 self._sessions = sessions
+                self._one_thread = one_thread
                 self._ready = True
         assert self.signature is not None
         return self.signature
 
     def _choose_threads(self, probe_rows: int) -> int:
+        """The intra-op threads of every session: one if a ``probe_rows``-row run takes under
+        ``AUTO_THREADS_SERIAL_BELOW_S`` on one thread, else the budget. Given the budget, the runs of fewer rows
+        that one thread still runs in under that time (``_one_thread_rows``: :meth:`_short_run_rows`) take a
+        one-thread session of their own, if the version is small enough to hold twice
+        (``ONE_THREAD_SESSION_MAX_BYTES``): without spinning, each parallel operator of a short run pays a
+        wake-up of the pool's threads that costs as much as the work it splits. mlp-small on a 2-core host whose
+        64-row run took 1.3-1.5 ms on one thread got two threads, and each lone request paid about 25 % more
+        CPU for it, the pool's thread woken for every run (docs/performance.md, "Short runs on one thread")."""
         budget = thread_budget(self.config)
         # spinning threads take a parallel operator's work without a wake-up: more threads never cost one
         if self.config.intra_op_threads is not None or budget == 1 or self.config.allow_spinning:
             return budget
         probe = self._create(0, threads=1, warm=False)
         assert self.signature is not None
+        rows = probe_rows if self.signature.batchable else 1
         try:
-            feeds = self._runnable_probe(probe, probe_rows if self.signature.batchable else 1)
-            clock = _probe_clock(self.config)
-            elapsed = math.inf
-            for attempt in range(PROBE_RUNS):  # the best of up to five; three when clearly off the line
-                start = clock()
-                self.run(probe, feeds)
-                elapsed = min(elapsed, clock() - start)
-                if attempt >= 2 and not 0.5 <= elapsed / AUTO_THREADS_SERIAL_BELOW_S <= 2:
-                    break
+            feeds = self._runnable_probe(probe, rows)
+            elapsed = self._quickest_run(probe, feeds)
         except InprocserveError as exc:  # zeros are not valid input for every model
             logger.debug("thread probe of %r v%s failed (%s); using %d threads", self.model, self.version, exc, budget)
             return budget
@@ -539,11 +564,53 @@ class OnnxruntimeBackend:
             "model %r version %s: a %d-row run takes %.2f ms on one thread; using %d intra-op thread(s) per session",
             self.model,
             self.version,
-            probe_rows,
+            rows,
             elapsed * 1000,
             threads,
         )
+        if threads > 1 and rows > 1 and self._version_bytes() <= ONE_THREAD_SESSION_MAX_BYTES:
+            try:
+                self._one_thread_rows = self._short_run_rows(probe, feeds, elapsed)
+            except InprocserveError:
+                return threads
+            if self._one_thread_rows:
+                logger.info(
+                    "model %r version %s: runs of up to %d rows take under 1 ms on one thread; they take a "
+                    "one-thread session",
+                    self.model,
+                    self.version,
+                    self._one_thread_rows,
+                )
         return threads
+
+    def _short_run_rows(self, probe: Any, many: dict[str, Any], many_s: float) -> int:
+        """How many rows one thread runs in under ``AUTO_THREADS_SERIAL_BELOW_S`` (:func:`one_thread_rows`), by
+        the line through the quickest run of 1 row on the one-thread ``probe`` and its run of the ``many``
+        feeds' rows (``many_s``), timed as the thread count was (the calling thread's CPU time where it
+        measures the run: a host busy meanwhile does not move it, where wall time measured on a busy host
+        read a one-row run at 80 to 200 µs and a second thread as quicker or slower by the draw)."""
+        rows = next(iter(many.values())).shape[0]
+        return one_thread_rows(self._quickest_run(probe, self._runnable_probe(probe, 1)), many_s, rows)
+
+    def _quickest_run(self, probe: Any, feeds: dict[str, Any]) -> float:
+        """The quickest of up to ``PROBE_RUNS`` timed runs of ``feeds`` on the one-thread ``probe`` session
+        (three when clearly off the one-thread line)."""
+        clock = _probe_clock(self.config)
+        elapsed = math.inf
+        for attempt in range(PROBE_RUNS):
+            start = clock()
+            self.run(probe, feeds)
+            elapsed = min(elapsed, clock() - start)
+            if attempt >= 2 and not 0.5 <= elapsed / AUTO_THREADS_SERIAL_BELOW_S <= 2:
+                break
+        return elapsed
+
+    def _version_bytes(self) -> int:
+        """The size of the version's folder: its model file, external data and anything beside them."""
+        try:
+            return sum(entry.stat().st_size for entry in self.path.parent.iterdir() if entry.is_file())
+        except OSError:
+            return ONE_THREAD_SESSION_MAX_BYTES + 1  # (unreadable: no second copy)
 
     def _runnable_probe(self, probe: Any, rows: int) -> dict[str, Any]:
         """Zeros of ``rows`` rows that ``probe`` runs (its first run, which allocates), with the model's dynamic
@@ -870,6 +937,9 @@ class OnnxruntimeBackend:
         """
         stop = _stopping.signal
         limit = self._limit
+        one_thread = self._one_thread
+        if one_thread is not None and next(iter(feeds.values())).shape[0] <= self._one_thread_rows:
+            runner = one_thread  # (a short run: see _choose_threads; a batchable model's inputs all have rows)
         if timeout_s is None and stop is None:  # the common case, spelled out: no alarm, no hook
             if limit is not None:  # (inlined: a method call would cost as much again; see _run_limit)
                 slot = limit.current.get() or limit.slot()
@@ -1035,6 +1105,8 @@ class OnnxruntimeBackend:
         return {
             "providers": list(self.providers),
             "intra_op_threads": self._threads,
+            # runs of at most this many rows take a one-thread session (None: none has one)
+            "one_thread_up_to_rows": self._one_thread_rows if self._one_thread is not None else None,
             # the container's CPU limit in cores, as read when the threads were chosen (None: no limit); the
             # automatic budget never exceeds it, an explicit intra_op_threads may
             "cpu_quota_cores": None if self._cpu_quota is None else round(self._cpu_quota.cores, 3),
@@ -1051,6 +1123,7 @@ class OnnxruntimeBackend:
         with self._lock:
             self._closed = True
             self._sessions = []
+            self._one_thread = None
             self._ready = False
             # the warm-up is the version's bound method: kept, it held the retired ModelVersion (its batcher,
             # cache, drift monitor) in a cycle until the garbage collector's next full pass

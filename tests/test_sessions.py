@@ -6,15 +6,20 @@ configuration and of whether CUDA is usable, and is tested here with that flag g
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
-from inprocserve import InferenceError, InvalidInputError, ModelConfig, ModelLoadError, PoolConfig
+import inprocserve
+from inprocserve import InferenceError, InvalidInputError, ModelConfig, ModelLoadError, PoolConfig, _ort_backend
 from inprocserve._ort_backend import onnxruntime_error_types, session_options
 from inprocserve._ort_rules import RUN_ERROR_MAP, resolve_providers, thread_budget, translate_run_error, usable_cores
+from inprocserve.testing import build_mlp_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, run_in_forked_child, version_status
 
 
 def test_auto_uses_cuda_only_when_usable() -> None:
@@ -131,3 +136,130 @@ def test_two_onnxruntime_builds_installed_together_are_warned_about(
         assert _ort_backend._probe_cuda(tmp_path / "unused.onnx") is False  # this onnxruntime has no CUDA
     assert "and onnxruntime-gpu 1.20.1 are installed together" in caplog.text
     assert "keep one" in caplog.text
+
+
+def test_the_rows_one_thread_runs_in_time_follow_the_line_through_two_runs() -> None:
+    from inprocserve._ort_backend import AUTO_THREADS_SERIAL_BELOW_S, one_thread_rows
+
+    def cost(rows: int) -> float:  # mlp-small on a 2-core host, one thread: 78 µs a row alone, 64 rows 1.25 ms
+        return 0.000078 + (rows - 1) * (0.00125 - 0.000078) / 63
+
+    rows = one_thread_rows(0.000078, 0.00125, 64)
+    assert cost(rows) <= AUTO_THREADS_SERIAL_BELOW_S < cost(rows + 1)
+    assert rows == 50
+    assert one_thread_rows(AUTO_THREADS_SERIAL_BELOW_S, 0.1, 64) == 0  # one row alone takes too long
+    assert one_thread_rows(0.0001, 0.00005, 64) == 63  # (noise: more rows read quicker) every run short of 64
+    assert one_thread_rows(0.0001, 0.0002, 1) == 0
+
+
+LONG_BATCHES = ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=4096, max_request_rows=4096))
+
+
+@pytest.fixture
+def wide_repository(tmp_path: Path) -> Path:
+    """A model whose run costs by its rows: tens of µs for one, tens of ms for 4,096 on one thread."""
+    repository = tmp_path / "models"
+    save_model(build_mlp_model((256, 512, 256, 10), seed=1), repository, "wide", 1)
+    return repository
+
+
+def needs_two_threads() -> None:
+    if thread_budget(PoolConfig()) < 2:
+        pytest.skip("one usable core: every session gets one thread, and none a second session for short runs")
+
+
+@pytest.fixture
+def short_runs_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wide model takes the budget, and a one-thread session for its short runs: the line between one and
+    several threads moved to 2 ms, which its 4,096-row batch takes well over on one thread on any host, and
+    one row well under (the rule under test, not this host's speed)."""
+    needs_two_threads()
+    monkeypatch.setattr(_ort_backend, "AUTO_THREADS_SERIAL_BELOW_S", 0.002)
+
+
+def test_a_version_given_several_threads_runs_its_short_runs_on_a_one_thread_session(
+    wide_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    short_runs_on_one_thread: None,
+) -> None:
+    """Without spinning, each parallel operator of a short run waits for the pool's threads to wake, which
+    costs as much as the work split: a version whose largest batch needs more than one thread runs the
+    short ones (a lone request's row) on a session of one thread, and its long ones on the budget."""
+    server = make_server(wide_repository, models={"wide": LONG_BATCHES})
+    status = version_status(server, "wide")
+    short = status["backend_status"]["one_thread_up_to_rows"]
+    assert status["intra_op_threads"] == thread_budget(PoolConfig())
+    assert short is not None and 1 <= short < 4096, status["backend_status"]
+
+    backend = server._registry.routes["wide"].versions[1].backend
+    one_thread = backend._one_thread
+    ran: list[int] = []
+
+    class Counted:
+        """The one-thread session's binding, counting the rows of each run it makes."""
+
+        def run(self, names: Any, feeds: Any, options: Any) -> Any:
+            ran.append(len(feeds["x"]))
+            return one_thread._sess.run(names, feeds, options)
+
+    monkeypatch.setattr(backend, "_one_thread", type("Session", (), {"_sess": Counted()})())
+    rows = np.random.default_rng(0).standard_normal((short + 1, 256)).astype(np.float32)
+    lone = server.predict("wide", rows[:1])["y"]
+    whole = server.predict("wide", rows)["y"]
+    assert ran == [1]  # the lone row on one thread; short + 1 rows on the budget's session
+    np.testing.assert_allclose(lone, whole[:1], rtol=1e-5, atol=1e-6)
+    server.close()
+    assert backend._one_thread is None
+
+
+@pytest.mark.parametrize(
+    "pool", [PoolConfig(intra_op_threads=2), PoolConfig(allow_spinning=True)], ids=["threads set", "spinning"]
+)
+def test_no_one_thread_session_where_threads_are_configured_or_spin(
+    pool: PoolConfig,
+    wide_repository: Path,
+    make_server: ServerFactory,
+    short_runs_on_one_thread: None,
+) -> None:
+    config = ModelConfig(batching=LONG_BATCHES.batching, pool=pool)
+    server = make_server(wide_repository, models={"wide": config})
+    assert version_status(server, "wide")["backend_status"]["one_thread_up_to_rows"] is None
+
+
+def test_no_one_thread_session_for_a_version_too_large_to_hold_twice(
+    wide_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    short_runs_on_one_thread: None,
+) -> None:
+    monkeypatch.setattr(_ort_backend, "ONE_THREAD_SESSION_MAX_BYTES", 1024)
+    server = make_server(wide_repository, models={"wide": LONG_BATCHES})
+    status = version_status(server, "wide")
+    assert status["intra_op_threads"] == thread_budget(PoolConfig())
+    assert status["backend_status"]["one_thread_up_to_rows"] is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_worker_builds_its_own_one_thread_session(
+    wide_repository: Path, make_server: ServerFactory, short_runs_on_one_thread: None
+) -> None:
+    """gunicorn --preload: the parent's sessions are never used in the child, the one-thread one included;
+    the child builds its own, with the rows the parent chose, and answers short and long runs alike."""
+    server = make_server(wide_repository, models={"wide": LONG_BATCHES})
+    backend = server._registry.routes["wide"].versions[1].backend
+    parents = backend._one_thread
+    short = backend._one_thread_rows
+    rows = np.random.default_rng(0).standard_normal((short + 1, 256)).astype(np.float32)
+    expected = server.predict("wide", rows)["y"]
+
+    def in_the_child() -> str:
+        lone = server.predict("wide", rows[:1])["y"]
+        whole = server.predict("wide", rows)["y"]
+        own = backend._one_thread is not None and backend._one_thread is not parents
+        same = np.allclose(lone, expected[:1], rtol=1e-5, atol=1e-6) and np.allclose(whole, expected, rtol=1e-5)
+        status = server.status()["models"]["wide"]["versions"]["1"]["backend_status"]["one_thread_up_to_rows"]
+        server.close()
+        return f"{own} {same} {status}"
+
+    assert run_in_forked_child(in_the_child, timeout_s=60).split() == ["True", "True", str(short)]
