@@ -162,7 +162,7 @@ def flags_setting_problem(value: object) -> str | None:
     if value is None or (isinstance(value, FlagProvider) and not isinstance(value, type)):
         return None
     if isinstance(value, type):
-        return f"must be a flag provider, got the class {value.__name__}: give {value.__name__}(...)"
+        return f"must be a flag provider, got the class {value.__name__}: pass {value.__name__}(...)"
     return (
         "must be an inprocserve.FlagProvider (InMemoryFlags, EnvFlags, FileFlags, OpenFeatureFlags, ...) or None, "
         f"got {shown(value)}"

@@ -280,6 +280,17 @@ def test_settings_of_the_wrong_type_or_range_are_check_error_e012(repository: Pa
     assert check_ids(settings) == ["inprocserve.E012"]
 
 
+def test_a_flag_provider_class_is_check_error_e012_in_the_words_the_server_uses(repository: Path) -> None:
+    # {"FLAGS": inprocserve.EnvFlags}: the class passed the protocol's check. The check and Server(flags=...)
+    # name the same fix, in the same words.
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "FLAGS": inprocserve.EnvFlags}):
+        (error,) = [message for message in run_checks() if message.id == "inprocserve.E012"]
+    with pytest.raises(inprocserve.ConfigurationTypeError) as refused:
+        inprocserve.Server(flags=inprocserve.EnvFlags)  # type: ignore[arg-type]
+    fix = "got the class EnvFlags: pass EnvFlags(...)"
+    assert fix in error.msg and fix in str(refused.value)
+
+
 @pytest.mark.parametrize(
     "settings",
     [{"TIMEOUT_S": float("inf")}, {"FLAG_TIMEOUT_S": 60}, {"POLL_INTERVAL_S": 86_400}, {"RETRY_AFTER_S": 0}],

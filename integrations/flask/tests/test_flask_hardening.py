@@ -179,7 +179,7 @@ def test_protocol_details_through_flask(app: Flask) -> None:
 def test_a_model_config_given_as_a_dict_fails_at_init_app(repository: Path, key: str, value: object) -> None:
     # It was accepted, and each worker's server then loaded no model: 404 "servable models: none" on every
     # request, the cause only in a logged AttributeError.
-    with pytest.raises(inprocserve.ConfigurationError, match=rf"{key}.* must be an inprocserve\.ModelConfig"):
+    with pytest.raises(inprocserve.ConfigurationTypeError, match=rf"{key}.* must be an inprocserve\.ModelConfig"):
         make_app(repository, **{key: value})
 
 
@@ -215,7 +215,7 @@ def test_a_repository_that_is_not_a_folder_fails_at_init_app(tmp_path: Path) -> 
     ("key", "value", "message"),
     [
         ("INPROCSERVE_FLAGS", "env", r"INPROCSERVE_FLAGS must be an inprocserve\.FlagProvider .*got 'env'"),
-        ("INPROCSERVE_FLAGS", inprocserve.EnvFlags, r"got the class EnvFlags: give EnvFlags\(\.\.\.\)"),
+        ("INPROCSERVE_FLAGS", inprocserve.EnvFlags, r"got the class EnvFlags: pass EnvFlags\(\.\.\.\)"),
         ("INPROCSERVE_CONTEXT", "user_id", "INPROCSERVE_CONTEXT must be a callable"),
     ],
 )
@@ -223,6 +223,7 @@ def test_a_flag_provider_or_context_of_the_wrong_kind_fails_at_init_app(
     repository: Path, key: str, value: object, message: str
 ) -> None:
     # init_app passed; the server (built at each worker's first request) refused the flags, or every predict
-    # called the context: every request was a 500.
-    with pytest.raises(inprocserve.ConfigurationError, match=message):
+    # called the context: every request was a 500. A setting of the wrong kind is the TypeError that
+    # Server(flags=...) raises, in the same words.
+    with pytest.raises(inprocserve.ConfigurationTypeError, match=message):
         make_app(repository, **{key: value})

@@ -243,7 +243,9 @@ def _check_settings(config: Mapping[str, Any]) -> None:
     views read, every request).
 
     Raises:
-        inprocserve.ConfigurationError: naming the key and what it must be.
+        inprocserve.ConfigurationError: naming the key and what it must be; a ``ConfigurationTypeError`` (a
+            ``TypeError`` too) for a setting of the wrong kind (the flags, the context, the model configs), as
+            ``Server`` raises for its own arguments.
     """
     checks: list[tuple[str, Callable[[str, object], str | None]]] = [
         (name, web.shadow_setting_problem) for name in web.SHADOW_SETTINGS
@@ -255,8 +257,8 @@ def _check_settings(config: Mapping[str, Any]) -> None:
         if problem is not None:
             raise inprocserve.ConfigurationError(f"{key} {problem}")
     problem = web.flags_setting_problem(config["INPROCSERVE_FLAGS"])  # (each request was a 500)
-    if problem is not None:
-        raise inprocserve.ConfigurationError(f"INPROCSERVE_FLAGS {problem}")
+    if problem is not None:  # (of the wrong kind: the type Server(flags=...) raises)
+        raise inprocserve.ConfigurationTypeError(f"INPROCSERVE_FLAGS {problem}")
     for key in ("INPROCSERVE_USER_HEADER", "INPROCSERVE_DEADLINE_HEADER"):
         problem = web.header_setting_problem(config[key])  # (never read: no user, so no sticky assignment)
         if problem is not None:
@@ -265,7 +267,7 @@ def _check_settings(config: Mapping[str, Any]) -> None:
                 "read none"
             )
     if config["INPROCSERVE_CONTEXT"] is not None and not callable(config["INPROCSERVE_CONTEXT"]):
-        raise inprocserve.ConfigurationError(  # (called by every predict: each was a 500)
+        raise inprocserve.ConfigurationTypeError(  # (called by every predict: each was a 500)
             f"INPROCSERVE_CONTEXT must be a callable returning the rollout context (a dict), or None; got "
             f"{config['INPROCSERVE_CONTEXT']!r}"
         )
@@ -297,8 +299,8 @@ def _check_settings(config: Mapping[str, Any]) -> None:
         config["INPROCSERVE_MODELS"],
         names=("INPROCSERVE_MODEL_CONFIG", "INPROCSERVE_MODELS"),
     )
-    if problem is not None:
-        raise inprocserve.ConfigurationError(problem)
+    if problem is not None:  # (of the wrong kind: the type Server(config=..., models=...) raises)
+        raise inprocserve.ConfigurationTypeError(problem)
 
 
 def _state() -> _State:
