@@ -139,6 +139,34 @@ def test_json_data_may_be_nested_and_parameters_are_carried() -> None:
     assert request.outputs == (v2.RequestedOutput("y", True), v2.RequestedOutput("z", None))
 
 
+@pytest.mark.parametrize(
+    ("data", "shape", "datatype", "nested"),
+    [
+        ([[1, 2], [3, 4], [5, 6], [7, 8]], [2, 4], "FP32", [4, 2]),  # rows and features mixed up
+        ([[1, 2, 3, 4]], [4], "FP32", [1, 4]),
+        ([[[1, 2, 3, 4]]], [1, 4], "INT64", [1, 1, 4]),
+        ([["a", "b"], ["c", "d"]], [4], "BYTES", [2, 2]),
+    ],
+)
+def test_json_data_nested_other_than_its_shape_is_refused_naming_both(
+    data: Any, shape: list[int], datatype: str, nested: list[int]
+) -> None:
+    # The values were taken in order and laid out as the shape says: a client with its rows and features
+    # mixed up had an answer computed on scrambled inputs. The protocol takes data flat or in its natural form.
+    body = request_json(x_input(data, shape=shape, datatype=datatype))
+    expected = rf"input 'x': 'data' is nested as \[{', '.join(map(str, nested))}\], but the tensor's shape is"
+    with pytest.raises(inprocserve.InvalidInputError, match=expected) as refused:
+        v2.decode_infer_request(body, {})
+    assert "send the values flat, in row-major order, or nested as the shape says" in str(refused.value)
+
+
+def test_a_server_answer_nested_other_than_its_shape_is_read_in_order() -> None:
+    # (Triton reads nested data so: a remote server's answer is read, not refused)
+    answer = {"outputs": [{"name": "y", "datatype": "FP32", "shape": [4], "data": [[1, 2], [3, 4]]}]}
+    response = v2.decode_infer_response(json.dumps(answer).encode(), {})
+    assert response.outputs["y"].tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
 def test_requested_outputs_choose_what_is_sent_and_how() -> None:
     outputs = {"a": np.ones(2, np.float32), "b": np.zeros(2, np.int64)}
     body, headers = v2.encode_infer_response(
@@ -745,7 +773,7 @@ def test_the_infinity_tokens_still_mean_infinity() -> None:
         b'{"inputs": [{"name": "b", "datatype": "FP32", "shape": [1], "data": [1e400], '
         b'"parameters": {"p": -Infinity}}]}',
         b"""{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [Infinity]},
-            {"name": "b", "datatype": "FP32", "shape": [2], "data": [[1e400], [2]]}]}""",
+            {"name": "b", "datatype": "FP32", "shape": [2, 1], "data": [[1e400], [2]]}]}""",
     ],
 )
 def test_a_literal_past_any_float_is_refused_whatever_infinity_tokens_the_request_holds(body: bytes) -> None:

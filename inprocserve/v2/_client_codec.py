@@ -187,7 +187,15 @@ def decode_checked_response(
             )
         else:
             outputs[name] = _from_json(
-                raw["data"], datatype, shape, name, limits, role="output", null_is_nan=True, checkpoint=checkpoint
+                raw["data"],
+                datatype,
+                shape,
+                name,
+                limits,
+                role="output",
+                null_is_nan=True,
+                nested_as_shape=False,  # (a server's answer, read as Triton reads nested data: in order)
+                checkpoint=checkpoint,
             )
     version = document.get("model_version")
     return InferResponse(

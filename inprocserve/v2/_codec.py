@@ -695,13 +695,15 @@ def _from_json(
     bools_in_data: bool = False,
     role: str = "input",
     null_is_nan: bool = False,
+    nested_as_shape: bool = True,
     checkpoint: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """A tensor's JSON ``data`` as an array of ``datatype`` and ``shape``, every value checked. ``role`` names
     the tensor in errors (``"output"`` for a response's). With ``null_is_nan``, a ``null`` in floating-point
     data is NaN: MLServer and KServe's Python server write NaN so in their answers (JSON has no number for
-    it). A request's ``null`` is refused: it is more likely a missing value than a NaN. ``checkpoint``: as for
-    :func:`_from_binary`, every :data:`CHECK_EVERY` ``BYTES`` elements checked."""
+    it). A request's ``null`` is refused: it is more likely a missing value than a NaN. With
+    ``nested_as_shape``, nested lists must be nested as ``shape`` says (see :func:`_nesting_problem`).
+    ``checkpoint``: as for :func:`_from_binary`, every :data:`CHECK_EVERY` ``BYTES`` elements checked."""
     count = math.prod(shape)
     depth = 0
     probe = data
@@ -716,11 +718,14 @@ def _from_json(
         data = [data]  # a lone scalar, for a tensor of one element
     if datatype == "BYTES":
         try:
-            flat = np.array(data, dtype=object).reshape(-1)
+            nested = np.array(data, dtype=object)
         except ValueError:  # ragged nesting
-            flat = np.array([None], dtype=object)
+            nested = np.array([None], dtype=object)
+        flat = nested.reshape(-1)
         if flat.size != count or not _all_text(flat, checkpoint):
             raise InvalidInputError(f"{role} {brief(name)}: BYTES 'data' must be {count} strings for shape {shape}")
+        if nested_as_shape and (problem := _nesting_problem(nested.shape, shape)) is not None:
+            raise InvalidInputError(f"{role} {brief(name)}: {problem}")
         return flat.reshape(shape)
     try:
         array = np.array(data)
@@ -732,6 +737,8 @@ def _from_json(
         raise InvalidInputError(
             f"{role} {brief(name)}: 'data' holds {array.size} values but shape {shape} needs {count}"
         )
+    if nested_as_shape and (problem := _nesting_problem(array.shape, shape)) is not None:
+        raise InvalidInputError(f"{role} {brief(name)}: {problem}")
     dtype = DATATYPES[datatype]
     if dtype.kind == "f" and array.dtype.kind == "O" and array.size:  # integers past uint64, or nulls
         array = _floats(data, array, datatype, name, role, null_is_nan=null_is_nan)
@@ -757,6 +764,20 @@ def _from_json(
             raise InvalidInputError(f"{role} {brief(name)}: values are too large for {datatype}")
         return cast.reshape(shape)
     return array.astype(dtype).reshape(shape)
+
+
+def _nesting_problem(nested: tuple[int, ...], shape: list[int]) -> str | None:
+    """What is wrong with ``data`` nested as ``nested`` for a tensor of ``shape``, or ``None``: the protocol
+    takes a tensor's values flat in row-major order, or nested as the tensor is (its "natural" form). Nested
+    any other way (rows of 2 for a shape of [2, 4], or a [1, 4] matrix for a shape of [4]) the values were
+    taken in order and laid out as the shape says: a client that had its features and rows mixed up got an
+    answer computed on scrambled inputs instead of an error."""
+    if len(nested) <= 1 or list(nested) == shape:
+        return None
+    return (
+        f"'data' is nested as {list(nested)}, but the tensor's shape is {shape}; send the values flat, in "
+        "row-major order, or nested as the shape says"
+    )
 
 
 def _all_text(flat: np.ndarray, checkpoint: Callable[[], None] | None) -> bool:
