@@ -160,6 +160,14 @@ def test_json_data_nested_other_than_its_shape_is_refused_naming_both(
     assert "send the values flat, in row-major order, or nested as the shape says" in str(refused.value)
 
 
+def test_an_empty_request_body_is_refused_as_empty_not_as_malformed_json() -> None:
+    # ("the request JSON is malformed: Expecting value: line 1 column 1 (char 0)", for JSON no one sent: under
+    # granian, a chunked body whose framing it cannot read arrives so)
+    with pytest.raises(inprocserve.InvalidInputError, match="the request body is empty; send the inference") as no:
+        v2.decode_infer_request(b"", {})
+    assert "JSON is malformed" not in str(no.value)
+
+
 def test_a_server_answer_nested_other_than_its_shape_is_read_in_order() -> None:
     # (Triton reads nested data so: a remote server's answer is read, not refused)
     answer = {"outputs": [{"name": "y", "datatype": "FP32", "shape": [4], "data": [[1, 2], [3, 4]]}]}

@@ -174,6 +174,8 @@ def decode_infer_request(
             f"the request body is {len(body)} bytes, more than the {limits.max_body_bytes} allowed; "
             "send fewer rows per request"
         )
+    if not body:  # (json's "Expecting value: line 1 column 1 (char 0)" blamed JSON no one sent)
+        raise InvalidInputError(EMPTY_REQUEST)
     json_length = _header_length(headers, len(body))
     json_text = body if json_length is None else body[:json_length]
     document = _parse_json(json_text)
@@ -391,6 +393,14 @@ def _header_length(headers: Mapping[str, str], body_length: int) -> int | None:
         raise InvalidInputError(f"{HEADER_LENGTH} is {digits[:40]}, outside the body's {body_length} bytes")
     return int(digits)
 
+
+EMPTY_REQUEST = (
+    "the request body is empty; send the inference request, a JSON object with an 'inputs' list (a body sent "
+    "chunked also arrives empty where the server could not read its framing: granian hands such a body on so)"
+)
+"""Said of a request with no body. granian hands a chunked body whose framing it cannot read (a chunk size that
+is no number) to the application as an empty one, where gunicorn and werkzeug raise an error the plug-ins
+answer 400 naming it; to the endpoint the two are one."""
 
 _HOOKED_PARSE_ABOVE_BYTES = 1 << 20
 """A JSON document longer than this, parsed with a ``checkpoint``, has its numbers parsed through it."""
