@@ -157,12 +157,8 @@ class Server(RolloutMethods):
                 raise ConfigurationError(f"{argument} {problem}")
         if poll_interval_s is not None and repository is None:
             raise ConfigurationError("poll_interval_s needs a repository to poll")
-        if isinstance(flags, type):  # (a provider's class passes the protocol's check: every read would fail)
-            raise ConfigurationTypeError(
-                f"flags must be a flag provider, got the class {flags.__name__}: pass {flags.__name__}(...)"
-            )
         problem = flags_setting_problem(flags)
-        if problem is not None:  # (a dict of flag values is the usual slip: its message names InMemoryFlags)
+        if problem is not None:  # (a provider's class, or a dict of flag values: its message names InMemoryFlags)
             raise ConfigurationTypeError(f"flags {problem}")
         folder = None if repository is None else Path(repository)
         if folder is not None and not folder.is_dir():  # (a typo served nothing: 404s naming no cause)
