@@ -371,9 +371,20 @@ def test_a_lost_group_is_created_again(scoring: tuple[Any, inprocserve.Server]) 
     assert [r["request"] for r in consumer.read_results(client)] == second != first
 
 
+def wait_for_write_retries(caplog: pytest.LogCaptureFixture, retries: int) -> None:
+    """Wait until the consumer has failed a write and retried it ``retries`` times (a warning each), at its
+    fixed pace of one a second: a fixed sleep waited as long on a quick machine, and too little on a slow one."""
+    runner.wait_until(
+        lambda: sum("Redis failed, retrying" in r.getMessage() for r in caplog.records) > retries,
+        f"{retries} retries of the write",
+        timeout_s=30,
+        interval_s=0.05,
+    )
+
+
 @pytest.mark.timeout(60)
 def test_results_that_redis_refuses_for_a_while_are_written_later_not_given_up(
-    scoring: tuple[Any, inprocserve.Server],
+    scoring: tuple[Any, inprocserve.Server], caplog: pytest.LogCaptureFixture
 ) -> None:
     client, server = scoring
     client.set(consumer.RESULTS, "not a stream")  # writes refused for a while, reads not (as Redis out of memory)
@@ -381,9 +392,10 @@ def test_results_that_redis_refuses_for_a_while_are_written_later_not_given_up(
     stop = threading.Event()
     worker = make(client, server, "w", max_deliveries=2, claim_idle_ms=500)
     running = threading.Thread(target=worker.run, args=(stop,))
+    caplog.set_level(logging.WARNING, logger="queue_consumer")
     running.start()
     try:
-        time.sleep(3.5)  # three retries of the write, more than max_deliveries
+        wait_for_write_retries(caplog, 3)  # more than max_deliveries
         assert set(pending(client).values()) == {1}  # held, never read again
         client.delete(consumer.RESULTS)  # Redis takes writes again
         runner.wait_until(lambda: not pending(client), "the batch is acknowledged", timeout_s=10)
@@ -396,7 +408,7 @@ def test_results_that_redis_refuses_for_a_while_are_written_later_not_given_up(
 
 
 def test_a_dead_letter_is_written_once_while_redis_refuses_the_results_beside_it(
-    scoring: tuple[Any, inprocserve.Server],
+    scoring: tuple[Any, inprocserve.Server], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Writes are not one transaction: the dead letter went in at every retry while the results failed."""
     client, server = scoring
@@ -406,9 +418,10 @@ def test_a_dead_letter_is_written_once_while_redis_refuses_the_results_beside_it
     stop = threading.Event()
     worker = make(client, server, "w", batch_size=10, claim_idle_ms=500)
     running = threading.Thread(target=worker.run, args=(stop,))
+    caplog.set_level(logging.WARNING, logger="queue_consumer")
     running.start()
     try:
-        time.sleep(3.5)  # three retries of the writes Redis refused
+        wait_for_write_retries(caplog, 3)
         assert client.xlen(consumer.DEAD) == 1
         client.delete(consumer.RESULTS)
         runner.wait_until(lambda: not pending(client), "the batch is acknowledged", timeout_s=10)
