@@ -91,12 +91,14 @@ def test_validate_says_served_of_the_versions_a_server_serves(repository: Path, 
         assert sorted(server.status()["models"]["fraud"]["versions"]) == ["1", "2", "3", "4"]
 
 
-def test_validate_says_served_of_the_control_files_previous_stable_version(repository: Path) -> None:
+def test_validate_says_served_of_the_control_files_previous_stable_version(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for version in (1, 2, 3):
         save_model(build_scale_model(float(version)), repository, "scale", version)
     for version in ("1", "2"):  # the fleet on 2, with 1 kept loaded for an instant rollback
-        assert run_cli("switch", str(repository), "scale", version).returncode == 0
-    checked = run_cli("validate", str(repository))
+        assert cli(capsys, "switch", str(repository), "scale", version).returncode == 0
+    checked = cli(capsys, "validate", str(repository))
     for version in (1, 2, 3):  # (1 read "not served by the version policy")
         assert f"OK      scale v{version} (served): " in checked.stdout, checked.stdout
     with inprocserve.Server(repository, control_interval_s=None) as server:  # what a server serves indeed
@@ -119,25 +121,27 @@ def test_validate_reports_every_problem(repository: Path) -> None:
     assert "invalid model name 'bad name!'" in result.stdout
 
 
-def test_validate_reports_a_control_file_the_servers_could_not_follow(repository: Path) -> None:
+def test_validate_reports_a_control_file_the_servers_could_not_follow(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # `validate` said "0 problem(s)" (exit 0) while a server started on the repository refused every request
     # (a control file it cannot read), or served another version than the fleet's (one that is not there).
     for version in (1, 2):
         save_model(build_scale_model(float(version)), repository, "scale", version)
-    assert run_cli("switch", str(repository), "scale", "1").returncode == 0
-    good = run_cli("validate", str(repository))
+    assert cli(capsys, "switch", str(repository), "scale", "1").returncode == 0
+    good = cli(capsys, "validate", str(repository))
     assert good.returncode == 0, good.stdout
     assert "OK      scale v1 (served): " in good.stdout  # the control file's stable version is served
     control = repository / ".inprocserve-control.json"
     document = control.read_text()
     control.write_text(document[:30])  # a hand edit gone wrong, or a sync caught half-way
-    broken = run_cli("validate", str(repository))
+    broken = cli(capsys, "validate", str(repository))
     assert broken.returncode == 1
     assert f"PROBLEM control file {control} is not valid JSON" in broken.stdout
     assert "a server started now refuses every request until it is fixed" in broken.stdout
     control.write_text(document)
     shutil.rmtree(repository / "scale" / "1")
-    missing = run_cli("validate", "--json", str(repository))
+    missing = cli(capsys, "validate", "--json", str(repository))
     assert missing.returncode == 1
     assert json.loads(missing.stdout)["control_problems"] == [
         "scale: .inprocserve-control.json (revision 1) serves version(s) 1, not in the repository: a server "
@@ -231,6 +235,18 @@ def run_cli(*args: str, blocked: str | None = None) -> subprocess.CompletedProce
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, timeout=60)
 
 
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m inprocserve ARGS`` run in this process, answered as ``run_cli`` answers: a child's start (a
+    second or more of a loaded machine's time each) only matters to the tests of the entry point itself."""
+    capsys.readouterr()  # (what the test printed before is not the command's)
+    try:
+        status = main(list(args))
+    except SystemExit as exit_info:  # (argparse: --help, or arguments it refuses)
+        status = exit_info.code if isinstance(exit_info.code, int) else 2
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["inprocserve", *args], status, captured.out, captured.err)
+
+
 def test_version_names_the_library_runtime_and_python(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
@@ -254,14 +270,14 @@ def test_every_command_has_help_examples() -> None:
     assert len(COMMANDS) >= 4  # a new command added to COMMANDS is covered by the parametrized test above
 
 
-def test_validate_json_reports_every_model_and_problem(repository: Path) -> None:
+def test_validate_json_reports_every_model_and_problem(repository: Path, capsys: pytest.CaptureFixture[str]) -> None:
     save_model(build_scale_model(), repository, "scale", 1)
     save_model(build_scale_model(), repository, "scale", 2)
     broken = repository / "broken" / "1" / "model.onnx"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"xx")
     (repository / "notes.txt").write_text("hello")
-    result = run_cli("validate", "--json", str(repository))
+    result = cli(capsys, "validate", "--json", str(repository))
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is False
@@ -283,43 +299,51 @@ def test_validate_json_reports_every_model_and_problem(repository: Path) -> None
     assert report["layout_problems"] == [expected]
 
 
-def test_validate_json_of_a_good_repository_exits_zero(scale_repository: Path) -> None:
-    result = run_cli("validate", "--json", str(scale_repository))
+def test_validate_json_of_a_good_repository_exits_zero(
+    scale_repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = cli(capsys, "validate", "--json", str(scale_repository))
     assert result.returncode == 0, result.stdout
     assert json.loads(result.stdout)["ok"] is True
 
 
-def test_validate_json_of_a_missing_repository(tmp_path: Path) -> None:
-    result = run_cli("validate", "--json", str(tmp_path / "nowhere"))
+def test_validate_json_of_a_missing_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli(capsys, "validate", "--json", str(tmp_path / "nowhere"))
     assert result.returncode == 2
     assert "is not a directory" in json.loads(result.stdout)["problems"][0]
 
 
-def test_validate_accepts_the_warmup_and_reference_files_the_docs_describe(scale_repository: Path) -> None:
+def test_validate_accepts_the_warmup_and_reference_files_the_docs_describe(
+    scale_repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = scale_repository / "scale"
     np.savez(folder / "warmup.npz", x=np.ones((8, 4), np.float32))
     np.savez(folder / "reference.npz", x=np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32))
     (folder / "config.toml").write_text(
         '[warmup]\ninputs_file = "warmup.npz"\n\n[drift]\nreference_file = "reference.npz"\nwindow = 100\n'
     )
-    result = run_cli("validate", str(scale_repository))
+    result = cli(capsys, "validate", str(scale_repository))
     assert result.returncode == 0, result.stdout
     assert "1 model(s), 0 problem(s)" in result.stdout
 
 
-def test_validate_loads_the_drift_reference_a_config_names(scale_repository: Path) -> None:
+def test_validate_loads_the_drift_reference_a_config_names(
+    scale_repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = scale_repository / "scale"
     np.savez(folder / "reference.npz", other=np.ones(3))  # none of the model's inputs: the server refuses it
     (folder / "config.toml").write_text('[drift]\nreference_file = "reference.npz"\n')
-    result = run_cli("validate", str(scale_repository))
+    result = cli(capsys, "validate", str(scale_repository))
     assert result.returncode == 1
     assert "holds none of the model's inputs or outputs" in result.stdout
 
 
-def test_validate_points_a_model_file_outside_a_version_folder_to_one(repository: Path) -> None:
+def test_validate_points_a_model_file_outside_a_version_folder_to_one(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (repository / "fraud").mkdir()
     save_model(build_scale_model(), repository, "fraud", 1).rename(repository / "fraud" / "model.onnx")
-    result = run_cli("validate", str(repository))
+    result = cli(capsys, "validate", str(repository))
     assert result.returncode == 1
     assert f"move it into a version folder: {repository / 'fraud'}/1/model.onnx" in result.stdout
 
@@ -376,8 +400,8 @@ def flask_app_url(repository: Path) -> Iterator[str]:
         extension.close(app)
 
 
-def test_status_summarizes_a_running_app(flask_app_url: str) -> None:
-    result = run_cli("status", "--token", "s3cret", flask_app_url + "/api/-/inprocserve")
+def test_status_summarizes_a_running_app(flask_app_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli(capsys, "status", "--token", "s3cret", flask_app_url + "/api/-/inprocserve")
     assert result.returncode == 1, result.stderr  # one model is not ready
     lines = result.stdout.splitlines()
     assert lines[0] == flask_app_url + "/api/-/inprocserve/models"
@@ -388,7 +412,9 @@ def test_status_summarizes_a_running_app(flask_app_url: str) -> None:
     assert "  v1: ready, serving: 0 batches, 0 rows, 0 queued, 0 in flight" in lines
 
 
-def test_status_without_the_token_shows_the_worker_the_revision_and_the_kill_switch(repository: Path) -> None:
+def test_status_without_the_token_shows_the_worker_the_revision_and_the_kill_switch(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # An operator turns the kill switch on and a canary, then checks with `status` (no token: /models is
     # open). The summary said "repository (none)", showed no control revision (its line needed the control
     # file's path, which the view without the token drops), no worker, and nothing of the kill switch or
@@ -400,8 +426,8 @@ def test_status_without_the_token_shows_the_worker_the_revision_and_the_kill_swi
 
     for version in (1, 2):
         save_model(build_scale_model(float(version)), repository, "scale", version)
-    assert run_cli("kill", str(repository), "scale").returncode == 0
-    assert run_cli("canary", str(repository), "scale", "1", "10").returncode == 0
+    assert cli(capsys, "kill", str(repository), "scale").returncode == 0
+    assert cli(capsys, "canary", str(repository), "scale", "1", "10").returncode == 0
     app = flask.Flask("status_app")
     app.config.update(INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_ADMIN_TOKEN="s3cret-" + "x" * 24)
     extension = Inprocserve(app)
@@ -409,8 +435,8 @@ def test_status_without_the_token_shows_the_worker_the_revision_and_the_kill_swi
     thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        result = run_cli("status", f"http://127.0.0.1:{http.server_port}")
-        wrong = run_cli("status", "--token", "s3cret", f"http://127.0.0.1:{http.server_port}")
+        result = cli(capsys, "status", f"http://127.0.0.1:{http.server_port}")
+        wrong = cli(capsys, "status", "--token", "s3cret", f"http://127.0.0.1:{http.server_port}")
     finally:
         http.shutdown()
         thread.join(timeout=10)
@@ -431,34 +457,36 @@ def test_status_without_the_token_shows_the_worker_the_revision_and_the_kill_swi
     assert "  control file: canary v1 for 10% of users" in lines
 
 
-def test_status_json_is_the_endpoint_document(flask_app_url: str) -> None:
-    result = run_cli("status", "--json", "--token", "s3cret", flask_app_url + "/api/-/inprocserve/models")
+def test_status_json_is_the_endpoint_document(flask_app_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli(capsys, "status", "--json", "--token", "s3cret", flask_app_url + "/api/-/inprocserve/models")
     document = json.loads(result.stdout)
     assert document["models"]["scale"]["ready"] is True
     assert document["models"]["broken"]["ready"] is False
 
 
-def test_status_without_the_token_says_to_pass_it(flask_app_url: str) -> None:
-    result = run_cli("status", flask_app_url + "/api/-/inprocserve/models")
+def test_status_without_the_token_says_to_pass_it(flask_app_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli(capsys, "status", flask_app_url + "/api/-/inprocserve/models")
     assert result.returncode == 2
     assert "answered HTTP 401 UNAUTHORIZED: pass the admin token with --token" in result.stderr
-    wrong = run_cli("status", "--token", "s3cre", flask_app_url + "/api/-/inprocserve/models")
+    wrong = cli(capsys, "status", "--token", "s3cre", flask_app_url + "/api/-/inprocserve/models")
     assert wrong.returncode == 2  # (not "pass the admin token": it was passed, and refused)
     assert "answered HTTP 401 UNAUTHORIZED: the token given is not the one it takes" in wrong.stderr
 
 
-def test_status_of_a_wrong_path_and_of_nothing_listening(flask_app_url: str) -> None:
-    wrong = run_cli("status", "--token", "s3cret", flask_app_url)  # the app mounts the endpoint elsewhere
+def test_status_of_a_wrong_path_and_of_nothing_listening(
+    flask_app_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = cli(capsys, "status", "--token", "s3cret", flask_app_url)  # the app mounts the endpoint elsewhere
     assert wrong.returncode == 2
     assert "HTTP 404" in wrong.stderr and "give the full URL" in wrong.stderr
     port = reserved_port()  # nothing listens there
-    refused = run_cli("status", f"http://127.0.0.1:{port}", "--timeout", "5")
+    refused = cli(capsys, "status", f"http://127.0.0.1:{port}", "--timeout", "5")
     assert refused.returncode == 2
     assert refused.stderr.startswith(f"error: cannot reach http://127.0.0.1:{port}/-/inprocserve/models: ")
 
 
-def test_status_refuses_what_is_not_an_http_url() -> None:
-    result = run_cli("status", "ftp://example.invalid/x")
+def test_status_refuses_what_is_not_an_http_url(capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli(capsys, "status", "ftp://example.invalid/x")
     assert result.returncode == 2
     assert "is not an http:// or https:// URL with a host" in result.stderr
 
