@@ -211,6 +211,7 @@ QUICK_batch_delay := --seconds 0.3 --rounds 1 --clients 8 --rates 1000 --delays-
 QUICK_pinned_workers := --seconds 0.3 --rounds 1 --threads 8
 QUICK_padding := --seconds 0.3 --rounds 1 --clients 4
 QUICK_predict_overhead := --blocks 4
+QUICK_short_runs := --seconds 0.3 --rounds 1 --clients 1,8
 QUICK_feature_overhead := --blocks 2 --block 200
 QUICK_flag_overhead := --blocks 2 --block 100
 QUICK_plugin_overhead := --blocks 4
@@ -243,6 +244,8 @@ bench: install
 	$(BIN)/python benchmarks/pinned_workers.py --model mlp-large --threads 1,8,64 --rounds 2 --naive $(QUICK_pinned_workers)
 	$(BIN)/python benchmarks/padding.py $(QUICK_padding)
 	$(BIN)/python benchmarks/predict_overhead.py $(QUICK_predict_overhead)
+	$(BIN)/python benchmarks/short_runs.py $(QUICK_short_runs)
+	$(BIN)/python benchmarks/short_runs.py --otel $(QUICK_short_runs)
 	$(BIN)/python benchmarks/feature_overhead.py $(QUICK_feature_overhead)
 	$(BIN)/python benchmarks/flag_overhead.py $(QUICK_flag_overhead)
 	$(BIN)/python benchmarks/plugin_overhead.py $(QUICK_plugin_overhead)
