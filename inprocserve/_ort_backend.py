@@ -606,9 +606,13 @@ class OnnxruntimeBackend:
         return elapsed
 
     def _version_bytes(self) -> int:
-        """The size of the version's folder: its model file, external data and anything beside them."""
+        """The size of what a session holds of the version: its model file and every external-data file it
+        names. Not the folder's: that missed weights in a subfolder (``data/weights.bin``: a second copy of
+        any size), and counted the cached optimized graphs beside the model, so a version that got a
+        one-thread session on its first start lost it once its graph was cached."""
         try:
-            return sum(entry.stat().st_size for entry in self.path.parent.iterdir() if entry.is_file())
+            files = (self.path.name, *external_data_locations(self.path))
+            return sum((self.path.parent / name).stat().st_size for name in files)
         except OSError:
             return ONE_THREAD_SESSION_MAX_BYTES + 1  # (unreadable: no second copy)
 

@@ -263,3 +263,42 @@ def test_a_forked_worker_builds_its_own_one_thread_session(
         return f"{own} {same} {status}"
 
     assert run_in_forked_child(in_the_child, timeout_s=60).split() == ["True", "True", str(short)]
+
+
+def test_a_version_whose_weights_lie_in_a_subfolder_counts_them_against_the_second_copy(
+    tmp_path: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, short_runs_on_one_thread: None
+) -> None:
+    """The one-thread session holds the weights again, wherever the model keeps them (``data/weights.bin``)."""
+    onnx = pytest.importorskip("onnx")
+    repository = tmp_path / "models"
+    folder = repository / "wide" / "1"
+    (folder / "data").mkdir(parents=True)
+    onnx.save_model(
+        build_mlp_model((256, 512, 256, 10), seed=1),
+        folder / "model.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="data/weights.bin",
+        size_threshold=0,
+    )
+    assert (folder / "model.onnx").stat().st_size < 64 * 1024 < (folder / "data" / "weights.bin").stat().st_size
+    monkeypatch.setattr(_ort_backend, "ONE_THREAD_SESSION_MAX_BYTES", 64 * 1024)
+    server = make_server(repository, models={"wide": LONG_BATCHES})
+    status = version_status(server, "wide")
+    assert status["intra_op_threads"] == thread_budget(PoolConfig())
+    assert status["backend_status"]["one_thread_up_to_rows"] is None
+
+
+def test_a_cached_optimized_graph_is_not_counted_as_weights_a_second_session_holds(
+    wide_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, short_runs_on_one_thread: None
+) -> None:
+    """The cached graph is written beside the model at its first load: counted, a version that fits twice
+    got a one-thread session on its first start and none on the next."""
+    model_bytes = (wide_repository / "wide" / "1" / "model.onnx").stat().st_size
+    monkeypatch.setattr(_ort_backend, "ONE_THREAD_SESSION_MAX_BYTES", model_bytes * 3 // 2)
+    cached = ModelConfig(batching=LONG_BATCHES.batching, pool=PoolConfig(optimized_model_cache=True))
+    for _start in range(2):
+        server = make_server(wide_repository, models={"wide": cached})
+        assert version_status(server, "wide")["backend_status"]["one_thread_up_to_rows"] is not None
+        server.close()
+    assert list((wide_repository / "wide" / "1").glob("*.optimized-*"))  # (the second start loaded it)
