@@ -542,10 +542,11 @@ class OnnxruntimeBackend:
         ``AUTO_THREADS_SERIAL_BELOW_S`` on one thread, else the budget. Given the budget, the runs of fewer rows
         that one thread still runs in under that time (``_one_thread_rows``: :meth:`_short_run_rows`) take a
         one-thread session of their own, if the version is small enough to hold twice
-        (``ONE_THREAD_SESSION_MAX_BYTES``): without spinning, each parallel operator of a short run pays a
-        wake-up of the pool's threads that costs as much as the work it splits. mlp-small on a 2-core host whose
-        64-row run took 1.3-1.5 ms on one thread got two threads, and each lone request paid about 25 % more
-        CPU for it, the pool's thread woken for every run (docs/performance.md, "Short runs on one thread")."""
+        (``ONE_THREAD_SESSION_MAX_BYTES``) and its rows have no dynamic axis but their count: without spinning,
+        each parallel operator of a short run pays a wake-up of the pool's threads that costs as much as the
+        work it splits. mlp-small on a 2-core host whose 64-row run took 1.3-1.5 ms on one thread got two
+        threads, and each lone request paid about 25 % more CPU for it, the pool's thread woken for every run
+        (docs/performance.md, "Short runs on one thread")."""
         budget = thread_budget(self.config)
         # spinning threads take a parallel operator's work without a wake-up: more threads never cost one
         if self.config.intra_op_threads is not None or budget == 1 or self.config.allow_spinning:
@@ -568,7 +569,10 @@ class OnnxruntimeBackend:
             elapsed * 1000,
             threads,
         )
-        if threads > 1 and rows > 1 and self._version_bytes() <= ONE_THREAD_SESSION_MAX_BYTES:
+        # (not where a request's rows differ beyond their count: a row of 512 steps is no short run, and the
+        # probe's rows had one step each)
+        short_runs = threads > 1 and rows > 1 and not self.signature.has_dynamic_inner_axes
+        if short_runs and self._version_bytes() <= ONE_THREAD_SESSION_MAX_BYTES:
             try:
                 self._one_thread_rows = self._short_run_rows(probe, feeds, elapsed)
             except InprocserveError:

@@ -302,3 +302,38 @@ def test_a_cached_optimized_graph_is_not_counted_as_weights_a_second_session_hol
         assert version_status(server, "wide")["backend_status"]["one_thread_up_to_rows"] is not None
         server.close()
     assert list((wide_repository / "wide" / "1").glob("*.optimized-*"))  # (the second start loaded it)
+
+
+def test_no_one_thread_session_where_rows_differ_beyond_their_count(
+    tmp_path: Path, make_server: ServerFactory, short_runs_on_one_thread: None
+) -> None:
+    """A sequence model's row of 512 steps is no short run, and the probe's made-up rows had one step each:
+    a version whose inputs have a dynamic axis besides the rows keeps one session (the budget's)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((256, 512)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((512, 256)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["s"]),
+        helper.make_node("ReduceMean", ["s"], ["y"], axes=[1], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "steps",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "steps", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 256])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save_model(model, tmp_path / "models", "steps", 1)
+    server = make_server(tmp_path / "models", models={"steps": LONG_BATCHES})
+    status = version_status(server, "steps")
+    assert status["intra_op_threads"] == thread_budget(PoolConfig())  # (the largest batch needs the budget)
+    assert status["backend_status"]["one_thread_up_to_rows"] is None
+    assert server.predict("steps", np.ones((1, 512, 256), np.float32))["y"].shape == (1, 256)
