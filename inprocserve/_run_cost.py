@@ -148,31 +148,30 @@ class RunCostLearner:
 
 def _scaled_to_runs(cost: RunCost, quickest: dict[int, float], often: dict[int, float]) -> RunCost | None:
     """``cost`` scaled to the runs when no line can be drawn, its split kept (which part was wrong, runs of
-    one row count cannot tell), or ``None`` when it fits them: lowered under every quickest run (:func:`_under`);
+    one row count cannot tell), or ``None`` when it fits them: lowered under every quickest run;
     or, when every row count seen ``often`` ran at least ``RAISE_ABOVE`` times slower than it says, raised as
     far as the quickest runs allow. The quickest of many runs is what a run costs: a cost below it was misread
     (a model read at load as quicker than it is, whose event loop then runs every request itself, one row
     each, blocking for as long as each really takes) or the host got busier for good."""
-    lowered = _under(cost, quickest)
-    if lowered is not None or not often:
-        return lowered
-    if min(seconds / _estimate(cost, rows) for rows, seconds in often.items()) < RAISE_ABOVE:
+    scale = _room(cost, quickest)
+    if scale >= 1.0 and (not often or _room(cost, often) < RAISE_ABOVE):
         return None
-    scale = min(seconds / _estimate(cost, rows) for rows, seconds in quickest.items())
-    return RunCost(fixed_s=cost.fixed_s * scale, per_row_s=cost.per_row_s * scale)
-
-
-def _estimate(cost: RunCost, rows: int) -> float:
-    """What ``cost`` says a run of ``rows`` rows takes; never 0, so that runs can scale it."""
-    return max(cost.fixed_s + cost.per_row_s * rows, 1e-9)
+    return _scaled(cost, scale)
 
 
 def _under(cost: RunCost, quickest: dict[int, float]) -> RunCost | None:
     """``cost`` scaled down to pass under every run of ``quickest``, or ``None`` when it does already. Which of
     its parts was too high a bound cannot tell: both shrink alike."""
-    scale = 1.0
-    for rows, seconds in quickest.items():
-        estimate = cost.fixed_s + cost.per_row_s * rows
-        if estimate > seconds:
-            scale = min(scale, seconds / estimate)
-    return None if scale == 1.0 else RunCost(fixed_s=cost.fixed_s * scale, per_row_s=cost.per_row_s * scale)
+    scale = _room(cost, quickest)
+    return None if scale >= 1.0 else _scaled(cost, scale)
+
+
+def _room(cost: RunCost, runs: dict[int, float]) -> float:
+    """The most ``cost`` may be scaled by and stay under every run of ``runs`` (seconds by row count)."""
+    return min(
+        (seconds / max(cost.fixed_s + cost.per_row_s * rows, 1e-9) for rows, seconds in runs.items()), default=math.inf
+    )
+
+
+def _scaled(cost: RunCost, scale: float) -> RunCost:
+    return RunCost(fixed_s=cost.fixed_s * scale, per_row_s=cost.per_row_s * scale)
