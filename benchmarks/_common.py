@@ -144,7 +144,19 @@ def import_baseline(package_parent: Path, scratch: Path) -> Any:
 def machine_line(m: dict[str, Any]) -> str:
     """The "Machine:" line that heads every results file, from :func:`machine`'s answer."""
     software = f"Python {m['python']}, onnxruntime {m['onnxruntime']}"
+    if m.get("opentelemetry_sdk"):  # (what a telemetry figure depends on most: see docs/observability.md, "Cost")
+        software += f", opentelemetry-sdk {m['opentelemetry_sdk']}"
     return f"Machine: {m['cpu']}, {m['cores']} cores, {software}, {m['date']}."
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution, None if it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def machine() -> dict[str, Any]:
@@ -164,6 +176,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
+        "opentelemetry_sdk": installed_version("opentelemetry-sdk"),
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d"),
     }

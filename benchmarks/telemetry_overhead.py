@@ -18,11 +18,18 @@ a ``PeriodicExportingMetricReader`` (every 5 s, to an exporter that discards). M
 An SDK can be installed only once per process, so each measurement runs in a child process; the modes
 alternate (off, on, sampled, web, off ...) so machine drift hits them alike. With ``--baseline DIR`` (a
 folder holding another ``inprocserve`` package, e.g. ``git archive REV inprocserve | tar -x -C DIR``) every
-mode also runs against that code, interleaved, for a before/after comparison in one run. Writes
-telemetry_overhead.{json,md} into ``--out`` (benchmarks/results by default: the figures of record, taken on a
-quiet machine; point it elsewhere for a trial run).
+mode also runs against that code, interleaved, for a before/after comparison in one run. With
+``--sdk-python PYTHON`` (repeatable: the interpreter of a virtualenv holding another ``opentelemetry-sdk``)
+every mode also runs this code under that interpreter, interleaved, its rows labelled by its SDK's version:
+the SDK's own cost per record differs several-fold between releases (docs/observability.md, "Cost"). Writes
+telemetry_overhead.{json,md} (telemetry_overhead-sdk.{json,md} with ``--sdk-python``) into ``--out``
+(benchmarks/results by default: the figures of record, taken on a quiet machine; point it elsewhere for a
+trial run).
 
     python benchmarks/telemetry_overhead.py [--rounds 3] [--seconds 3] [--baseline DIR] [--out DIR]
+    python benchmarks/telemetry_overhead.py --points mlp-small:1 --modes off,sampled \
+        --sdk-python /tmp/sdk-1.44/bin/python
+    # where: python -m venv /tmp/sdk-1.44 && /tmp/sdk-1.44/bin/pip install . onnx opentelemetry-sdk==1.44.0
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, build_reference, closed_loop, input_rows, machine, machine_line
+from _common import RESULTS, build_reference, closed_loop, input_rows, installed_version, machine, machine_line
 
 CHILD = "child"
 MODES = ("off", "on", "sampled", "web")
@@ -137,13 +144,26 @@ def child(mode: str, model: str, clients: int, seconds: float) -> None:
     # CPU time of the whole process per request (every thread: callers, workers, the SDK's, onnxruntime's):
     # less sensitive than throughput to other processes on a shared machine
     cpu_us = cpu / result.requests * 1e6
-    print(json.dumps(vars(result) | {"cpu_us": cpu_us, "inprocserve": inprocserve.__file__}))
+    sdk = installed_version("opentelemetry-sdk")
+    print(json.dumps(vars(result) | {"cpu_us": cpu_us, "inprocserve": inprocserve.__file__, "sdk": sdk}))
 
 
-def run_child(code: Path, mode: str, model: str, clients: str, seconds: float) -> dict[str, Any]:
+def sdk_of(python: str) -> str:
+    """The opentelemetry-sdk version that ``python`` imports (an error if it has none: nothing to compare)."""
+    found = subprocess.run(
+        [python, "-c", "from importlib.metadata import version; print(version('opentelemetry-sdk'))"],
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode != 0:
+        raise SystemExit(f"--sdk-python {python}: it has no opentelemetry-sdk ({found.stderr.strip()[-200:]})")
+    return found.stdout.strip()
+
+
+def run_child(code: Path, python: str, mode: str, model: str, clients: str, seconds: float) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(code))
     out = subprocess.run(
-        [sys.executable, __file__, CHILD, mode, model, clients, str(seconds)],
+        [python, __file__, CHILD, mode, model, clients, str(seconds)],
         capture_output=True,
         text=True,
         check=True,
@@ -162,6 +182,13 @@ def main() -> None:
     parser.add_argument("--points", default="mlp-small:1,mlp-small:64,mlp-large:64")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--baseline", type=Path, help="a folder holding the inprocserve package to compare with")
+    parser.add_argument(
+        "--sdk-python",
+        action="append",
+        default=[],
+        metavar="PYTHON",
+        help="also run this code under this interpreter (a venv with another opentelemetry-sdk); repeatable",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
     args = parser.parse_args()
     modes = args.modes.split(",")
@@ -169,19 +196,27 @@ def main() -> None:
     if unknown or "off" not in modes:
         choices = ", ".join(MODES + EXTRA_MODES)
         parser.error(f"--modes: {', '.join(unknown) or 'off is missing'} (choose from {choices})")
-    trees = {"now": ROOT}
+    # each row of the table: a label, the code's folder and the interpreter that runs it
+    trees: dict[str, tuple[Path, str]] = {"now": (ROOT, sys.executable)}
     if args.baseline is not None:
-        trees = {"before": args.baseline.resolve(), "now": ROOT}
+        trees = {"before": (args.baseline.resolve(), sys.executable), "now": (ROOT, sys.executable)}
+    if args.sdk_python:
+        trees = {f"{label}, sdk {installed_version('opentelemetry-sdk')}": tree for label, tree in trees.items()}
+        for python in args.sdk_python:
+            trees[f"now, sdk {sdk_of(python)}"] = (ROOT, python)
+        if len(trees) < len(args.sdk_python) + (2 if args.baseline is not None else 1):
+            parser.error("--sdk-python: two interpreters hold the same opentelemetry-sdk version")
     results: dict[str, Any] = {"machine": machine(), "settings": vars(args).copy(), "points": {}}
     results["settings"]["baseline"] = str(args.baseline) if args.baseline else None
     results["settings"]["out"] = str(args.out)
+    results["settings"]["sdk_python"] = {label: python for label, (_, python) in trees.items()}
     for point in args.points.split(","):
         model, clients = point.split(":")
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {tree: {mode: [] for mode in modes} for tree in trees}
         for _ in range(args.rounds):
             for mode in modes:
-                for tree, code in trees.items():
-                    runs[tree][mode].append(run_child(code, mode, model, clients, args.seconds))
+                for tree, (code, python) in trees.items():
+                    runs[tree][mode].append(run_child(code, python, mode, model, clients, args.seconds))
         summary: dict[str, Any] = {}
         for tree in trees:
             off = statistics.median(r["throughput"] for r in runs[tree]["off"])
@@ -206,7 +241,8 @@ def main() -> None:
         results["points"][point] = {"runs": runs, "summary": summary}
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "telemetry_overhead.json").write_text(json.dumps(results, indent=2))
+    name = "telemetry_overhead-sdk" if args.sdk_python else "telemetry_overhead"  # (never over the release's file)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2))
     m = results["machine"]
     lines = [
         "# Telemetry overhead",
@@ -214,7 +250,13 @@ def main() -> None:
         machine_line(m),
         f"{args.rounds} rounds of {args.seconds} s per mode, alternating child processes; medians. "
         "Ratio: throughput over the same code's throughput without an SDK. CPU: the process's CPU time per "
-        "request (all its threads), which other processes on the machine disturb less than throughput.",
+        "request (all its threads), which other processes on the machine disturb less than throughput."
+        + (
+            " Rows `sdk X`: the same modes with opentelemetry-sdk X installed (another interpreter's virtualenv "
+            "for each version, interleaved with the others)."
+            if args.sdk_python
+            else ""
+        ),
         "",
         "| model:clients | code | "
         + " | ".join(f"{mode} req/s (ratio)" for mode in modes)
@@ -234,8 +276,8 @@ def main() -> None:
             p99 = " / ".join(f"{s['p99_ms']:.3f}" for s in summary.values())
             cpu = " / ".join(f"{s['cpu_us']:.0f}" for s in summary.values())
             lines.append(f"| {point} | {tree} | {cells} | {p50} | {p99} | {cpu} |")
-    (out / "telemetry_overhead.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'telemetry_overhead.md'}")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / name}.md")
 
 
 if __name__ == "__main__":
