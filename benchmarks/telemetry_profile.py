@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, build_reference, input_rows, machine
+from _common import RESULTS, build_reference, input_rows, machine, machine_line
 from telemetry_overhead import install_sdk
 
 CHILD = "child"
@@ -271,7 +271,7 @@ def per_request(args: argparse.Namespace) -> None:
     lines = [
         "# One predict with the SDK installed, one thread",
         "",
-        f"Machine: {machine()['cpu']}, {machine()['cores']} cores, {machine()['date']}. {args.model}, "
+        f"{machine_line(machine())} {args.model}, "
         f"{args.calls} calls per run, {args.rounds} rounds alternating child processes; medians. µs per call: "
         "the calling thread's CPU time / the process's CPU time (every thread) / wall time.",
         "",
@@ -313,7 +313,7 @@ def main() -> None:
     lines = [
         "# Per-request time, one thread",
         "",
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, {results['machine']['date']}.",
+        machine_line(results["machine"]),
         "",
         f"{args.model}: raw session.run {overhead['raw_run_us']:.1f} µs, predict {overhead['predict_us']:.1f} µs, "
         f"overhead {overhead['overhead_us']:.1f} µs per call "
