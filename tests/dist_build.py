@@ -1,18 +1,26 @@
 """Build the three distributions into one folder and check that they agree.
 
-``make dist`` runs this file; ``tests/test_dist.py`` imports it. Each distribution is built with
-``python -m build`` (an isolated build environment, sdist first, then the wheel built from that sdist, so
-a file missing from the sdist breaks the build here rather than for a user).
+``make dist`` runs this file; ``tests/test_dist.py`` imports it. Each distribution is built with the
+``build`` package in an isolated build environment holding only its build requirements: sdist first, then
+the wheel built from that sdist, so a file missing from the sdist breaks the build here rather than for a
+user. Distributions that name the same build requirements share one environment (``python -m build``
+made a fresh one for every sdist and wheel: six environments, each with its own pip install of hatchling,
+took 15-20 s of the test's 40-50 s on a 2-core machine).
 """
 
 from __future__ import annotations
 
 import email.parser
-import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
+
+from build import ProjectBuilder
+from build.env import DefaultIsolatedEnv
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTS = {
@@ -23,15 +31,46 @@ PROJECTS = {
 """Distribution name -> the folder holding its pyproject.toml."""
 
 
-def build_all(outdir: Path, *, python: str = sys.executable, timeout_s: float = 600) -> None:
-    """Build a wheel and an sdist of every distribution into ``outdir``.
+def build_all(outdir: Path) -> None:
+    """Build an sdist of every distribution into ``outdir``, and a wheel from each sdist.
 
     Raises:
-        subprocess.CalledProcessError: a build failed (its output is on stderr).
+        build.BuildException: a build failed (the backend's output is on stderr).
+        build.env.FailedProcessError: a build environment could not be made (pip's output is on stderr).
     """
     outdir.mkdir(parents=True, exist_ok=True)
-    for project in PROJECTS.values():
-        subprocess.run([python, "-m", "build", "--outdir", str(outdir), str(project)], check=True, timeout=timeout_s)
+    for requires, folders in _by_build_requirements(PROJECTS.values()).items():
+        with DefaultIsolatedEnv() as env:
+            env.install(requires, _fresh=True)  # (pip's --ignore-installed: as python -m build installs them)
+            for folder in folders:
+                _build_via_sdist(env, folder, outdir)
+
+
+def _by_build_requirements(folders: Iterable[Path]) -> dict[frozenset[str], list[Path]]:
+    """The project folders grouped by the build requirements their pyproject.toml names."""
+    groups: dict[frozenset[str], list[Path]] = {}
+    for folder in folders:
+        requires = frozenset(ProjectBuilder(folder).build_system_requires)
+        groups.setdefault(requires, []).append(folder)
+    return groups
+
+
+def _build_via_sdist(env: DefaultIsolatedEnv, folder: Path, outdir: Path) -> None:
+    """Build ``folder``'s sdist in ``env``, then its wheel from that sdist unpacked, as ``python -m build``."""
+    sdist = Path(_build_in(env, folder, "sdist", outdir))
+    # (the "data" filter: what Python 3.14 applies by default, and 3.12 warns of when it is not named)
+    safely = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    with tempfile.TemporaryDirectory(prefix="sdist-") as unpacked, tarfile.open(sdist) as archive:
+        archive.extractall(unpacked, **safely)  # type: ignore[arg-type]
+        _build_in(env, Path(unpacked) / sdist.name.removesuffix(".tar.gz"), "wheel", outdir)
+
+
+def _build_in(env: DefaultIsolatedEnv, source: Path, distribution: Literal["sdist", "wheel"], outdir: Path) -> str:
+    """Build one distribution of ``source`` in ``env``, installing first what its backend asks for (as
+    ``python -m build`` does; hatchling asks for nothing more)."""
+    builder = ProjectBuilder.from_isolated_env(env, source)
+    env.install(builder.get_requires_for_build(distribution))
+    return builder.build(distribution, outdir)
 
 
 def wheel_metadata(wheel: Path) -> email.message.Message:
