@@ -260,7 +260,7 @@ def status_endpoint() -> Iterator[dict[str, Any]]:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     served["url"] = f"http://127.0.0.1:{httpd.server_address[1]}"
     try:
@@ -517,7 +517,7 @@ def recording_endpoint() -> Iterator[dict[str, Any]]:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.2", 0), Handler)  # another host: another loopback address
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     seen["url"] = f"http://127.0.0.2:{httpd.server_address[1]}/-/inprocserve/models"
     try:
@@ -552,7 +552,7 @@ def redirecting_endpoint() -> Iterator[dict[str, Any]]:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     redirect["url"] = f"http://127.0.0.1:{httpd.server_address[1]}"
     try:

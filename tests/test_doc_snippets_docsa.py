@@ -425,7 +425,7 @@ def test_a_remote_version_loaded_in_code_answers(tmp_path: Path) -> None:
     app.config.update(INPROCSERVE_REPOSITORY=str(tmp_path / "remote"), INPROCSERVE_V2_PROTOCOL=True)
     Inprocserve(app)
     model_server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=model_server.serve_forever, daemon=True).start()
+    threading.Thread(target=model_server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     (snippet,) = blocks("docs/scaling.md", "## A remote version in the repository")
     save_fraud(tmp_path / "local", 2)
     try:

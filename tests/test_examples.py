@@ -188,7 +188,7 @@ def test_flask_score_refuses_a_large_chunked_body_with_a_413(
 
     module = load_flask_app(monkeypatch, fraud_models)
     httpd = make_server("127.0.0.1", 0, module.app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
 
     def post_chunked(parts: list[bytes]) -> tuple[int, Any]:

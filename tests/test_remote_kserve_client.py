@@ -139,7 +139,7 @@ def kserve_client(repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
     app.config.update(INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_V2_PROTOCOL=True)
     Inprocserve(app)
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="v2-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="v2-http", daemon=True)
     thread.start()
     folder = tmp_path_factory.mktemp("kserve-client")
     cases: dict[str, tuple[str, bool, bool | None]] = {}

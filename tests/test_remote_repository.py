@@ -34,7 +34,7 @@ def write_remote(repository: Path, name: str, version: int, text: str) -> Path:
 @pytest.fixture
 def scripted() -> Iterator[Scripted]:
     server = Scripted()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
     server.shutdown()

@@ -213,7 +213,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def scripted() -> Iterator[Scripted]:
     server = Scripted()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
     server.stop_trickling.set()
@@ -1055,7 +1055,7 @@ class LabelHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def label_server() -> Iterator[LabelServer]:
     server = LabelServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
     server.shutdown()

@@ -128,7 +128,7 @@ def test_every_caller_of_a_remote_model_whose_server_went_away_gets_its_own_erro
     backend.config.update(INPROCSERVE_REPOSITORY=str(tmp_path / "backend"), INPROCSERVE_V2_PROTOCOL=True)
     Inprocserve(backend)
     http = make_server("127.0.0.1", 0, backend, threaded=True)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
+    threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     (tmp_path / "front" / "scale" / "1").mkdir(parents=True)
     (tmp_path / "front" / "scale" / "1" / "remote.toml").write_text(
         f'url = "http://127.0.0.1:{http.server_port}"\nmodel = "scale"\n'

@@ -382,7 +382,7 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 def test_otlp_http_export_to_a_loopback_receiver(otel: Otel, busy_repository: Path, make_server: ServerFactory) -> None:
     _Receiver.requests = []
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread = threading.Thread(target=receiver.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces", timeout=10)
     processor = BatchSpanProcessor(exporter, schedule_delay_millis=50)

@@ -157,7 +157,7 @@ def test_bytes_that_json_cannot_carry_are_refused_before_they_reach_the_model_se
     # Sent as JSON, each byte that is not UTF-8 became U+FFFD: a JPEG of 11 bytes reached the model as 19, and
     # any two such blobs of one length were one input to it.
     remote = _JsonOnlyServer()
-    threading.Thread(target=remote.serve_forever, daemon=True).start()
+    threading.Thread(target=remote.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         folder = repository / "blob" / "1"
         folder.mkdir(parents=True)

@@ -136,7 +136,7 @@ def test_the_brief_status_is_the_public_status_cut(
     # status(include_paths=False) says, loaded, failed, reloaded-and-failed and unknown models alike.
     (repository / "scale" / "1" / "model.onnx").write_bytes(b"not a model any more")  # a failed reload
     scripted = Scripted()
-    threading.Thread(target=scripted.serve_forever, daemon=True).start()
+    threading.Thread(target=scripted.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     (repository / "remote" / "1").mkdir(parents=True)
     (repository / "remote" / "1" / "remote.toml").write_text(
         f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\nretries = 0\nfailure_threshold = 1\n'

@@ -256,7 +256,9 @@ def admin_post_chunked(path: str, pieces: list[bytes]) -> tuple[int, dict[str, A
     client send one of unknown length), over HTTP to a real WSGI server that ends chunked input (werkzeug's,
     as gunicorn does)."""
     server = make_server("127.0.0.1", 0, WSGIHandler(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="admin-http", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="admin-http", daemon=True
+    )
     thread.start()
     try:
         connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)

@@ -144,7 +144,9 @@ def test_chromium_renders_the_page_served_by_django(page_on: Path, tmp_path: Pat
     assert CHROMIUM is not None
     get_server().predict("scale", np.ones((2, 4), dtype=np.float32))
     http = make_server("127.0.0.1", 0, get_wsgi_application(), threaded=True)
-    thread = threading.Thread(target=http.serve_forever, name="status-page-http", daemon=True)
+    thread = threading.Thread(
+        target=http.serve_forever, kwargs={"poll_interval": 0.05}, name="status-page-http", daemon=True
+    )
     thread.start()
     try:
         command = [

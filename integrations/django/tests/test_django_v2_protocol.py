@@ -54,7 +54,7 @@ def served(repository: Path) -> Iterator[Path]:
 def client(served: Path) -> Iterator[triton.InferenceServerClient]:
     """tritonclient talking to the Django project under a real HTTP server on loopback."""
     server = make_server("127.0.0.1", 0, WSGIHandler(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="v2-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="v2-http", daemon=True)
     thread.start()
     triton_client = triton.InferenceServerClient(url=f"127.0.0.1:{server.server_port}", network_timeout=30)
     yield triton_client
@@ -221,7 +221,7 @@ def test_a_broken_chunked_body_is_a_json_400_not_a_500(served: Path, chunks: byt
     # The WSGI server raises from the body's read (werkzeug's and gunicorn's alike): it was a 500 in HTML, and
     # an error logged by django.request (mailed to ADMINS in production), for what a client sent.
     server = make_server("127.0.0.1", 0, WSGIHandler(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="v2-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="v2-http", daemon=True)
     thread.start()
     try:
         with socket.create_connection(("127.0.0.1", server.server_port), timeout=30) as connection:

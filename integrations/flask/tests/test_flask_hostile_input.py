@@ -241,7 +241,7 @@ def test_a_user_id_header_sent_twice_is_a_400_not_a_made_up_user(app: Flask) -> 
     from werkzeug.serving import make_server
 
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
         connection.putrequest("POST", "/score")

@@ -213,7 +213,9 @@ def live_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.01)
         assert fraud_drift_windows(), "no drift window was scored"
     http = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, name="status-page-http", daemon=True)
+    thread = threading.Thread(
+        target=http.serve_forever, kwargs={"poll_interval": 0.05}, name="status-page-http", daemon=True
+    )
     thread.start()
     yield f"127.0.0.1:{http.port}"
     http.shutdown()

@@ -61,7 +61,7 @@ def app(repository: Path) -> Iterator[Flask]:
 def client(app: Flask) -> Iterator[triton.InferenceServerClient]:
     """tritonclient talking to the app under a real HTTP server on loopback."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="v2-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="v2-http", daemon=True)
     thread.start()
     triton_client = triton.InferenceServerClient(url=f"127.0.0.1:{server.server_port}", network_timeout=30)
     yield triton_client
@@ -306,7 +306,7 @@ def post_chunked(app: Flask, chunks: bytes) -> tuple[int, bytes]:
     """POST raw chunked-encoding bytes to /v2/models/scale/infer over a real HTTP server, then half-close (as a
     client that stops sending does) and read the answer."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="v2-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="v2-http", daemon=True)
     thread.start()
     try:
         with socket.create_connection(("127.0.0.1", server.server_port), timeout=30) as connection:
@@ -434,7 +434,7 @@ def test_a_content_length_that_is_no_number_of_bytes_is_named_as_the_fault(app: 
     """werkzeug passes on a Content-Length of "-1", "abc" or "+86" (gunicorn refuses them itself): the body was
     read as empty and the client told its JSON was malformed. A length of leading zeros is a length."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="v2-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="v2-http", daemon=True)
     thread.start()
     body = infer_json(X)
 
