@@ -41,7 +41,7 @@ def build_all(outdir: Path) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     for requires, folders in _by_build_requirements(PROJECTS.values()).items():
         with DefaultIsolatedEnv() as env:
-            env.install(requires, _fresh=True)  # (pip's --ignore-installed: as python -m build installs them)
+            env.install(requires)
             for folder in folders:
                 _build_via_sdist(env, folder, outdir)
 
