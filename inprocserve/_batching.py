@@ -1160,6 +1160,9 @@ class Batcher:
                         self.version,
                         thread.name,
                     )
+        if drained:
+            with self._lock:  # again: a worker gives its runner back after its batch's callers are answered, so
+                self._pool.release()  # the release above could come first (and the runner outlived the unload)
         return drained
 
 

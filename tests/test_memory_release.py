@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,31 @@ def test_an_unloaded_versions_sessions_are_freed_at_once(
     assert sessions and all(ref() is not None for ref in sessions)
     server.unload("scale")
     assert [ref() for ref in sessions] == [None] * len(sessions)  # (a runner kept by the batcher held it)
+
+
+@pytest.mark.usefixtures("no_collector")
+def test_an_unloaded_versions_sessions_are_freed_though_its_worker_gives_its_session_back_after_the_answer(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker answers its batch's callers, then gives its session back to the pool: a caller that unloads
+    # the version at once releases the pool before that, and the session given back afterwards was kept
+    # (with the batcher, in a reference cycle) until the collector's next full pass.
+    from inprocserve._batch_execution import BatchExecution
+
+    execute = BatchExecution.execute
+
+    def answer_then_dawdle(self: BatchExecution, runner: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        timing = execute(self, runner, batch, *args, **kwargs)  # the callers have their answers now
+        time.sleep(0.2)  # (the unload below runs meanwhile; the worker gives its session back after)
+        return timing
+
+    monkeypatch.setattr(BatchExecution, "execute", answer_then_dawdle)
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    assert server.submit("scale", np.ones((1, 4), np.float32)).result(timeout=30).version == 1
+    sessions = sessions_of(server, "scale", 1)
+    server.unload("scale")
+    assert [ref() for ref in sessions] == [None] * len(sessions)
 
 
 @pytest.mark.usefixtures("no_collector")
