@@ -29,6 +29,12 @@ PROJECTS = {
     "inprocserve-django": ROOT / "integrations" / "django",
 }
 """Distribution name -> the folder holding its pyproject.toml."""
+PACKAGES = {
+    "inprocserve": ROOT / "inprocserve",
+    "inprocserve-flask": ROOT / "integrations" / "flask" / "src" / "inprocserve_flask",
+    "inprocserve-django": ROOT / "integrations" / "django" / "src" / "inprocserve_django",
+}
+"""Distribution name -> the source folder of the package its wheel installs."""
 
 
 def build_all(outdir: Path) -> None:
@@ -80,11 +86,27 @@ def wheel_metadata(wheel: Path) -> email.message.Message:
         return email.parser.Parser().parsestr(archive.read(name).decode())
 
 
+def _package_files(package: Path) -> set[str]:
+    """The files of a package's source folder, as wheel paths (``inprocserve/v2.py``), less compiled ones."""
+    return {
+        path.relative_to(package.parent).as_posix()
+        for path in package.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+
+
+def _wheel_files(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        return set(archive.namelist())
+
+
 def check(outdir: Path) -> str:
     """Check ``outdir`` holds one wheel and one sdist per distribution, all of one version; return it.
 
-    Also checks what a package index shows: a Markdown readme, the license expression and file, the
-    Python requirement, classifiers, and that each integration requires at least its own core version.
+    Also checks that each wheel holds every file of its package's source folder (a module left out of the
+    sdist imports in the tree and fails once installed), and what a package index shows: a Markdown readme,
+    the license expression and file, the Python requirement, classifiers, and that each integration requires
+    at least its own core version.
 
     Raises:
         ValueError: what is wrong, one message per problem.
@@ -114,6 +136,9 @@ def check(outdir: Path) -> str:
         for field, value in expected.items():
             if metadata[field] != value:
                 problems.append(f"{name}: {field} is {metadata[field]!r}, expected {value!r}")
+        missing = sorted(_package_files(PACKAGES[name]) - _wheel_files(wheels[0]))
+        if missing:
+            problems.append(f"{name}: the wheel lacks {', '.join(missing)}")
         if "License-File" not in metadata:
             problems.append(f"{name}: the wheel carries no License-File")
         if len(metadata.get_payload() or "") < 200:
