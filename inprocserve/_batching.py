@@ -991,6 +991,8 @@ class Batcher:
     def _adopt_runners(self) -> None:
         runners = self._pool.adopt()  # builds them on first use in this process (may take a while)
         with self._lock:
+            if self._closing:  # closed meanwhile: a closed batcher keeps no runner (its caller is refused next)
+                return
             self._pool.lend(runners)
             if self._beside_runner is None:
                 self._beside_runner = runners[0]

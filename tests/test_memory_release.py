@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -69,6 +70,46 @@ def test_an_unloaded_versions_sessions_are_freed_though_its_worker_gives_its_ses
     assert server.submit("scale", np.ones((1, 4), np.float32)).result(timeout=30).version == 1
     sessions = sessions_of(server, "scale", 1)
     server.unload("scale")
+    assert [ref() for ref in sessions] == [None] * len(sessions)
+
+
+@pytest.mark.usefixtures("no_collector")
+def test_a_version_unloaded_while_its_first_request_takes_up_its_sessions_keeps_none(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process's first request takes up the version's sessions for its batcher (building them if need be)
+    # without the batcher's lock: an unload meanwhile released the pool first, and the session the request
+    # then handed to the batcher stayed with it (in a reference cycle) after the unload.
+    from inprocserve._pool import RunnerPool
+
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    adopt = RunnerPool.adopt
+    taken_up, unloaded = threading.Event(), threading.Event()
+
+    def adopt_until_unloaded(pool: RunnerPool) -> list[Any]:
+        runners = adopt(pool)
+        taken_up.set()
+        unloaded.wait(timeout=30)
+        return runners
+
+    monkeypatch.setattr(RunnerPool, "adopt", adopt_until_unloaded)
+    refused: list[BaseException] = []
+
+    def first_request() -> None:
+        try:
+            server.predict("scale", np.ones((1, 4), np.float32))
+        except inprocserve.InprocserveError as exc:  # (the version went while it was being taken up)
+            refused.append(exc)
+
+    caller = threading.Thread(target=first_request)
+    caller.start()
+    assert taken_up.wait(timeout=30)
+    sessions = sessions_of(server, "scale", 1)
+    server.unload("scale")
+    unloaded.set()
+    caller.join(timeout=30)
+    assert not caller.is_alive() and len(refused) == 1
     assert [ref() for ref in sessions] == [None] * len(sessions)
 
 
