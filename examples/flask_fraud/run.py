@@ -29,8 +29,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 # The training below is full-batch products of small matrices: more BLAS threads only contend for the cores
-# (on a loaded 2-core machine 17 s against 6 s with one). One thread for this process; gunicorn's workers get
-# the caller's setting back.
+# (both networks beside two busy processes on a 2-core machine: 48 s against 3.4 s with one). One thread for
+# this process; gunicorn's workers get the caller's setting back.
 _CALLERS_BLAS_THREADS = os.environ.get("OPENBLAS_NUM_THREADS")
 os.environ["OPENBLAS_NUM_THREADS"] = "1"  # (read when numpy loads, just below)
 
