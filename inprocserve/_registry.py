@@ -243,17 +243,8 @@ class Registry:
             raise ValueError(f"model {name!r}: pass path= (a local file) or remote= (a model server), not both")
         with self.lock:
             self.check_open()
-            self._unloaded.discard(name)
-            if version is None:  # the policy's choice again: versions unloaded or loaded by hand are forgotten
-                self._unloaded_versions.pop(name, None)
-                self._kept_from_policy.pop(name, None)
-                self._loaded_by_hand.pop(name, None)
-            elif by_hand:
-                self._unloaded_versions.get(name, set()).discard(version)
-                self._kept_from_policy.get(name, set()).discard(version)
-            else:
-                self._named_again(name, version)
             if path is None and remote is None:
+                self._named_by_load(name, version, by_hand=by_hand)
                 source = self.find_in_repository(name)
                 if version is not None and version not in source.versions:
                     raise ModelNotFoundError(
@@ -286,6 +277,9 @@ class Registry:
                         if problem != self._reference_problems.get(name):  # (logged once, as load(name) leaves it)
                             logger.warning("model %r: after loading version %s: %s", name, version, problem)
                     return version
+                # Handed back to the repository: a model loaded by path before is refreshed again (its versions
+                # loaded by path are replaced or retired by the policy below), where it stayed out of every refresh.
+                self._explicit.discard(name)
                 # (a rollout naming an absent version is logged: the model loads, and load() says so by returning)
                 problems = [
                     p for p in self._sync_model(name, source, effective) if p != self._reference_problems.get(name)
@@ -300,6 +294,7 @@ class Registry:
                         model=name,
                     )
                 return max(routes.versions)
+            asked = version
             if version is None:
                 version = self._next_version(name)
             if path is None:
@@ -310,14 +305,37 @@ class Registry:
                     remote_file = file / REMOTE_FILENAME
                     has_remote = remote_file.is_file() and not (file / MODEL_FILENAME).exists()
                     file = remote_file if has_remote else file / MODEL_FILENAME
-            self._explicit.add(name)
             code = self._code_configs.get(name)
             effective = config or (self._defaults if code is None else self._defaults.overlaid(code))
-            self._load_version(name, version, file, effective, remote=remote)
+            # A load that fails changes nothing: marked before it, a repository model was left out of every
+            # refresh and control revision for good (new versions never served, removed ones never retired),
+            # or one unloaded by hand came back at the next refresh.
+            marked = name not in self._explicit
+            self._explicit.add(name)
+            try:
+                self._load_version(name, version, file, effective, remote=remote)
+            except BaseException:
+                if marked:
+                    self._explicit.discard(name)
+                raise
+            self._named_by_load(name, asked, by_hand=by_hand)
             loaded = list(self.loaded[name])
             self._latest[name] = self._gate(name, max(loaded), loaded)
             self.publish(name)
             return version
+
+    def _named_by_load(self, name: str, version: int | None, *, by_hand: bool) -> None:
+        """What :meth:`load` of ``name`` (``version``) undoes of earlier hand unloads and loads."""
+        self._unloaded.discard(name)
+        if version is None:  # the policy's choice again: versions unloaded or loaded by hand are forgotten
+            self._unloaded_versions.pop(name, None)
+            self._kept_from_policy.pop(name, None)
+            self._loaded_by_hand.pop(name, None)
+        elif by_hand:
+            self._unloaded_versions.get(name, set()).discard(version)
+            self._kept_from_policy.get(name, set()).discard(version)
+        else:
+            self._named_again(name, version)
 
     def _named_again(self, name: str, version: int) -> None:
         """``version`` is loaded because a control revision, an operation or a pinned request names it: one

@@ -1028,3 +1028,50 @@ def test_a_batch_scored_in_parts_is_answered_by_one_copy_when_its_version_is_rew
     (answer,) = server.predict_many("scale", iter([np.ones((24, 4), np.float32)]), max_in_flight=1)
     assert answer.version == 1
     assert set(answer["y"][:, 0].tolist()) == {2.0}  # every row from the file that serves now
+
+
+def test_a_failed_load_by_path_leaves_the_repository_model_hot_reloaded(
+    repository: Path, tmp_path: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    broken = tmp_path / "builds" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a model")
+    with pytest.raises(inprocserve.ModelLoadError):
+        server.load("scale", path=broken)  # a build of my own that does not load: nothing changes
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    assert server.refresh() == []
+    assert server.models == {"scale": [2]}
+    assert one(server).version == 2
+
+
+def test_a_model_loaded_by_name_after_one_loaded_by_path_is_hot_reloaded_again(
+    repository: Path, tmp_path: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    mine = save_model(build_scale_model(10.0), tmp_path / "builds", "scale", 1)
+    server = make_server(repository)
+    server.unload("scale")
+    server.load("scale", path=mine)
+    server.unload("scale")
+    assert server.load("scale") == 1  # back to the repository's versions and policy
+    assert float(one(server)["y"][0, 0]) == 1.0
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    assert server.refresh() == []
+    assert server.models == {"scale": [2]}
+
+
+def test_a_failed_load_by_path_of_a_model_unloaded_by_hand_leaves_it_unloaded(
+    repository: Path, tmp_path: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    server.unload("scale")
+    broken = tmp_path / "builds" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a model")
+    with pytest.raises(inprocserve.ModelLoadError):
+        server.load("scale", path=broken)
+    assert server.refresh() == []
+    assert server.models == {}
