@@ -97,6 +97,9 @@ class _Failure:
     # partial file each time).
     changing: bool = False
     seen: _Stamp | None = None
+    # The configuration it failed with: another one (``load(name, config=...)``, which no file records) is a
+    # change too. Without it a version that failed on a wrong config= was not tried on the right one.
+    config: ModelConfig | None = None
 
 
 class Registry:
@@ -537,13 +540,14 @@ class Registry:
         self._on_disk[name] = frozenset(source.versions)
         failures = self.failures.setdefault(name, {})
         retried: set[int] = set()  # failed versions tried again because their files changed
-        for number, failure in list(failures.items()):  # forget failures of files that changed or vanished
+        for number, failure in list(failures.items()):  # forget failures of files or configs that changed
             path = source.versions.get(number)
             now = None if path is None else _stamp(path, access=True)
-            if path is not None and now == failure.stamp:
+            same_config = failure.config is None or not _configs_differ(failure.config, config)
+            if path is not None and now == failure.stamp and same_config:
                 self._log_held_failure(name, number)
                 continue
-            if now is not None and failure.changing and now != failure.seen:  # still changing (see _Failure)
+            if now is not None and failure.changing and now != failure.seen and same_config:  # still changing
                 failure.seen = now
                 continue
             del failures[number]
@@ -774,7 +778,7 @@ class Registry:
                 # they were before this load: a copy that finished while the load failed on its first half is
                 # a change, and is tried again.
                 server_failed = is_remote(path) and candidate.backend_built
-                self._record_failure(name, number, path, failed, None if server_failed else seen)
+                self._record_failure(name, number, path, failed, None if server_failed else seen, config)
                 raise failed
             # Every session is built from the file by its path (and the signature from the first one): a file
             # renamed over it while they were built (the atomic-write deploy: write .tmp, then os.replace) left a
@@ -802,7 +806,7 @@ class Registry:
                 version=number,
             )
             # (the stamp from before the last attempt: the files differ from it now, so the next refresh retries)
-            self._record_failure(name, number, path, error, seen)
+            self._record_failure(name, number, path, error, seen, config)
             raise error
         if scanned and current is not None:
             self._gate_rewrite(name, current, candidate, path, seen)
@@ -881,11 +885,13 @@ class Registry:
             model=name,
             version=current.version,
         )
-        self._record_failure(name, current.version, path, error, seen)
+        self._record_failure(name, current.version, path, error, seen, candidate.config)
         raise error
 
-    def _record_failure(self, name: str, number: int, path: Path, exc: ModelLoadError, seen: _Stamp | None) -> None:
-        self.failures.setdefault(name, {})[number] = _Failure(str(exc), path, seen)
+    def _record_failure(
+        self, name: str, number: int, path: Path, exc: ModelLoadError, seen: _Stamp | None, config: ModelConfig
+    ) -> None:
+        self.failures.setdefault(name, {})[number] = _Failure(str(exc), path, seen, config=config)
         last = self._load_errors.get((name, number))
         repeated = last is not None and last == (str(exc), seen, True)  # (logged already)
         skipped = None if repeated else self._load_log.due((name, number))
@@ -918,7 +924,7 @@ class Registry:
         ``remote.toml``, external weights, the model folder's ``config.toml`` or warm-up archive). A
         configuration whose rollout lists its arms in another order is another (``==`` takes it for the same:
         see RolloutConfig.routes_as), so ``load(config=...)`` that reorders them is applied."""
-        if current.path != path or current.config != config or not current.config.rollout.routes_as(config.rollout):
+        if current.path != path or _configs_differ(current.config, config):
             return True
         return current.source_stamp != stamp
 
@@ -1752,6 +1758,11 @@ def _nested_external_data(model_file: Path, *, access: bool) -> list[tuple[str, 
             continue
         entries.append((str(data), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns if access else 0))
     return entries
+
+
+def _configs_differ(old: ModelConfig, new: ModelConfig) -> bool:
+    """Whether a version loaded (or failed) on ``old`` is to be loaded again on ``new`` (see Registry._changed)."""
+    return old != new or not old.rollout.routes_as(new.rollout)
 
 
 def _load_problem(name: str, number: int, path: Path, exc: ModelLoadError) -> str:

@@ -1114,3 +1114,18 @@ def test_closing_a_server_during_a_hot_reload_loads_no_version_after_the_one_in_
         refreshing.join(30)
         closing.join(30)
     assert loads == [2]
+
+
+def test_a_version_that_failed_on_a_config_passed_to_load_is_tried_again_on_the_next_config(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    wrong = inprocserve.ModelConfig(warmup=inprocserve.WarmupConfig(inputs_file="missing.npz"))
+    with pytest.raises(inprocserve.ModelLoadError, match=r"missing\.npz"):
+        server.load("scale", config=wrong)  # version 1 keeps serving as it was loaded; version 2 failed
+    assert server.load("scale", config=inprocserve.ModelConfig()) == 2  # the files are the same, the config not
+    assert server.models == {"scale": [2]}
+    assert one(server).version == 2
+    assert server.status()["models"]["scale"]["versions"]["2"]["state"] == "ready"
