@@ -208,6 +208,8 @@ class Registry:
         # an empty config.toml (being written?): its inode, mtime and ctime, and when it was first seen so
         self._empty_configs: dict[str, tuple[tuple[int, int, int] | None, float]] = {}
         self._config_files: set[str] = set()  # models whose settings in force were read from a config.toml
+        # a loaded version whose folder has lost its model file (being replaced?): when that was first seen so
+        self._missing_files: dict[tuple[str, int], float] = {}
         self._unmatched: set[str] = set()  # names of models= that matched no model (warned about once)
         self._load_configs: dict[str, ModelConfig] = {}  # load(name, config=...) of a repository model: kept
         self.lock = threading.RLock()
@@ -443,6 +445,7 @@ class Registry:
                     self._config_files.discard(name)
                 else:
                     self._config_files.add(name)
+                source = self._with_files_being_written(name, source, settle=settle_empty_configs)
                 try:
                     problems.extend(self._sync_model(name, source, config))
                 except Exception as exc:  # an unexpected failure in one model must not keep the others stale
@@ -466,6 +469,8 @@ class Registry:
                     self._config_error_logged.discard(name)
             for name in [name for name in self._empty_configs if name not in scan.models]:
                 del self._empty_configs[name]
+            for key in [key for key in self._missing_files if key[0] not in scan.models]:
+                del self._missing_files[key]
             for key in [key for key in self._load_errors if key[1] not in self.failures.get(key[0], {})]:
                 del self._load_errors[key]  # (a version gone from disk, or whose failure was forgotten)
                 self._load_log.forget(key)
@@ -505,6 +510,29 @@ class Registry:
             return self._clock() - first[1] < _EMPTY_CONFIG_SETTLE_S
         self._empty_configs[name] = (seen, self._clock())
         return True
+
+    def _with_files_being_written(self, name: str, source: ModelSource, *, settle: bool) -> ModelSource:
+        """``source`` with each loaded version whose folder is there without its model file, and not yet for
+        long, kept as loaded (the poller's refreshes only: ``settle``). A file replaced by deleting it and
+        writing it again (``tar -x`` over the release, ``rm`` then ``cp``) is missing for a moment: a poll then
+        retired the version, and the model went back to the version before it (loaded again for it), or served
+        nothing, until the next poll loaded it again. It is retired once its file has stayed missing for
+        ``_EMPTY_CONFIG_SETTLE_S``, as an emptied ``config.toml`` is applied (see :meth:`_config_being_written`)."""
+        loaded = self.loaded.get(name, {})
+        for key in [key for key in self._missing_files if key[0] == name and (not settle or key[1] not in loaded)]:
+            del self._missing_files[key]
+        if not settle:
+            return source
+        kept: dict[int, Path] = {}
+        for number, version in loaded.items():
+            folder = source.folder / str(number)
+            if number in source.versions or version.path.parent != folder or not folder.is_dir():
+                self._missing_files.pop((name, number), None)
+                continue
+            first = self._missing_files.setdefault((name, number), self._clock())
+            if self._clock() - first < _EMPTY_CONFIG_SETTLE_S:
+                kept[number] = version.path
+        return dataclasses.replace(source, versions={**source.versions, **kept}) if kept else source
 
     def _warn_unmatched_configs(self, scan: RepositoryScan) -> None:
         """Warn once about each name of ``models=`` that matches no model (a typo leaves the real one on its

@@ -19,7 +19,7 @@ import inprocserve
 from inprocserve import _batching, _ort_backend
 from inprocserve._model import ModelVersion
 from inprocserve._registry import Registry
-from inprocserve.testing import build_mlp_model, build_scale_model, save_model
+from inprocserve.testing import ManualClock, build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, past_the_tick, wait_until
 
@@ -1129,3 +1129,33 @@ def test_a_version_that_failed_on_a_config_passed_to_load_is_tried_again_on_the_
     assert server.models == {"scale": [2]}
     assert one(server).version == 2
     assert server.status()["models"]["scale"]["versions"]["2"]["state"] == "ready"
+
+
+def test_a_poll_while_the_serving_versions_file_is_written_again_keeps_it_serving(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A file replaced by deleting it and writing it again (tar -x over the release, rm then cp) is missing for a
+    moment: a poll then retired version 2, and version 1 (loaded again for it) answered until the next poll."""
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    clock = ManualClock()
+    server = make_server(repository, clock=clock)
+    file = repository / "scale" / "2" / "model.onnx"
+    release = file.read_bytes()
+    file.unlink()
+    server._registry.refresh(settle_empty_configs=True)  # a poll between the two
+    assert server.models == {"scale": [2]} and one(server).version == 2
+    file.write_bytes(release)
+    assert server._registry.refresh(settle_empty_configs=True) == []
+    assert server.models == {"scale": [2]} and one(server).version == 2
+    file.unlink()  # removed for good: retired once it has stayed missing a while
+    server._registry.refresh(settle_empty_configs=True)
+    assert server.models == {"scale": [2]}
+    clock.advance(2.0)
+    server._registry.refresh(settle_empty_configs=True)
+    assert server.models == {"scale": [1]} and one(server).version == 1
+    file.write_bytes(release)
+    assert server.refresh() == [] and server.models == {"scale": [2]}
+    file.unlink()
+    server.refresh()  # a refresh asked for takes the repository as it is
+    assert server.models == {"scale": [1]}
