@@ -1133,6 +1133,10 @@ class Server(RolloutMethods):
 
     def _close(self, timeout_s: float | None) -> None:
         # (each part's close is idempotent: in a forked child, this finishes a closing the parent had begun)
+        # A refresh holds the lock below until it has loaded every version it found: told to stop first, it
+        # stops after the load in progress, where close() waited for all of them (each a release's load and
+        # warm-up) only to unload them, past a worker's graceful-shutdown timeout (the exit's clean-up did so).
+        self._registry.stop_poller()
         with self._registry.lock:
             self._shadow.close()
             if self._flags is not None:

@@ -1077,11 +1077,6 @@ def test_a_failed_load_by_path_of_a_model_unloaded_by_hand_leaves_it_unloaded(
     assert server.models == {}
 
 
-@pytest.mark.xfail(
-    reason="Server._close sets the registry's stop only once it holds the lifecycle lock, which the refresh "
-    "holds until every version it found is loaded: Server.close() should call registry.stop_poller() first",
-    strict=True,
-)
 def test_closing_a_server_during_a_hot_reload_loads_no_version_after_the_one_in_progress(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
