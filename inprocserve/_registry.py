@@ -1702,8 +1702,11 @@ def _stamp(path: Path, *, access: bool = False) -> _Stamp | None:
     folder (external weights still being copied), of the external-data files the model names in subfolders
     (``data/weights.bin``) and of the files of its model's folder (its ``config.toml``, a warm-up archive),
     links by what they point to (a dangling one too: its target may arrive later), but not the
-    optimized-graph cache a load writes there. A change to any of them reloads a loaded version, or retries a
-    failed one; ``None`` if the file is gone.
+    optimized-graph cache a load writes there, nor hidden files (an editor's swap file beside the
+    ``config.toml`` it edits, rsync's temporary copy, NFS's ``.nfs...``: the scan ignores them too, and each
+    reloaded every version of the model, emptying its caches and drift windows, with twice its memory for
+    the time), unless the model names one as its external data. A change to any of them reloads a loaded
+    version, or retries a failed one; ``None`` if the file is gone.
 
     Subfolders are not walked: a refresh stamps every version at every poll, and a version folder may hold
     anything. The external-data locations come from the model file, walked once per version of it (see
@@ -1726,7 +1729,7 @@ def _stamp(path: Path, *, access: bool = False) -> _Stamp | None:
         try:
             with os.scandir(folder) as listing:
                 for entry in listing:
-                    if _WRITTEN_BY_LOADS.fullmatch(entry.name):
+                    if _WRITTEN_BY_LOADS.fullmatch(entry.name) or entry.name.startswith("."):
                         continue
                     if entry.is_symlink():  # (what it points to: a checksum whose target arrives later)
                         try:
@@ -1772,12 +1775,13 @@ def _model_files(path: Path) -> tuple[tuple[str, int, int, int, int], ...] | Non
 
 
 def _nested_external_data(model_file: Path, *, access: bool) -> list[tuple[str, int, int, int, int]]:
-    """The stamp entries of the external-data files ``model_file`` names below its folder (those beside it
-    are in the folder's listing already): links followed, a missing one as a marker."""
+    """The stamp entries of the external-data files ``model_file`` names below its folder, and of hidden ones
+    beside it (the others beside it are in the folder's listing already): links followed, a missing one as a
+    marker."""
     entries = []
     for location in external_data_locations(model_file):
         data = model_file.parent / location
-        if data.parent == model_file.parent:
+        if data.parent == model_file.parent and not data.name.startswith("."):
             continue
         try:
             stat = data.stat()

@@ -565,6 +565,44 @@ def test_an_unchanged_repository_reloads_nothing(repository: Path, make_server: 
     assert server.status()["models"]["scale"]["versions"]["1"]["loaded_at"] == loaded_at
 
 
+def test_hidden_files_beside_a_model_reload_nothing(repository: Path, make_server: ServerFactory) -> None:
+    """An editor's swap file beside the config.toml it edits, rsync's temporary copy of a release, NFS's
+    ``.nfs`` files: the scan ignores them, and each reloaded every version of the model (its caches and drift
+    windows emptied, twice its memory while the copy loaded)."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    loaded_at = server.status()["models"]["scale"]["versions"]["1"]["loaded_at"]
+    (repository / "scale" / ".config.toml.swp").write_bytes(b"an editor's swap file")
+    (repository / "scale" / "1" / ".model.onnx.Xy12ab").write_bytes(b"rsync's copy, half written")
+    assert server.refresh() == []
+    (repository / "scale" / "1" / ".model.onnx.Xy12ab").write_bytes(b"rsync's copy, written further")
+    (repository / "scale" / ".nfs0000000001").write_bytes(b"")
+    assert server.refresh() == []
+    assert server.status()["models"]["scale"]["versions"]["1"]["loaded_at"] == loaded_at
+
+
+def test_a_hidden_external_data_file_the_model_names_is_still_watched(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    onnx = pytest.importorskip("onnx")
+    for seed, folder in ((7, repository / "m" / "1"), (8, tmp_path / "staged")):
+        folder.mkdir(parents=True)
+        onnx.save_model(
+            build_mlp_model((16, 32, 2), seed=seed),
+            folder / "model.onnx",
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=".weights.bin",
+            size_threshold=0,
+        )
+    server = make_server(repository)
+    x = np.ones((1, 16), np.float32)
+    before = server.predict("m", {"x": x})["y"]
+    (tmp_path / "staged" / ".weights.bin").replace(repository / "m" / "1" / ".weights.bin")  # new weights only
+    assert server.refresh() == []
+    assert not np.allclose(server.predict("m", {"x": x})["y"], before)
+
+
 def test_a_config_toml_change_applies_to_the_loaded_versions(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_scale_model(2.0), repository, "scale", 1)
     server = make_server(repository)
