@@ -1152,15 +1152,25 @@ def apredict(
         # (tried and nothing opened: not a plain request, or refused: the full way routes it, or raises)
         handle = _LoopFuture(waiter, state)
         future: Any = handle  # stands in for a concurrent.futures.Future (typing.cast would cost a call)
-        _request, target = server._dispatch(
-            model, inputs, version, context, timeout_s, future, inline=False, opened=opened
-        )
-        batcher = target.batcher
-        if not handle._answered and batcher is not None:  # queued, not answered by the cache: wake at the end
-            if not state._flush_due or batcher not in state._pending:
-                state.queued(batcher)
-            else:  # (already due to be woken: counted, for what the flush tells of this iteration's traffic)
-                state._iteration_requests += 1
+        try:
+            _request, target = server._dispatch(
+                model, inputs, version, context, timeout_s, future, inline=False, opened=opened
+            )
+            batcher = target.batcher
+            if not handle._answered and batcher is not None:  # queued, not answered by the cache: wake at the end
+                if not state._flush_due or batcher not in state._pending:
+                    state.queued(batcher)
+                else:  # (already due to be woken: counted, for what the flush tells of this iteration's traffic)
+                    state._iteration_requests += 1
+        except BaseException:
+            # Raised once its request was queued (the loop's thread interrupted by a signal handler, a task
+            # queue's time limit, as the router noted it or its wake was arranged), the task never awaits it:
+            # it leaves the queue now, as an interrupted predict's does. Left there, no worker was woken for
+            # it, its rows stayed counted, and identical requests following it waited forever. (Nothing if
+            # it was not queued.)
+            waiter.cancel()
+            state.gave_up(waiter)
+            raise
         if timeout_s is None:
             return waiter
         return _with_deadline(state, loop, waiter, model, version, timeout_s)

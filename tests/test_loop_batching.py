@@ -19,6 +19,7 @@ import pytest
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, _loop_batching, _server
 from inprocserve._loop_batching import loop_wakes
+from inprocserve._rollout import Router
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .conftest import (
@@ -32,6 +33,7 @@ from .conftest import (
     version_status,
     wait_until,
 )
+from .test_interrupted_callers import Interrupted, interrupted_at
 
 NO_WAIT = ModelConfig(batching=BatchingConfig(max_delay_s=0.0))  # the wait for companions is not under test
 
@@ -494,6 +496,36 @@ def test_a_merged_request_runs_unless_all_its_tasks_gave_up(
     assert [type(r).__name__ for r in everyone] == ["CancelledError"] * 3
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     assert version_status(server, "busy")["rows_run"] == 3000 + 4  # the first four together; not the three
+
+
+@pytest.mark.parametrize(
+    "where",
+    [Router.served, _loop_batching._LoopState.queued],
+    ids=["as the router notes it", "as its wake is arranged"],
+)
+def test_a_task_interrupted_just_after_queueing_leaves_the_queue_and_frees_identical_requests(
+    where: Callable[..., Any], busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """The loop's thread interrupted (a signal handler raised: a task queue's time limit) once a request went
+    the full way and was queued, before the end of the iteration wakes a worker for it: its task never
+    awaits it, so it leaves the queue at once. Left there, no worker was woken for it: it stayed counted in
+    flight and queued, and an identical request that came to follow it waited for it forever."""
+    server = make_server(
+        busy_repository, models={"busy": ModelConfig(cache=inprocserve.CacheConfig(share_in_flight=True))}
+    )
+    batcher = server._registry.routes["busy"].default.batcher
+    assert batcher is not None
+
+    async def main() -> None:
+        await warm(server, "busy", busy_inputs(1, seed=2))  # the worker is parked: only a wake starts it
+        with pytest.raises(Interrupted), interrupted_at(where.__code__):
+            await server.apredict("busy", busy_inputs(1, seed=1))
+
+    asyncio.run(main())
+    wait_until(lambda: batcher.in_flight == 0 and batcher.queued_rows == 0)
+    identical = server.submit("busy", busy_inputs(1, seed=1))
+    assert identical.result(timeout=20)["picked"].shape == (1, 2)
+    wait_until(lambda: len(server._sharing) == 0 and batcher.in_flight == 0)
 
 
 def test_an_invalid_member_fails_alone(repository: Path, make_server: ServerFactory) -> None:
