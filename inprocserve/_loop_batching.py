@@ -273,10 +273,13 @@ class _LoopState:
 
     def _flush_at_iteration_end(self) -> None:
         if not self._flush_due:
-            self._flush_due = True
             loop = self._loop()
             assert loop is not None  # called on the loop's own thread
+            # Scheduled, then marked: the loop's thread interrupted between the two (a signal handler raised)
+            # leaves a flush scheduled twice at worst. Marked first, it left one due that never came, and no
+            # later request on this loop was ever flushed.
             loop.call_soon(_FlushCall(self))
+            self._flush_due = True
 
     def _flush(self) -> None:
         self._flush_due = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import threading
 import time
 import weakref
@@ -526,6 +527,38 @@ def test_a_task_interrupted_just_after_queueing_leaves_the_queue_and_frees_ident
     identical = server.submit("busy", busy_inputs(1, seed=1))
     assert identical.result(timeout=20)["picked"].shape == (1, 2)
     wait_until(lambda: len(server._sharing) == 0 and batcher.in_flight == 0)
+
+
+@pytest.mark.parametrize(
+    "step", range(len(inspect.getsourcelines(_loop_batching._LoopState._flush_at_iteration_end)[0]))
+)
+def test_a_task_interrupted_as_its_iterations_flush_is_arranged_leaves_the_loop_serving(
+    step: int, scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """The loop's thread interrupted (a signal handler raised) as a request arranges the flush at the end of
+    its iteration, at any step of it: the other task of that iteration and later ones are still answered.
+    (Marked due before it was scheduled, the flush never ran, nor did any other on that loop: every later
+    request that joined a group waited forever.)"""
+    server = make_server(scale_repository)
+    server.predict("scale", np.ones((1, 4), np.float32))  # adopts the runners: the merged way applies
+    arrange = _loop_batching._LoopState._flush_at_iteration_end
+    line = inspect.getsourcelines(arrange)[1] + step  # interrupted at the first line run past this one
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        with interrupted_at(arrange.__code__, after_line=line):
+            tasks = [asyncio.ensure_future(server.apredict("scale", np.full((1, 4), i, np.float32))) for i in range(2)]
+            await asyncio.sleep(0)  # each task made its request
+        await asyncio.wait(tasks, timeout=10)
+        first = [task.exception() or task.result()["y"][0, 0] if task.done() else "waiting" for task in tasks]
+        for task in tasks:
+            task.cancel()
+        later = asyncio.gather(*(server.apredict("scale", np.full((1, 4), i, np.float32)) for i in range(4)))
+        return first, [answer["y"][0, 0] for answer in await asyncio.wait_for(later, 10)]
+
+    first, later = asyncio.run(main())
+    assert isinstance(first[0], Interrupted)  # (the first task's request arranged the flush)
+    assert first[1] == 2.0
+    assert later == [0.0, 2.0, 4.0, 6.0]
 
 
 def test_an_invalid_member_fails_alone(repository: Path, make_server: ServerFactory) -> None:
