@@ -661,8 +661,13 @@ class _LoopState:
             return
         if not self._wake_due:
             self._wake_due = True
-            if not wake_after_batch(self._wake):
-                self._wake()
+            try:
+                if not wake_after_batch(self._wake):
+                    self._wake()
+            except BaseException:  # the loop's own thread interrupted (a signal handler raised) before the wake
+                # was arranged: not marked due, the next answer wakes the loop (marked, no answer ever did)
+                self._wake_due = False
+                raise
 
     def _wake(self) -> None:
         self.wakes += 1

@@ -561,6 +561,29 @@ def test_a_task_interrupted_as_its_iterations_flush_is_arranged_leaves_the_loop_
     assert later == [0.0, 2.0, 4.0, 6.0]
 
 
+def test_a_loop_thread_interrupted_as_it_wakes_itself_for_an_answer_is_woken_for_the_next(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """Cache hits are answered on the loop's own thread through its inbox. Interrupted (a signal handler
+    raised) as it arranges the wake for the first one, the loop is still woken for the next answer: left
+    marked as due, no answer posted after it woke the loop, and their tasks waited until a lone request
+    happened to drain the inbox."""
+    server = make_server(scale_repository, config=ModelConfig(cache=inprocserve.CacheConfig(enabled=True)))
+    x = np.ones((1, 4), np.float32)
+    server.predict("scale", x)  # cached: the tasks below are answered from the cache, the full way
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(server.apredict("scale", x)) for _ in range(2)]
+        with interrupted_at(_loop_batching._LoopState._wake.__code__):
+            await asyncio.sleep(0)  # each task made its request
+        await asyncio.wait(tasks, timeout=10)
+        return [task.exception() or task.result()["y"][0, 0] if task.done() else "waiting" for task in tasks]
+
+    first, second = asyncio.run(main())
+    assert isinstance(first, Interrupted)
+    assert second == 2.0
+
+
 def test_an_invalid_member_fails_alone(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_mlp_model((8, 8, 2), seed=1), repository, "mlp", 1)
     server = make_server(repository, config=NO_WAIT)
