@@ -295,7 +295,14 @@ class _LoopState:
                 except Exception as exc:  # a bug, or no memory to stack: no task may wait forever
                     if not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit: no bug)
                         logger.exception("inprocserve: merged requests to %r failed", group.target.name)
-                    group.refused([m for m in group.members if not m.waiter.done()], exc)
+                    # A part queued before it failed (its tasks' withdrawal hooks are set) is answered by its
+                    # run: its batcher is woken below. Refused too, it stayed queued, woken by nobody.
+                    withdrawals = self._withdrawals
+                    if group.batcher not in queued and any(m.waiter in withdrawals for m in group.members):
+                        queued.append(group.batcher)
+                    group.refused(
+                        [m for m in group.members if not m.waiter.done() and m.waiter not in withdrawals], exc
+                    )
         pending = self._pending
         self._pending = []
         for batcher in pending:

@@ -584,6 +584,38 @@ def test_a_loop_thread_interrupted_as_it_wakes_itself_for_an_answer_is_woken_for
     assert second == 2.0
 
 
+def test_a_group_failing_after_it_queued_a_part_still_answers_that_part(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group queued in two parts (more rows than one run takes) that fails once the first is queued (no
+    memory for the second, or a time limit): the first part's tasks are answered by its run, the others get
+    the error. (All of them got it, and the queued part stayed queued with no worker woken for it: counted
+    in flight until other traffic came, then run for nobody.)"""
+    server = make_server(busy_repository, config=ModelConfig(batching=BatchingConfig(max_batch_size=2)))
+    batcher = server._registry.routes["busy"].default.batcher
+    assert batcher is not None
+    queue = _loop_batching._LoopState._queue
+
+    def queue_then_fail(self: Any, *args: Any, **kwargs: Any) -> bool:
+        queue(self, *args, **kwargs)
+        raise MemoryError("no memory for the next part")
+
+    async def main() -> list[Any]:
+        await warm(server, "busy", busy_inputs(1, seed=9))  # the worker is parked: only a wake starts it
+        monkeypatch.setattr(_loop_batching._LoopState, "_queue", queue_then_fail)
+        return await asyncio.wait_for(
+            asyncio.gather(
+                *(server.apredict("busy", busy_inputs(1, index=i)) for i in range(4)), return_exceptions=True
+            ),
+            20,
+        )
+
+    results = asyncio.run(main())
+    assert [type(r).__name__ for r in results] == ["Prediction", "Prediction", "MemoryError", "MemoryError"]
+    assert [r["picked"].tolist() for r in results[:2]] == [[[0.0, 1.0]], [[2.0, 3.0]]]
+    wait_until(lambda: batcher.in_flight == 0 and batcher.queued_rows == 0)
+
+
 def test_an_invalid_member_fails_alone(repository: Path, make_server: ServerFactory) -> None:
     save_model(build_mlp_model((8, 8, 2), seed=1), repository, "mlp", 1)
     server = make_server(repository, config=NO_WAIT)
