@@ -451,6 +451,25 @@ class Router:
                 self._drew_for_keys = False
         self._restart_changed_arms(state)
         self._warn_if_keys_differ(config)
+        self._warn_if_canary_has_no_version(config)
+
+    def _warn_if_canary_has_no_version(self, config: RolloutConfig) -> None:
+        """Say so at load when a canary with a share of traffic names no version and no flag provider can name
+        one: every request then answers with the stable version, and only each prediction's reason said why."""
+        canary = config.canary
+        if (
+            type(self._flags) is _NoFlags
+            and config.strategy == "canary"
+            and canary.percent > 0
+            and canary.version is None
+        ):
+            logger.warning(
+                "model %r: rollout.strategy is 'canary' at %g%% but rollout.canary.version is not set (and there is "
+                "no flag provider to set %r): every request gets the stable version; set rollout.canary.version",
+                self.model,
+                canary.percent,
+                f"{config.flag_prefix or self.model}.canary.version",
+            )
 
     def _warn_if_keys_differ(self, config: RolloutConfig) -> None:
         """Say so, once per pair of fields, when the flag provider takes the targeting key from another context

@@ -1193,3 +1193,25 @@ def test_a_switch_that_a_stable_flag_overrides_says_traffic_did_not_move(
     with caplog.at_level(logging.WARNING, logger="inprocserve"):
         server.switch("scale", 3)
     assert not [record for record in caplog.records if "wins over the alias" in record.getMessage()]
+
+
+def test_a_canary_with_no_version_and_no_flag_provider_is_warned_of_at_load(
+    versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # strategy = "canary" at 10 % with no canary.version: nothing could ever name one, every request got the
+    # stable version, and only each prediction's reason said why (status and the logs said nothing)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server = make_server(versions, config=rollout(strategy="canary", stable=1, canary={"percent": 10}))
+    assert {predict(server, f"u{i}").version for i in range(50)} == {1}
+    warned = [record.getMessage() for record in caplog.records if "canary.version is not set" in record.getMessage()]
+    assert warned == [
+        "model 'scale': rollout.strategy is 'canary' at 10% but rollout.canary.version is not set (and there is no "
+        "flag provider to set 'scale.canary.version'): every request gets the stable version; set "
+        "rollout.canary.version"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):  # a flag may name it: nothing to say
+        make_server(
+            versions, flags=InMemoryFlags(), config=rollout(strategy="canary", stable=1, canary={"percent": 10})
+        )
+    assert not [record for record in caplog.records if "canary.version is not set" in record.getMessage()]
