@@ -22,6 +22,7 @@ __all__ = [
     "compare",
     "epsilon_greedy",
     "lower_always_valid_p",
+    "pick_arm",
     "pick_weighted",
     "team_draft",
     "thompson",
@@ -34,8 +35,8 @@ BUCKETS = 10_000
 AB_SALT_SUFFIX = "\x1fab"
 """Added to ``rollout.salt`` when an A/B test buckets a key (canaries bucket by the salt alone): with one
 hash, the users of an earlier 10 % canary all landed in the first 10 % of the A/B split, its control arm, and
-the two experiments' results were correlated. A fixed suffix keeps the A/B split the same in every process,
-and monotone as weights ramp (a user in B stays in B while B's weight grows)."""
+the two experiments' results were correlated. A fixed suffix keeps the A/B split the same in every process
+(see :func:`pick_arm` for how a key's arm follows a change of weights)."""
 
 
 def bucket(model: str, salt: str, key: str) -> int:
@@ -43,13 +44,34 @@ def bucket(model: str, salt: str, key: str) -> int:
 
     blake2b of (model, salt, key) — Python's ``hash()`` is salted per process and must not be used here.
     """
-    text = f"{model}\x1f{salt}\x1f{key}"
+    return _hashed(f"{model}\x1f{salt}\x1f{key}") % BUCKETS
+
+
+def _hashed(text: str) -> int:
+    """A stable 64-bit hash of ``text`` (blake2b: the same in every process)."""
     try:
         data = text.encode()
     except UnicodeEncodeError:  # a lone surrogate, which JSON may carry: a bucket too (its bytes as they are)
         data = text.encode("utf-8", "surrogatepass")
-    digest = hashlib.blake2b(data, digest_size=8).digest()
-    return int.from_bytes(digest, "big") % BUCKETS
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def pick_arm(model: str, salt: str, key: str, weights: Sequence[tuple[str, float]]) -> str:
+    """The arm a targeting key gets in an A/B split, each arm with its weight's share of keys, by weighted
+    rendezvous hashing: each arm scores the key (``-ln(u) / weight``, ``u`` a hash of the key and the arm's
+    name) and the lowest score wins. An arm's score does not depend on the other arms' weights, so a change
+    of weights moves keys only into arms whose weight grew and out of those whose weight fell. Shares of
+    buckets in listed order moved keys between arms whose weights did not change: ramping the last of three
+    arms from 10 % to 20 % sent 5 % of all users from the first arm to the second. Keys, not their order
+    among the arms, decide: arms listed in another order keep their keys. An arm of weight 0 gets none."""
+    best, lowest = None, math.inf
+    prefix = f"{model}\x1f{salt}\x1f{key}\x1f"
+    for name, weight in weights:
+        if weight > 0:
+            score = -math.log((_hashed(prefix + name) + 1) / 2**64) / weight  # (u in (0, 1]: never log(0))
+            if best is None or score < lowest:  # (a weight so small that every score is inf: the first such)
+                best, lowest = name, score
+    return weights[0][0] if best is None else best
 
 
 def pick_weighted(position: int, weights: Sequence[tuple[str, float]]) -> str:

@@ -23,7 +23,7 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Container, Mapping
+from collections.abc import Callable, Collection, Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -45,6 +45,7 @@ from ._experiments import (
     compare,
     epsilon_greedy,
     lower_always_valid_p,
+    pick_arm,
     pick_weighted,
     thompson,
 )
@@ -822,7 +823,10 @@ class Router:
             text = targeting_key_of(ctx, plan.key_field)
             if strategy != "bandit" and self._drew_for_keys:
                 self._forget_draw(text)
-            position = bucket(self.model, plan.salt, text) if text is not None else random.randrange(BUCKETS)
+            # (a keyed request's bucket is a canary's alone: an A/B split picks by key and arm, a bandit draws)
+            position = random.randrange(BUCKETS) if text is None else 0
+            if text is not None and strategy == "canary":
+                position = bucket(self.model, plan.salt, text)
             if strategy == "canary":
                 percent = plan.canary_percent
                 if percent == 0:
@@ -834,8 +838,8 @@ class Router:
                     version, variant = stable, "stable"
                     reason = f"bucket {position / 100:.2f}% is above the canary's {percent:g}%"
             elif strategy == "ab":
-                variant = pick_weighted(position, plan.weights)
-                version, reason = plan.arm_versions[variant], f"A/B bucket {position / 100:.2f}%"
+                variant, reason = _ab_arm(self.model, plan.salt, text, position, plan.weights)
+                version = plan.arm_versions[variant]
                 if version not in ready:
                     version, variant, reason = stable, "stable", f"variant {variant!r} version {version} is not ready"
             else:
@@ -965,7 +969,10 @@ class Router:
         text = targeting_key_of(ctx, config.key_field)
         if strategy != "bandit" and draw and self._drew_for_keys:
             self._forget_draw(text)
-        position = bucket(self.model, _salt(config, strategy), text) if text is not None else random.randrange(BUCKETS)
+        # (keyed: a canary's bucket alone, as in _decide_unflagged)
+        position = random.randrange(BUCKETS) if text is None else 0
+        if text is not None and strategy == "canary":
+            position = bucket(self.model, _salt(config, strategy), text)
         if strategy == "canary":
             version, variant, reason = self._canary(ready, stable, position, ctx, used, state)
         else:
@@ -1011,10 +1018,10 @@ class Router:
             raise UnusableFlag(state.keys.strategy, f"strategy {strategy!r} needs rollout.variants, none are set")
         if strategy == "ab":
             defaults = {name: v.weight for name, v in variants.items()}
-            key = state.keys.ab_weights
-            weights = _weights(key, self._flags.obj(key, defaults, ctx, used), variants)
-            name = pick_weighted(position, [(n, weights.get(n, 0.0)) for n in variants])
-            reason = f"A/B bucket {position / 100:.2f}%"
+            flag = state.keys.ab_weights
+            weights = _weights(flag, self._flags.obj(flag, defaults, ctx, used), variants)
+            shares = [(n, weights.get(n, 0.0)) for n in variants]
+            name, reason = _ab_arm(self.model, _salt(config, strategy), key, position, shares)
         else:
             # A bandit draws among the arms that can serve: an arm whose version is not loaded never gets an
             # outcome, so it would stay untried (epsilon-greedy's first pick) or uncertain (Thompson's Beta(1, 1)
@@ -1523,6 +1530,16 @@ def _weights(key: str, value: Any, variants: Mapping[str, Any]) -> dict[str, flo
     if not sum(weights.values()) > 0:
         raise UnusableFlag(key, f"{key!r}: the weights must not all be 0")
     return weights
+
+
+def _ab_arm(
+    model: str, salt: str, key: str | None, position: int, weights: Sequence[tuple[str, float]]
+) -> tuple[str, str]:
+    """The arm of an A/B split and why: the key's (:func:`pick_arm`), or with no key the random ``position``'s
+    share of the buckets."""
+    if key is None:
+        return pick_weighted(position, weights), f"A/B bucket {position / 100:.2f}% (no targeting key: at random)"
+    return pick_arm(model, salt, key, weights), "A/B arm of the targeting key"
 
 
 def _winner(clicks: Mapping[str, int]) -> str | None:

@@ -18,6 +18,7 @@ from inprocserve._experiments import (
     compare,
     epsilon_greedy,
     lower_always_valid_p,
+    pick_arm,
     pick_weighted,
     team_draft,
     thompson,
@@ -58,6 +59,43 @@ def test_weighted_split() -> None:
     assert abs(counts["a"] / 20_000 - 0.5) < 0.02
     assert abs(counts["b"] / 20_000 - 0.3) < 0.02
     assert pick_weighted(5, [("a", 0), ("b", 0)]) == "a"
+
+
+def test_an_ab_split_gives_each_arm_its_weights_share_of_keys() -> None:
+    weights = [("a", 50.0), ("b", 30.0), ("c", 20.0), ("off", 0.0)]
+    counts = {"a": 0, "b": 0, "c": 0, "off": 0}
+    for key in KEYS[:20_000]:
+        counts[pick_arm("m", AB_SALT_SUFFIX, key, weights)] += 1
+    assert abs(counts["a"] / 20_000 - 0.5) < 0.02 and abs(counts["b"] / 20_000 - 0.3) < 0.02
+    assert counts["off"] == 0
+    assert pick_arm("fraud", AB_SALT_SUFFIX, "user-7", [("a", 1.0), ("b", 1.0)]) == "b"  # pinned, as buckets are
+    assert pick_arm("m", "", "k", [("a", 0.0), ("b", 0.0)]) == "a"
+    assert pick_arm("m", "", "k", [("a", 1e308), ("b", 1e308)]) in ("a", "b")
+    assert pick_arm("m", "", "k", [("a", 0.0), ("b", 5e-324)]) == "b"  # (every score inf: still an arm with weight)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "grew"),
+    [
+        ([("a", 45.0), ("b", 45.0), ("c", 10.0)], [("a", 40.0), ("b", 40.0), ("c", 20.0)], "c"),
+        ([("a", 10.0), ("b", 45.0), ("c", 45.0)], [("a", 20.0), ("b", 40.0), ("c", 40.0)], "a"),
+        ([("a", 1.0), ("b", 1.0)], [("a", 1.0), ("b", 1.0), ("c", 1.0)], "c"),  # an arm added
+    ],
+)
+def test_a_change_of_weights_moves_keys_only_into_the_arm_that_grew(
+    before: list[tuple[str, float]], after: list[tuple[str, float]], grew: str
+) -> None:
+    """Shares of buckets in listed order moved keys between arms whose weights did not change: ramping the
+    last of three arms from 10 % to 20 % sent 5 % of all keys from the first arm to the second."""
+    keys = KEYS[:20_000]
+    moved = [
+        (was, now)
+        for was, now in ((pick_arm("m", "", k, before), pick_arm("m", "", k, after)) for k in keys)
+        if was != now
+    ]
+    assert moved and {now for _, now in moved} == {grew}, sorted(set(moved))
+    reordered = list(reversed(after))  # keys, not the arms' order, decide
+    assert all(pick_arm("m", "", k, after) == pick_arm("m", "", k, reordered) for k in keys[:2000])
 
 
 def test_weights_whose_sum_is_past_a_float_split_as_their_shares() -> None:

@@ -471,9 +471,9 @@ def test_a_reload_that_ends_the_rollout_forgets_the_bandit_s_draws(versions: Pat
 def test_arms_listed_in_another_order_in_an_edited_config_toml_are_routed_so(
     versions: Path, make_server: ServerFactory
 ) -> None:
-    """The first arm is the control and an A/B test splits its buckets in listed order, but configurations
-    whose arms differ in order only compared equal: a running server kept the old order after the edit,
-    while a worker started after it took the new one (every user of the 40 went to another version)."""
+    """The first arm is the control, but configurations whose arms differ in order only compared equal: a
+    running server kept the old order after the edit, and its old control, while a worker started after it
+    took the new one. (Arms listed in another order keep their users: an A/B split picks by key and arm.)"""
     config = versions / "scale" / "config.toml"
     head = 'version_policy = "all"\n[rollout]\nstrategy = "ab"\n[rollout.variants]\n'
     config.write_text(head + "a = { version = 1 }\nb = { version = 2 }\n")
@@ -486,14 +486,13 @@ def test_arms_listed_in_another_order_in_an_edited_config_toml_are_routed_so(
     assert [predict(running, user).version for user in users] == [
         predict(started_after, user).version for user in users
     ]
-    assert [predict(running, user).version for user in users] != before
+    assert [predict(running, user).version for user in users] == before
     assert list(running.status()["models"]["scale"]["rollout"]["configured"]["arms"]) == ["b", "a"]  # (b: the control)
 
 
 def test_arms_listed_in_another_order_by_load_config_are_routed_so(versions: Path, make_server: ServerFactory) -> None:
     """As an edited config.toml: ``load(config=...)`` whose arms differ in order only compared equal to the
-    loaded version's configuration, so the version was kept with its old order (40 of 40 users routed
-    otherwise than by a server started with that configuration)."""
+    loaded version's configuration, so the version was kept with its old order (and its old control)."""
     reordered = rollout(strategy="ab", variants={"b": ARMS["b"], "a": ARMS["a"]})
     running = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
     users = [f"user{i}" for i in range(40)]
@@ -503,7 +502,7 @@ def test_arms_listed_in_another_order_by_load_config_are_routed_so(versions: Pat
     assert [predict(running, user).version for user in users] == [
         predict(started_after, user).version for user in users
     ]
-    assert [predict(running, user).version for user in users] != before
+    assert [predict(running, user).version for user in users] == before
     assert list(running.status()["models"]["scale"]["rollout"]["configured"]["arms"]) == ["b", "a"]
 
 
@@ -1215,3 +1214,24 @@ def test_a_canary_with_no_version_and_no_flag_provider_is_warned_of_at_load(
             versions, flags=InMemoryFlags(), config=rollout(strategy="canary", stable=1, canary={"percent": 10})
         )
     assert not [record for record in caplog.records if "canary.version is not set" in record.getMessage()]
+
+
+def test_ramping_one_arm_of_an_ab_test_moves_users_only_into_that_arm(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    # arms took their shares of the buckets in listed order: ramping c from 10 % to 20 % moved a's users at the
+    # edge of its share into b (5 % of all users switched between two arms whose weights did not grow)
+    flags = InMemoryFlags({"scale.ab.weights": {"a": 45, "b": 45, "c": 10}})
+    arms = {"a": {"version": 1}, "b": {"version": 2}, "c": {"version": 3}}
+    server = make_server(
+        versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(strategy="ab", variants=arms)
+    )
+    users = [f"user{i}" for i in range(2000)]
+    before = {user: predict(server, user).variant for user in users}
+    flags.set("scale.ab.weights", {"a": 40, "b": 40, "c": 20})
+    after = {user: predict(server, user) for user in users}
+    moved = {(before[user], result.variant) for user, result in after.items() if result.variant != before[user]}
+    assert moved == {("a", "c"), ("b", "c")}
+    grown = sum(result.variant == "c" for result in after.values()) - sum(arm == "c" for arm in before.values())
+    assert 130 < grown < 270  # ~10 % of 2000 more
+    assert after[users[0]].reason == "A/B arm of the targeting key"
