@@ -822,11 +822,11 @@ def test_a_process_that_exits_during_a_hot_reload_loads_no_model_after_the_one_i
     assert len(after) <= 1 and 1 <= len(ready) < 5, lines
 
 
-def test_a_stopping_server_loads_no_version_after_the_one_in_progress(
+def _refreshing_four_new_versions(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Versions 2 to 5 of one model arrive at once: the exit stops the refresh after the version it is
-    loading (the other loads would run on past the exit's wait, and abort the process)."""
+) -> tuple[inprocserve.Server, list[int], threading.Event, threading.Thread]:
+    """A server of version 1 whose refresh found versions 2 to 5 at once and is loading 2, held until the
+    returned event is set: the server, the versions whose loads began, the event, the refresh's thread."""
     save_model(build_scale_model(1.0), repository, "scale", 1)
     server = make_server(repository, config=inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all()))
     for version in (2, 3, 4, 5):
@@ -845,6 +845,15 @@ def test_a_stopping_server_loads_no_version_after_the_one_in_progress(
     refreshing = threading.Thread(target=server.refresh)
     refreshing.start()
     assert loading.wait(30)
+    return server, loads, go_on, refreshing
+
+
+def test_a_stopping_server_loads_no_version_after_the_one_in_progress(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Versions 2 to 5 of one model arrive at once: the exit stops the refresh after the version it is
+    loading (the other loads would run on past the exit's wait, and abort the process)."""
+    server, loads, go_on, refreshing = _refreshing_four_new_versions(repository, make_server, monkeypatch)
     server._registry.stop_poller()  # what the exit's clean-up of an unclosed server does first
     go_on.set()
     refreshing.join(30)
@@ -1120,24 +1129,7 @@ def test_closing_a_server_during_a_hot_reload_loads_no_version_after_the_one_in_
 ) -> None:
     """Versions 2 to 5 arrive at once and close() is called while 2 loads: it waits for that load, not for
     3, 4 and 5 to be loaded (each as long as a release takes to load and warm up) and then unloaded."""
-    save_model(build_scale_model(1.0), repository, "scale", 1)
-    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all()))
-    for version in (2, 3, 4, 5):
-        save_model(build_scale_model(float(version)), repository, "scale", version)
-    loads: list[int] = []
-    loading, go_on = threading.Event(), threading.Event()
-    load_version = Registry._load_version
-
-    def held(registry: Registry, name: str, number: int, *args: Any, **kwargs: Any) -> None:
-        loads.append(number)
-        loading.set()
-        assert go_on.wait(30)
-        load_version(registry, name, number, *args, **kwargs)
-
-    monkeypatch.setattr(Registry, "_load_version", held)
-    refreshing = threading.Thread(target=server.refresh)
-    refreshing.start()
-    assert loading.wait(30)
+    server, loads, go_on, refreshing = _refreshing_four_new_versions(repository, make_server, monkeypatch)
     closing = threading.Thread(target=server.close)
     closing.start()
     try:
