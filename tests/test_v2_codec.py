@@ -880,25 +880,32 @@ def test_a_large_json_answer_is_written_in_slices_not_a_python_number_per_elemen
     assert np.array_equal(decoded.outputs["y"], answer["y"]) and decoded.model_version == "1"
 
 
+_LONG_LIST = b'"tags":[%s0],' % (b"0," * (1 << 14))
+
+
 @pytest.mark.parametrize(
     ("plain", "hostile"),
     [
-        ((b"id", b"2.5"), (b"id", b"Infinity")),  # an infinity: the whole text was parsed again, a hook per number
-        ((b"id", b"2.5"), (b"true", b"2.5")),  # the word true anywhere: every number was walked in Python, one by one
+        # an infinity: the whole text was parsed again, a hook per number
+        ((b"id", b"", b"2.5"), (b"id", b"", b"Infinity")),
+        # the word true anywhere: every number was walked in Python, one by one
+        ((b"id", b"", b"2.5"), (b"true", b"", b"2.5")),
+        # and so was a long list under a key the protocol does not have
+        ((b"id", _LONG_LIST, b"2.5"), (b"true", _LONG_LIST, b"2.5")),
     ],
 )
 def test_an_infinity_or_the_word_true_costs_a_large_request_no_python_step_per_number(
-    plain: tuple[bytes, bytes], hostile: tuple[bytes, bytes]
+    plain: tuple[bytes, bytes, bytes], hostile: tuple[bytes, bytes, bytes]
 ) -> None:
     # 16 Mi FP32 in a 64 MB body took 6 s to decode; with one Infinity among them 24 s and 0.6 GiB more, with
     # "id": "true" 18 s, the GIL held throughout: any client could make any large request cost several times more.
     # Counted in lines of Python run (the same on any machine): the decoding of the plain request runs a few
     # hundred, whatever its size.
     rows = 1 << 14
-    body = b'{"id":"%s","inputs":[{"name":"x","datatype":"FP32","shape":[%d,2],"data":[%s1.5,%s]}]}'
+    body = b'{"id":"%s",%s"inputs":[{"name":"x","datatype":"FP32","shape":[%d,2],"data":[%s1.5,%s]}]}'
 
-    def python_lines(request_id: bytes, last: bytes) -> int:
-        document = body % (request_id, rows + 1, b"1.5,2.5," * rows, last)
+    def python_lines(request_id: bytes, extra: bytes, last: bytes) -> int:
+        document = body % (request_id, extra, rows + 1, b"1.5,2.5," * rows, last)
         lines = 0
 
         def trace(frame: Any, event: str, arg: Any) -> Any:
@@ -914,3 +921,10 @@ def test_an_infinity_or_the_word_true_costs_a_large_request_no_python_step_per_n
         return lines
 
     assert python_lines(*hostile) < python_lines(*plain) + 1000 < 2 * rows
+
+
+def test_true_among_numbers_is_refused_beside_a_long_list_under_another_key() -> None:
+    # (past a few thousand values outside the data, the data itself is looked at for bools)
+    body = b'{%s"inputs":[{"name":"x","datatype":"FP32","shape":[2],"data":[1.5,true]}]}' % _LONG_LIST
+    with pytest.raises(inprocserve.InvalidInputError, match="input 'x': 'data' mixes true/false with numbers"):
+        v2.decode_infer_request(body, {})
