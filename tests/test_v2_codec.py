@@ -892,6 +892,8 @@ _LONG_LIST = b'"tags":[%s0],' % (b"0," * (1 << 14))
         ((b"id", b"", b"2.5"), (b"true", b"", b"2.5")),
         # and so was a long list under a key the protocol does not have
         ((b"id", _LONG_LIST, b"2.5"), (b"true", _LONG_LIST, b"2.5")),
+        # a float written as an integer past uint64 (as JavaScript writes 1e20): each number converted in Python
+        ((b"id", b"", b"2.5"), (b"id", b"", b"100000000000000000000")),
     ],
 )
 def test_an_infinity_or_the_word_true_costs_a_large_request_no_python_step_per_number(

@@ -832,8 +832,9 @@ def _is_tensor(value: object) -> bool:
     return all(isinstance(element, str | bytes) for element in array.flat)
 
 
-_NUMBERS = (int, float, _InfinityToken)
+_NUMBERS = frozenset((int, float, _InfinityToken))
 """The types of a JSON number (an infinity token's among them)."""
+_NUMBERS_OR_NULL = _NUMBERS | {type(None)}
 
 
 def _floats(data: object, array: np.ndarray, datatype: str, name: str, role: str, *, null_is_nan: bool) -> np.ndarray:
@@ -850,10 +851,12 @@ def _floats(data: object, array: np.ndarray, datatype: str, name: str, role: str
         flat = np.array(data, dtype=object).reshape(-1)
     except ValueError:  # ragged
         return array
-    if flat.size != array.size or not all((x is None and null_is_nan) or type(x) in _NUMBERS for x in flat):
+    # (the types, and the conversion, looked at in C: in Python, one 1e20 written so among 12 Mi FP32 took the
+    # request 6 s to decode instead of 1.6)
+    if flat.size != array.size or not set(map(type, flat)) <= (_NUMBERS_OR_NULL if null_is_nan else _NUMBERS):
         return array
     try:
-        return np.array([math.nan if x is None else float(x) for x in flat], dtype=np.float64).reshape(array.shape)
+        return flat.astype(np.float64).reshape(array.shape)  # (None: NaN)
     except OverflowError:  # an integer past float64's range
         raise InvalidInputError(f"{role} {brief(name)}: values are too large for {datatype}") from None
 
