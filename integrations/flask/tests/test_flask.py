@@ -143,6 +143,62 @@ def test_unknown_models_overload_and_deadlines_map_to_404_503_504(repository: Pa
         Inprocserve.close(app)
 
 
+def test_the_timeout_decorator_gives_an_async_view_its_budget(repository: Path) -> None:
+    app = make_app(repository)
+
+    @app.post("/async-score")
+    @timeout(60)
+    async def async_score() -> Any:
+        return {"version": predict("scale", {"x": [[1, 2, 3, 4]]}).version}
+
+    @app.post("/async-spent")
+    @timeout(1e-9)  # (nothing can reach the prediction in a nanosecond)
+    async def async_spent() -> Any:
+        return {"version": predict("scale", {"x": [[1, 2, 3, 4]]}).version}
+
+    client = app.test_client()
+    try:
+        response = client.post("/async-score")
+        assert response.status_code == 200, response.data[:300]
+        assert response.json == {"version": 2}
+        spent = client.post("/async-spent")
+        assert spent.status_code == 504 and spent.json["error"] == "deadline_exceeded"
+    finally:
+        Inprocserve.close(app)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "error", "match"),
+    [
+        ("0.2", TypeError, "number of seconds, got '0.2'"),
+        (True, TypeError, "number of seconds, got True"),
+        (float("nan"), ValueError, "seconds > 0"),
+        (0, ValueError, "seconds > 0"),
+        (-1.0, ValueError, "seconds > 0"),
+    ],
+)
+def test_a_timeout_that_is_no_budget_is_refused_where_the_view_is_decorated(
+    seconds: object, error: type[Exception], match: str
+) -> None:
+    # (each request of the view was a 500: TypeError adding a string, or predict refusing timeout_s=nan)
+    with pytest.raises(error, match=match):
+        timeout(seconds)  # type: ignore[arg-type]
+
+
+def test_a_bare_timeout_decorator_is_refused_where_the_view_is_decorated(repository: Path) -> None:
+    app = make_app(repository)
+    try:
+        with pytest.raises(TypeError, match=r"write @timeout\(0.2\), not @timeout"):
+
+            @app.get("/bare")
+            @timeout  # type: ignore[arg-type]
+            def bare() -> Any:
+                return {}
+
+    finally:
+        Inprocserve.close(app)
+
+
 def test_error_statuses_are_configurable_and_can_be_turned_off(repository: Path) -> None:
     app = make_app(repository, INPROCSERVE_ERROR_STATUS={inprocserve.InvalidInputError: 422})
     assert app.test_client().post("/score", json={"rows": [[1]]}).status_code == 422

@@ -23,6 +23,7 @@ right after the fork, before it is ready (see docs/flask.md and ``inprocserve.gu
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -338,10 +339,35 @@ def _note_start() -> None:
 
 
 def timeout(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a view a time budget: predictions made in it get the remaining time as their deadline."""
+    """Give a view a time budget: predictions made in it get the remaining time as their deadline.
+
+    Works on ``async def`` views too (Flask runs them; the wrapper stays a coroutine function).
+
+    Raises:
+        TypeError: ``seconds`` is not a number, or the decorator was used bare (``@timeout``).
+        ValueError: ``seconds`` is NaN, zero or negative (``math.inf``: no budget).
+    """
+    # Checked here, at import: a string, NaN or a bare @timeout failed every request of the view with a 500.
+    given: object = seconds  # (typed as what it must be; checked as whatever it is)
+    if callable(given):
+        raise TypeError("inprocserve_flask.timeout takes the budget in seconds: write @timeout(0.2), not @timeout")
+    if isinstance(given, bool) or not isinstance(given, numbers.Real):
+        raise TypeError(f"inprocserve_flask.timeout(seconds) needs a number of seconds, got {brief(given)}")
+    if not float(given) > 0:
+        raise ValueError(f"inprocserve_flask.timeout(seconds) needs seconds > 0 (math.inf for none), got {seconds!r}")
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         import functools
+        import inspect
+
+        if inspect.iscoroutinefunction(view):  # (wrapped in a plain function, Flask took it for a sync view: a 500)
+
+            @functools.wraps(view)
+            async def awrapped(*args: Any, **kwargs: Any) -> Any:
+                request.environ[_VIEW_DEADLINE] = time.monotonic() + seconds
+                return await view(*args, **kwargs)
+
+            return awrapped
 
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
