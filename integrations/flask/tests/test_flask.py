@@ -199,6 +199,25 @@ def test_a_bare_timeout_decorator_is_refused_where_the_view_is_decorated(reposit
         Inprocserve.close(app)
 
 
+@pytest.mark.parametrize(
+    ("statuses", "match"),
+    [
+        ({inprocserve.OverloadedError: "503"}, "maps OverloadedError to '503': a status must be an int from 400"),
+        ({inprocserve.InvalidInputError: 4220}, "maps InvalidInputError to 4220"),
+        ({inprocserve.InvalidInputError: True}, "maps InvalidInputError to True"),
+        ({"InvalidInputError": 422}, "maps 'InvalidInputError', which is not an exception class"),
+        ([(inprocserve.InvalidInputError, 422)], "must be a dict of exception class -> HTTP status"),
+    ],
+)
+def test_error_statuses_that_are_no_error_status_are_refused_at_init_app(
+    repository: Path, statuses: object, match: str
+) -> None:
+    # ("503" was answered without its Retry-After, 4220 as a status line no client reads, a class's name failed
+    # in Flask's issubclass naming no setting)
+    with pytest.raises(inprocserve.ConfigurationError, match=f"^INPROCSERVE_ERROR_STATUS {match}"):
+        make_app(repository, INPROCSERVE_ERROR_STATUS=statuses)
+
+
 def test_error_statuses_are_configurable_and_can_be_turned_off(repository: Path) -> None:
     app = make_app(repository, INPROCSERVE_ERROR_STATUS={inprocserve.InvalidInputError: 422})
     assert app.test_client().post("/score", json={"rows": [[1]]}).status_code == 422

@@ -295,6 +295,9 @@ def _check_settings(config: Mapping[str, Any]) -> None:
         problem = web.bool_setting_problem(config[key])  # ("false" read from the environment is true)
         if problem is not None:
             raise inprocserve.ConfigurationError(f"{key} {problem}")
+    problem = _error_status_problem(config["INPROCSERVE_ERROR_STATUS"])
+    if problem is not None:
+        raise inprocserve.ConfigurationError(f"INPROCSERVE_ERROR_STATUS {problem}")
     problem = web.model_configs_problem(  # (a config.toml-shaped dict: every worker served nothing, 404s)
         config["INPROCSERVE_MODEL_CONFIG"],
         config["INPROCSERVE_MODELS"],
@@ -302,6 +305,24 @@ def _check_settings(config: Mapping[str, Any]) -> None:
     )
     if problem is not None:  # (of the wrong kind: the type Server(config=..., models=...) raises)
         raise inprocserve.ConfigurationTypeError(problem)
+
+
+def _error_status_problem(statuses: object) -> str | None:
+    """What is wrong with ``INPROCSERVE_ERROR_STATUS``: it must map exception classes to error statuses (ints in
+    400..599). A status given as text (``"503"``) was answered, but lost the ``Retry-After`` of a 503; one out of
+    range (``4220``) made a status line no client reads; a class given by its name failed in Flask's
+    ``issubclass``, naming no setting."""
+    if not isinstance(statuses, Mapping):
+        return f"must be a dict of exception class -> HTTP status, got {brief(statuses)}"
+    for error_type, status in statuses.items():
+        if not (isinstance(error_type, type) and issubclass(error_type, Exception)):
+            return (
+                f"maps {brief(error_type)}, which is not an exception class: use the class itself, such as "
+                "inprocserve.InvalidInputError"
+            )
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            return f"maps {error_type.__name__} to {brief(status)}: a status must be an int from 400 to 599 (say 422)"
+    return None
 
 
 def _state() -> _State:
