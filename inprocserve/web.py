@@ -457,11 +457,12 @@ def error_answer(
     retry_after_s: float = 1,
 ) -> ErrorAnswer | None:
     """The answer to a library error (``{"error": <code>, "message": ...}``, and ``Retry-After`` on a
-    503), or None for an error :func:`http_status` does not map."""
+    503, or on a 429 that ``overrides`` made of one: an overload answered "too many requests" still tells the
+    client when to come back), or None for an error :func:`http_status` does not map."""
     status = http_status(error, overrides)
     if status is None:
         return None
-    headers = {"Retry-After": retry_after(retry_after_s)} if status == 503 else {}
+    headers = {"Retry-After": retry_after(retry_after_s)} if status in (429, 503) else {}
     return ErrorAnswer(status, {"error": error_code(error), "message": str(error)}, headers)
 
 

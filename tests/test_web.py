@@ -169,6 +169,15 @@ def test_overrides_apply_to_subclasses_and_other_errors_are_not_mapped() -> None
     assert answer is not None and answer.headers == {"Retry-After": "1"}  # never tells a client to retry at once
 
 
+def test_an_overload_answered_429_by_an_override_still_says_when_to_retry() -> None:
+    answer = web.error_answer(
+        inprocserve.QueueFullError("full"), overrides={inprocserve.OverloadedError: 429}, retry_after_s=3
+    )
+    assert answer is not None and (answer.status, answer.headers) == (429, {"Retry-After": "3"})
+    answer = web.error_answer(inprocserve.ModelNotFoundError("x"), overrides={inprocserve.ModelNotFoundError: 410})
+    assert answer is not None and answer.headers == {}
+
+
 # -- admin actions ---------------------------------------------------------------------------------------
 
 HOSTILE_SWITCH_BODIES: list[Any] = [
