@@ -55,6 +55,21 @@ def test_dtype_and_shape_are_part_of_the_key(repository: Path, make_server: Serv
     assert b["rows"] is a["rows"] and c["rows"] is not a["rows"]
 
 
+def test_views_of_one_buffer_are_keyed_by_their_own_values(scale_repository: Path, make_server: ServerFactory) -> None:
+    # A column slice or strided view reaches the key as it is (not C-contiguous): keyed by the buffer behind
+    # it, the slices of one table would share an answer; keyed by its memory order, a Fortran-ordered frame's
+    # values would never hit.
+    server = make_server(scale_repository, config=cached())
+    table = np.arange(16, dtype=np.float32).reshape(2, 8)
+    views = [table[:, :4], table[:, 4:], table[:, ::2], table[:, 1::2], table[::-1, :4]]
+    for view in views:
+        np.testing.assert_array_equal(server.predict("scale", view)["y"], view * 2)
+    assert cache_status(server, "scale", 1) == {"entries": 5, "hits": 0, "misses": 5, "shared": 0}
+    again = server.predict("scale", np.asfortranarray(table[:, 4:]))  # the same values in another memory order
+    np.testing.assert_array_equal(again["y"], table[:, 4:] * 2)
+    assert cache_status(server, "scale", 1)["hits"] == 1
+
+
 def test_a_cached_answer_never_comes_from_another_version(repository: Path, make_server: ServerFactory) -> None:
     for version in (1, 2):
         save_model(build_scale_model(float(version)), repository, "scale", version)
