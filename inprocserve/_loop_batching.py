@@ -1139,9 +1139,9 @@ def apredict(
     state = None if last is None else last()
     if state is None or state._loop() is not loop:
         state = _state_of(loop)
+    opened = None
     state._routing = True  # (until it returns: see _routing_on_this_thread)
     try:
-        opened = None
         tried = state.alone()
         if tried:
             started = time.perf_counter()
@@ -1191,6 +1191,12 @@ def apredict(
         return _with_deadline(state, loop, waiter, model, version, timeout_s)
     except WaitOffLoop:  # its routing must wait for a flag provider: never on the loop, which would stall
         return _off_loop(server, state, loop, model, inputs, version, context, timeout_s)
+    except BaseException as exc:
+        if opened is not None and opened.lead is not None:
+            # Raised before the full way took the lead over (the loop's thread interrupted as _dispatch began):
+            # identical requests already follow it, and waited for good. (Nothing if it ended or was taken over.)
+            server._sharing.finish(opened.target, opened.lead, None, exc)
+        raise
     finally:
         state._routing = False
 

@@ -291,7 +291,16 @@ class Server(RolloutMethods):
         answer, opened = self._predict_plain(model, inputs, version, context, timeout_s)
         if answer is not None:
             return answer
-        request, target = self._dispatch(model, inputs, version, context, timeout_s, None, inline=True, opened=opened)
+        try:
+            request, target = self._dispatch(
+                model, inputs, version, context, timeout_s, None, inline=True, opened=opened
+            )
+        except BaseException as exc:
+            if opened is not None and opened.lead is not None:
+                # Interrupted before the full way took the lead over (a signal handler raised as _dispatch
+                # began): identical requests already follow it, and waited for good. (Nothing if it ended.)
+                self._sharing.finish(opened.target, opened.lead, None, exc)
+            raise
         batcher = target.batcher
         assert batcher is not None
         try:

@@ -10,6 +10,7 @@ Real signals, real onnxruntime: the test's main thread is interrupted by ``SIGUS
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import signal
 import sys
@@ -481,6 +482,47 @@ def test_a_caller_interrupted_just_after_queueing_frees_the_identical_requests_t
     assert identical.result(timeout=20)["picked"].shape == (1, 2)
     assert server.predict("busy", busy_inputs(1, seed=1), timeout_s=10)["picked"].shape == (1, 2)
     wait_until(lambda: len(server._sharing) == 0 and batcher.in_flight == 0 and batcher.queued_rows == 0)
+
+
+def test_a_caller_interrupted_as_its_cache_miss_goes_the_full_way_frees_the_identical_requests_that_follow_it(
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    """A cache miss that finds the session busy leads identical requests already, and hands its lead to the
+    full way: interrupted in between (as ``_dispatch`` begins), the lead was never ended, and every identical
+    request after it followed it, and waited for good."""
+    server = make_server(busy_repository, models={"busy": ModelConfig(cache=CacheConfig(enabled=True))})
+    batcher = batcher_of(server)
+    server.predict("busy", busy_inputs(1, seed=2))  # (the first request adopts the runners: the full way)
+    blocker = hold_session(server, rows=60, at_most_s=30.0)
+    with pytest.raises(Interrupted), interrupted_at(inprocserve.Server._dispatch.__code__):
+        server.predict("busy", busy_inputs(1, seed=1))
+    identical = server.submit("busy", busy_inputs(1, seed=1))
+    blocker.release()
+    assert identical.result(timeout=20)["picked"].shape == (1, 2)
+    assert server.predict("busy", busy_inputs(1, seed=1), timeout_s=10)["picked"].shape == (1, 2)
+    wait_until(lambda: len(server._sharing) == 0 and batcher.in_flight == 0 and batcher.queued_rows == 0)
+
+
+def test_an_event_loop_task_interrupted_as_its_cache_miss_goes_the_full_way_frees_identical_requests(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same window on an event loop: a lone task's cache miss leads identical requests, finds the session
+    taken after all (its shortest way answers nothing), and hands the lead to the full way."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository, models={"scale": ModelConfig(cache=CacheConfig(enabled=True))})
+    server.predict("scale", np.ones((1, 4), np.float32))  # (the first request adopts the runners: the full way)
+    run_plain = Batcher.run_plain
+    monkeypatch.setattr(Batcher, "run_plain", lambda *args, **kwargs: None)  # taken meanwhile: the full way
+
+    async def ask() -> Any:
+        return await server.apredict("scale", np.full((1, 4), 3.0, np.float32))
+
+    with pytest.raises(Interrupted), interrupted_at(inprocserve.Server._dispatch.__code__):
+        asyncio.run(ask())
+    monkeypatch.setattr(Batcher, "run_plain", run_plain)
+    identical = server.submit("scale", np.full((1, 4), 3.0, np.float32))
+    np.testing.assert_allclose(identical.result(timeout=20)["y"], np.full((1, 4), 6.0))
+    wait_until(lambda: len(server._sharing) == 0)
 
 
 class LockRaisingAsItIsLetGo:
