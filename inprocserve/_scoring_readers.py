@@ -5,13 +5,14 @@ of one request, every row a row: a header detected, missing values and text refu
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import math
 import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from ._scoring_formats import file_format, pyarrow_modules
 from ._signature import Signature
 
 __all__ = ["read_inputs"]
+
+_HEADER_PROBE = 1 << 16  # characters of a first line read to tell a header from data
+_HEADER_LIMIT = 8 << 20  # characters of a header line (columns named in it), or of a first line of unknown columns
 
 
 def _single_input(signature: Signature, path: Path) -> tuple[str, np.dtype[Any], int | None]:
@@ -208,12 +212,23 @@ def _count_csv_rows(path: Path) -> int:
     finished run's bar stopped short of 100 %); such a file's rows are counted by the csv module."""
     rows = 0
     with path.open("rb") as file:
-        first = file.readline()
-        header = _is_header(first.decode("utf-8-sig", errors="replace"))  # -sig: a byte order mark is no header
-        rows += 0 if header or not first.strip() else 1
-        for line in file:
-            if line.strip():
-                rows += 1
+        # (a long line is read a probe at a time: this pass runs before any row is scored, and the reading
+        # refuses such a line by its length)
+        pieces = iter(functools.partial(file.readline, _HEADER_PROBE), b"")
+        first = next(pieces, b"")
+        # -sig: a byte order mark is no header
+        ended = first.endswith(b"\n")
+        cut = len(first) >= _HEADER_PROBE and not ended
+        header = _is_header(_whole_fields(first.decode("utf-8-sig", errors="replace"), cut=cut))
+        filled = bool(first.strip())  # whether the line read so far holds more than spaces
+        for line in pieces:
+            if ended:
+                rows += filled
+                filled = False
+            filled = filled or bool(line.strip())
+            ended = line.endswith(b"\n")
+        rows += filled
+        rows -= header
         # quotes after the first line, looked for a block at a time: a test on each line tripled this pass
         # (0.12 s to 0.42 s for a million unquoted rows)
         file.seek(len(first))
@@ -221,29 +236,80 @@ def _count_csv_rows(path: Path) -> int:
     if not quoted:
         return rows
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as text:
-        source = _Lines(text)
+        source = _Lines(text, path=path, limit=_HEADER_PROBE)
         reader = csv.reader(source)
         if header:
             next(reader, None)
         try:
             return sum(1 for row in reader if not _blank(row, source.last))
-        except csv.Error:  # (a broken quote: the reading names its line; the bar keeps the lines)
-            return rows
+        except (csv.Error, InvalidInputError):  # (a broken quote, a long line: the reading names it; the bar keeps
+            return rows  # the lines)
+
+
+def _whole_fields(line: str, *, cut: bool) -> str:
+    """The fields of a first line read in part (``cut``: :data:`_HEADER_PROBE` characters of a longer one), less
+    the field cut at its end: a number cut short may read as a name (``inf`` as ``in``, and its line as a
+    header)."""
+    return line[: max(line.rfind(","), 0)] if cut else line
 
 
 class _Lines:
-    """A CSV file's lines for ``csv.reader``, keeping the last one read: the line a one-line row came from."""
+    """A CSV file's lines for ``csv.reader``, keeping the last one read: the line a one-line row came from.
 
-    def __init__(self, file: Iterator[str]) -> None:
+    ``limit``: the most characters a line may hold (see :func:`_line_limit`); a longer one is refused as it is
+    read, before it is held whole (:class:`InvalidInputError`, naming it)."""
+
+    def __init__(self, file: TextIO, *, path: Path | None = None, limit: int | None = None) -> None:
         self._file = file
+        self._path = path
+        self.limit = limit
+        self.count = 0  # lines read
         self.last = ""
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
-        self.last = next(self._file)
-        return self.last
+        if self.limit is None:
+            line = next(self._file)
+        else:
+            line = self._file.readline(self.limit + 1)
+            if not line:
+                raise StopIteration
+            if len(line) > self.limit:
+                raise _too_long(self._path, self.count + 1, self.limit)
+        self.count += 1
+        self.last = line
+        return line
+
+
+def _line_limit(columns: int, field: int) -> int:
+    """The most characters a line of ``columns`` fields of ``field`` characters at most may hold. Read whole, a
+    line of a 100 MB file with no line break took 3.7 GB to parse before it was refused, and a 1 GB one ended
+    the process out of memory."""
+    return columns * (field + 1) + 2  # (+1: the separator; +2: "\r\n")
+
+
+# The characters of a number in a CSV file read as a matrix: a float written in full is 24, padded for a
+# fixed-width export a few more.
+_NUMBER_CHARS = 1024
+
+
+def _too_long(path: Path | None, line: int, limit: int) -> InvalidInputError:
+    return InvalidInputError(
+        f"input {path}, line {line}: over {limit:,} characters, more than a line of the model's columns needs (a "
+        "file whose line breaks were lost?); every line is one row"
+    )
+
+
+def _matrix_columns(signature: Signature) -> int | None:
+    """The columns of a CSV line read as the matrix of the model's one input, if its shape fixes them."""
+    shape = signature.inputs[0].shape
+    if shape is not None and len(shape) == 1:
+        return 1
+    if shape is not None and len(shape) == 2 and isinstance(shape[1], int):
+        return shape[1]
+    return None
 
 
 def _blank(row: list[str], line: str) -> bool:
@@ -293,10 +359,13 @@ def _csv_plan(path: Path, signature: Signature) -> ColumnPlan | None:
     with path.open(encoding="utf-8-sig", newline="") as file:
         # A model of several inputs or of text reads its columns by name: its first line is the header, even
         # when it looks like data (a row of text and numbers does): "no column for input 'age'" names it.
-        if not needs_named_columns(signature) and not _is_header(file.readline()):
+        # (a probe of its start: a line that long is no header's, and the reader refuses it by its length)
+        probe = "" if needs_named_columns(signature) else file.readline(_HEADER_PROBE)
+        cut = len(probe) >= _HEADER_PROBE and not probe.endswith(("\n", "\r"))
+        if not needs_named_columns(signature) and not _is_header(_whole_fields(probe, cut=cut)):
             return None
         file.seek(0)
-        reader = csv.reader(file, strict=True)
+        reader = csv.reader(_Lines(file, path=path, limit=_HEADER_LIMIT), strict=True)
         try:
             header = next(reader, [])
         except csv.Error as exc:
@@ -312,9 +381,10 @@ def _csv_named(path: Path, plan: ColumnPlan, chunk_rows: int) -> Iterator[dict[s
             never scored), text after a closing quote, or a field over the csv module's limit, naming the line.
     """
     with path.open(encoding="utf-8-sig", newline="") as file:
-        source = _Lines(file)
+        source = _Lines(file, path=path)
         reader = csv.reader(source, strict=True)
         next(reader, None)  # the header (read by _csv_plan)
+        source.limit = _line_limit(plan.width, csv.field_size_limit())  # (the csv module's limit on a field)
         while True:
             rows: list[list[str]] = []
             lines: list[int] = []  # the file's line number where each row starts (a quoted field may break lines)
@@ -355,16 +425,25 @@ def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator
     parsed = np.dtype(np.float64) if dtype.kind == "f" and dtype.itemsize < 8 else dtype
     # utf-8-sig: a byte order mark (Excel writes one) is dropped, not taken as part of a header.
     with path.open(encoding="utf-8-sig", newline="") as file:
-        first = file.readline()
+        columns = _matrix_columns(signature)
+        known = None if columns is None else _line_limit(columns, _NUMBER_CHARS)
+        first = next(_Lines(file, path=path, limit=_HEADER_LIMIT if known is None else known), "")
         header = _is_header(first)
         named = _header_columns(first) if header else None  # checked against the first data line's columns
-        lines: Iterator[str] = file if header else itertools.chain([first], file)
+        # (else every line holds as many fields as the first; a blank first line says nothing of them)
+        width = _header_columns(first)
+        limit = known or (_line_limit(width, _NUMBER_CHARS) if width else _HEADER_LIMIT)
+        # (read by the file's readline, with no step in Python per line: a _Lines here cost a third more time)
+        rest = iter(functools.partial(file.readline, limit + 1), "")
+        lines = rest if header else itertools.chain([first], rest)
         line_number = 1 if header else 0  # the file's line number of the last line read, blank lines included
         while True:
             block: list[str] = []
             numbers: list[int] = []  # the file's line number of each line in block
             for line in lines:  # skip blank lines, however many; only the end of the file ends the input
                 line_number += 1
+                if len(line) > limit:
+                    raise _too_long(path, line_number, limit)
                 if line.strip():
                     block.append(line)
                     numbers.append(line_number)

@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -547,3 +549,61 @@ def test_a_stop_that_python_discards_prints_no_traceback_and_still_stops(monkeyp
         raise_if_stopped()
     assert [type(error) for error in shown] == [ValueError]
     assert sys.unraisablehook is not None and sys.unraisablehook.__name__ == "<lambda>"  # put back
+
+
+@pytest.mark.parametrize("terminal", [False, True])  # on a terminal, rows are counted first for the bar
+@pytest.mark.parametrize(
+    ("model", "text", "line"),
+    [
+        (build_scale_model(2.0), "{long}\n1,2,3,4\n", 1),  # x: [batch, 4], read as a matrix
+        (build_scale_model(2.0), "a,b,c,d\n1,2,3,4\n5,6,7,8\n{long}\n", 4),
+        (build_scale_model(2.0), 'a,b,c,d\n"1",2,3,4\n{long}\n', 3),  # a quote: counted by the csv module
+        (build_add_model(), "a_0,a_1,a_2,b_0,b_1,b_2,n\n1,2,3,4,5,6,7\n{long}\n", 3),  # columns by name
+    ],
+)
+def test_a_csv_line_longer_than_a_row_is_refused_by_its_length_before_it_is_held_whole(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    model: Any,
+    text: str,
+    line: int,
+    terminal: bool,
+) -> None:
+    # a file whose line breaks were lost: its one line was read whole and parsed (3.7 GB for 100 MB), and a
+    # 1 GB one ended the process out of memory; a matrix's long first line was blamed on the good line after it
+    path = save_model(model, tmp_path / "models", "m", 1)
+    long = "1.5," * 2_500_000 + "1"  # 10 MB, one line
+    (tmp_path / "x.csv").write_text(text.format(long=long))
+    del long
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal, raising=False)
+    tracemalloc.start()
+    try:
+        assert main(["score", str(path), str(tmp_path / "x.csv"), str(tmp_path / "y.csv")]) == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8_000_000, f"{peak:,} bytes at the peak: the line was held whole"
+    err = capsys.readouterr().err
+    assert f"x.csv, line {line}: over " in err and "characters, more than a line of the model's columns needs" in err
+    assert not (tmp_path / "y.csv").exists()
+    _no_leftovers(tmp_path)
+
+
+def test_a_wide_first_line_read_in_part_is_still_told_from_a_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # its first characters tell a header from data: "inf" cut to "in" there would read as a name, and the row
+    # as a header, not counted in the bar's total
+    model = save_model(build_scale_model(2.0, features=40_000), tmp_path / "models", "wide", 1)
+    before = 65536 // 2 - 1  # fields "1," before the one the probe of 65536 characters cuts after "in"
+    row = ["1"] * 40_000
+    row[before] = " " * (65536 - 2 * before - len("in")) + "inf"
+    (tmp_path / "x.csv").write_text(",".join(row) + "\n" + ",".join(["2"] * 40_000) + "\n")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(["score", str(model), str(tmp_path / "x.csv"), str(tmp_path / "y.npy")]) == 0
+    expected = np.full((2, 40_000), 2.0, dtype=np.float32)
+    expected[1] = 4
+    expected[0, before] = np.inf
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+    assert "100.0% 2/2 rows" in capsys.readouterr().err
