@@ -8,6 +8,7 @@ import contextlib
 import csv
 import math
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -201,7 +202,7 @@ class AnswerWriter:
 
     def _save(self, file: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
         if self.format == ".npz":
-            np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy stubs do not type **arrays
+            _savez(file, arrays)
         elif arrays:
             np.save(file, next(iter(arrays.values())), allow_pickle=False)
 
@@ -240,3 +241,13 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _savez(file: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez(file, **arrays)``, written as numpy writes it (one uncompressed ``<name>.npy`` each), but
+    with the outputs' names never taken for its arguments: an output named ``file`` failed with a TypeError
+    after every row was scored, and one named ``allow_pickle`` was left out of the file without a word."""
+    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)

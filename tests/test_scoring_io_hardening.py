@@ -500,3 +500,23 @@ def test_a_model_with_a_fixed_batch_of_one_scores_a_one_row_file(tmp_path: Path)
     np.save(tmp_path / "x.npy", np.arange(4, dtype=np.float32).reshape(1, 4))
     assert _score(model, tmp_path / "x.npy", tmp_path / "y.npy") == 0
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), [[0, 1, 2, 3]])
+
+
+@pytest.mark.parametrize("name", ["file", "allow_pickle"])
+def test_an_output_named_like_an_argument_of_savez_is_written_to_the_npz(tmp_path: Path, name: str) -> None:
+    # np.savez(file, **answers) took such an output for its argument: "file" failed with a TypeError after
+    # every row was scored, "allow_pickle" was left out of the file and the command exited 0
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], [name]), helper.make_node("Neg", ["x"], ["y"])],
+        "outputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", 2]) for out in (name, "y")],
+    )
+    model = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path, "m")
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.save(tmp_path / "x.npy", x)
+    assert _score(model, tmp_path / "x.npy", tmp_path / "y.npz") == 0
+    with np.load(tmp_path / "y.npz", allow_pickle=False) as answers:
+        assert sorted(answers.files) == sorted([name, "y"])
+        np.testing.assert_array_equal(answers[name], x)
+        np.testing.assert_array_equal(answers["y"], -x)
